@@ -1,0 +1,54 @@
+# Two commands on a fresh Debian machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test lint proto bootstrap redis bench clean help
+
+help:
+	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
+	@echo "make test   - set up, lint, run the whole test suite"
+	@echo "make lint   - ruff + mypy"
+	@echo "make proto  - regenerate gRPC stubs from proto/"
+	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+bootstrap: $(STAMP) redis
+
+# Debian's redis-server when missing (root only; otherwise say what to install).
+redis:
+	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing Debian's redis-server"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server is missing: run 'sudo apt-get install redis-server' (or set ATP_REDIS_URL)"; exit 1; \
+	  fi; }
+	@# Debian's package starts a system-wide instance; the service runs its own.
+	@if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then true; fi
+
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+run: bootstrap
+	$(BIN)/atp-service serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: bootstrap lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: bootstrap
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,20 @@
+"""The ATP service: gRPC API, shard actors, Redis-stream durability."""
+
+from .client import AtpClient
+from .clock import Clock, ManualClock, SystemClock
+from .config import ServiceConfig
+from .embedded_redis import EmbeddedRedis, free_port
+from .engine import Engine
+from .service import AtpService
+
+__all__ = [
+    "AtpClient",
+    "AtpService",
+    "Clock",
+    "Engine",
+    "EmbeddedRedis",
+    "ManualClock",
+    "ServiceConfig",
+    "SystemClock",
+    "free_port",
+]

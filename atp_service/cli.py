@@ -1,0 +1,112 @@
+"""``atp-service serve``: run the service, with flags and ``ATP_*`` variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import fields
+from itertools import islice
+from pathlib import Path
+
+from .config import ServiceConfig
+from .embedded_redis import EmbeddedRedis, RedisNotInstalled
+from .service import AtpService
+
+log = logging.getLogger("atp_service")
+
+_FLAGS = {
+    "host": str, "port": int, "metrics_host": str, "metrics_port": int, "shards": int,
+    "redis_url": str, "data_dir": Path, "durability": str, "key_prefix": str,
+    "mailbox_size": int, "batch_max": int, "snapshot_every_entries": int, "shutdown_grace_s": float,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atp-service", description="Available-to-promise inventory service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC service")
+    docs = {f.name: f for f in fields(ServiceConfig)}
+    for name, kind in _FLAGS.items():
+        serve.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                           help=f"(env ATP_{name.upper()}; default {docs[name].default})")
+    serve.add_argument("--no-demo", action="store_true", help="do not load the demo estate on first start")
+    serve.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {name: getattr(args, name) for name in _FLAGS}
+    if args.no_demo:
+        overrides["demo"] = False
+    try:
+        config = ServiceConfig.from_env(**overrides)
+    except ValueError as exc:
+        print(f"atp-service: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio still works
+        pass
+    embedded = None
+    redis_url = config.redis_url
+    if redis_url is None:
+        try:
+            embedded = EmbeddedRedis(config.data_dir / "redis", appendfsync=config.durability).start()
+        except RedisNotInstalled as exc:
+            print(f"atp-service: {exc}", file=sys.stderr)
+            return 2
+        redis_url = embedded.url
+        log.info("embedded redis-server on %s (AOF appendfsync=%s, data in %s)",
+                 redis_url, config.durability, embedded.data_dir)
+    try:
+        asyncio.run(_serve(config, redis_url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+async def _serve(config: ServiceConfig, redis_url: str) -> None:
+    service = AtpService(config, redis_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    if config.demo and await service.is_fresh():
+        await load_demo(service)
+    target = f"{config.host}:{service.port}"
+    print(f"ATP service ready: gRPC on {target}, metrics on http://{config.metrics_host}:{service.metrics_port}/metrics",
+          flush=True)
+    print("Try:\n"
+          f"  atpctl --target {target} availability sku-00001@dc-east sku-00001@store-001\n"
+          f"  atpctl --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
+          f"  atpctl --target {target} confirm demo-1", flush=True)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", config.shutdown_grace_s)
+    with contextlib.suppress(Exception):
+        await service.stop()
+
+
+async def load_demo(service: AtpService) -> None:
+    from .demo import demo_facts
+
+    assert service.engine is not None
+    facts = demo_facts(service.clock.now_ms() - 60_000)
+    total = 0
+    while chunk := list(islice(facts, 5000)):
+        await service.engine.record_facts(chunk)
+        total += len(chunk)
+    log.info("demo estate loaded: %d stocked positions", total)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

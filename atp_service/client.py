@@ -1,0 +1,105 @@
+"""``AtpClient``: a small async client over grpc.aio, used by atpctl, the benchmarks and the tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import grpc
+
+from .pb.atp.v1 import atp_pb2 as pb
+from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
+
+LineLike = tuple[str, str, int]
+
+
+def _lines(lines: Iterable[LineLike]) -> list[pb.Line]:
+    return [pb.Line(sku=s, location=loc, quantity=q) for s, loc, q in lines]
+
+
+class AtpClient:
+    """One channel to one service. Use as ``async with AtpClient(target) as client``."""
+
+    def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = ()) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.channel = grpc.aio.insecure_channel(target, options=list(options))
+        self.stub = pb_grpc.AvailabilityServiceStub(self.channel)
+
+    async def __aenter__(self) -> AtpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def reserve(self, reservation_id: str, lines: Iterable[LineLike], *, order_ref: str = "",
+                      channel: str = "", ttl_seconds: int = 0, allow_partial: bool = False) -> pb.ReserveResponse:
+        req = pb.ReserveRequest(reservation_id=reservation_id, order_ref=order_ref, channel=channel,
+                                lines=_lines(lines), ttl_seconds=ttl_seconds, allow_partial=allow_partial)
+        return await self.stub.Reserve(req, timeout=self.timeout_s)
+
+    async def confirm(self, reservation_id: str) -> pb.Reservation:
+        resp = await self.stub.Confirm(pb.ConfirmRequest(reservation_id=reservation_id), timeout=self.timeout_s)
+        return resp.reservation
+
+    async def release(self, reservation_id: str, lines: Iterable[LineLike] = (),
+                      operation_id: str = "") -> pb.Reservation:
+        req = pb.ReleaseRequest(reservation_id=reservation_id, lines=_lines(lines), operation_id=operation_id)
+        return (await self.stub.Release(req, timeout=self.timeout_s)).reservation
+
+    async def fulfill(self, reservation_id: str, lines: Iterable[LineLike] = (),
+                      operation_id: str = "") -> pb.Reservation:
+        req = pb.FulfillRequest(reservation_id=reservation_id, lines=_lines(lines), operation_id=operation_id)
+        return (await self.stub.Fulfill(req, timeout=self.timeout_s)).reservation
+
+    async def get_reservation(self, reservation_id: str) -> pb.Reservation:
+        req = pb.GetReservationRequest(reservation_id=reservation_id)
+        return (await self.stub.GetReservation(req, timeout=self.timeout_s)).reservation
+
+    async def availability(self, keys: Iterable[tuple[str, str]]) -> list[pb.Availability]:
+        req = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=s, location=loc) for s, loc in keys])
+        return list((await self.stub.GetAvailability(req, timeout=self.timeout_s)).positions)
+
+    async def record_events(self, facts: Iterable[pb.Fact]) -> list[pb.FactResult]:
+        req = pb.RecordEventsRequest(events=list(facts))
+        return list((await self.stub.RecordEvents(req, timeout=self.timeout_s)).results)
+
+    async def reserve_stream(
+        self, batches: AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
+    ) -> AsyncIterator[pb.ReserveBatchResult]:
+        """Send batches of independent reservations; yields one result message per batch, in order."""
+
+        async def requests() -> AsyncIterator[pb.ReserveBatch]:
+            if hasattr(batches, "__aiter__"):
+                async for batch in batches:
+                    yield pb.ReserveBatch(reservations=batch)
+            else:
+                for batch in batches:
+                    yield pb.ReserveBatch(reservations=batch)
+
+        call = self.stub.ReserveStream(requests())
+        async for result in call:
+            yield result
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait until the health service says SERVING (recovery done)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        import asyncio
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.target} not SERVING after {timeout_s}s")
+            await asyncio.sleep(0.05)

@@ -1,0 +1,119 @@
+"""Service configuration: one frozen dataclass, filled from flags and ``ATP_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from reservation import Limits
+
+DURABILITY_MODES = ("everysec", "always")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything ``atp-service serve`` can be told. Each field has an ``ATP_<NAME>`` variable."""
+
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds to (use 0.0.0.0 inside a container)."""
+
+    port: int = 50051
+    """gRPC port; 0 picks a free one (printed at start)."""
+
+    metrics_host: str = "127.0.0.1"
+    """Prometheus endpoint address; loopback unless deliberately exposed."""
+
+    metrics_port: int = 9464
+    """Prometheus endpoint port; 0 picks a free one, -1 disables it."""
+
+    shards: int = 16
+    """Number of shard actors. SKUs are placed by a stable hash, so changing it needs an empty log."""
+
+    redis_url: str | None = None
+    """Redis holding the logs and snapshots. Unset: start a private embedded redis-server."""
+
+    data_dir: Path = Path("var")
+    """Where the embedded redis-server keeps its append-only file."""
+
+    durability: str = "everysec"
+    """Embedded Redis fsync policy: ``everysec`` (a host crash may lose up to 1 s) or ``always``."""
+
+    key_prefix: str = "atp:"
+    """Prefix of every Redis key the service writes."""
+
+    mailbox_size: int = 10_000
+    """Messages a shard may have waiting; beyond it callers get RESOURCE_EXHAUSTED."""
+
+    batch_max: int = 512
+    """Most commands a shard applies and group-commits in one log entry."""
+
+    pipeline_max: int = 64
+    """Most shard log entries sent to Redis in one pipelined round trip."""
+
+    snapshot_every_entries: int = 20_000
+    """A shard snapshots after this many log entries (and the log is trimmed behind it)."""
+
+    snapshot_interval_s: float = 300.0
+    """...or after this many seconds with at least one new entry."""
+
+    maintenance_interval_ms: int = 100
+    """How often expiry, retention eviction and snapshot checks run."""
+
+    redis_timeout_s: float = 2.0
+    """Socket timeout of Redis calls; an append past it is answered UNAVAILABLE."""
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Largest gRPC message accepted; larger ones are refused by gRPC itself."""
+
+    max_stream_inflight: int = 8
+    """Batches one ReserveStream may have in progress at once (flow control)."""
+
+    shutdown_grace_s: float = 5.0
+    """How long in-flight RPCs may finish on shutdown before they are cancelled."""
+
+    demo: bool = True
+    """Load the demo estate (302 locations, ~1,000 SKUs) when the log is empty."""
+
+    limits: Limits = field(default_factory=Limits)
+    """Input and memory bounds (see ``reservation.Limits``)."""
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY_MODES:
+            raise ValueError(f"durability: must be one of {DURABILITY_MODES}, got {self.durability!r}")
+        if not 1 <= self.shards <= 1024:
+            raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
+        for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ServiceConfig:
+        """Defaults, then ``ATP_*`` variables, then explicit overrides (flags)."""
+        env = dict(os.environ) if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"ATP_{f.name.upper()}")
+            if raw is None or f.name == "limits":
+                continue
+            values[f.name] = _parse(f.name, str(f.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if "bool" in type_name:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if "int" in type_name:
+            return int(raw)
+        if "float" in type_name:
+            return float(raw)
+        if "Path" in type_name:
+            return Path(raw)
+    except ValueError:
+        raise ValueError(f"ATP_{name.upper()}: cannot read {raw!r} as {type_name}") from None
+    return raw or None

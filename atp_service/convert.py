@@ -1,0 +1,72 @@
+"""Protobuf <-> domain conversions, kept out of the servicer so each handler stays short."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from reservation import Limits, Quantities, Reservation, ReserveCommand, reserve_command
+
+from .pb.atp.v1 import atp_pb2 as pb
+
+
+def lines_of(lines: Iterable[pb.Line]) -> list[tuple[str, str, int]]:
+    return [(line.sku, line.location, line.quantity) for line in lines]
+
+
+def reserve_cmd(req: pb.ReserveRequest, limits: Limits) -> ReserveCommand:
+    return reserve_command(
+        reservation_id=req.reservation_id,
+        order_ref=req.order_ref,
+        channel=req.channel,
+        lines=lines_of(req.lines),
+        ttl_seconds=req.ttl_seconds,
+        allow_partial=req.allow_partial,
+        limits=limits,
+    )
+
+
+def reserve_response(rec: Reservation, replayed: bool) -> pb.ReserveResponse:
+    state = rec.decided_state
+    return pb.ReserveResponse(
+        reservation_id=rec.reservation_id,
+        state=int(state),
+        lines=[
+            pb.LineResult(
+                sku=line.sku, location=line.location, requested=line.requested,
+                granted=line.granted, outcome=line.outcome, available=line.available,
+            )
+            for line in rec.lines
+        ],
+        expires_at_ms=rec.created_at + rec.ttl_ms if line_granted(rec) else 0,
+        replayed=replayed,
+    )
+
+
+def line_granted(rec: Reservation) -> bool:
+    return any(line.granted for line in rec.lines)
+
+
+def reservation_pb(rec: Reservation) -> pb.Reservation:
+    return pb.Reservation(
+        reservation_id=rec.reservation_id,
+        order_ref=rec.order_ref,
+        channel=rec.channel,
+        state=int(rec.state),
+        lines=[
+            pb.LineState(
+                sku=line.sku, location=line.location, held=line.held, committed=line.committed,
+                fulfilled=line.fulfilled, released=line.released,
+            )
+            for line in rec.lines
+        ],
+        created_at_ms=rec.created_at,
+        expires_at_ms=rec.expires_at,
+        updated_at_ms=rec.updated_at,
+    )
+
+
+def availability_pb(sku: str, location: str, q: Quantities) -> pb.Availability:
+    return pb.Availability(
+        sku=sku, location=location, on_hand=q.on_hand, reserved=q.reserved,
+        committed=q.committed, safety_stock=q.safety_stock, available=q.available,
+    )

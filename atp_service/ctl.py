@@ -1,0 +1,145 @@
+"""``atpctl``: operate an ATP service from a shell. Prints JSON; exits 1 with the gRPC status on error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from .client import AtpClient
+from .pb.atp.v1 import atp_pb2 as pb
+
+EVENTS_CHUNK = 1000
+
+
+def _key(text: str) -> tuple[str, str]:
+    sku, sep, location = text.partition("@")
+    if not sep or not sku or not location:
+        raise argparse.ArgumentTypeError(f"expected SKU@LOCATION, got {text!r}")
+    return sku, location
+
+
+def _line(text: str) -> tuple[str, str, int]:
+    position, sep, qty = text.rpartition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected SKU@LOCATION:QTY, got {text!r}")
+    sku, location = _key(position)
+    try:
+        return sku, location, int(qty)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quantity of {text!r} is not an integer") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atpctl", description="Command-line client of the ATP service")
+    p.add_argument("--target", default=os.environ.get("ATP_TARGET", "127.0.0.1:50051"),
+                   help="host:port of the service (env ATP_TARGET)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline of each call in seconds")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("availability", help="quantities of positions")
+    a.add_argument("keys", nargs="+", type=_key, metavar="SKU@LOCATION")
+    r = sub.add_parser("reserve", help="hold stock for an order")
+    r.add_argument("reservation_id")
+    r.add_argument("lines", nargs="+", type=_line, metavar="SKU@LOCATION:QTY")
+    r.add_argument("--order-ref", default="")
+    r.add_argument("--channel", default="")
+    r.add_argument("--ttl", type=int, default=0, help="seconds (0: service default)")
+    r.add_argument("--allow-partial", action="store_true")
+    for name, help_text in (("confirm", "held -> committed"), ("reservation", "show a reservation")):
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("reservation_id")
+    for name, help_text in (("release", "cancel held or committed stock"), ("fulfil", "ship committed stock")):
+        c = sub.add_parser(name, help=help_text, aliases=["fulfill"] if name == "fulfil" else [])
+        c.add_argument("reservation_id")
+        c.add_argument("lines", nargs="*", type=_line, metavar="SKU@LOCATION:QTY", help="none: everything")
+        c.add_argument("--operation-id", default="", help="required with lines; makes a retry harmless")
+    e = sub.add_parser("events", help="facts (POS/WMS)")
+    esub = e.add_subparsers(dest="events_command", required=True)
+    imp = esub.add_parser("import", help="send a JSONL file of facts through RecordEvents")
+    imp.add_argument("file", type=Path)
+    return p
+
+
+def _facts(path: Path) -> Iterator[pb.Fact]:
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json_format.ParseDict(json.loads(line), pb.Fact())
+            except (ValueError, json_format.ParseError) as exc:
+                raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
+
+
+def _dump(msg: Message | list[Message] | dict[str, Any]) -> None:
+    if isinstance(msg, list):
+        out: Any = [json_format.MessageToDict(m, always_print_fields_with_no_presence=True) for m in msg]
+    elif isinstance(msg, Message):
+        out = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
+    else:
+        out = msg
+    print(json.dumps(out, indent=2))
+
+
+async def _run(args: argparse.Namespace) -> None:
+    async with AtpClient(args.target, timeout_s=args.timeout) as client:
+        cmd = args.command
+        if cmd == "availability":
+            _dump(await client.availability(args.keys))
+        elif cmd == "reserve":
+            _dump(await client.reserve(args.reservation_id, args.lines, order_ref=args.order_ref,
+                                       channel=args.channel, ttl_seconds=args.ttl, allow_partial=args.allow_partial))
+        elif cmd == "confirm":
+            _dump(await client.confirm(args.reservation_id))
+        elif cmd == "reservation":
+            _dump(await client.get_reservation(args.reservation_id))
+        elif cmd == "release":
+            _dump(await client.release(args.reservation_id, args.lines, args.operation_id))
+        elif cmd in ("fulfil", "fulfill"):
+            _dump(await client.fulfill(args.reservation_id, args.lines, args.operation_id))
+        elif cmd == "events":
+            await _import(client, args.file)
+
+
+async def _import(client: AtpClient, path: Path) -> None:
+    counts: dict[str, int] = {}
+    chunk: list[pb.Fact] = []
+
+    async def send() -> None:
+        for result in await client.record_events(chunk):
+            name = pb.FactOutcome.Name(result.outcome)
+            counts[name] = counts.get(name, 0) + 1
+            if result.error:
+                print(f"{result.event_id}: {name}: {result.error}", file=sys.stderr)
+        chunk.clear()
+
+    for fact in _facts(path):
+        chunk.append(fact)
+        if len(chunk) >= EVENTS_CHUNK:
+            await send()
+    if chunk:
+        await send()
+    _dump(counts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        asyncio.run(_run(args))
+    except grpc.aio.AioRpcError as exc:
+        print(f"atpctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

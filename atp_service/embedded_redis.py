@@ -1,0 +1,128 @@
+"""A private ``redis-server`` child process: the default store of ``make run`` and of the tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+class RedisNotInstalled(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    path = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if path is None:
+        raise RedisNotInstalled(
+            "redis-server not found: install it (Debian: apt-get install redis-server) or set ATP_REDIS_URL"
+        )
+    return path
+
+
+class EmbeddedRedis:
+    """Starts redis-server with AOF on, data under ``data_dir``; ``stop()`` shuts it down cleanly."""
+
+    def __init__(self, data_dir: Path, port: int = 0, appendfsync: str = "everysec",
+                 password: str | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.appendfsync = appendfsync
+        self.password = password
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir.resolve()),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", str((self.data_dir / "redis.log").resolve()),
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self._stop_leftover()
+        # Own session: a Ctrl-C aimed at the service must not kill Redis before the service
+        # has flushed its last snapshot; we stop it ourselves.
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._pidfile.write_text(str(self.process.pid))
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.data_dir}/redis.log")
+                try:
+                    client.ping()
+                    # Wait for AOF loading to finish before anyone reads.
+                    if client.info("persistence").get("loading", 0) == 0:
+                        return self
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not answer within {timeout_s}s")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    @property
+    def _pidfile(self) -> Path:
+        return self.data_dir / "redis-server.pid"
+
+    def _stop_leftover(self) -> None:
+        """A service killed with -9 leaves its Redis running on the same files: stop it first."""
+        try:
+            pid = int(self._pidfile.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"redis-server" not in cmdline:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # redis-server flushes the AOF on SIGTERM
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

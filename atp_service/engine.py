@@ -1,0 +1,334 @@
+"""The engine: routes commands to shard actors and coordinates the few that span shards.
+
+A SKU lives on one shard (stable hash), so a single-SKU reservation is one actor
+message. A reservation whose lines span shards is decided by a coordinator that
+pauses the shards involved in ascending order (no deadlock: every coordinator
+takes them in the same order), decides over all of them at once, appends the
+entries of all of them in one MULTI/EXEC and resumes them: all-or-nothing (R2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from reservation import (
+    DomainError,
+    Fact,
+    FactOutcome,
+    Ledger,
+    LineRequest,
+    NotFound,
+    Quantities,
+    Reservation,
+    ReserveCommand,
+    ResourceExhausted,
+    State,
+    Unavailable,
+    View,
+)
+from reservation import _operations as ops
+
+from .clock import Clock
+from .config import ServiceConfig
+from .log import LogStore
+from .metrics import METRICS
+from .shard import STORAGE_ERRORS, ShardActor
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ViewWork = Callable[[View, int], Any]
+
+
+def _each(works: list[ViewWork]) -> Callable[[Ledger, int], list[Any]]:
+    """Several commands as one actor message; each succeeds or fails on its own."""
+
+    def run(ledger: Ledger, now: int) -> list[Any]:
+        out: list[Any] = []
+        for work in works:
+            try:
+                out.append(work(ledger, now))
+            except DomainError as exc:
+                out.append(exc)
+        return out
+
+    return run
+
+
+async def _one_as_list(coro: Any) -> list[Any]:
+    try:
+        return [await coro]
+    except DomainError as exc:
+        return [exc]
+
+
+class CompositeView:
+    """Several paused shards seen as one: positions by SKU shard, the record on its home shard."""
+
+    def __init__(self, ledgers: dict[int, Ledger], home: int, place: Callable[[str], int]) -> None:
+        self._ledgers, self._home, self._place = ledgers, ledgers[home], place
+
+    def _for(self, sku: str) -> Ledger:
+        return self._ledgers[self._place(sku)]  # KeyError = a shard that was not paused: a bug
+
+    def quantities(self, sku: str, location: str) -> Quantities:
+        return self._for(sku).quantities(sku, location)
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        return self._home.reservation(reservation_id)
+
+    def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
+        self._for(sku).move_hold(sku, location, d_reserved, d_committed)
+
+    def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None:
+        self._for(sku).ship(sku, location, quantity, at, ref)
+
+    def save(self, reservation: Reservation) -> None:
+        self._home.save(reservation)
+
+
+class Engine:
+    def __init__(self, actors: Sequence[ShardActor], log_store: LogStore, clock: Clock,
+                 config: ServiceConfig) -> None:
+        self.actors = list(actors)
+        self.config = config
+        self.limits = config.limits
+        self.clock = clock
+        self._log = log_store
+        self._n = len(actors)
+        # reservation_id -> shard holding its record. Set when a Reserve is routed, so a
+        # concurrent retry with the same id meets the first attempt on the same actor.
+        self._home: dict[str, int] = {}
+        for actor in self.actors:
+            for rid in actor.ledger.reservations:
+                self._home[rid] = actor.shard
+        self._maintenance: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def place(self, sku: str) -> int:
+        return zlib.crc32(sku.encode()) % self._n
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        for actor in self.actors:
+            actor.start()
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain_forever())
+
+    async def stop(self, snapshot: bool = True) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        for task in list(self._background):
+            task.cancel()
+        for actor in self.actors:
+            await actor.stop()
+        if snapshot:
+            for actor in self.actors:
+                await actor.snapshot()
+
+    # -- reservation commands ---------------------------------------------------------
+    async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
+        shards, home = self._route(cmd)
+        result: tuple[Reservation, bool] = await self._run(shards, home, self._reserve_work(cmd, home))
+        self._count(result)
+        return result
+
+    async def reserve_many(self, cmds: Sequence[ReserveCommand]) -> list[tuple[Reservation, bool] | DomainError]:
+        """Independent reservations (the high-volume path): one actor message per shard, not per order."""
+        out: list[tuple[Reservation, bool] | DomainError] = [Unavailable("not decided")] * len(cmds)
+        groups: dict[int, list[int]] = {}
+        spanning: list[int] = []
+        for i, cmd in enumerate(cmds):
+            shards, home = self._route(cmd)
+            if len(shards) == 1:
+                groups.setdefault(home, []).append(i)
+            else:
+                spanning.append(i)
+        waits: list[tuple[list[int], Any]] = []
+        for home, idx in groups.items():
+            works = [self._reserve_work(cmds[i], home) for i in idx]
+            try:
+                waits.append((idx, self.actors[home].submit(_each(works))))
+            except DomainError as exc:
+                for i in idx:
+                    out[i] = exc
+        for i in spanning:
+            waits.append(([i], asyncio.ensure_future(_one_as_list(self.reserve(cmds[i])))))
+        for idx, fut in waits:
+            try:
+                results = await fut
+            except DomainError as exc:
+                results = [exc] * len(idx)
+            for i, result in zip(idx, results, strict=True):
+                out[i] = result
+                if not isinstance(result, DomainError):
+                    self._count(result)
+        return out
+
+    def _route(self, cmd: ReserveCommand) -> tuple[set[int], int]:
+        shards = {self.place(line.sku) for line in cmd.lines}
+        home = self._home.setdefault(cmd.reservation_id, min(shards))
+        shards.add(home)
+        return shards, home
+
+    def _reserve_work(self, cmd: ReserveCommand, home: int) -> ViewWork:
+        limit = self.limits.max_live_reservations_per_shard
+        ledger = self.actors[home].ledger
+
+        def work(view: View, now: int) -> tuple[Reservation, bool]:
+            if ledger.live_reservations >= limit and view.reservation(cmd.reservation_id) is None:
+                raise ResourceExhausted(f"shard {home}: {limit} live reservations (limit max_live_reservations)")
+            return ops.reserve(view, cmd, now)
+
+        return work
+
+    @staticmethod
+    def _count(result: tuple[Reservation, bool]) -> None:
+        outcome = "replayed" if result[1] else State(result[0].state).name.lower()
+        METRICS.reservations.labels(outcome).inc()
+
+    async def confirm(self, reservation_id: str) -> Reservation:
+        return await self._resolve(reservation_id, "confirmed", lambda v, now: ops.confirm(v, reservation_id, now))
+
+    async def release(self, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str) -> Reservation:
+        return await self._resolve(reservation_id, "released", lambda v, now: ops.release(
+            v, reservation_id, lines, operation_id, now, self.limits))
+
+    async def fulfill(self, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str) -> Reservation:
+        return await self._resolve(reservation_id, "fulfilled", lambda v, now: ops.fulfill(
+            v, reservation_id, lines, operation_id, now, self.limits))
+
+    def get_reservation(self, reservation_id: str) -> Reservation:
+        home = self._home.get(reservation_id)
+        rec = None if home is None else self.actors[home].ledger.reservation(reservation_id)
+        if rec is None:
+            raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
+        return rec
+
+    def availability(self, keys: Iterable[tuple[str, str]]) -> list[Quantities]:
+        """Reads straight from memory: may include a batch whose append is in flight (ms)."""
+        actors, place = self.actors, self.place
+        return [actors[place(sku)].ledger.quantities(sku, loc) for sku, loc in keys]
+
+    # -- facts and settings -------------------------------------------------------------
+    async def record_facts(self, facts: Sequence[Fact]) -> list[tuple[FactOutcome, str]]:
+        by_shard: dict[int, list[int]] = {}
+        for i, fact in enumerate(facts):
+            by_shard.setdefault(self.place(fact.sku), []).append(i)
+        futures = {
+            shard: self.actors[shard].submit(
+                lambda ledger, _now, idx=idx: [ledger.record_fact(facts[i]) for i in idx])
+            for shard, idx in by_shard.items()
+        }
+        out: list[tuple[FactOutcome, str]] = [(FactOutcome.INVALID, "")] * len(facts)
+        for shard, fut in futures.items():
+            for i, result in zip(by_shard[shard], await fut, strict=True):
+                out[i] = result
+                METRICS.facts.labels(result[0].name.lower()).inc()
+        return out
+
+    # -- routing ----------------------------------------------------------------------
+    async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork) -> Reservation:
+        home = self._home.get(reservation_id)
+        if home is None:
+            raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
+        rec = self.actors[home].ledger.reservation(reservation_id)
+        shards = {home} | ({self.place(line.sku) for line in rec.lines} if rec else set())
+        result: Reservation = await self._run(shards, home, work)
+        METRICS.reservations.labels(outcome).inc()
+        return result
+
+    async def _run(self, shards: set[int], home: int, work: ViewWork) -> Any:
+        if len(shards) == 1:
+            return await self.actors[home].submit(work)
+        return await self._coordinate(sorted(shards), home, work)
+
+    async def _coordinate(self, shards: list[int], home: int, work: ViewWork) -> Any:
+        resumes: list[asyncio.Future[None]] = []
+        try:
+            for shard in shards:  # ascending: two coordinators can never wait on each other
+                resumes.append(await self.actors[shard].pause())
+            return await self._decide_and_append(shards, home, work)
+        finally:
+            for resume in resumes:
+                resume.set_result(None)
+
+    async def _decide_and_append(self, shards: list[int], home: int, work: ViewWork) -> Any:
+        actors = {s: self.actors[s] for s in shards}
+        now = self.clock.now_ms()
+        view = CompositeView({s: a.ledger for s, a in actors.items()}, home, self.place)
+        error: DomainError | None = None
+        result: Any = None
+        try:
+            result = work(view, now)
+        except DomainError as exc:
+            error = exc
+        entries = {s: e for s, a in actors.items() if (e := a.open_entry(now)) is not None}
+        if entries:
+            landed = True
+            try:
+                await self._log.append_atomic(entries)
+            except STORAGE_ERRORS as exc:
+                METRICS.append_failures.inc()
+                first = min(entries)
+                landed = await actors[first].settle(entries[first][0])
+                log.warning("cross-shard append failed (%s); landed=%s", exc, landed)
+            for s in entries:
+                actors[s].finish_entry(landed, now)
+            if not landed:
+                raise Unavailable("change not durable (log storage unreachable); nothing was applied")
+        if error is not None:
+            raise error
+        return result
+
+    # -- time ---------------------------------------------------------------------------
+    async def run_maintenance(self) -> None:
+        """Expire due holds (R3, no request needed), forget old resolved ones, snapshot when due."""
+        now = self.clock.now_ms()
+        waits = []
+        for actor in self.actors:
+            nxt = actor.ledger.next_expiry()
+            if nxt is not None and nxt <= now:
+                waits.append(actor.submit(self._expire_work))
+            actor.request_maintenance()
+        for fut in waits:
+            try:
+                await fut
+            except DomainError as exc:
+                log.debug("expiry deferred: %s", exc)
+
+    def _expire_work(self, ledger: Ledger, now: int) -> None:
+        for rid in ledger.due(now):
+            rec = ledger.reservations[rid]
+            shards = {self.place(line.sku) for line in rec.lines} | {ledger.shard}
+            if len(shards) == 1:
+                ops.expire(ledger, rid, now)
+            else:  # spans shards: expire through the coordinator, after this batch
+                self._spawn(self._expire_across(sorted(shards), ledger, rid, rec.expires_at))
+        for rid in ledger.evict(now):
+            if self._home.get(rid) == ledger.shard:
+                del self._home[rid]
+        METRICS.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
+
+    async def _expire_across(self, shards: list[int], home: Ledger, rid: str, expires_at: int) -> None:
+        try:
+            await self._coordinate(shards, home.shard, lambda v, t: ops.expire(v, rid, t))
+        except DomainError as exc:
+            log.warning("expiry of %s deferred: %s", rid, exc)
+            home.requeue_expiry(expires_at, rid)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _maintain_forever(self) -> None:
+        interval = self.config.maintenance_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.run_maintenance()
+            except (DomainError, *STORAGE_ERRORS) as exc:
+                log.warning("maintenance pass failed: %s", exc)

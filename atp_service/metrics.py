@@ -1,0 +1,53 @@
+"""Prometheus metrics, all prefixed ``atp_``. One registry per process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rpc_seconds = Histogram(
+            "atp_rpc_duration_seconds", "gRPC handling time by method and status code",
+            ["method", "code"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.reservations = Counter(
+            "atp_reservations_total", "Reservation decisions and resolutions by outcome", ["outcome"], registry=r
+        )
+        self.facts = Counter("atp_facts_total", "Facts by outcome", ["outcome"], registry=r)
+        self.mailbox_depth = Gauge("atp_shard_mailbox_depth", "Messages waiting per shard", ["shard"], registry=r)
+        self.batch_size = Histogram(
+            "atp_shard_batch_size", "Commands applied per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r,
+        )
+        self.pipeline_size = Histogram(
+            "atp_log_pipeline_entries", "Shard entries per Redis round trip",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
+        self.append_seconds = Histogram(
+            "atp_log_append_seconds", "Redis append round-trip time", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.append_failures = Counter(
+            "atp_log_append_failures_total", "Log appends that failed (answered UNAVAILABLE)", registry=r
+        )
+        self.shed = Counter("atp_shed_total", "Requests refused because a mailbox was full", registry=r)
+        self.recovery_seconds = Gauge("atp_recovery_seconds", "Duration of the last start-up recovery", registry=r)
+        self.recovered_entries = Gauge("atp_recovery_entries", "Log entries replayed at start-up", registry=r)
+        self.snapshot_seconds = Histogram(
+            "atp_snapshot_seconds", "Time to encode and store one shard snapshot",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10), registry=r,
+        )
+        self.snapshot_bytes = Gauge("atp_snapshot_bytes", "Size of the last snapshot per shard", ["shard"], registry=r)
+        self.live_reservations = Gauge(
+            "atp_live_reservations", "HELD or CONFIRMED reservations per shard", ["shard"], registry=r
+        )
+        self.oversold_units = Gauge(
+            "atp_oversold_units", "Units by which positions are oversold (Q5: available < 0)", registry=r
+        )
+
+
+METRICS = Metrics()

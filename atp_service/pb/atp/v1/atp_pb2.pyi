@@ -1,0 +1,302 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReservationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESERVATION_STATE_UNSPECIFIED: _ClassVar[ReservationState]
+    HELD: _ClassVar[ReservationState]
+    CONFIRMED: _ClassVar[ReservationState]
+    FULFILLED: _ClassVar[ReservationState]
+    RELEASED: _ClassVar[ReservationState]
+    EXPIRED: _ClassVar[ReservationState]
+    REJECTED: _ClassVar[ReservationState]
+
+class LineOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LINE_OUTCOME_UNSPECIFIED: _ClassVar[LineOutcome]
+    GRANTED: _ClassVar[LineOutcome]
+    INSUFFICIENT: _ClassVar[LineOutcome]
+    NOT_ATTEMPTED: _ClassVar[LineOutcome]
+
+class FactKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FACT_KIND_UNSPECIFIED: _ClassVar[FactKind]
+    SALE: _ClassVar[FactKind]
+    RETURN: _ClassVar[FactKind]
+    RECEIPT: _ClassVar[FactKind]
+    ADJUST: _ClassVar[FactKind]
+    SHIPMENT: _ClassVar[FactKind]
+    COUNT: _ClassVar[FactKind]
+
+class FactOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FACT_OUTCOME_UNSPECIFIED: _ClassVar[FactOutcome]
+    APPLIED: _ClassVar[FactOutcome]
+    DUPLICATE: _ClassVar[FactOutcome]
+    ABSORBED: _ClassVar[FactOutcome]
+    QUARANTINED: _ClassVar[FactOutcome]
+    INVALID: _ClassVar[FactOutcome]
+RESERVATION_STATE_UNSPECIFIED: ReservationState
+HELD: ReservationState
+CONFIRMED: ReservationState
+FULFILLED: ReservationState
+RELEASED: ReservationState
+EXPIRED: ReservationState
+REJECTED: ReservationState
+LINE_OUTCOME_UNSPECIFIED: LineOutcome
+GRANTED: LineOutcome
+INSUFFICIENT: LineOutcome
+NOT_ATTEMPTED: LineOutcome
+FACT_KIND_UNSPECIFIED: FactKind
+SALE: FactKind
+RETURN: FactKind
+RECEIPT: FactKind
+ADJUST: FactKind
+SHIPMENT: FactKind
+COUNT: FactKind
+FACT_OUTCOME_UNSPECIFIED: FactOutcome
+APPLIED: FactOutcome
+DUPLICATE: FactOutcome
+ABSORBED: FactOutcome
+QUARANTINED: FactOutcome
+INVALID: FactOutcome
+
+class PositionKey(_message.Message):
+    __slots__ = ("sku", "location")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    location: str
+    def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
+
+class Line(_message.Message):
+    __slots__ = ("sku", "location", "quantity")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    location: str
+    quantity: int
+    def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
+
+class LineResult(_message.Message):
+    __slots__ = ("sku", "location", "requested", "granted", "outcome", "available")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    location: str
+    requested: int
+    granted: int
+    outcome: LineOutcome
+    available: int
+    def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., requested: _Optional[int] = ..., granted: _Optional[int] = ..., outcome: _Optional[_Union[LineOutcome, str]] = ..., available: _Optional[int] = ...) -> None: ...
+
+class LineState(_message.Message):
+    __slots__ = ("sku", "location", "held", "committed", "fulfilled", "released")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    FULFILLED_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    location: str
+    held: int
+    committed: int
+    fulfilled: int
+    released: int
+    def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., held: _Optional[int] = ..., committed: _Optional[int] = ..., fulfilled: _Optional[int] = ..., released: _Optional[int] = ...) -> None: ...
+
+class Reservation(_message.Message):
+    __slots__ = ("reservation_id", "order_ref", "channel", "state", "lines", "created_at_ms", "expires_at_ms", "updated_at_ms")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_REF_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    order_ref: str
+    channel: str
+    state: ReservationState
+    lines: _containers.RepeatedCompositeFieldContainer[LineState]
+    created_at_ms: int
+    expires_at_ms: int
+    updated_at_ms: int
+    def __init__(self, reservation_id: _Optional[str] = ..., order_ref: _Optional[str] = ..., channel: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ..., lines: _Optional[_Iterable[_Union[LineState, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("reservation_id", "order_ref", "channel", "lines", "ttl_seconds", "allow_partial")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_REF_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    order_ref: str
+    channel: str
+    lines: _containers.RepeatedCompositeFieldContainer[Line]
+    ttl_seconds: int
+    allow_partial: bool
+    def __init__(self, reservation_id: _Optional[str] = ..., order_ref: _Optional[str] = ..., channel: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ..., ttl_seconds: _Optional[int] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("reservation_id", "state", "lines", "expires_at_ms", "replayed")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    state: ReservationState
+    lines: _containers.RepeatedCompositeFieldContainer[LineResult]
+    expires_at_ms: int
+    replayed: bool
+    def __init__(self, reservation_id: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ..., lines: _Optional[_Iterable[_Union[LineResult, _Mapping]]] = ..., expires_at_ms: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class ConfirmRequest(_message.Message):
+    __slots__ = ("reservation_id",)
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("reservation_id", "lines", "operation_id")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    lines: _containers.RepeatedCompositeFieldContainer[Line]
+    operation_id: str
+    def __init__(self, reservation_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ..., operation_id: _Optional[str] = ...) -> None: ...
+
+class FulfillRequest(_message.Message):
+    __slots__ = ("reservation_id", "lines", "operation_id")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    lines: _containers.RepeatedCompositeFieldContainer[Line]
+    operation_id: str
+    def __init__(self, reservation_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ..., operation_id: _Optional[str] = ...) -> None: ...
+
+class GetReservationRequest(_message.Message):
+    __slots__ = ("reservation_id",)
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
+
+class ReservationResponse(_message.Message):
+    __slots__ = ("reservation",)
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    reservation: Reservation
+    def __init__(self, reservation: _Optional[_Union[Reservation, _Mapping]] = ...) -> None: ...
+
+class GetAvailabilityRequest(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[PositionKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[PositionKey, _Mapping]]] = ...) -> None: ...
+
+class Availability(_message.Message):
+    __slots__ = ("sku", "location", "on_hand", "reserved", "committed", "safety_stock", "available")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    ON_HAND_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    SAFETY_STOCK_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    location: str
+    on_hand: int
+    reserved: int
+    committed: int
+    safety_stock: int
+    available: int
+    def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., on_hand: _Optional[int] = ..., reserved: _Optional[int] = ..., committed: _Optional[int] = ..., safety_stock: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
+
+class GetAvailabilityResponse(_message.Message):
+    __slots__ = ("positions",)
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    positions: _containers.RepeatedCompositeFieldContainer[Availability]
+    def __init__(self, positions: _Optional[_Iterable[_Union[Availability, _Mapping]]] = ...) -> None: ...
+
+class Fact(_message.Message):
+    __slots__ = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms", "reservation_id")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    source: str
+    kind: FactKind
+    sku: str
+    location: str
+    quantity: int
+    event_time_ms: int
+    reservation_id: str
+    def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., kind: _Optional[_Union[FactKind, str]] = ..., sku: _Optional[str] = ..., location: _Optional[str] = ..., quantity: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+
+class FactResult(_message.Message):
+    __slots__ = ("event_id", "outcome", "error")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    outcome: FactOutcome
+    error: str
+    def __init__(self, event_id: _Optional[str] = ..., outcome: _Optional[_Union[FactOutcome, str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class RecordEventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Fact]
+    def __init__(self, events: _Optional[_Iterable[_Union[Fact, _Mapping]]] = ...) -> None: ...
+
+class RecordEventsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[FactResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[FactResult, _Mapping]]] = ...) -> None: ...
+
+class ReserveBatch(_message.Message):
+    __slots__ = ("reservations",)
+    RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    reservations: _containers.RepeatedCompositeFieldContainer[ReserveRequest]
+    def __init__(self, reservations: _Optional[_Iterable[_Union[ReserveRequest, _Mapping]]] = ...) -> None: ...
+
+class ReserveOutcome(_message.Message):
+    __slots__ = ("reservation_id", "code", "error", "response")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    code: int
+    error: str
+    response: ReserveResponse
+    def __init__(self, reservation_id: _Optional[str] = ..., code: _Optional[int] = ..., error: _Optional[str] = ..., response: _Optional[_Union[ReserveResponse, _Mapping]] = ...) -> None: ...
+
+class ReserveBatchResult(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[ReserveOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[ReserveOutcome, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,204 @@
+"""The typed async servicer of ``atp.v1.AvailabilityService``: validate, call the engine, convert."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from reservation import DomainError, FactOutcome, InvalidArgument, Limits, Unavailable, check_id, partial_lines
+from reservation import fact as make_fact
+
+from . import convert
+from .engine import Engine
+from .metrics import METRICS
+from .pb.atp.v1 import atp_pb2 as pb
+from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def _status(exc: DomainError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
+
+
+def _observed(method: str) -> Callable[[Handler], Handler]:
+    """Latency histogram by method and code, and DomainError -> gRPC status."""
+    children: dict[str, Any] = {}
+
+    def child(code: str) -> Any:
+        c = children.get(code)
+        if c is None:
+            c = children[code] = METRICS.rpc_seconds.labels(method, code)
+        return c
+
+    def wrap(fn: Handler) -> Handler:
+        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            try:
+                result = await fn(self, request, context)
+            except DomainError as exc:
+                child(exc.code).observe(time.perf_counter() - started)
+                await context.abort(_status(exc), exc.message)
+            child("OK").observe(time.perf_counter() - started)
+            return result
+
+        handler.__name__ = fn.__name__
+        return handler
+
+    return wrap
+
+
+class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
+    def __init__(self, limits: Limits, max_stream_inflight: int) -> None:
+        self.limits = limits
+        self._engine: Engine | None = None
+        self._max_inflight = max_stream_inflight
+
+    def attach(self, engine: Engine) -> None:
+        """Start answering: recovery has finished."""
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise Unavailable("service is recovering its state; retry shortly")
+        return self._engine
+
+    @_observed("Reserve")
+    async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
+        cmd = convert.reserve_cmd(request, self.limits)
+        rec, replayed = await self.engine.reserve(cmd)
+        return convert.reserve_response(rec, replayed)
+
+    @_observed("Confirm")
+    async def Confirm(self, request: pb.ConfirmRequest, context: Any) -> pb.ReservationResponse:
+        rid = check_id("reservation_id", request.reservation_id, self.limits)
+        return pb.ReservationResponse(reservation=convert.reservation_pb(await self.engine.confirm(rid)))
+
+    @_observed("Release")
+    async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReservationResponse:
+        rid = check_id("reservation_id", request.reservation_id, self.limits)
+        lines = partial_lines(convert.lines_of(request.lines), request.operation_id, self.limits)
+        rec = await self.engine.release(rid, lines, request.operation_id)
+        return pb.ReservationResponse(reservation=convert.reservation_pb(rec))
+
+    @_observed("Fulfill")
+    async def Fulfill(self, request: pb.FulfillRequest, context: Any) -> pb.ReservationResponse:
+        rid = check_id("reservation_id", request.reservation_id, self.limits)
+        lines = partial_lines(convert.lines_of(request.lines), request.operation_id, self.limits)
+        rec = await self.engine.fulfill(rid, lines, request.operation_id)
+        return pb.ReservationResponse(reservation=convert.reservation_pb(rec))
+
+    @_observed("GetReservation")
+    async def GetReservation(self, request: pb.GetReservationRequest, context: Any) -> pb.ReservationResponse:
+        rid = check_id("reservation_id", request.reservation_id, self.limits)
+        return pb.ReservationResponse(reservation=convert.reservation_pb(self.engine.get_reservation(rid)))
+
+    @_observed("GetAvailability")
+    async def GetAvailability(self, request: pb.GetAvailabilityRequest, context: Any) -> pb.GetAvailabilityResponse:
+        limit = self.limits.max_availability_keys
+        if not request.keys:
+            raise InvalidArgument("keys", "at least one key is required")
+        if len(request.keys) > limit:
+            raise InvalidArgument("keys", f"{len(request.keys)} keys exceed the limit max_availability_keys={limit}")
+        keys = []
+        for n, key in enumerate(request.keys):
+            check_id(f"keys[{n}].sku", key.sku, self.limits)
+            check_id(f"keys[{n}].location", key.location, self.limits)
+            keys.append((key.sku, key.location))
+        found = self.engine.availability(keys)
+        return pb.GetAvailabilityResponse(
+            positions=[convert.availability_pb(s, loc, q) for (s, loc), q in zip(keys, found, strict=True)]
+        )
+
+    @_observed("RecordEvents")
+    async def RecordEvents(self, request: pb.RecordEventsRequest, context: Any) -> pb.RecordEventsResponse:
+        limit = self.limits.max_events_per_call
+        if len(request.events) > limit:
+            raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}")
+        now = self.engine.clock.now_ms()
+        results: list[pb.FactResult | None] = []
+        valid = []
+        for n, ev in enumerate(request.events):
+            try:
+                valid.append(make_fact(
+                    event_id=ev.event_id, source=ev.source, kind=ev.kind, sku=ev.sku, location=ev.location,
+                    quantity=ev.quantity, event_time=ev.event_time_ms, reservation_id=ev.reservation_id,
+                    now=now, limits=self.limits,
+                ))
+                results.append(None)
+            except InvalidArgument as exc:
+                METRICS.facts.labels("invalid").inc()
+                results.append(pb.FactResult(event_id=ev.event_id, outcome=FactOutcome.INVALID,
+                                             error=f"events[{n}].{exc.message}"))
+        outcomes = iter(await self.engine.record_facts(valid))
+        facts = iter(valid)
+        out = []
+        for r in results:
+            if r is None:
+                outcome, reason = next(outcomes)
+                r = pb.FactResult(event_id=next(facts).event_id, outcome=int(outcome), error=reason)
+            out.append(r)
+        return pb.RecordEventsResponse(results=out)
+
+    async def ReserveStream(
+        self, request_iterator: AsyncIterator[pb.ReserveBatch], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ReserveBatchResult]:
+        """Batches are decided concurrently (up to max_stream_inflight) and answered in order."""
+        inflight: asyncio.Queue[asyncio.Task[pb.ReserveBatchResult] | None] = asyncio.Queue(self._max_inflight)
+
+        async def read() -> None:
+            try:
+                async for batch in request_iterator:
+                    await inflight.put(asyncio.ensure_future(self._reserve_batch(batch)))
+            finally:
+                await inflight.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await inflight.get()) is not None:
+                yield await task
+            await reader
+        finally:
+            reader.cancel()
+
+    async def _reserve_batch(self, batch: pb.ReserveBatch) -> pb.ReserveBatchResult:
+        started = time.perf_counter()
+        limit = self.limits.max_batch_reservations
+        if len(batch.reservations) > limit:
+            err = f"reservations: {len(batch.reservations)} exceed the limit max_batch_reservations={limit}"
+            code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            return pb.ReserveBatchResult(outcomes=[
+                pb.ReserveOutcome(reservation_id=r.reservation_id, code=code, error=err)
+                for r in batch.reservations])
+        outcomes: list[pb.ReserveOutcome | None] = []
+        cmds = []
+        for req in batch.reservations:
+            try:
+                cmds.append(convert.reserve_cmd(req, self.limits))
+                outcomes.append(None)
+            except DomainError as exc:
+                outcomes.append(_failed(req.reservation_id, exc))
+        decided = iter(zip(cmds, await self.engine.reserve_many(cmds), strict=True))
+        out = []
+        for item in outcomes:
+            if item is None:
+                cmd, result = next(decided)
+                if isinstance(result, DomainError):
+                    item = _failed(cmd.reservation_id, result)
+                else:
+                    rec, replayed = result
+                    item = pb.ReserveOutcome(reservation_id=rec.reservation_id,
+                                             response=convert.reserve_response(rec, replayed))
+            out.append(item)
+        METRICS.rpc_seconds.labels("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
+        return pb.ReserveBatchResult(outcomes=out)
+
+
+def _failed(reservation_id: str, exc: DomainError) -> pb.ReserveOutcome:
+    return pb.ReserveOutcome(reservation_id=reservation_id, code=_status(exc).value[0], error=exc.message)

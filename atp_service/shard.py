@@ -1,0 +1,250 @@
+"""A shard actor: one asyncio task owns one Ledger and works through a bounded mailbox.
+
+No locks: only this task touches its ledger, except a coordinator that first
+pauses it (see ``engine``). Each turn drains up to ``batch_max`` messages,
+applies them, appends the resulting events as one log entry (group commit) and
+only then answers (R7). An append whose outcome is unknown is settled by
+reading the log before the shard takes another message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from reservation import DomainError, Ledger, LogEntry, Unavailable, encode_entry
+from reservation._errors import ResourceExhausted
+
+from .clock import Clock
+from .config import ServiceConfig
+from .log import LogStore
+from .metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Work = Callable[[Ledger, int], Any]
+STORAGE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class Envelope:
+    """A message and the future its answer goes to."""
+
+    __slots__ = ("message", "reply")
+
+    def __init__(self, message: Work | _Control, reply: asyncio.Future[Any]) -> None:
+        self.message = message
+        self.reply = reply
+
+
+class _Control:
+    """Messages about the actor itself, handled between batches."""
+
+    __slots__ = ("kind", "resume")
+
+    def __init__(self, kind: str, resume: asyncio.Future[None] | None = None) -> None:
+        self.kind = kind
+        self.resume = resume
+
+
+class ShardActor:
+    def __init__(self, shard: int, ledger: Ledger, log_store: LogStore, clock: Clock,
+                 config: ServiceConfig, seq: int) -> None:
+        self.shard = shard
+        self.ledger = ledger
+        self.seq = seq  # the last entry durable in this shard's log
+        self._log = log_store
+        self._clock = clock
+        self._config = config
+        self._mailbox: asyncio.Queue[Envelope] = asyncio.Queue(config.mailbox_size)
+        self._task: asyncio.Task[None] | None = None
+        self._in_doubt = False
+        self._stopping = False
+        self._snapshot_seq = seq
+        self._snapshot_at = time.monotonic()
+        self._depth = METRICS.mailbox_depth.labels(str(shard))
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"shard-{self.shard}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then fail whatever is still waiting (cleanly, not silently)."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while not self._mailbox.empty():
+            env = self._mailbox.get_nowait()
+            if not env.reply.done():
+                env.reply.set_exception(Unavailable("service is shutting down"))
+
+    # -- sending -------------------------------------------------------------
+    def submit(self, work: Work) -> asyncio.Future[Any]:
+        """Queue work for this shard; refuse at once when the shard cannot take it."""
+        if self._stopping:
+            raise Unavailable("service is shutting down")
+        if self._in_doubt:
+            raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            self._mailbox.put_nowait(Envelope(work, fut))
+        except asyncio.QueueFull:
+            METRICS.shed.inc()
+            raise ResourceExhausted(
+                f"shard {self.shard}: mailbox full ({self._config.mailbox_size} waiting), retry with backoff"
+            ) from None
+        return fut
+
+    async def pause(self) -> asyncio.Future[None]:
+        """Wait until this shard is between batches and parked; set the returned future to resume it."""
+        resume: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        paused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._mailbox.put(Envelope(_Control("pause", resume), paused))
+        await paused
+        return resume
+
+    def request_maintenance(self) -> None:
+        if not self._stopping and not self._mailbox.full():
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._mailbox.put_nowait(Envelope(_Control("maintain"), fut))
+
+    # -- used by a coordinator while this shard is paused ------------------------
+    def open_entry(self, now: int) -> tuple[int, bytes] | None:
+        if not self.ledger.pending:
+            return None
+        return self.seq + 1, encode_entry(LogEntry(now, self.ledger.open_events))
+
+    def finish_entry(self, landed: bool, now: int) -> None:
+        if landed:
+            self.ledger.commit(now)
+            self.seq += 1
+        else:
+            self.ledger.rollback()
+
+    async def settle(self, seq: int) -> bool:
+        """Whether entry ``seq`` reached the log; retries until Redis answers. Blocks new work meanwhile."""
+        self._in_doubt = True
+        delay = 0.05
+        try:
+            while True:
+                try:
+                    return await self._log.last_seq(self.shard) >= seq
+                except STORAGE_ERRORS:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self._in_doubt = False
+
+    # -- the actor loop ------------------------------------------------------
+    async def _run(self) -> None:
+        mailbox, limit = self._mailbox, self._config.batch_max
+        while True:
+            batch = [await mailbox.get()]
+            control: Envelope | None = None
+            while len(batch) < limit and not mailbox.empty():
+                batch.append(mailbox.get_nowait())
+            for i, env in enumerate(batch):
+                if isinstance(env.message, _Control):
+                    # Everything after a control message waits for it: put it back in order.
+                    control, rest = env, batch[i + 1:]
+                    batch = batch[:i]
+                    break
+            else:
+                rest = []
+            self._depth.set(mailbox.qsize() + len(rest))
+            if batch:
+                await self._apply(batch)
+            if control is not None:
+                await self._control(control)
+                for env in rest:
+                    await self._requeue(env)
+
+    async def _requeue(self, env: Envelope) -> None:
+        # Rare path (after a pause): handle leftovers one at a time, preserving order.
+        if isinstance(env.message, _Control):
+            await self._control(env)
+        else:
+            await self._apply([env])
+
+    async def _apply(self, batch: list[Envelope]) -> None:
+        ledger, now = self.ledger, self._clock.now_ms()
+        answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for env in batch:
+            if env.reply.done():  # the caller gave up (deadline or cancel): do not apply
+                continue
+            work = env.message
+            assert not isinstance(work, _Control)
+            try:
+                answers.append((env.reply, work(ledger, now), None))
+            except DomainError as exc:
+                answers.append((env.reply, None, exc))
+        METRICS.batch_size.observe(len(answers))
+        if not ledger.pending:
+            ledger.commit(now)  # nothing to log; close the batch so its undo steps are dropped
+        elif not await self._append(now):
+            failure = Unavailable(f"shard {self.shard}: change not durable (log storage unreachable)")
+            answers = [(fut, None, failure) for fut, _, _ in answers]
+        for fut, result, exc in answers:
+            if fut.done():
+                continue
+            if exc is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(exc)
+
+    async def _append(self, now: int) -> bool:
+        """Make the open batch durable. False (and state rolled back) when it did not land."""
+        seq, data = self.seq + 1, encode_entry(LogEntry(now, self.ledger.open_events))
+        try:
+            await self._log.append(self.shard, seq, data)
+            landed = True
+        except STORAGE_ERRORS as exc:
+            METRICS.append_failures.inc()
+            log.warning("shard %d: append of entry %d failed (%s); settling", self.shard, seq, exc)
+            landed = await self.settle(seq)
+            if landed:
+                log.warning("shard %d: entry %d did land; keeping it (callers were told UNAVAILABLE)",
+                            self.shard, seq)
+        self.finish_entry(landed, now)
+        return landed
+
+    async def _control(self, env: Envelope) -> None:
+        control = env.message
+        assert isinstance(control, _Control)
+        if control.kind == "pause":
+            assert control.resume is not None
+            env.reply.set_result(None)
+            await control.resume
+        elif control.kind == "maintain":
+            env.reply.set_result(None)
+            await self._maybe_snapshot()
+
+    async def _maybe_snapshot(self, force: bool = False) -> None:
+        entries = self.seq - self._snapshot_seq
+        due = entries >= self._config.snapshot_every_entries or (
+            entries and time.monotonic() - self._snapshot_at >= self._config.snapshot_interval_s
+        )
+        if not (due or (force and entries)):
+            return
+        await self.snapshot()
+
+    async def snapshot(self) -> None:
+        started = time.perf_counter()
+        self.ledger.compact()
+        try:
+            size = await self._log.save_snapshot(self.shard, self.seq, self.ledger.snapshot())
+        except STORAGE_ERRORS as exc:
+            log.warning("shard %d: snapshot failed (%s); will retry", self.shard, exc)
+            return
+        self._snapshot_seq, self._snapshot_at = self.seq, time.monotonic()
+        METRICS.snapshot_seconds.observe(time.perf_counter() - started)
+        METRICS.snapshot_bytes.labels(str(self.shard)).set(size)

@@ -1,0 +1,79 @@
+"""Pure domain logic of the ATP service: positions, facts, reservations. No I/O.
+
+Rules come from SEMANTICS.md (Q1-Q5, R1-R7, E1-E11); each function cites the
+rule it enforces.
+"""
+
+from ._errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from ._events import Event, LogEntry, decode_entry, encode_entry
+from ._facts import PositionHistory, order_key
+from ._ledger import Ledger, LedgerSnapshot
+from ._limits import Limits
+from ._model import (
+    TERMINAL,
+    ZERO,
+    Fact,
+    FactKind,
+    FactOutcome,
+    LineRecord,
+    LineRequest,
+    Outcome,
+    Quantities,
+    Reservation,
+    ReserveCommand,
+    State,
+)
+from ._operations import View, confirm, expire, fulfill, release, reserve
+from ._store import PositionStore
+from ._validate import check_id, fact, line_requests, partial_lines, reserve_command
+
+__all__ = [
+    "TERMINAL",
+    "ZERO",
+    "AlreadyExists",
+    "DomainError",
+    "Event",
+    "Fact",
+    "FactKind",
+    "FactOutcome",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "Ledger",
+    "LedgerSnapshot",
+    "Limits",
+    "LineRecord",
+    "LineRequest",
+    "LogEntry",
+    "NotFound",
+    "Outcome",
+    "PositionHistory",
+    "PositionStore",
+    "Quantities",
+    "Reservation",
+    "ReserveCommand",
+    "ResourceExhausted",
+    "State",
+    "Unavailable",
+    "View",
+    "check_id",
+    "confirm",
+    "decode_entry",
+    "encode_entry",
+    "expire",
+    "fact",
+    "fulfill",
+    "line_requests",
+    "order_key",
+    "partial_lines",
+    "release",
+    "reserve",
+    "reserve_command",
+]

@@ -1,0 +1,73 @@
+"""What the log records: the outcome of every decision, never the command.
+
+Replay applies these without deciding again, so a restored shard holds exactly
+what was acknowledged (R7, E10) whatever the clock or the stock says on restart.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ._model import Fact, Reservation
+
+
+class HoldMoved(msgspec.Struct, tag="h", array_like=True):
+    """Q2/Q3 changes of one position made by a reservation command."""
+
+    sku: str
+    location: str
+    d_reserved: int
+    d_committed: int
+
+
+class Shipped(msgspec.Struct, tag="x", array_like=True):
+    """R4: committed and on-hand fall together; ``at`` orders it among facts (E1)."""
+
+    sku: str
+    location: str
+    quantity: int
+    at: int
+    ref: str
+
+
+class ReservationSaved(msgspec.Struct, tag="r", array_like=True):
+    reservation: Reservation
+
+
+class FactApplied(msgspec.Struct, tag="f", array_like=True):
+    """A fact accepted for folding (APPLIED or ABSORBED both keep it for dedupe)."""
+
+    fact: Fact
+
+
+class FactQuarantined(msgspec.Struct, tag="q", array_like=True):
+    fact: Fact
+    reason: str
+
+
+class SafetyStockSet(msgspec.Struct, tag="s", array_like=True):
+    sku: str
+    location: str
+    quantity: int
+
+
+Event = HoldMoved | Shipped | ReservationSaved | FactApplied | FactQuarantined | SafetyStockSet
+
+
+class LogEntry(msgspec.Struct, array_like=True):
+    """One group-committed batch of one shard: its service timestamp (R6) and events."""
+
+    ts: int
+    events: list[Event]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(LogEntry)
+
+
+def encode_entry(entry: LogEntry) -> bytes:
+    return _encoder.encode(entry)
+
+
+def decode_entry(data: bytes) -> LogEntry:
+    return _entry_decoder.decode(data)

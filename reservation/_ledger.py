@@ -1,0 +1,314 @@
+"""One shard's state, changed only through events so that live equals replay (E10).
+
+Every change is an event: ``_apply`` mutates state and returns how to undo it.
+Live commands emit events into the open batch and keep the undo steps; if the
+batch cannot be made durable the steps run backwards and state is as it was
+(R7: memory never moves ahead of the log). Replay calls the same ``_apply``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterator
+
+import msgspec
+
+from ._events import (
+    Event,
+    FactApplied,
+    FactQuarantined,
+    HoldMoved,
+    LogEntry,
+    ReservationSaved,
+    SafetyStockSet,
+    Shipped,
+)
+from ._facts import PositionHistory
+from ._limits import Limits
+from ._model import TERMINAL, Fact, FactOutcome, Quantities, Reservation, State
+from ._store import COMMITTED, ON_HAND, RESERVED, SAFETY, PositionStore, StoreSnapshot
+
+Undo = Callable[[], None]
+_LIVE = (State.HELD, State.CONFIRMED)
+
+
+class HistorySnapshot(msgspec.Struct, array_like=True):
+    sku: str
+    location: str
+    count_key: tuple[int, int, str] | None
+    count_qty: int
+    delta_keys: list[tuple[int, int, str]]
+    delta_qtys: list[int]
+
+
+class LedgerSnapshot(msgspec.Struct, array_like=True):
+    store: StoreSnapshot
+    reservations: list[Reservation]
+    histories: list[HistorySnapshot]
+    seen_facts: list[Fact]
+    stream_time: int
+    clock: int
+
+
+class Ledger:
+    """State of one shard: positions, fact histories, reservations, fact dedupe."""
+
+    def __init__(self, shard: int, limits: Limits) -> None:
+        self.shard = shard
+        self.limits = limits
+        self.store = PositionStore()
+        self.histories: dict[tuple[str, str], PositionHistory] = {}
+        self.reservations: dict[str, Reservation] = {}
+        self.stream_time = 0  # E6: largest event_time accepted; never goes back
+        self.clock = 0  # R6: newest service timestamp this shard has logged
+        self.live_reservations = 0
+        self._expiry: list[tuple[int, str]] = []
+        self._resolved: deque[tuple[int, str]] = deque()
+        self._seen: dict[tuple[str, str], Fact] = {}
+        self._seen_order: list[tuple[int, str, str]] = []
+        self._events: list[Event] = []
+        self._undo: list[Undo] = []
+
+    # -- reads --------------------------------------------------------------
+    def quantities(self, sku: str, location: str) -> Quantities:
+        return self.store.get(sku, location)
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        return self.reservations.get(reservation_id)
+
+    # -- changes (the View used by operations) -------------------------------
+    def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
+        self._emit(HoldMoved(sku, location, d_reserved, d_committed))
+
+    def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None:
+        self._emit(Shipped(sku, location, quantity, at, ref))
+
+    def save(self, reservation: Reservation) -> None:
+        self._emit(ReservationSaved(reservation))
+
+    def set_safety_stock(self, sku: str, location: str, quantity: int) -> None:
+        self._emit(SafetyStockSet(sku, location, quantity))
+
+    def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
+        """Dedupe (E8), lateness (E6), then fold (E1-E5). Returns outcome and reason."""
+        seen = self._seen.get((fact.source, fact.event_id))
+        if seen is not None:
+            if seen == fact:
+                return FactOutcome.DUPLICATE, ""
+            reason = "conflict: event_id already applied with a different payload"
+            self._emit(FactQuarantined(fact, reason))
+            return FactOutcome.QUARANTINED, reason
+        horizon = self.stream_time - self.limits.fact_grace_ms
+        if fact.event_time < horizon:
+            reason = f"late: event_time {fact.event_time} is before stream time minus grace ({horizon})"
+            self._emit(FactQuarantined(fact, reason))
+            return FactOutcome.QUARANTINED, reason
+        outcome = self._emit(FactApplied(fact))
+        return outcome, ""
+
+    # -- batches -------------------------------------------------------------
+    @property
+    def pending(self) -> bool:
+        return bool(self._events)
+
+    @property
+    def open_events(self) -> list[Event]:
+        """Events of the open batch, in order (what the next log entry will hold)."""
+        return self._events
+
+    def commit(self, ts: int) -> LogEntry:
+        """Close the open batch: its events become a log entry and can no longer be undone."""
+        entry = LogEntry(ts, self._events)
+        self.clock = max(self.clock, ts)
+        self._events, self._undo = [], []
+        return entry
+
+    def rollback(self) -> None:
+        """Undo the open batch (its log append failed): state is as before it."""
+        while self._undo:
+            self._undo.pop()()
+        self._events = []
+
+    def replay(self, entry: LogEntry) -> None:
+        for event in entry.events:
+            self._apply(event)
+        self.clock = max(self.clock, entry.ts)
+
+    # -- time ----------------------------------------------------------------
+    def due(self, now: int) -> list[str]:
+        """Held reservations whose TTL has passed (R3), in expiry order."""
+        out: list[str] = []
+        while self._expiry and self._expiry[0][0] <= now:
+            expires_at, rid = heapq.heappop(self._expiry)
+            rec = self.reservations.get(rid)
+            if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
+                out.append(rid)
+                # If this batch is rolled back the hold must still expire later.
+                self._undo.append(lambda e=expires_at, r=rid: self.requeue_expiry(e, r))
+        return out
+
+    def requeue_expiry(self, expires_at: int, reservation_id: str) -> None:
+        heapq.heappush(self._expiry, (expires_at, reservation_id))
+
+    def next_expiry(self) -> int | None:
+        return self._expiry[0][0] if self._expiry else None
+
+    def evict(self, now: int) -> list[str]:
+        """Forget resolved reservations older than the retention window (bounded R5 memory)."""
+        cutoff = now - self.limits.retention_ms
+        gone: list[str] = []
+        while self._resolved and self._resolved[0][0] < cutoff:
+            at, rid = self._resolved.popleft()
+            rec = self.reservations.get(rid)
+            if rec is not None and rec.state in TERMINAL and rec.updated_at == at:
+                del self.reservations[rid]
+                gone.append(rid)
+        return gone
+
+    # -- snapshots -------------------------------------------------------------
+    def snapshot(self) -> LedgerSnapshot:
+        assert not self._events, "snapshot inside an open batch"
+        histories = [
+            HistorySnapshot(sku, loc, h.count_key, h.count_qty, h.delta_keys, h.delta_qtys)
+            for (sku, loc), h in self.histories.items()
+        ]
+        return LedgerSnapshot(
+            store=self.store.snapshot(),
+            reservations=list(self.reservations.values()),
+            histories=histories,
+            seen_facts=list(self._seen.values()),
+            stream_time=self.stream_time,
+            clock=self.clock,
+        )
+
+    @classmethod
+    def restore(cls, shard: int, limits: Limits, snap: LedgerSnapshot) -> Ledger:
+        ledger = cls(shard, limits)
+        ledger.store = PositionStore.restore(snap.store)
+        for rec in snap.reservations:
+            ledger._apply(ReservationSaved(rec))
+        for h in snap.histories:
+            ledger.histories[(h.sku, h.location)] = PositionHistory(
+                h.count_key, h.count_qty, h.delta_keys, h.delta_qtys
+            )
+        for fact in snap.seen_facts:
+            ledger._remember(fact)
+        ledger.stream_time, ledger.clock = snap.stream_time, snap.clock
+        return ledger
+
+    def iter_reservations(self) -> Iterator[Reservation]:
+        return iter(self.reservations.values())
+
+    # -- the one place state changes -------------------------------------------
+    def _emit(self, event: Event) -> FactOutcome:
+        undo, outcome = self._apply(event)
+        self._events.append(event)
+        if undo is not None:
+            self._undo.append(undo)
+        return outcome
+
+    def _apply(self, event: Event) -> tuple[Undo | None, FactOutcome]:
+        store = self.store
+        if isinstance(event, HoldMoved):
+            return self._apply_hold(event), FactOutcome.APPLIED
+        if isinstance(event, ReservationSaved):
+            return self._apply_reservation(event.reservation), FactOutcome.APPLIED
+        if isinstance(event, FactApplied):
+            return self._apply_fact(event.fact)
+        if isinstance(event, Shipped):
+            return self._apply_shipped(event), FactOutcome.APPLIED
+        if isinstance(event, SafetyStockSet):
+            old = store.get(event.sku, event.location).safety_stock
+            store.set(event.sku, event.location, SAFETY, event.quantity)
+            return (lambda: store.set(event.sku, event.location, SAFETY, old)), FactOutcome.APPLIED
+        return None, FactOutcome.QUARANTINED  # FactQuarantined changes no state
+
+    def _apply_hold(self, event: HoldMoved) -> Undo:
+        store, sku, loc = self.store, event.sku, event.location
+        store.add(sku, loc, RESERVED, event.d_reserved)
+        store.add(sku, loc, COMMITTED, event.d_committed)
+
+        def undo() -> None:
+            store.add(sku, loc, RESERVED, -event.d_reserved)
+            store.add(sku, loc, COMMITTED, -event.d_committed)
+
+        return undo
+
+    def compact(self) -> None:
+        """E9: fold deltas older than stream time minus grace into each history's base."""
+        assert not self._events, "compaction inside an open batch"
+        horizon = self.stream_time - self.limits.fact_grace_ms
+        for history in self.histories.values():
+            history.compact(horizon)
+
+    def _apply_reservation(self, rec: Reservation) -> Undo:
+        rid = rec.reservation_id
+        old = self.reservations.get(rid)
+        self.reservations[rid] = rec
+        delta_live = (rec.state in _LIVE) - (old is not None and old.state in _LIVE)
+        self.live_reservations += delta_live
+        if rec.state == State.HELD and (old is None or old.expires_at != rec.expires_at):
+            heapq.heappush(self._expiry, (rec.expires_at, rid))
+        if rec.state in TERMINAL:
+            self._resolved.append((rec.updated_at, rid))
+
+        def undo() -> None:
+            self.live_reservations -= delta_live
+            if old is None:
+                del self.reservations[rid]
+            else:
+                self.reservations[rid] = old
+
+        return undo
+
+    def _history(self, sku: str, location: str) -> PositionHistory:
+        h = self.histories.get((sku, location))
+        if h is None:
+            h = self.histories[(sku, location)] = PositionHistory()
+        return h
+
+    def _apply_fact(self, fact: Fact) -> tuple[Undo | None, FactOutcome]:
+        history = self._history(fact.sku, fact.location)
+        outcome, delta, undo_fold = history.fold(fact)
+        self.store.add(fact.sku, fact.location, ON_HAND, delta)
+        old_stream_time = self.stream_time
+        self.stream_time = max(self.stream_time, fact.event_time)
+        key = (fact.source, fact.event_id)
+        self._remember(fact)
+
+        def undo() -> None:
+            self.store.add(fact.sku, fact.location, ON_HAND, -delta)
+            if undo_fold is not None:
+                undo_fold()
+            self.stream_time = old_stream_time
+            self._seen.pop(key, None)
+
+        return undo, outcome
+
+    def _apply_shipped(self, event: Shipped) -> Undo:
+        sku, loc, qty = event.sku, event.location, event.quantity
+        history = self._history(sku, loc)
+        _, delta, undo_fold = history.fold_service_delta((event.at, 0, event.ref), -qty)
+        self.store.add(sku, loc, COMMITTED, -qty)
+        self.store.add(sku, loc, ON_HAND, delta)
+
+        def undo() -> None:
+            self.store.add(sku, loc, COMMITTED, qty)
+            self.store.add(sku, loc, ON_HAND, -delta)
+            if undo_fold is not None:
+                undo_fold()
+
+        return undo
+
+    def _remember(self, fact: Fact) -> None:
+        """E8: remember applied facts for the grace window only (bounded memory)."""
+        key = (fact.source, fact.event_id)
+        self._seen[key] = fact
+        heapq.heappush(self._seen_order, (fact.event_time, fact.source, fact.event_id))
+        horizon = self.stream_time - self.limits.fact_grace_ms
+        while self._seen_order and self._seen_order[0][0] < horizon:
+            _, source, event_id = heapq.heappop(self._seen_order)
+            old = self._seen.get((source, event_id))
+            if old is not None and old.event_time < horizon:
+                del self._seen[(source, event_id)]

@@ -1,0 +1,52 @@
+"""Named, configurable bounds on everything a request can make the service hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Input and memory bounds enforced by validation and the ledger."""
+
+    max_id_length: int = 128
+    """Longest accepted sku, location, reservation_id, order_ref, channel, event_id or source (bytes)."""
+
+    max_quantity: int = 1_000_000
+    """Largest quantity one line or one fact may carry (COUNT: absolute on-hand)."""
+
+    max_lines: int = 200
+    """Most lines one reservation, release or fulfil request may carry."""
+
+    min_ttl_seconds: int = 1
+    """Shortest hold a Reserve may ask for."""
+
+    max_ttl_seconds: int = 7 * 24 * 3600
+    """Longest hold a Reserve may ask for."""
+
+    default_ttl_seconds: int = 900
+    """TTL used when a Reserve sends ``ttl_seconds = 0``."""
+
+    max_availability_keys: int = 1000
+    """Most positions one GetAvailability call may ask for."""
+
+    max_events_per_call: int = 10_000
+    """Most facts one RecordEvents call may carry."""
+
+    max_batch_reservations: int = 1000
+    """Most reservations one ReserveStream message may carry."""
+
+    max_ops_per_reservation: int = 64
+    """Most distinct partial release/fulfil operation ids one reservation remembers."""
+
+    max_live_reservations_per_shard: int = 2_000_000
+    """Held or confirmed reservations one shard may carry before Reserve answers RESOURCE_EXHAUSTED."""
+
+    retention_ms: int = 24 * 3600 * 1000
+    """How long a resolved reservation is kept for idempotent replays (R5) before it is forgotten."""
+
+    fact_grace_ms: int = 24 * 3600 * 1000
+    """E6: facts older than stream time minus this are quarantined, not applied."""
+
+    fact_future_skew_ms: int = 5 * 60 * 1000
+    """E7: facts stamped further than this ahead of the service clock are refused."""

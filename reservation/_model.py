@@ -1,0 +1,143 @@
+"""Records of the domain. msgspec Structs so the log and snapshots encode them directly."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgspec
+
+
+class State(IntEnum):
+    """R3 reservation states; numbers match ``atp.v1.ReservationState``."""
+
+    HELD = 1
+    CONFIRMED = 2
+    FULFILLED = 3
+    RELEASED = 4
+    EXPIRED = 5
+    REJECTED = 6
+
+
+TERMINAL = frozenset({State.FULFILLED, State.RELEASED, State.EXPIRED, State.REJECTED})
+
+
+class Outcome(IntEnum):
+    """Per-line decision of a Reserve; numbers match ``atp.v1.LineOutcome``."""
+
+    GRANTED = 1
+    INSUFFICIENT = 2
+    NOT_ATTEMPTED = 3
+
+
+class FactKind(IntEnum):
+    """Numbers match ``atp.v1.FactKind``."""
+
+    SALE = 1
+    RETURN = 2
+    RECEIPT = 3
+    ADJUST = 4
+    SHIPMENT = 5
+    COUNT = 6
+
+
+class FactOutcome(IntEnum):
+    APPLIED = 1
+    DUPLICATE = 2
+    ABSORBED = 3
+    QUARANTINED = 4
+    INVALID = 5
+
+
+class LineRequest(msgspec.Struct, frozen=True, array_like=True):
+    sku: str
+    location: str
+    quantity: int
+
+
+class ReserveCommand(msgspec.Struct, frozen=True, array_like=True):
+    """A validated Reserve: lines already summed per position (R1)."""
+
+    reservation_id: str
+    order_ref: str
+    channel: str
+    lines: tuple[LineRequest, ...]
+    ttl_ms: int
+    allow_partial: bool
+
+
+class LineRecord(msgspec.Struct, array_like=True):
+    """One position of a reservation: the decision and what became of the granted units."""
+
+    sku: str
+    location: str
+    requested: int
+    granted: int
+    outcome: int
+    available: int
+    held: int = 0
+    committed: int = 0
+    fulfilled: int = 0
+    released: int = 0
+
+    @property
+    def outstanding(self) -> int:
+        return self.held + self.committed
+
+
+class Reservation(msgspec.Struct, array_like=True):
+    reservation_id: str
+    order_ref: str
+    channel: str
+    ttl_ms: int
+    allow_partial: bool
+    state: int
+    lines: list[LineRecord]
+    created_at: int
+    expires_at: int
+    updated_at: int
+    # Partial release/fulfil operation ids already applied -> content key (R5 retries).
+    ops: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def clone(self) -> Reservation:
+        lines = [msgspec.structs.replace(line) for line in self.lines]
+        return msgspec.structs.replace(self, lines=lines, ops=dict(self.ops))
+
+    @property
+    def decided_state(self) -> State:
+        """The state the Reserve decision answered with (HELD or REJECTED)."""
+        return State.HELD if any(line.granted for line in self.lines) else State.REJECTED
+
+
+class Fact(msgspec.Struct, frozen=True, array_like=True):
+    """A validated POS/WMS fact (E1)."""
+
+    event_id: str
+    source: str
+    kind: int
+    sku: str
+    location: str
+    quantity: int
+    event_time: int
+    reservation_id: str = ""
+
+    @property
+    def delta(self) -> int:
+        """Signed on-hand change of a delta kind (not meaningful for COUNT)."""
+        if self.kind in (FactKind.SALE, FactKind.SHIPMENT):
+            return -self.quantity
+        return self.quantity
+
+
+class Quantities(msgspec.Struct, frozen=True, array_like=True):
+    on_hand: int
+    reserved: int
+    committed: int
+    safety_stock: int
+
+    @property
+    def available(self) -> int:
+        """Q5; may be negative (oversold), never clamped here."""
+        return self.on_hand - self.reserved - self.committed - self.safety_stock
+
+
+ZERO = Quantities(0, 0, 0, 0)

@@ -1,0 +1,231 @@
+"""The reservation lifecycle (R1-R5) as pure functions over a ``View`` of one or more shards.
+
+Every function checks everything it can before it changes anything, so a
+refusal leaves no trace. The one deliberate exception is lazy expiry: a command
+that finds a HELD reservation past its TTL first expires it (R3), which is a
+real change that stands, and then refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from ._limits import Limits
+from ._model import (
+    LineRecord,
+    LineRequest,
+    Outcome,
+    Quantities,
+    Reservation,
+    ReserveCommand,
+    State,
+)
+
+
+class View(Protocol):
+    """What the lifecycle needs from shard state; a Ledger, or several behind one facade."""
+
+    def quantities(self, sku: str, location: str) -> Quantities: ...
+    def reservation(self, reservation_id: str) -> Reservation | None: ...
+    def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None: ...
+    def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None: ...
+    def save(self, reservation: Reservation) -> None: ...
+
+
+def reserve(view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
+    """R2: grant all lines or none (or each alone with allow_partial). Returns (record, replayed)."""
+    existing = view.reservation(cmd.reservation_id)
+    if existing is not None:
+        _same_content(existing, cmd)
+        return existing, True  # R5: replay the original decision, refusals included
+    avail = [view.quantities(line.sku, line.location).available for line in cmd.lines]
+    fits = [line.quantity <= a for line, a in zip(cmd.lines, avail, strict=True)]
+    grant = fits if cmd.allow_partial else [all(fits)] * len(fits)
+    records = []
+    for line, a, fit, g in zip(cmd.lines, avail, fits, grant, strict=True):
+        outcome = Outcome.GRANTED if g else (Outcome.INSUFFICIENT if not fit else Outcome.NOT_ATTEMPTED)
+        qty = line.quantity if g else 0
+        records.append(LineRecord(line.sku, line.location, line.quantity, qty, outcome, a, held=qty))
+        if g:
+            view.move_hold(line.sku, line.location, qty, 0)
+    held = any(grant)
+    rec = Reservation(
+        reservation_id=cmd.reservation_id,
+        order_ref=cmd.order_ref,
+        channel=cmd.channel,
+        ttl_ms=cmd.ttl_ms,
+        allow_partial=cmd.allow_partial,
+        state=State.HELD if held else State.REJECTED,
+        lines=records,
+        created_at=now,
+        expires_at=now + cmd.ttl_ms if held else 0,
+        updated_at=now,
+    )
+    view.save(rec)
+    return rec, False
+
+
+def confirm(view: View, reservation_id: str, now: int) -> Reservation:
+    """R3: HELD -> CONFIRMED; held units become committed and stop expiring."""
+    rec = _current(view, reservation_id, now)
+    if rec.state == State.CONFIRMED:
+        return rec  # R5: a retried confirm is harmless
+    if rec.state != State.HELD:
+        raise FailedPrecondition(State(rec.state).name, "only a HELD reservation can be confirmed")
+    new = rec.clone()
+    for line in new.lines:
+        if line.held:
+            view.move_hold(line.sku, line.location, -line.held, line.held)
+            line.committed, line.held = line.committed + line.held, 0
+    new.state, new.expires_at, new.updated_at = State.CONFIRMED, 0, now
+    view.save(new)
+    return new
+
+
+def release(
+    view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, limits: Limits
+) -> Reservation:
+    """R3: give back held or committed units, all of them or per line."""
+    rec = _current(view, reservation_id, now)
+    if not lines and rec.state == State.RELEASED:
+        return rec
+    replay = _replayed_op(rec, operation_id, lines)
+    if replay is not None:
+        return replay
+    if rec.state not in (State.HELD, State.CONFIRMED):
+        raise FailedPrecondition(State(rec.state).name, "only a HELD or CONFIRMED reservation can be released")
+    amounts = _amounts(rec, lines, lambda line: line.outstanding, "outstanding")
+    new = _with_op(rec, operation_id, lines, limits)
+    for line, qty in zip(new.lines, amounts, strict=True):
+        if qty:
+            from_held = min(qty, line.held)
+            from_committed = qty - from_held
+            view.move_hold(line.sku, line.location, -from_held, -from_committed)
+            line.held -= from_held
+            line.committed -= from_committed
+            line.released += qty
+    _settle(new, now)
+    view.save(new)
+    return new
+
+
+def fulfill(
+    view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, limits: Limits
+) -> Reservation:
+    """R4: shipped or picked-up units leave `committed` and `on_hand` together."""
+    rec = _current(view, reservation_id, now)
+    if not lines and rec.state == State.FULFILLED:
+        return rec
+    replay = _replayed_op(rec, operation_id, lines)
+    if replay is not None:
+        return replay
+    if rec.state == State.HELD:
+        raise FailedPrecondition("HELD", "confirm the reservation before fulfilling it")
+    if rec.state != State.CONFIRMED:
+        raise FailedPrecondition(State(rec.state).name, "only a CONFIRMED reservation can be fulfilled")
+    amounts = _amounts(rec, lines, lambda line: line.committed, "committed")
+    new = _with_op(rec, operation_id, lines, limits)
+    for index, (line, qty) in enumerate(zip(new.lines, amounts, strict=True)):
+        if qty:
+            ref = f"fulfil:{reservation_id}:{operation_id}:{index}"
+            view.ship(line.sku, line.location, qty, now, ref)
+            line.committed -= qty
+            line.fulfilled += qty
+    _settle(new, now)
+    view.save(new)
+    return new
+
+
+def expire(view: View, reservation_id: str, now: int) -> Reservation | None:
+    """R3: HELD -> EXPIRED once its TTL has passed; None when there is nothing to expire."""
+    rec = view.reservation(reservation_id)
+    if rec is None or rec.state != State.HELD or rec.expires_at > now:
+        return None
+    new = rec.clone()
+    for line in new.lines:
+        if line.held:
+            view.move_hold(line.sku, line.location, -line.held, 0)
+            line.held = 0
+    new.state, new.expires_at, new.updated_at = State.EXPIRED, 0, now
+    view.save(new)
+    return new
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _current(view: View, reservation_id: str, now: int) -> Reservation:
+    rec = view.reservation(reservation_id)
+    if rec is None:
+        raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
+    expired = expire(view, reservation_id, now)
+    return expired if expired is not None else rec
+
+
+def _same_content(rec: Reservation, cmd: ReserveCommand) -> None:
+    """R5: the same id with different content is refused, naming the first field that differs."""
+    mine = tuple(LineRequest(line.sku, line.location, line.requested) for line in rec.lines)
+    for field, old, new in (
+        ("order_ref", rec.order_ref, cmd.order_ref),
+        ("channel", rec.channel, cmd.channel),
+        ("lines", mine, cmd.lines),
+        ("ttl_seconds", rec.ttl_ms, cmd.ttl_ms),
+        ("allow_partial", rec.allow_partial, cmd.allow_partial),
+    ):
+        if old != new:
+            raise AlreadyExists(field, f"reservation {rec.reservation_id!r} exists with a different {field}")
+
+
+def _op_key(lines: tuple[LineRequest, ...]) -> str:
+    return ";".join(f"{line.sku}|{line.location}|{line.quantity}" for line in lines)
+
+
+def _replayed_op(rec: Reservation, operation_id: str, lines: tuple[LineRequest, ...]) -> Reservation | None:
+    if not operation_id or operation_id not in rec.ops:
+        return None
+    if rec.ops[operation_id] != _op_key(lines):
+        raise AlreadyExists("operation_id", f"operation {operation_id!r} was applied with other lines")
+    return rec  # R5: a retried partial release/fulfil is harmless
+
+
+def _with_op(rec: Reservation, operation_id: str, lines: tuple[LineRequest, ...], limits: Limits) -> Reservation:
+    new = rec.clone()
+    if operation_id:
+        if len(new.ops) >= limits.max_ops_per_reservation:
+            raise ResourceExhausted(
+                f"operation_id: reservation already has {len(new.ops)} partial operations "
+                f"(limit max_ops_per_reservation={limits.max_ops_per_reservation})"
+            )
+        new.ops[operation_id] = _op_key(lines)
+    return new
+
+
+def _amounts(rec: Reservation, lines: tuple[LineRequest, ...], room: _Room, what: str) -> list[int]:
+    """Units to move per reservation line: everything, or what ``lines`` asks, checked against ``room``."""
+    if not lines:
+        return [room(line) for line in rec.lines]
+    index = {(line.sku, line.location): i for i, line in enumerate(rec.lines)}
+    amounts = [0] * len(rec.lines)
+    for n, req in enumerate(lines):
+        i = index.get((req.sku, req.location))
+        if i is None:
+            raise InvalidArgument(f"lines[{n}]", f"{req.sku}@{req.location} is not a line of this reservation")
+        if req.quantity > room(rec.lines[i]):
+            raise InvalidArgument(
+                f"lines[{n}].quantity", f"{req.quantity} exceeds the {room(rec.lines[i])} units {what}"
+            )
+        amounts[i] = req.quantity
+    return amounts
+
+
+class _Room(Protocol):
+    def __call__(self, line: LineRecord, /) -> int: ...
+
+
+def _settle(rec: Reservation, now: int) -> None:
+    """A reservation with nothing outstanding is resolved: FULFILLED if anything shipped."""
+    rec.updated_at = now
+    if not any(line.outstanding for line in rec.lines):
+        rec.state = State.FULFILLED if any(line.fulfilled for line in rec.lines) else State.RELEASED
+        rec.expires_at = 0

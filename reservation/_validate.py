@@ -1,0 +1,129 @@
+"""Turn raw request values into validated commands, or an error naming the field.
+
+Nothing here touches state: a request that fails validation changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ._errors import InvalidArgument
+from ._limits import Limits
+from ._model import Fact, FactKind, LineRequest, ReserveCommand
+
+
+def check_id(field: str, value: str, limits: Limits, *, required: bool = True) -> str:
+    if not value:
+        if required:
+            raise InvalidArgument(field, "must not be empty")
+        return value
+    if len(value) > limits.max_id_length // 4 and len(value.encode()) > limits.max_id_length:
+        raise InvalidArgument(field, f"longer than {limits.max_id_length} bytes (limit max_id_length)")
+    if not value.isprintable():
+        raise InvalidArgument(field, "must not contain control characters")
+    return value
+
+
+def check_quantity(field: str, value: int, limits: Limits) -> int:
+    if value <= 0:
+        raise InvalidArgument(field, f"must be positive, got {value}")
+    if value > limits.max_quantity:
+        raise InvalidArgument(field, f"{value} exceeds the limit max_quantity={limits.max_quantity}")
+    return value
+
+
+def line_requests(
+    lines: Iterable[tuple[str, str, int]], limits: Limits, *, field: str = "lines", required: bool = True
+) -> tuple[LineRequest, ...]:
+    """Validate lines and sum those naming the same position (R1), keeping first-seen order."""
+    summed: dict[tuple[str, str], int] = {}
+    count = 0
+    for n, (sku, location, quantity) in enumerate(lines):
+        if n >= limits.max_lines:
+            raise InvalidArgument(field, f"more than {limits.max_lines} lines (limit max_lines)")
+        check_id(f"{field}[{n}].sku", sku, limits)
+        check_id(f"{field}[{n}].location", location, limits)
+        check_quantity(f"{field}[{n}].quantity", quantity, limits)
+        key = (sku, location)
+        total = summed.get(key, 0) + quantity
+        if total > limits.max_quantity:
+            raise InvalidArgument(f"{field}[{n}].quantity", f"lines for {sku}@{location} sum past max_quantity")
+        summed[key] = total
+        count += 1
+    if required and not count:
+        raise InvalidArgument(field, "at least one line is required")
+    return tuple(LineRequest(sku, loc, qty) for (sku, loc), qty in summed.items())
+
+
+def reserve_command(
+    *,
+    reservation_id: str,
+    order_ref: str,
+    channel: str,
+    lines: Iterable[tuple[str, str, int]],
+    ttl_seconds: int,
+    allow_partial: bool,
+    limits: Limits,
+) -> ReserveCommand:
+    check_id("reservation_id", reservation_id, limits)
+    check_id("order_ref", order_ref, limits, required=False)
+    check_id("channel", channel, limits, required=False)
+    ttl = ttl_seconds or limits.default_ttl_seconds
+    if not limits.min_ttl_seconds <= ttl <= limits.max_ttl_seconds:
+        raise InvalidArgument(
+            "ttl_seconds", f"{ttl_seconds} is outside [{limits.min_ttl_seconds}, {limits.max_ttl_seconds}]"
+        )
+    return ReserveCommand(
+        reservation_id, order_ref, channel, line_requests(lines, limits), ttl * 1000, allow_partial
+    )
+
+
+def partial_lines(
+    lines: Iterable[tuple[str, str, int]], operation_id: str, limits: Limits
+) -> tuple[LineRequest, ...]:
+    """Lines of a partial release/fulfil; a partial operation needs an id so a retry is harmless (R5)."""
+    checked = line_requests(lines, limits, required=False)
+    check_id("operation_id", operation_id, limits, required=bool(checked))
+    return checked
+
+
+def fact(
+    *,
+    event_id: str,
+    source: str,
+    kind: int,
+    sku: str,
+    location: str,
+    quantity: int,
+    event_time: int,
+    reservation_id: str,
+    now: int,
+    limits: Limits,
+) -> Fact:
+    check_id("event_id", event_id, limits)
+    check_id("source", source, limits)
+    try:
+        fact_kind = FactKind(kind)
+    except ValueError:
+        raise InvalidArgument("kind", f"unknown fact kind {kind}") from None
+    check_id("sku", sku, limits)
+    check_id("location", location, limits)
+    if fact_kind == FactKind.ADJUST:
+        if quantity == 0 or abs(quantity) > limits.max_quantity:
+            raise InvalidArgument("quantity", f"ADJUST needs a non-zero delta within ±{limits.max_quantity}")
+    elif fact_kind == FactKind.COUNT:
+        if not 0 <= quantity <= limits.max_quantity:
+            raise InvalidArgument("quantity", f"COUNT must be within [0, {limits.max_quantity}]")
+    else:
+        check_quantity("quantity", quantity, limits)
+    if event_time <= 0:
+        raise InvalidArgument("event_time_ms", "must be a positive epoch time in milliseconds")
+    if event_time > now + limits.fact_future_skew_ms:  # E7
+        raise InvalidArgument(
+            "event_time_ms",
+            f"{event_time} is more than {limits.fact_future_skew_ms} ms ahead of the service clock ({now})",
+        )
+    if reservation_id:
+        # Fulfilment through SHIPMENT facts (R4 via E-kinds) lands with the fact-ingestion work.
+        raise InvalidArgument("reservation_id", "SHIPMENT facts naming a reservation are not supported yet")
+    return Fact(event_id, source, fact_kind, sku, location, quantity, event_time)
