@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
@@ -24,7 +27,7 @@ class AtpClient:
         self.target = target
         self.timeout_s = timeout_s
         self.channel = grpc.aio.insecure_channel(target, options=list(options))
-        self.stub = pb_grpc.AvailabilityServiceStub(self.channel)
+        self.stub: Any = pb_grpc.AvailabilityServiceStub(self.channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> AtpClient:
         return self
@@ -33,31 +36,35 @@ class AtpClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def reserve(self, reservation_id: str, lines: Iterable[LineLike], *, order_ref: str = "",
                       channel: str = "", ttl_seconds: int = 0, allow_partial: bool = False) -> pb.ReserveResponse:
         req = pb.ReserveRequest(reservation_id=reservation_id, order_ref=order_ref, channel=channel,
                                 lines=_lines(lines), ttl_seconds=ttl_seconds, allow_partial=allow_partial)
-        return await self.stub.Reserve(req, timeout=self.timeout_s)
+        resp: pb.ReserveResponse = await self.stub.Reserve(req, timeout=self.timeout_s)
+        return resp
 
     async def confirm(self, reservation_id: str) -> pb.Reservation:
-        resp = await self.stub.Confirm(pb.ConfirmRequest(reservation_id=reservation_id), timeout=self.timeout_s)
-        return resp.reservation
+        return await self._reservation(self.stub.Confirm, pb.ConfirmRequest(reservation_id=reservation_id))
 
     async def release(self, reservation_id: str, lines: Iterable[LineLike] = (),
                       operation_id: str = "") -> pb.Reservation:
         req = pb.ReleaseRequest(reservation_id=reservation_id, lines=_lines(lines), operation_id=operation_id)
-        return (await self.stub.Release(req, timeout=self.timeout_s)).reservation
+        return await self._reservation(self.stub.Release, req)
 
     async def fulfill(self, reservation_id: str, lines: Iterable[LineLike] = (),
                       operation_id: str = "") -> pb.Reservation:
         req = pb.FulfillRequest(reservation_id=reservation_id, lines=_lines(lines), operation_id=operation_id)
-        return (await self.stub.Fulfill(req, timeout=self.timeout_s)).reservation
+        return await self._reservation(self.stub.Fulfill, req)
 
     async def get_reservation(self, reservation_id: str) -> pb.Reservation:
         req = pb.GetReservationRequest(reservation_id=reservation_id)
-        return (await self.stub.GetReservation(req, timeout=self.timeout_s)).reservation
+        return await self._reservation(self.stub.GetReservation, req)
+
+    async def _reservation(self, method: Any, req: Any) -> pb.Reservation:
+        resp: pb.ReservationResponse = await method(req, timeout=self.timeout_s)
+        return resp.reservation
 
     async def availability(self, keys: Iterable[tuple[str, str]]) -> list[pb.Availability]:
         req = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=s, location=loc) for s, loc in keys])
@@ -86,12 +93,7 @@ class AtpClient:
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Wait until the health service says SERVING (recovery done)."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         stub = health_pb2_grpc.HealthStub(self.channel)
-        import asyncio
-        import time
-
         deadline = time.monotonic() + timeout_s
         while True:
             try:

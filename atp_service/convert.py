@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from reservation import Limits, Quantities, Reservation, ReserveCommand, reserve_command
 
@@ -29,11 +30,11 @@ def reserve_response(rec: Reservation, replayed: bool) -> pb.ReserveResponse:
     state = rec.decided_state
     return pb.ReserveResponse(
         reservation_id=rec.reservation_id,
-        state=int(state),
+        state=cast(pb.ReservationState, int(state)),
         lines=[
             pb.LineResult(
                 sku=line.sku, location=line.location, requested=line.requested,
-                granted=line.granted, outcome=line.outcome, available=line.available,
+                granted=line.granted, outcome=cast(pb.LineOutcome, line.outcome), available=line.available,
             )
             for line in rec.lines
         ],
@@ -51,7 +52,7 @@ def reservation_pb(rec: Reservation) -> pb.Reservation:
         reservation_id=rec.reservation_id,
         order_ref=rec.order_ref,
         channel=rec.channel,
-        state=int(rec.state),
+        state=cast(pb.ReservationState, int(rec.state)),
         lines=[
             pb.LineState(
                 sku=line.sku, location=line.location, held=line.held, committed=line.committed,

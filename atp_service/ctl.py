@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,8 @@ def _facts(path: Path) -> Iterator[pb.Fact]:
                 raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
 
 
-def _dump(msg: Message | list[Message] | dict[str, Any]) -> None:
-    if isinstance(msg, list):
+def _dump(msg: Message | Sequence[Message] | dict[str, Any]) -> None:
+    if isinstance(msg, Sequence):
         out: Any = [json_format.MessageToDict(m, always_print_fields_with_no_presence=True) for m in msg]
     elif isinstance(msg, Message):
         out = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)

@@ -24,7 +24,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def redis_server_binary() -> str:
-    path = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    debian = Path("/usr/bin/redis-server")
+    path = shutil.which("redis-server") or (str(debian) if debian.exists() else None)
     if path is None:
         raise RedisNotInstalled(
             "redis-server not found: install it (Debian: apt-get install redis-server) or set ATP_REDIS_URL"
@@ -74,7 +75,8 @@ class EmbeddedRedis:
         try:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.data_dir}/redis.log")
+                    code = self.process.returncode
+                    raise RuntimeError(f"redis-server exited with {code}; see {self.data_dir}/redis.log")
                 try:
                     client.ping()
                     # Wait for AOF loading to finish before anyone reads.

@@ -217,11 +217,10 @@ class Engine:
         by_shard: dict[int, list[int]] = {}
         for i, fact in enumerate(facts):
             by_shard.setdefault(self.place(fact.sku), []).append(i)
-        futures = {
-            shard: self.actors[shard].submit(
-                lambda ledger, _now, idx=idx: [ledger.record_fact(facts[i]) for i in idx])
-            for shard, idx in by_shard.items()
-        }
+        def work(idx: list[int]) -> Callable[[Ledger, int], list[tuple[FactOutcome, str]]]:
+            return lambda ledger, _now: [ledger.record_fact(facts[i]) for i in idx]
+
+        futures = {shard: self.actors[shard].submit(work(idx)) for shard, idx in by_shard.items()}
         out: list[tuple[FactOutcome, str]] = [(FactOutcome.INVALID, "")] * len(facts)
         for shard, fut in futures.items():
             for i, result in zip(by_shard[shard], await fut, strict=True):

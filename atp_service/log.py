@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -83,7 +84,7 @@ class LogStore:
                 await pipe.execute()
 
     async def last_seq(self, shard: int) -> int:
-        rows = await self.client.xrevrange(self.log_key(shard), count=1)
+        rows: Any = await self.client.xrevrange(self.log_key(shard), count=1)
         if rows:
             return seq_of(rows[0][0])
         snap = await self.load_snapshot(shard)
@@ -92,7 +93,9 @@ class LogStore:
     async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
         start = f"({seq}-0" if seq else "-"
         while True:
-            rows = await self.client.xrange(self.log_key(shard), min=start, count=chunk)
+            rows: Any = await self.client.xrange(
+                self.log_key(shard), min=start, count=chunk
+            )
             for entry_id, fields in rows:
                 yield seq_of(entry_id), fields[FIELD]
             if len(rows) < chunk:
@@ -100,7 +103,7 @@ class LogStore:
             start = "(" + rows[-1][0].decode()
 
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
-        raw = await self.client.get(self.snap_key(shard))
+        raw: Any = await self.client.get(self.snap_key(shard))
         return _snap_decoder.decode(raw) if raw else None
 
     async def save_snapshot(self, shard: int, seq: int, ledger: LedgerSnapshot) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -54,7 +55,7 @@ class AtpService:
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_AvailabilityServiceServicer_to_server(self._servicer, self._server)
+        pb_grpc.add_AvailabilityServiceServicer_to_server(self._servicer, self._server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -86,8 +87,9 @@ class AtpService:
             snap = await store.load_snapshot(shard)
             ledger = Ledger.restore(shard, cfg.limits, snap.ledger) if snap else Ledger(shard, cfg.limits)
             seq = snap.seq if snap else 0
-            async for seq, data in store.entries_after(shard, seq):  # noqa: B007 - seq is kept
+            async for entry_seq, data in store.entries_after(shard, seq):
                 ledger.replay(decode_entry(data))
+                seq = entry_seq
                 replayed += 1
             newest = max(newest, ledger.clock)
             actors.append(ShardActor(shard, ledger, store, self.clock, cfg, seq))
@@ -103,7 +105,8 @@ class AtpService:
         """Shard placement depends on the shard count: refuse to start on a log written with another."""
         key = f"{self.config.key_prefix}meta"
         await store.client.hsetnx(key, "shards", self.config.shards)
-        stored = int(await store.client.hget(key, "shards"))
+        raw: Any = await store.client.hget(key, "shards")
+        stored = int(raw)
         if stored != self.config.shards:
             raise ConfigMismatch(
                 f"shards: the log in Redis was written with {stored} shards, not {self.config.shards}; "

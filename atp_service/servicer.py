@@ -5,11 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
-from reservation import DomainError, FactOutcome, InvalidArgument, Limits, Unavailable, check_id, partial_lines
+from reservation import (
+    DomainError,
+    InvalidArgument,
+    Limits,
+    Unavailable,
+    check_id,
+    partial_lines,
+)
 from reservation import fact as make_fact
 
 from . import convert
@@ -134,7 +141,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 results.append(None)
             except InvalidArgument as exc:
                 METRICS.facts.labels("invalid").inc()
-                results.append(pb.FactResult(event_id=ev.event_id, outcome=FactOutcome.INVALID,
+                results.append(pb.FactResult(event_id=ev.event_id, outcome=pb.INVALID,
                                              error=f"events[{n}].{exc.message}"))
         outcomes = iter(await self.engine.record_facts(valid))
         facts = iter(valid)
@@ -142,7 +149,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         for r in results:
             if r is None:
                 outcome, reason = next(outcomes)
-                r = pb.FactResult(event_id=next(facts).event_id, outcome=int(outcome), error=reason)
+                outcome_pb = cast(pb.FactOutcome, int(outcome))
+                r = pb.FactResult(event_id=next(facts).event_id, outcome=outcome_pb, error=reason)
             out.append(r)
         return pb.RecordEventsResponse(results=out)
 

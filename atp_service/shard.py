@@ -10,6 +10,7 @@ reading the log before the shard takes another message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -78,10 +79,8 @@ class ShardActor:
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         while not self._mailbox.empty():
             env = self._mailbox.get_nowait()
             if not env.reply.done():
@@ -192,14 +191,14 @@ class ShardActor:
             ledger.commit(now)  # nothing to log; close the batch so its undo steps are dropped
         elif not await self._append(now):
             failure = Unavailable(f"shard {self.shard}: change not durable (log storage unreachable)")
-            answers = [(fut, None, failure) for fut, _, _ in answers]
-        for fut, result, exc in answers:
-            if fut.done():
+            answers = [(reply, None, failure) for reply, _, _ in answers]
+        for reply, result, error in answers:
+            if reply.done():
                 continue
-            if exc is None:
-                fut.set_result(result)
+            if error is None:
+                reply.set_result(result)
             else:
-                fut.set_exception(exc)
+                reply.set_exception(error)
 
     async def _append(self, now: int) -> bool:
         """Make the open batch durable. False (and state rolled back) when it did not land."""

@@ -8,6 +8,7 @@ batch cannot be made durable the steps run backwards and state is as it was
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -145,7 +146,7 @@ class Ledger:
             if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
                 out.append(rid)
                 # If this batch is rolled back the hold must still expire later.
-                self._undo.append(lambda e=expires_at, r=rid: self.requeue_expiry(e, r))
+                self._undo.append(functools.partial(self.requeue_expiry, expires_at, rid))
         return out
 
     def requeue_expiry(self, expires_at: int, reservation_id: str) -> None:
