@@ -1,0 +1,68 @@
+"""Shared fixtures: a real redis-server per test session, a real gRPC service per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from atp_service import AtpClient, AtpService, EmbeddedRedis, ManualClock, ServiceConfig
+from atp_service.clock import Clock
+from reservation import Limits
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendfsync="always").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    """A clean keyspace for every test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+def test_config(**overrides: Any) -> ServiceConfig:
+    base = ServiceConfig(port=0, metrics_port=-1, shards=4, demo=False, maintenance_interval_ms=20,
+                         shutdown_grace_s=0.5, limits=Limits())
+    return replace(base, **overrides)
+
+
+ServiceFactory = Callable[..., Awaitable[tuple[AtpService, AtpClient]]]
+
+
+@pytest.fixture
+async def start_service(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    """Start (and at the end stop) services against the test's Redis. Returns (service, client)."""
+    running: list[tuple[AtpService, AtpClient]] = []
+
+    async def start(clock: Clock | None = None, **overrides: Any) -> tuple[AtpService, AtpClient]:
+        service = AtpService(test_config(**overrides), redis_url, clock=clock)
+        await service.start()
+        client = AtpClient(f"127.0.0.1:{service.port}")
+        running.append((service, client))
+        return service, client
+
+    yield start
+    for service, client in running:
+        await client.close()
+        await service.stop(grace_s=0.1)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

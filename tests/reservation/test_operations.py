@@ -1,0 +1,199 @@
+"""The reservation lifecycle (R1-R5) on a single ledger, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from reservation import (
+    AlreadyExists,
+    FailedPrecondition,
+    Fact,
+    FactKind,
+    InvalidArgument,
+    NotFound,
+    Outcome,
+    State,
+    confirm,
+    expire,
+    fulfill,
+    release,
+    reserve,
+)
+
+from .helpers import LIMITS, cmd, ledger_with
+
+NOW = 10_000
+
+
+def test_reserve_holds_units_and_sums_lines_of_one_position_R1() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    rec, replayed = reserve(ledger, cmd("r1", ("A", "S1", 3), ("A", "S1", 4)), NOW)
+    assert not replayed and rec.state == State.HELD
+    assert [(line.requested, line.granted) for line in rec.lines] == [(7, 7)]
+    q = ledger.quantities("A", "S1")
+    assert (q.on_hand, q.reserved, q.available) == (10, 7, 3)
+    assert rec.expires_at == NOW + 60_000
+
+
+def test_all_or_nothing_refuses_every_line_when_one_does_not_fit_R2() -> None:
+    ledger = ledger_with({("A", "S1"): 10, ("B", "S1"): 1})
+    rec, _ = reserve(ledger, cmd("r1", ("A", "S1", 5), ("B", "S1", 2)), NOW)
+    assert rec.state == State.REJECTED
+    assert [line.outcome for line in rec.lines] == [Outcome.NOT_ATTEMPTED, Outcome.INSUFFICIENT]
+    assert rec.lines[1].available == 1
+    assert ledger.quantities("A", "S1").reserved == 0  # nothing applied
+
+
+def test_allow_partial_decides_each_line_alone_R2() -> None:
+    ledger = ledger_with({("A", "S1"): 10, ("B", "S1"): 1})
+    rec, _ = reserve(ledger, cmd("r1", ("A", "S1", 5), ("B", "S1", 2), partial=True), NOW)
+    assert rec.state == State.HELD
+    assert [line.granted for line in rec.lines] == [5, 0]
+    assert ledger.quantities("B", "S1").reserved == 0
+
+
+def test_safety_stock_is_never_offered_Q4_Q5() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    ledger.set_safety_stock("A", "S1", 8)
+    assert reserve(ledger, cmd("r1", ("A", "S1", 3)), NOW)[0].state == State.REJECTED
+    assert reserve(ledger, cmd("r2", ("A", "S1", 2)), NOW)[0].state == State.HELD
+
+
+def test_same_id_same_content_replays_even_a_refusal_R5() -> None:
+    ledger = ledger_with({("A", "S1"): 1})
+    first, _ = reserve(ledger, cmd("r1", ("A", "S1", 2)), NOW)
+    assert first.state == State.REJECTED
+    # More stock arrives; the retry must still return the original refusal.
+    ledger.record_fact(Fact("more", "wms", FactKind.RECEIPT, "A", "S1", 5, 2_000))
+    assert ledger.quantities("A", "S1").available == 6
+    again, replayed = reserve(ledger, cmd("r1", ("A", "S1", 2)), NOW + 5)
+    assert replayed and again is first and again.state == State.REJECTED
+    assert ledger.quantities("A", "S1").reserved == 0
+
+
+@pytest.mark.parametrize(
+    ("changed", "field"),
+    [
+        ({"order_ref": "other"}, "order_ref"),
+        ({"channel": "app"}, "channel"),
+    ],
+)
+def test_same_id_different_content_names_the_field_R5(changed: dict[str, str], field: str) -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 2)), NOW)
+    with pytest.raises(AlreadyExists) as err:
+        reserve(ledger, cmd("r1", ("A", "S1", 2), **changed), NOW)
+    assert err.value.field == field
+
+
+def test_same_id_different_lines_or_ttl_names_the_field_R5() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 2)), NOW)
+    with pytest.raises(AlreadyExists, match="lines"):
+        reserve(ledger, cmd("r1", ("A", "S1", 3)), NOW)
+    with pytest.raises(AlreadyExists, match="ttl_seconds"):
+        reserve(ledger, cmd("r1", ("A", "S1", 2), ttl=61), NOW)
+
+
+def test_confirm_moves_held_to_committed_and_stops_expiry_R3() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    rec = confirm(ledger, "r1", NOW + 1)
+    assert rec.state == State.CONFIRMED and rec.expires_at == 0
+    q = ledger.quantities("A", "S1")
+    assert (q.reserved, q.committed, q.available) == (0, 4, 6)
+    assert confirm(ledger, "r1", NOW + 2) is rec  # a retry is harmless
+    assert expire(ledger, "r1", NOW + 10**9) is None
+
+
+def test_expiry_releases_held_units_and_blocks_confirm_R3() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4), ttl=1), NOW)
+    assert ledger.due(NOW + 999) == []
+    assert ledger.due(NOW + 1000) == ["r1"]
+    rec = expire(ledger, "r1", NOW + 1000)
+    assert rec is not None and rec.state == State.EXPIRED
+    assert ledger.quantities("A", "S1").reserved == 0
+    with pytest.raises(FailedPrecondition) as err:
+        confirm(ledger, "r1", NOW + 2000)
+    assert err.value.state == "EXPIRED"
+
+
+def test_confirm_after_ttl_without_tick_expires_first_R3() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4), ttl=1), NOW)
+    with pytest.raises(FailedPrecondition, match="EXPIRED"):
+        confirm(ledger, "r1", NOW + 5000)
+    assert ledger.quantities("A", "S1").reserved == 0
+
+
+def test_partial_release_then_full_release_R3() -> None:
+    ledger = ledger_with({("A", "S1"): 10, ("B", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4), ("B", "S1", 2)), NOW)
+    rec = release(ledger, "r1", (cmd("x", ("A", "S1", 1)).lines), "op-1", NOW, LIMITS)
+    assert rec.state == State.HELD and rec.lines[0].held == 3 and rec.lines[0].released == 1
+    # Retrying the same operation is harmless (R5).
+    assert release(ledger, "r1", cmd("x", ("A", "S1", 1)).lines, "op-1", NOW, LIMITS) is rec
+    assert ledger.quantities("A", "S1").reserved == 3
+    with pytest.raises(AlreadyExists, match="operation_id"):
+        release(ledger, "r1", cmd("x", ("A", "S1", 2)).lines, "op-1", NOW, LIMITS)
+    final = release(ledger, "r1", (), "", NOW, LIMITS)
+    assert final.state == State.RELEASED
+    assert ledger.quantities("A", "S1").reserved == 0 and ledger.quantities("B", "S1").reserved == 0
+    assert release(ledger, "r1", (), "", NOW, LIMITS) is final  # harmless retry
+
+
+def test_release_more_than_outstanding_names_the_line() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 2)), NOW)
+    with pytest.raises(InvalidArgument) as err:
+        release(ledger, "r1", cmd("x", ("A", "S1", 3)).lines, "op", NOW, LIMITS)
+    assert err.value.field == "lines[0].quantity"
+    with pytest.raises(InvalidArgument) as err:
+        release(ledger, "r1", cmd("x", ("B", "S1", 1)).lines, "op", NOW, LIMITS)
+    assert err.value.field == "lines[0]"
+    assert ledger.quantities("A", "S1").reserved == 2
+
+
+def test_fulfil_lowers_committed_and_on_hand_together_R4() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    with pytest.raises(FailedPrecondition, match="HELD"):
+        fulfill(ledger, "r1", (), "", NOW, LIMITS)
+    confirm(ledger, "r1", NOW)
+    rec = fulfill(ledger, "r1", cmd("x", ("A", "S1", 1)).lines, "ship-1", NOW + 1, LIMITS)
+    assert rec.state == State.CONFIRMED
+    q = ledger.quantities("A", "S1")
+    assert (q.on_hand, q.committed, q.available) == (9, 3, 6)
+    rec = fulfill(ledger, "r1", (), "", NOW + 2, LIMITS)
+    assert rec.state == State.FULFILLED
+    q = ledger.quantities("A", "S1")
+    assert (q.on_hand, q.committed, q.available) == (6, 0, 6)
+    with pytest.raises(FailedPrecondition, match="FULFILLED"):
+        release(ledger, "r1", (), "", NOW + 3, LIMITS)
+
+
+def test_partly_shipped_then_released_ends_fulfilled() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    confirm(ledger, "r1", NOW)
+    fulfill(ledger, "r1", cmd("x", ("A", "S1", 1)).lines, "ship-1", NOW, LIMITS)
+    rec = release(ledger, "r1", (), "", NOW, LIMITS)
+    assert rec.state == State.FULFILLED and rec.lines[0].released == 3
+
+
+def test_unknown_reservation_is_not_found() -> None:
+    ledger = ledger_with({})
+    with pytest.raises(NotFound, match="reservation_id"):
+        confirm(ledger, "nope", NOW)
+
+
+def test_rollback_restores_everything_of_the_open_batch_R7() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    before = ledger.quantities("A", "S1")
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    confirm(ledger, "r1", NOW)
+    ledger.rollback()
+    assert ledger.quantities("A", "S1") == before
+    assert ledger.reservation("r1") is None
+    assert not ledger.pending
