@@ -29,6 +29,7 @@ from reservation import (
     State,
     Unavailable,
     View,
+    encode_entry,
 )
 from reservation import _operations as ops
 
@@ -266,18 +267,15 @@ class Engine:
             error = exc
         entries = {s: e for s, a in actors.items() if (e := a.open_entry(now)) is not None}
         if entries:
-            landed = True
             try:
-                await self._log.append_atomic(entries)
+                await self._log.append_atomic({s: (seq, encode_entry(e)) for s, (seq, e) in entries.items()})
             except STORAGE_ERRORS as exc:
-                METRICS.append_failures.inc()
-                first = min(entries)
-                landed = await actors[first].settle(entries[first][0])
-                log.warning("cross-shard append failed (%s); landed=%s", exc, landed)
-            for s in entries:
-                actors[s].finish_entry(landed, now)
-            if not landed:
-                raise Unavailable("change not durable (log storage unreachable); nothing was applied")
+                log.warning("cross-shard append failed (%s)", exc)
+                for s, (seq, entry) in entries.items():
+                    actors[s].not_landed(seq, entry)
+                raise Unavailable("change not durable (log storage unreachable); nothing was applied") from None
+            for s, (seq, _) in entries.items():
+                actors[s].landed(seq, now)
         if error is not None:
             raise error
         return result

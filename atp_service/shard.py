@@ -64,7 +64,7 @@ class ShardActor:
         self._config = config
         self._mailbox: asyncio.Queue[Envelope] = asyncio.Queue(config.mailbox_size)
         self._task: asyncio.Task[None] | None = None
-        self._in_doubt = False
+        self._doubt: tuple[int, LogEntry] | None = None
         self._stopping = False
         self._snapshot_seq = seq
         self._snapshot_at = time.monotonic()
@@ -91,7 +91,7 @@ class ShardActor:
         """Queue work for this shard; refuse at once when the shard cannot take it."""
         if self._stopping:
             raise Unavailable("service is shutting down")
-        if self._in_doubt:
+        if self._doubt is not None:
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
@@ -116,32 +116,41 @@ class ShardActor:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._mailbox.put_nowait(Envelope(_Control("maintain"), fut))
 
-    # -- used by a coordinator while this shard is paused ------------------------
-    def open_entry(self, now: int) -> tuple[int, bytes] | None:
+    # -- the open batch's fate (also used by a coordinator while this shard is paused) --
+    def open_entry(self, now: int) -> tuple[int, LogEntry] | None:
         if not self.ledger.pending:
             return None
-        return self.seq + 1, encode_entry(LogEntry(now, self.ledger.open_events))
+        return self.seq + 1, LogEntry(now, list(self.ledger.open_events))
 
-    def finish_entry(self, landed: bool, now: int) -> None:
-        if landed:
-            self.ledger.commit(now)
-            self.seq += 1
-        else:
-            self.ledger.rollback()
+    def landed(self, seq: int, now: int) -> None:
+        assert seq == self.seq + 1, "log entries must be consecutive"
+        self.ledger.commit(now)
+        self.seq = seq
 
-    async def settle(self, seq: int) -> bool:
-        """Whether entry ``seq`` reached the log; retries until Redis answers. Blocks new work meanwhile."""
-        self._in_doubt = True
+    def not_landed(self, seq: int, entry: LogEntry) -> None:
+        """The append failed: undo it in memory at once (reads must not show it), settle it later."""
+        METRICS.append_failures.inc()
+        self.ledger.rollback()
+        self._doubt = (seq, entry)
+
+    async def _settle(self) -> None:
+        """Find out whether the failed append reached the log; until then this shard takes no work."""
+        assert self._doubt is not None
+        seq, entry = self._doubt
         delay = 0.05
-        try:
-            while True:
-                try:
-                    return await self._log.last_seq(self.shard) >= seq
-                except STORAGE_ERRORS:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-        finally:
-            self._in_doubt = False
+        while True:
+            try:
+                landed = await self._log.last_seq(self.shard) >= seq
+                break
+            except STORAGE_ERRORS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        if landed:
+            log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",
+                        self.shard, seq)
+            self.ledger.replay(entry)
+            self.seq = seq
+        self._doubt = None
 
     # -- the actor loop ------------------------------------------------------
     async def _run(self) -> None:
@@ -175,6 +184,8 @@ class ShardActor:
             await self._apply([env])
 
     async def _apply(self, batch: list[Envelope]) -> None:
+        if self._doubt is not None:  # never build on a state that may lack a landed entry
+            await self._settle()
         ledger, now = self.ledger, self._clock.now_ms()
         answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         for env in batch:
@@ -201,24 +212,24 @@ class ShardActor:
                 reply.set_exception(error)
 
     async def _append(self, now: int) -> bool:
-        """Make the open batch durable. False (and state rolled back) when it did not land."""
-        seq, data = self.seq + 1, encode_entry(LogEntry(now, self.ledger.open_events))
+        """Make the open batch durable. False (and state rolled back) when that is not certain."""
+        opened = self.open_entry(now)
+        assert opened is not None
+        seq, entry = opened
         try:
-            await self._log.append(self.shard, seq, data)
-            landed = True
+            await self._log.append(self.shard, seq, encode_entry(entry))
         except STORAGE_ERRORS as exc:
-            METRICS.append_failures.inc()
-            log.warning("shard %d: append of entry %d failed (%s); settling", self.shard, seq, exc)
-            landed = await self.settle(seq)
-            if landed:
-                log.warning("shard %d: entry %d did land; keeping it (callers were told UNAVAILABLE)",
-                            self.shard, seq)
-        self.finish_entry(landed, now)
-        return landed
+            log.warning("shard %d: append of entry %d failed (%s)", self.shard, seq, exc)
+            self.not_landed(seq, entry)
+            return False
+        self.landed(seq, now)
+        return True
 
     async def _control(self, env: Envelope) -> None:
         control = env.message
         assert isinstance(control, _Control)
+        if self._doubt is not None:
+            await self._settle()
         if control.kind == "pause":
             assert control.resume is not None
             env.reply.set_result(None)

@@ -6,9 +6,9 @@ import pytest
 
 from reservation import (
     AlreadyExists,
-    FailedPrecondition,
     Fact,
     FactKind,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Outcome,

@@ -1,0 +1,105 @@
+"""R7: nothing acknowledged is lost; recovery = snapshot + log tail; Redis down = UNAVAILABLE, no drift."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import redis
+
+from atp_service import EmbeddedRedis
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from tests.conftest import ServiceFactory
+
+from .test_api import receipt
+
+
+async def test_two_hundred_clients_fifty_units_exactly_fifty_win(start_service: ServiceFactory) -> None:
+    _, client = await start_service()
+    await client.record_events([receipt("seed", "HOT", "DC", 50)])
+    clients = [type(client)(client.target) for _ in range(200)]
+    try:
+        results = await asyncio.gather(*(c.reserve(f"r{i}", [("HOT", "DC", 1)]) for i, c in enumerate(clients)))
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+    assert sum(r.state == pb.HELD for r in results) == 50
+    assert sum(r.state == pb.REJECTED for r in results) == 150
+    (a,) = await client.availability([("HOT", "DC")])
+    assert (a.reserved, a.available) == (50, 0)
+
+
+async def state_of(client, keys):  # type: ignore[no-untyped-def]
+    return [(p.on_hand, p.reserved, p.committed) for p in await client.availability(keys)]
+
+
+async def test_restart_restores_exactly_what_was_acknowledged(start_service: ServiceFactory) -> None:
+    service, client = await start_service(snapshot_every_entries=7)  # forces snapshots + trims mid-way
+    await client.record_events([receipt(f"e{i}", f"S{i % 5}", "DC", 20) for i in range(10)])
+    for i in range(40):
+        await client.reserve(f"r{i}", [(f"S{i % 5}", "DC", 1), (f"S{(i + 1) % 5}", "DC", 1)])
+        if i % 3 == 0:
+            await client.confirm(f"r{i}")
+        if i % 6 == 0:
+            await client.fulfill(f"r{i}", [(f"S{i % 5}", "DC", 1)], operation_id="ship")
+        if i % 7 == 0:
+            await client.release(f"r{i}")
+    await asyncio.sleep(0.2)  # let a maintenance pass take snapshots
+    keys = [(f"S{i}", "DC") for i in range(5)]
+    before = await state_of(client, keys)
+    records = [await client.get_reservation(f"r{i}") for i in range(40)]
+    await client.close()
+    await service.stop(grace_s=0.1)
+    _, again = await start_service()
+    assert await state_of(again, keys) == before
+    assert [await again.get_reservation(f"r{i}") for i in range(40)] == records
+    replay = await again.reserve("r5", [("S0", "DC", 1), ("S1", "DC", 1)])
+    assert replay.replayed
+
+
+async def test_snapshot_trims_the_log(start_service: ServiceFactory, redis_url: str) -> None:
+    _, client = await start_service(snapshot_every_entries=5, shards=1)
+    await client.record_events([receipt("seed", "A", "DC", 100)])
+    for i in range(30):
+        await client.reserve(f"r{i}", [("A", "DC", 1)])
+    await asyncio.sleep(0.2)
+    r = redis.Redis.from_url(redis_url)
+    assert r.exists("atp:snap:0")
+    assert r.xlen("atp:log:0") < 10  # trimmed behind the snapshot
+
+
+async def test_redis_down_answers_unavailable_and_state_does_not_drift(
+    start_service: ServiceFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    own = EmbeddedRedis(tmp_path_factory.mktemp("own-redis"), appendfsync="always").start()
+    try:
+        from atp_service import AtpClient, AtpService
+
+        from ..conftest import test_config
+
+        service = AtpService(test_config(redis_timeout_s=0.5), own.url)
+        await service.start()
+        client = AtpClient(f"127.0.0.1:{service.port}")
+        await client.record_events([receipt("seed", "A", "DC", 10)])
+        await client.reserve("ok", [("A", "DC", 2)])
+        own.kill()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.reserve("lost", [("A", "DC", 3)])
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        (a,) = await client.availability([("A", "DC")])
+        assert a.reserved == 2, "memory moved ahead of the log"
+        own.start()  # same port, same AOF: Redis comes back
+        for _ in range(100):
+            try:
+                resp = await client.reserve("after", [("A", "DC", 3)])
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                await asyncio.sleep(0.05)
+        assert resp.state == pb.HELD
+        (a,) = await client.availability([("A", "DC")])
+        assert a.reserved == 5
+        await client.close()
+        await service.stop(grace_s=0.1)
+    finally:
+        own.stop()
