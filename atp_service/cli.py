@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -49,12 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"atp-service: {exc}", file=sys.stderr)
         return 2
-    try:
+    if config.event_loop == "uvloop":
         import uvloop
 
         uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio still works
-        pass
     embedded = None
     redis_url = config.redis_url
     if redis_url is None:
@@ -83,6 +82,11 @@ async def _serve(config: ServiceConfig, redis_url: str) -> None:
     await service.start()
     if config.demo and await service.is_fresh():
         await load_demo(service)
+    # Recovered state is long-lived: move it out of the collector's view, and collect young
+    # objects less often (every command allocates a few short-lived closures and records).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*config.gc_thresholds)
     target = f"{config.host}:{service.port}"
     print(f"ATP service ready: gRPC on {target}, metrics on http://{config.metrics_host}:{service.metrics_port}/metrics",
           flush=True)

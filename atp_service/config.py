@@ -73,6 +73,12 @@ class ServiceConfig:
     shutdown_grace_s: float = 5.0
     """How long in-flight RPCs may finish on shutdown before they are cancelled."""
 
+    event_loop: str = "uvloop"
+    """``uvloop`` or ``asyncio``: the event loop the server runs on."""
+
+    gc_thresholds: tuple[int, int, int] = (50_000, 20, 100)
+    """Python GC thresholds set after recovery (CPython's default is 700, 10, 10)."""
+
     demo: bool = True
     """Load the demo estate (302 locations, ~1,000 SKUs) when the log is empty."""
 
@@ -82,6 +88,8 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:
             raise ValueError(f"durability: must be one of {DURABILITY_MODES}, got {self.durability!r}")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise ValueError(f"event_loop: must be uvloop or asyncio, got {self.event_loop!r}")
         if not 1 <= self.shards <= 1024:
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries"):
@@ -104,6 +112,8 @@ class ServiceConfig:
 
 def _parse(name: str, type_name: str, raw: str) -> Any:
     try:
+        if type_name.startswith("tuple"):
+            return tuple(int(part) for part in raw.split(","))
         if "bool" in type_name:
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError(raw)

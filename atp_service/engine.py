@@ -44,21 +44,6 @@ T = TypeVar("T")
 ViewWork = Callable[[View, int], Any]
 
 
-def _each(works: list[ViewWork]) -> Callable[[Ledger, int], list[Any]]:
-    """Several commands as one actor message; each succeeds or fails on its own."""
-
-    def run(ledger: Ledger, now: int) -> list[Any]:
-        out: list[Any] = []
-        for work in works:
-            try:
-                out.append(work(ledger, now))
-            except DomainError as exc:
-                out.append(exc)
-        return out
-
-    return run
-
-
 async def _one_as_list(coro: Any) -> list[Any]:
     try:
         return [await coro]
@@ -149,9 +134,8 @@ class Engine:
                 spanning.append(i)
         waits: list[tuple[list[int], Any]] = []
         for home, idx in groups.items():
-            works = [self._reserve_work(cmds[i], home) for i in idx]
             try:
-                waits.append((idx, self.actors[home].submit(_each(works))))
+                waits.append((idx, self.actors[home].submit(self._reserve_group([cmds[i] for i in idx]))))
             except DomainError as exc:
                 for i in idx:
                     out[i] = exc
@@ -164,8 +148,7 @@ class Engine:
                 results = [exc] * len(idx)
             for i, result in zip(idx, results, strict=True):
                 out[i] = result
-                if not isinstance(result, DomainError):
-                    self._count(result)
+        self._count_many(out)
         return out
 
     def _route(self, cmd: ReserveCommand) -> tuple[set[int], int]:
@@ -175,20 +158,45 @@ class Engine:
         return shards, home
 
     def _reserve_work(self, cmd: ReserveCommand, home: int) -> ViewWork:
-        limit = self.limits.max_live_reservations_per_shard
         ledger = self.actors[home].ledger
+        return lambda view, now: self._reserve_checked(ledger, view, cmd, now)
 
-        def work(view: View, now: int) -> tuple[Reservation, bool]:
-            if ledger.live_reservations >= limit and view.reservation(cmd.reservation_id) is None:
-                raise ResourceExhausted(f"shard {home}: {limit} live reservations (limit max_live_reservations)")
-            return ops.reserve(view, cmd, now)
+    def _reserve_group(self, cmds: list[ReserveCommand]) -> Callable[[Ledger, int], list[Any]]:
+        """Single-shard reservations as one actor message; each succeeds or fails on its own."""
 
-        return work
+        def run(ledger: Ledger, now: int) -> list[Any]:
+            out: list[Any] = []
+            for cmd in cmds:
+                try:
+                    out.append(self._reserve_checked(ledger, ledger, cmd, now))
+                except DomainError as exc:
+                    out.append(exc)
+            return out
+
+        return run
+
+    def _reserve_checked(self, home: Ledger, view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
+        limit = self.limits.max_live_reservations_per_shard
+        if home.live_reservations >= limit and view.reservation(cmd.reservation_id) is None:
+            raise ResourceExhausted(f"shard {home.shard}: {limit} live reservations (limit max_live_reservations)")
+        return ops.reserve(view, cmd, now)
 
     @staticmethod
     def _count(result: tuple[Reservation, bool]) -> None:
         outcome = "replayed" if result[1] else State(result[0].state).name.lower()
         METRICS.reservations.labels(outcome).inc()
+
+    @staticmethod
+    def _count_many(results: list[tuple[Reservation, bool] | DomainError]) -> None:
+        counts: dict[str, int] = {}
+        for result in results:
+            if isinstance(result, DomainError):
+                outcome = "error"
+            else:
+                outcome = "replayed" if result[1] else State(result[0].state).name.lower()
+            counts[outcome] = counts.get(outcome, 0) + 1
+        for outcome, n in counts.items():
+            METRICS.reservations.labels(outcome).inc(n)
 
     async def confirm(self, reservation_id: str) -> Reservation:
         return await self._resolve(reservation_id, "confirmed", lambda v, now: ops.confirm(v, reservation_id, now))

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from reservation import LedgerSnapshot
@@ -52,12 +52,14 @@ def seq_of(entry_id: bytes | str) -> int:
 class LogStore:
     """Appends shard entries in shared pipelines (one round trip per event-loop turn)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, pipeline_max: int) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, pipeline_max: int, max_in_flight: int = 1) -> None:
         self.client = client
         self.prefix = prefix
         self._pipeline_max = pipeline_max
         self._pending: list[tuple[int, int, bytes, asyncio.Future[None]]] = []
         self._scheduled = False
+        self._in_flight = 0
+        self._max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
 
     def log_key(self, shard: int) -> str:
@@ -70,7 +72,7 @@ class LogStore:
         """Durably append one entry; raises RedisError/OSError when that is not certain."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((shard, seq, data, fut))
-        if not self._scheduled:
+        if not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         await fut
@@ -115,24 +117,54 @@ class LogStore:
             await pipe.execute()
         return len(data)
 
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send commands in one write and read every reply; an error reply is returned, not raised.
+
+        This is redis-py's own connection API without the Pipeline object, whose per-call
+        bookkeeping cost more than the appends themselves on the hot path.
+        """
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            results: list[Any] = []
+            for _ in commands:
+                try:
+                    results.append(await conn.read_response())
+                except ResponseError as exc:
+                    results.append(exc)
+            return results
+        except BaseException:
+            await conn.disconnect()  # the reply stream is out of step: never reuse this connection
+            raise
+        finally:
+            await pool.release(conn)
+
     def _flush(self) -> None:
+        """Group commit: while a pipeline is in flight, new entries wait and go together in the next."""
         self._scheduled = False
-        while self._pending:
+        while self._pending and self._in_flight < self._max_in_flight:
             batch = self._pending[: self._pipeline_max]
             del self._pending[: self._pipeline_max]
+            self._in_flight += 1
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _send(self, batch: list[tuple[int, int, bytes, asyncio.Future[None]]]) -> None:
         METRICS.pipeline_size.observe(len(batch))
+        commands = [("XADD", self.log_key(shard), f"{seq}-0", FIELD, data) for shard, seq, data, _ in batch]
         try:
             with METRICS.append_seconds.time():
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for shard, seq, data, _ in batch:
-                        pipe.xadd(self.log_key(shard), {FIELD: data}, id=f"{seq}-0")
-                    results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+                results = await self._pipeline(commands)
+        except (TimeoutError, RedisError, OSError) as exc:
             results = [exc] * len(batch)
         for (_, _, _, fut), result in zip(batch, results, strict=True):
             if fut.done():

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -155,33 +156,21 @@ class ShardActor:
     # -- the actor loop ------------------------------------------------------
     async def _run(self) -> None:
         mailbox, limit = self._mailbox, self._config.batch_max
+        held: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
         while True:
-            batch = [await mailbox.get()]
-            control: Envelope | None = None
-            while len(batch) < limit and not mailbox.empty():
-                batch.append(mailbox.get_nowait())
-            for i, env in enumerate(batch):
+            first = held.popleft() if held else await mailbox.get()
+            if isinstance(first.message, _Control):
+                await self._control(first)
+                continue
+            batch = [first]
+            while len(batch) < limit and (held or not mailbox.empty()):
+                env = held.popleft() if held else mailbox.get_nowait()
                 if isinstance(env.message, _Control):
-                    # Everything after a control message waits for it: put it back in order.
-                    control, rest = env, batch[i + 1:]
-                    batch = batch[:i]
+                    held.appendleft(env)  # a control message closes the batch; it runs next
                     break
-            else:
-                rest = []
-            self._depth.set(mailbox.qsize() + len(rest))
-            if batch:
-                await self._apply(batch)
-            if control is not None:
-                await self._control(control)
-                for env in rest:
-                    await self._requeue(env)
-
-    async def _requeue(self, env: Envelope) -> None:
-        # Rare path (after a pause): handle leftovers one at a time, preserving order.
-        if isinstance(env.message, _Control):
-            await self._control(env)
-        else:
-            await self._apply([env])
+                batch.append(env)
+            self._depth.set(mailbox.qsize() + len(held))
+            await self._apply(batch)
 
     async def _apply(self, batch: list[Envelope]) -> None:
         if self._doubt is not None:  # never build on a state that may lack a landed entry

@@ -11,7 +11,7 @@ import msgspec
 from ._model import Fact, Reservation
 
 
-class HoldMoved(msgspec.Struct, tag="h", array_like=True):
+class HoldMoved(msgspec.Struct, tag="h", array_like=True, gc=False):
     """Q2/Q3 changes of one position made by a reservation command."""
 
     sku: str
@@ -20,7 +20,7 @@ class HoldMoved(msgspec.Struct, tag="h", array_like=True):
     d_committed: int
 
 
-class Shipped(msgspec.Struct, tag="x", array_like=True):
+class Shipped(msgspec.Struct, tag="x", array_like=True, gc=False):
     """R4: committed and on-hand fall together; ``at`` orders it among facts (E1)."""
 
     sku: str
@@ -30,22 +30,22 @@ class Shipped(msgspec.Struct, tag="x", array_like=True):
     ref: str
 
 
-class ReservationSaved(msgspec.Struct, tag="r", array_like=True):
+class ReservationSaved(msgspec.Struct, tag="r", array_like=True, gc=False):
     reservation: Reservation
 
 
-class FactApplied(msgspec.Struct, tag="f", array_like=True):
+class FactApplied(msgspec.Struct, tag="f", array_like=True, gc=False):
     """A fact accepted for folding (APPLIED or ABSORBED both keep it for dedupe)."""
 
     fact: Fact
 
 
-class FactQuarantined(msgspec.Struct, tag="q", array_like=True):
+class FactQuarantined(msgspec.Struct, tag="q", array_like=True, gc=False):
     fact: Fact
     reason: str
 
 
-class SafetyStockSet(msgspec.Struct, tag="s", array_like=True):
+class SafetyStockSet(msgspec.Struct, tag="s", array_like=True, gc=False):
     sku: str
     location: str
     quantity: int
@@ -54,7 +54,7 @@ class SafetyStockSet(msgspec.Struct, tag="s", array_like=True):
 Event = HoldMoved | Shipped | ReservationSaved | FactApplied | FactQuarantined | SafetyStockSet
 
 
-class LogEntry(msgspec.Struct, array_like=True):
+class LogEntry(msgspec.Struct, array_like=True, gc=False):
     """One group-committed batch of one shard: its service timestamp (R6) and events."""
 
     ts: int

@@ -28,7 +28,7 @@ from ._events import (
 from ._facts import PositionHistory
 from ._limits import Limits
 from ._model import TERMINAL, Fact, FactOutcome, Quantities, Reservation, State
-from ._store import COMMITTED, ON_HAND, RESERVED, SAFETY, PositionStore, StoreSnapshot
+from ._store import COMMITTED, ON_HAND, SAFETY, PositionStore, StoreSnapshot
 
 Undo = Callable[[], None]
 _LIVE = (State.HELD, State.CONFIRMED)
@@ -226,15 +226,9 @@ class Ledger:
         return None, FactOutcome.QUARANTINED  # FactQuarantined changes no state
 
     def _apply_hold(self, event: HoldMoved) -> Undo:
-        store, sku, loc = self.store, event.sku, event.location
-        store.add(sku, loc, RESERVED, event.d_reserved)
-        store.add(sku, loc, COMMITTED, event.d_committed)
-
-        def undo() -> None:
-            store.add(sku, loc, RESERVED, -event.d_reserved)
-            store.add(sku, loc, COMMITTED, -event.d_committed)
-
-        return undo
+        sku, loc = event.sku, event.location
+        self.store.move(sku, loc, event.d_reserved, event.d_committed)
+        return functools.partial(self.store.move, sku, loc, -event.d_reserved, -event.d_committed)
 
     def compact(self) -> None:
         """E9: fold deltas older than stream time minus grace into each history's base."""

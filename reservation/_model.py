@@ -48,13 +48,13 @@ class FactOutcome(IntEnum):
     INVALID = 5
 
 
-class LineRequest(msgspec.Struct, frozen=True, array_like=True):
+class LineRequest(msgspec.Struct, frozen=True, array_like=True, gc=False):
     sku: str
     location: str
     quantity: int
 
 
-class ReserveCommand(msgspec.Struct, frozen=True, array_like=True):
+class ReserveCommand(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A validated Reserve: lines already summed per position (R1)."""
 
     reservation_id: str
@@ -65,7 +65,7 @@ class ReserveCommand(msgspec.Struct, frozen=True, array_like=True):
     allow_partial: bool
 
 
-class LineRecord(msgspec.Struct, array_like=True):
+class LineRecord(msgspec.Struct, array_like=True, gc=False):
     """One position of a reservation: the decision and what became of the granted units."""
 
     sku: str
@@ -84,7 +84,7 @@ class LineRecord(msgspec.Struct, array_like=True):
         return self.held + self.committed
 
 
-class Reservation(msgspec.Struct, array_like=True):
+class Reservation(msgspec.Struct, array_like=True, gc=False):
     reservation_id: str
     order_ref: str
     channel: str
@@ -108,7 +108,7 @@ class Reservation(msgspec.Struct, array_like=True):
         return State.HELD if any(line.granted for line in self.lines) else State.REJECTED
 
 
-class Fact(msgspec.Struct, frozen=True, array_like=True):
+class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A validated POS/WMS fact (E1)."""
 
     event_id: str
@@ -128,7 +128,7 @@ class Fact(msgspec.Struct, frozen=True, array_like=True):
         return self.quantity
 
 
-class Quantities(msgspec.Struct, frozen=True, array_like=True):
+class Quantities(msgspec.Struct, frozen=True, array_like=True, gc=False):
     on_hand: int
     reserved: int
     committed: int

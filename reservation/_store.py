@@ -58,6 +58,15 @@ class PositionStore:
         row, col = self._cell(sku, location)
         self._q[field, row, col] += delta
 
+    def move(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
+        """Q2/Q3 change of one position in one cell lookup (the reservation hot path)."""
+        row, col = self._cell(sku, location)
+        q = self._q
+        if d_reserved:
+            q[RESERVED, row, col] += d_reserved
+        if d_committed:
+            q[COMMITTED, row, col] += d_committed
+
     def set(self, sku: str, location: str, field: int, value: int) -> None:
         row, col = self._cell(sku, location)
         self._q[field, row, col] = value
