@@ -31,8 +31,6 @@ redis:
 	  else \
 	    echo "redis-server is missing: run 'sudo apt-get install redis-server' (or set ATP_REDIS_URL)"; exit 1; \
 	  fi; }
-	@# Debian's package starts a system-wide instance; the service runs its own.
-	@if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then true; fi
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

@@ -88,12 +88,14 @@ async def _serve(config: ServiceConfig, redis_url: str) -> None:
     gc.freeze()
     gc.set_threshold(*config.gc_thresholds)
     target = f"{config.host}:{service.port}"
+    ctl = Path(sys.executable).with_name("atpctl")
+    ctl_cmd = str(ctl) if ctl.exists() else "atpctl"
     print(f"ATP service ready: gRPC on {target}, metrics on http://{config.metrics_host}:{service.metrics_port}/metrics",
           flush=True)
     print("Try:\n"
-          f"  atpctl --target {target} availability sku-00001@dc-east sku-00001@store-001\n"
-          f"  atpctl --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
-          f"  atpctl --target {target} confirm demo-1", flush=True)
+          f"  {ctl_cmd} --target {target} availability sku-00001@dc-east sku-00001@store-001\n"
+          f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
+          f"  {ctl_cmd} --target {target} confirm demo-1", flush=True)
     await stop.wait()
     log.info("shutting down (grace %.1fs)", config.shutdown_grace_s)
     with contextlib.suppress(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -92,6 +93,7 @@ class Engine:
             for rid in actor.ledger.reservations:
                 self._home[rid] = actor.shard
         self._maintenance: asyncio.Task[None] | None = None
+        self._gauged_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
 
     def place(self, sku: str) -> int:
@@ -303,6 +305,9 @@ class Engine:
                 await fut
             except DomainError as exc:
                 log.debug("expiry deferred: %s", exc)
+        if time.monotonic() - self._gauged_at >= 1.0:  # a full pass over the arrays: once a second is enough
+            self._gauged_at = time.monotonic()
+            METRICS.oversold_units.set(sum(actor.ledger.store.oversold_units() for actor in self.actors))
 
     def _expire_work(self, ledger: Ledger, now: int) -> None:
         for rid in ledger.due(now):

@@ -91,6 +91,13 @@ class PositionStore:
         sums = self._q.sum(axis=(1, 2)).tolist()
         return Quantities(*sums)
 
+    def oversold_units(self) -> int:
+        """Q5: units by which positions are oversold (sum of negative ``available``), one numpy pass."""
+        n, m = len(self._skus), len(self._locations)
+        q = self._q[:, :n, :m]
+        available = q[ON_HAND] - q[RESERVED] - q[COMMITTED] - q[SAFETY]
+        return int(-available[available < 0].sum())
+
     def snapshot(self) -> StoreSnapshot:
         n, m = len(self._skus), len(self._locations)
         return StoreSnapshot(

@@ -197,3 +197,12 @@ def test_rollback_restores_everything_of_the_open_batch_R7() -> None:
     assert ledger.quantities("A", "S1") == before
     assert ledger.reservation("r1") is None
     assert not ledger.pending
+
+
+def test_late_sale_can_oversell_and_it_is_counted_not_hidden_Q5() -> None:
+    ledger = ledger_with({("A", "S1"): 2})
+    reserve(ledger, cmd("r1", ("A", "S1", 2)), NOW)
+    ledger.record_fact(Fact("late-sale", "pos", FactKind.SALE, "A", "S1", 1, 900))
+    q = ledger.quantities("A", "S1")
+    assert q.available == -1
+    assert ledger.store.oversold_units() == 1

@@ -1,0 +1,90 @@
+"""The two command-line tools as a person uses them: atp-service serve (demo estate) and atpctl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from atp_service import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def served(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, int, list[str]]]:
+    """`atp-service serve` with the demo estate, as `make run` starts it (but on free ports)."""
+    port, metrics = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
+         "--metrics-port", str(metrics)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while "ATP service ready" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    yield f"127.0.0.1:{port}", metrics, log.read_text().splitlines()
+    proc.terminate()
+    assert proc.wait(15) == 0
+
+
+def ctl(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "atp_service.ctl", "--target", target, *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_demo_estate_and_the_printed_examples_work(served: tuple[str, int, list[str]]) -> None:
+    target, metrics_port, lines = served
+    examples = [line.strip() for line in lines if "--target" in line]
+    assert len(examples) == 3
+    for example in examples:  # the three commands the banner prints, exactly
+        args = example.split()[3:]
+        done = ctl(target, *args)
+        assert done.returncode == 0, done.stderr
+    got = json.loads(ctl(target, "availability", "sku-00001@dc-east").stdout)
+    assert got[0]["reserved"] == "0" and got[0]["committed"] == "2"
+    assert int(got[0]["onHand"]) > 2
+    stores = json.loads(ctl(target, "availability", *[f"sku-00042@store-{i:03d}" for i in range(1, 301)]).stdout)
+    assert sum(int(p["onHand"]) > 0 for p in stores) > 30  # about a third of stores stock a SKU
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    for name in ("atp_rpc_duration_seconds_bucket", "atp_reservations_total", "atp_shard_mailbox_depth",
+                 "atp_shard_batch_size", "atp_log_append_seconds", "atp_recovery_seconds"):
+        assert name in body, name
+    assert 'atp_rpc_duration_seconds_count{code="OK",method="Reserve"} 1.0' in body
+    assert "atp_oversold_units 0.0" in body
+
+
+def test_atpctl_errors_name_the_status(served: tuple[str, int, list[str]]) -> None:
+    target, _, _ = served
+    done = ctl(target, "confirm", "no-such-reservation")
+    assert done.returncode == 1 and "NOT_FOUND" in done.stderr
+    done = ctl(target, "reserve", "x", "sku-00001@dc-east:0")
+    assert done.returncode == 1 and "INVALID_ARGUMENT: lines[0].quantity" in done.stderr
+
+
+def test_events_import_from_jsonl(served: tuple[str, int, list[str]], tmp_path: Path) -> None:
+    target, _, _ = served
+    now = int(time.time() * 1000)
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("\n".join(json.dumps(f) for f in [
+        {"eventId": "p1", "source": "pos-1", "kind": "RECEIPT", "sku": "NEW", "location": "store-001",
+         "quantity": 5, "eventTimeMs": now - 1000},
+        {"eventId": "p2", "source": "pos-1", "kind": "SALE", "sku": "NEW", "location": "store-001",
+         "quantity": 2, "eventTimeMs": now - 500},
+        {"eventId": "p3", "source": "pos-1", "kind": "SALE", "sku": "NEW", "location": "store-001",
+         "quantity": 0, "eventTimeMs": now - 400},
+    ]))
+    done = ctl(target, "events", "import", str(facts))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"APPLIED": 2, "INVALID": 1}
+    assert "p3: INVALID: events[2].quantity" in done.stderr
+    got = json.loads(ctl(target, "availability", "NEW@store-001").stdout)
+    assert got[0]["onHand"] == "3"
