@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+from redis.exceptions import RedisError
 
 from reservation import Ledger, decode_entry
 
@@ -112,6 +113,21 @@ class AtpService:
                 f"shards: the log in Redis was written with {stored} shards, not {self.config.shards}; "
                 "start with the same --shards (or an empty Redis)"
             )
+        await self._check_persistence(store)
+
+    async def _check_persistence(self, store: LogStore) -> None:
+        """Acknowledged means in Redis; surviving a Redis crash also needs its AOF. Say so when it is off."""
+        try:
+            config: Any = await store.client.config_get("append*")
+        except RedisError:  # managed Redis often forbids CONFIG: nothing to check
+            return
+        appendonly = config.get(b"appendonly", config.get("appendonly"))
+        fsync = config.get(b"appendfsync", config.get("appendfsync"))
+        if appendonly not in (b"yes", "yes"):
+            log.warning("Redis runs without appendonly: acknowledged changes survive a service crash but "
+                        "not a Redis crash (set appendonly yes, appendfsync everysec or always)")
+        else:
+            log.info("Redis AOF on, appendfsync=%s", fsync.decode() if isinstance(fsync, bytes) else fsync)
 
     async def is_fresh(self) -> bool:
         """True when no shard has logged anything yet (first start)."""
