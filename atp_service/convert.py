@@ -27,24 +27,24 @@ def reserve_cmd(req: pb.ReserveRequest, limits: Limits) -> ReserveCommand:
 
 
 def reserve_response(rec: Reservation, replayed: bool) -> pb.ReserveResponse:
-    state = rec.decided_state
-    return pb.ReserveResponse(
-        reservation_id=rec.reservation_id,
-        state=cast(pb.ReservationState, int(state)),
-        lines=[
-            pb.LineResult(
-                sku=line.sku, location=line.location, requested=line.requested,
-                granted=line.granted, outcome=cast(pb.LineOutcome, line.outcome), available=line.available,
-            )
-            for line in rec.lines
-        ],
-        expires_at_ms=rec.created_at + rec.ttl_ms if line_granted(rec) else 0,
-        replayed=replayed,
-    )
+    out = pb.ReserveResponse()
+    fill_reserve_response(out, rec, replayed)
+    return out
 
 
-def line_granted(rec: Reservation) -> bool:
-    return any(line.granted for line in rec.lines)
+def fill_reserve_response(out: pb.ReserveResponse, rec: Reservation, replayed: bool) -> None:
+    """Fill in place: building sub-messages and assigning them would copy each one."""
+    out.reservation_id = rec.reservation_id
+    granted = False
+    add = out.lines.add
+    for line in rec.lines:
+        add(sku=line.sku, location=line.location, requested=line.requested, granted=line.granted,
+            outcome=cast(pb.LineOutcome, line.outcome), available=line.available)
+        granted = granted or line.granted > 0
+    out.state = pb.HELD if granted else pb.REJECTED  # the original decision (R5 replays it)
+    if granted:
+        out.expires_at_ms = rec.created_at + rec.ttl_ms
+    out.replayed = replayed
 
 
 def reservation_pb(rec: Reservation) -> pb.Reservation:

@@ -154,6 +154,10 @@ class Engine:
         return out
 
     def _route(self, cmd: ReserveCommand) -> tuple[set[int], int]:
+        if len(cmd.lines) == 1:  # the common case, without the set arithmetic
+            shard = self.place(cmd.lines[0].sku)
+            home = self._home.setdefault(cmd.reservation_id, shard)
+            return ({shard} if home == shard else {shard, home}), home
         shards = {self.place(line.sku) for line in cmd.lines}
         home = self._home.setdefault(cmd.reservation_id, min(shards))
         shards.add(home)

@@ -193,19 +193,20 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             except DomainError as exc:
                 outcomes.append(_failed(req.reservation_id, exc))
         decided = iter(zip(cmds, await self.engine.reserve_many(cmds), strict=True))
-        out = []
+        answer = pb.ReserveBatchResult()
+        add = answer.outcomes.add
         for item in outcomes:
-            if item is None:
-                cmd, result = next(decided)
-                if isinstance(result, DomainError):
-                    item = _failed(cmd.reservation_id, result)
-                else:
-                    rec, replayed = result
-                    item = pb.ReserveOutcome(reservation_id=rec.reservation_id,
-                                             response=convert.reserve_response(rec, replayed))
-            out.append(item)
+            if item is not None:
+                add().CopyFrom(item)
+                continue
+            cmd, result = next(decided)
+            if isinstance(result, DomainError):
+                add(reservation_id=cmd.reservation_id, code=_status(result).value[0], error=result.message)
+            else:
+                outcome = add(reservation_id=cmd.reservation_id)
+                convert.fill_reserve_response(outcome.response, *result)
         METRICS.rpc_seconds.labels("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
-        return pb.ReserveBatchResult(outcomes=out)
+        return answer
 
 
 def _failed(reservation_id: str, exc: DomainError) -> pb.ReserveOutcome:

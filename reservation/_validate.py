@@ -36,6 +36,12 @@ def line_requests(
     lines: Iterable[tuple[str, str, int]], limits: Limits, *, field: str = "lines", required: bool = True
 ) -> tuple[LineRequest, ...]:
     """Validate lines and sum those naming the same position (R1), keeping first-seen order."""
+    if isinstance(lines, list) and len(lines) == 1:  # the common case, without the summing dict
+        sku, location, quantity = lines[0]
+        check_id(f"{field}[0].sku", sku, limits)
+        check_id(f"{field}[0].location", location, limits)
+        check_quantity(f"{field}[0].quantity", quantity, limits)
+        return (LineRequest(sku, location, quantity),)
     summed: dict[tuple[str, str], int] = {}
     count = 0
     for n, (sku, location, quantity) in enumerate(lines):
