@@ -6,10 +6,12 @@ One invocation, one local Redis (AOF, appendfsync=everysec: the README's default
 The same client drives both with 64 requests in flight, uniform over the positions:
   unary  - 64 concurrent Reserve calls of one line each;
   stream - 64 ReserveStream messages in flight (over 4 streams), each a batch of --batch reservations.
-Prints one JSON object per mode: mode, ceiling_ops, service_ops, ratio, p50_ms, p99_ms (service latency
-of one call, or of one batch message in stream mode).
+Rounds alternate ceiling and service (both servers stay up) so that drift of a shared machine hits
+both alike. Prints one JSON object per mode: mode, ceiling_ops, service_ops (medians over rounds),
+ratio (median of the per-round ratios), p50_ms, p99_ms (service latency of one call, or of one
+batch message in stream mode, over all rounds).
 
-    python benchmarks/throughput.py [--seconds 10] [--batch 200]
+    python benchmarks/throughput.py [--seconds 5] [--rounds 3] [--batch 200]
 """
 
 from __future__ import annotations
@@ -72,12 +74,12 @@ async def run_for(seconds: float, workers: int, one: Callable[[int, int], Corout
 
 
 async def unary(target: str, seconds: float, tag: str) -> tuple[float, list[float]]:
-    clients = [AtpClient(target) for _ in range(4)]
+    clients = [AtpClient(target)]
     rng = random.Random(1)
 
     async def one(worker: int, n: int) -> int:
         sku, loc = position(rng)
-        resp = await clients[worker % 4].reserve(f"{tag}-{worker}-{n}", [(sku, loc, 1)], ttl_seconds=3600)
+        resp = await clients[0].reserve(f"{tag}-{worker}-{n}", [(sku, loc, 1)], ttl_seconds=3600)
         assert resp.state == pb.HELD, resp
         return 1
 
@@ -149,46 +151,51 @@ def start(cmd: list[str], ready: Callable[[], bool], log: Path) -> subprocess.Po
 
 
 async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    """Both servers up at once; rounds alternate ceiling and service so drift hits both alike."""
     ceiling_port, service_port = free_port(), free_port()
-    results: dict[str, dict[str, Any]] = {}
+    runs: dict[tuple[str, str], list[tuple[float, list[float]]]] = {}
     noop = start([sys.executable, str(ROOT / "benchmarks" / "noop_server.py"), "--port", str(ceiling_port)],
                  lambda: "ready" in (tmp / "noop.log").read_text(), tmp / "noop.log")
-    try:
-        target = f"127.0.0.1:{ceiling_port}"
-        results["unary"] = {"ceiling": await unary(target, args.seconds, "c")}
-        results["stream"] = {"ceiling": await stream(target, args.seconds, args.batch, "c")}
-    finally:
-        noop.terminate()
-        noop.wait()
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
         service = start([sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_server.url,
                          "--port", str(service_port), "--metrics-port", "-1", "--no-demo", "--log-level", "WARNING"],
                         lambda: True, tmp / "service.log")
         try:
-            target = f"127.0.0.1:{service_port}"
-            async with AtpClient(target, timeout_s=60) as client:
+            async with AtpClient(f"127.0.0.1:{service_port}", timeout_s=60) as client:
                 await client.wait_ready()
                 await seed(client)
-            results["unary"]["service"] = await unary(target, args.seconds, "u")
-            results["stream"]["service"] = await stream(target, args.seconds, args.batch, "s")
+            for r in range(args.rounds):
+                for mode in ("unary", "stream"):
+                    for system, port in (("ceiling", ceiling_port), ("service", service_port)):
+                        target, tag = f"127.0.0.1:{port}", f"{system[0]}{mode[0]}{r}"
+                        result = (await unary(target, args.seconds, tag) if mode == "unary"
+                                  else await stream(target, args.seconds, args.batch, tag))
+                        runs.setdefault((mode, system), []).append(result)
         finally:
             service.terminate()
             service.wait()
+            noop.terminate()
+            noop.wait()
     out = []
-    for mode, r in results.items():
-        ceiling_ops, _ = r["ceiling"]
-        service_ops, lat = r["service"]
+    for mode in ("unary", "stream"):
+        ceiling = [ops for ops, _ in runs[(mode, "ceiling")]]
+        service_runs = runs[(mode, "service")]
+        service_ops = [ops for ops, _ in service_runs]
+        ratios = [s / c for s, c in zip(service_ops, ceiling, strict=True)]
+        lat = [x for _, lats in service_runs for x in lats]
         out.append({
-            "mode": mode, "ceiling_ops": round(ceiling_ops), "service_ops": round(service_ops),
-            "ratio": round(service_ops / ceiling_ops, 3),
+            "mode": mode, "ceiling_ops": round(float(np.median(ceiling))),
+            "service_ops": round(float(np.median(service_ops))), "ratio": round(float(np.median(ratios)), 3),
             "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "rounds": args.rounds,
         })
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per mode and system")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per round, mode and system")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     parser.add_argument("--batch", type=int, default=200, help="reservations per stream message")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="atp-bench-") as tmp:
