@@ -49,6 +49,9 @@ class ServiceConfig:
     batch_max: int = 512
     """Most commands a shard applies and group-commits in one log entry."""
 
+    pipeline_depth: int = 4
+    """Log entries one shard may have in flight at once (it decides the next batch meanwhile)."""
+
     pipeline_max: int = 64
     """Most shard log entries sent to Redis in one pipelined round trip."""
 

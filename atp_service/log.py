@@ -31,12 +31,17 @@ class SnapshotRecord(msgspec.Struct, array_like=True):
 
 # Group commit in one command: the entries of every shard ready in this turn, each XADDed to its
 # own stream. One command instead of one per shard keeps the client's cost flat as shards grow.
-# An entry refused by Redis (its id already used) comes back as "!<error>", the others still land.
+# An entry refused by Redis (its id already used) comes back as "!<error>"; later entries of the
+# same stream are then skipped (a log must never have a gap), those of other streams still land.
 _APPEND_SCRIPT = """
-local out = {}
+local out, failed = {}, {}
 for i, key in ipairs(KEYS) do
-  local ok = redis.pcall('XADD', key, ARGV[2 * i - 1], 'e', ARGV[2 * i])
-  if type(ok) == 'table' and ok.err then out[i] = '!' .. ok.err else out[i] = ok end
+  if failed[key] then
+    out[i] = '!skipped: an earlier entry of this stream failed'
+  else
+    local ok = redis.pcall('XADD', key, ARGV[2 * i - 1], 'e', ARGV[2 * i])
+    if type(ok) == 'table' and ok.err then out[i] = '!' .. ok.err; failed[key] = true else out[i] = ok end
+  end
 end
 return out
 """
@@ -83,12 +88,17 @@ class LogStore:
 
     async def append(self, shard: int, seq: int, data: bytes) -> None:
         """Durably append one entry; raises RedisError/OSError when that is not certain."""
+        await self.submit(shard, seq, data)
+
+    def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
+        """Queue one entry for the next group commit. Entries go out in submission order;
+        cancelling the future before it is sent keeps the entry out of the log."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((shard, seq, data, fut))
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        await fut
+        return fut
 
     async def append_atomic(self, entries: dict[int, tuple[int, bytes]]) -> None:
         """Append to several shard logs in one MULTI/EXEC: all land or none (cross-shard R2)."""
@@ -133,6 +143,7 @@ class LogStore:
     def _flush(self) -> None:
         """Group commit: while a pipeline is in flight, new entries wait and go together in the next."""
         self._scheduled = False
+        self._pending = [p for p in self._pending if not p[3].done()]  # cancelled: never sent
         while self._pending and self._in_flight < self._max_in_flight:
             batch = self._pending[: self._pipeline_max]
             del self._pending[: self._pipeline_max]

@@ -44,6 +44,29 @@ class Envelope:
         self.reply = reply
 
 
+_Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _deliver(answers: list[_Answer]) -> None:
+    for reply, result, error in answers:
+        if reply.done():
+            continue
+        if error is None:
+            reply.set_result(result)
+        else:
+            reply.set_exception(error)
+
+
+class _InFlight:
+    """A sealed batch whose log append has been sent but not yet confirmed."""
+
+    __slots__ = ("answers", "done", "entry", "seq", "undo")
+
+    def __init__(self, seq: int, entry: LogEntry, undo: list[Any], answers: list[_Answer],
+                 done: asyncio.Future[None]) -> None:
+        self.seq, self.entry, self.undo, self.answers, self.done = seq, entry, undo, answers, done
+
+
 class _Control:
     """Messages about the actor itself, handled between batches."""
 
@@ -65,7 +88,8 @@ class ShardActor:
         self._config = config
         self._mailbox: asyncio.Queue[Envelope] = asyncio.Queue(config.mailbox_size)
         self._task: asyncio.Task[None] | None = None
-        self._doubt: tuple[int, LogEntry] | None = None
+        self._inflight: deque[_InFlight] = deque()  # appended, not yet durable; oldest first
+        self._doubt: list[tuple[int, LogEntry]] = []  # failed appends that may have landed
         self._stopping = False
         self._snapshot_seq = seq
         self._snapshot_at = time.monotonic()
@@ -78,6 +102,8 @@ class ShardActor:
     async def stop(self) -> None:
         """Finish the batch in hand, then fail whatever is still waiting (cleanly, not silently)."""
         self._stopping = True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._drain(), timeout=self._config.redis_timeout_s * 2)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -92,7 +118,7 @@ class ShardActor:
         """Queue work for this shard; refuse at once when the shard cannot take it."""
         if self._stopping:
             raise Unavailable("service is shutting down")
-        if self._doubt is not None:
+        if self._doubt:
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
@@ -117,10 +143,11 @@ class ShardActor:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._mailbox.put_nowait(Envelope(_Control("maintain"), fut))
 
-    # -- the open batch's fate (also used by a coordinator while this shard is paused) --
+    # -- the open batch's fate when a coordinator holds this shard paused (nothing in flight) --
     def open_entry(self, now: int) -> tuple[int, LogEntry] | None:
         if not self.ledger.pending:
             return None
+        assert not self._inflight, "a paused shard has nothing in flight"
         return self.seq + 1, LogEntry(now, list(self.ledger.open_events))
 
     def landed(self, seq: int, now: int) -> None:
@@ -132,26 +159,87 @@ class ShardActor:
         """The append failed: undo it in memory at once (reads must not show it), settle it later."""
         METRICS.append_failures.inc()
         self.ledger.rollback()
-        self._doubt = (seq, entry)
+        self._doubt.append((seq, entry))
+
+    # -- pipelined group commit -------------------------------------------------------
+    def _seal(self, now: int, answers: list[_Answer]) -> None:
+        """Send the open batch to the log and go on; its callers are answered once it is durable
+        and every entry before it is (R7). Answers of a batch with nothing to log wait behind
+        the newest entry in flight: a replayed decision must not be acknowledged before it is durable."""
+        ledger = self.ledger
+        if not ledger.pending:
+            ledger.commit(now)  # nothing to log; drop its undo steps
+            if self._inflight:
+                self._inflight[-1].answers.extend(answers)
+            else:
+                _deliver(answers)
+            return
+        entry, undo = ledger.seal(now)
+        seq = self.seq + 1 + len(self._inflight)
+        done = self._log.submit(self.shard, seq, encode_entry(entry))
+        self._inflight.append(_InFlight(seq, entry, undo, answers, done))
+        done.add_done_callback(self._on_append_done)
+
+    def _on_append_done(self, _: asyncio.Future[None]) -> None:
+        """Settle finished appends oldest first: deliver, or take back everything from a failure on."""
+        while self._inflight and self._inflight[0].done.done():
+            head = self._inflight[0]
+            error = None if head.done.cancelled() else head.done.exception()
+            if error is not None or head.done.cancelled():
+                self._fail_in_flight(error)
+                return
+            self._inflight.popleft()
+            self.seq = head.seq
+            _deliver(head.answers)
+
+    def _fail_in_flight(self, error: BaseException | None) -> None:
+        """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,
+        keep later entries out of the log, and remember them all to settle."""
+        METRICS.append_failures.inc()
+        log.warning("shard %d: append of entry %d failed (%s)", self.shard, self._inflight[0].seq, error)
+        failure = Unavailable(f"shard {self.shard}: change not durable (log storage unreachable)")
+        for rec in reversed(self._inflight):
+            self.ledger.revert(rec.undo)
+            rec.done.cancel()
+            _deliver([(reply, None, failure) for reply, _, _ in rec.answers])
+        self._doubt.extend((rec.seq, rec.entry) for rec in self._inflight)
+        self._inflight.clear()
+
+    async def _ready(self) -> None:
+        """Before applying more: settle any doubt, and keep at most pipeline_depth entries in flight."""
+        while True:
+            if self._doubt:
+                await self._settle()
+            elif len(self._inflight) >= self._config.pipeline_depth:
+                await asyncio.wait([self._inflight[0].done])
+            else:
+                return
+
+    async def _drain(self) -> None:
+        """Wait until nothing is in flight and nothing is in doubt: memory equals the durable log."""
+        while self._inflight or self._doubt:
+            if self._inflight:
+                await asyncio.wait([rec.done for rec in self._inflight])
+            if self._doubt:
+                await self._settle()
 
     async def _settle(self) -> None:
-        """Find out whether the failed append reached the log; until then this shard takes no work."""
-        assert self._doubt is not None
-        seq, entry = self._doubt
+        """Find out which failed appends reached the log anyway; until then this shard takes no work."""
         delay = 0.05
         while True:
             try:
-                landed = await self._log.last_seq(self.shard) >= seq
+                last = await self._log.last_seq(self.shard)
                 break
             except STORAGE_ERRORS:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        if landed:
-            log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",
-                        self.shard, seq)
-            self.ledger.replay(entry)
-            self.seq = seq
-        self._doubt = None
+        for seq, entry in self._doubt:
+            if seq <= last:
+                log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",
+                            self.shard, seq)
+                self.ledger.replay(entry)
+                self.seq = seq
+        self._doubt.clear()
 
     # -- the actor loop ------------------------------------------------------
     async def _run(self) -> None:
@@ -162,6 +250,7 @@ class ShardActor:
             if isinstance(first.message, _Control):
                 await self._control(first)
                 continue
+            await self._ready()
             batch = [first]
             while len(batch) < limit and (held or not mailbox.empty()):
                 env = held.popleft() if held else mailbox.get_nowait()
@@ -170,13 +259,11 @@ class ShardActor:
                     break
                 batch.append(env)
             self._depth.set(mailbox.qsize() + len(held))
-            await self._apply(batch)
+            self._apply(batch)
 
-    async def _apply(self, batch: list[Envelope]) -> None:
-        if self._doubt is not None:  # never build on a state that may lack a landed entry
-            await self._settle()
+    def _apply(self, batch: list[Envelope]) -> None:
         ledger, now = self.ledger, self._clock.now_ms()
-        answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        answers: list[_Answer] = []
         for env in batch:
             if env.reply.done():  # the caller gave up (deadline or cancel): do not apply
                 continue
@@ -187,38 +274,12 @@ class ShardActor:
             except DomainError as exc:
                 answers.append((env.reply, None, exc))
         METRICS.batch_size.observe(len(answers))
-        if not ledger.pending:
-            ledger.commit(now)  # nothing to log; close the batch so its undo steps are dropped
-        elif not await self._append(now):
-            failure = Unavailable(f"shard {self.shard}: change not durable (log storage unreachable)")
-            answers = [(reply, None, failure) for reply, _, _ in answers]
-        for reply, result, error in answers:
-            if reply.done():
-                continue
-            if error is None:
-                reply.set_result(result)
-            else:
-                reply.set_exception(error)
-
-    async def _append(self, now: int) -> bool:
-        """Make the open batch durable. False (and state rolled back) when that is not certain."""
-        opened = self.open_entry(now)
-        assert opened is not None
-        seq, entry = opened
-        try:
-            await self._log.append(self.shard, seq, encode_entry(entry))
-        except STORAGE_ERRORS as exc:
-            log.warning("shard %d: append of entry %d failed (%s)", self.shard, seq, exc)
-            self.not_landed(seq, entry)
-            return False
-        self.landed(seq, now)
-        return True
+        self._seal(now, answers)
 
     async def _control(self, env: Envelope) -> None:
         control = env.message
         assert isinstance(control, _Control)
-        if self._doubt is not None:
-            await self._settle()
+        await self._drain()  # a coordinator and a snapshot both need memory == durable log
         if control.kind == "pause":
             assert control.resume is not None
             env.reply.set_result(None)

@@ -125,6 +125,19 @@ class Ledger:
         self._events, self._undo = [], []
         return entry
 
+    def seal(self, ts: int) -> tuple[LogEntry, list[Undo]]:
+        """Close the open batch but keep its undo steps: its append is in flight (pipelining)."""
+        entry, undo = LogEntry(ts, self._events), self._undo
+        self.clock = max(self.clock, ts)
+        self._events, self._undo = [], []
+        return entry, undo
+
+    @staticmethod
+    def revert(undo: list[Undo]) -> None:
+        """Take back a sealed batch. Sealed batches must be reverted newest first."""
+        for step in reversed(undo):
+            step()
+
     def rollback(self) -> None:
         """Undo the open batch (its log append failed): state is as before it."""
         while self._undo:
