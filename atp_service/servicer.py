@@ -13,6 +13,7 @@ from reservation import (
     DomainError,
     InvalidArgument,
     Limits,
+    Reservation,
     Unavailable,
     check_id,
     partial_lines,
@@ -89,16 +90,18 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
     @_observed("Release")
     async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReservationResponse:
-        rid = check_id("reservation_id", request.reservation_id, self.limits)
-        lines = partial_lines(convert.lines_of(request.lines), request.operation_id, self.limits)
-        rec = await self.engine.release(rid, lines, request.operation_id)
-        return pb.ReservationResponse(reservation=convert.reservation_pb(rec))
+        return await self._line_operation(request, self.engine.release)
 
     @_observed("Fulfill")
     async def Fulfill(self, request: pb.FulfillRequest, context: Any) -> pb.ReservationResponse:
+        return await self._line_operation(request, self.engine.fulfill)
+
+    async def _line_operation(self, request: pb.ReleaseRequest | pb.FulfillRequest,
+                              operation: Callable[..., Awaitable[Reservation]]) -> pb.ReservationResponse:
+        """Release and Fulfil: everything, or per line with an operation id (R3, R4, R5)."""
         rid = check_id("reservation_id", request.reservation_id, self.limits)
         lines = partial_lines(convert.lines_of(request.lines), request.operation_id, self.limits)
-        rec = await self.engine.fulfill(rid, lines, request.operation_id)
+        rec = await operation(rid, lines, request.operation_id)
         return pb.ReservationResponse(reservation=convert.reservation_pb(rec))
 
     @_observed("GetReservation")
