@@ -105,11 +105,13 @@ async def _serve(config: ServiceConfig, redis_url: str) -> None:
 async def load_demo(service: AtpService) -> None:
     from .demo import demo_facts
 
-    assert service.engine is not None
+    assert service.desk is not None
     facts = demo_facts(service.clock.now_ms() - 60_000)
     total = 0
     while chunk := list(islice(facts, 5000)):
-        await service.engine.record_facts(chunk)
+        for result in await service.desk.record(chunk, origin="demo"):
+            if isinstance(result, Exception):
+                raise result
         total += len(chunk)
     log.info("demo estate loaded: %d stocked positions", total)
 

@@ -82,6 +82,33 @@ class ServiceConfig:
     gc_thresholds: tuple[int, int, int] = (50_000, 20, 100)
     """Python GC thresholds set after recovery (CPython's default is 700, 10, 10)."""
 
+    input_streams: tuple[str, ...] = ("atp:in:pos", "atp:in:wms")
+    """Redis streams POS/WMS integrations append facts to (comma-separated in ATP_INPUT_STREAMS; empty: off)."""
+
+    consumer_group: str = "atp"
+    """Consumer group the service reads the input streams with."""
+
+    consumer_name: str = "atp-1"
+    """This instance's consumer name; keep it stable so a restart re-reads its own pending entries."""
+
+    ingest_count: int = 1000
+    """Most entries read per stream per XREADGROUP."""
+
+    ingest_block_ms: int = 500
+    """How long one XREADGROUP waits for new entries."""
+
+    claim_idle_ms: int = 60_000
+    """Pending entries idle this long (a dead consumer's) are claimed with XAUTOCLAIM."""
+
+    dead_letter_stream: str = "atp:dlq"
+    """Where undecodable or invalid input entries go, with the reason and their original fields."""
+
+    quarantine_stream: str = "atp:quarantine"
+    """Where late (E6) and conflicting (E8) facts go, with their reason."""
+
+    side_stream_maxlen: int = 1_000_000
+    """Approximate length the dead-letter and quarantine streams are trimmed to."""
+
     demo: bool = True
     """Load the demo estate (302 locations, ~1,000 SKUs) when the log is empty."""
 
@@ -115,6 +142,8 @@ class ServiceConfig:
 
 def _parse(name: str, type_name: str, raw: str) -> Any:
     try:
+        if type_name.startswith("tuple[str"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
         if type_name.startswith("tuple"):
             return tuple(int(part) for part in raw.split(","))
         if "bool" in type_name:

@@ -18,8 +18,6 @@ from typing import Any, TypeVar
 
 from reservation import (
     DomainError,
-    Fact,
-    FactOutcome,
     Ledger,
     LineRequest,
     NotFound,
@@ -95,6 +93,11 @@ class Engine:
         self._maintenance: asyncio.Task[None] | None = None
         self._gauged_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def log_client(self) -> Any:
+        """The Redis client of the log (also for the quarantine and dead-letter streams)."""
+        return self._log.client
 
     def place(self, sku: str) -> int:
         return zlib.crc32(sku.encode()) % self._n
@@ -227,21 +230,16 @@ class Engine:
         actors, place = self.actors, self.place
         return [actors[place(sku)].ledger.quantities(sku, loc) for sku, loc in keys]
 
-    # -- facts and settings -------------------------------------------------------------
-    async def record_facts(self, facts: Sequence[Fact]) -> list[tuple[FactOutcome, str]]:
-        by_shard: dict[int, list[int]] = {}
-        for i, fact in enumerate(facts):
-            by_shard.setdefault(self.place(fact.sku), []).append(i)
-        def work(idx: list[int]) -> Callable[[Ledger, int], list[tuple[FactOutcome, str]]]:
-            return lambda ledger, _now: [ledger.record_fact(facts[i]) for i in idx]
+    async def set_safety_stock(self, sku: str, location: str, quantity: int) -> Quantities:
+        """Q4, durable like every other change."""
+        shard = self.place(sku)
 
-        futures = {shard: self.actors[shard].submit(work(idx)) for shard, idx in by_shard.items()}
-        out: list[tuple[FactOutcome, str]] = [(FactOutcome.INVALID, "")] * len(facts)
-        for shard, fut in futures.items():
-            for i, result in zip(by_shard[shard], await fut, strict=True):
-                out[i] = result
-                METRICS.facts.labels(result[0].name.lower()).inc()
-        return out
+        def work(ledger: Ledger, _now: int) -> Quantities:
+            ledger.set_safety_stock(sku, location, quantity)
+            return ledger.quantities(sku, location)
+
+        result: Quantities = await self.actors[shard].submit(work)
+        return result
 
     # -- routing ----------------------------------------------------------------------
     async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork) -> Reservation:
@@ -253,6 +251,13 @@ class Engine:
         result: Reservation = await self._run(shards, home, work)
         METRICS.reservations.labels(outcome).inc()
         return result
+
+    async def run(self, shards: set[int], home: int, work: ViewWork) -> Any:
+        """Run ``work`` on one shard's actor, or across several through the coordinator."""
+        return await self._run(shards, home, work)
+
+    def home_of(self, reservation_id: str) -> int | None:
+        return self._home.get(reservation_id)
 
     async def _run(self, shards: set[int], home: int, work: ViewWork) -> Any:
         if len(shards) == 1:

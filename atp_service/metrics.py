@@ -18,7 +18,24 @@ class Metrics:
         self.reservations = Counter(
             "atp_reservations_total", "Reservation decisions and resolutions by outcome", ["outcome"], registry=r
         )
-        self.facts = Counter("atp_facts_total", "Facts by outcome", ["outcome"], registry=r)
+        self.facts = Counter(
+            "atp_facts_total", "Facts by origin (grpc or input stream), kind and outcome",
+            ["origin", "kind", "outcome"], registry=r,
+        )
+        self.fact_lag = Histogram(
+            "atp_fact_lag_seconds", "now - event_time of applied facts",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 24 * 3600), registry=r,
+        )
+        self.dead_lettered = Counter(
+            "atp_dead_lettered_total", "Input-stream entries moved to the dead-letter stream", ["stream"], registry=r
+        )
+        self.ingest_pending = Gauge(
+            "atp_ingest_pending", "Entries delivered to the consumer group but not yet acknowledged", ["stream"],
+            registry=r,
+        )
+        self.ingest_claimed = Counter(
+            "atp_ingest_claimed_total", "Stale pending entries claimed from other consumers", registry=r
+        )
         self.mailbox_depth = Gauge("atp_shard_mailbox_depth", "Messages waiting per shard", ["shard"], registry=r)
         self.batch_size = Histogram(
             "atp_shard_batch_size", "Commands applied per group commit",

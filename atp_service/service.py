@@ -19,6 +19,8 @@ from reservation import Ledger, decode_entry
 from .clock import Clock, SystemClock
 from .config import ServiceConfig
 from .engine import Engine
+from .facts import FactDesk
+from .ingest import StreamIngestor
 from .log import LogStore, connect
 from .metrics import METRICS
 from .pb.atp.v1 import atp_pb2 as pb
@@ -42,6 +44,8 @@ class AtpService:
         self.redis_url = redis_url
         self.clock: Clock = clock or SystemClock()
         self.engine: Engine | None = None
+        self.desk: FactDesk | None = None
+        self.ingestor: StreamIngestor | None = None
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
@@ -73,7 +77,11 @@ class AtpService:
             self.metrics_port = server.server_port
         self.engine = await self._recover()
         self.engine.start()
-        self._servicer.attach(self.engine)
+        self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen)
+        self._servicer.attach(self.engine, self.desk)
+        if cfg.input_streams:
+            self.ingestor = StreamIngestor(self.engine.log_client, self.desk, cfg, self.clock)
+            await self.ingestor.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -139,6 +147,8 @@ class AtpService:
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        if self.ingestor is not None:
+            await self.ingestor.stop()
         if self.engine is not None:
             await self.engine.stop(snapshot=True)
         if self._log is not None:

@@ -22,6 +22,7 @@ from reservation import fact as make_fact
 
 from . import convert
 from .engine import Engine
+from .facts import Explanation, FactDesk
 from .metrics import METRICS
 from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
@@ -65,17 +66,24 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     def __init__(self, limits: Limits, max_stream_inflight: int) -> None:
         self.limits = limits
         self._engine: Engine | None = None
+        self._desk: FactDesk | None = None
         self._max_inflight = max_stream_inflight
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine: Engine, desk: FactDesk) -> None:
         """Start answering: recovery has finished."""
-        self._engine = engine
+        self._engine, self._desk = engine, desk
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
             raise Unavailable("service is recovering its state; retry shortly")
         return self._engine
+
+    @property
+    def desk(self) -> FactDesk:
+        if self._desk is None:
+            raise Unavailable("service is recovering its state; retry shortly")
+        return self._desk
 
     @_observed("Reserve")
     async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
@@ -143,19 +151,55 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 ))
                 results.append(None)
             except InvalidArgument as exc:
-                METRICS.facts.labels("invalid").inc()
+                kind = pb.FactKind.Name(ev.kind) if ev.kind in pb.FactKind.values() else "unknown"
+                METRICS.facts.labels("grpc", kind, "invalid").inc()
                 results.append(pb.FactResult(event_id=ev.event_id, outcome=pb.INVALID,
                                              error=f"events[{n}].{exc.message}"))
-        outcomes = iter(await self.engine.record_facts(valid))
+        recorded = await self.desk.record(valid, "grpc")
+        for result in recorded:
+            if isinstance(result, DomainError):
+                # Some facts may be durable already: a retry of the whole call is safe (E8 dedupe).
+                raise result
+        outcomes = iter(recorded)
         facts = iter(valid)
         out = []
         for r in results:
             if r is None:
-                outcome, reason = next(outcomes)
+                outcome, reason = next(outcomes)  # type: ignore[misc]
                 outcome_pb = cast(pb.FactOutcome, int(outcome))
                 r = pb.FactResult(event_id=next(facts).event_id, outcome=outcome_pb, error=reason)
             out.append(r)
         return pb.RecordEventsResponse(results=out)
+
+    @_observed("ExplainAvailability")
+    async def ExplainAvailability(self, request: pb.ExplainAvailabilityRequest,
+                                  context: Any) -> pb.ExplainAvailabilityResponse:
+        sku = check_id("sku", request.sku, self.limits)
+        location = check_id("location", request.location, self.limits)
+        ex = Explanation(self.engine, sku, location, self.limits.max_explain_holds)
+        out = pb.ExplainAvailabilityResponse(
+            availability=convert.availability_pb(sku, location, ex.quantities),
+            stream_time_ms=ex.stream_time, retained_since_ms=ex.retained_since, holds_truncated=ex.holds_truncated,
+        )
+        if ex.count is not None:
+            out.has_count = True
+            out.count_event_id, out.count_time_ms, out.count_quantity = ex.count
+        for event_id, at, delta in ex.deltas:
+            out.deltas_after_count.add(event_id=event_id, event_time_ms=at, delta=delta)
+        for rec, held, committed in ex.holds:
+            out.holds.add(reservation_id=rec.reservation_id, order_ref=rec.order_ref, channel=rec.channel,
+                          state=cast(pb.ReservationState, int(rec.state)), held=held, committed=committed,
+                          expires_at_ms=rec.expires_at)
+        return out
+
+    @_observed("SetSafetyStock")
+    async def SetSafetyStock(self, request: pb.SetSafetyStockRequest, context: Any) -> pb.Availability:
+        sku = check_id("sku", request.sku, self.limits)
+        location = check_id("location", request.location, self.limits)
+        if not 0 <= request.quantity <= self.limits.max_quantity:
+            raise InvalidArgument("quantity", f"must be within [0, {self.limits.max_quantity}]")
+        q = await self.engine.set_safety_stock(sku, location, request.quantity)
+        return convert.availability_pb(sku, location, q)
 
     async def ReserveStream(
         self, request_iterator: AsyncIterator[pb.ReserveBatch], context: grpc.aio.ServicerContext[Any, Any]

@@ -36,6 +36,9 @@ class Limits:
     max_batch_reservations: int = 1000
     """Most reservations one ReserveStream message may carry."""
 
+    max_explain_holds: int = 1000
+    """Most reservations one ExplainAvailability lists for a position."""
+
     max_ops_per_reservation: int = 64
     """Most distinct partial release/fulfil operation ids one reservation remembers."""
 

@@ -111,9 +111,13 @@ def release(
 
 
 def fulfill(
-    view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, limits: Limits
+    view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, limits: Limits,
+    *, ship: bool = True,
 ) -> Reservation:
-    """R4: shipped or picked-up units leave `committed` and `on_hand` together."""
+    """R4: shipped or picked-up units leave `committed` and `on_hand` together.
+
+    ``ship=False`` when a SHIPMENT fact has already moved `on_hand` itself (fulfilment by fact).
+    """
     rec = _current(view, reservation_id, now)
     if not lines and rec.state == State.FULFILLED:
         return rec
@@ -128,13 +132,22 @@ def fulfill(
     new = _with_op(rec, operation_id, lines, limits)
     for index, (line, qty) in enumerate(zip(new.lines, amounts, strict=True)):
         if qty:
-            ref = f"fulfil:{reservation_id}:{operation_id}:{index}"
-            view.ship(line.sku, line.location, qty, now, ref)
+            if ship:
+                view.ship(line.sku, line.location, qty, now, f"fulfil:{reservation_id}:{operation_id}:{index}")
+            else:
+                view.move_hold(line.sku, line.location, 0, -qty)
             line.committed -= qty
             line.fulfilled += qty
     _settle(new, now)
     view.save(new)
     return new
+
+
+def fulfill_committed(
+    view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, limits: Limits
+) -> Reservation:
+    """R4 by a SHIPMENT fact naming the reservation: only `committed` moves here."""
+    return fulfill(view, reservation_id, lines, operation_id, now, limits, ship=False)
 
 
 def expire(view: View, reservation_id: str, now: int) -> Reservation | None:

@@ -130,6 +130,7 @@ def fact(
             f"{event_time} is more than {limits.fact_future_skew_ms} ms ahead of the service clock ({now})",
         )
     if reservation_id:
-        # Fulfilment through SHIPMENT facts (R4 via E-kinds) lands with the fact-ingestion work.
-        raise InvalidArgument("reservation_id", "SHIPMENT facts naming a reservation are not supported yet")
-    return Fact(event_id, source, fact_kind, sku, location, quantity, event_time)
+        if fact_kind != FactKind.SHIPMENT:
+            raise InvalidArgument("reservation_id", f"only SHIPMENT facts may name a reservation, not {fact_kind.name}")
+        check_id("reservation_id", reservation_id, limits)
+    return Fact(event_id, source, fact_kind, sku, location, quantity, event_time, reservation_id)

@@ -277,6 +277,76 @@ class RecordEventsResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[FactResult]
     def __init__(self, results: _Optional[_Iterable[_Union[FactResult, _Mapping]]] = ...) -> None: ...
 
+class ExplainAvailabilityRequest(_message.Message):
+    __slots__ = ("sku", "location")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    location: str
+    def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
+
+class ExplainedFact(_message.Message):
+    __slots__ = ("event_id", "event_time_ms", "delta")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    event_time_ms: int
+    delta: int
+    def __init__(self, event_id: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., delta: _Optional[int] = ...) -> None: ...
+
+class ExplainedHold(_message.Message):
+    __slots__ = ("reservation_id", "order_ref", "channel", "state", "held", "committed", "expires_at_ms")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_REF_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    order_ref: str
+    channel: str
+    state: ReservationState
+    held: int
+    committed: int
+    expires_at_ms: int
+    def __init__(self, reservation_id: _Optional[str] = ..., order_ref: _Optional[str] = ..., channel: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ..., held: _Optional[int] = ..., committed: _Optional[int] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+
+class ExplainAvailabilityResponse(_message.Message):
+    __slots__ = ("availability", "has_count", "count_event_id", "count_time_ms", "count_quantity", "deltas_after_count", "holds", "stream_time_ms", "retained_since_ms", "holds_truncated")
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    HAS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_AFTER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    RETAINED_SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    availability: Availability
+    has_count: bool
+    count_event_id: str
+    count_time_ms: int
+    count_quantity: int
+    deltas_after_count: _containers.RepeatedCompositeFieldContainer[ExplainedFact]
+    holds: _containers.RepeatedCompositeFieldContainer[ExplainedHold]
+    stream_time_ms: int
+    retained_since_ms: int
+    holds_truncated: bool
+    def __init__(self, availability: _Optional[_Union[Availability, _Mapping]] = ..., has_count: _Optional[bool] = ..., count_event_id: _Optional[str] = ..., count_time_ms: _Optional[int] = ..., count_quantity: _Optional[int] = ..., deltas_after_count: _Optional[_Iterable[_Union[ExplainedFact, _Mapping]]] = ..., holds: _Optional[_Iterable[_Union[ExplainedHold, _Mapping]]] = ..., stream_time_ms: _Optional[int] = ..., retained_since_ms: _Optional[int] = ..., holds_truncated: _Optional[bool] = ...) -> None: ...
+
+class SetSafetyStockRequest(_message.Message):
+    __slots__ = ("sku", "location", "quantity")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    location: str
+    quantity: int
+    def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
+
 class ReserveBatch(_message.Message):
     __slots__ = ("reservations",)
     RESERVATIONS_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,16 @@ class AvailabilityServiceStub:
                 request_serializer=atp_dot_v1_dot_atp__pb2.RecordEventsRequest.SerializeToString,
                 response_deserializer=atp_dot_v1_dot_atp__pb2.RecordEventsResponse.FromString,
                 _registered_method=True)
+        self.ExplainAvailability = channel.unary_unary(
+                '/atp.v1.AvailabilityService/ExplainAvailability',
+                request_serializer=atp_dot_v1_dot_atp__pb2.ExplainAvailabilityRequest.SerializeToString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.ExplainAvailabilityResponse.FromString,
+                _registered_method=True)
+        self.SetSafetyStock = channel.unary_unary(
+                '/atp.v1.AvailabilityService/SetSafetyStock',
+                request_serializer=atp_dot_v1_dot_atp__pb2.SetSafetyStockRequest.SerializeToString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.Availability.FromString,
+                _registered_method=True)
         self.ReserveStream = channel.stream_stream(
                 '/atp.v1.AvailabilityService/ReserveStream',
                 request_serializer=atp_dot_v1_dot_atp__pb2.ReserveBatch.SerializeToString,
@@ -121,6 +131,18 @@ class AvailabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainAvailability(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSafetyStock(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReserveStream(self, request_iterator, context):
         """Each request message is a batch of independent reservations; each
         response message answers one request message, in order.
@@ -166,6 +188,16 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
                     servicer.RecordEvents,
                     request_deserializer=atp_dot_v1_dot_atp__pb2.RecordEventsRequest.FromString,
                     response_serializer=atp_dot_v1_dot_atp__pb2.RecordEventsResponse.SerializeToString,
+            ),
+            'ExplainAvailability': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainAvailability,
+                    request_deserializer=atp_dot_v1_dot_atp__pb2.ExplainAvailabilityRequest.FromString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.ExplainAvailabilityResponse.SerializeToString,
+            ),
+            'SetSafetyStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSafetyStock,
+                    request_deserializer=atp_dot_v1_dot_atp__pb2.SetSafetyStockRequest.FromString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.Availability.SerializeToString,
             ),
             'ReserveStream': grpc.stream_stream_rpc_method_handler(
                     servicer.ReserveStream,
@@ -362,6 +394,60 @@ class AvailabilityService:
             '/atp.v1.AvailabilityService/RecordEvents',
             atp_dot_v1_dot_atp__pb2.RecordEventsRequest.SerializeToString,
             atp_dot_v1_dot_atp__pb2.RecordEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atp.v1.AvailabilityService/ExplainAvailability',
+            atp_dot_v1_dot_atp__pb2.ExplainAvailabilityRequest.SerializeToString,
+            atp_dot_v1_dot_atp__pb2.ExplainAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSafetyStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atp.v1.AvailabilityService/SetSafetyStock',
+            atp_dot_v1_dot_atp__pb2.SetSafetyStockRequest.SerializeToString,
+            atp_dot_v1_dot_atp__pb2.Availability.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,199 @@
+"""Facts from Redis input streams (POS, WMS): a consumer group, acknowledged only once durable.
+
+An entry is XACKed after its fact is durable in its shard log (or after it went to the
+dead-letter or quarantine stream): a crash mid-batch leaves the rest pending, the restarted
+service re-reads its own pending entries first, and dedupe by ``(source, event_id)`` (E8)
+makes the outcome exactly-once in effect. Entries that cannot be decoded or validated go to
+the dead-letter stream with the reason and their original fields, and never stop the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from reservation import DomainError, Fact, FactKind, InvalidArgument, Limits
+from reservation import fact as make_fact
+
+from .clock import Clock
+from .config import ServiceConfig
+from .facts import FactDesk
+from .metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms")
+_KINDS = {k.name: k.value for k in FactKind}
+Entry = tuple[str, bytes, dict[bytes, bytes] | None]  # stream, entry id, fields (None: deleted)
+
+
+def decode_fact(fields: dict[bytes, bytes], now: int, limits: Limits) -> Fact:
+    """One input-stream entry -> a validated fact, or InvalidArgument naming the field."""
+    try:
+        text = {k.decode(): v.decode() for k, v in fields.items()}
+    except UnicodeDecodeError:
+        raise InvalidArgument("entry", "field names and values must be UTF-8") from None
+    for name in REQUIRED:
+        if name not in text:
+            raise InvalidArgument(name, "missing")
+    kind_text = text["kind"].strip().upper()
+    kind = _KINDS.get(kind_text)
+    if kind is None:
+        raise InvalidArgument("kind", f"unknown fact kind {text['kind']!r} (one of {', '.join(_KINDS)})")
+    numbers = {}
+    for name in ("quantity", "event_time_ms"):
+        try:
+            numbers[name] = int(text[name])
+        except ValueError:
+            raise InvalidArgument(name, f"not an integer: {text[name][:40]!r}") from None
+    return make_fact(
+        event_id=text["event_id"], source=text["source"], kind=kind, sku=text["sku"], location=text["location"],
+        quantity=numbers["quantity"], event_time=numbers["event_time_ms"],
+        reservation_id=text.get("reservation_id", ""), now=now, limits=limits,
+    )
+
+
+class StreamIngestor:
+    def __init__(self, client: Any, desk: FactDesk, config: ServiceConfig, clock: Clock) -> None:
+        self._client = client
+        self._desk = desk
+        self._config = config
+        self._clock = clock
+        self._streams = list(config.input_streams)
+        self._task: asyncio.Task[None] | None = None
+        self._retry_own_pending = True  # first: what this consumer had in hand before a crash
+        self._claimed_at = 0.0
+        self._gauged_at = 0.0
+
+    async def start(self) -> None:
+        for stream in self._streams:
+            try:  # from the beginning: entries appended while the service was down count too
+                await self._client.xgroup_create(stream, self._config.consumer_group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self.step()
+                delay = 0.05
+            except (RedisError, OSError) as exc:
+                log.warning("input streams: %s; retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                self._retry_own_pending = True
+
+    async def step(self) -> int:
+        """One read-apply-acknowledge round; returns how many entries it settled."""
+        cfg = self._config
+        if self._retry_own_pending:
+            entries = await self._read("0", block=None)
+            self._retry_own_pending = bool(entries)
+        else:
+            if time.monotonic() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
+                self._claimed_at = time.monotonic()
+                await self._handle(await self._claim())
+            entries = await self._read(">", block=cfg.ingest_block_ms)
+        settled = await self._handle(entries)
+        if time.monotonic() - self._gauged_at >= 5:
+            self._gauged_at = time.monotonic()
+            await self._gauge_pending()
+        return settled
+
+    async def _read(self, start: str, block: int | None) -> list[Entry]:
+        cfg = self._config
+        reply = await self._client.xreadgroup(
+            cfg.consumer_group, cfg.consumer_name, {s: start for s in self._streams},
+            count=cfg.ingest_count, block=block,
+        )
+        return [(_text(stream), entry_id, fields or None) for stream, rows in reply or [] for entry_id, fields in rows]
+
+    async def _claim(self) -> list[Entry]:
+        """Take over entries a dead consumer left pending for longer than claim_idle_ms."""
+        cfg = self._config
+        out: list[Entry] = []
+        for stream in self._streams:
+            reply = await self._client.xautoclaim(stream, cfg.consumer_group, cfg.consumer_name,
+                                                  min_idle_time=cfg.claim_idle_ms, start_id="0-0",
+                                                  count=cfg.ingest_count)
+            claimed = reply[1]
+            out += [(stream, entry_id, fields or None) for entry_id, fields in claimed]
+        if out:
+            METRICS.ingest_claimed.inc(len(out))
+            log.info("claimed %d stale pending entries", len(out))
+        return out
+
+    async def _handle(self, entries: list[Entry]) -> int:
+        if not entries:
+            return 0
+        now = self._clock.now_ms()
+        done: list[tuple[str, bytes]] = []
+        dead: list[tuple[str, bytes, dict[bytes, bytes], str]] = []
+        facts: list[Fact] = []
+        refs: list[tuple[str, bytes]] = []
+        for stream, entry_id, fields in entries:
+            if fields is None:  # trimmed away before anyone read it: nothing left to apply
+                dead.append((stream, entry_id, {}, "entry was deleted from the stream before it was applied"))
+                continue
+            try:
+                facts.append(decode_fact(fields, now, self._config.limits))
+                refs.append((stream, entry_id))
+            except InvalidArgument as exc:
+                dead.append((stream, entry_id, fields, exc.message))
+        if dead:
+            await self._dead_letter(dead)
+        if facts:
+            results = await self._desk.record(facts, origin="stream")
+            for ref, result in zip(refs, results, strict=True):
+                if isinstance(result, DomainError):
+                    self._retry_own_pending = True  # stays pending; read again from our own list
+                else:
+                    done.append(ref)
+        await self._ack(done)
+        return len(done) + len(dead)
+
+    async def _dead_letter(self, dead: list[tuple[str, bytes, dict[bytes, bytes], str]]) -> None:
+        cfg = self._config
+        async with self._client.pipeline(transaction=True) as pipe:
+            for stream, entry_id, fields, reason in dead:
+                record: dict[Any, Any] = {"_reason": reason, "_stream": stream, "_id": entry_id}
+                record.update(fields)
+                pipe.xadd(cfg.dead_letter_stream, record, maxlen=cfg.side_stream_maxlen, approximate=True)
+                pipe.xack(stream, cfg.consumer_group, entry_id)
+            await pipe.execute()
+        for stream, _, _, reason in dead:
+            METRICS.dead_lettered.labels(stream).inc()
+            log.warning("dead-lettered an entry of %s: %s", stream, reason)
+
+    async def _ack(self, done: list[tuple[str, bytes]]) -> None:
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, entry_id in done:
+            by_stream.setdefault(stream, []).append(entry_id)
+        if by_stream:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream, ids in by_stream.items():
+                    pipe.xack(stream, self._config.consumer_group, *ids)
+                await pipe.execute()
+
+    async def _gauge_pending(self) -> None:
+        for stream in self._streams:
+            summary = await self._client.xpending(stream, self._config.consumer_group)
+            METRICS.ingest_pending.labels(stream).set(summary["pending"] if summary else 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
