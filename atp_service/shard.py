@@ -88,6 +88,7 @@ class ShardActor:
         self._config = config
         self._mailbox: asyncio.Queue[Envelope] = asyncio.Queue(config.mailbox_size)
         self._task: asyncio.Task[None] | None = None
+        self._held: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
         self._inflight: deque[_InFlight] = deque()  # appended, not yet durable; oldest first
         self._doubt: list[tuple[int, LogEntry]] = []  # failed appends that may have landed
         self._stopping = False
@@ -132,6 +133,8 @@ class ShardActor:
 
     async def pause(self) -> asyncio.Future[None]:
         """Wait until this shard is between batches and parked; set the returned future to resume it."""
+        if self._doubt:
+            raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
         resume: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         paused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._mailbox.put(Envelope(_Control("pause", resume), paused))
@@ -204,6 +207,22 @@ class ShardActor:
             _deliver([(reply, None, failure) for reply, _, _ in rec.answers])
         self._doubt.extend((rec.seq, rec.entry) for rec in self._inflight)
         self._inflight.clear()
+        self._refuse_waiting(failure)
+
+    def _refuse_waiting(self, error: Unavailable) -> None:
+        """Until the doubt is settled (Redis answering again) nothing here can be decided:
+        answer what is waiting now instead of letting it run into its deadline."""
+        waiting = list(self._held)
+        self._held.clear()
+        while not self._mailbox.empty():
+            waiting.append(self._mailbox.get_nowait())
+        for env in waiting:
+            if env.reply.done():
+                continue
+            if isinstance(env.message, _Control) and env.message.kind == "maintain":
+                env.reply.set_result(None)
+            else:
+                env.reply.set_exception(error)  # a coordinator's pause fails too, and it gives up
 
     async def _ready(self) -> None:
         """Before applying more: settle any doubt, and keep at most pipeline_depth entries in flight."""
@@ -243,8 +262,7 @@ class ShardActor:
 
     # -- the actor loop ------------------------------------------------------
     async def _run(self) -> None:
-        mailbox, limit = self._mailbox, self._config.batch_max
-        held: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
+        mailbox, limit, held = self._mailbox, self._config.batch_max, self._held
         while True:
             first = held.popleft() if held else await mailbox.get()
             if isinstance(first.message, _Control):
@@ -279,13 +297,21 @@ class ShardActor:
     async def _control(self, env: Envelope) -> None:
         control = env.message
         assert isinstance(control, _Control)
-        await self._drain()  # a coordinator and a snapshot both need memory == durable log
+        if env.reply.done():  # refused while in doubt, or the coordinator gave up
+            return
         if control.kind == "pause":
             assert control.resume is not None
+            # A coordinator needs memory == durable log, and must not wait on a Redis outage.
+            while self._inflight:
+                await asyncio.wait([rec.done for rec in self._inflight])
+            if self._doubt:
+                env.reply.set_exception(Unavailable(f"shard {self.shard}: log storage unreachable, retry later"))
+                return
             env.reply.set_result(None)
             await control.resume
         elif control.kind == "maintain":
             env.reply.set_result(None)
+            await self._drain()  # a snapshot needs memory == durable log
             await self._maybe_snapshot()
 
     async def _maybe_snapshot(self, force: bool = False) -> None:

@@ -64,7 +64,8 @@ async def test_malformed_entry_is_dead_lettered_and_later_entries_still_apply(
     assert a.on_hand == 3
     dead = r.xrange("atp:dlq")
     reasons = [fields[b"_reason"].decode() for _, fields in dead]
-    assert reasons == ["quantity: not an integer: 'two'", "source: missing", "entry: field names and values must be UTF-8"]
+    assert reasons == ["quantity: not an integer: 'two'", "source: missing",
+                       "entry: field names and values must be UTF-8"]
     assert dead[0][1][b"event_id"] == b"bad1" and dead[0][1][b"_stream"] == b"atp:in:pos"
 
 
@@ -117,7 +118,7 @@ async def test_duplicates_and_conflicts_E8(start_service: ServiceFactory, redis_
 
 
 async def test_explain_shows_count_deltas_holds_and_safety_stock(start_service: ServiceFactory) -> None:
-    service, client = await start_service(clock=ManualClock(T0))
+    _service, client = await start_service(clock=ManualClock(T0))
     await client.record_events([F("c", "COUNT", "A", "S1", 10, T0 - 5000).pb(),
                                 F("s1", "SALE", "A", "S1", 2, T0 - 4000).pb(),
                                 F("old", "SALE", "A", "S1", 1, T0 - 9000).pb()])
