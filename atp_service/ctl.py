@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import redis.asyncio as aioredis
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -66,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     esub = e.add_subparsers(dest="events_command", required=True)
     imp = esub.add_parser("import", help="send a JSONL file of facts through RecordEvents")
     imp.add_argument("file", type=Path)
+    pub = esub.add_parser("publish", help="append a JSONL file of facts onto an input stream (as POS/WMS do)")
+    pub.add_argument("file", type=Path)
+    pub.add_argument("--stream", default="atp:in:pos", help="input stream (default atp:in:pos)")
+    pub.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
+                     help="Redis the service reads (env ATP_REDIS_URL)")
+    x = sub.add_parser("explain", help="how a position's numbers came to be")
+    x.add_argument("key", type=_key, metavar="SKU@LOCATION")
+    ss = sub.add_parser("safety-stock", help="set the units protected at a position (Q4)")
+    ss.add_argument("key", type=_key, metavar="SKU@LOCATION")
+    ss.add_argument("quantity", type=int)
     return p
 
 
@@ -106,7 +117,15 @@ async def _run(args: argparse.Namespace) -> None:
             _dump(await client.release(args.reservation_id, args.lines, args.operation_id))
         elif cmd in ("fulfil", "fulfill"):
             _dump(await client.fulfill(args.reservation_id, args.lines, args.operation_id))
-        elif cmd == "events":
+        elif cmd == "explain":
+            sku, location = args.key
+            _dump(await client.stub.ExplainAvailability(pb.ExplainAvailabilityRequest(sku=sku, location=location),
+                                                        timeout=client.timeout_s))
+        elif cmd == "safety-stock":
+            sku, location = args.key
+            _dump(await client.stub.SetSafetyStock(
+                pb.SetSafetyStockRequest(sku=sku, location=location, quantity=args.quantity), timeout=client.timeout_s))
+        elif cmd == "events" and args.events_command == "import":
             await _import(client, args.file)
 
 
@@ -131,8 +150,37 @@ async def _import(client: AtpClient, path: Path) -> None:
     _dump(counts)
 
 
+async def _publish(path: Path, stream: str, redis_url: str | None) -> None:
+    """The input-stream entry format: one flat field per Fact field (snake_case, kind by name)."""
+    if not redis_url:
+        raise SystemExit("atpctl: events publish needs --redis-url (or ATP_REDIS_URL)")
+    client = aioredis.Redis.from_url(redis_url)
+    sent = 0
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for fact in _facts(path):
+                fields: dict[Any, Any] = {
+                    "event_id": fact.event_id, "source": fact.source, "kind": pb.FactKind.Name(fact.kind),
+                    "sku": fact.sku, "location": fact.location, "quantity": fact.quantity,
+                    "event_time_ms": fact.event_time_ms,
+                }
+                if fact.reservation_id:
+                    fields["reservation_id"] = fact.reservation_id
+                pipe.xadd(stream, fields)
+                sent += 1
+                if len(pipe) >= EVENTS_CHUNK:
+                    await pipe.execute()
+            await pipe.execute()
+    finally:
+        await client.aclose()
+    _dump({"stream": stream, "published": sent})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "events" and args.events_command == "publish":
+        asyncio.run(_publish(args.file, args.stream, args.redis_url))
+        return 0
     try:
         asyncio.run(_run(args))
     except grpc.aio.AioRpcError as exc:

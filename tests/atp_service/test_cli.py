@@ -88,3 +88,28 @@ def test_events_import_from_jsonl(served: tuple[str, int, list[str]], tmp_path: 
     assert "p3: INVALID: events[2].quantity" in done.stderr
     got = json.loads(ctl(target, "availability", "NEW@store-001").stdout)
     assert got[0]["onHand"] == "3"
+
+
+def test_publish_explain_and_safety_stock(served: tuple[str, int, list[str]], redis_url: str, tmp_path: Path) -> None:
+    target, _, _ = served
+    now = int(time.time() * 1000)
+    facts = tmp_path / "pos.jsonl"
+    facts.write_text("\n".join(json.dumps(f) for f in [
+        {"eventId": "c1", "source": "wms", "kind": "COUNT", "sku": "PUB", "location": "dc-east", "quantity": 9,
+         "eventTimeMs": now - 2000},
+        {"eventId": "s1", "source": "pos-7", "kind": "SALE", "sku": "PUB", "location": "dc-east", "quantity": 2,
+         "eventTimeMs": now - 1000},
+    ]))
+    done = subprocess.run([sys.executable, "-m", "atp_service.ctl", "events", "publish", str(facts),
+                           "--redis-url", redis_url, "--stream", "atp:in:wms"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"stream": "atp:in:wms", "published": 2}
+    deadline = time.monotonic() + 10
+    while json.loads(ctl(target, "availability", "PUB@dc-east").stdout)[0]["onHand"] != "7":
+        assert time.monotonic() < deadline, "published facts were not applied"
+        time.sleep(0.05)
+    assert json.loads(ctl(target, "safety-stock", "PUB@dc-east", "3").stdout)["available"] == "4"
+    explained = json.loads(ctl(target, "explain", "PUB@dc-east").stdout)
+    assert explained["countEventId"] == "c1" and explained["countQuantity"] == "9"
+    assert [d["eventId"] for d in explained["deltasAfterCount"]] == ["s1"]
+    assert explained["availability"]["safetyStock"] == "3"
