@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
+import io
 import logging
+import os
 import signal
 import sys
 from dataclasses import fields
@@ -18,6 +19,7 @@ from .embedded_redis import EmbeddedRedis, RedisNotInstalled
 from .service import AtpService
 
 log = logging.getLogger("atp_service")
+SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
 
 _FLAGS = {
     "host": str, "port": int, "metrics_host": str, "metrics_port": int, "shards": int,
@@ -79,6 +81,7 @@ async def _serve(config: ServiceConfig, redis_url: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # operators: `kill -USR1` shows what waits on what
     await service.start()
     if config.demo and await service.is_fresh():
         await load_demo(service)
@@ -97,9 +100,27 @@ async def _serve(config: ServiceConfig, redis_url: str) -> None:
           f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
           f"  {ctl_cmd} --target {target} confirm demo-1", flush=True)
     await stop.wait()
-    log.info("shutting down (grace %.1fs)", config.shutdown_grace_s)
-    with contextlib.suppress(Exception):
-        await service.stop()
+    log.info("shutting down (grace %.1fs); a second signal exits at once", config.shutdown_grace_s)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _exit_now)
+    try:
+        # Everything acknowledged is already durable: the final snapshot only shortens the next start.
+        await asyncio.wait_for(service.stop(), timeout=config.shutdown_grace_s + SHUTDOWN_SNAPSHOT_S)
+    except TimeoutError:
+        log.error("shutdown did not finish in time; exiting anyway (state is in the log)")
+        _dump_tasks()
+
+
+def _exit_now() -> None:
+    log.warning("second signal: exiting without the final snapshot")
+    os._exit(130)
+
+
+def _dump_tasks() -> None:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=out)
+    log.warning("asyncio tasks:\n%s", out.getvalue())
 
 
 async def load_demo(service: AtpService) -> None:

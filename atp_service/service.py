@@ -26,7 +26,7 @@ from .metrics import METRICS
 from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from .servicer import AvailabilityServicer
-from .shard import ShardActor
+from .shard import STORAGE_ERRORS, ShardActor
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
@@ -90,6 +90,7 @@ class AtpService:
         cfg = self.config
         client = connect(self.redis_url, cfg.redis_timeout_s)
         self._log = store = LogStore(client, cfg.key_prefix, cfg.pipeline_max)
+        await self._wait_for_redis(client)
         await self._check_layout(store)
         actors, replayed, newest = [], 0, 0
         for shard in range(cfg.shards):
@@ -109,6 +110,18 @@ class AtpService:
         METRICS.recovered_entries.set(replayed)
         log.info("recovered %d shards, %d log entries in %.2fs", cfg.shards, replayed, time.perf_counter() - started)
         return Engine(actors, store, self.clock, cfg)
+
+    async def _wait_for_redis(self, client: Any) -> None:
+        """Start-up waits for Redis (health stays NOT_SERVING) instead of dying on a slow dependency."""
+        delay = 0.1
+        while True:
+            try:
+                await client.ping()
+                return
+            except STORAGE_ERRORS as exc:
+                log.warning("waiting for Redis at %s: %s", _redacted(self.redis_url), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _check_layout(self, store: LogStore) -> None:
         """Shard placement depends on the shard count: refuse to start on a log written with another."""
@@ -157,6 +170,14 @@ class AtpService:
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
+
+
+def _redacted(url: str) -> str:
+    """Never log a password from the Redis URL."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
 
 
 async def run_until_stopped(service: AtpService, stop: asyncio.Event) -> None:

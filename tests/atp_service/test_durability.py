@@ -160,3 +160,34 @@ async def test_redis_killed_under_load_memory_equals_log_afterwards(
         await restarted.stop(grace_s=0.1)
     finally:
         own.stop()
+
+
+async def test_start_waits_for_redis_not_serving_until_then(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from atp_service import AtpClient, AtpService
+
+    from ..conftest import test_config
+
+    later = EmbeddedRedis(tmp_path_factory.mktemp("late-redis"), appendfsync="always")
+    service = AtpService(test_config(), later.url)
+    starting = asyncio.ensure_future(service.start())
+    await asyncio.sleep(0.5)
+    assert not starting.done()
+    client = AtpClient(f"127.0.0.1:{service.port}")
+    health = health_pb2_grpc.HealthStub(client.channel)
+    resp = await health.Check(health_pb2.HealthCheckRequest(service=""))
+    assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.availability([("A", "DC")])
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "recovering" in (err.value.details() or "")
+    later.start()
+    try:
+        await asyncio.wait_for(starting, 15)
+        await client.wait_ready()
+        (a,) = await client.availability([("A", "DC")])
+        assert a.on_hand == 0
+    finally:
+        await client.close()
+        await service.stop(grace_s=0.1)
+        later.stop()
