@@ -94,6 +94,9 @@ class ServiceConfig:
     ingest_count: int = 1000
     """Most entries read per stream per XREADGROUP."""
 
+    ingest_inflight: int = 3
+    """Batches of input-stream entries being applied at once while the next one is read."""
+
     ingest_block_ms: int = 500
     """How long one XREADGROUP waits for new entries."""
 

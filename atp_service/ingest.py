@@ -28,19 +28,24 @@ from .metrics import METRICS
 log = logging.getLogger(__name__)
 
 REQUIRED = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms")
+_REQUIRED_BYTES = tuple(name.encode() for name in REQUIRED)
 _KINDS = {k.name: k.value for k in FactKind}
 Entry = tuple[str, bytes, dict[bytes, bytes] | None]  # stream, entry id, fields (None: deleted)
 
 
 def decode_fact(fields: dict[bytes, bytes], now: int, limits: Limits) -> Fact:
     """One input-stream entry -> a validated fact, or InvalidArgument naming the field."""
+    text: dict[str, str] = {}
     try:
-        text = {k.decode(): v.decode() for k, v in fields.items()}
+        for key in _REQUIRED_BYTES:
+            value = fields.get(key)
+            if value is None:
+                raise InvalidArgument(key.decode(), "missing")
+            text[key.decode()] = value.decode()
+        if b"reservation_id" in fields:
+            text["reservation_id"] = fields[b"reservation_id"].decode()
     except UnicodeDecodeError:
-        raise InvalidArgument("entry", "field names and values must be UTF-8") from None
-    for name in REQUIRED:
-        if name not in text:
-            raise InvalidArgument(name, "missing")
+        raise InvalidArgument("entry", "field values must be UTF-8") from None
     kind_text = text["kind"].strip().upper()
     kind = _KINDS.get(kind_text)
     if kind is None:
@@ -67,6 +72,7 @@ class StreamIngestor:
         self._streams = list(config.input_streams)
         self._task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
+        self._batches: set[asyncio.Task[int]] = set()
         self._claimed_at = 0.0
         self._gauged_at = 0.0
 
@@ -84,6 +90,9 @@ class StreamIngestor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._batches):  # what is not acknowledged stays pending: nothing is lost
+            task.cancel()
+        await self._settle_batches()
 
     async def _run(self) -> None:
         delay = 0.05
@@ -97,22 +106,39 @@ class StreamIngestor:
                 delay = min(delay * 2, 2.0)
                 self._retry_own_pending = True
 
-    async def step(self) -> int:
-        """One read-apply-acknowledge round; returns how many entries it settled."""
+    async def step(self) -> None:
+        """One read; new entries are applied in the background (up to ``ingest_inflight`` batches at
+        once: facts commute by E3, so batches need no order between them) while the next is read."""
         cfg = self._config
         if self._retry_own_pending:
+            await self._settle_batches()  # our own pending list includes what is in flight now
             entries = await self._read("0", block=None)
             self._retry_own_pending = bool(entries)
+            await self._handle(entries)
         else:
             if time.monotonic() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
                 self._claimed_at = time.monotonic()
                 await self._handle(await self._claim())
+            while len(self._batches) >= cfg.ingest_inflight:
+                await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
             entries = await self._read(">", block=cfg.ingest_block_ms)
-        settled = await self._handle(entries)
+            if entries:
+                task = asyncio.get_running_loop().create_task(self._handle(entries))
+                self._batches.add(task)
+                task.add_done_callback(self._batch_done)
         if time.monotonic() - self._gauged_at >= 5:
             self._gauged_at = time.monotonic()
             await self._gauge_pending()
-        return settled
+
+    def _batch_done(self, task: asyncio.Task[int]) -> None:
+        self._batches.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("input streams: batch failed (%s); its entries stay pending", task.exception())
+            self._retry_own_pending = True
+
+    async def _settle_batches(self) -> None:
+        if self._batches:
+            await asyncio.wait(list(self._batches))
 
     async def _read(self, start: str, block: int | None) -> list[Entry]:
         cfg = self._config
