@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -73,7 +75,7 @@ async def run_for(seconds: float, workers: int, one: Callable[[int, int], Corout
     return done / (time.perf_counter() - started), latencies
 
 
-async def unary(target: str, seconds: float, tag: str) -> tuple[float, list[float]]:
+async def unary(target: str, seconds: float, tag: str, in_flight: int = IN_FLIGHT) -> tuple[float, list[float]]:
     clients = [AtpClient(target)]
     rng = random.Random(1)
 
@@ -84,8 +86,8 @@ async def unary(target: str, seconds: float, tag: str) -> tuple[float, list[floa
         return 1
 
     try:
-        await run_for(1.0, IN_FLIGHT, lambda w, n: one(w, -n - 1))  # warm-up
-        return await run_for(seconds, IN_FLIGHT, one)
+        await run_for(1.0, in_flight, lambda w, n: one(w, -n - 1))  # warm-up
+        return await run_for(seconds, in_flight, one)
     finally:
         for c in clients:
             await c.close()
@@ -152,13 +154,16 @@ def start(cmd: list[str], ready: Callable[[], bool], log: Path) -> subprocess.Po
 
 async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     """Both servers up at once; rounds alternate ceiling and service so drift hits both alike."""
-    ceiling_port, service_port = free_port(), free_port()
+    ceiling_port, service_port, metrics_port = free_port(), free_port(), free_port()
     runs: dict[tuple[str, str], list[tuple[float, list[float]]]] = {}
+    grouping: dict[str, Counter[str]] = {"unary": Counter(), "stream": Counter()}
+    scaling: list[dict[str, Any]] = []
     noop = start([sys.executable, str(ROOT / "benchmarks" / "noop_server.py"), "--port", str(ceiling_port)],
                  lambda: "ready" in (tmp / "noop.log").read_text(), tmp / "noop.log")
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
         service = start([sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_server.url,
-                         "--port", str(service_port), "--metrics-port", "-1", "--no-demo", "--log-level", "WARNING"],
+                         "--port", str(service_port), "--metrics-port", str(metrics_port), "--no-demo",
+                         "--log-level", "WARNING"],
                         lambda: True, tmp / "service.log")
         try:
             async with AtpClient(f"127.0.0.1:{service_port}", timeout_s=60) as client:
@@ -168,9 +173,15 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                 for mode in ("unary", "stream"):
                     for system, port in (("ceiling", ceiling_port), ("service", service_port)):
                         target, tag = f"127.0.0.1:{port}", f"{system[0]}{mode[0]}{r}"
+                        before = scrape(metrics_port)
                         result = (await unary(target, args.seconds, tag) if mode == "unary"
                                   else await stream(target, args.seconds, args.batch, tag))
                         runs.setdefault((mode, system), []).append(result)
+                        if system == "service":
+                            grouping[mode].update(scrape(metrics_port) - before)
+            for n in args.scaling:
+                ops, _ = await unary(f"127.0.0.1:{service_port}", args.seconds, f"x{n}", in_flight=n)
+                scaling.append({"mode": "unary_scaling", "in_flight": n, "service_ops": round(ops)})
         finally:
             service.terminate()
             service.wait()
@@ -178,6 +189,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
             noop.wait()
     out = []
     for mode in ("unary", "stream"):
+        g = grouping[mode]
         ceiling = [ops for ops, _ in runs[(mode, "ceiling")]]
         service_runs = runs[(mode, "service")]
         service_ops = [ops for ops, _ in service_runs]
@@ -188,7 +200,23 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
             "service_ops": round(float(np.median(service_ops))), "ratio": round(float(np.median(ratios)), 3),
             "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
             "rounds": args.rounds,
+            # How much group commit grouped: commands per shard log entry, entries per Redis call.
+            "batch_mean": round(g["batch_sum"] / max(1, g["batch_count"]), 2),
+            "entries_per_redis_call": round(g["pipeline_sum"] / max(1, g["pipeline_count"]), 2),
         })
+    return out + scaling
+
+
+def scrape(port: int) -> Counter[str]:
+    """The service's group-commit counters from its Prometheus endpoint."""
+    names = {"atp_shard_batch_size_sum": "batch_sum", "atp_shard_batch_size_count": "batch_count",
+             "atp_log_pipeline_entries_sum": "pipeline_sum", "atp_log_pipeline_entries_count": "pipeline_count"}
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: Counter[str] = Counter()
+    for line in body.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            out[names[name]] = int(float(value))
     return out
 
 
@@ -196,6 +224,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per round, mode and system")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    parser.add_argument("--scaling", type=lambda s: [int(x) for x in s.split(",")], default=[],
+                        help="also run unary against the service with these in-flight counts, e.g. 16,64,128,256")
     parser.add_argument("--batch", type=int, default=200, help="reservations per stream message")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="atp-bench-") as tmp:
