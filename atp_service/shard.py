@@ -312,6 +312,7 @@ class ShardActor:
         elif control.kind == "maintain":
             env.reply.set_result(None)
             await self._drain()  # a snapshot needs memory == durable log
+            self.ledger.forget_old_facts()
             await self._maybe_snapshot()
 
     async def _maybe_snapshot(self, force: bool = False) -> None:

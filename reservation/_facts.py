@@ -19,11 +19,12 @@ Undo = Callable[[], None]
 
 DELTA_RANK = 0
 COUNT_RANK = 1
+_COUNT = int(FactKind.COUNT)
 
 
 def order_key(fact: Fact) -> OrderKey:
     """E1: the position of a fact in the total order of its position's facts."""
-    rank = COUNT_RANK if fact.kind == FactKind.COUNT else DELTA_RANK
+    rank = COUNT_RANK if fact.kind == _COUNT else DELTA_RANK
     return (fact.event_time, rank, fact.event_id)
 
 
@@ -42,10 +43,9 @@ class PositionHistory:
 
     def fold(self, fact: Fact) -> tuple[FactOutcome, int, Undo | None]:
         """Apply one fact; return its outcome, its change to on_hand and how to take it back."""
-        key = order_key(fact)
-        if fact.kind == FactKind.COUNT:
-            return self._fold_count(key, fact.quantity)
-        return self._fold_delta(key, fact.delta)
+        if fact.kind == _COUNT:
+            return self._fold_count((fact.event_time, COUNT_RANK, fact.event_id), fact.quantity)
+        return self._fold_delta((fact.event_time, DELTA_RANK, fact.event_id), fact.delta)
 
     def fold_service_delta(self, key: OrderKey, delta: int) -> tuple[FactOutcome, int, Undo | None]:
         """A change the service itself made (fulfilment, R4), ordered by its timestamp."""

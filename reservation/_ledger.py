@@ -66,8 +66,7 @@ class Ledger:
         self.live_reservations = 0
         self._expiry: list[tuple[int, str]] = []
         self._resolved: deque[tuple[int, str]] = deque()
-        self._seen: dict[tuple[str, str], Fact] = {}
-        self._seen_order: list[tuple[int, str, str]] = []
+        self._seen: dict[tuple[str, str], Fact] = {}  # in arrival order
         self._events: list[Event] = []
         self._undo: list[Undo] = []
 
@@ -105,7 +104,10 @@ class Ledger:
             reason = f"late: event_time {fact.event_time} is before stream time minus grace ({horizon})"
             self._emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
-        outcome = self._emit(FactApplied(fact))
+        # The hot path of ingestion: _emit's dispatch inlined.
+        undo, outcome = self._apply_fact(fact)
+        self._events.append(FactApplied(fact))
+        self._undo.append(undo)
         return outcome, ""
 
     # -- batches -------------------------------------------------------------
@@ -249,6 +251,7 @@ class Ledger:
         horizon = self.stream_time - self.limits.fact_grace_ms
         for history in self.histories.values():
             history.compact(horizon)
+        self.forget_old_facts()
 
     def _apply_reservation(self, rec: Reservation) -> Undo:
         rid = rec.reservation_id
@@ -276,7 +279,7 @@ class Ledger:
             h = self.histories[(sku, location)] = PositionHistory()
         return h
 
-    def _apply_fact(self, fact: Fact) -> tuple[Undo | None, FactOutcome]:
+    def _apply_fact(self, fact: Fact) -> tuple[Undo, FactOutcome]:
         history = self._history(fact.sku, fact.location)
         outcome, delta, undo_fold = history.fold(fact)
         self.store.add(fact.sku, fact.location, ON_HAND, delta)
@@ -310,13 +313,21 @@ class Ledger:
         return undo
 
     def _remember(self, fact: Fact) -> None:
-        """E8: remember applied facts for the grace window only (bounded memory)."""
-        key = (fact.source, fact.event_id)
-        self._seen[key] = fact
-        heapq.heappush(self._seen_order, (fact.event_time, fact.source, fact.event_id))
+        """E8: remember an applied fact; ``forget_old_facts`` bounds the memory."""
+        self._seen[(fact.source, fact.event_id)] = fact
+
+    def forget_old_facts(self) -> int:
+        """E8 within bounded memory: drop remembered facts stamped before stream time - grace (a
+        duplicate of one would be late, E6, and quarantined, never applied). Oldest arrivals first;
+        one still inside the window stops the sweep, so memory stays within about one grace window
+        of arrivals. Only between batches: a batch that is undone must find what it knew."""
+        assert not self._events, "forgetting inside an open batch"
         horizon = self.stream_time - self.limits.fact_grace_ms
-        while self._seen_order and self._seen_order[0][0] < horizon:
-            _, source, event_id = heapq.heappop(self._seen_order)
-            old = self._seen.get((source, event_id))
-            if old is not None and old.event_time < horizon:
-                del self._seen[(source, event_id)]
+        gone = []
+        for key, fact in self._seen.items():
+            if fact.event_time >= horizon:
+                break
+            gone.append(key)
+        for key in gone:
+            del self._seen[key]
+        return len(gone)

@@ -123,9 +123,10 @@ class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False):
     @property
     def delta(self) -> int:
         """Signed on-hand change of a delta kind (not meaningful for COUNT)."""
-        if self.kind in (FactKind.SALE, FactKind.SHIPMENT):
-            return -self.quantity
-        return self.quantity
+        return -self.quantity if self.kind in _OUTGOING else self.quantity
+
+
+_OUTGOING = frozenset({int(FactKind.SALE), int(FactKind.SHIPMENT)})
 
 
 class Quantities(msgspec.Struct, frozen=True, array_like=True, gc=False):
