@@ -91,7 +91,7 @@ class ServiceConfig:
     consumer_name: str = "atp-1"
     """This instance's consumer name; keep it stable so a restart re-reads its own pending entries."""
 
-    ingest_count: int = 1000
+    ingest_count: int = 4000
     """Most entries read per stream per XREADGROUP."""
 
     ingest_inflight: int = 3

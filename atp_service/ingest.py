@@ -35,32 +35,35 @@ Entry = tuple[str, bytes, dict[bytes, bytes] | None]  # stream, entry id, fields
 
 def decode_fact(fields: dict[bytes, bytes], now: int, limits: Limits) -> Fact:
     """One input-stream entry -> a validated fact, or InvalidArgument naming the field."""
-    text: dict[str, str] = {}
     try:
-        for key in _REQUIRED_BYTES:
-            value = fields.get(key)
-            if value is None:
-                raise InvalidArgument(key.decode(), "missing")
-            text[key.decode()] = value.decode()
-        if b"reservation_id" in fields:
-            text["reservation_id"] = fields[b"reservation_id"].decode()
+        event_id, source, kind_text, sku, location, quantity, event_time = (
+            _field(fields, key).decode() for key in _REQUIRED_BYTES
+        )
+        reservation_id = fields[b"reservation_id"].decode() if b"reservation_id" in fields else ""
     except UnicodeDecodeError:
         raise InvalidArgument("entry", "field values must be UTF-8") from None
-    kind_text = text["kind"].strip().upper()
-    kind = _KINDS.get(kind_text)
+    kind = _KINDS.get(kind_text) or _KINDS.get(kind_text.strip().upper())
     if kind is None:
-        raise InvalidArgument("kind", f"unknown fact kind {text['kind']!r} (one of {', '.join(_KINDS)})")
-    numbers = {}
-    for name in ("quantity", "event_time_ms"):
-        try:
-            numbers[name] = int(text[name])
-        except ValueError:
-            raise InvalidArgument(name, f"not an integer: {text[name][:40]!r}") from None
+        raise InvalidArgument("kind", f"unknown fact kind {kind_text!r} (one of {', '.join(_KINDS)})")
     return make_fact(
-        event_id=text["event_id"], source=text["source"], kind=kind, sku=text["sku"], location=text["location"],
-        quantity=numbers["quantity"], event_time=numbers["event_time_ms"],
-        reservation_id=text.get("reservation_id", ""), now=now, limits=limits,
+        event_id=event_id, source=source, kind=kind, sku=sku, location=location,
+        quantity=_integer("quantity", quantity), event_time=_integer("event_time_ms", event_time),
+        reservation_id=reservation_id, now=now, limits=limits,
     )
+
+
+def _field(fields: dict[bytes, bytes], key: bytes) -> bytes:
+    value = fields.get(key)
+    if value is None:
+        raise InvalidArgument(key.decode(), "missing")
+    return value
+
+
+def _integer(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgument(name, f"not an integer: {text[:40]!r}") from None
 
 
 class StreamIngestor:
