@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("embedded redis-server on %s (AOF appendfsync=%s, data in %s)",
                  redis_url, config.durability, embedded.data_dir)
     try:
+        # Every command and fact allocates a few short-lived objects, and recovery builds millions of
+        # long-lived ones: collect young objects less often than CPython's default (700, 10, 10).
+        gc.set_threshold(*config.gc_thresholds)
         asyncio.run(_serve(config, redis_url))
     finally:
         if embedded is not None:
@@ -85,11 +88,9 @@ async def _serve(config: ServiceConfig, redis_url: str) -> None:
     await service.start()
     if config.demo and await service.is_fresh():
         await load_demo(service)
-    # Recovered state is long-lived: move it out of the collector's view, and collect young
-    # objects less often (every command allocates a few short-lived closures and records).
+    # Recovered state is long-lived: move it out of the collector's view.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*config.gc_thresholds)
     target = f"{config.host}:{service.port}"
     ctl = Path(sys.executable).with_name("atpctl")
     ctl_cmd = str(ctl) if ctl.exists() else "atpctl"

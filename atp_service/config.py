@@ -79,8 +79,8 @@ class ServiceConfig:
     event_loop: str = "uvloop"
     """``uvloop`` or ``asyncio``: the event loop the server runs on."""
 
-    gc_thresholds: tuple[int, int, int] = (50_000, 20, 100)
-    """Python GC thresholds set after recovery (CPython's default is 700, 10, 10)."""
+    gc_thresholds: tuple[int, int, int] = (100_000, 50, 1000)
+    """Python GC thresholds of the serving process (CPython's default is 700, 10, 10)."""
 
     input_streams: tuple[str, ...] = ("atp:in:pos", "atp:in:wms")
     """Redis streams POS/WMS integrations append facts to (comma-separated in ATP_INPUT_STREAMS; empty: off)."""
