@@ -117,7 +117,7 @@ class Engine:
             await actor.stop()
         if snapshot:
             for actor in self.actors:
-                await actor.snapshot()
+                await actor.checkpoint(force=True)
 
     # -- reservation commands ---------------------------------------------------------
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:

@@ -86,13 +86,10 @@ class LogStore:
     def snap_key(self, shard: int) -> str:
         return f"{self.prefix}snap:{shard}"
 
-    async def append(self, shard: int, seq: int, data: bytes) -> None:
-        """Durably append one entry; raises RedisError/OSError when that is not certain."""
-        await self.submit(shard, seq, data)
-
     def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
-        """Queue one entry for the next group commit. Entries go out in submission order;
-        cancelling the future before it is sent keeps the entry out of the log."""
+        """Queue one entry for the next group commit; the future fails with RedisError/OSError when
+        the entry is not certainly durable. Entries go out in submission order; cancelling the
+        future before it is sent keeps the entry out of the log."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((shard, seq, data, fut))
         if not self._scheduled and self._in_flight < self._max_in_flight:

@@ -313,18 +313,19 @@ class ShardActor:
             env.reply.set_result(None)
             await self._drain()  # a snapshot needs memory == durable log
             self.ledger.forget_old_facts()
-            await self._maybe_snapshot()
+            await self.checkpoint()
 
-    async def _maybe_snapshot(self, force: bool = False) -> None:
+    async def checkpoint(self, force: bool = False) -> None:
+        """Snapshot when enough has been logged since the last one (or, with ``force``, anything)."""
         entries = self.seq - self._snapshot_seq
         due = entries >= self._config.snapshot_every_entries or (
             entries and time.monotonic() - self._snapshot_at >= self._config.snapshot_interval_s
         )
         if not (due or (force and entries)):
             return
-        await self.snapshot()
+        await self._snapshot()
 
-    async def snapshot(self) -> None:
+    async def _snapshot(self) -> None:
         started = time.perf_counter()
         self.ledger.compact()
         try:
