@@ -67,7 +67,11 @@ def _integer(name: str, text: str) -> int:
 
 
 class StreamIngestor:
+    """Reads the input streams on its own Redis connection pool, separate from the log's appends."""
+
     def __init__(self, client: Any, desk: FactDesk, config: ServiceConfig, clock: Clock) -> None:
+        # The raw XREADGROUP reply: redis-py's per-entry dict building cost more than the decoding.
+        client.set_response_callback("XREADGROUP", lambda response, **_: response)
         self._client = client
         self._desk = desk
         self._config = config
@@ -89,13 +93,15 @@ class StreamIngestor:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
 
     async def stop(self) -> None:
+        """Stop reading; what is not acknowledged stays pending and is read again on the next start."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in list(self._batches):  # what is not acknowledged stays pending: nothing is lost
+        for task in list(self._batches):
             task.cancel()
         await self._settle_batches()
+        await self._client.aclose()
 
     async def _run(self) -> None:
         delay = 0.05
@@ -145,11 +151,17 @@ class StreamIngestor:
 
     async def _read(self, start: str, block: int | None) -> list[Entry]:
         cfg = self._config
-        reply = await self._client.xreadgroup(
-            cfg.consumer_group, cfg.consumer_name, {s: start for s in self._streams},
-            count=cfg.ingest_count, block=block,
-        )
-        return [(_text(stream), entry_id, fields or None) for stream, rows in reply or [] for entry_id, fields in rows]
+        args: list[Any] = ["GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", cfg.ingest_count]
+        if block is not None:
+            args += ["BLOCK", block]
+        args += ["STREAMS", *self._streams, *([start] * len(self._streams))]
+        # The raw reply, not redis-py's per-entry dict building: [[stream, [[id, [f, v, f, v…]], …]], …]
+        reply = await self._client.execute_command("XREADGROUP", *args)
+        streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
+        return [
+            (_text(stream), entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None)
+            for stream, rows in streams for entry_id, flat in rows
+        ]
 
     async def _claim(self) -> list[Entry]:
         """Take over entries a dead consumer left pending for longer than claim_idle_ms."""

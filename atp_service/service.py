@@ -80,7 +80,8 @@ class AtpService:
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen)
         self._servicer.attach(self.engine, self.desk)
         if cfg.input_streams:
-            self.ingestor = StreamIngestor(self.engine.log_client, self.desk, cfg, self.clock)
+            ingest_client = connect(self.redis_url, cfg.redis_timeout_s + cfg.ingest_block_ms / 1000)
+            self.ingestor = StreamIngestor(ingest_client, self.desk, cfg, self.clock)
             await self.ingestor.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
