@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from reservation import (
@@ -137,15 +137,24 @@ class Engine:
                 groups.setdefault(home, []).append(i)
             else:
                 spanning.append(i)
-        waits: list[tuple[list[int], Any]] = []
-        for home, idx in groups.items():
+        across = [([i], asyncio.ensure_future(_one_as_list(self.reserve(cmds[i])))) for i in spanning]
+        await self.gather_by_shard(groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out, across)
+        self._count_many(out)
+        return out
+
+    async def gather_by_shard(
+        self, groups: dict[int, list[int]], work_for: Callable[[list[int]], Callable[[Ledger, int], list[Any]]],
+        out: list[Any], more: Sequence[tuple[list[int], Awaitable[list[Any]]]] = (),
+    ) -> None:
+        """One actor message per shard for the items ``groups`` assigns it; each item's result, or the
+        error that kept its shard from deciding it, lands at the item's index in ``out``."""
+        waits: list[tuple[list[int], Awaitable[list[Any]]]] = list(more)
+        for shard, idx in groups.items():
             try:
-                waits.append((idx, self.actors[home].submit(self._reserve_group([cmds[i] for i in idx]))))
+                waits.append((idx, self.actors[shard].submit(work_for(idx))))
             except DomainError as exc:
                 for i in idx:
                     out[i] = exc
-        for i in spanning:
-            waits.append(([i], asyncio.ensure_future(_one_as_list(self.reserve(cmds[i])))))
         for idx, fut in waits:
             try:
                 results = await fut
@@ -153,8 +162,6 @@ class Engine:
                 results = [exc] * len(idx)
             for i, result in zip(idx, results, strict=True):
                 out[i] = result
-        self._count_many(out)
-        return out
 
     def _route(self, cmd: ReserveCommand) -> tuple[set[int], int]:
         if len(cmd.lines) == 1:  # the common case, without the set arithmetic

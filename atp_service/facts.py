@@ -51,20 +51,7 @@ class FactDesk:
                 shipments.append(i)
             else:
                 by_shard.setdefault(self.engine.place(fact.sku), []).append(i)
-        waits = []
-        for shard, idx in by_shard.items():
-            try:
-                waits.append((idx, self.engine.actors[shard].submit(_apply_all([facts[i] for i in idx]))))
-            except DomainError as exc:
-                for i in idx:
-                    out[i] = exc
-        for idx, fut in waits:
-            try:
-                results = await fut
-            except DomainError as exc:
-                results = [exc] * len(idx)
-            for i, result in zip(idx, results, strict=True):
-                out[i] = result
+        await self.engine.gather_by_shard(by_shard, lambda idx: _apply_all([facts[i] for i in idx]), out)
         for i in shipments:
             try:
                 out[i] = await self._shipment(facts[i])
