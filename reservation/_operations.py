@@ -87,12 +87,9 @@ def release(
     view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, limits: Limits
 ) -> Reservation:
     """R3: give back held or committed units, all of them or per line."""
-    rec = _current(view, reservation_id, now)
-    if not lines and rec.state == State.RELEASED:
+    rec, retried = _current_or_retry(view, reservation_id, lines, operation_id, now, State.RELEASED)
+    if retried:
         return rec
-    replay = _replayed_op(rec, operation_id, lines)
-    if replay is not None:
-        return replay
     if rec.state not in (State.HELD, State.CONFIRMED):
         raise FailedPrecondition(State(rec.state).name, "only a HELD or CONFIRMED reservation can be released")
     amounts = _amounts(rec, lines, lambda line: line.outstanding, "outstanding")
@@ -118,12 +115,9 @@ def fulfill(
 
     ``ship=False`` when a SHIPMENT fact has already moved `on_hand` itself (fulfilment by fact).
     """
-    rec = _current(view, reservation_id, now)
-    if not lines and rec.state == State.FULFILLED:
+    rec, retried = _current_or_retry(view, reservation_id, lines, operation_id, now, State.FULFILLED)
+    if retried:
         return rec
-    replay = _replayed_op(rec, operation_id, lines)
-    if replay is not None:
-        return replay
     if rec.state == State.HELD:
         raise FailedPrecondition("HELD", "confirm the reservation before fulfilling it")
     if rec.state != State.CONFIRMED:
@@ -194,12 +188,20 @@ def _op_key(lines: tuple[LineRequest, ...]) -> str:
     return ";".join(f"{line.sku}|{line.location}|{line.quantity}" for line in lines)
 
 
-def _replayed_op(rec: Reservation, operation_id: str, lines: tuple[LineRequest, ...]) -> Reservation | None:
+def _current_or_retry(
+    view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, done: State
+) -> tuple[Reservation, bool]:
+    """The record now, and whether this call only retries what already happened (R5: harmless):
+    a whole release/fulfil of a reservation already in ``done``, or a partial one whose
+    ``operation_id`` was applied (with the same lines; other lines are refused)."""
+    rec = _current(view, reservation_id, now)
+    if not lines and rec.state == done:
+        return rec, True
     if not operation_id or operation_id not in rec.ops:
-        return None
+        return rec, False
     if rec.ops[operation_id] != _op_key(lines):
         raise AlreadyExists("operation_id", f"operation {operation_id!r} was applied with other lines")
-    return rec  # R5: a retried partial release/fulfil is harmless
+    return rec, True
 
 
 def _with_op(rec: Reservation, operation_id: str, lines: tuple[LineRequest, ...], limits: Limits) -> Reservation:
