@@ -312,9 +312,11 @@ class Engine:
         now = self.clock.now_ms()
         waits = []
         for actor in self.actors:
-            nxt = actor.ledger.next_expiry()
-            if nxt is not None and nxt <= now:
-                waits.append(actor.submit(self._expire_work))
+            if actor.ledger.housekeeping_due(now):
+                try:
+                    waits.append(actor.submit(self._expire_work))
+                except DomainError as exc:  # mailbox full or Redis down: the next pass tries again
+                    log.debug("shard %d: housekeeping deferred: %s", actor.shard, exc)
             actor.request_maintenance()
         for fut in waits:
             try:

@@ -170,6 +170,12 @@ class Ledger:
     def next_expiry(self) -> int | None:
         return self._expiry[0][0] if self._expiry else None
 
+    def housekeeping_due(self, now: int) -> bool:
+        """A hold to expire, or a resolved reservation past its retention to forget."""
+        expiring = bool(self._expiry) and self._expiry[0][0] <= now
+        forgetting = bool(self._resolved) and self._resolved[0][0] < now - self.limits.retention_ms
+        return expiring or forgetting
+
     def evict(self, now: int) -> list[str]:
         """Forget resolved reservations older than the retention window (bounded R5 memory)."""
         cutoff = now - self.limits.retention_ms

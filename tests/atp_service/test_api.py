@@ -229,3 +229,25 @@ async def test_health_and_reflection(start_service: ServiceFactory) -> None:
 
     names = [s.name async for r in stub.ServerReflectionInfo(ask()) for s in r.list_services_response.service]
     assert "atp.v1.AvailabilityService" in names
+
+
+async def test_resolved_reservations_are_forgotten_after_retention(start_service: ServiceFactory) -> None:
+    """Bounded R5 memory: a resolved reservation is kept for replays for retention_ms, then forgotten,
+    even when no hold is due to expire."""
+    from reservation import Limits
+
+    clock = ManualClock(T0)
+    _, client = await stocked(start_service, clock=clock, limits=Limits(retention_ms=60_000))
+    await client.reserve("r1", [("A", "S1", 1)])
+    await client.release("r1")
+    assert (await client.get_reservation("r1")).state == pb.RELEASED
+    clock.advance(60_001)
+    for _ in range(100):
+        try:
+            await client.get_reservation("r1")
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("r1 was never forgotten")
