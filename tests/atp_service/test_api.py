@@ -251,3 +251,35 @@ async def test_resolved_reservations_are_forgotten_after_retention(start_service
         await asyncio.sleep(0.02)
     else:
         raise AssertionError("r1 was never forgotten")
+
+
+async def test_hold_across_two_shards_expires_on_both(start_service: ServiceFactory) -> None:
+    clock = ManualClock(T0)
+    service, client = await stocked(start_service, clock=clock)
+    assert service.engine is not None and service.engine.place("A") != service.engine.place("D")
+    await client.reserve("x", [("A", "S1", 2), ("D", "DC", 5)], ttl_seconds=10)
+    clock.advance(10_000)
+    for _ in range(100):
+        if (await client.get_reservation("x")).state == pb.EXPIRED:
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.get_reservation("x")).state == pb.EXPIRED
+    assert [p.reserved for p in await client.availability([("A", "S1"), ("D", "DC")])] == [0, 0]
+
+
+async def test_shipment_fact_fulfils_a_reservation_homed_on_another_shard(start_service: ServiceFactory) -> None:
+    clock = ManualClock(T0)
+    service, client = await stocked(start_service, clock=clock)
+    assert service.engine is not None
+    await client.reserve("x", [("A", "S1", 2), ("D", "DC", 5)])
+    await client.confirm("x")
+    home = service.engine.home_of("x")
+    assert home is not None and home != service.engine.place("A")  # the record lives with "D"
+    (result,) = await client.record_events([pb.Fact(
+        event_id="ship-a", source="wms", kind=pb.SHIPMENT, sku="A", location="S1", quantity=2,
+        event_time_ms=T0 - 1, reservation_id="x")])
+    assert result.outcome == pb.APPLIED and not result.error
+    rec = await client.get_reservation("x")
+    assert [(ln.committed, ln.fulfilled) for ln in rec.lines] == [(0, 2), (5, 0)]
+    (a,) = await client.availability([("A", "S1")])
+    assert (a.on_hand, a.committed) == (8, 0)
