@@ -10,6 +10,8 @@ import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import fields
 from itertools import islice
 from pathlib import Path
@@ -20,6 +22,7 @@ from .service import AtpService
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
+SECOND_SIGNAL_AFTER_S = 2.0  # a stop signal this soon after the first is the same request again
 
 _FLAGS = {
     "host": str, "port": int, "metrics_host": str, "metrics_port": int, "shards": int,
@@ -71,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         # Every command and fact allocates a few short-lived objects, and recovery builds millions of
         # long-lived ones: collect young objects less often than CPython's default (700, 10, 10).
         gc.set_threshold(*config.gc_thresholds)
-        asyncio.run(_serve(config, redis_url))
+        asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None))
     finally:
         if embedded is not None:
             embedded.stop()
     return 0
 
 
-async def _serve(config: ServiceConfig, redis_url: str) -> None:
+async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None) -> None:
     service = AtpService(config, redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -101,20 +104,28 @@ async def _serve(config: ServiceConfig, redis_url: str) -> None:
           f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
           f"  {ctl_cmd} --target {target} confirm demo-1", flush=True)
     await stop.wait()
-    log.info("shutting down (grace %.1fs); a second signal exits at once", config.shutdown_grace_s)
+    log.info("shutting down (grace %.1fs); another signal after %.0fs exits at once", config.shutdown_grace_s,
+             SECOND_SIGNAL_AFTER_S)
+    first_signal = time.monotonic()
+
+    def exit_now() -> None:
+        # A supervisor and the process group often deliver the same stop twice: only a signal sent
+        # after a pause means "now".
+        if time.monotonic() - first_signal < SECOND_SIGNAL_AFTER_S:
+            return
+        log.warning("second signal: exiting without the final snapshot")
+        if on_hard_exit is not None:
+            on_hard_exit()
+        os._exit(130)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _exit_now)
+        loop.add_signal_handler(sig, exit_now)
     try:
         # Everything acknowledged is already durable: the final snapshot only shortens the next start.
         await asyncio.wait_for(service.stop(), timeout=config.shutdown_grace_s + SHUTDOWN_SNAPSHOT_S)
     except TimeoutError:
         log.error("shutdown did not finish in time; exiting anyway (state is in the log)")
         _dump_tasks()
-
-
-def _exit_now() -> None:
-    log.warning("second signal: exiting without the final snapshot")
-    os._exit(130)
 
 
 def _dump_tasks() -> None:

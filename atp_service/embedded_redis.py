@@ -114,6 +114,11 @@ class EmbeddedRedis:
             self.process.kill()
             self.process.wait()
 
+    def kill_softly(self) -> None:
+        """SIGTERM without waiting (Redis still flushes its AOF): for a process about to exit hard."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
