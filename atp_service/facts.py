@@ -157,11 +157,12 @@ class Explanation:
         self.retained_since = max(0, ledger.stream_time - engine.limits.fact_grace_ms)
         self.holds: list[tuple[Any, int, int]] = []
         self.holds_truncated = False
-        # Holds live on their reservation's home shard, which a multi-SKU order may place elsewhere.
+        # Holds live on their reservation's home shard, which a multi-SKU order may place elsewhere:
+        # one index lookup per shard, never a scan of the reservations.
         for actor in engine.actors:
-            for rec in actor.ledger.iter_reservations():
+            for rec in actor.ledger.holds_at(sku, location):
                 for line in rec.lines:
-                    if line.sku == sku and line.location == location and line.outstanding:
+                    if line.sku == sku and line.location == location:
                         if len(self.holds) >= max_holds:
                             self.holds_truncated = True
                             return

@@ -67,6 +67,7 @@ class Ledger:
         self._expiry: list[tuple[int, str]] = []
         self._resolved: deque[tuple[int, str]] = deque()
         self._seen: dict[tuple[str, str], Fact] = {}  # in arrival order
+        self._holds_at: dict[tuple[str, str], set[str]] = {}
         self._events: list[Event] = []
         self._undo: list[Undo] = []
 
@@ -269,15 +270,35 @@ class Ledger:
             heapq.heappush(self._expiry, (rec.expires_at, rid))
         if rec.state in TERMINAL:
             self._resolved.append((rec.updated_at, rid))
+        self._index_holds(old, rec)
 
         def undo() -> None:
             self.live_reservations -= delta_live
+            self._index_holds(rec, old)
             if old is None:
                 del self.reservations[rid]
             else:
                 self.reservations[rid] = old
 
         return undo
+
+    def _index_holds(self, before: Reservation | None, after: Reservation | None) -> None:
+        """Keep ``holds_at`` (position -> reservations with units outstanding there) exact."""
+        was = {(ln.sku, ln.location) for ln in before.lines if ln.outstanding} if before else set()
+        now = {(ln.sku, ln.location) for ln in after.lines if ln.outstanding} if after else set()
+        rid = (after or before).reservation_id  # type: ignore[union-attr]
+        for key in was - now:
+            ids = self._holds_at[key]
+            ids.discard(rid)
+            if not ids:
+                del self._holds_at[key]
+        for key in now - was:
+            self._holds_at.setdefault(key, set()).add(rid)
+
+    def holds_at(self, sku: str, location: str) -> Iterator[Reservation]:
+        """Reservations recorded on this shard with units held or committed at the position."""
+        for rid in self._holds_at.get((sku, location), ()):
+            yield self.reservations[rid]
 
     def _history(self, sku: str, location: str) -> PositionHistory:
         h = self.histories.get((sku, location))

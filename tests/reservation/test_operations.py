@@ -196,6 +196,7 @@ def test_rollback_restores_everything_of_the_open_batch_R7() -> None:
     ledger.rollback()
     assert ledger.quantities("A", "S1") == before
     assert ledger.reservation("r1") is None
+    assert list(ledger.holds_at("A", "S1")) == []
     assert not ledger.pending
 
 

@@ -65,6 +65,9 @@ def check_invariants(ledger: Ledger, stock: dict[tuple[str, str], int]) -> None:
             assert q.committed == committed.get(key, 0)
             assert q.on_hand == stock.get(key, 0) - shipped.get(key, 0)
             assert q.available >= 0, "oversold without any late fact"
+            indexed = {rec.reservation_id for rec in ledger.holds_at(sku, loc)}
+            assert indexed == {rec.reservation_id for rec in ledger.reservations.values()
+                               if any((ln.sku, ln.location) == key and ln.outstanding for ln in rec.lines)}
 
 
 @settings(max_examples=300, deadline=None)
@@ -82,3 +85,4 @@ def test_random_sequences_never_exceed_what_was_granted(stock: dict[tuple[str, s
         replayed.replay(entry)
     assert list(replayed.store.items()) == list(ledger.store.items())  # E10
     assert replayed.reservations == ledger.reservations
+    check_invariants(replayed, stock)
