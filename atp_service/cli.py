@@ -17,8 +17,8 @@ from itertools import islice
 from pathlib import Path
 
 from .config import ServiceConfig
-from .embedded_redis import EmbeddedRedis, RedisNotInstalled
-from .service import AtpService
+from .embedded_redis import DataDirInUse, EmbeddedRedis, RedisNotInstalled
+from .service import AtpService, StartupError
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if redis_url is None:
         try:
             embedded = EmbeddedRedis(config.data_dir / "redis", appendfsync=config.durability).start()
-        except RedisNotInstalled as exc:
+        except (RedisNotInstalled, DataDirInUse) as exc:
             print(f"atp-service: {exc}", file=sys.stderr)
             return 2
         redis_url = embedded.url
@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         # long-lived ones: collect young objects less often than CPython's default (700, 10, 10).
         gc.set_threshold(*config.gc_thresholds)
         asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None))
+    except StartupError as exc:
+        print(f"atp-service: {exc}", file=sys.stderr)
+        return 2
     finally:
         if embedded is not None:
             embedded.stop()
@@ -88,7 +91,11 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # operators: `kill -USR1` shows what waits on what
-    await service.start()
+    try:
+        await service.start()
+    except StartupError:
+        await service.stop(grace_s=0)
+        raise
     if config.demo and await service.is_fresh():
         await load_demo(service)
     # Recovered state is long-lived: move it out of the collector's view.

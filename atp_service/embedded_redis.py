@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -9,11 +10,16 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TextIO
 
 import redis
 
 
 class RedisNotInstalled(RuntimeError):
+    pass
+
+
+class DataDirInUse(RuntimeError):
     pass
 
 
@@ -43,6 +49,7 @@ class EmbeddedRedis:
         self.appendfsync = appendfsync
         self.password = password
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock_file: TextIO | None = None
 
     @property
     def url(self) -> str:
@@ -51,6 +58,7 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
         args = [
             redis_server_binary(),
             "--port", str(self.port),
@@ -90,6 +98,21 @@ class EmbeddedRedis:
         finally:
             client.close()
 
+    def _lock(self) -> None:
+        """One owner per data directory: a second service must not share (or kill) this Redis.
+        The lock dies with the process, so a service killed with -9 leaves no stale lock."""
+        if self._lock_file is not None:
+            return
+        handle = (self.data_dir / "owner.lock").open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise DataDirInUse(
+                f"data_dir: {self.data_dir} is in use by another running service; give each its own --data-dir"
+            ) from None
+        self._lock_file = handle
+
     @property
     def _pidfile(self) -> Path:
         return self.data_dir / "redis-server.pid"
@@ -120,13 +143,17 @@ class EmbeddedRedis:
             self.process.terminate()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()  # redis-server flushes the AOF on SIGTERM
         try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
+            if self.process is not None and self.process.poll() is None:
+                self.process.terminate()  # redis-server flushes the AOF on SIGTERM
+                try:
+                    self.process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+        finally:
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

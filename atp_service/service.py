@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
 
 
-class ConfigMismatch(RuntimeError):
+class StartupError(RuntimeError):
+    """The service cannot start as configured; the message names the setting to change."""
+
+
+class ConfigMismatch(StartupError):
     pass
 
 
@@ -66,14 +70,22 @@ class AtpService:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._server,
         )
-        self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        try:
+            self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC to {cfg.host}:{cfg.port}")
+            raise StartupError(f"port: cannot listen for gRPC on {cfg.host}:{cfg.port} (in use?); "
+                               "choose another with --port / ATP_PORT")
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         if cfg.metrics_port >= 0:
-            server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=METRICS.registry)
+            try:
+                server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=METRICS.registry)
+            except OSError as exc:
+                raise StartupError(f"metrics_port: cannot listen on {cfg.metrics_host}:{cfg.metrics_port} ({exc}); "
+                                   "choose another with --metrics-port / ATP_METRICS_PORT, or -1 to disable") from None
             self.metrics_port = server.server_port
         self.engine = await self._recover()
         self.engine.start()

@@ -113,3 +113,31 @@ def test_publish_explain_and_safety_stock(served: tuple[str, int, list[str]], re
     assert explained["countEventId"] == "c1" and explained["countQuantity"] == "9"
     assert [d["eventId"] for d in explained["deltasAfterCount"]] == ["s1"]
     assert explained["availability"]["safetyStock"] == "3"
+
+
+def test_start_up_errors_name_the_setting(served: tuple[str, int, list[str]], redis_url: str, tmp_path: Path) -> None:
+    target, metrics_port, _ = served
+    port = target.rsplit(":", 1)[1]
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "atp_service", "serve", "--no-demo", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    busy = serve("--redis-url", redis_url, "--port", port, "--metrics-port", "-1")
+    assert busy.returncode == 2 and "atp-service: port: cannot listen" in busy.stderr
+    busy = serve("--redis-url", redis_url, "--port", "0", "--metrics-port", str(metrics_port))
+    assert busy.returncode == 2 and "atp-service: metrics_port: cannot listen" in busy.stderr
+    other = serve("--redis-url", redis_url, "--port", "0", "--metrics-port", "-1", "--shards", "3")
+    assert other.returncode == 2 and "written with 16 shards, not 3" in other.stderr
+    holder = subprocess.Popen([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--port", "0",
+                               "--metrics-port", "-1", "--data-dir", str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert holder.stdout is not None
+        while "ready" not in holder.stdout.readline():
+            assert holder.poll() is None
+        second = serve("--port", "0", "--metrics-port", "-1", "--data-dir", str(tmp_path))
+        assert second.returncode == 2 and "is in use by another running service" in second.stderr
+    finally:
+        holder.terminate()
+        holder.wait(15)
