@@ -5,6 +5,7 @@ from .clock import Clock, ManualClock, SystemClock
 from .config import ServiceConfig
 from .embedded_redis import EmbeddedRedis, free_port
 from .engine import Engine
+from .pb.atp.v1 import atp_pb2 as api  # the protobuf messages and enums (api.HELD, api.ReserveRequest, ...)
 from .service import AtpService
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "ManualClock",
     "ServiceConfig",
     "SystemClock",
+    "api",
     "free_port",
 ]
