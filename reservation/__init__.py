@@ -4,6 +4,7 @@ Rules come from SEMANTICS.md (Q1-Q5, R1-R7, E1-E11); each function cites the
 rule it enforces.
 """
 
+from ._curation import ChannelRules, curate, network_available
 from ._errors import (
     AlreadyExists,
     DomainError,
@@ -39,6 +40,7 @@ __all__ = [
     "TERMINAL",
     "ZERO",
     "AlreadyExists",
+    "ChannelRules",
     "DomainError",
     "Event",
     "Fact",
@@ -65,12 +67,14 @@ __all__ = [
     "View",
     "check_id",
     "confirm",
+    "curate",
     "decode_entry",
     "encode_entry",
     "expire",
     "fact",
     "fulfill",
     "line_requests",
+    "network_available",
     "order_key",
     "partial_lines",
     "release",

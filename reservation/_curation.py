@@ -1,0 +1,68 @@
+"""C1: the curated quantity a channel is offered, vectorised over locations with numpy.
+
+Pure arithmetic, no I/O: the channel work (publishers, throttling, C2/C3) builds on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+Int64Array = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRules:
+    """How one channel turns `available` into the number it is offered (C1)."""
+
+    buffer_units: int = 0
+    """Units held back from the channel."""
+
+    buffer_percent: float = 0.0
+    """Share of the (clamped) available held back, rounded up to whole units."""
+
+    allocation: int | None = None
+    """Most units the channel may be offered at all (None: no cap)."""
+
+    low_stock_threshold: int = 0
+    """At or below this the channel is shown 0: it stops selling before the last unit is gone."""
+
+    max_shown: int | None = None
+    """Largest number ever shown (None: no cap)."""
+
+    def __post_init__(self) -> None:
+        if self.buffer_units < 0:
+            raise ValueError("buffer_units: must not be negative")
+        if not 0 <= self.buffer_percent <= 100:
+            raise ValueError("buffer_percent: must be within [0, 100]")
+        if self.allocation is not None and self.allocation < 0:
+            raise ValueError("allocation: must not be negative")
+        if self.low_stock_threshold < 0:
+            raise ValueError("low_stock_threshold: must not be negative")
+        if self.max_shown is not None and self.max_shown < 0:
+            raise ValueError("max_shown: must not be negative")
+
+
+def curate(available: Int64Array, rules: ChannelRules) -> Int64Array:
+    """C1 applied elementwise: each element is one offer (a SKU's network total or one position)."""
+    x = np.maximum(available, 0)  # Q5: a channel is never offered a negative number
+    if rules.buffer_percent:
+        x = x - np.ceil(x * (rules.buffer_percent / 100.0)).astype(np.int64)
+    x = x - rules.buffer_units
+    if rules.allocation is not None:
+        x = np.minimum(x, rules.allocation)
+    x = np.maximum(x, 0)
+    x = np.where(x <= rules.low_stock_threshold, 0, x)
+    if rules.max_shown is not None:
+        x = np.minimum(x, rules.max_shown)
+    return x.astype(np.int64)
+
+
+def network_available(available_by_location: Int64Array, sells_from: npt.NDArray[np.bool_]) -> Int64Array:
+    """Per SKU (rows), the sum over the locations (columns) a channel may sell from, each clamped at 0
+    first: an oversold store does not eat into what a DC can promise."""
+    clamped: Int64Array = np.where(sells_from, np.maximum(available_by_location, 0), 0)
+    totals: Int64Array = clamped.sum(axis=-1, dtype=np.int64)
+    return totals

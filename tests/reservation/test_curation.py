@@ -1,0 +1,53 @@
+"""C1 arithmetic for every knob, and a network channel over many stores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reservation import ChannelRules, curate, network_available
+
+
+def c(values: list[int], **rules: float | int | None) -> list[int]:
+    return curate(np.array(values, dtype=np.int64), ChannelRules(**rules)).tolist()  # type: ignore[arg-type]
+
+
+def test_negative_available_is_offered_as_zero_Q5() -> None:
+    assert c([-3, 0, 4]) == [0, 0, 4]
+
+
+def test_buffer_units_and_percent() -> None:
+    assert c([10, 3, 2], buffer_units=2) == [8, 1, 0]
+    assert c([10, 1], buffer_percent=10) == [9, 0]  # 10 % of 1 rounds up to a whole unit
+    assert c([100], buffer_units=5, buffer_percent=10) == [85]
+
+
+def test_allocation_cap_and_max_shown() -> None:
+    assert c([50, 5], allocation=20) == [20, 5]
+    assert c([50, 5], max_shown=10) == [10, 5]
+
+
+def test_low_stock_threshold_shows_zero_at_or_below_it() -> None:
+    assert c([3, 4, 5], low_stock_threshold=4) == [0, 0, 5]
+    # The threshold is applied after the buffer: a channel stops selling before the last unit is gone.
+    assert c([6], buffer_units=2, low_stock_threshold=4) == [0]
+
+
+def test_network_total_over_three_hundred_stores_is_one_array_operation() -> None:
+    rng = np.random.default_rng(7)
+    available = rng.integers(-2, 10, size=(1000, 302)).astype(np.int64)  # 1,000 SKUs x (300 stores + 2 DCs)
+    sells_from = np.zeros(302, dtype=bool)
+    sells_from[:2] = True  # the DCs
+    sells_from[2:52] = True  # and the first 50 ship-from-store stores
+    totals = network_available(available, sells_from)
+    expected = [sum(max(v, 0) for v, ok in zip(row, sells_from, strict=True) if ok) for row in available.tolist()]
+    assert totals.tolist() == expected
+    offered = curate(totals, ChannelRules(buffer_units=3, low_stock_threshold=2, allocation=400))
+    assert offered.min() >= 0 and offered.max() <= 400
+
+
+@pytest.mark.parametrize("bad", [{"buffer_units": -1}, {"buffer_percent": 101}, {"allocation": -1},
+                                 {"low_stock_threshold": -1}, {"max_shown": -5}])
+def test_bad_rules_name_the_field(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        ChannelRules(**bad)  # type: ignore[arg-type]
