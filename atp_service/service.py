@@ -180,9 +180,6 @@ class AtpService:
         if self._log is not None:
             await self._log.client.aclose()
 
-    async def wait(self) -> None:
-        assert self._server is not None
-        await self._server.wait_for_termination()
 
 
 def _redacted(url: str) -> str:
@@ -191,9 +188,3 @@ def _redacted(url: str) -> str:
     if "@" not in rest:
         return url
     return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
-
-
-async def run_until_stopped(service: AtpService, stop: asyncio.Event) -> None:
-    await service.start()
-    await stop.wait()
-    await service.stop()

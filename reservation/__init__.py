@@ -15,7 +15,7 @@ from ._errors import (
     Unavailable,
 )
 from ._events import Event, LogEntry, decode_entry, encode_entry
-from ._facts import PositionHistory, order_key
+from ._facts import PositionHistory
 from ._ledger import Ledger, LedgerSnapshot
 from ._limits import Limits
 from ._model import (
@@ -75,7 +75,6 @@ __all__ = [
     "fulfill",
     "line_requests",
     "network_available",
-    "order_key",
     "partial_lines",
     "release",
     "reserve",

@@ -22,12 +22,6 @@ COUNT_RANK = 1
 _COUNT = int(FactKind.COUNT)
 
 
-def order_key(fact: Fact) -> OrderKey:
-    """E1: the position of a fact in the total order of its position's facts."""
-    rank = COUNT_RANK if fact.kind == _COUNT else DELTA_RANK
-    return (fact.event_time, rank, fact.event_id)
-
-
 @dataclass(slots=True)
 class PositionHistory:
     """The part of a position's past that later facts can still change."""
@@ -43,6 +37,7 @@ class PositionHistory:
 
     def fold(self, fact: Fact) -> tuple[FactOutcome, int, Undo | None]:
         """Apply one fact; return its outcome, its change to on_hand and how to take it back."""
+        # E1: the order key is (event_time, rank, event_id); deltas rank 0, counts rank 1.
         if fact.kind == _COUNT:
             return self._fold_count((fact.event_time, COUNT_RANK, fact.event_id), fact.quantity)
         return self._fold_delta((fact.event_time, DELTA_RANK, fact.event_id), fact.delta)

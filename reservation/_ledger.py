@@ -168,9 +168,6 @@ class Ledger:
     def requeue_expiry(self, expires_at: int, reservation_id: str) -> None:
         heapq.heappush(self._expiry, (expires_at, reservation_id))
 
-    def next_expiry(self) -> int | None:
-        return self._expiry[0][0] if self._expiry else None
-
     def housekeeping_due(self, now: int) -> bool:
         """A hold to expire, or a resolved reservation past its retention to forget."""
         expiring = bool(self._expiry) and self._expiry[0][0] <= now
@@ -219,9 +216,6 @@ class Ledger:
             ledger._remember(fact)
         ledger.stream_time, ledger.clock = snap.stream_time, snap.clock
         return ledger
-
-    def iter_reservations(self) -> Iterator[Reservation]:
-        return iter(self.reservations.values())
 
     # -- the one place state changes -------------------------------------------
     def _emit(self, event: Event) -> FactOutcome:

@@ -1,0 +1,70 @@
+"""Per-fact costs inside one shard's Ledger, no I/O: memory held for dedupe/history, and CPU time.
+
+    python benchmarks/fact_costs.py [--facts 100000]
+
+Prints one JSON object: bytes_per_fact (tracemalloc growth while recording, the facts' own objects
+excluded), us_per_fact with the service's GC thresholds and with CPython's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import time
+import tracemalloc
+
+from atp_service.config import ServiceConfig
+from reservation import Fact, FactKind, Ledger, Limits, encode_entry
+
+NOW = 1_700_000_000_000
+
+
+def make_facts(n: int) -> list[Fact]:
+    rng = random.Random(1)
+    kinds = [FactKind.SALE, FactKind.RETURN, FactKind.RECEIPT, FactKind.ADJUST, FactKind.COUNT]
+    return [Fact(f"till-{i:09d}", f"pos-store-{i % 300:03d}", rng.choice(kinds), f"sku-{rng.randrange(10_000):05d}",
+                 f"loc-{rng.randrange(10):02d}", rng.randint(1, 3), NOW - rng.randrange(3_600_000))
+            for i in range(n)]
+
+
+def record_all(facts: list[Fact]) -> float:
+    ledger = Ledger(0, Limits())
+    started = time.perf_counter()
+    for i in range(0, len(facts), 500):
+        for fact in facts[i:i + 500]:
+            ledger.record_fact(fact)
+        encode_entry(ledger.commit(NOW))
+    return (time.perf_counter() - started) / len(facts) * 1e6
+
+
+def bytes_per_fact(facts: list[Fact]) -> float:
+    ledger = Ledger(0, Limits())
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for fact in facts:
+        ledger.record_fact(fact)
+    ledger.commit(NOW)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    return sum(s.size_diff for s in after.compare_to(before, "filename")) / len(facts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--facts", type=int, default=100_000)
+    args = parser.parse_args()
+    facts = make_facts(args.facts)
+    memory = bytes_per_fact(facts)
+    default = gc.get_threshold()
+    slow = record_all(facts)
+    gc.set_threshold(*ServiceConfig().gc_thresholds)
+    fast = record_all(facts)
+    gc.set_threshold(*default)
+    print(json.dumps({"facts": args.facts, "bytes_per_fact": round(memory),
+                      "us_per_fact_service_gc": round(fast, 2), "us_per_fact_default_gc": round(slow, 2)}))
+
+
+if __name__ == "__main__":
+    main()
