@@ -16,6 +16,7 @@ from ._errors import (
 )
 from ._events import Event, LogEntry, decode_entry, encode_entry
 from ._facts import PositionHistory
+from ._feed import ChannelUpdate, Feed, FeedPolicy, Key, Published, StockStatus, TokenBucket
 from ._ledger import Ledger, LedgerSnapshot
 from ._limits import Limits
 from ._model import (
@@ -41,13 +42,17 @@ __all__ = [
     "ZERO",
     "AlreadyExists",
     "ChannelRules",
+    "ChannelUpdate",
     "DomainError",
     "Event",
     "Fact",
     "FactKind",
     "FactOutcome",
     "FailedPrecondition",
+    "Feed",
+    "FeedPolicy",
     "InvalidArgument",
+    "Key",
     "Ledger",
     "LedgerSnapshot",
     "Limits",
@@ -58,11 +63,14 @@ __all__ = [
     "Outcome",
     "PositionHistory",
     "PositionStore",
+    "Published",
     "Quantities",
     "Reservation",
     "ReserveCommand",
     "ResourceExhausted",
     "State",
+    "StockStatus",
+    "TokenBucket",
     "Unavailable",
     "View",
     "check_id",

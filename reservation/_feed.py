@@ -1,0 +1,286 @@
+"""C2/C3: one channel's feed of curated numbers — coalesced, throttled, rate-limited, prioritised.
+
+Pure logic with the time passed in (milliseconds): the service offers every curated value it
+computes; ``take`` says what to publish now. Order of precedence in ``take``:
+
+1. stock-outs (a drop to 0) — at once, inside any throttle interval (C2); they take tokens from
+   the rate limit but never wait for one (the bucket may go into debt, which delays later
+   ordinary changes, so the average rate still holds);
+2. first values of keys never published before (a baseline) — at once, outside the rate limit:
+   a subscriber needs the whole picture before changes mean anything;
+3. ordinary changes whose throttle interval has passed, within the token bucket: low-stock
+   changes first, then by recent sales velocity of the SKU (highest first).
+
+A key has at most one pending value (the newest wins) and at most one value in flight.
+Versions come from one counter per channel, so they only increase per key (C3).
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from dataclasses import dataclass
+
+import msgspec
+
+Key = tuple[str, str]
+"""(sku, location); the location is "" for a network offer (one number per SKU)."""
+
+
+class StockStatus(enum.Enum):
+    IN_STOCK = "IN_STOCK"
+    LOW_STOCK = "LOW_STOCK"
+    OUT_OF_STOCK = "OUT_OF_STOCK"
+
+
+class Published(msgspec.Struct, array_like=True, gc=False):
+    """The last value of a key the channel was sent (what ``previous`` of the next update is)."""
+
+    quantity: int
+    version: int
+    event_time: int
+
+
+class ChannelUpdate(msgspec.Struct, gc=False):
+    """One published value (C3) with its status and the value it replaces."""
+
+    channel: str
+    sku: str
+    location: str
+    quantity: int
+    previous: int | None
+    status: StockStatus
+    version: int
+    event_time: int
+    """Newest source time behind the value (fact event_time, or the command's service time)."""
+    durable_at: int
+    """When the change behind it was durable (the oldest one coalesced; a stock-out's own)."""
+    published_at: int = 0
+
+    @property
+    def key(self) -> Key:
+        return (self.sku, self.location)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPolicy:
+    """How one channel's feed is paced."""
+
+    throttle_ms: int = 1000
+    """At most one publish per key per interval, except a drop to 0 (C2)."""
+
+    rate_per_s: float = 100.0
+    """Average updates per second the channel accepts (token bucket refill rate)."""
+
+    burst: int = 0
+    """Bucket size: updates that may go out back to back (0: one second's worth)."""
+
+    low_stock_level: int = 5
+    """A shown quantity at or below this (and above 0) has status LOW_STOCK."""
+
+    def __post_init__(self) -> None:
+        if self.throttle_ms < 0:
+            raise ValueError("throttle_ms: must not be negative")
+        if self.rate_per_s <= 0:
+            raise ValueError("rate_per_s: must be positive")
+        if self.burst < 0 or self.low_stock_level < 0:
+            raise ValueError("burst and low_stock_level: must not be negative")
+
+    def status(self, quantity: int) -> StockStatus:
+        if quantity <= 0:
+            return StockStatus.OUT_OF_STOCK
+        return StockStatus.LOW_STOCK if quantity <= self.low_stock_level else StockStatus.IN_STOCK
+
+
+class TokenBucket:
+    """Tokens refill at ``rate`` per second up to ``burst``; ``force`` may take them into debt."""
+
+    __slots__ = ("_at", "burst", "rate", "tokens")
+
+    def __init__(self, rate_per_s: float, burst: int, now_ms: int) -> None:
+        self.rate, self.burst = rate_per_s, max(1, burst or int(rate_per_s))
+        self.tokens, self._at = float(self.burst), now_ms
+
+    def refill(self, now_ms: int) -> None:
+        if now_ms > self._at:
+            self.tokens = min(float(self.burst), self.tokens + (now_ms - self._at) * self.rate / 1000.0)
+            self._at = now_ms
+
+    def try_take(self) -> bool:
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def force(self) -> None:
+        self.tokens -= 1.0
+
+    def ms_until_token(self) -> int:
+        missing = 1.0 - self.tokens
+        return 0 if missing <= 0 else int(missing * 1000.0 / self.rate) + 1
+
+
+class _Pending:
+    __slots__ = ("durable_at", "event_time", "gen", "quantity", "velocity")
+
+    def __init__(self, quantity: int, event_time: int, durable_at: int, velocity: float) -> None:
+        self.quantity, self.event_time, self.durable_at = quantity, event_time, durable_at
+        self.velocity, self.gen = velocity, 0
+
+
+class Feed:
+    """The publishing state of one channel."""
+
+    def __init__(self, channel: str, policy: FeedPolicy, now_ms: int,
+                 published: dict[Key, Published] | None = None, version: int = 0) -> None:
+        self.channel = channel
+        self.policy = policy
+        self.published: dict[Key, Published] = published if published is not None else {}
+        self.version = max([version, *(p.version for p in self.published.values())])
+        self.bucket = TokenBucket(policy.rate_per_s, policy.burst, now_ms)
+        self.coalesced = 0
+        """Offers that replaced a pending value (the newest wins)."""
+        self._pending: dict[Key, _Pending] = {}
+        self._stockouts: dict[Key, None] = {}  # ordered sets
+        self._baseline: dict[Key, None] = {}
+        self._due: list[tuple[int, int, Key]] = []  # (due_at, gen, key): inside its throttle interval
+        self._ready: list[tuple[int, float, int, int, Key]] = []  # (class, -velocity, due_at, gen, key)
+        self._inflight: dict[Key, ChannelUpdate] = {}
+        self._next_allowed: dict[Key, int] = {}
+        self._gen = 0
+
+    # -- what is known -----------------------------------------------------------
+    def last_sent(self, key: Key) -> int | None:
+        sent = self._inflight.get(key)
+        if sent is not None:
+            return sent.quantity
+        pub = self.published.get(key)
+        return None if pub is None else pub.quantity
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    # -- offers --------------------------------------------------------------
+    def offer(self, key: Key, quantity: int, event_time: int, durable_at: int, now_ms: int,
+              velocity: float = 0.0) -> None:
+        """The newest curated value of a key. Equal to what was last sent: nothing to publish (E11)."""
+        assert quantity >= 0, "C1: a channel is never offered a negative number"
+        last = self.last_sent(key)
+        old = self._pending.get(key)
+        if last == quantity:
+            if old is not None:
+                self._forget(key)
+            return
+        stockout = quantity == 0 and last is not None and last > 0
+        if old is not None:
+            self.coalesced += 1
+            old.quantity, old.event_time = quantity, max(old.event_time, event_time)
+            old.velocity = velocity
+            if stockout == (key in self._stockouts):
+                return  # already queued in the right class; the newest value rides along
+            if stockout:
+                old.durable_at = durable_at  # a stock-out's delay counts from its own change
+            self._forget(key)
+        pend = old or _Pending(quantity, event_time, durable_at, velocity)
+        self._gen += 1
+        pend.gen = self._gen
+        self._pending[key] = pend
+        if last is None:
+            self._baseline[key] = None
+        elif stockout:
+            self._stockouts[key] = None
+        else:
+            due = max(now_ms, self._next_allowed.get(key, 0))
+            heapq.heappush(self._due, (due, pend.gen, key))
+
+    def _forget(self, key: Key) -> None:
+        self._pending.pop(key, None)
+        self._stockouts.pop(key, None)
+        self._baseline.pop(key, None)
+
+    # -- taking what to publish --------------------------------------------------
+    def take(self, now_ms: int, limit: int) -> list[ChannelUpdate]:
+        """Updates to publish now, at most ``limit``, in precedence order; each gets its version.
+        They are in flight until ``confirm`` (written) or ``give_back`` (the write failed)."""
+        assert not self._inflight, "one write at a time: confirm or give back the last take first"
+        self.bucket.refill(now_ms)
+        out: list[ChannelUpdate] = []
+        for key in list(self._stockouts)[:limit]:
+            self.bucket.force()
+            out.append(self._emit(key, now_ms))
+        for key in list(self._baseline)[: limit - len(out)]:
+            out.append(self._emit(key, now_ms))
+        self._promote(now_ms)
+        ready = self._ready
+        while ready and len(out) < limit:
+            _, _, _, gen, key = ready[0]
+            pend = self._pending.get(key)
+            if pend is None or pend.gen != gen:
+                heapq.heappop(ready)  # superseded or withdrawn
+                continue
+            if not self.bucket.try_take():
+                break
+            heapq.heappop(ready)
+            out.append(self._emit(key, now_ms))
+        return out
+
+    def _promote(self, now_ms: int) -> None:
+        """Move changes whose throttle interval is over from the due heap to the ready heap."""
+        due, ready, policy = self._due, self._ready, self.policy
+        while due and due[0][0] <= now_ms:
+            due_at, gen, key = heapq.heappop(due)
+            pend = self._pending.get(key)
+            if pend is None or pend.gen != gen:
+                continue
+            last = self.last_sent(key)
+            low = policy.status(pend.quantity) is StockStatus.LOW_STOCK or (
+                last is not None and policy.status(last) is StockStatus.LOW_STOCK)
+            heapq.heappush(ready, (0 if low else 1, -pend.velocity, due_at, gen, key))
+
+    def _emit(self, key: Key, now_ms: int) -> ChannelUpdate:
+        pend = self._pending[key]
+        self._forget(key)
+        self.version += 1
+        update = ChannelUpdate(
+            self.channel, key[0], key[1], pend.quantity, self.last_sent(key),
+            self.policy.status(pend.quantity), self.version, pend.event_time, pend.durable_at, now_ms,
+        )
+        self._inflight[key] = update
+        return update
+
+    # -- after the write -----------------------------------------------------------
+    def confirm(self, updates: list[ChannelUpdate]) -> None:
+        """The updates are durable in the channel stream: they are the published values now."""
+        throttle = self.policy.throttle_ms
+        for u in updates:
+            key = u.key
+            del self._inflight[key]
+            self.published[key] = Published(u.quantity, u.version, u.event_time)
+            self._next_allowed[key] = u.published_at + throttle
+            pend = self._pending.get(key)
+            if pend is not None and pend.quantity == u.quantity:
+                self._forget(key)  # E11: what is pending was just published
+
+    def give_back(self, updates: list[ChannelUpdate], now_ms: int) -> None:
+        """The write failed: each value is offered again unless a newer one is pending."""
+        for u in updates:
+            key = u.key
+            del self._inflight[key]
+            if key not in self._pending:
+                self.offer(key, u.quantity, u.event_time, u.durable_at, now_ms)
+
+    def next_wakeup(self, now_ms: int) -> int | None:
+        """When ``take`` may next have something (None: nothing pending)."""
+        if self._stockouts or self._baseline:
+            return now_ms
+        times = []
+        if self._ready:
+            times.append(now_ms + self.bucket.ms_until_token())
+        if self._due:
+            times.append(self._due[0][0])
+        return min(times) if times else None

@@ -1,0 +1,123 @@
+"""C2/C3 feed logic with time passed in: throttle, coalescing, rate limit, precedence, versions."""
+
+from __future__ import annotations
+
+from reservation import ChannelUpdate, Feed, FeedPolicy, Published, StockStatus
+
+T0 = 1_700_000_000_000
+
+
+def published_feed(policy: FeedPolicy, values: dict[str, int]) -> Feed:
+    """A feed whose keys were all published once (version 1..n) long ago."""
+    published = {(sku, ""): Published(q, n + 1, T0 - 60_000) for n, (sku, q) in enumerate(values.items())}
+    return Feed("web", policy, T0 - 60_000, published)
+
+
+def drain(feed: Feed, now: int, limit: int = 100_000) -> list[ChannelUpdate]:
+    out = feed.take(now, limit)
+    for u in out:
+        u.published_at = now
+    feed.confirm(out)
+    return out
+
+
+def test_c2_thousand_changes_in_one_interval_publish_once_with_the_newest_value() -> None:
+    feed = published_feed(FeedPolicy(throttle_ms=1000), {"sku-1": 500})
+    first = drain(feed, T0)
+    assert first == []
+    feed.offer(("sku-1", ""), 499, T0, T0, T0)
+    assert [u.quantity for u in drain(feed, T0)] == [499]  # interval not yet running: out at once
+    for n in range(1000):
+        feed.offer(("sku-1", ""), 400 + (n % 90) + 1, T0 + n, T0 + n, T0 + n // 2)
+    newest = 400 + (999 % 90) + 1
+    assert drain(feed, T0 + 999) == []  # still inside the interval
+    out = drain(feed, T0 + 1000)
+    assert [(u.quantity, u.previous) for u in out] == [(newest, 499)]
+    assert out[0].event_time == T0 + 999  # C3: the newest fact behind it
+    assert feed.coalesced == 999
+
+
+def test_c2_drop_to_zero_is_published_at_once_inside_the_interval() -> None:
+    feed = published_feed(FeedPolicy(throttle_ms=60_000), {"sku-1": 10})
+    feed.offer(("sku-1", ""), 9, T0, T0, T0)
+    drain(feed, T0)
+    feed.offer(("sku-1", ""), 0, T0 + 5, T0 + 7, T0 + 10)
+    out = drain(feed, T0 + 10)
+    assert [(u.quantity, u.previous, u.status) for u in out] == [(0, 9, StockStatus.OUT_OF_STOCK)]
+    assert out[0].durable_at == T0 + 7
+
+
+def test_c2_stockout_jumps_the_rate_limit_queue() -> None:
+    feed = published_feed(FeedPolicy(throttle_ms=0, rate_per_s=1, burst=1),
+                          {f"sku-{i}": 50 for i in range(10)})
+    for i in range(9):
+        feed.offer((f"sku-{i}", ""), 40, T0, T0, T0)
+    feed.offer(("sku-9", ""), 0, T0, T0, T0)
+    out = drain(feed, T0)
+    assert [(u.sku, u.quantity) for u in out] == [("sku-9", 0)]  # the only token went to the stock-out
+    assert drain(feed, T0 + 999) == []  # and the bucket is in debt until it refills
+    assert len(drain(feed, T0 + 1000)) == 1
+
+
+def test_c2_rate_limit_holds_over_a_burst_of_ten_thousand_skus() -> None:
+    rate, burst = 200.0, 50
+    feed = published_feed(FeedPolicy(throttle_ms=0, rate_per_s=rate, burst=burst),
+                          {f"sku-{i}": 100 for i in range(10_000)})
+    now = T0
+    for i in range(10_000):
+        feed.offer((f"sku-{i}", ""), 90, now, now, now)
+    sent: list[int] = []
+    while feed.pending:
+        sent += [now] * len(drain(feed, now))
+        wake = feed.next_wakeup(now)
+        assert wake is not None and wake > now or feed.pending == 0
+        now = wake if wake is not None else now
+    assert len(sent) == 10_000
+    for window_start in range(T0, sent[-1], 1000):  # no second sees more than burst + rate
+        in_window = sum(1 for t in sent if window_start <= t < window_start + 1000)
+        assert in_window <= burst + rate
+    assert sent[-1] - T0 >= (10_000 - burst) / rate * 1000 - 10
+
+
+def test_c2_precedence_stockouts_then_low_stock_then_velocity() -> None:
+    feed = published_feed(FeedPolicy(throttle_ms=0, rate_per_s=1000, burst=4, low_stock_level=5),
+                          {"slow": 100, "fast": 100, "low": 100, "out": 100})
+    feed.offer(("slow", ""), 90, T0, T0, T0, velocity=0.1)
+    feed.offer(("fast", ""), 90, T0, T0, T0, velocity=9.0)
+    feed.offer(("low", ""), 3, T0, T0, T0, velocity=0.0)
+    feed.offer(("out", ""), 0, T0, T0, T0)
+    assert [u.sku for u in drain(feed, T0)] == ["out", "low", "fast", "slow"]
+
+
+def test_c3_versions_only_increase_per_key_and_e11_equal_values_publish_nothing() -> None:
+    feed = Feed("web", FeedPolicy(throttle_ms=0), T0, version=41)
+    feed.offer(("a", ""), 5, T0, T0, T0)
+    feed.offer(("b", "store-1"), 7, T0, T0, T0)
+    first = drain(feed, T0)
+    assert [(u.version, u.previous) for u in first] == [(42, None), (43, None)]  # baselines
+    feed.offer(("a", ""), 5, T0 + 1, T0 + 1, T0 + 1)  # unchanged: E11
+    feed.offer(("b", "store-1"), 8, T0 + 1, T0 + 1, T0 + 1)
+    feed.offer(("b", "store-1"), 7, T0 + 2, T0 + 2, T0 + 2)  # back to what was sent: withdrawn
+    assert drain(feed, T0 + 5) == []
+    feed.offer(("a", ""), 6, T0 + 6, T0 + 6, T0 + 6)
+    assert [(u.version, u.previous) for u in drain(feed, T0 + 6)] == [(44, 5)]
+    restarted = Feed("web", FeedPolicy(), T0, dict(feed.published))
+    assert restarted.version == 44
+
+
+def test_a_failed_write_is_offered_again_unless_newer_is_pending() -> None:
+    feed = published_feed(FeedPolicy(throttle_ms=0), {"a": 10, "b": 10})
+    feed.offer(("a", ""), 4, T0, T0, T0)
+    feed.offer(("b", ""), 5, T0, T0, T0)
+    taken = feed.take(T0, 10)
+    feed.offer(("b", ""), 6, T0 + 1, T0 + 1, T0 + 1)
+    feed.give_back(taken, T0 + 2)
+    again = drain(feed, T0 + 3)
+    assert sorted((u.sku, u.quantity, u.previous) for u in again) == [("a", 4, 10), ("b", 6, 10)]
+    assert all(u.version > max(t.version for t in taken) for u in again)
+
+
+def test_status_bands() -> None:
+    policy = FeedPolicy(low_stock_level=3)
+    assert [policy.status(q) for q in (0, 1, 3, 4)] == [
+        StockStatus.OUT_OF_STOCK, StockStatus.LOW_STOCK, StockStatus.LOW_STOCK, StockStatus.IN_STOCK]
