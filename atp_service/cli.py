@@ -27,7 +27,7 @@ SECOND_SIGNAL_AFTER_S = 2.0  # a stop signal this soon after the first is the sa
 _FLAGS = {
     "host": str, "port": int, "metrics_host": str, "metrics_port": int, "shards": int,
     "redis_url": str, "data_dir": Path, "durability": str, "key_prefix": str,
-    "mailbox_size": int, "batch_max": int, "snapshot_every_entries": int, "shutdown_grace_s": float,
+    "estate": Path, "mailbox_size": int, "batch_max": int, "snapshot_every_entries": int, "shutdown_grace_s": float,
 }
 
 
@@ -91,6 +91,14 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # operators: `kill -USR1` shows what waits on what
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(_reload(service))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)  # re-read the estate/channel file
     try:
         await service.start()
     except StartupError:
@@ -133,6 +141,15 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     except TimeoutError:
         log.error("shutdown did not finish in time; exiting anyway (state is in the log)")
         _dump_tasks()
+
+
+async def _reload(service: AtpService) -> None:
+    try:
+        summary = await service.reload_estate()
+    except StartupError as exc:
+        log.error("SIGHUP: estate not reloaded, nothing changed: %s", exc)
+    else:
+        log.info("SIGHUP: estate reloaded; published keys per channel: %s", summary)
 
 
 def _dump_tasks() -> None:

@@ -112,6 +112,22 @@ class ServiceConfig:
     side_stream_maxlen: int = 1_000_000
     """Approximate length the dead-letter and quarantine streams are trimmed to."""
 
+    estate: Path | None = None
+    """Estate and channel TOML (locations, groups, channels). Unset: the demo estate in demo mode,
+    otherwise no channels."""
+
+    publish_batch_max: int = 2000
+    """Most channel updates one feed writes in one round (one MULTI with the others)."""
+
+    velocity_half_life_s: float = 300.0
+    """Half-life of the recent sales velocity that orders ordinary channel updates."""
+
+    max_watchers: int = 256
+    """WatchAvailability streams open at once; more are refused with RESOURCE_EXHAUSTED."""
+
+    watch_batch: int = 500
+    """Updates sent per WatchAvailability message (snapshot chunks and changes)."""
+
     demo: bool = True
     """Load the demo estate (302 locations, ~1,000 SKUs) when the log is empty."""
 
@@ -125,7 +141,8 @@ class ServiceConfig:
             raise ValueError(f"event_loop: must be uvloop or asyncio, got {self.event_loop!r}")
         if not 1 <= self.shards <= 1024:
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
-        for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries"):
+        for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
+                     "max_watchers", "watch_batch"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
 

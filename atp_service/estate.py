@@ -8,8 +8,14 @@ offending key, e.g. ``channels[2].buffer_percent: must be within [0, 100]``.
     type = "dc"            # "store" or "dc"
     region = "east"
 
+    [[locations]]          # several locations of one type and region at once
+    ids = ["store-001", "store-002"]
+    type = "store"
+    region = "east"
+
     [groups]
-    ship-from-store = ["store-001", "store-002"]
+    ship-from-store = ["store-001", "store-002"]     # ids, in priority order
+    stores-east = { type = "store", region = "east" }  # or a selector
 
     [[channels]]
     name = "marketplace"
@@ -20,8 +26,12 @@ offending key, e.g. ``channels[2].buffer_percent: must be within [0, 100]``.
     allocation = 500       # omit: no cap
     low_stock_threshold = 3
     max_shown = 999        # omit: no cap
+    low_stock_level = 10   # shown 1..10: status LOW_STOCK (default: 2 x low_stock_threshold, at least 5)
     throttle_ms = 60000    # at most one publish per SKU per interval (C2)
     rate_limit_per_s = 10.0
+    burst = 10             # updates that may go back to back (default: one second's worth)
+    strategy = "priority"  # group reservations: "priority" (sells_from order) or "most_available"
+    stream_maxlen = 100000 # the channel stream is trimmed to about this many entries
 """
 
 from __future__ import annotations
@@ -31,9 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reservation import ChannelRules
+from reservation import ChannelRules, FeedPolicy
 
 LOCATION_TYPES = ("store", "dc")
+STRATEGIES = ("priority", "most_available")
 
 
 class EstateError(ValueError):
@@ -54,8 +65,12 @@ class Channel:
     """Location ids, groups already expanded, in configuration order."""
     per_location: bool
     rules: ChannelRules
-    throttle_ms: int
-    rate_limit_per_s: float
+    policy: FeedPolicy
+    """Throttle, rate limit and status bands of the channel's feed (C2)."""
+    strategy: str = "priority"
+    """How a reservation line naming a group picks locations: sells_from order or most available."""
+    stream_maxlen: int = 100_000
+    """The channel stream is trimmed to about this many entries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,22 +92,24 @@ def parse_estate(data: dict[str, Any]) -> Estate:
     locations: dict[str, Location] = {}
     for n, raw in enumerate(_list(data, "locations")):
         where = f"locations[{n}]"
-        loc = Location(_text(raw, "id", where), _text(raw, "type", where), _text(raw, "region", where, ""))
-        if loc.type not in LOCATION_TYPES:
-            raise EstateError(f"{where}.type: must be one of {', '.join(LOCATION_TYPES)}, got {loc.type!r}")
-        if loc.id in locations:
-            raise EstateError(f"{where}.id: {loc.id!r} is defined twice")
-        locations[loc.id] = loc
+        kind, region = _text(raw, "type", where), _text(raw, "region", where, "")
+        if kind not in LOCATION_TYPES:
+            raise EstateError(f"{where}.type: must be one of {', '.join(LOCATION_TYPES)}, got {kind!r}")
+        if "ids" in raw:
+            ids = raw["ids"]
+            if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+                raise EstateError(f"{where}.ids: must be a non-empty list of location ids")
+        else:
+            ids = [_text(raw, "id", where)]
+        for loc_id in ids:
+            if loc_id in locations:
+                raise EstateError(f"{where}.id: {loc_id!r} is defined twice")
+            locations[loc_id] = Location(loc_id, kind, region)
     groups: dict[str, tuple[str, ...]] = {}
     for name, members in dict(data.get("groups", {})).items():
         if name in locations:
             raise EstateError(f"groups.{name}: a location has the same id")
-        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
-            raise EstateError(f"groups.{name}: must be a list of location ids")
-        for m in members:
-            if m not in locations:
-                raise EstateError(f"groups.{name}: unknown location {m!r}")
-        groups[name] = tuple(members)
+        groups[name] = _group(name, members, locations)
     channels: dict[str, Channel] = {}
     for n, raw in enumerate(_list(data, "channels")):
         channel = _channel(raw, f"channels[{n}]", locations, groups)
@@ -124,13 +141,54 @@ def _channel(raw: dict[str, Any], where: str, locations: dict[str, Location],
         )
     except (TypeError, ValueError) as exc:
         raise EstateError(f"{where}.{exc}") from None
-    throttle_ms = int(raw.get("throttle_ms", 1000))
+    throttle_ms = _int(raw, "throttle_ms", where, 1000)
     rate = float(raw.get("rate_limit_per_s", 100.0))
     if throttle_ms < 0:
         raise EstateError(f"{where}.throttle_ms: must not be negative")
     if rate <= 0:
         raise EstateError(f"{where}.rate_limit_per_s: must be positive")
-    return Channel(name, tuple(sells_from), bool(raw.get("per_location", False)), rules, throttle_ms, rate)
+    policy = FeedPolicy(
+        throttle_ms=throttle_ms,
+        rate_per_s=rate,
+        burst=max(0, _int(raw, "burst", where, 0)),
+        low_stock_level=max(0, _int(raw, "low_stock_level", where, max(5, 2 * rules.low_stock_threshold))),
+    )
+    strategy = _text(raw, "strategy", where, "priority")
+    if strategy not in STRATEGIES:
+        raise EstateError(f"{where}.strategy: must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    maxlen = _int(raw, "stream_maxlen", where, 100_000)
+    if maxlen < 1:
+        raise EstateError(f"{where}.stream_maxlen: must be positive")
+    per_location = raw.get("per_location", False)
+    if not isinstance(per_location, bool):
+        raise EstateError(f"{where}.per_location: must be true or false")
+    return Channel(name, tuple(sells_from), per_location, rules, policy, strategy, maxlen)
+
+
+def _group(name: str, members: Any, locations: dict[str, Location]) -> tuple[str, ...]:
+    """A list of location ids (priority order), or a selector table ``{type = ..., region = ...}``."""
+    if isinstance(members, dict):
+        unknown = set(members) - {"type", "region"}
+        if unknown:
+            raise EstateError(f"groups.{name}: a selector takes only type and region, not {sorted(unknown)}")
+        picked = tuple(loc.id for loc in locations.values()
+                       if all(getattr(loc, k) == v for k, v in members.items()))
+        if not picked:
+            raise EstateError(f"groups.{name}: the selector {members} matches no location")
+        return picked
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise EstateError(f"groups.{name}: must be a list of location ids or a selector table")
+    for m in members:
+        if m not in locations:
+            raise EstateError(f"groups.{name}: unknown location {m!r}")
+    return tuple(members)
+
+
+def _int(raw: dict[str, Any], key: str, where: str, default: int) -> int:
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise EstateError(f"{where}.{key}: must be an integer")
+    return value
 
 
 def _list(data: dict[str, Any], key: str) -> list[dict[str, Any]]:

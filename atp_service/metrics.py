@@ -65,6 +65,35 @@ class Metrics:
         self.oversold_units = Gauge(
             "atp_oversold_units", "Units by which positions are oversold (Q5: available < 0)", registry=r
         )
+        self.channel_delay = Histogram(
+            "atp_channel_publish_delay_seconds",
+            "Source time of the newest change behind a value -> published, by channel and kind",
+            ["channel", "kind"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.channel_published = Counter(
+            "atp_channel_updates_published_total", "Channel updates written, by kind (stockout, baseline, change)",
+            ["channel", "kind"], registry=r,
+        )
+        self.channel_coalesced = Counter(
+            "atp_channel_coalesced_total", "Curated values replaced by a newer one before being published",
+            ["channel"], registry=r,
+        )
+        self.channel_throttled = Counter(
+            "atp_channel_throttled_total", "Changes that had to wait for their key's throttle interval (C2)",
+            ["channel"], registry=r,
+        )
+        self.channel_pending = Gauge(
+            "atp_channel_pending", "Changes waiting (throttle interval or rate limit) per channel", ["channel"],
+            registry=r,
+        )
+        self.channel_write_failures = Counter(
+            "atp_channel_write_failures_total", "Channel stream writes that failed (retried)", registry=r
+        )
+        self.curation_seconds = Histogram(
+            "atp_channel_curation_seconds", "Time to re-curate the SKUs changed since the last round",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
 
 
 METRICS = Metrics()

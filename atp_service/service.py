@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,11 +15,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from reservation import Ledger, decode_entry
+from reservation import FailedPrecondition, Ledger, decode_entry
 
+from .channel_store import ChannelStore
+from .channels import ChannelDesk
 from .clock import Clock, SystemClock
 from .config import ServiceConfig
 from .engine import Engine
+from .estate import Estate, EstateError, load_estate
 from .facts import FactDesk
 from .ingest import StreamIngestor
 from .log import LogStore, connect
@@ -27,8 +31,10 @@ from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from .servicer import AvailabilityServicer
 from .shard import STORAGE_ERRORS, ShardActor
+from .watch import Watchers
 
 log = logging.getLogger(__name__)
+DEMO_ESTATE = Path(__file__).with_name("demo_estate.toml")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
 
 
@@ -50,11 +56,14 @@ class AtpService:
         self.engine: Engine | None = None
         self.desk: FactDesk | None = None
         self.ingestor: StreamIngestor | None = None
+        self.channels: ChannelDesk | None = None
+        self.estate = self._load_estate()
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
-        self._servicer = AvailabilityServicer(config.limits, config.max_stream_inflight)
+        self._servicer = AvailabilityServicer(config.limits, config.max_stream_inflight,
+                                              Watchers(config.max_watchers, config.watch_batch), self._reload_rpc)
         self._log: LogStore | None = None
 
     async def start(self) -> None:
@@ -90,13 +99,45 @@ class AtpService:
         self.engine = await self._recover()
         self.engine.start()
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen)
-        self._servicer.attach(self.engine, self.desk)
+        if self.estate.channels:
+            channel_client = connect(self.redis_url, cfg.redis_timeout_s)
+            self.channels = ChannelDesk(self.engine, self.estate, ChannelStore(channel_client, cfg.key_prefix),
+                                        self.clock, cfg)
+            await self.channels.start()
+        self._servicer.attach(self.engine, self.desk, self.channels)
         if cfg.input_streams:
             ingest_client = connect(self.redis_url, cfg.redis_timeout_s + cfg.ingest_block_ms / 1000)
             self.ingestor = StreamIngestor(ingest_client, self.desk, cfg, self.clock)
             await self.ingestor.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _load_estate(self) -> Estate:
+        path = self.config.estate
+        if path is None and self.config.demo:
+            path = DEMO_ESTATE
+        if path is None:
+            return Estate({}, {}, {})
+        try:
+            return load_estate(path)
+        except OSError as exc:
+            raise StartupError(f"estate: cannot read {path} ({exc.strerror})") from None
+        except EstateError as exc:
+            raise StartupError(f"estate: {path}: {exc}") from None
+
+    async def reload_estate(self) -> dict[str, int]:
+        """Re-read the estate file (SIGHUP or the ReloadEstate RPC); a bad file changes nothing."""
+        estate = self._load_estate()
+        self.estate = estate
+        if self.channels is None:
+            raise StartupError("estate: channels were off at start; restart the service to turn them on")
+        return await self.channels.reload(estate)
+
+    async def _reload_rpc(self) -> dict[str, int]:
+        try:
+            return await self.reload_estate()
+        except StartupError as exc:
+            raise FailedPrecondition("estate", str(exc)) from None
 
     async def _recover(self) -> Engine:
         started = time.perf_counter()
@@ -175,6 +216,9 @@ class AtpService:
             await self._server.stop(grace)
         if self.ingestor is not None:
             await self.ingestor.stop()
+        if self.channels is not None:
+            await self.channels.stop()
+            await self.channels.store.client.aclose()
         if self.engine is not None:
             await self.engine.stop(snapshot=True)
         if self._log is not None:

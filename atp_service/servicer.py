@@ -11,6 +11,7 @@ import grpc
 
 from reservation import (
     DomainError,
+    FailedPrecondition,
     InvalidArgument,
     Limits,
     Reservation,
@@ -21,11 +22,13 @@ from reservation import (
 from reservation import fact as make_fact
 
 from . import convert
+from .channels import ChannelDesk
 from .engine import Engine
 from .facts import Explanation, FactDesk
 from .metrics import METRICS
 from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from .watch import Watchers
 
 T = TypeVar("T")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
@@ -63,15 +66,27 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
 
 
 class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
-    def __init__(self, limits: Limits, max_stream_inflight: int) -> None:
+    def __init__(self, limits: Limits, max_stream_inflight: int, watchers: Watchers,
+                 reload: Callable[[], Awaitable[dict[str, int]]]) -> None:
         self.limits = limits
         self._engine: Engine | None = None
         self._desk: FactDesk | None = None
+        self._channels: ChannelDesk | None = None
         self._max_inflight = max_stream_inflight
+        self._watchers = watchers
+        self._reload = reload
 
-    def attach(self, engine: Engine, desk: FactDesk) -> None:
+    def attach(self, engine: Engine, desk: FactDesk, channels: ChannelDesk | None) -> None:
         """Start answering: recovery has finished."""
-        self._engine, self._desk = engine, desk
+        self._engine, self._desk, self._channels = engine, desk, channels
+
+    @property
+    def channels(self) -> ChannelDesk:
+        if self._channels is None:
+            if self._engine is None:
+                raise Unavailable("service is recovering its state; retry shortly")
+            raise FailedPrecondition("estate", "no channels are configured (start with --estate FILE)")
+        return self._channels
 
     @property
     def engine(self) -> Engine:
@@ -200,6 +215,21 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             raise InvalidArgument("quantity", f"must be within [0, {self.limits.max_quantity}]")
         q = await self.engine.set_safety_stock(sku, location, request.quantity)
         return convert.availability_pb(sku, location, q)
+
+    async def WatchAvailability(self, request: pb.WatchAvailabilityRequest,
+                                context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            check_id("channel", request.channel, self.limits)
+            async for message in self._watchers.watch(self.channels, request):
+                yield message
+        except DomainError as exc:
+            await context.abort(_status(exc), exc.message)
+
+    @_observed("ReloadEstate")
+    async def ReloadEstate(self, request: pb.ReloadEstateRequest, context: Any) -> pb.ReloadEstateResponse:
+        summary = await self._reload()
+        return pb.ReloadEstateResponse(
+            channels=[pb.ChannelSummary(name=n, published_keys=k) for n, k in sorted(summary.items())])
 
     async def ReserveStream(
         self, request_iterator: AsyncIterator[pb.ReserveBatch], context: grpc.aio.ServicerContext[Any, Any]

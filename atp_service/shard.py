@@ -95,6 +95,8 @@ class ShardActor:
         self._snapshot_seq = seq
         self._snapshot_at = time.monotonic()
         self._depth = METRICS.mailbox_depth.labels(str(shard))
+        self.listeners: list[Callable[[int, LogEntry], None]] = []
+        """Called with every entry once it is durable (channel feeds); must not raise or block."""
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -155,8 +157,16 @@ class ShardActor:
 
     def landed(self, seq: int, now: int) -> None:
         assert seq == self.seq + 1, "log entries must be consecutive"
-        self.ledger.commit(now)
+        entry = self.ledger.commit(now)
         self.seq = seq
+        self._durable(entry)
+
+    def _durable(self, entry: LogEntry) -> None:
+        for listener in self.listeners:
+            try:
+                listener(self.shard, entry)
+            except Exception:  # a listener's bug must not break the commit path
+                log.exception("shard %d: durable-entry listener failed", self.shard)
 
     def not_landed(self, seq: int, entry: LogEntry) -> None:
         """The append failed: undo it in memory at once (reads must not show it), settle it later."""
@@ -194,6 +204,7 @@ class ShardActor:
             self._inflight.popleft()
             self.seq = head.seq
             _deliver(head.answers)
+            self._durable(head.entry)
 
     def _fail_in_flight(self, error: BaseException | None) -> None:
         """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,
@@ -258,6 +269,7 @@ class ShardActor:
                             self.shard, seq)
                 self.ledger.replay(entry)
                 self.seq = seq
+                self._durable(entry)
         self._doubt.clear()
 
     # -- the actor loop ------------------------------------------------------

@@ -16,7 +16,17 @@ from ._errors import (
 )
 from ._events import Event, LogEntry, decode_entry, encode_entry
 from ._facts import PositionHistory
-from ._feed import ChannelUpdate, Feed, FeedPolicy, Key, Published, StockStatus, TokenBucket
+from ._feed import (
+    ChannelUpdate,
+    Feed,
+    FeedPolicy,
+    Key,
+    Published,
+    StockStatus,
+    TokenBucket,
+    update_fields,
+    update_from_fields,
+)
 from ._ledger import Ledger, LedgerSnapshot
 from ._limits import Limits
 from ._model import (
@@ -87,4 +97,6 @@ __all__ = [
     "release",
     "reserve",
     "reserve_command",
+    "update_fields",
+    "update_from_fields",
 ]

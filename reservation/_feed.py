@@ -12,7 +12,8 @@ computes; ``take`` says what to publish now. Order of precedence in ``take``:
    changes first, then by recent sales velocity of the SKU (highest first).
 
 A key has at most one pending value (the newest wins) and at most one value in flight.
-Versions come from one counter per channel, so they only increase per key (C3).
+Versions come from one counter per channel with no gaps, so they only increase per key (C3) and
+a reader can tell a missed update from a version it did not see.
 """
 
 from __future__ import annotations
@@ -137,9 +138,13 @@ class Feed:
         self.policy = policy
         self.published: dict[Key, Published] = published if published is not None else {}
         self.version = max([version, *(p.version for p in self.published.values())])
+        self.published_version = self.version
+        """Newest version confirmed written: a snapshot of ``published`` is current as of it."""
         self.bucket = TokenBucket(policy.rate_per_s, policy.burst, now_ms)
         self.coalesced = 0
         """Offers that replaced a pending value (the newest wins)."""
+        self.throttled = 0
+        """Offers that had to wait for their key's throttle interval."""
         self._pending: dict[Key, _Pending] = {}
         self._stockouts: dict[Key, None] = {}  # ordered sets
         self._baseline: dict[Key, None] = {}
@@ -196,6 +201,7 @@ class Feed:
             self._stockouts[key] = None
         else:
             due = max(now_ms, self._next_allowed.get(key, 0))
+            self.throttled += due > now_ms
             heapq.heappush(self._due, (due, pend.gen, key))
 
     def _forget(self, key: Key) -> None:
@@ -261,13 +267,17 @@ class Feed:
             key = u.key
             del self._inflight[key]
             self.published[key] = Published(u.quantity, u.version, u.event_time)
+            self.published_version = max(self.published_version, u.version)
             self._next_allowed[key] = u.published_at + throttle
             pend = self._pending.get(key)
             if pend is not None and pend.quantity == u.quantity:
                 self._forget(key)  # E11: what is pending was just published
 
     def give_back(self, updates: list[ChannelUpdate], now_ms: int) -> None:
-        """The write failed: each value is offered again unless a newer one is pending."""
+        """The write did not land: each value is offered again unless a newer one is pending, and
+        their versions are used again, so versions stay contiguous (a gap means a missed entry)."""
+        if updates:
+            self.version = min(u.version for u in updates) - 1
         for u in updates:
             key = u.key
             del self._inflight[key]
@@ -284,3 +294,23 @@ class Feed:
         if self._due:
             times.append(self._due[0][0])
         return min(times) if times else None
+
+
+# -- wire form of an update in a channel stream (flat string fields, readable by any client) --
+def update_fields(u: ChannelUpdate) -> dict[str, str]:
+    return {
+        "channel": u.channel, "sku": u.sku, "location": u.location, "quantity": str(u.quantity),
+        "previous": "" if u.previous is None else str(u.previous), "status": u.status.value,
+        "version": str(u.version), "event_time": str(u.event_time), "durable_at": str(u.durable_at),
+        "published_at": str(u.published_at),
+    }
+
+
+def update_from_fields(fields: dict[str, str]) -> ChannelUpdate:
+    """Inverse of ``update_fields``; raises KeyError/ValueError naming nothing for a foreign entry."""
+    previous = fields["previous"]
+    return ChannelUpdate(
+        fields["channel"], fields["sku"], fields["location"], int(fields["quantity"]),
+        None if previous == "" else int(previous), StockStatus(fields["status"]), int(fields["version"]),
+        int(fields["event_time"]), int(fields["durable_at"]), int(fields["published_at"]),
+    )

@@ -7,14 +7,17 @@ snapshot is four ``tobytes()`` calls. Only this class knows the layout.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from ._model import ZERO, Quantities
 
 ON_HAND, RESERVED, COMMITTED, SAFETY = range(4)
+Int64Array = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 _FIELDS = 4
 
 
@@ -29,6 +32,7 @@ class PositionStore:
     """Quantities per (sku, location); grows by doubling in both directions."""
 
     __slots__ = ("_cols", "_loc_col", "_locations", "_present", "_q", "_rows", "_sku_row", "_skus")
+
 
     def __init__(self, rows: int = 256, cols: int = 8) -> None:
         self._sku_row: dict[str, int] = {}
@@ -80,6 +84,29 @@ class PositionStore:
         block = self._q[:, row, cols].T.tolist()
         for col, values in zip(cols.tolist(), block, strict=True):
             yield self._locations[col], Quantities(*values)
+
+    @property
+    def location_count(self) -> int:
+        """Grows when a new location is first seen: callers caching ``columns`` compare it."""
+        return len(self._locations)
+
+    def columns(self, locations: Sequence[str]) -> npt.NDArray[np.intp]:
+        """Column of each location (-1: never seen here), for ``available_at``."""
+        get = self._loc_col.get
+        return np.array([get(loc, -1) for loc in locations], dtype=np.intp)
+
+    def available_at(self, sku: str, cols: npt.NDArray[np.intp]) -> tuple[Int64Array, BoolArray]:
+        """Q5 ``available`` of one SKU at the given columns and whether each position exists,
+        as one numpy gather (a SKU across 300 stores is one operation)."""
+        row = self._sku_row.get(sku)
+        if row is None or not len(cols):
+            return np.zeros(len(cols), dtype=np.int64), np.zeros(len(cols), dtype=np.bool_)
+        known = cols >= 0
+        safe = np.where(known, cols, 0)
+        q = self._q[:, row, safe]
+        available = q[ON_HAND] - q[RESERVED] - q[COMMITTED] - q[SAFETY]
+        present = self._present[row, safe] & known
+        return np.where(present, available, 0), present
 
     def items(self) -> Iterator[tuple[str, str, Quantities]]:
         for sku in self._skus:

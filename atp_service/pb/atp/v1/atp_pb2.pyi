@@ -42,6 +42,13 @@ class FactOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ABSORBED: _ClassVar[FactOutcome]
     QUARANTINED: _ClassVar[FactOutcome]
     INVALID: _ClassVar[FactOutcome]
+
+class StockStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STOCK_STATUS_UNSPECIFIED: _ClassVar[StockStatus]
+    IN_STOCK: _ClassVar[StockStatus]
+    LOW_STOCK: _ClassVar[StockStatus]
+    OUT_OF_STOCK: _ClassVar[StockStatus]
 RESERVATION_STATE_UNSPECIFIED: ReservationState
 HELD: ReservationState
 CONFIRMED: ReservationState
@@ -66,6 +73,10 @@ DUPLICATE: FactOutcome
 ABSORBED: FactOutcome
 QUARANTINED: FactOutcome
 INVALID: FactOutcome
+STOCK_STATUS_UNSPECIFIED: StockStatus
+IN_STOCK: StockStatus
+LOW_STOCK: StockStatus
+OUT_OF_STOCK: StockStatus
 
 class PositionKey(_message.Message):
     __slots__ = ("sku", "location")
@@ -86,20 +97,30 @@ class Line(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
 
 class LineResult(_message.Message):
-    __slots__ = ("sku", "location", "requested", "granted", "outcome", "available")
+    __slots__ = ("sku", "location", "requested", "granted", "outcome", "available", "allocations")
     SKU_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
     sku: str
     location: str
     requested: int
     granted: int
     outcome: LineOutcome
     available: int
-    def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., requested: _Optional[int] = ..., granted: _Optional[int] = ..., outcome: _Optional[_Union[LineOutcome, str]] = ..., available: _Optional[int] = ...) -> None: ...
+    allocations: _containers.RepeatedCompositeFieldContainer[Allocation]
+    def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., requested: _Optional[int] = ..., granted: _Optional[int] = ..., outcome: _Optional[_Union[LineOutcome, str]] = ..., available: _Optional[int] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ...) -> None: ...
+
+class Allocation(_message.Message):
+    __slots__ = ("location", "quantity")
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    location: str
+    quantity: int
+    def __init__(self, location: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
 
 class LineState(_message.Message):
     __slots__ = ("sku", "location", "held", "committed", "fulfilled", "released")
@@ -370,3 +391,77 @@ class ReserveBatchResult(_message.Message):
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedCompositeFieldContainer[ReserveOutcome]
     def __init__(self, outcomes: _Optional[_Iterable[_Union[ReserveOutcome, _Mapping]]] = ...) -> None: ...
+
+class ChannelUpdate(_message.Message):
+    __slots__ = ("channel", "sku", "location", "quantity", "previous", "status", "version", "event_time_ms", "published_at_ms", "durable_at_ms")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    sku: str
+    location: str
+    quantity: int
+    previous: int
+    status: StockStatus
+    version: int
+    event_time_ms: int
+    published_at_ms: int
+    durable_at_ms: int
+    def __init__(self, channel: _Optional[str] = ..., sku: _Optional[str] = ..., location: _Optional[str] = ..., quantity: _Optional[int] = ..., previous: _Optional[int] = ..., status: _Optional[_Union[StockStatus, str]] = ..., version: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., published_at_ms: _Optional[int] = ..., durable_at_ms: _Optional[int] = ...) -> None: ...
+
+class WatchAvailabilityRequest(_message.Message):
+    __slots__ = ("channel", "snapshot", "since_version")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    snapshot: bool
+    since_version: int
+    def __init__(self, channel: _Optional[str] = ..., snapshot: _Optional[bool] = ..., since_version: _Optional[int] = ...) -> None: ...
+
+class WatchAvailabilityResponse(_message.Message):
+    __slots__ = ("kind", "updates", "version")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[WatchAvailabilityResponse.Kind]
+        SNAPSHOT: _ClassVar[WatchAvailabilityResponse.Kind]
+        SNAPSHOT_END: _ClassVar[WatchAvailabilityResponse.Kind]
+        CHANGES: _ClassVar[WatchAvailabilityResponse.Kind]
+        RESNAPSHOT_REQUIRED: _ClassVar[WatchAvailabilityResponse.Kind]
+    KIND_UNSPECIFIED: WatchAvailabilityResponse.Kind
+    SNAPSHOT: WatchAvailabilityResponse.Kind
+    SNAPSHOT_END: WatchAvailabilityResponse.Kind
+    CHANGES: WatchAvailabilityResponse.Kind
+    RESNAPSHOT_REQUIRED: WatchAvailabilityResponse.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    kind: WatchAvailabilityResponse.Kind
+    updates: _containers.RepeatedCompositeFieldContainer[ChannelUpdate]
+    version: int
+    def __init__(self, kind: _Optional[_Union[WatchAvailabilityResponse.Kind, str]] = ..., updates: _Optional[_Iterable[_Union[ChannelUpdate, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ReloadEstateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ChannelSummary(_message.Message):
+    __slots__ = ("name", "published_keys")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    published_keys: int
+    def __init__(self, name: _Optional[str] = ..., published_keys: _Optional[int] = ...) -> None: ...
+
+class ReloadEstateResponse(_message.Message):
+    __slots__ = ("channels",)
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    channels: _containers.RepeatedCompositeFieldContainer[ChannelSummary]
+    def __init__(self, channels: _Optional[_Iterable[_Union[ChannelSummary, _Mapping]]] = ...) -> None: ...

@@ -84,6 +84,16 @@ class AvailabilityServiceStub:
                 request_serializer=atp_dot_v1_dot_atp__pb2.ReserveBatch.SerializeToString,
                 response_deserializer=atp_dot_v1_dot_atp__pb2.ReserveBatchResult.FromString,
                 _registered_method=True)
+        self.WatchAvailability = channel.unary_stream(
+                '/atp.v1.AvailabilityService/WatchAvailability',
+                request_serializer=atp_dot_v1_dot_atp__pb2.WatchAvailabilityRequest.SerializeToString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.WatchAvailabilityResponse.FromString,
+                _registered_method=True)
+        self.ReloadEstate = channel.unary_unary(
+                '/atp.v1.AvailabilityService/ReloadEstate',
+                request_serializer=atp_dot_v1_dot_atp__pb2.ReloadEstateRequest.SerializeToString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.ReloadEstateResponse.FromString,
+                _registered_method=True)
 
 
 class AvailabilityServiceServicer:
@@ -151,6 +161,20 @@ class AvailabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAvailability(self, request, context):
+        """A channel's curated availability: optional snapshot, then changes as they are published.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadEstate(self, request, context):
+        """Re-read the estate/channel file (like SIGHUP); a bad file is refused and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AvailabilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +227,16 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
                     servicer.ReserveStream,
                     request_deserializer=atp_dot_v1_dot_atp__pb2.ReserveBatch.FromString,
                     response_serializer=atp_dot_v1_dot_atp__pb2.ReserveBatchResult.SerializeToString,
+            ),
+            'WatchAvailability': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAvailability,
+                    request_deserializer=atp_dot_v1_dot_atp__pb2.WatchAvailabilityRequest.FromString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.WatchAvailabilityResponse.SerializeToString,
+            ),
+            'ReloadEstate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadEstate,
+                    request_deserializer=atp_dot_v1_dot_atp__pb2.ReloadEstateRequest.FromString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.ReloadEstateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -475,6 +509,60 @@ class AvailabilityService:
             '/atp.v1.AvailabilityService/ReserveStream',
             atp_dot_v1_dot_atp__pb2.ReserveBatch.SerializeToString,
             atp_dot_v1_dot_atp__pb2.ReserveBatchResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/atp.v1.AvailabilityService/WatchAvailability',
+            atp_dot_v1_dot_atp__pb2.WatchAvailabilityRequest.SerializeToString,
+            atp_dot_v1_dot_atp__pb2.WatchAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadEstate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atp.v1.AvailabilityService/ReloadEstate',
+            atp_dot_v1_dot_atp__pb2.ReloadEstateRequest.SerializeToString,
+            atp_dot_v1_dot_atp__pb2.ReloadEstateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,280 @@
+"""Channel feeds in the service: durable changes in, curated and throttled updates out (C1-C3).
+
+Shard actors report every log entry once it is durable (``on_durable``). The desk notes which
+SKUs and positions changed, and one task re-curates them — a SKU across all the locations a
+channel sells from is one numpy gather and one vectorised ``curate`` — and offers the results
+to each channel's ``Feed``, which decides what goes out when. What goes out is written to the
+channel stream and its state hash in one MULTI; only then is it published (and watchable).
+The desk is the only writer, so versions stay in order with the stream ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, curate
+from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
+
+from .channel_store import ChannelStore
+from .clock import Clock
+from .config import ServiceConfig
+from .engine import Engine
+from .estate import Channel, Estate
+from .metrics import METRICS
+from .shard import STORAGE_ERRORS
+
+log = logging.getLogger(__name__)
+_DEMAND = (FactKind.SALE, FactKind.SHIPMENT)
+
+
+class ChannelDesk:
+    def __init__(self, engine: Engine, estate: Estate, store: ChannelStore, clock: Clock,
+                 config: ServiceConfig) -> None:
+        self.engine = engine
+        self.estate = estate
+        self.store = store
+        self.clock = clock
+        self.config = config
+        self.feeds: dict[str, Feed] = {}
+        # sku -> location -> newest source time of a durable change there; and when it became durable
+        self._dirty: dict[str, dict[str, int]] = {}
+        self._dirty_at: dict[str, int] = {}
+        self._velocity: dict[str, tuple[float, int]] = {}  # sku -> (decayed demand units, at)
+        self._last: dict[str, dict[str, Any]] = {}  # channel -> sku -> last curated value(s)
+        self._cols: dict[tuple[str, int], tuple[int, npt.NDArray[np.intp]]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._half_life_ms = config.velocity_half_life_s * 1000
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load what each channel last published, curate everything, publish the differences."""
+        await self._load_feeds(self.estate)
+        for actor in self.engine.actors:
+            actor.listeners.append(self.on_durable)
+        self._mark_everything()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
+
+    async def stop(self) -> None:
+        for actor in self.engine.actors:
+            with contextlib.suppress(ValueError):
+                actor.listeners.remove(self.on_durable)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def reload(self, estate: Estate) -> dict[str, int]:
+        """Swap in a new estate/channel configuration: re-curate, publish only what changed."""
+        await self._load_feeds(estate)
+        self.estate = estate
+        self._last.clear()
+        self._cols.clear()
+        self._mark_everything()
+        self._wake.set()
+        return {name: len(feed.published) for name, feed in self.feeds.items()}
+
+    async def _load_feeds(self, estate: Estate) -> None:
+        now = self.clock.now_ms()
+        feeds: dict[str, Feed] = {}
+        for name, channel in estate.channels.items():
+            old = self.feeds.get(name)
+            if old is not None:
+                old.policy = channel.policy  # keeps pending values, versions and the bucket
+                feeds[name] = old
+                continue
+            published, version = await self.store.load(name)
+            feeds[name] = Feed(name, channel.policy, now, published, version)
+        self.feeds = feeds
+
+    def poke(self) -> None:
+        """Look at the feeds now (tests with a manual clock call it after moving time)."""
+        self._wake.set()
+
+    # -- intake: runs inside a shard actor's completion callback; keep it short ------------
+    def on_durable(self, shard: int, entry: LogEntry) -> None:
+        dirty, ts = self._dirty, entry.ts
+        demand: dict[str, int] = {}
+        for event in entry.events:
+            if isinstance(event, FactApplied):
+                f = event.fact
+                sku, loc, t = f.sku, f.location, f.event_time
+                if f.kind in _DEMAND:
+                    demand[sku] = demand.get(sku, 0) + abs(f.quantity)
+            elif isinstance(event, HoldMoved):
+                sku, loc, t = event.sku, event.location, ts
+                if event.d_reserved > 0:
+                    demand[sku] = demand.get(sku, 0) + event.d_reserved
+            elif isinstance(event, (Shipped, SafetyStockSet)):
+                sku, loc, t = event.sku, event.location, ts
+            else:
+                continue
+            locs = dirty.get(sku)
+            if locs is None:
+                locs = dirty[sku] = {}
+                self._dirty_at[sku] = self.clock.now_ms()
+            if locs.get(loc, 0) < t:
+                locs[loc] = t
+        now = self.clock.now_ms()
+        for sku, units in demand.items():
+            self._velocity[sku] = (self._velocity_at(sku, now) + units, now)
+        if dirty:
+            self._wake.set()
+
+    def _velocity_at(self, sku: str, now: int) -> float:
+        value, at = self._velocity.get(sku, (0.0, now))
+        return value * math.exp2(-(now - at) / self._half_life_ms) if now > at else value
+
+    def _mark_everything(self) -> None:
+        now = self.clock.now_ms()
+        for actor in self.engine.actors:
+            for sku, location, _ in actor.ledger.store.items():
+                self._dirty.setdefault(sku, {}).setdefault(location, 0)
+                self._dirty_at.setdefault(sku, now)
+
+    # -- the loop ------------------------------------------------------------------
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            if not self._dirty:
+                await self._sleep_until_due()
+            self._wake.clear()
+            self.curate_dirty()
+            try:
+                await self.publish_due()
+                backoff = 0.05
+            except STORAGE_ERRORS:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _sleep_until_due(self) -> None:
+        now = self.clock.now_ms()
+        wakes = [w for w in (f.next_wakeup(now) for f in self.feeds.values()) if w is not None]
+        timeout = None if not wakes else max(0.0, (min(wakes) - now) / 1000)
+        if timeout == 0:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def curate_dirty(self) -> None:
+        """C1 for every SKU changed since the last round, for every channel; offers to the feeds."""
+        if not self._dirty:
+            return
+        started = time.perf_counter()
+        dirty, self._dirty = self._dirty, {}
+        dirty_at, self._dirty_at = self._dirty_at, {}
+        now = self.clock.now_ms()
+        for sku, locs in dirty.items():
+            self._curate_sku(sku, locs, dirty_at.get(sku, now), now)
+        METRICS.curation_seconds.observe(time.perf_counter() - started)
+        for name, feed in self.feeds.items():
+            METRICS.channel_pending.labels(name).set(feed.pending)
+
+    def _curate_sku(self, sku: str, locs: dict[str, int], durable_at: int, now: int) -> None:
+        shard = self.engine.place(sku)
+        store = self.engine.actors[shard].ledger.store
+        velocity = self._velocity_at(sku, now)
+        newest = max(locs.values())
+        for name, channel in self.estate.channels.items():
+            feed = self.feeds[name]
+            available, present = store.available_at(sku, self._columns(channel, shard))
+            if not present.any():
+                continue
+            last = self._last.setdefault(name, {})
+            if channel.per_location:
+                shown = curate(available, channel.rules)
+                before = last.get(sku)
+                changed = present if before is None else present & (shown != before)
+                last[sku] = shown
+                for i in np.flatnonzero(changed).tolist():
+                    loc = channel.sells_from[i]
+                    feed.offer((sku, loc), int(shown[i]), locs.get(loc, newest), durable_at, now, velocity)
+            else:
+                total = np.maximum(available, 0).sum(keepdims=True)  # C1 over the network, Q5 clamp first
+                value = int(curate(total, channel.rules)[0])
+                if last.get(sku) != value:
+                    last[sku] = value
+                    feed.offer((sku, ""), value, newest, durable_at, now, velocity)
+
+    def _columns(self, channel: Channel, shard: int) -> npt.NDArray[np.intp]:
+        store = self.engine.actors[shard].ledger.store
+        cached = self._cols.get((channel.name, shard))
+        if cached is None or cached[0] != store.location_count:
+            cached = (store.location_count, store.columns(channel.sells_from))
+            self._cols[(channel.name, shard)] = cached
+        return cached[1]
+
+    async def publish_due(self) -> list[ChannelUpdate]:
+        """Take what each feed may publish now, write it, then confirm it (or give it back)."""
+        now = self.clock.now_ms()
+        limit = self.config.publish_batch_max
+        taken = [(name, feed, feed.take(now, limit)) for name, feed in self.feeds.items()]
+        if not any(updates for _, _, updates in taken):
+            return []
+        try:
+            await self.store.write(
+                (name, self.estate.channels[name].stream_maxlen, updates) for name, _, updates in taken
+            )
+        except STORAGE_ERRORS as exc:
+            await self._settle(taken, exc)
+            raise
+        done = self.clock.now_ms()
+        out: list[ChannelUpdate] = []
+        for name, feed, updates in taken:
+            coalesced, throttled = feed.coalesced, feed.throttled
+            feed.confirm(updates)
+            self._observe(name, updates, done)
+            METRICS.channel_coalesced.labels(name).inc(coalesced)
+            METRICS.channel_throttled.labels(name).inc(throttled)
+            feed.coalesced = feed.throttled = 0
+            out += updates
+        return out
+
+    async def _settle(self, taken: list[tuple[str, Feed, list[ChannelUpdate]]], error: BaseException) -> None:
+        """A write failed, perhaps after it landed (one MULTI: all or nothing). Find out which by
+        the stream's last id — waiting for Redis if need be — so versions are never reused."""
+        METRICS.channel_write_failures.inc()
+        log.warning("channel publish failed (%s); settling", error)
+        delay = 0.05
+        while True:
+            try:
+                last = {name: await self.store.last_version(name) for name, _, updates in taken if updates}
+                break
+            except STORAGE_ERRORS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        for name, feed, updates in taken:
+            if updates and last[name] >= updates[0].version:
+                feed.confirm(updates)  # it landed
+            else:
+                feed.give_back(updates, self.clock.now_ms())
+
+    @staticmethod
+    def _observe(channel: str, updates: list[ChannelUpdate], done: int) -> None:
+        for u in updates:
+            kind = "baseline" if u.previous is None else "stockout" if u.quantity == 0 else "change"
+            METRICS.channel_published.labels(channel, kind).inc()
+            if u.event_time:
+                METRICS.channel_delay.labels(channel, kind).observe(max(0, done - u.event_time) / 1000)
+
+    # -- reads -----------------------------------------------------------------------
+    def channel(self, name: str) -> Channel:
+        channel = self.estate.channels.get(name)
+        if channel is None:
+            known = ", ".join(sorted(self.estate.channels)) or "none configured"
+            raise NotFound(f"channel: unknown channel {name!r} (known: {known})")
+        return channel
+
+    def snapshot(self, name: str) -> tuple[int, list[tuple[Key, Published]]]:
+        """Every published value of a channel and the version they are current at."""
+        self.channel(name)
+        feed = self.feeds[name]
+        return feed.published_version, sorted(feed.published.items())

@@ -1,0 +1,93 @@
+"""A small estate for channel tests, and helpers to read what a channel published."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from reservation import ChannelUpdate, update_from_fields
+
+ESTATE = """
+[[locations]]
+id = "dc-1"
+type = "dc"
+
+[[locations]]
+ids = ["store-1", "store-2", "store-3"]
+type = "store"
+region = "north"
+
+[groups]
+stores = { type = "store" }
+north-first = ["store-2", "store-1", "store-3"]
+
+[[channels]]
+name = "market"
+sells_from = ["dc-1"]
+buffer_units = 2
+low_stock_threshold = 1
+throttle_ms = 1000
+rate_limit_per_s = 1000.0
+
+[[channels]]
+name = "pickup"
+sells_from = ["stores"]
+per_location = true
+buffer_units = 1
+throttle_ms = 1000
+rate_limit_per_s = 1000.0
+strategy = "most_available"
+
+[[channels]]
+name = "web"
+sells_from = ["north-first", "dc-1"]
+buffer_percent = 10.0
+max_shown = 50
+throttle_ms = 0
+rate_limit_per_s = 1000.0
+strategy = "priority"
+"""
+
+
+def write_estate(tmp_path: Path, text: str = ESTATE) -> Path:
+    path = tmp_path / "estate.toml"
+    path.write_text(text)
+    return path
+
+
+def fact(event_id: str, kind: str, sku: str, location: str, quantity: int, t: int) -> pb.Fact:
+    return pb.Fact(event_id=event_id, source="pos", kind=pb.FactKind.Value(kind), sku=sku, location=location,
+                   quantity=quantity, event_time_ms=t)
+
+
+async def stream_updates(redis_url: str, channel: str) -> list[ChannelUpdate]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        entries = await client.xrange(f"atp:avail:{channel}")
+    finally:
+        await client.aclose()
+    return [update_from_fields(fields) for _, fields in entries]
+
+
+async def wait_for_updates(redis_url: str, channel: str, count: int, timeout_s: float = 10.0) -> list[ChannelUpdate]:
+    """The channel stream once it holds at least ``count`` entries (fails after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        updates = await stream_updates(redis_url, channel)
+        if len(updates) >= count:
+            return updates
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{channel}: {len(updates)} updates after {timeout_s}s, expected {count}: {updates}")
+        await asyncio.sleep(0.02)
+
+
+def latest(updates: list[ChannelUpdate]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Fold a channel's updates: key -> (quantity, version) of the newest."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for u in updates:
+        out[(u.sku, u.location)] = (u.quantity, u.version)
+    return out
