@@ -78,6 +78,10 @@ class EmbeddedRedis:
         # has flushed its last snapshot; we stop it ourselves.
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         self._pidfile.write_text(str(self.process.pid))
+        # Other processes of this deployment (atp-publisher) find the embedded Redis here.
+        url_file = self.data_dir / "redis.url"
+        url_file.touch(mode=0o600)
+        url_file.write_text(self.url + "\n")
         deadline = time.monotonic() + timeout_s
         client = redis.Redis.from_url(self.url, socket_timeout=1)
         try:

@@ -1,0 +1,71 @@
+"""Configuration of one publisher process: a frozen dataclass, one docstring per field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    channel: str
+    """The channel whose stream this process delivers."""
+
+    key_prefix: str = "atp:"
+    """Prefix of the service's Redis keys (the channel stream is ``<prefix>avail:<channel>``)."""
+
+    group: str = "publisher"
+    """Consumer group; one group per destination (two adapters of one channel: two groups)."""
+
+    consumer: str = "publisher-1"
+    """This process's consumer name; keep it stable so a restart re-reads its own pending entries."""
+
+    read_count: int = 500
+    """Most stream entries read at once."""
+
+    block_ms: int = 1000
+    """How long one read waits for new entries."""
+
+    delivery_batch: int = 100
+    """Most updates per adapter call (one webhook POST, one marketplace request)."""
+
+    rate_limit_per_s: float = 10.0
+    """Updates per second delivered to the destination (token bucket)."""
+
+    burst: int = 0
+    """Updates that may go back to back (0: one second's worth)."""
+
+    max_attempts: int = 8
+    """Attempts per batch before it is dead-lettered (a non-retryable error: at once)."""
+
+    backoff_base_s: float = 0.5
+    """First retry waits about this long; each further one twice as long, with jitter."""
+
+    backoff_max_s: float = 60.0
+    """Longest wait between attempts."""
+
+    dead_letter_maxlen: int = 100_000
+    """Approximate length the dead-letter stream is trimmed to."""
+
+    def __post_init__(self) -> None:
+        if not self.channel:
+            raise ValueError("channel: required")
+        for name in ("read_count", "delivery_batch", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.rate_limit_per_s <= 0:
+            raise ValueError("rate_limit_per_s: must be positive")
+        if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("backoff_base_s/backoff_max_s: need 0 <= base <= max")
+
+    @property
+    def stream(self) -> str:
+        return f"{self.key_prefix}avail:{self.channel}"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self.stream}:dlq:{self.group}"
+
+    @property
+    def delivered_key(self) -> str:
+        """Hash of the newest delivered version per key (idempotence by version)."""
+        return f"{self.stream}:delivered:{self.group}"

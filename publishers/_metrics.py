@@ -1,0 +1,29 @@
+"""Prometheus metrics of a publisher process, prefixed ``atp_publisher_``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class PublisherMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.deliveries = Counter(
+            "atp_publisher_deliveries_total",
+            "Updates by outcome: delivered, retried, failed (not retryable), superseded, duplicate",
+            ["channel", "adapter", "outcome"], registry=r,
+        )
+        self.dead_lettered = Counter(
+            "atp_publisher_dead_lettered_total", "Updates moved to the publisher's dead-letter stream", ["channel"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "atp_publisher_rate_limited_total", "Times delivery waited for the rate limit", ["channel"], registry=r
+        )
+        self.delay = Histogram(
+            "atp_publisher_delivery_delay_seconds", "Source time of the newest change behind an update -> delivered",
+            ["channel"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r,
+        )
+
+    def outcome(self, channel: str, adapter: str, outcome: str, n: int = 1) -> None:
+        self.deliveries.labels(channel, adapter, outcome).inc(n)

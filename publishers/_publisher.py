@@ -1,0 +1,201 @@
+"""``atp-publisher``: a channel stream, read through a consumer group, delivered to an adapter.
+
+Per batch read: entries are decoded (a foreign entry is dead-lettered with the reason), keys
+coalesced to their newest version, versions already delivered skipped (idempotence by version:
+an older version is never delivered after a newer one, also after a crash), the rest delivered
+in stream order within the rate limit, retried with exponential backoff and jitter, and
+dead-lettered after ``max_attempts``. Entries are acknowledged only once settled (delivered,
+superseded, skipped or dead-lettered), together with the delivered versions, in one MULTI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from reservation import ChannelUpdate, TokenBucket, update_fields, update_from_fields
+
+from ._adapters import Adapter, DeliveryError
+from ._config import PublisherConfig
+from ._metrics import PublisherMetrics
+
+log = logging.getLogger(__name__)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(slots=True)
+class _Read:
+    ids: list[str]
+    updates: list[ChannelUpdate]
+
+
+class Publisher:
+    def __init__(self, config: PublisherConfig, client: Any, adapter: Adapter, metrics: PublisherMetrics,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 now_ms: Callable[[], int] | None = None) -> None:
+        self.config = config
+        self.client = client
+        self.adapter = adapter
+        self.metrics = metrics
+        self._sleep = sleep
+        self._now_ms = now_ms or (lambda: int(asyncio.get_running_loop().time() * 1000))
+        self._bucket: TokenBucket | None = None
+        self._delivered: dict[str, int] = {}
+        self._stop = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def run(self) -> None:
+        """Until ``stop``: own pending entries first (a restart), then new ones."""
+        await self._prepare()
+        own_pending = True
+        while not self._stop.is_set():
+            try:
+                read = await self._read("0" if own_pending else ">")
+                if own_pending and not read.ids:
+                    own_pending = False
+                    continue
+                if read.ids:
+                    await self.process(read)
+            except (RedisError, OSError) as exc:
+                log.warning("%s: Redis unavailable (%s); retrying", self.config.channel, exc)
+                await self._sleep(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _prepare(self) -> None:
+        cfg = self.config
+        try:
+            await self.client.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        raw = await self.client.hgetall(cfg.delivered_key)
+        self._delivered = {_text(k): int(v) for k, v in raw.items()}
+        self._bucket = TokenBucket(cfg.rate_limit_per_s, cfg.burst, self._now_ms())
+
+    # -- reading -------------------------------------------------------------------
+    async def _read(self, start: str) -> _Read:
+        cfg = self.config
+        block = None if start == "0" else cfg.block_ms
+        reply = await self.client.xreadgroup(cfg.group, cfg.consumer, {cfg.stream: start},
+                                             count=cfg.read_count, block=block)
+        if isinstance(reply, dict):
+            reply = list(reply.items())
+        out = _Read([], [])
+        for _, entries in reply or ():
+            if entries and isinstance(entries[0], list) and entries[0] and isinstance(entries[0][0], list):
+                entries = entries[0]
+            for entry_id, fields in entries:
+                out.ids.append(_text(entry_id))
+                try:
+                    update = update_from_fields({_text(k): _text(v) for k, v in (fields or {}).items()})
+                except (KeyError, ValueError) as exc:
+                    await self._dead_letter_raw(_text(entry_id), fields or {}, f"undecodable entry: {exc!r}")
+                    continue
+                out.updates.append(update)
+        return out
+
+    # -- one batch -----------------------------------------------------------------
+    async def process(self, read: _Read) -> None:
+        newest: dict[str, ChannelUpdate] = {}
+        for u in read.updates:  # stream order is version order: the last one per key wins
+            key = f"{u.sku}\t{u.location}"
+            if key in newest:
+                self.metrics.outcome(self.config.channel, self.adapter.name, "superseded")
+            newest[key] = u
+        todo = []
+        for key, u in newest.items():
+            if u.version <= self._delivered.get(key, 0):
+                self.metrics.outcome(self.config.channel, self.adapter.name, "duplicate")
+            else:
+                todo.append((key, u))
+        todo.sort(key=lambda item: item[1].version)
+        delivered: dict[str, int] = {}
+        size = self.config.delivery_batch
+        for start in range(0, len(todo), size):
+            chunk = todo[start:start + size]
+            if await self._deliver([u for _, u in chunk]):
+                delivered.update((key, u.version) for key, u in chunk)
+        await self._settle(read.ids, delivered)
+
+    async def _deliver(self, updates: list[ChannelUpdate]) -> bool:
+        """Deliver one chunk with retries; False when it was dead-lettered instead."""
+        cfg, channel, name = self.config, self.config.channel, self.adapter.name
+        await self._take_tokens(len(updates))
+        reason = ""
+        for attempt in range(1, cfg.max_attempts + 1):
+            try:
+                await self.adapter.deliver(channel, updates)
+            except DeliveryError as exc:
+                reason = exc.reason
+                self.metrics.outcome(channel, name, "retried" if exc.retryable else "failed", len(updates))
+                if not exc.retryable:
+                    break
+                if attempt < cfg.max_attempts:
+                    await self._sleep(self.backoff_s(attempt))
+                continue
+            self.metrics.outcome(channel, name, "delivered", len(updates))
+            now = self._now_wall_ms()
+            for u in updates:
+                self.metrics.delay.labels(channel).observe(max(0, now - u.event_time) / 1000)
+            return True
+        await self._dead_letter(updates, reason, attempt)
+        return False
+
+    def backoff_s(self, attempt: int) -> float:
+        """Exponential backoff with full jitter: uniform in [base*2^(n-1)/2, base*2^(n-1)], capped."""
+        cfg = self.config
+        ceiling = min(cfg.backoff_max_s, cfg.backoff_base_s * (2 ** (attempt - 1)))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _take_tokens(self, n: int) -> None:
+        bucket = self._bucket
+        assert bucket is not None, "run() prepares the bucket"
+        for _ in range(n):
+            bucket.refill(self._now_ms())
+            while not bucket.try_take():
+                self.metrics.rate_limited.labels(self.config.channel).inc()
+                await self._sleep(bucket.ms_until_token() / 1000)
+                bucket.refill(self._now_ms())
+
+    @staticmethod
+    def _now_wall_ms() -> int:
+        return time.time_ns() // 1_000_000
+
+    # -- settling ------------------------------------------------------------------
+    async def _settle(self, ids: list[str], delivered: dict[str, int]) -> None:
+        cfg = self.config
+        pipe = self.client.pipeline(transaction=True)
+        if delivered:
+            pipe.hset(cfg.delivered_key, mapping=delivered)
+        pipe.xack(cfg.stream, cfg.group, *ids)
+        await pipe.execute()
+        self._delivered.update(delivered)
+
+    async def _dead_letter(self, updates: list[ChannelUpdate], reason: str, attempts: int) -> None:
+        cfg = self.config
+        self.metrics.dead_lettered.labels(cfg.channel).inc(len(updates))
+        log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(updates), attempts, reason)
+        pipe = self.client.pipeline(transaction=True)
+        for u in updates:
+            fields = {**update_fields(u), "reason": reason, "attempts": str(attempts), "adapter": self.adapter.name}
+            pipe.xadd(cfg.dead_letter_stream, fields, maxlen=cfg.dead_letter_maxlen, approximate=True)
+        await pipe.execute()
+
+    async def _dead_letter_raw(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:
+        cfg = self.config
+        self.metrics.dead_lettered.labels(cfg.channel).inc()
+        body = {_text(k): _text(v) for k, v in fields.items()}
+        await self.client.xadd(cfg.dead_letter_stream, {**body, "reason": reason, "entry_id": entry_id},
+                               maxlen=cfg.dead_letter_maxlen, approximate=True)
