@@ -22,7 +22,7 @@ T = 1_700_000_000_000
 
 async def test_c1_curated_numbers_per_channel(start_service: ServiceFactory, tmp_path: Path, clock: ManualClock,
                                               redis_url: str) -> None:
-    service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    _service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
     await client.record_events([
         fact("c1", "COUNT", "sku-a", "dc-1", 40, T), fact("c2", "COUNT", "sku-a", "store-1", 3, T),
         fact("c3", "COUNT", "sku-a", "store-2", 1, T), fact("c4", "COUNT", "sku-a", "store-3", 9, T),
@@ -120,7 +120,7 @@ async def test_watch_snapshot_plus_changes_equals_the_stream(
 
 async def test_watch_tells_a_subscriber_behind_the_trimmed_stream_to_resnapshot(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
-    service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    _service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
     await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(10)])
     updates = await wait_for_updates(redis_url, "market", 10)
     raw = aioredis.Redis.from_url(redis_url)

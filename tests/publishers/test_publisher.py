@@ -57,7 +57,7 @@ def receiver_factory() -> Iterator[Any]:
 
     def start(receiver: Receiver) -> str:
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 code = receiver.handle(body, self.headers.get(SIGNATURE_HEADER, ""))
                 self.send_response(code)

@@ -70,7 +70,7 @@ def test_c2_rate_limit_holds_over_a_burst_of_ten_thousand_skus() -> None:
     while feed.pending:
         sent += [now] * len(drain(feed, now))
         wake = feed.next_wakeup(now)
-        assert wake is not None and wake > now or feed.pending == 0
+        assert (wake is not None and wake > now) or feed.pending == 0
         now = wake if wake is not None else now
     assert len(sent) == 10_000
     for window_start in range(T0, sent[-1], 1000):  # no second sees more than burst + rate
