@@ -37,9 +37,17 @@ def fill_reserve_response(out: pb.ReserveResponse, rec: Reservation, replayed: b
     out.reservation_id = rec.reservation_id
     granted = False
     add = out.lines.add
+    last: pb.LineResult | None = None
     for line in rec.lines:
-        add(sku=line.sku, location=line.location, requested=line.requested, granted=line.granted,
-            outcome=cast(pb.LineOutcome, line.outcome), available=line.available)
+        if line.group and last is not None and last.sku == line.sku and last.location == line.group:
+            last.requested += line.requested  # another location of the same group line
+            last.granted += line.granted
+            last.available += line.available
+        else:
+            last = add(sku=line.sku, location=line.group or line.location, requested=line.requested,
+                       granted=line.granted, outcome=cast(pb.LineOutcome, line.outcome), available=line.available)
+        if line.granted:
+            last.allocations.add(location=line.location, quantity=line.granted)
         granted = granted or line.granted > 0
     out.state = pb.HELD if granted else pb.REJECTED  # the original decision (R5 replays it)
     if granted:

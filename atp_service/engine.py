@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from reservation import (
     DomainError,
+    GroupPolicy,
     Ledger,
     LineRequest,
     NotFound,
@@ -92,6 +93,9 @@ class Engine:
                 self._home[rid] = actor.shard
         self._maintenance: asyncio.Task[None] | None = None
         self._gauged_at = 0.0
+        # Location groups a Reserve line may name, with each channel's strategy (set from the estate).
+        self.group_policies: dict[str, GroupPolicy] = {}
+        self.default_group_policy: GroupPolicy | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
@@ -195,7 +199,7 @@ class Engine:
         limit = self.limits.max_live_reservations_per_shard
         if home.live_reservations >= limit and view.reservation(cmd.reservation_id) is None:
             raise ResourceExhausted(f"shard {home.shard}: {limit} live reservations (limit max_live_reservations)")
-        return ops.reserve(view, cmd, now)
+        return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
     @staticmethod
     def _count(result: tuple[Reservation, bool]) -> None:

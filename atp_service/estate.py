@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reservation import ChannelRules, FeedPolicy
+from reservation import ChannelRules, FeedPolicy, GroupPolicy
 
 LOCATION_TYPES = ("store", "dc")
 STRATEGIES = ("priority", "most_available")
@@ -78,6 +78,15 @@ class Estate:
     locations: dict[str, Location]
     groups: dict[str, tuple[str, ...]]
     channels: dict[str, Channel] = field(default_factory=dict)
+
+
+def group_policies(estate: Estate) -> tuple[dict[str, GroupPolicy], GroupPolicy | None]:
+    """Per channel, the groups a Reserve line may name and the channel's strategy; the default
+    (priority order) for reservations of channels not configured. None: no groups at all."""
+    if not estate.groups:
+        return {}, None
+    per_channel = {name: GroupPolicy(estate.groups, c.strategy) for name, c in estate.channels.items()}
+    return per_channel, GroupPolicy(estate.groups, "priority")
 
 
 def load_estate(path: Path) -> Estate:

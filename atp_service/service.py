@@ -22,7 +22,7 @@ from .channels import ChannelDesk
 from .clock import Clock, SystemClock
 from .config import ServiceConfig
 from .engine import Engine
-from .estate import Estate, EstateError, load_estate
+from .estate import Estate, EstateError, group_policies, load_estate
 from .facts import FactDesk
 from .ingest import StreamIngestor
 from .log import LogStore, connect
@@ -97,6 +97,7 @@ class AtpService:
                                    "choose another with --metrics-port / ATP_METRICS_PORT, or -1 to disable") from None
             self.metrics_port = server.server_port
         self.engine = await self._recover()
+        self.engine.group_policies, self.engine.default_group_policy = group_policies(self.estate)
         self.engine.start()
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen)
         if self.estate.channels:
@@ -129,6 +130,8 @@ class AtpService:
         """Re-read the estate file (SIGHUP or the ReloadEstate RPC); a bad file changes nothing."""
         estate = self._load_estate()
         self.estate = estate
+        if self.engine is not None:
+            self.engine.group_policies, self.engine.default_group_policy = group_policies(estate)
         if self.channels is None:
             raise StartupError("estate: channels were off at start; restart the service to turn them on")
         return await self.channels.reload(estate)

@@ -4,6 +4,7 @@ Rules come from SEMANTICS.md (Q1-Q5, R1-R7, E1-E11); each function cites the
 rule it enforces.
 """
 
+from ._allocate import GroupPolicy, allocate
 from ._curation import ChannelRules, curate, network_available
 from ._errors import (
     AlreadyExists,
@@ -61,6 +62,7 @@ __all__ = [
     "FailedPrecondition",
     "Feed",
     "FeedPolicy",
+    "GroupPolicy",
     "InvalidArgument",
     "Key",
     "Ledger",
@@ -83,6 +85,7 @@ __all__ = [
     "TokenBucket",
     "Unavailable",
     "View",
+    "allocate",
     "check_id",
     "confirm",
     "curate",

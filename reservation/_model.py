@@ -78,6 +78,9 @@ class LineRecord(msgspec.Struct, array_like=True, gc=False):
     committed: int = 0
     fulfilled: int = 0
     released: int = 0
+    group: str = ""
+    """The location group the line was requested against ("" for a plain line); its units may be
+    split over several records of the same group, each at one member location."""
 
     @property
     def outstanding(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ._allocate import GroupPolicy, allocate
 from ._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from ._limits import Limits
 from ._model import (
@@ -33,22 +34,26 @@ class View(Protocol):
     def save(self, reservation: Reservation) -> None: ...
 
 
-def reserve(view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
-    """R2: grant all lines or none (or each alone with allow_partial). Returns (record, replayed)."""
+def reserve(view: View, cmd: ReserveCommand, now: int,
+            groups: GroupPolicy | None = None) -> tuple[Reservation, bool]:
+    """R2: grant all lines or none (or each alone with allow_partial). Returns (record, replayed).
+    A line naming a group in ``groups`` is split over member locations by the group strategy."""
     existing = view.reservation(cmd.reservation_id)
     if existing is not None:
         _same_content(existing, cmd)
         return existing, True  # R5: replay the original decision, refusals included
-    avail = [view.quantities(line.sku, line.location).available for line in cmd.lines]
-    fits = [line.quantity <= a for line, a in zip(cmd.lines, avail, strict=True)]
+    plans = _plan(view, cmd, groups)
+    fits = [bool(picks) for picks, _, _ in plans]
     grant = fits if cmd.allow_partial else [all(fits)] * len(fits)
     records = []
-    for line, a, fit, g in zip(cmd.lines, avail, fits, grant, strict=True):
-        outcome = Outcome.GRANTED if g else (Outcome.INSUFFICIENT if not fit else Outcome.NOT_ATTEMPTED)
-        qty = line.quantity if g else 0
-        records.append(LineRecord(line.sku, line.location, line.quantity, qty, outcome, a, held=qty))
+    for line, (picks, total, group), fit, g in zip(cmd.lines, plans, fits, grant, strict=True):
         if g:
-            view.move_hold(line.sku, line.location, qty, 0)
+            for loc, qty, a in picks:
+                records.append(LineRecord(line.sku, loc, qty, qty, Outcome.GRANTED, a, held=qty, group=group))
+                view.move_hold(line.sku, loc, qty, 0)
+        else:
+            outcome = Outcome.INSUFFICIENT if not fit else Outcome.NOT_ATTEMPTED
+            records.append(LineRecord(line.sku, line.location, line.quantity, 0, outcome, total, group=group))
     held = any(grant)
     rec = Reservation(
         reservation_id=cmd.reservation_id,
@@ -64,6 +69,34 @@ def reserve(view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, boo
     )
     view.save(rec)
     return rec, False
+
+
+_Plan = tuple[list[tuple[str, int, int]], int, str]  # ([(location, units, available)], available, group)
+
+
+def _plan(view: View, cmd: ReserveCommand, groups: GroupPolicy | None) -> list[_Plan]:
+    """Where each line's units would come from; an empty pick list: the line does not fit.
+    Units an earlier line of the same command would take are not offered again (R1)."""
+    taken: dict[tuple[str, str], int] = {}
+    plans: list[_Plan] = []
+    for line in cmd.lines:
+        sku = line.sku
+
+        def available(loc: str, sku: str = sku) -> int:
+            return view.quantities(sku, loc).available - taken.get((sku, loc), 0)
+
+        members = groups.groups.get(line.location) if groups is not None else None
+        if members is None:
+            a = available(line.location)
+            picks = [(line.location, line.quantity, a)] if line.quantity <= a else []
+            plans.append((picks, a, ""))
+        else:
+            assert groups is not None
+            picks, total = allocate(members, line.quantity, available, groups.strategy)
+            plans.append((picks, total, line.location))
+        for loc, qty, _ in picks:
+            taken[(sku, loc)] = taken.get((sku, loc), 0) + qty
+    return plans
 
 
 def confirm(view: View, reservation_id: str, now: int) -> Reservation:
@@ -170,9 +203,20 @@ def _current(view: View, reservation_id: str, now: int) -> Reservation:
     return expired if expired is not None else rec
 
 
+def _requested_lines(rec: Reservation) -> tuple[LineRequest, ...]:
+    """The lines as requested: records of one group line (consecutive) fold back into it."""
+    out: list[LineRequest] = []
+    for line in rec.lines:
+        if line.group and out and out[-1].sku == line.sku and out[-1].location == line.group:
+            out[-1] = LineRequest(line.sku, line.group, out[-1].quantity + line.requested)
+        else:
+            out.append(LineRequest(line.sku, line.group or line.location, line.requested))
+    return tuple(out)
+
+
 def _same_content(rec: Reservation, cmd: ReserveCommand) -> None:
     """R5: the same id with different content is refused, naming the first field that differs."""
-    mine = tuple(LineRequest(line.sku, line.location, line.requested) for line in rec.lines)
+    mine = _requested_lines(rec)
     for field, old, new in (
         ("order_ref", rec.order_ref, cmd.order_ref),
         ("channel", rec.channel, cmd.channel),
