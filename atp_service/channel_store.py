@@ -2,8 +2,9 @@
 
 Per channel two keys: the stream ``<prefix>avail:<channel>`` (one entry per published value, id
 ``<version>-0`` so a stream id *is* a version and readers resume with ``since_version``) and the
-hash ``<prefix>avail:<channel>:state`` (the last published value of every key, written in the
-same MULTI as the stream entry). On restart the hash says what was published, so only what
+hash ``<prefix>avail:<channel>:state`` (field ``<sku>\t<location>``, value ``"<quantity> <version>
+<event_time>"``: the last published value of every key, written by the same script call as the
+stream entry). On restart the hash says what was published, so only what
 changed meanwhile is published again (E11) and versions continue above the newest (C3).
 """
 
@@ -14,10 +15,9 @@ from typing import Any
 
 import msgspec
 
-from reservation import ChannelUpdate, Key, Published, update_fields, update_from_fields
+from reservation import ChannelUpdate, Key, Published, update_from_fields
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_published = msgspec.msgpack.Decoder(Published).decode
 _SEP = "\t"
 
 
@@ -33,10 +33,45 @@ def version_of(stream_id: Any) -> int:
     return int(_text(stream_id).split("-", 1)[0])
 
 
+# KEYS: stream, state hash per channel; ARGV: maxlen, channel, msgpack list of updates per channel.
+# Numbers travel as strings: Lua 5.1 would print large ones in exponent form.
+_WRITE = """
+for c = 0, #KEYS / 2 - 1 do
+  local stream, state = KEYS[2 * c + 1], KEYS[2 * c + 2]
+  local maxlen, channel = ARGV[3 * c + 1], ARGV[3 * c + 2]
+  local items = cmsgpack.unpack(ARGV[3 * c + 3])
+  local fields = {}
+  for i, u in ipairs(items) do
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[6] .. '-0', 'channel', channel, 'sku', u[1],
+      'location', u[2], 'quantity', u[3], 'previous', u[4], 'status', u[5], 'version', u[6],
+      'event_time', u[7], 'durable_at', u[8], 'published_at', u[9])
+    fields[#fields + 1] = u[1] .. '\t' .. u[2]
+    fields[#fields + 1] = u[10]
+    if #fields >= 1000 then
+      redis.call('HSET', state, unpack(fields))
+      fields = {}
+    end
+  end
+  if #fields > 0 then
+    redis.call('HSET', state, unpack(fields))
+  end
+end
+return #KEYS / 2
+"""
+
+
+def _wire(u: ChannelUpdate) -> tuple[str, ...]:
+    """One update as the script takes it; the last item is the state hash value (``Published``)."""
+    return (u.sku, u.location, str(u.quantity), "" if u.previous is None else str(u.previous), u.status.value,
+            str(u.version), str(u.event_time), str(u.durable_at), str(u.published_at),
+            f"{u.quantity} {u.version} {u.event_time}")
+
+
 class ChannelStore:
     def __init__(self, client: Any, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
+        self._write_script = client.register_script(_WRITE)
 
     def stream(self, channel: str) -> str:
         return f"{self.prefix}avail:{channel}"
@@ -49,30 +84,23 @@ class ChannelStore:
         published: dict[Key, Published] = {}
         async for field, value in self.client.hscan_iter(self.state_key(channel), count=10_000):
             sku, _, location = _text(field).partition(_SEP)
-            published[(sku, location)] = _decode_published(value)
-        version = max((p.version for p in published.values()), default=0)
-        try:
-            info = await self.client.xinfo_stream(self.stream(channel))
-        except Exception as exc:
-            if "no such key" not in str(exc).lower():
-                raise
-        else:
-            version = max(version, version_of(info["last-generated-id"]))
-        return published, version
+            quantity, version, event_time = _text(value).split()
+            published[(sku, location)] = Published(int(quantity), int(version), int(event_time))
+        newest = max((p.version for p in published.values()), default=0)
+        return published, max(newest, await self.last_version(channel))
 
     async def write(self, batches: Iterable[tuple[str, int, list[ChannelUpdate]]]) -> None:
-        """Append updates of several channels and record them as published: one MULTI, one round trip."""
-        pipe = self.client.pipeline(transaction=True)
+        """Append updates of several channels and record them as published: one script call, so one
+        round trip and one atomic step (a script runs alone in Redis), whatever the number of updates."""
+        keys: list[str] = []
+        args: list[Any] = []
         for channel, maxlen, updates in batches:
             if not updates:
                 continue
-            stream = self.stream(channel)
-            for u in updates:
-                pipe.xadd(stream, update_fields(u), id=f"{u.version}-0", maxlen=maxlen, approximate=True)
-            pipe.hset(self.state_key(channel), mapping={
-                _field(u.key): _encode(Published(u.quantity, u.version, u.event_time)) for u in updates
-            })
-        await pipe.execute()
+            keys += [self.stream(channel), self.state_key(channel)]
+            args += [maxlen, channel, _encode([_wire(u) for u in updates])]
+        if keys:
+            await self._write_script(keys=keys, args=args)
 
     async def _info(self, channel: str) -> dict[str, Any] | None:
         try:

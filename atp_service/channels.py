@@ -15,17 +15,14 @@ import contextlib
 import logging
 import math
 import time
-from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, curate
+from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published
 from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
 
 from .channel_store import ChannelStore
 from .clock import Clock
 from .config import ServiceConfig
+from .curator import Curator
 from .engine import Engine
 from .estate import Channel, Estate
 from .metrics import METRICS
@@ -48,8 +45,7 @@ class ChannelDesk:
         self._dirty: dict[str, dict[str, int]] = {}
         self._dirty_at: dict[str, int] = {}
         self._velocity: dict[str, tuple[float, int]] = {}  # sku -> (decayed demand units, at)
-        self._last: dict[str, dict[str, Any]] = {}  # channel -> sku -> last curated value(s)
-        self._cols: dict[tuple[str, int], tuple[int, npt.NDArray[np.intp]]] = {}
+        self._curator = Curator()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._half_life_ms = config.velocity_half_life_s * 1000
@@ -76,8 +72,7 @@ class ChannelDesk:
         """Swap in a new estate/channel configuration: re-curate, publish only what changed."""
         await self._load_feeds(estate)
         self.estate = estate
-        self._last.clear()
-        self._cols.clear()
+        self._curator.reset()
         self._mark_everything()
         self._wake.set()
         return {name: len(feed.published) for name, feed in self.feeds.items()}
@@ -172,45 +167,22 @@ class ChannelDesk:
         dirty, self._dirty = self._dirty, {}
         dirty_at, self._dirty_at = self._dirty_at, {}
         now = self.clock.now_ms()
-        for sku, locs in dirty.items():
-            self._curate_sku(sku, locs, dirty_at.get(sku, now), now)
+        by_shard: dict[int, list[str]] = {}
+        place = self.engine.place
+        for sku in dirty:
+            by_shard.setdefault(place(sku), []).append(sku)
+
+        def offer(feed: Feed, sku: str, location: str, value: int, source_time: int) -> None:
+            feed.offer((sku, location), value, source_time, dirty_at.get(sku, now), now, self._velocity_at(sku, now))
+
+        channels, feeds = self.estate.channels, self.feeds
+        for shard, skus in by_shard.items():
+            ledger = self.engine.actors[shard].ledger
+            self._curator.curate_shard(shard, ledger, skus, [dirty[s] for s in skus], channels, feeds, offer)
         METRICS.curation_seconds.observe(time.perf_counter() - started)
+        METRICS.curated_skus.inc(len(dirty))
         for name, feed in self.feeds.items():
             METRICS.channel_pending.labels(name).set(feed.pending)
-
-    def _curate_sku(self, sku: str, locs: dict[str, int], durable_at: int, now: int) -> None:
-        shard = self.engine.place(sku)
-        store = self.engine.actors[shard].ledger.store
-        velocity = self._velocity_at(sku, now)
-        newest = max(locs.values())
-        for name, channel in self.estate.channels.items():
-            feed = self.feeds[name]
-            available, present = store.available_at(sku, self._columns(channel, shard))
-            if not present.any():
-                continue
-            last = self._last.setdefault(name, {})
-            if channel.per_location:
-                shown = curate(available, channel.rules)
-                before = last.get(sku)
-                changed = present if before is None else present & (shown != before)
-                last[sku] = shown
-                for i in np.flatnonzero(changed).tolist():
-                    loc = channel.sells_from[i]
-                    feed.offer((sku, loc), int(shown[i]), locs.get(loc, newest), durable_at, now, velocity)
-            else:
-                total = np.maximum(available, 0).sum(keepdims=True)  # C1 over the network, Q5 clamp first
-                value = int(curate(total, channel.rules)[0])
-                if last.get(sku) != value:
-                    last[sku] = value
-                    feed.offer((sku, ""), value, newest, durable_at, now, velocity)
-
-    def _columns(self, channel: Channel, shard: int) -> npt.NDArray[np.intp]:
-        store = self.engine.actors[shard].ledger.store
-        cached = self._cols.get((channel.name, shard))
-        if cached is None or cached[0] != store.location_count:
-            cached = (store.location_count, store.columns(channel.sells_from))
-            self._cols[(channel.name, shard)] = cached
-        return cached[1]
 
     async def publish_due(self) -> list[ChannelUpdate]:
         """Take what each feed may publish now, write it, then confirm it (or give it back)."""

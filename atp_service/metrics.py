@@ -90,6 +90,9 @@ class Metrics:
         self.channel_write_failures = Counter(
             "atp_channel_write_failures_total", "Channel stream writes that failed (retried)", registry=r
         )
+        self.curated_skus = Counter(
+            "atp_channel_curated_skus_total", "SKUs re-curated (all channels) after a durable change", registry=r
+        )
         self.curation_seconds = Histogram(
             "atp_channel_curation_seconds", "Time to re-curate the SKUs changed since the last round",
             buckets=_LATENCY_BUCKETS, registry=r,

@@ -36,7 +36,7 @@ SKUS, LOCATIONS = 10_000, 10
 STREAMS = ("atp:in:pos", "atp:in:wms")
 
 
-def _resp(*parts: str) -> bytes:
+def resp_command(*parts: str) -> bytes:
     out = [f"*{len(parts)}\r\n"]
     for p in parts:
         out.append(f"${len(p.encode())}\r\n{p}\r\n")
@@ -56,7 +56,7 @@ def preload(redis_server: EmbeddedRedis, facts: int) -> None:
                 ("RETURN", 1) if roll < 0.93 else (("ADJUST", rng.choice((-2, -1, 1))) if roll < 0.98
                                                    else ("COUNT", rng.randint(0, 200)))))
         stream = STREAMS[n % 2]
-        chunks.append(_resp("XADD", stream, "*", "event_id", f"f{n}", "source", stream[-3:], "kind", kind,
+        chunks.append(resp_command("XADD", stream, "*", "event_id", f"f{n}", "source", stream[-3:], "kind", kind,
                             "sku", sku, "location", loc, "quantity", str(qty),
                             "event_time_ms", str(now - 3_600_000 + rng.randrange(3_600_000))))
     done = subprocess.run(["redis-cli", "-p", str(redis_server.port), "--pipe"], input=b"".join(chunks),

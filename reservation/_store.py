@@ -95,17 +95,23 @@ class PositionStore:
         get = self._loc_col.get
         return np.array([get(loc, -1) for loc in locations], dtype=np.intp)
 
-    def available_at(self, sku: str, cols: npt.NDArray[np.intp]) -> tuple[Int64Array, BoolArray]:
-        """Q5 ``available`` of one SKU at the given columns and whether each position exists,
-        as one numpy gather (a SKU across 300 stores is one operation)."""
-        row = self._sku_row.get(sku)
-        if row is None or not len(cols):
-            return np.zeros(len(cols), dtype=np.int64), np.zeros(len(cols), dtype=np.bool_)
-        known = cols >= 0
-        safe = np.where(known, cols, 0)
-        q = self._q[:, row, safe]
+    def rows(self, skus: Sequence[str]) -> npt.NDArray[np.intp]:
+        """Row of each SKU (-1: never seen here), for ``available_block``."""
+        get = self._sku_row.get
+        return np.array([get(sku, -1) for sku in skus], dtype=np.intp)
+
+    def available_block(self, rows: npt.NDArray[np.intp],
+                        cols: npt.NDArray[np.intp]) -> tuple[Int64Array, BoolArray]:
+        """Q5 ``available`` for rows x cols (SKUs x a channel's locations) and whether each
+        position exists: one gather for every changed SKU of a shard (-1 rows/cols: absent)."""
+        shape = (len(rows), len(cols))
+        if not len(rows) or not len(cols):
+            return np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.bool_)
+        r = np.where(rows >= 0, rows, 0)[:, None]
+        c = np.where(cols >= 0, cols, 0)[None, :]
+        q = self._q[:, r, c]
         available = q[ON_HAND] - q[RESERVED] - q[COMMITTED] - q[SAFETY]
-        present = self._present[row, safe] & known
+        present = self._present[r, c] & (rows >= 0)[:, None] & (cols >= 0)[None, :]
         return np.where(present, available, 0), present
 
     def items(self) -> Iterator[tuple[str, str, Quantities]]:

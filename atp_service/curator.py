@@ -1,0 +1,91 @@
+"""C1 over every SKU changed since the last round, one numpy block per shard and channel.
+
+For a shard, the changed SKUs' rows and a channel's location columns are gathered in one
+operation (SKUs x locations), curated elementwise (per-location channels) or summed per row
+first (network channels), and compared with what was last offered; only the keys whose
+number moved are offered to the channel's feed, one Python step per changed key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from reservation import Feed, Ledger, curate
+
+from .estate import Channel
+
+Offer = Callable[[str, str, int, int], None]  # sku, location, value, source time
+
+
+class _Last:
+    """What was last offered per store row (SKU) and channel column; -1: never offered."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, cols: int) -> None:
+        self.values = np.full((256, cols), -1, dtype=np.int64)
+
+    def rows(self, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+        need = int(rows.max()) + 1 if len(rows) else 0
+        if need > len(self.values):
+            grown = np.full((max(need, 2 * len(self.values)), self.values.shape[1]), -1, dtype=np.int64)
+            grown[: len(self.values)] = self.values
+            self.values = grown
+        return self.values[rows]
+
+
+class Curator:
+    def __init__(self) -> None:
+        self._cols: dict[tuple[str, int], tuple[int, npt.NDArray[np.intp]]] = {}
+        self._last: dict[tuple[str, int], _Last] = {}
+
+    def reset(self) -> None:
+        """After a configuration change: forget columns and what was offered (the feeds still
+        know what was published, so unchanged numbers are not published again, E11)."""
+        self._cols.clear()
+        self._last.clear()
+
+    def curate_shard(self, shard: int, ledger: Ledger, skus: Sequence[str], times: Sequence[dict[str, int]],
+                     channels: dict[str, Channel], feeds: dict[str, Feed], offer: Callable[[Feed, str, str, int, int],
+                                                                                        None]) -> None:
+        store = ledger.store
+        rows = store.rows(skus)
+        known = rows >= 0
+        if not known.all():
+            rows, skus = rows[known], [s for s, k in zip(skus, known.tolist(), strict=True) if k]
+            times = [t for t, k in zip(times, known.tolist(), strict=True) if k]
+        if not len(rows):
+            return
+        for name, channel in channels.items():
+            cols = self._columns(channel, shard, ledger)
+            available, present = store.available_block(rows, cols)
+            last = self._last.get((name, shard))
+            if last is None:
+                last = self._last[(name, shard)] = _Last(1 if not channel.per_location else len(cols))
+            before = last.rows(rows)
+            feed = feeds[name]
+            if channel.per_location:
+                shown = curate(available, channel.rules)
+                changed = present & (shown != before)
+                last.values[rows] = np.where(present, shown, before)
+                for i, j in zip(*(a.tolist() for a in np.nonzero(changed)), strict=True):
+                    loc, locs = channel.sells_from[j], times[i]
+                    offer(feed, skus[i], loc, int(shown[i, j]), locs.get(loc) or max(locs.values()))
+            else:
+                totals = np.where(present, np.maximum(available, 0), 0).sum(axis=1)  # Q5 clamp, then C1
+                shown = curate(totals, channel.rules)[:, None]
+                changed = present.any(axis=1, keepdims=True) & (shown != before)
+                last.values[rows] = np.where(changed, shown, before)
+                for i in np.flatnonzero(changed[:, 0]).tolist():
+                    offer(feed, skus[i], "", int(shown[i, 0]), max(times[i].values()))
+
+    def _columns(self, channel: Channel, shard: int, ledger: Ledger) -> npt.NDArray[np.intp]:
+        store = ledger.store
+        cached = self._cols.get((channel.name, shard))
+        if cached is None or cached[0] != store.location_count:
+            cached = (store.location_count, store.columns(channel.sells_from))
+            self._cols[(channel.name, shard)] = cached
+        return cached[1]
