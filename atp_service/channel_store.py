@@ -34,8 +34,11 @@ def version_of(stream_id: Any) -> int:
 
 
 # KEYS: stream, state hash per channel; ARGV: maxlen, channel, msgpack list of updates per channel.
-# Numbers travel as strings: Lua 5.1 would print large ones in exponent form.
+# Numbers travel as strings: Lua 5.1 would print large ones in exponent form. ``published_at`` is
+# Redis's clock when the entry was written: the moment the value became visible.
 _WRITE = """
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%03d', math.floor(t[2] / 1000))
 for c = 0, #KEYS / 2 - 1 do
   local stream, state = KEYS[2 * c + 1], KEYS[2 * c + 2]
   local maxlen, channel = ARGV[3 * c + 1], ARGV[3 * c + 2]
@@ -44,7 +47,7 @@ for c = 0, #KEYS / 2 - 1 do
   for i, u in ipairs(items) do
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[6] .. '-0', 'channel', channel, 'sku', u[1],
       'location', u[2], 'quantity', u[3], 'previous', u[4], 'status', u[5], 'version', u[6],
-      'event_time', u[7], 'durable_at', u[8], 'published_at', u[9])
+      'event_time', u[7], 'durable_at', u[8], 'published_at', now)
     fields[#fields + 1] = u[1] .. '\t' .. u[2]
     fields[#fields + 1] = u[10]
     if #fields >= 1000 then

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import time
+from typing import Any
 
 from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published
 from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
@@ -22,7 +23,7 @@ from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
 from .channel_store import ChannelStore
 from .clock import Clock
 from .config import ServiceConfig
-from .curator import Curator
+from .curator import Curator, Offer
 from .engine import Engine
 from .estate import Channel, Estate
 from .metrics import METRICS
@@ -46,6 +47,8 @@ class ChannelDesk:
         self._dirty_at: dict[str, int] = {}
         self._velocity: dict[str, tuple[float, int]] = {}  # sku -> (decayed demand units, at)
         self._curator = Curator()
+        self._round_dirty_at: dict[str, int] = {}
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._half_life_ms = config.velocity_half_life_s * 1000
@@ -142,8 +145,11 @@ class ChannelDesk:
             if not self._dirty:
                 await self._sleep_until_due()
             self._wake.clear()
-            self.curate_dirty()
+            rest = self.curate_dirty()
             try:
+                if rest:
+                    await self.publish_due(urgent_only=True)  # stock-outs (and baselines) first (C2)
+                    self._offer(rest)
                 await self.publish_due()
                 backoff = 0.05
             except STORAGE_ERRORS:
@@ -159,36 +165,46 @@ class ChannelDesk:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def curate_dirty(self) -> None:
-        """C1 for every SKU changed since the last round, for every channel; offers to the feeds."""
+    def curate_dirty(self) -> list[Offer]:
+        """C1 for every SKU changed since the last round, for every channel. Stock-outs are offered
+        to the feeds at once; the other changed offers are returned, to be offered after the
+        stock-outs are published."""
         if not self._dirty:
-            return
+            return []
         started = time.perf_counter()
         dirty, self._dirty = self._dirty, {}
         dirty_at, self._dirty_at = self._dirty_at, {}
-        now = self.clock.now_ms()
+        self._round_dirty_at = dirty_at
         by_shard: dict[int, list[str]] = {}
         place = self.engine.place
         for sku in dirty:
             by_shard.setdefault(place(sku), []).append(sku)
-
-        def offer(feed: Feed, sku: str, location: str, value: int, source_time: int) -> None:
-            feed.offer((sku, location), value, source_time, dirty_at.get(sku, now), now, self._velocity_at(sku, now))
-
+        urgent: list[Offer] = []
+        rest: list[Offer] = []
         channels, feeds = self.estate.channels, self.feeds
         for shard, skus in by_shard.items():
             ledger = self.engine.actors[shard].ledger
-            self._curator.curate_shard(shard, ledger, skus, [dirty[s] for s in skus], channels, feeds, offer)
+            u, r = self._curator.curate_shard(shard, ledger, skus, [dirty[s] for s in skus], channels, feeds)
+            urgent += u
+            rest += r
+        self._offer(urgent)
         METRICS.curation_seconds.observe(time.perf_counter() - started)
         METRICS.curated_skus.inc(len(dirty))
-        for name, feed in self.feeds.items():
-            METRICS.channel_pending.labels(name).set(feed.pending)
+        return rest
 
-    async def publish_due(self) -> list[ChannelUpdate]:
+    def _offer(self, offers: list[Offer]) -> None:
+        now = self.clock.now_ms()
+        dirty_at, velocity = self._round_dirty_at, self._velocity_at
+        for feed, sku, location, value, source_time in offers:
+            feed.offer((sku, location), value, source_time, dirty_at.get(sku, now), now, velocity(sku, now))
+        for name, feed in self.feeds.items():
+            self._pending_gauge(name).set(feed.pending)
+
+    async def publish_due(self, urgent_only: bool = False) -> list[ChannelUpdate]:
         """Take what each feed may publish now, write it, then confirm it (or give it back)."""
         now = self.clock.now_ms()
         limit = self.config.publish_batch_max
-        taken = [(name, feed, feed.take(now, limit)) for name, feed in self.feeds.items()]
+        taken = [(name, feed, feed.take(now, limit, urgent_only)) for name, feed in self.feeds.items()]
         if not any(updates for _, _, updates in taken):
             return []
         try:
@@ -229,13 +245,20 @@ class ChannelDesk:
             else:
                 feed.give_back(updates, self.clock.now_ms())
 
-    @staticmethod
-    def _observe(channel: str, updates: list[ChannelUpdate], done: int) -> None:
+    def _pending_gauge(self, channel: str) -> Any:
+        return METRICS.channel_pending.labels(channel)
+
+    def _observe(self, channel: str, updates: list[ChannelUpdate], done: int) -> None:
+        children = self._children
         for u in updates:
             kind = "baseline" if u.previous is None else "stockout" if u.quantity == 0 else "change"
-            METRICS.channel_published.labels(channel, kind).inc()
+            pair = children.get((channel, kind))
+            if pair is None:
+                pair = children[(channel, kind)] = (METRICS.channel_published.labels(channel, kind),
+                                                    METRICS.channel_delay.labels(channel, kind))
+            pair[0].inc()
             if u.event_time:
-                METRICS.channel_delay.labels(channel, kind).observe(max(0, done - u.event_time) / 1000)
+                pair[1].observe(max(0, done - u.event_time) / 1000)
 
     # -- reads -----------------------------------------------------------------------
     def channel(self, name: str) -> Channel:

@@ -116,8 +116,9 @@ class ServiceConfig:
     """Estate and channel TOML (locations, groups, channels). Unset: the demo estate in demo mode,
     otherwise no channels."""
 
-    publish_batch_max: int = 2000
-    """Most channel updates one feed writes in one round (one MULTI with the others)."""
+    publish_batch_max: int = 1000
+    """Most channel updates one feed writes per round (one script call with the others): smaller
+    rounds let stock-outs found meanwhile go out sooner."""
 
     velocity_half_life_s: float = 300.0
     """Half-life of the recent sales velocity that orders ordinary channel updates."""

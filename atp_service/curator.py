@@ -8,7 +8,7 @@ number moved are offered to the channel's feed, one Python step per changed key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -17,7 +17,7 @@ from reservation import Feed, Ledger, curate
 
 from .estate import Channel
 
-Offer = Callable[[str, str, int, int], None]  # sku, location, value, source time
+Offer = tuple[Feed, str, str, int, int]  # feed, sku, location, value, source time
 
 
 class _Last:
@@ -49,8 +49,11 @@ class Curator:
         self._last.clear()
 
     def curate_shard(self, shard: int, ledger: Ledger, skus: Sequence[str], times: Sequence[dict[str, int]],
-                     channels: dict[str, Channel], feeds: dict[str, Feed], offer: Callable[[Feed, str, str, int, int],
-                                                                                        None]) -> None:
+                     channels: dict[str, Channel], feeds: dict[str, Feed]) -> tuple[list[Offer], list[Offer]]:
+        """The changed offers of these SKUs: (stock-outs, the rest). Stock-outs are found in the
+        vectorised pass, so the caller can publish them before spending time on the rest."""
+        urgent: list[Offer] = []
+        rest: list[Offer] = []
         store = ledger.store
         rows = store.rows(skus)
         known = rows >= 0
@@ -58,7 +61,7 @@ class Curator:
             rows, skus = rows[known], [s for s, k in zip(skus, known.tolist(), strict=True) if k]
             times = [t for t, k in zip(times, known.tolist(), strict=True) if k]
         if not len(rows):
-            return
+            return urgent, rest
         for name, channel in channels.items():
             cols = self._columns(channel, shard, ledger)
             available, present = store.available_block(rows, cols)
@@ -66,21 +69,22 @@ class Curator:
             if last is None:
                 last = self._last[(name, shard)] = _Last(1 if not channel.per_location else len(cols))
             before = last.rows(rows)
-            feed = feeds[name]
             if channel.per_location:
                 shown = curate(available, channel.rules)
                 changed = present & (shown != before)
                 last.values[rows] = np.where(present, shown, before)
-                for i, j in zip(*(a.tolist() for a in np.nonzero(changed)), strict=True):
-                    loc, locs = channel.sells_from[j], times[i]
-                    offer(feed, skus[i], loc, int(shown[i, j]), locs.get(loc) or max(locs.values()))
             else:
                 totals = np.where(present, np.maximum(available, 0), 0).sum(axis=1)  # Q5 clamp, then C1
                 shown = curate(totals, channel.rules)[:, None]
                 changed = present.any(axis=1, keepdims=True) & (shown != before)
                 last.values[rows] = np.where(changed, shown, before)
-                for i in np.flatnonzero(changed[:, 0]).tolist():
-                    offer(feed, skus[i], "", int(shown[i, 0]), max(times[i].values()))
+            stockout = changed & (shown == 0) & (before > 0)
+            feed, names = feeds[name], channel.sells_from if channel.per_location else ("",)
+            for mask, out in ((stockout, urgent), (changed & ~stockout, rest)):
+                for i, j in zip(*(a.tolist() for a in np.nonzero(mask)), strict=True):
+                    loc, locs = names[j], times[i]
+                    out.append((feed, skus[i], loc, int(shown[i, j]), locs.get(loc) or max(locs.values())))
+        return urgent, rest
 
     def _columns(self, channel: Channel, shard: int, ledger: Ledger) -> npt.NDArray[np.intp]:
         store = ledger.store

@@ -26,6 +26,8 @@ from .facts import FactDesk
 from .metrics import METRICS
 
 log = logging.getLogger(__name__)
+DECODE_SLICE = 500
+"""Entries decoded in one go: a read of thousands must not hold the event loop for tens of ms."""
 
 REQUIRED = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms")
 _REQUIRED_BYTES = tuple(name.encode() for name in REQUIRED)
@@ -186,12 +188,15 @@ class StreamIngestor:
         dead: list[tuple[str, bytes, dict[bytes, bytes], str]] = []
         facts: list[Fact] = []
         refs: list[tuple[str, bytes]] = []
-        for stream, entry_id, fields in entries:
+        limits = self._config.limits
+        for n, (stream, entry_id, fields) in enumerate(entries):
+            if n and n % DECODE_SLICE == 0:
+                await asyncio.sleep(0)  # let other tasks (a stock-out to publish) in between slices
             if fields is None:  # trimmed away before anyone read it: nothing left to apply
                 dead.append((stream, entry_id, {}, "entry was deleted from the stream before it was applied"))
                 continue
             try:
-                facts.append(decode_fact(fields, now, self._config.limits))
+                facts.append(decode_fact(fields, now, limits))
                 refs.append((stream, entry_id))
             except InvalidArgument as exc:
                 dead.append((stream, entry_id, fields, exc.message))

@@ -10,8 +10,8 @@ Estate: 1,000 SKUs x 300 stores, every position stocked (1-12 units). Two channe
    into the POS input stream with ``redis-cli --pipe``, while this process reads both channel
    streams and stamps each update when it sees it.
 
-  stockout_*_ms  seen in the channel stream - ``durable_at`` (the change was durable in the log),
-                 for updates that drop a key to 0
+  stockout_*_ms  ``published_at`` (Redis's clock when the entry was written to the channel stream)
+                 - ``durable_at`` (the change was durable in the shard log), for drops to 0
   change_*_ms    the same for ordinary changes (throttled: at most one per key per interval)
   coalescing_ratio  channel updates published / facts received
   curation_us_per_sku  time re-curating (both channels) / SKUs re-curated, from the service's metrics
@@ -88,6 +88,13 @@ def pipe_facts(port: int, stream: str, facts: list[tuple[str, str, str, str, int
     assert b"errors: 0" in done.stdout, done.stdout
 
 
+def spawn(redis_url: str, port: int, metrics_port: int, tmp: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
+         "--metrics-port", str(metrics_port), "--no-demo", "--estate", str(tmp / "estate.toml"),
+         "--log-level", "WARNING"], cwd=ROOT, stdout=(tmp / "service.log").open("ab"), stderr=subprocess.STDOUT)
+
+
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")
@@ -137,10 +144,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                  for n, (sku, store) in enumerate((s, st) for s in SKUS for st in STORES)]
         pipe_facts(server.port, "atp:in:wms", stock)
         port, metrics_port = free_port(), free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "atp_service", "serve", "--redis-url", server.url, "--port", str(port),
-             "--metrics-port", str(metrics_port), "--no-demo", "--estate", str(tmp / "estate.toml"),
-             "--log-level", "WARNING"], cwd=ROOT, stdout=(tmp / "service.log").open("ab"), stderr=subprocess.STDOUT)
+        proc = spawn(server.url, port, metrics_port, tmp)
         try:
             async with AtpClient(f"127.0.0.1:{port}") as client:
                 await client.wait_ready(timeout_s=300)
@@ -169,8 +173,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         finally:
             proc.terminate()
             proc.wait(60)
-    stockouts = [at - u.durable_at for at, u in seen if u.quantity == 0 and (u.previous or 0) > 0]
-    changes = [at - u.durable_at for at, u in seen if u.quantity > 0 and u.previous is not None]
+    # published_at is Redis's clock when the entry was written (the value became visible).
+    stockouts = [u.published_at - u.durable_at for _, u in seen if u.quantity == 0 and (u.previous or 0) > 0]
+    changes = [u.published_at - u.durable_at for _, u in seen if u.quantity > 0 and u.previous is not None]
+    reader_lag = [at - u.published_at for at, u in seen]
     s50, s99 = percentiles(stockouts)
     c50, c99 = percentiles(changes)
     return {
@@ -180,6 +186,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         "curation_us_per_sku": round(curation_s / max(curated, 1) * 1e6, 1),
         "facts": args.facts, "updates": len(seen), "stockouts": len(stockouts), "changes": len(changes),
         "throttle_ms": args.throttle_ms, "burst_s": round(elapsed, 2),
+        "reader_lag_p99_ms": round(percentiles(reader_lag)[1], 1),
         "targets_met": s99 <= 50 and c99 <= args.throttle_ms + 50,
     }
 

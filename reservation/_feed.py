@@ -210,9 +210,10 @@ class Feed:
         self._baseline.pop(key, None)
 
     # -- taking what to publish --------------------------------------------------
-    def take(self, now_ms: int, limit: int) -> list[ChannelUpdate]:
+    def take(self, now_ms: int, limit: int, urgent_only: bool = False) -> list[ChannelUpdate]:
         """Updates to publish now, at most ``limit``, in precedence order; each gets its version.
-        They are in flight until ``confirm`` (written) or ``give_back`` (the write failed)."""
+        They are in flight until ``confirm`` (written) or ``give_back`` (the write failed).
+        ``urgent_only``: stock-outs and baselines, nothing that waits for the throttle or the bucket."""
         assert not self._inflight, "one write at a time: confirm or give back the last take first"
         self.bucket.refill(now_ms)
         out: list[ChannelUpdate] = []
@@ -221,6 +222,8 @@ class Feed:
             out.append(self._emit(key, now_ms))
         for key in list(self._baseline)[: limit - len(out)]:
             out.append(self._emit(key, now_ms))
+        if urgent_only:
+            return out
         self._promote(now_ms)
         ready = self._ready
         while ready and len(out) < limit:
