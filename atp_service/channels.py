@@ -76,9 +76,22 @@ class ChannelDesk:
         await self._load_feeds(estate)
         self.estate = estate
         self._curator.reset()
+        self._withdraw_dropped_locations()
         self._mark_everything()
         self._wake.set()
         return {name: len(feed.published) for name, feed in self.feeds.items()}
+
+    def _withdraw_dropped_locations(self) -> None:
+        """A per-location channel that no longer sells from a location is shown 0 there at once:
+        its last number must not stay on the channel (C1: only locations it may sell from count)."""
+        now = self.clock.now_ms()
+        for name, channel in self.estate.channels.items():
+            if not channel.per_location:
+                continue
+            allowed, feed = set(channel.sells_from), self.feeds[name]
+            for key, pub in list(feed.published.items()):
+                if key[1] not in allowed and pub.quantity > 0:
+                    feed.offer(key, 0, pub.event_time, now, now)
 
     async def _load_feeds(self, estate: Estate) -> None:
         now = self.clock.now_ms()
@@ -86,7 +99,7 @@ class ChannelDesk:
         for name, channel in estate.channels.items():
             old = self.feeds.get(name)
             if old is not None:
-                old.policy = channel.policy  # keeps pending values, versions and the bucket
+                old.set_policy(channel.policy, now)
                 feeds[name] = old
                 continue
             published, version = await self.store.load(name)

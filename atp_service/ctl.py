@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     ss = sub.add_parser("safety-stock", help="set the units protected at a position (Q4)")
     ss.add_argument("key", type=_key, metavar="SKU@LOCATION")
     ss.add_argument("quantity", type=int)
+    w = sub.add_parser("watch", help="follow a channel's curated availability (one JSON line per update)")
+    w.add_argument("channel")
+    w.add_argument("--snapshot", action="store_true", help="every published value first")
+    w.add_argument("--since", type=int, default=0, help="changes after this version (0: from now)")
+    w.add_argument("--count", type=int, default=0, help="stop after this many updates (0: follow forever)")
+    sub.add_parser("reload-estate", help="re-read the estate/channel file (like SIGHUP)")
     return p
 
 
@@ -127,6 +133,31 @@ async def _run(args: argparse.Namespace) -> None:
                 pb.SetSafetyStockRequest(sku=sku, location=location, quantity=args.quantity), timeout=client.timeout_s))
         elif cmd == "events" and args.events_command == "import":
             await _import(client, args.file)
+        elif cmd == "reload-estate":
+            _dump(await client.stub.ReloadEstate(pb.ReloadEstateRequest(), timeout=client.timeout_s))
+        elif cmd == "watch":
+            await _watch(client, args)
+
+
+async def _watch(client: AtpClient, args: argparse.Namespace) -> None:
+    """No deadline: a watch runs until the count is reached or it is interrupted."""
+    request = pb.WatchAvailabilityRequest(channel=args.channel, snapshot=args.snapshot, since_version=args.since)
+    seen = 0
+    call = client.stub.WatchAvailability(request)
+    async for message in call:
+        kind = pb.WatchAvailabilityResponse.Kind.Name(message.kind)
+        if message.kind == pb.WatchAvailabilityResponse.RESNAPSHOT_REQUIRED:
+            print(json.dumps({"kind": kind, "version": message.version}), flush=True)
+            raise SystemExit(3)
+        if message.kind == pb.WatchAvailabilityResponse.SNAPSHOT_END:
+            print(json.dumps({"kind": kind, "version": message.version}), flush=True)
+        for u in message.updates:
+            line = json_format.MessageToDict(u, always_print_fields_with_no_presence=True)
+            print(json.dumps({"kind": kind, **line}), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                call.cancel()
+                return
 
 
 async def _import(client: AtpClient, path: Path) -> None:

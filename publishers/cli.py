@@ -104,3 +104,7 @@ async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metric
     finally:
         await adapter.close()
         await client.aclose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

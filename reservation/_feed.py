@@ -154,6 +154,12 @@ class Feed:
         self._next_allowed: dict[Key, int] = {}
         self._gen = 0
 
+    def set_policy(self, policy: FeedPolicy, now_ms: int) -> None:
+        """A reloaded configuration: pending values, versions and what was published stay."""
+        if policy != self.policy:
+            self.policy = policy
+            self.bucket = TokenBucket(policy.rate_per_s, policy.burst, now_ms)
+
     # -- what is known -----------------------------------------------------------
     def last_sent(self, key: Key) -> int | None:
         sent = self._inflight.get(key)

@@ -134,3 +134,53 @@ async def test_watch_tells_a_subscriber_behind_the_trimmed_stream_to_resnapshot(
         async for _ in client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="nope")):
             pass
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "market" in (err.value.details() or "")
+
+
+async def test_reload_publishes_only_what_changed_and_a_bad_file_changes_nothing(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    path = write_estate(tmp_path)
+    service, client = await start_service(clock=clock, estate=path)
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", q, T)
+                                for n, q in enumerate((10, 15, 30, 50))])
+    first = await wait_for_updates(redis_url, "market", 4)
+    assert sorted(u.quantity for u in first) == [8, 13, 28, 48]
+
+    text = path.read_text()
+    path.write_text(text.replace('buffer_units = 2\n', 'buffer_units = 2\nmax_shown = 20\n', 1)
+                    + '\n[[channels]]\nname = "outlet"\nsells_from = ["dc-1"]\nthrottle_ms = 0\n')
+    reply = await client.stub.ReloadEstate(pb.ReloadEstateRequest())
+    assert [c.name for c in reply.channels] == ["market", "outlet", "pickup", "web"]
+    clock.advance(1000)  # the market's throttle interval since the baselines
+    assert service.channels is not None
+    service.channels.poke()
+    market = await wait_for_updates(redis_url, "market", 6)
+    outlet = await wait_for_updates(redis_url, "outlet", 4)
+    await asyncio.sleep(0.2)
+    market = await stream_updates(redis_url, "market")
+    assert sorted((u.sku, u.quantity, u.previous) for u in market[4:]) == [("sku-2", 20, 28), ("sku-3", 20, 48)]
+    assert sorted(u.quantity for u in outlet) == [10, 15, 30, 50]
+    pickup_before = len(await stream_updates(redis_url, "pickup"))
+
+    path.write_text(text.replace("buffer_units = 2", "buffer_percent = 200.0", 1))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.ReloadEstate(pb.ReloadEstateRequest())
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "channels[0].buffer_percent" in (err.value.details() or "")
+    await client.record_events([fact("s1", "SALE", "sku-0", "dc-1", 1, T + 5)])
+    clock.advance(1000)
+    service.channels.poke()
+    market = await wait_for_updates(redis_url, "market", 7)
+    assert (market[-1].sku, market[-1].quantity) == ("sku-0", 7)  # the old rules still apply
+    assert len(await stream_updates(redis_url, "pickup")) == pickup_before
+
+
+async def test_reload_shows_zero_where_a_channel_no_longer_sells(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    path = write_estate(tmp_path)
+    _, client = await start_service(clock=clock, estate=path)
+    await client.record_events([fact(f"c{n}", "COUNT", "sku-a", f"store-{n}", 5, T) for n in (1, 2, 3)])
+    await wait_for_updates(redis_url, "pickup", 3)
+    path.write_text(path.read_text().replace('sells_from = ["stores"]', 'sells_from = ["store-1", "store-2"]'))
+    await client.stub.ReloadEstate(pb.ReloadEstateRequest())
+    updates = await wait_for_updates(redis_url, "pickup", 4)  # no clock move: a drop to 0 goes at once
+    assert [(u.location, u.quantity, u.previous) for u in updates[3:]] == [("store-3", 0, 4)]

@@ -141,3 +141,34 @@ def test_start_up_errors_name_the_setting(served: tuple[str, int, list[str]], re
     finally:
         holder.terminate()
         holder.wait(15)
+
+
+def test_watch_reload_and_a_publisher_process(served: tuple[str, int, list[str]], redis_url: str,
+                                              tmp_path: Path) -> None:
+    """The demo channels as an operator sees them: atpctl watch / reload-estate, atp-publisher (jsonl)."""
+    target, _, _ = served
+    watched = ctl(target, "watch", "marketplace", "--snapshot", "--count", "3")
+    assert watched.returncode == 0, watched.stderr
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert len(lines) == 3 and all(line["channel"] == "marketplace" and line["location"] == "" for line in lines)
+    assert int(lines[0]["version"]) >= 1 and lines[0]["status"] in ("IN_STOCK", "LOW_STOCK", "OUT_OF_STOCK")
+    reloaded = json.loads(ctl(target, "reload-estate").stdout)
+    assert [c["name"] for c in reloaded["channels"]] == ["marketplace", "store-pickup", "web"]
+    unknown = ctl(target, "watch", "nope")
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr and "marketplace" in unknown.stderr
+
+    out = tmp_path / "marketplace.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "publishers.cli", "--channel", "marketplace", "--adapter", "jsonl", "--file", str(out),
+         "--redis-url", redis_url, "--rate", "1000", "--metrics-port", "-1"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "publisher.log").open("wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while not out.exists() or len(out.read_text().splitlines()) < 10:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "publisher.log").read_text()
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first["channel"] == "marketplace" and first["version"] >= 1 and "quantity" in first
