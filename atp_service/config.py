@@ -91,8 +91,9 @@ class ServiceConfig:
     consumer_name: str = "atp-1"
     """This instance's consumer name; keep it stable so a restart re-reads its own pending entries."""
 
-    ingest_count: int = 4000
-    """Most entries read per stream per XREADGROUP."""
+    ingest_count: int = 1000
+    """Most entries read per stream per XREADGROUP. Larger reads add little throughput but make
+    longer turns of the event loop, which delays channel publishing (benchmarks/publish.py)."""
 
     ingest_inflight: int = 3
     """Batches of input-stream entries being applied at once while the next one is read."""
