@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto bootstrap redis bench clean help
+.PHONY: run test lint proto bootstrap redis bench bench-peak bench-compare clean help
 
 help:
 	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
@@ -13,6 +13,8 @@ help:
 	@echo "make lint   - ruff + mypy"
 	@echo "make proto  - regenerate gRPC stubs from proto/"
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
+	@echo "make bench-peak SCENARIO=flash_sale|holiday_peak|steady DURATION=60 USERS=60 - locust peak run"
+	@echo "make bench-compare - benchmarks/compare.py (this service vs Lua/Redis and PostgreSQL peers)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +49,15 @@ test: bootstrap lint
 
 bench: bootstrap
 	$(BIN)/python benchmarks/throughput.py
+
+SCENARIO ?= holiday_peak
+DURATION ?= 60
+USERS ?= 60
+bench-peak: bootstrap
+	$(BIN)/python benchmarks/peak_run.py --scenario $(SCENARIO) --duration $(DURATION) --users $(USERS)
+
+bench-compare: bootstrap
+	$(BIN)/python benchmarks/compare.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Peak-event load simulations with locust: gRPC users, scenarios, load shapes, invariants."""

@@ -1,0 +1,90 @@
+"""What the load generator itself knows: the stock it seeded and every reservation acknowledged to it.
+
+At the end the scenario asks the service and compares (business invariants):
+  - no oversell: for every seeded position, reserved + committed <= on_hand, i.e. units held,
+    committed or fulfilled never exceed the units that were ever there (no fact lowers these);
+  - every acknowledged reservation is visible, in a state its history allows.
+A violation is reported as a failed request named ``invariant:…`` (so distributed runs fail too)
+and the process exit code is set to 1.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from .grpc_user import pb
+
+SEED_CHUNK = 2000
+CHECK_KEYS = 1000
+MAX_CHECKED_RESERVATIONS = 5000
+
+
+@dataclass
+class Book:
+    run: str = field(default_factory=lambda: os.environ.get("ATP_RUN_ID", "local"))
+    stock: dict[tuple[str, str], int] = field(default_factory=dict)
+    acknowledged: dict[str, str] = field(default_factory=dict)  # reservation_id -> last acknowledged state
+    violations: list[str] = field(default_factory=list)
+
+    def sku(self, name: str) -> str:
+        """Scenario SKUs are per run, so a run never meets an earlier run's holds."""
+        return f"{self.run}-{name}"
+
+    def seed(self, host: str, stock: dict[tuple[str, str], int]) -> None:
+        """COUNT facts with fixed event ids: every locust process may seed, duplicates change nothing (E8)."""
+        self.stock.update(stock)
+        now = int(time.time() * 1000) - 5_000
+        facts = [pb.Fact(event_id=f"seed-{sku}-{loc}", source="locust", kind=pb.COUNT, sku=sku, location=loc,
+                         quantity=qty, event_time_ms=now) for (sku, loc), qty in stock.items()]
+        with grpc.insecure_channel(host) as channel:
+            stub = _stub(channel)
+            for i in range(0, len(facts), SEED_CHUNK):
+                stub.RecordEvents(pb.RecordEventsRequest(events=facts[i:i + SEED_CHUNK]), timeout=60)
+
+    def check(self, host: str, environment: Any) -> None:
+        with grpc.insecure_channel(host) as channel:
+            stub = _stub(channel)
+            self._check_stock(stub)
+            self._check_reservations(stub)
+        for violation in self.violations:
+            environment.events.request.fire(request_type="invariant", name=f"invariant:{violation.split(':')[0]}",
+                                            response_time=0, response_length=0,
+                                            exception=AssertionError(violation), context={})
+        if self.violations:
+            environment.process_exit_code = 1
+
+    def _check_stock(self, stub: Any) -> None:
+        keys = list(self.stock)[:CHECK_KEYS]
+        for i in range(0, len(keys), 500):
+            req = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=s, location=loc) for s, loc in keys[i:i + 500]])
+            for p in stub.GetAvailability(req, timeout=30).positions:
+                if p.reserved + p.committed > p.on_hand:
+                    self.violations.append(f"oversold: {p.sku}@{p.location} reserved {p.reserved} + committed "
+                                           f"{p.committed} > on_hand {p.on_hand}")
+
+    def _check_reservations(self, stub: Any) -> None:
+        allowed = {"HELD": {pb.HELD, pb.CONFIRMED, pb.EXPIRED, pb.RELEASED, pb.FULFILLED},
+                   "CONFIRMED": {pb.CONFIRMED, pb.RELEASED, pb.FULFILLED},
+                   "RELEASED": {pb.RELEASED}, "FULFILLED": {pb.FULFILLED}}
+        for rid, state in list(self.acknowledged.items())[:MAX_CHECKED_RESERVATIONS]:
+            try:
+                rec = stub.GetReservation(pb.GetReservationRequest(reservation_id=rid), timeout=10).reservation
+            except grpc.RpcError as exc:
+                self.violations.append(f"lost: acknowledged reservation {rid} ({state}): {exc.code().name}")
+                continue
+            if rec.state not in allowed[state]:
+                self.violations.append(f"state: {rid} acknowledged {state}, now {pb.ReservationState.Name(rec.state)}")
+
+
+def _stub(channel: grpc.Channel) -> Any:
+    from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+
+    return pb_grpc.AvailabilityServiceStub(channel)
+
+
+BOOK = Book()

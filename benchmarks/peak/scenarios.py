@@ -1,0 +1,204 @@
+"""The three scenarios' users. Stock they need is seeded per run (SKUs carry the run id)."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from typing import Any
+
+import gevent
+import grpc
+from locust import between, constant_throughput, task
+
+from .book import BOOK
+from .grpc_user import GrpcUser, pb, reserve_state
+
+DCS = ("dc-east", "dc-west")
+STORES = tuple(f"store-{i:03d}" for i in range(1, 301))
+HOT_SKUS = 20
+FLASH_STOCK = int(os.environ.get("ATP_FLASH_STOCK", "20"))
+FLASH_TTL_S = int(os.environ.get("ATP_FLASH_TTL_S", "20"))
+PEAK_SKUS = 500
+STORE_SKUS = 100
+WATCH_CHANNELS = tuple(os.environ.get("ATP_WATCH_CHANNELS", "web,store-pickup").split(","))
+
+
+def _rid(kind: str) -> str:
+    return f"{BOOK.run}-{kind}-{uuid.uuid4().hex[:16]}"
+
+
+def flash_stock() -> dict[tuple[str, str], int]:
+    return {(BOOK.sku(f"flash-{i:02d}"), DCS[0]): FLASH_STOCK for i in range(HOT_SKUS)}
+
+
+def peak_stock() -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """(DC positions the invariants check, store positions POS sells from)."""
+    dcs = {(BOOK.sku(f"peak-{i:04d}"), dc): 5_000 for i in range(PEAK_SKUS) for dc in DCS}
+    stores = {(BOOK.sku(f"peak-{i:04d}"), s): 8 for i in range(STORE_SKUS) for s in STORES}
+    return dcs, stores
+
+
+class Orders(GrpcUser):
+    """Reserve → (confirm → fulfil | release) | release | let expire; every acknowledgement is booked."""
+
+    abstract = True
+
+    def reserve(self, lines: list[tuple[str, str, int]], ttl_s: int) -> str | None:
+        rid = _rid("r")
+        req = pb.ReserveRequest(reservation_id=rid, order_ref=rid, channel="web", ttl_seconds=ttl_s,
+                                lines=[pb.Line(sku=s, location=loc, quantity=q) for s, loc, q in lines])
+        resp = self.call("Reserve", req, outcome=reserve_state)
+        if resp is None or resp.state != pb.HELD:
+            return None
+        BOOK.acknowledged[rid] = "HELD"
+        return rid
+
+    def resolve(self, rid: str, confirm: float, fulfil: float) -> None:
+        roll = random.random()
+        if roll < confirm:
+            if self.call("Confirm", pb.ConfirmRequest(reservation_id=rid)) is None:
+                return
+            BOOK.acknowledged[rid] = "CONFIRMED"
+            if random.random() < fulfil and self.call("Fulfill", pb.FulfillRequest(reservation_id=rid)):
+                BOOK.acknowledged[rid] = "FULFILLED"
+        elif roll < confirm + 0.15 and self.call("Release", pb.ReleaseRequest(reservation_id=rid)):
+            BOOK.acknowledged[rid] = "RELEASED"
+        # otherwise the shopper walks away and the hold expires (R3)
+
+
+class FlashSaleShopper(Orders):
+    """A drop on 20 hot SKUs with little stock: most shoppers are refused; winners pay or walk away."""
+
+    wait_time = between(0.05, 0.5)
+
+    @task
+    def buy(self) -> None:
+        sku = BOOK.sku(f"flash-{random.randrange(HOT_SKUS):02d}")
+        rid = self.reserve([(sku, DCS[0], random.randint(1, 2))], FLASH_TTL_S)
+        if rid is not None:
+            gevent.sleep(random.uniform(0.1, 1.0))  # paying
+            self.resolve(rid, confirm=0.6, fulfil=0.0)
+
+
+class PeakOrders(Orders):
+    weight = 3
+    wait_time = between(0.2, 1.0)
+
+    @task
+    def order(self) -> None:
+        lines = [(BOOK.sku(f"peak-{random.randrange(PEAK_SKUS):04d}"), random.choice(DCS), random.randint(1, 3))
+                 for _ in range(random.randint(1, 3))]
+        rid = self.reserve(lines, 600)
+        if rid is not None:
+            self.resolve(rid, confirm=0.8, fulfil=0.7)
+
+
+class Browser(GrpcUser):
+    """Availability reads: the largest share of a peak day's calls."""
+
+    weight = 10
+    wait_time = between(0.05, 0.3)
+
+    @task
+    def look(self) -> None:
+        keys = []
+        for _ in range(5):
+            n = random.randrange(STORE_SKUS)
+            loc = random.choice(DCS) if random.random() < 0.5 else random.choice(STORES)
+            keys.append(pb.PositionKey(sku=BOOK.sku(f"peak-{n:04d}"), location=loc))
+        self.call("GetAvailability", pb.GetAvailabilityRequest(keys=keys))
+
+
+class PosTill(GrpcUser):
+    """Store tills: sales and a few returns, 20 facts per call, stamped now."""
+
+    weight = 2
+    wait_time = between(0.1, 0.5)
+
+    @task
+    def sell(self) -> None:
+        now = int(time.time() * 1000)
+        facts = [pb.Fact(event_id=uuid.uuid4().hex, source="pos", kind=pb.SALE if random.random() < 0.95 else pb.RETURN,
+                         sku=BOOK.sku(f"peak-{random.randrange(STORE_SKUS):04d}"), location=random.choice(STORES),
+                         quantity=1, event_time_ms=now - random.randint(0, 2000)) for _ in range(20)]
+        self.call("RecordEvents", pb.RecordEventsRequest(events=facts), name="RecordEvents[pos]")
+
+
+class WmsFeed(GrpcUser):
+    """Warehouse receipts at the DCs and cycle counts in stores."""
+
+    wait_time = between(0.5, 2.0)
+
+    @task
+    def report(self) -> None:
+        now = int(time.time() * 1000)
+        facts = []
+        for _ in range(20):
+            n = random.randrange(STORE_SKUS)
+            if random.random() < 0.7:
+                facts.append(pb.Fact(event_id=uuid.uuid4().hex, source="wms", kind=pb.RECEIPT,
+                                     sku=BOOK.sku(f"peak-{n:04d}"), location=random.choice(DCS),
+                                     quantity=random.randint(10, 50), event_time_ms=now))
+            else:
+                facts.append(pb.Fact(event_id=uuid.uuid4().hex, source="wms", kind=pb.COUNT,
+                                     sku=BOOK.sku(f"peak-{n:04d}"), location=random.choice(STORES),
+                                     quantity=random.randint(0, 10), event_time_ms=now))
+        self.call("RecordEvents", pb.RecordEventsRequest(events=facts), name="RecordEvents[wms]")
+
+
+class ChannelWatcher(GrpcUser):
+    """A channel publisher subscribed throughout: snapshot, then changes (reported as their lag)."""
+
+    fixed_count = 2
+    wait_time = between(0.5, 1.0)
+
+    @task
+    def watch(self) -> None:
+        channel = random.choice(WATCH_CHANNELS)
+        started = time.perf_counter()
+        request = pb.WatchAvailabilityRequest(channel=channel, snapshot=True)
+        events = self.environment.events.request
+        try:
+            for message in self.stub.WatchAvailability(request, timeout=15):
+                if message.kind == pb.WatchAvailabilityResponse.SNAPSHOT_END:
+                    events.fire(request_type="grpc", name="WatchAvailability[snapshot]",
+                                response_time=(time.perf_counter() - started) * 1000, response_length=0,
+                                exception=None, context={})
+                elif message.kind == pb.WatchAvailabilityResponse.CHANGES and message.updates:
+                    lag = max(0, time.time() * 1000 - message.updates[-1].published_at_ms)
+                    events.fire(request_type="grpc", name="WatchAvailability[change]", response_time=lag,
+                                response_length=message.ByteSize(), exception=None, context={})
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # the watch ends by its deadline
+                events.fire(request_type="grpc", name="WatchAvailability", response_time=0, response_length=0,
+                            exception=exc, context={})
+
+
+class SteadyOrders(PeakOrders):
+    wait_time = constant_throughput(1.0)
+
+
+class SteadyBrowser(Browser):
+    wait_time = constant_throughput(4.0)
+
+
+def seed_for(scenario: str, host: str) -> None:
+    if scenario == "flash_sale":
+        BOOK.seed(host, flash_stock())
+    else:
+        dcs, stores = peak_stock()
+        BOOK.seed(host, dcs)
+        BOOK.seed(host, stores)
+        for key in stores:  # POS sales lower store stock legitimately: only DC positions are checked
+            BOOK.stock.pop(key, None)
+
+
+def users_for(scenario: str) -> list[Any]:
+    users: dict[str, list[Any]] = {
+        "flash_sale": [FlashSaleShopper],
+        "holiday_peak": [Browser, PeakOrders, PosTill, WmsFeed, ChannelWatcher],
+        "steady": [SteadyBrowser, SteadyOrders],
+    }
+    return users[scenario]
