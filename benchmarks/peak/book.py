@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from .grpc_user import pb
+from atp_service.pb.atp.v1 import atp_pb2 as pb
 
 SEED_CHUNK = 2000
 CHECK_KEYS = 1000

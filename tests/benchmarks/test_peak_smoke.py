@@ -1,0 +1,99 @@
+"""Smoke runs of the locust scenarios and of compare.py: they run, fail nothing, check their invariants.
+
+No timing assertions: the figures live in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atp_service.service import DEMO_ESTATE
+from benchmarks.peak.book import Book
+
+from ..conftest import ServiceFactory
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+pytestmark = pytest.mark.slow
+
+
+async def run(*cmd: str, env: dict[str, str] | None = None, limit_s: float = 90) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env={**os.environ, **(env or {})},
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), limit_s)
+    return proc.returncode or 0, out.decode()
+
+
+@pytest.mark.parametrize("scenario", ["flash_sale", "holiday_peak", "steady"])
+async def test_locust_scenario_runs_without_failures_and_checks_invariants(
+        scenario: str, start_service: ServiceFactory, tmp_path: Path) -> None:
+    service, _ = await start_service(estate=DEMO_ESTATE)
+    prefix = tmp_path / scenario
+    code, out = await run(
+        sys.executable, "-m", "locust", "-f", "benchmarks/locustfile.py", "--headless",
+        "--host", f"127.0.0.1:{service.port}", "--csv", str(prefix), "--only-summary",
+        env={"ATP_SCENARIO": scenario, "ATP_DURATION": "4", "ATP_PEAK_USERS": "6", "ATP_RUN_ID": f"t-{scenario}"})
+    assert code == 0, out[-3000:]
+    stats = (await asyncio.to_thread(Path(f"{prefix}_stats.csv").read_text)).splitlines()
+    rows = {r["Name"]: r for r in csv.DictReader(stats)}
+    assert int(rows["Aggregated"]["Request Count"]) > 0
+    assert int(rows["Aggregated"]["Failure Count"]) == 0, out[-3000:]
+    assert any(name.startswith("Reserve[") for name in rows), rows.keys()
+    assert f"invariants ({scenario}):" in out and "checked: OK" in out, out[-3000:]
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.fired: list[dict[str, Any]] = []
+        self.request = self
+
+    def fire(self, **kwargs: Any) -> None:
+        self.fired.append(kwargs)
+
+
+class _Environment:
+    """The two attributes Book.check uses; locust itself cannot be imported here (it patches with gevent)."""
+
+    def __init__(self) -> None:
+        self.events = _Events()
+        self.process_exit_code: int | None = None
+
+
+async def test_invariant_check_reports_a_lost_reservation(start_service: ServiceFactory) -> None:
+    service, client = await start_service()
+    book = Book(run="t")
+    await asyncio.to_thread(book.seed, f"127.0.0.1:{service.port}", {("t-sku", "dc-1"): 3})
+    held = await client.reserve("kept", [("t-sku", "dc-1", 2)])
+    assert held.state == 1
+    book.acknowledged.update({"kept": "HELD", "never-made": "HELD"})
+    env = _Environment()
+    await asyncio.to_thread(book.check, f"127.0.0.1:{service.port}", env)
+    assert [v.split(":")[0] for v in book.violations] == ["lost"] and "never-made" in book.violations[0]
+    assert env.process_exit_code == 1 and env.events.fired[0]["name"] == "invariant:lost"
+
+
+async def test_compare_runs_every_system_at_a_tiny_size() -> None:
+    code, out = await run(sys.executable, "benchmarks/compare.py", "--seconds", "0.3", "--positions", "200",
+                          "--hot-stock", "50", "--in-flight", "8", limit_s=240)
+    assert code == 0, out[-3000:]
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    seen = {(r.get("workload"), r["system"]) for r in rows if "skipped" not in r and not r.get("mode")}
+    expected = {"ceiling", "service_unary", "service_stream", "lua_direct", "lua_grpc", "postgres"}
+    skipped = {r["system"] for r in rows if "skipped" in r}
+    assert skipped <= {"postgres"}, rows  # only PostgreSQL may be absent (not installed), and it says why
+    for workload in ("uniform", "hot"):
+        assert {s for w, s in seen if w == workload} == expected - skipped
+    for r in rows:
+        if "skipped" not in r:
+            assert r["ops"] > 0
+            keeps_stock = r["system"] != "ceiling" and not r.get("mode")
+            assert r["oversold"] == (0 if keeps_stock else None)
+    hot = [r for r in rows if r.get("workload") == "hot" and r.get("granted") is not None]
+    assert all(r["granted"] <= 20 * 50 for r in hot)  # never more than the hot stock, whatever the system
