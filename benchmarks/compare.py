@@ -341,7 +341,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                 continue
             ratios = [f"{peer} {by[ours] / by[peer]:.2f}x" for peer in ("lua_direct", "lua_grpc", "postgres")
                       if by.get(peer)]
-            lines.append(f"{workload}: {ours} vs " + ", ".join(ratios))
+            if ratios:
+                lines.append(f"{workload}: {ours} vs " + ", ".join(ratios))
     return "\n".join(lines)
 
 
