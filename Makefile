@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto bootstrap redis bench bench-peak bench-compare clean help
+.PHONY: run test lint proto certs bootstrap redis bench bench-peak bench-compare clean help
 
 help:
 	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
 	@echo "make test   - set up, lint, run the whole test suite"
 	@echo "make lint   - ruff + mypy"
 	@echo "make proto  - regenerate gRPC stubs from proto/"
+	@echo "make certs  - a local CA + server/client certificates under var/certs (TLS, mutual TLS)"
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
 	@echo "make bench-peak SCENARIO=flash_sale|holiday_peak|steady DURATION=60 USERS=60 - locust peak run"
 	@echo "make bench-compare - benchmarks/compare.py (this service vs Lua/Redis and PostgreSQL peers)"
@@ -33,6 +34,16 @@ redis:
 	  else \
 	    echo "redis-server is missing: run 'sudo apt-get install redis-server' (or set ATP_REDIS_URL)"; exit 1; \
 	  fi; }
+	@command -v openssl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing Debian's openssl (make certs, the TLS tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
+	  else \
+	    echo "openssl is missing: run 'sudo apt-get install openssl'"; exit 1; \
+	  fi; }
+
+certs: $(STAMP)
+	$(BIN)/python -m atp_service.certs var/certs
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

@@ -27,7 +27,8 @@ SECOND_SIGNAL_AFTER_S = 2.0  # a stop signal this soon after the first is the sa
 _FLAGS = {
     "host": str, "port": int, "metrics_host": str, "metrics_port": int, "shards": int,
     "redis_url": str, "data_dir": Path, "durability": str, "key_prefix": str,
-    "estate": Path, "mailbox_size": int, "batch_max": int, "snapshot_every_entries": int, "shutdown_grace_s": float,
+    "estate": Path, "auth": str, "callers_file": Path, "tls_cert": Path, "tls_key": Path, "tls_client_ca": Path,
+    "mailbox_size": int, "batch_max": int, "snapshot_every_entries": int, "shutdown_grace_s": float,
 }
 
 

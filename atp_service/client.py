@@ -20,13 +20,63 @@ def _lines(lines: Iterable[LineLike]) -> list[pb.Line]:
     return [pb.Line(sku=s, location=loc, quantity=q) for s, loc, q in lines]
 
 
-class AtpClient:
-    """One channel to one service. Use as ``async with AtpClient(target) as client``."""
+class _Metadata:
+    """Adds fixed metadata (the bearer token) to a call. grpc.aio files an interceptor under one
+    kind of call only, so there is one subclass per kind (``_metadata_interceptors``)."""
 
-    def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def _with(self, d: Any) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(d.metadata or ()), *self.pairs)
+        return grpc.aio.ClientCallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready)
+
+
+class _UnaryUnary(_Metadata, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with(details), request)
+
+
+class _UnaryStream(_Metadata, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with(details), request)
+
+
+class _StreamUnary(_Metadata, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._with(details), requests)
+
+
+class _StreamStream(_Metadata, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._with(details), requests)
+
+
+def _metadata_interceptors(pairs: list[tuple[str, str]]) -> list[Any]:
+    return [kind(pairs) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
+
+
+def tls_credentials(ca: bytes | None, cert: bytes | None = None, key: bytes | None = None) -> grpc.ChannelCredentials:
+    """TLS to the service: ``ca`` verifies it (None: the system roots); ``cert``/``key`` for mutual TLS."""
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+class AtpClient:
+    """One channel to one service. Use as ``async with AtpClient(target) as client``.
+
+    ``token``: sent as ``authorization: Bearer …`` on every call (services with auth on);
+    ``credentials``: TLS (``tls_credentials``), else plaintext."""
+
+    def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = (),
+                 token: str | None = None, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self.channel = grpc.aio.insecure_channel(target, options=list(options))
+        interceptors = _metadata_interceptors([("authorization", f"Bearer {token}")]) if token else None
+        if credentials is not None:
+            self.channel = grpc.aio.secure_channel(target, credentials, options=list(options),
+                                                   interceptors=interceptors)
+        else:
+            self.channel = grpc.aio.insecure_channel(target, options=list(options), interceptors=interceptors)
         self.stub: Any = pb_grpc.AvailabilityServiceStub(self.channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> AtpClient:

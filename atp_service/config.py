@@ -130,6 +130,22 @@ class ServiceConfig:
     watch_batch: int = 500
     """Updates sent per WatchAvailability message (snapshot chunks and changes)."""
 
+    auth: str = "auto"
+    """``on``: every call needs a bearer token from ``callers_file``; ``off``: no checks (a trusted
+    network only); ``auto``: off in demo mode, on otherwise."""
+
+    callers_file: Path | None = None
+    """TOML of callers: name, roles, SHA-256 of the token (``atpctl token new`` makes entries)."""
+
+    tls_cert: Path | None = None
+    """Server certificate (PEM). With ``tls_key``: gRPC over TLS only."""
+
+    tls_key: Path | None = None
+    """Server private key (PEM)."""
+
+    tls_client_ca: Path | None = None
+    """CA (PEM) that client certificates must be signed by: mutual TLS. Needs ``tls_cert``."""
+
     demo: bool = True
     """Load the demo estate (302 locations, ~1,000 SKUs) when the log is empty."""
 
@@ -141,12 +157,22 @@ class ServiceConfig:
             raise ValueError(f"durability: must be one of {DURABILITY_MODES}, got {self.durability!r}")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ValueError(f"event_loop: must be uvloop or asyncio, got {self.event_loop!r}")
+        if self.auth not in ("on", "off", "auto"):
+            raise ValueError(f"auth: must be on, off or auto, got {self.auth!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert/tls_key: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
         if not 1 <= self.shards <= 1024:
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
                      "max_watchers", "watch_batch"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
+
+    @property
+    def auth_on(self) -> bool:
+        return self.auth == "on" or (self.auth == "auto" and not self.demo)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ServiceConfig:

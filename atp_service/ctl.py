@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from .client import AtpClient
+from .auth import PERMISSIONS, new_token, token_hash
+from .client import AtpClient, tls_credentials
 from .pb.atp.v1 import atp_pb2 as pb
 
 EVENTS_CHUNK = 1000
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=os.environ.get("ATP_TARGET", "127.0.0.1:50051"),
                    help="host:port of the service (env ATP_TARGET)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of each call in seconds")
+    p.add_argument("--token", default=os.environ.get("ATP_TOKEN"), help="bearer token (env ATP_TOKEN)")
+    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the service: use TLS")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
+    p.add_argument("--tls-key", type=Path, help="client key (PEM) for mutual TLS")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("availability", help="quantities of positions")
     a.add_argument("keys", nargs="+", type=_key, metavar="SKU@LOCATION")
@@ -83,7 +88,37 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--since", type=int, default=0, help="changes after this version (0: from now)")
     w.add_argument("--count", type=int, default=0, help="stop after this many updates (0: follow forever)")
     sub.add_parser("reload-estate", help="re-read the estate/channel file (like SIGHUP)")
+    t = sub.add_parser("token", help="caller tokens (no service needed)")
+    tsub = t.add_subparsers(dest="token_command", required=True)
+    tn = tsub.add_parser("new", help="make a token; print it once and the callers-file entry (its hash)")
+    tn.add_argument("name")
+    tn.add_argument("--roles", required=True, help=f"comma-separated: {', '.join(PERMISSIONS)}")
     return p
+
+
+def _new_token(name: str, roles: str) -> int:
+    wanted = [r.strip() for r in roles.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in PERMISSIONS]
+    if not wanted or unknown:
+        print(f"atpctl: --roles: unknown {unknown or 'none given'}; choose from {', '.join(PERMISSIONS)}",
+              file=sys.stderr)
+        return 2
+    token = new_token()
+    print(f"# token for {name} (shown once; give it to the caller, keep it out of files and logs):", file=sys.stderr)
+    print(token, file=sys.stderr)
+    print(f'[[callers]]\nname = "{name}"\nroles = {json.dumps(wanted)}\ntoken_sha256 = "{token_hash(token)}"')
+    return 0
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path else None
+
+
+def _client(args: argparse.Namespace) -> AtpClient:
+    credentials = None
+    if args.tls_ca or args.tls_cert:
+        credentials = tls_credentials(_read(args.tls_ca), _read(args.tls_cert), _read(args.tls_key))
+    return AtpClient(args.target, timeout_s=args.timeout, token=args.token, credentials=credentials)
 
 
 def _facts(path: Path) -> Iterator[pb.Fact]:
@@ -108,7 +143,7 @@ def _dump(msg: Message | Sequence[Message] | dict[str, Any]) -> None:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    async with AtpClient(args.target, timeout_s=args.timeout) as client:
+    async with _client(args) as client:
         cmd = args.command
         if cmd == "availability":
             _dump(await client.availability(args.keys))
@@ -209,6 +244,8 @@ async def _publish(path: Path, stream: str, redis_url: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "token":
+        return _new_token(args.name, args.roles)
     if args.command == "events" and args.events_command == "publish":
         asyncio.run(_publish(args.file, args.stream, args.redis_url))
         return 0

@@ -90,6 +90,10 @@ class Metrics:
         self.channel_write_failures = Counter(
             "atp_channel_write_failures_total", "Channel stream writes that failed (retried)", registry=r
         )
+        self.auth_denied = Counter(
+            "atp_auth_denied_total", "Calls refused by authentication/authorisation, by status code", ["code"],
+            registry=r,
+        )
         self.curated_skus = Counter(
             "atp_channel_curated_skus_total", "SKUs re-curated (all channels) after a durable change", registry=r
         )

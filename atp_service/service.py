@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from reservation import FailedPrecondition, Ledger, decode_entry
 
+from .auth import AuthInterceptor, CallersError, load_callers
 from .channel_store import ChannelStore
 from .channels import ChannelDesk
 from .clock import Clock, SystemClock
@@ -68,7 +69,7 @@ class AtpService:
 
     async def start(self) -> None:
         cfg = self.config
-        self._server = grpc.aio.server(options=[
+        self._server = grpc.aio.server(interceptors=self._interceptors(), options=[
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
@@ -80,7 +81,10 @@ class AtpService:
             self._server,
         )
         try:
-            self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+            credentials = self._tls()
+            address = f"{cfg.host}:{cfg.port}"
+            self.port = (self._server.add_secure_port(address, credentials) if credentials
+                         else self._server.add_insecure_port(address))
         except RuntimeError:
             self.port = 0
         if self.port == 0:
@@ -112,6 +116,37 @@ class AtpService:
             await self.ingestor.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+        cfg = self.config
+        if not cfg.auth_on:
+            log.warning("auth off (%s): any caller may call anything; not for production",
+                        "demo mode" if cfg.auth == "auto" else "auth=off")
+            return []
+        if cfg.callers_file is None:
+            raise StartupError("callers_file: auth is on (not demo mode) and no callers file is given; pass "
+                               "--callers-file FILE (entries from `atpctl token new NAME --roles oms`), "
+                               "or --auth off on a trusted network")
+        try:
+            callers = load_callers(cfg.callers_file)
+        except OSError as exc:
+            raise StartupError(f"callers_file: cannot read {cfg.callers_file} ({exc.strerror})") from None
+        except CallersError as exc:
+            raise StartupError(f"callers_file: {cfg.callers_file}: {exc}") from None
+        log.info("auth on: %d callers from %s", len(callers), cfg.callers_file)
+        return [AuthInterceptor(callers)]
+
+    def _tls(self) -> grpc.ServerCredentials | None:
+        cfg = self.config
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            return None
+        try:
+            key, cert = cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes()
+            ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+        except OSError as exc:
+            raise StartupError(f"tls: cannot read {exc.filename} ({exc.strerror})") from None
+        log.info("gRPC over TLS%s", " with client certificates (mutual TLS)" if ca else "")
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
     def _load_estate(self) -> Estate:
         path = self.config.estate

@@ -263,8 +263,8 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                                 str(ports["noop"])], lambda: "ready" in (tmp / "noop.log").read_text(),
                                tmp / "noop.log"))
             procs.append(start([sys.executable, "-m", "atp_service", "serve", "--redis-url", url, "--port",
-                                str(ports["service"]), "--metrics-port", "-1", "--no-demo", "--log-level",
-                                "WARNING"], lambda: True, tmp / "service.log"))
+                                str(ports["service"]), "--metrics-port", "-1", "--no-demo", "--auth", "off",
+                                "--log-level", "WARNING"], lambda: True, tmp / "service.log"))
             procs.append(start([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "lua-grpc", "--port",
                                 str(ports["lua"]), "--redis-url", url],
                                lambda: "ready" in (tmp / "lua.log").read_text(), tmp / "lua.log"))

@@ -67,7 +67,7 @@ def preload(redis_server: EmbeddedRedis, facts: int) -> None:
 def spawn(redis_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
-         "--metrics-port", "-1", "--no-demo", "--log-level", "WARNING"],
+         "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "WARNING"],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT,
     )
 

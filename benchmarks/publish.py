@@ -91,7 +91,7 @@ def pipe_facts(port: int, stream: str, facts: list[tuple[str, str, str, str, int
 def spawn(redis_url: str, port: int, metrics_port: int, tmp: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
-         "--metrics-port", str(metrics_port), "--no-demo", "--estate", str(tmp / "estate.toml"),
+         "--metrics-port", str(metrics_port), "--no-demo", "--auth", "off", "--estate", str(tmp / "estate.toml"),
          "--log-level", "WARNING"], cwd=ROOT, stdout=(tmp / "service.log").open("ab"), stderr=subprocess.STDOUT)
 
 

@@ -162,7 +162,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                  lambda: "ready" in (tmp / "noop.log").read_text(), tmp / "noop.log")
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
         service = start([sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_server.url,
-                         "--port", str(service_port), "--metrics-port", str(metrics_port), "--no-demo",
+                         "--port", str(service_port), "--metrics-port", str(metrics_port), "--no-demo", "--auth", "off",
                          "--log-level", "WARNING"],
                         lambda: True, tmp / "service.log")
         try:

@@ -32,7 +32,7 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 
 
 def test_config(**overrides: Any) -> ServiceConfig:
-    base = ServiceConfig(port=0, metrics_port=-1, shards=4, demo=False, maintenance_interval_ms=20,
+    base = ServiceConfig(port=0, metrics_port=-1, shards=4, demo=False, auth="off", maintenance_interval_ms=20,
                          shutdown_grace_s=0.5, limits=Limits())
     return replace(base, **overrides)
 

@@ -120,7 +120,7 @@ def test_start_up_errors_name_the_setting(served: tuple[str, int, list[str]], re
     port = target.rsplit(":", 1)[1]
 
     def serve(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "atp_service", "serve", "--no-demo", *args],
+        return subprocess.run([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--auth", "off", *args],
                               capture_output=True, text=True, timeout=60)
 
     busy = serve("--redis-url", redis_url, "--port", port, "--metrics-port", "-1")
@@ -129,8 +129,8 @@ def test_start_up_errors_name_the_setting(served: tuple[str, int, list[str]], re
     assert busy.returncode == 2 and "atp-service: metrics_port: cannot listen" in busy.stderr
     other = serve("--redis-url", redis_url, "--port", "0", "--metrics-port", "-1", "--shards", "3")
     assert other.returncode == 2 and "written with 16 shards, not 3" in other.stderr
-    holder = subprocess.Popen([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--port", "0",
-                               "--metrics-port", "-1", "--data-dir", str(tmp_path)],
+    holder = subprocess.Popen([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--auth", "off",
+                               "--port", "0", "--metrics-port", "-1", "--data-dir", str(tmp_path)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert holder.stdout is not None

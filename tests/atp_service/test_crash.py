@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 def spawn(redis_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
-           "--metrics-port", "-1", "--no-demo", "--shards", "4", "--snapshot-every-entries", "50"]
+           "--metrics-port", "-1", "--no-demo", "--auth", "off", "--shards", "4", "--snapshot-every-entries", "50"]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
