@@ -12,6 +12,8 @@ RUN useradd --create-home --uid 10001 atp
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER atp
+# Not demo mode, so bearer tokens are required: mount a callers file and set ATP_CALLERS_FILE
+# (see docs/OPERATIONS.md#security), plus ATP_TLS_CERT/ATP_TLS_KEY for TLS.
 # Inside a container the gRPC port must listen on all interfaces; metrics stay
 # opt-in on 0.0.0.0 for the scraper of your platform (set ATP_METRICS_HOST).
 ENV ATP_HOST=0.0.0.0 \
