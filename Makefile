@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto certs bootstrap redis bench bench-peak bench-compare clean help
+.PHONY: run test lint proto certs sim bootstrap redis bench bench-peak bench-compare clean help
 
 help:
 	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
 	@echo "make test   - set up, lint, run the whole test suite"
 	@echo "make lint   - ruff + mypy"
 	@echo "make proto  - regenerate gRPC stubs from proto/"
+	@echo "make sim SEEDS=100000 - the deterministic simulation over many seeds"
 	@echo "make certs  - a local CA + server/client certificates under var/certs (TLS, mutual TLS)"
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
 	@echo "make bench-peak SCENARIO=flash_sale|holiday_peak|steady DURATION=60 USERS=60 - locust peak run"
@@ -41,6 +42,10 @@ redis:
 	  else \
 	    echo "openssl is missing: run 'sudo apt-get install openssl'"; exit 1; \
 	  fi; }
+
+SEEDS ?= 1000
+sim: $(STAMP)
+	$(BIN)/python -m tests.sim --seeds $(SEEDS)
 
 certs: $(STAMP)
 	$(BIN)/python -m atp_service.certs var/certs

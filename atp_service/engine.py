@@ -51,6 +51,17 @@ async def _one_as_list(coro: Any) -> list[Any]:
         return [exc]
 
 
+REROUTES = 3
+
+
+class _Reroute(DomainError):
+    """Raised before any change: the work must run again over these shards."""
+
+    def __init__(self, shards: set[int]) -> None:
+        super().__init__("reroute")
+        self.shards = shards
+
+
 class CompositeView:
     """Several paused shards seen as one: positions by SKU shard, the record on its home shard."""
 
@@ -259,9 +270,30 @@ class Engine:
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
         rec = self.actors[home].ledger.reservation(reservation_id)
         shards = {home} | ({self.place(line.sku) for line in rec.lines} if rec else set())
-        result: Reservation = await self._run(shards, home, work)
+        for _ in range(REROUTES):
+            try:
+                result: Reservation = await self._run(shards, home, self._guarded(reservation_id, shards, work))
+                break
+            except _Reroute as exc:  # its Reserve finished meanwhile, on more shards than we knew
+                shards = exc.shards
+        else:
+            raise Unavailable(f"reservation_id: {reservation_id!r} is being changed concurrently; retry")
         METRICS.reservations.labels(outcome).inc()
         return result
+
+    def _guarded(self, reservation_id: str, shards: set[int], work: ViewWork) -> ViewWork:
+        """Work on a record is decided only where every shard of its lines is held: a record read
+        at routing time may not exist yet (its Reserve still in flight) and then span more shards."""
+
+        def run(view: View, now: int) -> Any:
+            rec = view.reservation(reservation_id)
+            if rec is not None:
+                needed = shards | {self.place(line.sku) for line in rec.lines}
+                if needed != shards:
+                    raise _Reroute(needed)
+            return work(view, now)
+
+        return run
 
     async def run(self, shards: set[int], home: int, work: ViewWork) -> Any:
         """Run ``work`` on one shard's actor, or across several through the coordinator."""

@@ -236,14 +236,20 @@ class Ledger:
         if isinstance(event, Shipped):
             return self._apply_shipped(event), FactOutcome.APPLIED
         if isinstance(event, SafetyStockSet):
+            existed = store.exists(event.sku, event.location)
             old = store.get(event.sku, event.location).safety_stock
             store.set(event.sku, event.location, SAFETY, event.quantity)
+            if not existed:
+                return functools.partial(store.forget, event.sku, event.location), FactOutcome.APPLIED
             return (lambda: store.set(event.sku, event.location, SAFETY, old)), FactOutcome.APPLIED
         return None, FactOutcome.QUARANTINED  # FactQuarantined changes no state
 
     def _apply_hold(self, event: HoldMoved) -> Undo:
         sku, loc = event.sku, event.location
+        existed = self.store.exists(sku, loc)
         self.store.move(sku, loc, event.d_reserved, event.d_committed)
+        if not existed:
+            return functools.partial(self.store.forget, sku, loc)
         return functools.partial(self.store.move, sku, loc, -event.d_reserved, -event.d_committed)
 
     def compact(self) -> None:
@@ -300,7 +306,13 @@ class Ledger:
             h = self.histories[(sku, location)] = PositionHistory()
         return h
 
+    def _forget_position(self, sku: str, location: str) -> None:
+        """Undo of the change that created a position and its history (E10: replay never saw it)."""
+        self.store.forget(sku, location)
+        self.histories.pop((sku, location), None)
+
     def _apply_fact(self, fact: Fact) -> tuple[Undo, FactOutcome]:
+        existed = self.store.exists(fact.sku, fact.location)
         history = self._history(fact.sku, fact.location)
         outcome, delta, undo_fold = history.fold(fact)
         self.store.add(fact.sku, fact.location, ON_HAND, delta)
@@ -313,6 +325,8 @@ class Ledger:
             self.store.add(fact.sku, fact.location, ON_HAND, -delta)
             if undo_fold is not None:
                 undo_fold()
+            if not existed:
+                self._forget_position(fact.sku, fact.location)
             self.stream_time = old_stream_time
             self._seen.pop(key, None)
 
@@ -320,6 +334,7 @@ class Ledger:
 
     def _apply_shipped(self, event: Shipped) -> Undo:
         sku, loc, qty = event.sku, event.location, event.quantity
+        existed = self.store.exists(sku, loc)
         history = self._history(sku, loc)
         _, delta, undo_fold = history.fold_service_delta((event.at, 0, event.ref), -qty)
         self.store.add(sku, loc, COMMITTED, -qty)
@@ -330,6 +345,8 @@ class Ledger:
             self.store.add(sku, loc, ON_HAND, -delta)
             if undo_fold is not None:
                 undo_fold()
+            if not existed:
+                self._forget_position(sku, loc)
 
         return undo
 

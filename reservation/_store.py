@@ -58,6 +58,12 @@ class PositionStore:
         col = self._loc_col.get(location)
         return row is not None and col is not None and bool(self._present[row, col])
 
+    def forget(self, sku: str, location: str) -> None:
+        """Undo of the change that created a position: it was never there (replay must agree, E10)."""
+        row, col = self._sku_row[sku], self._loc_col[location]
+        self._present[row, col] = False
+        self._q[:, row, col] = 0
+
     def add(self, sku: str, location: str, field: int, delta: int) -> None:
         row, col = self._cell(sku, location)
         self._q[field, row, col] += delta

@@ -117,3 +117,14 @@ def test_replay_and_snapshot_equal_live_E10() -> None:
     for ledger in (replayed, restored):
         assert list(ledger.store.items()) == list(live.store.items())
     assert live.quantities("A", "S1").on_hand == 5
+
+
+def test_a_rolled_back_fact_leaves_no_position_behind_E10() -> None:
+    """Replay never sees a fact whose append failed: memory must not keep an empty position for it."""
+    from reservation import Fact, FactKind, Ledger, Limits
+
+    ledger = Ledger(0, Limits())
+    ledger.record_fact(Fact("f1", "pos", FactKind.RECEIPT, "A", "L1", 5, 1_000))
+    ledger.rollback()
+    assert list(ledger.store.items()) == [] and ledger.histories == {}
+    assert not ledger.store.exists("A", "L1")

@@ -1,0 +1,121 @@
+"""The invariants checked after every simulation step, each against a model kept outside the engine."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from reservation import TERMINAL, FactKind, State, decode_entry
+from reservation._events import FactApplied, Shipped
+
+from .world import World
+
+# R3: what a reservation may have become since a state was acknowledged.
+SUCCESSORS = {
+    State.HELD: {State.HELD, State.CONFIRMED, State.EXPIRED, State.RELEASED, State.FULFILLED},
+    State.CONFIRMED: {State.CONFIRMED, State.RELEASED, State.FULFILLED},
+    State.REJECTED: {State.REJECTED},
+    State.EXPIRED: {State.EXPIRED},
+    State.RELEASED: {State.RELEASED},
+    State.FULFILLED: {State.FULFILLED},
+}
+
+
+@dataclass
+class Acknowledged:
+    """What the clients were told succeeded: it must survive anything (R7)."""
+
+    reservations: dict[str, State] = field(default_factory=dict)
+    facts: set[tuple[str, str]] = field(default_factory=set)
+
+
+class Violation(AssertionError):
+    pass
+
+
+def check(world: World, acked: Acknowledged) -> None:
+    ledgers = [actor.ledger for actor in world.eng.actors]
+    records = {rid: rec for ledger in ledgers for rid, rec in ledger.reservations.items()}
+    _one_state_each(records)
+    _holds_match_positions(ledgers, records)
+    _acknowledged_survive(world, records, acked)
+    _facts_fold_as_the_reference(world, ledgers)
+
+
+def _one_state_each(records: dict) -> None:  # type: ignore[type-arg]
+    for rid, rec in records.items():
+        state = State(rec.state)
+        if state == State.HELD and rec.expires_at <= 0:
+            raise Violation(f"R3: {rid} is HELD without an expiry")
+        for line in rec.lines:
+            if line.held < 0 or line.committed < 0:
+                raise Violation(f"R3: {rid} has negative units {line}")
+            if state != State.HELD and line.held:
+                raise Violation(f"R3: {rid} is {state.name} but still holds {line.held} at {line.location}")
+            if state in TERMINAL and line.committed:
+                raise Violation(f"R3: {rid} is {state.name} but still commits {line.committed}")
+
+
+def _holds_match_positions(ledgers: list, records: dict) -> None:  # type: ignore[type-arg]
+    """Q2/Q3: a position's reserved and committed are exactly what the reservations hold there."""
+    held: Counter[tuple[str, str]] = Counter()
+    committed: Counter[tuple[str, str]] = Counter()
+    for rec in records.values():
+        for line in rec.lines:
+            held[(line.sku, line.location)] += line.held
+            committed[(line.sku, line.location)] += line.committed
+    seen = set()
+    for ledger in ledgers:
+        for sku, location, q in ledger.store.items():
+            key = (sku, location)
+            seen.add(key)
+            if (q.reserved, q.committed) != (held[key], committed[key]):
+                raise Violation(f"Q2/Q3: {key} reserved/committed {q.reserved}/{q.committed}, "
+                                f"reservations hold {held[key]}/{committed[key]}")
+    for key in set(held) | set(committed):
+        if key not in seen and (held[key] or committed[key]):
+            raise Violation(f"Q2/Q3: reservations hold units at {key}, which no shard has")
+
+
+def _acknowledged_survive(world: World, records: dict, acked: Acknowledged) -> None:  # type: ignore[type-arg]
+    for rid, state in acked.reservations.items():
+        rec = records.get(rid)
+        if rec is None:
+            raise Violation(f"R7: acknowledged reservation {rid} ({state.name}) is gone")
+        if State(rec.state) not in SUCCESSORS[state]:
+            raise Violation(f"R7: {rid} was acknowledged {state.name}, is now {State(rec.state).name}")
+    logged = {(f.source, f.event_id) for f in world.logged_facts()}
+    missing = acked.facts - logged
+    if missing:
+        raise Violation(f"R7: acknowledged facts not in the log: {sorted(missing)[:5]}")
+
+
+def _facts_fold_as_the_reference(world: World, ledgers: list) -> None:  # type: ignore[type-arg]
+    """E1-E3 and E8: on_hand equals the textbook fold of what the log holds, each fact once."""
+    events: dict[tuple[str, str], list[tuple[tuple[int, int, str], int, bool]]] = {}
+    applied: set[tuple[str, str]] = set()
+    for entries in world.log.history.values():
+        for _, data in entries:
+            for e in decode_entry(data).events:
+                if isinstance(e, FactApplied):
+                    f = e.fact
+                    if (f.source, f.event_id) in applied:
+                        raise Violation(f"E8: fact {f.source}/{f.event_id} applied twice")
+                    applied.add((f.source, f.event_id))
+                    is_count = f.kind == FactKind.COUNT
+                    key = (f.event_time, 1 if is_count else 0, f.event_id)
+                    events.setdefault((f.sku, f.location), []).append((key, f.quantity if is_count else f.delta,
+                                                                       is_count))
+                elif isinstance(e, Shipped):
+                    events.setdefault((e.sku, e.location), []).append(((e.at, 0, e.ref), -e.quantity, False))
+    actual = {(s, loc): q.on_hand for ledger in ledgers for s, loc, q in ledger.store.items()}
+    for position, items in events.items():
+        items.sort(key=lambda item: item[0])
+        last_count = max((i for i, item in enumerate(items) if item[2]), default=None)
+        if last_count is None:
+            expected = sum(q for _, q, _ in items)
+        else:
+            expected = items[last_count][1] + sum(q for _, q, c in items[last_count + 1:] if not c)
+        if actual.get(position, 0) != expected:
+            raise Violation(f"E2/E3: {position} on_hand {actual.get(position, 0)}, "
+                            f"the fold of the log gives {expected}")
