@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +34,13 @@ def served(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, int, list[str]
         time.sleep(0.1)
     yield f"127.0.0.1:{port}", metrics, log.read_text().splitlines()
     proc.terminate()
-    assert proc.wait(15) == 0
+    try:
+        assert proc.wait(30) == 0
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # the service logs what each task waits on
+        time.sleep(2)
+        proc.kill()
+        raise AssertionError("service did not stop within 30 s:\n" + log.read_text()[-6000:]) from None
 
 
 def ctl(target: str, *args: str) -> subprocess.CompletedProcess[str]:
