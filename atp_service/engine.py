@@ -34,6 +34,7 @@ from reservation import (
 from reservation import _operations as ops
 
 from .clock import Clock
+from .composite import CompositeView
 from .config import ServiceConfig
 from .log import LogStore
 from .metrics import METRICS
@@ -60,31 +61,6 @@ class _Reroute(DomainError):
     def __init__(self, shards: set[int]) -> None:
         super().__init__("reroute")
         self.shards = shards
-
-
-class CompositeView:
-    """Several paused shards seen as one: positions by SKU shard, the record on its home shard."""
-
-    def __init__(self, ledgers: dict[int, Ledger], home: int, place: Callable[[str], int]) -> None:
-        self._ledgers, self._home, self._place = ledgers, ledgers[home], place
-
-    def _for(self, sku: str) -> Ledger:
-        return self._ledgers[self._place(sku)]  # KeyError = a shard that was not paused: a bug
-
-    def quantities(self, sku: str, location: str) -> Quantities:
-        return self._for(sku).quantities(sku, location)
-
-    def reservation(self, reservation_id: str) -> Reservation | None:
-        return self._home.reservation(reservation_id)
-
-    def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
-        self._for(sku).move_hold(sku, location, d_reserved, d_committed)
-
-    def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None:
-        self._for(sku).ship(sku, location, quantity, at, ref)
-
-    def save(self, reservation: Reservation) -> None:
-        self._home.save(reservation)
 
 
 class Engine:
@@ -246,6 +222,10 @@ class Engine:
         if rec is None:
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
         return rec
+
+    def storage_unsure(self, skus: Iterable[str]) -> bool:
+        """A shard of these SKUs has appends whose fate it does not know yet (its log unreachable)."""
+        return any(self.actors[self.place(sku)].in_doubt for sku in skus)
 
     def availability(self, keys: Iterable[tuple[str, str]]) -> list[Quantities]:
         """Reads straight from memory: may include a batch whose append is in flight (ms)."""

@@ -145,8 +145,12 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             check_id(f"keys[{n}].location", key.location, self.limits)
             keys.append((key.sku, key.location))
         found = self.engine.availability(keys)
+        stale = self.engine.storage_unsure(sku for sku, _ in keys)
+        if stale:
+            context.set_trailing_metadata((("atp-possibly-stale", "1"),))
         return pb.GetAvailabilityResponse(
-            positions=[convert.availability_pb(s, loc, q) for (s, loc), q in zip(keys, found, strict=True)]
+            positions=[convert.availability_pb(s, loc, q) for (s, loc), q in zip(keys, found, strict=True)],
+            possibly_stale=stale,
         )
 
     @_observed("RecordEvents")

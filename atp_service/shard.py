@@ -98,6 +98,11 @@ class ShardActor:
         self.listeners: list[Callable[[int, LogEntry], None]] = []
         """Called with every entry once it is durable (channel feeds); must not raise or block."""
 
+    @property
+    def in_doubt(self) -> bool:
+        """Appends failed and are not yet settled: the log is unreachable from here."""
+        return bool(self._doubt)
+
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"shard-{self.shard}")

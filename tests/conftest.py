@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -55,7 +57,22 @@ async def start_service(redis_url: str) -> AsyncIterator[ServiceFactory]:
     yield start
     for service, client in running:
         await client.close()
-        await service.stop(grace_s=0.1)
+        try:
+            await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
+        except TimeoutError:
+            stacks = _task_stacks()
+            raise AssertionError(f"service.stop() did not finish in {STOP_LIMIT_S}s; tasks:\n{stacks}") from None
+
+
+STOP_LIMIT_S = 30
+
+
+def _task_stacks() -> str:
+    """What every asyncio task waits on: the diagnosis of a shutdown that hangs."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=6, file=out)
+    return out.getvalue()
 
 
 @pytest.fixture

@@ -88,6 +88,9 @@ async def test_redis_down_answers_unavailable_and_state_does_not_drift(
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         (a,) = await client.availability([("A", "DC")])
         assert a.reserved == 2, "memory moved ahead of the log"
+        read = await client.stub.GetAvailability(pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A",
+                                                                                                location="DC")]))
+        assert read.possibly_stale  # served from memory, and says so
         own.start()  # same port, same AOF: Redis comes back
         for _ in range(100):
             try:
@@ -99,6 +102,9 @@ async def test_redis_down_answers_unavailable_and_state_does_not_drift(
         assert resp.state == pb.HELD
         (a,) = await client.availability([("A", "DC")])
         assert a.reserved == 5
+        read = await client.stub.GetAvailability(pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A",
+                                                                                                location="DC")]))
+        assert not read.possibly_stale
         await client.close()
         await service.stop(grace_s=0.1)
     finally:

@@ -251,10 +251,12 @@ class Availability(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., on_hand: _Optional[int] = ..., reserved: _Optional[int] = ..., committed: _Optional[int] = ..., safety_stock: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
 
 class GetAvailabilityResponse(_message.Message):
-    __slots__ = ("positions",)
+    __slots__ = ("positions", "possibly_stale")
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    POSSIBLY_STALE_FIELD_NUMBER: _ClassVar[int]
     positions: _containers.RepeatedCompositeFieldContainer[Availability]
-    def __init__(self, positions: _Optional[_Iterable[_Union[Availability, _Mapping]]] = ...) -> None: ...
+    possibly_stale: bool
+    def __init__(self, positions: _Optional[_Iterable[_Union[Availability, _Mapping]]] = ..., possibly_stale: _Optional[bool] = ...) -> None: ...
 
 class Fact(_message.Message):
     __slots__ = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms", "reservation_id")
