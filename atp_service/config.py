@@ -46,6 +46,10 @@ class ServiceConfig:
     mailbox_size: int = 10_000
     """Messages a shard may have waiting; beyond it callers get RESOURCE_EXHAUSTED."""
 
+    max_queue_delay_ms: int = 1000
+    """Shed load: while a shard's queued work has waited longer than this, new work is refused
+    with RESOURCE_EXHAUSTED at once instead of joining a queue it would wait behind."""
+
     batch_max: int = 512
     """Most commands a shard applies and group-commits in one log entry."""
 

@@ -35,13 +35,14 @@ STORAGE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class Envelope:
-    """A message and the future its answer goes to."""
+    """A message, the future its answer goes to, and when it was queued (for queue-delay shedding)."""
 
-    __slots__ = ("message", "reply")
+    __slots__ = ("at", "message", "reply")
 
     def __init__(self, message: Work | _Control, reply: asyncio.Future[Any]) -> None:
         self.message = message
         self.reply = reply
+        self.at = time.monotonic()
 
 
 _Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
@@ -95,6 +96,8 @@ class ShardActor:
         self._snapshot_seq = seq
         self._snapshot_at = time.monotonic()
         self._depth = METRICS.mailbox_depth.labels(str(shard))
+        self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
+        self._max_delay_s = config.max_queue_delay_ms / 1000
         self.listeners: list[Callable[[int, LogEntry], None]] = []
         """Called with every entry once it is durable (channel feeds); must not raise or block."""
 
@@ -128,6 +131,11 @@ class ShardActor:
             raise Unavailable("service is shutting down")
         if self._doubt:
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
+        if self._lag_s > self._max_delay_s and not self._mailbox.empty():
+            METRICS.shed.inc()
+            raise ResourceExhausted(
+                f"shard {self.shard}: overloaded (queued work waits {self._lag_s * 1000:.0f} ms, limit "
+                f"max_queue_delay_ms={self._config.max_queue_delay_ms}), retry with backoff")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             self._mailbox.put_nowait(Envelope(work, fut))
@@ -282,6 +290,7 @@ class ShardActor:
         mailbox, limit, held = self._mailbox, self._config.batch_max, self._held
         while True:
             first = held.popleft() if held else await mailbox.get()
+            self._lag_s = time.monotonic() - first.at
             if isinstance(first.message, _Control):
                 await self._control(first)
                 continue

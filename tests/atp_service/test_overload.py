@@ -1,0 +1,63 @@
+"""Overload: bounded queues shed with RESOURCE_EXHAUSTED; work whose deadline passed is never applied."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+
+from ..conftest import ServiceFactory
+from .test_api import receipt
+
+
+async def test_a_backlog_sheds_new_work_at_once_and_what_was_accepted_is_exact(
+        start_service: ServiceFactory) -> None:
+    service, client = await start_service(shards=1, batch_max=4, max_queue_delay_ms=5, mailbox_size=500)
+    await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
+    assert service.engine is not None
+    outcomes: dict[str, int] = {}
+    granted: list[str] = []
+
+    async def one(n: int) -> None:
+        try:
+            resp = await client.reserve(f"f{n}", [("A", "DC", 1)], ttl_seconds=3600)
+            granted.append(resp.reservation_id)
+            outcomes["OK"] = outcomes.get("OK", 0) + 1
+        except grpc.aio.AioRpcError as exc:
+            outcomes[exc.code().name] = outcomes.get(exc.code().name, 0) + 1
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (exc.code(), exc.details())
+            assert "max_queue_delay_ms=5" in (exc.details() or "")
+
+    resume = await service.engine.actors[0].pause()  # a stall: work queues up behind it
+    backlog = [asyncio.ensure_future(one(n)) for n in range(300)]
+    await asyncio.sleep(0.1)
+    resume.set_result(None)
+    await asyncio.sleep(0)
+    arriving = [asyncio.ensure_future(one(n)) for n in range(300, 600)]  # while the backlog is worked off
+    await asyncio.gather(*backlog, *arriving)
+    assert outcomes.get("RESOURCE_EXHAUSTED", 0) > 0 and outcomes.get("OK", 0) >= 300, outcomes
+    (a,) = await client.availability([("A", "DC")])
+    assert a.reserved == len(granted)  # every accepted one applied once, no refused one applied at all
+    assert all(actor._mailbox.qsize() <= 500 for actor in service.engine.actors)
+
+
+async def test_work_whose_deadline_passed_is_not_applied(start_service: ServiceFactory) -> None:
+    service, client = await start_service(shards=1)
+    await client.record_events([receipt("seed", "A", "DC", 10)])
+    assert service.engine is not None
+    resume = await service.engine.actors[0].pause()  # the shard is busy elsewhere (a coordinator holds it)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.Reserve(pb.ReserveRequest(reservation_id="late", lines=[pb.Line(sku="A", location="DC",
+                                                                                           quantity=3)]), timeout=0.2)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.sleep(0.1)
+    resume.set_result(None)
+    await client.reserve("after", [("A", "DC", 1)])  # the shard has worked through its queue
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await client.get_reservation("late")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    (a,) = await client.availability([("A", "DC")])
+    assert a.reserved == 1
