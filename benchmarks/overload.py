@@ -1,0 +1,108 @@
+"""Twice the sustainable rate: does the service shed at once, keep its memory flat, honour deadlines?
+
+1. Capacity: unary ``Reserve`` with 64 calls in flight for --seconds (closed loop).
+2. Overload: calls started at 2 x that rate (open loop) for --seconds, each with a 1 s deadline.
+Reports per outcome (OK, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, …) the count and latency
+percentiles, and the service's resident memory before and after the overload.
+
+    python benchmarks/overload.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from atp_service import AtpClient, EmbeddedRedis, free_port
+from benchmarks.compare import Tally, Workload, grpc_unary, seed_service
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn(redis_url: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
+         "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "WARNING"],
+        cwd=ROOT, stdout=(tmp / "service.log").open("wb"), stderr=subprocess.STDOUT)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def overload(target: str, w: Workload, rate: float, seconds: float) -> dict[str, list[float]]:
+    by_outcome: dict[str, list[float]] = {}
+    pick = w.picker(9)
+    tasks: set[asyncio.Task[None]] = set()
+    async with AtpClient(target, timeout_s=1.0) as client:
+        async def one(n: int) -> None:
+            sku, loc = pick()
+            started = time.perf_counter()
+            try:
+                await client.reserve(f"o-{n}", [(sku, loc, 1)], ttl_seconds=3600)
+                outcome = "OK"
+            except grpc.aio.AioRpcError as exc:
+                outcome = exc.code().name
+            by_outcome.setdefault(outcome, []).append((time.perf_counter() - started) * 1000)
+
+        begin, n = time.perf_counter(), 0
+        while (elapsed := time.perf_counter() - begin) < seconds:
+            while n < elapsed * rate:
+                task = asyncio.create_task(one(n))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*tasks)
+    return by_outcome
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
+    with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
+        port = free_port()
+        proc = spawn(redis_server.url, port, tmp)
+        try:
+            target = f"127.0.0.1:{port}"
+            async with AtpClient(target) as client:
+                await client.wait_ready(timeout_s=60)
+            w = Workload("uniform", [(f"s-{i:04d}", f"l-{j}") for i in range(1000) for j in range(10)], 1_000_000)
+            await seed_service(target, w)
+            capacity, _ = await grpc_unary(target, w, "cap", args.seconds, 64, Tally())
+            before = rss_mb(proc.pid)
+            outcomes = await overload(target, w, 2 * capacity, args.seconds)
+            after = rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    rows: list[dict[str, object]] = [{"capacity_ops": round(capacity), "offered_ops": round(2 * capacity),
+                                      "rss_mb_before": round(before, 1), "rss_mb_after": round(after, 1)}]
+    for outcome, lat in sorted(outcomes.items()):
+        rows.append({"outcome": outcome, "count": len(lat), "p50_ms": round(float(np.percentile(lat, 50)), 2),
+                     "p99_ms": round(float(np.percentile(lat, 99)), 2)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="atp-overload-") as tmp:
+        for row in asyncio.run(run(args, Path(tmp))):
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
