@@ -104,6 +104,9 @@ async def test_twenty_service_kills_and_five_redis_kills_lose_nothing_acknowledg
         async with AtpClient(f"127.0.0.1:{port}", timeout_s=10) as client:
             await client.wait_ready(timeout_s=60)
             await check(client, book)
+        print(f"faults: {SERVICE_KILLS} service kills, {SERVICE_KILLS // REDIS_KILL_EVERY} Redis kills; "
+              f"{len(book.reservations)} acknowledged reservations and {len(book.facts)} acknowledged facts "
+              f"checked, 0 lost, none counted twice")
         proc.terminate()
         proc.wait(30)
     finally:
