@@ -113,8 +113,9 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     target = f"{config.host}:{service.port}"
     ctl = Path(sys.executable).with_name("atpctl")
     ctl_cmd = str(ctl) if ctl.exists() else "atpctl"
-    print(f"ATP service ready: gRPC on {target}, metrics on http://{config.metrics_host}:{service.metrics_port}/metrics",
-          flush=True)
+    metrics = (f"on http://{config.metrics_host}:{service.metrics_port}/metrics" if config.metrics_port >= 0
+               else "off")
+    print(f"ATP service ready: gRPC on {target}, metrics {metrics}", flush=True)
     print("Try:\n"
           f"  {ctl_cmd} --target {target} availability sku-00001@dc-east sku-00001@store-001\n"
           f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
