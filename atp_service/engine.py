@@ -90,6 +90,11 @@ class Engine:
         """The Redis client of the log (also for the quarantine and dead-letter streams)."""
         return self._log.client
 
+    def set_safety_defaults(self, by_location: dict[str, int]) -> None:
+        """Q4 defaults for new positions (from the estate); each ledger logs them when it applies them."""
+        for actor in self.actors:
+            actor.ledger.safety_defaults = dict(by_location)
+
     def place(self, sku: str) -> int:
         return zlib.crc32(sku.encode()) % self._n
 

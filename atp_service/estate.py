@@ -13,6 +13,9 @@ offending key, e.g. ``channels[2].buffer_percent: must be within [0, 100]``.
     type = "store"
     region = "east"
 
+    [safety_stock]         # units protected at every new position of a location type (Q4)
+    store = 1              # a location's own `safety_stock = N` wins
+
     [groups]
     ship-from-store = ["store-001", "store-002"]     # ids, in priority order
     stores-east = { type = "store", region = "east" }  # or a selector
@@ -78,6 +81,8 @@ class Estate:
     locations: dict[str, Location]
     groups: dict[str, tuple[str, ...]]
     channels: dict[str, Channel] = field(default_factory=dict)
+    safety_defaults: dict[str, int] = field(default_factory=dict)
+    """Q4 units protected at a location's new positions (per type, or per location), nonzero only."""
 
 
 def group_policies(estate: Estate) -> tuple[dict[str, GroupPolicy], GroupPolicy | None]:
@@ -99,6 +104,7 @@ def load_estate(path: Path) -> Estate:
 
 def parse_estate(data: dict[str, Any]) -> Estate:
     locations: dict[str, Location] = {}
+    own_safety: dict[str, int] = {}
     for n, raw in enumerate(_list(data, "locations")):
         where = f"locations[{n}]"
         kind, region = _text(raw, "type", where), _text(raw, "region", where, "")
@@ -110,10 +116,15 @@ def parse_estate(data: dict[str, Any]) -> Estate:
                 raise EstateError(f"{where}.ids: must be a non-empty list of location ids")
         else:
             ids = [_text(raw, "id", where)]
+        safety = raw.get("safety_stock")
+        if safety is not None and (not isinstance(safety, int) or isinstance(safety, bool) or safety < 0):
+            raise EstateError(f"{where}.safety_stock: must be a non-negative integer")
         for loc_id in ids:
             if loc_id in locations:
                 raise EstateError(f"{where}.id: {loc_id!r} is defined twice")
             locations[loc_id] = Location(loc_id, kind, region)
+            if safety is not None:
+                own_safety[loc_id] = safety
     groups: dict[str, tuple[str, ...]] = {}
     for name, members in dict(data.get("groups", {})).items():
         if name in locations:
@@ -125,7 +136,23 @@ def parse_estate(data: dict[str, Any]) -> Estate:
         if channel.name in channels:
             raise EstateError(f"channels[{n}].name: {channel.name!r} is defined twice")
         channels[channel.name] = channel
-    return Estate(locations, groups, channels)
+    return Estate(locations, groups, channels, _safety_defaults(data, locations, own_safety))
+
+
+def _safety_defaults(data: dict[str, Any], locations: dict[str, Location], own: dict[str, int]) -> dict[str, int]:
+    """``[safety_stock] store = 1`` protects a unit at every store's new positions; a location's own
+    ``safety_stock`` key wins over its type's."""
+    by_type = data.get("safety_stock", {})
+    if not isinstance(by_type, dict):
+        raise EstateError("safety_stock: must be a table of location type = units")
+    for kind, units in by_type.items():
+        if kind not in LOCATION_TYPES:
+            raise EstateError(f"safety_stock.{kind}: not a location type ({', '.join(LOCATION_TYPES)})")
+        if not isinstance(units, int) or isinstance(units, bool) or units < 0:
+            raise EstateError(f"safety_stock.{kind}: must be a non-negative integer")
+    out = {loc.id: by_type.get(loc.type, 0) for loc in locations.values()}
+    out.update(own)
+    return {loc: units for loc, units in out.items() if units}
 
 
 def _channel(raw: dict[str, Any], where: str, locations: dict[str, Location],

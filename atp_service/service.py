@@ -102,6 +102,7 @@ class AtpService:
             self.metrics_port = server.server_port
         self.engine = await self._recover()
         self.engine.group_policies, self.engine.default_group_policy = group_policies(self.estate)
+        self.engine.set_safety_defaults(self.estate.safety_defaults)
         self.engine.start()
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen)
         if self.estate.channels:
@@ -167,6 +168,7 @@ class AtpService:
         self.estate = estate
         if self.engine is not None:
             self.engine.group_policies, self.engine.default_group_policy = group_policies(estate)
+            self.engine.set_safety_defaults(estate.safety_defaults)
         if self.channels is None:
             raise StartupError("estate: channels were off at start; restart the service to turn them on")
         return await self.channels.reload(estate)

@@ -70,6 +70,9 @@ class Ledger:
         self._holds_at: dict[tuple[str, str], set[str]] = {}
         self._events: list[Event] = []
         self._undo: list[Undo] = []
+        self.safety_defaults: dict[str, int] = {}
+        """Q4 for a position's first fact, by location (the estate's defaults per location type):
+        logged as a SafetyStockSet when the position is created, so replay equals live (E10)."""
 
     # -- reads --------------------------------------------------------------
     def quantities(self, sku: str, location: str) -> Quantities:
@@ -105,6 +108,10 @@ class Ledger:
             reason = f"late: event_time {fact.event_time} is before stream time minus grace ({horizon})"
             self._emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
+        if self.safety_defaults and not self.store.exists(fact.sku, fact.location):
+            default = self.safety_defaults.get(fact.location, 0)
+            if default:
+                self._emit(SafetyStockSet(fact.sku, fact.location, default))
         # The hot path of ingestion: _emit's dispatch inlined.
         undo, outcome = self._apply_fact(fact)
         self._events.append(FactApplied(fact))

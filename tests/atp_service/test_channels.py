@@ -15,7 +15,7 @@ from atp_service.pb.atp.v1 import atp_pb2 as pb
 from reservation import ChannelRules, StockStatus, curate
 
 from ..conftest import ServiceFactory
-from .channel_helpers import fact, latest, stream_updates, wait_for_updates, write_estate
+from .channel_helpers import ESTATE, fact, latest, stream_updates, wait_for_updates, write_estate
 
 T = 1_700_000_000_000
 
@@ -184,3 +184,15 @@ async def test_reload_shows_zero_where_a_channel_no_longer_sells(
     await client.stub.ReloadEstate(pb.ReloadEstateRequest())
     updates = await wait_for_updates(redis_url, "pickup", 4)  # no clock move: a drop to 0 goes at once
     assert [(u.location, u.quantity, u.previous) for u in updates[3:]] == [("store-3", 0, 4)]
+
+
+
+async def test_default_safety_stock_per_location_type_protects_store_units(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock) -> None:
+    path = write_estate(tmp_path, "[safety_stock]\nstore = 1\n" + ESTATE)
+    _, client = await start_service(clock=clock, estate=path)
+    await client.record_events([fact("c1", "COUNT", "sku-s", "store-1", 5, T),
+                                fact("c2", "COUNT", "sku-s", "dc-1", 5, T)])
+    store, dc = await client.availability([("sku-s", "store-1"), ("sku-s", "dc-1")])
+    assert (store.safety_stock, store.available) == (1, 4)
+    assert (dc.safety_stock, dc.available) == (0, 5)

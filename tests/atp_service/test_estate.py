@@ -78,3 +78,23 @@ def test_not_toml_is_refused(tmp_path: Path) -> None:
     path.write_text("[[locations]\nid=")
     with pytest.raises(EstateError, match="not valid TOML"):
         load_estate(path)
+
+
+def test_safety_stock_defaults_by_type_and_by_location() -> None:
+    estate = parse_estate({
+        "safety_stock": {"store": 1},
+        "locations": [{"ids": ["s1", "s2"], "type": "store"}, {"id": "s3", "type": "store", "safety_stock": 4},
+                      {"id": "d1", "type": "dc"}, {"id": "s4", "type": "store", "safety_stock": 0}],
+    })
+    assert estate.safety_defaults == {"s1": 1, "s2": 1, "s3": 4}
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"safety_stock": {"warehouse": 1}}, "safety_stock.warehouse: not a location type"),
+    ({"safety_stock": {"store": -1}}, "safety_stock.store: must be a non-negative integer"),
+    ({"locations": [{"id": "x", "type": "dc", "safety_stock": "2"}]}, "locations[0].safety_stock: must be"),
+])
+def test_bad_safety_stock_names_the_key(data: dict[str, object], message: str) -> None:
+    with pytest.raises(EstateError) as err:
+        parse_estate(data)
+    assert str(err.value).startswith(message)

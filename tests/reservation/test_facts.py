@@ -128,3 +128,25 @@ def test_a_rolled_back_fact_leaves_no_position_behind_E10() -> None:
     ledger.rollback()
     assert list(ledger.store.items()) == [] and ledger.histories == {}
     assert not ledger.store.exists("A", "L1")
+
+
+def test_default_safety_stock_is_logged_with_the_first_fact_of_a_position_Q4_E10() -> None:
+    from reservation import Fact, FactKind, Ledger, Limits
+
+    ledger = Ledger(0, Limits())
+    ledger.safety_defaults = {"S1": 2}
+    ledger.record_fact(Fact("f1", "pos", FactKind.RECEIPT, "A", "S1", 5, 1_000))
+    ledger.record_fact(Fact("f2", "pos", FactKind.RECEIPT, "A", "DC", 5, 1_000))
+    entry = ledger.commit(2_000)
+    assert ledger.quantities("A", "S1").available == 3 and ledger.quantities("A", "DC").available == 5
+    ledger.set_safety_stock("A", "S1", 0)  # an explicit setting wins; a later fact does not reapply the default
+    ledger.record_fact(Fact("f3", "pos", FactKind.SALE, "A", "S1", 1, 1_001))
+    later = ledger.commit(3_000)
+    assert ledger.quantities("A", "S1").safety_stock == 0
+    replayed = Ledger(0, Limits())  # no defaults configured: the log alone reproduces them (E10)
+    replayed.replay(entry)
+    replayed.replay(later)
+    assert sorted(replayed.store.items()) == sorted(ledger.store.items())
+    ledger.record_fact(Fact("f4", "pos", FactKind.RECEIPT, "B", "S1", 1, 1_002))
+    ledger.rollback()
+    assert not ledger.store.exists("B", "S1")
