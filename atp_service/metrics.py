@@ -63,7 +63,8 @@ class Metrics:
             "atp_live_reservations", "HELD or CONFIRMED reservations per shard", ["shard"], registry=r
         )
         self.oversold_units = Gauge(
-            "atp_oversold_units", "Units by which positions are oversold (Q5: available < 0)", registry=r
+            "atp_oversold_units", "Units promised (reserved + committed) beyond on hand, over all positions (Q5)",
+            registry=r,
         )
         self.channel_delay = Histogram(
             "atp_channel_publish_delay_seconds",

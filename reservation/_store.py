@@ -131,11 +131,12 @@ class PositionStore:
         return Quantities(*sums)
 
     def oversold_units(self) -> int:
-        """Q5: units by which positions are oversold (sum of negative ``available``), one numpy pass."""
+        """Q5: units promised (reserved + committed) beyond on hand, summed over positions, one numpy
+        pass. Safety stock is left out: protecting more than is there is not selling what is not there."""
         n, m = len(self._skus), len(self._locations)
         q = self._q[:, :n, :m]
-        available = q[ON_HAND] - q[RESERVED] - q[COMMITTED] - q[SAFETY]
-        return int(-available[available < 0].sum())
+        uncovered = q[ON_HAND] - q[RESERVED] - q[COMMITTED]
+        return int(-uncovered[uncovered < 0].sum())
 
     def snapshot(self) -> StoreSnapshot:
         n, m = len(self._skus), len(self._locations)

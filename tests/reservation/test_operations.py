@@ -207,3 +207,11 @@ def test_late_sale_can_oversell_and_it_is_counted_not_hidden_Q5() -> None:
     q = ledger.quantities("A", "S1")
     assert q.available == -1
     assert ledger.store.oversold_units() == 1
+
+
+def test_safety_stock_above_on_hand_is_not_counted_as_oversold_Q4_Q5() -> None:
+    ledger = ledger_with({("A", "S1"): 1})
+    ledger.set_safety_stock("A", "S1", 3)
+    ledger.commit(NOW)
+    assert ledger.quantities("A", "S1").available == -2  # nothing can be promised...
+    assert ledger.store.oversold_units() == 0  # ...but nothing was promised beyond what is there
