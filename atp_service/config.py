@@ -46,6 +46,10 @@ class ServiceConfig:
     mailbox_size: int = 10_000
     """Messages a shard may have waiting; beyond it callers get RESOURCE_EXHAUSTED."""
 
+    max_loop_lag_ms: int = 250
+    """Shed load at the door: while the event loop runs this late, new calls get RESOURCE_EXHAUSTED
+    before any work (0 turns it off)."""
+
     max_queue_delay_ms: int = 1000
     """Shed load: while a shard's queued work has waited longer than this, new work is refused
     with RESOURCE_EXHAUSTED at once instead of joining a queue it would wait behind."""

@@ -51,7 +51,9 @@ class Metrics:
         self.append_failures = Counter(
             "atp_log_append_failures_total", "Log appends that failed (answered UNAVAILABLE)", registry=r
         )
-        self.shed = Counter("atp_shed_total", "Requests refused because a mailbox was full", registry=r)
+        self.shed = Counter("atp_shed_total", "Requests refused for overload (mailbox full, queue delay, loop lag)",
+                            registry=r)
+        self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke a 20 ms timer", registry=r)
         self.recovery_seconds = Gauge("atp_recovery_seconds", "Duration of the last start-up recovery", registry=r)
         self.recovered_entries = Gauge("atp_recovery_entries", "Log entries replayed at start-up", registry=r)
         self.snapshot_seconds = Histogram(

@@ -28,6 +28,7 @@ from .facts import FactDesk
 from .ingest import StreamIngestor
 from .log import LogStore, connect
 from .metrics import METRICS
+from .overload import LoopLagMonitor
 from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from .servicer import AvailabilityServicer
@@ -66,6 +67,7 @@ class AtpService:
         self._servicer = AvailabilityServicer(config.limits, config.max_stream_inflight,
                                               Watchers(config.max_watchers, config.watch_batch), self._reload_rpc)
         self._log: LogStore | None = None
+        self._monitor = LoopLagMonitor(config.max_loop_lag_ms)
 
     async def start(self) -> None:
         cfg = self.config
@@ -104,6 +106,8 @@ class AtpService:
         self.engine.group_policies, self.engine.default_group_policy = group_policies(self.estate)
         self.engine.set_safety_defaults(self.estate.safety_defaults)
         self.engine.start()
+        self._monitor.start()
+        self._servicer.monitor = self._monitor
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen)
         if self.estate.channels:
             channel_client = connect(self.redis_url, cfg.redis_timeout_s)
@@ -254,6 +258,7 @@ class AtpService:
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        await self._monitor.stop()
         if self.ingestor is not None:
             await self.ingestor.stop()
         if self.channels is not None:

@@ -15,6 +15,7 @@ from reservation import (
     InvalidArgument,
     Limits,
     Reservation,
+    ResourceExhausted,
     Unavailable,
     check_id,
     partial_lines,
@@ -26,6 +27,7 @@ from .channels import ChannelDesk
 from .engine import Engine
 from .facts import Explanation, FactDesk
 from .metrics import METRICS
+from .overload import LoopLagMonitor
 from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from .watch import Watchers
@@ -52,6 +54,12 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             try:
+                monitor = self.monitor
+                if monitor is not None and monitor.overloaded:
+                    METRICS.shed.inc()
+                    raise ResourceExhausted(
+                        f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit max_loop_lag_ms="
+                        f"{monitor.limit_s * 1000:.0f}), retry with backoff")
                 result = await fn(self, request, context)
             except DomainError as exc:
                 child(exc.code).observe(time.perf_counter() - started)
@@ -75,6 +83,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         self._max_inflight = max_stream_inflight
         self._watchers = watchers
         self._reload = reload
+        self.monitor: LoopLagMonitor | None = None
 
     def attach(self, engine: Engine, desk: FactDesk, channels: ChannelDesk | None) -> None:
         """Start answering: recovery has finished."""

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -29,11 +30,18 @@ from benchmarks.compare import Tally, Workload, grpc_unary, seed_service
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def spawn(redis_url: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:
+def spawn(redis_url: str, port: int, tmp: Path, metrics_port: int = -1) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
-         "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "WARNING"],
+         "--metrics-port", str(metrics_port), "--no-demo", "--auth", "off", "--log-level", "WARNING"],
         cwd=ROOT, stdout=(tmp / "service.log").open("wb"), stderr=subprocess.STDOUT)
+
+
+def served(metrics_port: int) -> float:
+    """Reserve calls the service's handlers ran (any outcome), from its own metrics."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith("atp_rpc_duration_seconds_count{") and 'method="Reserve"' in line)
 
 
 def rss_mb(pid: int) -> float:
@@ -72,8 +80,8 @@ async def overload(target: str, w: Workload, rate: float, seconds: float) -> dic
 
 async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
-        port = free_port()
-        proc = spawn(redis_server.url, port, tmp)
+        port, metrics_port = free_port(), free_port()
+        proc = spawn(redis_server.url, port, tmp, metrics_port)
         try:
             target = f"127.0.0.1:{port}"
             async with AtpClient(target) as client:
@@ -81,13 +89,15 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
             w = Workload("uniform", [(f"s-{i:04d}", f"l-{j}") for i in range(1000) for j in range(10)], 1_000_000)
             await seed_service(target, w)
             capacity, _ = await grpc_unary(target, w, "cap", args.seconds, 64, Tally())
-            before = rss_mb(proc.pid)
+            before, handled_before = rss_mb(proc.pid), served(metrics_port)
             outcomes = await overload(target, w, 2 * capacity, args.seconds)
-            after = rss_mb(proc.pid)
+            after, handled = rss_mb(proc.pid), served(metrics_port) - handled_before
         finally:
             proc.terminate()
             proc.wait(30)
+    sent = sum(len(v) for v in outcomes.values())
     rows: list[dict[str, object]] = [{"capacity_ops": round(capacity), "offered_ops": round(2 * capacity),
+                                      "client_calls": sent, "server_handled": round(handled),
                                       "rss_mb_before": round(before, 1), "rss_mb_after": round(after, 1)}]
     for outcome, lat in sorted(outcomes.items()):
         rows.append({"outcome": outcome, "count": len(lat), "p50_ms": round(float(np.percentile(lat, 50)), 2),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -61,3 +62,24 @@ async def test_work_whose_deadline_passed_is_not_applied(start_service: ServiceF
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     (a,) = await client.availability([("A", "DC")])
     assert a.reserved == 1
+
+
+async def test_a_lagging_event_loop_refuses_new_calls_at_the_door(start_service: ServiceFactory) -> None:
+    _, client = await start_service(max_loop_lag_ms=50)
+    await client.record_events([receipt("seed", "A", "DC", 10)])
+    time.sleep(0.2)  # noqa: ASYNC251 - on purpose: the one thread stalls, the monitor wakes ~200 ms late
+    await asyncio.sleep(0.05)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.reserve("shed", [("A", "DC", 1)])
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_loop_lag_ms=50" in (err.value.details() or "")
+    for _ in range(100):  # the cool-down passes once the loop keeps time again
+        await asyncio.sleep(0.05)
+        try:
+            resp = await client.reserve("later", [("A", "DC", 1)])
+            break
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert resp.state == pb.HELD
+    (a,) = await client.availability([("A", "DC")])
+    assert a.reserved == 1  # the refused call changed nothing

@@ -1,0 +1,54 @@
+"""Load shedding at the door: when the event loop itself falls behind, new calls are refused at once.
+
+On one Python thread the queue that grows under overload is the event loop's, ahead of any shard
+mailbox. A monitor task asks to wake every ``interval`` and measures how late it was woken (loop
+lag). Past ``max_loop_lag_ms`` the service is overloaded for a cool-down, and the servicer answers
+new calls with RESOURCE_EXHAUSTED before doing any work — a refusal costs a fraction of a
+decision, so the backlog drains instead of growing until deadlines expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from .metrics import METRICS
+
+INTERVAL_S = 0.02
+COOLDOWN_S = 0.25
+
+
+class LoopLagMonitor:
+    def __init__(self, max_lag_ms: int) -> None:
+        self.limit_s = max_lag_ms / 1000
+        self.lag_s = 0.0
+        self._until = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.limit_s > 0:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def overloaded(self) -> bool:
+        return self.limit_s > 0 and asyncio.get_running_loop().time() < self._until
+
+    def note(self, lag_s: float, now: float) -> None:
+        self.lag_s = lag_s
+        METRICS.loop_lag.set(lag_s)
+        if lag_s > self.limit_s:
+            self._until = now + COOLDOWN_S
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(INTERVAL_S)
+            now = loop.time()
+            self.note(max(0.0, now - asked - INTERVAL_S), now)
