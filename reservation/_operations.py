@@ -77,8 +77,14 @@ _Plan = tuple[list[tuple[str, int, int]], int, str]  # ([(location, units, avail
 def _plan(view: View, cmd: ReserveCommand, groups: GroupPolicy | None) -> list[_Plan]:
     """Where each line's units would come from; an empty pick list: the line does not fit.
     Units an earlier line of the same command would take are not offered again (R1)."""
-    taken: dict[tuple[str, str], int] = {}
     plans: list[_Plan] = []
+    if groups is None or not any(line.location in groups.groups for line in cmd.lines):
+        # The common case: plain lines, already summed per position (R1), so none takes another's units.
+        for line in cmd.lines:
+            a = view.quantities(line.sku, line.location).available
+            plans.append(([(line.location, line.quantity, a)] if line.quantity <= a else [], a, ""))
+        return plans
+    taken: dict[tuple[str, str], int] = {}
     for line in cmd.lines:
         sku = line.sku
 
