@@ -31,9 +31,12 @@ INT64 = st.one_of(st.integers(-2**63, 2**63 - 1), st.integers(-5, 5), st.sampled
 TEXT = st.one_of(st.text(max_size=20), st.text(min_size=120, max_size=300), st.sampled_from(["", " ", "\x00", "A",
                                                                                                "sku-1", "L1"]))
 LINES = st.lists(st.builds(pb.Line, sku=TEXT, location=TEXT, quantity=INT64), max_size=6)
+RESERVE = st.builds(pb.ReserveRequest, reservation_id=TEXT, order_ref=TEXT, channel=TEXT, lines=LINES,
+                    ttl_seconds=INT64, allow_partial=st.booleans())
+STREAM_EXAMPLES = 60
+STREAM_CODES = {0} | {code.value[0] for code in ALLOWED}
 REQUESTS: list[tuple[str, Any]] = [
-    ("Reserve", st.builds(pb.ReserveRequest, reservation_id=TEXT, order_ref=TEXT, channel=TEXT, lines=LINES,
-                          ttl_seconds=INT64, allow_partial=st.booleans())),
+    ("Reserve", RESERVE),
     ("Confirm", st.builds(pb.ConfirmRequest, reservation_id=TEXT)),
     ("Release", st.builds(pb.ReleaseRequest, reservation_id=TEXT, lines=LINES, operation_id=TEXT)),
     ("Fulfill", st.builds(pb.FulfillRequest, reservation_id=TEXT, lines=LINES, operation_id=TEXT)),
@@ -69,6 +72,25 @@ def fuzz_rpcs(target: str) -> int:
                     assert FIELD_FIRST.match(exc.details() or ""), (name, exc.details())
 
         one()
+
+        @settings(max_examples=STREAM_EXAMPLES, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(st.lists(RESERVE, max_size=8), TEXT)
+        def streams(batch: list[pb.ReserveRequest], channel: str) -> None:
+            nonlocal tried
+            tried += 1
+            (result,) = list(stub.ReserveStream(iter([pb.ReserveBatch(reservations=batch)]), timeout=10))
+            assert len(result.outcomes) == len(batch)
+            for outcome in result.outcomes:  # per reservation: OK (0) or a refusal naming the field
+                assert outcome.code in STREAM_CODES, (outcome.code, outcome.error)
+                if outcome.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]:
+                    assert FIELD_FIRST.match(outcome.error), outcome.error
+            try:
+                next(iter(stub.WatchAvailability(pb.WatchAvailabilityRequest(channel=channel), timeout=2)))
+            except grpc.RpcError as exc:
+                assert exc.code() in ALLOWED, (channel, exc.code(), exc.details())
+
+        streams()
     return tried
 
 
@@ -76,7 +98,7 @@ async def test_every_rpc_answers_garbage_with_a_precise_error_and_stays_consiste
         start_service: ServiceFactory) -> None:
     service, _ = await start_service()
     tried = await asyncio.to_thread(fuzz_rpcs, f"127.0.0.1:{service.port}")
-    assert tried >= EXAMPLES
+    assert tried >= EXAMPLES + STREAM_EXAMPLES
     ledgers = [actor.ledger for actor in service.engine.actors]  # type: ignore[union-attr]
     records = {rid: rec for ledger in ledgers for rid, rec in ledger.reservations.items()}
     _one_state_each(records)
