@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -132,3 +133,28 @@ async def test_tls_and_mutual_tls(start_service: ServiceFactory, certs: tuple[Pa
     for credentials in (tls_credentials(ca), untrusted):
         async with AtpClient(target, credentials=credentials, timeout_s=3) as client:
             assert await code_of(client.availability([("A", "L")])) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_redis_password_in_the_url_works_and_is_never_logged(tmp_path_factory: pytest.TempPathFactory,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from atp_service import EmbeddedRedis
+
+    secret = "s3cret-redis-pw"
+    own = EmbeddedRedis(tmp_path_factory.mktemp("pw-redis"), password=secret).start()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            service = AtpService(make_config(), own.url)
+            await service.start()
+            async with AtpClient(f"127.0.0.1:{service.port}") as client:
+                assert (await client.reserve("r", [("A", "L", 1)])).state == pb.REJECTED  # no stock: decided, durable
+            await service.stop(grace_s=0.1)
+        wrong = AtpService(make_config(redis_timeout_s=0.2), own.url.replace(secret, "wrong"))
+        with caplog.at_level(logging.DEBUG):
+            starting = asyncio.ensure_future(wrong.start())
+            await asyncio.sleep(0.5)  # it waits for Redis (health NOT_SERVING) instead of dying
+            assert not starting.done()
+            starting.cancel()
+            await wrong.stop(grace_s=0)
+        assert secret not in caplog.text and "wrong" not in caplog.text
+    finally:
+        own.stop()
