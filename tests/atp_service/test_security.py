@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from atp_service import AtpClient, AtpService
+from atp_service import AtpClient, AtpService, free_port
 from atp_service.auth import new_token, token_hash
 from atp_service.certs import make_certs
 from atp_service.client import tls_credentials
+from atp_service.embedded_redis import redis_server_binary
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.service import StartupError
 
@@ -158,3 +161,35 @@ async def test_redis_password_in_the_url_works_and_is_never_logged(tmp_path_fact
         assert secret not in caplog.text and "wrong" not in caplog.text
     finally:
         own.stop()
+
+
+@pytest.fixture
+def tls_redis(certs: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
+    """Debian's redis-server speaking TLS only; yields a ``rediss://`` URL that trusts our CA."""
+    ours, _ = certs
+    port = free_port()
+    server = subprocess.Popen([redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                               "--tls-cert-file", str(ours / "server.pem"), "--tls-key-file", str(ours / "server.key"),
+                               "--tls-ca-cert-file", str(ours / "ca.pem"), "--tls-auth-clients", "no",
+                               "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ours / 'ca.pem'}"
+    server.terminate()
+    server.wait(10)
+
+
+async def test_rediss_url_talks_tls_to_redis(tls_redis: str) -> None:
+    """The log, the input streams and the channel feeds all connect through the URL: here over TLS."""
+    service = AtpService(make_config(), tls_redis)
+    await service.start()
+    async with AtpClient(f"127.0.0.1:{service.port}") as client:
+        fact = pb.Fact(event_id="e1", source="wms", kind=pb.RECEIPT, sku="A", location="L", quantity=5,
+                       event_time_ms=service.clock.now_ms())
+        assert [r.outcome for r in await client.record_events([fact])] == [pb.APPLIED]
+        assert (await client.reserve("r", [("A", "L", 2)])).state == pb.HELD
+    await service.stop(grace_s=0.1)
+    restarted = AtpService(make_config(), tls_redis)  # what was acknowledged comes back over TLS
+    await restarted.start()
+    async with AtpClient(f"127.0.0.1:{restarted.port}") as client:
+        assert (await client.get_reservation("r")).state == pb.HELD
+    await restarted.stop(grace_s=0.1)
