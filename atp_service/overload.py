@@ -2,7 +2,8 @@
 
 On one Python thread the queue that grows under overload is the event loop's, ahead of any shard
 mailbox. A monitor task asks to wake every ``interval`` and measures how late it was woken (loop
-lag). Past ``max_loop_lag_ms`` the service is overloaded for a cool-down, and the servicer answers
+lag). Late past ``max_loop_lag_ms`` several times in a row, the service is overloaded for a cool-down
+(a single long pause is not overload), and the servicer answers
 new calls with RESOURCE_EXHAUSTED before doing any work — a refusal costs a fraction of a
 decision, so the backlog drains instead of growing until deadlines expire.
 """
@@ -16,6 +17,8 @@ from .metrics import METRICS
 
 INTERVAL_S = 0.02
 COOLDOWN_S = 0.25
+STREAK = 3
+"""Late wake-ups in a row before shedding: one long pause (a collection, a big batch) is not overload."""
 
 
 class LoopLagMonitor:
@@ -23,6 +26,7 @@ class LoopLagMonitor:
         self.limit_s = max_lag_ms / 1000
         self.lag_s = 0.0
         self._until = 0.0
+        self._late = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -42,7 +46,8 @@ class LoopLagMonitor:
     def note(self, lag_s: float, now: float) -> None:
         self.lag_s = lag_s
         METRICS.loop_lag.set(lag_s)
-        if lag_s > self.limit_s:
+        self._late = self._late + 1 if lag_s > self.limit_s else 0
+        if self._late >= STREAK:
             self._until = now + COOLDOWN_S
 
     async def _run(self) -> None:

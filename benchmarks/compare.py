@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import redis.asyncio as aioredis
 
@@ -223,7 +224,14 @@ async def seed_service(target: str, w: Workload) -> None:
                      quantity=w.stock, event_time_ms=now) for sku, loc in w.positions]
     async with AtpClient(target, timeout_s=60) as client:
         for i in range(0, len(facts), 5000):
-            await client.record_events(facts[i:i + 5000])
+            for attempt in range(20):  # a client's manners: back off when the service sheds load
+                try:
+                    await client.record_events(facts[i:i + 5000])
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or attempt == 19:
+                        raise
+                    await asyncio.sleep(0.05 * (attempt + 1))
 
 
 async def seed_redis(redis_url: str, w: Workload) -> None:
