@@ -17,20 +17,14 @@ import msgspec
 
 from reservation import ChannelUpdate, Key, Published, update_from_fields
 
+from .log import as_text, seq_of, stream_entries
+
 _encode = msgspec.msgpack.Encoder().encode
 _SEP = "\t"
 
 
 def _field(key: Key) -> str:
     return f"{key[0]}{_SEP}{key[1]}"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def version_of(stream_id: Any) -> int:
-    return int(_text(stream_id).split("-", 1)[0])
 
 
 # KEYS: stream, state hash per channel; ARGV: maxlen, channel, msgpack list of updates per channel.
@@ -86,8 +80,8 @@ class ChannelStore:
         """The last published value per key, and the newest version the stream ever had."""
         published: dict[Key, Published] = {}
         async for field, value in self.client.hscan_iter(self.state_key(channel), count=10_000):
-            sku, _, location = _text(field).partition(_SEP)
-            quantity, version, event_time = _text(value).split()
+            sku, _, location = as_text(field).partition(_SEP)
+            quantity, version, event_time = as_text(value).split()
             published[(sku, location)] = Published(int(quantity), int(version), int(event_time))
         newest = max((p.version for p in published.values()), default=0)
         return published, max(newest, await self.last_version(channel))
@@ -117,7 +111,7 @@ class ChannelStore:
     async def last_version(self, channel: str) -> int:
         """Newest version ever written to the channel stream (0: none)."""
         info = await self._info(channel)
-        return 0 if info is None else version_of(info["last-generated-id"])
+        return 0 if info is None else seq_of(info["last-generated-id"])
 
     async def missed_after(self, channel: str, version: int) -> bool:
         """True when trimming removed an update with a version above ``version``. Versions have no
@@ -127,19 +121,12 @@ class ChannelStore:
             return False
         first = info.get("first-entry")
         if not first:
-            return version_of(info["last-generated-id"]) > version
-        return version_of(first[0]) > version + 1
+            return seq_of(info["last-generated-id"]) > version
+        return seq_of(first[0]) > version + 1
 
     async def read_after(self, channel: str, version: int, count: int,
                          block_ms: int | None) -> list[ChannelUpdate]:
         """Updates with a version above ``version``, oldest first (waits up to ``block_ms`` for one)."""
         reply = await self.client.xread({self.stream(channel): f"{version}-0"}, count=count, block=block_ms)
-        out: list[ChannelUpdate] = []
-        if isinstance(reply, dict):  # RESP3 map form
-            reply = list(reply.items())
-        for _, entries in reply or ():
-            if entries and isinstance(entries[0], list) and entries[0] and isinstance(entries[0][0], list):
-                entries = entries[0]
-            for _, fields in entries:
-                out.append(update_from_fields({_text(k): _text(v) for k, v in fields.items()}))
-        return out
+        return [update_from_fields({as_text(k): as_text(v) for k, v in fields.items()})
+                for _, _, fields in stream_entries(reply)]

@@ -23,6 +23,7 @@ from reservation import fact as make_fact
 from .clock import Clock
 from .config import ServiceConfig
 from .facts import FactDesk
+from .log import as_text
 from .metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class StreamIngestor:
         reply = await self._client.execute_command("XREADGROUP", *args)
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
         return [
-            (_text(stream), entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None)
+            (as_text(stream), entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None)
             for stream, rows in streams for entry_id, flat in rows
         ]
 
@@ -239,7 +240,3 @@ class StreamIngestor:
         for stream in self._streams:
             summary = await self._client.xpending(stream, self._config.consumer_group)
             METRICS.ingest_pending.labels(stream).set(summary["pending"] if summary else 0)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

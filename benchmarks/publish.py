@@ -40,6 +40,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
+from atp_service.log import stream_entries
 from benchmarks.ingest import resp_command
 from reservation import ChannelUpdate, update_from_fields
 
@@ -117,14 +118,10 @@ async def read_updates(url: str, quiet_s: float, seen: list[tuple[int, ChannelUp
     while time.monotonic() - quiet_since < quiet_s:
         reply: Any = await r.xread(last, count=5000, block=100)  # type: ignore[arg-type]
         now = time.time_ns() // 1_000_000
-        items = reply.items() if isinstance(reply, dict) else reply or []
-        for stream, entries in items:
-            if entries and isinstance(entries[0], list) and isinstance(entries[0][0], list):
-                entries = entries[0]
-            for entry_id, fields in entries:
-                seen.append((now, update_from_fields(fields)))
-                last[stream] = entry_id
-                quiet_since = time.monotonic()
+        for stream, entry_id, fields in stream_entries(reply):
+            seen.append((now, update_from_fields(fields)))
+            last[stream] = entry_id
+            quiet_since = time.monotonic()
     await r.aclose()
 
 

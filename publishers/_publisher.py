@@ -20,6 +20,7 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from atp_service.log import as_text, stream_entries
 from reservation import ChannelUpdate, TokenBucket, update_fields, update_from_fields
 
 from ._adapters import Adapter, DeliveryError
@@ -27,10 +28,6 @@ from ._config import PublisherConfig
 from ._metrics import PublisherMetrics
 
 log = logging.getLogger(__name__)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(slots=True)
@@ -81,7 +78,7 @@ class Publisher:
             if "BUSYGROUP" not in str(exc):
                 raise
         raw = await self.client.hgetall(cfg.delivered_key)
-        self._delivered = {_text(k): int(v) for k, v in raw.items()}
+        self._delivered = {as_text(k): int(v) for k, v in raw.items()}
         self._bucket = TokenBucket(cfg.rate_limit_per_s, cfg.burst, self._now_ms())
 
     # -- reading -------------------------------------------------------------------
@@ -90,20 +87,15 @@ class Publisher:
         block = None if start == "0" else cfg.block_ms
         reply = await self.client.xreadgroup(cfg.group, cfg.consumer, {cfg.stream: start},
                                              count=cfg.read_count, block=block)
-        if isinstance(reply, dict):
-            reply = list(reply.items())
         out = _Read([], [])
-        for _, entries in reply or ():
-            if entries and isinstance(entries[0], list) and entries[0] and isinstance(entries[0][0], list):
-                entries = entries[0]
-            for entry_id, fields in entries:
-                out.ids.append(_text(entry_id))
-                try:
-                    update = update_from_fields({_text(k): _text(v) for k, v in (fields or {}).items()})
-                except (KeyError, ValueError) as exc:
-                    await self._dead_letter_raw(_text(entry_id), fields or {}, f"undecodable entry: {exc!r}")
-                    continue
-                out.updates.append(update)
+        for _, entry_id, fields in stream_entries(reply):
+            out.ids.append(as_text(entry_id))
+            try:
+                update = update_from_fields({as_text(k): as_text(v) for k, v in (fields or {}).items()})
+            except (KeyError, ValueError) as exc:
+                await self._dead_letter_raw(as_text(entry_id), fields or {}, f"undecodable entry: {exc!r}")
+                continue
+            out.updates.append(update)
         return out
 
     # -- one batch -----------------------------------------------------------------
@@ -196,6 +188,6 @@ class Publisher:
     async def _dead_letter_raw(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:
         cfg = self.config
         self.metrics.dead_lettered.labels(cfg.channel).inc()
-        body = {_text(k): _text(v) for k, v in fields.items()}
+        body = {as_text(k): as_text(v) for k, v in fields.items()}
         await self.client.xadd(cfg.dead_letter_stream, {**body, "reason": reason, "entry_id": entry_id},
                                maxlen=cfg.dead_letter_maxlen, approximate=True)
