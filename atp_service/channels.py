@@ -28,6 +28,7 @@ from .engine import Engine
 from .estate import Channel, Estate
 from .metrics import METRICS
 from .shard import STORAGE_ERRORS
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 _DEMAND = (FactKind.SALE, FactKind.SHIPMENT)
@@ -66,10 +67,7 @@ class ChannelDesk:
         for actor in self.engine.actors:
             with contextlib.suppress(ValueError):
                 actor.listeners.remove(self.on_durable)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def reload(self, estate: Estate) -> dict[str, int]:
         """Swap in a new estate/channel configuration: re-curate, publish only what changed."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import io
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 from .config import ServiceConfig
 from .embedded_redis import DataDirInUse, EmbeddedRedis, RedisNotInstalled
 from .service import AtpService, StartupError
+from .tasks import task_stacks
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -155,10 +155,7 @@ async def _reload(service: AtpService) -> None:
 
 
 def _dump_tasks() -> None:
-    out = io.StringIO()
-    for task in asyncio.all_tasks():
-        task.print_stack(limit=8, file=out)
-    log.warning("asyncio tasks:\n%s", out.getvalue())
+    log.warning("asyncio tasks:\n%s", task_stacks())
 
 
 async def load_demo(service: AtpService) -> None:

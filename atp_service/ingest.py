@@ -10,7 +10,6 @@ the dead-letter stream with the reason and their original fields, and never stop
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -25,6 +24,7 @@ from .config import ServiceConfig
 from .facts import FactDesk
 from .log import as_text
 from .metrics import METRICS
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 DECODE_SLICE = 500
@@ -97,10 +97,7 @@ class StreamIngestor:
 
     async def stop(self) -> None:
         """Stop reading; what is not acknowledged stays pending and is read again on the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for task in list(self._batches):
             task.cancel()
         await self._settle_batches()

@@ -11,9 +11,9 @@ decision, so the backlog drains instead of growing until deadlines expire.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from .metrics import METRICS
+from .tasks import cancel_and_wait
 
 INTERVAL_S = 0.02
 COOLDOWN_S = 0.25
@@ -34,10 +34,7 @@ class LoopLagMonitor:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     @property
     def overloaded(self) -> bool:

@@ -26,6 +26,7 @@ from .clock import Clock
 from .config import ServiceConfig
 from .log import LogStore
 from .metrics import METRICS
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,7 @@ class ShardActor:
         self._stopping = True
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._drain(), timeout=self._config.redis_timeout_s * 2)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         while not self._mailbox.empty():
             env = self._mailbox.get_nowait()
             if not env.reply.done():

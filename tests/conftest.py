@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +13,7 @@ import redis
 
 from atp_service import AtpClient, AtpService, EmbeddedRedis, ManualClock, ServiceConfig
 from atp_service.clock import Clock
+from atp_service.tasks import task_stacks
 from reservation import Limits
 
 
@@ -60,19 +60,11 @@ async def start_service(redis_url: str) -> AsyncIterator[ServiceFactory]:
         try:
             await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
         except TimeoutError:
-            stacks = _task_stacks()
+            stacks = task_stacks(limit=6)
             raise AssertionError(f"service.stop() did not finish in {STOP_LIMIT_S}s; tasks:\n{stacks}") from None
 
 
 STOP_LIMIT_S = 30
-
-
-def _task_stacks() -> str:
-    """What every asyncio task waits on: the diagnosis of a shutdown that hangs."""
-    out = io.StringIO()
-    for task in asyncio.all_tasks():
-        task.print_stack(limit=6, file=out)
-    return out.getvalue()
 
 
 @pytest.fixture
