@@ -187,11 +187,25 @@ async def postgres(url: str, w: Workload, seconds: float, in_flight: int, tally:
         await pool.close()
 
 
+async def open_loop(rate: float, seconds: float, one: Callable[[int], Awaitable[None]]) -> float:
+    """Start ``one(n)`` at ``rate`` per second for ``seconds`` whatever the answers (latency at a given
+    load, not capacity); returns the seconds until the last one finished."""
+    tasks: set[asyncio.Task[None]] = set()
+    begin, n = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - begin) < seconds:
+        while n < elapsed * rate:
+            task = asyncio.ensure_future(one(n))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - begin
+
+
 async def open_loop_unary(target: str, w: Workload, rate: float, seconds: float) -> tuple[float, list[float]]:
-    """Requests started at a fixed rate whatever the answers: latency at a given load, not capacity."""
     pick = w.picker(5)
     latencies: list[float] = []
-    tasks: set[asyncio.Task[None]] = set()
     async with AtpClient(target) as client:
         async def one(n: int) -> None:
             sku, loc = pick()
@@ -199,17 +213,8 @@ async def open_loop_unary(target: str, w: Workload, rate: float, seconds: float)
             await client.reserve(f"ol-{w.name}-{n}", [(sku, loc, 1)], ttl_seconds=3600)
             latencies.append((time.perf_counter() - started) * 1000)
 
-        begin = time.perf_counter()
-        n = 0
-        while (elapsed := time.perf_counter() - begin) < seconds:
-            while n < elapsed * rate:
-                task = asyncio.create_task(one(n))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                n += 1
-            await asyncio.sleep(0.001)
-        await asyncio.gather(*tasks)
-        return len(latencies) / (time.perf_counter() - begin), latencies
+        elapsed = await open_loop(rate, seconds, one)
+        return len(latencies) / elapsed, latencies
 
 
 # -- stock --------------------------------------------------------------------------------------------

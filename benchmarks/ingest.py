@@ -64,10 +64,11 @@ def preload(redis_server: EmbeddedRedis, facts: int) -> None:
     assert b"errors: 0" in done.stdout, done.stdout
 
 
-def spawn(redis_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def spawn(redis_url: str, port: int, log: Path, metrics_port: int = -1, *extra: str) -> subprocess.Popen[bytes]:
+    """``atp-service serve`` for a benchmark: no demo, no auth, on the given Redis; ``extra`` flags appended."""
     return subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
-         "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "WARNING"],
+         "--metrics-port", str(metrics_port), "--no-demo", "--auth", "off", "--log-level", "WARNING", *extra],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT,
     )
 

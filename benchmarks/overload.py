@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,16 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
-from benchmarks.compare import Tally, Workload, grpc_unary, seed_service
+from benchmarks.compare import Tally, Workload, grpc_unary, open_loop, seed_service
+from benchmarks.ingest import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def spawn(redis_url: str, port: int, tmp: Path, metrics_port: int = -1) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
-         "--metrics-port", str(metrics_port), "--no-demo", "--auth", "off", "--log-level", "WARNING"],
-        cwd=ROOT, stdout=(tmp / "service.log").open("wb"), stderr=subprocess.STDOUT)
 
 
 def served(metrics_port: int) -> float:
@@ -54,7 +47,6 @@ def rss_mb(pid: int) -> float:
 async def overload(target: str, w: Workload, rate: float, seconds: float) -> dict[str, list[float]]:
     by_outcome: dict[str, list[float]] = {}
     pick = w.picker(9)
-    tasks: set[asyncio.Task[None]] = set()
     async with AtpClient(target, timeout_s=1.0) as client:
         async def one(n: int) -> None:
             sku, loc = pick()
@@ -66,22 +58,14 @@ async def overload(target: str, w: Workload, rate: float, seconds: float) -> dic
                 outcome = exc.code().name
             by_outcome.setdefault(outcome, []).append((time.perf_counter() - started) * 1000)
 
-        begin, n = time.perf_counter(), 0
-        while (elapsed := time.perf_counter() - begin) < seconds:
-            while n < elapsed * rate:
-                task = asyncio.create_task(one(n))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                n += 1
-            await asyncio.sleep(0.001)
-        await asyncio.gather(*tasks)
+        await open_loop(rate, seconds, one)
     return by_outcome
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
         port, metrics_port = free_port(), free_port()
-        proc = spawn(redis_server.url, port, tmp, metrics_port)
+        proc = spawn(redis_server.url, port, tmp / "service.log", metrics_port)
         try:
             target = f"127.0.0.1:{port}"
             async with AtpClient(target) as client:

@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
 from atp_service.log import stream_entries
-from benchmarks.ingest import resp_command
+from benchmarks.ingest import resp_command, spawn
 from reservation import ChannelUpdate, update_from_fields
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,13 +89,6 @@ def pipe_facts(port: int, stream: str, facts: list[tuple[str, str, str, str, int
     assert b"errors: 0" in done.stdout, done.stdout
 
 
-def spawn(redis_url: str, port: int, metrics_port: int, tmp: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
-         "--metrics-port", str(metrics_port), "--no-demo", "--auth", "off", "--estate", str(tmp / "estate.toml"),
-         "--log-level", "WARNING"], cwd=ROOT, stdout=(tmp / "service.log").open("ab"), stderr=subprocess.STDOUT)
-
-
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")
@@ -141,7 +134,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                  for n, (sku, store) in enumerate((s, st) for s in SKUS for st in STORES)]
         pipe_facts(server.port, "atp:in:wms", stock)
         port, metrics_port = free_port(), free_port()
-        proc = spawn(server.url, port, metrics_port, tmp)
+        proc = spawn(server.url, port, tmp / "service.log", metrics_port, "--estate", str(tmp / "estate.toml"))
         try:
             async with AtpClient(f"127.0.0.1:{port}") as client:
                 await client.wait_ready(timeout_s=300)
