@@ -4,7 +4,7 @@ Shard actors report every log entry once it is durable (``on_durable``). The des
 SKUs and positions changed, and one task re-curates them — a SKU across all the locations a
 channel sells from is one numpy gather and one vectorised ``curate`` — and offers the results
 to each channel's ``Feed``, which decides what goes out when. What goes out is written to the
-channel stream and its state hash in one MULTI; only then is it published (and watchable).
+channel stream and its state hash by one Lua script call; only then is it published (and watchable).
 The desk is the only writer, so versions stay in order with the stream ids.
 """
 
@@ -110,7 +110,7 @@ class ChannelDesk:
 
     # -- intake: runs inside a shard actor's completion callback; keep it short ------------
     def on_durable(self, shard: int, entry: LogEntry) -> None:
-        dirty, ts = self._dirty, entry.ts
+        dirty, ts, now = self._dirty, entry.ts, self.clock.now_ms()
         demand: dict[str, int] = {}
         for event in entry.events:
             if isinstance(event, FactApplied):
@@ -129,10 +129,9 @@ class ChannelDesk:
             locs = dirty.get(sku)
             if locs is None:
                 locs = dirty[sku] = {}
-                self._dirty_at[sku] = self.clock.now_ms()
+                self._dirty_at[sku] = now
             if locs.get(loc, 0) < t:
                 locs[loc] = t
-        now = self.clock.now_ms()
         for sku, units in demand.items():
             self._velocity[sku] = (self._velocity_at(sku, now) + units, now)
         if dirty:
@@ -209,7 +208,7 @@ class ChannelDesk:
         for feed, sku, location, value, source_time in offers:
             feed.offer((sku, location), value, source_time, dirty_at.get(sku, now), now, velocity(sku, now))
         for name, feed in self.feeds.items():
-            self._pending_gauge(name).set(feed.pending)
+            METRICS.channel_pending.labels(name).set(feed.pending)
 
     async def publish_due(self, urgent_only: bool = False) -> list[ChannelUpdate]:
         """Take what each feed may publish now, write it, then confirm it (or give it back)."""
@@ -238,7 +237,7 @@ class ChannelDesk:
         return out
 
     async def _settle(self, taken: list[tuple[str, Feed, list[ChannelUpdate]]], error: BaseException) -> None:
-        """A write failed, perhaps after it landed (one MULTI: all or nothing). Find out which by
+        """A write failed, perhaps after it landed (one script call: all or nothing). Find out which by
         the stream's last id — waiting for Redis if need be — so versions are never reused."""
         METRICS.channel_write_failures.inc()
         log.warning("channel publish failed (%s); settling", error)
@@ -255,9 +254,6 @@ class ChannelDesk:
                 feed.confirm(updates)  # it landed
             else:
                 feed.give_back(updates, self.clock.now_ms())
-
-    def _pending_gauge(self, channel: str) -> Any:
-        return METRICS.channel_pending.labels(channel)
 
     def _observe(self, channel: str, updates: list[ChannelUpdate], done: int) -> None:
         children = self._children

@@ -21,7 +21,7 @@ from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 
 from ..conftest import ServiceFactory
-from ..sim.checks import _holds_match_positions, _one_state_each
+from ..sim.checks import holds_match_positions, one_state_each
 
 EXAMPLES = 300
 ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
@@ -101,8 +101,8 @@ async def test_every_rpc_answers_garbage_with_a_precise_error_and_stays_consiste
     assert tried >= EXAMPLES + STREAM_EXAMPLES
     ledgers = [actor.ledger for actor in service.engine.actors]  # type: ignore[union-attr]
     records = {rid: rec for ledger in ledgers for rid, rec in ledger.reservations.items()}
-    _one_state_each(records)
-    _holds_match_positions(ledgers, records)  # nothing half-applied
+    one_state_each(records)
+    holds_match_positions(ledgers, records)  # nothing half-applied
 
 
 NASTY = ["SALE", "COUNT", "RECEIPT", "ADJUST", "nan", "1e309", "-1", "0", "9" * 30, "", "\x00", "\u202e",
@@ -159,4 +159,4 @@ async def test_input_stream_garbage_is_applied_or_dead_lettered_never_dropped(
     assert len(dead) > len(entries) / 2  # the garbage really was garbage
     ledgers = [actor.ledger for actor in service.engine.actors]
     records = {rid: rec for ledger in ledgers for rid, rec in ledger.reservations.items()}
-    _holds_match_positions(ledgers, records)
+    holds_match_positions(ledgers, records)

@@ -36,13 +36,13 @@ class Violation(AssertionError):
 def check(world: World, acked: Acknowledged) -> None:
     ledgers = [actor.ledger for actor in world.eng.actors]
     records = {rid: rec for ledger in ledgers for rid, rec in ledger.reservations.items()}
-    _one_state_each(records)
-    _holds_match_positions(ledgers, records)
-    _acknowledged_survive(world, records, acked)
-    _facts_fold_as_the_reference(world, ledgers)
+    one_state_each(records)
+    holds_match_positions(ledgers, records)
+    acknowledged_survive(world, records, acked)
+    facts_fold_as_the_reference(world, ledgers)
 
 
-def _one_state_each(records: dict) -> None:  # type: ignore[type-arg]
+def one_state_each(records: dict) -> None:  # type: ignore[type-arg]
     for rid, rec in records.items():
         state = State(rec.state)
         if state == State.HELD and rec.expires_at <= 0:
@@ -56,7 +56,7 @@ def _one_state_each(records: dict) -> None:  # type: ignore[type-arg]
                 raise Violation(f"R3: {rid} is {state.name} but still commits {line.committed}")
 
 
-def _holds_match_positions(ledgers: list, records: dict) -> None:  # type: ignore[type-arg]
+def holds_match_positions(ledgers: list, records: dict) -> None:  # type: ignore[type-arg]
     """Q2/Q3: a position's reserved and committed are exactly what the reservations hold there."""
     held: Counter[tuple[str, str]] = Counter()
     committed: Counter[tuple[str, str]] = Counter()
@@ -77,7 +77,7 @@ def _holds_match_positions(ledgers: list, records: dict) -> None:  # type: ignor
             raise Violation(f"Q2/Q3: reservations hold units at {key}, which no shard has")
 
 
-def _acknowledged_survive(world: World, records: dict, acked: Acknowledged) -> None:  # type: ignore[type-arg]
+def acknowledged_survive(world: World, records: dict, acked: Acknowledged) -> None:  # type: ignore[type-arg]
     for rid, state in acked.reservations.items():
         rec = records.get(rid)
         if rec is None:
@@ -90,7 +90,7 @@ def _acknowledged_survive(world: World, records: dict, acked: Acknowledged) -> N
         raise Violation(f"R7: acknowledged facts not in the log: {sorted(missing)[:5]}")
 
 
-def _facts_fold_as_the_reference(world: World, ledgers: list) -> None:  # type: ignore[type-arg]
+def facts_fold_as_the_reference(world: World, ledgers: list) -> None:  # type: ignore[type-arg]
     """E1-E3 and E8: on_hand equals the textbook fold of what the log holds, each fact once."""
     events: dict[tuple[str, str], list[tuple[tuple[int, int, str], int, bool]]] = {}
     applied: set[tuple[str, str]] = set()
