@@ -32,17 +32,23 @@ DECODE_SLICE = 500
 
 REQUIRED = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms")
 _REQUIRED_BYTES = tuple(name.encode() for name in REQUIRED)
+_DOCUMENTED_ORDER = list(_REQUIRED_BYTES)
 _KINDS = {k.name: k.value for k in FactKind}
-Entry = tuple[str, bytes, dict[bytes, bytes] | None]  # stream, entry id, fields (None: deleted)
+Entry = tuple[str, bytes, list[bytes] | None]  # stream, entry id, flat [field, value, …] (None: deleted)
 
 
-def decode_fact(fields: dict[bytes, bytes], now: int, limits: Limits) -> Fact:
-    """One input-stream entry -> a validated fact, or InvalidArgument naming the field."""
+def decode_fact(flat: list[bytes], now: int, limits: Limits) -> Fact:
+    """One input-stream entry (its flat field/value list) -> a validated fact, or InvalidArgument
+    naming the field. Entries written in the documented field order skip the dict and the lookups."""
     try:
-        event_id, source, kind_text, sku, location, quantity, event_time = (
-            _field(fields, key).decode() for key in _REQUIRED_BYTES
-        )
-        reservation_id = fields[b"reservation_id"].decode() if b"reservation_id" in fields else ""
+        if flat[0::2] == _DOCUMENTED_ORDER:
+            event_id, source, kind_text, sku, location, quantity, event_time = map(bytes.decode, flat[1::2])
+            reservation_id = ""
+        else:  # any other order, extra fields: the first problem in the documented order is named
+            fields = as_fields(flat)
+            event_id, source, kind_text, sku, location, quantity, event_time = (
+                _field(fields, key).decode() for key in _REQUIRED_BYTES)
+            reservation_id = fields.get(b"reservation_id", b"").decode()
     except UnicodeDecodeError:
         raise InvalidArgument("entry", "field values must be UTF-8") from None
     kind = _KINDS.get(kind_text) or _KINDS.get(kind_text.strip().upper())
@@ -53,6 +59,11 @@ def decode_fact(fields: dict[bytes, bytes], now: int, limits: Limits) -> Fact:
         quantity=_integer("quantity", quantity), event_time=_integer("event_time_ms", event_time),
         reservation_id=reservation_id, now=now, limits=limits,
     )
+
+
+def as_fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A flat [field, value, …] list as a dict (the last value of a repeated field wins, as in XADD)."""
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
 
 
 def _field(fields: dict[bytes, bytes], key: bytes) -> bytes:
@@ -158,10 +169,11 @@ class StreamIngestor:
         # The raw reply, not redis-py's per-entry dict building: [[stream, [[id, [f, v, f, v…]], …]], …]
         reply = await self._client.execute_command("XREADGROUP", *args)
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
-        return [
-            (as_text(stream), entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None)
-            for stream, rows in streams for entry_id, flat in rows
-        ]
+        entries: list[Entry] = []
+        for stream, rows in streams:
+            name = as_text(stream)
+            entries += [(name, entry_id, flat or None) for entry_id, flat in rows]
+        return entries
 
     async def _claim(self) -> list[Entry]:
         """Take over entries a dead consumer left pending for longer than claim_idle_ms."""
@@ -172,7 +184,8 @@ class StreamIngestor:
                                                   min_idle_time=cfg.claim_idle_ms, start_id="0-0",
                                                   count=cfg.ingest_count)
             claimed = reply[1]
-            out += [(stream, entry_id, fields or None) for entry_id, fields in claimed]
+            out += [(stream, entry_id, [x for kv in fields.items() for x in kv] if fields else None)
+                    for entry_id, fields in claimed]
         if out:
             METRICS.ingest_claimed.inc(len(out))
             log.info("claimed %d stale pending entries", len(out))
@@ -183,7 +196,7 @@ class StreamIngestor:
             return 0
         now = self._clock.now_ms()
         done: list[tuple[str, bytes]] = []
-        dead: list[tuple[str, bytes, dict[bytes, bytes], str]] = []
+        dead: list[tuple[str, bytes, list[bytes], str]] = []
         facts: list[Fact] = []
         refs: list[tuple[str, bytes]] = []
         limits = self._config.limits
@@ -191,7 +204,7 @@ class StreamIngestor:
             if n and n % DECODE_SLICE == 0:
                 await asyncio.sleep(0)  # let other tasks (a stock-out to publish) in between slices
             if fields is None:  # trimmed away before anyone read it: nothing left to apply
-                dead.append((stream, entry_id, {}, "entry was deleted from the stream before it was applied"))
+                dead.append((stream, entry_id, [], "entry was deleted from the stream before it was applied"))
                 continue
             try:
                 facts.append(decode_fact(fields, now, limits))
@@ -210,12 +223,12 @@ class StreamIngestor:
         await self._ack(done)
         return len(done) + len(dead)
 
-    async def _dead_letter(self, dead: list[tuple[str, bytes, dict[bytes, bytes], str]]) -> None:
+    async def _dead_letter(self, dead: list[tuple[str, bytes, list[bytes], str]]) -> None:
         cfg = self._config
         async with self._client.pipeline(transaction=True) as pipe:
             for stream, entry_id, fields, reason in dead:
                 record: dict[Any, Any] = {"_reason": reason, "_stream": stream, "_id": entry_id}
-                record.update(fields)
+                record.update(as_fields(fields))
                 pipe.xadd(cfg.dead_letter_stream, record, maxlen=cfg.side_stream_maxlen, approximate=True)
                 pipe.xack(stream, cfg.consumer_group, entry_id)
             await pipe.execute()

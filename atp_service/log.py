@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -51,14 +52,40 @@ _encoder = msgspec.msgpack.Encoder()
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
-    """A client that never retries on its own: a blind retry of an append could log it twice."""
-    return aioredis.Redis.from_url(
+    """A client that never retries on its own: a blind retry of an append could log it twice.
+    Its commands are packed by hiredis (see ``_hiredis_packing``)."""
+    client = aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
+    pool = client.connection_pool
+    pool.connection_class = _hiredis_packing(pool.connection_class)
+    return client
+
+
+class _HiredisPacking:
+    """redis-py's asyncio connections pack commands in Python, argument by argument (its sync ones
+    use hiredis): a 1,000-id XACK or a group commit of many entries cost ~0.5 µs per argument.
+    hiredis (already the reply parser) packs them in C, about 4x faster."""
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed: list[bytes] = self._serializer.pack(*args)
+        return packed
+
+
+_packing_classes: dict[type, type] = {}
+
+
+def _hiredis_packing(base: type) -> type:
+    """``base`` (TCP, TLS or unix-socket connection, as the URL chose) with hiredis packing."""
+    if base not in _packing_classes:
+        _packing_classes[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    return _packing_classes[base]
 
 
 def as_text(value: Any) -> str:
