@@ -57,7 +57,9 @@ class FactDesk:
                 out[i] = await self._shipment(facts[i])
             except DomainError as exc:
                 out[i] = exc
-        await self._quarantine_stream(facts, out)
+        late = [i for i, r in enumerate(out) if type(r) is tuple and r[0] == FactOutcome.QUARANTINED]
+        if late:
+            await self._quarantine_stream(facts, out, late)
         self._observe(facts, out, origin)
         return out
 
@@ -87,24 +89,21 @@ class FactDesk:
         result: Result = await engine.run(shards, home if home is not None else sku_shard, work)
         return result
 
-    async def _quarantine_stream(self, facts: Sequence[Fact], results: list[Result | DomainError]) -> None:
-        late = [(f, r[1]) for f, r in zip(facts, results, strict=True)
-                if not isinstance(r, DomainError) and r[0] == FactOutcome.QUARANTINED]
-        if not late:
-            return
+    async def _quarantine_stream(self, facts: Sequence[Fact], results: list[Result | DomainError],
+                                 late: list[int]) -> None:
         client = self.engine.log_client
         try:
             async with client.pipeline(transaction=False) as pipe:
-                for fact, reason in late:
-                    pipe.xadd(self._quarantine, _fields(fact, reason), maxlen=self._maxlen, approximate=True)
+                for i in late:
+                    reason = results[i][1]  # type: ignore[index]
+                    pipe.xadd(self._quarantine, _fields(facts[i], reason), maxlen=self._maxlen, approximate=True)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             # The facts are durable in the shard logs as quarantined; the operator's copy is not.
             # Refuse the acknowledgement so the caller (or the stream) delivers them again.
             err = Unavailable(f"quarantine stream unreachable ({exc}); retry")
-            for i, r in enumerate(results):
-                if not isinstance(r, DomainError) and r[0] == FactOutcome.QUARANTINED:
-                    results[i] = err
+            for i in late:
+                results[i] = err
 
     @staticmethod
     def _observe(facts: Sequence[Fact], results: list[Result | DomainError], origin: str) -> None:
@@ -112,12 +111,14 @@ class FactDesk:
         most LAG_SAMPLES applied facts per call, which keeps its cost flat for 10,000-fact batches."""
         counts: dict[tuple[int, str], int] = {}
         applied: list[int] = []
+        applied_outcome = FactOutcome.APPLIED
         for fact, r in zip(facts, results, strict=True):
-            outcome = "unavailable" if isinstance(r, DomainError) else _OUTCOME_NAMES[r[0]]
-            key = (fact.kind, outcome)
-            counts[key] = counts.get(key, 0) + 1
-            if outcome == "applied":
+            if type(r) is tuple and r[0] is applied_outcome:
                 applied.append(fact.event_time)
+                key = (fact.kind, "applied")
+            else:
+                key = (fact.kind, "unavailable" if isinstance(r, DomainError) else _OUTCOME_NAMES[r[0]])
+            counts[key] = counts.get(key, 0) + 1
         for (kind, outcome), n in counts.items():
             METRICS.facts.labels(origin, _KIND_NAMES.get(kind, "?"), outcome).inc(n)
         now_ms = time.time() * 1000

@@ -96,7 +96,8 @@ class Ledger:
 
     def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
         """Dedupe (E8), lateness (E6), then fold (E1-E5). Returns outcome and reason."""
-        seen = self._seen.get((fact.source, fact.event_id))
+        key = (fact.source, fact.event_id)
+        seen = self._seen.get(key)
         if seen is not None:
             if seen == fact:
                 return FactOutcome.DUPLICATE, ""
@@ -113,7 +114,7 @@ class Ledger:
             if default:
                 self._emit(SafetyStockSet(fact.sku, fact.location, default))
         # The hot path of ingestion: _emit's dispatch inlined.
-        undo, outcome = self._apply_fact(fact)
+        undo, outcome = self._apply_fact(fact, key)
         self._events.append(FactApplied(fact))
         self._undo.append(undo)
         return outcome, ""
@@ -239,7 +240,7 @@ class Ledger:
         if isinstance(event, ReservationSaved):
             return self._apply_reservation(event.reservation), FactOutcome.APPLIED
         if isinstance(event, FactApplied):
-            return self._apply_fact(event.fact)
+            return self._apply_fact(event.fact, (event.fact.source, event.fact.event_id))
         if isinstance(event, Shipped):
             return self._apply_shipped(event), FactOutcome.APPLIED
         if isinstance(event, SafetyStockSet):
@@ -318,22 +319,24 @@ class Ledger:
         self.store.forget(sku, location)
         self.histories.pop((sku, location), None)
 
-    def _apply_fact(self, fact: Fact) -> tuple[Undo, FactOutcome]:
-        existed = self.store.exists(fact.sku, fact.location)
-        history = self._history(fact.sku, fact.location)
+    def _apply_fact(self, fact: Fact, key: tuple[str, str]) -> tuple[Undo, FactOutcome]:
+        sku, location = fact.sku, fact.location
+        history = self.histories.get((sku, location))
+        if history is None:
+            history = self.histories[(sku, location)] = PositionHistory()
         outcome, delta, undo_fold = history.fold(fact)
-        self.store.add(fact.sku, fact.location, ON_HAND, delta)
+        existed = self.store.bump(sku, location, ON_HAND, delta)
         old_stream_time = self.stream_time
-        self.stream_time = max(self.stream_time, fact.event_time)
-        key = (fact.source, fact.event_id)
-        self._remember(fact)
+        if fact.event_time > old_stream_time:
+            self.stream_time = fact.event_time
+        self._seen[key] = fact  # E8; forget_old_facts bounds the memory
 
         def undo() -> None:
-            self.store.add(fact.sku, fact.location, ON_HAND, -delta)
+            self.store.add(sku, location, ON_HAND, -delta)
             if undo_fold is not None:
                 undo_fold()
             if not existed:
-                self._forget_position(fact.sku, fact.location)
+                self._forget_position(sku, location)
             self.stream_time = old_stream_time
             self._seen.pop(key, None)
 

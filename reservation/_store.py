@@ -68,6 +68,17 @@ class PositionStore:
         row, col = self._cell(sku, location)
         self._q[field, row, col] += delta
 
+    def bump(self, sku: str, location: str, field: int, delta: int) -> bool:
+        """``add`` that tells whether the position existed before: one lookup on the fact hot path."""
+        row = self._sku_row.get(sku)
+        col = self._loc_col.get(location)
+        existed = row is not None and col is not None and bool(self._present[row, col])
+        if not existed:
+            row, col = self._cell(sku, location)
+        if delta:
+            self._q[field, row, col] += delta
+        return existed
+
     def move(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
         """Q2/Q3 change of one position in one cell lookup (the reservation hot path)."""
         row, col = self._cell(sku, location)
