@@ -124,11 +124,21 @@ class PositionStore:
         shape = (len(rows), len(cols))
         if not len(rows) or not len(cols):
             return np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.bool_)
-        r = np.where(rows >= 0, rows, 0)[:, None]
-        c = np.where(cols >= 0, cols, 0)[None, :]
-        q = self._q[:, r, c]
-        available = q[ON_HAND] - q[RESERVED] - q[COMMITTED] - q[SAFETY]
-        present = self._present[r, c] & (rows >= 0)[:, None] & (cols >= 0)[None, :]
+        m = len(self._locations)
+        r = np.where(rows >= 0, rows, 0)
+        c = np.where(cols >= 0, cols, 0)
+        if 2 * len(cols) >= m:
+            # A wide channel (most of the estate's locations, e.g. 300 stores): whole rows first, one
+            # axis of fancy indexing, then the channel's columns — about 3x faster than gathering
+            # rows x columns at once.
+            q = self._q[:, r, :m]
+            available = (q[ON_HAND] - q[RESERVED] - q[COMMITTED] - q[SAFETY])[:, c]
+            present = self._present[r, :m][:, c]
+        else:
+            q = self._q[:, r[:, None], c[None, :]]
+            available = q[ON_HAND] - q[RESERVED] - q[COMMITTED] - q[SAFETY]
+            present = self._present[r[:, None], c[None, :]]
+        present &= (rows >= 0)[:, None] & (cols >= 0)[None, :]
         return np.where(present, available, 0), present
 
     def items(self) -> Iterator[tuple[str, str, Quantities]]:
