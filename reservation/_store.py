@@ -31,8 +31,7 @@ class StoreSnapshot(msgspec.Struct, array_like=True):
 class PositionStore:
     """Quantities per (sku, location); grows by doubling in both directions."""
 
-    __slots__ = ("_cols", "_loc_col", "_locations", "_present", "_q", "_rows", "_sku_row", "_skus")
-
+    __slots__ = ("_cols", "_loc_col", "_locations", "_present", "_pv", "_q", "_qv", "_rows", "_sku_row", "_skus")
 
     def __init__(self, rows: int = 256, cols: int = 8) -> None:
         self._sku_row: dict[str, int] = {}
@@ -42,6 +41,13 @@ class PositionStore:
         self._rows, self._cols = rows, cols
         self._q = np.zeros((_FIELDS, rows, cols), dtype=np.int64)
         self._present = np.zeros((rows, cols), dtype=np.bool_)
+        self._views()
+
+    def _views(self) -> None:
+        # One cell at a time (the hot paths: a fact, a hold) through memoryviews of the same
+        # memory: a plain int/bool per access instead of a numpy scalar, about 2x faster.
+        self._qv = self._q.data
+        self._pv = self._present.data
 
     def __len__(self) -> int:
         return int(self._present.sum())
@@ -51,12 +57,13 @@ class PositionStore:
         col = self._loc_col.get(location)
         if row is None or col is None:
             return ZERO
-        return Quantities(*self._q[:, row, col].tolist())
+        qv = self._qv
+        return Quantities(qv[ON_HAND, row, col], qv[RESERVED, row, col], qv[COMMITTED, row, col], qv[SAFETY, row, col])
 
     def exists(self, sku: str, location: str) -> bool:
         row = self._sku_row.get(sku)
         col = self._loc_col.get(location)
-        return row is not None and col is not None and bool(self._present[row, col])
+        return row is not None and col is not None and bool(self._pv[row, col])
 
     def forget(self, sku: str, location: str) -> None:
         """Undo of the change that created a position: it was never there (replay must agree, E10)."""
@@ -66,23 +73,25 @@ class PositionStore:
 
     def add(self, sku: str, location: str, field: int, delta: int) -> None:
         row, col = self._cell(sku, location)
-        self._q[field, row, col] += delta
+        self._qv[field, row, col] += delta
 
     def bump(self, sku: str, location: str, field: int, delta: int) -> bool:
         """``add`` that tells whether the position existed before: one lookup on the fact hot path."""
         row = self._sku_row.get(sku)
         col = self._loc_col.get(location)
-        existed = row is not None and col is not None and bool(self._present[row, col])
-        if not existed:
+        if row is None or col is None or not self._pv[row, col]:
             row, col = self._cell(sku, location)
+            existed = False
+        else:
+            existed = True
         if delta:
-            self._q[field, row, col] += delta
+            self._qv[field, row, col] += delta
         return existed
 
     def move(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
         """Q2/Q3 change of one position in one cell lookup (the reservation hot path)."""
         row, col = self._cell(sku, location)
-        q = self._q
+        q = self._qv
         if d_reserved:
             q[RESERVED, row, col] += d_reserved
         if d_committed:
@@ -90,7 +99,7 @@ class PositionStore:
 
     def set(self, sku: str, location: str, field: int, value: int) -> None:
         row, col = self._cell(sku, location)
-        self._q[field, row, col] = value
+        self._qv[field, row, col] = value
 
     def sku_locations(self, sku: str) -> Iterator[tuple[str, Quantities]]:
         """Every known location of one SKU (network view of a SKU is one row)."""
@@ -179,6 +188,7 @@ class PositionStore:
         q = np.frombuffer(snap.quantities, dtype=np.int64).reshape(_FIELDS, n, m)
         store._q[:, :n, :m] = q
         store._present[:n, :m] = np.frombuffer(snap.present, dtype=np.bool_).reshape(n, m)
+        store._views()
         return store
 
     def _cell(self, sku: str, location: str) -> tuple[int, int]:
@@ -194,7 +204,7 @@ class PositionStore:
             self._locations.append(location)
             if col >= self._cols:
                 self._grow(cols=self._cols * 2)
-        self._present[row, col] = True
+        self._pv[row, col] = True
         return row, col
 
     def _grow(self, rows: int | None = None, cols: int | None = None) -> None:
@@ -204,4 +214,5 @@ class PositionStore:
         present = np.zeros((new_rows, new_cols), dtype=np.bool_)
         present[: self._rows, : self._cols] = self._present
         self._q, self._present = q, present
+        self._views()
         self._rows, self._cols = new_rows, new_cols
