@@ -9,13 +9,12 @@ absorb are retained; older ones are compacted away (E9).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ._model import Fact, FactKind, FactOutcome
+from ._undo import Undo
 
 OrderKey = tuple[int, int, str]
-Undo = Callable[[], None]
 
 DELTA_RANK = 0
 COUNT_RANK = 1
@@ -60,13 +59,12 @@ class PositionHistory:
         at = bisect.bisect_left(self.delta_keys, key)
         self.delta_keys.insert(at, key)
         self.delta_qtys.insert(at, delta)
+        return FactOutcome.APPLIED, delta, (self._remove_delta, key)
 
-        def undo() -> None:
-            i = bisect.bisect_left(self.delta_keys, key)
-            del self.delta_keys[i]
-            del self.delta_qtys[i]
-
-        return FactOutcome.APPLIED, delta, undo
+    def _remove_delta(self, key: OrderKey) -> None:
+        i = bisect.bisect_left(self.delta_keys, key)
+        del self.delta_keys[i]
+        del self.delta_qtys[i]
 
     def _fold_count(self, key: OrderKey, qty: int) -> tuple[FactOutcome, int, Undo | None]:
         if self.count_key is not None and key < self.count_key:

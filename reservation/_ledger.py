@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import msgspec
 
@@ -29,8 +29,8 @@ from ._facts import PositionHistory
 from ._limits import Limits
 from ._model import TERMINAL, Fact, FactOutcome, Quantities, Reservation, State
 from ._store import COMMITTED, ON_HAND, SAFETY, PositionStore, StoreSnapshot
+from ._undo import Undo, run_undo
 
-Undo = Callable[[], None]
 _LIVE = (State.HELD, State.CONFIRMED)
 
 
@@ -147,12 +147,12 @@ class Ledger:
     def revert(undo: list[Undo]) -> None:
         """Take back a sealed batch. Sealed batches must be reverted newest first."""
         for step in reversed(undo):
-            step()
+            run_undo(step)
 
     def rollback(self) -> None:
         """Undo the open batch (its log append failed): state is as before it."""
         while self._undo:
-            self._undo.pop()()
+            run_undo(self._undo.pop())
         self._events = []
 
     def replay(self, entry: LogEntry) -> None:
@@ -330,17 +330,17 @@ class Ledger:
         if fact.event_time > old_stream_time:
             self.stream_time = fact.event_time
         self._seen[key] = fact  # E8; forget_old_facts bounds the memory
+        return (self._unapply_fact, sku, location, delta, undo_fold, existed, old_stream_time, key), outcome
 
-        def undo() -> None:
-            self.store.add(sku, location, ON_HAND, -delta)
-            if undo_fold is not None:
-                undo_fold()
-            if not existed:
-                self._forget_position(sku, location)
-            self.stream_time = old_stream_time
-            self._seen.pop(key, None)
-
-        return undo, outcome
+    def _unapply_fact(self, sku: str, location: str, delta: int, undo_fold: Undo | None, existed: bool,
+                      old_stream_time: int, key: tuple[str, str]) -> None:
+        self.store.add(sku, location, ON_HAND, -delta)
+        if undo_fold is not None:
+            run_undo(undo_fold)
+        if not existed:
+            self._forget_position(sku, location)
+        self.stream_time = old_stream_time
+        self._seen.pop(key, None)
 
     def _apply_shipped(self, event: Shipped) -> Undo:
         sku, loc, qty = event.sku, event.location, event.quantity
@@ -354,7 +354,7 @@ class Ledger:
             self.store.add(sku, loc, COMMITTED, qty)
             self.store.add(sku, loc, ON_HAND, -delta)
             if undo_fold is not None:
-                undo_fold()
+                run_undo(undo_fold)
             if not existed:
                 self._forget_position(sku, loc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from reservation import Fact, FactKind, FactOutcome, Ledger, LedgerSnapshot, Limits, PositionHistory
+from reservation._undo import run_undo
 
 S, C, R, A = FactKind.SALE, FactKind.COUNT, FactKind.RECEIPT, FactKind.ADJUST
 
@@ -47,7 +48,7 @@ def test_undo_restores_history() -> None:
     h.fold(f("r", R, 10, 100))
     _, _, undo = h.fold(f("c", C, 3, 200))
     assert undo is not None
-    undo()
+    run_undo(undo)
     assert h.on_hand() == 10 and h.count_key is None
 
 
@@ -150,3 +151,13 @@ def test_default_safety_stock_is_logged_with_the_first_fact_of_a_position_Q4_E10
     ledger.record_fact(Fact("f4", "pos", FactKind.RECEIPT, "B", "S1", 1, 1_002))
     ledger.rollback()
     assert not ledger.store.exists("B", "S1")
+
+
+def test_undo_of_a_delta_removes_only_that_delta() -> None:
+    h = PositionHistory()
+    h.fold(f("r", R, 10, 100))
+    _, _, undo = h.fold(f("s", S, 2, 300))
+    h.fold(f("r2", R, 5, 200))  # lands before the sale in event time, after it in arrival
+    assert undo is not None
+    run_undo(undo)
+    assert h.on_hand() == 15 and len(h.delta_keys) == 2
