@@ -78,6 +78,16 @@ async def ready(port: int) -> None:
         await client.wait_ready(timeout_s=600)
 
 
+def acknowledged(r: redis.Redis) -> int:
+    """Entries the service has already read and acknowledged (it starts reading just before SERVING)."""
+    total = 0
+    for stream in STREAMS:
+        groups = r.xinfo_groups(stream)
+        if groups:
+            total += (groups[0].get("entries-read") or 0) - groups[0]["pending"]
+    return total
+
+
 def consumed(r: redis.Redis) -> bool:
     for stream in STREAMS:
         groups = r.xinfo_groups(stream)
@@ -99,11 +109,12 @@ def main() -> None:
         proc = spawn(redis_server.url, port, log)
         asyncio.run(ready(port))
         started = time.perf_counter()
+        before = acknowledged(r)  # applied before SERVING: not counted in the timed part
         while not consumed(r):
             time.sleep(0.05)
             if proc.poll() is not None:
                 raise SystemExit(f"service died: {log.read_text()[-2000:]}")
-        facts_per_s = args.facts / (time.perf_counter() - started)
+        facts_per_s = (args.facts - before) / (time.perf_counter() - started)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         started = time.perf_counter()
