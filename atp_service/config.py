@@ -50,6 +50,13 @@ class ServiceConfig:
     """Shed load at the door: while the event loop runs this late, new calls get RESOURCE_EXHAUSTED
     before any work (0 turns it off)."""
 
+    max_pending_calls: int = 1024
+    """Calls that gRPC itself may hold for the service before it takes them up: the queue ahead of
+    everything else, which fills when the service runs at capacity. Past half of it new calls are
+    refused more and more often, past all of it always — at once, by gRPC core, which answers them
+    CANCELLED (not RESOURCE_EXHAUSTED: the status is gRPC's own). Keep it above the concurrency of
+    normal bursts; at ~1,500 calls/s, 1,024 waiting is about 0.7 s of work."""
+
     max_queue_delay_ms: int = 1000
     """Shed load: while a shard's queued work has waited longer than this, new work is refused
     with RESOURCE_EXHAUSTED at once instead of joining a queue it would wait behind."""
@@ -174,7 +181,7 @@ class ServiceConfig:
         if not 1 <= self.shards <= 1024:
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
-                     "max_watchers", "watch_batch"):
+                     "max_watchers", "watch_batch", "max_pending_calls"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
 

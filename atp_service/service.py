@@ -75,6 +75,9 @@ class AtpService:
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Bounded: the queue gRPC keeps ahead of the service (see ServiceConfig.max_pending_calls).
+            ("grpc.server.max_pending_requests", max(1, cfg.max_pending_calls // 2)),
+            ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ])
         pb_grpc.add_AvailabilityServiceServicer_to_server(self._servicer, self._server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

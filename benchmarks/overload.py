@@ -2,10 +2,12 @@
 
 1. Capacity: unary ``Reserve`` with 64 calls in flight for --seconds (closed loop).
 2. Overload: calls started at 2 x that rate (open loop) for --seconds, each with a 1 s deadline.
-Reports per outcome (OK, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, …) the count and latency
-percentiles, and the service's resident memory before and after the overload.
+Reports per outcome (OK, RESOURCE_EXHAUSTED, CANCELLED, DEADLINE_EXCEEDED, …) the count and latency
+percentiles, and the service's resident memory before and after the overload. CANCELLED here is
+gRPC core refusing a call because the bounded queue ahead of the service (max_pending_calls) is
+full: nobody else cancels.
 
-    python benchmarks/overload.py [--seconds 5]
+    python benchmarks/overload.py [--seconds 5] [--max-pending-calls N]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -24,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
+from atp_service.config import ServiceConfig
 from benchmarks.compare import Tally, Workload, grpc_unary, open_loop, seed_service
 from benchmarks.ingest import spawn
 
@@ -80,7 +84,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
             proc.terminate()
             proc.wait(30)
     sent = sum(len(v) for v in outcomes.values())
-    rows: list[dict[str, object]] = [{"capacity_ops": round(capacity), "offered_ops": round(2 * capacity),
+    rows: list[dict[str, object]] = [{"max_pending_calls": int(os.environ.get("ATP_MAX_PENDING_CALLS", 0))
+                                      or ServiceConfig().max_pending_calls,
+                                      "capacity_ops": round(capacity), "offered_ops": round(2 * capacity),
                                       "client_calls": sent, "server_handled": round(handled),
                                       "rss_mb_before": round(before, 1), "rss_mb_after": round(after, 1)}]
     for outcome, lat in sorted(outcomes.items()):
@@ -92,7 +98,11 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--max-pending-calls", type=int, default=None,
+                        help="the service's max_pending_calls (default: its own default)")
     args = parser.parse_args()
+    if args.max_pending_calls is not None:
+        os.environ["ATP_MAX_PENDING_CALLS"] = str(args.max_pending_calls)  # the service reads its env
     with tempfile.TemporaryDirectory(prefix="atp-overload-") as tmp:
         for row in asyncio.run(run(args, Path(tmp))):
             print(json.dumps(row))

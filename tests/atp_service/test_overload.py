@@ -16,7 +16,8 @@ from .test_api import receipt
 
 async def test_a_backlog_sheds_new_work_at_once_and_what_was_accepted_is_exact(
         start_service: ServiceFactory) -> None:
-    service, client = await start_service(shards=1, batch_max=4, max_queue_delay_ms=5, mailbox_size=500)
+    service, client = await start_service(shards=1, batch_max=4, max_queue_delay_ms=5, mailbox_size=500,
+                                          max_pending_calls=10_000)  # the shard queue is under test here
     await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
     assert service.engine is not None
     outcomes: dict[str, int] = {}
@@ -87,3 +88,33 @@ async def test_a_lagging_event_loop_refuses_new_calls_at_the_door(start_service:
     assert resp.state == pb.HELD
     (a,) = await client.availability([("A", "DC")])
     assert a.reserved == 2  # the refused call changed nothing
+
+
+async def test_calls_past_the_bounded_queue_ahead_of_the_service_are_refused_at_once_and_never_applied(
+        start_service: ServiceFactory) -> None:
+    """max_pending_calls bounds the queue gRPC core keeps ahead of the service: a flood far past it is
+    refused by gRPC at once (CANCELLED, gRPC's own status) instead of waiting into its deadlines."""
+    _, client = await start_service(max_pending_calls=4)
+    await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
+    outcomes: dict[str, int] = {}
+    granted: list[str] = []
+    refused: list[str] = []
+
+    async def one(n: int) -> None:
+        try:
+            resp = await client.reserve(f"p{n}", [("A", "DC", 1)], ttl_seconds=3600)
+            granted.append(resp.reservation_id)
+            outcomes["OK"] = outcomes.get("OK", 0) + 1
+        except grpc.aio.AioRpcError as exc:
+            outcomes[exc.code().name] = outcomes.get(exc.code().name, 0) + 1
+            refused.append(f"p{n}")
+
+    await asyncio.gather(*(one(n) for n in range(400)))
+    assert outcomes.get("CANCELLED", 0) > 0 and outcomes.get("OK", 0) > 0, outcomes
+    assert set(outcomes) <= {"OK", "CANCELLED"}, outcomes  # no deadline ran out: nothing queued that long
+    (a,) = await client.availability([("A", "DC")])
+    assert a.reserved == len(granted)  # a refused call was never applied
+    for rid in refused[:20]:
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await client.get_reservation(rid)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
