@@ -54,11 +54,16 @@ def decode_fact(flat: list[bytes], now: int, limits: Limits) -> Fact:
     kind = _KINDS.get(kind_text) or _KINDS.get(kind_text.strip().upper())
     if kind is None:
         raise InvalidArgument("kind", f"unknown fact kind {kind_text!r} (one of {', '.join(_KINDS)})")
-    return make_fact(
-        event_id=event_id, source=source, kind=kind, sku=sku, location=location,
-        quantity=_integer("quantity", quantity), event_time=_integer("event_time_ms", event_time),
-        reservation_id=reservation_id, now=now, limits=limits,
-    )
+    try:
+        qty = int(quantity)
+    except ValueError:
+        raise InvalidArgument("quantity", f"not an integer: {quantity[:40]!r}") from None
+    try:
+        at = int(event_time)
+    except ValueError:
+        raise InvalidArgument("event_time_ms", f"not an integer: {event_time[:40]!r}") from None
+    # Positional: this is the ingest hot path (keyword binding of ten arguments costs ~0.3 µs a fact).
+    return make_fact(event_id, source, kind, sku, location, qty, at, reservation_id, now, limits)
 
 
 def as_fields(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -71,13 +76,6 @@ def _field(fields: dict[bytes, bytes], key: bytes) -> bytes:
     if value is None:
         raise InvalidArgument(key.decode(), "missing")
     return value
-
-
-def _integer(name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidArgument(name, f"not an integer: {text[:40]!r}") from None
 
 
 class StreamIngestor:

@@ -96,7 +96,6 @@ def partial_lines(
 
 
 def fact(
-    *,
     event_id: str,
     source: str,
     kind: int,
