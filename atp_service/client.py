@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -14,6 +16,24 @@ from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
 
 LineLike = tuple[str, str, int]
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
+"""Refusals, never decisions: shed load, Redis unreachable, or (CANCELLED — a client's own cancellation
+raises asyncio.CancelledError instead) gRPC's bounded queue ahead of the service being full."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How ``AtpClient`` retries a refused call. Safe for every RPC: mutations carry their ids
+    (reservation, operation, event), so a retry of one that was decided replays its answer."""
+
+    attempts: int = 5
+    """Tries in all, the first included."""
+    first_backoff_s: float = 0.05
+    """Bound of the wait before the second try; it doubles per try and each wait is random below
+    it (full jitter), so a crowd of refused callers does not come back at once."""
+    max_backoff_s: float = 2.0
+    """The bound stops doubling here. All tries together stay within the client's ``timeout_s``."""
 
 
 def _lines(lines: Iterable[LineLike]) -> list[pb.Line]:
@@ -65,12 +85,18 @@ class AtpClient:
     """One channel to one service. Use as ``async with AtpClient(target) as client``.
 
     ``token``: sent as ``authorization: Bearer …`` on every call (services with auth on);
-    ``credentials``: TLS (``tls_credentials``), else plaintext."""
+    ``credentials``: TLS (``tls_credentials``), else plaintext; ``retry``: retry refused unary
+    calls (``RETRYABLE``) with backoff, else a refusal is raised at once."""
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = (),
-                 token: str | None = None, credentials: grpc.ChannelCredentials | None = None) -> None:
+                 token: str | None = None, credentials: grpc.ChannelCredentials | None = None,
+                 retry: RetryPolicy | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
+        self.retry = retry
+        self.retried = 0
+        """Tries repeated under ``retry`` so far (how often the service refused this client)."""
+        self._jitter = random.Random()
         interceptors = _metadata_interceptors([("authorization", f"Bearer {token}")]) if token else None
         if credentials is not None:
             self.channel = grpc.aio.secure_channel(target, credentials, options=list(options),
@@ -92,7 +118,7 @@ class AtpClient:
                       channel: str = "", ttl_seconds: int = 0, allow_partial: bool = False) -> pb.ReserveResponse:
         req = pb.ReserveRequest(reservation_id=reservation_id, order_ref=order_ref, channel=channel,
                                 lines=_lines(lines), ttl_seconds=ttl_seconds, allow_partial=allow_partial)
-        resp: pb.ReserveResponse = await self.stub.Reserve(req, timeout=self.timeout_s)
+        resp: pb.ReserveResponse = await self._call(self.stub.Reserve, req)
         return resp
 
     async def confirm(self, reservation_id: str) -> pb.Reservation:
@@ -113,16 +139,36 @@ class AtpClient:
         return await self._reservation(self.stub.GetReservation, req)
 
     async def _reservation(self, method: Any, req: Any) -> pb.Reservation:
-        resp: pb.ReservationResponse = await method(req, timeout=self.timeout_s)
+        resp: pb.ReservationResponse = await self._call(method, req)
         return resp.reservation
 
     async def availability(self, keys: Iterable[tuple[str, str]]) -> list[pb.Availability]:
         req = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=s, location=loc) for s, loc in keys])
-        return list((await self.stub.GetAvailability(req, timeout=self.timeout_s)).positions)
+        return list((await self._call(self.stub.GetAvailability, req)).positions)
 
     async def record_events(self, facts: Iterable[pb.Fact]) -> list[pb.FactResult]:
         req = pb.RecordEventsRequest(events=list(facts))
-        return list((await self.stub.RecordEvents(req, timeout=self.timeout_s)).results)
+        return list((await self._call(self.stub.RecordEvents, req)).results)
+
+    async def _call(self, method: Any, req: Any) -> Any:
+        """One unary call within ``timeout_s``; with a retry policy, refused tries are repeated."""
+        policy = self.retry
+        if policy is None:
+            return await method(req, timeout=self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        bound = policy.first_backoff_s
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                return await method(req, timeout=max(0.001, deadline - time.monotonic()))
+            except grpc.aio.AioRpcError as exc:
+                wait = self._jitter.uniform(0, bound)
+                if (exc.code() not in RETRYABLE or attempt == policy.attempts
+                        or time.monotonic() + wait >= deadline):
+                    raise
+            self.retried += 1
+            await asyncio.sleep(wait)
+            bound = min(bound * 2, policy.max_backoff_s)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def reserve_stream(
         self, batches: AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]

@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from atp_service import AtpClient, RetryPolicy
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 
 from ..conftest import ServiceFactory
@@ -118,3 +119,27 @@ async def test_calls_past_the_bounded_queue_ahead_of_the_service_are_refused_at_
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await client.get_reservation(rid)
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_client_with_a_retry_policy_gets_every_call_through_a_small_queue_exactly_once(
+        start_service: ServiceFactory) -> None:
+    """The same flood as above, from a client that backs off and retries refusals: every
+    reservation lands, each once (retries of a decided one replay it)."""
+    service, client = await start_service(max_pending_calls=4)
+    await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
+    policy = RetryPolicy(attempts=60, first_backoff_s=0.005, max_backoff_s=0.2)
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=60, retry=policy) as patient:
+        answers = await asyncio.gather(*(patient.reserve(f"r{n}", [("A", "DC", 1)], ttl_seconds=3600)
+                                         for n in range(400)))
+        assert patient.retried > 0  # the queue did refuse some tries
+    assert all(a.state == pb.HELD for a in answers)
+    (a,) = await client.availability([("A", "DC")])
+    assert a.reserved == 400
+
+
+async def test_a_retry_policy_does_not_retry_a_decision(start_service: ServiceFactory) -> None:
+    service, _ = await start_service()
+    async with AtpClient(f"127.0.0.1:{service.port}", retry=RetryPolicy(attempts=5)) as patient:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await patient.get_reservation("nobody")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
