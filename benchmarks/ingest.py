@@ -115,6 +115,9 @@ def one_round(facts: int) -> tuple[float, float]:
             time.sleep(0.05)
             if proc.poll() is not None:
                 raise SystemExit(f"service died: {log.read_text()[-2000:]}")
+        if before > facts // 2:
+            raise SystemExit(f"{before} of {facts} facts were applied before the service said SERVING: "
+                             "too few to time; use more --facts")
         facts_per_s = (facts - before) / (time.perf_counter() - started)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
