@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from .auth import PERMISSIONS, new_token, token_hash
-from .client import AtpClient, tls_credentials
+from .client import AtpClient, RetryPolicy, tls_credentials
 from .pb.atp.v1 import atp_pb2 as pb
 
 EVENTS_CHUNK = 1000
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=os.environ.get("ATP_TARGET", "127.0.0.1:50051"),
                    help="host:port of the service (env ATP_TARGET)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of each call in seconds")
+    p.add_argument("--retries", type=int, default=3,
+                   help="retries of a refused call (UNAVAILABLE, RESOURCE_EXHAUSTED, gRPC's CANCELLED) with "
+                        "backoff, within --timeout; safe: calls carry their ids (0: none)")
     p.add_argument("--token", default=os.environ.get("ATP_TOKEN"), help="bearer token (env ATP_TOKEN)")
     p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the service: use TLS")
     p.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
@@ -118,7 +121,8 @@ def _client(args: argparse.Namespace) -> AtpClient:
     credentials = None
     if args.tls_ca or args.tls_cert:
         credentials = tls_credentials(_read(args.tls_ca), _read(args.tls_cert), _read(args.tls_key))
-    return AtpClient(args.target, timeout_s=args.timeout, token=args.token, credentials=credentials)
+    retry = RetryPolicy(attempts=args.retries + 1, first_backoff_s=0.1) if args.retries > 0 else None
+    return AtpClient(args.target, timeout_s=args.timeout, token=args.token, credentials=credentials, retry=retry)
 
 
 def _facts(path: Path) -> Iterator[pb.Fact]:

@@ -87,6 +87,12 @@ def test_atpctl_errors_name_the_status(served: tuple[str, int, list[str]]) -> No
     assert done.returncode == 1 and "NOT_FOUND" in done.stderr
     done = ctl(target, "reserve", "x", "sku-00001@dc-east:0")
     assert done.returncode == 1 and "INVALID_ARGUMENT: lines[0].quantity" in done.stderr
+    # Refusals are retried (3 by default), decisions never; a service that is not there stays UNAVAILABLE.
+    nobody = f"127.0.0.1:{free_port()}"
+    done = ctl(nobody, "--retries", "2", "--timeout", "5", "availability", "sku-00001@dc-east")
+    assert done.returncode == 1 and "UNAVAILABLE" in done.stderr
+    done = ctl(target, "--retries", "0", "confirm", "no-such-reservation")
+    assert done.returncode == 1 and "NOT_FOUND" in done.stderr
 
 
 def test_events_import_from_jsonl(served: tuple[str, int, list[str]], tmp_path: Path) -> None:
