@@ -203,18 +203,25 @@ async def open_loop(rate: float, seconds: float, one: Callable[[int], Awaitable[
     return time.perf_counter() - begin
 
 
-async def open_loop_unary(target: str, w: Workload, rate: float, seconds: float) -> tuple[float, list[float]]:
+async def open_loop_unary(target: str, w: Workload, rate: float, seconds: float
+                          ) -> tuple[float, list[float], dict[str, int]]:
+    """Latency of answered calls at a given offered rate, and the calls refused (by status code)."""
     pick = w.picker(5)
     latencies: list[float] = []
+    refused: dict[str, int] = {}
     async with AtpClient(target) as client:
         async def one(n: int) -> None:
             sku, loc = pick()
             started = time.perf_counter()
-            await client.reserve(f"ol-{w.name}-{n}", [(sku, loc, 1)], ttl_seconds=3600)
+            try:
+                await client.reserve(f"ol-{w.name}-{n}", [(sku, loc, 1)], ttl_seconds=3600)
+            except grpc.aio.AioRpcError as exc:  # shed at saturation: counted, not timed as an answer
+                refused[exc.code().name] = refused.get(exc.code().name, 0) + 1
+                return
             latencies.append((time.perf_counter() - started) * 1000)
 
         elapsed = await open_loop(rate, seconds, one)
-        return len(latencies) / elapsed, latencies
+        return len(latencies) / elapsed, latencies, refused
 
 
 # -- stock --------------------------------------------------------------------------------------------
@@ -332,9 +339,9 @@ async def measure_workload(args: argparse.Namespace, base: Workload, url: str, p
     if base.name == "uniform" and ceiling and "service_unary" in wanted:
         w = renamed(base, "half-")
         await seed_service(service, w)
-        ops, lat = await open_loop_unary(service, w, ceiling / 2, s)
+        ops, lat, refused = await open_loop_unary(service, w, ceiling / 2, s)
         out.append(row(w.name, "service_unary", ops, lat, None, mode="open_loop_half_ceiling",
-                       rate=round(ceiling / 2)))
+                       rate=round(ceiling / 2), refused=refused))
     return out
 
 
