@@ -35,6 +35,13 @@ class RetryPolicy:
     max_backoff_s: float = 2.0
     """The bound stops doubling here. All tries together stay within the client's ``timeout_s``."""
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts: must be at least 1, got {self.attempts}")
+        if not 0 < self.first_backoff_s <= self.max_backoff_s:
+            raise ValueError(f"first_backoff_s: must be > 0 and <= max_backoff_s ({self.max_backoff_s}), "
+                             f"got {self.first_backoff_s}")
+
 
 def _lines(lines: Iterable[LineLike]) -> list[pb.Line]:
     return [pb.Line(sku=s, location=loc, quantity=q) for s, loc, q in lines]

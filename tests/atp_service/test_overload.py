@@ -143,3 +143,11 @@ async def test_a_retry_policy_does_not_retry_a_decision(start_service: ServiceFa
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await patient.get_reservation("nobody")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"attempts": 0}, "attempts"),
+                                               ({"first_backoff_s": 0}, "first_backoff_s"),
+                                               ({"first_backoff_s": 3, "max_backoff_s": 2}, "first_backoff_s")])
+def test_a_retry_policy_that_cannot_work_is_refused_naming_the_field(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
