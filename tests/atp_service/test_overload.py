@@ -15,35 +15,47 @@ from ..conftest import ServiceFactory
 from .test_api import receipt
 
 
+class _Flood:
+    """One-unit reservations of A@DC, each answer counted by status (OK or the gRPC code)."""
+
+    def __init__(self, client: AtpClient) -> None:
+        self.client = client
+        self.outcomes: dict[str, int] = {}
+        self.granted: list[str] = []
+        self.refused: list[tuple[str, grpc.aio.AioRpcError]] = []
+
+    async def reserve(self, reservation_id: str) -> None:
+        try:
+            resp = await self.client.reserve(reservation_id, [("A", "DC", 1)], ttl_seconds=3600)
+            self.granted.append(resp.reservation_id)
+            code = "OK"
+        except grpc.aio.AioRpcError as exc:
+            self.refused.append((reservation_id, exc))
+            code = exc.code().name
+        self.outcomes[code] = self.outcomes.get(code, 0) + 1
+
+
 async def test_a_backlog_sheds_new_work_at_once_and_what_was_accepted_is_exact(
         start_service: ServiceFactory) -> None:
     service, client = await start_service(shards=1, batch_max=4, max_queue_delay_ms=5, mailbox_size=500,
                                           max_pending_calls=10_000)  # the shard queue is under test here
     await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
     assert service.engine is not None
-    outcomes: dict[str, int] = {}
-    granted: list[str] = []
-
-    async def one(n: int) -> None:
-        try:
-            resp = await client.reserve(f"f{n}", [("A", "DC", 1)], ttl_seconds=3600)
-            granted.append(resp.reservation_id)
-            outcomes["OK"] = outcomes.get("OK", 0) + 1
-        except grpc.aio.AioRpcError as exc:
-            outcomes[exc.code().name] = outcomes.get(exc.code().name, 0) + 1
-            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (exc.code(), exc.details())
-            assert "max_queue_delay_ms=5" in (exc.details() or "")
-
+    flood = _Flood(client)
     resume = await service.engine.actors[0].pause()  # a stall: work queues up behind it
-    backlog = [asyncio.ensure_future(one(n)) for n in range(300)]
+    backlog = [asyncio.ensure_future(flood.reserve(f"f{n}")) for n in range(300)]
     await asyncio.sleep(0.1)
     resume.set_result(None)
     await asyncio.sleep(0)
-    arriving = [asyncio.ensure_future(one(n)) for n in range(300, 600)]  # while the backlog is worked off
+    arriving = [asyncio.ensure_future(flood.reserve(f"f{n}")) for n in range(300, 600)]  # while the backlog drains
     await asyncio.gather(*backlog, *arriving)
+    for _, exc in flood.refused:
+        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (exc.code(), exc.details())
+        assert "max_queue_delay_ms=5" in (exc.details() or "")
+    outcomes = flood.outcomes
     assert outcomes.get("RESOURCE_EXHAUSTED", 0) > 0 and outcomes.get("OK", 0) >= 300, outcomes
     (a,) = await client.availability([("A", "DC")])
-    assert a.reserved == len(granted)  # every accepted one applied once, no refused one applied at all
+    assert a.reserved == len(flood.granted)  # every accepted one applied once, no refused one applied at all
     assert all(actor._mailbox.qsize() <= 500 for actor in service.engine.actors)
 
 
@@ -97,25 +109,14 @@ async def test_calls_past_the_bounded_queue_ahead_of_the_service_are_refused_at_
     refused by gRPC at once (CANCELLED, gRPC's own status) instead of waiting into its deadlines."""
     _, client = await start_service(max_pending_calls=4)
     await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
-    outcomes: dict[str, int] = {}
-    granted: list[str] = []
-    refused: list[str] = []
-
-    async def one(n: int) -> None:
-        try:
-            resp = await client.reserve(f"p{n}", [("A", "DC", 1)], ttl_seconds=3600)
-            granted.append(resp.reservation_id)
-            outcomes["OK"] = outcomes.get("OK", 0) + 1
-        except grpc.aio.AioRpcError as exc:
-            outcomes[exc.code().name] = outcomes.get(exc.code().name, 0) + 1
-            refused.append(f"p{n}")
-
-    await asyncio.gather(*(one(n) for n in range(400)))
+    flood = _Flood(client)
+    await asyncio.gather(*(flood.reserve(f"p{n}") for n in range(400)))
+    outcomes = flood.outcomes
     assert outcomes.get("CANCELLED", 0) > 0 and outcomes.get("OK", 0) > 0, outcomes
     assert set(outcomes) <= {"OK", "CANCELLED"}, outcomes  # no deadline ran out: nothing queued that long
     (a,) = await client.availability([("A", "DC")])
-    assert a.reserved == len(granted)  # a refused call was never applied
-    for rid in refused[:20]:
+    assert a.reserved == len(flood.granted)  # a refused call was never applied
+    for rid, _ in flood.refused[:20]:
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await client.get_reservation(rid)
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
