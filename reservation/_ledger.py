@@ -321,10 +321,7 @@ class Ledger:
 
     def _apply_fact(self, fact: Fact, key: tuple[str, str]) -> tuple[Undo, FactOutcome]:
         sku, location = fact.sku, fact.location
-        history = self.histories.get((sku, location))
-        if history is None:
-            history = self.histories[(sku, location)] = PositionHistory()
-        outcome, delta, undo_fold = history.fold(fact)
+        outcome, delta, undo_fold = self._history(sku, location).fold(fact)
         existed = self.store.bump(sku, location, ON_HAND, delta)
         old_stream_time = self.stream_time
         if fact.event_time > old_stream_time:
