@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from ._model import Fact, FactKind, FactOutcome
+from ._model import OUTGOING_KINDS, Fact, FactKind, FactOutcome
 from ._undo import Undo
 
 OrderKey = tuple[int, int, str]
@@ -37,9 +37,12 @@ class PositionHistory:
     def fold(self, fact: Fact) -> tuple[FactOutcome, int, Undo | None]:
         """Apply one fact; return its outcome, its change to on_hand and how to take it back."""
         # E1: the order key is (event_time, rank, event_id); deltas rank 0, counts rank 1.
-        if fact.kind == _COUNT:
-            return self._fold_count((fact.event_time, COUNT_RANK, fact.event_id), fact.quantity)
-        return self._fold_delta((fact.event_time, DELTA_RANK, fact.event_id), fact.delta)
+        kind, quantity = fact.kind, fact.quantity
+        if kind == _COUNT:
+            return self._fold_count((fact.event_time, COUNT_RANK, fact.event_id), quantity)
+        # Fact.delta, inlined: this runs once per ingested fact.
+        return self._fold_delta((fact.event_time, DELTA_RANK, fact.event_id),
+                                -quantity if kind in OUTGOING_KINDS else quantity)
 
     def fold_service_delta(self, key: OrderKey, delta: int) -> tuple[FactOutcome, int, Undo | None]:
         """A change the service itself made (fulfilment, R4), ordered by its timestamp."""

@@ -321,7 +321,10 @@ class Ledger:
 
     def _apply_fact(self, fact: Fact, key: tuple[str, str]) -> tuple[Undo, FactOutcome]:
         sku, location = fact.sku, fact.location
-        outcome, delta, undo_fold = self._history(sku, location).fold(fact)
+        history = self.histories.get((sku, location))  # _history's lookup, inlined on the ingest hot path
+        if history is None:
+            history = self._history(sku, location)
+        outcome, delta, undo_fold = history.fold(fact)
         existed = self.store.bump(sku, location, ON_HAND, delta)
         old_stream_time = self.stream_time
         if fact.event_time > old_stream_time:

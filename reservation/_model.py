@@ -126,10 +126,11 @@ class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False):
     @property
     def delta(self) -> int:
         """Signed on-hand change of a delta kind (not meaningful for COUNT)."""
-        return -self.quantity if self.kind in _OUTGOING else self.quantity
+        return -self.quantity if self.kind in OUTGOING_KINDS else self.quantity
 
 
-_OUTGOING = frozenset({int(FactKind.SALE), int(FactKind.SHIPMENT)})
+OUTGOING_KINDS = frozenset({int(FactKind.SALE), int(FactKind.SHIPMENT)})
+"""Fact kinds whose quantity leaves on_hand (Q1)."""
 
 
 class Quantities(msgspec.Struct, frozen=True, array_like=True, gc=False):
