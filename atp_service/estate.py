@@ -167,28 +167,24 @@ def _channel(raw: dict[str, Any], where: str, locations: dict[str, Location],
         if members is None:
             raise EstateError(f"{where}.sells_from: unknown location or group {target!r}")
         sells_from += [m for m in members if m not in sells_from]
-    try:
-        rules = ChannelRules(
-            buffer_units=int(raw.get("buffer_units", 0)),
-            buffer_percent=float(raw.get("buffer_percent", 0.0)),
-            allocation=_optional_int(raw, "allocation"),
-            low_stock_threshold=int(raw.get("low_stock_threshold", 0)),
-            max_shown=_optional_int(raw, "max_shown"),
-        )
+    buffer_units, buffer_percent = _int(raw, "buffer_units", where, 0), _number(raw, "buffer_percent", where, 0.0)
+    low_stock_threshold = _int(raw, "low_stock_threshold", where, 0)
+    try:  # ChannelRules checks the ranges and names the field; the prefix says which channel
+        rules = ChannelRules(buffer_units=buffer_units, buffer_percent=buffer_percent,
+                             allocation=_optional_int(raw, "allocation"), low_stock_threshold=low_stock_threshold,
+                             max_shown=_optional_int(raw, "max_shown"))
     except (TypeError, ValueError) as exc:
         raise EstateError(f"{where}.{exc}") from None
     throttle_ms = _int(raw, "throttle_ms", where, 1000)
-    rate = float(raw.get("rate_limit_per_s", 100.0))
-    if throttle_ms < 0:
-        raise EstateError(f"{where}.throttle_ms: must not be negative")
+    rate = _number(raw, "rate_limit_per_s", where, 100.0)
+    burst = _int(raw, "burst", where, 0)
+    low_stock_level = _int(raw, "low_stock_level", where, max(5, 2 * rules.low_stock_threshold))
+    for key, value in (("throttle_ms", throttle_ms), ("burst", burst), ("low_stock_level", low_stock_level)):
+        if value < 0:  # refused, not clamped: a typo must not quietly change what the channel sees
+            raise EstateError(f"{where}.{key}: must not be negative")
     if rate <= 0:
         raise EstateError(f"{where}.rate_limit_per_s: must be positive")
-    policy = FeedPolicy(
-        throttle_ms=throttle_ms,
-        rate_per_s=rate,
-        burst=max(0, _int(raw, "burst", where, 0)),
-        low_stock_level=max(0, _int(raw, "low_stock_level", where, max(5, 2 * rules.low_stock_threshold))),
-    )
+    policy = FeedPolicy(throttle_ms=throttle_ms, rate_per_s=rate, burst=burst, low_stock_level=low_stock_level)
     strategy = _text(raw, "strategy", where, "priority")
     if strategy not in STRATEGIES:
         raise EstateError(f"{where}.strategy: must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -225,6 +221,13 @@ def _int(raw: dict[str, Any], key: str, where: str, default: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise EstateError(f"{where}.{key}: must be an integer")
     return value
+
+
+def _number(raw: dict[str, Any], key: str, where: str, default: float) -> float:
+    value = raw.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:  # NaN: value != value
+        raise EstateError(f"{where}.{key}: must be a number")
+    return float(value)
 
 
 def _list(data: dict[str, Any], key: str) -> list[dict[str, Any]]:

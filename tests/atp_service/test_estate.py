@@ -66,6 +66,18 @@ def test_a_good_estate_parses(tmp_path: Path) -> None:
     ({"locations": [{"id": "x", "type": "dc"}], "channels": [{"name": "c", "sells_from": ["x"],
                                                                "rate_limit_per_s": 0}]},
      "channels[0].rate_limit_per_s: must be positive"),
+    *((({"locations": [{"id": "x", "type": "dc"}], "channels": [{"name": "c", "sells_from": ["x"], key: value}]},
+        f"channels[0].{key}: {message}")
+       for key, value, message in [
+           ("burst", -1, "must not be negative"),
+           ("low_stock_level", -5, "must not be negative"),
+           ("throttle_ms", -1, "must not be negative"),
+           ("buffer_units", "2", "must be an integer"),
+           ("buffer_units", 2.5, "must be an integer"),
+           ("low_stock_threshold", True, "must be an integer"),
+           ("buffer_percent", "5%", "must be a number"),
+           ("rate_limit_per_s", float("nan"), "must be a number"),
+       ])),
 ])
 def test_mistakes_name_their_key(data: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(EstateError) as err:
