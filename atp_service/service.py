@@ -22,6 +22,7 @@ from .channel_store import ChannelStore
 from .channels import ChannelDesk
 from .clock import Clock, SystemClock
 from .config import ServiceConfig
+from .door import server_ids
 from .engine import Engine
 from .estate import Estate, EstateError, group_policies, load_estate
 from .facts import FactDesk
@@ -68,9 +69,11 @@ class AtpService:
                                               Watchers(config.max_watchers, config.watch_batch), self._reload_rpc)
         self._log: LogStore | None = None
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms)
+        self._door_ids: set[int] = set()
 
     async def start(self) -> None:
         cfg = self.config
+        before = server_ids()
         self._server = grpc.aio.server(interceptors=self._interceptors(), options=[
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -79,6 +82,8 @@ class AtpService:
             ("grpc.server.max_pending_requests", max(1, cfg.max_pending_calls // 2)),
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ])
+        self._door_ids = server_ids() - before  # this server's channelz counters (atp_grpc_server_calls_total)
+        METRICS.door.watch(self._door_ids)
         pb_grpc.add_AvailabilityServiceServicer_to_server(self._servicer, self._server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -261,6 +266,7 @@ class AtpService:
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+            METRICS.door.forget(self._door_ids)
         await self._monitor.stop()
         if self.ingestor is not None:
             await self.ingestor.stop()

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from atp_service import AtpClient, RetryPolicy
+from atp_service.metrics import METRICS
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 
 from ..conftest import ServiceFactory
@@ -110,10 +111,19 @@ async def test_calls_past_the_bounded_queue_ahead_of_the_service_are_refused_at_
     _, client = await start_service(max_pending_calls=4)
     await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
     flood = _Flood(client)
+    before = METRICS.door.counts()
     await asyncio.gather(*(flood.reserve(f"p{n}") for n in range(400)))
     outcomes = flood.outcomes
     assert outcomes.get("CANCELLED", 0) > 0 and outcomes.get("OK", 0) > 0, outcomes
     assert set(outcomes) <= {"OK", "CANCELLED"}, outcomes  # no deadline ran out: nothing queued that long
+    # The service's metrics see the refusals too (atp_grpc_server_calls_total, from gRPC's channelz):
+    # with nothing in progress, started - succeeded - failed is exactly what was refused at the door.
+    after = METRICS.door.counts()
+    seen = {k: after[k] - before[k] for k in after}
+    assert seen["started"] == 400 and seen["succeeded"] == outcomes["OK"], seen
+    assert seen["started"] - seen["succeeded"] - seen["failed"] == outcomes["CANCELLED"], (seen, outcomes)
+    exported = METRICS.registry.get_sample_value("atp_grpc_server_calls_total", {"outcome": "started"})
+    assert exported is not None and exported >= 400
     (a,) = await client.availability([("A", "DC")])
     assert a.reserved == len(flood.granted)  # a refused call was never applied
     for rid, _ in flood.refused[:20]:
