@@ -34,11 +34,15 @@ from benchmarks.ingest import spawn
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def served(metrics_port: int) -> float:
-    """Reserve calls the service's handlers ran (any outcome), from its own metrics."""
+def served(metrics_port: int) -> tuple[float, float]:
+    """From the service's own metrics: Reserve calls its handlers ran (any outcome), and calls gRPC
+    core started but neither answered OK nor failed — refused at the door (``atp_grpc_server_calls_total``)."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-               if line.startswith("atp_rpc_duration_seconds_count{") and 'method="Reserve"' in line)
+    handled = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                  if line.startswith("atp_rpc_duration_seconds_count{") and 'method="Reserve"' in line)
+    door = {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+            if line.startswith("atp_grpc_server_calls_total{")}
+    return handled, door["started"] - door["succeeded"] - door["failed"]
 
 
 def rss_mb(pid: int) -> float:
@@ -77,9 +81,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
             w = Workload("uniform", [(f"s-{i:04d}", f"l-{j}") for i in range(1000) for j in range(10)], 1_000_000)
             await seed_service(target, w)
             capacity, _ = await grpc_unary(target, w, "cap", args.seconds, 64, Tally())
-            before, handled_before = rss_mb(proc.pid), served(metrics_port)
+            before, (handled_before, door_before) = rss_mb(proc.pid), served(metrics_port)
             outcomes = await overload(target, w, 2 * capacity, args.seconds)
-            after, handled = rss_mb(proc.pid), served(metrics_port) - handled_before
+            after, (handled, door) = rss_mb(proc.pid), served(metrics_port)
+            handled, door = handled - handled_before, door - door_before
         finally:
             proc.terminate()
             proc.wait(30)
@@ -88,6 +93,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
                                       or ServiceConfig().max_pending_calls,
                                       "capacity_ops": round(capacity), "offered_ops": round(2 * capacity),
                                       "client_calls": sent, "server_handled": round(handled),
+                                      "server_counted_refused_at_door": round(door),
                                       "rss_mb_before": round(before, 1), "rss_mb_after": round(after, 1)}]
     for outcome, lat in sorted(outcomes.items()):
         rows.append({"outcome": outcome, "count": len(lat), "p50_ms": round(float(np.percentile(lat, 50)), 2),
