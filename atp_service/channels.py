@@ -17,7 +17,7 @@ import math
 import time
 from typing import Any
 
-from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published
+from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, zero_through
 from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
 
 from .channel_store import ChannelStore
@@ -49,6 +49,7 @@ class ChannelDesk:
         self._velocity: dict[str, tuple[float, int]] = {}  # sku -> (decayed demand units, at)
         self._curator = Curator()
         self._round_dirty_at: dict[str, int] = {}
+        self._zero_lines: list[tuple[Feed, int, frozenset[str]]] = []  # see _find_zero_lines
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -58,6 +59,7 @@ class ChannelDesk:
     async def start(self) -> None:
         """Load what each channel last published, curate everything, publish the differences."""
         await self._load_feeds(self.estate)
+        self._find_zero_lines()
         for actor in self.engine.actors:
             actor.listeners.append(self.on_durable)
         self._mark_everything()
@@ -73,6 +75,7 @@ class ChannelDesk:
         """Swap in a new estate/channel configuration: re-curate, publish only what changed."""
         await self._load_feeds(estate)
         self.estate = estate
+        self._find_zero_lines()
         self._curator.reset()
         self._withdraw_dropped_locations()
         self._mark_everything()
@@ -90,6 +93,15 @@ class ChannelDesk:
             for key, pub in list(feed.published.items()):
                 if key[1] not in allowed and pub.quantity > 0:
                     feed.offer(key, 0, pub.event_time, now, now)
+
+    def _find_zero_lines(self) -> None:
+        """Per per-location channel, the ``available`` at or below which a position shows 0: what
+        ``on_durable`` needs to offer a stock-out at once, without waiting for the round's curation."""
+        self._zero_lines = [
+            (self.feeds[name], line, frozenset(channel.sells_from))
+            for name, channel in self.estate.channels.items()
+            if channel.per_location and (line := zero_through(channel.rules)) is not None
+        ]
 
     async def _load_feeds(self, estate: Estate) -> None:
         now = self.clock.now_ms()
@@ -111,6 +123,7 @@ class ChannelDesk:
     # -- intake: runs inside a shard actor's completion callback; keep it short ------------
     def on_durable(self, shard: int, entry: LogEntry) -> None:
         dirty, ts, now = self._dirty, entry.ts, self.clock.now_ms()
+        zero_lines, store, stockouts = self._zero_lines, self.engine.actors[shard].ledger.store, False
         demand: dict[str, int] = {}
         for event in entry.events:
             if isinstance(event, FactApplied):
@@ -132,9 +145,15 @@ class ChannelDesk:
                 self._dirty_at[sku] = now
             if locs.get(loc, 0) < t:
                 locs[loc] = t
+            for feed, line, sells_from in zero_lines:  # C2: a per-location stock-out is offered at once
+                if loc in sells_from:
+                    available = store.available(sku, loc)
+                    if available is not None and available <= line:
+                        feed.offer((sku, loc), 0, t, now, now)  # E11: no-op unless it showed more
+                        stockouts = True
         for sku, units in demand.items():
             self._velocity[sku] = (self._velocity_at(sku, now) + units, now)
-        if dirty:
+        if dirty or stockouts:
             self._wake.set()
 
     def _velocity_at(self, sku: str, now: int) -> float:
@@ -155,8 +174,9 @@ class ChannelDesk:
             if not self._dirty:
                 await self._sleep_until_due()
             self._wake.clear()
-            rest = self.curate_dirty()
             try:
+                await self.publish_due(urgent_only=True)  # stock-outs offered since the last round (C2)
+                rest = self.curate_dirty()
                 if rest:
                     await self.publish_due(urgent_only=True)  # stock-outs (and baselines) first (C2)
                     self._offer(rest)

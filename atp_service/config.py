@@ -107,8 +107,15 @@ class ServiceConfig:
     """This instance's consumer name; keep it stable so a restart re-reads its own pending entries."""
 
     ingest_count: int = 1000
-    """Most entries read per stream per XREADGROUP. Larger reads add little throughput but make
-    longer turns of the event loop, which delays channel publishing (benchmarks/publish.py)."""
+    """Most entries read per stream per XREADGROUP without channel feeds: large reads for ingest
+    throughput (benchmarks/ingest.py)."""
+
+    ingest_count_publishing: int = 150
+    """Most entries read per stream per XREADGROUP when channel feeds are configured. Ingest then
+    gets less done per turn of the event loop, and the turns stay short, so the channel desk —
+    which shares the loop — publishes a stock-out within tens of ms of it becoming durable (C2;
+    benchmarks/publish.py) instead of after thousands of facts read before it. Raise it for more
+    ingest throughput at the cost of that delay."""
 
     ingest_inflight: int = 3
     """Batches of input-stream entries being applied at once while the next one is read."""
@@ -133,8 +140,7 @@ class ServiceConfig:
     otherwise no channels."""
 
     publish_batch_max: int = 1000
-    """Most channel updates one feed writes per round (one script call with the others): smaller
-    rounds let stock-outs found meanwhile go out sooner."""
+    """Most channel updates one feed writes per round (one script call with the others)."""
 
     velocity_half_life_s: float = 300.0
     """Half-life of the recent sales velocity that orders ordinary channel updates."""
@@ -181,7 +187,8 @@ class ServiceConfig:
         if not 1 <= self.shards <= 1024:
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
-                     "max_watchers", "watch_batch", "max_pending_calls"):
+                     "ingest_count", "ingest_count_publishing", "ingest_inflight", "max_watchers", "watch_batch",
+                     "max_pending_calls"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
 

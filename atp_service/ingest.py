@@ -95,13 +95,15 @@ def _field(fields: dict[bytes, bytes], key: bytes) -> bytes:
 class StreamIngestor:
     """Reads the input streams on its own Redis connection pool, separate from the log's appends."""
 
-    def __init__(self, client: Any, desk: FactDesk, config: ServiceConfig, clock: Clock) -> None:
+    def __init__(self, client: Any, desk: FactDesk, config: ServiceConfig, clock: Clock,
+                 read_count: int | None = None) -> None:
         # The raw XREADGROUP reply: redis-py's per-entry dict building cost more than the decoding.
         client.set_response_callback("XREADGROUP", lambda response, **_: response)
         self._client = client
         self._desk = desk
         self._config = config
         self._clock = clock
+        self._read_count = config.ingest_count if read_count is None else read_count
         self._streams = list(config.input_streams)
         self._task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
@@ -174,7 +176,7 @@ class StreamIngestor:
 
     async def _read(self, start: str, block: int | None) -> list[Entry]:
         cfg = self._config
-        args: list[Any] = ["GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", cfg.ingest_count]
+        args: list[Any] = ["GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", self._read_count]
         if block is not None:
             args += ["BLOCK", block]
         args += ["STREAMS", *self._streams, *([start] * len(self._streams))]

@@ -125,7 +125,9 @@ class AtpService:
         self._servicer.attach(self.engine, self.desk, self.channels)
         if cfg.input_streams:
             ingest_client = connect(self.redis_url, cfg.redis_timeout_s + cfg.ingest_block_ms / 1000)
-            self.ingestor = StreamIngestor(ingest_client, self.desk, cfg, self.clock)
+            # With channel feeds, smaller reads keep the event loop's turns short for the desk (C2).
+            reads = min(cfg.ingest_count, cfg.ingest_count_publishing) if self.channels else cfg.ingest_count
+            self.ingestor = StreamIngestor(ingest_client, self.desk, cfg, self.clock, reads)
             await self.ingestor.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

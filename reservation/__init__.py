@@ -5,7 +5,7 @@ rule it enforces.
 """
 
 from ._allocate import GroupPolicy, allocate
-from ._curation import ChannelRules, curate, network_available
+from ._curation import ChannelRules, curate, network_available, zero_through
 from ._errors import (
     AlreadyExists,
     DomainError,
@@ -102,4 +102,5 @@ __all__ = [
     "reserve_command",
     "update_fields",
     "update_from_fields",
+    "zero_through",
 ]

@@ -60,6 +60,29 @@ def curate(available: Int64Array, rules: ChannelRules) -> Int64Array:
     return x.astype(np.int64)
 
 
+_BEYOND_ANY_STOCK = 1 << 40  # far above Limits.max_quantity
+
+
+def zero_through(rules: ChannelRules) -> int | None:
+    """The largest ``available`` that C1 shows as 0. ``curate`` never decreases as available grows,
+    so a position at or below it shows 0 on the channel and one above it does not: a change that
+    leaves a position there is a stock-out if the channel showed more (C2: published at once).
+    None when the channel shows 0 whatever the stock (allocation or max_shown 0)."""
+    def shown(units: int) -> int:
+        return int(curate(np.array([units], dtype=np.int64), rules)[0])
+
+    if shown(_BEYOND_ANY_STOCK) == 0:
+        return None
+    low, high = -1, _BEYOND_ANY_STOCK  # invariant: shown(low) == 0 < shown(high)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if shown(mid) == 0:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
 def network_available(available_by_location: Int64Array, sells_from: npt.NDArray[np.bool_]) -> Int64Array:
     """Per SKU (rows), the sum over the locations (columns) a channel may sell from, each clamped at 0
     first: an oversold store does not eat into what a DC can promise."""

@@ -60,6 +60,15 @@ class PositionStore:
         qv = self._qv
         return Quantities(qv[ON_HAND, row, col], qv[RESERVED, row, col], qv[COMMITTED, row, col], qv[SAFETY, row, col])
 
+    def available(self, sku: str, location: str) -> int | None:
+        """Q5 ``available`` of one position without building its Quantities (None: no such position)."""
+        row = self._sku_row.get(sku)
+        col = self._loc_col.get(location)
+        if row is None or col is None or not self._pv[row, col]:
+            return None
+        qv = self._qv
+        return qv[ON_HAND, row, col] - qv[RESERVED, row, col] - qv[COMMITTED, row, col] - qv[SAFETY, row, col]
+
     def exists(self, sku: str, location: str) -> bool:
         row = self._sku_row.get(sku)
         col = self._loc_col.get(location)

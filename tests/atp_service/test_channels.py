@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from atp_service import ManualClock
 from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_service.tasks import cancel_and_wait
 from reservation import ChannelRules, StockStatus, curate
 
 from ..conftest import ServiceFactory
@@ -60,6 +61,24 @@ async def test_c2_thousand_changes_in_an_interval_publish_once_and_a_stockout_at
     assert [(u.quantity, u.status) for u in updates[2:]] == [(0, StockStatus.OUT_OF_STOCK)]
     await asyncio.sleep(0.2)
     assert len(await stream_updates(redis_url, "market")) == 3  # the throttled 3988 was overtaken, never sent
+
+
+async def test_c2_a_per_location_stockout_is_offered_when_durable_without_waiting_for_curation(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """The desk offers a per-location drop to 0 from the durable entry itself (the position's
+    available at or below the channel's zero line), so it goes out with the next write instead of
+    after the next curation of every changed SKU."""
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    desk = service.channels
+    assert desk is not None and service.ingestor is not None
+    await client.record_events([fact("base", "COUNT", "sku-z", "store-1", 5, T)])
+    await wait_for_updates(redis_url, "pickup", 1)  # 5 - buffer 1 = 4 shown
+    await cancel_and_wait(desk._task)  # no more rounds: no curation, no writes
+    await client.record_events([fact("sold", "SALE", "sku-z", "store-1", 4, T + 1)])  # 1 left: 1 - 1 = 0
+    assert "sku-z" in desk._dirty  # not curated
+    taken = desk.feeds["pickup"].take(clock.now_ms(), 10, urgent_only=True)
+    assert [(u.sku, u.location, u.quantity, u.previous) for u in taken] == [("sku-z", "store-1", 0, 4)]
+    assert service.ingestor._read_count == service.config.ingest_count_publishing  # short turns for the desk
 
 
 async def test_e11_and_c3_versions_only_increase_across_a_restart(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from reservation import ChannelRules, curate, network_available
+from reservation import ChannelRules, curate, network_available, zero_through
 
 
 def c(values: list[int], **rules: float | int | None) -> list[int]:
@@ -51,3 +53,26 @@ def test_network_total_over_three_hundred_stores_is_one_array_operation() -> Non
 def test_bad_rules_name_the_field(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         ChannelRules(**bad)  # type: ignore[arg-type]
+
+
+@given(units=st.integers(0, 20), percent=st.sampled_from([0.0, 5.0, 12.5, 50.0, 99.0]),
+       threshold=st.integers(0, 20), allocation=st.one_of(st.none(), st.integers(0, 40)),
+       max_shown=st.one_of(st.none(), st.integers(0, 40)))
+def test_zero_through_is_exactly_where_a_position_shows_zero_C2(
+        units: int, percent: float, threshold: int, allocation: int | None, max_shown: int | None) -> None:
+    rules = ChannelRules(buffer_units=units, buffer_percent=percent, low_stock_threshold=threshold,
+                         allocation=allocation, max_shown=max_shown)
+    available = np.arange(-5, 400, dtype=np.int64)
+    shows_zero = curate(available, rules) == 0
+    line = zero_through(rules)
+    if line is None:  # a channel capped at 0 never shows stock, so it never goes out of stock
+        assert shows_zero.all()
+    else:
+        assert (shows_zero == (available <= line)).all()
+
+
+def test_zero_through_examples() -> None:
+    assert zero_through(ChannelRules()) == 0
+    assert zero_through(ChannelRules(buffer_units=2, low_stock_threshold=1)) == 3
+    assert zero_through(ChannelRules(buffer_units=1, buffer_percent=50, low_stock_threshold=3)) == 9
+    assert zero_through(ChannelRules(allocation=0)) is None

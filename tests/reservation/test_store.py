@@ -1,4 +1,4 @@
-"""PositionStore's block read (C1 curation input) against a position-by-position reading."""
+"""PositionStore's block and single-position reads of available (C1 curation input) against Quantities."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def test_available_block_equals_per_position_reads(channel_locations: int) -> No
             exists = store.exists(sku, loc)
             assert present[i, j] == exists
             assert available[i, j] == (store.get(sku, loc).available if exists else 0)
+            assert store.available(sku, loc) == (store.get(sku, loc).available if exists else None)
 
 
 def test_available_block_of_nothing_is_empty() -> None:
