@@ -145,10 +145,10 @@ class ChannelDesk:
                 self._dirty_at[sku] = now
             if locs.get(loc, 0) < t:
                 locs[loc] = t
-            for feed, line, sells_from in zero_lines:  # C2: a per-location stock-out is offered at once
-                if loc in sells_from:
-                    available = store.available(sku, loc)
-                    if available is not None and available <= line:
+            available = store.available(sku, loc) if zero_lines else None  # read once for every channel
+            if available is not None:
+                for feed, line, sells_from in zero_lines:  # C2: a per-location stock-out is offered at once
+                    if available <= line and loc in sells_from:
                         feed.offer((sku, loc), 0, t, now, now)  # E11: no-op unless it showed more
                         stockouts = True
         for sku, units in demand.items():

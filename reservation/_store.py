@@ -62,17 +62,21 @@ class PositionStore:
 
     def available(self, sku: str, location: str) -> int | None:
         """Q5 ``available`` of one position without building its Quantities (None: no such position)."""
-        row = self._sku_row.get(sku)
-        col = self._loc_col.get(location)
-        if row is None or col is None or not self._pv[row, col]:
+        cell = self._found(sku, location)
+        if cell is None:
             return None
+        row, col = cell
         qv = self._qv
         return qv[ON_HAND, row, col] - qv[RESERVED, row, col] - qv[COMMITTED, row, col] - qv[SAFETY, row, col]
 
     def exists(self, sku: str, location: str) -> bool:
+        return self._found(sku, location) is not None
+
+    def _found(self, sku: str, location: str) -> tuple[int, int] | None:
+        """The cell of a position that exists (``bump`` repeats this lookup inline: the fact hot path)."""
         row = self._sku_row.get(sku)
         col = self._loc_col.get(location)
-        return row is not None and col is not None and bool(self._pv[row, col])
+        return (row, col) if row is not None and col is not None and self._pv[row, col] else None
 
     def forget(self, sku: str, location: str) -> None:
         """Undo of the change that created a position: it was never there (replay must agree, E10)."""
