@@ -70,6 +70,15 @@ class ServiceConfig:
     pipeline_max: int = 64
     """Most shard log entries sent to Redis in one pipelined round trip."""
 
+    commit_delay_ms: float = 2.0
+    """While the log is busy (see ``commit_delay_min_rate``) a group commit waits up to this long
+    for more entries before it goes to Redis: fewer, fuller Redis calls and about half the CPU per
+    unary call at peak, for at most this much added latency. 0 sends every group commit at once."""
+
+    commit_delay_min_rate: int = 1000
+    """Log entries per second (all shards) from which the log counts as busy. Below it a commit
+    goes out at once: a wait would find no company and only add latency."""
+
     snapshot_every_entries: int = 20_000
     """A shard snapshots after this many log entries (and the log is trimmed behind it)."""
 
@@ -186,6 +195,10 @@ class ServiceConfig:
             raise ValueError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
         if not 1 <= self.shards <= 1024:
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
+        if not 0 <= self.commit_delay_ms <= 100:
+            raise ValueError(f"commit_delay_ms: must be within [0, 100], got {self.commit_delay_ms}")
+        if self.commit_delay_min_rate < 0:
+            raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
                      "ingest_count", "ingest_count_publishing", "ingest_inflight", "max_watchers", "watch_batch",
                      "max_pending_calls"):

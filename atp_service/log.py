@@ -109,17 +109,52 @@ def stream_entries(reply: Any) -> Iterator[tuple[Any, Any, Any]]:
             yield stream, entry_id, fields
 
 
-class LogStore:
-    """Appends shard entries in shared pipelines (one round trip per event-loop turn)."""
+class CommitWindow:
+    """When the log is busy, a group commit waits up to ``delay_s`` for company (PostgreSQL's
+    ``commit_delay``): each Redis call then carries many entries, and their callers are answered in
+    one turn of the event loop instead of one turn each. Measured on 2 cores with 64 unary calls in
+    flight: ~3,200 reservations/s sending at once, ~5,900/s waiting 2 ms, each at half the CPU per
+    call. "Busy" is an arrival rate of at least ``min_rate`` entries/s over the last ``_BUCKET_S``:
+    a quiet log, where a wait would find no company, sends at once and adds no latency."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, pipeline_max: int, max_in_flight: int = 1) -> None:
+    _BUCKET_S = 0.1
+
+    __slots__ = ("_bucket_n", "_bucket_start", "busy", "delay_s", "min_rate")
+
+    def __init__(self, delay_s: float, min_rate: int) -> None:
+        self.delay_s = delay_s
+        self.min_rate = min_rate
+        self.busy = False
+        self._bucket_start = 0.0
+        self._bucket_n = 0
+
+    def arrived(self, now: float) -> None:
+        self._bucket_n += 1
+        elapsed = now - self._bucket_start
+        if elapsed >= self._BUCKET_S:
+            self.busy = self.delay_s > 0 and self._bucket_n >= self.min_rate * elapsed
+            self._bucket_start, self._bucket_n = now, 0
+
+    def wait_s(self, first_pending_at: float, now: float) -> float:
+        """How much longer the oldest waiting entry should wait before it is sent."""
+        return max(0.0, first_pending_at + self.delay_s - now) if self.busy else 0.0
+
+
+class LogStore:
+    """Appends shard entries in shared pipelines (one round trip per event-loop turn, or per commit
+    window when busy)."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, pipeline_max: int, max_in_flight: int = 1,
+                 window: CommitWindow | None = None) -> None:
         self.client = client
         self.prefix = prefix
         self._pipeline_max = pipeline_max
         self._pending: list[tuple[int, int, bytes, asyncio.Future[None]]] = []
+        self._first_pending_at = 0.0
         self._scheduled = False
         self._in_flight = 0
         self._max_in_flight = max_in_flight
+        self._window = window or CommitWindow(0.0, 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._append_script = client.register_script(_APPEND_SCRIPT)
 
@@ -133,12 +168,24 @@ class LogStore:
         """Queue one entry for the next group commit; the future fails with RedisError/OSError when
         the entry is not certainly durable. Entries go out in submission order; cancelling the
         future before it is sent keeps the entry out of the log."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._window.arrived(now)
+        fut: asyncio.Future[None] = loop.create_future()
+        if not self._pending:
+            self._first_pending_at = now
         self._pending.append((shard, seq, data, fut))
         if not self._scheduled and self._in_flight < self._max_in_flight:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._schedule(loop)
         return fut
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = True
+        wait = self._window.wait_s(self._first_pending_at, loop.time())
+        if wait > 0:
+            loop.call_later(wait, self._flush)
+        else:
+            loop.call_soon(self._flush)
 
     async def append_atomic(self, entries: dict[int, tuple[int, bytes]]) -> None:
         """Append to several shard logs in one MULTI/EXEC: all land or none (cross-shard R2)."""
@@ -187,6 +234,7 @@ class LogStore:
         while self._pending and self._in_flight < self._max_in_flight:
             batch = self._pending[: self._pipeline_max]
             del self._pending[: self._pipeline_max]
+            self._first_pending_at = asyncio.get_running_loop().time()  # what stays waits from now on
             self._in_flight += 1
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._tasks.add(task)
@@ -196,8 +244,7 @@ class LogStore:
         self._tasks.discard(task)
         self._in_flight -= 1
         if self._pending and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._schedule(asyncio.get_running_loop())
 
     async def _send(self, batch: list[tuple[int, int, bytes, asyncio.Future[None]]]) -> None:
         METRICS.pipeline_size.observe(len(batch))

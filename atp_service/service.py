@@ -27,7 +27,7 @@ from .engine import Engine
 from .estate import Estate, EstateError, group_policies, load_estate
 from .facts import FactDesk
 from .ingest import StreamIngestor
-from .log import LogStore, connect
+from .log import CommitWindow, LogStore, connect
 from .metrics import METRICS
 from .overload import LoopLagMonitor
 from .pb.atp.v1 import atp_pb2 as pb
@@ -197,7 +197,9 @@ class AtpService:
         started = time.perf_counter()
         cfg = self.config
         client = connect(self.redis_url, cfg.redis_timeout_s)
-        self._log = store = LogStore(client, cfg.key_prefix, cfg.pipeline_max)
+        self._log = store = LogStore(
+            client, cfg.key_prefix, cfg.pipeline_max,
+            window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate))
         await self._wait_for_redis(client)
         await self._check_layout(store)
         actors, replayed, newest = [], 0, 0

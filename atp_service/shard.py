@@ -94,6 +94,7 @@ class ShardActor:
         self._inflight: deque[_InFlight] = deque()  # appended, not yet durable; oldest first
         self._doubt: list[tuple[int, LogEntry]] = []  # failed appends that may have landed
         self._stopping = False
+        self._maintain_queued = False
         self._snapshot_seq = seq
         self._snapshot_at = time.monotonic()
         self._depth = METRICS.mailbox_depth.labels(str(shard))
@@ -155,7 +156,10 @@ class ShardActor:
         return resume
 
     def request_maintenance(self) -> None:
-        if not self._stopping and not self._mailbox.full():
+        # One maintain message at most waits at a time: a shard stuck settling must not fill its
+        # mailbox with them.
+        if not self._stopping and not self._maintain_queued and not self._mailbox.full():
+            self._maintain_queued = True
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._mailbox.put_nowait(Envelope(_Control("maintain"), fut))
 
@@ -242,6 +246,7 @@ class ShardActor:
             if env.reply.done():
                 continue
             if isinstance(env.message, _Control) and env.message.kind == "maintain":
+                self._maintain_queued = False
                 env.reply.set_result(None)
             else:
                 env.reply.set_exception(error)  # a coordinator's pause fails too, and it gives up
@@ -292,7 +297,12 @@ class ShardActor:
             if isinstance(first.message, _Control):
                 await self._control(first)
                 continue
-            await self._ready()
+            if self._doubt or len(self._inflight) >= self._config.pipeline_depth:
+                # Wait with the message back in line: should the wait end in doubt (an append
+                # failed), _refuse_waiting answers it too instead of leaving it to its deadline.
+                held.appendleft(first)
+                await self._ready()
+                continue
             batch = [first]
             while len(batch) < limit and (held or not mailbox.empty()):
                 env = held.popleft() if held else mailbox.get_nowait()
@@ -334,6 +344,7 @@ class ShardActor:
             env.reply.set_result(None)
             await control.resume
         elif control.kind == "maintain":
+            self._maintain_queued = False
             env.reply.set_result(None)
             await self._drain()  # a snapshot needs memory == durable log
             self.ledger.forget_old_facts()

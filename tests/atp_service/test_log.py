@@ -1,0 +1,87 @@
+"""The log's group commit: the commit window (busy → wait for company; quiet → send at once), R7."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from atp_service.log import CommitWindow, LogStore, connect
+from atp_service.metrics import METRICS
+
+
+def test_a_quiet_log_sends_at_once() -> None:
+    window = CommitWindow(delay_s=0.002, min_rate=1000)
+    for i in range(5):  # 5 entries over 0.5 s: 10/s
+        window.arrived(i * 0.1 + 0.1)
+    assert not window.busy
+    assert window.wait_s(first_pending_at=0.5, now=0.5) == 0.0
+
+
+def test_a_busy_log_waits_for_company_but_never_past_the_delay() -> None:
+    window = CommitWindow(delay_s=0.002, min_rate=1000)
+    for i in range(201):  # 200 entries in 0.1 s: 2,000/s
+        window.arrived(1.0 + i * 0.0005)
+    assert window.busy
+    assert window.wait_s(first_pending_at=1.2, now=1.2005) == pytest.approx(0.0015)
+    assert window.wait_s(first_pending_at=1.2, now=1.3) == 0.0  # waited long enough already
+
+
+def test_busy_ends_when_the_rate_drops() -> None:
+    window = CommitWindow(delay_s=0.002, min_rate=1000)
+    for i in range(201):
+        window.arrived(i * 0.0005)
+    assert window.busy
+    window.arrived(5.0)  # one entry after a 4.9 s lull closes the bucket at a low rate
+    assert not window.busy
+
+
+def test_a_zero_delay_is_never_busy() -> None:
+    window = CommitWindow(delay_s=0.0, min_rate=0)
+    for i in range(1000):
+        window.arrived(i * 0.0001)
+    assert not window.busy
+
+
+def _round_trips() -> tuple[float, float]:
+    """(entries sent, Redis calls made) by every LogStore in this process so far."""
+    hist = METRICS.pipeline_size
+    return hist._sum.get(), sum(b.get() for b in hist._buckets)  # type: ignore[attr-defined]
+
+
+async def _submit_in_separate_turns(store: LogStore, seqs: range) -> list[asyncio.Future[None]]:
+    futures = []
+    for seq in seqs:
+        futures.append(store.submit(0, seq, b"entry"))
+        await asyncio.sleep(0)  # each entry in its own turns of the event loop
+        await asyncio.sleep(0)
+    return futures
+
+
+async def test_busy_entries_of_many_turns_share_one_redis_call(redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1))
+    try:
+        await store.submit(0, 1, b"first")  # opens the first rate bucket; quiet until now: sent at once
+        await asyncio.sleep(0.15)  # the next arrival closes the bucket at >= 1 entry/s: busy
+        entries_before, calls_before = _round_trips()
+        await asyncio.gather(*await _submit_in_separate_turns(store, range(2, 11)))
+        entries_after, calls_after = _round_trips()
+        assert (calls_after - calls_before, entries_after - entries_before) == (1, 9), "nine turns, one call"
+        assert await client.xlen("t:log:0") == 10  # R7: every acknowledged entry is in the log
+    finally:
+        await client.aclose()
+
+
+async def test_quiet_entries_go_out_at_once(redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1_000_000))
+    try:
+        entries_before, calls_before = _round_trips()
+        await asyncio.gather(*await _submit_in_separate_turns(store, range(1, 6)))
+        entries_after, calls_after = _round_trips()
+        assert entries_after - entries_before == 5
+        assert calls_after - calls_before >= 2, "not held back for company"
+        assert await client.xlen("t:log:0") == 5
+    finally:
+        await client.aclose()
