@@ -9,7 +9,8 @@ absorb are retained; older ones are compacted away (E9).
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+
+import msgspec
 
 from ._model import OUTGOING_KINDS, Fact, FactKind, FactOutcome
 from ._undo import Undo
@@ -21,15 +22,18 @@ COUNT_RANK = 1
 _COUNT = int(FactKind.COUNT)
 
 
-@dataclass(slots=True)
-class PositionHistory:
-    """The part of a position's past that later facts can still change."""
+class PositionHistory(msgspec.Struct, gc=False):
+    """The part of a position's past that later facts can still change.
+
+    Out of Python's collector when it holds no deltas (gc=False, and the empty tuple instead of
+    two empty lists): one lives per position, hundreds of thousands of them, and a full
+    collection walking them all stalled every call in flight by 100-250 ms."""
 
     count_key: OrderKey | None = None
     count_qty: int = 0
-    # Deltas ordered after the latest count, sorted by key (E2).
-    delta_keys: list[OrderKey] = field(default_factory=list)
-    delta_qtys: list[int] = field(default_factory=list)
+    # Deltas ordered after the latest count, sorted by key (E2); lists while there are any.
+    delta_keys: list[OrderKey] | tuple[()] = ()
+    delta_qtys: list[int] | tuple[()] = ()
 
     def on_hand(self) -> int:
         return self.count_qty + sum(self.delta_qtys)
@@ -52,22 +56,34 @@ class PositionHistory:
         """E9: forget deltas stamped before ``horizon``; no count that is not late can precede them."""
         cut = bisect.bisect_left(self.delta_keys, (horizon, -1, ""))
         if cut:
-            self.count_qty += sum(self.delta_qtys[:cut])
-            del self.delta_keys[:cut]
-            del self.delta_qtys[:cut]
+            keys, qtys = self.delta_keys, self.delta_qtys
+            assert isinstance(keys, list) and isinstance(qtys, list)
+            self.count_qty += sum(qtys[:cut])
+            del keys[:cut]
+            del qtys[:cut]
+            if not keys:
+                self.delta_keys = self.delta_qtys = ()
 
     def _fold_delta(self, key: OrderKey, delta: int) -> tuple[FactOutcome, int, Undo | None]:
         if self.count_key is not None and key < self.count_key:
             return FactOutcome.ABSORBED, 0, None  # E4: the count already saw it
-        at = bisect.bisect_left(self.delta_keys, key)
-        self.delta_keys.insert(at, key)
-        self.delta_qtys.insert(at, delta)
+        keys, qtys = self.delta_keys, self.delta_qtys
+        if isinstance(keys, list) and isinstance(qtys, list):
+            at = bisect.bisect_left(keys, key)
+            keys.insert(at, key)
+            qtys.insert(at, delta)
+        else:
+            self.delta_keys, self.delta_qtys = [key], [delta]
         return FactOutcome.APPLIED, delta, (self._remove_delta, key)
 
     def _remove_delta(self, key: OrderKey) -> None:
-        i = bisect.bisect_left(self.delta_keys, key)
-        del self.delta_keys[i]
-        del self.delta_qtys[i]
+        keys, qtys = self.delta_keys, self.delta_qtys
+        assert isinstance(keys, list) and isinstance(qtys, list)
+        i = bisect.bisect_left(keys, key)
+        del keys[i]
+        del qtys[i]
+        if not keys:
+            self.delta_keys = self.delta_qtys = ()
 
     def _fold_count(self, key: OrderKey, qty: int) -> tuple[FactOutcome, int, Undo | None]:
         if self.count_key is not None and key < self.count_key:
@@ -75,7 +91,8 @@ class PositionHistory:
         before = self.on_hand()
         old = (self.count_key, self.count_qty, self.delta_keys, self.delta_qtys)
         cut = bisect.bisect_right(self.delta_keys, key)
-        self.delta_keys, self.delta_qtys = self.delta_keys[cut:], self.delta_qtys[cut:]
+        keys, qtys = list(self.delta_keys[cut:]), list(self.delta_qtys[cut:])
+        self.delta_keys, self.delta_qtys = (keys, qtys) if keys else ((), ())
         self.count_key, self.count_qty = key, qty
 
         def undo() -> None:

@@ -198,7 +198,7 @@ class Ledger:
     def snapshot(self) -> LedgerSnapshot:
         assert not self._events, "snapshot inside an open batch"
         histories = [
-            HistorySnapshot(sku, loc, h.count_key, h.count_qty, h.delta_keys, h.delta_qtys)
+            HistorySnapshot(sku, loc, h.count_key, h.count_qty, list(h.delta_keys), list(h.delta_qtys))
             for (sku, loc), h in self.histories.items()
         ]
         return LedgerSnapshot(
@@ -218,7 +218,7 @@ class Ledger:
             ledger._apply(ReservationSaved(rec))
         for h in snap.histories:
             ledger.histories[(h.sku, h.location)] = PositionHistory(
-                h.count_key, h.count_qty, h.delta_keys, h.delta_qtys
+                h.count_key, h.count_qty, h.delta_keys or (), h.delta_qtys or ()
             )
         for fact in snap.seen_facts:
             ledger._remember(fact)
