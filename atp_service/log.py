@@ -231,12 +231,13 @@ class LogStore:
         """Group commit: while a pipeline is in flight, new entries wait and go together in the next."""
         self._scheduled = False
         self._pending = [p for p in self._pending if not p[3].done()]  # cancelled: never sent
+        loop = asyncio.get_running_loop()
         while self._pending and self._in_flight < self._max_in_flight:
             batch = self._pending[: self._pipeline_max]
             del self._pending[: self._pipeline_max]
-            self._first_pending_at = asyncio.get_running_loop().time()  # what stays waits from now on
+            self._first_pending_at = loop.time()  # what stays waits from now on
             self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._send(batch))
+            task = loop.create_task(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._sent)
 

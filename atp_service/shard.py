@@ -251,15 +251,17 @@ class ShardActor:
             else:
                 env.reply.set_exception(error)  # a coordinator's pause fails too, and it gives up
 
+    def _blocked(self) -> bool:
+        """Nothing more may be applied now: a doubt to settle, or pipeline_depth entries in flight."""
+        return bool(self._doubt) or len(self._inflight) >= self._config.pipeline_depth
+
     async def _ready(self) -> None:
-        """Before applying more: settle any doubt, and keep at most pipeline_depth entries in flight."""
-        while True:
+        """Wait until nothing blocks applying more (see ``_blocked``)."""
+        while self._blocked():
             if self._doubt:
                 await self._settle()
-            elif len(self._inflight) >= self._config.pipeline_depth:
-                await asyncio.wait([self._inflight[0].done])
             else:
-                return
+                await asyncio.wait([self._inflight[0].done])
 
     async def _drain(self) -> None:
         """Wait until nothing is in flight and nothing is in doubt: memory equals the durable log."""
@@ -297,7 +299,7 @@ class ShardActor:
             if isinstance(first.message, _Control):
                 await self._control(first)
                 continue
-            if self._doubt or len(self._inflight) >= self._config.pipeline_depth:
+            if self._blocked():
                 # Wait with the message back in line: should the wait end in doubt (an append
                 # failed), _refuse_waiting answers it too instead of leaving it to its deadline.
                 held.appendleft(first)

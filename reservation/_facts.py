@@ -90,9 +90,12 @@ class PositionHistory(msgspec.Struct, gc=False):
             return FactOutcome.ABSORBED, 0, None  # E5: an older count changes nothing
         before = self.on_hand()
         old = (self.count_key, self.count_qty, self.delta_keys, self.delta_qtys)
-        cut = bisect.bisect_right(self.delta_keys, key)
-        keys, qtys = list(self.delta_keys[cut:]), list(self.delta_qtys[cut:])
-        self.delta_keys, self.delta_qtys = (keys, qtys) if keys else ((), ())
+        keys, qtys = self.delta_keys, self.delta_qtys
+        cut = bisect.bisect_right(keys, key)
+        if isinstance(keys, list) and isinstance(qtys, list) and cut < len(keys):
+            self.delta_keys, self.delta_qtys = keys[cut:], qtys[cut:]  # new lists: undo keeps the old
+        else:
+            self.delta_keys = self.delta_qtys = ()
         self.count_key, self.count_qty = key, qty
 
         def undo() -> None:
