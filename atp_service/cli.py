@@ -19,6 +19,7 @@ from .config import ServiceConfig
 from .embedded_redis import DataDirInUse, EmbeddedRedis, RedisNotInstalled
 from .service import AtpService, StartupError
 from .tasks import task_stacks
+from .transport import reexec_for
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -29,6 +30,7 @@ _FLAGS = {
     "redis_url": str, "data_dir": Path, "durability": str, "key_prefix": str,
     "estate": Path, "auth": str, "callers_file": Path, "tls_cert": Path, "tls_key": Path, "tls_client_ca": Path,
     "mailbox_size": int, "batch_max": int, "snapshot_every_entries": int, "shutdown_grace_s": float,
+    "max_pending_calls": int, "http2_transport": str,
 }
 
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"atp-service: {exc}", file=sys.stderr)
         return 2
+    reexec_for(config.http2_transport)  # returns when gRPC already runs the configured transport
     if config.event_loop == "uvloop":
         import uvloop
 

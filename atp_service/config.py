@@ -9,6 +9,8 @@ from typing import Any
 
 from reservation import Limits
 
+from .transport import TRANSPORTS
+
 DURABILITY_MODES = ("everysec", "always")
 
 
@@ -50,12 +52,22 @@ class ServiceConfig:
     """Shed load at the door: while the event loop runs this late, new calls get RESOURCE_EXHAUSTED
     before any work (0 turns it off)."""
 
-    max_pending_calls: int = 1024
+    max_pending_calls: int = 256
     """Calls that gRPC itself may hold for the service before it takes them up: the queue ahead of
     everything else, which fills when the service runs at capacity. Past half of it new calls are
     refused more and more often, past all of it always — at once, by gRPC core, which answers them
-    CANCELLED (not RESOURCE_EXHAUSTED: the status is gRPC's own). Keep it above the concurrency of
-    normal bursts; at ~1,500 calls/s, 1,024 waiting is about 0.7 s of work."""
+    CANCELLED or RESOURCE_EXHAUSTED (see ``http2_transport``). Keep it above the concurrency of
+    normal bursts and below what callers' deadlines allow: at ~2,000 calls/s, 256 waiting is
+    about 0.13 s of work (at half a CPU, ~550 calls/s, 0.5 s; 1,024 there ran 1 s deadlines out —
+    benchmarks/overload.py --service-cpus 0.5)."""
+
+    http2_transport: str = "classic"
+    """gRPC core's HTTP/2 server transport, which decides what a call refused at the door (past
+    ``max_pending_calls``) is told: ``classic`` (gRPC's default, chttp2) resets it — the client
+    sees CANCELLED; ``promise`` (grpcio's experimental promise-based server, ``ph2_server``) answers
+    RESOURCE_EXHAUSTED. ``promise`` cost about a fifth of unary capacity in
+    benchmarks/throughput.py here, hence not the default. ``atp-service serve`` re-executes itself
+    with ``GRPC_EXPERIMENTS`` set to match (see atp_service/transport.py)."""
 
     max_queue_delay_ms: int = 1000
     """Shed load: while a shard's queued work has waited longer than this, new work is refused
@@ -190,6 +202,8 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:
             raise ValueError(f"durability: must be one of {DURABILITY_MODES}, got {self.durability!r}")
+        if self.http2_transport not in TRANSPORTS:
+            raise ValueError(f"http2_transport: must be one of {TRANSPORTS}, got {self.http2_transport!r}")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ValueError(f"event_loop: must be uvloop or asyncio, got {self.event_loop!r}")
         if self.auth not in ("on", "off", "auto"):

@@ -4,7 +4,8 @@ Calls refused by gRPC core because the queue ahead of the service is full (``max
 never reach a handler, so the service's own metrics cannot see them. gRPC's channelz keeps, per
 server, the calls started, succeeded and failed; a refused call is started and neither, so once
 the calls in progress have finished, ``started - succeeded - failed`` counts the refusals (and
-calls their clients cancelled before an answer). Exported as ``atp_grpc_server_calls_total``.
+calls their clients cancelled before an answer). With the ``promise`` HTTP/2 transport gRPC answers
+them RESOURCE_EXHAUSTED instead, and channelz counts them as failed. Exported as ``atp_grpc_server_calls_total``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from redis.exceptions import RedisError
 
 from reservation import FailedPrecondition, Ledger, decode_entry
 
+from . import transport
 from .auth import AuthInterceptor, CallersError, load_callers
 from .channel_store import ChannelStore
 from .channels import ChannelDesk
@@ -71,6 +73,16 @@ class AtpService:
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms)
         self._door_ids: set[int] = set()
 
+    def _note_transport(self) -> None:
+        running = transport.active(os.environ)
+        if running != self.config.http2_transport:
+            # In-process: gRPC read GRPC_EXPERIMENTS at import (atp-service serve re-executes instead).
+            log.warning("http2_transport %s configured but gRPC runs %s (set %s=%s before importing grpc)",
+                        self.config.http2_transport, running, transport.ENV,
+                        transport.experiments_for(self.config.http2_transport, os.environ.get(transport.ENV)))
+        log.info("gRPC HTTP/2 transport %s: calls past max_pending_calls (%d) are answered %s", running,
+                 self.config.max_pending_calls, transport.refusal_status(running))
+
     async def start(self) -> None:
         cfg = self.config
         before = server_ids()
@@ -103,6 +115,7 @@ class AtpService:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
+        self._note_transport()
         if cfg.metrics_port >= 0:
             try:
                 server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=METRICS.registry)

@@ -3,11 +3,12 @@
 1. Capacity: unary ``Reserve`` with 64 calls in flight for --seconds (closed loop).
 2. Overload: calls started at 2 x that rate (open loop) for --seconds, each with a 1 s deadline.
 Reports per outcome (OK, RESOURCE_EXHAUSTED, CANCELLED, DEADLINE_EXCEEDED, …) the count and latency
-percentiles, and the service's resident memory before and after the overload. CANCELLED here is
-gRPC core refusing a call because the bounded queue ahead of the service (max_pending_calls) is
-full: nobody else cancels.
+percentiles, and the service's resident memory before and after the overload. A call refused by
+gRPC core because the bounded queue ahead of the service (max_pending_calls) is full is answered
+CANCELLED with the default ``classic`` HTTP/2 transport (nobody else cancels here) and
+RESOURCE_EXHAUSTED with ``--http2-transport promise``.
 
-    python benchmarks/overload.py [--seconds 5] [--max-pending-calls N]
+    python benchmarks/overload.py [--seconds 5] [--max-pending-calls N] [--http2-transport promise]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import grpc
@@ -28,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
 from atp_service.config import ServiceConfig
+from atp_service.transport import TRANSPORTS
 from benchmarks.compare import Tally, Workload, grpc_unary, open_loop, seed_service
 from benchmarks.ingest import spawn
 
@@ -70,6 +74,27 @@ async def overload(target: str, w: Workload, rate: float, seconds: float) -> dic
     return by_outcome
 
 
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # cgroup v1's cpu controller, as on this machine
+QUOTA_PERIOD_US = 5_000
+
+
+@contextmanager
+def cpu_quota(pid: int, cpus: float) -> Iterator[None]:
+    """Hold process ``pid`` (all its threads) to ``cpus`` CPUs with a CFS quota, for the block."""
+    group = CPU_CGROUP / f"atp-overload-{os.getpid()}"
+    group.mkdir()
+    try:
+        # A short period: a throttled process stops all its threads (gRPC core's, which refuse calls,
+        # too) until the period ends; 100 ms (the default) would show up as refusal latency.
+        (group / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(int(cpus * QUOTA_PERIOD_US)))
+        (group / "cgroup.procs").write_text(str(pid))
+        yield
+    finally:
+        (CPU_CGROUP / "cgroup.procs").write_text(str(pid)) if Path(f"/proc/{pid}").exists() else None
+        group.rmdir()
+
+
 async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
         port, metrics_port = free_port(), free_port()
@@ -80,10 +105,11 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
                 await client.wait_ready(timeout_s=60)
             w = Workload("uniform", [(f"s-{i:04d}", f"l-{j}") for i in range(1000) for j in range(10)], 1_000_000)
             await seed_service(target, w)
-            capacity, _ = await grpc_unary(target, w, "cap", args.seconds, 64, Tally())
-            before, (handled_before, door_before) = rss_mb(proc.pid), served(metrics_port)
-            outcomes = await overload(target, w, 2 * capacity, args.seconds)
-            after, (handled, door) = rss_mb(proc.pid), served(metrics_port)
+            with cpu_quota(proc.pid, args.service_cpus) if args.service_cpus else nullcontext():
+                capacity, _ = await grpc_unary(target, w, "cap", args.seconds, 64, Tally())
+                before, (handled_before, door_before) = rss_mb(proc.pid), served(metrics_port)
+                outcomes = await overload(target, w, 2 * capacity, args.seconds)
+                after, (handled, door) = rss_mb(proc.pid), served(metrics_port)
             handled, door = handled - handled_before, door - door_before
         finally:
             proc.terminate()
@@ -91,6 +117,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
     sent = sum(len(v) for v in outcomes.values())
     rows: list[dict[str, object]] = [{"max_pending_calls": int(os.environ.get("ATP_MAX_PENDING_CALLS", 0))
                                       or ServiceConfig().max_pending_calls,
+                                      "http2_transport": os.environ.get("ATP_HTTP2_TRANSPORT")
+                                      or ServiceConfig().http2_transport, "service_cpus": args.service_cpus,
                                       "capacity_ops": round(capacity), "offered_ops": round(2 * capacity),
                                       "client_calls": sent, "server_handled": round(handled),
                                       "server_counted_refused_at_door": round(door),
@@ -106,9 +134,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--max-pending-calls", type=int, default=None,
                         help="the service's max_pending_calls (default: its own default)")
+    parser.add_argument("--service-cpus", type=float, default=None,
+                        help="hold the service to this many CPUs (a CFS quota; needs root and cgroup v1's cpu "
+                             "controller) so that this Python load generator can offer twice its capacity")
+    parser.add_argument("--http2-transport", choices=TRANSPORTS, default=None,
+                        help="the service's http2_transport (default: its own default)")
     args = parser.parse_args()
     if args.max_pending_calls is not None:
         os.environ["ATP_MAX_PENDING_CALLS"] = str(args.max_pending_calls)  # the service reads its env
+    if args.http2_transport is not None:
+        os.environ["ATP_HTTP2_TRANSPORT"] = args.http2_transport
     with tempfile.TemporaryDirectory(prefix="atp-overload-") as tmp:
         for row in asyncio.run(run(args, Path(tmp))):
             print(json.dumps(row))

@@ -107,7 +107,8 @@ async def test_a_lagging_event_loop_refuses_new_calls_at_the_door(start_service:
 async def test_calls_past_the_bounded_queue_ahead_of_the_service_are_refused_at_once_and_never_applied(
         start_service: ServiceFactory) -> None:
     """max_pending_calls bounds the queue gRPC core keeps ahead of the service: a flood far past it is
-    refused by gRPC at once (CANCELLED, gRPC's own status) instead of waiting into its deadlines."""
+    refused by gRPC at once instead of waiting into its deadlines: CANCELLED with the default classic
+    HTTP/2 transport (RESOURCE_EXHAUSTED with the promise one: test_transport.py)."""
     _, client = await start_service(max_pending_calls=4)
     await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
     flood = _Flood(client)
