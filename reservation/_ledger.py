@@ -67,7 +67,9 @@ class Ledger:
         self._expiry: list[tuple[int, str]] = []
         self._resolved: deque[tuple[int, str]] = deque()
         self._seen: dict[tuple[str, str], Fact] = {}  # in arrival order
-        self._holds_at: dict[tuple[str, str], set[str]] = {}
+        # position -> ids (an insertion-ordered set): a dict of str keys stays out of the collector's view
+        # (a set is always tracked: one per held position made full collections scan them all)
+        self._holds_at: dict[tuple[str, str], dict[str, None]] = {}
         self._events: list[Event] = []
         self._undo: list[Undo] = []
         self.safety_defaults: dict[str, int] = {}
@@ -297,11 +299,11 @@ class Ledger:
         rid = (after or before).reservation_id  # type: ignore[union-attr]
         for key in was - now:
             ids = self._holds_at[key]
-            ids.discard(rid)
+            ids.pop(rid, None)
             if not ids:
                 del self._holds_at[key]
         for key in now - was:
-            self._holds_at.setdefault(key, set()).add(rid)
+            self._holds_at.setdefault(key, {})[rid] = None
 
     def holds_at(self, sku: str, location: str) -> Iterator[Reservation]:
         """Reservations recorded on this shard with units held or committed at the position."""
