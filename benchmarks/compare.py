@@ -17,8 +17,10 @@ requests in flight (--in-flight, default 64), one-unit reservations of one line:
 Workloads: ``uniform`` — 100,000 positions (10,000 SKUs x 10 locations), 1,000 units each, picked
 uniformly; ``hot`` — 20 SKUs at one location, --hot-stock units each (they sell out: most calls
 are then refusals, which are decisions too). ``oversold`` counts, from what each system
-answered, units granted beyond a position's stock. Also one open-loop unary run at half the
-measured unary ceiling, for the latency target. Prints one JSON object per line, then a table.
+answered, units granted beyond a position's stock. Also open-loop unary runs at half the
+measured unary ceiling, for the latency target: the no-op server's, then the service's, each
+with the CPU its server process used (``server_cpu``, in cores). Prints one JSON object per line,
+then a table.
 
     python benchmarks/compare.py [--seconds 5] [--positions 100000] [--systems a,b,...]
 """
@@ -44,6 +46,7 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
 from atp_service.pb.atp.v1 import atp_pb2 as pb
+from benchmarks.open_loop import cpu_seconds, open_loop_unary
 from benchmarks.peers import CHECK_AND_DECREMENT, Postgres, stock_key
 from benchmarks.throughput import ROOT, run_for, start
 
@@ -187,43 +190,6 @@ async def postgres(url: str, w: Workload, seconds: float, in_flight: int, tally:
         await pool.close()
 
 
-async def open_loop(rate: float, seconds: float, one: Callable[[int], Awaitable[None]]) -> float:
-    """Start ``one(n)`` at ``rate`` per second for ``seconds`` whatever the answers (latency at a given
-    load, not capacity); returns the seconds until the last one finished."""
-    tasks: set[asyncio.Task[None]] = set()
-    begin, n = time.perf_counter(), 0
-    while (elapsed := time.perf_counter() - begin) < seconds:
-        while n < elapsed * rate:
-            task = asyncio.ensure_future(one(n))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            n += 1
-        await asyncio.sleep(0.001)
-    await asyncio.gather(*tasks)
-    return time.perf_counter() - begin
-
-
-async def open_loop_unary(target: str, w: Workload, rate: float, seconds: float
-                          ) -> tuple[float, list[float], dict[str, int]]:
-    """Latency of answered calls at a given offered rate, and the calls refused (by status code)."""
-    pick = w.picker(5)
-    latencies: list[float] = []
-    refused: dict[str, int] = {}
-    async with AtpClient(target) as client:
-        async def one(n: int) -> None:
-            sku, loc = pick()
-            started = time.perf_counter()
-            try:
-                await client.reserve(f"ol-{w.name}-{n}", [(sku, loc, 1)], ttl_seconds=3600)
-            except grpc.aio.AioRpcError as exc:  # shed at saturation: counted, not timed as an answer
-                refused[exc.code().name] = refused.get(exc.code().name, 0) + 1
-                return
-            latencies.append((time.perf_counter() - started) * 1000)
-
-        elapsed = await open_loop(rate, seconds, one)
-        return len(latencies) / elapsed, latencies, refused
-
-
 # -- stock --------------------------------------------------------------------------------------------
 def renamed(w: Workload, prefix: str) -> Workload:
     """The same shape on fresh positions: every system starts from full stock."""
@@ -297,8 +263,9 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
             service = f"127.0.0.1:{ports['service']}"
             async with AtpClient(service) as client:
                 await client.wait_ready(timeout_s=120)
+            pids = {"noop": procs[0].pid, "service": procs[1].pid}
             for base in workloads(args):
-                out += await measure_workload(args, base, url, ports, pg_url, wanted)
+                out += await measure_workload(args, base, url, ports, pids, pg_url, wanted)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -308,7 +275,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
 
 async def measure_workload(args: argparse.Namespace, base: Workload, url: str, ports: dict[str, int],
-                           pg_url: str | None, wanted: set[str]) -> list[dict[str, Any]]:
+                           pids: dict[str, int], pg_url: str | None, wanted: set[str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     s, n = args.seconds, args.in_flight
     noop, service, lua = (f"127.0.0.1:{ports[k]}" for k in ("noop", "service", "lua"))
@@ -339,9 +306,13 @@ async def measure_workload(args: argparse.Namespace, base: Workload, url: str, p
     if base.name == "uniform" and ceiling and "service_unary" in wanted:
         w = renamed(base, "half-")
         await seed_service(service, w)
-        ops, lat, refused = await open_loop_unary(service, w, ceiling / 2, s)
-        out.append(row(w.name, "service_unary", ops, lat, None, mode="open_loop_half_ceiling",
-                       rate=round(ceiling / 2), refused=refused))
+        # The no-op server at the same offered rate first: what Python gRPC alone does at that load.
+        for system, target, pid in (("ceiling", noop, pids["noop"]), ("service_unary", service, pids["service"])):
+            cpu_before, began = cpu_seconds(pid), time.perf_counter()
+            ops, lat, refused = await open_loop_unary(target, w.picker(5), f"ol-{system}", ceiling / 2, s)
+            cpu = (cpu_seconds(pid) - cpu_before) / (time.perf_counter() - began)
+            out.append(row(w.name, system, ops, lat, None, mode="open_loop_half_ceiling", rate=round(ceiling / 2),
+                           refused=refused, server_cpu=round(cpu, 2)))
     return out
 
 
@@ -352,8 +323,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"{'':9} {r['system']:15} skipped: {r['skipped']}")
             continue
         name = r["system"] + (" @½ceiling" if r.get("mode") else "")
+        cpu = f"   server CPU {r['server_cpu']:.0%} of a core" if "server_cpu" in r else ""
         lines.append(f"{r['workload']:9} {name:15} {r['ops']:>8} {r['p50_ms']!s:>8} {r['p99_ms']!s:>8} "
-                     f"{r['oversold']!s:>8}")
+                     f"{r['oversold']!s:>8}{cpu}")
     for workload in ("uniform", "hot"):
         by = {r["system"]: r["ops"] for r in rows if r.get("workload") == workload and not r.get("mode")}
         for ours in ("service_stream", "service_unary"):

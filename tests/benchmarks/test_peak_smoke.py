@@ -95,5 +95,8 @@ async def test_compare_runs_every_system_at_a_tiny_size() -> None:
             assert r["ops"] > 0
             keeps_stock = r["system"] != "ceiling" and not r.get("mode")
             assert r["oversold"] == (0 if keeps_stock else None)
+    half = {r["system"]: r for r in rows if r.get("mode") == "open_loop_half_ceiling"}
+    assert set(half) == {"ceiling", "service_unary"}, rows  # the no-op server at the same rate, beside ours
+    assert all(r["rate"] > 0 and r["server_cpu"] >= 0 for r in half.values())
     hot = [r for r in rows if r.get("workload") == "hot" and r.get("granted") is not None]
     assert all(r["granted"] <= 20 * 50 for r in hot)  # never more than the hot stock, whatever the system

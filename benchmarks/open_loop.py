@@ -1,0 +1,57 @@
+"""Open-loop load: calls started at a fixed rate whatever the answers — latency at a given load,
+not capacity (a closed loop slows down with the server and hides its queueing)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+
+from atp_service import AtpClient
+
+
+async def open_loop(rate: float, seconds: float, one: Callable[[int], Awaitable[None]]) -> float:
+    """Start ``one(n)`` at ``rate`` per second for ``seconds``; returns the seconds until the last
+    one finished."""
+    tasks: set[asyncio.Task[None]] = set()
+    begin, n = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - begin) < seconds:
+        while n < elapsed * rate:
+            task = asyncio.ensure_future(one(n))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - begin
+
+
+async def open_loop_unary(target: str, pick: Callable[[], tuple[str, str]], tag: str, rate: float,
+                          seconds: float) -> tuple[float, list[float], dict[str, int]]:
+    """One-unit ``Reserve`` calls at ``rate``: answered calls per second, their latencies (ms), and
+    the calls refused (by status code)."""
+    latencies: list[float] = []
+    refused: dict[str, int] = {}
+    async with AtpClient(target) as client:
+        async def one(n: int) -> None:
+            sku, loc = pick()
+            started = time.perf_counter()
+            try:
+                await client.reserve(f"{tag}-{n}", [(sku, loc, 1)], ttl_seconds=3600)
+            except grpc.aio.AioRpcError as exc:  # shed at saturation: counted, not timed as an answer
+                refused[exc.code().name] = refused.get(exc.code().name, 0) + 1
+                return
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        elapsed = await open_loop(rate, seconds, one)
+        return len(latencies) / elapsed, latencies, refused
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
