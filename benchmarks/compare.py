@@ -19,8 +19,9 @@ uniformly; ``hot`` — 20 SKUs at one location, --hot-stock units each (they sel
 are then refusals, which are decisions too). ``oversold`` counts, from what each system
 answered, units granted beyond a position's stock. Also open-loop unary runs at half the
 measured unary ceiling, for the latency target: the no-op server's, then the service's, each
-with the CPU its server process used (``server_cpu``, in cores). Prints one JSON object per line,
-then a table.
+with the CPU its server process used (``server_cpu``, in cores), each once the machine is quiet
+again (``settled_s``: seconds waited for the previous phase's background work to finish).
+Prints one JSON object per line, then a table.
 
     python benchmarks/compare.py [--seconds 5] [--positions 100000] [--systems a,b,...]
 """
@@ -46,7 +47,7 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
 from atp_service.pb.atp.v1 import atp_pb2 as pb
-from benchmarks.open_loop import cpu_seconds, open_loop_unary
+from benchmarks.open_loop import cpu_seconds, open_loop_unary, settle
 from benchmarks.peers import CHECK_AND_DECREMENT, Postgres, stock_key
 from benchmarks.throughput import ROOT, run_for, start
 
@@ -308,11 +309,12 @@ async def measure_workload(args: argparse.Namespace, base: Workload, url: str, p
         await seed_service(service, w)
         # The no-op server at the same offered rate first: what Python gRPC alone does at that load.
         for system, target, pid in (("ceiling", noop, pids["noop"]), ("service_unary", service, pids["service"])):
+            waited = await settle()
             cpu_before, began = cpu_seconds(pid), time.perf_counter()
             ops, lat, refused = await open_loop_unary(target, w.picker(5), f"ol-{system}", ceiling / 2, s)
             cpu = (cpu_seconds(pid) - cpu_before) / (time.perf_counter() - began)
             out.append(row(w.name, system, ops, lat, None, mode="open_loop_half_ceiling", rate=round(ceiling / 2),
-                           refused=refused, server_cpu=round(cpu, 2)))
+                           refused=refused, server_cpu=round(cpu, 2), settled_s=round(waited, 1)))
     return out
 
 

@@ -55,3 +55,24 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds process ``pid`` has used so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+async def settle(max_busy: float = 0.08, window_s: float = 0.5, limit_s: float = 30.0) -> float:
+    """Wait until the machine is quiet (at most ``max_busy`` of its CPUs busy over ``window_s``):
+    a latency run must not share the CPUs with the previous phase's leftovers (a server still
+    applying a bulk load, a database flushing). Returns the seconds waited (``limit_s`` at most)."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < limit_s:
+        busy0, total0 = _cpu_times()
+        await asyncio.sleep(window_s)
+        busy1, total1 = _cpu_times()
+        if total1 > total0 and (busy1 - busy0) / (total1 - total0) <= max_busy:
+            break
+    return time.perf_counter() - began
