@@ -52,14 +52,16 @@ class ServiceConfig:
     """Shed load at the door: while the event loop runs this late, new calls get RESOURCE_EXHAUSTED
     before any work (0 turns it off)."""
 
-    max_pending_calls: int = 256
+    max_pending_calls: int = 512
     """Calls that gRPC itself may hold for the service before it takes them up: the queue ahead of
     everything else, which fills when the service runs at capacity. Past half of it new calls are
     refused more and more often, past all of it always — at once, by gRPC core, which answers them
     CANCELLED or RESOURCE_EXHAUSTED (see ``http2_transport``). Keep it above the concurrency of
-    normal bursts and below what callers' deadlines allow: at ~2,000 calls/s, 256 waiting is
-    about 0.13 s of work (at half a CPU, ~550 calls/s, 0.5 s; 1,024 there ran 1 s deadlines out —
-    benchmarks/overload.py --service-cpus 0.5)."""
+    normal bursts (refusals start past half: 200 clients calling at once must all get in) and
+    below what callers' deadlines allow: at ~2,000 calls/s, 512 waiting is about 0.25 s of work.
+    Roughly: capacity (calls/s) x the shortest client deadline (s) / 2. At half a CPU (~460-690
+    calls/s) 512 is 0.75-1.1 s and some 1 s deadlines ran out; 256 kept them all
+    (benchmarks/overload.py --service-cpus 0.5 --max-pending-calls N)."""
 
     http2_transport: str = "classic"
     """gRPC core's HTTP/2 server transport, which decides what a call refused at the door (past

@@ -196,7 +196,7 @@ class StreamIngestor:
         for stream in self._streams:
             reply = await self._client.xautoclaim(stream, cfg.consumer_group, cfg.consumer_name,
                                                   min_idle_time=cfg.claim_idle_ms, start_id="0-0",
-                                                  count=cfg.ingest_count)
+                                                  count=self._read_count)  # the same batch bound as a read
             claimed = reply[1]
             out += [(stream, entry_id, [x for kv in fields.items() for x in kv] if fields else None)
                     for entry_id, fields in claimed]
