@@ -99,6 +99,11 @@ class ServiceConfig:
     snapshot_interval_s: float = 300.0
     """...or after this many seconds with at least one new entry."""
 
+    snapshot_retry_max_s: float = 30.0
+    """After a failed snapshot a shard waits 1 s (at most this), then twice as long after each
+    further failure, up to this, before it builds the next: a snapshot costs time in proportion to
+    the shard's state, and during a Redis outage a try on every maintenance pass took half a core."""
+
     maintenance_interval_ms: int = 100
     """How often expiry, retention eviction and snapshot checks run."""
 
@@ -218,6 +223,8 @@ class ServiceConfig:
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
         if not 0 <= self.commit_delay_ms <= 100:
             raise ValueError(f"commit_delay_ms: must be within [0, 100], got {self.commit_delay_ms}")
+        if self.snapshot_retry_max_s <= 0:
+            raise ValueError(f"snapshot_retry_max_s: must be positive, got {self.snapshot_retry_max_s}")
         if self.commit_delay_min_rate < 0:
             raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",

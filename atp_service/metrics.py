@@ -62,6 +62,9 @@ class Metrics:
             "atp_snapshot_seconds", "Time to encode and store one shard snapshot",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10), registry=r,
         )
+        self.snapshot_failures = Counter(
+            "atp_snapshot_failures_total", "Shard snapshots that could not be stored (retried with backoff)",
+            registry=r)
         self.snapshot_bytes = Gauge("atp_snapshot_bytes", "Size of the last snapshot per shard", ["shard"], registry=r)
         self.live_reservations = Gauge(
             "atp_live_reservations", "HELD or CONFIRMED reservations per shard", ["shard"], registry=r

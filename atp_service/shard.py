@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Work = Callable[[Ledger, int], Any]
 STORAGE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+SNAPSHOT_RETRY_FIRST_S = 1.0
+"""Wait after a first failed snapshot (capped by ``ServiceConfig.snapshot_retry_max_s``)."""
 
 
 class Envelope:
@@ -97,6 +99,8 @@ class ShardActor:
         self._maintain_queued = False
         self._snapshot_seq = seq
         self._snapshot_at = time.monotonic()
+        self._snapshot_failures = 0
+        self._snapshot_retry_at = 0.0  # monotonic time before which a failed snapshot is not retried
         self._depth = METRICS.mailbox_depth.labels(str(shard))
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
         self._max_delay_s = config.max_queue_delay_ms / 1000
@@ -360,6 +364,8 @@ class ShardActor:
         )
         if not (due or (force and entries)):
             return
+        if not force and time.monotonic() < self._snapshot_retry_at:
+            return  # backing off after a failure: each try costs time in proportion to the state
         await self._snapshot()
 
     async def _snapshot(self) -> None:
@@ -373,8 +379,14 @@ class ShardActor:
         try:
             size = await self._log.save_snapshot(self.shard, self.seq, self.ledger.snapshot())
         except STORAGE_ERRORS as exc:
-            log.warning("shard %d: snapshot failed (%s); will retry", self.shard, exc)
+            self._snapshot_failures += 1
+            wait = min(SNAPSHOT_RETRY_FIRST_S * 2 ** min(self._snapshot_failures - 1, 20),
+                       self._config.snapshot_retry_max_s)
+            self._snapshot_retry_at = time.monotonic() + wait
+            METRICS.snapshot_failures.inc()
+            log.warning("shard %d: snapshot failed (%s); next try in %.1fs", self.shard, exc, wait)
             return
+        self._snapshot_failures, self._snapshot_retry_at = 0, 0.0
         self._snapshot_seq, self._snapshot_at = self.seq, time.monotonic()
         METRICS.snapshot_seconds.observe(time.perf_counter() - started)
         METRICS.snapshot_bytes.labels(str(self.shard)).set(size)

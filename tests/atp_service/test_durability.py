@@ -197,3 +197,42 @@ async def test_start_waits_for_redis_not_serving_until_then(tmp_path_factory: py
         await client.close()
         await service.stop(grace_s=0.1)
         later.stop()
+
+
+async def test_a_failed_snapshot_backs_off_instead_of_retrying_every_pass_and_lands_later(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A snapshot costs time in proportion to the shard's state: tried again on every maintenance
+    pass (20 ms here) while Redis refuses it, an outage kept half a core busy. Snapshots are
+    refused here by an ACL (SET denied) while appends still land, so nothing else is in doubt."""
+    from atp_service import AtpClient, AtpService
+    from atp_service.metrics import METRICS
+
+    from ..conftest import test_config
+
+    own = EmbeddedRedis(tmp_path_factory.mktemp("acl-redis")).start()
+    r = redis.Redis.from_url(own.url)
+    try:
+        service = AtpService(test_config(snapshot_every_entries=1, snapshot_retry_max_s=0.3), own.url)
+        await service.start()
+        client = AtpClient(f"127.0.0.1:{service.port}")
+        r.execute_command("ACL", "SETUSER", "default", "-set")
+        failures = lambda: METRICS.registry.get_sample_value("atp_snapshot_failures_total") or 0.0  # noqa: E731
+        before = failures()
+        await client.record_events([receipt(f"e{i}", f"S{i}", "DC", 10) for i in range(8)])  # several shards
+        await asyncio.sleep(1.0)
+        failed = failures() - before
+        assert 1 <= failed <= 4 * 5, failed  # 4 shards, one try per 0.3 s at most (50 per shard without backoff)
+        assert not any(r.exists(f"atp:snap:{shard}") for shard in range(4))
+        r.execute_command("ACL", "SETUSER", "default", "+set")
+        logged = [actor.shard for actor in service.engine.actors if actor.seq > 0]
+        for _ in range(60):  # the next try after the backoff stores it
+            if all(r.exists(f"atp:snap:{shard}") for shard in logged):
+                break
+            await asyncio.sleep(0.05)
+        assert logged and all(r.exists(f"atp:snap:{shard}") for shard in logged)
+        await client.close()
+        await service.stop(grace_s=0.1)
+    finally:
+        r.close()
+        own.stop()
