@@ -67,9 +67,10 @@ class ServiceConfig:
     """gRPC core's HTTP/2 server transport, which decides what a call refused at the door (past
     ``max_pending_calls``) is told: ``classic`` (gRPC's default, chttp2) resets it — the client
     sees CANCELLED; ``promise`` (grpcio's experimental promise-based server, ``ph2_server``) answers
-    RESOURCE_EXHAUSTED. ``promise`` cost about a fifth of unary capacity in
-    benchmarks/throughput.py here, hence not the default. ``atp-service serve`` re-executes itself
-    with ``GRPC_EXPERIMENTS`` set to match (see atp_service/transport.py)."""
+    RESOURCE_EXHAUSTED. No throughput difference was measurable between them here (seven
+    interleaved benchmarks/throughput.py pairs, within the machine's drift); ``promise`` is not the
+    default because it is still an experiment in grpcio 1.85. ``atp-service serve`` re-executes
+    itself with ``GRPC_EXPERIMENTS`` set to match (see atp_service/transport.py)."""
 
     max_queue_delay_ms: int = 1000
     """Shed load: while a shard's queued work has waited longer than this, new work is refused

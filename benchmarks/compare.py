@@ -49,7 +49,7 @@ from atp_service import AtpClient, EmbeddedRedis, free_port
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from benchmarks.open_loop import cpu_seconds, open_loop_unary, settle
 from benchmarks.peers import CHECK_AND_DECREMENT, Postgres, stock_key
-from benchmarks.throughput import ROOT, run_for, start
+from benchmarks.throughput import ROOT, run_for, service_ready, start
 
 SYSTEMS = ("ceiling", "service_unary", "service_stream", "lua_direct", "lua_grpc", "postgres")
 Position = tuple[str, str]
@@ -251,7 +251,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                                tmp / "noop.log"))
             procs.append(start([sys.executable, "-m", "atp_service", "serve", "--redis-url", url, "--port",
                                 str(ports["service"]), "--metrics-port", "-1", "--no-demo", "--auth", "off",
-                                "--log-level", "WARNING"], lambda: True, tmp / "service.log"))
+                                "--log-level", "WARNING"], service_ready(tmp / "service.log"), tmp / "service.log"))
             procs.append(start([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "lua-grpc", "--port",
                                 str(ports["lua"]), "--redis-url", url],
                                lambda: "ready" in (tmp / "lua.log").read_text(), tmp / "lua.log"))

@@ -1,17 +1,27 @@
 """Open-loop load: calls started at a fixed rate whatever the answers — latency at a given load,
-not capacity (a closed loop slows down with the server and hides its queueing)."""
+not capacity (a closed loop slows down with the server and hides its queueing).
+
+    python benchmarks/open_loop.py [--rate 1000] [--seconds 8] [--positions 100000]
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 
-from atp_service import AtpClient
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from atp_service import AtpClient, EmbeddedRedis, free_port
 
 
 async def open_loop(rate: float, seconds: float, one: Callable[[int], Awaitable[None]]) -> float:
@@ -76,3 +86,46 @@ async def settle(max_busy: float = 0.08, window_s: float = 0.5, limit_s: float =
         if total1 > total0 and (busy1 - busy0) / (total1 - total0) <= max_busy:
             break
     return time.perf_counter() - began
+
+
+async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from benchmarks.compare import Workload, seed_service  # compare imports this module
+    from benchmarks.throughput import service_ready, start
+
+    with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
+        port, log = free_port(), tmp / "service.log"
+        proc = start([sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_server.url, "--port",
+                      str(port), "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "WARNING"],
+                     service_ready(log), log)
+        try:
+            target = f"127.0.0.1:{port}"
+            skus = max(1, args.positions // 10)
+            w = Workload("uniform", [(f"s-{i:06d}", f"l-{j}") for i in range(skus) for j in range(10)], 1_000_000)
+            await seed_service(target, w)
+            waited = await settle()
+            print(f"service pid {proc.pid}: open loop at {args.rate}/s for {args.seconds} s", flush=True)
+            cpu_before, began = cpu_seconds(proc.pid), time.perf_counter()
+            ops, lat, refused = await open_loop_unary(target, w.picker(5), "ol", args.rate, args.seconds)
+            cpu = (cpu_seconds(proc.pid) - cpu_before) / (time.perf_counter() - began)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    return {"rate": args.rate, "ops": round(ops), "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(max(lat), 1), "refused": refused,
+            "server_cpu": round(cpu, 2), "settled_s": round(waited, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Unary Reserve latency of the service at a fixed offered rate "
+                                     "(one embedded Redis, --positions seeded first); prints the service's pid "
+                                     "before the loop (for py-spy) and one JSON line after it.")
+    parser.add_argument("--rate", type=float, default=1000.0, help="calls started per second")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--positions", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="atp-open-loop-") as tmp:
+        print(json.dumps(asyncio.run(_run(args, Path(tmp)))))
+
+
+if __name__ == "__main__":
+    main()

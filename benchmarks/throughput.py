@@ -143,13 +143,21 @@ async def stream(target: str, seconds: float, batch: int, tag: str) -> tuple[flo
 
 
 def start(cmd: list[str], ready: Callable[[], bool], log: Path) -> subprocess.Popen[bytes]:
+    """Start a server and wait until ``ready()``; if it exits or takes over a minute, fail with its
+    log's tail (the log lives in a temporary directory that is gone by the time anyone looks)."""
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 60
     while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{cmd[2:4]} did not start; see {log}")
+            proc.kill()
+            raise RuntimeError(f"{cmd[2:4]} did not start (exit {proc.wait()}):\n{log.read_text()[-3000:]}")
         time.sleep(0.1)
     return proc
+
+
+def service_ready(log: Path) -> Callable[[], bool]:
+    """``atp-service serve`` prints this once it has recovered and serves."""
+    return lambda: "ATP service ready" in log.read_text()
 
 
 async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
@@ -164,7 +172,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         service = start([sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_server.url,
                          "--port", str(service_port), "--metrics-port", str(metrics_port), "--no-demo", "--auth", "off",
                          "--log-level", "WARNING"],
-                        lambda: True, tmp / "service.log")
+                        service_ready(tmp / "service.log"), tmp / "service.log")
         try:
             async with AtpClient(f"127.0.0.1:{service_port}", timeout_s=60) as client:
                 await client.wait_ready()
