@@ -92,7 +92,8 @@ def cpu_quota(pid: int, cpus: float) -> Iterator[None]:
         (group / "cgroup.procs").write_text(str(pid))
         yield
     finally:
-        (CPU_CGROUP / "cgroup.procs").write_text(str(pid)) if Path(f"/proc/{pid}").exists() else None
+        if Path(f"/proc/{pid}").exists():  # back to the root group, or the group cannot be removed
+            (CPU_CGROUP / "cgroup.procs").write_text(str(pid))
         group.rmdir()
 
 
