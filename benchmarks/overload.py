@@ -83,7 +83,10 @@ QUOTA_PERIOD_US = 5_000
 def cpu_quota(pid: int, cpus: float) -> Iterator[None]:
     """Hold process ``pid`` (all its threads) to ``cpus`` CPUs with a CFS quota, for the block."""
     group = CPU_CGROUP / f"atp-overload-{os.getpid()}"
-    group.mkdir()
+    try:
+        group.mkdir()
+    except OSError as exc:
+        raise SystemExit(f"--service-cpus needs root and cgroup v1's cpu controller at {CPU_CGROUP} ({exc})") from None
     try:
         # A short period: a throttled process stops all its threads (gRPC core's, which refuse calls,
         # too) until the period ends; 100 ms (the default) would show up as refusal latency.
