@@ -1,4 +1,4 @@
-"""Smoke runs of the locust scenarios and of compare.py: they run, fail nothing, check their invariants.
+"""Smoke runs of the locust scenarios and of the benchmark scripts: they run, fail nothing, check their invariants.
 
 No timing assertions: the figures live in benchmarks/README.md.
 """
@@ -100,3 +100,20 @@ async def test_compare_runs_every_system_at_a_tiny_size() -> None:
     assert all(r["rate"] > 0 and r["server_cpu"] >= 0 for r in half.values())
     hot = [r for r in rows if r.get("workload") == "hot" and r.get("granted") is not None]
     assert all(r["granted"] <= 20 * 50 for r in hot)  # never more than the hot stock, whatever the system
+
+
+async def test_open_loop_runs_at_a_tiny_size() -> None:
+    code, out = await run(sys.executable, "benchmarks/open_loop.py", "--rate", "50", "--seconds", "0.5",
+                          "--positions", "100", limit_s=120)
+    assert code == 0, out[-3000:]
+    assert "service pid" in out  # printed before the loop, for py-spy
+    (result,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert result["ops"] > 0 and result["refused"] == {} and result["server_cpu"] >= 0
+
+
+async def test_overload_runs_at_a_tiny_size_and_reports_every_outcome() -> None:
+    code, out = await run(sys.executable, "benchmarks/overload.py", "--seconds", "0.5", limit_s=180)
+    assert code == 0, out[-3000:]
+    head, *outcomes = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert head["http2_transport"] == "classic" and head["max_pending_calls"] == 512
+    assert sum(o["count"] for o in outcomes) == head["client_calls"] > 0
