@@ -55,6 +55,20 @@ def stop_or_explain(proc: subprocess.Popen[Any], log: Path | None = None) -> int
         raise AssertionError(f"service did not stop within {STOP_BOUND_S}s:\n{text[-6000:]}") from None
 
 
+def serve(redis_url: str, log: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`atp-service serve` in a subprocess; returns it, its target and its start-up log once ready."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
+         "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "INFO", *flags],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while "ATP service ready" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return proc, f"127.0.0.1:{port}", log.read_text()
+
+
 def ctl(target: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "atp_service.ctl", "--target", target, *args],
                           capture_output=True, text=True, timeout=30)

@@ -4,9 +4,6 @@ a call in flight gets when the service stops."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +12,12 @@ import grpc
 import pytest
 import redis
 
-from atp_service import AtpClient, AtpService, ServiceConfig, free_port
+from atp_service import AtpClient, AtpService, ServiceConfig
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.transport import EXPERIMENT, active, experiments_for, refusal_status
 
 from .test_api import receipt
-from .test_cli import stop_or_explain
+from .test_cli import serve, stop_or_explain
 from .test_overload import _Flood
 
 
@@ -50,20 +47,6 @@ def test_an_unknown_transport_is_refused_naming_the_field() -> None:
         ServiceConfig(http2_transport="quic")
     with pytest.raises(ValueError, match=r"^http2_transport:"):
         experiments_for("quic", None)
-
-
-def serve(redis_url: str, log: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str, str]:
-    """`atp-service serve` in a subprocess; returns it, its target and its start-up log once ready."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
-         "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "INFO", *flags],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while "ATP service ready" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    return proc, f"127.0.0.1:{port}", log.read_text()
 
 
 @pytest.fixture
