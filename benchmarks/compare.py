@@ -47,9 +47,9 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
 from atp_service.pb.atp.v1 import atp_pb2 as pb
-from benchmarks.open_loop import cpu_seconds, open_loop_unary, settle
+from benchmarks.open_loop import measured_open_loop
 from benchmarks.peers import CHECK_AND_DECREMENT, Postgres, stock_key
-from benchmarks.throughput import ROOT, run_for, service_ready, start
+from benchmarks.throughput import ROOT, run_for, serve_command, service_ready, start
 
 SYSTEMS = ("ceiling", "service_unary", "service_stream", "lua_direct", "lua_grpc", "postgres")
 Position = tuple[str, str]
@@ -249,9 +249,8 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
             procs.append(start([sys.executable, str(ROOT / "benchmarks" / "noop_server.py"), "--port",
                                 str(ports["noop"])], lambda: "ready" in (tmp / "noop.log").read_text(),
                                tmp / "noop.log"))
-            procs.append(start([sys.executable, "-m", "atp_service", "serve", "--redis-url", url, "--port",
-                                str(ports["service"]), "--metrics-port", "-1", "--no-demo", "--auth", "off",
-                                "--log-level", "WARNING"], service_ready(tmp / "service.log"), tmp / "service.log"))
+            procs.append(start(serve_command(url, ports["service"]), service_ready(tmp / "service.log"),
+                               tmp / "service.log"))
             procs.append(start([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "lua-grpc", "--port",
                                 str(ports["lua"]), "--redis-url", url],
                                lambda: "ready" in (tmp / "lua.log").read_text(), tmp / "lua.log"))
@@ -309,12 +308,10 @@ async def measure_workload(args: argparse.Namespace, base: Workload, url: str, p
         await seed_service(service, w)
         # The no-op server at the same offered rate first: what Python gRPC alone does at that load.
         for system, target, pid in (("ceiling", noop, pids["noop"]), ("service_unary", service, pids["service"])):
-            waited = await settle()
-            cpu_before, began = cpu_seconds(pid), time.perf_counter()
-            ops, lat, refused = await open_loop_unary(target, w.picker(5), f"ol-{system}", ceiling / 2, s)
-            cpu = (cpu_seconds(pid) - cpu_before) / (time.perf_counter() - began)
-            out.append(row(w.name, system, ops, lat, None, mode="open_loop_half_ceiling", rate=round(ceiling / 2),
-                           refused=refused, server_cpu=round(cpu, 2), settled_s=round(waited, 1)))
+            m = await measured_open_loop(target, pid, w.picker(5), f"ol-{system}", ceiling / 2, s)
+            out.append(row(w.name, system, m["ops"], m["lat"], None, mode="open_loop_half_ceiling",
+                           rate=round(ceiling / 2), refused=m["refused"], server_cpu=m["server_cpu"],
+                           settled_s=m["settled_s"]))
     return out
 
 

@@ -32,7 +32,9 @@ from pathlib import Path
 
 import redis
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
+from benchmarks.throughput import serve_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SKUS, LOCATIONS = 10_000, 10
@@ -68,12 +70,9 @@ def preload(redis_server: EmbeddedRedis, facts: int) -> None:
 
 
 def spawn(redis_url: str, port: int, log: Path, metrics_port: int = -1, *extra: str) -> subprocess.Popen[bytes]:
-    """``atp-service serve`` for a benchmark: no demo, no auth, on the given Redis; ``extra`` flags appended."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
-         "--metrics-port", str(metrics_port), "--no-demo", "--auth", "off", "--log-level", "WARNING", *extra],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT,
-    )
+    """``serve_command`` started without waiting for it, its output appended to ``log``."""
+    return subprocess.Popen(serve_command(redis_url, port, metrics_port, *extra), stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 async def ready(port: int) -> None:

@@ -88,31 +88,38 @@ async def settle(max_busy: float = 0.08, window_s: float = 0.5, limit_s: float =
     return time.perf_counter() - began
 
 
+async def measured_open_loop(target: str, pid: int, pick: Callable[[], tuple[str, str]], tag: str, rate: float,
+                             seconds: float) -> dict[str, Any]:
+    """``open_loop_unary`` once the machine is quiet, with the CPU server ``pid`` used meanwhile (in cores):
+    ops, latencies (ms), refused (by status), server_cpu, settled_s."""
+    waited = await settle()
+    cpu_before, began = cpu_seconds(pid), time.perf_counter()
+    ops, lat, refused = await open_loop_unary(target, pick, tag, rate, seconds)
+    cpu = (cpu_seconds(pid) - cpu_before) / (time.perf_counter() - began)
+    return {"ops": ops, "lat": lat, "refused": refused, "server_cpu": round(cpu, 2), "settled_s": round(waited, 1)}
+
+
 async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from benchmarks.compare import Workload, seed_service  # compare imports this module
-    from benchmarks.throughput import service_ready, start
+    from benchmarks.throughput import serve_command, service_ready, start
 
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
         port, log = free_port(), tmp / "service.log"
-        proc = start([sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_server.url, "--port",
-                      str(port), "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "WARNING"],
-                     service_ready(log), log)
+        proc = start(serve_command(redis_server.url, port), service_ready(log), log)
         try:
             target = f"127.0.0.1:{port}"
             skus = max(1, args.positions // 10)
             w = Workload("uniform", [(f"s-{i:06d}", f"l-{j}") for i in range(skus) for j in range(10)], 1_000_000)
             await seed_service(target, w)
-            waited = await settle()
             print(f"service pid {proc.pid}: open loop at {args.rate}/s for {args.seconds} s", flush=True)
-            cpu_before, began = cpu_seconds(proc.pid), time.perf_counter()
-            ops, lat, refused = await open_loop_unary(target, w.picker(5), "ol", args.rate, args.seconds)
-            cpu = (cpu_seconds(proc.pid) - cpu_before) / (time.perf_counter() - began)
+            m = await measured_open_loop(target, proc.pid, w.picker(5), "ol", args.rate, args.seconds)
         finally:
             proc.terminate()
             proc.wait(60)
-    return {"rate": args.rate, "ops": round(ops), "p50_ms": round(float(np.percentile(lat, 50)), 2),
-            "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(max(lat), 1), "refused": refused,
-            "server_cpu": round(cpu, 2), "settled_s": round(waited, 1)}
+    lat = m["lat"]
+    return {"rate": args.rate, "ops": round(m["ops"]), "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(max(lat), 1), "refused": m["refused"],
+            "server_cpu": m["server_cpu"], "settled_s": m["settled_s"]}
 
 
 def main() -> None:

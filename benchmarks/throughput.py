@@ -155,6 +155,12 @@ def start(cmd: list[str], ready: Callable[[], bool], log: Path) -> subprocess.Po
     return proc
 
 
+def serve_command(redis_url: str, port: int, metrics_port: int = -1, *extra: str) -> list[str]:
+    """``atp-service serve`` for a benchmark: no demo, no auth, on the given Redis; ``extra`` flags appended."""
+    return [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
+            "--metrics-port", str(metrics_port), "--no-demo", "--auth", "off", "--log-level", "WARNING", *extra]
+
+
 def service_ready(log: Path) -> Callable[[], bool]:
     """``atp-service serve`` prints this once it has recovered and serves."""
     return lambda: "ATP service ready" in log.read_text()
@@ -169,9 +175,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     noop = start([sys.executable, str(ROOT / "benchmarks" / "noop_server.py"), "--port", str(ceiling_port)],
                  lambda: "ready" in (tmp / "noop.log").read_text(), tmp / "noop.log")
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
-        service = start([sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_server.url,
-                         "--port", str(service_port), "--metrics-port", str(metrics_port), "--no-demo", "--auth", "off",
-                         "--log-level", "WARNING"],
+        service = start(serve_command(redis_server.url, service_port, metrics_port),
                         service_ready(tmp / "service.log"), tmp / "service.log")
         try:
             async with AtpClient(f"127.0.0.1:{service_port}", timeout_s=60) as client:

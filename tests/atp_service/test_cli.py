@@ -29,11 +29,7 @@ def served(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, int, list[str]
          "--metrics-port", str(metrics)],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while "ATP service ready" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    yield f"127.0.0.1:{port}", metrics, log.read_text().splitlines()
+    yield f"127.0.0.1:{port}", metrics, wait_until_ready(proc, log).splitlines()
     proc.terminate()
     assert stop_or_explain(proc, log) == 0
 
@@ -55,6 +51,16 @@ def stop_or_explain(proc: subprocess.Popen[Any], log: Path | None = None) -> int
         raise AssertionError(f"service did not stop within {STOP_BOUND_S}s:\n{text[-6000:]}") from None
 
 
+def wait_until_ready(proc: subprocess.Popen[bytes], log: Path, limit_s: float = 60) -> str:
+    """Until the service prints that it serves (failing with its log if it exits or takes too long);
+    returns the log so far."""
+    deadline = time.monotonic() + limit_s
+    while "ATP service ready" not in (text := log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, text
+        time.sleep(0.1)
+    return text
+
+
 def serve(redis_url: str, log: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str, str]:
     """`atp-service serve` in a subprocess; returns it, its target and its start-up log once ready."""
     port = free_port()
@@ -62,11 +68,7 @@ def serve(redis_url: str, log: Path, *flags: str) -> tuple[subprocess.Popen[byte
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
          "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "INFO", *flags],
         stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while "ATP service ready" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    return proc, f"127.0.0.1:{port}", log.read_text()
+    return proc, f"127.0.0.1:{port}", wait_until_ready(proc, log)
 
 
 def ctl(target: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -217,7 +217,9 @@ async def test_a_failed_snapshot_backs_off_instead_of_retrying_every_pass_and_la
         await service.start()
         client = AtpClient(f"127.0.0.1:{service.port}")
         r.execute_command("ACL", "SETUSER", "default", "-set")
-        failures = lambda: METRICS.registry.get_sample_value("atp_snapshot_failures_total") or 0.0  # noqa: E731
+        def failures() -> float:
+            return METRICS.registry.get_sample_value("atp_snapshot_failures_total") or 0.0
+
         before = failures()
         await client.record_events([receipt(f"e{i}", f"S{i}", "DC", 10) for i in range(8)])  # several shards
         await asyncio.sleep(1.0)
