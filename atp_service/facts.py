@@ -146,7 +146,7 @@ class Explanation:
     def __init__(self, engine: Engine, sku: str, location: str, max_holds: int) -> None:
         ledger = engine.actors[engine.place(sku)].ledger
         self.quantities = ledger.quantities(sku, location)
-        history = ledger.histories.get((sku, location))
+        history = ledger.history(sku, location)
         self.count: tuple[str, int, int] | None = None
         self.deltas: list[tuple[str, int, int]] = []
         if history is not None:

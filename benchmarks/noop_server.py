@@ -51,5 +51,11 @@ async def serve(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    pass
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="the service's default is uvloop (ATP_EVENT_LOOP)")
+    args = parser.parse_args()
+    if args.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(serve(args.port))

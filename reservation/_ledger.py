@@ -34,6 +34,28 @@ from ._undo import Undo, run_undo
 _LIVE = (State.HELD, State.CONFIRMED)
 
 
+_SEP = "\x00"  # check_id refuses control characters, so it cannot occur inside an id
+
+
+def pair_key(first: str, second: str) -> str:
+    """One str for (sku, location) or (source, event_id): the key of the ledger's big maps."""
+    return f"{first}{_SEP}{second}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    first, _, second = key.partition(_SEP)
+    return first, second
+
+
+class _Holders(msgspec.Struct, gc=False):
+    """The ids of the reservations holding units at one position (an insertion-ordered set).
+    Wrapped so the map of them stays untracked: any container as a dict value (even an empty,
+    untracked dict; a set is always tracked) makes the dict tracked for good. It holds only
+    str, so it cannot be part of a reference cycle the collector would have to find."""
+
+    ids: dict[str, None]
+
+
 class HistorySnapshot(msgspec.Struct, array_like=True):
     sku: str
     location: str
@@ -59,17 +81,19 @@ class Ledger:
         self.shard = shard
         self.limits = limits
         self.store = PositionStore()
-        self.histories: dict[tuple[str, str], PositionHistory] = {}
+        # The maps that grow with the estate are keyed by one str (``pair_key``), not a tuple: a
+        # fresh tuple is tracked by the cyclic GC and inserting it makes the dict tracked again,
+        # so every full collection walked every position of the shard (~16 ms after loading
+        # 100,000 positions: a stall of every call in flight).
+        self.histories: dict[str, PositionHistory] = {}
         self.reservations: dict[str, Reservation] = {}
         self.stream_time = 0  # E6: largest event_time accepted; never goes back
         self.clock = 0  # R6: newest service timestamp this shard has logged
         self.live_reservations = 0
         self._expiry: list[tuple[int, str]] = []
         self._resolved: deque[tuple[int, str]] = deque()
-        self._seen: dict[tuple[str, str], Fact] = {}  # in arrival order
-        # position -> ids (an insertion-ordered set): a dict of str keys stays out of the collector's view
-        # (a set is always tracked: one per held position made full collections scan them all)
-        self._holds_at: dict[tuple[str, str], dict[str, None]] = {}
+        self._seen: dict[str, Fact] = {}  # (source, event_id) in arrival order
+        self._holds_at: dict[str, _Holders] = {}
         self._events: list[Event] = []
         self._undo: list[Undo] = []
         self.safety_defaults: dict[str, int] = {}
@@ -98,7 +122,7 @@ class Ledger:
 
     def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
         """Dedupe (E8), lateness (E6), then fold (E1-E5). Returns outcome and reason."""
-        key = (fact.source, fact.event_id)
+        key = pair_key(fact.source, fact.event_id)
         seen = self._seen.get(key)
         if seen is not None:
             if seen == fact:
@@ -200,8 +224,8 @@ class Ledger:
     def snapshot(self) -> LedgerSnapshot:
         assert not self._events, "snapshot inside an open batch"
         histories = [
-            HistorySnapshot(sku, loc, h.count_key, h.count_qty, list(h.delta_keys), list(h.delta_qtys))
-            for (sku, loc), h in self.histories.items()
+            HistorySnapshot(*split_key(key), h.count_key, h.count_qty, list(h.delta_keys), list(h.delta_qtys))
+            for key, h in self.histories.items()
         ]
         return LedgerSnapshot(
             store=self.store.snapshot(),
@@ -219,7 +243,7 @@ class Ledger:
         for rec in snap.reservations:
             ledger._apply(ReservationSaved(rec))
         for h in snap.histories:
-            ledger.histories[(h.sku, h.location)] = PositionHistory(
+            ledger.histories[pair_key(h.sku, h.location)] = PositionHistory(
                 h.count_key, h.count_qty, h.delta_keys or (), h.delta_qtys or ()
             )
         for fact in snap.seen_facts:
@@ -242,7 +266,7 @@ class Ledger:
         if isinstance(event, ReservationSaved):
             return self._apply_reservation(event.reservation), FactOutcome.APPLIED
         if isinstance(event, FactApplied):
-            return self._apply_fact(event.fact, (event.fact.source, event.fact.event_id))
+            return self._apply_fact(event.fact, pair_key(event.fact.source, event.fact.event_id))
         if isinstance(event, Shipped):
             return self._apply_shipped(event), FactOutcome.APPLIED
         if isinstance(event, SafetyStockSet):
@@ -294,36 +318,45 @@ class Ledger:
 
     def _index_holds(self, before: Reservation | None, after: Reservation | None) -> None:
         """Keep ``holds_at`` (position -> reservations with units outstanding there) exact."""
-        was = {(ln.sku, ln.location) for ln in before.lines if ln.outstanding} if before else set()
-        now = {(ln.sku, ln.location) for ln in after.lines if ln.outstanding} if after else set()
+        was = {pair_key(ln.sku, ln.location) for ln in before.lines if ln.outstanding} if before else set()
+        now = {pair_key(ln.sku, ln.location) for ln in after.lines if ln.outstanding} if after else set()
         rid = (after or before).reservation_id  # type: ignore[union-attr]
         for key in was - now:
-            ids = self._holds_at[key]
+            ids = self._holds_at[key].ids
             ids.pop(rid, None)
             if not ids:
                 del self._holds_at[key]
         for key in now - was:
-            self._holds_at.setdefault(key, {})[rid] = None
+            holders = self._holds_at.get(key)
+            if holders is None:
+                holders = self._holds_at[key] = _Holders({})
+            holders.ids[rid] = None
 
     def holds_at(self, sku: str, location: str) -> Iterator[Reservation]:
         """Reservations recorded on this shard with units held or committed at the position."""
-        for rid in self._holds_at.get((sku, location), ()):
+        holders = self._holds_at.get(pair_key(sku, location))
+        for rid in holders.ids if holders is not None else ():
             yield self.reservations[rid]
 
+    def history(self, sku: str, location: str) -> PositionHistory | None:
+        """What later facts can still change of a position's past (None: no fact has touched it)."""
+        return self.histories.get(pair_key(sku, location))
+
     def _history(self, sku: str, location: str) -> PositionHistory:
-        h = self.histories.get((sku, location))
+        key = pair_key(sku, location)
+        h = self.histories.get(key)
         if h is None:
-            h = self.histories[(sku, location)] = PositionHistory()
+            h = self.histories[key] = PositionHistory()
         return h
 
     def _forget_position(self, sku: str, location: str) -> None:
         """Undo of the change that created a position and its history (E10: replay never saw it)."""
         self.store.forget(sku, location)
-        self.histories.pop((sku, location), None)
+        self.histories.pop(pair_key(sku, location), None)
 
-    def _apply_fact(self, fact: Fact, key: tuple[str, str]) -> tuple[Undo, FactOutcome]:
+    def _apply_fact(self, fact: Fact, key: str) -> tuple[Undo, FactOutcome]:
         sku, location = fact.sku, fact.location
-        history = self.histories.get((sku, location))  # _history's lookup, inlined on the ingest hot path
+        history = self.histories.get(f"{sku}\x00{location}")  # pair_key and _history, inlined: the ingest hot path
         if history is None:
             history = self._history(sku, location)
         outcome, delta, undo_fold = history.fold(fact)
@@ -335,7 +368,7 @@ class Ledger:
         return (self._unapply_fact, sku, location, delta, undo_fold, existed, old_stream_time, key), outcome
 
     def _unapply_fact(self, sku: str, location: str, delta: int, undo_fold: Undo | None, existed: bool,
-                      old_stream_time: int, key: tuple[str, str]) -> None:
+                      old_stream_time: int, key: str) -> None:
         self.store.add(sku, location, ON_HAND, -delta)
         if undo_fold is not None:
             run_undo(undo_fold)
@@ -364,7 +397,7 @@ class Ledger:
 
     def _remember(self, fact: Fact) -> None:
         """E8: remember an applied fact; ``forget_old_facts`` bounds the memory."""
-        self._seen[(fact.source, fact.event_id)] = fact
+        self._seen[pair_key(fact.source, fact.event_id)] = fact
 
     def forget_old_facts(self) -> int:
         """E8 within bounded memory: drop remembered facts stamped before stream time - grace (a

@@ -1,0 +1,43 @@
+"""The ledger's maps that grow with the estate stay out of the cyclic garbage collector's view.
+
+A tracked dict is walked by every full collection, entry by entry, while the service holds the
+GIL: with a map per shard of every position and remembered fact, that walk was a stall of every
+call in flight that grew with the estate. CPython keeps a dict untracked while all it holds is
+untracked, so these maps must never receive a tracked key or value.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import msgspec
+
+from reservation import Fact, FactKind, Ledger, LedgerSnapshot, Limits, reserve
+
+from .helpers import cmd, ledger_with
+
+
+def _maps(ledger: Ledger) -> dict[str, object]:
+    return {"histories": ledger.histories, "seen facts": ledger._seen, "holds": ledger._holds_at,
+            "reservations": ledger.reservations}
+
+
+def test_new_positions_facts_and_holds_keep_the_big_maps_untracked() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    gc.collect()  # what existed is untracked now; only what follows can track a map again
+    ledger.record_fact(Fact("new-1", "pos", FactKind.RECEIPT, "B", "S2", 5, 2_000))  # new position, new fact
+    reserve(ledger, cmd("r1", ("B", "S2", 2), ("A", "S1", 1)), 3_000)  # new held positions
+    ledger.commit(3_000)
+    assert {name: gc.is_tracked(m) for name, m in _maps(ledger).items()} == dict.fromkeys(_maps(ledger), False)
+
+
+def test_restored_ledger_keeps_its_maps_untracked_and_its_histories() -> None:
+    live = ledger_with({("A", "S1"): 10, ("B", "S2"): 3})
+    reserve(live, cmd("r1", ("A", "S1", 4)), 3_000)
+    live.commit(3_000)
+    snap = msgspec.msgpack.decode(msgspec.msgpack.encode(live.snapshot()), type=LedgerSnapshot)
+    restored = Ledger.restore(0, Limits(), snap)
+    assert [(h.sku, h.location) for h in restored.snapshot().histories] == [("A", "S1"), ("B", "S2")]
+    assert restored.history("A", "S1") == live.history("A", "S1") is not None
+    assert list(restored.holds_at("A", "S1")) == list(live.holds_at("A", "S1"))
+    assert not any(gc.is_tracked(m) for m in _maps(restored).values())
