@@ -54,9 +54,17 @@ async def test_a_backlog_sheds_new_work_at_once_and_what_was_accepted_is_exact(
     await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
     assert service.engine is not None
     flood = _Flood(client)
-    resume = await service.engine.actors[0].pause()  # a stall: work queues up behind it
+    actor = service.engine.actors[0]
+    resume = await actor.pause()  # a stall: work queues up behind it
     backlog = [asyncio.ensure_future(flood.reserve(f"f{n}")) for n in range(300)]
-    await asyncio.sleep(0.1)
+    # The whole backlog queued behind the stall (a fixed sleep let a loaded machine deliver part of
+    # it after the stall, where it met the backlog's delay and was refused).
+    for _ in range(500):
+        if actor._mailbox.qsize() >= len(backlog):
+            break
+        await asyncio.sleep(0.01)
+    assert actor._mailbox.qsize() >= len(backlog), actor._mailbox.qsize()
+    await asyncio.sleep(0.02)  # the oldest has waited past max_queue_delay_ms
     resume.set_result(None)
     await asyncio.sleep(0)
     arriving = [asyncio.ensure_future(flood.reserve(f"f{n}")) for n in range(300, 600)]  # while the backlog drains
