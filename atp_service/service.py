@@ -281,8 +281,13 @@ class AtpService:
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
+        began = time.monotonic()
+        drain = self._servicer.drain
+        if not await drain.close(grace):
+            log.warning("shutdown: %d calls still in progress after the %.1fs grace period; gRPC cancels them",
+                        drain.active, grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(max(0.0, grace - (time.monotonic() - began)))
             METRICS.door.forget(self._door_ids)
         await self._monitor.stop()
         if self.ingestor is not None:

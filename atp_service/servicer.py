@@ -24,6 +24,7 @@ from reservation import fact as make_fact
 
 from . import convert
 from .channels import ChannelDesk
+from .drain import SHUTTING_DOWN, Drain
 from .engine import Engine
 from .facts import Explanation, FactDesk
 from .metrics import METRICS
@@ -53,14 +54,19 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
     def wrap(fn: Handler) -> Handler:
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
+            drain = self.drain
             try:
-                monitor = self.monitor
-                if monitor is not None and monitor.overloaded:
-                    METRICS.shed.inc()
-                    raise ResourceExhausted(
-                        f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit max_loop_lag_ms="
-                        f"{monitor.limit_s * 1000:.0f}), retry with backoff")
-                result = await fn(self, request, context)
+                drain.enter()
+                try:
+                    monitor = self.monitor
+                    if monitor is not None and monitor.overloaded:
+                        METRICS.shed.inc()
+                        raise ResourceExhausted(
+                            f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit "
+                            f"max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with backoff")
+                    result = await fn(self, request, context)
+                finally:
+                    drain.leave()
             except DomainError as exc:
                 child(exc.code).observe(time.perf_counter() - started)
                 await context.abort(_status(exc), exc.message)
@@ -84,6 +90,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         self._watchers = watchers
         self._reload = reload
         self.monitor: LoopLagMonitor | None = None
+        self.drain = Drain()
+        """Every call passes through it; ``AtpService.stop`` closes it before gRPC stops."""
 
     def attach(self, engine: Engine, desk: FactDesk, channels: ChannelDesk | None) -> None:
         """Start answering: recovery has finished."""
@@ -232,9 +240,15 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     async def WatchAvailability(self, request: pb.WatchAvailabilityRequest,
                                 context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
-            check_id("channel", request.channel, self.limits)
-            async for message in self._watchers.watch(self.channels, request):
-                yield message
+            self.drain.enter()
+            try:
+                check_id("channel", request.channel, self.limits)
+                async for message in self.drain.until_closed(self._watchers.watch(self.channels, request)):
+                    yield message
+            finally:
+                self.drain.leave()
+            if self.drain.closing:  # the watcher resumes from the last version it saw, elsewhere or later
+                raise Unavailable(SHUTTING_DOWN)
         except DomainError as exc:
             await context.abort(_status(exc), exc.message)
 
@@ -247,13 +261,22 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     async def ReserveStream(
         self, request_iterator: AsyncIterator[pb.ReserveBatch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ReserveBatchResult]:
-        """Batches are decided concurrently (up to max_stream_inflight) and answered in order."""
+        """Batches are decided concurrently (up to max_stream_inflight) and answered in order. On a
+        graceful stop, batches already taken are answered, then the stream ends UNAVAILABLE."""
+        try:
+            self.drain.enter()
+        except DomainError as exc:
+            await context.abort(_status(exc), exc.message)
         inflight: asyncio.Queue[asyncio.Task[pb.ReserveBatchResult] | None] = asyncio.Queue(self._max_inflight)
 
+        cut_short = False
+
         async def read() -> None:
+            nonlocal cut_short
             try:
-                async for batch in request_iterator:
+                async for batch in self.drain.until_closed(request_iterator):
                     await inflight.put(asyncio.ensure_future(self._reserve_batch(batch)))
+                cut_short = self.drain.closing  # else the client ended its stream
             finally:
                 await inflight.put(None)
 
@@ -264,6 +287,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             await reader
         finally:
             reader.cancel()
+            self.drain.leave()
+        if cut_short:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     async def _reserve_batch(self, batch: pb.ReserveBatch) -> pb.ReserveBatchResult:
         started = time.perf_counter()

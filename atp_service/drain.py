@@ -1,0 +1,78 @@
+"""Graceful stop in two steps: the service stops taking work and finishes what it took, then gRPC stops.
+
+Left to gRPC alone, a stop depends on its HTTP/2 transport: the classic one lets calls in progress
+finish within the grace period, the promise-based one (``ATP_HTTP2_TRANSPORT=promise``) fails them
+at once with INTERNAL — an order that cannot tell whether its reservation was made. And an open
+stream (``ReserveStream``, a channel's ``WatchAvailability``) never ends by itself, so every stop
+waited out the whole grace period and then cut it off mid-answer.
+
+So the servicer passes every call through a ``Drain``: once it closes, new calls are answered
+UNAVAILABLE at once (retryable: another instance, or this one restarted), streams stop reading,
+answer what they had taken and end UNAVAILABLE, and the stop waits only for that before gRPC's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TypeVar
+
+from reservation import Unavailable
+
+T = TypeVar("T")
+SHUTTING_DOWN = "service is shutting down; retry (another instance, or this one once restarted)"
+
+
+class Drain:
+    """Counts the calls in progress; ``close`` refuses new ones and waits for these."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.active = 0
+        self._closed = asyncio.Event()
+        self._idle = asyncio.Event()
+
+    def enter(self) -> None:
+        """A call begins (raises Unavailable once closing); pair with ``leave``."""
+        if self.closing:
+            raise Unavailable(SHUTTING_DOWN)
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+        assert self.active >= 0, "leave without enter"
+        if self.closing and not self.active:
+            self._idle.set()
+
+    async def close(self, timeout_s: float) -> bool:
+        """Refuse new calls, end streams, and wait up to ``timeout_s`` for the calls in progress.
+        True when none is left."""
+        self.closing = True
+        self._closed.set()
+        if not self.active:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        return not self.active
+
+    async def until_closed(self, items: AsyncIterable[T]) -> AsyncIterator[T]:
+        """``items`` until they end or the drain closes (a read waiting then is given up)."""
+        iterator = aiter(items)
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            while not self.closing:
+                step = asyncio.ensure_future(anext(iterator))
+                await asyncio.wait((step, closed), return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await step
+                    return
+                try:
+                    item = step.result()
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            closed.cancel()
