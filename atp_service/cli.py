@@ -78,17 +78,23 @@ def main(argv: list[str] | None = None) -> int:
         # Every command and fact allocates a few short-lived objects, and recovery builds millions of
         # long-lived ones: collect young objects less often than CPython's default (700, 10, 10).
         gc.set_threshold(*config.gc_thresholds)
-        asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None))
+        replaced = asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None))
     except StartupError as exc:
         print(f"atp-service: {exc}", file=sys.stderr)
         return 2
     finally:
         if embedded is not None:
             embedded.stop()
-    return 0
+    return EXIT_REPLACED if replaced else 0
 
 
-async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None) -> None:
+EXIT_REPLACED = 3
+"""Exit status when a newer instance claimed the keyspace (a supervisor should not just restart
+this one: the two would take the keyspace from each other in turn)."""
+
+
+async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None) -> bool:
+    """Serve until a signal (False) or until a newer instance claims the keyspace (True)."""
     service = AtpService(config, redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -123,7 +129,8 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
           f"  {ctl_cmd} --target {target} availability sku-00001@dc-east sku-00001@store-001\n"
           f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
           f"  {ctl_cmd} --target {target} confirm demo-1", flush=True)
-    await stop.wait()
+    await asyncio.wait((asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.replaced.wait())),
+                       return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down (grace %.1fs); another signal after %.0fs exits at once", config.shutdown_grace_s,
              SECOND_SIGNAL_AFTER_S)
     first_signal = time.monotonic()
@@ -146,6 +153,7 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     except TimeoutError:
         log.error("shutdown did not finish in time; exiting anyway (state is in the log)")
         _dump_tasks()
+    return service.replaced.is_set()
 
 
 async def _reload(service: AtpService) -> None:

@@ -36,9 +36,9 @@ from reservation import _operations as ops
 from .clock import Clock
 from .composite import CompositeView
 from .config import ServiceConfig
-from .log import LogStore
+from .log import Fenced, LogStore
 from .metrics import METRICS
-from .shard import STORAGE_ERRORS, ShardActor
+from .shard import REPLACED, STORAGE_ERRORS, ShardActor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -320,8 +320,9 @@ class Engine:
             except STORAGE_ERRORS as exc:
                 log.warning("cross-shard append failed (%s)", exc)
                 for s, (seq, entry) in entries.items():
-                    actors[s].not_landed(seq, entry)
-                raise Unavailable("change not durable (log storage unreachable); nothing was applied") from None
+                    actors[s].not_landed(seq, entry, exc)
+                raise Unavailable(REPLACED if isinstance(exc, Fenced) else
+                                  "change not durable (log storage unreachable); nothing was applied") from None
             for s, (seq, _) in entries.items():
                 actors[s].landed(seq, now)
         if error is not None:

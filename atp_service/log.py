@@ -8,14 +8,14 @@ and a repeated append is refused by Redis instead of being logged twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from reservation import LedgerSnapshot
@@ -30,22 +30,66 @@ class SnapshotRecord(msgspec.Struct, array_like=True):
     ledger: LedgerSnapshot
 
 
+# Every write of the log checks first that this instance still owns the keyspace: a newer instance
+# claims it by incrementing the epoch key (``LogStore.claim``), and from then on the older one's
+# writes are refused whole ("FENCED"), so two instances on one keyspace can never both decide
+# against the same units (nothing of a refused write is applied: the check comes before any change).
+_FENCE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED epoch ' .. ARGV[1] .. ' was replaced by ' .. tostring(redis.call('GET', KEYS[1])))
+end
+"""
+
 # Group commit in one command: the entries of every shard ready in this turn, each XADDed to its
 # own stream. One command instead of one per shard keeps the client's cost flat as shards grow.
 # An entry refused by Redis (its id already used) comes back as "!<error>"; later entries of the
 # same stream are then skipped (a log must never have a gap), those of other streams still land.
-_APPEND_SCRIPT = """
+# KEYS: epoch key, then one log key per entry; ARGV: epoch, then id and data per entry.
+_APPEND_SCRIPT = _FENCE + """
 local out, failed = {}, {}
-for i, key in ipairs(KEYS) do
+for i = 2, #KEYS do
+  local key = KEYS[i]
   if failed[key] then
-    out[i] = '!skipped: an earlier entry of this stream failed'
+    out[i - 1] = '!skipped: an earlier entry of this stream failed'
   else
-    local ok = redis.pcall('XADD', key, ARGV[2 * i - 1], 'e', ARGV[2 * i])
-    if type(ok) == 'table' and ok.err then out[i] = '!' .. ok.err; failed[key] = true else out[i] = ok end
+    local ok = redis.pcall('XADD', key, ARGV[2 * i - 2], 'e', ARGV[2 * i - 1])
+    if type(ok) == 'table' and ok.err then out[i - 1] = '!' .. ok.err; failed[key] = true else out[i - 1] = ok end
   end
 end
 return out
 """
+
+# A cross-shard change: every entry lands or none does (each id is checked against its stream's
+# newest before anything is written). KEYS and ARGV as for _APPEND_SCRIPT.
+_APPEND_ALL_SCRIPT = _FENCE + """
+for i = 2, #KEYS do
+  local top = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+  if #top > 0 and tonumber(string.match(top[1][1], '^%d+')) >= tonumber(string.match(ARGV[2 * i - 2], '^%d+')) then
+    return redis.error_reply('ERR ' .. KEYS[i] .. ': entry ' .. ARGV[2 * i - 2] .. ' is not after ' .. top[1][1])
+  end
+end
+for i = 2, #KEYS do
+  redis.call('XADD', KEYS[i], ARGV[2 * i - 2], 'e', ARGV[2 * i - 1])
+end
+return 'OK'
+"""
+
+# KEYS: epoch, snapshot, log; ARGV: epoch, snapshot data, the first log id kept.
+_SNAPSHOT_SCRIPT = _FENCE + """
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3])
+return 'OK'
+"""
+
+
+class Fenced(RedisError):
+    """This instance no longer owns the keyspace (a newer one claimed it); nothing of the refused
+    write was applied."""
+
+
+def fenced(exc: BaseException) -> bool:
+    return isinstance(exc, Fenced) or (isinstance(exc, ResponseError) and str(exc).startswith("FENCED"))
+
 
 _snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
 _encoder = msgspec.msgpack.Encoder()
@@ -157,6 +201,33 @@ class LogStore:
         self._window = window or CommitWindow(0.0, 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._append_script = client.register_script(_APPEND_SCRIPT)
+        self._append_all_script = client.register_script(_APPEND_ALL_SCRIPT)
+        self._snapshot_script = client.register_script(_SNAPSHOT_SCRIPT)
+        self.epoch = 0
+        """This instance's claim on the keyspace (``claim``); 0: none yet, every write is refused."""
+        self.fenced = False
+        """A write was refused: a newer instance owns the keyspace. Final."""
+        self.on_fenced: list[Callable[[], None]] = []
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.prefix}epoch"
+
+    async def claim(self) -> int:
+        """Own the keyspace from now on: every later write of an older instance is refused. Called
+        before recovery reads the log, so whatever an older instance wrote first is read back."""
+        self.epoch = int(await self.client.incr(self.epoch_key))
+        return self.epoch
+
+    def _refused(self, exc: BaseException) -> BaseException:
+        """``exc``, as ``Fenced`` when it says the keyspace has a newer owner (noted, once)."""
+        if not fenced(exc):
+            return exc
+        if not self.fenced:
+            self.fenced = True
+            for callback in self.on_fenced:
+                callback()
+        return exc if isinstance(exc, Fenced) else Fenced(str(exc))
 
     def log_key(self, shard: int) -> str:
         return f"{self.prefix}log:{shard}"
@@ -189,11 +260,12 @@ class LogStore:
 
     async def append_atomic(self, entries: dict[int, tuple[int, bytes]]) -> None:
         """Append to several shard logs in one MULTI/EXEC: all land or none (cross-shard R2)."""
+        keys, args = self._entries_args((shard, seq, data) for shard, (seq, data) in entries.items())
         with METRICS.append_seconds.time():
-            async with self.client.pipeline(transaction=True) as pipe:
-                for shard, (seq, data) in entries.items():
-                    pipe.xadd(self.log_key(shard), {FIELD: data}, id=f"{seq}-0")
-                await pipe.execute()
+            try:
+                await self._append_all_script(keys=keys, args=args)
+            except RedisError as exc:
+                raise self._refused(exc) from None
 
     async def last_seq(self, shard: int) -> int:
         rows: Any = await self.client.xrevrange(self.log_key(shard), count=1)
@@ -221,11 +293,21 @@ class LogStore:
     async def save_snapshot(self, shard: int, seq: int, ledger: LedgerSnapshot) -> int:
         """Store the snapshot and trim the log behind it, atomically. Returns its size in bytes."""
         data = _encoder.encode(SnapshotRecord(seq, ledger))
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self.snap_key(shard), data)
-            pipe.xtrim(self.log_key(shard), minid=f"{seq + 1}-0")
-            await pipe.execute()
+        try:
+            await self._snapshot_script(keys=[self.epoch_key, self.snap_key(shard), self.log_key(shard)],
+                                        args=[self.epoch, data, f"{seq + 1}-0"])
+        except RedisError as exc:
+            raise self._refused(exc) from None
         return len(data)
+
+    def _entries_args(self, entries: Iterable[tuple[int, int, bytes]]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the append scripts: the epoch first, then each entry's log, id and data."""
+        keys: list[str] = [self.epoch_key]
+        args: list[Any] = [self.epoch]
+        for shard, seq, data in entries:
+            keys.append(self.log_key(shard))
+            args += (f"{seq}-0", data)
+        return keys, args
 
     def _flush(self) -> None:
         """Group commit: while a pipeline is in flight, new entries wait and go together in the next."""
@@ -249,10 +331,7 @@ class LogStore:
 
     async def _send(self, batch: list[tuple[int, int, bytes, asyncio.Future[None]]]) -> None:
         METRICS.pipeline_size.observe(len(batch))
-        keys = [self.log_key(shard) for shard, _, _, _ in batch]
-        args: list[Any] = []
-        for _, seq, data, _ in batch:
-            args += (f"{seq}-0", data)
+        keys, args = self._entries_args((shard, seq, data) for shard, seq, data, _ in batch)
         try:
             with METRICS.append_seconds.time():
                 replies = await self._append_script(keys=keys, args=args)
@@ -260,7 +339,7 @@ class LogStore:
                 RedisError(r[1:].decode(errors="replace")) if r[:1] == b"!" else r for r in replies
             ]
         except (TimeoutError, RedisError, OSError) as exc:
-            results = [exc] * len(batch)
+            results = [self._refused(exc)] * len(batch)
         for (_, _, _, fut), result in zip(batch, results, strict=True):
             if fut.done():
                 continue

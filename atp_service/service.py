@@ -72,6 +72,9 @@ class AtpService:
         self._log: LogStore | None = None
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms)
         self._door_ids: set[int] = set()
+        self.replaced = asyncio.Event()
+        """Set when a newer instance has claimed this keyspace: this one must stop (``atp-service
+        serve`` does, exit status 3)."""
 
     def _note_transport(self) -> None:
         running = transport.active(os.environ)
@@ -215,6 +218,11 @@ class AtpService:
             window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate))
         await self._wait_for_redis(client)
         await self._check_layout(store)
+        # Before reading anything: an older instance still running on this keyspace can write no
+        # more from here on, so what it wrote first is what recovery reads back.
+        epoch = await store.claim()
+        store.on_fenced.append(self._on_replaced)
+        log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch)
         actors, replayed, newest = [], 0, 0
         for shard in range(cfg.shards):
             snap = await store.load_snapshot(shard)
@@ -233,6 +241,11 @@ class AtpService:
         METRICS.recovered_entries.set(replayed)
         log.info("recovered %d shards, %d log entries in %.2fs", cfg.shards, replayed, time.perf_counter() - started)
         return Engine(actors, store, self.clock, cfg)
+
+    def _on_replaced(self) -> None:
+        log.error("a newer instance claimed keyspace %r (a write of this one was refused): this instance "
+                  "takes no more changes and stops", self.config.key_prefix)
+        self.replaced.set()
 
     async def _wait_for_redis(self, client: Any) -> None:
         """Start-up waits for Redis (health stays NOT_SERVING) instead of dying on a slow dependency."""

@@ -24,7 +24,7 @@ from reservation._errors import ResourceExhausted
 
 from .clock import Clock
 from .config import ServiceConfig
-from .log import LogStore
+from .log import Fenced, LogStore
 from .metrics import METRICS
 from .tasks import cancel_and_wait
 
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Work = Callable[[Ledger, int], Any]
 STORAGE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+REPLACED = ("this instance was replaced by a newer one on the same Redis keyspace and takes no more "
+            "changes; retry (the newer instance answers)")
 SNAPSHOT_RETRY_FIRST_S = 1.0
 """Wait after a first failed snapshot (capped by ``ServiceConfig.snapshot_retry_max_s``)."""
 
@@ -132,6 +134,8 @@ class ShardActor:
         """Queue work for this shard; refuse at once when the shard cannot take it."""
         if self._stopping:
             raise Unavailable("service is shutting down")
+        if self._log.fenced:
+            raise Unavailable(REPLACED)
         if self._doubt:
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
         if self._lag_s > self._max_delay_s and not self._mailbox.empty():
@@ -187,11 +191,13 @@ class ShardActor:
             except Exception:  # a listener's bug must not break the commit path
                 log.exception("shard %d: durable-entry listener failed", self.shard)
 
-    def not_landed(self, seq: int, entry: LogEntry) -> None:
-        """The append failed: undo it in memory at once (reads must not show it), settle it later."""
+    def not_landed(self, seq: int, entry: LogEntry, error: BaseException) -> None:
+        """The append failed: undo it in memory at once (reads must not show it), settle it later
+        (unless it was fenced: then it certainly did not land)."""
         METRICS.append_failures.inc()
         self.ledger.rollback()
-        self._doubt.append((seq, entry))
+        if not isinstance(error, Fenced):
+            self._doubt.append((seq, entry))
 
     # -- pipelined group commit -------------------------------------------------------
     def _seal(self, now: int, answers: list[_Answer]) -> None:
@@ -230,12 +236,17 @@ class ShardActor:
         keep later entries out of the log, and remember them all to settle."""
         METRICS.append_failures.inc()
         log.warning("shard %d: append of entry %d failed (%s)", self.shard, self._inflight[0].seq, error)
-        failure = Unavailable(f"shard {self.shard}: change not durable (log storage unreachable)")
+        # Fenced: refused before any write, and every later append is refused too (the epoch only
+        # grows), so nothing in flight landed and there is nothing to settle.
+        replaced = isinstance(error, Fenced)
+        failure = Unavailable(REPLACED if replaced else
+                              f"shard {self.shard}: change not durable (log storage unreachable)")
         for rec in reversed(self._inflight):
             self.ledger.revert(rec.undo)
             rec.done.cancel()
             _deliver([(reply, None, failure) for reply, _, _ in rec.answers])
-        self._doubt.extend((rec.seq, rec.entry) for rec in self._inflight)
+        if not replaced:
+            self._doubt.extend((rec.seq, rec.entry) for rec in self._inflight)
         self._inflight.clear()
         self._refuse_waiting(failure)
 

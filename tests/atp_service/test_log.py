@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.exceptions import RedisError
 
-from atp_service.log import CommitWindow, LogStore, connect
+from atp_service.log import CommitWindow, Fenced, LogStore, connect, seq_of
 from atp_service.metrics import METRICS
+from reservation import Ledger, Limits
 
 
 def test_a_quiet_log_sends_at_once() -> None:
@@ -62,6 +64,7 @@ async def test_busy_entries_of_many_turns_share_one_redis_call(redis_url: str) -
     client = connect(redis_url, 5.0)
     store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1))
     try:
+        await store.claim()
         await store.submit(0, 1, b"first")  # opens the first rate bucket; quiet until now: sent at once
         await asyncio.sleep(0.15)  # the next arrival closes the bucket at >= 1 entry/s: busy
         entries_before, calls_before = _round_trips()
@@ -77,11 +80,51 @@ async def test_quiet_entries_go_out_at_once(redis_url: str) -> None:
     client = connect(redis_url, 5.0)
     store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1_000_000))
     try:
+        await store.claim()
         entries_before, calls_before = _round_trips()
         await asyncio.gather(*await _submit_in_separate_turns(store, range(1, 6)))
         entries_after, calls_after = _round_trips()
         assert entries_after - entries_before == 5
         assert calls_after - calls_before >= 2, "not held back for company"
         assert await client.xlen("t:log:0") == 5
+    finally:
+        await client.aclose()
+
+
+async def test_a_newer_claim_fences_every_write_of_the_older_store_and_none_of_it_lands(redis_url: str) -> None:
+    """Two instances on one keyspace (a deploy gone wrong) must never both write the log."""
+    client = connect(redis_url, 5.0)
+    older, newer = (LogStore(client, "t:", pipeline_max=64) for _ in range(2))
+    replaced: list[str] = []
+    older.on_fenced.append(lambda: replaced.append("older"))
+    try:
+        await older.claim()
+        await older.submit(0, 1, b"before")  # the older owner writes while it owns the keyspace
+        await newer.claim()
+        with pytest.raises(Fenced):
+            await older.submit(0, 2, b"group commit")
+        with pytest.raises(Fenced):
+            await older.append_atomic({0: (2, b"cross"), 1: (1, b"shard")})
+        with pytest.raises(Fenced):
+            await older.save_snapshot(0, 1, Ledger(0, Limits()).snapshot())
+        assert older.fenced and replaced == ["older"]  # told once
+        assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [1]
+        assert await client.exists("t:log:1", "t:snap:0") == 0
+        await newer.submit(0, 2, b"after")  # the newer one writes on
+        await newer.append_atomic({0: (3, b"cross"), 1: (1, b"shard")})
+        assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [1, 2, 3]
+    finally:
+        await client.aclose()
+
+
+async def test_a_cross_shard_append_lands_whole_or_not_at_all(redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64)
+    try:
+        await store.claim()
+        await store.append_atomic({0: (1, b"a"), 1: (1, b"b")})
+        with pytest.raises(RedisError, match="is not after"):
+            await store.append_atomic({0: (2, b"a"), 1: (1, b"again")})  # shard 1's id is taken
+        assert await client.xlen("t:log:0") == 1 and await client.xlen("t:log:1") == 1  # shard 0's not written
     finally:
         await client.aclose()

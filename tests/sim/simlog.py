@@ -36,6 +36,7 @@ class SimLog:
         self.pending: list[tuple[int, int, bytes, asyncio.Future[None]]] = []
         self.atomic_outcome = "ok"
         self.client: Any = None  # nothing in the simulation writes side streams
+        self.fenced = False  # one instance: never replaced
 
     # -- what ShardActor and Engine call -----------------------------------------------
     def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:

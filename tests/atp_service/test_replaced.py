@@ -1,0 +1,68 @@
+"""One writer per keyspace: a newer instance on the same Redis keyspace fences the older one
+(atp_service/log.py, ``LogStore.claim``), which takes no more changes and stops — two instances
+deciding against the same units would oversell."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from atp_service import AtpClient, AtpService
+from atp_service.cli import EXIT_REPLACED
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+
+from ..conftest import ServiceFactory
+from .test_api import receipt
+from .test_cli import serve, stop_or_explain
+
+
+def _reserve(rid: str, qty: int) -> pb.ReserveRequest:
+    return pb.ReserveRequest(reservation_id=rid, lines=[pb.Line(sku="A", location="DC", quantity=qty)])
+
+
+async def test_a_newer_instance_fences_the_older_which_applies_nothing_more(start_service: ServiceFactory) -> None:
+    older, old_client = await start_service()
+    await old_client.record_events([receipt("seed", "A", "DC", 10)])
+    await old_client.reserve("r1", [("A", "DC", 3)])
+    newer, new_client = await start_service()  # same Redis, same key prefix: claims the keyspace
+    (seen,) = await new_client.availability([("A", "DC")])
+    assert seen.reserved == 3  # what the older one acknowledged is the newer one's too
+
+    for attempt in ("first write after the claim", "and every one after it"):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # the stub: AtpClient would retry UNAVAILABLE
+            await old_client.stub.Reserve(_reserve(f"late-{len(attempt)}", 7))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, attempt
+        assert "replaced by a newer one" in (refused.value.details() or ""), attempt
+    assert older.replaced.is_set() and not newer.replaced.is_set()
+    (old_view,) = await old_client.availability([("A", "DC")])
+    assert old_view.reserved == 3  # the refused decision was taken back in memory too
+
+    held = await new_client.reserve("r2", [("A", "DC", 7)])
+    assert held.state == pb.HELD
+    (a,) = await new_client.availability([("A", "DC")])
+    assert (a.reserved, a.available) == (10, 0)
+
+
+def test_serve_exits_with_its_own_status_when_replaced(redis_url: str, tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    proc, target, _ = serve(redis_url, log)
+
+    async def replace_it() -> None:
+        from ..conftest import test_config  # a module-level import would be collected as a test
+
+        newer = AtpService(test_config(shards=16), redis_url)  # serve's default
+        await newer.start()
+        try:
+            async with AtpClient(target) as client:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await client.stub.RecordEvents(pb.RecordEventsRequest(events=[receipt("x", "A", "DC", 1)]))
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await newer.stop(grace_s=0.1)
+
+    asyncio.run(replace_it())
+    assert stop_or_explain(proc, log) == EXIT_REPLACED  # it stopped by itself, no signal sent
+    assert "a newer instance claimed keyspace" in log.read_text()
