@@ -110,6 +110,11 @@ class ServiceConfig:
     maintenance_interval_ms: int = 100
     """How often expiry, retention eviction and snapshot checks run."""
 
+    owner_check_s: float = 1.0
+    """How often the service checks that it still owns its Redis keyspace (a newer instance on the
+    same ``key_prefix`` takes it over; every log write checks too). An instance that only reads
+    would otherwise serve stale numbers until its next write."""
+
     redis_timeout_s: float = 2.0
     """Socket timeout of Redis calls; an append past it is answered UNAVAILABLE."""
 
@@ -226,6 +231,8 @@ class ServiceConfig:
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
         if not 0 <= self.commit_delay_ms <= 100:
             raise ValueError(f"commit_delay_ms: must be within [0, 100], got {self.commit_delay_ms}")
+        if self.owner_check_s <= 0:
+            raise ValueError(f"owner_check_s: must be positive, got {self.owner_check_s}")
         if self.snapshot_retry_max_s <= 0:
             raise ValueError(f"snapshot_retry_max_s: must be positive, got {self.snapshot_retry_max_s}")
         if self.commit_delay_min_rate < 0:

@@ -219,6 +219,14 @@ class LogStore:
         self.epoch = int(await self.client.incr(self.epoch_key))
         return self.epoch
 
+    async def still_owner(self) -> bool:
+        """False (and fenced from now on) once a newer instance has claimed the keyspace."""
+        if not self.fenced:
+            current: Any = await self.client.get(self.epoch_key)
+            if current is None or int(current) != self.epoch:
+                self._refused(Fenced(f"FENCED epoch {self.epoch} was replaced by {as_text(current)}"))
+        return not self.fenced
+
     def _refused(self, exc: BaseException) -> BaseException:
         """``exc``, as ``Fenced`` when it says the keyspace has a newer owner (noted, once)."""
         if not fenced(exc):

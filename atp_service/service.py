@@ -36,6 +36,7 @@ from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from .servicer import AvailabilityServicer
 from .shard import STORAGE_ERRORS, ShardActor
+from .tasks import cancel_and_wait
 from .watch import Watchers
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class AtpService:
         self._log: LogStore | None = None
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms)
         self._door_ids: set[int] = set()
+        self._owner_task: asyncio.Task[None] | None = None
         self.replaced = asyncio.Event()
         """Set when a newer instance has claimed this keyspace: this one must stop (``atp-service
         serve`` does, exit status 3)."""
@@ -131,6 +133,7 @@ class AtpService:
         self.engine.set_safety_defaults(self.estate.safety_defaults)
         self.engine.start()
         self._monitor.start()
+        self._owner_task = asyncio.get_running_loop().create_task(self._check_owner(), name="owner-check")
         self._servicer.monitor = self._monitor
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen)
         if self.estate.channels:
@@ -242,6 +245,17 @@ class AtpService:
         log.info("recovered %d shards, %d log entries in %.2fs", cfg.shards, replayed, time.perf_counter() - started)
         return Engine(actors, store, self.clock, cfg)
 
+    async def _check_owner(self) -> None:
+        """A replaced instance that only serves reads would write nothing to be refused: ask."""
+        assert self._log is not None
+        while True:
+            await asyncio.sleep(self.config.owner_check_s)
+            try:
+                if not await self._log.still_owner():
+                    return
+            except STORAGE_ERRORS:
+                pass  # Redis unreachable: the shards notice and say so; ask again later
+
     def _on_replaced(self) -> None:
         log.error("a newer instance claimed keyspace %r (a write of this one was refused): this instance "
                   "takes no more changes and stops", self.config.key_prefix)
@@ -303,6 +317,7 @@ class AtpService:
             await self._server.stop(max(0.0, grace - (time.monotonic() - began)))
             METRICS.door.forget(self._door_ids)
         await self._monitor.stop()
+        await cancel_and_wait(self._owner_task)
         if self.ingestor is not None:
             await self.ingestor.stop()
         if self.channels is not None:

@@ -66,3 +66,13 @@ def test_serve_exits_with_its_own_status_when_replaced(redis_url: str, tmp_path:
     asyncio.run(replace_it())
     assert stop_or_explain(proc, log) == EXIT_REPLACED  # it stopped by itself, no signal sent
     assert "a newer instance claimed keyspace" in log.read_text()
+
+
+async def test_a_replaced_instance_that_only_reads_notices_without_a_write(start_service: ServiceFactory) -> None:
+    older, _ = await start_service(owner_check_s=0.05)
+    await start_service()
+    for _ in range(200):  # the older one asks every 50 ms; no write of its own is needed
+        if older.replaced.is_set():
+            break
+        await asyncio.sleep(0.05)
+    assert older.replaced.is_set()
