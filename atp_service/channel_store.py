@@ -10,14 +10,14 @@ changed meanwhile is published again (E11) and versions continue above the newes
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 
 from reservation import ChannelUpdate, Key, Published, update_from_fields
 
-from .log import as_text, seq_of, stream_entries
+from .log import FENCE_LUA, as_text, epoch_key, seq_of, stream_entries
 
 _encode = msgspec.msgpack.Encoder().encode
 _SEP = "\t"
@@ -27,16 +27,18 @@ def _field(key: Key) -> str:
     return f"{key[0]}{_SEP}{key[1]}"
 
 
-# KEYS: stream, state hash per channel; ARGV: maxlen, channel, msgpack list of updates per channel.
+# KEYS: the epoch key, then stream and state hash per channel; ARGV: this instance's epoch, then
+# maxlen, channel, msgpack list of updates per channel. Fenced like the log (log.py): an instance
+# replaced by a newer one publishes nothing more.
 # Numbers travel as strings: Lua 5.1 would print large ones in exponent form. ``published_at`` is
 # Redis's clock when the entry was written: the moment the value became visible.
-_WRITE = """
+_WRITE = FENCE_LUA + """
 local t = redis.call('TIME')
 local now = t[1] .. string.format('%03d', math.floor(t[2] / 1000))
-for c = 0, #KEYS / 2 - 1 do
-  local stream, state = KEYS[2 * c + 1], KEYS[2 * c + 2]
-  local maxlen, channel = ARGV[3 * c + 1], ARGV[3 * c + 2]
-  local items = cmsgpack.unpack(ARGV[3 * c + 3])
+for c = 0, (#KEYS - 1) / 2 - 1 do
+  local stream, state = KEYS[2 * c + 2], KEYS[2 * c + 3]
+  local maxlen, channel = ARGV[3 * c + 2], ARGV[3 * c + 3]
+  local items = cmsgpack.unpack(ARGV[3 * c + 4])
   local fields = {}
   for i, u in ipairs(items) do
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[6] .. '-0', 'channel', channel, 'sku', u[1],
@@ -53,7 +55,7 @@ for c = 0, #KEYS / 2 - 1 do
     redis.call('HSET', state, unpack(fields))
   end
 end
-return #KEYS / 2
+return (#KEYS - 1) / 2
 """
 
 
@@ -65,9 +67,10 @@ def _wire(u: ChannelUpdate) -> tuple[str, ...]:
 
 
 class ChannelStore:
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Any, prefix: str, epoch: Callable[[], int]) -> None:
         self.client = client
         self.prefix = prefix
+        self._epoch = epoch  # this instance's claim on the keyspace (LogStore.epoch)
         self._write_script = client.register_script(_WRITE)
 
     def stream(self, channel: str) -> str:
@@ -89,14 +92,14 @@ class ChannelStore:
     async def write(self, batches: Iterable[tuple[str, int, list[ChannelUpdate]]]) -> None:
         """Append updates of several channels and record them as published: one script call, so one
         round trip and one atomic step (a script runs alone in Redis), whatever the number of updates."""
-        keys: list[str] = []
-        args: list[Any] = []
+        keys: list[str] = [epoch_key(self.prefix)]
+        args: list[Any] = [self._epoch()]
         for channel, maxlen, updates in batches:
             if not updates:
                 continue
             keys += [self.stream(channel), self.state_key(channel)]
             args += [maxlen, channel, _encode([_wire(u) for u in updates])]
-        if keys:
+        if len(keys) > 1:
             await self._write_script(keys=keys, args=args)
 
     async def _info(self, channel: str) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ class SnapshotRecord(msgspec.Struct, array_like=True):
 # claims it by incrementing the epoch key (``LogStore.claim``), and from then on the older one's
 # writes are refused whole ("FENCED"), so two instances on one keyspace can never both decide
 # against the same units (nothing of a refused write is applied: the check comes before any change).
-_FENCE = """
+FENCE_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED epoch ' .. ARGV[1] .. ' was replaced by ' .. tostring(redis.call('GET', KEYS[1])))
 end
@@ -45,7 +45,7 @@ end
 # An entry refused by Redis (its id already used) comes back as "!<error>"; later entries of the
 # same stream are then skipped (a log must never have a gap), those of other streams still land.
 # KEYS: epoch key, then one log key per entry; ARGV: epoch, then id and data per entry.
-_APPEND_SCRIPT = _FENCE + """
+_APPEND_SCRIPT = FENCE_LUA + """
 local out, failed = {}, {}
 for i = 2, #KEYS do
   local key = KEYS[i]
@@ -61,7 +61,7 @@ return out
 
 # A cross-shard change: every entry lands or none does (each id is checked against its stream's
 # newest before anything is written). KEYS and ARGV as for _APPEND_SCRIPT.
-_APPEND_ALL_SCRIPT = _FENCE + """
+_APPEND_ALL_SCRIPT = FENCE_LUA + """
 for i = 2, #KEYS do
   local top = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
   if #top > 0 and tonumber(string.match(top[1][1], '^%d+')) >= tonumber(string.match(ARGV[2 * i - 2], '^%d+')) then
@@ -75,11 +75,16 @@ return 'OK'
 """
 
 # KEYS: epoch, snapshot, log; ARGV: epoch, snapshot data, the first log id kept.
-_SNAPSHOT_SCRIPT = _FENCE + """
+_SNAPSHOT_SCRIPT = FENCE_LUA + """
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3])
 return 'OK'
 """
+
+
+def epoch_key(prefix: str) -> str:
+    """The key whose value names the instance that may write the keyspace (see FENCE_LUA)."""
+    return f"{prefix}epoch"
 
 
 class Fenced(RedisError):
@@ -211,7 +216,7 @@ class LogStore:
 
     @property
     def epoch_key(self) -> str:
-        return f"{self.prefix}epoch"
+        return epoch_key(self.prefix)
 
     async def claim(self) -> int:
         """Own the keyspace from now on: every later write of an older instance is refused. Called

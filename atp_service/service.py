@@ -138,8 +138,8 @@ class AtpService:
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen)
         if self.estate.channels:
             channel_client = connect(self.redis_url, cfg.redis_timeout_s)
-            self.channels = ChannelDesk(self.engine, self.estate, ChannelStore(channel_client, cfg.key_prefix),
-                                        self.clock, cfg)
+            store = ChannelStore(channel_client, cfg.key_prefix, epoch=self._epoch)
+            self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg)
             await self.channels.start()
         self._servicer.attach(self.engine, self.desk, self.channels)
         if cfg.input_streams:
@@ -255,6 +255,9 @@ class AtpService:
                     return
             except STORAGE_ERRORS:
                 pass  # Redis unreachable: the shards notice and say so; ask again later
+
+    def _epoch(self) -> int:
+        return self._log.epoch if self._log is not None else 0
 
     def _on_replaced(self) -> None:
         log.error("a newer instance claimed keyspace %r (a write of this one was refused): this instance "

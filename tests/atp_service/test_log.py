@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 from redis.exceptions import RedisError
 
+from atp_service.channel_store import ChannelStore
 from atp_service.log import CommitWindow, Fenced, LogStore, connect, seq_of
 from atp_service.metrics import METRICS
-from reservation import Ledger, Limits
+from reservation import ChannelUpdate, Ledger, Limits, StockStatus
 
 
 def test_a_quiet_log_sends_at_once() -> None:
@@ -126,5 +128,21 @@ async def test_a_cross_shard_append_lands_whole_or_not_at_all(redis_url: str) ->
         with pytest.raises(RedisError, match="is not after"):
             await store.append_atomic({0: (2, b"a"), 1: (1, b"again")})  # shard 1's id is taken
         assert await client.xlen("t:log:0") == 1 and await client.xlen("t:log:1") == 1  # shard 0's not written
+    finally:
+        await client.aclose()
+
+
+async def test_a_replaced_instance_publishes_nothing_to_the_channels(redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    older, newer = (LogStore(client, "t:", pipeline_max=64) for _ in range(2))
+    channels = ChannelStore(client, "t:", epoch=lambda: older.epoch)
+    update = ChannelUpdate("web", "A", "DC", 5, None, StockStatus.IN_STOCK, 1, 1_000, 1_000)
+    try:
+        await older.claim()
+        await channels.write([("web", 1000, [update])])
+        await newer.claim()
+        with pytest.raises(RedisError, match="FENCED"):
+            await channels.write([("web", 1000, [msgspec.structs.replace(update, version=2)])])
+        assert [seq_of(i) for i, _ in await client.xrange(channels.stream("web"))] == [1]
     finally:
         await client.aclose()
