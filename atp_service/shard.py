@@ -292,10 +292,16 @@ class ShardActor:
         while True:
             try:
                 last = await self._log.last_seq(self.shard)
+                # Asked after the read: entries up to ``last`` are then this instance's own. Replaced,
+                # they may be a newer instance's — which recovered whatever of ours had landed.
+                owner = await self._log.still_owner()
                 break
             except STORAGE_ERRORS:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+        if not owner:
+            self._doubt.clear()  # this instance takes no more work (submit refuses) and stops
+            return
         for seq, entry in self._doubt:
             if seq <= last:
                 log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",

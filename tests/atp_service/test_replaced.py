@@ -12,9 +12,15 @@ import pytest
 
 from atp_service import AtpClient, AtpService
 from atp_service.cli import EXIT_REPLACED
+from atp_service.clock import ManualClock
 from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_service.shard import ShardActor
+from reservation import Unavailable, reserve
 
 from ..conftest import ServiceFactory
+from ..reservation.helpers import cmd, ledger_with
+from ..sim.simlog import SimLog
+from ..sim.world import sim_config
 from .test_api import receipt
 from .test_cli import serve, stop_or_explain
 
@@ -76,3 +82,38 @@ async def test_a_replaced_instance_that_only_reads_notices_without_a_write(start
             break
         await asyncio.sleep(0.05)
     assert older.replaced.is_set()
+
+
+async def test_a_replaced_shard_never_takes_a_newer_instances_entry_for_its_own() -> None:
+    """An append in doubt is settled by reading the log's last id; after a takeover that id may be
+    the newer instance's entry, so a replaced shard must not apply its own in-doubt entry."""
+    log = SimLog()
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config(), 0)  # type: ignore[arg-type]
+    actor.start()
+    try:
+        held = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 3)), now))
+        for _ in range(100):
+            if log.pending:
+                break
+            await asyncio.sleep(0)
+        log.pump("lost")  # not landed, and the caller told so: in doubt until settled
+        with pytest.raises(Unavailable):
+            await held
+        log._land(0, 1, b"the newer instance's entry 1")
+
+        async def replaced() -> bool:
+            log.fenced = True
+            return False
+
+        log.still_owner = replaced  # type: ignore[method-assign]
+        actor.request_maintenance()  # settles the doubt
+        for _ in range(100):
+            if not actor.in_doubt:
+                break
+            await asyncio.sleep(0.01)
+        assert not actor.in_doubt
+        assert (actor.seq, actor.ledger.quantities("A", "S1").reserved) == (0, 0)
+        with pytest.raises(Unavailable, match="replaced by a newer one"):
+            actor.submit(lambda ledger, now: None)
+    finally:
+        await actor.stop()

@@ -56,6 +56,9 @@ class SimLog:
     async def last_seq(self, shard: int) -> int:
         return self._last(shard)
 
+    async def still_owner(self) -> bool:
+        return True  # one instance: never replaced
+
     async def entries_after(self, shard: int, seq: int) -> AsyncIterator[tuple[int, bytes]]:
         for entry_seq, data in list(self.logs[shard]):
             if entry_seq > seq:
