@@ -369,21 +369,28 @@ class ShardActor:
         elif control.kind == "maintain":
             self._maintain_queued = False
             env.reply.set_result(None)
-            await self._drain()  # a snapshot needs memory == durable log
-            self.ledger.forget_old_facts()
-            await self.checkpoint()
+            # Draining holds this shard's new work behind its appends in flight, and every shard is
+            # asked at once: only when there is something to do (it was a stall of every shard
+            # each maintenance pass, 100 ms apart, at any load).
+            if self._doubt or self.ledger.has_old_facts() or self._snapshot_due():
+                await self._drain()  # a snapshot needs memory == durable log
+                self.ledger.forget_old_facts()
+                await self.checkpoint()
 
     async def checkpoint(self, force: bool = False) -> None:
         """Snapshot when enough has been logged since the last one (or, with ``force``, anything)."""
+        if self._snapshot_due(force):
+            await self._snapshot()
+
+    def _snapshot_due(self, force: bool = False) -> bool:
         entries = self.seq - self._snapshot_seq
         due = entries >= self._config.snapshot_every_entries or (
             entries and time.monotonic() - self._snapshot_at >= self._config.snapshot_interval_s
         )
         if not (due or (force and entries)):
-            return
-        if not force and time.monotonic() < self._snapshot_retry_at:
-            return  # backing off after a failure: each try costs time in proportion to the state
-        await self._snapshot()
+            return False
+        # Backing off after a failure: each try costs time in proportion to the state.
+        return force or time.monotonic() >= self._snapshot_retry_at
 
     async def _snapshot(self) -> None:
         if self._inflight or self._doubt:

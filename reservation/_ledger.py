@@ -399,6 +399,11 @@ class Ledger:
         """E8: remember an applied fact; ``forget_old_facts`` bounds the memory."""
         self._seen[pair_key(fact.source, fact.event_id)] = fact
 
+    def has_old_facts(self) -> bool:
+        """Whether ``forget_old_facts`` would drop anything now (its sweep starts at the oldest arrival)."""
+        oldest = next(iter(self._seen.values()), None)
+        return oldest is not None and oldest.event_time < self.stream_time - self.limits.fact_grace_ms
+
     def forget_old_facts(self) -> int:
         """E8 within bounded memory: drop remembered facts stamped before stream time - grace (a
         duplicate of one would be late, E6, and quarantined, never applied). Oldest arrivals first;
