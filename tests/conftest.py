@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,26 @@ from atp_service import AtpClient, AtpService, EmbeddedRedis, ManualClock, Servi
 from atp_service.clock import Clock
 from atp_service.tasks import task_stacks
 from reservation import Limits
+
+SPAWNED: list[subprocess.Popen[bytes]] = []
+"""Service processes a test started (``spawned``): any still running after the test is killed."""
+
+
+def spawned(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def no_service_left_running() -> Iterator[None]:
+    """A test that fails before stopping its subprocess service must not leave it running (an
+    orphan busy against a Redis that is gone skews every later test and benchmark)."""
+    yield
+    while SPAWNED:
+        proc = SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")

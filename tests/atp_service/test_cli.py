@@ -16,6 +16,8 @@ import pytest
 
 from atp_service import free_port
 
+from ..conftest import spawned
+
 pytestmark = pytest.mark.slow
 
 
@@ -24,11 +26,11 @@ def served(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, int, list[str]
     """`atp-service serve` with the demo estate, as `make run` starts it (but on free ports)."""
     port, metrics = free_port(), free_port()
     log = tmp_path / "serve.log"
-    proc = subprocess.Popen(
+    proc = spawned(subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
          "--metrics-port", str(metrics)],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )
+    ))
     yield f"127.0.0.1:{port}", metrics, wait_until_ready(proc, log).splitlines()
     proc.terminate()
     assert stop_or_explain(proc, log) == 0
@@ -64,10 +66,10 @@ def wait_until_ready(proc: subprocess.Popen[bytes], log: Path, limit_s: float = 
 def serve(redis_url: str, log: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str, str]:
     """`atp-service serve` in a subprocess; returns it, its target and its start-up log once ready."""
     port = free_port()
-    proc = subprocess.Popen(
+    proc = spawned(subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
          "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "INFO", *flags],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        stdout=log.open("ab"), stderr=subprocess.STDOUT))
     return proc, f"127.0.0.1:{port}", wait_until_ready(proc, log)
 
 

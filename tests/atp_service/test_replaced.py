@@ -69,8 +69,13 @@ def test_serve_exits_with_its_own_status_when_replaced(redis_url: str, tmp_path:
         finally:
             await newer.stop(grace_s=0.1)
 
-    asyncio.run(replace_it())
-    assert stop_or_explain(proc, log) == EXIT_REPLACED  # it stopped by itself, no signal sent
+    try:
+        asyncio.run(replace_it())
+        assert stop_or_explain(proc, log) == EXIT_REPLACED  # it stopped by itself, no signal sent
+    finally:
+        if proc.poll() is None:  # a failure above must not leave the service running
+            proc.kill()
+            proc.wait()
     assert "a newer instance claimed keyspace" in log.read_text()
 
 
