@@ -4,7 +4,8 @@ A SKU lives on one shard (stable hash), so a single-SKU reservation is one actor
 message. A reservation whose lines span shards is decided by a coordinator that
 pauses the shards involved in ascending order (no deadlock: every coordinator
 takes them in the same order), decides over all of them at once, appends the
-entries of all of them in one MULTI/EXEC and resumes them: all-or-nothing (R2).
+entries of all of them in one script (every id checked before any is written) and
+resumes them: all-or-nothing (R2).
 """
 
 from __future__ import annotations

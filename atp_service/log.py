@@ -272,7 +272,7 @@ class LogStore:
             loop.call_soon(self._flush)
 
     async def append_atomic(self, entries: dict[int, tuple[int, bytes]]) -> None:
-        """Append to several shard logs in one MULTI/EXEC: all land or none (cross-shard R2)."""
+        """Append to several shard logs in one script: all land or none (cross-shard R2)."""
         keys, args = self._entries_args((shard, seq, data) for shard, (seq, data) in entries.items())
         with METRICS.append_seconds.time():
             try:
