@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -25,62 +25,17 @@ from reservation._errors import ResourceExhausted
 from .clock import Clock
 from .config import ServiceConfig
 from .log import Fenced, LogStore
+from .messages import Answer, Control, Envelope, InFlight, Work, deliver
 from .metrics import METRICS
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Work = Callable[[Ledger, int], Any]
 STORAGE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 REPLACED = ("this instance was replaced by a newer one on the same Redis keyspace and takes no more "
             "changes; retry (the newer instance answers)")
 SNAPSHOT_RETRY_FIRST_S = 1.0
 """Wait after a first failed snapshot (capped by ``ServiceConfig.snapshot_retry_max_s``)."""
-
-
-class Envelope:
-    """A message, the future its answer goes to, and when it was queued (for queue-delay shedding)."""
-
-    __slots__ = ("at", "message", "reply")
-
-    def __init__(self, message: Work | _Control, reply: asyncio.Future[Any]) -> None:
-        self.message = message
-        self.reply = reply
-        self.at = time.monotonic()
-
-
-_Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
-
-
-def _deliver(answers: list[_Answer]) -> None:
-    for reply, result, error in answers:
-        if reply.done():
-            continue
-        if error is None:
-            reply.set_result(result)
-        else:
-            reply.set_exception(error)
-
-
-class _InFlight:
-    """A sealed batch whose log append has been sent but not yet confirmed."""
-
-    __slots__ = ("answers", "done", "entry", "seq", "undo")
-
-    def __init__(self, seq: int, entry: LogEntry, undo: list[Any], answers: list[_Answer],
-                 done: asyncio.Future[None]) -> None:
-        self.seq, self.entry, self.undo, self.answers, self.done = seq, entry, undo, answers, done
-
-
-class _Control:
-    """Messages about the actor itself, handled between batches."""
-
-    __slots__ = ("kind", "resume")
-
-    def __init__(self, kind: str, resume: asyncio.Future[None] | None = None) -> None:
-        self.kind = kind
-        self.resume = resume
 
 
 class ShardActor:
@@ -95,7 +50,7 @@ class ShardActor:
         self._mailbox: asyncio.Queue[Envelope] = asyncio.Queue(config.mailbox_size)
         self._task: asyncio.Task[None] | None = None
         self._held: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
-        self._inflight: deque[_InFlight] = deque()  # appended, not yet durable; oldest first
+        self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
         self._doubt: list[tuple[int, LogEntry]] = []  # failed appends that may have landed
         self._stopping = False
         self._maintain_queued = False
@@ -159,7 +114,7 @@ class ShardActor:
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
         resume: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         paused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._mailbox.put(Envelope(_Control("pause", resume), paused))
+        await self._mailbox.put(Envelope(Control("pause", resume), paused))
         await paused
         return resume
 
@@ -169,7 +124,7 @@ class ShardActor:
         if not self._stopping and not self._maintain_queued and not self._mailbox.full():
             self._maintain_queued = True
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._mailbox.put_nowait(Envelope(_Control("maintain"), fut))
+            self._mailbox.put_nowait(Envelope(Control("maintain"), fut))
 
     # -- the open batch's fate when a coordinator holds this shard paused (nothing in flight) --
     def open_entry(self, now: int) -> tuple[int, LogEntry] | None:
@@ -200,7 +155,7 @@ class ShardActor:
             self._doubt.append((seq, entry))
 
     # -- pipelined group commit -------------------------------------------------------
-    def _seal(self, now: int, answers: list[_Answer]) -> None:
+    def _seal(self, now: int, answers: list[Answer]) -> None:
         """Send the open batch to the log and go on; its callers are answered once it is durable
         and every entry before it is (R7). Answers of a batch with nothing to log wait behind
         the newest entry in flight: a replayed decision must not be acknowledged before it is durable."""
@@ -210,12 +165,12 @@ class ShardActor:
             if self._inflight:
                 self._inflight[-1].answers.extend(answers)
             else:
-                _deliver(answers)
+                deliver(answers)
             return
         entry, undo = ledger.seal(now)
         seq = self.seq + 1 + len(self._inflight)
         done = self._log.submit(self.shard, seq, encode_entry(entry))
-        self._inflight.append(_InFlight(seq, entry, undo, answers, done))
+        self._inflight.append(InFlight(seq, entry, undo, answers, done))
         done.add_done_callback(self._on_append_done)
 
     def _on_append_done(self, _: asyncio.Future[None]) -> None:
@@ -228,7 +183,7 @@ class ShardActor:
                 return
             self._inflight.popleft()
             self.seq = head.seq
-            _deliver(head.answers)
+            deliver(head.answers)
             self._durable(head.entry)
 
     def _fail_in_flight(self, error: BaseException | None) -> None:
@@ -244,7 +199,7 @@ class ShardActor:
         for rec in reversed(self._inflight):
             self.ledger.revert(rec.undo)
             rec.done.cancel()
-            _deliver([(reply, None, failure) for reply, _, _ in rec.answers])
+            deliver([(reply, None, failure) for reply, _, _ in rec.answers])
         if not replaced:
             self._doubt.extend((rec.seq, rec.entry) for rec in self._inflight)
         self._inflight.clear()
@@ -260,7 +215,7 @@ class ShardActor:
         for env in waiting:
             if env.reply.done():
                 continue
-            if isinstance(env.message, _Control) and env.message.kind == "maintain":
+            if isinstance(env.message, Control) and env.message.kind == "maintain":
                 self._maintain_queued = False
                 env.reply.set_result(None)
             else:
@@ -317,7 +272,7 @@ class ShardActor:
         while True:
             first = held.popleft() if held else await mailbox.get()
             self._lag_s = time.monotonic() - first.at
-            if isinstance(first.message, _Control):
+            if isinstance(first.message, Control):
                 await self._control(first)
                 continue
             if self._blocked():
@@ -329,7 +284,7 @@ class ShardActor:
             batch = [first]
             while len(batch) < limit and (held or not mailbox.empty()):
                 env = held.popleft() if held else mailbox.get_nowait()
-                if isinstance(env.message, _Control):
+                if isinstance(env.message, Control):
                     held.appendleft(env)  # a control message closes the batch; it runs next
                     break
                 batch.append(env)
@@ -338,12 +293,12 @@ class ShardActor:
 
     def _apply(self, batch: list[Envelope]) -> None:
         ledger, now = self.ledger, self._clock.now_ms()
-        answers: list[_Answer] = []
+        answers: list[Answer] = []
         for env in batch:
             if env.reply.done():  # the caller gave up (deadline or cancel): do not apply
                 continue
             work = env.message
-            assert not isinstance(work, _Control)
+            assert not isinstance(work, Control)
             try:
                 answers.append((env.reply, work(ledger, now), None))
             except DomainError as exc:
@@ -353,7 +308,7 @@ class ShardActor:
 
     async def _control(self, env: Envelope) -> None:
         control = env.message
-        assert isinstance(control, _Control)
+        assert isinstance(control, Control)
         if env.reply.done():  # refused while in doubt, or the coordinator gave up
             return
         if control.kind == "pause":
