@@ -97,7 +97,12 @@ async def test_a_stop_answers_calls_in_progress_refuses_new_ones_and_ends_stream
     assert not in_progress.done()
 
     stopping = asyncio.ensure_future(service.stop(grace_s=60))
-    await asyncio.sleep(0.05)
+    drain = service._servicer.drain
+    for _ in range(500):
+        if drain.closing:
+            break
+        await asyncio.sleep(0.01)
+    assert drain.closing
     with pytest.raises(grpc.aio.AioRpcError) as refused:  # the stub: AtpClient would retry UNAVAILABLE
         await client.stub.Reserve(pb.ReserveRequest(reservation_id="late", lines=[
             pb.Line(sku="A", location="DC", quantity=1)]))
