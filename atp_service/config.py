@@ -69,8 +69,8 @@ class ServiceConfig:
     sees CANCELLED; ``promise`` (grpcio's experimental promise-based server, ``ph2_server``) answers
     RESOURCE_EXHAUSTED. No throughput difference was measurable between them here (seven
     interleaved benchmarks/throughput.py pairs, within the machine's drift); ``promise`` is not the
-    default because it is still an experiment in grpcio 1.85, and under it a graceful stop fails
-    calls in flight with INTERNAL at once instead of letting them finish within the grace period.
+    default because it is still an experiment in grpcio 1.85 (left to itself it fails calls in
+    flight with INTERNAL on a graceful stop; the service drains before gRPC stops, see drain.py).
     ``atp-service serve`` re-executes itself with ``GRPC_EXPERIMENTS`` set to match (see
     atp_service/transport.py)."""
 

@@ -92,10 +92,6 @@ class Fenced(RedisError):
     write was applied."""
 
 
-def fenced(exc: BaseException) -> bool:
-    return isinstance(exc, Fenced) or (isinstance(exc, ResponseError) and str(exc).startswith("FENCED"))
-
-
 _snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
 _encoder = msgspec.msgpack.Encoder()
 
@@ -234,7 +230,7 @@ class LogStore:
 
     def _refused(self, exc: BaseException) -> BaseException:
         """``exc``, as ``Fenced`` when it says the keyspace has a newer owner (noted, once)."""
-        if not fenced(exc):
+        if not (isinstance(exc, Fenced) or (isinstance(exc, ResponseError) and str(exc).startswith("FENCED"))):
             return exc
         if not self.fenced:
             self.fenced = True

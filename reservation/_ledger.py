@@ -356,7 +356,7 @@ class Ledger:
 
     def _apply_fact(self, fact: Fact, key: str) -> tuple[Undo, FactOutcome]:
         sku, location = fact.sku, fact.location
-        history = self.histories.get(f"{sku}\x00{location}")  # pair_key and _history, inlined: the ingest hot path
+        history = self.histories.get(f"{sku}{_SEP}{location}")  # pair_key and _history, inlined: the ingest hot path
         if history is None:
             history = self._history(sku, location)
         outcome, delta, undo_fold = history.fold(fact)
