@@ -45,9 +45,12 @@ def generator_gc_off() -> Iterator[None]:
         gc.unfreeze()
 
 
-async def open_loop(rate: float, seconds: float, one: Callable[[int], Awaitable[None]]) -> float:
+async def open_loop(rate: float, seconds: float, one: Callable[[int], Awaitable[None]], quiet_gc: bool = True) -> float:
     """Start ``one(n)`` at ``rate`` per second for ``seconds``; returns the seconds until the last
-    one finished. The generator's collector is off meanwhile (``generator_gc_off``)."""
+    one finished. The generator's collector is off meanwhile (``generator_gc_off``) unless
+    ``quiet_gc`` is False (a generator sharing its process with the service under test)."""
+    if not quiet_gc:
+        return await _open_loop(rate, seconds, one)
     with generator_gc_off():
         return await _open_loop(rate, seconds, one)
 

@@ -1,0 +1,95 @@
+"""The service's own CPU per unary Reserve, without gRPC: how much of a core the service adds on top
+of what Python gRPC itself costs (compare.py's no-op server, ``server_cpu``).
+
+The service runs in this process against an embedded Redis (AOF everysec), 10,000 positions seeded
+over gRPC; then an open loop calls the servicer's ``Reserve`` directly — validation, the shard
+actor, group commit to Redis, the answer — at ``--rate`` for ``--seconds``, and the same loop with
+an empty body. The difference of the process's CPU per call is the service's work per call.
+
+    python benchmarks/service_cost.py [--rate 1600] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from atp_service import AtpService, EmbeddedRedis, ServiceConfig
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from benchmarks.compare import Workload, seed_service
+from benchmarks.open_loop import open_loop
+
+POSITIONS = 10_000
+
+
+class _Context:
+    """What the servicer needs of a gRPC context here: every call must succeed."""
+
+    async def abort(self, code: Any, details: str) -> NoReturn:
+        raise RuntimeError(f"{code}: {details}")
+
+
+async def _cpu_per_call(rate: float, seconds: float, body: Any) -> tuple[int, float]:
+    """(calls, process CPU µs per call) of an open loop running ``body(n)``."""
+    calls = 0
+
+    async def one(n: int) -> None:
+        nonlocal calls
+        await body(n)
+        calls += 1
+
+    before = time.process_time()
+    await open_loop(rate, seconds, one, quiet_gc=False)  # the service's collector is this process's
+    return calls, (time.process_time() - before) / max(calls, 1) * 1e6
+
+
+async def measure(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
+    with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
+        service = AtpService(ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False), redis_server.url)
+        await service.start()
+        try:
+            await seed_service(f"127.0.0.1:{service.port}",
+                               Workload("u", [(f"s-{i:05d}", "l-1") for i in range(POSITIONS)], 1_000_000))
+            servicer = service._servicer  # what the gRPC server dispatches to
+            context: Any = _Context()
+
+            def request(n: int) -> pb.ReserveRequest:
+                return pb.ReserveRequest(reservation_id=f"c-{n}", ttl_seconds=3600, lines=[
+                    pb.Line(sku=f"s-{n % POSITIONS:05d}", location="l-1", quantity=1)])
+
+            async def empty(n: int) -> None:
+                request(n)
+                await asyncio.sleep(0)
+
+            async def reserve(n: int) -> None:
+                await servicer.Reserve(request(n), context)
+
+            _, harness = await _cpu_per_call(rate, seconds, empty)
+            calls, total = await _cpu_per_call(rate, seconds, reserve)
+        finally:
+            await service.stop(grace_s=1)
+    return {"rate": rate, "calls": calls, "harness_us_per_call": round(harness),
+            "with_service_us_per_call": round(total), "service_us_per_call": round(total - harness)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=1600.0, help="calls started per second")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    import uvloop  # the service's default event loop
+
+    uvloop.install()
+    with tempfile.TemporaryDirectory(prefix="atp-service-cost-") as tmp:
+        print(json.dumps(asyncio.run(measure(args.rate, args.seconds, Path(tmp)))))
+
+
+if __name__ == "__main__":
+    main()
