@@ -78,23 +78,27 @@ def main(argv: list[str] | None = None) -> int:
         # Every command and fact allocates a few short-lived objects, and recovery builds millions of
         # long-lived ones: collect young objects less often than CPython's default (700, 10, 10).
         gc.set_threshold(*config.gc_thresholds)
-        replaced = asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None))
+        status = asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None))
     except StartupError as exc:
         print(f"atp-service: {exc}", file=sys.stderr)
         return 2
     finally:
         if embedded is not None:
             embedded.stop()
-    return EXIT_REPLACED if replaced else 0
+    return status
 
 
 EXIT_REPLACED = 3
 """Exit status when a newer instance claimed the keyspace (a supervisor should not just restart
 this one: the two would take the keyspace from each other in turn)."""
+EXIT_SHARD_FAILED = 4
+"""Exit status when a shard actor stopped working (a bug, logged at ERROR): restart the service,
+which rebuilds every shard from its log."""
 
 
-async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None) -> bool:
-    """Serve until a signal (False) or until a newer instance claims the keyspace (True)."""
+async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None) -> int:
+    """Serve until a signal (exit status 0), a newer instance claims the keyspace (3) or a shard
+    stops working (4)."""
     service = AtpService(config, redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -129,7 +133,7 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
           f"  {ctl_cmd} --target {target} availability sku-00001@dc-east sku-00001@store-001\n"
           f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
           f"  {ctl_cmd} --target {target} confirm demo-1", flush=True)
-    await asyncio.wait((asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.replaced.wait())),
+    await asyncio.wait([asyncio.ensure_future(event.wait()) for event in (stop, service.replaced, service.failed)],
                        return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down (grace %.1fs); another signal after %.0fs exits at once", config.shutdown_grace_s,
              SECOND_SIGNAL_AFTER_S)
@@ -153,7 +157,7 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     except TimeoutError:
         log.error("shutdown did not finish in time; exiting anyway (state is in the log)")
         _dump_tasks()
-    return service.replaced.is_set()
+    return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED if service.failed.is_set() else 0
 
 
 async def _reload(service: AtpService) -> None:

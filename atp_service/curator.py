@@ -49,9 +49,12 @@ class Curator:
         self._last.clear()
 
     def curate_shard(self, shard: int, ledger: Ledger, skus: Sequence[str], times: Sequence[dict[str, int]],
-                     channels: dict[str, Channel], feeds: dict[str, Feed]) -> tuple[list[Offer], list[Offer]]:
+                     channels: dict[str, Channel], feeds: dict[str, Feed],
+                     ahead: dict[tuple[str, str], int] | None = None) -> tuple[list[Offer], list[Offer]]:
         """The changed offers of these SKUs: (stock-outs, the rest). Stock-outs are found in the
-        vectorised pass, so the caller can publish them before spending time on the rest."""
+        vectorised pass, so the caller can publish them before spending time on the rest. ``ahead``:
+        how far memory's ``available`` is ahead of the durable log per position (batches in flight),
+        taken off so that only durable state is curated (C4)."""
         urgent: list[Offer] = []
         rest: list[Offer] = []
         store = ledger.store
@@ -65,6 +68,8 @@ class Curator:
         for name, channel in channels.items():
             cols = self._columns(channel, shard, ledger)
             available, present = store.available_block(rows, cols)
+            if ahead:
+                _take_off(available, ahead, skus, channel.sells_from)
             last = self._last.get((name, shard))
             if last is None:
                 last = self._last[(name, shard)] = _Last(1 if not channel.per_location else len(cols))
@@ -93,3 +98,15 @@ class Curator:
             cached = (store.location_count, store.columns(channel.sells_from))
             self._cols[(channel.name, shard)] = cached
         return cached[1]
+
+
+def _take_off(available: npt.NDArray[np.int64], ahead: dict[tuple[str, str], int], skus: Sequence[str],
+              locations: Sequence[str]) -> None:
+    """``available`` (rows: ``skus``, columns: ``locations``) as of the durable log: minus the moves
+    of the batches in flight. Few positions are in flight at once: a loop over them, not the block."""
+    row_of = {sku: i for i, sku in enumerate(skus)}
+    col_of = {location: j for j, location in enumerate(locations)}
+    for (sku, location), delta in ahead.items():
+        i, j = row_of.get(sku), col_of.get(location)
+        if i is not None and j is not None:
+            available[i, j] -= delta

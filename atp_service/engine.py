@@ -22,6 +22,7 @@ from reservation import (
     GroupPolicy,
     Ledger,
     LineRequest,
+    LogEntry,
     NotFound,
     Quantities,
     Reservation,
@@ -30,9 +31,9 @@ from reservation import (
     State,
     Unavailable,
     View,
-    encode_entry,
 )
 from reservation import _operations as ops
+from reservation._events import ReservationSaved
 
 from .clock import Clock
 from .composite import CompositeView
@@ -55,6 +56,7 @@ async def _one_as_list(coro: Any) -> list[Any]:
 
 
 REROUTES = 3
+NOT_DURABLE = "change not durable (log storage unreachable); nothing was applied"
 
 
 class _Reroute(DomainError):
@@ -77,9 +79,11 @@ class Engine:
         # reservation_id -> shard holding its record. Set when a Reserve is routed, so a
         # concurrent retry with the same id meets the first attempt on the same actor.
         self._home: dict[str, int] = {}
+        self._routing: dict[str, int] = {}  # reservation_id -> Reserve attempts in progress
         for actor in self.actors:
             for rid in actor.ledger.reservations:
                 self._home[rid] = actor.shard
+            actor.landed_late_listeners.append(self._rehome)
         self._maintenance: asyncio.Task[None] | None = None
         self._gauged_at = 0.0
         # Location groups a Reserve line may name, with each channel's strategy (set from the estate).
@@ -115,12 +119,16 @@ class Engine:
             await actor.stop()
         if snapshot:
             for actor in self.actors:
-                await actor.checkpoint(force=True)
+                if actor.failure is None:  # a failed shard's memory is not to be trusted; its log is
+                    await actor.checkpoint(force=True)
 
     # -- reservation commands ---------------------------------------------------------
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
         shards, home = self._route(cmd)
-        result: tuple[Reservation, bool] = await self._run(shards, home, self._reserve_work(cmd, home))
+        try:
+            result: tuple[Reservation, bool] = await self._run(shards, home, self._reserve_work(cmd, home))
+        finally:
+            self._unroute(cmd.reservation_id)
         self._count(result)
         return result
 
@@ -136,7 +144,12 @@ class Engine:
             else:
                 spanning.append(i)
         across = [([i], asyncio.ensure_future(_one_as_list(self.reserve(cmds[i])))) for i in spanning]
-        await self.gather_by_shard(groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out, across)
+        try:
+            await self.gather_by_shard(groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out, across)
+        finally:
+            for idx in groups.values():
+                for i in idx:
+                    self._unroute(cmds[i].reservation_id)
         self._count_many(out)
         return out
 
@@ -162,14 +175,40 @@ class Engine:
                 out[i] = result
 
     def _route(self, cmd: ReserveCommand) -> tuple[set[int], int]:
+        """The shards a Reserve needs and its record's home. The home is noted before the shard
+        decides (a concurrent retry must meet the first attempt there); ``_unroute`` forgets it
+        again when no attempt is left and no record was made."""
+        rid = cmd.reservation_id
+        self._routing[rid] = self._routing.get(rid, 0) + 1
         if len(cmd.lines) == 1:  # the common case, without the set arithmetic
             shard = self.place(cmd.lines[0].sku)
-            home = self._home.setdefault(cmd.reservation_id, shard)
+            home = self._home.setdefault(rid, shard)
             return ({shard} if home == shard else {shard, home}), home
         shards = {self.place(line.sku) for line in cmd.lines}
-        home = self._home.setdefault(cmd.reservation_id, min(shards))
+        home = self._home.setdefault(rid, min(shards))
         shards.add(home)
         return shards, home
+
+    def _unroute(self, reservation_id: str) -> None:
+        left = self._routing.pop(reservation_id) - 1
+        if left:
+            self._routing[reservation_id] = left
+        else:
+            self._forget_if_unheld(reservation_id)
+
+    def _rehome(self, shard: int, entry: LogEntry) -> None:
+        """An entry taken back, then found in the log when settling: its records are there again
+        (their routes were forgotten when the Reserve failed)."""
+        for event in entry.events:
+            if isinstance(event, ReservationSaved):
+                self._home.setdefault(event.reservation.reservation_id, shard)
+
+    def _forget_if_unheld(self, reservation_id: str) -> None:
+        """A refused, shed, failed or undone Reserve leaves no record: nor may it leave a route."""
+        home = self._home.get(reservation_id)
+        if home is not None and reservation_id not in self._routing and \
+                self.actors[home].ledger.reservation(reservation_id) is None:
+            del self._home[reservation_id]
 
     def _reserve_work(self, cmd: ReserveCommand, home: int) -> ViewWork:
         ledger = self.actors[home].ledger
@@ -227,6 +266,7 @@ class Engine:
         home = self._home.get(reservation_id)
         rec = None if home is None else self.actors[home].ledger.reservation(reservation_id)
         if rec is None:
+            self._forget_if_unheld(reservation_id)
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
         return rec
 
@@ -295,16 +335,39 @@ class Engine:
         return await self._coordinate(sorted(shards), home, work)
 
     async def _coordinate(self, shards: list[int], home: int, work: ViewWork) -> Any:
+        """Pause the shards, decide over all of them, seal each one's part into its own pipeline as
+        one all-or-nothing group (R2), resume them, then wait for the group to be durable. The
+        caller may be cancelled at any await (R8): while pausing, ``pause`` leaves no shard parked;
+        once sealed, the parts are the shards' own in-flight batches, landed or undone and settled
+        by them like any other — one path, whatever becomes of this coroutine."""
         resumes: list[asyncio.Future[None]] = []
         try:
             for shard in shards:  # ascending: two coordinators can never wait on each other
                 resumes.append(await self.actors[shard].pause())
-            return await self._decide_and_append(shards, home, work)
+            result, error, durable = self._decide_and_seal(shards, home, work)
         finally:
             for resume in resumes:
-                resume.set_result(None)
+                if not resume.done():
+                    resume.set_result(None)
+        if durable is not None:
+            try:
+                await asyncio.shield(durable)  # the caller's cancellation abandons the wait, not the work
+            except asyncio.CancelledError:
+                if not durable.cancelled():
+                    raise  # our caller gave up; the shards see the change through
+                raise Unavailable(NOT_DURABLE) from None
+            except Fenced:
+                raise Unavailable(REPLACED) from None
+            except STORAGE_ERRORS as exc:
+                log.warning("cross-shard append failed (%r)", exc)
+                raise Unavailable(NOT_DURABLE) from None
+        if error is not None:
+            raise error
+        return result
 
-    async def _decide_and_append(self, shards: list[int], home: int, work: ViewWork) -> Any:
+    def _decide_and_seal(self, shards: list[int], home: int, work: ViewWork
+                         ) -> tuple[Any, DomainError | None, asyncio.Future[None] | None]:
+        """Runs without an await: no other task sees the shards between the decision and the seal."""
         actors = {s: self.actors[s] for s in shards}
         now = self.clock.now_ms()
         view = CompositeView({s: a.ledger for s, a in actors.items()}, home, self.place)
@@ -314,21 +377,19 @@ class Engine:
             result = work(view, now)
         except DomainError as exc:
             error = exc
-        entries = {s: e for s, a in actors.items() if (e := a.open_entry(now)) is not None}
-        if entries:
-            try:
-                await self._log.append_atomic({s: (seq, encode_entry(e)) for s, (seq, e) in entries.items()})
-            except STORAGE_ERRORS as exc:
-                log.warning("cross-shard append failed (%s)", exc)
-                for s, (seq, entry) in entries.items():
-                    actors[s].not_landed(seq, entry, exc)
-                raise Unavailable(REPLACED if isinstance(exc, Fenced) else
-                                  "change not durable (log storage unreachable); nothing was applied") from None
-            for s, (seq, _) in entries.items():
-                actors[s].landed(seq, now)
-        if error is not None:
-            raise error
-        return result
+        except Exception as exc:  # a bug: the paused shards' open batches hold only this change
+            for actor in actors.values():
+                actor.ledger.rollback()
+            log.exception("a cross-shard command failed unexpectedly; nothing of it was applied")
+            METRICS.internal_errors.inc()
+            raise DomainError(f"internal error ({type(exc).__name__}); nothing was applied") from None
+        parts = {s: part for s, a in actors.items() if (part := a.seal_part(now)) is not None}
+        if not parts:
+            return result, error, None
+        durable = self._log.submit_group([(s, part.seq, part.data) for s, part in parts.items()])
+        for s, part in parts.items():
+            actors[s].track_part(part, durable)
+        return result, error, durable
 
     # -- time ---------------------------------------------------------------------------
     async def run_maintenance(self) -> None:

@@ -8,7 +8,7 @@ and a repeated append is refused by Redis instead of being logged twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -42,42 +42,69 @@ end
 
 # Group commit in one command: the entries of every shard ready in this turn, each XADDed to its
 # own stream. One command instead of one per shard keeps the client's cost flat as shards grow.
-# An entry refused by Redis (its id already used) comes back as "!<error>"; later entries of the
-# same stream are then skipped (a log must never have a gap), those of other streams still land.
-# KEYS: epoch key, then one log key per entry; ARGV: epoch, then id and data per entry.
+# Each entry is checked before it is written (R7, never a late landing, never a hole):
+# - its shard's fence: a shard settling an append in doubt first raises ``fence:<shard>``; an
+#   append sent before that (a reply lost, the script still on its way) is refused "STALE", so what
+#   the settle then reads is final;
+# - its place: the stream's newest entry must be the one just before it ("TAKEN" when the id is
+#   already used, "GAP" when one is missing). A stream is never empty once written: a snapshot
+#   trims up to its own entry, not past it.
+# Entries sharing a group number (a cross-shard change, R2) land all or none; a refused entry makes
+# the later entries of its stream refuse too ("SKIPPED"); other streams still land. A refusal comes
+# back as "!<reason>" in the entry's place.
+# KEYS: epoch, then log and fence key per entry; ARGV: epoch, then seq, data, token, group per entry.
 _APPEND_SCRIPT = FENCE_LUA + """
-local out, failed = {}, {}
-for i = 2, #KEYS do
-  local key = KEYS[i]
-  if failed[key] then
-    out[i - 1] = '!skipped: an earlier entry of this stream failed'
-  else
-    local ok = redis.pcall('XADD', key, ARGV[2 * i - 2], 'e', ARGV[2 * i - 1])
-    if type(ok) == 'table' and ok.err then out[i - 1] = '!' .. ok.err; failed[key] = true else out[i - 1] = ok end
+local n = (#KEYS - 1) / 2
+local out, failed, top = {}, {}, {}
+local function refusal(i)
+  local key, seq = KEYS[2 * i], tonumber(ARGV[4 * i - 2])
+  if failed[key] then return 'SKIPPED an earlier entry of this stream was refused' end
+  local fence = tonumber(redis.call('GET', KEYS[2 * i + 1]) or '0')
+  if fence > tonumber(ARGV[4 * i]) then return 'STALE shard fenced at ' .. fence end
+  local last = top[key]
+  if last == nil then
+    local row = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    last = #row > 0 and tonumber(string.match(row[1][1], '^%d+')) or (seq - 1)
   end
+  if last >= seq then return 'TAKEN entry ' .. seq .. ' is not after ' .. last end
+  if last ~= seq - 1 then return 'GAP entry ' .. seq .. ' follows ' .. last end
+  return nil
+end
+local i = 1
+while i <= n do
+  local j = i
+  if ARGV[4 * i + 1] ~= '0' then
+    while j < n and ARGV[4 * j + 5] == ARGV[4 * i + 1] do j = j + 1 end
+  end
+  local why = nil
+  for k = i, j do
+    why = why or refusal(k)
+  end
+  for k = i, j do
+    local key = KEYS[2 * k]
+    if why then
+      out[k] = '!' .. why
+      failed[key] = true
+    else
+      out[k] = redis.call('XADD', key, ARGV[4 * k - 2] .. '-0', 'e', ARGV[4 * k - 1])
+      top[key] = tonumber(ARGV[4 * k - 2])
+    end
+  end
+  i = j + 1
 end
 return out
 """
 
-# A cross-shard change: every entry lands or none does (each id is checked against its stream's
-# newest before anything is written). KEYS and ARGV as for _APPEND_SCRIPT.
-_APPEND_ALL_SCRIPT = FENCE_LUA + """
-for i = 2, #KEYS do
-  local top = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
-  if #top > 0 and tonumber(string.match(top[1][1], '^%d+')) >= tonumber(string.match(ARGV[2 * i - 2], '^%d+')) then
-    return redis.error_reply('ERR ' .. KEYS[i] .. ': entry ' .. ARGV[2 * i - 2] .. ' is not after ' .. top[1][1])
-  end
-end
-for i = 2, #KEYS do
-  redis.call('XADD', KEYS[i], ARGV[2 * i - 2], 'e', ARGV[2 * i - 1])
-end
-return 'OK'
-"""
-
-# KEYS: epoch, snapshot, log; ARGV: epoch, snapshot data, the first log id kept.
+# KEYS: epoch, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
+# The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each
+# entry against the newest one, so the stream must never be left empty.
 _SNAPSHOT_SCRIPT = FENCE_LUA + """
+local fence = tonumber(redis.call('GET', KEYS[4]) or '0')
+if fence > tonumber(ARGV[4]) then
+  return redis.error_reply('STALE shard fenced at ' .. fence)
+end
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3])
+redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0')
 return 'OK'
 """
 
@@ -185,6 +212,16 @@ class CommitWindow:
         return max(0.0, first_pending_at + self.delay_s - now) if self.busy else 0.0
 
 
+class _Pending:
+    """One entry waiting for the next group commit; the entries of a group share ``done``."""
+
+    __slots__ = ("data", "done", "group", "seq", "shard", "token")
+
+    def __init__(self, shard: int, seq: int, data: bytes, token: int, group: int,
+                 done: asyncio.Future[None]) -> None:
+        self.shard, self.seq, self.data, self.token, self.group, self.done = shard, seq, data, token, group, done
+
+
 class LogStore:
     """Appends shard entries in shared pipelines (one round trip per event-loop turn, or per commit
     window when busy)."""
@@ -194,7 +231,7 @@ class LogStore:
         self.client = client
         self.prefix = prefix
         self._pipeline_max = pipeline_max
-        self._pending: list[tuple[int, int, bytes, asyncio.Future[None]]] = []
+        self._pending: list[_Pending] = []
         self._first_pending_at = 0.0
         self._scheduled = False
         self._in_flight = 0
@@ -202,8 +239,11 @@ class LogStore:
         self._window = window or CommitWindow(0.0, 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._append_script = client.register_script(_APPEND_SCRIPT)
-        self._append_all_script = client.register_script(_APPEND_ALL_SCRIPT)
         self._snapshot_script = client.register_script(_SNAPSHOT_SCRIPT)
+        self._groups = 0
+        self._tokens: dict[int, int] = {}
+        """Per shard, the fence value its writes carry (``fence``); a write is refused once the
+        stored fence is above it."""
         self.epoch = 0
         """This instance's claim on the keyspace (``claim``); 0: none yet, every write is refused."""
         self.fenced = False
@@ -219,6 +259,16 @@ class LogStore:
         before recovery reads the log, so whatever an older instance wrote first is read back."""
         self.epoch = int(await self.client.incr(self.epoch_key))
         return self.epoch
+
+    async def load_fences(self, shards: int) -> None:
+        """Adopt each shard's current fence (at start, after ``claim``)."""
+        values: Any = await self.client.mget([self.fence_key(shard) for shard in range(shards)])
+        self._tokens = {shard: int(v) if v is not None else 0 for shard, v in enumerate(values)}
+
+    async def fence(self, shard: int) -> None:
+        """Make every write of ``shard`` sent before now impossible to land (R7): raise its fence
+        and carry the new value from here on. Whatever the log holds afterwards is final."""
+        self._tokens[shard] = int(await self.client.incr(self.fence_key(shard)))
 
     async def still_owner(self) -> bool:
         """False (and fenced from now on) once a newer instance has claimed the keyspace."""
@@ -244,17 +294,30 @@ class LogStore:
     def snap_key(self, shard: int) -> str:
         return f"{self.prefix}snap:{shard}"
 
+    def fence_key(self, shard: int) -> str:
+        return f"{self.prefix}fence:{shard}"
+
     def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
         """Queue one entry for the next group commit; the future fails with RedisError/OSError when
         the entry is not certainly durable. Entries go out in submission order; cancelling the
         future before it is sent keeps the entry out of the log."""
+        return self.submit_group([(shard, seq, data)])
+
+    def submit_group(self, entries: Sequence[tuple[int, int, bytes]]) -> asyncio.Future[None]:
+        """Queue entries of several shards (shard, seq, data) that land all or none (a cross-shard
+        change, R2); one future for all of them."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         self._window.arrived(now)
         fut: asyncio.Future[None] = loop.create_future()
         if not self._pending:
             self._first_pending_at = now
-        self._pending.append((shard, seq, data, fut))
+        group = 0
+        if len(entries) > 1:
+            self._groups += 1
+            group = self._groups
+        tokens = self._tokens
+        self._pending += [_Pending(shard, seq, data, tokens.get(shard, 0), group, fut) for shard, seq, data in entries]
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._schedule(loop)
         return fut
@@ -266,15 +329,6 @@ class LogStore:
             loop.call_later(wait, self._flush)
         else:
             loop.call_soon(self._flush)
-
-    async def append_atomic(self, entries: dict[int, tuple[int, bytes]]) -> None:
-        """Append to several shard logs in one script: all land or none (cross-shard R2)."""
-        keys, args = self._entries_args((shard, seq, data) for shard, (seq, data) in entries.items())
-        with METRICS.append_seconds.time():
-            try:
-                await self._append_all_script(keys=keys, args=args)
-            except RedisError as exc:
-                raise self._refused(exc) from None
 
     async def last_seq(self, shard: int) -> int:
         rows: Any = await self.client.xrevrange(self.log_key(shard), count=1)
@@ -302,30 +356,25 @@ class LogStore:
     async def save_snapshot(self, shard: int, seq: int, ledger: LedgerSnapshot) -> int:
         """Store the snapshot and trim the log behind it, atomically. Returns its size in bytes."""
         data = _encoder.encode(SnapshotRecord(seq, ledger))
+        keys = [self.epoch_key, self.snap_key(shard), self.log_key(shard), self.fence_key(shard)]
         try:
-            await self._snapshot_script(keys=[self.epoch_key, self.snap_key(shard), self.log_key(shard)],
-                                        args=[self.epoch, data, f"{seq + 1}-0"])
+            await self._snapshot_script(keys=keys, args=[self.epoch, data, seq, self._tokens.get(shard, 0)])
         except RedisError as exc:
             raise self._refused(exc) from None
         return len(data)
 
-    def _entries_args(self, entries: Iterable[tuple[int, int, bytes]]) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the append scripts: the epoch first, then each entry's log, id and data."""
-        keys: list[str] = [self.epoch_key]
-        args: list[Any] = [self.epoch]
-        for shard, seq, data in entries:
-            keys.append(self.log_key(shard))
-            args += (f"{seq}-0", data)
-        return keys, args
-
     def _flush(self) -> None:
         """Group commit: while a pipeline is in flight, new entries wait and go together in the next."""
         self._scheduled = False
-        self._pending = [p for p in self._pending if not p[3].done()]  # cancelled: never sent
+        self._pending = [p for p in self._pending if not p.done.done()]  # cancelled: never sent
         loop = asyncio.get_running_loop()
         while self._pending and self._in_flight < self._max_in_flight:
-            batch = self._pending[: self._pipeline_max]
-            del self._pending[: self._pipeline_max]
+            cut = min(self._pipeline_max, len(self._pending))
+            while cut < len(self._pending) and self._pending[cut].group and \
+                    self._pending[cut].group == self._pending[cut - 1].group:
+                cut += 1  # a group is never split between two script calls
+            batch = self._pending[:cut]
+            del self._pending[:cut]
             self._first_pending_at = loop.time()  # what stays waits from now on
             self._in_flight += 1
             task = loop.create_task(self._send(batch))
@@ -338,9 +387,13 @@ class LogStore:
         if self._pending and not self._scheduled:
             self._schedule(asyncio.get_running_loop())
 
-    async def _send(self, batch: list[tuple[int, int, bytes, asyncio.Future[None]]]) -> None:
+    async def _send(self, batch: list[_Pending]) -> None:
         METRICS.pipeline_size.observe(len(batch))
-        keys, args = self._entries_args((shard, seq, data) for shard, seq, data, _ in batch)
+        keys: list[str] = [self.epoch_key]
+        args: list[Any] = [self.epoch]
+        for p in batch:
+            keys += (self.log_key(p.shard), self.fence_key(p.shard))
+            args += (p.seq, p.data, p.token, p.group)
         try:
             with METRICS.append_seconds.time():
                 replies = await self._append_script(keys=keys, args=args)
@@ -349,10 +402,10 @@ class LogStore:
             ]
         except (TimeoutError, RedisError, OSError) as exc:
             results = [self._refused(exc)] * len(batch)
-        for (_, _, _, fut), result in zip(batch, results, strict=True):
-            if fut.done():
-                continue
+        for p, result in zip(batch, results, strict=True):
+            if p.done.done():
+                continue  # cancelled, or a group's future already failed by an earlier member
             if isinstance(result, BaseException):
-                fut.set_exception(result)
+                p.done.set_exception(result)
             else:
-                fut.set_result(None)
+                p.done.set_result(None)  # a group's members are written or refused together

@@ -24,6 +24,9 @@ class Envelope:
         self.at = time.monotonic()
 
 
+Moves = list[tuple[str, str, int]]
+"""How a batch moved ``available``: (sku, location, delta) per change (``Ledger.seal``)."""
+
 Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
@@ -40,11 +43,21 @@ def deliver(answers: list[Answer]) -> None:
 class InFlight:
     """A sealed batch whose log append has been sent but not yet confirmed."""
 
-    __slots__ = ("answers", "done", "entry", "seq", "undo")
+    __slots__ = ("answers", "data", "done", "entry", "moved", "seq", "undo")
 
-    def __init__(self, seq: int, entry: LogEntry, undo: list[Any], answers: list[Answer],
-                 done: asyncio.Future[None]) -> None:
-        self.seq, self.entry, self.undo, self.answers, self.done = seq, entry, undo, answers, done
+    def __init__(self, seq: int, entry: LogEntry, data: bytes, undo: list[Any], moved: Moves,
+                 answers: list[Answer], done: asyncio.Future[None]) -> None:
+        self.seq, self.entry, self.data, self.undo, self.moved = seq, entry, data, undo, moved
+        self.answers, self.done = answers, done
+
+
+class Sealed:
+    """One shard's part of a cross-shard change: its entry, encoded, and how to take it back."""
+
+    __slots__ = ("data", "entry", "moved", "seq", "undo")
+
+    def __init__(self, seq: int, entry: LogEntry, data: bytes, undo: list[Any], moved: Moves) -> None:
+        self.seq, self.entry, self.data, self.undo, self.moved = seq, entry, data, undo, moved
 
 
 class Control:

@@ -25,7 +25,7 @@ from reservation._errors import ResourceExhausted
 from .clock import Clock
 from .config import ServiceConfig
 from .log import Fenced, LogStore
-from .messages import Answer, Control, Envelope, InFlight, Work, deliver
+from .messages import Answer, Control, Envelope, InFlight, Sealed, Work, deliver
 from .metrics import METRICS
 from .tasks import cancel_and_wait
 
@@ -36,6 +36,11 @@ REPLACED = ("this instance was replaced by a newer one on the same Redis keyspac
             "changes; retry (the newer instance answers)")
 SNAPSHOT_RETRY_FIRST_S = 1.0
 """Wait after a first failed snapshot (capped by ``ServiceConfig.snapshot_retry_max_s``)."""
+
+
+class LogDiverged(AssertionError):
+    """The log holds an entry this shard did not send where it expected its own: memory cannot be
+    trusted to match it, so the shard stops (its task ends; see ``ShardActor._ended``)."""
 
 
 class ShardActor:
@@ -51,7 +56,16 @@ class ShardActor:
         self._task: asyncio.Task[None] | None = None
         self._held: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
         self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
-        self._doubt: list[tuple[int, LogEntry]] = []  # failed appends that may have landed
+        self._doubt: list[tuple[int, LogEntry, bytes]] = []  # failed appends that may have landed
+        self._fence_before_snapshot = False  # a snapshot write failed: it may still land later
+        self.failure: BaseException | None = None
+        """Why this shard's task ended while the service runs (a bug): it answers nothing more."""
+        self.undo_listeners: list[Callable[[int, LogEntry], None]] = []
+        """Called with every entry taken back because its append failed (channels re-curate, C4)."""
+        self.landed_late_listeners: list[Callable[[int, LogEntry], None]] = []
+        """Called with every entry found in the log when settling, after it had been taken back."""
+        self.on_failure: list[Callable[[ShardActor], None]] = []
+        """Called once when this shard's task ends while the service runs (see ``failure``)."""
         self._stopping = False
         self._maintain_queued = False
         self._snapshot_seq = seq
@@ -64,6 +78,18 @@ class ShardActor:
         self.listeners: list[Callable[[int, LogEntry], None]] = []
         """Called with every entry once it is durable (channel feeds); must not raise or block."""
 
+    def ahead_of_log(self) -> dict[tuple[str, str], int] | None:
+        """Per position, how far memory's ``available`` is ahead of the durable log: the moves of
+        the batches in flight (None: none in flight). Channels subtract it: they publish only
+        durable state (C4), and a batch in flight may yet be undone."""
+        if not self._inflight:
+            return None
+        ahead: dict[tuple[str, str], int] = {}
+        for rec in self._inflight:
+            for sku, location, delta in rec.moved:
+                ahead[(sku, location)] = ahead.get((sku, location), 0) + delta
+        return ahead
+
     @property
     def in_doubt(self) -> bool:
         """Appends failed and are not yet settled: the log is unreachable from here."""
@@ -72,6 +98,20 @@ class ShardActor:
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"shard-{self.shard}")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The actor loop never returns while the service runs: if it ended, say so at once and
+        loudly (callers, health, metric, log) — never a shard that silently stops answering."""
+        if self._stopping or task.cancelled():
+            return
+        self.failure = task.exception() or RuntimeError("the actor loop returned")
+        METRICS.shard_failures.inc()
+        log.error("shard %d stopped working; it answers UNAVAILABLE until the service restarts",
+                  self.shard, exc_info=self.failure)
+        self._refuse_waiting(Unavailable(f"shard {self.shard} stopped working; the service restarts"))
+        for callback in self.on_failure:
+            callback(self)
 
     async def stop(self) -> None:
         """Finish the batch in hand, then fail whatever is still waiting (cleanly, not silently)."""
@@ -85,14 +125,19 @@ class ShardActor:
                 env.reply.set_exception(Unavailable("service is shutting down"))
 
     # -- sending -------------------------------------------------------------
-    def submit(self, work: Work) -> asyncio.Future[Any]:
-        """Queue work for this shard; refuse at once when the shard cannot take it."""
+    def _refuse_if_unable(self) -> None:
         if self._stopping:
             raise Unavailable("service is shutting down")
+        if self.failure is not None:
+            raise Unavailable(f"shard {self.shard} stopped working ({self.failure!r}); the service restarts")
         if self._log.fenced:
             raise Unavailable(REPLACED)
         if self._doubt:
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
+
+    def submit(self, work: Work) -> asyncio.Future[Any]:
+        """Queue work for this shard; refuse at once when the shard cannot take it."""
+        self._refuse_if_unable()
         if self._lag_s > self._max_delay_s and not self._mailbox.empty():
             METRICS.shed.inc()
             raise ResourceExhausted(
@@ -109,13 +154,20 @@ class ShardActor:
         return fut
 
     async def pause(self) -> asyncio.Future[None]:
-        """Wait until this shard is between batches and parked; set the returned future to resume it."""
-        if self._doubt:
-            raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
+        """Wait until this shard is between batches, with nothing in flight, and parked; set the
+        returned future to resume it. Cancelled at any point, it leaves the shard running (R8): the
+        pause request is then either skipped by the shard or released at once."""
+        self._refuse_if_unable()
         resume: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         paused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._mailbox.put(Envelope(Control("pause", resume), paused))
-        await paused
+        try:
+            await self._mailbox.put(Envelope(Control("pause", resume), paused))
+            await paused
+        except BaseException:
+            paused.cancel()
+            if not resume.done():
+                resume.set_result(None)  # granted meanwhile, or about to be: let the shard go on
+            raise
         return resume
 
     def request_maintenance(self) -> None:
@@ -126,33 +178,31 @@ class ShardActor:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._mailbox.put_nowait(Envelope(Control("maintain"), fut))
 
-    # -- the open batch's fate when a coordinator holds this shard paused (nothing in flight) --
-    def open_entry(self, now: int) -> tuple[int, LogEntry] | None:
+    # -- a cross-shard change: a coordinator holds this shard paused (nothing in flight) --------
+    def seal_part(self, now: int) -> Sealed | None:
+        """Seal the open batch as this shard's part of a cross-shard change (None: nothing to log)."""
         if not self.ledger.pending:
+            self.ledger.commit(now)
             return None
         assert not self._inflight, "a paused shard has nothing in flight"
-        return self.seq + 1, LogEntry(now, list(self.ledger.open_events))
+        entry, undo, moved = self.ledger.seal(now)
+        return Sealed(self.seq + 1, entry, encode_entry(entry), undo, moved)
 
-    def landed(self, seq: int, now: int) -> None:
-        assert seq == self.seq + 1, "log entries must be consecutive"
-        entry = self.ledger.commit(now)
-        self.seq = seq
-        self._durable(entry)
+    def track_part(self, part: Sealed, done: asyncio.Future[None]) -> None:
+        """Follow a sealed part to its end like any batch of this shard: durable, or undone and
+        settled — whatever happens to the coordinator that sent it (R8)."""
+        self._inflight.append(InFlight(part.seq, part.entry, part.data, part.undo, part.moved, [], done))
+        done.add_done_callback(self._on_append_done)
 
     def _durable(self, entry: LogEntry) -> None:
-        for listener in self.listeners:
+        self._tell(self.listeners, entry)
+
+    def _tell(self, listeners: list[Callable[[int, LogEntry], None]], entry: LogEntry) -> None:
+        for listener in listeners:
             try:
                 listener(self.shard, entry)
             except Exception:  # a listener's bug must not break the commit path
-                log.exception("shard %d: durable-entry listener failed", self.shard)
-
-    def not_landed(self, seq: int, entry: LogEntry, error: BaseException) -> None:
-        """The append failed: undo it in memory at once (reads must not show it), settle it later
-        (unless it was fenced: then it certainly did not land)."""
-        METRICS.append_failures.inc()
-        self.ledger.rollback()
-        if not isinstance(error, Fenced):
-            self._doubt.append((seq, entry))
+                log.exception("shard %d: entry listener failed", self.shard)
 
     # -- pipelined group commit -------------------------------------------------------
     def _seal(self, now: int, answers: list[Answer]) -> None:
@@ -167,10 +217,11 @@ class ShardActor:
             else:
                 deliver(answers)
             return
-        entry, undo = ledger.seal(now)
+        entry, undo, moved = ledger.seal(now)
         seq = self.seq + 1 + len(self._inflight)
-        done = self._log.submit(self.shard, seq, encode_entry(entry))
-        self._inflight.append(InFlight(seq, entry, undo, answers, done))
+        data = encode_entry(entry)
+        done = self._log.submit(self.shard, seq, data)
+        self._inflight.append(InFlight(seq, entry, data, undo, moved, answers, done))
         done.add_done_callback(self._on_append_done)
 
     def _on_append_done(self, _: asyncio.Future[None]) -> None:
@@ -201,9 +252,12 @@ class ShardActor:
             rec.done.cancel()
             deliver([(reply, None, failure) for reply, _, _ in rec.answers])
         if not replaced:
-            self._doubt.extend((rec.seq, rec.entry) for rec in self._inflight)
+            self._doubt.extend((rec.seq, rec.entry, rec.data) for rec in self._inflight)
+        undone = [rec.entry for rec in self._inflight]
         self._inflight.clear()
         self._refuse_waiting(failure)
+        for entry in undone:
+            self._tell(self.undo_listeners, entry)
 
     def _refuse_waiting(self, error: Unavailable) -> None:
         """Until the doubt is settled (Redis answering again) nothing here can be decided:
@@ -242,29 +296,40 @@ class ShardActor:
                 await self._settle()
 
     async def _settle(self) -> None:
-        """Find out which failed appends reached the log anyway; until then this shard takes no work."""
+        """Find out which failed appends reached the log anyway; until then this shard takes no work.
+        R7: first fence (no append sent before can land from now on), then read what landed and
+        compare it with what was sent — an id taken by other content is never read as our landing."""
         delay = 0.05
         while True:
             try:
-                last = await self._log.last_seq(self.shard)
-                # Asked after the read: entries up to ``last`` are then this instance's own. Replaced,
-                # they may be a newer instance's — which recovered whatever of ours had landed.
+                await self._log.fence(self.shard)
+                landed = {seq: data async for seq, data in self._log.entries_after(self.shard, self.seq)}
+                # Asked after the read: what it found is then this instance's own. Replaced, it may be
+                # a newer instance's — which recovered whatever of ours had landed.
                 owner = await self._log.still_owner()
                 break
             except STORAGE_ERRORS:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+        doubt, self._doubt = self._doubt, []
         if not owner:
-            self._doubt.clear()  # this instance takes no more work (submit refuses) and stops
-            return
-        for seq, entry in self._doubt:
-            if seq <= last:
-                log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",
-                            self.shard, seq)
-                self.ledger.replay(entry)
-                self.seq = seq
-                self._durable(entry)
-        self._doubt.clear()
+            return  # this instance takes no more work (submit refuses) and stops
+        for seq, entry, data in doubt:
+            found = landed.pop(seq, None)
+            if found is None:
+                METRICS.settles.labels("not_landed").inc()
+                break  # never landed, nor can it now; nor anything after it (a log has no holes)
+            if found != data:
+                raise LogDiverged(f"shard {self.shard}: entry {seq} in the log is not the one this shard sent")
+            log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",
+                        self.shard, seq)
+            METRICS.settles.labels("landed").inc()
+            self.ledger.replay(entry)
+            self.seq = seq
+            self._tell(self.landed_late_listeners, entry)
+            self._durable(entry)
+        if landed:
+            raise LogDiverged(f"shard {self.shard}: the log holds entries {sorted(landed)} this shard never sent")
 
     # -- the actor loop ------------------------------------------------------
     async def _run(self) -> None:
@@ -299,10 +364,17 @@ class ShardActor:
                 continue
             work = env.message
             assert not isinstance(work, Control)
+            mark = ledger.mark()
             try:
                 answers.append((env.reply, work(ledger, now), None))
             except DomainError as exc:
                 answers.append((env.reply, None, exc))
+            except Exception as exc:  # a bug in one command: take back its half-made change only
+                ledger.rollback_to(mark)
+                log.exception("shard %d: a command failed unexpectedly; nothing of it was applied", self.shard)
+                METRICS.internal_errors.inc()
+                answers.append((env.reply, None, DomainError(f"internal error ({type(exc).__name__}); "
+                                                             "nothing was applied")))
         METRICS.batch_size.observe(len(answers))
         self._seal(now, answers)
 
@@ -316,6 +388,8 @@ class ShardActor:
             # A coordinator needs memory == durable log, and must not wait on a Redis outage.
             while self._inflight:
                 await asyncio.wait([rec.done for rec in self._inflight])
+            if env.reply.done():  # the coordinator gave up while this shard drained (R8)
+                return
             if self._doubt:
                 env.reply.set_exception(Unavailable(f"shard {self.shard}: log storage unreachable, retry later"))
                 return
@@ -356,8 +430,12 @@ class ShardActor:
         started = time.perf_counter()
         self.ledger.compact()
         try:
+            if self._fence_before_snapshot:  # an older snapshot write may still land: make it unable to
+                await self._log.fence(self.shard)
+                self._fence_before_snapshot = False
             size = await self._log.save_snapshot(self.shard, self.seq, self.ledger.snapshot())
         except STORAGE_ERRORS as exc:
+            self._fence_before_snapshot = not isinstance(exc, Fenced)
             self._snapshot_failures += 1
             wait = min(SNAPSHOT_RETRY_FIRST_S * 2 ** min(self._snapshot_failures - 1, 20),
                        self._config.snapshot_retry_max_s)

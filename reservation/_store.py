@@ -31,7 +31,8 @@ class StoreSnapshot(msgspec.Struct, array_like=True):
 class PositionStore:
     """Quantities per (sku, location); grows by doubling in both directions."""
 
-    __slots__ = ("_cols", "_loc_col", "_locations", "_present", "_pv", "_q", "_qv", "_rows", "_sku_row", "_skus")
+    __slots__ = ("_cols", "_loc_col", "_locations", "_present", "_pv", "_q", "_qv", "_rows", "_sku_row", "_skus",
+                 "journal")
 
     def __init__(self, rows: int = 256, cols: int = 8) -> None:
         self._sku_row: dict[str, int] = {}
@@ -42,6 +43,9 @@ class PositionStore:
         self._q = np.zeros((_FIELDS, rows, cols), dtype=np.int64)
         self._present = np.zeros((rows, cols), dtype=np.bool_)
         self._views()
+        self.journal: list[tuple[str, str, int]] | None = []
+        """Every change of a position's ``available`` (sku, location, delta), in order, while not
+        None: the ledger takes it per batch, so a batch not yet durable can be subtracted (C4)."""
 
     def _views(self) -> None:
         # One cell at a time (the hot paths: a fact, a hold) through memoryviews of the same
@@ -81,12 +85,18 @@ class PositionStore:
     def forget(self, sku: str, location: str) -> None:
         """Undo of the change that created a position: it was never there (replay must agree, E10)."""
         row, col = self._sku_row[sku], self._loc_col[location]
+        if self.journal is not None:
+            qv = self._qv
+            self.journal.append((sku, location, -(qv[ON_HAND, row, col] - qv[RESERVED, row, col]
+                                                  - qv[COMMITTED, row, col] - qv[SAFETY, row, col])))
         self._present[row, col] = False
         self._q[:, row, col] = 0
 
     def add(self, sku: str, location: str, field: int, delta: int) -> None:
         row, col = self._cell(sku, location)
         self._qv[field, row, col] += delta
+        if self.journal is not None:
+            self.journal.append((sku, location, delta if field == ON_HAND else -delta))
 
     def bump(self, sku: str, location: str, field: int, delta: int) -> bool:
         """``add`` that tells whether the position existed before: one lookup on the fact hot path."""
@@ -99,6 +109,8 @@ class PositionStore:
             existed = True
         if delta:
             self._qv[field, row, col] += delta
+            if self.journal is not None:
+                self.journal.append((sku, location, delta if field == ON_HAND else -delta))
         return existed
 
     def move(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
@@ -109,9 +121,14 @@ class PositionStore:
             q[RESERVED, row, col] += d_reserved
         if d_committed:
             q[COMMITTED, row, col] += d_committed
+        if self.journal is not None:
+            self.journal.append((sku, location, -d_reserved - d_committed))
 
     def set(self, sku: str, location: str, field: int, value: int) -> None:
         row, col = self._cell(sku, location)
+        if self.journal is not None:
+            delta = value - self._qv[field, row, col]
+            self.journal.append((sku, location, delta if field == ON_HAND else -delta))
         self._qv[field, row, col] = value
 
     def sku_locations(self, sku: str) -> Iterator[tuple[str, Quantities]]:

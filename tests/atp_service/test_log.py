@@ -106,14 +106,14 @@ async def test_a_newer_claim_fences_every_write_of_the_older_store_and_none_of_i
         with pytest.raises(Fenced):
             await older.submit(0, 2, b"group commit")
         with pytest.raises(Fenced):
-            await older.append_atomic({0: (2, b"cross"), 1: (1, b"shard")})
+            await older.submit_group([(0, 2, b"cross"), (1, 1, b"shard")])
         with pytest.raises(Fenced):
             await older.save_snapshot(0, 1, Ledger(0, Limits()).snapshot())
         assert older.fenced and replaced == ["older"]  # told once
         assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [1]
         assert await client.exists("t:log:1", "t:snap:0") == 0
         await newer.submit(0, 2, b"after")  # the newer one writes on
-        await newer.append_atomic({0: (3, b"cross"), 1: (1, b"shard")})
+        await newer.submit_group([(0, 3, b"cross"), (1, 1, b"shard")])
         assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [1, 2, 3]
     finally:
         await client.aclose()
@@ -124,12 +124,82 @@ async def test_a_cross_shard_append_lands_whole_or_not_at_all(redis_url: str) ->
     store = LogStore(client, "t:", pipeline_max=64)
     try:
         await store.claim()
-        await store.append_atomic({0: (1, b"a"), 1: (1, b"b")})
-        with pytest.raises(RedisError, match="is not after"):
-            await store.append_atomic({0: (2, b"a"), 1: (1, b"again")})  # shard 1's id is taken
+        await store.submit_group([(0, 1, b"a"), (1, 1, b"b")])
+        with pytest.raises(RedisError, match="TAKEN"):
+            await store.submit_group([(0, 2, b"a"), (1, 1, b"again")])  # shard 1's id is taken
         assert await client.xlen("t:log:0") == 1 and await client.xlen("t:log:1") == 1  # shard 0's not written
     finally:
         await client.aclose()
+
+
+async def test_a_refused_group_lands_nothing_and_holds_back_later_entries_of_its_streams(redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64)
+    try:
+        await store.claim()
+        await store.submit(1, 1, b"one")
+        alone = store.submit(2, 1, b"alone")
+        group = store.submit_group([(0, 1, b"a"), (1, 5, b"gap")])  # shard 1's entry 5 would leave a hole
+        after = store.submit(0, 1, b"after the group")
+        await alone
+        with pytest.raises(RedisError, match="GAP"):
+            await group
+        with pytest.raises(RedisError, match="SKIPPED"):
+            await after  # shard 0's entry 1 was refused with its group: a later one must not land
+        assert await client.xlen("t:log:0") == 0
+        assert await client.xlen("t:log:1") == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_fenced_shard_refuses_every_append_sent_before_the_fence(redis_url: str) -> None:
+    """R7: an append whose reply was lost may still be on its way; once the settle has fenced the
+    shard, it can no longer land, so what the settle reads is final."""
+    client = connect(redis_url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64)
+    try:
+        await store.claim()
+        await store.load_fences(2)
+        await store.submit(0, 1, b"one")
+        stale = store._tokens[0]
+        await store.fence(0)
+        late = LogStore(client, "t:", pipeline_max=64)  # plays the script still on its way: the old token
+        late.epoch, late._tokens = store.epoch, {0: stale, 1: 0}
+        with pytest.raises(RedisError, match="STALE"):
+            await late.submit(0, 2, b"late")
+        await late.submit(1, 1, b"other shards are not fenced")
+        with pytest.raises(RedisError, match="STALE"):
+            await late.save_snapshot(0, 1, Ledger(0, Limits()).snapshot())
+        await store.submit(0, 2, b"two")  # the fencing writer goes on
+        assert [d for _, d in await _entries(store, 0)] == [b"one", b"two"]
+        restarted = LogStore(client, "t:", pipeline_max=64)
+        await restarted.load_fences(2)
+        assert restarted._tokens == store._tokens
+    finally:
+        await client.aclose()
+
+
+async def test_a_snapshot_keeps_its_own_entry_so_the_next_append_is_checked_against_it(redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64)
+    try:
+        await store.claim()
+        for seq in (1, 2):
+            await store.submit(0, seq, b"e")
+        await store.save_snapshot(0, 2, Ledger(0, Limits()).snapshot())
+        assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [2]
+        with pytest.raises(RedisError, match="GAP"):
+            await store.submit(0, 4, b"a hole")
+        await store.submit(0, 3, b"next")
+        assert [s for s, _ in await _entries(store, 0)] == [3]
+    finally:
+        await client.aclose()
+
+
+async def _entries(store: LogStore, shard: int) -> list[tuple[int, bytes]]:
+    """The shard's log after its snapshot (what recovery replays)."""
+    snap = await store.load_snapshot(shard)
+    return [entry async for entry in store.entries_after(shard, snap.seq if snap else 0)]
 
 
 async def test_a_replaced_instance_publishes_nothing_to_the_channels(redis_url: str) -> None:

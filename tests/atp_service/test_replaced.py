@@ -104,7 +104,8 @@ async def test_a_replaced_shard_never_takes_a_newer_instances_entry_for_its_own(
         log.pump("lost")  # not landed, and the caller told so: in doubt until settled
         with pytest.raises(Unavailable):
             await held
-        log._land(0, 1, b"the newer instance's entry 1")
+        log.submit(0, 1, b"the newer instance's entry 1")
+        log.pump("ok")
 
         async def replaced() -> bool:
             log.fenced = True

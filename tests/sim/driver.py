@@ -26,7 +26,7 @@ from .world import World
 
 SKUS = ("A", "B", "C", "D")
 LOCATIONS = ("L1", "L2", "L3")
-OUTCOMES = ("ok", "ok", "ok", "ok", "ok", "ok", "ok", "ok", "lost", "doubt")
+OUTCOMES = ("ok", "ok", "ok", "ok", "ok", "ok", "ok", "ok", "lost", "doubt", "late")
 
 
 class Driver:

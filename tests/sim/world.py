@@ -58,6 +58,7 @@ class World:
         return out
 
     async def boot(self) -> None:
+        await self.log.load_fences(self.config.shards)
         actors = []
         for ledger, seq in await self.recovered():
             actors.append(ShardActor(ledger.shard, ledger, self.log, self.clock, self.config, seq))  # type: ignore[arg-type]
