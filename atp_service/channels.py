@@ -20,7 +20,7 @@ from typing import Any
 from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, zero_through
 from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
 
-from .channel_store import ChannelStore
+from .channel_store import ChannelStore, WriteRefused
 from .clock import Clock
 from .config import ServiceConfig
 from .curator import Curator, Offer
@@ -257,23 +257,35 @@ class ChannelDesk:
         return out
 
     async def _settle(self, taken: list[tuple[str, Feed, list[ChannelUpdate]]], error: BaseException) -> None:
-        """A write failed, perhaps after it landed (one script call: all or nothing). Find out which by
-        the stream's last id — waiting for Redis if need be — so versions are never reused."""
+        """A write failed: perhaps it landed, perhaps it is still on its way (a reply lost, a packet
+        late: in doubt, R7). Fence it first — after ``fence`` nothing sent before can land — then
+        read each stream's newest version: what landed is there and nothing more ever will be (C4).
+        Waits for Redis as long as it takes: versions are never reused and a value is believed
+        published only once it is in the stream. A refusal (``WriteRefused``) changed nothing."""
         METRICS.channel_write_failures.inc()
         log.warning("channel publish failed (%s); settling", error)
+        names = [name for name, _, updates in taken if updates]
         delay = 0.05
         while True:
             try:
-                last = {name: await self.store.last_version(name) for name, _, updates in taken if updates}
+                await self.store.fence()
+                last = {name: await self.store.last_version(name) for name in names}
                 break
             except STORAGE_ERRORS:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        refused, now, landed_any = isinstance(error, WriteRefused), self.clock.now_ms(), False
         for name, feed, updates in taken:
-            if updates and last[name] >= updates[0].version:
-                feed.confirm(updates)  # it landed
-            else:
-                feed.give_back(updates, self.clock.now_ms())
+            if not updates:
+                continue
+            top = last[name]
+            landed = [] if refused else [u for u in updates if u.version <= top]  # one script call: all or none
+            feed.confirm(landed)
+            self._observe(name, landed, now)
+            feed.give_back(updates[len(landed):], now)
+            feed.version = max(feed.version, top)  # a version in the stream is never used again
+            landed_any = landed_any or bool(landed)
+        METRICS.channel_settles.labels("refused" if refused else "landed" if landed_any else "not_landed").inc()
 
     def _observe(self, channel: str, updates: list[ChannelUpdate], done: int) -> None:
         children = self._children

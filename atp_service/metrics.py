@@ -98,6 +98,10 @@ class Metrics:
         self.channel_write_failures = Counter(
             "atp_channel_write_failures_total", "Channel stream writes that failed (retried)", registry=r
         )
+        self.channel_settles = Counter(
+            "atp_channel_settles_total", "Failed channel writes settled after fencing, by what the streams held "
+            "(landed, not_landed; refused: the write script refused it, nothing landed)", ["outcome"], registry=r,
+        )
         self.auth_denied = Counter(
             "atp_auth_denied_total", "Calls refused by authentication/authorisation, by status code", ["code"],
             registry=r,
