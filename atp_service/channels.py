@@ -62,6 +62,7 @@ class ChannelDesk:
         self._find_zero_lines()
         for actor in self.engine.actors:
             actor.listeners.append(self.on_durable)
+            actor.undo_listeners.append(self.on_undone)
         self._mark_everything()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
 
@@ -69,6 +70,8 @@ class ChannelDesk:
         for actor in self.engine.actors:
             with contextlib.suppress(ValueError):
                 actor.listeners.remove(self.on_durable)
+            with contextlib.suppress(ValueError):
+                actor.undo_listeners.remove(self.on_undone)
         await cancel_and_wait(self._task)
 
     async def reload(self, estate: Estate) -> dict[str, int]:
@@ -121,9 +124,25 @@ class ChannelDesk:
         self._wake.set()
 
     # -- intake: runs inside a shard actor's completion callback; keep it short ------------
+    def on_undone(self, shard: int, entry: LogEntry) -> None:
+        """An entry taken back (its append failed): curate its SKUs again, from what is durable (C4)."""
+        now = self.clock.now_ms()
+        for event in entry.events:
+            if isinstance(event, FactApplied):
+                sku, loc = event.fact.sku, event.fact.location
+            elif isinstance(event, (HoldMoved, Shipped, SafetyStockSet)):
+                sku, loc = event.sku, event.location
+            else:
+                continue
+            self._dirty.setdefault(sku, {}).setdefault(loc, 0)
+            self._dirty_at.setdefault(sku, now)
+        self._wake.set()
+
     def on_durable(self, shard: int, entry: LogEntry) -> None:
         dirty, ts, now = self._dirty, entry.ts, self.clock.now_ms()
-        zero_lines, store, stockouts = self._zero_lines, self.engine.actors[shard].ledger.store, False
+        actor = self.engine.actors[shard]
+        zero_lines, store, stockouts = self._zero_lines, actor.ledger.store, False
+        ahead = actor.ahead_of_log() if zero_lines else None  # C4: memory may be ahead of the log
         demand: dict[str, int] = {}
         for event in entry.events:
             if isinstance(event, FactApplied):
@@ -147,6 +166,8 @@ class ChannelDesk:
                 locs[loc] = t
             available = store.available(sku, loc) if zero_lines else None  # read once for every channel
             if available is not None:
+                if ahead:
+                    available -= ahead.get((sku, loc), 0)
                 for feed, line, sells_from in zero_lines:  # C2: a per-location stock-out is offered at once
                     if available <= line and loc in sells_from:
                         feed.offer((sku, loc), 0, t, now, now)  # E11: no-op unless it showed more
@@ -213,8 +234,9 @@ class ChannelDesk:
         rest: list[Offer] = []
         channels, feeds = self.estate.channels, self.feeds
         for shard, skus in by_shard.items():
-            ledger = self.engine.actors[shard].ledger
-            u, r = self._curator.curate_shard(shard, ledger, skus, [dirty[s] for s in skus], channels, feeds)
+            actor = self.engine.actors[shard]
+            u, r = self._curator.curate_shard(shard, actor.ledger, skus, [dirty[s] for s in skus], channels, feeds,
+                                              actor.ahead_of_log())
             urgent += u
             rest += r
         self._offer(urgent)

@@ -53,6 +53,17 @@ class Metrics:
         self.append_failures = Counter(
             "atp_log_append_failures_total", "Log appends that failed (answered UNAVAILABLE)", registry=r
         )
+        self.settles = Counter(
+            "atp_log_settles_total", "Appends in doubt settled after fencing, by what the log held",
+            ["outcome"], registry=r,
+        )
+        self.shard_failures = Counter(
+            "atp_shard_failures_total", "Shard actors that stopped working (a bug; the service restarts)", registry=r
+        )
+        self.internal_errors = Counter(
+            "atp_internal_errors_total", "Commands that failed unexpectedly (a bug); nothing of them was applied",
+            registry=r,
+        )
         self.shed = Counter("atp_shed_total", "Requests refused for overload (mailbox full, queue delay, loop lag)",
                             registry=r)
         self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke a 20 ms timer", registry=r)
@@ -105,6 +116,10 @@ class Metrics:
         self.auth_denied = Counter(
             "atp_auth_denied_total", "Calls refused by authentication/authorisation, by status code", ["code"],
             registry=r,
+        )
+        self.bad_requests = Counter(
+            "atp_bad_requests_total", "Calls refused INVALID_ARGUMENT because their bytes are not a valid request "
+            "message (truncated, bad UTF-8), by method", ["method"], registry=r,
         )
         self.curated_skus = Counter(
             "atp_channel_curated_skus_total", "SKUs re-curated (all channels) after a durable change", registry=r
