@@ -118,7 +118,8 @@ class ShardActor:
         self._stopping = True
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._drain(), timeout=self._config.redis_timeout_s * 2)
-        await cancel_and_wait(self._task)
+        if self._task is not None and not self._task.done():  # a failed task was reported already
+            await cancel_and_wait(self._task)
         while not self._mailbox.empty():
             env = self._mailbox.get_nowait()
             if not env.reply.done():
@@ -354,7 +355,11 @@ class ShardActor:
                     break
                 batch.append(env)
             self._depth.set(mailbox.qsize() + len(held))
-            self._apply(batch)
+            try:
+                self._apply(batch)
+            except BaseException:  # the actor dies (see _ended): the batch in hand is answered too
+                deliver([(env.reply, None, Unavailable(f"shard {self.shard} stopped working")) for env in batch])
+                raise
 
     def _apply(self, batch: list[Envelope]) -> None:
         ledger, now = self.ledger, self._clock.now_ms()

@@ -64,9 +64,12 @@ class Rig:
                    for a in self.engine.actors)
 
     def order(self, rid: str, units: int = 3) -> Any:
-        cmd = reserve_command(reservation_id=rid, order_ref="o", channel="web",
-                              lines=[(sku, "DC", units) for sku in SKUS], ttl_seconds=60, allow_partial=False, limits=Limits())
+        cmd = reserve_command(reservation_id=rid, order_ref="o", channel="web", ttl_seconds=60,
+                              lines=[(sku, "DC", units) for sku in SKUS], allow_partial=False, limits=Limits())
         return self.engine.reserve(cmd)
+
+    def reserved(self) -> list[int]:
+        return [actor.ledger.quantities(sku, "DC").reserved for actor, sku in zip(self.engine.actors, SKUS, strict=True)]
 
     async def settled(self) -> None:
         """Both shards answer a new write (liveness), and memory equals a replay of the log (E10)."""
@@ -144,8 +147,7 @@ async def test_cancelled_while_the_group_append_is_in_flight_the_shards_see_it_t
     held = [actor.ledger.reservation("r1") for actor in rig.engine.actors]
     landed = outcome in ("ok", "doubt", "late")
     assert (held[0] is not None) == landed and held[1] is None  # the record lives on its home shard
-    reserved = [actor.ledger.quantities(sku, "DC").reserved for actor, sku in zip(rig.engine.actors, SKUS)]
-    assert reserved == ([3, 3] if landed else [0, 0])  # both lines or neither (R2)
+    assert rig.reserved() == ([3, 3] if landed else [0, 0])  # both lines or neither (R2)
 
 
 async def test_an_order_whose_group_append_was_not_durable_is_answered_unavailable(rig: Rig) -> None:
@@ -187,4 +189,4 @@ async def test_a_group_append_arriving_after_the_settle_is_refused_and_never_mis
     assert (rig.log.late_landed, rig.log.late_refused) == (0, 1)
     await rig.settled()
     assert rig.engine.actors[0].ledger.reservation("r1") is None
-    assert [actor.ledger.quantities(sku, "DC").reserved for actor, sku in zip(rig.engine.actors, SKUS)] == [1, 1]
+    assert rig.reserved() == [1, 1]
