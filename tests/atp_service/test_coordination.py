@@ -69,7 +69,8 @@ class Rig:
         return self.engine.reserve(cmd)
 
     def reserved(self) -> list[int]:
-        return [actor.ledger.quantities(sku, "DC").reserved for actor, sku in zip(self.engine.actors, SKUS, strict=True)]
+        pairs = zip(self.engine.actors, SKUS, strict=True)
+        return [actor.ledger.quantities(sku, "DC").reserved for actor, sku in pairs]
 
     async def settled(self) -> None:
         """Both shards answer a new write (liveness), and memory equals a replay of the log (E10)."""
