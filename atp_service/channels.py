@@ -24,10 +24,10 @@ from .channel_store import ChannelStore, WriteRefused
 from .clock import Clock
 from .config import ServiceConfig
 from .curator import Curator, Offer
+from .durability import STORAGE_ERRORS
 from .engine import Engine
 from .estate import Channel, Estate
 from .metrics import METRICS
-from .shard import STORAGE_ERRORS
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -38,9 +38,10 @@ from reservation._events import ReservationSaved
 from .clock import Clock
 from .composite import CompositeView
 from .config import ServiceConfig
+from .durability import STORAGE_ERRORS
 from .log import Fenced, LogStore
 from .metrics import METRICS
-from .shard import REPLACED, STORAGE_ERRORS, ShardActor
+from .shard import REPLACED, ShardActor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -330,13 +330,6 @@ class LogStore:
         else:
             loop.call_soon(self._flush)
 
-    async def last_seq(self, shard: int) -> int:
-        rows: Any = await self.client.xrevrange(self.log_key(shard), count=1)
-        if rows:
-            return seq_of(rows[0][0])
-        snap = await self.load_snapshot(shard)
-        return snap.seq if snap else 0
-
     async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
         start = f"({seq}-0" if seq else "-"
         while True:

@@ -3,27 +3,25 @@
 No locks: only this task touches its ledger, except a coordinator that first
 pauses it (see ``engine``). Each turn drains up to ``batch_max`` messages,
 applies them, appends the resulting events as one log entry (group commit) and
-only then answers (R7). An append whose outcome is unknown is settled by
-reading the log before the shard takes another message.
+only then answers (R7). An append whose outcome is unknown is fenced and settled
+(``durability``) before the shard takes another message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from reservation import DomainError, Ledger, LogEntry, Unavailable, encode_entry
 from reservation._errors import ResourceExhausted
 
 from .clock import Clock
 from .config import ServiceConfig
+from .durability import Checkpoints, LogDiverged, landed_of
 from .log import Fenced, LogStore
 from .messages import Answer, Control, Envelope, InFlight, Sealed, Work, deliver
 from .metrics import METRICS
@@ -31,16 +29,8 @@ from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-STORAGE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 REPLACED = ("this instance was replaced by a newer one on the same Redis keyspace and takes no more "
             "changes; retry (the newer instance answers)")
-SNAPSHOT_RETRY_FIRST_S = 1.0
-"""Wait after a first failed snapshot (capped by ``ServiceConfig.snapshot_retry_max_s``)."""
-
-
-class LogDiverged(AssertionError):
-    """The log holds an entry this shard did not send where it expected its own: memory cannot be
-    trusted to match it, so the shard stops (its task ends; see ``ShardActor._ended``)."""
 
 
 class ShardActor:
@@ -57,7 +47,6 @@ class ShardActor:
         self._held: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
         self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
         self._doubt: list[tuple[int, LogEntry, bytes]] = []  # failed appends that may have landed
-        self._fence_before_snapshot = False  # a snapshot write failed: it may still land later
         self.failure: BaseException | None = None
         """Why this shard's task ended while the service runs (a bug): it answers nothing more."""
         self.undo_listeners: list[Callable[[int, LogEntry], None]] = []
@@ -68,10 +57,7 @@ class ShardActor:
         """Called once when this shard's task ends while the service runs (see ``failure``)."""
         self._stopping = False
         self._maintain_queued = False
-        self._snapshot_seq = seq
-        self._snapshot_at = time.monotonic()
-        self._snapshot_failures = 0
-        self._snapshot_retry_at = 0.0  # monotonic time before which a failed snapshot is not retried
+        self._checkpoints = Checkpoints(shard, log_store, config, seq)
         self._depth = METRICS.mailbox_depth.labels(str(shard))
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
         self._max_delay_s = config.max_queue_delay_ms / 1000
@@ -116,8 +102,12 @@ class ShardActor:
     async def stop(self) -> None:
         """Finish the batch in hand, then fail whatever is still waiting (cleanly, not silently)."""
         self._stopping = True
-        with contextlib.suppress(asyncio.TimeoutError):
+        try:
             await asyncio.wait_for(self._drain(), timeout=self._config.redis_timeout_s * 2)
+        except TimeoutError:
+            pass  # what is still in doubt is settled by the next start's recovery (it reads the log)
+        except LogDiverged:
+            log.exception("shard %d: stopping with a log it cannot trust", self.shard)
         if self._task is not None and not self._task.done():  # a failed task was reported already
             await cancel_and_wait(self._task)
         while not self._mailbox.empty():
@@ -297,40 +287,18 @@ class ShardActor:
                 await self._settle()
 
     async def _settle(self) -> None:
-        """Find out which failed appends reached the log anyway; until then this shard takes no work.
-        R7: first fence (no append sent before can land from now on), then read what landed and
-        compare it with what was sent — an id taken by other content is never read as our landing."""
-        delay = 0.05
-        while True:
-            try:
-                await self._log.fence(self.shard)
-                landed = {seq: data async for seq, data in self._log.entries_after(self.shard, self.seq)}
-                # Asked after the read: what it found is then this instance's own. Replaced, it may be
-                # a newer instance's — which recovered whatever of ours had landed.
-                owner = await self._log.still_owner()
-                break
-            except STORAGE_ERRORS:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        doubt, self._doubt = self._doubt, []
-        if not owner:
-            return  # this instance takes no more work (submit refuses) and stops
-        for seq, entry, data in doubt:
-            found = landed.pop(seq, None)
-            if found is None:
-                METRICS.settles.labels("not_landed").inc()
-                break  # never landed, nor can it now; nor anything after it (a log has no holes)
-            if found != data:
-                raise LogDiverged(f"shard {self.shard}: entry {seq} in the log is not the one this shard sent")
+        """Find out which failed appends reached the log anyway, fenced (R7); until then this shard
+        takes no work. Those that did are applied (their callers were told UNAVAILABLE: a retry
+        with the same ids replays them)."""
+        landed = await landed_of(self._log, self.shard, self.seq, self._doubt)
+        self._doubt = []
+        for seq, entry in landed or ():  # None: replaced; this instance takes no more work and stops
             log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",
                         self.shard, seq)
-            METRICS.settles.labels("landed").inc()
             self.ledger.replay(entry)
             self.seq = seq
             self._tell(self.landed_late_listeners, entry)
             self._durable(entry)
-        if landed:
-            raise LogDiverged(f"shard {self.shard}: the log holds entries {sorted(landed)} this shard never sent")
 
     # -- the actor loop ------------------------------------------------------
     async def _run(self) -> None:
@@ -406,49 +374,18 @@ class ShardActor:
             # Draining holds this shard's new work behind its appends in flight, and every shard is
             # asked at once: only when there is something to do (it was a stall of every shard
             # each maintenance pass, 100 ms apart, at any load).
-            if self._doubt or self.ledger.has_old_facts() or self._snapshot_due():
+            if self._doubt or self.ledger.has_old_facts() or self._checkpoints.due(self.seq):
                 await self._drain()  # a snapshot needs memory == durable log
                 self.ledger.forget_old_facts()
                 await self.checkpoint()
 
     async def checkpoint(self, force: bool = False) -> None:
         """Snapshot when enough has been logged since the last one (or, with ``force``, anything)."""
-        if self._snapshot_due(force):
-            await self._snapshot()
-
-    def _snapshot_due(self, force: bool = False) -> bool:
-        entries = self.seq - self._snapshot_seq
-        due = entries >= self._config.snapshot_every_entries or (
-            entries and time.monotonic() - self._snapshot_at >= self._config.snapshot_interval_s
-        )
-        if not (due or (force and entries)):
-            return False
-        # Backing off after a failure: each try costs time in proportion to the state.
-        return force or time.monotonic() >= self._snapshot_retry_at
-
-    async def _snapshot(self) -> None:
+        if not self._checkpoints.due(self.seq, force):
+            return
         if self._inflight or self._doubt:
             # Memory holds batches the log may not: a snapshot now could count them twice on replay.
             log.warning("shard %d: snapshot skipped, %d entries not yet durable", self.shard,
                         len(self._inflight) + len(self._doubt))
             return
-        started = time.perf_counter()
-        self.ledger.compact()
-        try:
-            if self._fence_before_snapshot:  # an older snapshot write may still land: make it unable to
-                await self._log.fence(self.shard)
-                self._fence_before_snapshot = False
-            size = await self._log.save_snapshot(self.shard, self.seq, self.ledger.snapshot())
-        except STORAGE_ERRORS as exc:
-            self._fence_before_snapshot = not isinstance(exc, Fenced)
-            self._snapshot_failures += 1
-            wait = min(SNAPSHOT_RETRY_FIRST_S * 2 ** min(self._snapshot_failures - 1, 20),
-                       self._config.snapshot_retry_max_s)
-            self._snapshot_retry_at = time.monotonic() + wait
-            METRICS.snapshot_failures.inc()
-            log.warning("shard %d: snapshot failed (%s); next try in %.1fs", self.shard, exc, wait)
-            return
-        self._snapshot_failures, self._snapshot_retry_at = 0, 0.0
-        self._snapshot_seq, self._snapshot_at = self.seq, time.monotonic()
-        METRICS.snapshot_seconds.observe(time.perf_counter() - started)
-        METRICS.snapshot_bytes.labels(str(self.shard)).set(size)
+        await self._checkpoints.save(self.seq, self.ledger)
