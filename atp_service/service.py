@@ -25,6 +25,7 @@ from .channels import ChannelDesk
 from .clock import Clock, SystemClock
 from .config import ServiceConfig
 from .door import server_ids
+from .durability import STORAGE_ERRORS
 from .engine import Engine
 from .estate import Estate, EstateError, group_policies, load_estate
 from .facts import FactDesk
@@ -35,7 +36,7 @@ from .overload import LoopLagMonitor
 from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from .servicer import AvailabilityServicer
-from .shard import STORAGE_ERRORS, ShardActor
+from .shard import ShardActor
 from .tasks import cancel_and_wait
 from .watch import Watchers
 
@@ -74,9 +75,13 @@ class AtpService:
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms)
         self._door_ids: set[int] = set()
         self._owner_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.replaced = asyncio.Event()
         """Set when a newer instance has claimed this keyspace: this one must stop (``atp-service
         serve`` does, exit status 3)."""
+        self.failed = asyncio.Event()
+        """Set when a shard actor stopped working (a bug): health says NOT_SERVING and the service
+        must be restarted, which rebuilds the shard from its log (``atp-service serve`` exits 4)."""
 
     def _note_transport(self) -> None:
         running = transport.active(os.environ)
@@ -224,6 +229,7 @@ class AtpService:
         # Before reading anything: an older instance still running on this keyspace can write no
         # more from here on, so what it wrote first is what recovery reads back.
         epoch = await store.claim()
+        await store.load_fences(cfg.shards)
         store.on_fenced.append(self._on_replaced)
         log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch)
         actors, replayed, newest = [], 0, 0
@@ -236,7 +242,9 @@ class AtpService:
                 seq = entry_seq
                 replayed += 1
             newest = max(newest, ledger.clock)
-            actors.append(ShardActor(shard, ledger, store, self.clock, cfg, seq))
+            actor = ShardActor(shard, ledger, store, self.clock, cfg, seq)
+            actor.on_failure.append(self._on_shard_failed)
+            actors.append(actor)
         advance = getattr(self.clock, "advance_floor", None)
         if advance is not None:
             advance(newest)  # R6: never stamp a command before one already logged
@@ -258,6 +266,18 @@ class AtpService:
 
     def _epoch(self) -> int:
         return self._log.epoch if self._log is not None else 0
+
+    def _on_shard_failed(self, actor: ShardActor) -> None:
+        """Never a dead shard behind a health check that says all is well: report NOT_SERVING and
+        ask to be restarted (the shard's memory is not to be trusted; its log is)."""
+        log.error("shard %d stopped working (%r): health NOT_SERVING; the service stops to be restarted",
+                  actor.shard, actor.failure)
+        self.failed.set()
+        for name in ("", SERVICE_NAME):
+            task = asyncio.get_running_loop().create_task(
+                self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _on_replaced(self) -> None:
         log.error("a newer instance claimed keyspace %r (a write of this one was refused): this instance "
