@@ -11,7 +11,9 @@ The callers file (TOML) holds only SHA-256 hashes of tokens, never the tokens:
 ``authorization: Bearer <token>`` metadata. Roles: ``oms`` (reserve/confirm/release/fulfil and
 reads), ``ingest`` (RecordEvents), ``channel`` (WatchAvailability and reads), ``admin`` (safety
 stock, estate reload and reads). Health checks and reflection stay open for probes and tools.
-Every denial is ``UNAUTHENTICATED`` or ``PERMISSION_DENIED`` with an audit log line.
+Every denial is ``UNAUTHENTICATED`` or ``PERMISSION_DENIED``, counted in ``atp_auth_denied_total``, with
+an audit log line — rate-limited, so that a flood of calls without a token cannot flood the log. A
+denied call's request bytes are never parsed: the caller is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from typing import Any
 import grpc
 
 from .metrics import METRICS
+from .ratelog import RateLimitedLog
 
 audit = logging.getLogger("atp_service.audit")
+_AUDIT_LINES = {code: RateLimitedLog(audit, logging.WARNING, burst=20)
+                for code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)}
 
 READ = frozenset({"GetReservation", "GetAvailability", "ExplainAvailability"})
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -141,19 +146,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     @staticmethod
     def _deny(handler: grpc.RpcMethodHandler[Any, Any], method: str, caller: str, code: grpc.StatusCode,
               message: str) -> grpc.RpcMethodHandler[Any, Any]:
-        audit.warning("denied method=%s caller=%s code=%s reason=%s", method, caller, code.name, message)
+        _AUDIT_LINES[code].log("denied method=%s caller=%s code=%s reason=%s", method, caller, code.name, message)
         METRICS.auth_denied.labels(code.name).inc()
 
         async def abort(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await context.abort(code, message)
 
+        # No deserializer: gRPC hands over the raw bytes (of a unary request; a stream is never read),
+        # so a caller who may not call learns nothing from, and costs nothing by, what it sends.
+        serializer = handler.response_serializer
         if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(abort, handler.request_deserializer,
-                                                         handler.response_serializer)
+            return grpc.stream_stream_rpc_method_handler(abort, None, serializer)
         if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(abort, handler.request_deserializer,
-                                                        handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(abort, None, serializer)
         if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(abort, handler.request_deserializer,
-                                                        handler.response_serializer)
-        return grpc.unary_unary_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(abort, None, serializer)
+        return grpc.unary_unary_rpc_method_handler(abort, None, serializer)

@@ -23,6 +23,10 @@ class DataDirInUse(RuntimeError):
     pass
 
 
+class RedisDidNotStart(RuntimeError):
+    """redis-server exited, or did not answer in time; the message names the port or the log file."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -56,7 +60,8 @@ class EmbeddedRedis:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+    def start(self, timeout_s: float = 10.0, ping_timeout_s: float = 1.0) -> EmbeddedRedis:
+        """Start redis-server and wait (at most ``timeout_s``) until it answers and has loaded its AOF."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
         args = [
@@ -69,7 +74,7 @@ class EmbeddedRedis:
             "--save", "",
             "--daemonize", "no",
             "--protected-mode", "yes",
-            "--logfile", str((self.data_dir / "redis.log").resolve()),
+            "--logfile", str(self._logfile),
         ]
         if self.password:
             args += ["--requirepass", self.password]
@@ -82,22 +87,34 @@ class EmbeddedRedis:
         url_file = self.data_dir / "redis.url"
         url_file.touch(mode=0o600)
         url_file.write_text(self.url + "\n")
+        try:
+            self._wait_until_ready(timeout_s, ping_timeout_s)
+        except BaseException:
+            self.stop()  # not left running (and holding the data directory) behind a failed start
+            raise
+        return self
+
+    def _wait_until_ready(self, timeout_s: float, ping_timeout_s: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        client = redis.Redis.from_url(self.url, socket_timeout=ping_timeout_s)
         try:
             while True:
                 if self.process.poll() is not None:
                     code = self.process.returncode
-                    raise RuntimeError(f"redis-server exited with {code}; see {self.data_dir}/redis.log")
+                    raise RedisDidNotStart(f"redis-server exited with {code}; see {self._logfile}")
                 try:
                     client.ping()
                     # Wait for AOF loading to finish before anyone reads.
                     if client.info("persistence").get("loading", 0) == 0:
-                        return self
-                except (redis.ConnectionError, redis.BusyLoadingError):
+                        return
+                # A busy machine can accept the connection and answer late: in redis-py 8 that
+                # TimeoutError is no ConnectionError, and is no reason to give up before the deadline.
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not answer within {timeout_s}s")
+                    raise RedisDidNotStart(f"redis-server on 127.0.0.1:{self.port} did not answer PING within "
+                                       f"{timeout_s}s; see {self._logfile}")
                 time.sleep(0.02)
         finally:
             client.close()
@@ -116,6 +133,10 @@ class EmbeddedRedis:
                 f"data_dir: {self.data_dir} is in use by another running service; give each its own --data-dir"
             ) from None
         self._lock_file = handle
+
+    @property
+    def _logfile(self) -> Path:
+        return (self.data_dir / "redis.log").resolve()
 
     @property
     def _pidfile(self) -> Path:

@@ -44,14 +44,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reservation import ChannelRules, FeedPolicy, GroupPolicy
+from reservation import ChannelRules, DomainError, FeedPolicy, GroupPolicy
 
 LOCATION_TYPES = ("store", "dc")
 STRATEGIES = ("priority", "most_available")
 
 
 class EstateError(ValueError):
-    """The configuration is wrong; the message starts with the path of the offending key."""
+    """The configuration is wrong; the message starts with the path of the offending key (the file's
+    own path is the caller's to add, once: ``estate: FILE: locations[0].type: ...``)."""
+
+
+class EstateUnusable(DomainError):
+    """A call needs an estate the service cannot use (no channels configured, a file that does not
+    load): FAILED_PRECONDITION. Not ``FailedPrecondition``, whose message names a reservation's state
+    (R3): the message is given whole and starts with ``estate: ``."""
+
+    code = "FAILED_PRECONDITION"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +107,7 @@ def load_estate(path: Path) -> Estate:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise EstateError(f"{path}: not valid TOML: {exc}") from None
+        raise EstateError(f"not valid TOML: {exc}") from None
     return parse_estate(data)
 
 

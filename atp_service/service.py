@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from reservation import FailedPrecondition, Ledger, decode_entry
+from reservation import Ledger, decode_entry
 
 from . import transport
 from .auth import AuthInterceptor, CallersError, load_callers
@@ -27,14 +28,14 @@ from .config import ServiceConfig
 from .door import server_ids
 from .durability import STORAGE_ERRORS
 from .engine import Engine
-from .estate import Estate, EstateError, group_policies, load_estate
+from .estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
 from .facts import FactDesk
+from .handlers import add_service
 from .ingest import StreamIngestor
 from .log import CommitWindow, LogStore, connect
 from .metrics import METRICS
 from .overload import LoopLagMonitor
 from .pb.atp.v1 import atp_pb2 as pb
-from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from .servicer import AvailabilityServicer
 from .shard import ShardActor
 from .tasks import cancel_and_wait
@@ -106,12 +107,7 @@ class AtpService:
         ])
         self._door_ids = server_ids() - before  # this server's channelz counters (atp_grpc_server_calls_total)
         METRICS.door.watch(self._door_ids)
-        pb_grpc.add_AvailabilityServiceServicer_to_server(self._servicer, self._server)  # type: ignore[no-untyped-call]
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self._server,
-        )
+        self._add_services(self._server)
         try:
             credentials = self._tls()
             address = f"{cfg.host}:{cfg.port}"
@@ -155,6 +151,16 @@ class AtpService:
             await self.ingestor.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        """Through ``handlers.add_service``, not the generated ``add_..._to_server``: bytes that are not
+        a valid request answer INVALID_ARGUMENT with a quiet log line, on the open services too."""
+        health = health_pb2.DESCRIPTOR.services_by_name["Health"]
+        names = (SERVICE_NAME, health.full_name, reflection.SERVICE_NAME)
+        add_service(server, self._servicer, pb.DESCRIPTOR.services_by_name["AvailabilityService"])
+        add_service(server, self._health, health)
+        add_service(server, ReflectionServicer(names),
+                    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         cfg = self.config
@@ -215,7 +221,7 @@ class AtpService:
         try:
             return await self.reload_estate()
         except StartupError as exc:
-            raise FailedPrecondition("estate", str(exc)) from None
+            raise EstateUnusable(str(exc)) from None  # every StartupError of a reload starts "estate: "
 
     async def _recover(self) -> Engine:
         started = time.perf_counter()

@@ -11,7 +11,6 @@ import grpc
 
 from reservation import (
     DomainError,
-    FailedPrecondition,
     InvalidArgument,
     Limits,
     Reservation,
@@ -26,6 +25,7 @@ from . import convert
 from .channels import ChannelDesk
 from .drain import SHUTTING_DOWN, Drain
 from .engine import Engine
+from .estate import EstateUnusable
 from .facts import Explanation, FactDesk
 from .metrics import METRICS
 from .overload import LoopLagMonitor
@@ -102,7 +102,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         if self._channels is None:
             if self._engine is None:
                 raise Unavailable("service is recovering its state; retry shortly")
-            raise FailedPrecondition("estate", "no channels are configured (start with --estate FILE)")
+            raise EstateUnusable("estate: no channels are configured (start with --estate FILE)")
         return self._channels
 
     @property
@@ -287,6 +287,10 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             await reader
         finally:
             reader.cancel()
+            if reader.done() and not reader.cancelled():
+                # Its error (a malformed batch) ends the stream when awaited above; when the caller is
+                # gone first, retrieve it so asyncio logs no "exception was never retrieved" per stream.
+                reader.exception()
             self.drain.leave()
         if cut_short:
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)

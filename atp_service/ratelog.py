@@ -1,0 +1,39 @@
+"""Log lines that any caller can provoke at will (bad bytes, a missing token), rate-limited.
+
+One line per bad call lets a flood of them flood the log and bury everything else; none hides them.
+So a token bucket: ``burst`` lines back to back, then one per ``interval_s``, and the next line that
+gets through says how many were left out. Each call is still counted in a metric by the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+
+class RateLimitedLog:
+    def __init__(self, logger: logging.Logger, level: int, *, burst: int = 10, interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._level = level
+        self._burst = float(burst)
+        self._interval_s = interval_s
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+        self.left_out = 0
+        """Lines suppressed since the last one written."""
+
+    def log(self, message: str, *args: object) -> None:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) / self._interval_s)
+        self._last = now
+        if self._tokens < 1:
+            self.left_out += 1
+            return
+        self._tokens -= 1
+        if self.left_out:
+            message, args = f"{message} (and %d more like it left out)", (*args, self.left_out)
+            self.left_out = 0
+        self._logger.log(self._level, message, *args)
