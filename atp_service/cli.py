@@ -16,7 +16,7 @@ from itertools import islice
 from pathlib import Path
 
 from .config import ServiceConfig
-from .embedded_redis import DataDirInUse, EmbeddedRedis, RedisNotInstalled
+from .embedded_redis import DataDirInUse, EmbeddedRedis, RedisDidNotStart, RedisNotInstalled
 from .service import AtpService, StartupError
 from .tasks import task_stacks
 from .transport import reexec_for
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if redis_url is None:
         try:
             embedded = EmbeddedRedis(config.data_dir / "redis", appendfsync=config.durability).start()
-        except (RedisNotInstalled, DataDirInUse) as exc:
+        except (RedisNotInstalled, DataDirInUse, RedisDidNotStart) as exc:
             print(f"atp-service: {exc}", file=sys.stderr)
             return 2
         redis_url = embedded.url
