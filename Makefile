@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto certs sim bootstrap redis bench bench-peak bench-compare clean help
+.PHONY: run test lint proto certs sim bootstrap redis bench bench-peak bench-compare soak clean help
 
 help:
 	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
 	@echo "make bench-peak SCENARIO=flash_sale|holiday_peak|steady DURATION=60 USERS=60 - locust peak run"
 	@echo "make bench-compare - benchmarks/compare.py (this service vs Lua/Redis and PostgreSQL peers)"
+	@echo "make soak SECONDS=60 SEED=1 - benchmarks/fault_soak.py (Redis pauses, slow network, kill -9; then the invariants)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +75,11 @@ bench-peak: bootstrap
 
 bench-compare: bootstrap
 	$(BIN)/python benchmarks/compare.py
+
+SECONDS ?= 60
+SEED ?= 1
+soak: bootstrap
+	$(BIN)/python benchmarks/fault_soak.py --seconds $(SECONDS) --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache
