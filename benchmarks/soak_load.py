@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 
@@ -43,6 +44,8 @@ MAX_TRIED = 400_000
 DECIDED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
                      grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT})
 """Answers that decide (a refusal the service made), unlike a deadline, a cancellation or a shed."""
+CALL_ENDED: type[Exception] = cygrpc.ExecuteBatchError
+"""What grpc.aio's core raises for a stream operation on a call that has just ended."""
 ODD = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 TERMINAL = frozenset({pb.FULFILLED, pb.RELEASED, pb.EXPIRED, pb.REJECTED})
@@ -340,7 +343,9 @@ async def streams(c: Caller, name: str) -> None:
             c.book.calls[("stream", "OK")] += 1
         except grpc.aio.AioRpcError as exc:
             c.book.failed("stream", exc)
-        except asyncio.InvalidStateError:  # a write after the call ended (its deadline): its status says how
+        except (asyncio.InvalidStateError, CALL_ENDED):
+            # A write or done_writing as the call ended (its deadline, the service going away):
+            # grpc.aio raises these instead of the status, which the call still holds.
             c.book.calls[("stream", (await call.code()).name)] += 1
         except StreamEnded:
             c.book.calls[("stream", "ENDED_EARLY")] += 1
