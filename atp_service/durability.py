@@ -49,6 +49,8 @@ async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list
             if not await store.still_owner():
                 return None
             break
+        except Fenced:
+            return None  # replaced: the newer instance recovered whatever of ours had landed
         except STORAGE_ERRORS:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)

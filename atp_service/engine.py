@@ -1,11 +1,8 @@
 """The engine: routes commands to shard actors and coordinates the few that span shards.
 
 A SKU lives on one shard (stable hash), so a single-SKU reservation is one actor
-message. A reservation whose lines span shards is decided by a coordinator that
-pauses the shards involved in ascending order (no deadlock: every coordinator
-takes them in the same order), decides over all of them at once, appends the
-entries of all of them in one script (every id checked before any is written) and
-resumes them: all-or-nothing (R2).
+message. A reservation whose lines span shards is decided by the ``Coordinator``:
+all-or-nothing (R2), whatever happens to its caller (R8).
 """
 
 from __future__ import annotations
@@ -36,17 +33,16 @@ from reservation import _operations as ops
 from reservation._events import ReservationSaved
 
 from .clock import Clock
-from .composite import CompositeView
 from .config import ServiceConfig
+from .coordinator import Coordinator, ViewWork
 from .durability import STORAGE_ERRORS
-from .log import Fenced, LogStore
+from .log import LogStore
 from .metrics import METRICS
-from .shard import REPLACED, ShardActor
+from .shard import ShardActor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STATE_NAMES = {state.value: state.name.lower() for state in State}  # metric labels, without an Enum call each
-ViewWork = Callable[[View, int], Any]
 
 
 async def _one_as_list(coro: Any) -> list[Any]:
@@ -56,8 +52,12 @@ async def _one_as_list(coro: Any) -> list[Any]:
         return [exc]
 
 
+def _seen(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 REROUTES = 3
-NOT_DURABLE = "change not durable (log storage unreachable); nothing was applied"
 
 
 class _Reroute(DomainError):
@@ -76,6 +76,7 @@ class Engine:
         self.limits = config.limits
         self.clock = clock
         self._log = log_store
+        self._coordinator = Coordinator(self.actors, log_store, clock, self.place)
         self._n = len(actors)
         # reservation_id -> shard holding its record. Set when a Reserve is routed, so a
         # concurrent retry with the same id meets the first attempt on the same actor.
@@ -85,6 +86,7 @@ class Engine:
             for rid in actor.ledger.reservations:
                 self._home[rid] = actor.shard
             actor.landed_late_listeners.append(self._rehome)
+            actor.undo_listeners.append(self._unhome)
         self._maintenance: asyncio.Task[None] | None = None
         self._gauged_at = 0.0
         # Location groups a Reserve line may name, with each channel's strategy (set from the estate).
@@ -139,34 +141,46 @@ class Engine:
         groups: dict[int, list[int]] = {}
         spanning: list[int] = []
         for i, cmd in enumerate(cmds):
-            shards, home = self._route(cmd)
+            shards, home = self._placement(cmd)
             if len(shards) == 1:
+                self._route(cmd)
                 groups.setdefault(home, []).append(i)
             else:
-                spanning.append(i)
+                spanning.append(i)  # routed by reserve()
         across = [([i], asyncio.ensure_future(_one_as_list(self.reserve(cmds[i])))) for i in spanning]
-        try:
-            await self.gather_by_shard(groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out, across)
-        finally:
-            for idx in groups.values():
-                for i in idx:
-                    self._unroute(cmds[i].reservation_id)
+
+        def decided(idx: list[int]) -> None:  # when the shard has answered (or will never decide them)
+            for i in idx:
+                self._unroute(cmds[i].reservation_id)
+
+        await self.gather_by_shard(groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out, across,
+                                   decided)
         self._count_many(out)
         return out
 
     async def gather_by_shard(
         self, groups: dict[int, list[int]], work_for: Callable[[list[int]], Callable[[Ledger, int], list[Any]]],
         out: list[Any], more: Sequence[tuple[list[int], Awaitable[list[Any]]]] = (),
+        settled: Callable[[list[int]], None] | None = None,
     ) -> None:
         """One actor message per shard for the items ``groups`` assigns it; each item's result, or the
-        error that kept its shard from deciding it, lands at the item's index in ``out``."""
+        error that kept its shard from deciding it, lands at the item's index in ``out``. ``settled``
+        is called with a shard's items once that shard has answered for them — whether or not this
+        coroutine is still there to hear it (R8: a cancelled caller abandons only the waiting)."""
         waits: list[tuple[list[int], Awaitable[list[Any]]]] = list(more)
         for shard, idx in groups.items():
             try:
-                waits.append((idx, self.actors[shard].submit(work_for(idx))))
+                reply = self.actors[shard].submit(work_for(idx))
             except DomainError as exc:
                 for i in idx:
                     out[i] = exc
+                if settled is not None:
+                    settled(idx)
+                continue
+            reply.add_done_callback(_seen)  # a caller gone early leaves no "exception never retrieved"
+            if settled is not None:
+                reply.add_done_callback(lambda _, idx=idx: settled(idx))  # type: ignore[misc]
+            waits.append((idx, reply))
         for idx, fut in waits:
             try:
                 results = await fut
@@ -175,19 +189,26 @@ class Engine:
             for i, result in zip(idx, results, strict=True):
                 out[i] = result
 
-    def _route(self, cmd: ReserveCommand) -> tuple[set[int], int]:
-        """The shards a Reserve needs and its record's home. The home is noted before the shard
-        decides (a concurrent retry must meet the first attempt there); ``_unroute`` forgets it
-        again when no attempt is left and no record was made."""
+    def _placement(self, cmd: ReserveCommand) -> tuple[set[int], int]:
+        """The shards a Reserve needs and its record's home (the known one, else the lowest shard)."""
         rid = cmd.reservation_id
-        self._routing[rid] = self._routing.get(rid, 0) + 1
         if len(cmd.lines) == 1:  # the common case, without the set arithmetic
             shard = self.place(cmd.lines[0].sku)
-            home = self._home.setdefault(rid, shard)
+            home = self._home.get(rid, shard)
             return ({shard} if home == shard else {shard, home}), home
         shards = {self.place(line.sku) for line in cmd.lines}
-        home = self._home.setdefault(rid, min(shards))
+        home = self._home.get(rid, min(shards))
         shards.add(home)
+        return shards, home
+
+    def _route(self, cmd: ReserveCommand) -> tuple[set[int], int]:
+        """``_placement``, with the home noted before the shard decides (a concurrent retry must meet
+        the first attempt there); ``_unroute`` forgets it again once no attempt is left and no
+        record was made, and ``_unhome`` when the record is taken back."""
+        shards, home = self._placement(cmd)
+        rid = cmd.reservation_id
+        self._home.setdefault(rid, home)
+        self._routing[rid] = self._routing.get(rid, 0) + 1
         return shards, home
 
     def _unroute(self, reservation_id: str) -> None:
@@ -196,6 +217,12 @@ class Engine:
             self._routing[reservation_id] = left
         else:
             self._forget_if_unheld(reservation_id)
+
+    def _unhome(self, _shard: int, entry: LogEntry) -> None:
+        """An entry taken back (its append failed): a record it created is gone, and so is its route."""
+        for event in entry.events:
+            if isinstance(event, ReservationSaved):
+                self._forget_if_unheld(event.reservation.reservation_id)
 
     def _rehome(self, shard: int, entry: LogEntry) -> None:
         """An entry taken back, then found in the log when settling: its records are there again
@@ -333,64 +360,7 @@ class Engine:
     async def _run(self, shards: set[int], home: int, work: ViewWork) -> Any:
         if len(shards) == 1:
             return await self.actors[home].submit(work)
-        return await self._coordinate(sorted(shards), home, work)
-
-    async def _coordinate(self, shards: list[int], home: int, work: ViewWork) -> Any:
-        """Pause the shards, decide over all of them, seal each one's part into its own pipeline as
-        one all-or-nothing group (R2), resume them, then wait for the group to be durable. The
-        caller may be cancelled at any await (R8): while pausing, ``pause`` leaves no shard parked;
-        once sealed, the parts are the shards' own in-flight batches, landed or undone and settled
-        by them like any other — one path, whatever becomes of this coroutine."""
-        resumes: list[asyncio.Future[None]] = []
-        try:
-            for shard in shards:  # ascending: two coordinators can never wait on each other
-                resumes.append(await self.actors[shard].pause())
-            result, error, durable = self._decide_and_seal(shards, home, work)
-        finally:
-            for resume in resumes:
-                if not resume.done():
-                    resume.set_result(None)
-        if durable is not None:
-            try:
-                await asyncio.shield(durable)  # the caller's cancellation abandons the wait, not the work
-            except asyncio.CancelledError:
-                if not durable.cancelled():
-                    raise  # our caller gave up; the shards see the change through
-                raise Unavailable(NOT_DURABLE) from None
-            except Fenced:
-                raise Unavailable(REPLACED) from None
-            except STORAGE_ERRORS as exc:
-                log.warning("cross-shard append failed (%r)", exc)
-                raise Unavailable(NOT_DURABLE) from None
-        if error is not None:
-            raise error
-        return result
-
-    def _decide_and_seal(self, shards: list[int], home: int, work: ViewWork
-                         ) -> tuple[Any, DomainError | None, asyncio.Future[None] | None]:
-        """Runs without an await: no other task sees the shards between the decision and the seal."""
-        actors = {s: self.actors[s] for s in shards}
-        now = self.clock.now_ms()
-        view = CompositeView({s: a.ledger for s, a in actors.items()}, home, self.place)
-        error: DomainError | None = None
-        result: Any = None
-        try:
-            result = work(view, now)
-        except DomainError as exc:
-            error = exc
-        except Exception as exc:  # a bug: the paused shards' open batches hold only this change
-            for actor in actors.values():
-                actor.ledger.rollback()
-            log.exception("a cross-shard command failed unexpectedly; nothing of it was applied")
-            METRICS.internal_errors.inc()
-            raise DomainError(f"internal error ({type(exc).__name__}); nothing was applied") from None
-        parts = {s: part for s, a in actors.items() if (part := a.seal_part(now)) is not None}
-        if not parts:
-            return result, error, None
-        durable = self._log.submit_group([(s, part.seq, part.data) for s, part in parts.items()])
-        for s, part in parts.items():
-            actors[s].track_part(part, durable)
-        return result, error, durable
+        return await self._coordinator.run(sorted(shards), home, work)
 
     # -- time ---------------------------------------------------------------------------
     async def run_maintenance(self) -> None:
@@ -422,13 +392,13 @@ class Engine:
             else:  # spans shards: expire through the coordinator, after this batch
                 self._spawn(self._expire_across(sorted(shards), ledger, rid, rec.expires_at))
         for rid in ledger.evict(now):
-            if self._home.get(rid) == ledger.shard:
+            if self._home.get(rid) == ledger.shard and rid not in self._routing:  # not a retry on its way
                 del self._home[rid]
         METRICS.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
 
     async def _expire_across(self, shards: list[int], home: Ledger, rid: str, expires_at: int) -> None:
         try:
-            await self._coordinate(shards, home.shard, lambda v, t: ops.expire(v, rid, t))
+            await self._coordinator.run(shards, home.shard, lambda v, t: ops.expire(v, rid, t))
         except DomainError as exc:
             log.warning("expiry of %s deferred: %s", rid, exc)
             home.requeue_expiry(expires_at, rid)

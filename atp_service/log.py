@@ -64,7 +64,16 @@ local function refusal(i)
   local last = top[key]
   if last == nil then
     local row = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-    last = #row > 0 and tonumber(string.match(row[1][1], '^%d+')) or (seq - 1)
+    if #row > 0 then
+      last = tonumber(string.match(row[1][1], '^%d+'))
+    elseif redis.call('EXISTS', key) == 0 then
+      last = 0
+    else  -- emptied by a trim: the newest id it ever had
+      local info = redis.call('XINFO', 'STREAM', key)
+      for k = 1, #info, 2 do
+        if info[k] == 'last-generated-id' then last = tonumber(string.match(info[k + 1], '^%d+')) end
+      end
+    end
   end
   if last >= seq then return 'TAKEN entry ' .. seq .. ' is not after ' .. last end
   if last ~= seq - 1 then return 'GAP entry ' .. seq .. ' follows ' .. last end
@@ -93,6 +102,11 @@ while i <= n do
   i = j + 1
 end
 return out
+"""
+
+# KEYS: epoch, fence; ARGV: epoch. A replaced instance raises no fence of the newer one's shards.
+_FENCE_SCRIPT = FENCE_LUA + """
+return redis.call('INCR', KEYS[2])
 """
 
 # KEYS: epoch, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
@@ -240,6 +254,7 @@ class LogStore:
         self._tasks: set[asyncio.Task[None]] = set()
         self._append_script = client.register_script(_APPEND_SCRIPT)
         self._snapshot_script = client.register_script(_SNAPSHOT_SCRIPT)
+        self._fence_script = client.register_script(_FENCE_SCRIPT)
         self._groups = 0
         self._tokens: dict[int, int] = {}
         """Per shard, the fence value its writes carry (``fence``); a write is refused once the
@@ -268,7 +283,12 @@ class LogStore:
     async def fence(self, shard: int) -> None:
         """Make every write of ``shard`` sent before now impossible to land (R7): raise its fence
         and carry the new value from here on. Whatever the log holds afterwards is final."""
-        self._tokens[shard] = int(await self.client.incr(self.fence_key(shard)))
+        try:
+            raised = int(await self._fence_script(keys=[self.epoch_key, self.fence_key(shard)], args=[self.epoch]))
+        except RedisError as exc:
+            raise self._refused(exc) from None
+        # Two fences may overlap (a settle and a snapshot after a stop): the higher one stands.
+        self._tokens[shard] = max(self._tokens.get(shard, 0), raised)
 
     async def still_owner(self) -> bool:
         """False (and fenced from now on) once a newer instance has claimed the keyspace."""
@@ -393,7 +413,7 @@ class LogStore:
             results: list[Any] = [
                 RedisError(r[1:].decode(errors="replace")) if r[:1] == b"!" else r for r in replies
             ]
-        except (TimeoutError, RedisError, OSError) as exc:
+        except Exception as exc:  # whatever it was, the entries are in doubt: never left unanswered
             results = [self._refused(exc)] * len(batch)
         for p, result in zip(batch, results, strict=True):
             if p.done.done():

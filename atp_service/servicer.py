@@ -275,7 +275,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             nonlocal cut_short
             try:
                 async for batch in self.drain.until_closed(request_iterator):
-                    await inflight.put(asyncio.ensure_future(self._reserve_batch(batch)))
+                    task = asyncio.ensure_future(self._reserve_batch(batch))
+                    task.add_done_callback(_retrieved)  # a caller gone early leaves no "never retrieved"
+                    await inflight.put(task)
                 cut_short = self.drain.closing  # else the client ended its stream
             finally:
                 await inflight.put(None)
@@ -283,7 +285,11 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         reader = asyncio.ensure_future(read())
         try:
             while (task := await inflight.get()) is not None:
-                yield await task
+                try:
+                    answer = await task
+                except DomainError as exc:  # the service recovering or stopping: a status, not UNKNOWN
+                    await context.abort(_status(exc), exc.message)
+                yield answer
             await reader
         finally:
             reader.cancel()
@@ -331,3 +337,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
 def _failed(reservation_id: str, exc: DomainError) -> pb.ReserveOutcome:
     return pb.ReserveOutcome(reservation_id=reservation_id, code=_status(exc).value[0], error=exc.message)
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark a finished task's exception as seen (whoever awaits it still gets it)."""
+    if not task.cancelled():
+        task.exception()

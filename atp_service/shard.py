@@ -58,6 +58,7 @@ class ShardActor:
         self._stopping = False
         self._maintain_queued = False
         self._checkpoints = Checkpoints(shard, log_store, config, seq)
+        self._settling = asyncio.Lock()
         self._depth = METRICS.mailbox_depth.labels(str(shard))
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
         self._max_delay_s = config.max_queue_delay_ms / 1000
@@ -89,9 +90,20 @@ class ShardActor:
     def _ended(self, task: asyncio.Task[None]) -> None:
         """The actor loop never returns while the service runs: if it ended, say so at once and
         loudly (callers, health, metric, log) — never a shard that silently stops answering."""
-        if self._stopping or task.cancelled():
+        if self._stopping or task.cancelled() or self.failure is not None:
             return
-        self.failure = task.exception() or RuntimeError("the actor loop returned")
+        self._report_failure(task.exception() or RuntimeError("the actor loop returned"))
+
+    def break_down(self, error: BaseException) -> None:
+        """Stop this shard for good: its memory can no longer be trusted to match its log (a bug
+        found outside its own task). Reported like a task that ended (``_ended``)."""
+        if self.failure is None and not self._stopping:
+            self._report_failure(error)
+            if self._task is not None:
+                self._task.cancel()
+
+    def _report_failure(self, error: BaseException) -> None:
+        self.failure = error
         METRICS.shard_failures.inc()
         log.error("shard %d stopped working; it answers UNAVAILABLE until the service restarts",
                   self.shard, exc_info=self.failure)
@@ -110,10 +122,7 @@ class ShardActor:
             log.exception("shard %d: stopping with a log it cannot trust", self.shard)
         if self._task is not None and not self._task.done():  # a failed task was reported already
             await cancel_and_wait(self._task)
-        while not self._mailbox.empty():
-            env = self._mailbox.get_nowait()
-            if not env.reply.done():
-                env.reply.set_exception(Unavailable("service is shutting down"))
+        self._refuse_waiting(Unavailable("service is shutting down"))
 
     # -- sending -------------------------------------------------------------
     def _refuse_if_unable(self) -> None:
@@ -290,8 +299,11 @@ class ShardActor:
         """Find out which failed appends reached the log anyway, fenced (R7); until then this shard
         takes no work. Those that did are applied (their callers were told UNAVAILABLE: a retry
         with the same ids replays them)."""
-        landed = await landed_of(self._log, self.shard, self.seq, self._doubt)
-        self._doubt = []
+        async with self._settling:  # the actor loop and a stop may both ask: one settle, once
+            if not self._doubt:
+                return
+            landed = await landed_of(self._log, self.shard, self.seq, self._doubt)
+            self._doubt = []
         for seq, entry in landed or ():  # None: replaced; this instance takes no more work and stops
             log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",
                         self.shard, seq)

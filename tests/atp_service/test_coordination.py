@@ -187,7 +187,75 @@ async def test_a_group_append_arriving_after_the_settle_is_refused_and_never_mis
     await _until(lambda: not any(actor.in_doubt for actor in rig.engine.actors), "the shards settle")
     again = asyncio.ensure_future(rig.order("r2", units=1))
     await rig.pump_until_done([again])  # the late script reaches Redis first, after the fence
-    assert (rig.log.late_landed, rig.log.late_refused) == (0, 1)
+    assert (rig.log.tally.late_landed, rig.log.tally.late_refused) == (0, 1)
     await rig.settled()
     assert rig.engine.actors[0].ledger.reservation("r1") is None
     assert rig.reserved() == [1, 1]
+
+
+async def test_a_stop_while_the_shard_settles_applies_a_landed_entry_once(rig: Rig) -> None:
+    """The actor loop and a graceful stop both settle a shard in doubt: one settle, once — a second,
+    concurrent one replayed the landed entry again, and the final snapshot kept the double."""
+    shard = rig.engine.actors[0]
+    receipt = Fact("more", "wms", FactKind.RECEIPT, "D", "DC", 5, rig.clock.now_ms())
+    more = shard.submit(lambda ledger, _now: ledger.record_fact(receipt))
+    await _until(lambda: len(rig.log.pending) == 1, "the receipt is appended")
+    rig.log.pump("doubt")  # it landed; the caller was told it failed
+    with pytest.raises(Unavailable):
+        await more
+    rig.log.pause()  # Redis slow: the settle's fence waits
+    shard.request_maintenance()  # the actor begins to settle ...
+    await _until(lambda: shard._mailbox.empty(), "the actor took the maintenance request")
+    stopping = asyncio.ensure_future(rig.engine.stop(snapshot=True))  # ... and so does the stop
+    for _ in range(10):
+        await asyncio.sleep(0)
+    rig.log.resume()
+    await stopping
+    assert shard.ledger.quantities("D", "DC").on_hand == 15
+    snap = await rig.log.load_snapshot(0)
+    assert snap is not None
+    restored = Ledger.restore(0, rig.config.limits, snap.ledger)
+    async for _, data in rig.log.entries_after(0, snap.seq):
+        restored.replay(decode_entry(data))
+    assert restored.quantities("D", "DC").on_hand == 15
+
+
+def _cmd(rid: str, *lines: tuple[str, int]) -> Any:
+    return reserve_command(reservation_id=rid, order_ref="o", channel="web", ttl_seconds=60, allow_partial=False,
+                           lines=[(sku, "DC", units) for sku, units in lines], limits=Limits())
+
+
+async def test_a_stream_batch_leaves_a_route_for_every_record_and_for_nothing_else(rig: Rig) -> None:
+    batch = [_cmd("span-ok", ("D", 1), ("A", 1)), _cmd("span-refused", ("D", 99), ("A", 1)), _cmd("single", ("A", 1))]
+    many = asyncio.ensure_future(rig.engine.reserve_many(batch))
+    await rig.pump_until_done([many])
+    assert not rig.engine._routing
+    assert set(rig.engine._home) == {rid for a in rig.engine.actors for rid in a.ledger.reservations}
+
+
+async def test_a_cancelled_stream_batch_still_finds_the_records_its_shards_made(rig: Rig) -> None:
+    """R8: the caller left while it waited on shard 1; shard 0 decides its part afterwards, and
+    that record must keep its route (it was forgotten: HELD, yet NOT_FOUND for Get/Confirm/Release)."""
+    resumes = [await actor.pause() for actor in rig.engine.actors]  # both shards busy for a moment
+    many = asyncio.ensure_future(rig.engine.reserve_many([_cmd("on-1", ("A", 2)), _cmd("on-0", ("D", 1))]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    many.cancel()  # while it waits on shard 1's answer (shard 1's part is then never decided)
+    await asyncio.gather(many, return_exceptions=True)
+    for resume in resumes:
+        resume.set_result(None)
+    await rig.pump_until_done([])
+    await _until(lambda: not rig.engine._routing, "shard 0's answer heard")
+    assert rig.engine.get_reservation("on-0").reservation_id == "on-0"
+    assert rig.engine.home_of("on-1") is None and not rig.engine._routing
+
+
+async def test_a_reserve_whose_caller_left_and_whose_append_then_failed_leaves_no_route(rig: Rig) -> None:
+    order = asyncio.ensure_future(rig.engine.reserve(_cmd("gone", ("D", 1))))
+    await _until(lambda: len(rig.log.pending) == 1, "applied, its append in flight")
+    order.cancel()
+    await asyncio.gather(order, return_exceptions=True)
+    assert rig.engine.home_of("gone") == 0  # the record is in memory: its route stays for now
+    rig.log.pump("lost")
+    await rig.pump_until_done([])
+    assert rig.engine.home_of("gone") is None and not rig.engine._routing
