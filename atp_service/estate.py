@@ -45,9 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from reservation import ChannelRules, DomainError, FeedPolicy, GroupPolicy
+from reservation._errors import InvalidArgument
+from reservation._limits import Limits
+from reservation._validate import check_safety_stock
 
 LOCATION_TYPES = ("store", "dc")
 STRATEGIES = ("priority", "most_available")
+DEFAULT_LIMITS = Limits()
 
 
 class EstateError(ValueError):
@@ -103,15 +107,15 @@ def group_policies(estate: Estate) -> tuple[dict[str, GroupPolicy], GroupPolicy 
     return per_channel, GroupPolicy(estate.groups, "priority")
 
 
-def load_estate(path: Path) -> Estate:
+def load_estate(path: Path, limits: Limits = DEFAULT_LIMITS) -> Estate:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise EstateError(f"not valid TOML: {exc}") from None
-    return parse_estate(data)
+    return parse_estate(data, limits)
 
 
-def parse_estate(data: dict[str, Any]) -> Estate:
+def parse_estate(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Estate:
     locations: dict[str, Location] = {}
     own_safety: dict[str, int] = {}
     for n, raw in enumerate(_list(data, "locations")):
@@ -126,8 +130,8 @@ def parse_estate(data: dict[str, Any]) -> Estate:
         else:
             ids = [_text(raw, "id", where)]
         safety = raw.get("safety_stock")
-        if safety is not None and (not isinstance(safety, int) or isinstance(safety, bool) or safety < 0):
-            raise EstateError(f"{where}.safety_stock: must be a non-negative integer")
+        if safety is not None:
+            safety = _safety_stock(f"{where}.safety_stock", safety, limits)
         for loc_id in ids:
             if loc_id in locations:
                 raise EstateError(f"{where}.id: {loc_id!r} is defined twice")
@@ -145,10 +149,19 @@ def parse_estate(data: dict[str, Any]) -> Estate:
         if channel.name in channels:
             raise EstateError(f"channels[{n}].name: {channel.name!r} is defined twice")
         channels[channel.name] = channel
-    return Estate(locations, groups, channels, _safety_defaults(data, locations, own_safety))
+    return Estate(locations, groups, channels, _safety_defaults(data, locations, own_safety, limits))
 
 
-def _safety_defaults(data: dict[str, Any], locations: dict[str, Location], own: dict[str, int]) -> dict[str, int]:
+def _safety_stock(where: str, units: Any, limits: Limits) -> int:
+    """Q4 from the file, bounded as SetSafetyStock's is: past max_quantity, Q5 could leave int64."""
+    try:
+        return check_safety_stock(where, units, limits)
+    except InvalidArgument as exc:
+        raise EstateError(exc.message) from None
+
+
+def _safety_defaults(data: dict[str, Any], locations: dict[str, Location], own: dict[str, int],
+                     limits: Limits) -> dict[str, int]:
     """``[safety_stock] store = 1`` protects a unit at every store's new positions; a location's own
     ``safety_stock`` key wins over its type's."""
     by_type = data.get("safety_stock", {})
@@ -157,8 +170,7 @@ def _safety_defaults(data: dict[str, Any], locations: dict[str, Location], own: 
     for kind, units in by_type.items():
         if kind not in LOCATION_TYPES:
             raise EstateError(f"safety_stock.{kind}: not a location type ({', '.join(LOCATION_TYPES)})")
-        if not isinstance(units, int) or isinstance(units, bool) or units < 0:
-            raise EstateError(f"safety_stock.{kind}: must be a non-negative integer")
+        _safety_stock(f"safety_stock.{kind}", units, limits)
     out = {loc.id: by_type.get(loc.type, 0) for loc in locations.values()}
     out.update(own)
     return {loc: units for loc, units in out.items() if units}

@@ -25,6 +25,7 @@ from reservation import (
     View,
 )
 from reservation import _operations as ops
+from reservation._ledger import fact_key
 
 from .engine import Engine
 from .metrics import METRICS
@@ -80,7 +81,9 @@ class FactDesk:
                 return outcome, reason or (note if outcome == FactOutcome.APPLIED else reason)
             line = (LineRequest(fact.sku, fact.location, fact.quantity),)
             try:
-                ops.fulfill_committed(view, fact.reservation_id, line, f"fact:{fact.source}:{fact.event_id}", now,
+                # The fact's identity (E8, per position) names the operation: the lines of one
+                # shipment sharing an id each fulfil their own position (R5 retries stay harmless).
+                ops.fulfill_committed(view, fact.reservation_id, line, f"fact:{fact_key(fact)}", now,
                                       engine.limits)
             except DomainError as exc:
                 return outcome, f"stock moved; reservation not fulfilled: {exc.message}"
@@ -150,9 +153,10 @@ class Explanation:
         self.count: tuple[str, int, int] | None = None
         self.deltas: list[tuple[str, int, int]] = []
         if history is not None:
+            # E1 keys are (event_time, rank, source, event_id).
             if history.count_key is not None:
-                self.count = (history.count_key[2], history.count_key[0], history.count_qty)
-            self.deltas = [(key[2], key[0], qty) for key, qty in zip(history.delta_keys, history.delta_qtys,
+                self.count = (history.count_key[3], history.count_key[0], history.count_qty)
+            self.deltas = [(key[3], key[0], qty) for key, qty in zip(history.delta_keys, history.delta_qtys,
                                                                        strict=True)]
         self.stream_time = ledger.stream_time
         self.retained_since = max(0, ledger.stream_time - engine.limits.fact_grace_ms)

@@ -46,7 +46,7 @@ from ._model import (
 )
 from ._operations import View, confirm, expire, fulfill, release, reserve
 from ._store import PositionStore
-from ._validate import check_id, fact, line_requests, partial_lines, reserve_command
+from ._validate import check_id, check_safety_stock, fact, line_requests, partial_lines, reserve_command
 
 __all__ = [
     "TERMINAL",
@@ -87,6 +87,7 @@ __all__ = [
     "View",
     "allocate",
     "check_id",
+    "check_safety_stock",
     "confirm",
     "curate",
     "decode_entry",

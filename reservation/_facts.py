@@ -1,9 +1,10 @@
 """Event-time folding of POS/WMS facts per position (E1-E5, E8, E9).
 
 ``on_hand`` of a position is the latest count plus every delta ordered after it
-(E2) under the total order ``(event_time, rank, event_id)`` with deltas rank 0
-and counts rank 1 (E1). Only deltas that a future, not-late count could still
-absorb are retained; older ones are compacted away (E9).
+(E2) under the total order ``(event_time, rank, source, event_id)`` with deltas
+rank 0 and counts rank 1 (E1): facts stamped alike are ordered by source, then
+event_id, so no tie depends on arrival. Only deltas that a future, not-late
+count could still absorb are retained; older ones are compacted away (E9).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import msgspec
 from ._model import OUTGOING_KINDS, Fact, FactKind, FactOutcome
 from ._undo import Undo
 
-OrderKey = tuple[int, int, str]
+OrderKey = tuple[int, int, str, str]
+"""E1: ``(event_time, rank, source, event_id)``; a fact's identity at its position (E8) makes it unique."""
 
 DELTA_RANK = 0
 COUNT_RANK = 1
+SERVICE_SOURCE = ""
+"""The source the service's own deltas (fulfilment, R4) sort as. No fact has an empty source
+(check_id), so they never tie with a fact: at one ms they come before every fact delta and
+before the counts, which therefore include them. Live and replay build the same key (E10)."""
 _COUNT = int(FactKind.COUNT)
 
 
@@ -40,21 +46,22 @@ class PositionHistory(msgspec.Struct, gc=False):
 
     def fold(self, fact: Fact) -> tuple[FactOutcome, int, Undo | None]:
         """Apply one fact; return its outcome, its change to on_hand and how to take it back."""
-        # E1: the order key is (event_time, rank, event_id); deltas rank 0, counts rank 1.
+        # E1: the order key is (event_time, rank, source, event_id); deltas rank 0, counts rank 1.
         kind, quantity = fact.kind, fact.quantity
         if kind == _COUNT:
-            return self._fold_count((fact.event_time, COUNT_RANK, fact.event_id), quantity)
+            return self._fold_count((fact.event_time, COUNT_RANK, fact.source, fact.event_id), quantity)
         # Fact.delta, inlined: this runs once per ingested fact.
-        return self._fold_delta((fact.event_time, DELTA_RANK, fact.event_id),
+        return self._fold_delta((fact.event_time, DELTA_RANK, fact.source, fact.event_id),
                                 -quantity if kind in OUTGOING_KINDS else quantity)
 
-    def fold_service_delta(self, key: OrderKey, delta: int) -> tuple[FactOutcome, int, Undo | None]:
-        """A change the service itself made (fulfilment, R4), ordered by its timestamp."""
-        return self._fold_delta(key, delta)
+    def fold_service_delta(self, at: int, ref: str, delta: int) -> tuple[FactOutcome, int, Undo | None]:
+        """A change the service itself made (fulfilment, R4), ordered by its timestamp ``at`` as a
+        delta of ``SERVICE_SOURCE`` with event_id ``ref`` (E1)."""
+        return self._fold_delta((at, DELTA_RANK, SERVICE_SOURCE, ref), delta)
 
     def compact(self, horizon: int) -> None:
         """E9: forget deltas stamped before ``horizon``; no count that is not late can precede them."""
-        cut = bisect.bisect_left(self.delta_keys, (horizon, -1, ""))
+        cut = bisect.bisect_left(self.delta_keys, (horizon, -1, "", ""))
         if cut:
             keys, qtys = self.delta_keys, self.delta_qtys
             assert isinstance(keys, list) and isinstance(qtys, list)

@@ -25,7 +25,7 @@ from ._events import (
     SafetyStockSet,
     Shipped,
 )
-from ._facts import PositionHistory
+from ._facts import OrderKey, PositionHistory
 from ._limits import Limits
 from ._model import TERMINAL, Fact, FactOutcome, Quantities, Reservation, State
 from ._store import COMMITTED, ON_HAND, SAFETY, PositionStore, StoreSnapshot
@@ -38,13 +38,20 @@ _SEP = "\x00"  # check_id refuses control characters, so it cannot occur inside 
 
 
 def pair_key(first: str, second: str) -> str:
-    """One str for (sku, location) or (source, event_id): the key of the ledger's big maps."""
+    """One str for (sku, location): the key of the ledger's big maps (facts: ``fact_key``)."""
     return f"{first}{_SEP}{second}"
 
 
 def split_key(key: str) -> tuple[str, str]:
     first, _, second = key.partition(_SEP)
     return first, second
+
+
+def fact_key(fact: Fact) -> str:
+    """E8: a fact's identity, ``(source, event_id)`` at its position (sku, location), as one str.
+    Per position, so the lines of one till receipt sharing an id are each applied, and whether two
+    positions share a shard never changes an answer."""
+    return f"{fact.source}{_SEP}{fact.event_id}{_SEP}{fact.sku}{_SEP}{fact.location}"
 
 
 class _Holders(msgspec.Struct, gc=False):
@@ -59,9 +66,9 @@ class _Holders(msgspec.Struct, gc=False):
 class HistorySnapshot(msgspec.Struct, array_like=True):
     sku: str
     location: str
-    count_key: tuple[int, int, str] | None
+    count_key: OrderKey | None  # E1 keys (event_time, rank, source, event_id)
     count_qty: int
-    delta_keys: list[tuple[int, int, str]]
+    delta_keys: list[OrderKey]
     delta_qtys: list[int]
 
 
@@ -92,7 +99,7 @@ class Ledger:
         self.live_reservations = 0
         self._expiry: list[tuple[int, str]] = []
         self._resolved: deque[tuple[int, str]] = deque()
-        self._seen: dict[str, Fact] = {}  # (source, event_id) in arrival order
+        self._seen: dict[str, Fact] = {}  # fact_key -> fact (E8), in arrival order
         self._holds_at: dict[str, _Holders] = {}
         self._events: list[Event] = []
         self._undo: list[Undo] = []
@@ -122,7 +129,8 @@ class Ledger:
 
     def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
         """Dedupe (E8), lateness (E6), then fold (E1-E5). Returns outcome and reason."""
-        key = pair_key(fact.source, fact.event_id)
+        # fact_key, inlined: the ingest hot path.
+        key = f"{fact.source}{_SEP}{fact.event_id}{_SEP}{fact.sku}{_SEP}{fact.location}"
         seen = self._seen.get(key)
         if seen is not None:
             if seen == fact:
@@ -140,7 +148,12 @@ class Ledger:
             if default:
                 self._emit(SafetyStockSet(fact.sku, fact.location, default))
         # The hot path of ingestion: _emit's dispatch inlined.
-        undo, outcome = self._apply_fact(fact, key)
+        undo, outcome, delta = self._apply_fact(fact, key)
+        if delta and self._past_on_hand_bound(fact, delta):
+            run_undo(undo)
+            reason = f"out of range: on_hand would pass ±{self.limits.max_on_hand} (limit max_on_hand)"
+            self._emit(FactQuarantined(fact, reason))
+            return FactOutcome.QUARANTINED, reason
         self._events.append(FactApplied(fact))
         self._undo.append(undo)
         return outcome, ""
@@ -266,7 +279,8 @@ class Ledger:
         if isinstance(event, ReservationSaved):
             return self._apply_reservation(event.reservation), FactOutcome.APPLIED
         if isinstance(event, FactApplied):
-            return self._apply_fact(event.fact, pair_key(event.fact.source, event.fact.event_id))
+            undo, outcome, _ = self._apply_fact(event.fact, fact_key(event.fact))
+            return undo, outcome
         if isinstance(event, Shipped):
             return self._apply_shipped(event), FactOutcome.APPLIED
         if isinstance(event, SafetyStockSet):
@@ -354,7 +368,15 @@ class Ledger:
         self.store.forget(sku, location)
         self.histories.pop(pair_key(sku, location), None)
 
-    def _apply_fact(self, fact: Fact, key: str) -> tuple[Undo, FactOutcome]:
+    def _past_on_hand_bound(self, fact: Fact, delta: int) -> bool:
+        """Whether the fact just folded took on_hand past ±max_on_hand, outwards (Q5 in int64, see
+        Limits). A live decision only: replay applies what the log says, whatever the limits."""
+        on_hand = self.store.get(fact.sku, fact.location).on_hand
+        bound = self.limits.max_on_hand
+        return on_hand > bound if delta > 0 else on_hand < -bound
+
+    def _apply_fact(self, fact: Fact, key: str) -> tuple[Undo, FactOutcome, int]:
+        """Fold a fact into its position; also returns its change to on_hand."""
         sku, location = fact.sku, fact.location
         history = self.histories.get(f"{sku}{_SEP}{location}")  # pair_key and _history, inlined: the ingest hot path
         if history is None:
@@ -365,7 +387,7 @@ class Ledger:
         if fact.event_time > old_stream_time:
             self.stream_time = fact.event_time
         self._seen[key] = fact  # E8; forget_old_facts bounds the memory
-        return (self._unapply_fact, sku, location, delta, undo_fold, existed, old_stream_time, key), outcome
+        return (self._unapply_fact, sku, location, delta, undo_fold, existed, old_stream_time, key), outcome, delta
 
     def _unapply_fact(self, sku: str, location: str, delta: int, undo_fold: Undo | None, existed: bool,
                       old_stream_time: int, key: str) -> None:
@@ -381,7 +403,7 @@ class Ledger:
         sku, loc, qty = event.sku, event.location, event.quantity
         existed = self.store.exists(sku, loc)
         history = self._history(sku, loc)
-        _, delta, undo_fold = history.fold_service_delta((event.at, 0, event.ref), -qty)
+        _, delta, undo_fold = history.fold_service_delta(event.at, event.ref, -qty)
         self.store.add(sku, loc, COMMITTED, -qty)
         self.store.add(sku, loc, ON_HAND, delta)
 
@@ -397,7 +419,7 @@ class Ledger:
 
     def _remember(self, fact: Fact) -> None:
         """E8: remember an applied fact; ``forget_old_facts`` bounds the memory."""
-        self._seen[pair_key(fact.source, fact.event_id)] = fact
+        self._seen[fact_key(fact)] = fact
 
     def has_old_facts(self) -> bool:
         """Whether ``forget_old_facts`` would drop anything now (its sweep starts at the oldest arrival)."""

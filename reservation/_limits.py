@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_ON_HAND_CEILING = 2**53
+"""The largest ``max_on_hand`` accepted: exact as a float64, and a thousand locations of it sum inside int64."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -13,7 +16,15 @@ class Limits:
     """Longest accepted sku, location, reservation_id, order_ref, channel, event_id or source (bytes)."""
 
     max_quantity: int = 1_000_000
-    """Largest quantity one line or one fact may carry (COUNT: absolute on-hand)."""
+    """Largest quantity one line or one fact may carry (COUNT: absolute on-hand), and the largest
+    safety stock (Q4) of a position, by SetSafetyStock or by the estate file."""
+
+    max_on_hand: int = 10**10
+    """Farthest from 0 facts may take a position's on_hand (Q1), either way: a fact that would take
+    it further is quarantined with its reason. on_hand is a sum over any number of facts, so no
+    bound on one fact bounds it. With it every Q5 term stays far inside int64: reserved + committed
+    <= max_on_hand (R2 grants only what is available), on_hand - reserved - committed >= -2 x
+    max_on_hand (shipments lower on_hand with committed), safety stock <= max_quantity."""
 
     max_lines: int = 200
     """Most lines one reservation, release or fulfil request may carry."""
@@ -53,3 +64,10 @@ class Limits:
 
     fact_future_skew_ms: int = 5 * 60 * 1000
     """E7: facts stamped further than this ahead of the service clock are refused."""
+
+    def __post_init__(self) -> None:
+        # Q5 stays exact in int64 (the store, the channels' numpy sums over locations) and in the
+        # float64 of a channel's percent buffer, and a position's first fact always fits.
+        if not 0 < self.max_quantity <= self.max_on_hand <= MAX_ON_HAND_CEILING:
+            raise ValueError(f"limits: need 0 < max_quantity ({self.max_quantity}) <= max_on_hand "
+                             f"({self.max_on_hand}) <= {MAX_ON_HAND_CEILING}")

@@ -34,6 +34,16 @@ def check_quantity(field: str, value: int, limits: Limits) -> int:
     return value
 
 
+def check_safety_stock(field: str, value: object, limits: Limits) -> int:
+    """Q4: units protected at a position, within [0, max_quantity] (with max_on_hand, Q5 cannot
+    leave int64). Where a safety stock enters: SetSafetyStock and the estate file."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(field, "must be a non-negative integer")
+    if value > limits.max_quantity:
+        raise InvalidArgument(field, f"must be at most {limits.max_quantity} (limit max_quantity)")
+    return value
+
+
 def line_requests(
     lines: Iterable[tuple[str, str, int]], limits: Limits, *, field: str = "lines", required: bool = True
 ) -> tuple[LineRequest, ...]:

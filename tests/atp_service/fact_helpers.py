@@ -34,10 +34,11 @@ class F:
 
 
 def reference_on_hand(facts: list[F]) -> dict[tuple[str, str], int]:
-    """E1/E2 by the book: sort by (event_time, rank, event_id); counts set, deltas add."""
-    unique = {(f.source, f.event_id): f for f in facts}.values()
+    """E1/E2 by the book: sort by (event_time, rank, source, event_id); counts set, deltas add.
+    One fact per identity: (source, event_id) at its position (E8)."""
+    unique = {(f.source, f.event_id, f.sku, f.location): f for f in facts}.values()
     out: dict[tuple[str, str], int] = {}
-    for f in sorted(unique, key=lambda f: (f.t, 1 if f.kind == "COUNT" else 0, f.event_id)):
+    for f in sorted(unique, key=lambda f: (f.t, 1 if f.kind == "COUNT" else 0, f.source, f.event_id)):
         key = (f.sku, f.location)
         if f.kind == "COUNT":
             out[key] = f.quantity

@@ -91,23 +91,25 @@ def acknowledged_survive(world: World, records: dict, acked: Acknowledged) -> No
 
 
 def facts_fold_as_the_reference(world: World, ledgers: list) -> None:  # type: ignore[type-arg]
-    """E1-E3 and E8: on_hand equals the textbook fold of what the log holds, each fact once."""
-    events: dict[tuple[str, str], list[tuple[tuple[int, int, str], int, bool]]] = {}
-    applied: set[tuple[str, str]] = set()
+    """E1-E3 and E8: on_hand equals the textbook fold of what the log holds, each fact once.
+    E1 order: (event_time, rank, source, event_id); the service's shipments sort as source ""."""
+    events: dict[tuple[str, str], list[tuple[tuple[int, int, str, str], int, bool]]] = {}
+    applied: set[tuple[str, str, str, str]] = set()
     for entries in world.log.history.values():
         for _, data in entries:
             for e in decode_entry(data).events:
                 if isinstance(e, FactApplied):
                     f = e.fact
-                    if (f.source, f.event_id) in applied:
-                        raise Violation(f"E8: fact {f.source}/{f.event_id} applied twice")
-                    applied.add((f.source, f.event_id))
+                    identity = (f.source, f.event_id, f.sku, f.location)  # E8: per position
+                    if identity in applied:
+                        raise Violation(f"E8: fact {f.source}/{f.event_id} at {f.sku}@{f.location} applied twice")
+                    applied.add(identity)
                     is_count = f.kind == FactKind.COUNT
-                    key = (f.event_time, 1 if is_count else 0, f.event_id)
+                    key = (f.event_time, 1 if is_count else 0, f.source, f.event_id)
                     events.setdefault((f.sku, f.location), []).append((key, f.quantity if is_count else f.delta,
                                                                        is_count))
                 elif isinstance(e, Shipped):
-                    events.setdefault((e.sku, e.location), []).append(((e.at, 0, e.ref), -e.quantity, False))
+                    events.setdefault((e.sku, e.location), []).append(((e.at, 0, "", e.ref), -e.quantity, False))
     actual = {(s, loc): q.on_hand for ledger in ledgers for s, loc, q in ledger.store.items()}
     for position, items in events.items():
         items.sort(key=lambda item: item[0])
