@@ -173,30 +173,46 @@ class Ledger:
         entry = LogEntry(ts, self._events)
         self.clock = max(self.clock, ts)
         self._events, self._undo = [], []
+        self.store.journal = []
         return entry
 
-    def seal(self, ts: int) -> tuple[LogEntry, list[Undo]]:
-        """Close the open batch but keep its undo steps: its append is in flight (pipelining)."""
-        entry, undo = LogEntry(ts, self._events), self._undo
+    def seal(self, ts: int) -> tuple[LogEntry, list[Undo], list[tuple[str, str, int]]]:
+        """Close the open batch but keep its undo steps: its append is in flight (pipelining).
+        Also returns how it moved ``available`` per position (what a reader of durable state
+        subtracts until the batch is durable, C4)."""
+        entry, undo, moved = LogEntry(ts, self._events), self._undo, self.store.journal or []
         self.clock = max(self.clock, ts)
         self._events, self._undo = [], []
-        return entry, undo
+        self.store.journal = []
+        return entry, undo, moved
 
-    @staticmethod
-    def revert(undo: list[Undo]) -> None:
-        """Take back a sealed batch. Sealed batches must be reverted newest first."""
+    def revert(self, undo: list[Undo]) -> None:
+        """Take back a sealed batch. Sealed batches must be reverted newest first, between batches."""
         for step in reversed(undo):
             run_undo(step)
+        self.store.journal = []  # the steps' own moves cancel a batch that is gone: not the next one's
 
     def rollback(self) -> None:
         """Undo the open batch (its log append failed): state is as before it."""
-        while self._undo:
+        self.rollback_to((0, 0))
+
+    def mark(self) -> tuple[int, int]:
+        """Where the open batch stands now (``rollback_to`` takes it back here)."""
+        return len(self._events), len(self._undo)
+
+    def rollback_to(self, mark: tuple[int, int]) -> None:
+        """Undo what the open batch gained since ``mark``: one command that failed half-way."""
+        events, undo = mark
+        while len(self._undo) > undo:
             run_undo(self._undo.pop())
-        self._events = []
+        del self._events[events:]
 
     def replay(self, entry: LogEntry) -> None:
+        """Apply a durable entry (recovery, or one found in the log when settling; between batches)."""
+        journal, self.store.journal = self.store.journal, None
         for event in entry.events:
             self._apply(event)
+        self.store.journal = journal
         self.clock = max(self.clock, entry.ts)
 
     # -- time ----------------------------------------------------------------
