@@ -200,7 +200,7 @@ class AtpService:
         if path is None:
             return Estate({}, {}, {})
         try:
-            return load_estate(path)
+            return load_estate(path, self.config.limits)
         except OSError as exc:
             raise StartupError(f"estate: cannot read {path} ({exc.strerror})") from None
         except EstateError as exc:

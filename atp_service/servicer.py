@@ -17,6 +17,7 @@ from reservation import (
     ResourceExhausted,
     Unavailable,
     check_id,
+    check_safety_stock,
     partial_lines,
 )
 from reservation import fact as make_fact
@@ -232,8 +233,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     async def SetSafetyStock(self, request: pb.SetSafetyStockRequest, context: Any) -> pb.Availability:
         sku = check_id("sku", request.sku, self.limits)
         location = check_id("location", request.location, self.limits)
-        if not 0 <= request.quantity <= self.limits.max_quantity:
-            raise InvalidArgument("quantity", f"must be within [0, {self.limits.max_quantity}]")
+        check_safety_stock("quantity", request.quantity, self.limits)
         q = await self.engine.set_safety_stock(sku, location, request.quantity)
         return convert.availability_pb(sku, location, q)
 
