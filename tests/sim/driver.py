@@ -1,184 +1,152 @@
-"""The seeded generator: commands, facts in random time order, duplicates, failures, crashes.
+"""The seeded generator: steps of client calls under faults, then every invariant.
 
 ``python -m tests.sim --seeds 100000`` (``make sim SEEDS=100000``) runs many; ``--seed N`` replays one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
-import zlib
-from typing import Any
-
-from reservation import (
-    DomainError,
-    Fact,
-    FactKind,
-    FactOutcome,
-    LineRequest,
-    Reservation,
-    State,
-    reserve_command,
-)
 
 from .checks import Acknowledged, Violation, check
+from .commands import Commands
+from .faults import Call, StepRunner, collect, draw_plan
+from .invariants import (
+    ServiceErrors,
+    abandoned_reserves_whole,
+    channels_follow_durable_state,
+    durable_state_consistent,
+    every_record_routed,
+    every_shard_answers,
+)
+from .shardcount import facts_answer_alike
+from .tally import Tally
 from .world import World
 
-SKUS = ("A", "B", "C", "D")
-LOCATIONS = ("L1", "L2", "L3")
-OUTCOMES = ("ok", "ok", "ok", "ok", "ok", "ok", "ok", "ok", "lost", "doubt", "late")
+CRASH_P = 0.06
+STOP_P = 0.03
+KNOWN_VIOLATIONS = {
+    "shipment-expires-across": "a SHIPMENT naming a HELD reservation past its TTL expires it on the fact's "
+                               "shard only (FactDesk._shipment routes to the fact's and the home shard, "
+                               "ops.fulfill_committed expires every line): a negative position on the wrong "
+                               "shard, a hold never released on the right one (Q2/Q3, R2). Seed 1.",
+    "stockout-rebound": "ChannelDesk.on_durable offers a per-location stock-out straight to the feed, bypassing "
+                        "the Curator's record of what it last offered; when the position comes back to that "
+                        "value before the next round (a SALE to 0, then a RETURN), the round publishes the 0 "
+                        "and the curator sees no change: the channel shows 0 with stock on hand (C1, C4). "
+                        "Seed 14.",
+    "failed-write-drops-offers": "ChannelDesk._run curates (clearing the dirty SKUs and recording the values as "
+                                 "offered), then publishes the stock-outs first: when that write fails, the "
+                                 "curated non-urgent offers are never offered — the channel keeps the old "
+                                 "number until the SKU changes again (C4). Seed 41.",
+}
+"""Engine defects this simulation found and that are still open: ``--avoid-known`` (and the CI test) steer
+clear of them to look for others; each has a regression test that expects it."""
+TRACE_TAIL = 24
 
 
 class Driver:
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, tally: Tally | None = None, avoid: frozenset[str] = frozenset()) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
-        self.world = World()
+        self.tally = tally or Tally()
+        self.world = World(tally=self.tally, avoid=avoid)
+        self.world.log.faults = self.rng
         self.acked = Acknowledged()
-        self.rids: list[str] = []
-        self.facts: list[Fact] = []
-        self.n = 0
+        self.commands = Commands(seed, self.rng, self.world, self.acked, avoid)
         self.trace: list[str] = []
+        self.errors = ServiceErrors()
 
     async def run(self, steps: int) -> None:
-        await self.world.boot()
+        step = -1
         try:
-            for step in range(steps):
-                await self.step(step)
-                check(self.world, self.acked)
-                await self.check_replay_equals_live()
+            with ServiceErrors() as self.errors:
+                await self.world.boot()
+                for step in range(steps):
+                    await self.step(step)
+                    await self.check()
+                await self.stop()
+                await facts_answer_alike(self.commands.fact_batches)
         except Exception as exc:
-            tail = "\n  ".join(self.trace[-12:])
-            raise Violation(f"seed {self.seed}: {exc}\n  last steps:\n  {tail}\n"
-                            f"replay: .venv/bin/python -m tests.sim --seed {self.seed}") from exc
+            tail = "\n  ".join(self.trace[-TRACE_TAIL:])
+            avoiding = " --avoid-known" if self.commands.avoid else ""
+            raise Violation(f"seed {self.seed}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
+                            f"replay: .venv/bin/python -m tests.sim --seed {self.seed}{avoiding} --trace "
+                            f"(open engine defects: KNOWN_VIOLATIONS in tests/sim/driver.py)") from exc
 
     async def step(self, step: int) -> None:
-        roll = self.rng.random()
-        if roll < 0.06:
-            land = self.rng.random() < 0.5
-            self.trace.append(f"{step}: crash (in-flight appends {'landed' if land else 'lost'})")
-            await self.crash(land)
-        elif roll < 0.2:
-            ms = self.rng.randint(0, 20_000)
-            self.trace.append(f"{step}: clock +{ms} ms, maintenance")
-            self.world.clock.advance(ms)
-            await self.world.maintain()
+        world, rng = self.world, self.rng
+        if rng.random() < 0.14:
+            ms = rng.randint(0, 20_000)
+            world.clock.advance(ms)
+            self.trace.append(f"{step}: clock +{ms} ms")
+        calls = [self.commands.call() for _ in range(rng.randint(1, 5))]
+        for call in calls:
+            if rng.random() < 0.3:
+                call.at = rng.randint(1, 40)  # sent later: into a write pause, behind a coordinator
+            if rng.random() < 0.3:
+                call.give_up = rng.randint(0, 40)  # a client deadline or a disconnect
+        plan = draw_plan(rng, CRASH_P, STOP_P)
+        self.trace.append(f"{step}: {plan.describe()}; calls: " + "; ".join(_describe(c) for c in calls))
+        runner = StepRunner(world, rng)
+        try:
+            ended = await runner.run(calls, plan)
+        finally:
+            if runner.events:
+                self.trace.append(f"{step}: faults: " + ", ".join(runner.events))
+        if ended == "crash":
+            for call in calls:  # answered before the crash, but the client never read it
+                if call.task is not None and call.task.done() and not call.task.cancelled():
+                    call.task.exception()
         else:
-            work = [self.command() for _ in range(self.rng.randint(1, 4))]
-            outcome = self.rng.choice(OUTCOMES)
-            self.trace.append(f"{step}: {[w[0] for w in work]} first append {outcome}")
-            results = await self.world.settle([w[1] for w in work], outcome)
-            for (_, _, on_ok), result in zip(work, results, strict=True):
-                if not isinstance(result, BaseException):
-                    on_ok(result)
-                elif not isinstance(result, DomainError):
-                    raise result
+            collect(calls)  # a graceful stop answered what it could before it cancelled the rest
+        if ended is not None:
+            await world.crash_and_recover(rng)  # the callers that never heard back: nothing booked
+            self.trace.append(f"{step}: {ended}, recovered")
+        await world.quiesce()
+        await world.converge_channels()
 
-    async def crash(self, land: bool) -> None:
-        tasks = [asyncio.ensure_future(self.command()[1]) for _ in range(self.rng.randint(0, 3))]
-        for _ in range(self.rng.randint(0, 6)):
-            await asyncio.sleep(0)
-        await self.world.crash_and_recover(land)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)  # the callers never heard back: nothing acked
+    async def check(self) -> None:
+        world = self.world
+        self.errors.check()
+        check(world, self.acked)
+        recovered = await world.recovered()
+        replay_equals_live(world, recovered)
+        durable_state_consistent(recovered)
+        every_record_routed(world)
+        abandoned_reserves_whole(world, self.commands.abandoned)
+        self.commands.abandoned.clear()
+        world.durable.catch_up()  # R2: no grant oversold (raises)
+        channels_follow_durable_state(world, recovered)
+        await every_shard_answers(world)
 
-    async def check_replay_equals_live(self) -> None:
-        """E10/R7: with nothing in flight, memory equals a fresh start from the log."""
-        for actor, (ledger, seq) in zip(self.world.eng.actors, await self.world.recovered(), strict=True):
-            live, fresh = actor.ledger, ledger
-            if seq != actor.seq:
-                raise Violation(f"E10: shard {actor.shard} memory at entry {actor.seq}, log at {seq}")
-            if sorted(live.store.items()) != sorted(fresh.store.items()):
-                raise Violation(f"E10: shard {actor.shard} positions differ from a replay of the log")
-            if live.reservations != fresh.reservations:
-                raise Violation(f"E10: shard {actor.shard} reservations differ from a replay of the log")
-
-    # -- commands: (label, awaitable, what to book when it succeeds) ----------------------------
-    def command(self) -> tuple[str, Any, Any]:
-        kind = self.rng.choices(("reserve", "confirm", "release", "fulfil", "facts"), (5, 2, 1, 1, 4))[0]
-        if kind == "reserve" or not self.rids:
-            return self.reserve()
-        if kind == "facts":
-            return self.record_facts()
-        rid = self.rng.choice(self.rids)
-        eng = self.world.eng
-        if kind == "confirm":
-            return f"confirm {rid}", eng.confirm(rid), self.book_reservation
-        lines = self.partial_lines(rid)
-        op = f"op-{self.next()}" if lines else ""
-        call = eng.release(rid, lines, op) if kind == "release" else eng.fulfill(rid, lines, op)
-        return f"{kind} {rid}{' partly' if lines else ''}", call, self.book_reservation
-
-    def reserve(self) -> tuple[str, Any, Any]:
-        if self.rids and self.rng.random() < 0.15:
-            rid = self.rng.choice(self.rids)  # a retry: same content replays, other content is refused
-        else:
-            rid = f"r{self.next()}"
-            self.rids.append(rid)
-        rng = random.Random(zlib.crc32(rid.encode()) ^ self.seed) if self.rng.random() < 0.8 else self.rng
-        lines = [(rng.choice(SKUS), rng.choice(LOCATIONS), rng.randint(1, 3)) for _ in range(rng.randint(1, 3))]
-        cmd = reserve_command(reservation_id=rid, order_ref="o", channel="web", lines=lines,
-                              ttl_seconds=rng.randint(1, 30), allow_partial=rng.random() < 0.2,
-                              limits=self.world.config.limits)
-        return f"reserve {rid} {lines}", self.world.eng.reserve(cmd), lambda r: self.book_reservation(r[0])
-
-    def partial_lines(self, rid: str) -> tuple[LineRequest, ...]:
-        rec = self.world.eng.actors[0].ledger.reservations.get(rid) or next(
-            (a.ledger.reservations[rid] for a in self.world.eng.actors if rid in a.ledger.reservations), None)
-        if rec is None or self.rng.random() < 0.5:
-            return ()
-        line = self.rng.choice(rec.lines)
-        return (LineRequest(line.sku, line.location, self.rng.randint(1, 2)),)
-
-    def record_facts(self) -> tuple[str, Any, Any]:
-        now = self.world.clock.now_ms()
-        batch: list[Fact] = []
-        for _ in range(self.rng.randint(1, 5)):
-            if self.facts and self.rng.random() < 0.15:
-                batch.append(self.rng.choice(self.facts))  # a duplicate (E8), same payload
-                continue
-            kind = self.rng.choice((FactKind.SALE, FactKind.RETURN, FactKind.RECEIPT, FactKind.ADJUST,
-                                    FactKind.COUNT, FactKind.RECEIPT))
-            if kind == FactKind.ADJUST:
-                qty = self.rng.randint(-3, 3) or 1
-            else:
-                qty = self.rng.randint(0 if kind == FactKind.COUNT else 1, 12)
-            fact = Fact(f"f{self.next()}", self.rng.choice(("pos", "wms")), kind, self.rng.choice(SKUS),
-                        self.rng.choice(LOCATIONS), qty, now - self.rng.randint(0, 120_000))  # out of order
-            self.facts.append(fact)
-            batch.append(fact)
-        eng = self.world.eng
-        by_shard: dict[int, list[Fact]] = {}
-        for f in batch:
-            by_shard.setdefault(eng.place(f.sku), []).append(f)
-
-        async def send() -> list[tuple[Fact, Any]]:
-            out = []
-            for shard, facts in by_shard.items():
-                results = await eng.actors[shard].submit(lambda ledger, _now, fs=facts: [ledger.record_fact(f)
-                                                                                          for f in fs])
-                out += list(zip(facts, results, strict=True))
-            return out
-
-        return f"facts {[(f.event_id, f.kind.name, f.sku, f.location, f.quantity) for f in batch]}", send(), \
-            self.book_facts
-
-    # -- booking what the client was told ----------------------------------------------------------
-    def book_reservation(self, rec: Reservation) -> None:
-        self.acked.reservations[rec.reservation_id] = State(rec.state)
-
-    def book_facts(self, results: list[tuple[Fact, Any]]) -> None:
-        for fact, (outcome, _) in results:
-            if outcome in (FactOutcome.APPLIED, FactOutcome.ABSORBED, FactOutcome.DUPLICATE):
-                self.acked.facts.add((fact.source, fact.event_id))
-
-    def next(self) -> int:
-        self.n += 1
-        return self.n
+    async def stop(self) -> None:
+        """The end of the seed: the service stops (its tasks would outlive the loop otherwise)."""
+        if self.world.desk is not None:
+            await self.world.desk.stop()
+        await self.world.eng.stop(snapshot=False)
 
 
-async def run_seed(seed: int, steps: int = 60) -> World:
-    driver = Driver(seed)
+def replay_equals_live(world: World, recovered: list) -> None:  # type: ignore[type-arg]
+    """E10/R7: with nothing in flight, memory equals a fresh start from the log."""
+    for actor, (ledger, seq) in zip(world.eng.actors, recovered, strict=True):
+        live, fresh = actor.ledger, ledger
+        if seq != actor.seq:
+            raise Violation(f"E10: shard {actor.shard} memory at entry {actor.seq}, log at {seq}")
+        if sorted(live.store.items()) != sorted(fresh.store.items()):
+            raise Violation(f"E10: shard {actor.shard} positions differ from a replay of the log")
+        if live.reservations != fresh.reservations:
+            raise Violation(f"E10: shard {actor.shard} reservations differ from a replay of the log")
+
+
+def _describe(call: Call) -> str:
+    timing = f"@{call.at}" if call.at else ""
+    if call.give_up is not None:
+        timing += f" gives up +{call.give_up}"
+    return f"{call.label}{timing}"
+
+
+async def run_seed(seed: int, steps: int = 60, tally: Tally | None = None,
+                   avoid: frozenset[str] = frozenset()) -> World:
+    driver = Driver(seed, tally, avoid)
     await driver.run(steps)
     return driver.world

@@ -3,16 +3,20 @@
 Appends wait in ``pending`` until the driver pumps them with an outcome, like Redis would answer:
 ``ok`` (landed), ``lost`` (not landed, the caller told so), ``doubt`` (landed, but the caller
 was told it failed — a timeout after Redis applied the script), ``late`` (the caller told it
-failed now; the script reaches Redis at a later pump — after the caller's settle read, unless a
-fence stopped it). Redis's checks are modelled as the append script makes them: an entry whose
-shard was fenced after it was sent is refused (STALE), an entry must follow its stream's newest
-(TAKEN / GAP), and a group (a cross-shard change) lands all or none. Everything ever landed is
-also kept in ``history`` (never trimmed) for the reference checks.
+failed now; the script reaches Redis later — at a random moment the driver picks, possibly after
+newer scripts and after the caller's settle read, unless a fence stopped it). Redis's checks are
+modelled as the append script makes them: an entry of an instance that a newer one replaced is
+refused (FENCED, the epoch), an entry whose shard was fenced after it was sent is refused (STALE),
+an entry must follow its stream's newest (TAKEN / GAP), and a group (a cross-shard change) lands
+all or none. A write pause (``pause``) answers nothing and holds every write command — fences and
+snapshots too — until it ends, as ``CLIENT PAUSE ... WRITE`` does. Everything ever landed is also
+kept in ``history`` (never trimmed) for the reference checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +27,9 @@ from redis.exceptions import RedisError
 from atp_service.log import SnapshotRecord
 from reservation import LedgerSnapshot
 
+from .tally import Tally
+
+SNAPSHOT_OUTCOMES = ("ok",) * 7 + ("lost", "doubt", "late")
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(SnapshotRecord).decode
 
@@ -30,25 +37,66 @@ _decode = msgspec.msgpack.Decoder(SnapshotRecord).decode
 class _Unit:
     """Entries sent together that share one answer (one entry, or a cross-shard group)."""
 
-    __slots__ = ("done", "entries")
+    __slots__ = ("done", "entries", "epoch")
 
-    def __init__(self, entries: list[tuple[int, int, bytes, int]], done: asyncio.Future[None]) -> None:
-        self.entries, self.done = entries, done  # (shard, seq, data, fence token)
+    def __init__(self, entries: list[tuple[int, int, bytes, int]], done: asyncio.Future[None], epoch: int) -> None:
+        self.entries, self.done, self.epoch = entries, done, epoch  # (shard, seq, data, fence token)
+
+
+class _Snap:
+    """A snapshot write (snapshot + trim behind it, one script): it may be late like an append."""
+
+    __slots__ = ("data", "epoch", "seq", "shard", "token")
+
+    def __init__(self, shard: int, seq: int, data: bytes, token: int, epoch: int) -> None:
+        self.shard, self.seq, self.data, self.token, self.epoch = shard, seq, data, token, epoch
+
+
+class SideStreams:
+    """What FactDesk writes besides the log (the quarantine stream): a pipeline that records XADDs."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, dict[str, Any]]] = []
+
+    def pipeline(self, transaction: bool = False) -> _Pipeline:
+        return _Pipeline(self.entries)
+
+
+class _Pipeline:
+    def __init__(self, sink: list[tuple[str, dict[str, Any]]]) -> None:
+        self._sink, self._queued = sink, []  # type: ignore[var-annotated]
+
+    async def __aenter__(self) -> _Pipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def xadd(self, stream: str, fields: dict[str, Any], **_: Any) -> None:
+        self._queued.append((stream, fields))
+
+    async def execute(self) -> None:
+        await asyncio.sleep(0)
+        self._sink += self._queued
 
 
 class SimLog:
-    def __init__(self) -> None:
+    def __init__(self, tally: Tally | None = None) -> None:
         self.logs: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         self.snaps: dict[int, bytes] = {}
         self.history: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         self.pending: list[_Unit] = []
-        self.late: list[_Unit] = []  # sent, the caller told it failed, not yet arrived
+        self.late: list[_Unit | _Snap] = []  # sent, the caller told it failed, not yet arrived
         self.fences: dict[int, int] = defaultdict(int)  # Redis's fence per shard
         self.tokens: dict[int, int] = defaultdict(int)  # what this instance's writes carry
-        self.client: Any = None  # nothing in the simulation writes side streams
-        self.fenced = False  # one instance: never replaced
-        self.late_landed = 0
-        self.late_refused = 0
+        self.redis_epoch = 0  # Redis's <prefix>epoch
+        self.epoch = 0  # this instance's claim
+        self.client: Any = SideStreams()
+        self.fenced = False  # the instance that runs is always the newest: never refused as replaced
+        self.tally = tally or Tally()
+        self.paused = False
+        self._resumed: asyncio.Event | None = None
+        self.faults: random.Random | None = None  # with it, snapshot writes fail too
 
     # -- what ShardActor and Engine call -----------------------------------------------
     def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
@@ -56,15 +104,29 @@ class SimLog:
 
     def submit_group(self, entries: list[tuple[int, int, bytes]]) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append(_Unit([(sh, seq, data, self.tokens[sh]) for sh, seq, data in entries], fut))
+        entries_ = [(sh, seq, data, self.tokens[sh]) for sh, seq, data in entries]
+        self.pending.append(_Unit(entries_, fut, self.epoch))
         return fut
+
+    async def claim(self) -> int:
+        self.redis_epoch += 1
+        self.epoch = self.redis_epoch
+        return self.epoch
 
     async def load_fences(self, shards: int) -> None:
         for shard in range(shards):
             self.tokens[shard] = self.fences[shard]
 
+    async def round_trip(self) -> None:
+        """A command to Redis and its answer take a few event-loop turns: others run meanwhile."""
+        for _ in range(1 + (self.faults.randrange(3) if self.faults is not None else 0)):
+            await asyncio.sleep(0)
+
     async def fence(self, shard: int) -> None:
-        await asyncio.sleep(0)
+        await self.round_trip()
+        await self.writable()
+        if self.faults is not None and self.faults.random() < 0.3:
+            self.arrive_late()  # scripts on their way got there just before the fence did
         self.fences[shard] += 1
         self.tokens[shard] = self.fences[shard]
 
@@ -72,31 +134,71 @@ class SimLog:
         return self._last(shard)
 
     async def still_owner(self) -> bool:
-        return True  # one instance: never replaced
+        await self.round_trip()
+        return True  # the instance that runs is always the newest
 
     async def entries_after(self, shard: int, seq: int) -> AsyncIterator[tuple[int, bytes]]:
+        await self.round_trip()
         for entry_seq, data in list(self.logs[shard]):
             if entry_seq > seq:
                 yield entry_seq, data
+
+    def stored(self, shard: int) -> tuple[SnapshotRecord | None, list[tuple[int, bytes]]]:
+        """What Redis holds for a shard: its snapshot and its log."""
+        raw = self.snaps.get(shard)
+        return (_decode(raw) if raw else None), list(self.logs[shard])
 
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
         raw = self.snaps.get(shard)
         return _decode(raw) if raw else None
 
     async def save_snapshot(self, shard: int, seq: int, ledger: LedgerSnapshot) -> int:
-        data = _encode(SnapshotRecord(seq, ledger))  # through msgpack, as in Redis
-        self.snaps[shard] = data
-        self.logs[shard] = [(s, d) for s, d in self.logs[shard] if s >= seq]  # keeps its own entry
-        return len(data)
+        """Store the snapshot and trim the log behind it (one script); it may fail like an append:
+        lost, landed though the caller is told it failed, or late (a later, unfenced arrival)."""
+        snap = _Snap(shard, seq, _encode(SnapshotRecord(seq, ledger)), self.tokens[shard], self.epoch)
+        await self.round_trip()
+        await self.writable()
+        outcome = "ok" if self.faults is None else self.faults.choice(SNAPSHOT_OUTCOMES)
+        self.tally.count_outcome(outcome)
+        if outcome == "late":
+            self.late.append(snap)
+        refusal = self._land(snap) if outcome in ("ok", "doubt") else None
+        if outcome != "ok" or refusal is not None:
+            raise RedisError(f"sim: snapshot {refusal or outcome}")
+        return len(snap.data)
+
+    # -- write pauses ---------------------------------------------------------------------
+    async def writable(self) -> None:
+        """A write command waits while writes are paused (it is answered once they resume)."""
+        while self.paused:
+            assert self._resumed is not None
+            await self._resumed.wait()
+
+    def pause(self) -> None:
+        self.paused = True
+        self._resumed = asyncio.Event()
+        self.tally.pauses += 1
+
+    def resume(self) -> None:
+        self.paused = False
+        if self._resumed is not None:
+            self._resumed.set()
 
     # -- what the driver calls -----------------------------------------------------------
-    def pump(self, outcome: str) -> int:
-        """Answer every append sent so far with one outcome (one script call). Late scripts of
-        earlier pumps arrive first."""
-        self.arrive_late()
-        batch = [u for u in self.pending if not u.done.done()]  # cancelled before sending: never sent
-        self.pending = []
+    def pump(self, outcome: str, late_first: bool = True, count: int | None = None) -> None:
+        """Answer the appends sent so far (the oldest ``count`` of them: a script call of its own) with
+        one outcome. With ``late_first`` the scripts still on their way arrive before these; without,
+        these overtake them (another connection, a delaying proxy)."""
+        if late_first:
+            self.arrive_late()
+        count = len(self.pending) if count is None else count
+        batch, self.pending = self.pending[:count], self.pending[count:]
         for unit in batch:
+            if unit.done.done():  # given up by its shard: not sent yet (never will be), or on the wire
+                if self.faults is not None and self.faults.random() < 0.5 and outcome in ("ok", "doubt"):
+                    self._land(unit)
+                continue
+            self.tally.count_outcome(outcome)
             if outcome == "late":
                 self.late.append(unit)
                 unit.done.set_exception(RedisError("sim: append timed out (still on its way)"))
@@ -108,25 +210,27 @@ class SimLog:
                 unit.done.set_exception(RedisError(f"sim: {refusal}"))
             else:
                 unit.done.set_result(None)
-        return len(batch)
 
-    def arrive_late(self) -> None:
-        """Scripts still on their way reach Redis now: landed, or refused by a fence."""
-        late, self.late = self.late, []
-        for unit in late:
-            if self._land(unit) is None:
-                self.late_landed += 1
-            else:
-                self.late_refused += 1
+    def arrive_late(self, count: int | None = None) -> None:
+        """The oldest ``count`` (default: all) scripts still on their way reach Redis now: landed,
+        or refused by a fence, an epoch or the stream's newest id."""
+        count = len(self.late) if count is None else count
+        arriving, self.late = self.late[:count], self.late[count:]
+        for unit in arriving:
+            self.tally.late_arrived(self._land(unit) is None)
 
-    def crash(self, land: bool) -> None:
-        """The process dies: what was sent either all reached Redis or none of it did."""
-        if land:
-            self.arrive_late()
-            for unit in self.pending:
-                if not unit.done.done():
-                    self._land(unit)
+    def crash(self, rng: random.Random) -> None:
+        """The process dies. What it had sent (late scripts, then appends not yet answered) each
+        reaches Redis now, later (after the restart: refused, its epoch replaced) or never."""
+        sent: list[_Unit | _Snap] = self.late + [u for u in self.pending if not u.done.done()]
         self.pending, self.late = [], []
+        for unit in sent:
+            fate = rng.random()
+            if fate < 0.4:
+                self.tally.late_arrived(self._land(unit) is None)
+            elif fate < 0.7:
+                self.late.append(unit)
+        self.resume()  # a restart does not wait for Redis's pause: the pause ends with the crash
 
     def _last(self, shard: int) -> int:
         log = self.logs[shard]
@@ -145,8 +249,16 @@ class SimLog:
             return "GAP"
         return None
 
-    def _land(self, unit: _Unit) -> str | None:
-        """Land a unit all or none, as the append script would; the refusal, if any."""
+    def _land(self, unit: _Unit | _Snap) -> str | None:
+        """Land a unit all or none, as the append (or snapshot) script would; the refusal, if any."""
+        if unit.epoch != self.redis_epoch:
+            return "FENCED"
+        if isinstance(unit, _Snap):
+            if self.fences[unit.shard] > unit.token:
+                return "STALE"
+            self.snaps[unit.shard] = unit.data
+            self.logs[unit.shard] = [(s, d) for s, d in self.logs[unit.shard] if s >= unit.seq]  # keeps its own
+            return None
         for shard, seq, _, token in unit.entries:
             refusal = self._refusal(shard, seq, token)
             if refusal is not None:

@@ -1,63 +1,94 @@
-"""One simulated service: the real engine and shard actors over ``SimLog`` with a manual clock.
+"""One simulated service: the real engine, shard actors, fact desk and channel desk over ``SimLog`` and
+``SimChannelStore`` with a manual clock.
 
 Nothing here sleeps or touches a socket, so a seed decides everything: the same seed replays
-the same run. The driver (``driver.py``) sends commands, answers the log's appends with chosen
-outcomes, crashes the process and recovers it; ``checks.py`` says whether the result is right.
+the same run. The driver (``driver.py``) sends commands under faults (``faults.py``), crashes the
+process and recovers it; ``checks.py`` and ``invariants.py`` say whether the result is right.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+import random
 from typing import Any
 
+from atp_service.channels import ChannelDesk
 from atp_service.clock import ManualClock
 from atp_service.config import ServiceConfig
 from atp_service.engine import Engine
+from atp_service.facts import FactDesk
 from atp_service.shard import ShardActor
 from reservation import Fact, Ledger, Limits, decode_entry
 
+from .durable import DurableTracker, MemoryAheadOfLog
+from .simchannels import ESTATE, DeskRunner, SimChannelStore
 from .simlog import SimLog
+from .tally import Tally
 
 START_MS = 1_700_000_000_000
-PUMP_ROUNDS = 400
+QUIET_ROUNDS = 400
+LIVENESS_ROUNDS = 8
+"""Rounds (each: a few event-loop turns, then Redis answers) within which an idle shard must answer."""
 
 
-def sim_config() -> ServiceConfig:
+def sim_config(shards: int = 3) -> ServiceConfig:
     """Small enough that batches, pipelines, snapshots and cross-shard orders all happen often."""
     limits = Limits(retention_ms=10**12, fact_grace_ms=10**12)  # nothing forgotten: every ack stays checkable
-    return ServiceConfig(port=0, metrics_port=-1, shards=3, demo=False, auth="off", batch_max=6,
-                         pipeline_depth=3, mailbox_size=256, snapshot_every_entries=7, limits=limits)
+    # Nothing may depend on wall time, or a seed would not replay: no shedding by queue delay, and a
+    # failed snapshot is retried at the next maintenance, not after a wall-clock backoff.
+    return ServiceConfig(port=0, metrics_port=-1, shards=shards, demo=False, auth="off", batch_max=6,
+                         pipeline_depth=3, mailbox_size=256, snapshot_every_entries=7, limits=limits,
+                         max_queue_delay_ms=10**9, snapshot_retry_max_s=1e-6)
 
 
 class World:
-    def __init__(self) -> None:
-        self.log = SimLog()
+    def __init__(self, shards: int = 3, tally: Tally | None = None, channels: bool = True,
+                 avoid: frozenset[str] = frozenset()) -> None:
+        self.avoid = avoid
+        self.log = SimLog(tally)
+        self.channels = SimChannelStore(self.log)
         self.clock = ManualClock(START_MS)
-        self.config = sim_config()
+        self.config = sim_config(shards)
         self.engine: Engine | None = None
+        self.facts: FactDesk | None = None
+        self.desk: DeskRunner | None = None
+        self.with_channels = channels
         self.recoveries = 0
+        self._outside: set[asyncio.Task[Any]] = set()
+        self.durable = DurableTracker(self.log, shards, self.config.limits, ESTATE)
+        self.channels.on_landed = self.durable.published
+        self.in_flight = MemoryAheadOfLog(self.log, shards, self.config.limits)
 
     @property
     def eng(self) -> Engine:
         assert self.engine is not None
         return self.engine
 
+    @property
+    def fact_desk(self) -> FactDesk:
+        assert self.facts is not None
+        return self.facts
+
     async def recovered(self) -> list[tuple[Ledger, int]]:
         """Start-up exactly as the service does it: snapshot, then the log after it, per shard."""
         out = []
         for shard in range(self.config.shards):
-            snap = await self.log.load_snapshot(shard)
+            snap, entries = self.log.stored(shard)  # read at once: the checks draw no random numbers
             limits = self.config.limits
             ledger = Ledger.restore(shard, limits, snap.ledger) if snap else Ledger(shard, limits)
             seq = snap.seq if snap else 0
-            async for entry_seq, data in self.log.entries_after(shard, seq):
-                ledger.replay(decode_entry(data))
-                seq = entry_seq
+            for entry_seq, data in entries:
+                if entry_seq > seq:
+                    ledger.replay(decode_entry(data))
+                    seq = entry_seq
             out.append((ledger, seq))
         return out
 
     async def boot(self) -> None:
+        if not self._outside:  # the tasks running before this service started are not its own
+            self._outside = set(asyncio.all_tasks())
+        await self.log.claim()  # before recovery reads the log: a dead instance's late writes are refused
+        self.channels.epoch = self.log.epoch
         await self.log.load_fences(self.config.shards)
         actors = []
         for ledger, seq in await self.recovered():
@@ -65,51 +96,80 @@ class World:
         self.clock.advance_floor(max(a.ledger.clock for a in actors))
         self.engine = Engine(actors, self.log, self.clock, self.config)  # type: ignore[arg-type]
         for actor in self.engine.actors:
-            actor.start()  # no maintenance timer: the driver runs maintenance as a step
+            actor.start()  # no maintenance timer: the driver runs maintenance as a call
+        self.facts = FactDesk(self.engine, "quarantine", 1000)
+        if self.with_channels:
+            desk = ChannelDesk(self.engine, ESTATE, self.channels, self.clock, self.config)  # type: ignore[arg-type]
+            self.desk = DeskRunner(desk, "stockout-rebound" in self.avoid, "failed-write-drops-offers" in self.avoid)
+            await self.desk.start()
 
-    async def crash_and_recover(self, land_in_flight: bool) -> None:
-        """kill -9: tasks gone mid-flight, sent appends landed or not (all together), then a restart."""
-        for actor in self.eng.actors:
-            if actor._task is not None:
-                actor._task.cancel()
-        for task in list(self.eng._background):
+    async def crash_and_recover(self, rng: random.Random) -> None:
+        """kill -9: every task of the process gone wherever it was (shards, callers, coordinators, the
+        desk); what was sent lands now, later or never; then a restart."""
+        me = asyncio.current_task()
+        doomed = [t for t in asyncio.all_tasks() if t is not me and t not in self._outside]
+        for task in doomed:
             task.cancel()
-        await asyncio.sleep(0)
-        self.log.crash(land_in_flight)
+        await asyncio.gather(*doomed, return_exceptions=True)
+        self.log.crash(rng)
+        self.channels.crash(rng)
         self.engine = None
         self.recoveries += 1
         await self.boot()
 
-    async def settle(self, work: Iterable[Awaitable[Any]], first_outcome: str) -> list[Any]:
-        """Run commands to their answers while the log answers: ``first_outcome`` for what they send
-        first, ``ok`` after; shards left in doubt are settled through maintenance."""
-        tasks = [asyncio.ensure_future(w) for w in work]
-        outcome = first_outcome
-        for _ in range(PUMP_ROUNDS):
-            for _ in range(4):
-                await asyncio.sleep(0)
-            if self.log.pending:
-                self.log.pump(outcome)
-                outcome = "ok"
-                continue
-            if all(t.done() for t in tasks) and not self._busy():
-                break
-            for actor in self.eng.actors:
-                actor.request_maintenance()
-        else:
-            raise AssertionError("simulation stuck: commands or shards never settled")
-        return [t.exception() or t.result() for t in tasks]
+    def busy(self) -> bool:
+        """Work left: a shard with messages, appends in flight or in doubt, or any task of the service
+        or its callers still running (a coordinator between two pauses leaves every shard quiet)."""
+        actors = self.eng.actors
+        if any(a._inflight or a._doubt or not a._mailbox.empty() or a._held for a in actors):
+            return True
+        me, loops = asyncio.current_task(), {a._task for a in actors}
+        return any(not t.done() for t in asyncio.all_tasks() if t is not me and t not in loops
+                   and t not in self._outside)
 
-    def _busy(self) -> bool:
-        return any(a._inflight or a._doubt or not a._mailbox.empty() or a._held for a in self.eng.actors) or bool(
-            self.eng._background)
-
-    async def maintain(self) -> None:
-        """One maintenance pass (expiry, eviction, snapshots when due), as the timer would run it."""
-        await self.settle([self.eng.run_maintenance()], "ok")
+    def request_maintenance(self) -> None:
         for actor in self.eng.actors:
             actor.request_maintenance()
-        await self.settle([], "ok")
+
+    async def quiesce(self) -> None:
+        """Let everything in flight finish with Redis answering every write."""
+        for _ in range(QUIET_ROUNDS):
+            for _ in range(4):
+                await asyncio.sleep(0)
+            if self.log.pending or self.channels.pending:
+                self.log.pump("ok")
+                self.channels.pump("ok")
+                continue
+            if not self.busy():
+                return
+            self.request_maintenance()
+        raise AssertionError("simulation stuck: shards never settled (liveness)")
+
+    async def converge_channels(self) -> None:
+        """C4: with Redis answering, the desk publishes until nothing waits (the clock moved past any
+        throttle interval); then what the streams hold is compared with the durable state."""
+        if self.desk is None:
+            return
+        for _ in range(50):
+            await self.quiesce()
+            if self.desk.idle():
+                return
+            due = self.desk.next_due()
+            if due is not None and due > self.clock.now_ms():
+                self.clock.advance(due - self.clock.now_ms())
+            self.desk.kick()
+        raise AssertionError("channel desk never converged (liveness)")
+
+    async def answers(self, shard: int) -> bool:
+        """Liveness: a trivial command to this shard is answered within LIVENESS_ROUNDS rounds."""
+        fut: Any = self.eng.actors[shard].submit(lambda _ledger, _now: "pong")
+        for _ in range(LIVENESS_ROUNDS):
+            for _ in range(4):
+                await asyncio.sleep(0)
+            if fut.done():
+                return fut.exception() is None and fut.result() == "pong"
+            self.log.pump("ok")
+        return False
 
     def logged_facts(self) -> list[Fact]:
         """Every fact the log ever recorded as applied (the history is never trimmed)."""

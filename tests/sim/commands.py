@@ -1,0 +1,223 @@
+"""The seeded client calls of a step: reserves (one shard, across shards, and many at once as the
+ReserveStream sends them), confirm/release/fulfil, facts (out of time order, duplicates, conflicts,
+till receipts sharing an id, ties, SHIPMENTs naming a reservation), safety stock and maintenance."""
+
+from __future__ import annotations
+
+import random
+import zlib
+from typing import Any
+
+from reservation import (
+    DomainError,
+    Fact,
+    FactKind,
+    FactOutcome,
+    LineRequest,
+    Reservation,
+    ReserveCommand,
+    State,
+    reserve_command,
+)
+
+from .checks import Acknowledged
+from .faults import Call
+from .world import World
+
+# A, C on shard 2, B on shard 1, J on shard 0 (of 3): two lines span shards two times in three.
+SKUS = ("A", "B", "J", "C")
+LOCATIONS = ("L1", "L2", "L3")
+SOURCES = ("pos", "wms")
+KINDS = ("reserve", "reserve_many", "confirm", "release", "fulfil", "facts", "safety", "maintenance")
+WEIGHTS = (6, 2, 2, 1, 1, 5, 0.3, 0.6)
+
+
+class Commands:
+    def __init__(self, seed: int, rng: random.Random, world: World, acked: Acknowledged,
+                 avoid: frozenset[str] = frozenset()) -> None:
+        self.seed, self.rng, self.world, self.acked = seed, rng, world, acked
+        self.avoid = avoid  # KNOWN_VIOLATIONS not to provoke (to look for others meanwhile)
+        self.rids: list[str] = []
+        self.facts: list[Fact] = []
+        self.fact_batches: list[list[Fact]] = []  # every batch sent, in order (E1/E8 by shard count)
+        self.abandoned: list[ReserveCommand] = []  # reserves whose caller gave up (R8)
+        self.n = 0
+
+    def call(self) -> Call:
+        kind = self.rng.choices(KINDS, WEIGHTS)[0]
+        if kind == "reserve" or (not self.rids and kind in ("confirm", "release", "fulfil")):
+            return self.reserve()
+        make = {"reserve_many": self.reserve_many, "confirm": self.confirm, "release": self.release,
+                "fulfil": self.fulfil, "facts": self.send_facts, "safety": self.safety,
+                "maintenance": self.maintenance}[kind]
+        return make()
+
+    # -- reservations ------------------------------------------------------------------------------
+    def command(self) -> ReserveCommand:
+        if self.rids and self.rng.random() < 0.15:
+            rid = self.rng.choice(self.rids)  # a retry: same content replays, other content is refused
+        else:
+            rid = f"r{self.next()}"
+            self.rids.append(rid)
+        rng = random.Random(zlib.crc32(rid.encode()) ^ self.seed) if self.rng.random() < 0.8 else self.rng
+        lines = [(rng.choice(SKUS), rng.choice(LOCATIONS), rng.randint(1, 3)) for _ in range(rng.randint(1, 3))]
+        return reserve_command(reservation_id=rid, order_ref="o", channel="web", lines=lines,
+                               ttl_seconds=rng.randint(1, 30), allow_partial=rng.random() < 0.2,
+                               limits=self.world.config.limits)
+
+    def reserve(self) -> Call:
+        cmd = self.command()
+        self.note_span(cmd)
+        return Call(f"reserve {cmd.reservation_id} {_lines(cmd)}", lambda: self.world.eng.reserve(cmd),
+                    lambda r: self.book_reservation(r[0]), on_abandoned=lambda: self.abandoned.append(cmd))
+
+    def reserve_many(self) -> Call:
+        cmds = [self.command() for _ in range(self.rng.randint(2, 4))]
+        for cmd in cmds:
+            self.note_span(cmd)
+
+        def book(results: list[Any]) -> None:
+            for result in results:
+                if not isinstance(result, DomainError):
+                    self.book_reservation(result[0])
+
+        label = "reserve_many " + "; ".join(f"{c.reservation_id} {_lines(c)}" for c in cmds)
+        return Call(label, lambda: self.world.eng.reserve_many(cmds), book,
+                    on_abandoned=lambda: self.abandoned.extend(cmds))
+
+    def note_span(self, cmd: ReserveCommand) -> None:
+        if len({self.world.eng.place(line.sku) for line in cmd.lines}) > 1:
+            self.world.log.tally.cross_shard += 1
+
+    def confirm(self) -> Call:
+        rid = self.rng.choice(self.rids)
+        return Call(f"confirm {rid}", lambda: self.world.eng.confirm(rid), self.book_reservation)
+
+    def release(self) -> Call:
+        return self.resolve("release")
+
+    def fulfil(self) -> Call:
+        return self.resolve("fulfil")
+
+    def resolve(self, kind: str) -> Call:
+        rid = self.rng.choice(self.rids)
+        lines = self.partial_lines(rid)
+        op = f"op-{self.next()}" if lines else ""
+
+        def start() -> Any:
+            eng = self.world.eng
+            return eng.release(rid, lines, op) if kind == "release" else eng.fulfill(rid, lines, op)
+
+        return Call(f"{kind} {rid}{' partly' if lines else ''}", start, self.book_reservation)
+
+    def record(self, rid: str) -> Reservation | None:
+        return next((a.ledger.reservations[rid] for a in self.world.eng.actors if rid in a.ledger.reservations), None)
+
+    def partial_lines(self, rid: str) -> tuple[LineRequest, ...]:
+        rec = self.record(rid)
+        if rec is None or self.rng.random() < 0.5:
+            return ()
+        line = self.rng.choice(rec.lines)
+        return (LineRequest(line.sku, line.location, self.rng.randint(1, 2)),)
+
+    # -- facts ----------------------------------------------------------------------------------------
+    def send_facts(self) -> Call:
+        batch = [self.fact() for _ in range(self.rng.randint(1, 5))]
+        self.fact_batches.append(batch)
+        label = "facts " + str([(f.source, f.event_id, FactKind(f.kind).name, f.sku, f.location, f.quantity,
+                                 f.reservation_id) for f in batch])
+        return Call(label, lambda: self.world.fact_desk.record(batch, "sim"),
+                    lambda results: self.book_facts(batch, results))
+
+    def fact(self) -> Fact:
+        fact = self.any_fact()
+        if fact.reservation_id and "shipment-expires-across" in self.avoid:
+            rec = self.record(fact.reservation_id)
+            if rec is not None and self.expires_elsewhere(rec, fact.sku):
+                return self.plain_fact()
+        return fact
+
+    def any_fact(self) -> Fact:
+        roll = self.rng.random()
+        if self.facts and roll < 0.12:
+            return self.rng.choice(self.facts)  # a duplicate (E8), same payload
+        if self.facts and roll < 0.16:
+            old = self.rng.choice(self.facts)  # a conflict (E8): same identity, another quantity
+            qty = old.quantity + 1 if old.quantity != -1 else -2
+            return Fact(old.event_id, old.source, old.kind, old.sku, old.location, qty, old.event_time,
+                        old.reservation_id)
+        if roll < 0.26 and (shipment := self.shipment()) is not None:
+            return shipment
+        return self.plain_fact()
+
+    def plain_fact(self) -> Fact:
+        kind = self.rng.choice((FactKind.SALE, FactKind.RETURN, FactKind.RECEIPT, FactKind.ADJUST,
+                                FactKind.COUNT, FactKind.RECEIPT, FactKind.SHIPMENT))
+        if kind == FactKind.ADJUST:
+            qty = self.rng.randint(-3, 3) or 1
+        else:
+            qty = self.rng.randint(0 if kind == FactKind.COUNT else 1, 12)
+        event_id, event_time = f"f{self.next()}", self.now() - self.rng.randint(0, 120_000)  # out of order
+        if self.facts and self.rng.random() < 0.2:
+            other = self.rng.choice(self.facts)  # E1 ties; and E8: a till receipt's lines share an id
+            event_time = other.event_time
+            if self.rng.random() < 0.5:
+                event_id = other.event_id
+        fact = Fact(event_id, self.rng.choice(SOURCES), kind, self.rng.choice(SKUS), self.rng.choice(LOCATIONS),
+                    qty, event_time)
+        self.facts.append(fact)
+        return fact
+
+    def shipment(self) -> Fact | None:
+        """A SHIPMENT naming a reservation (R4 through a fact): of a line it commits, or any."""
+        rid = self.rng.choice(self.rids) if self.rids else None
+        rec = self.record(rid) if rid else None
+        if rid is None or rec is None:
+            return None
+        line = self.rng.choice(rec.lines)
+        qty = self.rng.randint(1, max(1, line.committed + 1))
+        sku, loc = (line.sku, line.location) if self.rng.random() < 0.9 else (self.rng.choice(SKUS), line.location)
+        if self.world.eng.place(sku) != self.world.eng.home_of(rid):
+            self.world.log.tally.cross_shard += 1
+        fact = Fact(f"s{self.next()}", "wms", FactKind.SHIPMENT, sku, loc, qty, self.now(), rid)
+        self.facts.append(fact)
+        return fact
+
+    def expires_elsewhere(self, rec: Reservation, sku: str) -> bool:
+        """KNOWN_VIOLATIONS["shipment-expires-across"]: a SHIPMENT naming a HELD reservation past its
+        TTL, with a line on a shard that is neither the fact's nor the reservation's home."""
+        eng = self.world.eng
+        span = {eng.place(line.sku) for line in rec.lines} - {eng.place(sku), eng.home_of(rec.reservation_id)}
+        return rec.state == State.HELD and rec.expires_at <= self.now() and bool(span)
+
+    # -- the rest ---------------------------------------------------------------------------------------
+    def safety(self) -> Call:
+        sku, loc, qty = self.rng.choice(SKUS), self.rng.choice(LOCATIONS), self.rng.randint(0, 2)
+        return Call(f"safety {sku}@{loc} = {qty}", lambda: self.world.eng.set_safety_stock(sku, loc, qty),
+                    lambda _: None)
+
+    def maintenance(self) -> Call:
+        """Expiry (across shards too: coordinated in the background), eviction, snapshots."""
+        return Call("maintenance", lambda: self.world.eng.run_maintenance(), lambda _: None)
+
+    # -- booking what the client was told -----------------------------------------------------------
+    def book_reservation(self, rec: Reservation) -> None:
+        self.acked.reservations[rec.reservation_id] = State(rec.state)
+
+    def book_facts(self, batch: list[Fact], results: list[Any]) -> None:
+        for fact, result in zip(batch, results, strict=True):
+            if isinstance(result, DomainError):
+                continue
+            if result[0] in (FactOutcome.APPLIED, FactOutcome.ABSORBED, FactOutcome.DUPLICATE):
+                self.acked.facts.add((fact.source, fact.event_id))
+
+    def now(self) -> int:
+        return self.world.clock.now_ms()
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n
+
+
+def _lines(cmd: ReserveCommand) -> list[tuple[str, str, int]]:
+    return [(line.sku, line.location, line.quantity) for line in cmd.lines]

@@ -1,0 +1,108 @@
+"""The checks the fault injection adds, after every step (``checks.py`` holds the original ones)."""
+
+from __future__ import annotations
+
+import logging
+
+from reservation import Key, Ledger, Outcome, ReserveCommand
+
+from .checks import Violation, holds_match_positions
+from .durable import channel_keys, curated
+from .simchannels import ESTATE
+from .world import World
+
+
+class ServiceErrors(logging.Handler):
+    """Every ERROR the service logs is a bug it caught (a listener that raised, a command that failed
+    unexpectedly, a shard that stopped): the step that logs one fails, even where the service went on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> ServiceErrors:
+        logging.getLogger("atp_service").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("atp_service").removeHandler(self)
+
+    def check(self) -> None:
+        if self.records:
+            record = self.records[0]
+            cause = record.exc_info[1] if record.exc_info else None
+            raise Violation(f"the service logged an error: {record.getMessage()} ({cause!r})")
+
+
+async def every_shard_answers(world: World) -> None:
+    """R8 liveness: no shard task died, none is parked or wedged — each answers a trivial command."""
+    for actor in world.eng.actors:
+        if actor.failure is not None:
+            raise Violation(f"liveness: shard {actor.shard} failed: {actor.failure!r}")
+        if actor._task is None or actor._task.done():
+            raise Violation(f"liveness: shard {actor.shard}'s task ended")
+        if not await world.answers(actor.shard):
+            raise Violation(f"liveness: shard {actor.shard} did not answer a trivial command")
+
+
+def every_record_routed(world: World) -> None:
+    """A reservation the ledgers hold is found by id (confirm, release, get): its route points home."""
+    eng = world.eng
+    for actor in eng.actors:
+        for rid in actor.ledger.reservations:
+            if eng.home_of(rid) != actor.shard:
+                raise Violation(f"routes: {rid} lives on shard {actor.shard}, the engine routes it to "
+                                f"{eng.home_of(rid)} (confirm/release would answer NOT_FOUND)")
+
+
+def durable_state_consistent(recovered: list[tuple[Ledger, int]]) -> None:
+    """Q2/Q3 in what a restart would find: no order held on one shard and missing on another (R2)."""
+    ledgers = [ledger for ledger, _ in recovered]
+    records = {rid: rec for ledger in ledgers for rid, rec in ledger.reservations.items()}
+    try:
+        holds_match_positions(ledgers, records)
+    except Violation as exc:
+        raise Violation(f"in the durable log: {exc}") from None
+
+
+def abandoned_reserves_whole(world: World, abandoned: list[ReserveCommand]) -> None:
+    """R8 (and R2): a reserve whose caller gave up was applied whole or not at all — every line of an
+    all-or-nothing order granted, or none (each shard's half is checked by Q2/Q3 and E10)."""
+    for cmd in abandoned:
+        rec = next((a.ledger.reservations[cmd.reservation_id] for a in world.eng.actors
+                    if cmd.reservation_id in a.ledger.reservations), None)
+        if rec is None or rec.allow_partial:
+            continue
+        granted = [line.outcome == Outcome.GRANTED for line in rec.lines]
+        if any(granted) and not all(granted):
+            raise Violation(f"R8: abandoned reserve {cmd.reservation_id} was granted in part: {rec.lines}")
+
+
+def channels_follow_durable_state(world: World, recovered: list[tuple[Ledger, int]]) -> None:
+    """C4 once converged: each channel stream's newest value per key is the curated value of the
+    durable state (a fresh recovery), and the desk believes exactly what the stream holds."""
+    if world.desk is None:
+        return
+    expected: dict[str, dict[Key, int]] = {name: {} for name in ESTATE.channels}
+    for ledger, _ in recovered:
+        by_sku: dict[str, dict[str, int]] = {}
+        for sku, loc, q in ledger.store.items():
+            by_sku.setdefault(sku, {})[loc] = q.on_hand - q.reserved - q.committed - q.safety_stock
+        for sku, available in by_sku.items():
+            for loc in available:
+                for channel, key in channel_keys(ESTATE, sku, loc):
+                    values = available if key[1] == "" else {loc: available[loc]}
+                    expected[channel][key] = curated(ESTATE, channel, values)
+    for channel, want in expected.items():
+        stream = world.channels.state[channel]
+        for key in set(want) | set(stream):
+            shown = stream[key].quantity if key in stream else None
+            if shown != want.get(key, 0):
+                raise Violation(f"C4: channel {channel} shows {key} = {shown}, the durable state curates to "
+                                f"{want.get(key, 0)}")
+        believed = {k: p for k, p in world.desk.desk.feeds[channel].published.items()}
+        if believed != stream:
+            raise Violation(f"C4: the desk believes {channel} shows {believed}, the stream holds {stream}")

@@ -1,0 +1,224 @@
+"""The real ``ChannelDesk`` over an in-process stand-in for ``ChannelStore``, with a two-channel estate.
+
+``SimChannelStore`` mirrors ``ChannelStore`` as ``SimLog`` mirrors ``LogStore``: a write waits in
+``pending`` until the driver pumps it with an outcome (``ok``, ``lost``, ``doubt``, ``late``), and
+the write script's checks are modelled — the epoch (FENCED: a dead instance's write), the desk's
+fence token (STALE) and each stream's newest version (TAKEN) — all before any change, so a refused
+write changes nothing. It shares the log's write pause and epoch: one Redis.
+
+The desk's own loop is not run: it sleeps on wall time (throttle waits, backoff after a failed write),
+which would make a seed's interleaving depend on the machine. ``DeskRunner.round`` runs one
+iteration of its body (``ChannelDesk._run``) when the driver says, as a task the driver may find
+mid-write at any later tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from redis.exceptions import RedisError
+
+from atp_service.channel_store import WriteRefused
+from atp_service.channels import ChannelDesk
+from atp_service.durability import STORAGE_ERRORS
+from atp_service.estate import parse_estate
+from atp_service.tasks import cancel_and_wait
+from reservation import ChannelUpdate, Key, LogEntry, Published
+
+from .simlog import SimLog
+
+ESTATE = parse_estate({
+    "locations": [{"ids": ["L1", "L2"], "type": "store"}, {"id": "L3", "type": "dc"}],
+    "channels": [
+        # per location, like store pickup: a stock-out line (C2: published at once) above 0
+        {"name": "pickup", "sells_from": ["L1", "L2"], "per_location": True, "buffer_units": 1,
+         "low_stock_threshold": 1, "throttle_ms": 0, "rate_limit_per_s": 1000.0, "burst": 1000},
+        # one number per SKU over every location, throttled: pending values coalesce (C2)
+        {"name": "web", "sells_from": ["L3", "L1", "L2"], "buffer_percent": 10.0, "allocation": 25,
+         "throttle_ms": 2000, "rate_limit_per_s": 1000.0, "burst": 1000},
+    ],
+})
+Batch = tuple[str, list[ChannelUpdate]]
+
+
+class _Write:
+    __slots__ = ("batches", "done", "epoch", "token")
+
+    def __init__(self, batches: list[Batch], token: int, epoch: int, done: asyncio.Future[None]) -> None:
+        self.batches, self.token, self.epoch, self.done = batches, token, epoch, done
+
+
+class SimChannelStore:
+    def __init__(self, log: SimLog) -> None:
+        self.log = log
+        self.streams: dict[str, list[ChannelUpdate]] = defaultdict(list)
+        self.state: dict[str, dict[Key, Published]] = defaultdict(dict)
+        self.redis_fence = 0  # <prefix>avail-fence in Redis
+        self.token: int | None = None
+        self.epoch = 0
+        self.pending: list[_Write] = []
+        self.late: list[_Write] = []
+        self.on_landed: Callable[[str, list[ChannelUpdate]], None] = lambda _c, _u: None
+
+    # -- what ChannelDesk calls ------------------------------------------------------------
+    async def load(self, channel: str) -> tuple[dict[Key, Published], int]:
+        published = dict(self.state[channel])
+        newest = max((p.version for p in published.values()), default=0)
+        return published, max(newest, self._top(channel))
+
+    async def write(self, batches: Iterable[tuple[str, int, list[ChannelUpdate]]]) -> None:
+        sent = [(channel, list(updates)) for channel, _, updates in batches if updates]
+        if not sent:
+            return
+        if self.token is None:
+            self.token = self.redis_fence
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append(_Write(sent, self.token, self.epoch, done))
+        await done
+
+    async def fence(self) -> None:
+        await self.log.round_trip()
+        await self.log.writable()
+        if self.log.faults is not None and self.log.faults.random() < 0.3:
+            self.arrive_late()  # a write on its way got there just before the fence did
+        self.redis_fence += 1
+        self.token = self.redis_fence
+
+    async def last_version(self, channel: str) -> int:
+        await self.log.round_trip()
+        return self._top(channel)
+
+    # -- what the driver calls -------------------------------------------------------------
+    def pump(self, outcome: str, late_first: bool = True) -> None:
+        if late_first:
+            self.arrive_late()
+        sent = [w for w in self.pending if not w.done.done()]  # the desk died before sending: never sent
+        self.pending = []
+        for w in sent:
+            if outcome != "ok":
+                self.log.tally.channel_faults += 1
+            if outcome == "late":
+                self.late.append(w)
+            refusal = self._land(w) if outcome in ("ok", "doubt") else None
+            if outcome != "ok":
+                w.done.set_exception(RedisError(f"sim: channel write {outcome}"))
+            elif refusal is not None:
+                w.done.set_exception(WriteRefused(f"{refusal} sim"))
+            else:
+                w.done.set_result(None)
+
+    def arrive_late(self, count: int | None = None) -> None:
+        count = len(self.late) if count is None else count
+        arriving, self.late = self.late[:count], self.late[count:]
+        for w in arriving:
+            self.log.tally.channel_late_landed += self._land(w) is None
+
+    def crash(self, rng: random.Random) -> None:
+        """The desk dies with its process: what it sent lands now, later (refused then) or never."""
+        sent = self.late + [w for w in self.pending if not w.done.done()]
+        self.pending, self.late = [], []
+        for w in sent:
+            fate = rng.random()
+            if fate < 0.4:
+                self._land(w)
+            elif fate < 0.7:
+                self.late.append(w)
+        self.token = None
+
+    def _top(self, channel: str) -> int:
+        stream = self.streams[channel]
+        return stream[-1].version if stream else 0
+
+    def _land(self, w: _Write) -> str | None:
+        if w.epoch != self.log.redis_epoch:
+            return "FENCED"
+        if self.redis_fence > w.token:
+            return "STALE"
+        for channel, updates in w.batches:
+            if self._top(channel) >= updates[0].version:
+                return "TAKEN"
+        for channel, updates in w.batches:
+            self.on_landed(channel, updates)  # raises if a value was never durable (C4)
+            self.streams[channel] += updates
+            for u in updates:
+                self.state[channel][u.key] = Published(u.quantity, u.version, u.event_time)
+        return None
+
+
+class DeskRunner:
+    """The real desk, its rounds run as tasks when the driver says (see the module's docstring)."""
+
+    def __init__(self, desk: ChannelDesk, avoid_rebound: bool = False, avoid_dropped: bool = False) -> None:
+        self.desk = desk
+        self.avoid_dropped = avoid_dropped
+        self.task: asyncio.Task[None] | None = None
+        self.rounds = 0
+        if avoid_rebound:
+            self._forget_offers_after_stockouts()
+
+    def _forget_offers_after_stockouts(self) -> None:
+        """KNOWN_VIOLATIONS["stockout-rebound"]: a stock-out offered from ``on_durable`` bypasses the
+        curator's memory of what it last offered, so a value that comes back to that number before the
+        next round is never offered again. Only to look for other defects meanwhile: after such a
+        stock-out the curator forgets what it offered (the next round offers every dirty key again)."""
+        desk, durable = self.desk, self.desk.on_durable
+
+        def on_durable(shard: int, entry: LogEntry) -> None:
+            before = [f.pending for f in desk.feeds.values()]
+            durable(shard, entry)
+            if [f.pending for f in desk.feeds.values()] != before:
+                desk._curator.reset()
+
+        desk.on_durable = on_durable  # type: ignore[method-assign]
+
+    async def start(self) -> None:
+        await self.desk.start()
+        await cancel_and_wait(self.desk._task)  # its loop sleeps on wall time: rounds come from here
+        self.desk._task = None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def kick(self) -> None:
+        """Start a round unless one is running (the desk writes one batch at a time)."""
+        if not self.busy:
+            self.task = asyncio.get_running_loop().create_task(self.round())
+
+    def idle(self) -> bool:
+        """Nothing curated waits to be offered or published, nothing in flight."""
+        desk = self.desk
+        return not self.busy and not desk._dirty and all(f.pending == 0 and f.in_flight == 0
+                                                         for f in desk.feeds.values())
+
+    def next_due(self) -> int | None:
+        now = self.desk.clock.now_ms()
+        wakes = [w for w in (f.next_wakeup(now) for f in self.desk.feeds.values()) if w is not None]
+        return min(wakes) if wakes else None
+
+    async def round(self) -> None:
+        """One iteration of ``ChannelDesk._run``'s body; a storage error ends the round (the desk
+        has settled the write; its loop would back off and go on, here the next round does)."""
+        desk = self.desk
+        self.rounds += 1
+        try:
+            await desk.publish_due(urgent_only=True)
+            rest = desk.curate_dirty()
+            if rest:
+                try:
+                    await desk.publish_due(urgent_only=True)
+                except STORAGE_ERRORS:
+                    if self.avoid_dropped:  # KNOWN_VIOLATIONS["failed-write-drops-offers"]
+                        desk._offer(rest)
+                    raise
+                desk._offer(rest)
+            await desk.publish_due()
+        except STORAGE_ERRORS:
+            pass
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self.task)
+        self.task = None
