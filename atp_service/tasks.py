@@ -7,14 +7,28 @@ import contextlib
 import io
 from typing import Any
 
+RECANCEL_S = 1.0
+"""How long ``cancel_and_wait`` lets a cancelled task unwind before it asks again (see there)."""
+
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Stop a background task and wait until it has unwound (its cancellation is not an error)."""
+    """Stop a background task and wait until it has unwound (its cancellation is not an error).
+
+    One ``cancel()`` is not enough on Python 3.11: ``asyncio.wait_for`` returns the inner result and
+    drops a cancellation that arrives in the loop turn in which its inner future finished (CPython
+    gh-86296, fixed in 3.12 by basing ``wait_for`` on ``asyncio.timeout``). redis-py sends every
+    command through ``wait_for`` when a socket timeout is set (all of ours), so a stop landing just
+    as a loop's command was written left that loop running for ever — the service's stop hung on
+    it. The cancellation is therefore repeated until the task has ended (a task's own clean-up
+    after a cancellation must finish within ``RECANCEL_S`` or shield itself). The caller's own
+    cancellation is not swallowed: a bounded stop (``atp-service serve``) is really bounded."""
     if task is None:
         return
-    task.cancel()
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=RECANCEL_S)
     with contextlib.suppress(asyncio.CancelledError):
-        await task
+        task.result()  # a task that failed on its own still says so
 
 
 def task_stacks(limit: int = 8) -> str:

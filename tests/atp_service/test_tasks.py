@@ -1,0 +1,73 @@
+"""Stopping a background task ends it, also where Python dropped the cancellation (atp_service/tasks.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from atp_service.tasks import cancel_and_wait
+
+BOUND_S = 60  # only a failure waits this long: a stop that never ends
+
+
+async def test_a_cancellation_dropped_by_wait_for_still_ends_the_task() -> None:
+    """Python 3.11's ``asyncio.wait_for`` returns the inner result and drops a cancellation that
+    arrives in the turn its inner future finished (gh-86296); redis-py sends every command through
+    it, so a service loop stopped just as it wrote a command ran on, and the service's stop hung
+    (test_security's rediss test, 2 in 29 runs on a loaded machine)."""
+    loop = asyncio.get_running_loop()
+    sent = loop.create_future()  # redis-py's write of a command, inside wait_for
+
+    async def service_loop() -> None:
+        await asyncio.wait_for(sent, 5)
+        await asyncio.Event().wait()  # the next read: ends only when cancelled
+
+    task = loop.create_task(service_loop())
+    await asyncio.sleep(0)  # the loop now waits inside wait_for
+    sent.set_result(None)  # the write finished; wait_for has not been woken yet
+    stopping = loop.create_task(cancel_and_wait(task))  # the stop lands before it is
+    try:
+        await asyncio.wait((stopping,), timeout=BOUND_S)  # (not wait_for: its cancel would unstick it)
+        assert stopping.done(), "cancel_and_wait never returned: the task ran on, its cancellation dropped"
+        assert task.cancelled()
+    finally:
+        task.cancel()
+        stopping.cancel()
+
+
+async def test_an_ordinary_task_ends_at_once_and_its_own_failure_is_not_hidden() -> None:
+    task = asyncio.get_running_loop().create_task(asyncio.Event().wait())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task), BOUND_S)
+    assert task.cancelled()
+
+    async def fails() -> None:
+        raise RuntimeError("broke on its own")
+
+    failed = asyncio.get_running_loop().create_task(fails())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="broke on its own"):
+        await cancel_and_wait(failed)
+    await cancel_and_wait(None)
+
+
+async def test_the_callers_own_cancellation_is_not_swallowed() -> None:
+    """A stop that is itself cancelled (``atp-service serve`` bounds its shutdown) stops waiting."""
+    shielded = asyncio.Event()
+
+    async def slow_to_unwind() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.shield(shielded.wait())
+
+    task = asyncio.get_running_loop().create_task(slow_to_unwind())
+    await asyncio.sleep(0)
+    stopping = asyncio.get_running_loop().create_task(cancel_and_wait(task))
+    await asyncio.sleep(0)
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    shielded.set()
+    await asyncio.wait_for(cancel_and_wait(task), BOUND_S)
