@@ -171,6 +171,9 @@ class ChannelDesk:
                 for feed, line, sells_from in zero_lines:  # C2: a per-location stock-out is offered at once
                     if available <= line and loc in sells_from:
                         feed.offer((sku, loc), 0, t, now, now)  # E11: no-op unless it showed more
+                        # Past the curator: it must not take a later value equal to what it offered
+                        # before this 0 for "no change" (a SALE to 0, then a RETURN, in one round).
+                        self._curator.forget(feed.channel, shard, store, sku)
                         stockouts = True
         for sku, units in demand.items():
             self._velocity[sku] = (self._velocity_at(sku, now) + units, now)
@@ -196,16 +199,25 @@ class ChannelDesk:
                 await self._sleep_until_due()
             self._wake.clear()
             try:
-                await self.publish_due(urgent_only=True)  # stock-outs offered since the last round (C2)
-                rest = self.curate_dirty()
-                if rest:
-                    await self.publish_due(urgent_only=True)  # stock-outs (and baselines) first (C2)
-                    self._offer(rest)
-                await self.publish_due()
+                await self.run_round()
                 backoff = 0.05
             except STORAGE_ERRORS:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def run_round(self) -> None:
+        """Publish the stock-outs offered since the last round, curate what changed (its stock-outs
+        go out first, C2), offer the rest and publish what is due."""
+        await self.publish_due(urgent_only=True)
+        rest = self.curate_dirty()
+        try:
+            if rest:
+                await self.publish_due(urgent_only=True)
+        finally:
+            # Curated is as good as offered (the curator notes what it offered): a failed write of
+            # the stock-outs must not lose the rest (C4).
+            self._offer(rest)
+        await self.publish_due()
 
     async def _sleep_until_due(self) -> None:
         now = self.clock.now_ms()

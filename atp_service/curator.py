@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from reservation import Feed, Ledger, curate
+from reservation import Feed, Ledger, PositionStore, curate
 
 from .estate import Channel
 
@@ -47,6 +47,14 @@ class Curator:
         know what was published, so unchanged numbers are not published again, E11)."""
         self._cols.clear()
         self._last.clear()
+
+    def forget(self, channel: str, shard: int, store: PositionStore, sku: str) -> None:
+        """A number was offered for ``sku`` on ``channel`` past the curator: the next curation offers
+        whatever it finds (the feed drops what it already shows, E11)."""
+        last = self._last.get((channel, shard))
+        row = store.rows([sku])
+        if last is not None and len(row) and 0 <= row[0] < len(last.values):
+            last.values[row[0]] = -1
 
     def curate_shard(self, shard: int, ledger: Ledger, skus: Sequence[str], times: Sequence[dict[str, int]],
                      channels: dict[str, Channel], feeds: dict[str, Feed],

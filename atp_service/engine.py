@@ -86,7 +86,7 @@ class Engine:
             for rid in actor.ledger.reservations:
                 self._home[rid] = actor.shard
             actor.landed_late_listeners.append(self._rehome)
-            actor.undo_listeners.append(self._unhome)
+            actor.lost_listeners.append(self._unhome)
         self._maintenance: asyncio.Task[None] | None = None
         self._gauged_at = 0.0
         # Location groups a Reserve line may name, with each channel's strategy (set from the estate).
@@ -219,7 +219,7 @@ class Engine:
             self._forget_if_unheld(reservation_id)
 
     def _unhome(self, _shard: int, entry: LogEntry) -> None:
-        """An entry taken back (its append failed): a record it created is gone, and so is its route."""
+        """An entry in doubt found not to have landed: a record it created is gone, and so is its route."""
         for event in entry.events:
             if isinstance(event, ReservationSaved):
                 self._forget_if_unheld(event.reservation.reservation_id)
@@ -232,9 +232,10 @@ class Engine:
                 self._home.setdefault(event.reservation.reservation_id, shard)
 
     def _forget_if_unheld(self, reservation_id: str) -> None:
-        """A refused, shed, failed or undone Reserve leaves no record: nor may it leave a route."""
+        """A refused, shed, failed or undone Reserve leaves no record: nor may it leave a route. Not
+        while its home is in doubt: the record may yet be found in the log (``_unhome`` decides)."""
         home = self._home.get(reservation_id)
-        if home is not None and reservation_id not in self._routing and \
+        if home is not None and reservation_id not in self._routing and not self.actors[home].in_doubt and \
                 self.actors[home].ledger.reservation(reservation_id) is None:
             del self._home[reservation_id]
 
@@ -320,21 +321,24 @@ class Engine:
 
     # -- routing ----------------------------------------------------------------------
     async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork) -> Reservation:
+        result: Reservation = await self.run_on_record(reservation_id, work)
+        METRICS.reservations.labels(outcome).inc()
+        return result
+
+    async def run_on_record(self, reservation_id: str, work: ViewWork, also: Iterable[int] = ()) -> Any:
+        """``work`` on a reservation's record with every shard of its lines held (and ``also``'s):
+        whatever it changes — an expiry on the way releases every line — is on the right shard."""
         home = self._home.get(reservation_id)
         if home is None:
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
         rec = self.actors[home].ledger.reservation(reservation_id)
-        shards = {home} | ({self.place(line.sku) for line in rec.lines} if rec else set())
+        shards = {home, *also} | ({self.place(line.sku) for line in rec.lines} if rec else set())
         for _ in range(REROUTES):
             try:
-                result: Reservation = await self._run(shards, home, self._guarded(reservation_id, shards, work))
-                break
+                return await self._run(shards, home, self._guarded(reservation_id, shards, work))
             except _Reroute as exc:  # its Reserve finished meanwhile, on more shards than we knew
                 shards = exc.shards
-        else:
-            raise Unavailable(f"reservation_id: {reservation_id!r} is being changed concurrently; retry")
-        METRICS.reservations.labels(outcome).inc()
-        return result
+        raise Unavailable(f"reservation_id: {reservation_id!r} is being changed concurrently; retry")
 
     def _guarded(self, reservation_id: str, shards: set[int], work: ViewWork) -> ViewWork:
         """Work on a record is decided only where every shard of its lines is held: a record read

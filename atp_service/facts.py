@@ -70,11 +70,9 @@ class FactDesk:
         engine = self.engine
         sku_shard = engine.place(fact.sku)
         home = engine.home_of(fact.reservation_id)
-        shards = {sku_shard} if home is None else {sku_shard, home}
-        ledgers = {s: engine.actors[s].ledger for s in shards}
+        ledger: Ledger = engine.actors[sku_shard].ledger
 
         def work(view: View, now: int) -> Result:
-            ledger: Ledger = ledgers[sku_shard]
             outcome, reason = ledger.record_fact(fact)
             if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED) or home is None:
                 note = "" if home is not None else f"reservation {fact.reservation_id!r} unknown: stock moved only"
@@ -89,7 +87,10 @@ class FactDesk:
                 return outcome, f"stock moved; reservation not fulfilled: {exc.message}"
             return outcome, ""
 
-        result: Result = await engine.run(shards, home if home is not None else sku_shard, work)
+        if home is None:
+            result: Result = await engine.run({sku_shard}, sku_shard, work)
+        else:  # every shard of the reservation's lines too: fulfilling may first expire it (R3)
+            result = await engine.run_on_record(fact.reservation_id, work, also=(sku_shard,))
         return result
 
     async def _quarantine_stream(self, facts: Sequence[Fact], results: list[Result | DomainError],

@@ -51,6 +51,8 @@ class ShardActor:
         """Why this shard's task ended while the service runs (a bug): it answers nothing more."""
         self.undo_listeners: list[Callable[[int, LogEntry], None]] = []
         """Called with every entry taken back because its append failed (channels re-curate, C4)."""
+        self.lost_listeners: list[Callable[[int, LogEntry], None]] = []
+        """Called with every entry in doubt found not to have landed when settling (it never will)."""
         self.landed_late_listeners: list[Callable[[int, LogEntry], None]] = []
         """Called with every entry found in the log when settling, after it had been taken back."""
         self.on_failure: list[Callable[[ShardActor], None]] = []
@@ -302,8 +304,12 @@ class ShardActor:
         async with self._settling:  # the actor loop and a stop may both ask: one settle, once
             if not self._doubt:
                 return
-            landed = await landed_of(self._log, self.shard, self.seq, self._doubt)
+            doubt = self._doubt
+            landed = await landed_of(self._log, self.shard, self.seq, doubt)
             self._doubt = []
+        if landed is not None:
+            for _, entry, _ in doubt[len(landed):]:
+                self._tell(self.lost_listeners, entry)
         for seq, entry in landed or ():  # None: replaced; this instance takes no more work and stops
             log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",
                         self.shard, seq)
