@@ -1,4 +1,4 @@
-"""``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--avoid-known]``:
+"""``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 import warnings
 
 from .checks import Violation
-from .driver import KNOWN_VIOLATIONS, Driver
+from .driver import Driver
 from .tally import Tally
 
 
@@ -22,8 +22,6 @@ def main() -> int:
     parser.add_argument("--seed", type=int, help="replay one seed")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--trace", action="store_true", help="print every step of the run")
-    parser.add_argument("--avoid-known", action="store_true",
-                        help="steer clear of the open engine defects in driver.KNOWN_VIOLATIONS")
     args = parser.parse_args()
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
@@ -31,11 +29,10 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
-    avoid = frozenset(KNOWN_VIOLATIONS) if args.avoid_known else frozenset()
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     for done, seed in enumerate(seeds):
-        driver = Driver(seed, tally, avoid)
+        driver = Driver(seed, tally)
         try:
             asyncio.run(driver.run(args.steps))
         except Violation as exc:

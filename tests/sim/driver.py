@@ -23,36 +23,19 @@ from .tally import Tally
 from .world import World
 
 CRASH_P = 0.06
-STOP_P = 0.03
-KNOWN_VIOLATIONS = {
-    "shipment-expires-across": "a SHIPMENT naming a HELD reservation past its TTL expires it on the fact's "
-                               "shard only (FactDesk._shipment routes to the fact's and the home shard, "
-                               "ops.fulfill_committed expires every line): a negative position on the wrong "
-                               "shard, a hold never released on the right one (Q2/Q3, R2). Seed 1.",
-    "stockout-rebound": "ChannelDesk.on_durable offers a per-location stock-out straight to the feed, bypassing "
-                        "the Curator's record of what it last offered; when the position comes back to that "
-                        "value before the next round (a SALE to 0, then a RETURN), the round publishes the 0 "
-                        "and the curator sees no change: the channel shows 0 with stock on hand (C1, C4). "
-                        "Seed 14.",
-    "failed-write-drops-offers": "ChannelDesk._run curates (clearing the dirty SKUs and recording the values as "
-                                 "offered), then publishes the stock-outs first: when that write fails, the "
-                                 "curated non-urgent offers are never offered — the channel keeps the old "
-                                 "number until the SKU changes again (C4). Seed 41.",
-}
-"""Engine defects this simulation found and that are still open: ``--avoid-known`` (and the CI test) steer
-clear of them to look for others; each has a regression test that expects it."""
+STOP_P = 0.04
 TRACE_TAIL = 24
 
 
 class Driver:
-    def __init__(self, seed: int, tally: Tally | None = None, avoid: frozenset[str] = frozenset()) -> None:
+    def __init__(self, seed: int, tally: Tally | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
-        self.world = World(tally=self.tally, avoid=avoid)
+        self.world = World(tally=self.tally)
         self.world.log.faults = self.rng
         self.acked = Acknowledged()
-        self.commands = Commands(seed, self.rng, self.world, self.acked, avoid)
+        self.commands = Commands(seed, self.rng, self.world, self.acked)
         self.trace: list[str] = []
         self.errors = ServiceErrors()
 
@@ -65,13 +48,13 @@ class Driver:
                     await self.step(step)
                     await self.check()
                 await self.stop()
+                self.errors.check()
                 await facts_answer_alike(self.commands.fact_batches)
+                self.errors.check()
         except Exception as exc:
             tail = "\n  ".join(self.trace[-TRACE_TAIL:])
-            avoiding = " --avoid-known" if self.commands.avoid else ""
             raise Violation(f"seed {self.seed}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
-                            f"replay: .venv/bin/python -m tests.sim --seed {self.seed}{avoiding} --trace "
-                            f"(open engine defects: KNOWN_VIOLATIONS in tests/sim/driver.py)") from exc
+                            f"replay: .venv/bin/python -m tests.sim --seed {self.seed} --trace") from exc
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -145,8 +128,7 @@ def _describe(call: Call) -> str:
     return f"{call.label}{timing}"
 
 
-async def run_seed(seed: int, steps: int = 60, tally: Tally | None = None,
-                   avoid: frozenset[str] = frozenset()) -> World:
-    driver = Driver(seed, tally, avoid)
+async def run_seed(seed: int, steps: int = 60, tally: Tally | None = None) -> World:
+    driver = Driver(seed, tally)
     await driver.run(steps)
     return driver.world

@@ -37,6 +37,7 @@ async def _record_all(shards: int, batches: list[list[Fact]]) -> tuple[list[Any]
     on_hand = {(sku, loc): q.on_hand for a in world.eng.actors for sku, loc, q in a.ledger.store.items()}
     quarantined = sorted((f["source"], f["event_id"], f["sku"], f["location"], f["reason"])
                          for _, f in world.log.client.entries)
+    await world.eng.stop(snapshot=False)  # no shard task may outlive its loop
     return answers, on_hand, quarantined
 
 

@@ -7,14 +7,14 @@ fence token (STALE) and each stream's newest version (TAKEN) — all before any 
 write changes nothing. It shares the log's write pause and epoch: one Redis.
 
 The desk's own loop is not run: it sleeps on wall time (throttle waits, backoff after a failed write),
-which would make a seed's interleaving depend on the machine. ``DeskRunner.round`` runs one
-iteration of its body (``ChannelDesk._run``) when the driver says, as a task the driver may find
-mid-write at any later tick.
+which would make a seed's interleaving depend on the machine. ``DeskRunner`` runs its rounds
+(``ChannelDesk.run_round``) when the driver says, as tasks the driver may find mid-write at any tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -26,7 +26,7 @@ from atp_service.channels import ChannelDesk
 from atp_service.durability import STORAGE_ERRORS
 from atp_service.estate import parse_estate
 from atp_service.tasks import cancel_and_wait
-from reservation import ChannelUpdate, Key, LogEntry, Published
+from reservation import ChannelUpdate, Key, Published
 
 from .simlog import SimLog
 
@@ -151,28 +151,10 @@ class SimChannelStore:
 class DeskRunner:
     """The real desk, its rounds run as tasks when the driver says (see the module's docstring)."""
 
-    def __init__(self, desk: ChannelDesk, avoid_rebound: bool = False, avoid_dropped: bool = False) -> None:
+    def __init__(self, desk: ChannelDesk) -> None:
         self.desk = desk
-        self.avoid_dropped = avoid_dropped
         self.task: asyncio.Task[None] | None = None
         self.rounds = 0
-        if avoid_rebound:
-            self._forget_offers_after_stockouts()
-
-    def _forget_offers_after_stockouts(self) -> None:
-        """KNOWN_VIOLATIONS["stockout-rebound"]: a stock-out offered from ``on_durable`` bypasses the
-        curator's memory of what it last offered, so a value that comes back to that number before the
-        next round is never offered again. Only to look for other defects meanwhile: after such a
-        stock-out the curator forgets what it offered (the next round offers every dirty key again)."""
-        desk, durable = self.desk, self.desk.on_durable
-
-        def on_durable(shard: int, entry: LogEntry) -> None:
-            before = [f.pending for f in desk.feeds.values()]
-            durable(shard, entry)
-            if [f.pending for f in desk.feeds.values()] != before:
-                desk._curator.reset()
-
-        desk.on_durable = on_durable  # type: ignore[method-assign]
 
     async def start(self) -> None:
         await self.desk.start()
@@ -200,24 +182,11 @@ class DeskRunner:
         return min(wakes) if wakes else None
 
     async def round(self) -> None:
-        """One iteration of ``ChannelDesk._run``'s body; a storage error ends the round (the desk
+        """One round of the desk's loop (``ChannelDesk.run_round``); a storage error ends it (the desk
         has settled the write; its loop would back off and go on, here the next round does)."""
-        desk = self.desk
         self.rounds += 1
-        try:
-            await desk.publish_due(urgent_only=True)
-            rest = desk.curate_dirty()
-            if rest:
-                try:
-                    await desk.publish_due(urgent_only=True)
-                except STORAGE_ERRORS:
-                    if self.avoid_dropped:  # KNOWN_VIOLATIONS["failed-write-drops-offers"]
-                        desk._offer(rest)
-                    raise
-                desk._offer(rest)
-            await desk.publish_due()
-        except STORAGE_ERRORS:
-            pass
+        with contextlib.suppress(*STORAGE_ERRORS):
+            await self.desk.run_round()
 
     async def stop(self) -> None:
         await cancel_and_wait(self.task)

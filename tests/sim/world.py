@@ -42,9 +42,7 @@ def sim_config(shards: int = 3) -> ServiceConfig:
 
 
 class World:
-    def __init__(self, shards: int = 3, tally: Tally | None = None, channels: bool = True,
-                 avoid: frozenset[str] = frozenset()) -> None:
-        self.avoid = avoid
+    def __init__(self, shards: int = 3, tally: Tally | None = None, channels: bool = True) -> None:
         self.log = SimLog(tally)
         self.channels = SimChannelStore(self.log)
         self.clock = ManualClock(START_MS)
@@ -100,7 +98,7 @@ class World:
         self.facts = FactDesk(self.engine, "quarantine", 1000)
         if self.with_channels:
             desk = ChannelDesk(self.engine, ESTATE, self.channels, self.clock, self.config)  # type: ignore[arg-type]
-            self.desk = DeskRunner(desk, "stockout-rebound" in self.avoid, "failed-write-drops-offers" in self.avoid)
+            self.desk = DeskRunner(desk)
             await self.desk.start()
 
     async def crash_and_recover(self, rng: random.Random) -> None:
