@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -119,81 +120,88 @@ async def test_a_newer_claim_fences_every_write_of_the_older_store_and_none_of_i
         await client.aclose()
 
 
-async def test_a_cross_shard_append_lands_whole_or_not_at_all(redis_url: str) -> None:
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[LogStore]:
+    """A log store that has claimed a clean keyspace."""
     client = connect(redis_url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64)
-    try:
-        await store.claim()
-        await store.submit_group([(0, 1, b"a"), (1, 1, b"b")])
-        with pytest.raises(RedisError, match="TAKEN"):
-            await store.submit_group([(0, 2, b"a"), (1, 1, b"again")])  # shard 1's id is taken
-        assert await client.xlen("t:log:0") == 1 and await client.xlen("t:log:1") == 1  # shard 0's not written
-    finally:
-        await client.aclose()
+    log_store = LogStore(client, "t:", pipeline_max=64)
+    await log_store.claim()
+    yield log_store
+    await client.aclose()
 
 
-async def test_a_refused_group_lands_nothing_and_holds_back_later_entries_of_its_streams(redis_url: str) -> None:
-    client = connect(redis_url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64)
-    try:
-        await store.claim()
-        await store.submit(1, 1, b"one")
-        alone = store.submit(2, 1, b"alone")
-        group = store.submit_group([(0, 1, b"a"), (1, 5, b"gap")])  # shard 1's entry 5 would leave a hole
-        after = store.submit(0, 1, b"after the group")
-        await alone
-        with pytest.raises(RedisError, match="GAP"):
-            await group
-        with pytest.raises(RedisError, match="SKIPPED"):
-            await after  # shard 0's entry 1 was refused with its group: a later one must not land
-        assert await client.xlen("t:log:0") == 0
-        assert await client.xlen("t:log:1") == 1
-    finally:
-        await client.aclose()
+async def test_a_cross_shard_append_lands_whole_or_not_at_all(store: LogStore) -> None:
+    await store.submit_group([(0, 1, b"a"), (1, 1, b"b")])
+    with pytest.raises(RedisError, match="TAKEN"):
+        await store.submit_group([(0, 2, b"a"), (1, 1, b"again")])  # shard 1's id is taken
+    assert await store.client.xlen("t:log:0") == 1 and await store.client.xlen("t:log:1") == 1  # shard 0's not written
 
 
-async def test_a_fenced_shard_refuses_every_append_sent_before_the_fence(redis_url: str) -> None:
+async def test_a_refused_group_lands_nothing_and_holds_back_later_entries_of_its_streams(store: LogStore) -> None:
+    await store.submit(1, 1, b"one")
+    alone = store.submit(2, 1, b"alone")
+    group = store.submit_group([(0, 1, b"a"), (1, 5, b"gap")])  # shard 1's entry 5 would leave a hole
+    after = store.submit(0, 1, b"after the group")
+    await alone
+    with pytest.raises(RedisError, match="GAP"):
+        await group
+    with pytest.raises(RedisError, match="SKIPPED"):
+        await after  # shard 0's entry 1 was refused with its group: a later one must not land
+    assert await store.client.xlen("t:log:0") == 0
+    assert await store.client.xlen("t:log:1") == 1
+
+
+async def test_a_fenced_shard_refuses_every_append_sent_before_the_fence(store: LogStore) -> None:
     """R7: an append whose reply was lost may still be on its way; once the settle has fenced the
     shard, it can no longer land, so what the settle reads is final."""
-    client = connect(redis_url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64)
-    try:
-        await store.claim()
-        await store.load_fences(2)
-        await store.submit(0, 1, b"one")
-        stale = store._tokens[0]
+    await store.load_fences(2)
+    await store.submit(0, 1, b"one")
+    stale = store._tokens[0]
+    await store.fence(0)
+    late = LogStore(store.client, "t:", pipeline_max=64)  # plays the script still on its way: the old token
+    late.epoch, late._tokens = store.epoch, {0: stale, 1: 0}
+    with pytest.raises(RedisError, match="STALE"):
+        await late.submit(0, 2, b"late")
+    await late.submit(1, 1, b"other shards are not fenced")
+    with pytest.raises(RedisError, match="STALE"):
+        await late.save_snapshot(0, 1, Ledger(0, Limits()).snapshot())
+    await store.submit(0, 2, b"two")  # the fencing writer goes on
+    assert [d for _, d in await _entries(store, 0)] == [b"one", b"two"]
+    restarted = LogStore(store.client, "t:", pipeline_max=64)
+    await restarted.load_fences(2)
+    assert restarted._tokens == store._tokens
+
+
+async def test_a_snapshot_keeps_its_own_entry_so_the_next_append_is_checked_against_it(store: LogStore) -> None:
+    for seq in (1, 2):
+        await store.submit(0, seq, b"e")
+    await store.save_snapshot(0, 2, Ledger(0, Limits()).snapshot())
+    assert [seq_of(i) for i, _ in await store.client.xrange("t:log:0")] == [2]
+    with pytest.raises(RedisError, match="GAP"):
+        await store.submit(0, 4, b"a hole")
+    await store.submit(0, 3, b"next")
+    assert [s for s, _ in await _entries(store, 0)] == [3]
+
+
+async def test_an_emptied_stream_is_checked_against_the_newest_id_it_ever_had(store: LogStore) -> None:
+    for seq in (1, 2):
+        await store.submit(0, seq, b"e")
+    await store.client.xtrim("t:log:0", minid="3-0")  # as a trim past the newest entry leaves it
+    assert await store.client.xlen("t:log:0") == 0
+    with pytest.raises(RedisError, match="GAP"):
+        await store.submit(0, 4, b"a hole")
+    with pytest.raises(RedisError, match="TAKEN"):
+        await store.submit(0, 2, b"again")
+    await store.submit(0, 3, b"next")
+
+
+async def test_a_replaced_instance_raises_no_fence_of_the_newer_one(store: LogStore) -> None:
+    newer = LogStore(store.client, "t:", pipeline_max=64)
+    await newer.claim()
+    await newer.load_fences(1)
+    with pytest.raises(Fenced):
         await store.fence(0)
-        late = LogStore(client, "t:", pipeline_max=64)  # plays the script still on its way: the old token
-        late.epoch, late._tokens = store.epoch, {0: stale, 1: 0}
-        with pytest.raises(RedisError, match="STALE"):
-            await late.submit(0, 2, b"late")
-        await late.submit(1, 1, b"other shards are not fenced")
-        with pytest.raises(RedisError, match="STALE"):
-            await late.save_snapshot(0, 1, Ledger(0, Limits()).snapshot())
-        await store.submit(0, 2, b"two")  # the fencing writer goes on
-        assert [d for _, d in await _entries(store, 0)] == [b"one", b"two"]
-        restarted = LogStore(client, "t:", pipeline_max=64)
-        await restarted.load_fences(2)
-        assert restarted._tokens == store._tokens
-    finally:
-        await client.aclose()
-
-
-async def test_a_snapshot_keeps_its_own_entry_so_the_next_append_is_checked_against_it(redis_url: str) -> None:
-    client = connect(redis_url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64)
-    try:
-        await store.claim()
-        for seq in (1, 2):
-            await store.submit(0, seq, b"e")
-        await store.save_snapshot(0, 2, Ledger(0, Limits()).snapshot())
-        assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [2]
-        with pytest.raises(RedisError, match="GAP"):
-            await store.submit(0, 4, b"a hole")
-        await store.submit(0, 3, b"next")
-        assert [s for s, _ in await _entries(store, 0)] == [3]
-    finally:
-        await client.aclose()
+    await newer.submit(0, 1, b"the newer one's appends are not refused STALE")
 
 
 async def _entries(store: LogStore, shard: int) -> list[tuple[int, bytes]]:
