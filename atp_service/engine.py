@@ -39,6 +39,7 @@ from .durability import STORAGE_ERRORS
 from .log import LogStore
 from .metrics import METRICS
 from .shard import ShardActor
+from .tasks import exception_seen
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,11 +51,6 @@ async def _one_as_list(coro: Any) -> list[Any]:
         return [await coro]
     except DomainError as exc:
         return [exc]
-
-
-def _seen(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 REROUTES = 3
@@ -177,7 +173,7 @@ class Engine:
                 if settled is not None:
                     settled(idx)
                 continue
-            reply.add_done_callback(_seen)  # a caller gone early leaves no "exception never retrieved"
+            reply.add_done_callback(exception_seen)  # a caller gone early leaves no "exception never retrieved"
             if settled is not None:
                 reply.add_done_callback(lambda _, idx=idx: settled(idx))  # type: ignore[misc]
             waits.append((idx, reply))
@@ -226,7 +222,7 @@ class Engine:
 
     def _rehome(self, shard: int, entry: LogEntry) -> None:
         """An entry taken back, then found in the log when settling: its records are there again
-        (their routes were forgotten when the Reserve failed)."""
+        (a route forgotten meanwhile — say, by a replaced instance's path — comes back)."""
         for event in entry.events:
             if isinstance(event, ReservationSaved):
                 self._home.setdefault(event.reservation.reservation_id, shard)

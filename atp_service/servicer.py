@@ -32,6 +32,7 @@ from .metrics import METRICS
 from .overload import LoopLagMonitor
 from .pb.atp.v1 import atp_pb2 as pb
 from .pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from .tasks import exception_seen
 from .watch import Watchers
 
 T = TypeVar("T")
@@ -276,7 +277,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             try:
                 async for batch in self.drain.until_closed(request_iterator):
                     task = asyncio.ensure_future(self._reserve_batch(batch))
-                    task.add_done_callback(_retrieved)  # a caller gone early leaves no "never retrieved"
+                    task.add_done_callback(exception_seen)  # a caller gone early leaves no "never retrieved"
                     await inflight.put(task)
                 cut_short = self.drain.closing  # else the client ended its stream
             finally:
@@ -338,8 +339,3 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 def _failed(reservation_id: str, exc: DomainError) -> pb.ReserveOutcome:
     return pb.ReserveOutcome(reservation_id=reservation_id, code=_status(exc).value[0], error=exc.message)
 
-
-def _retrieved(task: asyncio.Task[Any]) -> None:
-    """Mark a finished task's exception as seen (whoever awaits it still gets it)."""
-    if not task.cancelled():
-        task.exception()

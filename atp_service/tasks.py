@@ -37,3 +37,10 @@ def task_stacks(limit: int = 8) -> str:
     for task in asyncio.all_tasks():
         task.print_stack(limit=limit, file=out)
     return out.getvalue()
+
+
+def exception_seen(fut: asyncio.Future[Any]) -> None:
+    """Done callback: mark a finished future's exception as retrieved (whoever awaits it still gets
+    it), so a caller gone early leaves no "exception was never retrieved" log line."""
+    if not fut.cancelled():
+        fut.exception()
