@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from atp_service.log import connect
+from benchmarks.soak_check import until_clean
 from benchmarks.tcp_delay import DelayProxyProcess
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -81,3 +82,31 @@ async def until(read: Callable[[], Awaitable[Any]], want: bytes, bound_s: float 
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+async def test_a_first_check_longer_than_the_bound_is_checked_again() -> None:
+    """The first full comparison of a long soak outlasts the bound; what changed during it (a hold
+    expiring between the durable read and memory's answer) is looked at again, not reported."""
+    now = [0.0]
+    runs: list[float] = []
+
+    async def check() -> list[str]:
+        runs.append(now[0])
+        if len(runs) == 1:
+            now[0] += 40.0  # the first run takes longer than the bound
+            return ["reservation r1: live EXPIRED, log HELD"]
+        return []
+
+    assert await until_clean(check, bound_s=30.0, every_s=0, clock=lambda: now[0]) == []
+    assert runs == [0.0, 40.0]
+
+
+async def test_a_difference_that_stays_is_reported_once_the_bound_has_passed() -> None:
+    now = [0.0]
+
+    async def check() -> list[str]:
+        now[0] += 10.0
+        return ["position p: live 1, log 2"]
+
+    assert await until_clean(check, bound_s=30.0, every_s=0, clock=lambda: now[0]) == ["position p: live 1, log 2"]
+    assert now[0] == 40.0  # checked again until the bound after the first run had passed
