@@ -49,7 +49,7 @@ sim: $(STAMP)
 	$(BIN)/python -m tests.sim --seeds $(SEEDS)
 
 certs: $(STAMP)
-	$(BIN)/python -m atp_service.certs var/certs
+	$(BIN)/python -m atp_service.app.certs var/certs
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
@@ -60,6 +60,7 @@ run: bootstrap
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: bootstrap lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from atp_service.app.cli import main
 
 sys.exit(main())

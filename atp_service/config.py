@@ -9,9 +9,9 @@ from typing import Any
 
 from reservation import Limits
 
-from .transport import TRANSPORTS
-
 DURABILITY_MODES = ("everysec", "always")
+TRANSPORTS = ("classic", "promise")
+"""HTTP/2 transports of gRPC core the server can run on (see atp_service/edge/transport.py)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class ServiceConfig:
     default because it is still an experiment in grpcio 1.85 (left to itself it fails calls in
     flight with INTERNAL on a graceful stop; the service drains before gRPC stops, see drain.py).
     ``atp-service serve`` re-executes itself with ``GRPC_EXPERIMENTS`` set to match (see
-    atp_service/transport.py)."""
+    atp_service/edge/transport.py)."""
 
     max_queue_delay_ms: int = 1000
     """Shed load: while a shard's queued work has waited longer than this, new work is refused

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .door import DoorCalls
-
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -128,9 +126,6 @@ class Metrics:
             "atp_channel_curation_seconds", "Time to re-curate the SKUs changed since the last round",
             buckets=_LATENCY_BUCKETS, registry=r,
         )
-        self.door = DoorCalls()
-        """gRPC core's own call counts (channelz): the calls refused before any handler saw them."""
-        r.register(self.door)
 
 
 METRICS = Metrics()

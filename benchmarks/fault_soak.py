@@ -47,7 +47,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
-from atp_service.estate import Estate, load_estate
+from atp_service.channels.estate import Estate, load_estate
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from benchmarks import soak_check as check
 from benchmarks.soak_faults import Faults, ServiceDown, ServiceProcess

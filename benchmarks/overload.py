@@ -30,8 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
-from atp_service.config import ServiceConfig
-from atp_service.transport import TRANSPORTS
+from atp_service.config import TRANSPORTS, ServiceConfig
 from benchmarks.compare import Tally, Workload, grpc_unary, seed_service
 from benchmarks.ingest import spawn
 from benchmarks.open_loop import open_loop

@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
-from atp_service.log import stream_entries
+from atp_service.storage.log import stream_entries
 from benchmarks.ingest import resp_command, spawn
 from reservation import ChannelUpdate, update_from_fields
 

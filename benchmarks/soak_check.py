@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from atp_service.channel_store import ChannelStore
-from atp_service.estate import Estate
-from atp_service.log import LogStore
+from atp_service.channels.estate import Estate
 from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.log import LogStore
 from benchmarks.soak_load import DCS, Book, Layout
 from reservation import ZERO, Key, Ledger, Limits, Quantities, Reservation, curate, decode_entry
 

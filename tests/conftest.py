@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from atp_service import AtpClient, AtpService, EmbeddedRedis, ManualClock, ServiceConfig
-from atp_service.clock import Clock
+from atp_service.engine.clock import Clock
 from atp_service.tasks import task_stacks
 from reservation import Limits
 

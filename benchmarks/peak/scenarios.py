@@ -12,8 +12,8 @@ import gevent
 import grpc
 from locust import between, constant_throughput, task
 
-from .book import BOOK
-from .grpc_user import GrpcUser, pb, reserve_state
+from benchmarks.peak.book import BOOK
+from benchmarks.peak.grpc_user import GrpcUser, pb, reserve_state
 
 DCS = ("dc-east", "dc-west")
 STORES = tuple(f"store-{i:03d}" for i in range(1, 301))

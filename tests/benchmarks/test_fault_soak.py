@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from atp_service.log import connect
+from atp_service.storage.log import connect
 from benchmarks.soak_check import until_clean
 from benchmarks.tcp_delay import DelayProxyProcess
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from atp_service.service import DEMO_ESTATE
+from atp_service.app.service import DEMO_ESTATE
 from benchmarks.peak.book import Book
-
-from ..conftest import ServiceFactory
+from tests.conftest import ServiceFactory
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.slow

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reservation import AlreadyExists, GroupPolicy, Outcome, State, allocate, confirm, release, reserve
-
-from .helpers import cmd, ledger_with
+from tests.reservation.helpers import cmd, ledger_with
 
 NOW = 10_000
 GROUPS = {"stores": ("S1", "S2", "S3")}

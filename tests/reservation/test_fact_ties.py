@@ -8,8 +8,7 @@ import msgspec
 import pytest
 
 from reservation import Fact, FactKind, FactOutcome, Ledger, LedgerSnapshot, Limits, reserve
-
-from .helpers import cmd
+from tests.reservation.helpers import cmd
 
 C, R, S = FactKind.COUNT, FactKind.RECEIPT, FactKind.SALE
 

@@ -13,8 +13,7 @@ import gc
 import msgspec
 
 from reservation import Fact, FactKind, Ledger, LedgerSnapshot, Limits, reserve
-
-from .helpers import cmd, ledger_with
+from tests.reservation.helpers import cmd, ledger_with
 
 
 def _maps(ledger: Ledger) -> dict[str, object]:

@@ -19,8 +19,7 @@ from reservation import (
     release,
     reserve,
 )
-
-from .helpers import LIMITS, cmd, ledger_with
+from tests.reservation.helpers import LIMITS, cmd, ledger_with
 
 SKUS = ["A", "B", "C"]
 LOCS = ["S1", "S2"]

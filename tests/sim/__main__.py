@@ -10,9 +10,9 @@ import sys
 import time
 import warnings
 
-from .checks import Violation
-from .driver import Driver
-from .tally import Tally
+from tests.sim.checks import Violation
+from tests.sim.driver import Driver
+from tests.sim.tally import Tally
 
 
 def main() -> int:

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 from reservation import TERMINAL, FactKind, State, decode_entry
 from reservation._events import FactApplied, Shipped
-
-from .world import World
+from tests.sim.world import World
 
 # R3: what a reservation may have become since a state was acknowledged.
 SUCCESSORS = {

@@ -19,10 +19,9 @@ from reservation import (
     State,
     reserve_command,
 )
-
-from .checks import Acknowledged
-from .faults import Call
-from .world import World
+from tests.sim.checks import Acknowledged
+from tests.sim.faults import Call
+from tests.sim.world import World
 
 # A, C on shard 2, B on shard 1, J on shard 0 (of 3): two lines span shards two times in three.
 SKUS = ("A", "B", "J", "C")

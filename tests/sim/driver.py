@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import random
 
-from .checks import Acknowledged, Violation, check
-from .commands import Commands
-from .faults import Call, StepRunner, collect, draw_plan
-from .invariants import (
+from tests.sim.checks import Acknowledged, Violation, check
+from tests.sim.commands import Commands
+from tests.sim.faults import Call, StepRunner, collect, draw_plan
+from tests.sim.invariants import (
     ServiceErrors,
     abandoned_reserves_whole,
     channels_follow_durable_state,
@@ -18,9 +18,9 @@ from .invariants import (
     every_record_routed,
     every_shard_answers,
 )
-from .shardcount import facts_answer_alike
-from .tally import Tally
-from .world import World
+from tests.sim.shardcount import facts_answer_alike
+from tests.sim.tally import Tally
+from tests.sim.world import World
 
 CRASH_P = 0.06
 STOP_P = 0.04

@@ -20,12 +20,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from atp_service.estate import Estate
-from atp_service.shard import ShardActor
+from atp_service.channels.estate import Estate
+from atp_service.engine.shard import ShardActor
 from reservation import ChannelRules, ChannelUpdate, Key, Ledger, Limits, LogEntry, curate, decode_entry
 from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
-
-from .simlog import SimLog
+from tests.sim.simlog import SimLog
 
 
 class Violation(AssertionError):

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reservation import DomainError
-
-from .checks import Violation
-from .world import World
+from tests.sim.checks import Violation
+from tests.sim.world import World
 
 TICKS = 4
 MAX_ROUNDS = 400

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 
 from reservation import Key, Ledger, Outcome, ReserveCommand
-
-from .checks import Violation, holds_match_positions
-from .durable import channel_keys, curated
-from .simchannels import ESTATE
-from .world import World
+from tests.sim.checks import Violation, holds_match_positions
+from tests.sim.durable import channel_keys, curated
+from tests.sim.simchannels import ESTATE
+from tests.sim.world import World
 
 
 class ServiceErrors(logging.Handler):

@@ -12,9 +12,8 @@ import asyncio
 from typing import Any
 
 from reservation import DomainError, Fact
-
-from .checks import Violation
-from .world import World
+from tests.sim.checks import Violation
+from tests.sim.world import World
 
 ROUNDS = 200
 

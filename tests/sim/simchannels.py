@@ -21,14 +21,13 @@ from collections.abc import Callable, Iterable
 
 from redis.exceptions import RedisError
 
-from atp_service.channel_store import WriteRefused
-from atp_service.channels import ChannelDesk
-from atp_service.durability import STORAGE_ERRORS
-from atp_service.estate import parse_estate
+from atp_service.channels.desk import ChannelDesk
+from atp_service.channels.estate import parse_estate
+from atp_service.storage.channel_store import WriteRefused
+from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, Key, Published
-
-from .simlog import SimLog
+from tests.sim.simlog import SimLog
 
 ESTATE = parse_estate({
     "locations": [{"ids": ["L1", "L2"], "type": "store"}, {"id": "L3", "type": "dc"}],

@@ -24,10 +24,9 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from atp_service.log import SnapshotRecord
+from atp_service.storage.log import SnapshotRecord
 from reservation import LedgerSnapshot
-
-from .tally import Tally
+from tests.sim.tally import Tally
 
 SNAPSHOT_OUTCOMES = ("ok",) * 7 + ("lost", "doubt", "late")
 _encode = msgspec.msgpack.Encoder().encode

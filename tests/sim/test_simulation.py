@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from .driver import Driver, run_seed
-from .tally import Tally
+from tests.sim.driver import Driver, run_seed
+from tests.sim.tally import Tally
 
 SEEDS = int(os.environ.get("ATP_SIM_SEEDS", "240"))
 CHUNK = 60

@@ -12,18 +12,17 @@ import asyncio
 import random
 from typing import Any
 
-from atp_service.channels import ChannelDesk
-from atp_service.clock import ManualClock
+from atp_service.channels.desk import ChannelDesk
 from atp_service.config import ServiceConfig
-from atp_service.engine import Engine
-from atp_service.facts import FactDesk
-from atp_service.shard import ShardActor
+from atp_service.engine.clock import ManualClock
+from atp_service.engine.router import Engine
+from atp_service.engine.shard import ShardActor
+from atp_service.intake.facts import FactDesk
 from reservation import Fact, Ledger, Limits, decode_entry
-
-from .durable import DurableTracker, MemoryAheadOfLog
-from .simchannels import ESTATE, DeskRunner, SimChannelStore
-from .simlog import SimLog
-from .tally import Tally
+from tests.sim.durable import DurableTracker, MemoryAheadOfLog
+from tests.sim.simchannels import ESTATE, DeskRunner, SimChannelStore
+from tests.sim.simlog import SimLog
+from tests.sim.tally import Tally
 
 START_MS = 1_700_000_000_000
 QUIET_ROUNDS = 400
@@ -119,7 +118,7 @@ class World:
         """Work left: a shard with messages, appends in flight or in doubt, or any task of the service
         or its callers still running (a coordinator between two pauses leaves every shard quiet)."""
         actors = self.eng.actors
-        if any(a._inflight or a._doubt or not a._mailbox.empty() or a._held for a in actors):
+        if any(a._inflight or a._doubt or not a._mailbox.empty() or a._set_aside for a in actors):
             return True
         me, loops = asyncio.current_task(), {a._task for a in actors}
         return any(not t.done() for t in asyncio.all_tasks() if t is not me and t not in loops

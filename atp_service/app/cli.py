@@ -1,0 +1,191 @@
+"""``atp-service serve``: run the service, with flags and ``ATP_*`` variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from itertools import islice
+from pathlib import Path
+
+from atp_service.app.service import AtpService, StartupError
+from atp_service.config import ServiceConfig
+from atp_service.edge.transport import reexec_for
+from atp_service.storage.embedded_redis import DataDirInUse, EmbeddedRedis, RedisDidNotStart, RedisNotInstalled
+from atp_service.tasks import task_stacks
+
+log = logging.getLogger("atp_service")
+SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
+SECOND_SIGNAL_AFTER_S = 2.0  # a stop signal this soon after the first is the same request again
+
+_FLAGS = {
+    "host": str, "port": int, "metrics_host": str, "metrics_port": int, "shards": int,
+    "redis_url": str, "data_dir": Path, "durability": str, "key_prefix": str,
+    "estate": Path, "auth": str, "callers_file": Path, "tls_cert": Path, "tls_key": Path, "tls_client_ca": Path,
+    "mailbox_size": int, "batch_max": int, "snapshot_every_entries": int, "shutdown_grace_s": float,
+    "max_pending_calls": int, "http2_transport": str,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atp-service", description="Available-to-promise inventory service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC service")
+    docs = {f.name: f for f in fields(ServiceConfig)}
+    for name, kind in _FLAGS.items():
+        serve.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                           help=f"(env ATP_{name.upper()}; default {docs[name].default})")
+    serve.add_argument("--no-demo", action="store_true", help="do not load the demo estate on first start")
+    serve.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {name: getattr(args, name) for name in _FLAGS}
+    if args.no_demo:
+        overrides["demo"] = False
+    try:
+        config = ServiceConfig.from_env(**overrides)
+    except ValueError as exc:
+        print(f"atp-service: {exc}", file=sys.stderr)
+        return 2
+    reexec_for(config.http2_transport)  # returns when gRPC already runs the configured transport
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.install()
+    embedded = None
+    redis_url = config.redis_url
+    if redis_url is None:
+        try:
+            embedded = EmbeddedRedis(config.data_dir / "redis", appendfsync=config.durability).start()
+        except (RedisNotInstalled, DataDirInUse, RedisDidNotStart) as exc:
+            print(f"atp-service: {exc}", file=sys.stderr)
+            return 2
+        redis_url = embedded.url
+        log.info("embedded redis-server on %s (AOF appendfsync=%s, data in %s)",
+                 redis_url, config.durability, embedded.data_dir)
+    try:
+        # Every command and fact allocates a few short-lived objects, and recovery builds millions of
+        # long-lived ones: collect young objects less often than CPython's default (700, 10, 10).
+        gc.set_threshold(*config.gc_thresholds)
+        status = asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None))
+    except StartupError as exc:
+        print(f"atp-service: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return status
+
+
+EXIT_REPLACED = 3
+"""Exit status when a newer instance claimed the keyspace (a supervisor should not just restart
+this one: the two would take the keyspace from each other in turn)."""
+EXIT_SHARD_FAILED = 4
+"""Exit status when a shard actor stopped working (a bug, logged at ERROR): restart the service,
+which rebuilds every shard from its log."""
+
+
+async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None) -> int:
+    """Serve until a signal (exit status 0), a newer instance claims the keyspace (3) or a shard
+    stops working (4)."""
+    service = AtpService(config, redis_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # operators: `kill -USR1` shows what waits on what
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(_reload(service))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)  # re-read the estate/channel file
+    try:
+        await service.start()
+    except StartupError:
+        await service.stop(grace_s=0)
+        raise
+    if config.demo and service.is_fresh():
+        await load_demo(service)
+    # Recovered state is long-lived: move it out of the collector's view.
+    gc.collect()
+    gc.freeze()
+    target = f"{config.host}:{service.port}"
+    ctl = Path(sys.executable).with_name("atpctl")
+    ctl_cmd = str(ctl) if ctl.exists() else "atpctl"
+    metrics = (f"on http://{config.metrics_host}:{service.metrics_port}/metrics" if config.metrics_port >= 0
+               else "off")
+    print(f"ATP service ready: gRPC on {target}, metrics {metrics}", flush=True)
+    print("Try:\n"
+          f"  {ctl_cmd} --target {target} availability sku-00001@dc-east sku-00001@store-001\n"
+          f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
+          f"  {ctl_cmd} --target {target} confirm demo-1", flush=True)
+    await asyncio.wait([asyncio.ensure_future(event.wait()) for event in (stop, service.replaced, service.failed)],
+                       return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down (grace %.1fs); another signal after %.0fs exits at once", config.shutdown_grace_s,
+             SECOND_SIGNAL_AFTER_S)
+    first_signal = time.monotonic()
+
+    def exit_now() -> None:
+        # A supervisor and the process group often deliver the same stop twice: only a signal sent
+        # after a pause means "now".
+        if time.monotonic() - first_signal < SECOND_SIGNAL_AFTER_S:
+            return
+        log.warning("second signal: exiting without the final snapshot")
+        if on_hard_exit is not None:
+            on_hard_exit()
+        os._exit(130)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, exit_now)
+    try:
+        # Everything acknowledged is already durable: the final snapshot only shortens the next start.
+        await asyncio.wait_for(service.stop(), timeout=config.shutdown_grace_s + SHUTDOWN_SNAPSHOT_S)
+    except TimeoutError:
+        log.error("shutdown did not finish in time; exiting anyway (state is in the log)")
+        _dump_tasks()
+    return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED if service.failed.is_set() else 0
+
+
+async def _reload(service: AtpService) -> None:
+    try:
+        summary = await service.reload_estate()
+    except StartupError as exc:
+        log.error("SIGHUP: estate not reloaded, nothing changed: %s", exc)
+    else:
+        log.info("SIGHUP: estate reloaded; published keys per channel: %s", summary)
+
+
+def _dump_tasks() -> None:
+    log.warning("asyncio tasks:\n%s", task_stacks())
+
+
+async def load_demo(service: AtpService) -> None:
+    from atp_service.app.demo import demo_facts
+
+    assert service.desk is not None
+    facts = demo_facts(service.clock.now_ms() - 60_000)
+    total = 0
+    while chunk := list(islice(facts, 5000)):
+        for result in await service.desk.record(chunk, origin="demo"):
+            if isinstance(result, Exception):
+                raise result
+        total += len(chunk)
+    log.info("demo estate loaded: %d stocked positions", total)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

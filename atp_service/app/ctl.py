@@ -1,0 +1,265 @@
+"""``atpctl``: operate an ATP service from a shell. Prints JSON; exits 1 with the gRPC status on error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from atp_service.client.api import AtpClient, RetryPolicy, tls_credentials
+from atp_service.edge.auth import PERMISSIONS, new_token, token_hash
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+
+EVENTS_CHUNK = 1000
+
+
+def _key(text: str) -> tuple[str, str]:
+    sku, sep, location = text.partition("@")
+    if not sep or not sku or not location:
+        raise argparse.ArgumentTypeError(f"expected SKU@LOCATION, got {text!r}")
+    return sku, location
+
+
+def _line(text: str) -> tuple[str, str, int]:
+    position, sep, qty = text.rpartition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected SKU@LOCATION:QTY, got {text!r}")
+    sku, location = _key(position)
+    try:
+        return sku, location, int(qty)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quantity of {text!r} is not an integer") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atpctl", description="Command-line client of the ATP service")
+    p.add_argument("--target", default=os.environ.get("ATP_TARGET", "127.0.0.1:50051"),
+                   help="host:port of the service (env ATP_TARGET)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline of each call in seconds")
+    p.add_argument("--retries", type=int, default=3,
+                   help="retries of a refused call (UNAVAILABLE, RESOURCE_EXHAUSTED, gRPC's CANCELLED) with "
+                        "backoff, within --timeout; safe: calls carry their ids (0: none)")
+    p.add_argument("--token", default=os.environ.get("ATP_TOKEN"), help="bearer token (env ATP_TOKEN)")
+    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the service: use TLS")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
+    p.add_argument("--tls-key", type=Path, help="client key (PEM) for mutual TLS")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("availability", help="quantities of positions")
+    a.add_argument("keys", nargs="+", type=_key, metavar="SKU@LOCATION")
+    r = sub.add_parser("reserve", help="hold stock for an order")
+    r.add_argument("reservation_id")
+    r.add_argument("lines", nargs="+", type=_line, metavar="SKU@LOCATION:QTY")
+    r.add_argument("--order-ref", default="")
+    r.add_argument("--channel", default="")
+    r.add_argument("--ttl", type=int, default=0, help="seconds (0: service default)")
+    r.add_argument("--allow-partial", action="store_true")
+    for name, help_text in (("confirm", "held -> committed"), ("reservation", "show a reservation")):
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("reservation_id")
+    for name, help_text in (("release", "cancel held or committed stock"), ("fulfil", "ship committed stock")):
+        c = sub.add_parser(name, help=help_text, aliases=["fulfill"] if name == "fulfil" else [])
+        c.add_argument("reservation_id")
+        c.add_argument("lines", nargs="*", type=_line, metavar="SKU@LOCATION:QTY", help="none: everything")
+        c.add_argument("--operation-id", default="", help="required with lines; makes a retry harmless")
+    e = sub.add_parser("events", help="facts (POS/WMS)")
+    esub = e.add_subparsers(dest="events_command", required=True)
+    imp = esub.add_parser("import", help="send a JSONL file of facts through RecordEvents")
+    imp.add_argument("file", type=Path)
+    pub = esub.add_parser("publish", help="append a JSONL file of facts onto an input stream (as POS/WMS do)")
+    pub.add_argument("file", type=Path)
+    pub.add_argument("--stream", default="atp:in:pos", help="input stream (default atp:in:pos)")
+    pub.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
+                     help="Redis the service reads (env ATP_REDIS_URL)")
+    x = sub.add_parser("explain", help="how a position's numbers came to be")
+    x.add_argument("key", type=_key, metavar="SKU@LOCATION")
+    ss = sub.add_parser("safety-stock", help="set the units protected at a position (Q4)")
+    ss.add_argument("key", type=_key, metavar="SKU@LOCATION")
+    ss.add_argument("quantity", type=int)
+    w = sub.add_parser("watch", help="follow a channel's curated availability (one JSON line per update)")
+    w.add_argument("channel")
+    w.add_argument("--snapshot", action="store_true", help="every published value first")
+    w.add_argument("--since", type=int, default=0, help="changes after this version (0: from now)")
+    w.add_argument("--count", type=int, default=0, help="stop after this many updates (0: follow forever)")
+    sub.add_parser("reload-estate", help="re-read the estate/channel file (like SIGHUP)")
+    t = sub.add_parser("token", help="caller tokens (no service needed)")
+    tsub = t.add_subparsers(dest="token_command", required=True)
+    tn = tsub.add_parser("new", help="make a token; print it once and the callers-file entry (its hash)")
+    tn.add_argument("name")
+    tn.add_argument("--roles", required=True, help=f"comma-separated: {', '.join(PERMISSIONS)}")
+    return p
+
+
+def _new_token(name: str, roles: str) -> int:
+    wanted = [r.strip() for r in roles.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in PERMISSIONS]
+    if not wanted or unknown:
+        print(f"atpctl: --roles: unknown {unknown or 'none given'}; choose from {', '.join(PERMISSIONS)}",
+              file=sys.stderr)
+        return 2
+    token = new_token()
+    print(f"# token for {name} (shown once; give it to the caller, keep it out of files and logs):", file=sys.stderr)
+    print(token, file=sys.stderr)
+    print(f'[[callers]]\nname = "{name}"\nroles = {json.dumps(wanted)}\ntoken_sha256 = "{token_hash(token)}"')
+    return 0
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path else None
+
+
+def _client(args: argparse.Namespace) -> AtpClient:
+    credentials = None
+    if args.tls_ca or args.tls_cert:
+        credentials = tls_credentials(_read(args.tls_ca), _read(args.tls_cert), _read(args.tls_key))
+    retry = RetryPolicy(attempts=args.retries + 1, first_backoff_s=0.1) if args.retries > 0 else None
+    return AtpClient(args.target, timeout_s=args.timeout, token=args.token, credentials=credentials, retry=retry)
+
+
+def _facts(path: Path) -> Iterator[pb.Fact]:
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json_format.ParseDict(json.loads(line), pb.Fact())
+            except (ValueError, json_format.ParseError) as exc:
+                raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
+
+
+def _dump(msg: Message | Sequence[Message] | dict[str, Any]) -> None:
+    if isinstance(msg, Sequence):
+        out: Any = [json_format.MessageToDict(m, always_print_fields_with_no_presence=True) for m in msg]
+    elif isinstance(msg, Message):
+        out = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
+    else:
+        out = msg
+    print(json.dumps(out, indent=2))
+
+
+async def _run(args: argparse.Namespace) -> None:
+    async with _client(args) as client:
+        cmd = args.command
+        if cmd == "availability":
+            _dump(await client.availability(args.keys))
+        elif cmd == "reserve":
+            _dump(await client.reserve(args.reservation_id, args.lines, order_ref=args.order_ref,
+                                       channel=args.channel, ttl_seconds=args.ttl, allow_partial=args.allow_partial))
+        elif cmd == "confirm":
+            _dump(await client.confirm(args.reservation_id))
+        elif cmd == "reservation":
+            _dump(await client.get_reservation(args.reservation_id))
+        elif cmd == "release":
+            _dump(await client.release(args.reservation_id, args.lines, args.operation_id))
+        elif cmd in ("fulfil", "fulfill"):
+            _dump(await client.fulfill(args.reservation_id, args.lines, args.operation_id))
+        elif cmd == "explain":
+            sku, location = args.key
+            _dump(await client.stub.ExplainAvailability(pb.ExplainAvailabilityRequest(sku=sku, location=location),
+                                                        timeout=client.timeout_s))
+        elif cmd == "safety-stock":
+            sku, location = args.key
+            _dump(await client.stub.SetSafetyStock(
+                pb.SetSafetyStockRequest(sku=sku, location=location, quantity=args.quantity), timeout=client.timeout_s))
+        elif cmd == "events" and args.events_command == "import":
+            await _import(client, args.file)
+        elif cmd == "reload-estate":
+            _dump(await client.stub.ReloadEstate(pb.ReloadEstateRequest(), timeout=client.timeout_s))
+        elif cmd == "watch":
+            await _watch(client, args)
+
+
+async def _watch(client: AtpClient, args: argparse.Namespace) -> None:
+    """No deadline: a watch runs until the count is reached or it is interrupted."""
+    request = pb.WatchAvailabilityRequest(channel=args.channel, snapshot=args.snapshot, since_version=args.since)
+    seen = 0
+    call = client.stub.WatchAvailability(request)
+    async for message in call:
+        kind = pb.WatchAvailabilityResponse.Kind.Name(message.kind)
+        if message.kind == pb.WatchAvailabilityResponse.RESNAPSHOT_REQUIRED:
+            print(json.dumps({"kind": kind, "version": message.version}), flush=True)
+            raise SystemExit(3)
+        if message.kind == pb.WatchAvailabilityResponse.SNAPSHOT_END:
+            print(json.dumps({"kind": kind, "version": message.version}), flush=True)
+        for u in message.updates:
+            line = json_format.MessageToDict(u, always_print_fields_with_no_presence=True)
+            print(json.dumps({"kind": kind, **line}), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                call.cancel()
+                return
+
+
+async def _import(client: AtpClient, path: Path) -> None:
+    counts: dict[str, int] = {}
+    chunk: list[pb.Fact] = []
+
+    async def send() -> None:
+        for result in await client.record_events(chunk):
+            name = pb.FactOutcome.Name(result.outcome)
+            counts[name] = counts.get(name, 0) + 1
+            if result.error:
+                print(f"{result.event_id}: {name}: {result.error}", file=sys.stderr)
+        chunk.clear()
+
+    for fact in _facts(path):
+        chunk.append(fact)
+        if len(chunk) >= EVENTS_CHUNK:
+            await send()
+    if chunk:
+        await send()
+    _dump(counts)
+
+
+async def _publish(path: Path, stream: str, redis_url: str | None) -> None:
+    """The input-stream entry format: one flat field per Fact field (snake_case, kind by name)."""
+    if not redis_url:
+        raise SystemExit("atpctl: events publish needs --redis-url (or ATP_REDIS_URL)")
+    client = aioredis.Redis.from_url(redis_url)
+    sent = 0
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for fact in _facts(path):
+                fields: dict[Any, Any] = {
+                    "event_id": fact.event_id, "source": fact.source, "kind": pb.FactKind.Name(fact.kind),
+                    "sku": fact.sku, "location": fact.location, "quantity": fact.quantity,
+                    "event_time_ms": fact.event_time_ms,
+                }
+                if fact.reservation_id:
+                    fields["reservation_id"] = fact.reservation_id
+                pipe.xadd(stream, fields)
+                sent += 1
+                if len(pipe) >= EVENTS_CHUNK:
+                    await pipe.execute()
+            await pipe.execute()
+    finally:
+        await client.aclose()
+    _dump({"stream": stream, "published": sent})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "token":
+        return _new_token(args.name, args.roles)
+    if args.command == "events" and args.events_command == "publish":
+        asyncio.run(_publish(args.file, args.stream, args.redis_url))
+        return 0
+    try:
+        asyncio.run(_run(args))
+    except grpc.aio.AioRpcError as exc:
+        print(f"atpctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Assembly: Redis log, recovery, shard actors, engine, gRPC server, health, metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
+from prometheus_client import start_http_server
+from redis.exceptions import RedisError
+
+from atp_service.channels.desk import ChannelDesk
+from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
+from atp_service.config import ServiceConfig
+from atp_service.edge import transport
+from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
+from atp_service.edge.door import door_calls, server_ids
+from atp_service.edge.handlers import add_service
+from atp_service.edge.overload import LoopLagMonitor
+from atp_service.edge.servicer import AvailabilityServicer
+from atp_service.edge.watch import Watchers
+from atp_service.engine.clock import Clock, SystemClock
+from atp_service.engine.router import Engine
+from atp_service.engine.shard import ShardActor
+from atp_service.intake.facts import FactDesk
+from atp_service.intake.ingest import StreamIngestor
+from atp_service.metrics import METRICS
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_service.retry import BackoffPolicy, retry_until_done
+from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.log import CommitWindow, LogStore, connect
+from atp_service.tasks import cancel_and_wait
+from reservation import Ledger, decode_entry
+
+log = logging.getLogger(__name__)
+REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
+"""Waits between tries to reach Redis at start (health stays NOT_SERVING meanwhile)."""
+DEMO_ESTATE = Path(__file__).with_name("demo_estate.toml")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
+
+
+class StartupError(RuntimeError):
+    """The service cannot start as configured; the message names the setting to change."""
+
+
+class ConfigMismatch(StartupError):
+    pass
+
+
+class AtpService:
+    """One running service. ``start()`` binds, recovers, then reports SERVING; ``stop()`` drains."""
+
+    def __init__(self, config: ServiceConfig, redis_url: str, clock: Clock | None = None) -> None:
+        self.config = config
+        self.redis_url = redis_url
+        self.clock: Clock = clock or SystemClock()
+        self.engine: Engine | None = None
+        self.desk: FactDesk | None = None
+        self.ingestor: StreamIngestor | None = None
+        self.channels: ChannelDesk | None = None
+        self.estate = self._load_estate()
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self._servicer = AvailabilityServicer(config.limits, config.max_stream_inflight,
+                                              Watchers(config.max_watchers, config.watch_batch), self._reload_rpc)
+        self._log: LogStore | None = None
+        self._monitor = LoopLagMonitor(config.max_loop_lag_ms)
+        self._door_ids: set[int] = set()
+        self._owner_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.replaced = asyncio.Event()
+        """Set when a newer instance has claimed this keyspace: this one must stop (``atp-service
+        serve`` does, exit status 3)."""
+        self.failed = asyncio.Event()
+        """Set when a shard actor stopped working (a bug): health says NOT_SERVING and the service
+        must be restarted, which rebuilds the shard from its log (``atp-service serve`` exits 4)."""
+
+    def _note_transport(self) -> None:
+        running = transport.active(os.environ)
+        if running != self.config.http2_transport:
+            # In-process: gRPC read GRPC_EXPERIMENTS at import (atp-service serve re-executes instead).
+            log.warning("http2_transport %s configured but gRPC runs %s (set %s=%s before importing grpc)",
+                        self.config.http2_transport, running, transport.ENV,
+                        transport.experiments_for(self.config.http2_transport, os.environ.get(transport.ENV)))
+        log.info("gRPC HTTP/2 transport %s: calls past max_pending_calls (%d) are answered %s", running,
+                 self.config.max_pending_calls, transport.refusal_status(running))
+
+    async def start(self) -> None:
+        cfg = self.config
+        before = server_ids()
+        self._server = grpc.aio.server(interceptors=self._interceptors(), options=[
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            # Bounded: the queue gRPC keeps ahead of the service (see ServiceConfig.max_pending_calls).
+            ("grpc.server.max_pending_requests", max(1, cfg.max_pending_calls // 2)),
+            ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
+        ])
+        self._door_ids = server_ids() - before  # this server's channelz counters (atp_grpc_server_calls_total)
+        door_calls().watch(self._door_ids)
+        self._add_services(self._server)
+        try:
+            credentials = self._tls()
+            address = f"{cfg.host}:{cfg.port}"
+            self.port = (self._server.add_secure_port(address, credentials) if credentials
+                         else self._server.add_insecure_port(address))
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            raise StartupError(f"port: cannot listen for gRPC on {cfg.host}:{cfg.port} (in use?); "
+                               "choose another with --port / ATP_PORT")
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+        self._note_transport()
+        if cfg.metrics_port >= 0:
+            try:
+                server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=METRICS.registry)
+            except OSError as exc:
+                raise StartupError(f"metrics_port: cannot listen on {cfg.metrics_host}:{cfg.metrics_port} ({exc}); "
+                                   "choose another with --metrics-port / ATP_METRICS_PORT, or -1 to disable") from None
+            self.metrics_port = server.server_port
+        self.engine = await self._recover()
+        self.engine.group_policies, self.engine.default_group_policy = group_policies(self.estate)
+        self.engine.set_safety_defaults(self.estate.safety_defaults)
+        self.engine.start()
+        self._monitor.start()
+        self._owner_task = asyncio.get_running_loop().create_task(self._check_owner(), name="owner-check")
+        self._servicer.monitor = self._monitor
+        self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen)
+        if self.estate.channels:
+            channel_client = connect(self.redis_url, cfg.redis_timeout_s)
+            store = ChannelStore(channel_client, cfg.key_prefix, epoch=self._epoch)
+            self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg)
+            await self.channels.start()
+        self._servicer.attach(self.engine, self.desk, self.channels)
+        if cfg.input_streams:
+            ingest_client = connect(self.redis_url, cfg.redis_timeout_s + cfg.ingest_block_ms / 1000)
+            # With channel feeds, smaller reads keep the event loop's turns short for the desk (C2).
+            reads = min(cfg.ingest_count, cfg.ingest_count_publishing) if self.channels else cfg.ingest_count
+            self.ingestor = StreamIngestor(ingest_client, self.desk, cfg, self.clock, reads)
+            await self.ingestor.start()
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        """Through ``handlers.add_service``, not the generated ``add_..._to_server``: bytes that are not
+        a valid request answer INVALID_ARGUMENT with a quiet log line, on the open services too."""
+        health = health_pb2.DESCRIPTOR.services_by_name["Health"]
+        names = (SERVICE_NAME, health.full_name, reflection.SERVICE_NAME)
+        add_service(server, self._servicer, pb.DESCRIPTOR.services_by_name["AvailabilityService"])
+        add_service(server, self._health, health)
+        add_service(server, ReflectionServicer(names),
+                    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+        cfg = self.config
+        if not cfg.auth_on:
+            log.warning("auth off (%s): any caller may call anything; not for production",
+                        "demo mode" if cfg.auth == "auto" else "auth=off")
+            return []
+        if cfg.callers_file is None:
+            raise StartupError("callers_file: auth is on (not demo mode) and no callers file is given; pass "
+                               "--callers-file FILE (entries from `atpctl token new NAME --roles oms`), "
+                               "or --auth off on a trusted network")
+        try:
+            callers = load_callers(cfg.callers_file)
+        except OSError as exc:
+            raise StartupError(f"callers_file: cannot read {cfg.callers_file} ({exc.strerror})") from None
+        except CallersError as exc:
+            raise StartupError(f"callers_file: {cfg.callers_file}: {exc}") from None
+        log.info("auth on: %d callers from %s", len(callers), cfg.callers_file)
+        return [AuthInterceptor(callers)]
+
+    def _tls(self) -> grpc.ServerCredentials | None:
+        cfg = self.config
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            return None
+        try:
+            key, cert = cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes()
+            ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+        except OSError as exc:
+            raise StartupError(f"tls: cannot read {exc.filename} ({exc.strerror})") from None
+        log.info("gRPC over TLS%s", " with client certificates (mutual TLS)" if ca else "")
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+    def _load_estate(self) -> Estate:
+        path = self.config.estate
+        if path is None and self.config.demo:
+            path = DEMO_ESTATE
+        if path is None:
+            return Estate({}, {}, {})
+        try:
+            return load_estate(path, self.config.limits)
+        except OSError as exc:
+            raise StartupError(f"estate: cannot read {path} ({exc.strerror})") from None
+        except EstateError as exc:
+            raise StartupError(f"estate: {path}: {exc}") from None
+
+    async def reload_estate(self) -> dict[str, int]:
+        """Re-read the estate file (SIGHUP or the ReloadEstate RPC): all or nothing — a bad file, or
+        channels off, or Redis unreachable while the new channels' feeds load, changes nothing."""
+        estate = self._load_estate()
+        if self.channels is None:
+            raise StartupError("estate: channels were off at start; restart the service to turn them on")
+        counts = await self.channels.reload(estate)  # its only await comes before it changes anything
+        self.estate = estate
+        if self.engine is not None:
+            self.engine.group_policies, self.engine.default_group_policy = group_policies(estate)
+            self.engine.set_safety_defaults(estate.safety_defaults)
+        return counts
+
+    async def _reload_rpc(self) -> dict[str, int]:
+        try:
+            return await self.reload_estate()
+        except StartupError as exc:
+            raise EstateUnusable(str(exc)) from None  # every StartupError of a reload starts "estate: "
+
+    async def _recover(self) -> Engine:
+        started = time.perf_counter()
+        cfg = self.config
+        client = connect(self.redis_url, cfg.redis_timeout_s)
+        self._log = store = LogStore(
+            client, cfg.key_prefix, cfg.pipeline_max,
+            window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate))
+        await self._wait_for_redis(client)
+        await self._check_layout(store)
+        # Before reading anything: an older instance still running on this keyspace can write no
+        # more from here on, so what it wrote first is what recovery reads back.
+        epoch = await store.claim()
+        await store.load_fences(cfg.shards)
+        store.on_fenced.append(self._on_replaced)
+        log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch)
+        actors, replayed, newest = [], 0, 0
+        for shard in range(cfg.shards):
+            snap = await store.load_snapshot(shard)
+            ledger = Ledger.restore(shard, cfg.limits, snap.ledger) if snap else Ledger(shard, cfg.limits)
+            seq = snap.seq if snap else 0
+            async for entry_seq, data in store.entries_after(shard, seq):
+                ledger.replay(decode_entry(data))
+                seq = entry_seq
+                replayed += 1
+            newest = max(newest, ledger.clock)
+            actor = ShardActor(shard, ledger, store, self.clock, cfg, seq)
+            actor.on_failure.append(self._on_shard_failed)
+            actors.append(actor)
+        advance = getattr(self.clock, "advance_floor", None)
+        if advance is not None:
+            advance(newest)  # R6: never stamp a command before one already logged
+        METRICS.recovery_seconds.set(time.perf_counter() - started)
+        METRICS.recovered_entries.set(replayed)
+        log.info("recovered %d shards, %d log entries in %.2fs", cfg.shards, replayed, time.perf_counter() - started)
+        return Engine(actors, store, self.clock, cfg)
+
+    async def _check_owner(self) -> None:
+        """A replaced instance that only serves reads would write nothing to be refused: ask."""
+        assert self._log is not None
+        while True:
+            await asyncio.sleep(self.config.owner_check_s)
+            try:
+                if not await self._log.still_owner():
+                    return
+            except STORAGE_ERRORS:
+                pass  # Redis unreachable: the shards notice and say so; ask again later
+
+    def _epoch(self) -> int:
+        return self._log.epoch if self._log is not None else 0
+
+    def _on_shard_failed(self, actor: ShardActor) -> None:
+        """Never a dead shard behind a health check that says all is well: report NOT_SERVING and
+        ask to be restarted (the shard's memory is not to be trusted; its log is)."""
+        log.error("shard %d stopped working (%r): health NOT_SERVING; the service stops to be restarted",
+                  actor.shard, actor.failure)
+        self.failed.set()
+        for name in ("", SERVICE_NAME):
+            task = asyncio.get_running_loop().create_task(
+                self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _on_replaced(self) -> None:
+        log.error("a newer instance claimed keyspace %r (a write of this one was refused): this instance "
+                  "takes no more changes and stops", self.config.key_prefix)
+        self.replaced.set()
+
+    async def _wait_for_redis(self, client: Any) -> None:
+        """Start-up waits for Redis (health stays NOT_SERVING) instead of dying on a slow dependency."""
+        def waiting(exc: BaseException, _wait: float) -> None:
+            log.warning("waiting for Redis at %s: %s", _redacted(self.redis_url), exc)
+
+        await retry_until_done(client.ping, STORAGE_ERRORS, REDIS_AT_START, waiting)
+
+    async def _check_layout(self, store: LogStore) -> None:
+        """Shard placement depends on the shard count: refuse to start on a log written with another."""
+        key = f"{self.config.key_prefix}meta"
+        await store.client.hsetnx(key, "shards", self.config.shards)
+        raw: Any = await store.client.hget(key, "shards")
+        stored = int(raw)
+        if stored != self.config.shards:
+            raise ConfigMismatch(
+                f"shards: the log in Redis was written with {stored} shards, not {self.config.shards}; "
+                "start with the same --shards (or an empty Redis)"
+            )
+        await self._check_persistence(store)
+
+    async def _check_persistence(self, store: LogStore) -> None:
+        """Acknowledged means in Redis; surviving a Redis crash also needs its AOF. Say so when it is off."""
+        try:
+            config: Any = await store.client.config_get("append*")
+        except RedisError:  # managed Redis often forbids CONFIG: nothing to check
+            return
+        appendonly = config.get(b"appendonly", config.get("appendonly"))
+        fsync = config.get(b"appendfsync", config.get("appendfsync"))
+        if appendonly not in (b"yes", "yes"):
+            log.warning("Redis runs without appendonly: acknowledged changes survive a service crash but "
+                        "not a Redis crash (set appendonly yes, appendfsync everysec or always)")
+        else:
+            log.info("Redis AOF on, appendfsync=%s", fsync.decode() if isinstance(fsync, bytes) else fsync)
+
+    def is_fresh(self) -> bool:
+        """True when no shard has logged anything yet (first start)."""
+        assert self.engine is not None
+        return all(actor.seq == 0 for actor in self.engine.actors)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        await self._health.enter_graceful_shutdown()
+        began = time.monotonic()
+        drain = self._servicer.drain
+        if not await drain.close(grace):
+            log.warning("shutdown: %d calls still in progress after the %.1fs grace period; gRPC cancels them",
+                        drain.active, grace)
+        if self._server is not None:
+            await self._server.stop(max(0.0, grace - (time.monotonic() - began)))
+            door_calls().forget(self._door_ids)
+        await self._monitor.stop()
+        await cancel_and_wait(self._owner_task)
+        if self.ingestor is not None:
+            await self.ingestor.stop()
+        if self.channels is not None:
+            await self.channels.stop()
+            await self.channels.store.client.aclose()
+        if self.engine is not None:
+            await self.engine.stop(snapshot=True)
+        if self._log is not None:
+            await self._log.client.aclose()
+
+
+
+def _redacted(url: str) -> str:
+    """Never log a password from the Redis URL."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"

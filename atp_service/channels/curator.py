@@ -1,0 +1,119 @@
+"""C1 over every SKU changed since the last round, one numpy block per shard and channel.
+
+For a shard, the changed SKUs' rows and a channel's location columns are gathered in one
+operation (SKUs x locations), curated elementwise (per-location channels) or summed per row
+first (network channels), and compared with what was last offered; only the keys whose
+number moved are offered to the channel's feed, one Python step per changed key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from atp_service.channels.estate import Channel
+from reservation import Feed, Ledger, PositionStore, curate
+
+Offer = tuple[Feed, str, str, int, int]  # feed, sku, location, value, source time
+
+
+class _Last:
+    """What was last offered per store row (SKU) and channel column; -1: never offered."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, cols: int) -> None:
+        self.values = np.full((256, cols), -1, dtype=np.int64)
+
+    def rows(self, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+        need = int(rows.max()) + 1 if len(rows) else 0
+        if need > len(self.values):
+            grown = np.full((max(need, 2 * len(self.values)), self.values.shape[1]), -1, dtype=np.int64)
+            grown[: len(self.values)] = self.values
+            self.values = grown
+        return self.values[rows]
+
+
+class Curator:
+    def __init__(self) -> None:
+        self._cols: dict[tuple[str, int], tuple[int, npt.NDArray[np.intp]]] = {}
+        self._last: dict[tuple[str, int], _Last] = {}
+
+    def reset(self) -> None:
+        """After a configuration change: forget columns and what was offered (the feeds still
+        know what was published, so unchanged numbers are not published again, E11)."""
+        self._cols.clear()
+        self._last.clear()
+
+    def forget(self, channel: str, shard: int, store: PositionStore, sku: str) -> None:
+        """A number was offered for ``sku`` on ``channel`` past the curator: the next curation offers
+        whatever it finds (the feed drops what it already shows, E11)."""
+        last = self._last.get((channel, shard))
+        row = store.rows([sku])
+        if last is not None and len(row) and 0 <= row[0] < len(last.values):
+            last.values[row[0]] = -1
+
+    def curate_shard(self, shard: int, ledger: Ledger, skus: Sequence[str], times: Sequence[dict[str, int]],
+                     channels: dict[str, Channel], feeds: dict[str, Feed],
+                     ahead: dict[tuple[str, str], int] | None = None) -> tuple[list[Offer], list[Offer]]:
+        """The changed offers of these SKUs: (stock-outs, the rest). Stock-outs are found in the
+        vectorised pass, so the caller can publish them before spending time on the rest. ``ahead``:
+        how far memory's ``available`` is ahead of the durable log per position (batches in flight),
+        taken off so that only durable state is curated (C4)."""
+        urgent: list[Offer] = []
+        rest: list[Offer] = []
+        store = ledger.store
+        rows = store.rows(skus)
+        known = rows >= 0
+        if not known.all():
+            rows, skus = rows[known], [s for s, k in zip(skus, known.tolist(), strict=True) if k]
+            times = [t for t, k in zip(times, known.tolist(), strict=True) if k]
+        if not len(rows):
+            return urgent, rest
+        for name, channel in channels.items():
+            cols = self._columns(channel, shard, ledger)
+            available, present = store.available_block(rows, cols)
+            if ahead:
+                _take_off(available, ahead, skus, channel.sells_from)
+            last = self._last.get((name, shard))
+            if last is None:
+                last = self._last[(name, shard)] = _Last(1 if not channel.per_location else len(cols))
+            before = last.rows(rows)
+            if channel.per_location:
+                shown = curate(available, channel.rules)
+                changed = present & (shown != before)
+                last.values[rows] = np.where(present, shown, before)
+            else:
+                totals = np.where(present, np.maximum(available, 0), 0).sum(axis=1)  # Q5 clamp, then C1
+                shown = curate(totals, channel.rules)[:, None]
+                changed = present.any(axis=1, keepdims=True) & (shown != before)
+                last.values[rows] = np.where(changed, shown, before)
+            stockout = changed & (shown == 0) & (before > 0)
+            feed, names = feeds[name], channel.sells_from if channel.per_location else ("",)
+            for mask, out in ((stockout, urgent), (changed & ~stockout, rest)):
+                for i, j in zip(*(a.tolist() for a in np.nonzero(mask)), strict=True):
+                    loc, locs = names[j], times[i]
+                    out.append((feed, skus[i], loc, int(shown[i, j]), locs.get(loc) or max(locs.values())))
+        return urgent, rest
+
+    def _columns(self, channel: Channel, shard: int, ledger: Ledger) -> npt.NDArray[np.intp]:
+        store = ledger.store
+        cached = self._cols.get((channel.name, shard))
+        if cached is None or cached[0] != store.location_count:
+            cached = (store.location_count, store.columns(channel.sells_from))
+            self._cols[(channel.name, shard)] = cached
+        return cached[1]
+
+
+def _take_off(available: npt.NDArray[np.int64], ahead: dict[tuple[str, str], int], skus: Sequence[str],
+              locations: Sequence[str]) -> None:
+    """``available`` (rows: ``skus``, columns: ``locations``) as of the durable log: minus the moves
+    of the batches in flight. Few positions are in flight at once: a loop over them, not the block."""
+    row_of = {sku: i for i, sku in enumerate(skus)}
+    col_of = {location: j for j, location in enumerate(locations)}
+    for (sku, location), delta in ahead.items():
+        i, j = row_of.get(sku), col_of.get(location)
+        if i is not None and j is not None:
+            available[i, j] -= delta

@@ -1,0 +1,349 @@
+"""Channel feeds in the service: durable changes in, curated and throttled updates out (C1-C3).
+
+Shard actors report every log entry once it is durable (``on_durable``). The desk notes which
+SKUs and positions changed, and one task re-curates them — a SKU across all the locations a
+channel sells from is one numpy gather and one vectorised ``curate`` — and offers the results
+to each channel's ``Feed``, which decides what goes out when. What goes out is written to the
+channel stream and its state hash by one Lua script call; only then is it published (and watchable).
+The desk is the only writer, so versions stay in order with the stream ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import Any
+
+from atp_service.channels.curator import Curator, Offer
+from atp_service.channels.estate import Channel, Estate
+from atp_service.config import ServiceConfig
+from atp_service.engine.clock import Clock
+from atp_service.engine.router import Engine
+from atp_service.metrics import METRICS
+from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
+from atp_service.storage.channel_store import ChannelStore, WriteRefused
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.tasks import cancel_and_wait
+from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, zero_through
+from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
+
+log = logging.getLogger(__name__)
+DESK_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
+"""Waits of the desk between tries while Redis does not answer."""
+_DEMAND = (FactKind.SALE, FactKind.SHIPMENT)
+
+
+class ChannelDesk:
+    def __init__(self, engine: Engine, estate: Estate, store: ChannelStore, clock: Clock,
+                 config: ServiceConfig) -> None:
+        self.engine = engine
+        self.estate = estate
+        self.store = store
+        self.clock = clock
+        self.config = config
+        self.feeds: dict[str, Feed] = {}
+        # sku -> location -> newest source time of a durable change there; and when it became durable
+        self._dirty: dict[str, dict[str, int]] = {}
+        self._dirty_at: dict[str, int] = {}
+        self._velocity: dict[str, tuple[float, int]] = {}  # sku -> (decayed demand units, at)
+        self._curator = Curator()
+        self._round_dirty_at: dict[str, int] = {}
+        self._zero_lines: list[tuple[Feed, int, frozenset[str]]] = []  # see _find_zero_lines
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._half_life_ms = config.velocity_half_life_s * 1000
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load what each channel last published, curate everything, publish the differences."""
+        await self._load_feeds(self.estate)
+        self._find_zero_lines()
+        for actor in self.engine.actors:
+            actor.listeners.append(self.on_durable)
+            actor.undo_listeners.append(self.on_undone)
+        self._mark_everything()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
+
+    async def stop(self) -> None:
+        for actor in self.engine.actors:
+            with contextlib.suppress(ValueError):
+                actor.listeners.remove(self.on_durable)
+            with contextlib.suppress(ValueError):
+                actor.undo_listeners.remove(self.on_undone)
+        await cancel_and_wait(self._task)
+
+    async def reload(self, estate: Estate) -> dict[str, int]:
+        """Swap in a new estate/channel configuration: re-curate, publish only what changed."""
+        await self._load_feeds(estate)
+        self.estate = estate
+        self._find_zero_lines()
+        self._curator.reset()
+        self._withdraw_dropped_locations()
+        self._mark_everything()
+        self._wake.set()
+        return {name: len(feed.published) for name, feed in self.feeds.items()}
+
+    def _withdraw_dropped_locations(self) -> None:
+        """A per-location channel that no longer sells from a location is shown 0 there at once:
+        its last number must not stay on the channel (C1: only locations it may sell from count)."""
+        now = self.clock.now_ms()
+        for name, channel in self.estate.channels.items():
+            if not channel.per_location:
+                continue
+            allowed, feed = set(channel.sells_from), self.feeds[name]
+            for key, pub in list(feed.published.items()):
+                if key[1] not in allowed and pub.quantity > 0:
+                    feed.offer(key, 0, pub.event_time, now, now)
+
+    def _find_zero_lines(self) -> None:
+        """Per per-location channel, the ``available`` at or below which a position shows 0: what
+        ``on_durable`` needs to offer a stock-out at once, without waiting for the round's curation."""
+        self._zero_lines = [
+            (self.feeds[name], line, frozenset(channel.sells_from))
+            for name, channel in self.estate.channels.items()
+            if channel.per_location and (line := zero_through(channel.rules)) is not None
+        ]
+
+    async def _load_feeds(self, estate: Estate) -> None:
+        """The feeds of ``estate``: new channels' published state is read first (the only awaits),
+        and only then is anything changed — a read that fails leaves the old feeds as they were."""
+        stored = {name: await self.store.load(name) for name in estate.channels if name not in self.feeds}
+        now = self.clock.now_ms()
+        feeds: dict[str, Feed] = {}
+        for name, channel in estate.channels.items():
+            old = self.feeds.get(name)
+            if old is not None:
+                old.set_policy(channel.policy, now)
+                feeds[name] = old
+            else:
+                published, version = stored[name]
+                feeds[name] = Feed(name, channel.policy, now, published, version)
+        self.feeds = feeds
+
+    def poke(self) -> None:
+        """Look at the feeds now (tests with a manual clock call it after moving time)."""
+        self._wake.set()
+
+    # -- intake: runs inside a shard actor's completion callback; keep it short ------------
+    def on_undone(self, shard: int, entry: LogEntry) -> None:
+        """An entry taken back (its append failed): curate its SKUs again, from what is durable (C4)."""
+        now = self.clock.now_ms()
+        for event in entry.events:
+            if isinstance(event, FactApplied):
+                sku, loc = event.fact.sku, event.fact.location
+            elif isinstance(event, (HoldMoved, Shipped, SafetyStockSet)):
+                sku, loc = event.sku, event.location
+            else:
+                continue
+            self._dirty.setdefault(sku, {}).setdefault(loc, 0)
+            self._dirty_at.setdefault(sku, now)
+        self._wake.set()
+
+    def on_durable(self, shard: int, entry: LogEntry) -> None:
+        dirty, ts, now = self._dirty, entry.ts, self.clock.now_ms()
+        actor = self.engine.actors[shard]
+        zero_lines, store, stockouts = self._zero_lines, actor.ledger.store, False
+        ahead = actor.ahead_of_log() if zero_lines else None  # C4: memory may be ahead of the log
+        demand: dict[str, int] = {}
+        for event in entry.events:
+            if isinstance(event, FactApplied):
+                f = event.fact
+                sku, loc, t = f.sku, f.location, f.event_time
+                if f.kind in _DEMAND:
+                    demand[sku] = demand.get(sku, 0) + abs(f.quantity)
+            elif isinstance(event, HoldMoved):
+                sku, loc, t = event.sku, event.location, ts
+                if event.d_reserved > 0:
+                    demand[sku] = demand.get(sku, 0) + event.d_reserved
+            elif isinstance(event, (Shipped, SafetyStockSet)):
+                sku, loc, t = event.sku, event.location, ts
+            else:
+                continue
+            locs = dirty.get(sku)
+            if locs is None:
+                locs = dirty[sku] = {}
+                self._dirty_at[sku] = now
+            if locs.get(loc, 0) < t:
+                locs[loc] = t
+            available = store.available(sku, loc) if zero_lines else None  # read once for every channel
+            if available is not None:
+                if ahead:
+                    available -= ahead.get((sku, loc), 0)
+                for feed, line, sells_from in zero_lines:  # C2: a per-location stock-out is offered at once
+                    if available <= line and loc in sells_from:
+                        feed.offer((sku, loc), 0, t, now, now)  # E11: no-op unless it showed more
+                        # Past the curator: it must not take a later value equal to what it offered
+                        # before this 0 for "no change" (a SALE to 0, then a RETURN, in one round).
+                        self._curator.forget(feed.channel, shard, store, sku)
+                        stockouts = True
+        for sku, units in demand.items():
+            self._velocity[sku] = (self._velocity_at(sku, now) + units, now)
+        if dirty or stockouts:
+            self._wake.set()
+
+    def _velocity_at(self, sku: str, now: int) -> float:
+        value, at = self._velocity.get(sku, (0.0, now))
+        return value * math.exp2(-(now - at) / self._half_life_ms) if now > at else value
+
+    def _mark_everything(self) -> None:
+        now = self.clock.now_ms()
+        for actor in self.engine.actors:
+            for sku, location, _ in actor.ledger.store.items():
+                self._dirty.setdefault(sku, {}).setdefault(location, 0)
+                self._dirty_at.setdefault(sku, now)
+
+    # -- the loop ------------------------------------------------------------------
+    async def _run(self) -> None:
+        backoff = Backoff(DESK_RETRY)
+        while True:
+            if not self._dirty:
+                await self._sleep_until_due()
+            self._wake.clear()
+            try:
+                await self.run_round()
+                backoff.reset()
+            except STORAGE_ERRORS:
+                await backoff.wait()
+
+    async def run_round(self) -> None:
+        """Publish the stock-outs offered since the last round, curate what changed (its stock-outs
+        go out first, C2), offer the rest and publish what is due."""
+        await self.publish_due(urgent_only=True)
+        rest = self.curate_dirty()
+        try:
+            if rest:
+                await self.publish_due(urgent_only=True)
+        finally:
+            # Curated is as good as offered (the curator notes what it offered): a failed write of
+            # the stock-outs must not lose the rest (C4).
+            self._offer(rest)
+        await self.publish_due()
+
+    async def _sleep_until_due(self) -> None:
+        now = self.clock.now_ms()
+        wakes = [w for w in (f.next_wakeup(now) for f in self.feeds.values()) if w is not None]
+        timeout = None if not wakes else max(0.0, (min(wakes) - now) / 1000)
+        if timeout == 0:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def curate_dirty(self) -> list[Offer]:
+        """C1 for every SKU changed since the last round, for every channel. Stock-outs are offered
+        to the feeds at once; the other changed offers are returned, to be offered after the
+        stock-outs are published."""
+        if not self._dirty:
+            return []
+        started = time.perf_counter()
+        dirty, self._dirty = self._dirty, {}
+        dirty_at, self._dirty_at = self._dirty_at, {}
+        self._round_dirty_at = dirty_at
+        by_shard: dict[int, list[str]] = {}
+        place = self.engine.place
+        for sku in dirty:
+            by_shard.setdefault(place(sku), []).append(sku)
+        urgent: list[Offer] = []
+        rest: list[Offer] = []
+        channels, feeds = self.estate.channels, self.feeds
+        for shard, skus in by_shard.items():
+            actor = self.engine.actors[shard]
+            u, r = self._curator.curate_shard(shard, actor.ledger, skus, [dirty[s] for s in skus], channels, feeds,
+                                              actor.ahead_of_log())
+            urgent += u
+            rest += r
+        self._offer(urgent)
+        METRICS.curation_seconds.observe(time.perf_counter() - started)
+        METRICS.curated_skus.inc(len(dirty))
+        return rest
+
+    def _offer(self, offers: list[Offer]) -> None:
+        now = self.clock.now_ms()
+        dirty_at, velocity = self._round_dirty_at, self._velocity_at
+        for feed, sku, location, value, source_time in offers:
+            feed.offer((sku, location), value, source_time, dirty_at.get(sku, now), now, velocity(sku, now))
+        for name, feed in self.feeds.items():
+            METRICS.channel_pending.labels(name).set(feed.pending)
+
+    async def publish_due(self, urgent_only: bool = False) -> list[ChannelUpdate]:
+        """Take what each feed may publish now, write it, then confirm it (or give it back)."""
+        now = self.clock.now_ms()
+        limit = self.config.publish_batch_max
+        taken = [(name, feed, feed.take(now, limit, urgent_only)) for name, feed in self.feeds.items()]
+        if not any(updates for _, _, updates in taken):
+            return []
+        try:
+            await self.store.write(
+                (name, self.estate.channels[name].stream_maxlen, updates) for name, _, updates in taken
+            )
+        except STORAGE_ERRORS as exc:
+            await self._settle(taken, exc)
+            raise
+        done = self.clock.now_ms()
+        out: list[ChannelUpdate] = []
+        for name, feed, updates in taken:
+            coalesced, throttled = feed.coalesced, feed.throttled
+            feed.confirm(updates)
+            self._observe(name, updates, done)
+            METRICS.channel_coalesced.labels(name).inc(coalesced)
+            METRICS.channel_throttled.labels(name).inc(throttled)
+            feed.coalesced = feed.throttled = 0
+            out += updates
+        return out
+
+    async def _settle(self, taken: list[tuple[str, Feed, list[ChannelUpdate]]], error: BaseException) -> None:
+        """A write failed: perhaps it landed, perhaps it is still on its way (a reply lost, a packet
+        late: in doubt, R7). Fence it first — after ``fence`` nothing sent before can land — then
+        read each stream's newest version: what landed is there and nothing more ever will be (C4).
+        Waits for Redis as long as it takes: versions are never reused and a value is believed
+        published only once it is in the stream. A refusal (``WriteRefused``) changed nothing."""
+        METRICS.channel_write_failures.inc()
+        log.warning("channel publish failed (%s); settling", error)
+        names = [name for name, _, updates in taken if updates]
+
+        async def fence_and_read() -> dict[str, int]:
+            await self.store.fence()
+            return {name: await self.store.last_version(name) for name in names}
+
+        last = await retry_until_done(fence_and_read, STORAGE_ERRORS, DESK_RETRY)
+        refused, now, landed_any = isinstance(error, WriteRefused), self.clock.now_ms(), False
+        for name, feed, updates in taken:
+            if not updates:
+                continue
+            top = last[name]
+            landed = [] if refused else [u for u in updates if u.version <= top]  # one script call: all or none
+            feed.confirm(landed)
+            self._observe(name, landed, now)
+            feed.give_back(updates[len(landed):], now)
+            feed.version = max(feed.version, top)  # a version in the stream is never used again
+            landed_any = landed_any or bool(landed)
+        METRICS.channel_settles.labels("refused" if refused else "landed" if landed_any else "not_landed").inc()
+
+    def _observe(self, channel: str, updates: list[ChannelUpdate], done: int) -> None:
+        children = self._children
+        for u in updates:
+            kind = "baseline" if u.previous is None else "stockout" if u.quantity == 0 else "change"
+            pair = children.get((channel, kind))
+            if pair is None:
+                pair = children[(channel, kind)] = (METRICS.channel_published.labels(channel, kind),
+                                                    METRICS.channel_delay.labels(channel, kind))
+            pair[0].inc()
+            if u.event_time:
+                pair[1].observe(max(0, done - u.event_time) / 1000)
+
+    # -- reads -----------------------------------------------------------------------
+    def channel(self, name: str) -> Channel:
+        channel = self.estate.channels.get(name)
+        if channel is None:
+            known = ", ".join(sorted(self.estate.channels)) or "none configured"
+            raise NotFound(f"channel: unknown channel {name!r} (known: {known})")
+        return channel
+
+    def snapshot(self, name: str) -> tuple[int, list[tuple[Key, Published]]]:
+        """Every published value of a channel and the version they are current at."""
+        self.channel(name)
+        feed = self.feeds[name]
+        return feed.published_version, sorted(feed.published.items())

@@ -1,0 +1,83 @@
+"""What gRPC itself did with the calls at the door, from its channelz counters.
+
+Calls refused by gRPC core because the queue ahead of the service is full (``max_pending_calls``)
+never reach a handler, so the service's own metrics cannot see them. gRPC's channelz keeps, per
+server, the calls started, succeeded and failed; a refused call is started and neither, so once
+the calls in progress have finished, ``started - succeeded - failed`` counts the refusals (and
+calls their clients cancelled before an answer). With the ``promise`` HTTP/2 transport gRPC answers
+them RESOURCE_EXHAUSTED instead, and channelz counts them as failed. Exported as ``atp_grpc_server_calls_total``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from grpc_channelz.v1 import channelz_pb2
+from grpc_channelz.v1.channelz import ChannelzServicer  # type: ignore[attr-defined]  # re-exported, untyped
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from atp_service.metrics import METRICS
+
+MAX_PAGES = 100
+"""Pages of channelz's server list read at most (a process holds one server; tests a few)."""
+
+
+def server_ids() -> set[int]:
+    """Every gRPC server of this process that channelz knows of."""
+    return {server.ref.server_id for server in _servers()}
+
+
+def _servers() -> Iterator[channelz_pb2.Server]:
+    start = 0
+    for _ in range(MAX_PAGES):
+        page = ChannelzServicer.GetServers(channelz_pb2.GetServersRequest(start_server_id=start), None)
+        assert isinstance(page, channelz_pb2.GetServersResponse)
+        yield from page.server
+        if page.end or not page.server:
+            return
+        start = max(server.ref.server_id for server in page.server) + 1
+
+
+class DoorCalls(Collector):
+    """Sums the channelz call counters of the servers it watches (the service adds its own)."""
+
+    def __init__(self) -> None:
+        self._watched: set[int] = set()
+
+    def watch(self, ids: set[int]) -> None:
+        self._watched |= ids
+
+    def forget(self, ids: set[int]) -> None:
+        self._watched -= ids
+
+    def counts(self) -> dict[str, int]:
+        totals = {"started": 0, "succeeded": 0, "failed": 0}
+        for server in _servers():
+            if server.ref.server_id in self._watched:
+                totals["started"] += server.data.calls_started
+                totals["succeeded"] += server.data.calls_succeeded
+                totals["failed"] += server.data.calls_failed
+        return totals
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "atp_grpc_server_calls", "Calls gRPC core started, and answered OK or with an error (channelz); "
+            "started - succeeded - failed - in progress = refused at the door (max_pending_calls) or cancelled",
+            labels=["outcome"])
+        for outcome, value in self.counts().items():
+            family.add_metric([outcome], value)
+        yield family
+
+
+_door: DoorCalls | None = None
+
+
+def door_calls() -> DoorCalls:
+    """This process's collector of gRPC core's call counts (the calls refused before any handler
+    saw them), registered with the service's metrics on first use."""
+    global _door
+    if _door is None:
+        _door = DoorCalls()
+        METRICS.registry.register(_door)
+    return _door

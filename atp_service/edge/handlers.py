@@ -1,0 +1,152 @@
+"""Method handlers built from a service's descriptor, so that bytes which are not a valid request
+are answered ``INVALID_ARGUMENT`` before any servicer code runs.
+
+grpc.aio parses a request with the generated ``FromString`` before the handler runs (for a request
+stream: inside the servicer's iterator). A parse that raises ends the call ``UNKNOWN "Unexpected
+<class DecodeError>"`` with an ERROR traceback in the log per call — so any caller, on the open
+health and reflection services even without a token, could fill the log. Here parsing never raises:
+it returns a ``Malformed`` marker, and the wrapped behaviour answers it ``INVALID_ARGUMENT`` naming
+the message type, counts it (``atp_bad_requests_total``) and logs one rate-limited line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
+
+from atp_service.edge.ratelog import RateLimitedLog
+from atp_service.metrics import METRICS
+
+log = logging.getLogger(__name__)
+_quiet = RateLimitedLog(log, logging.WARNING)
+Context = grpc.aio.ServicerContext[Any, Any]
+Behaviour = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """What the deserializer returns for bytes that do not parse; ``message`` is the answer's text."""
+
+    message: str
+
+
+class MalformedRequest(Exception):
+    """A message of a request stream did not parse: raised out of the servicer's iterator."""
+
+    def __init__(self, bad: Malformed) -> None:
+        super().__init__(bad.message)
+        self.bad = bad
+
+
+def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+    """Register ``servicer``'s methods of ``service``, as the generated ``add_..._to_server`` does.
+
+    A method the servicer leaves to the generated base class (a sync placeholder, like the aio
+    health servicer's ``List``) is not registered: gRPC answers it UNIMPLEMENTED without the ERROR
+    traceback the placeholder's NotImplementedError would log per call."""
+    handlers = {}
+    for method in service.methods:
+        behaviour = getattr(servicer, method.name)
+        if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
+            handlers[method.name] = _handler(method, behaviour)
+        elif not behaviour.__module__.endswith("_pb2_grpc"):  # our own mistake: say so at start-up
+            raise TypeError(f"{service.full_name}/{method.name}: the servicer's method must be async")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
+
+
+def _handler(method: MethodDescriptor, behaviour: Behaviour) -> grpc.RpcMethodHandler[Any, Any]:
+    parse = _deserializer(method)
+    serialize = GetMessageClass(method.output_type).SerializeToString
+    name = method.name
+    if method.client_streaming and method.server_streaming:
+        return grpc.stream_stream_rpc_method_handler(_stream_stream(name, behaviour), parse, serialize)
+    if method.client_streaming:
+        return grpc.stream_unary_rpc_method_handler(_stream_unary(name, behaviour), parse, serialize)
+    if method.server_streaming:
+        return grpc.unary_stream_rpc_method_handler(_unary_stream(name, behaviour), parse, serialize)
+    return grpc.unary_unary_rpc_method_handler(_unary_unary(name, behaviour), parse, serialize)
+
+
+def _deserializer(method: MethodDescriptor) -> Callable[[bytes], Any]:
+    full_name = method.input_type.full_name
+    parse = GetMessageClass(method.input_type).FromString
+    upb_prefix = f"Error parsing message with type '{full_name}': "  # the type is named in ours already
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError as exc:
+            reason = str(exc).removeprefix(upb_prefix) or "cannot be parsed"
+            return Malformed(f"request is not a valid {full_name}: {reason}")
+
+    return deserialize
+
+
+async def _refuse(method: str, bad: Malformed, context: Context) -> NoReturn:
+    METRICS.bad_requests.labels(method).inc()
+    _quiet.log("refused method=%s peer=%s code=INVALID_ARGUMENT: %s", method, context.peer(), bad.message)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad.message)
+
+
+def _unary_unary(method: str, behaviour: Behaviour) -> Behaviour:
+    async def handle(request: Any, context: Context) -> Any:
+        if type(request) is Malformed:
+            await _refuse(method, request, context)
+        return await behaviour(request, context)
+
+    return handle
+
+
+def _unary_stream(method: str, behaviour: Behaviour) -> Behaviour:
+    async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+        if type(request) is Malformed:
+            await _refuse(method, request, context)
+        replies = behaviour(request, context)
+        try:
+            async for reply in replies:
+                yield reply
+        finally:
+            await replies.aclose()  # at once: its finally (drain bookkeeping) must not wait for the GC
+
+    return handle
+
+
+def _stream_unary(method: str, behaviour: Behaviour) -> Behaviour:
+    async def handle(requests: AsyncIterator[Any], context: Context) -> Any:
+        try:
+            return await behaviour(_checked(requests), context)
+        except MalformedRequest as exc:
+            await _refuse(method, exc.bad, context)
+
+    return handle
+
+
+def _stream_stream(method: str, behaviour: Behaviour) -> Behaviour:
+    async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        # The servicer answers the messages read before the bad one, then the stream ends with it.
+        replies = behaviour(_checked(requests), context)
+        try:
+            async for reply in replies:
+                yield reply
+        except MalformedRequest as exc:
+            await _refuse(method, exc.bad, context)
+        finally:
+            await replies.aclose()
+
+    return handle
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if type(request) is Malformed:
+            raise MalformedRequest(request)
+        yield request

@@ -1,0 +1,340 @@
+"""The typed async servicer of ``atp.v1.AvailabilityService``: validate, call the engine, convert."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import grpc
+
+from atp_service.channels.desk import ChannelDesk
+from atp_service.channels.estate import EstateUnusable
+from atp_service.edge import convert
+from atp_service.edge.drain import SHUTTING_DOWN, Drain
+from atp_service.edge.overload import LoopLagMonitor
+from atp_service.edge.watch import Watchers
+from atp_service.engine.router import Engine
+from atp_service.intake.facts import Explanation, FactDesk
+from atp_service.metrics import METRICS
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from atp_service.tasks import exception_seen
+from reservation import (
+    DomainError,
+    InvalidArgument,
+    Limits,
+    Reservation,
+    ResourceExhausted,
+    Unavailable,
+    check_id,
+    check_safety_stock,
+    partial_lines,
+)
+from reservation import fact as make_fact
+
+T = TypeVar("T")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def _status(exc: DomainError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
+
+
+def _observed(method: str) -> Callable[[Handler], Handler]:
+    """Latency histogram by method and code, and DomainError -> gRPC status."""
+    children: dict[str, Any] = {}
+
+    def child(code: str) -> Any:
+        c = children.get(code)
+        if c is None:
+            c = children[code] = METRICS.rpc_seconds.labels(method, code)
+        return c
+
+    def wrap(fn: Handler) -> Handler:
+        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            drain = self.drain
+            try:
+                drain.enter()
+                try:
+                    monitor = self.monitor
+                    if monitor is not None and monitor.overloaded:
+                        METRICS.shed.inc()
+                        raise ResourceExhausted(
+                            f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit "
+                            f"max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with backoff")
+                    result = await fn(self, request, context)
+                finally:
+                    drain.leave()
+            except DomainError as exc:
+                child(exc.code).observe(time.perf_counter() - started)
+                await context.abort(_status(exc), exc.message)
+            child("OK").observe(time.perf_counter() - started)
+            return result
+
+        handler.__name__ = fn.__name__
+        return handler
+
+    return wrap
+
+
+class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
+    def __init__(self, limits: Limits, max_stream_inflight: int, watchers: Watchers,
+                 reload: Callable[[], Awaitable[dict[str, int]]]) -> None:
+        self.limits = limits
+        self._engine: Engine | None = None
+        self._desk: FactDesk | None = None
+        self._channels: ChannelDesk | None = None
+        self._max_inflight = max_stream_inflight
+        self._watchers = watchers
+        self._reload = reload
+        self.monitor: LoopLagMonitor | None = None
+        self.drain = Drain()
+        """Every call passes through it; ``AtpService.stop`` closes it before gRPC stops."""
+
+    def attach(self, engine: Engine, desk: FactDesk, channels: ChannelDesk | None) -> None:
+        """Start answering: recovery has finished."""
+        self._engine, self._desk, self._channels = engine, desk, channels
+
+    @property
+    def channels(self) -> ChannelDesk:
+        if self._channels is None:
+            if self._engine is None:
+                raise Unavailable("service is recovering its state; retry shortly")
+            raise EstateUnusable("estate: no channels are configured (start with --estate FILE)")
+        return self._channels
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise Unavailable("service is recovering its state; retry shortly")
+        return self._engine
+
+    @property
+    def desk(self) -> FactDesk:
+        if self._desk is None:
+            raise Unavailable("service is recovering its state; retry shortly")
+        return self._desk
+
+    @_observed("Reserve")
+    async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
+        cmd = convert.reserve_cmd(request, self.limits)
+        rec, replayed = await self.engine.reserve(cmd)
+        return convert.reserve_response(rec, replayed)
+
+    @_observed("Confirm")
+    async def Confirm(self, request: pb.ConfirmRequest, context: Any) -> pb.ReservationResponse:
+        rid = check_id("reservation_id", request.reservation_id, self.limits)
+        return pb.ReservationResponse(reservation=convert.reservation_pb(await self.engine.confirm(rid)))
+
+    @_observed("Release")
+    async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReservationResponse:
+        return await self._line_operation(request, self.engine.release)
+
+    @_observed("Fulfill")
+    async def Fulfill(self, request: pb.FulfillRequest, context: Any) -> pb.ReservationResponse:
+        return await self._line_operation(request, self.engine.fulfill)
+
+    async def _line_operation(self, request: pb.ReleaseRequest | pb.FulfillRequest,
+                              operation: Callable[..., Awaitable[Reservation]]) -> pb.ReservationResponse:
+        """Release and Fulfil: everything, or per line with an operation id (R3, R4, R5)."""
+        rid = check_id("reservation_id", request.reservation_id, self.limits)
+        lines = partial_lines(convert.lines_of(request.lines), request.operation_id, self.limits)
+        rec = await operation(rid, lines, request.operation_id)
+        return pb.ReservationResponse(reservation=convert.reservation_pb(rec))
+
+    @_observed("GetReservation")
+    async def GetReservation(self, request: pb.GetReservationRequest, context: Any) -> pb.ReservationResponse:
+        rid = check_id("reservation_id", request.reservation_id, self.limits)
+        return pb.ReservationResponse(reservation=convert.reservation_pb(self.engine.get_reservation(rid)))
+
+    @_observed("GetAvailability")
+    async def GetAvailability(self, request: pb.GetAvailabilityRequest, context: Any) -> pb.GetAvailabilityResponse:
+        limit = self.limits.max_availability_keys
+        if not request.keys:
+            raise InvalidArgument("keys", "at least one key is required")
+        if len(request.keys) > limit:
+            raise InvalidArgument("keys", f"{len(request.keys)} keys exceed the limit max_availability_keys={limit}")
+        keys = []
+        for n, key in enumerate(request.keys):
+            check_id(f"keys[{n}].sku", key.sku, self.limits)
+            check_id(f"keys[{n}].location", key.location, self.limits)
+            keys.append((key.sku, key.location))
+        found = self.engine.availability(keys)
+        stale = self.engine.storage_unsure(sku for sku, _ in keys)
+        if stale:
+            context.set_trailing_metadata((("atp-possibly-stale", "1"),))
+        return pb.GetAvailabilityResponse(
+            positions=[convert.availability_pb(s, loc, q) for (s, loc), q in zip(keys, found, strict=True)],
+            possibly_stale=stale,
+        )
+
+    @_observed("RecordEvents")
+    async def RecordEvents(self, request: pb.RecordEventsRequest, context: Any) -> pb.RecordEventsResponse:
+        limit = self.limits.max_events_per_call
+        if len(request.events) > limit:
+            raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}")
+        now = self.engine.clock.now_ms()
+        results: list[pb.FactResult | None] = []
+        valid = []
+        for n, ev in enumerate(request.events):
+            try:
+                valid.append(make_fact(
+                    event_id=ev.event_id, source=ev.source, kind=ev.kind, sku=ev.sku, location=ev.location,
+                    quantity=ev.quantity, event_time=ev.event_time_ms, reservation_id=ev.reservation_id,
+                    now=now, limits=self.limits,
+                ))
+                results.append(None)
+            except InvalidArgument as exc:
+                kind = pb.FactKind.Name(ev.kind) if ev.kind in pb.FactKind.values() else "unknown"
+                METRICS.facts.labels("grpc", kind, "invalid").inc()
+                results.append(pb.FactResult(event_id=ev.event_id, outcome=pb.INVALID,
+                                             error=f"events[{n}].{exc.message}"))
+        recorded = await self.desk.record(valid, "grpc")
+        for result in recorded:
+            if isinstance(result, DomainError):
+                # Some facts may be durable already: a retry of the whole call is safe (E8 dedupe).
+                raise result
+        outcomes = iter(recorded)
+        facts = iter(valid)
+        out = []
+        for r in results:
+            if r is None:
+                outcome, reason = next(outcomes)  # type: ignore[misc]
+                outcome_pb = cast(pb.FactOutcome, int(outcome))
+                r = pb.FactResult(event_id=next(facts).event_id, outcome=outcome_pb, error=reason)
+            out.append(r)
+        return pb.RecordEventsResponse(results=out)
+
+    @_observed("ExplainAvailability")
+    async def ExplainAvailability(self, request: pb.ExplainAvailabilityRequest,
+                                  context: Any) -> pb.ExplainAvailabilityResponse:
+        sku = check_id("sku", request.sku, self.limits)
+        location = check_id("location", request.location, self.limits)
+        ex = Explanation(self.engine, sku, location, self.limits.max_explain_holds)
+        out = pb.ExplainAvailabilityResponse(
+            availability=convert.availability_pb(sku, location, ex.quantities),
+            stream_time_ms=ex.stream_time, retained_since_ms=ex.retained_since, holds_truncated=ex.holds_truncated,
+        )
+        if ex.count is not None:
+            out.has_count = True
+            out.count_event_id, out.count_time_ms, out.count_quantity = ex.count
+        for event_id, at, delta in ex.deltas:
+            out.deltas_after_count.add(event_id=event_id, event_time_ms=at, delta=delta)
+        for rec, held, committed in ex.holds:
+            out.holds.add(reservation_id=rec.reservation_id, order_ref=rec.order_ref, channel=rec.channel,
+                          state=cast(pb.ReservationState, int(rec.state)), held=held, committed=committed,
+                          expires_at_ms=rec.expires_at)
+        return out
+
+    @_observed("SetSafetyStock")
+    async def SetSafetyStock(self, request: pb.SetSafetyStockRequest, context: Any) -> pb.Availability:
+        sku = check_id("sku", request.sku, self.limits)
+        location = check_id("location", request.location, self.limits)
+        check_safety_stock("quantity", request.quantity, self.limits)
+        q = await self.engine.set_safety_stock(sku, location, request.quantity)
+        return convert.availability_pb(sku, location, q)
+
+    async def WatchAvailability(self, request: pb.WatchAvailabilityRequest,
+                                context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            self.drain.enter()
+            try:
+                check_id("channel", request.channel, self.limits)
+                async for message in self.drain.until_closed(self._watchers.watch(self.channels, request)):
+                    yield message
+            finally:
+                self.drain.leave()
+            if self.drain.closing:  # the watcher resumes from the last version it saw, elsewhere or later
+                raise Unavailable(SHUTTING_DOWN)
+        except DomainError as exc:
+            await context.abort(_status(exc), exc.message)
+
+    @_observed("ReloadEstate")
+    async def ReloadEstate(self, request: pb.ReloadEstateRequest, context: Any) -> pb.ReloadEstateResponse:
+        summary = await self._reload()
+        return pb.ReloadEstateResponse(
+            channels=[pb.ChannelSummary(name=n, published_keys=k) for n, k in sorted(summary.items())])
+
+    async def ReserveStream(
+        self, request_iterator: AsyncIterator[pb.ReserveBatch], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ReserveBatchResult]:
+        """Batches are decided concurrently (up to max_stream_inflight) and answered in order. On a
+        graceful stop, batches already taken are answered, then the stream ends UNAVAILABLE."""
+        try:
+            self.drain.enter()
+        except DomainError as exc:
+            await context.abort(_status(exc), exc.message)
+        inflight: asyncio.Queue[asyncio.Task[pb.ReserveBatchResult] | None] = asyncio.Queue(self._max_inflight)
+
+        cut_short = False
+
+        async def read() -> None:
+            nonlocal cut_short
+            try:
+                async for batch in self.drain.until_closed(request_iterator):
+                    task = asyncio.ensure_future(self._reserve_batch(batch))
+                    task.add_done_callback(exception_seen)  # a caller gone early leaves no "never retrieved"
+                    await inflight.put(task)
+                cut_short = self.drain.closing  # else the client ended its stream
+            finally:
+                await inflight.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await inflight.get()) is not None:
+                try:
+                    answer = await task
+                except DomainError as exc:  # the service recovering or stopping: a status, not UNKNOWN
+                    await context.abort(_status(exc), exc.message)
+                yield answer
+            await reader
+        finally:
+            reader.cancel()
+            if reader.done() and not reader.cancelled():
+                # Its error (a malformed batch) ends the stream when awaited above; when the caller is
+                # gone first, retrieve it so asyncio logs no "exception was never retrieved" per stream.
+                reader.exception()
+            self.drain.leave()
+        if cut_short:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+    async def _reserve_batch(self, batch: pb.ReserveBatch) -> pb.ReserveBatchResult:
+        started = time.perf_counter()
+        limit = self.limits.max_batch_reservations
+        if len(batch.reservations) > limit:
+            err = f"reservations: {len(batch.reservations)} exceed the limit max_batch_reservations={limit}"
+            code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            return pb.ReserveBatchResult(outcomes=[
+                pb.ReserveOutcome(reservation_id=r.reservation_id, code=code, error=err)
+                for r in batch.reservations])
+        outcomes: list[pb.ReserveOutcome | None] = []
+        cmds = []
+        for req in batch.reservations:
+            try:
+                cmds.append(convert.reserve_cmd(req, self.limits))
+                outcomes.append(None)
+            except DomainError as exc:
+                outcomes.append(_failed(req.reservation_id, exc))
+        decided = iter(zip(cmds, await self.engine.reserve_many(cmds), strict=True))
+        answer = pb.ReserveBatchResult()
+        add = answer.outcomes.add
+        for item in outcomes:
+            if item is not None:
+                add().CopyFrom(item)
+                continue
+            cmd, result = next(decided)
+            if isinstance(result, DomainError):
+                add(reservation_id=cmd.reservation_id, code=_status(result).value[0], error=result.message)
+            else:
+                outcome = add(reservation_id=cmd.reservation_id)
+                convert.fill_reserve_response(outcome.response, *result)
+        METRICS.rpc_seconds.labels("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
+        return answer
+
+
+def _failed(reservation_id: str, exc: DomainError) -> pb.ReserveOutcome:
+    return pb.ReserveOutcome(reservation_id=reservation_id, code=_status(exc).value[0], error=exc.message)
+

@@ -1,0 +1,85 @@
+"""WatchAvailability: a channel's snapshot (from memory) then its changes (from the channel stream).
+
+The snapshot is the desk's published values as of version V: every one of them is already in
+the stream, and every later one has a version above V, so reading the stream after V continues
+exactly where the snapshot ends — snapshot + changes equals the stream's content. A subscriber
+whose ``since_version`` is older than what trimming removed is told to re-snapshot (never
+silently skipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import cast
+
+from atp_service.channels.desk import ChannelDesk
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from reservation import ChannelUpdate, Key, Published, ResourceExhausted, StockStatus
+
+Response = pb.WatchAvailabilityResponse
+_STATUS = {s: cast(pb.StockStatus, pb.StockStatus.Value(s.value)) for s in StockStatus}
+_BLOCK_MS = 1000
+
+
+def update_pb(out: pb.ChannelUpdate, u: ChannelUpdate) -> None:
+    out.channel, out.sku, out.location, out.quantity = u.channel, u.sku, u.location, u.quantity
+    if u.previous is not None:
+        out.previous = u.previous
+    out.status = _STATUS[u.status]
+    out.version, out.event_time_ms = u.version, u.event_time
+    out.published_at_ms, out.durable_at_ms = u.published_at, u.durable_at
+
+
+class Watchers:
+    """Counts open watches against ``max_watchers`` (each may hold a Redis connection blocked)."""
+
+    def __init__(self, limit: int, batch: int) -> None:
+        self.limit, self.batch, self.open = limit, batch, 0
+
+    async def watch(self, desk: ChannelDesk, request: pb.WatchAvailabilityRequest) -> AsyncIterator[Response]:
+        channel = desk.channel(request.channel).name
+        if self.open >= self.limit:
+            raise ResourceExhausted(f"max_watchers: {self.limit} WatchAvailability streams are open already")
+        self.open += 1
+        try:
+            async for message in self._watch(desk, channel, request):
+                yield message
+        finally:
+            self.open -= 1
+
+    async def _watch(self, desk: ChannelDesk, channel: str,
+                     request: pb.WatchAvailabilityRequest) -> AsyncIterator[Response]:
+        if request.snapshot:
+            since, items = desk.snapshot(channel)
+            for start in range(0, len(items), self.batch):
+                yield self._snapshot_chunk(channel, items[start:start + self.batch], since, desk)
+            yield Response(kind=Response.SNAPSHOT_END, version=since)
+        else:
+            since = request.since_version or desk.feeds[channel].published_version
+        store = desk.store
+        if await store.missed_after(channel, since):
+            yield Response(kind=Response.RESNAPSHOT_REQUIRED, version=since)
+            return
+        while True:
+            updates = await store.read_after(channel, since, self.batch, _BLOCK_MS)
+            if not updates:
+                continue
+            if await store.missed_after(channel, since):
+                yield Response(kind=Response.RESNAPSHOT_REQUIRED, version=since)
+                return
+            out = Response(kind=Response.CHANGES, version=updates[-1].version)
+            for u in updates:
+                update_pb(out.updates.add(), u)
+            since = updates[-1].version
+            yield out
+
+    @staticmethod
+    def _snapshot_chunk(channel: str, items: list[tuple[Key, Published]], version: int,
+                        desk: ChannelDesk) -> Response:
+        out = Response(kind=Response.SNAPSHOT, version=version)
+        status = desk.feeds[channel].policy.status
+        for (sku, location), p in items:
+            u = out.updates.add(channel=channel, sku=sku, location=location, quantity=p.quantity,
+                                version=p.version, event_time_ms=p.event_time)
+            u.status = _STATUS[status(p.quantity)]
+        return out

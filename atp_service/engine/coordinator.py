@@ -1,0 +1,97 @@
+"""A change over several shards, all or nothing (R2), whatever happens to its caller (R8).
+
+The coordinator pauses the shards involved in ascending order (two coordinators can never wait on
+each other), decides over all of them at once through a ``CompositeView``, seals each shard's part
+into that shard's own pipeline as one group of the group commit (it lands whole or not at all),
+resumes them, and only then waits for the group to be durable. There is no ``await`` between the
+decision and the seal, so no other task sees the shards in between; once sealed, the parts are the
+shards' own batches in flight — durable, or undone and settled by the shards like any other batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from atp_service.engine.clock import Clock
+from atp_service.engine.composite import CompositeView
+from atp_service.engine.shard import REPLACED, ShardActor
+from atp_service.metrics import METRICS
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.log import Fenced, LogStore
+from reservation import DomainError, Unavailable, View
+
+log = logging.getLogger(__name__)
+
+ViewWork = Callable[[View, int], Any]
+NOT_DURABLE = "change not durable (log storage unreachable); nothing was applied"
+
+
+class Coordinator:
+    def __init__(self, actors: Sequence[ShardActor], log_store: LogStore, clock: Clock,
+                 place: Callable[[str], int]) -> None:
+        self._actors, self._log, self._clock, self._place = actors, log_store, clock, place
+
+    async def run(self, shards: list[int], home: int, work: ViewWork) -> Any:
+        """``work`` over ``shards`` (ascending), the record's home being ``home``. Cancelled at any
+        await, it leaves no shard paused (``ShardActor.pause``) and changes nothing it has not sealed."""
+        resumes: list[asyncio.Future[None]] = []
+        try:
+            for shard in shards:
+                resumes.append(await self._actors[shard].pause())
+            result, error, durable = self._decide_and_seal(shards, home, work)
+        finally:
+            for resume in resumes:
+                if not resume.done():
+                    resume.set_result(None)
+        if durable is not None:
+            await self._durable(durable)
+        if error is not None:
+            raise error
+        return result
+
+    @staticmethod
+    async def _durable(durable: asyncio.Future[None]) -> None:
+        try:
+            await asyncio.shield(durable)  # the caller's cancellation abandons the wait, not the work
+        except asyncio.CancelledError:
+            if not durable.cancelled():
+                raise  # our caller gave up; the shards see the change through
+            raise Unavailable(NOT_DURABLE) from None
+        except Fenced:
+            raise Unavailable(REPLACED) from None
+        except STORAGE_ERRORS as exc:
+            log.warning("cross-shard append failed (%r)", exc)
+            raise Unavailable(NOT_DURABLE) from None
+
+    def _decide_and_seal(self, shards: list[int], home: int, work: ViewWork
+                         ) -> tuple[Any, DomainError | None, asyncio.Future[None] | None]:
+        actors = {s: self._actors[s] for s in shards}
+        now = self._clock.now_ms()
+        view = CompositeView({s: a.ledger for s, a in actors.items()}, home, self._place)
+        error: DomainError | None = None
+        result: Any = None
+        try:
+            result = work(view, now)
+        except DomainError as exc:
+            error = exc
+        except Exception as exc:  # a bug: the paused shards' open batches hold only this change
+            for actor in actors.values():
+                actor.ledger.rollback()
+            log.exception("a cross-shard command failed unexpectedly; nothing of it was applied")
+            METRICS.internal_errors.inc()
+            raise DomainError(f"internal error ({type(exc).__name__}); nothing was applied") from None
+        try:
+            parts = {s: part for s, a in actors.items() if (part := a.seal_part(now)) is not None}
+            if not parts:
+                return result, error, None
+            durable = self._log.submit_group([(s, part.seq, part.data) for s, part in parts.items()])
+            for s, part in parts.items():
+                actors[s].track_part(part, durable)
+        except Exception as exc:  # a bug half-way through sealing: memory can no longer be trusted
+            for actor in actors.values():
+                actor.break_down(exc)
+            raise DomainError(f"internal error ({type(exc).__name__}); the service restarts") from None
+        return result, error, durable

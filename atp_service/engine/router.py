@@ -1,0 +1,418 @@
+"""The engine: routes commands to shard actors and coordinates the few that span shards.
+
+A SKU lives on one shard (stable hash), so a single-SKU reservation is one actor
+message. A reservation whose lines span shards is decided by the ``Coordinator``:
+all-or-nothing (R2), whatever happens to its caller (R8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from atp_service.config import ServiceConfig
+from atp_service.engine.clock import Clock
+from atp_service.engine.coordinator import Coordinator, ViewWork
+from atp_service.engine.shard import ShardActor
+from atp_service.metrics import METRICS
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.log import LogStore
+from atp_service.tasks import exception_seen
+from reservation import (
+    DomainError,
+    GroupPolicy,
+    Ledger,
+    LineRequest,
+    LogEntry,
+    NotFound,
+    Quantities,
+    Reservation,
+    ReserveCommand,
+    ResourceExhausted,
+    State,
+    Unavailable,
+    View,
+)
+from reservation import _operations as ops
+from reservation._events import ReservationSaved
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_STATE_NAMES = {state.value: state.name.lower() for state in State}  # metric labels, without an Enum call each
+
+
+async def _one_as_list(call: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """``call()``'s result, or its domain refusal, as a list of one. The coroutine is made here, in
+    the task: a task cancelled before it starts leaves no coroutine behind that was never awaited."""
+    try:
+        return [await call()]
+    except DomainError as exc:
+        return [exc]
+
+
+REROUTES = 3
+
+
+class _Reroute(DomainError):
+    """Raised before any change: the work must run again over these shards."""
+
+    def __init__(self, shards: set[int]) -> None:
+        super().__init__("reroute")
+        self.shards = shards
+
+
+class Engine:
+    def __init__(self, actors: Sequence[ShardActor], log_store: LogStore, clock: Clock,
+                 config: ServiceConfig) -> None:
+        self.actors = list(actors)
+        self.config = config
+        self.limits = config.limits
+        self.clock = clock
+        self._log = log_store
+        self._coordinator = Coordinator(self.actors, log_store, clock, self.place)
+        self._n = len(actors)
+        # reservation_id -> shard holding its record. Set when a Reserve is routed, so a
+        # concurrent retry with the same id meets the first attempt on the same actor.
+        self._home: dict[str, int] = {}
+        self._routing: dict[str, int] = {}  # reservation_id -> Reserve attempts in progress
+        for actor in self.actors:
+            for rid in actor.ledger.reservations:
+                self._home[rid] = actor.shard
+            actor.landed_late_listeners.append(self._rehome)
+            actor.lost_listeners.append(self._unhome)
+        self._maintenance: asyncio.Task[None] | None = None
+        self._gauged_at = 0.0
+        # Location groups a Reserve line may name, with each channel's strategy (set from the estate).
+        self.group_policies: dict[str, GroupPolicy] = {}
+        self.default_group_policy: GroupPolicy | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def log_client(self) -> Any:
+        """The Redis client of the log (also for the quarantine and dead-letter streams)."""
+        return self._log.client
+
+    def set_safety_defaults(self, by_location: dict[str, int]) -> None:
+        """Q4 defaults for new positions (from the estate); each ledger logs them when it applies them."""
+        for actor in self.actors:
+            actor.ledger.safety_defaults = dict(by_location)
+
+    def place(self, sku: str) -> int:
+        return zlib.crc32(sku.encode()) % self._n
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        for actor in self.actors:
+            actor.start()
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain_forever())
+
+    async def stop(self, snapshot: bool = True) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        for task in list(self._background):
+            task.cancel()
+        for actor in self.actors:
+            await actor.stop()
+        if snapshot:
+            for actor in self.actors:
+                if actor.failure is None:  # a failed shard's memory is not to be trusted; its log is
+                    await actor.checkpoint(force=True)
+
+    # -- reservation commands ---------------------------------------------------------
+    async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
+        shards, home = self._route(cmd)
+        try:
+            result: tuple[Reservation, bool] = await self.run(shards, home, self._reserve_work(cmd, home))
+        finally:
+            self._unroute(cmd.reservation_id)
+        self._count(result)
+        return result
+
+    async def reserve_many(self, cmds: Sequence[ReserveCommand]) -> list[tuple[Reservation, bool] | DomainError]:
+        """Independent reservations (the high-volume path): one actor message per shard, not per order."""
+        out: list[tuple[Reservation, bool] | DomainError] = [Unavailable("not decided")] * len(cmds)
+        groups: dict[int, list[int]] = {}
+        spanning: list[int] = []
+        for i, cmd in enumerate(cmds):
+            shards, home = self._placement(cmd)
+            if len(shards) == 1:
+                self._route(cmd)
+                groups.setdefault(home, []).append(i)
+            else:
+                spanning.append(i)  # routed by reserve()
+        across = [([i], asyncio.ensure_future(_one_as_list(functools.partial(self.reserve, cmds[i]))))
+                  for i in spanning]
+
+        def decided(idx: list[int]) -> None:  # when the shard has answered (or will never decide them)
+            for i in idx:
+                self._unroute(cmds[i].reservation_id)
+
+        await self.gather_by_shard(groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out, across,
+                                   decided)
+        self._count_many([out[i] for idx in groups.values() for i in idx])  # reserve() counted the rest
+        return out
+
+    async def gather_by_shard(
+        self, groups: dict[int, list[int]], work_for: Callable[[list[int]], Callable[[Ledger, int], list[Any]]],
+        out: list[Any], more: Sequence[tuple[list[int], Awaitable[list[Any]]]] = (),
+        settled: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        """One actor message per shard for the items ``groups`` assigns it; each item's result, or the
+        error that kept its shard from deciding it, lands at the item's index in ``out``. ``settled``
+        is called with a shard's items once that shard has answered for them — whether or not this
+        coroutine is still there to hear it (R8: a cancelled caller abandons only the waiting)."""
+        waits: list[tuple[list[int], Awaitable[list[Any]]]] = list(more)
+        for shard, idx in groups.items():
+            try:
+                reply = self.actors[shard].submit(work_for(idx))
+            except DomainError as exc:
+                for i in idx:
+                    out[i] = exc
+                if settled is not None:
+                    settled(idx)
+                continue
+            reply.add_done_callback(exception_seen)  # a caller gone early leaves no "exception never retrieved"
+            if settled is not None:
+                reply.add_done_callback(lambda _, idx=idx: settled(idx))  # type: ignore[misc]
+            waits.append((idx, reply))
+        for idx, fut in waits:
+            try:
+                results = await fut
+            except DomainError as exc:
+                results = [exc] * len(idx)
+            for i, result in zip(idx, results, strict=True):
+                out[i] = result
+
+    def _placement(self, cmd: ReserveCommand) -> tuple[set[int], int]:
+        """The shards a Reserve needs and its record's home (the known one, else the lowest shard)."""
+        rid = cmd.reservation_id
+        if len(cmd.lines) == 1:  # the common case, without the set arithmetic
+            shard = self.place(cmd.lines[0].sku)
+            home = self._home.get(rid, shard)
+            return ({shard} if home == shard else {shard, home}), home
+        shards = {self.place(line.sku) for line in cmd.lines}
+        home = self._home.get(rid, min(shards))
+        shards.add(home)
+        return shards, home
+
+    def _route(self, cmd: ReserveCommand) -> tuple[set[int], int]:
+        """``_placement``, with the home noted before the shard decides (a concurrent retry must meet
+        the first attempt there); ``_unroute`` forgets it again once no attempt is left and no
+        record was made, and ``_unhome`` when the record is taken back."""
+        shards, home = self._placement(cmd)
+        rid = cmd.reservation_id
+        self._home.setdefault(rid, home)
+        self._routing[rid] = self._routing.get(rid, 0) + 1
+        return shards, home
+
+    def _unroute(self, reservation_id: str) -> None:
+        left = self._routing.pop(reservation_id) - 1
+        if left:
+            self._routing[reservation_id] = left
+        else:
+            self._forget_if_unheld(reservation_id)
+
+    def _unhome(self, _shard: int, entry: LogEntry) -> None:
+        """An entry in doubt found not to have landed: a record it created is gone, and so is its route."""
+        for event in entry.events:
+            if isinstance(event, ReservationSaved):
+                self._forget_if_unheld(event.reservation.reservation_id)
+
+    def _rehome(self, shard: int, entry: LogEntry) -> None:
+        """An entry taken back, then found in the log when settling: its records are there again
+        (a route forgotten meanwhile — say, by a replaced instance's path — comes back)."""
+        for event in entry.events:
+            if isinstance(event, ReservationSaved):
+                self._home.setdefault(event.reservation.reservation_id, shard)
+
+    def _forget_if_unheld(self, reservation_id: str) -> None:
+        """A refused, shed, failed or undone Reserve leaves no record: nor may it leave a route. Not
+        while its home is in doubt: the record may yet be found in the log (``_unhome`` decides)."""
+        home = self._home.get(reservation_id)
+        if home is not None and reservation_id not in self._routing and not self.actors[home].in_doubt and \
+                self.actors[home].ledger.reservation(reservation_id) is None:
+            del self._home[reservation_id]
+
+    def _reserve_work(self, cmd: ReserveCommand, home: int) -> ViewWork:
+        ledger = self.actors[home].ledger
+        return lambda view, now: self._reserve_checked(ledger, view, cmd, now)
+
+    def _reserve_group(self, cmds: list[ReserveCommand]) -> Callable[[Ledger, int], list[Any]]:
+        """Single-shard reservations as one actor message; each succeeds or fails on its own."""
+
+        def run(ledger: Ledger, now: int) -> list[Any]:
+            out: list[Any] = []
+            for cmd in cmds:
+                try:
+                    out.append(self._reserve_checked(ledger, ledger, cmd, now))
+                except DomainError as exc:
+                    out.append(exc)
+            return out
+
+        return run
+
+    def _reserve_checked(self, home: Ledger, view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
+        limit = self.limits.max_live_reservations_per_shard
+        if home.live_reservations >= limit and view.reservation(cmd.reservation_id) is None:
+            raise ResourceExhausted(f"shard {home.shard}: {limit} live reservations (limit max_live_reservations)")
+        return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
+
+    @staticmethod
+    def _count(result: tuple[Reservation, bool]) -> None:
+        outcome = "replayed" if result[1] else _STATE_NAMES[result[0].state]
+        METRICS.reservations.labels(outcome).inc()
+
+    @staticmethod
+    def _count_many(results: list[tuple[Reservation, bool] | DomainError]) -> None:
+        counts: dict[str, int] = {}
+        for result in results:
+            if isinstance(result, DomainError):
+                outcome = "error"
+            else:
+                outcome = "replayed" if result[1] else _STATE_NAMES[result[0].state]
+            counts[outcome] = counts.get(outcome, 0) + 1
+        for outcome, n in counts.items():
+            METRICS.reservations.labels(outcome).inc(n)
+
+    async def confirm(self, reservation_id: str) -> Reservation:
+        return await self._resolve(reservation_id, "confirmed", lambda v, now: ops.confirm(v, reservation_id, now))
+
+    async def release(self, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str) -> Reservation:
+        return await self._resolve(reservation_id, "released", lambda v, now: ops.release(
+            v, reservation_id, lines, operation_id, now, self.limits))
+
+    async def fulfill(self, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str) -> Reservation:
+        return await self._resolve(reservation_id, "fulfilled", lambda v, now: ops.fulfill(
+            v, reservation_id, lines, operation_id, now, self.limits))
+
+    def get_reservation(self, reservation_id: str) -> Reservation:
+        home = self._home.get(reservation_id)
+        rec = None if home is None else self.actors[home].ledger.reservation(reservation_id)
+        if rec is None:
+            self._forget_if_unheld(reservation_id)
+            raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
+        return rec
+
+    def storage_unsure(self, skus: Iterable[str]) -> bool:
+        """A shard of these SKUs has appends whose fate it does not know yet (its log unreachable)."""
+        return any(self.actors[self.place(sku)].in_doubt for sku in skus)
+
+    def availability(self, keys: Iterable[tuple[str, str]]) -> list[Quantities]:
+        """Reads straight from memory: may include a batch whose append is in flight (ms)."""
+        actors, place = self.actors, self.place
+        return [actors[place(sku)].ledger.quantities(sku, loc) for sku, loc in keys]
+
+    async def set_safety_stock(self, sku: str, location: str, quantity: int) -> Quantities:
+        """Q4, durable like every other change."""
+        shard = self.place(sku)
+
+        def work(ledger: Ledger, _now: int) -> Quantities:
+            ledger.set_safety_stock(sku, location, quantity)
+            return ledger.quantities(sku, location)
+
+        result: Quantities = await self.actors[shard].submit(work)
+        return result
+
+    # -- routing ----------------------------------------------------------------------
+    async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork) -> Reservation:
+        result: Reservation = await self.run_on_record(reservation_id, work)
+        METRICS.reservations.labels(outcome).inc()
+        return result
+
+    async def run_on_record(self, reservation_id: str, work: ViewWork, also: Iterable[int] = ()) -> Any:
+        """``work`` on a reservation's record with every shard of its lines held (and ``also``'s):
+        whatever it changes — an expiry on the way releases every line — is on the right shard."""
+        home = self._home.get(reservation_id)
+        if home is None:
+            raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
+        rec = self.actors[home].ledger.reservation(reservation_id)
+        shards = {home, *also} | ({self.place(line.sku) for line in rec.lines} if rec else set())
+        for _ in range(REROUTES):
+            try:
+                return await self.run(shards, home, self._guarded(reservation_id, shards, work))
+            except _Reroute as exc:  # its Reserve finished meanwhile, on more shards than we knew
+                shards = exc.shards
+        raise Unavailable(f"reservation_id: {reservation_id!r} is being changed concurrently; retry")
+
+    def _guarded(self, reservation_id: str, shards: set[int], work: ViewWork) -> ViewWork:
+        """Work on a record is decided only where every shard of its lines is held: a record read
+        at routing time may not exist yet (its Reserve still in flight) and then span more shards."""
+
+        def run(view: View, now: int) -> Any:
+            rec = view.reservation(reservation_id)
+            if rec is not None:
+                needed = shards | {self.place(line.sku) for line in rec.lines}
+                if needed != shards:
+                    raise _Reroute(needed)
+            return work(view, now)
+
+        return run
+
+    def home_of(self, reservation_id: str) -> int | None:
+        return self._home.get(reservation_id)
+
+    async def run(self, shards: set[int], home: int, work: ViewWork) -> Any:
+        """Run ``work`` on one shard's actor, or across several through the coordinator."""
+        if len(shards) == 1:
+            return await self.actors[home].submit(work)
+        return await self._coordinator.run(sorted(shards), home, work)
+
+    # -- time ---------------------------------------------------------------------------
+    async def run_maintenance(self) -> None:
+        """Expire due holds (R3, no request needed), forget old resolved ones, snapshot when due."""
+        now = self.clock.now_ms()
+        waits = []
+        for actor in self.actors:
+            if actor.ledger.housekeeping_due(now):
+                try:
+                    waits.append(actor.submit(self._expire_work))
+                except DomainError as exc:  # mailbox full or Redis down: the next pass tries again
+                    log.debug("shard %d: housekeeping deferred: %s", actor.shard, exc)
+            actor.request_maintenance()
+        for fut in waits:
+            try:
+                await fut
+            except DomainError as exc:
+                log.debug("expiry deferred: %s", exc)
+        if time.monotonic() - self._gauged_at >= 1.0:  # a full pass over the arrays: once a second is enough
+            self._gauged_at = time.monotonic()
+            METRICS.oversold_units.set(sum(actor.ledger.store.oversold_units() for actor in self.actors))
+
+    def _expire_work(self, ledger: Ledger, now: int) -> None:
+        for rid in ledger.due(now):
+            rec = ledger.reservations[rid]
+            shards = {self.place(line.sku) for line in rec.lines} | {ledger.shard}
+            if len(shards) == 1:
+                ops.expire(ledger, rid, now)
+            else:  # spans shards: expire through the coordinator, after this batch
+                self._spawn(self._expire_across(sorted(shards), ledger, rid, rec.expires_at))
+        for rid in ledger.evict(now):
+            if self._home.get(rid) == ledger.shard and rid not in self._routing:  # not a retry on its way
+                del self._home[rid]
+        METRICS.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
+
+    async def _expire_across(self, shards: list[int], home: Ledger, rid: str, expires_at: int) -> None:
+        try:
+            await self._coordinator.run(shards, home.shard, lambda v, t: ops.expire(v, rid, t))
+        except DomainError as exc:
+            log.warning("expiry of %s deferred: %s", rid, exc)
+            home.requeue_expiry(expires_at, rid)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _maintain_forever(self) -> None:
+        interval = self.config.maintenance_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.run_maintenance()
+            except (DomainError, *STORAGE_ERRORS) as exc:
+                log.warning("maintenance pass failed: %s", exc)

@@ -1,0 +1,408 @@
+"""A shard actor: one asyncio task owns one Ledger and works through a bounded mailbox.
+
+No locks: only this task touches its ledger, except a coordinator that first
+pauses it (see ``engine``). Each turn drains up to ``batch_max`` messages,
+applies them, appends the resulting events as one log entry (group commit) and
+only then answers (R7). An append whose outcome is unknown is fenced and settled
+(``durability``) before the shard takes another message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from atp_service.config import ServiceConfig
+from atp_service.engine.clock import Clock
+from atp_service.engine.messages import Answer, Control, Envelope, InFlight, Sealed, Work, deliver
+from atp_service.metrics import METRICS
+from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of
+from atp_service.storage.log import Fenced, LogStore
+from atp_service.tasks import cancel_and_wait
+from reservation import DomainError, Ledger, LogEntry, Unavailable, encode_entry
+from reservation._errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+REPLACED = ("this instance was replaced by a newer one on the same Redis keyspace and takes no more "
+            "changes; retry (the newer instance answers)")
+
+
+class ShardActor:
+    def __init__(self, shard: int, ledger: Ledger, log_store: LogStore, clock: Clock,
+                 config: ServiceConfig, seq: int) -> None:
+        self.shard = shard
+        self.ledger = ledger
+        self.seq = seq  # the last entry durable in this shard's log
+        self._log = log_store
+        self._clock = clock
+        self._config = config
+        self._mailbox: asyncio.Queue[Envelope] = asyncio.Queue(config.mailbox_size)
+        self._task: asyncio.Task[None] | None = None
+        self._set_aside: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
+        self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
+        self._doubt: list[tuple[int, LogEntry, bytes]] = []  # failed appends that may have landed
+        self.failure: BaseException | None = None
+        """Why this shard's task ended while the service runs (a bug): it answers nothing more."""
+        self.undo_listeners: list[Callable[[int, LogEntry], None]] = []
+        """Called with every entry taken back because its append failed (channels re-curate, C4)."""
+        self.lost_listeners: list[Callable[[int, LogEntry], None]] = []
+        """Called with every entry in doubt found not to have landed when settling (it never will)."""
+        self.landed_late_listeners: list[Callable[[int, LogEntry], None]] = []
+        """Called with every entry found in the log when settling, after it had been taken back."""
+        self.on_failure: list[Callable[[ShardActor], None]] = []
+        """Called once when this shard's task ends while the service runs (see ``failure``)."""
+        self._stopping = False
+        self._maintain_queued = False
+        self._checkpoints = Checkpoints(shard, log_store, config, seq)
+        self._settling = asyncio.Lock()
+        self._depth = METRICS.mailbox_depth.labels(str(shard))
+        self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
+        self._max_delay_s = config.max_queue_delay_ms / 1000
+        self.listeners: list[Callable[[int, LogEntry], None]] = []
+        """Called with every entry once it is durable (channel feeds); must not raise or block."""
+
+    def ahead_of_log(self) -> dict[tuple[str, str], int] | None:
+        """Per position, how far memory's ``available`` is ahead of the durable log: the moves of
+        the batches in flight (None: none in flight). Channels subtract it: they publish only
+        durable state (C4), and a batch in flight may yet be undone."""
+        if not self._inflight:
+            return None
+        ahead: dict[tuple[str, str], int] = {}
+        for rec in self._inflight:
+            for sku, location, delta in rec.moved:
+                ahead[(sku, location)] = ahead.get((sku, location), 0) + delta
+        return ahead
+
+    @property
+    def in_doubt(self) -> bool:
+        """Appends failed and are not yet settled: the log is unreachable from here."""
+        return bool(self._doubt)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"shard-{self.shard}")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The actor loop never returns while the service runs: if it ended, say so at once and
+        loudly (callers, health, metric, log) — never a shard that silently stops answering."""
+        if self._stopping or task.cancelled() or self.failure is not None:
+            return
+        self._report_failure(task.exception() or RuntimeError("the actor loop returned"))
+
+    def break_down(self, error: BaseException) -> None:
+        """Stop this shard for good: its memory can no longer be trusted to match its log (a bug
+        found outside its own task). Reported like a task that ended (``_ended``)."""
+        if self.failure is None and not self._stopping:
+            self._report_failure(error)
+            if self._task is not None:
+                self._task.cancel()
+
+    def _report_failure(self, error: BaseException) -> None:
+        self.failure = error
+        METRICS.shard_failures.inc()
+        log.error("shard %d stopped working; it answers UNAVAILABLE until the service restarts",
+                  self.shard, exc_info=self.failure)
+        self._refuse_waiting(Unavailable(f"shard {self.shard} stopped working; the service restarts"))
+        for callback in self.on_failure:
+            callback(self)
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then fail whatever is still waiting (cleanly, not silently)."""
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self._drain(), timeout=self._config.redis_timeout_s * 2)
+        except TimeoutError:
+            pass  # what is still in doubt is settled by the next start's recovery (it reads the log)
+        except LogDiverged:
+            log.exception("shard %d: stopping with a log it cannot trust", self.shard)
+        if self._task is not None and not self._task.done():  # a failed task was reported already
+            await cancel_and_wait(self._task)
+        self._refuse_waiting(Unavailable("service is shutting down"))
+
+    # -- sending -------------------------------------------------------------
+    def _refuse_if_unable(self) -> None:
+        if self._stopping:
+            raise Unavailable("service is shutting down")
+        if self.failure is not None:
+            raise Unavailable(f"shard {self.shard} stopped working ({self.failure!r}); the service restarts")
+        if self._log.fenced:
+            raise Unavailable(REPLACED)
+        if self._doubt:
+            raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
+
+    def submit(self, work: Work) -> asyncio.Future[Any]:
+        """Queue work for this shard; refuse at once when the shard cannot take it."""
+        self._refuse_if_unable()
+        if self._lag_s > self._max_delay_s and not self._mailbox.empty():
+            METRICS.shed.inc()
+            raise ResourceExhausted(
+                f"shard {self.shard}: overloaded (queued work waits {self._lag_s * 1000:.0f} ms, limit "
+                f"max_queue_delay_ms={self._config.max_queue_delay_ms}), retry with backoff")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            self._mailbox.put_nowait(Envelope(work, fut))
+        except asyncio.QueueFull:
+            METRICS.shed.inc()
+            raise ResourceExhausted(
+                f"shard {self.shard}: mailbox full ({self._config.mailbox_size} waiting), retry with backoff"
+            ) from None
+        return fut
+
+    async def pause(self) -> asyncio.Future[None]:
+        """Wait until this shard is between batches, with nothing in flight, and parked; set the
+        returned future to resume it. Cancelled at any point, it leaves the shard running (R8): the
+        pause request is then either skipped by the shard or released at once."""
+        self._refuse_if_unable()
+        resume: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        paused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            await self._mailbox.put(Envelope(Control("pause", resume), paused))
+            await paused
+        except BaseException:
+            paused.cancel()
+            if not resume.done():
+                resume.set_result(None)  # granted meanwhile, or about to be: let the shard go on
+            raise
+        return resume
+
+    def request_maintenance(self) -> None:
+        # One maintain message at most waits at a time: a shard stuck settling must not fill its
+        # mailbox with them.
+        if not self._stopping and not self._maintain_queued and not self._mailbox.full():
+            self._maintain_queued = True
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._mailbox.put_nowait(Envelope(Control("maintain"), fut))
+
+    # -- a cross-shard change: a coordinator holds this shard paused (nothing in flight) --------
+    def seal_part(self, now: int) -> Sealed | None:
+        """Seal the open batch as this shard's part of a cross-shard change (None: nothing to log)."""
+        if not self.ledger.pending:
+            self.ledger.commit(now)
+            return None
+        assert not self._inflight, "a paused shard has nothing in flight"
+        entry, undo, moved = self.ledger.seal(now)
+        return Sealed(self.seq + 1, entry, encode_entry(entry), undo, moved)
+
+    def track_part(self, part: Sealed, done: asyncio.Future[None]) -> None:
+        """Follow a sealed part to its end like any batch of this shard: durable, or undone and
+        settled — whatever happens to the coordinator that sent it (R8)."""
+        self._inflight.append(InFlight(part.seq, part.entry, part.data, part.undo, part.moved, [], done))
+        done.add_done_callback(self._on_append_done)
+
+    def _durable(self, entry: LogEntry) -> None:
+        self._tell(self.listeners, entry)
+
+    def _tell(self, listeners: list[Callable[[int, LogEntry], None]], entry: LogEntry) -> None:
+        for listener in listeners:
+            try:
+                listener(self.shard, entry)
+            except Exception:  # a listener's bug must not break the commit path
+                log.exception("shard %d: entry listener failed", self.shard)
+
+    # -- pipelined group commit -------------------------------------------------------
+    def _seal(self, now: int, answers: list[Answer]) -> None:
+        """Send the open batch to the log and go on; its callers are answered once it is durable
+        and every entry before it is (R7). Answers of a batch with nothing to log wait behind
+        the newest entry in flight: a replayed decision must not be acknowledged before it is durable."""
+        ledger = self.ledger
+        if not ledger.pending:
+            ledger.commit(now)  # nothing to log; drop its undo steps
+            if self._inflight:
+                self._inflight[-1].answers.extend(answers)
+            else:
+                deliver(answers)
+            return
+        entry, undo, moved = ledger.seal(now)
+        seq = self.seq + 1 + len(self._inflight)
+        data = encode_entry(entry)
+        done = self._log.submit(self.shard, seq, data)
+        self._inflight.append(InFlight(seq, entry, data, undo, moved, answers, done))
+        done.add_done_callback(self._on_append_done)
+
+    def _on_append_done(self, _: asyncio.Future[None]) -> None:
+        """Settle finished appends oldest first: deliver, or take back everything from a failure on."""
+        while self._inflight and self._inflight[0].done.done():
+            head = self._inflight[0]
+            error = None if head.done.cancelled() else head.done.exception()
+            if error is not None or head.done.cancelled():
+                self._fail_in_flight(error)
+                return
+            self._inflight.popleft()
+            self.seq = head.seq
+            deliver(head.answers)
+            self._durable(head.entry)
+
+    def _fail_in_flight(self, error: BaseException | None) -> None:
+        """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,
+        keep later entries out of the log, and remember them all to settle."""
+        METRICS.append_failures.inc()
+        log.warning("shard %d: append of entry %d failed (%s)", self.shard, self._inflight[0].seq, error)
+        # Fenced: refused before any write, and every later append is refused too (the epoch only
+        # grows), so nothing in flight landed and there is nothing to settle.
+        replaced = isinstance(error, Fenced)
+        failure = Unavailable(REPLACED if replaced else
+                              f"shard {self.shard}: change not durable (log storage unreachable)")
+        for rec in reversed(self._inflight):
+            self.ledger.revert(rec.undo)
+            rec.done.cancel()
+            deliver([(reply, None, failure) for reply, _, _ in rec.answers])
+        if not replaced:
+            self._doubt.extend((rec.seq, rec.entry, rec.data) for rec in self._inflight)
+        undone = [rec.entry for rec in self._inflight]
+        self._inflight.clear()
+        self._refuse_waiting(failure)
+        for entry in undone:
+            self._tell(self.undo_listeners, entry)
+
+    def _refuse_waiting(self, error: Unavailable) -> None:
+        """Until the doubt is settled (Redis answering again) nothing here can be decided:
+        answer what is waiting now instead of letting it run into its deadline."""
+        waiting = list(self._set_aside)
+        self._set_aside.clear()
+        while not self._mailbox.empty():
+            waiting.append(self._mailbox.get_nowait())
+        for env in waiting:
+            if env.reply.done():
+                continue
+            if isinstance(env.message, Control) and env.message.kind == "maintain":
+                self._maintain_queued = False
+                env.reply.set_result(None)
+            else:
+                env.reply.set_exception(error)  # a coordinator's pause fails too, and it gives up
+
+    def _blocked(self) -> bool:
+        """Nothing more may be applied now: a doubt to settle, or pipeline_depth entries in flight."""
+        return bool(self._doubt) or len(self._inflight) >= self._config.pipeline_depth
+
+    async def _ready(self) -> None:
+        """Wait until nothing blocks applying more (see ``_blocked``)."""
+        while self._blocked():
+            if self._doubt:
+                await self._settle()
+            else:
+                await asyncio.wait([self._inflight[0].done])
+
+    async def _drain(self) -> None:
+        """Wait until nothing is in flight and nothing is in doubt: memory equals the durable log."""
+        while self._inflight or self._doubt:
+            if self._inflight:
+                await asyncio.wait([rec.done for rec in self._inflight])
+            if self._doubt:
+                await self._settle()
+
+    async def _settle(self) -> None:
+        """Find out which failed appends reached the log anyway, fenced (R7); until then this shard
+        takes no work. Those that did are applied (their callers were told UNAVAILABLE: a retry
+        with the same ids replays them)."""
+        async with self._settling:  # the actor loop and a stop may both ask: one settle, once
+            if not self._doubt:
+                return
+            doubt = self._doubt
+            landed = await landed_of(self._log, self.shard, self.seq, doubt)
+            self._doubt = []
+        if landed is not None:
+            for _, entry, _ in doubt[len(landed):]:
+                self._tell(self.lost_listeners, entry)
+        for seq, entry in landed or ():  # None: replaced; this instance takes no more work and stops
+            log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",
+                        self.shard, seq)
+            self.ledger.replay(entry)
+            self.seq = seq
+            self._tell(self.landed_late_listeners, entry)
+            self._durable(entry)
+
+    # -- the actor loop ------------------------------------------------------
+    async def _run(self) -> None:
+        mailbox, limit, set_aside = self._mailbox, self._config.batch_max, self._set_aside
+        while True:
+            first = set_aside.popleft() if set_aside else await mailbox.get()
+            self._lag_s = time.monotonic() - first.at
+            if isinstance(first.message, Control):
+                await self._control(first)
+                continue
+            if self._blocked():
+                # Wait with the message back in line: should the wait end in doubt (an append
+                # failed), _refuse_waiting answers it too instead of leaving it to its deadline.
+                set_aside.appendleft(first)
+                await self._ready()
+                continue
+            batch = [first]
+            while len(batch) < limit and (set_aside or not mailbox.empty()):
+                env = set_aside.popleft() if set_aside else mailbox.get_nowait()
+                if isinstance(env.message, Control):
+                    set_aside.appendleft(env)  # a control message closes the batch; it runs next
+                    break
+                batch.append(env)
+            self._depth.set(mailbox.qsize() + len(set_aside))
+            try:
+                self._apply(batch)
+            except BaseException:  # the actor dies (see _ended): the batch in hand is answered too
+                deliver([(env.reply, None, Unavailable(f"shard {self.shard} stopped working")) for env in batch])
+                raise
+
+    def _apply(self, batch: list[Envelope]) -> None:
+        ledger, now = self.ledger, self._clock.now_ms()
+        answers: list[Answer] = []
+        for env in batch:
+            if env.reply.done():  # the caller gave up (deadline or cancel): do not apply
+                continue
+            work = env.message
+            assert not isinstance(work, Control)
+            mark = ledger.mark()
+            try:
+                answers.append((env.reply, work(ledger, now), None))
+            except DomainError as exc:
+                answers.append((env.reply, None, exc))
+            except Exception as exc:  # a bug in one command: take back its half-made change only
+                ledger.rollback_to(mark)
+                log.exception("shard %d: a command failed unexpectedly; nothing of it was applied", self.shard)
+                METRICS.internal_errors.inc()
+                answers.append((env.reply, None, DomainError(f"internal error ({type(exc).__name__}); "
+                                                             "nothing was applied")))
+        METRICS.batch_size.observe(len(answers))
+        self._seal(now, answers)
+
+    async def _control(self, env: Envelope) -> None:
+        control = env.message
+        assert isinstance(control, Control)
+        if env.reply.done():  # refused while in doubt, or the coordinator gave up
+            return
+        if control.kind == "pause":
+            assert control.resume is not None
+            # A coordinator needs memory == durable log, and must not wait on a Redis outage.
+            while self._inflight:
+                await asyncio.wait([rec.done for rec in self._inflight])
+            if env.reply.done():  # the coordinator gave up while this shard drained (R8)
+                return
+            if self._doubt:
+                env.reply.set_exception(Unavailable(f"shard {self.shard}: log storage unreachable, retry later"))
+                return
+            env.reply.set_result(None)
+            await control.resume
+        elif control.kind == "maintain":
+            self._maintain_queued = False
+            env.reply.set_result(None)
+            # Draining holds this shard's new work behind its appends in flight, and every shard is
+            # asked at once: only when there is something to do (it was a stall of every shard
+            # each maintenance pass, 100 ms apart, at any load).
+            if self._doubt or self.ledger.has_old_facts() or self._checkpoints.due(self.seq):
+                await self._drain()  # a snapshot needs memory == durable log
+                self.ledger.forget_old_facts()
+                await self.checkpoint()
+
+    async def checkpoint(self, force: bool = False) -> None:
+        """Snapshot when enough has been logged since the last one (or, with ``force``, anything)."""
+        if not self._checkpoints.due(self.seq, force):
+            return
+        if self._inflight or self._doubt:
+            # Memory holds batches the log may not: a snapshot now could count them twice on replay.
+            log.warning("shard %d: snapshot skipped, %d entries not yet durable", self.shard,
+                        len(self._inflight) + len(self._doubt))
+            return
+        await self._checkpoints.save(self.seq, self.ledger)

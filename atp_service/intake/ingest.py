@@ -1,0 +1,268 @@
+"""Facts from Redis input streams (POS, WMS): a consumer group, acknowledged only once durable.
+
+An entry is XACKed after its fact is durable in its shard log (or after it went to the
+dead-letter or quarantine stream): a crash mid-batch leaves the rest pending, the restarted
+service re-reads its own pending entries first, and dedupe by ``(source, event_id)`` (E8)
+makes the outcome exactly-once in effect. Entries that cannot be decoded or validated go to
+the dead-letter stream with the reason and their original fields, and never stop the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from atp_service.config import ServiceConfig
+from atp_service.engine.clock import Clock
+from atp_service.intake.facts import FactDesk
+from atp_service.metrics import METRICS
+from atp_service.retry import Backoff, BackoffPolicy
+from atp_service.storage.log import as_text
+from atp_service.tasks import cancel_and_wait
+from reservation import DomainError, Fact, FactKind, InvalidArgument, Limits
+from reservation import fact as make_fact
+
+log = logging.getLogger(__name__)
+INGEST_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
+"""Waits of the ingestor between reads while Redis does not answer."""
+DECODE_SLICE = 500
+"""Entries decoded in one go: a read of thousands must not hold the event loop for tens of ms."""
+
+REQUIRED = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms")
+_REQUIRED_BYTES = tuple(name.encode() for name in REQUIRED)
+_DOCUMENTED_ORDER = list(_REQUIRED_BYTES)
+_KINDS = {k.name: k.value for k in FactKind}
+Entry = tuple[str, bytes, list[bytes] | None]  # stream, entry id, flat [field, value, …] (None: deleted)
+
+
+def decode_fact(flat: list[bytes], now: int, limits: Limits) -> Fact:
+    """One input-stream entry (its flat field/value list) -> a validated fact, or InvalidArgument
+    naming the field. Entries written in the documented field order skip the dict and the lookups."""
+    if flat[0::2] == _DOCUMENTED_ORDER:
+        raw, raw_reservation_id = flat[1::2], b""
+    else:  # any other order, extra fields: the first problem in the documented order is named
+        fields = as_fields(flat)
+        _check_utf8(flat)  # before naming a missing field, as the entry as a whole is unreadable
+        raw = [_field(fields, key) for key in _REQUIRED_BYTES]
+        raw_reservation_id = fields.get(b"reservation_id", b"")
+    # The two numbers stay bytes: int() reads them as it reads text, without a decode.
+    raw_id, raw_source, raw_kind, raw_sku, raw_location, quantity, event_time = raw
+    try:
+        event_id, source, kind_text = raw_id.decode(), raw_source.decode(), raw_kind.decode()
+        sku, location, reservation_id = raw_sku.decode(), raw_location.decode(), raw_reservation_id.decode()
+    except UnicodeDecodeError:
+        _check_utf8(flat)  # raises, with the same message as everywhere
+        raise
+    kind = _KINDS.get(kind_text) or _KINDS.get(kind_text.strip().upper())
+    if kind is None:
+        raise InvalidArgument("kind", f"unknown fact kind {kind_text!r} (one of {', '.join(_KINDS)})")
+    qty = _integer("quantity", quantity)
+    at = _integer("event_time_ms", event_time)
+    # Positional: this is the ingest hot path (keyword binding of ten arguments costs ~0.3 µs a fact).
+    return make_fact(event_id, source, kind, sku, location, qty, at, reservation_id, now, limits)
+
+
+def _check_utf8(flat: list[bytes]) -> None:
+    try:
+        for part in flat:
+            part.decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument("entry", "field values must be UTF-8") from None
+
+
+def _integer(name: str, raw: bytes) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        text = raw[:40].decode(errors="replace")
+        raise InvalidArgument(name, f"not an integer: {text!r}") from None
+
+
+def as_fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A flat [field, value, …] list as a dict (the last value of a repeated field wins, as in XADD)."""
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def _field(fields: dict[bytes, bytes], key: bytes) -> bytes:
+    value = fields.get(key)
+    if value is None:
+        raise InvalidArgument(key.decode(), "missing")
+    return value
+
+
+class StreamIngestor:
+    """Reads the input streams on its own Redis connection pool, separate from the log's appends."""
+
+    def __init__(self, client: Any, desk: FactDesk, config: ServiceConfig, clock: Clock,
+                 read_count: int | None = None) -> None:
+        # The raw XREADGROUP reply: redis-py's per-entry dict building cost more than the decoding.
+        client.set_response_callback("XREADGROUP", lambda response, **_: response)
+        self._client = client
+        self._desk = desk
+        self._config = config
+        self._clock = clock
+        self._read_count = config.ingest_count if read_count is None else read_count
+        self._streams = list(config.input_streams)
+        self._task: asyncio.Task[None] | None = None
+        self._retry_own_pending = True  # first: what this consumer had in hand before a crash
+        self._batches: set[asyncio.Task[int]] = set()
+        self._claimed_at = 0.0
+        self._gauged_at = 0.0
+
+    async def start(self) -> None:
+        for stream in self._streams:
+            try:  # from the beginning: entries appended while the service was down count too
+                await self._client.xgroup_create(stream, self._config.consumer_group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
+
+    async def stop(self) -> None:
+        """Stop reading; what is not acknowledged stays pending and is read again on the next start."""
+        await cancel_and_wait(self._task)
+        for task in list(self._batches):
+            task.cancel()
+        await self._settle_batches()
+        await self._client.aclose()
+
+    async def _run(self) -> None:
+        backoff = Backoff(INGEST_RETRY)
+        while True:
+            try:
+                await self.step()
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                delay = backoff.next_delay()
+                log.warning("input streams: %s; retrying in %.2fs", exc, delay)
+                self._retry_own_pending = True
+                await asyncio.sleep(delay)
+
+    async def step(self) -> None:
+        """One read; new entries are applied in the background (up to ``ingest_inflight`` batches at
+        once: facts commute by E3, so batches need no order between them) while the next is read."""
+        cfg = self._config
+        if self._retry_own_pending:
+            await self._settle_batches()  # our own pending list includes what is in flight now
+            entries = await self._read("0", block=None)
+            self._retry_own_pending = bool(entries)
+            await self._handle(entries)
+        else:
+            if time.monotonic() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
+                self._claimed_at = time.monotonic()
+                await self._handle(await self._claim())
+            while len(self._batches) >= cfg.ingest_inflight:
+                await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
+            entries = await self._read(">", block=cfg.ingest_block_ms)
+            if entries:
+                task = asyncio.get_running_loop().create_task(self._handle(entries))
+                self._batches.add(task)
+                task.add_done_callback(self._batch_done)
+        if time.monotonic() - self._gauged_at >= 5:
+            self._gauged_at = time.monotonic()
+            await self._gauge_pending()
+
+    def _batch_done(self, task: asyncio.Task[int]) -> None:
+        self._batches.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("input streams: batch failed (%s); its entries stay pending", task.exception())
+            self._retry_own_pending = True
+
+    async def _settle_batches(self) -> None:
+        if self._batches:
+            await asyncio.wait(list(self._batches))
+
+    async def _read(self, start: str, block: int | None) -> list[Entry]:
+        cfg = self._config
+        args: list[Any] = ["GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", self._read_count]
+        if block is not None:
+            args += ["BLOCK", block]
+        args += ["STREAMS", *self._streams, *([start] * len(self._streams))]
+        # The raw reply, not redis-py's per-entry dict building: [[stream, [[id, [f, v, f, v…]], …]], …]
+        reply = await self._client.execute_command("XREADGROUP", *args)
+        streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
+        entries: list[Entry] = []
+        for stream, rows in streams:
+            name = as_text(stream)
+            entries += [(name, entry_id, flat or None) for entry_id, flat in rows]
+        return entries
+
+    async def _claim(self) -> list[Entry]:
+        """Take over entries a dead consumer left pending for longer than claim_idle_ms."""
+        cfg = self._config
+        out: list[Entry] = []
+        for stream in self._streams:
+            reply = await self._client.xautoclaim(stream, cfg.consumer_group, cfg.consumer_name,
+                                                  min_idle_time=cfg.claim_idle_ms, start_id="0-0",
+                                                  count=self._read_count)  # the same batch bound as a read
+            claimed = reply[1]
+            out += [(stream, entry_id, [x for kv in fields.items() for x in kv] if fields else None)
+                    for entry_id, fields in claimed]
+        if out:
+            METRICS.ingest_claimed.inc(len(out))
+            log.info("claimed %d stale pending entries", len(out))
+        return out
+
+    async def _handle(self, entries: list[Entry]) -> int:
+        if not entries:
+            return 0
+        now = self._clock.now_ms()
+        done: list[tuple[str, bytes]] = []
+        dead: list[tuple[str, bytes, list[bytes], str]] = []
+        facts: list[Fact] = []
+        refs: list[tuple[str, bytes]] = []
+        limits = self._config.limits
+        for n, (stream, entry_id, fields) in enumerate(entries):
+            if n and n % DECODE_SLICE == 0:
+                await asyncio.sleep(0)  # let other tasks (a stock-out to publish) in between slices
+            if fields is None:  # trimmed away before anyone read it: nothing left to apply
+                dead.append((stream, entry_id, [], "entry was deleted from the stream before it was applied"))
+                continue
+            try:
+                facts.append(decode_fact(fields, now, limits))
+                refs.append((stream, entry_id))
+            except InvalidArgument as exc:
+                dead.append((stream, entry_id, fields, exc.message))
+        if dead:
+            await self._dead_letter(dead)
+        if facts:
+            results = await self._desk.record(facts, origin="stream")
+            for ref, result in zip(refs, results, strict=True):
+                if isinstance(result, DomainError):
+                    self._retry_own_pending = True  # stays pending; read again from our own list
+                else:
+                    done.append(ref)
+        await self._ack(done)
+        return len(done) + len(dead)
+
+    async def _dead_letter(self, dead: list[tuple[str, bytes, list[bytes], str]]) -> None:
+        cfg = self._config
+        async with self._client.pipeline(transaction=True) as pipe:
+            for stream, entry_id, fields, reason in dead:
+                record: dict[Any, Any] = {"_reason": reason, "_stream": stream, "_id": entry_id}
+                record.update(as_fields(fields))
+                pipe.xadd(cfg.dead_letter_stream, record, maxlen=cfg.side_stream_maxlen, approximate=True)
+                pipe.xack(stream, cfg.consumer_group, entry_id)
+            await pipe.execute()
+        for stream, _, _, reason in dead:
+            METRICS.dead_lettered.labels(stream).inc()
+            log.warning("dead-lettered an entry of %s: %s", stream, reason)
+
+    async def _ack(self, done: list[tuple[str, bytes]]) -> None:
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, entry_id in done:
+            by_stream.setdefault(stream, []).append(entry_id)
+        if by_stream:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream, ids in by_stream.items():
+                    pipe.xack(stream, self._config.consumer_group, *ids)
+                await pipe.execute()
+
+    async def _gauge_pending(self) -> None:
+        for stream in self._streams:
+            summary = await self._client.xpending(stream, self._config.consumer_group)
+            METRICS.ingest_pending.labels(stream).set(summary["pending"] if summary else 0)

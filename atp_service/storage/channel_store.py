@@ -1,0 +1,200 @@
+"""The Redis side of channel feeds.
+
+Per channel two keys: the stream ``<prefix>avail:<channel>`` (one entry per published value, id
+``<version>-0`` so a stream id *is* a version and readers resume with ``since_version``) and the
+hash ``<prefix>avail:<channel>:state`` (field ``<sku>\t<location>``, value ``"<quantity> <version>
+<event_time>"``: the last published value of every key, written by the same script call as the
+stream entry). On restart the hash says what was published, so only what
+changed meanwhile is published again (E11) and versions continue above the newest (C3).
+
+A write whose reply is lost or late is *in doubt*: its bytes may still reach Redis after the desk
+gave up on them (R7). Before the desk reads what landed, it fences the write: ``fence`` raises
+the channel writer's token ``<prefix>avail-fence``, and the write script refuses a write carrying
+an older token, so nothing sent before the fence can land after it (C4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError, ResponseError
+
+from atp_service.storage.log import FENCE_LUA, as_text, epoch_key, seq_of, stream_entries
+from reservation import ChannelUpdate, Key, Published, update_from_fields
+
+_encode = msgspec.msgpack.Encoder().encode
+_SEP = "\t"
+
+
+def _field(key: Key) -> str:
+    return f"{key[0]}{_SEP}{key[1]}"
+
+
+# KEYS: the epoch key, the fence key, then stream and state hash per channel; ARGV: this instance's
+# epoch, the desk's fence token, then maxlen, channel, msgpack list of updates per channel. Fenced
+# like the log (log.py): an instance replaced by a newer one publishes nothing more; and fenced
+# again by the token: a write sent before the desk's last ``fence`` is refused (STALE), so a write
+# in doubt cannot land after the desk settled it. Every check comes before the first change — each
+# stream's newest id too (TAKEN: a version already in the stream) — so a refused write changed
+# nothing, in any channel: a refusal is never part of a landing.
+# Numbers travel as strings: Lua 5.1 would print large ones in exponent form. ``published_at`` is
+# Redis's clock when the entry was written: the moment the value became visible.
+_WRITE = FENCE_LUA + """
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+if fence > tonumber(ARGV[2]) then
+  return redis.error_reply('STALE channel writer token ' .. ARGV[2] .. ' was fenced by ' .. fence)
+end
+local n = (#KEYS - 2) / 2
+local batches = {}
+for c = 0, n - 1 do
+  local stream = KEYS[2 * c + 3]
+  local items = cmsgpack.unpack(ARGV[3 * c + 5])
+  local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #top > 0 and #items > 0 and tonumber(string.match(top[1][1], '^%d+')) >= tonumber(items[1][6]) then
+    return redis.error_reply('TAKEN ' .. stream .. ': version ' .. items[1][6] .. ' is not after ' .. top[1][1])
+  end
+  batches[c + 1] = items
+end
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%03d', math.floor(t[2] / 1000))
+for c = 0, n - 1 do
+  local stream, state = KEYS[2 * c + 3], KEYS[2 * c + 4]
+  local maxlen, channel = ARGV[3 * c + 3], ARGV[3 * c + 4]
+  local fields = {}
+  for i, u in ipairs(batches[c + 1]) do
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[6] .. '-0', 'channel', channel, 'sku', u[1],
+      'location', u[2], 'quantity', u[3], 'previous', u[4], 'status', u[5], 'version', u[6],
+      'event_time', u[7], 'durable_at', u[8], 'published_at', now)
+    fields[#fields + 1] = u[1] .. '\t' .. u[2]
+    fields[#fields + 1] = u[10]
+    if #fields >= 1000 then
+      redis.call('HSET', state, unpack(fields))
+      fields = {}
+    end
+  end
+  if #fields > 0 then
+    redis.call('HSET', state, unpack(fields))
+  end
+end
+return n
+"""
+
+# KEYS: the epoch key, the fence key; ARGV: this instance's epoch. Raises the fence and returns it.
+_FENCE = FENCE_LUA + """
+return redis.call('INCR', KEYS[2])
+"""
+
+_REFUSALS = ("FENCED", "STALE", "TAKEN")
+
+
+class WriteRefused(RedisError):
+    """The write script refused the whole write before changing anything (FENCED: a newer instance
+    owns the keyspace; STALE: the desk fenced since this write was sent; TAKEN: a version is already
+    in the stream). Certain, unlike a timeout: nothing of it landed and nothing of it ever will."""
+
+
+def _wire(u: ChannelUpdate) -> tuple[str, ...]:
+    """One update as the script takes it; the last item is the state hash value (``Published``)."""
+    return (u.sku, u.location, str(u.quantity), "" if u.previous is None else str(u.previous), u.status.value,
+            str(u.version), str(u.event_time), str(u.durable_at), str(u.published_at),
+            f"{u.quantity} {u.version} {u.event_time}")
+
+
+class ChannelStore:
+    def __init__(self, client: Any, prefix: str, epoch: Callable[[], int]) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._epoch = epoch  # this instance's claim on the keyspace (LogStore.epoch)
+        self._write_script = client.register_script(_WRITE)
+        self._fence_script = client.register_script(_FENCE)
+        self.token: int | None = None
+        """The fence token writes carry (None: not read yet; the first write reads it)."""
+
+    def fence_key(self) -> str:
+        """One for the desk: it is the only writer, and writes every channel in one script call."""
+        return f"{self.prefix}avail-fence"
+
+    async def fence(self) -> None:
+        """Make every write sent so far unable to land from now on, and carry the new token in the
+        writes that follow. After it returns, the streams hold all that will ever land of those
+        writes. Raises like any command while Redis cannot be reached (a write pause delays it)."""
+        try:
+            self.token = int(await self._fence_script(keys=[epoch_key(self.prefix), self.fence_key()],
+                                                      args=[self._epoch()]))
+        except ResponseError as exc:
+            if not str(exc).startswith("FENCED"):
+                raise
+            # A newer instance owns the keyspace: the epoch check refuses every write of ours already.
+
+    def stream(self, channel: str) -> str:
+        return f"{self.prefix}avail:{channel}"
+
+    def state_key(self, channel: str) -> str:
+        return f"{self.prefix}avail:{channel}:state"
+
+    async def load(self, channel: str) -> tuple[dict[Key, Published], int]:
+        """The last published value per key, and the newest version the stream ever had."""
+        published: dict[Key, Published] = {}
+        async for field, value in self.client.hscan_iter(self.state_key(channel), count=10_000):
+            sku, _, location = as_text(field).partition(_SEP)
+            quantity, version, event_time = as_text(value).split()
+            published[(sku, location)] = Published(int(quantity), int(version), int(event_time))
+        newest = max((p.version for p in published.values()), default=0)
+        return published, max(newest, await self.last_version(channel))
+
+    async def write(self, batches: Iterable[tuple[str, int, list[ChannelUpdate]]]) -> None:
+        """Append updates of several channels and record them as published: one script call, so one
+        round trip and one atomic step (a script runs alone in Redis), whatever the number of updates.
+        ``WriteRefused``: certainly not written; any other error: in doubt until ``fence``."""
+        keys: list[str] = [epoch_key(self.prefix), self.fence_key()]
+        args: list[Any] = [self._epoch(), 0]
+        for channel, maxlen, updates in batches:
+            if not updates:
+                continue
+            keys += [self.stream(channel), self.state_key(channel)]
+            args += [maxlen, channel, _encode([_wire(u) for u in updates])]
+        if len(keys) == 2:
+            return
+        if self.token is None:
+            self.token = int(await self.client.get(self.fence_key()) or 0)
+        args[1] = self.token
+        try:
+            await self._write_script(keys=keys, args=args)
+        except ResponseError as exc:
+            if str(exc).startswith(_REFUSALS):
+                raise WriteRefused(str(exc)) from None
+            raise
+
+    async def _info(self, channel: str) -> dict[str, Any] | None:
+        try:
+            info: dict[str, Any] = await self.client.xinfo_stream(self.stream(channel))
+        except Exception as exc:
+            if "no such key" in str(exc).lower():
+                return None
+            raise
+        return info
+
+    async def last_version(self, channel: str) -> int:
+        """Newest version ever written to the channel stream (0: none)."""
+        info = await self._info(channel)
+        return 0 if info is None else seq_of(info["last-generated-id"])
+
+    async def missed_after(self, channel: str, version: int) -> bool:
+        """True when trimming removed an update with a version above ``version``. Versions have no
+        gaps, so that is: the oldest entry left is beyond ``version + 1``."""
+        info = await self._info(channel)
+        if info is None:
+            return False
+        first = info.get("first-entry")
+        if not first:
+            return seq_of(info["last-generated-id"]) > version
+        return seq_of(first[0]) > version + 1
+
+    async def read_after(self, channel: str, version: int, count: int,
+                         block_ms: int | None) -> list[ChannelUpdate]:
+        """Updates with a version above ``version``, oldest first (waits up to ``block_ms`` for one)."""
+        reply = await self.client.xread({self.stream(channel): f"{version}-0"}, count=count, block=block_ms)
+        return [update_from_fields({as_text(k): as_text(v) for k, v in fields.items()})
+                for _, _, fields in stream_entries(reply)]

@@ -1,0 +1,117 @@
+"""What a shard does about its log besides appending: settling appends in doubt, and snapshots.
+
+Both write or read Redis while the shard holds nothing in flight; both are fenced (R7): a write
+whose answer was lost may still reach Redis, so before trusting what the log holds the shard
+raises its fence (``LogStore.fence``) — from then on nothing it sent before can land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis.exceptions import RedisError
+
+from atp_service.config import ServiceConfig
+from atp_service.metrics import METRICS
+from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
+from atp_service.storage.log import Fenced, LogStore
+from reservation import Ledger, LogEntry
+
+log = logging.getLogger(__name__)
+
+STORAGE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+SNAPSHOT_RETRY_FIRST_S = 1.0
+"""Wait after a first failed snapshot (capped by ``ServiceConfig.snapshot_retry_max_s``)."""
+SETTLE_RETRY = BackoffPolicy(first_s=0.05, max_s=1.0)
+"""Waits of a settle between tries to fence and read the log while Redis does not answer."""
+
+Doubt = list[tuple[int, LogEntry, bytes]]
+"""Appends that failed and may have landed: (seq, entry, the bytes sent), oldest first."""
+
+
+class LogDiverged(AssertionError):
+    """The log holds an entry this shard did not send where it expected its own: memory cannot be
+    trusted to match it, so the shard stops (its task ends; see ``ShardActor._ended``)."""
+
+
+async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list[tuple[int, LogEntry]] | None:
+    """Of ``doubt`` (entries after ``seq``), those that reached the log, in order; None when this
+    instance was replaced (it applies nothing more). Fence first, then read, then compare byte for
+    byte: an id taken by other content is never read as a landing of our own (R7). Waits for
+    Redis as long as it takes: the shard takes no work meanwhile."""
+    async def fence_and_read() -> dict[int, bytes] | None:
+        try:
+            await store.fence(shard)
+            found = {s: data async for s, data in store.entries_after(shard, seq)}
+            # Asked after the read: what it found is then this instance's own. Replaced, it may be
+            # a newer instance's — which recovered whatever of ours had landed.
+            return found if await store.still_owner() else None
+        except Fenced:
+            return None  # replaced: the newer instance recovered whatever of ours had landed
+
+    found = await retry_until_done(fence_and_read, STORAGE_ERRORS, SETTLE_RETRY)
+    if found is None:
+        return None
+    landed: list[tuple[int, LogEntry]] = []
+    for entry_seq, entry, data in doubt:
+        there = found.pop(entry_seq, None)
+        if there is None:
+            METRICS.settles.labels("not_landed").inc()
+            break  # never landed, nor can it now; nor anything after it (a log has no holes)
+        if there != data:
+            raise LogDiverged(f"shard {shard}: entry {entry_seq} in the log is not the one this shard sent")
+        METRICS.settles.labels("landed").inc()
+        landed.append((entry_seq, entry))
+    if found:
+        raise LogDiverged(f"shard {shard}: the log holds entries {sorted(found)} this shard never sent")
+    return landed
+
+
+class Checkpoints:
+    """When one shard snapshots, and the fenced write of a snapshot with backoff after failures."""
+
+    def __init__(self, shard: int, store: LogStore, config: ServiceConfig, seq: int) -> None:
+        self._shard, self._store, self._config = shard, store, config
+        self._seq = seq  # the entry the last snapshot covers
+        self._at = time.monotonic()
+        self._backoff = Backoff(BackoffPolicy(SNAPSHOT_RETRY_FIRST_S, max(SNAPSHOT_RETRY_FIRST_S,
+                                                                         config.snapshot_retry_max_s)))
+        self._retry_at = 0.0  # monotonic time before which a failed snapshot is not retried
+        self._fence_first = False  # a snapshot write failed: it may still land later
+
+    def due(self, seq: int, force: bool = False) -> bool:
+        entries = seq - self._seq
+        due = entries >= self._config.snapshot_every_entries or (
+            entries and time.monotonic() - self._at >= self._config.snapshot_interval_s
+        )
+        if not (due or (force and entries)):
+            return False
+        # Backing off after a failure: each try costs time in proportion to the state.
+        return force or time.monotonic() >= self._retry_at
+
+    async def save(self, seq: int, ledger: Ledger) -> None:
+        """Snapshot ``ledger`` (memory == the log up to ``seq``) and trim the log behind it."""
+        started = time.perf_counter()
+        ledger.compact()
+        try:
+            if self._fence_first:  # an older snapshot write may still land: make it unable to
+                await self._store.fence(self._shard)
+                self._fence_first = False
+            size = await self._store.save_snapshot(self._shard, seq, ledger.snapshot())
+        except STORAGE_ERRORS as exc:
+            self._failed(exc)
+            return
+        self._backoff.reset()
+        self._retry_at = 0.0
+        self._seq, self._at = seq, time.monotonic()
+        METRICS.snapshot_seconds.observe(time.perf_counter() - started)
+        METRICS.snapshot_bytes.labels(str(self._shard)).set(size)
+
+    def _failed(self, exc: BaseException) -> None:
+        self._fence_first = not isinstance(exc, Fenced)
+        wait = self._backoff.next_delay()
+        self._retry_at = time.monotonic() + wait
+        METRICS.snapshot_failures.inc()
+        log.warning("shard %d: snapshot failed (%s); next try in %.1fs", self._shard, exc, wait)

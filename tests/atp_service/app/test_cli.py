@@ -1,0 +1,216 @@
+"""The two command-line tools as a person uses them: atp-service serve (demo estate) and atpctl."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atp_service import free_port
+from tests.conftest import spawned
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def served(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, int, list[str]]]:
+    """`atp-service serve` with the demo estate, as `make run` starts it (but on free ports)."""
+    port, metrics = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    proc = spawned(subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
+         "--metrics-port", str(metrics)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    ))
+    yield f"127.0.0.1:{port}", metrics, wait_until_ready(proc, log).splitlines()
+    proc.terminate()
+    assert stop_or_explain(proc, log) == 0
+
+
+STOP_BOUND_S = 90  # the service's own shutdown bound (grace + final snapshot) and the embedded Redis's
+
+
+def stop_or_explain(proc: subprocess.Popen[Any], log: Path | None = None) -> int:
+    """Wait for a terminated service; if it overruns its bound, have it dump its tasks, then fail with that."""
+    try:
+        proc.communicate(timeout=STOP_BOUND_S)  # also drains a stdout pipe nobody reads any more
+        return proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # the service logs what each task waits on
+        time.sleep(2)
+        proc.kill()
+        out, _ = proc.communicate()
+        text = (log.read_text() if log else "") + (out if isinstance(out, str) else (out or b"").decode())
+        raise AssertionError(f"service did not stop within {STOP_BOUND_S}s:\n{text[-6000:]}") from None
+
+
+def wait_until_ready(proc: subprocess.Popen[bytes], log: Path, limit_s: float = 60) -> str:
+    """Until the service prints that it serves (failing with its log if it exits or takes too long);
+    returns the log so far."""
+    deadline = time.monotonic() + limit_s
+    while "ATP service ready" not in (text := log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, text
+        time.sleep(0.1)
+    return text
+
+
+def serve(redis_url: str, log: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`atp-service serve` in a subprocess; returns it, its target and its start-up log once ready."""
+    port = free_port()
+    proc = spawned(subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
+         "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "INFO", *flags],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT))
+    return proc, f"127.0.0.1:{port}", wait_until_ready(proc, log)
+
+
+def ctl(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "atp_service.app.ctl", "--target", target, *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_demo_estate_and_the_printed_examples_work(served: tuple[str, int, list[str]]) -> None:
+    target, metrics_port, lines = served
+    examples = [line.strip() for line in lines if "--target" in line]
+    assert len(examples) == 3
+    for example in examples:  # the three commands the banner prints, exactly
+        args = example.split()[3:]
+        done = ctl(target, *args)
+        assert done.returncode == 0, done.stderr
+    got = json.loads(ctl(target, "availability", "sku-00001@dc-east").stdout)
+    assert got[0]["reserved"] == "0" and got[0]["committed"] == "2"
+    assert int(got[0]["onHand"]) > 2
+    stores = json.loads(ctl(target, "availability", *[f"sku-00042@store-{i:03d}" for i in range(1, 301)]).stdout)
+    assert sum(int(p["onHand"]) > 0 for p in stores) > 30  # about a third of stores stock a SKU
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    for name in ("atp_rpc_duration_seconds_bucket", "atp_reservations_total", "atp_shard_mailbox_depth",
+                 "atp_shard_batch_size", "atp_log_append_seconds", "atp_recovery_seconds"):
+        assert name in body, name
+    assert 'atp_rpc_duration_seconds_count{code="OK",method="Reserve"} 1.0' in body
+    assert "atp_oversold_units 0.0" in body
+
+
+def test_atpctl_errors_name_the_status(served: tuple[str, int, list[str]]) -> None:
+    target, _, _ = served
+    done = ctl(target, "confirm", "no-such-reservation")
+    assert done.returncode == 1 and "NOT_FOUND" in done.stderr
+    done = ctl(target, "reserve", "x", "sku-00001@dc-east:0")
+    assert done.returncode == 1 and "INVALID_ARGUMENT: lines[0].quantity" in done.stderr
+    # Refusals are retried (3 by default), decisions never; a service that is not there stays UNAVAILABLE.
+    nobody = f"127.0.0.1:{free_port()}"
+    done = ctl(nobody, "--retries", "2", "--timeout", "5", "availability", "sku-00001@dc-east")
+    assert done.returncode == 1 and "UNAVAILABLE" in done.stderr
+    done = ctl(target, "--retries", "0", "confirm", "no-such-reservation")
+    assert done.returncode == 1 and "NOT_FOUND" in done.stderr
+
+
+def test_events_import_from_jsonl(served: tuple[str, int, list[str]], tmp_path: Path) -> None:
+    target, _, _ = served
+    now = int(time.time() * 1000)
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("\n".join(json.dumps(f) for f in [
+        {"eventId": "p1", "source": "pos-1", "kind": "RECEIPT", "sku": "NEW", "location": "store-001",
+         "quantity": 5, "eventTimeMs": now - 1000},
+        {"eventId": "p2", "source": "pos-1", "kind": "SALE", "sku": "NEW", "location": "store-001",
+         "quantity": 2, "eventTimeMs": now - 500},
+        {"eventId": "p3", "source": "pos-1", "kind": "SALE", "sku": "NEW", "location": "store-001",
+         "quantity": 0, "eventTimeMs": now - 400},
+    ]))
+    done = ctl(target, "events", "import", str(facts))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"APPLIED": 2, "INVALID": 1}
+    assert "p3: INVALID: events[2].quantity" in done.stderr
+    got = json.loads(ctl(target, "availability", "NEW@store-001").stdout)
+    assert got[0]["onHand"] == "3"
+
+
+def test_publish_explain_and_safety_stock(served: tuple[str, int, list[str]], redis_url: str, tmp_path: Path) -> None:
+    target, _, _ = served
+    now = int(time.time() * 1000)
+    facts = tmp_path / "pos.jsonl"
+    facts.write_text("\n".join(json.dumps(f) for f in [
+        {"eventId": "c1", "source": "wms", "kind": "COUNT", "sku": "PUB", "location": "dc-east", "quantity": 9,
+         "eventTimeMs": now - 2000},
+        {"eventId": "s1", "source": "pos-7", "kind": "SALE", "sku": "PUB", "location": "dc-east", "quantity": 2,
+         "eventTimeMs": now - 1000},
+    ]))
+    done = subprocess.run([sys.executable, "-m", "atp_service.app.ctl", "events", "publish", str(facts),
+                           "--redis-url", redis_url, "--stream", "atp:in:wms"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"stream": "atp:in:wms", "published": 2}
+    deadline = time.monotonic() + 10
+    while json.loads(ctl(target, "availability", "PUB@dc-east").stdout)[0]["onHand"] != "7":
+        assert time.monotonic() < deadline, "published facts were not applied"
+        time.sleep(0.05)
+    assert json.loads(ctl(target, "safety-stock", "PUB@dc-east", "3").stdout)["available"] == "4"
+    explained = json.loads(ctl(target, "explain", "PUB@dc-east").stdout)
+    assert explained["countEventId"] == "c1" and explained["countQuantity"] == "9"
+    assert [d["eventId"] for d in explained["deltasAfterCount"]] == ["s1"]
+    assert explained["availability"]["safetyStock"] == "3"
+
+
+def test_start_up_errors_name_the_setting(served: tuple[str, int, list[str]], redis_url: str, tmp_path: Path) -> None:
+    target, metrics_port, _ = served
+    port = target.rsplit(":", 1)[1]
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--auth", "off", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    busy = serve("--redis-url", redis_url, "--port", port, "--metrics-port", "-1")
+    assert busy.returncode == 2 and "atp-service: port: cannot listen" in busy.stderr
+    busy = serve("--redis-url", redis_url, "--port", "0", "--metrics-port", str(metrics_port))
+    assert busy.returncode == 2 and "atp-service: metrics_port: cannot listen" in busy.stderr
+    other = serve("--redis-url", redis_url, "--port", "0", "--metrics-port", "-1", "--shards", "3")
+    assert other.returncode == 2 and "written with 16 shards, not 3" in other.stderr
+    holder = subprocess.Popen([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--auth", "off",
+                               "--port", "0", "--metrics-port", "-1", "--data-dir", str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert holder.stdout is not None
+        while "ready" not in holder.stdout.readline():
+            assert holder.poll() is None
+        second = serve("--port", "0", "--metrics-port", "-1", "--data-dir", str(tmp_path))
+        assert second.returncode == 2 and "is in use by another running service" in second.stderr
+    finally:
+        holder.terminate()
+        stop_or_explain(holder)
+
+
+def test_watch_reload_and_a_publisher_process(served: tuple[str, int, list[str]], redis_url: str,
+                                              tmp_path: Path) -> None:
+    """The demo channels as an operator sees them: atpctl watch / reload-estate, atp-publisher (jsonl)."""
+    target, _, _ = served
+    watched = ctl(target, "watch", "marketplace", "--snapshot", "--count", "3")
+    assert watched.returncode == 0, watched.stderr
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert len(lines) == 3 and all(line["channel"] == "marketplace" and line["location"] == "" for line in lines)
+    assert int(lines[0]["version"]) >= 1 and lines[0]["status"] in ("IN_STOCK", "LOW_STOCK", "OUT_OF_STOCK")
+    reloaded = json.loads(ctl(target, "reload-estate").stdout)
+    assert [c["name"] for c in reloaded["channels"]] == ["marketplace", "store-pickup", "web"]
+    unknown = ctl(target, "watch", "nope")
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr and "marketplace" in unknown.stderr
+
+    out = tmp_path / "marketplace.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "publishers.cli", "--channel", "marketplace", "--adapter", "jsonl", "--file", str(out),
+         "--redis-url", redis_url, "--rate", "1000", "--metrics-port", "-1"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "publisher.log").open("wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while not out.exists() or len(out.read_text().splitlines()) < 10:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "publisher.log").read_text()
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first["channel"] == "marketplace" and first["version"] >= 1 and "quantity" in first

@@ -1,0 +1,66 @@
+"""C4: channels follow durable state only. A change applied in memory whose append is still on its
+way — and may yet be undone — is never curated, let alone published."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from atp_service import AtpClient, AtpService, EmbeddedRedis, ManualClock
+from atp_service.channels.desk import ChannelDesk
+from tests.atp_service.channel_helpers import fact, stream_updates, write_estate
+from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.conftest import test_config as make_config
+
+T = 1_700_000_000_000
+KEY = ("sku-a", "store-1")
+
+
+def _idle(desk: ChannelDesk) -> bool:
+    return not desk._dirty and all(feed.pending == 0 and feed.in_flight == 0 for feed in desk.feeds.values())
+
+
+async def test_a_receipt_whose_append_is_in_flight_and_then_undone_is_never_published(
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
+    """Defect: the desk curated memory, which holds batches in flight; a RECEIPT of +100 whose append
+    then failed showed 99 on the channel while the ledger said 0, until the SKU changed again."""
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    url = await proxy.start()
+    estate = write_estate(tmp_path)
+    service = AtpService(make_config(estate=estate, redis_timeout_s=0.5), url, clock=ManualClock(T))
+    client: AtpClient | None = None
+    try:
+        await service.start()
+        desk = service.channels
+        assert desk is not None
+        client = AtpClient(f"127.0.0.1:{service.port}")
+        await client.record_events([fact("c1", "COUNT", *KEY, 5, T), fact("s1", "SALE", *KEY, 5, T + 1)])
+        await until(lambda: _idle(desk) and desk.feeds["pickup"].published[KEY].quantity == 0, "a stock-out shown")
+
+        proxy.hold(b"big-receipt")  # this append reaches Redis only if the test lets it
+        receipt = asyncio.ensure_future(client.record_events([fact("big-receipt", "RECEIPT", *KEY, 100, T + 2)]))
+        await until(lambda: len(proxy.held) == 1, "the receipt's append on its way")
+        assert service.engine is not None and service.engine.availability([KEY])[0].on_hand == 100  # in memory
+        await desk.reload(desk.estate)  # re-curates every SKU now, while the receipt is in flight
+        await until(lambda: not desk._dirty, "the desk's round done")
+        pickup = desk.feeds["pickup"]
+        assert (pickup.published[KEY].quantity, pickup.pending) == (0, 0)  # nothing to publish, now or later
+
+        proxy.hold()
+        proxy.drop()  # never lands: the append times out, the shard takes the receipt back and settles
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await receipt
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        await until(lambda: not service.engine.actors[service.engine.place("sku-a")].in_doubt, "settled")  # type: ignore[union-attr]
+        await until(lambda: _idle(desk), "re-curated after the undo")
+        assert service.engine.availability([KEY])[0].on_hand == 0
+        shown = [u.quantity for u in await stream_updates(redis_url, "pickup") if (u.sku, u.location) == KEY]
+        assert shown[-1] == 0 and max(shown[shown.index(0):]) == 0  # from the stock-out on, never more
+    finally:
+        if client is not None:
+            await client.close()
+        await service.stop(grace_s=0.1)
+        await proxy.close()

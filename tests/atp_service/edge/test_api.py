@@ -1,0 +1,295 @@
+"""Every RPC against the real gRPC server and a real Redis: happy paths and each error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from atp_service import ManualClock
+from atp_service.metrics import METRICS
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from tests.conftest import ServiceFactory
+
+T0 = 1_700_000_000_000
+
+
+def receipt(eid: str, sku: str, loc: str, qty: int, t: int = T0 - 1000, kind: int = pb.RECEIPT) -> pb.Fact:
+    return pb.Fact(event_id=eid, source="wms", kind=kind, sku=sku, location=loc, quantity=qty, event_time_ms=t)
+
+
+async def stocked(start: ServiceFactory, clock: ManualClock | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    service, client = await start(clock=clock or ManualClock(T0), **kw)
+    results = await client.record_events([
+        receipt("e1", "A", "S1", 10), receipt("e2", "B", "S1", 5), receipt("e3", "D", "DC", 100),
+    ])
+    assert all(r.outcome == pb.APPLIED for r in results)
+    return service, client
+
+
+async def code_of(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call  # type: ignore[misc]
+    return err.value.code()
+
+
+async def test_reserve_confirm_fulfil_lifecycle(start_service: ServiceFactory) -> None:
+    _, client = await stocked(start_service)
+    resp = await client.reserve("r1", [("A", "S1", 3)], order_ref="o-1", channel="web", ttl_seconds=60)
+    assert resp.state == pb.HELD and resp.lines[0].granted == 3 and resp.expires_at_ms == T0 + 60_000
+    rec = await client.confirm("r1")
+    assert rec.state == pb.CONFIRMED and rec.lines[0].committed == 3
+    rec = await client.fulfill("r1", [("A", "S1", 1)], operation_id="ship-1")
+    assert rec.state == pb.CONFIRMED and rec.lines[0].fulfilled == 1
+    rec = await client.fulfill("r1")
+    assert rec.state == pb.FULFILLED
+    (a,) = await client.availability([("A", "S1")])
+    assert (a.on_hand, a.reserved, a.committed, a.available) == (7, 0, 0, 7)
+    assert (await client.get_reservation("r1")).state == pb.FULFILLED
+
+
+async def test_release_full_and_partial(start_service: ServiceFactory) -> None:
+    _, client = await stocked(start_service)
+    await client.reserve("r1", [("A", "S1", 4), ("B", "S1", 2)])
+    rec = await client.release("r1", [("A", "S1", 1)], operation_id="op-1")
+    assert rec.lines[0].held == 3 and rec.lines[0].released == 1
+    rec = await client.release("r1", [("A", "S1", 1)], operation_id="op-1")  # retry: harmless
+    assert rec.lines[0].held == 3
+    rec = await client.release("r1")
+    assert rec.state == pb.RELEASED
+    got = await client.availability([("A", "S1"), ("B", "S1")])
+    assert [p.available for p in got] == [10, 5]
+
+
+async def test_all_or_nothing_across_two_shards(start_service: ServiceFactory) -> None:
+    service, client = await stocked(start_service)
+    assert service.engine is not None
+    assert service.engine.place("A") != service.engine.place("D"), "test needs SKUs on two shards"
+    resp = await client.reserve("r1", [("A", "S1", 2), ("D", "DC", 101)])
+    assert resp.state == pb.REJECTED
+    assert [line.outcome for line in resp.lines] == [pb.NOT_ATTEMPTED, pb.INSUFFICIENT]
+    got = await client.availability([("A", "S1"), ("D", "DC")])
+    assert [p.reserved for p in got] == [0, 0]
+    resp = await client.reserve("r2", [("A", "S1", 2), ("D", "DC", 100)])
+    assert resp.state == pb.HELD
+    got = await client.availability([("A", "S1"), ("D", "DC")])
+    assert [p.reserved for p in got] == [2, 100]
+    rec = await client.confirm("r2")
+    assert [line.committed for line in rec.lines] == [2, 100]
+    rec = await client.release("r2")
+    got = await client.availability([("A", "S1"), ("D", "DC")])
+    assert [p.committed for p in got] == [0, 0] and rec.state == pb.RELEASED
+
+
+async def test_allow_partial(start_service: ServiceFactory) -> None:
+    _, client = await stocked(start_service)
+    resp = await client.reserve("r1", [("A", "S1", 2), ("B", "S1", 6)], allow_partial=True)
+    assert resp.state == pb.HELD and [line.granted for line in resp.lines] == [2, 0]
+
+
+async def test_ttl_expiry_without_any_request(start_service: ServiceFactory) -> None:
+    clock = ManualClock(T0)
+    _, client = await stocked(start_service, clock=clock)
+    await client.reserve("r1", [("A", "S1", 4)], ttl_seconds=30)
+    clock.advance(29_999)
+    await asyncio.sleep(0.1)
+    assert (await client.get_reservation("r1")).state == pb.HELD
+    clock.advance(1)
+    for _ in range(100):  # the maintenance pass runs every 20 ms in tests
+        if (await client.get_reservation("r1")).state == pb.EXPIRED:
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.get_reservation("r1")).state == pb.EXPIRED
+    (a,) = await client.availability([("A", "S1")])
+    assert a.reserved == 0
+    assert await code_of(client.confirm("r1")) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_idempotent_replays(start_service: ServiceFactory) -> None:
+    _, client = await stocked(start_service)
+    first = await client.reserve("r1", [("A", "S1", 3)])
+    again = await client.reserve("r1", [("A", "S1", 3)])
+    assert again.replayed and not first.replayed and again.lines == first.lines
+    refused = await client.reserve("r2", [("B", "S1", 9)])
+    await client.record_events([receipt("more", "B", "S1", 10)])
+    replay = await client.reserve("r2", [("B", "S1", 9)])
+    assert refused.state == replay.state == pb.REJECTED and replay.replayed
+    (a,) = await client.availability([("A", "S1")])
+    assert a.reserved == 3  # counted once
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.reserve("r1", [("A", "S1", 4)])
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and "lines" in (err.value.details() or "")
+
+
+async def test_second_conflicting_resolution_names_the_state(start_service: ServiceFactory) -> None:
+    _, client = await stocked(start_service)
+    await client.reserve("r1", [("A", "S1", 1)])
+    await client.confirm("r1")
+    await client.fulfill("r1")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.release("r1")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "FULFILLED" in (err.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("lines", "kwargs", "field"),
+    [
+        ([("", "S1", 1)], {}, "lines[0].sku"),
+        ([("A", "x" * 200, 1)], {}, "lines[0].location"),
+        ([("A", "S1", 0)], {}, "lines[0].quantity"),
+        ([("A", "S1", -2)], {}, "lines[0].quantity"),
+        ([("A", "S1", 10_000_000)], {}, "lines[0].quantity"),
+        ([], {}, "lines"),
+        ([("A", "S1", 1)] * 201, {}, "lines"),
+        ([("A", "S1", 1)], {"ttl_seconds": 10**9}, "ttl_seconds"),
+        ([("A", "S1", 1)], {"ttl_seconds": -1}, "ttl_seconds"),
+    ],
+)
+async def test_bad_reserve_input_names_the_field(start_service: ServiceFactory, lines: list, kwargs: dict,  # type: ignore[type-arg]
+                                                 field: str) -> None:
+    _, client = await stocked(start_service)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.reserve("bad", lines, **kwargs)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(field)
+    (a,) = await client.availability([("A", "S1")])
+    assert a.reserved == 0
+
+
+async def test_other_errors(start_service: ServiceFactory) -> None:
+    _, client = await stocked(start_service)
+    assert await code_of(client.confirm("missing")) == grpc.StatusCode.NOT_FOUND
+    assert await code_of(client.get_reservation("missing")) == grpc.StatusCode.NOT_FOUND
+    assert await code_of(client.reserve("", [("A", "S1", 1)])) == grpc.StatusCode.INVALID_ARGUMENT
+    keys = [("A", f"S{i}") for i in range(1001)]
+    assert await code_of(client.availability(keys)) == grpc.StatusCode.INVALID_ARGUMENT
+    await client.reserve("r1", [("A", "S1", 2)])
+    # A partial release needs an operation id so that a retry cannot release twice.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.release("r1", [("A", "S1", 1)])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "operation_id" in (err.value.details() or "")
+
+
+async def test_oversized_message_is_refused(start_service: ServiceFactory) -> None:
+    _, client = await start_service(max_message_bytes=64 * 1024)
+    keys = [("A" * 100, f"S{i}") for i in range(1000)]
+    assert await code_of(client.availability(keys)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_record_events_reports_each_fact(start_service: ServiceFactory) -> None:
+    _, client = await stocked(start_service)
+    results = await client.record_events([
+        receipt("e1", "A", "S1", 10),  # duplicate of the seed
+        receipt("e9", "A", "S1", 0),  # invalid quantity
+        receipt("c1", "A", "S1", 4, kind=pb.COUNT),
+        receipt("f1", "A", "S1", 1, t=T0 + 3_600_000),  # beyond future skew (E7)
+        pb.Fact(event_id="s1", source="pos", kind=pb.SALE, sku="A", location="S1", quantity=1, event_time_ms=T0),
+    ])
+    outcomes = [r.outcome for r in results]
+    assert outcomes == [pb.DUPLICATE, pb.INVALID, pb.APPLIED, pb.INVALID, pb.APPLIED]
+    assert results[1].error.startswith("events[1].quantity") and results[3].error.startswith("events[3].event_time_ms")
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 3
+
+
+def decisions() -> dict[str, float]:
+    return {outcome: METRICS.registry.get_sample_value("atp_reservations_total", {"outcome": outcome}) or 0.0
+            for outcome in ("held", "rejected")}
+
+
+async def test_reserve_stream_tags_each_result(start_service: ServiceFactory) -> None:
+    service, client = await stocked(start_service)
+    assert service.engine is not None and service.engine.place("A") != service.engine.place("D")  # x2 spans shards
+    before = decisions()
+    batches = [
+        [pb.ReserveRequest(reservation_id=f"s{i}", lines=[pb.Line(sku="D", location="DC", quantity=1)])
+         for i in range(50)],
+        [pb.ReserveRequest(reservation_id="bad", lines=[]),
+         pb.ReserveRequest(reservation_id="x1", lines=[pb.Line(sku="A", location="S1", quantity=11)]),
+         pb.ReserveRequest(reservation_id="x2", lines=[pb.Line(sku="A", location="S1", quantity=1),
+                                                      pb.Line(sku="D", location="DC", quantity=1)])],
+    ]
+    results = [r async for r in client.reserve_stream(batches)]
+    assert len(results) == 2
+    assert [o.reservation_id for o in results[0].outcomes] == [f"s{i}" for i in range(50)]
+    assert all(o.code == 0 and o.response.state == pb.HELD for o in results[0].outcomes)
+    bad, x1, x2 = results[1].outcomes
+    assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and bad.error.startswith("lines")
+    assert x1.code == 0 and x1.response.state == pb.REJECTED
+    assert x2.code == 0 and x2.response.state == pb.HELD
+    (c,) = await client.availability([("D", "DC")])
+    assert c.reserved == 51
+    after = decisions()  # each decision counted once, the cross-shard one too
+    assert {k: after[k] - before[k] for k in after} == {"held": 51, "rejected": 1}
+
+
+async def test_health_and_reflection(start_service: ServiceFactory) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    _, client = await start_service()
+    health = health_pb2_grpc.HealthStub(client.channel)
+    resp = await health.Check(health_pb2.HealthCheckRequest(service="atp.v1.AvailabilityService"))
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+
+    async def ask():  # type: ignore[no-untyped-def]
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    names = [s.name async for r in stub.ServerReflectionInfo(ask()) for s in r.list_services_response.service]
+    assert "atp.v1.AvailabilityService" in names
+
+
+async def test_resolved_reservations_are_forgotten_after_retention(start_service: ServiceFactory) -> None:
+    """Bounded R5 memory: a resolved reservation is kept for replays for retention_ms, then forgotten,
+    even when no hold is due to expire."""
+    from reservation import Limits
+
+    clock = ManualClock(T0)
+    _, client = await stocked(start_service, clock=clock, limits=Limits(retention_ms=60_000))
+    await client.reserve("r1", [("A", "S1", 1)])
+    await client.release("r1")
+    assert (await client.get_reservation("r1")).state == pb.RELEASED
+    clock.advance(60_001)
+    for _ in range(100):
+        try:
+            await client.get_reservation("r1")
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("r1 was never forgotten")
+
+
+async def test_hold_across_two_shards_expires_on_both(start_service: ServiceFactory) -> None:
+    clock = ManualClock(T0)
+    service, client = await stocked(start_service, clock=clock)
+    assert service.engine is not None and service.engine.place("A") != service.engine.place("D")
+    await client.reserve("x", [("A", "S1", 2), ("D", "DC", 5)], ttl_seconds=10)
+    clock.advance(10_000)
+    for _ in range(100):
+        if (await client.get_reservation("x")).state == pb.EXPIRED:
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.get_reservation("x")).state == pb.EXPIRED
+    assert [p.reserved for p in await client.availability([("A", "S1"), ("D", "DC")])] == [0, 0]
+
+
+async def test_shipment_fact_fulfils_a_reservation_homed_on_another_shard(start_service: ServiceFactory) -> None:
+    clock = ManualClock(T0)
+    service, client = await stocked(start_service, clock=clock)
+    assert service.engine is not None
+    await client.reserve("x", [("A", "S1", 2), ("D", "DC", 5)])
+    await client.confirm("x")
+    home = service.engine.home_of("x")
+    assert home is not None and home != service.engine.place("A")  # the record lives with "D"
+    (result,) = await client.record_events([pb.Fact(
+        event_id="ship-a", source="wms", kind=pb.SHIPMENT, sku="A", location="S1", quantity=2,
+        event_time_ms=T0 - 1, reservation_id="x")])
+    assert result.outcome == pb.APPLIED and not result.error
+    rec = await client.get_reservation("x")
+    assert [(ln.committed, ln.fulfilled) for ln in rec.lines] == [(0, 2), (5, 0)]
+    (a,) = await client.availability([("A", "S1")])
+    assert (a.on_hand, a.committed) == (8, 0)

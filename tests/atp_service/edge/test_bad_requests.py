@@ -1,0 +1,211 @@
+"""Bytes that are not a valid request, and callers without a valid token, sent over real gRPC.
+
+Malformed bytes answer INVALID_ARGUMENT naming the message type (not UNKNOWN with an ERROR traceback
+per call); a caller who is not authenticated is refused before its bytes are parsed, whatever they
+are, and nothing is written. Neither can flood the log: their lines are rate-limited, a metric
+counts every call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from atp_service import AtpClient, AtpService
+from atp_service.edge.auth import new_token, token_hash
+from atp_service.edge.ratelog import RateLimitedLog
+from atp_service.metrics import METRICS
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from tests.conftest import ServiceFactory
+
+SERVICE = "/atp.v1.AvailabilityService/"
+TRUNCATED = pb.ReserveRequest(reservation_id="r-bad", order_ref="o", lines=[pb.Line(sku="A", location="L",
+                                                                                    quantity=1)]).SerializeToString()[:-3]
+BAD_UTF8 = b"\x0a\x03r\xff\xfe"  # field 1 (reservation_id), a string that is not UTF-8
+GARBAGE = (TRUNCATED, BAD_UTF8)
+
+
+def raw_unary(client: AtpClient, path: str) -> grpc.aio.UnaryUnaryMultiCallable:  # type: ignore[type-arg]
+    """Bytes in, bytes out: no serializer on either side."""
+    return client.channel.unary_unary(path, None, None)
+
+
+def raw_unary_stream(client: AtpClient, path: str) -> grpc.aio.UnaryStreamMultiCallable:  # type: ignore[type-arg]
+    return client.channel.unary_stream(path, None, None)
+
+
+def raw_stream(client: AtpClient, path: str) -> grpc.aio.StreamStreamMultiCallable:  # type: ignore[type-arg]
+    return client.channel.stream_stream(path, None, None)
+
+
+def reserve_bytes(reservation_id: str) -> bytes:
+    return pb.ReserveRequest(reservation_id=reservation_id, order_ref="o",
+                             lines=[pb.Line(sku="A", location="L", quantity=1)]).SerializeToString()
+
+
+async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call  # type: ignore[misc]
+    return err.value.code(), err.value.details() or ""
+
+
+async def stream_refusal(call: grpc.aio.StreamStreamCall | grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+                         ) -> tuple[list[bytes], grpc.StatusCode, str]:
+    """What the stream answered before it ended, and how it ended (it must end in an error)."""
+    answers: list[bytes] = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for message in call:
+            answers.append(message)
+    return answers, err.value.code(), err.value.details() or ""
+
+
+async def _messages(items: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+def bad_requests_counted(method: str) -> float:
+    return METRICS.registry.get_sample_value("atp_bad_requests_total", {"method": method}) or 0.0
+
+
+def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_malformed_bytes_answer_invalid_argument_naming_the_type(
+        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
+    _, client = await start_service()
+    before = bad_requests_counted("Reserve")
+    with caplog.at_level(logging.DEBUG):
+        code, details = await refusal(raw_unary(client, SERVICE + "Reserve")(TRUNCATED))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details == "request is not a valid atp.v1.ReserveRequest: Wire format was corrupt"
+        code, details = await refusal(raw_unary(client, SERVICE + "Reserve")(BAD_UTF8))
+        assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                   "request is not a valid atp.v1.ReserveRequest: String field had bad UTF-8")
+        _, code, details = await stream_refusal(raw_unary_stream(client, SERVICE + "WatchAvailability")(BAD_UTF8))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "atp.v1.WatchAvailabilityRequest" in details
+        # The open services too: a probe's bytes are no way to fill the log.
+        code, details = await refusal(raw_unary(client, "/grpc.health.v1.Health/Check")(BAD_UTF8))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "grpc.health.v1.HealthCheckRequest" in details
+        # grpc_health's aio servicer has no List: UNIMPLEMENTED, without its placeholder's traceback.
+        code, _ = await refusal(raw_unary(client, "/grpc.health.v1.Health/List")(b""))
+        assert code == grpc.StatusCode.UNIMPLEMENTED
+        assert (await client.reserve("r-good", [("A", "L", 1)])).state == pb.REJECTED  # the service goes on
+    assert bad_requests_counted("Reserve") == before + 2
+    no_errors_logged(caplog)
+    lines = [r.getMessage() for r in caplog.records if r.name == "atp_service.edge.handlers"]
+    assert len(lines) == 4 and all("code=INVALID_ARGUMENT" in line for line in lines)
+    assert (await refusal(client.get_reservation("r-bad")))[0] == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_malformed_batch_ends_the_stream_after_the_batches_before_it_are_answered(
+        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
+    _, client = await start_service()
+    good = pb.ReserveBatch(reservations=[pb.ReserveRequest(reservation_id="s1", order_ref="o",
+                                                           lines=[pb.Line(sku="A", location="L", quantity=1)])])
+    with caplog.at_level(logging.DEBUG):
+        stream = raw_stream(client, SERVICE + "ReserveStream")(
+            _messages([good.SerializeToString(), BAD_UTF8]))
+        answers, code, details = await stream_refusal(stream)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == "request is not a valid atp.v1.ReserveBatch: Wire format was corrupt"
+    assert [o.reservation_id for a in answers for o in pb.ReserveBatchResult.FromString(a).outcomes] == ["s1"]
+    assert (await client.get_reservation("s1")).state == pb.REJECTED  # decided before the bad batch came
+    no_errors_logged(caplog)
+
+
+async def test_a_flood_of_bad_bytes_is_counted_but_does_not_flood_the_log(
+        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
+    _, client = await start_service()
+    before = bad_requests_counted("GetReservation")
+    calls = 200
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(calls):
+            code, _details = await refusal(raw_unary(client, SERVICE + "GetReservation")(BAD_UTF8))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_requests_counted("GetReservation") == before + calls
+    lines = [r for r in caplog.records if r.name == "atp_service.edge.handlers"]
+    assert len(lines) < calls // 4  # a burst, then about one a second, however fast they come
+    no_errors_logged(caplog)
+
+
+def test_rate_limited_lines_say_how_many_were_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    quiet = RateLimitedLog(logging.getLogger("test.quiet"), logging.WARNING, burst=2, interval_s=10.0,
+                           clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.quiet"):
+        for n in range(5):
+            quiet.log("bad %d", n)
+        now[0] += 10.0  # one line's worth
+        quiet.log("bad %d", 5)
+        quiet.log("bad %d", 6)
+    assert [r.getMessage() for r in caplog.records] == ["bad 0", "bad 1", "bad 5 (and 3 more like it left out)"]
+    assert quiet.left_out == 1
+
+
+@pytest.fixture
+def oms_callers(tmp_path: Path) -> tuple[Path, str]:
+    token = new_token()
+    path = tmp_path / "callers.toml"
+    path.write_text(f'[[callers]]\nname = "oms"\nroles = ["oms"]\ntoken_sha256 = "{token_hash(token)}"\n')
+    return path, token
+
+
+async def log_length(redis_url: str, service: AtpService) -> int:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        prefix = service.config.key_prefix
+        return sum([await client.xlen(f"{prefix}log:{shard}") for shard in range(service.config.shards)])
+    finally:
+        await client.aclose()
+
+
+async def test_callers_without_a_valid_token_are_refused_before_their_bytes_are_parsed(
+        start_service: ServiceFactory, oms_callers: tuple[Path, str], redis_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    callers, token = oms_callers
+    service, anonymous = await start_service(auth="on", callers_file=callers)
+    target = f"127.0.0.1:{service.port}"
+    stranger = AtpClient(target, token="not-a-real-token")
+    oms = AtpClient(target, token=token)
+    written = await log_length(redis_url, service)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for who in (anonymous, stranger):
+                for body in (reserve_bytes("r-anon"), *GARBAGE):
+                    code, _ = await refusal(raw_unary(who, SERVICE + "Reserve")(body))
+                    assert code == grpc.StatusCode.UNAUTHENTICATED
+                    stream = raw_stream(who, SERVICE + "ReserveStream")(_messages([body]))
+                    answers, code, _ = await stream_refusal(stream)
+                    assert (answers, code) == ([], grpc.StatusCode.UNAUTHENTICATED)
+                    watch = raw_unary_stream(who, SERVICE + "WatchAvailability")(body)
+                    assert (await stream_refusal(watch))[1] == grpc.StatusCode.UNAUTHENTICATED
+                    code, _ = await refusal(raw_unary(who, SERVICE + "RecordEvents")(body))
+                    assert code == grpc.StatusCode.UNAUTHENTICATED
+            code, _ = await refusal(oms.get_reservation("r-anon"))
+            assert code == grpc.StatusCode.NOT_FOUND
+            assert await log_length(redis_url, service) == written  # nothing was written
+            denied = METRICS.registry.get_sample_value("atp_auth_denied_total", {"code": "UNAUTHENTICATED"})
+            audit_lines = sum(r.name == "atp_service.audit" for r in caplog.records)
+            for _ in range(100):  # a flood without a token is counted, and not written out line by line
+                code, _ = await refusal(raw_unary(anonymous, SERVICE + "Reserve")(BAD_UTF8))
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+            assert METRICS.registry.get_sample_value("atp_auth_denied_total", {"code": "UNAUTHENTICATED"}) \
+                == (denied or 0) + 100
+            assert sum(r.name == "atp_service.audit" for r in caplog.records) - audit_lines < 50
+            # An authenticated caller's bad bytes are bad input, named as such.
+            code, details = await refusal(raw_unary(oms, SERVICE + "Reserve")(BAD_UTF8))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "atp.v1.ReserveRequest" in details
+    finally:
+        await stranger.close()
+        await oms.close()
+    no_errors_logged(caplog)
+    assert not any("had bad UTF-8" in r.getMessage() or "corrupt" in r.getMessage() for r in caplog.records
+                   if r.name == "atp_service.audit")

@@ -1,0 +1,121 @@
+"""Graceful stop: new calls refused UNAVAILABLE, calls in progress answered, open streams ended
+UNAVAILABLE at once instead of being cut off when the grace period runs out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from atp_service.edge.drain import SHUTTING_DOWN, Drain
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from reservation import Unavailable
+from tests.atp_service.channel_helpers import write_estate
+from tests.atp_service.edge.test_api import receipt
+from tests.conftest import ServiceFactory
+
+
+# -- the Drain itself (no I/O) ------------------------------------------------------------------
+async def test_close_waits_for_the_calls_in_progress_and_refuses_new_ones() -> None:
+    drain = Drain()
+    drain.enter()
+    closing = asyncio.ensure_future(drain.close(timeout_s=5))
+    await asyncio.sleep(0.01)
+    assert not closing.done()  # one call still in progress
+    with pytest.raises(Unavailable, match="shutting down"):
+        drain.enter()
+    drain.leave()
+    assert await closing is True
+
+
+async def test_close_gives_up_after_its_timeout_and_says_so() -> None:
+    drain = Drain()
+    drain.enter()
+    assert await drain.close(timeout_s=0.01) is False
+    assert drain.active == 1
+
+
+async def test_until_closed_gives_up_a_read_that_waits_and_keeps_what_came_before() -> None:
+    drain = Drain()
+    second_read_started = asyncio.Event()
+    gave_up = asyncio.Event()
+
+    async def items() -> AsyncIterator[int]:
+        yield 1
+        second_read_started.set()
+        try:
+            await asyncio.sleep(3600)  # a client that sends nothing more
+        finally:
+            gave_up.set()
+        yield 2
+
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for item in drain.until_closed(items()):
+            got.append(item)
+
+    consumer = asyncio.ensure_future(consume())
+    await second_read_started.wait()
+    assert await drain.close(timeout_s=1) is True
+    await asyncio.wait_for(consumer, 5)
+    assert got == [1] and gave_up.is_set()
+
+
+# -- the service -------------------------------------------------------------------------------
+async def test_a_stop_answers_calls_in_progress_refuses_new_ones_and_ends_streams_at_once(
+        start_service: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
+    service, client = await start_service(estate=write_estate(tmp_path))
+    await client.record_events([receipt("seed", "A", "DC", 100)])
+
+    # An open ReserveStream that has had one batch answered and sends nothing more.
+    more: asyncio.Queue[list[pb.ReserveRequest] | None] = asyncio.Queue()
+
+    async def batches() -> AsyncIterator[list[pb.ReserveRequest]]:
+        while (batch := await more.get()) is not None:
+            yield batch
+
+    stream = client.reserve_stream(batches())
+    await more.put([pb.ReserveRequest(reservation_id="s1", lines=[pb.Line(sku="A", location="DC", quantity=1)])])
+    first = await anext(stream)
+    assert first.outcomes[0].response.state == pb.HELD
+    watch = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
+    while (await watch.read()).kind != pb.WatchAvailabilityResponse.SNAPSHOT_END:
+        pass
+
+    # A reservation held up in progress (its log append waits on a pause of Redis writes).
+    pause = redis.Redis.from_url(redis_url)
+    pause.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
+    pause.close()
+    in_progress = asyncio.ensure_future(client.reserve("p1", [("A", "DC", 1)]))
+    await asyncio.sleep(0.3)
+    assert not in_progress.done()
+
+    stopping = asyncio.ensure_future(service.stop(grace_s=60))
+    drain = service._servicer.drain
+    for _ in range(500):
+        if drain.closing:
+            break
+        await asyncio.sleep(0.01)
+    assert drain.closing
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # the stub: AtpClient would retry UNAVAILABLE
+        await client.stub.Reserve(pb.ReserveRequest(reservation_id="late", lines=[
+            pb.Line(sku="A", location="DC", quantity=1)]))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and refused.value.details() == SHUTTING_DOWN
+
+    with pytest.raises(grpc.aio.AioRpcError) as stream_end:
+        await anext(stream)
+    assert stream_end.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.aio.AioRpcError) as watch_end:
+        await watch.read()
+    assert watch_end.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    held = await in_progress  # answered, not cut off
+    assert held.state == pb.HELD
+    # Well inside the 60 s grace: nothing was left to wait for once the held-up call was answered.
+    await asyncio.wait_for(stopping, 15)
+    await more.put(None)

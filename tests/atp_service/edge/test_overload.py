@@ -1,0 +1,209 @@
+"""Overload: bounded queues shed with RESOURCE_EXHAUSTED; work whose deadline passed is never applied."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from atp_service import AtpClient, RetryPolicy
+from atp_service.edge.door import door_calls
+from atp_service.metrics import METRICS
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from benchmarks.overload import rss_mb
+from tests.atp_service.app.test_cli import serve, stop_or_explain
+from tests.atp_service.edge.test_api import receipt
+from tests.conftest import ServiceFactory
+
+
+class _Flood:
+    """One-unit reservations of A@DC, each answer counted by status (OK or the gRPC code)."""
+
+    def __init__(self, client: AtpClient) -> None:
+        self.client = client
+        self.outcomes: dict[str, int] = {}
+        self.granted: list[str] = []
+        self.refused: list[tuple[str, grpc.aio.AioRpcError]] = []
+
+    async def reserve(self, reservation_id: str) -> None:
+        try:
+            resp = await self.client.reserve(reservation_id, [("A", "DC", 1)], ttl_seconds=3600)
+            self.granted.append(resp.reservation_id)
+            code = "OK"
+        except grpc.aio.AioRpcError as exc:
+            self.refused.append((reservation_id, exc))
+            code = exc.code().name
+        self.outcomes[code] = self.outcomes.get(code, 0) + 1
+
+    async def check_refused_were_never_applied(self) -> None:
+        (a,) = await self.client.availability([("A", "DC")])
+        assert a.reserved == len(self.granted)  # exactly the granted calls hold stock
+        for rid, _ in self.refused[:20]:
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await self.client.get_reservation(rid)
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_backlog_sheds_new_work_at_once_and_what_was_accepted_is_exact(
+        start_service: ServiceFactory) -> None:
+    service, client = await start_service(shards=1, batch_max=4, max_queue_delay_ms=5, mailbox_size=500,
+                                          max_pending_calls=10_000)  # the shard queue is under test here
+    await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
+    assert service.engine is not None
+    flood = _Flood(client)
+    actor = service.engine.actors[0]
+    resume = await actor.pause()  # a stall: work queues up behind it
+    backlog = [asyncio.ensure_future(flood.reserve(f"f{n}")) for n in range(300)]
+    # The whole backlog queued behind the stall (a fixed sleep let a loaded machine deliver part of
+    # it after the stall, where it met the backlog's delay and was refused).
+    for _ in range(500):
+        if actor._mailbox.qsize() >= len(backlog):
+            break
+        await asyncio.sleep(0.01)
+    assert actor._mailbox.qsize() >= len(backlog), actor._mailbox.qsize()
+    await asyncio.sleep(0.02)  # the oldest has waited past max_queue_delay_ms
+    resume.set_result(None)
+    await asyncio.sleep(0)
+    arriving = [asyncio.ensure_future(flood.reserve(f"f{n}")) for n in range(300, 600)]  # while the backlog drains
+    await asyncio.gather(*backlog, *arriving)
+    for _, exc in flood.refused:
+        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (exc.code(), exc.details())
+        assert "max_queue_delay_ms=5" in (exc.details() or "")
+    outcomes = flood.outcomes
+    assert outcomes.get("RESOURCE_EXHAUSTED", 0) > 0 and outcomes.get("OK", 0) >= 300, outcomes
+    (a,) = await client.availability([("A", "DC")])
+    assert a.reserved == len(flood.granted)  # every accepted one applied once, no refused one applied at all
+    assert all(actor._mailbox.qsize() <= 500 for actor in service.engine.actors)
+
+
+async def test_work_whose_deadline_passed_is_not_applied(start_service: ServiceFactory) -> None:
+    service, client = await start_service(shards=1)
+    await client.record_events([receipt("seed", "A", "DC", 10)])
+    assert service.engine is not None
+    resume = await service.engine.actors[0].pause()  # the shard is busy elsewhere (a coordinator holds it)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.Reserve(pb.ReserveRequest(reservation_id="late", lines=[pb.Line(sku="A", location="DC",
+                                                                                           quantity=3)]), timeout=0.2)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.sleep(0.1)
+    resume.set_result(None)
+    await client.reserve("after", [("A", "DC", 1)])  # the shard has worked through its queue
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await client.get_reservation("late")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    (a,) = await client.availability([("A", "DC")])
+    assert a.reserved == 1
+
+
+async def test_a_lagging_event_loop_refuses_new_calls_at_the_door(start_service: ServiceFactory) -> None:
+    _, client = await start_service(max_loop_lag_ms=50)
+    await client.record_events([receipt("seed", "A", "DC", 10)])
+    time.sleep(0.2)  # noqa: ASYNC251 - one long pause (a collection, a big batch): not overload
+    await asyncio.sleep(0.05)
+    assert (await client.reserve("ok", [("A", "DC", 1)])).state == pb.HELD
+    for _ in range(4):  # sustained: the loop keeps running late, wake-up after wake-up
+        time.sleep(0.1)  # noqa: ASYNC251 - on purpose
+        await asyncio.sleep(0.005)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.reserve("shed", [("A", "DC", 1)])
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_loop_lag_ms=50" in (err.value.details() or "")
+    for _ in range(100):  # the cool-down passes once the loop keeps time again
+        await asyncio.sleep(0.05)
+        try:
+            resp = await client.reserve("later", [("A", "DC", 1)])
+            break
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert resp.state == pb.HELD
+    (a,) = await client.availability([("A", "DC")])
+    assert a.reserved == 2  # the refused call changed nothing
+
+
+async def test_calls_past_the_bounded_queue_ahead_of_the_service_are_refused_at_once_and_never_applied(
+        start_service: ServiceFactory) -> None:
+    """max_pending_calls bounds the queue gRPC core keeps ahead of the service: a flood far past it is
+    refused by gRPC at once instead of waiting into its deadlines: CANCELLED with the default classic
+    HTTP/2 transport (RESOURCE_EXHAUSTED with the promise one: test_transport.py)."""
+    _, client = await start_service(max_pending_calls=4)
+    await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
+    flood = _Flood(client)
+    before = door_calls().counts()
+    await asyncio.gather(*(flood.reserve(f"p{n}") for n in range(400)))
+    outcomes = flood.outcomes
+    assert outcomes.get("CANCELLED", 0) > 0 and outcomes.get("OK", 0) > 0, outcomes
+    assert set(outcomes) <= {"OK", "CANCELLED"}, outcomes  # no deadline ran out: nothing queued that long
+    # The service's metrics see the refusals too (atp_grpc_server_calls_total, from gRPC's channelz):
+    # with nothing in progress, started - succeeded - failed is exactly what was refused at the door.
+    after = door_calls().counts()
+    seen = {k: after[k] - before[k] for k in after}
+    assert seen["started"] == 400 and seen["succeeded"] == outcomes["OK"], seen
+    assert seen["started"] - seen["succeeded"] - seen["failed"] == outcomes["CANCELLED"], (seen, outcomes)
+    exported = METRICS.registry.get_sample_value("atp_grpc_server_calls_total", {"outcome": "started"})
+    assert exported is not None and exported >= 400
+    await flood.check_refused_were_never_applied()
+
+
+async def test_a_client_with_a_retry_policy_gets_every_call_through_a_small_queue_exactly_once(
+        start_service: ServiceFactory) -> None:
+    """The same flood as above, from a client that backs off and retries refusals: every
+    reservation lands, each once (retries of a decided one replay it)."""
+    service, client = await start_service(max_pending_calls=4)
+    await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
+    policy = RetryPolicy(attempts=60, first_backoff_s=0.005, max_backoff_s=0.2)
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=60, retry=policy) as patient:
+        answers = await asyncio.gather(*(patient.reserve(f"r{n}", [("A", "DC", 1)], ttl_seconds=3600)
+                                         for n in range(400)))
+        assert patient.retried > 0  # the queue did refuse some tries
+    assert all(a.state == pb.HELD for a in answers)
+    (a,) = await client.availability([("A", "DC")])
+    assert a.reserved == 400
+
+
+async def test_a_retry_policy_does_not_retry_a_decision(start_service: ServiceFactory) -> None:
+    service, _ = await start_service()
+    async with AtpClient(f"127.0.0.1:{service.port}", retry=RetryPolicy(attempts=5)) as patient:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await patient.get_reservation("nobody")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"attempts": 0}, "attempts"),
+                                               ({"first_backoff_s": 0}, "first_backoff_s"),
+                                               ({"first_backoff_s": 3, "max_backoff_s": 2}, "first_backoff_s")])
+def test_a_retry_policy_that_cannot_work_is_refused_naming_the_field(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_under_waves_of_calls_far_past_the_bounds(redis_url: str, tmp_path: Path) -> None:
+    """Eight waves of 3,000 simultaneous reservations at a service with a 16-call queue: most are refused
+    at the door, and once warm the service's memory stays where it is — ~14,000 refusals between the
+    third wave and the last add less than 10 MB, so a refused call leaks less than ~0.7 KB."""
+    log = tmp_path / "serve.log"
+    proc, target, _ = serve(redis_url, log, "--max-pending-calls", "16")
+
+    async def waves() -> list[tuple[float, dict[str, int]]]:
+        out = []
+        async with AtpClient(target, timeout_s=2.0) as client:
+            await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
+            for wave in range(8):
+                flood = _Flood(client)
+                await asyncio.gather(*(flood.reserve(f"w{wave}-{n}") for n in range(3000)))
+                out.append((rss_mb(proc.pid), flood.outcomes))
+        return out
+
+    try:
+        rounds = asyncio.run(waves())
+    finally:
+        proc.terminate()
+        assert stop_or_explain(proc, log) == 0
+    for _, seen in rounds:
+        assert seen.get("OK", 0) > 0 and seen.get("CANCELLED", 0) > 1000, seen  # far past the bounds
+    warm, last = rounds[2][0], rounds[-1][0]
+    assert warm > 0  # rss_mb read the service's VmRSS
+    assert last - warm < 10, [round(rss, 1) for rss, _ in rounds]

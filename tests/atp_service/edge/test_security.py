@@ -1,0 +1,194 @@
+"""Only authorised callers get in: bearer tokens with roles, TLS and mutual TLS, audit lines, no secrets logged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from atp_service import AtpClient, AtpService, free_port
+from atp_service.app.certs import make_certs
+from atp_service.app.service import StartupError
+from atp_service.client.api import tls_credentials
+from atp_service.edge.auth import new_token, token_hash
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_service.storage.embedded_redis import redis_server_binary
+from tests.conftest import ServiceFactory
+from tests.conftest import test_config as make_config
+
+ROLES = ("oms", "ingest", "channel", "admin")
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A callers file with one caller per role; returns it and role -> token."""
+    tokens = {role: new_token() for role in ROLES}
+    entries = [f'[[callers]]\nname = "{role}-caller"\nroles = ["{role}"]\ntoken_sha256 = "{token_hash(t)}"\n'
+               for role, t in tokens.items()]
+    path = tmp_path / "callers.toml"
+    path.write_text("\n".join(entries))
+    return path, tokens
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Our CA's certificates, and a second CA's (a client the service must not trust)."""
+    ours = make_certs(tmp_path_factory.mktemp("certs"))
+    stranger = make_certs(tmp_path_factory.mktemp("other-ca"), client_cn="stranger")
+    return ours, stranger
+
+
+async def code_of(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call  # type: ignore[misc]
+    return err.value.code()
+
+
+async def test_roles_decide_what_each_caller_may_call(start_service: ServiceFactory, redis_url: str,
+                                                      tokens: tuple[Path, dict[str, str]],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    callers, token = tokens
+    service, anonymous = await start_service(auth="on", callers_file=callers)
+    target = f"127.0.0.1:{service.port}"
+    clients = {role: AtpClient(target, token=t) for role, t in token.items()}
+    stranger = AtpClient(target, token="not-a-real-token")
+    fact = pb.Fact(event_id="e1", source="wms", kind=pb.RECEIPT, sku="A", location="L", quantity=5,
+                   event_time_ms=service.clock.now_ms())
+    try:
+        with caplog.at_level(logging.WARNING, logger="atp_service.audit"):
+            assert await code_of(anonymous.reserve("r0", [("A", "L", 1)])) == grpc.StatusCode.UNAUTHENTICATED
+            assert await code_of(stranger.reserve("r0", [("A", "L", 1)])) == grpc.StatusCode.UNAUTHENTICATED
+            assert [r.outcome for r in await clients["ingest"].record_events([fact])] == [pb.APPLIED]
+            assert (await clients["oms"].reserve("r1", [("A", "L", 2)])).state == pb.HELD
+            assert (await clients["channel"].availability([("A", "L")]))[0].reserved == 2
+            admin_set = clients["admin"].stub.SetSafetyStock(pb.SetSafetyStockRequest(sku="A", location="L",
+                                                                                      quantity=1))
+            assert (await admin_set).safety_stock == 1
+            denied = [
+                clients["oms"].stub.SetSafetyStock(pb.SetSafetyStockRequest(sku="A", location="L", quantity=0)),
+                clients["oms"].record_events([fact]),
+                clients["ingest"].reserve("r2", [("A", "L", 1)]),
+                clients["channel"].confirm("r1"),
+                clients["admin"].reserve("r3", [("A", "L", 1)]),
+            ]
+            for call in denied:
+                assert await code_of(call) == grpc.StatusCode.PERMISSION_DENIED
+            stream = clients["channel"].stub.ReserveStream(iter([pb.ReserveBatch()]))
+            assert await code_of(stream.read()) == grpc.StatusCode.PERMISSION_DENIED
+            # Past the check, the watch fails for its own reason: this service has no channels.
+            watch = clients["channel"].stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="web"))
+            assert await code_of(watch.read()) == grpc.StatusCode.FAILED_PRECONDITION
+            health = health_pb2_grpc.HealthStub(anonymous.channel)  # probes need no token
+            checked = await health.Check(health_pb2.HealthCheckRequest())
+            assert checked.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for c in [*clients.values(), stranger]:
+            await c.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "atp_service.audit"]
+    assert "denied method=Reserve caller=- code=UNAUTHENTICATED" in lines[0]
+    assert any("caller=oms-caller code=PERMISSION_DENIED" in line and "SetSafetyStock" in line for line in lines)
+    assert len(lines) == 2 + len(denied) + 1
+    everything_logged = caplog.text + "\n".join(lines)
+    assert not any(t in everything_logged for t in token.values())  # secrets are never logged
+
+
+async def test_auth_is_on_by_default_outside_demo_mode_and_needs_a_callers_file(redis_url: str,
+                                                                                tmp_path: Path) -> None:
+    for config, message in (
+        (make_config(auth="auto", demo=False), "callers_file: auth is on"),
+        (make_config(auth="on", callers_file=tmp_path / "missing.toml"), "cannot read"),
+    ):
+        service = AtpService(config, redis_url)
+        with pytest.raises(StartupError, match=message):
+            await service.start()
+        await service.stop(grace_s=0)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[callers]]\nname = "x"\nroles = ["root"]\ntoken_sha256 = "' + "0" * 64 + '"\n')
+    service = AtpService(make_config(auth="on", callers_file=bad), redis_url)
+    with pytest.raises(StartupError, match=r"callers\[0\].roles"):
+        await service.start()
+    await service.stop(grace_s=0)
+
+
+async def test_tls_and_mutual_tls(start_service: ServiceFactory, certs: tuple[Path, Path]) -> None:
+    ours, stranger = certs
+    ca = (ours / "ca.pem").read_bytes()
+    tls, _ = await start_service(tls_cert=ours / "server.pem", tls_key=ours / "server.key")
+    async with AtpClient(f"127.0.0.1:{tls.port}", credentials=tls_credentials(ca), timeout_s=3) as client:
+        assert (await client.availability([("A", "L")]))[0].available == 0
+    async with AtpClient(f"127.0.0.1:{tls.port}", timeout_s=3) as plaintext:
+        assert await code_of(plaintext.availability([("A", "L")])) == grpc.StatusCode.UNAVAILABLE
+
+    mtls, _ = await start_service(tls_cert=ours / "server.pem", tls_key=ours / "server.key",
+                                  tls_client_ca=ours / "ca.pem")
+    target = f"127.0.0.1:{mtls.port}"
+    trusted = tls_credentials(ca, (ours / "client.pem").read_bytes(), (ours / "client.key").read_bytes())
+    untrusted = tls_credentials(ca, (stranger / "client.pem").read_bytes(), (stranger / "client.key").read_bytes())
+    async with AtpClient(target, credentials=trusted, timeout_s=3) as client:
+        assert (await client.availability([("A", "L")]))[0].available == 0
+    for credentials in (tls_credentials(ca), untrusted):
+        async with AtpClient(target, credentials=credentials, timeout_s=3) as client:
+            assert await code_of(client.availability([("A", "L")])) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_redis_password_in_the_url_works_and_is_never_logged(tmp_path_factory: pytest.TempPathFactory,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from atp_service import EmbeddedRedis
+
+    secret = "s3cret-redis-pw"
+    own = EmbeddedRedis(tmp_path_factory.mktemp("pw-redis"), password=secret).start()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            service = AtpService(make_config(), own.url)
+            await service.start()
+            async with AtpClient(f"127.0.0.1:{service.port}") as client:
+                assert (await client.reserve("r", [("A", "L", 1)])).state == pb.REJECTED  # no stock: decided, durable
+            await service.stop(grace_s=0.1)
+        wrong = AtpService(make_config(redis_timeout_s=0.2), own.url.replace(secret, "wrong"))
+        with caplog.at_level(logging.DEBUG):
+            starting = asyncio.ensure_future(wrong.start())
+            await asyncio.sleep(0.5)  # it waits for Redis (health NOT_SERVING) instead of dying
+            assert not starting.done()
+            starting.cancel()
+            await wrong.stop(grace_s=0)
+        assert secret not in caplog.text and "wrong" not in caplog.text
+    finally:
+        own.stop()
+
+
+@pytest.fixture
+def tls_redis(certs: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
+    """Debian's redis-server speaking TLS only; yields a ``rediss://`` URL that trusts our CA."""
+    ours, _ = certs
+    port = free_port()
+    server = subprocess.Popen([redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                               "--tls-cert-file", str(ours / "server.pem"), "--tls-key-file", str(ours / "server.key"),
+                               "--tls-ca-cert-file", str(ours / "ca.pem"), "--tls-auth-clients", "no",
+                               "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ours / 'ca.pem'}"
+    server.terminate()
+    server.wait(10)
+
+
+async def test_rediss_url_talks_tls_to_redis(tls_redis: str) -> None:
+    """The log, the input streams and the channel feeds all connect through the URL: here over TLS."""
+    service = AtpService(make_config(), tls_redis)
+    await service.start()
+    async with AtpClient(f"127.0.0.1:{service.port}") as client:
+        fact = pb.Fact(event_id="e1", source="wms", kind=pb.RECEIPT, sku="A", location="L", quantity=5,
+                       event_time_ms=service.clock.now_ms())
+        assert [r.outcome for r in await client.record_events([fact])] == [pb.APPLIED]
+        assert (await client.reserve("r", [("A", "L", 2)])).state == pb.HELD
+    await service.stop(grace_s=0.1)
+    restarted = AtpService(make_config(), tls_redis)  # what was acknowledged comes back over TLS
+    await restarted.start()
+    async with AtpClient(f"127.0.0.1:{restarted.port}") as client:
+        assert (await client.get_reservation("r")).state == pb.HELD
+    await restarted.stop(grace_s=0.1)

@@ -1,0 +1,145 @@
+"""gRPC's HTTP/2 server transport (http2_transport): what a call refused at the door is told, and what
+a call in flight gets when the service stops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from atp_service import AtpClient, AtpService, ServiceConfig
+from atp_service.edge.transport import EXPERIMENT, active, experiments_for, refusal_status
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from tests.atp_service.app.test_cli import serve, stop_or_explain
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.edge.test_overload import _Flood
+
+
+@pytest.mark.parametrize(("transport", "current", "expected"), [
+    ("promise", None, "ph2_server"),
+    ("promise", "event_engine_client", "event_engine_client,ph2_server"),
+    ("promise", "ph2_server", "ph2_server"),
+    ("promise", "-ph2_server,tcp_rcv_lowat", "tcp_rcv_lowat,ph2_server"),
+    ("classic", "tcp_rcv_lowat, ph2_server", "tcp_rcv_lowat"),
+    ("classic", None, ""),
+])
+def test_the_experiment_list_names_the_transport_and_keeps_the_operators_own(
+        transport: str, current: str | None, expected: str) -> None:
+    value = experiments_for(transport, current)
+    assert value == expected
+    assert active({"GRPC_EXPERIMENTS": value}) == transport  # so a re-executed process does not re-execute again
+
+
+def test_each_transport_says_what_a_refusal_at_the_door_is_told() -> None:
+    assert refusal_status("promise") == "RESOURCE_EXHAUSTED"
+    assert refusal_status("classic") == "CANCELLED"
+    assert active({}) == "classic" and EXPERIMENT == "ph2_server"
+
+
+def test_an_unknown_transport_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match=r"^http2_transport:"):
+        ServiceConfig(http2_transport="quic")
+    with pytest.raises(ValueError, match=r"^http2_transport:"):
+        experiments_for("quic", None)
+
+
+@pytest.fixture
+def promise_service(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """`atp-service serve --http2-transport promise` with a 4-call queue ahead of it."""
+    log = tmp_path / "serve.log"
+    proc, target, startup = serve(redis_url, log, "--http2-transport", "promise", "--max-pending-calls", "4")
+    yield target, startup
+    proc.terminate()
+    assert stop_or_explain(proc, log) == 0
+
+
+async def _held_up_reservations(client: AtpClient, redis_url: str, n: int) -> list[asyncio.Future[Any]]:
+    """``n`` reservations in flight, held up inside the service by a 1 s pause of Redis writes."""
+    await client.record_events([receipt("seed", "A", "DC", 100)])
+    r = redis.Redis.from_url(redis_url)
+    r.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")  # the appends wait; reads go on
+    r.close()
+    calls = [asyncio.ensure_future(client.reserve(f"g{i}", [("A", "DC", 1)], ttl_seconds=600)) for i in range(n)]
+    await asyncio.sleep(0.3)
+    assert not any(call.done() for call in calls)
+    return calls
+
+
+PAUSE_MS = 1000
+
+
+async def test_a_graceful_stop_answers_the_calls_in_flight(redis_url: str) -> None:
+    """With the default (classic) transport, stop(grace) lets calls already taken finish: five
+    reservations in flight when the stop begins all come back HELD."""
+    from tests.conftest import test_config  # a module-level import would be collected as a test
+
+    service = AtpService(test_config(), redis_url)
+    await service.start()
+    async with AtpClient(f"127.0.0.1:{service.port}") as client:
+        calls = await _held_up_reservations(client, redis_url, 5)
+        await service.stop(grace_s=5)
+        answers = await asyncio.gather(*calls)
+    assert [a.state for a in answers] == [pb.HELD] * 5
+
+
+@pytest.mark.slow
+def test_with_the_promise_transport_too_a_graceful_stop_answers_calls_in_flight_and_retries_replay_them(
+        redis_url: str, tmp_path: Path) -> None:
+    """Left to gRPC, the promise transport fails calls in flight at once with INTERNAL on SIGTERM
+    (it did before the service drained itself first, atp_service/edge/drain.py): now they are answered
+    before gRPC stops. Retrying the same ids against the restarted service replays each: once."""
+    log = tmp_path / "serve.log"
+    proc, target, _ = serve(redis_url, log, "--http2-transport", "promise")
+
+    async def stopped_mid_call() -> list[BaseException | Any]:
+        async with AtpClient(target) as client:
+            calls = await _held_up_reservations(client, redis_url, 5)
+            proc.terminate()
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    outcomes = asyncio.run(stopped_mid_call())
+    assert stop_or_explain(proc, log) == 0
+    assert [o.state if isinstance(o, pb.ReserveResponse) else o for o in outcomes] == [pb.HELD] * 5
+
+    log = tmp_path / "restarted.log"
+    proc, target, _ = serve(redis_url, log)  # restarted, classic transport
+
+    async def retried() -> tuple[list[Any], int]:
+        async with AtpClient(target) as client:
+            again = [await client.reserve(f"g{i}", [("A", "DC", 1)], ttl_seconds=600) for i in range(5)]
+            (a,) = await client.availability([("A", "DC")])
+            return again, a.reserved
+
+    try:
+        again, reserved = asyncio.run(retried())
+    finally:
+        proc.terminate()
+        assert stop_or_explain(proc, log) == 0
+    # Each landed before the stop: the retry replays it, nothing is counted twice.
+    assert [a.state for a in again] == [pb.HELD] * 5 and reserved == 5, (again, reserved)
+
+
+@pytest.mark.slow
+def test_with_the_promise_transport_a_flood_past_the_queue_is_refused_resource_exhausted(
+        promise_service: tuple[str, str]) -> None:
+    """The issue's overload status: calls past max_pending_calls are answered RESOURCE_EXHAUSTED by
+    gRPC core at once, and none of them was applied."""
+    target, startup = promise_service
+    assert "re-executing with GRPC_EXPERIMENTS=ph2_server" in startup
+    assert "calls past max_pending_calls (4) are answered RESOURCE_EXHAUSTED" in startup
+
+    async def flood() -> None:
+        async with AtpClient(target, timeout_s=30) as client:
+            await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
+            calls = _Flood(client)
+            await asyncio.gather(*(calls.reserve(f"p{n}") for n in range(400)))
+            assert calls.outcomes.get("RESOURCE_EXHAUSTED", 0) > 0 and calls.outcomes.get("OK", 0) > 0, calls.outcomes
+            assert set(calls.outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}, calls.outcomes
+            assert "Too many pending requests" in (calls.refused[0][1].details() or "")
+            await calls.check_refused_were_never_applied()
+
+    asyncio.run(flood())

@@ -1,0 +1,90 @@
+"""ShardActor over the simulation's in-process log (tests/sim/simlog.py): appends stay in flight
+until the test answers them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from atp_service.engine.clock import ManualClock
+from atp_service.engine.shard import ShardActor
+from reservation import DomainError, Ledger, Unavailable, reserve
+from tests.reservation.helpers import cmd, ledger_with
+from tests.sim.simlog import SimLog
+from tests.sim.world import sim_config
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(what)
+
+
+async def test_a_maintenance_pass_with_nothing_due_does_not_hold_new_work_behind_appends_in_flight() -> None:
+    """Every shard is asked to maintain itself at once every pass; draining its pipeline each time
+    was a stall of every shard every 100 ms, at any load."""
+    log = SimLog()
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config(), 0)  # type: ignore[arg-type]
+    actor.start()
+    try:
+        first = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 1)), now))
+        await _until(lambda: len(log.pending) == 1, "the first batch is appended")
+        actor.request_maintenance()  # nothing due: no snapshot, no fact old enough to forget
+        second = actor.submit(lambda ledger, now: reserve(ledger, cmd("r2", ("A", "S1", 1)), now))
+        await _until(lambda: len(log.pending) == 2, "the second batch is decided while the first is in flight")
+        log.pump("ok")
+        assert [rec.reservation_id for rec, _ in await asyncio.gather(first, second)] == ["r1", "r2"]
+    finally:
+        await actor.stop()
+
+
+async def test_a_command_failing_unexpectedly_takes_back_only_its_own_change() -> None:
+    log = SimLog()
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config(), 0)  # type: ignore[arg-type]
+    actor.start()
+
+    def half_then_bug(ledger: Ledger, now: int) -> None:
+        reserve(ledger, cmd("r-bug", ("A", "S1", 4)), now)
+        raise KeyError("a bug after half the work")
+
+    try:
+        first = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 1)), now))
+        buggy = actor.submit(half_then_bug)
+        last = actor.submit(lambda ledger, now: reserve(ledger, cmd("r2", ("A", "S1", 2)), now))
+        await _until(lambda: len(log.pending) == 1, "one batch of the three is appended")
+        log.pump("ok")
+        with pytest.raises(DomainError, match="internal error"):
+            await buggy
+        await asyncio.gather(first, last)
+        assert actor.failure is None
+        assert actor.ledger.quantities("A", "S1").reserved == 3 and actor.ledger.reservation("r-bug") is None
+    finally:
+        await actor.stop()
+
+
+async def test_a_shard_whose_task_ends_says_so_and_answers_unavailable_instead_of_going_silent() -> None:
+    log = SimLog()
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config(), 0)  # type: ignore[arg-type]
+    failed: list[ShardActor] = []
+    actor.on_failure.append(failed.append)
+
+    def broken_seal(now: int, answers: list[Any]) -> None:
+        raise RuntimeError("a bug outside any command")
+
+    actor._seal = broken_seal  # type: ignore[method-assign]
+    actor.start()
+    try:
+        in_hand = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 1)), now))
+        with pytest.raises(Unavailable, match="stopped working"):
+            await in_hand  # the batch the actor held when it died is answered, not left to its deadline
+        await _until(lambda: failed == [actor], "the failure is reported")
+        assert isinstance(actor.failure, RuntimeError)
+        with pytest.raises(Unavailable, match="stopped working"):
+            actor.submit(lambda ledger, now: None)
+    finally:
+        await actor.stop()

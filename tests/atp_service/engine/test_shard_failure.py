@@ -1,0 +1,45 @@
+"""No silent death: a shard whose task ends is seen at once by callers, health and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from atp_service.metrics import METRICS
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory
+
+
+async def test_a_failed_shard_turns_health_not_serving_and_the_others_keep_answering(
+        start_service: ServiceFactory) -> None:
+    service, client = await start_service(shards=2)
+    engine = service.engine
+    assert engine is not None
+    sick = engine.actors[engine.place("A")]
+    healthy_sku = next(f"S{i}" for i in range(100) if engine.place(f"S{i}") != sick.shard)
+    await client.record_events([receipt("a", "A", "DC", 5), receipt("b", healthy_sku, "DC", 5)])
+    before = METRICS.shard_failures._value.get()
+
+    def bug(now: int, answers: list[Any]) -> None:
+        raise RuntimeError("a bug outside any command")
+
+    sick._seal = bug  # type: ignore[method-assign]
+    with pytest.raises(grpc.aio.AioRpcError) as told:
+        await client.reserve("r1", [("A", "DC", 1)], ttl_seconds=60)
+    assert told.value.code() == grpc.StatusCode.UNAVAILABLE
+    await until(lambda: service.failed.is_set(), "the service told to stop")
+    assert METRICS.shard_failures._value.get() == before + 1
+    health = health_pb2_grpc.HealthStub(client.channel)  # type: ignore[no-untyped-call]
+
+    async def serving() -> int:
+        return int((await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status)
+
+    for _ in range(100):
+        if await serving() == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+    assert await serving() == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert (await client.reserve("r2", [(healthy_sku, "DC", 1)], ttl_seconds=60)).state == 1  # HELD

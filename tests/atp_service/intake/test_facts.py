@@ -1,0 +1,160 @@
+"""Facts through RecordEvents and the input streams: E3 order independence, E4-E9, dead letters, R4 by fact."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import redis
+
+from atp_service import ManualClock
+from atp_service.pb.atp.v1 import atp_pb2 as pb
+from tests.atp_service.fact_helpers import (
+    F,
+    on_hand_of,
+    random_facts,
+    reference_on_hand,
+    send_grpc,
+    send_stream,
+    wait_consumed,
+    with_duplicates,
+)
+from tests.conftest import ServiceFactory
+
+T0 = 1_700_000_000_000
+
+
+async def test_order_independence_E3_grpc_and_streams(start_service: ServiceFactory, redis_url: str) -> None:
+    """A few thousand facts, resent duplicates and equal timestamps included, in several arrival orders:
+    every order gives the on_hand of the reference fold of the same facts sorted by E1."""
+    _, client = await start_service(clock=ManualClock(T0))
+    rng = random.Random(20261123)
+    for order in range(4):
+        prefix = f"o{order}-"
+        facts = random_facts(random.Random(7), 3000, 120, prefix, T0)  # the same facts each time
+        expected = reference_on_hand(facts)
+        arrival = with_duplicates(rng, facts)
+        rng.shuffle(arrival)
+        if order < 3:
+            await send_grpc(client, arrival, rng)
+        else:
+            half = len(arrival) // 2
+            await send_stream(redis_url, "atp:in:pos", arrival[:half])
+            await send_stream(redis_url, "atp:in:wms", arrival[half:])
+            await wait_consumed(redis_url, ["atp:in:pos", "atp:in:wms"])
+        got = await on_hand_of(client, sorted(expected))
+        assert got == expected, f"arrival order {order} differs"
+
+
+async def test_malformed_entry_is_dead_lettered_and_later_entries_still_apply(
+    start_service: ServiceFactory, redis_url: str
+) -> None:
+    _, client = await start_service()
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    r.xadd("atp:in:pos", F("g1", "RECEIPT", "A", "S1", 5, now - 1000).fields())
+    r.xadd("atp:in:pos", {"event_id": "bad1", "source": "pos", "kind": "SALE", "sku": "A", "location": "S1",
+                          "quantity": "two", "event_time_ms": now})
+    r.xadd("atp:in:pos", {"event_id": "bad2", "kind": "SALE"})
+    r.xadd("atp:in:pos", {b"event_id": b"\xff\xfe", b"x": b"y"})
+    r.xadd("atp:in:pos", F("g2", "SALE", "A", "S1", 2, now - 500).fields())
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 3
+    dead = r.xrange("atp:dlq")
+    reasons = [fields[b"_reason"].decode() for _, fields in dead]
+    assert reasons == ["quantity: not an integer: 'two'", "source: missing",
+                       "entry: field values must be UTF-8"]
+    assert dead[0][1][b"event_id"] == b"bad1" and dead[0][1][b"_stream"] == b"atp:in:pos"
+
+
+async def test_late_fact_is_quarantined_with_its_reason_E6(start_service: ServiceFactory, redis_url: str) -> None:
+    _, client = await start_service(clock=ManualClock(T0 + 48 * 3600_000))
+    await client.record_events([F("new", "RECEIPT", "A", "S1", 5, T0 + 48 * 3600_000).pb()])
+    results = await client.record_events([F("old", "COUNT", "A", "S1", 99, T0).pb()])
+    assert results[0].outcome == pb.QUARANTINED and results[0].error.startswith("late")
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 5
+    entries = redis.Redis.from_url(redis_url).xrange("atp:quarantine")
+    assert len(entries) == 1 and entries[0][1][b"event_id"] == b"old"
+    assert entries[0][1][b"reason"].startswith(b"late")
+
+
+async def test_delta_before_latest_count_is_absorbed_E4(start_service: ServiceFactory) -> None:
+    _, client = await start_service(clock=ManualClock(T0))
+    await client.record_events([F("c", "COUNT", "A", "S1", 10, T0 - 1000).pb()])
+    results = await client.record_events([F("s", "SALE", "A", "S1", 3, T0 - 2000).pb()])
+    assert results[0].outcome == pb.ABSORBED
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 10
+
+
+async def test_older_count_changes_nothing_E5(start_service: ServiceFactory) -> None:
+    _, client = await start_service(clock=ManualClock(T0))
+    await client.record_events([F("c2", "COUNT", "A", "S1", 10, T0 - 1000).pb()])
+    results = await client.record_events([F("c1", "COUNT", "A", "S1", 50, T0 - 2000).pb()])
+    assert results[0].outcome == pb.ABSORBED
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 10
+
+
+async def test_future_fact_is_refused_E7(start_service: ServiceFactory) -> None:
+    _, client = await start_service(clock=ManualClock(T0))
+    results = await client.record_events([F("f", "RECEIPT", "A", "S1", 1, T0 + 5 * 60_000 + 1).pb()])
+    assert results[0].outcome == pb.INVALID and "event_time_ms" in results[0].error
+
+
+async def test_duplicates_and_conflicts_E8(start_service: ServiceFactory, redis_url: str) -> None:
+    _, client = await start_service(clock=ManualClock(T0))
+    await client.record_events([F("e", "RECEIPT", "A", "S1", 4, T0 - 10).pb()])
+    dup, conflict = await client.record_events([F("e", "RECEIPT", "A", "S1", 4, T0 - 10).pb(),
+                                                F("e", "RECEIPT", "A", "S1", 9, T0 - 10).pb()])
+    assert dup.outcome == pb.DUPLICATE
+    assert conflict.outcome == pb.QUARANTINED and "conflict" in conflict.error
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 4
+    assert redis.Redis.from_url(redis_url).xlen("atp:quarantine") == 1
+
+
+async def test_explain_shows_count_deltas_holds_and_safety_stock(start_service: ServiceFactory) -> None:
+    _service, client = await start_service(clock=ManualClock(T0))
+    await client.record_events([F("c", "COUNT", "A", "S1", 10, T0 - 5000).pb(),
+                                F("s1", "SALE", "A", "S1", 2, T0 - 4000).pb(),
+                                F("old", "SALE", "A", "S1", 1, T0 - 9000).pb()])
+    await client.stub.SetSafetyStock(pb.SetSafetyStockRequest(sku="A", location="S1", quantity=1))
+    await client.reserve("r1", [("A", "S1", 3)], order_ref="o-9", channel="web")
+    await client.reserve("r2", [("A", "S1", 1), ("D", "S1", 0 + 1)], allow_partial=True)
+    ex = await client.stub.ExplainAvailability(pb.ExplainAvailabilityRequest(sku="A", location="S1"))
+    a = ex.availability
+    assert (a.on_hand, a.reserved, a.safety_stock, a.available) == (8, 4, 1, 3)
+    assert ex.has_count and ex.count_event_id == "c" and ex.count_quantity == 10
+    assert [(d.event_id, d.delta) for d in ex.deltas_after_count] == [("s1", -2)]
+    assert sorted((h.reservation_id, h.held) for h in ex.holds) == [("r1", 3), ("r2", 1)]
+    assert {h.order_ref for h in ex.holds} == {"o-9", ""}
+
+
+async def test_safety_stock_is_durable(start_service: ServiceFactory) -> None:
+    service, client = await start_service()
+    await client.stub.SetSafetyStock(pb.SetSafetyStockRequest(sku="A", location="S1", quantity=7))
+    await client.close()
+    await service.stop(grace_s=0.1)
+    _, again = await start_service()
+    (a,) = await again.availability([("A", "S1")])
+    assert a.safety_stock == 7
+
+
+async def test_shipment_fact_naming_a_reservation_fulfils_it_R4(start_service: ServiceFactory) -> None:
+    _, client = await start_service(clock=ManualClock(T0))
+    await client.record_events([F("r", "RECEIPT", "A", "S1", 10, T0 - 5000).pb()])
+    await client.reserve("r1", [("A", "S1", 4)])
+    await client.confirm("r1")
+    ship = pb.Fact(event_id="w1", source="wms", kind=pb.SHIPMENT, sku="A", location="S1", quantity=3,
+                   event_time_ms=T0 - 10, reservation_id="r1")
+    (result,) = await client.record_events([ship])
+    assert result.outcome == pb.APPLIED and not result.error
+    (again,) = await client.record_events([ship])
+    assert again.outcome == pb.DUPLICATE
+    rec = await client.get_reservation("r1")
+    assert rec.state == pb.CONFIRMED and rec.lines[0].fulfilled == 3 and rec.lines[0].committed == 1
+    (a,) = await client.availability([("A", "S1")])
+    assert (a.on_hand, a.committed, a.available) == (7, 1, 6)

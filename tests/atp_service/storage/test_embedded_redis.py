@@ -1,0 +1,55 @@
+"""``EmbeddedRedis.start`` waits for a Redis that is slow to answer, within its bound.
+
+A slow start is made deterministic with a stand-in ``redis-server`` first on PATH: it listens on the
+given port and accepts connections but never answers, so every PING times out (redis-py 8's
+``TimeoutError``, which is not a ``ConnectionError``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from atp_service.storage.embedded_redis import EmbeddedRedis, RedisDidNotStart
+
+SILENT_REDIS = """\
+import pathlib, socket, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+log = pathlib.Path(sys.argv[sys.argv.index("--logfile") + 1])
+server = socket.create_server(("127.0.0.1", port))
+held = []
+while True:
+    conn, _ = server.accept()
+    held.append(conn)  # accepted and never answered
+    with log.open("a") as out:
+        out.write("accepted\\n")
+"""
+
+
+@pytest.fixture
+def silent_redis_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "redis-server"
+    fake.write_text(f"#!{sys.executable}\n{SILENT_REDIS}")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.usefixtures("silent_redis_on_path")
+def test_a_redis_that_does_not_answer_is_retried_until_the_bound_then_named(tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(tmp_path / "data")
+    log = (tmp_path / "data" / "redis.log").resolve()
+    try:
+        with pytest.raises(RedisDidNotStart) as err:
+            embedded.start(timeout_s=3.0, ping_timeout_s=0.1)
+        assert str(err.value) == (f"redis-server on 127.0.0.1:{embedded.port} did not answer PING within 3.0s; "
+                                  f"see {log}")
+        # A timed-out PING was retried like a refused connection, not taken as the end of the wait.
+        assert log.read_text().count("accepted") >= 2
+        assert embedded.process is not None and embedded.process.poll() is not None  # not left running
+    finally:
+        embedded.stop()

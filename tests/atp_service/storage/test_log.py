@@ -1,0 +1,226 @@
+"""The log's group commit: the commit window (busy → wait for company; quiet → send at once), R7."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from redis.exceptions import RedisError
+
+from atp_service.metrics import METRICS
+from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.log import CommitWindow, Fenced, LogStore, connect, seq_of
+from reservation import ChannelUpdate, Ledger, Limits, StockStatus
+
+
+def test_a_quiet_log_sends_at_once() -> None:
+    window = CommitWindow(delay_s=0.002, min_rate=1000)
+    for i in range(5):  # 5 entries over 0.5 s: 10/s
+        window.arrived(i * 0.1 + 0.1)
+    assert not window.busy
+    assert window.wait_s(first_pending_at=0.5, now=0.5) == 0.0
+
+
+def test_a_busy_log_waits_for_company_but_never_past_the_delay() -> None:
+    window = CommitWindow(delay_s=0.002, min_rate=1000)
+    for i in range(201):  # 200 entries in 0.1 s: 2,000/s
+        window.arrived(1.0 + i * 0.0005)
+    assert window.busy
+    assert window.wait_s(first_pending_at=1.2, now=1.2005) == pytest.approx(0.0015)
+    assert window.wait_s(first_pending_at=1.2, now=1.3) == 0.0  # waited long enough already
+
+
+def test_busy_ends_when_the_rate_drops() -> None:
+    window = CommitWindow(delay_s=0.002, min_rate=1000)
+    for i in range(201):
+        window.arrived(i * 0.0005)
+    assert window.busy
+    window.arrived(5.0)  # one entry after a 4.9 s lull closes the bucket at a low rate
+    assert not window.busy
+
+
+def test_a_zero_delay_is_never_busy() -> None:
+    window = CommitWindow(delay_s=0.0, min_rate=0)
+    for i in range(1000):
+        window.arrived(i * 0.0001)
+    assert not window.busy
+
+
+def _round_trips() -> tuple[float, float]:
+    """(entries sent, Redis calls made) by every LogStore in this process so far."""
+    value = METRICS.registry.get_sample_value
+    return value("atp_log_pipeline_entries_sum") or 0.0, value("atp_log_pipeline_entries_count") or 0.0
+
+
+async def _submit_in_separate_turns(store: LogStore, seqs: range) -> list[asyncio.Future[None]]:
+    futures = []
+    for seq in seqs:
+        futures.append(store.submit(0, seq, b"entry"))
+        await asyncio.sleep(0)  # each entry in its own turns of the event loop
+        await asyncio.sleep(0)
+    return futures
+
+
+async def test_busy_entries_of_many_turns_share_one_redis_call(redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1))
+    try:
+        await store.claim()
+        await store.submit(0, 1, b"first")  # opens the first rate bucket; quiet until now: sent at once
+        await asyncio.sleep(0.15)  # the next arrival closes the bucket at >= 1 entry/s: busy
+        entries_before, calls_before = _round_trips()
+        await asyncio.gather(*await _submit_in_separate_turns(store, range(2, 11)))
+        entries_after, calls_after = _round_trips()
+        assert (calls_after - calls_before, entries_after - entries_before) == (1, 9), "nine turns, one call"
+        assert await client.xlen("t:log:0") == 10  # R7: every acknowledged entry is in the log
+    finally:
+        await client.aclose()
+
+
+async def test_quiet_entries_go_out_at_once(redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1_000_000))
+    try:
+        await store.claim()
+        entries_before, calls_before = _round_trips()
+        await asyncio.gather(*await _submit_in_separate_turns(store, range(1, 6)))
+        entries_after, calls_after = _round_trips()
+        assert entries_after - entries_before == 5
+        assert calls_after - calls_before >= 2, "not held back for company"
+        assert await client.xlen("t:log:0") == 5
+    finally:
+        await client.aclose()
+
+
+async def test_a_newer_claim_fences_every_write_of_the_older_store_and_none_of_it_lands(redis_url: str) -> None:
+    """Two instances on one keyspace (a deploy gone wrong) must never both write the log."""
+    client = connect(redis_url, 5.0)
+    older, newer = (LogStore(client, "t:", pipeline_max=64) for _ in range(2))
+    replaced: list[str] = []
+    older.on_fenced.append(lambda: replaced.append("older"))
+    try:
+        await older.claim()
+        await older.submit(0, 1, b"before")  # the older owner writes while it owns the keyspace
+        await newer.claim()
+        with pytest.raises(Fenced):
+            await older.submit(0, 2, b"group commit")
+        with pytest.raises(Fenced):
+            await older.submit_group([(0, 2, b"cross"), (1, 1, b"shard")])
+        with pytest.raises(Fenced):
+            await older.save_snapshot(0, 1, Ledger(0, Limits()).snapshot())
+        assert older.fenced and replaced == ["older"]  # told once
+        assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [1]
+        assert await client.exists("t:log:1", "t:snap:0") == 0
+        await newer.submit(0, 2, b"after")  # the newer one writes on
+        await newer.submit_group([(0, 3, b"cross"), (1, 1, b"shard")])
+        assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [1, 2, 3]
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[LogStore]:
+    """A log store that has claimed a clean keyspace."""
+    client = connect(redis_url, 5.0)
+    log_store = LogStore(client, "t:", pipeline_max=64)
+    await log_store.claim()
+    yield log_store
+    await client.aclose()
+
+
+async def test_a_cross_shard_append_lands_whole_or_not_at_all(store: LogStore) -> None:
+    await store.submit_group([(0, 1, b"a"), (1, 1, b"b")])
+    with pytest.raises(RedisError, match="TAKEN"):
+        await store.submit_group([(0, 2, b"a"), (1, 1, b"again")])  # shard 1's id is taken
+    assert await store.client.xlen("t:log:0") == 1 and await store.client.xlen("t:log:1") == 1  # shard 0's not written
+
+
+async def test_a_refused_group_lands_nothing_and_holds_back_later_entries_of_its_streams(store: LogStore) -> None:
+    await store.submit(1, 1, b"one")
+    alone = store.submit(2, 1, b"alone")
+    group = store.submit_group([(0, 1, b"a"), (1, 5, b"gap")])  # shard 1's entry 5 would leave a hole
+    after = store.submit(0, 1, b"after the group")
+    await alone
+    with pytest.raises(RedisError, match="GAP"):
+        await group
+    with pytest.raises(RedisError, match="SKIPPED"):
+        await after  # shard 0's entry 1 was refused with its group: a later one must not land
+    assert await store.client.xlen("t:log:0") == 0
+    assert await store.client.xlen("t:log:1") == 1
+
+
+async def test_a_fenced_shard_refuses_every_append_sent_before_the_fence(store: LogStore) -> None:
+    """R7: an append whose reply was lost may still be on its way; once the settle has fenced the
+    shard, it can no longer land, so what the settle reads is final."""
+    await store.load_fences(2)
+    await store.submit(0, 1, b"one")
+    stale = store._tokens[0]
+    await store.fence(0)
+    late = LogStore(store.client, "t:", pipeline_max=64)  # plays the script still on its way: the old token
+    late.epoch, late._tokens = store.epoch, {0: stale, 1: 0}
+    with pytest.raises(RedisError, match="STALE"):
+        await late.submit(0, 2, b"late")
+    await late.submit(1, 1, b"other shards are not fenced")
+    with pytest.raises(RedisError, match="STALE"):
+        await late.save_snapshot(0, 1, Ledger(0, Limits()).snapshot())
+    await store.submit(0, 2, b"two")  # the fencing writer goes on
+    assert [d for _, d in await _entries(store, 0)] == [b"one", b"two"]
+    restarted = LogStore(store.client, "t:", pipeline_max=64)
+    await restarted.load_fences(2)
+    assert restarted._tokens == store._tokens
+
+
+async def test_a_snapshot_keeps_its_own_entry_so_the_next_append_is_checked_against_it(store: LogStore) -> None:
+    for seq in (1, 2):
+        await store.submit(0, seq, b"e")
+    await store.save_snapshot(0, 2, Ledger(0, Limits()).snapshot())
+    assert [seq_of(i) for i, _ in await store.client.xrange("t:log:0")] == [2]
+    with pytest.raises(RedisError, match="GAP"):
+        await store.submit(0, 4, b"a hole")
+    await store.submit(0, 3, b"next")
+    assert [s for s, _ in await _entries(store, 0)] == [3]
+
+
+async def test_an_emptied_stream_is_checked_against_the_newest_id_it_ever_had(store: LogStore) -> None:
+    for seq in (1, 2):
+        await store.submit(0, seq, b"e")
+    await store.client.xtrim("t:log:0", minid="3-0")  # as a trim past the newest entry leaves it
+    assert await store.client.xlen("t:log:0") == 0
+    with pytest.raises(RedisError, match="GAP"):
+        await store.submit(0, 4, b"a hole")
+    with pytest.raises(RedisError, match="TAKEN"):
+        await store.submit(0, 2, b"again")
+    await store.submit(0, 3, b"next")
+
+
+async def test_a_replaced_instance_raises_no_fence_of_the_newer_one(store: LogStore) -> None:
+    newer = LogStore(store.client, "t:", pipeline_max=64)
+    await newer.claim()
+    await newer.load_fences(1)
+    with pytest.raises(Fenced):
+        await store.fence(0)
+    await newer.submit(0, 1, b"the newer one's appends are not refused STALE")
+
+
+async def _entries(store: LogStore, shard: int) -> list[tuple[int, bytes]]:
+    """The shard's log after its snapshot (what recovery replays)."""
+    snap = await store.load_snapshot(shard)
+    return [entry async for entry in store.entries_after(shard, snap.seq if snap else 0)]
+
+
+async def test_a_replaced_instance_publishes_nothing_to_the_channels(redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    older, newer = (LogStore(client, "t:", pipeline_max=64) for _ in range(2))
+    channels = ChannelStore(client, "t:", epoch=lambda: older.epoch)
+    update = ChannelUpdate("web", "A", "DC", 5, None, StockStatus.IN_STOCK, 1, 1_000, 1_000)
+    try:
+        await older.claim()
+        await channels.write([("web", 1000, [update])])
+        await newer.claim()
+        with pytest.raises(RedisError, match="FENCED"):
+            await channels.write([("web", 1000, [msgspec.structs.replace(update, version=2)])])
+        assert [seq_of(i) for i, _ in await client.xrange(channels.stream("web"))] == [1]
+    finally:
+        await client.aclose()
