@@ -131,7 +131,14 @@ class AtpService:
                 raise StartupError(f"metrics_port: cannot listen on {cfg.metrics_host}:{cfg.metrics_port} ({exc}); "
                                    "choose another with --metrics-port / ATP_METRICS_PORT, or -1 to disable") from None
             self.metrics_port = server.server_port
-        self.engine = await self._recover()
+        try:
+            self.engine = await self._recover()
+        except BaseException:  # refused (a bad log, a mismatched layout): leave nothing listening behind
+            await self._server.stop(0)
+            door_calls().forget(self._door_ids)
+            if self._log is not None:
+                await self._log.client.aclose()
+            raise
         self.engine.group_policies, self.engine.default_group_policy = group_policies(self.estate)
         self.engine.set_safety_defaults(self.estate.safety_defaults)
         self.engine.start()
@@ -248,6 +255,9 @@ class AtpService:
             ledger = Ledger.restore(shard, cfg.limits, snap.ledger) if snap else Ledger(shard, cfg.limits)
             seq = snap.seq if snap else 0
             async for entry_seq, data in store.entries_after(shard, seq):
+                if entry_seq != seq + 1:  # the append script never leaves a hole: Redis lost entries
+                    raise StartupError(f"shard {shard}: its log jumps from entry {seq} to {entry_seq}; entries "
+                                       "acknowledged as durable are missing (restore Redis from a backup)")
                 ledger.replay(decode_entry(data))
                 seq = entry_seq
                 replayed += 1
@@ -315,11 +325,18 @@ class AtpService:
         await self._check_persistence(store)
 
     async def _check_persistence(self, store: LogStore) -> None:
-        """Acknowledged means in Redis; surviving a Redis crash also needs its AOF. Say so when it is off."""
+        """Acknowledged means in Redis; surviving a Redis crash also needs its AOF. Say so when it is off,
+        and refuse a Redis that may evict keys (the log, a fence) to make room."""
         try:
             config: Any = await store.client.config_get("append*")
+            policy: Any = await store.client.config_get("maxmemory-policy")
         except RedisError:  # managed Redis often forbids CONFIG: nothing to check
             return
+        evicts = policy.get(b"maxmemory-policy", policy.get("maxmemory-policy", b"noeviction"))
+        evicts = evicts.decode() if isinstance(evicts, bytes) else str(evicts)
+        if evicts.startswith("allkeys-"):
+            raise StartupError(f"Redis maxmemory-policy is {evicts}: it may evict the log or a fence, losing "
+                               "acknowledged changes; set maxmemory-policy noeviction")
         appendonly = config.get(b"appendonly", config.get("appendonly"))
         fsync = config.get(b"appendfsync", config.get("appendfsync"))
         if appendonly not in (b"yes", "yes"):
@@ -348,6 +365,8 @@ class AtpService:
         await cancel_and_wait(self._owner_task)
         if self.ingestor is not None:
             await self.ingestor.stop()
+        if self.desk is not None:
+            await self.desk.stop(self.config.redis_timeout_s * 2)
         if self.channels is not None:
             await self.channels.stop()
             await self.channels.store.client.aclose()

@@ -148,7 +148,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     @_observed("GetReservation")
     async def GetReservation(self, request: pb.GetReservationRequest, context: Any) -> pb.ReservationResponse:
         rid = check_id("reservation_id", request.reservation_id, self.limits)
-        return pb.ReservationResponse(reservation=convert.reservation_pb(self.engine.get_reservation(rid)))
+        return pb.ReservationResponse(reservation=convert.reservation_pb(await self.engine.get_reservation(rid)))
 
     @_observed("GetAvailability")
     async def GetAvailability(self, request: pb.GetAvailabilityRequest, context: Any) -> pb.GetAvailabilityResponse:

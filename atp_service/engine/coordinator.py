@@ -26,7 +26,8 @@ from reservation import DomainError, Unavailable, View
 log = logging.getLogger(__name__)
 
 ViewWork = Callable[[View, int], Any]
-NOT_DURABLE = "change not durable (log storage unreachable); nothing was applied"
+NOT_DURABLE = ("outcome unknown: the change is not known to be durable (log storage unreachable); retry with "
+               "the same ids, which answers what was decided")
 
 
 class Coordinator:

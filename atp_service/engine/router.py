@@ -290,9 +290,13 @@ class Engine:
         return await self._resolve(reservation_id, "fulfilled", lambda v, now: ops.fulfill(
             v, reservation_id, lines, operation_id, now, self.limits))
 
-    def get_reservation(self, reservation_id: str) -> Reservation:
+    async def get_reservation(self, reservation_id: str) -> Reservation:
+        """The record as durable (R7): read by its shard, and answered only once every batch that
+        shard has in flight is durable — never a state that an append failing now would take back."""
         home = self._home.get(reservation_id)
-        rec = None if home is None else self.actors[home].ledger.reservation(reservation_id)
+        rec: Reservation | None = None
+        if home is not None:
+            rec = await self.actors[home].submit(lambda ledger, _now: ledger.reservation(reservation_id))
         if rec is None:
             self._forget_if_unheld(reservation_id)
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
@@ -399,9 +403,11 @@ class Engine:
     async def _expire_across(self, shards: list[int], home: Ledger, rid: str, expires_at: int) -> None:
         try:
             await self._coordinator.run(shards, home.shard, lambda v, t: ops.expire(v, rid, t))
-        except DomainError as exc:
-            log.warning("expiry of %s deferred: %s", rid, exc)
+        except BaseException as exc:  # whatever kept it from being durable: the next pass tries again (R3)
+            log.warning("expiry of %s deferred: %r", rid, exc)
             home.requeue_expiry(expires_at, rid)
+            if not isinstance(exc, Exception):
+                raise
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -163,6 +163,8 @@ class ShardActor:
         paused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             await self._mailbox.put(Envelope(Control("pause", resume), paused))
+            if self.failure is not None or self._stopping:  # failed while we waited for room: nobody reads it
+                self._refuse_if_unable()
             await paused
         except BaseException:
             paused.cancel()
@@ -247,7 +249,8 @@ class ShardActor:
         # grows), so nothing in flight landed and there is nothing to settle.
         replaced = isinstance(error, Fenced)
         failure = Unavailable(REPLACED if replaced else
-                              f"shard {self.shard}: change not durable (log storage unreachable)")
+                              f"shard {self.shard}: outcome unknown: the change is not known to be durable (log "
+                              "storage unreachable); retry with the same ids, which answers what was decided")
         for rec in reversed(self._inflight):
             self.ledger.revert(rec.undo)
             rec.done.cancel()
@@ -257,6 +260,8 @@ class ShardActor:
         undone = [rec.entry for rec in self._inflight]
         self._inflight.clear()
         self._refuse_waiting(failure)
+        if not replaced:
+            self.request_maintenance()  # an idle shard settles at once, not at the next message
         for entry in undone:
             self._tell(self.undo_listeners, entry)
 
@@ -324,7 +329,12 @@ class ShardActor:
             first = set_aside.popleft() if set_aside else await mailbox.get()
             self._lag_s = time.monotonic() - first.at
             if isinstance(first.message, Control):
-                await self._control(first)
+                try:
+                    await self._control(first)
+                except BaseException:  # the actor ends inside it (see _ended): its sender is answered too
+                    if not first.reply.done():
+                        first.reply.set_exception(Unavailable(f"shard {self.shard} stopped working"))
+                    raise
                 continue
             if self._blocked():
                 # Wait with the message back in line: should the wait end in doubt (an append

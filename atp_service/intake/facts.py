@@ -8,6 +8,7 @@ a late fact is never dropped silently.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from redis.exceptions import RedisError
 
 from atp_service.engine.router import Engine
 from atp_service.metrics import METRICS
+from atp_service.tasks import exception_seen
 from reservation import (
     DomainError,
     Fact,
@@ -40,8 +42,24 @@ class FactDesk:
         self.engine = engine
         self._quarantine = quarantine_stream
         self._maxlen = stream_maxlen
+        self._tasks: set[asyncio.Task[list[Result | DomainError]]] = set()
 
     async def record(self, facts: Sequence[Fact], origin: str) -> list[Result | DomainError]:
+        """``_record`` in a task of the desk's own: a caller that gives up (deadline, disconnect)
+        abandons the wait, not the work — facts its shards applied are still written to the
+        quarantine stream and counted (E6, R8)."""
+        task = asyncio.ensure_future(self._record(facts, origin))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(exception_seen)
+        return await asyncio.shield(task)
+
+    async def stop(self, bound_s: float) -> None:
+        """Wait (at most ``bound_s``) for the work of callers that gave up; the shards still run."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=bound_s)
+
+    async def _record(self, facts: Sequence[Fact], origin: str) -> list[Result | DomainError]:
         """Apply facts; one result per fact, or the error that kept it from being durable."""
         out: list[Result | DomainError] = [Unavailable("not decided")] * len(facts)
         by_shard: dict[int, list[int]] = {}

@@ -44,6 +44,11 @@ async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list
     async def fence_and_read() -> dict[int, bytes] | None:
         try:
             await store.fence(shard)
+            newest = await store.last_seq(shard)
+            if newest < seq:
+                raise LogDiverged(f"shard {shard}: its log ends at entry {newest}, but entry {seq} was durable: "
+                                  "Redis lost acknowledged entries (a failover to a lagging replica, eviction, "
+                                  "or a crash without appendfsync always)")
             found = {s: data async for s, data in store.entries_after(shard, seq)}
             # Asked after the read: what it found is then this instance's own. Replaced, it may be
             # a newer instance's — which recovered whatever of ours had landed.

@@ -349,6 +349,16 @@ class LogStore:
         else:
             loop.call_soon(self._flush)
 
+    async def last_seq(self, shard: int) -> int:
+        """The newest entry ever written to ``shard``'s log, trimmed or not (0: the log does not exist)."""
+        try:
+            info: Any = await self.client.xinfo_stream(self.log_key(shard))
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return 0
+            raise
+        return seq_of(info["last-generated-id"])
+
     async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
         start = f"({seq}-0" if seq else "-"
         while True:

@@ -13,6 +13,7 @@ from atp_service.engine.clock import ManualClock
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from reservation import Fact, FactKind, Ledger, Limits, Reservation, Unavailable, decode_entry, reserve_command
+from reservation._errors import ResourceExhausted
 from tests.sim.simlog import SimLog
 from tests.sim.world import sim_config
 
@@ -245,7 +246,9 @@ async def test_a_cancelled_stream_batch_still_finds_the_records_its_shards_made(
         resume.set_result(None)
     await rig.pump_until_done([])
     await _until(lambda: not rig.engine._routing, "shard 0's answer heard")
-    assert rig.engine.get_reservation("on-0").reservation_id == "on-0"
+    read = asyncio.ensure_future(rig.engine.get_reservation("on-0"))
+    await rig.pump_until_done([read])
+    assert read.result().reservation_id == "on-0"
     assert rig.engine.home_of("on-1") is None and not rig.engine._routing
 
 
@@ -258,3 +261,32 @@ async def test_a_reserve_whose_caller_left_and_whose_append_then_failed_leaves_n
     rig.log.pump("lost")
     await rig.pump_until_done([])
     assert rig.engine.home_of("gone") is None and not rig.engine._routing
+
+
+async def test_a_shard_that_fails_while_a_coordinator_waits_for_room_releases_the_others() -> None:
+    """The coordinator holds shard 0 and waits for room in shard 1's full mailbox; shard 1 fails,
+    which empties its mailbox and so makes room: the pause put there is read by nobody. The
+    coordinator must give up (UNAVAILABLE) and let shard 0 go, not wait for it forever."""
+    rig = Rig()
+    await rig.start()
+    one = rig.engine.actors[1]
+    held = asyncio.ensure_future(one.pause())  # park shard 1, then fill its mailbox
+    await _until(held.done, "shard 1 paused")
+    filler: list[Any] = []
+    with pytest.raises(ResourceExhausted):
+        while True:
+            filler.append(one.submit(lambda ledger, _now: None))
+    order = asyncio.ensure_future(rig.order("o1"))
+    await _until(lambda: rig.engine.actors[0]._mailbox.empty() and not order.done(), "shard 0 granted")
+    for _ in range(20):
+        await asyncio.sleep(0)  # the coordinator now waits for room in shard 1's mailbox
+    one.break_down(RuntimeError("a bug"))
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(order, 5)
+    probe = rig.engine.actors[0].submit(lambda ledger, _now: None)  # shard 0 answers again
+    for _ in range(100):
+        await asyncio.sleep(0)
+        rig.log.pump("ok")
+    assert probe.done() and probe.exception() is None
+    assert held.result().done()  # the failed shard's park ended with it
+    assert all(isinstance(f.exception(), Unavailable) for f in filler)  # answered, not left to deadlines

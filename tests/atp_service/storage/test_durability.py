@@ -233,3 +233,49 @@ async def test_a_failed_snapshot_backs_off_instead_of_retrying_every_pass_and_la
     finally:
         r.close()
         own.stop()
+
+
+async def test_a_log_that_lost_acknowledged_entries_stops_its_shard(start_service: ServiceFactory,
+                                                                     redis_url: str) -> None:
+    """Redis lost the tail of a log (a failover to a lagging replica, eviction): every append is then
+    refused GAP. That is not a write in doubt to settle forever: the shard stops, loudly (R7, E10)."""
+    from atp_service.storage.durability import LogDiverged
+    from tests.atp_service.redis_proxy import until
+
+    service, client = await start_service(shards=1)
+    await client.record_events([receipt("e1", "A", "DC", 5)])
+    redis.Redis.from_url(redis_url).delete("atp:log:0")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.record_events([receipt("e2", "A", "DC", 1)])
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert service.engine is not None
+    shard = service.engine.actors[0]
+    await until(lambda: shard.failure is not None, "the shard stopped")
+    assert isinstance(shard.failure, LogDiverged) and "lost acknowledged entries" in str(shard.failure)
+    assert service.failed.is_set()  # health NOT_SERVING; `atp-service serve` exits for its supervisor
+
+
+async def test_recovery_refuses_a_log_with_a_hole(start_service: ServiceFactory, redis_url: str) -> None:
+    from atp_service.app.service import StartupError
+
+    _, client = await start_service(shards=1)  # left running: a stop's final snapshot would cover the hole
+    for i in range(3):
+        await client.record_events([receipt(f"e{i}", "A", "DC", 5)])
+    r = redis.Redis.from_url(redis_url)
+    assert not r.exists("atp:snap:0")
+    (second, _), = r.xrange("atp:log:0", count=2)[1:]
+    r.xdel("atp:log:0", second)
+    with pytest.raises(StartupError, match="jumps from entry 1 to 3"):
+        await start_service(shards=1)
+
+
+async def test_a_redis_that_may_evict_keys_is_refused_at_start(start_service: ServiceFactory, redis_url: str) -> None:
+    from atp_service.app.service import StartupError
+
+    r = redis.Redis.from_url(redis_url)
+    r.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.raises(StartupError, match="maxmemory-policy is allkeys-lru"):
+            await start_service(shards=1)
+    finally:
+        r.config_set("maxmemory-policy", "noeviction")
