@@ -123,7 +123,7 @@ def _unary_stream(method: str, behaviour: Behaviour) -> Behaviour:
 def _stream_unary(method: str, behaviour: Behaviour) -> Behaviour:
     async def handle(requests: AsyncIterator[Any], context: Context) -> Any:
         try:
-            return await behaviour(_checked(requests), context)
+            return await behaviour(_Checked(requests), context)
         except MalformedRequest as exc:
             await _refuse(method, exc.bad, context)
 
@@ -133,7 +133,7 @@ def _stream_unary(method: str, behaviour: Behaviour) -> Behaviour:
 def _stream_stream(method: str, behaviour: Behaviour) -> Behaviour:
     async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         # The servicer answers the messages read before the bad one, then the stream ends with it.
-        replies = behaviour(_checked(requests), context)
+        replies = behaviour(_Checked(requests), context)
         try:
             async for reply in replies:
                 yield reply
@@ -145,8 +145,20 @@ def _stream_stream(method: str, behaviour: Behaviour) -> Behaviour:
     return handle
 
 
-async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
+class _Checked:
+    """The request stream, raising ``MalformedRequest`` at a message that did not parse. A plain
+    iterator, not an async generator: one layer less per message on the ReserveStream path."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._next = requests.__aiter__().__anext__
+
+    def __aiter__(self) -> _Checked:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self._next()
         if type(request) is Malformed:
             raise MalformedRequest(request)
-        yield request
+        return request

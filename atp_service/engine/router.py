@@ -141,16 +141,24 @@ class Engine:
         for i, cmd in enumerate(cmds):
             shards, home = self._placement(cmd)
             if len(shards) == 1:
-                self._route(cmd)
+                self._note_route(cmd.reservation_id, home)  # _route, without placing it again
                 groups.setdefault(home, []).append(i)
             else:
                 spanning.append(i)  # routed by reserve()
         across = [([i], asyncio.ensure_future(_one_as_list(functools.partial(self.reserve, cmds[i]))))
                   for i in spanning]
 
-        def decided(idx: list[int]) -> None:  # when the shard has answered (or will never decide them)
-            for i in idx:
-                self._unroute(cmds[i].reservation_id)
+        def decided(idx: list[int], results: list[Any] | None) -> None:
+            """When the shard has answered (``results``), or will never decide them (None)."""
+            routing = self._routing
+            for n, i in enumerate(idx):
+                rid = cmds[i].reservation_id
+                if results is not None and not isinstance(results[n], DomainError):
+                    left = routing.pop(rid) - 1  # a record was made: its route stays (the fast path)
+                    if left:
+                        routing[rid] = left
+                else:
+                    self._unroute(rid)
 
         await self.gather_by_shard(groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out, across,
                                    decided)
@@ -160,12 +168,13 @@ class Engine:
     async def gather_by_shard(
         self, groups: dict[int, list[int]], work_for: Callable[[list[int]], Callable[[Ledger, int], list[Any]]],
         out: list[Any], more: Sequence[tuple[list[int], Awaitable[list[Any]]]] = (),
-        settled: Callable[[list[int]], None] | None = None,
+        settled: Callable[[list[int], list[Any] | None], None] | None = None,
     ) -> None:
         """One actor message per shard for the items ``groups`` assigns it; each item's result, or the
         error that kept its shard from deciding it, lands at the item's index in ``out``. ``settled``
-        is called with a shard's items once that shard has answered for them — whether or not this
-        coroutine is still there to hear it (R8: a cancelled caller abandons only the waiting)."""
+        is called with a shard's items and its results (None: not decided) once that shard has
+        answered — whether or not this coroutine is still there to hear it (R8: a cancelled caller
+        abandons only the waiting)."""
         waits: list[tuple[list[int], Awaitable[list[Any]]]] = list(more)
         for shard, idx in groups.items():
             try:
@@ -174,11 +183,12 @@ class Engine:
                 for i in idx:
                     out[i] = exc
                 if settled is not None:
-                    settled(idx)
+                    settled(idx, None)
                 continue
             reply.add_done_callback(exception_seen)  # a caller gone early leaves no "exception never retrieved"
             if settled is not None:
-                reply.add_done_callback(lambda _, idx=idx: settled(idx))  # type: ignore[misc]
+                reply.add_done_callback(lambda fut, idx=idx: settled(  # type: ignore[misc]
+                    idx, None if fut.cancelled() or fut.exception() is not None else fut.result()))
             waits.append((idx, reply))
         for idx, fut in waits:
             try:
@@ -205,10 +215,12 @@ class Engine:
         the first attempt there); ``_unroute`` forgets it again once no attempt is left and no
         record was made, and ``_unhome`` when the record is taken back."""
         shards, home = self._placement(cmd)
-        rid = cmd.reservation_id
+        self._note_route(cmd.reservation_id, home)
+        return shards, home
+
+    def _note_route(self, rid: str, home: int) -> None:
         self._home.setdefault(rid, home)
         self._routing[rid] = self._routing.get(rid, 0) + 1
-        return shards, home
 
     def _unroute(self, reservation_id: str) -> None:
         left = self._routing.pop(reservation_id) - 1

@@ -138,7 +138,8 @@ class ShardActor:
 
     def submit(self, work: Work) -> asyncio.Future[Any]:
         """Queue work for this shard; refuse at once when the shard cannot take it."""
-        self._refuse_if_unable()
+        if self._stopping or self.failure is not None or self._doubt or self._log.fenced:
+            self._refuse_if_unable()
         if self._lag_s > self._max_delay_s and not self._mailbox.empty():
             METRICS.shed.inc()
             raise ResourceExhausted(
