@@ -61,6 +61,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python .ci/contracts.py
 
 test: bootstrap lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ from ._errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Reason,
     ResourceExhausted,
     Unavailable,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "PositionStore",
     "Published",
     "Quantities",
+    "Reason",
     "Reservation",
     "ReserveCommand",
     "ResourceExhausted",

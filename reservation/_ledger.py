@@ -13,8 +13,6 @@ import heapq
 from collections import deque
 from collections.abc import Iterator
 
-import msgspec
-
 from ._events import (
     Event,
     FactApplied,
@@ -25,60 +23,17 @@ from ._events import (
     SafetyStockSet,
     Shipped,
 )
-from ._facts import OrderKey, PositionHistory
+from ._facts import PositionHistory
+from ._holds import HoldsIndex
+from ._keys import _SEP, fact_key, pair_key, split_key
 from ._limits import Limits
 from ._model import TERMINAL, Fact, FactOutcome, Quantities, Reservation, State
-from ._store import COMMITTED, ON_HAND, SAFETY, PositionStore, StoreSnapshot
+from ._snapshot import HistorySnapshot, LedgerSnapshot
+from ._store import COMMITTED, ON_HAND, SAFETY, PositionStore
 from ._undo import Undo, run_undo
 
 _LIVE = (State.HELD, State.CONFIRMED)
-
-
-_SEP = "\x00"  # check_id refuses control characters, so it cannot occur inside an id
-
-
-def pair_key(first: str, second: str) -> str:
-    """One str for (sku, location): the key of the ledger's big maps (facts: ``fact_key``)."""
-    return f"{first}{_SEP}{second}"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    first, _, second = key.partition(_SEP)
-    return first, second
-
-
-def fact_key(fact: Fact) -> str:
-    """E8: a fact's identity, ``(source, event_id)`` at its position (sku, location), as one str.
-    Per position, so the lines of one till receipt sharing an id are each applied, and whether two
-    positions share a shard never changes an answer."""
-    return f"{fact.source}{_SEP}{fact.event_id}{_SEP}{fact.sku}{_SEP}{fact.location}"
-
-
-class _Holders(msgspec.Struct, gc=False):
-    """The ids of the reservations holding units at one position (an insertion-ordered set).
-    Wrapped so the map of them stays untracked: any container as a dict value (even an empty,
-    untracked dict; a set is always tracked) makes the dict tracked for good. It holds only
-    str, so it cannot be part of a reference cycle the collector would have to find."""
-
-    ids: dict[str, None]
-
-
-class HistorySnapshot(msgspec.Struct, array_like=True):
-    sku: str
-    location: str
-    count_key: OrderKey | None  # E1 keys (event_time, rank, source, event_id)
-    count_qty: int
-    delta_keys: list[OrderKey]
-    delta_qtys: list[int]
-
-
-class LedgerSnapshot(msgspec.Struct, array_like=True):
-    store: StoreSnapshot
-    reservations: list[Reservation]
-    histories: list[HistorySnapshot]
-    seen_facts: list[Fact]
-    stream_time: int
-    clock: int
+__all__ = ["HistorySnapshot", "Ledger", "LedgerSnapshot", "fact_key", "pair_key", "split_key"]
 
 
 class Ledger:
@@ -100,7 +55,7 @@ class Ledger:
         self._expiry: list[tuple[int, str]] = []
         self._resolved: deque[tuple[int, str]] = deque()
         self._seen: dict[str, Fact] = {}  # fact_key -> fact (E8), in arrival order
-        self._holds_at: dict[str, _Holders] = {}
+        self._holds_at = HoldsIndex()
         self._events: list[Event] = []
         self._undo: list[Undo] = []
         self.safety_defaults: dict[str, int] = {}
@@ -334,11 +289,11 @@ class Ledger:
             heapq.heappush(self._expiry, (rec.expires_at, rid))
         if rec.state in TERMINAL:
             self._resolved.append((rec.updated_at, rid))
-        self._index_holds(old, rec)
+        self._holds_at.update(old, rec)
 
         def undo() -> None:
             self.live_reservations -= delta_live
-            self._index_holds(rec, old)
+            self._holds_at.update(rec, old)
             if old is None:
                 del self.reservations[rid]
             else:
@@ -346,26 +301,9 @@ class Ledger:
 
         return undo
 
-    def _index_holds(self, before: Reservation | None, after: Reservation | None) -> None:
-        """Keep ``holds_at`` (position -> reservations with units outstanding there) exact."""
-        was = {pair_key(ln.sku, ln.location) for ln in before.lines if ln.outstanding} if before else set()
-        now = {pair_key(ln.sku, ln.location) for ln in after.lines if ln.outstanding} if after else set()
-        rid = (after or before).reservation_id  # type: ignore[union-attr]
-        for key in was - now:
-            ids = self._holds_at[key].ids
-            ids.pop(rid, None)
-            if not ids:
-                del self._holds_at[key]
-        for key in now - was:
-            holders = self._holds_at.get(key)
-            if holders is None:
-                holders = self._holds_at[key] = _Holders({})
-            holders.ids[rid] = None
-
     def holds_at(self, sku: str, location: str) -> Iterator[Reservation]:
         """Reservations recorded on this shard with units held or committed at the position."""
-        holders = self._holds_at.get(pair_key(sku, location))
-        for rid in holders.ids if holders is not None else ():
+        for rid in self._holds_at.ids_at(sku, location):
             yield self.reservations[rid]
 
     def history(self, sku: str, location: str) -> PositionHistory | None:

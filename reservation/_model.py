@@ -107,11 +107,6 @@ class Reservation(msgspec.Struct, array_like=True, gc=False):
         lines = tuple(msgspec.structs.replace(line) for line in self.lines)
         return msgspec.structs.replace(self, lines=lines, ops=dict(self.ops))
 
-    @property
-    def decided_state(self) -> State:
-        """The state the Reserve decision answered with (HELD or REJECTED)."""
-        return State.HELD if any(line.granted for line in self.lines) else State.REJECTED
-
 
 class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A validated POS/WMS fact (E1)."""

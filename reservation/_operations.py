@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from ._allocate import GroupPolicy, allocate
-from ._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from ._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Reason, ResourceExhausted
 from ._limits import Limits
 from ._model import (
+    Fact,
+    FactOutcome,
     LineRecord,
     LineRequest,
     Outcome,
@@ -32,6 +34,7 @@ class View(Protocol):
     def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None: ...
     def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None: ...
     def save(self, reservation: Reservation) -> None: ...
+    def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]: ...
 
 
 def reserve(view: View, cmd: ReserveCommand, now: int,
@@ -260,7 +263,7 @@ def _with_op(rec: Reservation, operation_id: str, lines: tuple[LineRequest, ...]
         if len(new.ops) >= limits.max_ops_per_reservation:
             raise ResourceExhausted(
                 f"operation_id: reservation already has {len(new.ops)} partial operations "
-                f"(limit max_ops_per_reservation={limits.max_ops_per_reservation})"
+                f"(limit max_ops_per_reservation={limits.max_ops_per_reservation})", Reason.CAPACITY_REACHED
             )
         new.ops[operation_id] = _op_key(lines)
     return new

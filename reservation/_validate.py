@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._errors import InvalidArgument
+from ._errors import InvalidArgument, Reason
 from ._limits import Limits
 from ._model import Fact, FactKind, LineRequest, ReserveCommand
 
@@ -20,7 +20,8 @@ def check_id(field: str, value: str, limits: Limits, *, required: bool = True) -
             raise InvalidArgument(field, "must not be empty")
         return value
     if len(value) > limits.max_id_length // 4 and len(value.encode()) > limits.max_id_length:
-        raise InvalidArgument(field, f"longer than {limits.max_id_length} bytes (limit max_id_length)")
+        raise InvalidArgument(field, f"longer than {limits.max_id_length} bytes (limit max_id_length)",
+                              Reason.LIMIT_EXCEEDED)
     if not value.isprintable():
         raise InvalidArgument(field, "must not contain control characters")
     return value
@@ -58,7 +59,7 @@ def line_requests(
     count = 0
     for n, (sku, location, quantity) in enumerate(lines):
         if n >= limits.max_lines:
-            raise InvalidArgument(field, f"more than {limits.max_lines} lines (limit max_lines)")
+            raise InvalidArgument(field, f"more than {limits.max_lines} lines (limit max_lines)", Reason.LIMIT_EXCEEDED)
         check_id(f"{field}[{n}].sku", sku, limits)
         check_id(f"{field}[{n}].location", location, limits)
         check_quantity(f"{field}[{n}].quantity", quantity, limits)

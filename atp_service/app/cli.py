@@ -123,6 +123,13 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     # Recovered state is long-lived: move it out of the collector's view.
     gc.collect()
     gc.freeze()
+    _print_ready(config, service)
+    await asyncio.wait([asyncio.ensure_future(event.wait()) for event in (stop, service.replaced, service.failed)],
+                       return_when=asyncio.FIRST_COMPLETED)
+    return await _shut_down(config, service, on_hard_exit)
+
+
+def _print_ready(config: ServiceConfig, service: AtpService) -> None:
     target = f"{config.host}:{service.port}"
     ctl = Path(sys.executable).with_name("atpctl")
     ctl_cmd = str(ctl) if ctl.exists() else "atpctl"
@@ -133,8 +140,11 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
           f"  {ctl_cmd} --target {target} availability sku-00001@dc-east sku-00001@store-001\n"
           f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
           f"  {ctl_cmd} --target {target} confirm demo-1", flush=True)
-    await asyncio.wait([asyncio.ensure_future(event.wait()) for event in (stop, service.replaced, service.failed)],
-                       return_when=asyncio.FIRST_COMPLETED)
+
+
+async def _shut_down(config: ServiceConfig, service: AtpService, on_hard_exit: Callable[[], None] | None) -> int:
+    """The graceful stop (a second signal, sent after a pause, exits at once); the exit status."""
+    loop = asyncio.get_running_loop()
     log.info("shutting down (grace %.1fs); another signal after %.0fs exits at once", config.shutdown_grace_s,
              SECOND_SIGNAL_AFTER_S)
     first_signal = time.monotonic()

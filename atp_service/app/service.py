@@ -28,6 +28,7 @@ from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.watch import Watchers
 from atp_service.engine.clock import Clock, SystemClock
+from atp_service.engine.recovery import LogHole, recover_actors
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
@@ -39,7 +40,6 @@ from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import CommitWindow, LogStore, connect
 from atp_service.tasks import cancel_and_wait
-from reservation import Ledger, decode_entry
 
 log = logging.getLogger(__name__)
 REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
@@ -97,6 +97,23 @@ class AtpService:
                  self.config.max_pending_calls, transport.refusal_status(running))
 
     async def start(self) -> None:
+        """Listen (health NOT_SERVING), recover every shard, start the desks; then SERVING."""
+        await self._listen()
+        try:
+            self.engine = await self._recover()
+        except BaseException:  # refused (a bad log, a mismatched layout): leave nothing listening behind
+            assert self._server is not None
+            await self._server.stop(0)
+            door_calls().forget(self._door_ids)
+            if self._log is not None:
+                await self._log.client.aclose()
+            raise
+        await self._start_desks()
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _listen(self) -> None:
+        """The gRPC server (health NOT_SERVING meanwhile) and the metrics endpoint."""
         cfg = self.config
         before = server_ids()
         self._server = grpc.aio.server(interceptors=self._interceptors(), options=[
@@ -131,14 +148,11 @@ class AtpService:
                 raise StartupError(f"metrics_port: cannot listen on {cfg.metrics_host}:{cfg.metrics_port} ({exc}); "
                                    "choose another with --metrics-port / ATP_METRICS_PORT, or -1 to disable") from None
             self.metrics_port = server.server_port
-        try:
-            self.engine = await self._recover()
-        except BaseException:  # refused (a bad log, a mismatched layout): leave nothing listening behind
-            await self._server.stop(0)
-            door_calls().forget(self._door_ids)
-            if self._log is not None:
-                await self._log.client.aclose()
-            raise
+
+    async def _start_desks(self) -> None:
+        """The engine, housekeeping, the fact desk, the channel desk and the input streams."""
+        cfg = self.config
+        assert self.engine is not None
         self.engine.group_policies, self.engine.default_group_policy = group_policies(self.estate)
         self.engine.set_safety_defaults(self.estate.safety_defaults)
         self.engine.start()
@@ -158,8 +172,6 @@ class AtpService:
             reads = min(cfg.ingest_count, cfg.ingest_count_publishing) if self.channels else cfg.ingest_count
             self.ingestor = StreamIngestor(ingest_client, self.desk, cfg, self.clock, reads)
             await self.ingestor.start()
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def _add_services(self, server: grpc.aio.Server) -> None:
         """Through ``handlers.add_service``, not the generated ``add_..._to_server``: bytes that are not
@@ -249,25 +261,12 @@ class AtpService:
         await store.load_fences(cfg.shards)
         store.on_fenced.append(self._on_replaced)
         log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch)
-        actors, replayed, newest = [], 0, 0
-        for shard in range(cfg.shards):
-            snap = await store.load_snapshot(shard)
-            ledger = Ledger.restore(shard, cfg.limits, snap.ledger) if snap else Ledger(shard, cfg.limits)
-            seq = snap.seq if snap else 0
-            async for entry_seq, data in store.entries_after(shard, seq):
-                if entry_seq != seq + 1:  # the append script never leaves a hole: Redis lost entries
-                    raise StartupError(f"shard {shard}: its log jumps from entry {seq} to {entry_seq}; entries "
-                                       "acknowledged as durable are missing (restore Redis from a backup)")
-                ledger.replay(decode_entry(data))
-                seq = entry_seq
-                replayed += 1
-            newest = max(newest, ledger.clock)
-            actor = ShardActor(shard, ledger, store, self.clock, cfg, seq)
+        try:
+            actors, replayed = await recover_actors(store, self.clock, cfg)
+        except LogHole as exc:
+            raise StartupError(str(exc)) from None
+        for actor in actors:
             actor.on_failure.append(self._on_shard_failed)
-            actors.append(actor)
-        advance = getattr(self.clock, "advance_floor", None)
-        if advance is not None:
-            advance(newest)  # R6: never stamp a command before one already logged
         METRICS.recovery_seconds.set(time.perf_counter() - started)
         METRICS.recovered_entries.set(replayed)
         log.info("recovered %d shards, %d log entries in %.2fs", cfg.shards, replayed, time.perf_counter() - started)

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from atp_service.channels.estate import Channel
-from reservation import Feed, Ledger, PositionStore, curate
+from reservation import Feed, PositionStore, curate
 
 Offer = tuple[Feed, str, str, int, int]  # feed, sku, location, value, source time
 
@@ -55,7 +55,7 @@ class Curator:
         if last is not None and len(row) and 0 <= row[0] < len(last.values):
             last.values[row[0]] = -1
 
-    def curate_shard(self, shard: int, ledger: Ledger, skus: Sequence[str], times: Sequence[dict[str, int]],
+    def curate_shard(self, shard: int, store: PositionStore, skus: Sequence[str], times: Sequence[dict[str, int]],
                      channels: dict[str, Channel], feeds: dict[str, Feed],
                      ahead: dict[tuple[str, str], int] | None = None) -> tuple[list[Offer], list[Offer]]:
         """The changed offers of these SKUs: (stock-outs, the rest). Stock-outs are found in the
@@ -64,7 +64,6 @@ class Curator:
         taken off so that only durable state is curated (C4)."""
         urgent: list[Offer] = []
         rest: list[Offer] = []
-        store = ledger.store
         rows = store.rows(skus)
         known = rows >= 0
         if not known.all():
@@ -73,7 +72,7 @@ class Curator:
         if not len(rows):
             return urgent, rest
         for name, channel in channels.items():
-            cols = self._columns(channel, shard, ledger)
+            cols = self._columns(channel, shard, store)
             available, present = store.available_block(rows, cols)
             if ahead:
                 _take_off(available, ahead, skus, channel.sells_from)
@@ -98,8 +97,7 @@ class Curator:
                     out.append((feed, skus[i], loc, int(shown[i, j]), locs.get(loc) or max(locs.values())))
         return urgent, rest
 
-    def _columns(self, channel: Channel, shard: int, ledger: Ledger) -> npt.NDArray[np.intp]:
-        store = ledger.store
+    def _columns(self, channel: Channel, shard: int, store: PositionStore) -> npt.NDArray[np.intp]:
         cached = self._cols.get((channel.name, shard))
         if cached is None or cached[0] != store.location_count:
             cached = (store.location_count, store.columns(channel.sells_from))

@@ -27,7 +27,7 @@ from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore, WriteRefused
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait
-from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, zero_through
+from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, Reason, zero_through
 from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class ChannelDesk:
     def on_durable(self, shard: int, entry: LogEntry) -> None:
         dirty, ts, now = self._dirty, entry.ts, self.clock.now_ms()
         actor = self.engine.actors[shard]
-        zero_lines, store, stockouts = self._zero_lines, actor.ledger.store, False
+        zero_lines, store, stockouts = self._zero_lines, actor.positions(), False
         ahead = actor.ahead_of_log() if zero_lines else None  # C4: memory may be ahead of the log
         demand: dict[str, int] = {}
         for event in entry.events:
@@ -192,7 +192,7 @@ class ChannelDesk:
     def _mark_everything(self) -> None:
         now = self.clock.now_ms()
         for actor in self.engine.actors:
-            for sku, location, _ in actor.ledger.store.items():
+            for sku, location, _ in actor.positions().items():
                 self._dirty.setdefault(sku, {}).setdefault(location, 0)
                 self._dirty_at.setdefault(sku, now)
 
@@ -251,7 +251,7 @@ class ChannelDesk:
         channels, feeds = self.estate.channels, self.feeds
         for shard, skus in by_shard.items():
             actor = self.engine.actors[shard]
-            u, r = self._curator.curate_shard(shard, actor.ledger, skus, [dirty[s] for s in skus], channels, feeds,
+            u, r = self._curator.curate_shard(shard, actor.positions(), skus, [dirty[s] for s in skus], channels, feeds,
                                               actor.ahead_of_log())
             urgent += u
             rest += r
@@ -339,7 +339,7 @@ class ChannelDesk:
         channel = self.estate.channels.get(name)
         if channel is None:
             known = ", ".join(sorted(self.estate.channels)) or "none configured"
-            raise NotFound(f"channel: unknown channel {name!r} (known: {known})")
+            raise NotFound(f"channel: unknown channel {name!r} (known: {known})", Reason.UNKNOWN_CHANNEL)
         return channel
 
     def snapshot(self, name: str) -> tuple[int, list[tuple[Key, Published]]]:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reservation import ChannelRules, DomainError, FeedPolicy, GroupPolicy
+from reservation import ChannelRules, DomainError, FeedPolicy, GroupPolicy, Reason
 from reservation._errors import InvalidArgument
 from reservation._limits import Limits
 from reservation._validate import check_safety_stock
@@ -64,7 +64,7 @@ class EstateUnusable(DomainError):
     load): FAILED_PRECONDITION. Not ``FailedPrecondition``, whose message names a reservation's state
     (R3): the message is given whole and starts with ``estate: ``."""
 
-    code = "FAILED_PRECONDITION"
+    reason = Reason.ESTATE_UNUSABLE
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TypeVar
 
-from reservation import Unavailable
+from reservation import Reason, Unavailable
 
 T = TypeVar("T")
 SHUTTING_DOWN = "service is shutting down; retry (another instance, or this one once restarted)"
@@ -36,7 +36,7 @@ class Drain:
     def enter(self) -> None:
         """A call begins (raises Unavailable once closing); pair with ``leave``."""
         if self.closing:
-            raise Unavailable(SHUTTING_DOWN)
+            raise Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN)
         self.active += 1
 
     def leave(self) -> None:

@@ -13,10 +13,12 @@ from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import EstateUnusable
 from atp_service.edge import convert
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
+from atp_service.edge.errors import status_of
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.watch import Watchers
+from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
-from atp_service.intake.facts import Explanation, FactDesk
+from atp_service.intake.facts import FactDesk
 from atp_service.metrics import METRICS
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
@@ -25,6 +27,7 @@ from reservation import (
     DomainError,
     InvalidArgument,
     Limits,
+    Reason,
     Reservation,
     ResourceExhausted,
     Unavailable,
@@ -36,10 +39,6 @@ from reservation import fact as make_fact
 
 T = TypeVar("T")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-
-
-def _status(exc: DomainError) -> grpc.StatusCode:
-    return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
 
 
 def _observed(method: str) -> Callable[[Handler], Handler]:
@@ -69,8 +68,8 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
                 finally:
                     drain.leave()
             except DomainError as exc:
-                child(exc.code).observe(time.perf_counter() - started)
-                await context.abort(_status(exc), exc.message)
+                child(status_of(exc).name).observe(time.perf_counter() - started)
+                await context.abort(status_of(exc), exc.message)
             child("OK").observe(time.perf_counter() - started)
             return result
 
@@ -102,20 +101,20 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     def channels(self) -> ChannelDesk:
         if self._channels is None:
             if self._engine is None:
-                raise Unavailable("service is recovering its state; retry shortly")
+                raise Unavailable("service is recovering its state; retry shortly", Reason.RECOVERING)
             raise EstateUnusable("estate: no channels are configured (start with --estate FILE)")
         return self._channels
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            raise Unavailable("service is recovering its state; retry shortly")
+            raise Unavailable("service is recovering its state; retry shortly", Reason.RECOVERING)
         return self._engine
 
     @property
     def desk(self) -> FactDesk:
         if self._desk is None:
-            raise Unavailable("service is recovering its state; retry shortly")
+            raise Unavailable("service is recovering its state; retry shortly", Reason.RECOVERING)
         return self._desk
 
     @_observed("Reserve")
@@ -156,7 +155,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         if not request.keys:
             raise InvalidArgument("keys", "at least one key is required")
         if len(request.keys) > limit:
-            raise InvalidArgument("keys", f"{len(request.keys)} keys exceed the limit max_availability_keys={limit}")
+            raise InvalidArgument("keys", f"{len(request.keys)} keys exceed the limit max_availability_keys={limit}",
+                                  Reason.LIMIT_EXCEEDED)
         keys = []
         for n, key in enumerate(request.keys):
             check_id(f"keys[{n}].sku", key.sku, self.limits)
@@ -175,7 +175,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     async def RecordEvents(self, request: pb.RecordEventsRequest, context: Any) -> pb.RecordEventsResponse:
         limit = self.limits.max_events_per_call
         if len(request.events) > limit:
-            raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}")
+            raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}",
+                                  Reason.LIMIT_EXCEEDED)
         now = self.engine.clock.now_ms()
         results: list[pb.FactResult | None] = []
         valid = []
@@ -248,9 +249,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             finally:
                 self.drain.leave()
             if self.drain.closing:  # the watcher resumes from the last version it saw, elsewhere or later
-                raise Unavailable(SHUTTING_DOWN)
+                raise Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN)
         except DomainError as exc:
-            await context.abort(_status(exc), exc.message)
+            await context.abort(status_of(exc), exc.message)
 
     @_observed("ReloadEstate")
     async def ReloadEstate(self, request: pb.ReloadEstateRequest, context: Any) -> pb.ReloadEstateResponse:
@@ -266,7 +267,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         try:
             self.drain.enter()
         except DomainError as exc:
-            await context.abort(_status(exc), exc.message)
+            await context.abort(status_of(exc), exc.message)
         inflight: asyncio.Queue[asyncio.Task[pb.ReserveBatchResult] | None] = asyncio.Queue(self._max_inflight)
 
         cut_short = False
@@ -288,7 +289,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 try:
                     answer = await task
                 except DomainError as exc:  # the service recovering or stopping: a status, not UNKNOWN
-                    await context.abort(_status(exc), exc.message)
+                    await context.abort(status_of(exc), exc.message)
                 yield answer
             await reader
         finally:
@@ -327,7 +328,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 continue
             cmd, result = next(decided)
             if isinstance(result, DomainError):
-                add(reservation_id=cmd.reservation_id, code=_status(result).value[0], error=result.message)
+                add(reservation_id=cmd.reservation_id, code=status_of(result).value[0], error=result.message)
             else:
                 outcome = add(reservation_id=cmd.reservation_id)
                 convert.fill_reserve_response(outcome.response, *result)
@@ -336,5 +337,5 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
 
 def _failed(reservation_id: str, exc: DomainError) -> pb.ReserveOutcome:
-    return pb.ReserveOutcome(reservation_id=reservation_id, code=_status(exc).value[0], error=exc.message)
+    return pb.ReserveOutcome(reservation_id=reservation_id, code=status_of(exc).value[0], error=exc.message)
 

@@ -14,7 +14,7 @@ from typing import cast
 
 from atp_service.channels.desk import ChannelDesk
 from atp_service.pb.atp.v1 import atp_pb2 as pb
-from reservation import ChannelUpdate, Key, Published, ResourceExhausted, StockStatus
+from reservation import ChannelUpdate, Key, Published, Reason, ResourceExhausted, StockStatus
 
 Response = pb.WatchAvailabilityResponse
 _STATUS = {s: cast(pb.StockStatus, pb.StockStatus.Value(s.value)) for s in StockStatus}
@@ -39,7 +39,8 @@ class Watchers:
     async def watch(self, desk: ChannelDesk, request: pb.WatchAvailabilityRequest) -> AsyncIterator[Response]:
         channel = desk.channel(request.channel).name
         if self.open >= self.limit:
-            raise ResourceExhausted(f"max_watchers: {self.limit} WatchAvailability streams are open already")
+            raise ResourceExhausted(f"max_watchers: {self.limit} WatchAvailability streams are open already",
+                                    Reason.CAPACITY_REACHED)
         self.open += 1
         try:
             async for message in self._watch(desk, channel, request):

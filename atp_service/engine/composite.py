@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from reservation import Ledger, Quantities, Reservation
+from reservation import Fact, FactOutcome, Ledger, Quantities, Reservation
 
 
 class CompositeView:
@@ -30,3 +30,6 @@ class CompositeView:
 
     def save(self, reservation: Reservation) -> None:
         self._home.save(reservation)
+
+    def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
+        return self._for(fact.sku).record_fact(fact)

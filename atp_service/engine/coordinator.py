@@ -17,11 +17,12 @@ from typing import Any
 
 from atp_service.engine.clock import Clock
 from atp_service.engine.composite import CompositeView
-from atp_service.engine.shard import REPLACED, ShardActor
+from atp_service.engine.messages import REPLACED
+from atp_service.engine.shard import ShardActor
 from atp_service.metrics import METRICS
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced, LogStore
-from reservation import DomainError, Unavailable, View
+from reservation import DomainError, Reason, Unavailable, View
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,12 @@ class Coordinator:
         except asyncio.CancelledError:
             if not durable.cancelled():
                 raise  # our caller gave up; the shards see the change through
-            raise Unavailable(NOT_DURABLE) from None
+            raise Unavailable(NOT_DURABLE, Reason.OUTCOME_UNKNOWN) from None
         except Fenced:
-            raise Unavailable(REPLACED) from None
+            raise Unavailable(REPLACED, Reason.REPLACED) from None
         except STORAGE_ERRORS as exc:
             log.warning("cross-shard append failed (%r)", exc)
-            raise Unavailable(NOT_DURABLE) from None
+            raise Unavailable(NOT_DURABLE, Reason.OUTCOME_UNKNOWN) from None
 
     def _decide_and_seal(self, shards: list[int], home: int, work: ViewWork
                          ) -> tuple[Any, DomainError | None, asyncio.Future[None] | None]:

@@ -9,6 +9,10 @@ from typing import Any
 
 from reservation import Ledger, LogEntry
 
+REPLACED = ("this instance was replaced by a newer one on the same Redis keyspace and takes no more "
+            "changes; retry (the newer instance answers)")
+"""The answer of an instance a newer one replaced (``Reason.REPLACED``)."""
+
 Work = Callable[[Ledger, int], Any]
 """Work the actor runs on its ledger at the batch's time (ms): returns the caller's answer or raises DomainError."""
 
@@ -61,10 +65,21 @@ class Sealed:
 
 
 class Control:
-    """Messages about the actor itself, handled between batches."""
+    """Messages about the actor itself, handled between batches (each closes the batch before it)."""
 
-    __slots__ = ("kind", "resume")
+    __slots__ = ()
 
-    def __init__(self, kind: str, resume: asyncio.Future[None] | None = None) -> None:
-        self.kind = kind
+
+class Pause(Control):
+    """Park between batches with nothing in flight until ``resume`` is set (a coordinator's turn)."""
+
+    __slots__ = ("resume",)
+
+    def __init__(self, resume: asyncio.Future[None]) -> None:
         self.resume = resume
+
+
+class Maintain(Control):
+    """Settle what is in doubt, forget old facts and snapshot when due."""
+
+    __slots__ = ()

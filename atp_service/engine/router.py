@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -18,9 +17,9 @@ from typing import Any, TypeVar
 from atp_service.config import ServiceConfig
 from atp_service.engine.clock import Clock
 from atp_service.engine.coordinator import Coordinator, ViewWork
+from atp_service.engine.maintenance import Housekeeper
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import METRICS
-from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import LogStore
 from atp_service.tasks import exception_seen
 from reservation import (
@@ -31,6 +30,7 @@ from reservation import (
     LogEntry,
     NotFound,
     Quantities,
+    Reason,
     Reservation,
     ReserveCommand,
     ResourceExhausted,
@@ -85,12 +85,10 @@ class Engine:
                 self._home[rid] = actor.shard
             actor.landed_late_listeners.append(self._rehome)
             actor.lost_listeners.append(self._unhome)
-        self._maintenance: asyncio.Task[None] | None = None
-        self._gauged_at = 0.0
+        self._housekeeper = Housekeeper(self, self._coordinator, config.maintenance_interval_ms / 1000)
         # Location groups a Reserve line may name, with each channel's strategy (set from the estate).
         self.group_policies: dict[str, GroupPolicy] = {}
         self.default_group_policy: GroupPolicy | None = None
-        self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def log_client(self) -> Any:
@@ -109,13 +107,10 @@ class Engine:
     def start(self) -> None:
         for actor in self.actors:
             actor.start()
-        self._maintenance = asyncio.get_running_loop().create_task(self._maintain_forever())
+        self._housekeeper.start()
 
     async def stop(self, snapshot: bool = True) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-        for task in list(self._background):
-            task.cancel()
+        self._housekeeper.stop()
         for actor in self.actors:
             await actor.stop()
         if snapshot:
@@ -128,8 +123,10 @@ class Engine:
         shards, home = self._route(cmd)
         try:
             result: tuple[Reservation, bool] = await self.run(shards, home, self._reserve_work(cmd, home))
-        finally:
+        except BaseException:
             self._unroute(cmd.reservation_id)
+            raise
+        self._route_done(cmd.reservation_id)
         self._count(result)
         return result
 
@@ -150,13 +147,10 @@ class Engine:
 
         def decided(idx: list[int], results: list[Any] | None) -> None:
             """When the shard has answered (``results``), or will never decide them (None)."""
-            routing = self._routing
             for n, i in enumerate(idx):
                 rid = cmds[i].reservation_id
                 if results is not None and not isinstance(results[n], DomainError):
-                    left = routing.pop(rid) - 1  # a record was made: its route stays (the fast path)
-                    if left:
-                        routing[rid] = left
+                    self._route_done(rid)
                 else:
                     self._unroute(rid)
 
@@ -222,6 +216,12 @@ class Engine:
         self._home.setdefault(rid, home)
         self._routing[rid] = self._routing.get(rid, 0) + 1
 
+    def _route_done(self, reservation_id: str) -> None:
+        """An attempt that made (or found) its record: the route stays, one attempt fewer."""
+        left = self._routing.pop(reservation_id) - 1
+        if left:
+            self._routing[reservation_id] = left
+
     def _unroute(self, reservation_id: str) -> None:
         left = self._routing.pop(reservation_id) - 1
         if left:
@@ -271,7 +271,8 @@ class Engine:
     def _reserve_checked(self, home: Ledger, view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
         limit = self.limits.max_live_reservations_per_shard
         if home.live_reservations >= limit and view.reservation(cmd.reservation_id) is None:
-            raise ResourceExhausted(f"shard {home.shard}: {limit} live reservations (limit max_live_reservations)")
+            raise ResourceExhausted(f"shard {home.shard}: {limit} live reservations (limit max_live_reservations)",
+                                    Reason.CAPACITY_REACHED)
         return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
     @staticmethod
@@ -353,7 +354,8 @@ class Engine:
                 return await self.run(shards, home, self._guarded(reservation_id, shards, work))
             except _Reroute as exc:  # its Reserve finished meanwhile, on more shards than we knew
                 shards = exc.shards
-        raise Unavailable(f"reservation_id: {reservation_id!r} is being changed concurrently; retry")
+        raise Unavailable(f"reservation_id: {reservation_id!r} is being changed concurrently; retry",
+                          Reason.CONCURRENT_CHANGE)
 
     def _guarded(self, reservation_id: str, shards: set[int], work: ViewWork) -> ViewWork:
         """Work on a record is decided only where every shard of its lines is held: a record read
@@ -380,57 +382,11 @@ class Engine:
 
     # -- time ---------------------------------------------------------------------------
     async def run_maintenance(self) -> None:
-        """Expire due holds (R3, no request needed), forget old resolved ones, snapshot when due."""
-        now = self.clock.now_ms()
-        waits = []
-        for actor in self.actors:
-            if actor.ledger.housekeeping_due(now):
-                try:
-                    waits.append(actor.submit(self._expire_work))
-                except DomainError as exc:  # mailbox full or Redis down: the next pass tries again
-                    log.debug("shard %d: housekeeping deferred: %s", actor.shard, exc)
-            actor.request_maintenance()
-        for fut in waits:
-            try:
-                await fut
-            except DomainError as exc:
-                log.debug("expiry deferred: %s", exc)
-        if time.monotonic() - self._gauged_at >= 1.0:  # a full pass over the arrays: once a second is enough
-            self._gauged_at = time.monotonic()
-            METRICS.oversold_units.set(sum(actor.ledger.store.oversold_units() for actor in self.actors))
+        """One housekeeping pass now (``Housekeeper.run_pass``)."""
+        await self._housekeeper.run_pass()
 
-    def _expire_work(self, ledger: Ledger, now: int) -> None:
-        for rid in ledger.due(now):
-            rec = ledger.reservations[rid]
-            shards = {self.place(line.sku) for line in rec.lines} | {ledger.shard}
-            if len(shards) == 1:
-                ops.expire(ledger, rid, now)
-            else:  # spans shards: expire through the coordinator, after this batch
-                self._spawn(self._expire_across(sorted(shards), ledger, rid, rec.expires_at))
-        for rid in ledger.evict(now):
-            if self._home.get(rid) == ledger.shard and rid not in self._routing:  # not a retry on its way
-                del self._home[rid]
-        METRICS.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
-
-    async def _expire_across(self, shards: list[int], home: Ledger, rid: str, expires_at: int) -> None:
-        try:
-            await self._coordinator.run(shards, home.shard, lambda v, t: ops.expire(v, rid, t))
-        except BaseException as exc:  # whatever kept it from being durable: the next pass tries again (R3)
-            log.warning("expiry of %s deferred: %r", rid, exc)
-            home.requeue_expiry(expires_at, rid)
-            if not isinstance(exc, Exception):
-                raise
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _maintain_forever(self) -> None:
-        interval = self.config.maintenance_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.run_maintenance()
-            except (DomainError, *STORAGE_ERRORS) as exc:
-                log.warning("maintenance pass failed: %s", exc)
+    def forget_evicted(self, shard: int, reservation_id: str) -> None:
+        """A resolved record ``shard`` forgot after its retention: its route goes too, unless a
+        retry with its id is on its way."""
+        if self._home.get(reservation_id) == shard and reservation_id not in self._routing:
+            del self._home[reservation_id]

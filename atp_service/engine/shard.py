@@ -18,19 +18,27 @@ from typing import Any
 
 from atp_service.config import ServiceConfig
 from atp_service.engine.clock import Clock
-from atp_service.engine.messages import Answer, Control, Envelope, InFlight, Sealed, Work, deliver
+from atp_service.engine.messages import (
+    REPLACED,
+    Answer,
+    Control,
+    Envelope,
+    InFlight,
+    Maintain,
+    Pause,
+    Sealed,
+    Work,
+    deliver,
+)
+from atp_service.engine.turn import apply_batch, moves_of, take_all, take_batch
 from atp_service.metrics import METRICS
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.tasks import cancel_and_wait
-from reservation import DomainError, Ledger, LogEntry, Unavailable, encode_entry
+from reservation import Ledger, LogEntry, PositionStore, Reason, Unavailable, encode_entry
 from reservation._errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
-
-REPLACED = ("this instance was replaced by a newer one on the same Redis keyspace and takes no more "
-            "changes; retry (the newer instance answers)")
-
 
 class ShardActor:
     def __init__(self, shard: int, ledger: Ledger, log_store: LogStore, clock: Clock,
@@ -70,13 +78,13 @@ class ShardActor:
         """Per position, how far memory's ``available`` is ahead of the durable log: the moves of
         the batches in flight (None: none in flight). Channels subtract it: they publish only
         durable state (C4), and a batch in flight may yet be undone."""
-        if not self._inflight:
-            return None
-        ahead: dict[tuple[str, str], int] = {}
-        for rec in self._inflight:
-            for sku, location, delta in rec.moved:
-                ahead[(sku, location)] = ahead.get((sku, location), 0) + delta
-        return ahead
+        return moves_of(self._inflight) if self._inflight else None
+
+    def positions(self) -> PositionStore:
+        """This shard's positions as memory holds them, to read between batches (the event loop
+        runs one task at a time); never to change — only the actor changes its ledger. Memory may
+        be ahead of the log by the batches in flight (``ahead_of_log``)."""
+        return self.ledger.store
 
     @property
     def in_doubt(self) -> bool:
@@ -108,7 +116,8 @@ class ShardActor:
         METRICS.shard_failures.inc()
         log.error("shard %d stopped working; it answers UNAVAILABLE until the service restarts",
                   self.shard, exc_info=self.failure)
-        self._refuse_waiting(Unavailable(f"shard {self.shard} stopped working; the service restarts"))
+        self._refuse_waiting(Unavailable(f"shard {self.shard} stopped working; the service restarts",
+                                         Reason.SHARD_STOPPED))
         for callback in self.on_failure:
             callback(self)
 
@@ -123,16 +132,17 @@ class ShardActor:
             log.exception("shard %d: stopping with a log it cannot trust", self.shard)
         if self._task is not None and not self._task.done():  # a failed task was reported already
             await cancel_and_wait(self._task)
-        self._refuse_waiting(Unavailable("service is shutting down"))
+        self._refuse_waiting(Unavailable("service is shutting down", Reason.SHUTTING_DOWN))
 
     # -- sending -------------------------------------------------------------
     def _refuse_if_unable(self) -> None:
         if self._stopping:
-            raise Unavailable("service is shutting down")
+            raise Unavailable("service is shutting down", Reason.SHUTTING_DOWN)
         if self.failure is not None:
-            raise Unavailable(f"shard {self.shard} stopped working ({self.failure!r}); the service restarts")
+            raise Unavailable(f"shard {self.shard} stopped working ({self.failure!r}); the service restarts",
+                              Reason.SHARD_STOPPED)
         if self._log.fenced:
-            raise Unavailable(REPLACED)
+            raise Unavailable(REPLACED, Reason.REPLACED)
         if self._doubt:
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
 
@@ -163,7 +173,7 @@ class ShardActor:
         resume: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         paused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            await self._mailbox.put(Envelope(Control("pause", resume), paused))
+            await self._mailbox.put(Envelope(Pause(resume), paused))
             if self.failure is not None or self._stopping:  # failed while we waited for room: nobody reads it
                 self._refuse_if_unable()
             await paused
@@ -180,7 +190,7 @@ class ShardActor:
         if not self._stopping and not self._maintain_queued and not self._mailbox.full():
             self._maintain_queued = True
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._mailbox.put_nowait(Envelope(Control("maintain"), fut))
+            self._mailbox.put_nowait(Envelope(Maintain(), fut))
 
     # -- a cross-shard change: a coordinator holds this shard paused (nothing in flight) --------
     def seal_part(self, now: int) -> Sealed | None:
@@ -197,9 +207,6 @@ class ShardActor:
         settled — whatever happens to the coordinator that sent it (R8)."""
         self._inflight.append(InFlight(part.seq, part.entry, part.data, part.undo, part.moved, [], done))
         done.add_done_callback(self._on_append_done)
-
-    def _durable(self, entry: LogEntry) -> None:
-        self._tell(self.listeners, entry)
 
     def _tell(self, listeners: list[Callable[[int, LogEntry], None]], entry: LogEntry) -> None:
         for listener in listeners:
@@ -239,7 +246,7 @@ class ShardActor:
             self._inflight.popleft()
             self.seq = head.seq
             deliver(head.answers)
-            self._durable(head.entry)
+            self._tell(self.listeners, head.entry)
 
     def _fail_in_flight(self, error: BaseException | None) -> None:
         """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,
@@ -249,9 +256,9 @@ class ShardActor:
         # Fenced: refused before any write, and every later append is refused too (the epoch only
         # grows), so nothing in flight landed and there is nothing to settle.
         replaced = isinstance(error, Fenced)
-        failure = Unavailable(REPLACED if replaced else
-                              f"shard {self.shard}: outcome unknown: the change is not known to be durable (log "
-                              "storage unreachable); retry with the same ids, which answers what was decided")
+        failure = Unavailable(REPLACED, Reason.REPLACED) if replaced else Unavailable(
+            f"shard {self.shard}: outcome unknown: the change is not known to be durable (log storage "
+            "unreachable); retry with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)
         for rec in reversed(self._inflight):
             self.ledger.revert(rec.undo)
             rec.done.cancel()
@@ -269,14 +276,10 @@ class ShardActor:
     def _refuse_waiting(self, error: Unavailable) -> None:
         """Until the doubt is settled (Redis answering again) nothing here can be decided:
         answer what is waiting now instead of letting it run into its deadline."""
-        waiting = list(self._set_aside)
-        self._set_aside.clear()
-        while not self._mailbox.empty():
-            waiting.append(self._mailbox.get_nowait())
-        for env in waiting:
+        for env in take_all(self._set_aside, self._mailbox):
             if env.reply.done():
                 continue
-            if isinstance(env.message, Control) and env.message.kind == "maintain":
+            if isinstance(env.message, Maintain):
                 self._maintain_queued = False
                 env.reply.set_result(None)
             else:
@@ -321,7 +324,7 @@ class ShardActor:
             self.ledger.replay(entry)
             self.seq = seq
             self._tell(self.landed_late_listeners, entry)
-            self._durable(entry)
+            self._tell(self.listeners, entry)
 
     # -- the actor loop ------------------------------------------------------
     async def _run(self) -> None:
@@ -334,7 +337,8 @@ class ShardActor:
                     await self._control(first)
                 except BaseException:  # the actor ends inside it (see _ended): its sender is answered too
                     if not first.reply.done():
-                        first.reply.set_exception(Unavailable(f"shard {self.shard} stopped working"))
+                        first.reply.set_exception(
+                            Unavailable(f"shard {self.shard} stopped working", Reason.SHARD_STOPPED))
                     raise
                 continue
             if self._blocked():
@@ -343,49 +347,25 @@ class ShardActor:
                 set_aside.appendleft(first)
                 await self._ready()
                 continue
-            batch = [first]
-            while len(batch) < limit and (set_aside or not mailbox.empty()):
-                env = set_aside.popleft() if set_aside else mailbox.get_nowait()
-                if isinstance(env.message, Control):
-                    set_aside.appendleft(env)  # a control message closes the batch; it runs next
-                    break
-                batch.append(env)
+            batch = take_batch(first, set_aside, mailbox, limit)
             self._depth.set(mailbox.qsize() + len(set_aside))
             try:
                 self._apply(batch)
             except BaseException:  # the actor dies (see _ended): the batch in hand is answered too
-                deliver([(env.reply, None, Unavailable(f"shard {self.shard} stopped working")) for env in batch])
+                deliver([(env.reply, None, Unavailable(f"shard {self.shard} stopped working", Reason.SHARD_STOPPED))
+                         for env in batch])
                 raise
 
     def _apply(self, batch: list[Envelope]) -> None:
-        ledger, now = self.ledger, self._clock.now_ms()
-        answers: list[Answer] = []
-        for env in batch:
-            if env.reply.done():  # the caller gave up (deadline or cancel): do not apply
-                continue
-            work = env.message
-            assert not isinstance(work, Control)
-            mark = ledger.mark()
-            try:
-                answers.append((env.reply, work(ledger, now), None))
-            except DomainError as exc:
-                answers.append((env.reply, None, exc))
-            except Exception as exc:  # a bug in one command: take back its half-made change only
-                ledger.rollback_to(mark)
-                log.exception("shard %d: a command failed unexpectedly; nothing of it was applied", self.shard)
-                METRICS.internal_errors.inc()
-                answers.append((env.reply, None, DomainError(f"internal error ({type(exc).__name__}); "
-                                                             "nothing was applied")))
-        METRICS.batch_size.observe(len(answers))
-        self._seal(now, answers)
+        now = self._clock.now_ms()
+        self._seal(now, apply_batch(self.ledger, batch, now))
 
     async def _control(self, env: Envelope) -> None:
         control = env.message
         assert isinstance(control, Control)
         if env.reply.done():  # refused while in doubt, or the coordinator gave up
             return
-        if control.kind == "pause":
-            assert control.resume is not None
+        if isinstance(control, Pause):
             # A coordinator needs memory == durable log, and must not wait on a Redis outage.
             while self._inflight:
                 await asyncio.wait([rec.done for rec in self._inflight])
@@ -396,7 +376,7 @@ class ShardActor:
                 return
             env.reply.set_result(None)
             await control.resume
-        elif control.kind == "maintain":
+        elif isinstance(control, Maintain):
             self._maintain_queued = False
             env.reply.set_result(None)
             # Draining holds this shard's new work behind its appends in flight, and every shard is

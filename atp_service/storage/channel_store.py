@@ -21,7 +21,8 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError, ResponseError
 
-from atp_service.storage.log import FENCE_LUA, as_text, epoch_key, seq_of, stream_entries
+from atp_service.storage.log import as_text, epoch_key, seq_of, stream_entries
+from atp_service.storage.scripts import FENCE_LUA
 from reservation import ChannelUpdate, Key, Published, update_from_fields
 
 _encode = msgspec.msgpack.Encoder().encode

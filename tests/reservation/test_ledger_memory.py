@@ -17,7 +17,7 @@ from tests.reservation.helpers import cmd, ledger_with
 
 
 def _maps(ledger: Ledger) -> dict[str, object]:
-    return {"histories": ledger.histories, "seen facts": ledger._seen, "holds": ledger._holds_at,
+    return {"histories": ledger.histories, "seen facts": ledger._seen, "holds": ledger._holds_at._at,
             "reservations": ledger.reservations}
 
 

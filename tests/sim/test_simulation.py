@@ -19,9 +19,6 @@ from tests.sim.tally import Tally
 SEEDS = int(os.environ.get("ATP_SIM_SEEDS", "240"))
 CHUNK = 60
 """Seeds per test: each chunk stays well inside the per-test timeout on a busy 2-core machine."""
-# A caller giving up before the engine's task for a cross-shard order in a ReserveStream batch started
-# (Engine.reserve_many) leaves that order's coroutine unawaited: nothing was applied, Python says so.
-pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'Engine.reserve' was never awaited:RuntimeWarning")
 
 REGRESSIONS = {
     # seed: the defects it finds when their fix is taken out (each tried in a scratch copy of the tree)

@@ -17,12 +17,12 @@ import pytest
 
 from atp_service import AtpClient, AtpService, EmbeddedRedis
 from atp_service.pb.atp.v1 import atp_pb2 as pb
-from atp_service.storage.log import _APPEND_SCRIPT
+from atp_service.storage.scripts import APPEND_SCRIPT
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import HoldingProxy, until
 from tests.conftest import test_config as service_config
 
-APPEND_SHA = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest().encode()  # a group commit on the wire
+APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest().encode()  # a group commit on the wire
 
 
 @asynccontextmanager

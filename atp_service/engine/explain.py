@@ -1,0 +1,40 @@
+"""The read model behind ExplainAvailability: how a position's numbers came to be (E2, Q1-Q5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atp_service.engine.router import Engine
+
+
+class Explanation:
+    """How a position's numbers came to be (E2, Q1-Q5), read from memory."""
+
+    __slots__ = ("count", "deltas", "holds", "holds_truncated", "quantities", "retained_since", "stream_time")
+
+    def __init__(self, engine: Engine, sku: str, location: str, max_holds: int) -> None:
+        ledger = engine.actors[engine.place(sku)].ledger
+        self.quantities = ledger.quantities(sku, location)
+        history = ledger.history(sku, location)
+        self.count: tuple[str, int, int] | None = None
+        self.deltas: list[tuple[str, int, int]] = []
+        if history is not None:
+            # E1 keys are (event_time, rank, source, event_id).
+            if history.count_key is not None:
+                self.count = (history.count_key[3], history.count_key[0], history.count_qty)
+            self.deltas = [(key[3], key[0], qty) for key, qty in zip(history.delta_keys, history.delta_qtys,
+                                                                       strict=True)]
+        self.stream_time = ledger.stream_time
+        self.retained_since = max(0, ledger.stream_time - engine.limits.fact_grace_ms)
+        self.holds: list[tuple[Any, int, int]] = []
+        self.holds_truncated = False
+        # Holds live on their reservation's home shard, which a multi-SKU order may place elsewhere:
+        # one index lookup per shard, never a scan of the reservations.
+        for actor in engine.actors:
+            for rec in actor.ledger.holds_at(sku, location):
+                for line in rec.lines:
+                    if line.sku == sku and line.location == location:
+                        if len(self.holds) >= max_holds:
+                            self.holds_truncated = True
+                            return
+                        self.holds.append((rec, line.held, line.committed))

@@ -1,0 +1,97 @@
+"""Housekeeping without a request: due holds expire (R3), resolved reservations past their
+retention are forgotten (bounded R5 memory), shards snapshot when due; the oversold gauge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from atp_service.engine.coordinator import Coordinator
+from atp_service.metrics import METRICS
+from atp_service.storage.durability import STORAGE_ERRORS
+from reservation import DomainError, Ledger
+from reservation import _operations as ops
+
+if TYPE_CHECKING:
+    from atp_service.engine.router import Engine
+
+log = logging.getLogger(__name__)
+
+
+class Housekeeper:
+    """Runs a pass every ``interval_s`` over every shard of ``engine``."""
+
+    def __init__(self, engine: Engine, coordinator: Coordinator, interval_s: float) -> None:
+        self._engine, self._coordinator, self._interval_s = engine, coordinator, interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()  # expiries across shards
+        self._gauged_at = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._forever(), name="housekeeping")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for task in list(self._background):
+            task.cancel()
+
+    async def run_pass(self) -> None:
+        """Expire due holds, forget old resolved ones, ask every shard to snapshot when due."""
+        engine = self._engine
+        now = engine.clock.now_ms()
+        waits = []
+        for actor in engine.actors:
+            if actor.ledger.housekeeping_due(now):
+                try:
+                    waits.append(actor.submit(self._expire_work))
+                except DomainError as exc:  # mailbox full or Redis down: the next pass tries again
+                    log.debug("shard %d: housekeeping deferred: %s", actor.shard, exc)
+            actor.request_maintenance()
+        for fut in waits:
+            try:
+                await fut
+            except DomainError as exc:
+                log.debug("expiry deferred: %s", exc)
+        if time.monotonic() - self._gauged_at >= 1.0:  # a full pass over the arrays: once a second is enough
+            self._gauged_at = time.monotonic()
+            METRICS.oversold_units.set(sum(actor.positions().oversold_units() for actor in engine.actors))
+
+    def _expire_work(self, ledger: Ledger, now: int) -> None:
+        """Inside the shard's turn: expire what is due here; a hold spanning shards goes through the
+        coordinator, after this batch."""
+        place = self._engine.place
+        for rid in ledger.due(now):
+            rec = ledger.reservations[rid]
+            shards = {place(line.sku) for line in rec.lines} | {ledger.shard}
+            if len(shards) == 1:
+                ops.expire(ledger, rid, now)
+            else:
+                self._spawn(self._expire_across(sorted(shards), ledger, rid, rec.expires_at))
+        for rid in ledger.evict(now):
+            self._engine.forget_evicted(ledger.shard, rid)
+        METRICS.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
+
+    async def _expire_across(self, shards: list[int], home: Ledger, rid: str, expires_at: int) -> None:
+        try:
+            await self._coordinator.run(shards, home.shard, lambda v, t: ops.expire(v, rid, t))
+        except BaseException as exc:  # whatever kept it from being durable: the next pass tries again (R3)
+            log.warning("expiry of %s deferred: %r", rid, exc)
+            home.requeue_expiry(expires_at, rid)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.run_pass()
+            except (DomainError, *STORAGE_ERRORS) as exc:
+                log.warning("housekeeping pass failed: %s", exc)

@@ -1,0 +1,71 @@
+"""One turn of a shard actor: take a batch from the mailbox, apply it to the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable
+
+from atp_service.engine.messages import Answer, Control, Envelope, InFlight
+from atp_service.metrics import METRICS
+from reservation import DomainError, Ledger
+
+log = logging.getLogger(__name__)
+
+
+def take_batch(first: Envelope, set_aside: deque[Envelope], mailbox: asyncio.Queue[Envelope],
+               limit: int) -> list[Envelope]:
+    """``first`` and what waits after it, up to ``limit`` messages; a control message closes the
+    batch (it is set aside to run next)."""
+    batch = [first]
+    while len(batch) < limit and (set_aside or not mailbox.empty()):
+        env = set_aside.popleft() if set_aside else mailbox.get_nowait()
+        if isinstance(env.message, Control):
+            set_aside.appendleft(env)
+            break
+        batch.append(env)
+    return batch
+
+
+def take_all(set_aside: deque[Envelope], mailbox: asyncio.Queue[Envelope]) -> list[Envelope]:
+    """Everything waiting, set aside or in the mailbox, in order; both are empty afterwards."""
+    waiting = list(set_aside)
+    set_aside.clear()
+    while not mailbox.empty():
+        waiting.append(mailbox.get_nowait())
+    return waiting
+
+
+def moves_of(inflight: Iterable[InFlight]) -> dict[tuple[str, str], int]:
+    """Per position, the sum of how the batches ``inflight`` moved ``available``."""
+    ahead: dict[tuple[str, str], int] = {}
+    for rec in inflight:
+        for sku, location, delta in rec.moved:
+            ahead[(sku, location)] = ahead.get((sku, location), 0) + delta
+    return ahead
+
+
+def apply_batch(ledger: Ledger, batch: list[Envelope], now: int) -> list[Answer]:
+    """Each message's work on ``ledger`` at ``now``, into the open batch; the answers to give once
+    it is durable. A message whose caller gave up is skipped; a refusal is an answer; a bug in one
+    command takes back only that command's half-made change."""
+    answers: list[Answer] = []
+    for env in batch:
+        if env.reply.done():  # the caller gave up (deadline or cancel): do not apply
+            continue
+        work = env.message
+        assert not isinstance(work, Control)
+        mark = ledger.mark()
+        try:
+            answers.append((env.reply, work(ledger, now), None))
+        except DomainError as exc:
+            answers.append((env.reply, None, exc))
+        except Exception as exc:
+            ledger.rollback_to(mark)
+            log.exception("shard %d: a command failed unexpectedly; nothing of it was applied", ledger.shard)
+            METRICS.internal_errors.inc()
+            answers.append((env.reply, None, DomainError(f"internal error ({type(exc).__name__}); "
+                                                         "nothing was applied")))
+    METRICS.batch_size.observe(len(answers))
+    return answers

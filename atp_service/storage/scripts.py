@@ -1,0 +1,98 @@
+"""The Lua scripts of the log: every write the service makes to a shard's log, snapshot or fence.
+
+Each checks, before it changes anything, that this instance still owns the keyspace (the epoch) and
+that the shard's fence has not been raised past the token the write carries (R7): a refused write
+changed nothing.
+"""
+
+# Every write of the log checks first that this instance still owns the keyspace: a newer instance
+# claims it by incrementing the epoch key (``LogStore.claim``), and from then on the older one's
+# writes are refused whole ("FENCED"), so two instances on one keyspace can never both decide
+# against the same units (nothing of a refused write is applied: the check comes before any change).
+FENCE_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED epoch ' .. ARGV[1] .. ' was replaced by ' .. tostring(redis.call('GET', KEYS[1])))
+end
+"""
+
+# Group commit in one command: the entries of every shard ready in this turn, each XADDed to its
+# own stream. One command instead of one per shard keeps the client's cost flat as shards grow.
+# Each entry is checked before it is written (R7, never a late landing, never a hole):
+# - its shard's fence: a shard settling an append in doubt first raises ``fence:<shard>``; an
+#   append sent before that (a reply lost, the script still on its way) is refused "STALE", so what
+#   the settle then reads is final;
+# - its place: the stream's newest entry must be the one just before it ("TAKEN" when the id is
+#   already used, "GAP" when one is missing). A stream is never empty once written: a snapshot
+#   trims up to its own entry, not past it.
+# Entries sharing a group number (a cross-shard change, R2) land all or none; a refused entry makes
+# the later entries of its stream refuse too ("SKIPPED"); other streams still land. A refusal comes
+# back as "!<reason>" in the entry's place.
+# KEYS: epoch, then log and fence key per entry; ARGV: epoch, then seq, data, token, group per entry.
+APPEND_SCRIPT = FENCE_LUA + """
+local n = (#KEYS - 1) / 2
+local out, failed, top = {}, {}, {}
+local function refusal(i)
+  local key, seq = KEYS[2 * i], tonumber(ARGV[4 * i - 2])
+  if failed[key] then return 'SKIPPED an earlier entry of this stream was refused' end
+  local fence = tonumber(redis.call('GET', KEYS[2 * i + 1]) or '0')
+  if fence > tonumber(ARGV[4 * i]) then return 'STALE shard fenced at ' .. fence end
+  local last = top[key]
+  if last == nil then
+    local row = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    if #row > 0 then
+      last = tonumber(string.match(row[1][1], '^%d+'))
+    elseif redis.call('EXISTS', key) == 0 then
+      last = 0
+    else  -- emptied by a trim: the newest id it ever had
+      local info = redis.call('XINFO', 'STREAM', key)
+      for k = 1, #info, 2 do
+        if info[k] == 'last-generated-id' then last = tonumber(string.match(info[k + 1], '^%d+')) end
+      end
+    end
+  end
+  if last >= seq then return 'TAKEN entry ' .. seq .. ' is not after ' .. last end
+  if last ~= seq - 1 then return 'GAP entry ' .. seq .. ' follows ' .. last end
+  return nil
+end
+local i = 1
+while i <= n do
+  local j = i
+  if ARGV[4 * i + 1] ~= '0' then
+    while j < n and ARGV[4 * j + 5] == ARGV[4 * i + 1] do j = j + 1 end
+  end
+  local why = nil
+  for k = i, j do
+    why = why or refusal(k)
+  end
+  for k = i, j do
+    local key = KEYS[2 * k]
+    if why then
+      out[k] = '!' .. why
+      failed[key] = true
+    else
+      out[k] = redis.call('XADD', key, ARGV[4 * k - 2] .. '-0', 'e', ARGV[4 * k - 1])
+      top[key] = tonumber(ARGV[4 * k - 2])
+    end
+  end
+  i = j + 1
+end
+return out
+"""
+
+# KEYS: epoch, fence; ARGV: epoch. A replaced instance raises no fence of the newer one's shards.
+FENCE_SCRIPT = FENCE_LUA + """
+return redis.call('INCR', KEYS[2])
+"""
+
+# KEYS: epoch, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
+# The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each
+# entry against the newest one, so the stream must never be left empty.
+SNAPSHOT_SCRIPT = FENCE_LUA + """
+local fence = tonumber(redis.call('GET', KEYS[4]) or '0')
+if fence > tonumber(ARGV[4]) then
+  return redis.error_reply('STALE shard fenced at ' .. fence)
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0')
+return 'OK'
+"""
