@@ -20,7 +20,7 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from atp_service.log import as_text, stream_entries
+from atp_service.storage.log import as_text, stream_entries
 from reservation import ChannelUpdate, TokenBucket, update_fields, update_from_fields
 
 from ._adapters import Adapter, DeliveryError

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
-from atp_service.log import connect
+from atp_service.storage.log import connect
 
 from ._adapters import Adapter, JsonlAdapter, ShopifyAdapter, WebhookAdapter
 from ._config import PublisherConfig
