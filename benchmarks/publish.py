@@ -40,9 +40,10 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import AtpClient, EmbeddedRedis, free_port
-from atp_service.storage.log import stream_entries
+from atp_service.storage.channel_wire import from_fields
+from atp_service.storage.resp import stream_entries
 from benchmarks.ingest import resp_command, spawn
-from reservation import ChannelUpdate, update_from_fields
+from reservation import ChannelUpdate
 
 ROOT = Path(__file__).resolve().parent.parent
 SKUS = [f"sku-{i:05d}" for i in range(1000)]
@@ -112,7 +113,7 @@ async def read_updates(url: str, quiet_s: float, seen: list[tuple[int, ChannelUp
         reply: Any = await r.xread(last, count=5000, block=100)  # type: ignore[arg-type]
         now = time.time_ns() // 1_000_000
         for stream, entry_id, fields in stream_entries(reply):
-            seen.append((now, update_from_fields(fields)))
+            seen.append((now, from_fields(fields)))
             last[stream] = entry_id
             quiet_since = time.monotonic()
     await r.aclose()

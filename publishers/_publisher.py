@@ -20,8 +20,9 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from atp_service.storage.log import as_text, stream_entries
-from reservation import ChannelUpdate, TokenBucket, update_fields, update_from_fields
+from atp_service.storage.channel_wire import from_fields, to_fields
+from atp_service.storage.resp import as_text, stream_entries
+from reservation import ChannelUpdate, TokenBucket
 
 from ._adapters import Adapter, DeliveryError
 from ._config import PublisherConfig
@@ -91,7 +92,7 @@ class Publisher:
         for _, entry_id, fields in stream_entries(reply):
             out.ids.append(as_text(entry_id))
             try:
-                update = update_from_fields({as_text(k): as_text(v) for k, v in (fields or {}).items()})
+                update = from_fields(fields or {})
             except (KeyError, ValueError) as exc:
                 await self._dead_letter_raw(as_text(entry_id), fields or {}, f"undecodable entry: {exc!r}")
                 continue
@@ -181,7 +182,7 @@ class Publisher:
         log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(updates), attempts, reason)
         pipe = self.client.pipeline(transaction=True)
         for u in updates:
-            fields = {**update_fields(u), "reason": reason, "attempts": str(attempts), "adapter": self.adapter.name}
+            fields = {**to_fields(u), "reason": reason, "attempts": str(attempts), "adapter": self.adapter.name}
             pipe.xadd(cfg.dead_letter_stream, fields, maxlen=cfg.dead_letter_maxlen, approximate=True)
         await pipe.execute()
 

@@ -26,8 +26,6 @@ from ._feed import (
     Published,
     StockStatus,
     TokenBucket,
-    update_fields,
-    update_from_fields,
 )
 from ._ledger import Ledger, LedgerSnapshot
 from ._limits import Limits
@@ -103,7 +101,5 @@ __all__ = [
     "release",
     "reserve",
     "reserve_command",
-    "update_fields",
-    "update_from_fields",
     "zero_through",
 ]

@@ -303,23 +303,3 @@ class Feed:
         if self._due:
             times.append(self._due[0][0])
         return min(times) if times else None
-
-
-# -- wire form of an update in a channel stream (flat string fields, readable by any client) --
-def update_fields(u: ChannelUpdate) -> dict[str, str]:
-    return {
-        "channel": u.channel, "sku": u.sku, "location": u.location, "quantity": str(u.quantity),
-        "previous": "" if u.previous is None else str(u.previous), "status": u.status.value,
-        "version": str(u.version), "event_time": str(u.event_time), "durable_at": str(u.durable_at),
-        "published_at": str(u.published_at),
-    }
-
-
-def update_from_fields(fields: dict[str, str]) -> ChannelUpdate:
-    """Inverse of ``update_fields``; raises KeyError/ValueError naming nothing for a foreign entry."""
-    previous = fields["previous"]
-    return ChannelUpdate(
-        fields["channel"], fields["sku"], fields["location"], int(fields["quantity"]),
-        None if previous == "" else int(previous), StockStatus(fields["status"]), int(fields["version"]),
-        int(fields["event_time"]), int(fields["durable_at"]), int(fields["published_at"]),
-    )

@@ -21,7 +21,7 @@ from atp_service.engine.clock import Clock
 from atp_service.intake.facts import FactDesk
 from atp_service.metrics import METRICS
 from atp_service.retry import Backoff, BackoffPolicy
-from atp_service.storage.log import as_text
+from atp_service.storage.resp import as_text
 from atp_service.tasks import cancel_and_wait
 from reservation import DomainError, Fact, FactKind, InvalidArgument, Limits
 from reservation import fact as make_fact

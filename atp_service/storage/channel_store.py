@@ -21,17 +21,23 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError, ResponseError
 
-from atp_service.storage.log import as_text, epoch_key, seq_of, stream_entries
+from atp_service.storage.channel_wire import (
+    LOCATION_ARG,
+    SKU_ARG,
+    STATE_ARG,
+    STATE_SEP,
+    VERSION_ARG,
+    from_fields,
+    script_item,
+    state_entry,
+    xadd_arguments,
+)
+from atp_service.storage.log import epoch_key
+from atp_service.storage.resp import seq_of, stream_entries
 from atp_service.storage.scripts import FENCE_LUA
-from reservation import ChannelUpdate, Key, Published, update_from_fields
+from reservation import ChannelUpdate, Key, Published
 
 _encode = msgspec.msgpack.Encoder().encode
-_SEP = "\t"
-
-
-def _field(key: Key) -> str:
-    return f"{key[0]}{_SEP}{key[1]}"
-
 
 # KEYS: the epoch key, the fence key, then stream and state hash per channel; ARGV: this instance's
 # epoch, the desk's fence token, then maxlen, channel, msgpack list of updates per channel. Fenced
@@ -53,8 +59,8 @@ for c = 0, n - 1 do
   local stream = KEYS[2 * c + 3]
   local items = cmsgpack.unpack(ARGV[3 * c + 5])
   local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  if #top > 0 and #items > 0 and tonumber(string.match(top[1][1], '^%d+')) >= tonumber(items[1][6]) then
-    return redis.error_reply('TAKEN ' .. stream .. ': version ' .. items[1][6] .. ' is not after ' .. top[1][1])
+  if #top > 0 and #items > 0 and tonumber(string.match(top[1][1], '^%d+')) >= tonumber(items[1][$VERSION]) then
+    return redis.error_reply('TAKEN ' .. stream .. ': version ' .. items[1][$VERSION] .. ' is not after ' .. top[1][1])
   end
   batches[c + 1] = items
 end
@@ -65,11 +71,9 @@ for c = 0, n - 1 do
   local maxlen, channel = ARGV[3 * c + 3], ARGV[3 * c + 4]
   local fields = {}
   for i, u in ipairs(batches[c + 1]) do
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[6] .. '-0', 'channel', channel, 'sku', u[1],
-      'location', u[2], 'quantity', u[3], 'previous', u[4], 'status', u[5], 'version', u[6],
-      'event_time', u[7], 'durable_at', u[8], 'published_at', now)
-    fields[#fields + 1] = u[1] .. '\t' .. u[2]
-    fields[#fields + 1] = u[10]
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[$VERSION] .. '-0', $XADD_FIELDS)
+    fields[#fields + 1] = u[$SKU] .. '$SEP' .. u[$LOCATION]
+    fields[#fields + 1] = u[$STATE]
     if #fields >= 1000 then
       redis.call('HSET', state, unpack(fields))
       fields = {}
@@ -81,6 +85,9 @@ for c = 0, n - 1 do
 end
 return n
 """
+for _name, _value in (("$XADD_FIELDS", xadd_arguments("u")), ("$VERSION", str(VERSION_ARG)), ("$SKU", str(SKU_ARG)),
+                      ("$LOCATION", str(LOCATION_ARG)), ("$STATE", str(STATE_ARG)), ("$SEP", STATE_SEP)):
+    _WRITE = _WRITE.replace(_name, _value)  # the field layout comes from channel_wire, not from here
 
 # KEYS: the epoch key, the fence key; ARGV: this instance's epoch. Raises the fence and returns it.
 _FENCE = FENCE_LUA + """
@@ -94,13 +101,6 @@ class WriteRefused(RedisError):
     """The write script refused the whole write before changing anything (FENCED: a newer instance
     owns the keyspace; STALE: the desk fenced since this write was sent; TAKEN: a version is already
     in the stream). Certain, unlike a timeout: nothing of it landed and nothing of it ever will."""
-
-
-def _wire(u: ChannelUpdate) -> tuple[str, ...]:
-    """One update as the script takes it; the last item is the state hash value (``Published``)."""
-    return (u.sku, u.location, str(u.quantity), "" if u.previous is None else str(u.previous), u.status.value,
-            str(u.version), str(u.event_time), str(u.durable_at), str(u.published_at),
-            f"{u.quantity} {u.version} {u.event_time}")
 
 
 class ChannelStore:
@@ -139,9 +139,8 @@ class ChannelStore:
         """The last published value per key, and the newest version the stream ever had."""
         published: dict[Key, Published] = {}
         async for field, value in self.client.hscan_iter(self.state_key(channel), count=10_000):
-            sku, _, location = as_text(field).partition(_SEP)
-            quantity, version, event_time = as_text(value).split()
-            published[(sku, location)] = Published(int(quantity), int(version), int(event_time))
+            key, pub = state_entry(field, value)
+            published[key] = pub
         newest = max((p.version for p in published.values()), default=0)
         return published, max(newest, await self.last_version(channel))
 
@@ -155,7 +154,7 @@ class ChannelStore:
             if not updates:
                 continue
             keys += [self.stream(channel), self.state_key(channel)]
-            args += [maxlen, channel, _encode([_wire(u) for u in updates])]
+            args += [maxlen, channel, _encode([script_item(u) for u in updates])]
         if len(keys) == 2:
             return
         if self.token is None:
@@ -197,5 +196,5 @@ class ChannelStore:
                          block_ms: int | None) -> list[ChannelUpdate]:
         """Updates with a version above ``version``, oldest first (waits up to ``block_ms`` for one)."""
         reply = await self.client.xread({self.stream(channel): f"{version}-0"}, count=count, block=block_ms)
-        return [update_from_fields({as_text(k): as_text(v) for k, v in fields.items()})
+        return [from_fields(fields)
                 for _, _, fields in stream_entries(reply)]

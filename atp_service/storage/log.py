@@ -8,7 +8,7 @@ and a repeated append is refused by Redis instead of being logged twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -19,6 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from atp_service.metrics import METRICS
+from atp_service.storage.resp import as_text, seq_of
 from atp_service.storage.scripts import APPEND_SCRIPT, FENCE_SCRIPT, SNAPSHOT_SCRIPT
 from reservation import LedgerSnapshot
 
@@ -79,27 +80,6 @@ def _hiredis_packing(base: type) -> type:
     if base not in _packing_classes:
         _packing_classes[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
     return _packing_classes[base]
-
-
-def as_text(value: Any) -> str:
-    """A Redis reply value as text (clients may or may not decode responses)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def seq_of(entry_id: Any) -> int:
-    """The number a service-chosen stream id ``<n>-0`` carries (a log seq, a channel version)."""
-    return int(as_text(entry_id).split("-", 1)[0])
-
-
-def stream_entries(reply: Any) -> Iterator[tuple[Any, Any, Any]]:
-    """(stream, entry id, fields) of an XREAD / XREADGROUP reply, in order: the RESP2 list form,
-    or the RESP3 map form, where a stream's entries may come wrapped in one more list."""
-    streams = reply.items() if isinstance(reply, dict) else (reply or ())
-    for stream, entries in streams:
-        if entries and isinstance(entries[0], list) and entries[0] and isinstance(entries[0][0], list):
-            entries = entries[0]
-        for entry_id, fields in entries:
-            yield stream, entry_id, fields
 
 
 class CommitWindow:

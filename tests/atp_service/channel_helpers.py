@@ -9,7 +9,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from atp_service.pb.atp.v1 import atp_pb2 as pb
-from reservation import ChannelUpdate, update_from_fields
+from atp_service.storage.channel_wire import from_fields
+from reservation import ChannelUpdate
 
 ESTATE = """
 [[locations]]
@@ -70,7 +71,7 @@ async def stream_updates(redis_url: str, channel: str) -> list[ChannelUpdate]:
         entries = await client.xrange(f"atp:avail:{channel}")
     finally:
         await client.aclose()
-    return [update_from_fields(fields) for _, fields in entries]
+    return [from_fields(fields) for _, fields in entries]
 
 
 async def wait_for_updates(redis_url: str, channel: str, count: int, timeout_s: float = 10.0) -> list[ChannelUpdate]:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from atp_service.storage.channel_wire import to_fields
 from publishers import (
     SIGNATURE_HEADER,
     JsonlAdapter,
@@ -24,7 +25,7 @@ from publishers import (
     shopify_body,
     verify_signature,
 )
-from reservation import ChannelUpdate, StockStatus, update_fields
+from reservation import ChannelUpdate, StockStatus
 
 SECRET = b"test-secret"
 
@@ -92,7 +93,7 @@ def update(sku: str, quantity: int, version: int, location: str = "") -> Channel
 
 async def publish(client: aioredis.Redis, updates: list[ChannelUpdate]) -> None:
     for u in updates:
-        await client.xadd("atp:avail:web", update_fields(u), id=f"{u.version}-0")  # type: ignore[arg-type]
+        await client.xadd("atp:avail:web", to_fields(u), id=f"{u.version}-0")  # type: ignore[arg-type]
 
 
 def config(**overrides: Any) -> PublisherConfig:
@@ -143,7 +144,7 @@ async def test_webhook_retried_delivered_once_per_version_in_order_and_signed(
     # Idempotence by version: re-reading everything (as after a lost acknowledgement) delivers nothing again,
     # and an older version published late is never delivered after a newer one.
     await client.xgroup_setid("atp:avail:web", "webhook", id="0")
-    await client.xadd("atp:avail:web", update_fields(update("zz", 3, 8)), id="8-0")  # type: ignore[arg-type]
+    await client.xadd("atp:avail:web", to_fields(update("zz", 3, 8)), id="8-0")  # type: ignore[arg-type]
     again = Publisher(config(), client, WebhookAdapter(url, SECRET), PublisherMetrics())
 
     async def caught_up() -> bool:

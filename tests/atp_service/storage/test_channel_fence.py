@@ -20,7 +20,8 @@ from atp_service import AtpClient, AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from atp_service.metrics import METRICS
 from atp_service.storage.channel_store import _FENCE, _WRITE, ChannelStore, WriteRefused
-from atp_service.storage.log import connect, epoch_key, seq_of
+from atp_service.storage.log import connect, epoch_key
+from atp_service.storage.resp import seq_of
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.channel_helpers import fact, latest, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy, until

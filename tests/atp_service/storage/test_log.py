@@ -11,7 +11,8 @@ from redis.exceptions import RedisError
 
 from atp_service.metrics import METRICS
 from atp_service.storage.channel_store import ChannelStore
-from atp_service.storage.log import CommitWindow, Fenced, LogStore, connect, seq_of
+from atp_service.storage.log import CommitWindow, Fenced, LogStore, connect
+from atp_service.storage.resp import seq_of
 from reservation import ChannelUpdate, Ledger, Limits, StockStatus
 
 

@@ -1,0 +1,78 @@
+"""The wire form of a channel stream's entry: one declaration (``FIELDS``) that the Lua writer, the
+service's readers, the publishers and their dead letters all follow.
+
+An entry is flat string fields, readable by any Redis client in any language. ``published_at`` is
+Redis's clock when the entry was written (the moment the value became visible), so the writer
+script sets it; every other field comes from the ``ChannelUpdate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from atp_service.storage.resp import as_text
+from reservation import ChannelUpdate, Key, Published, StockStatus
+
+FIELDS = ("channel", "sku", "location", "quantity", "previous", "status", "version", "event_time", "durable_at",
+          "published_at")
+"""The fields of one entry, in order."""
+_SET_BY_SCRIPT = {"channel": "channel", "published_at": "now"}  # Lua variables of the writer script
+_CARRIED = tuple(name for name in FIELDS if name not in _SET_BY_SCRIPT)
+"""The fields an update carries into the writer script, in this order (then its state-hash value)."""
+SKU_ARG, LOCATION_ARG, VERSION_ARG = (_CARRIED.index(name) + 1 for name in ("sku", "location", "version"))
+"""Where the sku, the location and the version are in the script's item for an update (Lua counts from 1)."""
+STATE_ARG = len(_CARRIED) + 1
+"""Where the state-hash value is in the script's item for an update."""
+
+
+def to_fields(u: ChannelUpdate) -> dict[str, str]:
+    """The entry's fields for ``u`` (its ``published_at`` as the update knows it)."""
+    return {
+        "channel": u.channel, "sku": u.sku, "location": u.location, "quantity": str(u.quantity),
+        "previous": "" if u.previous is None else str(u.previous), "status": u.status.value,
+        "version": str(u.version), "event_time": str(u.event_time), "durable_at": str(u.durable_at),
+        "published_at": str(u.published_at),
+    }
+
+
+def from_fields(fields: Mapping[Any, Any]) -> ChannelUpdate:
+    """The update an entry holds (keys and values as bytes or str). Raises KeyError or ValueError
+    for an entry of another format."""
+    f = {as_text(k): as_text(v) for k, v in fields.items()}
+    previous = f["previous"]
+    return ChannelUpdate(
+        f["channel"], f["sku"], f["location"], int(f["quantity"]), None if previous == "" else int(previous),
+        StockStatus(f["status"]), int(f["version"]), int(f["event_time"]), int(f["durable_at"]),
+        int(f["published_at"]),
+    )
+
+
+def script_item(u: ChannelUpdate) -> tuple[str, ...]:
+    """``u`` as the writer script takes it: the carried fields in order, then the state-hash value."""
+    fields = to_fields(u)
+    return (*(fields[name] for name in _CARRIED), f"{u.quantity} {u.version} {u.event_time}")
+
+
+STATE_SEP = "\t"
+"""Between sku and location in a field of a channel's state hash (ids never hold control characters)."""
+
+
+def state_entry(field: Any, value: Any) -> tuple[Key, Published]:
+    """A field of a channel's state hash, ``sku<TAB>location``, and its value, ``quantity version
+    event_time`` (written by the script from ``script_item``'s last item)."""
+    sku, _, location = as_text(field).partition(STATE_SEP)
+    quantity, version, event_time = as_text(value).split()
+    return (sku, location), Published(int(quantity), int(version), int(event_time))
+
+
+def xadd_arguments(item: str) -> str:
+    """The Lua of an XADD's field-value pairs for one update ``item`` (a table built by ``script_item``)."""
+    pairs, n = [], 0
+    for name in FIELDS:
+        if name in _SET_BY_SCRIPT:
+            pairs.append(f"'{name}', {_SET_BY_SCRIPT[name]}")
+        else:
+            n += 1
+            pairs.append(f"'{name}', {item}[{n}]")
+    return ", ".join(pairs)

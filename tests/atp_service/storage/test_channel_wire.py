@@ -1,0 +1,45 @@
+"""One declaration of a channel stream entry's fields: the writer script, the readers and the
+publishers follow it (storage/channel_wire.py). Pure: no Redis here (test_channel_fence.py and the
+channel tests write and read real streams)."""
+
+from __future__ import annotations
+
+import re
+
+from atp_service.storage.channel_store import _WRITE
+from atp_service.storage.channel_wire import (
+    FIELDS,
+    STATE_ARG,
+    from_fields,
+    script_item,
+    state_entry,
+    to_fields,
+)
+from reservation import ChannelUpdate, Published, StockStatus
+
+U = ChannelUpdate("web", "sku-1", "dc-1", 7, None, StockStatus.LOW_STOCK, 42, 1_000, 1_001, 1_002)
+
+
+def test_an_entry_round_trips_as_str_or_bytes() -> None:
+    fields = to_fields(U)
+    assert tuple(fields) == FIELDS
+    assert from_fields(fields) == U
+    assert from_fields({k.encode(): v.encode() for k, v in fields.items()}) == U  # a client without decoding
+    assert from_fields({**fields, "previous": "9"}).previous == 9
+
+
+def test_the_writer_script_sets_every_field_once_from_the_declaration() -> None:
+    xadd = re.search(r"redis\.call\('XADD'.*\)", _WRITE)
+    assert xadd is not None
+    named = re.findall(r"'(\w+)', (?:u\[\d+\]|channel|now)", xadd.group(0))
+    assert tuple(named) == FIELDS  # every field, in order, once
+    item = script_item(U)
+    assert len(item) == STATE_ARG
+    by_position = {int(n): name for name, n in re.findall(r"'(\w+)', u\[(\d+)\]", xadd.group(0))}
+    assert {name: item[n - 1] for n, name in by_position.items()} == {
+        k: v for k, v in to_fields(U).items() if k in by_position.values()}
+
+
+def test_the_state_hash_value_the_script_stores_reads_back() -> None:
+    key, pub = state_entry(b"sku-1\tdc-1", script_item(U)[STATE_ARG - 1].encode())
+    assert key == ("sku-1", "dc-1") and pub == Published(7, 42, 1_000)
