@@ -4,7 +4,6 @@ await the coordination has. Each window once wedged shards or split memory from 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,18 +13,12 @@ from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from reservation import Fact, FactKind, Ledger, Limits, Reservation, Unavailable, decode_entry, reserve_command
 from reservation._errors import ResourceExhausted
+from tests.atp_service.engine.helpers import until_turns
 from tests.sim.simlog import SimLog
 from tests.sim.world import sim_config
 
 SKUS = ("D", "A")  # on shards 0 and 1 of two (checked below)
 
-
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(what)
 
 
 class Rig:
@@ -99,9 +92,9 @@ async def rig() -> Any:
 
 async def test_cancelled_while_pausing_the_second_shard_leaves_the_first_running(rig: Rig) -> None:
     busy = rig.engine.actors[1].submit(lambda ledger, _now: ledger.set_safety_stock("A", "DC", 0))
-    await _until(lambda: len(rig.log.pending) == 1, "shard 1 has an append in flight")
+    await until_turns(lambda: len(rig.log.pending) == 1, "shard 1 has an append in flight")
     order = asyncio.ensure_future(rig.order("r1"))
-    await _until(lambda: rig.engine.actors[0]._mailbox.empty() and not rig.engine.actors[1]._mailbox.empty(),
+    await until_turns(lambda: rig.engine.actors[0]._mailbox.empty() and not rig.engine.actors[1]._mailbox.empty(),
                  "shard 0 paused, shard 1 draining before it pauses")
     order.cancel()  # a client deadline
     await asyncio.gather(order, return_exceptions=True)
@@ -114,7 +107,7 @@ async def test_cancelled_after_the_pause_was_granted_leaves_no_shard_parked(rig:
     """The window between 'pause granted' and the coordinator holding its resume future."""
     shard = rig.engine.actors[0]
     pausing = asyncio.ensure_future(shard.pause())
-    await _until(lambda: shard._mailbox.empty(), "the shard took the pause request")
+    await until_turns(lambda: shard._mailbox.empty(), "the shard took the pause request")
     pausing.cancel()
     await asyncio.gather(pausing, return_exceptions=True)
     await rig.settled()
@@ -124,9 +117,9 @@ async def test_cancelled_while_a_paused_shard_waits_for_its_appends_does_not_end
     """The shard answers the pause only after its appends in flight: the coordinator may be gone."""
     shard = rig.engine.actors[0]
     busy = shard.submit(lambda ledger, _now: ledger.set_safety_stock("D", "DC", 0))
-    await _until(lambda: len(rig.log.pending) == 1, "an append in flight")
+    await until_turns(lambda: len(rig.log.pending) == 1, "an append in flight")
     pausing = asyncio.ensure_future(shard.pause())
-    await _until(lambda: shard._mailbox.empty(), "the shard waits for its append before pausing")
+    await until_turns(lambda: shard._mailbox.empty(), "the shard waits for its append before pausing")
     pausing.cancel()
     await asyncio.gather(pausing, return_exceptions=True)
     await rig.pump_until_done([busy])
@@ -137,7 +130,7 @@ async def test_cancelled_while_a_paused_shard_waits_for_its_appends_does_not_end
 async def test_cancelled_while_the_group_append_is_in_flight_the_shards_see_it_through(
         rig: Rig, outcome: str) -> None:
     order = asyncio.ensure_future(rig.order("r1"))
-    await _until(lambda: len(rig.log.pending) == 1, "the order's group is appended")
+    await until_turns(lambda: len(rig.log.pending) == 1, "the order's group is appended")
     order.cancel()
     await asyncio.gather(order, return_exceptions=True)
     rig.log.pump(outcome)
@@ -153,7 +146,7 @@ async def test_cancelled_while_the_group_append_is_in_flight_the_shards_see_it_t
 
 async def test_an_order_whose_group_append_was_not_durable_is_answered_unavailable(rig: Rig) -> None:
     order = asyncio.ensure_future(rig.order("r1"))
-    await _until(lambda: len(rig.log.pending) == 1, "the order's group is appended")
+    await until_turns(lambda: len(rig.log.pending) == 1, "the order's group is appended")
     rig.log.pump("lost")
     with pytest.raises(Unavailable):
         await order
@@ -163,7 +156,7 @@ async def test_an_order_whose_group_append_was_not_durable_is_answered_unavailab
 
 async def test_an_order_is_acknowledged_only_once_both_parts_are_durable(rig: Rig) -> None:
     order = asyncio.ensure_future(rig.order("r1"))
-    await _until(lambda: len(rig.log.pending) == 1, "the order's group is appended")
+    await until_turns(lambda: len(rig.log.pending) == 1, "the order's group is appended")
     for _ in range(5):
         await asyncio.sleep(0)
     assert not order.done()
@@ -178,13 +171,13 @@ async def test_a_group_append_arriving_after_the_settle_is_refused_and_never_mis
     """R7: the settle fenced the shards before reading; the late script can no longer land, and
     the ids it carried are used again by the next entries without confusion."""
     order = asyncio.ensure_future(rig.order("r1"))
-    await _until(lambda: len(rig.log.pending) == 1, "the order's group is appended")
+    await until_turns(lambda: len(rig.log.pending) == 1, "the order's group is appended")
     rig.log.pump("late")
     with pytest.raises(Unavailable):
         await order
     for actor in rig.engine.actors:
         actor.request_maintenance()  # both shards settle, without a pump: the script is still on its way
-    await _until(lambda: not any(actor.in_doubt for actor in rig.engine.actors), "the shards settle")
+    await until_turns(lambda: not any(actor.in_doubt for actor in rig.engine.actors), "the shards settle")
     again = asyncio.ensure_future(rig.order("r2", units=1))
     await rig.pump_until_done([again])  # the late script reaches Redis first, after the fence
     assert (rig.log.tally.late_landed, rig.log.tally.late_refused) == (0, 1)
@@ -199,13 +192,13 @@ async def test_a_stop_while_the_shard_settles_applies_a_landed_entry_once(rig: R
     shard = rig.engine.actors[0]
     receipt = Fact("more", "wms", FactKind.RECEIPT, "D", "DC", 5, rig.clock.now_ms())
     more = shard.submit(lambda ledger, _now: ledger.record_fact(receipt))
-    await _until(lambda: len(rig.log.pending) == 1, "the receipt is appended")
+    await until_turns(lambda: len(rig.log.pending) == 1, "the receipt is appended")
     rig.log.pump("doubt")  # it landed; the caller was told it failed
     with pytest.raises(Unavailable):
         await more
     rig.log.pause()  # Redis slow: the settle's fence waits
     shard.request_maintenance()  # the actor begins to settle ...
-    await _until(lambda: shard._mailbox.empty(), "the actor took the maintenance request")
+    await until_turns(lambda: shard._mailbox.empty(), "the actor took the maintenance request")
     stopping = asyncio.ensure_future(rig.engine.stop(snapshot=True))  # ... and so does the stop
     for _ in range(10):
         await asyncio.sleep(0)
@@ -245,7 +238,7 @@ async def test_a_cancelled_stream_batch_still_finds_the_records_its_shards_made(
     for resume in resumes:
         resume.set_result(None)
     await rig.pump_until_done([])
-    await _until(lambda: not rig.engine._routing, "shard 0's answer heard")
+    await until_turns(lambda: not rig.engine._routing, "shard 0's answer heard")
     read = asyncio.ensure_future(rig.engine.get_reservation("on-0"))
     await rig.pump_until_done([read])
     assert read.result().reservation_id == "on-0"
@@ -254,7 +247,7 @@ async def test_a_cancelled_stream_batch_still_finds_the_records_its_shards_made(
 
 async def test_a_reserve_whose_caller_left_and_whose_append_then_failed_leaves_no_route(rig: Rig) -> None:
     order = asyncio.ensure_future(rig.engine.reserve(_cmd("gone", ("D", 1))))
-    await _until(lambda: len(rig.log.pending) == 1, "applied, its append in flight")
+    await until_turns(lambda: len(rig.log.pending) == 1, "applied, its append in flight")
     order.cancel()
     await asyncio.gather(order, return_exceptions=True)
     assert rig.engine.home_of("gone") == 0  # the record is in memory: its route stays for now
@@ -271,13 +264,13 @@ async def test_a_shard_that_fails_while_a_coordinator_waits_for_room_releases_th
     await rig.start()
     one = rig.engine.actors[1]
     held = asyncio.ensure_future(one.pause())  # park shard 1, then fill its mailbox
-    await _until(held.done, "shard 1 paused")
+    await until_turns(held.done, "shard 1 paused")
     filler: list[Any] = []
     with pytest.raises(ResourceExhausted):
         while True:
             filler.append(one.submit(lambda ledger, _now: None))
     order = asyncio.ensure_future(rig.order("o1"))
-    await _until(lambda: rig.engine.actors[0]._mailbox.empty() and not order.done(), "shard 0 granted")
+    await until_turns(lambda: rig.engine.actors[0]._mailbox.empty() and not order.done(), "shard 0 granted")
     for _ in range(20):
         await asyncio.sleep(0)  # the coordinator now waits for room in shard 1's mailbox
     one.break_down(RuntimeError("a bug"))

@@ -4,7 +4,6 @@ until the test answers them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,17 +11,10 @@ import pytest
 from atp_service.engine.clock import ManualClock
 from atp_service.engine.shard import ShardActor
 from reservation import DomainError, Ledger, Unavailable, reserve
+from tests.atp_service.engine.helpers import until_turns
 from tests.reservation.helpers import cmd, ledger_with
 from tests.sim.simlog import SimLog
 from tests.sim.world import sim_config
-
-
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(what)
 
 
 async def test_a_maintenance_pass_with_nothing_due_does_not_hold_new_work_behind_appends_in_flight() -> None:
@@ -33,10 +25,11 @@ async def test_a_maintenance_pass_with_nothing_due_does_not_hold_new_work_behind
     actor.start()
     try:
         first = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 1)), now))
-        await _until(lambda: len(log.pending) == 1, "the first batch is appended")
+        await until_turns(lambda: len(log.pending) == 1, "the first batch is appended", turns=200)
         actor.request_maintenance()  # nothing due: no snapshot, no fact old enough to forget
         second = actor.submit(lambda ledger, now: reserve(ledger, cmd("r2", ("A", "S1", 1)), now))
-        await _until(lambda: len(log.pending) == 2, "the second batch is decided while the first is in flight")
+        await until_turns(lambda: len(log.pending) == 2, "the second batch is decided while the first is in flight",
+                          turns=200)
         log.pump("ok")
         assert [rec.reservation_id for rec, _ in await asyncio.gather(first, second)] == ["r1", "r2"]
     finally:
@@ -56,7 +49,7 @@ async def test_a_command_failing_unexpectedly_takes_back_only_its_own_change() -
         first = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 1)), now))
         buggy = actor.submit(half_then_bug)
         last = actor.submit(lambda ledger, now: reserve(ledger, cmd("r2", ("A", "S1", 2)), now))
-        await _until(lambda: len(log.pending) == 1, "one batch of the three is appended")
+        await until_turns(lambda: len(log.pending) == 1, "one batch of the three is appended", turns=200)
         log.pump("ok")
         with pytest.raises(DomainError, match="internal error"):
             await buggy
@@ -82,7 +75,7 @@ async def test_a_shard_whose_task_ends_says_so_and_answers_unavailable_instead_o
         in_hand = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 1)), now))
         with pytest.raises(Unavailable, match="stopped working"):
             await in_hand  # the batch the actor held when it died is answered, not left to its deadline
-        await _until(lambda: failed == [actor], "the failure is reported")
+        await until_turns(lambda: failed == [actor], "the failure is reported", turns=200)
         assert isinstance(actor.failure, RuntimeError)
         with pytest.raises(Unavailable, match="stopped working"):
             actor.submit(lambda ledger, now: None)
