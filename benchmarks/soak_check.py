@@ -168,7 +168,8 @@ async def lost_facts(stub: Any, layout: Layout, book: Book) -> tuple[list[str], 
 
 # -- invariants of the durable state -----------------------------------------------------------
 def hold_mismatches(durable: Durable) -> list[str]:
-    """Per position, reserved and committed equal what the reservations hold there (Q2, Q3)."""
+    """Per position, reserved and committed equal what the reservations hold there (Q2, Q3). Records
+    and positions may live on different shards, read one after another: poll (``until_clean``)."""
     held: Counter[Position] = Counter()
     committed: Counter[Position] = Counter()
     for rec in durable.reservations().values():
