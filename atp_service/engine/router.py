@@ -12,7 +12,7 @@ import functools
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from atp_service.config import ServiceConfig
 from atp_service.engine.clock import Clock
@@ -42,7 +42,6 @@ from reservation import _operations as ops
 from reservation._events import ReservationSaved
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 _STATE_NAMES = {state.value: state.name.lower() for state in State}  # metric labels, without an Enum call each
 
 

@@ -85,9 +85,18 @@ for c = 0, n - 1 do
 end
 return n
 """
-for _name, _value in (("$XADD_FIELDS", xadd_arguments("u")), ("$VERSION", str(VERSION_ARG)), ("$SKU", str(SKU_ARG)),
-                      ("$LOCATION", str(LOCATION_ARG)), ("$STATE", str(STATE_ARG)), ("$SEP", STATE_SEP)):
-    _WRITE = _WRITE.replace(_name, _value)  # the field layout comes from channel_wire, not from here
+
+
+def _with_layout(script: str) -> str:
+    """The writer script with the entry layout of ``channel_wire`` filled in (not written out here)."""
+    for name, value in (("$XADD_FIELDS", xadd_arguments("u")), ("$VERSION", str(VERSION_ARG)),
+                        ("$SKU", str(SKU_ARG)), ("$LOCATION", str(LOCATION_ARG)), ("$STATE", str(STATE_ARG)),
+                        ("$SEP", STATE_SEP)):
+        script = script.replace(name, value)
+    return script
+
+
+_WRITE = _with_layout(_WRITE)
 
 # KEYS: the epoch key, the fence key; ARGV: this instance's epoch. Raises the fence and returns it.
 _FENCE = FENCE_LUA + """
