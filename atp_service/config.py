@@ -1,11 +1,12 @@
-"""Service configuration: one frozen dataclass, filled from flags and ``ATP_*`` variables."""
+"""Service configuration: one frozen dataclass, filled from flags and ``ATP_*`` variables, and the
+slices of it each component is given (a component sees only the settings it uses)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from reservation import Limits
 
@@ -247,6 +248,26 @@ class ServiceConfig:
     def auth_on(self) -> bool:
         return self.auth == "on" or (self.auth == "auto" and not self.demo)
 
+    @property
+    def engine_settings(self) -> EngineSettings:
+        return _slice(EngineSettings, self)
+
+    @property
+    def shard_settings(self) -> ShardSettings:
+        return _slice(ShardSettings, self)
+
+    @property
+    def snapshot_policy(self) -> SnapshotPolicy:
+        return _slice(SnapshotPolicy, self)
+
+    @property
+    def ingest_settings(self) -> IngestSettings:
+        return _slice(IngestSettings, self)
+
+    @property
+    def channel_settings(self) -> ChannelSettings:
+        return _slice(ChannelSettings, self)
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ServiceConfig:
         """Defaults, then ``ATP_*`` variables, then explicit overrides (flags)."""
@@ -259,6 +280,72 @@ class ServiceConfig:
             values[f.name] = _parse(f.name, str(f.type), raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
+
+
+# The slices. Each field is documented once, on the ServiceConfig field of the same name (a test
+# checks that every slice field has one); a slice that holds another names it after its property.
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """When a shard snapshots (``storage.Checkpoints``)."""
+
+    snapshot_every_entries: int
+    snapshot_interval_s: float
+    snapshot_retry_max_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSettings:
+    """What one shard actor is told: its mailbox, batches, pipeline and snapshots."""
+
+    mailbox_size: int
+    max_queue_delay_ms: int
+    batch_max: int
+    pipeline_depth: int
+    redis_timeout_s: float
+    limits: Limits
+    snapshot_policy: SnapshotPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """What the engine is told: how many shards, housekeeping, and each shard's settings."""
+
+    shards: int
+    maintenance_interval_ms: int
+    limits: Limits
+    shard_settings: ShardSettings
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """What the reader of the POS/WMS input streams is told."""
+
+    input_streams: tuple[str, ...]
+    consumer_group: str
+    consumer_name: str
+    ingest_count: int
+    ingest_inflight: int
+    ingest_block_ms: int
+    claim_idle_ms: int
+    dead_letter_stream: str
+    side_stream_maxlen: int
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """What the channel desk is told, beyond the estate."""
+
+    publish_batch_max: int
+    velocity_half_life_s: float
+
+
+Slice = TypeVar("Slice")
+
+
+def _slice(kind: type[Slice], config: ServiceConfig) -> Slice:
+    return kind(**{f.name: getattr(config, f.name) for f in fields(kind)})  # type: ignore[arg-type]
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

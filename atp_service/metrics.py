@@ -1,4 +1,10 @@
-"""Prometheus metrics, all prefixed ``atp_``. One registry per process."""
+"""Prometheus metrics, all prefixed ``atp_``: one ``Metrics`` per service, on its own registry.
+
+Each room gets only its group (``EngineMetrics`` for the shard actors and router, ``StorageMetrics``
+for the log, ``IntakeMetrics`` for the fact desks, ``ChannelMetrics`` for the channel desk,
+``EdgeMetrics`` for the gRPC face), injected by the service that wires them. A component built
+without one (a test, a tool that only reads) records into a private registry nobody scrapes.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,73 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class Metrics:
+class EngineMetrics:
+    """Shard actors, the router, the coordinator and housekeeping."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.rpc_seconds = Histogram(
-            "atp_rpc_duration_seconds", "gRPC handling time by method and status code",
-            ["method", "code"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
+        r = registry or CollectorRegistry()
         self.reservations = Counter(
             "atp_reservations_total", "Reservation decisions and resolutions by outcome", ["outcome"], registry=r
         )
+        self.mailbox_depth = Gauge("atp_shard_mailbox_depth", "Messages waiting per shard", ["shard"], registry=r)
+        self.batch_size = Histogram(
+            "atp_shard_batch_size", "Commands applied per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r,
+        )
+        self.append_failures = Counter(
+            "atp_log_append_failures_total", "Log appends that failed (answered UNAVAILABLE)", registry=r
+        )
+        self.shard_failures = Counter(
+            "atp_shard_failures_total", "Shard actors that stopped working (a bug; the service restarts)", registry=r
+        )
+        self.internal_errors = Counter(
+            "atp_internal_errors_total", "Commands that failed unexpectedly (a bug); nothing of them was applied",
+            registry=r,
+        )
+        self.shed = Counter("atp_shed_total", "Requests refused for overload (mailbox full, queue delay, loop lag)",
+                            registry=r)
+        self.recovery_seconds = Gauge("atp_recovery_seconds", "Duration of the last start-up recovery", registry=r)
+        self.recovered_entries = Gauge("atp_recovery_entries", "Log entries replayed at start-up", registry=r)
+        self.live_reservations = Gauge(
+            "atp_live_reservations", "HELD or CONFIRMED reservations per shard", ["shard"], registry=r
+        )
+        self.oversold_units = Gauge(
+            "atp_oversold_units", "Units promised (reserved + committed) beyond on hand, over all positions (Q5)",
+            registry=r,
+        )
+
+
+class StorageMetrics:
+    """The log: group commit, settling appends in doubt, snapshots."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry or CollectorRegistry()
+        self.pipeline_size = Histogram(
+            "atp_log_pipeline_entries", "Shard entries per Redis round trip",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
+        self.append_seconds = Histogram(
+            "atp_log_append_seconds", "Redis append round-trip time", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.settles = Counter(
+            "atp_log_settles_total", "Appends in doubt settled after fencing, by what the log held",
+            ["outcome"], registry=r,
+        )
+        self.snapshot_seconds = Histogram(
+            "atp_snapshot_seconds", "Time to encode and store one shard snapshot",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10), registry=r,
+        )
+        self.snapshot_failures = Counter(
+            "atp_snapshot_failures_total", "Shard snapshots that could not be stored (retried with backoff)",
+            registry=r)
+        self.snapshot_bytes = Gauge("atp_snapshot_bytes", "Size of the last snapshot per shard", ["shard"], registry=r)
+
+
+class IntakeMetrics:
+    """Facts from RecordEvents and the input streams."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry or CollectorRegistry()
         self.facts = Counter(
             "atp_facts_total", "Facts by origin (grpc or input stream), kind and outcome",
             ["origin", "kind", "outcome"], registry=r,
@@ -36,88 +98,41 @@ class Metrics:
         self.ingest_claimed = Counter(
             "atp_ingest_claimed_total", "Stale pending entries claimed from other consumers", registry=r
         )
-        self.mailbox_depth = Gauge("atp_shard_mailbox_depth", "Messages waiting per shard", ["shard"], registry=r)
-        self.batch_size = Histogram(
-            "atp_shard_batch_size", "Commands applied per group commit",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r,
-        )
-        self.pipeline_size = Histogram(
-            "atp_log_pipeline_entries", "Shard entries per Redis round trip",
-            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
-        )
-        self.append_seconds = Histogram(
-            "atp_log_append_seconds", "Redis append round-trip time", buckets=_LATENCY_BUCKETS, registry=r
-        )
-        self.append_failures = Counter(
-            "atp_log_append_failures_total", "Log appends that failed (answered UNAVAILABLE)", registry=r
-        )
-        self.settles = Counter(
-            "atp_log_settles_total", "Appends in doubt settled after fencing, by what the log held",
-            ["outcome"], registry=r,
-        )
-        self.shard_failures = Counter(
-            "atp_shard_failures_total", "Shard actors that stopped working (a bug; the service restarts)", registry=r
-        )
-        self.internal_errors = Counter(
-            "atp_internal_errors_total", "Commands that failed unexpectedly (a bug); nothing of them was applied",
-            registry=r,
-        )
-        self.shed = Counter("atp_shed_total", "Requests refused for overload (mailbox full, queue delay, loop lag)",
-                            registry=r)
-        self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke a 20 ms timer", registry=r)
-        self.recovery_seconds = Gauge("atp_recovery_seconds", "Duration of the last start-up recovery", registry=r)
-        self.recovered_entries = Gauge("atp_recovery_entries", "Log entries replayed at start-up", registry=r)
-        self.snapshot_seconds = Histogram(
-            "atp_snapshot_seconds", "Time to encode and store one shard snapshot",
-            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10), registry=r,
-        )
-        self.snapshot_failures = Counter(
-            "atp_snapshot_failures_total", "Shard snapshots that could not be stored (retried with backoff)",
-            registry=r)
-        self.snapshot_bytes = Gauge("atp_snapshot_bytes", "Size of the last snapshot per shard", ["shard"], registry=r)
-        self.live_reservations = Gauge(
-            "atp_live_reservations", "HELD or CONFIRMED reservations per shard", ["shard"], registry=r
-        )
-        self.oversold_units = Gauge(
-            "atp_oversold_units", "Units promised (reserved + committed) beyond on hand, over all positions (Q5)",
-            registry=r,
-        )
-        self.channel_delay = Histogram(
+
+
+class ChannelMetrics:
+    """The channel desk: curation, feeds, their writes."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry or CollectorRegistry()
+        self.delay = Histogram(
             "atp_channel_publish_delay_seconds",
             "Source time of the newest change behind a value -> published, by channel and kind",
             ["channel", "kind"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
-        self.channel_published = Counter(
+        self.published = Counter(
             "atp_channel_updates_published_total", "Channel updates written, by kind (stockout, baseline, change)",
             ["channel", "kind"], registry=r,
         )
-        self.channel_coalesced = Counter(
+        self.coalesced = Counter(
             "atp_channel_coalesced_total", "Curated values replaced by a newer one before being published",
             ["channel"], registry=r,
         )
-        self.channel_throttled = Counter(
+        self.throttled = Counter(
             "atp_channel_throttled_total", "Changes that had to wait for their key's throttle interval (C2)",
             ["channel"], registry=r,
         )
-        self.channel_pending = Gauge(
+        self.pending = Gauge(
             "atp_channel_pending", "Changes waiting (throttle interval or rate limit) per channel", ["channel"],
             registry=r,
         )
-        self.channel_write_failures = Counter(
+        self.write_failures = Counter(
             "atp_channel_write_failures_total", "Channel stream writes that failed (retried)", registry=r
         )
-        self.channel_settles = Counter(
+        self.settles = Counter(
             "atp_channel_settles_total", "Failed channel writes settled after fencing, by what the streams held "
             "(landed, not_landed; refused: the write script refused it, nothing landed)", ["outcome"], registry=r,
-        )
-        self.auth_denied = Counter(
-            "atp_auth_denied_total", "Calls refused by authentication/authorisation, by status code", ["code"],
-            registry=r,
-        )
-        self.bad_requests = Counter(
-            "atp_bad_requests_total", "Calls refused INVALID_ARGUMENT because their bytes are not a valid request "
-            "message (truncated, bad UTF-8), by method", ["method"], registry=r,
         )
         self.curated_skus = Counter(
             "atp_channel_curated_skus_total", "SKUs re-curated (all channels) after a durable change", registry=r
@@ -128,4 +143,38 @@ class Metrics:
         )
 
 
-METRICS = Metrics()
+class EdgeMetrics:
+    """The gRPC face. ``shed`` and ``facts`` are the engine's and the intake's own counters: a call
+    refused at the door for loop lag is shed like one refused by a full mailbox, and an invalid
+    fact in a RecordEvents is counted with the facts."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, shed: Counter | None = None,
+                 facts: Counter | None = None) -> None:
+        r = registry or CollectorRegistry()
+        self.rpc_seconds = Histogram(
+            "atp_rpc_duration_seconds", "gRPC handling time by method and status code",
+            ["method", "code"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.auth_denied = Counter(
+            "atp_auth_denied_total", "Calls refused by authentication/authorisation, by status code", ["code"],
+            registry=r,
+        )
+        self.bad_requests = Counter(
+            "atp_bad_requests_total", "Calls refused INVALID_ARGUMENT because their bytes are not a valid request "
+            "message (truncated, bad UTF-8), by method", ["method"], registry=r,
+        )
+        self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke a 20 ms timer", registry=r)
+        self.shed = shed or EngineMetrics().shed
+        self.facts = facts or IntakeMetrics().facts
+
+
+class Metrics:
+    """Every group of one service, on one registry (what its metrics endpoint serves)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.engine = EngineMetrics(self.registry)
+        self.storage = StorageMetrics(self.registry)
+        self.intake = IntakeMetrics(self.registry)
+        self.channels = ChannelMetrics(self.registry)
+        self.edge = EdgeMetrics(self.registry, shed=self.engine.shed, facts=self.intake.facts)

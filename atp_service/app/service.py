@@ -22,7 +22,7 @@ from atp_service.channels.estate import Estate, EstateError, EstateUnusable, gro
 from atp_service.config import ServiceConfig
 from atp_service.edge import transport
 from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
-from atp_service.edge.door import door_calls, server_ids
+from atp_service.edge.door import DoorCalls, server_ids
 from atp_service.edge.handlers import add_service
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.servicer import AvailabilityServicer
@@ -33,7 +33,7 @@ from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
-from atp_service.metrics import METRICS
+from atp_service.metrics import Metrics
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.retry import BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore
@@ -61,6 +61,11 @@ class AtpService:
 
     def __init__(self, config: ServiceConfig, redis_url: str, clock: Clock | None = None) -> None:
         self.config = config
+        self.metrics = Metrics()
+        """This service's metrics (what its endpoint serves); each component records into its group."""
+        self.door = DoorCalls()
+        """gRPC core's own counts of this service's calls, those refused before any handler included."""
+        self.metrics.registry.register(self.door)
         self.redis_url = redis_url
         self.clock: Clock = clock or SystemClock()
         self.engine: Engine | None = None
@@ -73,10 +78,10 @@ class AtpService:
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._servicer = AvailabilityServicer(config.limits, config.max_stream_inflight,
-                                              Watchers(config.max_watchers, config.watch_batch), self._reload_rpc)
+                                              Watchers(config.max_watchers, config.watch_batch), self._reload_rpc,
+                                              self.metrics.edge)
         self._log: LogStore | None = None
-        self._monitor = LoopLagMonitor(config.max_loop_lag_ms)
-        self._door_ids: set[int] = set()
+        self._monitor = LoopLagMonitor(config.max_loop_lag_ms, self.metrics.edge)
         self._owner_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.replaced = asyncio.Event()
@@ -104,7 +109,6 @@ class AtpService:
         except BaseException:  # refused (a bad log, a mismatched layout): leave nothing listening behind
             assert self._server is not None
             await self._server.stop(0)
-            door_calls().forget(self._door_ids)
             if self._log is not None:
                 await self._log.client.aclose()
             raise
@@ -124,8 +128,7 @@ class AtpService:
             ("grpc.server.max_pending_requests", max(1, cfg.max_pending_calls // 2)),
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
         ])
-        self._door_ids = server_ids() - before  # this server's channelz counters (atp_grpc_server_calls_total)
-        door_calls().watch(self._door_ids)
+        self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_total)
         self._add_services(self._server)
         try:
             credentials = self._tls()
@@ -143,7 +146,7 @@ class AtpService:
         self._note_transport()
         if cfg.metrics_port >= 0:
             try:
-                server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=METRICS.registry)
+                server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=self.metrics.registry)
             except OSError as exc:
                 raise StartupError(f"metrics_port: cannot listen on {cfg.metrics_host}:{cfg.metrics_port} ({exc}); "
                                    "choose another with --metrics-port / ATP_METRICS_PORT, or -1 to disable") from None
@@ -159,18 +162,19 @@ class AtpService:
         self._monitor.start()
         self._owner_task = asyncio.get_running_loop().create_task(self._check_owner(), name="owner-check")
         self._servicer.monitor = self._monitor
-        self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen)
+        self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen, self.metrics.intake)
         if self.estate.channels:
             channel_client = connect(self.redis_url, cfg.redis_timeout_s)
             store = ChannelStore(channel_client, cfg.key_prefix, epoch=self._epoch)
-            self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg)
+            self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg.channel_settings,
+                                        self.metrics.channels)
             await self.channels.start()
         self._servicer.attach(self.engine, self.desk, self.channels)
         if cfg.input_streams:
             ingest_client = connect(self.redis_url, cfg.redis_timeout_s + cfg.ingest_block_ms / 1000)
             # With channel feeds, smaller reads keep the event loop's turns short for the desk (C2).
             reads = min(cfg.ingest_count, cfg.ingest_count_publishing) if self.channels else cfg.ingest_count
-            self.ingestor = StreamIngestor(ingest_client, self.desk, cfg, self.clock, reads)
+            self.ingestor = StreamIngestor(ingest_client, self.desk, cfg.ingest_settings, self.clock, reads)
             await self.ingestor.start()
 
     def _add_services(self, server: grpc.aio.Server) -> None:
@@ -178,10 +182,11 @@ class AtpService:
         a valid request answer INVALID_ARGUMENT with a quiet log line, on the open services too."""
         health = health_pb2.DESCRIPTOR.services_by_name["Health"]
         names = (SERVICE_NAME, health.full_name, reflection.SERVICE_NAME)
-        add_service(server, self._servicer, pb.DESCRIPTOR.services_by_name["AvailabilityService"])
-        add_service(server, self._health, health)
+        bad = self.metrics.edge.bad_requests
+        add_service(server, self._servicer, pb.DESCRIPTOR.services_by_name["AvailabilityService"], bad)
+        add_service(server, self._health, health, bad)
         add_service(server, ReflectionServicer(names),
-                    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
+                    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad)
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         cfg = self.config
@@ -200,7 +205,7 @@ class AtpService:
         except CallersError as exc:
             raise StartupError(f"callers_file: {cfg.callers_file}: {exc}") from None
         log.info("auth on: %d callers from %s", len(callers), cfg.callers_file)
-        return [AuthInterceptor(callers)]
+        return [AuthInterceptor(callers, self.metrics.edge)]
 
     def _tls(self) -> grpc.ServerCredentials | None:
         cfg = self.config
@@ -252,7 +257,7 @@ class AtpService:
         client = connect(self.redis_url, cfg.redis_timeout_s)
         self._log = store = LogStore(
             client, cfg.key_prefix, cfg.pipeline_max,
-            window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate))
+            window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate), metrics=self.metrics.storage)
         await self._wait_for_redis(client)
         await self._check_layout(store)
         # Before reading anything: an older instance still running on this keyspace can write no
@@ -262,15 +267,15 @@ class AtpService:
         store.on_fenced.append(self._on_replaced)
         log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch)
         try:
-            actors, replayed = await recover_actors(store, self.clock, cfg)
+            actors, replayed = await recover_actors(store, self.clock, cfg.engine_settings, self.metrics.engine)
         except LogHole as exc:
             raise StartupError(str(exc)) from None
         for actor in actors:
             actor.on_failure.append(self._on_shard_failed)
-        METRICS.recovery_seconds.set(time.perf_counter() - started)
-        METRICS.recovered_entries.set(replayed)
+        self.metrics.engine.recovery_seconds.set(time.perf_counter() - started)
+        self.metrics.engine.recovered_entries.set(replayed)
         log.info("recovered %d shards, %d log entries in %.2fs", cfg.shards, replayed, time.perf_counter() - started)
-        return Engine(actors, store, self.clock, cfg)
+        return Engine(actors, store, self.clock, cfg.engine_settings, self.metrics.engine)
 
     async def _check_owner(self) -> None:
         """A replaced instance that only serves reads would write nothing to be refused: ask."""
@@ -359,7 +364,6 @@ class AtpService:
                         drain.active, grace)
         if self._server is not None:
             await self._server.stop(max(0.0, grace - (time.monotonic() - began)))
-            door_calls().forget(self._door_ids)
         await self._monitor.stop()
         await cancel_and_wait(self._owner_task)
         if self.ingestor is not None:

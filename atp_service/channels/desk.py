@@ -19,10 +19,10 @@ from typing import Any
 
 from atp_service.channels.curator import Curator, Offer
 from atp_service.channels.estate import Channel, Estate
-from atp_service.config import ServiceConfig
+from atp_service.config import ChannelSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.router import Engine
-from atp_service.metrics import METRICS
+from atp_service.metrics import ChannelMetrics
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore, WriteRefused
 from atp_service.storage.durability import STORAGE_ERRORS
@@ -38,12 +38,13 @@ _DEMAND = (FactKind.SALE, FactKind.SHIPMENT)
 
 class ChannelDesk:
     def __init__(self, engine: Engine, estate: Estate, store: ChannelStore, clock: Clock,
-                 config: ServiceConfig) -> None:
+                 settings: ChannelSettings, metrics: ChannelMetrics | None = None) -> None:
         self.engine = engine
         self.estate = estate
         self.store = store
         self.clock = clock
-        self.config = config
+        self.settings = settings
+        self.metrics = metrics or ChannelMetrics()
         self.feeds: dict[str, Feed] = {}
         # sku -> location -> newest source time of a durable change there; and when it became durable
         self._dirty: dict[str, dict[str, int]] = {}
@@ -55,7 +56,7 @@ class ChannelDesk:
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._half_life_ms = config.velocity_half_life_s * 1000
+        self._half_life_ms = settings.velocity_half_life_s * 1000
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -256,8 +257,8 @@ class ChannelDesk:
             urgent += u
             rest += r
         self._offer(urgent)
-        METRICS.curation_seconds.observe(time.perf_counter() - started)
-        METRICS.curated_skus.inc(len(dirty))
+        self.metrics.curation_seconds.observe(time.perf_counter() - started)
+        self.metrics.curated_skus.inc(len(dirty))
         return rest
 
     def _offer(self, offers: list[Offer]) -> None:
@@ -266,12 +267,12 @@ class ChannelDesk:
         for feed, sku, location, value, source_time in offers:
             feed.offer((sku, location), value, source_time, dirty_at.get(sku, now), now, velocity(sku, now))
         for name, feed in self.feeds.items():
-            METRICS.channel_pending.labels(name).set(feed.pending)
+            self.metrics.pending.labels(name).set(feed.pending)
 
     async def publish_due(self, urgent_only: bool = False) -> list[ChannelUpdate]:
         """Take what each feed may publish now, write it, then confirm it (or give it back)."""
         now = self.clock.now_ms()
-        limit = self.config.publish_batch_max
+        limit = self.settings.publish_batch_max
         taken = [(name, feed, feed.take(now, limit, urgent_only)) for name, feed in self.feeds.items()]
         if not any(updates for _, _, updates in taken):
             return []
@@ -288,8 +289,8 @@ class ChannelDesk:
             coalesced, throttled = feed.coalesced, feed.throttled
             feed.confirm(updates)
             self._observe(name, updates, done)
-            METRICS.channel_coalesced.labels(name).inc(coalesced)
-            METRICS.channel_throttled.labels(name).inc(throttled)
+            self.metrics.coalesced.labels(name).inc(coalesced)
+            self.metrics.throttled.labels(name).inc(throttled)
             feed.coalesced = feed.throttled = 0
             out += updates
         return out
@@ -300,7 +301,7 @@ class ChannelDesk:
         read each stream's newest version: what landed is there and nothing more ever will be (C4).
         Waits for Redis as long as it takes: versions are never reused and a value is believed
         published only once it is in the stream. A refusal (``WriteRefused``) changed nothing."""
-        METRICS.channel_write_failures.inc()
+        self.metrics.write_failures.inc()
         log.warning("channel publish failed (%s); settling", error)
         names = [name for name, _, updates in taken if updates]
 
@@ -320,7 +321,7 @@ class ChannelDesk:
             feed.give_back(updates[len(landed):], now)
             feed.version = max(feed.version, top)  # a version in the stream is never used again
             landed_any = landed_any or bool(landed)
-        METRICS.channel_settles.labels("refused" if refused else "landed" if landed_any else "not_landed").inc()
+        self.metrics.settles.labels("refused" if refused else "landed" if landed_any else "not_landed").inc()
 
     def _observe(self, channel: str, updates: list[ChannelUpdate], done: int) -> None:
         children = self._children
@@ -328,8 +329,8 @@ class ChannelDesk:
             kind = "baseline" if u.previous is None else "stockout" if u.quantity == 0 else "change"
             pair = children.get((channel, kind))
             if pair is None:
-                pair = children[(channel, kind)] = (METRICS.channel_published.labels(channel, kind),
-                                                    METRICS.channel_delay.labels(channel, kind))
+                pair = children[(channel, kind)] = (self.metrics.published.labels(channel, kind),
+                                                    self.metrics.delay.labels(channel, kind))
             pair[0].inc()
             if u.event_time:
                 pair[1].observe(max(0, done - u.event_time) / 1000)

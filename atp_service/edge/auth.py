@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 
 from atp_service.edge.ratelog import RateLimitedLog
-from atp_service.metrics import METRICS
+from atp_service.metrics import EdgeMetrics
 
 audit = logging.getLogger("atp_service.audit")
 _AUDIT_LINES = {code: RateLimitedLog(audit, logging.WARNING, burst=20)
@@ -118,8 +118,9 @@ def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, callers: Callers) -> None:
+    def __init__(self, callers: Callers, metrics: EdgeMetrics | None = None) -> None:
         self.callers = callers
+        self._denied = (metrics or EdgeMetrics()).auth_denied
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
@@ -143,11 +144,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                               f"caller {caller.name!r} (roles: {roles}) may not call {method}")
         return handler
 
-    @staticmethod
-    def _deny(handler: grpc.RpcMethodHandler[Any, Any], method: str, caller: str, code: grpc.StatusCode,
+    def _deny(self, handler: grpc.RpcMethodHandler[Any, Any], method: str, caller: str, code: grpc.StatusCode,
               message: str) -> grpc.RpcMethodHandler[Any, Any]:
         _AUDIT_LINES[code].log("denied method=%s caller=%s code=%s reason=%s", method, caller, code.name, message)
-        METRICS.auth_denied.labels(code.name).inc()
+        self._denied.labels(code.name).inc()
 
         async def abort(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await context.abort(code, message)

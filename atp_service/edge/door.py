@@ -17,8 +17,6 @@ from grpc_channelz.v1.channelz import ChannelzServicer  # type: ignore[attr-defi
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from atp_service.metrics import METRICS
-
 MAX_PAGES = 100
 """Pages of channelz's server list read at most (a process holds one server; tests a few)."""
 
@@ -40,7 +38,8 @@ def _servers() -> Iterator[channelz_pb2.Server]:
 
 
 class DoorCalls(Collector):
-    """Sums the channelz call counters of the servers it watches (the service adds its own)."""
+    """Sums the channelz call counters of the servers it watches: a service registers one with its
+    metrics and watches its own server (channelz is per process; tests run several servers)."""
 
     def __init__(self) -> None:
         self._watched: set[int] = set()
@@ -69,15 +68,3 @@ class DoorCalls(Collector):
             family.add_metric([outcome], value)
         yield family
 
-
-_door: DoorCalls | None = None
-
-
-def door_calls() -> DoorCalls:
-    """This process's collector of gRPC core's call counts (the calls refused before any handler
-    saw them), registered with the service's metrics on first use."""
-    global _door
-    if _door is None:
-        _door = DoorCalls()
-        METRICS.registry.register(_door)
-    return _door

@@ -21,9 +21,9 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
+from prometheus_client import Counter
 
 from atp_service.edge.ratelog import RateLimitedLog
-from atp_service.metrics import METRICS
 
 log = logging.getLogger(__name__)
 _quiet = RateLimitedLog(log, logging.WARNING)
@@ -46,34 +46,36 @@ class MalformedRequest(Exception):
         self.bad = bad
 
 
-def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, bad_requests: Counter) -> None:
     """Register ``servicer``'s methods of ``service``, as the generated ``add_..._to_server`` does.
 
     A method the servicer leaves to the generated base class (a sync placeholder, like the aio
     health servicer's ``List``) is not registered: gRPC answers it UNIMPLEMENTED without the ERROR
-    traceback the placeholder's NotImplementedError would log per call."""
+    traceback the placeholder's NotImplementedError would log per call. Refusals of bad bytes are
+    counted in ``bad_requests`` by method."""
     handlers = {}
     for method in service.methods:
         behaviour = getattr(servicer, method.name)
         if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
-            handlers[method.name] = _handler(method, behaviour)
+            handlers[method.name] = _handler(method, behaviour, bad_requests)
         elif not behaviour.__module__.endswith("_pb2_grpc"):  # our own mistake: say so at start-up
             raise TypeError(f"{service.full_name}/{method.name}: the servicer's method must be async")
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
 
-def _handler(method: MethodDescriptor, behaviour: Behaviour) -> grpc.RpcMethodHandler[Any, Any]:
+def _handler(method: MethodDescriptor, behaviour: Behaviour,
+             bad_requests: Counter) -> grpc.RpcMethodHandler[Any, Any]:
     parse = _deserializer(method)
     serialize = GetMessageClass(method.output_type).SerializeToString
-    name = method.name
+    refuse = _Refusal(method.name, bad_requests.labels(method.name))
     if method.client_streaming and method.server_streaming:
-        return grpc.stream_stream_rpc_method_handler(_stream_stream(name, behaviour), parse, serialize)
+        return grpc.stream_stream_rpc_method_handler(_stream_stream(refuse, behaviour), parse, serialize)
     if method.client_streaming:
-        return grpc.stream_unary_rpc_method_handler(_stream_unary(name, behaviour), parse, serialize)
+        return grpc.stream_unary_rpc_method_handler(_stream_unary(refuse, behaviour), parse, serialize)
     if method.server_streaming:
-        return grpc.unary_stream_rpc_method_handler(_unary_stream(name, behaviour), parse, serialize)
-    return grpc.unary_unary_rpc_method_handler(_unary_unary(name, behaviour), parse, serialize)
+        return grpc.unary_stream_rpc_method_handler(_unary_stream(refuse, behaviour), parse, serialize)
+    return grpc.unary_unary_rpc_method_handler(_unary_unary(refuse, behaviour), parse, serialize)
 
 
 def _deserializer(method: MethodDescriptor) -> Callable[[bytes], Any]:
@@ -91,25 +93,33 @@ def _deserializer(method: MethodDescriptor) -> Callable[[bytes], Any]:
     return deserialize
 
 
-async def _refuse(method: str, bad: Malformed, context: Context) -> NoReturn:
-    METRICS.bad_requests.labels(method).inc()
-    _quiet.log("refused method=%s peer=%s code=INVALID_ARGUMENT: %s", method, context.peer(), bad.message)
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad.message)
+class _Refusal:
+    """How one method refuses bad bytes: counted, logged (rate-limited), INVALID_ARGUMENT."""
+
+    __slots__ = ("_count", "method")
+
+    def __init__(self, method: str, counter: Any) -> None:
+        self.method, self._count = method, counter
+
+    async def __call__(self, bad: Malformed, context: Context) -> NoReturn:
+        self._count.inc()
+        _quiet.log("refused method=%s peer=%s code=INVALID_ARGUMENT: %s", self.method, context.peer(), bad.message)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad.message)
 
 
-def _unary_unary(method: str, behaviour: Behaviour) -> Behaviour:
+def _unary_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
     async def handle(request: Any, context: Context) -> Any:
         if type(request) is Malformed:
-            await _refuse(method, request, context)
+            await refuse(request, context)
         return await behaviour(request, context)
 
     return handle
 
 
-def _unary_stream(method: str, behaviour: Behaviour) -> Behaviour:
+def _unary_stream(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         if type(request) is Malformed:
-            await _refuse(method, request, context)
+            await refuse(request, context)
         replies = behaviour(request, context)
         try:
             async for reply in replies:
@@ -120,17 +130,17 @@ def _unary_stream(method: str, behaviour: Behaviour) -> Behaviour:
     return handle
 
 
-def _stream_unary(method: str, behaviour: Behaviour) -> Behaviour:
+def _stream_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
     async def handle(requests: AsyncIterator[Any], context: Context) -> Any:
         try:
             return await behaviour(_Checked(requests), context)
         except MalformedRequest as exc:
-            await _refuse(method, exc.bad, context)
+            await refuse(exc.bad, context)
 
     return handle
 
 
-def _stream_stream(method: str, behaviour: Behaviour) -> Behaviour:
+def _stream_stream(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
     async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         # The servicer answers the messages read before the bad one, then the stream ends with it.
         replies = behaviour(_Checked(requests), context)
@@ -138,7 +148,7 @@ def _stream_stream(method: str, behaviour: Behaviour) -> Behaviour:
             async for reply in replies:
                 yield reply
         except MalformedRequest as exc:
-            await _refuse(method, exc.bad, context)
+            await refuse(exc.bad, context)
         finally:
             await replies.aclose()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from atp_service.metrics import METRICS
+from atp_service.metrics import EdgeMetrics
 from atp_service.tasks import cancel_and_wait
 
 INTERVAL_S = 0.02
@@ -22,7 +22,8 @@ STREAK = 3
 
 
 class LoopLagMonitor:
-    def __init__(self, max_lag_ms: int) -> None:
+    def __init__(self, max_lag_ms: int, metrics: EdgeMetrics | None = None) -> None:
+        self._gauge = (metrics or EdgeMetrics()).loop_lag
         self.limit_s = max_lag_ms / 1000
         self.lag_s = 0.0
         self._until = 0.0
@@ -42,7 +43,7 @@ class LoopLagMonitor:
 
     def note(self, lag_s: float, now: float) -> None:
         self.lag_s = lag_s
-        METRICS.loop_lag.set(lag_s)
+        self._gauge.set(lag_s)
         self._late = self._late + 1 if lag_s > self.limit_s else 0
         if self._late >= STREAK:
             self._until = now + COOLDOWN_S

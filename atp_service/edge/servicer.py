@@ -19,7 +19,7 @@ from atp_service.edge.watch import Watchers
 from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
-from atp_service.metrics import METRICS
+from atp_service.metrics import EdgeMetrics
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.tasks import exception_seen
@@ -43,14 +43,6 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any
 
 def _observed(method: str) -> Callable[[Handler], Handler]:
     """Latency histogram by method and code, and DomainError -> gRPC status."""
-    children: dict[str, Any] = {}
-
-    def child(code: str) -> Any:
-        c = children.get(code)
-        if c is None:
-            c = children[code] = METRICS.rpc_seconds.labels(method, code)
-        return c
-
     def wrap(fn: Handler) -> Handler:
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
@@ -60,7 +52,7 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
                 try:
                     monitor = self.monitor
                     if monitor is not None and monitor.overloaded:
-                        METRICS.shed.inc()
+                        self.metrics.shed.inc()
                         raise ResourceExhausted(
                             f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit "
                             f"max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with backoff")
@@ -68,9 +60,9 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
                 finally:
                     drain.leave()
             except DomainError as exc:
-                child(status_of(exc).name).observe(time.perf_counter() - started)
+                self.latency(method, status_of(exc).name).observe(time.perf_counter() - started)
                 await context.abort(status_of(exc), exc.message)
-            child("OK").observe(time.perf_counter() - started)
+            self.latency(method, "OK").observe(time.perf_counter() - started)
             return result
 
         handler.__name__ = fn.__name__
@@ -81,8 +73,10 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
 
 class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     def __init__(self, limits: Limits, max_stream_inflight: int, watchers: Watchers,
-                 reload: Callable[[], Awaitable[dict[str, int]]]) -> None:
+                 reload: Callable[[], Awaitable[dict[str, int]]], metrics: EdgeMetrics | None = None) -> None:
         self.limits = limits
+        self.metrics = metrics or EdgeMetrics()
+        self._latency: dict[tuple[str, str], Any] = {}  # (method, code) -> its histogram child
         self._engine: Engine | None = None
         self._desk: FactDesk | None = None
         self._channels: ChannelDesk | None = None
@@ -92,6 +86,13 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         self.monitor: LoopLagMonitor | None = None
         self.drain = Drain()
         """Every call passes through it; ``AtpService.stop`` closes it before gRPC stops."""
+
+    def latency(self, method: str, code: str) -> Any:
+        """The latency histogram of ``method`` answered ``code`` (its children made once)."""
+        child = self._latency.get((method, code))
+        if child is None:
+            child = self._latency[(method, code)] = self.metrics.rpc_seconds.labels(method, code)
+        return child
 
     def attach(self, engine: Engine, desk: FactDesk, channels: ChannelDesk | None) -> None:
         """Start answering: recovery has finished."""
@@ -190,7 +191,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 results.append(None)
             except InvalidArgument as exc:
                 kind = pb.FactKind.Name(ev.kind) if ev.kind in pb.FactKind.values() else "unknown"
-                METRICS.facts.labels("grpc", kind, "invalid").inc()
+                self.metrics.facts.labels("grpc", kind, "invalid").inc()
                 results.append(pb.FactResult(event_id=ev.event_id, outcome=pb.INVALID,
                                              error=f"events[{n}].{exc.message}"))
         recorded = await self.desk.record(valid, "grpc")
@@ -332,7 +333,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             else:
                 outcome = add(reservation_id=cmd.reservation_id)
                 convert.fill_reserve_response(outcome.response, *result)
-        METRICS.rpc_seconds.labels("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
+        self.latency("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
         return answer
 
 

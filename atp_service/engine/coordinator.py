@@ -19,7 +19,7 @@ from atp_service.engine.clock import Clock
 from atp_service.engine.composite import CompositeView
 from atp_service.engine.messages import REPLACED
 from atp_service.engine.shard import ShardActor
-from atp_service.metrics import METRICS
+from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced, LogStore
 from reservation import DomainError, Reason, Unavailable, View
@@ -33,8 +33,9 @@ NOT_DURABLE = ("outcome unknown: the change is not known to be durable (log stor
 
 class Coordinator:
     def __init__(self, actors: Sequence[ShardActor], log_store: LogStore, clock: Clock,
-                 place: Callable[[str], int]) -> None:
+                 place: Callable[[str], int], metrics: EngineMetrics) -> None:
         self._actors, self._log, self._clock, self._place = actors, log_store, clock, place
+        self._metrics = metrics
 
     async def run(self, shards: list[int], home: int, work: ViewWork) -> Any:
         """``work`` over ``shards`` (ascending), the record's home being ``home``. Cancelled at any
@@ -83,7 +84,7 @@ class Coordinator:
             for actor in actors.values():
                 actor.ledger.rollback()
             log.exception("a cross-shard command failed unexpectedly; nothing of it was applied")
-            METRICS.internal_errors.inc()
+            self._metrics.internal_errors.inc()
             raise DomainError(f"internal error ({type(exc).__name__}); nothing was applied") from None
         try:
             parts = {s: part for s, a in actors.items() if (part := a.seal_part(now)) is not None}

@@ -9,7 +9,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.coordinator import Coordinator
-from atp_service.metrics import METRICS
 from atp_service.storage.durability import STORAGE_ERRORS
 from reservation import DomainError, Ledger
 from reservation import _operations as ops
@@ -57,7 +56,7 @@ class Housekeeper:
                 log.debug("expiry deferred: %s", exc)
         if time.monotonic() - self._gauged_at >= 1.0:  # a full pass over the arrays: once a second is enough
             self._gauged_at = time.monotonic()
-            METRICS.oversold_units.set(sum(actor.positions().oversold_units() for actor in engine.actors))
+            engine.metrics.oversold_units.set(sum(actor.positions().oversold_units() for actor in engine.actors))
 
     def _expire_work(self, ledger: Ledger, now: int) -> None:
         """Inside the shard's turn: expire what is due here; a hold spanning shards goes through the
@@ -72,7 +71,7 @@ class Housekeeper:
                 self._spawn(self._expire_across(sorted(shards), ledger, rid, rec.expires_at))
         for rid in ledger.evict(now):
             self._engine.forget_evicted(ledger.shard, rid)
-        METRICS.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
+        self._engine.metrics.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
 
     async def _expire_across(self, shards: list[int], home: Ledger, rid: str, expires_at: int) -> None:
         try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from atp_service.config import ServiceConfig
+from atp_service.config import EngineSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.shard import ShardActor
+from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import LogStore
 from reservation import Ledger, Limits, decode_entry
 
@@ -34,15 +35,16 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits) -> tuple[Le
     return ledger, seq, replayed
 
 
-async def recover_actors(store: LogStore, clock: Clock, config: ServiceConfig) -> tuple[list[ShardActor], int]:
+async def recover_actors(store: LogStore, clock: Clock, settings: EngineSettings,
+                         metrics: EngineMetrics) -> tuple[list[ShardActor], int]:
     """Every shard's actor, recovered (not started), and the entries replayed in all. The clock's
     floor is raised to the newest timestamp logged (R6: never stamp a command before one already logged)."""
     actors, replayed, newest = [], 0, 0
-    for shard in range(config.shards):
-        ledger, seq, n = await recover_shard(store, shard, config.limits)
+    for shard in range(settings.shards):
+        ledger, seq, n = await recover_shard(store, shard, settings.limits)
         replayed += n
         newest = max(newest, ledger.clock)
-        actors.append(ShardActor(shard, ledger, store, clock, config, seq))
+        actors.append(ShardActor(shard, ledger, store, clock, settings.shard_settings, seq, metrics))
     advance = getattr(clock, "advance_floor", None)
     if advance is not None:
         advance(newest)

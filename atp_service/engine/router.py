@@ -14,12 +14,12 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from atp_service.config import ServiceConfig
+from atp_service.config import EngineSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.coordinator import Coordinator, ViewWork
 from atp_service.engine.maintenance import Housekeeper
 from atp_service.engine.shard import ShardActor
-from atp_service.metrics import METRICS
+from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import LogStore
 from atp_service.tasks import exception_seen
 from reservation import (
@@ -67,13 +67,13 @@ class _Reroute(DomainError):
 
 class Engine:
     def __init__(self, actors: Sequence[ShardActor], log_store: LogStore, clock: Clock,
-                 config: ServiceConfig) -> None:
+                 settings: EngineSettings, metrics: EngineMetrics | None = None) -> None:
         self.actors = list(actors)
-        self.config = config
-        self.limits = config.limits
+        self.limits = settings.limits
+        self.metrics = metrics or EngineMetrics()
         self.clock = clock
         self._log = log_store
-        self._coordinator = Coordinator(self.actors, log_store, clock, self.place)
+        self._coordinator = Coordinator(self.actors, log_store, clock, self.place, self.metrics)
         self._n = len(actors)
         # reservation_id -> shard holding its record. Set when a Reserve is routed, so a
         # concurrent retry with the same id meets the first attempt on the same actor.
@@ -84,7 +84,7 @@ class Engine:
                 self._home[rid] = actor.shard
             actor.landed_late_listeners.append(self._rehome)
             actor.lost_listeners.append(self._unhome)
-        self._housekeeper = Housekeeper(self, self._coordinator, config.maintenance_interval_ms / 1000)
+        self._housekeeper = Housekeeper(self, self._coordinator, settings.maintenance_interval_ms / 1000)
         # Location groups a Reserve line may name, with each channel's strategy (set from the estate).
         self.group_policies: dict[str, GroupPolicy] = {}
         self.default_group_policy: GroupPolicy | None = None
@@ -274,13 +274,11 @@ class Engine:
                                     Reason.CAPACITY_REACHED)
         return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
-    @staticmethod
-    def _count(result: tuple[Reservation, bool]) -> None:
+    def _count(self, result: tuple[Reservation, bool]) -> None:
         outcome = "replayed" if result[1] else _STATE_NAMES[result[0].state]
-        METRICS.reservations.labels(outcome).inc()
+        self.metrics.reservations.labels(outcome).inc()
 
-    @staticmethod
-    def _count_many(results: list[tuple[Reservation, bool] | DomainError]) -> None:
+    def _count_many(self, results: list[tuple[Reservation, bool] | DomainError]) -> None:
         counts: dict[str, int] = {}
         for result in results:
             if isinstance(result, DomainError):
@@ -289,7 +287,7 @@ class Engine:
                 outcome = "replayed" if result[1] else _STATE_NAMES[result[0].state]
             counts[outcome] = counts.get(outcome, 0) + 1
         for outcome, n in counts.items():
-            METRICS.reservations.labels(outcome).inc(n)
+            self.metrics.reservations.labels(outcome).inc(n)
 
     async def confirm(self, reservation_id: str) -> Reservation:
         return await self._resolve(reservation_id, "confirmed", lambda v, now: ops.confirm(v, reservation_id, now))
@@ -337,7 +335,7 @@ class Engine:
     # -- routing ----------------------------------------------------------------------
     async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork) -> Reservation:
         result: Reservation = await self.run_on_record(reservation_id, work)
-        METRICS.reservations.labels(outcome).inc()
+        self.metrics.reservations.labels(outcome).inc()
         return result
 
     async def run_on_record(self, reservation_id: str, work: ViewWork, also: Iterable[int] = ()) -> Any:

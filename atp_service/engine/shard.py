@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from atp_service.config import ServiceConfig
+from atp_service.config import ShardSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.messages import (
     REPLACED,
@@ -31,7 +31,7 @@ from atp_service.engine.messages import (
     deliver,
 )
 from atp_service.engine.turn import apply_batch, moves_of, take_all, take_batch
-from atp_service.metrics import METRICS
+from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.tasks import cancel_and_wait
@@ -42,14 +42,15 @@ log = logging.getLogger(__name__)
 
 class ShardActor:
     def __init__(self, shard: int, ledger: Ledger, log_store: LogStore, clock: Clock,
-                 config: ServiceConfig, seq: int) -> None:
+                 settings: ShardSettings, seq: int, metrics: EngineMetrics | None = None) -> None:
         self.shard = shard
         self.ledger = ledger
         self.seq = seq  # the last entry durable in this shard's log
         self._log = log_store
         self._clock = clock
-        self._config = config
-        self._mailbox: asyncio.Queue[Envelope] = asyncio.Queue(config.mailbox_size)
+        self._settings = settings
+        self._metrics = metrics = metrics or EngineMetrics()
+        self._mailbox: asyncio.Queue[Envelope] = asyncio.Queue(settings.mailbox_size)
         self._task: asyncio.Task[None] | None = None
         self._set_aside: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
         self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
@@ -66,11 +67,11 @@ class ShardActor:
         """Called once when this shard's task ends while the service runs (see ``failure``)."""
         self._stopping = False
         self._maintain_queued = False
-        self._checkpoints = Checkpoints(shard, log_store, config, seq)
+        self._checkpoints = Checkpoints(shard, log_store, settings.snapshot_policy, seq)
         self._settling = asyncio.Lock()
-        self._depth = METRICS.mailbox_depth.labels(str(shard))
+        self._depth = metrics.mailbox_depth.labels(str(shard))
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
-        self._max_delay_s = config.max_queue_delay_ms / 1000
+        self._max_delay_s = settings.max_queue_delay_ms / 1000
         self.listeners: list[Callable[[int, LogEntry], None]] = []
         """Called with every entry once it is durable (channel feeds); must not raise or block."""
 
@@ -113,7 +114,7 @@ class ShardActor:
 
     def _report_failure(self, error: BaseException) -> None:
         self.failure = error
-        METRICS.shard_failures.inc()
+        self._metrics.shard_failures.inc()
         log.error("shard %d stopped working; it answers UNAVAILABLE until the service restarts",
                   self.shard, exc_info=self.failure)
         self._refuse_waiting(Unavailable(f"shard {self.shard} stopped working; the service restarts",
@@ -125,7 +126,7 @@ class ShardActor:
         """Finish the batch in hand, then fail whatever is still waiting (cleanly, not silently)."""
         self._stopping = True
         try:
-            await asyncio.wait_for(self._drain(), timeout=self._config.redis_timeout_s * 2)
+            await asyncio.wait_for(self._drain(), timeout=self._settings.redis_timeout_s * 2)
         except TimeoutError:
             pass  # what is still in doubt is settled by the next start's recovery (it reads the log)
         except LogDiverged:
@@ -151,17 +152,17 @@ class ShardActor:
         if self._stopping or self.failure is not None or self._doubt or self._log.fenced:
             self._refuse_if_unable()
         if self._lag_s > self._max_delay_s and not self._mailbox.empty():
-            METRICS.shed.inc()
+            self._metrics.shed.inc()
             raise ResourceExhausted(
                 f"shard {self.shard}: overloaded (queued work waits {self._lag_s * 1000:.0f} ms, limit "
-                f"max_queue_delay_ms={self._config.max_queue_delay_ms}), retry with backoff")
+                f"max_queue_delay_ms={self._settings.max_queue_delay_ms}), retry with backoff")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             self._mailbox.put_nowait(Envelope(work, fut))
         except asyncio.QueueFull:
-            METRICS.shed.inc()
+            self._metrics.shed.inc()
             raise ResourceExhausted(
-                f"shard {self.shard}: mailbox full ({self._config.mailbox_size} waiting), retry with backoff"
+                f"shard {self.shard}: mailbox full ({self._settings.mailbox_size} waiting), retry with backoff"
             ) from None
         return fut
 
@@ -251,7 +252,7 @@ class ShardActor:
     def _fail_in_flight(self, error: BaseException | None) -> None:
         """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,
         keep later entries out of the log, and remember them all to settle."""
-        METRICS.append_failures.inc()
+        self._metrics.append_failures.inc()
         log.warning("shard %d: append of entry %d failed (%s)", self.shard, self._inflight[0].seq, error)
         # Fenced: refused before any write, and every later append is refused too (the epoch only
         # grows), so nothing in flight landed and there is nothing to settle.
@@ -287,7 +288,7 @@ class ShardActor:
 
     def _blocked(self) -> bool:
         """Nothing more may be applied now: a doubt to settle, or pipeline_depth entries in flight."""
-        return bool(self._doubt) or len(self._inflight) >= self._config.pipeline_depth
+        return bool(self._doubt) or len(self._inflight) >= self._settings.pipeline_depth
 
     async def _ready(self) -> None:
         """Wait until nothing blocks applying more (see ``_blocked``)."""
@@ -328,7 +329,7 @@ class ShardActor:
 
     # -- the actor loop ------------------------------------------------------
     async def _run(self) -> None:
-        mailbox, limit, set_aside = self._mailbox, self._config.batch_max, self._set_aside
+        mailbox, limit, set_aside = self._mailbox, self._settings.batch_max, self._set_aside
         while True:
             first = set_aside.popleft() if set_aside else await mailbox.get()
             self._lag_s = time.monotonic() - first.at
@@ -358,7 +359,7 @@ class ShardActor:
 
     def _apply(self, batch: list[Envelope]) -> None:
         now = self._clock.now_ms()
-        self._seal(now, apply_batch(self.ledger, batch, now))
+        self._seal(now, apply_batch(self.ledger, batch, now, self._metrics))
 
     async def _control(self, env: Envelope) -> None:
         control = env.message

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from atp_service.engine.messages import Answer, Control, Envelope, InFlight
-from atp_service.metrics import METRICS
+from atp_service.metrics import EngineMetrics
 from reservation import DomainError, Ledger
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def moves_of(inflight: Iterable[InFlight]) -> dict[tuple[str, str], int]:
     return ahead
 
 
-def apply_batch(ledger: Ledger, batch: list[Envelope], now: int) -> list[Answer]:
+def apply_batch(ledger: Ledger, batch: list[Envelope], now: int, metrics: EngineMetrics) -> list[Answer]:
     """Each message's work on ``ledger`` at ``now``, into the open batch; the answers to give once
     it is durable. A message whose caller gave up is skipped; a refusal is an answer; a bug in one
     command takes back only that command's half-made change."""
@@ -64,8 +64,8 @@ def apply_batch(ledger: Ledger, batch: list[Envelope], now: int) -> list[Answer]
         except Exception as exc:
             ledger.rollback_to(mark)
             log.exception("shard %d: a command failed unexpectedly; nothing of it was applied", ledger.shard)
-            METRICS.internal_errors.inc()
+            metrics.internal_errors.inc()
             answers.append((env.reply, None, DomainError(f"internal error ({type(exc).__name__}); "
                                                          "nothing was applied")))
-    METRICS.batch_size.observe(len(answers))
+    metrics.batch_size.observe(len(answers))
     return answers

@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from atp_service.engine.router import Engine
-from atp_service.metrics import METRICS
+from atp_service.metrics import IntakeMetrics
 from atp_service.tasks import exception_seen
 from reservation import (
     DomainError,
@@ -38,8 +38,10 @@ LAG_SAMPLES = 100
 
 
 class FactDesk:
-    def __init__(self, engine: Engine, quarantine_stream: str, stream_maxlen: int) -> None:
+    def __init__(self, engine: Engine, quarantine_stream: str, stream_maxlen: int,
+                 metrics: IntakeMetrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics or IntakeMetrics()
         self._quarantine = quarantine_stream
         self._maxlen = stream_maxlen
         self._tasks: set[asyncio.Task[list[Result | DomainError]]] = set()
@@ -125,8 +127,7 @@ class FactDesk:
             for i in late:
                 results[i] = err
 
-    @staticmethod
-    def _observe(facts: Sequence[Fact], results: list[Result | DomainError], origin: str) -> None:
+    def _observe(self, facts: Sequence[Fact], results: list[Result | DomainError], origin: str) -> None:
         """Counters exactly, per (kind, outcome) group; the lag histogram from an even sample of at
         most LAG_SAMPLES applied facts per call, which keeps its cost flat for 10,000-fact batches."""
         counts: dict[tuple[int, str], int] = {}
@@ -140,10 +141,10 @@ class FactDesk:
                 key = (fact.kind, "unavailable" if isinstance(r, DomainError) else _OUTCOME_NAMES[r[0]])
             counts[key] = counts.get(key, 0) + 1
         for (kind, outcome), n in counts.items():
-            METRICS.facts.labels(origin, _KIND_NAMES.get(kind, "?"), outcome).inc(n)
+            self.metrics.facts.labels(origin, _KIND_NAMES.get(kind, "?"), outcome).inc(n)
         now_ms = time.time() * 1000
         for event_time in applied[:: max(1, len(applied) // LAG_SAMPLES)]:
-            METRICS.fact_lag.observe(max(0.0, (now_ms - event_time) / 1000))
+            self.metrics.fact_lag.observe(max(0.0, (now_ms - event_time) / 1000))
 
 
 def _apply_all(batch: list[Fact]) -> Callable[[Ledger, int], list[Result]]:

@@ -16,10 +16,9 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from atp_service.config import ServiceConfig
+from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.facts import FactDesk
-from atp_service.metrics import METRICS
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text
 from atp_service.tasks import cancel_and_wait
@@ -97,16 +96,17 @@ def _field(fields: dict[bytes, bytes], key: bytes) -> bytes:
 class StreamIngestor:
     """Reads the input streams on its own Redis connection pool, separate from the log's appends."""
 
-    def __init__(self, client: Any, desk: FactDesk, config: ServiceConfig, clock: Clock,
+    def __init__(self, client: Any, desk: FactDesk, settings: IngestSettings, clock: Clock,
                  read_count: int | None = None) -> None:
         # The raw XREADGROUP reply: redis-py's per-entry dict building cost more than the decoding.
         client.set_response_callback("XREADGROUP", lambda response, **_: response)
         self._client = client
         self._desk = desk
-        self._config = config
+        self._config = settings
+        self._metrics = desk.metrics
         self._clock = clock
-        self._read_count = config.ingest_count if read_count is None else read_count
-        self._streams = list(config.input_streams)
+        self._read_count = settings.ingest_count if read_count is None else read_count
+        self._streams = list(settings.input_streams)
         self._task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
         self._batches: set[asyncio.Task[int]] = set()
@@ -203,7 +203,7 @@ class StreamIngestor:
             out += [(stream, entry_id, [x for kv in fields.items() for x in kv] if fields else None)
                     for entry_id, fields in claimed]
         if out:
-            METRICS.ingest_claimed.inc(len(out))
+            self._metrics.ingest_claimed.inc(len(out))
             log.info("claimed %d stale pending entries", len(out))
         return out
 
@@ -249,7 +249,7 @@ class StreamIngestor:
                 pipe.xack(stream, cfg.consumer_group, entry_id)
             await pipe.execute()
         for stream, _, _, reason in dead:
-            METRICS.dead_lettered.labels(stream).inc()
+            self._metrics.dead_lettered.labels(stream).inc()
             log.warning("dead-lettered an entry of %s: %s", stream, reason)
 
     async def _ack(self, done: list[tuple[str, bytes]]) -> None:
@@ -265,4 +265,4 @@ class StreamIngestor:
     async def _gauge_pending(self) -> None:
         for stream in self._streams:
             summary = await self._client.xpending(stream, self._config.consumer_group)
-            METRICS.ingest_pending.labels(stream).set(summary["pending"] if summary else 0)
+            self._metrics.ingest_pending.labels(stream).set(summary["pending"] if summary else 0)

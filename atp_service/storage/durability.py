@@ -13,8 +13,7 @@ import time
 
 from redis.exceptions import RedisError
 
-from atp_service.config import ServiceConfig
-from atp_service.metrics import METRICS
+from atp_service.config import SnapshotPolicy
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.log import Fenced, LogStore
 from reservation import Ledger, LogEntry
@@ -63,11 +62,11 @@ async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list
     for entry_seq, entry, data in doubt:
         there = found.pop(entry_seq, None)
         if there is None:
-            METRICS.settles.labels("not_landed").inc()
+            store.metrics.settles.labels("not_landed").inc()
             break  # never landed, nor can it now; nor anything after it (a log has no holes)
         if there != data:
             raise LogDiverged(f"shard {shard}: entry {entry_seq} in the log is not the one this shard sent")
-        METRICS.settles.labels("landed").inc()
+        store.metrics.settles.labels("landed").inc()
         landed.append((entry_seq, entry))
     if found:
         raise LogDiverged(f"shard {shard}: the log holds entries {sorted(found)} this shard never sent")
@@ -77,19 +76,19 @@ async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list
 class Checkpoints:
     """When one shard snapshots, and the fenced write of a snapshot with backoff after failures."""
 
-    def __init__(self, shard: int, store: LogStore, config: ServiceConfig, seq: int) -> None:
-        self._shard, self._store, self._config = shard, store, config
+    def __init__(self, shard: int, store: LogStore, policy: SnapshotPolicy, seq: int) -> None:
+        self._shard, self._store, self._policy = shard, store, policy
         self._seq = seq  # the entry the last snapshot covers
         self._at = time.monotonic()
         self._backoff = Backoff(BackoffPolicy(SNAPSHOT_RETRY_FIRST_S, max(SNAPSHOT_RETRY_FIRST_S,
-                                                                         config.snapshot_retry_max_s)))
+                                                                         policy.snapshot_retry_max_s)))
         self._retry_at = 0.0  # monotonic time before which a failed snapshot is not retried
         self._fence_first = False  # a snapshot write failed: it may still land later
 
     def due(self, seq: int, force: bool = False) -> bool:
         entries = seq - self._seq
-        due = entries >= self._config.snapshot_every_entries or (
-            entries and time.monotonic() - self._at >= self._config.snapshot_interval_s
+        due = entries >= self._policy.snapshot_every_entries or (
+            entries and time.monotonic() - self._at >= self._policy.snapshot_interval_s
         )
         if not (due or (force and entries)):
             return False
@@ -111,12 +110,12 @@ class Checkpoints:
         self._backoff.reset()
         self._retry_at = 0.0
         self._seq, self._at = seq, time.monotonic()
-        METRICS.snapshot_seconds.observe(time.perf_counter() - started)
-        METRICS.snapshot_bytes.labels(str(self._shard)).set(size)
+        self._store.metrics.snapshot_seconds.observe(time.perf_counter() - started)
+        self._store.metrics.snapshot_bytes.labels(str(self._shard)).set(size)
 
     def _failed(self, exc: BaseException) -> None:
         self._fence_first = not isinstance(exc, Fenced)
         wait = self._backoff.next_delay()
         self._retry_at = time.monotonic() + wait
-        METRICS.snapshot_failures.inc()
+        self._store.metrics.snapshot_failures.inc()
         log.warning("shard %d: snapshot failed (%s); next try in %.1fs", self._shard, exc, wait)

@@ -18,7 +18,7 @@ from redis.connection import HiredisRespSerializer
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from atp_service.metrics import METRICS
+from atp_service.metrics import StorageMetrics
 from atp_service.storage.resp import as_text, seq_of
 from atp_service.storage.scripts import APPEND_SCRIPT, FENCE_SCRIPT, SNAPSHOT_SCRIPT
 from reservation import LedgerSnapshot
@@ -128,8 +128,9 @@ class LogStore:
     window when busy)."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, pipeline_max: int, max_in_flight: int = 1,
-                 window: CommitWindow | None = None) -> None:
+                 window: CommitWindow | None = None, metrics: StorageMetrics | None = None) -> None:
         self.client = client
+        self.metrics = metrics or StorageMetrics()
         self.prefix = prefix
         self._pipeline_max = pipeline_max
         self._pending: list[_Pending] = []
@@ -308,14 +309,14 @@ class LogStore:
             self._schedule(asyncio.get_running_loop())
 
     async def _send(self, batch: list[_Pending]) -> None:
-        METRICS.pipeline_size.observe(len(batch))
+        self.metrics.pipeline_size.observe(len(batch))
         keys: list[str] = [self.epoch_key]
         args: list[Any] = [self.epoch]
         for p in batch:
             keys += (self.log_key(p.shard), self.fence_key(p.shard))
             args += (p.seq, p.data, p.token, p.group)
         try:
-            with METRICS.append_seconds.time():
+            with self.metrics.append_seconds.time():
                 replies = await self._append_script(keys=keys, args=args)
             results: list[Any] = [
                 RedisError(r[1:].decode(errors="replace")) if r[:1] == b"!" else r for r in replies

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
+from atp_service.metrics import StorageMetrics
 from atp_service.storage.log import SnapshotRecord
 from reservation import LedgerSnapshot
 from tests.sim.tally import Tally
@@ -91,6 +92,7 @@ class SimLog:
         self.redis_epoch = 0  # Redis's <prefix>epoch
         self.epoch = 0  # this instance's claim
         self.client: Any = SideStreams()
+        self.metrics = StorageMetrics()
         self.fenced = False  # the instance that runs is always the newest: never refused as replaced
         self.tally = tally or Tally()
         self.paused = False

@@ -89,14 +89,14 @@ class World:
         await self.log.load_fences(self.config.shards)
         actors = []
         for ledger, seq in await self.recovered():
-            actors.append(ShardActor(ledger.shard, ledger, self.log, self.clock, self.config, seq))  # type: ignore[arg-type]
+            actors.append(ShardActor(ledger.shard, ledger, self.log, self.clock, self.config.shard_settings, seq))  # type: ignore[arg-type]
         self.clock.advance_floor(max(a.ledger.clock for a in actors))
-        self.engine = Engine(actors, self.log, self.clock, self.config)  # type: ignore[arg-type]
+        self.engine = Engine(actors, self.log, self.clock, self.config.engine_settings)  # type: ignore[arg-type]
         for actor in self.engine.actors:
             actor.start()  # no maintenance timer: the driver runs maintenance as a call
         self.facts = FactDesk(self.engine, "quarantine", 1000)
         if self.with_channels:
-            desk = ChannelDesk(self.engine, ESTATE, self.channels, self.clock, self.config)  # type: ignore[arg-type]
+            desk = ChannelDesk(self.engine, ESTATE, self.channels, self.clock, self.config.channel_settings)  # type: ignore[arg-type]
             self.desk = DeskRunner(desk)
             await self.desk.start()
 

@@ -7,8 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from atp_service import ManualClock
-from atp_service.metrics import METRICS
+from atp_service import AtpService, ManualClock
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from tests.conftest import ServiceFactory
 
@@ -193,15 +192,15 @@ async def test_record_events_reports_each_fact(start_service: ServiceFactory) ->
     assert a.on_hand == 3
 
 
-def decisions() -> dict[str, float]:
-    return {outcome: METRICS.registry.get_sample_value("atp_reservations_total", {"outcome": outcome}) or 0.0
+def decisions(service: AtpService) -> dict[str, float]:
+    return {outcome: service.metrics.registry.get_sample_value("atp_reservations_total", {"outcome": outcome}) or 0.0
             for outcome in ("held", "rejected")}
 
 
 async def test_reserve_stream_tags_each_result(start_service: ServiceFactory) -> None:
     service, client = await stocked(start_service)
     assert service.engine is not None and service.engine.place("A") != service.engine.place("D")  # x2 spans shards
-    before = decisions()
+    before = decisions(service)
     batches = [
         [pb.ReserveRequest(reservation_id=f"s{i}", lines=[pb.Line(sku="D", location="DC", quantity=1)])
          for i in range(50)],
@@ -220,7 +219,7 @@ async def test_reserve_stream_tags_each_result(start_service: ServiceFactory) ->
     assert x2.code == 0 and x2.response.state == pb.HELD
     (c,) = await client.availability([("D", "DC")])
     assert c.reserved == 51
-    after = decisions()  # each decision counted once, the cross-shard one too
+    after = decisions(service)  # each decision counted once, the cross-shard one too
     assert {k: after[k] - before[k] for k in after} == {"held": 51, "rejected": 1}
 
 

@@ -19,7 +19,6 @@ import redis.asyncio as aioredis
 from atp_service import AtpClient, AtpService
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.ratelog import RateLimitedLog
-from atp_service.metrics import METRICS
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from tests.conftest import ServiceFactory
 
@@ -69,8 +68,8 @@ async def _messages(items: Iterable[bytes]) -> AsyncIterator[bytes]:
         yield item
 
 
-def bad_requests_counted(method: str) -> float:
-    return METRICS.registry.get_sample_value("atp_bad_requests_total", {"method": method}) or 0.0
+def bad_requests_counted(service: AtpService, method: str) -> float:
+    return service.metrics.registry.get_sample_value("atp_bad_requests_total", {"method": method}) or 0.0
 
 
 def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -80,8 +79,8 @@ def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
 
 async def test_malformed_bytes_answer_invalid_argument_naming_the_type(
         start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
-    _, client = await start_service()
-    before = bad_requests_counted("Reserve")
+    service, client = await start_service()
+    before = bad_requests_counted(service, "Reserve")
     with caplog.at_level(logging.DEBUG):
         code, details = await refusal(raw_unary(client, SERVICE + "Reserve")(TRUNCATED))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -98,7 +97,7 @@ async def test_malformed_bytes_answer_invalid_argument_naming_the_type(
         code, _ = await refusal(raw_unary(client, "/grpc.health.v1.Health/List")(b""))
         assert code == grpc.StatusCode.UNIMPLEMENTED
         assert (await client.reserve("r-good", [("A", "L", 1)])).state == pb.REJECTED  # the service goes on
-    assert bad_requests_counted("Reserve") == before + 2
+    assert bad_requests_counted(service, "Reserve") == before + 2
     no_errors_logged(caplog)
     lines = [r.getMessage() for r in caplog.records if r.name == "atp_service.edge.handlers"]
     assert len(lines) == 4 and all("code=INVALID_ARGUMENT" in line for line in lines)
@@ -123,14 +122,14 @@ async def test_a_malformed_batch_ends_the_stream_after_the_batches_before_it_are
 
 async def test_a_flood_of_bad_bytes_is_counted_but_does_not_flood_the_log(
         start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
-    _, client = await start_service()
-    before = bad_requests_counted("GetReservation")
+    service, client = await start_service()
+    before = bad_requests_counted(service, "GetReservation")
     calls = 200
     with caplog.at_level(logging.DEBUG):
         for _ in range(calls):
             code, _details = await refusal(raw_unary(client, SERVICE + "GetReservation")(BAD_UTF8))
             assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_requests_counted("GetReservation") == before + calls
+    assert bad_requests_counted(service, "GetReservation") == before + calls
     lines = [r for r in caplog.records if r.name == "atp_service.edge.handlers"]
     assert len(lines) < calls // 4  # a burst, then about one a second, however fast they come
     no_errors_logged(caplog)
@@ -192,12 +191,12 @@ async def test_callers_without_a_valid_token_are_refused_before_their_bytes_are_
             code, _ = await refusal(oms.get_reservation("r-anon"))
             assert code == grpc.StatusCode.NOT_FOUND
             assert await log_length(redis_url, service) == written  # nothing was written
-            denied = METRICS.registry.get_sample_value("atp_auth_denied_total", {"code": "UNAUTHENTICATED"})
+            denied = service.metrics.registry.get_sample_value("atp_auth_denied_total", {"code": "UNAUTHENTICATED"})
             audit_lines = sum(r.name == "atp_service.audit" for r in caplog.records)
             for _ in range(100):  # a flood without a token is counted, and not written out line by line
                 code, _ = await refusal(raw_unary(anonymous, SERVICE + "Reserve")(BAD_UTF8))
                 assert code == grpc.StatusCode.UNAUTHENTICATED
-            assert METRICS.registry.get_sample_value("atp_auth_denied_total", {"code": "UNAUTHENTICATED"}) \
+            assert service.metrics.registry.get_sample_value("atp_auth_denied_total", {"code": "UNAUTHENTICATED"}) \
                 == (denied or 0) + 100
             assert sum(r.name == "atp_service.audit" for r in caplog.records) - audit_lines < 50
             # An authenticated caller's bad bytes are bad input, named as such.

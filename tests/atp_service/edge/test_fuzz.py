@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atp_service.metrics import METRICS
+from atp_service import AtpService
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from tests.conftest import ServiceFactory
@@ -122,9 +122,9 @@ def garbage_entries(n: int, now: str, seed: int = 7) -> list[dict[str, str]]:
     return out
 
 
-def stream_facts_counted() -> float:
+def stream_facts_counted(service: AtpService) -> float:
     """Facts the service decided from the input streams, whatever the outcome (the metric)."""
-    return sum(sample.value for metric in METRICS.registry.collect() if metric.name == "atp_facts"
+    return sum(sample.value for metric in service.metrics.registry.collect() if metric.name == "atp_facts"
                for sample in metric.samples
                if sample.name == "atp_facts_total" and sample.labels.get("origin") == "stream")
 
@@ -136,7 +136,7 @@ async def test_input_stream_garbage_is_applied_or_dead_lettered_never_dropped(
     entries = garbage_entries(200, now)
     entries += [{"event_id": f"ok-{n}", "source": "pos", "kind": "RECEIPT", "sku": "S", "location": "L",
                  "quantity": "1", "event_time_ms": now} for n in range(5)]
-    before = stream_facts_counted()
+    before = stream_facts_counted(service)
     client = aioredis.Redis.from_url(redis_url)
     try:
         for fields in entries:
@@ -154,7 +154,7 @@ async def test_input_stream_garbage_is_applied_or_dead_lettered_never_dropped(
     assert all(f[b"_reason"] for _, f in dead)
     assert service.engine is not None
     assert service.engine.availability([("S", "L")])[0].on_hand == 5
-    assert len(dead) + (stream_facts_counted() - before) == len(entries)  # each one decided or dead-lettered
+    assert len(dead) + (stream_facts_counted(service) - before) == len(entries)  # each one decided or dead-lettered
     assert len(dead) > len(entries) / 2  # the garbage really was garbage
     ledgers = [actor.ledger for actor in service.engine.actors]
     records = {rid: rec for ledger in ledgers for rid, rec in ledger.reservations.items()}

@@ -10,8 +10,6 @@ import grpc
 import pytest
 
 from atp_service import AtpClient, RetryPolicy
-from atp_service.edge.door import door_calls
-from atp_service.metrics import METRICS
 from atp_service.pb.atp.v1 import atp_pb2 as pb
 from benchmarks.overload import rss_mb
 from tests.atp_service.app.test_cli import serve, stop_or_explain
@@ -128,22 +126,22 @@ async def test_calls_past_the_bounded_queue_ahead_of_the_service_are_refused_at_
     """max_pending_calls bounds the queue gRPC core keeps ahead of the service: a flood far past it is
     refused by gRPC at once instead of waiting into its deadlines: CANCELLED with the default classic
     HTTP/2 transport (RESOURCE_EXHAUSTED with the promise one: test_transport.py)."""
-    _, client = await start_service(max_pending_calls=4)
+    service, client = await start_service(max_pending_calls=4)
     await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
     flood = _Flood(client)
-    before = door_calls().counts()
+    before = service.door.counts()
     await asyncio.gather(*(flood.reserve(f"p{n}") for n in range(400)))
     outcomes = flood.outcomes
     assert outcomes.get("CANCELLED", 0) > 0 and outcomes.get("OK", 0) > 0, outcomes
     assert set(outcomes) <= {"OK", "CANCELLED"}, outcomes  # no deadline ran out: nothing queued that long
     # The service's metrics see the refusals too (atp_grpc_server_calls_total, from gRPC's channelz):
     # with nothing in progress, started - succeeded - failed is exactly what was refused at the door.
-    after = door_calls().counts()
+    after = service.door.counts()
     seen = {k: after[k] - before[k] for k in after}
     assert seen["started"] == 400 and seen["succeeded"] == outcomes["OK"], seen
     assert seen["started"] - seen["succeeded"] - seen["failed"] == outcomes["CANCELLED"], (seen, outcomes)
-    exported = METRICS.registry.get_sample_value("atp_grpc_server_calls_total", {"outcome": "started"})
-    assert exported is not None and exported >= 400
+    exported = service.metrics.registry.get_sample_value("atp_grpc_server_calls_total", {"outcome": "started"})
+    assert exported == after["started"]
     await flood.check_refused_were_never_applied()
 
 

@@ -28,9 +28,9 @@ class Rig:
         self.log = SimLog()
         self.clock = ManualClock(1_700_000_000_000)
         self.config = sim_config()
-        actors = [ShardActor(s, Ledger(s, self.config.limits), self.log, self.clock, self.config, 0)  # type: ignore[arg-type]
+        actors = [ShardActor(s, Ledger(s, self.config.limits), self.log, self.clock, self.config.shard_settings, 0)  # type: ignore[arg-type]
                   for s in range(2)]
-        self.engine = Engine(actors, self.log, self.clock, self.config)  # type: ignore[arg-type]
+        self.engine = Engine(actors, self.log, self.clock, self.config.engine_settings)  # type: ignore[arg-type]
         assert [self.engine.place(sku) for sku in SKUS] == [0, 1]
 
     async def start(self) -> None:

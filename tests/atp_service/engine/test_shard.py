@@ -21,7 +21,7 @@ async def test_a_maintenance_pass_with_nothing_due_does_not_hold_new_work_behind
     """Every shard is asked to maintain itself at once every pass; draining its pipeline each time
     was a stall of every shard every 100 ms, at any load."""
     log = SimLog()
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config(), 0)  # type: ignore[arg-type]
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
     actor.start()
     try:
         first = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 1)), now))
@@ -38,7 +38,7 @@ async def test_a_maintenance_pass_with_nothing_due_does_not_hold_new_work_behind
 
 async def test_a_command_failing_unexpectedly_takes_back_only_its_own_change() -> None:
     log = SimLog()
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config(), 0)  # type: ignore[arg-type]
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
     actor.start()
 
     def half_then_bug(ledger: Ledger, now: int) -> None:
@@ -62,7 +62,7 @@ async def test_a_command_failing_unexpectedly_takes_back_only_its_own_change() -
 
 async def test_a_shard_whose_task_ends_says_so_and_answers_unavailable_instead_of_going_silent() -> None:
     log = SimLog()
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config(), 0)  # type: ignore[arg-type]
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
     failed: list[ShardActor] = []
     actor.on_failure.append(failed.append)
 

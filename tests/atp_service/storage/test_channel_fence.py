@@ -18,7 +18,6 @@ from redis.exceptions import RedisError
 
 from atp_service import AtpClient, AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
-from atp_service.metrics import METRICS
 from atp_service.storage.channel_store import _FENCE, _WRITE, ChannelStore, WriteRefused
 from atp_service.storage.log import connect, epoch_key
 from atp_service.storage.resp import seq_of
@@ -144,7 +143,7 @@ async def test_a_write_landing_before_the_delayed_fence_counts_as_published_once
     confirms it once the fence goes through. Fences landing late as well only cost a refused write."""
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     async with _service_behind(proxy, tmp_path) as (desk, client):
-        settled = _settles("landed")
+        settled = _settles(desk, "landed")
         direct = aioredis.Redis.from_url(redis_url)
         await direct.script_load(_FENCE)  # so a late fence is a real one, not NOSCRIPT
         await direct.aclose()
@@ -160,7 +159,7 @@ async def test_a_write_landing_before_the_delayed_fence_counts_as_published_once
         await until(lambda: _idle(desk) and desk.feeds["pickup"].published[("sku-a", "store-1")].quantity == 0,
                     "the desk idle with the stock-out published")
         assert reply == b":1\r\n", reply
-        assert _settles("landed") == settled + 1
+        assert _settles(desk, "landed") == settled + 1
         await _assert_streams_hold_what_the_desk_believes(redis_url, desk)
 
         await client.record_events([fact("s2", "SALE", "sku-a", "store-2", 5, T + 2)])  # after the late fences
@@ -171,8 +170,9 @@ async def test_a_write_landing_before_the_delayed_fence_counts_as_published_once
         assert shown[("sku-a", "store-1")][0] == 0 and shown[("sku-a", "store-2")][0] == 0
 
 
-def _settles(outcome: str) -> float:
-    return METRICS.registry.get_sample_value("atp_channel_settles_total", {"outcome": outcome}) or 0.0
+def _settles(desk: ChannelDesk, outcome: str) -> float:
+    (family,) = desk.metrics.settles.collect()
+    return sum(s.value for s in family.samples if s.name.endswith("_total") and s.labels["outcome"] == outcome)
 
 
 def _idle(desk: ChannelDesk) -> bool:

@@ -202,7 +202,6 @@ async def test_a_failed_snapshot_backs_off_instead_of_retrying_every_pass_and_la
     pass (20 ms here) while Redis refuses it, an outage kept half a core busy. Snapshots are
     refused here by an ACL (SET denied) while appends still land, so nothing else is in doubt."""
     from atp_service import AtpClient, AtpService
-    from atp_service.metrics import METRICS
     from tests.conftest import test_config
 
     own = EmbeddedRedis(tmp_path_factory.mktemp("acl-redis")).start()
@@ -213,7 +212,7 @@ async def test_a_failed_snapshot_backs_off_instead_of_retrying_every_pass_and_la
         client = AtpClient(f"127.0.0.1:{service.port}")
         r.execute_command("ACL", "SETUSER", "default", "-set")
         def failures() -> float:
-            return METRICS.registry.get_sample_value("atp_snapshot_failures_total") or 0.0
+            return service.metrics.registry.get_sample_value("atp_snapshot_failures_total") or 0.0
 
         before = failures()
         await client.record_events([receipt(f"e{i}", f"S{i}", "DC", 10) for i in range(8)])  # several shards

@@ -9,7 +9,6 @@ import msgspec
 import pytest
 from redis.exceptions import RedisError
 
-from atp_service.metrics import METRICS
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.log import CommitWindow, Fenced, LogStore, connect
 from atp_service.storage.resp import seq_of
@@ -49,10 +48,11 @@ def test_a_zero_delay_is_never_busy() -> None:
     assert not window.busy
 
 
-def _round_trips() -> tuple[float, float]:
-    """(entries sent, Redis calls made) by every LogStore in this process so far."""
-    value = METRICS.registry.get_sample_value
-    return value("atp_log_pipeline_entries_sum") or 0.0, value("atp_log_pipeline_entries_count") or 0.0
+def _round_trips(store: LogStore) -> tuple[float, float]:
+    """(entries sent, Redis calls made) by ``store`` so far."""
+    (histogram,) = store.metrics.pipeline_size.collect()
+    value = {sample.name: sample.value for sample in histogram.samples}
+    return value["atp_log_pipeline_entries_sum"], value["atp_log_pipeline_entries_count"]
 
 
 async def _submit_in_separate_turns(store: LogStore, seqs: range) -> list[asyncio.Future[None]]:
@@ -71,9 +71,9 @@ async def test_busy_entries_of_many_turns_share_one_redis_call(redis_url: str) -
         await store.claim()
         await store.submit(0, 1, b"first")  # opens the first rate bucket; quiet until now: sent at once
         await asyncio.sleep(0.15)  # the next arrival closes the bucket at >= 1 entry/s: busy
-        entries_before, calls_before = _round_trips()
+        entries_before, calls_before = _round_trips(store)
         await asyncio.gather(*await _submit_in_separate_turns(store, range(2, 11)))
-        entries_after, calls_after = _round_trips()
+        entries_after, calls_after = _round_trips(store)
         assert (calls_after - calls_before, entries_after - entries_before) == (1, 9), "nine turns, one call"
         assert await client.xlen("t:log:0") == 10  # R7: every acknowledged entry is in the log
     finally:
@@ -85,9 +85,9 @@ async def test_quiet_entries_go_out_at_once(redis_url: str) -> None:
     store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1_000_000))
     try:
         await store.claim()
-        entries_before, calls_before = _round_trips()
+        entries_before, calls_before = _round_trips(store)
         await asyncio.gather(*await _submit_in_separate_turns(store, range(1, 6)))
-        entries_after, calls_after = _round_trips()
+        entries_after, calls_after = _round_trips(store)
         assert entries_after - entries_before == 5
         assert calls_after - calls_before >= 2, "not held back for company"
         assert await client.xlen("t:log:0") == 5

@@ -92,7 +92,7 @@ async def test_a_replaced_shard_never_takes_a_newer_instances_entry_for_its_own(
     """An append in doubt is settled by reading the log's last id; after a takeover that id may be
     the newer instance's entry, so a replaced shard must not apply its own in-doubt entry."""
     log = SimLog()
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config(), 0)  # type: ignore[arg-type]
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
     actor.start()
     try:
         held = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 3)), now))
