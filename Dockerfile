@@ -5,7 +5,8 @@ COPY pyproject.toml README.md ./
 COPY atp_service ./atp_service
 COPY reservation ./reservation
 COPY publishers ./publishers
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+COPY client ./client
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ./client .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 atp

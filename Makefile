@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto certs sim bootstrap redis bench bench-peak bench-compare soak clean help
+.PHONY: run test lint proto api-docs certs sim bootstrap redis bench bench-peak bench-compare soak clean help
 
 help:
 	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
 	@echo "make test   - set up, lint, run the whole test suite"
-	@echo "make lint   - ruff + mypy"
-	@echo "make proto  - regenerate gRPC stubs from proto/"
+	@echo "make lint   - buf lint, ruff, mypy, import contracts, house rules"
+	@echo "make proto  - regenerate gRPC stubs from proto/ (client/atp_client/pb)"
+	@echo "make api-docs - regenerate the reason table and retry policy in docs/API.md"
 	@echo "make sim SEEDS=100000 - the deterministic simulation over many seeds"
 	@echo "make certs  - a local CA + server/client certificates under var/certs (TLS, mutual TLS)"
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
@@ -19,11 +20,18 @@ help:
 	@echo "make bench-compare - benchmarks/compare.py (this service vs Lua/Redis and PostgreSQL peers)"
 	@echo "make soak SECONDS=60 SEED=1 - benchmarks/fault_soak.py (Redis pauses, slow network, kill -9; then the invariants)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e './client[redis]' -e '.[dev]'
 	touch $(STAMP)
+
+# google/rpc/status.proto, which proto/atp/v1 imports, from the installed googleapis-common-protos:
+# buf resolves imports only inside its workspace (buf.yaml), and the registry is not reachable.
+PROTO_DEPS := build/proto-deps/google/rpc/status.proto
+$(PROTO_DEPS): $(STAMP)
+	mkdir -p $(dir $@)
+	cp "$$($(BIN)/python -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirname(m.__file__))')/status.proto" $@
 
 bootstrap: $(STAMP) redis
 
@@ -54,10 +62,15 @@ certs: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
 
+# The generated parts of docs/API.md: the table of refusal reasons, the published retry policy.
+api-docs: $(STAMP)
+	$(BIN)/python -m atp_service.edge.api_doc docs/API.md
+
 run: bootstrap
 	$(BIN)/atp-service serve
 
-lint: $(STAMP)
+lint: $(STAMP) $(PROTO_DEPS)
+	$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports

@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("atp_service", "reservation", "publishers")
+PACKAGES = ("atp_service", "reservation", "publishers", "client/atp_client")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 50
 TABLES = {
     ("atp_service/metrics.py", "__init__"),  # one declaration per metric
-    ("atp_service/app/ctl.py", "build_parser"),  # one declaration per flag
+    ("client/atp_client/ctl.py", "build_parser"),  # one declaration per flag
 }
 LEDGER_OWNERS = ("atp_service/engine/",)
 LEDGER_ACCESS = re.compile(r"\.ledger\b")

@@ -2,7 +2,7 @@
 
 The rooms, top to bottom (``make lint`` keeps imports flowing downwards only):
 
-- ``app``: the executables (``atp-service``, ``atpctl``) and the wiring of one service process;
+- ``app``: the executable (``atp-service``) and the wiring of one service process;
 - ``edge``: the gRPC face — servicer, conversion, auth, admission, drain, watches;
 - ``intake`` (facts from POS/WMS: input streams, dead letters, quarantine) and ``channels``
   (estate, curation desk, feeds), side by side;
@@ -10,8 +10,9 @@ The rooms, top to bottom (``make lint`` keeps imports flowing downwards only):
 - ``storage``: everything that knows Redis — the log, snapshots, channel writes, the embedded server;
 - ``config``, ``metrics``, ``tasks``: shared by every room.
 
-``client`` is the Python client, apart from all of them. Importing this package loads nothing but
-itself: the names below are imported on first use (a publisher process never loads the server).
+The Python client and the generated API stubs are the ``atp_client`` distribution, which this one
+depends on. Importing this package loads nothing but itself: the names below are imported on first
+use (a publisher process never loads the server).
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .app.service import AtpService
-    from .client import RETRYABLE, AtpClient, RetryPolicy
     from .config import ServiceConfig
     from .engine import Clock, Engine, ManualClock, SystemClock
-    from .pb.atp.v1 import atp_pb2 as api
     from .storage import EmbeddedRedis, free_port
 
 _LAZY = {
-    "RETRYABLE": "client", "AtpClient": "client", "RetryPolicy": "client",
     "AtpService": "app.service",
     "Clock": "engine", "ManualClock": "engine", "SystemClock": "engine", "Engine": "engine",
     "ServiceConfig": "config",
@@ -37,24 +35,18 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name == "api":  # the protobuf messages and enums (api.HELD, api.ReserveRequest, ...)
-        return importlib.import_module(".pb.atp.v1.atp_pb2", __name__)
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    "RETRYABLE",
-    "AtpClient",
     "AtpService",
     "Clock",
     "EmbeddedRedis",
     "Engine",
     "ManualClock",
-    "RetryPolicy",
     "ServiceConfig",
     "SystemClock",
-    "api",
     "free_port",
 ]

@@ -45,8 +45,9 @@ import numpy as np
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_service import AtpClient, EmbeddedRedis, free_port
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client import AtpClient, duration, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import EmbeddedRedis, free_port
 from benchmarks.open_loop import measured_open_loop
 from benchmarks.peers import CHECK_AND_DECREMENT, Postgres, stock_key
 from benchmarks.throughput import ROOT, run_for, serve_command, service_ready, start
@@ -97,7 +98,7 @@ async def grpc_unary(target: str, w: Workload, tag: str, seconds: float, in_flig
         async def one(worker: int, n: int) -> int:
             sku, loc = pick()
             resp = await client.reserve(f"{tag}-{worker}-{n}", [(sku, loc, 1)], ttl_seconds=3600)
-            if resp.state == pb.HELD:
+            if resp.state == pb.RESERVATION_STATE_HELD:
                 tally.granted[(sku, loc)] += 1
             return 1
 
@@ -114,7 +115,7 @@ async def grpc_stream(target: str, w: Workload, tag: str, seconds: float, in_fli
     clients = [AtpClient(target) for _ in range(streams)]
 
     def make(s: int, n: int) -> list[pb.ReserveRequest]:
-        return [pb.ReserveRequest(reservation_id=f"{tag}-{s}-{n}-{i}", ttl_seconds=3600,
+        return [pb.ReserveRequest(reservation_id=f"{tag}-{s}-{n}-{i}", ttl=duration(3600),
                                   lines=[pb.Line(sku=sku, location=loc, quantity=1)])
                 for i, (sku, loc) in enumerate(pick() for _ in range(batch))]
 
@@ -127,20 +128,20 @@ async def grpc_stream(target: str, w: Workload, tag: str, seconds: float, in_fli
             reqs = make(s, n)
             n += 1
             sent.append((time.perf_counter(), reqs))
-            await call.write(pb.ReserveBatch(reservations=reqs))
+            await call.write(pb.ReserveStreamRequest(reservations=reqs))
         while sent:
             result = await call.read()
             at, reqs = sent.pop(0)
             latencies.append((time.perf_counter() - at) * 1000)
             for req, outcome in zip(reqs, result.outcomes, strict=True):
-                if outcome.code == 0 and outcome.response.state == pb.HELD:
+                if outcome.HasField("response") and outcome.response.state == pb.RESERVATION_STATE_HELD:
                     tally.granted[(req.lines[0].sku, req.lines[0].location)] += 1
             done += len(result.outcomes)
             if time.perf_counter() < stop_at:
                 reqs = make(s, n)
                 n += 1
                 sent.append((time.perf_counter(), reqs))
-                await call.write(pb.ReserveBatch(reservations=reqs))
+                await call.write(pb.ReserveStreamRequest(reservations=reqs))
         await call.done_writing()
 
     started = time.perf_counter()
@@ -199,8 +200,8 @@ def renamed(w: Workload, prefix: str) -> Workload:
 
 async def seed_service(target: str, w: Workload) -> None:
     now = int(time.time() * 1000) - 1000
-    facts = [pb.Fact(event_id=f"seed-{sku}-{loc}", source="bench", kind=pb.COUNT, sku=sku, location=loc,
-                     quantity=w.stock, event_time_ms=now) for sku, loc in w.positions]
+    facts = [pb.Fact(event_id=f"seed-{sku}-{loc}", source="bench", kind=pb.FACT_KIND_COUNT, sku=sku, location=loc,
+                     quantity=w.stock, event_time=timestamp(now)) for sku, loc in w.positions]
     async with AtpClient(target, timeout_s=60) as client:
         for i in range(0, len(facts), 5000):
             for attempt in range(20):  # a client's manners: back off when the service sheds load

@@ -46,9 +46,10 @@ import grpc
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_service import AtpClient, EmbeddedRedis, free_port
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import EmbeddedRedis, free_port
 from atp_service.channels.estate import Estate, load_estate
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from benchmarks import soak_check as check
 from benchmarks.soak_faults import Faults, ServiceDown, ServiceProcess
 from benchmarks.soak_load import Book, Caller, Layout, fact_feed, lifecycles, streams

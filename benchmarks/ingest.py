@@ -33,7 +33,8 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_service import AtpClient, EmbeddedRedis, free_port
+from atp_client import AtpClient
+from atp_service import EmbeddedRedis, free_port
 from benchmarks.throughput import serve_command
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,17 +13,18 @@ from typing import Any
 
 import grpc
 
-from atp_service.pb.atp.v1 import atp_pb2 as pb
-from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from atp_client import timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 
 
 def _answer(req: pb.ReserveRequest) -> pb.ReserveResponse:
     return pb.ReserveResponse(
         reservation_id=req.reservation_id,
-        state=pb.HELD,
+        state=pb.RESERVATION_STATE_HELD,
         lines=[pb.LineResult(sku=ln.sku, location=ln.location, requested=ln.quantity, granted=ln.quantity,
-                             outcome=pb.GRANTED, available=1000) for ln in req.lines],
-        expires_at_ms=1,
+                             outcome=pb.LINE_OUTCOME_GRANTED, available=1000) for ln in req.lines],
+        expire_time=timestamp(1000),
     )
 
 
@@ -31,10 +32,10 @@ class NoopServicer(pb_grpc.AvailabilityServiceServicer):
     async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
         return _answer(request)
 
-    async def ReserveStream(self, request_iterator: AsyncIterator[pb.ReserveBatch],
-                            context: Any) -> AsyncIterator[pb.ReserveBatchResult]:
+    async def ReserveStream(self, request_iterator: AsyncIterator[pb.ReserveStreamRequest],
+                            context: Any) -> AsyncIterator[pb.ReserveStreamResponse]:
         async for batch in request_iterator:
-            yield pb.ReserveBatchResult(outcomes=[
+            yield pb.ReserveStreamResponse(outcomes=[
                 pb.ReserveOutcome(reservation_id=r.reservation_id, response=_answer(r)) for r in batch.reservations
             ])
 

@@ -23,7 +23,8 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_service import AtpClient, EmbeddedRedis, free_port
+from atp_client import AtpClient
+from atp_service import EmbeddedRedis, free_port
 
 WARM_UP_CALLS = 50
 """Calls made one at a time, unmeasured, before an open loop starts."""

@@ -29,7 +29,8 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_service import AtpClient, EmbeddedRedis, free_port
+from atp_client import AtpClient
+from atp_service import EmbeddedRedis, free_port
 from atp_service.config import TRANSPORTS, ServiceConfig
 from benchmarks.compare import Tally, Workload, grpc_unary, seed_service
 from benchmarks.ingest import spawn

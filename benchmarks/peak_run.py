@@ -23,7 +23,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_service import AtpClient, EmbeddedRedis, free_port
+from atp_client import AtpClient
+from atp_service import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("flash_sale", "holiday_peak", "steady")

@@ -27,8 +27,8 @@ from typing import Any
 import grpc
 import redis.asyncio as aioredis
 
-from atp_service.pb.atp.v1 import atp_pb2 as pb
-from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 
 # KEYS[1]: the position's stock key; ARGV[1]: units. 1 = taken, 0 = not enough.
 CHECK_AND_DECREMENT = """
@@ -58,9 +58,10 @@ class LuaServicer(pb_grpc.AvailabilityServiceServicer):
         for line in request.lines:
             ok = await self.script(keys=[stock_key(line.sku, line.location)], args=[line.quantity])
             out.lines.add(sku=line.sku, location=line.location, requested=line.quantity,
-                          granted=line.quantity if ok else 0, outcome=pb.GRANTED if ok else pb.INSUFFICIENT)
+                          granted=line.quantity if ok else 0,
+                          outcome=pb.LINE_OUTCOME_GRANTED if ok else pb.LINE_OUTCOME_INSUFFICIENT)
             granted_any = granted_any or bool(ok)
-        out.state = pb.HELD if granted_any else pb.REJECTED
+        out.state = pb.RESERVATION_STATE_HELD if granted_any else pb.RESERVATION_STATE_REJECTED
         return out
 
 

@@ -39,7 +39,8 @@ import numpy as np
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_service import AtpClient, EmbeddedRedis, free_port
+from atp_client import AtpClient
+from atp_service import EmbeddedRedis, free_port
 from atp_service.storage.channel_wire import from_fields
 from atp_service.storage.resp import stream_entries
 from benchmarks.ingest import resp_command, spawn

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from atp_client import duration
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ServiceConfig
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from benchmarks.compare import Workload, seed_service
 from benchmarks.open_loop import open_loop
 
@@ -61,7 +62,7 @@ async def measure(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
             context: Any = _Context()
 
             def request(n: int) -> pb.ReserveRequest:
-                return pb.ReserveRequest(reservation_id=f"c-{n}", ttl_seconds=3600, lines=[
+                return pb.ReserveRequest(reservation_id=f"c-{n}", ttl=duration(3600), lines=[
                     pb.Line(sku=f"s-{n % POSITIONS:05d}", location="l-1", quantity=1)])
 
             async def empty(n: int) -> None:

@@ -19,19 +19,23 @@ from typing import Any
 import grpc
 import numpy as np
 
+from atp_client import timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.estate import Estate
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.log import LogStore
 from benchmarks.soak_load import DCS, Book, Layout
 from reservation import ZERO, Key, Ledger, Limits, Quantities, Reservation, curate, decode_entry
 
 Position = tuple[str, str]
+HELD, CONFIRMED, FULFILLED, RELEASED, EXPIRED, REJECTED = (
+    pb.RESERVATION_STATE_HELD, pb.RESERVATION_STATE_CONFIRMED, pb.RESERVATION_STATE_FULFILLED,
+    pb.RESERVATION_STATE_RELEASED, pb.RESERVATION_STATE_EXPIRED, pb.RESERVATION_STATE_REJECTED)
 SUCCESSORS: dict[int, set[int]] = {
-    pb.HELD: {pb.HELD, pb.CONFIRMED, pb.FULFILLED, pb.RELEASED, pb.EXPIRED},
-    pb.CONFIRMED: {pb.CONFIRMED, pb.FULFILLED, pb.RELEASED},
-    pb.FULFILLED: {pb.FULFILLED}, pb.RELEASED: {pb.RELEASED}, pb.EXPIRED: {pb.EXPIRED},
-    pb.REJECTED: {pb.REJECTED},
+    HELD: {HELD, CONFIRMED, FULFILLED, RELEASED, EXPIRED},
+    CONFIRMED: {CONFIRMED, FULFILLED, RELEASED},
+    FULFILLED: {FULFILLED}, RELEASED: {RELEASED}, EXPIRED: {EXPIRED},
+    REJECTED: {REJECTED},
 }
 """R3: the states a reservation acknowledged in one state may be found in later."""
 READ_TRIES = 20
@@ -94,8 +98,9 @@ async def liveness(stub: Any, layout: Layout, book: Book, tag: str, bound_s: flo
 
 async def _probe(stub: Any, sku: str, shard: int, book: Book, tag: str, bound_s: float) -> str:
     deadline, last = time.monotonic() + bound_s, "no answer"
-    fact = pb.Fact(event_id=f"probe-{tag}-{shard}", source="soak-wms", kind=pb.RECEIPT, sku=sku, location=DCS[0],
-                   quantity=1, event_time_ms=int(time.time() * 1000))
+    fact = pb.Fact(event_id=f"probe-{tag}-{shard}", source="soak-wms", kind=pb.FACT_KIND_RECEIPT, sku=sku,
+                   location=DCS[0],
+                   quantity=1, event_time=timestamp(int(time.time() * 1000)))
     book.facts_tried[fact.event_id] = (sku, DCS[0])
     read = write = False
     while time.monotonic() < deadline:

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client import duration, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 T = TypeVar("T")
 DCS = ("dc-1", "dc-2")
@@ -48,8 +49,9 @@ CALL_ENDED: type[Exception] = cygrpc.ExecuteBatchError
 """What grpc.aio's core raises for a stream operation on a call that has just ended."""
 ODD = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-TERMINAL = frozenset({pb.FULFILLED, pb.RELEASED, pb.EXPIRED, pb.REJECTED})
-KEPT = frozenset({pb.APPLIED, pb.DUPLICATE, pb.ABSORBED})
+TERMINAL = frozenset({pb.RESERVATION_STATE_FULFILLED, pb.RESERVATION_STATE_RELEASED, pb.RESERVATION_STATE_EXPIRED,
+                      pb.RESERVATION_STATE_REJECTED})
+KEPT = frozenset({pb.FACT_OUTCOME_APPLIED, pb.FACT_OUTCOME_DUPLICATE, pb.FACT_OUTCOME_ABSORBED})
 """Fact outcomes that acknowledge the fact as part of the state."""
 
 
@@ -93,8 +95,8 @@ class Layout:
         return [(sku, loc) for sku in self.all_skus for loc in DCS + STORES] + [(p, DCS[0]) for p in self.probes]
 
     def seed_facts(self, now_ms: int) -> list[pb.Fact]:
-        return [pb.Fact(event_id=f"seed-{sku}-{loc}", source="soak-wms", kind=pb.COUNT, sku=sku, location=loc,
-                        quantity=DC_STOCK if loc in DCS else STORE_STOCK, event_time_ms=now_ms - 60_000)
+        return [pb.Fact(event_id=f"seed-{sku}-{loc}", source="soak-wms", kind=pb.FACT_KIND_COUNT, sku=sku, location=loc,
+                        quantity=DC_STOCK if loc in DCS else STORE_STOCK, event_time=timestamp(now_ms - 60_000))
                 for sku in self.all_skus for loc in DCS + STORES]
 
 
@@ -134,7 +136,7 @@ class Book:
 
     def ack_reserve(self, resp: pb.ReserveResponse) -> None:
         self.ack(resp.reservation_id, resp.state)
-        if resp.state == pb.HELD:
+        if resp.state == pb.RESERVATION_STATE_HELD:
             self.granted[resp.reservation_id] = [(ln.sku, ln.location, ln.granted) for ln in resp.lines]
 
     def ack_facts(self, facts: list[pb.Fact], results: list[pb.FactResult]) -> None:
@@ -142,7 +144,7 @@ class Book:
             self.calls[("fact", pb.FactOutcome.Name(result.outcome))] += 1
             if result.outcome in KEPT:
                 self.facts_acked[fact.event_id] = (fact.sku, fact.location)
-            if fact.kind == pb.SHIPMENT and result.outcome == pb.APPLIED and result.error:
+            if fact.kind == pb.FACT_KIND_SHIPMENT and result.outcome == pb.FACT_OUTCOME_APPLIED and result.error:
                 self.stock_only[(fact.sku, fact.location)] += fact.quantity  # "stock moved; not fulfilled"
 
     def figures(self) -> dict[str, dict[str, int]]:
@@ -210,7 +212,7 @@ class Caller:
         kind, lines = self.lines()
         ttl = 3600 if self.rng.random() < 0.5 else self.rng.randint(2, 8)  # half the holds expire meanwhile
         req = pb.ReserveRequest(reservation_id=rid, order_ref=f"order-{rid}", channel="web", lines=lines,
-                                ttl_seconds=ttl)
+                                ttl=duration(ttl))
         self.book.requests[rid] = req
         return kind, req
 
@@ -247,7 +249,7 @@ async def reserve_one(c: Caller, rid: str) -> None:
         c.book.doubt.add(rid)
         return
     c.book.ack_reserve(resp)
-    if resp.state == pb.HELD:
+    if resp.state == pb.RESERVATION_STATE_HELD:
         await c.pause(0.02)
         await follow_up(c, rid)
 
@@ -261,7 +263,7 @@ async def follow_up(c: Caller, rid: str) -> None:
     if roll < 0.45:
         await resolve(c, "release", rid)
         return
-    if await resolve(c, "confirm", rid) != pb.CONFIRMED:
+    if await resolve(c, "confirm", rid) != pb.RESERVATION_STATE_CONFIRMED:
         return
     await c.pause(0.02)
     roll = c.rng.random()
@@ -297,8 +299,8 @@ async def ship(c: Caller, rid: str) -> None:
     if rid in c.book.doubt:
         return
     now = int(time.time() * 1000)
-    facts = [pb.Fact(event_id=f"ship-{rid}-{i}", source="soak-wms", kind=pb.SHIPMENT, sku=sku, location=loc,
-                     quantity=units, event_time_ms=now, reservation_id=rid)
+    facts = [pb.Fact(event_id=f"ship-{rid}-{i}", source="soak-wms", kind=pb.FACT_KIND_SHIPMENT, sku=sku, location=loc,
+                     quantity=units, event_time=timestamp(now), reservation_id=rid)
              for i, (sku, loc, units) in enumerate(c.book.granted.get(rid, []))]
     await record(c, "ship", facts)
 
@@ -320,12 +322,12 @@ async def fact_feed(c: Caller, name: str) -> None:
         for _ in range(c.rng.randint(1, 5)):
             n += 1
             sku, roll = c.rng.choice(c.layout.all_skus), c.rng.random()
-            kind, loc = (pb.RECEIPT, c.rng.choice(DCS)) if roll < 0.5 else (
-                (pb.SALE if roll < 0.85 else pb.RETURN), c.rng.choice(STORES))
-            wms = kind == pb.RECEIPT
+            kind, loc = (pb.FACT_KIND_RECEIPT, c.rng.choice(DCS)) if roll < 0.5 else (
+                (pb.FACT_KIND_SALE if roll < 0.85 else pb.FACT_KIND_RETURN), c.rng.choice(STORES))
+            wms = kind == pb.FACT_KIND_RECEIPT
             facts.append(pb.Fact(event_id=f"{name}-{n}", source="soak-wms" if wms else "soak-pos", kind=kind,
                                  sku=sku, location=loc, quantity=c.rng.randint(1, 5 if wms else 3),
-                                 event_time_ms=int(time.time() * 1000)))
+                                 event_time=timestamp(int(time.time() * 1000))))
         await record(c, "facts", facts)
         await c.pause(0.05)
 
@@ -358,7 +360,7 @@ async def stream_batches(c: Caller, call: Any, tag: str) -> None:
         batch = [c.request(f"{tag}-{b}-{i}")[1] for i in range(c.rng.randint(1, 4))]
         ids = [r.reservation_id for r in batch]
         c.book.doubt.update(ids)  # until an outcome names them
-        await call.write(pb.ReserveBatch(reservations=batch))
+        await call.write(pb.ReserveStreamRequest(reservations=batch))
         waiting.append(ids)
         if c.rng.random() < 0.1:
             call.cancel()  # the client goes away with batches in flight
@@ -373,19 +375,19 @@ async def stream_batches(c: Caller, call: Any, tag: str) -> None:
 
 async def read_batch(c: Caller, call: Any, ids: list[str]) -> None:
     result = await call.read()
-    if not isinstance(result, pb.ReserveBatchResult):  # grpc.aio.EOF: the stream ended, status OK
+    if not isinstance(result, pb.ReserveStreamResponse):  # grpc.aio.EOF: the stream ended, status OK
         raise StreamEnded(f"the stream ended with {len(ids)} reservations unanswered")
     for outcome in result.outcomes:
-        if outcome.code == 0:
+        if outcome.HasField("response"):
             c.book.calls[("stream_reserve", pb.ReservationState.Name(outcome.response.state))] += 1
             c.book.ack_reserve(outcome.response)
             c.book.doubt.discard(outcome.reservation_id)
-            if outcome.response.state == pb.HELD:
+            if outcome.response.state == pb.RESERVATION_STATE_HELD:
                 c.book.idle.append(outcome.reservation_id)
         else:
-            name = CODE_NAMES.get(outcome.code, str(outcome.code))
+            name = CODE_NAMES.get(outcome.error.code, str(outcome.error.code))
             c.book.calls[("stream_reserve", name)] += 1
             if name in {code.name for code in ODD}:
-                c.book.odd.setdefault(("stream_reserve", name), outcome.error)
+                c.book.odd.setdefault(("stream_reserve", name), outcome.error.message)
     if len(result.outcomes) != len(ids):
         c.book.calls[("stream", "SHORT_BATCH")] += 1

@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from atp_service import AtpClient, EmbeddedRedis, free_port
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client import AtpClient, duration, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import EmbeddedRedis, free_port
 
 SKUS, LOCATIONS = 10_000, 10
 IN_FLIGHT = 64
@@ -46,8 +47,9 @@ def position(rng: random.Random) -> tuple[str, str]:
 
 
 async def seed(client: AtpClient) -> None:
-    facts = [pb.Fact(event_id=f"seed-{s}-{loc}", source="bench", kind=pb.COUNT, sku=f"sku-{s:05d}",
-                     location=f"loc-{loc:02d}", quantity=1_000_000, event_time_ms=int(time.time() * 1000) - 1000)
+    facts = [pb.Fact(event_id=f"seed-{s}-{loc}", source="bench", kind=pb.FACT_KIND_COUNT, sku=f"sku-{s:05d}",
+                     location=f"loc-{loc:02d}", quantity=1_000_000,
+                     event_time=timestamp(int(time.time() * 1000) - 1000))
              for s in range(SKUS) for loc in range(LOCATIONS)]
     for i in range(0, len(facts), 5000):
         await client.record_events(facts[i:i + 5000])
@@ -82,7 +84,7 @@ async def unary(target: str, seconds: float, tag: str, in_flight: int = IN_FLIGH
     async def one(worker: int, n: int) -> int:
         sku, loc = position(rng)
         resp = await clients[0].reserve(f"{tag}-{worker}-{n}", [(sku, loc, 1)], ttl_seconds=3600)
-        assert resp.state == pb.HELD, resp
+        assert resp.state == pb.RESERVATION_STATE_HELD, resp
         return 1
 
     try:
@@ -105,7 +107,7 @@ async def stream(target: str, seconds: float, batch: int, tag: str) -> tuple[flo
         out = []
         for i in range(batch):
             sku, loc = position(rng)
-            out.append(pb.ReserveRequest(reservation_id=f"{tag}-{stream_no}-{n}-{i}", ttl_seconds=3600,
+            out.append(pb.ReserveRequest(reservation_id=f"{tag}-{stream_no}-{n}-{i}", ttl=duration(3600),
                                          lines=[pb.Line(sku=sku, location=loc, quantity=1)]))
         return out
 
@@ -116,18 +118,18 @@ async def stream(target: str, seconds: float, batch: int, tag: str) -> tuple[flo
         n = 0
         for _ in range(per_stream):
             sent.append(time.perf_counter())
-            await call.write(pb.ReserveBatch(reservations=make(stream_no, n)))
+            await call.write(pb.ReserveStreamRequest(reservations=make(stream_no, n)))
             n += 1
         while sent:
             result = await call.read()
             latency = (time.perf_counter() - sent.pop(0)) * 1000
-            assert all(o.code == 0 and o.response.state == pb.HELD for o in result.outcomes)
+            assert all(o.response.state == pb.RESERVATION_STATE_HELD for o in result.outcomes)
             if count:
                 latencies.append(latency)
                 done += len(result.outcomes)
             if time.perf_counter() < stop_at:
                 sent.append(time.perf_counter())
-                await call.write(pb.ReserveBatch(reservations=make(stream_no, n)))
+                await call.write(pb.ReserveStreamRequest(reservations=make(stream_no, n)))
                 n += 1
         await call.done_writing()
 

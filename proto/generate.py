@@ -1,10 +1,10 @@
-"""Generate the Python gRPC stubs from ``proto/`` into ``atp_service/pb/``.
+"""Generate the Python gRPC stubs from ``proto/`` into ``client/atp_client/pb/``.
 
 The stubs are committed so that an installed wheel needs no ``grpcio-tools``;
 ``tests/test_proto_stubs.py`` regenerates them into a temporary folder and
 fails when the committed copy has drifted from ``proto/``.
 
-Usage: ``python proto/generate.py [OUT_DIR]`` (default: ``atp_service/pb``).
+Usage: ``python proto/generate.py [OUT_DIR]`` (default: ``client/atp_client/pb``), or ``make proto``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import re
 import sys
 from pathlib import Path
 
+from google.rpc import status_pb2
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
-DEFAULT_OUT = PROTO_ROOT.parent / "atp_service" / "pb"
-PACKAGE = "atp_service.pb"
+DEFAULT_OUT = PROTO_ROOT.parent / "client" / "atp_client" / "pb"
+PACKAGE = "atp_client.pb"
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -25,11 +26,13 @@ def generate(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
+    googleapis = Path(status_pb2.__file__).parents[2]  # google/rpc/status.proto (googleapis-common-protos)
     rc = protoc.main(
         [
             "grpc_tools.protoc",
             f"-I{PROTO_ROOT}",
             f"-I{include}",
+            f"-I{googleapis}",
             f"--python_out={out_dir}",
             f"--pyi_out={out_dir}",
             f"--grpc_python_out={out_dir}",

@@ -1,105 +1,148 @@
 """Domain refusals: a closed vocabulary of reasons, each refusal naming the fields it is about.
 
-The reason says why, in the domain's words; the service edge alone chooses the gRPC status for it
-(one table, ``atp_service/edge/errors.py``). Reasons are numbered in precedence order: where
-several apply to one request, the lowest is the one reported — the request itself first, then
-identity, what it names, state, capacity, and last the service's own availability.
+The reason says why, in the domain's words; the service edge alone chooses the gRPC status and
+the error details for it (one table, ``atp_service/edge/errors.py``), and the reason's name is the
+stable, machine-readable code clients see (``google.rpc.ErrorInfo.reason``). Reasons are numbered
+in precedence order: where several apply to one request, the lowest is the one reported — who
+calls first (a denied call is never read), then the request itself, identity, what it names,
+state, capacity, and last the service's own availability. Insufficient stock is not here: it is
+an outcome (REJECTED), not a refusal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
 
 
 class Reason(IntEnum):
     """Why a command was refused. Closed: a new reason is a change of the API contract."""
 
-    INVALID_FIELD = 1
-    """A field is missing, malformed or out of range (``fields`` names it)."""
-    LIMIT_EXCEEDED = 2
-    """A count or a length passes a named limit of the service (the message names the limit)."""
-    ID_REUSED = 3
-    """R5: an id already used with other content (``fields`` names what differs)."""
-    UNKNOWN_RESERVATION = 4
+    TOKEN_MISSING = 1
+    """No bearer token was sent (the service has auth on); the request was not read."""
+    TOKEN_INVALID = 2
+    """The bearer token is unknown or malformed; the request was not read."""
+    ROLE_NOT_PERMITTED = 3
+    """The caller's roles do not include the method (metadata ``method``, ``roles``)."""
+    REQUEST_MALFORMED = 4
+    """The request's bytes are not a valid message of its type (truncated, bad UTF-8)."""
+    INVALID_FIELD = 5
+    """A field is missing, malformed or out of range (the field violation names it)."""
+    LIMIT_EXCEEDED = 6
+    """A count or a length passes a named limit of the service (metadata ``limit`` names it)."""
+    RESERVATION_ID_REUSED = 7
+    """R5: the reservation id was used with other content (metadata ``field`` names what differs)."""
+    OPERATION_ID_REUSED = 8
+    """R5: the operation id was used with other lines."""
+    RESERVATION_NOT_FOUND = 9
     """No reservation with that id (never made, or forgotten after its retention)."""
-    UNKNOWN_CHANNEL = 5
+    CHANNEL_NOT_FOUND = 10
     """No channel with that name in the estate."""
-    WRONG_STATE = 6
-    """R3: the reservation's state does not allow the command (``state`` names it)."""
-    ESTATE_UNUSABLE = 7
+    RESERVATION_EXPIRED = 11
+    """R3: the hold expired before the command; reserve again."""
+    RESERVATION_REJECTED = 12
+    """R2: the reservation was refused when made; nothing of it can change."""
+    RESERVATION_RELEASED = 13
+    """R3: the reservation was released; nothing of it can change."""
+    RESERVATION_FULFILLED = 14
+    """R4: every unit of the reservation was fulfilled or released."""
+    RESERVATION_NOT_CONFIRMED = 15
+    """R4: a HELD reservation is confirmed before it is fulfilled."""
+    ESTATE_UNUSABLE = 16
     """The estate file cannot be used (or channels were off at start): nothing changed."""
-    OVERLOADED = 8
-    """Shed at once: a queue is too long or too slow; retry with backoff (nothing was applied)."""
-    CAPACITY_REACHED = 9
-    """A bounded resource is full (live reservations of a shard, open watches)."""
-    OUTCOME_UNKNOWN = 10
+    SHARD_OVERLOADED = 17
+    """A shard's queue is full or too slow: shed at once, nothing applied; retry after the delay."""
+    SERVICE_OVERLOADED = 18
+    """The service's event loop runs late: shed at the door, nothing applied; retry after the delay."""
+    CAPACITY_REACHED = 19
+    """A bounded resource is full (metadata ``limit``: live reservations of a shard, open watches,
+    operations of a reservation)."""
+    OUTCOME_UNKNOWN = 20
     """R7: the change is not known to be durable; retry with the same ids to learn what was decided."""
-    STORAGE_UNREACHABLE = 11
+    STORAGE_UNREACHABLE = 21
     """The log cannot be reached; refused before any work (nothing was applied)."""
-    CONCURRENT_CHANGE = 12
+    CONCURRENT_CHANGE = 22
     """The record is being changed by another call; retry."""
-    RECOVERING = 13
+    RECOVERING = 23
     """The service is recovering its state; retry shortly."""
-    SHUTTING_DOWN = 14
+    SHUTTING_DOWN = 24
     """The service is stopping; retry (another instance answers)."""
-    SHARD_STOPPED = 15
+    SHARD_STOPPED = 25
     """A shard stopped working; the service restarts."""
-    REPLACED = 16
+    INSTANCE_REPLACED = 26
     """A newer instance owns the keyspace; retry (it answers)."""
-    INTERNAL = 17
+    INTERNAL = 27
     """A bug: nothing of the command was applied."""
 
 
+_STATE_REASONS = {
+    "EXPIRED": Reason.RESERVATION_EXPIRED,
+    "REJECTED": Reason.RESERVATION_REJECTED,
+    "RELEASED": Reason.RESERVATION_RELEASED,
+    "FULFILLED": Reason.RESERVATION_FULFILLED,
+    "HELD": Reason.RESERVATION_NOT_CONFIRMED,
+}
+
+
 class DomainError(Exception):
-    """Base of every refusal the domain can raise: a ``reason``, the ``fields`` it is about and a
-    message for people."""
+    """Base of every refusal the domain can raise: a ``reason``, the ``fields`` it is about, string
+    ``metadata`` for machines (ErrorInfo) and a message for people."""
 
     reason = Reason.INTERNAL
 
-    def __init__(self, message: str, reason: Reason | None = None, fields: tuple[str, ...] = ()) -> None:
+    def __init__(self, message: str, reason: Reason | None = None, fields: tuple[str, ...] = (),
+                 metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
         self.fields = fields
+        self.metadata: dict[str, str] = dict(metadata or {})
 
 
 class InvalidArgument(DomainError):
-    """Bad input; ``field`` names the offending request field (e.g. ``lines[2].quantity``)."""
+    """Bad input; ``field`` names the offending request field (e.g. ``lines[2].quantity``) and
+    ``problem`` what is wrong with it."""
 
     reason = Reason.INVALID_FIELD
 
-    def __init__(self, field: str, problem: str, reason: Reason | None = None) -> None:
-        super().__init__(f"{field}: {problem}", reason, (field,))
+    def __init__(self, field: str, problem: str, reason: Reason | None = None, limit: str = "") -> None:
+        super().__init__(f"{field}: {problem}", reason, (field,), {"limit": limit} if limit else None)
         self.field = field
+        self.problem = problem
+
+    def within(self, parent: str) -> InvalidArgument:
+        """The same refusal, its field named inside ``parent`` (``events[3]`` + ``quantity``)."""
+        return InvalidArgument(f"{parent}.{self.field}", self.problem, self.reason, self.metadata.get("limit", ""))
 
 
 class NotFound(DomainError):
-    reason = Reason.UNKNOWN_RESERVATION
+    reason = Reason.RESERVATION_NOT_FOUND
 
 
 class AlreadyExists(DomainError):
     """R5: the same id was used with different content; ``field`` names what differs."""
 
-    reason = Reason.ID_REUSED
+    reason = Reason.RESERVATION_ID_REUSED
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", None, (field,))
+    def __init__(self, field: str, message: str, reason: Reason | None = None) -> None:
+        super().__init__(f"{field}: {message}", reason, (field,), {"field": field})
         self.field = field
 
 
 class FailedPrecondition(DomainError):
-    """R3: a conflicting second resolution; ``state`` is the current state's name."""
+    """R3, R4: the reservation's state does not allow the command; ``state`` is the state's name,
+    ``subject`` the reservation's id. The reason follows the state."""
 
-    reason = Reason.WRONG_STATE
-
-    def __init__(self, state: str, message: str) -> None:
-        super().__init__(f"reservation is {state}: {message}")
+    def __init__(self, state: str, message: str, subject: str = "") -> None:
+        super().__init__(f"reservation is {state}: {message}", _STATE_REASONS.get(state, Reason.INTERNAL),
+                         metadata={"state": state})
         self.state = state
+        self.subject = subject
 
 
 class ResourceExhausted(DomainError):
-    reason = Reason.OVERLOADED
+    reason = Reason.SHARD_OVERLOADED
 
 
 class Unavailable(DomainError):

@@ -114,7 +114,7 @@ def confirm(view: View, reservation_id: str, now: int) -> Reservation:
     if rec.state == State.CONFIRMED:
         return rec  # R5: a retried confirm is harmless
     if rec.state != State.HELD:
-        raise FailedPrecondition(State(rec.state).name, "only a HELD reservation can be confirmed")
+        raise FailedPrecondition(State(rec.state).name, "only a HELD reservation can be confirmed", rec.reservation_id)
     new = rec.clone()
     for line in new.lines:
         if line.held:
@@ -133,7 +133,8 @@ def release(
     if retried:
         return rec
     if rec.state not in (State.HELD, State.CONFIRMED):
-        raise FailedPrecondition(State(rec.state).name, "only a HELD or CONFIRMED reservation can be released")
+        raise FailedPrecondition(State(rec.state).name, "only a HELD or CONFIRMED reservation can be released",
+                                 rec.reservation_id)
     amounts = _amounts(rec, lines, lambda line: line.outstanding, "outstanding")
     new = _with_op(rec, operation_id, lines, limits)
     for line, qty in zip(new.lines, amounts, strict=True):
@@ -161,9 +162,10 @@ def fulfill(
     if retried:
         return rec
     if rec.state == State.HELD:
-        raise FailedPrecondition("HELD", "confirm the reservation before fulfilling it")
+        raise FailedPrecondition("HELD", "confirm the reservation before fulfilling it", rec.reservation_id)
     if rec.state != State.CONFIRMED:
-        raise FailedPrecondition(State(rec.state).name, "only a CONFIRMED reservation can be fulfilled")
+        raise FailedPrecondition(State(rec.state).name, "only a CONFIRMED reservation can be fulfilled",
+                                 rec.reservation_id)
     amounts = _amounts(rec, lines, lambda line: line.committed, "committed")
     new = _with_op(rec, operation_id, lines, limits)
     for index, (line, qty) in enumerate(zip(new.lines, amounts, strict=True)):
@@ -230,7 +232,7 @@ def _same_content(rec: Reservation, cmd: ReserveCommand) -> None:
         ("order_ref", rec.order_ref, cmd.order_ref),
         ("channel", rec.channel, cmd.channel),
         ("lines", mine, cmd.lines),
-        ("ttl_seconds", rec.ttl_ms, cmd.ttl_ms),
+        ("ttl", rec.ttl_ms, cmd.ttl_ms),
         ("allow_partial", rec.allow_partial, cmd.allow_partial),
     ):
         if old != new:
@@ -253,7 +255,8 @@ def _current_or_retry(
     if not operation_id or operation_id not in rec.ops:
         return rec, False
     if rec.ops[operation_id] != _op_key(lines):
-        raise AlreadyExists("operation_id", f"operation {operation_id!r} was applied with other lines")
+        raise AlreadyExists("operation_id", f"operation {operation_id!r} was applied with other lines",
+                            Reason.OPERATION_ID_REUSED)
     return rec, True
 
 
@@ -263,7 +266,8 @@ def _with_op(rec: Reservation, operation_id: str, lines: tuple[LineRequest, ...]
         if len(new.ops) >= limits.max_ops_per_reservation:
             raise ResourceExhausted(
                 f"operation_id: reservation already has {len(new.ops)} partial operations "
-                f"(limit max_ops_per_reservation={limits.max_ops_per_reservation})", Reason.CAPACITY_REACHED
+                f"(limit max_ops_per_reservation={limits.max_ops_per_reservation})", Reason.CAPACITY_REACHED,
+                metadata={"limit": "max_ops_per_reservation"},
             )
         new.ops[operation_id] = _op_key(lines)
     return new

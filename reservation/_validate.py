@@ -21,7 +21,7 @@ def check_id(field: str, value: str, limits: Limits, *, required: bool = True) -
         return value
     if len(value) > limits.max_id_length // 4 and len(value.encode()) > limits.max_id_length:
         raise InvalidArgument(field, f"longer than {limits.max_id_length} bytes (limit max_id_length)",
-                              Reason.LIMIT_EXCEEDED)
+                              Reason.LIMIT_EXCEEDED, "max_id_length")
     if not value.isprintable():
         raise InvalidArgument(field, "must not contain control characters")
     return value
@@ -59,7 +59,8 @@ def line_requests(
     count = 0
     for n, (sku, location, quantity) in enumerate(lines):
         if n >= limits.max_lines:
-            raise InvalidArgument(field, f"more than {limits.max_lines} lines (limit max_lines)", Reason.LIMIT_EXCEEDED)
+            raise InvalidArgument(field, f"more than {limits.max_lines} lines (limit max_lines)", Reason.LIMIT_EXCEEDED,
+                                  "max_lines")
         check_id(f"{field}[{n}].sku", sku, limits)
         check_id(f"{field}[{n}].location", location, limits)
         check_quantity(f"{field}[{n}].quantity", quantity, limits)
@@ -90,7 +91,7 @@ def reserve_command(
     ttl = ttl_seconds or limits.default_ttl_seconds
     if not limits.min_ttl_seconds <= ttl <= limits.max_ttl_seconds:
         raise InvalidArgument(
-            "ttl_seconds", f"{ttl_seconds} is outside [{limits.min_ttl_seconds}, {limits.max_ttl_seconds}]"
+            "ttl", f"{ttl_seconds}s is outside [{limits.min_ttl_seconds}s, {limits.max_ttl_seconds}s]"
         )
     return ReserveCommand(
         reservation_id, order_ref, channel, line_requests(lines, limits), ttl * 1000, allow_partial
@@ -117,7 +118,9 @@ def fact(
     reservation_id: str,
     now: int,
     limits: Limits,
+    time_field: str = "event_time",
 ) -> Fact:
+    """A checked fact; ``time_field`` is what the caller's format calls the event time (errors name it)."""
     # The ingest hot path: four short printable ids are checked in one go; anything else goes
     # through check_id one by one, which names the first field at fault.
     short = limits.max_id_length // 4
@@ -141,11 +144,11 @@ def fact(
     else:
         check_quantity("quantity", quantity, limits)
     if event_time <= 0:
-        raise InvalidArgument("event_time_ms", "must be a positive epoch time in milliseconds")
+        raise InvalidArgument(time_field, "must be set, after 1970-01-01")
     if event_time > now + limits.fact_future_skew_ms:  # E7
         raise InvalidArgument(
-            "event_time_ms",
-            f"{event_time} is more than {limits.fact_future_skew_ms} ms ahead of the service clock ({now})",
+            time_field,
+            f"{event_time} ms is more than {limits.fact_future_skew_ms} ms ahead of the service clock ({now})",
         )
     if reservation_id:
         if fact_kind != FactKind.SHIPMENT:

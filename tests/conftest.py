@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from atp_service import AtpClient, AtpService, EmbeddedRedis, ManualClock, ServiceConfig
+from atp_client import AtpClient
+from atp_service import AtpService, EmbeddedRedis, ManualClock, ServiceConfig
 from atp_service.engine.clock import Clock
 from atp_service.tasks import task_stacks
 from reservation import Limits

@@ -1,4 +1,4 @@
-"""The committed stubs in atp_service/pb must be exactly what proto/ generates."""
+"""The committed stubs in client/atp_client/pb must be exactly what proto/ generates."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def test_committed_stubs_match_proto(project_root: Path, tmp_path: Path) -> None
     spec.loader.exec_module(module)
     fresh = module.generate(tmp_path)
     assert fresh, "protoc produced nothing"
-    committed = project_root / "atp_service" / "pb"
+    committed = project_root / "client" / "atp_client" / "pb"
     for path in fresh:
         rel = path.relative_to(tmp_path)
         assert (committed / rel).read_text() == path.read_text(), f"{rel} is stale: run `make proto`"

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
 from atp_service.config import ServiceConfig
@@ -34,7 +35,6 @@ from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
 from atp_service.metrics import Metrics
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.retry import BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.durability import STORAGE_ERRORS

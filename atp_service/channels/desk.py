@@ -340,7 +340,7 @@ class ChannelDesk:
         channel = self.estate.channels.get(name)
         if channel is None:
             known = ", ".join(sorted(self.estate.channels)) or "none configured"
-            raise NotFound(f"channel: unknown channel {name!r} (known: {known})", Reason.UNKNOWN_CHANNEL)
+            raise NotFound(f"channel: unknown channel {name!r} (known: {known})", Reason.CHANNEL_NOT_FOUND)
         return channel
 
     def snapshot(self, name: str) -> tuple[int, list[tuple[Key, Published]]]:

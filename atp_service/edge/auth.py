@@ -18,9 +18,7 @@ denied call's request bytes are never parsed: the caller is refused before anyth
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import secrets
 import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -29,24 +27,23 @@ from typing import Any
 
 import grpc
 
+from atp_client import PERMISSIONS, new_token, token_hash
+from atp_service.edge.errors import abort as abort_with
+from atp_service.edge.errors import status_of
 from atp_service.edge.ratelog import RateLimitedLog
 from atp_service.metrics import EdgeMetrics
+from reservation import DomainError, Reason
 
 audit = logging.getLogger("atp_service.audit")
 _AUDIT_LINES = {code: RateLimitedLog(audit, logging.WARNING, burst=20)
                 for code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)}
 
-READ = frozenset({"GetReservation", "GetAvailability", "ExplainAvailability"})
-PERMISSIONS: dict[str, frozenset[str]] = {
-    "oms": frozenset({"Reserve", "Confirm", "Release", "Fulfill", "ReserveStream"}) | READ,
-    "ingest": frozenset({"RecordEvents"}),
-    "channel": frozenset({"WatchAvailability"}) | READ,
-    "admin": frozenset({"SetSafetyStock", "ReloadEstate"}) | READ,
-}
 OPEN_SERVICES = frozenset({
     "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection",
 })
 MAX_TOKEN_BYTES = 512
+__all__ = ["PERMISSIONS", "AuthInterceptor", "Caller", "Callers", "CallersError", "load_callers", "new_token",
+           "token_hash"]
 
 
 class CallersError(ValueError):
@@ -60,14 +57,6 @@ class Caller:
 
     def may_call(self, method: str) -> bool:
         return any(method in PERMISSIONS[role] for role in self.roles)
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
 
 
 class Callers:
@@ -132,25 +121,28 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         token = _bearer(details.invocation_metadata)
         if token is None:
-            return self._deny(handler, method, "-", grpc.StatusCode.UNAUTHENTICATED,
-                              "authorization: missing; send 'authorization: Bearer <token>' metadata")
+            return self._deny(handler, method, "-", DomainError(
+                "authorization: missing; send 'authorization: Bearer <token>' metadata", Reason.TOKEN_MISSING))
         caller = self.callers.lookup(token) if token else None
         if caller is None:
-            return self._deny(handler, method, "-", grpc.StatusCode.UNAUTHENTICATED,
-                              "authorization: unknown or malformed bearer token")
+            return self._deny(handler, method, "-", DomainError(
+                "authorization: unknown or malformed bearer token", Reason.TOKEN_INVALID))
         if not caller.may_call(method):
             roles = ", ".join(sorted(caller.roles))
-            return self._deny(handler, method, caller.name, grpc.StatusCode.PERMISSION_DENIED,
-                              f"caller {caller.name!r} (roles: {roles}) may not call {method}")
+            return self._deny(handler, method, caller.name, DomainError(
+                f"caller {caller.name!r} (roles: {roles}) may not call {method}", Reason.ROLE_NOT_PERMITTED,
+                metadata={"method": method, "roles": roles}))
         return handler
 
-    def _deny(self, handler: grpc.RpcMethodHandler[Any, Any], method: str, caller: str, code: grpc.StatusCode,
-              message: str) -> grpc.RpcMethodHandler[Any, Any]:
-        _AUDIT_LINES[code].log("denied method=%s caller=%s code=%s reason=%s", method, caller, code.name, message)
+    def _deny(self, handler: grpc.RpcMethodHandler[Any, Any], method: str, caller: str,
+              refusal: DomainError) -> grpc.RpcMethodHandler[Any, Any]:
+        code = status_of(refusal)
+        _AUDIT_LINES[code].log("denied method=%s caller=%s code=%s reason=%s", method, caller, code.name,
+                               refusal.message)
         self._denied.labels(code.name).inc()
 
         async def abort(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            await context.abort(code, message)
+            await abort_with(context, refusal)
 
         # No deserializer: gRPC hands over the raw bytes (of a unary request; a stream is never read),
         # so a caller who may not call learns nothing from, and costs nothing by, what it sends.

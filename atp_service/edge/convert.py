@@ -5,8 +5,59 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import cast
 
-from atp_service.pb.atp.v1 import atp_pb2 as pb
-from reservation import Limits, Quantities, Reservation, ReserveCommand, reserve_command
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from reservation import InvalidArgument, Limits, Quantities, Reservation, ReserveCommand, reserve_command
+
+_FACT_KIND_PREFIX = "FACT_KIND_"
+
+
+def timestamp(ms: int) -> Timestamp | None:
+    """The Timestamp of an epoch time in ms; None (unset) for 0, which the domain uses for "none"."""
+    if not ms:
+        return None
+    out = Timestamp()
+    out.FromMilliseconds(ms)
+    return out
+
+
+def ms_of(message: Message, field: str) -> int:
+    """A Timestamp field in epoch ms (0 when unset: the domain refuses it where it is required)."""
+    if not message.HasField(field):
+        return 0
+    value: Timestamp = getattr(message, field)
+    return value.seconds * 1000 + value.nanos // 1_000_000
+
+
+def ttl_seconds(req: pb.ReserveRequest) -> int:
+    """``ttl`` in whole seconds; 0 (the service's default TTL) when unset."""
+    if not req.HasField("ttl"):
+        return 0
+    ttl: Duration = req.ttl
+    if ttl.nanos:
+        raise InvalidArgument("ttl", f"must be whole seconds, got {ttl.seconds}s and {ttl.nanos}ns")
+    if ttl.seconds <= 0:
+        raise InvalidArgument("ttl", f"must be positive, got {ttl.seconds}s (leave it unset for the default)")
+    return ttl.seconds
+
+
+_QUARANTINE = (("late", pb.QUARANTINE_REASON_LATE), ("conflict", pb.QUARANTINE_REASON_CONFLICT),
+               ("out of range", pb.QUARANTINE_REASON_OUT_OF_RANGE))
+
+
+def quarantine_reason(text: str) -> pb.QuarantineReason:
+    """The code of a quarantine reason the ledger gave as text (``late: ...``)."""
+    return next((code for prefix, code in _QUARANTINE if text.startswith(prefix)), pb.QUARANTINE_REASON_UNSPECIFIED)
+
+
+def fact_kind_name(kind: int) -> str:
+    """A FactKind's short name (``RECEIPT``), as metrics and the input streams spell it."""
+    if kind not in pb.FactKind.values():
+        return "unknown"
+    return pb.FactKind.Name(kind).removeprefix(_FACT_KIND_PREFIX)
 
 
 def lines_of(lines: Iterable[pb.Line]) -> list[tuple[str, str, int]]:
@@ -19,7 +70,7 @@ def reserve_cmd(req: pb.ReserveRequest, limits: Limits) -> ReserveCommand:
         order_ref=req.order_ref,
         channel=req.channel,
         lines=lines_of(req.lines),
-        ttl_seconds=req.ttl_seconds,
+        ttl_seconds=ttl_seconds(req),
         allow_partial=req.allow_partial,
         limits=limits,
     )
@@ -48,9 +99,9 @@ def fill_reserve_response(out: pb.ReserveResponse, rec: Reservation, replayed: b
         if line.granted:
             last.allocations.add(location=line.location, quantity=line.granted)
         granted = granted or line.granted > 0
-    out.state = pb.HELD if granted else pb.REJECTED  # the original decision (R5 replays it)
+    out.state = pb.RESERVATION_STATE_HELD if granted else pb.RESERVATION_STATE_REJECTED  # the decision (R5)
     if granted:
-        out.expires_at_ms = rec.created_at + rec.ttl_ms
+        out.expire_time.FromMilliseconds(rec.created_at + rec.ttl_ms)
     out.replayed = replayed
 
 
@@ -67,9 +118,9 @@ def reservation_pb(rec: Reservation) -> pb.Reservation:
             )
             for line in rec.lines
         ],
-        created_at_ms=rec.created_at,
-        expires_at_ms=rec.expires_at,
-        updated_at_ms=rec.updated_at,
+        create_time=timestamp(rec.created_at),
+        expire_time=timestamp(rec.expires_at),
+        update_time=timestamp(rec.updated_at),
     )
 
 

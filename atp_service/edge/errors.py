@@ -1,33 +1,102 @@
-"""The one table from a domain refusal's reason to its gRPC status (reservation.Reason)."""
+"""The one table from a refusal's reason to what the caller is told: a gRPC status code, and the
+``google.rpc.Status`` details of AIP-193 in ``grpc-status-details-bin``:
+
+- ``ErrorInfo``: ``reason`` (the ``reservation.Reason`` name, stable and machine-readable),
+  ``domain`` and the refusal's ``metadata``;
+- ``BadRequest``: a field violation per field named, for INVALID_ARGUMENT;
+- ``PreconditionFailure``: the reservation's current state, for a lifecycle conflict;
+- ``RetryInfo``: how long to wait, for the refusals worth retrying (RESOURCE_EXHAUSTED,
+  UNAVAILABLE), also as ``grpc-retry-pushback-ms`` so gRPC's own retry policy waits as long.
+
+The message stays the human text of the refusal.
+"""
 
 from __future__ import annotations
 
-import grpc
+from typing import Any, NoReturn
 
-from reservation import DomainError, Reason
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import error_details_pb2, status_pb2
+
+from reservation import DomainError, FailedPrecondition, Reason
+
+DOMAIN = "atp.v1"
+"""``ErrorInfo.domain``: the API the reasons belong to."""
 
 S = grpc.StatusCode
-STATUS: dict[Reason, grpc.StatusCode] = {
-    Reason.INVALID_FIELD: S.INVALID_ARGUMENT,
-    Reason.LIMIT_EXCEEDED: S.INVALID_ARGUMENT,
-    Reason.ID_REUSED: S.ALREADY_EXISTS,
-    Reason.UNKNOWN_RESERVATION: S.NOT_FOUND,
-    Reason.UNKNOWN_CHANNEL: S.NOT_FOUND,
-    Reason.WRONG_STATE: S.FAILED_PRECONDITION,
-    Reason.ESTATE_UNUSABLE: S.FAILED_PRECONDITION,
-    Reason.OVERLOADED: S.RESOURCE_EXHAUSTED,
-    Reason.CAPACITY_REACHED: S.RESOURCE_EXHAUSTED,
-    Reason.OUTCOME_UNKNOWN: S.UNAVAILABLE,
-    Reason.STORAGE_UNREACHABLE: S.UNAVAILABLE,
-    Reason.CONCURRENT_CHANGE: S.UNAVAILABLE,
-    Reason.RECOVERING: S.UNAVAILABLE,
-    Reason.SHUTTING_DOWN: S.UNAVAILABLE,
-    Reason.SHARD_STOPPED: S.UNAVAILABLE,
-    Reason.REPLACED: S.UNAVAILABLE,
-    Reason.INTERNAL: S.INTERNAL,
+STATUS: dict[Reason, tuple[grpc.StatusCode, int | None]] = {
+    Reason.TOKEN_MISSING: (S.UNAUTHENTICATED, None),
+    Reason.TOKEN_INVALID: (S.UNAUTHENTICATED, None),
+    Reason.ROLE_NOT_PERMITTED: (S.PERMISSION_DENIED, None),
+    Reason.REQUEST_MALFORMED: (S.INVALID_ARGUMENT, None),
+    Reason.INVALID_FIELD: (S.INVALID_ARGUMENT, None),
+    Reason.LIMIT_EXCEEDED: (S.INVALID_ARGUMENT, None),
+    Reason.RESERVATION_ID_REUSED: (S.ALREADY_EXISTS, None),
+    Reason.OPERATION_ID_REUSED: (S.ALREADY_EXISTS, None),
+    Reason.RESERVATION_NOT_FOUND: (S.NOT_FOUND, None),
+    Reason.CHANNEL_NOT_FOUND: (S.NOT_FOUND, None),
+    Reason.RESERVATION_EXPIRED: (S.FAILED_PRECONDITION, None),
+    Reason.RESERVATION_REJECTED: (S.FAILED_PRECONDITION, None),
+    Reason.RESERVATION_RELEASED: (S.FAILED_PRECONDITION, None),
+    Reason.RESERVATION_FULFILLED: (S.FAILED_PRECONDITION, None),
+    Reason.RESERVATION_NOT_CONFIRMED: (S.FAILED_PRECONDITION, None),
+    Reason.ESTATE_UNUSABLE: (S.FAILED_PRECONDITION, None),
+    Reason.SHARD_OVERLOADED: (S.RESOURCE_EXHAUSTED, 100),
+    Reason.SERVICE_OVERLOADED: (S.RESOURCE_EXHAUSTED, 250),
+    Reason.CAPACITY_REACHED: (S.RESOURCE_EXHAUSTED, 1000),
+    Reason.OUTCOME_UNKNOWN: (S.UNAVAILABLE, 200),
+    Reason.STORAGE_UNREACHABLE: (S.UNAVAILABLE, 500),
+    Reason.CONCURRENT_CHANGE: (S.UNAVAILABLE, 20),
+    Reason.RECOVERING: (S.UNAVAILABLE, 1000),
+    Reason.SHUTTING_DOWN: (S.UNAVAILABLE, 100),
+    Reason.SHARD_STOPPED: (S.UNAVAILABLE, 1000),
+    Reason.INSTANCE_REPLACED: (S.UNAVAILABLE, 100),
+    Reason.INTERNAL: (S.INTERNAL, None),
 }
-"""Every reason's status. UNAVAILABLE and RESOURCE_EXHAUSTED are the ones to retry (with the same ids)."""
+"""Every reason's status, and the delay (ms) to wait before a retry where a retry is the answer
+(RetryInfo): a shed call soon, a full resource or a recovering service after a second."""
+
+DETAILS_KEY = "grpc-status-details-bin"
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 def status_of(exc: DomainError) -> grpc.StatusCode:
-    return STATUS[exc.reason]
+    return STATUS[exc.reason][0]
+
+
+def rich_status(exc: DomainError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` of a refusal, with its details."""
+    code, retry_ms = STATUS[exc.reason]
+    status = status_pb2.Status(code=code.value[0], message=exc.message)
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=exc.reason.name, domain=DOMAIN,
+                                                          metadata=exc.metadata))
+    if code is S.INVALID_ARGUMENT and exc.fields:
+        problem = getattr(exc, "problem", exc.message)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=problem, reason=exc.reason.name)
+            for field in exc.fields]))
+    if isinstance(exc, FailedPrecondition):
+        status.details.add().Pack(error_details_pb2.PreconditionFailure(violations=[
+            error_details_pb2.PreconditionFailure.Violation(type=f"STATE_{exc.state}", subject=exc.subject,
+                                                            description=exc.message)]))
+    if retry_ms is not None:
+        delay = Duration()
+        delay.FromMilliseconds(retry_ms)
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status
+
+
+def trailers_of(exc: DomainError) -> tuple[tuple[str, Any], ...]:
+    """The trailing metadata carrying a refusal's details (and gRPC's retry pushback)."""
+    out: tuple[tuple[str, Any], ...] = ((DETAILS_KEY, rich_status(exc).SerializeToString()),)
+    retry_ms = STATUS[exc.reason][1]
+    if retry_ms is not None:
+        out += ((PUSHBACK_KEY, str(retry_ms)),)
+    return out
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: DomainError) -> NoReturn:
+    """End the call with the refusal's status, message and details."""
+    await context.abort(status_of(exc), exc.message, trailers_of(exc))
+    raise AssertionError("unreachable: grpc.aio's abort raises")

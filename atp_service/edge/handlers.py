@@ -23,7 +23,9 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import Counter
 
+from atp_service.edge.errors import abort
 from atp_service.edge.ratelog import RateLimitedLog
+from reservation import DomainError, Reason
 
 log = logging.getLogger(__name__)
 _quiet = RateLimitedLog(log, logging.WARNING)
@@ -104,7 +106,7 @@ class _Refusal:
     async def __call__(self, bad: Malformed, context: Context) -> NoReturn:
         self._count.inc()
         _quiet.log("refused method=%s peer=%s code=INVALID_ARGUMENT: %s", self.method, context.peer(), bad.message)
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad.message)
+        await abort(context, DomainError(bad.message, Reason.REQUEST_MALFORMED))
 
 
 def _unary_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:

@@ -9,19 +9,19 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import EstateUnusable
 from atp_service.edge import convert
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
-from atp_service.edge.errors import status_of
+from atp_service.edge.errors import abort, rich_status, status_of
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.watch import Watchers
 from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
 from atp_service.metrics import EdgeMetrics
-from atp_service.pb.atp.v1 import atp_pb2 as pb
-from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.tasks import exception_seen
 from reservation import (
     DomainError,
@@ -55,13 +55,14 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
                         self.metrics.shed.inc()
                         raise ResourceExhausted(
                             f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit "
-                            f"max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with backoff")
+                            f"max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with backoff",
+                            Reason.SERVICE_OVERLOADED)
                     result = await fn(self, request, context)
                 finally:
                     drain.leave()
             except DomainError as exc:
                 self.latency(method, status_of(exc).name).observe(time.perf_counter() - started)
-                await context.abort(status_of(exc), exc.message)
+                await abort(context, exc)
             self.latency(method, "OK").observe(time.perf_counter() - started)
             return result
 
@@ -125,30 +126,29 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         return convert.reserve_response(rec, replayed)
 
     @_observed("Confirm")
-    async def Confirm(self, request: pb.ConfirmRequest, context: Any) -> pb.ReservationResponse:
+    async def Confirm(self, request: pb.ConfirmRequest, context: Any) -> pb.ConfirmResponse:
         rid = check_id("reservation_id", request.reservation_id, self.limits)
-        return pb.ReservationResponse(reservation=convert.reservation_pb(await self.engine.confirm(rid)))
+        return pb.ConfirmResponse(reservation=convert.reservation_pb(await self.engine.confirm(rid)))
 
     @_observed("Release")
-    async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReservationResponse:
-        return await self._line_operation(request, self.engine.release)
+    async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
+        return pb.ReleaseResponse(reservation=await self._line_operation(request, self.engine.release))
 
     @_observed("Fulfill")
-    async def Fulfill(self, request: pb.FulfillRequest, context: Any) -> pb.ReservationResponse:
-        return await self._line_operation(request, self.engine.fulfill)
+    async def Fulfill(self, request: pb.FulfillRequest, context: Any) -> pb.FulfillResponse:
+        return pb.FulfillResponse(reservation=await self._line_operation(request, self.engine.fulfill))
 
     async def _line_operation(self, request: pb.ReleaseRequest | pb.FulfillRequest,
-                              operation: Callable[..., Awaitable[Reservation]]) -> pb.ReservationResponse:
+                              operation: Callable[..., Awaitable[Reservation]]) -> pb.Reservation:
         """Release and Fulfil: everything, or per line with an operation id (R3, R4, R5)."""
         rid = check_id("reservation_id", request.reservation_id, self.limits)
         lines = partial_lines(convert.lines_of(request.lines), request.operation_id, self.limits)
-        rec = await operation(rid, lines, request.operation_id)
-        return pb.ReservationResponse(reservation=convert.reservation_pb(rec))
+        return convert.reservation_pb(await operation(rid, lines, request.operation_id))
 
     @_observed("GetReservation")
-    async def GetReservation(self, request: pb.GetReservationRequest, context: Any) -> pb.ReservationResponse:
+    async def GetReservation(self, request: pb.GetReservationRequest, context: Any) -> pb.GetReservationResponse:
         rid = check_id("reservation_id", request.reservation_id, self.limits)
-        return pb.ReservationResponse(reservation=convert.reservation_pb(await self.engine.get_reservation(rid)))
+        return pb.GetReservationResponse(reservation=convert.reservation_pb(await self.engine.get_reservation(rid)))
 
     @_observed("GetAvailability")
     async def GetAvailability(self, request: pb.GetAvailabilityRequest, context: Any) -> pb.GetAvailabilityResponse:
@@ -157,7 +157,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             raise InvalidArgument("keys", "at least one key is required")
         if len(request.keys) > limit:
             raise InvalidArgument("keys", f"{len(request.keys)} keys exceed the limit max_availability_keys={limit}",
-                                  Reason.LIMIT_EXCEEDED)
+                                  Reason.LIMIT_EXCEEDED, "max_availability_keys")
         keys = []
         for n, key in enumerate(request.keys):
             check_id(f"keys[{n}].sku", key.sku, self.limits)
@@ -177,7 +177,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         limit = self.limits.max_events_per_call
         if len(request.events) > limit:
             raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}",
-                                  Reason.LIMIT_EXCEEDED)
+                                  Reason.LIMIT_EXCEEDED, "max_events_per_call")
         now = self.engine.clock.now_ms()
         results: list[pb.FactResult | None] = []
         valid = []
@@ -185,15 +185,14 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             try:
                 valid.append(make_fact(
                     event_id=ev.event_id, source=ev.source, kind=ev.kind, sku=ev.sku, location=ev.location,
-                    quantity=ev.quantity, event_time=ev.event_time_ms, reservation_id=ev.reservation_id,
+                    quantity=ev.quantity, event_time=convert.ms_of(ev, "event_time"), reservation_id=ev.reservation_id,
                     now=now, limits=self.limits,
                 ))
                 results.append(None)
             except InvalidArgument as exc:
-                kind = pb.FactKind.Name(ev.kind) if ev.kind in pb.FactKind.values() else "unknown"
-                self.metrics.facts.labels("grpc", kind, "invalid").inc()
-                results.append(pb.FactResult(event_id=ev.event_id, outcome=pb.INVALID,
-                                             error=f"events[{n}].{exc.message}"))
+                self.metrics.facts.labels("grpc", convert.fact_kind_name(ev.kind), "invalid").inc()
+                results.append(pb.FactResult(event_id=ev.event_id, outcome=pb.FACT_OUTCOME_INVALID,
+                                             error=rich_status(exc.within(f"events[{n}]"))))
         recorded = await self.desk.record(valid, "grpc")
         for result in recorded:
             if isinstance(result, DomainError):
@@ -205,8 +204,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         for r in results:
             if r is None:
                 outcome, reason = next(outcomes)  # type: ignore[misc]
-                outcome_pb = cast(pb.FactOutcome, int(outcome))
-                r = pb.FactResult(event_id=next(facts).event_id, outcome=outcome_pb, error=reason)
+                r = pb.FactResult(event_id=next(facts).event_id, outcome=cast(pb.FactOutcome, int(outcome)))
+                if reason:
+                    r.quarantine_reason, r.detail = convert.quarantine_reason(reason), reason
             out.append(r)
         return pb.RecordEventsResponse(results=out)
 
@@ -217,27 +217,28 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         location = check_id("location", request.location, self.limits)
         ex = Explanation(self.engine, sku, location, self.limits.max_explain_holds)
         out = pb.ExplainAvailabilityResponse(
-            availability=convert.availability_pb(sku, location, ex.quantities),
-            stream_time_ms=ex.stream_time, retained_since_ms=ex.retained_since, holds_truncated=ex.holds_truncated,
+            availability=convert.availability_pb(sku, location, ex.quantities), holds_truncated=ex.holds_truncated,
+            stream_time=convert.timestamp(ex.stream_time), retained_since=convert.timestamp(ex.retained_since),
         )
         if ex.count is not None:
             out.has_count = True
-            out.count_event_id, out.count_time_ms, out.count_quantity = ex.count
+            out.count_event_id, count_time, out.count_quantity = ex.count
+            out.count_time.FromMilliseconds(count_time)
         for event_id, at, delta in ex.deltas:
-            out.deltas_after_count.add(event_id=event_id, event_time_ms=at, delta=delta)
+            out.deltas_after_count.add(event_id=event_id, event_time=convert.timestamp(at), delta=delta)
         for rec, held, committed in ex.holds:
             out.holds.add(reservation_id=rec.reservation_id, order_ref=rec.order_ref, channel=rec.channel,
                           state=cast(pb.ReservationState, int(rec.state)), held=held, committed=committed,
-                          expires_at_ms=rec.expires_at)
+                          expire_time=convert.timestamp(rec.expires_at))
         return out
 
     @_observed("SetSafetyStock")
-    async def SetSafetyStock(self, request: pb.SetSafetyStockRequest, context: Any) -> pb.Availability:
+    async def SetSafetyStock(self, request: pb.SetSafetyStockRequest, context: Any) -> pb.SetSafetyStockResponse:
         sku = check_id("sku", request.sku, self.limits)
         location = check_id("location", request.location, self.limits)
         check_safety_stock("quantity", request.quantity, self.limits)
         q = await self.engine.set_safety_stock(sku, location, request.quantity)
-        return convert.availability_pb(sku, location, q)
+        return pb.SetSafetyStockResponse(availability=convert.availability_pb(sku, location, q))
 
     async def WatchAvailability(self, request: pb.WatchAvailabilityRequest,
                                 context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
@@ -252,7 +253,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             if self.drain.closing:  # the watcher resumes from the last version it saw, elsewhere or later
                 raise Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN)
         except DomainError as exc:
-            await context.abort(status_of(exc), exc.message)
+            await abort(context, exc)
 
     @_observed("ReloadEstate")
     async def ReloadEstate(self, request: pb.ReloadEstateRequest, context: Any) -> pb.ReloadEstateResponse:
@@ -261,15 +262,15 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             channels=[pb.ChannelSummary(name=n, published_keys=k) for n, k in sorted(summary.items())])
 
     async def ReserveStream(
-        self, request_iterator: AsyncIterator[pb.ReserveBatch], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.ReserveBatchResult]:
+        self, request_iterator: AsyncIterator[pb.ReserveStreamRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ReserveStreamResponse]:
         """Batches are decided concurrently (up to max_stream_inflight) and answered in order. On a
         graceful stop, batches already taken are answered, then the stream ends UNAVAILABLE."""
         try:
             self.drain.enter()
         except DomainError as exc:
-            await context.abort(status_of(exc), exc.message)
-        inflight: asyncio.Queue[asyncio.Task[pb.ReserveBatchResult] | None] = asyncio.Queue(self._max_inflight)
+            await abort(context, exc)
+        inflight: asyncio.Queue[asyncio.Task[pb.ReserveStreamResponse] | None] = asyncio.Queue(self._max_inflight)
 
         cut_short = False
 
@@ -290,7 +291,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 try:
                     answer = await task
                 except DomainError as exc:  # the service recovering or stopping: a status, not UNKNOWN
-                    await context.abort(status_of(exc), exc.message)
+                    await abort(context, exc)
                 yield answer
             await reader
         finally:
@@ -301,17 +302,17 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 reader.exception()
             self.drain.leave()
         if cut_short:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            await abort(context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
 
-    async def _reserve_batch(self, batch: pb.ReserveBatch) -> pb.ReserveBatchResult:
+    async def _reserve_batch(self, batch: pb.ReserveStreamRequest) -> pb.ReserveStreamResponse:
         started = time.perf_counter()
         limit = self.limits.max_batch_reservations
         if len(batch.reservations) > limit:
-            err = f"reservations: {len(batch.reservations)} exceed the limit max_batch_reservations={limit}"
-            code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-            return pb.ReserveBatchResult(outcomes=[
-                pb.ReserveOutcome(reservation_id=r.reservation_id, code=code, error=err)
-                for r in batch.reservations])
+            error = rich_status(InvalidArgument(
+                "reservations", f"{len(batch.reservations)} exceed the limit max_batch_reservations={limit}",
+                Reason.LIMIT_EXCEEDED, "max_batch_reservations"))
+            return pb.ReserveStreamResponse(outcomes=[
+                pb.ReserveOutcome(reservation_id=r.reservation_id, error=error) for r in batch.reservations])
         outcomes: list[pb.ReserveOutcome | None] = []
         cmds = []
         for req in batch.reservations:
@@ -321,7 +322,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             except DomainError as exc:
                 outcomes.append(_failed(req.reservation_id, exc))
         decided = iter(zip(cmds, await self.engine.reserve_many(cmds), strict=True))
-        answer = pb.ReserveBatchResult()
+        answer = pb.ReserveStreamResponse()
         add = answer.outcomes.add
         for item in outcomes:
             if item is not None:
@@ -329,7 +330,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 continue
             cmd, result = next(decided)
             if isinstance(result, DomainError):
-                add(reservation_id=cmd.reservation_id, code=status_of(result).value[0], error=result.message)
+                add(reservation_id=cmd.reservation_id, error=rich_status(result))
             else:
                 outcome = add(reservation_id=cmd.reservation_id)
                 convert.fill_reserve_response(outcome.response, *result)
@@ -338,5 +339,5 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
 
 def _failed(reservation_id: str, exc: DomainError) -> pb.ReserveOutcome:
-    return pb.ReserveOutcome(reservation_id=reservation_id, code=status_of(exc).value[0], error=exc.message)
+    return pb.ReserveOutcome(reservation_id=reservation_id, error=rich_status(exc))
 

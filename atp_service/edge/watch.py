@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import cast
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.desk import ChannelDesk
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from reservation import ChannelUpdate, Key, Published, Reason, ResourceExhausted, StockStatus
 
 Response = pb.WatchAvailabilityResponse
-_STATUS = {s: cast(pb.StockStatus, pb.StockStatus.Value(s.value)) for s in StockStatus}
+_STATUS = {s: cast(pb.StockStatus, pb.StockStatus.Value(f"STOCK_STATUS_{s.value}")) for s in StockStatus}
 _BLOCK_MS = 1000
 
 
@@ -26,8 +26,10 @@ def update_pb(out: pb.ChannelUpdate, u: ChannelUpdate) -> None:
     if u.previous is not None:
         out.previous = u.previous
     out.status = _STATUS[u.status]
-    out.version, out.event_time_ms = u.version, u.event_time
-    out.published_at_ms, out.durable_at_ms = u.published_at, u.durable_at
+    out.version = u.version
+    for field, ms in (("event_time", u.event_time), ("publish_time", u.published_at), ("durable_time", u.durable_at)):
+        if ms:
+            getattr(out, field).FromMilliseconds(ms)
 
 
 class Watchers:
@@ -40,7 +42,7 @@ class Watchers:
         channel = desk.channel(request.channel).name
         if self.open >= self.limit:
             raise ResourceExhausted(f"max_watchers: {self.limit} WatchAvailability streams are open already",
-                                    Reason.CAPACITY_REACHED)
+                                    Reason.CAPACITY_REACHED, metadata={"limit": "max_watchers"})
         self.open += 1
         try:
             async for message in self._watch(desk, channel, request):
@@ -54,21 +56,21 @@ class Watchers:
             since, items = desk.snapshot(channel)
             for start in range(0, len(items), self.batch):
                 yield self._snapshot_chunk(channel, items[start:start + self.batch], since, desk)
-            yield Response(kind=Response.SNAPSHOT_END, version=since)
+            yield Response(kind=Response.KIND_SNAPSHOT_END, version=since)
         else:
             since = request.since_version or desk.feeds[channel].published_version
         store = desk.store
         if await store.missed_after(channel, since):
-            yield Response(kind=Response.RESNAPSHOT_REQUIRED, version=since)
+            yield Response(kind=Response.KIND_RESNAPSHOT_REQUIRED, version=since)
             return
         while True:
             updates = await store.read_after(channel, since, self.batch, _BLOCK_MS)
             if not updates:
                 continue
             if await store.missed_after(channel, since):
-                yield Response(kind=Response.RESNAPSHOT_REQUIRED, version=since)
+                yield Response(kind=Response.KIND_RESNAPSHOT_REQUIRED, version=since)
                 return
-            out = Response(kind=Response.CHANGES, version=updates[-1].version)
+            out = Response(kind=Response.KIND_CHANGES, version=updates[-1].version)
             for u in updates:
                 update_pb(out.updates.add(), u)
             since = updates[-1].version
@@ -77,10 +79,12 @@ class Watchers:
     @staticmethod
     def _snapshot_chunk(channel: str, items: list[tuple[Key, Published]], version: int,
                         desk: ChannelDesk) -> Response:
-        out = Response(kind=Response.SNAPSHOT, version=version)
+        out = Response(kind=Response.KIND_SNAPSHOT, version=version)
         status = desk.feeds[channel].policy.status
         for (sku, location), p in items:
             u = out.updates.add(channel=channel, sku=sku, location=location, quantity=p.quantity,
-                                version=p.version, event_time_ms=p.event_time)
+                                version=p.version)
+            if p.event_time:
+                u.event_time.FromMilliseconds(p.event_time)
             u.status = _STATUS[status(p.quantity)]
         return out

@@ -64,7 +64,7 @@ class Coordinator:
                 raise  # our caller gave up; the shards see the change through
             raise Unavailable(NOT_DURABLE, Reason.OUTCOME_UNKNOWN) from None
         except Fenced:
-            raise Unavailable(REPLACED, Reason.REPLACED) from None
+            raise Unavailable(REPLACED, Reason.INSTANCE_REPLACED) from None
         except STORAGE_ERRORS as exc:
             log.warning("cross-shard append failed (%r)", exc)
             raise Unavailable(NOT_DURABLE, Reason.OUTCOME_UNKNOWN) from None

@@ -11,7 +11,7 @@ from reservation import Ledger, LogEntry
 
 REPLACED = ("this instance was replaced by a newer one on the same Redis keyspace and takes no more "
             "changes; retry (the newer instance answers)")
-"""The answer of an instance a newer one replaced (``Reason.REPLACED``)."""
+"""The answer of an instance a newer one replaced (``Reason.INSTANCE_REPLACED``)."""
 
 Work = Callable[[Ledger, int], Any]
 """Work the actor runs on its ledger at the batch's time (ms): returns the caller's answer or raises DomainError."""

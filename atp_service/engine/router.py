@@ -270,8 +270,9 @@ class Engine:
     def _reserve_checked(self, home: Ledger, view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
         limit = self.limits.max_live_reservations_per_shard
         if home.live_reservations >= limit and view.reservation(cmd.reservation_id) is None:
-            raise ResourceExhausted(f"shard {home.shard}: {limit} live reservations (limit max_live_reservations)",
-                                    Reason.CAPACITY_REACHED)
+            raise ResourceExhausted(f"shard {home.shard}: {limit} live reservations "
+                                    "(limit max_live_reservations_per_shard)",
+                                    Reason.CAPACITY_REACHED, metadata={"limit": "max_live_reservations_per_shard"})
         return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
     def _count(self, result: tuple[Reservation, bool]) -> None:

@@ -143,7 +143,7 @@ class ShardActor:
             raise Unavailable(f"shard {self.shard} stopped working ({self.failure!r}); the service restarts",
                               Reason.SHARD_STOPPED)
         if self._log.fenced:
-            raise Unavailable(REPLACED, Reason.REPLACED)
+            raise Unavailable(REPLACED, Reason.INSTANCE_REPLACED)
         if self._doubt:
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
 
@@ -152,19 +152,18 @@ class ShardActor:
         if self._stopping or self.failure is not None or self._doubt or self._log.fenced:
             self._refuse_if_unable()
         if self._lag_s > self._max_delay_s and not self._mailbox.empty():
-            self._metrics.shed.inc()
-            raise ResourceExhausted(
-                f"shard {self.shard}: overloaded (queued work waits {self._lag_s * 1000:.0f} ms, limit "
-                f"max_queue_delay_ms={self._settings.max_queue_delay_ms}), retry with backoff")
+            raise self._shed(f"overloaded (queued work waits {self._lag_s * 1000:.0f} ms, limit "
+                             f"max_queue_delay_ms={self._settings.max_queue_delay_ms})")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             self._mailbox.put_nowait(Envelope(work, fut))
         except asyncio.QueueFull:
-            self._metrics.shed.inc()
-            raise ResourceExhausted(
-                f"shard {self.shard}: mailbox full ({self._settings.mailbox_size} waiting), retry with backoff"
-            ) from None
+            raise self._shed(f"mailbox full ({self._settings.mailbox_size} waiting)") from None
         return fut
+
+    def _shed(self, why: str) -> ResourceExhausted:
+        self._metrics.shed.inc()
+        return ResourceExhausted(f"shard {self.shard}: {why}, retry with backoff", metadata={"shard": str(self.shard)})
 
     async def pause(self) -> asyncio.Future[None]:
         """Wait until this shard is between batches, with nothing in flight, and parked; set the
@@ -257,7 +256,7 @@ class ShardActor:
         # Fenced: refused before any write, and every later append is refused too (the epoch only
         # grows), so nothing in flight landed and there is nothing to settle.
         replaced = isinstance(error, Fenced)
-        failure = Unavailable(REPLACED, Reason.REPLACED) if replaced else Unavailable(
+        failure = Unavailable(REPLACED, Reason.INSTANCE_REPLACED) if replaced else Unavailable(
             f"shard {self.shard}: outcome unknown: the change is not known to be durable (log storage "
             "unreachable); retry with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)
         for rec in reversed(self._inflight):

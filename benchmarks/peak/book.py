@@ -17,7 +17,8 @@ from typing import Any
 
 import grpc
 
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client import timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 SEED_CHUNK = 2000
 CHECK_KEYS = 1000
@@ -39,8 +40,8 @@ class Book:
         """COUNT facts with fixed event ids: every locust process may seed, duplicates change nothing (E8)."""
         self.stock.update(stock)
         now = int(time.time() * 1000) - 5_000
-        facts = [pb.Fact(event_id=f"seed-{sku}-{loc}", source="locust", kind=pb.COUNT, sku=sku, location=loc,
-                         quantity=qty, event_time_ms=now) for (sku, loc), qty in stock.items()]
+        facts = [pb.Fact(event_id=f"seed-{sku}-{loc}", source="locust", kind=pb.FACT_KIND_COUNT, sku=sku, location=loc,
+                         quantity=qty, event_time=timestamp(now)) for (sku, loc), qty in stock.items()]
         with grpc.insecure_channel(host) as channel:
             stub = _stub(channel)
             for i in range(0, len(facts), SEED_CHUNK):
@@ -68,9 +69,12 @@ class Book:
                                            f"{p.committed} > on_hand {p.on_hand}")
 
     def _check_reservations(self, stub: Any) -> None:
-        allowed = {"HELD": {pb.HELD, pb.CONFIRMED, pb.EXPIRED, pb.RELEASED, pb.FULFILLED},
-                   "CONFIRMED": {pb.CONFIRMED, pb.RELEASED, pb.FULFILLED},
-                   "RELEASED": {pb.RELEASED}, "FULFILLED": {pb.FULFILLED}}
+        s = pb.ReservationState
+        allowed = {"HELD": {s.RESERVATION_STATE_HELD, s.RESERVATION_STATE_CONFIRMED, s.RESERVATION_STATE_EXPIRED,
+                            s.RESERVATION_STATE_RELEASED, s.RESERVATION_STATE_FULFILLED},
+                   "CONFIRMED": {s.RESERVATION_STATE_CONFIRMED, s.RESERVATION_STATE_RELEASED,
+                                 s.RESERVATION_STATE_FULFILLED},
+                   "RELEASED": {pb.RESERVATION_STATE_RELEASED}, "FULFILLED": {pb.RESERVATION_STATE_FULFILLED}}
         for rid, state in list(self.acknowledged.items())[:MAX_CHECKED_RESERVATIONS]:
             try:
                 rec = stub.GetReservation(pb.GetReservationRequest(reservation_id=rid), timeout=10).reservation
@@ -82,7 +86,7 @@ class Book:
 
 
 def _stub(channel: grpc.Channel) -> Any:
-    from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+    from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 
     return pb_grpc.AvailabilityServiceStub(channel)
 

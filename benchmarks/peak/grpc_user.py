@@ -16,8 +16,8 @@ from locust import User
 
 grpc_gevent.init_gevent()
 
-from atp_service.pb.atp.v1 import atp_pb2 as pb  # noqa: E402 - after init_gevent, by design
-from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc  # noqa: E402
+from atp_client.pb.atp.v1 import atp_pb2 as pb  # noqa: E402 - after init_gevent, by design
+from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc  # noqa: E402
 
 DEADLINE_S = 5.0
 
@@ -57,7 +57,7 @@ class GrpcUser(User):
 
 
 def reserve_state(response: Any) -> str:
-    return "held" if response.state == pb.HELD else "rejected"
+    return "held" if response.state == pb.RESERVATION_STATE_HELD else "rejected"
 
 
 __all__ = ["GrpcUser", "pb", "reserve_state"]

@@ -12,6 +12,7 @@ import gevent
 import grpc
 from locust import between, constant_throughput, task
 
+from atp_client import duration, epoch_ms, timestamp
 from benchmarks.peak.book import BOOK
 from benchmarks.peak.grpc_user import GrpcUser, pb, reserve_state
 
@@ -47,10 +48,10 @@ class Orders(GrpcUser):
 
     def reserve(self, lines: list[tuple[str, str, int]], ttl_s: int) -> str | None:
         rid = _rid("r")
-        req = pb.ReserveRequest(reservation_id=rid, order_ref=rid, channel="web", ttl_seconds=ttl_s,
+        req = pb.ReserveRequest(reservation_id=rid, order_ref=rid, channel="web", ttl=duration(ttl_s),
                                 lines=[pb.Line(sku=s, location=loc, quantity=q) for s, loc, q in lines])
         resp = self.call("Reserve", req, outcome=reserve_state)
-        if resp is None or resp.state != pb.HELD:
+        if resp is None or resp.state != pb.RESERVATION_STATE_HELD:
             return None
         BOOK.acknowledged[rid] = "HELD"
         return rid
@@ -120,9 +121,10 @@ class PosTill(GrpcUser):
     @task
     def sell(self) -> None:
         now = int(time.time() * 1000)
-        facts = [pb.Fact(event_id=uuid.uuid4().hex, source="pos", kind=pb.SALE if random.random() < 0.95 else pb.RETURN,
+        facts = [pb.Fact(event_id=uuid.uuid4().hex, source="pos",
+                         kind=pb.FACT_KIND_SALE if random.random() < 0.95 else pb.FACT_KIND_RETURN,
                          sku=BOOK.sku(f"peak-{random.randrange(STORE_SKUS):04d}"), location=random.choice(STORES),
-                         quantity=1, event_time_ms=now - random.randint(0, 2000)) for _ in range(20)]
+                         quantity=1, event_time=timestamp(now - random.randint(0, 2000))) for _ in range(20)]
         self.call("RecordEvents", pb.RecordEventsRequest(events=facts), name="RecordEvents[pos]")
 
 
@@ -138,13 +140,13 @@ class WmsFeed(GrpcUser):
         for _ in range(20):
             n = random.randrange(STORE_SKUS)
             if random.random() < 0.7:
-                facts.append(pb.Fact(event_id=uuid.uuid4().hex, source="wms", kind=pb.RECEIPT,
+                facts.append(pb.Fact(event_id=uuid.uuid4().hex, source="wms", kind=pb.FACT_KIND_RECEIPT,
                                      sku=BOOK.sku(f"peak-{n:04d}"), location=random.choice(DCS),
-                                     quantity=random.randint(10, 50), event_time_ms=now))
+                                     quantity=random.randint(10, 50), event_time=timestamp(now)))
             else:
-                facts.append(pb.Fact(event_id=uuid.uuid4().hex, source="wms", kind=pb.COUNT,
+                facts.append(pb.Fact(event_id=uuid.uuid4().hex, source="wms", kind=pb.FACT_KIND_COUNT,
                                      sku=BOOK.sku(f"peak-{n:04d}"), location=random.choice(STORES),
-                                     quantity=random.randint(0, 10), event_time_ms=now))
+                                     quantity=random.randint(0, 10), event_time=timestamp(now)))
         self.call("RecordEvents", pb.RecordEventsRequest(events=facts), name="RecordEvents[wms]")
 
 
@@ -162,12 +164,12 @@ class ChannelWatcher(GrpcUser):
         events = self.environment.events.request
         try:
             for message in self.stub.WatchAvailability(request, timeout=15):
-                if message.kind == pb.WatchAvailabilityResponse.SNAPSHOT_END:
+                if message.kind == pb.WatchAvailabilityResponse.KIND_SNAPSHOT_END:
                     events.fire(request_type="grpc", name="WatchAvailability[snapshot]",
                                 response_time=(time.perf_counter() - started) * 1000, response_length=0,
                                 exception=None, context={})
-                elif message.kind == pb.WatchAvailabilityResponse.CHANGES and message.updates:
-                    lag = max(0, time.time() * 1000 - message.updates[-1].published_at_ms)
+                elif message.kind == pb.WatchAvailabilityResponse.KIND_CHANGES and message.updates:
+                    lag = max(0, time.time() * 1000 - epoch_ms(message.updates[-1].publish_time))
                     events.fire(request_type="grpc", name="WatchAvailability[change]", response_time=lag,
                                 response_length=message.ByteSize(), exception=None, context={})
         except grpc.RpcError as exc:

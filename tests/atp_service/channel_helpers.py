@@ -8,7 +8,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client import timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.storage.channel_wire import from_fields
 from reservation import ChannelUpdate
 
@@ -61,8 +62,8 @@ def write_estate(tmp_path: Path, text: str = ESTATE) -> Path:
 
 
 def fact(event_id: str, kind: str, sku: str, location: str, quantity: int, t: int) -> pb.Fact:
-    return pb.Fact(event_id=event_id, source="pos", kind=pb.FactKind.Value(kind), sku=sku, location=location,
-                   quantity=quantity, event_time_ms=t)
+    return pb.Fact(event_id=event_id, source="pos", kind=pb.FactKind.Value(f"FACT_KIND_{kind}"), sku=sku,
+                   location=location, quantity=quantity, event_time=timestamp(t))
 
 
 async def stream_updates(redis_url: str, channel: str) -> list[ChannelUpdate]:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from atp_service import AtpClient
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client import AtpClient, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 KINDS = ("SALE", "RETURN", "RECEIPT", "ADJUST", "COUNT")
 
@@ -25,8 +25,8 @@ class F:
     source: str = "pos"
 
     def pb(self) -> pb.Fact:
-        return pb.Fact(event_id=self.event_id, source=self.source, kind=pb.FactKind.Value(self.kind), sku=self.sku,
-                       location=self.location, quantity=self.quantity, event_time_ms=self.t)
+        return pb.Fact(event_id=self.event_id, source=self.source, kind=pb.FactKind.Value(f"FACT_KIND_{self.kind}"),
+                       sku=self.sku, location=self.location, quantity=self.quantity, event_time=timestamp(self.t))
 
     def fields(self) -> dict[str, str | int]:
         return {"event_id": self.event_id, "source": self.source, "kind": self.kind, "sku": self.sku,
@@ -70,7 +70,7 @@ async def send_grpc(client: AtpClient, facts: list[F], rng: random.Random) -> No
     while i < len(facts):
         size = rng.randint(1, 400)
         results = await client.record_events([f.pb() for f in facts[i:i + size]])
-        assert all(r.outcome != pb.INVALID for r in results), results
+        assert all(r.outcome != pb.FACT_OUTCOME_INVALID for r in results), results
         i += size
 
 

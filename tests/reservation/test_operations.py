@@ -12,6 +12,7 @@ from reservation import (
     InvalidArgument,
     NotFound,
     Outcome,
+    Reason,
     State,
     confirm,
     expire,
@@ -88,10 +89,12 @@ def test_same_id_different_content_names_the_field_R5(changed: dict[str, str], f
 def test_same_id_different_lines_or_ttl_names_the_field_R5() -> None:
     ledger = ledger_with({("A", "S1"): 10})
     reserve(ledger, cmd("r1", ("A", "S1", 2)), NOW)
-    with pytest.raises(AlreadyExists, match="lines"):
+    with pytest.raises(AlreadyExists) as err:
         reserve(ledger, cmd("r1", ("A", "S1", 3)), NOW)
-    with pytest.raises(AlreadyExists, match="ttl_seconds"):
+    assert (err.value.reason, err.value.fields) == (Reason.RESERVATION_ID_REUSED, ("lines",))
+    with pytest.raises(AlreadyExists) as err:
         reserve(ledger, cmd("r1", ("A", "S1", 2), ttl=61), NOW)
+    assert (err.value.reason, err.value.fields) == (Reason.RESERVATION_ID_REUSED, ("ttl",))
 
 
 def test_confirm_moves_held_to_committed_and_stops_expiry_R3() -> None:
@@ -115,14 +118,15 @@ def test_expiry_releases_held_units_and_blocks_confirm_R3() -> None:
     assert ledger.quantities("A", "S1").reserved == 0
     with pytest.raises(FailedPrecondition) as err:
         confirm(ledger, "r1", NOW + 2000)
-    assert err.value.state == "EXPIRED"
+    assert (err.value.state, err.value.reason, err.value.subject) == ("EXPIRED", Reason.RESERVATION_EXPIRED, "r1")
 
 
 def test_confirm_after_ttl_without_tick_expires_first_R3() -> None:
     ledger = ledger_with({("A", "S1"): 10})
     reserve(ledger, cmd("r1", ("A", "S1", 4), ttl=1), NOW)
-    with pytest.raises(FailedPrecondition, match="EXPIRED"):
+    with pytest.raises(FailedPrecondition) as err:
         confirm(ledger, "r1", NOW + 5000)
+    assert err.value.reason == Reason.RESERVATION_EXPIRED
     assert ledger.quantities("A", "S1").reserved == 0
 
 
@@ -134,8 +138,9 @@ def test_partial_release_then_full_release_R3() -> None:
     # Retrying the same operation is harmless (R5).
     assert release(ledger, "r1", cmd("x", ("A", "S1", 1)).lines, "op-1", NOW, LIMITS) is rec
     assert ledger.quantities("A", "S1").reserved == 3
-    with pytest.raises(AlreadyExists, match="operation_id"):
+    with pytest.raises(AlreadyExists) as err:
         release(ledger, "r1", cmd("x", ("A", "S1", 2)).lines, "op-1", NOW, LIMITS)
+    assert (err.value.reason, err.value.fields) == (Reason.OPERATION_ID_REUSED, ("operation_id",))
     final = release(ledger, "r1", (), "", NOW, LIMITS)
     assert final.state == State.RELEASED
     assert ledger.quantities("A", "S1").reserved == 0 and ledger.quantities("B", "S1").reserved == 0
@@ -157,8 +162,9 @@ def test_release_more_than_outstanding_names_the_line() -> None:
 def test_fulfil_lowers_committed_and_on_hand_together_R4() -> None:
     ledger = ledger_with({("A", "S1"): 10})
     reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
-    with pytest.raises(FailedPrecondition, match="HELD"):
+    with pytest.raises(FailedPrecondition) as err:
         fulfill(ledger, "r1", (), "", NOW, LIMITS)
+    assert (err.value.reason, err.value.state) == (Reason.RESERVATION_NOT_CONFIRMED, "HELD")
     confirm(ledger, "r1", NOW)
     rec = fulfill(ledger, "r1", cmd("x", ("A", "S1", 1)).lines, "ship-1", NOW + 1, LIMITS)
     assert rec.state == State.CONFIRMED
@@ -168,8 +174,9 @@ def test_fulfil_lowers_committed_and_on_hand_together_R4() -> None:
     assert rec.state == State.FULFILLED
     q = ledger.quantities("A", "S1")
     assert (q.on_hand, q.committed, q.available) == (6, 0, 6)
-    with pytest.raises(FailedPrecondition, match="FULFILLED"):
+    with pytest.raises(FailedPrecondition) as err:
         release(ledger, "r1", (), "", NOW + 3, LIMITS)
+    assert (err.value.reason, err.value.state) == (Reason.RESERVATION_FULFILLED, "FULFILLED")
 
 
 def test_partly_shipped_then_released_ends_fulfilled() -> None:
@@ -183,8 +190,9 @@ def test_partly_shipped_then_released_ends_fulfilled() -> None:
 
 def test_unknown_reservation_is_not_found() -> None:
     ledger = ledger_with({})
-    with pytest.raises(NotFound, match="reservation_id"):
+    with pytest.raises(NotFound) as err:
         confirm(ledger, "nope", NOW)
+    assert err.value.reason == Reason.RESERVATION_NOT_FOUND
 
 
 def test_rollback_restores_everything_of_the_open_batch_R7() -> None:

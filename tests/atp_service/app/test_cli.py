@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from google.protobuf import json_format
+from google.protobuf.message_factory import GetMessageClass
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import free_port
 from tests.conftest import spawned
 
@@ -72,8 +78,13 @@ def serve(redis_url: str, log: Path, *flags: str) -> tuple[subprocess.Popen[byte
     return proc, f"127.0.0.1:{port}", wait_until_ready(proc, log)
 
 
+def iso(epoch_ms: int) -> str:
+    """An epoch time in ms as proto JSON writes a Timestamp."""
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def ctl(target: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "atp_service.app.ctl", "--target", target, *args],
+    return subprocess.run([sys.executable, "-m", "atp_client.ctl", "--target", target, *args],
                           capture_output=True, text=True, timeout=30)
 
 
@@ -86,10 +97,10 @@ def test_demo_estate_and_the_printed_examples_work(served: tuple[str, int, list[
         done = ctl(target, *args)
         assert done.returncode == 0, done.stderr
     got = json.loads(ctl(target, "availability", "sku-00001@dc-east").stdout)
-    assert got[0]["reserved"] == "0" and got[0]["committed"] == "2"
-    assert int(got[0]["onHand"]) > 2
+    assert got[0]["reserved"] == 0 and got[0]["committed"] == 2  # numbers, not proto JSON's strings
+    assert got[0]["on_hand"] > 2
     stores = json.loads(ctl(target, "availability", *[f"sku-00042@store-{i:03d}" for i in range(1, 301)]).stdout)
-    assert sum(int(p["onHand"]) > 0 for p in stores) > 30  # about a third of stores stock a SKU
+    assert sum(p["on_hand"] > 0 for p in stores) > 30  # about a third of stores stock a SKU
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     for name in ("atp_rpc_duration_seconds_bucket", "atp_reservations_total", "atp_shard_mailbox_depth",
                  "atp_shard_batch_size", "atp_log_append_seconds", "atp_recovery_seconds"):
@@ -98,18 +109,36 @@ def test_demo_estate_and_the_printed_examples_work(served: tuple[str, int, list[
     assert "atp_oversold_units 0.0" in body
 
 
-def test_atpctl_errors_name_the_status(served: tuple[str, int, list[str]]) -> None:
+def test_atpctl_errors_name_the_status_and_reason_and_exit_by_class(served: tuple[str, int, list[str]]) -> None:
     target, _, _ = served
     done = ctl(target, "confirm", "no-such-reservation")
-    assert done.returncode == 1 and "NOT_FOUND" in done.stderr
+    assert done.returncode == 4 and "NOT_FOUND RESERVATION_NOT_FOUND" in done.stderr
     done = ctl(target, "reserve", "x", "sku-00001@dc-east:0")
-    assert done.returncode == 1 and "INVALID_ARGUMENT: lines[0].quantity" in done.stderr
-    # Refusals are retried (3 by default), decisions never; a service that is not there stays UNAVAILABLE.
+    assert done.returncode == 3 and "INVALID_ARGUMENT INVALID_FIELD: lines[0].quantity" in done.stderr
+    assert ctl(target, "reserve", "y", "sku-00001@dc-east:1").returncode == 0
+    done = ctl(target, "reserve", "y", "sku-00001@dc-east:2")
+    assert done.returncode == 5 and "ALREADY_EXISTS RESERVATION_ID_REUSED" in done.stderr
+    # Refusals are retried by gRPC (4 by default), decisions never; a service that is not there stays UNAVAILABLE.
     nobody = f"127.0.0.1:{free_port()}"
     done = ctl(nobody, "--retries", "2", "--timeout", "5", "availability", "sku-00001@dc-east")
-    assert done.returncode == 1 and "UNAVAILABLE" in done.stderr
+    assert done.returncode == 6 and "UNAVAILABLE" in done.stderr
     done = ctl(target, "--retries", "0", "confirm", "no-such-reservation")
-    assert done.returncode == 1 and "NOT_FOUND" in done.stderr
+    assert done.returncode == 4 and "NOT_FOUND" in done.stderr
+    assert subprocess.run([sys.executable, "-m", "atp_client.ctl", "--retries", "9", "confirm", "x"],
+                          capture_output=True, text=True).returncode == 2  # gRPC tries at most 5 times
+
+
+def test_atpctl_ends_quietly_when_its_reader_goes_away(served: tuple[str, int, list[str]]) -> None:
+    """`atpctl ... | head`: the pipe closes under a long answer; no traceback, SIGPIPE's status."""
+    target, _, _ = served
+    keys = [f"sku-{n:05d}@store-{s:03d}" for n in range(1, 11) for s in range(1, 101)]  # ~200 KB of JSON
+    proc = subprocess.Popen([sys.executable, "-m", "atp_client.ctl", "--target", target, "availability", *keys],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10)
+    proc.stdout.close()
+    assert proc.wait(timeout=30) == 141
+    assert proc.stderr.read() == b""
 
 
 def test_events_import_from_jsonl(served: tuple[str, int, list[str]], tmp_path: Path) -> None:
@@ -117,19 +146,19 @@ def test_events_import_from_jsonl(served: tuple[str, int, list[str]], tmp_path: 
     now = int(time.time() * 1000)
     facts = tmp_path / "facts.jsonl"
     facts.write_text("\n".join(json.dumps(f) for f in [
-        {"eventId": "p1", "source": "pos-1", "kind": "RECEIPT", "sku": "NEW", "location": "store-001",
-         "quantity": 5, "eventTimeMs": now - 1000},
-        {"eventId": "p2", "source": "pos-1", "kind": "SALE", "sku": "NEW", "location": "store-001",
-         "quantity": 2, "eventTimeMs": now - 500},
-        {"eventId": "p3", "source": "pos-1", "kind": "SALE", "sku": "NEW", "location": "store-001",
-         "quantity": 0, "eventTimeMs": now - 400},
+        {"eventId": "p1", "source": "pos-1", "kind": "FACT_KIND_RECEIPT", "sku": "NEW", "location": "store-001",
+         "quantity": 5, "eventTime": iso(now - 1000)},
+        {"eventId": "p2", "source": "pos-1", "kind": "FACT_KIND_SALE", "sku": "NEW", "location": "store-001",
+         "quantity": 2, "eventTime": iso(now - 500)},
+        {"eventId": "p3", "source": "pos-1", "kind": "FACT_KIND_SALE", "sku": "NEW", "location": "store-001",
+         "quantity": 0, "eventTime": iso(now - 400)},
     ]))
     done = ctl(target, "events", "import", str(facts))
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"APPLIED": 2, "INVALID": 1}
-    assert "p3: INVALID: events[2].quantity" in done.stderr
+    assert json.loads(done.stdout) == {"FACT_OUTCOME_APPLIED": 2, "FACT_OUTCOME_INVALID": 1}
+    assert "p3: FACT_OUTCOME_INVALID: events[2].quantity" in done.stderr
     got = json.loads(ctl(target, "availability", "NEW@store-001").stdout)
-    assert got[0]["onHand"] == "3"
+    assert got[0]["on_hand"] == 3
 
 
 def test_publish_explain_and_safety_stock(served: tuple[str, int, list[str]], redis_url: str, tmp_path: Path) -> None:
@@ -137,24 +166,24 @@ def test_publish_explain_and_safety_stock(served: tuple[str, int, list[str]], re
     now = int(time.time() * 1000)
     facts = tmp_path / "pos.jsonl"
     facts.write_text("\n".join(json.dumps(f) for f in [
-        {"eventId": "c1", "source": "wms", "kind": "COUNT", "sku": "PUB", "location": "dc-east", "quantity": 9,
-         "eventTimeMs": now - 2000},
-        {"eventId": "s1", "source": "pos-7", "kind": "SALE", "sku": "PUB", "location": "dc-east", "quantity": 2,
-         "eventTimeMs": now - 1000},
+        {"eventId": "c1", "source": "wms", "kind": "FACT_KIND_COUNT", "sku": "PUB", "location": "dc-east",
+         "quantity": 9, "eventTime": iso(now - 2000)},
+        {"eventId": "s1", "source": "pos-7", "kind": "FACT_KIND_SALE", "sku": "PUB", "location": "dc-east",
+         "quantity": 2, "eventTime": iso(now - 1000)},
     ]))
-    done = subprocess.run([sys.executable, "-m", "atp_service.app.ctl", "events", "publish", str(facts),
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(facts),
                            "--redis-url", redis_url, "--stream", "atp:in:wms"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"stream": "atp:in:wms", "published": 2}
     deadline = time.monotonic() + 10
-    while json.loads(ctl(target, "availability", "PUB@dc-east").stdout)[0]["onHand"] != "7":
+    while json.loads(ctl(target, "availability", "PUB@dc-east").stdout)[0]["on_hand"] != 7:
         assert time.monotonic() < deadline, "published facts were not applied"
         time.sleep(0.05)
-    assert json.loads(ctl(target, "safety-stock", "PUB@dc-east", "3").stdout)["available"] == "4"
+    assert json.loads(ctl(target, "safety-stock", "PUB@dc-east", "3").stdout)["availability"]["available"] == 4
     explained = json.loads(ctl(target, "explain", "PUB@dc-east").stdout)
-    assert explained["countEventId"] == "c1" and explained["countQuantity"] == "9"
-    assert [d["eventId"] for d in explained["deltasAfterCount"]] == ["s1"]
-    assert explained["availability"]["safetyStock"] == "3"
+    assert explained["count_event_id"] == "c1" and explained["count_quantity"] == 9
+    assert [d["event_id"] for d in explained["deltas_after_count"]] == ["s1"]
+    assert explained["availability"]["safety_stock"] == 3
 
 
 def test_start_up_errors_name_the_setting(served: tuple[str, int, list[str]], redis_url: str, tmp_path: Path) -> None:
@@ -193,11 +222,13 @@ def test_watch_reload_and_a_publisher_process(served: tuple[str, int, list[str]]
     assert watched.returncode == 0, watched.stderr
     lines = [json.loads(line) for line in watched.stdout.splitlines()]
     assert len(lines) == 3 and all(line["channel"] == "marketplace" and line["location"] == "" for line in lines)
-    assert int(lines[0]["version"]) >= 1 and lines[0]["status"] in ("IN_STOCK", "LOW_STOCK", "OUT_OF_STOCK")
+    assert lines[0]["version"] >= 1
+    assert lines[0]["status"] in ("STOCK_STATUS_IN_STOCK", "STOCK_STATUS_LOW_STOCK", "STOCK_STATUS_OUT_OF_STOCK")
     reloaded = json.loads(ctl(target, "reload-estate").stdout)
     assert [c["name"] for c in reloaded["channels"]] == ["marketplace", "store-pickup", "web"]
     unknown = ctl(target, "watch", "nope")
-    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr and "marketplace" in unknown.stderr
+    assert unknown.returncode == 4 and "NOT_FOUND CHANNEL_NOT_FOUND" in unknown.stderr
+    assert "marketplace" in unknown.stderr
 
     out = tmp_path / "marketplace.jsonl"
     proc = subprocess.Popen(
@@ -214,3 +245,69 @@ def test_watch_reload_and_a_publisher_process(served: tuple[str, int, list[str]]
         assert proc.wait(30) == 0
     first = json.loads(out.read_text().splitlines()[0])
     assert first["channel"] == "marketplace" and first["version"] >= 1 and "quantity" in first
+
+
+def _blocks(path: Path, language: str) -> list[str]:
+    """The fenced code blocks of ``language`` in a Markdown file."""
+    parts = path.read_text().split("```")
+    return [body.removeprefix(language).strip("\n") for body in parts[1::2] if body.startswith(language + "\n")]
+
+
+def _commands(block: str, tool: str) -> list[list[str]]:
+    """Each ``tool`` command of a shell block (a command goes on over a trailing backslash or an open
+    quote), comments and redirections dropped."""
+    commands, pending = [], ""
+    for line in block.splitlines():
+        pending = f"{pending}\n{line}" if pending else line
+        if pending.endswith("\\"):
+            pending = pending[:-1]
+            continue
+        try:
+            words = shlex.split(pending, comments=True)
+        except ValueError:  # an open quote: the command goes on
+            continue
+        pending = ""
+        if words and words[0] == tool:
+            commands.append(words[:next((i for i, w in enumerate(words) if w in (">", ">>", "|")), len(words))])
+    return commands
+
+
+def _grpcurl(target: str, argv: list[str]) -> grpc.StatusCode:
+    """What grpcurl does with these arguments, done with protobuf's JSON mapping (grpcurl's own)."""
+    args, data = argv[1:], None
+    if "-d" in args:
+        data = args[args.index("-d") + 1]
+    positional = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "-d")]
+    address, *rest = positional
+    if rest[0] == "list":
+        assert rest[1] in pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
+        return grpc.StatusCode.OK
+    service_name, method_name = rest[0].rsplit("/", 1)
+    method = pb.DESCRIPTOR.services_by_name[service_name.rsplit(".", 1)[1]].methods_by_name[method_name]
+    request = json_format.Parse(data or "{}", GetMessageClass(method.input_type)())
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(f"/{service_name}/{method_name}", request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=GetMessageClass(method.output_type).FromString)
+        try:
+            call(request, timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+    assert address == "127.0.0.1:50051"  # what the documents say `make run` listens on
+    return grpc.StatusCode.OK
+
+
+def test_the_readme_and_api_examples_run_literally(served: tuple[str, int, list[str]], project_root: Path) -> None:
+    """Every atpctl and grpcurl command of README.md and docs/API.md, against the demo service."""
+    target, _, _ = served
+    readme, api = project_root / "README.md", project_root / "docs" / "API.md"
+    ran = 0
+    for command in (c for block in _blocks(readme, "sh") for c in _commands(block, "atpctl")):
+        done = ctl(target, *command[1:])
+        assert done.returncode == 0, (command, done.stderr)
+        ran += 1
+    for path in (readme, api):
+        for command in (c for block in _blocks(path, "sh") for c in _commands(block, "grpcurl")):
+            expected = grpc.StatusCode.INVALID_ARGUMENT if "-format-error" in command else grpc.StatusCode.OK
+            assert _grpcurl(target, command) == expected, command
+            ran += 1
+    assert ran >= 20

@@ -17,8 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from atp_service import AtpClient, free_port
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import free_port
 from tests.atp_service.edge.test_api import receipt
 
 SKUS = [f"K{i}" for i in range(12)]
@@ -42,7 +43,7 @@ async def load(client: AtpClient, worker: int, acked: dict[str, list[tuple[str, 
             resp = await client.reserve(rid, lines, ttl_seconds=3600)
         except grpc.aio.AioRpcError:
             return
-        if resp.state == pb.HELD:
+        if resp.state == pb.RESERVATION_STATE_HELD:
             acked[rid] = [(line.sku, line.location, line.granted) for line in resp.lines]
         n += 1
 
@@ -91,7 +92,7 @@ async def test_kill_minus_nine_loses_no_acknowledged_reservation(redis_url: str,
             worker, n = (int(x) for x in rid[1:].split("-"))
             lines = [(SKUS[(worker + n) % len(SKUS)], "DC", 1 + n % 3), (SKUS[(worker * 7 + n) % len(SKUS)], "DC", 1)]
             resp = await client.reserve(rid, lines, ttl_seconds=3600)
-            assert resp.state == pb.HELD
+            assert resp.state == pb.RESERVATION_STATE_HELD
     finally:
         await client.close()
         proc.terminate()

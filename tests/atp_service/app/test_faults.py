@@ -14,16 +14,20 @@ import time
 import grpc
 import pytest
 
-from atp_service import AtpClient, EmbeddedRedis, free_port
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client import AtpClient, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import EmbeddedRedis, free_port
 from tests.atp_service.app.test_crash import spawn
 
 pytestmark = pytest.mark.slow
 SKUS = [f"F{i}" for i in range(8)]
 SERVICE_KILLS = 20
 REDIS_KILL_EVERY = 4  # rounds: 20 / 4 = 5 Redis kills
-SUCCESSORS = {pb.HELD: {pb.HELD, pb.CONFIRMED, pb.RELEASED, pb.EXPIRED}, pb.CONFIRMED: {pb.CONFIRMED, pb.RELEASED},
-              pb.RELEASED: {pb.RELEASED}, pb.REJECTED: {pb.REJECTED}}
+HELD, CONFIRMED, RELEASED, EXPIRED, REJECTED = (pb.RESERVATION_STATE_HELD, pb.RESERVATION_STATE_CONFIRMED,
+                                                pb.RESERVATION_STATE_RELEASED, pb.RESERVATION_STATE_EXPIRED,
+                                                pb.RESERVATION_STATE_REJECTED)
+SUCCESSORS = {HELD: {HELD, CONFIRMED, RELEASED, EXPIRED}, CONFIRMED: {CONFIRMED, RELEASED},
+              RELEASED: {RELEASED}, REJECTED: {REJECTED}}
 
 
 class Ledger:
@@ -49,10 +53,11 @@ async def worker(client: AtpClient, name: str, book: Ledger, rng: random.Random)
             elif roll < 0.3:
                 fid = f"{name}-{n}"
                 book.tried_facts.add(fid)
-                fact = pb.Fact(event_id=fid, source="wms", kind=pb.RECEIPT, sku=rng.choice(SKUS), location="DC",
-                               quantity=1, event_time_ms=_now_ms())
+                fact = pb.Fact(event_id=fid, source="wms", kind=pb.FACT_KIND_RECEIPT, sku=rng.choice(SKUS),
+                               location="DC",
+                               quantity=1, event_time=timestamp(_now_ms()))
                 (result,) = await client.record_events([fact])
-                if result.outcome in (pb.APPLIED, pb.DUPLICATE):
+                if result.outcome in (pb.FACT_OUTCOME_APPLIED, pb.FACT_OUTCOME_DUPLICATE):
                     book.facts.add(fid)
             else:
                 rid = f"{name}-{n}"
@@ -86,8 +91,8 @@ async def test_twenty_service_kills_and_five_redis_kills_lose_nothing_acknowledg
                 await client.wait_ready(timeout_s=60)
                 if round_no == 0:
                     await client.record_events([
-                        pb.Fact(event_id=f"seed-{s}", source="wms", kind=pb.COUNT, sku=s, location="DC",
-                                quantity=100_000, event_time_ms=_now_ms() - 60_000) for s in SKUS])
+                        pb.Fact(event_id=f"seed-{s}", source="wms", kind=pb.FACT_KIND_COUNT, sku=s, location="DC",
+                                quantity=100_000, event_time=timestamp(_now_ms() - 60_000)) for s in SKUS])
                 workers = [asyncio.ensure_future(worker(client, f"r{round_no}w{w}", book, rng)) for w in range(8)]
                 await asyncio.sleep(rng.uniform(0.2, 0.6))
                 if round_no % REDIS_KILL_EVERY == REDIS_KILL_EVERY - 1:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelRules, StockStatus, curate
 from tests.atp_service.channel_helpers import ESTATE, fact, latest, stream_updates, wait_for_updates, write_estate
@@ -117,9 +117,9 @@ async def test_watch_snapshot_plus_changes_equals_the_stream(
         kinds.append(message.kind)
         for u in message.updates:
             seen[(u.sku, u.location)] = (u.quantity, u.version)
-        if message.kind == pb.WatchAvailabilityResponse.SNAPSHOT_END:
+        if message.kind == pb.WatchAvailabilityResponse.KIND_SNAPSHOT_END:
             break
-    assert kinds[0] == pb.WatchAvailabilityResponse.SNAPSHOT and len(kinds) == 1 + (30 + 6) // 7
+    assert kinds[0] == pb.WatchAvailabilityResponse.KIND_SNAPSHOT and len(kinds) == 1 + (30 + 6) // 7
     changes = [fact(f"s{n}", "SALE", f"sku-{n}", f"store-{1 + n % 3}", 1, T + 1) for n in range(0, 30, 2)]
     await client.record_events(changes)
     clock.advance(1000)
@@ -127,7 +127,7 @@ async def test_watch_snapshot_plus_changes_equals_the_stream(
     service.channels.poke()
     stream = await wait_for_updates(redis_url, "pickup", 45)
     async for message in call:
-        assert message.kind == pb.WatchAvailabilityResponse.CHANGES
+        assert message.kind == pb.WatchAvailabilityResponse.KIND_CHANGES
         for u in message.updates:
             seen[(u.sku, u.location)] = (u.quantity, u.version)
         if message.version >= stream[-1].version:
@@ -147,7 +147,7 @@ async def test_watch_tells_a_subscriber_behind_the_trimmed_stream_to_resnapshot(
     call = client.stub.WatchAvailability(
         pb.WatchAvailabilityRequest(channel="market", since_version=updates[2].version))
     messages = [m async for m in call]
-    assert [m.kind for m in messages] == [pb.WatchAvailabilityResponse.RESNAPSHOT_REQUIRED]
+    assert [m.kind for m in messages] == [pb.WatchAvailabilityResponse.KIND_RESNAPSHOT_REQUIRED]
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="nope")):
             pass

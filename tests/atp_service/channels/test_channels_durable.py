@@ -9,7 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from atp_service import AtpClient, AtpService, EmbeddedRedis, ManualClock
+from atp_client import AtpClient
+from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from tests.atp_service.channel_helpers import fact, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy, until

@@ -7,15 +7,17 @@ import asyncio
 import grpc
 import pytest
 
+from atp_client import Refusal, epoch_ms, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from tests.atp_service.refusals import fields_of, refused
 from tests.conftest import ServiceFactory
 
 T0 = 1_700_000_000_000
 
 
-def receipt(eid: str, sku: str, loc: str, qty: int, t: int = T0 - 1000, kind: int = pb.RECEIPT) -> pb.Fact:
-    return pb.Fact(event_id=eid, source="wms", kind=kind, sku=sku, location=loc, quantity=qty, event_time_ms=t)
+def receipt(eid: str, sku: str, loc: str, qty: int, t: int = T0 - 1000, kind: int = pb.FACT_KIND_RECEIPT) -> pb.Fact:
+    return pb.Fact(event_id=eid, source="wms", kind=kind, sku=sku, location=loc, quantity=qty, event_time=timestamp(t))
 
 
 async def stocked(start: ServiceFactory, clock: ManualClock | None = None, **kw: object):  # type: ignore[no-untyped-def]
@@ -23,7 +25,7 @@ async def stocked(start: ServiceFactory, clock: ManualClock | None = None, **kw:
     results = await client.record_events([
         receipt("e1", "A", "S1", 10), receipt("e2", "B", "S1", 5), receipt("e3", "D", "DC", 100),
     ])
-    assert all(r.outcome == pb.APPLIED for r in results)
+    assert all(r.outcome == pb.FACT_OUTCOME_APPLIED for r in results)
     return service, client
 
 
@@ -36,16 +38,17 @@ async def code_of(call: object) -> grpc.StatusCode:
 async def test_reserve_confirm_fulfil_lifecycle(start_service: ServiceFactory) -> None:
     _, client = await stocked(start_service)
     resp = await client.reserve("r1", [("A", "S1", 3)], order_ref="o-1", channel="web", ttl_seconds=60)
-    assert resp.state == pb.HELD and resp.lines[0].granted == 3 and resp.expires_at_ms == T0 + 60_000
+    assert resp.state == pb.RESERVATION_STATE_HELD and resp.lines[0].granted == 3
+    assert epoch_ms(resp.expire_time) == T0 + 60_000
     rec = await client.confirm("r1")
-    assert rec.state == pb.CONFIRMED and rec.lines[0].committed == 3
+    assert rec.state == pb.RESERVATION_STATE_CONFIRMED and rec.lines[0].committed == 3
     rec = await client.fulfill("r1", [("A", "S1", 1)], operation_id="ship-1")
-    assert rec.state == pb.CONFIRMED and rec.lines[0].fulfilled == 1
+    assert rec.state == pb.RESERVATION_STATE_CONFIRMED and rec.lines[0].fulfilled == 1
     rec = await client.fulfill("r1")
-    assert rec.state == pb.FULFILLED
+    assert rec.state == pb.RESERVATION_STATE_FULFILLED
     (a,) = await client.availability([("A", "S1")])
     assert (a.on_hand, a.reserved, a.committed, a.available) == (7, 0, 0, 7)
-    assert (await client.get_reservation("r1")).state == pb.FULFILLED
+    assert (await client.get_reservation("r1")).state == pb.RESERVATION_STATE_FULFILLED
 
 
 async def test_release_full_and_partial(start_service: ServiceFactory) -> None:
@@ -56,7 +59,7 @@ async def test_release_full_and_partial(start_service: ServiceFactory) -> None:
     rec = await client.release("r1", [("A", "S1", 1)], operation_id="op-1")  # retry: harmless
     assert rec.lines[0].held == 3
     rec = await client.release("r1")
-    assert rec.state == pb.RELEASED
+    assert rec.state == pb.RESERVATION_STATE_RELEASED
     got = await client.availability([("A", "S1"), ("B", "S1")])
     assert [p.available for p in got] == [10, 5]
 
@@ -66,25 +69,25 @@ async def test_all_or_nothing_across_two_shards(start_service: ServiceFactory) -
     assert service.engine is not None
     assert service.engine.place("A") != service.engine.place("D"), "test needs SKUs on two shards"
     resp = await client.reserve("r1", [("A", "S1", 2), ("D", "DC", 101)])
-    assert resp.state == pb.REJECTED
-    assert [line.outcome for line in resp.lines] == [pb.NOT_ATTEMPTED, pb.INSUFFICIENT]
+    assert resp.state == pb.RESERVATION_STATE_REJECTED
+    assert [line.outcome for line in resp.lines] == [pb.LINE_OUTCOME_NOT_ATTEMPTED, pb.LINE_OUTCOME_INSUFFICIENT]
     got = await client.availability([("A", "S1"), ("D", "DC")])
     assert [p.reserved for p in got] == [0, 0]
     resp = await client.reserve("r2", [("A", "S1", 2), ("D", "DC", 100)])
-    assert resp.state == pb.HELD
+    assert resp.state == pb.RESERVATION_STATE_HELD
     got = await client.availability([("A", "S1"), ("D", "DC")])
     assert [p.reserved for p in got] == [2, 100]
     rec = await client.confirm("r2")
     assert [line.committed for line in rec.lines] == [2, 100]
     rec = await client.release("r2")
     got = await client.availability([("A", "S1"), ("D", "DC")])
-    assert [p.committed for p in got] == [0, 0] and rec.state == pb.RELEASED
+    assert [p.committed for p in got] == [0, 0] and rec.state == pb.RESERVATION_STATE_RELEASED
 
 
 async def test_allow_partial(start_service: ServiceFactory) -> None:
     _, client = await stocked(start_service)
     resp = await client.reserve("r1", [("A", "S1", 2), ("B", "S1", 6)], allow_partial=True)
-    assert resp.state == pb.HELD and [line.granted for line in resp.lines] == [2, 0]
+    assert resp.state == pb.RESERVATION_STATE_HELD and [line.granted for line in resp.lines] == [2, 0]
 
 
 async def test_ttl_expiry_without_any_request(start_service: ServiceFactory) -> None:
@@ -93,13 +96,13 @@ async def test_ttl_expiry_without_any_request(start_service: ServiceFactory) -> 
     await client.reserve("r1", [("A", "S1", 4)], ttl_seconds=30)
     clock.advance(29_999)
     await asyncio.sleep(0.1)
-    assert (await client.get_reservation("r1")).state == pb.HELD
+    assert (await client.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD
     clock.advance(1)
     for _ in range(100):  # the maintenance pass runs every 20 ms in tests
-        if (await client.get_reservation("r1")).state == pb.EXPIRED:
+        if (await client.get_reservation("r1")).state == pb.RESERVATION_STATE_EXPIRED:
             break
         await asyncio.sleep(0.02)
-    assert (await client.get_reservation("r1")).state == pb.EXPIRED
+    assert (await client.get_reservation("r1")).state == pb.RESERVATION_STATE_EXPIRED
     (a,) = await client.availability([("A", "S1")])
     assert a.reserved == 0
     assert await code_of(client.confirm("r1")) == grpc.StatusCode.FAILED_PRECONDITION
@@ -110,15 +113,15 @@ async def test_idempotent_replays(start_service: ServiceFactory) -> None:
     first = await client.reserve("r1", [("A", "S1", 3)])
     again = await client.reserve("r1", [("A", "S1", 3)])
     assert again.replayed and not first.replayed and again.lines == first.lines
-    refused = await client.reserve("r2", [("B", "S1", 9)])
+    rejected = await client.reserve("r2", [("B", "S1", 9)])
     await client.record_events([receipt("more", "B", "S1", 10)])
     replay = await client.reserve("r2", [("B", "S1", 9)])
-    assert refused.state == replay.state == pb.REJECTED and replay.replayed
+    assert rejected.state == replay.state == pb.RESERVATION_STATE_REJECTED and replay.replayed
     (a,) = await client.availability([("A", "S1")])
     assert a.reserved == 3  # counted once
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.reserve("r1", [("A", "S1", 4)])
-    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and "lines" in (err.value.details() or "")
+    refusal = await refused(client.reserve("r1", [("A", "S1", 4)]))
+    assert (refusal.code, refusal.reason, refusal.metadata) == (
+        grpc.StatusCode.ALREADY_EXISTS, "RESERVATION_ID_REUSED", {"field": "lines"})
 
 
 async def test_second_conflicting_resolution_names_the_state(start_service: ServiceFactory) -> None:
@@ -126,9 +129,9 @@ async def test_second_conflicting_resolution_names_the_state(start_service: Serv
     await client.reserve("r1", [("A", "S1", 1)])
     await client.confirm("r1")
     await client.fulfill("r1")
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.release("r1")
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "FULFILLED" in (err.value.details() or "")
+    refusal = await refused(client.release("r1"))
+    assert (refusal.code, refusal.reason, refusal.state) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_FULFILLED", "FULFILLED")
 
 
 @pytest.mark.parametrize(
@@ -141,17 +144,16 @@ async def test_second_conflicting_resolution_names_the_state(start_service: Serv
         ([("A", "S1", 10_000_000)], {}, "lines[0].quantity"),
         ([], {}, "lines"),
         ([("A", "S1", 1)] * 201, {}, "lines"),
-        ([("A", "S1", 1)], {"ttl_seconds": 10**9}, "ttl_seconds"),
-        ([("A", "S1", 1)], {"ttl_seconds": -1}, "ttl_seconds"),
+        ([("A", "S1", 1)], {"ttl_seconds": 10**9}, "ttl"),
+        ([("A", "S1", 1)], {"ttl_seconds": -1}, "ttl"),
     ],
 )
 async def test_bad_reserve_input_names_the_field(start_service: ServiceFactory, lines: list, kwargs: dict,  # type: ignore[type-arg]
                                                  field: str) -> None:
     _, client = await stocked(start_service)
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.reserve("bad", lines, **kwargs)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert (err.value.details() or "").startswith(field)
+    refusal = await refused(client.reserve("bad", lines, **kwargs))
+    assert refusal.code == grpc.StatusCode.INVALID_ARGUMENT and fields_of(refusal) == [field]
+    assert refusal.reason == ("LIMIT_EXCEEDED" if len(lines) > 200 or "x" * 200 in str(lines) else "INVALID_FIELD")
     (a,) = await client.availability([("A", "S1")])
     assert a.reserved == 0
 
@@ -165,9 +167,9 @@ async def test_other_errors(start_service: ServiceFactory) -> None:
     assert await code_of(client.availability(keys)) == grpc.StatusCode.INVALID_ARGUMENT
     await client.reserve("r1", [("A", "S1", 2)])
     # A partial release needs an operation id so that a retry cannot release twice.
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.release("r1", [("A", "S1", 1)])
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "operation_id" in (err.value.details() or "")
+    refusal = await refused(client.release("r1", [("A", "S1", 1)]))
+    assert (refusal.code, refusal.reason, fields_of(refusal)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["operation_id"])
 
 
 async def test_oversized_message_is_refused(start_service: ServiceFactory) -> None:
@@ -181,13 +183,17 @@ async def test_record_events_reports_each_fact(start_service: ServiceFactory) ->
     results = await client.record_events([
         receipt("e1", "A", "S1", 10),  # duplicate of the seed
         receipt("e9", "A", "S1", 0),  # invalid quantity
-        receipt("c1", "A", "S1", 4, kind=pb.COUNT),
+        receipt("c1", "A", "S1", 4, kind=pb.FACT_KIND_COUNT),
         receipt("f1", "A", "S1", 1, t=T0 + 3_600_000),  # beyond future skew (E7)
-        pb.Fact(event_id="s1", source="pos", kind=pb.SALE, sku="A", location="S1", quantity=1, event_time_ms=T0),
+        pb.Fact(event_id="s1", source="pos", kind=pb.FACT_KIND_SALE, sku="A", location="S1", quantity=1,
+                event_time=timestamp(T0)),
     ])
     outcomes = [r.outcome for r in results]
-    assert outcomes == [pb.DUPLICATE, pb.INVALID, pb.APPLIED, pb.INVALID, pb.APPLIED]
-    assert results[1].error.startswith("events[1].quantity") and results[3].error.startswith("events[3].event_time_ms")
+    assert outcomes == [pb.FACT_OUTCOME_DUPLICATE, pb.FACT_OUTCOME_INVALID, pb.FACT_OUTCOME_APPLIED,
+                        pb.FACT_OUTCOME_INVALID, pb.FACT_OUTCOME_APPLIED]
+    for n, field in ((1, "events[1].quantity"), (3, "events[3].event_time")):
+        refusal = Refusal.from_status(results[n].error)
+        assert (refusal.reason, [v.field for v in refusal.field_violations]) == ("INVALID_FIELD", [field])
     (a,) = await client.availability([("A", "S1")])
     assert a.on_hand == 3
 
@@ -212,11 +218,13 @@ async def test_reserve_stream_tags_each_result(start_service: ServiceFactory) ->
     results = [r async for r in client.reserve_stream(batches)]
     assert len(results) == 2
     assert [o.reservation_id for o in results[0].outcomes] == [f"s{i}" for i in range(50)]
-    assert all(o.code == 0 and o.response.state == pb.HELD for o in results[0].outcomes)
+    assert all(o.response.state == pb.RESERVATION_STATE_HELD for o in results[0].outcomes)
     bad, x1, x2 = results[1].outcomes
-    assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and bad.error.startswith("lines")
-    assert x1.code == 0 and x1.response.state == pb.REJECTED
-    assert x2.code == 0 and x2.response.state == pb.HELD
+    refusal = Refusal.from_status(bad.error)
+    assert (refusal.code, refusal.reason, [v.field for v in refusal.field_violations]) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["lines"])
+    assert x1.WhichOneof("result") == "response" and x1.response.state == pb.RESERVATION_STATE_REJECTED
+    assert x2.WhichOneof("result") == "response" and x2.response.state == pb.RESERVATION_STATE_HELD
     (c,) = await client.availability([("D", "DC")])
     assert c.reserved == 51
     after = decisions(service)  # each decision counted once, the cross-shard one too
@@ -249,7 +257,7 @@ async def test_resolved_reservations_are_forgotten_after_retention(start_service
     _, client = await stocked(start_service, clock=clock, limits=Limits(retention_ms=60_000))
     await client.reserve("r1", [("A", "S1", 1)])
     await client.release("r1")
-    assert (await client.get_reservation("r1")).state == pb.RELEASED
+    assert (await client.get_reservation("r1")).state == pb.RESERVATION_STATE_RELEASED
     clock.advance(60_001)
     for _ in range(100):
         try:
@@ -269,10 +277,10 @@ async def test_hold_across_two_shards_expires_on_both(start_service: ServiceFact
     await client.reserve("x", [("A", "S1", 2), ("D", "DC", 5)], ttl_seconds=10)
     clock.advance(10_000)
     for _ in range(100):
-        if (await client.get_reservation("x")).state == pb.EXPIRED:
+        if (await client.get_reservation("x")).state == pb.RESERVATION_STATE_EXPIRED:
             break
         await asyncio.sleep(0.02)
-    assert (await client.get_reservation("x")).state == pb.EXPIRED
+    assert (await client.get_reservation("x")).state == pb.RESERVATION_STATE_EXPIRED
     assert [p.reserved for p in await client.availability([("A", "S1"), ("D", "DC")])] == [0, 0]
 
 
@@ -285,9 +293,9 @@ async def test_shipment_fact_fulfils_a_reservation_homed_on_another_shard(start_
     home = service.engine.home_of("x")
     assert home is not None and home != service.engine.place("A")  # the record lives with "D"
     (result,) = await client.record_events([pb.Fact(
-        event_id="ship-a", source="wms", kind=pb.SHIPMENT, sku="A", location="S1", quantity=2,
-        event_time_ms=T0 - 1, reservation_id="x")])
-    assert result.outcome == pb.APPLIED and not result.error
+        event_id="ship-a", source="wms", kind=pb.FACT_KIND_SHIPMENT, sku="A", location="S1", quantity=2,
+        event_time=timestamp(T0 - 1), reservation_id="x")])
+    assert result.outcome == pb.FACT_OUTCOME_APPLIED and not result.HasField("error")
     rec = await client.get_reservation("x")
     assert [(ln.committed, ln.fulfilled) for ln in rec.lines] == [(0, 2), (5, 0)]
     (a,) = await client.availability([("A", "S1")])

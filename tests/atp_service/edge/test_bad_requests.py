@@ -16,10 +16,11 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from atp_service import AtpClient, AtpService
+from atp_client import AtpClient, typed
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.ratelog import RateLimitedLog
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from tests.conftest import ServiceFactory
 
 SERVICE = "/atp.v1.AvailabilityService/"
@@ -47,20 +48,23 @@ def reserve_bytes(reservation_id: str) -> bytes:
                              lines=[pb.Line(sku="A", location="L", quantity=1)]).SerializeToString()
 
 
-async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
+async def refusal(call: object) -> tuple[grpc.StatusCode, str, str]:
+    """(code, ErrorInfo reason, message) of a refused call, read from its trailers."""
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call  # type: ignore[misc]
-    return err.value.code(), err.value.details() or ""
+    said = typed(err.value).refusal
+    return said.code, said.reason, said.message
 
 
 async def stream_refusal(call: grpc.aio.StreamStreamCall | grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
-                         ) -> tuple[list[bytes], grpc.StatusCode, str]:
-    """What the stream answered before it ended, and how it ended (it must end in an error)."""
+                         ) -> tuple[list[bytes], grpc.StatusCode, str, str]:
+    """What the stream answered before it ended, and how it ended (code, reason, message)."""
     answers: list[bytes] = []
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for message in call:
             answers.append(message)
-    return answers, err.value.code(), err.value.details() or ""
+    said = typed(err.value).refusal
+    return answers, said.code, said.reason, said.message
 
 
 async def _messages(items: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -82,21 +86,25 @@ async def test_malformed_bytes_answer_invalid_argument_naming_the_type(
     service, client = await start_service()
     before = bad_requests_counted(service, "Reserve")
     with caplog.at_level(logging.DEBUG):
-        code, details = await refusal(raw_unary(client, SERVICE + "Reserve")(TRUNCATED))
-        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        code, reason, details = await refusal(raw_unary(client, SERVICE + "Reserve")(TRUNCATED))
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED")
         assert details == "request is not a valid atp.v1.ReserveRequest: Wire format was corrupt"
-        code, details = await refusal(raw_unary(client, SERVICE + "Reserve")(BAD_UTF8))
-        assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT,
+        code, reason, details = await refusal(raw_unary(client, SERVICE + "Reserve")(BAD_UTF8))
+        assert (code, reason, details) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED",
                                    "request is not a valid atp.v1.ReserveRequest: String field had bad UTF-8")
-        _, code, details = await stream_refusal(raw_unary_stream(client, SERVICE + "WatchAvailability")(BAD_UTF8))
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and "atp.v1.WatchAvailabilityRequest" in details
+        _, code, reason, details = await stream_refusal(
+            raw_unary_stream(client, SERVICE + "WatchAvailability")(BAD_UTF8))
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED")
+        assert "atp.v1.WatchAvailabilityRequest" in details
         # The open services too: a probe's bytes are no way to fill the log.
-        code, details = await refusal(raw_unary(client, "/grpc.health.v1.Health/Check")(BAD_UTF8))
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and "grpc.health.v1.HealthCheckRequest" in details
+        code, reason, details = await refusal(raw_unary(client, "/grpc.health.v1.Health/Check")(BAD_UTF8))
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED")
+        assert "grpc.health.v1.HealthCheckRequest" in details
         # grpc_health's aio servicer has no List: UNIMPLEMENTED, without its placeholder's traceback.
-        code, _ = await refusal(raw_unary(client, "/grpc.health.v1.Health/List")(b""))
+        code, _, _ = await refusal(raw_unary(client, "/grpc.health.v1.Health/List")(b""))
         assert code == grpc.StatusCode.UNIMPLEMENTED
-        assert (await client.reserve("r-good", [("A", "L", 1)])).state == pb.REJECTED  # the service goes on
+        decided = await client.reserve("r-good", [("A", "L", 1)])
+        assert decided.state == pb.RESERVATION_STATE_REJECTED  # the service goes on
     assert bad_requests_counted(service, "Reserve") == before + 2
     no_errors_logged(caplog)
     lines = [r.getMessage() for r in caplog.records if r.name == "atp_service.edge.handlers"]
@@ -107,16 +115,17 @@ async def test_malformed_bytes_answer_invalid_argument_naming_the_type(
 async def test_a_malformed_batch_ends_the_stream_after_the_batches_before_it_are_answered(
         start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
     _, client = await start_service()
-    good = pb.ReserveBatch(reservations=[pb.ReserveRequest(reservation_id="s1", order_ref="o",
+    good = pb.ReserveStreamRequest(reservations=[pb.ReserveRequest(reservation_id="s1", order_ref="o",
                                                            lines=[pb.Line(sku="A", location="L", quantity=1)])])
     with caplog.at_level(logging.DEBUG):
         stream = raw_stream(client, SERVICE + "ReserveStream")(
             _messages([good.SerializeToString(), BAD_UTF8]))
-        answers, code, details = await stream_refusal(stream)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details == "request is not a valid atp.v1.ReserveBatch: Wire format was corrupt"
-    assert [o.reservation_id for a in answers for o in pb.ReserveBatchResult.FromString(a).outcomes] == ["s1"]
-    assert (await client.get_reservation("s1")).state == pb.REJECTED  # decided before the bad batch came
+        answers, code, reason, details = await stream_refusal(stream)
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED")
+    assert details == "request is not a valid atp.v1.ReserveStreamRequest: Wire format was corrupt"
+    assert [o.reservation_id for a in answers for o in pb.ReserveStreamResponse.FromString(a).outcomes] == ["s1"]
+    # decided before the bad batch came
+    assert (await client.get_reservation("s1")).state == pb.RESERVATION_STATE_REJECTED
     no_errors_logged(caplog)
 
 
@@ -127,8 +136,8 @@ async def test_a_flood_of_bad_bytes_is_counted_but_does_not_flood_the_log(
     calls = 200
     with caplog.at_level(logging.DEBUG):
         for _ in range(calls):
-            code, _details = await refusal(raw_unary(client, SERVICE + "GetReservation")(BAD_UTF8))
-            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            code, reason, _ = await refusal(raw_unary(client, SERVICE + "GetReservation")(BAD_UTF8))
+            assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED")
     assert bad_requests_counted(service, "GetReservation") == before + calls
     lines = [r for r in caplog.records if r.name == "atp_service.edge.handlers"]
     assert len(lines) < calls // 4  # a burst, then about one a second, however fast they come
@@ -179,29 +188,31 @@ async def test_callers_without_a_valid_token_are_refused_before_their_bytes_are_
         with caplog.at_level(logging.DEBUG):
             for who in (anonymous, stranger):
                 for body in (reserve_bytes("r-anon"), *GARBAGE):
-                    code, _ = await refusal(raw_unary(who, SERVICE + "Reserve")(body))
-                    assert code == grpc.StatusCode.UNAUTHENTICATED
+                    expected = "TOKEN_MISSING" if who is anonymous else "TOKEN_INVALID"
+                    code, reason, _ = await refusal(raw_unary(who, SERVICE + "Reserve")(body))
+                    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, expected)
                     stream = raw_stream(who, SERVICE + "ReserveStream")(_messages([body]))
-                    answers, code, _ = await stream_refusal(stream)
-                    assert (answers, code) == ([], grpc.StatusCode.UNAUTHENTICATED)
+                    answers, code, reason, _ = await stream_refusal(stream)
+                    assert (answers, code, reason) == ([], grpc.StatusCode.UNAUTHENTICATED, expected)
                     watch = raw_unary_stream(who, SERVICE + "WatchAvailability")(body)
                     assert (await stream_refusal(watch))[1] == grpc.StatusCode.UNAUTHENTICATED
-                    code, _ = await refusal(raw_unary(who, SERVICE + "RecordEvents")(body))
-                    assert code == grpc.StatusCode.UNAUTHENTICATED
-            code, _ = await refusal(oms.get_reservation("r-anon"))
-            assert code == grpc.StatusCode.NOT_FOUND
+                    code, reason, _ = await refusal(raw_unary(who, SERVICE + "RecordEvents")(body))
+                    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, expected)
+            code, reason, _ = await refusal(oms.get_reservation("r-anon"))
+            assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
             assert await log_length(redis_url, service) == written  # nothing was written
             denied = service.metrics.registry.get_sample_value("atp_auth_denied_total", {"code": "UNAUTHENTICATED"})
             audit_lines = sum(r.name == "atp_service.audit" for r in caplog.records)
             for _ in range(100):  # a flood without a token is counted, and not written out line by line
-                code, _ = await refusal(raw_unary(anonymous, SERVICE + "Reserve")(BAD_UTF8))
-                assert code == grpc.StatusCode.UNAUTHENTICATED
+                code, reason, _ = await refusal(raw_unary(anonymous, SERVICE + "Reserve")(BAD_UTF8))
+                assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
             assert service.metrics.registry.get_sample_value("atp_auth_denied_total", {"code": "UNAUTHENTICATED"}) \
                 == (denied or 0) + 100
             assert sum(r.name == "atp_service.audit" for r in caplog.records) - audit_lines < 50
             # An authenticated caller's bad bytes are bad input, named as such.
-            code, details = await refusal(raw_unary(oms, SERVICE + "Reserve")(BAD_UTF8))
-            assert code == grpc.StatusCode.INVALID_ARGUMENT and "atp.v1.ReserveRequest" in details
+            code, reason, details = await refusal(raw_unary(oms, SERVICE + "Reserve")(BAD_UTF8))
+            assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED")
+            assert "atp.v1.ReserveRequest" in details
     finally:
         await stranger.close()
         await oms.close()

@@ -11,8 +11,8 @@ import grpc
 import pytest
 import redis
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from reservation import Unavailable
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import receipt
@@ -82,9 +82,9 @@ async def test_a_stop_answers_calls_in_progress_refuses_new_ones_and_ends_stream
     stream = client.reserve_stream(batches())
     await more.put([pb.ReserveRequest(reservation_id="s1", lines=[pb.Line(sku="A", location="DC", quantity=1)])])
     first = await anext(stream)
-    assert first.outcomes[0].response.state == pb.HELD
+    assert first.outcomes[0].response.state == pb.RESERVATION_STATE_HELD
     watch = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
-    while (await watch.read()).kind != pb.WatchAvailabilityResponse.SNAPSHOT_END:
+    while (await watch.read()).kind != pb.WatchAvailabilityResponse.KIND_SNAPSHOT_END:
         pass
 
     # A reservation held up in progress (its log append waits on a pause of Redis writes).
@@ -115,7 +115,7 @@ async def test_a_stop_answers_calls_in_progress_refuses_new_ones_and_ends_stream
     assert watch_end.value.code() == grpc.StatusCode.UNAVAILABLE
 
     held = await in_progress  # answered, not cut off
-    assert held.state == pb.HELD
+    assert held.state == pb.RESERVATION_STATE_HELD
     # Well inside the 60 s grace: nothing was left to wait for once the held-up call was answered.
     await asyncio.wait_for(stopping, 15)
     await more.put(None)

@@ -13,27 +13,33 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atp_client import Refusal, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service import AtpService
-from atp_service.pb.atp.v1 import atp_pb2 as pb
-from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from tests.conftest import ServiceFactory
 from tests.sim.checks import holds_match_positions, one_state_each
 
 EXAMPLES = 300
 ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED}
-FIELD_FIRST = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*: ")
+FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*$")
 INT64 = st.one_of(st.integers(-2**63, 2**63 - 1), st.integers(-5, 5), st.sampled_from([0, 1, 10**6, 10**7]))
 TEXT = st.one_of(st.text(max_size=20), st.text(min_size=120, max_size=300), st.sampled_from(["", " ", "\x00", "A",
                                                                                                "sku-1", "L1"]))
 LINES = st.lists(st.builds(pb.Line, sku=TEXT, location=TEXT, quantity=INT64), max_size=6)
+NANOS = st.integers(-10**9, 10**9)
+TTL = st.one_of(st.none(), st.builds(Duration, seconds=INT64, nanos=st.one_of(st.just(0), NANOS)))
+TIME = st.one_of(st.none(), st.just(timestamp(int(time.time() * 1000))),
+                 st.builds(Timestamp, seconds=st.integers(-2**40, 2**40), nanos=NANOS))
 RESERVE = st.builds(pb.ReserveRequest, reservation_id=TEXT, order_ref=TEXT, channel=TEXT, lines=LINES,
-                    ttl_seconds=INT64, allow_partial=st.booleans())
+                    ttl=TTL, allow_partial=st.booleans())
 STREAM_EXAMPLES = 60
-STREAM_CODES = {0} | {code.value[0] for code in ALLOWED}
 REQUESTS: list[tuple[str, Any]] = [
     ("Reserve", RESERVE),
     ("Confirm", st.builds(pb.ConfirmRequest, reservation_id=TEXT)),
@@ -44,10 +50,19 @@ REQUESTS: list[tuple[str, Any]] = [
         st.builds(pb.PositionKey, sku=TEXT, location=TEXT), max_size=5))),
     ("RecordEvents", st.builds(pb.RecordEventsRequest, events=st.lists(st.builds(
         pb.Fact, event_id=TEXT, source=TEXT, kind=st.integers(-1, 9), sku=TEXT, location=TEXT, quantity=INT64,
-        event_time_ms=st.one_of(INT64, st.just(int(time.time() * 1000))), reservation_id=TEXT), max_size=5))),
+        event_time=TIME, reservation_id=TEXT), max_size=5))),
     ("ExplainAvailability", st.builds(pb.ExplainAvailabilityRequest, sku=TEXT, location=TEXT)),
     ("SetSafetyStock", st.builds(pb.SetSafetyStockRequest, sku=TEXT, location=TEXT, quantity=INT64)),
 ]
+
+
+def check_refusal(refusal: Refusal) -> None:
+    """Every refusal says why in a reason code; invalid input names each field at fault as a path."""
+    assert refusal.reason, refusal
+    if refusal.code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert refusal.reason in ("INVALID_FIELD", "LIMIT_EXCEEDED"), refusal
+        assert refusal.field_violations, refusal
+        assert all(FIELD_PATH.match(v.field) for v in refusal.field_violations), refusal
 
 
 def fuzz_rpcs(target: str) -> int:
@@ -67,8 +82,7 @@ def fuzz_rpcs(target: str) -> int:
                 getattr(stub, name)(request, timeout=10)
             except grpc.RpcError as exc:
                 assert exc.code() in ALLOWED, (name, request, exc.code(), exc.details())
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    assert FIELD_FIRST.match(exc.details() or ""), (name, exc.details())
+                check_refusal(Refusal.from_trailers(exc.code(), exc.details(), exc.trailing_metadata()))
 
         one()
 
@@ -78,12 +92,13 @@ def fuzz_rpcs(target: str) -> int:
         def streams(batch: list[pb.ReserveRequest], channel: str) -> None:
             nonlocal tried
             tried += 1
-            (result,) = list(stub.ReserveStream(iter([pb.ReserveBatch(reservations=batch)]), timeout=10))
+            (result,) = list(stub.ReserveStream(iter([pb.ReserveStreamRequest(reservations=batch)]), timeout=10))
             assert len(result.outcomes) == len(batch)
-            for outcome in result.outcomes:  # per reservation: OK (0) or a refusal naming the field
-                assert outcome.code in STREAM_CODES, (outcome.code, outcome.error)
-                if outcome.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]:
-                    assert FIELD_FIRST.match(outcome.error), outcome.error
+            for outcome in result.outcomes:  # per reservation: a decision or a refusal naming the field
+                if outcome.HasField("error"):
+                    refusal = Refusal.from_status(outcome.error)
+                    assert refusal.code in ALLOWED, refusal
+                    check_refusal(refusal)
             try:
                 next(iter(stub.WatchAvailability(pb.WatchAvailabilityRequest(channel=channel), timeout=2)))
             except grpc.RpcError as exc:

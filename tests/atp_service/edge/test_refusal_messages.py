@@ -8,7 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client import timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.channel_helpers import ESTATE, write_estate
 from tests.conftest import ServiceFactory
 
@@ -51,17 +52,17 @@ async def test_a_refused_reload_changes_nothing(start_service: ServiceFactory, t
     path.write_text('safety_stock = {store = 3}\n[[locations]]\nid = "s1"\ntype = "store"\n'
                     '[[channels]]\nname = "web"\nsells_from = ["s1"]\n')
     assert (await refusal(client.stub.ReloadEstate(pb.ReloadEstateRequest())))[0] == grpc.StatusCode.FAILED_PRECONDITION
-    await client.record_events([pb.Fact(event_id="r1", source="wms", kind=pb.RECEIPT, sku="A", location="s1",
-                                        quantity=5, event_time_ms=1)])
+    await client.record_events([pb.Fact(event_id="r1", source="wms", kind=pb.FACT_KIND_RECEIPT, sku="A", location="s1",
+                                        quantity=5, event_time=timestamp(1))])
     (a,) = await client.availability([("A", "s1")])
     assert a.safety_stock == 0 and a.available == 5  # the refused file's default of 3 was not applied
 
 
 async def test_a_conflicting_resolution_names_the_current_state(start_service: ServiceFactory) -> None:
     _, client = await start_service()
-    await client.record_events([pb.Fact(event_id="c1", source="wms", kind=pb.COUNT, sku="A", location="L",
-                                        quantity=5, event_time_ms=1)])
-    assert (await client.reserve("r1", [("A", "L", 1)])).state == pb.HELD
+    await client.record_events([pb.Fact(event_id="c1", source="wms", kind=pb.FACT_KIND_COUNT, sku="A", location="L",
+                                        quantity=5, event_time=timestamp(1))])
+    assert (await client.reserve("r1", [("A", "L", 1)])).state == pb.RESERVATION_STATE_HELD
     await client.release("r1")
     assert await refusal(client.confirm("r1")) == (
         grpc.StatusCode.FAILED_PRECONDITION, "reservation is RELEASED: only a HELD reservation can be confirmed")

@@ -12,12 +12,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from atp_service import AtpClient, AtpService, free_port
+from atp_client import AtpClient, timestamp
+from atp_client._client import tls_credentials
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, free_port
 from atp_service.app.certs import make_certs
 from atp_service.app.service import StartupError
-from atp_service.client.api import tls_credentials
 from atp_service.edge.auth import new_token, token_hash
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from atp_service.storage.embedded_redis import redis_server_binary
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
@@ -58,18 +59,18 @@ async def test_roles_decide_what_each_caller_may_call(start_service: ServiceFact
     target = f"127.0.0.1:{service.port}"
     clients = {role: AtpClient(target, token=t) for role, t in token.items()}
     stranger = AtpClient(target, token="not-a-real-token")
-    fact = pb.Fact(event_id="e1", source="wms", kind=pb.RECEIPT, sku="A", location="L", quantity=5,
-                   event_time_ms=service.clock.now_ms())
+    fact = pb.Fact(event_id="e1", source="wms", kind=pb.FACT_KIND_RECEIPT, sku="A", location="L", quantity=5,
+                   event_time=timestamp(service.clock.now_ms()))
     try:
         with caplog.at_level(logging.WARNING, logger="atp_service.audit"):
             assert await code_of(anonymous.reserve("r0", [("A", "L", 1)])) == grpc.StatusCode.UNAUTHENTICATED
             assert await code_of(stranger.reserve("r0", [("A", "L", 1)])) == grpc.StatusCode.UNAUTHENTICATED
-            assert [r.outcome for r in await clients["ingest"].record_events([fact])] == [pb.APPLIED]
-            assert (await clients["oms"].reserve("r1", [("A", "L", 2)])).state == pb.HELD
+            assert [r.outcome for r in await clients["ingest"].record_events([fact])] == [pb.FACT_OUTCOME_APPLIED]
+            assert (await clients["oms"].reserve("r1", [("A", "L", 2)])).state == pb.RESERVATION_STATE_HELD
             assert (await clients["channel"].availability([("A", "L")]))[0].reserved == 2
             admin_set = clients["admin"].stub.SetSafetyStock(pb.SetSafetyStockRequest(sku="A", location="L",
                                                                                       quantity=1))
-            assert (await admin_set).safety_stock == 1
+            assert (await admin_set).availability.safety_stock == 1
             denied = [
                 clients["oms"].stub.SetSafetyStock(pb.SetSafetyStockRequest(sku="A", location="L", quantity=0)),
                 clients["oms"].record_events([fact]),
@@ -79,7 +80,7 @@ async def test_roles_decide_what_each_caller_may_call(start_service: ServiceFact
             ]
             for call in denied:
                 assert await code_of(call) == grpc.StatusCode.PERMISSION_DENIED
-            stream = clients["channel"].stub.ReserveStream(iter([pb.ReserveBatch()]))
+            stream = clients["channel"].stub.ReserveStream(iter([pb.ReserveStreamRequest()]))
             assert await code_of(stream.read()) == grpc.StatusCode.PERMISSION_DENIED
             # Past the check, the watch fails for its own reason: this service has no channels.
             watch = clients["channel"].stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="web"))
@@ -148,7 +149,8 @@ async def test_redis_password_in_the_url_works_and_is_never_logged(tmp_path_fact
             service = AtpService(make_config(), own.url)
             await service.start()
             async with AtpClient(f"127.0.0.1:{service.port}") as client:
-                assert (await client.reserve("r", [("A", "L", 1)])).state == pb.REJECTED  # no stock: decided, durable
+                decided = await client.reserve("r", [("A", "L", 1)])
+                assert decided.state == pb.RESERVATION_STATE_REJECTED  # no stock: decided, durable
             await service.stop(grace_s=0.1)
         wrong = AtpService(make_config(redis_timeout_s=0.2), own.url.replace(secret, "wrong"))
         with caplog.at_level(logging.DEBUG):
@@ -182,13 +184,13 @@ async def test_rediss_url_talks_tls_to_redis(tls_redis: str) -> None:
     service = AtpService(make_config(), tls_redis)
     await service.start()
     async with AtpClient(f"127.0.0.1:{service.port}") as client:
-        fact = pb.Fact(event_id="e1", source="wms", kind=pb.RECEIPT, sku="A", location="L", quantity=5,
-                       event_time_ms=service.clock.now_ms())
-        assert [r.outcome for r in await client.record_events([fact])] == [pb.APPLIED]
-        assert (await client.reserve("r", [("A", "L", 2)])).state == pb.HELD
+        fact = pb.Fact(event_id="e1", source="wms", kind=pb.FACT_KIND_RECEIPT, sku="A", location="L", quantity=5,
+                       event_time=timestamp(service.clock.now_ms()))
+        assert [r.outcome for r in await client.record_events([fact])] == [pb.FACT_OUTCOME_APPLIED]
+        assert (await client.reserve("r", [("A", "L", 2)])).state == pb.RESERVATION_STATE_HELD
     await service.stop(grace_s=0.1)
     restarted = AtpService(make_config(), tls_redis)  # what was acknowledged comes back over TLS
     await restarted.start()
     async with AtpClient(f"127.0.0.1:{restarted.port}") as client:
-        assert (await client.get_reservation("r")).state == pb.HELD
+        assert (await client.get_reservation("r")).state == pb.RESERVATION_STATE_HELD
     await restarted.stop(grace_s=0.1)

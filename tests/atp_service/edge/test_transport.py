@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from atp_service import AtpClient, AtpService, ServiceConfig
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, ServiceConfig
 from atp_service.edge.transport import EXPERIMENT, active, experiments_for, refusal_status
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_overload import _Flood
@@ -83,7 +84,7 @@ async def test_a_graceful_stop_answers_the_calls_in_flight(redis_url: str) -> No
         calls = await _held_up_reservations(client, redis_url, 5)
         await service.stop(grace_s=5)
         answers = await asyncio.gather(*calls)
-    assert [a.state for a in answers] == [pb.HELD] * 5
+    assert [a.state for a in answers] == [pb.RESERVATION_STATE_HELD] * 5
 
 
 @pytest.mark.slow
@@ -103,7 +104,7 @@ def test_with_the_promise_transport_too_a_graceful_stop_answers_calls_in_flight_
 
     outcomes = asyncio.run(stopped_mid_call())
     assert stop_or_explain(proc, log) == 0
-    assert [o.state if isinstance(o, pb.ReserveResponse) else o for o in outcomes] == [pb.HELD] * 5
+    assert [o.state if isinstance(o, pb.ReserveResponse) else o for o in outcomes] == [pb.RESERVATION_STATE_HELD] * 5
 
     log = tmp_path / "restarted.log"
     proc, target, _ = serve(redis_url, log)  # restarted, classic transport
@@ -120,7 +121,7 @@ def test_with_the_promise_transport_too_a_graceful_stop_answers_calls_in_flight_
         proc.terminate()
         assert stop_or_explain(proc, log) == 0
     # Each landed before the stop: the retry replays it, nothing is counted twice.
-    assert [a.state for a in again] == [pb.HELD] * 5 and reserved == 5, (again, reserved)
+    assert [a.state for a in again] == [pb.RESERVATION_STATE_HELD] * 5 and reserved == 5, (again, reserved)
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ import random
 
 import grpc
 
-from atp_service import AtpClient, AtpService
+from atp_client import AtpClient
+from atp_service import AtpService
 from atp_service.storage.log import LogStore, connect
 from reservation import Ledger, decode_entry
 from tests.atp_service.edge.test_api import receipt

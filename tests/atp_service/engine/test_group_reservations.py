@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.conftest import ServiceFactory
 
@@ -18,7 +18,7 @@ async def test_group_reservation_split_across_two_stores(start_service: ServiceF
                                 fact("c3", "COUNT", "sku-a", "store-3", 1, T)])
     # web: strategy "priority" over north-first = store-2, store-1, store-3
     resp = await client.reserve("r-web", [("sku-a", "north-first", 4)], channel="web")
-    assert resp.state == pb.HELD
+    assert resp.state == pb.RESERVATION_STATE_HELD
     [line] = resp.lines
     assert (line.location, line.requested, line.granted) == ("north-first", 4, 4)
     assert [(a.location, a.quantity) for a in line.allocations] == [("store-2", 2), ("store-1", 2)]
@@ -31,7 +31,7 @@ async def test_group_reservation_split_across_two_stores(start_service: ServiceF
     resp = await client.reserve("r-pick", [("sku-a", "stores", 2)], channel="pickup")
     assert [(a.location, a.quantity) for a in resp.lines[0].allocations] == [("store-1", 1), ("store-3", 1)]
     refused = await client.reserve("r-none", [("sku-a", "stores", 1)], channel="pickup")
-    assert refused.state == pb.REJECTED and refused.lines[0].outcome == pb.INSUFFICIENT
+    assert refused.state == pb.RESERVATION_STATE_REJECTED and refused.lines[0].outcome == pb.LINE_OUTCOME_INSUFFICIENT
     assert refused.lines[0].location == "stores" and not refused.lines[0].allocations
 
     replay = await client.reserve("r-web", [("sku-a", "north-first", 4)], channel="web")

@@ -7,8 +7,9 @@ import time
 
 import redis
 
+from atp_client import Refusal, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.fact_helpers import (
     F,
     on_hand_of,
@@ -72,7 +73,8 @@ async def test_late_fact_is_quarantined_with_its_reason_E6(start_service: Servic
     _, client = await start_service(clock=ManualClock(T0 + 48 * 3600_000))
     await client.record_events([F("new", "RECEIPT", "A", "S1", 5, T0 + 48 * 3600_000).pb()])
     results = await client.record_events([F("old", "COUNT", "A", "S1", 99, T0).pb()])
-    assert results[0].outcome == pb.QUARANTINED and results[0].error.startswith("late")
+    assert (results[0].outcome, results[0].quarantine_reason) == (pb.FACT_OUTCOME_QUARANTINED,
+                                                                   pb.QUARANTINE_REASON_LATE)
     (a,) = await client.availability([("A", "S1")])
     assert a.on_hand == 5
     entries = redis.Redis.from_url(redis_url).xrange("atp:quarantine")
@@ -84,7 +86,7 @@ async def test_delta_before_latest_count_is_absorbed_E4(start_service: ServiceFa
     _, client = await start_service(clock=ManualClock(T0))
     await client.record_events([F("c", "COUNT", "A", "S1", 10, T0 - 1000).pb()])
     results = await client.record_events([F("s", "SALE", "A", "S1", 3, T0 - 2000).pb()])
-    assert results[0].outcome == pb.ABSORBED
+    assert results[0].outcome == pb.FACT_OUTCOME_ABSORBED
     (a,) = await client.availability([("A", "S1")])
     assert a.on_hand == 10
 
@@ -93,7 +95,7 @@ async def test_older_count_changes_nothing_E5(start_service: ServiceFactory) -> 
     _, client = await start_service(clock=ManualClock(T0))
     await client.record_events([F("c2", "COUNT", "A", "S1", 10, T0 - 1000).pb()])
     results = await client.record_events([F("c1", "COUNT", "A", "S1", 50, T0 - 2000).pb()])
-    assert results[0].outcome == pb.ABSORBED
+    assert results[0].outcome == pb.FACT_OUTCOME_ABSORBED
     (a,) = await client.availability([("A", "S1")])
     assert a.on_hand == 10
 
@@ -101,7 +103,9 @@ async def test_older_count_changes_nothing_E5(start_service: ServiceFactory) -> 
 async def test_future_fact_is_refused_E7(start_service: ServiceFactory) -> None:
     _, client = await start_service(clock=ManualClock(T0))
     results = await client.record_events([F("f", "RECEIPT", "A", "S1", 1, T0 + 5 * 60_000 + 1).pb()])
-    assert results[0].outcome == pb.INVALID and "event_time_ms" in results[0].error
+    refusal = Refusal.from_status(results[0].error)
+    assert results[0].outcome == pb.FACT_OUTCOME_INVALID
+    assert (refusal.reason, [v.field for v in refusal.field_violations]) == ("INVALID_FIELD", ["events[0].event_time"])
 
 
 async def test_duplicates_and_conflicts_E8(start_service: ServiceFactory, redis_url: str) -> None:
@@ -109,8 +113,9 @@ async def test_duplicates_and_conflicts_E8(start_service: ServiceFactory, redis_
     await client.record_events([F("e", "RECEIPT", "A", "S1", 4, T0 - 10).pb()])
     dup, conflict = await client.record_events([F("e", "RECEIPT", "A", "S1", 4, T0 - 10).pb(),
                                                 F("e", "RECEIPT", "A", "S1", 9, T0 - 10).pb()])
-    assert dup.outcome == pb.DUPLICATE
-    assert conflict.outcome == pb.QUARANTINED and "conflict" in conflict.error
+    assert dup.outcome == pb.FACT_OUTCOME_DUPLICATE
+    assert (conflict.outcome, conflict.quarantine_reason) == (pb.FACT_OUTCOME_QUARANTINED,
+                                                              pb.QUARANTINE_REASON_CONFLICT)
     (a,) = await client.availability([("A", "S1")])
     assert a.on_hand == 4
     assert redis.Redis.from_url(redis_url).xlen("atp:quarantine") == 1
@@ -148,13 +153,13 @@ async def test_shipment_fact_naming_a_reservation_fulfils_it_R4(start_service: S
     await client.record_events([F("r", "RECEIPT", "A", "S1", 10, T0 - 5000).pb()])
     await client.reserve("r1", [("A", "S1", 4)])
     await client.confirm("r1")
-    ship = pb.Fact(event_id="w1", source="wms", kind=pb.SHIPMENT, sku="A", location="S1", quantity=3,
-                   event_time_ms=T0 - 10, reservation_id="r1")
+    ship = pb.Fact(event_id="w1", source="wms", kind=pb.FACT_KIND_SHIPMENT, sku="A", location="S1", quantity=3,
+                   event_time=timestamp(T0 - 10), reservation_id="r1")
     (result,) = await client.record_events([ship])
-    assert result.outcome == pb.APPLIED and not result.error
+    assert result.outcome == pb.FACT_OUTCOME_APPLIED and not result.HasField("error")
     (again,) = await client.record_events([ship])
-    assert again.outcome == pb.DUPLICATE
+    assert again.outcome == pb.FACT_OUTCOME_DUPLICATE
     rec = await client.get_reservation("r1")
-    assert rec.state == pb.CONFIRMED and rec.lines[0].fulfilled == 3 and rec.lines[0].committed == 1
+    assert rec.state == pb.RESERVATION_STATE_CONFIRMED and rec.lines[0].fulfilled == 3 and rec.lines[0].committed == 1
     (a,) = await client.availability([("A", "S1")])
     assert (a.on_hand, a.committed, a.available) == (7, 1, 6)

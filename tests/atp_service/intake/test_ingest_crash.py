@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from atp_service import AtpClient, free_port
+from atp_client import AtpClient
+from atp_service import free_port
 from tests.atp_service.app.test_crash import spawn
 from tests.atp_service.fact_helpers import F, on_hand_of, send_stream, wait_consumed
 

@@ -16,7 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from atp_service import AtpClient, AtpService, EmbeddedRedis, ManualClock
+from atp_client import AtpClient
+from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from atp_service.storage.channel_store import _FENCE, _WRITE, ChannelStore, WriteRefused
 from atp_service.storage.log import connect, epoch_key

@@ -8,8 +8,8 @@ import grpc
 import pytest
 import redis
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
 
@@ -22,8 +22,8 @@ async def test_two_hundred_clients_fifty_units_exactly_fifty_win(start_service: 
         results = await asyncio.gather(*(c.reserve(f"r{i}", [("HOT", "DC", 1)]) for i, c in enumerate(clients)))
     finally:
         await asyncio.gather(*(c.close() for c in clients))
-    assert sum(r.state == pb.HELD for r in results) == 50
-    assert sum(r.state == pb.REJECTED for r in results) == 150
+    assert sum(r.state == pb.RESERVATION_STATE_HELD for r in results) == 50
+    assert sum(r.state == pb.RESERVATION_STATE_REJECTED for r in results) == 150
     (a,) = await client.availability([("HOT", "DC")])
     assert (a.reserved, a.available) == (50, 0)
 
@@ -72,7 +72,8 @@ async def test_redis_down_answers_unavailable_and_state_does_not_drift(
 ) -> None:
     own = EmbeddedRedis(tmp_path_factory.mktemp("own-redis"), appendfsync="always").start()
     try:
-        from atp_service import AtpClient, AtpService
+        from atp_client import AtpClient
+        from atp_service import AtpService
         from tests.conftest import test_config
 
         service = AtpService(test_config(redis_timeout_s=0.5), own.url)
@@ -97,7 +98,7 @@ async def test_redis_down_answers_unavailable_and_state_does_not_drift(
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.UNAVAILABLE
                 await asyncio.sleep(0.05)
-        assert resp.state == pb.HELD
+        assert resp.state == pb.RESERVATION_STATE_HELD
         (a,) = await client.availability([("A", "DC")])
         assert a.reserved == 5
         read = await client.stub.GetAvailability(pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A",
@@ -114,7 +115,8 @@ async def test_redis_killed_under_load_memory_equals_log_afterwards(
 ) -> None:
     """Pipelined appends in flight when Redis dies: every batch in flight is taken back or kept exactly
     as the log says, so a restarted service (log only) holds what the running one (memory) holds."""
-    from atp_service import AtpClient, AtpService
+    from atp_client import AtpClient
+    from atp_service import AtpService
     from tests.conftest import test_config
 
     own = EmbeddedRedis(tmp_path_factory.mktemp("own-redis"), appendfsync="always").start()
@@ -135,7 +137,7 @@ async def test_redis_killed_under_load_memory_equals_log_afterwards(
                     assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
                     return
                 acked.add(rid)
-                assert resp.state == pb.HELD
+                assert resp.state == pb.RESERVATION_STATE_HELD
 
         workers = [asyncio.ensure_future(load(w)) for w in range(32)]
         await asyncio.sleep(0.5)
@@ -158,7 +160,7 @@ async def test_redis_killed_under_load_memory_equals_log_afterwards(
         client = AtpClient(f"127.0.0.1:{restarted.port}")
         assert await state_of(client, [(s, "DC") for s in skus]) == in_memory
         for rid in sorted(acked)[:: max(1, len(acked) // 200)]:
-            assert (await client.get_reservation(rid)).state == pb.HELD
+            assert (await client.get_reservation(rid)).state == pb.RESERVATION_STATE_HELD
         await client.close()
         await restarted.stop(grace_s=0.1)
     finally:
@@ -168,7 +170,8 @@ async def test_redis_killed_under_load_memory_equals_log_afterwards(
 async def test_start_waits_for_redis_not_serving_until_then(tmp_path_factory: pytest.TempPathFactory) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from atp_service import AtpClient, AtpService
+    from atp_client import AtpClient
+    from atp_service import AtpService
     from tests.conftest import test_config
 
     later = EmbeddedRedis(tmp_path_factory.mktemp("late-redis"), appendfsync="always")
@@ -201,7 +204,8 @@ async def test_a_failed_snapshot_backs_off_instead_of_retrying_every_pass_and_la
     """A snapshot costs time in proportion to the shard's state: tried again on every maintenance
     pass (20 ms here) while Redis refuses it, an outage kept half a core busy. Snapshots are
     refused here by an ACL (SET denied) while appends still land, so nothing else is in doubt."""
-    from atp_service import AtpClient, AtpService
+    from atp_client import AtpClient
+    from atp_service import AtpService
     from tests.conftest import test_config
 
     own = EmbeddedRedis(tmp_path_factory.mktemp("acl-redis")).start()

@@ -15,8 +15,9 @@ from contextlib import asynccontextmanager
 import grpc
 import pytest
 
-from atp_service import AtpClient, AtpService, EmbeddedRedis
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, EmbeddedRedis
 from atp_service.storage.scripts import APPEND_SCRIPT
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import HoldingProxy, until
@@ -60,7 +61,7 @@ async def test_an_append_landing_after_its_settle_is_refused_and_a_restart_finds
             assert told.value.code() == grpc.StatusCode.UNAVAILABLE
             proxy.hold()
             acknowledged = await _reserve_once_settled(client, "r-acknowledged")
-            assert acknowledged.state == pb.HELD
+            assert acknowledged.state == pb.RESERVATION_STATE_HELD
             late = await proxy.land(proxy.held[0])  # the first append reaches Redis now, after the settle
             assert late.startswith(b"*1\r\n") and b"STALE" in late  # refused: the shard was fenced
             (before,) = await client.availability([("A", "DC")])
@@ -71,7 +72,7 @@ async def test_an_append_landing_after_its_settle_is_refused_and_a_restart_finds
     async with _service(redis_url) as (_, client):
         (after,) = await client.availability([("A", "DC")])
         assert (after.reserved, after.available) == (2, 8)
-        assert (await client.get_reservation("r-acknowledged")).state == pb.HELD
+        assert (await client.get_reservation("r-acknowledged")).state == pb.RESERVATION_STATE_HELD
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await client.get_reservation("r-told-unavailable")
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -10,11 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from atp_service import AtpClient, AtpService
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService
 from atp_service.app.cli import EXIT_REPLACED
 from atp_service.engine.clock import ManualClock
 from atp_service.engine.shard import ShardActor
-from atp_service.pb.atp.v1 import atp_pb2 as pb
 from reservation import Unavailable, reserve
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
@@ -46,7 +47,7 @@ async def test_a_newer_instance_fences_the_older_which_applies_nothing_more(star
     assert old_view.reserved == 3  # the refused decision was taken back in memory too
 
     held = await new_client.reserve("r2", [("A", "DC", 7)])
-    assert held.state == pb.HELD
+    assert held.state == pb.RESERVATION_STATE_HELD
     (a,) = await new_client.availability([("A", "DC")])
     assert (a.reserved, a.available) == (10, 0)
 

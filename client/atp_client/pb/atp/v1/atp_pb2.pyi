@@ -1,3 +1,8 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -10,73 +15,84 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class ReservationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RESERVATION_STATE_UNSPECIFIED: _ClassVar[ReservationState]
-    HELD: _ClassVar[ReservationState]
-    CONFIRMED: _ClassVar[ReservationState]
-    FULFILLED: _ClassVar[ReservationState]
-    RELEASED: _ClassVar[ReservationState]
-    EXPIRED: _ClassVar[ReservationState]
-    REJECTED: _ClassVar[ReservationState]
+    RESERVATION_STATE_HELD: _ClassVar[ReservationState]
+    RESERVATION_STATE_CONFIRMED: _ClassVar[ReservationState]
+    RESERVATION_STATE_FULFILLED: _ClassVar[ReservationState]
+    RESERVATION_STATE_RELEASED: _ClassVar[ReservationState]
+    RESERVATION_STATE_EXPIRED: _ClassVar[ReservationState]
+    RESERVATION_STATE_REJECTED: _ClassVar[ReservationState]
 
 class LineOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LINE_OUTCOME_UNSPECIFIED: _ClassVar[LineOutcome]
-    GRANTED: _ClassVar[LineOutcome]
-    INSUFFICIENT: _ClassVar[LineOutcome]
-    NOT_ATTEMPTED: _ClassVar[LineOutcome]
+    LINE_OUTCOME_GRANTED: _ClassVar[LineOutcome]
+    LINE_OUTCOME_INSUFFICIENT: _ClassVar[LineOutcome]
+    LINE_OUTCOME_NOT_ATTEMPTED: _ClassVar[LineOutcome]
 
 class FactKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FACT_KIND_UNSPECIFIED: _ClassVar[FactKind]
-    SALE: _ClassVar[FactKind]
-    RETURN: _ClassVar[FactKind]
-    RECEIPT: _ClassVar[FactKind]
-    ADJUST: _ClassVar[FactKind]
-    SHIPMENT: _ClassVar[FactKind]
-    COUNT: _ClassVar[FactKind]
+    FACT_KIND_SALE: _ClassVar[FactKind]
+    FACT_KIND_RETURN: _ClassVar[FactKind]
+    FACT_KIND_RECEIPT: _ClassVar[FactKind]
+    FACT_KIND_ADJUST: _ClassVar[FactKind]
+    FACT_KIND_SHIPMENT: _ClassVar[FactKind]
+    FACT_KIND_COUNT: _ClassVar[FactKind]
 
 class FactOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FACT_OUTCOME_UNSPECIFIED: _ClassVar[FactOutcome]
-    APPLIED: _ClassVar[FactOutcome]
-    DUPLICATE: _ClassVar[FactOutcome]
-    ABSORBED: _ClassVar[FactOutcome]
-    QUARANTINED: _ClassVar[FactOutcome]
-    INVALID: _ClassVar[FactOutcome]
+    FACT_OUTCOME_APPLIED: _ClassVar[FactOutcome]
+    FACT_OUTCOME_DUPLICATE: _ClassVar[FactOutcome]
+    FACT_OUTCOME_ABSORBED: _ClassVar[FactOutcome]
+    FACT_OUTCOME_QUARANTINED: _ClassVar[FactOutcome]
+    FACT_OUTCOME_INVALID: _ClassVar[FactOutcome]
+
+class QuarantineReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUARANTINE_REASON_UNSPECIFIED: _ClassVar[QuarantineReason]
+    QUARANTINE_REASON_LATE: _ClassVar[QuarantineReason]
+    QUARANTINE_REASON_CONFLICT: _ClassVar[QuarantineReason]
+    QUARANTINE_REASON_OUT_OF_RANGE: _ClassVar[QuarantineReason]
 
 class StockStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STOCK_STATUS_UNSPECIFIED: _ClassVar[StockStatus]
-    IN_STOCK: _ClassVar[StockStatus]
-    LOW_STOCK: _ClassVar[StockStatus]
-    OUT_OF_STOCK: _ClassVar[StockStatus]
+    STOCK_STATUS_IN_STOCK: _ClassVar[StockStatus]
+    STOCK_STATUS_LOW_STOCK: _ClassVar[StockStatus]
+    STOCK_STATUS_OUT_OF_STOCK: _ClassVar[StockStatus]
 RESERVATION_STATE_UNSPECIFIED: ReservationState
-HELD: ReservationState
-CONFIRMED: ReservationState
-FULFILLED: ReservationState
-RELEASED: ReservationState
-EXPIRED: ReservationState
-REJECTED: ReservationState
+RESERVATION_STATE_HELD: ReservationState
+RESERVATION_STATE_CONFIRMED: ReservationState
+RESERVATION_STATE_FULFILLED: ReservationState
+RESERVATION_STATE_RELEASED: ReservationState
+RESERVATION_STATE_EXPIRED: ReservationState
+RESERVATION_STATE_REJECTED: ReservationState
 LINE_OUTCOME_UNSPECIFIED: LineOutcome
-GRANTED: LineOutcome
-INSUFFICIENT: LineOutcome
-NOT_ATTEMPTED: LineOutcome
+LINE_OUTCOME_GRANTED: LineOutcome
+LINE_OUTCOME_INSUFFICIENT: LineOutcome
+LINE_OUTCOME_NOT_ATTEMPTED: LineOutcome
 FACT_KIND_UNSPECIFIED: FactKind
-SALE: FactKind
-RETURN: FactKind
-RECEIPT: FactKind
-ADJUST: FactKind
-SHIPMENT: FactKind
-COUNT: FactKind
+FACT_KIND_SALE: FactKind
+FACT_KIND_RETURN: FactKind
+FACT_KIND_RECEIPT: FactKind
+FACT_KIND_ADJUST: FactKind
+FACT_KIND_SHIPMENT: FactKind
+FACT_KIND_COUNT: FactKind
 FACT_OUTCOME_UNSPECIFIED: FactOutcome
-APPLIED: FactOutcome
-DUPLICATE: FactOutcome
-ABSORBED: FactOutcome
-QUARANTINED: FactOutcome
-INVALID: FactOutcome
+FACT_OUTCOME_APPLIED: FactOutcome
+FACT_OUTCOME_DUPLICATE: FactOutcome
+FACT_OUTCOME_ABSORBED: FactOutcome
+FACT_OUTCOME_QUARANTINED: FactOutcome
+FACT_OUTCOME_INVALID: FactOutcome
+QUARANTINE_REASON_UNSPECIFIED: QuarantineReason
+QUARANTINE_REASON_LATE: QuarantineReason
+QUARANTINE_REASON_CONFLICT: QuarantineReason
+QUARANTINE_REASON_OUT_OF_RANGE: QuarantineReason
 STOCK_STATUS_UNSPECIFIED: StockStatus
-IN_STOCK: StockStatus
-LOW_STOCK: StockStatus
-OUT_OF_STOCK: StockStatus
+STOCK_STATUS_IN_STOCK: StockStatus
+STOCK_STATUS_LOW_STOCK: StockStatus
+STOCK_STATUS_OUT_OF_STOCK: StockStatus
 
 class PositionKey(_message.Message):
     __slots__ = ("sku", "location")
@@ -139,54 +155,54 @@ class LineState(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., held: _Optional[int] = ..., committed: _Optional[int] = ..., fulfilled: _Optional[int] = ..., released: _Optional[int] = ...) -> None: ...
 
 class Reservation(_message.Message):
-    __slots__ = ("reservation_id", "order_ref", "channel", "state", "lines", "created_at_ms", "expires_at_ms", "updated_at_ms")
+    __slots__ = ("reservation_id", "order_ref", "channel", "state", "lines", "create_time", "expire_time", "update_time")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_REF_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
-    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
-    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     order_ref: str
     channel: str
     state: ReservationState
     lines: _containers.RepeatedCompositeFieldContainer[LineState]
-    created_at_ms: int
-    expires_at_ms: int
-    updated_at_ms: int
-    def __init__(self, reservation_id: _Optional[str] = ..., order_ref: _Optional[str] = ..., channel: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ..., lines: _Optional[_Iterable[_Union[LineState, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, reservation_id: _Optional[str] = ..., order_ref: _Optional[str] = ..., channel: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ..., lines: _Optional[_Iterable[_Union[LineState, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("reservation_id", "order_ref", "channel", "lines", "ttl_seconds", "allow_partial")
+    __slots__ = ("reservation_id", "order_ref", "channel", "lines", "ttl", "allow_partial")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_REF_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
-    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     order_ref: str
     channel: str
     lines: _containers.RepeatedCompositeFieldContainer[Line]
-    ttl_seconds: int
+    ttl: _duration_pb2.Duration
     allow_partial: bool
-    def __init__(self, reservation_id: _Optional[str] = ..., order_ref: _Optional[str] = ..., channel: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ..., ttl_seconds: _Optional[int] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    def __init__(self, reservation_id: _Optional[str] = ..., order_ref: _Optional[str] = ..., channel: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("reservation_id", "state", "lines", "expires_at_ms", "replayed")
+    __slots__ = ("reservation_id", "state", "lines", "expire_time", "replayed")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
-    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     state: ReservationState
     lines: _containers.RepeatedCompositeFieldContainer[LineResult]
-    expires_at_ms: int
+    expire_time: _timestamp_pb2.Timestamp
     replayed: bool
-    def __init__(self, reservation_id: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ..., lines: _Optional[_Iterable[_Union[LineResult, _Mapping]]] = ..., expires_at_ms: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, reservation_id: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ..., lines: _Optional[_Iterable[_Union[LineResult, _Mapping]]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class ConfirmRequest(_message.Message):
     __slots__ = ("reservation_id",)
@@ -214,13 +230,31 @@ class FulfillRequest(_message.Message):
     operation_id: str
     def __init__(self, reservation_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ..., operation_id: _Optional[str] = ...) -> None: ...
 
+class ConfirmResponse(_message.Message):
+    __slots__ = ("reservation",)
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    reservation: Reservation
+    def __init__(self, reservation: _Optional[_Union[Reservation, _Mapping]] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("reservation",)
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    reservation: Reservation
+    def __init__(self, reservation: _Optional[_Union[Reservation, _Mapping]] = ...) -> None: ...
+
+class FulfillResponse(_message.Message):
+    __slots__ = ("reservation",)
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    reservation: Reservation
+    def __init__(self, reservation: _Optional[_Union[Reservation, _Mapping]] = ...) -> None: ...
+
 class GetReservationRequest(_message.Message):
     __slots__ = ("reservation_id",)
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
 
-class ReservationResponse(_message.Message):
+class GetReservationResponse(_message.Message):
     __slots__ = ("reservation",)
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     reservation: Reservation
@@ -259,14 +293,14 @@ class GetAvailabilityResponse(_message.Message):
     def __init__(self, positions: _Optional[_Iterable[_Union[Availability, _Mapping]]] = ..., possibly_stale: _Optional[bool] = ...) -> None: ...
 
 class Fact(_message.Message):
-    __slots__ = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms", "reservation_id")
+    __slots__ = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time", "reservation_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
-    EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     source: str
@@ -274,19 +308,23 @@ class Fact(_message.Message):
     sku: str
     location: str
     quantity: int
-    event_time_ms: int
+    event_time: _timestamp_pb2.Timestamp
     reservation_id: str
-    def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., kind: _Optional[_Union[FactKind, str]] = ..., sku: _Optional[str] = ..., location: _Optional[str] = ..., quantity: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., kind: _Optional[_Union[FactKind, str]] = ..., sku: _Optional[str] = ..., location: _Optional[str] = ..., quantity: _Optional[int] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reservation_id: _Optional[str] = ...) -> None: ...
 
 class FactResult(_message.Message):
-    __slots__ = ("event_id", "outcome", "error")
+    __slots__ = ("event_id", "outcome", "quarantine_reason", "detail", "error")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     outcome: FactOutcome
-    error: str
-    def __init__(self, event_id: _Optional[str] = ..., outcome: _Optional[_Union[FactOutcome, str]] = ..., error: _Optional[str] = ...) -> None: ...
+    quarantine_reason: QuarantineReason
+    detail: str
+    error: _status_pb2.Status
+    def __init__(self, event_id: _Optional[str] = ..., outcome: _Optional[_Union[FactOutcome, str]] = ..., quarantine_reason: _Optional[_Union[QuarantineReason, str]] = ..., detail: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class RecordEventsRequest(_message.Message):
     __slots__ = ("events",)
@@ -309,56 +347,56 @@ class ExplainAvailabilityRequest(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
 
 class ExplainedFact(_message.Message):
-    __slots__ = ("event_id", "event_time_ms", "delta")
+    __slots__ = ("event_id", "event_time", "delta")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
-    EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     event_id: str
-    event_time_ms: int
+    event_time: _timestamp_pb2.Timestamp
     delta: int
-    def __init__(self, event_id: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., delta: _Optional[int] = ...) -> None: ...
+    def __init__(self, event_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delta: _Optional[int] = ...) -> None: ...
 
 class ExplainedHold(_message.Message):
-    __slots__ = ("reservation_id", "order_ref", "channel", "state", "held", "committed", "expires_at_ms")
+    __slots__ = ("reservation_id", "order_ref", "channel", "state", "held", "committed", "expire_time")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_REF_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
-    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     order_ref: str
     channel: str
     state: ReservationState
     held: int
     committed: int
-    expires_at_ms: int
-    def __init__(self, reservation_id: _Optional[str] = ..., order_ref: _Optional[str] = ..., channel: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ..., held: _Optional[int] = ..., committed: _Optional[int] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, reservation_id: _Optional[str] = ..., order_ref: _Optional[str] = ..., channel: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ..., held: _Optional[int] = ..., committed: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ExplainAvailabilityResponse(_message.Message):
-    __slots__ = ("availability", "has_count", "count_event_id", "count_time_ms", "count_quantity", "deltas_after_count", "holds", "stream_time_ms", "retained_since_ms", "holds_truncated")
+    __slots__ = ("availability", "has_count", "count_event_id", "count_time", "count_quantity", "deltas_after_count", "holds", "stream_time", "retained_since", "holds_truncated")
     AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
     HAS_COUNT_FIELD_NUMBER: _ClassVar[int]
     COUNT_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
-    COUNT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_TIME_FIELD_NUMBER: _ClassVar[int]
     COUNT_QUANTITY_FIELD_NUMBER: _ClassVar[int]
     DELTAS_AFTER_COUNT_FIELD_NUMBER: _ClassVar[int]
     HOLDS_FIELD_NUMBER: _ClassVar[int]
-    STREAM_TIME_MS_FIELD_NUMBER: _ClassVar[int]
-    RETAINED_SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TIME_FIELD_NUMBER: _ClassVar[int]
+    RETAINED_SINCE_FIELD_NUMBER: _ClassVar[int]
     HOLDS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     availability: Availability
     has_count: bool
     count_event_id: str
-    count_time_ms: int
+    count_time: _timestamp_pb2.Timestamp
     count_quantity: int
     deltas_after_count: _containers.RepeatedCompositeFieldContainer[ExplainedFact]
     holds: _containers.RepeatedCompositeFieldContainer[ExplainedHold]
-    stream_time_ms: int
-    retained_since_ms: int
+    stream_time: _timestamp_pb2.Timestamp
+    retained_since: _timestamp_pb2.Timestamp
     holds_truncated: bool
-    def __init__(self, availability: _Optional[_Union[Availability, _Mapping]] = ..., has_count: _Optional[bool] = ..., count_event_id: _Optional[str] = ..., count_time_ms: _Optional[int] = ..., count_quantity: _Optional[int] = ..., deltas_after_count: _Optional[_Iterable[_Union[ExplainedFact, _Mapping]]] = ..., holds: _Optional[_Iterable[_Union[ExplainedHold, _Mapping]]] = ..., stream_time_ms: _Optional[int] = ..., retained_since_ms: _Optional[int] = ..., holds_truncated: _Optional[bool] = ...) -> None: ...
+    def __init__(self, availability: _Optional[_Union[Availability, _Mapping]] = ..., has_count: _Optional[bool] = ..., count_event_id: _Optional[str] = ..., count_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count_quantity: _Optional[int] = ..., deltas_after_count: _Optional[_Iterable[_Union[ExplainedFact, _Mapping]]] = ..., holds: _Optional[_Iterable[_Union[ExplainedHold, _Mapping]]] = ..., stream_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retained_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holds_truncated: _Optional[bool] = ...) -> None: ...
 
 class SetSafetyStockRequest(_message.Message):
     __slots__ = ("sku", "location", "quantity")
@@ -370,32 +408,36 @@ class SetSafetyStockRequest(_message.Message):
     quantity: int
     def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
 
-class ReserveBatch(_message.Message):
+class SetSafetyStockResponse(_message.Message):
+    __slots__ = ("availability",)
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    availability: Availability
+    def __init__(self, availability: _Optional[_Union[Availability, _Mapping]] = ...) -> None: ...
+
+class ReserveStreamRequest(_message.Message):
     __slots__ = ("reservations",)
     RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
     reservations: _containers.RepeatedCompositeFieldContainer[ReserveRequest]
     def __init__(self, reservations: _Optional[_Iterable[_Union[ReserveRequest, _Mapping]]] = ...) -> None: ...
 
 class ReserveOutcome(_message.Message):
-    __slots__ = ("reservation_id", "code", "error", "response")
+    __slots__ = ("reservation_id", "response", "error")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
-    CODE_FIELD_NUMBER: _ClassVar[int]
-    ERROR_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
-    code: int
-    error: str
     response: ReserveResponse
-    def __init__(self, reservation_id: _Optional[str] = ..., code: _Optional[int] = ..., error: _Optional[str] = ..., response: _Optional[_Union[ReserveResponse, _Mapping]] = ...) -> None: ...
+    error: _status_pb2.Status
+    def __init__(self, reservation_id: _Optional[str] = ..., response: _Optional[_Union[ReserveResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
-class ReserveBatchResult(_message.Message):
+class ReserveStreamResponse(_message.Message):
     __slots__ = ("outcomes",)
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedCompositeFieldContainer[ReserveOutcome]
     def __init__(self, outcomes: _Optional[_Iterable[_Union[ReserveOutcome, _Mapping]]] = ...) -> None: ...
 
 class ChannelUpdate(_message.Message):
-    __slots__ = ("channel", "sku", "location", "quantity", "previous", "status", "version", "event_time_ms", "published_at_ms", "durable_at_ms")
+    __slots__ = ("channel", "sku", "location", "quantity", "previous", "status", "version", "event_time", "publish_time", "durable_time")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
@@ -403,9 +445,9 @@ class ChannelUpdate(_message.Message):
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
-    EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
-    PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
-    DURABLE_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_TIME_FIELD_NUMBER: _ClassVar[int]
     channel: str
     sku: str
     location: str
@@ -413,10 +455,10 @@ class ChannelUpdate(_message.Message):
     previous: int
     status: StockStatus
     version: int
-    event_time_ms: int
-    published_at_ms: int
-    durable_at_ms: int
-    def __init__(self, channel: _Optional[str] = ..., sku: _Optional[str] = ..., location: _Optional[str] = ..., quantity: _Optional[int] = ..., previous: _Optional[int] = ..., status: _Optional[_Union[StockStatus, str]] = ..., version: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., published_at_ms: _Optional[int] = ..., durable_at_ms: _Optional[int] = ...) -> None: ...
+    event_time: _timestamp_pb2.Timestamp
+    publish_time: _timestamp_pb2.Timestamp
+    durable_time: _timestamp_pb2.Timestamp
+    def __init__(self, channel: _Optional[str] = ..., sku: _Optional[str] = ..., location: _Optional[str] = ..., quantity: _Optional[int] = ..., previous: _Optional[int] = ..., status: _Optional[_Union[StockStatus, str]] = ..., version: _Optional[int] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., publish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., durable_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WatchAvailabilityRequest(_message.Message):
     __slots__ = ("channel", "snapshot", "since_version")
@@ -433,15 +475,15 @@ class WatchAvailabilityResponse(_message.Message):
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[WatchAvailabilityResponse.Kind]
-        SNAPSHOT: _ClassVar[WatchAvailabilityResponse.Kind]
-        SNAPSHOT_END: _ClassVar[WatchAvailabilityResponse.Kind]
-        CHANGES: _ClassVar[WatchAvailabilityResponse.Kind]
-        RESNAPSHOT_REQUIRED: _ClassVar[WatchAvailabilityResponse.Kind]
+        KIND_SNAPSHOT: _ClassVar[WatchAvailabilityResponse.Kind]
+        KIND_SNAPSHOT_END: _ClassVar[WatchAvailabilityResponse.Kind]
+        KIND_CHANGES: _ClassVar[WatchAvailabilityResponse.Kind]
+        KIND_RESNAPSHOT_REQUIRED: _ClassVar[WatchAvailabilityResponse.Kind]
     KIND_UNSPECIFIED: WatchAvailabilityResponse.Kind
-    SNAPSHOT: WatchAvailabilityResponse.Kind
-    SNAPSHOT_END: WatchAvailabilityResponse.Kind
-    CHANGES: WatchAvailabilityResponse.Kind
-    RESNAPSHOT_REQUIRED: WatchAvailabilityResponse.Kind
+    KIND_SNAPSHOT: WatchAvailabilityResponse.Kind
+    KIND_SNAPSHOT_END: WatchAvailabilityResponse.Kind
+    KIND_CHANGES: WatchAvailabilityResponse.Kind
+    KIND_RESNAPSHOT_REQUIRED: WatchAvailabilityResponse.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]

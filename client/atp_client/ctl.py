@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import redis.asyncio as aioredis
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from atp_service.client.api import AtpClient, RetryPolicy, tls_credentials
-from atp_service.edge.auth import PERMISSIONS, new_token, token_hash
-from atp_service.pb.atp.v1 import atp_pb2 as pb
+from atp_client._access import PERMISSIONS, new_token, token_hash
+from atp_client._client import AtpClient, RetryPolicy, tls_credentials
+from atp_client._output import EXIT_BROKEN_PIPE, EXIT_HELP, EXIT_OK, EXIT_RESNAPSHOT, emit, plain, refusal
+from atp_client._time import epoch_ms
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 EVENTS_CHUNK = 1000
 
@@ -42,13 +43,16 @@ def _line(text: str) -> tuple[str, str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="atpctl", description="Command-line client of the ATP service")
+    p = argparse.ArgumentParser(prog="atpctl", description="Command-line client of the ATP service",
+                                epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true",
+                   help="answer in JSON (the default when stdout is not a terminal; a table otherwise)")
     p.add_argument("--target", default=os.environ.get("ATP_TARGET", "127.0.0.1:50051"),
                    help="host:port of the service (env ATP_TARGET)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of each call in seconds")
-    p.add_argument("--retries", type=int, default=3,
-                   help="retries of a refused call (UNAVAILABLE, RESOURCE_EXHAUSTED, gRPC's CANCELLED) with "
-                        "backoff, within --timeout; safe: calls carry their ids (0: none)")
+    p.add_argument("--retries", type=int, default=4, choices=range(5), metavar="{0..4}",
+                   help="retries of a refused call (UNAVAILABLE, RESOURCE_EXHAUSTED, gRPC's CANCELLED) by gRPC, "
+                        "with the service's retry policy, within --timeout; safe: calls carry their ids (0: none)")
     p.add_argument("--token", default=os.environ.get("ATP_TOKEN"), help="bearer token (env ATP_TOKEN)")
     p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the service: use TLS")
     p.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
@@ -121,7 +125,7 @@ def _client(args: argparse.Namespace) -> AtpClient:
     credentials = None
     if args.tls_ca or args.tls_cert:
         credentials = tls_credentials(_read(args.tls_ca), _read(args.tls_cert), _read(args.tls_key))
-    retry = RetryPolicy(attempts=args.retries + 1, first_backoff_s=0.1) if args.retries > 0 else None
+    retry = RetryPolicy(attempts=args.retries + 1) if args.retries > 0 else None
     return AtpClient(args.target, timeout_s=args.timeout, token=args.token, credentials=credentials, retry=retry)
 
 
@@ -136,70 +140,73 @@ def _facts(path: Path) -> Iterator[pb.Fact]:
                 raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
 
 
-def _dump(msg: Message | Sequence[Message] | dict[str, Any]) -> None:
+def _dump(args: argparse.Namespace, msg: Message | Sequence[Message] | dict[str, Any]) -> None:
+    """The answer: a table on a terminal, JSON with --json or when stdout is not a terminal."""
     if isinstance(msg, Sequence):
-        out: Any = [json_format.MessageToDict(m, always_print_fields_with_no_presence=True) for m in msg]
+        data: Any = [plain(m) for m in msg]
     elif isinstance(msg, Message):
-        out = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
+        data = plain(msg)
     else:
-        out = msg
-    print(json.dumps(out, indent=2))
+        data = msg
+    emit(data, args.json or not sys.stdout.isatty())
 
 
-async def _run(args: argparse.Namespace) -> None:
+async def _run(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         cmd = args.command
         if cmd == "availability":
-            _dump(await client.availability(args.keys))
+            _dump(args, await client.availability(args.keys))
         elif cmd == "reserve":
-            _dump(await client.reserve(args.reservation_id, args.lines, order_ref=args.order_ref,
+            _dump(args, await client.reserve(args.reservation_id, args.lines, order_ref=args.order_ref,
                                        channel=args.channel, ttl_seconds=args.ttl, allow_partial=args.allow_partial))
         elif cmd == "confirm":
-            _dump(await client.confirm(args.reservation_id))
+            _dump(args, await client.confirm(args.reservation_id))
         elif cmd == "reservation":
-            _dump(await client.get_reservation(args.reservation_id))
+            _dump(args, await client.get_reservation(args.reservation_id))
         elif cmd == "release":
-            _dump(await client.release(args.reservation_id, args.lines, args.operation_id))
+            _dump(args, await client.release(args.reservation_id, args.lines, args.operation_id))
         elif cmd in ("fulfil", "fulfill"):
-            _dump(await client.fulfill(args.reservation_id, args.lines, args.operation_id))
+            _dump(args, await client.fulfill(args.reservation_id, args.lines, args.operation_id))
         elif cmd == "explain":
             sku, location = args.key
-            _dump(await client.stub.ExplainAvailability(pb.ExplainAvailabilityRequest(sku=sku, location=location),
+            _dump(args, await client.stub.ExplainAvailability(pb.ExplainAvailabilityRequest(sku=sku, location=location),
                                                         timeout=client.timeout_s))
         elif cmd == "safety-stock":
             sku, location = args.key
-            _dump(await client.stub.SetSafetyStock(
+            _dump(args, await client.stub.SetSafetyStock(
                 pb.SetSafetyStockRequest(sku=sku, location=location, quantity=args.quantity), timeout=client.timeout_s))
         elif cmd == "events" and args.events_command == "import":
-            await _import(client, args.file)
+            await _import(args, client, args.file)
         elif cmd == "reload-estate":
-            _dump(await client.stub.ReloadEstate(pb.ReloadEstateRequest(), timeout=client.timeout_s))
+            _dump(args, await client.stub.ReloadEstate(pb.ReloadEstateRequest(), timeout=client.timeout_s))
         elif cmd == "watch":
-            await _watch(client, args)
+            return await _watch(client, args)
+    return EXIT_OK
 
 
-async def _watch(client: AtpClient, args: argparse.Namespace) -> None:
-    """No deadline: a watch runs until the count is reached or it is interrupted."""
+async def _watch(client: AtpClient, args: argparse.Namespace) -> int:
+    """No deadline: a watch runs until the count is reached or it is interrupted. One JSON line
+    per update, whatever the output (a watch is read by programs)."""
     request = pb.WatchAvailabilityRequest(channel=args.channel, snapshot=args.snapshot, since_version=args.since)
     seen = 0
     call = client.stub.WatchAvailability(request)
     async for message in call:
         kind = pb.WatchAvailabilityResponse.Kind.Name(message.kind)
-        if message.kind == pb.WatchAvailabilityResponse.RESNAPSHOT_REQUIRED:
+        if message.kind == pb.WatchAvailabilityResponse.KIND_RESNAPSHOT_REQUIRED:
             print(json.dumps({"kind": kind, "version": message.version}), flush=True)
-            raise SystemExit(3)
-        if message.kind == pb.WatchAvailabilityResponse.SNAPSHOT_END:
+            return EXIT_RESNAPSHOT
+        if message.kind == pb.WatchAvailabilityResponse.KIND_SNAPSHOT_END:
             print(json.dumps({"kind": kind, "version": message.version}), flush=True)
         for u in message.updates:
-            line = json_format.MessageToDict(u, always_print_fields_with_no_presence=True)
-            print(json.dumps({"kind": kind, **line}), flush=True)
+            print(json.dumps({"kind": kind, **plain(u)}), flush=True)
             seen += 1
             if args.count and seen >= args.count:
                 call.cancel()
-                return
+                return EXIT_OK
+    return EXIT_OK
 
 
-async def _import(client: AtpClient, path: Path) -> None:
+async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> None:
     counts: dict[str, int] = {}
     chunk: list[pb.Fact] = []
 
@@ -207,8 +214,10 @@ async def _import(client: AtpClient, path: Path) -> None:
         for result in await client.record_events(chunk):
             name = pb.FactOutcome.Name(result.outcome)
             counts[name] = counts.get(name, 0) + 1
-            if result.error:
-                print(f"{result.event_id}: {name}: {result.error}", file=sys.stderr)
+            if result.HasField("error"):
+                print(f"{result.event_id}: {name}: {result.error.message}", file=sys.stderr)
+            elif result.detail:
+                print(f"{result.event_id}: {name}: {result.detail}", file=sys.stderr)
         chunk.clear()
 
     for fact in _facts(path):
@@ -217,22 +226,27 @@ async def _import(client: AtpClient, path: Path) -> None:
             await send()
     if chunk:
         await send()
-    _dump(counts)
+    _dump(args, counts)
 
 
-async def _publish(path: Path, stream: str, redis_url: str | None) -> None:
+async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> None:
     """The input-stream entry format: one flat field per Fact field (snake_case, kind by name)."""
     if not redis_url:
         raise SystemExit("atpctl: events publish needs --redis-url (or ATP_REDIS_URL)")
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        raise SystemExit("atpctl: events publish needs the redis package: pip install 'atp-client[redis]'") from None
     client = aioredis.Redis.from_url(redis_url)
     sent = 0
     try:
         async with client.pipeline(transaction=False) as pipe:
             for fact in _facts(path):
                 fields: dict[Any, Any] = {
-                    "event_id": fact.event_id, "source": fact.source, "kind": pb.FactKind.Name(fact.kind),
+                    "event_id": fact.event_id, "source": fact.source,
+                    "kind": pb.FactKind.Name(fact.kind).removeprefix("FACT_KIND_"),
                     "sku": fact.sku, "location": fact.location, "quantity": fact.quantity,
-                    "event_time_ms": fact.event_time_ms,
+                    "event_time_ms": epoch_ms(fact.event_time),
                 }
                 if fact.reservation_id:
                     fields["reservation_id"] = fact.reservation_id
@@ -243,22 +257,32 @@ async def _publish(path: Path, stream: str, redis_url: str | None) -> None:
             await pipe.execute()
     finally:
         await client.aclose()
-    _dump({"stream": stream, "published": sent})
+    _dump(args, {"stream": stream, "published": sent})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except BrokenPipeError:
+        # The reader went away (`atpctl ... | head`): end quietly, and keep the interpreter's
+        # final flush of stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.command == "token":
         return _new_token(args.name, args.roles)
     if args.command == "events" and args.events_command == "publish":
-        asyncio.run(_publish(args.file, args.stream, args.redis_url))
-        return 0
+        asyncio.run(_publish(args, args.file, args.stream, args.redis_url))
+        return EXIT_OK
     try:
-        asyncio.run(_run(args))
+        return asyncio.run(_run(args))
     except grpc.aio.AioRpcError as exc:
-        print(f"atpctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-    return 0
+        code, line = refusal(exc)
+        print(line, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from atp_service.pb.atp.v1 import atp_pb2 as atp_dot_v1_dot_atp__pb2
+from atp_client.pb.atp.v1 import atp_pb2 as atp_dot_v1_dot_atp__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -42,22 +42,22 @@ class AvailabilityServiceStub:
         self.Confirm = channel.unary_unary(
                 '/atp.v1.AvailabilityService/Confirm',
                 request_serializer=atp_dot_v1_dot_atp__pb2.ConfirmRequest.SerializeToString,
-                response_deserializer=atp_dot_v1_dot_atp__pb2.ReservationResponse.FromString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.ConfirmResponse.FromString,
                 _registered_method=True)
         self.Release = channel.unary_unary(
                 '/atp.v1.AvailabilityService/Release',
                 request_serializer=atp_dot_v1_dot_atp__pb2.ReleaseRequest.SerializeToString,
-                response_deserializer=atp_dot_v1_dot_atp__pb2.ReservationResponse.FromString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
         self.Fulfill = channel.unary_unary(
                 '/atp.v1.AvailabilityService/Fulfill',
                 request_serializer=atp_dot_v1_dot_atp__pb2.FulfillRequest.SerializeToString,
-                response_deserializer=atp_dot_v1_dot_atp__pb2.ReservationResponse.FromString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.FulfillResponse.FromString,
                 _registered_method=True)
         self.GetReservation = channel.unary_unary(
                 '/atp.v1.AvailabilityService/GetReservation',
                 request_serializer=atp_dot_v1_dot_atp__pb2.GetReservationRequest.SerializeToString,
-                response_deserializer=atp_dot_v1_dot_atp__pb2.ReservationResponse.FromString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.GetReservationResponse.FromString,
                 _registered_method=True)
         self.GetAvailability = channel.unary_unary(
                 '/atp.v1.AvailabilityService/GetAvailability',
@@ -77,12 +77,12 @@ class AvailabilityServiceStub:
         self.SetSafetyStock = channel.unary_unary(
                 '/atp.v1.AvailabilityService/SetSafetyStock',
                 request_serializer=atp_dot_v1_dot_atp__pb2.SetSafetyStockRequest.SerializeToString,
-                response_deserializer=atp_dot_v1_dot_atp__pb2.Availability.FromString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.SetSafetyStockResponse.FromString,
                 _registered_method=True)
         self.ReserveStream = channel.stream_stream(
                 '/atp.v1.AvailabilityService/ReserveStream',
-                request_serializer=atp_dot_v1_dot_atp__pb2.ReserveBatch.SerializeToString,
-                response_deserializer=atp_dot_v1_dot_atp__pb2.ReserveBatchResult.FromString,
+                request_serializer=atp_dot_v1_dot_atp__pb2.ReserveStreamRequest.SerializeToString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.ReserveStreamResponse.FromString,
                 _registered_method=True)
         self.WatchAvailability = channel.unary_stream(
                 '/atp.v1.AvailabilityService/WatchAvailability',
@@ -186,22 +186,22 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
             'Confirm': grpc.unary_unary_rpc_method_handler(
                     servicer.Confirm,
                     request_deserializer=atp_dot_v1_dot_atp__pb2.ConfirmRequest.FromString,
-                    response_serializer=atp_dot_v1_dot_atp__pb2.ReservationResponse.SerializeToString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.ConfirmResponse.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
                     request_deserializer=atp_dot_v1_dot_atp__pb2.ReleaseRequest.FromString,
-                    response_serializer=atp_dot_v1_dot_atp__pb2.ReservationResponse.SerializeToString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.ReleaseResponse.SerializeToString,
             ),
             'Fulfill': grpc.unary_unary_rpc_method_handler(
                     servicer.Fulfill,
                     request_deserializer=atp_dot_v1_dot_atp__pb2.FulfillRequest.FromString,
-                    response_serializer=atp_dot_v1_dot_atp__pb2.ReservationResponse.SerializeToString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.FulfillResponse.SerializeToString,
             ),
             'GetReservation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReservation,
                     request_deserializer=atp_dot_v1_dot_atp__pb2.GetReservationRequest.FromString,
-                    response_serializer=atp_dot_v1_dot_atp__pb2.ReservationResponse.SerializeToString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.GetReservationResponse.SerializeToString,
             ),
             'GetAvailability': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAvailability,
@@ -221,12 +221,12 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
             'SetSafetyStock': grpc.unary_unary_rpc_method_handler(
                     servicer.SetSafetyStock,
                     request_deserializer=atp_dot_v1_dot_atp__pb2.SetSafetyStockRequest.FromString,
-                    response_serializer=atp_dot_v1_dot_atp__pb2.Availability.SerializeToString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.SetSafetyStockResponse.SerializeToString,
             ),
             'ReserveStream': grpc.stream_stream_rpc_method_handler(
                     servicer.ReserveStream,
-                    request_deserializer=atp_dot_v1_dot_atp__pb2.ReserveBatch.FromString,
-                    response_serializer=atp_dot_v1_dot_atp__pb2.ReserveBatchResult.SerializeToString,
+                    request_deserializer=atp_dot_v1_dot_atp__pb2.ReserveStreamRequest.FromString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.ReserveStreamResponse.SerializeToString,
             ),
             'WatchAvailability': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAvailability,
@@ -292,7 +292,7 @@ class AvailabilityService:
             target,
             '/atp.v1.AvailabilityService/Confirm',
             atp_dot_v1_dot_atp__pb2.ConfirmRequest.SerializeToString,
-            atp_dot_v1_dot_atp__pb2.ReservationResponse.FromString,
+            atp_dot_v1_dot_atp__pb2.ConfirmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -319,7 +319,7 @@ class AvailabilityService:
             target,
             '/atp.v1.AvailabilityService/Release',
             atp_dot_v1_dot_atp__pb2.ReleaseRequest.SerializeToString,
-            atp_dot_v1_dot_atp__pb2.ReservationResponse.FromString,
+            atp_dot_v1_dot_atp__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -346,7 +346,7 @@ class AvailabilityService:
             target,
             '/atp.v1.AvailabilityService/Fulfill',
             atp_dot_v1_dot_atp__pb2.FulfillRequest.SerializeToString,
-            atp_dot_v1_dot_atp__pb2.ReservationResponse.FromString,
+            atp_dot_v1_dot_atp__pb2.FulfillResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -373,7 +373,7 @@ class AvailabilityService:
             target,
             '/atp.v1.AvailabilityService/GetReservation',
             atp_dot_v1_dot_atp__pb2.GetReservationRequest.SerializeToString,
-            atp_dot_v1_dot_atp__pb2.ReservationResponse.FromString,
+            atp_dot_v1_dot_atp__pb2.GetReservationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -481,7 +481,7 @@ class AvailabilityService:
             target,
             '/atp.v1.AvailabilityService/SetSafetyStock',
             atp_dot_v1_dot_atp__pb2.SetSafetyStockRequest.SerializeToString,
-            atp_dot_v1_dot_atp__pb2.Availability.FromString,
+            atp_dot_v1_dot_atp__pb2.SetSafetyStockResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -507,8 +507,8 @@ class AvailabilityService:
             request_iterator,
             target,
             '/atp.v1.AvailabilityService/ReserveStream',
-            atp_dot_v1_dot_atp__pb2.ReserveBatch.SerializeToString,
-            atp_dot_v1_dot_atp__pb2.ReserveBatchResult.FromString,
+            atp_dot_v1_dot_atp__pb2.ReserveStreamRequest.SerializeToString,
+            atp_dot_v1_dot_atp__pb2.ReserveStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

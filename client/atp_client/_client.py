@@ -3,44 +3,80 @@
 from __future__ import annotations
 
 import asyncio
-import random
+import json
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from atp_service.pb.atp.v1 import atp_pb2 as pb
-from atp_service.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from atp_client._errors import typed
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 
 LineLike = tuple[str, str, int]
+SERVICE = "atp.v1.AvailabilityService"
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
 """Refusals, never decisions: shed load, Redis unreachable, or (CANCELLED — a client's own cancellation
 raises asyncio.CancelledError instead) gRPC's bounded queue ahead of the service being full."""
 
 
+SERVICE_CONFIG: dict[str, Any] = json.loads(resources.files(__package__).joinpath("service_config.json").read_text())
+"""The service's retry policy as a gRPC service config (``service_config.json``), for any gRPC client."""
+
+MAX_ATTEMPTS = 5
+"""gRPC's own cap on ``maxAttempts``."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How ``AtpClient`` retries a refused call. Safe for every RPC: mutations carry their ids
-    (reservation, operation, event), so a retry of one that was decided replays its answer."""
+    """How refused calls are retried — by gRPC itself, from a service config built from these
+    fields (``service_config()``; the defaults are ``service_config.json``). Safe for every RPC:
+    changes carry their ids (reservation, operation, event), so a retry of one that was decided
+    replays its answer. gRPC waits a random time below the backoff bound (which grows from
+    ``first_backoff_s`` by ``multiplier`` up to ``max_backoff_s``), or what the server's pushback
+    (``RetryInfo``) says; every try stays within the call's deadline."""
 
     attempts: int = 5
-    """Tries in all, the first included."""
+    """Tries in all, the first included (gRPC allows at most 5)."""
     first_backoff_s: float = 0.05
-    """Bound of the wait before the second try; it doubles per try and each wait is random below
-    it (full jitter), so a crowd of refused callers does not come back at once."""
+    """Bound of the wait before the second try."""
     max_backoff_s: float = 2.0
-    """The bound stops doubling here. All tries together stay within the client's ``timeout_s``."""
+    """The bound stops growing here."""
+    multiplier: float = 2.0
+    """Growth of the bound per try."""
+    codes: tuple[str, ...] = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED")
+    """Status codes retried: refusals, never decisions. A CANCELLED the caller caused (its deadline,
+    its own cancel) is never retried by gRPC: this one is gRPC's queue ahead of the service being full."""
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"attempts: must be at least 1, got {self.attempts}")
+        if not 1 <= self.attempts <= MAX_ATTEMPTS:
+            raise ValueError(f"attempts: must be within [1, {MAX_ATTEMPTS}] (gRPC's cap), got {self.attempts}")
         if not 0 < self.first_backoff_s <= self.max_backoff_s:
             raise ValueError(f"first_backoff_s: must be > 0 and <= max_backoff_s ({self.max_backoff_s}), "
                              f"got {self.first_backoff_s}")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier: must be at least 1, got {self.multiplier}")
+        unknown = [c for c in self.codes if c not in grpc.StatusCode.__members__]
+        if unknown or not self.codes:
+            raise ValueError(f"codes: unknown status codes {unknown}" if unknown else "codes: must not be empty")
+
+    def service_config(self) -> dict[str, Any]:
+        """The gRPC service config that retries as this policy says."""
+        if self.attempts == 1:
+            return {"methodConfig": [{"name": [{"service": SERVICE}], "waitForReady": False}]}
+        policy = {"maxAttempts": self.attempts, "initialBackoff": f"{self.first_backoff_s:g}s",
+                  "maxBackoff": f"{self.max_backoff_s:g}s", "backoffMultiplier": self.multiplier,
+                  "retryableStatusCodes": list(self.codes)}
+        return {"methodConfig": [{"name": [{"service": SERVICE}], "waitForReady": False, "retryPolicy": policy}]}
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(self.service_config()))]
 
 
 def _lines(lines: Iterable[LineLike]) -> list[pb.Line]:
@@ -92,8 +128,9 @@ class AtpClient:
     """One channel to one service. Use as ``async with AtpClient(target) as client``.
 
     ``token``: sent as ``authorization: Bearer …`` on every call (services with auth on);
-    ``credentials``: TLS (``tls_credentials``), else plaintext; ``retry``: retry refused unary
-    calls (``RETRYABLE``) with backoff, else a refusal is raised at once."""
+    ``credentials``: TLS (``tls_credentials``), else plaintext; ``retry``: gRPC retries refusals
+    (``RetryPolicy()`` is the service's published policy), else a refusal is raised at once.
+    Refusals raise a typed ``AtpError`` carrying the reason and field violations."""
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = (),
                  token: str | None = None, credentials: grpc.ChannelCredentials | None = None,
@@ -101,9 +138,7 @@ class AtpClient:
         self.target = target
         self.timeout_s = timeout_s
         self.retry = retry
-        self.retried = 0
-        """Tries repeated under ``retry`` so far (how often the service refused this client)."""
-        self._jitter = random.Random()
+        options = [*options, *(retry.channel_options() if retry else ())]
         interceptors = _metadata_interceptors([("authorization", f"Bearer {token}")]) if token else None
         if credentials is not None:
             self.channel = grpc.aio.secure_channel(target, credentials, options=list(options),
@@ -124,7 +159,8 @@ class AtpClient:
     async def reserve(self, reservation_id: str, lines: Iterable[LineLike], *, order_ref: str = "",
                       channel: str = "", ttl_seconds: int = 0, allow_partial: bool = False) -> pb.ReserveResponse:
         req = pb.ReserveRequest(reservation_id=reservation_id, order_ref=order_ref, channel=channel,
-                                lines=_lines(lines), ttl_seconds=ttl_seconds, allow_partial=allow_partial)
+                                lines=_lines(lines), allow_partial=allow_partial,
+                                ttl=Duration(seconds=ttl_seconds) if ttl_seconds else None)
         resp: pb.ReserveResponse = await self._call(self.stub.Reserve, req)
         return resp
 
@@ -146,8 +182,8 @@ class AtpClient:
         return await self._reservation(self.stub.GetReservation, req)
 
     async def _reservation(self, method: Any, req: Any) -> pb.Reservation:
-        resp: pb.ReservationResponse = await self._call(method, req)
-        return resp.reservation
+        reservation: pb.Reservation = (await self._call(method, req)).reservation
+        return reservation
 
     async def availability(self, keys: Iterable[tuple[str, str]]) -> list[pb.Availability]:
         req = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=s, location=loc) for s, loc in keys])
@@ -158,37 +194,25 @@ class AtpClient:
         return list((await self._call(self.stub.RecordEvents, req)).results)
 
     async def _call(self, method: Any, req: Any) -> Any:
-        """One unary call within ``timeout_s``; with a retry policy, refused tries are repeated."""
-        policy = self.retry
-        if policy is None:
+        """One unary call within ``timeout_s`` (gRPC's retries included). A refusal raises a typed
+        ``AtpError`` (a ``grpc.aio.AioRpcError``) carrying its reason."""
+        try:
             return await method(req, timeout=self.timeout_s)
-        deadline = time.monotonic() + self.timeout_s
-        bound = policy.first_backoff_s
-        for attempt in range(1, policy.attempts + 1):
-            try:
-                return await method(req, timeout=max(0.001, deadline - time.monotonic()))
-            except grpc.aio.AioRpcError as exc:
-                wait = self._jitter.uniform(0, bound)
-                if (exc.code() not in RETRYABLE or attempt == policy.attempts
-                        or time.monotonic() + wait >= deadline):
-                    raise
-            self.retried += 1
-            await asyncio.sleep(wait)
-            bound = min(bound * 2, policy.max_backoff_s)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        except grpc.aio.AioRpcError as exc:
+            raise typed(exc) from None
 
     async def reserve_stream(
         self, batches: AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
-    ) -> AsyncIterator[pb.ReserveBatchResult]:
+    ) -> AsyncIterator[pb.ReserveStreamResponse]:
         """Send batches of independent reservations; yields one result message per batch, in order."""
 
-        async def requests() -> AsyncIterator[pb.ReserveBatch]:
+        async def requests() -> AsyncIterator[pb.ReserveStreamRequest]:
             if hasattr(batches, "__aiter__"):
                 async for batch in batches:
-                    yield pb.ReserveBatch(reservations=batch)
+                    yield pb.ReserveStreamRequest(reservations=batch)
             else:
                 for batch in batches:
-                    yield pb.ReserveBatch(reservations=batch)
+                    yield pb.ReserveStreamRequest(reservations=batch)
 
         call = self.stub.ReserveStream(requests())
         async for result in call:

@@ -1,0 +1,47 @@
+"""The client of the ATP inventory service's gRPC API (``atp.v1.AvailabilityService``).
+
+- ``AtpClient``: a typed async client over grpc.aio, with the service's retry policy;
+- ``pb``: the generated messages and stubs (``atp_client.pb.atp.v1.atp_pb2``);
+- roles and tokens (``PERMISSIONS``, ``new_token``, ``token_hash``), as the API defines them;
+- ``atpctl`` (``atp_client.ctl``), the command line.
+
+Nothing here needs the server: this distribution installs with gRPC and protobuf alone.
+"""
+
+from ._access import PERMISSIONS, READ, new_token, token_hash
+from ._client import RETRYABLE, AtpClient, RetryPolicy, tls_credentials
+from ._errors import (
+    AccessDenied,
+    AtpError,
+    Conflict,
+    FieldViolation,
+    InvalidRequest,
+    NotFound,
+    Refusal,
+    Retryable,
+    typed,
+)
+from ._time import duration, epoch_ms, timestamp
+
+__all__ = [
+    "PERMISSIONS",
+    "READ",
+    "RETRYABLE",
+    "AccessDenied",
+    "AtpClient",
+    "AtpError",
+    "Conflict",
+    "FieldViolation",
+    "InvalidRequest",
+    "NotFound",
+    "Refusal",
+    "RetryPolicy",
+    "Retryable",
+    "duration",
+    "epoch_ms",
+    "new_token",
+    "timestamp",
+    "tls_credentials",
+    "token_hash",
+    "typed",
+]

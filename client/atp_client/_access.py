@@ -1,0 +1,33 @@
+"""Who may call what, as the API defines it: caller roles and bearer tokens.
+
+A caller sends ``authorization: Bearer <token>``; the service knows only the SHA-256 of each token
+(its callers file) and the caller's roles. Roles are part of the API contract: ``oms`` (reserve,
+confirm, release, fulfil and reads), ``ingest`` (RecordEvents), ``channel`` (WatchAvailability and
+reads), ``admin`` (safety stock, estate reload and reads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+READ = frozenset({"GetReservation", "GetAvailability", "ExplainAvailability"})
+"""The read-only RPCs every role may call."""
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "oms": frozenset({"Reserve", "Confirm", "Release", "Fulfill", "ReserveStream"}) | READ,
+    "ingest": frozenset({"RecordEvents"}),
+    "channel": frozenset({"WatchAvailability"}) | READ,
+    "admin": frozenset({"SetSafetyStock", "ReloadEstate"}) | READ,
+}
+"""Each role's RPCs (by method name)."""
+
+
+def token_hash(token: str) -> str:
+    """What a callers file holds for ``token``."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh bearer token (256 random bits, URL-safe)."""
+    return secrets.token_urlsafe(32)

@@ -1,0 +1,144 @@
+"""Refusals as typed exceptions, read from the ``google.rpc.Status`` details the service sends.
+
+Every refusal of the service carries, in the ``grpc-status-details-bin`` trailer, a
+``google.rpc.Status`` whose details hold an ``ErrorInfo`` (the ``reason``: a stable code such as
+``RESERVATION_EXPIRED``), and where they apply a ``BadRequest`` (the fields at fault), a
+``PreconditionFailure`` (the reservation's state) and a ``RetryInfo`` (how long to wait). The same
+``google.rpc.Status`` describes one refused item of a batch (``ReserveOutcome.error``,
+``FactResult.error``). See docs/API.md for the table of reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    """The request field at fault, as a path (``lines[2].quantity``)."""
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """What a ``google.rpc.Status`` says, decoded."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    """``ErrorInfo.reason``: the machine-readable why (empty when the status carries no ErrorInfo,
+    e.g. a refusal by gRPC itself)."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    field_violations: tuple[FieldViolation, ...] = ()
+    state: str = ""
+    """For a lifecycle conflict: the reservation's state (``EXPIRED``, ``RELEASED``, ...)."""
+    retry_delay_s: float | None = None
+    """``RetryInfo``: wait this long before retrying with the same ids (None: do not retry)."""
+
+    @classmethod
+    def from_status(cls, status: status_pb2.Status) -> Refusal:
+        code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+        reason, metadata, violations, state, delay = "", {}, [], "", None
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+                failure = error_details_pb2.PreconditionFailure()
+                detail.Unpack(failure)
+                state = next((v.type.removeprefix("STATE_") for v in failure.violations), "")
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                delay = retry.retry_delay.ToMilliseconds() / 1000
+        return cls(code, status.message, reason, metadata, tuple(violations), state, delay)
+
+    @classmethod
+    def from_trailers(cls, code: grpc.StatusCode, message: str, trailers: Any) -> Refusal:
+        for key, value in trailers or ():
+            if key == DETAILS_KEY:
+                return cls.from_status(status_pb2.Status.FromString(value))
+        return cls(code, message)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class AtpError(grpc.aio.AioRpcError):
+    """A call the service (or gRPC) refused. Still a ``grpc.aio.AioRpcError`` (``code()``,
+    ``details()``), with the decoded details in ``refusal`` and its parts as attributes."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(error.code(), error.initial_metadata(), error.trailing_metadata(),  # type: ignore[arg-type]
+                         error.details(), error.debug_error_string())
+        self.refusal = Refusal.from_trailers(error.code(), error.details() or "", error.trailing_metadata())
+
+    @property
+    def reason(self) -> str:
+        return self.refusal.reason
+
+    @property
+    def field_violations(self) -> tuple[FieldViolation, ...]:
+        return self.refusal.field_violations
+
+    @property
+    def retry_delay_s(self) -> float | None:
+        return self.refusal.retry_delay_s
+
+    def __str__(self) -> str:
+        reason = f" {self.reason}" if self.reason else ""
+        return f"{self.code().name}{reason}: {self.details()}"
+
+
+class InvalidRequest(AtpError):
+    """INVALID_ARGUMENT: the request is wrong (``field_violations`` says where); do not retry it."""
+
+
+class NotFound(AtpError):
+    """NOT_FOUND: no such reservation or channel."""
+
+
+class Conflict(AtpError):
+    """ALREADY_EXISTS (an id reused with other content) or FAILED_PRECONDITION (the reservation's
+    state does not allow it: ``refusal.state``)."""
+
+
+class Retryable(AtpError):
+    """UNAVAILABLE, RESOURCE_EXHAUSTED, or a CANCELLED this client did not cause: nothing was
+    decided that a retry with the same ids would not answer (R5). ``retry_delay_s`` says when."""
+
+
+class AccessDenied(AtpError):
+    """UNAUTHENTICATED or PERMISSION_DENIED."""
+
+
+_CLASSES: dict[grpc.StatusCode, type[AtpError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: Conflict,
+    grpc.StatusCode.FAILED_PRECONDITION: Conflict,
+    grpc.StatusCode.UNAVAILABLE: Retryable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Retryable,
+    grpc.StatusCode.CANCELLED: Retryable,
+    grpc.StatusCode.UNAUTHENTICATED: AccessDenied,
+    grpc.StatusCode.PERMISSION_DENIED: AccessDenied,
+}
+
+
+def typed(error: grpc.aio.AioRpcError) -> AtpError:
+    """The typed exception for a failed call (``AtpError`` for codes without a class of their own)."""
+    if isinstance(error, AtpError):
+        return error
+    return _CLASSES.get(error.code(), AtpError)(error)
