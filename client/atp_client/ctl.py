@@ -261,7 +261,10 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv  # wherever it is given: before or after the command
+    args = build_parser().parse_args([a for a in argv if a != "--json"])
+    args.json = as_json
     try:
         return _main(args)
     except BrokenPipeError:
