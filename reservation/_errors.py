@@ -48,30 +48,33 @@ class Reason(IntEnum):
     """R4: every unit of the reservation was fulfilled or released."""
     RESERVATION_NOT_CONFIRMED = 15
     """R4: a HELD reservation is confirmed before it is fulfilled."""
-    ESTATE_UNUSABLE = 16
+    OPERATION_LIMIT_REACHED = 16
+    """The reservation has had as many partial releases and fulfilments as one may (metadata
+    ``limit``: ``max_ops_per_reservation``); a whole release or fulfilment still works."""
+    ESTATE_UNUSABLE = 17
     """The estate file cannot be used (or channels were off at start): nothing changed."""
-    SHARD_OVERLOADED = 17
+    SHARD_OVERLOADED = 18
     """A shard's queue is full or too slow: shed at once, nothing applied; retry after the delay."""
-    SERVICE_OVERLOADED = 18
+    SERVICE_OVERLOADED = 19
     """The service's event loop runs late: shed at the door, nothing applied; retry after the delay."""
-    CAPACITY_REACHED = 19
-    """A bounded resource is full (metadata ``limit``: live reservations of a shard, open watches,
-    operations of a reservation)."""
-    OUTCOME_UNKNOWN = 20
+    CAPACITY_REACHED = 20
+    """A bounded resource is full (metadata ``limit``: live reservations of a shard, open watches);
+    it frees as reservations end or watches close."""
+    OUTCOME_UNKNOWN = 21
     """R7: the change is not known to be durable; retry with the same ids to learn what was decided."""
-    STORAGE_UNREACHABLE = 21
+    STORAGE_UNREACHABLE = 22
     """The log cannot be reached; refused before any work (nothing was applied)."""
-    CONCURRENT_CHANGE = 22
+    CONCURRENT_CHANGE = 23
     """The record is being changed by another call; retry."""
-    RECOVERING = 23
+    RECOVERING = 24
     """The service is recovering its state; retry shortly."""
-    SHUTTING_DOWN = 24
+    SHUTTING_DOWN = 25
     """The service is stopping; retry (another instance answers)."""
-    SHARD_STOPPED = 25
+    SHARD_STOPPED = 26
     """A shard stopped working; the service restarts."""
-    INSTANCE_REPLACED = 26
+    INSTANCE_REPLACED = 27
     """A newer instance owns the keyspace; retry (it answers)."""
-    INTERNAL = 27
+    INTERNAL = 28
     """A bug: nothing of the command was applied."""
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ._allocate import GroupPolicy, allocate
-from ._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Reason, ResourceExhausted
+from ._errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
 from ._limits import Limits
 from ._model import (
     Fact,
@@ -264,10 +264,10 @@ def _with_op(rec: Reservation, operation_id: str, lines: tuple[LineRequest, ...]
     new = rec.clone()
     if operation_id:
         if len(new.ops) >= limits.max_ops_per_reservation:
-            raise ResourceExhausted(
+            raise DomainError(
                 f"operation_id: reservation already has {len(new.ops)} partial operations "
-                f"(limit max_ops_per_reservation={limits.max_ops_per_reservation})", Reason.CAPACITY_REACHED,
-                metadata={"limit": "max_ops_per_reservation"},
+                f"(limit max_ops_per_reservation={limits.max_ops_per_reservation}); release or fulfil the rest whole",
+                Reason.OPERATION_LIMIT_REACHED, ("operation_id",), {"limit": "max_ops_per_reservation"},
             )
         new.ops[operation_id] = _op_key(lines)
     return new

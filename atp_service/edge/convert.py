@@ -25,10 +25,14 @@ def timestamp(ms: int) -> Timestamp | None:
 
 
 def ms_of(message: Message, field: str) -> int:
-    """A Timestamp field in epoch ms (0 when unset: the domain refuses it where it is required)."""
+    """A Timestamp field in epoch ms (0 when unset: the domain refuses it where it is required).
+    Times are kept to the millisecond, as the log and the input streams keep them: finer digits
+    are dropped, and facts within one millisecond are ordered by E1's tie rule."""
     if not message.HasField(field):
         return 0
     value: Timestamp = getattr(message, field)
+    if not 0 <= value.nanos < 1_000_000_000:
+        raise InvalidArgument(field, f"nanos must be within [0, 999999999], got {value.nanos}")
     return value.seconds * 1000 + value.nanos // 1_000_000
 
 

@@ -13,6 +13,7 @@ The message stays the human text of the refusal.
 
 from __future__ import annotations
 
+import random
 from typing import Any, NoReturn
 
 import grpc
@@ -41,6 +42,7 @@ STATUS: dict[Reason, tuple[grpc.StatusCode, int | None]] = {
     Reason.RESERVATION_RELEASED: (S.FAILED_PRECONDITION, None),
     Reason.RESERVATION_FULFILLED: (S.FAILED_PRECONDITION, None),
     Reason.RESERVATION_NOT_CONFIRMED: (S.FAILED_PRECONDITION, None),
+    Reason.OPERATION_LIMIT_REACHED: (S.FAILED_PRECONDITION, None),
     Reason.ESTATE_UNUSABLE: (S.FAILED_PRECONDITION, None),
     Reason.SHARD_OVERLOADED: (S.RESOURCE_EXHAUSTED, 100),
     Reason.SERVICE_OVERLOADED: (S.RESOURCE_EXHAUSTED, 250),
@@ -49,13 +51,17 @@ STATUS: dict[Reason, tuple[grpc.StatusCode, int | None]] = {
     Reason.STORAGE_UNREACHABLE: (S.UNAVAILABLE, 500),
     Reason.CONCURRENT_CHANGE: (S.UNAVAILABLE, 20),
     Reason.RECOVERING: (S.UNAVAILABLE, 1000),
-    Reason.SHUTTING_DOWN: (S.UNAVAILABLE, 100),
+    Reason.SHUTTING_DOWN: (S.UNAVAILABLE, 250),
     Reason.SHARD_STOPPED: (S.UNAVAILABLE, 1000),
     Reason.INSTANCE_REPLACED: (S.UNAVAILABLE, 100),
     Reason.INTERNAL: (S.INTERNAL, None),
 }
 """Every reason's status, and the delay (ms) to wait before a retry where a retry is the answer
 (RetryInfo): a shed call soon, a full resource or a recovering service after a second."""
+
+NOT_RETRIED_BY_GRPC = frozenset({Reason.OUTCOME_UNKNOWN})
+"""Retryable, but by the caller: a change in doubt is learnt by retrying with the same ids, and an
+automatic retry's answer (the shard refusing while it settles) would hide that it was in doubt."""
 
 DETAILS_KEY = "grpc-status-details-bin"
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
@@ -65,9 +71,17 @@ def status_of(exc: DomainError) -> grpc.StatusCode:
     return STATUS[exc.reason][0]
 
 
-def rich_status(exc: DomainError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` of a refusal, with its details."""
-    code, retry_ms = STATUS[exc.reason]
+def retry_delay_ms(exc: DomainError) -> int | None:
+    """How long to wait before retrying this refusal: the table's delay, jittered (0.5-1.5x) so
+    that callers shed together do not all come back at once. None: do not retry it."""
+    base = STATUS[exc.reason][1]
+    return None if base is None else max(1, round(base * (0.5 + random.random())))
+
+
+def rich_status(exc: DomainError, delay_ms: int | None = None) -> status_pb2.Status:
+    """The ``google.rpc.Status`` of a refusal, with its details (``delay_ms``: the RetryInfo delay;
+    by default a fresh ``retry_delay_ms``)."""
+    code = STATUS[exc.reason][0]
     status = status_pb2.Status(code=code.value[0], message=exc.message)
     status.details.add().Pack(error_details_pb2.ErrorInfo(reason=exc.reason.name, domain=DOMAIN,
                                                           metadata=exc.metadata))
@@ -80,23 +94,28 @@ def rich_status(exc: DomainError) -> status_pb2.Status:
         status.details.add().Pack(error_details_pb2.PreconditionFailure(violations=[
             error_details_pb2.PreconditionFailure.Violation(type=f"STATE_{exc.state}", subject=exc.subject,
                                                             description=exc.message)]))
-    if retry_ms is not None:
+    delay_ms = retry_delay_ms(exc) if delay_ms is None else delay_ms
+    if delay_ms is not None:
         delay = Duration()
-        delay.FromMilliseconds(retry_ms)
+        delay.FromMilliseconds(delay_ms)
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return status
 
 
-def trailers_of(exc: DomainError) -> tuple[tuple[str, Any], ...]:
-    """The trailing metadata carrying a refusal's details (and gRPC's retry pushback)."""
-    out: tuple[tuple[str, Any], ...] = ((DETAILS_KEY, rich_status(exc).SerializeToString()),)
-    retry_ms = STATUS[exc.reason][1]
-    if retry_ms is not None:
-        out += ((PUSHBACK_KEY, str(retry_ms)),)
+def trailers_of(exc: DomainError, remaining_s: float | None = None) -> tuple[tuple[str, Any], ...]:
+    """The trailing metadata carrying a refusal's details, and gRPC's retry pushback: the RetryInfo
+    delay, or -1 (gRPC does not retry) where an automatic retry would mislead — an outcome in
+    doubt (the last try's answer would hide it: the caller must learn it with the same ids) or a
+    delay longer than the call has left (the caller would get a bare DEADLINE_EXCEEDED)."""
+    delay_ms = retry_delay_ms(exc)
+    out: tuple[tuple[str, Any], ...] = ((DETAILS_KEY, rich_status(exc, delay_ms).SerializeToString()),)
+    if delay_ms is not None:
+        late = remaining_s is not None and delay_ms / 1000 >= remaining_s
+        out += ((PUSHBACK_KEY, "-1" if late or exc.reason in NOT_RETRIED_BY_GRPC else str(delay_ms)),)
     return out
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: DomainError) -> NoReturn:
     """End the call with the refusal's status, message and details."""
-    await context.abort(status_of(exc), exc.message, trailers_of(exc))
+    await context.abort(status_of(exc), exc.message, trailers_of(exc, context.time_remaining()))
     raise AssertionError("unreachable: grpc.aio's abort raises")

@@ -307,12 +307,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     async def _reserve_batch(self, batch: pb.ReserveStreamRequest) -> pb.ReserveStreamResponse:
         started = time.perf_counter()
         limit = self.limits.max_batch_reservations
-        if len(batch.reservations) > limit:
-            error = rich_status(InvalidArgument(
-                "reservations", f"{len(batch.reservations)} exceed the limit max_batch_reservations={limit}",
-                Reason.LIMIT_EXCEEDED, "max_batch_reservations"))
-            return pb.ReserveStreamResponse(outcomes=[
-                pb.ReserveOutcome(reservation_id=r.reservation_id, error=error) for r in batch.reservations])
+        if len(batch.reservations) > limit:  # the stream ends with it: an answer per item would cost more
+            raise InvalidArgument("reservations", f"{len(batch.reservations)} exceed the limit "
+                                  f"max_batch_reservations={limit}", Reason.LIMIT_EXCEEDED, "max_batch_reservations")
         outcomes: list[pb.ReserveOutcome | None] = []
         cmds = []
         for req in batch.reservations:

@@ -31,6 +31,8 @@ SERVICE_CONFIG: dict[str, Any] = json.loads(resources.files(__package__).joinpat
 
 MAX_ATTEMPTS = 5
 """gRPC's own cap on ``maxAttempts``."""
+RETRY_BUFFER_BYTES = 8 * 1024 * 1024
+"""Requests up to this size are kept for a retry (the service takes messages up to 4 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class RetryPolicy:
     its own cancel) is never retried by gRPC: this one is gRPC's queue ahead of the service being full."""
 
     def __post_init__(self) -> None:
+        for name in ("first_backoff_s", "max_backoff_s"):
+            if not 0.001 <= getattr(self, name) <= 3600:
+                raise ValueError(f"{name}: must be within [0.001, 3600] seconds, got {getattr(self, name)}")
         if not 1 <= self.attempts <= MAX_ATTEMPTS:
             raise ValueError(f"attempts: must be within [1, {MAX_ATTEMPTS}] (gRPC's cap), got {self.attempts}")
         if not 0 < self.first_backoff_s <= self.max_backoff_s:
@@ -70,13 +75,21 @@ class RetryPolicy:
         """The gRPC service config that retries as this policy says."""
         if self.attempts == 1:
             return {"methodConfig": [{"name": [{"service": SERVICE}], "waitForReady": False}]}
-        policy = {"maxAttempts": self.attempts, "initialBackoff": f"{self.first_backoff_s:g}s",
-                  "maxBackoff": f"{self.max_backoff_s:g}s", "backoffMultiplier": self.multiplier,
+        policy = {"maxAttempts": self.attempts, "initialBackoff": _seconds(self.first_backoff_s),
+                  "maxBackoff": _seconds(self.max_backoff_s), "backoffMultiplier": self.multiplier,
                   "retryableStatusCodes": list(self.codes)}
         return {"methodConfig": [{"name": [{"service": SERVICE}], "waitForReady": False, "retryPolicy": policy}]}
 
     def channel_options(self) -> list[tuple[str, Any]]:
-        return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(self.service_config()))]
+        # gRPC keeps a call's request to send it again only up to this size (default 256 KiB):
+        # large enough for the largest message the service takes (4 MiB), or big calls go untried.
+        return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(self.service_config())),
+                ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES)]
+
+
+def _seconds(value: float) -> str:
+    """A duration as the service config's JSON wants it: decimal seconds, never an exponent."""
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 def _lines(lines: Iterable[LineLike]) -> list[pb.Line]:
@@ -215,8 +228,11 @@ class AtpClient:
                     yield pb.ReserveStreamRequest(reservations=batch)
 
         call = self.stub.ReserveStream(requests())
-        async for result in call:
-            yield result
+        try:
+            async for result in call:
+                yield result
+        except grpc.aio.AioRpcError as exc:
+            raise typed(exc) from None
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Wait until the health service says SERVING (recovery done)."""

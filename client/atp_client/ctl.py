@@ -17,7 +17,16 @@ from google.protobuf.message import Message
 
 from atp_client._access import PERMISSIONS, new_token, token_hash
 from atp_client._client import AtpClient, RetryPolicy, tls_credentials
-from atp_client._output import EXIT_BROKEN_PIPE, EXIT_HELP, EXIT_OK, EXIT_RESNAPSHOT, emit, plain, refusal
+from atp_client._output import (
+    EXIT_BROKEN_PIPE,
+    EXIT_HELP,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_RESNAPSHOT,
+    emit,
+    plain,
+    refusal,
+)
 from atp_client._time import epoch_ms
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -176,7 +185,7 @@ async def _run(args: argparse.Namespace) -> int:
             _dump(args, await client.stub.SetSafetyStock(
                 pb.SetSafetyStockRequest(sku=sku, location=location, quantity=args.quantity), timeout=client.timeout_s))
         elif cmd == "events" and args.events_command == "import":
-            await _import(args, client, args.file)
+            return await _import(args, client, args.file)
         elif cmd == "reload-estate":
             _dump(args, await client.stub.ReloadEstate(pb.ReloadEstateRequest(), timeout=client.timeout_s))
         elif cmd == "watch":
@@ -206,7 +215,9 @@ async def _watch(client: AtpClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> None:
+async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> int:
+    """Facts from a JSONL file, in chunks; the counts per outcome (so far, if a chunk is refused).
+    Exit status 3 when any fact was invalid: an import is judged by its worst line."""
     counts: dict[str, int] = {}
     chunk: list[pb.Fact] = []
 
@@ -220,13 +231,18 @@ async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> No
                 print(f"{result.event_id}: {name}: {result.detail}", file=sys.stderr)
         chunk.clear()
 
-    for fact in _facts(path):
-        chunk.append(fact)
-        if len(chunk) >= EVENTS_CHUNK:
+    try:
+        for fact in _facts(path):
+            chunk.append(fact)
+            if len(chunk) >= EVENTS_CHUNK:
+                await send()
+        if chunk:
             await send()
-    if chunk:
-        await send()
+    except grpc.aio.AioRpcError:
+        print(f"atpctl: refused after {sum(counts.values())} facts: {json.dumps(counts)}", file=sys.stderr)
+        raise
     _dump(args, counts)
+    return EXIT_INVALID if counts.get("FACT_OUTCOME_INVALID") else EXIT_OK
 
 
 async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> None:

@@ -6,10 +6,12 @@ import pytest
 
 from reservation import (
     AlreadyExists,
+    DomainError,
     Fact,
     FactKind,
     FailedPrecondition,
     InvalidArgument,
+    Limits,
     NotFound,
     Outcome,
     Reason,
@@ -145,6 +147,21 @@ def test_partial_release_then_full_release_R3() -> None:
     assert final.state == State.RELEASED
     assert ledger.quantities("A", "S1").reserved == 0 and ledger.quantities("B", "S1").reserved == 0
     assert release(ledger, "r1", (), "", NOW, LIMITS) is final  # harmless retry
+
+
+def test_partial_operations_are_bounded_per_reservation_and_a_whole_release_still_works() -> None:
+    limits = Limits(max_ops_per_reservation=2)
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 5)), NOW)
+    one = cmd("x", ("A", "S1", 1)).lines
+    release(ledger, "r1", one, "op-1", NOW, limits)
+    release(ledger, "r1", one, "op-2", NOW, limits)
+    assert release(ledger, "r1", one, "op-2", NOW, limits).lines[0].released == 2  # a retry is not a new one
+    with pytest.raises(DomainError) as err:
+        release(ledger, "r1", one, "op-3", NOW, limits)
+    assert (err.value.reason, err.value.fields, err.value.metadata) == (
+        Reason.OPERATION_LIMIT_REACHED, ("operation_id",), {"limit": "max_ops_per_reservation"})
+    assert release(ledger, "r1", (), "", NOW, limits).state == State.RELEASED
 
 
 def test_release_more_than_outstanding_names_the_line() -> None:

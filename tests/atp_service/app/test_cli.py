@@ -154,7 +154,7 @@ def test_events_import_from_jsonl(served: tuple[str, int, list[str]], tmp_path: 
          "quantity": 0, "eventTime": iso(now - 400)},
     ]))
     done = ctl(target, "events", "import", str(facts))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # one fact was invalid: the import says so
     assert json.loads(done.stdout) == {"FACT_OUTCOME_APPLIED": 2, "FACT_OUTCOME_INVALID": 1}
     assert "p3: FACT_OUTCOME_INVALID: events[2].quantity" in done.stderr
     got = json.loads(ctl(target, "availability", "NEW@store-001").stdout)

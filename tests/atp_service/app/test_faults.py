@@ -14,7 +14,7 @@ import time
 import grpc
 import pytest
 
-from atp_client import AtpClient, timestamp
+from atp_client import AtpClient, timestamp, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis, free_port
 from tests.atp_service.app.test_crash import spawn
@@ -66,10 +66,10 @@ async def worker(client: AtpClient, name: str, book: Ledger, rng: random.Random)
                 resp = await client.reserve(rid, lines, ttl_seconds=3600)
                 book.reservations[rid] = resp.state
         except grpc.aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details() or ""
+            code, reason = exc.code(), typed(exc).reason
             if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 continue  # e.g. releasing what another worker released: a refusal, not a fault
-            if code == grpc.StatusCode.UNAVAILABLE and ("shard" in details or "recovering" in details):
+            if reason in ("STORAGE_UNREACHABLE", "OUTCOME_UNKNOWN", "RECOVERING"):
                 await asyncio.sleep(0.01)  # Redis is down: the service says so at once; try again
                 continue
             return  # the service process is gone

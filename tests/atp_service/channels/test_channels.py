@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
+from atp_client import typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.tasks import cancel_and_wait
@@ -151,7 +152,9 @@ async def test_watch_tells_a_subscriber_behind_the_trimmed_stream_to_resnapshot(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="nope")):
             pass
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "market" in (err.value.details() or "")
+    said = typed(err.value).refusal
+    assert (said.code, said.reason) == (grpc.StatusCode.NOT_FOUND, "CHANNEL_NOT_FOUND")
+    assert "market, pickup, web" in said.message  # it names the channels there are
 
 
 async def test_reload_publishes_only_what_changed_and_a_bad_file_changes_nothing(
@@ -182,8 +185,9 @@ async def test_reload_publishes_only_what_changed_and_a_bad_file_changes_nothing
     path.write_text(text.replace("buffer_units = 2", "buffer_percent = 200.0", 1))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.stub.ReloadEstate(pb.ReloadEstateRequest())
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "channels[0].buffer_percent" in (err.value.details() or "")
+    said = typed(err.value).refusal
+    assert (said.code, said.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE")
+    assert "channels[0].buffer_percent" in said.message  # the estate file's key, for its author
     await client.record_events([fact("s1", "SALE", "sku-0", "dc-1", 1, T + 5)])
     clock.advance(1000)
     service.channels.poke()

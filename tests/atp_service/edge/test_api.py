@@ -6,10 +6,13 @@ import asyncio
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 
-from atp_client import Refusal, epoch_ms, timestamp
+from atp_client import Refusal, epoch_ms, timestamp, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
+from reservation import Limits
 from tests.atp_service.refusals import fields_of, refused
 from tests.conftest import ServiceFactory
 
@@ -29,10 +32,10 @@ async def stocked(start: ServiceFactory, clock: ManualClock | None = None, **kw:
     return service, client
 
 
-async def code_of(call: object) -> grpc.StatusCode:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call  # type: ignore[misc]
-    return err.value.code()
+async def code_of(call: object) -> tuple[grpc.StatusCode, str]:
+    """(status, reason) of a refused call."""
+    refusal = await refused(call)  # type: ignore[arg-type]
+    return refusal.code, refusal.reason
 
 
 async def test_reserve_confirm_fulfil_lifecycle(start_service: ServiceFactory) -> None:
@@ -105,7 +108,7 @@ async def test_ttl_expiry_without_any_request(start_service: ServiceFactory) -> 
     assert (await client.get_reservation("r1")).state == pb.RESERVATION_STATE_EXPIRED
     (a,) = await client.availability([("A", "S1")])
     assert a.reserved == 0
-    assert await code_of(client.confirm("r1")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert await code_of(client.confirm("r1")) == (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_EXPIRED")
 
 
 async def test_idempotent_replays(start_service: ServiceFactory) -> None:
@@ -160,11 +163,11 @@ async def test_bad_reserve_input_names_the_field(start_service: ServiceFactory, 
 
 async def test_other_errors(start_service: ServiceFactory) -> None:
     _, client = await stocked(start_service)
-    assert await code_of(client.confirm("missing")) == grpc.StatusCode.NOT_FOUND
-    assert await code_of(client.get_reservation("missing")) == grpc.StatusCode.NOT_FOUND
-    assert await code_of(client.reserve("", [("A", "S1", 1)])) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(client.confirm("missing")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+    assert await code_of(client.get_reservation("missing")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+    assert await code_of(client.reserve("", [("A", "S1", 1)])) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
     keys = [("A", f"S{i}") for i in range(1001)]
-    assert await code_of(client.availability(keys)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await code_of(client.availability(keys)) == (grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED")
     await client.reserve("r1", [("A", "S1", 2)])
     # A partial release needs an operation id so that a retry cannot release twice.
     refusal = await refused(client.release("r1", [("A", "S1", 1)]))
@@ -175,7 +178,8 @@ async def test_other_errors(start_service: ServiceFactory) -> None:
 async def test_oversized_message_is_refused(start_service: ServiceFactory) -> None:
     _, client = await start_service(max_message_bytes=64 * 1024)
     keys = [("A" * 100, f"S{i}") for i in range(1000)]
-    assert await code_of(client.availability(keys)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Refused by gRPC itself, before the service reads it: no reason of the service's.
+    assert await code_of(client.availability(keys)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "")
 
 
 async def test_record_events_reports_each_fact(start_service: ServiceFactory) -> None:
@@ -300,3 +304,51 @@ async def test_shipment_fact_fulfils_a_reservation_homed_on_another_shard(start_
     assert [(ln.committed, ln.fulfilled) for ln in rec.lines] == [(0, 2), (5, 0)]
     (a,) = await client.availability([("A", "S1")])
     assert (a.on_hand, a.committed) == (8, 0)
+
+
+async def test_error_details_decode_from_the_raw_trailer_as_any_grpc_client_would(
+        start_service: ServiceFactory) -> None:
+    """No Python helper: the grpc-status-details-bin trailer is a serialized google.rpc.Status whose
+    details are Any messages named by type URL — what Java's StatusProto or Go's status package read."""
+    _, client = await stocked(start_service)
+    call = client.channel.unary_unary("/atp.v1.AvailabilityService/Reserve")
+    body = pb.ReserveRequest(reservation_id="raw", lines=[pb.Line(sku="A", location="S1", quantity=0)])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(body.SerializeToString())
+    trailers = dict(err.value.trailing_metadata() or ())
+    raw = trailers["grpc-status-details-bin"]
+    assert isinstance(raw, bytes)
+    status = status_pb2.Status.FromString(raw)
+    assert (status.code, status.message) == (3, "lines[0].quantity: must be positive, got 0")
+    details = {d.type_url: d.value for d in status.details}
+    info = error_details_pb2.ErrorInfo.FromString(details["type.googleapis.com/google.rpc.ErrorInfo"])
+    bad = error_details_pb2.BadRequest.FromString(details["type.googleapis.com/google.rpc.BadRequest"])
+    assert (info.reason, info.domain) == ("INVALID_FIELD", "atp.v1")
+    assert [v.field for v in bad.field_violations] == ["lines[0].quantity"]
+    assert set(details) == {"type.googleapis.com/google.rpc.ErrorInfo", "type.googleapis.com/google.rpc.BadRequest"}
+
+
+async def test_a_batch_over_the_limit_ends_the_stream_naming_the_limit(start_service: ServiceFactory) -> None:
+    _, client = await stocked(start_service, limits=Limits(max_batch_reservations=3))
+    line = [pb.Line(sku="D", location="DC", quantity=1)]
+    batches = [[pb.ReserveRequest(reservation_id="b1", lines=line)],
+               [pb.ReserveRequest(reservation_id=f"big{i}", lines=line) for i in range(4)]]
+    answered = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for result in client.reserve_stream(batches):
+            answered.append(result)
+    said = typed(err.value).refusal
+    assert (said.code, said.reason, said.metadata, fields_of(said)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", {"limit": "max_batch_reservations"}, ["reservations"])
+    assert [o.reservation_id for r in answered for o in r.outcomes] == ["b1"]  # the batch before it is answered
+    assert await code_of(client.get_reservation("big0")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+
+
+async def test_event_times_with_impossible_nanos_are_refused(start_service: ServiceFactory) -> None:
+    _, client = await stocked(start_service)
+    bad = Timestamp(seconds=T0 // 1000, nanos=-999_999_999)  # a binary client can send it; it means nothing
+    (result,) = await client.record_events([pb.Fact(event_id="n1", source="pos", kind=pb.FACT_KIND_RECEIPT, sku="A",
+                                                    location="S1", quantity=1, event_time=bad)])
+    refusal = Refusal.from_status(result.error)
+    assert (result.outcome, refusal.reason, fields_of(refusal)) == (
+        pb.FACT_OUTCOME_INVALID, "INVALID_FIELD", ["events[0].event_time"])

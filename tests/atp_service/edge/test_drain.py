@@ -11,6 +11,7 @@ import grpc
 import pytest
 import redis
 
+from atp_client import typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from reservation import Unavailable
@@ -105,7 +106,8 @@ async def test_a_stop_answers_calls_in_progress_refuses_new_ones_and_ends_stream
     with pytest.raises(grpc.aio.AioRpcError) as refused:  # the stub: AtpClient would retry UNAVAILABLE
         await client.stub.Reserve(pb.ReserveRequest(reservation_id="late", lines=[
             pb.Line(sku="A", location="DC", quantity=1)]))
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and refused.value.details() == SHUTTING_DOWN
+    said = typed(refused.value).refusal
+    assert (said.code, said.reason, said.message) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", SHUTTING_DOWN)
 
     with pytest.raises(grpc.aio.AioRpcError) as stream_end:
         await anext(stream)

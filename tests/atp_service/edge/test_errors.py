@@ -113,7 +113,24 @@ def test_a_lifecycle_conflict_names_the_state_and_the_reservation() -> None:
 
 def test_shed_load_says_when_to_retry_in_the_details_and_to_grpc_itself() -> None:
     shed = ResourceExhausted("shard 3: mailbox full", metadata={"shard": "3"})
-    refusal = Refusal.from_status(rich_status(shed))
-    assert (refusal.reason, refusal.metadata, refusal.retry_delay_s) == ("SHARD_OVERLOADED", {"shard": "3"}, 0.1)
-    assert dict(trailers_of(shed))["grpc-retry-pushback-ms"] == "100"
+    delays = set()
+    for _ in range(50):
+        trailers = dict(trailers_of(shed, remaining_s=10))
+        refusal = Refusal.from_trailers(grpc.StatusCode.RESOURCE_EXHAUSTED, "", trailers.items())
+        assert (refusal.reason, refusal.metadata) == ("SHARD_OVERLOADED", {"shard": "3"})
+        assert refusal.retry_delay_s is not None and 0.05 <= refusal.retry_delay_s <= 0.15  # 100 ms, jittered
+        assert trailers["grpc-retry-pushback-ms"] == str(round(refusal.retry_delay_s * 1000))  # gRPC waits as long
+        delays.add(refusal.retry_delay_s)
+    assert len(delays) > 10  # callers shed together do not all come back at once
     assert "grpc-retry-pushback-ms" not in dict(trailers_of(NotFound("no reservation")))
+
+
+def test_grpc_does_not_retry_an_outcome_in_doubt_nor_past_the_deadline() -> None:
+    """Its last try's answer would hide that the first one may have landed (R7); a wait longer than
+    the call has left would end it in a bare DEADLINE_EXCEEDED instead of the reason."""
+    doubt = dict(trailers_of(Unavailable("not known to be durable", Reason.OUTCOME_UNKNOWN), remaining_s=10))
+    assert doubt["grpc-retry-pushback-ms"] == "-1"
+    assert Refusal.from_trailers(grpc.StatusCode.UNAVAILABLE, "", doubt.items()).retry_delay_s is not None
+    recovering = Unavailable("recovering", Reason.RECOVERING)  # 1 s, jittered to at least 0.5 s
+    assert dict(trailers_of(recovering, remaining_s=0.4))["grpc-retry-pushback-ms"] == "-1"
+    assert dict(trailers_of(recovering, remaining_s=30))["grpc-retry-pushback-ms"] != "-1"

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from atp_client import AtpClient, timestamp
+from atp_client import AtpClient, timestamp, typed
 from atp_client._client import tls_credentials
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, free_port
@@ -46,9 +46,17 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 async def code_of(call: object) -> grpc.StatusCode:
+    """The status of a refused call that had no answer from the service (TLS, transport)."""
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call  # type: ignore[misc]
     return err.value.code()
+
+
+async def said(call: object) -> tuple[grpc.StatusCode, str]:
+    """(status, reason) of a call the service refused."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call  # type: ignore[misc]
+    return err.value.code(), typed(err.value).reason
 
 
 async def test_roles_decide_what_each_caller_may_call(start_service: ServiceFactory, redis_url: str,
@@ -63,8 +71,10 @@ async def test_roles_decide_what_each_caller_may_call(start_service: ServiceFact
                    event_time=timestamp(service.clock.now_ms()))
     try:
         with caplog.at_level(logging.WARNING, logger="atp_service.audit"):
-            assert await code_of(anonymous.reserve("r0", [("A", "L", 1)])) == grpc.StatusCode.UNAUTHENTICATED
-            assert await code_of(stranger.reserve("r0", [("A", "L", 1)])) == grpc.StatusCode.UNAUTHENTICATED
+            assert await said(anonymous.reserve("r0", [("A", "L", 1)])) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                                             "TOKEN_MISSING")
+            assert await said(stranger.reserve("r0", [("A", "L", 1)])) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                                            "TOKEN_INVALID")
             assert [r.outcome for r in await clients["ingest"].record_events([fact])] == [pb.FACT_OUTCOME_APPLIED]
             assert (await clients["oms"].reserve("r1", [("A", "L", 2)])).state == pb.RESERVATION_STATE_HELD
             assert (await clients["channel"].availability([("A", "L")]))[0].reserved == 2
@@ -79,12 +89,12 @@ async def test_roles_decide_what_each_caller_may_call(start_service: ServiceFact
                 clients["admin"].reserve("r3", [("A", "L", 1)]),
             ]
             for call in denied:
-                assert await code_of(call) == grpc.StatusCode.PERMISSION_DENIED
+                assert await said(call) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_PERMITTED")
             stream = clients["channel"].stub.ReserveStream(iter([pb.ReserveStreamRequest()]))
-            assert await code_of(stream.read()) == grpc.StatusCode.PERMISSION_DENIED
+            assert await said(stream.read()) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_PERMITTED")
             # Past the check, the watch fails for its own reason: this service has no channels.
             watch = clients["channel"].stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="web"))
-            assert await code_of(watch.read()) == grpc.StatusCode.FAILED_PRECONDITION
+            assert await said(watch.read()) == (grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE")
             health = health_pb2_grpc.HealthStub(anonymous.channel)  # probes need no token
             checked = await health.Check(health_pb2.HealthCheckRequest())
             assert checked.status == health_pb2.HealthCheckResponse.SERVING

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from atp_client import AtpClient
+from atp_client import AtpClient, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.app.cli import EXIT_REPLACED
@@ -40,8 +40,8 @@ async def test_a_newer_instance_fences_the_older_which_applies_nothing_more(star
     for attempt in ("first write after the claim", "and every one after it"):
         with pytest.raises(grpc.aio.AioRpcError) as refused:  # the stub: AtpClient would retry UNAVAILABLE
             await old_client.stub.Reserve(_reserve(f"late-{len(attempt)}", 7))
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, attempt
-        assert "replaced by a newer one" in (refused.value.details() or ""), attempt
+        said = typed(refused.value).refusal
+        assert (said.code, said.reason) == (grpc.StatusCode.UNAVAILABLE, "INSTANCE_REPLACED"), attempt
     assert older.replaced.is_set() and not newer.replaced.is_set()
     (old_view,) = await old_client.availability([("A", "DC")])
     assert old_view.reserved == 3  # the refused decision was taken back in memory too
