@@ -20,3 +20,8 @@ async def refused(call: Awaitable[Any]) -> Refusal:
 
 def fields_of(refusal: Refusal) -> list[str]:
     return [v.field for v in refusal.field_violations]
+
+
+def said(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
+    """(status, reason) of a refused call."""
+    return error.code(), typed(error).reason

@@ -14,6 +14,7 @@ from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from tests.atp_service.channel_helpers import fact, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.refusals import said
 from tests.conftest import test_config as make_config
 
 T = 1_700_000_000_000
@@ -54,7 +55,7 @@ async def test_a_receipt_whose_append_is_in_flight_and_then_undone_is_never_publ
         proxy.drop()  # never lands: the append times out, the shard takes the receipt back and settles
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await receipt
-        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert said(failed.value) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN")
         await until(lambda: not service.engine.actors[service.engine.place("sku-a")].in_doubt, "settled")  # type: ignore[union-attr]
         await until(lambda: _idle(desk), "re-curated after the undo")
         assert service.engine.availability([KEY])[0].on_hand == 0

@@ -17,6 +17,7 @@ from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from reservation import Unavailable
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
 
 
@@ -106,15 +107,15 @@ async def test_a_stop_answers_calls_in_progress_refuses_new_ones_and_ends_stream
     with pytest.raises(grpc.aio.AioRpcError) as refused:  # the stub: AtpClient would retry UNAVAILABLE
         await client.stub.Reserve(pb.ReserveRequest(reservation_id="late", lines=[
             pb.Line(sku="A", location="DC", quantity=1)]))
-    said = typed(refused.value).refusal
-    assert (said.code, said.reason, said.message) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", SHUTTING_DOWN)
+    told = typed(refused.value).refusal
+    assert (told.code, told.reason, told.message) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", SHUTTING_DOWN)
 
     with pytest.raises(grpc.aio.AioRpcError) as stream_end:
         await anext(stream)
-    assert stream_end.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert said(stream_end.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
     with pytest.raises(grpc.aio.AioRpcError) as watch_end:
         await watch.read()
-    assert watch_end.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert said(watch_end.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
 
     held = await in_progress  # answered, not cut off
     assert held.state == pb.RESERVATION_STATE_HELD

@@ -14,6 +14,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from benchmarks.overload import rss_mb
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
 
 
@@ -42,7 +43,7 @@ class _Flood:
         for rid, _ in self.refused[:20]:
             with pytest.raises(grpc.aio.AioRpcError) as missing:
                 await self.client.get_reservation(rid)
-            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            assert said(missing.value) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
 
 
 async def test_a_backlog_sheds_new_work_at_once_and_what_was_accepted_is_exact(
@@ -92,7 +93,7 @@ async def test_work_whose_deadline_passed_is_not_applied(start_service: ServiceF
     await client.reserve("after", [("A", "DC", 1)])  # the shard has worked through its queue
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await client.get_reservation("late")
-    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert said(missing.value) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
     (a,) = await client.availability([("A", "DC")])
     assert a.reserved == 1
 
@@ -168,7 +169,7 @@ async def test_a_retry_policy_does_not_retry_a_decision(start_service: ServiceFa
     async with AtpClient(f"127.0.0.1:{service.port}", retry=RetryPolicy(attempts=5)) as patient:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await patient.get_reservation("nobody")
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert said(err.value) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [({"attempts": 0}, "attempts"), ({"attempts": 6}, "attempts"),

@@ -1,5 +1,6 @@
-"""FAILED_PRECONDITION says what is wrong once: an estate problem as ``estate: FILE: key: problem``,
-a conflicting resolution as the reservation's current state (R3)."""
+"""FAILED_PRECONDITION says what is wrong once, for machines (the reason) and for people (the
+message): an estate problem as ``estate: FILE: key: problem``, a conflicting resolution as the
+reservation's current state (R3)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from atp_client import timestamp
+from atp_client import timestamp, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.channel_helpers import ESTATE, write_estate
 from tests.conftest import ServiceFactory
 
 
-async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
+async def refusal(call: object) -> tuple[grpc.StatusCode, str, str]:
+    """(status, reason, message) of a refused call."""
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call  # type: ignore[misc]
-    return err.value.code(), err.value.details() or ""
+    told = typed(err.value).refusal
+    return told.code, told.reason, told.message
 
 
 async def test_an_estate_that_does_not_load_is_named_once(start_service: ServiceFactory, tmp_path: Path) -> None:
@@ -25,20 +28,21 @@ async def test_an_estate_that_does_not_load_is_named_once(start_service: Service
     _, client = await start_service(estate=path)
     path.write_text(ESTATE.replace("buffer_units = 2", "buffer_percent = 200.0", 1))
     assert await refusal(client.stub.ReloadEstate(pb.ReloadEstateRequest())) == (
-        grpc.StatusCode.FAILED_PRECONDITION, f"estate: {path}: channels[0].buffer_percent: must be within [0, 100]")
+        grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE",
+        f"estate: {path}: channels[0].buffer_percent: must be within [0, 100]")
     path.write_text("[[locations]\nid=")
-    code, details = await refusal(client.stub.ReloadEstate(pb.ReloadEstateRequest()))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    code, reason, details = await refusal(client.stub.ReloadEstate(pb.ReloadEstateRequest()))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE")
     assert details.startswith(f"estate: {path}: not valid TOML: ") and details.count(str(path)) == 1
 
 
 async def test_calls_that_need_channels_say_none_are_configured(start_service: ServiceFactory) -> None:
     _, client = await start_service()
     watch = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="web"))
-    assert await refusal(watch.read()) == (grpc.StatusCode.FAILED_PRECONDITION,
+    assert await refusal(watch.read()) == (grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE",
                                            "estate: no channels are configured (start with --estate FILE)")
     assert await refusal(client.stub.ReloadEstate(pb.ReloadEstateRequest())) == (
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE",
         "estate: channels were off at start; restart the service to turn them on")
 
 
@@ -51,7 +55,8 @@ async def test_a_refused_reload_changes_nothing(start_service: ServiceFactory, t
     assert service.channels is None and service.engine is not None
     path.write_text('safety_stock = {store = 3}\n[[locations]]\nid = "s1"\ntype = "store"\n'
                     '[[channels]]\nname = "web"\nsells_from = ["s1"]\n')
-    assert (await refusal(client.stub.ReloadEstate(pb.ReloadEstateRequest())))[0] == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await refusal(client.stub.ReloadEstate(pb.ReloadEstateRequest())))[:2] == (
+        grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE")
     await client.record_events([pb.Fact(event_id="r1", source="wms", kind=pb.FACT_KIND_RECEIPT, sku="A", location="s1",
                                         quantity=5, event_time=timestamp(1))])
     (a,) = await client.availability([("A", "s1")])
@@ -65,4 +70,5 @@ async def test_a_conflicting_resolution_names_the_current_state(start_service: S
     assert (await client.reserve("r1", [("A", "L", 1)])).state == pb.RESERVATION_STATE_HELD
     await client.release("r1")
     assert await refusal(client.confirm("r1")) == (
-        grpc.StatusCode.FAILED_PRECONDITION, "reservation is RELEASED: only a HELD reservation can be confirmed")
+        grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_RELEASED",
+        "reservation is RELEASED: only a HELD reservation can be confirmed")

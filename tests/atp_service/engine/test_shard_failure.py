@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
+from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
 
 
@@ -28,7 +29,7 @@ async def test_a_failed_shard_turns_health_not_serving_and_the_others_keep_answe
     sick._seal = bug  # type: ignore[method-assign]
     with pytest.raises(grpc.aio.AioRpcError) as told:
         await client.reserve("r1", [("A", "DC", 1)], ttl_seconds=60)
-    assert told.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert said(told.value) == (grpc.StatusCode.UNAVAILABLE, "SHARD_STOPPED")
     await until(lambda: service.failed.is_set(), "the service told to stop")
     assert service.metrics.registry.get_sample_value("atp_shard_failures_total") == 1  # this service's own
     health = health_pb2_grpc.HealthStub(client.channel)  # type: ignore[no-untyped-call]

@@ -11,6 +11,7 @@ import redis
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
 
 
@@ -84,7 +85,7 @@ async def test_redis_down_answers_unavailable_and_state_does_not_drift(
         own.kill()
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.reserve("lost", [("A", "DC", 3)])
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert said(err.value) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN")
         (a,) = await client.availability([("A", "DC")])
         assert a.reserved == 2, "memory moved ahead of the log"
         read = await client.stub.GetAvailability(pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A",
@@ -250,7 +251,7 @@ async def test_a_log_that_lost_acknowledged_entries_stops_its_shard(start_servic
     redis.Redis.from_url(redis_url).delete("atp:log:0")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.record_events([receipt("e2", "A", "DC", 1)])
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert said(err.value) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN")  # then the settle finds the hole
     assert service.engine is not None
     shard = service.engine.actors[0]
     await until(lambda: shard.failure is not None, "the shard stopped")

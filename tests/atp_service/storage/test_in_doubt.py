@@ -21,6 +21,7 @@ from atp_service import AtpService, EmbeddedRedis
 from atp_service.storage.scripts import APPEND_SCRIPT
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.refusals import said
 from tests.conftest import test_config as service_config
 
 APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest().encode()  # a group commit on the wire
@@ -58,7 +59,7 @@ async def test_an_append_landing_after_its_settle_is_refused_and_a_restart_finds
             proxy.hold(APPEND_SHA)
             with pytest.raises(grpc.aio.AioRpcError) as told:
                 await client.reserve("r-told-unavailable", [("A", "DC", 3)], ttl_seconds=600)
-            assert told.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert said(told.value) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN")
             proxy.hold()
             acknowledged = await _reserve_once_settled(client, "r-acknowledged")
             assert acknowledged.state == pb.RESERVATION_STATE_HELD
@@ -75,4 +76,4 @@ async def test_an_append_landing_after_its_settle_is_refused_and_a_restart_finds
         assert (await client.get_reservation("r-acknowledged")).state == pb.RESERVATION_STATE_HELD
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await client.get_reservation("r-told-unavailable")
-        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert said(missing.value) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")

@@ -19,6 +19,7 @@ from atp_service.engine.shard import ShardActor
 from reservation import Unavailable, reserve
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
 from tests.reservation.helpers import cmd, ledger_with
 from tests.sim.simlog import SimLog
@@ -65,7 +66,7 @@ def test_serve_exits_with_its_own_status_when_replaced(redis_url: str, tmp_path:
             async with AtpClient(target) as client:
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await client.stub.RecordEvents(pb.RecordEventsRequest(events=[receipt("x", "A", "DC", 1)]))
-                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert said(refused.value) == (grpc.StatusCode.UNAVAILABLE, "INSTANCE_REPLACED")
         finally:
             await newer.stop(grace_s=0.1)
 
