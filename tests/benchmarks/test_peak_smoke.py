@@ -124,3 +124,14 @@ async def test_service_cost_runs_at_a_tiny_size() -> None:
     (result,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert result["calls"] > 0 and result["with_service_us_per_call"] > 0
     assert result["service_us_per_call"] == result["with_service_us_per_call"] - result["harness_us_per_call"]
+
+
+async def test_estate_runs_at_a_tiny_size_and_reports_every_figure() -> None:
+    code, out = await run(sys.executable, "benchmarks/estate.py", "--skus", "30", "--locations", "20", "--stocked",
+                          "0.5", "--day-facts", "500", "--batch", "200", limit_s=180)
+    assert code == 0, out[-3000:]
+    (result,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert 200 < result["positions"] < 400  # about half of the 600 positions: the stable hash decides
+    assert result["rss_mb_loaded"] >= result["rss_mb_empty"] > 0 and result["snapshot_bytes"] > 0
+    for key in ("load_s", "rows_per_s", "facts_per_s", "read_p50_ms", "read_p99_ms", "recovery_s", "kill_recovery_s"):
+        assert result[key] > 0, key

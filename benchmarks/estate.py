@@ -1,0 +1,187 @@
+"""A retail estate of a given shape in a running service: memory per position, load speed, a day
+of facts, snapshots, recovery and read latency at that size.
+
+Positions are ``--skus`` x ``--locations``, a fraction ``--stocked`` of them (picked by a stable
+hash, so a sparse estate is the same on every run). Each stocked position gets one ERP count: a
+COUNT fact (source ``erp``, event_id ``erp:<sku>:<location>``: a re-load is a duplicate, E8) as of
+the start of the day, sent through RecordEvents in batches of ``--batch`` with ``--inflight``
+calls at a time. Then ``--day-facts`` POS/WMS facts (sales, returns, receipts) stamped over the day
+since, at stocked positions. Then a graceful stop (final snapshots), a restart, a ``kill -9`` and
+another restart. Prints one JSON line:
+
+  positions, load_s, rows_per_s           the baseline load, from the first call to the last answer
+  rss_mb_empty, rss_mb_loaded, rss_mb_day the service's resident memory (/proc/<pid>/status VmRSS)
+  bytes_per_position                      (rss_mb_loaded - rss_mb_empty) / positions
+  day_s, facts_per_s                      the day of facts
+  stop_s, snapshot_bytes                  graceful stop (every shard writes a final snapshot)
+  recovery_s, kill_recovery_s             restart until SERVING: from snapshots; after kill -9
+  read_p50_ms, read_p99_ms                GetAvailability of 1,000 stocked keys, one call at a time
+
+    python benchmarks/estate.py --skus 5000 --locations 300 [--stocked 1.0] [--day-facts 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from atp_client import AtpClient, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import EmbeddedRedis, free_port
+from benchmarks.ingest import ready, spawn
+from benchmarks.overload import rss_mb
+
+DAY_MS = 24 * 3600 * 1000
+READS = 200
+"""GetAvailability calls of 1,000 keys timed after the load."""
+
+
+def stocked(skus: int, locations: int, share: float) -> Iterator[tuple[str, str]]:
+    """The stocked positions, SKU by SKU: a stable hash decides, so every run has the same estate."""
+    cut = int(share * 2**32)
+    for s in range(skus):
+        sku = f"sku-{s:07d}"
+        for n in range(locations):
+            location = f"loc-{n:04d}"
+            if share >= 1 or int.from_bytes(hashlib.blake2b(f"{sku}|{location}".encode(), digest_size=4).digest(),
+                                             "big") < cut:
+                yield sku, location
+
+
+def count_fact(sku: str, location: str, as_of: int, rng: random.Random) -> pb.Fact:
+    return pb.Fact(event_id=f"erp:{sku}:{location}", source="erp", kind=pb.FACT_KIND_COUNT, sku=sku,
+                   location=location, quantity=rng.randint(0, 500), event_time=timestamp(as_of))
+
+
+def day_fact(n: int, position: tuple[str, str], start: int, now: int, rng: random.Random) -> pb.Fact:
+    roll = rng.random()
+    kind, qty, source = ((pb.FACT_KIND_SALE, rng.randint(1, 3), "pos") if roll < 0.7 else
+                         (pb.FACT_KIND_RETURN, 1, "pos") if roll < 0.8 else
+                         (pb.FACT_KIND_RECEIPT, rng.randint(1, 50), "wms"))
+    return pb.Fact(event_id=f"day-{n}", source=source, kind=kind, sku=position[0], location=position[1], quantity=qty,
+                   event_time=timestamp(rng.randint(start + 1, now - 1)))
+
+
+async def send_all(target: str, facts: Iterator[pb.Fact], batch: int, inflight: int) -> tuple[int, float]:
+    """Every fact through RecordEvents, ``inflight`` calls at a time: (facts sent, seconds)."""
+    sent = 0
+    started = time.perf_counter()
+    async with AtpClient(target, timeout_s=600) as client:
+        lanes = asyncio.Semaphore(inflight)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(chunk: list[pb.Fact]) -> None:
+            try:
+                results = await client.record_events(chunk)
+                bad = [r for r in results if r.outcome == pb.FACT_OUTCOME_INVALID]
+                assert not bad, bad[0]
+            finally:
+                lanes.release()
+
+        chunk: list[pb.Fact] = []
+        for fact in facts:
+            chunk.append(fact)
+            if len(chunk) == batch:
+                await lanes.acquire()
+                finished = {t for t in tasks if t.done()}
+                for task in finished:
+                    task.result()  # a refused call ends the run here
+                tasks = (tasks - finished) | {asyncio.ensure_future(one(chunk))}
+                sent, chunk = sent + len(chunk), []
+        if chunk:
+            await lanes.acquire()
+            tasks.add(asyncio.ensure_future(one(chunk)))
+            sent += len(chunk)
+        await asyncio.gather(*tasks)
+    return sent, time.perf_counter() - started
+
+
+async def read_latency(target: str, keys: list[tuple[str, str]]) -> tuple[float, float]:
+    rng = random.Random(5)
+    times = []
+    async with AtpClient(target, timeout_s=30) as client:
+        for _ in range(READS):
+            pick = [keys[rng.randrange(len(keys))] for _ in range(1000)]
+            started = time.perf_counter()
+            await client.availability(pick)
+            times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.99) - 1]
+
+
+def restarted(url: str, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
+    started = time.perf_counter()
+    proc = spawn(url, port, log, -1, "--shards", "16")
+    asyncio.run(ready(port))
+    return proc, time.perf_counter() - started
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float | int]:
+    with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as server:
+        port, log = free_port(), tmp / "service.log"
+        target = f"127.0.0.1:{port}"
+        proc, _ = restarted(server.url, port, log)
+        out: dict[str, float | int] = {"rss_mb_empty": round(rss_mb(proc.pid))}
+        now = int(time.time() * 1000)
+        start = now - DAY_MS + 60_000  # the ERP extract: as of the start of the day the facts cover
+        rng = random.Random(1)
+        positions = list(stocked(args.skus, args.locations, args.stocked))
+        counts = (count_fact(s, loc, start, rng) for s, loc in positions)
+        sent, load_s = asyncio.run(send_all(target, counts, args.batch, args.inflight))
+        out |= {"positions": sent, "load_s": round(load_s, 2), "rows_per_s": round(sent / load_s)}
+        out["rss_mb_loaded"] = round(rss_mb(proc.pid))
+        out["bytes_per_position"] = round((out["rss_mb_loaded"] - out["rss_mb_empty"]) * 2**20 / max(1, sent))
+        day = (day_fact(n, positions[rng.randrange(len(positions))], start, now, rng) for n in range(args.day_facts))
+        facts, day_s = asyncio.run(send_all(target, day, args.batch, args.inflight))
+        out |= {"day_s": round(day_s, 2), "facts_per_s": round(facts / day_s) if facts else 0,
+                "rss_mb_day": round(rss_mb(proc.pid))}
+        out["read_p50_ms"], out["read_p99_ms"] = (round(v, 1) for v in asyncio.run(read_latency(target, positions)))
+        started = time.perf_counter()
+        proc.terminate()
+        proc.wait()
+        out["stop_s"] = round(time.perf_counter() - started, 2)
+        client = redis.Redis.from_url(server.url)
+        out["snapshot_bytes"] = sum(client.strlen(k) for k in client.scan_iter("atp:snap:*"))
+        proc, recovery_s = restarted(server.url, port, log)
+        out["recovery_s"] = round(recovery_s, 1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc, kill_recovery_s = restarted(server.url, port, log)
+        out["kill_recovery_s"] = round(kill_recovery_s, 1)
+        proc.terminate()
+        proc.wait()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skus", type=int, default=5_000)
+    parser.add_argument("--locations", type=int, default=300)
+    parser.add_argument("--stocked", type=float, default=1.0, help="share of positions stocked (0-1]")
+    parser.add_argument("--day-facts", type=int, default=0, help="POS/WMS facts over the day after the load")
+    parser.add_argument("--batch", type=int, default=10_000, help="facts per RecordEvents call (the service's limit)")
+    parser.add_argument("--inflight", type=int, default=4, help="RecordEvents calls in flight")
+    args = parser.parse_args()
+    if not 0 < args.stocked <= 1:
+        parser.error("--stocked: must be within (0, 1]")
+    with tempfile.TemporaryDirectory(prefix="atp-estate-") as tmp:
+        print(json.dumps(measure(args, Path(tmp))))
+
+
+if __name__ == "__main__":
+    main()
