@@ -27,6 +27,7 @@ from atp_client._output import (
     plain,
     refusal,
 )
+from atp_client._stock import load, parse_time, progress_stream, write_report
 from atp_client._time import epoch_ms
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -93,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--stream", default="atp:in:pos", help="input stream (default atp:in:pos)")
     pub.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
                      help="Redis the service reads (env ATP_REDIS_URL)")
+    st = sub.add_parser("stock", help="baseline stock from an ERP extract")
+    stsub = st.add_subparsers(dest="stock_command", required=True)
+    ld = stsub.add_parser("load", help="a CSV of sku,location,on_hand[,as_of] as COUNT facts; a re-load is a no-op")
+    ld.add_argument("file", type=Path)
+    ld.add_argument("--source", default="erp", help="the facts' source (default erp)")
+    ld.add_argument("--as-of", help="time of the extract for rows without as_of (RFC 3339 or epoch ms)")
+    ld.add_argument("--report", type=Path, help="where rejected rows go, with their reason (default FILE.rejected.csv)")
+    ld.add_argument("--batch", type=int, default=10_000, help="facts per RecordEvents call (default 10000)")
+    ld.add_argument("--inflight", type=int, default=4, help="calls in flight (default 4)")
     x = sub.add_parser("explain", help="how a position's numbers came to be")
     x.add_argument("key", type=_key, metavar="SKU@LOCATION")
     ss = sub.add_parser("safety-stock", help="set the units protected at a position (Q4)")
@@ -190,7 +200,27 @@ async def _run(args: argparse.Namespace) -> int:
             _dump(args, await client.stub.ReloadEstate(pb.ReloadEstateRequest(), timeout=client.timeout_s))
         elif cmd == "watch":
             return await _watch(client, args)
+        elif cmd == "stock":
+            return await _stock_load(args, client)
     return EXIT_OK
+
+
+async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
+    """Exit status 3 when any row was rejected (they are in the report); the rest is loaded."""
+    try:
+        as_of = parse_time(args.as_of) if args.as_of else None
+    except ValueError as exc:
+        raise SystemExit(f"atpctl: --as-of: {exc}") from None
+    try:
+        summary = await load(client, args.file, args.source, as_of, args.batch, args.inflight, progress_stream())
+    except ValueError as exc:  # the header
+        raise SystemExit(f"atpctl: {args.file}: {exc}") from None
+    if summary.rejected:
+        report = args.report or args.file.with_name(args.file.name + ".rejected.csv")
+        write_report(report, summary.rejected)
+        print(f"atpctl: {len(summary.rejected)} rows rejected, see {report}", file=sys.stderr)
+    _dump(args, summary.as_dict())
+    return EXIT_INVALID if summary.rejected else EXIT_OK
 
 
 async def _watch(client: AtpClient, args: argparse.Namespace) -> int:
