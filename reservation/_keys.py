@@ -23,3 +23,23 @@ def fact_key(fact: Fact) -> str:
     Per position, so the lines of one till receipt sharing an id are each applied, and whether two
     positions share a shard never changes an answer."""
     return f"{fact.source}{_SEP}{fact.event_id}{_SEP}{fact.sku}{_SEP}{fact.location}"
+
+
+Payload = int | tuple[int, str]
+"""What E8 remembers of an applied fact beside its identity: its payload, exactly — not the fact
+object (the identity is the key, so sku, location, source and event_id need not be kept twice)."""
+
+_QUANTITY_BIAS = 1 << 63  # quantities are bounded far inside ±2**63 (Limits): biased, they fit 64 bits
+
+
+def fact_payload(fact: Fact) -> Payload:
+    """(event_time, kind, quantity) packed into one int, and the reservation id beside it when there
+    is one: equal if and only if the payloads are. An int is not tracked by the cyclic GC, and costs
+    about a third of the fact object it replaces."""
+    packed = (((fact.event_time << 3) | fact.kind) << 64) | (fact.quantity + _QUANTITY_BIAS)
+    return (packed, fact.reservation_id) if fact.reservation_id else packed
+
+
+def payload_time(payload: Payload) -> int:
+    """The event time of a remembered fact (``forget_old_facts`` sweeps by it)."""
+    return (payload if isinstance(payload, int) else payload[0]) >> 67

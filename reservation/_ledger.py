@@ -25,7 +25,7 @@ from ._events import (
 )
 from ._facts import PositionHistory
 from ._holds import HoldsIndex
-from ._keys import _SEP, fact_key, pair_key, split_key
+from ._keys import _SEP, Payload, fact_key, fact_payload, pair_key, payload_time, split_key
 from ._limits import Limits
 from ._model import TERMINAL, Fact, FactOutcome, Quantities, Reservation, State
 from ._snapshot import HistorySnapshot, LedgerSnapshot
@@ -54,7 +54,7 @@ class Ledger:
         self.live_reservations = 0
         self._expiry: list[tuple[int, str]] = []
         self._resolved: deque[tuple[int, str]] = deque()
-        self._seen: dict[str, Fact] = {}  # fact_key -> fact (E8), in arrival order
+        self._seen: dict[str, Payload] = {}  # fact_key -> fact_payload (E8), in arrival order
         self._holds_at = HoldsIndex()
         self._events: list[Event] = []
         self._undo: list[Undo] = []
@@ -88,7 +88,7 @@ class Ledger:
         key = f"{fact.source}{_SEP}{fact.event_id}{_SEP}{fact.sku}{_SEP}{fact.location}"
         seen = self._seen.get(key)
         if seen is not None:
-            if seen == fact:
+            if seen == fact_payload(fact):
                 return FactOutcome.DUPLICATE, ""
             reason = "conflict: event_id already applied with a different payload"
             self._emit(FactQuarantined(fact, reason))
@@ -215,7 +215,7 @@ class Ledger:
             store=self.store.snapshot(),
             reservations=list(self.reservations.values()),
             histories=histories,
-            seen_facts=list(self._seen.values()),
+            seen=[(key, *_flat(payload)) for key, payload in self._seen.items()],
             stream_time=self.stream_time,
             clock=self.clock,
         )
@@ -230,8 +230,8 @@ class Ledger:
             ledger.histories[pair_key(h.sku, h.location)] = PositionHistory(
                 h.count_key, h.count_qty, h.delta_keys or (), h.delta_qtys or ()
             )
-        for fact in snap.seen_facts:
-            ledger._remember(fact)
+        for key, high, low, rid in snap.seen:
+            ledger._seen[key] = (high << 64 | low, rid) if rid else high << 64 | low
         ledger.stream_time, ledger.clock = snap.stream_time, snap.clock
         return ledger
 
@@ -340,7 +340,7 @@ class Ledger:
         old_stream_time = self.stream_time
         if fact.event_time > old_stream_time:
             self.stream_time = fact.event_time
-        self._seen[key] = fact  # E8; forget_old_facts bounds the memory
+        self._seen[key] = fact_payload(fact)  # E8; forget_old_facts bounds the memory
         return (self._unapply_fact, sku, location, delta, undo_fold, existed, old_stream_time, key), outcome, delta
 
     def _unapply_fact(self, sku: str, location: str, delta: int, undo_fold: Undo | None, existed: bool,
@@ -371,14 +371,10 @@ class Ledger:
 
         return undo
 
-    def _remember(self, fact: Fact) -> None:
-        """E8: remember an applied fact; ``forget_old_facts`` bounds the memory."""
-        self._seen[fact_key(fact)] = fact
-
     def has_old_facts(self) -> bool:
         """Whether ``forget_old_facts`` would drop anything now (its sweep starts at the oldest arrival)."""
         oldest = next(iter(self._seen.values()), None)
-        return oldest is not None and oldest.event_time < self.stream_time - self.limits.fact_grace_ms
+        return oldest is not None and payload_time(oldest) < self.stream_time - self.limits.fact_grace_ms
 
     def forget_old_facts(self) -> int:
         """E8 within bounded memory: drop remembered facts stamped before stream time - grace (a
@@ -388,10 +384,16 @@ class Ledger:
         assert not self._events, "forgetting inside an open batch"
         horizon = self.stream_time - self.limits.fact_grace_ms
         gone = []
-        for key, fact in self._seen.items():
-            if fact.event_time >= horizon:
+        for key, payload in self._seen.items():
+            if payload_time(payload) >= horizon:
                 break
             gone.append(key)
         for key in gone:
             del self._seen[key]
         return len(gone)
+
+
+def _flat(payload: Payload) -> tuple[int, int, str]:
+    """A remembered payload in 64-bit parts (what msgpack can carry): high and low halves, reservation id."""
+    packed, rid = (payload, "") if isinstance(payload, int) else payload
+    return packed >> 64, packed & 0xFFFF_FFFF_FFFF_FFFF, rid

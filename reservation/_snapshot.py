@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from ._facts import OrderKey
-from ._model import Fact, Reservation
+from ._model import Reservation
 from ._store import StoreSnapshot
 
 
@@ -22,6 +22,7 @@ class LedgerSnapshot(msgspec.Struct, array_like=True):
     store: StoreSnapshot
     reservations: list[Reservation]
     histories: list[HistorySnapshot]
-    seen_facts: list[Fact]
+    # E8, per remembered fact: (identity, payload's high and low 64 bits, reservation id); see fact_payload
+    seen: list[tuple[str, int, int, str]]
     stream_time: int
     clock: int
