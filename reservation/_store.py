@@ -19,6 +19,10 @@ ON_HAND, RESERVED, COMMITTED, SAFETY = range(4)
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 _FIELDS = 4
+ROW_STEP = 256
+"""Fewest SKU rows added when the store grows (a shard of a national estate holds thousands)."""
+COL_STEP = 32
+"""Location columns added when the store grows (an estate has tens to hundreds of locations)."""
 
 
 class StoreSnapshot(msgspec.Struct, array_like=True):
@@ -29,7 +33,10 @@ class StoreSnapshot(msgspec.Struct, array_like=True):
 
 
 class PositionStore:
-    """Quantities per (sku, location); grows by doubling in both directions."""
+    """Quantities per (sku, location). Grows in steps, not by doubling: an eighth more rows (at
+    least ``ROW_STEP``) and ``COL_STEP`` more columns at a time, so a shard's arrays stay within
+    about an eighth of what it stocks (doubling left up to 2x in each direction: 300 locations
+    took 512 columns). Growing copies the arrays, amortised over the rows it adds."""
 
     __slots__ = ("_cols", "_loc_col", "_locations", "_present", "_pv", "_q", "_qv", "_rows", "_sku_row", "_skus",
                  "journal")
@@ -227,13 +234,13 @@ class PositionStore:
             row = self._sku_row[sku] = len(self._skus)
             self._skus.append(sku)
             if row >= self._rows:
-                self._grow(rows=self._rows * 2)
+                self._grow(rows=self._rows + max(ROW_STEP, self._rows // 8))
         col = self._loc_col.get(location)
         if col is None:
             col = self._loc_col[location] = len(self._locations)
             self._locations.append(location)
             if col >= self._cols:
-                self._grow(cols=self._cols * 2)
+                self._grow(cols=self._cols + COL_STEP)
         self._pv[row, col] = True
         return row, col
 
