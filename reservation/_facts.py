@@ -10,6 +10,7 @@ count could still absorb are retained; older ones are compacted away (E9).
 from __future__ import annotations
 
 import bisect
+from sys import intern
 
 import msgspec
 
@@ -40,6 +41,15 @@ class PositionHistory(msgspec.Struct, gc=False):
     # Deltas ordered after the latest count, sorted by key (E2); lists while there are any.
     delta_keys: list[OrderKey] | tuple[()] = ()
     delta_qtys: list[int] | tuple[()] = ()
+
+    @classmethod
+    def restored(cls, count_key: OrderKey | None, count_qty: int, delta_keys: list[OrderKey],
+                 delta_qtys: list[int]) -> PositionHistory:
+        """From a snapshot, each key's source interned as a live fact's is (``reservation.fact``):
+        a handful of sources for millions of positions, one str each."""
+        keys = [(t, rank, intern(source), eid) for t, rank, source, eid in delta_keys]
+        count = None if count_key is None else (count_key[0], count_key[1], intern(count_key[2]), count_key[3])
+        return cls(count, count_qty, keys or (), delta_qtys or ())
 
     def on_hand(self) -> int:
         return self.count_qty + sum(self.delta_qtys)

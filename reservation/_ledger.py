@@ -227,9 +227,8 @@ class Ledger:
         for rec in snap.reservations:
             ledger._apply(ReservationSaved(rec))
         for h in snap.histories:
-            ledger.histories[pair_key(h.sku, h.location)] = PositionHistory(
-                h.count_key, h.count_qty, h.delta_keys or (), h.delta_qtys or ()
-            )
+            ledger.histories[pair_key(h.sku, h.location)] = PositionHistory.restored(
+                h.count_key, h.count_qty, h.delta_keys, h.delta_qtys)
         for key, high, low, rid in snap.seen:
             ledger._seen[key] = (high << 64 | low, rid) if rid else high << 64 | low
         ledger.stream_time, ledger.clock = snap.stream_time, snap.clock
