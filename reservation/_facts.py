@@ -10,7 +10,6 @@ count could still absorb are retained; older ones are compacted away (E9).
 from __future__ import annotations
 
 import bisect
-from sys import intern
 
 import msgspec
 
@@ -27,6 +26,20 @@ SERVICE_SOURCE = ""
 (check_id), so they never tie with a fact: at one ms they come before every fact delta and
 before the counts, which therefore include them. Live and replay build the same key (E10)."""
 _COUNT = int(FactKind.COUNT)
+MAX_SHARED_SOURCES = 4096
+"""Sources kept as one shared str each (a handful of till systems and ERPs feed millions of facts);
+past this many, a source is kept as it came: the table is bounded whatever callers send."""
+_sources: dict[str, str] = {}
+
+
+def shared(source: str) -> str:
+    """One str per source for the histories of every position it has a count or delta at."""
+    known = _sources.get(source)
+    if known is None:
+        if len(_sources) >= MAX_SHARED_SOURCES:
+            return source
+        known = _sources[source] = source
+    return known
 
 
 class PositionHistory(msgspec.Struct, gc=False):
@@ -45,10 +58,9 @@ class PositionHistory(msgspec.Struct, gc=False):
     @classmethod
     def restored(cls, count_key: OrderKey | None, count_qty: int, delta_keys: list[OrderKey],
                  delta_qtys: list[int]) -> PositionHistory:
-        """From a snapshot, each key's source interned as a live fact's is (``reservation.fact``):
-        a handful of sources for millions of positions, one str each."""
-        keys = [(t, rank, intern(source), eid) for t, rank, source, eid in delta_keys]
-        count = None if count_key is None else (count_key[0], count_key[1], intern(count_key[2]), count_key[3])
+        """From a snapshot, each key's source shared as a folded fact's is."""
+        keys = [(t, rank, shared(source), eid) for t, rank, source, eid in delta_keys]
+        count = None if count_key is None else (count_key[0], count_key[1], shared(count_key[2]), count_key[3])
         return cls(count, count_qty, keys or (), delta_qtys or ())
 
     def on_hand(self) -> int:
@@ -59,9 +71,9 @@ class PositionHistory(msgspec.Struct, gc=False):
         # E1: the order key is (event_time, rank, source, event_id); deltas rank 0, counts rank 1.
         kind, quantity = fact.kind, fact.quantity
         if kind == _COUNT:
-            return self._fold_count((fact.event_time, COUNT_RANK, fact.source, fact.event_id), quantity)
+            return self._fold_count((fact.event_time, COUNT_RANK, shared(fact.source), fact.event_id), quantity)
         # Fact.delta, inlined: this runs once per ingested fact.
-        return self._fold_delta((fact.event_time, DELTA_RANK, fact.source, fact.event_id),
+        return self._fold_delta((fact.event_time, DELTA_RANK, shared(fact.source), fact.event_id),
                                 -quantity if kind in OUTGOING_KINDS else quantity)
 
     def fold_service_delta(self, at: int, ref: str, delta: int) -> tuple[FactOutcome, int, Undo | None]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ._model import Fact
+from ._model import Fact, FactKind
 
 _SEP = "\x00"  # check_id refuses control characters, so it cannot occur inside an id
 
@@ -30,6 +30,7 @@ Payload = int | tuple[int, str]
 object (the identity is the key, so sku, location, source and event_id need not be kept twice)."""
 
 _QUANTITY_BIAS = 1 << 63  # quantities are bounded far inside ±2**63 (Limits): biased, they fit 64 bits
+assert max(FactKind) < 8, "fact_payload packs a fact's kind in 3 bits"
 
 
 def fact_payload(fact: Fact) -> Payload:

@@ -34,9 +34,9 @@ class StoreSnapshot(msgspec.Struct, array_like=True):
 
 class PositionStore:
     """Quantities per (sku, location). Grows in steps, not by doubling: an eighth more rows (at
-    least ``ROW_STEP``) and ``COL_STEP`` more columns at a time, so a shard's arrays stay within
-    about an eighth of what it stocks (doubling left up to 2x in each direction: 300 locations
-    took 512 columns). Growing copies the arrays, amortised over the rows it adds."""
+    least ``ROW_STEP``) and a quarter more columns (at least ``COL_STEP``) at a time, so a shard's
+    arrays stay close to what it stocks (doubling left up to 2x in each direction: 300 locations
+    took 512 columns). Growing copies the arrays, amortised over what it adds."""
 
     __slots__ = ("_cols", "_loc_col", "_locations", "_present", "_pv", "_q", "_qv", "_rows", "_sku_row", "_skus",
                  "journal")
@@ -240,7 +240,7 @@ class PositionStore:
             col = self._loc_col[location] = len(self._locations)
             self._locations.append(location)
             if col >= self._cols:
-                self._grow(cols=self._cols + COL_STEP)
+                self._grow(cols=self._cols + max(COL_STEP, self._cols // 4))
         self._pv[row, col] = True
         return row, col
 

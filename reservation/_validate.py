@@ -6,7 +6,6 @@ Nothing here touches state: a request that fails validation changes nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from sys import intern
 
 from ._errors import InvalidArgument, Reason
 from ._limits import Limits
@@ -155,6 +154,4 @@ def fact(
         if fact_kind != FactKind.SHIPMENT:
             raise InvalidArgument("reservation_id", f"only SHIPMENT facts may name a reservation, not {fact_kind.name}")
         check_id("reservation_id", reservation_id, limits)
-    # A source names a till system or an ERP: a handful of them for millions of facts. One str each,
-    # not one per fact: a position's history keeps its latest count's source for as long as it lives.
-    return Fact(event_id, intern(source), fact_kind, sku, location, quantity, event_time, reservation_id)
+    return Fact(event_id, source, fact_kind, sku, location, quantity, event_time, reservation_id)

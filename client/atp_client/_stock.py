@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,8 +27,11 @@ from atp_client._time import timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 REQUIRED = ("sku", "location", "on_hand")
-MAX_ON_HAND = 1_000_000
-"""The service's default ``max_quantity``: larger counts are refused by the service too."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class HeaderError(ValueError):
+    """The file's header lacks a required column: nothing is sent."""
 
 
 @dataclass
@@ -41,13 +44,18 @@ class Rejected:
 
 @dataclass
 class LoadSummary:
+    """Rows read; of those sent, the service's outcome per row (applied, absorbed: an older extract,
+    duplicate: already loaded, quarantined, invalid); ``unreadable`` rows were never sent. Every row
+    not applied for a reason (unreadable, invalid, quarantined) is in ``rejected``."""
+
     rows: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
+    unreadable: int = 0
     rejected: list[Rejected] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         named = {name.removeprefix("FACT_OUTCOME_").lower(): n for name, n in sorted(self.outcomes.items())}
-        return {"rows": self.rows, **named, "rejected": len(self.rejected)}
+        return {"rows": self.rows, **named, "unreadable": self.unreadable}
 
 
 def parse_time(text: str) -> int:
@@ -58,7 +66,7 @@ def parse_time(text: str) -> int:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone (add Z or +hh:mm)")
-    return int(moment.timestamp() * 1000)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)  # exact: float seconds can land 1 ms low
 
 
 class _Counted:
@@ -75,31 +83,51 @@ class _Counted:
 
 def rows(lines: Iterable[str], source: str, as_of: int | None, summary: LoadSummary) -> Iterator[tuple[int, pb.Fact]]:
     """(line number, COUNT fact) per good row; bad rows go to ``summary.rejected`` with their reason."""
-    reader = csv.DictReader(lines)
-    missing = [c for c in REQUIRED if c not in (reader.fieldnames or ())]
+    reader = csv.reader(lines)
+    header = [name.strip().lower() for name in next(reader, [])]
+    missing = [c for c in REQUIRED if c not in header]
     if missing:
-        raise ValueError(f"header: missing column(s) {', '.join(missing)} (have: {', '.join(reader.fieldnames or [])})")
-    for row in reader:
+        raise HeaderError(f"header: missing column(s) {', '.join(missing)} (have: {', '.join(header)})")
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field past csv's size limit: this row only
+            summary.rows += 1
+            summary.unreadable += 1
+            summary.rejected.append(Rejected(reader.line_num, "", "", f"not CSV: {exc}"))
+            continue
+        if not values:
+            continue  # a blank line
         summary.rows += 1
-        line = reader.line_num
+        row = dict(zip(header, values, strict=False))
         sku, location = (row.get("sku") or "").strip(), (row.get("location") or "").strip()
         try:
             fact = _count(row, sku, location, source, as_of)
         except ValueError as exc:
-            summary.rejected.append(Rejected(line, sku, location, str(exc)))
+            summary.unreadable += 1
+            summary.rejected.append(Rejected(reader.line_num, _shown(sku), _shown(location), str(exc)))
             continue
-        yield line, fact
+        yield reader.line_num, fact
+
+
+def _shown(text: str) -> str:
+    """A field as the report can hold it (bytes that were not UTF-8 are shown escaped)."""
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def _count(row: dict[str, str], sku: str, location: str, source: str, as_of: int | None) -> pb.Fact:
     if not sku or not location:
         raise ValueError("sku and location: must not be empty")
+    if not (_utf8(sku) and _utf8(location)):
+        raise ValueError("sku and location: not UTF-8")
     raw = (row.get("on_hand") or "").strip()
     if not raw.lstrip("-").isdigit():
         raise ValueError(f"on_hand: not an integer: {raw!r}")
     quantity = int(raw)
-    if not 0 <= quantity <= MAX_ON_HAND:
-        raise ValueError(f"on_hand: must be within [0, {MAX_ON_HAND}], got {quantity}")
+    if quantity < 0:
+        raise ValueError(f"on_hand: must not be negative, got {quantity}")  # the upper bound is the service's
     when = row.get("as_of")
     at = parse_time(when) if when and when.strip() else as_of
     if at is None:
@@ -122,12 +150,17 @@ async def load(client: AtpClient, path: Path, source: str, as_of: int | None, ba
                 name = pb.FactOutcome.Name(result.outcome)
                 summary.outcomes[name] = summary.outcomes.get(name, 0) + 1
                 if result.HasField("error"):
-                    summary.rejected.append(Rejected(line, fact.sku, fact.location,
-                                                     Refusal.from_status(result.error).message))
+                    refusal = Refusal.from_status(result.error)  # fields are events[n] of the batch: name the column
+                    why = "; ".join(f"{v.field.split('.', 1)[-1]}: {v.description}" for v in refusal.field_violations)
+                    summary.rejected.append(Rejected(line, fact.sku, fact.location, why or refusal.message))
+                elif result.outcome == pb.FACT_OUTCOME_QUARANTINED:
+                    summary.rejected.append(Rejected(line, fact.sku, fact.location, f"quarantined: {result.detail}"))
         finally:
             lanes.release()
 
-    with path.open(newline="") as handle:
+    # utf-8-sig: an Excel export's byte-order mark is not part of the first column's name;
+    # surrogateescape: a row with bytes that are not UTF-8 is rejected alone (``_count``).
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         lines = _Counted(handle)
         chunk: list[tuple[int, pb.Fact]] = []
         for item in rows(lines, source, as_of, summary):
@@ -166,6 +199,14 @@ def write_report(path: Path, rejected: list[Rejected]) -> None:
         writer.writerow(["line", "sku", "location", "reason"])
         for r in sorted(rejected, key=lambda r: r.line):
             writer.writerow([r.line, r.sku, r.location, r.reason])
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def progress_stream() -> TextIO | None:

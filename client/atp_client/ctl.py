@@ -27,7 +27,7 @@ from atp_client._output import (
     plain,
     refusal,
 )
-from atp_client._stock import load, parse_time, progress_stream, write_report
+from atp_client._stock import HeaderError, load, parse_time, progress_stream, write_report
 from atp_client._time import epoch_ms
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -39,6 +39,13 @@ def _key(text: str) -> tuple[str, str]:
     if not sep or not sku or not location:
         raise argparse.ArgumentTypeError(f"expected SKU@LOCATION, got {text!r}")
     return sku, location
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _line(text: str) -> tuple[str, str, int]:
@@ -101,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--source", default="erp", help="the facts' source (default erp)")
     ld.add_argument("--as-of", help="time of the extract for rows without as_of (RFC 3339 or epoch ms)")
     ld.add_argument("--report", type=Path, help="where rejected rows go, with their reason (default FILE.rejected.csv)")
-    ld.add_argument("--batch", type=int, default=10_000, help="facts per RecordEvents call (default 10000)")
-    ld.add_argument("--inflight", type=int, default=4, help="calls in flight (default 4)")
+    ld.add_argument("--batch", type=_positive, default=10_000, help="facts per RecordEvents call (default 10000)")
+    ld.add_argument("--inflight", type=_positive, default=4, help="calls in flight (default 4)")
     x = sub.add_parser("explain", help="how a position's numbers came to be")
     x.add_argument("key", type=_key, metavar="SKU@LOCATION")
     ss = sub.add_parser("safety-stock", help="set the units protected at a position (Q4)")
@@ -211,14 +218,15 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
         as_of = parse_time(args.as_of) if args.as_of else None
     except ValueError as exc:
         raise SystemExit(f"atpctl: --as-of: {exc}") from None
+    report = args.report or args.file.with_name(args.file.name + ".rejected.csv")
+    report.unlink(missing_ok=True)  # an earlier run's report must not pass for this one's
     try:
         summary = await load(client, args.file, args.source, as_of, args.batch, args.inflight, progress_stream())
-    except ValueError as exc:  # the header
+    except HeaderError as exc:
         raise SystemExit(f"atpctl: {args.file}: {exc}") from None
     if summary.rejected:
-        report = args.report or args.file.with_name(args.file.name + ".rejected.csv")
         write_report(report, summary.rejected)
-        print(f"atpctl: {len(summary.rejected)} rows rejected, see {report}", file=sys.stderr)
+        print(f"atpctl: {len(summary.rejected)} rows not applied, see {report}", file=sys.stderr)
     _dump(args, summary.as_dict())
     return EXIT_INVALID if summary.rejected else EXIT_OK
 
