@@ -135,3 +135,11 @@ async def test_estate_runs_at_a_tiny_size_and_reports_every_figure() -> None:
     assert result["rss_mb_loaded"] >= result["rss_mb_empty"] > 0 and result["snapshot_bytes"] > 0
     for key in ("load_s", "rows_per_s", "facts_per_s", "read_p50_ms", "read_p99_ms", "recovery_s", "kill_recovery_s"):
         assert result[key] > 0, key
+
+
+async def test_snapshot_stall_runs_at_a_tiny_size() -> None:
+    code, out = await run(sys.executable, "benchmarks/snapshot_stall.py", "--skus", "20", "--locations", "10",
+                          "--facts", "300", "--rounds", "2", limit_s=120)
+    assert code == 0, out[-3000:]
+    (result,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert result["positions"] == 200 and len(result["snapshot_ms"]) == len(result["encode_ms"]) == 2
