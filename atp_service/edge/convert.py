@@ -9,6 +9,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from atp_client import epoch_ms
+from atp_client import timestamp as api_timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from reservation import InvalidArgument, Limits, Quantities, Reservation, ReserveCommand, reserve_command
 
@@ -17,11 +19,7 @@ _FACT_KIND_PREFIX = "FACT_KIND_"
 
 def timestamp(ms: int) -> Timestamp | None:
     """The Timestamp of an epoch time in ms; None (unset) for 0, which the domain uses for "none"."""
-    if not ms:
-        return None
-    out = Timestamp()
-    out.FromMilliseconds(ms)
-    return out
+    return api_timestamp(ms) if ms else None
 
 
 def ms_of(message: Message, field: str) -> int:
@@ -33,7 +31,7 @@ def ms_of(message: Message, field: str) -> int:
     value: Timestamp = getattr(message, field)
     if not 0 <= value.nanos < 1_000_000_000:
         raise InvalidArgument(field, f"nanos must be within [0, 999999999], got {value.nanos}")
-    return value.seconds * 1000 + value.nanos // 1_000_000
+    return epoch_ms(value)
 
 
 def ttl_seconds(req: pb.ReserveRequest) -> int:

@@ -25,3 +25,9 @@ def fields_of(refusal: Refusal) -> list[str]:
 def said(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
     """(status, reason) of a refused call."""
     return error.code(), typed(error).reason
+
+
+async def told(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    """Await ``call``, which must fail: (status, reason)."""
+    refusal = await refused(call)
+    return refusal.code, refusal.reason

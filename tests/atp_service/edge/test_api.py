@@ -13,7 +13,7 @@ from atp_client import Refusal, epoch_ms, timestamp, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
 from reservation import Limits
-from tests.atp_service.refusals import fields_of, refused
+from tests.atp_service.refusals import fields_of, refused, told
 from tests.conftest import ServiceFactory
 
 T0 = 1_700_000_000_000
@@ -30,12 +30,6 @@ async def stocked(start: ServiceFactory, clock: ManualClock | None = None, **kw:
     ])
     assert all(r.outcome == pb.FACT_OUTCOME_APPLIED for r in results)
     return service, client
-
-
-async def code_of(call: object) -> tuple[grpc.StatusCode, str]:
-    """(status, reason) of a refused call."""
-    refusal = await refused(call)  # type: ignore[arg-type]
-    return refusal.code, refusal.reason
 
 
 async def test_reserve_confirm_fulfil_lifecycle(start_service: ServiceFactory) -> None:
@@ -108,7 +102,7 @@ async def test_ttl_expiry_without_any_request(start_service: ServiceFactory) -> 
     assert (await client.get_reservation("r1")).state == pb.RESERVATION_STATE_EXPIRED
     (a,) = await client.availability([("A", "S1")])
     assert a.reserved == 0
-    assert await code_of(client.confirm("r1")) == (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_EXPIRED")
+    assert await told(client.confirm("r1")) == (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_EXPIRED")
 
 
 async def test_idempotent_replays(start_service: ServiceFactory) -> None:
@@ -163,11 +157,11 @@ async def test_bad_reserve_input_names_the_field(start_service: ServiceFactory, 
 
 async def test_other_errors(start_service: ServiceFactory) -> None:
     _, client = await stocked(start_service)
-    assert await code_of(client.confirm("missing")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
-    assert await code_of(client.get_reservation("missing")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
-    assert await code_of(client.reserve("", [("A", "S1", 1)])) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    assert await told(client.confirm("missing")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+    assert await told(client.get_reservation("missing")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+    assert await told(client.reserve("", [("A", "S1", 1)])) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
     keys = [("A", f"S{i}") for i in range(1001)]
-    assert await code_of(client.availability(keys)) == (grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED")
+    assert await told(client.availability(keys)) == (grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED")
     await client.reserve("r1", [("A", "S1", 2)])
     # A partial release needs an operation id so that a retry cannot release twice.
     refusal = await refused(client.release("r1", [("A", "S1", 1)]))
@@ -179,7 +173,7 @@ async def test_oversized_message_is_refused(start_service: ServiceFactory) -> No
     _, client = await start_service(max_message_bytes=64 * 1024)
     keys = [("A" * 100, f"S{i}") for i in range(1000)]
     # Refused by gRPC itself, before the service reads it: no reason of the service's.
-    assert await code_of(client.availability(keys)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "")
+    assert await told(client.availability(keys)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "")
 
 
 async def test_record_events_reports_each_fact(start_service: ServiceFactory) -> None:
@@ -341,7 +335,7 @@ async def test_a_batch_over_the_limit_ends_the_stream_naming_the_limit(start_ser
     assert (said.code, said.reason, said.metadata, fields_of(said)) == (
         grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", {"limit": "max_batch_reservations"}, ["reservations"])
     assert [o.reservation_id for r in answered for o in r.outcomes] == ["b1"]  # the batch before it is answered
-    assert await code_of(client.get_reservation("big0")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+    assert await told(client.get_reservation("big0")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
 
 
 async def test_event_times_with_impossible_nanos_are_refused(start_service: ServiceFactory) -> None:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from atp_client import AtpClient, timestamp, typed
+from atp_client import AtpClient, timestamp
 from atp_client._client import tls_credentials
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, free_port
@@ -20,6 +20,7 @@ from atp_service.app.certs import make_certs
 from atp_service.app.service import StartupError
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.storage.embedded_redis import redis_server_binary
+from tests.atp_service.refusals import told
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
 
@@ -52,12 +53,6 @@ async def code_of(call: object) -> grpc.StatusCode:
     return err.value.code()
 
 
-async def said(call: object) -> tuple[grpc.StatusCode, str]:
-    """(status, reason) of a call the service refused."""
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call  # type: ignore[misc]
-    return err.value.code(), typed(err.value).reason
-
 
 async def test_roles_decide_what_each_caller_may_call(start_service: ServiceFactory, redis_url: str,
                                                       tokens: tuple[Path, dict[str, str]],
@@ -71,9 +66,9 @@ async def test_roles_decide_what_each_caller_may_call(start_service: ServiceFact
                    event_time=timestamp(service.clock.now_ms()))
     try:
         with caplog.at_level(logging.WARNING, logger="atp_service.audit"):
-            assert await said(anonymous.reserve("r0", [("A", "L", 1)])) == (grpc.StatusCode.UNAUTHENTICATED,
+            assert await told(anonymous.reserve("r0", [("A", "L", 1)])) == (grpc.StatusCode.UNAUTHENTICATED,
                                                                              "TOKEN_MISSING")
-            assert await said(stranger.reserve("r0", [("A", "L", 1)])) == (grpc.StatusCode.UNAUTHENTICATED,
+            assert await told(stranger.reserve("r0", [("A", "L", 1)])) == (grpc.StatusCode.UNAUTHENTICATED,
                                                                             "TOKEN_INVALID")
             assert [r.outcome for r in await clients["ingest"].record_events([fact])] == [pb.FACT_OUTCOME_APPLIED]
             assert (await clients["oms"].reserve("r1", [("A", "L", 2)])).state == pb.RESERVATION_STATE_HELD
@@ -89,12 +84,12 @@ async def test_roles_decide_what_each_caller_may_call(start_service: ServiceFact
                 clients["admin"].reserve("r3", [("A", "L", 1)]),
             ]
             for call in denied:
-                assert await said(call) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_PERMITTED")
+                assert await told(call) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_PERMITTED")
             stream = clients["channel"].stub.ReserveStream(iter([pb.ReserveStreamRequest()]))
-            assert await said(stream.read()) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_PERMITTED")
+            assert await told(stream.read()) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_PERMITTED")
             # Past the check, the watch fails for its own reason: this service has no channels.
             watch = clients["channel"].stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="web"))
-            assert await said(watch.read()) == (grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE")
+            assert await told(watch.read()) == (grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE")
             health = health_pb2_grpc.HealthStub(anonymous.channel)  # probes need no token
             checked = await health.Check(health_pb2.HealthCheckRequest())
             assert checked.status == health_pb2.HealthCheckResponse.SERVING
