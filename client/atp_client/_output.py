@@ -54,10 +54,9 @@ _OPAQUE = {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.rpc.
 
 def refusal(error: grpc.aio.AioRpcError) -> tuple[int, str]:
     """(exit status, one line for stderr) of a refused call."""
-    said = typed(error).refusal
-    reason = f" {said.reason}" if said.reason else ""
-    fields = "".join(f"\n  {v.field}: {v.description}" for v in said.field_violations[1:])
-    return _EXITS.get(error.code(), EXIT_FAILED), f"atpctl: {error.code().name}{reason}: {said.message}{fields}"
+    refused = typed(error)  # its str: CODE REASON: message
+    fields = "".join(f"\n  {v.field}: {v.description}" for v in refused.field_violations[1:])
+    return _EXITS.get(error.code(), EXIT_FAILED), f"atpctl: {refused}{fields}"
 
 
 def plain(message: Message) -> dict[str, Any]:
