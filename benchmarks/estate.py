@@ -3,11 +3,11 @@ of facts, snapshots, recovery and read latency at that size.
 
 Positions are ``--skus`` x ``--locations``, a fraction ``--stocked`` of them (picked by a stable
 hash, so a sparse estate is the same on every run). Each stocked position gets one ERP count: a
-COUNT fact (source ``erp``, event_id ``erp:<sku>:<location>``: a re-load is a duplicate, E8) as of
-the start of the day, sent through RecordEvents in batches of ``--batch`` with ``--inflight``
-calls at a time. Then ``--day-facts`` POS/WMS facts (sales, returns, receipts) stamped over the day
-since, at stocked positions. Then a graceful stop (final snapshots), a restart, a ``kill -9`` and
-another restart. Prints one JSON line:
+COUNT fact (source ``erp``, event_id ``count@<as_of ms>`` as ``atpctl stock load`` names them: a
+re-load is a duplicate, E8) as of the start of the day, sent through RecordEvents in batches of
+``--batch`` with ``--inflight`` calls at a time. Then ``--day-facts`` POS/WMS facts (sales, returns,
+receipts) stamped over the day since, at stocked positions. Then a graceful stop (final
+snapshots), a restart, a ``kill -9`` and another restart. Prints one JSON line:
 
   positions, load_s, rows_per_s           the baseline load, from the first call to the last answer
   rss_mb_empty, rss_mb_loaded, rss_mb_day the service's resident memory (/proc/<pid>/status VmRSS)
@@ -64,7 +64,7 @@ def stocked(skus: int, locations: int, share: float) -> Iterator[tuple[str, str]
 
 
 def count_fact(sku: str, location: str, as_of: int, rng: random.Random) -> pb.Fact:
-    return pb.Fact(event_id=f"erp:{sku}:{location}", source="erp", kind=pb.FACT_KIND_COUNT, sku=sku,
+    return pb.Fact(event_id=f"count@{as_of}", source="erp", kind=pb.FACT_KIND_COUNT, sku=sku,
                    location=location, quantity=rng.randint(0, 500), event_time=timestamp(as_of))
 
 

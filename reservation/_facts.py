@@ -1,10 +1,15 @@
-"""Event-time folding of POS/WMS facts per position (E1-E5, E8, E9).
+"""Event-time folding of POS/WMS facts per position (E1-E5, E9).
 
-``on_hand`` of a position is the latest count plus every delta ordered after it
-(E2) under the total order ``(event_time, rank, source, event_id)`` with deltas
-rank 0 and counts rank 1 (E1): facts stamped alike are ordered by source, then
-event_id, so no tie depends on arrival. Only deltas that a future, not-late
-count could still absorb are retained; older ones are compacted away (E9).
+``on_hand`` of a position is the latest count plus every delta ordered after it (E2) under the
+total order ``(event_time, rank, source, event_id)`` with deltas rank 0 and counts rank 1 (E1):
+facts stamped alike are ordered by source, then event_id, so no tie depends on arrival.
+
+What is kept is only what a later fact can still change. The latest count lives in the position's
+columns of the store (a baseline load gives every position one, so it must cost bytes, not
+objects). Deltas are kept only while they are ordered after that count and inside the grace window
+(E9): most positions have none, and those that do keep them here, sorted by key. A delta's own
+quantity never needs re-reading from the past: the store's ``on_hand`` already includes every
+delta applied, so a new count sets ``on_hand`` to its quantity plus the kept deltas after it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import bisect
 
 import msgspec
 
-from ._model import OUTGOING_KINDS, Fact, FactKind, FactOutcome
+from ._model import FactOutcome
+from ._store import LatestCount, PositionStore
 from ._undo import Undo
 
 OrderKey = tuple[int, int, str, str]
@@ -25,7 +31,6 @@ SERVICE_SOURCE = ""
 """The source the service's own deltas (fulfilment, R4) sort as. No fact has an empty source
 (check_id), so they never tie with a fact: at one ms they come before every fact delta and
 before the counts, which therefore include them. Live and replay build the same key (E10)."""
-_COUNT = int(FactKind.COUNT)
 MAX_SHARED_SOURCES = 4096
 """Sources kept as one shared str each (a handful of till systems and ERPs feed millions of facts);
 past this many, a source is kept as it came: the table is bounded whatever callers send."""
@@ -33,7 +38,7 @@ _sources: dict[str, str] = {}
 
 
 def shared(source: str) -> str:
-    """One str per source for the histories of every position it has a count or delta at."""
+    """One str per source for the kept deltas of every position it has facts at."""
     known = _sources.get(source)
     if known is None:
         if len(_sources) >= MAX_SHARED_SOURCES:
@@ -42,92 +47,112 @@ def shared(source: str) -> str:
     return known
 
 
-class PositionHistory(msgspec.Struct, gc=False):
-    """The part of a position's past that later facts can still change.
+class Deltas(msgspec.Struct, array_like=True, gc=False):
+    """A position's deltas ordered after its latest count and inside the grace window, by key."""
 
-    Out of Python's collector when it holds no deltas (gc=False, and the empty tuple instead of
-    two empty lists): one lives per position, hundreds of thousands of them, and a full
-    collection walking them all stalled every call in flight by 100-250 ms."""
+    keys: list[OrderKey]
+    qtys: list[int]
 
-    count_key: OrderKey | None = None
-    count_qty: int = 0
-    # Deltas ordered after the latest count, sorted by key (E2); lists while there are any.
-    delta_keys: list[OrderKey] | tuple[()] = ()
-    delta_qtys: list[int] | tuple[()] = ()
 
-    @classmethod
-    def restored(cls, count_key: OrderKey | None, count_qty: int, delta_keys: list[OrderKey],
-                 delta_qtys: list[int]) -> PositionHistory:
-        """From a snapshot, each key's source shared as a folded fact's is."""
-        keys = [(t, rank, shared(source), eid) for t, rank, source, eid in delta_keys]
-        count = None if count_key is None else (count_key[0], count_key[1], shared(count_key[2]), count_key[3])
-        return cls(count, count_qty, keys or (), delta_qtys or ())
+class PositionHistory(msgspec.Struct, frozen=True):
+    """What later facts can still change of a position's past (a read model: ExplainAvailability,
+    and the tests' comparisons of live with replay)."""
 
-    def on_hand(self) -> int:
-        return self.count_qty + sum(self.delta_qtys)
+    count_key: OrderKey | None
+    count_qty: int
+    """The latest count's own quantity (deltas folded away by E9 are in ``on_hand``, not here)."""
+    delta_keys: list[OrderKey]
+    delta_qtys: list[int]
 
-    def fold(self, fact: Fact) -> tuple[FactOutcome, int, Undo | None]:
-        """Apply one fact; return its outcome, its change to on_hand and how to take it back."""
-        # E1: the order key is (event_time, rank, source, event_id); deltas rank 0, counts rank 1.
-        kind, quantity = fact.kind, fact.quantity
-        if kind == _COUNT:
-            return self._fold_count((fact.event_time, COUNT_RANK, shared(fact.source), fact.event_id), quantity)
-        # Fact.delta, inlined: this runs once per ingested fact.
-        return self._fold_delta((fact.event_time, DELTA_RANK, shared(fact.source), fact.event_id),
-                                -quantity if kind in OUTGOING_KINDS else quantity)
 
-    def fold_service_delta(self, at: int, ref: str, delta: int) -> tuple[FactOutcome, int, Undo | None]:
-        """A change the service itself made (fulfilment, R4), ordered by its timestamp ``at`` as a
-        delta of ``SERVICE_SOURCE`` with event_id ``ref`` (E1)."""
-        return self._fold_delta((at, DELTA_RANK, SERVICE_SOURCE, ref), delta)
+def count_key(count: LatestCount) -> OrderKey:
+    return (count[0], COUNT_RANK, count[1], count[2])
+
+
+class Histories:
+    """E1-E5 and E9 over the store's count columns and the deltas kept per position."""
+
+    __slots__ = ("deltas", "store")
+
+    def __init__(self, store: PositionStore, deltas: dict[str, Deltas] | None = None) -> None:
+        self.store = store
+        self.deltas: dict[str, Deltas] = deltas if deltas is not None else {}
+        """Keyed by ``pair_key``; only positions that keep a delta have an entry."""
+
+    def view(self, position: str, cell: tuple[int, int] | None) -> PositionHistory | None:
+        count = None if cell is None else self.store.count_at(*cell)
+        held = self.deltas.get(position)
+        if count is None and held is None:
+            return None
+        return PositionHistory(None if count is None else count_key(count), 0 if count is None else count[3],
+                               list(held.keys) if held else [], list(held.qtys) if held else [])
+
+    def fold_count(self, cell: tuple[int, int], position: str, key: OrderKey,
+                   quantity: int) -> tuple[FactOutcome, int, Undo | None, LatestCount | None]:
+        """Apply a count: its outcome, its change to on_hand, its undo, and the count it supersedes."""
+        row, col = cell
+        store = self.store
+        old = store.count_at(row, col)
+        if old is not None and key < count_key(old):
+            return FactOutcome.ABSORBED, 0, None, None  # E5: an older count changes nothing
+        held = self.deltas.get(position)
+        kept = held
+        if held is not None:
+            cut = bisect.bisect_right(held.keys, key)  # E2: deltas at or before the count are in it
+            if cut:
+                kept = Deltas(held.keys[cut:], held.qtys[cut:]) if cut < len(held.keys) else None
+                self._keep(position, kept)
+        change = quantity + (sum(kept.qtys) if kept else 0) - store.on_hand_at(row, col)
+        store.put_count(row, col, (key[0], key[2], key[3], quantity))
+        return FactOutcome.APPLIED, change, (self._put_back, cell, position, old, held), old
+
+    def fold_delta(self, cell: tuple[int, int], position: str, key: OrderKey,
+                   delta: int) -> tuple[FactOutcome, int, Undo | None]:
+        counted_at = self.store.count_time_at(*cell)
+        if counted_at is not None and key[0] <= counted_at:
+            return FactOutcome.ABSORBED, 0, None  # E4: (t, 0, ...) < (t', 1, ...) iff t <= t'
+        held = self.deltas.get(position)
+        if held is None:
+            self.deltas[position] = Deltas([key], [delta])
+        else:
+            at = bisect.bisect_left(held.keys, key)
+            held.keys.insert(at, key)
+            held.qtys.insert(at, delta)
+        return FactOutcome.APPLIED, delta, (self._remove_delta, position, key)
 
     def compact(self, horizon: int) -> None:
-        """E9: forget deltas stamped before ``horizon``; no count that is not late can precede them."""
-        cut = bisect.bisect_left(self.delta_keys, (horizon, -1, "", ""))
-        if cut:
-            keys, qtys = self.delta_keys, self.delta_qtys
-            assert isinstance(keys, list) and isinstance(qtys, list)
-            self.count_qty += sum(qtys[:cut])
-            del keys[:cut]
-            del qtys[:cut]
-            if not keys:
-                self.delta_keys = self.delta_qtys = ()
+        """E9: forget kept deltas stamped before ``horizon``: a count that is not late comes after them
+        (so never keeps them), and ``on_hand`` already includes them."""
+        bound = (horizon, -1, "", "")
+        emptied = []
+        for position, held in self.deltas.items():
+            cut = bisect.bisect_left(held.keys, bound)
+            if cut:
+                del held.keys[:cut]
+                del held.qtys[:cut]
+                if not held.keys:
+                    emptied.append(position)
+        for position in emptied:
+            del self.deltas[position]
 
-    def _fold_delta(self, key: OrderKey, delta: int) -> tuple[FactOutcome, int, Undo | None]:
-        if self.count_key is not None and key < self.count_key:
-            return FactOutcome.ABSORBED, 0, None  # E4: the count already saw it
-        keys, qtys = self.delta_keys, self.delta_qtys
-        if isinstance(keys, list) and isinstance(qtys, list):
-            at = bisect.bisect_left(keys, key)
-            keys.insert(at, key)
-            qtys.insert(at, delta)
+    def forget(self, position: str) -> None:
+        self.deltas.pop(position, None)
+
+    def _keep(self, position: str, held: Deltas | None) -> None:
+        if held is None:
+            self.deltas.pop(position, None)
         else:
-            self.delta_keys, self.delta_qtys = [key], [delta]
-        return FactOutcome.APPLIED, delta, (self._remove_delta, key)
+            self.deltas[position] = held
 
-    def _remove_delta(self, key: OrderKey) -> None:
-        keys, qtys = self.delta_keys, self.delta_qtys
-        assert isinstance(keys, list) and isinstance(qtys, list)
-        i = bisect.bisect_left(keys, key)
-        del keys[i]
-        del qtys[i]
-        if not keys:
-            self.delta_keys = self.delta_qtys = ()
+    def _put_back(self, cell: tuple[int, int], position: str, count: LatestCount | None,
+                  held: Deltas | None) -> None:
+        self.store.put_count(*cell, count)
+        self._keep(position, held)
 
-    def _fold_count(self, key: OrderKey, qty: int) -> tuple[FactOutcome, int, Undo | None]:
-        if self.count_key is not None and key < self.count_key:
-            return FactOutcome.ABSORBED, 0, None  # E5: an older count changes nothing
-        before = self.on_hand()
-        old = (self.count_key, self.count_qty, self.delta_keys, self.delta_qtys)
-        keys, qtys = self.delta_keys, self.delta_qtys
-        cut = bisect.bisect_right(keys, key)
-        if isinstance(keys, list) and isinstance(qtys, list) and cut < len(keys):
-            self.delta_keys, self.delta_qtys = keys[cut:], qtys[cut:]  # new lists: undo keeps the old
-        else:
-            self.delta_keys = self.delta_qtys = ()
-        self.count_key, self.count_qty = key, qty
-
-        def undo() -> None:
-            self.count_key, self.count_qty, self.delta_keys, self.delta_qtys = old
-
-        return FactOutcome.APPLIED, self.on_hand() - before, undo
+    def _remove_delta(self, position: str, key: OrderKey) -> None:
+        held = self.deltas[position]
+        i = bisect.bisect_left(held.keys, key)
+        del held.keys[i]
+        del held.qtys[i]
+        if not held.keys:
+            del self.deltas[position]

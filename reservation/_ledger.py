@@ -13,6 +13,7 @@ import heapq
 from collections import deque
 from collections.abc import Iterator
 
+from ._dedupe import FactMemory
 from ._events import (
     Event,
     FactApplied,
@@ -23,16 +24,17 @@ from ._events import (
     SafetyStockSet,
     Shipped,
 )
-from ._facts import PositionHistory
+from ._facts import COUNT_RANK, DELTA_RANK, SERVICE_SOURCE, Deltas, Histories, PositionHistory, shared
 from ._holds import HoldsIndex
-from ._keys import _SEP, Payload, fact_key, fact_payload, pair_key, payload_time, split_key
+from ._keys import _SEP, Payload, fact_key, fact_payload, pair_key, split_key
 from ._limits import Limits
-from ._model import TERMINAL, Fact, FactOutcome, Quantities, Reservation, State
+from ._model import OUTGOING_KINDS, TERMINAL, Fact, FactKind, FactOutcome, Quantities, Reservation, State
 from ._snapshot import HistorySnapshot, LedgerSnapshot
 from ._store import COMMITTED, ON_HAND, SAFETY, PositionStore
 from ._undo import Undo, run_undo
 
 _LIVE = (State.HELD, State.CONFIRMED)
+_COUNT = int(FactKind.COUNT)
 __all__ = ["HistorySnapshot", "Ledger", "LedgerSnapshot", "fact_key", "pair_key", "split_key"]
 
 
@@ -47,14 +49,14 @@ class Ledger:
         # fresh tuple is tracked by the cyclic GC and inserting it makes the dict tracked again,
         # so every full collection walked every position of the shard (~16 ms after loading
         # 100,000 positions: a stall of every call in flight).
-        self.histories: dict[str, PositionHistory] = {}
+        self.histories = Histories(self.store)
+        self.memory = FactMemory(self.store)  # E8
         self.reservations: dict[str, Reservation] = {}
         self.stream_time = 0  # E6: largest event_time accepted; never goes back
         self.clock = 0  # R6: newest service timestamp this shard has logged
         self.live_reservations = 0
         self._expiry: list[tuple[int, str]] = []
         self._resolved: deque[tuple[int, str]] = deque()
-        self._seen: dict[str, Payload] = {}  # fact_key -> fact_payload (E8), in arrival order
         self._holds_at = HoldsIndex()
         self._events: list[Event] = []
         self._undo: list[Undo] = []
@@ -86,7 +88,7 @@ class Ledger:
         """Dedupe (E8), lateness (E6), then fold (E1-E5). Returns outcome and reason."""
         # fact_key, inlined: the ingest hot path.
         key = f"{fact.source}{_SEP}{fact.event_id}{_SEP}{fact.sku}{_SEP}{fact.location}"
-        seen = self._seen.get(key)
+        seen = self.memory.payload(key, fact.source, fact.event_id, fact.sku, fact.location)
         if seen is not None:
             if seen == fact_payload(fact):
                 return FactOutcome.DUPLICATE, ""
@@ -207,15 +209,13 @@ class Ledger:
     # -- snapshots -------------------------------------------------------------
     def snapshot(self) -> LedgerSnapshot:
         assert not self._events, "snapshot inside an open batch"
-        histories = [
-            HistorySnapshot(*split_key(key), h.count_key, h.count_qty, list(h.delta_keys), list(h.delta_qtys))
-            for key, h in self.histories.items()
-        ]
+        histories = [HistorySnapshot(*split_key(key), held.keys, held.qtys)
+                     for key, held in self.histories.deltas.items()]
         return LedgerSnapshot(
             store=self.store.snapshot(),
             reservations=list(self.reservations.values()),
             histories=histories,
-            seen=[(key, *_flat(payload)) for key, payload in self._seen.items()],
+            seen=[(key, *_flat(payload)) for key, payload in self.memory.items()],
             stream_time=self.stream_time,
             clock=self.clock,
         )
@@ -224,13 +224,15 @@ class Ledger:
     def restore(cls, shard: int, limits: Limits, snap: LedgerSnapshot) -> Ledger:
         ledger = cls(shard, limits)
         ledger.store = PositionStore.restore(snap.store)
+        ledger.histories = Histories(ledger.store, {
+            pair_key(h.sku, h.location): Deltas([(t, rank, shared(source), eid) for t, rank, source, eid in h.keys],
+                                                h.qtys)
+            for h in snap.histories})
+        ledger.memory = FactMemory(ledger.store)
         for rec in snap.reservations:
             ledger._apply(ReservationSaved(rec))
-        for h in snap.histories:
-            ledger.histories[pair_key(h.sku, h.location)] = PositionHistory.restored(
-                h.count_key, h.count_qty, h.delta_keys, h.delta_qtys)
         for key, high, low, rid in snap.seen:
-            ledger._seen[key] = (high << 64 | low, rid) if rid else high << 64 | low
+            ledger.memory.remember(key, (high << 64 | low, rid) if rid else high << 64 | low)
         ledger.stream_time, ledger.clock = snap.stream_time, snap.clock
         return ledger
 
@@ -273,9 +275,7 @@ class Ledger:
     def compact(self) -> None:
         """E9: fold deltas older than stream time minus grace into each history's base."""
         assert not self._events, "compaction inside an open batch"
-        horizon = self.stream_time - self.limits.fact_grace_ms
-        for history in self.histories.values():
-            history.compact(horizon)
+        self.histories.compact(self.stream_time - self.limits.fact_grace_ms)
         self.forget_old_facts()
 
     def _apply_reservation(self, rec: Reservation) -> Undo:
@@ -306,20 +306,13 @@ class Ledger:
             yield self.reservations[rid]
 
     def history(self, sku: str, location: str) -> PositionHistory | None:
-        """What later facts can still change of a position's past (None: no fact has touched it)."""
-        return self.histories.get(pair_key(sku, location))
-
-    def _history(self, sku: str, location: str) -> PositionHistory:
-        key = pair_key(sku, location)
-        h = self.histories.get(key)
-        if h is None:
-            h = self.histories[key] = PositionHistory()
-        return h
+        """What later facts can still change of a position's past (None: no count, no kept delta)."""
+        return self.histories.view(pair_key(sku, location), self.store.locate(sku, location))
 
     def _forget_position(self, sku: str, location: str) -> None:
         """Undo of the change that created a position and its history (E10: replay never saw it)."""
         self.store.forget(sku, location)
-        self.histories.pop(pair_key(sku, location), None)
+        self.histories.forget(pair_key(sku, location))
 
     def _past_on_hand_bound(self, fact: Fact, delta: int) -> bool:
         """Whether the fact just folded took on_hand past ±max_on_hand, outwards (Q5 in int64, see
@@ -331,32 +324,48 @@ class Ledger:
     def _apply_fact(self, fact: Fact, key: str) -> tuple[Undo, FactOutcome, int]:
         """Fold a fact into its position; also returns its change to on_hand."""
         sku, location = fact.sku, fact.location
-        history = self.histories.get(f"{sku}{_SEP}{location}")  # pair_key and _history, inlined: the ingest hot path
-        if history is None:
-            history = self._history(sku, location)
-        outcome, delta, undo_fold = history.fold(fact)
-        existed = self.store.bump(sku, location, ON_HAND, delta)
+        row, col, existed = self.store.place(sku, location)
+        position = f"{sku}{_SEP}{location}"  # pair_key, inlined: the ingest hot path
+        # E1: the order key is (event_time, rank, source, event_id); deltas rank 0, counts rank 1.
+        kind, quantity = fact.kind, fact.quantity
+        superseded = None
+        if kind == _COUNT:
+            order = (fact.event_time, COUNT_RANK, shared(fact.source), fact.event_id)
+            outcome, delta, undo_fold, old = self.histories.fold_count((row, col), position, order, quantity)
+            if old is not None:  # E8 covers the count it replaces, now kept as any other fact
+                superseded = self.memory.remember_superseded(sku, location, old)
+        else:
+            order = (fact.event_time, DELTA_RANK, shared(fact.source), fact.event_id)
+            outcome, delta, undo_fold = self.histories.fold_delta(
+                (row, col), position, order, -quantity if kind in OUTGOING_KINDS else quantity)
+        if delta:
+            self.store.add(sku, location, ON_HAND, delta)
         old_stream_time = self.stream_time
         if fact.event_time > old_stream_time:
             self.stream_time = fact.event_time
-        self._seen[key] = fact_payload(fact)  # E8; forget_old_facts bounds the memory
-        return (self._unapply_fact, sku, location, delta, undo_fold, existed, old_stream_time, key), outcome, delta
+        if undo_fold is None or kind != _COUNT:  # the latest count is remembered by its columns
+            self.memory.remember(key, fact_payload(fact))  # E8; forget_old_facts bounds the memory
+        return (self._unapply_fact, sku, location, delta, undo_fold, existed, old_stream_time, key,
+                superseded), outcome, delta
 
     def _unapply_fact(self, sku: str, location: str, delta: int, undo_fold: Undo | None, existed: bool,
-                      old_stream_time: int, key: str) -> None:
-        self.store.add(sku, location, ON_HAND, -delta)
+                      old_stream_time: int, key: str, superseded: str | None) -> None:
+        if delta:
+            self.store.add(sku, location, ON_HAND, -delta)
         if undo_fold is not None:
             run_undo(undo_fold)
         if not existed:
             self._forget_position(sku, location)
         self.stream_time = old_stream_time
-        self._seen.pop(key, None)
+        self.memory.drop(key)
+        if superseded is not None:
+            self.memory.drop(superseded)
 
     def _apply_shipped(self, event: Shipped) -> Undo:
         sku, loc, qty = event.sku, event.location, event.quantity
-        existed = self.store.exists(sku, loc)
-        history = self._history(sku, loc)
-        _, delta, undo_fold = history.fold_service_delta(event.at, event.ref, -qty)
+        row, col, existed = self.store.place(sku, loc)
+        _, delta, undo_fold = self.histories.fold_delta(
+            (row, col), pair_key(sku, loc), (event.at, DELTA_RANK, SERVICE_SOURCE, event.ref), -qty)
         self.store.add(sku, loc, COMMITTED, -qty)
         self.store.add(sku, loc, ON_HAND, delta)
 
@@ -371,25 +380,14 @@ class Ledger:
         return undo
 
     def has_old_facts(self) -> bool:
-        """Whether ``forget_old_facts`` would drop anything now (its sweep starts at the oldest arrival)."""
-        oldest = next(iter(self._seen.values()), None)
-        return oldest is not None and payload_time(oldest) < self.stream_time - self.limits.fact_grace_ms
+        """Whether ``forget_old_facts`` would drop anything now."""
+        return self.memory.has_old(self.stream_time - self.limits.fact_grace_ms)
 
     def forget_old_facts(self) -> int:
-        """E8 within bounded memory: drop remembered facts stamped before stream time - grace (a
-        duplicate of one would be late, E6, and quarantined, never applied). Oldest arrivals first;
-        one still inside the window stops the sweep, so memory stays within about one grace window
-        of arrivals. Only between batches: a batch that is undone must find what it knew."""
+        """E8 within bounded memory (``FactMemory.forget_old``). Only between batches: a batch that is
+        undone must find what it knew."""
         assert not self._events, "forgetting inside an open batch"
-        horizon = self.stream_time - self.limits.fact_grace_ms
-        gone = []
-        for key, payload in self._seen.items():
-            if payload_time(payload) >= horizon:
-                break
-            gone.append(key)
-        for key in gone:
-            del self._seen[key]
-        return len(gone)
+        return self.memory.forget_old(self.stream_time - self.limits.fact_grace_ms)
 
 
 def _flat(payload: Payload) -> tuple[int, int, str]:

@@ -10,12 +10,12 @@ from ._store import StoreSnapshot
 
 
 class HistorySnapshot(msgspec.Struct, array_like=True):
+    """The deltas a position keeps (its latest count is in the store's columns)."""
+
     sku: str
     location: str
-    count_key: OrderKey | None  # E1 keys (event_time, rank, source, event_id)
-    count_qty: int
-    delta_keys: list[OrderKey]
-    delta_qtys: list[int]
+    keys: list[OrderKey]  # E1 keys (event_time, rank, source, event_id)
+    qtys: list[int]
 
 
 class LedgerSnapshot(msgspec.Struct, array_like=True):

@@ -1,8 +1,9 @@
-"""Position quantities in dense numpy columns: one row per SKU, one column per location.
+"""Positions in dense numpy columns: one row per SKU, one column per location.
 
-A dict entry per position costs ~100 bytes of Python objects; here a position
-costs 4 x int64 plus a presence bit, so 30 M positions fit in about 1 GiB and a
-snapshot is four ``tobytes()`` calls. Only this class knows the layout.
+A dict entry per position costs ~100 bytes of Python objects; here a position costs its four
+quantities, its latest count (time and quantity as int64, source and event_id as int32 indices
+into a shared table of names) and a presence bit: 57 bytes, so 30 M positions fit in about
+1.6 GiB and a snapshot is a few ``tobytes()`` calls. Only this class knows the layout.
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ import numpy as np
 import numpy.typing as npt
 
 from ._model import ZERO, Quantities
+from ._names import NONE, Names
 
-ON_HAND, RESERVED, COMMITTED, SAFETY = range(4)
+ON_HAND, RESERVED, COMMITTED, SAFETY, COUNT_TIME, COUNT_QTY = range(6)
+"""The int64 fields of a position: Q1-Q4, then its latest count's event time and quantity (E2)."""
+SOURCE_ID, EVENT_ID = range(2)
+"""The int32 fields of a position: its latest count's source and event_id in ``names`` (NONE: no count)."""
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-_FIELDS = 4
+_FIELDS = 6
+_QUANTITIES = SAFETY + 1
+LatestCount = tuple[int, str, str, int]
+"""A position's latest count: (event_time, source, event_id, quantity)."""
 ROW_STEP = 256
 """Fewest SKU rows added when the store grows (a shard of a national estate holds thousands)."""
 COL_STEP = 32
@@ -28,8 +36,10 @@ COL_STEP = 32
 class StoreSnapshot(msgspec.Struct, array_like=True):
     skus: list[str]
     locations: list[str]
-    quantities: bytes  # int64, shape (4, len(skus), len(locations)), C order
+    quantities: bytes  # int64, shape (6, len(skus), len(locations)), C order
     present: bytes  # bool, shape (len(skus), len(locations))
+    ids: bytes  # int32, shape (2, len(skus), len(locations)): indices into names
+    names: list[str | None]
 
 
 class PositionStore:
@@ -38,8 +48,8 @@ class PositionStore:
     arrays stay close to what it stocks (doubling left up to 2x in each direction: 300 locations
     took 512 columns). Growing copies the arrays, amortised over what it adds."""
 
-    __slots__ = ("_cols", "_loc_col", "_locations", "_present", "_pv", "_q", "_qv", "_rows", "_sku_row", "_skus",
-                 "journal")
+    __slots__ = ("_cols", "_ids", "_iv", "_loc_col", "_locations", "_present", "_pv", "_q", "_qv", "_rows",
+                 "_sku_row", "_skus", "journal", "names")
 
     def __init__(self, rows: int = 256, cols: int = 8) -> None:
         self._sku_row: dict[str, int] = {}
@@ -49,6 +59,8 @@ class PositionStore:
         self._rows, self._cols = rows, cols
         self._q = np.zeros((_FIELDS, rows, cols), dtype=np.int64)
         self._present = np.zeros((rows, cols), dtype=np.bool_)
+        self._ids = np.zeros((2, rows, cols), dtype=np.int32)
+        self.names = Names()
         self._views()
         self.journal: list[tuple[str, str, int]] | None = []
         """Every change of a position's ``available`` (sku, location, delta), in order, while not
@@ -59,6 +71,7 @@ class PositionStore:
         # memory: a plain int/bool per access instead of a numpy scalar, about 2x faster.
         self._qv = self._q.data
         self._pv = self._present.data
+        self._iv = self._ids.data
 
     def __len__(self) -> int:
         return int(self._present.sum())
@@ -98,6 +111,7 @@ class PositionStore:
                                                   - qv[COMMITTED, row, col] - qv[SAFETY, row, col])))
         self._present[row, col] = False
         self._q[:, row, col] = 0
+        self._release_count(row, col)
 
     def add(self, sku: str, location: str, field: int, delta: int) -> None:
         row, col = self._cell(sku, location)
@@ -138,13 +152,61 @@ class PositionStore:
             self.journal.append((sku, location, delta if field == ON_HAND else -delta))
         self._qv[field, row, col] = value
 
+    # -- latest counts (E2), by cell: a fact looks its position up once --------------------
+    def place(self, sku: str, location: str) -> tuple[int, int, bool]:
+        """The cell of a position, created if it is new, and whether it existed before."""
+        row = self._sku_row.get(sku)
+        col = self._loc_col.get(location)
+        if row is not None and col is not None and self._pv[row, col]:
+            return row, col, True
+        row, col = self._cell(sku, location)
+        return row, col, False
+
+    def locate(self, sku: str, location: str) -> tuple[int, int] | None:
+        """The cell of a position that exists (None: no such position)."""
+        return self._found(sku, location)
+
+    def on_hand_at(self, row: int, col: int) -> int:
+        return self._qv[ON_HAND, row, col]
+
+    def count_time_at(self, row: int, col: int) -> int | None:
+        """The event time of the position's latest count (None: it has none)."""
+        return self._qv[COUNT_TIME, row, col] if self._iv[SOURCE_ID, row, col] else None
+
+    def count_at(self, row: int, col: int) -> LatestCount | None:
+        iv = self._iv
+        source = iv[SOURCE_ID, row, col]
+        if not source:
+            return None
+        names, qv = self.names, self._qv
+        return (qv[COUNT_TIME, row, col], names.name(source), names.name(iv[EVENT_ID, row, col]),
+                qv[COUNT_QTY, row, col])
+
+    def put_count(self, row: int, col: int, count: LatestCount | None) -> None:
+        """Make ``count`` the position's latest (None: it has none); the names it held are released."""
+        self._release_count(row, col)
+        if count is not None:
+            at, source, event_id, quantity = count
+            names, iv, qv = self.names, self._iv, self._qv
+            iv[SOURCE_ID, row, col] = names.acquire(source)
+            iv[EVENT_ID, row, col] = names.acquire(event_id)
+            qv[COUNT_TIME, row, col] = at
+            qv[COUNT_QTY, row, col] = quantity
+
+    def _release_count(self, row: int, col: int) -> None:
+        iv = self._iv
+        self.names.release(iv[SOURCE_ID, row, col])
+        self.names.release(iv[EVENT_ID, row, col])
+        iv[SOURCE_ID, row, col] = iv[EVENT_ID, row, col] = NONE
+        self._qv[COUNT_TIME, row, col] = self._qv[COUNT_QTY, row, col] = 0
+
     def sku_locations(self, sku: str) -> Iterator[tuple[str, Quantities]]:
         """Every known location of one SKU (network view of a SKU is one row)."""
         row = self._sku_row.get(sku)
         if row is None:
             return
         cols = np.flatnonzero(self._present[row, : len(self._locations)])
-        block = self._q[:, row, cols].T.tolist()
+        block = self._q[:_QUANTITIES, row, cols].T.tolist()
         for col, values in zip(cols.tolist(), block, strict=True):
             yield self._locations[col], Quantities(*values)
 
@@ -177,11 +239,11 @@ class PositionStore:
             # A wide channel (most of the estate's locations, e.g. 300 stores): whole rows first, one
             # axis of fancy indexing, then the channel's columns — about 3x faster than gathering
             # rows x columns at once.
-            q = self._q[:, r, :m]
+            q = self._q[:_QUANTITIES, r, :m]
             available = (q[ON_HAND] - q[RESERVED] - q[COMMITTED] - q[SAFETY])[:, c]
             present = self._present[r, :m][:, c]
         else:
-            q = self._q[:, r[:, None], c[None, :]]
+            q = self._q[:_QUANTITIES, r[:, None], c[None, :]]
             available = q[ON_HAND] - q[RESERVED] - q[COMMITTED] - q[SAFETY]
             present = self._present[r[:, None], c[None, :]]
         present &= (rows >= 0)[:, None] & (cols >= 0)[None, :]
@@ -194,7 +256,7 @@ class PositionStore:
 
     def totals(self) -> Quantities:
         """Sum of every field over all positions (used by invariant checks)."""
-        sums = self._q.sum(axis=(1, 2)).tolist()
+        sums = self._q[:_QUANTITIES].sum(axis=(1, 2)).tolist()
         return Quantities(*sums)
 
     def oversold_units(self) -> int:
@@ -212,6 +274,8 @@ class PositionStore:
             locations=list(self._locations),
             quantities=np.ascontiguousarray(self._q[:, :n, :m]).tobytes(),
             present=np.ascontiguousarray(self._present[:n, :m]).tobytes(),
+            ids=np.ascontiguousarray(self._ids[:, :n, :m]).tobytes(),
+            names=self.names.snapshot(),
         )
 
     @classmethod
@@ -225,6 +289,9 @@ class PositionStore:
         q = np.frombuffer(snap.quantities, dtype=np.int64).reshape(_FIELDS, n, m)
         store._q[:, :n, :m] = q
         store._present[:n, :m] = np.frombuffer(snap.present, dtype=np.bool_).reshape(n, m)
+        ids = np.frombuffer(snap.ids, dtype=np.int32).reshape(2, n, m)
+        store._ids[:, :n, :m] = ids
+        store.names = Names.restore(snap.names, ids)
         store._views()
         return store
 
@@ -250,6 +317,8 @@ class PositionStore:
         q[:, : self._rows, : self._cols] = self._q
         present = np.zeros((new_rows, new_cols), dtype=np.bool_)
         present[: self._rows, : self._cols] = self._present
-        self._q, self._present = q, present
+        ids = np.zeros((2, new_rows, new_cols), dtype=np.int32)
+        ids[:, : self._rows, : self._cols] = self._ids
+        self._q, self._present, self._ids = q, present, ids
         self._views()
         self._rows, self._cols = new_rows, new_cols

@@ -19,9 +19,11 @@ class Explanation:
         self.count: tuple[str, int, int] | None = None
         self.deltas: list[tuple[str, int, int]] = []
         if history is not None:
-            # E1 keys are (event_time, rank, source, event_id).
+            # E1 keys are (event_time, rank, source, event_id). What the count stands for includes the
+            # deltas E9 compacted away (they are in on_hand, not kept): on_hand minus the kept deltas.
             if history.count_key is not None:
-                self.count = (history.count_key[3], history.count_key[0], history.count_qty)
+                base = self.quantities.on_hand - sum(history.delta_qtys)
+                self.count = (history.count_key[3], history.count_key[0], base)
             self.deltas = [(key[3], key[0], qty) for key, qty in zip(history.delta_keys, history.delta_qtys,
                                                                        strict=True)]
         self.stream_time = ledger.stream_time

@@ -36,6 +36,10 @@ def epoch_key(prefix: str) -> str:
     return f"{prefix}epoch"
 
 
+class SnapshotUnreadable(RuntimeError):
+    """A shard's snapshot cannot be decoded by this version: recovery stops rather than guess."""
+
+
 class Fenced(RedisError):
     """This instance no longer owns the keyspace (a newer one claimed it); nothing of the refused
     write was applied."""
@@ -272,7 +276,14 @@ class LogStore:
 
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
         raw: Any = await self.client.get(self.snap_key(shard))
-        return _snap_decoder.decode(raw) if raw else None
+        if not raw:
+            return None
+        try:
+            return _snap_decoder.decode(raw)
+        except msgspec.MsgspecError as exc:
+            # Not a fault to retry: a snapshot written in another version's layout (see CHANGELOG).
+            raise SnapshotUnreadable(f"shard {shard}: the snapshot at {self.snap_key(shard)} is not in this "
+                                     f"version's layout ({exc}); restore with the version that wrote it") from None
 
     async def save_snapshot(self, shard: int, seq: int, ledger: LedgerSnapshot) -> int:
         """Store the snapshot and trim the log behind it, atomically. Returns its size in bytes."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from reservation import Fact, FactKind, FactOutcome, Ledger, LedgerSnapshot, Limits, PositionHistory
-from reservation._undo import run_undo
+from reservation import Fact, FactKind, FactOutcome, Ledger, LedgerSnapshot, Limits
 
 S, C, R, A = FactKind.SALE, FactKind.COUNT, FactKind.RECEIPT, FactKind.ADJUST
 
@@ -14,50 +13,71 @@ def f(eid: str, kind: int, qty: int, t: int, sku: str = "A", loc: str = "S1") ->
     return Fact(eid, "pos", kind, sku, loc, qty, t)
 
 
+def folded(*facts: Fact, grace_ms: int = 24 * 3_600_000) -> Ledger:
+    ledger = Ledger(0, Limits(fact_grace_ms=grace_ms))
+    for fact in facts:
+        ledger.record_fact(fact)
+    return ledger
+
+
+def on_hand(ledger: Ledger) -> int:
+    return ledger.quantities("A", "S1").on_hand
+
+
 def test_count_includes_deltas_stamped_at_or_before_it_E1_E2() -> None:
-    h = PositionHistory()
-    for fact in (f("1", R, 10, 100), f("2", S, 3, 200), f("3", C, 4, 200), f("4", S, 1, 300)):
-        h.fold(fact)
-    assert h.on_hand() == 3  # count 4 at t=200 already includes the sale at t=200; then -1
+    ledger = folded(f("1", R, 10, 100), f("2", S, 3, 200), f("3", C, 4, 200), f("4", S, 1, 300))
+    assert on_hand(ledger) == 3  # count 4 at t=200 already includes the sale at t=200; then -1
 
 
 def test_late_delta_before_latest_count_is_absorbed_E4() -> None:
-    h = PositionHistory()
-    h.fold(f("c", C, 10, 500))
-    outcome, delta, _ = h.fold(f("s", S, 2, 400))
-    assert (outcome, delta, h.on_hand()) == (FactOutcome.ABSORBED, 0, 10)
+    ledger = folded(f("c", C, 10, 500))
+    assert ledger.record_fact(f("s", S, 2, 400))[0] == FactOutcome.ABSORBED
+    assert on_hand(ledger) == 10
 
 
 def test_older_count_changes_nothing_E5() -> None:
-    h = PositionHistory()
-    h.fold(f("c2", C, 10, 500))
-    outcome, _, _ = h.fold(f("c1", C, 99, 400))
-    assert outcome == FactOutcome.ABSORBED and h.on_hand() == 10
+    ledger = folded(f("c2", C, 10, 500))
+    assert ledger.record_fact(f("c1", C, 99, 400))[0] == FactOutcome.ABSORBED
+    assert on_hand(ledger) == 10
 
 
 def test_newer_count_replaces_earlier_deltas_but_keeps_later_ones_E2() -> None:
-    h = PositionHistory()
-    h.fold(f("r", R, 10, 100))
-    h.fold(f("s", S, 2, 300))
-    h.fold(f("c", C, 7, 200))  # arrives late, sits between the receipt and the sale
-    assert h.on_hand() == 5
+    ledger = folded(f("r", R, 10, 100), f("s", S, 2, 300), f("c", C, 7, 200))  # the count sits between them
+    assert on_hand(ledger) == 5
+    history = ledger.history("A", "S1")
+    assert history is not None and history.count_key == (200, 1, "pos", "c") and history.count_qty == 7
+    assert history.delta_keys == [(300, 0, "pos", "s")] and history.delta_qtys == [-2]
 
 
 def test_undo_restores_history() -> None:
-    h = PositionHistory()
-    h.fold(f("r", R, 10, 100))
-    _, _, undo = h.fold(f("c", C, 3, 200))
-    assert undo is not None
-    run_undo(undo)
-    assert h.on_hand() == 10 and h.count_key is None
+    ledger = folded(f("r", R, 10, 100))
+    ledger.commit(0)
+    before = ledger.history("A", "S1")
+    ledger.record_fact(f("c", C, 3, 200))
+    ledger.rollback()
+    assert on_hand(ledger) == 10 and ledger.history("A", "S1") == before
+    assert before is not None and before.count_key is None
+    assert ledger.record_fact(f("c", C, 3, 200))[0] == FactOutcome.APPLIED  # E8 forgot the undone count
 
 
 def test_compaction_keeps_on_hand_E9() -> None:
-    h = PositionHistory()
-    for i in range(10):
-        h.fold(f(str(i), R, 1, 100 + i))
-    h.compact(105)
-    assert h.on_hand() == 10 and len(h.delta_keys) == 5
+    ledger = folded(*(f(str(i), R, 1, 100 + i) for i in range(10)), grace_ms=4)  # stream time 109
+    ledger.commit(0)
+    ledger.compact()  # horizon 105
+    history = ledger.history("A", "S1")
+    assert on_hand(ledger) == 10 and history is not None and len(history.delta_keys) == 5
+    assert ledger.record_fact(f("c", C, 2, 106))[0] == FactOutcome.APPLIED
+    assert on_hand(ledger) == 5  # the count at 106, then the receipts at 107, 108, 109
+
+
+def test_a_superseded_count_is_still_known_by_its_identity_E8() -> None:
+    ledger = folded(f("c1", C, 10, 100), f("c2", C, 20, 200))
+    assert ledger.record_fact(f("c1", C, 10, 100))[0] == FactOutcome.DUPLICATE
+    outcome, reason = ledger.record_fact(f("c1", C, 99, 300))  # a newer payload under an applied identity
+    assert outcome == FactOutcome.QUARANTINED and "conflict" in reason and on_hand(ledger) == 20
+    assert ledger.record_fact(f("c2", C, 20, 200))[0] == FactOutcome.DUPLICATE  # the latest, known by its columns
+    assert ledger.record_fact(f("c2", R, 20, 200))[0] == FactOutcome.QUARANTINED  # same identity, other kind
+    assert len(ledger.memory) == 1  # only c1: the latest count costs no entry
 
 
 def test_duplicates_and_conflicts_E8() -> None:
@@ -87,7 +107,7 @@ def test_dedupe_memory_is_bounded_by_the_grace_window_E8() -> None:
             ledger.forget_old_facts()  # the shard does this between batches
     ledger.commit(0)
     ledger.forget_old_facts()
-    assert len(ledger._seen) <= 1001
+    assert len(ledger.memory) <= 1001
     # What was forgotten is late now: a resend is quarantined, never applied twice (E6 + E8).
     assert ledger.record_fact(f("0", R, 1, 10_000))[0] == FactOutcome.QUARANTINED
     assert ledger.record_fact(f("4999", R, 1, 14_999))[0] == FactOutcome.DUPLICATE
@@ -127,7 +147,7 @@ def test_a_rolled_back_fact_leaves_no_position_behind_E10() -> None:
     ledger = Ledger(0, Limits())
     ledger.record_fact(Fact("f1", "pos", FactKind.RECEIPT, "A", "L1", 5, 1_000))
     ledger.rollback()
-    assert list(ledger.store.items()) == [] and ledger.histories == {}
+    assert list(ledger.store.items()) == [] and ledger.histories.deltas == {}
     assert not ledger.store.exists("A", "L1")
 
 
@@ -154,10 +174,11 @@ def test_default_safety_stock_is_logged_with_the_first_fact_of_a_position_Q4_E10
 
 
 def test_undo_of_a_delta_removes_only_that_delta() -> None:
-    h = PositionHistory()
-    h.fold(f("r", R, 10, 100))
-    _, _, undo = h.fold(f("s", S, 2, 300))
-    h.fold(f("r2", R, 5, 200))  # lands before the sale in event time, after it in arrival
-    assert undo is not None
-    run_undo(undo)
-    assert h.on_hand() == 15 and len(h.delta_keys) == 2
+    ledger = folded(f("r", R, 10, 100))
+    ledger.commit(0)
+    ledger.record_fact(f("s", S, 2, 300))
+    mark = ledger.mark()
+    ledger.record_fact(f("r2", R, 5, 200))  # lands before the sale in event time, after it in arrival
+    ledger.rollback_to(mark)
+    history = ledger.history("A", "S1")
+    assert on_hand(ledger) == 8 and history is not None and [k[3] for k in history.delta_keys] == ["r", "s"]

@@ -1,0 +1,95 @@
+"""Strings stored once and referred to by a small int from numpy columns, counted by their users.
+
+A position's latest count names its source and event_id (E1's tie-break, E8's identity). Kept as
+str per position they would cost ~60 bytes each; a baseline load gives millions of positions the
+same few: one source (the ERP) and one event_id per extract (``count@<as_of>``). Here each distinct
+string is kept once while some position uses it and freed when none does, so the table is bounded
+by the positions, not by the history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+NONE = 0
+"""The index that names nothing: a position without a count holds it (its columns start at zero)."""
+
+
+class Names:
+    """Interned strings with a use count each; index ``NONE`` is reserved."""
+
+    __slots__ = ("_free", "_index", "_names", "_uses")
+
+    def __init__(self) -> None:
+        self._names: list[str | None] = [None]
+        self._uses: list[int] = [0]
+        self._index: dict[str, int] = {}
+        self._free: list[int] = []
+
+    def __len__(self) -> int:
+        """Strings held now."""
+        return len(self._index)
+
+    def acquire(self, name: str) -> int:
+        """The index of ``name``, counting one more user of it."""
+        i = self._index.get(name)
+        if i is None:
+            if self._free:
+                i = self._free.pop()
+                self._names[i] = name
+            else:
+                i = len(self._names)
+                self._names.append(name)
+                self._uses.append(0)
+            self._index[name] = i
+        self._uses[i] += 1
+        return i
+
+    def release(self, i: int) -> None:
+        """One user fewer of index ``i``; the string is forgotten with its last user."""
+        if i == NONE:
+            return
+        uses = self._uses[i] - 1
+        assert uses >= 0, "a name released more often than acquired"
+        self._uses[i] = uses
+        if not uses:
+            name = self._names[i]
+            assert name is not None
+            del self._index[name]
+            self._names[i] = None
+            self._free.append(i)
+
+    def name(self, i: int) -> str:
+        name = self._names[i]
+        assert name is not None, "a column names a string that was released"
+        return name
+
+    def find(self, name: str) -> int:
+        """The index of ``name`` if some position uses it, else ``NONE`` (a lookup, no new user)."""
+        return self._index.get(name, NONE)
+
+    def snapshot(self) -> list[str | None]:
+        return list(self._names)
+
+    @classmethod
+    def restore(cls, names: Sequence[str | None], *columns: npt.NDArray[np.int32]) -> Names:
+        """The table as snapshotted, its use counts recounted from the columns that refer to it."""
+        table = cls()
+        table._names = list(names) or [None]
+        uses = np.zeros(len(table._names), dtype=np.int64)
+        for column in columns:
+            uses += np.bincount(column.ravel(), minlength=len(table._names))[: len(table._names)]
+        uses[NONE] = 0
+        table._uses = uses.tolist()
+        for i, name in enumerate(table._names):
+            if i == NONE:
+                continue
+            if name is None or not table._uses[i]:
+                table._names[i] = None
+                table._free.append(i)
+            else:
+                table._index[name] = i
+        return table
