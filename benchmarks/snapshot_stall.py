@@ -4,7 +4,8 @@ encoding run inside the shard's turn, on the event loop every shard and call sha
 One shard's ledger is filled as a shard of a national estate would be — a count per position
 (``--skus`` x ``--locations``), then ``--facts`` sales stamped over the day after it — and its
 snapshot is built ``--rounds`` times. No I/O. Prints one JSON line: positions, remembered facts,
-snapshot_ms and encode_ms (each round), snapshot_mb.
+snapshot_ms and encode_ms (each round), stall_ms (their sum: what the shard's turn takes),
+snapshot_mb, and compact_ms: one maintenance pass of E9 compaction (``COMPACT_PER_PASS`` positions).
 
     python benchmarks/snapshot_stall.py [--skus 312 --locations 300 --facts 62000]
 """
@@ -60,6 +61,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     ledger = filled(args.skus, args.locations, args.facts)
+    started = time.perf_counter()
+    ledger.compact_some()
+    compact_ms = round((time.perf_counter() - started) * 1000, 1)
     snapshot_ms, encode_ms, size = [], [], 0
     for _ in range(args.rounds):
         started = time.perf_counter()
@@ -69,7 +73,8 @@ def main() -> None:
         snapshot_ms.append(round((built - started) * 1000))
         encode_ms.append(round((time.perf_counter() - built) * 1000))
     print(json.dumps({"positions": args.skus * args.locations, "facts": args.facts, "snapshot_ms": snapshot_ms,
-                      "encode_ms": encode_ms, "snapshot_mb": round(size / 2**20, 1)}))
+                      "encode_ms": encode_ms, "stall_ms": [a + b for a, b in zip(snapshot_ms, encode_ms, strict=True)],
+                      "snapshot_mb": round(size / 2**20, 1), "compact_ms": compact_ms}))
 
 
 if __name__ == "__main__":

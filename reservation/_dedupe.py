@@ -8,8 +8,6 @@ entry, in arrival order, until its event time falls behind stream time minus gra
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from ._keys import Payload, pack_payload, pair_key, payload_time
 from ._model import FactKind
 from ._store import LatestCount, PositionStore
@@ -21,18 +19,19 @@ _SEP = "\x00"
 class FactMemory:
     """Remembered identities (``fact_key``) and payloads (``fact_payload``)."""
 
-    __slots__ = ("_seen", "store")
+    __slots__ = ("seen", "store")
 
-    def __init__(self, store: PositionStore) -> None:
+    def __init__(self, store: PositionStore, seen: dict[str, Payload] | None = None) -> None:
         self.store = store
-        self._seen: dict[str, Payload] = {}  # fact_key -> fact_payload, in arrival order
+        self.seen: dict[str, Payload] = seen if seen is not None else {}
+        """fact_key -> fact_payload, in arrival order (a snapshot carries it as it is)."""
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self.seen)
 
     def payload(self, key: str, source: str, event_id: str, sku: str, location: str) -> Payload | None:
         """The payload applied under this identity at this position (None: never applied)."""
-        seen = self._seen.get(key)
+        seen = self.seen.get(key)
         if seen is not None:
             return seen
         cell = self.store.locate(sku, location)
@@ -42,21 +41,21 @@ class FactMemory:
         return None
 
     def remember(self, key: str, payload: Payload) -> None:
-        self._seen[key] = payload
+        self.seen[key] = payload
 
     def remember_superseded(self, sku: str, location: str, count: LatestCount) -> str:
         """A count no longer the latest keeps its identity here (E8 still covers it); returns its key."""
         at, source, event_id, quantity = count
         key = f"{source}{_SEP}{event_id}{_SEP}{pair_key(sku, location)}"
-        self._seen[key] = pack_payload(at, _COUNT, quantity, "")
+        self.seen[key] = pack_payload(at, _COUNT, quantity, "")
         return key
 
     def drop(self, key: str) -> None:
-        self._seen.pop(key, None)
+        self.seen.pop(key, None)
 
     def has_old(self, horizon: int) -> bool:
         """Whether ``forget_old`` would drop anything now (its sweep starts at the oldest arrival)."""
-        oldest = next(iter(self._seen.values()), None)
+        oldest = next(iter(self.seen.values()), None)
         return oldest is not None and payload_time(oldest) < horizon
 
     def forget_old(self, horizon: int) -> int:
@@ -64,13 +63,10 @@ class FactMemory:
         and quarantined, never applied). Oldest arrivals first; one still inside the window stops the
         sweep, so memory stays within about one grace window of arrivals."""
         gone = []
-        for key, payload in self._seen.items():
+        for key, payload in self.seen.items():
             if payload_time(payload) >= horizon:
                 break
             gone.append(key)
         for key in gone:
-            del self._seen[key]
+            del self.seen[key]
         return len(gone)
-
-    def items(self) -> Iterable[tuple[str, Payload]]:
-        return self._seen.items()

@@ -72,12 +72,14 @@ def count_key(count: LatestCount) -> OrderKey:
 class Histories:
     """E1-E5 and E9 over the store's count columns and the deltas kept per position."""
 
-    __slots__ = ("deltas", "store")
+    __slots__ = ("_next_pass_at", "_to_sweep", "deltas", "store")
 
     def __init__(self, store: PositionStore, deltas: dict[str, Deltas] | None = None) -> None:
         self.store = store
         self.deltas: dict[str, Deltas] = deltas if deltas is not None else {}
         """Keyed by ``pair_key``; only positions that keep a delta have an entry."""
+        self._to_sweep: list[str] = []  # positions the current compaction pass has yet to look at
+        self._next_pass_at = 0  # the horizon at which the next pass starts
 
     def view(self, position: str, cell: tuple[int, int] | None) -> PositionHistory | None:
         count = None if cell is None else self.store.count_at(*cell)
@@ -120,20 +122,34 @@ class Histories:
             held.qtys.insert(at, delta)
         return FactOutcome.APPLIED, delta, (self._remove_delta, position, key)
 
-    def compact(self, horizon: int) -> None:
-        """E9: forget kept deltas stamped before ``horizon``: a count that is not late comes after them
-        (so never keeps them), and ``on_hand`` already includes them."""
+    def sweep_due(self, horizon: int) -> bool:
+        return bool(self._to_sweep) or (bool(self.deltas) and horizon >= self._next_pass_at)
+
+    def sweep(self, horizon: int, limit: int, every: int) -> int:
+        """E9: forget kept deltas stamped before ``horizon`` — a count that is not late comes after them
+        (so never keeps them), and ``on_hand`` already includes them. ``limit`` positions at a time,
+        a pass each time the horizon has moved ``every`` ms: a whole pass over a national estate's
+        kept deltas at once would stop the shard longer than any call may wait. Returns the
+        positions looked at."""
+        if not self._to_sweep:
+            if not self.deltas or horizon < self._next_pass_at:
+                return 0
+            self._to_sweep = list(self.deltas)
+            self._next_pass_at = horizon + every
+        batch = self._to_sweep[-limit:]
+        del self._to_sweep[-limit:]
         bound = (horizon, -1, "", "")
-        emptied = []
-        for position, held in self.deltas.items():
+        for position in batch:
+            held = self.deltas.get(position)
+            if held is None:
+                continue
             cut = bisect.bisect_left(held.keys, bound)
             if cut:
                 del held.keys[:cut]
                 del held.qtys[:cut]
                 if not held.keys:
-                    emptied.append(position)
-        for position in emptied:
-            del self.deltas[position]
+                    del self.deltas[position]
+        return len(batch)
 
     def forget(self, position: str) -> None:
         self.deltas.pop(position, None)

@@ -26,16 +26,18 @@ from ._events import (
 )
 from ._facts import COUNT_RANK, DELTA_RANK, SERVICE_SOURCE, Deltas, Histories, PositionHistory, shared
 from ._holds import HoldsIndex
-from ._keys import _SEP, Payload, fact_key, fact_payload, pair_key, split_key
+from ._keys import _SEP, fact_key, fact_payload, pair_key, split_key
 from ._limits import Limits
 from ._model import OUTGOING_KINDS, TERMINAL, Fact, FactKind, FactOutcome, Quantities, Reservation, State
-from ._snapshot import HistorySnapshot, LedgerSnapshot
+from ._snapshot import LedgerSnapshot
 from ._store import COMMITTED, ON_HAND, SAFETY, PositionStore
 from ._undo import Undo, run_undo
 
 _LIVE = (State.HELD, State.CONFIRMED)
 _COUNT = int(FactKind.COUNT)
-__all__ = ["HistorySnapshot", "Ledger", "LedgerSnapshot", "fact_key", "pair_key", "split_key"]
+COMPACT_PER_PASS = 4096
+"""Positions whose kept deltas one maintenance pass compacts (E9): ~2 ms of a shard's turn."""
+__all__ = ["Ledger", "LedgerSnapshot", "fact_key", "pair_key", "split_key"]
 
 
 class Ledger:
@@ -209,13 +211,11 @@ class Ledger:
     # -- snapshots -------------------------------------------------------------
     def snapshot(self) -> LedgerSnapshot:
         assert not self._events, "snapshot inside an open batch"
-        histories = [HistorySnapshot(*split_key(key), held.keys, held.qtys)
-                     for key, held in self.histories.deltas.items()]
         return LedgerSnapshot(
             store=self.store.snapshot(),
             reservations=list(self.reservations.values()),
-            histories=histories,
-            seen=[(key, *_flat(payload)) for key, payload in self.memory.items()],
+            histories=self.histories.deltas,
+            seen=self.memory.seen,
             stream_time=self.stream_time,
             clock=self.clock,
         )
@@ -225,14 +225,11 @@ class Ledger:
         ledger = cls(shard, limits)
         ledger.store = PositionStore.restore(snap.store)
         ledger.histories = Histories(ledger.store, {
-            pair_key(h.sku, h.location): Deltas([(t, rank, shared(source), eid) for t, rank, source, eid in h.keys],
-                                                h.qtys)
-            for h in snap.histories})
-        ledger.memory = FactMemory(ledger.store)
+            position: Deltas([(t, rank, shared(source), eid) for t, rank, source, eid in held.keys], held.qtys)
+            for position, held in snap.histories.items()})
+        ledger.memory = FactMemory(ledger.store, snap.seen)
         for rec in snap.reservations:
             ledger._apply(ReservationSaved(rec))
-        for key, high, low, rid in snap.seen:
-            ledger.memory.remember(key, (high << 64 | low, rid) if rid else high << 64 | low)
         ledger.stream_time, ledger.clock = snap.stream_time, snap.clock
         return ledger
 
@@ -272,11 +269,15 @@ class Ledger:
             return functools.partial(self.store.forget, sku, loc)
         return functools.partial(self.store.move, sku, loc, -event.d_reserved, -event.d_committed)
 
-    def compact(self) -> None:
-        """E9: fold deltas older than stream time minus grace into each history's base."""
+    def housekeeping_wanted(self) -> bool:
+        """Remembered facts to forget (E8) or kept deltas to compact (E9)."""
+        return self.has_old_facts() or self.histories.sweep_due(self.stream_time - self.limits.fact_grace_ms)
+
+    def compact_some(self, limit: int = COMPACT_PER_PASS) -> int:
+        """E9 for at most ``limit`` positions (``Histories.sweep``); between batches, none in flight."""
         assert not self._events, "compaction inside an open batch"
-        self.histories.compact(self.stream_time - self.limits.fact_grace_ms)
-        self.forget_old_facts()
+        grace = self.limits.fact_grace_ms
+        return self.histories.sweep(self.stream_time - grace, limit, max(1, grace // 16))
 
     def _apply_reservation(self, rec: Reservation) -> Undo:
         rid = rec.reservation_id
@@ -388,9 +389,3 @@ class Ledger:
         undone must find what it knew."""
         assert not self._events, "forgetting inside an open batch"
         return self.memory.forget_old(self.stream_time - self.limits.fact_grace_ms)
-
-
-def _flat(payload: Payload) -> tuple[int, int, str]:
-    """A remembered payload in 64-bit parts (what msgpack can carry): high and low halves, reservation id."""
-    packed, rid = (payload, "") if isinstance(payload, int) else payload
-    return packed >> 64, packed & 0xFFFF_FFFF_FFFF_FFFF, rid

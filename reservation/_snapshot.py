@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import msgspec
 
-from ._facts import OrderKey
+from ._facts import Deltas
 from ._model import Reservation
 from ._store import StoreSnapshot
 
 
-class HistorySnapshot(msgspec.Struct, array_like=True):
-    """The deltas a position keeps (its latest count is in the store's columns)."""
-
-    sku: str
-    location: str
-    keys: list[OrderKey]  # E1 keys (event_time, rank, source, event_id)
-    qtys: list[int]
-
-
 class LedgerSnapshot(msgspec.Struct, array_like=True):
+    """A shard's state. The two big maps are the live ones, not copies (msgpack walks them without
+    a Python step per entry): encode it before the shard takes its next turn."""
+
     store: StoreSnapshot
     reservations: list[Reservation]
-    histories: list[HistorySnapshot]
-    # E8, per remembered fact: (identity, payload's high and low 64 bits, reservation id); see fact_payload
-    seen: list[tuple[str, int, int, str]]
+    histories: dict[str, Deltas]  # pair_key -> the deltas a position keeps (its latest count is in store)
+    seen: dict[str, bytes]  # E8: fact_key -> fact_payload, in arrival order
     stream_time: int
     clock: int

@@ -382,9 +382,10 @@ class ShardActor:
             # Draining holds this shard's new work behind its appends in flight, and every shard is
             # asked at once: only when there is something to do (it was a stall of every shard
             # each maintenance pass, 100 ms apart, at any load).
-            if self._doubt or self.ledger.has_old_facts() or self._checkpoints.due(self.seq):
-                await self._drain()  # a snapshot needs memory == durable log
+            if self._doubt or self.ledger.housekeeping_wanted() or self._checkpoints.due(self.seq):
+                await self._drain()  # a snapshot needs memory == durable log; so does compaction (undo)
                 self.ledger.forget_old_facts()
+                self.ledger.compact_some()
                 await self.checkpoint()
 
     async def checkpoint(self, force: bool = False) -> None:

@@ -98,7 +98,6 @@ class Checkpoints:
     async def save(self, seq: int, ledger: Ledger) -> None:
         """Snapshot ``ledger`` (memory == the log up to ``seq``) and trim the log behind it."""
         started = time.perf_counter()
-        ledger.compact()
         try:
             if self._fence_first:  # an older snapshot write may still land: make it unable to
                 await self._store.fence(self._shard)

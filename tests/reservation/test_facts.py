@@ -63,11 +63,25 @@ def test_undo_restores_history() -> None:
 def test_compaction_keeps_on_hand_E9() -> None:
     ledger = folded(*(f(str(i), R, 1, 100 + i) for i in range(10)), grace_ms=4)  # stream time 109
     ledger.commit(0)
-    ledger.compact()  # horizon 105
+    assert ledger.housekeeping_wanted()
+    assert ledger.compact_some(limit=1) == 1  # horizon 105; one position: the whole pass
     history = ledger.history("A", "S1")
     assert on_hand(ledger) == 10 and history is not None and len(history.delta_keys) == 5
+    ledger.forget_old_facts()
+    assert not ledger.housekeeping_wanted()  # the next pass waits for the horizon to move grace/16
     assert ledger.record_fact(f("c", C, 2, 106))[0] == FactOutcome.APPLIED
     assert on_hand(ledger) == 5  # the count at 106, then the receipts at 107, 108, 109
+
+
+def test_compaction_sweeps_a_bounded_number_of_positions_per_pass_E9() -> None:
+    facts = [f(f"{i}-{j}", R, 1, 100 + j, sku=f"K{i}") for j in range(4) for i in range(10)]
+    ledger = folded(*facts, grace_ms=2)  # stream time 103, horizon 101
+    ledger.commit(0)
+    looked = [ledger.compact_some(limit=3) for _ in range(5)]
+    assert looked == [3, 3, 3, 1, 0]
+    kept = [ledger.history(f"K{i}", "S1") for i in range(10)]
+    assert all(h is not None and [k[0] for k in h.delta_keys] == [101, 102, 103] for h in kept)
+    assert all(ledger.quantities(f"K{i}", "S1").on_hand == 4 for i in range(10))
 
 
 def test_a_superseded_count_is_still_known_by_its_identity_E8() -> None:
