@@ -41,6 +41,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, timestamp
+from atp_client._stock import record_patiently
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis, free_port
 from benchmarks.ingest import ready, spawn
@@ -87,7 +88,7 @@ async def send_all(target: str, facts: Iterator[pb.Fact], batch: int, inflight: 
 
         async def one(chunk: list[pb.Fact]) -> None:
             try:
-                results = await client.record_events(chunk)
+                results = await record_patiently(client, chunk)
                 bad = [r for r in results if r.outcome == pb.FACT_OUTCOME_INVALID]
                 assert not bad, bad[0]
             finally:

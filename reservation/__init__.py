@@ -30,6 +30,7 @@ from ._feed import (
 from ._ledger import Ledger, LedgerSnapshot
 from ._limits import Limits
 from ._model import (
+    OUTGOING_KINDS,
     TERMINAL,
     ZERO,
     Fact,
@@ -48,6 +49,7 @@ from ._store import PositionStore
 from ._validate import check_id, check_safety_stock, fact, line_requests, partial_lines, reserve_command
 
 __all__ = [
+    "OUTGOING_KINDS",
     "TERMINAL",
     "ZERO",
     "AlreadyExists",

@@ -8,7 +8,9 @@ entry, in arrival order, until its event time falls behind stream time minus gra
 
 from __future__ import annotations
 
-from ._keys import Payload, pack_payload, pair_key, payload_time
+from collections.abc import Iterator
+
+from ._keys import Payload, pack_payload, pair_key, payload_time, unpack_payload
 from ._model import FactKind
 from ._store import LatestCount, PositionStore
 
@@ -70,3 +72,12 @@ class FactMemory:
         for key in gone:
             del self.seen[key]
         return len(gone)
+
+    def facts_at(self, sku: str, location: str) -> Iterator[tuple[str, str, int, int, int]]:
+        """(source, event_id, event_time, kind, quantity) of each fact remembered at the position:
+        a scan of the whole map, for an operator's ExplainAvailability, never on a hot path."""
+        suffix = f"{_SEP}{pair_key(sku, location)}"
+        for key, payload in self.seen.items():
+            if key.endswith(suffix):
+                source, event_id, _ = key.split(_SEP, 2)
+                yield (source, event_id, *unpack_payload(payload))

@@ -46,6 +46,11 @@ def pack_payload(event_time: int, kind: int, quantity: int, reservation_id: str)
     return packed + reservation_id.encode() if reservation_id else packed
 
 
+def unpack_payload(payload: Payload) -> tuple[int, int, int]:
+    """(event_time, kind, quantity) of a remembered fact."""
+    return _PAYLOAD.unpack_from(payload)
+
+
 def payload_time(payload: Payload) -> int:
     """The event time of a remembered fact (``forget_old_facts`` sweeps by it)."""
     return int.from_bytes(payload[:8], signed=True)

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from ._dedupe import FactMemory
+from ._deltas import DeltaPool
 from ._events import (
     Event,
     FactApplied,
@@ -24,7 +25,7 @@ from ._events import (
     SafetyStockSet,
     Shipped,
 )
-from ._facts import COUNT_RANK, DELTA_RANK, SERVICE_SOURCE, Deltas, Histories, PositionHistory, shared
+from ._facts import COUNT_RANK, DELTA_RANK, SERVICE_SOURCE, Histories, PositionHistory
 from ._holds import HoldsIndex
 from ._keys import _SEP, fact_key, fact_payload, pair_key, split_key
 from ._limits import Limits
@@ -214,7 +215,7 @@ class Ledger:
         return LedgerSnapshot(
             store=self.store.snapshot(),
             reservations=list(self.reservations.values()),
-            histories=self.histories.deltas,
+            deltas=self.histories.pool.snapshot(),
             seen=self.memory.seen,
             stream_time=self.stream_time,
             clock=self.clock,
@@ -223,10 +224,9 @@ class Ledger:
     @classmethod
     def restore(cls, shard: int, limits: Limits, snap: LedgerSnapshot) -> Ledger:
         ledger = cls(shard, limits)
-        ledger.store = PositionStore.restore(snap.store)
-        ledger.histories = Histories(ledger.store, {
-            position: Deltas([(t, rank, shared(source), eid) for t, rank, source, eid in held.keys], held.qtys)
-            for position, held in snap.histories.items()})
+        pool = DeltaPool.restore(snap.deltas)
+        ledger.store = PositionStore.restore(snap.store, pool.sources)
+        ledger.histories = Histories(ledger.store, pool)
         ledger.memory = FactMemory(ledger.store, snap.seen)
         for rec in snap.reservations:
             ledger._apply(ReservationSaved(rec))
@@ -308,12 +308,14 @@ class Ledger:
 
     def history(self, sku: str, location: str) -> PositionHistory | None:
         """What later facts can still change of a position's past (None: no count, no kept delta)."""
-        return self.histories.view(pair_key(sku, location), self.store.locate(sku, location))
+        return self.histories.view(self.store.locate(sku, location), self.stream_time - self.limits.fact_grace_ms)
 
     def _forget_position(self, sku: str, location: str) -> None:
         """Undo of the change that created a position and its history (E10: replay never saw it)."""
+        cell = self.store.locate(sku, location)
+        if cell is not None:
+            self.histories.forget(cell)
         self.store.forget(sku, location)
-        self.histories.forget(pair_key(sku, location))
 
     def _past_on_hand_bound(self, fact: Fact, delta: int) -> bool:
         """Whether the fact just folded took on_hand past ±max_on_hand, outwards (Q5 in int64, see
@@ -326,19 +328,18 @@ class Ledger:
         """Fold a fact into its position; also returns its change to on_hand."""
         sku, location = fact.sku, fact.location
         row, col, existed = self.store.place(sku, location)
-        position = f"{sku}{_SEP}{location}"  # pair_key, inlined: the ingest hot path
         # E1: the order key is (event_time, rank, source, event_id); deltas rank 0, counts rank 1.
         kind, quantity = fact.kind, fact.quantity
         superseded = None
         if kind == _COUNT:
-            order = (fact.event_time, COUNT_RANK, shared(fact.source), fact.event_id)
-            outcome, delta, undo_fold, old = self.histories.fold_count((row, col), position, order, quantity)
+            order = (fact.event_time, COUNT_RANK, fact.source, fact.event_id)
+            outcome, delta, undo_fold, old = self.histories.fold_count((row, col), order, quantity)
             if old is not None:  # E8 covers the count it replaces, now kept as any other fact
                 superseded = self.memory.remember_superseded(sku, location, old)
         else:
-            order = (fact.event_time, DELTA_RANK, shared(fact.source), fact.event_id)
+            order = (fact.event_time, DELTA_RANK, fact.source, fact.event_id)
             outcome, delta, undo_fold = self.histories.fold_delta(
-                (row, col), position, order, -quantity if kind in OUTGOING_KINDS else quantity)
+                (row, col), order, -quantity if kind in OUTGOING_KINDS else quantity)
         if delta:
             self.store.add(sku, location, ON_HAND, delta)
         old_stream_time = self.stream_time
@@ -366,7 +367,7 @@ class Ledger:
         sku, loc, qty = event.sku, event.location, event.quantity
         row, col, existed = self.store.place(sku, loc)
         _, delta, undo_fold = self.histories.fold_delta(
-            (row, col), pair_key(sku, loc), (event.at, DELTA_RANK, SERVICE_SOURCE, event.ref), -qty)
+            (row, col), (event.at, DELTA_RANK, SERVICE_SOURCE, event.ref), -qty)
         self.store.add(sku, loc, COMMITTED, -qty)
         self.store.add(sku, loc, ON_HAND, delta)
 

@@ -2,8 +2,8 @@
 
 A dict entry per position costs ~100 bytes of Python objects; here a position costs its four
 quantities, its latest count (time and quantity as int64, source and event_id as int32 indices
-into a shared table of names) and a presence bit: 57 bytes, so 30 M positions fit in about
-1.6 GiB and a snapshot is a few ``tobytes()`` calls. Only this class knows the layout.
+into a shared table of names), where its kept deltas start and a presence bit: 61 bytes, so 30 M
+positions fit in about 1.7 GiB and a snapshot is a few ``tobytes()`` calls. Only this class knows the layout.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from ._names import NONE, Names
 
 ON_HAND, RESERVED, COMMITTED, SAFETY, COUNT_TIME, COUNT_QTY = range(6)
 """The int64 fields of a position: Q1-Q4, then its latest count's event time and quantity (E2)."""
-SOURCE_ID, EVENT_ID = range(2)
-"""The int32 fields of a position: its latest count's source and event_id in ``names`` (NONE: no count)."""
+SOURCE_ID, EVENT_ID, DELTAS = range(3)
+"""The int32 fields of a position: its latest count's source and event_id in ``names`` (NONE: no
+count), and the head of its chain of kept deltas in the ledger's ``DeltaPool`` (0: none)."""
+_IDS = 3
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 _FIELDS = 6
@@ -38,7 +40,7 @@ class StoreSnapshot(msgspec.Struct, array_like=True):
     locations: list[str]
     quantities: bytes  # int64, shape (6, len(skus), len(locations)), C order
     present: bytes  # bool, shape (len(skus), len(locations))
-    ids: bytes  # int32, shape (2, len(skus), len(locations)): indices into names
+    ids: bytes  # int32, shape (3, len(skus), len(locations)): SOURCE_ID, EVENT_ID, DELTAS
     names: list[str | None]
 
 
@@ -59,7 +61,7 @@ class PositionStore:
         self._rows, self._cols = rows, cols
         self._q = np.zeros((_FIELDS, rows, cols), dtype=np.int64)
         self._present = np.zeros((rows, cols), dtype=np.bool_)
-        self._ids = np.zeros((2, rows, cols), dtype=np.int32)
+        self._ids = np.zeros((_IDS, rows, cols), dtype=np.int32)
         self.names = Names()
         self._views()
         self.journal: list[tuple[str, str, int]] | None = []
@@ -193,6 +195,23 @@ class PositionStore:
             qv[COUNT_TIME, row, col] = at
             qv[COUNT_QTY, row, col] = quantity
 
+    def head_at(self, row: int, col: int) -> int:
+        """Where the position's chain of kept deltas starts (0: it keeps none)."""
+        return self._iv[DELTAS, row, col]
+
+    def set_head(self, row: int, col: int, slot: int) -> None:
+        self._iv[DELTAS, row, col] = slot
+
+    def chained(self, first_row: int, rows: int) -> list[tuple[int, int]]:
+        """The cells in rows ``first_row`` .. ``first_row + rows`` that keep deltas (E9's sweep)."""
+        block = self._ids[DELTAS, first_row: min(first_row + rows, len(self._skus)), : len(self._locations)]
+        found = np.nonzero(block)
+        return list(zip((found[0] + first_row).tolist(), found[1].tolist(), strict=True))
+
+    @property
+    def row_count(self) -> int:
+        return len(self._skus)
+
     def _release_count(self, row: int, col: int) -> None:
         iv = self._iv
         self.names.release(iv[SOURCE_ID, row, col])
@@ -279,7 +298,8 @@ class PositionStore:
         )
 
     @classmethod
-    def restore(cls, snap: StoreSnapshot) -> PositionStore:
+    def restore(cls, snap: StoreSnapshot, *name_users: npt.NDArray[np.int32]) -> PositionStore:
+        """The store as snapshotted; ``name_users``: other columns holding indices into its names."""
         n, m = len(snap.skus), len(snap.locations)
         store = cls(rows=max(n, 256), cols=max(m, 8))
         store._skus = list(snap.skus)
@@ -289,9 +309,9 @@ class PositionStore:
         q = np.frombuffer(snap.quantities, dtype=np.int64).reshape(_FIELDS, n, m)
         store._q[:, :n, :m] = q
         store._present[:n, :m] = np.frombuffer(snap.present, dtype=np.bool_).reshape(n, m)
-        ids = np.frombuffer(snap.ids, dtype=np.int32).reshape(2, n, m)
+        ids = np.frombuffer(snap.ids, dtype=np.int32).reshape(_IDS, n, m)
         store._ids[:, :n, :m] = ids
-        store.names = Names.restore(snap.names, ids)
+        store.names = Names.restore(snap.names, ids[SOURCE_ID], ids[EVENT_ID], *name_users)
         store._views()
         return store
 
@@ -317,7 +337,7 @@ class PositionStore:
         q[:, : self._rows, : self._cols] = self._q
         present = np.zeros((new_rows, new_cols), dtype=np.bool_)
         present[: self._rows, : self._cols] = self._present
-        ids = np.zeros((2, new_rows, new_cols), dtype=np.int32)
+        ids = np.zeros((_IDS, new_rows, new_cols), dtype=np.int32)
         ids[:, : self._rows, : self._cols] = self._ids
         self._q, self._present, self._ids = q, present, ids
         self._views()

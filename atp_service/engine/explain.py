@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from atp_service.engine.router import Engine
+from reservation import OUTGOING_KINDS, Ledger
 
 
 class Explanation:
@@ -19,13 +20,12 @@ class Explanation:
         self.count: tuple[str, int, int] | None = None
         self.deltas: list[tuple[str, int, int]] = []
         if history is not None:
-            # E1 keys are (event_time, rank, source, event_id). What the count stands for includes the
-            # deltas E9 compacted away (they are in on_hand, not kept): on_hand minus the kept deltas.
-            if history.count_key is not None:
-                base = self.quantities.on_hand - sum(history.delta_qtys)
+            # What the count stands for includes the deltas E9 folded away (in on_hand, not kept).
+            if history.count_key is not None:  # E1 keys are (event_time, rank, source, event_id)
+                base = self.quantities.on_hand - sum(qty for _, _, qty in history.deltas)
                 self.count = (history.count_key[3], history.count_key[0], base)
-            self.deltas = [(key[3], key[0], qty) for key, qty in zip(history.delta_keys, history.delta_qtys,
-                                                                       strict=True)]
+            ids = _event_ids(ledger, sku, location)
+            self.deltas = [(_pop(ids, (source, at, qty)), at, qty) for at, source, qty in history.deltas]
         self.stream_time = ledger.stream_time
         self.retained_since = max(0, ledger.stream_time - engine.limits.fact_grace_ms)
         self.holds: list[tuple[Any, int, int]] = []
@@ -40,3 +40,19 @@ class Explanation:
                             self.holds_truncated = True
                             return
                         self.holds.append((rec, line.held, line.committed))
+
+
+def _event_ids(ledger: Ledger, sku: str, location: str) -> dict[tuple[str, int, int], list[str]]:
+    """Event ids of the facts remembered at the position (E8), by (source, event_time, signed quantity):
+    kept deltas do not carry theirs (24 bytes a delta), the dedupe memory does for the grace window."""
+    ids: dict[tuple[str, int, int], list[str]] = {}
+    for source, event_id, at, kind, quantity in ledger.memory.facts_at(sku, location):
+        signed = -quantity if kind in OUTGOING_KINDS else quantity
+        ids.setdefault((source, at, signed), []).append(event_id)
+    return ids
+
+
+def _pop(ids: dict[tuple[str, int, int], list[str]], key: tuple[str, int, int]) -> str:
+    """The id of one kept delta ("" for the service's own, R4, which have no fact behind them)."""
+    found = ids.get(key)
+    return found.pop(0) if found else ""

@@ -92,8 +92,11 @@ class Checkpoints:
         )
         if not (due or (force and entries)):
             return False
+        if force:
+            return True
+        # Another shard's snapshot on its way to Redis: this one waits for a later maintenance pass.
         # Backing off after a failure: each try costs time in proportion to the state.
-        return force or time.monotonic() >= self._retry_at
+        return not self._store.snapshots_in_flight and time.monotonic() >= self._retry_at
 
     async def save(self, seq: int, ledger: Ledger) -> None:
         """Snapshot ``ledger`` (memory == the log up to ``seq``) and trim the log behind it."""

@@ -148,6 +148,10 @@ class LogStore:
         self._snapshot_script = client.register_script(SNAPSHOT_SCRIPT)
         self._fence_script = client.register_script(FENCE_SCRIPT)
         self._groups = 0
+        self.snapshots_in_flight = 0
+        """Snapshot writes under way. Shards snapshot one at a time unless stopping (``Checkpoints.due``):
+        those whose snapshots fall due together (same interval, same start) must not hand Redis all
+        their state at once, which stalls every append behind it."""
         self._tokens: dict[int, int] = {}
         """Per shard, the fence value its writes carry (``fence``); a write is refused once the
         stored fence is above it."""
@@ -289,10 +293,13 @@ class LogStore:
         """Store the snapshot and trim the log behind it, atomically. Returns its size in bytes."""
         data = _encoder.encode(SnapshotRecord(seq, ledger))
         keys = [self.epoch_key, self.snap_key(shard), self.log_key(shard), self.fence_key(shard)]
+        self.snapshots_in_flight += 1
         try:
             await self._snapshot_script(keys=keys, args=[self.epoch, data, seq, self._tokens.get(shard, 0)])
         except RedisError as exc:
             raise self._refused(exc) from None
+        finally:
+            self.snapshots_in_flight -= 1
         return len(data)
 
     def _flush(self) -> None:

@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from atp_client._client import AtpClient
-from atp_client._errors import Refusal
+from atp_client._errors import Refusal, Retryable
 from atp_client._time import timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 REQUIRED = ("sku", "location", "on_hand")
+PATIENCE_S = 120.0
+"""How long a bulk load keeps retrying a call the service refused as retryable (an overloaded shard,
+a failover): facts are idempotent (E8), so a retry is always safe; past this the load stops."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -146,7 +149,8 @@ async def load(client: AtpClient, path: Path, source: str, as_of: int | None, ba
 
     async def send(chunk: list[tuple[int, pb.Fact]]) -> None:
         try:
-            for (line, fact), result in zip(chunk, await client.record_events([f for _, f in chunk]), strict=True):
+            results = await record_patiently(client, [f for _, f in chunk])
+            for (line, fact), result in zip(chunk, results, strict=True):
                 name = pb.FactOutcome.Name(result.outcome)
                 summary.outcomes[name] = summary.outcomes.get(name, 0) + 1
                 if result.HasField("error"):
@@ -174,6 +178,21 @@ async def load(client: AtpClient, path: Path, source: str, as_of: int | None, ba
         await asyncio.gather(*pending)
     _progress(progress, 1.0, summary.rows, started, end=True)
     return summary
+
+
+async def record_patiently(client: AtpClient, facts: list[pb.Fact],
+                           patience_s: float = PATIENCE_S) -> list[pb.FactResult]:
+    """``record_events``, retried after the delay the service asks for while it says retry (RetryInfo)
+    and ``patience_s`` lasts: a bulk load outlasts a shard's busy spell instead of failing on it."""
+    give_up_at = time.monotonic() + patience_s
+    while True:
+        try:
+            return await client.record_events(facts)
+        except Retryable as exc:
+            delay = exc.retry_delay_s
+            if delay is None or time.monotonic() + delay > give_up_at:
+                raise
+            await asyncio.sleep(delay)
 
 
 async def _launch(pending: set[asyncio.Task[None]], lanes: asyncio.Semaphore,

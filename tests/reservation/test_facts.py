@@ -46,7 +46,7 @@ def test_newer_count_replaces_earlier_deltas_but_keeps_later_ones_E2() -> None:
     assert on_hand(ledger) == 5
     history = ledger.history("A", "S1")
     assert history is not None and history.count_key == (200, 1, "pos", "c") and history.count_qty == 7
-    assert history.delta_keys == [(300, 0, "pos", "s")] and history.delta_qtys == [-2]
+    assert history.deltas == [(300, "pos", -2)]  # the receipt is in the count (E2)
 
 
 def test_undo_restores_history() -> None:
@@ -63,10 +63,11 @@ def test_undo_restores_history() -> None:
 def test_compaction_keeps_on_hand_E9() -> None:
     ledger = folded(*(f(str(i), R, 1, 100 + i) for i in range(10)), grace_ms=4)  # stream time 109
     ledger.commit(0)
-    assert ledger.housekeeping_wanted()
+    assert ledger.housekeeping_wanted() and len(ledger.histories.pool) == 10
     assert ledger.compact_some(limit=1) == 1  # horizon 105; one position: the whole pass
     history = ledger.history("A", "S1")
-    assert on_hand(ledger) == 10 and history is not None and len(history.delta_keys) == 5
+    assert on_hand(ledger) == 10 and history is not None and len(history.deltas) == 5
+    assert len(ledger.histories.pool) == 5  # the five before the horizon are freed
     ledger.forget_old_facts()
     assert not ledger.housekeeping_wanted()  # the next pass waits for the horizon to move grace/16
     assert ledger.record_fact(f("c", C, 2, 106))[0] == FactOutcome.APPLIED
@@ -80,7 +81,8 @@ def test_compaction_sweeps_a_bounded_number_of_positions_per_pass_E9() -> None:
     looked = [ledger.compact_some(limit=3) for _ in range(5)]
     assert looked == [3, 3, 3, 1, 0]
     kept = [ledger.history(f"K{i}", "S1") for i in range(10)]
-    assert all(h is not None and [k[0] for k in h.delta_keys] == [101, 102, 103] for h in kept)
+    assert all(h is not None and [d[0] for d in h.deltas] == [101, 102, 103] for h in kept)
+    assert len(ledger.histories.pool) == 30
     assert all(ledger.quantities(f"K{i}", "S1").on_hand == 4 for i in range(10))
 
 
@@ -161,7 +163,7 @@ def test_a_rolled_back_fact_leaves_no_position_behind_E10() -> None:
     ledger = Ledger(0, Limits())
     ledger.record_fact(Fact("f1", "pos", FactKind.RECEIPT, "A", "L1", 5, 1_000))
     ledger.rollback()
-    assert list(ledger.store.items()) == [] and ledger.histories.deltas == {}
+    assert list(ledger.store.items()) == [] and len(ledger.histories.pool) == 0
     assert not ledger.store.exists("A", "L1")
 
 
@@ -195,4 +197,5 @@ def test_undo_of_a_delta_removes_only_that_delta() -> None:
     ledger.record_fact(f("r2", R, 5, 200))  # lands before the sale in event time, after it in arrival
     ledger.rollback_to(mark)
     history = ledger.history("A", "S1")
-    assert on_hand(ledger) == 8 and history is not None and [k[3] for k in history.delta_keys] == ["r", "s"]
+    assert on_hand(ledger) == 8 and history is not None and history.deltas == [(100, "pos", 10), (300, "pos", -2)]
+    assert len(ledger.histories.pool) == 2

@@ -68,6 +68,28 @@ async def test_snapshot_trims_the_log(start_service: ServiceFactory, redis_url: 
     assert r.xlen("atp:log:0") < 10  # trimmed behind the snapshot
 
 
+async def test_shards_snapshot_one_at_a_time_unless_stopping(redis_url: str) -> None:
+    """Shards whose snapshots fall due together take turns: Redis never gets all their state at once."""
+    import redis.asyncio as aioredis
+
+    from atp_service.config import SnapshotPolicy
+    from atp_service.storage.durability import Checkpoints
+    from atp_service.storage.log import LogStore
+
+    client = aioredis.from_url(redis_url)
+    try:
+        store = LogStore(client, "atp:", pipeline_max=16)
+        checkpoints = Checkpoints(0, store, SnapshotPolicy(snapshot_every_entries=5, snapshot_interval_s=300.0,
+                                                           snapshot_retry_max_s=30.0), seq=0)
+        assert checkpoints.due(10)
+        store.snapshots_in_flight = 1  # shard 1's snapshot on its way
+        assert not checkpoints.due(10) and checkpoints.due(10, force=True)
+        store.snapshots_in_flight = 0
+        assert checkpoints.due(10)
+    finally:
+        await client.aclose()
+
+
 async def test_redis_down_answers_unavailable_and_state_does_not_drift(
     start_service: ServiceFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
