@@ -98,7 +98,7 @@ async def liveness(stub: Any, layout: Layout, book: Book, tag: str, bound_s: flo
 
 async def _probe(stub: Any, sku: str, shard: int, book: Book, tag: str, bound_s: float) -> str:
     deadline, last = time.monotonic() + bound_s, "no answer"
-    fact = pb.Fact(event_id=f"probe-{tag}-{shard}", source="soak-wms", kind=pb.FACT_KIND_RECEIPT, sku=sku,
+    fact = pb.Fact(event_id=f"probe-{tag}-{shard}", source=f"probe-{tag}-{shard}", kind=pb.FACT_KIND_RECEIPT, sku=sku,
                    location=DCS[0],
                    quantity=1, event_time=timestamp(int(time.time() * 1000)))
     book.facts_tried[fact.event_id] = (sku, DCS[0])
@@ -160,7 +160,7 @@ async def lost_facts(stub: Any, layout: Layout, book: Book) -> tuple[list[str], 
     for sku, loc in positions:
         ex = await stub.ExplainAvailability(pb.ExplainAvailabilityRequest(sku=sku, location=loc),
                                             timeout=CALL_TIMEOUT_S)
-        ids = Counter(d.event_id for d in ex.deltas_after_count)
+        ids = Counter(d.source for d in ex.deltas_after_count)  # the load gives each fact its own source
         if ex.has_count:
             ids[ex.count_event_id] += 1
         applied[(sku, loc)] = ids

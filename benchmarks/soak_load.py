@@ -299,8 +299,8 @@ async def ship(c: Caller, rid: str) -> None:
     if rid in c.book.doubt:
         return
     now = int(time.time() * 1000)
-    facts = [pb.Fact(event_id=f"ship-{rid}-{i}", source="soak-wms", kind=pb.FACT_KIND_SHIPMENT, sku=sku, location=loc,
-                     quantity=units, event_time=timestamp(now), reservation_id=rid)
+    facts = [pb.Fact(event_id=f"ship-{rid}-{i}", source=f"ship-{rid}-{i}", kind=pb.FACT_KIND_SHIPMENT, sku=sku,
+                     location=loc, quantity=units, event_time=timestamp(now), reservation_id=rid)
              for i, (sku, loc, units) in enumerate(c.book.granted.get(rid, []))]
     await record(c, "ship", facts)
 
@@ -325,7 +325,9 @@ async def fact_feed(c: Caller, name: str) -> None:
             kind, loc = (pb.FACT_KIND_RECEIPT, c.rng.choice(DCS)) if roll < 0.5 else (
                 (pb.FACT_KIND_SALE if roll < 0.85 else pb.FACT_KIND_RETURN), c.rng.choice(STORES))
             wms = kind == pb.FACT_KIND_RECEIPT
-            facts.append(pb.Fact(event_id=f"{name}-{n}", source="soak-wms" if wms else "soak-pos", kind=kind,
+            # A source of its own: ExplainAvailability, which the check reads, names a kept delta by its
+            # source and time (event ids are not kept in memory).
+            facts.append(pb.Fact(event_id=f"{name}-{n}", source=f"{name}-{n}", kind=kind,
                                  sku=sku, location=loc, quantity=c.rng.randint(1, 5 if wms else 3),
                                  event_time=timestamp(int(time.time() * 1000))))
         await record(c, "facts", facts)

@@ -13,7 +13,7 @@ import heapq
 from collections import deque
 from collections.abc import Iterator
 
-from ._dedupe import FactMemory
+from ._dedupe import Digest, FactMemory, digest
 from ._deltas import DeltaPool
 from ._events import (
     Event,
@@ -27,7 +27,7 @@ from ._events import (
 )
 from ._facts import COUNT_RANK, DELTA_RANK, SERVICE_SOURCE, Histories, PositionHistory
 from ._holds import HoldsIndex
-from ._keys import _SEP, fact_key, fact_payload, pair_key, split_key
+from ._keys import fact_key, fact_payload, pair_key, split_key
 from ._limits import Limits
 from ._model import OUTGOING_KINDS, TERMINAL, Fact, FactKind, FactOutcome, Quantities, Reservation, State
 from ._snapshot import LedgerSnapshot
@@ -89,8 +89,7 @@ class Ledger:
 
     def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
         """Dedupe (E8), lateness (E6), then fold (E1-E5). Returns outcome and reason."""
-        # fact_key, inlined: the ingest hot path.
-        key = f"{fact.source}{_SEP}{fact.event_id}{_SEP}{fact.sku}{_SEP}{fact.location}"
+        key = digest(fact.source, fact.event_id, fact.sku, fact.location)
         seen = self.memory.payload(key, fact.source, fact.event_id, fact.sku, fact.location)
         if seen is not None:
             if seen == fact_payload(fact):
@@ -216,7 +215,7 @@ class Ledger:
             store=self.store.snapshot(),
             reservations=list(self.reservations.values()),
             deltas=self.histories.pool.snapshot(),
-            seen=self.memory.seen,
+            seen=self.memory.snapshot(),
             stream_time=self.stream_time,
             clock=self.clock,
         )
@@ -227,7 +226,7 @@ class Ledger:
         pool = DeltaPool.restore(snap.deltas)
         ledger.store = PositionStore.restore(snap.store, pool.sources)
         ledger.histories = Histories(ledger.store, pool)
-        ledger.memory = FactMemory(ledger.store, snap.seen)
+        ledger.memory = FactMemory.restore(ledger.store, snap.seen)
         for rec in snap.reservations:
             ledger._apply(ReservationSaved(rec))
         ledger.stream_time, ledger.clock = snap.stream_time, snap.clock
@@ -248,7 +247,8 @@ class Ledger:
         if isinstance(event, ReservationSaved):
             return self._apply_reservation(event.reservation), FactOutcome.APPLIED
         if isinstance(event, FactApplied):
-            undo, outcome, _ = self._apply_fact(event.fact, fact_key(event.fact))
+            fact = event.fact
+            undo, outcome, _ = self._apply_fact(fact, digest(fact.source, fact.event_id, fact.sku, fact.location))
             return undo, outcome
         if isinstance(event, Shipped):
             return self._apply_shipped(event), FactOutcome.APPLIED
@@ -324,7 +324,7 @@ class Ledger:
         bound = self.limits.max_on_hand
         return on_hand > bound if delta > 0 else on_hand < -bound
 
-    def _apply_fact(self, fact: Fact, key: str) -> tuple[Undo, FactOutcome, int]:
+    def _apply_fact(self, fact: Fact, key: Digest) -> tuple[Undo, FactOutcome, int]:
         """Fold a fact into its position; also returns its change to on_hand."""
         sku, location = fact.sku, fact.location
         row, col, existed = self.store.place(sku, location)
@@ -351,7 +351,7 @@ class Ledger:
                 superseded), outcome, delta
 
     def _unapply_fact(self, sku: str, location: str, delta: int, undo_fold: Undo | None, existed: bool,
-                      old_stream_time: int, key: str, superseded: str | None) -> None:
+                      old_stream_time: int, key: Digest, superseded: Digest | None) -> None:
         if delta:
             self.store.add(sku, location, ON_HAND, -delta)
         if undo_fold is not None:
@@ -389,4 +389,5 @@ class Ledger:
         """E8 within bounded memory (``FactMemory.forget_old``). Only between batches: a batch that is
         undone must find what it knew."""
         assert not self._events, "forgetting inside an open batch"
-        return self.memory.forget_old(self.stream_time - self.limits.fact_grace_ms)
+        grace = self.limits.fact_grace_ms
+        return self.memory.forget_old(self.stream_time - grace, max(1, grace // 16))

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import msgspec
 
+from ._dedupe import MemorySnapshot
 from ._deltas import PoolSnapshot
 from ._model import Reservation
 from ._store import StoreSnapshot
 
 
 class LedgerSnapshot(msgspec.Struct, array_like=True):
-    """A shard's state. The E8 map is the live one, not a copy (msgpack walks it without a Python
-    step per entry): encode it before the shard takes its next turn."""
+    """A shard's state: columns as bytes, and lists of what is open."""
 
     store: StoreSnapshot
     reservations: list[Reservation]
     deltas: PoolSnapshot  # the kept deltas; each position's chain starts in store.ids
-    seen: dict[str, bytes]  # E8: fact_key -> fact_payload, in arrival order
+    seen: MemorySnapshot  # E8
     stream_time: int
     clock: int

@@ -224,8 +224,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             out.has_count = True
             out.count_event_id, count_time, out.count_quantity = ex.count
             out.count_time.FromMilliseconds(count_time)
-        for event_id, at, delta in ex.deltas:
-            out.deltas_after_count.add(event_id=event_id, event_time=convert.timestamp(at), delta=delta)
+        for source, at, delta in ex.deltas:
+            out.deltas_after_count.add(source=source, event_time=convert.timestamp(at), delta=delta)
         for rec, held, committed in ex.holds:
             out.holds.add(reservation_id=rec.reservation_id, order_ref=rec.order_ref, channel=rec.channel,
                           state=cast(pb.ReservationState, int(rec.state)), held=held, committed=committed,

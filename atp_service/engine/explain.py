@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from atp_service.engine.router import Engine
-from reservation import OUTGOING_KINDS, Ledger
 
 
 class Explanation:
@@ -24,8 +23,7 @@ class Explanation:
             if history.count_key is not None:  # E1 keys are (event_time, rank, source, event_id)
                 base = self.quantities.on_hand - sum(qty for _, _, qty in history.deltas)
                 self.count = (history.count_key[3], history.count_key[0], base)
-            ids = _event_ids(ledger, sku, location)
-            self.deltas = [(_pop(ids, (source, at, qty)), at, qty) for at, source, qty in history.deltas]
+            self.deltas = [(source, at, qty) for at, source, qty in history.deltas]
         self.stream_time = ledger.stream_time
         self.retained_since = max(0, ledger.stream_time - engine.limits.fact_grace_ms)
         self.holds: list[tuple[Any, int, int]] = []
@@ -41,18 +39,3 @@ class Explanation:
                             return
                         self.holds.append((rec, line.held, line.committed))
 
-
-def _event_ids(ledger: Ledger, sku: str, location: str) -> dict[tuple[str, int, int], list[str]]:
-    """Event ids of the facts remembered at the position (E8), by (source, event_time, signed quantity):
-    kept deltas do not carry theirs (24 bytes a delta), the dedupe memory does for the grace window."""
-    ids: dict[tuple[str, int, int], list[str]] = {}
-    for source, event_id, at, kind, quantity in ledger.memory.facts_at(sku, location):
-        signed = -quantity if kind in OUTGOING_KINDS else quantity
-        ids.setdefault((source, at, signed), []).append(event_id)
-    return ids
-
-
-def _pop(ids: dict[tuple[str, int, int], list[str]], key: tuple[str, int, int]) -> str:
-    """The id of one kept delta ("" for the service's own, R4, which have no fact behind them)."""
-    found = ids.get(key)
-    return found.pop(0) if found else ""

@@ -17,7 +17,7 @@ from tests.reservation.helpers import cmd, ledger_with
 
 
 def _maps(ledger: Ledger) -> dict[str, object]:
-    return {"seen facts": ledger.memory.seen, "holds": ledger._holds_at._at,
+    return {"open fact identities": ledger.memory.open, "holds": ledger._holds_at._at,
             "reservations": ledger.reservations}
 
 

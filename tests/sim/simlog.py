@@ -96,6 +96,7 @@ class SimLog:
         self.fenced = False  # the instance that runs is always the newest: never refused as replaced
         self.tally = tally or Tally()
         self.paused = False
+        self.snapshots_in_flight = 0
         self._resumed: asyncio.Event | None = None
         self.faults: random.Random | None = None  # with it, snapshot writes fail too
 
@@ -157,8 +158,12 @@ class SimLog:
         """Store the snapshot and trim the log behind it (one script); it may fail like an append:
         lost, landed though the caller is told it failed, or late (a later, unfenced arrival)."""
         snap = _Snap(shard, seq, _encode(SnapshotRecord(seq, ledger)), self.tokens[shard], self.epoch)
-        await self.round_trip()
-        await self.writable()
+        self.snapshots_in_flight += 1  # as LogStore: shards take turns (Checkpoints.due)
+        try:
+            await self.round_trip()
+            await self.writable()
+        finally:
+            self.snapshots_in_flight -= 1
         outcome = "ok" if self.faults is None else self.faults.choice(SNAPSHOT_OUTCOMES)
         self.tally.count_outcome(outcome)
         if outcome == "late":

@@ -182,7 +182,7 @@ def test_publish_explain_and_safety_stock(served: tuple[str, int, list[str]], re
     assert json.loads(ctl(target, "safety-stock", "PUB@dc-east", "3").stdout)["availability"]["available"] == 4
     explained = json.loads(ctl(target, "explain", "PUB@dc-east").stdout)
     assert explained["count_event_id"] == "c1" and explained["count_quantity"] == 9
-    assert [d["event_id"] for d in explained["deltas_after_count"]] == ["s1"]
+    assert [(d["source"], d["delta"]) for d in explained["deltas_after_count"]] == [("pos-7", -2)]
     assert explained["availability"]["safety_stock"] == 3
 
 

@@ -53,7 +53,8 @@ async def worker(client: AtpClient, name: str, book: Ledger, rng: random.Random)
             elif roll < 0.3:
                 fid = f"{name}-{n}"
                 book.tried_facts.add(fid)
-                fact = pb.Fact(event_id=fid, source="wms", kind=pb.FACT_KIND_RECEIPT, sku=rng.choice(SKUS),
+                # Its own source: ExplainAvailability names a kept delta by source and time, not event id.
+                fact = pb.Fact(event_id=fid, source=fid, kind=pb.FACT_KIND_RECEIPT, sku=rng.choice(SKUS),
                                location="DC",
                                quantity=1, event_time=timestamp(_now_ms()))
                 (result,) = await client.record_events([fact])
@@ -136,10 +137,10 @@ async def check(client: AtpClient, book: Ledger) -> None:
         assert (p.reserved, p.committed) == (held.get(p.sku, 0), committed.get(p.sku, 0)), p
     for sku in SKUS:
         explained = await client.stub.ExplainAvailability(pb.ExplainAvailabilityRequest(sku=sku, location="DC"))
-        ids = [d.event_id for d in explained.deltas_after_count]
+        ids = [d.source for d in explained.deltas_after_count]
         assert len(ids) == len(set(ids)), f"{sku}: a fact applied twice"
         assert set(ids) <= book.tried_facts
         assert explained.availability.on_hand == 100_000 + len(ids)
-    applied = {d.event_id for sku in SKUS for d in (await client.stub.ExplainAvailability(
+    applied = {d.source for sku in SKUS for d in (await client.stub.ExplainAvailability(
         pb.ExplainAvailabilityRequest(sku=sku, location="DC"))).deltas_after_count}
     assert book.facts <= applied, f"acknowledged facts lost: {sorted(book.facts - applied)[:5]}"

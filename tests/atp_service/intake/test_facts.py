@@ -133,7 +133,7 @@ async def test_explain_shows_count_deltas_holds_and_safety_stock(start_service: 
     a = ex.availability
     assert (a.on_hand, a.reserved, a.safety_stock, a.available) == (8, 4, 1, 3)
     assert ex.has_count and ex.count_event_id == "c" and ex.count_quantity == 10
-    assert [(d.event_id, d.delta) for d in ex.deltas_after_count] == [("s1", -2)]
+    assert [(d.source, d.delta) for d in ex.deltas_after_count] == [("pos", -2)]
     assert sorted((h.reservation_id, h.held) for h in ex.holds) == [("r1", 3), ("r2", 1)]
     assert {h.order_ref for h in ex.holds} == {"o-9", ""}
 

@@ -347,14 +347,14 @@ class ExplainAvailabilityRequest(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
 
 class ExplainedFact(_message.Message):
-    __slots__ = ("event_id", "event_time", "delta")
-    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("event_time", "delta", "source")
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
-    event_id: str
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     event_time: _timestamp_pb2.Timestamp
     delta: int
-    def __init__(self, event_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delta: _Optional[int] = ...) -> None: ...
+    source: str
+    def __init__(self, event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delta: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ExplainedHold(_message.Message):
     __slots__ = ("reservation_id", "order_ref", "channel", "state", "held", "committed", "expire_time")
