@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from ._keys import PAYLOAD_SIZE, Payload, pack_payload
 from ._model import FactKind
-from ._store import LatestCount, PositionStore
+from ._store import LatestCount, PositionStore, raw
 
 _COUNT = int(FactKind.COUNT)
 _SEP = "\x00"
@@ -47,8 +47,8 @@ def digest(source: str, event_id: str, sku: str, location: str) -> Digest:
 
 
 class MemorySnapshot(msgspec.Struct, array_like=True):
-    rows: bytes  # _ROW records, sorted by digest
-    times: bytes  # int64 per row: its event time
+    rows: memoryview  # _ROW records, sorted by digest
+    times: memoryview  # int64 per row: its event time
     open_keys: list[bytes]
     open_payloads: list[bytes]
 
@@ -122,7 +122,7 @@ class FactMemory:
         return gone
 
     def snapshot(self) -> MemorySnapshot:
-        return MemorySnapshot(self._rows.tobytes(), self._times.tobytes(), list(self.open), list(self.open.values()))
+        return MemorySnapshot(raw(self._rows), raw(self._times), list(self.open), list(self.open.values()))
 
     @classmethod
     def restore(cls, store: PositionStore, snap: MemorySnapshot) -> FactMemory:

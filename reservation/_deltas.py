@@ -17,17 +17,18 @@ import msgspec
 import numpy as np
 
 from ._names import NONE
+from ._store import raw
 
 END = 0
 _STEP = 4096
 
 
 class PoolSnapshot(msgspec.Struct, array_like=True):
-    times: bytes  # int64 per slot
-    qtys: bytes  # int64 per slot
-    sources: bytes  # int32 per slot: indices into the store's names (NONE in a free slot)
-    nexts: bytes  # int32 per slot: the next older delta of the same position (END: none)
-    free: bytes  # int32: free slots, the next one to use last
+    times: memoryview  # int64 per slot
+    qtys: memoryview  # int64 per slot
+    sources: memoryview  # int32 per slot: indices into the store's names (NONE in a free slot)
+    nexts: memoryview  # int32 per slot: the next older delta of the same position (END: none)
+    free: memoryview  # int32: free slots, the next one to use last
 
 
 class DeltaPool:
@@ -101,8 +102,8 @@ class DeltaPool:
         self._nv[slot] = after
 
     def snapshot(self) -> PoolSnapshot:
-        return PoolSnapshot(self.times.tobytes(), self.qtys.tobytes(), self.sources.tobytes(),
-                            self.nexts.tobytes(), self._free[: self._top].tobytes())
+        return PoolSnapshot(raw(self.times), raw(self.qtys), raw(self.sources), raw(self.nexts),
+                            raw(self._free[: self._top]))
 
     @classmethod
     def restore(cls, snap: PoolSnapshot) -> DeltaPool:

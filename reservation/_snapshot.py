@@ -11,7 +11,8 @@ from ._store import StoreSnapshot
 
 
 class LedgerSnapshot(msgspec.Struct, array_like=True):
-    """A shard's state: columns as bytes, and lists of what is open."""
+    """A shard's state: its columns as views (encode it in the turn it is taken, see ``raw``), and
+    lists of what is open."""
 
     store: StoreSnapshot
     reservations: list[Reservation]

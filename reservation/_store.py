@@ -3,12 +3,13 @@
 A dict entry per position costs ~100 bytes of Python objects; here a position costs its four
 quantities, its latest count (time and quantity as int64, source and event_id as int32 indices
 into a shared table of names), where its kept deltas start and a presence bit: 61 bytes, so 30 M
-positions fit in about 1.7 GiB and a snapshot is a few ``tobytes()`` calls. Only this class knows the layout.
+positions fit in about 1.7 GiB and a snapshot is a few views of them. Only this class knows the layout.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -35,12 +36,19 @@ COL_STEP = 32
 """Location columns added when the store grows (an estate has tens to hundreds of locations)."""
 
 
+def raw(array: npt.NDArray[Any]) -> memoryview:
+    """The array's bytes for a snapshot, copied only if not contiguous: a snapshot may view live
+    columns (a copy of a national estate's is 100 MB a shard), so it is encoded in the turn it is
+    taken, before the shard changes anything (``Checkpoints.save``). Decoded, it views the input."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+
+
 class StoreSnapshot(msgspec.Struct, array_like=True):
     skus: list[str]
     locations: list[str]
-    quantities: bytes  # int64, shape (6, len(skus), len(locations)), C order
-    present: bytes  # bool, shape (len(skus), len(locations))
-    ids: bytes  # int32, shape (3, len(skus), len(locations)): SOURCE_ID, EVENT_ID, DELTAS
+    quantities: memoryview  # int64, shape (6, len(skus), len(locations)), C order
+    present: memoryview  # bool, shape (len(skus), len(locations))
+    ids: memoryview  # int32, shape (3, len(skus), len(locations)): SOURCE_ID, EVENT_ID, DELTAS
     names: list[str | None]
 
 
@@ -291,9 +299,9 @@ class PositionStore:
         return StoreSnapshot(
             skus=list(self._skus),
             locations=list(self._locations),
-            quantities=np.ascontiguousarray(self._q[:, :n, :m]).tobytes(),
-            present=np.ascontiguousarray(self._present[:n, :m]).tobytes(),
-            ids=np.ascontiguousarray(self._ids[:, :n, :m]).tobytes(),
+            quantities=raw(self._q[:, :n, :m]),
+            present=raw(self._present[:n, :m]),
+            ids=raw(self._ids[:, :n, :m]),
             names=self.names.snapshot(),
         )
 
