@@ -134,6 +134,7 @@ class ShardActor:
         if self._task is not None and not self._task.done():  # a failed task was reported already
             await cancel_and_wait(self._task)
         self._refuse_waiting(Unavailable("service is shutting down", Reason.SHUTTING_DOWN))
+        await self._checkpoints.settled()  # a snapshot in writing lands (or fails) before the final one
 
     # -- sending -------------------------------------------------------------
     def _refuse_if_unable(self) -> None:
@@ -379,9 +380,8 @@ class ShardActor:
         elif isinstance(control, Maintain):
             self._maintain_queued = False
             env.reply.set_result(None)
-            # Draining holds this shard's new work behind its appends in flight, and every shard is
-            # asked at once: only when there is something to do (it was a stall of every shard
-            # each maintenance pass, 100 ms apart, at any load).
+            # Draining holds this shard's new work behind its appends in flight, and every shard is asked
+            # at once: only when there is something to do (else a stall of every shard each pass).
             if self._doubt or self.ledger.housekeeping_wanted() or self._checkpoints.due(self.seq):
                 await self._drain()  # a snapshot needs memory == durable log; so does compaction (undo)
                 self.ledger.forget_old_facts()
@@ -389,7 +389,7 @@ class ShardActor:
                 await self.checkpoint()
 
     async def checkpoint(self, force: bool = False) -> None:
-        """Snapshot when enough has been logged since the last one (or, with ``force``, anything)."""
+        """Snapshot when due (``force``: anything, written before this returns, as a stop's final one)."""
         if not self._checkpoints.due(self.seq, force):
             return
         if self._inflight or self._doubt:
@@ -397,4 +397,4 @@ class ShardActor:
             log.warning("shard %d: snapshot skipped, %d entries not yet durable", self.shard,
                         len(self._inflight) + len(self._doubt))
             return
-        await self._checkpoints.save(self.seq, self.ledger)
+        await self._checkpoints.save(self.seq, self.ledger, wait=force)

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from atp_service.config import SnapshotPolicy
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
-from atp_service.storage.log import Fenced, LogStore
+from atp_service.storage.log import Fenced, LogStore, encode_snapshot
 from reservation import Ledger, LogEntry
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,11 @@ class Checkpoints:
                                                                          policy.snapshot_retry_max_s)))
         self._retry_at = 0.0  # monotonic time before which a failed snapshot is not retried
         self._fence_first = False  # a snapshot write failed: it may still land later
+        self._writing: asyncio.Task[None] | None = None  # the write of the last snapshot taken
 
     def due(self, seq: int, force: bool = False) -> bool:
+        if self._writing is not None and not self._writing.done():
+            return False  # one at a time; a stop waits for it first (``settled``)
         entries = seq - self._seq
         due = entries >= self._policy.snapshot_every_entries or (
             entries and time.monotonic() - self._at >= self._policy.snapshot_interval_s
@@ -98,17 +101,39 @@ class Checkpoints:
         # Backing off after a failure: each try costs time in proportion to the state.
         return not self._store.snapshots_in_flight and time.monotonic() >= self._retry_at
 
-    async def save(self, seq: int, ledger: Ledger) -> None:
-        """Snapshot ``ledger`` (memory == the log up to ``seq``) and trim the log behind it."""
+    async def save(self, seq: int, ledger: Ledger, wait: bool = False) -> None:
+        """Snapshot ``ledger`` (memory == the log up to ``seq``) and trim the log behind it. The
+        snapshot is taken and encoded now, in the shard's turn — that is the consistent cut — and
+        written by a task of its own while the shard goes on (``wait``: before returning, as a stop
+        does): entries logged meanwhile come after ``seq`` and stay in the log. A write refused or
+        lost is retried later, fenced first (``_fence_first``)."""
         started = time.perf_counter()
         try:
             if self._fence_first:  # an older snapshot write may still land: make it unable to
                 await self._store.fence(self._shard)
                 self._fence_first = False
-            size = await self._store.save_snapshot(self._shard, seq, ledger.snapshot())
         except STORAGE_ERRORS as exc:
             self._failed(exc)
             return
+        data = encode_snapshot(seq, ledger.snapshot())
+        self._store.snapshots_in_flight += 1
+        self._writing = asyncio.ensure_future(self._write(seq, data, started))
+        if wait:
+            await self.settled()
+
+    async def settled(self) -> None:
+        """Wait for the snapshot write in progress, if any (its failure is already handled)."""
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+
+    async def _write(self, seq: int, data: bytes, started: float) -> None:
+        try:
+            size = await self._store.write_snapshot(self._shard, seq, data)
+        except STORAGE_ERRORS as exc:
+            self._failed(exc)
+            return
+        finally:
+            self._store.snapshots_in_flight -= 1
         self._backoff.reset()
         self._retry_at = 0.0
         self._seq, self._at = seq, time.monotonic()

@@ -36,6 +36,11 @@ def epoch_key(prefix: str) -> str:
     return f"{prefix}epoch"
 
 
+def encode_snapshot(seq: int, ledger: LedgerSnapshot) -> bytes:
+    """The stored form of a snapshot covering the log up to ``seq``."""
+    return _encoder.encode(SnapshotRecord(seq, ledger))
+
+
 class SnapshotUnreadable(RuntimeError):
     """A shard's snapshot cannot be decoded by this version: recovery stops rather than guess."""
 
@@ -149,9 +154,9 @@ class LogStore:
         self._fence_script = client.register_script(FENCE_SCRIPT)
         self._groups = 0
         self.snapshots_in_flight = 0
-        """Snapshot writes under way. Shards snapshot one at a time unless stopping (``Checkpoints.due``):
-        those whose snapshots fall due together (same interval, same start) must not hand Redis all
-        their state at once, which stalls every append behind it."""
+        """Snapshot writes under way (``Checkpoints`` counts them). Shards snapshot one at a time unless
+        stopping: those whose snapshots fall due together (same interval, same start) must not hand
+        Redis all their state at once, which stalls every append behind it."""
         self._tokens: dict[int, int] = {}
         """Per shard, the fence value its writes carry (``fence``); a write is refused once the
         stored fence is above it."""
@@ -291,15 +296,16 @@ class LogStore:
 
     async def save_snapshot(self, shard: int, seq: int, ledger: LedgerSnapshot) -> int:
         """Store the snapshot and trim the log behind it, atomically. Returns its size in bytes."""
-        data = _encoder.encode(SnapshotRecord(seq, ledger))
+        return await self.write_snapshot(shard, seq, encode_snapshot(seq, ledger))
+
+    async def write_snapshot(self, shard: int, seq: int, data: bytes) -> int:
+        """``save_snapshot`` of a snapshot already encoded (``Checkpoints`` encodes it in the shard's
+        turn, then writes it while the shard goes on)."""
         keys = [self.epoch_key, self.snap_key(shard), self.log_key(shard), self.fence_key(shard)]
-        self.snapshots_in_flight += 1
         try:
             await self._snapshot_script(keys=keys, args=[self.epoch, data, seq, self._tokens.get(shard, 0)])
         except RedisError as exc:
             raise self._refused(exc) from None
-        finally:
-            self.snapshots_in_flight -= 1
         return len(data)
 
     def _flush(self) -> None:

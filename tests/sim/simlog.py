@@ -155,15 +155,14 @@ class SimLog:
         return _decode(raw) if raw else None
 
     async def save_snapshot(self, shard: int, seq: int, ledger: LedgerSnapshot) -> int:
+        return await self.write_snapshot(shard, seq, _encode(SnapshotRecord(seq, ledger)))
+
+    async def write_snapshot(self, shard: int, seq: int, data: bytes) -> int:
         """Store the snapshot and trim the log behind it (one script); it may fail like an append:
         lost, landed though the caller is told it failed, or late (a later, unfenced arrival)."""
-        snap = _Snap(shard, seq, _encode(SnapshotRecord(seq, ledger)), self.tokens[shard], self.epoch)
-        self.snapshots_in_flight += 1  # as LogStore: shards take turns (Checkpoints.due)
-        try:
-            await self.round_trip()
-            await self.writable()
-        finally:
-            self.snapshots_in_flight -= 1
+        snap = _Snap(shard, seq, data, self.tokens[shard], self.epoch)
+        await self.round_trip()
+        await self.writable()
         outcome = "ok" if self.faults is None else self.faults.choice(SNAPSHOT_OUTCOMES)
         self.tally.count_outcome(outcome)
         if outcome == "late":
