@@ -30,6 +30,10 @@ SERVICE_SOURCE = ""
 """The source the service's own deltas (fulfilment, R4) sort as. No fact has an empty source
 (check_id), so they never tie with a fact: at one ms they come before every fact delta and
 before the counts, which therefore include them. Live and replay build the same key (E10)."""
+_SCAN_CELLS = 1 << 18
+"""Cells the sweep scans for kept deltas at a time (a vectorised look at a block of rows)."""
+
+
 class PositionHistory(msgspec.Struct, frozen=True):
     """What later facts can still change of a position's past (a read model: ExplainAvailability,
     and the tests' comparisons of live with replay)."""
@@ -48,12 +52,13 @@ def count_key(count: LatestCount) -> OrderKey:
 class Histories:
     """E1-E5 and E9 over the store's count columns and the kept deltas' pool."""
 
-    __slots__ = ("_next_pass_at", "_sweep_row", "pool", "store")
+    __slots__ = ("_next_pass_at", "_sweep_row", "_to_prune", "pool", "store")
 
     def __init__(self, store: PositionStore, pool: DeltaPool | None = None) -> None:
         self.store = store
         self.pool = pool if pool is not None else DeltaPool()
         self._sweep_row = -1  # the next row the current compaction pass looks at (-1: no pass)
+        self._to_prune: list[tuple[int, int]] = []  # cells of rows already looked at, yet to prune
         self._next_pass_at = 0  # the horizon at which the next pass starts
 
     def view(self, cell: tuple[int, int] | None, horizon: int) -> PositionHistory | None:
@@ -65,10 +70,10 @@ class Histories:
         count = store.count_at(*cell)
         floor = horizon if count is None else max(horizon, count[0] + 1)
         kept = [pool.entry(slot) for slot in pool.slots(store.head_at(*cell))]
-        if count is None and not kept:
-            return None
         names = store.names
         deltas = sorted((at, names.name(source), qty) for at, qty, source in kept if at >= floor)
+        if count is None and not deltas:
+            return None  # whether the sweep has freed the others yet or not (live and replay agree)
         return PositionHistory(None if count is None else count_key(count), 0 if count is None else count[3], deltas)
 
     def fold_count(self, cell: tuple[int, int], key: OrderKey,
@@ -97,37 +102,45 @@ class Histories:
         return FactOutcome.APPLIED, delta, (self._pop_delta, row, col, slot)
 
     def sweep_due(self, horizon: int) -> bool:
-        return self._sweep_row >= 0 or (len(self.pool) > 0 and horizon >= self._next_pass_at)
+        return self._sweep_row >= 0 or bool(self._to_prune) or (len(self.pool) > 0 and horizon >= self._next_pass_at)
 
     def sweep(self, horizon: int, limit: int, every: int) -> int:
         """E9: free kept deltas stamped before ``horizon`` (a count that is not late comes after them,
         and ``on_hand`` already includes them) and those the latest count covers. About ``limit``
-        positions at a time, a pass each time the horizon has moved ``every`` ms: a pass over a
-        national estate at once would stop the shard longer than any call may wait. Returns the
-        positions looked at."""
+        deltas looked at per call, a pass each time the horizon has moved ``every`` ms: a pass over a
+        national estate at once would stop the shard longer than any call may wait. Rows without
+        kept deltas cost a vectorised scan only. Returns the deltas looked at."""
         store = self.store
-        if self._sweep_row < 0:
+        if self._sweep_row < 0 and not self._to_prune:
             if not len(self.pool) or horizon < self._next_pass_at:
                 return 0
             self._sweep_row, self._next_pass_at = 0, horizon + every
-        rows = max(1, limit // max(1, store.location_count))
-        cells = store.chained(self._sweep_row, rows)
-        self._sweep_row += rows
-        if self._sweep_row >= store.row_count:
-            self._sweep_row = -1
-        for row, col in cells:
-            self._prune(row, col, horizon)
-        return len(cells)
+        looked = 0
+        while looked < limit:
+            if not self._to_prune:
+                if self._sweep_row < 0:
+                    break
+                rows = max(1, _SCAN_CELLS // max(1, store.location_count))
+                self._to_prune = store.chained(self._sweep_row, rows)[::-1]
+                self._sweep_row += rows
+                if self._sweep_row >= store.row_count:
+                    self._sweep_row = -1
+                continue
+            looked += self._prune(*self._to_prune.pop(), horizon)
+        return looked
 
     def forget(self, cell: tuple[int, int]) -> None:
         assert self.store.head_at(*cell) == END, "a position forgotten with deltas still chained"
 
-    def _prune(self, row: int, col: int, horizon: int) -> None:
+    def _prune(self, row: int, col: int, horizon: int) -> int:
+        """Free the position's dead deltas; returns how many deltas it looked at."""
         store, pool = self.store, self.pool
+        looked = 0
         counted_at = store.count_time_at(row, col)
         floor = horizon if counted_at is None else max(horizon, counted_at + 1)
         before, slot = END, store.head_at(row, col)
         while slot != END:
+            looked += 1
             at, _, _ = pool.entry(slot)
             if at >= floor:
                 before, slot = slot, pool.entry_next(slot)
@@ -139,6 +152,7 @@ class Histories:
             else:
                 pool.relink(before, after)
             slot = after
+        return looked
 
     def _pop_delta(self, row: int, col: int, slot: int) -> None:
         store = self.store
