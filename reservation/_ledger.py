@@ -36,8 +36,9 @@ from ._undo import Undo, run_undo
 
 _LIVE = (State.HELD, State.CONFIRMED)
 _COUNT = int(FactKind.COUNT)
-COMPACT_PER_PASS = 20_000
-"""Kept deltas one maintenance pass looks at for E9 compaction: ~5 ms of a shard's turn."""
+COMPACT_PER_PASS = 4096
+"""Kept deltas one maintenance pass looks at for E9 compaction: ~10 ms of a shard's turn at most
+(``compact_ms`` of benchmarks/snapshot_stall.py)."""
 __all__ = ["Ledger", "LedgerSnapshot", "fact_key", "pair_key", "split_key"]
 
 
