@@ -32,8 +32,11 @@ LatestCount = tuple[int, str, str, int]
 """A position's latest count: (event_time, source, event_id, quantity)."""
 ROW_STEP = 256
 """Fewest SKU rows added when the store grows (a shard of a national estate holds thousands)."""
-COL_STEP = 32
-"""Location columns added when the store grows (an estate has tens to hundreds of locations)."""
+COL_STEP = 16
+"""Fewest location columns added when the store grows (an estate has tens to hundreds of locations)."""
+GROWTH = 16
+"""The store grows by a sixteenth of its rows or columns (at least the step): at most ~6 % of the
+arrays stand empty in each direction, for a copy of the arrays every sixteenth of growth."""
 
 
 def raw(array: npt.NDArray[Any]) -> memoryview:
@@ -53,10 +56,10 @@ class StoreSnapshot(msgspec.Struct, array_like=True):
 
 
 class PositionStore:
-    """Quantities per (sku, location). Grows in steps, not by doubling: an eighth more rows (at
-    least ``ROW_STEP``) and a quarter more columns (at least ``COL_STEP``) at a time, so a shard's
-    arrays stay close to what it stocks (doubling left up to 2x in each direction: 300 locations
-    took 512 columns). Growing copies the arrays, amortised over what it adds."""
+    """Quantities per (sku, location). Grows in steps, not by doubling: a sixteenth more rows (at
+    least ``ROW_STEP``) or columns (at least ``COL_STEP``) at a time, so a shard's arrays stay close
+    to what it stocks (doubling left up to 2x in each direction: 300 locations took 512 columns).
+    Growing copies the arrays, amortised over what it adds."""
 
     __slots__ = ("_cols", "_ids", "_iv", "_loc_col", "_locations", "_present", "_pv", "_q", "_qv", "_rows",
                  "_sku_row", "_skus", "journal", "names")
@@ -329,13 +332,13 @@ class PositionStore:
             row = self._sku_row[sku] = len(self._skus)
             self._skus.append(sku)
             if row >= self._rows:
-                self._grow(rows=self._rows + max(ROW_STEP, self._rows // 8))
+                self._grow(rows=self._rows + max(ROW_STEP, self._rows // GROWTH))
         col = self._loc_col.get(location)
         if col is None:
             col = self._loc_col[location] = len(self._locations)
             self._locations.append(location)
             if col >= self._cols:
-                self._grow(cols=self._cols + max(COL_STEP, self._cols // 4))
+                self._grow(cols=self._cols + max(COL_STEP, self._cols // GROWTH))
         self._pv[row, col] = True
         return row, col
 
