@@ -27,12 +27,11 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from ._keys import PAYLOAD_SIZE, Payload, pack_payload
+from ._keys import _SEP, PAYLOAD_SIZE, Payload, pack_payload
 from ._model import FactKind
 from ._store import LatestCount, PositionStore, raw
 
 _COUNT = int(FactKind.COUNT)
-_SEP = "\x00"
 Digest = bytes
 """16 bytes: BLAKE2b of the identity."""
 SEAL_AT = 16_384

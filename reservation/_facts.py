@@ -49,6 +49,12 @@ def count_key(count: LatestCount) -> OrderKey:
     return (count[0], COUNT_RANK, count[1], count[2])
 
 
+def still_counts_from(counted_at: int | None, horizon: int) -> int:
+    """The earliest time a kept delta still counts from: after the latest count (E2: one at or before
+    it is in it) and not before ``horizon`` (E9: no count that is not late precedes it)."""
+    return horizon if counted_at is None else max(horizon, counted_at + 1)
+
+
 class Histories:
     """E1-E5 and E9 over the store's count columns and the kept deltas' pool."""
 
@@ -68,7 +74,7 @@ class Histories:
             return None
         store, pool = self.store, self.pool
         count = store.count_at(*cell)
-        floor = horizon if count is None else max(horizon, count[0] + 1)
+        floor = still_counts_from(None if count is None else count[0], horizon)
         kept = [pool.entry(slot) for slot in pool.slots(store.head_at(*cell))]
         names = store.names
         deltas = sorted((at, names.name(source), qty) for at, qty, source in kept if at >= floor)
@@ -136,8 +142,7 @@ class Histories:
         """Free the position's dead deltas; returns how many deltas it looked at."""
         store, pool = self.store, self.pool
         looked = 0
-        counted_at = store.count_time_at(row, col)
-        floor = horizon if counted_at is None else max(horizon, counted_at + 1)
+        floor = still_counts_from(store.count_time_at(row, col), horizon)
         before, slot = END, store.head_at(row, col)
         while slot != END:
             looked += 1

@@ -48,8 +48,6 @@ def pack_payload(event_time: int, kind: int, quantity: int, reservation_id: str)
     return _PAYLOAD.pack(event_time, kind, quantity, rid)
 
 
-
-
 def payload_time(payload: Payload) -> int:
     """The event time of a remembered fact (``forget_old_facts`` sweeps by it)."""
     return int.from_bytes(payload[:8], signed=True)

@@ -49,10 +49,6 @@ class Ledger:
         self.shard = shard
         self.limits = limits
         self.store = PositionStore()
-        # The maps that grow with the estate are keyed by one str (``pair_key``), not a tuple: a
-        # fresh tuple is tracked by the cyclic GC and inserting it makes the dict tracked again,
-        # so every full collection walked every position of the shard (~16 ms after loading
-        # 100,000 positions: a stall of every call in flight).
         self.histories = Histories(self.store)
         self.memory = FactMemory(self.store)  # E8
         self.reservations: dict[str, Reservation] = {}
@@ -61,6 +57,9 @@ class Ledger:
         self.live_reservations = 0
         self._expiry: list[tuple[int, str]] = []
         self._resolved: deque[tuple[int, str]] = deque()
+        # A map that grows with the estate is keyed by one str (``pair_key``), not a tuple: a fresh
+        # tuple is tracked by the cyclic GC and inserting it makes the dict tracked again, so every
+        # full collection walked every position of the shard (a stall of every call in flight).
         self._holds_at = HoldsIndex()
         self._events: list[Event] = []
         self._undo: list[Undo] = []
@@ -98,7 +97,7 @@ class Ledger:
             reason = "conflict: event_id already applied with a different payload"
             self._emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
-        horizon = self.stream_time - self.limits.fact_grace_ms
+        horizon = self._horizon()
         if fact.event_time < horizon:
             reason = f"late: event_time {fact.event_time} is before stream time minus grace ({horizon})"
             self._emit(FactQuarantined(fact, reason))
@@ -272,13 +271,12 @@ class Ledger:
 
     def housekeeping_wanted(self) -> bool:
         """Remembered facts to forget (E8) or kept deltas to compact (E9)."""
-        return self.has_old_facts() or self.histories.sweep_due(self.stream_time - self.limits.fact_grace_ms)
+        return self.has_old_facts() or self.histories.sweep_due(self._horizon())
 
     def compact_some(self, limit: int = COMPACT_PER_PASS) -> int:
         """E9 for about ``limit`` kept deltas (``Histories.sweep``); between batches, none in flight."""
         assert not self._events, "compaction inside an open batch"
-        grace = self.limits.fact_grace_ms
-        return self.histories.sweep(self.stream_time - grace, limit, max(1, grace // 16))
+        return self.histories.sweep(self._horizon(), limit, self._pass_every())
 
     def _apply_reservation(self, rec: Reservation) -> Undo:
         rid = rec.reservation_id
@@ -309,7 +307,7 @@ class Ledger:
 
     def history(self, sku: str, location: str) -> PositionHistory | None:
         """What later facts can still change of a position's past (None: no count, no kept delta)."""
-        return self.histories.view(self.store.locate(sku, location), self.stream_time - self.limits.fact_grace_ms)
+        return self.histories.view(self.store.locate(sku, location), self._horizon())
 
     def _forget_position(self, sku: str, location: str) -> None:
         """Undo of the change that created a position and its history (E10: replay never saw it)."""
@@ -384,11 +382,18 @@ class Ledger:
 
     def has_old_facts(self) -> bool:
         """Whether ``forget_old_facts`` would drop anything now."""
-        return self.memory.has_old(self.stream_time - self.limits.fact_grace_ms)
+        return self.memory.has_old(self._horizon())
 
     def forget_old_facts(self) -> int:
         """E8 within bounded memory (``FactMemory.forget_old``). Only between batches: a batch that is
         undone must find what it knew."""
         assert not self._events, "forgetting inside an open batch"
-        grace = self.limits.fact_grace_ms
-        return self.memory.forget_old(self.stream_time - grace, max(1, grace // 16))
+        return self.memory.forget_old(self._horizon(), self._pass_every())
+
+    def _horizon(self) -> int:
+        """E6/E9: stream time minus grace; facts stamped before it are late, history before it may go."""
+        return self.stream_time - self.limits.fact_grace_ms
+
+    def _pass_every(self) -> int:
+        """How far the horizon moves between two forgetting or compaction passes: a sixteenth of grace."""
+        return max(1, self.limits.fact_grace_ms // 16)

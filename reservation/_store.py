@@ -99,7 +99,7 @@ class PositionStore:
 
     def available(self, sku: str, location: str) -> int | None:
         """Q5 ``available`` of one position without building its Quantities (None: no such position)."""
-        cell = self._found(sku, location)
+        cell = self.locate(sku, location)
         if cell is None:
             return None
         row, col = cell
@@ -107,10 +107,10 @@ class PositionStore:
         return qv[ON_HAND, row, col] - qv[RESERVED, row, col] - qv[COMMITTED, row, col] - qv[SAFETY, row, col]
 
     def exists(self, sku: str, location: str) -> bool:
-        return self._found(sku, location) is not None
+        return self.locate(sku, location) is not None
 
-    def _found(self, sku: str, location: str) -> tuple[int, int] | None:
-        """The cell of a position that exists (``bump`` repeats this lookup inline: the fact hot path)."""
+    def locate(self, sku: str, location: str) -> tuple[int, int] | None:
+        """The cell of a position that exists (None: no such position)."""
         row = self._sku_row.get(sku)
         col = self._loc_col.get(location)
         return (row, col) if row is not None and col is not None and self._pv[row, col] else None
@@ -131,21 +131,6 @@ class PositionStore:
         self._qv[field, row, col] += delta
         if self.journal is not None:
             self.journal.append((sku, location, delta if field == ON_HAND else -delta))
-
-    def bump(self, sku: str, location: str, field: int, delta: int) -> bool:
-        """``add`` that tells whether the position existed before: one lookup on the fact hot path."""
-        row = self._sku_row.get(sku)
-        col = self._loc_col.get(location)
-        if row is None or col is None or not self._pv[row, col]:
-            row, col = self._cell(sku, location)
-            existed = False
-        else:
-            existed = True
-        if delta:
-            self._qv[field, row, col] += delta
-            if self.journal is not None:
-                self.journal.append((sku, location, delta if field == ON_HAND else -delta))
-        return existed
 
     def move(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
         """Q2/Q3 change of one position in one cell lookup (the reservation hot path)."""
@@ -174,10 +159,6 @@ class PositionStore:
             return row, col, True
         row, col = self._cell(sku, location)
         return row, col, False
-
-    def locate(self, sku: str, location: str) -> tuple[int, int] | None:
-        """The cell of a position that exists (None: no such position)."""
-        return self._found(sku, location)
 
     def on_hand_at(self, row: int, col: int) -> int:
         return self._qv[ON_HAND, row, col]

@@ -294,13 +294,10 @@ class LogStore:
             raise SnapshotUnreadable(f"shard {shard}: the snapshot at {self.snap_key(shard)} is not in this "
                                      f"version's layout ({exc}); restore with the version that wrote it") from None
 
-    async def save_snapshot(self, shard: int, seq: int, ledger: LedgerSnapshot) -> int:
-        """Store the snapshot and trim the log behind it, atomically. Returns its size in bytes."""
-        return await self.write_snapshot(shard, seq, encode_snapshot(seq, ledger))
-
     async def write_snapshot(self, shard: int, seq: int, data: bytes) -> int:
-        """``save_snapshot`` of a snapshot already encoded (``Checkpoints`` encodes it in the shard's
-        turn, then writes it while the shard goes on)."""
+        """Store a snapshot (``encode_snapshot``) and trim the log behind it, atomically. Returns its
+        size in bytes. ``Checkpoints`` encodes it in the shard's turn, then writes it while the shard
+        goes on."""
         keys = [self.epoch_key, self.snap_key(shard), self.log_key(shard), self.fence_key(shard)]
         try:
             await self._snapshot_script(keys=keys, args=[self.epoch, data, seq, self._tokens.get(shard, 0)])

@@ -26,11 +26,9 @@ from redis.exceptions import RedisError
 
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.log import SnapshotRecord
-from reservation import LedgerSnapshot
 from tests.sim.tally import Tally
 
 SNAPSHOT_OUTCOMES = ("ok",) * 7 + ("lost", "doubt", "late")
-_encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(SnapshotRecord).decode
 
 
@@ -153,9 +151,6 @@ class SimLog:
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
         raw = self.snaps.get(shard)
         return _decode(raw) if raw else None
-
-    async def save_snapshot(self, shard: int, seq: int, ledger: LedgerSnapshot) -> int:
-        return await self.write_snapshot(shard, seq, _encode(SnapshotRecord(seq, ledger)))
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes) -> int:
         """Store the snapshot and trim the log behind it (one script); it may fail like an append:

@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import RedisError
 
 from atp_service.storage.channel_store import ChannelStore
-from atp_service.storage.log import CommitWindow, Fenced, LogStore, connect
+from atp_service.storage.log import CommitWindow, Fenced, LogStore, connect, encode_snapshot
 from atp_service.storage.resp import seq_of
 from reservation import ChannelUpdate, Ledger, Limits, StockStatus
 
@@ -110,7 +110,7 @@ async def test_a_newer_claim_fences_every_write_of_the_older_store_and_none_of_i
         with pytest.raises(Fenced):
             await older.submit_group([(0, 2, b"cross"), (1, 1, b"shard")])
         with pytest.raises(Fenced):
-            await older.save_snapshot(0, 1, Ledger(0, Limits()).snapshot())
+            await older.write_snapshot(0, 1, encode_snapshot(1, Ledger(0, Limits()).snapshot()))
         assert older.fenced and replaced == ["older"]  # told once
         assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [1]
         assert await client.exists("t:log:1", "t:snap:0") == 0
@@ -165,7 +165,7 @@ async def test_a_fenced_shard_refuses_every_append_sent_before_the_fence(store: 
         await late.submit(0, 2, b"late")
     await late.submit(1, 1, b"other shards are not fenced")
     with pytest.raises(RedisError, match="STALE"):
-        await late.save_snapshot(0, 1, Ledger(0, Limits()).snapshot())
+        await late.write_snapshot(0, 1, encode_snapshot(1, Ledger(0, Limits()).snapshot()))
     await store.submit(0, 2, b"two")  # the fencing writer goes on
     assert [d for _, d in await _entries(store, 0)] == [b"one", b"two"]
     restarted = LogStore(store.client, "t:", pipeline_max=64)
@@ -176,7 +176,7 @@ async def test_a_fenced_shard_refuses_every_append_sent_before_the_fence(store: 
 async def test_a_snapshot_keeps_its_own_entry_so_the_next_append_is_checked_against_it(store: LogStore) -> None:
     for seq in (1, 2):
         await store.submit(0, seq, b"e")
-    await store.save_snapshot(0, 2, Ledger(0, Limits()).snapshot())
+    await store.write_snapshot(0, 2, encode_snapshot(2, Ledger(0, Limits()).snapshot()))
     assert [seq_of(i) for i, _ in await store.client.xrange("t:log:0")] == [2]
     with pytest.raises(RedisError, match="GAP"):
         await store.submit(0, 4, b"a hole")
