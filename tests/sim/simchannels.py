@@ -154,6 +154,7 @@ class DeskRunner:
         self.desk = desk
         self.task: asyncio.Task[None] | None = None
         self.rounds = 0
+        self.stopped = False
 
     async def start(self) -> None:
         await self.desk.start()
@@ -165,8 +166,10 @@ class DeskRunner:
         return self.task is not None and not self.task.done()
 
     def kick(self) -> None:
-        """Start a round unless one is running (the desk writes one batch at a time)."""
-        if not self.busy:
+        """Start a round unless one is running (the desk writes one batch at a time) or the desk was
+        stopped: as in the service, a stopped desk runs no more rounds (a round cancelled mid-write
+        leaves its batch in flight, and the restarted service loads what landed)."""
+        if not self.busy and not self.stopped:
             self.task = asyncio.get_running_loop().create_task(self.round())
 
     def idle(self) -> bool:
@@ -188,5 +191,6 @@ class DeskRunner:
             await self.desk.run_round()
 
     async def stop(self) -> None:
+        self.stopped = True
         await cancel_and_wait(self.task)
         self.task = None
