@@ -23,7 +23,7 @@ help:
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e './client[redis]' -e '.[dev]'
+	$(BIN)/pip install --quiet -e './client[redis,bulk]' -e '.[dev]'
 	touch $(STAMP)
 
 # google/rpc/status.proto, which proto/atp/v1 imports, from the installed googleapis-common-protos:

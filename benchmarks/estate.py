@@ -2,14 +2,16 @@
 of facts, snapshots, recovery and read latency at that size.
 
 Positions are ``--skus`` x ``--locations``, a fraction ``--stocked`` of them (picked by a stable
-hash, so a sparse estate is the same on every run). Each stocked position gets one ERP count: a
-COUNT fact (source ``erp``, event_id ``count@<as_of ms>`` as ``atpctl stock load`` names them: a
-re-load is a duplicate, E8) as of the start of the day, sent through RecordEvents in batches of
-``--batch`` with ``--inflight`` calls at a time. Then ``--day-facts`` POS/WMS facts (sales, returns,
-receipts) stamped over the day since, at stocked positions. Then a graceful stop (final
-snapshots), a restart, a ``kill -9`` and another restart. Prints one JSON line:
+hash, so a sparse estate is the same on every run). The ERP extract is generated as a CSV, one
+count per stocked position as of the start of the day, and loaded with ``atpctl stock load``
+(source ``erp``), then loaded again (every row a duplicate, E8). Then ``--day-facts`` POS/WMS facts
+(sales, returns, receipts) stamped over the day since, at stocked positions, through RecordEvents.
+Then a graceful stop (final snapshots), a restart, a ``kill -9`` and another restart. Prints one
+JSON line:
 
-  positions, load_s, rows_per_s           the baseline load, from the first call to the last answer
+  positions, csv_mb                       the extract
+  load_s, rows_per_s                      ``atpctl stock load``, start to exit (CSV to durable)
+  reload_s                                the same file again
   rss_mb_empty, rss_mb_loaded, rss_mb_day the service's resident memory (/proc/<pid>/status VmRSS)
   bytes_per_position                      (rss_mb_loaded - rss_mb_empty) / positions
   day_s, facts_per_s                      the day of facts
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -37,6 +38,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +47,7 @@ from atp_client import AtpClient, timestamp
 from atp_client._stock import record_patiently
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis, free_port
-from benchmarks.ingest import ready, spawn
+from benchmarks.ingest import ROOT, ready, spawn
 from benchmarks.overload import rss_mb
 
 DAY_MS = 24 * 3600 * 1000
@@ -52,21 +55,57 @@ READS = 200
 """GetAvailability calls of 1,000 keys timed after the load."""
 
 
-def stocked(skus: int, locations: int, share: float) -> Iterator[tuple[str, str]]:
-    """The stocked positions, SKU by SKU: a stable hash decides, so every run has the same estate."""
-    cut = int(share * 2**32)
-    for s in range(skus):
-        sku = f"sku-{s:07d}"
-        for n in range(locations):
-            location = f"loc-{n:04d}"
-            if share >= 1 or int.from_bytes(hashlib.blake2b(f"{sku}|{location}".encode(), digest_size=4).digest(),
-                                             "big") < cut:
-                yield sku, location
+SKU_WIDTH, LOCATION_WIDTH = 11, 8  # sku-0000001, loc-0001
+ROW = SKU_WIDTH + 1 + LOCATION_WIDTH + 1 + 3 + 1  # ...,042\n: fixed width, so numpy writes it
 
 
-def count_fact(sku: str, location: str, as_of: int, rng: random.Random) -> pb.Fact:
-    return pb.Fact(event_id=f"count@{as_of}", source="erp", kind=pb.FACT_KIND_COUNT, sku=sku,
-                   location=location, quantity=rng.randint(0, 500), event_time=timestamp(as_of))
+def stocked(skus: int, locations: int, share: float, first_sku: int = 0) -> npt.NDArray[np.int64]:
+    """The stocked positions of SKUs ``first_sku`` onwards as ``sku * locations + location``: a
+    stable hash decides (the same estate on every run)."""
+    cells = np.arange(first_sku * locations, (first_sku + skus) * locations, dtype=np.int64)
+    if share >= 1:
+        return cells
+    mixed = (cells * np.int64(0x9E3779B1) + np.int64(0x7F4A7C15)) & np.int64(0xFFFFFFFF)
+    mixed = (mixed ^ (mixed >> 15)) * np.int64(0x2C1B3C6D) & np.int64(0xFFFFFFFF)
+    return cells[(mixed ^ (mixed >> 12)) < int(share * 2**32)]
+
+
+def write_extract(path: Path, args: argparse.Namespace) -> int:
+    """The ERP extract as CSV, 10,000 SKUs at a time; returns its rows."""
+    rng = np.random.default_rng(1)
+    rows = 0
+    with path.open("wb") as out:
+        out.write(b"sku,location,on_hand\n")
+        for first in range(0, args.skus, 10_000):
+            cells = stocked(min(10_000, args.skus - first), args.locations, args.stocked, first)
+            table = np.full((len(cells), ROW), ord(","), dtype=np.uint8)
+            _digits(table, 0, b"sku-", cells // args.locations, 7)
+            _digits(table, SKU_WIDTH + 1, b"loc-", cells % args.locations, 4)
+            _digits(table, SKU_WIDTH + LOCATION_WIDTH + 2, b"", rng.integers(0, 500, len(cells)), 3)
+            table[:, -1] = ord("\n")
+            out.write(table.tobytes())
+            rows += len(cells)
+    return rows
+
+
+def _digits(table: npt.NDArray[np.uint8], at: int, prefix: bytes, values: npt.NDArray[np.int64], width: int) -> None:
+    table[:, at: at + len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+    for k in range(width):
+        table[:, at + len(prefix) + width - 1 - k] = ord("0") + values // 10**k % 10
+
+
+def stock_load(target: str, path: Path, as_of: int) -> float:
+    """``atpctl stock load`` of ``path``, start to exit, in seconds."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--target", target, "--json", "--timeout", "600",
+                           "stock", "load", str(path), "--as-of", str(as_of)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'client'}"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return time.perf_counter() - started
+
+
+def position_of(cell: int, locations: int) -> tuple[str, str]:
+    return f"sku-{cell // locations:07d}", f"loc-{cell % locations:04d}"
 
 
 def day_fact(n: int, position: tuple[str, str], start: int, now: int, rng: random.Random) -> pb.Fact:
@@ -141,12 +180,18 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float | int]:
         now = int(time.time() * 1000)
         start = now - DAY_MS + 60_000  # the ERP extract: as of the start of the day the facts cover
         rng = random.Random(1)
-        positions = list(stocked(args.skus, args.locations, args.stocked))
-        counts = (count_fact(s, loc, start, rng) for s, loc in positions)
-        sent, load_s = asyncio.run(send_all(target, counts, args.batch, args.inflight))
-        out |= {"positions": sent, "load_s": round(load_s, 2), "rows_per_s": round(sent / load_s)}
+        extract = tmp / "erp.csv"
+        sent = write_extract(extract, args)
+        load_s = stock_load(target, extract, start)
+        out |= {"positions": sent, "csv_mb": round(extract.stat().st_size / 2**20), "load_s": round(load_s, 2),
+                "rows_per_s": round(sent / load_s)}
         out["rss_mb_loaded"] = round(rss_mb(proc.pid))
         out["bytes_per_position"] = round((out["rss_mb_loaded"] - out["rss_mb_empty"]) * 2**20 / max(1, sent))
+        out["reload_s"] = round(stock_load(target, extract, start), 2)
+        extract.unlink()
+        cells = stocked(args.skus, args.locations, args.stocked)
+        positions = [position_of(int(c), args.locations) for c in cells[np.random.default_rng(2).integers(
+            0, len(cells), min(len(cells), 1_000_000))]]
         day = (day_fact(n, positions[rng.randrange(len(positions))], start, now, rng) for n in range(args.day_facts))
         facts, day_s = asyncio.run(send_all(target, day, args.batch, args.inflight))
         out |= {"day_s": round(day_s, 2), "facts_per_s": round(facts / day_s) if facts else 0,
@@ -175,7 +220,7 @@ def main() -> None:
     parser.add_argument("--locations", type=int, default=300)
     parser.add_argument("--stocked", type=float, default=1.0, help="share of positions stocked (0-1]")
     parser.add_argument("--day-facts", type=int, default=0, help="POS/WMS facts over the day after the load")
-    parser.add_argument("--batch", type=int, default=10_000, help="facts per RecordEvents call (the service's limit)")
+    parser.add_argument("--batch", type=int, default=10_000, help="day facts per RecordEvents call")
     parser.add_argument("--inflight", type=int, default=4, help="RecordEvents calls in flight")
     args = parser.parse_args()
     if not 0 < args.stocked <= 1:

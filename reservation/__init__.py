@@ -5,6 +5,7 @@ rule it enforces.
 """
 
 from ._allocate import GroupPolicy, allocate
+from ._bulk import CountRows
 from ._curation import ChannelRules, curate, network_available, zero_through
 from ._errors import (
     AlreadyExists,
@@ -46,7 +47,15 @@ from ._model import (
 )
 from ._operations import View, confirm, expire, fulfill, release, reserve
 from ._store import PositionStore
-from ._validate import check_id, check_safety_stock, fact, line_requests, partial_lines, reserve_command
+from ._validate import (
+    check_id,
+    check_safety_stock,
+    count_rows,
+    fact,
+    line_requests,
+    partial_lines,
+    reserve_command,
+)
 
 __all__ = [
     "OUTGOING_KINDS",
@@ -55,6 +64,7 @@ __all__ = [
     "AlreadyExists",
     "ChannelRules",
     "ChannelUpdate",
+    "CountRows",
     "DomainError",
     "Event",
     "Fact",
@@ -91,6 +101,7 @@ __all__ = [
     "check_id",
     "check_safety_stock",
     "confirm",
+    "count_rows",
     "curate",
     "decode_entry",
     "encode_entry",

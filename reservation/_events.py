@@ -51,7 +51,23 @@ class SafetyStockSet(msgspec.Struct, tag="s", array_like=True, gc=False):
     quantity: int
 
 
-Event = HoldMoved | Shipped | ReservationSaved | FactApplied | FactQuarantined | SafetyStockSet
+class CountsLoaded(msgspec.Struct, tag="c", array_like=True, gc=False):
+    """COUNT facts of one source that each made a new position (E2), in columns (``LoadCounts``):
+    row i is (``source``, ``count@<at[i]>``) at (skus[sku_index[i]], locations[location_index[i]]).
+    ``safety`` is Q4 for each location's new positions, as decided live (the estate's defaults), so
+    replay equals live (E10). Packed little-endian: uint32 indices, int64 quantities and times."""
+
+    source: str
+    skus: list[str]
+    locations: list[str]
+    sku_index: bytes
+    location_index: bytes
+    quantity: bytes
+    at: bytes
+    safety: bytes
+
+
+Event = HoldMoved | Shipped | ReservationSaved | FactApplied | FactQuarantined | SafetyStockSet | CountsLoaded
 
 
 class LogEntry(msgspec.Struct, array_like=True, gc=False):

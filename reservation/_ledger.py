@@ -13,9 +13,11 @@ import heapq
 from collections import deque
 from collections.abc import Iterator
 
+from ._bulk import CountRows, Outcomes, apply_counts, load_counts
 from ._dedupe import Digest, FactMemory, digest
 from ._deltas import DeltaPool
 from ._events import (
+    CountsLoaded,
     Event,
     FactApplied,
     FactQuarantined,
@@ -25,13 +27,14 @@ from ._events import (
     SafetyStockSet,
     Shipped,
 )
-from ._facts import COUNT_RANK, DELTA_RANK, SERVICE_SOURCE, Histories, PositionHistory
+from ._facts import COUNT_RANK, DELTA_RANK, Histories, PositionHistory
 from ._holds import HoldsIndex
 from ._keys import fact_key, fact_payload, pair_key, split_key
 from ._limits import Limits
 from ._model import OUTGOING_KINDS, TERMINAL, Fact, FactKind, FactOutcome, Quantities, Reservation, State
+from ._position_events import apply_safety_stock, apply_shipped
 from ._snapshot import LedgerSnapshot
-from ._store import COMMITTED, ON_HAND, SAFETY, PositionStore
+from ._store import ON_HAND, PositionStore
 from ._undo import Undo, run_undo
 
 _LIVE = (State.HELD, State.CONFIRMED)
@@ -76,16 +79,16 @@ class Ledger:
 
     # -- changes (the View used by operations) -------------------------------
     def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
-        self._emit(HoldMoved(sku, location, d_reserved, d_committed))
+        self.emit(HoldMoved(sku, location, d_reserved, d_committed))
 
     def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None:
-        self._emit(Shipped(sku, location, quantity, at, ref))
+        self.emit(Shipped(sku, location, quantity, at, ref))
 
     def save(self, reservation: Reservation) -> None:
-        self._emit(ReservationSaved(reservation))
+        self.emit(ReservationSaved(reservation))
 
     def set_safety_stock(self, sku: str, location: str, quantity: int) -> None:
-        self._emit(SafetyStockSet(sku, location, quantity))
+        self.emit(SafetyStockSet(sku, location, quantity))
 
     def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
         """Dedupe (E8), lateness (E6), then fold (E1-E5). Returns outcome and reason."""
@@ -95,27 +98,31 @@ class Ledger:
             if seen == fact_payload(fact):
                 return FactOutcome.DUPLICATE, ""
             reason = "conflict: event_id already applied with a different payload"
-            self._emit(FactQuarantined(fact, reason))
+            self.emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
         horizon = self._horizon()
         if fact.event_time < horizon:
             reason = f"late: event_time {fact.event_time} is before stream time minus grace ({horizon})"
-            self._emit(FactQuarantined(fact, reason))
+            self.emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
         if self.safety_defaults and not self.store.exists(fact.sku, fact.location):
             default = self.safety_defaults.get(fact.location, 0)
             if default:
-                self._emit(SafetyStockSet(fact.sku, fact.location, default))
+                self.emit(SafetyStockSet(fact.sku, fact.location, default))
         # The hot path of ingestion: _emit's dispatch inlined.
         undo, outcome, delta = self._apply_fact(fact, key)
         if delta and self._past_on_hand_bound(fact, delta):
             run_undo(undo)
             reason = f"out of range: on_hand would pass ±{self.limits.max_on_hand} (limit max_on_hand)"
-            self._emit(FactQuarantined(fact, reason))
+            self.emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
         self._events.append(FactApplied(fact))
         self._undo.append(undo)
         return outcome, ""
+
+    def load_counts(self, block: CountRows) -> tuple[Outcomes, dict[int, str]]:
+        """COUNT facts in columns, each with the outcome ``record_fact`` gives it (``_bulk``)."""
+        return load_counts(self, block)
 
     # -- batches -------------------------------------------------------------
     @property
@@ -233,7 +240,7 @@ class Ledger:
         return ledger
 
     # -- the one place state changes -------------------------------------------
-    def _emit(self, event: Event) -> FactOutcome:
+    def emit(self, event: Event) -> FactOutcome:
         undo, outcome = self._apply(event)
         self._events.append(event)
         if undo is not None:
@@ -251,14 +258,11 @@ class Ledger:
             undo, outcome, _ = self._apply_fact(fact, digest(fact.source, fact.event_id, fact.sku, fact.location))
             return undo, outcome
         if isinstance(event, Shipped):
-            return self._apply_shipped(event), FactOutcome.APPLIED
+            return apply_shipped(self, event), FactOutcome.APPLIED
+        if isinstance(event, CountsLoaded):
+            return apply_counts(self, event), FactOutcome.APPLIED
         if isinstance(event, SafetyStockSet):
-            existed = store.exists(event.sku, event.location)
-            old = store.get(event.sku, event.location).safety_stock
-            store.set(event.sku, event.location, SAFETY, event.quantity)
-            if not existed:
-                return functools.partial(store.forget, event.sku, event.location), FactOutcome.APPLIED
-            return (lambda: store.set(event.sku, event.location, SAFETY, old)), FactOutcome.APPLIED
+            return apply_safety_stock(store, event), FactOutcome.APPLIED
         return None, FactOutcome.QUARANTINED  # FactQuarantined changes no state
 
     def _apply_hold(self, event: HoldMoved) -> Undo:
@@ -309,7 +313,7 @@ class Ledger:
         """What later facts can still change of a position's past (None: no count, no kept delta)."""
         return self.histories.view(self.store.locate(sku, location), self._horizon())
 
-    def _forget_position(self, sku: str, location: str) -> None:
+    def forget_position(self, sku: str, location: str) -> None:
         """Undo of the change that created a position and its history (E10: replay never saw it)."""
         cell = self.store.locate(sku, location)
         if cell is not None:
@@ -356,29 +360,11 @@ class Ledger:
         if undo_fold is not None:
             run_undo(undo_fold)
         if not existed:
-            self._forget_position(sku, location)
+            self.forget_position(sku, location)
         self.stream_time = old_stream_time
         self.memory.drop(key)
         if superseded is not None:
             self.memory.drop(superseded)
-
-    def _apply_shipped(self, event: Shipped) -> Undo:
-        sku, loc, qty = event.sku, event.location, event.quantity
-        row, col, existed = self.store.place(sku, loc)
-        _, delta, undo_fold = self.histories.fold_delta(
-            (row, col), (event.at, DELTA_RANK, SERVICE_SOURCE, event.ref), -qty)
-        self.store.add(sku, loc, COMMITTED, -qty)
-        self.store.add(sku, loc, ON_HAND, delta)
-
-        def undo() -> None:
-            self.store.add(sku, loc, COMMITTED, qty)
-            self.store.add(sku, loc, ON_HAND, -delta)
-            if undo_fold is not None:
-                run_undo(undo_fold)
-            if not existed:
-                self._forget_position(sku, loc)
-
-        return undo
 
     def has_old_facts(self) -> bool:
         """Whether ``forget_old_facts`` would drop anything now."""

@@ -44,6 +44,9 @@ class Limits:
     max_events_per_call: int = 10_000
     """Most facts one RecordEvents call may carry."""
 
+    max_rows_per_load: int = 100_000
+    """Most rows one LoadCounts call may carry (a block of an ERP extract, ~2.4 MB of columns)."""
+
     max_batch_reservations: int = 1000
     """Most reservations one ReserveStream message may carry."""
 

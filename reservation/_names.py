@@ -33,8 +33,8 @@ class Names:
         """Strings held now."""
         return len(self._index)
 
-    def acquire(self, name: str) -> int:
-        """The index of ``name``, counting one more user of it."""
+    def acquire(self, name: str, users: int = 1) -> int:
+        """The index of ``name``, counting ``users`` more users of it."""
         i = self._index.get(name)
         if i is None:
             if self._free:
@@ -45,14 +45,20 @@ class Names:
                 self._names.append(name)
                 self._uses.append(0)
             self._index[name] = i
-        self._uses[i] += 1
+        self._uses[i] += users
         return i
 
-    def release(self, i: int) -> None:
-        """One user fewer of index ``i``; the string is forgotten with its last user."""
+    def release_all(self, indices: npt.NDArray[np.int32]) -> None:
+        """``release`` of every index in ``indices`` (one per user), counted per name."""
+        counts = np.bincount(indices, minlength=1)
+        for i in np.flatnonzero(counts).tolist():
+            self.release(i, int(counts[i]))
+
+    def release(self, i: int, users: int = 1) -> None:
+        """``users`` fewer users of index ``i``; the string is forgotten with its last user."""
         if i == NONE:
             return
-        uses = self._uses[i] - 1
+        uses = self._uses[i] - users
         assert uses >= 0, "a name released more often than acquired"
         self._uses[i] = uses
         if not uses:

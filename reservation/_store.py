@@ -25,6 +25,8 @@ SOURCE_ID, EVENT_ID, DELTAS = range(3)
 count), and the head of its chain of kept deltas in the ledger's ``DeltaPool`` (0: none)."""
 _IDS = 3
 Int64Array = npt.NDArray[np.int64]
+Int32Array = npt.NDArray[np.int32]
+IntpArray = npt.NDArray[np.intp]
 BoolArray = npt.NDArray[np.bool_]
 _FIELDS = 6
 _QUANTITIES = SAFETY + 1
@@ -200,6 +202,40 @@ class PositionStore:
         found = np.nonzero(block)
         return list(zip((found[0] + first_row).tolist(), found[1].tolist(), strict=True))
 
+    # -- whole blocks of positions (LoadCounts): numpy in, no object per position ----------------
+    def cells(self, skus: Sequence[str], locations: Sequence[str]) -> tuple[IntpArray, IntpArray]:
+        """The row of each SKU and the column of each location, made for those not seen yet."""
+        rows = np.fromiter((self._row(s) for s in skus), dtype=np.intp, count=len(skus))
+        cols = np.fromiter((self._col(loc) for loc in locations), dtype=np.intp, count=len(locations))
+        return rows, cols
+
+    def counts_at(self, rows: IntpArray, cols: IntpArray) -> tuple[BoolArray, Int64Array, Int64Array, Int64Array]:
+        """Per cell: whether it is a position, its latest count's time and quantity, and its
+        (source, event_id) indices as one int64 (source << 32 | event_id; 0: no count)."""
+        ids = self._ids[:, rows, cols].astype(np.int64)
+        return (self._present[rows, cols], self._q[COUNT_TIME, rows, cols], self._q[COUNT_QTY, rows, cols],
+                ids[SOURCE_ID] << 32 | ids[EVENT_ID])
+
+    def create_counted(self, rows: IntpArray, cols: IntpArray, quantity: Int64Array, at: Int64Array,
+                       names: tuple[int, Int32Array], safety: Int64Array) -> None:
+        """New positions, each with a count as its only fact: on_hand is the count (E2). ``names``:
+        the source's index and each row's event_id index, already acquired for these positions."""
+        assert not self._present[rows, cols].any(), "create_counted over a position that exists"
+        q = self._q
+        self._present[rows, cols] = True
+        q[ON_HAND, rows, cols] = q[COUNT_QTY, rows, cols] = quantity
+        q[COUNT_TIME, rows, cols] = at
+        q[SAFETY, rows, cols] = safety
+        self._ids[SOURCE_ID, rows, cols], self._ids[EVENT_ID, rows, cols] = names
+
+    def forget_cells(self, rows: IntpArray, cols: IntpArray) -> None:
+        """Undo of ``create_counted``: the positions were never there; their names are released."""
+        self.names.release_all(self._ids[SOURCE_ID, rows, cols])
+        self.names.release_all(self._ids[EVENT_ID, rows, cols])
+        self._present[rows, cols] = False
+        self._q[:, rows, cols] = 0
+        self._ids[:, rows, cols] = 0
+
     @property
     def row_count(self) -> int:
         return len(self._skus)
@@ -308,20 +344,27 @@ class PositionStore:
         return store
 
     def _cell(self, sku: str, location: str) -> tuple[int, int]:
+        row, col = self._row(sku), self._col(location)
+        self._pv[row, col] = True
+        return row, col
+
+    def _row(self, sku: str) -> int:
         row = self._sku_row.get(sku)
         if row is None:
             row = self._sku_row[sku] = len(self._skus)
             self._skus.append(sku)
             if row >= self._rows:
                 self._grow(rows=self._rows + max(ROW_STEP, self._rows // GROWTH))
+        return row
+
+    def _col(self, location: str) -> int:
         col = self._loc_col.get(location)
         if col is None:
             col = self._loc_col[location] = len(self._locations)
             self._locations.append(location)
             if col >= self._cols:
                 self._grow(cols=self._cols + max(COL_STEP, self._cols // GROWTH))
-        self._pv[row, col] = True
-        return row, col
+        return col
 
     def _grow(self, rows: int | None = None, cols: int | None = None) -> None:
         new_rows, new_cols = rows or self._rows, cols or self._cols

@@ -5,8 +5,12 @@ Nothing here touches state: a request that fails validation changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
+import numpy.typing as npt
+
+from ._bulk import CountRows
 from ._errors import InvalidArgument, Reason
 from ._limits import Limits
 from ._model import Fact, FactKind, LineRequest, ReserveCommand
@@ -155,3 +159,81 @@ def fact(
             raise InvalidArgument("reservation_id", f"only SHIPMENT facts may name a reservation, not {fact_kind.name}")
         check_id("reservation_id", reservation_id, limits)
     return Fact(event_id, source, fact_kind, sku, location, quantity, event_time, reservation_id)
+
+
+def count_rows(source: str, skus: Sequence[str], locations: Sequence[str], columns: Sequence[bytes], now: int,
+               limits: Limits) -> tuple[CountRows, dict[int, InvalidArgument]]:
+    """A LoadCounts block as rows to load, and why each other row is refused (by row number).
+    ``columns``: sku_index, location_index, on_hand, as_of as packed little-endian bytes. A fault
+    of the whole block (its source, its size, columns of unequal length) refuses the call."""
+    check_id("source", source, limits)
+    sizes = (4, 4, 8, 8)
+    names = ("sku_index", "location_index", "on_hand", "as_of")
+    for name, data, size in zip(names, columns, sizes, strict=True):
+        if len(data) % size:
+            raise InvalidArgument(name, f"{len(data)} bytes is not a whole number of {size}-byte values")
+    n = len(columns[3]) // 8
+    if n > limits.max_rows_per_load:
+        raise InvalidArgument("as_of", f"{n} rows exceed the limit max_rows_per_load={limits.max_rows_per_load}",
+                              Reason.LIMIT_EXCEEDED, "max_rows_per_load")
+    for name, data, size in zip(names, columns, sizes, strict=True):
+        if len(data) // size != n:
+            raise InvalidArgument(name, f"{len(data) // size} values for {n} rows (as_of has one per row)")
+    for name, dictionary in (("skus", skus), ("locations", locations)):
+        if len(dictionary) > n or len(set(dictionary)) != len(dictionary):
+            raise InvalidArgument(name, "each must appear once, and no more of them than rows")
+    si, li = (np.frombuffer(c, dtype="<u4").astype(np.uint32) for c in columns[:2])
+    qty, at = (np.frombuffer(c, dtype="<i8").astype(np.int64) for c in columns[2:])
+    problems = _row_problems(skus, locations, si, li, qty, at, now, limits)
+    bad = np.zeros(n, dtype=np.bool_)
+    for mask, _ in problems:
+        bad |= mask
+    errors: dict[int, InvalidArgument] = {}
+    for mask, problem in reversed(problems):  # the first field at fault names the row's refusal
+        for i in np.flatnonzero(mask).tolist():
+            errors[i] = problem(i).within(f"rows[{i}]")
+    good = ~bad
+    return CountRows(source, skus, locations, si[good], li[good], qty[good], at[good]), errors
+
+
+RowProblem = tuple[npt.NDArray[np.bool_], Callable[[int], InvalidArgument]]
+
+
+def _row_problems(skus: Sequence[str], locations: Sequence[str], si: npt.NDArray[np.uint32],
+                  li: npt.NDArray[np.uint32], qty: npt.NDArray[np.int64], at: npt.NDArray[np.int64], now: int,
+                  limits: Limits) -> list[RowProblem]:
+    """Each check as (rows failing it, the refusal of such a row), in the order fields are named."""
+    problems: list[RowProblem] = []
+    for field, names, index in (("sku", skus, si), ("location", locations, li)):
+        outside = index >= len(names)
+        problems.append((outside, _past_the_end(field, index, len(names))))
+        refusals = _dictionary_refusals(field, names, limits)
+        if refusals:
+            bad_entries = np.zeros(len(names), dtype=np.bool_)
+            bad_entries[list(refusals)] = True
+            problems.append((~outside & bad_entries[np.where(outside, 0, index)], _named(refusals, index)))
+    problems.append(((qty < 0) | (qty > limits.max_quantity), lambda i: InvalidArgument(
+        "on_hand", f"{int(qty[i])}: a count must be within [0, {limits.max_quantity}] (limit max_quantity)")))
+    ahead = now + limits.fact_future_skew_ms
+    problems.append(((at <= 0) | (at > ahead), lambda i: InvalidArgument(
+        "as_of", "must be set, after 1970-01-01" if at[i] <= 0 else
+        f"{int(at[i])} ms is more than {limits.fact_future_skew_ms} ms ahead of the service clock ({now})")))
+    return problems
+
+
+def _past_the_end(field: str, index: npt.NDArray[np.uint32], size: int) -> Callable[[int], InvalidArgument]:
+    return lambda i: InvalidArgument(f"{field}_index", f"{int(index[i])} is past the {size} {field}s of the block")
+
+
+def _named(refusals: dict[int, InvalidArgument], index: npt.NDArray[np.uint32]) -> Callable[[int], InvalidArgument]:
+    return lambda i: refusals[int(index[i])]
+
+
+def _dictionary_refusals(field: str, names: Sequence[str], limits: Limits) -> dict[int, InvalidArgument]:
+    refusals: dict[int, InvalidArgument] = {}
+    for j, name in enumerate(names):
+        try:
+            check_id(field, name, limits)
+        except InvalidArgument as exc:
+            refusals[j] = exc
+    return refusals

@@ -17,6 +17,8 @@ import math
 import time
 from typing import Any
 
+import numpy as np
+
 from atp_service.channels.curator import Curator, Offer
 from atp_service.channels.estate import Channel, Estate
 from atp_service.config import ChannelSettings
@@ -28,7 +30,7 @@ from atp_service.storage.channel_store import ChannelStore, WriteRefused
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, Reason, zero_through
-from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
+from reservation._events import CountsLoaded, FactApplied, HoldMoved, SafetyStockSet, Shipped
 
 log = logging.getLogger(__name__)
 DESK_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
@@ -139,6 +141,8 @@ class ChannelDesk:
             elif isinstance(event, (HoldMoved, Shipped, SafetyStockSet)):
                 sku, loc = event.sku, event.location
             else:
+                if isinstance(event, CountsLoaded):
+                    self._mark_loaded(event, 0, now)
                 continue
             self._dirty.setdefault(sku, {}).setdefault(loc, 0)
             self._dirty_at.setdefault(sku, now)
@@ -163,6 +167,8 @@ class ChannelDesk:
             elif isinstance(event, (Shipped, SafetyStockSet)):
                 sku, loc, t = event.sku, event.location, ts
             else:
+                if isinstance(event, CountsLoaded):
+                    self._mark_loaded(event, int(np.frombuffer(event.at, dtype="<i8").max()), now)
                 continue
             locs = dirty.get(sku)
             if locs is None:
@@ -185,6 +191,18 @@ class ChannelDesk:
             self._velocity[sku] = (self._velocity_at(sku, now) + units, now)
         if dirty or stockouts:
             self._wake.set()
+
+    def _mark_loaded(self, event: CountsLoaded, t: int, now: int) -> None:
+        """A baseline block (millions of positions): its SKUs are curated whole in the next round,
+        one step per SKU, not per position; stock-outs among them go out first then (C2)."""
+        dirty = self._dirty
+        for sku in event.skus:
+            locs = dirty.get(sku)
+            if locs is None:
+                locs = dirty[sku] = {}
+                self._dirty_at[sku] = now
+            if locs.get("", 0) < t:  # "": no one location, the row's source time (``curate_shard``)
+                locs[""] = t
 
     def _velocity_at(self, sku: str, now: int) -> float:
         value, at = self._velocity.get(sku, (0.0, now))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import cast
 
+import numpy as np
+import numpy.typing as npt
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,7 +14,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from atp_client import epoch_ms
 from atp_client import timestamp as api_timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from reservation import InvalidArgument, Limits, Quantities, Reservation, ReserveCommand, reserve_command
+from atp_service.edge.errors import rich_status
+from reservation import FactOutcome, InvalidArgument, Limits, Quantities, Reservation, ReserveCommand, reserve_command
 
 _FACT_KIND_PREFIX = "FACT_KIND_"
 
@@ -131,3 +134,22 @@ def availability_pb(sku: str, location: str, q: Quantities) -> pb.Availability:
         sku=sku, location=location, on_hand=q.on_hand, reserved=q.reserved,
         committed=q.committed, safety_stock=q.safety_stock, available=q.available,
     )
+
+
+def load_counts_response(rows: npt.NDArray[np.intp], outcomes: npt.NDArray[np.uint8], reasons: dict[int, str],
+                         errors: dict[int, InvalidArgument]) -> pb.LoadCountsResponse:
+    """The answer to LoadCounts: ``rows[k]`` is the request row of loaded row k (its outcome
+    ``outcomes[k]``, its quarantine reason ``reasons[k]``); ``errors``: refused rows, by request row."""
+    counted = np.bincount(outcomes, minlength=len(FactOutcome) + 1).tolist()
+    out = pb.LoadCountsResponse(
+        applied=counted[FactOutcome.APPLIED], absorbed=counted[FactOutcome.ABSORBED],
+        duplicate=counted[FactOutcome.DUPLICATE], quarantined=counted[FactOutcome.QUARANTINED], invalid=len(errors))
+    rejected: list[tuple[int, pb.RowRejection]] = [
+        (row, pb.RowRejection(row=row, outcome=pb.FACT_OUTCOME_INVALID, error=rich_status(exc)))
+        for row, exc in errors.items()]
+    for k, reason in reasons.items():
+        row = int(rows[k])
+        rejected.append((row, pb.RowRejection(row=row, outcome=pb.FACT_OUTCOME_QUARANTINED, detail=reason,
+                                              quarantine_reason=quarantine_reason(reason))))
+    out.rejected.extend(r for _, r in sorted(rejected, key=lambda item: item[0]))
+    return out

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import grpc
+import numpy as np
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
@@ -33,6 +34,7 @@ from reservation import (
     Unavailable,
     check_id,
     check_safety_stock,
+    count_rows,
     partial_lines,
 )
 from reservation import fact as make_fact
@@ -209,6 +211,18 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                     r.quarantine_reason, r.detail = convert.quarantine_reason(reason), reason
             out.append(r)
         return pb.RecordEventsResponse(results=out)
+
+    @_observed("LoadCounts")
+    async def LoadCounts(self, request: pb.LoadCountsRequest, context: Any) -> pb.LoadCountsResponse:
+        block, errors = count_rows(
+            request.source, list(request.skus), list(request.locations),
+            (request.sku_index, request.location_index, request.on_hand, request.as_of),
+            self.engine.clock.now_ms(), self.limits)
+        loaded = np.ones(len(block) + len(errors), dtype=np.bool_)
+        loaded[list(errors)] = False
+        good = np.flatnonzero(loaded)
+        outcomes, reasons = await self.desk.load_counts(block, "load")
+        return convert.load_counts_response(good, outcomes, reasons, errors)
 
     @_observed("ExplainAvailability")
     async def ExplainAvailability(self, request: pb.ExplainAvailabilityRequest,

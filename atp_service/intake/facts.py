@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from redis.exceptions import RedisError
 
 from atp_service.engine.router import Engine
 from atp_service.metrics import IntakeMetrics
 from atp_service.tasks import exception_seen
 from reservation import (
+    CountRows,
     DomainError,
     Fact,
     FactKind,
@@ -29,6 +31,7 @@ from reservation import (
     View,
 )
 from reservation import _operations as ops
+from reservation._bulk import Outcomes
 from reservation._ledger import fact_key
 
 Result = tuple[FactOutcome, str]
@@ -44,7 +47,7 @@ class FactDesk:
         self.metrics = metrics or IntakeMetrics()
         self._quarantine = quarantine_stream
         self._maxlen = stream_maxlen
-        self._tasks: set[asyncio.Task[list[Result | DomainError]]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def record(self, facts: Sequence[Fact], origin: str) -> list[Result | DomainError]:
         """``_record`` in a task of the desk's own: a caller that gives up (deadline, disconnect)
@@ -55,6 +58,46 @@ class FactDesk:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(exception_seen)
         return await asyncio.shield(task)
+
+    async def load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str]]:
+        """``LoadCounts``: the block's rows by shard, one actor message each (``Ledger.load_counts``);
+        each row's outcome and the reasons of those quarantined. Owned like ``record`` (R8)."""
+        task = asyncio.ensure_future(self._load_counts(block, origin))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(exception_seen)
+        return await asyncio.shield(task)
+
+    async def _load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str]]:
+        outcomes = np.zeros(len(block), dtype=np.uint8)
+        reasons: dict[int, str] = {}
+        shard_of_sku = np.array([self.engine.place(sku) for sku in block.skus], dtype=np.intp)
+        shard_of_row = shard_of_sku[block.sku_index] if len(block) else np.zeros(0, dtype=np.intp)
+        waits = []
+        for shard in np.unique(shard_of_row).tolist():
+            rows = np.flatnonzero(shard_of_row == shard)
+            part = CountRows(block.source, block.skus, block.locations, block.sku_index[rows],
+                             block.location_index[rows], block.quantity[rows], block.at[rows])
+            reply = self.engine.actors[shard].submit(lambda ledger, _now, part=part: ledger.load_counts(part))
+            reply.add_done_callback(exception_seen)
+            waits.append((rows, reply))
+        for rows, reply in waits:
+            part_outcomes, part_reasons = await reply  # a refusal refuses the call: a retry is safe (E8)
+            outcomes[rows] = part_outcomes
+            reasons.update((int(rows[j]), reason) for j, reason in part_reasons.items())
+        if reasons:
+            late = sorted(reasons)
+            facts = [block.fact(i) for i in late]
+            results: list[Result | DomainError] = [(FactOutcome.QUARANTINED, reasons[i]) for i in late]
+            await self._quarantine_stream(facts, results, list(range(len(late))))
+            failed = next((r for r in results if isinstance(r, DomainError)), None)
+            if failed is not None:
+                raise failed
+        counted = np.bincount(outcomes, minlength=len(FactOutcome) + 1)
+        for outcome in FactOutcome:
+            if counted[outcome]:
+                self.metrics.facts.labels(origin, "COUNT", _OUTCOME_NAMES[outcome]).inc(int(counted[outcome]))
+        return outcomes, reasons
 
     async def stop(self, bound_s: float) -> None:
         """Wait (at most ``bound_s``) for the work of callers that gave up; the shards still run."""

@@ -16,7 +16,7 @@ READ = frozenset({"GetReservation", "GetAvailability", "ExplainAvailability"})
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     "oms": frozenset({"Reserve", "Confirm", "Release", "Fulfill", "ReserveStream"}) | READ,
-    "ingest": frozenset({"RecordEvents"}),
+    "ingest": frozenset({"RecordEvents", "LoadCounts"}),
     "channel": frozenset({"WatchAvailability"}) | READ,
     "admin": frozenset({"SetSafetyStock", "ReloadEstate"}) | READ,
 }

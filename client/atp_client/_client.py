@@ -206,6 +206,11 @@ class AtpClient:
         req = pb.RecordEventsRequest(events=list(facts))
         return list((await self._call(self.stub.RecordEvents, req)).results)
 
+    async def load_counts(self, request: pb.LoadCountsRequest) -> pb.LoadCountsResponse:
+        """A block of ERP counts in columns (``atpctl stock load`` builds them from a CSV)."""
+        answer: pb.LoadCountsResponse = await self._call(self.stub.LoadCounts, request)
+        return answer
+
     async def _call(self, method: Any, req: Any) -> Any:
         """One unary call within ``timeout_s`` (gRPC's retries included). A refusal raises a typed
         ``AtpError`` (a ``grpc.aio.AioRpcError``) carrying its reason."""

@@ -6,6 +6,8 @@ whose event_id is its as-of time: a fact's identity is (source, event_id) at its
 loading the same file again is a no-op (duplicates), and a newer extract supersedes an older one
 by event time (E1, E5) whatever order they arrive in. A bad row never stops the load and never
 half-applies: it is skipped, and written with its reason to the report file.
+
+Rows travel as columns (``LoadCounts``), ``batch`` rows a call and ``inflight`` calls at a time.
 """
 
 from __future__ import annotations
@@ -15,34 +17,24 @@ import csv
 import os
 import sys
 import time
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
+
+import numpy as np
 
 from atp_client._client import AtpClient
 from atp_client._errors import Refusal, Retryable
-from atp_client._time import timestamp
+from atp_client._extract import Block, Extract, HeaderError, Rejected, parse_time
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
-REQUIRED = ("sku", "location", "on_hand")
 PATIENCE_S = 120.0
 """How long a bulk load keeps retrying a call the service refused as retryable (an overloaded shard,
 a failover): facts are idempotent (E8), so a retry is always safe; past this the load stops."""
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class HeaderError(ValueError):
-    """The file's header lacks a required column: nothing is sent."""
-
-
-@dataclass
-class Rejected:
-    line: int
-    sku: str
-    location: str
-    reason: str
+T = TypeVar("T")
+__all__ = ["HeaderError", "LoadSummary", "Rejected", "load", "parse_time", "patiently", "progress_stream",
+           "record_patiently", "write_report"]
 
 
 @dataclass
@@ -57,142 +49,93 @@ class LoadSummary:
     rejected: list[Rejected] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
-        named = {name.removeprefix("FACT_OUTCOME_").lower(): n for name, n in sorted(self.outcomes.items())}
+        named = {name.removeprefix("FACT_OUTCOME_").lower(): n for name, n in sorted(self.outcomes.items()) if n}
         return {"rows": self.rows, **named, "unreadable": self.unreadable}
 
-
-def parse_time(text: str) -> int:
-    """Epoch ms from RFC 3339 (``2026-11-28T06:00:00Z``) or from digits (epoch ms)."""
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone (add Z or +hh:mm)")
-    return (moment - _EPOCH) // timedelta(milliseconds=1)  # exact: float seconds can land 1 ms low
-
-
-class _Counted:
-    """The lines of a file, counting the characters read (for the progress line)."""
-
-    def __init__(self, handle: TextIO) -> None:
-        self.handle, self.chars = handle, 0
-
-    def __iter__(self) -> Iterator[str]:
-        for line in self.handle:
-            self.chars += len(line)
-            yield line
-
-
-def rows(lines: Iterable[str], source: str, as_of: int | None, summary: LoadSummary) -> Iterator[tuple[int, pb.Fact]]:
-    """(line number, COUNT fact) per good row; bad rows go to ``summary.rejected`` with their reason."""
-    reader = csv.reader(lines)
-    header = [name.strip().lower() for name in next(reader, [])]
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        raise HeaderError(f"header: missing column(s) {', '.join(missing)} (have: {', '.join(header)})")
-    while True:
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:  # e.g. a field past csv's size limit: this row only
-            summary.rows += 1
-            summary.unreadable += 1
-            summary.rejected.append(Rejected(reader.line_num, "", "", f"not CSV: {exc}"))
-            continue
-        if not values:
-            continue  # a blank line
-        summary.rows += 1
-        row = dict(zip(header, values, strict=False))
-        sku, location = (row.get("sku") or "").strip(), (row.get("location") or "").strip()
-        try:
-            fact = _count(row, sku, location, source, as_of)
-        except ValueError as exc:
-            summary.unreadable += 1
-            summary.rejected.append(Rejected(reader.line_num, _shown(sku), _shown(location), str(exc)))
-            continue
-        yield reader.line_num, fact
-
-
-def _shown(text: str) -> str:
-    """A field as the report can hold it (bytes that were not UTF-8 are shown escaped)."""
-    return text.encode("utf-8", "backslashreplace").decode()
-
-
-def _count(row: dict[str, str], sku: str, location: str, source: str, as_of: int | None) -> pb.Fact:
-    if not sku or not location:
-        raise ValueError("sku and location: must not be empty")
-    if not (_utf8(sku) and _utf8(location)):
-        raise ValueError("sku and location: not UTF-8")
-    raw = (row.get("on_hand") or "").strip()
-    if not raw.lstrip("-").isdigit():
-        raise ValueError(f"on_hand: not an integer: {raw!r}")
-    quantity = int(raw)
-    if quantity < 0:
-        raise ValueError(f"on_hand: must not be negative, got {quantity}")  # the upper bound is the service's
-    when = row.get("as_of")
-    at = parse_time(when) if when and when.strip() else as_of
-    if at is None:
-        raise ValueError("as_of: no time for this row (give the column or --as-of)")
-    return pb.Fact(event_id=f"count@{at}", source=source, kind=pb.FACT_KIND_COUNT, sku=sku, location=location,
-                   quantity=quantity, event_time=timestamp(at))
+    def count(self, answer: pb.LoadCountsResponse) -> None:
+        for name in ("applied", "absorbed", "duplicate", "quarantined", "invalid"):
+            key = f"FACT_OUTCOME_{name.upper()}"
+            self.outcomes[key] = self.outcomes.get(key, 0) + getattr(answer, name)
 
 
 async def load(client: AtpClient, path: Path, source: str, as_of: int | None, batch: int, inflight: int,
                progress: TextIO | None) -> LoadSummary:
-    """Send every good row, ``inflight`` calls of ``batch`` facts at a time; count the outcomes."""
+    """Send every good row, ``inflight`` calls of ``batch`` rows at a time; count the outcomes."""
     summary = LoadSummary()
     lanes = asyncio.Semaphore(inflight)
     started, size = time.monotonic(), max(1, await asyncio.to_thread(os.path.getsize, path))
     pending: set[asyncio.Task[None]] = set()
 
-    async def send(chunk: list[tuple[int, pb.Fact]]) -> None:
+    async def send(request: pb.LoadCountsRequest, lines: np.ndarray[Any, Any]) -> None:
         try:
-            results = await record_patiently(client, [f for _, f in chunk])
-            for (line, fact), result in zip(chunk, results, strict=True):
-                name = pb.FactOutcome.Name(result.outcome)
-                summary.outcomes[name] = summary.outcomes.get(name, 0) + 1
-                if result.HasField("error"):
-                    refusal = Refusal.from_status(result.error)  # fields are events[n] of the batch: name the column
-                    why = "; ".join(f"{v.field.split('.', 1)[-1]}: {v.description}" for v in refusal.field_violations)
-                    summary.rejected.append(Rejected(line, fact.sku, fact.location, why or refusal.message))
-                elif result.outcome == pb.FACT_OUTCOME_QUARANTINED:
-                    summary.rejected.append(Rejected(line, fact.sku, fact.location, f"quarantined: {result.detail}"))
+            answer = await patiently(lambda: client.load_counts(request))
+            summary.count(answer)
+            summary.rejected += [_rejected(request, lines, r) for r in answer.rejected]
         finally:
             lanes.release()
 
-    # utf-8-sig: an Excel export's byte-order mark is not part of the first column's name;
-    # surrogateescape: a row with bytes that are not UTF-8 is rejected alone (``_count``).
-    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        lines = _Counted(handle)
-        chunk: list[tuple[int, pb.Fact]] = []
-        for item in rows(lines, source, as_of, summary):
-            chunk.append(item)
-            if len(chunk) == batch:
-                pending = await _launch(pending, lanes, send(chunk))
-                chunk = []
-                _progress(progress, lines.chars / size, summary.rows, started)
-        if chunk:
-            pending = await _launch(pending, lanes, send(chunk))
+    with path.open("rb") as handle:
+        extract = Extract(handle, as_of)
+        blocks = iter(extract)
+        while (block := await asyncio.to_thread(next, blocks, None)) is not None:
+            summary.rows += block.rows_read
+            summary.unreadable += len(block.rejected)
+            summary.rejected += block.rejected
+            for request, lines in requests(block, source, batch):
+                pending = await _launch(pending, lanes, send(request, lines))
+            _progress(progress, extract.position / size, summary.rows, started)
         await asyncio.gather(*pending)
     _progress(progress, 1.0, summary.rows, started, end=True)
     return summary
 
 
-async def record_patiently(client: AtpClient, facts: list[pb.Fact],
-                           patience_s: float = PATIENCE_S) -> list[pb.FactResult]:
-    """``record_events``, retried after the delay the service asks for while it says retry (RetryInfo)
-    and ``patience_s`` lasts: a bulk load outlasts a shard's busy spell instead of failing on it."""
+def requests(block: Block, source: str, batch: int) -> list[tuple[pb.LoadCountsRequest, np.ndarray[Any, Any]]]:
+    """The block as LoadCounts calls of at most ``batch`` rows, each naming only the SKUs and
+    locations its rows use; with each, the file lines of its rows."""
+    out = []
+    for start in range(0, len(block.lines), batch):
+        cut = slice(start, start + batch)
+        skus, si = np.unique(block.sku_index[cut], return_inverse=True)
+        locations, li = np.unique(block.location_index[cut], return_inverse=True)
+        request = pb.LoadCountsRequest(
+            source=source, skus=[block.skus[j] for j in skus.tolist()],
+            locations=[block.locations[j] for j in locations.tolist()],
+            sku_index=si.astype("<u4").tobytes(), location_index=li.astype("<u4").tobytes(),
+            on_hand=block.on_hand[cut].astype("<i8").tobytes(), as_of=block.as_of[cut].astype("<i8").tobytes())
+        out.append((request, block.lines[cut]))
+    return out
+
+
+def _rejected(request: pb.LoadCountsRequest, lines: np.ndarray[Any, Any], r: pb.RowRejection) -> Rejected:
+    si = int(np.frombuffer(request.sku_index, dtype="<u4")[r.row])
+    li = int(np.frombuffer(request.location_index, dtype="<u4")[r.row])
+    if r.outcome == pb.FACT_OUTCOME_QUARANTINED:
+        why = f"quarantined: {r.detail}"
+    else:
+        refusal = Refusal.from_status(r.error)  # fields are rows[n].<field>: name the column
+        why = "; ".join(f"{v.field.split('.', 1)[-1]}: {v.description}" for v in refusal.field_violations)
+        why = why or refusal.message
+    return Rejected(int(lines[r.row]), request.skus[si], request.locations[li], why)
+
+
+async def patiently(call: Callable[[], Awaitable[T]], patience_s: float = PATIENCE_S) -> T:
+    """``call``, again after the delay the service asks for while it says retry (RetryInfo) and
+    ``patience_s`` lasts: a bulk load outlasts a shard's busy spell instead of failing on it."""
     give_up_at = time.monotonic() + patience_s
     while True:
         try:
-            return await client.record_events(facts)
+            return await call()
         except Retryable as exc:
             delay = exc.retry_delay_s
             if delay is None or time.monotonic() + delay > give_up_at:
                 raise
             await asyncio.sleep(delay)
+
+
+async def record_patiently(client: AtpClient, facts: list[pb.Fact],
+                           patience_s: float = PATIENCE_S) -> list[pb.FactResult]:
+    """``record_events``, retried as ``patiently`` says."""
+    return await patiently(lambda: client.record_events(facts), patience_s)
 
 
 async def _launch(pending: set[asyncio.Task[None]], lanes: asyncio.Semaphore,
@@ -218,14 +161,6 @@ def write_report(path: Path, rejected: list[Rejected]) -> None:
         writer.writerow(["line", "sku", "location", "reason"])
         for r in sorted(rejected, key=lambda r: r.line):
             writer.writerow([r.line, r.sku, r.location, r.reason])
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def progress_stream() -> TextIO | None:

@@ -27,7 +27,6 @@ from atp_client._output import (
     plain,
     refusal,
 )
-from atp_client._stock import HeaderError, load, parse_time, progress_stream, write_report
 from atp_client._time import epoch_ms
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -108,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--source", default="erp", help="the facts' source (default erp)")
     ld.add_argument("--as-of", help="time of the extract for rows without as_of (RFC 3339 or epoch ms)")
     ld.add_argument("--report", type=Path, help="where rejected rows go, with their reason (default FILE.rejected.csv)")
-    ld.add_argument("--batch", type=_positive, default=10_000, help="facts per RecordEvents call (default 10000)")
+    ld.add_argument("--batch", type=_positive, default=50_000, help="rows per LoadCounts call (default 50000)")
     ld.add_argument("--inflight", type=_positive, default=4, help="calls in flight (default 4)")
     x = sub.add_parser("explain", help="how a position's numbers came to be")
     x.add_argument("key", type=_key, metavar="SKU@LOCATION")
@@ -214,6 +213,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
     """Exit status 3 when any row was rejected (they are in the report); the rest is loaded."""
+    try:
+        from atp_client._stock import HeaderError, load, parse_time, progress_stream, write_report
+    except ImportError as exc:  # numpy is an extra: the API client does not need it
+        raise SystemExit(f"atpctl stock load: {exc.name} is missing: pip install 'atp-client[bulk]'") from None
     try:
         as_of = parse_time(args.as_of) if args.as_of else None
     except ValueError as exc:

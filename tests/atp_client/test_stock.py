@@ -11,35 +11,76 @@ from pathlib import Path
 
 import pytest
 
-from atp_client import AtpClient, timestamp
-from atp_client._stock import LoadSummary, load, parse_time, rows
+from atp_client import AtpClient, _extract, timestamp
+from atp_client._extract import Extract, HeaderError
+from atp_client._stock import load, parse_time
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.conftest import ServiceFactory
 
 T0 = parse_time("2026-11-28T06:00:00Z")
 
 
-def test_rows_become_counts_with_stable_identities_and_bad_rows_are_kept_aside() -> None:
+Row = tuple[int, str, str, int, int]
+
+
+def _read(data: bytes, as_of: int | None = T0) -> tuple[list[Row], list[tuple[int, str]], int]:
+    """(line, sku, location, on_hand, as_of) per good row, (line, reason) per rejected row, rows read."""
+    good: list[Row] = []
+    bad: list[tuple[int, str]] = []
+    rows = 0
+    for block in Extract(io.BytesIO(data), as_of):
+        rows += block.rows_read
+        bad += [(r.line, r.reason) for r in block.rejected]
+        good += [(int(line), block.skus[s], block.locations[loc], int(q), int(t)) for line, s, loc, q, t in zip(
+            block.lines, block.sku_index, block.location_index, block.on_hand, block.as_of, strict=True)]
+    return good, sorted(bad), rows
+
+
+@pytest.fixture(params=["arrow", "csv"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of reading a piece: Arrow's parser and Python's csv (what a piece with an odd line
+    takes, and every piece without pyarrow)."""
+    if request.param == "csv":
+        monkeypatch.setattr(_extract, "pa", None)
+    return str(request.param)
+
+
+def test_rows_become_counts_and_bad_rows_are_kept_aside(reader: str) -> None:
     text = ("sku,location,on_hand,as_of\n"
             "A,S1,5,\n"                      # the file's time
             "B,S1,7,2026-11-28T07:00:00Z\n"  # its own time
             "C,S1,-1,\n"                     # negative
-            "D,S1,many,\n"                   # not a number
             ",S1,3,\n"                       # no sku
+            " A ,S2,4,\n"                    # spaces around a name are not part of it
             "E,S1,2,yesterday\n")            # a time nobody can read
-    summary = LoadSummary()
-    facts = list(rows(io.StringIO(text), "erp", T0, summary))
-    assert [(line, f.sku, f.quantity, f.event_id, f.source, f.kind) for line, f in facts] == [
-        (2, "A", 5, f"count@{T0}", "erp", pb.FACT_KIND_COUNT), (3, "B", 7, f"count@{T0 + 3_600_000}", "erp",
-                                                                   pb.FACT_KIND_COUNT)]
-    assert summary.rows == 6
-    assert [(r.line, r.reason.split(":")[0]) for r in summary.rejected] == [
-        (4, "on_hand"), (5, "on_hand"), (6, "sku and location"), (7, "Invalid isoformat string")]
+    good, bad, rows = _read(text.encode())
+    assert good == [(2, "A", "S1", 5, T0), (3, "B", "S1", 7, T0 + 3_600_000), (6, "A", "S2", 4, T0)]
+    assert rows == 6
+    assert [(line, reason.split(":")[0]) for line, reason in bad] == [
+        (4, "on_hand"), (5, "sku and location"), (7, "Invalid isoformat string")]
+
+
+def test_an_odd_line_sends_its_piece_row_by_row_with_every_line_number_right() -> None:
+    text = "sku,location,on_hand\nA,S1,5\nD,S1,many\n\nB,S1,2,extra\nC,S1,1\nE,S1,0x5\nF,S1,99999999999999999999\n"
+    good, bad, rows = _read(text.encode())
+    assert [(line, sku) for line, sku, *_ in good] == [(2, "A"), (5, "B"), (6, "C")]
+    assert bad == [(3, "on_hand: not an integer (at most 18 digits): 'many'"),
+                   (7, "on_hand: not an integer (at most 18 digits): '0x5'"),
+                   (8, "on_hand: not an integer (at most 18 digits): '99999999999999999999'")]
+    assert rows == 6
+
+
+def test_the_pieces_of_a_big_file_keep_their_line_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_extract, "PIECE_BYTES", 64)
+    text = "sku,location,on_hand\n" + "".join(f"S{n},L{n % 3},{n if n != 77 else 'x'}\n" for n in range(200))
+    good, bad, rows = _read(text.encode())
+    assert rows == 200 and bad == [(79, "on_hand: not an integer (at most 18 digits): 'x'")]
+    assert all(line == n + 2 and sku == f"S{n}" and q == n for line, sku, _, q, _ in good for n in [line - 2])
 
 
 def test_a_file_without_the_columns_is_refused_before_anything_is_sent() -> None:
-    with pytest.raises(ValueError, match="missing column"):
-        list(rows(io.StringIO("sku,qty\nA,1\n"), "erp", T0, LoadSummary()))
+    with pytest.raises(HeaderError, match="missing column"):
+        Extract(io.BytesIO(b"sku,qty\nA,1\n"), T0)
 
 
 def test_a_time_without_zone_is_refused() -> None:
@@ -81,7 +122,7 @@ async def test_the_command_reports_rejected_rows_and_loads_the_rest(start_servic
     assert '"applied": 2' in done.stdout and '"unreadable": 1' in done.stdout and '"invalid": 1' in done.stdout
     report = (tmp_path / "erp.csv.rejected.csv").read_text().splitlines()
     assert report[0] == "line,sku,location,reason" and [r.split(",")[0] for r in report[1:]] == ["3", "4"]
-    assert report[2] == '4,C,L,"quantity: COUNT must be within [0, 1000000]"'  # the service's reason, by field
+    assert report[2] == '4,C,L,"on_hand: 2000000: a count must be within [0, 1000000] (limit max_quantity)"'  # by field
     got = await client.availability([("A", "L"), ("B", "L"), ("D", "L")])
     assert [p.on_hand for p in got] == [4, 0, 9]
 
@@ -91,13 +132,17 @@ def test_an_excel_export_a_bad_byte_and_a_blank_line_stop_nothing(tmp_path: Path
     is read, the bad row is reported alone, and every other row is a fact."""
     path = tmp_path / "excel.csv"
     path.write_bytes(b"\xef\xbb\xbfSKU, Location ,on_hand\r\nA,L1,1\r\nB,Z\xfcrich,2\r\n\r\nC,L1,3\r\n")
-    summary = LoadSummary()
-    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as lines:
-        facts = list(rows(lines, "erp", T0, summary))
-    assert [f.sku for _, f in facts] == ["A", "C"]
-    rejected = [(r.line, r.location, r.reason) for r in summary.rejected]
+    with path.open("rb") as handle:
+        blocks = list(Extract(handle, T0))
+    assert [block.skus[s] for block in blocks for s in block.sku_index] == ["A", "C"]
+    rejected = [(r.line, r.location, r.reason) for block in blocks for r in block.rejected]
     assert rejected == [(3, "Z\\udcfcrich", "sku and location: not UTF-8")]
-    assert (summary.rows, summary.unreadable) == (3, 1)
+    assert sum(block.rows_read for block in blocks) == 3
+
+
+def test_a_bad_byte_in_a_clean_piece_is_found_by_arrow_too(reader: str) -> None:
+    good, bad, _ = _read(b"sku,location,on_hand\nA,L1,1\nB,Z\xfcrich,2\nC,L1,3\n")
+    assert [sku for _, sku, *_ in good] == ["A", "C"] and bad == [(3, "sku and location: not UTF-8")]
 
 
 async def test_an_extract_older_than_the_grace_window_is_reported_not_applied(start_service: ServiceFactory,

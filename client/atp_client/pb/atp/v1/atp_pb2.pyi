@@ -338,6 +338,54 @@ class RecordEventsResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[FactResult]
     def __init__(self, results: _Optional[_Iterable[_Union[FactResult, _Mapping]]] = ...) -> None: ...
 
+class LoadCountsRequest(_message.Message):
+    __slots__ = ("source", "skus", "locations", "sku_index", "location_index", "on_hand", "as_of")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SKUS_FIELD_NUMBER: _ClassVar[int]
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    SKU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ON_HAND_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    skus: _containers.RepeatedScalarFieldContainer[str]
+    locations: _containers.RepeatedScalarFieldContainer[str]
+    sku_index: bytes
+    location_index: bytes
+    on_hand: bytes
+    as_of: bytes
+    def __init__(self, source: _Optional[str] = ..., skus: _Optional[_Iterable[str]] = ..., locations: _Optional[_Iterable[str]] = ..., sku_index: _Optional[bytes] = ..., location_index: _Optional[bytes] = ..., on_hand: _Optional[bytes] = ..., as_of: _Optional[bytes] = ...) -> None: ...
+
+class RowRejection(_message.Message):
+    __slots__ = ("row", "outcome", "quarantine_reason", "detail", "error")
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    row: int
+    outcome: FactOutcome
+    quarantine_reason: QuarantineReason
+    detail: str
+    error: _status_pb2.Status
+    def __init__(self, row: _Optional[int] = ..., outcome: _Optional[_Union[FactOutcome, str]] = ..., quarantine_reason: _Optional[_Union[QuarantineReason, str]] = ..., detail: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class LoadCountsResponse(_message.Message):
+    __slots__ = ("applied", "absorbed", "duplicate", "quarantined", "invalid", "rejected")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ABSORBED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    applied: int
+    absorbed: int
+    duplicate: int
+    quarantined: int
+    invalid: int
+    rejected: _containers.RepeatedCompositeFieldContainer[RowRejection]
+    def __init__(self, applied: _Optional[int] = ..., absorbed: _Optional[int] = ..., duplicate: _Optional[int] = ..., quarantined: _Optional[int] = ..., invalid: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RowRejection, _Mapping]]] = ...) -> None: ...
+
 class ExplainAvailabilityRequest(_message.Message):
     __slots__ = ("sku", "location")
     SKU_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,11 @@ class AvailabilityServiceStub:
                 request_serializer=atp_dot_v1_dot_atp__pb2.RecordEventsRequest.SerializeToString,
                 response_deserializer=atp_dot_v1_dot_atp__pb2.RecordEventsResponse.FromString,
                 _registered_method=True)
+        self.LoadCounts = channel.unary_unary(
+                '/atp.v1.AvailabilityService/LoadCounts',
+                request_serializer=atp_dot_v1_dot_atp__pb2.LoadCountsRequest.SerializeToString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.LoadCountsResponse.FromString,
+                _registered_method=True)
         self.ExplainAvailability = channel.unary_unary(
                 '/atp.v1.AvailabilityService/ExplainAvailability',
                 request_serializer=atp_dot_v1_dot_atp__pb2.ExplainAvailabilityRequest.SerializeToString,
@@ -137,6 +142,13 @@ class AvailabilityServiceServicer:
 
     def RecordEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadCounts(self, request, context):
+        """ERP counts in columns, for volume (a baseline of millions of positions); the `ingest` role.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -212,6 +224,11 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
                     servicer.RecordEvents,
                     request_deserializer=atp_dot_v1_dot_atp__pb2.RecordEventsRequest.FromString,
                     response_serializer=atp_dot_v1_dot_atp__pb2.RecordEventsResponse.SerializeToString,
+            ),
+            'LoadCounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadCounts,
+                    request_deserializer=atp_dot_v1_dot_atp__pb2.LoadCountsRequest.FromString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.LoadCountsResponse.SerializeToString,
             ),
             'ExplainAvailability': grpc.unary_unary_rpc_method_handler(
                     servicer.ExplainAvailability,
@@ -428,6 +445,33 @@ class AvailabilityService:
             '/atp.v1.AvailabilityService/RecordEvents',
             atp_dot_v1_dot_atp__pb2.RecordEventsRequest.SerializeToString,
             atp_dot_v1_dot_atp__pb2.RecordEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadCounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atp.v1.AvailabilityService/LoadCounts',
+            atp_dot_v1_dot_atp__pb2.LoadCountsRequest.SerializeToString,
+            atp_dot_v1_dot_atp__pb2.LoadCountsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,167 @@
+"""ERP counts in columns (``LoadCounts``): a baseline of millions of positions without an object per row.
+
+A block's rows are the COUNT facts RecordEvents would take for them, and each gets the outcome it
+would get there. Most rows of a baseline are one of two cases, decided for the whole block in numpy:
+a position the shard has never seen (the count makes it, E2: one ``CountsLoaded`` event for them
+all) or the position's latest count sent again (E8: a duplicate, recognised from its columns).
+Every other row — a newer or older count at a position that has history, a position named twice
+in the block, a conflicting resend — is recorded one by one by ``Ledger.record_fact``, exactly.
+
+Lateness (E6) depends on the order facts arrive in, so the split is taken only where order cannot
+matter: when no row of the block is older than the newest time it holds (or the shard's stream
+time) minus the grace window. Otherwise every row goes one by one, in the block's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from ._events import CountsLoaded
+from ._model import Fact, FactKind, FactOutcome
+from ._store import Int64Array, IntpArray
+from ._undo import Undo
+
+if TYPE_CHECKING:
+    from ._ledger import Ledger
+
+_COUNT = FactKind.COUNT
+_APPLIED, _DUPLICATE = np.uint8(FactOutcome.APPLIED), np.uint8(FactOutcome.DUPLICATE)
+U32 = npt.NDArray[np.uint32]
+Outcomes = npt.NDArray[np.uint8]
+
+
+def count_event_id(at: int) -> str:
+    """A loaded count's event_id: its as-of time, so a re-load is the same fact (E8)."""
+    return f"count@{at}"
+
+
+class CountRows:
+    """One shard's rows of a block, checked at the edge: ids valid, quantities within limits."""
+
+    __slots__ = ("at", "location_index", "locations", "quantity", "sku_index", "skus", "source")
+
+    def __init__(self, source: str, skus: Sequence[str], locations: Sequence[str], sku_index: U32,
+                 location_index: U32, quantity: Int64Array, at: Int64Array) -> None:
+        self.source, self.skus, self.locations = source, skus, locations
+        self.sku_index, self.location_index, self.quantity, self.at = sku_index, location_index, quantity, at
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def fact(self, i: int) -> Fact:
+        at = int(self.at[i])
+        return Fact(count_event_id(at), self.source, _COUNT, self.skus[self.sku_index[i]],
+                    self.locations[self.location_index[i]], int(self.quantity[i]), at, "")
+
+
+def load_counts(ledger: Ledger, block: CountRows) -> tuple[Outcomes, dict[int, str]]:
+    """Each row's outcome (a ``FactOutcome`` value) and the reasons of those quarantined."""
+    outcomes = np.zeros(len(block), dtype=np.uint8)
+    reasons: dict[int, str] = {}
+    if not len(block):
+        return outcomes, reasons
+    newest = max(ledger.stream_time, int(block.at.max()))
+    if int(block.at.min()) >= newest - ledger.limits.fact_grace_ms:
+        new, duplicate = _split(ledger, block)
+        outcomes[duplicate] = _DUPLICATE
+        if new.any():
+            ledger.emit(_event(ledger, block, new))
+            outcomes[new] = _APPLIED
+        one_by_one = np.flatnonzero(~(new | duplicate)).tolist()
+    else:
+        one_by_one = list(range(len(block)))
+    for i in one_by_one:
+        outcome, reason = ledger.record_fact(block.fact(i))
+        outcomes[i] = outcome
+        if reason:
+            reasons[i] = reason
+    return outcomes, reasons
+
+
+def _split(ledger: Ledger, block: CountRows) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """(rows that make a new position, rows that resend a position's latest count)."""
+    store, si, li = ledger.store, block.sku_index, block.location_index
+    per_block = si.astype(np.int64) * len(block.locations) + li
+    _, inverse, counts = np.unique(per_block, return_inverse=True, return_counts=True)
+    alone = counts[inverse] == 1  # a position named twice in one block goes one by one, in order
+    rows, cols = store.rows(block.skus)[si], store.columns(block.locations)[li]
+    known = (rows >= 0) & (cols >= 0)
+    exists = np.zeros(len(block), dtype=np.bool_)
+    duplicate = np.zeros(len(block), dtype=np.bool_)
+    if known.any():
+        r, c = rows[known], cols[known]
+        present, count_time, count_qty, ident = store.counts_at(r, c)
+        exists[known] = present
+        wanted = _identities(ledger, block)[known]
+        duplicate[known] = present & (ident == wanted) & (count_time == block.at[known]) & (
+            count_qty == block.quantity[known])
+    return alone & ~exists, alone & duplicate
+
+
+def _identities(ledger: Ledger, block: CountRows) -> Int64Array:
+    """Per row, its (source, event_id) as the store's columns would hold it (-1: names unknown here,
+    so no position's latest count can be this row's fact)."""
+    names = ledger.store.names
+    source = names.find(block.source)
+    times, inverse = np.unique(block.at, return_inverse=True)
+    events = np.array([names.find(count_event_id(t)) for t in times.tolist()], dtype=np.int64)[inverse]
+    if not source:
+        return np.full(len(block), -1, dtype=np.int64)
+    return np.where(events > 0, source << 32 | events, -1)
+
+
+def _event(ledger: Ledger, block: CountRows, rows: npt.NDArray[np.bool_]) -> CountsLoaded:
+    """The rows ``rows`` picks as one event, with only the SKUs and locations they name."""
+    skus, si = np.unique(block.sku_index[rows], return_inverse=True)
+    locs, li = np.unique(block.location_index[rows], return_inverse=True)
+    locations = [block.locations[j] for j in locs.tolist()]
+    defaults = ledger.safety_defaults
+    safety = np.array([defaults.get(loc, 0) for loc in locations], dtype="<i8")
+    return CountsLoaded(
+        block.source, [block.skus[j] for j in skus.tolist()], locations, si.astype("<u4").tobytes(),
+        li.astype("<u4").tobytes(), block.quantity[rows].astype("<i8").tobytes(),
+        block.at[rows].astype("<i8").tobytes(), safety.tobytes())
+
+
+def apply_counts(ledger: Ledger, event: CountsLoaded) -> Undo:
+    """Make the event's positions (live and in replay alike, E10); returns how to take them back."""
+    store, names = ledger.store, ledger.store.names
+    si = np.frombuffer(event.sku_index, dtype="<u4")
+    li = np.frombuffer(event.location_index, dtype="<u4")
+    quantity = np.frombuffer(event.quantity, dtype="<i8").astype(np.int64)
+    at = np.frombuffer(event.at, dtype="<i8").astype(np.int64)
+    safety = np.frombuffer(event.safety, dtype="<i8").astype(np.int64)[li]
+    sku_rows, loc_cols = store.cells(event.skus, event.locations)
+    rows, cols = sku_rows[si], loc_cols[li]
+    times, inverse, users = np.unique(at, return_inverse=True, return_counts=True)
+    event_ids = np.array([names.acquire(count_event_id(t), n) for t, n in zip(times.tolist(), users.tolist(),
+                                                                               strict=True)], dtype=np.int32)
+    store.create_counted(rows, cols, quantity, at, (names.acquire(event.source, len(at)), event_ids[inverse]),
+                         safety)
+    moved = _journal(store.journal, event, si, li, quantity - safety)
+    old_stream_time = ledger.stream_time
+    ledger.stream_time = max(old_stream_time, int(at.max()))
+
+    def undo() -> None:
+        store.forget_cells(rows, cols)
+        if store.journal is not None and moved is not None:
+            store.journal.extend((sku, loc, -d) for sku, loc, d in moved)
+        ledger.stream_time = old_stream_time
+
+    return undo
+
+
+def _journal(journal: list[tuple[str, str, int]] | None, event: CountsLoaded, si: U32, li: U32,
+             available: IntpArray | Int64Array) -> list[tuple[str, str, int]] | None:
+    """The rows' moves of ``available`` into the store's journal (C4), while it keeps one."""
+    if journal is None:
+        return None
+    skus = np.array(event.skus, dtype=object)[si].tolist()
+    locations = np.array(event.locations, dtype=object)[li].tolist()
+    moved = list(zip(skus, locations, available.tolist(), strict=True))
+    journal.extend(moved)
+    return moved
