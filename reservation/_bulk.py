@@ -127,6 +127,16 @@ def _event(ledger: Ledger, block: CountRows, rows: npt.NDArray[np.bool_]) -> Cou
         block.at[rows].astype("<i8").tobytes(), safety.tobytes())
 
 
+def loaded_facts(event: CountsLoaded) -> list[Fact]:
+    """The facts an event holds, one per row (for readers of the log: audits, checks)."""
+    si = np.frombuffer(event.sku_index, dtype="<u4").tolist()
+    li = np.frombuffer(event.location_index, dtype="<u4").tolist()
+    quantity = np.frombuffer(event.quantity, dtype="<i8").tolist()
+    at = np.frombuffer(event.at, dtype="<i8").tolist()
+    return [Fact(count_event_id(t), event.source, _COUNT, event.skus[s], event.locations[loc], q, t, "")
+            for s, loc, q, t in zip(si, li, quantity, at, strict=True)]
+
+
 def apply_counts(ledger: Ledger, event: CountsLoaded) -> Undo:
     """Make the event's positions (live and in replay alike, E10); returns how to take them back."""
     store, names = ledger.store, ledger.store.names

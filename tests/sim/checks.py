@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from reservation import TERMINAL, FactKind, State, decode_entry
-from reservation._events import FactApplied, Shipped
+from reservation import TERMINAL, Event, Fact, FactKind, State, decode_entry
+from reservation._bulk import loaded_facts
+from reservation._events import CountsLoaded, FactApplied, Shipped
 from tests.sim.world import World
 
 # R3: what a reservation may have become since a state was acknowledged.
@@ -89,6 +90,12 @@ def acknowledged_survive(world: World, records: dict, acked: Acknowledged) -> No
         raise Violation(f"R7: acknowledged facts not in the log: {sorted(missing)[:5]}")
 
 
+def _facts_of(event: Event) -> list[Fact]:
+    if isinstance(event, FactApplied):
+        return [event.fact]
+    return loaded_facts(event) if isinstance(event, CountsLoaded) else []
+
+
 def facts_fold_as_the_reference(world: World, ledgers: list) -> None:  # type: ignore[type-arg]
     """E1-E3 and E8: on_hand equals the textbook fold of what the log holds, each fact once.
     E1 order: (event_time, rank, source, event_id); the service's shipments sort as source ""."""
@@ -97,8 +104,9 @@ def facts_fold_as_the_reference(world: World, ledgers: list) -> None:  # type: i
     for entries in world.log.history.values():
         for _, data in entries:
             for e in decode_entry(data).events:
-                if isinstance(e, FactApplied):
-                    f = e.fact
+                if isinstance(e, Shipped):
+                    events.setdefault((e.sku, e.location), []).append(((e.at, 0, "", e.ref), -e.quantity, False))
+                for f in _facts_of(e):
                     identity = (f.source, f.event_id, f.sku, f.location)  # E8: per position
                     if identity in applied:
                         raise Violation(f"E8: fact {f.source}/{f.event_id} at {f.sku}@{f.location} applied twice")
@@ -107,8 +115,6 @@ def facts_fold_as_the_reference(world: World, ledgers: list) -> None:  # type: i
                     key = (f.event_time, 1 if is_count else 0, f.source, f.event_id)
                     events.setdefault((f.sku, f.location), []).append((key, f.quantity if is_count else f.delta,
                                                                        is_count))
-                elif isinstance(e, Shipped):
-                    events.setdefault((e.sku, e.location), []).append(((e.at, 0, "", e.ref), -e.quantity, False))
     actual = {(s, loc): q.on_hand for ledger in ledgers for s, loc, q in ledger.store.items()}
     for position, items in events.items():
         items.sort(key=lambda item: item[0])

@@ -8,7 +8,10 @@ import random
 import zlib
 from typing import Any
 
+import numpy as np
+
 from reservation import (
+    CountRows,
     DomainError,
     Fact,
     FactKind,
@@ -19,6 +22,7 @@ from reservation import (
     State,
     reserve_command,
 )
+from reservation._bulk import count_event_id
 from tests.sim.checks import Acknowledged
 from tests.sim.faults import Call
 from tests.sim.world import World
@@ -27,8 +31,8 @@ from tests.sim.world import World
 SKUS = ("A", "B", "J", "C")
 LOCATIONS = ("L1", "L2", "L3")
 SOURCES = ("pos", "wms")
-KINDS = ("reserve", "reserve_many", "confirm", "release", "fulfil", "facts", "safety", "maintenance")
-WEIGHTS = (6, 2, 2, 1, 1, 5, 0.3, 0.6)
+KINDS = ("reserve", "reserve_many", "confirm", "release", "fulfil", "facts", "load", "safety", "maintenance")
+WEIGHTS = (6, 2, 2, 1, 1, 5, 1, 0.3, 0.6)
 
 
 class Commands:
@@ -45,7 +49,7 @@ class Commands:
         if kind == "reserve" or (not self.rids and kind in ("confirm", "release", "fulfil")):
             return self.reserve()
         make = {"reserve_many": self.reserve_many, "confirm": self.confirm, "release": self.release,
-                "fulfil": self.fulfil, "facts": self.send_facts, "safety": self.safety,
+                "fulfil": self.fulfil, "facts": self.send_facts, "load": self.load_counts, "safety": self.safety,
                 "maintenance": self.maintenance}[kind]
         return make()
 
@@ -127,6 +131,33 @@ class Commands:
                                  f.reservation_id) for f in batch])
         return Call(label, lambda: self.world.fact_desk.record(batch, "sim"),
                     lambda results: self.book_facts(batch, results))
+
+    def load_counts(self) -> Call:
+        """An ERP block (LoadCounts): counts as of one time, with now and then a resend of an
+        earlier count (E8), another quantity for it (a conflict) or a position named twice."""
+        as_of = self.now() - self.rng.randint(0, 120_000)
+        batch: list[Fact] = []
+        for _ in range(self.rng.randint(1, 6)):
+            counts = [f for f in self.facts if f.kind == FactKind.COUNT and f.source == "erp"]
+            roll = self.rng.random()
+            if counts and roll < 0.3:
+                old = self.rng.choice(counts)
+                batch.append(old if roll < 0.2 else Fact(old.event_id, "erp", FactKind.COUNT, old.sku,
+                                                         old.location, old.quantity + 1, old.event_time))
+                continue
+            fact = Fact(count_event_id(as_of), "erp", FactKind.COUNT, self.rng.choice(SKUS),
+                        self.rng.choice(LOCATIONS), self.rng.randint(0, 12), as_of)
+            self.facts.append(fact)
+            batch.append(fact)
+        self.fact_batches.append(batch)
+        block = CountRows("erp", SKUS, LOCATIONS, np.array([SKUS.index(f.sku) for f in batch], dtype=np.uint32),
+                          np.array([LOCATIONS.index(f.location) for f in batch], dtype=np.uint32),
+                          np.array([f.quantity for f in batch], dtype=np.int64),
+                          np.array([f.event_time for f in batch], dtype=np.int64))
+        label = "load " + str([(f.event_id, f.sku, f.location, f.quantity) for f in batch])
+        return Call(label, lambda: self.world.fact_desk.load_counts(block, "sim"),
+                    lambda answer: self.book_facts(batch, [(FactOutcome(o), answer[1].get(i, ""))
+                                                           for i, o in enumerate(answer[0].tolist())]))
 
     def fact(self) -> Fact:
         roll = self.rng.random()

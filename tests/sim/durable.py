@@ -23,7 +23,7 @@ import numpy as np
 from atp_service.channels.estate import Estate
 from atp_service.engine.shard import ShardActor
 from reservation import ChannelRules, ChannelUpdate, Key, Ledger, Limits, LogEntry, curate, decode_entry
-from reservation._events import FactApplied, HoldMoved, SafetyStockSet, Shipped
+from reservation._events import CountsLoaded, FactApplied, HoldMoved, SafetyStockSet, Shipped
 from tests.sim.simlog import SimLog
 
 
@@ -96,6 +96,8 @@ class DurableTracker:
                 touched.add(event.fact.sku)
             elif isinstance(event, (Shipped, SafetyStockSet)):
                 touched.add(event.sku)
+            elif isinstance(event, CountsLoaded):
+                touched.update(event.skus)
         for sku in touched:
             available = available_of(ledger, sku)
             for loc in available:

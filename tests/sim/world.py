@@ -170,10 +170,15 @@ class World:
 
     def logged_facts(self) -> list[Fact]:
         """Every fact the log ever recorded as applied (the history is never trimmed)."""
-        from reservation._events import FactApplied
+        from reservation._bulk import loaded_facts
+        from reservation._events import CountsLoaded, FactApplied
 
         out = []
         for entries in self.log.history.values():
             for _, data in entries:
-                out += [e.fact for e in decode_entry(data).events if isinstance(e, FactApplied)]
+                for e in decode_entry(data).events:
+                    if isinstance(e, FactApplied):
+                        out.append(e.fact)
+                    elif isinstance(e, CountsLoaded):
+                        out += loaded_facts(e)
         return out
