@@ -164,9 +164,9 @@ async def read_latency(target: str, keys: list[tuple[str, str]]) -> tuple[float,
     return statistics.median(times), times[int(len(times) * 0.99) - 1]
 
 
-def restarted(url: str, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
+def restarted(url: str, port: int, log: Path, shards: int) -> tuple[subprocess.Popen[bytes], float]:
     started = time.perf_counter()
-    proc = spawn(url, port, log, -1, "--shards", "16")
+    proc = spawn(url, port, log, -1, "--shards", str(shards))
     asyncio.run(ready(port))
     return proc, time.perf_counter() - started
 
@@ -175,7 +175,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float | int]:
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as server:
         port, log = free_port(), tmp / "service.log"
         target = f"127.0.0.1:{port}"
-        proc, _ = restarted(server.url, port, log)
+        proc, _ = restarted(server.url, port, log, args.shards)
         out: dict[str, float | int] = {"rss_mb_empty": round(rss_mb(proc.pid))}
         now = int(time.time() * 1000)
         start = now - DAY_MS + 60_000  # the ERP extract: as of the start of the day the facts cover
@@ -203,11 +203,11 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float | int]:
         out["stop_s"] = round(time.perf_counter() - started, 2)
         client = redis.Redis.from_url(server.url)
         out["snapshot_bytes"] = sum(client.strlen(k) for k in client.scan_iter("atp:snap:*"))
-        proc, recovery_s = restarted(server.url, port, log)
+        proc, recovery_s = restarted(server.url, port, log, args.shards)
         out["recovery_s"] = round(recovery_s, 1)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        proc, kill_recovery_s = restarted(server.url, port, log)
+        proc, kill_recovery_s = restarted(server.url, port, log, args.shards)
         out["kill_recovery_s"] = round(kill_recovery_s, 1)
         proc.terminate()
         proc.wait()
@@ -222,6 +222,7 @@ def main() -> None:
     parser.add_argument("--day-facts", type=int, default=0, help="POS/WMS facts over the day after the load")
     parser.add_argument("--batch", type=int, default=10_000, help="day facts per RecordEvents call")
     parser.add_argument("--inflight", type=int, default=4, help="RecordEvents calls in flight")
+    parser.add_argument("--shards", type=int, default=16, help="the service's shards")
     args = parser.parse_args()
     if not 0 < args.stocked <= 1:
         parser.error("--stocked: must be within (0, 1]")
