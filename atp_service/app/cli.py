@@ -15,6 +15,7 @@ from dataclasses import fields
 from itertools import islice
 from pathlib import Path
 
+from atp_service.app.allocator import set_mmap_threshold
 from atp_service.app.service import AtpService, StartupError
 from atp_service.config import ServiceConfig
 from atp_service.edge.transport import reexec_for
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"atp-service: {exc}", file=sys.stderr)
         return 2
     reexec_for(config.http2_transport)  # returns when gRPC already runs the configured transport
+    set_mmap_threshold(config.malloc_mmap_threshold)  # before gRPC starts threads with arenas of their own
     if config.event_loop == "uvloop":
         import uvloop
 

@@ -2,7 +2,7 @@
 
 A caller sends ``authorization: Bearer <token>``; the service knows only the SHA-256 of each token
 (its callers file) and the caller's roles. Roles are part of the API contract: ``oms`` (reserve,
-confirm, release, fulfil and reads), ``ingest`` (RecordEvents), ``channel`` (WatchAvailability and
+confirm, release, fulfil and reads), ``ingest`` (RecordEvents, LoadCounts), ``channel`` (WatchAvailability and
 reads), ``admin`` (safety stock, estate reload and reads).
 """
 
