@@ -6,12 +6,20 @@ about n²/2¹²⁹ — for a billion remembered facts, below 10⁻²⁰ — and 
 taken for the first if its payload is equal too; otherwise it is quarantined as a conflict,
 visibly, never applied twice.
 
-New identities go into an open map (digest -> payload bytes); between batches, once it holds
-``SEAL_AT`` of them (or an eighth of the sealed rows, if more), it is sealed into the columns:
-numpy arrays sorted by digest, 57 bytes an identity, searched by bisection. Sealing rewrites the
-columns (a linear merge: ~0.25 s for 2 M rows, in the shard's turn — the stall a shard pays for
-a very large dedupe window). Forgetting (stream time minus grace passed an identity's event time)
-compresses the columns, at most once each time the horizon moves a sixteenth of the grace, so
+Beside it, its payload (``_keys.pack_payload``): the event time, exactly, and the rest of the
+payload in 64 bits — exactly too (kind and quantity) for a fact that names no reservation. For one
+that does (a SHIPMENT), the rest is a 63-bit BLAKE2b digest of its kind, quantity and reservation
+id: a conflicting resend of such a fact (same identity and event time, another kind, quantity or
+reservation) is taken for a duplicate with probability 2⁻⁶³ (about 10⁻¹⁹) per resend, instead of
+being quarantined.
+
+New identities go into an open map (digest -> payload as one int, ~145 bytes an identity); between
+batches, once it holds ``SEAL_AT`` of them (or an eighth of the sealed rows, if more), it is sealed
+into four numpy columns sorted by digest — the digest's high and low halves, the event time and the
+rest of the payload: 32 bytes an identity, searched by bisection of the high halves. Sealing
+rewrites the columns (a linear merge: ~0.2 s for 2 M rows, in the shard's turn — the stall a shard
+pays for a very large dedupe window). Forgetting (stream time minus grace passed an identity's event
+time) compresses the columns, at most once each time the horizon moves a sixteenth of the grace, so
 memory stays within about 17/16 of a grace window of facts plus the open map.
 
 A position's latest count is remembered by its columns in the store (its source and event_id are
@@ -27,7 +35,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from ._keys import _SEP, PAYLOAD_SIZE, Payload, pack_payload
+from ._keys import _SEP, Payload, pack_payload
 from ._model import FactKind
 from ._store import LatestCount, PositionStore, raw
 
@@ -35,11 +43,12 @@ _COUNT = int(FactKind.COUNT)
 Digest = bytes
 """16 bytes: BLAKE2b of the identity."""
 SEAL_AT = 16_384
-"""Identities the open map holds before it is sealed into the columns (~150 bytes each while open:
+"""Identities the open map holds before it is sealed into the columns (~145 bytes each while open:
 2.4 MB a shard at most; a seal merges them into the columns in one linear pass)."""
-_ROW = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("payload", f"V{PAYLOAD_SIZE}")])  # digest halves as numbers
-_PAYLOAD_TIME = np.dtype([("time", ">i8"), ("rest", f"V{PAYLOAD_SIZE - 8}")])
+_LOW = (1 << 64) - 1  # a payload's rest; its event time is above it (``_keys.pack_payload``)
 _NEVER = np.iinfo(np.int64).max
+Columns = tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint64]]
+"""The sealed identities, sorted by digest: its high halves, low halves, event times, payload rests."""
 
 
 def digest(source: str, event_id: str, sku: str, location: str) -> Digest:
@@ -47,43 +56,46 @@ def digest(source: str, event_id: str, sku: str, location: str) -> Digest:
     return hashlib.blake2b(f"{source}{_SEP}{event_id}{_SEP}{sku}{_SEP}{location}".encode(), digest_size=16).digest()
 
 
-def _contiguous_his(rows: npt.NDArray[np.void]) -> npt.NDArray[np.uint64]:
-    """The digests' high halves as their own array: searching the strided field of the rows would copy
-    all of it on every lookup (8 bytes a row buys a bisection instead of a copy)."""
-    return np.ascontiguousarray(rows["hi"])
-
-
 class MemorySnapshot(msgspec.Struct, array_like=True):
-    rows: memoryview  # _ROW records, sorted by digest
-    times: memoryview  # int64 per row: its event time
-    open_keys: list[bytes]
-    open_payloads: list[bytes]
+    """The sealed columns, and the open map as columns of its own, in arrival order. A snapshot in the
+    earlier layout (rows of digest halves and a 25-byte payload, the open map as two lists) does not
+    decode as this one: recovery refuses it (``SnapshotUnreadable``) rather than misread it."""
+
+    his: memoryview  # uint64 per sealed identity, sorted: its digest's high half
+    los: memoryview  # uint64: the digest's low half
+    times: memoryview  # int64: its event time
+    rests: memoryview  # uint64: the rest of its payload (``_keys.pack_payload``)
+    open_keys: memoryview  # the open map's digests, 16 bytes each
+    open_times: memoryview  # int64
+    open_rests: memoryview  # uint64
+
+
+def _empty() -> Columns:
+    u8 = np.uint64
+    return np.zeros(0, dtype=u8), np.zeros(0, dtype=u8), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=u8)
 
 
 class FactMemory:
     """Remembered identities: sealed columns plus the open map."""
 
-    __slots__ = ("_his", "_next_forget_at", "_oldest", "_rows", "_times", "open", "store")
+    __slots__ = ("_his", "_los", "_next_forget_at", "_oldest", "_rests", "_times", "open", "store")
 
     def __init__(self, store: PositionStore) -> None:
         self.store = store
         self.open: dict[Digest, Payload] = {}
         """Identities remembered since the last seal, in arrival order (undo takes them back)."""
-        self._rows: npt.NDArray[np.void] = np.zeros(0, dtype=_ROW)
-        self._times: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self._his = _contiguous_his(self._rows)
         self._next_forget_at = -_NEVER
-        self._oldest = _NEVER  # the oldest event time among the sealed rows
+        self._set_columns(_empty())
 
     def __len__(self) -> int:
-        return len(self.open) + len(self._rows)
+        return len(self.open) + len(self._his)
 
     def payload(self, key: Digest, source: str, event_id: str, sku: str, location: str) -> Payload | None:
         """The payload applied under this identity at this position (None: never applied)."""
         seen = self.open.get(key)
         if seen is not None:
             return seen
-        if len(self._rows):
+        if len(self._his):
             seen = self._sealed(key)
             if seen is not None:
                 return seen
@@ -115,7 +127,7 @@ class FactMemory:
     def _seal_due(self) -> bool:
         # Sealing rewrites the sealed rows: at an eighth of them at least, each row is rewritten a
         # bounded number of times whatever the size (amortised), not once per SEAL_AT arrivals.
-        return len(self.open) >= max(SEAL_AT, len(self._rows) // 8)
+        return len(self.open) >= max(SEAL_AT, len(self._his) // 8)
 
     def forget_old(self, horizon: int, every: int) -> int:
         """Between batches, nothing in flight: seal a full open map, and drop sealed identities stamped
@@ -129,46 +141,59 @@ class FactMemory:
         keep = self._times >= horizon
         gone = len(keep) - int(np.count_nonzero(keep))
         if gone:
-            self._rows, self._times = self._rows[keep], self._times[keep]
-            self._his = _contiguous_his(self._rows)
-            self._oldest = int(self._times.min()) if len(self._times) else _NEVER
+            self._set_columns((self._his[keep], self._los[keep], self._times[keep], self._rests[keep]))
         return gone
 
     def snapshot(self) -> MemorySnapshot:
-        return MemorySnapshot(raw(self._rows), raw(self._times), list(self.open), list(self.open.values()))
+        keys, times, rests = self._open_columns()
+        return MemorySnapshot(raw(self._his), raw(self._los), raw(self._times), raw(self._rests), memoryview(keys),
+                              raw(times), raw(rests))
 
     @classmethod
     def restore(cls, store: PositionStore, snap: MemorySnapshot) -> FactMemory:
         memory = cls(store)
-        memory._rows = np.frombuffer(snap.rows, dtype=_ROW).copy()
-        memory._times = np.frombuffer(snap.times, dtype=np.int64).copy()
-        memory._his = _contiguous_his(memory._rows)
-        memory._oldest = int(memory._times.min()) if len(memory._times) else _NEVER
-        memory.open = dict(zip(snap.open_keys, snap.open_payloads, strict=True))
+        memory._set_columns((np.frombuffer(snap.his, dtype=np.uint64).copy(),
+                             np.frombuffer(snap.los, dtype=np.uint64).copy(),
+                             np.frombuffer(snap.times, dtype=np.int64).copy(),
+                             np.frombuffer(snap.rests, dtype=np.uint64).copy()))
+        keys = bytes(snap.open_keys)
+        times = np.frombuffer(snap.open_times, dtype=np.int64).astype(object)
+        payloads = (times << 64 | np.frombuffer(snap.open_rests, dtype=np.uint64).astype(object)).tolist()
+        memory.open = dict(zip([keys[i:i + 16] for i in range(0, len(keys), 16)], payloads, strict=True))
         return memory
+
+    def _set_columns(self, columns: Columns) -> None:
+        self._his, self._los, self._times, self._rests = columns
+        self._oldest = int(self._times.min()) if len(self._times) else _NEVER  # the oldest sealed event time
 
     def _sealed(self, key: Digest) -> Payload | None:
         hi, lo = int.from_bytes(key[:8]), int.from_bytes(key[8:])
-        rows, his = self._rows, self._his
+        his = self._his
         i = int(his.searchsorted(np.uint64(hi)))  # exact: a Python int past 2**63 could go via float
-        while i < len(rows) and int(his[i]) == hi:
-            if int(rows[i]["lo"]) == lo:
-                return bytes(rows[i]["payload"])
+        while i < len(his) and int(his[i]) == hi:
+            if int(self._los[i]) == lo:
+                return int(self._times[i]) << 64 | int(self._rests[i])
             i += 1
         return None
 
+    def _open_columns(self) -> tuple[bytes, npt.NDArray[np.int64], npt.NDArray[np.uint64]]:
+        """The open map in arrival order: its digests (16 bytes each), event times and payload rests."""
+        payloads = np.fromiter(self.open.values(), dtype=object, count=len(self.open))
+        return b"".join(self.open), (payloads >> 64).astype(np.int64), (payloads & _LOW).astype(np.uint64)
+
     def _seal(self) -> None:
         """The open map into the sorted columns: the two sorted runs merge in linear time (timsort)."""
-        new = np.zeros(len(self.open), dtype=_ROW)
-        digests = np.frombuffer(b"".join(self.open), dtype=">u8").reshape(-1, 2)
-        new["hi"], new["lo"] = digests[:, 0], digests[:, 1]
-        payloads = b"".join(self.open.values())
-        new["payload"] = np.frombuffer(payloads, dtype=f"V{PAYLOAD_SIZE}")
-        times = np.frombuffer(payloads, dtype=_PAYLOAD_TIME)["time"].astype(np.int64)
-        order = np.lexsort((new["lo"], new["hi"]))
-        rows = np.concatenate([self._rows, new[order]])
-        merged = np.argsort(rows["hi"], kind="stable")
-        self._rows, self._times = rows[merged], np.concatenate([self._times, times[order]])[merged]
-        self._his = _contiguous_his(self._rows)
-        self._oldest = min(self._oldest, int(times.min())) if len(times) else self._oldest
+        keys, times, rests = self._open_columns()
+        digests = np.frombuffer(keys, dtype=">u8").reshape(-1, 2)
+        his, los = digests[:, 0].astype(np.uint64), digests[:, 1].astype(np.uint64)
+        order = np.lexsort((los, his))
+        self._set_columns(_merge((self._his, self._los, self._times, self._rests),
+                                 (his[order], los[order], times[order], rests[order])))
         self.open = {}
+
+
+def _merge(old: Columns, new: Columns) -> Columns:
+    """Two runs of columns, each sorted by its high halves, as one (equal halves: old first)."""
+    merged = np.argsort(np.concatenate([old[0], new[0]]), kind="stable")
+    his, los, times, rests = (np.concatenate([o, n])[merged] for o, n in zip(old, new, strict=True))
+    return his, los, times, rests

@@ -28,26 +28,35 @@ def fact_key(fact: Fact) -> str:
     return f"{fact.source}{_SEP}{fact.event_id}{_SEP}{fact.sku}{_SEP}{fact.location}"
 
 
-Payload = bytes
-"""What E8 remembers of an applied fact beside its identity: its payload, exactly enough to tell a
-resend (same payload) from a conflict (another) — not the fact object."""
+Payload = int
+"""What E8 remembers of an applied fact beside its identity, exactly enough to tell a resend (same
+payload) from a conflict (another) — not the fact object: its event time and a 64-bit summary of
+the rest, as one int (``event_time << 64 | rest``, see ``pack_payload``)."""
 
-_PAYLOAD = struct.Struct(">qBqQ")  # event_time, kind, quantity, the reservation id's digest (0: none)
-PAYLOAD_SIZE = _PAYLOAD.size
+_HASHED = 1 << 63  # the top bit of ``rest``: a digest, not the exact kind and quantity
+_EXACT_QUANTITY = 1 << 54  # quantities in [-2**54, 2**54) fit the exact form (Limits caps them at 2**53)
+_QUANTITY_BITS = (1 << 55) - 1
+_REST = struct.Struct(">Bq")  # kind, quantity: the fixed-width head of what a digested rest covers
 
 
 def fact_payload(fact: Fact) -> Payload:
-    """(event_time, kind, quantity, reservation id) as 25 bytes: equal exactly when the payloads are
-    (the reservation id by a 64-bit digest: only SHIPMENT facts carry one, and only a resend under
-    the same identity at the same time, kind and quantity is compared with it)."""
+    """The payload of ``fact`` as one int: equal when the payloads are, and unequal when they are not
+    (exactly for a fact that names no reservation; see ``pack_payload``)."""
     return pack_payload(fact.event_time, fact.kind, fact.quantity, fact.reservation_id)
 
 
 def pack_payload(event_time: int, kind: int, quantity: int, reservation_id: str) -> Payload:
-    rid = int.from_bytes(hashlib.blake2b(reservation_id.encode(), digest_size=8).digest()) if reservation_id else 0
-    return _PAYLOAD.pack(event_time, kind, quantity, rid)
+    """``event_time << 64 | rest``. ``rest`` is exact for a fact naming no reservation: the kind in
+    bits 55-62, the quantity in bits 0-54 as two's complement (any quantity within ±2⁵⁴, past every
+    bound ``Limits`` allows). For a fact naming one (a SHIPMENT), or a quantity past that, it is the
+    top bit over a 63-bit BLAKE2b digest of (kind, quantity, reservation id): two such payloads that
+    differ only there are taken for equal with probability 2⁻⁶³; never equal to an exact one."""
+    if not reservation_id and 0 <= kind < 256 and -_EXACT_QUANTITY <= quantity < _EXACT_QUANTITY:
+        return event_time << 64 | kind << 55 | quantity & _QUANTITY_BITS
+    digest = hashlib.blake2b(_REST.pack(kind, quantity) + reservation_id.encode(), digest_size=8).digest()
+    return event_time << 64 | _HASHED | int.from_bytes(digest) >> 1
 
 
 def payload_time(payload: Payload) -> int:
-    """The event time of a remembered fact (``forget_old_facts`` sweeps by it)."""
-    return int.from_bytes(payload[:8], signed=True)
+    """The event time of a remembered fact (``FactMemory.forget_old`` sweeps by it)."""
+    return payload >> 64

@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import RedisError
 
 from atp_service.storage.channel_store import ChannelStore
-from atp_service.storage.log import CommitWindow, Fenced, LogStore, connect, encode_snapshot
+from atp_service.storage.log import CommitWindow, Fenced, LogStore, SnapshotUnreadable, connect, encode_snapshot
 from atp_service.storage.resp import seq_of
 from reservation import ChannelUpdate, Ledger, Limits, StockStatus
 
@@ -203,6 +203,20 @@ async def test_a_replaced_instance_raises_no_fence_of_the_newer_one(store: LogSt
     with pytest.raises(Fenced):
         await store.fence(0)
     await newer.submit(0, 1, b"the newer one's appends are not refused STALE")
+
+
+@pytest.mark.parametrize("open_map", [([], []), ([b"k" * 16], [b"p" * 25])])
+async def test_a_snapshot_in_the_earlier_dedupe_layout_is_refused_not_misread(
+        store: LogStore, open_map: tuple[list[bytes], list[bytes]]) -> None:
+    """E8's memory before its columns were split: rows of digest halves and a 25-byte payload, the
+    times, and the open map as two lists. Recovery must stop on it, not take its bytes for columns."""
+    record = msgspec.msgpack.decode(encode_snapshot(3, Ledger(0, Limits()).snapshot()))
+    record[1][3] = [b"\0" * 41 * 2, b"\0" * 8 * 2, *open_map]  # LedgerSnapshot.seen
+    await store.client.set(store.snap_key(0), msgspec.msgpack.encode(record))
+    with pytest.raises(SnapshotUnreadable, match="shard 0"):
+        await store.load_snapshot(0)
+    await store.client.set(store.snap_key(0), encode_snapshot(3, Ledger(0, Limits()).snapshot()))
+    assert (await store.load_snapshot(0)) is not None  # this version's own layout reads back
 
 
 async def _entries(store: LogStore, shard: int) -> list[tuple[int, bytes]]:
