@@ -2,8 +2,9 @@
 encoding run inside the shard's turn, on the event loop every shard and call shares.
 
 One shard's ledger is filled as a shard of a national estate would be — a count per position
-(``--skus`` x ``--locations``), then ``--facts`` sales stamped over the day after it — and its
-snapshot is built ``--rounds`` times. No I/O. Prints one JSON line: positions, remembered facts,
+(``--skus`` x ``--locations``), then ``--facts`` sales stamped over the day after it, with E8's
+open map sealed between batches as a shard's maintenance does — and its snapshot is built
+``--rounds`` times. No I/O. Prints one JSON line: positions, remembered facts,
 snapshot_ms and encode_ms (each round), stall_ms (their sum: what the shard's turn takes),
 snapshot_mb, and compact_ms: one maintenance pass of E9 compaction (``COMPACT_PER_PASS`` positions).
 
@@ -49,7 +50,9 @@ def filled(skus: int, locations: int, facts: int) -> Ledger:
                                      now, limits))
         if i % BATCH == 0:
             ledger.commit(now)
+            ledger.forget_old_facts()  # as a shard's maintenance does between batches: seals E8's open map
     ledger.commit(now)
+    ledger.forget_old_facts()
     return ledger
 
 

@@ -49,11 +49,16 @@ def raw(array: npt.NDArray[Any]) -> memoryview:
 
 
 class StoreSnapshot(msgspec.Struct, array_like=True):
+    """The arrays whole, growth slack included: views of them need no copy (a shard's snapshot is
+    taken in its turn; cutting the used part out copied 100 MB a shard of a national estate)."""
+
     skus: list[str]
     locations: list[str]
-    quantities: memoryview  # int64, shape (6, len(skus), len(locations)), C order
-    present: memoryview  # bool, shape (len(skus), len(locations))
-    ids: memoryview  # int32, shape (3, len(skus), len(locations)): SOURCE_ID, EVENT_ID, DELTAS
+    rows: int  # the arrays' shape: rows >= len(skus), cols >= len(locations)
+    cols: int
+    quantities: memoryview  # int64, shape (6, rows, cols), C order
+    present: memoryview  # bool, shape (rows, cols)
+    ids: memoryview  # int32, shape (3, rows, cols): SOURCE_ID, EVENT_ID, DELTAS
     names: list[str | None]
 
 
@@ -315,30 +320,23 @@ class PositionStore:
         return int(-uncovered[uncovered < 0].sum())
 
     def snapshot(self) -> StoreSnapshot:
-        n, m = len(self._skus), len(self._locations)
         return StoreSnapshot(
-            skus=list(self._skus),
-            locations=list(self._locations),
-            quantities=raw(self._q[:, :n, :m]),
-            present=raw(self._present[:n, :m]),
-            ids=raw(self._ids[:, :n, :m]),
-            names=self.names.snapshot(),
-        )
+            skus=list(self._skus), locations=list(self._locations), rows=self._rows, cols=self._cols,
+            quantities=raw(self._q), present=raw(self._present), ids=raw(self._ids), names=self.names.snapshot())
 
     @classmethod
     def restore(cls, snap: StoreSnapshot, *name_users: npt.NDArray[np.int32]) -> PositionStore:
         """The store as snapshotted; ``name_users``: other columns holding indices into its names."""
-        n, m = len(snap.skus), len(snap.locations)
-        store = cls(rows=max(n, 256), cols=max(m, 8))
+        rows, cols = snap.rows, snap.cols
+        store = cls(rows=1, cols=1)
         store._skus = list(snap.skus)
         store._locations = list(snap.locations)
         store._sku_row = {s: i for i, s in enumerate(snap.skus)}
         store._loc_col = {loc: i for i, loc in enumerate(snap.locations)}
-        q = np.frombuffer(snap.quantities, dtype=np.int64).reshape(_FIELDS, n, m)
-        store._q[:, :n, :m] = q
-        store._present[:n, :m] = np.frombuffer(snap.present, dtype=np.bool_).reshape(n, m)
-        ids = np.frombuffer(snap.ids, dtype=np.int32).reshape(_IDS, n, m)
-        store._ids[:, :n, :m] = ids
+        store._rows, store._cols = rows, cols
+        store._q = np.frombuffer(snap.quantities, dtype=np.int64).reshape(_FIELDS, rows, cols).copy()
+        store._present = np.frombuffer(snap.present, dtype=np.bool_).reshape(rows, cols).copy()
+        store._ids = ids = np.frombuffer(snap.ids, dtype=np.int32).reshape(_IDS, rows, cols).copy()
         store.names = Names.restore(snap.names, ids[SOURCE_ID], ids[EVENT_ID], *name_users)
         store._views()
         return store
