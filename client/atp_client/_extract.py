@@ -108,7 +108,8 @@ class Extract:
             if block is None and data and b'"' in piece:
                 # Arrow took the piece whole only if no line break in it is quoted; otherwise one
                 # may be the last, in the middle of a row: cut after the last row that ends.
-                whole = _RECORDS.match(piece, 0, cut).end()
+                found = _RECORDS.match(piece, 0, cut)  # always matches: zero rows at least
+                whole = found.end() if found else 0
                 if whole != cut:
                     cut = whole
                     block = self._fast(piece[:cut], self._next_line) if cut else None
