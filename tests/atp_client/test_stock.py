@@ -188,3 +188,21 @@ def test_a_header_naming_a_column_twice_is_refused() -> None:
         Extract(io.BytesIO(b"sku,location,on_hand,on_hand\nA,L1,5,7\n"), T0)
     with pytest.raises(HeaderError, match="as_of"):
         Extract(io.BytesIO(b"sku,location,on_hand,as_of,AS_OF\nA,L1,5,1,2\n"), T0)
+
+
+def test_a_call_of_long_names_stays_within_a_message() -> None:
+    """SKUs of up to max_id_length (128 bytes) are valid: 50,000 distinct ones (the default --batch)
+    made a 7 MB request, which the service (4 MiB messages) refused whole, stopping the load."""
+    import numpy as np
+
+    from atp_client._extract import Block
+    from atp_client._stock import requests
+
+    n = 50_000
+    skus = [f"{i:08d}".ljust(128, "x") for i in range(n)]
+    block = Block(np.arange(2, n + 2, dtype=np.int64), skus, np.arange(n, dtype=np.uint32), ["L1"],
+                  np.zeros(n, dtype=np.uint32), np.ones(n, dtype=np.int64), np.full(n, T0, dtype=np.int64))
+    calls = requests(block, "erp", 50_000)
+    assert all(request.ByteSize() <= 4 << 20 for request, _ in calls)
+    assert sum(len(lines) for _, lines in calls) == n  # every row, once, in order
+    assert np.concatenate([lines for _, lines in calls]).tolist() == block.lines.tolist()
