@@ -242,6 +242,8 @@ class ServiceConfig:
             raise ValueError(f"owner_check_s: must be positive, got {self.owner_check_s}")
         if self.snapshot_retry_max_s <= 0:
             raise ValueError(f"snapshot_retry_max_s: must be positive, got {self.snapshot_retry_max_s}")
+        if not 0 <= self.malloc_mmap_threshold <= 32 << 20:  # glibc's largest (HEAP_MAX_SIZE / 2)
+            raise ValueError(f"malloc_mmap_threshold: must be within [0, 33554432], got {self.malloc_mmap_threshold}")
         if self.commit_delay_min_rate < 0:
             raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",

@@ -16,6 +16,8 @@ import sys
 
 M_MMAP_THRESHOLD = -3
 """``mallopt`` parameter (glibc's malloc.h): setting it also stops the threshold's own adjustment."""
+MAX_MMAP_THRESHOLD = 32 << 20
+"""The largest threshold glibc takes on 64 bits (HEAP_MAX_SIZE / 2); ``mallopt`` refuses more."""
 log = logging.getLogger(__name__)
 
 
@@ -23,6 +25,10 @@ def set_mmap_threshold(nbytes: int) -> bool:
     """Blocks of ``nbytes`` or more are mapped on their own (0: leave the allocator as it is). Only
     where the C library has glibc's ``mallopt``; elsewhere this changes nothing and says so."""
     if nbytes <= 0:
+        return False
+    if nbytes > MAX_MMAP_THRESHOLD:  # and ctypes.c_int would wrap 4 GiB to 0: every block mapped alone
+        log.warning("malloc_mmap_threshold: %d is more than glibc takes (%d); not applied", nbytes,
+                    MAX_MMAP_THRESHOLD)
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt if sys.platform.startswith("linux") else None

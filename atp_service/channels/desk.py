@@ -201,8 +201,8 @@ class ChannelDesk:
             if locs is None:
                 locs = dirty[sku] = {}
                 self._dirty_at[sku] = now
-            if locs.get("", 0) < t:  # "": no one location, the row's source time (``curate_shard``)
-                locs[""] = t
+            if locs.get("", -1) < t:  # "": no one location, the row's source time (``curate_shard``);
+                locs[""] = t  # set even at 0 (an undone entry): the curator takes a time from every mark
 
     def _velocity_at(self, sku: str, now: int) -> float:
         value, at = self._velocity.get(sku, (0.0, now))

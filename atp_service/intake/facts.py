@@ -74,29 +74,45 @@ class FactDesk:
         shard_of_sku = np.array([self.engine.place(sku) for sku in block.skus], dtype=np.intp)
         shard_of_row = shard_of_sku[block.sku_index] if len(block) else np.zeros(0, dtype=np.intp)
         waits = []
+        refused: DomainError | None = None  # a refusal refuses the call (a retry is safe, E8), but only
+        # once the shards that did decide their part have had their quarantined rows streamed (E6)
         for shard in np.unique(shard_of_row).tolist():
             rows = np.flatnonzero(shard_of_row == shard)
             part = CountRows(block.source, block.skus, block.locations, block.sku_index[rows],
                              block.location_index[rows], block.quantity[rows], block.at[rows])
-            reply = self.engine.actors[shard].submit(lambda ledger, _now, part=part: ledger.load_counts(part))
+            try:
+                reply = self.engine.actors[shard].submit(lambda ledger, _now, part=part: ledger.load_counts(part))
+            except DomainError as exc:
+                refused = refused or exc
+                continue
             reply.add_done_callback(exception_seen)
             waits.append((rows, reply))
         for rows, reply in waits:
-            part_outcomes, part_reasons = await reply  # a refusal refuses the call: a retry is safe (E8)
+            try:
+                part_outcomes, part_reasons = await reply
+            except DomainError as exc:
+                refused = refused or exc
+                continue
             outcomes[rows] = part_outcomes
             reasons.update((int(rows[j]), reason) for j, reason in part_reasons.items())
+        unstreamed = 0
         if reasons:
             late = sorted(reasons)
             facts = [block.fact(i) for i in late]
             results: list[Result | DomainError] = [(FactOutcome.QUARANTINED, reasons[i]) for i in late]
             await self._quarantine_stream(facts, results, list(range(len(late))))
             failed = next((r for r in results if isinstance(r, DomainError)), None)
-            if failed is not None:
-                raise failed
+            if failed is not None:  # counted as RecordEvents counts them: a retry quarantines them again
+                refused, unstreamed = refused or failed, len(late)
         counted = np.bincount(outcomes, minlength=len(FactOutcome) + 1)
+        counted[FactOutcome.QUARANTINED] -= unstreamed
         for outcome in FactOutcome:
             if counted[outcome]:
                 self.metrics.facts.labels(origin, "COUNT", _OUTCOME_NAMES[outcome]).inc(int(counted[outcome]))
+        if unstreamed or counted[0]:  # rows whose shard refused them, as RecordEvents counts them
+            self.metrics.facts.labels(origin, "COUNT", "unavailable").inc(unstreamed + int(counted[0]))
+        if refused is not None:
+            raise refused
         return outcomes, reasons
 
     async def stop(self, bound_s: float) -> None:

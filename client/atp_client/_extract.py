@@ -35,6 +35,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INTEGER = r"^[ \t]*-?[0-9]{1,18}[ \t]*$"
 """What both paths read as a count: digits, a minus sign, spaces around (18 digits fit int64)."""
 Ints = npt.NDArray[np.int64]
+_FIELD = rb'(?:"(?:[^"]|"")*+"(?!")[^,\n]*+|[^",\n][^,\n]*+|)'
+_RECORDS = re.compile(rb"(?:%s(?:,%s)*\n)*" % (_FIELD, _FIELD))
+"""Whole rows as Python's csv reads them: a quote opens a quoted field only at the field's start
+(inside one, a doubled quote is a quote, and a line break is part of the field); elsewhere a quote
+is a character (``PIPE 1/2"``). The match of a piece ends after its last row that ends."""
 
 
 class HeaderError(ValueError):
@@ -87,6 +92,9 @@ class Extract:
         missing = [c for c in REQUIRED if c not in self.header]
         if missing:
             raise HeaderError(f"header: missing column(s) {', '.join(missing)} (have: {', '.join(self.header)})")
+        twice = [c for c in (*REQUIRED, "as_of") if self.header.count(c) > 1]
+        if twice:  # Arrow's path would read the first of them, csv's the last
+            raise HeaderError(f"header: column(s) {', '.join(twice)} named more than once")
         self._at = {name: self.header.index(name) for name in (*REQUIRED, "as_of") if name in self.header}
         self._times: dict[bytes, int | str] = {}
 
@@ -96,11 +104,20 @@ class Extract:
             data = self._handle.read(PIECE_BYTES)
             piece = rest + data
             cut = piece.rfind(b"\n") + 1 if data else len(piece)
+            block = self._fast(piece[:cut], self._next_line) if cut else None
+            if block is None and data and b'"' in piece:
+                # Arrow took the piece whole only if no line break in it is quoted; otherwise one
+                # may be the last, in the middle of a row: cut after the last row that ends.
+                found = _RECORDS.match(piece, 0, cut)  # always matches: zero rows at least
+                whole = found.end() if found else 0
+                if whole != cut:
+                    cut = whole
+                    block = self._fast(piece[:cut], self._next_line) if cut else None
             piece, rest = piece[:cut], piece[cut:]
             if piece:
                 self.position += len(piece)
                 first, self._next_line = self._next_line, self._next_line + piece.count(b"\n")
-                yield self._fast(piece, first) or self._slow(piece, first)
+                yield block or self._slow(piece, first)
             if not data:
                 return
 

@@ -32,6 +32,9 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 PATIENCE_S = 120.0
 """How long a bulk load keeps retrying a call the service refused as retryable (an overloaded shard,
 a failover): facts are idempotent (E8), so a retry is always safe; past this the load stops."""
+REQUEST_BYTES = 3 << 20
+"""Bytes one LoadCounts request may take at most, by a pessimistic count: the service takes
+messages of 4 MiB by default (``max_message_bytes``), and names may be 128 bytes long."""
 T = TypeVar("T")
 __all__ = ["HeaderError", "LoadSummary", "Rejected", "load", "parse_time", "patiently", "progress_stream",
            "record_patiently", "write_report"]
@@ -90,11 +93,15 @@ async def load(client: AtpClient, path: Path, source: str, as_of: int | None, ba
 
 
 def requests(block: Block, source: str, batch: int) -> list[tuple[pb.LoadCountsRequest, np.ndarray[Any, Any]]]:
-    """The block as LoadCounts calls of at most ``batch`` rows, each naming only the SKUs and
-    locations its rows use; with each, the file lines of its rows."""
+    """The block as LoadCounts calls of at most ``batch`` rows and about ``REQUEST_BYTES``, each
+    naming only the SKUs and locations its rows use; with each, the file lines of its rows."""
     out = []
-    for start in range(0, len(block.lines), batch):
-        cut = slice(start, start + batch)
+    cost = _row_bytes(block)
+    start = 0
+    while start < len(block.lines):
+        total = np.cumsum(cost[start: start + batch])
+        cut = slice(start, start + max(1, int(np.searchsorted(total, REQUEST_BYTES, side="right"))))
+        start = cut.stop
         skus, si = np.unique(block.sku_index[cut], return_inverse=True)
         locations, li = np.unique(block.location_index[cut], return_inverse=True)
         request = pb.LoadCountsRequest(
@@ -104,6 +111,16 @@ def requests(block: Block, source: str, batch: int) -> list[tuple[pb.LoadCountsR
             on_hand=block.on_hand[cut].astype("<i8").tobytes(), as_of=block.as_of[cut].astype("<i8").tobytes())
         out.append((request, block.lines[cut]))
     return out
+
+
+def _row_bytes(block: Block) -> np.ndarray[Any, Any]:
+    """Per row, what it may add to a request at most: its columns, and its SKU and location as if no
+    other row of the call named them (a name is ~3 bytes of framing besides its own)."""
+    sku = np.array([len(s.encode("utf-8", "surrogateescape")) + 3 for s in block.skus], dtype=np.int64)
+    location = np.array([len(s.encode("utf-8", "surrogateescape")) + 3 for s in block.locations], dtype=np.int64)
+    if not len(block.lines):
+        return np.zeros(0, dtype=np.int64)
+    return 24 + sku[block.sku_index] + location[block.location_index]
 
 
 def _rejected(request: pb.LoadCountsRequest, lines: np.ndarray[Any, Any], r: pb.RowRejection) -> Rejected:

@@ -157,3 +157,52 @@ async def test_an_extract_older_than_the_grace_window_is_reported_not_applied(st
         summary = await load(atp, late, "erp", now - 7 * 24 * 3_600_000, batch=10, inflight=1, progress=None)
     assert summary.as_dict() == {"rows": 1, "quarantined": 1, "unreadable": 0}
     assert [r.reason.split(":")[0] for r in summary.rejected] == ["quarantined"]
+
+
+@pytest.mark.parametrize("piece", [8, 16, 27, 40, 66, 72, 1 << 20])
+def test_a_piece_never_ends_inside_a_quoted_line_break(reader: str, piece: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piece is cut at a line break: one inside a quoted field is not the end of a row. Cut there,
+    the row's tail was read as a row of its own (a count at a SKU nobody has: 'C"')."""
+    monkeypatch.setattr(_extract, "PIECE_BYTES", piece)
+    text = b'sku,location,on_hand\nA,L1,5\n"B\nC",L1,6\nD,"L\n2",7\nE,L3,"8"\n"F""G\nH",L1,9\n'
+    good, bad, rows = _read(text)
+    assert good == [(2, "A", "L1", 5, T0), (4, "B\nC", "L1", 6, T0), (6, "D", "L\n2", 7, T0), (7, "E", "L3", 8, T0),
+                    (9, 'F"G\nH', "L1", 9, T0)]
+    assert bad == [] and rows == 5
+
+
+def test_a_quote_inside_a_plain_field_is_only_a_character(reader: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inches in a SKU (PIPE 1/2"): a quote that does not open a field opens nothing, wherever pieces end."""
+    monkeypatch.setattr(_extract, "PIECE_BYTES", 16)
+    good, bad, _ = _read(b'sku,location,on_hand\nPIPE 1/2",L1,5\nB,L1,6\n"C""",L1,7\nD,L1,8\n')
+    assert [(line, sku, q) for line, sku, _, q, _ in good] == [(2, 'PIPE 1/2"', 5), (3, "B", 6), (4, 'C"', 7),
+                                                               (5, "D", 8)]
+    assert bad == []
+
+
+def test_a_header_naming_a_column_twice_is_refused() -> None:
+    """Arrow's path read the first on_hand column and csv's the last: which count a row loaded
+    depended on whether its piece had an odd line."""
+    with pytest.raises(HeaderError, match="on_hand"):
+        Extract(io.BytesIO(b"sku,location,on_hand,on_hand\nA,L1,5,7\n"), T0)
+    with pytest.raises(HeaderError, match="as_of"):
+        Extract(io.BytesIO(b"sku,location,on_hand,as_of,AS_OF\nA,L1,5,1,2\n"), T0)
+
+
+def test_a_call_of_long_names_stays_within_a_message() -> None:
+    """SKUs of up to max_id_length (128 bytes) are valid: 50,000 distinct ones (the default --batch)
+    made a 7 MB request, which the service (4 MiB messages) refused whole, stopping the load."""
+    import numpy as np
+
+    from atp_client._extract import Block
+    from atp_client._stock import requests
+
+    n = 50_000
+    skus = [f"{i:08d}".ljust(128, "x") for i in range(n)]
+    block = Block(np.arange(2, n + 2, dtype=np.int64), skus, np.arange(n, dtype=np.uint32), ["L1"],
+                  np.zeros(n, dtype=np.uint32), np.ones(n, dtype=np.int64), np.full(n, T0, dtype=np.int64))
+    calls = requests(block, "erp", 50_000)
+    assert all(request.ByteSize() <= 4 << 20 for request, _ in calls)
+    assert sum(len(lines) for _, lines in calls) == n  # every row, once, in order
+    assert np.concatenate([lines for _, lines in calls]).tolist() == block.lines.tolist()

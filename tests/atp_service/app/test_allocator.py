@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from atp_service.app.allocator import set_mmap_threshold
+from atp_service.config import ServiceConfig
 
 
 def test_zero_leaves_the_allocator_alone() -> None:
@@ -18,3 +19,28 @@ def test_zero_leaves_the_allocator_alone() -> None:
                     reason="glibc's mallopt only")
 def test_a_threshold_is_applied_by_glibc() -> None:
     assert set_mmap_threshold(256 * 1024) is True
+
+
+class _Libc:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def mallopt(self, param: int, value: ctypes.c_int) -> int:
+        self.calls.append(value.value)
+        return 1
+
+
+@pytest.mark.parametrize("nbytes", [2**32, 2**32 + 4096, 2**31, 64 << 20])
+def test_a_threshold_glibc_cannot_take_is_refused_not_wrapped(nbytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ctypes.c_int wraps silently: 4 GiB reached mallopt as 0, which maps every allocation on its
+    own (a syscall and a page each). glibc takes at most 32 MiB (HEAP_MAX_SIZE / 2 on 64 bits)."""
+    libc = _Libc()
+    monkeypatch.setattr(ctypes, "CDLL", lambda _name: libc)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert set_mmap_threshold(nbytes) is False and libc.calls == []
+
+
+@pytest.mark.parametrize("nbytes", [-1, 2**32, 64 << 20])
+def test_the_setting_is_checked_with_the_others(nbytes: int) -> None:
+    with pytest.raises(ValueError, match="malloc_mmap_threshold"):
+        ServiceConfig(malloc_mmap_threshold=nbytes)
