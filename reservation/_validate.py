@@ -163,9 +163,11 @@ def fact(
 
 def count_rows(source: str, skus: Sequence[str], locations: Sequence[str], columns: Sequence[bytes], now: int,
                limits: Limits) -> tuple[CountRows, dict[int, InvalidArgument]]:
-    """A LoadCounts block as rows to load, and why each other row is refused (by row number).
-    ``columns``: sku_index, location_index, on_hand, as_of as packed little-endian bytes. A fault
-    of the whole block (its source, its size, columns of unequal length) refuses the call."""
+    """A LoadCounts block as rows to load, and why each other row is refused (by row number; the
+    field is the column, and the problem names no value of the row, so rows refused alike can be
+    answered together). ``columns``: sku_index, location_index, on_hand, as_of as packed
+    little-endian bytes. A fault of the whole block (its source, its size, columns of unequal
+    length) refuses the call."""
     check_id("source", source, limits)
     sizes = (4, 4, 8, 8)
     names = ("sku_index", "location_index", "on_hand", "as_of")
@@ -191,7 +193,7 @@ def count_rows(source: str, skus: Sequence[str], locations: Sequence[str], colum
     errors: dict[int, InvalidArgument] = {}
     for mask, problem in reversed(problems):  # the first field at fault names the row's refusal
         for i in np.flatnonzero(mask).tolist():
-            errors[i] = problem(i).within(f"rows[{i}]")
+            errors[i] = problem(i)
     good = ~bad
     return CountRows(source, skus, locations, si[good], li[good], qty[good], at[good]), errors
 
@@ -206,23 +208,23 @@ def _row_problems(skus: Sequence[str], locations: Sequence[str], si: npt.NDArray
     problems: list[RowProblem] = []
     for field, names, index in (("sku", skus, si), ("location", locations, li)):
         outside = index >= len(names)
-        problems.append((outside, _past_the_end(field, index, len(names))))
+        problems.append((outside, _past_the_end(field, len(names))))
         refusals = _dictionary_refusals(field, names, limits)
         if refusals:
             bad_entries = np.zeros(len(names), dtype=np.bool_)
             bad_entries[list(refusals)] = True
             problems.append((~outside & bad_entries[np.where(outside, 0, index)], _named(refusals, index)))
-    problems.append(((qty < 0) | (qty > limits.max_quantity), lambda i: InvalidArgument(
-        "on_hand", f"{int(qty[i])}: a count must be within [0, {limits.max_quantity}] (limit max_quantity)")))
-    ahead = now + limits.fact_future_skew_ms
-    problems.append(((at <= 0) | (at > ahead), lambda i: InvalidArgument(
-        "as_of", "must be set, after 1970-01-01" if at[i] <= 0 else
-        f"{int(at[i])} ms is more than {limits.fact_future_skew_ms} ms ahead of the service clock ({now})")))
+    out_of_range = InvalidArgument("on_hand", f"a count must be within [0, {limits.max_quantity}] (limit max_quantity)")
+    problems.append(((qty < 0) | (qty > limits.max_quantity), lambda i: out_of_range))
+    unset = InvalidArgument("as_of", "must be set, after 1970-01-01")
+    ahead = InvalidArgument("as_of", f"more than {limits.fact_future_skew_ms} ms ahead of the service clock (E7)")
+    problems.append(((at <= 0) | (at > now + limits.fact_future_skew_ms), lambda i: unset if at[i] <= 0 else ahead))
     return problems
 
 
-def _past_the_end(field: str, index: npt.NDArray[np.uint32], size: int) -> Callable[[int], InvalidArgument]:
-    return lambda i: InvalidArgument(f"{field}_index", f"{int(index[i])} is past the {size} {field}s of the block")
+def _past_the_end(field: str, size: int) -> Callable[[int], InvalidArgument]:
+    refusal = InvalidArgument(f"{field}_index", f"past the end of the block's {size} {field}s")
+    return lambda i: refusal
 
 
 def _named(refusals: dict[int, InvalidArgument], index: npt.NDArray[np.uint32]) -> Callable[[int], InvalidArgument]:

@@ -139,17 +139,30 @@ def availability_pb(sku: str, location: str, q: Quantities) -> pb.Availability:
 def load_counts_response(rows: npt.NDArray[np.intp], outcomes: npt.NDArray[np.uint8], reasons: dict[int, str],
                          errors: dict[int, InvalidArgument]) -> pb.LoadCountsResponse:
     """The answer to LoadCounts: ``rows[k]`` is the request row of loaded row k (its outcome
-    ``outcomes[k]``, its quarantine reason ``reasons[k]``); ``errors``: refused rows, by request row."""
+    ``outcomes[k]``, its quarantine reason ``reasons[k]``); ``errors``: refused rows, by request row.
+    Rows are answered in groups that share a reason, so the answer stays small for any block."""
     counted = np.bincount(outcomes, minlength=len(FactOutcome) + 1).tolist()
     out = pb.LoadCountsResponse(
         applied=counted[FactOutcome.APPLIED], absorbed=counted[FactOutcome.ABSORBED],
         duplicate=counted[FactOutcome.DUPLICATE], quarantined=counted[FactOutcome.QUARANTINED], invalid=len(errors))
-    rejected: list[tuple[int, pb.RowRejection]] = [
-        (row, pb.RowRejection(row=row, outcome=pb.FACT_OUTCOME_INVALID, error=rich_status(exc)))
-        for row, exc in errors.items()]
+    groups: dict[tuple[str, ...], tuple[list[int], pb.RejectedRows]] = {}
+    for row, exc in errors.items():
+        key = ("invalid", exc.field, exc.problem)
+        if key not in groups:
+            groups[key] = ([], pb.RejectedRows(outcome=pb.FACT_OUTCOME_INVALID, error=rich_status(exc)))
+        groups[key][0].append(row)
     for k, reason in reasons.items():
-        row = int(rows[k])
-        rejected.append((row, pb.RowRejection(row=row, outcome=pb.FACT_OUTCOME_QUARANTINED, detail=reason,
-                                              quarantine_reason=quarantine_reason(reason))))
-    out.rejected.extend(r for _, r in sorted(rejected, key=lambda item: item[0]))
+        code = quarantine_reason(reason)
+        detail = LATE_ROWS if code == pb.QUARANTINE_REASON_LATE else reason  # late reasons name each row's time
+        key = ("quarantined", str(code), detail)
+        if key not in groups:
+            groups[key] = ([], pb.RejectedRows(outcome=pb.FACT_OUTCOME_QUARANTINED, quarantine_reason=code,
+                                               detail=detail))
+        groups[key][0].append(int(rows[k]))
+    for members, group in groups.values():
+        group.rows.extend(sorted(members))
+        out.rejected.append(group)
     return out
+
+
+LATE_ROWS = "late: before the shard's stream time minus the grace window (E6; each row's reason: quarantine stream)"

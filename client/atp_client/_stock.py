@@ -73,7 +73,8 @@ async def load(client: AtpClient, path: Path, source: str, as_of: int | None, ba
         try:
             answer = await patiently(lambda: client.load_counts(request))
             summary.count(answer)
-            summary.rejected += [_rejected(request, lines, r) for r in answer.rejected]
+            for group in answer.rejected:
+                summary.rejected += _rejected(request, lines, group)
         finally:
             lanes.release()
 
@@ -123,16 +124,19 @@ def _row_bytes(block: Block) -> np.ndarray[Any, Any]:
     return 24 + sku[block.sku_index] + location[block.location_index]
 
 
-def _rejected(request: pb.LoadCountsRequest, lines: np.ndarray[Any, Any], r: pb.RowRejection) -> Rejected:
-    si = int(np.frombuffer(request.sku_index, dtype="<u4")[r.row])
-    li = int(np.frombuffer(request.location_index, dtype="<u4")[r.row])
-    if r.outcome == pb.FACT_OUTCOME_QUARANTINED:
-        why = f"quarantined: {r.detail}"
+def _rejected(request: pb.LoadCountsRequest, lines: np.ndarray[Any, Any], group: pb.RejectedRows) -> list[Rejected]:
+    """The file rows of one group of rejected rows, each with the group's reason."""
+    if group.outcome == pb.FACT_OUTCOME_QUARANTINED:
+        why = f"quarantined: {group.detail}"
     else:
-        refusal = Refusal.from_status(r.error)  # fields are rows[n].<field>: name the column
-        why = "; ".join(f"{v.field.split('.', 1)[-1]}: {v.description}" for v in refusal.field_violations)
-        why = why or refusal.message
-    return Rejected(int(lines[r.row]), request.skus[si], request.locations[li], why)
+        refusal = Refusal.from_status(group.error)  # the field is the column
+        why = "; ".join(f"{v.field}: {v.description}" for v in refusal.field_violations) or refusal.message
+    rows = np.fromiter(group.rows, dtype=np.int64, count=len(group.rows))
+    si = np.frombuffer(request.sku_index, dtype="<u4")[rows].tolist()
+    li = np.frombuffer(request.location_index, dtype="<u4")[rows].tolist()
+    skus, locations = request.skus, request.locations
+    return [Rejected(int(lines[r]), skus[s] if s < len(skus) else "", locations[c] if c < len(locations) else "", why)
+            for r, s, c in zip(rows.tolist(), si, li, strict=True)]
 
 
 async def patiently(call: Callable[[], Awaitable[T]], patience_s: float = PATIENCE_S) -> T:

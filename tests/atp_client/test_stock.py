@@ -122,7 +122,7 @@ async def test_the_command_reports_rejected_rows_and_loads_the_rest(start_servic
     assert '"applied": 2' in done.stdout and '"unreadable": 1' in done.stdout and '"invalid": 1' in done.stdout
     report = (tmp_path / "erp.csv.rejected.csv").read_text().splitlines()
     assert report[0] == "line,sku,location,reason" and [r.split(",")[0] for r in report[1:]] == ["3", "4"]
-    assert report[2] == '4,C,L,"on_hand: 2000000: a count must be within [0, 1000000] (limit max_quantity)"'  # by field
+    assert report[2] == '4,C,L,"on_hand: a count must be within [0, 1000000] (limit max_quantity)"'  # by column
     got = await client.availability([("A", "L"), ("B", "L"), ("D", "L")])
     assert [p.on_hand for p in got] == [4, 0, 9]
 

@@ -1,110 +1,72 @@
-"""FactDesk.load_counts: a block split by shard; quarantined rows reach the quarantine stream and the
-counters even when another shard of the same block refuses its part (E6: never dropped silently)."""
+"""LoadCounts against a real service and Redis: a block split by shard; quarantined rows reach the
+quarantine stream and the counters even when another shard of the same block refuses its part
+(E6: never dropped silently), and a quarantine stream that cannot be written refuses the call."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+import redis
 
-from atp_service.intake.facts import FactDesk
-from reservation import CountRows, DomainError, FactOutcome, Ledger, Limits, ResourceExhausted, Unavailable
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.app.service import AtpService
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.refusals import said
+from tests.conftest import ServiceFactory
 
 HOUR = 3_600_000
-T0 = 1_790_000_000_000
 
 
-class _Actor:
-    def __init__(self, refuse: str = "") -> None:
-        self.ledger = Ledger(0, Limits())
-        self.ledger.stream_time = T0  # a row older than a day is late here
-        self.refuse = refuse
-
-    def submit(self, work: Callable[[Ledger, int], Any]) -> asyncio.Future[Any]:
-        if self.refuse == "at once":
-            raise ResourceExhausted("shard 1: mailbox full, retry with backoff")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.refuse == "later":
-            fut.set_exception(Unavailable("shard 1: log storage unreachable, retry later"))
-        else:
-            fut.set_result(work(self.ledger, T0))
-        return fut
+def _block(skus: list[str], at: list[int]) -> pb.LoadCountsRequest:
+    n = len(skus)
+    return pb.LoadCountsRequest(source="erp", skus=skus, locations=["L1"],
+                                sku_index=np.arange(n, dtype="<u4").tobytes(), location_index=bytes(4 * n),
+                                on_hand=np.full(n, 5, dtype="<i8").tobytes(), as_of=np.array(at, dtype="<i8").tobytes())
 
 
-class _Pipeline:
-    def __init__(self, sent: list[dict[str, Any]]) -> None:
-        self.sent, self.queued = sent, []  # type: ignore[var-annotated]
-
-    async def __aenter__(self) -> _Pipeline:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def xadd(self, stream: str, fields: dict[str, Any], **_: Any) -> None:
-        self.queued.append(fields)
-
-    async def execute(self) -> None:
-        self.sent += self.queued
+def _counted(service: AtpService) -> dict[str, float]:
+    return {s.labels["outcome"]: s.value for m in service.metrics.registry.collect() for s in m.samples
+            if s.name == "atp_facts_total" and s.labels.get("origin") == "load"}
 
 
-class _Redis:
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    def pipeline(self, transaction: bool = False) -> _Pipeline:
-        return _Pipeline(self.sent)
-
-
-class _Engine:
-    def __init__(self, refuse: str) -> None:
-        self.actors = [_Actor(), _Actor(refuse)]
-        self.log_client = _Redis()
-
-    def place(self, sku: str) -> int:
-        return 0 if sku.startswith("A") else 1
+async def _two_shards(start_service: ServiceFactory) -> tuple[AtpService, Any, str, str]:
+    """A service of two shards whose stream time is now, and a SKU on each shard."""
+    service, client = await start_service(shards=2)
+    engine = service.engine
+    assert engine is not None
+    first = next(f"A{i}" for i in range(100) if engine.place(f"A{i}") == 0)
+    second = next(f"B{i}" for i in range(100) if engine.place(f"B{i}") == 1)
+    await client.record_events([receipt("r0", first, "L1", 1), receipt("r1", second, "L1", 1)])
+    return service, client, first, second
 
 
-@pytest.mark.parametrize("refuse", ["at once", "later"])
-async def test_a_shard_that_refuses_its_part_leaves_the_others_quarantine_in_the_stream(refuse: str) -> None:
-    engine = _Engine(refuse)
-    desk = FactDesk(engine, "atp:quarantine", 1000)  # type: ignore[arg-type]
-    # Shard 0 gets A1 (applied) and A2 (late: quarantined); shard 1 gets B1 and refuses.
-    block = CountRows("erp", ["A1", "A2", "B1"], ["L1"], np.array([0, 1, 2], dtype=np.uint32),
-                      np.zeros(3, dtype=np.uint32), np.array([5, 6, 7], dtype=np.int64),
-                      np.array([T0, T0 - 30 * HOUR, T0], dtype=np.int64))
-    with pytest.raises(DomainError):
-        await desk.load_counts(block, "load")
-    # Shard 0's part is durable (its log holds A2 as quarantined): the operator's copy must have it
-    # too, and the counters must count what shard 0 decided — a caller that does not retry after
-    # the refusal would otherwise leave a quarantined fact nowhere but in the shard log.
-    assert [(f["sku"], f["reason"].split(":")[0]) for f in engine.log_client.sent] == [("A2", "late")]
-    counted = {s.labels["outcome"]: s.value for m in desk.metrics.facts.collect() for s in m.samples
-               if s.name.endswith("_total")}
-    assert counted == {FactOutcome.APPLIED.name.lower(): 1, FactOutcome.QUARANTINED.name.lower(): 1, "unavailable": 1}
+async def test_a_shard_that_refuses_its_part_leaves_the_others_quarantine_in_the_stream(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    service, client, first, second = await _two_shards(start_service)
+    assert service.engine is not None
+
+    def bug(now: int, answers: list[Any]) -> None:
+        raise RuntimeError("a bug outside any command")
+
+    service.engine.actors[1]._seal = bug  # type: ignore[method-assign]  # shard 1 fails on its part
+    now = service.clock.now_ms()
+    with pytest.raises(grpc.aio.AioRpcError) as told:  # shard 0: one applied, one late; shard 1 fails
+        await client.load_counts(_block([f"{first}x", first, second], [now, now - 30 * HOUR, now]))
+    assert said(told.value)[0] == grpc.StatusCode.UNAVAILABLE
+    entries = redis.Redis.from_url(redis_url).xrange("atp:quarantine")
+    assert [(e[b"sku"].decode(), e[b"reason"][:4]) for _, e in entries] == [(first, b"late")]
+    assert _counted(service) == {"applied": 1, "quarantined": 1, "unavailable": 1}
 
 
-async def test_a_quarantine_stream_that_fails_refuses_the_call_and_counts_its_rows_unavailable() -> None:
-    engine = _Engine("")
-
-    async def broken() -> None:
-        raise ConnectionError("redis gone")
-
-    desk = FactDesk(engine, "atp:quarantine", 1000)  # type: ignore[arg-type]
-    pipeline = engine.log_client.pipeline
-    engine.log_client.pipeline = lambda transaction=False: _broken(pipeline(), broken)  # type: ignore[method-assign]
-    block = CountRows("erp", ["A1", "A2"], ["L1"], np.array([0, 1], dtype=np.uint32), np.zeros(2, dtype=np.uint32),
-                      np.array([5, 6], dtype=np.int64), np.array([T0, T0 - 30 * HOUR], dtype=np.int64))
-    with pytest.raises(Unavailable, match="quarantine stream"):
-        await desk.load_counts(block, "load")
-    counted = {s.labels["outcome"]: s.value for m in desk.metrics.facts.collect() for s in m.samples
-               if s.name.endswith("_total")}
-    assert counted == {FactOutcome.APPLIED.name.lower(): 1, "unavailable": 1}
-
-
-def _broken(pipe: _Pipeline, execute: Callable[[], Any]) -> _Pipeline:
-    pipe.execute = execute  # type: ignore[method-assign]
-    return pipe
+async def test_a_quarantine_stream_that_cannot_be_written_refuses_the_call(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    service, client, first, _ = await _two_shards(start_service)
+    redis.Redis.from_url(redis_url).set("atp:quarantine", "not a stream")  # every XADD to it fails
+    now = service.clock.now_ms()
+    with pytest.raises(grpc.aio.AioRpcError) as told:
+        await client.load_counts(_block([f"{first}x", first], [now, now - 30 * HOUR]))
+    assert said(told.value) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNREACHABLE")
+    assert _counted(service) == {"applied": 1, "unavailable": 1}  # the late row: durable, not yet streamed

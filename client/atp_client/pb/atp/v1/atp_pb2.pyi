@@ -356,19 +356,19 @@ class LoadCountsRequest(_message.Message):
     as_of: bytes
     def __init__(self, source: _Optional[str] = ..., skus: _Optional[_Iterable[str]] = ..., locations: _Optional[_Iterable[str]] = ..., sku_index: _Optional[bytes] = ..., location_index: _Optional[bytes] = ..., on_hand: _Optional[bytes] = ..., as_of: _Optional[bytes] = ...) -> None: ...
 
-class RowRejection(_message.Message):
-    __slots__ = ("row", "outcome", "quarantine_reason", "detail", "error")
-    ROW_FIELD_NUMBER: _ClassVar[int]
+class RejectedRows(_message.Message):
+    __slots__ = ("rows", "outcome", "quarantine_reason", "detail", "error")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     QUARANTINE_REASON_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
-    row: int
+    rows: _containers.RepeatedScalarFieldContainer[int]
     outcome: FactOutcome
     quarantine_reason: QuarantineReason
     detail: str
     error: _status_pb2.Status
-    def __init__(self, row: _Optional[int] = ..., outcome: _Optional[_Union[FactOutcome, str]] = ..., quarantine_reason: _Optional[_Union[QuarantineReason, str]] = ..., detail: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    def __init__(self, rows: _Optional[_Iterable[int]] = ..., outcome: _Optional[_Union[FactOutcome, str]] = ..., quarantine_reason: _Optional[_Union[QuarantineReason, str]] = ..., detail: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class LoadCountsResponse(_message.Message):
     __slots__ = ("applied", "absorbed", "duplicate", "quarantined", "invalid", "rejected")
@@ -383,8 +383,8 @@ class LoadCountsResponse(_message.Message):
     duplicate: int
     quarantined: int
     invalid: int
-    rejected: _containers.RepeatedCompositeFieldContainer[RowRejection]
-    def __init__(self, applied: _Optional[int] = ..., absorbed: _Optional[int] = ..., duplicate: _Optional[int] = ..., quarantined: _Optional[int] = ..., invalid: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RowRejection, _Mapping]]] = ...) -> None: ...
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedRows]
+    def __init__(self, applied: _Optional[int] = ..., absorbed: _Optional[int] = ..., duplicate: _Optional[int] = ..., quarantined: _Optional[int] = ..., invalid: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedRows, _Mapping]]] = ...) -> None: ...
 
 class ExplainAvailabilityRequest(_message.Message):
     __slots__ = ("sku", "location")
