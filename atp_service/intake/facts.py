@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -38,6 +38,7 @@ Result = tuple[FactOutcome, str]
 _KIND_NAMES = {k.value: k.name for k in FactKind}
 _OUTCOME_NAMES = {o: o.name.lower() for o in FactOutcome}
 LAG_SAMPLES = 100
+T = TypeVar("T")
 
 
 class FactDesk:
@@ -53,16 +54,16 @@ class FactDesk:
         """``_record`` in a task of the desk's own: a caller that gives up (deadline, disconnect)
         abandons the wait, not the work — facts its shards applied are still written to the
         quarantine stream and counted (E6, R8)."""
-        task = asyncio.ensure_future(self._record(facts, origin))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(exception_seen)
-        return await asyncio.shield(task)
+        return await self._owned(self._record(facts, origin))
 
     async def load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str]]:
         """``LoadCounts``: the block's rows by shard, one actor message each (``Ledger.load_counts``);
         each row's outcome and the reasons of those quarantined. Owned like ``record`` (R8)."""
-        task = asyncio.ensure_future(self._load_counts(block, origin))
+        return await self._owned(self._load_counts(block, origin))
+
+    async def _owned(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work`` in a task of the desk's own, which ``stop`` waits for; the caller waits shielded."""
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(exception_seen)
