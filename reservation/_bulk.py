@@ -1,11 +1,13 @@
 """ERP counts in columns (``LoadCounts``): a baseline of millions of positions without an object per row.
 
 A block's rows are the COUNT facts RecordEvents would take for them, and each gets the outcome it
-would get there. Most rows of a baseline are one of two cases, decided for the whole block in numpy:
-a position the shard has never seen (the count makes it, E2: one ``CountsLoaded`` event for them
-all) or the position's latest count sent again (E8: a duplicate, recognised from its columns).
-Every other row — a newer or older count at a position that has history, a position named twice
-in the block, a conflicting resend — is recorded one by one by ``Ledger.record_fact``, exactly.
+would get there. Most rows of a baseline or a nightly resync are one of three cases, decided for the
+whole block in numpy: a position the shard has never seen (the count makes it, E2), a position
+whose latest count is older and which keeps no deltas (the count replaces it and sets on_hand, E2;
+the count it supersedes stays known to E8), both as one ``CountsLoaded`` event, or the position's
+latest count sent again (E8: a duplicate, recognised from its columns). Every other row — an older
+count, a position with kept deltas, a position named twice in the block, a conflicting resend, an
+identity E8 already holds — is recorded one by one by ``Ledger.record_fact``, exactly.
 
 Lateness (E6) depends on the order facts arrive in, so the split is taken only where order cannot
 matter: when no row of the block is older than the newest time it holds (or the shard's stream
@@ -14,16 +16,19 @@ time) minus the grace window. Otherwise every row goes one by one, in the block'
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from ._dedupe import digest
 from ._events import CountsLoaded
 from ._model import Fact, FactKind, FactOutcome
-from ._store import Int64Array, IntpArray
-from ._undo import Undo
+from ._names import Names
+from ._store import Int32Array, Int64Array, IntpArray
+from ._undo import Undo, run_undo
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -83,7 +88,8 @@ def load_counts(ledger: Ledger, block: CountRows) -> tuple[Outcomes, dict[int, s
 
 
 def _split(ledger: Ledger, block: CountRows) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """(rows that make a new position, rows that resend a position's latest count)."""
+    """(rows applied in one step: a new position, or a newer count at a position keeping no deltas;
+    rows that resend a position's latest count)."""
     store, si, li = ledger.store, block.sku_index, block.location_index
     per_block = si.astype(np.int64) * len(block.locations) + li
     _, inverse, counts = np.unique(per_block, return_inverse=True, return_counts=True)
@@ -92,14 +98,24 @@ def _split(ledger: Ledger, block: CountRows) -> tuple[npt.NDArray[np.bool_], npt
     known = (rows >= 0) & (cols >= 0)
     exists = np.zeros(len(block), dtype=np.bool_)
     duplicate = np.zeros(len(block), dtype=np.bool_)
+    newer = np.zeros(len(block), dtype=np.bool_)
     if known.any():
         r, c = rows[known], cols[known]
-        present, count_time, count_qty, ident = store.counts_at(r, c)
+        present, count_time, count_qty, ident, head = store.counts_at(r, c)
         exists[known] = present
-        wanted = _identities(ledger, block)[known]
-        duplicate[known] = present & (ident == wanted) & (count_time == block.at[known]) & (
+        at = block.at[known]
+        duplicate[known] = present & (ident == _identities(ledger, block)[known]) & (count_time == at) & (
             count_qty == block.quantity[known])
-    return alone & ~exists, alone & duplicate
+        # E1: (at, count, ...) after (count_time, count, ...) when at > count_time; no kept delta can
+        # be after it (E9 keeps every delta a count that is not late could precede), so on_hand = it.
+        newer[known] = present & (ident != 0) & (count_time < at) & (head == 0)
+    newer &= alone
+    for i in np.flatnonzero(newer).tolist():  # E8: an identity already applied here is not new
+        fact = block.fact(i)
+        if ledger.memory.payload(digest(fact.source, fact.event_id, fact.sku, fact.location), fact.source,
+                                 fact.event_id, fact.sku, fact.location) is not None:
+            newer[i] = False
+    return (alone & ~exists) | newer, alone & duplicate
 
 
 def _identities(ledger: Ledger, block: CountRows) -> Int64Array:
@@ -138,8 +154,9 @@ def loaded_facts(event: CountsLoaded) -> list[Fact]:
 
 
 def apply_counts(ledger: Ledger, event: CountsLoaded) -> Undo:
-    """Make the event's positions (live and in replay alike, E10); returns how to take them back."""
-    store, names = ledger.store, ledger.store.names
+    """Make the event's new positions and recount the others (live and in replay alike, E10: the
+    same rows find the same positions); returns how to take it all back."""
+    store = ledger.store
     si = np.frombuffer(event.sku_index, dtype="<u4")
     li = np.frombuffer(event.location_index, dtype="<u4")
     quantity = np.frombuffer(event.quantity, dtype="<i8").astype(np.int64)
@@ -147,22 +164,68 @@ def apply_counts(ledger: Ledger, event: CountsLoaded) -> Undo:
     safety = np.frombuffer(event.safety, dtype="<i8").astype(np.int64)[li]
     sku_rows, loc_cols = store.cells(event.skus, event.locations)
     rows, cols = sku_rows[si], loc_cols[li]
-    times, inverse, users = np.unique(at, return_inverse=True, return_counts=True)
-    event_ids = np.array([names.acquire(count_event_id(t), n) for t, n in zip(times.tolist(), users.tolist(),
-                                                                               strict=True)], dtype=np.int32)
-    store.create_counted(rows, cols, quantity, at, (names.acquire(event.source, len(at)), event_ids[inverse]),
-                         safety)
-    moved = _journal(store.journal, event, si, li, quantity - safety)
+    present = store.counts_at(rows, cols)[0]
+    moves = quantity - safety  # a new position: available is its count less its safety stock
+    undos: list[Undo] = []
+    fresh = ~present
+    if fresh.any():
+        store.create_counted(rows[fresh], cols[fresh], quantity[fresh], at[fresh],
+                             _acquired(store.names, event.source, at[fresh]), safety[fresh])
+        undos.append(functools.partial(store.forget_cells, rows[fresh], cols[fresh]))
+    if present.any():
+        undo_recount, before = _recount(ledger, event, present, rows, cols, quantity, at)
+        moves[present] = quantity[present] - before  # on_hand moves to the count, nothing else
+        undos.append(undo_recount)
+    moved = _journal(store.journal, event, si, li, moves)
     old_stream_time = ledger.stream_time
     ledger.stream_time = max(old_stream_time, int(at.max()))
 
     def undo() -> None:
-        store.forget_cells(rows, cols)
+        for step in reversed(undos):
+            run_undo(step)
         if store.journal is not None and moved is not None:
             store.journal.extend((sku, loc, -d) for sku, loc, d in moved)
         ledger.stream_time = old_stream_time
 
     return undo
+
+
+def _acquired(names: Names, source: str, at: Int64Array) -> tuple[int, Int32Array]:
+    """The names of counts of ``source`` at ``at``, acquired once per row: (source, event_ids)."""
+    times, inverse, users = np.unique(at, return_inverse=True, return_counts=True)
+    event_ids = np.array([names.acquire(count_event_id(t), n) for t, n in zip(times.tolist(), users.tolist(),
+                                                                               strict=True)], dtype=np.int32)
+    return names.acquire(source, len(at)), event_ids[inverse]
+
+
+def _recount(ledger: Ledger, event: CountsLoaded, rows_of: npt.NDArray[np.bool_], rows: IntpArray, cols: IntpArray,
+             quantity: Int64Array, at: Int64Array) -> tuple[Undo, Int64Array]:
+    """Newer counts at positions that exist (and keep no deltas): each superseded count is
+    remembered by E8 from now on, as ``fold_count`` does. Returns the undo and on_hand before."""
+    store, memory, names = ledger.store, ledger.memory, ledger.store.names
+    r, c, qty, when = rows[rows_of], cols[rows_of], quantity[rows_of], at[rows_of]
+    ident = store.counts_at(r, c)[3]
+    old_source, old_event = (ident >> 32).astype(np.int32), (ident & 0xFFFFFFFF).astype(np.int32)
+    uses = np.bincount(np.concatenate([old_source, old_event]))
+    held = {i: (names.name(i), int(uses[i])) for i in np.flatnonzero(uses).tolist()}  # before any is released
+    source, event_ids = _acquired(names, event.source, when)
+    before, old_time, old_qty, *_ = store.recount(r, c, qty, qty, when,
+                                                     (np.full(len(r), source, dtype=np.int32), event_ids))
+    skus = np.array(event.skus, dtype=object)[np.frombuffer(event.sku_index, dtype="<u4")[rows_of]].tolist()
+    locations = np.array(event.locations, dtype=object)[np.frombuffer(event.location_index, dtype="<u4")[rows_of]]
+    keys = [memory.remember_superseded(sku, loc, (t, held[s][0], held[e][0], q)) for sku, loc, t, s, e, q in zip(
+        skus, locations.tolist(), old_time.tolist(), old_source.tolist(), old_event.tolist(), old_qty.tolist(),
+        strict=True)]
+
+    def undo() -> None:
+        for key in keys:
+            memory.drop(key)
+        lookup = np.zeros(len(uses), dtype=np.int32)
+        for i, (name, n) in held.items():  # acquired again before the newer counts' names are released
+            lookup[i] = names.acquire(name, n)
+        store.recount(r, c, before, old_qty, old_time, (lookup[old_source], lookup[old_event]))
+
+    return undo, before
 
 
 def _journal(journal: list[tuple[str, str, int]] | None, event: CountsLoaded, si: U32, li: U32,

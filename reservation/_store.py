@@ -214,12 +214,29 @@ class PositionStore:
         cols = np.fromiter((self._col(loc) for loc in locations), dtype=np.intp, count=len(locations))
         return rows, cols
 
-    def counts_at(self, rows: IntpArray, cols: IntpArray) -> tuple[BoolArray, Int64Array, Int64Array, Int64Array]:
-        """Per cell: whether it is a position, its latest count's time and quantity, and its
-        (source, event_id) indices as one int64 (source << 32 | event_id; 0: no count)."""
-        ids = self._ids[:, rows, cols].astype(np.int64)
+    def counts_at(self, rows: IntpArray, cols: IntpArray) -> tuple[BoolArray, Int64Array, Int64Array, Int64Array,
+                                                                  Int32Array]:
+        """Per cell: whether it is a position, its latest count's time and quantity, its (source,
+        event_id) indices as one int64 (source << 32 | event_id; 0: no count), and the head of its
+        kept deltas (0: none)."""
+        ids = self._ids[:, rows, cols]
+        wide = ids[:EVENT_ID + 1].astype(np.int64)
         return (self._present[rows, cols], self._q[COUNT_TIME, rows, cols], self._q[COUNT_QTY, rows, cols],
-                ids[SOURCE_ID] << 32 | ids[EVENT_ID])
+                wide[SOURCE_ID] << 32 | wide[EVENT_ID], ids[DELTAS])
+
+    def recount(self, rows: IntpArray, cols: IntpArray, on_hand: Int64Array, quantity: Int64Array, at: Int64Array,
+                names: tuple[Int32Array, Int32Array]) -> tuple[Int64Array, ...]:
+        """Positions that exist get a new latest count and on_hand (E2); the names of the counts
+        they held are released (``names``: already acquired). Returns what they held: on_hand,
+        count time, count quantity, source and event_id indices (valid until released names are reused)."""
+        q, ids = self._q, self._ids
+        old = (q[ON_HAND, rows, cols], q[COUNT_TIME, rows, cols], q[COUNT_QTY, rows, cols],
+               ids[SOURCE_ID, rows, cols], ids[EVENT_ID, rows, cols])
+        self.names.release_all(old[3])
+        self.names.release_all(old[4])
+        q[ON_HAND, rows, cols], q[COUNT_QTY, rows, cols], q[COUNT_TIME, rows, cols] = on_hand, quantity, at
+        ids[SOURCE_ID, rows, cols], ids[EVENT_ID, rows, cols] = names
+        return old
 
     def create_counted(self, rows: IntpArray, cols: IntpArray, quantity: Int64Array, at: Int64Array,
                        names: tuple[int, Int32Array], safety: Int64Array) -> None:

@@ -105,7 +105,13 @@ async def test_a_reload_is_a_no_op_and_a_newer_extract_wins_in_any_order(start_s
         again = await load(atp, newer, "erp", noon, batch=100, inflight=2, progress=None)
         assert again.as_dict() == {"rows": 500, "duplicate": 500, "unreadable": 0}  # E8: the same facts
         got = await atp.availability([(f"S{n}", f"L{n % 7}") for n in range(500)])
-    assert [p.on_hand for p in got] == [n + 1 for n in range(500)]
+        assert [p.on_hand for p in got] == [n + 1 for n in range(500)]
+        tonight = await load(atp, first, "erp", now - 60_000, batch=64, inflight=3, progress=None)
+        assert tonight.as_dict() == {"rows": 500, "applied": 500, "unreadable": 0}  # the nightly resync: E1, E2
+        got = await atp.availability([(f"S{n}", f"L{n % 7}") for n in range(500)])
+        assert [p.on_hand for p in got] == list(range(500))
+        older_again = await load(atp, newer, "erp", noon, batch=64, inflight=3, progress=None)
+        assert older_again.as_dict() == {"rows": 500, "duplicate": 500, "unreadable": 0}  # superseded, still known
 
 
 async def test_the_command_reports_rejected_rows_and_loads_the_rest(start_service: ServiceFactory,

@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from reservation import Fact, FactKind, Ledger, LedgerSnapshot, Limits, decode_entry, encode_entry
+from reservation import Fact, FactKind, FactOutcome, Ledger, LedgerSnapshot, Limits, decode_entry, encode_entry
 from reservation._bulk import CountRows, count_event_id
 from tests.reservation.test_ledger_model import check_bookkeeping
 
@@ -40,7 +40,20 @@ def _state(ledger: Ledger) -> dict[str, Any]:
     for sku, location, q in store.items():
         row, col = store.locate(sku, location) or (-1, -1)
         positions[(sku, location)] = (q, store.count_at(row, col), ledger.history(sku, location))
-    return {"positions": positions, "stream_time": ledger.stream_time, "names": len(store.names)}
+    return {"positions": positions, "stream_time": ledger.stream_time, "names": len(store.names),
+            "remembered": len(ledger.memory)}
+
+
+def _latest_counts(ledger: Ledger) -> list[Fact]:
+    """Every position's latest count as a fact (sent again later: E8 must know it, latest or not)."""
+    out = []
+    for sku, location, _ in ledger.store.items():
+        cell = ledger.store.locate(sku, location)
+        count = ledger.store.count_at(*cell) if cell else None
+        if count is not None:
+            at, source, event_id, quantity = count
+            out.append(Fact(event_id, source, FactKind.COUNT, sku, location, quantity, at, ""))
+    return out
 
 
 def _history(rng: random.Random, ledger: Ledger) -> None:
@@ -51,6 +64,10 @@ def _history(rng: random.Random, ledger: Ledger) -> None:
         ledger.record_fact(Fact(count_event_id(at) if kind == FactKind.COUNT else f"e{n}",
                                 rng.choice(["erp", "pos"]), kind, rng.choice(SKUS), rng.choice(LOCATIONS),
                                 rng.randrange(0 if kind == FactKind.COUNT else 1, 40), at, ""))
+    for _ in range(rng.randrange(0, 4)):  # a delta of the ERP's own under an id a later count will carry:
+        # absorbed by a count after it, E8 still knows it (that count is then a conflict, not new)
+        ledger.record_fact(Fact(count_event_id(T0 + rng.choice([-HOUR, 0, HOUR])), "erp", FactKind.SALE,
+                                rng.choice(SKUS), rng.choice(LOCATIONS), 1, T0 - 4 * HOUR, ""))
     ledger.commit(T0)
 
 
@@ -86,6 +103,7 @@ def test_a_block_in_columns_equals_its_rows_one_by_one(seed: int) -> None:
     block = _block(rng, ledger, late=seed % 5 == 0)
     one_by_one, replayed, rolled_back = _copy(ledger), _copy(ledger), _copy(ledger)
     before = _state(rolled_back)
+    earlier = _latest_counts(ledger)
 
     outcomes, reasons = ledger.load_counts(block)
     expected = [one_by_one.record_fact(block.fact(i)) for i in range(len(block))]
@@ -93,6 +111,8 @@ def test_a_block_in_columns_equals_its_rows_one_by_one(seed: int) -> None:
     entry = ledger.commit(T0 + 1)
     assert _state(ledger) == _state(one_by_one)
     check_bookkeeping(ledger)
+    assert [ledger.record_fact(f) for f in earlier] == [one_by_one.record_fact(f) for f in earlier]  # E8
+    ledger.rollback()
 
     replayed.replay(decode_entry(encode_entry(entry)))
     assert _state(replayed) == _state(ledger)  # E10
@@ -116,3 +136,41 @@ def test_a_baseline_is_one_event_and_a_reload_adds_nothing() -> None:
     assert set(again.tolist()) == {2} and not ledger.pending  # E8 from the columns: no event, no memory
     assert len(ledger.memory) == 0 and len(ledger.store) == n
     assert ledger.quantities("S999", "L3").on_hand == (n - 1) % 50
+
+
+def test_a_newer_extract_recounts_in_one_event_and_remembers_what_it_supersedes() -> None:
+    ledger = Ledger(0, Limits())
+    n = 3_000
+    skus = [f"S{i}" for i in range(1_000)]
+
+    def extract(at: int, shift: int) -> CountRows:
+        return CountRows("erp", skus, LOCATIONS[:3], np.repeat(np.arange(1_000, dtype=np.uint32), 3),
+                         np.tile(np.arange(3, dtype=np.uint32), 1_000), np.arange(n, dtype=np.int64) % 50 + shift,
+                         np.full(n, at, dtype=np.int64))
+
+    ledger.load_counts(extract(T0, 0))
+    ledger.commit(T0)
+    before = _state(ledger)
+    outcomes, _ = ledger.load_counts(extract(T0 + HOUR, 7))
+    assert set(outcomes.tolist()) == {1} and len(ledger.open_events) == 1  # one event for the whole resync
+    assert ledger.quantities("S999", "L3").on_hand == (n - 1) % 50 + 7 and len(ledger.memory) == n
+    again, _ = ledger.load_counts(extract(T0, 0))  # the superseded extract, sent again: E8 knows it
+    assert set(again.tolist()) == {2}
+    ledger.rollback()
+    assert _state(ledger) == before  # R7: names, counts, on_hand and E8 as before the resync
+    check_bookkeeping(ledger)
+
+
+def test_a_newer_count_whose_identity_e8_already_holds_is_a_conflict_as_one_by_one() -> None:
+    """E8 before E1: the ERP once sent a SALE under the id its next count carries; the count is then
+    a conflicting resend (quarantined), not a newer count, whichever way it arrives."""
+    ledger = Ledger(0, Limits())
+    ledger.record_fact(Fact(count_event_id(T0), "erp", FactKind.COUNT, "S1", "L1", 10, T0, ""))
+    ledger.record_fact(Fact(count_event_id(T0 + HOUR), "erp", FactKind.SALE, "S1", "L1", 1, T0 - HOUR, ""))  # absorbed
+    ledger.commit(T0)
+    one_by_one = _copy(ledger)
+    block = CountRows("erp", ["S1"], ["L1"], np.zeros(1, dtype=np.uint32), np.zeros(1, dtype=np.uint32),
+                      np.array([12], dtype=np.int64), np.array([T0 + HOUR], dtype=np.int64))
+    outcomes, reasons = ledger.load_counts(block)
+    assert [(int(outcomes[0]), reasons.get(0, ""))] == [one_by_one.record_fact(block.fact(0))]
+    assert int(outcomes[0]) == FactOutcome.QUARANTINED and ledger.quantities("S1", "L1").on_hand == 10
