@@ -12,6 +12,8 @@ JSON line:
   positions, csv_mb                       the extract
   load_s, rows_per_s                      ``atpctl stock load``, start to exit (CSV to durable)
   reload_s                                the same file again
+  resync_s, rss_mb_resync                 with --resync, after the day: the same file as of now (a
+                                          nightly full sync: every count superseded, E8 keeps each)
   rss_mb_empty, rss_mb_loaded, rss_mb_day the service's resident memory (/proc/<pid>/status VmRSS)
   bytes_per_position                      (rss_mb_loaded - rss_mb_empty) / positions
   day_s, facts_per_s                      the day of facts
@@ -188,7 +190,6 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float | int]:
         out["rss_mb_loaded"] = round(rss_mb(proc.pid))
         out["bytes_per_position"] = round((out["rss_mb_loaded"] - out["rss_mb_empty"]) * 2**20 / max(1, sent))
         out["reload_s"] = round(stock_load(target, extract, start), 2)
-        extract.unlink()
         cells = stocked(args.skus, args.locations, args.stocked)
         positions = [position_of(int(c), args.locations) for c in cells[np.random.default_rng(2).integers(
             0, len(cells), min(len(cells), 1_000_000))]]
@@ -197,6 +198,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float | int]:
         out |= {"day_s": round(day_s, 2), "facts_per_s": round(facts / day_s) if facts else 0,
                 "rss_mb_day": round(rss_mb(proc.pid))}
         out["read_p50_ms"], out["read_p99_ms"] = (round(v, 1) for v in asyncio.run(read_latency(target, positions)))
+        if args.resync:
+            out["resync_s"] = round(stock_load(target, extract, int(time.time() * 1000) - 60_000), 2)
+            out["rss_mb_resync"] = round(rss_mb(proc.pid))
+        extract.unlink()
         started = time.perf_counter()
         proc.terminate()
         proc.wait()
@@ -223,6 +228,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="day facts per RecordEvents call")
     parser.add_argument("--inflight", type=int, default=4, help="RecordEvents calls in flight")
     parser.add_argument("--shards", type=int, default=16, help="the service's shards")
+    parser.add_argument("--resync", action="store_true", help="after the day, the extract again as of now")
     args = parser.parse_args()
     if not 0 < args.stocked <= 1:
         parser.error("--stocked: must be within (0, 1]")
