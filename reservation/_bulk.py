@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from ._dedupe import digest
+from ._dedupe import Digest, digest
 from ._events import CountsLoaded
 from ._model import Fact, FactKind, FactOutcome
 from ._names import Names
@@ -104,18 +104,24 @@ def _split(ledger: Ledger, block: CountRows) -> tuple[npt.NDArray[np.bool_], npt
         present, count_time, count_qty, ident, head = store.counts_at(r, c)
         exists[known] = present
         at = block.at[known]
-        duplicate[known] = present & (ident == _identities(ledger, block)[known]) & (count_time == at) & (
-            count_qty == block.quantity[known])
+        wanted = _identities(ledger, block)[known]
+        duplicate[known] = present & (ident == wanted) & (count_time == at) & (count_qty == block.quantity[known])
         # E1: (at, count, ...) after (count_time, count, ...) when at > count_time; no kept delta can
         # be after it (E9 keeps every delta a count that is not late could precede), so on_hand = it.
-        newer[known] = present & (ident != 0) & (count_time < at) & (head == 0)
+        # E8: not an identity applied here already — as the latest count (odd ids) or remembered.
+        newer[known] = present & (ident != 0) & (ident != wanted) & (count_time < at) & (head == 0)
     newer &= alone
-    for i in np.flatnonzero(newer).tolist():  # E8: an identity already applied here is not new
-        fact = block.fact(i)
-        if ledger.memory.payload(digest(fact.source, fact.event_id, fact.sku, fact.location), fact.source,
-                                 fact.event_id, fact.sku, fact.location) is not None:
-            newer[i] = False
+    candidates = np.flatnonzero(newer)
+    if len(candidates):
+        newer[candidates[ledger.memory.holds(_digests(block, candidates))]] = False
     return (alone & ~exists) | newer, alone & duplicate
+
+
+def _digests(block: CountRows, rows: npt.NDArray[np.intp]) -> list[Digest]:
+    """E8's identity of each row of ``rows``."""
+    skus, locations, source = block.skus, block.locations, block.source
+    return [digest(source, count_event_id(t), skus[s], locations[loc]) for t, s, loc in zip(
+        block.at[rows].tolist(), block.sku_index[rows].tolist(), block.location_index[rows].tolist(), strict=True)]
 
 
 def _identities(ledger: Ledger, block: CountRows) -> Int64Array:

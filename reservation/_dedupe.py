@@ -166,6 +166,20 @@ class FactMemory:
         self._his, self._los, self._times, self._rests = columns
         self._oldest = int(self._times.min()) if len(self._times) else _NEVER  # the oldest sealed event time
 
+    def holds(self, keys: list[Digest]) -> npt.NDArray[np.bool_]:
+        """Whether each identity is remembered here, open or sealed (one search for them all; a
+        position's latest count, known by its columns, is not looked at)."""
+        held = np.fromiter((k in self.open for k in keys), dtype=np.bool_, count=len(keys))
+        his = self._his
+        if not len(his) or not keys:
+            return held
+        halves = np.frombuffer(b"".join(keys), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        first = his.searchsorted(halves[:, 0])
+        last = his.searchsorted(halves[:, 0], side="right")
+        for i in np.flatnonzero(last > first).tolist():  # a high half in common: rare but for the key itself
+            held[i] |= bool((self._los[first[i]:last[i]] == halves[i, 1]).any())
+        return held
+
     def _sealed(self, key: Digest) -> Payload | None:
         hi, lo = int.from_bytes(key[:8]), int.from_bytes(key[8:])
         his = self._his

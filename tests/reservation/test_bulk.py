@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from reservation import Fact, FactKind, FactOutcome, Ledger, LedgerSnapshot, Limits, decode_entry, encode_entry
+from reservation import Fact, FactKind, FactOutcome, Ledger, LedgerSnapshot, Limits, _dedupe, decode_entry, encode_entry
 from reservation._bulk import CountRows, count_event_id
 from tests.reservation.test_ledger_model import check_bookkeeping
 
@@ -161,13 +161,21 @@ def test_a_newer_extract_recounts_in_one_event_and_remembers_what_it_supersedes(
     check_bookkeeping(ledger)
 
 
-def test_a_newer_count_whose_identity_e8_already_holds_is_a_conflict_as_one_by_one() -> None:
+@pytest.mark.parametrize("memory", ["open", "sealed"])
+def test_a_newer_count_whose_identity_e8_already_holds_is_a_conflict_as_one_by_one(
+        memory: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """E8 before E1: the ERP once sent a SALE under the id its next count carries; the count is then
     a conflicting resend (quarantined), not a newer count, whichever way it arrives."""
     ledger = Ledger(0, Limits())
     ledger.record_fact(Fact(count_event_id(T0), "erp", FactKind.COUNT, "S1", "L1", 10, T0, ""))
     ledger.record_fact(Fact(count_event_id(T0 + HOUR), "erp", FactKind.SALE, "S1", "L1", 1, T0 - HOUR, ""))  # absorbed
+    for n in range(40):  # other identities, so the one that matters is found among many
+        ledger.record_fact(Fact(f"e{n}", "pos", FactKind.SALE, f"S{n % 9}", "L2", 1, T0 - HOUR, ""))
     ledger.commit(T0)
+    if memory == "sealed":
+        monkeypatch.setattr(_dedupe, "SEAL_AT", 1)
+        ledger.forget_old_facts()  # seals the open map, as maintenance does between batches
+        assert not ledger.memory.open
     one_by_one = _copy(ledger)
     block = CountRows("erp", ["S1"], ["L1"], np.zeros(1, dtype=np.uint32), np.zeros(1, dtype=np.uint32),
                       np.array([12], dtype=np.int64), np.array([T0 + HOUR], dtype=np.int64))
