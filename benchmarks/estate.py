@@ -46,7 +46,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, timestamp
-from atp_client._stock import record_patiently
+from atp_client._stock import launch, record_patiently
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis, free_port
 from benchmarks.ingest import ROOT, ready, spawn
@@ -139,15 +139,10 @@ async def send_all(target: str, facts: Iterator[pb.Fact], batch: int, inflight: 
         for fact in facts:
             chunk.append(fact)
             if len(chunk) == batch:
-                await lanes.acquire()
-                finished = {t for t in tasks if t.done()}
-                for task in finished:
-                    task.result()  # a refused call ends the run here
-                tasks = (tasks - finished) | {asyncio.ensure_future(one(chunk))}
+                tasks = await launch(tasks, lanes, one(chunk))  # a refused call ends the run here
                 sent, chunk = sent + len(chunk), []
         if chunk:
-            await lanes.acquire()
-            tasks.add(asyncio.ensure_future(one(chunk)))
+            tasks = await launch(tasks, lanes, one(chunk))
             sent += len(chunk)
         await asyncio.gather(*tasks)
     return sent, time.perf_counter() - started

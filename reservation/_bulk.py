@@ -170,7 +170,7 @@ def apply_counts(ledger: Ledger, event: CountsLoaded) -> Undo:
     safety = np.frombuffer(event.safety, dtype="<i8").astype(np.int64)[li]
     sku_rows, loc_cols = store.cells(event.skus, event.locations)
     rows, cols = sku_rows[si], loc_cols[li]
-    present = store.counts_at(rows, cols)[0]
+    present, _, _, ident, _ = store.counts_at(rows, cols)
     moves = quantity - safety  # a new position: available is its count less its safety stock
     undos: list[Undo] = []
     fresh = ~present
@@ -179,7 +179,8 @@ def apply_counts(ledger: Ledger, event: CountsLoaded) -> Undo:
                              _acquired(store.names, event.source, at[fresh]), safety[fresh])
         undos.append(functools.partial(store.forget_cells, rows[fresh], cols[fresh]))
     if present.any():
-        undo_recount, before = _recount(ledger, event, present, rows, cols, quantity, at)
+        undo_recount, before = _recount(ledger, event.source, _row_names(event, si[present], li[present]),
+                                        rows[present], cols[present], quantity[present], at[present], ident[present])
         moves[present] = quantity[present] - before  # on_hand moves to the count, nothing else
         undos.append(undo_recount)
     moved = _journal(store.journal, event, si, li, moves)
@@ -204,24 +205,20 @@ def _acquired(names: Names, source: str, at: Int64Array) -> tuple[int, Int32Arra
     return names.acquire(source, len(at)), event_ids[inverse]
 
 
-def _recount(ledger: Ledger, event: CountsLoaded, rows_of: npt.NDArray[np.bool_], rows: IntpArray, cols: IntpArray,
-             quantity: Int64Array, at: Int64Array) -> tuple[Undo, Int64Array]:
-    """Newer counts at positions that exist (and keep no deltas): each superseded count is
-    remembered by E8 from now on, as ``fold_count`` does. Returns the undo and on_hand before."""
+def _recount(ledger: Ledger, source: str, names_of: tuple[list[str], list[str]], r: IntpArray, c: IntpArray,
+             qty: Int64Array, when: Int64Array, ident: Int64Array) -> tuple[Undo, Int64Array]:
+    """Newer counts at positions that exist (and keep no deltas; ``ident``: their counts' (source,
+    event_id) as ``counts_at`` gives it): each superseded count is remembered by E8 from now on, as
+    ``fold_count`` does. Returns the undo and on_hand before."""
     store, memory, names = ledger.store, ledger.memory, ledger.store.names
-    r, c, qty, when = rows[rows_of], cols[rows_of], quantity[rows_of], at[rows_of]
-    ident = store.counts_at(r, c)[3]
     old_source, old_event = (ident >> 32).astype(np.int32), (ident & 0xFFFFFFFF).astype(np.int32)
     uses = np.bincount(np.concatenate([old_source, old_event]))
     held = {i: (names.name(i), int(uses[i])) for i in np.flatnonzero(uses).tolist()}  # before any is released
-    source, event_ids = _acquired(names, event.source, when)
-    before, old_time, old_qty, *_ = store.recount(r, c, qty, qty, when,
-                                                     (np.full(len(r), source, dtype=np.int32), event_ids))
-    skus = np.array(event.skus, dtype=object)[np.frombuffer(event.sku_index, dtype="<u4")[rows_of]].tolist()
-    locations = np.array(event.locations, dtype=object)[np.frombuffer(event.location_index, dtype="<u4")[rows_of]]
+    new_source, event_ids = _acquired(names, source, when)
+    before, old_time, old_qty = store.recount(r, c, qty, qty, when,
+                                              (np.full(len(r), new_source, dtype=np.int32), event_ids))
     keys = [memory.remember_superseded(sku, loc, (t, held[s][0], held[e][0], q)) for sku, loc, t, s, e, q in zip(
-        skus, locations.tolist(), old_time.tolist(), old_source.tolist(), old_event.tolist(), old_qty.tolist(),
-        strict=True)]
+        *names_of, old_time.tolist(), old_source.tolist(), old_event.tolist(), old_qty.tolist(), strict=True)]
 
     def undo() -> None:
         for key in keys:
@@ -234,13 +231,16 @@ def _recount(ledger: Ledger, event: CountsLoaded, rows_of: npt.NDArray[np.bool_]
     return undo, before
 
 
+def _row_names(event: CountsLoaded, si: U32, li: U32) -> tuple[list[str], list[str]]:
+    """The SKU and the location of each row of ``si``/``li``."""
+    return (np.array(event.skus, dtype=object)[si].tolist(), np.array(event.locations, dtype=object)[li].tolist())
+
+
 def _journal(journal: list[tuple[str, str, int]] | None, event: CountsLoaded, si: U32, li: U32,
              available: IntpArray | Int64Array) -> list[tuple[str, str, int]] | None:
     """The rows' moves of ``available`` into the store's journal (C4), while it keeps one."""
     if journal is None:
         return None
-    skus = np.array(event.skus, dtype=object)[si].tolist()
-    locations = np.array(event.locations, dtype=object)[li].tolist()
-    moved = list(zip(skus, locations, available.tolist(), strict=True))
+    moved = list(zip(*_row_names(event, si, li), available.tolist(), strict=True))
     journal.extend(moved)
     return moved

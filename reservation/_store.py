@@ -225,15 +225,14 @@ class PositionStore:
                 wide[SOURCE_ID] << 32 | wide[EVENT_ID], ids[DELTAS])
 
     def recount(self, rows: IntpArray, cols: IntpArray, on_hand: Int64Array, quantity: Int64Array, at: Int64Array,
-                names: tuple[Int32Array, Int32Array]) -> tuple[Int64Array, ...]:
+                names: tuple[Int32Array, Int32Array]) -> tuple[Int64Array, Int64Array, Int64Array]:
         """Positions that exist get a new latest count and on_hand (E2); the names of the counts
-        they held are released (``names``: already acquired). Returns what they held: on_hand,
-        count time, count quantity, source and event_id indices (valid until released names are reused)."""
+        they held are released (``names``: already acquired; read the old ones first, see
+        ``counts_at``). Returns what they held: on_hand, count time, count quantity."""
         q, ids = self._q, self._ids
-        old = (q[ON_HAND, rows, cols], q[COUNT_TIME, rows, cols], q[COUNT_QTY, rows, cols],
-               ids[SOURCE_ID, rows, cols], ids[EVENT_ID, rows, cols])
-        self.names.release_all(old[3])
-        self.names.release_all(old[4])
+        old = q[ON_HAND, rows, cols], q[COUNT_TIME, rows, cols], q[COUNT_QTY, rows, cols]
+        self.names.release_all(ids[SOURCE_ID, rows, cols])
+        self.names.release_all(ids[EVENT_ID, rows, cols])
         q[ON_HAND, rows, cols], q[COUNT_QTY, rows, cols], q[COUNT_TIME, rows, cols] = on_hand, quantity, at
         ids[SOURCE_ID, rows, cols], ids[EVENT_ID, rows, cols] = names
         return old

@@ -70,32 +70,7 @@ class FactDesk:
         return await asyncio.shield(task)
 
     async def _load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str]]:
-        outcomes = np.zeros(len(block), dtype=np.uint8)
-        reasons: dict[int, str] = {}
-        shard_of_sku = np.array([self.engine.place(sku) for sku in block.skus], dtype=np.intp)
-        shard_of_row = shard_of_sku[block.sku_index] if len(block) else np.zeros(0, dtype=np.intp)
-        waits = []
-        refused: DomainError | None = None  # a refusal refuses the call (a retry is safe, E8), but only
-        # once the shards that did decide their part have had their quarantined rows streamed (E6)
-        for shard in np.unique(shard_of_row).tolist():
-            rows = np.flatnonzero(shard_of_row == shard)
-            part = CountRows(block.source, block.skus, block.locations, block.sku_index[rows],
-                             block.location_index[rows], block.quantity[rows], block.at[rows])
-            try:
-                reply = self.engine.actors[shard].submit(lambda ledger, _now, part=part: ledger.load_counts(part))
-            except DomainError as exc:
-                refused = refused or exc
-                continue
-            reply.add_done_callback(exception_seen)
-            waits.append((rows, reply))
-        for rows, reply in waits:
-            try:
-                part_outcomes, part_reasons = await reply
-            except DomainError as exc:
-                refused = refused or exc
-                continue
-            outcomes[rows] = part_outcomes
-            reasons.update((int(rows[j]), reason) for j, reason in part_reasons.items())
+        outcomes, reasons, refused = await self._load_by_shard(block)
         unstreamed = 0
         if reasons:
             late = sorted(reasons)
@@ -115,6 +90,37 @@ class FactDesk:
         if refused is not None:
             raise refused
         return outcomes, reasons
+
+    async def _load_by_shard(self, block: CountRows) -> tuple[Outcomes, dict[int, str], DomainError | None]:
+        """Each row's outcome (0: its shard refused it), the quarantined rows' reasons, and the first
+        refusal. Every shard that takes its part is waited for: a refusal refuses the call (a retry
+        is safe, E8), but only once the other shards' quarantined rows can be streamed (E6)."""
+        outcomes = np.zeros(len(block), dtype=np.uint8)
+        reasons: dict[int, str] = {}
+        shard_of_sku = np.array([self.engine.place(sku) for sku in block.skus], dtype=np.intp)
+        shard_of_row = shard_of_sku[block.sku_index] if len(block) else np.zeros(0, dtype=np.intp)
+        waits = []
+        refused: DomainError | None = None
+        for shard in np.unique(shard_of_row).tolist():
+            rows = np.flatnonzero(shard_of_row == shard)
+            part = CountRows(block.source, block.skus, block.locations, block.sku_index[rows],
+                             block.location_index[rows], block.quantity[rows], block.at[rows])
+            try:
+                reply = self.engine.actors[shard].submit(lambda ledger, _now, part=part: ledger.load_counts(part))
+            except DomainError as exc:
+                refused = refused or exc
+                continue
+            reply.add_done_callback(exception_seen)
+            waits.append((rows, reply))
+        for rows, reply in waits:
+            try:
+                part_outcomes, part_reasons = await reply
+            except DomainError as exc:
+                refused = refused or exc
+                continue
+            outcomes[rows] = part_outcomes
+            reasons.update((int(rows[j]), reason) for j, reason in part_reasons.items())
+        return outcomes, reasons, refused
 
     async def stop(self, bound_s: float) -> None:
         """Wait (at most ``bound_s``) for the work of callers that gave up; the shards still run."""

@@ -36,7 +36,7 @@ REQUEST_BYTES = 3 << 20
 """Bytes one LoadCounts request may take at most, by a pessimistic count: the service takes
 messages of 4 MiB by default (``max_message_bytes``), and names may be 128 bytes long."""
 T = TypeVar("T")
-__all__ = ["HeaderError", "LoadSummary", "Rejected", "load", "parse_time", "patiently", "progress_stream",
+__all__ = ["HeaderError", "LoadSummary", "Rejected", "launch", "load", "parse_time", "patiently", "progress_stream",
            "record_patiently", "write_report"]
 
 
@@ -86,7 +86,7 @@ async def load(client: AtpClient, path: Path, source: str, as_of: int | None, ba
             summary.unreadable += len(block.rejected)
             summary.rejected += block.rejected
             for request, lines in requests(block, source, batch):
-                pending = await _launch(pending, lanes, send(request, lines))
+                pending = await launch(pending, lanes, send(request, lines))
             _progress(progress, extract.position / size, summary.rows, started)
         await asyncio.gather(*pending)
     _progress(progress, 1.0, summary.rows, started, end=True)
@@ -159,8 +159,10 @@ async def record_patiently(client: AtpClient, facts: list[pb.Fact],
     return await patiently(lambda: client.record_events(facts), patience_s)
 
 
-async def _launch(pending: set[asyncio.Task[None]], lanes: asyncio.Semaphore,
-                  work: Coroutine[Any, Any, None]) -> set[asyncio.Task[None]]:
+async def launch(pending: set[asyncio.Task[None]], lanes: asyncio.Semaphore,
+                 work: Coroutine[Any, Any, None]) -> set[asyncio.Task[None]]:
+    """``work`` as a task once one of ``lanes`` is free (``work`` releases it when it ends); the
+    tasks still pending. A task that failed raises here, which ends the caller's run."""
     await lanes.acquire()
     done = {t for t in pending if t.done()}
     for task in done:
