@@ -37,7 +37,8 @@ import numpy.typing as npt
 
 from ._keys import _SEP, Payload, pack_payload
 from ._model import FactKind
-from ._store import LatestCount, PositionStore, raw
+from ._segments import raw
+from ._store import LatestCount, PositionStore
 
 _COUNT = int(FactKind.COUNT)
 Digest = bytes

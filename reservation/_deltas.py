@@ -17,7 +17,7 @@ import msgspec
 import numpy as np
 
 from ._names import NONE
-from ._store import raw
+from ._segments import raw
 
 END = 0
 _STEP = 4096

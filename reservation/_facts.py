@@ -82,30 +82,30 @@ class Histories:
             return None  # whether the sweep has freed the others yet or not (live and replay agree)
         return PositionHistory(None if count is None else count_key(count), 0 if count is None else count[3], deltas)
 
-    def fold_count(self, cell: tuple[int, int], key: OrderKey,
+    def fold_count(self, cell: tuple[int, int], slot: int, key: OrderKey,
                    quantity: int) -> tuple[FactOutcome, int, Undo | None, LatestCount | None]:
-        """Apply a count: its outcome, its change to on_hand, its undo, and the count it supersedes."""
-        row, col = cell
+        """Apply a count at the position ``place`` just gave (its cell and slot): its outcome, its
+        change to on_hand, its undo, and the count it supersedes."""
         store = self.store
-        old = store.count_at(row, col)
+        old = store.count_of(slot)
         if old is not None and key < count_key(old):
             return FactOutcome.ABSORBED, 0, None, None  # E5: an older count changes nothing
         # E2: deltas at or before the count are in it; those after it count on top. The ones it
         # covers stay chained until E9's sweep: no later count can be ordered before this one.
-        after = self.pool.sum_after(store.head_at(row, col), key[0])
-        change = quantity + after - store.on_hand_at(row, col)
-        store.put_count(row, col, (key[0], key[2], key[3], quantity))
-        return FactOutcome.APPLIED, change, (store.put_count, row, col, old), old
+        after = self.pool.sum_after(store.head_of(slot), key[0])
+        change = quantity + after - store.on_hand_of(slot)
+        store.put_count_of(slot, (key[0], key[2], key[3], quantity))
+        return FactOutcome.APPLIED, change, (store.put_count, *cell, old), old
 
-    def fold_delta(self, cell: tuple[int, int], key: OrderKey, delta: int) -> tuple[FactOutcome, int, Undo | None]:
-        row, col = cell
+    def fold_delta(self, cell: tuple[int, int], slot: int, key: OrderKey,
+                   delta: int) -> tuple[FactOutcome, int, Undo | None]:
         store = self.store
-        counted_at = store.count_time_at(row, col)
+        counted_at = store.count_time_of(slot)
         if counted_at is not None and key[0] <= counted_at:
             return FactOutcome.ABSORBED, 0, None  # E4: (t, 0, ...) < (t', 1, ...) iff t <= t'
-        slot = self.pool.push(store.head_at(row, col), key[0], delta, store.names.acquire(key[2]))
-        store.set_head(row, col, slot)
-        return FactOutcome.APPLIED, delta, (self._pop_delta, row, col, slot)
+        pushed = self.pool.push(store.head_of(slot), key[0], delta, store.names.acquire(key[2]))
+        store.set_head_of(slot, pushed)
+        return FactOutcome.APPLIED, delta, (self._pop_delta, *cell, pushed)
 
     def sweep_due(self, horizon: int) -> bool:
         return self._sweep_row >= 0 or bool(self._to_prune) or (len(self.pool) > 0 and horizon >= self._next_pass_at)

@@ -330,21 +330,21 @@ class Ledger:
     def _apply_fact(self, fact: Fact, key: Digest) -> tuple[Undo, FactOutcome, int]:
         """Fold a fact into its position; also returns its change to on_hand."""
         sku, location = fact.sku, fact.location
-        row, col, existed = self.store.place(sku, location)
+        row, col, slot, existed = self.store.place(sku, location)
         # E1: the order key is (event_time, rank, source, event_id); deltas rank 0, counts rank 1.
         kind, quantity = fact.kind, fact.quantity
         superseded = None
         if kind == _COUNT:
             order = (fact.event_time, COUNT_RANK, fact.source, fact.event_id)
-            outcome, delta, undo_fold, old = self.histories.fold_count((row, col), order, quantity)
+            outcome, delta, undo_fold, old = self.histories.fold_count((row, col), slot, order, quantity)
             if old is not None:  # E8 covers the count it replaces, now kept as any other fact
                 superseded = self.memory.remember_superseded(sku, location, old)
         else:
             order = (fact.event_time, DELTA_RANK, fact.source, fact.event_id)
             outcome, delta, undo_fold = self.histories.fold_delta(
-                (row, col), order, -quantity if kind in OUTGOING_KINDS else quantity)
+                (row, col), slot, order, -quantity if kind in OUTGOING_KINDS else quantity)
         if delta:
-            self.store.add(sku, location, ON_HAND, delta)
+            self.store.add_on_hand(slot, sku, location, delta)
         old_stream_time = self.stream_time
         if fact.event_time > old_stream_time:
             self.stream_time = fact.event_time

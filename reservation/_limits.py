@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 MAX_ON_HAND_CEILING = 2**53
 """The largest ``max_on_hand`` accepted: exact as a float64, and a thousand locations of it sum inside int64."""
+MAX_QUANTITY_CEILING = 2**31 - 1
+"""The largest ``max_quantity`` accepted: the store keeps what one fact sets (a count's quantity,
+safety stock) in 32 bits a position."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +20,8 @@ class Limits:
 
     max_quantity: int = 1_000_000
     """Largest quantity one line or one fact may carry (COUNT: absolute on-hand), and the largest
-    safety stock (Q4) of a position, by SetSafetyStock or by the estate file."""
+    safety stock (Q4) of a position, by SetSafetyStock or by the estate file. At most
+    ``MAX_QUANTITY_CEILING`` (2**31 - 1)."""
 
     max_on_hand: int = 10**10
     """Farthest from 0 facts may take a position's on_hand (Q1), either way: a fact that would take
@@ -74,3 +78,6 @@ class Limits:
         if not 0 < self.max_quantity <= self.max_on_hand <= MAX_ON_HAND_CEILING:
             raise ValueError(f"limits: need 0 < max_quantity ({self.max_quantity}) <= max_on_hand "
                              f"({self.max_on_hand}) <= {MAX_ON_HAND_CEILING}")
+        if self.max_quantity > MAX_QUANTITY_CEILING:
+            raise ValueError(f"limits: max_quantity ({self.max_quantity}) must be at most {MAX_QUANTITY_CEILING}: "
+                             "a count's quantity and a safety stock are kept in 32 bits")

@@ -22,9 +22,9 @@ def apply_shipped(ledger: Ledger, event: Shipped) -> Undo:
     """R4: committed and on_hand fall together; the shipment is ordered among facts by ``at`` (E1)."""
     store = ledger.store
     sku, loc, qty = event.sku, event.location, event.quantity
-    row, col, existed = store.place(sku, loc)
+    row, col, slot, existed = store.place(sku, loc)
     _, delta, undo_fold = ledger.histories.fold_delta(
-        (row, col), (event.at, DELTA_RANK, SERVICE_SOURCE, event.ref), -qty)
+        (row, col), slot, (event.at, DELTA_RANK, SERVICE_SOURCE, event.ref), -qty)
     store.add(sku, loc, COMMITTED, -qty)
     store.add(sku, loc, ON_HAND, delta)
 

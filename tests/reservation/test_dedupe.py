@@ -12,11 +12,12 @@ import pytest
 from reservation import Fact, FactKind, FactOutcome, Ledger, LedgerSnapshot, Limits, _dedupe
 from reservation._dedupe import FactMemory, MemorySnapshot, digest
 from reservation._keys import pack_payload
+from reservation._limits import MAX_QUANTITY_CEILING
 from reservation._store import PositionStore
 
 T = 1_800_000_000_000
-BIG = 2**53  # the largest quantity Limits can be configured to accept
-LIMITS = Limits(max_quantity=BIG, max_on_hand=BIG)
+BIG = MAX_QUANTITY_CEILING  # the largest quantity Limits can be configured to accept
+LIMITS = Limits(max_quantity=BIG, max_on_hand=2**53)
 
 
 def _fact(eid: str, kind: FactKind, sku: str, quantity: int, at: int = T, rid: str = "") -> Fact:

@@ -40,7 +40,7 @@ def check_bookkeeping(ledger: Ledger) -> None:
     store, pool = ledger.store, ledger.histories.pool
     n, m = store.row_count, store.location_count
     uses = np.zeros(len(store.names._names), dtype=np.int64)
-    for column in (store._ids[0, :n, :m], store._ids[1, :n, :m], pool.sources):
+    for column in (*store.name_users(), pool.sources):
         uses += np.bincount(column.ravel(), minlength=len(uses))[: len(uses)]
     assert uses[1:].tolist() == store.names._uses[1:]
     free = set(pool._free[: pool._top].tolist())

@@ -18,6 +18,7 @@ from reservation import (
     reserve,
     reserve_command,
 )
+from reservation._limits import MAX_QUANTITY_CEILING
 
 C, R, S = FactKind.COUNT, FactKind.RECEIPT, FactKind.SALE
 
@@ -82,22 +83,23 @@ def test_a_count_rebasing_past_max_on_hand_is_quarantined_and_replay_agrees_E10(
 
 def test_available_at_the_extremes_of_every_limit_stays_exact_in_int64_Q5() -> None:
     """The corner the limits allow: on_hand at -max_on_hand, max_on_hand committed, the largest
-    safety stock, each at its ceiling (2**53). The numpy block the channels read equals Python's
-    exact integer arithmetic (before, a safety stock of 2**63 - 1 wrapped it to +9.2e18)."""
-    big = 2**53
-    limits = Limits(max_quantity=big, max_on_hand=big)
+    safety stock (2**31 - 1, the ceiling of max_quantity), sums far past int32. The numpy block the
+    channels read equals Python's exact integer arithmetic."""
+    big = MAX_QUANTITY_CEILING
+    limits = Limits(max_quantity=big, max_on_hand=2 * big)
     ledger = Ledger(0, limits)
-    ledger.record_fact(fact("r", R, big, 100))
-    reserve(ledger, reserve_command(reservation_id="o", order_ref="", channel="", lines=[("A", "S1", big)],
-                                    ttl_seconds=60, allow_partial=False, limits=limits), 1_000)
-    confirm(ledger, "o", 1_000)
-    ledger.set_safety_stock("A", "S1", check_safety_stock("quantity", big, limits))
     for i in range(2):
+        ledger.record_fact(fact(f"r{i}", R, big, 100 + i))
+        reserve(ledger, reserve_command(reservation_id=f"o{i}", order_ref="", channel="", lines=[("A", "S1", big)],
+                                        ttl_seconds=60, allow_partial=False, limits=limits), 1_000)
+        confirm(ledger, f"o{i}", 1_000)
+    ledger.set_safety_stock("A", "S1", check_safety_stock("quantity", big, limits))
+    for i in range(4):
         assert ledger.record_fact(fact(f"s{i}", S, big, 200 + i))[0] == FactOutcome.APPLIED
-    assert ledger.record_fact(fact("s2", S, 1, 202))[0] == FactOutcome.QUARANTINED
+    assert ledger.record_fact(fact("s4", S, 1, 204))[0] == FactOutcome.QUARANTINED
     q = ledger.quantities("A", "S1")
     exact = q.on_hand - q.reserved - q.committed - q.safety_stock
-    assert exact == -3 * big
+    assert exact == -5 * big
     store = ledger.store
     block, present = store.available_block(store.rows(["A"]), store.columns(["S1"]))
     assert present.all() and block.dtype == np.int64 and int(block[0, 0]) == exact == store.available("A", "S1")

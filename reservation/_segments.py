@@ -1,0 +1,309 @@
+"""Positions packed per SKU: the memory of a shard grows with what it stocks, not with SKUs x locations.
+
+Each SKU row owns a run of slots (``start``, ``length``, ``cap``) in flat columns, its positions sorted
+by location column, so one position is found by a binary search of at most a few hundred columns and a
+whole SKU is one slice. A dense grid would cost a cell for every (SKU, location) pair: 1 M SKUs x 300
+locations is 300 M cells, though a catalogue that size stocks a tenth of them.
+
+A SKU that gains a position past its run's capacity moves to the tail with room to grow; the run it
+left is garbage. When the columns run out of room they grow by a sixteenth, copied as they lie, or,
+if more than a sixteenth of them is garbage, every run is packed into fresh columns instead.
+Every slot that holds no position is zero in every column:
+sums over the columns need no mask, and a snapshot's name references count only positions.
+
+A position's slot is not stable (inserts shift a run, moves relocate it): callers name a position by
+(SKU row, location column), which are.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Int64Array = npt.NDArray[np.int64]
+Int32Array = npt.NDArray[np.int32]
+IntpArray = npt.NDArray[np.intp]
+WIDE = 4
+"""int64 columns per position (the store names them)."""
+NARROW = 5
+"""int32 columns per position."""
+GROWTH = 16
+"""The columns grow by a sixteenth (at least ``MIN_SLOTS``) when packed for room."""
+MIN_SLOTS = 1024
+ROW_STEP = 256
+"""Fewest SKU rows added when the per-SKU arrays grow (a shard of a national estate holds thousands)."""
+
+
+def raw(array: npt.NDArray[Any]) -> memoryview:
+    """The array's bytes for a snapshot, copied only if not contiguous: a snapshot may view live
+    columns (a copy of a national estate's is 100 MB a shard), so it is encoded in the turn it is
+    taken, before the shard changes anything (``Checkpoints.save``). Decoded, it views the input."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+
+
+def int32_of(values: Int64Array) -> Int32Array:
+    """``values`` as int32, which they fit (``Limits.max_quantity`` < 2**31): asserted, never wrapped."""
+    assert not len(values) or (int(values.min()) >= -(2**31) and int(values.max()) < 2**31), "past int32"
+    return values.astype(np.int32)
+
+
+def spans(starts: Int64Array, lengths: Int32Array | Int64Array) -> IntpArray:
+    """The slots ``starts[i] .. starts[i] + lengths[i]`` of every i, concatenated in order."""
+    lengths = lengths.astype(np.intp)
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.intp)
+    offsets = np.repeat(starts.astype(np.intp) - (np.cumsum(lengths) - lengths), lengths)
+    return offsets + np.arange(total, dtype=np.intp)
+
+
+def _before(counts: IntpArray) -> IntpArray:
+    """Exclusive prefix sums: where each group starts when groups of ``counts`` are laid end to end."""
+    return np.cumsum(counts) - counts
+
+
+class Segments:
+    """Flat position columns (``wide`` int64, ``narrow`` int32, ``col``) and one run of slots per SKU row."""
+
+    __slots__ = ("_cap", "_cv", "_hit_col", "_hit_row", "_hit_slot", "_len", "_lv", "_start", "_sv", "col",
+                 "garbage", "narrow", "nv", "rows", "tail", "wide", "wv")
+
+    def __init__(self, rows: int = ROW_STEP, slots: int = MIN_SLOTS) -> None:
+        self.rows = 0
+        """SKU rows in use; the per-row arrays may be longer."""
+        self.tail = 0
+        """Slots ``tail`` onwards were never used since the columns were last packed."""
+        self.garbage = 0
+        """Slots below ``tail`` that no run owns (left behind by moves)."""
+        self._start = np.zeros(rows, dtype=np.int64)
+        self._len = np.zeros(rows, dtype=np.int32)
+        self._cap = np.zeros(rows, dtype=np.int32)
+        self.wide = np.zeros((WIDE, slots), dtype=np.int64)
+        self.narrow = np.zeros((NARROW, slots), dtype=np.int32)
+        self.col = np.zeros(slots, dtype=np.int32)
+        self._views()
+
+    def _views(self) -> None:
+        # One slot at a time through memoryviews: plain ints, no numpy scalars (the fact hot path).
+        self.wv, self.nv, self._cv = self.wide.data, self.narrow.data, self.col.data
+        self._sv, self._lv = self._start.data, self._len.data
+        # A one-position cache of ``find``: a fact looks its position up several times.
+        self._hit_row: int = -1
+        self._hit_col: int = -1
+        self._hit_slot: int = -1
+
+    @property
+    def size(self) -> int:
+        return self.col.shape[0]
+
+    def positions(self) -> int:
+        return int(self._len[: self.rows].sum())
+
+    def add_row(self) -> int:
+        """A new SKU row with no positions."""
+        row = self.rows
+        if row >= len(self._start):
+            extra = max(ROW_STEP, row // GROWTH)
+            self._start = np.concatenate([self._start, np.zeros(extra, dtype=np.int64)])
+            self._len = np.concatenate([self._len, np.zeros(extra, dtype=np.int32)])
+            self._cap = np.concatenate([self._cap, np.zeros(extra, dtype=np.int32)])
+            self._views()
+        self.rows += 1
+        return row
+
+    # -- one position ------------------------------------------------------------------------------
+    def find(self, row: int, col: int) -> int:
+        """The slot of the position (-1: none)."""
+        if row == self._hit_row and col == self._hit_col:
+            return self._hit_slot
+        start = self._sv[row]
+        end = start + self._lv[row]
+        cv = self._cv
+        i = bisect_left(cv, col, start, end)
+        if i < end and cv[i] == col:
+            self._hit_row, self._hit_col, self._hit_slot = row, col, i
+            return i
+        return -1
+
+    def insert(self, row: int, col: int) -> int:
+        """The slot of a new position (all zero), which must not exist yet."""
+        start, length = self._sv[row], self._lv[row]
+        i = bisect_left(self._cv, col, start, start + length)
+        if length == self._cap[row]:
+            self._move(row, length + max(2, length // 4))
+            i, start = i - start + self._sv[row], self._sv[row]
+        end = start + length
+        if i < end:  # numpy copies overlapping slices as if through a buffer
+            self.wide[:, i + 1: end + 1] = self.wide[:, i:end]
+            self.narrow[:, i + 1: end + 1] = self.narrow[:, i:end]
+            self.col[i + 1: end + 1] = self.col[i:end]
+            self.wide[:, i] = 0
+            self.narrow[:, i] = 0
+        self._cv[i] = col
+        self._lv[row] = length + 1
+        self._hit_row, self._hit_col, self._hit_slot = row, col, i
+        return i
+
+    def remove(self, row: int, col: int) -> None:
+        """The position (which must exist) is gone; its run closes up behind it."""
+        i = self.find(row, col)
+        assert i >= 0, "removing a position that does not exist"
+        end = self._sv[row] + self._lv[row]
+        self.wide[:, i: end - 1] = self.wide[:, i + 1: end]
+        self.narrow[:, i: end - 1] = self.narrow[:, i + 1: end]
+        self.col[i: end - 1] = self.col[i + 1: end]
+        self.wide[:, end - 1] = 0
+        self.narrow[:, end - 1] = 0
+        self._cv[end - 1] = 0
+        self._lv[row] -= 1
+        self._hit_row = -1
+
+    # -- blocks of positions -----------------------------------------------------------------------
+    def find_many(self, rows: IntpArray, cols: IntpArray) -> IntpArray:
+        """The slot of each (row, col) (-1: no such position; a row or col < 0 names none)."""
+        valid = (rows >= 0) & (cols >= 0)
+        r = np.where(valid, rows, 0)
+        lo = self._start[r].astype(np.intp)
+        end = lo + np.where(valid, self._len[r], 0)
+        hi = end.copy()
+        col = self.col
+        for _ in range(int((hi - lo).max(initial=0)).bit_length()):  # a binary search per pair, side by side
+            mid = (lo + hi) // 2
+            less = col[np.minimum(mid, len(col) - 1)] < cols
+            searching = lo < hi
+            lo = np.where(searching & less, mid + 1, lo)
+            hi = np.where(searching & ~less, mid, hi)
+        found = (lo < end) & (col[np.minimum(lo, len(col) - 1)] == cols)
+        return np.where(found, lo, -1)
+
+    def insert_many(self, rows: IntpArray, cols: IntpArray) -> IntpArray:
+        """Slots of new positions (all zero; none may exist, none named twice), in the order given.
+        Every SKU they touch moves to the tail with its old positions: a SKU met for the first time
+        (a baseline load) gets exactly the room it fills, one that grows an eighth more."""
+        order = np.lexsort((cols, rows))
+        owners, added = np.unique(rows[order], return_counts=True)
+        had = self._len[owners].astype(np.intp)
+        filled = had + added
+        caps = np.where(had == 0, filled, filled + np.maximum(1, filled // 8))
+        self._room(int(caps.sum()))
+        new_starts = self.tail + _before(caps)
+        old_slots = spans(self._start[owners], had)
+        group = np.concatenate([np.repeat(np.arange(len(owners)), had), np.repeat(np.arange(len(owners)), added)])
+        columns = np.concatenate([self.col[old_slots], cols[order]])
+        placed = np.lexsort((columns, group))
+        where = np.empty(len(placed), dtype=np.intp)  # each (old, then new) position's new slot
+        where[placed] = new_starts[group[placed]] + np.arange(len(placed)) - _before(filled)[group[placed]]
+        moved_to, fresh = where[: len(old_slots)], where[len(old_slots):]
+        self._carry(old_slots, moved_to)
+        self.col[where] = columns
+        self.garbage += int(self._cap[owners].sum())
+        self._start[owners], self._len[owners], self._cap[owners] = new_starts, filled, caps
+        self.tail += int(caps.sum())
+        self._hit_row = -1
+        slots = np.empty(len(rows), dtype=np.intp)
+        slots[order] = fresh
+        return slots
+
+    def remove_many(self, rows: IntpArray, cols: IntpArray) -> None:
+        """The positions (which must exist) are gone; each run they leave closes up."""
+        gone = self.find_many(rows, cols)
+        assert (gone >= 0).all(), "removing positions that do not exist"
+        owners = np.unique(rows)
+        lengths = self._len[owners].astype(np.intp)
+        slots = spans(self._start[owners], lengths)
+        keep = ~np.isin(slots, gone)
+        group = np.repeat(np.arange(len(owners)), lengths)[keep]
+        kept = np.bincount(group, minlength=len(owners))
+        to = self._start[owners][group] + np.arange(len(group)) - _before(kept)[group]
+        self._carry(slots[keep], to.astype(np.intp), slots)
+        self._len[owners] = kept
+        self._hit_row = -1
+
+    def run_slots(self, rows: IntpArray) -> tuple[IntpArray, IntpArray]:
+        """Every slot of the runs of ``rows`` (each >= 0), and the index into ``rows`` it belongs to."""
+        lengths = self._len[rows].astype(np.intp)
+        return spans(self._start[rows], lengths), np.repeat(np.arange(len(rows)), lengths)
+
+    def run(self, row: int) -> slice:
+        start = self._sv[row]
+        return slice(start, start + self._lv[row])
+
+    # -- room --------------------------------------------------------------------------------------
+    def _carry(self, source: IntpArray, to: IntpArray, clear: IntpArray | None = None) -> None:
+        """Positions at ``source`` move to ``to``; the slots of ``clear`` (default: ``source``) not
+        written to are left zero. Read whole before anything is written: runs may overlap."""
+        wide, narrow, col = self.wide[:, source], self.narrow[:, source], self.col[source]
+        emptied = source if clear is None else clear
+        self.wide[:, emptied] = 0
+        self.narrow[:, emptied] = 0
+        self.col[emptied] = 0
+        self.wide[:, to], self.narrow[:, to], self.col[to] = wide, narrow, col
+
+    def _move(self, row: int, cap: int) -> None:
+        """The row's run moves to the tail, with room for ``cap`` positions."""
+        self._room(cap)
+        start, length = self._sv[row], self._lv[row]
+        self._carry(np.arange(start, start + length, dtype=np.intp),
+                    np.arange(self.tail, self.tail + length, dtype=np.intp))
+        self.garbage += int(self._cap[row])
+        self._start[row], self._cap[row] = self.tail, cap
+        self.tail += cap
+        self._hit_row = -1
+
+    def _room(self, need: int) -> None:
+        """At least ``need`` free slots at the tail: when short, every run is packed, in row order with
+        its capacity, into fresh columns a sixteenth larger than what is packed and needed."""
+        if self.tail + need <= self.size:
+            return
+        if self.garbage <= self.tail // GROWTH:
+            self._grow(self.tail + need + (self.tail + need) // GROWTH)
+            return
+        rows = self.rows
+        caps = self._cap[:rows].astype(np.intp)
+        packed = int(caps.sum())
+        size = max(MIN_SLOTS, packed + need + (packed + need) // GROWTH)
+        starts = _before(caps)
+        lengths = self._len[:rows]
+        source, to = spans(self._start[:rows], lengths), spans(starts.astype(np.int64), lengths)
+        wide = np.zeros((WIDE, size), dtype=np.int64)
+        narrow = np.zeros((NARROW, size), dtype=np.int32)
+        col = np.zeros(size, dtype=np.int32)
+        for field in range(WIDE):  # a field at a time: no temporary the size of all the columns
+            wide[field, to] = self.wide[field, source]
+        for field in range(NARROW):
+            narrow[field, to] = self.narrow[field, source]
+        col[to] = self.col[source]
+        self.wide, self.narrow, self.col = wide, narrow, col
+        self._start[:rows] = starts
+        self.tail, self.garbage = packed, 0
+        self._views()
+
+    def _grow(self, size: int) -> None:
+        """Longer columns, the used part copied as it lies (a baseline load grows them often: little
+        left behind is not worth a gather of every position)."""
+        tail = self.tail
+        wide = np.zeros((WIDE, size), dtype=np.int64)
+        narrow = np.zeros((NARROW, size), dtype=np.int32)
+        col = np.zeros(size, dtype=np.int32)
+        wide[:, :tail], narrow[:, :tail], col[:tail] = self.wide[:, :tail], self.narrow[:, :tail], self.col[:tail]
+        self.wide, self.narrow, self.col = wide, narrow, col
+        self._views()
+
+    # -- snapshots ---------------------------------------------------------------------------------
+    def arrays(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int32],
+                              npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+        """The columns and the per-row arrays, whole (views: encode them before anything changes)."""
+        return self.wide, self.narrow, self.col, self._start, self._len, self._cap
+
+    @classmethod
+    def restore(cls, rows: int, tail: int, garbage: int, wide: Int64Array, narrow: Int32Array, col: Int32Array,
+                runs: tuple[Int64Array, Int32Array, Int32Array]) -> Segments:
+        segments = cls(rows=1, slots=1)
+        segments.rows, segments.tail, segments.garbage = rows, tail, garbage
+        segments.wide, segments.narrow, segments.col = wide, narrow, col
+        segments._start, segments._len, segments._cap = runs
+        segments._views()
+        return segments
