@@ -100,8 +100,7 @@ class FactMemory:
             seen = self._sealed(key)
             if seen is not None:
                 return seen
-        cell = self.store.locate(sku, location)
-        count = None if cell is None else self.store.count_at(*cell)
+        count = self.store.latest_count(sku, location)
         if count is not None and count[1] == source and count[2] == event_id:
             return pack_payload(count[0], _COUNT, count[3], "")
         return None

@@ -110,8 +110,8 @@ class Ledger:
             if default:
                 self.emit(SafetyStockSet(fact.sku, fact.location, default))
         # The hot path of ingestion: _emit's dispatch inlined.
-        undo, outcome, delta = self._apply_fact(fact, key)
-        if delta and self._past_on_hand_bound(fact, delta):
+        undo, outcome, delta, on_hand = self._apply_fact(fact, key)
+        if delta and self._past_on_hand_bound(on_hand, delta):
             run_undo(undo)
             reason = f"out of range: on_hand would pass ±{self.limits.max_on_hand} (limit max_on_hand)"
             self.emit(FactQuarantined(fact, reason))
@@ -255,7 +255,7 @@ class Ledger:
             return self._apply_reservation(event.reservation), FactOutcome.APPLIED
         if isinstance(event, FactApplied):
             fact = event.fact
-            undo, outcome, _ = self._apply_fact(fact, digest(fact.source, fact.event_id, fact.sku, fact.location))
+            undo, outcome, _, _ = self._apply_fact(fact, digest(fact.source, fact.event_id, fact.sku, fact.location))
             return undo, outcome
         if isinstance(event, Shipped):
             return apply_shipped(self, event), FactOutcome.APPLIED
@@ -320,15 +320,14 @@ class Ledger:
             self.histories.forget(cell)
         self.store.forget(sku, location)
 
-    def _past_on_hand_bound(self, fact: Fact, delta: int) -> bool:
+    def _past_on_hand_bound(self, on_hand: int, delta: int) -> bool:
         """Whether the fact just folded took on_hand past ±max_on_hand, outwards (Q5 in int64, see
         Limits). A live decision only: replay applies what the log says, whatever the limits."""
-        on_hand = self.store.get(fact.sku, fact.location).on_hand
         bound = self.limits.max_on_hand
         return on_hand > bound if delta > 0 else on_hand < -bound
 
-    def _apply_fact(self, fact: Fact, key: Digest) -> tuple[Undo, FactOutcome, int]:
-        """Fold a fact into its position; also returns its change to on_hand."""
+    def _apply_fact(self, fact: Fact, key: Digest) -> tuple[Undo, FactOutcome, int, int]:
+        """Fold a fact into its position; also returns its change to on_hand, and on_hand after it."""
         sku, location = fact.sku, fact.location
         row, col, slot, existed = self.store.place(sku, location)
         # E1: the order key is (event_time, rank, source, event_id); deltas rank 0, counts rank 1.
@@ -345,13 +344,14 @@ class Ledger:
                 (row, col), slot, order, -quantity if kind in OUTGOING_KINDS else quantity)
         if delta:
             self.store.add_on_hand(slot, sku, location, delta)
+        on_hand = self.store.on_hand_of(slot)
         old_stream_time = self.stream_time
         if fact.event_time > old_stream_time:
             self.stream_time = fact.event_time
         if undo_fold is None or kind != _COUNT:  # the latest count is remembered by its columns
             self.memory.remember(key, fact_payload(fact))  # E8; forget_old_facts bounds the memory
         return (self._unapply_fact, sku, location, delta, undo_fold, existed, old_stream_time, key,
-                superseded), outcome, delta
+                superseded), outcome, delta, on_hand
 
     def _unapply_fact(self, sku: str, location: str, delta: int, undo_fold: Undo | None, existed: bool,
                       old_stream_time: int, key: Digest, superseded: Digest | None) -> None:

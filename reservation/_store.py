@@ -191,6 +191,10 @@ class PositionStore(Blocks):
     def set_head_of(self, slot: int, head: int) -> None:
         self._seg.nv[N_DELTAS, slot] = head
 
+    def latest_count(self, sku: str, location: str) -> LatestCount | None:
+        slot = self._find(sku, location)
+        return None if slot < 0 else self.count_of(slot)
+
     def count_time_at(self, row: int, col: int) -> int | None:
         slot = self._seg.find(row, col)
         return None if slot < 0 else self.count_time_of(slot)
