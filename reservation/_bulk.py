@@ -65,6 +65,9 @@ class CountRows:
 
 def load_counts(ledger: Ledger, block: CountRows) -> tuple[Outcomes, dict[int, str]]:
     """Each row's outcome (a ``FactOutcome`` value) and the reasons of those quarantined."""
+    if len(set(block.skus)) < len(block.skus) or len(set(block.locations)) < len(block.locations):
+        # count_rows refuses it at the edge: two indices of one name would be two rows of one position
+        raise ValueError("load_counts: a SKU or location named twice in the block's dictionaries")
     outcomes = np.zeros(len(block), dtype=np.uint8)
     reasons: dict[int, str] = {}
     if not len(block):

@@ -61,13 +61,15 @@ class Blocks:
         ``counts_at``). Returns what they held: on_hand, count time, count quantity."""
         seg = self._seg
         slots = seg.find_many(rows, cols)
-        assert (slots >= 0).all(), "recount of a cell that is no position"
+        if (slots < 0).any():  # checked first: -1 would index another position's columns
+            raise LookupError("recount: a cell that is no position")
+        narrow_quantity = int32_of(quantity)
         wide, narrow = seg.wide, seg.narrow
         old = wide[ON_HAND, slots], wide[W_COUNT_TIME, slots], narrow[N_COUNT_QTY, slots].astype(np.int64)
         self.names.release_all(narrow[N_SOURCE, slots])
         self.names.release_all(narrow[N_EVENT, slots])
         wide[ON_HAND, slots], wide[W_COUNT_TIME, slots] = on_hand, at
-        narrow[N_COUNT_QTY, slots] = int32_of(quantity)
+        narrow[N_COUNT_QTY, slots] = narrow_quantity
         narrow[N_SOURCE, slots], narrow[N_EVENT, slots] = names
         return old
 
@@ -77,16 +79,19 @@ class Blocks:
         the source's index and each row's event_id index, already acquired for these positions."""
         seg = self._seg
         assert not (seg.find_many(rows, cols) >= 0).any(), "create_counted over a position that exists"
+        narrow_quantity, narrow_safety = int32_of(quantity), int32_of(safety)  # refused before anything changes
         slots = seg.insert_many(rows, cols)
         wide, narrow = seg.wide, seg.narrow
         wide[ON_HAND, slots], wide[W_COUNT_TIME, slots] = quantity, at
-        narrow[N_COUNT_QTY, slots], narrow[N_SAFETY, slots] = int32_of(quantity), int32_of(safety)
+        narrow[N_COUNT_QTY, slots], narrow[N_SAFETY, slots] = narrow_quantity, narrow_safety
         narrow[N_SOURCE, slots], narrow[N_EVENT, slots] = names
 
     def forget_cells(self, rows: IntpArray, cols: IntpArray) -> None:
         """Undo of ``create_counted``: the positions were never there; their names are released."""
         seg = self._seg
         slots = seg.find_many(rows, cols)
+        if (slots < 0).any():  # checked first: -1 would index another position's columns
+            raise LookupError("forget_cells: a cell that is no position")
         self.names.release_all(seg.narrow[N_SOURCE, slots])
         self.names.release_all(seg.narrow[N_EVENT, slots])
         seg.remove_many(rows, cols)

@@ -33,6 +33,8 @@ NARROW = 5
 GROWTH = 16
 """The columns grow by a sixteenth (at least ``MIN_SLOTS``) when packed for room."""
 MIN_SLOTS = 1024
+SINGLE_STEP = 4
+"""Fewest slots a run gains when one position more does not fit (a quarter more for longer runs)."""
 ROW_STEP = 256
 """Fewest SKU rows added when the per-SKU arrays grow (a shard of a national estate holds thousands)."""
 
@@ -44,9 +46,21 @@ def raw(array: npt.NDArray[Any]) -> memoryview:
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def check_int32(value: int) -> int:
+    """``value``, which must fit a narrow column (``Limits.max_quantity`` < 2**31): checked before
+    anything changes, so a value past it changes nothing."""
+    if not INT32_MIN <= value <= INT32_MAX:
+        raise ValueError(f"{value} does not fit 32 bits (a count's quantity or a safety stock, see max_quantity)")
+    return value
+
+
 def int32_of(values: Int64Array) -> Int32Array:
-    """``values`` as int32, which they fit (``Limits.max_quantity`` < 2**31): asserted, never wrapped."""
-    assert not len(values) or (int(values.min()) >= -(2**31) and int(values.max()) < 2**31), "past int32"
+    """``values`` as int32, checked (numpy's conversion would wrap them silently)."""
+    if len(values) and (int(values.min()) < INT32_MIN or int(values.max()) > INT32_MAX):
+        raise ValueError("a count's quantity or a safety stock does not fit 32 bits (see max_quantity)")
     return values.astype(np.int32)
 
 
@@ -68,7 +82,7 @@ def _before(counts: IntpArray) -> IntpArray:
 class Segments:
     """Flat position columns (``wide`` int64, ``narrow`` int32, ``col``) and one run of slots per SKU row."""
 
-    __slots__ = ("_cap", "_cv", "_hit_col", "_hit_row", "_hit_slot", "_len", "_lv", "_start", "_sv", "col",
+    __slots__ = ("_cap", "_capv", "_cv", "_hit_col", "_hit_row", "_hit_slot", "_len", "_lv", "_start", "_sv", "col",
                  "garbage", "narrow", "nv", "rows", "tail", "wide", "wv")
 
     def __init__(self, rows: int = ROW_STEP, slots: int = MIN_SLOTS) -> None:
@@ -89,7 +103,7 @@ class Segments:
     def _views(self) -> None:
         # One slot at a time through memoryviews: plain ints, no numpy scalars (the fact hot path).
         self.wv, self.nv, self._cv = self.wide.data, self.narrow.data, self.col.data
-        self._sv, self._lv = self._start.data, self._len.data
+        self._sv, self._lv, self._capv = self._start.data, self._len.data, self._cap.data
         # A one-position cache of ``find``: a fact looks its position up several times.
         self._hit_row: int = -1
         self._hit_col: int = -1
@@ -132,16 +146,17 @@ class Segments:
         """The slot of a new position (all zero), which must not exist yet."""
         start, length = self._sv[row], self._lv[row]
         i = bisect_left(self._cv, col, start, start + length)
-        if length == self._cap[row]:
-            self._move(row, length + max(2, length // 4))
+        if length == self._capv[row]:
+            self._move(row, length + max(SINGLE_STEP, length // 4))
             i, start = i - start + self._sv[row], self._sv[row]
         end = start + length
         if i < end:  # numpy copies overlapping slices as if through a buffer
             self.wide[:, i + 1: end + 1] = self.wide[:, i:end]
             self.narrow[:, i + 1: end + 1] = self.narrow[:, i:end]
             self.col[i + 1: end + 1] = self.col[i:end]
-            self.wide[:, i] = 0
-            self.narrow[:, i] = 0
+            wv, nv = self.wv, self.nv  # a slot's fields one by one: cheaper than two numpy calls
+            wv[0, i] = wv[1, i] = wv[2, i] = wv[3, i] = 0
+            nv[0, i] = nv[1, i] = nv[2, i] = nv[3, i] = nv[4, i] = 0
         self._cv[i] = col
         self._lv[row] = length + 1
         self._hit_row, self._hit_col, self._hit_slot = row, col, i
@@ -184,7 +199,10 @@ class Segments:
         Every SKU they touch moves to the tail with its old positions: a SKU met for the first time
         (a baseline load) gets exactly the room it fills, one that grows an eighth more."""
         order = np.lexsort((cols, rows))
-        owners, added = np.unique(rows[order], return_counts=True)
+        sorted_rows, sorted_cols = rows[order], cols[order]
+        if ((np.diff(sorted_rows) == 0) & (np.diff(sorted_cols) == 0)).any():
+            raise ValueError("insert_many: a position named twice")
+        owners, added = np.unique(sorted_rows, return_counts=True)
         had = self._len[owners].astype(np.intp)
         filled = had + added
         caps = np.where(had == 0, filled, filled + np.maximum(1, filled // 8))
@@ -192,7 +210,7 @@ class Segments:
         new_starts = self.tail + _before(caps)
         old_slots = spans(self._start[owners], had)
         group = np.concatenate([np.repeat(np.arange(len(owners)), had), np.repeat(np.arange(len(owners)), added)])
-        columns = np.concatenate([self.col[old_slots], cols[order]])
+        columns = np.concatenate([self.col[old_slots], sorted_cols])
         placed = np.lexsort((columns, group))
         where = np.empty(len(placed), dtype=np.intp)  # each (old, then new) position's new slot
         where[placed] = new_starts[group[placed]] + np.arange(len(placed)) - _before(filled)[group[placed]]
@@ -243,14 +261,20 @@ class Segments:
         self.wide[:, to], self.narrow[:, to], self.col[to] = wide, narrow, col
 
     def _move(self, row: int, cap: int) -> None:
-        """The row's run moves to the tail, with room for ``cap`` positions."""
+        """The row's run moves to the tail, with room for ``cap`` positions (slices: a run is contiguous)."""
         self._room(cap)
-        start, length = self._sv[row], self._lv[row]
-        self._carry(np.arange(start, start + length, dtype=np.intp),
-                    np.arange(self.tail, self.tail + length, dtype=np.intp))
-        self.garbage += int(self._cap[row])
-        self._start[row], self._cap[row] = self.tail, cap
-        self.tail += cap
+        start, length, tail = self._sv[row], self._lv[row], self.tail
+        if length:
+            end, to = start + length, tail + length
+            self.wide[:, tail:to] = self.wide[:, start:end]
+            self.narrow[:, tail:to] = self.narrow[:, start:end]
+            self.col[tail:to] = self.col[start:end]
+            self.wide[:, start:end] = 0
+            self.narrow[:, start:end] = 0
+            self.col[start:end] = 0
+        self.garbage += self._capv[row]
+        self._sv[row], self._capv[row] = tail, cap
+        self.tail = tail + cap
         self._hit_row = -1
 
     def _room(self, need: int) -> None:

@@ -36,7 +36,7 @@ from ._columns import (
 )
 from ._model import ZERO, Quantities
 from ._names import NONE, Names
-from ._segments import Int32Array, Int64Array, IntpArray, Segments, raw
+from ._segments import Int32Array, Int64Array, IntpArray, Segments, check_int32, raw
 
 LatestCount = tuple[int, str, str, int]
 """A position's latest count: (event_time, source, event_id, quantity)."""
@@ -106,12 +106,16 @@ class PositionStore(Blocks):
         """Undo of the change that created a position: it was never there (replay must agree, E10)."""
         row, col = self._sku_row[sku], self._loc_col[location]
         slot = self._seg.find(row, col)
+        if slot < 0:  # checked first: -1 would index another position's columns
+            raise LookupError(f"no position {sku!r} at {location!r} to forget")
         if self.journal is not None:
             self.journal.append((sku, location, -self._available(slot)))
         self._release_count(slot)
         self._seg.remove(row, col)
 
     def add(self, sku: str, location: str, field: int, delta: int) -> None:
+        if field == SAFETY:
+            check_int32(self.get(sku, location).safety_stock + delta)
         slot = self._cell(sku, location)
         if field == SAFETY:
             self._seg.nv[N_SAFETY, slot] += delta
@@ -132,6 +136,8 @@ class PositionStore(Blocks):
             self.journal.append((sku, location, -d_reserved - d_committed))
 
     def set(self, sku: str, location: str, field: int, value: int) -> None:
+        if field == SAFETY:
+            check_int32(value)
         slot = self._cell(sku, location)
         view, at = (self._seg.nv, N_SAFETY) if field == SAFETY else (self._seg.wv, field)
         if self.journal is not None:
@@ -175,6 +181,8 @@ class PositionStore(Blocks):
 
     def put_count_of(self, slot: int, count: LatestCount | None) -> None:
         """Make ``count`` the position's latest (None: it has none); the names it held are released."""
+        if count is not None:
+            check_int32(count[3])
         self._release_count(slot)
         if count is not None:
             at, source, event_id, quantity = count
