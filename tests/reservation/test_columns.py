@@ -11,6 +11,7 @@ import pytest
 from reservation import Ledger, Limits, _columns
 from reservation._bulk import CountRows
 from reservation._columns import N_DELTAS
+from reservation._segments import SINGLE_STEP
 from reservation._store import ON_HAND, RESERVED, SAFETY, PositionStore
 
 
@@ -60,20 +61,21 @@ def test_forget_of_a_missing_position_changes_nothing() -> None:
     the columns are full."""
     store = PositionStore()
     seg = store._seg
-    store.add("other", "l1", ON_HAND, 1)  # SKU "other" and location "l0" known, (other, l0) not a position
+    locations = [f"l{j}" for j in range(SINGLE_STEP)]  # a run made one position at a time: this many slots
+    store.add("other", locations[0], ON_HAND, 1)  # (other, the last location) is no position
     i = 0
-    while seg.tail < seg.size:  # each SKU: two positions in a run of capacity 2
-        for loc in ("l0", "l1"):
+    while seg.tail < seg.size:  # full runs until the columns are full
+        for loc in locations:
             store.add(f"s{i}", loc, ON_HAND, 1)
             store.put_count(*store.locate(f"s{i}", loc), (5, "erp", "count@5", 1))
         i += 1
-    victim = (f"s{i - 1}", "l0")
+    victim = (f"s{i - 1}", locations[-1])
     assert store._seg.find(*store.locate(*victim)) == seg.size - 1
     uses = store.names._uses[store.names.find("erp")]
-    with pytest.raises(LookupError, match="no position 'other' at 'l0'"):
-        store.forget("other", "l0")
+    with pytest.raises(LookupError, match=f"no position 'other' at '{locations[-1]}'"):
+        store.forget("other", locations[-1])
     with pytest.raises(LookupError):
-        store.forget_cells(np.array([store.rows(["other"])[0]]), store.columns(["l0"]))
+        store.forget_cells(np.array([store.rows(["other"])[0]]), store.columns([locations[-1]]))
     assert store.latest_count(*victim) == (5, "erp", "count@5", 1)
     assert store.names._uses[store.names.find("erp")] == uses
 
