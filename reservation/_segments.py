@@ -33,6 +33,8 @@ NARROW = 5
 GROWTH = 16
 """The columns grow by a sixteenth (at least ``MIN_SLOTS``) when packed for room."""
 MIN_SLOTS = 1024
+TABLE_CELLS_PER_PAIR = 8
+"""``find_many`` builds a table of the asked rows x columns when it has at most this many cells per pair asked."""
 SINGLE_STEP = 4
 """Fewest slots a run gains when one position more does not fit (a quarter more for longer runs)."""
 ROW_STEP = 256
@@ -179,19 +181,43 @@ class Segments:
     # -- blocks of positions -----------------------------------------------------------------------
     def find_many(self, rows: IntpArray, cols: IntpArray) -> IntpArray:
         """The slot of each (row, col) (-1: no such position; a row or col < 0 names none)."""
-        valid = (rows >= 0) & (cols >= 0)
-        r = np.where(valid, rows, 0)
-        lo = self._start[r].astype(np.intp)
-        end = lo + np.where(valid, self._len[r], 0)
+        found = np.full(len(rows), -1, dtype=np.intp)
+        asked = np.flatnonzero((rows >= 0) & (cols >= 0))
+        if not len(asked):
+            return found
+        rows, cols = rows.take(asked), cols.take(asked)
+        owners, group = np.unique(rows, return_inverse=True)
+        width = int(cols.max()) + 1
+        if len(owners) * width <= TABLE_CELLS_PER_PAIR * len(asked):
+            found[asked] = self._by_table(owners, width, group * width + cols)
+        else:
+            found[asked] = self._by_search(rows, cols)
+        return found
+
+    def _by_table(self, owners: IntpArray, width: int, cells: IntpArray) -> IntpArray:
+        """``find_many`` for pairs that fill most of their rows (a block of an extract names a SKU's
+        locations together): the rows' runs scattered into a table of owners x columns, then read."""
+        lengths = self._len.take(owners)
+        slots = spans(self._start.take(owners), lengths)
+        run_cols = self.col.take(slots)
+        inside = run_cols < width
+        table = np.full(len(owners) * width, -1, dtype=np.intp)
+        table[(np.repeat(np.arange(len(owners)) * width, lengths) + run_cols)[inside]] = slots[inside]
+        return table.take(cells)
+
+    def _by_search(self, rows: IntpArray, cols: IntpArray) -> IntpArray:
+        """``find_many`` for scattered pairs: a binary search in each pair's run, all side by side."""
+        lo = self._start.take(rows).astype(np.intp)
+        end = lo + self._len.take(rows)
         hi = end.copy()
-        col = self.col
-        for _ in range(int((hi - lo).max(initial=0)).bit_length()):  # a binary search per pair, side by side
+        col, last = self.col, len(self.col) - 1
+        for _ in range(int((hi - lo).max(initial=0)).bit_length()):
             mid = (lo + hi) // 2
-            less = col[np.minimum(mid, len(col) - 1)] < cols
+            less = col.take(np.minimum(mid, last)) < cols
             searching = lo < hi
             lo = np.where(searching & less, mid + 1, lo)
             hi = np.where(searching & ~less, mid, hi)
-        found = (lo < end) & (col[np.minimum(lo, len(col) - 1)] == cols)
+        found = (lo < end) & (col.take(np.minimum(lo, last)) == cols)
         return np.where(found, lo, -1)
 
     def insert_many(self, rows: IntpArray, cols: IntpArray) -> IntpArray:

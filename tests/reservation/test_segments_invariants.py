@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from reservation import _segments
 from reservation._segments import Segments, spans
 
 
@@ -51,8 +52,10 @@ def write(seg: Segments, slot: int, vals: tuple[int, ...]) -> None:
     seg.narrow[:, slot] = vals[4:]
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_every_op_keeps_the_invariants(seed: int) -> None:
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("table_cells", [0, 10**9])  # find_many by binary search, or by a table of the rows
+def test_every_op_keeps_the_invariants(seed: int, table_cells: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_segments, "TABLE_CELLS_PER_PAIR", table_cells)
     rng = random.Random(seed)
     seg = Segments(rows=1, slots=1)
     model: dict[tuple[int, int], tuple[int, ...]] = {}
