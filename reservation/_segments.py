@@ -234,15 +234,11 @@ class Segments:
         caps = np.where(had == 0, filled, filled + np.maximum(1, filled // 8))
         self._room(int(caps.sum()))
         new_starts = self.tail + _before(caps)
-        old_slots = spans(self._start[owners], had)
-        group = np.concatenate([np.repeat(np.arange(len(owners)), had), np.repeat(np.arange(len(owners)), added)])
-        columns = np.concatenate([self.col[old_slots], sorted_cols])
-        placed = np.lexsort((columns, group))
-        where = np.empty(len(placed), dtype=np.intp)  # each (old, then new) position's new slot
-        where[placed] = new_starts[group[placed]] + np.arange(len(placed)) - _before(filled)[group[placed]]
-        moved_to, fresh = where[: len(old_slots)], where[len(old_slots):]
-        self._carry(old_slots, moved_to)
-        self.col[where] = columns
+        if had.any():
+            fresh = self._merge(owners, had, new_starts, filled, sorted_cols)
+        else:  # SKUs without positions (a baseline load): the sorted pairs are the new runs as they lie
+            fresh = self.tail + np.arange(len(sorted_cols), dtype=np.intp)
+            self.col[fresh] = sorted_cols
         self.garbage += int(self._cap[owners].sum())
         self._start[owners], self._len[owners], self._cap[owners] = new_starts, filled, caps
         self.tail += int(caps.sum())
@@ -250,6 +246,21 @@ class Segments:
         slots = np.empty(len(rows), dtype=np.intp)
         slots[order] = fresh
         return slots
+
+    def _merge(self, owners: IntpArray, had: IntpArray, new_starts: IntpArray, filled: IntpArray,
+               columns_added: IntpArray) -> IntpArray:
+        """Each owner's old positions and its new ones (``columns_added``, sorted by owner) into its
+        new run at ``new_starts``, in column order; returns the new positions' slots."""
+        old_slots = spans(self._start[owners], had)
+        added = filled - had
+        group = np.concatenate([np.repeat(np.arange(len(owners)), had), np.repeat(np.arange(len(owners)), added)])
+        columns = np.concatenate([self.col[old_slots], columns_added])
+        placed = np.lexsort((columns, group))
+        where = np.empty(len(placed), dtype=np.intp)  # each (old, then new) position's new slot
+        where[placed] = new_starts[group[placed]] + np.arange(len(placed)) - _before(filled)[group[placed]]
+        self._carry(old_slots, where[: len(old_slots)])
+        self.col[where] = columns
+        return where[len(old_slots):]
 
     def remove_many(self, rows: IntpArray, cols: IntpArray) -> None:
         """The positions (which must exist) are gone; each run they leave closes up."""
