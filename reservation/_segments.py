@@ -34,7 +34,8 @@ GROWTH = 16
 """The columns grow by a sixteenth (at least ``MIN_SLOTS``) when packed for room."""
 MIN_SLOTS = 1024
 TABLE_CELLS_PER_PAIR = 8
-"""``find_many`` builds a table of the asked rows x columns when it has at most this many cells per pair asked."""
+"""``find_many`` builds a table of the asked rows x columns when it and the rows' runs hold at most
+this many cells per pair asked."""
 SINGLE_STEP = 4
 """Fewest slots a run gains when one position more does not fit (a quarter more for longer runs)."""
 ROW_STEP = 256
@@ -185,10 +186,12 @@ class Segments:
         asked = np.flatnonzero((rows >= 0) & (cols >= 0))
         if not len(asked):
             return found
-        rows, cols = rows.take(asked), cols.take(asked)
+        rows, cols = rows.take(asked).astype(np.intp, copy=False), cols.take(asked).astype(np.intp, copy=False)
         owners, group = np.unique(rows, return_inverse=True)
         width = int(cols.max()) + 1
-        if len(owners) * width <= TABLE_CELLS_PER_PAIR * len(asked):
+        # The table costs its cells and a look at every slot of the owners' runs: worth it when the
+        # pairs fill their rows, not for one location asked across many long runs.
+        if len(owners) * width + int(self._len.take(owners).sum()) <= TABLE_CELLS_PER_PAIR * len(asked):
             found[asked] = self._by_table(owners, width, group * width + cols)
         else:
             found[asked] = self._by_search(rows, cols)

@@ -101,3 +101,14 @@ def test_a_store_filled_one_position_at_a_time_reads_back_every_value() -> None:
     assert len(store) == 30 * 300 + 270 * 3
     assert store.totals().safety_stock == len(store)
     assert [loc for loc, _ in store.sku_locations("s1")] == ["l0", "l150", "l299"]
+
+
+@pytest.mark.parametrize("dtype", [np.intp, np.int32, np.uint32, np.uint64])
+def test_find_many_takes_any_integer_columns(dtype: type) -> None:
+    """LoadCounts hands uint32 indices around: a lookup must not turn them into floats (uint64 + int64)."""
+    seg = Segments()
+    for _ in range(3):
+        seg.add_row()
+    slots = seg.insert_many(np.array([0, 0, 1, 2], dtype=np.intp), np.array([1, 4, 2, 0], dtype=np.intp))
+    rows, cols = np.array([0, 0, 1, 2, 2], dtype=dtype), np.array([1, 4, 2, 0, 3], dtype=dtype)
+    assert seg.find_many(rows, cols).tolist() == [*slots.tolist(), -1]
