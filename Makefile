@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto api-docs certs sim bootstrap redis bench bench-peak bench-compare soak clean help
+.PHONY: run test lint proto api-docs certs cluster sim bootstrap redis bench bench-peak bench-compare soak clean help
 
 help:
 	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
 	@echo "make bench-peak SCENARIO=flash_sale|holiday_peak|steady DURATION=60 USERS=60 - locust peak run"
 	@echo "make bench-compare - benchmarks/compare.py (this service vs Lua/Redis and PostgreSQL peers)"
+	@echo "make cluster - a Redis Cluster on loopback (3 primaries, a replica each) until Ctrl-C"
 	@echo "make soak SECONDS=60 SEED=1 - benchmarks/fault_soak.py (Redis pauses, slow network, kill -9; then the invariants)"
 
 $(STAMP): pyproject.toml client/pyproject.toml
@@ -53,6 +54,9 @@ redis:
 	  fi; }
 
 SEEDS ?= 1000
+cluster: bootstrap
+	$(BIN)/python -m atp_service.storage.embedded_cluster --data-dir "$$(mktemp -d /tmp/atp-cluster.XXXXXX)"
+
 sim: $(STAMP)
 	$(BIN)/python -m tests.sim --seeds $(SEEDS)
 

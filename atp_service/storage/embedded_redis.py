@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -47,8 +48,10 @@ class EmbeddedRedis:
     """Starts redis-server with AOF on, data under ``data_dir``; ``stop()`` shuts it down cleanly."""
 
     def __init__(self, data_dir: Path, port: int = 0, appendfsync: str = "everysec",
-                 password: str | None = None) -> None:
+                 password: str | None = None, extra_args: Sequence[str] = ()) -> None:
         self.data_dir = Path(data_dir)
+        self.extra_args = list(extra_args)
+        """More ``redis-server`` arguments (a cluster node's, see ``embedded_cluster``)."""
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.password = password
@@ -78,6 +81,7 @@ class EmbeddedRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self._stop_leftover()
         # Own session: a Ctrl-C aimed at the service must not kill Redis before the service
         # has flushed its last snapshot; we stop it ourselves.

@@ -1,0 +1,153 @@
+"""A private Redis Cluster of ``redis-server`` children on loopback: for the tests that need a real
+cluster, and for ``make cluster``.
+
+Each node is an ``EmbeddedRedis`` with cluster mode on. The primaries split the 16,384 hash slots in
+even ranges (``CLUSTER ADDSLOTSRANGE``), every node meets the first (``CLUSTER MEET``), and each
+replica follows its primary (``CLUSTER REPLICATE``); the cluster is ready when every node reports
+``cluster_state:ok`` and knows every other node.
+
+    python -m atp_service.storage.embedded_cluster --data-dir DIR [--primaries 3 --replicas 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .embedded_redis import EmbeddedRedis, RedisDidNotStart, free_port
+
+SLOTS = 16384
+"""Hash slots of a Redis Cluster."""
+NODE_TIMEOUT_MS = 2000
+"""``cluster-node-timeout``: how long a node may not answer before its replica takes over."""
+
+
+class EmbeddedCluster:
+    """``primaries`` nodes owning the slots, each with ``replicas`` replicas, data under ``data_dir``."""
+
+    def __init__(self, data_dir: Path, primaries: int = 3, replicas: int = 0,
+                 node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
+        if primaries < 1 or replicas < 0:
+            raise ValueError(f"primaries ({primaries}) must be at least 1 and replicas ({replicas}) at least 0")
+        self.data_dir = Path(data_dir)
+        self._bus_ports: dict[int, int] = {}  # node port -> its cluster bus port
+        self.primaries = [self._node(f"p{i}", node_timeout_ms) for i in range(primaries)]
+        self.replicas = [self._node(f"p{i}r{j}", node_timeout_ms) for i in range(primaries) for j in range(replicas)]
+        self._per_primary = replicas
+
+    def _node(self, name: str, node_timeout_ms: int) -> EmbeddedRedis:
+        # The cluster bus gets a port of its own: the default (port + 10,000) fails above 55,535.
+        bus = free_port()
+        node = EmbeddedRedis(self.data_dir / name, extra_args=[
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(bus)])
+        self._bus_ports[node.port] = bus
+        return node
+
+    @property
+    def nodes(self) -> list[EmbeddedRedis]:
+        return self.primaries + self.replicas
+
+    @property
+    def url(self) -> str:
+        """A seed node's URL: a cluster client finds the others from it."""
+        return self.primaries[0].url
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedCluster:
+        """Start every node and form the cluster. A data directory where a cluster was formed before
+        is refused: its nodes remember ports that this start does not reuse."""
+        formed = [str(node.data_dir) for node in self.nodes if (node.data_dir / "nodes.conf").exists()]
+        if formed:
+            raise RedisDidNotStart(f"data_dir: a cluster was formed in {formed[0]} before; give a fresh --data-dir")
+        try:
+            for node in self.nodes:
+                node.start()
+            self._form()
+            self._wait_until_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _form(self) -> None:
+        """Slots to the primaries, every node into one cluster, replicas behind their primaries."""
+        bounds = [SLOTS * i // len(self.primaries) for i in range(len(self.primaries) + 1)]
+        for i, node in enumerate(self.primaries):
+            self._cluster(node, "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
+        for node in self.nodes[1:]:
+            first = self.primaries[0].port
+            self._cluster(node, "MEET", "127.0.0.1", first, self._bus_ports[first])
+        self._wait(lambda: all(self._known(node) == len(self.nodes) for node in self.nodes), 10.0, "meet")
+        for k, replica in enumerate(self.replicas):
+            primary = self.primaries[k // self._per_primary]
+            self._cluster(replica, "REPLICATE", self._cluster(primary, "MYID").decode())
+
+    def _wait_until_ready(self, timeout_s: float) -> None:
+        def ready(node: EmbeddedRedis) -> bool:
+            return bool(self._cluster(node, "INFO")["cluster_state"] == "ok") and self._known(node) == len(self.nodes)
+
+        def following(node: EmbeddedRedis) -> bool:
+            client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2.0)
+            try:
+                replication = client.info("replication")
+            finally:
+                client.close()
+            return bool(replication.get("role") == "slave" and replication.get("master_link_status") == "up")
+
+        self._wait(lambda: all(ready(node) for node in self.nodes) and all(following(r) for r in self.replicas),
+                   timeout_s, "cluster_state:ok with every replica in sync")
+
+    def _known(self, node: EmbeddedRedis) -> int:
+        """Nodes this node knows and is connected to (itself included)."""
+        nodes = self._cluster(node, "NODES").values()
+        return sum(1 for seen in nodes if seen["connected"] and "fail" not in seen["flags"])
+
+    @staticmethod
+    def _wait(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise RedisDidNotStart(f"Redis Cluster: not {what} within {timeout_s}s")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _cluster(node: EmbeddedRedis, command: str, *args: str | int) -> Any:
+        """``CLUSTER <command>`` on one node, its reply as redis-py parses it (INFO and NODES: dicts)."""
+        client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2.0)
+        try:
+            return client.cluster(command, *args)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> EmbeddedCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, required=True, help="a fresh directory: one per node under it")
+    parser.add_argument("--primaries", type=int, default=3, help="nodes that own hash slots")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas per primary")
+    args = parser.parse_args()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # taken by sigwait below
+    with EmbeddedCluster(args.data_dir, args.primaries, args.replicas) as cluster:
+        ports = ", ".join(str(node.port) for node in cluster.nodes)
+        print(f"Redis Cluster ready: {cluster.url} (nodes on 127.0.0.1: {ports}); Ctrl-C stops it", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+if __name__ == "__main__":
+    main()
