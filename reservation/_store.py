@@ -44,17 +44,17 @@ __all__ = ["COMMITTED", "ON_HAND", "RESERVED", "SAFETY", "Int32Array", "Int64Arr
 
 
 class StoreSnapshot(msgspec.Struct, array_like=True):
-    """The columns whole, free room included: views of them need no copy (a shard's snapshot is
-    taken in its turn; cutting the used part out copied 100 MB a shard of a national estate)."""
+    """The used slots of each column, one contiguous view per field: no copy (a shard's snapshot is
+    taken in its turn), and no free room carried."""
 
     skus: list[str]
     locations: list[str]
     tail: int  # ``Segments``: slots in use or left behind, and how many of them are left behind
     garbage: int
-    wide: memoryview  # int64, shape (4, slots): ON_HAND, RESERVED, COMMITTED, count time
-    narrow: memoryview  # int32, shape (5, slots): SAFETY, count quantity, source, event_id, deltas head
+    wide: list[memoryview]  # int64 per slot, one per field: ON_HAND, RESERVED, COMMITTED, count time
+    narrow: list[memoryview]  # int32 per slot: SAFETY, count quantity, source, event_id, deltas head
     col: memoryview  # int32 per slot: its location's column
-    starts: memoryview  # int64 per SKU row (the arrays may be longer than skus): where its run starts
+    starts: memoryview  # int64 per SKU row: where its run starts
     lengths: memoryview  # int32 per SKU row: positions in the run
     caps: memoryview  # int32 per SKU row: slots the run owns
     names: list[str | None]
@@ -288,7 +288,8 @@ class PositionStore(Blocks):
         wide, narrow, col, starts, lengths, caps = seg.arrays()
         return StoreSnapshot(
             skus=list(self._skus), locations=list(self._locations), tail=seg.tail, garbage=seg.garbage,
-            wide=raw(wide), narrow=raw(narrow), col=raw(col), starts=raw(starts), lengths=raw(lengths),
+            wide=[raw(f) for f in wide], narrow=[raw(f) for f in narrow], col=raw(col), starts=raw(starts),
+            lengths=raw(lengths),
             caps=raw(caps), names=self.names.snapshot())
 
     @classmethod
@@ -298,12 +299,11 @@ class PositionStore(Blocks):
         store._skus, store._locations = list(snap.skus), list(snap.locations)
         store._sku_row = {s: i for i, s in enumerate(snap.skus)}
         store._loc_col = {loc: i for i, loc in enumerate(snap.locations)}
-        col = np.frombuffer(snap.col, dtype=np.int32).copy()
-        runs = (np.frombuffer(snap.starts, dtype=np.int64).copy(), np.frombuffer(snap.lengths, dtype=np.int32).copy(),
-                np.frombuffer(snap.caps, dtype=np.int32).copy())
+        runs = (np.frombuffer(snap.starts, dtype=np.int64), np.frombuffer(snap.lengths, dtype=np.int32),
+                np.frombuffer(snap.caps, dtype=np.int32))
         store._seg = seg = Segments.restore(
-            len(snap.skus), snap.tail, snap.garbage, np.frombuffer(snap.wide, dtype=np.int64).reshape(4, -1).copy(),
-            np.frombuffer(snap.narrow, dtype=np.int32).reshape(5, -1).copy(), col, runs)
+            snap.tail, snap.garbage, [np.frombuffer(f, dtype=np.int64) for f in snap.wide],
+            [np.frombuffer(f, dtype=np.int32) for f in snap.narrow], np.frombuffer(snap.col, dtype=np.int32), runs)
         store.names = Names.restore(snap.names, seg.narrow[N_SOURCE], seg.narrow[N_EVENT], *name_users)
         return store
 

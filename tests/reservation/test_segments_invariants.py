@@ -149,7 +149,8 @@ def test_restore_round_trip_then_keep_going() -> None:
             write(seg, seg.insert(row, col), values(step, 0))
             model[(row, col)] = values(step, 0)
         if step % 50 == 49:
-            wide, narrow, col_, starts, lengths, caps = (a.copy() for a in seg.arrays())
-            seg = Segments.restore(seg.rows, seg.tail, seg.garbage, wide, narrow, col_, (starts, lengths, caps))
+            wide, narrow, col_, starts, lengths, caps = seg.arrays()
+            seg = Segments.restore(seg.tail, seg.garbage, [f.copy() for f in wide], [f.copy() for f in narrow],
+                                   col_.copy(), (starts.copy(), lengths.copy(), caps.copy()))
             check(seg, model)
     check(seg, model)
