@@ -231,7 +231,8 @@ class PositionStore(Blocks):
 
     def name_users(self) -> tuple[Int32Array, Int32Array]:
         """Every slot's source and event_id index (zero where no position or no count: ``Names`` counts)."""
-        return self._seg.narrow[N_SOURCE], self._seg.narrow[N_EVENT]
+        tail = self._seg.tail  # past it nothing was ever written (and reading it would map pages)
+        return self._seg.narrow[N_SOURCE, :tail], self._seg.narrow[N_EVENT, :tail]
 
     @property
     def row_count(self) -> int:
@@ -304,7 +305,7 @@ class PositionStore(Blocks):
         store._seg = seg = Segments.restore(
             snap.tail, snap.garbage, [np.frombuffer(f, dtype=np.int64) for f in snap.wide],
             [np.frombuffer(f, dtype=np.int32) for f in snap.narrow], np.frombuffer(snap.col, dtype=np.int32), runs)
-        store.names = Names.restore(snap.names, seg.narrow[N_SOURCE], seg.narrow[N_EVENT], *name_users)
+        store.names = Names.restore(snap.names, *store.name_users(), *name_users)
         return store
 
     # -- private -----------------------------------------------------------------------------------
