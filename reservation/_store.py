@@ -302,7 +302,7 @@ class PositionStore(Blocks):
         store._loc_col = {loc: i for i, loc in enumerate(snap.locations)}
         runs = (np.frombuffer(snap.starts, dtype=np.int64), np.frombuffer(snap.lengths, dtype=np.int32),
                 np.frombuffer(snap.caps, dtype=np.int32))
-        store._seg = seg = Segments.restore(
+        store._seg = Segments.restore(
             snap.tail, snap.garbage, [np.frombuffer(f, dtype=np.int64) for f in snap.wide],
             [np.frombuffer(f, dtype=np.int32) for f in snap.narrow], np.frombuffer(snap.col, dtype=np.int32), runs)
         store.names = Names.restore(snap.names, *store.name_users(), *name_users)
