@@ -1,4 +1,5 @@
-"""The C allocator's settings of the serving process (glibc's ``mallopt``).
+"""The memory settings of the serving process: the C allocator's (glibc's ``mallopt``) and numpy's
+huge pages.
 
 glibc serves a request below its mmap threshold from a heap arena, and by default raises that
 threshold to the size of any mmapped block freed (up to 32 MiB). A service that receives blocks of
@@ -14,11 +15,25 @@ import ctypes
 import logging
 import sys
 
+import numpy as np
+
 M_MMAP_THRESHOLD = -3
 """``mallopt`` parameter (glibc's malloc.h): setting it also stops the threshold's own adjustment."""
 MAX_MMAP_THRESHOLD = 32 << 20
 """The largest threshold glibc takes on 64 bits (HEAP_MAX_SIZE / 2); ``mallopt`` refuses more."""
 log = logging.getLogger(__name__)
+
+
+def set_numpy_hugepages(enabled: bool) -> bool:
+    """Whether numpy madvises huge pages for its large arrays (its own default: on, where the kernel
+    has transparent huge pages in ``madvise`` mode). Returns the previous setting; where this numpy
+    has no switch, nothing changes and it says so."""
+    switch = getattr(getattr(np, "_core", None), "multiarray", None)
+    setter = getattr(switch, "_set_madvise_hugepage", None)
+    if setter is None:
+        log.info("numpy_hugepages: not applied (this numpy has no switch)")
+        return enabled
+    return bool(setter(enabled))
 
 
 def set_mmap_threshold(nbytes: int) -> bool:

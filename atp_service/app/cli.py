@@ -15,7 +15,7 @@ from dataclasses import fields
 from itertools import islice
 from pathlib import Path
 
-from atp_service.app.allocator import set_mmap_threshold
+from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
 from atp_service.app.service import AtpService, StartupError
 from atp_service.config import ServiceConfig
 from atp_service.edge.transport import reexec_for
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     reexec_for(config.http2_transport)  # returns when gRPC already runs the configured transport
     set_mmap_threshold(config.malloc_mmap_threshold)  # before gRPC starts threads with arenas of their own
+    set_numpy_hugepages(config.numpy_hugepages)  # before the first position column is allocated
     if config.event_loop == "uvloop":
         import uvloop
 

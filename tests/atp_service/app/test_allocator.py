@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from atp_service.app.allocator import set_mmap_threshold
+from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
 from atp_service.config import ServiceConfig
 
 
@@ -44,3 +44,18 @@ def test_a_threshold_glibc_cannot_take_is_refused_not_wrapped(nbytes: int, monke
 def test_the_setting_is_checked_with_the_others(nbytes: int) -> None:
     with pytest.raises(ValueError, match="malloc_mmap_threshold"):
         ServiceConfig(malloc_mmap_threshold=nbytes)
+
+
+def test_numpy_huge_pages_are_switched_and_the_previous_setting_returned() -> None:
+    before = set_numpy_hugepages(False)
+    try:
+        assert set_numpy_hugepages(True) is False
+        assert set_numpy_hugepages(False) is True
+        assert set_numpy_hugepages(False) is False
+    finally:
+        set_numpy_hugepages(before)
+
+
+def test_numpy_huge_pages_are_off_unless_configured() -> None:
+    assert ServiceConfig.from_env({}).numpy_hugepages is False
+    assert ServiceConfig.from_env({"ATP_NUMPY_HUGEPAGES": "true"}).numpy_hugepages is True
