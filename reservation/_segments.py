@@ -6,10 +6,10 @@ whole SKU is one slice. A dense grid would cost a cell for every (SKU, location)
 locations is 300 M cells, though a catalogue that size stocks a tenth of them.
 
 A SKU that gains a position past its run's capacity moves to the tail with room to grow; the run it
-left is garbage. When the columns run out of room they grow by a sixteenth, copied as they lie, or,
+left is garbage. When the columns run out of room they grow by a quarter, copied as they lie, or,
 if more than a sixteenth of them is garbage, every run is packed into fresh columns instead.
-Every slot that holds no position is zero in every column:
-sums over the columns need no mask, and a snapshot's name references count only positions.
+Every slot that holds no position is zero in every column: sums over the columns need no mask,
+and a snapshot's name references count only positions.
 
 A position's slot is not stable (inserts shift a run, moves relocate it): callers name a position by
 (SKU row, location column), which are.
@@ -322,8 +322,9 @@ class Segments:
         self._hit_row = -1
 
     def _room(self, need: int) -> None:
-        """At least ``need`` free slots at the tail: when short, every run is packed, in row order with
-        its capacity, into fresh columns a sixteenth larger than what is packed and needed."""
+        """At least ``need`` free slots at the tail: when short, the columns grow as they lie, or (more
+        than a sixteenth of them garbage) every run is packed, in row order with its capacity, into
+        fresh columns a quarter larger than what is packed and needed."""
         if self.tail + need <= self.size:
             return
         if self.garbage <= self.tail // GROWTH:
