@@ -157,10 +157,8 @@ class Segments:
             self._move(row, length + max(SINGLE_STEP, length // 4))
             i, start = i - start + self._sv[row], self._sv[row]
         end = start + length
-        if i < end:  # numpy copies overlapping slices as if through a buffer
-            self.wide[:, i + 1: end + 1] = self.wide[:, i:end]
-            self.narrow[:, i + 1: end + 1] = self.narrow[:, i:end]
-            self.col[i + 1: end + 1] = self.col[i:end]
+        if i < end:
+            self._slide(i, i + 1, end - i)
             wv, nv = self.wv, self.nv  # a slot's fields one by one: cheaper than two numpy calls
             wv[0, i] = wv[1, i] = wv[2, i] = wv[3, i] = 0
             nv[0, i] = nv[1, i] = nv[2, i] = nv[3, i] = nv[4, i] = 0
@@ -174,12 +172,8 @@ class Segments:
         i = self.find(row, col)
         assert i >= 0, "removing a position that does not exist"
         end = self._sv[row] + self._lv[row]
-        self.wide[:, i: end - 1] = self.wide[:, i + 1: end]
-        self.narrow[:, i: end - 1] = self.narrow[:, i + 1: end]
-        self.col[i: end - 1] = self.col[i + 1: end]
-        self.wide[:, end - 1] = 0
-        self.narrow[:, end - 1] = 0
-        self._cv[end - 1] = 0
+        self._slide(i + 1, i, end - 1 - i)
+        self._clear(end - 1, end)
         self._lv[row] -= 1
         self._hit_row = -1
 
@@ -304,18 +298,26 @@ class Segments:
         self.col[emptied] = 0
         self.wide[:, to], self.narrow[:, to], self.col[to] = wide, narrow, col
 
+    def _slide(self, source: int, to: int, n: int) -> None:
+        """Slots ``source`` .. ``source + n`` copied to ``to`` .. ``to + n`` in every column (numpy
+        copies overlapping slices as if through a buffer: a run may slide within itself)."""
+        self.wide[:, to: to + n] = self.wide[:, source: source + n]
+        self.narrow[:, to: to + n] = self.narrow[:, source: source + n]
+        self.col[to: to + n] = self.col[source: source + n]
+
+    def _clear(self, start: int, stop: int) -> None:
+        """Slots ``start`` .. ``stop`` zero in every column: they hold no position."""
+        self.wide[:, start:stop] = 0
+        self.narrow[:, start:stop] = 0
+        self.col[start:stop] = 0
+
     def _move(self, row: int, cap: int) -> None:
         """The row's run moves to the tail, with room for ``cap`` positions (slices: a run is contiguous)."""
         self._room(cap)
         start, length, tail = self._sv[row], self._lv[row], self.tail
         if length:
-            end, to = start + length, tail + length
-            self.wide[:, tail:to] = self.wide[:, start:end]
-            self.narrow[:, tail:to] = self.narrow[:, start:end]
-            self.col[tail:to] = self.col[start:end]
-            self.wide[:, start:end] = 0
-            self.narrow[:, start:end] = 0
-            self.col[start:end] = 0
+            self._slide(start, tail, length)
+            self._clear(start, start + length)
         self.garbage += self._capv[row]
         self._sv[row], self._capv[row] = tail, cap
         self.tail = tail + cap

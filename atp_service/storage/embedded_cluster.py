@@ -93,11 +93,8 @@ class EmbeddedCluster:
             return bool(self._cluster(node, "INFO")["cluster_state"] == "ok") and self._known(node) == len(self.nodes)
 
         def following(node: EmbeddedRedis) -> bool:
-            client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2.0)
-            try:
+            with self._client(node) as client:
                 replication = client.info("replication")
-            finally:
-                client.close()
             return bool(replication.get("role") == "slave" and replication.get("master_link_status") == "up")
 
         self._wait(lambda: all(ready(node) for node in self.nodes) and all(following(r) for r in self.replicas),
@@ -117,13 +114,13 @@ class EmbeddedCluster:
             time.sleep(0.05)
 
     @staticmethod
-    def _cluster(node: EmbeddedRedis, command: str, *args: str | int) -> Any:
+    def _client(node: EmbeddedRedis) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2.0)
+
+    def _cluster(self, node: EmbeddedRedis, command: str, *args: str | int) -> Any:
         """``CLUSTER <command>`` on one node, its reply as redis-py parses it (INFO and NODES: dicts)."""
-        client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2.0)
-        try:
+        with self._client(node) as client:
             return client.cluster(command, *args)
-        finally:
-            client.close()
 
     def stop(self) -> None:
         for node in self.nodes:
