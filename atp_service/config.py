@@ -119,6 +119,18 @@ class ServiceConfig:
     redis_timeout_s: float = 2.0
     """Socket timeout of Redis calls; an append past it is answered UNAVAILABLE."""
 
+    redis_wait_replicas: int = 0
+    """Replicas of the Redis primary that must hold a log write before it is acknowledged (Redis
+    ``WAIT`` on the connection that wrote it). 0: the primary's answer is enough, and a failover to
+    a replica that had not received the last writes loses them (the service then refuses to start on
+    the shortened log rather than serve from it). 1 or more closes that window for a failover to any
+    replica that confirmed; a write not confirmed in ``redis_wait_timeout_ms`` is answered as in
+    doubt (UNAVAILABLE, OUTCOME_UNKNOWN) and settled like a timeout."""
+
+    redis_wait_timeout_ms: int = 500
+    """How long a write waits for ``redis_wait_replicas`` confirmations (keep it under
+    ``redis_timeout_s``)."""
+
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest gRPC message accepted; larger ones are refused by gRPC itself."""
 
@@ -249,6 +261,12 @@ class ServiceConfig:
             raise ValueError(f"snapshot_retry_max_s: must be positive, got {self.snapshot_retry_max_s}")
         if not 0 <= self.malloc_mmap_threshold <= 32 << 20:  # glibc's largest (HEAP_MAX_SIZE / 2)
             raise ValueError(f"malloc_mmap_threshold: must be within [0, 33554432], got {self.malloc_mmap_threshold}")
+        if self.redis_wait_replicas < 0:
+            raise ValueError(f"redis_wait_replicas: must be >= 0, got {self.redis_wait_replicas}")
+        if self.redis_wait_timeout_ms <= 0 or (
+                self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_s * 1000):
+            raise ValueError(f"redis_wait_timeout_ms: must be positive and, with redis_wait_replicas, under "
+                             f"redis_timeout_s, got {self.redis_wait_timeout_ms}")
         if self.commit_delay_min_rate < 0:
             raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",

@@ -202,7 +202,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float | int]:
         proc.wait()
         out["stop_s"] = round(time.perf_counter() - started, 2)
         client = redis.Redis.from_url(server.url)
-        out["snapshot_bytes"] = sum(client.strlen(k) for k in client.scan_iter("atp:snap:*"))
+        out["snapshot_bytes"] = sum(client.strlen(k) for k in client.scan_iter("atp:{g*}:snap"))
         proc, recovery_s = restarted(server.url, port, log, args.shards)
         out["recovery_s"] = round(recovery_s, 1)
         os.kill(proc.pid, signal.SIGKILL)

@@ -108,7 +108,7 @@ async def wait_len(r: aioredis.Redis, stream: str, n: int, timeout_s: float) -> 
 async def read_updates(url: str, quiet_s: float, seen: list[tuple[int, ChannelUpdate]]) -> None:
     """Every update appended after now, stamped when seen; returns after ``quiet_s`` without one."""
     r = aioredis.Redis.from_url(url, decode_responses=True)
-    last = {f"atp:avail:{c}": "$" for c in CHANNELS}
+    last = {f"atp:{{avail}}:{c}": "$" for c in CHANNELS}
     quiet_since = time.monotonic()
     while time.monotonic() - quiet_since < quiet_s:
         reply: Any = await r.xread(last, count=5000, block=100)  # type: ignore[arg-type]
@@ -141,8 +141,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             async with AtpClient(f"127.0.0.1:{port}") as client:
                 await client.wait_ready(timeout_s=300)
             r = aioredis.Redis.from_url(server.url)
-            await wait_len(r, "atp:avail:pickup", len(stock), 600)
-            await wait_len(r, "atp:avail:web", len(SKUS), 60)
+            await wait_len(r, "atp:{avail}:pickup", len(stock), 600)
+            await wait_len(r, "atp:{avail}:web", len(SKUS), 60)
             await asyncio.sleep(args.throttle_ms / 1000 + 1)
             curation_s0, curated0 = metric(metrics_port, "atp_channel_curation_seconds_sum"), metric(
                 metrics_port, "atp_channel_curated_skus_total")

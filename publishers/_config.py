@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from atp_service.storage.keys import Keyspace
+
 
 @dataclass(frozen=True)
 class PublisherConfig:
@@ -11,7 +13,7 @@ class PublisherConfig:
     """The channel whose stream this process delivers."""
 
     key_prefix: str = "atp:"
-    """Prefix of the service's Redis keys (the channel stream is ``<prefix>avail:<channel>``)."""
+    """Prefix of the service's Redis keys (the channel stream is ``<prefix>{avail}:<channel>``)."""
 
     group: str = "publisher"
     """Consumer group; one group per destination (two adapters of one channel: two groups)."""
@@ -59,7 +61,7 @@ class PublisherConfig:
 
     @property
     def stream(self) -> str:
-        return f"{self.key_prefix}avail:{self.channel}"
+        return Keyspace(self.key_prefix).channel_stream(self.channel)
 
     @property
     def dead_letter_stream(self) -> str:

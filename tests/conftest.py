@@ -15,6 +15,7 @@ import redis
 from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis, ManualClock, ServiceConfig
 from atp_service.engine.clock import Clock
+from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.tasks import task_stacks
 from reservation import Limits
 
@@ -53,6 +54,22 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A real Redis Cluster on loopback: 3 primaries, each with a replica in sync."""
+    with EmbeddedCluster(tmp_path_factory.mktemp("cluster"), primaries=3, replicas=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: EmbeddedCluster) -> str:
+    """A clean keyspace on the cluster for every test (every primary flushed)."""
+    for node in redis_cluster.primaries:
+        with redis.Redis(host="127.0.0.1", port=node.port) as client:
+            client.flushall()
+    return redis_cluster.url
 
 
 def test_config(**overrides: Any) -> ServiceConfig:

@@ -16,7 +16,8 @@ from itertools import islice
 from pathlib import Path
 
 from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
-from atp_service.app.service import AtpService, StartupError
+from atp_service.app.keyspace import StartupError
+from atp_service.app.service import AtpService
 from atp_service.config import ServiceConfig
 from atp_service.edge.transport import reexec_for
 from atp_service.storage.embedded_redis import DataDirInUse, EmbeddedRedis, RedisDidNotStart, RedisNotInstalled

@@ -15,9 +15,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
-from redis.exceptions import RedisError
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
 from atp_service.config import ServiceConfig
@@ -38,7 +38,9 @@ from atp_service.metrics import Metrics
 from atp_service.retry import BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.keys import CHANNELS
 from atp_service.storage.log import CommitWindow, LogStore, connect
+from atp_service.storage.nodes import open_nodes
 from atp_service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -46,14 +48,6 @@ REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
 """Waits between tries to reach Redis at start (health stays NOT_SERVING meanwhile)."""
 DEMO_ESTATE = Path(__file__).with_name("demo_estate.toml")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
-
-
-class StartupError(RuntimeError):
-    """The service cannot start as configured; the message names the setting to change."""
-
-
-class ConfigMismatch(StartupError):
-    pass
 
 
 class AtpService:
@@ -110,7 +104,7 @@ class AtpService:
             assert self._server is not None
             await self._server.stop(0)
             if self._log is not None:
-                await self._log.client.aclose()
+                await self._log.nodes.aclose()
             raise
         await self._start_desks()
         for name in ("", SERVICE_NAME):
@@ -254,16 +248,17 @@ class AtpService:
     async def _recover(self) -> Engine:
         started = time.perf_counter()
         cfg = self.config
-        client = connect(self.redis_url, cfg.redis_timeout_s)
+        nodes = open_nodes(self.redis_url, cfg.redis_timeout_s, wait_replicas=cfg.redis_wait_replicas,
+                           wait_timeout_ms=cfg.redis_wait_timeout_ms)
+        client = nodes.reader
         self._log = store = LogStore(
-            client, cfg.key_prefix, cfg.pipeline_max,
+            nodes, cfg.key_prefix, cfg.pipeline_max,
             window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate), metrics=self.metrics.storage)
         await self._wait_for_redis(client)
-        await self._check_layout(store)
+        await check_keyspace(store, cfg.shards)
         # Before reading anything: an older instance still running on this keyspace can write no
         # more from here on, so what it wrote first is what recovery reads back.
-        epoch = await store.claim()
-        await store.load_fences(cfg.shards)
+        epoch = await store.claim(cfg.shards)
         store.on_fenced.append(self._on_replaced)
         log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch)
         try:
@@ -289,7 +284,8 @@ class AtpService:
                 pass  # Redis unreachable: the shards notice and say so; ask again later
 
     def _epoch(self) -> int:
-        return self._log.epoch if self._log is not None else 0
+        """This instance's claim on the channel feeds' group (0: none, every write refused)."""
+        return self._log.epochs.get(CHANNELS, 0) if self._log is not None else 0
 
     def _on_shard_failed(self, actor: ShardActor) -> None:
         """Never a dead shard behind a health check that says all is well: report NOT_SERVING and
@@ -314,40 +310,6 @@ class AtpService:
             log.warning("waiting for Redis at %s: %s", _redacted(self.redis_url), exc)
 
         await retry_until_done(client.ping, STORAGE_ERRORS, REDIS_AT_START, waiting)
-
-    async def _check_layout(self, store: LogStore) -> None:
-        """Shard placement depends on the shard count: refuse to start on a log written with another."""
-        key = f"{self.config.key_prefix}meta"
-        await store.client.hsetnx(key, "shards", self.config.shards)
-        raw: Any = await store.client.hget(key, "shards")
-        stored = int(raw)
-        if stored != self.config.shards:
-            raise ConfigMismatch(
-                f"shards: the log in Redis was written with {stored} shards, not {self.config.shards}; "
-                "start with the same --shards (or an empty Redis)"
-            )
-        await self._check_persistence(store)
-
-    async def _check_persistence(self, store: LogStore) -> None:
-        """Acknowledged means in Redis; surviving a Redis crash also needs its AOF. Say so when it is off,
-        and refuse a Redis that may evict keys (the log, a fence) to make room."""
-        try:
-            config: Any = await store.client.config_get("append*")
-            policy: Any = await store.client.config_get("maxmemory-policy")
-        except RedisError:  # managed Redis often forbids CONFIG: nothing to check
-            return
-        evicts = policy.get(b"maxmemory-policy", policy.get("maxmemory-policy", b"noeviction"))
-        evicts = evicts.decode() if isinstance(evicts, bytes) else str(evicts)
-        if evicts.startswith("allkeys-"):
-            raise StartupError(f"Redis maxmemory-policy is {evicts}: it may evict the log or a fence, losing "
-                               "acknowledged changes; set maxmemory-policy noeviction")
-        appendonly = config.get(b"appendonly", config.get("appendonly"))
-        fsync = config.get(b"appendfsync", config.get("appendfsync"))
-        if appendonly not in (b"yes", "yes"):
-            log.warning("Redis runs without appendonly: acknowledged changes survive a service crash but "
-                        "not a Redis crash (set appendonly yes, appendfsync everysec or always)")
-        else:
-            log.info("Redis AOF on, appendfsync=%s", fsync.decode() if isinstance(fsync, bytes) else fsync)
 
     def is_fresh(self) -> bool:
         """True when no shard has logged anything yet (first start)."""
@@ -376,7 +338,7 @@ class AtpService:
         if self.engine is not None:
             await self.engine.stop(snapshot=True)
         if self._log is not None:
-            await self._log.client.aclose()
+            await self._log.nodes.aclose()
 
 
 
@@ -386,3 +348,4 @@ def _redacted(url: str) -> str:
     if "@" not in rest:
         return url
     return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
+

@@ -1,15 +1,15 @@
 """The Redis side of channel feeds.
 
-Per channel two keys: the stream ``<prefix>avail:<channel>`` (one entry per published value, id
+Per channel two keys: the stream ``<prefix>{avail}:<channel>`` (one entry per published value, id
 ``<version>-0`` so a stream id *is* a version and readers resume with ``since_version``) and the
-hash ``<prefix>avail:<channel>:state`` (field ``<sku>\t<location>``, value ``"<quantity> <version>
+hash ``<prefix>{avail}:<channel>:state`` (field ``<sku>\t<location>``, value ``"<quantity> <version>
 <event_time>"``: the last published value of every key, written by the same script call as the
 stream entry). On restart the hash says what was published, so only what
 changed meanwhile is published again (E11) and versions continue above the newest (C3).
 
 A write whose reply is lost or late is *in doubt*: its bytes may still reach Redis after the desk
 gave up on them (R7). Before the desk reads what landed, it fences the write: ``fence`` raises
-the channel writer's token ``<prefix>avail-fence``, and the write script refuses a write carrying
+the channel writer's token ``<prefix>{avail}:fence``, and the write script refuses a write carrying
 an older token, so nothing sent before the fence can land after it (C4).
 """
 
@@ -32,14 +32,15 @@ from atp_service.storage.channel_wire import (
     state_entry,
     xadd_arguments,
 )
-from atp_service.storage.log import epoch_key
+from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.resp import seq_of, stream_entries
 from atp_service.storage.scripts import FENCE_LUA
 from reservation import ChannelUpdate, Key, Published
 
 _encode = msgspec.msgpack.Encoder().encode
 
-# KEYS: the epoch key, the fence key, then stream and state hash per channel; ARGV: this instance's
+# Every key shares the channel feeds' hash tag (keys.py): one slot on a cluster.
+# KEYS: the owner key, the fence key, then stream and state hash per channel; ARGV: this instance's
 # epoch, the desk's fence token, then maxlen, channel, msgpack list of updates per channel. Fenced
 # like the log (log.py): an instance replaced by a newer one publishes nothing more; and fenced
 # again by the token: a write sent before the desk's last ``fence`` is refused (STALE), so a write
@@ -98,7 +99,7 @@ def _with_layout(script: str) -> str:
 
 _WRITE = _with_layout(_WRITE)
 
-# KEYS: the epoch key, the fence key; ARGV: this instance's epoch. Raises the fence and returns it.
+# KEYS: the owner key, the fence key; ARGV: this instance's epoch. Raises the fence and returns it.
 _FENCE = FENCE_LUA + """
 return redis.call('INCR', KEYS[2])
 """
@@ -116,7 +117,8 @@ class ChannelStore:
     def __init__(self, client: Any, prefix: str, epoch: Callable[[], int]) -> None:
         self.client = client
         self.prefix = prefix
-        self._epoch = epoch  # this instance's claim on the keyspace (LogStore.epoch)
+        self.keys = Keyspace(prefix)
+        self._epoch = epoch  # this instance's claim on the channel feeds' group (LogStore.claim)
         self._write_script = client.register_script(_WRITE)
         self._fence_script = client.register_script(_FENCE)
         self.token: int | None = None
@@ -124,14 +126,14 @@ class ChannelStore:
 
     def fence_key(self) -> str:
         """One for the desk: it is the only writer, and writes every channel in one script call."""
-        return f"{self.prefix}avail-fence"
+        return self.keys.fence(CHANNELS)
 
     async def fence(self) -> None:
         """Make every write sent so far unable to land from now on, and carry the new token in the
         writes that follow. After it returns, the streams hold all that will ever land of those
         writes. Raises like any command while Redis cannot be reached (a write pause delays it)."""
         try:
-            self.token = int(await self._fence_script(keys=[epoch_key(self.prefix), self.fence_key()],
+            self.token = int(await self._fence_script(keys=[self.keys.owner(CHANNELS), self.fence_key()],
                                                       args=[self._epoch()]))
         except ResponseError as exc:
             if not str(exc).startswith("FENCED"):
@@ -139,10 +141,10 @@ class ChannelStore:
             # A newer instance owns the keyspace: the epoch check refuses every write of ours already.
 
     def stream(self, channel: str) -> str:
-        return f"{self.prefix}avail:{channel}"
+        return self.keys.channel_stream(channel)
 
     def state_key(self, channel: str) -> str:
-        return f"{self.prefix}avail:{channel}:state"
+        return self.keys.channel_state(channel)
 
     async def load(self, channel: str) -> tuple[dict[Key, Published], int]:
         """The last published value per key, and the newest version the stream ever had."""
@@ -157,7 +159,7 @@ class ChannelStore:
         """Append updates of several channels and record them as published: one script call, so one
         round trip and one atomic step (a script runs alone in Redis), whatever the number of updates.
         ``WriteRefused``: certainly not written; any other error: in doubt until ``fence``."""
-        keys: list[str] = [epoch_key(self.prefix), self.fence_key()]
+        keys: list[str] = [self.keys.owner(CHANNELS), self.fence_key()]
         args: list[Any] = [self._epoch(), 0]
         for channel, maxlen, updates in batches:
             if not updates:

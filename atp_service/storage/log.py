@@ -12,16 +12,17 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.connection import HiredisRespSerializer
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
 
 from atp_service.metrics import StorageMetrics
+from atp_service.storage.keys import CHANNELS, Keyspace
+from atp_service.storage.nodes import Call, Nodes, Script, connect
 from atp_service.storage.resp import as_text, seq_of
-from atp_service.storage.scripts import APPEND_SCRIPT, FENCE_SCRIPT, SNAPSHOT_SCRIPT
+from atp_service.storage.scripts import APPEND_SCRIPT, CLAIM_SCRIPT, FENCE_SCRIPT, SNAPSHOT_SCRIPT
 from reservation import LedgerSnapshot
+
+__all__ = ["CommitWindow", "Fenced", "LogStore", "SnapshotRecord", "SnapshotUnreadable", "connect",
+           "encode_snapshot"]
 
 FIELD = b"e"
 
@@ -29,11 +30,6 @@ FIELD = b"e"
 class SnapshotRecord(msgspec.Struct, array_like=True):
     seq: int
     ledger: LedgerSnapshot
-
-
-def epoch_key(prefix: str) -> str:
-    """The key whose value names the instance that may write the keyspace (see FENCE_LUA)."""
-    return f"{prefix}epoch"
 
 
 def encode_snapshot(seq: int, ledger: LedgerSnapshot) -> bytes:
@@ -46,49 +42,17 @@ class SnapshotUnreadable(RuntimeError):
 
 
 class Fenced(RedisError):
-    """This instance no longer owns the keyspace (a newer one claimed it); nothing of the refused
-    write was applied."""
+    """This instance no longer owns a group of the keyspace (a newer one claimed it); nothing of
+    the refused write was applied."""
+
+
+class CrossGroupWrite(ValueError):
+    """Entries of several groups submitted to land all or none where Redis cannot run one script
+    across them (a cluster: their keys are in different slots)."""
 
 
 _snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
 _encoder = msgspec.msgpack.Encoder()
-
-
-def connect(url: str, timeout_s: float) -> aioredis.Redis:
-    """A client that never retries on its own: a blind retry of an append could log it twice.
-    Its commands are packed by hiredis (see ``_hiredis_packing``)."""
-    client = aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
-    pool = client.connection_pool
-    pool.connection_class = _hiredis_packing(pool.connection_class)
-    return client
-
-
-class _HiredisPacking:
-    """redis-py's asyncio connections pack commands in Python, argument by argument (its sync ones
-    use hiredis): a 1,000-id XACK or a group commit of many entries cost ~0.5 µs per argument.
-    hiredis (already the reply parser) packs them in C, about 4x faster."""
-
-    _serializer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        packed: list[bytes] = self._serializer.pack(*args)
-        return packed
-
-
-_packing_classes: dict[type, type] = {}
-
-
-def _hiredis_packing(base: type) -> type:
-    """``base`` (TCP, TLS or unix-socket connection, as the URL chose) with hiredis packing."""
-    if base not in _packing_classes:
-        _packing_classes[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
-    return _packing_classes[base]
 
 
 class CommitWindow:
@@ -136,11 +100,17 @@ class LogStore:
     """Appends shard entries in shared pipelines (one round trip per event-loop turn, or per commit
     window when busy)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, pipeline_max: int, max_in_flight: int = 1,
+    _APPEND, _SNAPSHOT, _FENCE, _CLAIM = (Script(body) for body in (APPEND_SCRIPT, SNAPSHOT_SCRIPT, FENCE_SCRIPT,
+                                                                    CLAIM_SCRIPT))
+
+    def __init__(self, client: Any, prefix: str, pipeline_max: int, max_in_flight: int = 1,
                  window: CommitWindow | None = None, metrics: StorageMetrics | None = None) -> None:
-        self.client = client
+        self.nodes: Nodes = client if isinstance(client, Nodes) else Nodes(client)
+        self.client: Any = self.nodes.reader
+        """For reads (on a cluster, it routes each read by its key)."""
         self.metrics = metrics or StorageMetrics()
         self.prefix = prefix
+        self.keys = Keyspace(prefix)
         self._pipeline_max = pipeline_max
         self._pending: list[_Pending] = []
         self._first_pending_at = 0.0
@@ -149,9 +119,6 @@ class LogStore:
         self._max_in_flight = max_in_flight
         self._window = window or CommitWindow(0.0, 0)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._append_script = client.register_script(APPEND_SCRIPT)
-        self._snapshot_script = client.register_script(SNAPSHOT_SCRIPT)
-        self._fence_script = client.register_script(FENCE_SCRIPT)
         self._groups = 0
         self.snapshots_in_flight = 0
         """Snapshot writes under way (``Checkpoints`` counts them). Shards snapshot one at a time unless
@@ -160,43 +127,59 @@ class LogStore:
         self._tokens: dict[int, int] = {}
         """Per shard, the fence value its writes carry (``fence``); a write is refused once the
         stored fence is above it."""
-        self.epoch = 0
-        """This instance's claim on the keyspace (``claim``); 0: none yet, every write is refused."""
+        self.epochs: dict[int, int] = {}
+        """Per group (a shard, or ``CHANNELS``), this instance's claim on it (``claim``); a group not
+        claimed is written with epoch 0, which every owner key refuses."""
         self.fenced = False
         """A write was refused: a newer instance owns the keyspace. Final."""
         self.on_fenced: list[Callable[[], None]] = []
 
     @property
-    def epoch_key(self) -> str:
-        return epoch_key(self.prefix)
+    def epoch(self) -> int:
+        """This instance's epoch: the highest of its claims (0: none yet)."""
+        return max(self.epochs.values(), default=0)
 
-    async def claim(self) -> int:
-        """Own the keyspace from now on: every later write of an older instance is refused. Called
-        before recovery reads the log, so whatever an older instance wrote first is read back."""
-        self.epoch = int(await self.client.incr(self.epoch_key))
+    async def claim(self, shards: int) -> int:
+        """Own every shard's group and the channel feeds' from now on, adopting each group's fence:
+        every later write of an older instance is refused. Called before recovery reads the log, so
+        whatever an older instance wrote first is read back. Returns the epoch (the highest claim).
+        On one Redis one script claims them all; on a cluster, one per group."""
+        groups = [*range(shards), CHANNELS]
+        units = [groups] if self.nodes.together else [[group] for group in groups]
+        calls = [Call(self._CLAIM, [k for g in unit for k in (self.keys.owner(g), self.keys.fence(g))], [])
+                 for unit in units]
+        for unit, reply in zip(units, await self.nodes.run(calls), strict=True):
+            if isinstance(reply, BaseException):
+                raise reply
+            epoch, *fences = (int(v) for v in reply)
+            for group, fence in zip(unit, fences, strict=True):
+                self.epochs[group], self._tokens[group] = epoch, fence
         return self.epoch
-
-    async def load_fences(self, shards: int) -> None:
-        """Adopt each shard's current fence (at start, after ``claim``)."""
-        values: Any = await self.client.mget([self.fence_key(shard) for shard in range(shards)])
-        self._tokens = {shard: int(v) if v is not None else 0 for shard, v in enumerate(values)}
 
     async def fence(self, shard: int) -> None:
         """Make every write of ``shard`` sent before now impossible to land (R7): raise its fence
-        and carry the new value from here on. Whatever the log holds afterwards is final."""
+        and carry the new value from here on. Whatever the log holds afterwards is final (with
+        ``wait_replicas``, on that many replicas too: the fence follows those writes)."""
+        call = Call(self._FENCE, [self.keys.owner(shard), self.keys.fence(shard)], [self.epochs.get(shard, 0)])
         try:
-            raised = int(await self._fence_script(keys=[self.epoch_key, self.fence_key(shard)], args=[self.epoch]))
+            raised = int(await self.nodes.run_one(call))
         except RedisError as exc:
             raise self._refused(exc) from None
         # Two fences may overlap (a settle and a snapshot after a stop): the higher one stands.
         self._tokens[shard] = max(self._tokens.get(shard, 0), raised)
 
     async def still_owner(self) -> bool:
-        """False (and fenced from now on) once a newer instance has claimed the keyspace."""
-        if not self.fenced:
-            current: Any = await self.client.get(self.epoch_key)
-            if current is None or int(current) != self.epoch:
-                self._refused(Fenced(f"FENCED epoch {self.epoch} was replaced by {as_text(current)}"))
+        """False (and fenced from now on) once a newer instance has claimed a group of this one."""
+        if self.fenced:
+            return False
+        groups = list(self.epochs)
+        keys = [self.keys.owner(group) for group in groups]
+        values: Any = await (self.client.mget(keys) if self.nodes.together else self.client.mget_nonatomic(keys))
+        for group, current in zip(groups, values, strict=True):
+            if current is None or int(current) != self.epochs[group]:
+                self._refused(Fenced(f"FENCED epoch {self.epochs[group]} of {self.keys.owner(group)} was replaced "
+                                     f"by {as_text(current)}"))
+                break
         return not self.fenced
 
     def _refused(self, exc: BaseException) -> BaseException:
@@ -210,13 +193,10 @@ class LogStore:
         return exc if isinstance(exc, Fenced) else Fenced(str(exc))
 
     def log_key(self, shard: int) -> str:
-        return f"{self.prefix}log:{shard}"
+        return self.keys.log(shard)
 
     def snap_key(self, shard: int) -> str:
-        return f"{self.prefix}snap:{shard}"
-
-    def fence_key(self, shard: int) -> str:
-        return f"{self.prefix}fence:{shard}"
+        return self.keys.snap(shard)
 
     def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
         """Queue one entry for the next group commit; the future fails with RedisError/OSError when
@@ -229,7 +209,11 @@ class LogStore:
 
     def submit_group(self, entries: Sequence[tuple[int, int, bytes]]) -> asyncio.Future[None]:
         """Queue entries of several shards (shard, seq, data) that land all or none (a cross-shard
-        change, R2); one future for all of them."""
+        change, R2); one future for all of them. ``CrossGroupWrite`` where Redis cannot make them
+        land together (a cluster: one script per group)."""
+        if not self.nodes.together and len({shard for shard, _, _ in entries}) > 1:
+            raise CrossGroupWrite(f"entries of shards {sorted({s for s, _, _ in entries})} cannot land all or none "
+                                  "on a Redis Cluster (one script call per group)")
         loop, fut = self._arrival()
         group = 0
         if len(entries) > 1:
@@ -298,9 +282,10 @@ class LogStore:
         """Store a snapshot (``encode_snapshot``) and trim the log behind it, atomically. Returns its
         size in bytes. ``Checkpoints`` encodes it in the shard's turn, then writes it while the shard
         goes on."""
-        keys = [self.epoch_key, self.snap_key(shard), self.log_key(shard), self.fence_key(shard)]
+        keys = [self.keys.owner(shard), self.keys.snap(shard), self.keys.log(shard), self.keys.fence(shard)]
+        call = Call(self._SNAPSHOT, keys, [self.epochs.get(shard, 0), data, seq, self._tokens.get(shard, 0)])
         try:
-            await self._snapshot_script(keys=keys, args=[self.epoch, data, seq, self._tokens.get(shard, 0)])
+            await self.nodes.run_one(call)
         except RedisError as exc:
             raise self._refused(exc) from None
         return len(data)
@@ -329,22 +314,45 @@ class LogStore:
         if self._pending and not self._scheduled:
             self._schedule(asyncio.get_running_loop())
 
+    def _calls(self, batch: list[_Pending]) -> tuple[list[Call], list[list[_Pending]]]:
+        """The script calls of a group commit: one for all on one Redis, one per group on a cluster."""
+        units: list[list[_Pending]]
+        if self.nodes.together:
+            units = [batch]
+        else:
+            by_shard: dict[int, list[_Pending]] = {}
+            for p in batch:
+                by_shard.setdefault(p.shard, []).append(p)
+            units = list(by_shard.values())
+        calls = []
+        for unit in units:
+            keys: list[Any] = []
+            args: list[Any] = []
+            for p in unit:
+                keys += (self.keys.owner(p.shard), self.keys.log(p.shard), self.keys.fence(p.shard))
+                args += (self.epochs.get(p.shard, 0), p.seq, p.data, p.token, p.group)
+            calls.append(Call(self._APPEND, keys, args))
+        return calls, units
+
     async def _send(self, batch: list[_Pending]) -> None:
         self.metrics.pipeline_size.observe(len(batch))
-        keys: list[str] = [self.epoch_key]
-        args: list[Any] = [self.epoch]
-        for p in batch:
-            keys += (self.log_key(p.shard), self.fence_key(p.shard))
-            args += (p.seq, p.data, p.token, p.group)
+        calls, units = self._calls(batch)
         try:
             with self.metrics.append_seconds.time():
-                replies = await self._append_script(keys=keys, args=args)
-            results: list[Any] = [
-                RedisError(r[1:].decode(errors="replace")) if r[:1] == b"!" else r for r in replies
-            ]
+                replies = await self.nodes.run(calls)
         except Exception as exc:  # whatever it was, the entries are in doubt: never left unanswered
-            results = [self._refused(exc)] * len(batch)
-        for p, result in zip(batch, results, strict=True):
+            replies = [exc] * len(calls)
+        for unit, reply in zip(units, replies, strict=True):
+            self._answer(unit, reply)
+
+    def _answer(self, unit: list[_Pending], reply: Any) -> None:
+        """Settle each entry's future with its part of one call's reply."""
+        results: list[Any]
+        if isinstance(reply, BaseException):
+            results = [self._refused(reply)] * len(unit)
+        else:
+            results = [RedisError(r[1:].decode(errors="replace")) if r[:1] == b"!" else r for r in reply]
+        for p, result in zip(unit, results, strict=True):
             if p.done.done():
                 continue  # cancelled, or a group's future already failed by an earlier member
             if isinstance(result, BaseException):

@@ -1,14 +1,15 @@
 """The Lua scripts of the log: every write the service makes to a shard's log, snapshot or fence.
 
-Each checks, before it changes anything, that this instance still owns the keyspace (the epoch) and
-that the shard's fence has not been raised past the token the write carries (R7): a refused write
-changed nothing.
+Each checks, before it changes anything, that this instance still owns the shard's group (its owner
+key holds this instance's epoch) and that the shard's fence has not been raised past the token the
+write carries (R7): a refused write changed nothing. Every key of one call shares a hash tag
+(``keys.py``), except a group commit on a single Redis, which may span groups.
 """
 
-# Every write of the log checks first that this instance still owns the keyspace: a newer instance
-# claims it by incrementing the epoch key (``LogStore.claim``), and from then on the older one's
-# writes are refused whole ("FENCED"), so two instances on one keyspace can never both decide
-# against the same units (nothing of a refused write is applied: the check comes before any change).
+# Every write checks first that this instance still owns the group: a newer instance claims it by
+# raising the owner key (``LogStore.claim``), and from then on the older one's writes are refused
+# whole ("FENCED"), so two instances can never both decide against the same units (nothing of a
+# refused write is applied: the check comes before any change). KEYS[1]: owner; ARGV[1]: epoch.
 FENCE_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED epoch ' .. ARGV[1] .. ' was replaced by ' .. tostring(redis.call('GET', KEYS[1])))
@@ -27,15 +28,27 @@ end
 # Entries sharing a group number (a cross-shard change, R2) land all or none; a refused entry makes
 # the later entries of its stream refuse too ("SKIPPED"); other streams still land. A refusal comes
 # back as "!<reason>" in the entry's place.
-# KEYS: epoch, then log and fence key per entry; ARGV: epoch, then seq, data, token, group per entry.
-APPEND_SCRIPT = FENCE_LUA + """
-local n = (#KEYS - 1) / 2
-local out, failed, top = {}, {}, {}
+# Every entry's owner is checked before anything is written: a replaced instance's call is refused
+# whole ("FENCED"), as FENCE_LUA refuses it.
+# KEYS: owner, log and fence key per entry; ARGV: epoch, seq, data, token, group per entry.
+APPEND_SCRIPT = """
+local n = #KEYS / 3
+local out, failed, top, owned = {}, {}, {}, {}
+for i = 1, n do
+  local owner, epoch = KEYS[3 * i - 2], ARGV[5 * i - 4]
+  if not owned[owner] then
+    local current = redis.call('GET', owner)
+    if current ~= epoch then
+      return redis.error_reply('FENCED epoch ' .. epoch .. ' of ' .. owner .. ' was replaced by ' .. tostring(current))
+    end
+    owned[owner] = true
+  end
+end
 local function refusal(i)
-  local key, seq = KEYS[2 * i], tonumber(ARGV[4 * i - 2])
+  local key, seq = KEYS[3 * i - 1], tonumber(ARGV[5 * i - 3])
   if failed[key] then return 'SKIPPED an earlier entry of this stream was refused' end
-  local fence = tonumber(redis.call('GET', KEYS[2 * i + 1]) or '0')
-  if fence > tonumber(ARGV[4 * i]) then return 'STALE shard fenced at ' .. fence end
+  local fence = tonumber(redis.call('GET', KEYS[3 * i]) or '0')
+  if fence > tonumber(ARGV[5 * i - 1]) then return 'STALE shard fenced at ' .. fence end
   local last = top[key]
   if last == nil then
     local row = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
@@ -57,21 +70,21 @@ end
 local i = 1
 while i <= n do
   local j = i
-  if ARGV[4 * i + 1] ~= '0' then
-    while j < n and ARGV[4 * j + 5] == ARGV[4 * i + 1] do j = j + 1 end
+  if ARGV[5 * i] ~= '0' then
+    while j < n and ARGV[5 * j + 5] == ARGV[5 * i] do j = j + 1 end
   end
   local why = nil
   for k = i, j do
     why = why or refusal(k)
   end
   for k = i, j do
-    local key = KEYS[2 * k]
+    local key = KEYS[3 * k - 1]
     if why then
       out[k] = '!' .. why
       failed[key] = true
     else
-      out[k] = redis.call('XADD', key, ARGV[4 * k - 2] .. '-0', 'e', ARGV[4 * k - 1])
-      top[key] = tonumber(ARGV[4 * k - 2])
+      out[k] = redis.call('XADD', key, ARGV[5 * k - 3] .. '-0', 'e', ARGV[5 * k - 2])
+      top[key] = tonumber(ARGV[5 * k - 3])
     end
   end
   i = j + 1
@@ -79,12 +92,12 @@ end
 return out
 """
 
-# KEYS: epoch, fence; ARGV: epoch. A replaced instance raises no fence of the newer one's shards.
+# KEYS: owner, fence; ARGV: epoch. A replaced instance raises no fence of the newer one's shards.
 FENCE_SCRIPT = FENCE_LUA + """
 return redis.call('INCR', KEYS[2])
 """
 
-# KEYS: epoch, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
+# KEYS: owner, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
 # The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each
 # entry against the newest one, so the stream must never be left empty.
 SNAPSHOT_SCRIPT = FENCE_LUA + """
@@ -95,4 +108,21 @@ end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0')
 return 'OK'
+"""
+
+# Claim groups: their owner keys all take one value above every one of them (the new epoch), so
+# every write of an earlier owner is refused from now on; returns the epoch, then each group's fence
+# (the token this owner's writes carry). On one Redis one call claims every group at once: of two
+# instances starting together one wins them all. KEYS: owner, fence per group.
+CLAIM_SCRIPT = """
+local top = 0
+for i = 1, #KEYS, 2 do
+  top = math.max(top, tonumber(redis.call('GET', KEYS[i]) or '0'))
+end
+local out = {top + 1}
+for i = 1, #KEYS, 2 do
+  redis.call('SET', KEYS[i], top + 1)
+  out[#out + 1] = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+end
+return out
 """

@@ -69,7 +69,7 @@ def fact(event_id: str, kind: str, sku: str, location: str, quantity: int, t: in
 async def stream_updates(redis_url: str, channel: str) -> list[ChannelUpdate]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        entries = await client.xrange(f"atp:avail:{channel}")
+        entries = await client.xrange(f"atp:{{avail}}:{channel}")
     finally:
         await client.aclose()
     return [from_fields(fields) for _, fields in entries]

@@ -93,7 +93,7 @@ def update(sku: str, quantity: int, version: int, location: str = "") -> Channel
 
 async def publish(client: aioredis.Redis, updates: list[ChannelUpdate]) -> None:
     for u in updates:
-        await client.xadd("atp:avail:web", to_fields(u), id=f"{u.version}-0")  # type: ignore[arg-type]
+        await client.xadd("atp:{avail}:web", to_fields(u), id=f"{u.version}-0")  # type: ignore[arg-type]
 
 
 def config(**overrides: Any) -> PublisherConfig:
@@ -116,7 +116,7 @@ async def run_until(publisher: Publisher, done: Any, timeout_s: float = 10.0) ->
 
 
 async def pending(client: aioredis.Redis) -> int:
-    info: Any = await client.xpending("atp:avail:web", "webhook")
+    info: Any = await client.xpending("atp:{avail}:web", "webhook")
     return int(info["pending"])
 
 
@@ -138,13 +138,13 @@ async def test_webhook_retried_delivered_once_per_version_in_order_and_signed(
     # "a" 1 and 3 were superseded by 5 before delivery, "b" 2 by 6: only the newest version of each goes out
     assert got == [("c", 1, 4), ("a", 0, 5), ("b", 6, 6), ("d", 9, 7)]
     assert receiver.bad_signatures == 0 and receiver.attempts == 3 + 2  # two chunks of 3, 3 failures first
-    delivered = await client.hgetall("atp:avail:web:delivered:webhook")
+    delivered = await client.hgetall("atp:{avail}:web:delivered:webhook")
     assert {k.decode(): int(v) for k, v in delivered.items()} == {"a\t": 5, "b\t": 6, "c\t": 4, "d\tstore-1": 7}
 
     # Idempotence by version: re-reading everything (as after a lost acknowledgement) delivers nothing again,
     # and an older version published late is never delivered after a newer one.
-    await client.xgroup_setid("atp:avail:web", "webhook", id="0")
-    await client.xadd("atp:avail:web", to_fields(update("zz", 3, 8)), id="8-0")  # type: ignore[arg-type]
+    await client.xgroup_setid("atp:{avail}:web", "webhook", id="0")
+    await client.xadd("atp:{avail}:web", to_fields(update("zz", 3, 8)), id="8-0")  # type: ignore[arg-type]
     again = Publisher(config(), client, WebhookAdapter(url, SECRET), PublisherMetrics())
 
     async def caught_up() -> bool:
@@ -163,17 +163,17 @@ async def test_webhook_dead_lettered_after_max_attempts(client: aioredis.Redis, 
     publisher = Publisher(config(max_attempts=3), client, WebhookAdapter(url, SECRET), metrics)
 
     async def settled() -> bool:
-        return await client.xlen("atp:avail:web:dlq:webhook") == 2 and await pending(client) == 0
+        return await client.xlen("atp:{avail}:web:dlq:webhook") == 2 and await pending(client) == 0
 
     await run_until(publisher, settled)
     await publisher.adapter.close()
     assert receiver.attempts == 3
-    dead = await client.xrange("atp:avail:web:dlq:webhook")
+    dead = await client.xrange("atp:{avail}:web:dlq:webhook")
     fields = [{k.decode(): v.decode() for k, v in f.items()} for _, f in dead]
     assert [(f["sku"], f["version"], f["attempts"]) for f in fields] == [("a", "1", "3"), ("b", "2", "3")]
     assert fields[0]["reason"].startswith("HTTP 503")
     assert metrics.dead_lettered.labels("web")._value.get() == 2
-    assert not await client.hexists("atp:avail:web:delivered:webhook", "a\t")
+    assert not await client.hexists("atp:{avail}:web:delivered:webhook", "a\t")
 
 
 async def test_rate_limit_paces_deliveries(client: aioredis.Redis, tmp_path: Path) -> None:

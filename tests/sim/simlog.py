@@ -87,7 +87,7 @@ class SimLog:
         self.late: list[_Unit | _Snap] = []  # sent, the caller told it failed, not yet arrived
         self.fences: dict[int, int] = defaultdict(int)  # Redis's fence per shard
         self.tokens: dict[int, int] = defaultdict(int)  # what this instance's writes carry
-        self.redis_epoch = 0  # Redis's <prefix>epoch
+        self.redis_epoch = 0  # the epoch in every group's owner key (one script claims them all)
         self.epoch = 0  # this instance's claim
         self.client: Any = SideStreams()
         self.metrics = StorageMetrics()
@@ -108,14 +108,13 @@ class SimLog:
         self.pending.append(_Unit(entries_, fut, self.epoch))
         return fut
 
-    async def claim(self) -> int:
+    async def claim(self, shards: int) -> int:
+        """One Redis: every group's owner key takes the new epoch at once, and its fence is adopted."""
         self.redis_epoch += 1
         self.epoch = self.redis_epoch
-        return self.epoch
-
-    async def load_fences(self, shards: int) -> None:
         for shard in range(shards):
             self.tokens[shard] = self.fences[shard]
+        return self.epoch
 
     async def round_trip(self) -> None:
         """A command to Redis and its answer take a few event-loop turns: others run meanwhile."""

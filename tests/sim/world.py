@@ -84,9 +84,9 @@ class World:
     async def boot(self) -> None:
         if not self._outside:  # the tasks running before this service started are not its own
             self._outside = set(asyncio.all_tasks())
-        await self.log.claim()  # before recovery reads the log: a dead instance's late writes are refused
+        # Before recovery reads the log: a dead instance's late writes are refused.
+        await self.log.claim(self.config.shards)
         self.channels.epoch = self.log.epoch
-        await self.log.load_fences(self.config.shards)
         actors = []
         for ledger, seq in await self.recovered():
             actors.append(ShardActor(ledger.shard, ledger, self.log, self.clock, self.config.shard_settings, seq))  # type: ignore[arg-type]

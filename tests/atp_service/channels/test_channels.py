@@ -143,7 +143,7 @@ async def test_watch_tells_a_subscriber_behind_the_trimmed_stream_to_resnapshot(
     await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(10)])
     updates = await wait_for_updates(redis_url, "market", 10)
     raw = aioredis.Redis.from_url(redis_url)
-    await raw.xtrim("atp:avail:market", minid=f"{updates[5].version}-0", approximate=False)
+    await raw.xtrim("atp:{avail}:market", minid=f"{updates[5].version}-0", approximate=False)
     await raw.aclose()
     call = client.stub.WatchAvailability(
         pb.WatchAvailabilityRequest(channel="market", since_version=updates[2].version))

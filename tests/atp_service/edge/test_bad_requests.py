@@ -21,6 +21,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.ratelog import RateLimitedLog
+from atp_service.storage.keys import Keyspace
 from tests.conftest import ServiceFactory
 
 SERVICE = "/atp.v1.AvailabilityService/"
@@ -170,7 +171,7 @@ async def log_length(redis_url: str, service: AtpService) -> int:
     client = aioredis.Redis.from_url(redis_url)
     try:
         prefix = service.config.key_prefix
-        return sum([await client.xlen(f"{prefix}log:{shard}") for shard in range(service.config.shards)])
+        return sum([await client.xlen(Keyspace(prefix).log(shard)) for shard in range(service.config.shards)])
     finally:
         await client.aclose()
 

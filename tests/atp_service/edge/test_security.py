@@ -17,7 +17,7 @@ from atp_client._client import tls_credentials
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, free_port
 from atp_service.app.certs import make_certs
-from atp_service.app.service import StartupError
+from atp_service.app.keyspace import StartupError
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.storage.embedded_redis import redis_server_binary
 from tests.atp_service.refusals import told

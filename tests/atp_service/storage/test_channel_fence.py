@@ -20,7 +20,8 @@ from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from atp_service.storage.channel_store import _FENCE, _WRITE, ChannelStore, WriteRefused
-from atp_service.storage.log import connect, epoch_key
+from atp_service.storage.keys import CHANNELS, Keyspace
+from atp_service.storage.log import connect
 from atp_service.storage.resp import seq_of
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.channel_helpers import fact, latest, stream_updates, write_estate
@@ -36,7 +37,7 @@ def _update(sku: str, quantity: int, version: int) -> ChannelUpdate:
 
 async def test_a_write_sent_before_the_fence_is_refused_whole_and_changes_nothing(redis_url: str) -> None:
     client = connect(redis_url, 5.0)
-    await client.set(epoch_key("t:"), 1)
+    await client.set(Keyspace("t:").owner(CHANNELS), 1)
     store = ChannelStore(client, "t:", epoch=lambda: 1)
     late = ChannelStore(client, "t:", epoch=lambda: 1)  # the same desk's write, sent before its fence
     try:
@@ -57,7 +58,7 @@ async def test_a_write_sent_before_the_fence_is_refused_whole_and_changes_nothin
 async def test_a_version_already_in_a_stream_refuses_every_channel_of_the_write(redis_url: str) -> None:
     """Every check comes before the first change, so a refusal is never part of a landing."""
     client = connect(redis_url, 5.0)
-    await client.set(epoch_key("t:"), 1)
+    await client.set(Keyspace("t:").owner(CHANNELS), 1)
     store = ChannelStore(client, "t:", epoch=lambda: 1)
     try:
         await store.write([("web", 1000, [_update("A", 5, 1)])])
@@ -71,7 +72,7 @@ async def test_a_version_already_in_a_stream_refuses_every_channel_of_the_write(
 
 async def test_a_replaced_instance_fences_without_raising_and_still_writes_nothing(redis_url: str) -> None:
     client = connect(redis_url, 5.0)
-    await client.set(epoch_key("t:"), 2)  # a newer instance claimed the keyspace
+    await client.set(Keyspace("t:").owner(CHANNELS), 2)  # a newer instance claimed the keyspace
     store = ChannelStore(client, "t:", epoch=lambda: 1)
     try:
         await store.fence()  # the epoch check already refuses whatever this instance sent
@@ -190,7 +191,7 @@ async def _assert_streams_hold_what_the_desk_believes(redis_url: str, desk: Chan
             believed = {key: (p.quantity, p.version) for key, p in feed.published.items()}
             assert latest(updates) == believed, name
             assert max((u.version for u in updates), default=0) == feed.version == feed.published_version, name
-            state = await reader.hgetall(f"atp:avail:{name}:state")
+            state = await reader.hgetall(f"atp:{{avail}}:{name}:state")
             assert {tuple(k.split("\t")): tuple(map(int, v.split()[:2])) for k, v in state.items()} == believed
     finally:
         await reader.aclose()

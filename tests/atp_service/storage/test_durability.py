@@ -64,8 +64,8 @@ async def test_snapshot_trims_the_log(start_service: ServiceFactory, redis_url: 
         await client.reserve(f"r{i}", [("A", "DC", 1)])
     await asyncio.sleep(0.2)
     r = redis.Redis.from_url(redis_url)
-    assert r.exists("atp:snap:0")
-    assert r.xlen("atp:log:0") < 10  # trimmed behind the snapshot
+    assert r.exists("atp:{g0}:snap")
+    assert r.xlen("atp:{g0}:log") < 10  # trimmed behind the snapshot
 
 
 async def test_shards_snapshot_one_at_a_time_unless_stopping(redis_url: str) -> None:
@@ -246,14 +246,14 @@ async def test_a_failed_snapshot_backs_off_instead_of_retrying_every_pass_and_la
         await asyncio.sleep(1.0)
         failed = failures() - before
         assert 1 <= failed <= 4 * 5, failed  # 4 shards, one try per 0.3 s at most (50 per shard without backoff)
-        assert not any(r.exists(f"atp:snap:{shard}") for shard in range(4))
+        assert not any(r.exists(f"atp:{{g{shard}}}:snap") for shard in range(4))
         r.execute_command("ACL", "SETUSER", "default", "+set")
         logged = [actor.shard for actor in service.engine.actors if actor.seq > 0]
         for _ in range(60):  # the next try after the backoff stores it
-            if all(r.exists(f"atp:snap:{shard}") for shard in logged):
+            if all(r.exists(f"atp:{{g{shard}}}:snap") for shard in logged):
                 break
             await asyncio.sleep(0.05)
-        assert logged and all(r.exists(f"atp:snap:{shard}") for shard in logged)
+        assert logged and all(r.exists(f"atp:{{g{shard}}}:snap") for shard in logged)
         await client.close()
         await service.stop(grace_s=0.1)
     finally:
@@ -270,7 +270,7 @@ async def test_a_log_that_lost_acknowledged_entries_stops_its_shard(start_servic
 
     service, client = await start_service(shards=1)
     await client.record_events([receipt("e1", "A", "DC", 5)])
-    redis.Redis.from_url(redis_url).delete("atp:log:0")
+    redis.Redis.from_url(redis_url).delete("atp:{g0}:log")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.record_events([receipt("e2", "A", "DC", 1)])
     assert said(err.value) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN")  # then the settle finds the hole
@@ -282,21 +282,21 @@ async def test_a_log_that_lost_acknowledged_entries_stops_its_shard(start_servic
 
 
 async def test_recovery_refuses_a_log_with_a_hole(start_service: ServiceFactory, redis_url: str) -> None:
-    from atp_service.app.service import StartupError
+    from atp_service.app.keyspace import StartupError
 
     _, client = await start_service(shards=1)  # left running: a stop's final snapshot would cover the hole
     for i in range(3):
         await client.record_events([receipt(f"e{i}", "A", "DC", 5)])
     r = redis.Redis.from_url(redis_url)
-    assert not r.exists("atp:snap:0")
-    (second, _), = r.xrange("atp:log:0", count=2)[1:]
-    r.xdel("atp:log:0", second)
+    assert not r.exists("atp:{g0}:snap")
+    (second, _), = r.xrange("atp:{g0}:log", count=2)[1:]
+    r.xdel("atp:{g0}:log", second)
     with pytest.raises(StartupError, match="jumps from entry 1 to 3"):
         await start_service(shards=1)
 
 
 async def test_a_redis_that_may_evict_keys_is_refused_at_start(start_service: ServiceFactory, redis_url: str) -> None:
-    from atp_service.app.service import StartupError
+    from atp_service.app.keyspace import StartupError
 
     r = redis.Redis.from_url(redis_url)
     r.config_set("maxmemory-policy", "allkeys-lru")

@@ -16,10 +16,9 @@ from atp_service.storage.embedded_redis import RedisDidNotStart
 TWO_KEYS = "return redis.call('SET', KEYS[1], ARGV[1]) and redis.call('SET', KEYS[2], ARGV[1])"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
-    with EmbeddedCluster(tmp_path_factory.mktemp("cluster"), primaries=3, replicas=1) as formed:
-        yield formed
+@pytest.fixture
+def cluster(redis_cluster: EmbeddedCluster, cluster_url: str) -> EmbeddedCluster:
+    return redis_cluster
 
 
 @pytest.fixture
@@ -40,15 +39,15 @@ def test_every_slot_is_served_and_every_primary_owns_a_share(cluster: EmbeddedCl
 
 
 def test_a_script_over_one_hash_tag_runs_and_one_over_two_slots_is_refused(client: RedisCluster) -> None:
-    assert client.keyslot("atp:{s3}:log") == client.keyslot("atp:{s3}:fence") != client.keyslot("atp:{s4}:log")
-    client.eval(TWO_KEYS, 2, "atp:{s3}:log", "atp:{s3}:fence", "1")
-    assert client.get("atp:{s3}:fence") == b"1"
+    assert client.keyslot("atp:{g3}:log") == client.keyslot("atp:{g3}:fence") != client.keyslot("atp:{g4}:log")
+    client.eval(TWO_KEYS, 2, "atp:{g3}:log", "atp:{g3}:fence", "1")
+    assert client.get("atp:{g3}:fence") == b"1"
     with pytest.raises(redis.RedisClusterException, match="same key slot"):  # the client refuses first
-        client.eval(TWO_KEYS, 2, "atp:{s3}:log", "atp:{s4}:log", "1")
-    owner = client.get_node_from_key("atp:{s3}:log")
+        client.eval(TWO_KEYS, 2, "atp:{g3}:log", "atp:{g4}:log", "1")
+    owner = client.get_node_from_key("atp:{g3}:log")
     with redis.Redis(host=owner.host, port=owner.port) as direct, pytest.raises(redis.ResponseError, match="same slot"):
-        direct.eval(TWO_KEYS, 2, "atp:{s3}:log", "atp:{s4}:log", "1")  # and so does the server
-    assert client.get("atp:{s4}:log") is None
+        direct.eval(TWO_KEYS, 2, "atp:{g3}:log", "atp:{g4}:log", "1")  # and so does the server
+    assert client.get("atp:{g4}:log") is None
 
 
 def test_a_data_directory_a_cluster_was_formed_in_is_refused(cluster: EmbeddedCluster) -> None:

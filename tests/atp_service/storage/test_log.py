@@ -10,6 +10,7 @@ import pytest
 from redis.exceptions import RedisError
 
 from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.keys import CHANNELS
 from atp_service.storage.log import CommitWindow, Fenced, LogStore, SnapshotUnreadable, connect, encode_snapshot
 from atp_service.storage.resp import seq_of
 from reservation import ChannelUpdate, Ledger, Limits, StockStatus
@@ -68,14 +69,14 @@ async def test_busy_entries_of_many_turns_share_one_redis_call(redis_url: str) -
     client = connect(redis_url, 5.0)
     store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1))
     try:
-        await store.claim()
+        await store.claim(4)
         await store.submit(0, 1, b"first")  # opens the first rate bucket; quiet until now: sent at once
         await asyncio.sleep(0.15)  # the next arrival closes the bucket at >= 1 entry/s: busy
         entries_before, calls_before = _round_trips(store)
         await asyncio.gather(*await _submit_in_separate_turns(store, range(2, 11)))
         entries_after, calls_after = _round_trips(store)
         assert (calls_after - calls_before, entries_after - entries_before) == (1, 9), "nine turns, one call"
-        assert await client.xlen("t:log:0") == 10  # R7: every acknowledged entry is in the log
+        assert await client.xlen("t:{g0}:log") == 10  # R7: every acknowledged entry is in the log
     finally:
         await client.aclose()
 
@@ -84,13 +85,13 @@ async def test_quiet_entries_go_out_at_once(redis_url: str) -> None:
     client = connect(redis_url, 5.0)
     store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1_000_000))
     try:
-        await store.claim()
+        await store.claim(4)
         entries_before, calls_before = _round_trips(store)
         await asyncio.gather(*await _submit_in_separate_turns(store, range(1, 6)))
         entries_after, calls_after = _round_trips(store)
         assert entries_after - entries_before == 5
         assert calls_after - calls_before >= 2, "not held back for company"
-        assert await client.xlen("t:log:0") == 5
+        assert await client.xlen("t:{g0}:log") == 5
     finally:
         await client.aclose()
 
@@ -102,9 +103,9 @@ async def test_a_newer_claim_fences_every_write_of_the_older_store_and_none_of_i
     replaced: list[str] = []
     older.on_fenced.append(lambda: replaced.append("older"))
     try:
-        await older.claim()
+        await older.claim(4)
         await older.submit(0, 1, b"before")  # the older owner writes while it owns the keyspace
-        await newer.claim()
+        await newer.claim(4)
         with pytest.raises(Fenced):
             await older.submit(0, 2, b"group commit")
         with pytest.raises(Fenced):
@@ -112,11 +113,11 @@ async def test_a_newer_claim_fences_every_write_of_the_older_store_and_none_of_i
         with pytest.raises(Fenced):
             await older.write_snapshot(0, 1, encode_snapshot(1, Ledger(0, Limits()).snapshot()))
         assert older.fenced and replaced == ["older"]  # told once
-        assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [1]
-        assert await client.exists("t:log:1", "t:snap:0") == 0
+        assert [seq_of(i) for i, _ in await client.xrange("t:{g0}:log")] == [1]
+        assert await client.exists("t:{g1}:log", "t:{g0}:snap") == 0
         await newer.submit(0, 2, b"after")  # the newer one writes on
         await newer.submit_group([(0, 3, b"cross"), (1, 1, b"shard")])
-        assert [seq_of(i) for i, _ in await client.xrange("t:log:0")] == [1, 2, 3]
+        assert [seq_of(i) for i, _ in await client.xrange("t:{g0}:log")] == [1, 2, 3]
     finally:
         await client.aclose()
 
@@ -126,7 +127,7 @@ async def store(redis_url: str) -> AsyncIterator[LogStore]:
     """A log store that has claimed a clean keyspace."""
     client = connect(redis_url, 5.0)
     log_store = LogStore(client, "t:", pipeline_max=64)
-    await log_store.claim()
+    await log_store.claim(4)
     yield log_store
     await client.aclose()
 
@@ -135,7 +136,8 @@ async def test_a_cross_shard_append_lands_whole_or_not_at_all(store: LogStore) -
     await store.submit_group([(0, 1, b"a"), (1, 1, b"b")])
     with pytest.raises(RedisError, match="TAKEN"):
         await store.submit_group([(0, 2, b"a"), (1, 1, b"again")])  # shard 1's id is taken
-    assert await store.client.xlen("t:log:0") == 1 and await store.client.xlen("t:log:1") == 1  # shard 0's not written
+    assert await store.client.xlen("t:{g0}:log") == 1  # shard 0's not written
+    assert await store.client.xlen("t:{g1}:log") == 1
 
 
 async def test_a_refused_group_lands_nothing_and_holds_back_later_entries_of_its_streams(store: LogStore) -> None:
@@ -148,19 +150,18 @@ async def test_a_refused_group_lands_nothing_and_holds_back_later_entries_of_its
         await group
     with pytest.raises(RedisError, match="SKIPPED"):
         await after  # shard 0's entry 1 was refused with its group: a later one must not land
-    assert await store.client.xlen("t:log:0") == 0
-    assert await store.client.xlen("t:log:1") == 1
+    assert await store.client.xlen("t:{g0}:log") == 0
+    assert await store.client.xlen("t:{g1}:log") == 1
 
 
 async def test_a_fenced_shard_refuses_every_append_sent_before_the_fence(store: LogStore) -> None:
     """R7: an append whose reply was lost may still be on its way; once the settle has fenced the
     shard, it can no longer land, so what the settle reads is final."""
-    await store.load_fences(2)
     await store.submit(0, 1, b"one")
     stale = store._tokens[0]
     await store.fence(0)
     late = LogStore(store.client, "t:", pipeline_max=64)  # plays the script still on its way: the old token
-    late.epoch, late._tokens = store.epoch, {0: stale, 1: 0}
+    late.epochs, late._tokens = dict(store.epochs), {0: stale, 1: 0}
     with pytest.raises(RedisError, match="STALE"):
         await late.submit(0, 2, b"late")
     await late.submit(1, 1, b"other shards are not fenced")
@@ -169,7 +170,7 @@ async def test_a_fenced_shard_refuses_every_append_sent_before_the_fence(store: 
     await store.submit(0, 2, b"two")  # the fencing writer goes on
     assert [d for _, d in await _entries(store, 0)] == [b"one", b"two"]
     restarted = LogStore(store.client, "t:", pipeline_max=64)
-    await restarted.load_fences(2)
+    await restarted.claim(4)
     assert restarted._tokens == store._tokens
 
 
@@ -177,7 +178,7 @@ async def test_a_snapshot_keeps_its_own_entry_so_the_next_append_is_checked_agai
     for seq in (1, 2):
         await store.submit(0, seq, b"e")
     await store.write_snapshot(0, 2, encode_snapshot(2, Ledger(0, Limits()).snapshot()))
-    assert [seq_of(i) for i, _ in await store.client.xrange("t:log:0")] == [2]
+    assert [seq_of(i) for i, _ in await store.client.xrange("t:{g0}:log")] == [2]
     with pytest.raises(RedisError, match="GAP"):
         await store.submit(0, 4, b"a hole")
     await store.submit(0, 3, b"next")
@@ -187,8 +188,8 @@ async def test_a_snapshot_keeps_its_own_entry_so_the_next_append_is_checked_agai
 async def test_an_emptied_stream_is_checked_against_the_newest_id_it_ever_had(store: LogStore) -> None:
     for seq in (1, 2):
         await store.submit(0, seq, b"e")
-    await store.client.xtrim("t:log:0", minid="3-0")  # as a trim past the newest entry leaves it
-    assert await store.client.xlen("t:log:0") == 0
+    await store.client.xtrim("t:{g0}:log", minid="3-0")  # as a trim past the newest entry leaves it
+    assert await store.client.xlen("t:{g0}:log") == 0
     with pytest.raises(RedisError, match="GAP"):
         await store.submit(0, 4, b"a hole")
     with pytest.raises(RedisError, match="TAKEN"):
@@ -198,8 +199,7 @@ async def test_an_emptied_stream_is_checked_against_the_newest_id_it_ever_had(st
 
 async def test_a_replaced_instance_raises_no_fence_of_the_newer_one(store: LogStore) -> None:
     newer = LogStore(store.client, "t:", pipeline_max=64)
-    await newer.claim()
-    await newer.load_fences(1)
+    await newer.claim(4)
     with pytest.raises(Fenced):
         await store.fence(0)
     await newer.submit(0, 1, b"the newer one's appends are not refused STALE")
@@ -228,12 +228,12 @@ async def _entries(store: LogStore, shard: int) -> list[tuple[int, bytes]]:
 async def test_a_replaced_instance_publishes_nothing_to_the_channels(redis_url: str) -> None:
     client = connect(redis_url, 5.0)
     older, newer = (LogStore(client, "t:", pipeline_max=64) for _ in range(2))
-    channels = ChannelStore(client, "t:", epoch=lambda: older.epoch)
+    channels = ChannelStore(client, "t:", epoch=lambda: older.epochs[CHANNELS])
     update = ChannelUpdate("web", "A", "DC", 5, None, StockStatus.IN_STOCK, 1, 1_000, 1_000)
     try:
-        await older.claim()
+        await older.claim(4)
         await channels.write([("web", 1000, [update])])
-        await newer.claim()
+        await newer.claim(4)
         with pytest.raises(RedisError, match="FENCED"):
             await channels.write([("web", 1000, [msgspec.structs.replace(update, version=2)])])
         assert [seq_of(i) for i, _ in await client.xrange(channels.stream("web"))] == [1]

@@ -1,0 +1,73 @@
+"""What the service checks of its Redis keyspace before it claims it: the key layout and shard
+count it was written with, and whether Redis keeps what it acknowledges."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from atp_service.storage.keys import LAYOUT
+from atp_service.storage.log import LogStore
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The service cannot start as configured; the message names the setting to change."""
+
+
+class ConfigMismatch(StartupError):
+    """The keyspace in Redis was written with settings this start does not have."""
+
+
+async def check_keyspace(store: LogStore, shards: int) -> None:
+    """Shard placement depends on the shard count, and key names on the layout: refuse to start
+    on a keyspace written with another (rather than misread it or write beside it)."""
+    client, key = store.client, store.keys.meta
+    if not await client.exists(key) and await _exists_any(client, store.keys.legacy_keys()):
+        await client.hset(key, "layout", 1)  # written before the layout was recorded
+    await client.hsetnx(key, "layout", LAYOUT)
+    layout = int(await client.hget(key, "layout"))
+    if layout != LAYOUT:
+        raise ConfigMismatch(
+            f"key_prefix: the keyspace {store.prefix!r} in Redis was written in key layout {layout}, this "
+            f"version reads layout {LAYOUT} (see CHANGELOG); start on an empty keyspace (another --key-prefix "
+            "or an empty Redis), or run the version that wrote it")
+    await client.hsetnx(key, "shards", shards)
+    stored = int(await client.hget(key, "shards"))
+    if stored != shards:
+        raise ConfigMismatch(f"shards: the log in Redis was written with {stored} shards, not {shards}; "
+                             "start with the same --shards (or an empty Redis)")
+    await _check_persistence(client)
+
+
+async def _exists_any(client: Any, keys: list[str]) -> bool:
+    """Whether any of ``keys`` exists (one by one: on a cluster they may be in different slots)."""
+    for key in keys:
+        if await client.exists(key):
+            return True
+    return False
+
+
+async def _check_persistence(client: Any) -> None:
+    """Acknowledged means in Redis; surviving a Redis crash also needs its AOF. Say so when it is off,
+    and refuse a Redis that may evict keys (the log, a fence) to make room."""
+    try:
+        config: Any = await client.config_get("append*")
+        policy: Any = await client.config_get("maxmemory-policy")
+    except RedisError:  # managed Redis often forbids CONFIG: nothing to check
+        return
+    evicts = policy.get(b"maxmemory-policy", policy.get("maxmemory-policy", b"noeviction"))
+    evicts = evicts.decode() if isinstance(evicts, bytes) else str(evicts)
+    if evicts.startswith("allkeys-"):
+        raise StartupError(f"Redis maxmemory-policy is {evicts}: it may evict the log or a fence, losing "
+                           "acknowledged changes; set maxmemory-policy noeviction")
+    appendonly = config.get(b"appendonly", config.get("appendonly"))
+    fsync = config.get(b"appendfsync", config.get("appendfsync"))
+    if appendonly not in (b"yes", "yes"):
+        log.warning("Redis runs without appendonly: acknowledged changes survive a service crash but "
+                    "not a Redis crash (set appendonly yes, appendfsync everysec or always)")
+    else:
+        log.info("Redis AOF on, appendfsync=%s", fsync.decode() if isinstance(fsync, bytes) else fsync)

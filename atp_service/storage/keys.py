@@ -1,0 +1,71 @@
+"""The names of the service's Redis keys: one place that knows the keyspace's layout.
+
+Every key a script touches together shares one hash tag, so each script call touches one Redis
+Cluster slot (a cluster refuses a script across slots with CROSSSLOT). A shard is a *group* of the
+keyspace: its log, snapshot, fence and owner key are ``<prefix>{g<shard>}:log|snap|fence|owner``.
+The channel feeds are one more group, ``<prefix>{avail}:…``: the desk writes every channel in one
+script call. On a single Redis the layout is the same (a single Redis is a cluster of one).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+CHANNELS: Final = -1
+"""The group of the channel feeds: its keys share one tag, and it is claimed and fenced like a
+shard's group."""
+
+LAYOUT: Final = 2
+"""The keyspace layout this version writes, recorded in the ``meta`` hash: a keyspace written in
+another layout is refused at start rather than misread (1: the keys before hash tags)."""
+
+BRACES = frozenset("{}")
+
+
+class Keyspace:
+    """The keys of one service keyspace (``key_prefix``)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        if BRACES & set(prefix):
+            # A brace in the prefix would become the hash tag and put every key in one slot.
+            raise ValueError(f"key_prefix: must not contain '{{' or '}}', got {prefix!r}")
+        self.prefix = prefix
+
+    def tag(self, group: int) -> str:
+        """``<prefix>{g<group>}:`` (``{avail}`` for ``CHANNELS``): the start of every key of the group."""
+        return f"{self.prefix}{{avail}}:" if group == CHANNELS else f"{self.prefix}{{g{group}}}:"
+
+    def log(self, shard: int) -> str:
+        """The shard's log: a stream with service-chosen ids ``<seq>-0``."""
+        return self.tag(shard) + "log"
+
+    def snap(self, shard: int) -> str:
+        """The shard's latest snapshot; the log is trimmed up to it."""
+        return self.tag(shard) + "snap"
+
+    def fence(self, group: int) -> str:
+        """The group's fence: a write carrying an older token is refused (R7, C4)."""
+        return self.tag(group) + "fence"
+
+    def owner(self, group: int) -> str:
+        """The epoch of the instance that owns the group; a write of any other is refused whole."""
+        return self.tag(group) + "owner"
+
+    def channel_stream(self, channel: str) -> str:
+        """One entry per published value, id ``<version>-0``: what publishers read."""
+        return f"{self.tag(CHANNELS)}{channel}"
+
+    def channel_state(self, channel: str) -> str:
+        """The last published value of every (SKU, location) of the channel."""
+        return f"{self.tag(CHANNELS)}{channel}:state"
+
+    @property
+    def meta(self) -> str:
+        """The keyspace's layout and shard count, checked at start."""
+        return f"{self.prefix}meta"
+
+    def legacy_keys(self) -> list[str]:
+        """Keys only the layout before hash tags wrote: their presence means an older keyspace."""
+        return [f"{self.prefix}epoch", f"{self.prefix}log:0", f"{self.prefix}avail-fence"]

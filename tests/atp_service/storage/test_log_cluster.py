@@ -1,0 +1,111 @@
+"""The log on a real Redis Cluster: every script call within one group's slot, a group commit
+pipelined per primary, claims and fences per group, and acknowledgement after ``WAIT``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.exceptions import RedisError
+
+from atp_service.storage.durability import landed_of
+from atp_service.storage.log import CrossGroupWrite, Fenced, LogStore, encode_snapshot
+from atp_service.storage.nodes import NotReplicated, open_nodes
+from reservation import Ledger, Limits
+
+SHARDS = 8
+
+
+@pytest.fixture
+async def store(cluster_url: str) -> AsyncIterator[LogStore]:
+    """A log store on the cluster that has claimed a clean keyspace of ``SHARDS`` groups."""
+    log_store = LogStore(open_nodes(cluster_url, 5.0, cluster=True), "t:", pipeline_max=64)
+    await log_store.claim(SHARDS)
+    yield log_store
+    await log_store.nodes.aclose()
+
+
+async def test_a_group_commit_over_every_shard_lands_on_the_primaries_that_own_them(store: LogStore) -> None:
+    owners = {store.client.get_node_from_key(store.keys.log(shard)).name for shard in range(SHARDS)}
+    assert len(owners) >= 2, "the groups are spread over the primaries"
+    for seq in (1, 2):
+        futures = [store.submit(shard, seq, f"{shard}/{seq}".encode()) for shard in range(SHARDS)]
+        for future in futures:
+            await future
+    for shard in range(SHARDS):
+        assert [data async for _, data in store.entries_after(shard, 0)] == [f"{shard}/1".encode(),
+                                                                             f"{shard}/2".encode()]
+    with pytest.raises(RedisError, match="TAKEN"):
+        await store.submit(3, 2, b"again")  # each group's checks hold within its own call
+    with pytest.raises(RedisError, match="GAP"):
+        await store.submit(4, 9, b"a hole")
+    await store.submit(5, 3, b"other groups of the flush land")
+
+
+async def test_entries_of_several_groups_cannot_be_made_to_land_all_or_none(store: LogStore) -> None:
+    with pytest.raises(CrossGroupWrite, match="shards"):
+        store.submit_group([(0, 1, b"a"), (1, 1, b"b")])
+    await store.submit_group([(2, 1, b"one shard's group is one slot")])
+    assert await store.last_seq(2) == 1 and await store.last_seq(0) == 0
+
+
+async def test_a_newer_claim_fences_every_group_of_the_older_owner(store: LogStore) -> None:
+    await store.submit(0, 1, b"before")
+    newer = LogStore(open_nodes(store.nodes._url, 5.0, cluster=True), "t:", pipeline_max=64)
+    try:
+        assert await newer.claim(SHARDS) > 0
+        for shard in (0, 6):
+            with pytest.raises(Fenced):
+                await store.submit(shard, 1 if shard else 2, b"refused")
+        assert not await store.still_owner()
+        await newer.submit(0, 2, b"after")
+        assert [d async for _, d in newer.entries_after(0, 0)] == [b"before", b"after"]
+        assert await newer.still_owner()
+    finally:
+        await newer.nodes.aclose()
+
+
+async def test_a_fence_refuses_the_late_write_and_a_settle_reads_what_landed(store: LogStore) -> None:
+    await store.submit(1, 1, b"one")
+    late = LogStore(open_nodes(store.nodes._url, 5.0, cluster=True), "t:", pipeline_max=64)
+    late.epochs, late._tokens = dict(store.epochs), dict(store._tokens)  # a script still on its way
+    try:
+        await store.fence(1)
+        with pytest.raises(RedisError, match="STALE"):
+            await late.submit(1, 2, b"late")
+        assert await landed_of(store, 1, 1, []) == []  # nothing after entry 1 landed, nor can now
+    finally:
+        await late.nodes.aclose()
+
+
+async def test_a_snapshot_trims_its_group_and_recovery_reads_it_back(store: LogStore) -> None:
+    for seq in range(1, 4):
+        await store.submit(7, seq, b"x")
+    await store.write_snapshot(7, 2, encode_snapshot(2, Ledger(7, Limits()).snapshot()))
+    snap = await store.load_snapshot(7)
+    assert snap is not None and snap.seq == 2
+    assert [seq async for seq, _ in store.entries_after(7, snap.seq)] == [3]  # what recovery replays
+    assert await store.client.xlen(store.keys.log(7)) == 2  # trimmed up to the snapshot's own entry
+
+
+async def test_an_append_is_acknowledged_after_a_replica_confirms_it(cluster_url: str) -> None:
+    store = LogStore(open_nodes(cluster_url, 5.0, cluster=True, wait_replicas=1), "t:", pipeline_max=64)
+    try:
+        await store.claim(SHARDS)
+        await store.submit(0, 1, b"on a primary and its replica")
+        await store.fence(0)
+    finally:
+        await store.nodes.aclose()
+
+
+async def test_an_append_fewer_replicas_confirm_than_asked_is_in_doubt_not_refused(cluster_url: str) -> None:
+    nodes = open_nodes(cluster_url, 5.0, cluster=True, wait_timeout_ms=50)
+    store = LogStore(nodes, "t:", pipeline_max=64)
+    try:
+        await store.claim(SHARDS)
+        nodes.wait_replicas = 2  # each primary has one replica
+        with pytest.raises(NotReplicated, match="1 of 2"):
+            await store.submit(0, 1, b"on the primary only")
+        assert await store.last_seq(0) == 1  # it landed on the primary: in doubt, as a timeout would be
+    finally:
+        await nodes.aclose()
