@@ -1,0 +1,100 @@
+"""A Redis Cluster primary killed while the log writes to every group: the writer finds the promoted
+replica, every entry it acknowledged is still in the log, and every entry it was unsure of is
+settled by a fence and a read (R7). With ``wait_replicas`` 1 an entry is acknowledged only once a
+replica holds it, so a failover to that replica loses nothing acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from atp_service.storage.durability import STORAGE_ERRORS, landed_of
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.embedded_redis import EmbeddedRedis
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import open_nodes
+
+SHARDS = 6
+ACKED_AFTER_FAILOVER = 20
+"""Entries per shard acknowledged after the failover before the test stops writing."""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """A cluster of its own: this test changes its topology."""
+    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=1, node_timeout_ms=1000) as formed:
+        yield formed
+
+
+class Writer:
+    """Appends to every shard in turn; an append that fails is settled before the shard goes on."""
+
+    def __init__(self, store: LogStore) -> None:
+        self.store = store
+        self.acked: dict[int, int] = dict.fromkeys(range(SHARDS), 0)  # the newest acknowledged seq per shard
+        self.settled_landed = self.settled_lost = 0
+        self.failures = 0
+
+    async def append(self, shard: int) -> None:
+        seq = self.acked[shard] + 1
+        data = f"{shard}/{seq}".encode()
+        try:
+            await self.store.submit(shard, seq, data)
+        except STORAGE_ERRORS:
+            self.failures += 1
+            landed = await landed_of(self.store, shard, seq - 1, [(seq, Any, data)])  # type: ignore[list-item]
+            assert landed is not None, "this writer is the only owner"
+            if not landed:
+                self.settled_lost += 1
+                return
+            self.settled_landed += 1
+        self.acked[shard] = seq
+
+
+async def test_a_primary_killed_under_load_loses_nothing_acknowledged(cluster: EmbeddedCluster) -> None:
+    nodes = open_nodes(cluster.url, 1.0, cluster=True, wait_replicas=1, wait_timeout_ms=500)
+    store = LogStore(nodes, "t:", pipeline_max=64)
+    writer = Writer(store)
+    try:
+        await store.claim(SHARDS)
+        victim = _primary_of(cluster, store, 0)
+        for _ in range(5):
+            await asyncio.gather(*(writer.append(s) for s in range(SHARDS)))
+        before = dict(writer.acked)
+        victim.kill()  # kill -9
+        restart = asyncio.get_running_loop().run_in_executor(None, _rejoin_after_failover, cluster, victim)
+        while min(writer.acked[s] - before[s] for s in range(SHARDS)) < ACKED_AFTER_FAILOVER:
+            await asyncio.wait_for(asyncio.gather(*(writer.append(s) for s in range(SHARDS))), 60)
+        await restart
+        assert writer.failures > 0, "the kill was felt"
+        for shard in range(SHARDS):
+            seqs = [seq async for seq, _ in store.entries_after(shard, 0)]
+            assert seqs == list(range(1, writer.acked[shard] + 1)), f"shard {shard}: acknowledged entries lost"
+    finally:
+        await nodes.aclose()
+
+
+def _primary_of(cluster: EmbeddedCluster, store: LogStore, shard: int) -> EmbeddedRedis:
+    port = int(store.client.get_node_from_key(store.keys.log(shard)).port)
+    (node,) = [n for n in cluster.primaries if n.port == port]
+    return node
+
+
+def _rejoin_after_failover(cluster: EmbeddedCluster, victim: EmbeddedRedis) -> None:
+    """Once a replica has taken the victim's slots, restart the victim: it rejoins as a replica, so
+    writes that wait for one replica can be acknowledged again."""
+    survivor = next(n for n in cluster.primaries if n is not victim)
+    with redis.Redis(host="127.0.0.1", port=survivor.port, socket_timeout=2.0) as client:
+        for _ in range(600):
+            nodes = client.cluster("NODES").values()
+            if sum(1 for n in nodes if "master" in n["flags"] and "fail" not in n["flags"]
+                   and n["slots"]) == len(cluster.primaries):
+                break
+            time.sleep(0.05)
+    victim.start()
