@@ -305,3 +305,17 @@ async def test_a_redis_that_may_evict_keys_is_refused_at_start(start_service: Se
             await start_service(shards=1)
     finally:
         r.config_set("maxmemory-policy", "noeviction")
+
+
+async def test_a_keyspace_in_the_layout_before_hash_tags_is_refused_not_written_beside(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    from atp_service.app.keyspace import StartupError
+
+    r = redis.Redis.from_url(redis_url)
+    r.set("atp:epoch", 3)
+    r.xadd("atp:log:0", {"e": b"an entry of the earlier layout"}, id="1-0")
+    with pytest.raises(StartupError, match="key_prefix: the keyspace 'atp:' in Redis was written in key layout 1"):
+        await start_service(shards=1)
+    assert not r.exists("atp:{g0}:owner")  # refused before the claim: nothing written beside it
+    await start_service(shards=1, key_prefix="fresh:")  # another prefix starts clean, in this layout
+    assert r.hget("fresh:meta", "layout") == b"2"
