@@ -87,7 +87,27 @@ class LineRecord(msgspec.Struct, array_like=True, gc=False):
         return self.held + self.committed
 
 
-class Reservation(msgspec.Struct, array_like=True, gc=False):
+class PendingOp(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A change an order spanning groups has decided but its parts have not all applied yet: the
+    order's home records it durably first, then each part applies its share (``_orders``)."""
+
+    kind: int
+    """``OrderStep``."""
+    lines: tuple[LineRequest, ...] = ()
+    operation_id: str = ""
+
+
+class OrderStep(IntEnum):
+    """What a ``PendingOp`` asks of an order's parts."""
+
+    RESERVE = 1
+    CONFIRM = 2
+    RELEASE = 3
+    FULFIL = 4
+    EXPIRE = 5
+
+
+class Reservation(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     reservation_id: str
     order_ref: str
     channel: str
@@ -102,10 +122,20 @@ class Reservation(msgspec.Struct, array_like=True, gc=False):
     updated_at: int
     # Partial release/fulfil operation ids already applied -> content key (R5 retries).
     ops: dict[str, str] = msgspec.field(default_factory=dict)
+    parts: tuple[int, ...] = ()
+    """An order whose lines span groups (``_orders``): the groups holding its parts (empty for any
+    other reservation). Its units are held by the parts; this record holds its decisions."""
+    pending: PendingOp | None = None
+    """An order's change recorded but not yet applied by every part (None: settled)."""
 
     def clone(self) -> Reservation:
         lines = tuple(msgspec.structs.replace(line) for line in self.lines)
         return msgspec.structs.replace(self, lines=lines, ops=dict(self.ops))
+
+    @property
+    def is_order(self) -> bool:
+        """Whether this is the record of an order spanning groups (its units are in its parts)."""
+        return bool(self.parts)
 
 
 class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False):

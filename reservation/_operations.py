@@ -43,7 +43,7 @@ def reserve(view: View, cmd: ReserveCommand, now: int,
     A line naming a group in ``groups`` is split over member locations by the group strategy."""
     existing = view.reservation(cmd.reservation_id)
     if existing is not None:
-        _same_content(existing, cmd)
+        same_content(existing, cmd)
         return existing, True  # R5: replay the original decision, refusals included
     plans = _plan(view, cmd, groups)
     fits = [bool(picks) for picks, _, _ in plans]
@@ -214,7 +214,7 @@ def _current(view: View, reservation_id: str, now: int) -> Reservation:
     return expired if expired is not None else rec
 
 
-def _requested_lines(rec: Reservation) -> tuple[LineRequest, ...]:
+def requested_lines(rec: Reservation) -> tuple[LineRequest, ...]:
     """The lines as requested: records of one group line (consecutive) fold back into it."""
     out: list[LineRequest] = []
     for line in rec.lines:
@@ -225,9 +225,9 @@ def _requested_lines(rec: Reservation) -> tuple[LineRequest, ...]:
     return tuple(out)
 
 
-def _same_content(rec: Reservation, cmd: ReserveCommand) -> None:
+def same_content(rec: Reservation, cmd: ReserveCommand) -> None:
     """R5: the same id with different content is refused, naming the first field that differs."""
-    mine = _requested_lines(rec)
+    mine = requested_lines(rec)
     for field, old, new in (
         ("order_ref", rec.order_ref, cmd.order_ref),
         ("channel", rec.channel, cmd.channel),

@@ -1,0 +1,234 @@
+"""Orders whose lines span groups that no one script can change at once (R2 across groups).
+
+An order is split into *parts*, one per group: each part is an ordinary reservation of that
+group's lines, decided by that group alone (all-or-nothing within it), except that a part never
+expires by itself. The order's own record lives on its home group: it holds no units, only the
+decisions — what was asked, the groups of its parts, its state and TTL, and the change it has
+decided and not yet seen every part apply (``pending``). Every function here is pure: it says what
+to do; the engine does it, durably, step by step, and does it again after a crash (every step is
+idempotent: a part's id and a change's operation id make a repeat a replay).
+
+- Reserve: the order is recorded first (``open_order``, pending RESERVE), then each part is
+  reserved; ``decide`` turns the parts' outcomes into the order's: held when every part holds
+  (or, with ``allow_partial``, when any does), else the parts that hold are released first and the
+  order is rejected. A competing order may meanwhile be refused because of a part's hold that is
+  then released — never the reverse.
+- Confirm, release, fulfil and expiry: ``plan`` decides the change on the order as the parts show
+  it (``view``), with the single-group rules (``_operations``), and names each part's share; the
+  order is saved with the change pending, the parts apply their shares (``apply_share``), and the
+  order is saved settled. An order past its TTL expires this way too; one whose confirmation is
+  pending is never expired (the confirmation is finished instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import msgspec
+
+from . import _operations as ops
+from ._errors import DomainError
+from ._limits import Limits
+from ._model import (
+    Fact,
+    FactOutcome,
+    LineRecord,
+    LineRequest,
+    OrderStep,
+    Outcome,
+    PendingOp,
+    Quantities,
+    Reservation,
+    ReserveCommand,
+    State,
+)
+from ._operations import View
+
+PART_MARK = "\x1f"
+"""Between an order's id and a part's group: a control character, so no caller's id (printable
+only, see ``check_id``) can name a part."""
+PART_TTL_MS = 10**15
+"""A part's TTL: it never expires by itself (its order's expiry releases it)."""
+
+Place = Callable[[str], int]
+
+
+def part_id(order_id: str, group: int) -> str:
+    return f"{order_id}{PART_MARK}{group}"
+
+
+def order_of(reservation_id: str) -> str | None:
+    """The order a part belongs to (None: not a part)."""
+    order, mark, _ = reservation_id.rpartition(PART_MARK)
+    return order if mark else None
+
+
+def split(cmd: ReserveCommand, place: Place) -> dict[int, ReserveCommand]:
+    """Each group's lines as a Reserve of its own, in the order's line order, never expiring."""
+    lines: dict[int, list[LineRequest]] = {}
+    for line in cmd.lines:
+        lines.setdefault(place(line.sku), []).append(line)
+    return {group: ReserveCommand(part_id(cmd.reservation_id, group), cmd.order_ref, cmd.channel, tuple(mine),
+                                  PART_TTL_MS, cmd.allow_partial)
+            for group, mine in sorted(lines.items())}
+
+
+def open_order(cmd: ReserveCommand, groups: tuple[int, ...], now: int) -> Reservation:
+    """The order's record while its parts are decided: what was asked, nothing held yet."""
+    lines = tuple(LineRecord(line.sku, line.location, line.quantity, 0, Outcome.NOT_ATTEMPTED, 0)
+                  for line in cmd.lines)
+    return Reservation(cmd.reservation_id, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, State.HELD,
+                       lines, now, now + cmd.ttl_ms, now, parts=groups, pending=PendingOp(OrderStep.RESERVE))
+
+
+def same_order(order: Reservation, cmd: ReserveCommand) -> None:
+    """R5: a retry of the order with other content is refused, naming the field."""
+    ops.same_content(order, cmd)
+
+
+def decide(order: Reservation, parts: Mapping[int, Reservation], now: int) -> tuple[Reservation | None, list[int]]:
+    """The order once every part is decided: (the order, []) — or (None, the groups whose parts
+    hold units and must be released first: the order is refused, all or nothing)."""
+    assert set(parts) == set(order.parts), "every part is decided before the order"
+    held = [g for g in order.parts if parts[g].state == State.HELD]
+    if order.allow_partial or len(held) == len(order.parts):
+        state = State.HELD if held else State.REJECTED
+        lines = _merged(order, parts)
+    else:
+        if held:
+            return None, held
+        state = State.REJECTED
+        lines = tuple(record for line, records in _by_line(order, parts) for record in _refused(line, records))
+    decided = msgspec.structs.replace(order, state=state, lines=lines, updated_at=now, pending=None,
+                                      expires_at=order.expires_at if state == State.HELD else 0)
+    return decided, []
+
+
+def view(order: Reservation, parts: Mapping[int, Reservation]) -> Reservation:
+    """The order as its callers see it: its decisions, with the parts' lines (what is held,
+    committed, fulfilled and released at each position now). A rejected order keeps its own."""
+    if order.state == State.REJECTED or (order.pending is not None and order.pending.kind == OrderStep.RESERVE):
+        return order
+    merged = msgspec.structs.replace(order, lines=_merged(order, parts))
+    if merged.state in (State.HELD, State.CONFIRMED) and not any(line.outstanding for line in merged.lines):
+        fulfilled = any(line.fulfilled for line in merged.lines)  # by SHIPMENT facts on the parts
+        merged.state = State.FULFILLED if fulfilled else State.RELEASED
+        merged.expires_at = 0
+    return merged
+
+
+Share = PendingOp
+"""A part's share of an order's change: its kind, and the part's lines of it (none: whole)."""
+
+
+def plan(current: Reservation, step: PendingOp, now: int, limits: Limits, place: Place
+         ) -> tuple[Reservation | None, dict[int, Share], DomainError | None]:
+    """``step`` decided on ``current`` (``view``) by the single-group rules: (the order after it,
+    each part's share, the refusal to answer). A refusal may still come with a change — an order
+    past its TTL expires on the way (R3) — and a retry that changes nothing plans no share."""
+    paper = _Paper(current)
+    error: DomainError | None = None
+    try:
+        if step.kind == OrderStep.CONFIRM:
+            ops.confirm(paper, current.reservation_id, now)
+        elif step.kind == OrderStep.RELEASE:
+            ops.release(paper, current.reservation_id, step.lines, step.operation_id, now, limits)
+        elif step.kind == OrderStep.FULFIL:
+            ops.fulfill(paper, current.reservation_id, step.lines, step.operation_id, now, limits)
+        elif step.kind == OrderStep.EXPIRE:
+            ops.expire(paper, current.reservation_id, now)
+        else:
+            raise ValueError(f"not a change of a decided order: {step!r}")
+    except DomainError as exc:
+        error = exc
+    if paper.saved is None:
+        return None, {}, error
+    done = paper.saved
+    applied = step if error is None else PendingOp(OrderStep.EXPIRE)  # only an expiry stands beside a refusal
+    return msgspec.structs.replace(done, pending=applied), _shares(current, applied, place), error
+
+
+def settled(order: Reservation, now: int) -> Reservation:
+    """The order once every part has applied its pending change."""
+    return msgspec.structs.replace(order, pending=None, updated_at=now)
+
+
+def apply_share(view_: View, reservation_id: str, share: Share, now: int, limits: Limits) -> Reservation | None:
+    """A part's share of its order's change, on the part's shard; a repeat changes nothing."""
+    part = view_.reservation(reservation_id)
+    if part is None:
+        return None
+    whole = not share.lines
+    if share.kind == OrderStep.CONFIRM:
+        return ops.confirm(view_, reservation_id, now) if part.state == State.HELD else part
+    if share.kind in (OrderStep.RELEASE, OrderStep.EXPIRE) and whole:
+        busy = part.state in (State.HELD, State.CONFIRMED)
+        return ops.release(view_, reservation_id, (), "", now, limits) if busy else part
+    if share.kind == OrderStep.RELEASE:
+        return ops.release(view_, reservation_id, share.lines, share.operation_id, now, limits)
+    if share.kind == OrderStep.FULFIL:
+        if whole and part.state != State.CONFIRMED:
+            return part  # fulfilled already (a repeat), or by SHIPMENT facts
+        return ops.fulfill(view_, reservation_id, share.lines, share.operation_id, now, limits)
+    raise ValueError(f"not a part's share: {share!r}")
+
+
+def _shares(order: Reservation, step: PendingOp, place: Place) -> dict[int, Share]:
+    """Each part's share of ``step``: all of it, or its lines of it (a line's SKU names its group)."""
+    if not step.lines:
+        return {group: PendingOp(step.kind, (), step.operation_id) for group in order.parts}
+    mine: dict[int, list[LineRequest]] = {}
+    for line in step.lines:
+        mine.setdefault(place(line.sku), []).append(line)
+    return {group: PendingOp(step.kind, tuple(lines), step.operation_id) for group, lines in mine.items()}
+
+
+def _by_line(order: Reservation, parts: Mapping[int, Reservation]) -> list[tuple[LineRequest, list[LineRecord]]]:
+    """Each line the order asked for, with the parts' records of it (a group line may have several)."""
+    records: dict[tuple[str, str], list[LineRecord]] = {}
+    for group in order.parts:
+        for record in parts[group].lines:
+            records.setdefault((record.sku, record.group or record.location), []).append(record)
+    return [(line, records.get((line.sku, line.location), [])) for line in ops.requested_lines(order)]
+
+
+def _merged(order: Reservation, parts: Mapping[int, Reservation]) -> tuple[LineRecord, ...]:
+    """The parts' line records in the order's line order (a group line's records stay together)."""
+    return tuple(record for _, records in _by_line(order, parts) for record in records)
+
+
+def _refused(line: LineRequest, records: list[LineRecord]) -> list[LineRecord]:
+    """A line of a refused order: as its part decided it, or — where its part granted it and was
+    released because another part did not fit — not attempted, as one group would have said."""
+    if not any(record.outcome == Outcome.GRANTED for record in records):
+        return records
+    group = records[0].group
+    return [LineRecord(line.sku, line.location, line.quantity, 0, Outcome.NOT_ATTEMPTED,
+                       sum(record.available for record in records), group=group)]
+
+
+class _Paper:
+    """A ``View`` of one order as its parts show it, where changes move no units (the parts hold
+    them): the single-group rules decide, and what they save is the order after the change."""
+
+    def __init__(self, order: Reservation) -> None:
+        self._order = order
+        self.saved: Reservation | None = None
+
+    def quantities(self, sku: str, location: str) -> Quantities:
+        raise AssertionError("a decided order's change reads no position")
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        return (self.saved or self._order) if reservation_id == self._order.reservation_id else None
+
+    def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
+        pass  # the part moves its own units when it applies its share
+
+    def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None:
+        pass
+
+    def save(self, reservation: Reservation) -> None:
+        self.saved = reservation
+
+    def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
+        raise AssertionError("a decided order's change records no fact")

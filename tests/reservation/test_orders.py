@@ -1,0 +1,198 @@
+"""Orders spanning groups (``_orders``), no I/O: each group a Ledger of its own, the saga's steps
+run by hand as the engine runs them — all or nothing (R2), every step a replay when repeated (R5),
+expiry only through the order (R3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reservation import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    Ledger,
+    LineRequest,
+    OrderStep,
+    Outcome,
+    PendingOp,
+    Reservation,
+    ReserveCommand,
+    State,
+    reserve,
+)
+from reservation import _orders as orders
+from tests.reservation.helpers import LIMITS, cmd, ledger_with
+
+NOW = 10_000
+GROUP = {"A": 0, "B": 1, "C": 1}
+
+
+def place(sku: str) -> int:
+    return GROUP[sku]
+
+
+class Estate:
+    """Group 0 stocks A, group 1 stocks B and C."""
+
+    def __init__(self, a: int = 10, b: int = 10, c: int = 10) -> None:
+        self.ledgers = {0: ledger_with({("A", "S1"): a}), 1: ledger_with({("B", "S1"): b, ("C", "S1"): c})}
+
+    def reserve_parts(self, command: ReserveCommand) -> dict[int, Reservation]:
+        return {g: reserve(self.ledgers[g], part, NOW)[0] for g, part in orders.split(command, place).items()}
+
+    def parts(self, order: Reservation) -> dict[int, Reservation]:
+        found = {g: self.ledgers[g].reservation(orders.part_id(order.reservation_id, g)) for g in order.parts}
+        assert all(p is not None for p in found.values())
+        return found  # type: ignore[return-value]
+
+    def apply(self, order: Reservation, shares: dict[int, PendingOp], now: int = NOW) -> None:
+        for g, share in shares.items():
+            orders.apply_share(self.ledgers[g], orders.part_id(order.reservation_id, g), share, now, LIMITS)
+
+    def held(self, sku: str) -> int:
+        return self.ledgers[place(sku)].quantities(sku, "S1").reserved
+
+    def committed(self, sku: str) -> int:
+        return self.ledgers[place(sku)].quantities(sku, "S1").committed
+
+
+def reserved_order(estate: Estate, command: ReserveCommand) -> Reservation:
+    """The whole Reserve saga: open, reserve the parts, release held ones if refused, decide."""
+    order = orders.open_order(command, tuple(sorted({place(line.sku) for line in command.lines})), NOW)
+    parts = estate.reserve_parts(command)
+    decided, release = orders.decide(order, parts, NOW)
+    if decided is None:
+        estate.apply(order, {g: PendingOp(OrderStep.RELEASE) for g in release})
+        decided, release = orders.decide(order, estate.parts(order), NOW)
+        assert decided is not None and not release
+    return decided
+
+
+def changed(estate: Estate, order: Reservation, step: PendingOp, now: int = NOW) -> Reservation:
+    """A change of a decided order: plan on the parts' view, apply the shares, settle."""
+    done, shares, error = orders.plan(orders.view(order, estate.parts(order)), step, now, LIMITS, place)
+    if error is not None:
+        raise error
+    assert done is not None and done.pending == step
+    estate.apply(order, shares, now)
+    estate.apply(order, shares, now)  # a repeat after a crash: every share is a replay
+    return orders.settled(done, now)
+
+
+def test_a_part_id_names_its_order_and_no_caller_can_send_one() -> None:
+    pid = orders.part_id("o-1", 3)
+    assert orders.order_of(pid) == "o-1" and orders.order_of("o-1") is None
+    assert not pid.isprintable()  # check_id refuses it on every request
+
+
+def test_parts_split_the_lines_by_group_in_order_and_never_expire() -> None:
+    parts = orders.split(cmd("o", ("B", "S1", 1), ("A", "S1", 2), ("C", "S1", 3)), place)
+    assert [(g, [line.sku for line in p.lines]) for g, p in parts.items()] == [(0, ["A"]), (1, ["B", "C"])]
+    assert all(p.ttl_ms == orders.PART_TTL_MS for p in parts.values())
+
+
+def test_every_part_holding_makes_the_order_held_with_the_lines_in_its_order_R2() -> None:
+    estate = Estate()
+    order = reserved_order(estate, cmd("o", ("B", "S1", 2), ("A", "S1", 3)))
+    assert order.state == State.HELD and order.pending is None and order.expires_at == NOW + 60_000
+    assert [(line.sku, line.granted) for line in order.lines] == [("B", 2), ("A", 3)]
+    assert (estate.held("A"), estate.held("B")) == (3, 2)
+
+
+def test_one_part_short_releases_the_others_and_refuses_the_order_R2() -> None:
+    estate = Estate(b=1)
+    order = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2)))
+    assert order.state == State.REJECTED and order.expires_at == 0
+    assert [(line.sku, line.outcome) for line in order.lines] == [("A", Outcome.NOT_ATTEMPTED),
+                                                                  ("B", Outcome.INSUFFICIENT)]
+    assert (estate.held("A"), estate.held("B")) == (0, 0)  # nothing outlives the decision
+
+
+def test_allow_partial_keeps_what_each_part_granted() -> None:
+    estate = Estate(b=1)
+    order = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2), partial=True))
+    assert order.state == State.HELD
+    assert [line.granted for line in order.lines] == [3, 0] and estate.held("A") == 3
+
+
+def test_a_retry_with_other_content_is_refused_naming_the_field_R5() -> None:
+    order = orders.open_order(cmd("o", ("A", "S1", 3), ("B", "S1", 2)), (0, 1), NOW)
+    orders.same_order(order, cmd("o", ("A", "S1", 3), ("B", "S1", 2)))
+    with pytest.raises(AlreadyExists, match="lines"):
+        orders.same_order(order, cmd("o", ("A", "S1", 3), ("B", "S1", 1)))
+
+
+def test_confirm_release_and_fulfil_reach_every_part_once() -> None:
+    estate = Estate()
+    order = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2)))
+    order = changed(estate, order, PendingOp(OrderStep.CONFIRM))
+    assert order.state == State.CONFIRMED and (estate.committed("A"), estate.committed("B")) == (3, 2)
+    order = changed(estate, order, PendingOp(OrderStep.RELEASE, (LineRequest("A", "S1", 1),), "r1"))
+    order = changed(estate, order, PendingOp(OrderStep.FULFIL, (), ""))
+    shown = orders.view(order, estate.parts(order))
+    assert shown.state == State.FULFILLED
+    assert [(line.sku, line.fulfilled, line.released) for line in shown.lines] == [("A", 2, 1), ("B", 2, 0)]
+    assert estate.ledgers[0].quantities("A", "S1").on_hand == 8  # shipped once, the repeat a replay
+
+
+def test_a_change_checked_against_what_the_parts_hold_is_refused_whole() -> None:
+    estate = Estate()
+    order = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.CONFIRM))
+    step = PendingOp(OrderStep.RELEASE, (LineRequest("A", "S1", 1), LineRequest("B", "S1", 5)), "r1")
+    done, shares, error = orders.plan(orders.view(order, estate.parts(order)), step, NOW, LIMITS, place)
+    assert isinstance(error, InvalidArgument) and done is None and not shares
+    assert estate.committed("A") == 3  # nothing of it applied anywhere
+
+
+def test_an_order_past_its_ttl_expires_through_every_part_even_when_a_command_finds_it_R3() -> None:
+    estate = Estate()
+    order = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2)))
+    late = order.expires_at
+    assert estate.parts(order)[0].expires_at > late + 10**12  # a part never expires by itself
+    done, shares, error = orders.plan(orders.view(order, estate.parts(order)), PendingOp(OrderStep.CONFIRM),
+                                      late, LIMITS, place)
+    assert isinstance(error, FailedPrecondition) and "EXPIRED" in str(error)
+    assert done is not None and done.state == State.EXPIRED and done.pending == PendingOp(OrderStep.EXPIRE)
+    estate.apply(order, shares, late)
+    assert (estate.held("A"), estate.held("B")) == (0, 0)
+
+
+def test_a_confirmed_order_is_never_expired() -> None:
+    estate = Estate()
+    order = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.CONFIRM))
+    done, shares, error = orders.plan(orders.view(order, estate.parts(order)), PendingOp(OrderStep.EXPIRE),
+                                      order.updated_at + 10**9, LIMITS, place)
+    assert (done, shares, error) == (None, {}, None)
+    assert estate.committed("A") == 3
+
+
+def test_a_retried_change_plans_nothing_R5() -> None:
+    estate = Estate()
+    order = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.CONFIRM))
+    assert orders.plan(orders.view(order, estate.parts(order)), PendingOp(OrderStep.CONFIRM), NOW, LIMITS,
+                       place) == (None, {}, None)
+
+
+def test_units_fulfilled_by_shipment_facts_on_the_parts_settle_the_order() -> None:
+    estate = Estate()
+    order = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.CONFIRM))
+    for g, (sku, qty) in ((0, ("A", 3)), (1, ("B", 2))):
+        part = orders.part_id("o", g)
+        orders.apply_share(estate.ledgers[g], part, PendingOp(OrderStep.FULFIL, (LineRequest(sku, "S1", qty),),
+                                                              f"fact:{sku}"), NOW, LIMITS)
+    assert orders.view(order, estate.parts(order)).state == State.FULFILLED
+
+
+def test_the_order_record_holds_no_units_and_round_trips_through_the_log() -> None:
+    order = orders.open_order(cmd("o", ("A", "S1", 3), ("B", "S1", 2)), (0, 1), NOW)
+    ledger = Ledger(0, LIMITS)
+    ledger.save(order)
+    entry = ledger.commit(NOW)
+    again = Ledger(0, LIMITS)
+    again.replay(entry)
+    assert again.reservation("o") == order and again.reservation("o").is_order  # type: ignore[union-attr]
+    assert again.quantities("A", "S1").reserved == 0
