@@ -37,6 +37,13 @@ class ServiceConfig:
     redis_url: str | None = None
     """Redis holding the logs and snapshots. Unset: start a private embedded redis-server."""
 
+    redis_cluster: bool = False
+    """``redis_url`` names a node of a Redis Cluster (the others are found from it): each shard's
+    keys share one hash slot, a group commit is one script call per shard pipelined per primary,
+    and an order whose lines span shards is decided by a saga of one-shard steps (R2). The input
+    streams, ``dead_letter_stream`` and ``quarantine_stream`` must then share one hash tag (such as
+    ``atp:{in}:pos``): an entry is dead-lettered and acknowledged in one transaction."""
+
     data_dir: Path = Path("var")
     """Where the embedded redis-server keeps its append-only file."""
 
@@ -261,6 +268,12 @@ class ServiceConfig:
             raise ValueError(f"snapshot_retry_max_s: must be positive, got {self.snapshot_retry_max_s}")
         if not 0 <= self.malloc_mmap_threshold <= 32 << 20:  # glibc's largest (HEAP_MAX_SIZE / 2)
             raise ValueError(f"malloc_mmap_threshold: must be within [0, 33554432], got {self.malloc_mmap_threshold}")
+        if self.redis_cluster and self.input_streams:
+            streams = (*self.input_streams, self.dead_letter_stream, self.quarantine_stream)
+            if len({_hash_tag(name) for name in streams}) != 1:
+                raise ValueError("input_streams, dead_letter_stream, quarantine_stream: on a Redis Cluster they "
+                                 "must share one hash tag, e.g. atp:{in}:pos,atp:{in}:wms, atp:{in}:dlq and "
+                                 f"atp:{{in}}:quarantine (got {', '.join(streams)})")
         if self.redis_wait_replicas < 0:
             raise ValueError(f"redis_wait_replicas: must be >= 0, got {self.redis_wait_replicas}")
         if self.redis_wait_timeout_ms <= 0 or (
@@ -398,3 +411,10 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
     except ValueError:
         raise ValueError(f"ATP_{name.upper()}: cannot read {raw!r} as {type_name}") from None
     return raw or None
+
+
+def _hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes: the first ``{...}`` with something inside, else all."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1:end] if start >= 0 and end > start + 1 else key

@@ -145,12 +145,21 @@ def plan(current: Reservation, step: PendingOp, now: int, limits: Limits, place:
         return None, {}, error
     done = paper.saved
     applied = step if error is None else PendingOp(OrderStep.EXPIRE)  # only an expiry stands beside a refusal
-    return msgspec.structs.replace(done, pending=applied), _shares(current, applied, place), error
+    return msgspec.structs.replace(done, pending=applied), shares(current, applied, place), error
 
 
 def settled(order: Reservation, now: int) -> Reservation:
     """The order once every part has applied its pending change."""
     return msgspec.structs.replace(order, pending=None, updated_at=now)
+
+
+def abandoned(order: Reservation, now: int) -> Reservation:
+    """An order still undecided when its TTL passed (its parts that held units are released):
+    expired, nothing granted."""
+    lines = tuple(LineRecord(line.sku, line.location, line.requested, 0, Outcome.NOT_ATTEMPTED, 0)
+                  for line in order.lines)
+    return msgspec.structs.replace(order, state=State.EXPIRED, lines=lines, expires_at=0, updated_at=now,
+                                   pending=PendingOp(OrderStep.EXPIRE))
 
 
 def apply_share(view_: View, reservation_id: str, share: Share, now: int, limits: Limits) -> Reservation | None:
@@ -173,7 +182,7 @@ def apply_share(view_: View, reservation_id: str, share: Share, now: int, limits
     raise ValueError(f"not a part's share: {share!r}")
 
 
-def _shares(order: Reservation, step: PendingOp, place: Place) -> dict[int, Share]:
+def shares(order: Reservation, step: PendingOp, place: Place) -> dict[int, Share]:
     """Each part's share of ``step``: all of it, or its lines of it (a line's SKU names its group)."""
     if not step.lines:
         return {group: PendingOp(step.kind, (), step.operation_id) for group in order.parts}

@@ -39,8 +39,8 @@ from atp_service.retry import BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.keys import CHANNELS
-from atp_service.storage.log import CommitWindow, LogStore, connect
-from atp_service.storage.nodes import open_nodes
+from atp_service.storage.log import CommitWindow, LogStore
+from atp_service.storage.nodes import connect_any, open_nodes
 from atp_service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -158,14 +158,15 @@ class AtpService:
         self._servicer.monitor = self._monitor
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen, self.metrics.intake)
         if self.estate.channels:
-            channel_client = connect(self.redis_url, cfg.redis_timeout_s)
+            channel_client = connect_any(self.redis_url, cfg.redis_timeout_s, cluster=cfg.redis_cluster)
             store = ChannelStore(channel_client, cfg.key_prefix, epoch=self._epoch)
             self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg.channel_settings,
                                         self.metrics.channels)
             await self.channels.start()
         self._servicer.attach(self.engine, self.desk, self.channels)
         if cfg.input_streams:
-            ingest_client = connect(self.redis_url, cfg.redis_timeout_s + cfg.ingest_block_ms / 1000)
+            ingest_client = connect_any(self.redis_url, cfg.redis_timeout_s + cfg.ingest_block_ms / 1000,
+                                        cluster=cfg.redis_cluster)
             # With channel feeds, smaller reads keep the event loop's turns short for the desk (C2).
             reads = min(cfg.ingest_count, cfg.ingest_count_publishing) if self.channels else cfg.ingest_count
             self.ingestor = StreamIngestor(ingest_client, self.desk, cfg.ingest_settings, self.clock, reads)
@@ -248,8 +249,8 @@ class AtpService:
     async def _recover(self) -> Engine:
         started = time.perf_counter()
         cfg = self.config
-        nodes = open_nodes(self.redis_url, cfg.redis_timeout_s, wait_replicas=cfg.redis_wait_replicas,
-                           wait_timeout_ms=cfg.redis_wait_timeout_ms)
+        nodes = open_nodes(self.redis_url, cfg.redis_timeout_s, cluster=cfg.redis_cluster,
+                           wait_replicas=cfg.redis_wait_replicas, wait_timeout_ms=cfg.redis_wait_timeout_ms)
         client = nodes.reader
         self._log = store = LogStore(
             nodes, cfg.key_prefix, cfg.pipeline_max,

@@ -49,6 +49,8 @@ class Housekeeper:
                 except DomainError as exc:  # mailbox full or Redis down: the next pass tries again
                     log.debug("shard %d: housekeeping deferred: %s", actor.shard, exc)
             actor.request_maintenance()
+        if engine.orders is not None:
+            engine.orders.drive_unsettled()
         for fut in waits:
             try:
                 await fut
@@ -65,7 +67,9 @@ class Housekeeper:
         for rid in ledger.due(now):
             rec = ledger.reservations[rid]
             shards = {place(line.sku) for line in rec.lines} | {ledger.shard}
-            if len(shards) == 1:
+            if rec.is_order:  # its parts hold the units: its saga expires it, through every part
+                self._spawn(self._expire_order(ledger, rid, rec.expires_at))
+            elif len(shards) == 1:
                 ops.expire(ledger, rid, now)
             else:
                 self._spawn(self._expire_across(sorted(shards), ledger, rid, rec.expires_at))
@@ -81,6 +85,15 @@ class Housekeeper:
             home.requeue_expiry(expires_at, rid)
             if not isinstance(exc, Exception):
                 raise
+
+    async def _expire_order(self, home: Ledger, rid: str, expires_at: int) -> None:
+        orders = self._engine.orders
+        assert orders is not None
+        try:
+            await orders.expire(rid, home.shard)
+        except Exception as exc:  # whatever kept it from being durable: the next pass tries again
+            log.warning("expiry of order %s deferred: %r", rid, exc)
+            home.requeue_expiry(expires_at, rid)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

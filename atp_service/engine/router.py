@@ -17,11 +17,12 @@ from typing import Any
 from atp_service.config import EngineSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.coordinator import Coordinator, ViewWork
+from atp_service.engine.fanout import count_reservations, gather_by_shard
 from atp_service.engine.maintenance import Housekeeper
+from atp_service.engine.orders import Orders
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import LogStore
-from atp_service.tasks import exception_seen
 from reservation import (
     DomainError,
     GroupPolicy,
@@ -29,12 +30,13 @@ from reservation import (
     LineRequest,
     LogEntry,
     NotFound,
+    OrderStep,
+    PendingOp,
     Quantities,
     Reason,
     Reservation,
     ReserveCommand,
     ResourceExhausted,
-    State,
     Unavailable,
     View,
 )
@@ -42,7 +44,6 @@ from reservation import _operations as ops
 from reservation._events import ReservationSaved
 
 log = logging.getLogger(__name__)
-_STATE_NAMES = {state.value: state.name.lower() for state in State}  # metric labels, without an Enum call each
 
 
 async def _one_as_list(call: Callable[[], Awaitable[Any]]) -> list[Any]:
@@ -84,6 +85,12 @@ class Engine:
                 self._home[rid] = actor.shard
             actor.landed_late_listeners.append(self._rehome)
             actor.lost_listeners.append(self._unhome)
+        self.orders: Orders | None = None
+        """Where Redis cannot land a change of several groups at once (a cluster), orders spanning
+        groups go through sagas instead of the coordinator."""
+        if not getattr(log_store, "together", True):
+            self.orders = Orders(self)
+            self.orders.find_pending(actor.ledger for actor in self.actors)
         self._housekeeper = Housekeeper(self, self._coordinator, settings.maintenance_interval_ms / 1000)
         # Location groups a Reserve line may name, with each channel's strategy (set from the estate).
         self.group_policies: dict[str, GroupPolicy] = {}
@@ -110,6 +117,8 @@ class Engine:
 
     async def stop(self, snapshot: bool = True) -> None:
         self._housekeeper.stop()
+        if self.orders is not None:
+            self.orders.stop()  # a saga stopped half-way is driven on after the restart
         for actor in self.actors:
             await actor.stop()
         if snapshot:
@@ -121,7 +130,10 @@ class Engine:
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
         shards, home = self._route(cmd)
         try:
-            result: tuple[Reservation, bool] = await self.run(shards, home, self._reserve_work(cmd, home))
+            if self.orders is not None and len(shards) > 1:
+                result = await self.orders.reserve(cmd, home)
+            else:
+                result = await self.run(shards, home, self._reserve_work(cmd, home))
         except BaseException:
             self._unroute(cmd.reservation_id)
             raise
@@ -163,33 +175,8 @@ class Engine:
         out: list[Any], more: Sequence[tuple[list[int], Awaitable[list[Any]]]] = (),
         settled: Callable[[list[int], list[Any] | None], None] | None = None,
     ) -> None:
-        """One actor message per shard for the items ``groups`` assigns it; each item's result, or the
-        error that kept its shard from deciding it, lands at the item's index in ``out``. ``settled``
-        is called with a shard's items and its results (None: not decided) once that shard has
-        answered — whether or not this coroutine is still there to hear it (R8: a cancelled caller
-        abandons only the waiting)."""
-        waits: list[tuple[list[int], Awaitable[list[Any]]]] = list(more)
-        for shard, idx in groups.items():
-            try:
-                reply = self.actors[shard].submit(work_for(idx))
-            except DomainError as exc:
-                for i in idx:
-                    out[i] = exc
-                if settled is not None:
-                    settled(idx, None)
-                continue
-            reply.add_done_callback(exception_seen)  # a caller gone early leaves no "exception never retrieved"
-            if settled is not None:
-                reply.add_done_callback(lambda fut, idx=idx: settled(  # type: ignore[misc]
-                    idx, None if fut.cancelled() or fut.exception() is not None else fut.result()))
-            waits.append((idx, reply))
-        for idx, fut in waits:
-            try:
-                results = await fut
-            except DomainError as exc:
-                results = [exc] * len(idx)
-            for i, result in zip(idx, results, strict=True):
-                out[i] = result
+        """``fanout.gather_by_shard`` over this engine's shards."""
+        await gather_by_shard(self.actors, groups, work_for, out, more, settled)
 
     def _placement(self, cmd: ReserveCommand) -> tuple[set[int], int]:
         """The shards a Reserve needs and its record's home (the known one, else the lowest shard)."""
@@ -267,6 +254,10 @@ class Engine:
 
         return run
 
+    def reserve_part(self, ledger: Ledger, cmd: ReserveCommand, now: int) -> Reservation:
+        """A part of an order spanning groups, on its group's shard (``Orders``)."""
+        return self._reserve_checked(ledger, ledger, cmd, now)[0]
+
     def _reserve_checked(self, home: Ledger, view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
         limit = self.limits.max_live_reservations_per_shard
         if home.live_reservations >= limit and view.reservation(cmd.reservation_id) is None:
@@ -276,36 +267,32 @@ class Engine:
         return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
     def _count(self, result: tuple[Reservation, bool]) -> None:
-        outcome = "replayed" if result[1] else _STATE_NAMES[result[0].state]
-        self.metrics.reservations.labels(outcome).inc()
+        count_reservations(self.metrics, [result])
 
     def _count_many(self, results: list[tuple[Reservation, bool] | DomainError]) -> None:
-        counts: dict[str, int] = {}
-        for result in results:
-            if isinstance(result, DomainError):
-                outcome = "error"
-            else:
-                outcome = "replayed" if result[1] else _STATE_NAMES[result[0].state]
-            counts[outcome] = counts.get(outcome, 0) + 1
-        for outcome, n in counts.items():
-            self.metrics.reservations.labels(outcome).inc(n)
+        count_reservations(self.metrics, results)
 
     async def confirm(self, reservation_id: str) -> Reservation:
-        return await self._resolve(reservation_id, "confirmed", lambda v, now: ops.confirm(v, reservation_id, now))
+        return await self._resolve(reservation_id, "confirmed", lambda v, now: ops.confirm(v, reservation_id, now),
+                                   PendingOp(OrderStep.CONFIRM))
 
     async def release(self, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str) -> Reservation:
+        step = PendingOp(OrderStep.RELEASE, lines, operation_id)
         return await self._resolve(reservation_id, "released", lambda v, now: ops.release(
-            v, reservation_id, lines, operation_id, now, self.limits))
+            v, reservation_id, lines, operation_id, now, self.limits), step)
 
     async def fulfill(self, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str) -> Reservation:
+        step = PendingOp(OrderStep.FULFIL, lines, operation_id)
         return await self._resolve(reservation_id, "fulfilled", lambda v, now: ops.fulfill(
-            v, reservation_id, lines, operation_id, now, self.limits))
+            v, reservation_id, lines, operation_id, now, self.limits), step)
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         """The record as durable (R7): read by its shard, and answered only once every batch that
         shard has in flight is durable — never a state that an append failing now would take back."""
         home = self._home.get(reservation_id)
         rec: Reservation | None = None
+        if self.orders is not None and home is not None and self.is_order(home, reservation_id):
+            return await self.orders.read(reservation_id, home)
         if home is not None:
             rec = await self.actors[home].submit(lambda ledger, _now: ledger.reservation(reservation_id))
         if rec is None:
@@ -334,8 +321,18 @@ class Engine:
         return result
 
     # -- routing ----------------------------------------------------------------------
-    async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork) -> Reservation:
-        result: Reservation = await self.run_on_record(reservation_id, work)
+    def is_order(self, home: int, reservation_id: str) -> bool:
+        """Whether the record at ``home`` is an order spanning groups (``Orders``)."""
+        rec = self.actors[home].ledger.reservation(reservation_id)
+        return rec is not None and rec.is_order
+
+    async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork, step: PendingOp) -> Reservation:
+        home = self._home.get(reservation_id)
+        result: Reservation
+        if self.orders is not None and home is not None and self.is_order(home, reservation_id):
+            result = await self.orders.change(reservation_id, home, step)
+        else:
+            result = await self.run_on_record(reservation_id, work)
         self.metrics.reservations.labels(outcome).inc()
         return result
 

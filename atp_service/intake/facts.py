@@ -155,6 +155,12 @@ class FactDesk:
         engine = self.engine
         sku_shard = engine.place(fact.sku)
         home = engine.home_of(fact.reservation_id)
+        if engine.orders is not None and home is not None:  # on a cluster: one group per step
+            if engine.is_order(home, fact.reservation_id):
+                return await engine.orders.shipment(fact, fact.reservation_id, f"fact:{fact_key(fact)}")
+            if home != sku_shard:  # an ordinary reservation has every line on its own shard: not this one
+                moved: Result = await engine.run({sku_shard}, sku_shard, lambda view, _now: _not_its_line(view, fact))
+                return moved
 
         def work(view: View, now: int) -> Result:
             outcome, reason = view.record_fact(fact)  # on the fact's shard, held with the record's
@@ -223,3 +229,13 @@ def _fields(fact: Fact, reason: str) -> dict[str, Any]:
         "sku": fact.sku, "location": fact.location, "quantity": fact.quantity,
         "event_time_ms": fact.event_time, "reservation_id": fact.reservation_id,
     }
+
+
+def _not_its_line(view: View, fact: Fact) -> Result:
+    """A SHIPMENT naming a reservation with no line at its position: the stock moves, nothing is
+    fulfilled (as ``fulfill_committed`` would refuse it)."""
+    outcome, reason = view.record_fact(fact)
+    if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
+        return outcome, reason
+    return outcome, (f"stock moved; reservation not fulfilled: {fact.sku}@{fact.location} is not a line of "
+                     f"reservation {fact.reservation_id!r}")

@@ -135,6 +135,11 @@ class LogStore:
         self.on_fenced: list[Callable[[], None]] = []
 
     @property
+    def together(self) -> bool:
+        """Whether entries of several groups can land all or none (one Redis: yes; a cluster: no)."""
+        return self.nodes.together
+
+    @property
     def epoch(self) -> int:
         """This instance's epoch: the highest of its claims (0: none yet)."""
         return max(self.epochs.values(), default=0)

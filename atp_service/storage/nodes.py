@@ -219,3 +219,10 @@ def open_nodes(url: str, timeout_s: float, *, cluster: bool = False, wait_replic
     reader = aioredis.RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     return Nodes(reader, cluster=True, url=url, timeout_s=timeout_s, wait_replicas=wait_replicas,
                  wait_timeout_ms=wait_timeout_ms)
+
+
+def connect_any(url: str, timeout_s: float, *, cluster: bool = False) -> Any:
+    """A client for single-key commands: of one Redis, or of a Redis Cluster (routed by key)."""
+    if not cluster:
+        return connect(url, timeout_s)
+    return aioredis.RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)

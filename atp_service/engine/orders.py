@@ -1,0 +1,303 @@
+"""Orders whose lines span groups where Redis cannot write those groups in one script (a Redis
+Cluster): a saga of single-group steps (``reservation._orders``), all or nothing in outcome (R2).
+
+Every step is an ordinary actor message on one shard, durable before the next starts, and every
+step is idempotent, so a saga can be run again from wherever it stopped: the order's record at its
+home says what it has decided (``pending``). One task per order runs its saga at a time (a lock
+per order), owned by this object, not by the caller (R8): a caller that goes away abandons only
+its wait. A saga that cannot finish now (a group's log unreachable) leaves the order pending; the
+caller hears ``UNAVAILABLE`` (``OUTCOME_UNKNOWN``), and the order is driven on by its retry or by
+housekeeping, which also drives every order found pending after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from reservation import (
+    DomainError,
+    Fact,
+    FactOutcome,
+    Ledger,
+    LineRequest,
+    NotFound,
+    OrderStep,
+    PendingOp,
+    Reason,
+    Reservation,
+    ReserveCommand,
+    ResourceExhausted,
+    Unavailable,
+)
+from reservation import _operations as ops
+from reservation import _orders as orders
+
+if TYPE_CHECKING:
+    from atp_service.engine.router import Engine
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+UNDECIDED = ("outcome unknown: the order spans groups and is not decided yet (a group's log did not answer); "
+             "retry with the same id, which goes on from where it stopped")
+
+
+class Orders:
+    """The sagas of ``engine``'s orders that span groups."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # order id -> (its lock, tasks using it)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.unsettled: set[str] = set()
+        """Orders left pending (a saga that could not finish, or found so after a restart): the
+        housekeeper drives them on (``drive_unsettled``)."""
+
+    def spans(self, cmd: ReserveCommand) -> bool:
+        place = self._engine.place
+        first = place(cmd.lines[0].sku)
+        return any(place(line.sku) != first for line in cmd.lines[1:])
+
+    def find_pending(self, ledgers: Iterable[Ledger]) -> None:
+        """After a restart: every order whose saga stopped half-way is driven on."""
+        for ledger in ledgers:
+            self.unsettled.update(rid for rid, rec in ledger.reservations.items()
+                                  if rec.is_order and rec.pending is not None)
+
+    # -- what the engine calls ---------------------------------------------------------
+    async def reserve(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
+        return await self._owned(cmd.reservation_id, lambda: self._reserve(cmd, home))
+
+    async def change(self, order_id: str, home: int, step: PendingOp) -> Reservation:
+        return await self._owned(order_id, lambda: self._change(order_id, home, step))
+
+    async def read(self, order_id: str, home: int) -> Reservation:
+        return await self._owned(order_id, lambda: self._read(order_id, home))
+
+    async def expire(self, order_id: str, home: int) -> None:
+        await self._owned(order_id, lambda: self._change(order_id, home, PendingOp(OrderStep.EXPIRE), quiet=True))
+
+    async def shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
+        """A SHIPMENT fact naming the order: the stock moves and the part holding that position is
+        fulfilled with it, in one step on the fact's shard (R4, idempotent by ``operation_id``)."""
+        return await self._owned(order_id, lambda: self._shipment(fact, order_id, operation_id))
+
+    def drive_unsettled(self) -> None:
+        """Drive on every order left pending whose saga is not running now."""
+        for order_id in list(self.unsettled):
+            if order_id not in self._locks:
+                home = self._engine.home_of(order_id)
+                self.unsettled.discard(order_id)
+                if home is not None:
+                    self._spawn(self._locked(order_id, functools.partial(self._settle, order_id, home)))
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- one task per order at a time ------------------------------------------------------
+    async def _owned(self, order_id: str, saga: Callable[[], Awaitable[T]]) -> T:
+        task = self._spawn(self._locked(order_id, saga))
+        result: T = await asyncio.shield(task)  # the caller's cancellation abandons the wait, not the saga
+        return result
+
+    def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
+        task: asyncio.Task[T] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # seen: its caller may have gone
+
+    async def _locked(self, order_id: str, saga: Callable[[], Awaitable[T]]) -> T:
+        lock, users = self._locks.get(order_id, (asyncio.Lock(), 0))
+        self._locks[order_id] = (lock, users + 1)
+        try:
+            async with lock:
+                try:
+                    return await saga()
+                except BaseException as exc:
+                    if not isinstance(exc, DomainError) or isinstance(exc, (Unavailable, ResourceExhausted)):
+                        self.unsettled.add(order_id)  # it may have stopped half-way: housekeeping drives it on
+                    raise
+        finally:
+            lock, users = self._locks[order_id]
+            if users == 1:
+                del self._locks[order_id]
+            else:
+                self._locks[order_id] = (lock, users - 1)
+
+    # -- the sagas ---------------------------------------------------------------------------
+    async def _reserve(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
+        groups = tuple(sorted({self._engine.place(line.sku) for line in cmd.lines}))
+
+        def open_order(ledger: Ledger, now: int) -> Reservation:
+            found = ledger.reservation(cmd.reservation_id)
+            if found is None:
+                ledger.save(orders.open_order(cmd, groups, now))
+                return ledger.reservations[cmd.reservation_id]
+            orders.same_order(found, cmd) if found.is_order else ops.same_content(found, cmd)
+            return found
+
+        order = await self._on(home, open_order)
+        if not order.is_order or order.pending is None:
+            return (orders.view(order, await self._parts(order)) if order.is_order else order), True  # R5
+        return await self._decide(order, home), False
+
+    async def _decide(self, order: Reservation, home: int) -> Reservation:
+        """Reserve every part (a replay where it exists), release the held ones if any part is
+        refused, then record the order's decision. Past its TTL undecided, the order expires."""
+        cmds = orders.split(_command_of(order), self._engine.place)
+        parts = await self._each(cmds, lambda g: lambda ledger, now: self._engine.reserve_part(ledger, cmds[g], now))
+        decided, release = orders.decide(order, parts, self._engine.clock.now_ms())
+        if release:
+            await self._each(release, lambda g: self._share_work(order, g, PendingOp(OrderStep.RELEASE)))
+            decided, _ = orders.decide(order, await self._parts(order), self._engine.clock.now_ms())
+        assert decided is not None
+        await self._save(home, decided)
+        return orders.view(decided, parts if not release else await self._parts(decided))
+
+    async def _change(self, order_id: str, home: int, step: PendingOp, quiet: bool = False) -> Reservation:
+        order = await self._settle(order_id, home)
+        parts = await self._parts(order)
+        done, shares, error = orders.plan(orders.view(order, parts), step, self._engine.clock.now_ms(),
+                                          self._engine.limits, self._engine.place)
+        if done is not None:
+            await self._save(home, done)  # decided: from here on it is carried through, whatever happens
+            await self._apply(done, shares)
+            order = orders.settled(done, self._engine.clock.now_ms())
+            await self._save(home, order)
+            parts = await self._parts(order)
+        if error is not None and not quiet:
+            raise error
+        return orders.view(order, parts)
+
+    async def _read(self, order_id: str, home: int) -> Reservation:
+        order = await self._settle(order_id, home)
+        return orders.view(order, await self._parts(order))
+
+    async def _settle(self, order_id: str, home: int) -> Reservation:
+        """The order with whatever it had pending carried through (a reserve decided, a change
+        applied by every part)."""
+        order = await self._on(home, lambda ledger, _now: ledger.reservation(order_id))
+        if order is None or not order.is_order:
+            raise NotFound(f"reservation_id: no reservation {order_id!r}")
+        pending = order.pending
+        if pending is None:
+            return order
+        if pending.kind == OrderStep.RESERVE:
+            if self._engine.clock.now_ms() < order.expires_at:
+                return await self._decide(order, home)
+            order = await self._abandon(order, home)  # never decided within its TTL: nothing stays held
+        else:
+            await self._apply(order, orders.shares(order, pending, self._engine.place))
+        settled = orders.settled(order, self._engine.clock.now_ms())
+        await self._save(home, settled)
+        return settled
+
+    async def _abandon(self, order: Reservation, home: int) -> Reservation:
+        """An order undecided past its TTL: its parts that exist are released; it expires."""
+        found = await self._parts(order, missing_ok=True)
+        await self._each(list(found), lambda g: self._share_work(order, g, PendingOp(OrderStep.RELEASE)))
+        expired = orders.abandoned(order, self._engine.clock.now_ms())
+        await self._save(home, expired)
+        return expired
+
+    async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
+        shard = self._engine.place(fact.sku)
+        part = orders.part_id(order_id, shard)
+        line = (LineRequest(fact.sku, fact.location, fact.quantity),)
+
+        def work(ledger: Ledger, now: int) -> tuple[FactOutcome, str]:
+            outcome, reason = ledger.record_fact(fact)
+            if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
+                return outcome, reason
+            if ledger.reservation(part) is None:
+                return outcome, (f"stock moved; reservation not fulfilled: {fact.sku}@{fact.location} is not a "
+                                 f"line of reservation {order_id!r}")
+            try:  # the fact moved on_hand already: only committed moves here
+                ops.fulfill_committed(ledger, part, line, operation_id, now, self._engine.limits)
+            except DomainError as exc:
+                return outcome, f"stock moved; reservation not fulfilled: {exc.message}"
+            return outcome, ""
+
+        result: tuple[FactOutcome, str] = await self._on(shard, work)
+        return result
+
+    # -- steps -------------------------------------------------------------------------------
+    async def _apply(self, order: Reservation, shares: dict[int, PendingOp]) -> None:
+        await self._each(list(shares), lambda g: self._share_work(order, g, shares[g]))
+
+    def _share_work(self, order: Reservation, group: int, share: PendingOp) -> Callable[[Ledger, int], Any]:
+        part, limits = orders.part_id(order.reservation_id, group), self._engine.limits
+        return lambda ledger, now: orders.apply_share(ledger, part, share, now, limits)
+
+    async def _parts(self, order: Reservation, missing_ok: bool = False) -> dict[int, Reservation]:
+        def read(group: int) -> Callable[[Ledger, int], Reservation | None]:
+            part = orders.part_id(order.reservation_id, group)
+            return lambda ledger, _now: ledger.reservation(part)
+
+        found = await self._each(list(order.parts), read)
+        missing = [g for g, p in found.items() if p is None]
+        if missing and not missing_ok:
+            raise Unavailable(f"reservation_id: {order.reservation_id!r} is missing its parts in groups {missing}",
+                              Reason.OUTCOME_UNKNOWN)
+        return {g: p for g, p in found.items() if p is not None}
+
+    async def _save(self, home: int, order: Reservation) -> None:
+        await self._on(home, lambda ledger, _now: ledger.save(order))
+
+    async def _each(self, groups: Iterable[int], work_for: Callable[[int], Callable[[Ledger, int], Any]]
+                    ) -> dict[int, Any]:
+        """``work_for(g)`` on every group at once, each durable; the first failure is raised once
+        all have answered (a step is never left running unseen)."""
+        groups = list(groups)
+        futures = []
+        for g in groups:
+            try:
+                futures.append(self._engine.actors[g].submit(work_for(g)))
+            except DomainError as exc:
+                futures.append(_failed(exc))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise _undecided(result)
+        return dict(zip(groups, results, strict=True))
+
+    async def _on(self, shard: int, work: Callable[[Ledger, int], T]) -> T:
+        try:
+            result: T = await self._engine.actors[shard].submit(work)
+        except BaseException as exc:
+            raise _undecided(exc) from None
+        return result
+
+
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_exception(exc)
+    return fut
+
+
+def _undecided(exc: BaseException) -> BaseException:
+    """A step that did not happen, or may not have: the order stays pending, and its caller hears
+    that the outcome is not known yet. A refusal by a domain rule is passed on as it is."""
+    if isinstance(exc, DomainError) and not isinstance(exc, Unavailable):
+        return exc
+    if not isinstance(exc, Exception):
+        return exc  # cancelled: the saga's own task is being stopped
+    if not isinstance(exc, DomainError):
+        log.warning("a step of an order spanning groups failed: %r", exc)
+    return Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)
+
+
+def _command_of(order: Reservation) -> ReserveCommand:
+    """The Reserve an order was opened with (its requested lines are kept until it is decided)."""
+    return ReserveCommand(order.reservation_id, order.order_ref, order.channel, ops.requested_lines(order),
+                          order.ttl_ms, order.allow_partial)
+

@@ -1,0 +1,146 @@
+"""The service on a real Redis Cluster (``redis_cluster``): the API's behaviour is the same as on
+one Redis — every test of ``test_api`` runs again here — and orders whose lines span shards are
+decided by sagas of one-shard steps, all or nothing (R2), replayed by id (R5), expired through
+every part (R3), and carried through a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, ManualClock
+from atp_service.engine.clock import Clock
+from tests.atp_service.edge.test_api import *  # noqa: F403 - the API suite, run again on the cluster
+from tests.atp_service.edge.test_api import T0, receipt
+from tests.conftest import STOP_LIMIT_S, ServiceFactory
+from tests.conftest import test_config as make_config
+
+CLUSTER = {"redis_cluster": True, "input_streams": ()}
+
+
+@pytest.fixture
+async def start_service(cluster_url: str) -> AsyncIterator[ServiceFactory]:
+    """``start_service`` of the test suite, on the cluster."""
+    running: list[tuple[AtpService, AtpClient]] = []
+
+    async def start(clock: Clock | None = None, **overrides: Any) -> tuple[AtpService, AtpClient]:
+        service = AtpService(make_config(**{**CLUSTER, **overrides}), cluster_url, clock=clock)
+        await service.start()
+        client = AtpClient(f"127.0.0.1:{service.port}")
+        running.append((service, client))
+        return service, client
+
+    yield start
+    for service, client in running:
+        await client.close()
+        await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
+
+
+async def _two_groups(start: ServiceFactory, clock: ManualClock, a: int = 10, b: int = 10
+                      ) -> tuple[AtpService, AtpClient, str, str]:
+    """A service with two SKUs placed on different shards, stocked at S1."""
+    service, client = await start(clock=clock)
+    assert service.engine is not None and service.engine.orders is not None
+    place = service.engine.place
+    first = "A"
+    second = next(f"B{i}" for i in range(100) if place(f"B{i}") != place(first))
+    await client.record_events([receipt("s1", first, "S1", a), receipt("s2", second, "S1", b)])
+    return service, client, first, second
+
+
+async def _reserved(client: AtpClient, skus: tuple[str, ...]) -> list[int]:
+    return [q.reserved for q in await client.availability([(sku, "S1") for sku in skus])]
+
+
+async def test_an_order_over_two_groups_is_held_confirmed_and_fulfilled_through_its_parts(
+        start_service: ServiceFactory) -> None:
+    clock = ManualClock(T0)
+    service, client, a, b = await _two_groups(start_service, clock)
+    held = await client.reserve("o1", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
+    assert held.state == pb.RESERVATION_STATE_HELD
+    assert [(line.sku, line.granted) for line in held.lines] == [(a, 3), (b, 2)]
+    assert await _reserved(client, (a, b)) == [3, 2]
+    again = await client.reserve("o1", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
+    assert again.replayed and again.state == pb.RESERVATION_STATE_HELD  # R5
+    assert await _reserved(client, (a, b)) == [3, 2]
+    with pytest.raises(grpc.aio.AioRpcError) as other:
+        await client.reserve("o1", [(a, "S1", 3), (b, "S1", 1)], ttl_seconds=600)
+    assert other.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert (await client.confirm("o1")).state == pb.RESERVATION_STATE_CONFIRMED
+    done = await client.fulfill("o1")
+    assert done.state == pb.RESERVATION_STATE_FULFILLED
+    assert [(q.on_hand, q.reserved, q.committed) for q in await client.availability([(a, "S1"), (b, "S1")])] == [
+        (7, 0, 0), (8, 0, 0)]
+
+
+async def test_one_group_short_refuses_the_whole_order_and_holds_nothing_R2(start_service: ServiceFactory) -> None:
+    service, client, a, b = await _two_groups(start_service, ManualClock(T0), b=1)
+    refused = await client.reserve("o2", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
+    assert refused.state == pb.RESERVATION_STATE_REJECTED
+    assert [line.outcome for line in refused.lines] == [pb.LINE_OUTCOME_NOT_ATTEMPTED,
+                                                                    pb.LINE_OUTCOME_INSUFFICIENT]
+    assert await _reserved(client, (a, b)) == [0, 0]
+    assert (await client.reserve("o2", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)).state == \
+        pb.RESERVATION_STATE_REJECTED  # a retry answers the same refusal (R5)
+
+
+async def test_an_order_over_two_groups_expires_through_every_part_R3(start_service: ServiceFactory) -> None:
+    clock = ManualClock(T0)
+    service, client, a, b = await _two_groups(start_service, clock)
+    await client.reserve("o3", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=60)
+    clock.advance(61_000)
+    for _ in range(200):
+        if (await client.get_reservation("o3")).state == pb.RESERVATION_STATE_EXPIRED:
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.get_reservation("o3")).state == pb.RESERVATION_STATE_EXPIRED
+    assert await _reserved(client, (a, b)) == [0, 0]
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await client.confirm("o3")
+    assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_shipment_fact_naming_the_order_fulfils_the_part_at_its_position_R4(
+        start_service: ServiceFactory) -> None:
+    service, client, a, b = await _two_groups(start_service, ManualClock(T0))
+    await client.reserve("o4", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
+    await client.confirm("o4")
+    (result,) = await client.record_events([pb.Fact(
+        event_id="ship-b", source="wms", kind=pb.FACT_KIND_SHIPMENT, sku=b, location="S1", quantity=2,
+        event_time=receipt("x", b, "S1", 1).event_time, reservation_id="o4")])
+    assert result.outcome == pb.FACT_OUTCOME_APPLIED and not result.HasField("error")
+    order = await client.get_reservation("o4")
+    assert [(line.committed, line.fulfilled) for line in order.lines] == [(3, 0), (0, 2)]
+    assert order.state == pb.RESERVATION_STATE_CONFIRMED
+    released = await client.release("o4")
+    assert released.state == pb.RESERVATION_STATE_FULFILLED  # something shipped: fulfilled, the rest released
+    assert [(q.on_hand, q.committed) for q in await client.availability([(a, "S1"), (b, "S1")])] == [(10, 0), (8, 0)]
+
+
+async def test_orders_over_two_groups_come_back_after_a_restart(start_service: ServiceFactory) -> None:
+    clock = ManualClock(T0)
+    service, client, a, b = await _two_groups(start_service, clock)
+    await client.reserve("o5", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
+    await client.reserve("o6", [(a, "S1", 1), (b, "S1", 1)], ttl_seconds=600)
+    await client.confirm("o6")
+    await client.close()
+    await service.stop(grace_s=0.1)
+    _, again = await start_service(clock=clock)
+    assert (await again.get_reservation("o5")).state == pb.RESERVATION_STATE_HELD
+    assert (await again.get_reservation("o6")).state == pb.RESERVATION_STATE_CONFIRMED
+    assert [(q.reserved, q.committed) for q in await again.availability([(a, "S1"), (b, "S1")])] == [(3, 1), (2, 1)]
+    assert (await again.release("o5")).state == pb.RESERVATION_STATE_RELEASED
+    assert await _reserved(again, (a, b)) == [0, 0]
+
+
+def test_input_streams_on_a_cluster_must_share_a_hash_tag() -> None:
+    with pytest.raises(ValueError, match="share one hash tag"):
+        make_config(redis_cluster=True)
+    make_config(redis_cluster=True, input_streams=("atp:{in}:pos", "atp:{in}:wms"),
+                dead_letter_stream="atp:{in}:dlq", quarantine_stream="atp:{in}:quarantine")
