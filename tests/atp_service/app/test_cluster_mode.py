@@ -61,7 +61,7 @@ async def _reserved(client: AtpClient, skus: tuple[str, ...]) -> list[int]:
 async def test_an_order_over_two_groups_is_held_confirmed_and_fulfilled_through_its_parts(
         start_service: ServiceFactory) -> None:
     clock = ManualClock(T0)
-    service, client, a, b = await _two_groups(start_service, clock)
+    _service, client, a, b = await _two_groups(start_service, clock)
     held = await client.reserve("o1", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
     assert held.state == pb.RESERVATION_STATE_HELD
     assert [(line.sku, line.granted) for line in held.lines] == [(a, 3), (b, 2)]
@@ -80,7 +80,7 @@ async def test_an_order_over_two_groups_is_held_confirmed_and_fulfilled_through_
 
 
 async def test_one_group_short_refuses_the_whole_order_and_holds_nothing_R2(start_service: ServiceFactory) -> None:
-    service, client, a, b = await _two_groups(start_service, ManualClock(T0), b=1)
+    _service, client, a, b = await _two_groups(start_service, ManualClock(T0), b=1)
     refused = await client.reserve("o2", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
     assert refused.state == pb.RESERVATION_STATE_REJECTED
     assert [line.outcome for line in refused.lines] == [pb.LINE_OUTCOME_NOT_ATTEMPTED,
@@ -92,7 +92,7 @@ async def test_one_group_short_refuses_the_whole_order_and_holds_nothing_R2(star
 
 async def test_an_order_over_two_groups_expires_through_every_part_R3(start_service: ServiceFactory) -> None:
     clock = ManualClock(T0)
-    service, client, a, b = await _two_groups(start_service, clock)
+    _service, client, a, b = await _two_groups(start_service, clock)
     await client.reserve("o3", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=60)
     clock.advance(61_000)
     for _ in range(200):
@@ -108,7 +108,7 @@ async def test_an_order_over_two_groups_expires_through_every_part_R3(start_serv
 
 async def test_a_shipment_fact_naming_the_order_fulfils_the_part_at_its_position_R4(
         start_service: ServiceFactory) -> None:
-    service, client, a, b = await _two_groups(start_service, ManualClock(T0))
+    _service, client, a, b = await _two_groups(start_service, ManualClock(T0))
     await client.reserve("o4", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
     await client.confirm("o4")
     (result,) = await client.record_events([pb.Fact(
