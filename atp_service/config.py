@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from atp_service.config_values import hash_tag, parse_value
 from reservation import Limits
 
 DURABILITY_MODES = ("everysec", "always")
@@ -270,7 +271,7 @@ class ServiceConfig:
             raise ValueError(f"malloc_mmap_threshold: must be within [0, 33554432], got {self.malloc_mmap_threshold}")
         if self.redis_cluster and self.input_streams:
             streams = (*self.input_streams, self.dead_letter_stream, self.quarantine_stream)
-            if len({_hash_tag(name) for name in streams}) != 1:
+            if len({hash_tag(name) for name in streams}) != 1:
                 raise ValueError("input_streams, dead_letter_stream, quarantine_stream: on a Redis Cluster they "
                                  "must share one hash tag, e.g. atp:{in}:pos,atp:{in}:wms, atp:{in}:dlq and "
                                  f"atp:{{in}}:quarantine (got {', '.join(streams)})")
@@ -321,7 +322,7 @@ class ServiceConfig:
             raw = env.get(f"ATP_{f.name.upper()}")
             if raw is None or f.name == "limits":
                 continue
-            values[f.name] = _parse(f.name, str(f.type), raw)
+            values[f.name] = parse_value(f.name, str(f.type), raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
@@ -390,31 +391,3 @@ Slice = TypeVar("Slice")
 
 def _slice(kind: type[Slice], config: ServiceConfig) -> Slice:
     return kind(**{f.name: getattr(config, f.name) for f in fields(kind)})  # type: ignore[arg-type]
-
-
-def _parse(name: str, type_name: str, raw: str) -> Any:
-    try:
-        if type_name.startswith("tuple[str"):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-        if type_name.startswith("tuple"):
-            return tuple(int(part) for part in raw.split(","))
-        if "bool" in type_name:
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        if "int" in type_name:
-            return int(raw)
-        if "float" in type_name:
-            return float(raw)
-        if "Path" in type_name:
-            return Path(raw)
-    except ValueError:
-        raise ValueError(f"ATP_{name.upper()}: cannot read {raw!r} as {type_name}") from None
-    return raw or None
-
-
-def _hash_tag(key: str) -> str:
-    """The part of ``key`` Redis Cluster hashes: the first ``{...}`` with something inside, else all."""
-    start = key.find("{")
-    end = key.find("}", start + 1) if start >= 0 else -1
-    return key[start + 1:end] if start >= 0 and end > start + 1 else key
