@@ -99,7 +99,7 @@ def decide(order: Reservation, parts: Mapping[int, Reservation], now: int) -> tu
             return None, held
         state = State.REJECTED
         lines = tuple(record for line, records in _by_line(order, parts) for record in _refused(line, records))
-    decided = msgspec.structs.replace(order, state=state, lines=lines, updated_at=now, pending=None,
+    decided = msgspec.structs.replace(order, state=state, lines=_unheld(lines), updated_at=now, pending=None,
                                       expires_at=order.expires_at if state == State.HELD else 0)
     return decided, []
 
@@ -145,7 +145,8 @@ def plan(current: Reservation, step: PendingOp, now: int, limits: Limits, place:
         return None, {}, error
     done = paper.saved
     applied = step if error is None else PendingOp(OrderStep.EXPIRE)  # only an expiry stands beside a refusal
-    return msgspec.structs.replace(done, pending=applied), shares(current, applied, place), error
+    recorded = msgspec.structs.replace(done, pending=applied, lines=_unheld(done.lines))
+    return recorded, shares(current, applied, place), error
 
 
 def settled(order: Reservation, now: int) -> Reservation:
@@ -204,6 +205,12 @@ def _by_line(order: Reservation, parts: Mapping[int, Reservation]) -> list[tuple
 def _merged(order: Reservation, parts: Mapping[int, Reservation]) -> tuple[LineRecord, ...]:
     """The parts' line records in the order's line order (a group line's records stay together)."""
     return tuple(record for _, records in _by_line(order, parts) for record in records)
+
+
+def _unheld(lines: tuple[LineRecord, ...]) -> tuple[LineRecord, ...]:
+    """Lines as the order's record keeps them: the decisions, no units (its parts hold those, and
+    ``view`` shows them), so no position is counted twice."""
+    return tuple(msgspec.structs.replace(line, held=0, committed=0, fulfilled=0, released=0) for line in lines)
 
 
 def _refused(line: LineRequest, records: list[LineRecord]) -> list[LineRecord]:

@@ -68,8 +68,10 @@ class Orders:
                                   if rec.is_order and rec.pending is not None)
 
     # -- what the engine calls ---------------------------------------------------------
-    async def reserve(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
-        return await self._owned(cmd.reservation_id, lambda: self._reserve(cmd, home))
+    def reserve(self, cmd: ReserveCommand, home: int) -> asyncio.Task[tuple[Reservation, bool]]:
+        """The order's Reserve saga, started: its task (the engine keeps the order's route until
+        the task is done, whoever waits for it)."""
+        return self._spawn(self._locked(cmd.reservation_id, lambda: self._reserve(cmd, home)))
 
     async def change(self, order_id: str, home: int, step: PendingOp) -> Reservation:
         return await self._owned(order_id, lambda: self._change(order_id, home, step))

@@ -129,15 +129,25 @@ class Engine:
     # -- reservation commands ---------------------------------------------------------
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
         shards, home = self._route(cmd)
+        if self.orders is not None and len(shards) > 1:
+            return await self._reserve_order(cmd, home)
         try:
-            if self.orders is not None and len(shards) > 1:
-                result = await self.orders.reserve(cmd, home)
-            else:
-                result = await self.run(shards, home, self._reserve_work(cmd, home))
+            result: tuple[Reservation, bool] = await self.run(shards, home, self._reserve_work(cmd, home))
         except BaseException:
             self._unroute(cmd.reservation_id)
             raise
         self._route_done(cmd.reservation_id)
+        self._count(result)
+        return result
+
+    async def _reserve_order(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
+        """An order spanning groups (``Orders``): its saga runs to its end whatever the caller does,
+        so its route is settled when the saga is, not when the caller stops waiting."""
+        saga = self.orders.reserve(cmd, home)  # type: ignore[union-attr]
+        rid = cmd.reservation_id
+        saga.add_done_callback(lambda task: self._route_done(rid) if not task.cancelled() and task.exception() is None
+                               else self._unroute(rid))
+        result: tuple[Reservation, bool] = await asyncio.shield(saga)
         self._count(result)
         return result
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from reservation import TERMINAL, Event, Fact, FactKind, State, decode_entry
+from reservation import TERMINAL, Event, Fact, FactKind, Reservation, State, decode_entry
+from reservation import _orders as orders
 from reservation._bulk import loaded_facts
 from reservation._events import CountsLoaded, FactApplied, Shipped
 from tests.sim.world import World
@@ -19,6 +20,12 @@ SUCCESSORS = {
     State.RELEASED: {State.RELEASED},
     State.FULFILLED: {State.FULFILLED},
 }
+
+
+# R2: what the parts of a settled order that still holds units may be: a partial release or fulfilment
+# (or a SHIPMENT fact) may have settled one part whole, never confirmed a part of a held order.
+PART_STATES = {State.HELD: {State.HELD, State.RELEASED},
+               State.CONFIRMED: {State.CONFIRMED, State.FULFILLED, State.RELEASED}}
 
 
 @dataclass
@@ -40,6 +47,7 @@ def check(world: World, acked: Acknowledged) -> None:
     holds_match_positions(ledgers, records)
     acknowledged_survive(world, records, acked)
     facts_fold_as_the_reference(world, ledgers)
+    orders_hold_what_they_decided(records)
 
 
 def one_state_each(records: dict) -> None:  # type: ignore[type-arg]
@@ -82,12 +90,47 @@ def acknowledged_survive(world: World, records: dict, acked: Acknowledged) -> No
         rec = records.get(rid)
         if rec is None:
             raise Violation(f"R7: acknowledged reservation {rid} ({state.name}) is gone")
-        if State(rec.state) not in SUCCESSORS[state]:
-            raise Violation(f"R7: {rid} was acknowledged {state.name}, is now {State(rec.state).name}")
+        now = State(shown(rec, records).state)
+        if now not in SUCCESSORS[state]:
+            raise Violation(f"R7: {rid} was acknowledged {state.name}, is now {now.name}")
     logged = {(f.source, f.event_id) for f in world.logged_facts()}
     missing = acked.facts - logged
     if missing:
         raise Violation(f"R7: acknowledged facts not in the log: {sorted(missing)[:5]}")
+
+
+def shown(rec: Reservation, records: dict[str, Reservation]) -> Reservation:
+    """A reservation as its callers see it: an order spanning groups with its parts' lines."""
+    if not rec.is_order:
+        return rec
+    parts = {g: records[orders.part_id(rec.reservation_id, g)] for g in rec.parts
+             if orders.part_id(rec.reservation_id, g) in records}
+    return orders.view(rec, parts) if len(parts) == len(rec.parts) else rec
+
+
+def orders_hold_what_they_decided(records: dict[str, Reservation]) -> None:
+    """R2/R3 for orders spanning groups: no part holds units its settled order does not (a refused,
+    expired or released order's parts hold nothing), and every part belongs to an order."""
+    for rid, rec in records.items():
+        order_id = orders.order_of(rid)
+        if order_id is not None and order_id not in records:
+            raise Violation(f"R2: part {rid!r} of an order that does not exist")
+        if not rec.is_order or rec.pending is not None:
+            continue
+        state = State(shown(rec, records).state)
+        for group in rec.parts:
+            part = records.get(orders.part_id(rid, group))
+            if part is None:  # never reserved: a refused order, or one never decided within its TTL
+                if state not in TERMINAL:
+                    raise Violation(f"R2: order {rid} is {state.name} without its part in group {group}")
+                continue
+            outstanding = sum(line.outstanding for line in part.lines)
+            if state in TERMINAL and outstanding:
+                raise Violation(f"R2/R3: order {rid} is {state.name} but its part in group {group} holds {outstanding}")
+            allowed = PART_STATES.get(state, set()) | ({State.REJECTED} if rec.allow_partial else set())
+            if state not in TERMINAL and State(part.state) not in allowed:
+                raise Violation(f"R2: order {rid} is {state.name} but its part in group {group} is "
+                                f"{State(part.state).name}")
 
 
 def _facts_of(event: Event) -> list[Fact]:

@@ -91,6 +91,8 @@ class Commands:
     def note_span(self, cmd: ReserveCommand) -> None:
         if len({self.world.eng.place(line.sku) for line in cmd.lines}) > 1:
             self.world.log.tally.cross_shard += 1
+            if self.world.eng.orders is not None:
+                self.world.log.tally.sagas += 1
 
     def confirm(self) -> Call:
         rid = self.rng.choice(self.rids)

@@ -25,7 +25,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from atp_service.metrics import StorageMetrics
-from atp_service.storage.log import SnapshotRecord
+from atp_service.storage.log import CrossGroupWrite, SnapshotRecord
 from tests.sim.tally import Tally
 
 SNAPSHOT_OUTCOMES = ("ok",) * 7 + ("lost", "doubt", "late")
@@ -79,7 +79,9 @@ class _Pipeline:
 
 
 class SimLog:
-    def __init__(self, tally: Tally | None = None) -> None:
+    def __init__(self, tally: Tally | None = None, together: bool = True) -> None:
+        self.together = together
+        """False: a Redis Cluster, where entries of several shards cannot land all or none."""
         self.logs: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         self.snaps: dict[int, bytes] = {}
         self.history: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
@@ -103,6 +105,8 @@ class SimLog:
         return self.submit_group([(shard, seq, data)])
 
     def submit_group(self, entries: list[tuple[int, int, bytes]]) -> asyncio.Future[None]:
+        if not self.together and len({shard for shard, _, _ in entries}) > 1:
+            raise CrossGroupWrite(f"entries of shards {sorted({s for s, _, _ in entries})} on a cluster")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entries_ = [(sh, seq, data, self.tokens[sh]) for sh, seq, data in entries]
         self.pending.append(_Unit(entries_, fut, self.epoch))

@@ -22,6 +22,7 @@ class Tally:
     channel_faults: int = 0  # channel writes lost, in doubt or late
     channel_late_landed: int = 0
     cross_shard: int = 0  # commands spanning shards (reserves, SHIPMENTs naming a reservation)
+    sagas: int = 0  # of those reserves, on a cluster (odd seeds): orders decided by sagas
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -44,4 +45,4 @@ class Tally:
                 f"{self.stops} graceful stops, "
                 f"appends {self.lost} lost / {self.doubt} in doubt / {self.late} late, "
                 f"{self.channel_faults} channel writes failed ({self.channel_late_landed} landed late), "
-                f"{self.cross_shard} cross-shard commands")
+                f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)")

@@ -41,8 +41,9 @@ def sim_config(shards: int = 3) -> ServiceConfig:
 
 
 class World:
-    def __init__(self, shards: int = 3, tally: Tally | None = None, channels: bool = True) -> None:
-        self.log = SimLog(tally)
+    def __init__(self, shards: int = 3, tally: Tally | None = None, channels: bool = True,
+                 cluster: bool = False) -> None:
+        self.log = SimLog(tally, together=not cluster)
         self.channels = SimChannelStore(self.log)
         self.clock = ManualClock(START_MS)
         self.config = sim_config(shards)
