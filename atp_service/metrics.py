@@ -47,6 +47,15 @@ class EngineMetrics:
             "atp_oversold_units", "Units promised (reserved + committed) beyond on hand, over all positions (Q5)",
             registry=r,
         )
+        self.orders_unsettled = Gauge(
+            "atp_orders_unsettled",
+            "Orders spanning shards on a Redis Cluster whose saga stopped half-way and waits to be driven on",
+            registry=r,
+        )
+        self.order_sagas = Counter(
+            "atp_order_sagas_total", "Saga runs of orders spanning shards on a Redis Cluster, by how they ended",
+            ["outcome"], registry=r,
+        )
 
 
 class StorageMetrics:

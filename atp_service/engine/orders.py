@@ -56,11 +56,6 @@ class Orders:
         """Orders left pending (a saga that could not finish, or found so after a restart): the
         housekeeper drives them on (``drive_unsettled``)."""
 
-    def spans(self, cmd: ReserveCommand) -> bool:
-        place = self._engine.place
-        first = place(cmd.lines[0].sku)
-        return any(place(line.sku) != first for line in cmd.lines[1:])
-
     def find_pending(self, ledgers: Iterable[Ledger]) -> None:
         """After a restart: every order whose saga stopped half-way is driven on."""
         for ledger in ledgers:
@@ -95,6 +90,12 @@ class Orders:
                 self.unsettled.discard(order_id)
                 if home is not None:
                     self._spawn(self._locked(order_id, functools.partial(self._settle, order_id, home)))
+        self._engine.metrics.orders_unsettled.set(len(self.unsettled))
+
+    def _count(self, outcome: str) -> None:
+        metrics = self._engine.metrics
+        metrics.order_sagas.labels(outcome).inc()
+        metrics.orders_unsettled.set(len(self.unsettled))
 
     def stop(self) -> None:
         for task in list(self._tasks):
@@ -123,11 +124,16 @@ class Orders:
         try:
             async with lock:
                 try:
-                    return await saga()
+                    result = await saga()
                 except BaseException as exc:
                     if not isinstance(exc, DomainError) or isinstance(exc, (Unavailable, ResourceExhausted)):
                         self.unsettled.add(order_id)  # it may have stopped half-way: housekeeping drives it on
+                        self._count("stopped")
+                    else:
+                        self._count("refused")
                     raise
+                self._count("done")
+                return result
         finally:
             lock, users = self._locks[order_id]
             if users == 1:

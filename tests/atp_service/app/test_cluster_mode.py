@@ -6,18 +6,24 @@ every part (R3), and carried through a restart."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from redis.cluster import RedisCluster
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
 from atp_service.engine.clock import Clock
+from atp_service.storage.channel_wire import from_fields
+from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.edge.test_api import *  # noqa: F403 - the API suite, run again on the cluster
 from tests.atp_service.edge.test_api import T0, receipt
+from tests.atp_service.fact_helpers import F
 from tests.conftest import STOP_LIMIT_S, ServiceFactory
 from tests.conftest import test_config as make_config
 
@@ -144,3 +150,48 @@ def test_input_streams_on_a_cluster_must_share_a_hash_tag() -> None:
         make_config(redis_cluster=True)
     make_config(redis_cluster=True, input_streams=("atp:{in}:pos", "atp:{in}:wms"),
                 dead_letter_stream="atp:{in}:dlq", quarantine_stream="atp:{in}:quarantine")
+
+
+IN = {"input_streams": ("atp:{in}:pos",), "dead_letter_stream": "atp:{in}:dlq",
+      "quarantine_stream": "atp:{in}:quarantine"}
+
+
+async def test_input_streams_on_the_cluster_apply_facts_and_dead_letter_bad_entries(
+        start_service: ServiceFactory, cluster_url: str) -> None:
+    _, client = await start_service(**IN)
+    now = int(time.time() * 1000)
+    r = RedisCluster.from_url(cluster_url)
+    try:
+        r.xadd("atp:{in}:pos", F("g1", "RECEIPT", "A", "S1", 5, now - 1000).fields())
+        r.xadd("atp:{in}:pos", {"event_id": "bad1", "kind": "SALE"})
+        r.xadd("atp:{in}:pos", F("g2", "SALE", "A", "S1", 2, now - 500).fields())
+        for _ in range(400):
+            (a,) = await client.availability([("A", "S1")])
+            pending = r.xpending("atp:{in}:pos", "atp")["pending"]
+            if a.on_hand == 3 and r.xlen("atp:{in}:dlq") == 1 and pending == 0:
+                break
+            await asyncio.sleep(0.025)
+        assert a.on_hand == 3
+        ((_, dead),) = r.xrange("atp:{in}:dlq")
+        assert dead[b"event_id"] == b"bad1" and dead[b"_reason"] == b"source: missing"
+        assert pending == 0  # every entry acknowledged: applied, or dead-lettered in the same transaction
+    finally:
+        r.close()
+
+
+async def test_channel_feeds_on_the_cluster_publish_durable_availability(
+        start_service: ServiceFactory, cluster_url: str, tmp_path: Path) -> None:
+    _, client = await start_service(clock=ManualClock(T0), estate=write_estate(tmp_path))
+    await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T0), fact("c2", "COUNT", "sku-a",
+                                                                                   "store-1", 3, T0)])
+    r = RedisCluster.from_url(cluster_url)
+    try:
+        for _ in range(400):
+            pickup = [from_fields(fields) for _, fields in r.xrange("atp:{avail}:pickup")]
+            if pickup:
+                break
+            await asyncio.sleep(0.025)
+        assert [(u.sku, u.location, u.quantity) for u in pickup] == [("sku-a", "store-1", 2)]
+        assert r.hlen("atp:{avail}:pickup:state") == 1
+    finally:
+        r.close()
