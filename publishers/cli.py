@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
-from atp_service.storage.log import connect
+from atp_service.storage.nodes import connect_any
 
 from ._adapters import Adapter, JsonlAdapter, ShopifyAdapter, WebhookAdapter
 from ._config import PublisherConfig
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", type=Path, help="jsonl: the file to append to")
     p.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
                    help=f"(env ATP_REDIS_URL; default: the embedded service's, from {EMBEDDED_URL_FILE})")
+    p.add_argument("--redis-cluster", action="store_true",
+                   default=os.environ.get("ATP_REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
+                   help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER)")
     p.add_argument("--group", default=None, help="consumer group (default: the adapter name)")
     p.add_argument("--consumer", default="publisher-1")
     p.add_argument("--rate", type=float, default=10.0, help="updates/s delivered (default 10)")
@@ -87,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     metrics = PublisherMetrics()
     if args.metrics_port >= 0:
         start_http_server(args.metrics_port, "127.0.0.1", registry=metrics.registry)
-    asyncio.run(_run(config, redis_url, adapter, metrics))
+    asyncio.run(_run(config, redis_url, adapter, metrics, args.redis_cluster))
     return 0
 
 
-async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metrics: PublisherMetrics) -> None:
-    client = connect(redis_url, timeout_s=config.block_ms / 1000 + 5)
+async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metrics: PublisherMetrics,
+               cluster: bool = False) -> None:
+    # Every key a publisher touches shares the channel feeds' hash tag: one slot on a cluster.
+    client = connect_any(redis_url, config.block_ms / 1000 + 5, cluster=cluster)
     publisher = Publisher(config, client, adapter, metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--stream", default="atp:in:pos", help="input stream (default atp:in:pos)")
     pub.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
                      help="Redis the service reads (env ATP_REDIS_URL)")
+    pub.add_argument("--redis-cluster", action="store_true",
+                     default=os.environ.get("ATP_REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
+                     help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER)")
     st = sub.add_parser("stock", help="baseline stock from an ERP extract")
     stsub = st.add_subparsers(dest="stock_command", required=True)
     ld = stsub.add_parser("load", help="a CSV of sku,location,on_hand[,as_of] as COUNT facts; a re-load is a no-op")
@@ -294,7 +297,7 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
         import redis.asyncio as aioredis
     except ImportError:
         raise SystemExit("atpctl: events publish needs the redis package: pip install 'atp-client[redis]'") from None
-    client = aioredis.Redis.from_url(redis_url)
+    client = aioredis.RedisCluster.from_url(redis_url) if args.redis_cluster else aioredis.Redis.from_url(redis_url)
     sent = 0
     try:
         async with client.pipeline(transaction=False) as pipe:

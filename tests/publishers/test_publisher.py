@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_service.storage.channel_wire import to_fields
+from atp_service.storage.nodes import connect_any
 from publishers import (
     SIGNATURE_HEADER,
     JsonlAdapter,
@@ -211,3 +212,22 @@ def test_shopify_body_follows_inventory_set_quantities() -> None:
         {"inventoryItemId": "gid://shopify/InventoryItem/sku-2", "locationId": "gid://shopify/Location/online",
          "quantity": 0},
     ]
+
+
+async def test_a_publisher_delivers_from_a_redis_cluster(cluster_url: str, tmp_path: Path) -> None:
+    """Every key a publisher touches (the stream, its delivered hash, its dead letters) shares the
+    channel feeds' hash tag, so its transactions run on one cluster node."""
+    cluster = connect_any(cluster_url, 5.0, cluster=True)
+    try:
+        await publish(cluster, [update(f"sku-{n}", n, n + 1) for n in range(5)])
+        out = tmp_path / "feed.jsonl"
+        publisher = Publisher(config(group="jsonl"), cluster, JsonlAdapter(out), PublisherMetrics())
+
+        async def settled() -> bool:
+            return out.exists() and len(out.read_text().splitlines()) == 5
+
+        await run_until(publisher, settled)
+        assert [json.loads(line)["version"] for line in out.read_text().splitlines()] == [1, 2, 3, 4, 5]
+        assert len(await cluster.hgetall("atp:{avail}:web:delivered:jsonl")) == 5
+    finally:
+        await cluster.aclose()

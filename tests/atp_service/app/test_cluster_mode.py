@@ -6,6 +6,9 @@ every part (R3), and carried through a restart."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +23,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
 from atp_service.engine.clock import Clock
 from atp_service.storage.channel_wire import from_fields
+from tests.atp_service.app.test_cli import iso
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.edge.test_api import *  # noqa: F403 - the API suite, run again on the cluster
 from tests.atp_service.edge.test_api import T0, receipt
@@ -157,7 +161,7 @@ IN = {"input_streams": ("atp:{in}:pos",), "dead_letter_stream": "atp:{in}:dlq",
 
 
 async def test_input_streams_on_the_cluster_apply_facts_and_dead_letter_bad_entries(
-        start_service: ServiceFactory, cluster_url: str) -> None:
+        start_service: ServiceFactory, cluster_url: str, tmp_path: Path) -> None:
     _, client = await start_service(**IN)
     now = int(time.time() * 1000)
     r = RedisCluster.from_url(cluster_url)
@@ -165,13 +169,20 @@ async def test_input_streams_on_the_cluster_apply_facts_and_dead_letter_bad_entr
         r.xadd("atp:{in}:pos", F("g1", "RECEIPT", "A", "S1", 5, now - 1000).fields())
         r.xadd("atp:{in}:pos", {"event_id": "bad1", "kind": "SALE"})
         r.xadd("atp:{in}:pos", F("g2", "SALE", "A", "S1", 2, now - 500).fields())
+        facts = tmp_path / "wms.jsonl"  # and as an operator would, with atpctl
+        facts.write_text(json.dumps({"eventId": "g3", "source": "wms", "kind": "FACT_KIND_RECEIPT", "sku": "A",
+                                     "location": "S1", "quantity": 4, "eventTime": iso(now - 100)}))
+        done = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "atp_client.ctl", "events", "publish", str(facts), "--redis-url", cluster_url,
+            "--redis-cluster", "--stream", "atp:{in}:pos"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
         for _ in range(400):
             (a,) = await client.availability([("A", "S1")])
             pending = r.xpending("atp:{in}:pos", "atp")["pending"]
-            if a.on_hand == 3 and r.xlen("atp:{in}:dlq") == 1 and pending == 0:
+            if a.on_hand == 7 and r.xlen("atp:{in}:dlq") == 1 and pending == 0:
                 break
             await asyncio.sleep(0.025)
-        assert a.on_hand == 3
+        assert a.on_hand == 7
         ((_, dead),) = r.xrange("atp:{in}:dlq")
         assert dead[b"event_id"] == b"bad1" and dead[b"_reason"] == b"source: missing"
         assert pending == 0  # every entry acknowledged: applied, or dead-lettered in the same transaction
