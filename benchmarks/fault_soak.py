@@ -50,6 +50,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis, free_port
 from atp_service.channels.estate import Estate, load_estate
+from atp_service.storage.embedded_cluster import EmbeddedCluster
 from benchmarks import soak_check as check
 from benchmarks.soak_faults import Faults, ServiceDown, ServiceProcess
 from benchmarks.soak_load import Book, Caller, Layout, fact_feed, lifecycles, streams
@@ -119,6 +120,9 @@ class Soak:
         self.found.setdefault(kind, []).extend(f"{phase}: {line}" for line in lines)
 
     async def run(self) -> None:
+        if self.args.cluster:
+            await self.run_on_cluster()
+            return
         with EmbeddedRedis(self.work / "redis", appendfsync="always") as redis_server:
             proxy = DelayProxyProcess(f"127.0.0.1:{redis_server.port}", self.work / "proxy.log")
             proxy_port = await proxy.start()
@@ -137,6 +141,27 @@ class Soak:
                 self.figures["service_exits"] = dict(service.exits)
                 await service.stop(STOP_S)
                 await proxy.stop()
+                await admin.aclose()
+
+    async def run_on_cluster(self) -> None:
+        """The same soak on a Redis Cluster (3 primaries, a replica each): no proxy in the way (the
+        cluster tells the client every node's own address), so the faults are the service's."""
+        with EmbeddedCluster(self.work / "cluster", primaries=3, replicas=1) as cluster:
+            port = free_port()
+            cmd = service_command(cluster.url, port, self.estate_path, self.args.shards, self.args.snapshot_every)
+            env = {**service_env(self.args.redis_timeout), "ATP_REDIS_CLUSTER": "true"}
+            service = ServiceProcess(cmd, env, self.work / "service.log", port, ROOT)
+            admin = aioredis.RedisCluster.from_url(cluster.url, socket_timeout=10)
+            faults = Faults(self.rng, admin, None, service, self.args.faults)
+            try:
+                await self.soak(service, faults, port, admin)
+            except ServiceDown as exc:
+                self.note("service_down", [str(exc)], "soak")
+            finally:
+                self.figures["faults"] = faults.figures()
+                self.figures["service_exits"] = dict(service.exits)
+                self.figures["redis"] = "cluster"
+                await service.stop(STOP_S)
                 await admin.aclose()
 
     async def soak(self, service: ServiceProcess, faults: Faults, port: int, admin: Any) -> None:
@@ -312,8 +337,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-timeout", type=float, default=0.5, help="the service's ATP_REDIS_TIMEOUT_S")
     p.add_argument("--snapshot-every", type=int, default=300,
                    help="log entries per shard between snapshots (small: snapshots and trims happen under the faults)")
-    p.add_argument("--faults", type=lambda s: tuple(k for k in s.split(",") if k), default=("pause", "delay", "kill"),
-                   help="kinds to inject, comma-separated: pause,delay,kill (empty: none)")
+    p.add_argument("--faults", type=lambda s: tuple(k for k in s.split(",") if k), default=None,
+                   help="kinds to inject, comma-separated: pause,delay,kill (empty: none; default: all of them, "
+                        "on a cluster kill)")
+    p.add_argument("--cluster", action="store_true",
+                   help="run on a Redis Cluster (3 primaries, a replica each) with ATP_REDIS_CLUSTER")
     p.add_argument("--min-deadline", type=float, default=0.001, help="shortest client deadline (s)")
     p.add_argument("--max-deadline", type=float, default=2.0, help="longest client deadline (s)")
     p.add_argument("--force-each", action="store_true", help="at least one fault of every kind, however short the run")
@@ -323,7 +351,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the restart before the last checks: kill -9 (recovery from the log alone: R7 at its "
                         "strictest) or SIGTERM (a graceful stop, its final snapshots; its exit status is reported)")
     p.add_argument("--workdir", type=Path, help="keep Redis data and logs here (default: a temporary directory)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.faults is None:
+        args.faults = ("kill",) if args.cluster else ("pause", "delay", "kill")
+    elif args.cluster and set(args.faults) - {"kill"}:
+        p.error("--faults: on a cluster only kill (Redis pauses and delays go through the proxy of a single Redis)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

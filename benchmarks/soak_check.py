@@ -26,6 +26,7 @@ from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.log import LogStore
 from benchmarks.soak_load import DCS, Book, Layout
 from reservation import ZERO, Key, Ledger, Limits, Quantities, Reservation, curate, decode_entry
+from reservation import _orders as orders
 
 Position = tuple[str, str]
 HELD, CONFIRMED, FULFILLED, RELEASED, EXPIRED, REJECTED = (
@@ -53,7 +54,16 @@ class Durable:
         return {(sku, loc): q for ledger in self.ledgers for sku, loc, q in ledger.store.items()}
 
     def reservations(self) -> dict[str, Reservation]:
-        return {rid: rec for ledger in self.ledgers for rid, rec in ledger.reservations.items()}
+        """Every reservation as its callers see it: an order spanning shards (on a Redis Cluster)
+        with its parts' lines; the parts themselves are not the callers'."""
+        records = {rid: rec for ledger in self.ledgers for rid, rec in ledger.reservations.items()}
+        out: dict[str, Reservation] = {}
+        for rid, rec in records.items():
+            if orders.order_of(rid) is not None:
+                continue
+            parts = {g: records[p] for g in rec.parts if (p := orders.part_id(rid, g)) in records}
+            out[rid] = orders.view(rec, parts) if rec.is_order and len(parts) == len(rec.parts) else rec
+        return out
 
 
 async def read_durable(client: Any, prefix: str, shards: int, limits: Limits) -> Durable:

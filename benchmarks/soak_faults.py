@@ -117,7 +117,7 @@ class ServiceProcess:
 
 
 class Faults:
-    def __init__(self, rng: random.Random, admin: Any, proxy: DelayProxyProcess, service: ServiceProcess,
+    def __init__(self, rng: random.Random, admin: Any, proxy: DelayProxyProcess | None, service: ServiceProcess,
                  kinds: tuple[str, ...] = KINDS, gap_s: tuple[float, float] = (0.5, 2.0)) -> None:
         unknown = set(kinds) - set(KINDS)
         if unknown:
@@ -150,6 +150,7 @@ class Faults:
         await asyncio.sleep(ms / 1000)
 
     async def delay(self) -> None:
+        assert self.proxy is not None, "delays go through the proxy of a single Redis"
         await self.proxy.delay(self.rng.uniform(0.3, 2.0), self.rng.choice(("up", "down", "both")))
         await asyncio.sleep(self.rng.uniform(1.0, 4.0))
         await self.proxy.clear()
@@ -158,9 +159,11 @@ class Faults:
         await self.service.kill_and_restart()
 
     async def calm(self) -> None:
-        """Every fault off: the proxy passes bytes at once, Redis takes writes."""
-        await self.proxy.clear()
-        await self.admin.execute_command("CLIENT", "UNPAUSE")
+        """Every fault off: the proxy passes bytes at once, Redis takes writes (on a cluster, with
+        neither proxy nor pauses, only the service was killed)."""
+        if self.proxy is not None:
+            await self.proxy.clear()
+            await self.admin.execute_command("CLIENT", "UNPAUSE")
 
     def figures(self) -> dict[str, int]:
         return {"pauses": self.counts["pause"], "delays": self.counts["delay"], "kills": self.counts["kill"]}

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from atp_service.engine.router import Engine
+from reservation import Reservation
+from reservation import _orders as orders
 
 
 class Explanation:
@@ -37,5 +41,16 @@ class Explanation:
                         if len(self.holds) >= max_holds:
                             self.holds_truncated = True
                             return
-                        self.holds.append((rec, line.held, line.committed))
+                        self.holds.append((_as_callers_see_it(engine, rec), line.held, line.committed))
+
+
+def _as_callers_see_it(engine: Engine, rec: Reservation) -> Reservation:
+    """A part of an order spanning shards (on a Redis Cluster) is shown as its order: the id callers
+    know and the order's expiry (a part never expires by itself)."""
+    order_id = orders.order_of(rec.reservation_id)
+    if order_id is None:
+        return rec
+    home = engine.home_of(order_id)
+    order = engine.actors[home].ledger.reservation(order_id) if home is not None else None
+    return msgspec.structs.replace(rec, reservation_id=order_id, expires_at=order.expires_at if order else 0)
 

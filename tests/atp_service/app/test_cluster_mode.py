@@ -76,6 +76,9 @@ async def test_an_order_over_two_groups_is_held_confirmed_and_fulfilled_through_
     assert held.state == pb.RESERVATION_STATE_HELD
     assert [(line.sku, line.granted) for line in held.lines] == [(a, 3), (b, 2)]
     assert await _reserved(client, (a, b)) == [3, 2]
+    explained = await client.stub.ExplainAvailability(pb.ExplainAvailabilityRequest(sku=b, location="S1"))
+    (hold,) = explained.holds  # a part is shown as its order: the id callers know, the order's expiry
+    assert (hold.reservation_id, hold.held, hold.expire_time) == ("o1", 2, held.expire_time)
     again = await client.reserve("o1", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
     assert again.replayed and again.state == pb.RESERVATION_STATE_HELD  # R5
     assert await _reserved(client, (a, b)) == [3, 2]
