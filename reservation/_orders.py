@@ -109,6 +109,8 @@ def view(order: Reservation, parts: Mapping[int, Reservation]) -> Reservation:
     committed, fulfilled and released at each position now). A rejected order keeps its own."""
     if order.state == State.REJECTED or (order.pending is not None and order.pending.kind == OrderStep.RESERVE):
         return order
+    if any(group not in parts for group in order.parts):
+        return order  # a resolved order whose parts were forgotten after their retention: nothing outstanding
     merged = msgspec.structs.replace(order, lines=_merged(order, parts))
     if merged.state in (State.HELD, State.CONFIRMED) and not any(line.outstanding for line in merged.lines):
         fulfilled = any(line.fulfilled for line in merged.lines)  # by SHIPMENT facts on the parts

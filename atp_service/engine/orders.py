@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from reservation import (
+    TERMINAL,
     DomainError,
     Fact,
     FactOutcome,
@@ -253,7 +254,7 @@ class Orders:
 
         found = await self._each(list(order.parts), read)
         missing = [g for g, p in found.items() if p is None]
-        if missing and not missing_ok:
+        if missing and not missing_ok and order.state not in TERMINAL:  # a resolved one's may be forgotten
             raise Unavailable(f"reservation_id: {order.reservation_id!r} is missing its parts in groups {missing}",
                               Reason.OUTCOME_UNKNOWN)
         return {g: p for g, p in found.items() if p is not None}

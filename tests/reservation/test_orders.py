@@ -196,3 +196,11 @@ def test_the_order_record_holds_no_units_and_round_trips_through_the_log() -> No
     again.replay(entry)
     assert again.reservation("o") == order and again.reservation("o").is_order  # type: ignore[union-attr]
     assert again.quantities("A", "S1").reserved == 0
+
+
+def test_a_resolved_order_whose_parts_were_forgotten_shows_its_own_record() -> None:
+    estate = Estate()
+    order = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.RELEASE))
+    assert orders.view(order, {}).state == State.RELEASED  # retention forgot the parts first
+    assert not any(line.outstanding for line in orders.view(order, {}).lines)
