@@ -131,17 +131,11 @@ class Soak:
                                   self.args.snapshot_every)
             service = ServiceProcess(cmd, service_env(self.args.redis_timeout), self.work / "service.log", port, ROOT)
             admin = aioredis.Redis.from_url(redis_server.url, socket_timeout=10)
-            faults = Faults(self.rng, admin, proxy, service, self.args.faults)
             try:
-                await self.soak(service, faults, port, admin)
-            except ServiceDown as exc:
-                self.note("service_down", [str(exc)], "soak")
+                await self.soak_and_stop(service, Faults(self.rng, admin, proxy, service, self.args.faults), port,
+                                         admin)
             finally:
-                self.figures["faults"] = faults.figures()
-                self.figures["service_exits"] = dict(service.exits)
-                await service.stop(STOP_S)
                 await proxy.stop()
-                await admin.aclose()
 
     async def run_on_cluster(self) -> None:
         """The same soak on a Redis Cluster (3 primaries, a replica each): no proxy in the way (the
@@ -152,17 +146,20 @@ class Soak:
             env = {**service_env(self.args.redis_timeout), "ATP_REDIS_CLUSTER": "true"}
             service = ServiceProcess(cmd, env, self.work / "service.log", port, ROOT)
             admin = aioredis.RedisCluster.from_url(cluster.url, socket_timeout=10)
-            faults = Faults(self.rng, admin, None, service, self.args.faults)
-            try:
-                await self.soak(service, faults, port, admin)
-            except ServiceDown as exc:
-                self.note("service_down", [str(exc)], "soak")
-            finally:
-                self.figures["faults"] = faults.figures()
-                self.figures["service_exits"] = dict(service.exits)
-                self.figures["redis"] = "cluster"
-                await service.stop(STOP_S)
-                await admin.aclose()
+            self.figures["redis"] = "cluster"
+            await self.soak_and_stop(service, Faults(self.rng, admin, None, service, self.args.faults), port, admin)
+
+    async def soak_and_stop(self, service: ServiceProcess, faults: Faults, port: int, admin: Any) -> None:
+        """``soak``, then the service stopped and the figures of what was injected noted."""
+        try:
+            await self.soak(service, faults, port, admin)
+        except ServiceDown as exc:
+            self.note("service_down", [str(exc)], "soak")
+        finally:
+            self.figures["faults"] = faults.figures()
+            self.figures["service_exits"] = dict(service.exits)
+            await service.stop(STOP_S)
+            await admin.aclose()
 
     async def soak(self, service: ServiceProcess, faults: Faults, port: int, admin: Any) -> None:
         await service.start()

@@ -84,10 +84,16 @@ ServiceFactory = Callable[..., Awaitable[tuple[AtpService, AtpClient]]]
 @pytest.fixture
 async def start_service(redis_url: str) -> AsyncIterator[ServiceFactory]:
     """Start (and at the end stop) services against the test's Redis. Returns (service, client)."""
+    async for start in services_on(redis_url):
+        yield start
+
+
+async def services_on(redis_url: str, **base: Any) -> AsyncIterator[ServiceFactory]:
+    """A ``ServiceFactory`` of services on ``redis_url`` with ``base`` settings, each stopped after."""
     running: list[tuple[AtpService, AtpClient]] = []
 
     async def start(clock: Clock | None = None, **overrides: Any) -> tuple[AtpService, AtpClient]:
-        service = AtpService(test_config(**overrides), redis_url, clock=clock)
+        service = AtpService(test_config(**{**base, **overrides}), redis_url, clock=clock)
         await service.start()
         client = AtpClient(f"127.0.0.1:{service.port}")
         running.append((service, client))

@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -21,14 +20,13 @@ from redis.cluster import RedisCluster
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
-from atp_service.engine.clock import Clock
 from atp_service.storage.channel_wire import from_fields
 from tests.atp_service.app.test_cli import iso
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.edge.test_api import *  # noqa: F403 - the API suite, run again on the cluster
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.fact_helpers import F
-from tests.conftest import STOP_LIMIT_S, ServiceFactory
+from tests.conftest import ServiceFactory, services_on
 from tests.conftest import test_config as make_config
 
 CLUSTER = {"redis_cluster": True, "input_streams": ()}
@@ -37,19 +35,8 @@ CLUSTER = {"redis_cluster": True, "input_streams": ()}
 @pytest.fixture
 async def start_service(cluster_url: str) -> AsyncIterator[ServiceFactory]:
     """``start_service`` of the test suite, on the cluster."""
-    running: list[tuple[AtpService, AtpClient]] = []
-
-    async def start(clock: Clock | None = None, **overrides: Any) -> tuple[AtpService, AtpClient]:
-        service = AtpService(make_config(**{**CLUSTER, **overrides}), cluster_url, clock=clock)
-        await service.start()
-        client = AtpClient(f"127.0.0.1:{service.port}")
-        running.append((service, client))
-        return service, client
-
-    yield start
-    for service, client in running:
-        await client.close()
-        await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
+    async for start in services_on(cluster_url, **CLUSTER):
+        yield start
 
 
 async def _two_groups(start: ServiceFactory, clock: ManualClock, a: int = 10, b: int = 10
