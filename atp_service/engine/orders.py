@@ -155,13 +155,18 @@ class Orders:
             return found
 
         order = await self._on(home, open_order)
-        if not order.is_order or order.pending is None:
-            return (orders.view(order, await self._parts(order)) if order.is_order else order), True  # R5
-        return await self._decide(order, home), False
+        if not order.is_order:
+            return order, True  # R5: an ordinary reservation of that id (its content checked above)
+        if order.pending is not None and order.pending.kind == OrderStep.RESERVE:
+            decided = await self._decide(order, home)
+            return orders.view(decided, await self._parts(decided, missing_ok=True)), False
+        # Decided before (R5): whatever change it has pending is carried through first, never decided again.
+        settled = await self._settle(order.reservation_id, home)
+        return orders.view(settled, await self._parts(settled)), True
 
     async def _decide(self, order: Reservation, home: int) -> Reservation:
         """Reserve every part (a replay where it exists), release the held ones if any part is
-        refused, then record the order's decision. Past its TTL undecided, the order expires."""
+        refused, then record the order's decision; the order as recorded."""
         cmds = orders.split(_command_of(order), self._engine.place)
         parts = await self._each(cmds, lambda g: lambda ledger, now: self._engine.reserve_part(ledger, cmds[g], now))
         decided, release = orders.decide(order, parts, self._engine.clock.now_ms())
@@ -170,7 +175,7 @@ class Orders:
             decided, _ = orders.decide(order, await self._parts(order), self._engine.clock.now_ms())
         assert decided is not None
         await self._save(home, decided)
-        return orders.view(decided, parts if not release else await self._parts(decided))
+        return decided
 
     async def _change(self, order_id: str, home: int, step: PendingOp, quiet: bool = False) -> Reservation:
         order = await self._settle(order_id, home)

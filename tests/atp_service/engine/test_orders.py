@@ -1,0 +1,93 @@
+"""The sagas of orders spanning shards (engine/orders.py) on the simulated cluster log, where a
+test can stop a saga half-way exactly where it wants: what a retry, a read or housekeeping then
+does with the order it finds."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import msgspec
+import pytest
+
+from reservation import Fact, FactKind, OrderStep, PendingOp, Reservation, ReserveCommand, State, reserve_command
+from reservation import _orders as orders
+from tests.sim.world import START_MS, World
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    world = World(cluster=True, channels=False)
+    await world.boot()
+    await settled(world, world.fact_desk.record([Fact(f"s-{sku}", "wms", FactKind.RECEIPT, sku, "L1", 10, START_MS)
+                                                 for sku in ("A", "B", "J")], "test"))
+    yield world
+    await world.eng.stop(snapshot=False)
+
+
+async def settled(world: World, call: Awaitable[T]) -> T:
+    """``call``, with the simulated Redis answering every write until it is done."""
+    task = asyncio.ensure_future(call)
+    await world.quiesce()
+    return await task
+
+
+def order_cmd(world: World) -> ReserveCommand:
+    cmd = reserve_command(reservation_id="o", order_ref="x", channel="web", lines=[("A", "L1", 2), ("J", "L1", 1)],
+                          ttl_seconds=600, allow_partial=False, limits=world.config.limits)
+    assert len({world.eng.place(line.sku) for line in cmd.lines}) == 2, "the lines span shards"
+    return cmd
+
+
+def record(world: World, rid: str) -> Reservation:
+    found = [a.ledger.reservations[rid] for a in world.eng.actors if rid in a.ledger.reservations]
+    assert len(found) == 1
+    return found[0]
+
+
+async def stop_half_way(world: World, order: Reservation, step: PendingOp, state: State) -> None:
+    """The order as a saga leaves it after its first step: the change recorded, no part told."""
+    home = world.eng.home_of(order.reservation_id)
+    assert home is not None
+    pending = msgspec.structs.replace(order, state=state, pending=step)
+    await settled(world, world.eng.actors[home].submit(lambda ledger, _now: ledger.save(pending)))
+
+
+async def test_a_retried_reserve_carries_a_pending_confirmation_through_and_never_decides_again(
+        world: World) -> None:
+    cmd = order_cmd(world)
+    held, _ = await settled(world, world.eng.reserve(cmd))
+    assert held.state == State.HELD
+    await stop_half_way(world, record(world, "o"), PendingOp(OrderStep.CONFIRM), State.CONFIRMED)
+    again, replayed = await settled(world, world.eng.reserve(cmd))
+    assert replayed and again.state == State.CONFIRMED
+    assert record(world, "o").pending is None
+    for group in record(world, "o").parts:
+        assert record(world, orders.part_id("o", group)).state == State.CONFIRMED  # every part confirmed
+
+
+async def test_housekeeping_never_expires_an_order_whose_confirmation_is_pending_R3(world: World) -> None:
+    await settled(world, world.eng.reserve(order_cmd(world)))
+    await stop_half_way(world, record(world, "o"), PendingOp(OrderStep.CONFIRM), State.CONFIRMED)
+    await world.crash_and_recover(random.Random(0))  # the restart finds the order pending
+    world.clock.advance(601_000)  # past its TTL
+    await settled(world, world.eng.run_maintenance())
+    await settled(world, world.eng.run_maintenance())
+    assert record(world, "o").state == State.CONFIRMED and record(world, "o").pending is None
+    quantities = [world.eng.availability([(sku, "L1")])[0] for sku in ("A", "J")]
+    assert [(q.reserved, q.committed) for q in quantities] == [(0, 2), (0, 1)]
+
+
+async def test_a_read_of_an_order_left_undecided_decides_it(world: World) -> None:
+    cmd = order_cmd(world)
+    home = min(world.eng.place(line.sku) for line in cmd.lines)
+    opened = orders.open_order(cmd, tuple(sorted({world.eng.place(line.sku) for line in cmd.lines})),
+                               world.clock.now_ms())
+    await settled(world, world.eng.actors[home].submit(lambda ledger, _now: ledger.save(opened)))
+    world.eng._home["o"] = home  # as the Reserve's route had it, before the crash of its saga
+    shown = await settled(world, world.eng.get_reservation("o"))
+    assert shown.state == State.HELD and [line.held for line in shown.lines] == [2, 1]
