@@ -148,8 +148,13 @@ class Orders:
             return found
 
         order = await self._on(home, open_order)
-        if not order.is_order or order.pending is None:
-            return (orders.view(order, await self._parts(order)) if order.is_order else order), True  # R5
+        if not order.is_order:
+            return order, True  # R5
+        if order.pending is not None and order.pending.kind != OrderStep.RESERVE:
+            # Decided, with a change left half-applied: carried through, never decided again.
+            order = await self._settle(cmd.reservation_id, home)
+        if order.pending is None:
+            return orders.view(order, await self._parts(order)), True  # R5
         return await self._decide(order, home), False
 
     async def _decide(self, order: Reservation, home: int) -> Reservation:

@@ -1,0 +1,149 @@
+"""Orders spanning groups on a Redis Cluster (``engine.orders``), over the simulation's in-process
+log in cluster mode: a saga stopped half-way, a command that meets an order while its saga runs,
+shipments naming an order, and what retention forgets — nothing held outlives its order, nothing
+acknowledged is taken back (R2, R3, R5, R7)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable
+from typing import Any
+
+import pytest
+
+from atp_service.engine.clock import ManualClock
+from atp_service.engine.router import Engine
+from atp_service.engine.shard import ShardActor
+from reservation import (
+    DomainError,
+    Fact,
+    FactKind,
+    Ledger,
+    LineRequest,
+    Limits,
+    State,
+    Unavailable,
+    reserve_command,
+)
+from reservation import _orders as orders
+from tests.atp_service.engine.helpers import until_turns
+from tests.sim.simlog import SimLog
+from tests.sim.world import sim_config
+
+SKUS = ("D", "A")  # on shards 0 and 1 of two
+RETENTION_MS = 60_000
+
+
+class Rig:
+    """Two shards on a cluster (one script per group), an engine whose orders are sagas; 10 units
+    of each SKU at DC."""
+
+    def __init__(self) -> None:
+        self.log = SimLog(together=False)
+        self.clock = ManualClock(1_700_000_000_000)
+        config = sim_config(shards=2)
+        limits = dataclasses.replace(config.limits, retention_ms=RETENTION_MS)
+        self.config = dataclasses.replace(config, limits=limits)
+        self.limits = limits
+        actors = [ShardActor(s, Ledger(s, limits), self.log, self.clock, self.config.shard_settings, 0)  # type: ignore[arg-type]
+                  for s in range(2)]
+        self.engine = Engine(actors, self.log, self.clock, self.config.engine_settings)  # type: ignore[arg-type]
+        assert self.engine.orders is not None
+        assert [self.engine.place(sku) for sku in SKUS] == [0, 1]
+
+    async def start(self) -> None:
+        for actor in self.engine.actors:
+            actor.start()
+        stock = [self.engine.actors[s].submit(lambda ledger, now, sku=sku: ledger.record_fact(
+                     Fact(f"stock-{sku}", "wms", FactKind.RECEIPT, sku, "DC", 10, now))) for s, sku in enumerate(SKUS)]
+        await self.pump_until_done(stock)
+
+    async def pump_until_done(self, futures: list[Any], turns: int = 400) -> None:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+            self.log.pump("ok")
+            for actor in self.engine.actors:
+                if actor.in_doubt:
+                    actor.request_maintenance()
+            if all(f.done() for f in futures) and self.quiet():
+                return
+        raise AssertionError("never settled")
+
+    def quiet(self) -> bool:
+        return all(not a._inflight and not a._doubt and not a._set_aside and a._mailbox.empty()
+                   for a in self.engine.actors)
+
+    async def run(self, call: Awaitable[Any]) -> Any:
+        task = asyncio.ensure_future(call)
+        await self.pump_until_done([task])
+        return task.result()
+
+    def cmd(self, rid: str, units: tuple[int, int] = (3, 3)) -> Any:
+        return reserve_command(reservation_id=rid, order_ref="o", channel="web", ttl_seconds=60,
+                               lines=[(sku, "DC", n) for sku, n in zip(SKUS, units, strict=True)],
+                               allow_partial=False, limits=Limits())
+
+    def quantities(self) -> list[tuple[int, int]]:
+        return [(q.reserved, q.committed) for q in
+                (actor.ledger.quantities(sku, "DC") for actor, sku in zip(self.engine.actors, SKUS, strict=True))]
+
+    def part(self, rid: str, group: int) -> Any:
+        return self.engine.actors[group].ledger.reservation(orders.part_id(rid, group))
+
+    async def stop(self) -> None:
+        await self.engine.stop(snapshot=False)
+
+
+@pytest.fixture
+async def rig() -> Any:
+    r = Rig()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+def failing_on(rig: Rig, shard: int) -> list[bool]:
+    """While the returned flag is set, ``shard`` refuses new work as a shard in doubt does."""
+    actor = rig.engine.actors[shard]
+    flag = [False]
+    submit = actor.submit
+
+    def refusing(work: Any) -> Any:
+        if flag[0]:
+            raise Unavailable(f"shard {shard}: log storage unreachable, retry later")
+        return submit(work)
+
+    actor.submit = refusing  # type: ignore[method-assign]
+    return flag
+
+
+async def test_a_reserve_retry_while_a_confirmation_is_pending_does_not_reject_the_order(rig: Rig) -> None:
+    """A confirmation decided (recorded pending at the home) and applied by one part only, its
+    saga stopped; the client's Reserve retry with the same id must carry the confirmation through —
+    never decide the order again from parts half-confirmed (which released the held part, saved
+    the order REJECTED and left the other part's units committed for ever)."""
+    engine = rig.engine
+    cmd = rig.cmd("o1")
+    rec, _ = await rig.run(engine.reserve(cmd))
+    assert rec.state == State.HELD
+    flag = failing_on(rig, 1)
+    save = engine.orders._save  # type: ignore[union-attr]
+
+    async def save_then_fail(home: int, order: Any) -> None:
+        await save(home, order)
+        if order.pending is not None:
+            flag[0] = True  # the change is recorded; shard 1 stops answering before it applies its share
+
+    engine.orders._save = save_then_fail  # type: ignore[union-attr,method-assign]
+    with pytest.raises(Unavailable):
+        await rig.run(engine.confirm("o1"))
+    engine.orders._save = save  # type: ignore[union-attr,method-assign]
+    flag[0] = False
+    assert rig.quantities() == [(0, 3), (3, 0)]  # half applied: the order is pending CONFIRM
+    again, _ = await rig.run(engine.reserve(cmd))  # the client retries its Reserve (R5)
+    assert again.state == State.CONFIRMED
+    assert rig.quantities() == [(0, 3), (0, 3)]
+    final = await rig.run(engine.release("o1", (), ""))
+    assert final.state == State.RELEASED
+    assert rig.quantities() == [(0, 0), (0, 0)]
