@@ -305,6 +305,8 @@ class Engine:
             return await self.orders.read(reservation_id, home)
         if home is not None:
             rec = await self.actors[home].submit(lambda ledger, _now: ledger.reservation(reservation_id))
+            if rec is not None and rec.is_order and self.orders is not None:  # opened since it was routed
+                return await self.orders.read(reservation_id, home)
         if rec is None:
             self._forget_if_unheld(reservation_id)
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
@@ -368,6 +370,9 @@ class Engine:
 
         def run(view: View, now: int) -> Any:
             rec = view.reservation(reservation_id)
+            if rec is not None and rec.is_order:  # opened by its saga since it was routed: never changed here
+                raise Unavailable(f"reservation_id: {reservation_id!r} is being decided; retry",
+                                  Reason.CONCURRENT_CHANGE)
             if rec is not None:
                 needed = shards | {self.place(line.sku) for line in rec.lines}
                 if needed != shards:

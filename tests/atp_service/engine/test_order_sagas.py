@@ -147,3 +147,43 @@ async def test_a_reserve_retry_while_a_confirmation_is_pending_does_not_reject_t
     final = await rig.run(engine.release("o1", (), ""))
     assert final.state == State.RELEASED
     assert rig.quantities() == [(0, 0), (0, 0)]
+
+
+async def test_a_confirm_arriving_while_the_order_is_being_opened_is_not_applied_to_the_bare_record(
+        rig: Rig) -> None:
+    """The confirm is routed while the order's record is still on its way to the home shard: it
+    must not confirm the order's bare record (which holds nothing) behind the saga's back — the
+    saga's decision then overwrote it, and the acknowledged confirmation was lost."""
+    engine = rig.engine
+    reserving = asyncio.ensure_future(engine.reserve(rig.cmd("o1")))
+    home = engine.actors[0]
+    await until_turns(lambda: engine.home_of("o1") is not None, "the order is routed")
+    assert engine.home_of("o1") == 0 and home.ledger.reservation("o1") is None, "the order is being opened"
+    confirming = asyncio.ensure_future(engine.confirm("o1"))
+    await rig.pump_until_done([reserving, confirming])
+    await rig.pump_until_done([])
+    reserved, _ = reserving.result()
+    assert reserved.state == State.HELD
+    if confirming.exception() is None:  # acknowledged: it stands, and the parts hold it committed
+        assert confirming.result().state == State.CONFIRMED
+        got = await rig.run(engine.get_reservation("o1"))
+        assert got.state == State.CONFIRMED
+        assert rig.quantities() == [(0, 3), (0, 3)]
+    else:
+        assert isinstance(confirming.exception(), DomainError)
+        assert rig.quantities() == [(3, 0), (3, 0)]
+
+
+async def test_get_reservation_while_the_order_is_being_opened_never_answers_an_undecided_order(
+        rig: Rig) -> None:
+    """An order that will be refused (20 of A do not fit) must never be reported HELD meanwhile."""
+    engine = rig.engine
+    reserving = asyncio.ensure_future(engine.reserve(rig.cmd("o1", units=(3, 20))))
+    home = engine.actors[0]
+    await until_turns(lambda: engine.home_of("o1") is not None, "the order is routed")
+    reading = asyncio.ensure_future(engine.get_reservation("o1"))
+    await rig.pump_until_done([reserving, reading])
+    assert reserving.result()[0].state == State.REJECTED
+    if reading.exception() is None:
+        assert reading.result().state == State.REJECTED
+        assert reading.result().pending is None
