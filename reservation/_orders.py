@@ -154,6 +154,13 @@ def settled(order: Reservation, now: int) -> Reservation:
     return msgspec.structs.replace(order, pending=None, updated_at=now)
 
 
+def resolved(order: Reservation, shown: Reservation, now: int) -> Reservation:
+    """The order once its parts are all resolved without a change of its own (SHIPMENT facts on
+    the parts): resolved as ``view`` shows it."""
+    return msgspec.structs.replace(order, state=shown.state, lines=_unheld(shown.lines), expires_at=0,
+                                   updated_at=now)
+
+
 def abandoned(order: Reservation, now: int) -> Reservation:
     """An order still undecided when its TTL passed (its parts that held units are released):
     expired, nothing granted."""

@@ -31,6 +31,7 @@ from reservation import (
     Reservation,
     ReserveCommand,
     ResourceExhausted,
+    State,
     Unavailable,
 )
 from reservation import _operations as ops
@@ -84,7 +85,9 @@ class Orders:
 
     async def shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         """A SHIPMENT fact naming the order: the stock moves and the part holding that position is
-        fulfilled with it, in one step on the fact's shard (R4, idempotent by ``operation_id``)."""
+        fulfilled with it, in one step on the fact's shard (R4, idempotent by ``operation_id``) —
+        after a change the order has pending is carried through, and before the order is resolved
+        once every part is."""
         return await self._owned(order_id, lambda: self._shipment(fact, order_id, operation_id))
 
     def drive_unsettled(self) -> None:
@@ -217,6 +220,29 @@ class Orders:
         return expired
 
     async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
+        home = self._engine.home_of(order_id)
+        if home is not None:  # a change left pending (a confirmation) is carried through first
+            try:
+                await self._settle(order_id, home)
+            except NotFound:
+                home = None  # forgotten meanwhile: the stock moves all the same
+        result = await self._ship(fact, order_id, operation_id)
+        if home is not None:
+            await self._resolve_if_done(order_id, home)
+        return result
+
+    async def _resolve_if_done(self, order_id: str, home: int) -> None:
+        """Every part resolved by SHIPMENT facts: the order's own record is resolved as well, so it
+        stops counting as live and is forgotten after its retention like any other."""
+        order = await self._on(home, lambda ledger, _now: ledger.reservation(order_id))
+        if order is None or not order.is_order or order.pending is not None or \
+                order.state not in (State.HELD, State.CONFIRMED):
+            return
+        shown = orders.view(order, await self._parts(order))
+        if shown.state in (State.FULFILLED, State.RELEASED):
+            await self._save(home, orders.resolved(order, shown, self._engine.clock.now_ms()))
+
+    async def _ship(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         shard = self._engine.place(fact.sku)
         part = orders.part_id(order_id, shard)
         line = (LineRequest(fact.sku, fact.location, fact.quantity),)

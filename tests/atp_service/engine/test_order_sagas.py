@@ -187,3 +187,54 @@ async def test_get_reservation_while_the_order_is_being_opened_never_answers_an_
     if reading.exception() is None:
         assert reading.result().state == State.REJECTED
         assert reading.result().pending is None
+
+
+def shipment(rig: Rig, sku: str, qty: int, rid: str, event_id: str) -> Fact:
+    return Fact(event_id, "wms", FactKind.SHIPMENT, sku, "DC", qty, rig.clock.now_ms(), reservation_id=rid)
+
+
+async def test_an_order_fulfilled_by_shipments_is_resolved_at_its_home(rig: Rig) -> None:
+    """Every part fulfilled by SHIPMENT facts: the order's own record is resolved too, so it stops
+    counting as live and is forgotten after its retention (R5 memory stays bounded)."""
+    engine = rig.engine
+    assert engine.orders is not None
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.confirm("o1"))
+    for n, sku in enumerate(SKUS):
+        outcome, reason = await rig.run(engine.orders.shipment(shipment(rig, sku, 3, "o1", f"s{n}"), "o1",
+                                                               f"fact:s{n}"))
+        assert reason == "", reason
+    got = await rig.run(engine.get_reservation("o1"))
+    assert got.state == State.FULFILLED
+    home = engine.actors[0].ledger
+    assert home.reservation("o1").state == State.FULFILLED  # type: ignore[union-attr]
+    assert home.live_reservations == 0
+    rig.clock.advance(RETENTION_MS + 1_000)
+    await rig.run(engine.run_maintenance())
+    await rig.pump_until_done([])
+    assert home.reservation("o1") is None  # forgotten after its retention, like any reservation
+
+
+async def test_a_shipment_meets_a_confirmation_still_pending_carried_through_first(rig: Rig) -> None:
+    """A confirmation recorded but not yet applied by the part a SHIPMENT fact names: the fact
+    finishes the confirmation first and then fulfils — never 'not fulfilled' with the units left
+    committed after the shipment took them from on_hand."""
+    engine = rig.engine
+    assert engine.orders is not None
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    flag = failing_on(rig, 1)
+    save = engine.orders._save
+
+    async def save_then_fail(home: int, order: Any) -> None:
+        await save(home, order)
+        if order.pending is not None:
+            flag[0] = True
+
+    engine.orders._save = save_then_fail  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await rig.run(engine.confirm("o1"))
+    engine.orders._save = save  # type: ignore[method-assign]
+    flag[0] = False
+    _, reason = await rig.run(engine.orders.shipment(shipment(rig, "A", 3, "o1", "s1"), "o1", "fact:s1"))
+    assert reason == "", reason
+    assert rig.quantities() == [(0, 3), (0, 0)]
