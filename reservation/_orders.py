@@ -106,7 +106,9 @@ def decide(order: Reservation, parts: Mapping[int, Reservation], now: int) -> tu
 
 def view(order: Reservation, parts: Mapping[int, Reservation]) -> Reservation:
     """The order as its callers see it: its decisions, with the parts' lines (what is held,
-    committed, fulfilled and released at each position now). A rejected order keeps its own."""
+    committed, fulfilled and released at each position now). A rejected order keeps its own; a part
+    resolved and forgotten after its retention (missing from ``parts``) shows the order's own
+    record of its lines, nothing outstanding."""
     if order.state == State.REJECTED or (order.pending is not None and order.pending.kind == OrderStep.RESERVE):
         return order
     merged = msgspec.structs.replace(order, lines=_merged(order, parts))
@@ -204,9 +206,14 @@ def _by_line(order: Reservation, parts: Mapping[int, Reservation]) -> list[tuple
     """Each line the order asked for, with the parts' records of it (a group line may have several)."""
     records: dict[tuple[str, str], list[LineRecord]] = {}
     for group in order.parts:
-        for record in parts[group].lines:
+        part = parts.get(group)
+        for record in part.lines if part is not None else ():
             records.setdefault((record.sku, record.group or record.location), []).append(record)
-    return [(line, records.get((line.sku, line.location), [])) for line in ops.requested_lines(order)]
+    own: dict[tuple[str, str], list[LineRecord]] = {}  # a part resolved and forgotten: the order's record of it
+    for record in order.lines:
+        own.setdefault((record.sku, record.group or record.location), []).append(record)
+    return [(line, records.get(key) or own.get(key, []))
+            for line in ops.requested_lines(order) for key in [(line.sku, line.location)]]
 
 
 def _merged(order: Reservation, parts: Mapping[int, Reservation]) -> tuple[LineRecord, ...]:

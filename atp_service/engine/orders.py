@@ -278,7 +278,11 @@ class Orders:
 
         found = await self._each(list(order.parts), read)
         missing = [g for g, p in found.items() if p is None]
-        if missing and not missing_ok:
+        # A decided order's part is missing only once it was resolved and forgotten after its
+        # retention (``Ledger.evict``), while its order lives on: ``view`` shows the order's own
+        # record of its lines. Missing before the order is decided, it was never reserved.
+        decided = order.pending is None or order.pending.kind != OrderStep.RESERVE
+        if missing and not missing_ok and not decided:
             raise Unavailable(f"reservation_id: {order.reservation_id!r} is missing its parts in groups {missing}",
                               Reason.OUTCOME_UNKNOWN)
         return {g: p for g, p in found.items() if p is not None}

@@ -215,6 +215,27 @@ async def test_an_order_fulfilled_by_shipments_is_resolved_at_its_home(rig: Rig)
     assert home.reservation("o1") is None  # forgotten after its retention, like any reservation
 
 
+async def test_an_order_whose_part_was_forgotten_after_retention_can_still_be_released(rig: Rig) -> None:
+    """A part resolved on its own (its lines released) is forgotten after the retention while the
+    order lives on: the order must still answer and be released — not UNAVAILABLE for ever with
+    the other part's units committed."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.confirm("o1"))
+    partial = await rig.run(engine.release("o1", (LineRequest("A", "DC", 3),), "op1"))
+    assert partial.state == State.CONFIRMED
+    assert rig.part("o1", 1).state == State.RELEASED
+    rig.clock.advance(RETENTION_MS + 1_000)
+    await rig.run(engine.run_maintenance())
+    await rig.pump_until_done([])
+    assert rig.part("o1", 1) is None  # the resolved part is forgotten
+    got = await rig.run(engine.get_reservation("o1"))
+    assert got.state == State.CONFIRMED
+    done = await rig.run(engine.release("o1", (), ""))
+    assert done.state == State.RELEASED
+    assert rig.quantities() == [(0, 0), (0, 0)]
+
+
 async def test_a_shipment_meets_a_confirmation_still_pending_carried_through_first(rig: Rig) -> None:
     """A confirmation recorded but not yet applied by the part a SHIPMENT fact names: the fact
     finishes the confirmation first and then fulfils — never 'not fulfilled' with the units left
