@@ -153,8 +153,10 @@ class Orders:
         order = await self._on(home, open_order)
         if not order.is_order:
             return order, True  # R5
-        if order.pending is not None and order.pending.kind != OrderStep.RESERVE:
-            # Decided, with a change left half-applied: carried through, never decided again.
+        if order.pending is not None and (order.pending.kind != OrderStep.RESERVE
+                                          or self._engine.clock.now_ms() >= order.expires_at):
+            # Decided, with a change left half-applied: carried through, never decided again; or
+            # left undecided past its TTL: it expires (``_settle``), nothing reserved now.
             order = await self._settle(cmd.reservation_id, home)
         if order.pending is None:
             return orders.view(order, await self._parts(order)), True  # R5

@@ -259,3 +259,21 @@ async def test_a_shipment_meets_a_confirmation_still_pending_carried_through_fir
     _, reason = await rig.run(engine.orders.shipment(shipment(rig, "A", 3, "o1", "s1"), "o1", "fact:s1"))
     assert reason == "", reason
     assert rig.quantities() == [(0, 3), (0, 0)]
+
+
+async def test_a_reserve_retried_after_its_ttl_while_undecided_expires_it_rather_than_holding(rig: Rig) -> None:
+    """A Reserve whose saga stopped before the order was decided, retried after its TTL: the order
+    expires (as GetReservation or housekeeping would have it) — not reserved now and answered HELD
+    with a TTL already past."""
+    engine = rig.engine
+    cmd = rig.cmd("o1")
+    flag = failing_on(rig, 1)
+    flag[0] = True
+    with pytest.raises(Unavailable):
+        await rig.run(engine.reserve(cmd))
+    flag[0] = False
+    assert rig.quantities() == [(3, 0), (0, 0)]  # one part held, the order undecided
+    rig.clock.advance(61_000)
+    again, _ = await rig.run(engine.reserve(cmd))
+    assert again.state == State.EXPIRED
+    assert rig.quantities() == [(0, 0), (0, 0)]
