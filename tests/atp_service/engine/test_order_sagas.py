@@ -20,8 +20,8 @@ from reservation import (
     Fact,
     FactKind,
     Ledger,
-    LineRequest,
     Limits,
+    LineRequest,
     State,
     Unavailable,
     reserve_command,
@@ -179,7 +179,6 @@ async def test_get_reservation_while_the_order_is_being_opened_never_answers_an_
     """An order that will be refused (20 of A do not fit) must never be reported HELD meanwhile."""
     engine = rig.engine
     reserving = asyncio.ensure_future(engine.reserve(rig.cmd("o1", units=(3, 20))))
-    home = engine.actors[0]
     await until_turns(lambda: engine.home_of("o1") is not None, "the order is routed")
     reading = asyncio.ensure_future(engine.get_reservation("o1"))
     await rig.pump_until_done([reserving, reading])
@@ -201,7 +200,7 @@ async def test_an_order_fulfilled_by_shipments_is_resolved_at_its_home(rig: Rig)
     await rig.run(engine.reserve(rig.cmd("o1")))
     await rig.run(engine.confirm("o1"))
     for n, sku in enumerate(SKUS):
-        outcome, reason = await rig.run(engine.orders.shipment(shipment(rig, sku, 3, "o1", f"s{n}"), "o1",
+        _, reason = await rig.run(engine.orders.shipment(shipment(rig, sku, 3, "o1", f"s{n}"), "o1",
                                                                f"fact:s{n}"))
         assert reason == "", reason
     got = await rig.run(engine.get_reservation("o1"))
