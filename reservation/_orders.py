@@ -106,11 +106,11 @@ def decide(order: Reservation, parts: Mapping[int, Reservation], now: int) -> tu
 
 def view(order: Reservation, parts: Mapping[int, Reservation]) -> Reservation:
     """The order as its callers see it: its decisions, with the parts' lines (what is held,
-    committed, fulfilled and released at each position now). A rejected order keeps its own."""
+    committed, fulfilled and released at each position now). A rejected order keeps its own; a part
+    resolved and forgotten after its retention (missing from ``parts``) shows the order's own
+    record of its lines, nothing outstanding."""
     if order.state == State.REJECTED or (order.pending is not None and order.pending.kind == OrderStep.RESERVE):
         return order
-    if any(group not in parts for group in order.parts):
-        return order  # a resolved order whose parts were forgotten after their retention: nothing outstanding
     merged = msgspec.structs.replace(order, lines=_merged(order, parts))
     if merged.state in (State.HELD, State.CONFIRMED) and not any(line.outstanding for line in merged.lines):
         fulfilled = any(line.fulfilled for line in merged.lines)  # by SHIPMENT facts on the parts
@@ -156,6 +156,13 @@ def settled(order: Reservation, now: int) -> Reservation:
     return msgspec.structs.replace(order, pending=None, updated_at=now)
 
 
+def resolved(order: Reservation, shown: Reservation, now: int) -> Reservation:
+    """The order once its parts are all resolved without a change of its own (SHIPMENT facts on
+    the parts): resolved as ``view`` shows it."""
+    return msgspec.structs.replace(order, state=shown.state, lines=_unheld(shown.lines), expires_at=0,
+                                   updated_at=now)
+
+
 def abandoned(order: Reservation, now: int) -> Reservation:
     """An order still undecided when its TTL passed (its parts that held units are released):
     expired, nothing granted."""
@@ -199,9 +206,14 @@ def _by_line(order: Reservation, parts: Mapping[int, Reservation]) -> list[tuple
     """Each line the order asked for, with the parts' records of it (a group line may have several)."""
     records: dict[tuple[str, str], list[LineRecord]] = {}
     for group in order.parts:
-        for record in parts[group].lines:
+        part = parts.get(group)
+        for record in part.lines if part is not None else ():
             records.setdefault((record.sku, record.group or record.location), []).append(record)
-    return [(line, records.get((line.sku, line.location), [])) for line in ops.requested_lines(order)]
+    own: dict[tuple[str, str], list[LineRecord]] = {}  # a part resolved and forgotten: the order's record of it
+    for record in order.lines:
+        own.setdefault((record.sku, record.group or record.location), []).append(record)
+    return [(line, records.get(key) or own.get(key, []))
+            for line in ops.requested_lines(order) for key in [(line.sku, line.location)]]
 
 
 def _merged(order: Reservation, parts: Mapping[int, Reservation]) -> tuple[LineRecord, ...]:

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from reservation import (
-    TERMINAL,
     DomainError,
     Fact,
     FactOutcome,
@@ -32,6 +31,7 @@ from reservation import (
     Reservation,
     ReserveCommand,
     ResourceExhausted,
+    State,
     Unavailable,
 )
 from reservation import _operations as ops
@@ -80,7 +80,9 @@ class Orders:
 
     async def shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         """A SHIPMENT fact naming the order: the stock moves and the part holding that position is
-        fulfilled with it, in one step on the fact's shard (R4, idempotent by ``operation_id``)."""
+        fulfilled with it, in one step on the fact's shard (R4, idempotent by ``operation_id``) —
+        after a change the order has pending is carried through, and before the order is resolved
+        once every part is."""
         return await self._owned(order_id, lambda: self._shipment(fact, order_id, operation_id))
 
     def drive_unsettled(self) -> None:
@@ -157,12 +159,15 @@ class Orders:
         order = await self._on(home, open_order)
         if not order.is_order:
             return order, True  # R5: an ordinary reservation of that id (its content checked above)
-        if order.pending is not None and order.pending.kind == OrderStep.RESERVE:
-            decided = await self._decide(order, home)
-            return orders.view(decided, await self._parts(decided, missing_ok=True)), False
-        # Decided before (R5): whatever change it has pending is carried through first, never decided again.
-        settled = await self._settle(order.reservation_id, home)
-        return orders.view(settled, await self._parts(settled)), True
+        if order.pending is not None and (order.pending.kind != OrderStep.RESERVE
+                                          or self._engine.clock.now_ms() >= order.expires_at):
+            # Decided, with a change left half-applied: carried through, never decided again; or
+            # left undecided past its TTL: it expires (``_settle``), nothing reserved now.
+            order = await self._settle(cmd.reservation_id, home)
+        if order.pending is None:
+            return orders.view(order, await self._parts(order)), True  # R5
+        decided = await self._decide(order, home)
+        return orders.view(decided, await self._parts(decided, missing_ok=True)), False
 
     async def _decide(self, order: Reservation, home: int) -> Reservation:
         """Reserve every part (a replay where it exists), release the held ones if any part is
@@ -224,6 +229,29 @@ class Orders:
         return expired
 
     async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
+        home = self._engine.home_of(order_id)
+        if home is not None:  # a change left pending (a confirmation) is carried through first
+            try:
+                await self._settle(order_id, home)
+            except NotFound:
+                home = None  # forgotten meanwhile: the stock moves all the same
+        result = await self._ship(fact, order_id, operation_id)
+        if home is not None:
+            await self._resolve_if_done(order_id, home)
+        return result
+
+    async def _resolve_if_done(self, order_id: str, home: int) -> None:
+        """Every part resolved by SHIPMENT facts: the order's own record is resolved as well, so it
+        stops counting as live and is forgotten after its retention like any other."""
+        order = await self._on(home, lambda ledger, _now: ledger.reservation(order_id))
+        if order is None or not order.is_order or order.pending is not None or \
+                order.state not in (State.HELD, State.CONFIRMED):
+            return
+        shown = orders.view(order, await self._parts(order))
+        if shown.state in (State.FULFILLED, State.RELEASED):
+            await self._save(home, orders.resolved(order, shown, self._engine.clock.now_ms()))
+
+    async def _ship(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         shard = self._engine.place(fact.sku)
         part = orders.part_id(order_id, shard)
         line = (LineRequest(fact.sku, fact.location, fact.quantity),)
@@ -259,7 +287,11 @@ class Orders:
 
         found = await self._each(list(order.parts), read)
         missing = [g for g, p in found.items() if p is None]
-        if missing and not missing_ok and order.state not in TERMINAL:  # a resolved one's may be forgotten
+        # A decided order's part is missing only once it was resolved and forgotten after its
+        # retention (``Ledger.evict``), while its order lives on: ``view`` shows the order's own
+        # record of its lines. Missing before the order is decided, it was never reserved.
+        decided = order.pending is None or order.pending.kind != OrderStep.RESERVE
+        if missing and not missing_ok and not decided:
             raise Unavailable(f"reservation_id: {order.reservation_id!r} is missing its parts in groups {missing}",
                               Reason.OUTCOME_UNKNOWN)
         return {g: p for g, p in found.items() if p is not None}

@@ -301,10 +301,10 @@ class Engine:
         shard has in flight is durable — never a state that an append failing now would take back."""
         home = self._home.get(reservation_id)
         rec: Reservation | None = None
-        if self.orders is not None and home is not None and self.is_order(home, reservation_id):
-            return await self.orders.read(reservation_id, home)
         if home is not None:
             rec = await self.actors[home].submit(lambda ledger, _now: ledger.reservation(reservation_id))
+            if rec is not None and rec.is_order and self.orders is not None:  # as its saga shows it (Orders)
+                return await self.orders.read(reservation_id, home)
         if rec is None:
             self._forget_if_unheld(reservation_id)
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
@@ -368,6 +368,9 @@ class Engine:
 
         def run(view: View, now: int) -> Any:
             rec = view.reservation(reservation_id)
+            if rec is not None and rec.is_order:  # opened by its saga since it was routed: never changed here
+                raise Unavailable(f"reservation_id: {reservation_id!r} is being decided; retry",
+                                  Reason.CONCURRENT_CHANGE)
             if rec is not None:
                 needed = shards | {self.place(line.sku) for line in rec.lines}
                 if needed != shards:

@@ -62,6 +62,11 @@ class Keyspace:
         return f"{self.tag(CHANNELS)}{channel}:state"
 
     @property
+    def claims(self) -> str:
+        """The last epoch drawn by a claim on a Redis Cluster (``EPOCH_SCRIPT``): no two claims share one."""
+        return f"{self.prefix}claims"
+
+    @property
     def meta(self) -> str:
         """The keyspace's layout and shard count, checked at start."""
         return f"{self.prefix}meta"

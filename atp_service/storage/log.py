@@ -18,7 +18,14 @@ from atp_service.metrics import StorageMetrics
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script, connect
 from atp_service.storage.resp import as_text, seq_of
-from atp_service.storage.scripts import APPEND_SCRIPT, CLAIM_SCRIPT, FENCE_SCRIPT, SNAPSHOT_SCRIPT
+from atp_service.storage.scripts import (
+    APPEND_SCRIPT,
+    CLAIM_AT_SCRIPT,
+    CLAIM_SCRIPT,
+    EPOCH_SCRIPT,
+    FENCE_SCRIPT,
+    SNAPSHOT_SCRIPT,
+)
 from reservation import LedgerSnapshot
 
 __all__ = ["CommitWindow", "Fenced", "LogStore", "SnapshotRecord", "SnapshotUnreadable", "connect",
@@ -100,8 +107,9 @@ class LogStore:
     """Appends shard entries in shared pipelines (one round trip per event-loop turn, or per commit
     window when busy)."""
 
-    _APPEND, _SNAPSHOT, _FENCE, _CLAIM = (Script(body) for body in (APPEND_SCRIPT, SNAPSHOT_SCRIPT, FENCE_SCRIPT,
-                                                                    CLAIM_SCRIPT))
+    _APPEND, _SNAPSHOT, _FENCE, _CLAIM, _EPOCH, _CLAIM_AT = (
+        Script(body) for body in (APPEND_SCRIPT, SNAPSHOT_SCRIPT, FENCE_SCRIPT, CLAIM_SCRIPT, EPOCH_SCRIPT,
+                                  CLAIM_AT_SCRIPT))
 
     def __init__(self, client: Any, prefix: str, pipeline_max: int, max_in_flight: int = 1,
                  window: CommitWindow | None = None, metrics: StorageMetrics | None = None) -> None:
@@ -148,17 +156,28 @@ class LogStore:
         """Own every shard's group and the channel feeds' from now on, adopting each group's fence:
         every later write of an older instance is refused. Called before recovery reads the log, so
         whatever an older instance wrote first is read back. Returns the epoch (the highest claim).
-        On one Redis one script claims them all; on a cluster, one per group."""
+        On one Redis one script claims them all; on a cluster, an epoch no other claim has is drawn
+        first, then each group is taken with it unless a newer claim holds it (``Fenced``)."""
         groups = [*range(shards), CHANNELS]
-        units = [groups] if self.nodes.together else [[group] for group in groups]
-        calls = [Call(self._CLAIM, [k for g in unit for k in (self.keys.owner(g), self.keys.fence(g))], [])
-                 for unit in units]
-        for unit, reply in zip(units, await self.nodes.run(calls), strict=True):
+        if not self.nodes.together:
+            return await self._claim_each(groups)
+        call = Call(self._CLAIM, [k for g in groups for k in (self.keys.owner(g), self.keys.fence(g))], [])
+        epoch, *fences = (int(v) for v in await self.nodes.run_one(call))
+        for group, fence in zip(groups, fences, strict=True):
+            self.epochs[group], self._tokens[group] = epoch, fence
+        return self.epoch
+
+    async def _claim_each(self, groups: list[int]) -> int:
+        """``claim`` on a cluster: one call per group (of instances claiming at once, the one whose
+        epoch was drawn last owns every group; each of the others is refused, or overwritten)."""
+        owners: Any = await self.client.mget_nonatomic([self.keys.owner(g) for g in groups])
+        top = max((int(v) for v in owners if v is not None), default=0)
+        epoch = int(await self.nodes.run_one(Call(self._EPOCH, [self.keys.claims], [top])))
+        calls = [Call(self._CLAIM_AT, [self.keys.owner(g), self.keys.fence(g)], [epoch]) for g in groups]
+        for group, reply in zip(groups, await self.nodes.run(calls), strict=True):
             if isinstance(reply, BaseException):
-                raise reply
-            epoch, *fences = (int(v) for v in reply)
-            for group, fence in zip(unit, fences, strict=True):
-                self.epochs[group], self._tokens[group] = epoch, fence
+                raise self._refused(reply)
+            self.epochs[group], self._tokens[group] = epoch, int(reply)
         return self.epoch
 
     async def fence(self, shard: int) -> None:

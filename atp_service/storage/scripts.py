@@ -126,3 +126,25 @@ for i = 1, #KEYS, 2 do
 end
 return out
 """
+
+# On a Redis Cluster no one script reaches every group, so a claim is two steps. First its epoch is
+# drawn from one key (KEYS[1], ``Keyspace.claims``): above every epoch drawn before and above ARGV[1]
+# (the highest owner key the claimant read), so no two claims ever share an epoch.
+EPOCH_SCRIPT = """
+local top = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], top + 1)
+return top + 1
+"""
+
+# Then each group is taken with that epoch unless a higher one holds it already: of instances
+# claiming at once, the one that drew the highest epoch ends up owning every group, whatever the
+# order the calls reach the primaries in (the others are refused "FENCED" or overwritten) — never
+# each a part of the groups, both fenced. KEYS: owner, fence; ARGV: epoch. Returns the group's fence.
+CLAIM_AT_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current > tonumber(ARGV[1]) then
+  return redis.error_reply('FENCED epoch ' .. ARGV[1] .. ' of ' .. KEYS[1] .. ' was replaced by ' .. current)
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return tonumber(redis.call('GET', KEYS[2]) or '0')
+"""

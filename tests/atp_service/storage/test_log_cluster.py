@@ -3,6 +3,7 @@ pipelined per primary, claims and fences per group, and acknowledgement after ``
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -109,3 +110,26 @@ async def test_an_append_fewer_replicas_confirm_than_asked_is_in_doubt_not_refus
         assert await store.last_seq(0) == 1  # it landed on the primary: in doubt, as a timeout would be
     finally:
         await nodes.aclose()
+
+
+async def test_two_instances_claiming_at_once_leave_one_owner_of_every_group(cluster_url: str) -> None:
+    """A cluster cannot claim every group in one script: two instances starting together each took
+    some groups, and each was then fenced by the other — no instance left (both exit 3, and neither
+    may be restarted). The claim with the highest epoch now takes every group, whatever the order
+    its calls and the other's reach the primaries in."""
+    for attempt in range(12):
+        prefix = f"c{attempt}:"
+        one = LogStore(open_nodes(cluster_url, 5.0, cluster=True), prefix, pipeline_max=64)
+        two = LogStore(open_nodes(cluster_url, 5.0, cluster=True), prefix, pipeline_max=64)
+        try:
+            await asyncio.gather(one.nodes.reader.initialize(), two.nodes.reader.initialize())
+            claims = await asyncio.gather(one.claim(SHARDS), two.claim(SHARDS), return_exceptions=True)
+            assert not all(isinstance(c, BaseException) for c in claims), claims
+            owning = [await store.still_owner() for store in (one, two)]
+            assert sorted(owning) == [False, True], f"attempt {attempt}: owners {owning}, claims {claims}"
+            winner = (one, two)[owning.index(True)]
+            await winner.submit(0, 1, b"the winner writes every group")
+            await winner.submit(SHARDS - 1, 1, b"the winner writes every group")
+        finally:
+            await one.nodes.aclose()
+            await two.nodes.aclose()

@@ -1,0 +1,278 @@
+"""Orders spanning groups on a Redis Cluster (``engine.orders``), over the simulation's in-process
+log in cluster mode: a saga stopped half-way, a command that meets an order while its saga runs,
+shipments naming an order, and what retention forgets — nothing held outlives its order, nothing
+acknowledged is taken back (R2, R3, R5, R7)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable
+from typing import Any
+
+import pytest
+
+from atp_service.engine.clock import ManualClock
+from atp_service.engine.router import Engine
+from atp_service.engine.shard import ShardActor
+from reservation import (
+    DomainError,
+    Fact,
+    FactKind,
+    Ledger,
+    Limits,
+    LineRequest,
+    State,
+    Unavailable,
+    reserve_command,
+)
+from reservation import _orders as orders
+from tests.atp_service.engine.helpers import until_turns
+from tests.sim.simlog import SimLog
+from tests.sim.world import sim_config
+
+SKUS = ("D", "A")  # on shards 0 and 1 of two
+RETENTION_MS = 60_000
+
+
+class Rig:
+    """Two shards on a cluster (one script per group), an engine whose orders are sagas; 10 units
+    of each SKU at DC."""
+
+    def __init__(self) -> None:
+        self.log = SimLog(together=False)
+        self.clock = ManualClock(1_700_000_000_000)
+        config = sim_config(shards=2)
+        limits = dataclasses.replace(config.limits, retention_ms=RETENTION_MS)
+        self.config = dataclasses.replace(config, limits=limits)
+        self.limits = limits
+        actors = [ShardActor(s, Ledger(s, limits), self.log, self.clock, self.config.shard_settings, 0)  # type: ignore[arg-type]
+                  for s in range(2)]
+        self.engine = Engine(actors, self.log, self.clock, self.config.engine_settings)  # type: ignore[arg-type]
+        assert self.engine.orders is not None
+        assert [self.engine.place(sku) for sku in SKUS] == [0, 1]
+
+    async def start(self) -> None:
+        for actor in self.engine.actors:
+            actor.start()
+        stock = [self.engine.actors[s].submit(lambda ledger, now, sku=sku: ledger.record_fact(
+                     Fact(f"stock-{sku}", "wms", FactKind.RECEIPT, sku, "DC", 10, now))) for s, sku in enumerate(SKUS)]
+        await self.pump_until_done(stock)
+
+    async def pump_until_done(self, futures: list[Any], turns: int = 400) -> None:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+            self.log.pump("ok")
+            for actor in self.engine.actors:
+                if actor.in_doubt:
+                    actor.request_maintenance()
+            if all(f.done() for f in futures) and self.quiet():
+                return
+        raise AssertionError("never settled")
+
+    def quiet(self) -> bool:
+        return all(not a._inflight and not a._doubt and not a._set_aside and a._mailbox.empty()
+                   for a in self.engine.actors)
+
+    async def run(self, call: Awaitable[Any]) -> Any:
+        task = asyncio.ensure_future(call)
+        await self.pump_until_done([task])
+        return task.result()
+
+    def cmd(self, rid: str, units: tuple[int, int] = (3, 3)) -> Any:
+        return reserve_command(reservation_id=rid, order_ref="o", channel="web", ttl_seconds=60,
+                               lines=[(sku, "DC", n) for sku, n in zip(SKUS, units, strict=True)],
+                               allow_partial=False, limits=Limits())
+
+    def quantities(self) -> list[tuple[int, int]]:
+        return [(q.reserved, q.committed) for q in
+                (actor.ledger.quantities(sku, "DC") for actor, sku in zip(self.engine.actors, SKUS, strict=True))]
+
+    def part(self, rid: str, group: int) -> Any:
+        return self.engine.actors[group].ledger.reservation(orders.part_id(rid, group))
+
+    async def stop(self) -> None:
+        await self.engine.stop(snapshot=False)
+
+
+@pytest.fixture
+async def rig() -> Any:
+    r = Rig()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+def failing_on(rig: Rig, shard: int) -> list[bool]:
+    """While the returned flag is set, ``shard`` refuses new work as a shard in doubt does."""
+    actor = rig.engine.actors[shard]
+    flag = [False]
+    submit = actor.submit
+
+    def refusing(work: Any) -> Any:
+        if flag[0]:
+            raise Unavailable(f"shard {shard}: log storage unreachable, retry later")
+        return submit(work)
+
+    actor.submit = refusing  # type: ignore[method-assign]
+    return flag
+
+
+async def test_a_reserve_retry_while_a_confirmation_is_pending_does_not_reject_the_order(rig: Rig) -> None:
+    """A confirmation decided (recorded pending at the home) and applied by one part only, its
+    saga stopped; the client's Reserve retry with the same id must carry the confirmation through —
+    never decide the order again from parts half-confirmed (which released the held part, saved
+    the order REJECTED and left the other part's units committed for ever)."""
+    engine = rig.engine
+    cmd = rig.cmd("o1")
+    rec, _ = await rig.run(engine.reserve(cmd))
+    assert rec.state == State.HELD
+    flag = failing_on(rig, 1)
+    save = engine.orders._save  # type: ignore[union-attr]
+
+    async def save_then_fail(home: int, order: Any) -> None:
+        await save(home, order)
+        if order.pending is not None:
+            flag[0] = True  # the change is recorded; shard 1 stops answering before it applies its share
+
+    engine.orders._save = save_then_fail  # type: ignore[union-attr,method-assign]
+    with pytest.raises(Unavailable):
+        await rig.run(engine.confirm("o1"))
+    engine.orders._save = save  # type: ignore[union-attr,method-assign]
+    flag[0] = False
+    assert rig.quantities() == [(0, 3), (3, 0)]  # half applied: the order is pending CONFIRM
+    again, _ = await rig.run(engine.reserve(cmd))  # the client retries its Reserve (R5)
+    assert again.state == State.CONFIRMED
+    assert rig.quantities() == [(0, 3), (0, 3)]
+    final = await rig.run(engine.release("o1", (), ""))
+    assert final.state == State.RELEASED
+    assert rig.quantities() == [(0, 0), (0, 0)]
+
+
+async def test_a_confirm_arriving_while_the_order_is_being_opened_is_not_applied_to_the_bare_record(
+        rig: Rig) -> None:
+    """The confirm is routed while the order's record is still on its way to the home shard: it
+    must not confirm the order's bare record (which holds nothing) behind the saga's back — the
+    saga's decision then overwrote it, and the acknowledged confirmation was lost."""
+    engine = rig.engine
+    reserving = asyncio.ensure_future(engine.reserve(rig.cmd("o1")))
+    home = engine.actors[0]
+    await until_turns(lambda: engine.home_of("o1") is not None, "the order is routed")
+    assert engine.home_of("o1") == 0 and home.ledger.reservation("o1") is None, "the order is being opened"
+    confirming = asyncio.ensure_future(engine.confirm("o1"))
+    await rig.pump_until_done([reserving, confirming])
+    await rig.pump_until_done([])
+    reserved, _ = reserving.result()
+    assert reserved.state == State.HELD
+    if confirming.exception() is None:  # acknowledged: it stands, and the parts hold it committed
+        assert confirming.result().state == State.CONFIRMED
+        got = await rig.run(engine.get_reservation("o1"))
+        assert got.state == State.CONFIRMED
+        assert rig.quantities() == [(0, 3), (0, 3)]
+    else:
+        assert isinstance(confirming.exception(), DomainError)
+        assert rig.quantities() == [(3, 0), (3, 0)]
+
+
+async def test_get_reservation_while_the_order_is_being_opened_never_answers_an_undecided_order(
+        rig: Rig) -> None:
+    """An order that will be refused (20 of A do not fit) must never be reported HELD meanwhile."""
+    engine = rig.engine
+    reserving = asyncio.ensure_future(engine.reserve(rig.cmd("o1", units=(3, 20))))
+    await until_turns(lambda: engine.home_of("o1") is not None, "the order is routed")
+    reading = asyncio.ensure_future(engine.get_reservation("o1"))
+    await rig.pump_until_done([reserving, reading])
+    assert reserving.result()[0].state == State.REJECTED
+    if reading.exception() is None:
+        assert reading.result().state == State.REJECTED
+        assert reading.result().pending is None
+
+
+def shipment(rig: Rig, sku: str, qty: int, rid: str, event_id: str) -> Fact:
+    return Fact(event_id, "wms", FactKind.SHIPMENT, sku, "DC", qty, rig.clock.now_ms(), reservation_id=rid)
+
+
+async def test_an_order_fulfilled_by_shipments_is_resolved_at_its_home(rig: Rig) -> None:
+    """Every part fulfilled by SHIPMENT facts: the order's own record is resolved too, so it stops
+    counting as live and is forgotten after its retention (R5 memory stays bounded)."""
+    engine = rig.engine
+    assert engine.orders is not None
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.confirm("o1"))
+    for n, sku in enumerate(SKUS):
+        _, reason = await rig.run(engine.orders.shipment(shipment(rig, sku, 3, "o1", f"s{n}"), "o1",
+                                                               f"fact:s{n}"))
+        assert reason == "", reason
+    got = await rig.run(engine.get_reservation("o1"))
+    assert got.state == State.FULFILLED
+    home = engine.actors[0].ledger
+    assert home.reservation("o1").state == State.FULFILLED  # type: ignore[union-attr]
+    assert home.live_reservations == 0
+    rig.clock.advance(RETENTION_MS + 1_000)
+    await rig.run(engine.run_maintenance())
+    await rig.pump_until_done([])
+    assert home.reservation("o1") is None  # forgotten after its retention, like any reservation
+
+
+async def test_an_order_whose_part_was_forgotten_after_retention_can_still_be_released(rig: Rig) -> None:
+    """A part resolved on its own (its lines released) is forgotten after the retention while the
+    order lives on: the order must still answer and be released — not UNAVAILABLE for ever with
+    the other part's units committed."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.confirm("o1"))
+    partial = await rig.run(engine.release("o1", (LineRequest("A", "DC", 3),), "op1"))
+    assert partial.state == State.CONFIRMED
+    assert rig.part("o1", 1).state == State.RELEASED
+    rig.clock.advance(RETENTION_MS + 1_000)
+    await rig.run(engine.run_maintenance())
+    await rig.pump_until_done([])
+    assert rig.part("o1", 1) is None  # the resolved part is forgotten
+    got = await rig.run(engine.get_reservation("o1"))
+    assert got.state == State.CONFIRMED
+    done = await rig.run(engine.release("o1", (), ""))
+    assert done.state == State.RELEASED
+    assert rig.quantities() == [(0, 0), (0, 0)]
+
+
+async def test_a_shipment_meets_a_confirmation_still_pending_carried_through_first(rig: Rig) -> None:
+    """A confirmation recorded but not yet applied by the part a SHIPMENT fact names: the fact
+    finishes the confirmation first and then fulfils — never 'not fulfilled' with the units left
+    committed after the shipment took them from on_hand."""
+    engine = rig.engine
+    assert engine.orders is not None
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    flag = failing_on(rig, 1)
+    save = engine.orders._save
+
+    async def save_then_fail(home: int, order: Any) -> None:
+        await save(home, order)
+        if order.pending is not None:
+            flag[0] = True
+
+    engine.orders._save = save_then_fail  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await rig.run(engine.confirm("o1"))
+    engine.orders._save = save  # type: ignore[method-assign]
+    flag[0] = False
+    _, reason = await rig.run(engine.orders.shipment(shipment(rig, "A", 3, "o1", "s1"), "o1", "fact:s1"))
+    assert reason == "", reason
+    assert rig.quantities() == [(0, 3), (0, 0)]
+
+
+async def test_a_reserve_retried_after_its_ttl_while_undecided_expires_it_rather_than_holding(rig: Rig) -> None:
+    """A Reserve whose saga stopped before the order was decided, retried after its TTL: the order
+    expires (as GetReservation or housekeeping would have it) — not reserved now and answered HELD
+    with a TTL already past."""
+    engine = rig.engine
+    cmd = rig.cmd("o1")
+    flag = failing_on(rig, 1)
+    flag[0] = True
+    with pytest.raises(Unavailable):
+        await rig.run(engine.reserve(cmd))
+    flag[0] = False
+    assert rig.quantities() == [(3, 0), (0, 0)]  # one part held, the order undecided
+    rig.clock.advance(61_000)
+    again, _ = await rig.run(engine.reserve(cmd))
+    assert again.state == State.EXPIRED
+    assert rig.quantities() == [(0, 0), (0, 0)]
