@@ -114,11 +114,12 @@ class Nodes:
     async def _run_on(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
         try:
             replies = await self._pipeline(client, calls)
-            missing = {calls[i].script for i, r in enumerate(replies) if isinstance(r, NoScriptError)}
-            if missing:  # not run at all (a restarted or failed-over node): load and send again
-                for script in missing:
+            unrun = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if unrun:  # not run at all (a restarted or failed-over node): load, and send those again
+                for script in {calls[i].script for i in unrun}:
                     await client.script_load(script.body)
-                replies = await self._pipeline(client, calls)
+                for i, reply in zip(unrun, await self._pipeline(client, [calls[i] for i in unrun]), strict=True):
+                    replies[i] = reply
         except TOPOLOGY_ERRORS as exc:
             self._stale = self.cluster
             return [exc] * len(calls)

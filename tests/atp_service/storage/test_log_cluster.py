@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from atp_service.storage.durability import landed_of
@@ -133,3 +134,15 @@ async def test_two_instances_claiming_at_once_leave_one_owner_of_every_group(clu
         finally:
             await one.nodes.aclose()
             await two.nodes.aclose()
+
+
+async def test_a_node_that_lost_its_scripts_runs_them_again_and_only_what_did_not_run(store: LogStore) -> None:
+    await store.submit(0, 1, b"one")
+    # As a restart, or a failover to a replica that never ran them, leaves a node:
+    for node in store.client.get_primaries():
+        async with aioredis.Redis(host=node.host, port=node.port) as direct:
+            await direct.script_flush()
+    futures = [store.submit(shard, 1 if shard else 2, b"after the flush") for shard in range(SHARDS)]
+    for future in futures:
+        await future  # loaded again and sent once: none refused as TAKEN, none in doubt
+    assert [d async for _, d in store.entries_after(0, 0)] == [b"one", b"after the flush"]

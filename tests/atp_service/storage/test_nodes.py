@@ -1,0 +1,27 @@
+"""The writer of scripts (``storage/nodes.py``) against a real Redis: a call that did not run
+because its node had lost the script is sent again, alone — one that ran is never run twice."""
+
+from __future__ import annotations
+
+from atp_service.storage.nodes import Call, Nodes, Script, connect, node_url
+
+COUNTED = Script("return redis.call('INCR', KEYS[1])")
+COUNTED_TOO = Script("return redis.call('INCR', KEYS[1]) -- another script, another digest")
+
+
+async def test_only_the_calls_whose_script_was_missing_are_sent_again(redis_url: str) -> None:
+    nodes = Nodes(connect(redis_url, 5.0))
+    try:
+        await nodes.reader.script_flush()
+        await nodes.reader.script_load(COUNTED.body)  # the node knows one script, not the other
+        replies = await nodes.run([Call(COUNTED, ["k"], []), Call(COUNTED_TOO, ["k"], [])])
+        assert replies == [1, 2]
+        assert int(await nodes.reader.get("k")) == 2  # the first call ran once, not again with the second
+    finally:
+        await nodes.aclose()
+
+
+def test_a_node_url_keeps_the_credentials_and_options_of_the_seed() -> None:
+    assert node_url("rediss://:pw@10.0.0.1:7000/0?ssl_cert_reqs=none", "10.0.0.2", 7001) == \
+        "rediss://:pw@10.0.0.2:7001/0?ssl_cert_reqs=none"
+    assert node_url("redis://10.0.0.1:7000", "10.0.0.3", 7002) == "redis://10.0.0.3:7002"
