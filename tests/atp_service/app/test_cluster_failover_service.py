@@ -63,7 +63,7 @@ async def test_a_primary_killed_under_load_loses_nothing_acknowledged(cluster: E
         tried: set[str] = set()
         stop = asyncio.Event()
         workers = [asyncio.ensure_future(load(client, w, acked, tried, stop)) for w in range(8)]
-        await asyncio.sleep(1.0)
+        await until(lambda: len(acked) >= 40, "the load got going", 120)
         before = len(acked)
         assert service.engine is not None
         victim = next(node for node in cluster.primaries
