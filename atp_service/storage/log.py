@@ -180,6 +180,11 @@ class LogStore:
             self.epochs[group], self._tokens[group] = epoch, int(reply)
         return self.epoch
 
+    def adopt(self, group: int, epoch: int, fence: int) -> None:
+        """Write ``group`` from now on as ``epoch`` (its owner, see ``leases.GroupLeases``), carrying
+        its fence ``fence``."""
+        self.epochs[group], self._tokens[group] = epoch, max(self._tokens.get(group, 0), fence)
+
     async def fence(self, shard: int) -> None:
         """Make every write of ``shard`` sent before now impossible to land (R7): raise its fence
         and carry the new value from here on. Whatever the log holds afterwards is final (with

@@ -1,0 +1,105 @@
+"""Leases on shard groups: which service process may own a group now, when several share a keyspace.
+
+A lease is a key in the group's own slot (``<prefix>{g<shard>}:lease``), set with an expiry (Redis
+``SET … PX``) and renewed while its holder lives. It keeps the other processes off a group; it is
+never what makes a write safe. Taking a group raises the group's owner key to the taker's epoch in
+the same script, and every write script checks that key (``scripts.py``): an owner that was paused
+or cut off past its lease — and so lost the group — finds every write it sends afterwards refused
+whole ("FENCED"), whatever its clock says. Lease timing decides availability only.
+"""
+
+from __future__ import annotations
+
+from atp_service.storage.log import Fenced, LogStore
+from atp_service.storage.nodes import Call, Script
+from atp_service.storage.scripts import EPOCH_SCRIPT
+
+# KEYS: lease, owner, fence; ARGV: holder, epoch, lease ms. -1: another holder's lease is live. A
+# holder whose epoch is below the owner key's was replaced (FENCED); else the lease is (re)taken,
+# the owner key set to the epoch, and the group's fence returned (the token its writes carry).
+ACQUIRE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return -1 end
+local owner = tonumber(redis.call('GET', KEYS[2]) or '0')
+if owner > tonumber(ARGV[2]) then
+  return redis.error_reply('FENCED epoch ' .. ARGV[2] .. ' of ' .. KEYS[2] .. ' was replaced by ' .. owner)
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2])
+return tonumber(redis.call('GET', KEYS[3]) or '0')
+"""
+
+# KEYS: lease; ARGV: holder, lease ms. 1: renewed; 0: the lease is another's, or gone.
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: lease; ARGV: holder. A lease given back at once (after a graceful hand-over), never another's.
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
+class GroupLeases:
+    """One process's leases on the groups of ``store``'s keyspace, held under ``holder`` (unique
+    per process) for ``lease_ms`` at a time. Every taking of a group draws a new epoch, above every
+    epoch drawn before (``<prefix>claims``): whoever takes a group last outranks every earlier
+    owner of it, whichever process that was."""
+
+    _ACQUIRE, _RENEW, _RELEASE, _EPOCH = (Script(body) for body in (ACQUIRE_SCRIPT, RENEW_SCRIPT, RELEASE_SCRIPT,
+                                                                    EPOCH_SCRIPT))
+
+    def __init__(self, store: LogStore, holder: str, lease_ms: int) -> None:
+        if lease_ms <= 0:
+            raise ValueError(f"lease_ms: must be positive, got {lease_ms}")
+        self.store, self.holder, self.lease_ms = store, holder, lease_ms
+        self.held: dict[int, int] = {}
+        """Groups held now, with the epoch each was taken with."""
+
+    def key(self, group: int) -> str:
+        return self.store.keys.tag(group) + "lease"
+
+    async def acquire(self, group: int) -> bool:
+        """Take ``group`` if no other holder's lease is live: its owner key raised to a new epoch
+        (every write of a previous owner refused from now on) and its fence adopted. False: held
+        by another. ``Fenced``: another taking of the group outranked this one meanwhile."""
+        epoch = self.held.get(group) or int(await self.store.nodes.run_one(
+            Call(self._EPOCH, [self.store.keys.claims], [0])))
+        keys = [self.key(group), self.store.keys.owner(group), self.store.keys.fence(group)]
+        try:
+            fence = int(await self.store.nodes.run_one(Call(self._ACQUIRE, keys, [self.holder, epoch,
+                                                                                 self.lease_ms])))
+        except Exception as exc:
+            raise _as_fenced(exc) from None
+        if fence < 0:
+            return False
+        self.store.adopt(group, epoch, fence)
+        self.held[group] = epoch
+        return True
+
+    async def renew(self) -> set[int]:
+        """Extend every lease still held; the groups lost (expired and taken, or gone) are dropped
+        and returned. A process must stop serving a lost group before its lease would have run out."""
+        groups = sorted(self.held)
+        replies = await self.store.nodes.run([Call(self._RENEW, [self.key(g)], [self.holder, self.lease_ms])
+                                              for g in groups])
+        lost = {g for g, reply in zip(groups, replies, strict=True) if not isinstance(reply, BaseException)
+                and int(reply) == 0}
+        for group in lost:
+            del self.held[group]
+        return lost
+
+    async def release(self, group: int) -> None:
+        """Give ``group`` back at once (after its final snapshot): another process may take it now."""
+        await self.store.nodes.run_one(Call(self._RELEASE, [self.key(group)], [self.holder]))
+        self.held.pop(group, None)
+
+
+def _as_fenced(exc: BaseException) -> BaseException:
+    return Fenced(str(exc)) if str(exc).startswith("FENCED") else exc
+
+
+__all__ = ["GroupLeases"]

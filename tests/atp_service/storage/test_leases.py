@@ -1,0 +1,76 @@
+"""Leases on shard groups (``storage/leases.py``) on a real Redis Cluster: a lease keeps other
+processes off a group while it is renewed; an owner paused past its lease loses the group to the
+next process, and every write it sends afterwards is refused whole — nothing it acknowledged is
+lost; a lease given back can be taken at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from atp_service.storage.leases import GroupLeases
+from atp_service.storage.log import Fenced, LogStore
+from atp_service.storage.nodes import open_nodes
+
+LEASE_MS = 300
+
+
+@pytest.fixture
+async def stores(cluster_url: str) -> AsyncIterator[tuple[LogStore, LogStore]]:
+    """Two processes' log stores on one keyspace of the cluster."""
+    first, second = (LogStore(open_nodes(cluster_url, 5.0, cluster=True), "t:", pipeline_max=64) for _ in range(2))
+    yield first, second
+    for store in (first, second):
+        await store.nodes.aclose()
+
+
+async def test_a_live_lease_keeps_another_process_off_the_group(stores: tuple[LogStore, LogStore]) -> None:
+    # A lease far longer than the test: no renewal depends on how busy the host is.
+    a, b = GroupLeases(stores[0], "process-a", 60_000), GroupLeases(stores[1], "process-b", 60_000)
+    assert await a.acquire(3)
+    assert not await b.acquire(3)
+    assert await a.renew() == set()
+    assert not await b.acquire(3)
+    await stores[0].submit(3, 1, b"written by its owner")
+
+
+async def test_an_owner_paused_past_its_lease_is_fenced_and_loses_nothing_it_acknowledged(
+        stores: tuple[LogStore, LogStore]) -> None:
+    # The paused owner's lease is short; the next owner's outlives the test, whatever the host's pace.
+    a, b = GroupLeases(stores[0], "process-a", LEASE_MS), GroupLeases(stores[1], "process-b", 60_000)
+    assert await a.acquire(5)
+    await stores[0].submit(5, 1, b"acknowledged before the pause")
+    await asyncio.sleep(LEASE_MS * 2 / 1000)  # SIGSTOP: no renewal; Redis lets the lease run out
+    assert await b.acquire(5)  # the next process takes the group: owner key raised to a new epoch
+    assert b.held[5] > a.held[5]
+    with pytest.raises(Fenced):  # the paused owner wakes up and writes: refused whole
+        await stores[0].submit(5, 2, b"written after the pause")
+    assert await a.renew() == {5}  # and it learns the group is gone
+    assert not await a.acquire(5)  # nor can it take the group back while the new owner's lease lives
+    await stores[1].submit(5, 2, b"the new owner goes on")
+    assert [d async for _, d in stores[1].entries_after(5, 0)] == [b"acknowledged before the pause",
+                                                                   b"the new owner goes on"]
+
+
+async def test_a_lease_given_back_is_taken_at_once_and_the_giver_is_fenced(
+        stores: tuple[LogStore, LogStore]) -> None:
+    a, b = GroupLeases(stores[0], "process-a", 60_000), GroupLeases(stores[1], "process-b", 60_000)
+    assert await a.acquire(1)
+    await a.release(1)
+    assert 1 not in a.held
+    assert await b.acquire(1)  # no wait for the minute-long lease to run out
+    await a.release(1)  # a holder never gives back another's lease
+    assert not await a.acquire(1)
+    given_back_by_b = b.held[1]
+    await b.release(1)
+    assert await a.acquire(1)  # handed back again: taken with a newer epoch than b's
+    assert a.held[1] > given_back_by_b
+    with pytest.raises(Fenced):
+        await stores[1].submit(1, 1, b"b's late write after it gave the group back")
+
+
+def test_a_lease_has_a_length() -> None:
+    with pytest.raises(ValueError, match="lease_ms"):
+        GroupLeases(None, "p", 0)  # type: ignore[arg-type]
