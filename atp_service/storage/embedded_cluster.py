@@ -12,7 +12,11 @@ replica follows its primary (``CLUSTER REPLICATE``); the cluster is ready when e
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,17 +137,36 @@ class EmbeddedCluster:
         self.stop()
 
 
+SERVICE_ENV = {"ATP_REDIS_CLUSTER": "true", "ATP_INPUT_STREAMS": "atp:{in}:pos,atp:{in}:wms",
+               "ATP_DEAD_LETTER_STREAM": "atp:{in}:dlq", "ATP_QUARANTINE_STREAM": "atp:{in}:quarantine"}
+"""How ``--serve`` runs the service on the cluster: its input streams share a hash tag, as a cluster needs."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, required=True, help="a fresh directory: one per node under it")
     parser.add_argument("--primaries", type=int, default=3, help="nodes that own hash slots")
     parser.add_argument("--replicas", type=int, default=1, help="replicas per primary")
+    parser.add_argument("--serve", action="store_true",
+                        help="also run `atp-service serve` on the cluster (ATP_* variables apply) until Ctrl-C")
     args = parser.parse_args()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # taken by sigwait below
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     with EmbeddedCluster(args.data_dir, args.primaries, args.replicas) as cluster:
         ports = ", ".join(str(node.port) for node in cluster.nodes)
         print(f"Redis Cluster ready: {cluster.url} (nodes on 127.0.0.1: {ports}); Ctrl-C stops it", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        service = _serve(cluster.url) if args.serve else None
+        stop.wait()
+        if service is not None:  # the service first: its final snapshots go to the cluster
+            service.terminate()
+            service.wait()
+
+
+def _serve(url: str) -> subprocess.Popen[bytes]:
+    """``atp-service serve`` on the cluster, as a child of its own (it drains and snapshots on SIGTERM)."""
+    env = {**SERVICE_ENV, **os.environ, "ATP_REDIS_URL": url}
+    return subprocess.Popen([sys.executable, "-m", "atp_service", "serve"], env=env)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@ and the constraint the service's scripts must meet there — every key of one sc
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +15,11 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from atp_service.storage.embedded_redis import RedisDidNotStart
+from atp_service.storage.embedded_redis import RedisDidNotStart, free_port
+from tests.atp_service.edge.test_api import receipt
 
 TWO_KEYS = "return redis.call('SET', KEYS[1], ARGV[1]) and redis.call('SET', KEYS[2], ARGV[1])"
 
@@ -60,3 +68,38 @@ def test_a_data_directory_a_cluster_was_formed_in_is_refused(cluster: EmbeddedCl
 def test_no_cluster_of_no_primaries(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="primaries"):
         EmbeddedCluster(tmp_path, primaries=0)
+
+
+async def test_make_cluster_serves_on_the_cluster_and_stops_it_all(tmp_path: Path) -> None:
+    """``make cluster``: the cluster, then the service on it; SIGTERM stops the service, then Redis."""
+    port = free_port()
+    proc = _make_cluster(tmp_path / "c", port)
+    try:
+        async with AtpClient(f"127.0.0.1:{port}", timeout_s=10) as client:
+            await client.wait_ready(60)
+            await client.record_events([receipt(f"s-{sku}", sku, "DC", 5) for sku in ("A", "B", "C", "D")])
+            held = await client.reserve("o", [(sku, "DC", 1) for sku in ("A", "B", "C", "D")], ttl_seconds=60)
+            assert held.state == pb.RESERVATION_STATE_HELD
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Redis Cluster ready" in (tmp_path / "c.log").read_text()
+    assert not _redis_left(tmp_path / "c")
+
+
+def _make_cluster(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ATP_PORT": str(port), "ATP_METRICS_PORT": "-1", "ATP_DEMO": "false", "ATP_AUTH": "off"}
+    log = data_dir.with_suffix(".log").open("wb")  # a file, not a pipe nobody reads until the end
+    return subprocess.Popen([sys.executable, "-m", "atp_service.storage.embedded_cluster", "--data-dir",
+                             str(data_dir), "--serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _redis_left(data_dir: Path) -> list[int]:
+    """The redis-server processes of ``data_dir``'s nodes still running."""
+    pids = [int(p.read_text()) for p in data_dir.glob("*/redis-server.pid")]
+    assert pids, "the nodes wrote their pid files"
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
