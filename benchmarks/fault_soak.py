@@ -143,11 +143,15 @@ class Soak:
         with EmbeddedCluster(self.work / "cluster", primaries=3, replicas=1) as cluster:
             port = free_port()
             cmd = service_command(cluster.url, port, self.estate_path, self.args.shards, self.args.snapshot_every)
-            env = {**service_env(self.args.redis_timeout), "ATP_REDIS_CLUSTER": "true"}
+            # A primary killed may take its newest writes with it unless a replica confirmed them.
+            env = {**service_env(self.args.redis_timeout), "ATP_REDIS_CLUSTER": "true",
+                   "ATP_REDIS_WAIT_REPLICAS": str(self.args.wait_replicas),
+                   "ATP_REDIS_WAIT_TIMEOUT_MS": str(int(self.args.redis_timeout * 500))}
             service = ServiceProcess(cmd, env, self.work / "service.log", port, ROOT)
             admin = aioredis.RedisCluster.from_url(cluster.url, socket_timeout=10)
             self.figures["redis"] = "cluster"
-            await self.soak_and_stop(service, Faults(self.rng, admin, None, service, self.args.faults), port, admin)
+            faults = Faults(self.rng, admin, None, service, self.args.faults, cluster=cluster)
+            await self.soak_and_stop(service, faults, port, admin)
 
     async def soak_and_stop(self, service: ServiceProcess, faults: Faults, port: int, admin: Any) -> None:
         """``soak``, then the service stopped and the figures of what was injected noted."""
@@ -335,10 +339,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snapshot-every", type=int, default=300,
                    help="log entries per shard between snapshots (small: snapshots and trims happen under the faults)")
     p.add_argument("--faults", type=lambda s: tuple(k for k in s.split(",") if k), default=None,
-                   help="kinds to inject, comma-separated: pause,delay,kill (empty: none; default: all of them, "
-                        "on a cluster kill)")
+                   help="kinds to inject, comma-separated: pause,delay,kill,primary (empty: none; default: "
+                        "pause,delay,kill; on a cluster kill,primary)")
     p.add_argument("--cluster", action="store_true",
                    help="run on a Redis Cluster (3 primaries, a replica each) with ATP_REDIS_CLUSTER")
+    p.add_argument("--wait-replicas", type=int, default=1,
+                   help="with --cluster: the service's ATP_REDIS_WAIT_REPLICAS (0 lets a killed primary lose "
+                        "acknowledged writes: the soak then reports them lost)")
     p.add_argument("--min-deadline", type=float, default=0.001, help="shortest client deadline (s)")
     p.add_argument("--max-deadline", type=float, default=2.0, help="longest client deadline (s)")
     p.add_argument("--force-each", action="store_true", help="at least one fault of every kind, however short the run")
@@ -350,9 +357,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="keep Redis data and logs here (default: a temporary directory)")
     args = p.parse_args(argv)
     if args.faults is None:
-        args.faults = ("kill",) if args.cluster else ("pause", "delay", "kill")
-    elif args.cluster and set(args.faults) - {"kill"}:
-        p.error("--faults: on a cluster only kill (Redis pauses and delays go through the proxy of a single Redis)")
+        args.faults = ("kill", "primary") if args.cluster else ("pause", "delay", "kill")
+    elif args.cluster and set(args.faults) - {"kill", "primary"}:
+        p.error("--faults: on a cluster kill and primary (pauses and delays go through the proxy of a single Redis)")
+    elif not args.cluster and "primary" in args.faults:
+        p.error("--faults: primary (a Redis Cluster primary killed) needs --cluster")
     return args
 
 

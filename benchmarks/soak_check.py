@@ -62,7 +62,7 @@ class Durable:
             if orders.order_of(rid) is not None:
                 continue
             parts = {g: records[p] for g in rec.parts if (p := orders.part_id(rid, g)) in records}
-            out[rid] = orders.view(rec, parts) if rec.is_order and len(parts) == len(rec.parts) else rec
+            out[rid] = orders.view(rec, parts) if rec.is_order else rec  # as GetReservation shows it
         return out
 
 

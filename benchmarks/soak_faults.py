@@ -22,14 +22,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from atp_service.storage.embedded_cluster import EmbeddedCluster
 from benchmarks.tcp_delay import DelayProxyProcess
 
 READY_S = 90.0
 """Longest wait for a (re)started service to say SERVING."""
 START_TRIES = 5
 """Starts in a row that may fail (exit before SERVING) before the soak gives up."""
-KINDS = ("pause", "delay", "kill")
-WEIGHTS = (4, 4, 2)
+KINDS = ("pause", "delay", "kill", "primary")
+WEIGHTS = (4, 4, 2, 2)
 
 
 class ServiceDown(RuntimeError):
@@ -118,11 +119,13 @@ class ServiceProcess:
 
 class Faults:
     def __init__(self, rng: random.Random, admin: Any, proxy: DelayProxyProcess | None, service: ServiceProcess,
-                 kinds: tuple[str, ...] = KINDS, gap_s: tuple[float, float] = (0.5, 2.0)) -> None:
+                 kinds: tuple[str, ...] = KINDS, gap_s: tuple[float, float] = (0.5, 2.0),
+                 cluster: EmbeddedCluster | None = None) -> None:
         unknown = set(kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"faults: unknown {sorted(unknown)}; known: {', '.join(KINDS)}")
         self.rng, self.admin, self.proxy, self.service, self.gap_s = rng, admin, proxy, service, gap_s
+        self.cluster = cluster
         self.kinds = [k for k in KINDS if k in kinds]
         self.weights = [w for k, w in zip(KINDS, WEIGHTS, strict=True) if k in kinds]
         self.counts: Counter[str] = Counter()
@@ -158,6 +161,13 @@ class Faults:
     async def kill(self) -> None:
         await self.service.kill_and_restart()
 
+    async def primary(self) -> None:
+        """kill -9 of a Redis Cluster primary under the load; back (as a replica) once its replica
+        took over. Only with ``--cluster``."""
+        assert self.cluster is not None, "a primary to kill needs --cluster"
+        victim = self.rng.choice(await asyncio.to_thread(self.cluster.serving_primaries))
+        await asyncio.to_thread(self.cluster.fail_over, victim)
+
     async def calm(self) -> None:
         """Every fault off: the proxy passes bytes at once, Redis takes writes (on a cluster, with
         neither proxy nor pauses, only the service was killed)."""
@@ -166,4 +176,5 @@ class Faults:
             await self.admin.execute_command("CLIENT", "UNPAUSE")
 
     def figures(self) -> dict[str, int]:
-        return {"pauses": self.counts["pause"], "delays": self.counts["delay"], "kills": self.counts["kill"]}
+        return {"pauses": self.counts["pause"], "delays": self.counts["delay"], "kills": self.counts["kill"],
+                "redis_primaries_killed": self.counts["primary"]}

@@ -126,6 +126,30 @@ class EmbeddedCluster:
         with self._client(node) as client:
             return client.cluster(command, *args)
 
+    def serving_primaries(self) -> list[EmbeddedRedis]:
+        """The nodes that are primaries now (a failover promotes a replica)."""
+        return [node for node in self.nodes if self._role(node) == "master"]
+
+    def _role(self, node: EmbeddedRedis) -> str:
+        if node.process is None or node.process.poll() is not None:
+            return "down"
+        with self._client(node) as client:
+            return str(client.info("replication").get("role"))
+
+    def fail_over(self, node: EmbeddedRedis, timeout_s: float = 60.0) -> None:
+        """kill -9 of ``node``, then — once its replica serves its slots — ``node`` started again:
+        it rejoins as a replica of the one that took over, in sync before this returns."""
+        node.kill()
+        self._wait(lambda: len(self.serving_primaries()) == len(self.primaries), timeout_s,
+                   "every slot served again after a primary was killed")
+        node.start()
+        self._wait(lambda: self._role(node) == "slave" and self._in_sync(node), timeout_s,
+                   "the killed primary back as a replica in sync")
+
+    def _in_sync(self, node: EmbeddedRedis) -> bool:
+        with self._client(node) as client:
+            return bool(client.info("replication").get("master_link_status") == "up")
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

@@ -105,7 +105,7 @@ def shown(rec: Reservation, records: dict[str, Reservation]) -> Reservation:
         return rec
     parts = {g: records[orders.part_id(rec.reservation_id, g)] for g in rec.parts
              if orders.part_id(rec.reservation_id, g) in records}
-    return orders.view(rec, parts) if len(parts) == len(rec.parts) else rec
+    return orders.view(rec, parts)  # as GetReservation shows it (a part never reserved: the order's own record)
 
 
 def orders_hold_what_they_decided(records: dict[str, Reservation]) -> None:
