@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from atp_service.config import SnapshotPolicy
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
@@ -20,7 +20,9 @@ from reservation import Ledger, LogEntry
 
 log = logging.getLogger(__name__)
 
-STORAGE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+STORAGE_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+"""Redis did not answer, or not for sure. ``RedisClusterException`` is no ``RedisError``: a cluster
+client raises it when no node answers its slot map query (every node down or cut off)."""
 SNAPSHOT_RETRY_FIRST_S = 1.0
 """Wait after a first failed snapshot (capped by ``ServiceConfig.snapshot_retry_max_s``)."""
 SETTLE_RETRY = BackoffPolicy(first_s=0.05, max_s=1.0)

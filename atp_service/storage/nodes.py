@@ -86,7 +86,11 @@ class Nodes:
         await self.reader.initialize()  # once: the slot map, on the first call
         if self._stale:
             self._stale = False
-            await self.reader.nodes_manager.initialize()
+            try:
+                await self.reader.nodes_manager.initialize()
+            except BaseException:
+                self._stale = True  # not read: the next call tries again
+                raise
         by_node: dict[str, list[int]] = defaultdict(list)
         for i, call in enumerate(calls):
             by_node[self.reader.get_node_from_key(call.keys[0]).name].append(i)

@@ -82,3 +82,26 @@ def _primary_of(cluster: EmbeddedCluster, store: LogStore, shard: int) -> Embedd
     port = int(store.client.get_node_from_key(store.keys.log(shard)).port)
     (node,) = [n for n in cluster.primaries if n.port == port]
     return node
+
+
+async def test_a_settle_waits_out_a_cluster_no_node_of_which_answers(tmp_path: Path) -> None:
+    """Every node unreachable at once (a restart of the whole cluster, a partition): the cluster
+    client says so with ``RedisClusterException``, no ``RedisError``. A settle waits for Redis as
+    long as it takes (R8: the shard must not die of it), then reads what landed."""
+    with EmbeddedCluster(tmp_path / "one", primaries=1, replicas=0) as alone:
+        store = LogStore(open_nodes(alone.url, 0.5, cluster=True), "t:", pipeline_max=64)
+        try:
+            await store.claim(2)
+            await store.submit(0, 1, b"one")
+            (node,) = alone.primaries
+            node.kill()
+            with pytest.raises(STORAGE_ERRORS):
+                await store.submit(0, 2, b"in doubt")
+            settle = asyncio.ensure_future(landed_of(store, 0, 1, [(2, Any, b"in doubt")]))  # type: ignore[list-item]
+            await asyncio.sleep(3)  # several tries, each refreshing the slot map in vain
+            assert not settle.done(), f"the settle ended while no node answered: {settle.exception()!r}"
+            node.start()
+            assert await asyncio.wait_for(settle, 60) == []
+            await store.submit(0, 2, b"the shard goes on")
+        finally:
+            await store.nodes.aclose()

@@ -3,6 +3,8 @@ because its node had lost the script is sent again, alone — one that ran is ne
 
 from __future__ import annotations
 
+import pytest
+
 from atp_service.storage.nodes import Call, Nodes, Script, connect, node_url
 
 COUNTED = Script("return redis.call('INCR', KEYS[1])")
@@ -25,3 +27,31 @@ def test_a_node_url_keeps_the_credentials_and_options_of_the_seed() -> None:
     assert node_url("rediss://:pw@10.0.0.1:7000/0?ssl_cert_reqs=none", "10.0.0.2", 7001) == \
         "rediss://:pw@10.0.0.2:7001/0?ssl_cert_reqs=none"
     assert node_url("redis://10.0.0.1:7000", "10.0.0.3", 7002) == "redis://10.0.0.3:7002"
+
+
+async def test_a_slot_map_refresh_that_failed_is_tried_again_on_the_next_call() -> None:
+    """A refresh that failed (no node answered) leaves the slot map as stale as it was: the next
+    call reads it again instead of sending to the nodes of the old map."""
+    from redis.exceptions import RedisClusterException
+
+    class Manager:
+        def __init__(self) -> None:
+            self.tries = 0
+
+        async def initialize(self) -> None:
+            self.tries += 1
+            if self.tries == 1:
+                raise RedisClusterException("Redis Cluster cannot be connected")
+
+    class Reader:
+        nodes_manager = Manager()
+
+        async def initialize(self) -> None:
+            pass
+
+    nodes = Nodes(Reader(), cluster=True)
+    nodes._stale = True
+    with pytest.raises(RedisClusterException):
+        await nodes.run([])
+    await nodes.run([])
+    assert Reader.nodes_manager.tries == 2
