@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -146,3 +147,68 @@ async def test_a_node_that_lost_its_scripts_runs_them_again_and_only_what_did_no
     for future in futures:
         await future  # loaded again and sent once: none refused as TAKEN, none in doubt
     assert [d async for _, d in store.entries_after(0, 0)] == [b"one", b"after the flush"]
+
+
+async def test_each_entry_of_a_flush_over_the_primaries_gets_its_own_outcome(store: LogStore) -> None:
+    """One flush, one pipeline per primary, entries that land and entries that are refused mixed on
+    each primary: every caller is told what happened to its own entry, never to another's."""
+    for shard in range(SHARDS):
+        await store.submit(shard, 1, b"first")
+    by_node: dict[str, list[int]] = {}
+    for shard in range(SHARDS):
+        by_node.setdefault(store.client.get_node_from_key(store.keys.log(shard)).name, []).append(shard)
+    assert max(len(shards) for shards in by_node.values()) >= 2, "some primary serves several groups"
+    refused = {shards[0] for shards in by_node.values()}  # the first call of each primary's pipeline
+    futures = {shard: store.submit(shard, 9 if shard in refused else 2, f"{shard}/2".encode())
+               for shard in range(SHARDS)}
+    outcomes = await asyncio.gather(*futures.values(), return_exceptions=True)
+    for shard, outcome in zip(futures, outcomes, strict=True):
+        if shard in refused:
+            assert isinstance(outcome, RedisError) and "GAP" in str(outcome), (shard, outcome)
+            assert await store.last_seq(shard) == 1
+        else:
+            assert outcome is None, (shard, outcome)
+            assert [d async for _, d in store.entries_after(shard, 1)] == [f"{shard}/2".encode()]
+
+
+async def test_a_claim_older_than_the_one_holding_a_group_is_refused_there(cluster_url: str) -> None:
+    """Two instances claiming at once, their calls interleaved at the primaries: the older claim
+    (its epoch drawn first) reaches group 0 after the newer took it, and the other groups before.
+    The newer claim ends owning every group: the older is refused where the newer got first, and
+    overwritten elsewhere — never one owner of group 0 and another of the rest."""
+    older = LogStore(open_nodes(cluster_url, 5.0, cluster=True), "r:", pipeline_max=64)
+    newer = LogStore(open_nodes(cluster_url, 5.0, cluster=True), "r:", pipeline_max=64)
+    older_drew, newer_took_group_0, older_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    older_run, newer_run = older.nodes.run, newer.nodes.run
+
+    async def older_calls(calls: list[Any]) -> list[Any]:
+        if calls and calls[0].script is LogStore._CLAIM_AT:
+            older_drew.set()
+            await newer_took_group_0.wait()
+            try:
+                return await older_run(calls)
+            finally:
+                older_done.set()
+        return await older_run(calls)
+
+    async def newer_calls(calls: list[Any]) -> list[Any]:
+        if calls and calls[0].script is LogStore._CLAIM_AT:
+            first = await newer_run(calls[:1])  # group 0
+            newer_took_group_0.set()
+            await older_done.wait()
+            return first + await newer_run(calls[1:])
+        return await newer_run(calls)
+
+    older.nodes.run, newer.nodes.run = older_calls, newer_calls  # type: ignore[method-assign]
+    try:
+        claiming = asyncio.ensure_future(older.claim(SHARDS))
+        await older_drew.wait()
+        await newer.claim(SHARDS)
+        with pytest.raises(Fenced):
+            await claiming
+        assert await newer.still_owner() and not await older.still_owner()
+        for shard in (0, SHARDS - 1):
+            await newer.submit(shard, 1, b"the newer claim writes every group")
+    finally:
+        await older.nodes.aclose()
+        await newer.nodes.aclose()
