@@ -73,7 +73,10 @@ class GroupLeases:
             fence = int(await self.store.nodes.run_one(Call(self._ACQUIRE, keys, [self.holder, epoch,
                                                                                  self.lease_ms])))
         except Exception as exc:
-            raise _as_fenced(exc) from None
+            refused = _as_fenced(exc)
+            if isinstance(refused, Fenced):
+                self.held.pop(group, None)  # outranked: a later try draws a new epoch
+            raise refused from None
         if fence < 0:
             return False
         self.store.adopt(group, epoch, fence)

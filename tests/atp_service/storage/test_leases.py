@@ -74,3 +74,21 @@ async def test_a_lease_given_back_is_taken_at_once_and_the_giver_is_fenced(
 def test_a_lease_has_a_length() -> None:
     with pytest.raises(ValueError, match="lease_ms"):
         GroupLeases(None, "p", 0)  # type: ignore[arg-type]
+
+
+async def test_an_owner_outranked_while_away_takes_the_group_again_once_it_is_free(
+        stores: tuple[LogStore, LogStore]) -> None:
+    """A process whose lease ran out while another took the group and gave it back is told it
+    was outranked (``Fenced``) — and then takes the free group with a new epoch, instead of being
+    refused with its old one for ever (the group left with no owner)."""
+    a, b = GroupLeases(stores[0], "process-a", LEASE_MS), GroupLeases(stores[1], "process-b", 60_000)
+    assert await a.acquire(2)
+    await asyncio.sleep(LEASE_MS * 2 / 1000)  # a paused: its lease runs out
+    assert await b.acquire(2)
+    taken_by_b = b.held[2]
+    await b.release(2)  # b gives it back before a renews
+    with pytest.raises(Fenced):
+        await a.acquire(2)  # with the epoch it held: outranked
+    assert await a.acquire(2)  # the group is free: a takes it with a newly drawn epoch
+    assert a.held[2] > taken_by_b
+    await stores[0].submit(2, 1, b"a owns the group again")
