@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
@@ -136,7 +136,7 @@ class StreamIngestor:
             try:
                 await self.step()
                 backoff.reset()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:  # a cluster no node of which answers
                 delay = backoff.next_delay()
                 log.warning("input streams: %s; retrying in %.2fs", exc, delay)
                 self._retry_own_pending = True
