@@ -1,51 +1,56 @@
-"""The input streams' reader on a Redis Cluster none of whose nodes answers: the cluster client
-raises ``RedisClusterException``, which is no ``RedisError``. The reader waits and reads again; it
-must not end (nothing would read the streams until a restart, and nothing would say so)."""
+"""The input streams' reader on a Redis Cluster none of whose nodes answers for a while: the cluster
+client raises ``RedisClusterException``, which is no ``RedisError``. The reader waits and reads
+again; it must not end (nothing would read the streams until a restart, and nothing would say so)."""
 
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-from typing import Any
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from redis.exceptions import RedisClusterException
+import pytest
+from redis.cluster import RedisCluster
 
-from atp_service.config import IngestSettings
-from atp_service.intake.ingest import StreamIngestor
-from reservation import Limits
+from atp_client import AtpClient
+from atp_service import AtpService
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from tests.atp_service.fact_helpers import F
+from tests.conftest import test_config as make_config
 
-
-class Unreachable:
-    """A cluster client whose slot map query found no node, then one that answers with nothing."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-
-    def set_response_callback(self, *_: Any) -> None:
-        pass
-
-    async def execute_command(self, *_: Any) -> Any:
-        self.reads += 1
-        if self.reads <= 2:
-            raise RedisClusterException("Redis Cluster cannot be connected. Please provide at least one reachable node")
-        await asyncio.sleep(0.01)
-        return []
+IN = {"input_streams": ("atp:{in}:pos",), "dead_letter_stream": "atp:{in}:dlq",
+      "quarantine_stream": "atp:{in}:quarantine"}
 
 
-async def test_the_reader_waits_out_a_cluster_no_node_of_which_answers() -> None:
-    settings = IngestSettings(input_streams=("in",), consumer_group="g", consumer_name="c", ingest_count=10,
-                              ingest_inflight=1, ingest_block_ms=10, claim_idle_ms=60_000, dead_letter_stream="dlq",
-                              side_stream_maxlen=100, limits=Limits())
-    client = Unreachable()
-    ingestor = StreamIngestor(client, SimpleNamespace(metrics=None), settings, None)  # type: ignore[arg-type]
-    task = asyncio.get_running_loop().create_task(ingestor._run())
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """One primary and no replica: stopping it leaves no node that answers."""
+    with EmbeddedCluster(tmp_path / "cluster", primaries=1, replicas=0) as formed:
+        yield formed
+
+
+async def test_the_reader_waits_out_a_cluster_no_node_of_which_answers(cluster: EmbeddedCluster) -> None:
+    service = AtpService(make_config(redis_cluster=True, redis_timeout_s=0.5, **IN), cluster.url)
+    await service.start()
+    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=5.0)
     try:
-        for _ in range(200):
-            if client.reads > 2 or task.done():
+        assert service.ingestor is not None
+        (node,) = cluster.nodes
+        await asyncio.to_thread(node.stop)  # no node answers: every read fails for a while
+        await asyncio.sleep(1.5)  # several reads fail meanwhile
+        assert not service.ingestor._task.done(), "the reader ended while the cluster did not answer"  # type: ignore[union-attr]
+        await asyncio.to_thread(node.start)
+        await asyncio.to_thread(_publish, node.port)
+        for _ in range(300):
+            if (await client.availability([("A", "S1")]))[0].on_hand == 5:
                 break
-            await asyncio.sleep(0.01)
-        assert not task.done(), f"the reader ended: {task.exception()!r}"
-        assert client.reads > 2, "it read again once the cluster answered"
+            await asyncio.sleep(0.05)
+        assert (await client.availability([("A", "S1")]))[0].on_hand == 5, "the reader read again"
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+        await service.stop(grace_s=0.1)
+
+
+def _publish(port: int) -> None:
+    with RedisCluster(host="127.0.0.1", port=port) as r:
+        r.xadd("atp:{in}:pos", F("after", "RECEIPT", "A", "S1", 5, int(time.time() * 1000) - 100).fields())
