@@ -8,53 +8,13 @@ from typing import Any
 
 import pytest
 
-from atp_service.engine.clock import ManualClock
-from atp_service.engine.router import Engine
-from atp_service.engine.shard import ShardActor
 from reservation import Fact, FactKind, Ledger, Limits, Reservation, Unavailable, decode_entry, reserve_command
 from reservation._errors import ResourceExhausted
-from tests.atp_service.engine.helpers import until_turns
-from tests.sim.simlog import SimLog
-from tests.sim.world import sim_config
-
-SKUS = ("D", "A")  # on shards 0 and 1 of two (checked below)
+from tests.atp_service.engine.helpers import SKUS, TwoShards, running, until_turns
 
 
-
-class Rig:
-    """Two shard actors and an engine over a SimLog; 10 units of each SKU at DC, durable."""
-
-    def __init__(self) -> None:
-        self.log = SimLog()
-        self.clock = ManualClock(1_700_000_000_000)
-        self.config = sim_config()
-        actors = [ShardActor(s, Ledger(s, self.config.limits), self.log, self.clock, self.config.shard_settings, 0)  # type: ignore[arg-type]
-                  for s in range(2)]
-        self.engine = Engine(actors, self.log, self.clock, self.config.engine_settings)  # type: ignore[arg-type]
-        assert [self.engine.place(sku) for sku in SKUS] == [0, 1]
-
-    async def start(self) -> None:
-        for actor in self.engine.actors:
-            actor.start()
-        stock = [self.engine.actors[s].submit(lambda ledger, now, sku=sku: ledger.record_fact(
-                     Fact(f"stock-{sku}", "wms", FactKind.RECEIPT, sku, "DC", 10, now))) for s, sku in enumerate(SKUS)]
-        await self.pump_until_done(stock)
-
-    async def pump_until_done(self, futures: list[Any]) -> None:
-        """Answer appends, and let shards in doubt settle (the maintenance timer's job in the service)."""
-        for _ in range(100):
-            await asyncio.sleep(0)
-            self.log.pump("ok")
-            for actor in self.engine.actors:
-                if actor.in_doubt:
-                    actor.request_maintenance()
-            if all(f.done() for f in futures) and self.quiet():
-                return
-        raise AssertionError("never settled")
-
-    def quiet(self) -> bool:
-        return all(not a._inflight and not a._doubt and not a._set_aside and a._mailbox.empty()
-                   for a in self.engine.actors)
+class Rig(TwoShards):
+    """Two shards on one Redis: a change spanning them goes through the coordinator."""
 
     def order(self, rid: str, units: int = 3) -> Any:
         cmd = reserve_command(reservation_id=rid, order_ref="o", channel="web", ttl_seconds=60,
@@ -78,16 +38,12 @@ class Rig:
             assert sorted(replayed.store.items()) == sorted(actor.ledger.store.items()), f"shard {actor.shard}"
             assert replayed.reservations == actor.ledger.reservations, f"shard {actor.shard}"
 
-    async def stop(self) -> None:
-        await self.engine.stop(snapshot=False)
 
 
 @pytest.fixture
 async def rig() -> Any:
-    r = Rig()
-    await r.start()
-    yield r
-    await r.stop()
+    async for started in running(Rig()):
+        yield started
 
 
 async def test_cancelled_while_pausing_the_second_shard_leaves_the_first_running(rig: Rig) -> None:

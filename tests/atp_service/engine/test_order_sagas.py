@@ -6,20 +6,14 @@ acknowledged is taken back (R2, R3, R5, R7)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import Awaitable
 from typing import Any
 
 import pytest
 
-from atp_service.engine.clock import ManualClock
-from atp_service.engine.router import Engine
-from atp_service.engine.shard import ShardActor
 from reservation import (
     DomainError,
     Fact,
     FactKind,
-    Ledger,
     Limits,
     LineRequest,
     State,
@@ -27,57 +21,17 @@ from reservation import (
     reserve_command,
 )
 from reservation import _orders as orders
-from tests.atp_service.engine.helpers import until_turns
-from tests.sim.simlog import SimLog
-from tests.sim.world import sim_config
+from tests.atp_service.engine.helpers import SKUS, TwoShards, running, until_turns
 
-SKUS = ("D", "A")  # on shards 0 and 1 of two
 RETENTION_MS = 60_000
 
 
-class Rig:
-    """Two shards on a cluster (one script per group), an engine whose orders are sagas; 10 units
-    of each SKU at DC."""
+class Rig(TwoShards):
+    """Two shards on a cluster (one script per group), an engine whose orders are sagas."""
 
     def __init__(self) -> None:
-        self.log = SimLog(together=False)
-        self.clock = ManualClock(1_700_000_000_000)
-        config = sim_config(shards=2)
-        limits = dataclasses.replace(config.limits, retention_ms=RETENTION_MS)
-        self.config = dataclasses.replace(config, limits=limits)
-        self.limits = limits
-        actors = [ShardActor(s, Ledger(s, limits), self.log, self.clock, self.config.shard_settings, 0)  # type: ignore[arg-type]
-                  for s in range(2)]
-        self.engine = Engine(actors, self.log, self.clock, self.config.engine_settings)  # type: ignore[arg-type]
+        super().__init__(cluster=True, retention_ms=RETENTION_MS)
         assert self.engine.orders is not None
-        assert [self.engine.place(sku) for sku in SKUS] == [0, 1]
-
-    async def start(self) -> None:
-        for actor in self.engine.actors:
-            actor.start()
-        stock = [self.engine.actors[s].submit(lambda ledger, now, sku=sku: ledger.record_fact(
-                     Fact(f"stock-{sku}", "wms", FactKind.RECEIPT, sku, "DC", 10, now))) for s, sku in enumerate(SKUS)]
-        await self.pump_until_done(stock)
-
-    async def pump_until_done(self, futures: list[Any], turns: int = 400) -> None:
-        for _ in range(turns):
-            await asyncio.sleep(0)
-            self.log.pump("ok")
-            for actor in self.engine.actors:
-                if actor.in_doubt:
-                    actor.request_maintenance()
-            if all(f.done() for f in futures) and self.quiet():
-                return
-        raise AssertionError("never settled")
-
-    def quiet(self) -> bool:
-        return all(not a._inflight and not a._doubt and not a._set_aside and a._mailbox.empty()
-                   for a in self.engine.actors)
-
-    async def run(self, call: Awaitable[Any]) -> Any:
-        task = asyncio.ensure_future(call)
-        await self.pump_until_done([task])
-        return task.result()
 
     def cmd(self, rid: str, units: tuple[int, int] = (3, 3)) -> Any:
         return reserve_command(reservation_id=rid, order_ref="o", channel="web", ttl_seconds=60,
@@ -91,16 +45,12 @@ class Rig:
     def part(self, rid: str, group: int) -> Any:
         return self.engine.actors[group].ledger.reservation(orders.part_id(rid, group))
 
-    async def stop(self) -> None:
-        await self.engine.stop(snapshot=False)
 
 
 @pytest.fixture
 async def rig() -> Any:
-    r = Rig()
-    await r.start()
-    yield r
-    await r.stop()
+    async for started in running(Rig()):
+        yield started
 
 
 def failing_on(rig: Rig, shard: int) -> list[bool]:
