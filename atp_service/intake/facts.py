@@ -14,10 +14,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from redis.exceptions import RedisError
 
 from atp_service.engine.router import Engine
 from atp_service.metrics import IntakeMetrics
+from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import exception_seen
 from reservation import (
     CountRows,
@@ -192,7 +192,7 @@ class FactDesk:
                     reason = results[i][1]  # type: ignore[index]
                     pipe.xadd(self._quarantine, _fields(facts[i], reason), maxlen=self._maxlen, approximate=True)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except STORAGE_ERRORS as exc:  # a cluster no node of which answers included
             # The facts are durable in the shard logs as quarantined; the operator's copy is not.
             # Refuse the acknowledgement so the caller (or the stream) delivers them again.
             err = Unavailable(f"quarantine stream unreachable ({exc}); retry")
