@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from atp_service.tasks import exception_seen
 from reservation import (
     DomainError,
     Fact,
@@ -113,13 +114,9 @@ class Orders:
     def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
         task: asyncio.Task[T] = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(exception_seen)  # its caller may have gone
         return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # seen: its caller may have gone
 
     async def _locked(self, order_id: str, saga: Callable[[], Awaitable[T]]) -> T:
         lock, users = self._locks.get(order_id, (asyncio.Lock(), 0))
@@ -176,7 +173,7 @@ class Orders:
         parts = await self._each(cmds, lambda g: lambda ledger, now: self._engine.reserve_part(ledger, cmds[g], now))
         decided, release = orders.decide(order, parts, self._engine.clock.now_ms())
         if release:
-            await self._each(release, lambda g: self._share_work(order, g, PendingOp(OrderStep.RELEASE)))
+            await self._apply(order, dict.fromkeys(release, PendingOp(OrderStep.RELEASE)))
             decided, _ = orders.decide(order, await self._parts(order), self._engine.clock.now_ms())
         assert decided is not None
         await self._save(home, decided)
@@ -223,7 +220,7 @@ class Orders:
     async def _abandon(self, order: Reservation, home: int) -> Reservation:
         """An order undecided past its TTL: its parts that exist are released; it expires."""
         found = await self._parts(order, missing_ok=True)
-        await self._each(list(found), lambda g: self._share_work(order, g, PendingOp(OrderStep.RELEASE)))
+        await self._apply(order, dict.fromkeys(found, PendingOp(OrderStep.RELEASE)))
         expired = orders.abandoned(order, self._engine.clock.now_ms())
         await self._save(home, expired)
         return expired
