@@ -219,11 +219,8 @@ def node_url(url: str, host: str, port: int) -> str:
 def open_nodes(url: str, timeout_s: float, *, cluster: bool = False, wait_replicas: int = 0,
                wait_timeout_ms: int = 1000) -> Nodes:
     """The writer of one Redis at ``url``, or of the Redis Cluster one of whose nodes it names."""
-    if not cluster:
-        return Nodes(connect(url, timeout_s), wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
-    reader = aioredis.RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    return Nodes(reader, cluster=True, url=url, timeout_s=timeout_s, wait_replicas=wait_replicas,
-                 wait_timeout_ms=wait_timeout_ms)
+    return Nodes(connect_any(url, timeout_s, cluster=cluster), cluster=cluster, url=url, timeout_s=timeout_s,
+                 wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
 
 
 def connect_any(url: str, timeout_s: float, *, cluster: bool = False) -> Any:
