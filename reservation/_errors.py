@@ -74,7 +74,12 @@ class Reason(IntEnum):
     """A shard stopped working; the service restarts."""
     INSTANCE_REPLACED = 27
     """A newer instance owns the keyspace; retry (it answers)."""
-    INTERNAL = 28
+    GROUP_MOVED = 28
+    """The shard group of the call's SKU or reservation is owned by another service process
+    (metadata ``group``, ``owner``: its address, empty while no process owns it): nothing was
+    applied. Send the call to the owner (trailing metadata ``atp-moved``), or to any process without
+    ``atp-routing: redirect`` to have it forwarded."""
+    INTERNAL = 29
     """A bug: nothing of the command was applied."""
 
 
@@ -154,3 +159,17 @@ class Unavailable(DomainError):
     ids answers what was decided (R5, R7). The reason says which."""
 
     reason = Reason.STORAGE_UNREACHABLE
+
+
+class Moved(Unavailable):
+    """The call needs ``group``, which another service process owns (``owner``, its advertised
+    address; "" while none does): refused before any work, nothing applied."""
+
+    reason = Reason.GROUP_MOVED
+
+    def __init__(self, group: int, owner: str, epoch: int = 0) -> None:
+        where = f"process {owner}" if owner else "no process yet (being taken over)"
+        super().__init__(f"shard group {group} is owned by {where}; send the call there, or retry",
+                         metadata={"group": str(group), "owner": owner, "epoch": str(epoch)})
+        self.group, self.owner, self.epoch = group, owner, epoch
+

@@ -54,6 +54,7 @@ STATUS: dict[Reason, tuple[grpc.StatusCode, int | None]] = {
     Reason.SHUTTING_DOWN: (S.UNAVAILABLE, 250),
     Reason.SHARD_STOPPED: (S.UNAVAILABLE, 1000),
     Reason.INSTANCE_REPLACED: (S.UNAVAILABLE, 100),
+    Reason.GROUP_MOVED: (S.UNAVAILABLE, 50),
     Reason.INTERNAL: (S.INTERNAL, None),
 }
 """Every reason's status, and the delay (ms) to wait before a retry where a retry is the answer
