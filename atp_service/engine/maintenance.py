@@ -74,7 +74,7 @@ class Housekeeper:
             else:
                 self._spawn(self._expire_across(sorted(shards), ledger, rid, rec.expires_at))
         for rid in ledger.evict(now):
-            self._engine.forget_evicted(ledger.shard, rid)
+            self._engine.routes.forget_evicted(ledger.shard, rid)
         self._engine.metrics.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
 
     async def _expire_across(self, shards: list[int], home: Ledger, rid: str, expires_at: int) -> None:

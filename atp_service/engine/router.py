@@ -20,6 +20,7 @@ from atp_service.engine.coordinator import Coordinator, ViewWork
 from atp_service.engine.fanout import count_reservations, gather_by_shard
 from atp_service.engine.maintenance import Housekeeper
 from atp_service.engine.orders import Orders
+from atp_service.engine.routes import Routes
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import LogStore
@@ -28,7 +29,6 @@ from reservation import (
     GroupPolicy,
     Ledger,
     LineRequest,
-    LogEntry,
     NotFound,
     OrderStep,
     PendingOp,
@@ -41,7 +41,6 @@ from reservation import (
     View,
 )
 from reservation import _operations as ops
-from reservation._events import ReservationSaved
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +75,10 @@ class Engine:
         self._log = log_store
         self._coordinator = Coordinator(self.actors, log_store, clock, self.place, self.metrics)
         self._n = len(actors)
-        # reservation_id -> shard holding its record. Set when a Reserve is routed, so a
-        # concurrent retry with the same id meets the first attempt on the same actor.
-        self._home: dict[str, int] = {}
-        self._routing: dict[str, int] = {}  # reservation_id -> Reserve attempts in progress
+        self.routes = Routes(self.actors, self.place)
+        self._home, self._routing = self.routes.homes, self.routes.attempts
         for actor in self.actors:
-            for rid in actor.ledger.reservations:
-                self._home[rid] = actor.shard
-            actor.landed_late_listeners.append(self._rehome)
-            actor.lost_listeners.append(self._unhome)
+            self.routes.adopt(actor)
         self.orders: Orders | None = None
         """Where Redis cannot land a change of several groups at once (a cluster), orders spanning
         groups go through sagas instead of the coordinator."""
@@ -128,15 +122,15 @@ class Engine:
 
     # -- reservation commands ---------------------------------------------------------
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
-        shards, home = self._route(cmd)
+        shards, home = self.routes.route(cmd)
         if self.orders is not None and len(shards) > 1:
             return await self._reserve_order(cmd, home)
         try:
             result: tuple[Reservation, bool] = await self.run(shards, home, self._reserve_work(cmd, home))
         except BaseException:
-            self._unroute(cmd.reservation_id)
+            self.routes.unroute(cmd.reservation_id)
             raise
-        self._route_done(cmd.reservation_id)
+        self.routes.done(cmd.reservation_id)
         self._count(result)
         return result
 
@@ -145,8 +139,8 @@ class Engine:
         so its route is settled when the saga is, not when the caller stops waiting."""
         saga = self.orders.reserve(cmd, home)  # type: ignore[union-attr]
         rid = cmd.reservation_id
-        saga.add_done_callback(lambda task: self._route_done(rid) if not task.cancelled() and task.exception() is None
-                               else self._unroute(rid))
+        saga.add_done_callback(lambda task: self.routes.done(rid) if not task.cancelled() and task.exception() is None
+                               else self.routes.unroute(rid))
         result: tuple[Reservation, bool] = await asyncio.shield(saga)
         self._count(result)
         return result
@@ -157,9 +151,9 @@ class Engine:
         groups: dict[int, list[int]] = {}
         spanning: list[int] = []
         for i, cmd in enumerate(cmds):
-            shards, home = self._placement(cmd)
+            shards, home = self.routes.placement(cmd)
             if len(shards) == 1:
-                self._note_route(cmd.reservation_id, home)  # _route, without placing it again
+                self.routes.note(cmd.reservation_id, home)  # route(), without placing it again
                 groups.setdefault(home, []).append(i)
             else:
                 spanning.append(i)  # routed by reserve()
@@ -171,9 +165,9 @@ class Engine:
             for n, i in enumerate(idx):
                 rid = cmds[i].reservation_id
                 if results is not None and not isinstance(results[n], DomainError):
-                    self._route_done(rid)
+                    self.routes.done(rid)
                 else:
-                    self._unroute(rid)
+                    self.routes.unroute(rid)
 
         await self.gather_by_shard(groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out, across,
                                    decided)
@@ -187,64 +181,6 @@ class Engine:
     ) -> None:
         """``fanout.gather_by_shard`` over this engine's shards."""
         await gather_by_shard(self.actors, groups, work_for, out, more, settled)
-
-    def _placement(self, cmd: ReserveCommand) -> tuple[set[int], int]:
-        """The shards a Reserve needs and its record's home (the known one, else the lowest shard)."""
-        rid = cmd.reservation_id
-        if len(cmd.lines) == 1:  # the common case, without the set arithmetic
-            shard = self.place(cmd.lines[0].sku)
-            home = self._home.get(rid, shard)
-            return ({shard} if home == shard else {shard, home}), home
-        shards = {self.place(line.sku) for line in cmd.lines}
-        home = self._home.get(rid, min(shards))
-        shards.add(home)
-        return shards, home
-
-    def _route(self, cmd: ReserveCommand) -> tuple[set[int], int]:
-        """``_placement``, with the home noted before the shard decides (a concurrent retry must meet
-        the first attempt there); ``_unroute`` forgets it again once no attempt is left and no
-        record was made, and ``_unhome`` when the record is taken back."""
-        shards, home = self._placement(cmd)
-        self._note_route(cmd.reservation_id, home)
-        return shards, home
-
-    def _note_route(self, rid: str, home: int) -> None:
-        self._home.setdefault(rid, home)
-        self._routing[rid] = self._routing.get(rid, 0) + 1
-
-    def _route_done(self, reservation_id: str) -> None:
-        """An attempt that made (or found) its record: the route stays, one attempt fewer."""
-        left = self._routing.pop(reservation_id) - 1
-        if left:
-            self._routing[reservation_id] = left
-
-    def _unroute(self, reservation_id: str) -> None:
-        left = self._routing.pop(reservation_id) - 1
-        if left:
-            self._routing[reservation_id] = left
-        else:
-            self._forget_if_unheld(reservation_id)
-
-    def _unhome(self, _shard: int, entry: LogEntry) -> None:
-        """An entry in doubt found not to have landed: a record it created is gone, and so is its route."""
-        for event in entry.events:
-            if isinstance(event, ReservationSaved):
-                self._forget_if_unheld(event.reservation.reservation_id)
-
-    def _rehome(self, shard: int, entry: LogEntry) -> None:
-        """An entry taken back, then found in the log when settling: its records are there again
-        (a route forgotten meanwhile — say, by a replaced instance's path — comes back)."""
-        for event in entry.events:
-            if isinstance(event, ReservationSaved):
-                self._home.setdefault(event.reservation.reservation_id, shard)
-
-    def _forget_if_unheld(self, reservation_id: str) -> None:
-        """A refused, shed, failed or undone Reserve leaves no record: nor may it leave a route. Not
-        while its home is in doubt: the record may yet be found in the log (``_unhome`` decides)."""
-        home = self._home.get(reservation_id)
-        if home is not None and reservation_id not in self._routing and not self.actors[home].in_doubt and \
-                self.actors[home].ledger.reservation(reservation_id) is None:
-            del self._home[reservation_id]
 
     def _reserve_work(self, cmd: ReserveCommand, home: int) -> ViewWork:
         ledger = self.actors[home].ledger
@@ -306,7 +242,7 @@ class Engine:
             if rec is not None and rec.is_order and self.orders is not None:  # as its saga shows it (Orders)
                 return await self.orders.read(reservation_id, home)
         if rec is None:
-            self._forget_if_unheld(reservation_id)
+            self.routes.forget_if_unheld(reservation_id)
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
         return rec
 
@@ -392,9 +328,3 @@ class Engine:
     async def run_maintenance(self) -> None:
         """One housekeeping pass now (``Housekeeper.run_pass``)."""
         await self._housekeeper.run_pass()
-
-    def forget_evicted(self, shard: int, reservation_id: str) -> None:
-        """A resolved record ``shard`` forgot after its retention: its route goes too, unless a
-        retry with its id is on its way."""
-        if self._home.get(reservation_id) == shard and reservation_id not in self._routing:
-            del self._home[reservation_id]

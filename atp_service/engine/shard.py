@@ -1,10 +1,9 @@
 """A shard actor: one asyncio task owns one Ledger and works through a bounded mailbox.
 
-No locks: only this task touches its ledger, except a coordinator that first
-pauses it (see ``engine``). Each turn drains up to ``batch_max`` messages,
-applies them, appends the resulting events as one log entry (group commit) and
-only then answers (R7). An append whose outcome is unknown is fenced and settled
-(``durability``) before the shard takes another message.
+No locks: only this task touches its ledger, except a coordinator that first pauses it (see
+``engine``). Each turn drains up to ``batch_max`` messages, applies them, appends the resulting
+events as one log entry (group commit) and only then answers (R7). An append whose outcome is
+unknown is fenced and settled (``durability``) before the shard takes another message.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any
 
 from atp_service.config import ShardSettings
 from atp_service.engine.clock import Clock
+from atp_service.engine.listeners import EntryListeners
 from atp_service.engine.messages import (
     REPLACED,
     Answer,
@@ -35,15 +35,16 @@ from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.tasks import cancel_and_wait
-from reservation import Ledger, LogEntry, PositionStore, Reason, Unavailable, encode_entry
+from reservation import Ledger, LogEntry, Moved, PositionStore, Reason, Unavailable, encode_entry
 from reservation._errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
 
-class ShardActor:
+
+class ShardActor(EntryListeners):
     def __init__(self, shard: int, ledger: Ledger, log_store: LogStore, clock: Clock,
                  settings: ShardSettings, seq: int, metrics: EngineMetrics | None = None) -> None:
-        self.shard = shard
+        super().__init__(shard)
         self.ledger = ledger
         self.seq = seq  # the last entry durable in this shard's log
         self._log = log_store
@@ -57,23 +58,17 @@ class ShardActor:
         self._doubt: list[tuple[int, LogEntry, bytes]] = []  # failed appends that may have landed
         self.failure: BaseException | None = None
         """Why this shard's task ended while the service runs (a bug): it answers nothing more."""
-        self.undo_listeners: list[Callable[[int, LogEntry], None]] = []
-        """Called with every entry taken back because its append failed (channels re-curate, C4)."""
-        self.lost_listeners: list[Callable[[int, LogEntry], None]] = []
-        """Called with every entry in doubt found not to have landed when settling (it never will)."""
-        self.landed_late_listeners: list[Callable[[int, LogEntry], None]] = []
-        """Called with every entry found in the log when settling, after it had been taken back."""
         self.on_failure: list[Callable[[ShardActor], None]] = []
         """Called once when this shard's task ends while the service runs (see ``failure``)."""
-        self._stopping = False
-        self._maintain_queued = False
+        self._stopping = self._maintain_queued = False
         self._checkpoints = Checkpoints(shard, log_store, settings.snapshot_policy, seq)
         self._settling = asyncio.Lock()
         self._depth = metrics.mailbox_depth.labels(str(shard))
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
         self._max_delay_s = settings.max_queue_delay_ms / 1000
-        self.listeners: list[Callable[[int, LogEntry], None]] = []
-        """Called with every entry once it is durable (channel feeds); must not raise or block."""
+        self.lease_until = float("inf")
+        """``time.monotonic()`` past which this process's lease on the group may have run out
+        (``membership``); the shard refuses all work from then on."""
 
     def ahead_of_log(self) -> dict[tuple[str, str], int] | None:
         """Per position, how far memory's ``available`` is ahead of the durable log: the moves of
@@ -122,8 +117,9 @@ class ShardActor:
         for callback in self.on_failure:
             callback(self)
 
-    async def stop(self) -> None:
-        """Finish the batch in hand, then fail whatever is still waiting (cleanly, not silently)."""
+    async def stop(self, refusal: Unavailable | None = None) -> None:
+        """Finish the batch in hand, then fail whatever is still waiting (cleanly, not silently) with
+        ``refusal`` (by default: the service is shutting down)."""
         self._stopping = True
         try:
             await asyncio.wait_for(self._drain(), timeout=self._settings.redis_timeout_s * 2)
@@ -133,7 +129,7 @@ class ShardActor:
             log.exception("shard %d: stopping with a log it cannot trust", self.shard)
         if self._task is not None and not self._task.done():  # a failed task was reported already
             await cancel_and_wait(self._task)
-        self._refuse_waiting(Unavailable("service is shutting down", Reason.SHUTTING_DOWN))
+        self._refuse_waiting(refusal or Unavailable("service is shutting down", Reason.SHUTTING_DOWN))
         await self._checkpoints.settled()  # a snapshot in writing lands (or fails) before the final one
 
     # -- sending -------------------------------------------------------------
@@ -143,14 +139,25 @@ class ShardActor:
         if self.failure is not None:
             raise Unavailable(f"shard {self.shard} stopped working ({self.failure!r}); the service restarts",
                               Reason.SHARD_STOPPED)
-        if self._log.fenced:
-            raise Unavailable(REPLACED, Reason.INSTANCE_REPLACED)
+        if self._log.is_fenced(self.shard) or self._clock_past_lease():
+            raise self._replaced()
         if self._doubt:
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
 
+    def _clock_past_lease(self) -> bool:
+        """This process's lease on the shard's group ran out by its own clock before it was renewed:
+        it may be another's now, so nothing is answered from here — not even a read."""
+        return self.lease_until < time.monotonic()
+
+    def _replaced(self) -> Unavailable:
+        """The refusal once another owns the shard: the keyspace's newer instance, or the group's
+        new owner process (leased: a caller retries there)."""
+        return Moved(self.shard, "") if self._log.leased else Unavailable(REPLACED, Reason.INSTANCE_REPLACED)
+
     def submit(self, work: Work) -> asyncio.Future[Any]:
         """Queue work for this shard; refuse at once when the shard cannot take it."""
-        if self._stopping or self.failure is not None or self._doubt or self._log.fenced:
+        if self._stopping or self.failure is not None or self._doubt or self._log.is_fenced(self.shard) or \
+                self._clock_past_lease():
             self._refuse_if_unable()
         if self._lag_s > self._max_delay_s and not self._mailbox.empty():
             raise self._shed(f"overloaded (queued work waits {self._lag_s * 1000:.0f} ms, limit "
@@ -209,13 +216,6 @@ class ShardActor:
         self._inflight.append(InFlight(part.seq, part.entry, part.data, part.undo, part.moved, [], done))
         done.add_done_callback(self._on_append_done)
 
-    def _tell(self, listeners: list[Callable[[int, LogEntry], None]], entry: LogEntry) -> None:
-        for listener in listeners:
-            try:
-                listener(self.shard, entry)
-            except Exception:  # a listener's bug must not break the commit path
-                log.exception("shard %d: entry listener failed", self.shard)
-
     # -- pipelined group commit -------------------------------------------------------
     def _seal(self, now: int, answers: list[Answer]) -> None:
         """Send the open batch to the log and go on; its callers are answered once it is durable
@@ -257,7 +257,7 @@ class ShardActor:
         # Fenced: refused before any write, and every later append is refused too (the epoch only
         # grows), so nothing in flight landed and there is nothing to settle.
         replaced = isinstance(error, Fenced)
-        failure = Unavailable(REPLACED, Reason.INSTANCE_REPLACED) if replaced else Unavailable(
+        failure = self._replaced() if replaced else Unavailable(
             f"shard {self.shard}: outcome unknown: the change is not known to be durable (log storage "
             "unreachable); retry with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)
         for rec in reversed(self._inflight):

@@ -26,6 +26,7 @@ from atp_service.storage.scripts import (
     FENCE_SCRIPT,
     SNAPSHOT_SCRIPT,
 )
+from atp_service.storage.window import CommitWindow
 from reservation import LedgerSnapshot
 
 __all__ = ["CommitWindow", "Fenced", "LogStore", "SnapshotRecord", "SnapshotUnreadable", "connect",
@@ -62,45 +63,17 @@ _snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
 _encoder = msgspec.msgpack.Encoder()
 
 
-class CommitWindow:
-    """When the log is busy, a group commit waits up to ``delay_s`` for company (PostgreSQL's
-    ``commit_delay``): each Redis call then carries many entries, and their callers are answered in
-    one turn of the event loop instead of one turn each. Measured on 2 cores with 64 unary calls in
-    flight: ~3,200 reservations/s sending at once, ~5,900/s waiting 2 ms, each at half the CPU per
-    call. "Busy" is an arrival rate of at least ``min_rate`` entries/s over the last ``_BUCKET_S``:
-    a quiet log, where a wait would find no company, sends at once and adds no latency."""
-
-    _BUCKET_S = 0.1
-
-    __slots__ = ("_bucket_n", "_bucket_start", "busy", "delay_s", "min_rate")
-
-    def __init__(self, delay_s: float, min_rate: int) -> None:
-        self.delay_s = delay_s
-        self.min_rate = min_rate
-        self.busy = False
-        self._bucket_start = 0.0
-        self._bucket_n = 0
-
-    def arrived(self, now: float) -> None:
-        self._bucket_n += 1
-        elapsed = now - self._bucket_start
-        if elapsed >= self._BUCKET_S:
-            self.busy = self.delay_s > 0 and self._bucket_n >= self.min_rate * elapsed
-            self._bucket_start, self._bucket_n = now, 0
-
-    def wait_s(self, first_pending_at: float, now: float) -> float:
-        """How much longer the oldest waiting entry should wait before it is sent."""
-        return max(0.0, first_pending_at + self.delay_s - now) if self.busy else 0.0
-
-
 class _Pending:
-    """One entry waiting for the next group commit; the entries of a group share ``done``."""
+    """One entry waiting for the next group commit; the entries of a group share ``done``. It
+    carries the epoch and fence of its shard's owner *when it was submitted*: should the group
+    change hands before it is sent, it is refused whole, even if this process owns the group again."""
 
-    __slots__ = ("data", "done", "group", "seq", "shard", "token")
+    __slots__ = ("data", "done", "epoch", "group", "seq", "shard", "token")
 
-    def __init__(self, shard: int, seq: int, data: bytes, token: int, group: int,
+    def __init__(self, shard: int, seq: int, data: bytes, epoch: int, token: int, group: int,
                  done: asyncio.Future[None]) -> None:
-        self.shard, self.seq, self.data, self.token, self.group, self.done = shard, seq, data, token, group, done
+        self.shard, self.seq, self.data, self.epoch, self.token, self.group = shard, seq, data, epoch, token, group
+        self.done = done
 
 
 class LogStore:
@@ -141,11 +114,17 @@ class LogStore:
         self.fenced = False
         """A write was refused: a newer instance owns the keyspace. Final."""
         self.on_fenced: list[Callable[[], None]] = []
+        self.leased = False
+        """Groups are owned one by one (``leases.GroupLeases``), by several processes: a refused
+        write loses its group only (``lost``), and no write spans groups."""
+        self.lost: set[int] = set()
+        """Leased groups whose writes were refused since they were taken: another process owns them."""
+        self.on_group_lost: list[Callable[[int], None]] = []
 
     @property
     def together(self) -> bool:
         """Whether entries of several groups can land all or none (one Redis: yes; a cluster: no)."""
-        return self.nodes.together
+        return self.nodes.together and not self.leased
 
     @property
     def epoch(self) -> int:
@@ -184,6 +163,16 @@ class LogStore:
         """Write ``group`` from now on as ``epoch`` (its owner, see ``leases.GroupLeases``), carrying
         its fence ``fence``."""
         self.epochs[group], self._tokens[group] = epoch, max(self._tokens.get(group, 0), fence)
+        self.lost.discard(group)
+
+    def drop(self, group: int) -> None:
+        """Stop writing ``group``: anything of it submitted from now on, or still waiting, is refused."""
+        self.epochs.pop(group, None)
+
+    def is_fenced(self, group: int) -> bool:
+        """Whether writes of ``group`` are refused for good by this process's standing: the keyspace
+        has a newer owner, or (leased) the group does."""
+        return self.fenced or group in self.lost
 
     async def fence(self, shard: int) -> None:
         """Make every write of ``shard`` sent before now impossible to land (R7): raise its fence
@@ -193,7 +182,7 @@ class LogStore:
         try:
             raised = int(await self.nodes.run_one(call))
         except RedisError as exc:
-            raise self._refused(exc) from None
+            raise self._refused(exc, shard) from None
         # Two fences may overlap (a settle and a snapshot after a stop): the higher one stands.
         self._tokens[shard] = max(self._tokens.get(shard, 0), raised)
 
@@ -211,11 +200,17 @@ class LogStore:
                 break
         return not self.fenced
 
-    def _refused(self, exc: BaseException) -> BaseException:
-        """``exc``, as ``Fenced`` when it says the keyspace has a newer owner (noted, once)."""
+    def _refused(self, exc: BaseException, group: int | None = None) -> BaseException:
+        """``exc``, as ``Fenced`` when it says the keyspace (leased: ``group``) has a newer owner
+        (noted, once)."""
         if not (isinstance(exc, Fenced) or (isinstance(exc, ResponseError) and str(exc).startswith("FENCED"))):
             return exc
-        if not self.fenced:
+        if self.leased and group is not None:
+            if group not in self.lost:
+                self.lost.add(group)
+                for lost in self.on_group_lost:
+                    lost(group)
+        elif not self.fenced:
             self.fenced = True
             for callback in self.on_fenced:
                 callback()
@@ -232,7 +227,7 @@ class LogStore:
         the entry is not certainly durable. Entries go out in submission order; cancelling the
         future before it is sent keeps the entry out of the log."""
         loop, fut = self._arrival()
-        self._pending.append(_Pending(shard, seq, data, self._tokens.get(shard, 0), 0, fut))
+        self._pending.append(_Pending(shard, seq, data, self.epochs.get(shard, 0), self._tokens.get(shard, 0), 0, fut))
         self._kick(loop)
         return fut
 
@@ -240,7 +235,7 @@ class LogStore:
         """Queue entries of several shards (shard, seq, data) that land all or none (a cross-shard
         change, R2); one future for all of them. ``CrossGroupWrite`` where Redis cannot make them
         land together (a cluster: one script per group)."""
-        if not self.nodes.together and len({shard for shard, _, _ in entries}) > 1:
+        if not self.together and len({shard for shard, _, _ in entries}) > 1:
             raise CrossGroupWrite(f"entries of shards {sorted({s for s, _, _ in entries})} cannot land all or none "
                                   "on a Redis Cluster (one script call per group)")
         loop, fut = self._arrival()
@@ -248,8 +243,9 @@ class LogStore:
         if len(entries) > 1:
             self._groups += 1
             group = self._groups
-        tokens = self._tokens
-        self._pending += [_Pending(shard, seq, data, tokens.get(shard, 0), group, fut) for shard, seq, data in entries]
+        tokens, epochs = self._tokens, self.epochs
+        self._pending += [_Pending(shard, seq, data, epochs.get(shard, 0), tokens.get(shard, 0), group, fut)
+                          for shard, seq, data in entries]
         self._kick(loop)
         return fut
 
@@ -316,7 +312,7 @@ class LogStore:
         try:
             await self.nodes.run_one(call)
         except RedisError as exc:
-            raise self._refused(exc) from None
+            raise self._refused(exc, shard) from None
         return len(data)
 
     def _flush(self) -> None:
@@ -346,7 +342,7 @@ class LogStore:
     def _calls(self, batch: list[_Pending]) -> tuple[list[Call], list[list[_Pending]]]:
         """The script calls of a group commit: one for all on one Redis, one per group on a cluster."""
         units: list[list[_Pending]]
-        if self.nodes.together:
+        if self.together:
             units = [batch]
         else:
             by_shard: dict[int, list[_Pending]] = {}
@@ -359,7 +355,7 @@ class LogStore:
             args: list[Any] = []
             for p in unit:
                 keys += (self.keys.owner(p.shard), self.keys.log(p.shard), self.keys.fence(p.shard))
-                args += (self.epochs.get(p.shard, 0), p.seq, p.data, p.token, p.group)
+                args += (p.epoch, p.seq, p.data, p.token, p.group)
             calls.append(Call(self._APPEND, keys, args))
         return calls, units
 
@@ -378,7 +374,7 @@ class LogStore:
         """Settle each entry's future with its part of one call's reply."""
         results: list[Any]
         if isinstance(reply, BaseException):
-            results = [self._refused(reply)] * len(unit)
+            results = [self._refused(reply, unit[0].shard)] * len(unit)
         else:
             results = [RedisError(r[1:].decode(errors="replace")) if r[:1] == b"!" else r for r in reply]
         for p, result in zip(unit, results, strict=True):

@@ -94,6 +94,7 @@ class SimLog:
         self.client: Any = SideStreams()
         self.metrics = StorageMetrics()
         self.fenced = False  # the instance that runs is always the newest: never refused as replaced
+        self.leased = False  # one process owns every group
         self.tally = tally or Tally()
         self.paused = False
         self.snapshots_in_flight = 0
@@ -101,6 +102,9 @@ class SimLog:
         self.faults: random.Random | None = None  # with it, snapshot writes fail too
 
     # -- what ShardActor and Engine call -----------------------------------------------
+    def is_fenced(self, _shard: int) -> bool:
+        return self.fenced
+
     def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
         return self.submit_group([(shard, seq, data)])
 

@@ -1,0 +1,36 @@
+"""When a group commit waits for company: the log's commit window."""
+
+from __future__ import annotations
+
+__all__ = ["CommitWindow"]
+
+
+class CommitWindow:
+    """When the log is busy, a group commit waits up to ``delay_s`` for company (PostgreSQL's
+    ``commit_delay``): each Redis call then carries many entries, and their callers are answered in
+    one turn of the event loop instead of one turn each. Measured on 2 cores with 64 unary calls in
+    flight: ~3,200 reservations/s sending at once, ~5,900/s waiting 2 ms, each at half the CPU per
+    call. "Busy" is an arrival rate of at least ``min_rate`` entries/s over the last ``_BUCKET_S``:
+    a quiet log, where a wait would find no company, sends at once and adds no latency."""
+
+    _BUCKET_S = 0.1
+
+    __slots__ = ("_bucket_n", "_bucket_start", "busy", "delay_s", "min_rate")
+
+    def __init__(self, delay_s: float, min_rate: int) -> None:
+        self.delay_s = delay_s
+        self.min_rate = min_rate
+        self.busy = False
+        self._bucket_start = 0.0
+        self._bucket_n = 0
+
+    def arrived(self, now: float) -> None:
+        self._bucket_n += 1
+        elapsed = now - self._bucket_start
+        if elapsed >= self._BUCKET_S:
+            self.busy = self.delay_s > 0 and self._bucket_n >= self.min_rate * elapsed
+            self._bucket_start, self._bucket_n = now, 0
+
+    def wait_s(self, first_pending_at: float, now: float) -> float:
+        """How much longer the oldest waiting entry should wait before it is sent."""
+        return max(0.0, first_pending_at + self.delay_s - now) if self.busy else 0.0
