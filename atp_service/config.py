@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from atp_service.config_values import hash_tag, parse_value
+from atp_service.config_values import check_redis, parse_value
 from reservation import Limits
 
 DURABILITY_MODES = ("everysec", "always")
@@ -44,6 +44,19 @@ class ServiceConfig:
     and an order whose lines span shards is decided by a saga of one-shard steps (R2). The input
     streams, ``dead_letter_stream`` and ``quarantine_stream`` must then share one hash tag (such as
     ``atp:{in}:pos``): an entry is dead-lettered and acknowledged in one transaction."""
+
+    ownership: str = "keyspace"
+    """``keyspace``: this process owns every shard group of ``key_prefix`` (a newer one replaces it).
+    ``leases``: several processes share the keyspace, each owning a share of the groups under a
+    lease (``lease_ms``), taking over those of a process that stops or dies, and forwarding calls
+    for groups another owns. No channel feeds or input streams in this mode yet."""
+
+    advertise_address: str = ""
+    """``host:port`` where other processes and routing clients reach this one (empty: host:port)."""
+
+    lease_ms: int = 5000
+    """How long a group stays this process's unrenewed (``leases``; renewed every third of it). Safety
+    never depends on it: a group taken over fences every write of its previous owner."""
 
     data_dir: Path = Path("var")
     """Where the embedded redis-server keeps its append-only file."""
@@ -269,18 +282,7 @@ class ServiceConfig:
             raise ValueError(f"snapshot_retry_max_s: must be positive, got {self.snapshot_retry_max_s}")
         if not 0 <= self.malloc_mmap_threshold <= 32 << 20:  # glibc's largest (HEAP_MAX_SIZE / 2)
             raise ValueError(f"malloc_mmap_threshold: must be within [0, 33554432], got {self.malloc_mmap_threshold}")
-        if self.redis_cluster and self.input_streams:
-            streams = (*self.input_streams, self.dead_letter_stream, self.quarantine_stream)
-            if len({hash_tag(name) for name in streams}) != 1:
-                raise ValueError("input_streams, dead_letter_stream, quarantine_stream: on a Redis Cluster they "
-                                 "must share one hash tag, e.g. atp:{in}:pos,atp:{in}:wms, atp:{in}:dlq and "
-                                 f"atp:{{in}}:quarantine (got {', '.join(streams)})")
-        if self.redis_wait_replicas < 0:
-            raise ValueError(f"redis_wait_replicas: must be >= 0, got {self.redis_wait_replicas}")
-        if self.redis_wait_timeout_ms <= 0 or (
-                self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_s * 1000):
-            raise ValueError(f"redis_wait_timeout_ms: must be positive and, with redis_wait_replicas, under "
-                             f"redis_timeout_s, got {self.redis_wait_timeout_ms}")
+        check_redis(self)
         if self.commit_delay_min_rate < 0:
             raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
@@ -288,6 +290,11 @@ class ServiceConfig:
                      "max_pending_calls"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
+
+    @property
+    def advertised(self) -> str:
+        """Where the other processes reach this one (``advertise_address``, else ``host:port``)."""
+        return self.advertise_address or f"{self.host}:{self.port}"
 
     @property
     def auth_on(self) -> bool:

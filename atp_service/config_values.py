@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+OWNERSHIP_MODES = ("keyspace", "leases")
+WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
 
 def parse_value(name: str, type_name: str, raw: str) -> Any:
     """``raw`` as the type named ``type_name`` (the dataclass field's annotation)."""
@@ -34,3 +37,37 @@ def hash_tag(key: str) -> str:
     start = key.find("{")
     end = key.find("}", start + 1) if start >= 0 else -1
     return key[start + 1:end] if start >= 0 and end > start + 1 else key
+
+
+def check_redis(cfg: Any) -> None:
+    """The Redis and ownership settings of a ``ServiceConfig``, checked together."""
+    if cfg.redis_cluster and cfg.input_streams:
+        streams = (*cfg.input_streams, cfg.dead_letter_stream, cfg.quarantine_stream)
+        if len({hash_tag(name) for name in streams}) != 1:
+            raise ValueError("input_streams, dead_letter_stream, quarantine_stream: on a Redis Cluster they "
+                             "must share one hash tag, e.g. atp:{in}:pos,atp:{in}:wms, atp:{in}:dlq and "
+                             f"atp:{{in}}:quarantine (got {', '.join(streams)})")
+    if cfg.redis_wait_replicas < 0:
+        raise ValueError(f"redis_wait_replicas: must be >= 0, got {cfg.redis_wait_replicas}")
+    if cfg.redis_wait_timeout_ms <= 0 or (
+            cfg.redis_wait_replicas and cfg.redis_wait_timeout_ms >= cfg.redis_timeout_s * 1000):
+        raise ValueError(f"redis_wait_timeout_ms: must be positive and, with redis_wait_replicas, under "
+                         f"redis_timeout_s, got {cfg.redis_wait_timeout_ms}")
+    if cfg.ownership not in OWNERSHIP_MODES:
+        raise ValueError(f"ownership: must be one of {OWNERSHIP_MODES}, got {cfg.ownership!r}")
+    if cfg.ownership == "leases":
+        _check_leases(cfg)
+
+
+def _check_leases(cfg: Any) -> None:
+    if not 300 <= cfg.lease_ms <= 600_000:
+        raise ValueError(f"lease_ms: must be within [300, 600000], got {cfg.lease_ms}")
+    if not cfg.advertise_address and (cfg.host in WILDCARDS or cfg.port == 0):
+        raise ValueError(f"advertise_address: ownership=leases needs the host:port other processes reach this one "
+                         f"at (host {cfg.host!r}, port {cfg.port} name none)")
+    if cfg.input_streams:
+        raise ValueError("input_streams: not read with ownership=leases yet; set ATP_INPUT_STREAMS= (empty) and "
+                         "send facts with RecordEvents")
+    if cfg.estate is not None or cfg.demo:
+        raise ValueError("estate: channel feeds are not served with ownership=leases yet; start without --estate "
+                         "and with --no-demo")

@@ -177,6 +177,23 @@ class EdgeMetrics:
         self.facts = facts or IntakeMetrics().facts
 
 
+class MembershipMetrics:
+    """The shard groups this process owns when several share a keyspace (``ownership = leases``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry or CollectorRegistry()
+        self.groups_owned = Gauge("atp_groups_owned", "Shard groups this process owns now", registry=r)
+        self.members = Gauge("atp_processes_live", "Service processes sharing the keyspace, as last read", registry=r)
+        self.taken = Counter("atp_groups_taken_total", "Shard groups taken by this process (after start, a "
+                             "takeover or a hand-over)", registry=r)
+        self.given = Counter("atp_groups_given_up_total", "Shard groups this process stopped owning, by why",
+                             ["why"], registry=r)
+        self.take_seconds = Histogram(
+            "atp_group_take_seconds", "From taking a group's lease to serving it (its recovery)",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r,
+        )
+
+
 class Metrics:
     """Every group of one service, on one registry (what its metrics endpoint serves)."""
 
@@ -186,4 +203,5 @@ class Metrics:
         self.storage = StorageMetrics(self.registry)
         self.intake = IntakeMetrics(self.registry)
         self.channels = ChannelMetrics(self.registry)
+        self.membership = MembershipMetrics(self.registry)
         self.edge = EdgeMetrics(self.registry, shed=self.engine.shed, facts=self.intake.facts)

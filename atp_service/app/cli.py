@@ -32,7 +32,7 @@ _FLAGS = {
     "redis_url": str, "data_dir": Path, "durability": str, "key_prefix": str,
     "estate": Path, "auth": str, "callers_file": Path, "tls_cert": Path, "tls_key": Path, "tls_client_ca": Path,
     "mailbox_size": int, "batch_max": int, "snapshot_every_entries": int, "shutdown_grace_s": float,
-    "max_pending_calls": int, "http2_transport": str,
+    "max_pending_calls": int, "http2_transport": str, "ownership": str, "advertise_address": str, "lease_ms": int,
 }
 
 

@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app.keyspace import StartupError, check_keyspace
+from atp_service.app.membership import Membership
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
 from atp_service.config import ServiceConfig
@@ -66,6 +67,8 @@ class AtpService:
         self.desk: FactDesk | None = None
         self.ingestor: StreamIngestor | None = None
         self.channels: ChannelDesk | None = None
+        self.membership: Membership | None = None
+        """With ``ownership = leases``: the groups this process owns, taken and given up."""
         self.estate = self._load_estate()
         self.port = 0
         self.metrics_port = 0
@@ -154,7 +157,8 @@ class AtpService:
         self.engine.set_safety_defaults(self.estate.safety_defaults)
         self.engine.start()
         self._monitor.start()
-        self._owner_task = asyncio.get_running_loop().create_task(self._check_owner(), name="owner-check")
+        if self.membership is None:  # leased groups are checked by their renewals
+            self._owner_task = asyncio.get_running_loop().create_task(self._check_owner(), name="owner-check")
         self._servicer.monitor = self._monitor
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen, self.metrics.intake)
         if self.estate.channels:
@@ -257,6 +261,8 @@ class AtpService:
             window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate), metrics=self.metrics.storage)
         await self._wait_for_redis(client)
         await check_keyspace(store, cfg.shards)
+        if cfg.ownership == "leases":
+            return await self._join(store)
         # Before reading anything: an older instance still running on this keyspace can write no
         # more from here on, so what it wrote first is what recovery reads back.
         epoch = await store.claim(cfg.shards)
@@ -272,6 +278,19 @@ class AtpService:
         self.metrics.engine.recovered_entries.set(replayed)
         log.info("recovered %d shards, %d log entries in %.2fs", cfg.shards, replayed, time.perf_counter() - started)
         return Engine(actors, store, self.clock, cfg.engine_settings, self.metrics.engine)
+
+    async def _join(self, store: LogStore) -> Engine:
+        """``ownership = leases``: an engine whose shards are vacant until their groups are taken;
+        the first share is taken (and recovered) before this returns."""
+        cfg = self.config
+        store.leased = True
+        engine = Engine([], store, self.clock, cfg.engine_settings, self.metrics.engine)
+        engine.on_install.append(lambda actor: actor.on_failure.append(self._on_shard_failed))
+        self.membership = Membership(engine, store, cfg, self.clock, self.metrics.membership, self.metrics.engine)
+        await self.membership.start()
+        log.info("serving keyspace %r as %s with %d of its %d groups (%d processes)", cfg.key_prefix,
+                 self.membership.address, len(self.membership.leases.held), cfg.shards, len(self.membership.members))
+        return engine
 
     async def _check_owner(self) -> None:
         """A replaced instance that only serves reads would write nothing to be refused: ask."""
@@ -336,6 +355,8 @@ class AtpService:
         if self.channels is not None:
             await self.channels.stop()
             await self.channels.store.client.aclose()
+        if self.membership is not None:
+            await self.membership.stop()  # every group handed over: drained, snapshotted, released
         if self.engine is not None:
             await self.engine.stop(snapshot=True)
         if self._log is not None:

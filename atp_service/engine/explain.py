@@ -17,7 +17,7 @@ class Explanation:
     __slots__ = ("count", "deltas", "holds", "holds_truncated", "quantities", "retained_since", "stream_time")
 
     def __init__(self, engine: Engine, sku: str, location: str, max_holds: int) -> None:
-        ledger = engine.actors[engine.place(sku)].ledger
+        ledger = engine.local(engine.place(sku)).ledger
         self.quantities = ledger.quantities(sku, location)
         history = ledger.history(sku, location)
         self.count: tuple[str, int, int] | None = None

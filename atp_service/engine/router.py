@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from atp_service.engine.maintenance import Housekeeper
 from atp_service.engine.orders import Orders
 from atp_service.engine.routes import Routes
 from atp_service.engine.shard import ShardActor
+from atp_service.engine.vacant import Vacant, Where
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import LogStore
 from reservation import (
@@ -29,6 +31,7 @@ from reservation import (
     GroupPolicy,
     Ledger,
     LineRequest,
+    Moved,
     NotFound,
     OrderStep,
     PendingOp,
@@ -68,13 +71,21 @@ class _Reroute(DomainError):
 class Engine:
     def __init__(self, actors: Sequence[ShardActor], log_store: LogStore, clock: Clock,
                  settings: EngineSettings, metrics: EngineMetrics | None = None) -> None:
-        self.actors = list(actors)
+        """``actors``: every shard's; none (leased groups): every shard vacant until its group is taken."""
         self.limits = settings.limits
         self.metrics = metrics or EngineMetrics()
         self.clock = clock
         self._log = log_store
+        self._settings = settings
+        self._safety_defaults: dict[str, int] = {}
+        self.where: Where = lambda _group: ("", 0)
+        """Who owns a group this process does not (leased: ``app.membership`` sets it)."""
+        self.on_install: list[Callable[[ShardActor], None]] = []
+        """Called with every actor installed (a group taken)."""
+        self._started = False
+        self._n = len(actors) or settings.shards
+        self.actors = list(actors) or [self.vacant(shard) for shard in range(self._n)]
         self._coordinator = Coordinator(self.actors, log_store, clock, self.place, self.metrics)
-        self._n = len(actors)
         self.routes = Routes(self.actors, self.place)
         self._home, self._routing = self.routes.homes, self.routes.attempts
         for actor in self.actors:
@@ -97,14 +108,55 @@ class Engine:
 
     def set_safety_defaults(self, by_location: dict[str, int]) -> None:
         """Q4 defaults for new positions (from the estate); each ledger logs them when it applies them."""
+        self._safety_defaults = dict(by_location)
         for actor in self.actors:
             actor.ledger.safety_defaults = dict(by_location)
+
+    # -- the groups this process owns (leased: ``app.membership``) ---------------------------------
+    def vacant(self, shard: int) -> Vacant:
+        """A stand-in for ``shard`` while another process owns its group (every call: ``Moved``)."""
+        return Vacant(shard, self.limits, self._log, self.clock, self._settings.shard_settings, self.where,
+                      self.metrics)
+
+    def local(self, shard: int) -> ShardActor:
+        """``shard``'s actor, to read memory from: ``Moved`` where this process may not answer for it."""
+        actor = self.actors[shard]
+        if actor.vacant or actor.lease_until < time.monotonic():
+            raise Moved(shard, *self.where(shard))
+        return actor
+
+    def install(self, actor: ShardActor) -> None:
+        """Serve ``actor``'s shard from now on (recovered after its group was taken)."""
+        assert self.actors[actor.shard].vacant, f"shard {actor.shard} is served already"
+        actor.ledger.safety_defaults = dict(self._safety_defaults)
+        self.actors[actor.shard] = actor
+        self.routes.adopt(actor)
+        for hook in self.on_install:
+            hook(actor)
+        if self._started:
+            actor.start()
+        if self.orders is not None:
+            self.orders.find_pending([actor.ledger])
+
+    async def vacate(self, shard: int, snapshot: bool) -> None:
+        """Stop serving ``shard`` (its group handed over, or lost): calls from now on are ``Moved``;
+        what it holds in flight ends durable or refused, and ``snapshot`` writes a final snapshot
+        (a graceful hand-over: the next owner replays less)."""
+        actor = self.actors[shard]
+        if actor.vacant:
+            return
+        self.actors[shard] = vacant = self.vacant(shard)
+        await actor.stop(vacant.moved())
+        if snapshot and actor.failure is None and not self._log.is_fenced(shard):
+            await actor.checkpoint(force=True)
+        self.routes.drop(shard)
 
     def place(self, sku: str) -> int:
         return zlib.crc32(sku.encode()) % self._n
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
+        self._started = True
         for actor in self.actors:
             actor.start()
         self._housekeeper.start()
@@ -124,6 +176,8 @@ class Engine:
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
         shards, home = self.routes.route(cmd)
         if self.orders is not None and len(shards) > 1:
+            if self._log.leased:
+                self._all_local(cmd.reservation_id, (home, *sorted(shards)))
             return await self._reserve_order(cmd, home)
         try:
             result: tuple[Reservation, bool] = await self.run(shards, home, self._reserve_work(cmd, home))
@@ -133,6 +187,16 @@ class Engine:
         self.routes.done(cmd.reservation_id)
         self._count(result)
         return result
+
+    def _all_local(self, rid: str, shards: Iterable[int]) -> None:
+        """Until a saga can take steps on other processes, an order is decided where every group
+        of it is owned: ``Moved`` (nothing done) names the first that is not, its home first."""
+        try:
+            for shard in shards:
+                self.local(shard)
+        except Moved:
+            self.routes.unroute(rid)
+            raise
 
     async def _reserve_order(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
         """An order spanning groups (``Orders``): its saga runs to its end whatever the caller does,
@@ -237,6 +301,8 @@ class Engine:
         shard has in flight is durable — never a state that an append failing now would take back."""
         home = self._home.get(reservation_id)
         rec: Reservation | None = None
+        if home is None and self._log.leased:
+            raise Moved(-1, "")  # another process's, or none's: the edge asks the others
         if home is not None:
             rec = await self.actors[home].submit(lambda ledger, _now: ledger.reservation(reservation_id))
             if rec is not None and rec.is_order and self.orders is not None:  # as its saga shows it (Orders)
@@ -252,8 +318,8 @@ class Engine:
 
     def availability(self, keys: Iterable[tuple[str, str]]) -> list[Quantities]:
         """Reads straight from memory: may include a batch whose append is in flight (ms)."""
-        actors, place = self.actors, self.place
-        return [actors[place(sku)].ledger.quantities(sku, loc) for sku, loc in keys]
+        local, place = self.local, self.place
+        return [local(place(sku)).ledger.quantities(sku, loc) for sku, loc in keys]
 
     async def set_safety_stock(self, sku: str, location: str, quantity: int) -> Quantities:
         """Q4, durable like every other change."""
@@ -287,6 +353,8 @@ class Engine:
         whatever it changes — an expiry on the way releases every line — is on the right shard."""
         home = self._home.get(reservation_id)
         if home is None:
+            if self._log.leased:
+                raise Moved(-1, "")  # another process's, or none's: the edge asks the others
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
         rec = self.actors[home].ledger.reservation(reservation_id)
         shards = {home, *also} | ({self.place(line.sku) for line in rec.lines} if rec else set())

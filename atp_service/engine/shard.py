@@ -35,13 +35,13 @@ from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.tasks import cancel_and_wait
-from reservation import Ledger, LogEntry, Moved, PositionStore, Reason, Unavailable, encode_entry
-from reservation._errors import ResourceExhausted
+from reservation import Ledger, LogEntry, Moved, PositionStore, Reason, ResourceExhausted, Unavailable, encode_entry
 
 log = logging.getLogger(__name__)
 
 
 class ShardActor(EntryListeners):
+    vacant = False  # the shard's group is another process's (``vacant.Vacant``)
     def __init__(self, shard: int, ledger: Ledger, log_store: LogStore, clock: Clock,
                  settings: ShardSettings, seq: int, metrics: EngineMetrics | None = None) -> None:
         super().__init__(shard)

@@ -67,6 +67,11 @@ class Keyspace:
         return f"{self.prefix}claims"
 
     @property
+    def members(self) -> str:
+        """The service processes sharing the keyspace (``ownership = leases``), each timing out unless renewed."""
+        return f"{self.prefix}members"
+
+    @property
     def meta(self) -> str:
         """The keyspace's layout and shard count, checked at start."""
         return f"{self.prefix}meta"

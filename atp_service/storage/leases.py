@@ -58,6 +58,8 @@ class GroupLeases:
         self.store, self.holder, self.lease_ms = store, holder, lease_ms
         self.held: dict[int, int] = {}
         """Groups held now, with the epoch each was taken with."""
+        self.renewed: set[int] = set()
+        """The groups the last ``renew`` extended."""
 
     def key(self, group: int) -> str:
         return self.store.keys.tag(group) + "lease"
@@ -90,9 +92,11 @@ class GroupLeases:
         replies = await self.store.nodes.run([Call(self._RENEW, [self.key(g)], [self.holder, self.lease_ms])
                                               for g in groups])
         lost = {g for g, reply in zip(groups, replies, strict=True) if not isinstance(reply, BaseException)
-                and int(reply) == 0}
+                and int(reply) == 0 and g in self.held}  # not one released meanwhile
         for group in lost:
             del self.held[group]
+        self.renewed = {g for g, reply in zip(groups, replies, strict=True) if not isinstance(reply, BaseException)
+                        and int(reply) == 1 and g in self.held}
         return lost
 
     async def release(self, group: int) -> None:

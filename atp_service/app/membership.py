@@ -1,0 +1,225 @@
+"""This process's share of a keyspace's shard groups when several processes serve it
+(``ownership = leases``).
+
+Each process registers in ``<prefix>members`` (a sorted set of live processes, each entry expiring
+unless renewed) and owns about its share of the groups, ``ceil(groups / live processes)``: it takes
+free groups up to its share and hands the excess over gracefully (the group's work drained, a final
+snapshot, the lease given back), one group at a time. A group whose lease ran out (its owner died or
+was paused) is free: whoever takes it raises its owner key first (``leases.GroupLeases``), so every
+write of the previous owner is refused from then on, then recovers it from its snapshot and log.
+
+Leases decide availability only. Safety comes from the owner key every write script checks; and
+a process stops answering for a group — reads included — once its lease may have run out by its
+own clock (``SAFETY`` of the lease after the renewal was sent), before anyone else may take it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import time
+import zlib
+from collections import Counter
+from typing import Any
+
+from atp_service.config import ServiceConfig
+from atp_service.engine.clock import Clock
+from atp_service.engine.recovery import recover_shard
+from atp_service.engine.router import Engine
+from atp_service.engine.shard import ShardActor
+from atp_service.metrics import EngineMetrics, MembershipMetrics
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.leases import GroupLeases
+from atp_service.storage.log import Fenced, LogStore
+from atp_service.storage.nodes import Call, Script
+from atp_service.storage.resp import as_text
+from atp_service.tasks import cancel_and_wait, exception_seen
+
+log = logging.getLogger(__name__)
+
+SAFETY = 0.8
+"""Of a lease, counted from when its renewal was sent: past it the group is not answered for."""
+
+# KEYS: members; ARGV: holder, ttl ms (0: leave). Redis's own clock times the entries out, so the
+# processes' clocks need not agree. Returns the live members.
+MEMBERS_SCRIPT = Script("""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+""")
+
+
+def address_of(holder: str) -> str:
+    """The advertised address in a lease's holder (``<address>|<token>``)."""
+    return holder.rpartition("|")[0]
+
+
+class Membership:
+    """Takes, keeps and gives up ``engine``'s groups under leases."""
+
+    def __init__(self, engine: Engine, store: LogStore, config: ServiceConfig, clock: Clock,
+                 metrics: MembershipMetrics, engine_metrics: EngineMetrics) -> None:
+        self._engine, self._store, self._config, self._clock = engine, store, config, clock
+        self._metrics, self._engine_metrics = metrics, engine_metrics
+        self.address = config.advertised
+        self.leases = GroupLeases(store, f"{self.address}|{secrets.token_hex(6)}", config.lease_ms)
+        self._lease_s = config.lease_ms / 1000
+        self.routes: dict[int, tuple[str, int]] = {}
+        """Every group's owner as last read: (address, epoch); absent: none."""
+        self.members: list[str] = []
+        self._handing: set[int] = set()
+        self._vacating: dict[int, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        engine.where = self.where
+        store.on_group_lost.append(self._fenced)
+
+    # -- routing ------------------------------------------------------------------------
+    def where(self, group: int) -> tuple[str, int]:
+        """Who serves ``group`` as far as this process knows: ("", 0) while none does (or this one
+        is handing it over)."""
+        if group in self._handing or group in self._vacating:
+            return "", 0
+        if group in self.leases.held and not self._engine.actors[group].vacant:
+            return self.address, self.leases.held[group]
+        return self.routes.get(group, ("", 0))
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Register, take a first share of the groups (recovered before this returns), then keep
+        renewing and rebalancing in the background."""
+        await self.renew()
+        await self.balance()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._forever(self.renew), name="leases-renew"),
+                       loop.create_task(self._forever(self.balance), name="leases-balance")]
+
+    async def stop(self) -> None:
+        """Hand every group over (drained, snapshotted, lease given back) and leave."""
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        for group in sorted(self.leases.held):
+            try:
+                await self._hand_over(group)
+            except (*STORAGE_ERRORS, Fenced) as exc:
+                log.warning("group %d: not handed over (%r); its lease runs out instead", group, exc)
+        with contextlib.suppress(*STORAGE_ERRORS):  # else its entry times out
+            await self._store.nodes.run_one(Call(MEMBERS_SCRIPT, [self._store.keys.members], [self.leases.holder, 0]))
+
+    async def _forever(self, step: Any) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                await step()
+            except (*STORAGE_ERRORS, Fenced) as exc:
+                log.warning("%s: %r (tried again in %.1fs)", step.__name__, exc, self._lease_s / 3)
+
+    # -- keeping ----------------------------------------------------------------------------
+    async def renew(self) -> None:
+        """Stay a member, and extend every lease held; a group whose lease is gone is given up."""
+        sent = time.monotonic()
+        members = await self._store.nodes.run_one(
+            Call(MEMBERS_SCRIPT, [self._store.keys.members], [self.leases.holder, self._config.lease_ms * 2]))
+        self.members = [as_text(m) for m in members]
+        self._metrics.members.set(len(self.members))
+        for group in await self.leases.renew():
+            self._give_up(group, "lease")
+        for group in self.leases.renewed:
+            self._engine.actors[group].lease_until = sent + self._lease_s * SAFETY
+
+    def _fenced(self, group: int) -> None:
+        """A write of ``group`` was refused: another process took it."""
+        self.leases.held.pop(group, None)
+        self._give_up(group, "fenced")
+
+    def _give_up(self, group: int, why: str) -> None:
+        log.warning("group %d: lost (%s); no longer served here", group, why)
+        self._metrics.given.labels(why).inc()
+        self._store.drop(group)
+        task = asyncio.get_running_loop().create_task(self._engine.vacate(group, snapshot=False))
+        self._vacating[group] = task
+        task.add_done_callback(exception_seen)
+        task.add_done_callback(lambda _t: self._vacating.pop(group, None) if self._vacating.get(group) is _t else None)
+        self._metrics.groups_owned.set(len(self.leases.held))
+
+    # -- balancing ----------------------------------------------------------------------------
+    async def balance(self) -> None:
+        """Read who owns what; take free groups up to this process's share, or hand one over above it."""
+        await self._read_routes()
+        held = set(self.leases.held)
+        groups, processes = self._config.shards, max(1, len(self.members))
+        share = math.ceil(groups / processes)
+        if len(held) > share or (len(held) > groups // processes and self._starved(groups // processes)):
+            await self._hand_over(min(held, key=self._preference))
+            return
+        free = [g for g in range(groups) if g not in self.routes and g not in held and g not in self._vacating]
+        for group in sorted(free, key=self._preference, reverse=True)[:share - len(held)]:
+            await self._take(group)
+
+    def _starved(self, least: int) -> bool:
+        """Whether another live process owns fewer than ``least`` groups (it waits for some)."""
+        owned = Counter(address for address, _ in self.routes.values())
+        return any(owned[address_of(m)] < least for m in self.members if address_of(m) != self.address)
+
+    def _preference(self, group: int) -> int:
+        """How much this process wants ``group`` (stable per address: a restarted process tends to
+        take back the groups it had; processes spread over the groups)."""
+        return zlib.crc32(f"{self.address}:{group}".encode())
+
+    async def _read_routes(self) -> None:
+        keys = self._store.keys
+        shards = range(self._config.shards)
+        names = [self.leases.key(g) for g in shards] + [keys.owner(g) for g in shards]
+        client = self._store.client
+        values: Any = await (client.mget(names) if self._store.nodes.together else client.mget_nonatomic(names))
+        n = self._config.shards
+        self.routes = {g: (address_of(as_text(values[g])), int(values[n + g] or 0)) for g in shards
+                       if values[g] is not None}
+
+    async def _take(self, group: int) -> None:
+        started = time.monotonic()
+        if not await self.leases.acquire(group):
+            return  # another process was quicker
+        try:
+            ledger, seq, replayed = await recover_shard(self._store, group, self._config.limits)
+        except BaseException:
+            log.exception("group %d: taken but not recovered; given back", group)
+            self._store.drop(group)
+            await self.leases.release(group)
+            raise
+        actor = ShardActor(group, ledger, self._store, self._clock, self._config.shard_settings, seq,
+                           self._engine_metrics)
+        actor.lease_until = started + self._lease_s * SAFETY
+        advance = getattr(self._clock, "advance_floor", None)
+        if advance is not None:
+            advance(ledger.clock)  # R6: never stamp a command before one its previous owner logged
+        self._engine.install(actor)
+        self._metrics.taken.inc()
+        self._metrics.take_seconds.observe(time.monotonic() - started)
+        self._metrics.groups_owned.set(len(self.leases.held))
+        log.info("group %d: taken at epoch %d, %d log entries replayed in %.2fs", group, self.leases.held[group],
+                 replayed, time.monotonic() - started)
+
+    async def _hand_over(self, group: int) -> None:
+        """Give ``group`` up gracefully: its work drained, a final snapshot, the lease given back."""
+        self._handing.add(group)
+        try:
+            await self._engine.vacate(group, snapshot=True)
+            self._store.drop(group)
+            await self.leases.release(group)
+        finally:
+            self._handing.discard(group)
+        self._metrics.given.labels("handed_over").inc()
+        self._metrics.groups_owned.set(len(self.leases.held))
+        log.info("group %d: handed over", group)
+
+
+__all__ = ["Membership", "address_of"]
