@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from atp_service.engine.parts import ApplyShare, PartStep, ReadPart, ReservePart, run_part
 from atp_service.tasks import exception_seen
 from reservation import (
     DomainError,
@@ -170,7 +171,7 @@ class Orders:
         """Reserve every part (a replay where it exists), release the held ones if any part is
         refused, then record the order's decision; the order as recorded."""
         cmds = orders.split(_command_of(order), self._engine.place)
-        parts = await self._each(cmds, lambda g: lambda ledger, now: self._engine.reserve_part(ledger, cmds[g], now))
+        parts = await self._steps({g: ReservePart(cmd) for g, cmd in cmds.items()})
         decided, release = orders.decide(order, parts, self._engine.clock.now_ms())
         if release:
             await self._apply(order, dict.fromkeys(release, PendingOp(OrderStep.RELEASE)))
@@ -271,18 +272,11 @@ class Orders:
 
     # -- steps -------------------------------------------------------------------------------
     async def _apply(self, order: Reservation, shares: dict[int, PendingOp]) -> None:
-        await self._each(list(shares), lambda g: self._share_work(order, g, shares[g]))
-
-    def _share_work(self, order: Reservation, group: int, share: PendingOp) -> Callable[[Ledger, int], Any]:
-        part, limits = orders.part_id(order.reservation_id, group), self._engine.limits
-        return lambda ledger, now: orders.apply_share(ledger, part, share, now, limits)
+        rid = order.reservation_id
+        await self._steps({g: ApplyShare(orders.part_id(rid, g), share) for g, share in shares.items()})
 
     async def _parts(self, order: Reservation, missing_ok: bool = False) -> dict[int, Reservation]:
-        def read(group: int) -> Callable[[Ledger, int], Reservation | None]:
-            part = orders.part_id(order.reservation_id, group)
-            return lambda ledger, _now: ledger.reservation(part)
-
-        found = await self._each(list(order.parts), read)
+        found = await self._steps({g: ReadPart(orders.part_id(order.reservation_id, g)) for g in order.parts})
         missing = [g for g, p in found.items() if p is None]
         # A decided order's part is missing only once it was resolved and forgotten after its
         # retention (``Ledger.evict``), while its order lives on: ``view`` shows the order's own
@@ -296,18 +290,11 @@ class Orders:
     async def _save(self, home: int, order: Reservation) -> None:
         await self._on(home, lambda ledger, _now: ledger.save(order))
 
-    async def _each(self, groups: Iterable[int], work_for: Callable[[int], Callable[[Ledger, int], Any]]
-                    ) -> dict[int, Any]:
-        """``work_for(g)`` on every group at once, each durable; the first failure is raised once
-        all have answered (a step is never left running unseen)."""
-        groups = list(groups)
-        futures = []
-        for g in groups:
-            try:
-                futures.append(self._engine.actors[g].submit(work_for(g)))
-            except DomainError as exc:
-                futures.append(_failed(exc))
-        results = await asyncio.gather(*futures, return_exceptions=True)
+    async def _steps(self, steps: dict[int, PartStep]) -> dict[int, Any]:
+        """Every group's step at once (here, or at the process owning the group), each durable; the
+        first failure is raised once all have answered (a step is never left running unseen)."""
+        groups = list(steps)
+        results = await asyncio.gather(*(run_part(self._engine, g, steps[g]) for g in groups), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise _undecided(result)
@@ -319,12 +306,6 @@ class Orders:
         except BaseException as exc:
             raise _undecided(exc) from None
         return result
-
-
-def _failed(exc: BaseException) -> asyncio.Future[Any]:
-    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    fut.set_exception(exc)
-    return fut
 
 
 def _undecided(exc: BaseException) -> BaseException:

@@ -21,6 +21,7 @@ from atp_service.engine.coordinator import Coordinator, ViewWork
 from atp_service.engine.fanout import count_reservations, gather_by_shard
 from atp_service.engine.maintenance import Housekeeper
 from atp_service.engine.orders import Orders
+from atp_service.engine.parts import Remote
 from atp_service.engine.routes import Routes
 from atp_service.engine.shard import ShardActor
 from atp_service.engine.vacant import Vacant, Where
@@ -80,6 +81,8 @@ class Engine:
         self._safety_defaults: dict[str, int] = {}
         self.where: Where = lambda _group: ("", 0)
         """Who owns a group this process does not (leased: ``app.membership`` sets it)."""
+        self.remote: Remote | None = None
+        """Where an order's step on another process's group is sent (``parts``; None: not sent)."""
         self.on_install: list[Callable[[ShardActor], None]] = []
         """Called with every actor installed (a group taken)."""
         self._started = False
@@ -176,8 +179,8 @@ class Engine:
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
         shards, home = self.routes.route(cmd)
         if self.orders is not None and len(shards) > 1:
-            if self._log.leased:
-                self._all_local(cmd.reservation_id, (home, *sorted(shards)))
+            if self._log.leased:  # its saga runs where its home is owned
+                self._all_local(cmd.reservation_id, (home,) if self.remote else (home, *sorted(shards)))
             return await self._reserve_order(cmd, home)
         try:
             result: tuple[Reservation, bool] = await self.run(shards, home, self._reserve_work(cmd, home))
@@ -189,8 +192,7 @@ class Engine:
         return result
 
     def _all_local(self, rid: str, shards: Iterable[int]) -> None:
-        """Until a saga can take steps on other processes, an order is decided where every group
-        of it is owned: ``Moved`` (nothing done) names the first that is not, its home first."""
+        """``Moved`` (nothing done) naming the first of ``shards`` this process does not own."""
         try:
             for shard in shards:
                 self.local(shard)

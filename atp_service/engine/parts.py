@@ -1,0 +1,128 @@
+"""The steps an order's saga takes on the groups of its parts (``Orders``), as typed messages: a
+step runs on this process's shard where it owns the part's group, else it is sent to the process
+that does (``Engine.remote``) and run there on the owner's shard, with the owner's fence. Every
+step is idempotent, so a step whose answer was lost is simply taken again."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from atp_service.engine.messages import Work
+from reservation import (
+    DomainError,
+    Ledger,
+    Moved,
+    PendingOp,
+    Reason,
+    Reservation,
+    ReserveCommand,
+    ResourceExhausted,
+    Unavailable,
+)
+from reservation import _orders as orders
+
+if TYPE_CHECKING:
+    from atp_service.engine.router import Engine
+
+Remote = Callable[[str, bytes], Awaitable[bytes]]
+"""Sends a step request to the process at an address and returns its reply (raises ``Unavailable``
+when the step's fate is not known: the peer did not answer)."""
+
+STEP_METHOD = "/atp.internal.v1.Peers/Step"
+"""The gRPC method a process runs other processes' steps at (bytes in, bytes out)."""
+
+
+class ReservePart(msgspec.Struct, tag="reserve", array_like=True, frozen=True):
+    """Reserve a part (a replay where it exists)."""
+
+    cmd: ReserveCommand
+
+
+class ApplyShare(msgspec.Struct, tag="share", array_like=True, frozen=True):
+    """Apply a part's share of its order's change."""
+
+    part: str
+    share: PendingOp
+
+
+class ReadPart(msgspec.Struct, tag="read", array_like=True, frozen=True):
+    """Read a part as durable."""
+
+    part: str
+
+
+PartStep = ReservePart | ApplyShare | ReadPart
+
+
+class StepRequest(msgspec.Struct, array_like=True, frozen=True):
+    group: int
+    step: PartStep
+
+
+class StepReply(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
+    """The part as it stands after the step, or the refusal (``reason`` > 0)."""
+
+    part: Reservation | None = None
+    reason: int = 0
+    message: str = ""
+    metadata: dict[str, str] = {}
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_requests = msgspec.msgpack.Decoder(StepRequest)
+_replies = msgspec.msgpack.Decoder(StepReply)
+
+
+def work_of(engine: Engine, step: PartStep) -> Work:
+    """``step`` as a shard's work."""
+    limits = engine.limits
+    if isinstance(step, ReservePart):
+        return lambda ledger, now: engine.reserve_part(ledger, step.cmd, now)
+    if isinstance(step, ApplyShare):
+        return lambda ledger, now: orders.apply_share(ledger, step.part, step.share, now, limits)
+    return lambda ledger, _now: _read(ledger, step.part)
+
+
+def _read(ledger: Ledger, part: str) -> Reservation | None:
+    return ledger.reservation(part)
+
+
+async def run_part(engine: Engine, group: int, step: PartStep) -> Any:
+    """``step`` on ``group``'s shard: here, or at the process owning it."""
+    actor = engine.actors[group]
+    if not actor.vacant or engine.remote is None:
+        return await actor.submit(work_of(engine, step))
+    address, _ = engine.where(group)
+    if not address:
+        raise Moved(group, "")
+    reply = _replies.decode(await engine.remote(address, _encode(StepRequest(group, step))))
+    if reply.reason:
+        raise refusal_of(reply)
+    return reply.part
+
+
+async def serve_part(engine: Engine, request: bytes) -> bytes:
+    """Another process's step, run on a shard of this one (``Moved`` where it is not this one's now)."""
+    asked = _requests.decode(request)
+    try:
+        part = await engine.actors[asked.group].submit(work_of(engine, asked.step))
+    except DomainError as exc:
+        return _encode(StepReply(None, int(exc.reason), exc.message, exc.metadata))
+    return _encode(StepReply(part))
+
+
+def refusal_of(reply: StepReply) -> DomainError:
+    """The peer's refusal as this process raises it: a retryable one stays retryable (the saga goes
+    on later), a domain rule's stays final."""
+    reason = Reason(reply.reason)
+    kind = ResourceExhausted if reason in _EXHAUSTED else Unavailable if reason in _RETRYABLE else DomainError
+    return kind(reply.message, reason, metadata=reply.metadata)
+
+
+_EXHAUSTED = frozenset({Reason.SHARD_OVERLOADED, Reason.SERVICE_OVERLOADED, Reason.CAPACITY_REACHED})
+_RETRYABLE = frozenset({Reason.OUTCOME_UNKNOWN, Reason.STORAGE_UNREACHABLE, Reason.CONCURRENT_CHANGE,
+                        Reason.RECOVERING, Reason.SHUTTING_DOWN, Reason.SHARD_STOPPED, Reason.INSTANCE_REPLACED,
+                        Reason.GROUP_MOVED})
