@@ -18,6 +18,7 @@ from atp_service.edge import convert
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
 from atp_service.edge.overload import LoopLagMonitor
+from atp_service.edge.routing import RoutingTable, routing_pb, single_process
 from atp_service.edge.watch import Watchers
 from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
@@ -89,6 +90,22 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         self.monitor: LoopLagMonitor | None = None
         self.drain = Drain()
         """Every call passes through it; ``AtpService.stop`` closes it before gRPC stops."""
+        self.address = ""
+        self._shards = 0
+        self.routing: Callable[[], RoutingTable] = self._one_process
+        """Who owns which shard group now (``GetRouting``); the service sets it when processes share
+        the keyspace. By default, this process owns every group (``advertise``)."""
+
+    def advertise(self, address: str, shards: int) -> None:
+        """This process's address as clients and peers reach it (host:port), once it listens: what
+        it names itself in ``GetRouting`` and in the calls it forwards; and the number of groups."""
+        self.address, self._shards = address, shards
+
+    def _one_process(self) -> RoutingTable:
+        if not self.address:
+            raise Unavailable("service is starting: it does not know its own address yet; retry shortly",
+                              Reason.RECOVERING)
+        return single_process(self._shards, self.address)
 
     def latency(self, method: str, code: str) -> Any:
         """The latency histogram of ``method`` answered ``code`` (its children made once)."""
@@ -274,6 +291,10 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         summary = await self._reload()
         return pb.ReloadEstateResponse(
             channels=[pb.ChannelSummary(name=n, published_keys=k) for n, k in sorted(summary.items())])
+
+    @_observed("GetRouting")
+    async def GetRouting(self, request: pb.GetRoutingRequest, context: Any) -> pb.GetRoutingResponse:
+        return routing_pb(self.routing())
 
     async def ReserveStream(
         self, request_iterator: AsyncIterator[pb.ReserveStreamRequest], context: grpc.aio.ServicerContext[Any, Any]
