@@ -1,8 +1,8 @@
 """The client of the ATP inventory service's gRPC API (``atp.v1.AvailabilityService``).
 
 - ``AtpClient``: a typed async client over grpc.aio, with the service's retry policy;
-- routing over several service processes (``place``, ``home_group``, ``Routes``, the metadata keys
-  of redirects and forwarding);
+- ``RoutedClient``: calls sent to the service process owning their shard group (``place``,
+  ``home_group``, ``Routes``, the metadata keys of redirects and forwarding);
 - ``pb``: the generated messages and stubs (``atp_client.pb.atp.v1.atp_pb2``);
 - roles and tokens (``PERMISSIONS``, ``new_token``, ``token_hash``), as the API defines them;
 - ``atpctl`` (``atp_client.ctl``), the command line.
@@ -23,6 +23,7 @@ from ._errors import (
     Retryable,
     typed,
 )
+from ._routed import RoutedClient
 from ._routing import (
     FORWARDED_KEY,
     MOVED_KEY,
@@ -55,6 +56,7 @@ __all__ = [
     "Refusal",
     "RetryPolicy",
     "Retryable",
+    "RoutedClient",
     "Routes",
     "duration",
     "epoch_ms",

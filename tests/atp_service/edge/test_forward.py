@@ -1,5 +1,5 @@
 """A call for another process's shard group, between two real services: forwarded to the owner,
-or redirected.
+or redirected — and RoutedClient following the redirect.
 
 Ownership is not here yet: the two services own keyspaces of their own (two key prefixes on one
 Redis), and a test makes one's engine refuse a call ``Moved`` to the other, as it will when the
@@ -15,12 +15,13 @@ from typing import Any
 import grpc
 import pytest
 
-from atp_client import AtpClient, parse_moved, place, tls_credentials, typed
+from atp_client import AtpClient, RoutedClient, parse_moved, place, tls_credentials, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.app.certs import make_certs
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.forward import Forwarder
+from atp_service.edge.routing import Route, RoutingTable
 from atp_service.metrics import EdgeMetrics
 from reservation import Moved
 from tests.atp_service.edge.test_routing import advertised, stock
@@ -125,6 +126,22 @@ async def test_a_group_without_owner_is_redirected_with_an_empty_address(pair: P
             await via_a.get_reservation("r1")
     assert typed(err.value).reason == "GROUP_MOVED"
     assert dict(err.value.trailing_metadata())["atp-moved"] == f"{group} "  # type: ignore[arg-type]
+
+
+async def test_routed_client_follows_a_redirect_and_refreshes_its_routes(pair: Pair,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    a, a_address, b, b_address = pair
+    async with AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b, \
+            RoutedClient(a_address, token=TOKEN, timeout_s=5) as routed:
+        await stock(at_b, b.clock.now_ms())
+        assert (await routed.refresh()).owners == (a_address,) * a.config.shards  # A owns every group
+        group = moved_away(monkeypatch, a, "reserve", b_address)  # then B takes the group of "A" over
+        a._servicer.routing = lambda: RoutingTable(a.config.shards, a_address, tuple(
+            Route(g, b_address if g == group else a_address, 7 if g == group else 0) for g in range(a.config.shards)))
+        assert (await routed.reserve("r1", [("A", "L", 2)])).state == pb.RESERVATION_STATE_HELD
+        assert routed.routes is not None and routed.routes.owner(group) == b_address
+        assert (await routed.confirm("r1")).state == pb.RESERVATION_STATE_CONFIRMED  # straight to B
+    assert (forwarded(a, "Reserve", "redirected"), forwarded(a, "Confirm", "redirected")) == (1, 0)
 
 
 async def test_peers_are_reached_over_mutual_tls(start_service: ServiceFactory, tmp_path: Path,
