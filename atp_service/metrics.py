@@ -173,6 +173,11 @@ class EdgeMetrics:
             "message (truncated, bad UTF-8), by method", ["method"], registry=r,
         )
         self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke a 20 ms timer", registry=r)
+        self.forwarded = Counter(
+            "atp_forwarded_calls_total", "Calls for a shard group another service process owns, by method and "
+            "outcome: forwarded to the owner (ok, error: the owner's refusal or no answer) or redirected",
+            ["method", "outcome"], registry=r,
+        )
         self.shed = shed or EngineMetrics().shed
         self.facts = facts or IntakeMetrics().facts
 

@@ -8,6 +8,9 @@
 - ``RetryInfo``: how long to wait, for the refusals worth retrying (RESOURCE_EXHAUSTED,
   UNAVAILABLE), also as ``grpc-retry-pushback-ms`` so gRPC's own retry policy waits as long.
 
+A ``GROUP_MOVED`` refusal (``Moved``) also carries ``atp-moved: "<group> <owner address>"``: where a
+caller that routes by itself sends the call instead.
+
 The message stays the human text of the refusal.
 """
 
@@ -20,7 +23,8 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
-from reservation import DomainError, FailedPrecondition, Reason
+from atp_client import MOVED_KEY
+from reservation import DomainError, FailedPrecondition, Moved, Reason
 
 DOMAIN = "atp.v1"
 """``ErrorInfo.domain``: the API the reasons belong to."""
@@ -113,6 +117,8 @@ def trailers_of(exc: DomainError, remaining_s: float | None = None) -> tuple[tup
     if delay_ms is not None:
         late = remaining_s is not None and delay_ms / 1000 >= remaining_s
         out += ((PUSHBACK_KEY, "-1" if late or exc.reason in NOT_RETRIED_BY_GRPC else str(delay_ms)),)
+    if isinstance(exc, Moved):
+        out += ((MOVED_KEY, f"{exc.group} {exc.owner}"),)
     return out
 
 

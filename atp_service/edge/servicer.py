@@ -17,7 +17,9 @@ from atp_service.channels.estate import EstateUnusable
 from atp_service.edge import convert
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
+from atp_service.edge.forward import Forwarder, Relayed
 from atp_service.edge.overload import LoopLagMonitor
+from atp_service.edge.routing import RoutingTable, routing_pb, single_process
 from atp_service.edge.watch import Watchers
 from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
@@ -28,6 +30,7 @@ from reservation import (
     DomainError,
     InvalidArgument,
     Limits,
+    Moved,
     Reason,
     Reservation,
     ResourceExhausted,
@@ -44,7 +47,8 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any
 
 
 def _observed(method: str) -> Callable[[Handler], Handler]:
-    """Latency histogram by method and code, and DomainError -> gRPC status."""
+    """Latency histogram by method and code, and DomainError -> gRPC status; a call for another
+    process's shard group goes to the ``Forwarder``."""
     def wrap(fn: Handler) -> Handler:
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
@@ -59,9 +63,15 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
                             f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit "
                             f"max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with backoff",
                             Reason.SERVICE_OVERLOADED)
-                    result = await fn(self, request, context)
+                    try:
+                        result = await fn(self, request, context)
+                    except Moved as moved:  # another process's group: forwarded there, or redirected
+                        result = await self.forwarder.answer(method, request, context, moved)
                 finally:
                     drain.leave()
+            except Relayed as relayed:
+                self.latency(method, relayed.code.name).observe(time.perf_counter() - started)
+                await relayed.abort(context)
             except DomainError as exc:
                 self.latency(method, status_of(exc).name).observe(time.perf_counter() - started)
                 await abort(context, exc)
@@ -76,9 +86,14 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
 
 class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     def __init__(self, limits: Limits, max_stream_inflight: int, watchers: Watchers,
-                 reload: Callable[[], Awaitable[dict[str, int]]], metrics: EdgeMetrics | None = None) -> None:
+                 reload: Callable[[], Awaitable[dict[str, int]]], metrics: EdgeMetrics | None = None, *,
+                 peer_tls_root: bytes | None = None, peer_tls_identity: tuple[bytes, bytes] | None = None) -> None:
+        """``peer_tls_root``: when the service runs TLS, the PEM root its peer processes' certificates
+        are verified with (calls forwarded to them use TLS); ``peer_tls_identity``: (key, certificate
+        chain) this process presents to peers requiring client certificates."""
         self.limits = limits
         self.metrics = metrics or EdgeMetrics()
+        self.forwarder = Forwarder(self.metrics, peer_tls_root, peer_tls_identity)
         self._latency: dict[tuple[str, str], Any] = {}  # (method, code) -> its histogram child
         self._engine: Engine | None = None
         self._desk: FactDesk | None = None
@@ -89,6 +104,27 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         self.monitor: LoopLagMonitor | None = None
         self.drain = Drain()
         """Every call passes through it; ``AtpService.stop`` closes it before gRPC stops."""
+        self.address = ""
+        self._shards = 0
+        self.routing: Callable[[], RoutingTable] = self._one_process
+        """Who owns which shard group now (``GetRouting``); the service sets it when processes share
+        the keyspace. By default, this process owns every group (``advertise``)."""
+
+    def advertise(self, address: str, shards: int) -> None:
+        """This process's address as clients and peers reach it (host:port), once it listens: what
+        it names itself in ``GetRouting`` and in the calls it forwards; and the number of groups."""
+        self.address, self._shards = address, shards
+        self.forwarder.address = address
+
+    async def aclose(self) -> None:
+        """Close the channels to peer processes: at the service's stop, once gRPC has stopped."""
+        await self.forwarder.aclose()
+
+    def _one_process(self) -> RoutingTable:
+        if not self.address:
+            raise Unavailable("service is starting: it does not know its own address yet; retry shortly",
+                              Reason.RECOVERING)
+        return single_process(self._shards, self.address)
 
     def latency(self, method: str, code: str) -> Any:
         """The latency histogram of ``method`` answered ``code`` (its children made once)."""
@@ -274,6 +310,10 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         summary = await self._reload()
         return pb.ReloadEstateResponse(
             channels=[pb.ChannelSummary(name=n, published_keys=k) for n, k in sorted(summary.items())])
+
+    @_observed("GetRouting")
+    async def GetRouting(self, request: pb.GetRoutingRequest, context: Any) -> pb.GetRoutingResponse:
+        return routing_pb(self.routing())
 
     async def ReserveStream(
         self, request_iterator: AsyncIterator[pb.ReserveStreamRequest], context: grpc.aio.ServicerContext[Any, Any]

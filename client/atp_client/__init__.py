@@ -1,6 +1,8 @@
 """The client of the ATP inventory service's gRPC API (``atp.v1.AvailabilityService``).
 
 - ``AtpClient``: a typed async client over grpc.aio, with the service's retry policy;
+- ``RoutedClient``: calls sent to the service process owning their shard group (``place``,
+  ``home_group``, ``Routes``, the metadata keys of redirects and forwarding);
 - ``pb``: the generated messages and stubs (``atp_client.pb.atp.v1.atp_pb2``);
 - roles and tokens (``PERMISSIONS``, ``new_token``, ``token_hash``), as the API defines them;
 - ``atpctl`` (``atp_client.ctl``), the command line.
@@ -21,12 +23,29 @@ from ._errors import (
     Retryable,
     typed,
 )
+from ._routed import RoutedClient
+from ._routing import (
+    FORWARDED_KEY,
+    MOVED_KEY,
+    PLACEMENT,
+    REDIRECT,
+    ROUTING_KEY,
+    Routes,
+    home_group,
+    parse_moved,
+    place,
+)
 from ._time import duration, epoch_ms, timestamp
 
 __all__ = [
+    "FORWARDED_KEY",
+    "MOVED_KEY",
     "PERMISSIONS",
+    "PLACEMENT",
     "READ",
+    "REDIRECT",
     "RETRYABLE",
+    "ROUTING_KEY",
     "AccessDenied",
     "AtpClient",
     "AtpError",
@@ -37,9 +56,14 @@ __all__ = [
     "Refusal",
     "RetryPolicy",
     "Retryable",
+    "RoutedClient",
+    "Routes",
     "duration",
     "epoch_ms",
+    "home_group",
     "new_token",
+    "parse_moved",
+    "place",
     "timestamp",
     "tls_credentials",
     "token_hash",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-READ = frozenset({"GetReservation", "GetAvailability", "ExplainAvailability"})
+READ = frozenset({"GetReservation", "GetAvailability", "ExplainAvailability", "GetRouting"})
 """The read-only RPCs every role may call."""
 
 PERMISSIONS: dict[str, frozenset[str]] = {

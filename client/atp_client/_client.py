@@ -96,6 +96,13 @@ def _lines(lines: Iterable[LineLike]) -> list[pb.Line]:
     return [pb.Line(sku=s, location=loc, quantity=q) for s, loc, q in lines]
 
 
+def reserve_request(reservation_id: str, lines: Iterable[LineLike], *, order_ref: str = "", channel: str = "",
+                    ttl_seconds: int = 0, allow_partial: bool = False) -> pb.ReserveRequest:
+    return pb.ReserveRequest(reservation_id=reservation_id, order_ref=order_ref, channel=channel,
+                             lines=_lines(lines), allow_partial=allow_partial,
+                             ttl=Duration(seconds=ttl_seconds) if ttl_seconds else None)
+
+
 class _Metadata:
     """Adds fixed metadata (the bearer token) to a call. grpc.aio files an interceptor under one
     kind of call only, so there is one subclass per kind (``_metadata_interceptors``)."""
@@ -171,9 +178,8 @@ class AtpClient:
 
     async def reserve(self, reservation_id: str, lines: Iterable[LineLike], *, order_ref: str = "",
                       channel: str = "", ttl_seconds: int = 0, allow_partial: bool = False) -> pb.ReserveResponse:
-        req = pb.ReserveRequest(reservation_id=reservation_id, order_ref=order_ref, channel=channel,
-                                lines=_lines(lines), allow_partial=allow_partial,
-                                ttl=Duration(seconds=ttl_seconds) if ttl_seconds else None)
+        req = reserve_request(reservation_id, lines, order_ref=order_ref, channel=channel, ttl_seconds=ttl_seconds,
+                              allow_partial=allow_partial)
         resp: pb.ReserveResponse = await self._call(self.stub.Reserve, req)
         return resp
 
@@ -211,11 +217,11 @@ class AtpClient:
         answer: pb.LoadCountsResponse = await self._call(self.stub.LoadCounts, request)
         return answer
 
-    async def _call(self, method: Any, req: Any) -> Any:
-        """One unary call within ``timeout_s`` (gRPC's retries included). A refusal raises a typed
-        ``AtpError`` (a ``grpc.aio.AioRpcError``) carrying its reason."""
+    async def _call(self, method: Any, req: Any, metadata: Sequence[tuple[str, str]] = ()) -> Any:
+        """One unary call within ``timeout_s`` (gRPC's retries included), with ``metadata`` besides
+        the token. A refusal raises a typed ``AtpError`` (a ``grpc.aio.AioRpcError``) carrying its reason."""
         try:
-            return await method(req, timeout=self.timeout_s)
+            return await method(req, timeout=self.timeout_s, metadata=metadata or None)
         except grpc.aio.AioRpcError as exc:
             raise typed(exc) from None
 

@@ -557,3 +557,29 @@ class ReloadEstateResponse(_message.Message):
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     channels: _containers.RepeatedCompositeFieldContainer[ChannelSummary]
     def __init__(self, channels: _Optional[_Iterable[_Union[ChannelSummary, _Mapping]]] = ...) -> None: ...
+
+class GetRoutingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GroupRoute(_message.Message):
+    __slots__ = ("group", "address", "epoch")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    group: int
+    address: str
+    epoch: int
+    def __init__(self, group: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class GetRoutingResponse(_message.Message):
+    __slots__ = ("shards", "placement", "groups", "address")
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    shards: int
+    placement: str
+    groups: _containers.RepeatedCompositeFieldContainer[GroupRoute]
+    address: str
+    def __init__(self, shards: _Optional[int] = ..., placement: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[GroupRoute, _Mapping]]] = ..., address: _Optional[str] = ...) -> None: ...

@@ -99,6 +99,11 @@ class AvailabilityServiceStub:
                 request_serializer=atp_dot_v1_dot_atp__pb2.ReloadEstateRequest.SerializeToString,
                 response_deserializer=atp_dot_v1_dot_atp__pb2.ReloadEstateResponse.FromString,
                 _registered_method=True)
+        self.GetRouting = channel.unary_unary(
+                '/atp.v1.AvailabilityService/GetRouting',
+                request_serializer=atp_dot_v1_dot_atp__pb2.GetRoutingRequest.SerializeToString,
+                response_deserializer=atp_dot_v1_dot_atp__pb2.GetRoutingResponse.FromString,
+                _registered_method=True)
 
 
 class AvailabilityServiceServicer:
@@ -187,6 +192,13 @@ class AvailabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRouting(self, request, context):
+        """Which process owns each shard group, and how SKUs are placed in groups (for routing clients).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AvailabilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -254,6 +266,11 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
                     servicer.ReloadEstate,
                     request_deserializer=atp_dot_v1_dot_atp__pb2.ReloadEstateRequest.FromString,
                     response_serializer=atp_dot_v1_dot_atp__pb2.ReloadEstateResponse.SerializeToString,
+            ),
+            'GetRouting': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRouting,
+                    request_deserializer=atp_dot_v1_dot_atp__pb2.GetRoutingRequest.FromString,
+                    response_serializer=atp_dot_v1_dot_atp__pb2.GetRoutingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -607,6 +624,33 @@ class AvailabilityService:
             '/atp.v1.AvailabilityService/ReloadEstate',
             atp_dot_v1_dot_atp__pb2.ReloadEstateRequest.SerializeToString,
             atp_dot_v1_dot_atp__pb2.ReloadEstateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRouting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atp.v1.AvailabilityService/GetRouting',
+            atp_dot_v1_dot_atp__pb2.GetRoutingRequest.SerializeToString,
+            atp_dot_v1_dot_atp__pb2.GetRoutingResponse.FromString,
             options,
             channel_credentials,
             insecure,

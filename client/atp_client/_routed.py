@@ -1,0 +1,190 @@
+"""``RoutedClient``: each call sent straight to the service process that owns its shard group.
+
+The service may run as several processes on one keyspace. Any process answers any call (it
+forwards what it does not own), but a call sent to the owner saves the hop. This client asks a
+process for the routing table (``GetRouting``), sends each call to its group's owner with
+``atp-routing: redirect``, and follows the ``atp-moved`` redirect a process answers when the group
+has moved — asking for the table again, from another process when one does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import grpc
+
+from atp_client._client import AtpClient, LineLike, RetryPolicy, _lines, reserve_request
+from atp_client._errors import AtpError, Retryable
+from atp_client._routing import REDIRECT, ROUTING_KEY, Lru, Routes, moved_of
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+
+MAX_CLIENTS = 32
+"""Service processes a ``RoutedClient`` keeps a channel to; past it the least recently used is closed."""
+MAX_REMEMBERED = 100_000
+"""Reservation ids whose home group a ``RoutedClient`` remembers (those it reserved, or was answered)."""
+MAX_HOPS = 3
+"""Redirects (and processes not answering) one call follows before its refusal is raised."""
+CLOSE_GRACE_S = 5.0
+"""A channel dropped from the pool lets the calls on it finish this long."""
+_REDIRECT = ((ROUTING_KEY, REDIRECT),)
+
+
+class RoutedClient:
+    """Calls routed to the owner of their shard group, over the service processes sharing a keyspace.
+
+    ``seeds``: one or more process addresses to ask for the routing table; the other arguments are
+    ``AtpClient``'s, for the channel to each process. A ``Reserve`` goes to the owner of the
+    reservation's home group (the lowest group of its lines); a call naming only a reservation id,
+    to the owner of the home group of a reservation this client reserved or was answered about
+    (the last ``max_remembered``), else to any process, which forwards it. A refusal of the owner
+    is raised as ``AtpClient`` raises it.
+
+    With ``retry``, gRPC retries a ``GROUP_MOVED`` refusal (``UNAVAILABLE``) at the same process
+    before this client follows the redirect: each redirect then costs the retries' delays."""
+
+    def __init__(self, seeds: str | Sequence[str], *, timeout_s: float = 10.0,
+                 options: Sequence[tuple[str, Any]] = (), token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, retry: RetryPolicy | None = None,
+                 max_clients: int = MAX_CLIENTS, max_remembered: int = MAX_REMEMBERED) -> None:
+        self.seeds = (seeds,) if isinstance(seeds, str) else tuple(seeds)
+        if not self.seeds:
+            raise ValueError("seeds: at least one service address is required")
+        self._connect = partial(AtpClient, timeout_s=timeout_s, options=options, token=token,
+                                credentials=credentials, retry=retry)
+        self._clients: Lru[str, AtpClient] = Lru(max_clients)
+        self._homes: Lru[str, int] = Lru(max_remembered)
+        self._routes: Routes | None = None
+        self._refreshing = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> RoutedClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        clients = self._clients.values()
+        self._clients.clear()
+        await asyncio.gather(*(c.close() for c in clients), *self._closing)
+
+    @property
+    def routes(self) -> Routes | None:
+        """The routing table last answered (None before the first call)."""
+        return self._routes
+
+    async def refresh(self) -> Routes:
+        """Ask for the routing table again: the seeds first, then every process the last one named."""
+        return await self._refresh(self._routes)
+
+    async def reserve(self, reservation_id: str, lines: Iterable[LineLike], *, order_ref: str = "",
+                      channel: str = "", ttl_seconds: int = 0, allow_partial: bool = False) -> pb.ReserveResponse:
+        lines = list(lines)
+        req = reserve_request(reservation_id, lines, order_ref=order_ref, channel=channel, ttl_seconds=ttl_seconds,
+                              allow_partial=allow_partial)
+        home = (self._routes or await self._refresh(None)).home(sku for sku, _, _ in lines)
+        answer: pb.ReserveResponse = await self._send("Reserve", req, home)
+        if home is not None:
+            self._homes.put(reservation_id, home)
+        return answer
+
+    async def confirm(self, reservation_id: str) -> pb.Reservation:
+        return await self._by_id("Confirm", pb.ConfirmRequest(reservation_id=reservation_id))
+
+    async def release(self, reservation_id: str, lines: Iterable[LineLike] = (),
+                      operation_id: str = "") -> pb.Reservation:
+        req = pb.ReleaseRequest(reservation_id=reservation_id, lines=_lines(lines), operation_id=operation_id)
+        return await self._by_id("Release", req)
+
+    async def fulfill(self, reservation_id: str, lines: Iterable[LineLike] = (),
+                      operation_id: str = "") -> pb.Reservation:
+        req = pb.FulfillRequest(reservation_id=reservation_id, lines=_lines(lines), operation_id=operation_id)
+        return await self._by_id("Fulfill", req)
+
+    async def get_reservation(self, reservation_id: str) -> pb.Reservation:
+        return await self._by_id("GetReservation", pb.GetReservationRequest(reservation_id=reservation_id))
+
+    async def _by_id(self, rpc: str, req: Any) -> pb.Reservation:
+        """A call naming a reservation: to its home group's owner when known; else to any process
+        (forwarded there), and the home learnt from the answer's lines."""
+        home = self._homes.get(req.reservation_id)
+        reservation: pb.Reservation = (await self._send(rpc, req, home)).reservation
+        if home is None and self._routes is not None:
+            learnt = self._routes.home(line.sku for line in reservation.lines)
+            if learnt is not None:
+                self._homes.put(req.reservation_id, learnt)
+        return reservation
+
+    async def _send(self, rpc: str, req: Any, group: int | None) -> Any:
+        """``req`` to the owner of ``group``, asking for redirects, and following them; to any
+        process without asking (it forwards the call) while the group or its owner is unknown."""
+        routes = self._routes or await self._refresh(None)
+        target = routes.owner(group)
+        for hop in range(MAX_HOPS + 1):
+            address = target or routes.address
+            client = self._client(address)
+            try:
+                return await client._call(getattr(client.stub, rpc), req, _REDIRECT if target else ())
+            except Retryable as exc:
+                moved = moved_of(exc.trailing_metadata())  # type: ignore[arg-type]
+                if hop == MAX_HOPS or (moved is None and not _unanswered(exc)):
+                    raise
+                routes = await self._refresh(routes, avoid="" if moved else address)
+                if moved is not None:
+                    group, target = moved
+                    if not target:  # no process owns the group now: retry after the RetryInfo delay
+                        raise
+                else:
+                    target = routes.owner(group)
+                    if (target or routes.address) == address:  # nobody else to ask
+                        raise
+        raise AssertionError("unreachable: the last hop returns or raises")
+
+    async def _refresh(self, seen: Routes | None, avoid: str = "") -> Routes:
+        """The routing table from the first process that answers (``avoid`` last: it did not answer
+        a moment ago); once for many calls redirected together."""
+        async with self._refreshing:
+            if self._routes is not None and self._routes is not seen:
+                return self._routes  # asked meanwhile, for another call
+            known = dict.fromkeys((*self.seeds, *(seen.addresses() if seen else ())))
+            candidates = [a for a in known if a != avoid] + ([avoid] if avoid in known else [])
+            failure: AtpError | None = None
+            for address in candidates:
+                try:
+                    self._routes = await self._routing_of(address)
+                    return self._routes
+                except AtpError as exc:
+                    if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                        raise
+                    failure = exc
+            assert failure is not None
+            raise failure
+
+    async def _routing_of(self, address: str) -> Routes:
+        client = self._client(address)
+        try:
+            return Routes.of(await client._call(client.stub.GetRouting, pb.GetRoutingRequest()))
+        except AtpError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+        # A service without GetRouting: every call goes to it, and it answers them all.
+        return Routes(0, address, (), routable=False)
+
+    def _client(self, address: str) -> AtpClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._connect(address)
+            dropped = self._clients.put(address, client)
+            if dropped is not None:
+                closing = asyncio.ensure_future(dropped[1].channel.close(CLOSE_GRACE_S))
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+        return client
+
+
+def _unanswered(error: AtpError) -> bool:
+    """No process answered (gRPC's own UNAVAILABLE: connection refused, reset, no route)."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and not error.reason

@@ -1,0 +1,174 @@
+"""A call for another process's shard group, between two real services: forwarded to the owner,
+or redirected — and RoutedClient following the redirect.
+
+Ownership is not here yet: the two services own keyspaces of their own (two key prefixes on one
+Redis), and a test makes one's engine refuse a call ``Moved`` to the other, as it will when the
+other owns the call's group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from atp_client import AtpClient, RoutedClient, parse_moved, place, tls_credentials, typed
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService
+from atp_service.app.certs import make_certs
+from atp_service.edge.auth import new_token, token_hash
+from atp_service.edge.forward import Forwarder
+from atp_service.edge.routing import Route, RoutingTable
+from atp_service.metrics import EdgeMetrics
+from reservation import Moved
+from tests.atp_service.edge.test_routing import advertised, stock
+from tests.conftest import ServiceFactory
+
+Pair = tuple[AtpService, str, AtpService, str]
+
+
+@pytest.fixture
+async def pair(start_service: ServiceFactory, tmp_path: Path) -> AsyncIterator[Pair]:
+    """Two services (auth on, one callers file), each advertised; their peer channels closed after."""
+    callers = tmp_path / "callers.toml"
+    callers.write_text(f'[[callers]]\nname = "oms"\nroles = ["oms", "ingest"]\ntoken_sha256 = "{token_hash(TOKEN)}"\n')
+    a, _ = await start_service(auth="on", callers_file=callers)
+    b, _ = await start_service(auth="on", callers_file=callers, key_prefix="atp-b:")
+    yield a, advertised(a), b, advertised(b)
+    for service in (a, b):
+        await service._servicer.aclose()
+
+
+TOKEN = new_token()
+
+
+def moved_away(monkeypatch: pytest.MonkeyPatch, service: AtpService, method: str, owner: str) -> int:
+    """``service``'s engine refuses ``method`` as owned by ``owner``; returns the group it names."""
+    group = place("A", service.config.shards)
+
+    async def refuse(*_args: Any, **_kw: Any) -> Any:
+        raise Moved(group, owner, epoch=7)
+
+    monkeypatch.setattr(service.engine, method, refuse)
+    return group
+
+
+def forwarded(service: AtpService, method: str, outcome: str) -> float:
+    value = service.metrics.registry.get_sample_value("atp_forwarded_calls_total",
+                                                      {"method": method, "outcome": outcome})
+    return value or 0.0
+
+
+async def test_a_call_is_forwarded_to_the_owner_with_the_callers_token(pair: Pair,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    a, a_address, b, b_address = pair
+    async with AtpClient(a_address, token=TOKEN, timeout_s=5) as via_a, \
+            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
+        await stock(at_b, b.clock.now_ms())
+        moved_away(monkeypatch, a, "reserve", b_address)
+        held = await via_a.reserve("r1", [("A", "L", 2)])
+        assert held.state == pb.RESERVATION_STATE_HELD  # B's answer: B has the stock, A has none
+        assert (await at_b.get_reservation("r1")).lines[0].held == 2
+        assert forwarded(a, "Reserve", "ok") == 1
+
+        # The owner's refusal comes back as it was: status, message, details.
+        moved_away(monkeypatch, a, "confirm", b_address)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await via_a.confirm("never-made")
+        refusal = typed(err.value).refusal
+        assert (refusal.code, refusal.reason) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+        with pytest.raises(grpc.aio.AioRpcError) as direct:
+            await at_b.confirm("never-made")
+        assert err.value.details() == direct.value.details()
+        assert forwarded(a, "Confirm", "error") == 1
+
+
+async def test_a_caller_that_routes_by_itself_is_redirected(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, a_address, _, b_address = pair
+    group = moved_away(monkeypatch, a, "reserve", b_address)
+    async with AtpClient(a_address, token=TOKEN, timeout_s=5) as via_a:
+        call = via_a.stub.Reserve(pb.ReserveRequest(reservation_id="r1", lines=[pb.Line(sku="A", location="L",
+                                                                                        quantity=1)]),
+                                  metadata=(("atp-routing", "redirect"),))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+    refusal = typed(err.value).refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "GROUP_MOVED")
+    assert refusal.metadata == {"group": str(group), "owner": b_address, "epoch": "7"}
+    assert refusal.retry_delay_s is not None
+    trailers = dict(err.value.trailing_metadata())  # type: ignore[arg-type]
+    assert parse_moved(trailers["atp-moved"]) == (group, b_address)
+    assert forwarded(a, "Reserve", "redirected") == 1
+
+
+async def test_a_forwarded_call_is_never_forwarded_again(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, a_address, b, b_address = pair
+    group = moved_away(monkeypatch, a, "reserve", b_address)
+    moved_away(monkeypatch, b, "reserve", a_address)  # each thinks the other owns the group
+    async with AtpClient(a_address, token=TOKEN, timeout_s=5) as via_a:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await via_a.reserve("r1", [("A", "L", 1)])
+    assert typed(err.value).reason == "GROUP_MOVED"
+    trailers = dict(err.value.trailing_metadata())  # type: ignore[arg-type]
+    assert parse_moved(trailers["atp-moved"]) == (group, a_address)  # B's redirect, passed back by A
+    assert (forwarded(a, "Reserve", "error"), forwarded(b, "Reserve", "redirected")) == (1, 1)
+
+
+async def test_a_group_without_owner_is_redirected_with_an_empty_address(pair: Pair,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    a, a_address, _, _ = pair
+    group = moved_away(monkeypatch, a, "get_reservation", "")
+    async with AtpClient(a_address, token=TOKEN, timeout_s=5) as via_a:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await via_a.get_reservation("r1")
+    assert typed(err.value).reason == "GROUP_MOVED"
+    assert dict(err.value.trailing_metadata())["atp-moved"] == f"{group} "  # type: ignore[arg-type]
+
+
+async def test_routed_client_follows_a_redirect_and_refreshes_its_routes(pair: Pair,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    a, a_address, b, b_address = pair
+    async with AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b, \
+            RoutedClient(a_address, token=TOKEN, timeout_s=5) as routed:
+        await stock(at_b, b.clock.now_ms())
+        assert (await routed.refresh()).owners == (a_address,) * a.config.shards  # A owns every group
+        group = moved_away(monkeypatch, a, "reserve", b_address)  # then B takes the group of "A" over
+        a._servicer.routing = lambda: RoutingTable(a.config.shards, a_address, tuple(
+            Route(g, b_address if g == group else a_address, 7 if g == group else 0) for g in range(a.config.shards)))
+        assert (await routed.reserve("r1", [("A", "L", 2)])).state == pb.RESERVATION_STATE_HELD
+        assert routed.routes is not None and routed.routes.owner(group) == b_address
+        assert (await routed.confirm("r1")).state == pb.RESERVATION_STATE_CONFIRMED  # straight to B
+    assert (forwarded(a, "Reserve", "redirected"), forwarded(a, "Confirm", "redirected")) == (1, 0)
+
+
+async def test_peers_are_reached_over_mutual_tls(start_service: ServiceFactory, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    certs = make_certs(tmp_path / "certs")
+    ca, key, cert = ((certs / name).read_bytes() for name in ("ca.pem", "client.key", "client.pem"))
+    tls = {"tls_cert": certs / "server.pem", "tls_key": certs / "server.key", "tls_client_ca": certs / "ca.pem"}
+    a, _ = await start_service(**tls)
+    b, _ = await start_service(**tls, key_prefix="atp-b:")
+    a._servicer.forwarder = Forwarder(a.metrics.edge, tls_root=ca, tls_identity=(key, cert))
+    a_address, b_address = advertised(a), advertised(b)
+    credentials = tls_credentials(ca, cert, key)
+    try:
+        async with AtpClient(a_address, credentials=credentials, timeout_s=5) as via_a, \
+                AtpClient(b_address, credentials=credentials, timeout_s=5) as at_b:
+            await stock(at_b, b.clock.now_ms())
+            moved_away(monkeypatch, a, "reserve", b_address)
+            assert (await via_a.reserve("r1", [("A", "L", 1)])).state == pb.RESERVATION_STATE_HELD
+    finally:
+        await a._servicer.aclose()
+    assert forwarded(a, "Reserve", "ok") == 1
+
+
+async def test_the_peer_channels_are_bounded() -> None:
+    forwarder = Forwarder(EdgeMetrics(), max_peers=2)
+    for port in (1, 2, 1, 3):  # channels connect on first use: none of these is ever called
+        forwarder._peer(f"127.0.0.1:{port}")
+    assert forwarder.peers == ["127.0.0.1:1", "127.0.0.1:3"]  # 2, the least recently used, closed
+    await forwarder.aclose()
+    assert forwarder.peers == []

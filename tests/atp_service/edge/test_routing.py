@@ -1,0 +1,99 @@
+"""Routing against the real gRPC service and a real Redis: GetRouting, and RoutedClient's round trips.
+
+Until ``AtpService`` wires it, each test advertises the service's address itself (``advertised``),
+as the service will once it listens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from atp_client import AtpClient, RoutedClient, home_group, place, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, free_port
+from atp_service.edge.auth import new_token, token_hash
+from tests.atp_service.refusals import told
+from tests.conftest import ServiceFactory
+
+T0 = 1_700_000_000_000
+SKUS = ("A", "B", "C", "D")
+
+
+def advertised(service: AtpService) -> str:
+    """What ``AtpService`` is to do once it listens: tell the servicer its address."""
+    address = f"127.0.0.1:{service.port}"
+    service._servicer.advertise(address, service.config.shards)
+    return address
+
+
+async def stock(client: AtpClient, clock_ms: int, quantity: int = 10) -> None:
+    facts = [pb.Fact(event_id=f"r-{sku}", source="wms", kind=pb.FACT_KIND_RECEIPT, sku=sku, location="L",
+                     quantity=quantity, event_time=timestamp(clock_ms - 1000)) for sku in SKUS]
+    assert all(r.outcome == pb.FACT_OUTCOME_APPLIED for r in await client.record_events(facts))
+
+
+async def test_get_routing_routes_every_group_to_the_one_process(start_service: ServiceFactory) -> None:
+    service, client = await start_service(shards=6)
+    address = advertised(service)
+    answer = await client.stub.GetRouting(pb.GetRoutingRequest(), timeout=5)
+    assert (answer.shards, answer.placement, answer.address) == (6, "crc32-mod", address)
+    assert [(g.group, g.address, g.epoch) for g in answer.groups] == [(g, address, 0) for g in range(6)]
+    assert service.engine is not None
+    assert all(service.engine.place(sku) == place(sku, 6) for sku in (*SKUS, "sku-00001", "Größe-42"))
+
+
+async def test_get_routing_is_a_read(start_service: ServiceFactory, tmp_path: Path) -> None:
+    tokens = {role: new_token() for role in ("oms", "ingest", "channel", "admin")}
+    callers = tmp_path / "callers.toml"
+    callers.write_text("\n".join(f'[[callers]]\nname = "{r}"\nroles = ["{r}"]\ntoken_sha256 = "{token_hash(t)}"\n'
+                                 for r, t in tokens.items()))
+    service, _ = await start_service(auth="on", callers_file=callers)
+    advertised(service)
+    for role, token in tokens.items():
+        async with AtpClient(f"127.0.0.1:{service.port}", token=token, timeout_s=5) as client:
+            call = client.stub.GetRouting(pb.GetRoutingRequest())
+            if role == "ingest":
+                assert await told(call) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_PERMITTED")
+            else:
+                assert (await call).shards == service.config.shards
+
+
+async def test_routed_client_round_trips_against_one_process(start_service: ServiceFactory) -> None:
+    service, client = await start_service()
+    address = advertised(service)
+    await stock(client, service.clock.now_ms())
+    async with RoutedClient(address, timeout_s=5) as routed:
+        held = await routed.reserve("r1", [("A", "L", 2), ("D", "L", 1)], order_ref="o-1", ttl_seconds=60)
+        assert held.state == pb.RESERVATION_STATE_HELD
+        assert routed.routes is not None and routed.routes.owners == (address,) * service.config.shards
+        assert routed._homes.get("r1") == home_group(["A", "D"], service.config.shards)
+        assert (await routed.confirm("r1")).state == pb.RESERVATION_STATE_CONFIRMED
+        got = await routed.get_reservation("r1")
+        assert got.state == pb.RESERVATION_STATE_CONFIRMED and [ln.committed for ln in got.lines] == [2, 1]
+        assert (await routed.fulfill("r1", [("A", "L", 1)], operation_id="ship-1")).lines[0].fulfilled == 1
+        assert (await routed.release("r1")).state == pb.RESERVATION_STATE_FULFILLED
+    # A client that never reserved it sends the id to any process, and learns its home from the answer.
+    await client.reserve("r2", [("B", "L", 1)])
+    async with RoutedClient(address, timeout_s=5) as fresh:
+        assert (await fresh.get_reservation("r2")).state == pb.RESERVATION_STATE_HELD
+        assert fresh._homes.get("r2") == place("B", service.config.shards)
+        assert (await fresh.release("r2")).state == pb.RESERVATION_STATE_RELEASED
+    (a,) = await client.availability([("B", "L")])
+    assert a.available == 10
+
+
+async def test_routed_client_asks_another_seed_when_one_does_not_answer(start_service: ServiceFactory) -> None:
+    service, client = await start_service()
+    address = advertised(service)
+    await stock(client, service.clock.now_ms())
+    nobody = f"127.0.0.1:{free_port()}"
+    async with RoutedClient([nobody, address], timeout_s=5) as routed:
+        assert (await routed.reserve("r1", [("C", "L", 3)])).state == pb.RESERVATION_STATE_HELD
+        assert routed.routes is not None and routed.routes.address == address
+    async with RoutedClient([nobody], timeout_s=2) as lost:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await lost.get_reservation("r1")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
