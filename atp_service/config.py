@@ -87,14 +87,10 @@ class ServiceConfig:
 
     http2_transport: str = "classic"
     """gRPC core's HTTP/2 server transport, which decides what a call refused at the door (past
-    ``max_pending_calls``) is told: ``classic`` (gRPC's default, chttp2) resets it — the client
-    sees CANCELLED; ``promise`` (grpcio's experimental promise-based server, ``ph2_server``) answers
-    RESOURCE_EXHAUSTED. No throughput difference was measurable between them here (seven
-    interleaved benchmarks/throughput.py pairs, within the machine's drift); ``promise`` is not the
-    default because it is still an experiment in grpcio 1.85 (left to itself it fails calls in
-    flight with INTERNAL on a graceful stop; the service drains before gRPC stops, see drain.py).
-    ``atp-service serve`` re-executes itself with ``GRPC_EXPERIMENTS`` set to match (see
-    atp_service/edge/transport.py)."""
+    ``max_pending_calls``) is told: ``classic`` (chttp2) resets it — the client sees CANCELLED;
+    ``promise`` (grpcio's experimental ``ph2_server``) answers RESOURCE_EXHAUSTED, at no measurable
+    throughput cost (benchmarks/RESULTS.md); not the default while grpcio calls it an experiment.
+    ``atp-service serve`` re-executes itself with ``GRPC_EXPERIMENTS`` set to match (transport.py)."""
 
     max_queue_delay_ms: int = 1000
     """Shed load: while a shard's queued work has waited longer than this, new work is refused
@@ -166,11 +162,9 @@ class ServiceConfig:
 
     gc_thresholds: tuple[int, int, int] = (5_000, 10, 1000)
     """Python GC thresholds of the serving process (CPython's default is 700, 10, 10). A young
-    collection's pause grows with the first number: grpc.aio leaves a few objects of cyclic
-    garbage per call, and at 100,000 a collection freed ~50,000 of them at once (75-100 ms
-    pauses; open-loop unary p99 84 ms at 2,700 calls/s, 6.6 ms at 5,000). The last number keeps
-    full collections rare: at CPython's 10, ingest of many long-lived facts ran at a third of
-    its rate (measured with benchmarks/ingest.py)."""
+    collection's pause grows with the first number (grpc.aio leaves some cyclic garbage per call:
+    at 100,000, 75-100 ms pauses); the last keeps full collections rare (at 10, ingest of many
+    long-lived facts ran at a third of its rate; benchmarks/ingest.py)."""
 
     malloc_mmap_threshold: int = 256 * 1024
     """Bytes from which the C allocator (glibc) maps a block on its own and returns it to the system
@@ -179,9 +173,8 @@ class ServiceConfig:
     load left ~15 % more resident memory."""
 
     numpy_hugepages: bool = False
-    """Whether numpy asks the kernel for huge pages for its large arrays (madvise). Off: a shard's
-    position columns keep room to grow that is never written, and with huge pages 2 MiB of it at a
-    time became resident (a 1.9 M-position shard: 150 against 135 MiB)."""
+    """Whether numpy asks the kernel for huge pages for its large arrays (madvise). Off: unwritten
+    room to grow became resident 2 MiB at a time (a 1.9 M-position shard: 150 against 135 MiB)."""
 
     input_streams: tuple[str, ...] = ("atp:in:pos", "atp:in:wms")
     """Redis streams POS/WMS integrations append facts to (comma-separated in ATP_INPUT_STREAMS; empty: off)."""
@@ -252,6 +245,13 @@ class ServiceConfig:
 
     tls_client_ca: Path | None = None
     """CA (PEM) that client certificates must be signed by: mutual TLS. Needs ``tls_cert``."""
+
+    peer_tls_ca: Path | None = None
+    """CA (PEM) the other processes' certificates are checked with when calls go to them
+    (``ownership = leases`` with TLS; unset: ``tls_client_ca``, else ``tls_cert`` itself)."""
+
+    peer_token_file: Path | None = None
+    """File with the bearer token sent to the other processes for order steps (role ``peer``)."""
 
     demo: bool = True
     """Load the demo estate (302 locations, ~1,000 SKUs) when the log is empty."""

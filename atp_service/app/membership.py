@@ -26,6 +26,7 @@ from collections import Counter
 from typing import Any
 
 from atp_service.config import ServiceConfig
+from atp_service.edge.routing import Route, RoutingTable
 from atp_service.engine.clock import Clock
 from atp_service.engine.recovery import recover_shard
 from atp_service.engine.router import Engine
@@ -91,6 +92,11 @@ class Membership:
         if group in self.leases.held and not self._engine.actors[group].vacant:
             return self.address, self.leases.held[group]
         return self.routes.get(group, ("", 0))
+
+    def table(self) -> RoutingTable:
+        """Every group's route as this process knows it now (``GetRouting``)."""
+        shards = self._config.shards
+        return RoutingTable(shards, self.address, tuple(Route(g, *self.where(g)) for g in range(shards)))
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:

@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.app.membership import Membership
+from atp_service.app.peering import peer_tls, peer_token
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
 from atp_service.config import ServiceConfig
@@ -27,6 +28,7 @@ from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
 from atp_service.edge.door import DoorCalls, server_ids
 from atp_service.edge.handlers import add_service
 from atp_service.edge.overload import LoopLagMonitor
+from atp_service.edge.peers import peers_handler, step_sender
 from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.watch import Watchers
 from atp_service.engine.clock import Clock, SystemClock
@@ -74,9 +76,11 @@ class AtpService:
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
+        peer_root, peer_identity = peer_tls(config) if config.ownership == "leases" else (None, None)
         self._servicer = AvailabilityServicer(config.limits, config.max_stream_inflight,
                                               Watchers(config.max_watchers, config.watch_batch), self._reload_rpc,
-                                              self.metrics.edge)
+                                              self.metrics.edge, peer_tls_root=peer_root,
+                                              peer_tls_identity=peer_identity)
         self._log: LogStore | None = None
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms, self.metrics.edge)
         self._owner_task: asyncio.Task[None] | None = None
@@ -137,6 +141,7 @@ class AtpService:
         if self.port == 0:
             raise StartupError(f"port: cannot listen for gRPC on {cfg.host}:{cfg.port} (in use?); "
                                "choose another with --port / ATP_PORT")
+        self._servicer.advertise(cfg.advertise_address or f"{cfg.host}:{self.port}", cfg.shards)
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
@@ -186,6 +191,8 @@ class AtpService:
         add_service(server, self._health, health, bad)
         add_service(server, ReflectionServicer(names),
                     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad)
+        if self.config.ownership == "leases":
+            server.add_generic_rpc_handlers((peers_handler(lambda: self.engine),))
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         cfg = self.config
@@ -287,6 +294,8 @@ class AtpService:
         engine = Engine([], store, self.clock, cfg.engine_settings, self.metrics.engine)
         engine.on_install.append(lambda actor: actor.on_failure.append(self._on_shard_failed))
         self.membership = Membership(engine, store, cfg, self.clock, self.metrics.membership, self.metrics.engine)
+        self._servicer.routing = self._servicer.forwarder.routing = self.membership.table
+        engine.remote = step_sender(self._servicer.forwarder, peer_token(cfg))
         await self.membership.start()
         log.info("serving keyspace %r as %s with %d of its %d groups (%d processes)", cfg.key_prefix,
                  self.membership.address, len(self.membership.leases.held), cfg.shards, len(self.membership.members))
@@ -346,6 +355,7 @@ class AtpService:
                         drain.active, grace)
         if self._server is not None:
             await self._server.stop(max(0.0, grace - (time.monotonic() - began)))
+        await self._servicer.aclose()
         await self._monitor.stop()
         await cancel_and_wait(self._owner_task)
         if self.ingestor is not None:

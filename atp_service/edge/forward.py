@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, cast
 
 import grpc
 from google.protobuf.message_factory import GetMessageClass
 
-from atp_client import FORWARDED_KEY, REDIRECT, ROUTING_KEY
+from atp_client import FORWARDED_KEY, MOVED_KEY, REDIRECT, ROUTING_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge.routing import RoutingTable
 from atp_service.metrics import EdgeMetrics
-from reservation import Moved
+from reservation import Moved, NotFound
 
 SERVICE = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
-FORWARDED_METHODS = frozenset({"Reserve", "Confirm", "Release", "Fulfill", "GetReservation", "SetSafetyStock",
+LOCATED_METHODS = frozenset({"Confirm", "Release", "Fulfill", "GetReservation"})
+"""The calls naming only a reservation: where its record is held is asked of every process."""
+FORWARDED_METHODS = frozenset({"RecordEvents", "Reserve", "Confirm", "Release", "Fulfill", "GetReservation",
+                               "SetSafetyStock",
                                "ExplainAvailability"})
 """The unary calls that need one group (a reservation's home, a SKU's): the owner answers them whole."""
 MAX_PEERS = 64
@@ -80,31 +84,85 @@ class Forwarder:
         self._max_peers = max_peers
         self._peers: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
+        self.routing: Callable[[], RoutingTable] = lambda: RoutingTable(0, self.address, ())
+        """Who owns which group now: whom a reservation unknown here is asked of (``_locate``)."""
 
     async def answer(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
                      moved: Moved) -> Any:
         """The owner's answer to the call; raises ``moved`` to redirect the caller, ``Relayed`` to
         pass the owner's refusal on."""
         metadata = tuple(context.invocation_metadata() or ())
+        if moved.group < 0 and method in LOCATED_METHODS and not _forwarded(metadata):
+            return await self._locate(method, request, context, metadata)
         if not self._forwards(method, moved, metadata):
             self._counted.labels(method, "redirected").inc()
             raise moved
-        passed = (*((k, v) for k, v in metadata if k in _PASSED), (FORWARDED_KEY, self.address))
-        call = self._peer(moved.owner).unary_unary(f"/{SERVICE.full_name}/{method}", _serialized, _ANSWERS[method])
         try:
-            answer = await call(request, timeout=context.time_remaining(), metadata=passed)
+            answer = await self._send(moved.owner, method, request, context, metadata)
         except grpc.aio.AioRpcError as exc:
             self._counted.labels(method, "error").inc()
             raise Relayed.of(exc) from None
         self._counted.labels(method, "ok").inc()
         return answer
 
+    async def _send(self, address: str, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
+                    metadata: Sequence[tuple[str, Any]]) -> Any:
+        passed = (*((k, v) for k, v in metadata if k in _PASSED), (FORWARDED_KEY, self.address))
+        call = self.channel(address).unary_unary(f"/{SERVICE.full_name}/{method}", _serialized, _ANSWERS[method])
+        return await call(request, timeout=context.time_remaining(), metadata=passed)
+
+    async def forward_facts(self, request: pb.RecordEventsRequest, by_owner: dict[str, list[int]],
+                            context: grpc.aio.ServicerContext[Any, Any], moved: Moved) -> dict[int, pb.FactResult]:
+        """The facts of ``request`` at these indexes, sent to their groups' owners (one call each, at
+        once): each fact's answer by its index. Any owner's refusal refuses the call (a retry is safe, E8)."""
+        metadata = tuple(context.invocation_metadata() or ())
+        if not self._forwards("RecordEvents", moved, metadata):
+            self._counted.labels("RecordEvents", "redirected").inc()
+            raise moved
+        owners = list(by_owner)
+        calls = [self._send(owner, "RecordEvents", pb.RecordEventsRequest(events=[request.events[n] for n in
+                                                                                  by_owner[owner]]),
+                            context, metadata) for owner in owners]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        out: dict[int, pb.FactResult] = {}
+        for owner, answer in zip(owners, answers, strict=True):
+            if isinstance(answer, grpc.aio.AioRpcError):
+                self._counted.labels("RecordEvents", "error").inc()
+                raise Relayed.of(answer)
+            if isinstance(answer, BaseException):
+                raise answer
+            out.update(zip(by_owner[owner], answer.results, strict=True))
+        self._counted.labels("RecordEvents", "ok").inc()
+        return out
+
+    async def _locate(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
+                      metadata: Sequence[tuple[str, Any]]) -> Any:
+        """A call naming a reservation this process does not hold: asked of every other process at
+        once (each refuses it, nothing done, unless it holds the record); the holder's answer is the
+        caller's. Held nowhere while every group has an owner and none changed meanwhile: NOT_FOUND."""
+        table = self.routing()
+        owners = {r.address for r in table.routes if r.address} - {self.address}
+        answers = await asyncio.gather(*(self._send(a, method, request, context, metadata) for a in sorted(owners)),
+                                       return_exceptions=True)
+        for answer in answers:
+            if not isinstance(answer, BaseException):
+                self._counted.labels(method, "located").inc()
+                return answer
+            if isinstance(answer, grpc.aio.AioRpcError) and not _not_here(answer):
+                raise Relayed.of(answer)  # the holder's refusal (or a peer that did not answer)
+            if not isinstance(answer, grpc.aio.AioRpcError):
+                raise answer
+        if all(r.address for r in table.routes) and self.routing() == table:
+            raise NotFound(f"reservation_id: no reservation {getattr(request, 'reservation_id', '')!r}")
+        raise Moved(-1, "")  # a group changing hands: retry
+
     def _forwards(self, method: str, moved: Moved, metadata: Sequence[tuple[str, Any]]) -> bool:
         if method not in FORWARDED_METHODS or not moved.owner or moved.owner == self.address:
             return False
-        return not any(k == FORWARDED_KEY or (k == ROUTING_KEY and v == REDIRECT) for k, v in metadata)
+        return not _forwarded(metadata) and not any(k == ROUTING_KEY and v == REDIRECT for k, v in metadata)
 
-    def _peer(self, address: str) -> grpc.aio.Channel:
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The pooled channel to the peer process at ``address``."""
         channel = self._peers.get(address)
         if channel is None:
             channel = self._peers[address] = (
@@ -133,3 +191,15 @@ class Forwarder:
 def _serialized(message: Any) -> bytes:
     data: bytes = message.SerializeToString()
     return data
+
+
+def _forwarded(metadata: Sequence[tuple[str, Any]]) -> bool:
+    return any(k == FORWARDED_KEY for k, _ in metadata)
+
+
+def _not_here(error: grpc.aio.AioRpcError) -> bool:
+    """A peer's answer that it holds no such reservation (``GROUP_MOVED`` for group -1)."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    trailers = cast(Iterable[tuple[str, Any]], error.trailing_metadata() or ())
+    return any(key == MOVED_KEY and str(value).startswith("-1 ") for key, value in trailers)

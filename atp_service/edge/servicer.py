@@ -19,6 +19,7 @@ from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
 from atp_service.edge.forward import Forwarder, Relayed
 from atp_service.edge.overload import LoopLagMonitor
+from atp_service.edge.record import record_events
 from atp_service.edge.routing import RoutingTable, routing_pb, single_process
 from atp_service.edge.watch import Watchers
 from atp_service.engine.explain import Explanation
@@ -40,7 +41,6 @@ from reservation import (
     count_rows,
     partial_lines,
 )
-from reservation import fact as make_fact
 
 T = TypeVar("T")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
@@ -212,41 +212,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
     @_observed("RecordEvents")
     async def RecordEvents(self, request: pb.RecordEventsRequest, context: Any) -> pb.RecordEventsResponse:
-        limit = self.limits.max_events_per_call
-        if len(request.events) > limit:
-            raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}",
-                                  Reason.LIMIT_EXCEEDED, "max_events_per_call")
-        now = self.engine.clock.now_ms()
-        results: list[pb.FactResult | None] = []
-        valid = []
-        for n, ev in enumerate(request.events):
-            try:
-                valid.append(make_fact(
-                    event_id=ev.event_id, source=ev.source, kind=ev.kind, sku=ev.sku, location=ev.location,
-                    quantity=ev.quantity, event_time=convert.ms_of(ev, "event_time"), reservation_id=ev.reservation_id,
-                    now=now, limits=self.limits,
-                ))
-                results.append(None)
-            except InvalidArgument as exc:
-                self.metrics.facts.labels("grpc", convert.fact_kind_name(ev.kind), "invalid").inc()
-                results.append(pb.FactResult(event_id=ev.event_id, outcome=pb.FACT_OUTCOME_INVALID,
-                                             error=rich_status(exc.within(f"events[{n}]"))))
-        recorded = await self.desk.record(valid, "grpc")
-        for result in recorded:
-            if isinstance(result, DomainError):
-                # Some facts may be durable already: a retry of the whole call is safe (E8 dedupe).
-                raise result
-        outcomes = iter(recorded)
-        facts = iter(valid)
-        out = []
-        for r in results:
-            if r is None:
-                outcome, reason = next(outcomes)  # type: ignore[misc]
-                r = pb.FactResult(event_id=next(facts).event_id, outcome=cast(pb.FactOutcome, int(outcome)))
-                if reason:
-                    r.quarantine_reason, r.detail = convert.quarantine_reason(reason), reason
-            out.append(r)
-        return pb.RecordEventsResponse(results=out)
+        return await record_events(request, context, self.engine, self.desk, self.forwarder, self.limits,
+                                   self.metrics)
 
     @_observed("LoadCounts")
     async def LoadCounts(self, request: pb.LoadCountsRequest, context: Any) -> pb.LoadCountsResponse:

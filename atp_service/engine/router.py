@@ -118,8 +118,8 @@ class Engine:
     # -- the groups this process owns (leased: ``app.membership``) ---------------------------------
     def vacant(self, shard: int) -> Vacant:
         """A stand-in for ``shard`` while another process owns its group (every call: ``Moved``)."""
-        return Vacant(shard, self.limits, self._log, self.clock, self._settings.shard_settings, self.where,
-                      self.metrics)
+        return Vacant(shard, self.limits, self._log, self.clock, self._settings.shard_settings,
+                      lambda group: self.where(group), self.metrics)  # the owner as known when asked
 
     def local(self, shard: int) -> ShardActor:
         """``shard``'s actor, to read memory from: ``Moved`` where this process may not answer for it."""

@@ -19,6 +19,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "ingest": frozenset({"RecordEvents", "LoadCounts"}),
     "channel": frozenset({"WatchAvailability"}) | READ,
     "admin": frozenset({"SetSafetyStock", "ReloadEstate"}) | READ,
+    "peer": frozenset({"Step"}),
 }
 """Each role's RPCs (by method name)."""
 

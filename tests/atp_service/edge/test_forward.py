@@ -168,7 +168,7 @@ async def test_peers_are_reached_over_mutual_tls(start_service: ServiceFactory, 
 async def test_the_peer_channels_are_bounded() -> None:
     forwarder = Forwarder(EdgeMetrics(), max_peers=2)
     for port in (1, 2, 1, 3):  # channels connect on first use: none of these is ever called
-        forwarder._peer(f"127.0.0.1:{port}")
+        forwarder.channel(f"127.0.0.1:{port}")
     assert forwarder.peers == ["127.0.0.1:1", "127.0.0.1:3"]  # 2, the least recently used, closed
     await forwarder.aclose()
     assert forwarder.peers == []

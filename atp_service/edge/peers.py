@@ -1,0 +1,53 @@
+"""The service processes of one keyspace calling each other for an order's steps on groups they own
+(``engine.parts``): ``atp.internal.v1.Peers/Step``, bytes in and out (msgspec), between processes of
+one version. Not part of the public API; a caller needs the ``peer`` role where auth is on."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from atp_service.edge.forward import Forwarder
+from atp_service.engine.parts import STEP_METHOD, Remote, serve_part
+from atp_service.engine.router import Engine
+from reservation import Reason, Unavailable
+
+log = logging.getLogger(__name__)
+SERVICE = STEP_METHOD.strip("/").partition("/")[0]
+STEP_TIMEOUT_S = 5.0
+"""How long a step sent to a peer may take before its fate counts as unknown (the saga takes it
+again later: every step is idempotent)."""
+
+
+def peers_handler(engine: Any) -> grpc.GenericRpcHandler[Any, Any]:
+    """The ``Peers`` service of this process: ``engine()`` is the engine once recovered (None before)."""
+
+    async def step(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        running: Engine | None = engine()
+        if running is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "service is recovering its state")
+        assert running is not None
+        return await serve_part(running, request)
+
+    return grpc.method_handlers_generic_handler(SERVICE, {"Step": grpc.unary_unary_rpc_method_handler(step)})
+
+
+def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
+    """How this process's sagas send a step to the peer owning its group."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    async def send(address: str, request: bytes) -> bytes:
+        call = forwarder.channel(address).unary_unary(STEP_METHOD, None, None)
+        try:
+            reply: bytes = await call(request, timeout=STEP_TIMEOUT_S, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                log.error("peer %s refused an order step: %s (set peer_token_file to the token of a caller "
+                          "with the peer role)", address, exc.details())
+            raise Unavailable(f"peer {address} did not answer an order step ({exc.code().name}); the order "
+                              "goes on later", Reason.OUTCOME_UNKNOWN) from None
+        return reply
+
+    return send

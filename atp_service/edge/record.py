@@ -1,0 +1,62 @@
+"""``RecordEvents``: facts validated one by one, applied by their shards, each answered in order.
+
+With several processes on the keyspace, the facts of groups another process owns are sent on to
+it, one call per owner with just its facts (``Forwarder.forward_facts``). A fact refused by its
+shard refuses the whole call: some facts may be durable already, and a retry of the call is safe
+(E8: each fact is applied once, by its identity).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge import convert
+from atp_service.edge.errors import rich_status
+from atp_service.edge.forward import Forwarder
+from atp_service.engine.router import Engine
+from atp_service.intake.facts import FactDesk
+from atp_service.metrics import EdgeMetrics
+from reservation import DomainError, InvalidArgument, Limits, Moved, Reason
+from reservation import fact as make_fact
+
+
+async def record_events(request: pb.RecordEventsRequest, context: Any, engine: Engine, desk: FactDesk,
+                        forwarder: Forwarder, limits: Limits, metrics: EdgeMetrics) -> pb.RecordEventsResponse:
+    limit = limits.max_events_per_call
+    if len(request.events) > limit:
+        raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}",
+                              Reason.LIMIT_EXCEEDED, "max_events_per_call")
+    now = engine.clock.now_ms()
+    out: list[pb.FactResult | None] = [None] * len(request.events)
+    valid, at = [], []
+    for n, ev in enumerate(request.events):
+        try:
+            valid.append(make_fact(
+                event_id=ev.event_id, source=ev.source, kind=ev.kind, sku=ev.sku, location=ev.location,
+                quantity=ev.quantity, event_time=convert.ms_of(ev, "event_time"), reservation_id=ev.reservation_id,
+                now=now, limits=limits,
+            ))
+            at.append(n)
+        except InvalidArgument as exc:
+            metrics.facts.labels("grpc", convert.fact_kind_name(ev.kind), "invalid").inc()
+            out[n] = pb.FactResult(event_id=ev.event_id, outcome=pb.FACT_OUTCOME_INVALID,
+                                   error=rich_status(exc.within(f"events[{n}]")))
+    moved: dict[str, list[int]] = {}
+    elsewhere: Moved | None = None
+    for n, result in zip(at, await desk.record(valid, "grpc"), strict=True):
+        if isinstance(result, Moved) and result.owner:
+            moved.setdefault(result.owner, []).append(n)
+            elsewhere = elsewhere or result
+        elif isinstance(result, DomainError):
+            raise result  # some facts may be durable already: a retry of the whole call is safe (E8)
+        else:
+            outcome, reason = result
+            answer = out[n] = pb.FactResult(event_id=request.events[n].event_id,
+                                            outcome=cast(pb.FactOutcome, int(outcome)))
+            if reason:
+                answer.quarantine_reason, answer.detail = convert.quarantine_reason(reason), reason
+    if elsewhere is not None:
+        for n, answer in (await forwarder.forward_facts(request, moved, context, elsewhere)).items():
+            out[n] = answer
+    return pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
