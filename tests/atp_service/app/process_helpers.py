@@ -95,3 +95,25 @@ def ready(processes: list[Process]) -> Callable[[], Awaitable[Any]]:
     async def wait() -> None:
         await asyncio.gather(*(p.client.wait_ready(60) for p in processes))
     return wait
+
+
+async def routing(processes: list[Process], within_s: float = 60.0) -> dict[int, str]:
+    """Each group's owner once every live process's ``GetRouting`` says the same, every group has
+    an owner and each process its share (the processes have balanced the groups)."""
+    from atp_client.pb.atp.v1 import atp_pb2 as pb
+
+    live = [p for p in processes if p.proc.poll() is None]
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        try:
+            tables = [await p.client.stub.GetRouting(pb.GetRoutingRequest(), timeout=5) for p in live]
+            views = [{r.group: r.address for r in t.groups} for t in tables]
+        except grpc.aio.AioRpcError:
+            views = []
+        if views and all(v == views[0] for v in views) and all(views[0].values()):
+            counts = [sum(a == p.address for a in views[0].values()) for p in live]
+            if min(counts) >= SHARDS // len(live):
+                return views[0]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the processes did not agree on a balanced routing in {within_s}s")
+        await asyncio.sleep(0.05)
