@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from atp_service.engine.parts import ApplyShare, PartStep, ReadPart, ReservePart, run_part
+from atp_service.engine.parts import ApplyShare, PartStep, ReadPart, ReservePart, run_part, tell_home
 from atp_service.tasks import exception_seen
 from reservation import (
     DomainError,
@@ -228,6 +228,10 @@ class Orders:
 
     async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         home = self._engine.home_of(order_id)
+        if home is None and self._engine.remote is not None:  # homed at another process
+            result = await self._ship(fact, order_id, operation_id)
+            await tell_home(self._engine, order_id)  # its record resolved there once every part is
+            return result
         if home is not None:  # a change left pending (a confirmation) is carried through first
             try:
                 await self._settle(order_id, home)
@@ -237,6 +241,10 @@ class Orders:
         if home is not None:
             await self._resolve_if_done(order_id, home)
         return result
+
+    async def resolve_if_done(self, order_id: str, home: int) -> None:
+        """``_resolve_if_done`` under the order's lock (a shipment fulfilled a part at another process)."""
+        await self._owned(order_id, lambda: self._resolve_if_done(order_id, home))
 
     async def _resolve_if_done(self, order_id: str, home: int) -> None:
         """Every part resolved by SHIPMENT facts: the order's own record is resolved as well, so it

@@ -5,6 +5,8 @@ step is idempotent, so a step whose answer was lost is simply taken again."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,8 @@ from reservation import _orders as orders
 
 if TYPE_CHECKING:
     from atp_service.engine.router import Engine
+
+log = logging.getLogger(__name__)
 
 Remote = Callable[[str, bytes], Awaitable[bytes]]
 """Sends a step request to the process at an address and returns its reply (raises ``Unavailable``
@@ -54,7 +58,14 @@ class ReadPart(msgspec.Struct, tag="read", array_like=True, frozen=True):
     part: str
 
 
-PartStep = ReservePart | ApplyShare | ReadPart
+class ResolveOrder(msgspec.Struct, tag="resolve", array_like=True, frozen=True):
+    """At whichever process holds the order: resolve its record if every part is resolved (a
+    shipment fulfilled a part at another process)."""
+
+    order: str
+
+
+PartStep = ReservePart | ApplyShare | ReadPart | ResolveOrder
 
 
 class StepRequest(msgspec.Struct, array_like=True, frozen=True):
@@ -83,6 +94,7 @@ def work_of(engine: Engine, step: PartStep) -> Work:
         return lambda ledger, now: engine.reserve_part(ledger, step.cmd, now)
     if isinstance(step, ApplyShare):
         return lambda ledger, now: orders.apply_share(ledger, step.part, step.share, now, limits)
+    assert isinstance(step, ReadPart), step
     return lambda ledger, _now: _read(ledger, step.part)
 
 
@@ -107,11 +119,36 @@ async def run_part(engine: Engine, group: int, step: PartStep) -> Any:
 async def serve_part(engine: Engine, request: bytes) -> bytes:
     """Another process's step, run on a shard of this one (``Moved`` where it is not this one's now)."""
     asked = _requests.decode(request)
+    if isinstance(asked.step, ResolveOrder):
+        await _resolve_here(engine, asked.step.order)
+        return _encode(StepReply())
     try:
         part = await engine.actors[asked.group].submit(work_of(engine, asked.step))
     except DomainError as exc:
         return _encode(StepReply(None, int(exc.reason), exc.message, exc.metadata))
     return _encode(StepReply(part))
+
+
+async def _resolve_here(engine: Engine, order_id: str) -> None:
+    home = engine.home_of(order_id)
+    if home is not None and engine.orders is not None:
+        try:
+            await engine.orders.resolve_if_done(order_id, home)
+        except DomainError as exc:  # resolved by the order's next read or change instead
+            log.info("order %s: not resolved after a shipment elsewhere (%s)", order_id, exc.message)
+
+
+async def tell_home(engine: Engine, order_id: str) -> None:
+    """Ask every other process to resolve ``order_id`` if it holds it (its home is not known here)."""
+    if engine.remote is None:
+        return
+    send = engine.remote
+    others = {engine.where(g)[0] for g, actor in enumerate(engine.actors) if actor.vacant} - {""}
+    request = _encode(StepRequest(-1, ResolveOrder(order_id)))
+    for outcome in await asyncio.gather(*(send(address, request) for address in sorted(others)),
+                                        return_exceptions=True):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome
 
 
 def refusal_of(reply: StepReply) -> DomainError:

@@ -159,3 +159,31 @@ async def test_a_stopped_process_hands_its_groups_over_and_nothing_is_lost(start
         assert (await client.get_reservation(f"r-{n}")).lines[0].held == 3
         (position,) = await client.availability([(sku, "DC")])
         assert (position.on_hand, position.available) == (10, 7)
+
+
+async def test_shipments_of_an_order_over_processes_fulfil_its_parts_and_resolve_it(
+        start_process: ServiceFactory) -> None:
+    running = await processes(start_process, 2)
+    a, b = skus_in_other_groups(running)
+    _, any_process = running[1]
+    await any_process.record_events([receipt("in-a", a, "DC", 5), receipt("in-b", b, "DC", 5)])  # split by owner
+    assert (await any_process.reserve("o-ship", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)).state == \
+        pb.RESERVATION_STATE_HELD
+    await any_process.confirm("o-ship")
+    shipped = await any_process.record_events([shipment("out-a", a, 2, "o-ship"), shipment("out-b", b, 1, "o-ship")])
+    assert [r.outcome for r in shipped] == [pb.FACT_OUTCOME_APPLIED] * 2, shipped
+    for sku, left in ((a, 3), (b, 4)):
+        (p,) = await owner_of(running, sku)[1].availability([(sku, "DC")])
+        assert (p.on_hand, p.reserved, p.committed) == (left, 0, 0), (sku, p)
+    order = await any_process.get_reservation("o-ship")
+    assert order.state == pb.RESERVATION_STATE_FULFILLED, order
+    home = next(s for s, _ in running if s.engine is not None and s.engine.home_of("o-ship") is not None)
+    assert home.engine is not None
+    record = home.engine.actors[home.engine.home_of("o-ship")].ledger.reservation("o-ship")  # type: ignore[index]
+    assert record is not None and record.state.name == "FULFILLED", "resolved at its home, not only shown so"
+
+
+def shipment(eid: str, sku: str, qty: int, rid: str) -> pb.Fact:
+    fact = receipt(eid, sku, "DC", qty, kind=pb.FACT_KIND_SHIPMENT)
+    fact.reservation_id = rid
+    return fact
