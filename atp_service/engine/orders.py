@@ -87,6 +87,10 @@ class Orders:
         once every part is."""
         return await self._owned(order_id, lambda: self._shipment(fact, order_id, operation_id))
 
+    def has_part(self, shard: int, order_id: str) -> bool:
+        """Whether ``shard`` holds a part of ``order_id`` (a routing hint, read between batches)."""
+        return self._engine.actors[shard].ledger.reservation(orders.part_id(order_id, shard)) is not None
+
     def drive_unsettled(self) -> None:
         """Drive on every order left pending whose saga is not running now."""
         for order_id in list(self.unsettled):

@@ -33,7 +33,6 @@ from reservation import (
 from reservation import _operations as ops
 from reservation._bulk import Outcomes
 from reservation._ledger import fact_key
-from reservation._orders import part_id
 
 Result = tuple[FactOutcome, str]
 _KIND_NAMES = {k.value: k.name for k in FactKind}
@@ -158,7 +157,7 @@ class FactDesk:
         engine.local(sku_shard)  # Moved: the fact goes to the process owning its SKU's group
         home = engine.home_of(fact.reservation_id)
         if home is None and engine.orders is not None and engine.remote is not None and \
-                engine.actors[sku_shard].ledger.reservation(part_id(fact.reservation_id, sku_shard)) is not None:
+                engine.orders.has_part(sku_shard, fact.reservation_id):
             # A part of an order homed at another process: fulfilled here, its order resolved there.
             return await engine.orders.shipment(fact, fact.reservation_id, f"fact:{fact_key(fact)}")
         if engine.orders is not None and home is not None:  # on a cluster: one group per step
