@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from atp_service.storage.keys import LAYOUT
 from atp_service.storage.log import LogStore
+from atp_service.storage.resp import as_text
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,11 @@ class ConfigMismatch(StartupError):
     """The keyspace in Redis was written with settings this start does not have."""
 
 
-async def check_keyspace(store: LogStore, shards: int) -> None:
+async def check_keyspace(store: LogStore, shards: int, ownership: str = "keyspace") -> None:
     """Shard placement depends on the shard count, and key names on the layout: refuse to start
-    on a keyspace written with another (rather than misread it or write beside it)."""
+    on a keyspace written with another (rather than misread it or write beside it). Nor may
+    processes of both ownership modes run on one keyspace: a ``keyspace`` start claims every group
+    from under the leased processes, which take them back (each fencing the other in turn)."""
     client, key = store.client, store.keys.meta
     if not await client.exists(key) and await _exists_any(client, store.keys.legacy_keys()):
         await client.hset(key, "layout", 1)  # written before the layout was recorded
@@ -40,6 +43,13 @@ async def check_keyspace(store: LogStore, shards: int) -> None:
     if stored != shards:
         raise ConfigMismatch(f"shards: the log in Redis was written with {stored} shards, not {shards}; "
                              "start with the same --shards (or an empty Redis)")
+    await client.hsetnx(key, "ownership", ownership)
+    mode = as_text(await client.hget(key, "ownership"))
+    if mode != ownership:
+        raise ConfigMismatch(f"ownership: the keyspace {store.prefix!r} is served with ownership={mode}, not "
+                             f"{ownership}; to change it, stop every process of the keyspace, then run "
+                             f"`redis-cli HSET {key} ownership {ownership}` and start them all with --ownership "
+                             f"{ownership}")
     await _check_persistence(client)
 
 

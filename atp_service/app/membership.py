@@ -109,14 +109,16 @@ class Membership:
                        loop.create_task(self._forever(self.balance), name="leases-balance")]
 
     async def stop(self) -> None:
-        """Hand every group over (drained, snapshotted, lease given back) and leave."""
-        for task in self._tasks:
-            await cancel_and_wait(task)
+        """Hand every group over (drained, snapshotted, lease given back) and leave. The leases not
+        yet handed over are renewed meanwhile: a hand-over of many groups must not outlast them."""
+        renewing, balancing = self._tasks or (None, None)
+        await cancel_and_wait(balancing)
         for group in sorted(self.leases.held):
             try:
                 await self._hand_over(group)
             except (*STORAGE_ERRORS, Fenced) as exc:
                 log.warning("group %d: not handed over (%r); its lease runs out instead", group, exc)
+        await cancel_and_wait(renewing)
         with contextlib.suppress(*STORAGE_ERRORS):  # else its entry times out
             await self._store.nodes.run_one(Call(MEMBERS_SCRIPT, [self._store.keys.members], [self.leases.holder, 0]))
 

@@ -267,7 +267,7 @@ class AtpService:
             nodes, cfg.key_prefix, cfg.pipeline_max,
             window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate), metrics=self.metrics.storage)
         await self._wait_for_redis(client)
-        await check_keyspace(store, cfg.shards)
+        await check_keyspace(store, cfg.shards, cfg.ownership)
         if cfg.ownership == "leases":
             return await self._join(store)
         # Before reading anything: an older instance still running on this keyspace can write no

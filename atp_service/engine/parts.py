@@ -123,6 +123,8 @@ async def serve_part(engine: Engine, request: bytes) -> bytes:
         await _resolve_here(engine, asked.step.order)
         return _encode(StepReply())
     try:
+        if not 0 <= asked.group < len(engine.actors):
+            raise Moved(asked.group, "")  # a peer with another shard count: never applied here
         part = await engine.actors[asked.group].submit(work_of(engine, asked.step))
     except DomainError as exc:
         return _encode(StepReply(None, int(exc.reason), exc.message, exc.metadata))

@@ -3,7 +3,8 @@
 A caller sends ``authorization: Bearer <token>``; the service knows only the SHA-256 of each token
 (its callers file) and the caller's roles. Roles are part of the API contract: ``oms`` (reserve,
 confirm, release, fulfil and reads), ``ingest`` (RecordEvents, LoadCounts), ``channel`` (WatchAvailability and
-reads), ``admin`` (safety stock, estate reload and reads).
+reads), ``admin`` (safety stock, estate reload and reads), ``peer`` (order steps between the service
+processes of one keyspace).
 """
 
 from __future__ import annotations

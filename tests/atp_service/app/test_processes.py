@@ -16,6 +16,7 @@ import pytest
 from atp_client import AtpClient, RoutedClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, free_port
+from atp_service.app.keyspace import ConfigMismatch
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on
@@ -187,3 +188,9 @@ def shipment(eid: str, sku: str, qty: int, rid: str) -> pb.Fact:
     fact = receipt(eid, sku, "DC", qty, kind=pb.FACT_KIND_SHIPMENT)
     fact.reservation_id = rid
     return fact
+
+
+async def test_a_process_of_the_other_ownership_mode_is_refused_at_start(start_process: ServiceFactory) -> None:
+    await processes(start_process, 1)
+    with pytest.raises(ConfigMismatch, match="ownership: the keyspace 'atp:' is served with ownership=leases"):
+        await start_process(ownership="keyspace")
