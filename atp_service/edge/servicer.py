@@ -15,6 +15,7 @@ from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import EstateUnusable
 from atp_service.edge import convert
+from atp_service.edge.availability import get_availability
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
 from atp_service.edge.forward import Forwarder, Relayed
@@ -190,25 +191,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
     @_observed("GetAvailability")
     async def GetAvailability(self, request: pb.GetAvailabilityRequest, context: Any) -> pb.GetAvailabilityResponse:
-        limit = self.limits.max_availability_keys
-        if not request.keys:
-            raise InvalidArgument("keys", "at least one key is required")
-        if len(request.keys) > limit:
-            raise InvalidArgument("keys", f"{len(request.keys)} keys exceed the limit max_availability_keys={limit}",
-                                  Reason.LIMIT_EXCEEDED, "max_availability_keys")
-        keys = []
-        for n, key in enumerate(request.keys):
-            check_id(f"keys[{n}].sku", key.sku, self.limits)
-            check_id(f"keys[{n}].location", key.location, self.limits)
-            keys.append((key.sku, key.location))
-        found = self.engine.availability(keys)
-        stale = self.engine.storage_unsure(sku for sku, _ in keys)
-        if stale:
-            context.set_trailing_metadata((("atp-possibly-stale", "1"),))
-        return pb.GetAvailabilityResponse(
-            positions=[convert.availability_pb(s, loc, q) for (s, loc), q in zip(keys, found, strict=True)],
-            possibly_stale=stale,
-        )
+        return await get_availability(request, context, self.engine, self.forwarder, self.limits)
 
     @_observed("RecordEvents")
     async def RecordEvents(self, request: pb.RecordEventsRequest, context: Any) -> pb.RecordEventsResponse:
