@@ -22,6 +22,7 @@ from atp_service.edge.forward import Forwarder, Relayed
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.record import record_events
 from atp_service.edge.routing import RoutingTable, routing_pb, single_process
+from atp_service.edge.streams import OwnerStreams
 from atp_service.edge.watch import Watchers
 from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
@@ -268,12 +269,14 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     async def ReserveStream(
         self, request_iterator: AsyncIterator[pb.ReserveStreamRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ReserveStreamResponse]:
-        """Batches are decided concurrently (up to max_stream_inflight) and answered in order. On a
+        """Batches are decided concurrently (up to max_stream_inflight) and answered in order; the
+        items of groups other processes own are decided by their owners (``OwnerStreams``). On a
         graceful stop, batches already taken are answered, then the stream ends UNAVAILABLE."""
         try:
             self.drain.enter()
         except DomainError as exc:
             await abort(context, exc)
+        owners = OwnerStreams(self.forwarder, context)
         inflight: asyncio.Queue[asyncio.Task[pb.ReserveStreamResponse] | None] = asyncio.Queue(self._max_inflight)
 
         cut_short = False
@@ -282,7 +285,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             nonlocal cut_short
             try:
                 async for batch in self.drain.until_closed(request_iterator):
-                    task = asyncio.ensure_future(self._reserve_batch(batch))
+                    task = asyncio.ensure_future(self._reserve_batch(batch, owners))
                     task.add_done_callback(exception_seen)  # a caller gone early leaves no "never retrieved"
                     await inflight.put(task)
                 cut_short = self.drain.closing  # else the client ended its stream
@@ -298,6 +301,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                     await abort(context, exc)
                 yield answer
             await reader
+            await owners.finish()
         finally:
             reader.cancel()
             if reader.done() and not reader.cancelled():
@@ -305,10 +309,11 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 # gone first, retrieve it so asyncio logs no "exception was never retrieved" per stream.
                 reader.exception()
             self.drain.leave()
+            await owners.aclose()  # a batch still being decided here gets its owners' parts refused
         if cut_short:
             await abort(context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
 
-    async def _reserve_batch(self, batch: pb.ReserveStreamRequest) -> pb.ReserveStreamResponse:
+    async def _reserve_batch(self, batch: pb.ReserveStreamRequest, owners: OwnerStreams) -> pb.ReserveStreamResponse:
         started = time.perf_counter()
         limit = self.limits.max_batch_reservations
         if len(batch.reservations) > limit:  # the stream ends with it: an answer per item would cost more
@@ -325,16 +330,23 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         decided = iter(zip(cmds, await self.engine.reserve_many(cmds), strict=True))
         answer = pb.ReserveStreamResponse()
         add = answer.outcomes.add
-        for item in outcomes:
+        moved: dict[int, Moved] = {}
+        for n, item in enumerate(outcomes):
             if item is not None:
                 add().CopyFrom(item)
                 continue
             cmd, result = next(decided)
-            if isinstance(result, DomainError):
+            if isinstance(result, Moved):  # another process's group: its owner's outcome, filled in below
+                moved[n] = result
+                add()
+            elif isinstance(result, DomainError):
                 add(reservation_id=cmd.reservation_id, error=rich_status(result))
             else:
                 outcome = add(reservation_id=cmd.reservation_id)
                 convert.fill_reserve_response(outcome.response, *result)
+        if moved:
+            for n, outcome in (await owners.answer(batch, moved)).items():
+                answer.outcomes[n].CopyFrom(outcome)
         self.latency("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
         return answer
 
