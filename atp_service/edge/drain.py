@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TypeVar
 
+from atp_service.tasks import exception_seen
 from reservation import Reason, Unavailable
 
 T = TypeVar("T")
@@ -60,6 +61,7 @@ class Drain:
         """``items`` until they end or the drain closes (a read waiting then is given up)."""
         iterator = aiter(items)
         closed = asyncio.ensure_future(self._closed.wait())
+        step: asyncio.Future[T] | None = None
         try:
             while not self.closing:
                 step = asyncio.ensure_future(anext(iterator))
@@ -76,3 +78,6 @@ class Drain:
                 yield item
         finally:
             closed.cancel()
+            if step is not None:  # the reader cancelled (its caller gone): the read given up, its end unheard
+                step.cancel()
+                step.add_done_callback(exception_seen)

@@ -3,10 +3,12 @@
 The engine refuses such a call ``Moved`` before any work. A caller that routes by itself
 (``atp-routing: redirect``) is told where to go: the ``GROUP_MOVED`` refusal with ``atp-moved``
 (``errors.trailers_of``). So is a call already forwarded once (``atp-forwarded``: never a loop), a
-call for a group no process owns now, and a call of a method not forwarded (its request may need
-several groups). Any other call is sent on to the owner as it came — the same request message,
+call for a group no process owns now, and a call of a method not forwarded whole (its request may
+need several groups). Any other call is sent on to the owner as it came — the same request message,
 the caller's token, the caller's remaining deadline — and the owner's answer, or refusal with its
-trailing metadata, is the caller's answer.
+trailing metadata, is the caller's answer. The calls that may need several groups are split by
+owner instead: ``RecordEvents`` (``forward_facts``), ``GetAvailability`` (``ask_owners``) and
+``ReserveStream`` (``open_stream``, ``edge.streams``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ PEER_CLOSE_GRACE_S = 5.0
 _ANSWERS = {m.name: GetMessageClass(m.output_type).FromString for m in SERVICE.methods}
 _PASSED = frozenset({"authorization"})
 """The caller's metadata a forwarded call carries."""
+StreamCall = grpc.aio.StreamStreamCall[pb.ReserveStreamRequest, pb.ReserveStreamResponse]
 _OPTIONS = [
     ("grpc.enable_retries", 0),  # one try: the caller retries, with its own policy and deadline
     ("grpc.max_receive_message_length", -1),  # the owner applies its own limits
@@ -84,6 +87,9 @@ class Forwarder:
         self._max_peers = max_peers
         self._peers: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
+        self.streams: set[asyncio.Task[None]] = set()
+        """The reader of each outbound ``ReserveStream`` open now (``edge.streams``): empty once
+        every inbound stream that opened one has ended."""
         self.routing: Callable[[], RoutingTable] = lambda: RoutingTable(0, self.address, ())
         """Who owns which group now: whom a reservation unknown here is asked of (``_locate``)."""
 
@@ -107,9 +113,41 @@ class Forwarder:
 
     async def _send(self, address: str, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
                     metadata: Sequence[tuple[str, Any]]) -> Any:
-        passed = (*((k, v) for k, v in metadata if k in _PASSED), (FORWARDED_KEY, self.address))
         call = self.channel(address).unary_unary(f"/{SERVICE.full_name}/{method}", _serialized, _ANSWERS[method])
-        return await call(request, timeout=context.time_remaining(), metadata=passed)
+        return await call(request, timeout=context.time_remaining(), metadata=self._passed(metadata))
+
+    def _passed(self, metadata: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+        """What a call sent on carries: the caller's token, and ``atp-forwarded`` (never sent on again)."""
+        return (*((k, v) for k, v in metadata if k in _PASSED), (FORWARDED_KEY, self.address))
+
+    def open_stream(self, address: str, context: grpc.aio.ServicerContext[Any, Any]) -> StreamCall:
+        """A ``ReserveStream`` to the owner at ``address`` on behalf of the inbound call ``context``
+        (its token, its remaining deadline), written and read by the caller (``edge.streams``)."""
+        call = self.channel(address).stream_stream(f"/{SERVICE.full_name}/ReserveStream", _serialized,
+                                                   pb.ReserveStreamResponse.FromString)
+        metadata = tuple(context.invocation_metadata() or ())
+        return cast(StreamCall, call(None, timeout=context.time_remaining(), metadata=self._passed(metadata)))
+
+    async def ask_owners(self, method: str, requests: dict[str, Any],
+                         context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
+        """Each owner's answer to its part of a call split by owner (``requests`` by address, all
+        sent at once); any owner's refusal refuses the call (``Relayed``)."""
+        metadata = tuple(context.invocation_metadata() or ())
+        owners = list(requests)
+        answers = await asyncio.gather(*(self._send(owner, method, requests[owner], context, metadata)
+                                         for owner in owners), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, grpc.aio.AioRpcError):
+                self.counted(method, "error")
+                raise Relayed.of(answer)
+            if isinstance(answer, BaseException):
+                raise answer
+        self.counted(method, "ok")
+        return dict(zip(owners, answers, strict=True))
+
+    def counted(self, method: str, outcome: str, n: int = 1) -> None:
+        """``atp_forwarded_calls_total``: ``n`` more calls (or parts of one) of ``method`` ended ``outcome``."""
+        self._counted.labels(method, outcome).inc(n)
 
     async def forward_facts(self, request: pb.RecordEventsRequest, by_owner: dict[str, list[int]],
                             context: grpc.aio.ServicerContext[Any, Any], moved: Moved) -> dict[int, pb.FactResult]:
@@ -157,7 +195,13 @@ class Forwarder:
         raise Moved(-1, "")  # a group changing hands: retry
 
     def _forwards(self, method: str, moved: Moved, metadata: Sequence[tuple[str, Any]]) -> bool:
-        if method not in FORWARDED_METHODS or not moved.owner or moved.owner == self.address:
+        return method in FORWARDED_METHODS and self.forwards(moved, metadata)
+
+    def forwards(self, moved: Moved, metadata: Sequence[tuple[str, Any]]) -> bool:
+        """Whether work refused ``moved`` goes on to its owner; else its caller is told where to go:
+        when it routes by itself, when it was forwarded already (never a loop), when no other
+        process owns the group now."""
+        if not moved.owner or moved.owner == self.address:
             return False
         return not _forwarded(metadata) and not any(k == ROUTING_KEY and v == REDIRECT for k, v in metadata)
 
@@ -185,6 +229,10 @@ class Forwarder:
         forwarded any more, so nothing waits out the grace)."""
         channels = list(self._peers.values())
         self._peers.clear()
+        readers = list(self.streams)  # none left once gRPC has stopped and its streams have ended
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
         await asyncio.gather(*(channel.close(grace_s) for channel in channels), *self._closing)
 
 

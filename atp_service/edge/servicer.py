@@ -15,12 +15,14 @@ from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import EstateUnusable
 from atp_service.edge import convert
+from atp_service.edge.availability import get_availability
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
 from atp_service.edge.forward import Forwarder, Relayed
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.record import record_events
 from atp_service.edge.routing import RoutingTable, routing_pb, single_process
+from atp_service.edge.streams import OwnerStreams
 from atp_service.edge.watch import Watchers
 from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
@@ -190,25 +192,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
     @_observed("GetAvailability")
     async def GetAvailability(self, request: pb.GetAvailabilityRequest, context: Any) -> pb.GetAvailabilityResponse:
-        limit = self.limits.max_availability_keys
-        if not request.keys:
-            raise InvalidArgument("keys", "at least one key is required")
-        if len(request.keys) > limit:
-            raise InvalidArgument("keys", f"{len(request.keys)} keys exceed the limit max_availability_keys={limit}",
-                                  Reason.LIMIT_EXCEEDED, "max_availability_keys")
-        keys = []
-        for n, key in enumerate(request.keys):
-            check_id(f"keys[{n}].sku", key.sku, self.limits)
-            check_id(f"keys[{n}].location", key.location, self.limits)
-            keys.append((key.sku, key.location))
-        found = self.engine.availability(keys)
-        stale = self.engine.storage_unsure(sku for sku, _ in keys)
-        if stale:
-            context.set_trailing_metadata((("atp-possibly-stale", "1"),))
-        return pb.GetAvailabilityResponse(
-            positions=[convert.availability_pb(s, loc, q) for (s, loc), q in zip(keys, found, strict=True)],
-            possibly_stale=stale,
-        )
+        return await get_availability(request, context, self.engine, self.forwarder, self.limits)
 
     @_observed("RecordEvents")
     async def RecordEvents(self, request: pb.RecordEventsRequest, context: Any) -> pb.RecordEventsResponse:
@@ -285,12 +269,14 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     async def ReserveStream(
         self, request_iterator: AsyncIterator[pb.ReserveStreamRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ReserveStreamResponse]:
-        """Batches are decided concurrently (up to max_stream_inflight) and answered in order. On a
+        """Batches are decided concurrently (up to max_stream_inflight) and answered in order; the
+        items of groups other processes own are decided by their owners (``OwnerStreams``). On a
         graceful stop, batches already taken are answered, then the stream ends UNAVAILABLE."""
         try:
             self.drain.enter()
         except DomainError as exc:
             await abort(context, exc)
+        owners = OwnerStreams(self.forwarder, context)
         inflight: asyncio.Queue[asyncio.Task[pb.ReserveStreamResponse] | None] = asyncio.Queue(self._max_inflight)
 
         cut_short = False
@@ -299,7 +285,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             nonlocal cut_short
             try:
                 async for batch in self.drain.until_closed(request_iterator):
-                    task = asyncio.ensure_future(self._reserve_batch(batch))
+                    task = asyncio.ensure_future(self._reserve_batch(batch, owners))
                     task.add_done_callback(exception_seen)  # a caller gone early leaves no "never retrieved"
                     await inflight.put(task)
                 cut_short = self.drain.closing  # else the client ended its stream
@@ -315,6 +301,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                     await abort(context, exc)
                 yield answer
             await reader
+            await owners.finish()
         finally:
             reader.cancel()
             if reader.done() and not reader.cancelled():
@@ -322,10 +309,11 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 # gone first, retrieve it so asyncio logs no "exception was never retrieved" per stream.
                 reader.exception()
             self.drain.leave()
+            await owners.aclose()  # a batch still being decided here gets its owners' parts refused
         if cut_short:
             await abort(context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
 
-    async def _reserve_batch(self, batch: pb.ReserveStreamRequest) -> pb.ReserveStreamResponse:
+    async def _reserve_batch(self, batch: pb.ReserveStreamRequest, owners: OwnerStreams) -> pb.ReserveStreamResponse:
         started = time.perf_counter()
         limit = self.limits.max_batch_reservations
         if len(batch.reservations) > limit:  # the stream ends with it: an answer per item would cost more
@@ -342,16 +330,23 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         decided = iter(zip(cmds, await self.engine.reserve_many(cmds), strict=True))
         answer = pb.ReserveStreamResponse()
         add = answer.outcomes.add
-        for item in outcomes:
+        moved: dict[int, Moved] = {}
+        for n, item in enumerate(outcomes):
             if item is not None:
                 add().CopyFrom(item)
                 continue
             cmd, result = next(decided)
-            if isinstance(result, DomainError):
+            if isinstance(result, Moved):  # another process's group: its owner's outcome, filled in below
+                moved[n] = result
+                add()
+            elif isinstance(result, DomainError):
                 add(reservation_id=cmd.reservation_id, error=rich_status(result))
             else:
                 outcome = add(reservation_id=cmd.reservation_id)
                 convert.fill_reserve_response(outcome.response, *result)
+        if moved:
+            for n, outcome in (await owners.answer(batch, moved)).items():
+                answer.outcomes[n].CopyFrom(outcome)
         self.latency("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
         return answer
 

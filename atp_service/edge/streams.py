@@ -1,0 +1,194 @@
+"""``ReserveStream`` split by owner: the items of a batch whose groups other processes own are
+decided by those owners, over one outbound ``ReserveStream`` per owner for the whole inbound stream.
+
+A stream answers its requests in order, so each outbound stream keeps the batches' parts it has
+written in that order and hands each response to the part it answers. What is in flight on them
+is bounded by the inbound stream's own flow control (``max_stream_inflight`` batches, at most one
+part each per owner) and their number by ``MAX_OWNER_STREAMS``. An outbound stream that fails
+answers its parts' items ``UNAVAILABLE`` (``OUTCOME_UNKNOWN``: the owner may have decided them, a
+retry with the same ids says what it decided) and is opened again for the next batch. Every one of
+them is closed when the inbound stream ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import grpc
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge.errors import rich_status
+from atp_service.edge.forward import Forwarder, StreamCall
+from atp_service.tasks import exception_seen
+from reservation import DomainError, Moved, Reason, Unavailable
+
+MAX_OWNER_STREAMS = 16
+"""Outbound streams one inbound ``ReserveStream`` keeps open at most (one per owner it needs);
+items of owners past it are refused ``GROUP_MOVED``, naming their owner."""
+CLOSE_GRACE_S = 1.0
+"""How long an inbound stream that ended answered waits for its owners to end their streams."""
+METHOD = "ReserveStream"
+
+
+class OwnerStream:
+    """One outbound ``ReserveStream``: parts written in the order their answers are awaited, so the
+    n-th response answers the n-th part written."""
+
+    def __init__(self, call: StreamCall, address: str) -> None:
+        self.address = address
+        self._call = call
+        self._waiting: deque[asyncio.Future[pb.ReserveStreamResponse]] = deque()
+        self._writing = asyncio.Lock()
+        self.failure: DomainError | None = None
+        """Why the stream ended (set once it has): every part still waiting, or sent later, gets it."""
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def ask(self, part: pb.ReserveStreamRequest) -> pb.ReserveStreamResponse:
+        """The owner's answer to ``part``; raises the stream's failure when it ends first."""
+        async with self._writing:  # each answer awaited in the order its part is written
+            if self.failure is not None:
+                raise self.failure
+            answer: asyncio.Future[pb.ReserveStreamResponse] = asyncio.get_running_loop().create_future()
+            answer.add_done_callback(exception_seen)
+            self._waiting.append(answer)
+            try:
+                await self._call.write(part)
+            except BaseException as exc:  # perhaps half written: no later response could be matched to its part
+                self._break(_unknown(self.address, f"could not be written to ({type(exc).__name__})"))
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                    raise
+        return await answer
+
+    async def _read(self) -> None:
+        failure = _unknown(self.address, "ended the stream before answering")
+        try:
+            async for response in self._call:
+                answer = self._waiting.popleft()
+                if not answer.done():  # else its batch is no longer waiting for it
+                    answer.set_result(response)
+        except grpc.aio.AioRpcError as exc:
+            failure = _unknown(self.address, f"failed the stream ({exc.code().name}: {exc.details()})")
+        except (Exception, asyncio.CancelledError) as exc:  # closed here, or an answer too many
+            failure = _unknown(self.address, f"gave an answer that could not be read ({type(exc).__name__})")
+        finally:
+            self.failure = self.failure or failure
+            while self._waiting:
+                answer = self._waiting.popleft()
+                if not answer.done():
+                    answer.set_exception(self.failure)
+
+    async def finish(self) -> None:
+        """Half-close: the owner ends the stream once it has answered every part written."""
+        async with self._writing:
+            if self.failure is None:
+                self.failure = _unknown(self.address, "is no longer asked: the stream it was asked for has ended")
+                try:
+                    await self._call.done_writing()
+                except Exception:  # the call has ended already: so has, or will, its reader
+                    self._call.cancel()
+
+    def _break(self, failure: DomainError) -> None:
+        """End the call now: parts asked from now on get ``failure`` at once; the reader fails
+        those still waiting, and ends."""
+        self.failure = self.failure or failure
+        self._call.cancel()
+
+    def close(self) -> None:
+        """End the stream: its inbound stream has ended."""
+        self._break(_unknown(self.address, "is no longer asked: the stream it was asked for has ended"))
+        self.reader.cancel()
+
+
+class OwnerStreams:
+    """The outbound streams of one inbound ``ReserveStream``: one per owner, opened when a batch
+    first needs it, opened again after one failed, all closed by ``aclose``."""
+
+    def __init__(self, forwarder: Forwarder, context: grpc.aio.ServicerContext[Any, Any],
+                 limit: int = MAX_OWNER_STREAMS) -> None:
+        self._forwarder = forwarder
+        self._context = context
+        self._metadata = tuple(context.invocation_metadata() or ())
+        self._limit = limit
+        self._open: dict[str, OwnerStream] = {}
+        self._readers: set[asyncio.Task[None]] = set()  # those still running: of open streams, and of replaced ones
+        self._closed = False
+
+    async def answer(self, batch: pb.ReserveStreamRequest, moved: dict[int, Moved]) -> dict[int, pb.ReserveOutcome]:
+        """The outcome of each item of ``batch`` refused ``moved`` here (by its index): its owner's,
+        or the refusal naming the owner where the caller is redirected."""
+        parts: dict[OwnerStream, list[int]] = {}
+        out: dict[int, pb.ReserveOutcome] = {}
+        for n, refusal in moved.items():
+            stream = self._stream(refusal)
+            if stream is None:
+                out[n] = _refused(batch.reservations[n].reservation_id, refusal)
+            else:
+                parts.setdefault(stream, []).append(n)
+        if out and not self._closed:
+            self._forwarder.counted(METHOD, "redirected")
+        asked = await asyncio.gather(*(self._ask(stream, batch, idx) for stream, idx in parts.items()))
+        for found in asked:
+            out.update(found)
+        return out
+
+    def _stream(self, moved: Moved) -> OwnerStream | None:
+        """The open stream to ``moved``'s owner (opened now if need be); None: redirect the item."""
+        if self._closed or not self._forwarder.forwards(moved, self._metadata):
+            return None
+        stream = self._open.get(moved.owner)
+        if stream is not None and stream.failure is None:
+            return stream
+        if stream is None and len(self._open) >= self._limit:
+            return None
+        stream = self._open[moved.owner] = OwnerStream(self._forwarder.open_stream(moved.owner, self._context),
+                                                       moved.owner)
+        for readers in (self._readers, self._forwarder.streams):
+            readers.add(stream.reader)
+            stream.reader.add_done_callback(readers.discard)
+        return stream
+
+    async def _ask(self, stream: OwnerStream, batch: pb.ReserveStreamRequest,
+                   idx: list[int]) -> dict[int, pb.ReserveOutcome]:
+        items = [batch.reservations[n] for n in idx]
+        try:
+            response = await stream.ask(pb.ReserveStreamRequest(reservations=items))
+            if len(response.outcomes) != len(idx):
+                raise _unknown(stream.address, f"answered {len(response.outcomes)} outcomes to {len(idx)} reservations")
+        except DomainError as exc:
+            self._forwarder.counted(METHOD, "error")
+            return {n: _refused(item.reservation_id, exc) for n, item in zip(idx, items, strict=True)}
+        self._forwarder.counted(METHOD, "ok")
+        return dict(zip(idx, response.outcomes, strict=True))
+
+    async def finish(self) -> None:
+        """Half-close every outbound stream, and close it once its owner has ended it (within
+        ``CLOSE_GRACE_S``): the inbound stream has ended with every batch answered."""
+        self._closed = True
+        streams = list(self._open.values())
+        await asyncio.gather(*(stream.finish() for stream in streams))
+        if streams:
+            await asyncio.wait([stream.reader for stream in streams], timeout=CLOSE_GRACE_S)
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every outbound stream now and wait until their readers have ended: the inbound
+        stream has ended (answered, failed or cancelled), so nothing more is asked of them."""
+        self._closed = True
+        streams = list(self._open.values())
+        self._open.clear()
+        for stream in streams:
+            stream.close()
+        if self._readers:  # a replaced stream's reader too: its call has been cancelled
+            await asyncio.wait(list(self._readers))
+
+
+def _unknown(owner: str, what: str) -> Unavailable:
+    return Unavailable(f"the owner {owner} {what}; the reservations sent to it may have been decided: "
+                       "retry them with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)
+
+
+def _refused(reservation_id: str, exc: DomainError) -> pb.ReserveOutcome:
+    return pb.ReserveOutcome(reservation_id=reservation_id, error=rich_status(exc))

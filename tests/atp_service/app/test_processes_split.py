@@ -1,0 +1,140 @@
+"""Calls that may need several processes' groups, split by owner: a ``ReserveStream`` sent to one
+process has each item decided by the owner of its group, over one outbound stream per owner, and
+a ``GetAvailability`` answers keys of every process — or, for a caller routing by itself, the
+foreign part is refused ``GROUP_MOVED`` with nothing of it applied."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from atp_client import Refusal
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService
+from tests.atp_service.app.test_processes import Process, owner_of, processes, skus_in_other_groups, start_process
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory
+
+__all__ = ["start_process"]  # the fixture, used here by name
+REDIRECT = (("atp-routing", "redirect"),)
+
+
+async def stocked_pair(start: ServiceFactory) -> tuple[list[Process], str, str]:
+    """Two processes, and a SKU of a group each owns (``here`` of the first's), 10 units of each."""
+    running = await processes(start, 2)
+    a, b = skus_in_other_groups(running)
+    here, there = (a, b) if owner_of(running, a) is running[0] else (b, a)
+    await running[0][1].record_events([receipt("in-here", here, "DC", 10), receipt("in-there", there, "DC", 10)])
+    return running, here, there
+
+
+def item(rid: str, sku: str, qty: int) -> pb.ReserveRequest:
+    return pb.ReserveRequest(reservation_id=rid, lines=[pb.Line(sku=sku, location="DC", quantity=qty)])
+
+
+async def reserved(running: list[Process], sku: str) -> int:
+    (position,) = await owner_of(running, sku)[1].availability([(sku, "DC")])
+    return position.reserved
+
+
+def forwarded(service: AtpService, method: str, outcome: str) -> float:
+    value = service.metrics.registry.get_sample_value("atp_forwarded_calls_total",
+                                                      {"method": method, "outcome": outcome})
+    return value or 0.0
+
+
+def split_tasks() -> list[str]:
+    """The tasks of the split stream still running: outbound readers, batches being decided."""
+    names = ("OwnerStream._read", "AvailabilityServicer._reserve_batch")
+    return [name for task in asyncio.all_tasks() if (name := task.get_coro().__qualname__) in names]
+
+
+async def test_a_stream_s_items_are_each_decided_by_their_group_s_owner_in_order(
+        start_process: ServiceFactory) -> None:
+    running, here, there = await stocked_pair(start_process)
+    (service, client), (owner, _) = running
+    batches = [[item("s-1", here, 2), item("s-2", there, 3), item("s-3", there, 1)],
+               [item("s-4", there, 7), item("s-5", here, 1)],  # s-4: only 6 left there, refused by the owner
+               [item("s-6", there, 6), item("s-7", here, 1), item("s-8", there, 1)]]
+    answers = [list(answer.outcomes) async for answer in client.reserve_stream(batches)]
+    assert [[o.reservation_id for o in answer] for answer in answers] == \
+        [[r.reservation_id for r in batch] for batch in batches]
+    states = [o.response.state for answer in answers for o in answer]
+    assert all(not o.HasField("error") for answer in answers for o in answer), answers
+    assert states == [pb.RESERVATION_STATE_HELD] * 3 + [pb.RESERVATION_STATE_REJECTED] + \
+        [pb.RESERVATION_STATE_HELD] * 3 + [pb.RESERVATION_STATE_REJECTED]
+    assert (await reserved(running, here), await reserved(running, there)) == (4, 10)
+    assert owner.engine is not None and service.engine is not None
+    assert owner.engine.home_of("s-2") is not None and service.engine.home_of("s-2") is None, "decided there"
+    assert forwarded(service, "ReserveStream", "ok") == 3  # one part per batch, all on one outbound stream
+    await until(lambda: not service._servicer.forwarder.streams, "the outbound stream closed", 5)
+
+
+async def test_a_stream_routing_by_itself_has_the_foreign_items_refused_and_not_applied(
+        start_process: ServiceFactory) -> None:
+    running, here, there = await stocked_pair(start_process)
+    (service, client), _ = running
+
+    async def requests() -> AsyncIterator[pb.ReserveStreamRequest]:
+        yield pb.ReserveStreamRequest(reservations=[item("r-1", there, 2), item("r-2", here, 2)])
+
+    (answer,) = [a async for a in client.stub.ReserveStream(requests(), metadata=REDIRECT)]
+    refused, held = answer.outcomes
+    assert held.response.state == pb.RESERVATION_STATE_HELD
+    refusal = Refusal.from_status(refused.error)
+    assert (refused.reservation_id, refusal.code, refusal.reason) == ("r-1", grpc.StatusCode.UNAVAILABLE,
+                                                                      "GROUP_MOVED")
+    assert refusal.metadata["owner"] == f"127.0.0.1:{running[1][0].port}"
+    assert (await reserved(running, there), await reserved(running, here)) == (0, 2)
+    assert not service._servicer.forwarder.streams and forwarded(service, "ReserveStream", "redirected") == 1
+
+
+async def test_a_caller_cancelling_its_stream_leaves_no_outbound_stream_nor_task(
+        start_process: ServiceFactory) -> None:
+    running, here, there = await stocked_pair(start_process)
+    (service, client), _ = running
+    second = asyncio.Event()
+
+    async def requests() -> AsyncIterator[pb.ReserveStreamRequest]:
+        yield pb.ReserveStreamRequest(reservations=[item("c-1", there, 1), item("c-2", here, 1)])
+        await second.wait()
+        for n in range(4):
+            yield pb.ReserveStreamRequest(reservations=[item(f"c-{n}-x", there, 1), item(f"c-{n}-y", here, 1)])
+        await asyncio.Event().wait()  # the caller's stream stays open until it cancels
+
+    call = client.stub.ReserveStream(requests())
+    first = await call.read()
+    assert [o.response.state for o in first.outcomes] == [pb.RESERVATION_STATE_HELD] * 2
+    assert len(service._servicer.forwarder.streams) == 1, "one outbound stream open to the other process"
+    second.set()
+    owner = running[1][0].engine
+    assert owner is not None
+    await until(lambda: owner.home_of("c-0-x") is not None, "a second batch's part reached its owner", 5)
+    call.cancel()  # mid-way: later batches may be in flight at either process
+    await until(lambda: not service._servicer.forwarder.streams and not split_tasks(),
+                "no outbound stream open, no batch being decided", 10)
+    for sku in (here, there):  # whatever was decided is held once; the ids answer it on a retry
+        assert 1 <= await reserved(running, sku) <= 5
+
+
+async def test_availability_over_keys_of_both_processes_is_answered_by_one_in_key_order(
+        start_process: ServiceFactory) -> None:
+    running, here, there = await stocked_pair(start_process)
+    (service, client), (_, at_owner) = running
+    await at_owner.reserve("held-there", [(there, "DC", 3)])
+    keys = [(there, "DC"), (here, "DC"), (there, "elsewhere"), (here, "nowhere")]
+    positions = await client.availability(keys)
+    assert [(p.sku, p.location) for p in positions] == keys
+    assert [(p.on_hand, p.reserved, p.available) for p in positions] == [(10, 3, 7), (10, 0, 10), (0, 0, 0),
+                                                                         (0, 0, 0)]
+    assert forwarded(service, "GetAvailability", "ok") == 1
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # a caller routing by itself is redirected
+        await client.stub.GetAvailability(pb.GetAvailabilityRequest(keys=[
+            pb.PositionKey(sku=sku, location=loc) for sku, loc in keys]), metadata=REDIRECT)
+    trailers = dict(refused.value.trailing_metadata() or ())
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert str(trailers["atp-moved"]).endswith(f" 127.0.0.1:{running[1][0].port}")
