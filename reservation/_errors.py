@@ -11,7 +11,7 @@ an outcome (REJECTED), not a refusal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import IntEnum
 
 
@@ -167,9 +167,16 @@ class Moved(Unavailable):
 
     reason = Reason.GROUP_MOVED
 
-    def __init__(self, group: int, owner: str, epoch: int = 0) -> None:
+    def __init__(self, group: int, owner: str, epoch: int = 0, serving: Iterable[int] = ()) -> None:
+        """``group`` -1: a reservation this process does not hold, whose group it cannot tell;
+        ``serving`` then names the groups this process answers for now (it holds no such record in
+        any of them)."""
+        self.group, self.owner, self.epoch, self.serving = group, owner, epoch, tuple(sorted(serving))
+        if group < 0:
+            super().__init__("reservation_id: not held by this process; ask the others, or retry",
+                             metadata={"group": "-1", "serving": ",".join(map(str, self.serving))})
+            return
         where = f"process {owner}" if owner else "no process yet (being taken over)"
         super().__init__(f"shard group {group} is owned by {where}; send the call there, or retry",
                          metadata={"group": str(group), "owner": owner, "epoch": str(epoch)})
-        self.group, self.owner, self.epoch = group, owner, epoch
 

@@ -69,6 +69,8 @@ NOT_RETRIED_BY_GRPC = frozenset({Reason.OUTCOME_UNKNOWN})
 automatic retry's answer (the shard refusing while it settles) would hide that it was in doubt."""
 
 DETAILS_KEY = "grpc-status-details-bin"
+SERVING_KEY = "atp-serving"
+"""With ``GROUP_MOVED`` for a reservation a process does not hold: the groups it answers for now."""
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
@@ -119,6 +121,8 @@ def trailers_of(exc: DomainError, remaining_s: float | None = None) -> tuple[tup
         out += ((PUSHBACK_KEY, "-1" if late or exc.reason in NOT_RETRIED_BY_GRPC else str(delay_ms)),)
     if isinstance(exc, Moved):
         out += ((MOVED_KEY, f"{exc.group} {exc.owner}"),)
+        if exc.group < 0:
+            out += ((SERVING_KEY, ",".join(map(str, exc.serving))),)
     return out
 
 

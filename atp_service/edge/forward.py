@@ -23,6 +23,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from atp_client import FORWARDED_KEY, MOVED_KEY, REDIRECT, ROUTING_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge.errors import SERVING_KEY
 from atp_service.edge.routing import RoutingTable
 from atp_service.metrics import EdgeMetrics
 from reservation import Moved, NotFound
@@ -99,7 +100,7 @@ class Forwarder:
         pass the owner's refusal on."""
         metadata = tuple(context.invocation_metadata() or ())
         if moved.group < 0 and method in LOCATED_METHODS and not _forwarded(metadata):
-            return await self._locate(method, request, context, metadata)
+            return await self._locate(method, request, context, metadata, moved)
         if not self._forwards(method, moved, metadata):
             self._counted.labels(method, "redirected").inc()
             raise moved
@@ -174,25 +175,29 @@ class Forwarder:
         return out
 
     async def _locate(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
-                      metadata: Sequence[tuple[str, Any]]) -> Any:
+                      metadata: Sequence[tuple[str, Any]], here: Moved) -> Any:
         """A call naming a reservation this process does not hold: asked of every other process at
         once (each refuses it, nothing done, unless it holds the record); the holder's answer is the
-        caller's. Held nowhere while every group has an owner and none changed meanwhile: NOT_FOUND."""
+        caller's. NOT_FOUND only once the processes that said "not here" answered for every group
+        between them (a group in the middle of a hand-over is answered for by none: retry)."""
         table = self.routing()
         owners = {r.address for r in table.routes if r.address} - {self.address}
+        covered = set(here.serving)
         answers = await asyncio.gather(*(self._send(a, method, request, context, metadata) for a in sorted(owners)),
                                        return_exceptions=True)
         for answer in answers:
             if not isinstance(answer, BaseException):
                 self._counted.labels(method, "located").inc()
                 return answer
-            if isinstance(answer, grpc.aio.AioRpcError) and not _not_here(answer):
-                raise Relayed.of(answer)  # the holder's refusal (or a peer that did not answer)
             if not isinstance(answer, grpc.aio.AioRpcError):
                 raise answer
-        if all(r.address for r in table.routes) and self.routing() == table:
+            serving = _serving(answer)
+            if serving is None:
+                raise Relayed.of(answer)  # the holder's refusal (or a peer that did not answer)
+            covered |= serving
+        if covered >= set(range(table.shards)):
             raise NotFound(f"reservation_id: no reservation {getattr(request, 'reservation_id', '')!r}")
-        raise Moved(-1, "")  # a group changing hands: retry
+        raise Moved(-1, "", serving=here.serving)  # a group changing hands: retry
 
     def _forwards(self, method: str, moved: Moved, metadata: Sequence[tuple[str, Any]]) -> bool:
         return method in FORWARDED_METHODS and self.forwards(moved, metadata)
@@ -245,9 +250,13 @@ def _forwarded(metadata: Sequence[tuple[str, Any]]) -> bool:
     return any(k == FORWARDED_KEY for k, _ in metadata)
 
 
-def _not_here(error: grpc.aio.AioRpcError) -> bool:
-    """A peer's answer that it holds no such reservation (``GROUP_MOVED`` for group -1)."""
+def _serving(error: grpc.aio.AioRpcError) -> set[int] | None:
+    """A peer's answer that it holds no such reservation (``GROUP_MOVED`` for group -1): the groups
+    it answers for now. None: another answer."""
     if error.code() != grpc.StatusCode.UNAVAILABLE:
-        return False
-    trailers = cast(Iterable[tuple[str, Any]], error.trailing_metadata() or ())
-    return any(key == MOVED_KEY and str(value).startswith("-1 ") for key, value in trailers)
+        return None
+    trailers = dict(cast(Iterable[tuple[str, Any]], error.trailing_metadata() or ()))
+    if not str(trailers.get(MOVED_KEY, "")).startswith("-1 "):
+        return None
+    return {int(g) for g in str(trailers.get(SERVING_KEY, "")).split(",") if g}
+

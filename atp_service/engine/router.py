@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -21,10 +20,10 @@ from atp_service.engine.coordinator import Coordinator, ViewWork
 from atp_service.engine.fanout import count_reservations, gather_by_shard
 from atp_service.engine.maintenance import Housekeeper
 from atp_service.engine.orders import Orders
+from atp_service.engine.owned import OwnedShards
 from atp_service.engine.parts import Remote
 from atp_service.engine.routes import Routes
 from atp_service.engine.shard import ShardActor
-from atp_service.engine.vacant import Vacant, Where
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import LogStore
 from reservation import (
@@ -69,7 +68,7 @@ class _Reroute(DomainError):
         self.shards = shards
 
 
-class Engine:
+class Engine(OwnedShards):
     def __init__(self, actors: Sequence[ShardActor], log_store: LogStore, clock: Clock,
                  settings: EngineSettings, metrics: EngineMetrics | None = None) -> None:
         """``actors``: every shard's; none (leased groups): every shard vacant until its group is taken."""
@@ -78,16 +77,10 @@ class Engine:
         self.clock = clock
         self._log = log_store
         self._settings = settings
-        self._safety_defaults: dict[str, int] = {}
-        self.where: Where = lambda _group: ("", 0)
-        """Who owns a group this process does not (leased: ``app.membership`` sets it)."""
         self.remote: Remote | None = None
         """Where an order's step on another process's group is sent (``parts``; None: not sent)."""
-        self.on_install: list[Callable[[ShardActor], None]] = []
-        """Called with every actor installed (a group taken)."""
-        self._started = False
         self._n = len(actors) or settings.shards
-        self.actors = list(actors) or [self.vacant(shard) for shard in range(self._n)]
+        OwnedShards.__init__(self, actors, self._n)
         self._coordinator = Coordinator(self.actors, log_store, clock, self.place, self.metrics)
         self.routes = Routes(self.actors, self.place)
         self._home, self._routing = self.routes.homes, self.routes.attempts
@@ -114,45 +107,6 @@ class Engine:
         self._safety_defaults = dict(by_location)
         for actor in self.actors:
             actor.ledger.safety_defaults = dict(by_location)
-
-    # -- the groups this process owns (leased: ``app.membership``) ---------------------------------
-    def vacant(self, shard: int) -> Vacant:
-        """A stand-in for ``shard`` while another process owns its group (every call: ``Moved``)."""
-        return Vacant(shard, self.limits, self._log, self.clock, self._settings.shard_settings,
-                      lambda group: self.where(group), self.metrics)  # the owner as known when asked
-
-    def local(self, shard: int) -> ShardActor:
-        """``shard``'s actor, to read memory from: ``Moved`` where this process may not answer for it."""
-        actor = self.actors[shard]
-        if actor.vacant or actor.lease_until < time.monotonic():
-            raise Moved(shard, *self.where(shard))
-        return actor
-
-    def install(self, actor: ShardActor) -> None:
-        """Serve ``actor``'s shard from now on (recovered after its group was taken)."""
-        assert self.actors[actor.shard].vacant, f"shard {actor.shard} is served already"
-        actor.ledger.safety_defaults = dict(self._safety_defaults)
-        self.actors[actor.shard] = actor
-        self.routes.adopt(actor)
-        for hook in self.on_install:
-            hook(actor)
-        if self._started:
-            actor.start()
-        if self.orders is not None:
-            self.orders.find_pending([actor.ledger])
-
-    async def vacate(self, shard: int, snapshot: bool) -> None:
-        """Stop serving ``shard`` (its group handed over, or lost): calls from now on are ``Moved``;
-        what it holds in flight ends durable or refused, and ``snapshot`` writes a final snapshot
-        (a graceful hand-over: the next owner replays less)."""
-        actor = self.actors[shard]
-        if actor.vacant:
-            return
-        self.actors[shard] = vacant = self.vacant(shard)
-        await actor.stop(vacant.moved())
-        if snapshot and actor.failure is None and not self._log.is_fenced(shard):
-            await actor.checkpoint(force=True)
-        self.routes.drop(shard)
 
     def place(self, sku: str) -> int:
         return zlib.crc32(sku.encode()) % self._n
@@ -304,7 +258,7 @@ class Engine:
         home = self._home.get(reservation_id)
         rec: Reservation | None = None
         if home is None and self._log.leased:
-            raise Moved(-1, "")  # another process's, or none's: the edge asks the others
+            raise self._not_here()
         if home is not None:
             rec = await self.actors[home].submit(lambda ledger, _now: ledger.reservation(reservation_id))
             if rec is not None and rec.is_order and self.orders is not None:  # as its saga shows it (Orders)
@@ -356,7 +310,7 @@ class Engine:
         home = self._home.get(reservation_id)
         if home is None:
             if self._log.leased:
-                raise Moved(-1, "")  # another process's, or none's: the edge asks the others
+                raise self._not_here()
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
         rec = self.actors[home].ledger.reservation(reservation_id)
         shards = {home, *also} | ({self.place(line.sku) for line in rec.lines} if rec else set())

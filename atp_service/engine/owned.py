@@ -1,0 +1,86 @@
+"""Which shards this process serves: all of them, or (several processes on a keyspace,
+``app.membership``) those whose groups it owns now, the others ``Vacant``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from atp_service.engine.shard import ShardActor
+from atp_service.engine.vacant import Vacant, Where
+from reservation import Moved
+
+if TYPE_CHECKING:
+    from atp_service.config import EngineSettings
+    from atp_service.engine.clock import Clock
+    from atp_service.engine.routes import Routes
+    from atp_service.metrics import EngineMetrics
+    from atp_service.storage.log import LogStore
+    from reservation import Limits
+
+
+class OwnedShards:
+    """The engine's shards, installed and vacated as their groups are taken and given up."""
+
+    limits: Limits
+    metrics: EngineMetrics
+    clock: Clock
+    routes: Routes
+    orders: Any
+    _log: LogStore
+    _settings: EngineSettings
+
+    def __init__(self, actors: Sequence[ShardActor], shards: int) -> None:
+        """``actors``: every shard's; none (leased groups): every shard vacant until its group is taken."""
+        self._safety_defaults: dict[str, int] = {}
+        self.where: Where = lambda _group: ("", 0)
+        """Who owns a group this process does not (leased: ``app.membership`` sets it)."""
+        self.on_install: list[Callable[[ShardActor], None]] = []
+        """Called with every actor installed (a group taken)."""
+        self._started = False
+        self.actors = list(actors) or [self.vacant(shard) for shard in range(shards)]
+
+    def vacant(self, shard: int) -> Vacant:
+        """A stand-in for ``shard`` while another process owns its group (every call: ``Moved``)."""
+        return Vacant(shard, self.limits, self._log, self.clock, self._settings.shard_settings,
+                      lambda group: self.where(group), self.metrics)  # the owner as known when asked
+
+    def local(self, shard: int) -> ShardActor:
+        """``shard``'s actor, to read memory from: ``Moved`` where this process may not answer for it."""
+        actor = self.actors[shard]
+        if actor.vacant or actor.lease_until < time.monotonic():
+            raise Moved(shard, *self.where(shard))
+        return actor
+
+    def _not_here(self) -> Moved:
+        """A reservation no shard of this process holds: the edge asks the others (``serving``:
+        the groups answered for here, now)."""
+        now = time.monotonic()
+        return Moved(-1, "", serving=[a.shard for a in self.actors if not a.vacant and a.lease_until >= now])
+
+    def install(self, actor: ShardActor) -> None:
+        """Serve ``actor``'s shard from now on (recovered after its group was taken)."""
+        assert self.actors[actor.shard].vacant, f"shard {actor.shard} is served already"
+        actor.ledger.safety_defaults = dict(self._safety_defaults)
+        self.actors[actor.shard] = actor
+        self.routes.adopt(actor)
+        for hook in self.on_install:
+            hook(actor)
+        if self._started:
+            actor.start()
+        if self.orders is not None:
+            self.orders.find_pending([actor.ledger])
+
+    async def vacate(self, shard: int, snapshot: bool) -> None:
+        """Stop serving ``shard`` (its group handed over, or lost): calls from now on are ``Moved``;
+        what it holds in flight ends durable or refused, and ``snapshot`` writes a final snapshot
+        (a graceful hand-over: the next owner replays less)."""
+        actor = self.actors[shard]
+        if actor.vacant:
+            return
+        self.actors[shard] = vacant = self.vacant(shard)
+        await actor.stop(vacant.moved())
+        if snapshot and actor.failure is None and not self._log.is_fenced(shard):
+            await actor.checkpoint(force=True)
+        self.routes.drop(shard)
