@@ -232,14 +232,16 @@ async def check(load: Load, addresses: list[str]) -> tuple[list[str], dict[str, 
 
 
 async def _settled(client: RoutedClient, rid: str) -> pb.Reservation | None:
+    last: grpc.aio.AioRpcError | None = None
     for _ in range(200):
         try:
             return await client.get_reservation(rid)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
+            last = exc
             await asyncio.sleep(0.1)
-    raise AssertionError(f"{rid}: no process answered for it")
+    raise AssertionError(f"{rid}: no process answered for it ({last!r})")
 
 
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -277,9 +279,14 @@ def main() -> None:
     p.add_argument("--lease-ms", type=int, default=1000)
     p.add_argument("--callers", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--work", type=Path, help="keep the processes' logs here (default: a temporary directory)")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="atp-process-soak-") as tmp:
-        figures = asyncio.run(run(args, Path(tmp)))
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        figures = asyncio.run(run(args, args.work))
+    else:
+        with tempfile.TemporaryDirectory(prefix="atp-process-soak-") as tmp:
+            figures = asyncio.run(run(args, Path(tmp)))
     for violation in figures.pop("_violations"):
         print(f"violation: {violation}", file=sys.stderr)
     print(json.dumps(figures))

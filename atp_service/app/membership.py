@@ -129,6 +129,8 @@ class Membership:
                 await step()
             except (*STORAGE_ERRORS, Fenced) as exc:
                 log.warning("%s: %r (tried again in %.1fs)", step.__name__, exc, self._lease_s / 3)
+            except Exception:  # a bug must not stop renewing or balancing for good: said loudly, tried again
+                log.exception("%s failed (tried again in %.1fs)", step.__name__, self._lease_s / 3)
 
     # -- keeping ----------------------------------------------------------------------------
     async def renew(self) -> None:
@@ -201,7 +203,7 @@ class Membership:
         except BaseException:
             log.exception("group %d: taken but not recovered; given back", group)
             self._store.drop(group)
-            await self.leases.release(group)
+            await self.leases.release(group)  # never renewed again, even if Redis does not answer this
             raise
         actor = ShardActor(group, ledger, self._store, self._clock, self._config.shard_settings, seq,
                            self._engine_metrics)
@@ -220,9 +222,11 @@ class Membership:
         """Give ``group`` up gracefully: its work drained, a final snapshot, the lease given back."""
         self._handing.add(group)
         try:
-            await self._engine.vacate(group, snapshot=True)
-            self._store.drop(group)
-            await self.leases.release(group)
+            try:
+                await self._engine.vacate(group, snapshot=True)
+            finally:  # given back even without its final snapshot: the next owner replays more, that is all
+                self._store.drop(group)
+                await self.leases.release(group)
         finally:
             self._handing.discard(group)
         self._metrics.given.labels("handed_over").inc()

@@ -40,6 +40,7 @@ MAX_PEERS = 64
 PEER_CLOSE_GRACE_S = 5.0
 """A channel dropped from the pool (or at stop) lets the calls on it finish this long."""
 _ANSWERS = {m.name: GetMessageClass(m.output_type).FromString for m in SERVICE.methods}
+_CALLER_GONE = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 _PASSED = frozenset({"authorization"})
 """The caller's metadata a forwarded call carries."""
 StreamCall = grpc.aio.StreamStreamCall[pb.ReserveStreamRequest, pb.ReserveStreamResponse]
@@ -66,6 +67,9 @@ class Relayed(Exception):
         return cls(error.code(), error.details() or "", trailers)
 
     async def abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+        remaining = context.time_remaining()
+        if self.code in _CALLER_GONE and remaining is not None and remaining <= 0:
+            raise asyncio.CancelledError  # the caller's own deadline ended the forwarded call: nobody to answer
         await context.abort(self.code, self.details, self.trailers)
         raise AssertionError("unreachable: grpc.aio's abort raises")
 

@@ -100,9 +100,10 @@ class GroupLeases:
         return lost
 
     async def release(self, group: int) -> None:
-        """Give ``group`` back at once (after its final snapshot): another process may take it now."""
-        await self.store.nodes.run_one(Call(self._RELEASE, [self.key(group)], [self.holder]))
+        """Give ``group`` back at once (after its final snapshot): another process may take it now.
+        Never renewed again from here, even if Redis does not answer (the lease then runs out)."""
         self.held.pop(group, None)
+        await self.store.nodes.run_one(Call(self._RELEASE, [self.key(group)], [self.holder]))
 
 
 def _as_fenced(exc: BaseException) -> BaseException:
