@@ -19,7 +19,7 @@ help:
 	@echo "make bench-peak SCENARIO=flash_sale|holiday_peak|steady DURATION=60 USERS=60 - locust peak run"
 	@echo "make bench-compare - benchmarks/compare.py (this service vs Lua/Redis and PostgreSQL peers)"
 	@echo "make cluster - a Redis Cluster on loopback (3 primaries, a replica each) and the service on it, until Ctrl-C"
-	@echo "make soak SECONDS=60 SEED=1 - benchmarks/fault_soak.py (Redis pauses, slow network, kill -9; then the invariants), then on a Redis Cluster"
+	@echo "make soak SECONDS=60 SEED=1 - benchmarks/fault_soak.py (Redis pauses, slow network, kill -9; then the invariants), then on a Redis Cluster, then three service processes sharing it"
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,7 @@ SEED ?= 1
 soak: bootstrap
 	$(BIN)/python benchmarks/fault_soak.py --seconds $(SECONDS) --seed $(SEED)
 	$(BIN)/python benchmarks/fault_soak.py --seconds $(SECONDS) --seed $(SEED) --cluster
+	$(BIN)/python benchmarks/process_soak.py --seconds $(SECONDS) --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache
