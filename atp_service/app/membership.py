@@ -150,15 +150,28 @@ class Membership:
         self.leases.held.pop(group, None)
         self._give_up(group, "fenced")
 
-    def _give_up(self, group: int, why: str) -> None:
+    def failed(self, actor: ShardActor) -> None:
+        """A shard stopped working (a bug, or a log it cannot trust): its memory is not to be trusted,
+        its log is. Its group is given back, to be recovered from the log by whoever takes it next
+        (this process included); the process's other groups go on being served."""
+        if self.leases.held.pop(actor.shard, None) is not None:
+            self._give_up(actor.shard, "failed", release=True)
+
+    def _give_up(self, group: int, why: str, release: bool = False) -> None:
         log.warning("group %d: lost (%s); no longer served here", group, why)
         self._metrics.given.labels(why).inc()
         self._store.drop(group)
-        task = asyncio.get_running_loop().create_task(self._engine.vacate(group, snapshot=False))
+        task = asyncio.get_running_loop().create_task(self._vacate(group, release))
         self._vacating[group] = task
         task.add_done_callback(exception_seen)
         task.add_done_callback(lambda _t: self._vacating.pop(group, None) if self._vacating.get(group) is _t else None)
         self._metrics.groups_owned.set(len(self.leases.held))
+
+    async def _vacate(self, group: int, release: bool) -> None:
+        await self._engine.vacate(group, snapshot=False)
+        if release:
+            with contextlib.suppress(*STORAGE_ERRORS):  # else its lease runs out
+                await self.leases.release(group)
 
     # -- balancing ----------------------------------------------------------------------------
     async def balance(self) -> None:

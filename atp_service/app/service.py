@@ -292,8 +292,9 @@ class AtpService:
         cfg = self.config
         store.leased = True
         engine = Engine([], store, self.clock, cfg.engine_settings, self.metrics.engine)
-        engine.on_install.append(lambda actor: actor.on_failure.append(self._on_shard_failed))
-        self.membership = Membership(engine, store, cfg, self.clock, self.metrics.membership, self.metrics.engine)
+        self.membership = membership = Membership(engine, store, cfg, self.clock, self.metrics.membership,
+                                                  self.metrics.engine)
+        engine.on_install.append(lambda actor: actor.on_failure.append(membership.failed))  # re-recovered
         self._servicer.routing = self._servicer.forwarder.routing = self.membership.table
         engine.remote = step_sender(self._servicer.forwarder, peer_token(cfg))
         await self.membership.start()

@@ -194,3 +194,20 @@ async def test_a_process_of_the_other_ownership_mode_is_refused_at_start(start_p
     await processes(start_process, 1)
     with pytest.raises(ConfigMismatch, match="ownership: the keyspace 'atp:' is served with ownership=leases"):
         await start_process(ownership="keyspace")
+
+
+async def test_a_shard_that_stops_working_is_recovered_from_its_log_and_the_process_serves_on(
+        start_process: ServiceFactory) -> None:
+    running = await processes(start_process, 2)
+    sku = "broken-sku"
+    service, client = owner_of(running, sku)
+    await client.record_events([receipt("in-1", sku, "DC", 5)])
+    await client.reserve("r-before", [(sku, "DC", 2)])
+    assert service.engine is not None
+    service.engine.actors[group_of(sku)].break_down(RuntimeError("a bug"))  # its memory can no longer be trusted
+    await until(lambda: any(group_of(sku) in owned(s) for s, _ in running), "the group served again", 60)
+    _, owner = owner_of(running, sku)
+    assert (await owner.get_reservation("r-before")).lines[0].held == 2
+    (position,) = await owner.availability([(sku, "DC")])
+    assert (position.on_hand, position.reserved) == (5, 2)
+    assert not service.failed.is_set(), "the process serves its other groups on"
