@@ -78,6 +78,7 @@ class Membership:
         """Every group's owner as last read: (address, epoch); absent: none."""
         self.members: list[str] = []
         self._handing: set[int] = set()
+        self._work: set[asyncio.Task[None]] = set()
         self._vacating: dict[int, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         engine.where = self.where
@@ -91,7 +92,8 @@ class Membership:
             return "", 0
         if group in self.leases.held and not self._engine.actors[group].vacant:
             return self.address, self.leases.held[group]
-        return self.routes.get(group, ("", 0))
+        route = self.routes.get(group, ("", 0))
+        return ("", 0) if route[0] == self.address else route  # read before this process gave it up
 
     def table(self) -> RoutingTable:
         """Every group's route as this process knows it now (``GetRouting``)."""
@@ -113,6 +115,7 @@ class Membership:
         yet handed over are renewed meanwhile: a hand-over of many groups must not outlast them."""
         renewing, balancing = self._tasks or (None, None)
         await cancel_and_wait(balancing)
+        await asyncio.gather(*self._work, return_exceptions=True)  # hand-overs and give-ups under way end first
         for group in sorted(self.leases.held):
             try:
                 await self._hand_over(group)
@@ -136,10 +139,13 @@ class Membership:
     async def renew(self) -> None:
         """Stay a member, and extend every lease held; a group whose lease is gone is given up."""
         sent = time.monotonic()
-        members = await self._store.nodes.run_one(
-            Call(MEMBERS_SCRIPT, [self._store.keys.members], [self.leases.holder, self._config.lease_ms * 2]))
-        self.members = [as_text(m) for m in members]
-        self._metrics.members.set(len(self.members))
+        try:  # the members' key is one slot: its node failing over must not let every lease lapse
+            members = await self._store.nodes.run_one(
+                Call(MEMBERS_SCRIPT, [self._store.keys.members], [self.leases.holder, self._config.lease_ms * 2]))
+            self.members = [as_text(m) for m in members]
+            self._metrics.members.set(len(self.members))
+        except STORAGE_ERRORS as exc:
+            log.warning("members not renewed (%r): the last list read stands", exc)
         for group in await self.leases.renew():
             self._give_up(group, "lease")
         for group in self.leases.renewed:
@@ -158,12 +164,13 @@ class Membership:
             self._give_up(actor.shard, "failed", release=True)
 
     def _give_up(self, group: int, why: str, release: bool = False) -> None:
+        if group in self._vacating:
+            return  # given up already; its shard is being vacated
         log.warning("group %d: lost (%s); no longer served here", group, why)
         self._metrics.given.labels(why).inc()
         self._store.drop(group)
-        task = asyncio.get_running_loop().create_task(self._vacate(group, release))
+        task = self._own(self._vacate(group, release))
         self._vacating[group] = task
-        task.add_done_callback(exception_seen)
         task.add_done_callback(lambda _t: self._vacating.pop(group, None) if self._vacating.get(group) is _t else None)
         self._metrics.groups_owned.set(len(self.leases.held))
 
@@ -172,6 +179,13 @@ class Membership:
         if release:
             with contextlib.suppress(*STORAGE_ERRORS):  # else its lease runs out
                 await self.leases.release(group)
+
+    def _own(self, work: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+        task.add_done_callback(exception_seen)
+        return task
 
     # -- balancing ----------------------------------------------------------------------------
     async def balance(self) -> None:
@@ -211,6 +225,7 @@ class Membership:
         started = time.monotonic()
         if not await self.leases.acquire(group):
             return  # another process was quicker
+        epoch = self.leases.held[group]
         try:
             ledger, seq, replayed = await recover_shard(self._store, group, self._config.limits)
         except BaseException:
@@ -221,6 +236,9 @@ class Membership:
         actor = ShardActor(group, ledger, self._store, self._clock, self._config.shard_settings, seq,
                            self._engine_metrics)
         actor.lease_until = started + self._lease_s * SAFETY
+        if self.leases.held.get(group) != epoch or group in self._vacating:
+            log.warning("group %d: lost while it was recovered; not served here", group)
+            return  # given up meanwhile (its lease gone, or a write refused): never installed
         advance = getattr(self._clock, "advance_floor", None)
         if advance is not None:
             advance(ledger.clock)  # R6: never stamp a command before one its previous owner logged
@@ -228,11 +246,15 @@ class Membership:
         self._metrics.taken.inc()
         self._metrics.take_seconds.observe(time.monotonic() - started)
         self._metrics.groups_owned.set(len(self.leases.held))
-        log.info("group %d: taken at epoch %d, %d log entries replayed in %.2fs", group, self.leases.held[group],
-                 replayed, time.monotonic() - started)
+        log.info("group %d: taken at epoch %d, %d log entries replayed in %.2fs", group, epoch, replayed,
+                 time.monotonic() - started)
 
     async def _hand_over(self, group: int) -> None:
-        """Give ``group`` up gracefully: its work drained, a final snapshot, the lease given back."""
+        """Give ``group`` up gracefully: its work drained, a final snapshot, the lease given back —
+        in a task of its own, which the caller going away does not stop half-way."""
+        await asyncio.shield(self._own(self._hand_over_now(group)))
+
+    async def _hand_over_now(self, group: int) -> None:
         self._handing.add(group)
         try:
             try:

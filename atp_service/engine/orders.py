@@ -224,10 +224,10 @@ class Orders:
 
     async def _abandon(self, order: Reservation, home: int) -> Reservation:
         """An order undecided past its TTL: its parts that exist are released; it expires."""
+        expired = orders.abandoned(order, self._engine.clock.now_ms())
+        await self._save(home, expired)  # recorded first: a home another process took meanwhile releases nothing
         found = await self._parts(order, missing_ok=True)
         await self._apply(order, dict.fromkeys(found, PendingOp(OrderStep.RELEASE)))
-        expired = orders.abandoned(order, self._engine.clock.now_ms())
-        await self._save(home, expired)
         return expired
 
     async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:

@@ -83,4 +83,5 @@ class OwnedShards:
         await actor.stop(vacant.moved())
         if snapshot and actor.failure is None and not self._log.is_fenced(shard):
             await actor.checkpoint(force=True)
-        self.routes.drop(shard)
+        if self.actors[shard] is vacant:  # not taken again meanwhile: those routes would be the new actor's
+            self.routes.drop(shard)

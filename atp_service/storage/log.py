@@ -178,18 +178,22 @@ class LogStore:
         """Make every write of ``shard`` sent before now impossible to land (R7): raise its fence
         and carry the new value from here on. Whatever the log holds afterwards is final (with
         ``wait_replicas``, on that many replicas too: the fence follows those writes)."""
-        call = Call(self._FENCE, [self.keys.owner(shard), self.keys.fence(shard)], [self.epochs.get(shard, 0)])
+        epoch = self.epochs.get(shard, 0)
+        call = Call(self._FENCE, [self.keys.owner(shard), self.keys.fence(shard)], [epoch])
         try:
             raised = int(await self.nodes.run_one(call))
         except RedisError as exc:
-            raise self._refused(exc, shard) from None
+            raise self._refused(exc, shard, epoch) from None
         # Two fences may overlap (a settle and a snapshot after a stop): the higher one stands.
         self._tokens[shard] = max(self._tokens.get(shard, 0), raised)
 
-    async def still_owner(self) -> bool:
-        """False (and fenced from now on) once a newer instance has claimed a group of this one."""
+    async def still_owner(self, group: int | None = None) -> bool:
+        """False (and fenced from now on) once a newer instance has claimed a group of this one.
+        Leased groups: whether this process still owns ``group`` (another's loss is not this one's)."""
         if self.fenced:
             return False
+        if self.leased:
+            return group is not None and await self._still_owns(group)
         groups = list(self.epochs)
         keys = [self.keys.owner(group) for group in groups]
         values: Any = await (self.client.mget(keys) if self.nodes.together else self.client.mget_nonatomic(keys))
@@ -200,13 +204,24 @@ class LogStore:
                 break
         return not self.fenced
 
-    def _refused(self, exc: BaseException, group: int | None = None) -> BaseException:
-        """``exc``, as ``Fenced`` when it says the keyspace (leased: ``group``) has a newer owner
-        (noted, once)."""
+    async def _still_owns(self, group: int) -> bool:
+        epoch = self.epochs.get(group)
+        current: Any = await self.client.get(self.keys.owner(group))
+        if epoch is not None and current is not None and int(current) == epoch:
+            return True
+        self._refused(Fenced(f"FENCED epoch {epoch} of {self.keys.owner(group)} was replaced by {as_text(current)}"),
+                      group, epoch)
+        return False
+
+    def _refused(self, exc: BaseException, group: int | None = None, epoch: int | None = None) -> BaseException:
+        """``exc``, as ``Fenced`` when it says the keyspace (leased: ``group``, as written with
+        ``epoch``) has a newer owner (noted, once). A refusal of an older taking of a leased group
+        than the current one says nothing about the current one."""
         if not (isinstance(exc, Fenced) or (isinstance(exc, ResponseError) and str(exc).startswith("FENCED"))):
             return exc
-        if self.leased and group is not None:
-            if group not in self.lost:
+        if self.leased:
+            current = self.epochs.get(group) if group is not None else None
+            if group is not None and current is not None and epoch in (None, current) and group not in self.lost:
                 self.lost.add(group)
                 for lost in self.on_group_lost:
                     lost(group)
@@ -215,12 +230,6 @@ class LogStore:
             for callback in self.on_fenced:
                 callback()
         return exc if isinstance(exc, Fenced) else Fenced(str(exc))
-
-    def log_key(self, shard: int) -> str:
-        return self.keys.log(shard)
-
-    def snap_key(self, shard: int) -> str:
-        return self.keys.snap(shard)
 
     def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
         """Queue one entry for the next group commit; the future fails with RedisError/OSError when
@@ -273,7 +282,7 @@ class LogStore:
     async def last_seq(self, shard: int) -> int:
         """The newest entry ever written to ``shard``'s log, trimmed or not (0: the log does not exist)."""
         try:
-            info: Any = await self.client.xinfo_stream(self.log_key(shard))
+            info: Any = await self.client.xinfo_stream(self.keys.log(shard))
         except ResponseError as exc:
             if "no such key" in str(exc).lower():
                 return 0
@@ -284,7 +293,7 @@ class LogStore:
         start = f"({seq}-0" if seq else "-"
         while True:
             rows: Any = await self.client.xrange(
-                self.log_key(shard), min=start, count=chunk
+                self.keys.log(shard), min=start, count=chunk
             )
             for entry_id, fields in rows:
                 yield seq_of(entry_id), fields[FIELD]
@@ -293,14 +302,14 @@ class LogStore:
             start = "(" + rows[-1][0].decode()
 
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
-        raw: Any = await self.client.get(self.snap_key(shard))
+        raw: Any = await self.client.get(self.keys.snap(shard))
         if not raw:
             return None
         try:
             return _snap_decoder.decode(raw)
         except msgspec.MsgspecError as exc:
             # Not a fault to retry: a snapshot written in another version's layout (see CHANGELOG).
-            raise SnapshotUnreadable(f"shard {shard}: the snapshot at {self.snap_key(shard)} is not in this "
+            raise SnapshotUnreadable(f"shard {shard}: the snapshot at {self.keys.snap(shard)} is not in this "
                                      f"version's layout ({exc}); restore with the version that wrote it") from None
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes) -> int:
@@ -308,11 +317,12 @@ class LogStore:
         size in bytes. ``Checkpoints`` encodes it in the shard's turn, then writes it while the shard
         goes on."""
         keys = [self.keys.owner(shard), self.keys.snap(shard), self.keys.log(shard), self.keys.fence(shard)]
-        call = Call(self._SNAPSHOT, keys, [self.epochs.get(shard, 0), data, seq, self._tokens.get(shard, 0)])
+        epoch = self.epochs.get(shard, 0)
+        call = Call(self._SNAPSHOT, keys, [epoch, data, seq, self._tokens.get(shard, 0)])
         try:
             await self.nodes.run_one(call)
         except RedisError as exc:
-            raise self._refused(exc, shard) from None
+            raise self._refused(exc, shard, epoch) from None
         return len(data)
 
     def _flush(self) -> None:
@@ -374,7 +384,7 @@ class LogStore:
         """Settle each entry's future with its part of one call's reply."""
         results: list[Any]
         if isinstance(reply, BaseException):
-            results = [self._refused(reply, unit[0].shard)] * len(unit)
+            results = [self._refused(reply, unit[0].shard, unit[0].epoch)] * len(unit)
         else:
             results = [RedisError(r[1:].decode(errors="replace")) if r[:1] == b"!" else r for r in reply]
         for p, result in zip(unit, results, strict=True):

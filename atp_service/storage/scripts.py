@@ -36,12 +36,12 @@ local n = #KEYS / 3
 local out, failed, top, owned = {}, {}, {}, {}
 for i = 1, n do
   local owner, epoch = KEYS[3 * i - 2], ARGV[5 * i - 4]
-  if not owned[owner] then
+  if not owned[owner .. ' ' .. epoch] then
     local current = redis.call('GET', owner)
     if current ~= epoch then
       return redis.error_reply('FENCED epoch ' .. epoch .. ' of ' .. owner .. ' was replaced by ' .. tostring(current))
     end
-    owned[owner] = true
+    owned[owner .. ' ' .. epoch] = true
   end
 end
 local function refusal(i)

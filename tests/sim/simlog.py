@@ -140,7 +140,7 @@ class SimLog:
     async def last_seq(self, shard: int) -> int:
         return self._last(shard)
 
-    async def still_owner(self) -> bool:
+    async def still_owner(self, _group: int | None = None) -> bool:
         await self.round_trip()
         return True  # the instance that runs is always the newest
 

@@ -92,3 +92,41 @@ async def test_an_owner_outranked_while_away_takes_the_group_again_once_it_is_fr
     assert await a.acquire(2)  # the group is free: a takes it with a newly drawn epoch
     assert a.held[2] > taken_by_b
     await stores[0].submit(2, 1, b"a owns the group again")
+
+
+@pytest.fixture
+async def leased(stores: tuple[LogStore, LogStore]) -> tuple[LogStore, LogStore]:
+    for store in stores:
+        store.leased = True
+    return stores
+
+
+async def test_a_group_taken_from_a_process_is_its_only_loss(leased: tuple[LogStore, LogStore]) -> None:
+    a, b = GroupLeases(leased[0], "process-a", LEASE_MS), GroupLeases(leased[1], "process-b", 60_000)
+    lost: list[int] = []
+    leased[0].on_group_lost.append(lost.append)
+    assert await a.acquire(1) and await a.acquire(2)
+    await asyncio.sleep(LEASE_MS * 2 / 1000)  # a's leases run out; b takes group 2 only
+    assert await b.acquire(2)
+    assert await leased[0].still_owner(1)  # asked while settling a doubt of group 1: still its own
+    assert not await leased[0].still_owner(2)
+    assert lost == [2] and not leased[0].fenced, "one group lost, not the process's standing"
+    assert not leased[0].is_fenced(1) and leased[0].is_fenced(2)
+    await leased[0].submit(1, 1, b"group 1 goes on")
+
+
+async def test_a_refusal_of_an_earlier_taking_does_not_lose_the_current_one(leased: tuple[LogStore, LogStore]) -> None:
+    a = GroupLeases(leased[0], "process-a", 60_000)
+    lost: list[int] = []
+    leased[0].on_group_lost.append(lost.append)
+    assert await a.acquire(4)
+    first = a.held[4]
+    await a.release(4)
+    assert await a.acquire(4)  # taken again, at a newer epoch
+    current, leased[0].epochs[4] = leased[0].epochs[4], first
+    stale = leased[0].submit(4, 1, b"submitted under the first taking")  # still waiting to be sent
+    leased[0].epochs[4] = current
+    with pytest.raises(Fenced):
+        await stale
+    assert lost == [] and not leased[0].is_fenced(4), "the refusal was of the earlier taking"
+    await leased[0].submit(4, 1, b"written under the current taking")

@@ -212,10 +212,10 @@ async def test_a_snapshot_in_the_earlier_dedupe_layout_is_refused_not_misread(
     times, and the open map as two lists. Recovery must stop on it, not take its bytes for columns."""
     record = msgspec.msgpack.decode(encode_snapshot(3, Ledger(0, Limits()).snapshot()))
     record[1][3] = [b"\0" * 41 * 2, b"\0" * 8 * 2, *open_map]  # LedgerSnapshot.seen
-    await store.client.set(store.snap_key(0), msgspec.msgpack.encode(record))
+    await store.client.set(store.keys.snap(0), msgspec.msgpack.encode(record))
     with pytest.raises(SnapshotUnreadable, match="shard 0"):
         await store.load_snapshot(0)
-    await store.client.set(store.snap_key(0), encode_snapshot(3, Ledger(0, Limits()).snapshot()))
+    await store.client.set(store.keys.snap(0), encode_snapshot(3, Ledger(0, Limits()).snapshot()))
     assert (await store.load_snapshot(0)) is not None  # this version's own layout reads back
 
 
