@@ -18,7 +18,8 @@ help:
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
 	@echo "make bench-peak SCENARIO=flash_sale|holiday_peak|steady DURATION=60 USERS=60 - locust peak run"
 	@echo "make bench-compare - benchmarks/compare.py (this service vs Lua/Redis and PostgreSQL peers)"
-	@echo "make cluster - a Redis Cluster on loopback (3 primaries, a replica each) and the service on it, until Ctrl-C"
+	@echo "make cluster [PROCESSES=3] - a Redis Cluster on loopback (3 primaries, a replica each) and the service on it"
+	@echo "               (PROCESSES > 1: that many leased service processes on ports 50051 up), until Ctrl-C"
 	@echo "make soak SECONDS=60 SEED=1 - benchmarks/fault_soak.py (Redis pauses, slow network, kill -9; then the invariants), then on a Redis Cluster, then three service processes sharing it"
 
 $(STAMP): pyproject.toml client/pyproject.toml
@@ -54,8 +55,10 @@ redis:
 	  fi; }
 
 SEEDS ?= 1000
+PROCESSES ?= 1
 cluster: bootstrap
-	$(BIN)/python -m atp_service.storage.embedded_cluster --data-dir "$$(mktemp -d /tmp/atp-cluster.XXXXXX)" --serve
+	$(BIN)/python -m atp_service.storage.embedded_cluster --data-dir "$$(mktemp -d /tmp/atp-cluster.XXXXXX)" --serve \
+	  --processes $(PROCESSES)
 
 sim: $(STAMP)
 	$(BIN)/python -m tests.sim --seeds $(SEEDS)

@@ -7,6 +7,7 @@ replica follows its primary (``CLUSTER REPLICATE``); the cluster is ready when e
 ``cluster_state:ok`` and knows every other node.
 
     python -m atp_service.storage.embedded_cluster --data-dir DIR [--primaries 3 --replicas 1]
+        [--serve [--processes N]]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +165,19 @@ class EmbeddedCluster:
 
 SERVICE_ENV = {"ATP_REDIS_CLUSTER": "true", "ATP_INPUT_STREAMS": "atp:{in}:pos,atp:{in}:wms",
                "ATP_DEAD_LETTER_STREAM": "atp:{in}:dlq", "ATP_QUARANTINE_STREAM": "atp:{in}:quarantine"}
-"""How ``--serve`` runs the service on the cluster: its input streams share a hash tag, as a cluster needs."""
+"""How ``--serve`` runs one service on the cluster: its input streams share a hash tag, as a cluster needs."""
+LEASED_ENV = {"ATP_REDIS_CLUSTER": "true", "ATP_OWNERSHIP": "leases", "ATP_INPUT_STREAMS": "", "ATP_DEMO": "false"}
+"""How ``--serve --processes N`` (N > 1) runs each process: leased, without the demo estate's channel
+feeds and without input streams, which leased processes do not serve yet."""
+WILDCARDS = ("0.0.0.0", "::", "[::]", "")
+
+
+@dataclass(frozen=True)
+class Served:
+    """One ``atp-service serve`` child: where it answers, and its process."""
+
+    address: str
+    process: subprocess.Popen[bytes]
 
 
 def main() -> None:
@@ -173,24 +187,67 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1, help="replicas per primary")
     parser.add_argument("--serve", action="store_true",
                         help="also run `atp-service serve` on the cluster (ATP_* variables apply) until Ctrl-C")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="with --serve: service processes; more than one share the keyspace under leases "
+                             "(ATP_OWNERSHIP=leases), on consecutive ports from ATP_PORT (50051)")
     args = parser.parse_args()
+    if args.processes < 1:
+        parser.error(f"--processes: at least 1, got {args.processes}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    status = 0
     with EmbeddedCluster(args.data_dir, args.primaries, args.replicas) as cluster:
         ports = ", ".join(str(node.port) for node in cluster.nodes)
         print(f"Redis Cluster ready: {cluster.url} (nodes on 127.0.0.1: {ports}); Ctrl-C stops it", flush=True)
-        service = _serve(cluster.url) if args.serve else None
-        stop.wait()
-        if service is not None:  # the service first: its final snapshots go to the cluster
-            service.terminate()
-            service.wait()
+        services = _serve(cluster.url, args.processes) if args.serve else []
+        try:
+            status = _watch(services, stop)
+        finally:  # the services first: their final snapshots go to the cluster
+            for service in services:
+                if service.process.poll() is None:
+                    service.process.terminate()
+            for service in services:
+                service.process.wait()
+    sys.exit(status)
 
 
-def _serve(url: str) -> subprocess.Popen[bytes]:
-    """``atp-service serve`` on the cluster, as a child of its own (it drains and snapshots on SIGTERM)."""
-    env = {**SERVICE_ENV, **os.environ, "ATP_REDIS_URL": url}
-    return subprocess.Popen([sys.executable, "-m", "atp_service", "serve"], env=env)
+def _serve(url: str, processes: int) -> list[Served]:
+    """``atp-service serve`` on the cluster, each a child of its own (it drains and snapshots on SIGTERM):
+    one as the service runs alone, or ``processes`` leased ones on consecutive ports."""
+    host = os.environ.get("ATP_HOST", "127.0.0.1")
+    port = int(os.environ.get("ATP_PORT", "50051"))
+    reachable = "127.0.0.1" if host in WILDCARDS else host
+    if processes == 1:
+        env = {**SERVICE_ENV, **os.environ, "ATP_REDIS_URL": url}
+        served = [Served(f"{reachable}:{port}", subprocess.Popen([sys.executable, "-m", "atp_service", "serve"],
+                                                                  env=env))]
+    else:
+        metrics = int(os.environ.get("ATP_METRICS_PORT", "9464"))
+        served = []
+        for i in range(processes):
+            address = f"{reachable}:{port + i}"
+            env = {"ATP_AUTH": "off", **os.environ, **LEASED_ENV, "ATP_REDIS_URL": url, "ATP_PORT": str(port + i),
+                   "ATP_METRICS_PORT": str(metrics + i if metrics >= 0 else -1), "ATP_ADVERTISE_ADDRESS": address}
+            served.append(Served(address, subprocess.Popen([sys.executable, "-m", "atp_service", "serve"], env=env)))
+    for n, service in enumerate(served, 1):
+        print(f"service process {n} of {processes}: {service.address} (pid {service.process.pid})", flush=True)
+    return served
+
+
+def _watch(services: list[Served], stop: threading.Event) -> int:
+    """Until Ctrl-C (0), or until every service process has exited (1): each exit is said as it happens."""
+    gone: set[str] = set()
+    while not stop.wait(0.5):
+        for service in services:
+            code = service.process.poll()
+            if code is not None and service.address not in gone:
+                gone.add(service.address)
+                print(f"service process {service.address} exited with status {code}", flush=True)
+        if services and len(gone) == len(services):
+            print("no service process is left: stopping the Redis Cluster", flush=True)
+            return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ class RoutedClient:
     ``AtpClient``'s, for the channel to each process. A ``Reserve`` goes to the owner of the
     reservation's home group (the lowest group of its lines); a call naming only a reservation id,
     to the owner of the home group of a reservation this client reserved or was answered about
-    (the last ``max_remembered``), else to any process, which forwards it. A refusal of the owner
-    is raised as ``AtpClient`` raises it.
+    (the last ``max_remembered``), else to any process, which forwards it. ``availability`` asks
+    each key at its group's owner, one call per group. A refusal of the owner is raised as
+    ``AtpClient`` raises it.
 
     With ``retry``, gRPC retries a ``GROUP_MOVED`` refusal (``UNAVAILABLE``) at the same process
     before this client follows the redirect: each redirect then costs the retries' delays."""
@@ -106,6 +107,26 @@ class RoutedClient:
 
     async def get_reservation(self, reservation_id: str) -> pb.Reservation:
         return await self._by_id("GetReservation", pb.GetReservationRequest(reservation_id=reservation_id))
+
+    async def availability(self, keys: Iterable[tuple[str, str]]) -> list[pb.Availability]:
+        """Positions in the order of ``keys``, each read at the owner of its SKU's group: a process
+        answers reads only for the groups it owns, so the keys are asked one call per group, at once."""
+        keys = list(keys)
+        routes = self._routes or await self._refresh(None)
+        by_group: dict[int | None, list[int]] = {}
+        for i, (sku, _) in enumerate(keys):
+            by_group.setdefault(routes.home((sku,)), []).append(i)
+
+        async def read(group: int | None, idx: list[int]) -> list[pb.Availability]:
+            req = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=keys[i][0], location=keys[i][1]) for i in idx])
+            return list((await self._send("GetAvailability", req, group)).positions)
+
+        answers = await asyncio.gather(*(read(group, idx) for group, idx in by_group.items()))
+        out: list[pb.Availability] = [pb.Availability()] * len(keys)
+        for idx, positions in zip(by_group.values(), answers, strict=True):
+            for i, position in zip(idx, positions, strict=True):
+                out[i] = position
+        return out
 
     async def _by_id(self, rpc: str, req: Any) -> pb.Reservation:
         """A call naming a reservation: to its home group's owner when known; else to any process

@@ -145,6 +145,24 @@ async def test_an_order_over_groups_of_different_processes_is_all_or_nothing(sta
             assert p.reserved == 0, (sku, p)
 
 
+async def test_routed_client_reads_positions_of_every_group_at_their_owners(start_process: ServiceFactory) -> None:
+    running = await processes(start_process, 2)
+    skus = [f"read-{i}" for i in range(12)]
+    assert {group_of(sku) for sku in skus} == set(range(SHARDS))
+    _, any_process = running[0]
+    await any_process.record_events([receipt(f"in-{n}", sku, "DC", n + 1) for n, sku in enumerate(skus)])
+    other, stranger = skus_in_other_groups(running)
+    with pytest.raises(grpc.aio.AioRpcError) as moved:  # one process answers reads only for its own groups
+        await owner_of(running, other)[1].availability([(other, "DC"), (stranger, "DC")])
+    assert dict(moved.value.trailing_metadata() or ())["atp-moved"].startswith(f"{group_of(stranger)} ")
+    async with RoutedClient([f"127.0.0.1:{s.port}" for s, _ in running]) as client:
+        keys = [(sku, loc) for sku in reversed(skus) for loc in ("DC", "nowhere")]
+        positions = await client.availability(keys)
+    assert [(p.sku, p.location) for p in positions] == keys, "answered in the order asked"
+    stocked = {sku: n + 1 for n, sku in enumerate(skus)}
+    assert [p.on_hand for p in positions] == [stocked[sku] if loc == "DC" else 0 for sku, loc in keys]
+
+
 async def test_a_stopped_process_hands_its_groups_over_and_nothing_is_lost(start_process: ServiceFactory) -> None:
     running = await processes(start_process, 2)
     skus = [f"s{i}" for i in range(12)]

@@ -90,12 +90,44 @@ async def test_make_cluster_serves_on_the_cluster_and_stops_it_all(tmp_path: Pat
     assert not _redis_left(tmp_path / "c")
 
 
-def _make_cluster(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "ATP_PORT": str(port), "ATP_METRICS_PORT": "-1", "ATP_DEMO": "false", "ATP_AUTH": "off"}
+def _make_cluster(data_dir: Path, port: int, *extra: str, **env_extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ATP_PORT": str(port), "ATP_METRICS_PORT": "-1", "ATP_DEMO": "false", "ATP_AUTH": "off",
+           **env_extra}
     log = data_dir.with_suffix(".log").open("wb")  # a file, not a pipe nobody reads until the end
     return subprocess.Popen([sys.executable, "-m", "atp_service.storage.embedded_cluster", "--data-dir",
-                             str(data_dir), "--serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                             str(data_dir), "--serve", *extra], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+async def test_make_cluster_with_processes_runs_them_leased_and_stops_once_none_is_left(tmp_path: Path) -> None:
+    """``make cluster PROCESSES=2``: two leased processes on consecutive ports, each owning a share of
+    the groups; when both die, the script says so and stops the cluster (status 1)."""
+    port = free_port()
+    proc = _make_cluster(tmp_path / "c", port, "--processes", "2", ATP_LEASE_MS="1000")
+    log = tmp_path / "c.log"
+    try:
+        addresses = [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]
+        async with AtpClient(addresses[0], timeout_s=10) as first, AtpClient(addresses[1], timeout_s=10) as second:
+            await asyncio.gather(first.wait_ready(60), second.wait_ready(60))
+            for _ in range(600):
+                table = await first.stub.GetRouting(pb.GetRoutingRequest())
+                if {route.address for route in table.groups} == set(addresses):
+                    break
+                await asyncio.sleep(0.05)
+            assert {route.address for route in table.groups} == set(addresses)
+        pids = [int(line.rsplit("pid ", 1)[1].rstrip(")")) for line in log.read_text().splitlines()
+                if line.startswith("service process ") and "(pid " in line]
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        assert await asyncio.to_thread(proc.wait, 60) == 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = log.read_text()
+    assert out.count("exited with status -9") == 2 and "no service process is left" in out, out[-2000:]
+    assert not _redis_left(tmp_path / "c")
 
 
 def _redis_left(data_dir: Path) -> list[int]:

@@ -1,0 +1,287 @@
+"""Reservations over 1, 2, 4, … service processes sharing one keyspace on a Redis Cluster
+(``ownership = leases``), on this machine.
+
+An embedded Redis Cluster (3 primaries, a replica each) is started once (or ``--cluster-url`` names
+one, flushed before each step). Each step — a number of service processes, a mode and a kind —
+starts that many ``atp-service serve`` processes on a flushed keyspace, waits until they have
+spread the groups evenly, stocks ``--skus`` x ``--locations`` positions with 1,000,000 units each
+(nothing is refused for lack of stock), and runs ``--load-processes`` load generators
+(``scale_load.py``, a process each) for ``--seconds``:
+  routed    - ``RoutedClient``: each call to the owner of its group;
+  forwarded - ``AtpClient`` to a random process per call, which forwards what it does not own;
+  unary     - one-line ``Reserve`` calls, ``--in-flight`` per load process;
+  stream    - ``ReserveStream`` batches of ``--batch`` reservations, routed only: the service does
+              not forward stream items (a row with ``skipped`` says so).
+Then every position is read through ``RoutedClient`` and checked: ``oversold`` (units reserved
+and committed beyond on hand) and ``hold_mismatches`` (positions whose units held differ from
+the units acknowledged held; a call that timed out may have been applied, and is counted as an
+error) must be 0. One JSON line per step: processes, mode, kind, ops/s
+(reservations held per second), p50/p99 ms (per call, or per batch message), errors, the service
+processes' CPU seconds per 1,000 reservations (``/proc/<pid>/stat``), and the check. Exits 1 if
+any check fails.
+
+    python benchmarks/scale.py [--max-processes N] [--load-processes K] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from redis.cluster import RedisCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from atp_client import AtpClient, Retryable, RoutedClient, timestamp
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import free_port
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from benchmarks.scale_load import LoadSpec, Tally, location_name, run_load, sku_name
+from benchmarks.throughput import serve_command
+
+STOCK = 1_000_000
+"""Units per position: no step comes near it."""
+SKIPPED_STREAM = ("ReserveStream is not forwarded: a process answers each item of another process's group "
+                  "GROUP_MOVED (docs/API.md, Routing); stream measured routed only")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Services:
+    """``n`` leased ``atp-service serve`` processes on the cluster, each logging to ``tmp``."""
+
+    def __init__(self, url: str, n: int, args: argparse.Namespace, tmp: Path) -> None:
+        self.ports = [free_port() for _ in range(n)]
+        self.addresses = tuple(f"127.0.0.1:{port}" for port in self.ports)
+        self.logs = [tmp / f"service-{n}-{i}.log" for i in range(n)]
+        env = {**os.environ, "ATP_REDIS_CLUSTER": "true", "ATP_INPUT_STREAMS": ""}
+        extra = ("--host", "127.0.0.1", "--shards", str(args.shards), "--ownership", "leases",
+                 *(("--lease-ms", str(args.lease_ms)) if args.lease_ms else ()))
+        self.procs = [subprocess.Popen(serve_command(url, port, -1, *extra), env=env, stdout=log.open("wb"),
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+                      for port, log in zip(self.ports, self.logs, strict=True)]
+
+    async def ready(self, shards: int) -> None:
+        """Every process's routing table the same and balanced: every group owned, each process
+        owning at least its share (rounded down)."""
+        deadline = time.monotonic() + 90
+        async with _clients(self.addresses) as clients:
+            while not await self._balanced(clients, shards):
+                self._alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the {len(self.addresses)} processes did not spread the groups in 90 s")
+                await asyncio.sleep(0.1)
+
+    async def _balanced(self, clients: list[AtpClient], shards: int) -> bool:
+        try:
+            tables = await asyncio.gather(*(c.stub.GetRouting(pb.GetRoutingRequest(), timeout=5) for c in clients))
+        except grpc.aio.AioRpcError:  # not serving yet
+            return False
+        views = [{r.group: r.address for r in t.groups} for t in tables]
+        counts = Counter(views[0].values())
+        return (all(v == views[0] for v in views) and len(views[0]) == shards and all(views[0].values())
+                and min(counts[a] for a in self.addresses) >= shards // len(self.addresses))
+
+    def _alive(self) -> None:
+        for proc, log in zip(self.procs, self.logs, strict=True):
+            if proc.poll() is not None:
+                raise RuntimeError(f"a service process exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of every service process so far (``/proc/<pid>/stat``)."""
+        total = 0
+        for proc in self.procs:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+        return total / TICKS
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            proc.wait(60)
+
+
+class _clients:
+    """``AtpClient`` to each address, closed on exit."""
+
+    def __init__(self, addresses: tuple[str, ...]) -> None:
+        self.clients = [AtpClient(a, timeout_s=30) for a in addresses]
+
+    async def __aenter__(self) -> list[AtpClient]:
+        return self.clients
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients))
+
+
+def positions(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return [(sku_name(s), location_name(loc)) for s in range(args.skus) for loc in range(args.locations)]
+
+
+async def seed(address: str, args: argparse.Namespace) -> None:
+    """A count of ``STOCK`` at every position, through one process (it sends each fact to its owner)."""
+    at = timestamp(int(time.time() * 1000) - 1000)
+    facts = [pb.Fact(event_id=f"seed-{sku}-{loc}", source="bench", kind=pb.FACT_KIND_COUNT, sku=sku, location=loc,
+                     quantity=STOCK, event_time=at) for sku, loc in positions(args)]
+    async with AtpClient(address, timeout_s=60) as client:
+        for i in range(0, len(facts), 5000):
+            results = await client.record_events(facts[i:i + 5000])
+            refused = [r for r in results if r.outcome != pb.FACT_OUTCOME_APPLIED]
+            if refused:
+                raise RuntimeError(f"seeding: {len(refused)} facts not applied, e.g. {refused[0]}")
+
+
+async def check(addresses: tuple[str, ...], args: argparse.Namespace, acked: Counter[tuple[str, str]]
+                ) -> dict[str, int]:
+    """Every position read at its owner: units beyond on hand, and positions whose units held are
+    not the units acknowledged held."""
+    keys = positions(args)
+    oversold = mismatches = 0
+    async with RoutedClient(addresses, timeout_s=30) as client:
+        for i in range(0, len(keys), 1000):
+            for p in await _patiently(client, keys[i:i + 1000]):
+                oversold += max(0, p.reserved + p.committed - p.on_hand)
+                mismatches += p.reserved != acked[(p.sku, p.location)]
+    return {"checked_positions": len(keys), "oversold": oversold, "hold_mismatches": mismatches}
+
+
+async def _patiently(client: RoutedClient, keys: list[tuple[str, str]]) -> list[pb.Availability]:
+    """The positions, waiting out a group being taken over (a lease lost under load) for up to a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return await client.availability(keys)
+        except Retryable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def load(services: Services, kind: str, mode: str, args: argparse.Namespace, k: int
+               ) -> tuple[list[Tally], float]:
+    """``k`` load generators; the services' CPU seconds over the window measured (from the barrier)."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(k + 1), ctx.Queue()
+    specs = [LoadSpec(w, kind, mode, services.addresses, args.skus, args.locations, args.seconds, args.in_flight,
+                      args.batch, f"{kind[0]}{mode[0]}{len(services.addresses)}") for w in range(k)]
+    procs = [ctx.Process(target=run_load, args=(spec, barrier, results), daemon=True) for spec in specs]
+    for proc in procs:
+        proc.start()
+    try:
+        try:
+            await asyncio.to_thread(barrier.wait, 120)
+        except threading.BrokenBarrierError:  # a generator failed (it says why) or none came in time
+            raise RuntimeError(await asyncio.to_thread(results.get, True, 30)) from None
+        before = services.cpu_s()
+        await asyncio.sleep(args.seconds)
+        cpu = services.cpu_s() - before
+        tallies = [await asyncio.to_thread(results.get, True, args.seconds + 120) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(30)
+    failed = [t for t in tallies if isinstance(t, str)]
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    return tallies, cpu
+
+
+def row(n: int, kind: str, mode: str, tallies: list[Tally], cpu: float, k: int) -> dict[str, Any]:
+    calls = sum(t.calls for t in tallies)
+    lat = [x for t in tallies for x in t.latencies_ms] or [0.0]
+    errors = sum((t.errors for t in tallies), Counter[str]())
+    window = max(t.window_s for t in tallies)
+    return {"processes": n, "mode": mode, "kind": kind, "load_processes": k, "ops": round(calls / window),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "errors": sum(errors.values()), **({"error_kinds": dict(errors)} if errors else {}),
+            "service_cpu_s_per_1000": round(cpu / max(1, calls) * 1000, 3), "reservations": calls,
+            **({"messages": sum(t.messages for t in tallies)} if kind == "stream" else {})}
+
+
+async def step(url: str, n: int, kind: str, mode: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """One measured row, on fresh processes and a flushed keyspace."""
+    with RedisCluster.from_url(url) as cluster:
+        cluster.flushall(target_nodes=RedisCluster.PRIMARIES)
+    services = Services(url, n, args, tmp)
+    try:
+        await services.ready(args.shards)
+        await seed(services.addresses[0], args)
+        k = args.load_processes or n
+        tallies, cpu = await load(services, kind, mode, args, k)
+        acked = sum((t.acked for t in tallies), Counter[tuple[str, str]]())
+        return {**row(n, kind, mode, tallies, cpu, k), **await check(services.addresses, args, acked)}
+    finally:
+        services.stop()
+
+
+async def measure(url: str, args: argparse.Namespace, tmp: Path) -> bool:
+    """Every step, one JSON line each; False if any check failed."""
+    clean = True
+    for n in args.processes:
+        for kind, mode in (("unary", "routed"), ("unary", "forwarded"), ("stream", "routed"), ("stream", "forwarded")):
+            if kind == "stream" and mode == "forwarded":
+                print(json.dumps({"processes": n, "mode": mode, "kind": kind, "skipped": SKIPPED_STREAM}), flush=True)
+                continue
+            out = await step(url, n, kind, mode, args, tmp)
+            clean = clean and out["oversold"] == 0 and out["hold_mismatches"] == 0
+            print(json.dumps(out), flush=True)
+    return clean
+
+
+def doubling(limit: int) -> list[int]:
+    """1, 2, 4, … up to ``limit``, and ``limit`` itself."""
+    counts = [1]
+    while counts[-1] * 2 <= limit:
+        counts.append(counts[-1] * 2)
+    return counts + ([limit] if counts[-1] != limit else [])
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-processes", type=int, default=os.cpu_count() or 1,
+                        help="service processes of the last step (default: the cores here)")
+    parser.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="the steps' process counts instead, e.g. 2 or 1,3")
+    parser.add_argument("--load-processes", type=int, default=0, help="load generators (default: as many as "
+                        "service processes in the step)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per step")
+    parser.add_argument("--skus", type=int, default=5000)
+    parser.add_argument("--locations", type=int, default=4)
+    parser.add_argument("--in-flight", type=int, default=64, help="unary calls in flight per load generator")
+    parser.add_argument("--batch", type=int, default=200, help="reservations per stream message")
+    parser.add_argument("--shards", type=int, default=0, help="shard groups (default: 16, or 4 per process of "
+                        "the largest step when more)")
+    parser.add_argument("--lease-ms", type=int, default=0, help="the processes' lease (default: the service's)")
+    parser.add_argument("--cluster-url", default="", help="a Redis Cluster to use (flushed!) instead of starting one")
+    args = parser.parse_args()
+    args.processes = args.processes or doubling(args.max_processes)
+    args.shards = args.shards or max(16, 4 * max(args.processes))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="atp-scale-") as tmp:
+        if args.cluster_url:
+            clean = asyncio.run(measure(args.cluster_url, args, Path(tmp)))
+        else:
+            with EmbeddedCluster(Path(tmp) / "cluster", primaries=3, replicas=1) as cluster:
+                clean = asyncio.run(measure(cluster.url, args, Path(tmp)))
+    sys.exit(0 if clean else 1)
+
+
+if __name__ == "__main__":
+    main()
