@@ -138,14 +138,17 @@ async def _unary(spec: LoadSpec, tally: Tally, rng: random.Random) -> Load:
 
 
 async def _stream(spec: LoadSpec, tally: Tally, rng: random.Random) -> Load:
-    """Routed only: the service does not forward ``ReserveStream`` items (docs/API.md). Each owning
-    process gets streams of batches whose SKUs all fall in groups it owns."""
-    async with RoutedClient(spec.addresses) as routed:
-        routes = await routed.refresh()
+    """Routed: each owning process gets streams of batches whose SKUs all fall in groups it owns.
+    Forwarded: every process gets streams of batches over every SKU, and splits each by owner."""
     pools: dict[str, list[str]] = {}
-    for n in range(spec.skus):
-        sku = sku_name(n)
-        pools.setdefault(routes.owner(place(sku, routes.shards)), []).append(sku)
+    if spec.mode == "forwarded":
+        pools = {address: [sku_name(n) for n in range(spec.skus)] for address in spec.addresses}
+    else:
+        async with RoutedClient(spec.addresses) as routed:
+            routes = await routed.refresh()
+        for n in range(spec.skus):
+            sku = sku_name(n)
+            pools.setdefault(routes.owner(place(sku, routes.shards)), []).append(sku)
     clients = {owner: AtpClient(owner) for owner in pools if owner}
     if len(clients) != len(pools):
         raise RuntimeError("a group had no owner when the stream load started")
