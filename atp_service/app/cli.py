@@ -140,6 +140,11 @@ def _print_ready(config: ServiceConfig, service: AtpService) -> None:
     metrics = (f"on http://{config.metrics_host}:{service.metrics_port}/metrics" if config.metrics_port >= 0
                else "off")
     print(f"ATP service ready: gRPC on {target}, metrics {metrics}", flush=True)
+    if service.membership is not None:
+        print(f"  one of the processes of keyspace {config.key_prefix!r}: {len(service.membership.leases.held)} of "
+              f"{config.shards} groups here, {len(service.membership.members)} processes", flush=True)
+    if not config.demo:
+        return
     print("Try:\n"
           f"  {ctl_cmd} --target {target} availability sku-00001@dc-east sku-00001@store-001\n"
           f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
