@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -102,7 +104,7 @@ def _make_cluster(data_dir: Path, port: int, *extra: str, **env_extra: str) -> s
 async def test_make_cluster_with_processes_runs_them_leased_and_stops_once_none_is_left(tmp_path: Path) -> None:
     """``make cluster PROCESSES=2``: two leased processes on consecutive ports, each owning a share of
     the groups; when both die, the script says so and stops the cluster (status 1)."""
-    port = free_port()
+    port = consecutive_free_ports(2)
     proc = _make_cluster(tmp_path / "c", port, "--processes", "2", ATP_LEASE_MS="1000")
     log = tmp_path / "c.log"
     try:
@@ -128,6 +130,22 @@ async def test_make_cluster_with_processes_runs_them_leased_and_stops_once_none_
     out = log.read_text()
     assert out.count("exited with status -9") == 2 and "no service process is left" in out, out[-2000:]
     assert not _redis_left(tmp_path / "c")
+
+
+def consecutive_free_ports(n: int) -> int:
+    """The first of ``n`` free consecutive ports, below the kernel's ephemeral range: the cluster's
+    nodes (and every other socket bound to port 0) cannot take the second while it waits to be used."""
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(20_000, 32_000 - n)
+        try:
+            for port in range(first, first + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {n} free consecutive ports below 32000")
 
 
 def _redis_left(data_dir: Path) -> list[int]:
