@@ -183,7 +183,7 @@ class ServiceConfig:
     """Consumer group the service reads the input streams with."""
 
     consumer_name: str = "atp-1"
-    """This instance's consumer name; keep it stable so a restart re-reads its own pending entries."""
+    """Consumer name (leased: ``<it>@<advertised address>``); keep it stable: a restart re-reads its pending entries."""
 
     ingest_count: int = 1000
     """Most entries read per stream per XREADGROUP without channel feeds: large reads for ingest

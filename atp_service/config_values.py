@@ -65,9 +65,6 @@ def _check_leases(cfg: Any) -> None:
     if not cfg.advertise_address and (cfg.host in WILDCARDS or cfg.port == 0):
         raise ValueError(f"advertise_address: ownership=leases needs the host:port other processes reach this one "
                          f"at (host {cfg.host!r}, port {cfg.port} name none)")
-    if cfg.input_streams:
-        raise ValueError("input_streams: not read with ownership=leases yet; set ATP_INPUT_STREAMS= (empty) and "
-                         "send facts with RecordEvents")
     if cfg.estate is not None or cfg.demo:
         raise ValueError("estate: channel feeds are not served with ownership=leases yet; start without --estate "
                          "and with --no-demo")

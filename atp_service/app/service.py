@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from atp_service.edge.door import DoorCalls, server_ids
 from atp_service.edge.handlers import add_service
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.peers import peers_handler, step_sender
+from atp_service.edge.record import fact_sender
 from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.watch import Watchers
 from atp_service.engine.clock import Clock, SystemClock
@@ -174,12 +176,23 @@ class AtpService:
             await self.channels.start()
         self._servicer.attach(self.engine, self.desk, self.channels)
         if cfg.input_streams:
-            ingest_client = connect_any(self.redis_url, cfg.redis_timeout_s + cfg.ingest_block_ms / 1000,
-                                        cluster=cfg.redis_cluster)
-            # With channel feeds, smaller reads keep the event loop's turns short for the desk (C2).
-            reads = min(cfg.ingest_count, cfg.ingest_count_publishing) if self.channels else cfg.ingest_count
-            self.ingestor = StreamIngestor(ingest_client, self.desk, cfg.ingest_settings, self.clock, reads)
+            self.ingestor = self._ingestor(self.desk)
             await self.ingestor.start()
+
+    def _ingestor(self, desk: FactDesk) -> StreamIngestor:
+        """The input streams' reader. Leased, each process reads as a consumer of its own, named
+        ``<consumer_name>@<advertised address>`` (the same after a restart: it re-reads its own
+        pending entries first), and sends the facts of other processes' groups to their owners."""
+        cfg = self.config
+        client = connect_any(self.redis_url, cfg.redis_timeout_s + cfg.ingest_block_ms / 1000,
+                             cluster=cfg.redis_cluster)
+        # With channel feeds, smaller reads keep the event loop's turns short for the desk (C2).
+        reads = min(cfg.ingest_count, cfg.ingest_count_publishing) if self.channels else cfg.ingest_count
+        if self.membership is None:
+            return StreamIngestor(client, desk, cfg.ingest_settings, self.clock, reads)
+        settings = replace(cfg.ingest_settings, consumer_name=f"{cfg.consumer_name}@{self.membership.address}")
+        send = fact_sender(self._servicer.forwarder, peer_token(cfg), cfg.limits)
+        return StreamIngestor(client, desk, settings, self.clock, reads, send)
 
     def _add_services(self, server: grpc.aio.Server) -> None:
         """Through ``handlers.add_service``, not the generated ``add_..._to_server``: bytes that are not
@@ -356,11 +369,11 @@ class AtpService:
                         drain.active, grace)
         if self._server is not None:
             await self._server.stop(max(0.0, grace - (time.monotonic() - began)))
+        if self.ingestor is not None:  # before the peer channels close: it sends facts over them
+            await self.ingestor.stop()
         await self._servicer.aclose()
         await self._monitor.stop()
         await cancel_and_wait(self._owner_task)
-        if self.ingestor is not None:
-            await self.ingestor.stop()
         if self.desk is not None:
             await self.desk.stop(self.config.redis_timeout_s * 2)
         if self.channels is not None:

@@ -11,7 +11,8 @@ The callers file (TOML) holds only SHA-256 hashes of tokens, never the tokens:
 ``authorization: Bearer <token>`` metadata. Roles: ``oms`` (reserve/confirm/release/fulfil and
 reads), ``ingest`` (RecordEvents, LoadCounts), ``channel`` (WatchAvailability and reads), ``admin`` (safety
 stock, estate reload and reads), ``peer`` (order steps between the service processes of one
-keyspace). Health checks and reflection stay open for probes and tools.
+keyspace, and facts from the input streams sent to their groups' owners). Health checks and
+reflection stay open for probes and tools.
 Every denial is ``UNAUTHENTICATED`` or ``PERMISSION_DENIED``, counted in ``atp_auth_denied_total``, with
 an audit log line — rate-limited, so that a flood of calls without a token cannot flood the log. A
 denied call's request bytes are never parsed: the caller is refused before anything is read.

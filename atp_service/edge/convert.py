@@ -15,9 +15,21 @@ from atp_client import epoch_ms
 from atp_client import timestamp as api_timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import rich_status
-from reservation import FactOutcome, InvalidArgument, Limits, Quantities, Reservation, ReserveCommand, reserve_command
+from reservation import (
+    DomainError,
+    Fact,
+    FactOutcome,
+    InvalidArgument,
+    Limits,
+    Quantities,
+    Reservation,
+    ReserveCommand,
+    Unavailable,
+    reserve_command,
+)
 
 _FACT_KIND_PREFIX = "FACT_KIND_"
+_OUTCOMES = frozenset(int(outcome) for outcome in FactOutcome)
 
 
 def timestamp(ms: int) -> Timestamp | None:
@@ -63,6 +75,24 @@ def fact_kind_name(kind: int) -> str:
     if kind not in pb.FactKind.values():
         return "unknown"
     return pb.FactKind.Name(kind).removeprefix(_FACT_KIND_PREFIX)
+
+
+def fact_pb(fact: Fact) -> pb.Fact:
+    """A validated fact as ``RecordEvents`` carries it (to the process owning its group)."""
+    return pb.Fact(event_id=fact.event_id, source=fact.source, kind=cast(pb.FactKind, fact.kind), sku=fact.sku,
+                   location=fact.location, quantity=fact.quantity, event_time=timestamp(fact.event_time),
+                   reservation_id=fact.reservation_id)
+
+
+def fact_result(answer: pb.FactResult) -> tuple[FactOutcome, str] | DomainError:
+    """A fact's outcome as the process that applied it answered: (outcome, detail), or for an
+    ``INVALID`` one the refusal naming the field (``events[3].event_time`` read as ``event_time``)."""
+    if answer.outcome == pb.FACT_OUTCOME_INVALID:
+        field, _, problem = answer.error.message.partition(": ")
+        return InvalidArgument(field.partition("].")[2] or field, problem)
+    if answer.outcome not in _OUTCOMES:
+        return Unavailable(f"fact {answer.event_id!r}: no outcome in the answer ({answer.outcome})")
+    return FactOutcome(answer.outcome), answer.detail
 
 
 def lines_of(lines: Iterable[pb.Line]) -> list[tuple[str, str, int]]:

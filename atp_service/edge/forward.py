@@ -118,8 +118,14 @@ class Forwarder:
 
     async def _send(self, address: str, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
                     metadata: Sequence[tuple[str, Any]]) -> Any:
+        return await self.send(address, method, request, context.time_remaining(), metadata)
+
+    async def send(self, address: str, method: str, request: Any, within_s: float | None,
+                   metadata: Sequence[tuple[str, Any]]) -> Any:
+        """``method`` called at the peer ``address`` (answered ``within_s``, None: no deadline),
+        carrying ``metadata``'s token and ``atp-forwarded``."""
         call = self.channel(address).unary_unary(f"/{SERVICE.full_name}/{method}", _serialized, _ANSWERS[method])
-        return await call(request, timeout=context.time_remaining(), metadata=self._passed(metadata))
+        return await call(request, timeout=within_s, metadata=self._passed(metadata))
 
     def _passed(self, metadata: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
         """What a call sent on carries: the caller's token, and ``atp-forwarded`` (never sent on again)."""

@@ -4,21 +4,32 @@ With several processes on the keyspace, the facts of groups another process owns
 it, one call per owner with just its facts (``Forwarder.forward_facts``). A fact refused by its
 shard refuses the whole call: some facts may be durable already, and a retry of the call is safe
 (E8: each fact is applied once, by its identity).
+
+Facts read from the input streams take the same way to their owners (``fact_sender``), carrying
+the peer token, as the input streams' reader is no caller with a token of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
+
+import grpc
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
 from atp_service.edge.errors import rich_status
 from atp_service.edge.forward import Forwarder
 from atp_service.engine.router import Engine
-from atp_service.intake.facts import FactDesk
+from atp_service.intake.facts import FactDesk, Result
+from atp_service.intake.ingest import FactSender
 from atp_service.metrics import EdgeMetrics
-from reservation import DomainError, InvalidArgument, Limits, Moved, Reason
+from reservation import DomainError, Fact, InvalidArgument, Limits, Moved, Reason, Unavailable
 from reservation import fact as make_fact
+
+SEND_TIMEOUT_S = 5.0
+"""How long an owner may take to answer facts sent from the input streams; past it their entries
+stay pending and are read again (a fact applied meanwhile is then a duplicate, E8)."""
 
 
 async def record_events(request: pb.RecordEventsRequest, context: Any, engine: Engine, desk: FactDesk,
@@ -60,3 +71,30 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
         for n, answer in (await forwarder.forward_facts(request, moved, context, elsewhere)).items():
             out[n] = answer
     return pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
+
+
+def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits) -> FactSender:
+    """How the input streams' reader sends facts to the process owning their groups: ``RecordEvents``
+    calls (with the peer token) of at most ``max_events_per_call`` facts; each fact's result there,
+    or for each the refusal of its call (the owner's, or none came back in time)."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    async def send(owner: str, facts: Sequence[Fact]) -> list[Result | DomainError]:
+        out: list[Result | DomainError] = []
+        size = limits.max_events_per_call
+        for start in range(0, len(facts), size):
+            part = facts[start:start + size]
+            request = pb.RecordEventsRequest(events=[convert.fact_pb(fact) for fact in part])
+            try:
+                answer = await forwarder.send(owner, "RecordEvents", request, SEND_TIMEOUT_S, metadata)
+            except grpc.aio.AioRpcError as exc:
+                forwarder.counted("RecordEvents", "error")
+                refused = Unavailable(f"process {owner} did not take {len(part)} facts ({exc.code().name}: "
+                                      f"{exc.details()}); read again later", Reason.OUTCOME_UNKNOWN)
+                out += [refused] * len(part)
+                continue
+            forwarder.counted("RecordEvents", "ok")
+            out += [convert.fact_result(result) for result in answer.results]
+        return out
+
+    return send

@@ -27,6 +27,7 @@ from reservation import (
     FactOutcome,
     Ledger,
     LineRequest,
+    Moved,
     Unavailable,
     View,
 )
@@ -215,13 +216,19 @@ class FactDesk:
                 applied.append(fact.event_time)
                 key = (fact.kind, "applied")
             else:
-                key = (fact.kind, "unavailable" if isinstance(r, DomainError) else _OUTCOME_NAMES[r[0]])
+                key = (fact.kind, _refusal_name(r) if isinstance(r, DomainError) else _OUTCOME_NAMES[r[0]])
             counts[key] = counts.get(key, 0) + 1
         for (kind, outcome), n in counts.items():
             self.metrics.facts.labels(origin, _KIND_NAMES.get(kind, "?"), outcome).inc(n)
         now_ms = time.time() * 1000
         for event_time in applied[:: max(1, len(applied) // LAG_SAMPLES)]:
             self.metrics.fact_lag.observe(max(0.0, (now_ms - event_time) / 1000))
+
+
+def _refusal_name(error: DomainError) -> str:
+    """A fact's ``atp_facts_total`` outcome when it was not applied here: ``moved`` when it goes on
+    to the process owning its group (which counts it as it applies it), else ``unavailable``."""
+    return "moved" if isinstance(error, Moved) and error.owner else "unavailable"
 
 
 def _apply_all(batch: list[Fact]) -> Callable[[Ledger, int], list[Result]]:

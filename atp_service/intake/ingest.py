@@ -5,6 +5,11 @@ dead-letter or quarantine stream): a crash mid-batch leaves the rest pending, th
 service re-reads its own pending entries first, and dedupe by ``(source, event_id)`` (E8)
 makes the outcome exactly-once in effect. Entries that cannot be decoded or validated go to
 the dead-letter stream with the reason and their original fields, and never stop the consumer.
+
+With several processes on one keyspace each reads as a consumer of its own in the same group, so
+Redis spreads the entries over them. A fact of a group another process owns is sent to that owner
+(``FactSender``), which applies it — and quarantines it, if it must — and answers once it is
+durable there; its entry is acknowledged only then. One no process owns now stays pending.
 """
 
 from __future__ import annotations
@@ -12,22 +17,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
-from atp_service.intake.facts import FactDesk
+from atp_service.intake.facts import FactDesk, Result
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text
 from atp_service.tasks import cancel_and_wait
-from reservation import DomainError, Fact, FactKind, InvalidArgument, Limits
+from reservation import DomainError, Fact, FactKind, InvalidArgument, Limits, Moved
 from reservation import fact as make_fact
 
 log = logging.getLogger(__name__)
 INGEST_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
 """Waits of the ingestor between reads while Redis does not answer."""
+PENDING_RETRY = BackoffPolicy(first_s=0.05, max_s=1.0)
+"""Waits between passes over this consumer's own pending entries while some cannot be applied yet
+(their group being handed over, its owner not answering); new entries are read meanwhile."""
 DECODE_SLICE = 500
 """Entries decoded in one go: a read of thousands must not hold the event loop for tens of ms."""
 
@@ -36,6 +45,11 @@ _REQUIRED_BYTES = tuple(name.encode() for name in REQUIRED)
 _DOCUMENTED_ORDER = list(_REQUIRED_BYTES)
 _KINDS = {k.name: k.value for k in FactKind}
 Entry = tuple[str, bytes, list[bytes] | None]  # stream, entry id, flat [field, value, …] (None: deleted)
+Read = tuple[str, bytes, list[bytes]]  # stream, entry id, its fields: an entry whose fact was decoded
+Dead = tuple[str, bytes, list[bytes], str]  # stream, entry id, its fields, why it is dead-lettered
+FactSender = Callable[[str, Sequence[Fact]], Awaitable[list[Result | DomainError]]]
+"""Sends facts to the service process at an address (the owner of their groups), which applies
+them: each fact's result there, in order, or the refusal that left it undecided."""
 
 
 def decode_fact(flat: list[bytes], now: int, limits: Limits) -> Fact:
@@ -94,14 +108,18 @@ def _field(fields: dict[bytes, bytes], key: bytes) -> bytes:
 
 
 class StreamIngestor:
-    """Reads the input streams on its own Redis connection pool, separate from the log's appends."""
+    """Reads the input streams on its own Redis connection pool, separate from the log's appends.
+
+    ``send``: where facts of groups other processes own go (``ownership = leases``); None: every
+    group is this process's."""
 
     def __init__(self, client: Any, desk: FactDesk, settings: IngestSettings, clock: Clock,
-                 read_count: int | None = None) -> None:
+                 read_count: int | None = None, send: FactSender | None = None) -> None:
         # The raw XREADGROUP reply: redis-py's per-entry dict building cost more than the decoding.
         client.set_response_callback("XREADGROUP", lambda response, **_: response)
         self._client = client
         self._desk = desk
+        self._send = send
         self._config = settings
         self._metrics = desk.metrics
         self._clock = clock
@@ -109,6 +127,8 @@ class StreamIngestor:
         self._streams = list(settings.input_streams)
         self._task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
+        self._retry_at = 0.0
+        self._retries = Backoff(PENDING_RETRY)
         self._batches: set[asyncio.Task[int]] = set()
         self._claimed_at = 0.0
         self._gauged_at = 0.0
@@ -144,20 +164,18 @@ class StreamIngestor:
 
     async def step(self) -> None:
         """One read; new entries are applied in the background (up to ``ingest_inflight`` batches at
-        once: facts commute by E3, so batches need no order between them) while the next is read."""
+        once: facts commute by E3, so batches need no order between them) while the next is read.
+        This consumer's own pending entries are read again when due (``_retry_pending``)."""
         cfg = self._config
-        if self._retry_own_pending:
-            await self._settle_batches()  # our own pending list includes what is in flight now
-            entries = await self._read("0", block=None)
-            self._retry_own_pending = bool(entries)
-            await self._handle(entries)
+        if self._retry_own_pending and time.monotonic() >= self._retry_at:
+            await self._retry_pending()
         else:
             if time.monotonic() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
                 self._claimed_at = time.monotonic()
                 await self._handle(await self._claim())
             while len(self._batches) >= cfg.ingest_inflight:
                 await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
-            entries = await self._read(">", block=cfg.ingest_block_ms)
+            entries = await self._read([">"] * len(self._streams), block=self._block_ms())
             if entries:
                 task = asyncio.get_running_loop().create_task(self._handle(entries))
                 self._batches.add(task)
@@ -165,6 +183,29 @@ class StreamIngestor:
         if time.monotonic() - self._gauged_at >= 5:
             self._gauged_at = time.monotonic()
             await self._gauge_pending()
+
+    async def _retry_pending(self) -> None:
+        """This consumer's pending entries, read from the start of its list page by page and applied
+        (what it had in hand before a restart, or could not apply yet). Entries still left are read
+        again after a growing wait (``PENDING_RETRY``), and new entries are read meanwhile."""
+        await self._settle_batches()  # our own pending list includes what is in flight now
+        self._retry_own_pending = False
+        after = ["0"] * len(self._streams)
+        while entries := await self._read(after, block=None):
+            await self._handle(entries)
+            last = {stream: entry_id for stream, entry_id, _ in entries}
+            after = [as_text(last[s]) if s in last else a for s, a in zip(self._streams, after, strict=True)]
+        if self._retry_own_pending:
+            self._retry_at = time.monotonic() + self._retries.next_delay()
+        else:
+            self._retries.reset()
+
+    def _block_ms(self) -> int:
+        """How long a read of new entries waits: never past a pass over the pending ones that is due."""
+        block = self._config.ingest_block_ms
+        if self._retry_own_pending:
+            block = min(block, int((self._retry_at - time.monotonic()) * 1000))
+        return max(1, block)  # BLOCK 0 would wait for ever
 
     def _batch_done(self, task: asyncio.Task[int]) -> None:
         self._batches.discard(task)
@@ -176,12 +217,13 @@ class StreamIngestor:
         if self._batches:
             await asyncio.wait(list(self._batches))
 
-    async def _read(self, start: str, block: int | None) -> list[Entry]:
+    async def _read(self, after: list[str], block: int | None) -> list[Entry]:
+        """Entries after these ids, one per stream (``>``: new ones; else this consumer's pending)."""
         cfg = self._config
         args: list[Any] = ["GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", self._read_count]
         if block is not None:
             args += ["BLOCK", block]
-        args += ["STREAMS", *self._streams, *([start] * len(self._streams))]
+        args += ["STREAMS", *self._streams, *after]
         # The raw reply, not redis-py's per-entry dict building: [[stream, [[id, [f, v, f, v…]], …]], …]
         reply = await self._client.execute_command("XREADGROUP", *args)
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
@@ -208,13 +250,34 @@ class StreamIngestor:
         return out
 
     async def _handle(self, entries: list[Entry]) -> int:
+        """Apply the entries' facts; acknowledge each entry once its fact is durable (here or at its
+        group's owner) or dead-lettered. The others stay pending, to be read again."""
         if not entries:
             return 0
-        now = self._clock.now_ms()
+        facts, read, dead = await self._decode(entries)
         done: list[tuple[str, bytes]] = []
-        dead: list[tuple[str, bytes, list[bytes], str]] = []
+        if facts:
+            results = await self._desk.record(facts, origin="stream")
+            if self._send is not None:
+                await self._to_owners(facts, results)
+            for (stream, entry_id, fields), result in zip(read, results, strict=True):
+                if isinstance(result, InvalidArgument):  # the owner's own check (its clock, E7)
+                    dead.append((stream, entry_id, fields, result.message))
+                elif isinstance(result, DomainError):
+                    self._retry_own_pending = True  # stays pending; read again from our own list
+                else:
+                    done.append((stream, entry_id))
+        if dead:
+            await self._dead_letter(dead)
+        await self._ack(done)
+        return len(done) + len(dead)
+
+    async def _decode(self, entries: list[Entry]) -> tuple[list[Fact], list[Read], list[Dead]]:
+        """The entries' facts with the entry each came from, and the entries to dead-letter."""
+        now = self._clock.now_ms()
+        dead: list[Dead] = []
         facts: list[Fact] = []
-        refs: list[tuple[str, bytes]] = []
+        read: list[Read] = []
         limits = self._config.limits
         for n, (stream, entry_id, fields) in enumerate(entries):
             if n and n % DECODE_SLICE == 0:
@@ -224,22 +287,26 @@ class StreamIngestor:
                 continue
             try:
                 facts.append(decode_fact(fields, now, limits))
-                refs.append((stream, entry_id))
+                read.append((stream, entry_id, fields))
             except InvalidArgument as exc:
                 dead.append((stream, entry_id, fields, exc.message))
-        if dead:
-            await self._dead_letter(dead)
-        if facts:
-            results = await self._desk.record(facts, origin="stream")
-            for ref, result in zip(refs, results, strict=True):
-                if isinstance(result, DomainError):
-                    self._retry_own_pending = True  # stays pending; read again from our own list
-                else:
-                    done.append(ref)
-        await self._ack(done)
-        return len(done) + len(dead)
+        return facts, read, dead
 
-    async def _dead_letter(self, dead: list[tuple[str, bytes, list[bytes], str]]) -> None:
+    async def _to_owners(self, facts: list[Fact], results: list[Result | DomainError]) -> None:
+        """The facts of groups other processes own, sent to them (one call per owner, all at once):
+        each result becomes the owner's. A fact of a group no process owns now keeps its ``Moved``."""
+        assert self._send is not None
+        by_owner: dict[str, list[int]] = {}
+        for i, result in enumerate(results):
+            if isinstance(result, Moved) and result.owner:
+                by_owner.setdefault(result.owner, []).append(i)
+        owners = list(by_owner)
+        answers = await asyncio.gather(*(self._send(owner, [facts[i] for i in by_owner[owner]]) for owner in owners))
+        for owner, answer in zip(owners, answers, strict=True):
+            for i, result in zip(by_owner[owner], answer, strict=True):
+                results[i] = result
+
+    async def _dead_letter(self, dead: list[Dead]) -> None:
         cfg = self._config
         async with self._client.pipeline(transaction=True) as pipe:
             for stream, entry_id, fields, reason in dead:

@@ -166,9 +166,10 @@ class EmbeddedCluster:
 SERVICE_ENV = {"ATP_REDIS_CLUSTER": "true", "ATP_INPUT_STREAMS": "atp:{in}:pos,atp:{in}:wms",
                "ATP_DEAD_LETTER_STREAM": "atp:{in}:dlq", "ATP_QUARANTINE_STREAM": "atp:{in}:quarantine"}
 """How ``--serve`` runs one service on the cluster: its input streams share a hash tag, as a cluster needs."""
-LEASED_ENV = {"ATP_REDIS_CLUSTER": "true", "ATP_OWNERSHIP": "leases", "ATP_INPUT_STREAMS": "", "ATP_DEMO": "false"}
-"""How ``--serve --processes N`` (N > 1) runs each process: leased, without the demo estate's channel
-feeds and without input streams, which leased processes do not serve yet."""
+LEASED_ENV = {"ATP_REDIS_CLUSTER": "true", "ATP_OWNERSHIP": "leases", "ATP_DEMO": "false"}
+"""How ``--serve --processes N`` (N > 1) runs each process, beyond ``SERVICE_ENV``: leased, without the
+demo estate's channel feeds, which leased processes do not serve yet. They read the input streams
+together, each as a consumer of its own."""
 WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 
 
@@ -227,8 +228,9 @@ def _serve(url: str, processes: int) -> list[Served]:
         served = []
         for i in range(processes):
             address = f"{reachable}:{port + i}"
-            env = {"ATP_AUTH": "off", **os.environ, **LEASED_ENV, "ATP_REDIS_URL": url, "ATP_PORT": str(port + i),
-                   "ATP_METRICS_PORT": str(metrics + i if metrics >= 0 else -1), "ATP_ADVERTISE_ADDRESS": address}
+            env = {"ATP_AUTH": "off", **SERVICE_ENV, **os.environ, **LEASED_ENV, "ATP_REDIS_URL": url,
+                   "ATP_PORT": str(port + i), "ATP_METRICS_PORT": str(metrics + i if metrics >= 0 else -1),
+                   "ATP_ADVERTISE_ADDRESS": address}
             served.append(Served(address, subprocess.Popen([sys.executable, "-m", "atp_service", "serve"], env=env)))
     for n, service in enumerate(served, 1):
         print(f"service process {n} of {processes}: {service.address} (pid {service.process.pid})", flush=True)

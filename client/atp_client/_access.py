@@ -4,7 +4,7 @@ A caller sends ``authorization: Bearer <token>``; the service knows only the SHA
 (its callers file) and the caller's roles. Roles are part of the API contract: ``oms`` (reserve,
 confirm, release, fulfil and reads), ``ingest`` (RecordEvents, LoadCounts), ``channel`` (WatchAvailability and
 reads), ``admin`` (safety stock, estate reload and reads), ``peer`` (order steps between the service
-processes of one keyspace).
+processes of one keyspace, and the facts one reads from the input streams for groups another owns).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "ingest": frozenset({"RecordEvents", "LoadCounts"}),
     "channel": frozenset({"WatchAvailability"}) | READ,
     "admin": frozenset({"SetSafetyStock", "ReloadEstate"}) | READ,
-    "peer": frozenset({"Step"}),
+    "peer": frozenset({"Step", "RecordEvents"}),
 }
 """Each role's RPCs (by method name)."""
 

@@ -1,0 +1,137 @@
+"""The input streams read by several service processes sharing one keyspace (``ownership = leases``):
+each process a consumer of its own in one group, each fact applied once, by its group's owner (the
+reader sends it there), its entry acknowledged only once durable there — and a fact whose group's
+owner died stays pending until another process has taken the group, then is applied and acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from atp_client import AtpClient
+from atp_service import AtpService, free_port
+from atp_service.edge.auth import new_token, token_hash
+from tests.atp_service.app.test_processes import SHARDS, group_of, owned, owner_of, processes
+from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory, services_on, spawned
+
+STREAMS = ("atp:in:pos", "atp:in:wms")
+PEER, READER = new_token(), new_token()
+
+
+@pytest.fixture
+async def start_reader(redis_url: str, tmp_path: Path) -> AsyncIterator[ServiceFactory]:
+    """Leased processes reading the input streams, auth on: each sends other groups' facts to their
+    owners with a token of the peer role alone."""
+    callers = tmp_path / "callers.toml"
+    callers.write_text(f'[[callers]]\nname = "peers"\nroles = ["peer"]\ntoken_sha256 = "{token_hash(PEER)}"\n'
+                       f'[[callers]]\nname = "reader"\nroles = ["oms"]\ntoken_sha256 = "{token_hash(READER)}"\n')
+    (tmp_path / "peer.token").write_text(PEER)
+    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS, input_streams=STREAMS,
+                                   auth="on", callers_file=callers, peer_token_file=tmp_path / "peer.token"):
+        yield start
+
+
+def counted(running: list[AtpService], metric: str, **labels: str) -> float:
+    """A counter summed over the processes and over the labels not given."""
+    return sum(sample.value for service in running for family in service.metrics.registry.collect()
+               for sample in family.samples if sample.name == metric
+               and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+async def on_hand(service: AtpService, sku: str) -> int:
+    async with AtpClient(f"127.0.0.1:{service.port}", token=READER, timeout_s=5) as client:
+        (position,) = await client.availability([(sku, "DC")])
+        return position.on_hand
+
+
+async def test_processes_share_the_streams_and_each_fact_is_applied_once_at_its_owner(
+        start_reader: ServiceFactory, redis_url: str) -> None:
+    running = await processes(start_reader, 3)
+    services = [service for service, _ in running]
+    skus = [f"st-{i}" for i in range(24)]
+    assert {group_of(sku) for sku in skus} == set(range(SHARDS))
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    for n, sku in enumerate(skus):
+        r.xadd(STREAMS[n % 2], F(f"in-{n}", "RECEIPT", sku, "DC", n + 1, now - 1000).fields())
+    r.xadd(STREAMS[0], {**F("bad", "SALE", skus[0], "DC", 1, now).fields(), "quantity": "two"})
+    await wait_consumed(redis_url, list(STREAMS))
+    for n, sku in enumerate(skus):
+        assert await on_hand(owner_of(running, sku)[0], sku) == n + 1, sku
+    assert counted(services, "atp_facts_total", outcome="applied") == len(skus), "each fact applied once"
+    assert counted(services, "atp_forwarded_calls_total", method="RecordEvents", outcome="ok") > 0
+    assert [fields[b"_reason"] for _, fields in r.xrange("atp:dlq")] == [b"quantity: not an integer: 'two'"]
+    names = {f"atp-1@127.0.0.1:{service.port}" for service in services}
+    for stream in STREAMS:
+        assert {c["name"].decode() for c in r.xinfo_consumers(stream, "atp")} == names, "a consumer per process"
+
+    # The same identities with other quantities: each quarantined once, by the process applying it (E8).
+    conflicts = [skus[next(n for n, s in enumerate(skus) if group_of(s) == g)] for g in range(SHARDS)]
+    for sku in conflicts:
+        n = skus.index(sku)
+        r.xadd(STREAMS[n % 2], F(f"in-{n}", "RECEIPT", sku, "DC", 99, now - 1000).fields())
+    await wait_consumed(redis_url, list(STREAMS))
+    quarantined = [fields[b"sku"].decode() for _, fields in r.xrange("atp:quarantine")]
+    assert sorted(quarantined) == sorted(conflicts), "on the quarantine stream once each"
+    assert counted(services, "atp_facts_total", outcome="quarantined") == len(conflicts)
+    for sku in conflicts:
+        assert await on_hand(owner_of(running, sku)[0], sku) == skus.index(sku) + 1
+
+
+@pytest.fixture
+async def start_leased(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS, input_streams=STREAMS):
+        yield start
+
+
+def spawn_owner(redis_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A leased ``atp-service serve`` process that reads no input stream: it only owns groups."""
+    cmd = [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--host", "127.0.0.1",
+           "--port", str(port), "--metrics-port", "-1", "--no-demo", "--auth", "off", "--shards", str(SHARDS),
+           "--ownership", "leases", "--lease-ms", "600"]
+    return spawned(subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                    env={**os.environ, "ATP_INPUT_STREAMS": ""}))
+
+
+async def test_a_fact_whose_owner_died_stays_pending_until_its_group_is_taken_then_is_applied(
+        start_leased: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
+    reader, _ = await start_leased(port=free_port(), host="127.0.0.1")
+    membership = reader.membership
+    assert membership is not None
+    port = free_port()
+    owner = spawn_owner(redis_url, port, tmp_path / "owner.log")
+    elsewhere = f"127.0.0.1:{port}"
+    await until(lambda: sum(membership.where(g)[0] == elsewhere for g in range(SHARDS)) == SHARDS // 2
+                and len(owned(reader)) == SHARDS // 2, "the groups shared with the other process", 60)
+    sku = next(s for s in (f"dead-{i}" for i in range(64)) if group_of(s) not in owned(reader))
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    r = redis.Redis.from_url(redis_url)
+    r.xadd(STREAMS[0], F("orphan", "RECEIPT", sku, "DC", 7, int(time.time() * 1000) - 1000).fields())
+    seen_pending, deliveries, deadline = False, 0, time.monotonic() + 30
+    while time.monotonic() < deadline:  # acknowledged only once applied here, after the group was taken
+        (group,) = [g for g in r.xinfo_groups(STREAMS[0]) if g["name"] == b"atp"]
+        taken = group_of(sku) in owned(reader)
+        seen_pending |= bool(group["pending"]) and not taken
+        for entry in r.xpending_range(STREAMS[0], "atp", "-", "+", 1):
+            assert entry["consumer"].decode() == f"atp-1@127.0.0.1:{reader.port}"
+            deliveries = max(deliveries, entry["times_delivered"])
+        if not group["pending"] and not group["lag"]:
+            assert taken, "acknowledged before the fact's group had an owner"
+            break
+        await asyncio.sleep(0.01)
+    assert seen_pending, "read while the group's owner was dead, and left pending"
+    assert 2 <= deliveries <= 30, f"read again with backoff, not in a loop ({deliveries} deliveries)"
+    assert await on_hand(reader, sku) == 7
+    assert counted([reader], "atp_facts_total", outcome="applied") == 1
