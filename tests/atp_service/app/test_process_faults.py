@@ -8,10 +8,12 @@ answers nothing — not even a read — for the groups taken from it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -28,14 +30,22 @@ STOCK = 10_000
 pytestmark = pytest.mark.slow
 
 
-async def started(cluster_url: str, tmp_path: Path, n: int = 3) -> tuple[list[Process], Estate]:
-    processes = [Process(cluster_url, tmp_path / f"process-{i}.log") for i in range(n)]
-    await ready(processes)()
-    await routing(processes)
-    estate = Estate(processes)
-    for sku in SKUS:
-        await estate.on_sku(sku, lambda c, s=sku: c.record_events([receipt(f"in-{s}", s, "DC", STOCK)]))
-    return processes, estate
+@pytest.fixture
+async def fleet(cluster_url: str, tmp_path: Path) -> AsyncIterator[tuple[list[Process], Estate]]:
+    """Three processes on the keyspace, stocked; each stopped at the end, whatever the test did."""
+    processes = [Process(cluster_url, tmp_path / f"process-{i}.log") for i in range(3)]
+    try:
+        await ready(processes)()
+        await routing(processes)
+        estate = Estate(processes)
+        for sku in SKUS:
+            await estate.on_sku(sku, lambda c, s=sku: c.record_events([receipt(f"in-{s}", s, "DC", STOCK)]))
+        yield processes, estate
+    finally:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.proc.pid, signal.SIGCONT)
+            await process.close()
 
 
 async def load(estate: Estate, worker: int, acked: dict[str, int], tried: dict[str, list[str]],
@@ -87,8 +97,8 @@ async def check_nothing_lost(estate: Estate, acked: dict[str, int], tried: dict[
 
 
 async def test_an_owner_killed_has_its_groups_taken_over_and_nothing_acknowledged_is_lost(
-        cluster_url: str, tmp_path: Path) -> None:
-    processes, estate = await started(cluster_url, tmp_path)
+        fleet: tuple[list[Process], Estate]) -> None:
+    processes, estate = fleet
     acked: dict[str, int] = {}
     tried: dict[str, list[str]] = {}
     stop = asyncio.Event()
@@ -107,13 +117,12 @@ async def test_an_owner_killed_has_its_groups_taken_over_and_nothing_acknowledge
         await asyncio.gather(*workers)
         await check_nothing_lost(estate, acked, tried)
     finally:
-        for process in processes:
-            await process.close()
+        stop.set()  # no caller outlives the test
 
 
 async def test_an_owner_paused_past_its_lease_is_fenced_and_answers_nothing_for_groups_taken_from_it(
-        cluster_url: str, tmp_path: Path) -> None:
-    processes, estate = await started(cluster_url, tmp_path)
+        fleet: tuple[list[Process], Estate]) -> None:
+    processes, estate = fleet
     victim = processes[0]
     owners = await routing(processes)
     theirs = [s for s in SKUS if owners[group_of(s)] == victim.address]
@@ -153,8 +162,6 @@ async def test_an_owner_paused_past_its_lease_is_fenced_and_answers_nothing_for_
         await check_nothing_lost(estate, acked, tried)
     finally:
         os.kill(victim.proc.pid, signal.SIGCONT)
-        for process in processes:
-            await process.close()
 
 
 async def _until_more(acked: dict[str, int], n: int) -> None:
@@ -167,26 +174,22 @@ async def _until_more(acked: dict[str, int], n: int) -> None:
     raise AssertionError(f"the load did not reach {target} acknowledged reservations")
 
 
-async def test_routing_redirects_and_forwarding_between_three_processes(cluster_url: str, tmp_path: Path) -> None:
-    processes, _ = await started(cluster_url, tmp_path)
-    try:
-        owners = await routing(processes)
-        sku = SKUS[0]
-        owner = owners[group_of(sku)]
-        other = next(p for p in processes if p.address != owner)
-        line = [pb.Line(sku=sku, location="DC", quantity=1)]
-        with pytest.raises(grpc.aio.AioRpcError) as moved:  # a caller routing by itself is told where to go
-            await other.client.stub.Reserve(pb.ReserveRequest(reservation_id="r-0", lines=line),
-                                            metadata=(("atp-routing", "redirect"),), timeout=5)
-        assert dict(moved.value.trailing_metadata() or ())["atp-moved"] == f"{group_of(sku)} {owner}"
-        assert (await other.client.reserve("r-1", [(sku, "DC", 1)])).state == pb.RESERVATION_STATE_HELD  # forwarded
-        a, b = _two_groups(random.Random(7))
-        async with RoutedClient([p.address for p in processes]) as client:  # each call straight to its owner
-            order = await client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)
-            assert order.state == pb.RESERVATION_STATE_HELD
-            assert (await client.confirm("o-1")).state == pb.RESERVATION_STATE_CONFIRMED
-        for process in processes:  # any process answers for the order, wherever its home is
-            assert (await process.client.get_reservation("o-1")).state == pb.RESERVATION_STATE_CONFIRMED
-    finally:
-        for process in processes:
-            await process.close()
+async def test_routing_redirects_and_forwarding_between_three_processes(fleet: tuple[list[Process], Estate]) -> None:
+    processes, _ = fleet
+    owners = await routing(processes)
+    sku = SKUS[0]
+    owner = owners[group_of(sku)]
+    other = next(p for p in processes if p.address != owner)
+    line = [pb.Line(sku=sku, location="DC", quantity=1)]
+    with pytest.raises(grpc.aio.AioRpcError) as moved:  # a caller routing by itself is told where to go
+        await other.client.stub.Reserve(pb.ReserveRequest(reservation_id="r-0", lines=line),
+                                        metadata=(("atp-routing", "redirect"),), timeout=5)
+    assert dict(moved.value.trailing_metadata() or ())["atp-moved"] == f"{group_of(sku)} {owner}"
+    assert (await other.client.reserve("r-1", [(sku, "DC", 1)])).state == pb.RESERVATION_STATE_HELD  # forwarded
+    a, b = _two_groups(random.Random(7))
+    async with RoutedClient([p.address for p in processes]) as client:  # each call straight to its owner
+        order = await client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)
+        assert order.state == pb.RESERVATION_STATE_HELD
+        assert (await client.confirm("o-1")).state == pb.RESERVATION_STATE_CONFIRMED
+    for process in processes:  # any process answers for the order, wherever its home is
+        assert (await process.client.get_reservation("o-1")).state == pb.RESERVATION_STATE_CONFIRMED
