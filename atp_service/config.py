@@ -49,7 +49,7 @@ class ServiceConfig:
     """``keyspace``: this process owns every shard group of ``key_prefix`` (a newer one replaces it).
     ``leases``: several processes share the keyspace, each owning a share of the groups under a
     lease (``lease_ms``), taking over those of a process that stops or dies, and forwarding calls
-    for groups another owns. No channel feeds or input streams in this mode yet."""
+    for groups another owns. No channel feeds in this mode yet."""
 
     advertise_address: str = ""
     """``host:port`` where other processes and routing clients reach this one (empty: host:port)."""
