@@ -172,6 +172,22 @@ def abandoned(order: Reservation, now: int) -> Reservation:
                                    pending=PendingOp(OrderStep.EXPIRE))
 
 
+def give_up_part(view_: View, cmd: ReserveCommand, now: int, limits: Limits) -> Reservation:
+    """A part of an order abandoned undecided (``abandoned``), on the part's shard: released if it
+    holds units; never reserved, a tombstone takes its place — expired, nothing held, with the
+    part's content — so that a step reserving it that arrives late (its answer had been lost) replays
+    the tombstone (R5) instead of holding units that nobody would ever release (parts never expire
+    by themselves). Forgotten after the retention, like any resolved reservation."""
+    part = view_.reservation(cmd.reservation_id)
+    if part is not None:
+        return apply_share(view_, cmd.reservation_id, PendingOp(OrderStep.RELEASE), now, limits) or part
+    lines = tuple(LineRecord(line.sku, line.location, line.quantity, 0, Outcome.NOT_ATTEMPTED, 0) for line in cmd.lines)
+    tombstone = Reservation(cmd.reservation_id, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial,
+                            State.EXPIRED, lines, now, 0, now)
+    view_.save(tombstone)
+    return tombstone
+
+
 def apply_share(view_: View, reservation_id: str, share: Share, now: int, limits: Limits) -> Reservation | None:
     """A part's share of its order's change, on the part's shard; a repeat changes nothing."""
     part = view_.reservation(reservation_id)

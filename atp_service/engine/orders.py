@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from atp_service.engine.parts import ApplyShare, PartStep, ReadPart, ReservePart, run_part, tell_home
+from atp_service.engine.parts import ApplyShare, GiveUpPart, PartStep, ReadPart, ReservePart, run_part, tell_home
 from atp_service.tasks import exception_seen
 from reservation import (
     DomainError,
@@ -216,6 +216,8 @@ class Orders:
             if self._engine.clock.now_ms() < order.expires_at:
                 return await self._decide(order, home)
             order = await self._abandon(order, home)  # never decided within its TTL: nothing stays held
+        elif pending.kind == OrderStep.EXPIRE and not any(line.granted for line in order.lines):
+            await self._give_up_parts(order)  # abandoned, and stopped before its parts were given up
         else:
             await self._apply(order, orders.shares(order, pending, self._engine.place))
         settled = orders.settled(order, self._engine.clock.now_ms())
@@ -226,9 +228,13 @@ class Orders:
         """An order undecided past its TTL: its parts that exist are released; it expires."""
         expired = orders.abandoned(order, self._engine.clock.now_ms())
         await self._save(home, expired)  # recorded first: a home another process took meanwhile releases nothing
-        found = await self._parts(order, missing_ok=True)
-        await self._apply(order, dict.fromkeys(found, PendingOp(OrderStep.RELEASE)))
+        await self._give_up_parts(order)
         return expired
+
+    async def _give_up_parts(self, order: Reservation) -> None:
+        """Every part of an abandoned order released, or a tombstone in its place (``give_up_part``)."""
+        cmds = orders.split(_command_of(order), self._engine.place)
+        await self._steps({g: GiveUpPart(cmd) for g, cmd in cmds.items()})
 
     async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         home = self._engine.home_of(order_id)

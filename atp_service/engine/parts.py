@@ -58,6 +58,12 @@ class ReadPart(msgspec.Struct, tag="read", array_like=True, frozen=True):
     part: str
 
 
+class GiveUpPart(msgspec.Struct, tag="give-up", array_like=True, frozen=True):
+    """Release a part of an order abandoned undecided, or put a tombstone in its place."""
+
+    cmd: ReserveCommand
+
+
 class ResolveOrder(msgspec.Struct, tag="resolve", array_like=True, frozen=True):
     """At whichever process holds the order: resolve its record if every part is resolved (a
     shipment fulfilled a part at another process)."""
@@ -65,7 +71,7 @@ class ResolveOrder(msgspec.Struct, tag="resolve", array_like=True, frozen=True):
     order: str
 
 
-PartStep = ReservePart | ApplyShare | ReadPart | ResolveOrder
+PartStep = ReservePart | ApplyShare | ReadPart | GiveUpPart | ResolveOrder
 
 
 class StepRequest(msgspec.Struct, array_like=True, frozen=True):
@@ -94,6 +100,8 @@ def work_of(engine: Engine, step: PartStep) -> Work:
         return lambda ledger, now: engine.reserve_part(ledger, step.cmd, now)
     if isinstance(step, ApplyShare):
         return lambda ledger, now: orders.apply_share(ledger, step.part, step.share, now, limits)
+    if isinstance(step, GiveUpPart):
+        return lambda ledger, now: orders.give_up_part(ledger, step.cmd, now, limits)
     assert isinstance(step, ReadPart), step
     return lambda ledger, _now: _read(ledger, step.part)
 
