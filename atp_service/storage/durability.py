@@ -53,7 +53,7 @@ async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list
             found = {s: data async for s, data in store.entries_after(shard, seq)}
             # Asked after the read: what it found is then this instance's own. Replaced, it may be
             # a newer instance's — which recovered whatever of ours had landed.
-            return found if await store.still_owner() else None
+            return found if await store.still_owner(shard) else None
         except Fenced:
             return None  # replaced: the newer instance recovered whatever of ours had landed
 

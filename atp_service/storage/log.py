@@ -186,18 +186,24 @@ class LogStore:
         # Two fences may overlap (a settle and a snapshot after a stop): the higher one stands.
         self._tokens[shard] = max(self._tokens.get(shard, 0), raised)
 
-    async def still_owner(self) -> bool:
-        """False (and fenced from now on) once a newer instance has claimed a group of this one."""
+    async def still_owner(self, group: int | None = None) -> bool:
+        """False (and fenced from now on) once a newer instance has claimed a group of this one.
+        Leased, a group that changed hands is lost (``lost``), not the whole store, and the answer is
+        about ``group`` (the one a settle read). The claims are those read against: a group dropped or
+        taken again while the read is on its way is judged by the next call."""
         if self.fenced:
             return False
-        groups = list(self.epochs)
-        keys = [self.keys.owner(group) for group in groups]
+        claims = dict(self.epochs)
+        keys = [self.keys.owner(g) for g in claims]
         values: Any = await (self.client.mget(keys) if self.nodes.together else self.client.mget_nonatomic(keys))
-        for group, current in zip(groups, values, strict=True):
-            if current is None or int(current) != self.epochs[group]:
-                self._refused(Fenced(f"FENCED epoch {self.epochs[group]} of {self.keys.owner(group)} was replaced "
-                                     f"by {as_text(current)}"))
-                break
+        for g, current in zip(claims, values, strict=True):
+            if (current is None or int(current) != claims[g]) and self.epochs.get(g) == claims[g]:
+                self._refused(Fenced(f"FENCED epoch {claims[g]} of {self.keys.owner(g)} was replaced "
+                                     f"by {as_text(current)}"), g)
+                if not self.leased:
+                    break
+        if self.leased and group is not None:
+            return group in claims and self.epochs.get(group) == claims[group] and not self.is_fenced(group)
         return not self.fenced
 
     def _refused(self, exc: BaseException, group: int | None = None) -> BaseException:

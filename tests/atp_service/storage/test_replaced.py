@@ -108,7 +108,7 @@ async def test_a_replaced_shard_never_takes_a_newer_instances_entry_for_its_own(
         log.submit(0, 1, b"the newer instance's entry 1")
         log.pump("ok")
 
-        async def replaced() -> bool:
+        async def replaced(_group: int | None = None) -> bool:
             log.fenced = True
             return False
 
