@@ -14,6 +14,7 @@ one live process (liveness); the invariants then hold across processes, each gro
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from typing import Any
 
@@ -120,10 +121,14 @@ class ClusterWorld(World):
         proc.log.freeze()
 
     def expire(self, proc: Process, group: int) -> None:
-        """The lease of a dead or paused process runs out (a running one renews it in time)."""
+        """The lease of a dead or paused process runs out (a running one renews it in time). A paused
+        one's own clock mostly says so too when it runs again (``ShardActor.lease_until``: it answers
+        nothing more for the group, reads included); else it was past that check already."""
         if proc.dead or proc.frozen:
             proc.member = False
             self.leases.expire(proc.holder, group)
+            if not proc.dead and self.rng.random() < 0.7:
+                proc.engine.actors[group].lease_until = -math.inf
 
     def turn(self, proc: Process) -> None:
         """The process renews its leases and balances (its periodic loop)."""
