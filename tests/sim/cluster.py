@@ -133,11 +133,11 @@ class ClusterWorld(World):
     def turn(self, proc: Process) -> None:
         """The process renews its leases and balances (its periodic loop)."""
         if not proc.dead and not proc.frozen:
-            proc.spawn(proc.members.turn())
+            proc.background(proc.members.turn())
 
     def hand_over(self, proc: Process) -> None:
         if not proc.dead and not proc.frozen and proc.members.held:
-            proc.spawn(proc.members.hand_over(self.rng.choice(sorted(proc.members.held))))
+            proc.background(proc.members.hand_over(self.rng.choice(sorted(proc.members.held))))
 
     def stop_process(self, proc: Process) -> None:
         """A graceful stop: every group handed over, the engine stopped; it may start again later."""
@@ -146,9 +146,9 @@ class ClusterWorld(World):
         async def stop() -> None:
             await proc.members.stop()
             await proc.engine.stop(snapshot=False)
-            proc.log.dead = True
+            proc.exit()
 
-        proc.spawn(stop())
+        proc.background(stop())
 
     # -- between steps ----------------------------------------------------------------------------
     def on_tick(self, tick: int) -> None:
@@ -174,6 +174,7 @@ class ClusterWorld(World):
         """Paused processes run again, dead ones may start again; then every process renews and
         balances until every group is owned by exactly one live process (liveness)."""
         self.step_faults = None
+        self.check_background()
         for proc in self.processes:
             proc.log.thaw()
         if not self.network.across_steps:
@@ -194,6 +195,13 @@ class ClusterWorld(World):
             if not problems:
                 return
         raise Violation(f"liveness: after quiescing, {'; '.join(problems)}")
+
+    def check_background(self) -> None:
+        """Nothing a live process ran in the background (membership turns, hand-overs, vacating a
+        group, a late step request) failed unexpectedly."""
+        for proc in self.processes:
+            if proc.failures:
+                raise Violation(f"{proc.address}'s background work failed: {proc.failures[0]!r}")
 
     def ownership_problems(self) -> list[str]:
         """Every group served by exactly one live process, which holds its lease and its owner key."""
@@ -216,6 +224,7 @@ class ClusterWorld(World):
         for proc in self.running():
             await proc.spawn(proc.members.turn())
         await asyncio.gather(*(proc.spawn(proc.engine.run_maintenance()) for proc in self.running()))
+        self.check_background()
 
     async def answers(self, shard: int) -> bool:
         """Liveness: the group's owner answers a trivial command within LIVENESS_ROUNDS rounds."""

@@ -41,8 +41,8 @@ class Commands:
         self.seed, self.rng, self.world, self.acked = seed, rng, world, acked
         self.other_content = other_content
         """Whether a retry may carry other content than its id's first Reserve (R5: refused). Not with
-        several processes: there a Reserve whose other content lies on other groups than the first
-        one's home makes a second record of the id (a known gap, see the multi-process report)."""
+        several processes unless asked (``--retry-other-content``): there a Reserve whose other content
+        lies on other groups than the first one's home makes a second record of the id (a known defect)."""
         self.rids: list[str] = []
         self.facts: list[Fact] = []
         self.fact_batches: list[list[Fact]] = []  # every batch sent, in order (E1/E8 by shard count)

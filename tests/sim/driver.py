@@ -32,7 +32,9 @@ TRACE_TAIL = 24
 
 class Driver:
     def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
-                 late_across_steps: bool = False) -> None:
+                 late_across_steps: bool = False, retry_other_content: bool = False) -> None:
+        """``late_across_steps``, ``retry_other_content``: with several processes, also the faults that
+        find the known defects the multi-process report names (off: they would fail most long runs)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -44,7 +46,9 @@ class Driver:
         if isinstance(self.world, ClusterWorld):
             self.world.network.across_steps = late_across_steps
         self.acked = Acknowledged()
-        self.commands = Commands(seed, self.rng, self.world, self.acked, other_content=processes == 1)
+        self.retry_other_content = retry_other_content
+        self.commands = Commands(seed, self.rng, self.world, self.acked,
+                                 other_content=processes == 1 or retry_other_content)
         self.trace: list[str] = []
         self.errors = ServiceErrors()
 
@@ -72,8 +76,9 @@ class Driver:
         world = self.world
         if not isinstance(world, ClusterWorld):
             return str(self.seed)
-        return f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
-                                                             else "")
+        return (f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
+                                                              else "")
+                + (" --retry-other-content" if self.retry_other_content else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng

@@ -23,7 +23,6 @@ from atp_service.engine.recovery import recover_shard
 from atp_service.engine.shard import ShardActor
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced
-from atp_service.tasks import exception_seen
 from tests.sim.process import Process
 
 if TYPE_CHECKING:
@@ -177,5 +176,5 @@ class SimMembership:
         self.proc.log.drop(group)
         task = self.proc.spawn(self.proc.engine.vacate(group, snapshot=False))
         self._vacating[group] = task
-        task.add_done_callback(exception_seen)
+        task.add_done_callback(self.proc._seen)  # the real one only marks its error seen: here it is a finding
         task.add_done_callback(lambda t: self._vacating.pop(group, None) if self._vacating.get(group) is t else None)

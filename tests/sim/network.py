@@ -9,7 +9,7 @@ reaches the saga as the real sender raises it: ``Unavailable`` (OUTCOME_UNKNOWN)
 
 Late requests arrive within the step they were sent in unless ``across_steps`` (``--late-across-steps``):
 a ReservePart arriving after the clock passed its order's TTL and the saga abandoned the order makes a
-part that holds units for good (a known defect: the multi-process report, ``--seed 57 --processes 2``).
+part that holds units for good (a known defect: ``--seed 592 --processes 2 --late-across-steps``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from atp_service.engine.parts import Remote, StepReply, serve_part
-from atp_service.tasks import exception_seen
 from reservation import Reason, Unavailable
 from tests.sim.process import Process
 
@@ -79,8 +78,7 @@ class Network:
         arriving, self.late = self.late[:count], self.late[count:]
         for target, request in arriving:
             if not target.dead:
-                task = target.spawn(_serve_late(target, request))
-                task.add_done_callback(exception_seen)
+                target.background(_serve_late(target, request))
 
 
 async def _serve_late(target: Process, request: bytes) -> None:

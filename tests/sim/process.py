@@ -48,6 +48,8 @@ class Process:
         self.tasks: dict[asyncio.Task[Any], None] = {}  # in creation order: a kill cancels them in it
         self.member = True
         """Registered among the live processes (a dead or long-paused one's entry timed out)."""
+        self.failures: list[BaseException] = []
+        """What background work of a live process raised (``background``): each is a finding."""
 
     @property
     def dead(self) -> bool:
@@ -67,6 +69,15 @@ class Process:
         ctx = contextvars.copy_context()
         ctx.run(CURRENT.set, self)
         return asyncio.get_running_loop().create_task(coro, context=ctx)
+
+    def background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """``coro`` as a task of this process nobody awaits: whatever it raises while the process
+        lives is kept in ``failures`` (the real service would log it at best)."""
+        self.spawn(coro).add_done_callback(self._seen)
+
+    def _seen(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self.dead:
+            self.failures.append(task.exception())  # type: ignore[arg-type]
 
     async def call(self, work: Callable[[], Awaitable[T]]) -> T:
         """A call reaching this process (a client's, forwarded, a peer's step): it waits while the
@@ -93,8 +104,15 @@ class Process:
         """kill -9: every task of the process ends wherever it is."""
         self.log.dead = True
         self.log.thaw()
+        self.exit()
+
+    def exit(self) -> None:
+        """The process is gone: every task of it still running ends (but the one calling this)."""
+        self.log.dead = True
+        me = asyncio.current_task()
         for task in list(self.tasks):
-            task.cancel()
+            if task is not me:
+                task.cancel()
 
     def busy(self) -> bool:
         """Work left in this process: a shard with messages, appends in flight or in doubt."""
