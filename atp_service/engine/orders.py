@@ -93,7 +93,7 @@ class Orders:
 
     def drive_unsettled(self) -> None:
         """Drive on every order left pending whose saga is not running now."""
-        for order_id in list(self.unsettled):
+        for order_id in sorted(self.unsettled):  # in id order, not the str hash's: a simulated seed replays
             if order_id not in self._locks:
                 home = self._engine.home_of(order_id)
                 self.unsettled.discard(order_id)

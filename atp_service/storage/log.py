@@ -194,13 +194,13 @@ class LogStore:
             return False
         if self.leased:
             return group is not None and await self._still_owns(group)
-        groups = list(self.epochs)
-        keys = [self.keys.owner(group) for group in groups]
+        claims = dict(self.epochs)  # judged against the claims the read was made for
+        keys = [self.keys.owner(g) for g in claims]
         values: Any = await (self.client.mget(keys) if self.nodes.together else self.client.mget_nonatomic(keys))
-        for group, current in zip(groups, values, strict=True):
-            if current is None or int(current) != self.epochs[group]:
-                self._refused(Fenced(f"FENCED epoch {self.epochs[group]} of {self.keys.owner(group)} was replaced "
-                                     f"by {as_text(current)}"))
+        for g, current in zip(claims, values, strict=True):
+            if current is None or int(current) != claims[g]:
+                self._refused(Fenced(f"FENCED epoch {claims[g]} of {self.keys.owner(g)} was replaced by "
+                                     f"{as_text(current)}"))
                 break
         return not self.fenced
 

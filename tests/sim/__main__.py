@@ -1,4 +1,4 @@
-"""``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K]``:
+"""``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, help="replay one seed")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--trace", action="store_true", help="print every step of the run")
+    parser.add_argument("--processes", type=int, default=1, choices=(1, 2, 3),
+                        help="service processes sharing the keyspace (2, 3: leased groups, kills, pauses)")
+    parser.add_argument("--late-across-steps", action="store_true",
+                        help="with --processes: late order-step requests may arrive steps later")
+    parser.add_argument("--retry-other-content", action="store_true",
+                        help="with --processes: a retry may carry other content than its id's first Reserve")
     args = parser.parse_args()
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
@@ -32,7 +38,7 @@ def main() -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     for done, seed in enumerate(seeds):
-        driver = Driver(seed, tally)
+        driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content)
         try:
             asyncio.run(driver.run(args.steps))
         except Violation as exc:

@@ -36,8 +36,13 @@ WEIGHTS = (6, 2, 2, 1, 1, 5, 1, 0.3, 0.6)
 
 
 class Commands:
-    def __init__(self, seed: int, rng: random.Random, world: World, acked: Acknowledged) -> None:
+    def __init__(self, seed: int, rng: random.Random, world: World, acked: Acknowledged,
+                 other_content: bool = True) -> None:
         self.seed, self.rng, self.world, self.acked = seed, rng, world, acked
+        self.other_content = other_content
+        """Whether a retry may carry other content than its id's first Reserve (R5: refused). Not with
+        several processes unless asked (``--retry-other-content``): there a Reserve whose other content
+        lies on other groups than the first one's home makes a second record of the id (a known defect)."""
         self.rids: list[str] = []
         self.facts: list[Fact] = []
         self.fact_batches: list[list[Fact]] = []  # every batch sent, in order (E1/E8 by shard count)
@@ -62,7 +67,8 @@ class Commands:
         else:
             rid = f"r{self.next()}"
             self.rids.append(rid)
-        rng = random.Random(zlib.crc32(rid.encode()) ^ self.seed) if self.rng.random() < 0.7 else self.rng
+        same = self.rng.random() < 0.7 or not self.other_content
+        rng = random.Random(zlib.crc32(rid.encode()) ^ self.seed) if same else self.rng
         lines = [(rng.choice(SKUS), rng.choice(LOCATIONS), rng.randint(1, 3)) for _ in range(rng.randint(1, 3))]
         return reserve_command(reservation_id=rid, order_ref="o", channel="web", lines=lines,
                                ttl_seconds=rng.randint(1, 30), allow_partial=rng.random() < 0.2,

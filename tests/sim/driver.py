@@ -9,7 +9,9 @@ import asyncio
 import random
 
 from tests.sim.checks import Acknowledged, Violation, check, orders_hold_what_they_decided
+from tests.sim.cluster import ClusterWorld
 from tests.sim.commands import Commands
+from tests.sim.disrupt import Disruptor
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.invariants import (
     ServiceErrors,
@@ -29,15 +31,24 @@ TRACE_TAIL = 24
 
 
 class Driver:
-    def __init__(self, seed: int, tally: Tally | None = None) -> None:
-        self.seed = seed
+    def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
+                 late_across_steps: bool = False, retry_other_content: bool = False) -> None:
+        """``late_across_steps``, ``retry_other_content``: with several processes, also the faults that
+        find the known defects the multi-process report names (off: they would fail most long runs)."""
+        self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
         # Odd seeds run on a Redis Cluster: orders spanning shards go through sagas (engine/orders.py).
-        self.world = World(tally=self.tally, cluster=seed % 2 == 1)
+        # With several processes every seed does (no process holds every group).
+        self.world = World(tally=self.tally, cluster=seed % 2 == 1) if processes == 1 else \
+            ClusterWorld(processes, self.rng, self.tally)
         self.world.log.faults = self.rng
+        if isinstance(self.world, ClusterWorld):
+            self.world.network.across_steps = late_across_steps
         self.acked = Acknowledged()
-        self.commands = Commands(seed, self.rng, self.world, self.acked)
+        self.retry_other_content = retry_other_content
+        self.commands = Commands(seed, self.rng, self.world, self.acked,
+                                 other_content=processes == 1 or retry_other_content)
         self.trace: list[str] = []
         self.errors = ServiceErrors()
 
@@ -56,8 +67,18 @@ class Driver:
                 self.errors.check()
         except Exception as exc:
             tail = "\n  ".join(self.trace[-TRACE_TAIL:])
-            raise Violation(f"seed {self.seed}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
-                            f"replay: .venv/bin/python -m tests.sim --seed {self.seed} --trace") from exc
+            seed = self.seed_flags()
+            raise Violation(f"seed {seed}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
+                            f"replay: .venv/bin/python -m tests.sim --seed {seed} --trace") from exc
+
+    def seed_flags(self) -> str:
+        """The seed as the command line names it (with the flags that make it a multi-process seed)."""
+        world = self.world
+        if not isinstance(world, ClusterWorld):
+            return str(self.seed)
+        return (f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
+                                                              else "")
+                + (" --retry-other-content" if self.retry_other_content else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -71,14 +92,18 @@ class Driver:
                 call.at = rng.randint(1, 40)  # sent later: into a write pause, behind a coordinator
             if rng.random() < 0.3:
                 call.give_up = rng.randint(0, 40)  # a client deadline or a disconnect
-        plan = draw_plan(rng, CRASH_P, STOP_P)
-        self.trace.append(f"{step}: {plan.describe()}; calls: " + "; ".join(_describe(c) for c in calls))
+        cluster = world if isinstance(world, ClusterWorld) else None
+        plan = draw_plan(rng, 0 if cluster else CRASH_P, 0 if cluster else STOP_P)  # several: kills, one at a time
+        disruptor = self.disrupt(cluster) if cluster else None
+        faults = plan.describe() + (f", {disruptor.describe()}" if disruptor and disruptor.plan else "")
+        self.trace.append(f"{step}: {faults}; calls: " + "; ".join(_describe(c) for c in calls))
         runner = StepRunner(world, rng)
         try:
             ended = await runner.run(calls, plan)
         finally:
-            if runner.events:
-                self.trace.append(f"{step}: faults: " + ", ".join(runner.events))
+            events = runner.events + (disruptor.events if disruptor else [])
+            if events:
+                self.trace.append(f"{step}: faults: " + ", ".join(events))
         if ended == "crash":
             for call in calls:  # answered before the crash, but the client never read it
                 if call.task is not None and call.task.done() and not call.task.cancelled():
@@ -88,8 +113,16 @@ class Driver:
         if ended is not None:
             await world.crash_and_recover(rng)  # the callers that never heard back: nothing booked
             self.trace.append(f"{step}: {ended}, recovered")
+        await world.converge_membership()
         await world.quiesce()
         await world.converge_channels()
+
+    def disrupt(self, world: ClusterWorld) -> Disruptor:
+        """The step's membership faults, fired by the world at their ticks."""
+        disruptor = Disruptor(world, self.rng)
+        disruptor.draw()
+        world.step_faults = disruptor
+        return disruptor
 
     async def check(self) -> None:
         world = self.world
@@ -106,10 +139,7 @@ class Driver:
         await every_shard_answers(world)
 
     async def stop(self) -> None:
-        """The end of the seed: the service stops (its tasks would outlive the loop otherwise)."""
-        if self.world.desk is not None:
-            await self.world.desk.stop()
-        await self.world.eng.stop(snapshot=False)
+        await self.world.stop()
 
 
 def replay_equals_live(world: World, recovered: list) -> None:  # type: ignore[type-arg]
@@ -131,8 +161,8 @@ def _describe(call: Call) -> str:
     return f"{call.label}{timing}"
 
 
-async def run_seed(seed: int, steps: int = 60, tally: Tally | None = None) -> World:
-    driver = Driver(seed, tally)
+async def run_seed(seed: int, steps: int = 60, tally: Tally | None = None, processes: int = 1) -> World:
+    driver = Driver(seed, tally, processes)
     await driver.run(steps)
     return driver.world
 
@@ -146,8 +176,11 @@ async def orders_settle(world: World) -> None:
     half-way (a crash, a caller gone, a write in doubt) through to a settled state."""
     if world.eng.orders is None:
         return
+    if isinstance(world, ClusterWorld):
+        world.network.faulty = False  # "with Redis answering": and the processes reaching each other
+        world.network.arrive()
     for _ in range(ORDER_ROUNDS):
-        passing = asyncio.ensure_future(world.eng.run_maintenance())  # its writes land as quiesce pumps Redis
+        passing = asyncio.ensure_future(world.maintenance_pass())  # its writes land as quiesce pumps Redis
         await world.quiesce()
         await passing
         pending = [rid for a in world.eng.actors for rid, rec in a.ledger.reservations.items()

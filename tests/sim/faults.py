@@ -141,6 +141,7 @@ class StepRunner:
             self.world.channels.arrive_late(1)
         if tick in plan.desk_turns and self.world.desk is not None:
             self.world.desk.kick()
+        self.world.on_tick(tick)
 
     def _abandon(self, call: Call) -> None:
         assert call.task is not None

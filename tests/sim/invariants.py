@@ -50,14 +50,14 @@ async def every_shard_answers(world: World) -> None:
 
 def every_record_routed(world: World) -> None:
     """A reservation the ledgers hold is found by id (confirm, release, get): its route points home."""
-    eng = world.eng
-    for actor in eng.actors:
+    for actor in world.eng.actors:
+        router = world.router_of(actor.shard)  # several processes: the shard's owner routes its records
         for rid in actor.ledger.reservations:
             if orders.order_of(rid) is not None:
                 continue  # a part of an order spanning groups: reached through its order, never by id
-            if eng.home_of(rid) != actor.shard:
+            if router.home_of(rid) != actor.shard:
                 raise Violation(f"routes: {rid} lives on shard {actor.shard}, the engine routes it to "
-                                f"{eng.home_of(rid)} (confirm/release would answer NOT_FOUND)")
+                                f"{router.home_of(rid)} (confirm/release would answer NOT_FOUND)")
 
 
 def durable_state_consistent(recovered: list[tuple[Ledger, int]]) -> None:

@@ -11,6 +11,11 @@ an entry must follow its stream's newest (TAKEN / GAP), and a group (a cross-sha
 all or none. A write pause (``pause``) answers nothing and holds every write command — fences and
 snapshots too — until it ends, as ``CLIENT PAUSE ... WRITE`` does. Everything ever landed is also
 kept in ``history`` (never trimmed) for the reference checks.
+
+Where several processes share the keyspace (``leased.ProcessLog``, one per process, over this log) a
+write carries its process and its group's epoch: each group has an owner key of its own (``owners``,
+raised by whoever takes the group), a write under an older epoch is refused FENCED and its process
+told the group is lost; a paused process's appends wait unsent, a killed one's land now, later or never.
 """
 
 from __future__ import annotations
@@ -33,21 +38,29 @@ _decode = msgspec.msgpack.Decoder(SnapshotRecord).decode
 
 
 class _Unit:
-    """Entries sent together that share one answer (one entry, or a cross-shard group)."""
+    """Entries sent together that share one answer (one entry, or a cross-shard group). ``proc``: the
+    process that sent them where several share the keyspace (``leased.ProcessLog``), else None."""
 
-    __slots__ = ("done", "entries", "epoch")
+    __slots__ = ("done", "entries", "epoch", "proc")
 
-    def __init__(self, entries: list[tuple[int, int, bytes, int]], done: asyncio.Future[None], epoch: int) -> None:
+    def __init__(self, entries: list[tuple[int, int, bytes, int]], done: asyncio.Future[None], epoch: int,
+                 proc: Any = None) -> None:
         self.entries, self.done, self.epoch = entries, done, epoch  # (shard, seq, data, fence token)
+        self.proc = proc
+
+    @property
+    def shard(self) -> int:
+        return self.entries[0][0]
 
 
 class _Snap:
     """A snapshot write (snapshot + trim behind it, one script): it may be late like an append."""
 
-    __slots__ = ("data", "epoch", "seq", "shard", "token")
+    __slots__ = ("data", "epoch", "proc", "seq", "shard", "token")
 
-    def __init__(self, shard: int, seq: int, data: bytes, token: int, epoch: int) -> None:
+    def __init__(self, shard: int, seq: int, data: bytes, token: int, epoch: int, proc: Any = None) -> None:
         self.shard, self.seq, self.data, self.token, self.epoch = shard, seq, data, token, epoch
+        self.proc = proc
 
 
 class SideStreams:
@@ -90,6 +103,9 @@ class SimLog:
         self.fences: dict[int, int] = defaultdict(int)  # Redis's fence per shard
         self.tokens: dict[int, int] = defaultdict(int)  # what this instance's writes carry
         self.redis_epoch = 0  # the epoch in every group's owner key (one script claims them all)
+        self.owners: dict[int, int] = defaultdict(int)
+        """Several processes (``leased.ProcessLog``): each group's owner key, the epoch of its last taker."""
+        self.claims = 0  # the epochs drawn so far (``<prefix>claims``): each taking draws a new one
         self.epoch = 0  # this instance's claim
         self.client: Any = SideStreams()
         self.metrics = StorageMetrics()
@@ -165,14 +181,18 @@ class SimLog:
         snap = _Snap(shard, seq, data, self.tokens[shard], self.epoch)
         await self.round_trip()
         await self.writable()
+        outcome, refusal = self.send_snapshot(snap)
+        if outcome != "ok" or refusal is not None:
+            raise RedisError(f"sim: snapshot {refusal or outcome}")
+        return len(snap.data)
+
+    def send_snapshot(self, snap: _Snap) -> tuple[str, str | None]:
+        """A snapshot script reaches Redis: its outcome drawn (landed, lost, in doubt, late) and its refusal."""
         outcome = "ok" if self.faults is None else self.faults.choice(SNAPSHOT_OUTCOMES)
         self.tally.count_outcome(outcome)
         if outcome == "late":
             self.late.append(snap)
-        refusal = self._land(snap) if outcome in ("ok", "doubt") else None
-        if outcome != "ok" or refusal is not None:
-            raise RedisError(f"sim: snapshot {refusal or outcome}")
-        return len(snap.data)
+        return outcome, self._land(snap) if outcome in ("ok", "doubt") else None
 
     # -- write pauses ---------------------------------------------------------------------
     async def writable(self) -> None:
@@ -200,7 +220,11 @@ class SimLog:
             self.arrive_late()
         count = len(self.pending) if count is None else count
         batch, self.pending = self.pending[:count], self.pending[count:]
+        held = [unit for unit in batch if unit.proc is not None and unit.proc.frozen]
+        self.pending[:0] = held  # a paused process has sent nothing yet: they go once it runs again
         for unit in batch:
+            if unit.proc is not None and unit.proc.frozen:
+                continue
             if unit.done.done():  # given up by its shard: not sent yet (never will be), or on the wire
                 if self.faults is not None and self.faults.random() < 0.5 and outcome in ("ok", "doubt"):
                     self._land(unit)
@@ -213,6 +237,8 @@ class SimLog:
             refusal = self._land(unit) if outcome != "lost" else None
             if outcome != "ok":
                 unit.done.set_exception(RedisError(f"sim: append {outcome}"))
+            elif refusal == "FENCED" and unit.proc is not None:
+                unit.done.set_exception(unit.proc.refused(unit.shard))  # its group has a newer owner
             elif refusal is not None:
                 unit.done.set_exception(RedisError(f"sim: {refusal}"))
             else:
@@ -239,6 +265,23 @@ class SimLog:
                 self.late.append(unit)
         self.resume()  # a restart does not wait for Redis's pause: the pause ends with the crash
 
+    def kill(self, proc: Any, rng: random.Random) -> None:
+        """One of several processes dies (kill -9): each of its appends not yet answered reaches Redis
+        now, later or never (its scripts already on their way stay so)."""
+        sent = [u for u in self.pending if u.proc is proc and not u.done.done()]
+        self.pending = [u for u in self.pending if u.proc is not proc]
+        for unit in sent:
+            fate = rng.random()
+            if fate < 0.4:
+                self.tally.late_arrived(self._land(unit) is None)
+            elif fate < 0.7:
+                self.late.append(unit)
+
+    def draw_epoch(self) -> int:
+        """``EPOCH_SCRIPT``: an epoch above every one drawn before."""
+        self.claims += 1
+        return self.claims
+
     def _last(self, shard: int) -> int:
         log = self.logs[shard]
         if log:
@@ -258,8 +301,8 @@ class SimLog:
 
     def _land(self, unit: _Unit | _Snap) -> str | None:
         """Land a unit all or none, as the append (or snapshot) script would; the refusal, if any."""
-        if unit.epoch != self.redis_epoch:
-            return "FENCED"
+        if unit.epoch != (self.redis_epoch if unit.proc is None else self.owners[unit.shard]):
+            return "FENCED"  # a replaced instance's; several processes: its group's owner key (one per group)
         if isinstance(unit, _Snap):
             if self.fences[unit.shard] > unit.token:
                 return "STALE"

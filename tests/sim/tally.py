@@ -23,6 +23,19 @@ class Tally:
     channel_late_landed: int = 0
     cross_shard: int = 0  # commands spanning shards (reserves, SHIPMENTs naming a reservation)
     sagas: int = 0  # of those reserves, on a cluster (odd seeds): orders decided by sagas
+    # several processes (``--processes``):
+    takeovers: int = 0  # groups taken (owner epoch raised, recovered, installed)
+    hand_overs: int = 0  # groups handed over gracefully (drained, final snapshot, lease given back)
+    given_up: int = 0  # groups a process found lost (a write refused FENCED, or its lease gone)
+    fenced_writes: int = 0  # writes of a deposed owner refused FENCED (appends, fences, snapshots)
+    kills: int = 0
+    process_pauses: int = 0
+    remote_steps: int = 0  # order steps answered by another process
+    remote_lost: int = 0  # ... whose request or reply was lost
+    remote_late: int = 0  # ... served late (or by a paused process once it ran again)
+    remote_moved: int = 0  # ... answered GROUP_MOVED (the peer no longer owned the group)
+    forwarded: int = 0  # calls forwarded to a group's owner
+    located: int = 0  # calls for a reservation held elsewhere, asked of every owner
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -45,4 +58,12 @@ class Tally:
                 f"{self.stops} graceful stops, "
                 f"appends {self.lost} lost / {self.doubt} in doubt / {self.late} late, "
                 f"{self.channel_faults} channel writes failed ({self.channel_late_landed} landed late), "
-                f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)")
+                f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)"
+                + (self.processes_summary() if self.takeovers else ""))
+
+    def processes_summary(self) -> str:
+        return (f"; processes: {self.takeovers} takeovers, {self.hand_overs} hand-overs, {self.given_up} groups given "
+                f"up, {self.fenced_writes} writes refused FENCED, {self.kills} kills, {self.process_pauses} pauses, "
+                f"order steps {self.remote_steps} remote / "
+                f"{self.remote_lost} lost / {self.remote_late} late / {self.remote_moved} moved, "
+                f"{self.forwarded} calls forwarded, {self.located} located")

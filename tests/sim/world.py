@@ -115,6 +115,26 @@ class World:
         self.recoveries += 1
         await self.boot()
 
+    # -- hooks a world of several processes fills in (``cluster.ClusterWorld``) -------------------
+    def on_tick(self, tick: int) -> None:
+        """An event-loop turn of a step has passed."""
+
+    async def converge_membership(self) -> None:
+        """After a step: one process owns every shard already."""
+
+    def router_of(self, shard: int) -> Engine:
+        """The engine routing the records of ``shard`` (its owner's)."""
+        return self.eng
+
+    async def maintenance_pass(self) -> None:
+        await self.eng.run_maintenance()
+
+    async def stop(self) -> None:
+        """The end of the seed: the service stops (its tasks would outlive the loop otherwise)."""
+        if self.desk is not None:
+            await self.desk.stop()
+        await self.eng.stop(snapshot=False)
+
     def busy(self) -> bool:
         """Work left: a shard with messages, appends in flight or in doubt, or any task of the service
         or its callers still running (a coordinator between two pauses leaves every shard quiet)."""

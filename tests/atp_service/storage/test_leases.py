@@ -130,3 +130,26 @@ async def test_a_refusal_of_an_earlier_taking_does_not_lose_the_current_one(leas
         await stale
     assert lost == [] and not leased[0].is_fenced(4), "the refusal was of the earlier taking"
     await leased[0].submit(4, 1, b"written under the current taking")
+
+
+async def test_a_settle_asks_about_its_own_group_and_another_lost_group_is_lost_alone(
+        stores: tuple[LogStore, LogStore]) -> None:
+    """``still_owner`` (the settle of an append in doubt asks it, after its read) with leased groups:
+    a group taken over is lost by itself — not the whole store, which would leave the
+    process holding its other groups' leases while refusing every call for them — and a group given
+    up while the read is on its way is no error (both found by ``python -m tests.sim --processes``)."""
+    first, second = stores
+    first.leased = second.leased = True
+    a, b = GroupLeases(first, "process-a", 60_000), GroupLeases(second, "process-b", 60_000)
+    assert await a.acquire(2) and await a.acquire(4) and await a.acquire(6)
+    await a.release(4)  # as when its lease ran out: the store still claims the group
+    assert await b.acquire(4)
+    assert await first.still_owner(2)
+    assert not first.fenced and not first.is_fenced(2)
+    assert not await first.still_owner(4)
+    assert first.is_fenced(4) and not first.fenced
+    reading = asyncio.ensure_future(first.still_owner(2))
+    await asyncio.sleep(0)  # the read is on its way
+    first.drop(6)  # group 6 given up meanwhile
+    assert await reading
+    await first.submit(2, 1, b"group 2 is still a's")

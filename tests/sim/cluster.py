@@ -1,0 +1,241 @@
+"""Several simulated service processes sharing one keyspace (``ownership = leases``): each its own real
+``Engine`` over the shared ``SimLog`` (in leased mode: an owner epoch per group) and the shared
+manual clock, owning some shard groups (``membership.SimMembership``), calling each other for order
+steps (``network.Network``), reached by clients through ``edge.Edge``.
+
+The driver kills processes (every task of one ends wherever it is; what it sent lands now, later or
+never), pauses them (nothing of theirs runs, their leases run out, others take their groups; when they
+run again every write they send is refused and they give their groups up), and stops them gracefully
+(every group handed over); ``disrupt.Disruptor`` draws when. After each step ``converge_membership``
+resumes and restarts processes and lets them renew and balance until every group is owned by exactly
+one live process (liveness); the invariants then hold across processes, each group read at its owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from typing import Any
+
+from atp_service.engine.router import Engine
+from atp_service.engine.shard import ShardActor
+from reservation import DomainError
+from tests.sim.checks import Violation
+from tests.sim.edge import Edge
+from tests.sim.leased import ProcessLog
+from tests.sim.membership import Leases, SimMembership
+from tests.sim.network import Network
+from tests.sim.process import Process, task_factory
+from tests.sim.tally import Tally
+from tests.sim.world import LIVENESS_ROUNDS, World
+
+RESTART_P = 0.5
+"""At the end of a step, the chance that a dead (or stopped) process is started again."""
+CONVERGE_ROUNDS = 12
+"""Rounds of every process renewing and balancing within which every group must have one owner."""
+
+
+class ClusterWorld(World):
+    def __init__(self, processes: int, rng: random.Random, tally: Tally | None = None) -> None:
+        super().__init__(tally=tally, channels=False, cluster=True)
+        self.rng = rng
+        self.leases = Leases()
+        self.network = Network(self, rng)
+        self.edge = Edge(self, rng)
+        self.incarnations = 0
+        self.processes = [self._new(i) for i in range(processes)]
+        self._nobody: dict[int, ShardActor] = {}
+        self.step_faults: Any = None
+        """The step's membership faults (``disrupt.Disruptor``): fired at their ticks, awaited by ``busy``."""
+
+    def _new(self, index: int) -> Process:
+        self.incarnations += 1
+        address = f"p{index}"
+        log = ProcessLog(self.log, address)
+        engine = Engine([], log, self.clock, self.config.engine_settings)
+        proc = Process(address, self.incarnations, log, engine)
+        proc.membership = SimMembership(proc, self)
+        engine.remote = self.network.sender(proc)
+        return proc
+
+    # -- what the driver, commands and checks read -------------------------------------------
+    @property
+    def eng(self) -> Any:
+        return self.edge
+
+    @property
+    def fact_desk(self) -> Any:
+        return self.edge
+
+    def at(self, address: str) -> Process | None:
+        return next((p for p in self.processes if p.address == address), None)
+
+    def running(self) -> list[Process]:
+        return [p for p in self.processes if not p.dead and not p.frozen]
+
+    def members(self) -> list[str]:
+        """The live-process registry as a renewal reads it (a dead or long-paused entry timed out)."""
+        return [p.holder for p in self.processes if p.member and not p.dead]
+
+    def owner(self, group: int) -> Process | None:
+        """The live process whose claim is the group's owner key now (it may still be recovering it)."""
+        epoch = self.log.owners[group]
+        return next((p for p in self.processes if not p.dead and p.log.epochs.get(group) == epoch), None)
+
+    def owner_actor(self, group: int) -> ShardActor:
+        proc = self.owner(group)
+        if proc is not None:
+            return proc.engine.actors[group]
+        if group not in self._nobody:
+            self._nobody[group] = self.processes[0].engine.vacant(group)
+        return self._nobody[group]
+
+    def router_of(self, shard: int) -> Engine:
+        proc = self.owner(shard)
+        return (proc or self.processes[0]).engine
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def boot(self) -> None:
+        if not self._outside:
+            self._outside = set(asyncio.all_tasks())
+        asyncio.get_running_loop().set_task_factory(task_factory)
+        for proc in self.processes:
+            await proc.spawn(proc.members.renew())  # every process registered, then each takes its share
+        for proc in self.processes:
+            await proc.spawn(proc.members.balance())
+
+    async def stop(self) -> None:
+        for proc in self.processes:
+            if not proc.dead:
+                await proc.spawn(proc.engine.stop(snapshot=False))
+        asyncio.get_running_loop().set_task_factory(None)
+
+    def kill(self, proc: Process) -> None:
+        self.log.tally.kills += 1
+        proc.kill()
+        self.log.kill(proc.log, self.rng)
+
+    def pause(self, proc: Process) -> None:
+        self.log.tally.process_pauses += 1
+        proc.log.freeze()
+
+    def expire(self, proc: Process, group: int) -> None:
+        """The lease of a dead or paused process runs out (a running one renews it in time). A paused
+        one's own clock mostly says so too when it runs again (``ShardActor.lease_until``: it answers
+        nothing more for the group, reads included); else it was past that check already."""
+        if proc.dead or proc.frozen:
+            proc.member = False
+            self.leases.expire(proc.holder, group)
+            if not proc.dead and self.rng.random() < 0.7:
+                proc.engine.actors[group].lease_until = -math.inf
+
+    def turn(self, proc: Process) -> None:
+        """The process renews its leases and balances (its periodic loop)."""
+        if not proc.dead and not proc.frozen:
+            proc.background(proc.members.turn())
+
+    def hand_over(self, proc: Process) -> None:
+        if not proc.dead and not proc.frozen and proc.members.held:
+            proc.background(proc.members.hand_over(self.rng.choice(sorted(proc.members.held))))
+
+    def stop_process(self, proc: Process) -> None:
+        """A graceful stop: every group handed over, the engine stopped; it may start again later."""
+        self.log.tally.stops += 1
+
+        async def stop() -> None:
+            await proc.members.stop()
+            await proc.engine.stop(snapshot=False)
+            proc.exit()
+
+        proc.background(stop())
+
+    # -- between steps ----------------------------------------------------------------------------
+    def on_tick(self, tick: int) -> None:
+        if self.step_faults is not None:
+            self.step_faults.fire(tick)
+
+    def busy(self) -> bool:
+        if self.step_faults is not None and self.step_faults.pending():
+            return True
+        if any(p.busy() for p in self.processes if not p.dead):
+            return True
+        me = asyncio.current_task()
+        loops = {a._task for p in self.processes for a in p.engine.actors}
+        return any(not t.done() for t in asyncio.all_tasks() if t is not me and t not in loops
+                   and t not in self._outside)
+
+    def request_maintenance(self) -> None:
+        for proc in self.running():
+            for actor in proc.engine.actors:
+                actor.request_maintenance()
+
+    async def converge_membership(self) -> None:
+        """Paused processes run again, dead ones may start again; then every process renews and
+        balances until every group is owned by exactly one live process (liveness)."""
+        self.step_faults = None
+        self.check_background()
+        for proc in self.processes:
+            proc.log.thaw()
+        if not self.network.across_steps:
+            self.network.arrive()
+        for index, proc in enumerate(self.processes):
+            if proc.dead:
+                for group in range(self.config.shards):
+                    self.leases.expire(proc.holder, group)
+                proc.member = False
+                if self.rng.random() < RESTART_P:
+                    self.processes[index] = self._new(index)
+        problems: list[str] = []
+        for _ in range(CONVERGE_ROUNDS):
+            for proc in self.running():
+                self.turn(proc)
+            await self.quiesce()
+            problems = self.ownership_problems()
+            if not problems:
+                return
+        raise Violation(f"liveness: after quiescing, {'; '.join(problems)}")
+
+    def check_background(self) -> None:
+        """Nothing a live process ran in the background (membership turns, hand-overs, vacating a
+        group, a late step request) failed unexpectedly."""
+        for proc in self.processes:
+            if proc.failures:
+                raise Violation(f"{proc.address}'s background work failed: {proc.failures[0]!r}")
+
+    def ownership_problems(self) -> list[str]:
+        """Every group served by exactly one live process, which holds its lease and its owner key."""
+        problems = []
+        for group in range(self.config.shards):
+            serving = [p for p in self.processes if not p.dead and not p.engine.actors[group].vacant]
+            if len(serving) != 1:
+                problems.append(f"group {group} is served by {[p.address for p in serving]}")
+                continue
+            proc = serving[0]
+            if self.leases.holder.get(group) != proc.holder or proc.log.epochs.get(group) != self.log.owners[group]:
+                problems.append(f"group {group} is served by {proc.holder}, its lease is "
+                                f"{self.leases.holder.get(group)}'s, its owner key epoch {self.log.owners[group]}")
+        problems += [f"{p.address} is still handing over or giving up groups" for p in self.running()
+                     if not p.members.settled()]
+        return problems
+
+    async def maintenance_pass(self) -> None:
+        """Every process renews, balances and runs housekeeping (its periodic loops)."""
+        for proc in self.running():
+            await proc.spawn(proc.members.turn())
+        await asyncio.gather(*(proc.spawn(proc.engine.run_maintenance()) for proc in self.running()))
+        self.check_background()
+
+    async def answers(self, shard: int) -> bool:
+        """Liveness: the group's owner answers a trivial command within LIVENESS_ROUNDS rounds."""
+        try:
+            fut: Any = self.owner_actor(shard).submit(lambda _ledger, _now: "pong")
+        except DomainError:
+            return False
+        for _ in range(LIVENESS_ROUNDS):
+            for _ in range(4):
+                await asyncio.sleep(0)
+            if fut.done():
+                return fut.exception() is None and fut.result() == "pong"
+            self.log.pump("ok")
+        return False

@@ -1,0 +1,151 @@
+"""What a client reaches when several processes serve a keyspace: any one of them (drawn per call),
+which does with a call for another process's group what the service's edge does (``edge/forward.py``,
+``edge/record.py``). ``Moved`` naming an owner: the call is forwarded there once (a forwarded call
+is never forwarded again: the owner's ``Moved`` is the caller's answer). ``Moved`` for a reservation
+not held here (group -1) on Confirm/Release/Fulfil: every other owner is asked; NOT_FOUND only when
+none holds it and every group has an owner. Facts: each one whose group is elsewhere is forwarded to
+its owner. ReserveStream and LoadCounts are not forwarded (a ``Moved`` per item, or for the call).
+
+It also stands in for the engine where the commands and checks read one (``actors``: each group's
+actor at its current owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from atp_service.engine.orders import Orders
+from atp_service.engine.router import Engine
+from atp_service.engine.shard import ShardActor
+from reservation import CountRows, DomainError, Fact, LineRequest, Moved, NotFound, Reservation, ReserveCommand
+from tests.sim.process import Process
+
+if TYPE_CHECKING:
+    from tests.sim.cluster import ClusterWorld
+
+T = TypeVar("T")
+OnEngine = Callable[[Engine], Awaitable[T]]
+OnProcess = Callable[[Process], Awaitable[T]]
+
+
+class Edge:
+    def __init__(self, world: ClusterWorld, rng: random.Random) -> None:
+        self.world, self.rng = world, rng
+
+    # -- what the commands and checks read ---------------------------------------------------
+    @property
+    def actors(self) -> list[ShardActor]:
+        return [self.world.owner_actor(g) for g in range(self.world.config.shards)]
+
+    @property
+    def orders(self) -> Orders | None:
+        return self.world.processes[0].engine.orders  # sagas: every process has them
+
+    def place(self, sku: str) -> int:
+        return self.world.processes[0].engine.place(sku)
+
+    def home_of(self, reservation_id: str) -> int | None:
+        for group in range(self.world.config.shards):
+            home = self.world.router_of(group).home_of(reservation_id)
+            if home is not None:
+                return home
+        return None
+
+    # -- the calls --------------------------------------------------------------------------------
+    def pick(self) -> Process:
+        return self.rng.choice(self.world.processes)
+
+    async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
+        return await self._unary(lambda e: e.reserve(cmd))
+
+    async def reserve_many(self, cmds: Sequence[ReserveCommand]) -> list[Any]:
+        proc = self.pick()
+        return await proc.call(lambda: proc.engine.reserve_many(cmds))
+
+    async def confirm(self, rid: str) -> Reservation:
+        return await self._unary(lambda e: e.confirm(rid), located=True)
+
+    async def release(self, rid: str, lines: tuple[LineRequest, ...], op: str) -> Reservation:
+        return await self._unary(lambda e: e.release(rid, lines, op), located=True)
+
+    async def fulfill(self, rid: str, lines: tuple[LineRequest, ...], op: str) -> Reservation:
+        return await self._unary(lambda e: e.fulfill(rid, lines, op), located=True)
+
+    async def set_safety_stock(self, sku: str, location: str, quantity: int) -> Any:
+        return await self._unary(lambda e: e.set_safety_stock(sku, location, quantity))
+
+    async def run_maintenance(self) -> None:
+        proc = self.pick()
+        await proc.call(proc.engine.run_maintenance)
+
+    async def load_counts(self, block: CountRows, origin: str) -> Any:
+        proc = self.pick()
+        return await proc.call(lambda: proc.facts.load_counts(block, origin))
+
+    async def record(self, facts: list[Fact], origin: str) -> list[Any]:
+        """``edge.record.record_events``: facts of groups owned elsewhere go to their owners."""
+        proc = self.pick()
+        out: list[Any] = await proc.call(lambda: proc.facts.record(facts, origin))
+        moved: dict[str, list[int]] = {}
+        for n, result in enumerate(out):
+            if isinstance(result, Moved) and result.owner:
+                moved.setdefault(result.owner, []).append(n)
+            elif isinstance(result, DomainError):
+                raise result
+        if moved:
+            self.world.log.tally.forwarded += 1
+            owners = list(moved)
+            answers = await asyncio.gather(*(self._at(owner, _facts_at([facts[n] for n in moved[owner]], origin))
+                                             for owner in owners))
+            for owner, answer in zip(owners, answers, strict=True):
+                for n, result in zip(moved[owner], answer, strict=True):
+                    if isinstance(result, DomainError):
+                        raise result  # the owner refused the forwarded call whole
+                    out[n] = result
+        return out
+
+    # -- forwarding --------------------------------------------------------------------------------
+    async def _unary(self, run: OnEngine[T], located: bool = False) -> T:
+        proc = self.pick()
+        try:
+            return await proc.call(lambda: run(proc.engine))
+        except Moved as moved:
+            if moved.group < 0 and located:
+                return await self._locate(proc, run)
+            if not moved.owner or moved.owner == proc.address:
+                raise
+            self.world.log.tally.forwarded += 1
+            return await self._at(moved.owner, lambda p: run(p.engine))
+
+    async def _at(self, address: str, run: OnProcess[T]) -> T:
+        target = self.world.at(address)
+        if target is None:
+            raise Moved(-1, "")  # the sim never names an address no process had
+        return await target.call(lambda: run(target))
+
+    async def _locate(self, proc: Process, run: OnEngine[T]) -> T:
+        """``Forwarder._locate``: asked of every other owner at once; the holder's answer wins."""
+        self.world.log.tally.located += 1
+        table = [proc.engine.where(g)[0] for g in range(self.world.config.shards)]
+        owners = sorted({a for a in table if a} - {proc.address})
+        answers = await asyncio.gather(*(self._at(a, lambda p: run(p.engine)) for a in owners),
+                                       return_exceptions=True)
+        for answer in answers:
+            if not isinstance(answer, BaseException):
+                return answer
+            if not (isinstance(answer, Moved) and answer.group < 0):
+                raise answer  # the holder's refusal, or a peer that did not answer
+        if all(table) and table == [proc.engine.where(g)[0] for g in range(self.world.config.shards)]:
+            raise NotFound("reservation_id: held by no process")
+        raise Moved(-1, "")
+
+
+def _facts_at(facts: list[Fact], origin: str) -> OnProcess[list[Any]]:
+    """The facts as a forwarded RecordEvents at the process owning their group."""
+    async def run(proc: Process) -> list[Any]:
+        return await proc.facts.record(facts, origin)
+
+    return run

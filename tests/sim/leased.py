@@ -1,0 +1,141 @@
+"""One service process's ``LogStore`` where several processes share a keyspace (``ownership = leases``),
+over the shared ``SimLog`` (one Redis).
+
+It *is* a ``LogStore`` with the Redis calls replaced: what the real one decides on the client side
+runs as it is — each group's claim (``adopt``, ``drop``), the fence tokens, ``is_fenced``, a refusal
+turned into a lost group (``_refused``: ``lost``, ``on_group_lost``) and ``still_owner`` — while the
+writes go through the shared log's pending list and checks, so the driver answers every process's
+appends as Redis would, and a write of a deposed owner is refused FENCED there (the owner key of
+each group is ``SimLog.owners``). An append carries the epoch its group had when it was submitted.
+
+A paused process (``frozen``, SIGSTOP) sends nothing: its round trips wait, and the shared log's
+``pump`` leaves its appends unsent until it runs again. A dead one (``dead``) reaches nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from atp_service.storage.log import CrossGroupWrite, LogStore, SnapshotRecord
+from atp_service.storage.nodes import Nodes
+from tests.sim.simlog import SideStreams, SimLog, _Snap, _Unit
+
+
+class _Reader:
+    """What ``LogStore`` reads through its client: owner keys (``still_owner``), and the quarantine stream."""
+
+    def __init__(self, store: ProcessLog) -> None:
+        self._store = store
+        self._streams = SideStreams()
+        self._groups = {store.keys.owner(g): g for g in range(64)}
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        return self._streams.pipeline(transaction)
+
+    async def mget_nonatomic(self, keys: list[str]) -> list[str | None]:
+        await self._store.round_trip()
+        owners = self._store.redis.owners
+        return [str(owners[self._groups[k]]) if owners[self._groups[k]] else None for k in keys]
+
+
+class ProcessLog(LogStore):
+    def __init__(self, redis: SimLog, name: str) -> None:
+        super().__init__(Nodes(None, cluster=True), "sim:", pipeline_max=6)
+        self.nodes.reader = self.client = _Reader(self)
+        self.leased = True
+        self.redis, self.name = redis, name
+        self.frozen = False
+        self.dead = False
+        self._thawed = asyncio.Event()
+        self._thawed.set()
+
+    def refused(self, group: int) -> BaseException:
+        """A write of ``group`` answered FENCED (its owner key holds a newer epoch), as ``LogStore`` takes it."""
+        self.redis.tally.fenced_writes += 1
+        return self._refused(ResponseError(f"FENCED epoch {self.epochs.get(group, 0)} of group {group} was "
+                                           f"replaced by {self.redis.owners[group]}"), group)
+
+    # -- pause and death --------------------------------------------------------------------
+    def freeze(self) -> None:
+        self.frozen = True
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self.frozen = False
+        self._thawed.set()
+
+    async def awake(self) -> None:
+        """Returns once this process runs (waits while it is paused); a dead one reaches nothing."""
+        while self.frozen:
+            await self._thawed.wait()
+        if self.dead:
+            raise ConnectionError(f"sim: process {self.name} is dead")
+
+    async def round_trip(self) -> None:
+        await self.awake()
+        await self.redis.round_trip()
+        await self.awake()
+
+    async def write_turn(self) -> None:
+        """A write command's trip: it waits out a Redis write pause and this process's own pause."""
+        await self.round_trip()
+        await self.redis.writable()
+        await self.awake()
+
+    # -- the Redis calls of ``LogStore``, against the shared log ------------------------------------
+    def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
+        return self.submit_group([(shard, seq, data)])
+
+    def submit_group(self, entries: Any) -> asyncio.Future[None]:
+        shards = {shard for shard, _, _ in entries}
+        if len(shards) > 1:
+            raise CrossGroupWrite(f"entries of shards {sorted(shards)}: each group may be another process's")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.dead:
+            fut.set_exception(ConnectionError(f"sim: process {self.name} is dead"))
+            return fut
+        shard = entries[0][0]
+        unit = _Unit([(sh, seq, data, self._tokens.get(sh, 0)) for sh, seq, data in entries], fut,
+                     self.epochs.get(shard, 0), self)
+        self.redis.pending.append(unit)
+        return fut
+
+    async def fence(self, shard: int) -> None:
+        epoch = self.epochs.get(shard, 0)
+        await self.write_turn()
+        redis = self.redis
+        if redis.faults is not None and redis.faults.random() < 0.3:
+            redis.arrive_late()  # scripts on their way got there just before the fence did
+        if redis.owners[shard] != epoch:
+            raise self.refused(shard)
+        redis.fences[shard] += 1
+        self._tokens[shard] = max(self._tokens.get(shard, 0), redis.fences[shard])
+
+    async def last_seq(self, shard: int) -> int:
+        await self.round_trip()
+        return self.redis._last(shard)
+
+    async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
+        await self.round_trip()
+        for entry_seq, data in list(self.redis.logs[shard]):
+            if entry_seq > seq:
+                yield entry_seq, data
+
+    async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
+        await self.round_trip()
+        snap, _ = self.redis.stored(shard)
+        return snap
+
+    async def write_snapshot(self, shard: int, seq: int, data: bytes) -> int:
+        snap = _Snap(shard, seq, data, self._tokens.get(shard, 0), self.epochs.get(shard, 0), self)
+        await self.write_turn()
+        outcome, refusal = self.redis.send_snapshot(snap)
+        if outcome == "ok" and refusal == "FENCED":
+            raise self.refused(shard)
+        if outcome != "ok" or refusal is not None:
+            raise RedisError(f"sim: snapshot {refusal or outcome}")
+        return len(data)

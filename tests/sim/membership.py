@@ -1,0 +1,180 @@
+"""Which simulated process owns which shard group: the sequences of ``app/membership.py`` over the
+shared ``SimLog``, with the lease keys held here (``Leases``) instead of in Redis.
+
+Taking a group (``take``, as ``Membership._take``): the group's lease and owner key set at once (a
+new epoch: every later write of the previous owner is refused FENCED), then the shard recovered from
+its snapshot and log (``engine.recovery.recover_shard``), a ``ShardActor`` built and installed. A
+graceful hand-over (``hand_over``): ``Engine.vacate`` with a final snapshot, then the lease given
+back. A group lost (``_give_up``: a write refused FENCED, or a renewal finding the lease gone): the
+log drops it and the engine vacates it without a snapshot. ``balance`` takes free groups up to the
+process's share or hands one over above it, as the real one does; the driver decides when each
+process renews and balances (``turn``) and when a dead or paused process's leases run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import zlib
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from atp_service.engine.recovery import recover_shard
+from atp_service.engine.shard import ShardActor
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.log import Fenced
+from tests.sim.process import Process
+
+if TYPE_CHECKING:
+    from tests.sim.cluster import ClusterWorld
+
+
+class Leases:
+    """Each group's lease key: the holder that may own it now. A running process renews its leases in
+    time, so here they run out only when the driver says (``expire``: a dead or paused holder's)."""
+
+    def __init__(self) -> None:
+        self.holder: dict[int, str] = {}
+
+    def expire(self, holder: str, group: int) -> bool:
+        if self.holder.get(group) != holder:
+            return False
+        del self.holder[group]
+        return True
+
+
+def address_of(holder: str) -> str:
+    return holder.rpartition("|")[0]
+
+
+class SimMembership:
+    def __init__(self, proc: Process, world: ClusterWorld) -> None:
+        self.proc, self.world = proc, world
+        self.held: dict[int, int] = {}  # group -> the epoch it was taken with
+        self.routes: dict[int, tuple[str, int]] = {}  # every group's owner as last read
+        self.members: list[str] = []
+        self._handing: set[int] = set()
+        self._vacating: dict[int, asyncio.Task[None]] = {}
+        self._turns = asyncio.Lock()  # one balance at a time, as the real loop runs them
+        proc.engine.where = self.where
+        proc.log.on_group_lost.append(self._fenced)
+
+    def where(self, group: int) -> tuple[str, int]:
+        if group in self._handing or group in self._vacating:
+            return "", 0
+        if group in self.held and not self.proc.engine.actors[group].vacant:
+            return self.proc.address, self.held[group]
+        return self.routes.get(group, ("", 0))
+
+    def settled(self) -> bool:
+        """Nothing of this process's membership under way (a group being handed over or vacated)."""
+        return not self._handing and not self._vacating and not self._turns.locked()
+
+    # -- the periodic turn: renew, then balance --------------------------------------------
+    async def turn(self) -> None:
+        async with self._turns:
+            try:
+                await self.renew()
+                await self.balance()
+            except (*STORAGE_ERRORS, Fenced):
+                pass  # tried again at the next turn, as ``Membership._forever`` does
+
+    async def renew(self) -> None:
+        await self.proc.log.round_trip()
+        self.proc.member = True
+        self.members = self.world.members()
+        leases = self.world.leases.holder
+        for group in sorted(g for g in self.held if leases.get(g) != self.proc.holder):
+            del self.held[group]
+            self._give_up(group, "lease")
+
+    async def balance(self) -> None:
+        await self.proc.log.round_trip()
+        self.routes = {g: (address_of(h), self.world.log.owners[g]) for g, h in self.world.leases.holder.items()}
+        held, groups, processes = set(self.held), self.world.config.shards, max(1, len(self.members))
+        share = math.ceil(groups / processes)
+        if len(held) > share or (len(held) > groups // processes and self._starved(groups // processes)):
+            await self._hand_over(min(held, key=self._preference))
+            return
+        free = [g for g in range(groups) if g not in self.routes and g not in held and g not in self._vacating]
+        for group in sorted(free, key=self._preference, reverse=True)[:share - len(held)]:
+            await self.take(group)
+
+    def _starved(self, least: int) -> bool:
+        owned = Counter(address for address, _ in self.routes.values())
+        return any(owned[address_of(m)] < least for m in self.members if address_of(m) != self.proc.address)
+
+    def _preference(self, group: int) -> int:
+        return zlib.crc32(f"{self.proc.address}:{group}".encode())
+
+    # -- taking, handing over, losing ----------------------------------------------------------
+    async def take(self, group: int) -> None:
+        log, redis, world = self.proc.log, self.world.log, self.world
+        await log.round_trip()
+        epoch = self.held.get(group) or redis.draw_epoch()
+        await log.write_turn()
+        holder = world.leases.holder.get(group)
+        if holder is not None and holder != self.proc.holder:
+            return  # another process was quicker
+        if redis.owners[group] > epoch:
+            self.held.pop(group, None)
+            raise Fenced(f"sim: group {group} was taken at a newer epoch than {epoch}")
+        world.leases.holder[group], redis.owners[group] = self.proc.holder, epoch
+        log.adopt(group, epoch, redis.fences[group])
+        self.held[group] = epoch
+        try:
+            ledger, seq, _ = await recover_shard(log, group, world.config.limits)
+        except BaseException:
+            log.drop(group)
+            self.held.pop(group, None)
+            if not self.proc.dead:  # given back; a killed process's lease runs out instead
+                world.leases.expire(self.proc.holder, group)
+            raise
+        world.clock.advance_floor(ledger.clock)  # R6: never stamp before its previous owner's entries
+        actor = ShardActor(group, ledger, log, world.clock, world.config.shard_settings, seq)
+        self.proc.engine.install(actor)
+        actor.start()  # the engine's housekeeping timer is not run: the driver runs maintenance
+        world.log.tally.takeovers += 1
+
+    async def hand_over(self, group: int) -> None:
+        """A graceful hand-over the driver asks for (``balance`` hands over above the share)."""
+        async with self._turns:
+            if group in self.held:
+                await self._hand_over(group)
+
+    async def _hand_over(self, group: int) -> None:
+        self._handing.add(group)
+        try:
+            await self.proc.engine.vacate(group, snapshot=True)
+            self.proc.log.drop(group)
+            await self._release(group)
+        finally:
+            self._handing.discard(group)
+        self.world.log.tally.hand_overs += 1
+
+    async def _release(self, group: int) -> None:
+        await self.proc.log.write_turn()
+        self.world.leases.expire(self.proc.holder, group)
+        self.held.pop(group, None)
+
+    async def stop(self) -> None:
+        """``Membership.stop``: every group handed over, then the process leaves."""
+        async with self._turns:
+            for group in sorted(self.held):
+                try:
+                    await self._hand_over(group)
+                except (*STORAGE_ERRORS, Fenced):
+                    pass  # its lease runs out instead
+            self.proc.member = False
+
+    def _fenced(self, group: int) -> None:
+        self.held.pop(group, None)
+        self._give_up(group, "fenced")
+
+    def _give_up(self, group: int, why: str) -> None:
+        self.world.log.tally.given_up += 1
+        self.proc.log.drop(group)
+        task = self.proc.spawn(self.proc.engine.vacate(group, snapshot=False))
+        self._vacating[group] = task
+        task.add_done_callback(self.proc._seen)  # the real one only marks its error seen: here it is a finding
+        task.add_done_callback(lambda t: self._vacating.pop(group, None) if self._vacating.get(group) is t else None)
