@@ -206,7 +206,8 @@ class LogStore:
 
     async def _still_owns(self, group: int) -> bool:
         epoch = self.epochs.get(group)
-        current: Any = await self.client.get(self.keys.owner(group))
+        keys = [self.keys.owner(group)]
+        (current,) = await (self.client.mget(keys) if self.nodes.together else self.client.mget_nonatomic(keys))
         if epoch is not None and current is not None and int(current) == epoch:
             return True
         self._refused(Fenced(f"FENCED epoch {epoch} of {self.keys.owner(group)} was replaced by {as_text(current)}"),

@@ -92,12 +92,11 @@ async def test_a_multi_process_seed_that_found_a_defect_holds(seed: int, process
     await run_seed(seed, processes=processes)
 
 
-@pytest.mark.xfail(strict=True, raises=Violation, reason="known defect: an order step served late makes a part "
-                   "of an order its saga abandoned past its TTL, holding units for good (parts never expire)")
 async def test_a_late_order_step_never_holds_units_of_an_abandoned_order() -> None:
     """``--seed 592 --processes 2 --late-across-steps``: a ReservePart sent to the group's owner is
-    served late, after the clock passed the order's TTL and housekeeping abandoned the order (EXPIRED:
-    no part found to release). When it is fixed, this passes: move the seed to MULTI_REGRESSIONS."""
+    served late, after the clock passed the order's TTL and housekeeping abandoned the order. Without
+    the parts' tombstones (``_orders.give_up_part``) the late step made a part that held its units
+    for good (parts never expire by themselves)."""
     await Driver(592, processes=2, late_across_steps=True).run(20)
 
 
