@@ -13,7 +13,7 @@ help:
 	@echo "make lint   - buf lint, ruff, mypy, import contracts, house rules"
 	@echo "make proto  - regenerate gRPC stubs from proto/ (client/atp_client/pb)"
 	@echo "make api-docs - regenerate the reason table and retry policy in docs/API.md"
-	@echo "make sim SEEDS=100000 - the deterministic simulation over many seeds (PROCESSES=3: three processes, leased groups)"
+	@echo "make sim SEEDS=100000 - the deterministic simulation over many seeds, then as many with three service processes"
 	@echo "make certs  - a local CA + server/client certificates under var/certs (TLS, mutual TLS)"
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
 	@echo "make bench-peak SCENARIO=flash_sale|holiday_peak|steady DURATION=60 USERS=60 - locust peak run"
@@ -61,7 +61,8 @@ cluster: bootstrap
 	  --processes $(PROCESSES)
 
 sim: $(STAMP)
-	$(BIN)/python -m tests.sim --seeds $(SEEDS) --processes $(PROCESSES)
+	$(BIN)/python -m tests.sim --seeds $(SEEDS)
+	$(BIN)/python -m tests.sim --seeds $(SEEDS) --processes 3 --late-across-steps
 
 certs: $(STAMP)
 	$(BIN)/python -m atp_service.app.certs var/certs
