@@ -79,6 +79,7 @@ class Membership:
         self.members: list[str] = []
         self._handing: set[int] = set()
         self._work: set[asyncio.Task[None]] = set()
+        self._renewed_at: dict[int, float] = {}  # group -> when its last renewal was sent
         self._vacating: dict[int, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         engine.where = self.where
@@ -149,6 +150,7 @@ class Membership:
         for group in await self.leases.renew():
             self._give_up(group, "lease")
         for group in self.leases.renewed:
+            self._renewed_at[group] = sent  # a group still being recovered takes it at install
             self._engine.actors[group].lease_until = sent + self._lease_s * SAFETY
 
     def _fenced(self, group: int) -> None:
@@ -235,7 +237,7 @@ class Membership:
             raise
         actor = ShardActor(group, ledger, self._store, self._clock, self._config.shard_settings, seq,
                            self._engine_metrics)
-        actor.lease_until = started + self._lease_s * SAFETY
+        actor.lease_until = max(started, self._renewed_at.get(group, started)) + self._lease_s * SAFETY
         if self.leases.held.get(group) != epoch or group in self._vacating:
             log.warning("group %d: lost while it was recovered; not served here", group)
             return  # given up meanwhile (its lease gone, or a write refused): never installed

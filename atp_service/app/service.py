@@ -130,6 +130,8 @@ class AtpService:
             # Bounded: the queue gRPC keeps ahead of the service (see ServiceConfig.max_pending_calls).
             ("grpc.server.max_pending_requests", max(1, cfg.max_pending_calls // 2)),
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
+            # The other processes of a keyspace ping their channels to this one (forward.PEER_KEEPALIVE_MS).
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ])
         self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_total)
         self._add_services(self._server)

@@ -44,11 +44,26 @@ _CALLER_GONE = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 _PASSED = frozenset({"authorization"})
 """The caller's metadata a forwarded call carries."""
 StreamCall = grpc.aio.StreamStreamCall[pb.ReserveStreamRequest, pb.ReserveStreamResponse]
+PEER_CALL_MAX_S = 30.0
+"""The longest a call sent on to a peer may take when its caller set no deadline: a peer that
+stops answering (paused, cut off) never holds a caller, or a stream's later batches, for good."""
+PEER_KEEPALIVE_MS = 10_000
+"""Pings on an idle-looking peer channel: a peer whose host or process stopped answering is found
+out within this and ``PEER_KEEPALIVE_TIMEOUT_MS`` (its kernel may keep the TCP connection open)."""
+PEER_KEEPALIVE_TIMEOUT_MS = 5_000
 _OPTIONS = [
     ("grpc.enable_retries", 0),  # one try: the caller retries, with its own policy and deadline
     ("grpc.max_receive_message_length", -1),  # the owner applies its own limits
     ("grpc.max_send_message_length", -1),
+    ("grpc.keepalive_time_ms", PEER_KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", PEER_KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 0),
 ]
+
+
+def _bounded(remaining: float | None) -> float:
+    """A peer call's timeout: the caller's remaining deadline, never more than ``PEER_CALL_MAX_S``."""
+    return PEER_CALL_MAX_S if remaining is None else min(remaining, PEER_CALL_MAX_S)
 
 
 class Relayed(Exception):
@@ -118,7 +133,7 @@ class Forwarder:
 
     async def _send(self, address: str, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
                     metadata: Sequence[tuple[str, Any]]) -> Any:
-        return await self.send(address, method, request, context.time_remaining(), metadata)
+        return await self.send(address, method, request, _bounded(context.time_remaining()), metadata)
 
     async def send(self, address: str, method: str, request: Any, within_s: float | None,
                    metadata: Sequence[tuple[str, Any]]) -> Any:
@@ -138,6 +153,7 @@ class Forwarder:
                                                    pb.ReserveStreamResponse.FromString)
         metadata = tuple(context.invocation_metadata() or ())
         return cast(StreamCall, call(None, timeout=context.time_remaining(), metadata=self._passed(metadata)))
+        # a stream lasts as long as its caller's; each answer on it is bounded (streams.OwnerStream.ask)
 
     async def ask_owners(self, method: str, requests: dict[str, Any],
                          context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
@@ -195,10 +211,11 @@ class Forwarder:
         covered = set(here.serving)
         answers = await asyncio.gather(*(self._send(a, method, request, context, metadata) for a in sorted(owners)),
                                        return_exceptions=True)
-        for answer in answers:
+        for answer in answers:  # the holder's answer first, whatever the others said
             if not isinstance(answer, BaseException):
                 self._counted.labels(method, "located").inc()
                 return answer
+        for answer in answers:
             if not isinstance(answer, grpc.aio.AioRpcError):
                 raise answer
             serving = _serving(answer)

@@ -20,7 +20,7 @@ import grpc
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import rich_status
-from atp_service.edge.forward import Forwarder, StreamCall
+from atp_service.edge.forward import PEER_CALL_MAX_S, Forwarder, StreamCall
 from atp_service.tasks import exception_seen
 from reservation import DomainError, Moved, Reason, Unavailable
 
@@ -60,7 +60,12 @@ class OwnerStream:
                 task = asyncio.current_task()
                 if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
                     raise
-        return await answer
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), PEER_CALL_MAX_S)
+        except TimeoutError:  # the owner stopped answering: this stream's later answers cannot be matched
+            failure = _unknown(self.address, f"did not answer within {PEER_CALL_MAX_S:.0f}s")
+            self._break(failure)
+            raise failure from None
 
     async def _read(self) -> None:
         failure = _unknown(self.address, "ended the stream before answering")
