@@ -20,7 +20,7 @@ from redis.cluster import RedisCluster
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from atp_service.storage.embedded_redis import RedisDidNotStart, free_port
+from atp_service.storage.embedded_redis import RedisDidNotStart
 from tests.atp_service.edge.test_api import receipt
 
 TWO_KEYS = "return redis.call('SET', KEYS[1], ARGV[1]) and redis.call('SET', KEYS[2], ARGV[1])"
@@ -74,7 +74,7 @@ def test_no_cluster_of_no_primaries(tmp_path: Path) -> None:
 
 async def test_make_cluster_serves_on_the_cluster_and_stops_it_all(tmp_path: Path) -> None:
     """``make cluster``: the cluster, then the service on it; SIGTERM stops the service, then Redis."""
-    port = free_port()
+    port = consecutive_free_ports(1)  # below the ephemeral range: no cluster node can take it first
     proc = _make_cluster(tmp_path / "c", port)
     try:
         async with AtpClient(f"127.0.0.1:{port}", timeout_s=10) as client:
