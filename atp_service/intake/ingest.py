@@ -41,6 +41,9 @@ PENDING_PASS_S = 2.0
 """No page of a pass over this consumer's pending entries starts later than this after the pass did:
 the next pass goes on from there, and new entries are read in between. A pass must stay far below
 ``claim_idle_ms``, or other processes would claim the entries it is still sending."""
+PENDING_SETTLE_S = 0.2
+"""How long a pass over the pending entries waits for the batches in flight (their entries are in its
+list too); one still waiting for an owner then puts the pass off, and new entries are read meanwhile."""
 DECODE_SLICE = 500
 """Entries decoded in one go: a read of thousands must not hold the event loop for tens of ms."""
 
@@ -192,7 +195,9 @@ class StreamIngestor:
         (what it had in hand before a restart, or could not apply yet). A pass stops starting pages
         after ``PENDING_PASS_S`` and the next goes on from there; entries still left once the list
         was read through are read again after a growing wait (``PENDING_RETRY``)."""
-        await self._settle_batches()  # our own pending list includes what is in flight now
+        if not await self._settle_batches(PENDING_SETTLE_S):  # our pending list includes what is in flight
+            self._retry_at = time.monotonic() + PENDING_RETRY.first_s
+            return
         left = self._pending_after is not None and self._pending_left
         after = self._pending_after or ["0"] * len(self._streams)
         self._retry_own_pending = False
@@ -228,9 +233,12 @@ class StreamIngestor:
             log.warning("input streams: batch failed (%s); its entries stay pending", task.exception())
             self._retry_own_pending = True
 
-    async def _settle_batches(self) -> None:
+    async def _settle_batches(self, within_s: float | None = None) -> bool:
+        """Whether every batch in flight is done (waiting up to ``within_s``)."""
         if self._batches:
-            await asyncio.wait(list(self._batches))
+            _, waiting = await asyncio.wait(list(self._batches), timeout=within_s)
+            return not waiting
+        return True
 
     async def _read(self, after: list[str], block: int | None) -> list[Entry]:
         """Entries after these ids, one per stream (``>``: new ones; else this consumer's pending)."""
