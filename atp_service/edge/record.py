@@ -11,6 +11,8 @@ the peer token, as the input streams' reader is no caller with a token of its ow
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -22,14 +24,19 @@ from atp_service.edge.errors import rich_status
 from atp_service.edge.forward import Forwarder
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk, Result
-from atp_service.intake.ingest import FactSender
+from atp_service.intake.owners import FactSender
 from atp_service.metrics import EdgeMetrics
 from reservation import DomainError, Fact, InvalidArgument, Limits, Moved, Reason, Unavailable
 from reservation import fact as make_fact
 
+log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 5.0
 """How long an owner may take to answer facts sent from the input streams; past it their entries
 stay pending and are read again (a fact applied meanwhile is then a duplicate, E8)."""
+REFUSAL_LOG_S = 60.0
+"""An owner refusing the peer token is logged once in this long: its entries stay pending for ever
+until the token is fixed, and every pass over them would log it again."""
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 async def record_events(request: pb.RecordEventsRequest, context: Any, engine: Engine, desk: FactDesk,
@@ -78,6 +85,13 @@ def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits) -> Fact
     calls (with the peer token) of at most ``max_events_per_call`` facts; each fact's result there,
     or for each the refusal of its call (the owner's, or none came back in time)."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    logged_at: dict[str, float] = {}
+
+    def log_refusal(owner: str, exc: grpc.aio.AioRpcError) -> None:
+        if exc.code() in _REFUSED and time.monotonic() - logged_at.get(owner, -REFUSAL_LOG_S) >= REFUSAL_LOG_S:
+            logged_at[owner] = time.monotonic()
+            log.error("process %s refused facts from the input streams: %s (set peer_token_file to the token "
+                      "of a caller with the peer role); their entries stay pending", owner, exc.details())
 
     async def send(owner: str, facts: Sequence[Fact]) -> list[Result | DomainError]:
         out: list[Result | DomainError] = []
@@ -89,6 +103,7 @@ def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits) -> Fact
                 answer = await forwarder.send(owner, "RecordEvents", request, SEND_TIMEOUT_S, metadata)
             except grpc.aio.AioRpcError as exc:
                 forwarder.counted("RecordEvents", "error")
+                log_refusal(owner, exc)
                 refused = Unavailable(f"process {owner} did not take {len(part)} facts ({exc.code().name}: "
                                       f"{exc.details()}); read again later", Reason.OUTCOME_UNKNOWN)
                 out += [refused] * len(part)

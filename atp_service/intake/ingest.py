@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
@@ -25,6 +24,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.facts import FactDesk, Result
+from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text
 from atp_service.tasks import cancel_and_wait
@@ -37,6 +37,13 @@ INGEST_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
 PENDING_RETRY = BackoffPolicy(first_s=0.05, max_s=1.0)
 """Waits between passes over this consumer's own pending entries while some cannot be applied yet
 (their group being handed over, its owner not answering); new entries are read meanwhile."""
+PENDING_PASS_S = 2.0
+"""No page of a pass over this consumer's pending entries starts later than this after the pass did:
+the next pass goes on from there, and new entries are read in between. A pass must stay far below
+``claim_idle_ms``, or other processes would claim the entries it is still sending."""
+PENDING_SETTLE_S = 0.2
+"""How long a pass over the pending entries waits for the batches in flight (their entries are in its
+list too); one still waiting for an owner then puts the pass off, and new entries are read meanwhile."""
 DECODE_SLICE = 500
 """Entries decoded in one go: a read of thousands must not hold the event loop for tens of ms."""
 
@@ -47,9 +54,6 @@ _KINDS = {k.name: k.value for k in FactKind}
 Entry = tuple[str, bytes, list[bytes] | None]  # stream, entry id, flat [field, value, …] (None: deleted)
 Read = tuple[str, bytes, list[bytes]]  # stream, entry id, its fields: an entry whose fact was decoded
 Dead = tuple[str, bytes, list[bytes], str]  # stream, entry id, its fields, why it is dead-lettered
-FactSender = Callable[[str, Sequence[Fact]], Awaitable[list[Result | DomainError]]]
-"""Sends facts to the service process at an address (the owner of their groups), which applies
-them: each fact's result there, in order, or the refusal that left it undecided."""
 
 
 def decode_fact(flat: list[bytes], now: int, limits: Limits) -> Fact:
@@ -119,7 +123,7 @@ class StreamIngestor:
         client.set_response_callback("XREADGROUP", lambda response, **_: response)
         self._client = client
         self._desk = desk
-        self._send = send
+        self._owners = OwnerSends(send) if send is not None else None
         self._config = settings
         self._metrics = desk.metrics
         self._clock = clock
@@ -129,6 +133,8 @@ class StreamIngestor:
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
         self._retry_at = 0.0
         self._retries = Backoff(PENDING_RETRY)
+        self._pending_after: list[str] | None = None  # where a pass cut short goes on
+        self._pending_left = False  # entries were left pending in the passes before, of this round
         self._batches: set[asyncio.Task[int]] = set()
         self._claimed_at = 0.0
         self._gauged_at = 0.0
@@ -186,15 +192,29 @@ class StreamIngestor:
 
     async def _retry_pending(self) -> None:
         """This consumer's pending entries, read from the start of its list page by page and applied
-        (what it had in hand before a restart, or could not apply yet). Entries still left are read
-        again after a growing wait (``PENDING_RETRY``), and new entries are read meanwhile."""
-        await self._settle_batches()  # our own pending list includes what is in flight now
+        (what it had in hand before a restart, or could not apply yet). A pass stops starting pages
+        after ``PENDING_PASS_S`` and the next goes on from there; entries still left once the list
+        was read through are read again after a growing wait (``PENDING_RETRY``)."""
+        if not await self._settle_batches(PENDING_SETTLE_S):  # our pending list includes what is in flight
+            self._retry_at = time.monotonic() + PENDING_RETRY.first_s
+            return
+        left = self._pending_after is not None and self._pending_left
+        after = self._pending_after or ["0"] * len(self._streams)
         self._retry_own_pending = False
-        after = ["0"] * len(self._streams)
-        while entries := await self._read(after, block=None):
+        deadline = time.monotonic() + PENDING_PASS_S
+        while time.monotonic() < deadline:
+            entries = await self._read(after, block=None)
+            if not entries:
+                break
             await self._handle(entries)
             last = {stream: entry_id for stream, entry_id, _ in entries}
             after = [as_text(last[s]) if s in last else a for s, a in zip(self._streams, after, strict=True)]
+        else:  # cut short: new entries are read first, then the pass goes on where it stopped
+            self._pending_after, self._pending_left = after, left or self._retry_own_pending
+            self._retry_own_pending, self._retry_at = True, time.monotonic() + PENDING_RETRY.first_s
+            return
+        self._pending_after, self._pending_left = None, False
+        self._retry_own_pending |= left
         if self._retry_own_pending:
             self._retry_at = time.monotonic() + self._retries.next_delay()
         else:
@@ -213,9 +233,12 @@ class StreamIngestor:
             log.warning("input streams: batch failed (%s); its entries stay pending", task.exception())
             self._retry_own_pending = True
 
-    async def _settle_batches(self) -> None:
+    async def _settle_batches(self, within_s: float | None = None) -> bool:
+        """Whether every batch in flight is done (waiting up to ``within_s``)."""
         if self._batches:
-            await asyncio.wait(list(self._batches))
+            _, waiting = await asyncio.wait(list(self._batches), timeout=within_s)
+            return not waiting
+        return True
 
     async def _read(self, after: list[str], block: int | None) -> list[Entry]:
         """Entries after these ids, one per stream (``>``: new ones; else this consumer's pending)."""
@@ -251,22 +274,32 @@ class StreamIngestor:
 
     async def _handle(self, entries: list[Entry]) -> int:
         """Apply the entries' facts; acknowledge each entry once its fact is durable (here or at its
-        group's owner) or dead-lettered. The others stay pending, to be read again."""
+        group's owner) or dead-lettered. The others stay pending, to be read again. An entry holds
+        one fact: those applied here are acknowledged before the others' owners are waited for."""
         if not entries:
             return 0
         facts, read, dead = await self._decode(entries)
+        results = await self._desk.record(facts, origin="stream") if facts else []
+        remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
+        if self._owners is None or not remote:
+            return await self._settle(read, results, dead)
+        away = set(remote)
+        here = [i for i in range(len(results)) if i not in away]
+        count = await self._settle([read[i] for i in here], [results[i] for i in here], dead)
+        await self._owners.to_owners(facts, results, remote)
+        return count + await self._settle([read[i] for i in remote], [results[i] for i in remote], [])
+
+    async def _settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:
+        """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``);
+        the others stay pending."""
         done: list[tuple[str, bytes]] = []
-        if facts:
-            results = await self._desk.record(facts, origin="stream")
-            if self._send is not None:
-                await self._to_owners(facts, results)
-            for (stream, entry_id, fields), result in zip(read, results, strict=True):
-                if isinstance(result, InvalidArgument):  # the owner's own check (its clock, E7)
-                    dead.append((stream, entry_id, fields, result.message))
-                elif isinstance(result, DomainError):
-                    self._retry_own_pending = True  # stays pending; read again from our own list
-                else:
-                    done.append((stream, entry_id))
+        for (stream, entry_id, fields), result in zip(read, results, strict=True):
+            if isinstance(result, InvalidArgument):  # the owner's own check (its clock, E7)
+                dead.append((stream, entry_id, fields, result.message))
+            elif isinstance(result, DomainError):
+                self._retry_own_pending = True  # stays pending; read again from our own list
+            else:
+                done.append((stream, entry_id))
         if dead:
             await self._dead_letter(dead)
         await self._ack(done)
@@ -291,20 +324,6 @@ class StreamIngestor:
             except InvalidArgument as exc:
                 dead.append((stream, entry_id, fields, exc.message))
         return facts, read, dead
-
-    async def _to_owners(self, facts: list[Fact], results: list[Result | DomainError]) -> None:
-        """The facts of groups other processes own, sent to them (one call per owner, all at once):
-        each result becomes the owner's. A fact of a group no process owns now keeps its ``Moved``."""
-        assert self._send is not None
-        by_owner: dict[str, list[int]] = {}
-        for i, result in enumerate(results):
-            if isinstance(result, Moved) and result.owner:
-                by_owner.setdefault(result.owner, []).append(i)
-        owners = list(by_owner)
-        answers = await asyncio.gather(*(self._send(owner, [facts[i] for i in by_owner[owner]]) for owner in owners))
-        for owner, answer in zip(owners, answers, strict=True):
-            for i, result in zip(by_owner[owner], answer, strict=True):
-                results[i] = result
 
     async def _dead_letter(self, dead: list[Dead]) -> None:
         cfg = self._config

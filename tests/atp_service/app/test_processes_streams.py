@@ -95,11 +95,11 @@ async def start_leased(redis_url: str) -> AsyncIterator[ServiceFactory]:
         yield start
 
 
-def spawn_owner(redis_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def spawn_owner(redis_url: str, port: int, log: Path, lease_ms: int = 600) -> subprocess.Popen[bytes]:
     """A leased ``atp-service serve`` process that reads no input stream: it only owns groups."""
     cmd = [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--host", "127.0.0.1",
            "--port", str(port), "--metrics-port", "-1", "--no-demo", "--auth", "off", "--shards", str(SHARDS),
-           "--ownership", "leases", "--lease-ms", "600"]
+           "--ownership", "leases", "--lease-ms", str(lease_ms)]
     return spawned(subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                                     env={**os.environ, "ATP_INPUT_STREAMS": ""}))
 
@@ -135,3 +135,47 @@ async def test_a_fact_whose_owner_died_stays_pending_until_its_group_is_taken_th
     assert 2 <= deliveries <= 30, f"read again with backoff, not in a loop ({deliveries} deliveries)"
     assert await on_hand(reader, sku) == 7
     assert counted([reader], "atp_facts_total", outcome="applied") == 1
+
+
+def stream_state(r: redis.Redis, stream: str) -> tuple[int, int]:
+    """The group's pending entries and its lag (entries not read yet) on a stream."""
+    (group,) = [g for g in r.xinfo_groups(stream) if g["name"] == b"atp"]
+    return group["pending"], group["lag"] or 0
+
+
+async def test_an_owner_that_does_not_answer_stalls_no_reading(
+        start_leased: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
+    """The owner of half the groups is paused (SIGSTOP) with leases long enough to stay its own: the
+    facts of the reader's groups are still applied and acknowledged within well under the 5 s send
+    timeout, wave after wave; the paused owner's stay pending, and are applied once it goes on."""
+    reader, _ = await start_leased(port=free_port(), host="127.0.0.1")
+    membership = reader.membership
+    assert membership is not None
+    port = free_port()
+    owner = spawn_owner(redis_url, port, tmp_path / "owner.log", lease_ms=60_000)
+    elsewhere = f"127.0.0.1:{port}"
+    await until(lambda: sum(membership.where(g)[0] == elsewhere for g in range(SHARDS)) == SHARDS // 2
+                and len(owned(reader)) == SHARDS // 2, "the groups shared with the other process", 60)
+    skus = [f"silent-{i}" for i in range(64)]
+    here = [s for s in skus if group_of(s) in owned(reader)][:8]
+    away = [s for s in skus if group_of(s) not in owned(reader)][:8]
+    r = redis.Redis.from_url(redis_url)
+    owner.send_signal(signal.SIGSTOP)
+    try:
+        for wave in range(3):
+            started, now = time.monotonic(), int(time.time() * 1000) - 1000
+            for n, sku in enumerate(here + away):
+                r.xadd(STREAMS[n % 2], F(f"w{wave}-{sku}", "RECEIPT", sku, "DC", 1, now).fields())
+            pending = len(away) * (wave + 1)
+            await until(lambda: sum(stream_state(r, s)[0] for s in STREAMS) == pending  # noqa: B023
+                        and not any(stream_state(r, s)[1] for s in STREAMS), "the reader's facts acknowledged", 10)
+            took = time.monotonic() - started
+            assert took < 2.5, f"wave {wave}: acknowledged after {took:.1f}s, behind the silent owner"
+            for sku in here:
+                assert await on_hand(reader, sku) == wave + 1, sku
+            await asyncio.sleep(2)
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    await wait_consumed(redis_url, list(STREAMS))
+    for sku in away:
+        assert await on_hand(reader, sku) == 3, sku

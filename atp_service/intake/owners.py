@@ -1,0 +1,85 @@
+"""Facts read from the input streams sent to the processes owning their groups, one owner at a time.
+
+An owner that does not answer (paused, cut off from the other processes while Redis still answers)
+must not hold up the reading of every process: each send waits up to its timeout, and almost every
+batch holds facts for every owner. So an owner whose last send failed is skipped — its facts left
+``Moved``, their entries pending — until a growing wait has passed (``OWNER_RETRY``), and then one
+send alone tries it again while the other batches still skip it. Each owner's failure is its own:
+an error of one send (an answer of the wrong length included) leaves just that owner's facts pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from atp_service.intake.facts import Result
+from atp_service.retry import Backoff, BackoffPolicy
+from reservation import DomainError, Fact, Moved, Unavailable
+
+log = logging.getLogger(__name__)
+FactSender = Callable[[str, Sequence[Fact]], Awaitable[list[Result | DomainError]]]
+"""Sends facts to the service process at an address (the owner of their groups), which applies
+them: each fact's result there, in order, or the refusal that left it undecided."""
+OWNER_RETRY = BackoffPolicy(first_s=0.2, max_s=5.0)
+"""Waits during which an owner whose last send failed is skipped (its facts stay pending)."""
+
+
+class OwnerSends:
+    """The sends of one reader, with each owner's state: when it may be tried again after a failure."""
+
+    def __init__(self, send: FactSender) -> None:
+        self._send = send
+        self._failing: dict[str, Backoff] = {}
+        self._retry_at: dict[str, float] = {}
+        self._probing: set[str] = set()
+
+    def due(self, owner: str) -> bool:
+        """Whether facts for this owner are sent now: it answered last time, or its wait has passed
+        and no other send is trying it already."""
+        if owner not in self._failing:
+            return True
+        return owner not in self._probing and time.monotonic() >= self._retry_at[owner]
+
+    async def to_owners(self, facts: list[Fact], results: list[Result | DomainError], at: Sequence[int]) -> None:
+        """The facts at ``at`` (each ``Moved`` to its owner) sent to their owners, all at once: each
+        result becomes the owner's. One whose owner is skipped, or whose send failed, keeps a refusal."""
+        by_owner: dict[str, list[int]] = {}
+        for i in at:
+            result = results[i]
+            if isinstance(result, Moved) and result.owner:
+                by_owner.setdefault(result.owner, []).append(i)
+        owners = [owner for owner in by_owner if self.due(owner)]
+        answers = await asyncio.gather(*(self._one(owner, [facts[i] for i in by_owner[owner]]) for owner in owners))
+        for owner, answer in zip(owners, answers, strict=True):
+            if answer is not None:
+                for i, result in zip(by_owner[owner], answer, strict=True):
+                    results[i] = result
+
+    async def _one(self, owner: str, facts: list[Fact]) -> list[Result | DomainError] | None:
+        """One owner's answer, or None (its facts stay as they are) if the send failed in any way."""
+        probe = owner in self._failing
+        if probe:
+            self._probing.add(owner)
+        try:
+            answer = await self._send(owner, facts)
+            if len(answer) != len(facts):
+                raise ValueError(f"{len(answer)} results for {len(facts)} facts")
+        except Exception as exc:  # any error of one owner's send is that owner's alone
+            log.warning("input streams: sending %d facts to %s failed (%r); they stay pending", len(facts), owner, exc)
+            self._failed(owner)
+            return None
+        finally:
+            self._probing.discard(owner)
+        if any(isinstance(result, Unavailable) for result in answer):
+            self._failed(owner)
+        else:
+            self._failing.pop(owner, None)
+            self._retry_at.pop(owner, None)
+        return answer
+
+    def _failed(self, owner: str) -> None:
+        backoff = self._failing.setdefault(owner, Backoff(OWNER_RETRY))
+        self._retry_at[owner] = time.monotonic() + backoff.next_delay()
