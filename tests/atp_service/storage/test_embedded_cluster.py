@@ -4,6 +4,7 @@ and the constraint the service's scripts must meet there — every key of one sc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -84,10 +85,9 @@ async def test_make_cluster_serves_on_the_cluster_and_stops_it_all(tmp_path: Pat
             assert held.state == pb.RESERVATION_STATE_HELD
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 60) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    except BaseException:
+        _stop_all(proc, tmp_path / "c")  # a failed test leaves nothing running; a passing one checks below
+        raise
     assert "Redis Cluster ready" in (tmp_path / "c.log").read_text()
     assert not _redis_left(tmp_path / "c")
 
@@ -123,10 +123,9 @@ async def test_make_cluster_with_processes_runs_them_leased_and_stops_once_none_
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         assert await asyncio.to_thread(proc.wait, 60) == 1
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    except BaseException:
+        _stop_all(proc, tmp_path / "c")  # a failed test leaves nothing running; a passing one checks below
+        raise
     out = log.read_text()
     assert out.count("exited with status -9") == 2 and "no service process is left" in out, out[-2000:]
     assert not _redis_left(tmp_path / "c")
@@ -146,6 +145,16 @@ def consecutive_free_ports(n: int) -> int:
             continue
         return first
     raise RuntimeError(f"no {n} free consecutive ports below 32000")
+
+
+def _stop_all(proc: subprocess.Popen[bytes], data_dir: Path) -> None:
+    """Whatever the test did: the script, and the nodes it started (they run in sessions of their own)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid in [int(p.read_text()) for p in data_dir.glob("*/redis-server.pid") if p.read_text().strip()]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _redis_left(data_dir: Path) -> list[int]:
