@@ -181,7 +181,7 @@ class Orders:
             await self._apply(order, dict.fromkeys(release, PendingOp(OrderStep.RELEASE)))
             decided, _ = orders.decide(order, await self._parts(order), self._engine.clock.now_ms())
         assert decided is not None
-        await self._save(home, decided)
+        await self._save(home, decided, over=order)
         return decided
 
     async def _change(self, order_id: str, home: int, step: PendingOp, quiet: bool = False) -> Reservation:
@@ -190,10 +190,10 @@ class Orders:
         done, shares, error = orders.plan(orders.view(order, parts), step, self._engine.clock.now_ms(),
                                           self._engine.limits, self._engine.place)
         if done is not None:
-            await self._save(home, done)  # decided: from here on it is carried through, whatever happens
+            await self._save(home, done, over=order)  # decided: from here on it is carried through
             await self._apply(done, shares)
             order = orders.settled(done, self._engine.clock.now_ms())
-            await self._save(home, order)
+            await self._save(home, order, over=done)
             parts = await self._parts(order)
         if error is not None and not quiet:
             raise error
@@ -221,13 +221,13 @@ class Orders:
         else:
             await self._apply(order, orders.shares(order, pending, self._engine.place))
         settled = orders.settled(order, self._engine.clock.now_ms())
-        await self._save(home, settled)
+        await self._save(home, settled, over=order)
         return settled
 
     async def _abandon(self, order: Reservation, home: int) -> Reservation:
         """An order undecided past its TTL: its parts that exist are released; it expires."""
         expired = orders.abandoned(order, self._engine.clock.now_ms())
-        await self._save(home, expired)  # recorded first: a home another process took meanwhile releases nothing
+        await self._save(home, expired, over=order)  # first: a home taken by another releases nothing
         await self._give_up_parts(order)
         return expired
 
@@ -265,7 +265,7 @@ class Orders:
             return
         shown = orders.view(order, await self._parts(order))
         if shown.state in (State.FULFILLED, State.RELEASED):
-            await self._save(home, orders.resolved(order, shown, self._engine.clock.now_ms()))
+            await self._save(home, orders.resolved(order, shown, self._engine.clock.now_ms()), over=order)
 
     async def _ship(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         shard = self._engine.place(fact.sku)
@@ -305,8 +305,17 @@ class Orders:
                               Reason.OUTCOME_UNKNOWN)
         return {g: p for g, p in found.items() if p is not None}
 
-    async def _save(self, home: int, order: Reservation) -> None:
-        await self._on(home, lambda ledger, _now: ledger.save(order))
+    async def _save(self, home: int, order: Reservation, *, over: Reservation) -> None:
+        """Record ``order`` at its home, only over the record this saga read (``over``): a record
+        changed meanwhile — by this order's saga at another process that owned the home between —
+        stops this saga instead of being overwritten (it is driven on from the current record)."""
+        def save(ledger: Ledger, _now: int) -> None:
+            if ledger.reservation(order.reservation_id) != over:
+                raise Unavailable(f"reservation_id: {order.reservation_id!r} changed while it was decided; retry",
+                                  Reason.CONCURRENT_CHANGE)
+            ledger.save(order)
+
+        await self._on(home, save)
 
     async def _steps(self, steps: dict[int, PartStep]) -> dict[int, Any]:
         """Every group's step at once (here, or at the process owning the group), each durable; the

@@ -80,8 +80,8 @@ async def test_a_reserve_retry_while_a_confirmation_is_pending_does_not_reject_t
     flag = failing_on(rig, 1)
     save = engine.orders._save  # type: ignore[union-attr]
 
-    async def save_then_fail(home: int, order: Any) -> None:
-        await save(home, order)
+    async def save_then_fail(home: int, order: Any, *, over: Any) -> None:
+        await save(home, order, over=over)
         if order.pending is not None:
             flag[0] = True  # the change is recorded; shard 1 stops answering before it applies its share
 
@@ -195,8 +195,8 @@ async def test_a_shipment_meets_a_confirmation_still_pending_carried_through_fir
     flag = failing_on(rig, 1)
     save = engine.orders._save
 
-    async def save_then_fail(home: int, order: Any) -> None:
-        await save(home, order)
+    async def save_then_fail(home: int, order: Any, *, over: Any) -> None:
+        await save(home, order, over=over)
         if order.pending is not None:
             flag[0] = True
 
