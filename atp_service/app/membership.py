@@ -23,6 +23,7 @@ import secrets
 import time
 import zlib
 from collections import Counter
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 from atp_service.config import ServiceConfig
@@ -62,6 +63,27 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 def address_of(holder: str) -> str:
     """The advertised address in a lease's holder (``<address>|<token>``)."""
     return holder.rpartition("|")[0]
+
+
+def plan_balance(address: str, groups: int, members: Sequence[str], held: set[int],
+                 routes: Mapping[int, tuple[str, int]], busy: Container[int]) -> tuple[int | None, list[int]]:
+    """One balancing turn of the process at ``address``: (a group to hand over, or None; the free
+    groups to take, most wanted first). Its share is ``ceil(groups / live processes)``; above it, or
+    above the floor while another live process has less than the floor, it gives one group up."""
+    processes = max(1, len(members))
+    share, least = math.ceil(groups / processes), groups // processes
+    owned = Counter(owner for owner, _ in routes.values())
+    starved = any(owned[address_of(m)] < least for m in members if address_of(m) != address)
+    if len(held) > share or (len(held) > least and starved):
+        return min(held, key=lambda g: preference(address, g)), []
+    free = [g for g in range(groups) if g not in routes and g not in held and g not in busy]
+    return None, sorted(free, key=lambda g: preference(address, g), reverse=True)[:share - len(held)]
+
+
+def preference(address: str, group: int) -> int:
+    """How much the process at ``address`` wants ``group`` (stable per address: a restarted process
+    tends to take back the groups it had; processes spread over the groups)."""
+    return zlib.crc32(f"{address}:{group}".encode())
 
 
 class Membership:
@@ -193,25 +215,12 @@ class Membership:
     async def balance(self) -> None:
         """Read who owns what; take free groups up to this process's share, or hand one over above it."""
         await self._read_routes()
-        held = set(self.leases.held)
-        groups, processes = self._config.shards, max(1, len(self.members))
-        share = math.ceil(groups / processes)
-        if len(held) > share or (len(held) > groups // processes and self._starved(groups // processes)):
-            await self._hand_over(min(held, key=self._preference))
-            return
-        free = [g for g in range(groups) if g not in self.routes and g not in held and g not in self._vacating]
-        for group in sorted(free, key=self._preference, reverse=True)[:share - len(held)]:
+        give, take = plan_balance(self.address, self._config.shards, self.members, set(self.leases.held),
+                                  self.routes, self._vacating)
+        if give is not None:
+            await self._hand_over(give)
+        for group in take:
             await self._take(group)
-
-    def _starved(self, least: int) -> bool:
-        """Whether another live process owns fewer than ``least`` groups (it waits for some)."""
-        owned = Counter(address for address, _ in self.routes.values())
-        return any(owned[address_of(m)] < least for m in self.members if address_of(m) != self.address)
-
-    def _preference(self, group: int) -> int:
-        """How much this process wants ``group`` (stable per address: a restarted process tends to
-        take back the groups it had; processes spread over the groups)."""
-        return zlib.crc32(f"{self.address}:{group}".encode())
 
     async def _read_routes(self) -> None:
         keys = self._store.keys
@@ -271,4 +280,4 @@ class Membership:
         log.info("group %d: handed over", group)
 
 
-__all__ = ["Membership", "address_of"]
+__all__ = ["Membership", "address_of", "plan_balance", "preference"]

@@ -14,11 +14,9 @@ process renews and balances (``turn``) and when a dead or paused process's lease
 from __future__ import annotations
 
 import asyncio
-import math
-import zlib
-from collections import Counter
 from typing import TYPE_CHECKING
 
+from atp_service.app.membership import address_of, plan_balance
 from atp_service.engine.recovery import recover_shard
 from atp_service.engine.shard import ShardActor
 from atp_service.storage.durability import STORAGE_ERRORS
@@ -41,10 +39,6 @@ class Leases:
             return False
         del self.holder[group]
         return True
-
-
-def address_of(holder: str) -> str:
-    return holder.rpartition("|")[0]
 
 
 class SimMembership:
@@ -91,21 +85,12 @@ class SimMembership:
     async def balance(self) -> None:
         await self.proc.log.round_trip()
         self.routes = {g: (address_of(h), self.world.log.owners[g]) for g, h in self.world.leases.holder.items()}
-        held, groups, processes = set(self.held), self.world.config.shards, max(1, len(self.members))
-        share = math.ceil(groups / processes)
-        if len(held) > share or (len(held) > groups // processes and self._starved(groups // processes)):
-            await self._hand_over(min(held, key=self._preference))
-            return
-        free = [g for g in range(groups) if g not in self.routes and g not in held and g not in self._vacating]
-        for group in sorted(free, key=self._preference, reverse=True)[:share - len(held)]:
+        give, take = plan_balance(self.proc.address, self.world.config.shards, self.members, set(self.held),
+                                  self.routes, self._vacating)  # the service's own decision
+        if give is not None:
+            await self._hand_over(give)
+        for group in take:
             await self.take(group)
-
-    def _starved(self, least: int) -> bool:
-        owned = Counter(address for address, _ in self.routes.values())
-        return any(owned[address_of(m)] < least for m in self.members if address_of(m) != self.proc.address)
-
-    def _preference(self, group: int) -> int:
-        return zlib.crc32(f"{self.proc.address}:{group}".encode())
 
     # -- taking, handing over, losing ----------------------------------------------------------
     async def take(self, group: int) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
@@ -257,12 +257,7 @@ class SimLog:
         reaches Redis now, later (after the restart: refused, its epoch replaced) or never."""
         sent: list[_Unit | _Snap] = self.late + [u for u in self.pending if not u.done.done()]
         self.pending, self.late = [], []
-        for unit in sent:
-            fate = rng.random()
-            if fate < 0.4:
-                self.tally.late_arrived(self._land(unit) is None)
-            elif fate < 0.7:
-                self.late.append(unit)
+        self._scatter(sent, rng)
         self.resume()  # a restart does not wait for Redis's pause: the pause ends with the crash
 
     def kill(self, proc: Any, rng: random.Random) -> None:
@@ -270,6 +265,10 @@ class SimLog:
         now, later or never (its scripts already on their way stay so)."""
         sent = [u for u in self.pending if u.proc is proc and not u.done.done()]
         self.pending = [u for u in self.pending if u.proc is not proc]
+        self._scatter(sent, rng)
+
+    def _scatter(self, sent: Sequence[_Unit | _Snap], rng: random.Random) -> None:
+        """What a dead process had sent: each reaches Redis now, later (``late``) or never."""
         for unit in sent:
             fate = rng.random()
             if fate < 0.4:
