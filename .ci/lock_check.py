@@ -1,10 +1,10 @@
 """The lock files agree with what the packages ask for, checked by ``make lint`` without a network.
 
-``requirements/service.lock`` (the image) must pin every run-time requirement of the service and the
-client; ``requirements/dev.lock`` (``make``, CI) those plus the ``dev``, ``redis`` and ``bulk``
-extras. Each pin must satisfy the requirement's specifier, and every pin must carry hashes (pip's
-``--require-hashes`` refuses a lock without them, so a hand-edited line would only fail later, at
-install). A breach says to run ``make lock``.
+``requirements/service.lock`` (the image) must pin every run-time requirement of the service, the
+client and the ``tracing`` extra; ``requirements/dev.lock`` (``make``, CI) those plus the ``dev``,
+``redis`` and ``bulk`` extras. Each pin must satisfy the requirement's specifier, and every pin must
+carry hashes (pip's ``--require-hashes`` refuses a lock without them, so a hand-edited line would
+only fail later, at install). A breach says to run ``make lock``.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def breaches(lock_name: str, extras: tuple[str, ...]) -> list[str]:
 
 
 def main() -> int:
-    found = breaches("service.lock", ()) + breaches("dev.lock", ("dev", "redis", "bulk"))
+    found = breaches("service.lock", ("tracing",)) + breaches("dev.lock", ("dev", "redis", "bulk", "tracing"))
     for line in found:
         print(line)
     if found:
