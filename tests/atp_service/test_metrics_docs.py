@@ -43,7 +43,8 @@ class Family:
     labels: frozenset[str]
 
     def shown(self, name: str) -> str:
-        return f"`{name}{{{','.join(sorted(self.labels))}}}` ({self.type})"
+        labels = f"{{{','.join(sorted(self.labels))}}}" if self.labels else ""
+        return f"`{name}{labels}` ({self.type})"
 
 
 @dataclass
@@ -165,30 +166,42 @@ def differences(documented: list[tuple[str, Family] | str], exported: dict[str, 
     return problems
 
 
-def mentions(text: str) -> list[tuple[str, set[str]]]:
-    """Each code span that is a metric name, with the label names its selector uses."""
+@dataclass(frozen=True)
+class Mention:
+    """A code span naming a metric: ``name{a,b}`` lists its labels (all of them), ``name{a="x"}``
+    selects series by some."""
+
+    name: str
+    labels: frozenset[str]
+    listed: bool
+
+    def problem(self, exported: dict[str, Family]) -> str | None:
+        family, extra = exported.get(self.name), set[str]()
+        for suffix, series_labels in HISTOGRAM_SERIES.items():
+            base = exported.get(self.name.removesuffix(suffix))
+            if family is None and self.name.endswith(suffix) and base is not None and base.type == "histogram":
+                family, extra = base, series_labels
+        if family is None:
+            return f"{self.name}: named but not exported"
+        said = f"{self.name}{{{','.join(sorted(self.labels))}}}"
+        if self.listed and self.labels != family.labels:
+            return f"{said} lists labels, but it is exported as {family.shown(self.name)}"
+        if not self.labels <= family.labels | extra:
+            return f"{said}: no label {sorted(self.labels - family.labels - extra)} in {family.shown(self.name)}"
+        return None
+
+
+def mentions(text: str) -> list[Mention]:
+    """Each code span of ``text`` that is a metric name, with the label names it uses."""
     prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)  # code blocks: commands, configuration
     found = []
     for span in re.findall(r"`([^`]+)`", prose):
         m = METRIC_SPAN.fullmatch(" ".join(span.split()).replace("\\|", "|"))
         if m is not None and m["name"] not in PACKAGES:
             selector = re.sub(r'"[^"]*"', "", m["selector"] or "")
-            found.append((m["name"], {part.split("=")[0].strip(" !~") for part in selector.split(",")} - {""}))
+            labels = frozenset(part.split("=")[0].strip(" !~") for part in selector.split(",")) - {""}
+            found.append(Mention(m["name"], labels, listed=bool(labels) and "=" not in selector))
     return found
-
-
-def mention_problem(name: str, labels: set[str], exported: dict[str, Family]) -> str | None:
-    family, extra = exported.get(name), set[str]()
-    for suffix, series_labels in HISTOGRAM_SERIES.items():
-        base = exported.get(name.removesuffix(suffix))
-        if family is None and name.endswith(suffix) and base is not None and base.type == "histogram":
-            family, extra = base, series_labels
-    if family is None:
-        return f"{name}: named but not exported"
-    if not labels <= family.labels | extra:
-        return f"{name}{{{','.join(sorted(labels))}}}: no label {sorted(labels - family.labels - extra)}; " \
-               f"exported as {family.shown(name)}"
-    return None
 
 
 def test_every_exported_metric_is_in_a_reference_table_once_with_its_type_and_labels(
@@ -203,8 +216,7 @@ def test_every_metric_the_docs_name_is_exported_with_the_labels_they_give_it(
         exported: Exported, project_root: Path) -> None:
     every = exported.every
     problems = [f"{doc}: {problem}" for doc, text in documents(project_root).items()
-                for name, labels in mentions(text)
-                if (problem := mention_problem(name, labels, every)) is not None]
+                for mention in mentions(text) if (problem := mention.problem(every)) is not None]
     assert not problems, "the docs name metrics that are not exported so:\n" + "\n".join(problems)
 
 
