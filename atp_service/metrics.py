@@ -16,8 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    GCCollector,
     Gauge,
+    GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
