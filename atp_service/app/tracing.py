@@ -16,8 +16,9 @@ embeds the service keeps its tracing.
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from atp_service.metrics import installed
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,6 @@ INSTALL_HINT = "pip install 'atp-service[tracing]'"
 
 class TracingUnavailable(Exception):
     """``tracing_endpoint`` is set but the OpenTelemetry SDK is not installed."""
-
-
-def _version() -> str:
-    try:
-        return version("atp-service")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class Tracing:
@@ -56,12 +50,12 @@ class Tracing:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S)
-        resource = Resource.create({"service.name": SERVICE_NAME, "service.version": _version(),
+        resource = Resource.create({"service.name": SERVICE_NAME, "service.version": installed("atp-service"),
                                     "service.instance.id": instance})
         self.provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
         self.provider.add_span_processor(BatchSpanProcessor(
             exporter, max_queue_size=MAX_QUEUED_SPANS, max_export_batch_size=EXPORT_BATCH))
-        self.tracer = self.provider.get_tracer("atp_service", _version())
+        self.tracer = self.provider.get_tracer("atp_service", installed("atp-service"))
         self._interceptor = aio_server_interceptor(tracer_provider=self.provider)
         log.info("tracing on: %.4g of traces (and every sampled caller's) to %s", sample_ratio, endpoint)
 
