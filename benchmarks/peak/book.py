@@ -10,7 +10,6 @@ and the process exit code is set to 1.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ import grpc
 
 from atp_client import timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from benchmarks.peak.connection import Connection
 
 SEED_CHUNK = 2000
 CHECK_KEYS = 1000
@@ -27,28 +27,36 @@ MAX_CHECKED_RESERVATIONS = 5000
 
 @dataclass
 class Book:
-    run: str = field(default_factory=lambda: os.environ.get("ATP_RUN_ID", "local"))
+    run: str = "local"
+    connection: Connection = field(default_factory=lambda: Connection("127.0.0.1:50051"))
     stock: dict[tuple[str, str], int] = field(default_factory=dict)
     acknowledged: dict[str, str] = field(default_factory=dict)  # reservation_id -> last acknowledged state
     violations: list[str] = field(default_factory=list)
+
+    def start(self, run: str, connection: Connection) -> None:
+        """A new run (the web UI runs one after another in the same processes): nothing of the last one."""
+        self.run, self.connection = run, connection
+        self.stock.clear()
+        self.acknowledged.clear()
+        self.violations.clear()
 
     def sku(self, name: str) -> str:
         """Scenario SKUs are per run, so a run never meets an earlier run's holds."""
         return f"{self.run}-{name}"
 
-    def seed(self, host: str, stock: dict[tuple[str, str], int]) -> None:
+    def seed(self, stock: dict[tuple[str, str], int]) -> None:
         """COUNT facts with fixed event ids: every locust process may seed, duplicates change nothing (E8)."""
         self.stock.update(stock)
         now = int(time.time() * 1000) - 5_000
         facts = [pb.Fact(event_id=f"seed-{sku}-{loc}", source="locust", kind=pb.FACT_KIND_COUNT, sku=sku, location=loc,
                          quantity=qty, event_time=timestamp(now)) for (sku, loc), qty in stock.items()]
-        with grpc.insecure_channel(host) as channel:
+        with self.connection.open() as channel:
             stub = _stub(channel)
             for i in range(0, len(facts), SEED_CHUNK):
                 stub.RecordEvents(pb.RecordEventsRequest(events=facts[i:i + SEED_CHUNK]), timeout=60)
 
-    def check(self, host: str, environment: Any) -> None:
-        with grpc.insecure_channel(host) as channel:
+    def check(self, environment: Any) -> None:
+        with self.connection.open() as channel:
             stub = _stub(channel)
             self._check_stock(stub)
             self._check_reservations(stub)
