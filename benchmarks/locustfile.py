@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import grpc
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
@@ -56,7 +57,11 @@ def _start(environment: Any, **_: Any) -> None:
         return
     run = Run.of(options)
     BOOK.start(run.run_id, connection_of(options, environment.host))
-    seed_for(run)
+    try:
+        seed_for(run)
+    except grpc.RpcError as exc:  # e.g. UNAUTHENTICATED: a failure of the run, in its report, not a crash
+        environment.events.request.fire(request_type="seed", name="seed", response_time=0, response_length=0,
+                                        exception=exc, context={})
 
 
 @events.test_stop.add_listener
