@@ -18,6 +18,7 @@ import pytest
 from atp_client import new_token, token_hash
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from atp_service import free_port
 from atp_service.app.certs import make_certs
 from atp_service.app.service import DEMO_ESTATE
 from benchmarks.peak.connection import connection_of
@@ -53,14 +54,18 @@ async def secured(start_service: ServiceFactory, certs: Path, callers: Path) -> 
 Rows = dict[tuple[str, str], dict[str, str]]
 
 
+async def start_locust(*args: str) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATP_")}  # options only
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "locust", "-f", "benchmarks/locustfile.py", *args, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+
+
 async def locust(target: str, certs: Path, out: Path, *options: str) -> tuple[int, str, Rows]:
     """A short headless run with mutual TLS; (exit code, output, stats rows by (type, name))."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATP_")}  # options only
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "locust", "-f", "benchmarks/locustfile.py", "--headless", "--only-summary",
-        "--host", target, "--csv", str(out), "--tls-ca", str(certs / "ca.pem"),
-        "--client-cert", str(certs / "client.pem"), "--client-key", str(certs / "client.key"), *options,
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = await start_locust("--headless", "--only-summary", "--host", target, "--csv", str(out),
+                              "--tls-ca", str(certs / "ca.pem"), "--client-cert", str(certs / "client.pem"),
+                              "--client-key", str(certs / "client.key"), *options)
     output, _ = await asyncio.wait_for(proc.communicate(), 90)
     stats = await asyncio.to_thread(Path(f"{out}_stats.csv").read_text)
     rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(stats.splitlines())}
@@ -83,6 +88,28 @@ async def test_a_run_over_mutual_tls_with_a_token_fails_nothing_and_checks_the_s
     assert batches > 0 and items["held"] > 0 and sum(items.values()) == 5 * batches, rows.keys()
     assert any(kind == "grpc" and not name.startswith("ReserveStream") for kind, name in rows), rows.keys()
     assert "invariants (holiday_peak, run sec):" in out and "checked: OK" in out, out[-3000:]
+
+
+async def test_a_worker_started_without_options_gets_them_all_from_the_master(
+        start_service: ServiceFactory, certs: Path, token: tuple[Path, str], tmp_path: Path) -> None:
+    callers, secret = token
+    target = await secured(start_service, certs, callers)
+    port = free_port()
+    worker = await start_locust("--worker", "--master-host", "127.0.0.1", "--master-port", str(port))
+    try:
+        code, out, rows = await locust(target, certs, tmp_path / "run", "--master", "--master-bind-port", str(port),
+                                       "--expect-workers", "1", "--scenario", "steady", "--duration", "3",
+                                       "--peak-users", "3", "--run-id", "dist", "--stream-batch", "3",
+                                       "--token", secret)
+        worker_out, _ = await asyncio.wait_for(worker.communicate(), 60)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    assert code == 0 and int(rows[("", "Aggregated")]["Failure Count"]) == 0, out[-3000:]
+    assert int(rows[("grpc", "ReserveStream[batch]")]["Request Count"]) > 0, rows.keys()
+    assert int(rows[("grpc", "GetAvailability")]["Request Count"]) > 0, rows.keys()
+    assert "invariants (steady, run dist):" in worker_out.decode() and "checked: OK" in worker_out.decode()
 
 
 async def test_a_run_without_the_token_is_refused(start_service: ServiceFactory, certs: Path,
