@@ -1,5 +1,6 @@
-"""The peak simulation against a secured service: mutual TLS, bearer tokens, every setting a
-command-line option (no ``ATP_*`` variable), the ReserveStream user among the unary ones.
+"""The peak simulation's options: against a secured service (mutual TLS, bearer tokens) with every
+setting a command-line option (no ``ATP_*`` variable), the ReserveStream user among the unary ones;
+a worker gets them from its master; the web UI chooses the scenario.
 
 No timing assertions: a run passes when nothing failed and the invariants hold.
 """
@@ -8,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import os
 import sys
+import urllib.parse
+import urllib.request
 from argparse import Namespace
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,3 +149,46 @@ async def test_the_connection_sends_the_token_on_unary_and_stream_calls(
             return len(read.positions), len(answer.outcomes)
 
     assert await asyncio.to_thread(calls) == (1, 1)
+
+
+def _http(url: str, form: dict[str, str] | None = None) -> dict[str, Any]:
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    with urllib.request.urlopen(url, data=data, timeout=30) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
+
+async def _until(url: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Poll ``url`` (JSON) until ``done(answer)``; errors while locust starts count as not yet."""
+    for _ in range(600):  # a guard against a hang, far beyond a run's few seconds
+        try:
+            answer = await asyncio.to_thread(_http, url)
+            if done(answer):
+                return answer
+        except OSError:
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{url}: never done")
+
+
+async def test_the_web_ui_chooses_the_scenario_and_its_options(start_service: ServiceFactory) -> None:
+    service, _ = await start_service(estate=DEMO_ESTATE)
+    port = free_port()
+    web = f"http://127.0.0.1:{port}"
+    proc = await start_locust("--web-host", "127.0.0.1", "--web-port", str(port), "--host",
+                              f"127.0.0.1:{service.port}")
+    try:
+        await _until(f"{web}/stats/requests", lambda a: a["state"] == "ready")
+        form = {"scenario": "flash_sale", "duration": "3", "peak_users": "3", "run_id": "web", "flash_stock": "5",
+                "stream_users": "1", "stream_batch": "2", "host": f"127.0.0.1:{service.port}"}
+        started = await asyncio.to_thread(_http, f"{web}/swarm", form)
+        assert started["success"], started
+        report = await _until(f"{web}/stats/requests", lambda a: a["state"] == "stopped")
+    finally:
+        proc.terminate()
+        output, _ = await asyncio.wait_for(proc.communicate(), 60)
+    stats = {s["name"]: s for s in report["stats"]}
+    assert stats["Aggregated"]["num_failures"] == 0 and stats["ReserveStream[batch]"]["num_requests"] > 0, stats
+    assert any(name.startswith("Reserve[") for name in stats) and "GetAvailability" not in stats, stats.keys()
+    text = output.decode()
+    assert "invariants (flash_sale, run web): 20 positions" in text and "checked: OK" in text, text[-3000:]
