@@ -32,7 +32,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from benchmarks.peak import grpc_user  # noqa: F401 - first: init_gevent before any gRPC object
 from benchmarks.peak.book import BOOK
-from benchmarks.peak.connection import connection_of
+from benchmarks.peak.connection import check_options, connection_of
 from benchmarks.peak.options import Run, add_arguments, settle_run_id
 from benchmarks.peak.scenarios import ALL_USERS, ReserveStreamer, seed_for
 from benchmarks.peak.shapes import PeakShape  # noqa: F401 - locust runs the shape it finds at module level
@@ -47,6 +47,20 @@ def _options(parser: Any) -> None:
     add_arguments(parser)
 
 
+@events.init.add_listener
+def _check_options(environment: Any, **_: Any) -> None:
+    """Wrong connection options stop locust at once (SystemExit passes locust's event handling)."""
+    options = environment.parsed_options
+    if options is None:  # locust as a library, without a command line
+        return
+    try:
+        check_options(options)
+    except ValueError as exc:
+        raise SystemExit(f"locustfile: {exc}") from None
+    if options.headless and not options.worker and not environment.host:
+        raise SystemExit("locustfile: pass --host HOST:PORT of the ATP service")
+
+
 @events.test_start.add_listener
 def _start(environment: Any, **_: Any) -> None:
     options = environment.parsed_options
@@ -56,6 +70,7 @@ def _start(environment: Any, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
         return
     run = Run.of(options)
+    BOOK.connection = None  # until this run's is known: no user talks to the last run's service
     BOOK.start(run.run_id, connection_of(options, environment.host))
     try:
         seed_for(run)

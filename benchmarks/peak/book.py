@@ -29,7 +29,7 @@ MAX_CHECKED_RESERVATIONS = 5000
 @dataclass
 class Book:
     run: str = "local"
-    connection: Connection = field(default_factory=lambda: Connection("127.0.0.1:50051"))
+    connection: Connection | None = None
     stock: dict[tuple[str, str], int] = field(default_factory=dict)
     acknowledged: dict[str, str] = field(default_factory=dict)  # reservation_id -> last acknowledged state
     violations: list[str] = field(default_factory=list)
@@ -41,6 +41,12 @@ class Book:
         self.acknowledged.clear()
         self.violations.clear()
 
+    def channel(self) -> grpc.Channel:
+        """A new channel of the run's connection (the caller closes it)."""
+        if self.connection is None:
+            raise RuntimeError("the run has no connection to the service (see the error at its start)")
+        return self.connection.open()
+
     def sku(self, name: str) -> str:
         """Scenario SKUs are per run, so a run never meets an earlier run's holds."""
         return f"{self.run}-{name}"
@@ -51,13 +57,13 @@ class Book:
         now = int(time.time() * 1000) - 5_000
         facts = [pb.Fact(event_id=f"seed-{sku}-{loc}", source="locust", kind=pb.FACT_KIND_COUNT, sku=sku, location=loc,
                          quantity=qty, event_time=timestamp(now)) for (sku, loc), qty in stock.items()]
-        with self.connection.open() as channel:
+        with self.channel() as channel:
             stub = _stub(channel)
             for i in range(0, len(facts), SEED_CHUNK):
                 stub.RecordEvents(pb.RecordEventsRequest(events=facts[i:i + SEED_CHUNK]), timeout=60)
 
     def check(self, environment: Any) -> None:
-        with self.connection.open() as channel:
+        with self.channel() as channel:
             stub = _stub(channel)
             try:
                 self._check_stock(stub)

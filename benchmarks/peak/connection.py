@@ -77,12 +77,22 @@ def _read(path: Any) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
+def check_options(options: Any) -> None:
+    """Raises ValueError on connection options that cannot work: a certificate without its key, a
+    file that cannot be read (locust starts users before anything else would notice)."""
+    if bool(options.client_cert) != bool(options.client_key):
+        raise ValueError("--client-cert and --client-key: give both or neither")
+    for flag, path in (("--tls-ca", options.tls_ca), ("--client-cert", options.client_cert),
+                       ("--client-key", options.client_key), ("--token-file", options.token_file)):
+        if path and not Path(path).is_file():
+            raise ValueError(f"{flag}: no such file: {path}")
+
+
 def connection_of(options: Any, host: str | None) -> Connection:
     """The connection the options describe, to ``host`` (locust's ``--host``, HOST:PORT)."""
     if not host:
         raise ValueError("pass --host HOST:PORT of the ATP service")
-    if bool(options.client_cert) != bool(options.client_key):
-        raise ValueError("--client-cert and --client-key: give both or neither")
+    check_options(options)
     token = options.token or (_read(options.token_file) or b"").decode().strip() or None
     return Connection(target=host.removeprefix("grpc://"), ca=_read(options.tls_ca), cert=_read(options.client_cert),
                       key=_read(options.client_key), server_name=options.tls_server_name or None, token=token)

@@ -33,7 +33,7 @@ class GrpcUser(User):
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
         self.params = Run.of(environment.parsed_options)  # not self.run: User.run runs the tasks
-        self.channel = BOOK.connection.open()
+        self.channel = BOOK.channel()
         self.stub = pb_grpc.AvailabilityServiceStub(self.channel)
 
     def on_stop(self) -> None:
