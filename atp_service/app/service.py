@@ -24,6 +24,7 @@ from atp_service.app.peering import peer_tls, peer_token
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
 from atp_service.config import ServiceConfig
+from atp_service.config_values import redacted
 from atp_service.edge import transport
 from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
 from atp_service.edge.door import DoorCalls, server_ids
@@ -352,7 +353,7 @@ class AtpService:
     async def _wait_for_redis(self, client: Any) -> None:
         """Start-up waits for Redis (health stays NOT_SERVING) instead of dying on a slow dependency."""
         def waiting(exc: BaseException, _wait: float) -> None:
-            log.warning("waiting for Redis at %s: %s", _redacted(self.redis_url), exc)
+            log.warning("waiting for Redis at %s: %s", redacted(self.redis_url), exc)
 
         await retry_until_done(client.ping, STORAGE_ERRORS, REDIS_AT_START, waiting)
 
@@ -387,13 +388,3 @@ class AtpService:
             await self.engine.stop(snapshot=True)
         if self._log is not None:
             await self._log.nodes.aclose()
-
-
-
-def _redacted(url: str) -> str:
-    """Never log a password from the Redis URL."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
-
