@@ -138,6 +138,8 @@ def _print_ready(config: ServiceConfig, service: AtpService) -> None:
     metrics = (f"on http://{config.metrics_host}:{service.metrics_port}/metrics" if config.metrics_port >= 0
                else "off")
     print(f"ATP service ready: gRPC on {target}, metrics {metrics}", flush=True)
+    log.info("ready: gRPC on %s, metrics %s", target, metrics, extra={  # the banner's line, for a log pipeline
+        "event": "ready", "grpc": target, "metrics_port": service.metrics_port if config.metrics_port >= 0 else None})
     if service.membership is not None:
         print(f"  one of the processes of keyspace {config.key_prefix!r}: {len(service.membership.leases.held)} of "
               f"{config.shards} groups here, {len(service.membership.members)} processes", flush=True)
@@ -153,7 +155,7 @@ async def _shut_down(config: ServiceConfig, service: AtpService, on_hard_exit: C
     """The graceful stop (a second signal, sent after a pause, exits at once); the exit status."""
     loop = asyncio.get_running_loop()
     log.info("shutting down (grace %.1fs); another signal after %.0fs exits at once", config.shutdown_grace_s,
-             SECOND_SIGNAL_AFTER_S)
+             SECOND_SIGNAL_AFTER_S, extra={"event": "shutdown", "grace_s": config.shutdown_grace_s})
     first_signal = time.monotonic()
 
     def exit_now() -> None:
@@ -161,7 +163,7 @@ async def _shut_down(config: ServiceConfig, service: AtpService, on_hard_exit: C
         # after a pause means "now".
         if time.monotonic() - first_signal < SECOND_SIGNAL_AFTER_S:
             return
-        log.warning("second signal: exiting without the final snapshot")
+        log.warning("second signal: exiting without the final snapshot", extra={"event": "hard_exit"})
         if on_hard_exit is not None:
             on_hard_exit()
         os._exit(130)
@@ -172,7 +174,8 @@ async def _shut_down(config: ServiceConfig, service: AtpService, on_hard_exit: C
         # Everything acknowledged is already durable: the final snapshot only shortens the next start.
         await asyncio.wait_for(service.stop(), timeout=config.shutdown_grace_s + SHUTDOWN_SNAPSHOT_S)
     except TimeoutError:
-        log.error("shutdown did not finish in time; exiting anyway (state is in the log)")
+        log.error("shutdown did not finish in time; exiting anyway (state is in the log)",
+                  extra={"event": "shutdown_overran"})
         _dump_tasks()
     return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED if service.failed.is_set() else 0
 

@@ -60,8 +60,9 @@ def _reader(setting: Setting) -> Callable[[str], Any]:
     return read
 
 
-def print_config(config: ServiceConfig, sources: dict[str, str], output: str, out: IO[str] = sys.stdout) -> None:
+def print_config(config: ServiceConfig, sources: dict[str, str], output: str, out: IO[str] | None = None) -> None:
     """Every setting's value and source, as aligned text or as one JSON object by setting name."""
+    out = out or sys.stdout
     rows = [(s.name, _value(config, s), sources[s.name]) for s in settings_of(ServiceConfig)]
     if output == "json":
         json.dump({name: {"value": _jsonable(value), "source": source} for name, value, source in rows}, out,
