@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atp_service.config_settings import flat_names, resolve
+from atp_service import config_settings
 from atp_service.config_slices import (
     ChannelSettings,
     EngineSettings,
@@ -339,8 +339,8 @@ class ServiceConfig:
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> tuple[ServiceConfig, dict[str, str]]:
         """``from_env``, and where each setting's value came from (``default``, ``env ATP_X``, ``flag --x``)."""
-        env = os.environ if env is None else env
-        return resolve(cls, env, {name: value for name, value in overrides.items() if value is not None})
+        flags = {name: value for name, value in overrides.items() if value is not None}
+        return config_settings.resolve(cls, os.environ if env is None else env, flags)
 
 
-flat_names(ServiceConfig)  # a field of ``limits`` named like a setting would make one variable mean two
+config_settings.flat_names(ServiceConfig)  # a field of ``limits`` named like a setting would make one variable mean two

@@ -73,7 +73,11 @@ def shown(value: Any) -> str:
 @cache
 def attribute_docs(cls: type) -> dict[str, str]:
     """The docstring written after each field of the class ``cls``, its whitespace folded."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # installed without its sources: every setting works, without help
+        return {}
+    tree = ast.parse(textwrap.dedent(source))
     body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
     docs = {}
     for stmt, after in itertools.pairwise(body):
