@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint lock proto api-docs certs cluster sim bootstrap redis bench bench-peak bench-compare soak clean help
+.PHONY: run test lint lock proto api-docs settings-docs certs cluster sim bootstrap redis bench bench-peak bench-compare soak clean help
 
 help:
 	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
@@ -14,6 +14,7 @@ help:
 	@echo "make lock   - recompile requirements/*.lock (exact versions, hashes) after a dependency change"
 	@echo "make proto  - regenerate gRPC stubs from proto/ (client/atp_client/pb)"
 	@echo "make api-docs - regenerate the reason table and retry policy in docs/API.md"
+	@echo "make settings-docs - regenerate the table of every setting in docs/OPERATIONS.md"
 	@echo "make sim SEEDS=100000 - the deterministic simulation over many seeds, then as many with three service processes"
 	@echo "make certs  - a local CA + server/client certificates under var/certs (TLS, mutual TLS)"
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
@@ -83,6 +84,10 @@ proto: $(STAMP)
 # The generated parts of docs/API.md: the table of refusal reasons, the published retry policy.
 api-docs: $(STAMP)
 	$(BIN)/python -m atp_service.edge.api_doc docs/API.md
+
+# The table of every setting in docs/OPERATIONS.md (variable, flag, default, first sentence of its docstring).
+settings-docs: $(STAMP)
+	$(BIN)/python -m atp_service.app.settings_doc docs/OPERATIONS.md
 
 run: bootstrap
 	$(BIN)/atp-service serve

@@ -112,7 +112,7 @@ class ShardActor(EntryListeners):
         self.failure = error
         self._metrics.shard_failures.inc()
         log.error("shard %d stopped working; it answers UNAVAILABLE until the service restarts",
-                  self.shard, exc_info=self.failure)
+                  self.shard, exc_info=self.failure, extra={"event": "shard_failed", "shard": self.shard})
         self._refuse_waiting(Unavailable(f"shard {self.shard} stopped working; the service restarts",
                                          Reason.SHARD_STOPPED))
         for callback in self.on_failure:
