@@ -133,7 +133,7 @@ class AtpService:
             # The other processes of a keyspace ping their channels to this one (forward.PEER_KEEPALIVE_MS).
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ])
-        self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_total)
+        self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_*)
         self._add_services(self._server)
         try:
             credentials = self._tls()
