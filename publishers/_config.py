@@ -51,6 +51,7 @@ class PublisherConfig:
     def __post_init__(self) -> None:
         if not self.channel:
             raise ValueError("channel: required")
+        Keyspace(self.key_prefix)  # the service's own check of a prefix (no braces: they would be the hash tag)
         for name in ("read_count", "delivery_batch", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")

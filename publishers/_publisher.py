@@ -24,8 +24,8 @@ from atp_service.storage.channel_wire import from_fields, to_fields
 from atp_service.storage.resp import as_text, stream_entries
 from reservation import ChannelUpdate, TokenBucket
 
-from ._adapters import Adapter, DeliveryError
 from ._config import PublisherConfig
+from ._delivery import Adapter, DeliveryError
 from ._metrics import PublisherMetrics
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ class Publisher:
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
         """Until ``stop``: own pending entries first (a restart), then new ones."""
-        await self._prepare()
+        if self._bucket is None:
+            await self.prepare()
         own_pending = True
         while not self._stop.is_set():
             try:
@@ -71,7 +72,8 @@ class Publisher:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _prepare(self) -> None:
+    async def prepare(self) -> None:
+        """The consumer group (created if new) and the delivered versions: the first Redis calls."""
         cfg = self.config
         try:
             await self.client.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
