@@ -3,7 +3,7 @@
 Run one process per channel and destination: ``atp-publisher --channel NAME --adapter ...``.
 """
 
-from ._adapters import JsonlAdapter, WebhookAdapter, webhook_id, webhook_signer
+from ._adapters import JsonlAdapter, WebhookAdapter, webhook_id, webhook_signer, webhook_signers
 from ._config import PublisherConfig
 from ._delivery import Adapter, DeliveryError, update_json
 from ._http import HttpSettings
@@ -32,4 +32,5 @@ __all__ = [
     "wait_for_redis",
     "webhook_id",
     "webhook_signer",
+    "webhook_signers",
 ]

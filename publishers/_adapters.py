@@ -4,7 +4,8 @@
   (https://www.standardwebhooks.com): headers ``webhook-id`` (the same for every try of one batch,
   so a receiver can drop a repeat), ``webhook-timestamp`` (unix seconds of this try) and
   ``webhook-signature`` (``v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>``), the key given
-  as ``whsec_<base64>``. A receiver verifies with any Standard Webhooks library.
+  as ``whsec_<base64>`` (several, space-separated, while a key is rotated: one signature each). A
+  receiver verifies with any Standard Webhooks library.
 - ``jsonl``: one JSON object per update appended to a file (fsync per batch).
 - ``shopify``: ``publishers._shopify``.
 """
@@ -30,7 +31,7 @@ from ._delivery import Adapter, DeliveryError, update_json
 from ._http import Http, HttpSettings, Sleep, check_status
 
 __all__ = ["Adapter", "DeliveryError", "JsonlAdapter", "WebhookAdapter", "update_json", "webhook_id",
-           "webhook_signer"]
+           "webhook_signer", "webhook_signers"]
 
 SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24
@@ -50,6 +51,15 @@ def webhook_signer(secret: str) -> Webhook:
     return Webhook(secret)
 
 
+def webhook_signers(secrets: str) -> list[Webhook]:
+    """One signer per key of a space-separated list: while a key is rotated, each request carries a
+    signature by the old and by the new one (Standard Webhooks' way), so a receiver holding either verifies."""
+    keys = secrets.split()
+    if not keys:
+        raise ValueError("ATP_WEBHOOK_SECRET: required, a Standard Webhooks secret 'whsec_<base64 key>'")
+    return [webhook_signer(key) for key in keys]
+
+
 def webhook_id(url: str, channel: str, updates: list[ChannelUpdate]) -> str:
     """The id of one batch's delivery: versions are unique within a channel, so the same batch to the
     same endpoint gets the same id on every try, also after a restart; another batch never does."""
@@ -63,7 +73,7 @@ class WebhookAdapter:
 
     def __init__(self, url: str, secret: str, http: HttpSettings | None = None, sleep: Sleep = asyncio.sleep,
                  wall_s: Callable[[], float] = time.time) -> None:
-        self.url, self._signer = url, webhook_signer(secret)
+        self.url, self._signers = url, webhook_signers(secret)
         self._wall_s = wall_s
         self._http = Http(http or HttpSettings(), sleep, wall_s)
 
@@ -77,7 +87,7 @@ class WebhookAdapter:
             sent = datetime.fromtimestamp(int(self._wall_s()), tz=UTC)
             return {"Content-Type": "application/json", "webhook-id": msg_id,
                     "webhook-timestamp": str(int(sent.timestamp())),
-                    "webhook-signature": self._signer.sign(msg_id, sent, body.decode())}
+                    "webhook-signature": " ".join(s.sign(msg_id, sent, body.decode()) for s in self._signers)}
 
         check_status(await self._http.post(self.url, body, headers))
 

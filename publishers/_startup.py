@@ -42,7 +42,7 @@ def redacted(url: str) -> str:
     return f"{scheme}{sep}***@{rest.split('@', 1)[1]}" if "@" in rest else url
 
 
-async def wait_for_redis(attempt: Callable[[], Awaitable[None]], wait: RedisWait, where: str,
+async def wait_for_redis(attempt: Callable[[], Awaitable[object]], wait: RedisWait, where: str,
                          sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                          stopped: Callable[[], bool] = lambda: False,
                          clock: Callable[[], float] = time.monotonic) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from atp_service import EmbeddedRedis, free_port
@@ -37,12 +38,12 @@ def publisher(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> 
         env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=(tmp_path / "publisher.log").open("wb")))
 
 
-async def until(done: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
+def until(done: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while not done():
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
-        await asyncio.sleep(0.05)
+        time.sleep(0.05)
 
 
 def lines(path: Path) -> list[dict[str, object]]:
@@ -56,10 +57,10 @@ async def test_a_publisher_follows_a_non_default_key_prefix(start_service: Servi
     proc = publisher(tmp_path, "--redis-url", redis_url, "--key-prefix", "shop1:", "--metrics-port", "-1")
     out, log = tmp_path / "web.jsonl", tmp_path / "publisher.log"
     try:
-        await until(lambda: len(lines(out)) >= 1, proc, log)
+        await asyncio.to_thread(until, lambda: len(lines(out)) >= 1, proc, log)  # the service runs meanwhile
     finally:
         proc.terminate()
-        assert proc.wait(30) == 0, log.read_text()
+        assert await asyncio.to_thread(proc.wait, 30) == 0
     assert [(u["channel"], u["sku"], u["quantity"]) for u in lines(out)][:1] == [("web", "sku-a", 36)]
     raw = aioredis.Redis.from_url(redis_url)
     try:  # the service wrote its feed under the prefix, and the publisher's group lives beside it
@@ -69,22 +70,21 @@ async def test_a_publisher_follows_a_non_default_key_prefix(start_service: Servi
         await raw.aclose()
 
 
-async def test_a_publisher_started_before_redis_waits_for_it_then_delivers(tmp_path: Path) -> None:
+def test_a_publisher_started_before_redis_waits_for_it_then_delivers(tmp_path: Path) -> None:
     port, metrics = free_port(), free_port()
     server = EmbeddedRedis(tmp_path / "redis", port=port, password="pw-not-in-logs")
     proc = publisher(tmp_path, "--redis-url", server.url, "--redis-wait", "0", "--redis-backoff-max", "0.2",
                      "--metrics-port", str(metrics), env={"ATP_METRICS_HOST": "127.0.0.2"})
     out, log = tmp_path / "web.jsonl", tmp_path / "publisher.log"
     try:
-        await until(lambda: log.read_text().count("waiting for Redis at") >= 3, proc, log)
+        until(lambda: log.read_text().count("waiting for Redis at") >= 3, proc, log)
         with urllib.request.urlopen(f"http://127.0.0.2:{metrics}/metrics", timeout=5) as scraped:
             assert b"atp_publisher_deliveries_total" in scraped.read()  # served while it waits
         server.start()
-        client = aioredis.Redis.from_url(server.url)
         update = ChannelUpdate("web", "sku-1", "", 4, None, StockStatus.IN_STOCK, 1, 1000, 0, 2000)
-        await client.xadd("atp:{avail}:web", to_fields(update), id="1-0")  # type: ignore[arg-type]
-        await client.aclose()
-        await until(lambda: len(lines(out)) == 1, proc, log)
+        with redis.Redis.from_url(server.url) as client:
+            client.xadd("atp:{avail}:web", to_fields(update), id="1-0")
+        until(lambda: len(lines(out)) == 1, proc, log)
     finally:
         proc.terminate()
         assert proc.wait(30) == 0, log.read_text()
@@ -94,9 +94,8 @@ async def test_a_publisher_started_before_redis_waits_for_it_then_delivers(tmp_p
     assert lines(out)[0]["sku"] == "sku-1"
 
 
-async def test_the_wait_for_redis_is_bounded_and_a_stop_signal_ends_it(tmp_path: Path) -> None:
-    closed = f"redis://127.0.0.1:{free_port()}/0"
-    client = aioredis.Redis.from_url(closed)
+async def test_the_wait_for_redis_is_bounded() -> None:
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     clock = Clock()
     with pytest.raises(RedisUnavailable, match="did not answer within 1 s"):
         await wait_for_redis(client.ping, RedisWait(total_s=1.0, first_s=0.1, max_s=0.4), "here", clock.sleep,
@@ -105,6 +104,9 @@ async def test_the_wait_for_redis_is_bounded_and_a_stop_signal_ends_it(tmp_path:
     assert clock.slept[0] <= 0.1 < clock.slept[1] and max(clock.slept) <= 0.4  # growing, capped
     assert sum(clock.slept) == pytest.approx(1.0)  # the last wait is cut to the time left
 
+
+def test_a_publisher_gives_up_after_redis_wait_and_a_stop_signal_ends_the_wait(tmp_path: Path) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
     gives_up = subprocess.run([sys.executable, "-m", "publishers.cli", "--channel", "web", "--adapter", "jsonl",
                                "--file", str(tmp_path / "x"), "--redis-url", closed, "--redis-wait", "0.3",
                                "--metrics-port", "-1"], capture_output=True, text=True, timeout=DEADLINE_S)
@@ -113,7 +115,7 @@ async def test_the_wait_for_redis_is_bounded_and_a_stop_signal_ends_it(tmp_path:
 
     waiting = publisher(tmp_path, "--redis-url", closed, "--redis-wait", "0", "--metrics-port", "-1")
     log = tmp_path / "publisher.log"
-    await until(lambda: "waiting for Redis at" in log.read_text(), waiting, log)
+    until(lambda: "waiting for Redis at" in log.read_text(), waiting, log)
     waiting.send_signal(signal.SIGTERM)
     assert waiting.wait(DEADLINE_S) == 0
 

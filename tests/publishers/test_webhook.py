@@ -83,6 +83,19 @@ async def test_waits_asked_by_a_receiver_are_cut_and_bounded() -> None:
     assert failed.value.retryable and failed.value.reason.startswith("HTTP 429")
 
 
+async def test_while_a_key_is_rotated_each_request_is_signed_by_old_and_new() -> None:
+    new = "whsec_" + base64.b64encode(b"the new key of thirty-two bytes!").decode()
+    recorder = Recorder()
+    with serve(recorder.handle) as url:
+        adapter = WebhookAdapter(url, f"{SECRET} {new}")
+        await adapter.deliver("web", [update("a", 5, 1)])
+        await adapter.close()
+    [(headers, body)] = recorder.got
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for key in (SECRET, new):  # a receiver still on the old key, and one already on the new
+        Webhook(key).verify(body, headers)
+
+
 def test_a_secret_must_be_a_standard_webhooks_key() -> None:
     for bad, says in (("s3cret", "whsec_"), ("whsec_not base64!", "not base64"),
                       ("whsec_" + base64.b64encode(b"short").decode(), "at least 24")):
