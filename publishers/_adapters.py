@@ -34,8 +34,8 @@ __all__ = ["Adapter", "DeliveryError", "JsonlAdapter", "WebhookAdapter", "update
            "webhook_signer", "webhook_signers"]
 
 SECRET_PREFIX = "whsec_"
-MIN_SECRET_BYTES = 24
-"""Standard Webhooks asks for keys of 24 to 64 random bytes."""
+SECRET_BYTES = range(24, 65)
+"""Standard Webhooks: a key of 24 to 64 random bytes."""
 
 
 def webhook_signer(secret: str) -> Webhook:
@@ -46,8 +46,8 @@ def webhook_signer(secret: str) -> Webhook:
         key = b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("ATP_WEBHOOK_SECRET: the part after 'whsec_' is not base64") from None
-    if len(key) < MIN_SECRET_BYTES:
-        raise ValueError(f"ATP_WEBHOOK_SECRET: the key is {len(key)} bytes, at least {MIN_SECRET_BYTES} needed")
+    if len(key) not in SECRET_BYTES:
+        raise ValueError(f"ATP_WEBHOOK_SECRET: the key is {len(key)} bytes, Standard Webhooks wants 24 to 64")
     return Webhook(secret)
 
 

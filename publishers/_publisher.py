@@ -66,8 +66,12 @@ class Publisher:
                 if read.ids:
                     await self.process(read)
             except (RedisError, OSError) as exc:
-                log.warning("%s: Redis unavailable (%s); retrying", self.config.channel, exc)
-                await self._sleep(1.0)
+                log.warning("%s: Redis unavailable (%s); retrying in %g s", self.config.channel, exc,
+                            self.config.redis_retry_s)
+                # What this consumer read but could not settle is still pending in its name:
+                # read those first again, or they would wait for the next restart.
+                own_pending = True
+                await self._sleep(self.config.redis_retry_s)
 
     def stop(self) -> None:
         self._stop.set()

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -20,7 +21,15 @@ import redis.asyncio as aioredis
 
 from atp_service import EmbeddedRedis, free_port
 from atp_service.storage.channel_wire import to_fields
-from publishers import RedisUnavailable, RedisWait, wait_for_redis
+from publishers import (
+    JsonlAdapter,
+    Publisher,
+    PublisherConfig,
+    PublisherMetrics,
+    RedisUnavailable,
+    RedisWait,
+    wait_for_redis,
+)
 from publishers.cli import build_parser, main
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.channel_helpers import fact, write_estate
@@ -128,3 +137,46 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert main(["--channel", "web", "--adapter", "jsonl", "--file", "x", "--redis-url", "redis://127.0.0.1:1",
                  "--key-prefix", "a{b}:"]) == 2
     assert "key_prefix: must not contain" in capsys.readouterr().err
+
+
+async def test_what_could_not_be_settled_during_an_outage_is_settled_when_redis_is_back(tmp_path: Path) -> None:
+    """The delivery went out, then Redis went away before the acknowledgement: once Redis is back the
+    publisher reads its own pending entries again (at-least-once) instead of leaving them to a restart."""
+    server = EmbeddedRedis(tmp_path / "redis", appendfsync="always").start()
+    client = aioredis.Redis.from_url(server.url)
+    update = ChannelUpdate("web", "sku-1", "", 4, None, StockStatus.IN_STOCK, 1, 1000, 0, 2000)
+    await client.xadd("atp:{avail}:web", to_fields(update), id="1-0")  # type: ignore[arg-type]
+    out = tmp_path / "web.jsonl"
+
+    class RedisGoesAway(JsonlAdapter):
+        async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+            await super().deliver(channel, updates)
+            if server.process is not None and server.process.poll() is None and len(lines(out)) == 1:
+                server.stop()  # after the delivery, before its acknowledgement
+
+    async def redis_is_back(_seconds: float) -> None:  # the publisher's pause after a Redis error
+        if server.process is None or server.process.poll() is not None:
+            server.start()
+
+    config = PublisherConfig(channel="web", group="jsonl", block_ms=50, rate_limit_per_s=1000)
+    publisher = Publisher(config, client, RedisGoesAway(out), PublisherMetrics(), sleep=redis_is_back)
+    task = asyncio.create_task(publisher.run())
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while not await _settled(client):
+            assert not task.done() and time.monotonic() < deadline, "the pending entry was never settled"
+            await asyncio.sleep(0.05)
+    finally:
+        publisher.stop()
+        await asyncio.wait_for(task, DEADLINE_S)
+        await client.aclose()
+        server.stop()
+    assert [u["version"] for u in lines(out)] == [1, 1]  # delivered again: at least once
+
+
+async def _settled(client: aioredis.Redis) -> bool:
+    try:
+        info: Any = await client.xpending("atp:{avail}:web", "jsonl")
+        return int(info["pending"]) == 0 and await client.hget("atp:{avail}:web:delivered:jsonl", "sku-1\t") == b"1"
+    except (redis.RedisError, OSError):
+        return False

@@ -98,7 +98,8 @@ async def test_while_a_key_is_rotated_each_request_is_signed_by_old_and_new() ->
 
 def test_a_secret_must_be_a_standard_webhooks_key() -> None:
     for bad, says in (("s3cret", "whsec_"), ("whsec_not base64!", "not base64"),
-                      ("whsec_" + base64.b64encode(b"short").decode(), "at least 24")):
+                      ("whsec_" + base64.b64encode(b"short").decode(), "5 bytes, Standard Webhooks wants 24 to 64"),
+                      ("whsec_" + base64.b64encode(b"x" * 65).decode(), "65 bytes")):
         with pytest.raises(ValueError, match=says):
             webhook_signer(bad)
     assert isinstance(webhook_signer(SECRET), Webhook)
