@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from atp_service.storage.channel_wire import from_fields, to_fields
+from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.resp import as_text, stream_entries
 from reservation import ChannelUpdate, TokenBucket
 
@@ -65,7 +66,7 @@ class Publisher:
                     continue
                 if read.ids:
                     await self.process(read)
-            except (RedisError, OSError) as exc:
+            except STORAGE_ERRORS as exc:  # a cluster with no node answering raises no RedisError
                 log.warning("%s: Redis unavailable (%s); retrying in %g s", self.config.channel, exc,
                             self.config.redis_retry_s)
                 # What this consumer read but could not settle is still pending in its name:
