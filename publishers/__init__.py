@@ -3,34 +3,34 @@
 Run one process per channel and destination: ``atp-publisher --channel NAME --adapter ...``.
 """
 
-from ._adapters import (
-    SIGNATURE_HEADER,
-    Adapter,
-    DeliveryError,
-    JsonlAdapter,
-    ShopifyAdapter,
-    WebhookAdapter,
-    shopify_body,
-    sign,
-    update_json,
-    verify_signature,
-)
+from ._adapters import JsonlAdapter, WebhookAdapter, webhook_id, webhook_signer, webhook_signers
 from ._config import PublisherConfig
+from ._delivery import Adapter, DeliveryError, update_json
+from ._http import HttpSettings
 from ._metrics import PublisherMetrics
 from ._publisher import Publisher
+from ._shopify import DEFAULT_API_VERSION, ShopifyAdapter, ShopifySettings, read_body, set_quantities_body
+from ._startup import RedisUnavailable, RedisWait, wait_for_redis
 
 __all__ = [
-    "SIGNATURE_HEADER",
+    "DEFAULT_API_VERSION",
     "Adapter",
     "DeliveryError",
+    "HttpSettings",
     "JsonlAdapter",
     "Publisher",
     "PublisherConfig",
     "PublisherMetrics",
+    "RedisUnavailable",
+    "RedisWait",
     "ShopifyAdapter",
+    "ShopifySettings",
     "WebhookAdapter",
-    "shopify_body",
-    "sign",
+    "read_body",
+    "set_quantities_body",
     "update_json",
-    "verify_signature",
+    "wait_for_redis",
+    "webhook_id",
+    "webhook_signer",
+    "webhook_signers",
 ]

@@ -45,15 +45,21 @@ class PublisherConfig:
     backoff_max_s: float = 60.0
     """Longest wait between attempts."""
 
+    redis_retry_s: float = 1.0
+    """Pause before reading again after Redis failed (once running; the wait at start is ``RedisWait``)."""
+
     dead_letter_maxlen: int = 100_000
     """Approximate length the dead-letter stream is trimmed to."""
 
     def __post_init__(self) -> None:
         if not self.channel:
             raise ValueError("channel: required")
+        Keyspace(self.key_prefix)  # the service's own check of a prefix (no braces: they would be the hash tag)
         for name in ("read_count", "delivery_batch", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
+        if self.redis_retry_s <= 0:
+            raise ValueError("redis_retry_s: must be positive")
         if self.rate_limit_per_s <= 0:
             raise ValueError("rate_limit_per_s: must be positive")
         if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:

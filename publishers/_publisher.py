@@ -18,14 +18,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from atp_service.storage.channel_wire import from_fields, to_fields
+from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.resp import as_text, stream_entries
 from reservation import ChannelUpdate, TokenBucket
 
-from ._adapters import Adapter, DeliveryError
 from ._config import PublisherConfig
+from ._delivery import Adapter, DeliveryError
 from ._metrics import PublisherMetrics
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class Publisher:
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
         """Until ``stop``: own pending entries first (a restart), then new ones."""
-        await self._prepare()
+        if self._bucket is None:
+            await self.prepare()
         own_pending = True
         while not self._stop.is_set():
             try:
@@ -64,14 +66,19 @@ class Publisher:
                     continue
                 if read.ids:
                     await self.process(read)
-            except (RedisError, OSError) as exc:
-                log.warning("%s: Redis unavailable (%s); retrying", self.config.channel, exc)
-                await self._sleep(1.0)
+            except STORAGE_ERRORS as exc:  # a cluster with no node answering raises no RedisError
+                log.warning("%s: Redis unavailable (%s); retrying in %g s", self.config.channel, exc,
+                            self.config.redis_retry_s)
+                # What this consumer read but could not settle is still pending in its name:
+                # read those first again, or they would wait for the next restart.
+                own_pending = True
+                await self._sleep(self.config.redis_retry_s)
 
     def stop(self) -> None:
         self._stop.set()
 
-    async def _prepare(self) -> None:
+    async def prepare(self) -> None:
+        """The consumer group (created if new) and the delivered versions: the first Redis calls."""
         cfg = self.config
         try:
             await self.client.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)

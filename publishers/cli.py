@@ -1,13 +1,16 @@
 """``atp-publisher --channel NAME --adapter webhook|jsonl|shopify``: deliver one channel's feed.
 
 Secrets come from the environment, never from flags (which show in ``ps``) or logs:
-``ATP_WEBHOOK_SECRET`` (HMAC key of the webhook adapter), ``ATP_SHOPIFY_TOKEN``.
+``ATP_WEBHOOK_SECRET`` (the webhook adapter's Standard Webhooks key, ``whsec_...``),
+``ATP_SHOPIFY_TOKEN``. Exit status: 0 after a stop signal, 2 for a bad setting, 3 when Redis did
+not answer within ``--redis-wait``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -18,26 +21,39 @@ from prometheus_client import start_http_server
 
 from atp_service.storage.nodes import connect_any
 
-from ._adapters import Adapter, JsonlAdapter, ShopifyAdapter, WebhookAdapter
+from ._adapters import Adapter, JsonlAdapter, WebhookAdapter
 from ._config import PublisherConfig
+from ._http import HttpSettings
 from ._metrics import PublisherMetrics
 from ._publisher import Publisher
+from ._shopify import DEFAULT_API_VERSION, MAX_QUANTITIES, ShopifyAdapter, ShopifySettings
+from ._startup import RedisUnavailable, RedisWait, redacted, wait_for_redis
 
 log = logging.getLogger("atp-publisher")
 EMBEDDED_URL_FILE = Path("var/redis/redis.url")
+EXIT_BAD_SETTING = 2
+EXIT_NO_REDIS = 3
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="atp-publisher", description="Deliver one channel's availability feed")
-    p.add_argument("--channel", required=True)
-    p.add_argument("--adapter", required=True, choices=("webhook", "jsonl", "shopify"))
-    p.add_argument("--url", help="webhook / shopify: where to POST (shopify: the Admin GraphQL endpoint)")
-    p.add_argument("--file", type=Path, help="jsonl: the file to append to")
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def _redis_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
                    help=f"(env ATP_REDIS_URL; default: the embedded service's, from {EMBEDDED_URL_FILE})")
     p.add_argument("--redis-cluster", action="store_true",
                    default=os.environ.get("ATP_REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
                    help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER)")
+    p.add_argument("--key-prefix", default=_env("ATP_KEY_PREFIX", "atp:"),
+                   help="the service's key prefix (env ATP_KEY_PREFIX; default atp:)")
+    p.add_argument("--redis-wait", type=float, default=300.0,
+                   help="seconds to wait for Redis at start before exiting with status 3 (0: forever; default 300)")
+    p.add_argument("--redis-backoff-max", type=float, default=5.0,
+                   help="longest pause between two tries to reach Redis at start (default 5 s)")
+
+
+def _delivery_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", default=None, help="consumer group (default: the adapter name)")
     p.add_argument("--consumer", default="publisher-1")
     p.add_argument("--rate", type=float, default=10.0, help="updates/s delivered (default 10)")
@@ -46,11 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=8)
     p.add_argument("--backoff-base", type=float, default=0.5)
     p.add_argument("--backoff-max", type=float, default=60.0)
+    p.add_argument("--max-wait", type=float, default=60.0,
+                   help="longest wait a destination may ask for (Retry-After, Shopify throttling; default 60 s)")
+    p.add_argument("--max-waits", type=int, default=5,
+                   help="such waits per request before it counts as a failed attempt (default 5)")
+
+
+def _shopify_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shopify-api-version", default=_env("ATP_SHOPIFY_API_VERSION", DEFAULT_API_VERSION),
+                   help=f"Admin API version (env ATP_SHOPIFY_API_VERSION; default {DEFAULT_API_VERSION})")
     p.add_argument("--shopify-item-id", default="gid://shopify/InventoryItem/{sku}")
     p.add_argument("--shopify-location-id", default="gid://shopify/Location/{location}")
-    p.add_argument("--metrics-port", type=int, default=9465, help="-1 disables")
-    p.add_argument("--metrics-host", default=os.environ.get("ATP_METRICS_HOST", "127.0.0.1"),
-                   help="interface of the metrics endpoint (env ATP_METRICS_HOST; default 127.0.0.1)")
+    p.add_argument("--shopify-cas-rounds", type=int, default=3,
+                   help="re-reads of quantities that moved in the store, per batch (default 3)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atp-publisher", description="Deliver one channel's availability feed")
+    p.add_argument("--channel", required=True)
+    p.add_argument("--adapter", required=True, choices=("webhook", "jsonl", "shopify"))
+    p.add_argument("--url", help="webhook: where to POST; shopify: the store, https://SHOP.myshopify.com")
+    p.add_argument("--file", type=Path, help="jsonl: the file to append to")
+    _redis_flags(p)
+    _delivery_flags(p)
+    _shopify_flags(p)
+    p.add_argument("--metrics-host", default=_env("ATP_METRICS_HOST", "127.0.0.1"),
+                   help="(env ATP_METRICS_HOST; default 127.0.0.1; 0.0.0.0 in a container)")
+    p.add_argument("--metrics-port", type=int, default=9465, help="-1 disables (default 9465)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -62,12 +100,22 @@ def make_adapter(args: argparse.Namespace) -> Adapter:
         return JsonlAdapter(args.file)
     if not args.url:
         raise ValueError(f"--url: required by the {args.adapter} adapter")
+    http = HttpSettings(max_wait_s=args.max_wait, max_waits=args.max_waits)
     if args.adapter == "webhook":
-        return WebhookAdapter(args.url, os.environ.get("ATP_WEBHOOK_SECRET", "").encode())
-    token = os.environ.get("ATP_SHOPIFY_TOKEN", "")
-    if not token:
-        raise ValueError("ATP_SHOPIFY_TOKEN: required by the shopify adapter")
-    return ShopifyAdapter(args.url, token, args.shopify_item_id, args.shopify_location_id)
+        return WebhookAdapter(args.url, os.environ.get("ATP_WEBHOOK_SECRET", ""), http)
+    if args.batch > MAX_QUANTITIES:
+        raise ValueError(f"--batch: at most {MAX_QUANTITIES} for shopify (its limit per input array)")
+    return ShopifyAdapter(ShopifySettings(
+        args.url, os.environ.get("ATP_SHOPIFY_TOKEN", ""), args.shopify_api_version, args.shopify_item_id,
+        args.shopify_location_id, cas_rounds=args.shopify_cas_rounds, http=http))
+
+
+def make_config(args: argparse.Namespace) -> PublisherConfig:
+    return PublisherConfig(
+        channel=args.channel, key_prefix=args.key_prefix, group=args.group or args.adapter, consumer=args.consumer,
+        rate_limit_per_s=args.rate, burst=args.burst, delivery_batch=args.batch,
+        max_attempts=args.max_attempts, backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,36 +126,53 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = EMBEDDED_URL_FILE.read_text().strip()
     if not redis_url:
         print("atp-publisher: --redis-url (or ATP_REDIS_URL) is required", file=sys.stderr)
-        return 2
+        return EXIT_BAD_SETTING
     try:
-        config = PublisherConfig(
-            channel=args.channel, group=args.group or args.adapter, consumer=args.consumer,
-            rate_limit_per_s=args.rate, burst=args.burst, delivery_batch=args.batch,
-            max_attempts=args.max_attempts, backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
-        )
+        config = make_config(args)
+        wait = RedisWait(total_s=args.redis_wait, max_s=args.redis_backoff_max)
         adapter = make_adapter(args)
     except ValueError as exc:
         print(f"atp-publisher: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_SETTING
     metrics = PublisherMetrics()
     if args.metrics_port >= 0:
-        start_http_server(args.metrics_port, args.metrics_host, registry=metrics.registry)
-    asyncio.run(_run(config, redis_url, adapter, metrics, args.redis_cluster))
+        try:
+            start_http_server(args.metrics_port, args.metrics_host, registry=metrics.registry)
+        except OSError as exc:
+            print(f"atp-publisher: metrics: cannot listen on {args.metrics_host}:{args.metrics_port}: {exc.strerror}",
+                  file=sys.stderr)
+            return EXIT_BAD_SETTING
+    try:
+        asyncio.run(_run(config, redis_url, adapter, metrics, args.redis_cluster, wait))
+    except RedisUnavailable as exc:
+        print(f"atp-publisher: {exc}", file=sys.stderr)
+        return EXIT_NO_REDIS
     return 0
 
 
 async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metrics: PublisherMetrics,
-               cluster: bool = False) -> None:
+               cluster: bool = False, wait: RedisWait | None = None) -> None:
     # Every key a publisher touches shares the channel feeds' hash tag: one slot on a cluster.
     client = connect_any(redis_url, config.block_ms / 1000 + 5, cluster=cluster)
     publisher = Publisher(config, client, adapter, metrics)
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        stop.set()
+        publisher.stop()
+
+    async def nap(seconds: float) -> None:  # a stop signal ends the wait for Redis at once
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, publisher.stop)
-    log.info("delivering channel %s from %s via %s (group %s)", config.channel, config.stream, adapter.name,
-             config.group)
+        loop.add_signal_handler(sig, on_signal)
     try:
-        await publisher.run()
+        if await wait_for_redis(publisher.prepare, wait or RedisWait(), redacted(redis_url), nap, stop.is_set):
+            log.info("delivering channel %s from %s via %s (group %s)", config.channel, config.stream,
+                     adapter.name, config.group)
+            await publisher.run()
     finally:
         await adapter.close()
         await client.aclose()

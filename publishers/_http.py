@@ -1,0 +1,99 @@
+"""HTTP for the webhook and Shopify adapters: pooled requests that honour a destination's ``Retry-After``.
+
+A 429 or 503 answer with ``Retry-After`` says how long to wait: the request is sent again after
+that long (at most ``max_wait_s`` per wait, at most ``max_waits`` waits per request) without
+counting as a failed attempt. Past those bounds the answer goes back to the publisher's own retry
+loop (backoff, attempts, dead letters), so no destination can hold a publisher forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from ._delivery import DeliveryError
+
+log = logging.getLogger(__name__)
+Sleep = Callable[[float], Awaitable[None]]
+WAITED_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    timeout_s: float = 10.0
+    """Connect/read/write timeout of one request."""
+
+    max_wait_s: float = 60.0
+    """Longest wait a destination may ask for (``Retry-After``, Shopify's throttle); longer asks are cut."""
+
+    max_waits: int = 5
+    """Waits per request before the answer goes back to the retry loop (an attempt that failed)."""
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.max_wait_s < 0 or self.max_waits < 0:
+            raise ValueError("timeout_s must be positive, max_wait_s and max_waits at least 0")
+
+
+def retry_after_s(response: httpx.Response, now_s: float) -> float | None:
+    """The wait a ``Retry-After`` header asks for (seconds or an HTTP date); None without a valid one."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now_s)
+    except (TypeError, ValueError):
+        return None
+
+
+class Http:
+    """One pooled client; ``sleep`` and ``wall_s`` are injectable so tests assert the asked waits."""
+
+    def __init__(self, settings: HttpSettings, sleep: Sleep = asyncio.sleep,
+                 wall_s: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.client = httpx.AsyncClient(timeout=settings.timeout_s)
+        self._sleep, self._wall_s = sleep, wall_s
+
+    async def wait(self, seconds: float, why: str, level: int = logging.INFO) -> None:
+        """Sleep ``seconds``, cut to ``max_wait_s``."""
+        capped = min(seconds, self.settings.max_wait_s)
+        log.log(level, "waiting %.3f s before the next request (%s, asked %.3f s)", capped, why, seconds)
+        await self._sleep(capped)
+
+    async def post(self, url: str, body: bytes, headers: Callable[[], dict[str, str]]) -> httpx.Response:
+        """POST; ``headers()`` is called per try (a signature carries the time it was made)."""
+        for waits in range(self.settings.max_waits + 1):
+            response = await self._post_once(url, body, headers())
+            asked = retry_after_s(response, self._wall_s()) if response.status_code in WAITED_STATUSES else None
+            if asked is None or waits == self.settings.max_waits:
+                return response
+            await self.wait(asked, f"HTTP {response.status_code} Retry-After")
+        raise AssertionError("unreachable: the last try returns")
+
+    async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        try:
+            return await self.client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def check_status(response: httpx.Response) -> None:
+    """2xx passes; 408/409/425/429/5xx are worth retrying, any other status is not."""
+    code = response.status_code
+    if 200 <= code < 300:
+        return
+    reason = f"HTTP {code}: {response.text[:200]}"
+    raise DeliveryError(reason, retryable=code in (408, 409, 425, 429) or code >= 500)

@@ -1,0 +1,244 @@
+"""``shopify``: available quantities set through Shopify's Admin GraphQL ``inventorySetQuantities``.
+
+Each batch is one mutation (``name: "available"``, ``reason: "correction"``) at an explicit API
+version, with ``@idempotent(key:)`` and a ``changeFromQuantity`` per quantity (compare-and-set,
+required from API version 2026-04):
+
+- **Idempotency key**: derived from the request (endpoint, channel, versions, input): every try of
+  the same request carries the same key, so Shopify applies it once however often a lost answer
+  makes us send it; a different request (another quantity, another expectation) never shares one.
+- **changeFromQuantity**: what the store holds as far as this process knows: the quantity it last
+  set or read there, else the update's ``previous`` (what the channel was told before); unknown
+  (a baseline) is read from the store first. A ``CHANGE_FROM_QUANTITY_STALE`` answer means the
+  store's quantity moved (an order placed in Shopify, an edit by hand): the moved quantities are
+  read and the set is sent again with them, at most ``cas_rounds`` times per batch. The curated
+  number wins: the service is the source of truth for ``available`` at the mapped locations.
+- **Cost**: Shopify limits by query cost (a leaky bucket reported in ``extensions.cost``). Before a
+  request the adapter waits until the bucket, as last reported and refilled at ``restoreRate``,
+  holds what that kind of request last cost; a ``THROTTLED`` answer waits
+  ``(requestedQueryCost - currentlyAvailable) / restoreRate`` and sends again (both bounded by
+  ``HttpSettings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reservation import ChannelUpdate
+
+from ._delivery import DeliveryError
+from ._http import Http, HttpSettings, Sleep, check_status
+from ._shopify_state import CostBucket, KnownQuantities, Row, available_of, stale_rows
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_VERSION = "2026-10"
+"""Shopify's stable Admin API version of October 2026 (each is supported for at least 12 months)."""
+OLDEST_API_VERSION = "2026-01"
+"""``changeFromQuantity`` and ``@idempotent`` on inventory mutations exist from this version on."""
+MAX_QUANTITIES = 250
+"""Shopify refuses an input array of more than 250 items: the most updates per batch."""
+READ_CHUNK = 50
+"""Quantities read per query (keeps one read's cost well under Shopify's per-query maximum)."""
+_VERSION = re.compile(r"^\d{4}-(01|04|07|10)$")
+RETRYABLE_ERRORS = frozenset({"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"})
+
+SET_MUTATION = (
+    "mutation AtpSetAvailable($input: InventorySetQuantitiesInput!, $idempotencyKey: String!) { "
+    "inventorySetQuantities(input: $input) @idempotent(key: $idempotencyKey) { "
+    "inventoryAdjustmentGroup { id } userErrors { field message code } } }"
+)
+
+
+@dataclass(frozen=True)
+class ShopifySettings:
+    store_url: str
+    """The store's address, ``https://SHOP.myshopify.com`` (the API path is built from ``api_version``)."""
+
+    token: str = field(repr=False)
+    """Admin API access token (``X-Shopify-Access-Token``)."""
+
+    api_version: str = DEFAULT_API_VERSION
+    item_id: str = "gid://shopify/InventoryItem/{sku}"
+    location_id: str = "gid://shopify/Location/{location}"
+    default_location: str = "online"
+    """The ``{location}`` of a network offer (an update without a location)."""
+
+    cas_rounds: int = 3
+    """Re-reads of quantities that moved in the store, per batch, before the batch fails (retried later)."""
+
+    known_max: int = 100_000
+    """Store quantities remembered (the oldest forgotten first); a forgotten one costs a read."""
+
+    http: HttpSettings = field(default_factory=HttpSettings)
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("ATP_SHOPIFY_TOKEN: required by the shopify adapter")
+        if "/admin/api/" in self.store_url:
+            raise ValueError("--url: the store's address (https://SHOP.myshopify.com); the API version comes "
+                             "from --shopify-api-version")
+        if self.api_version != "unstable" and (not _VERSION.match(self.api_version)
+                                               or self.api_version < OLDEST_API_VERSION):
+            raise ValueError(f"--shopify-api-version: YYYY-01/04/07/10, {OLDEST_API_VERSION} or newer "
+                             f"(changeFromQuantity and @idempotent), got {self.api_version!r}")
+        if self.cas_rounds < 0 or self.known_max < 0:
+            raise ValueError("cas_rounds and known_max: at least 0")
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.store_url.rstrip('/')}/admin/api/{self.api_version}/graphql.json"
+
+
+def set_quantities_body(endpoint: str, channel: str, updates: list[ChannelUpdate], rows: list[Row],
+                        salt: int = 0) -> dict[str, Any]:
+    """The ``inventorySetQuantities`` request of ``rows``, with its idempotency key (see the module)."""
+    data = {
+        "name": "available", "reason": "correction",
+        "quantities": [{"inventoryItemId": r.item, "locationId": r.location, "quantity": r.quantity,
+                        "changeFromQuantity": r.expected} for r in rows],
+    }
+    identity = {"endpoint": endpoint, "channel": channel, "versions": [u.version for u in updates],
+                "input": data, "salt": salt}
+    key = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(identity, sort_keys=True, separators=(",", ":")))
+    return {"query": SET_MUTATION, "variables": {"input": data, "idempotencyKey": str(key)}}
+
+
+def read_body(rows: list[Row]) -> dict[str, Any]:
+    """One query reading the ``available`` quantity of each row (aliases ``q0``, ``q1``, ...)."""
+    params = ", ".join(f"$i{n}: ID!, $l{n}: ID!" for n in range(len(rows)))
+    fields = " ".join(f"q{n}: inventoryItem(id: $i{n}) {{ inventoryLevel(locationId: $l{n}) {{ "
+                      f'quantities(names: ["available"]) {{ name quantity }} }} }}' for n in range(len(rows)))
+    variables: dict[str, Any] = {}
+    for n, r in enumerate(rows):
+        variables[f"i{n}"], variables[f"l{n}"] = r.item, r.location
+    return {"query": f"query AtpAvailable({params}) {{ {fields} }}", "variables": variables}
+
+
+class ShopifyAdapter:
+    name = "shopify"
+
+    def __init__(self, settings: ShopifySettings, sleep: Sleep = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._http = Http(settings.http, sleep)
+        self._clock = clock
+        self._bucket = CostBucket()
+        self._cost: dict[str, float] = {}  # per request kind: the cost it last asked for
+        self.known = KnownQuantities(settings.known_max)
+
+    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+        rows = [self._row(u) for u in updates]
+        await self._read([r for r in rows if r.expected is None])
+        salt, rounds = 0, self.settings.cas_rounds
+        for round_no in range(rounds + 1):
+            todo = [r for r in rows if r.expected != r.quantity]  # already so in the store: nothing to set
+            if not todo:
+                break
+            errors = await self._set(channel, updates, todo, salt)
+            if not errors:
+                break
+            if round_no == rounds:
+                raise DeliveryError(f"shopify: quantities still moving in the store after {rounds} re-reads: "
+                                    f"{errors[:3]}")
+            salt = await self._resolve(errors, todo, salt)
+        for r in rows:
+            self.known.put(r.key, r.quantity)
+
+    def _row(self, u: ChannelUpdate) -> Row:
+        s = self.settings
+        item = s.item_id.format(sku=u.sku)
+        location = s.location_id.format(location=u.location or s.default_location)
+        known = self.known.get((item, location))
+        return Row(item, location, u.quantity, known if known is not None else u.previous)
+
+    async def _resolve(self, errors: list[dict[str, Any]], todo: list[Row], salt: int) -> int:
+        """Act on the user errors of a set: re-read what moved, or give up. Returns the next key salt."""
+        codes = {e.get("code") for e in errors}
+        if codes == {"IDEMPOTENCY_CONCURRENT_REQUEST"}:
+            raise DeliveryError("shopify: the same request is still in progress at Shopify")
+        if not codes <= {"CHANGE_FROM_QUANTITY_STALE", "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"}:
+            raise DeliveryError(f"shopify: userErrors {errors}", retryable=False)
+        if "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED" in codes:
+            salt += 1  # Shopify wants a new key for a request whose earlier try failed
+        stale = stale_rows(errors, todo)
+        if stale:
+            log.info("shopify: %d of %d quantities had moved in the store (changeFromQuantity stale): reading "
+                     "them and setting again", len(stale), len(todo))
+            for r in stale:
+                self.known.forget(r.key)
+                r.expected = None
+            await self._read(stale)
+        return salt
+
+    async def _set(self, channel: str, updates: list[ChannelUpdate], rows: list[Row],
+                   salt: int) -> list[dict[str, Any]]:
+        data = await self._graphql("set", set_quantities_body(self.settings.endpoint, channel, updates, rows, salt))
+        try:
+            errors = data["inventorySetQuantities"]["userErrors"]
+        except (KeyError, TypeError):
+            raise DeliveryError("shopify: unexpected response shape") from None
+        return list(errors or [])
+
+    async def _read(self, rows: list[Row]) -> None:
+        """Fill ``expected`` of ``rows`` with the store's ``available`` quantity now."""
+        for start in range(0, len(rows), READ_CHUNK):
+            chunk = rows[start:start + READ_CHUNK]
+            data = await self._graphql("read", read_body(chunk))
+            for n, r in enumerate(chunk):
+                r.expected = available_of(data.get(f"q{n}"))
+                if r.expected is None:
+                    raise DeliveryError(f"shopify: no inventory level of {r.item} at {r.location} (unknown "
+                                        "item or location, or not stocked there)", retryable=False)
+                self.known.put(r.key, r.expected)
+
+    async def _graphql(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+        """One GraphQL request, paced by cost; THROTTLED waits and sends again (bounded). Returns ``data``."""
+        body = json.dumps(request, separators=(",", ":")).encode()
+        for _ in range(self.settings.http.max_waits + 1):
+            await self._pace(kind)
+            response = await self._http.post(self.settings.endpoint, body, self._headers)
+            check_status(response)
+            try:
+                payload = response.json()
+                self._note_cost(kind, payload.get("extensions"))
+            except (ValueError, AttributeError, TypeError):
+                raise DeliveryError("shopify: the answer is not a GraphQL response") from None
+            errors = payload.get("errors")
+            if not errors:
+                return payload.get("data") or {}
+            codes = {(e.get("extensions") or {}).get("code") for e in errors if isinstance(e, dict)}
+            if codes != {"THROTTLED"}:
+                raise DeliveryError(f"shopify: GraphQL errors {errors}", retryable=bool(codes & RETRYABLE_ERRORS))
+            log.info("shopify: THROTTLED (%s)", (payload.get("extensions") or {}).get("cost"))
+        raise DeliveryError(f"shopify: still throttled after {self.settings.http.max_waits} waits")
+
+    def _headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json", "X-Shopify-Access-Token": self.settings.token}
+
+    async def _pace(self, kind: str) -> None:
+        cost = self._cost.get(kind)
+        if cost is None:
+            return
+        wait = self._bucket.wait_s(cost, self._clock())
+        if wait > 0:
+            await self._http.wait(wait, f"shopify query cost {cost:g}", level=logging.DEBUG)
+
+    def _note_cost(self, kind: str, extensions: Any) -> None:
+        cost = (extensions or {}).get("cost")
+        if not isinstance(cost, dict):
+            return
+        if isinstance(cost.get("requestedQueryCost"), int | float):
+            self._cost[kind] = float(cost["requestedQueryCost"])
+        self._bucket.report(cost.get("throttleStatus"), self._clock())
+
+    async def close(self) -> None:
+        await self._http.close()

@@ -1,0 +1,111 @@
+"""What the Shopify adapter keeps between requests: store quantities it knows, Shopify's cost bucket."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Row:
+    """One quantity of a batch: set ``item`` at ``location`` to ``quantity``, expecting ``expected`` there."""
+
+    item: str
+    location: str
+    quantity: int
+    expected: int | None
+    """The ``changeFromQuantity``: what the store holds as far as we know (None: not known yet)."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.item, self.location
+
+
+class KnownQuantities:
+    """The store's quantity per (item, location) after our last set or read; bounded, least recent
+    forgotten first (a forgotten one is read again when needed)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._values: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> int | None:
+        value = self._values.get(key)
+        if value is not None:
+            self._values.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[str, str], value: int) -> None:
+        self._values[key] = value
+        self._values.move_to_end(key)
+        while len(self._values) > self.limit:
+            self._values.popitem(last=False)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._values.pop(key, None)
+
+
+class CostBucket:
+    """Shopify's leaky bucket of query cost as last reported (``extensions.cost.throttleStatus``),
+    refilled at ``restoreRate`` since: how long a request of some cost must wait to fit."""
+
+    def __init__(self) -> None:
+        self.available: float | None = None
+        self.maximum = math.inf
+        self.restore_rate = 0.0
+        self.at = 0.0
+
+    def report(self, status: Any, now: float) -> None:
+        if not isinstance(status, dict):
+            return
+        try:
+            available, rate = float(status["currentlyAvailable"]), float(status["restoreRate"])
+        except (KeyError, TypeError, ValueError):
+            return
+        self.available, self.restore_rate, self.at = available, rate, now
+        maximum = status.get("maximumAvailable")
+        self.maximum = float(maximum) if isinstance(maximum, int | float) else math.inf
+
+    def wait_s(self, cost: float, now: float) -> float:
+        if self.available is None or self.restore_rate <= 0:
+            return 0.0
+        have = min(self.maximum, self.available + self.restore_rate * max(0.0, now - self.at))
+        return max(0.0, (cost - have) / self.restore_rate)
+
+
+def available_of(item: Any) -> int | None:
+    """The ``available`` quantity in one aliased ``inventoryItem`` answer (None: no such level)."""
+    try:
+        quantities = item["inventoryLevel"]["quantities"]
+    except (KeyError, TypeError):
+        return None
+    for q in quantities or []:
+        if isinstance(q, dict) and q.get("name") == "available" and isinstance(q.get("quantity"), int):
+            return int(q["quantity"])
+    return None
+
+
+def stale_rows(errors: list[dict[str, Any]], rows: list[Row]) -> list[Row]:
+    """The rows a ``CHANGE_FROM_QUANTITY_STALE`` error names (``field``: input, quantities, <index>, ...);
+    every row when an error names none."""
+    found: dict[int, Row] = {}
+    for error in errors:
+        if error.get("code") != "CHANGE_FROM_QUANTITY_STALE":
+            continue
+        index = _quantity_index(error.get("field"))
+        if index is None or not 0 <= index < len(rows):
+            return list(rows)
+        found[index] = rows[index]
+    return [found[i] for i in sorted(found)]
+
+
+def _quantity_index(path: Any) -> int | None:
+    if not isinstance(path, list) or "quantities" not in path:
+        return None
+    after = path.index("quantities") + 1
+    try:
+        return int(path[after])
+    except (IndexError, TypeError, ValueError):
+        return None

@@ -1,0 +1,71 @@
+"""Start-up: wait for Redis, bounded, instead of dying with a traceback when it is not up yet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from atp_service.retry import Backoff, BackoffPolicy
+from atp_service.storage.durability import STORAGE_ERRORS
+
+log = logging.getLogger("atp-publisher")
+
+
+@dataclass(frozen=True)
+class RedisWait:
+    total_s: float = 300.0
+    """Longest time to wait for Redis at start before giving up (0: forever)."""
+
+    first_s: float = 0.1
+    """Wait after the first failed try; each further one twice as long (with jitter) up to ``max_s``."""
+
+    max_s: float = 5.0
+    """Longest wait between two tries."""
+
+    def __post_init__(self) -> None:
+        if self.total_s < 0:
+            raise ValueError("--redis-wait: at least 0 (0: forever)")
+        if not 0 < self.first_s <= self.max_s:
+            raise ValueError("--redis-backoff-max: at least the first wait (0.1 s)")
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer within ``RedisWait.total_s``."""
+
+
+def redacted(url: str) -> str:
+    """The URL without its password: it goes to logs."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}" if "@" in rest else url
+
+
+async def wait_for_redis(attempt: Callable[[], Awaitable[object]], wait: RedisWait, where: str,
+                         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                         stopped: Callable[[], bool] = lambda: False,
+                         clock: Callable[[], float] = time.monotonic) -> bool:
+    """``attempt()`` until it gets through (True), one log line per failed try; False when
+    ``stopped()`` during a wait; ``RedisUnavailable`` once ``wait.total_s`` has passed (never with 0)."""
+    backoff = Backoff(BackoffPolicy(first_s=wait.first_s, max_s=wait.max_s))
+    started = clock()
+    while True:
+        try:
+            await attempt()
+            if backoff.failures:
+                log.info("Redis at %s answered after %d failed tries", where, backoff.failures)
+            return True
+        except STORAGE_ERRORS as exc:
+            delay = backoff.next_delay()
+            if wait.total_s:
+                left = wait.total_s - (clock() - started)
+                if left <= 0:
+                    raise RedisUnavailable(f"Redis at {where} did not answer within {wait.total_s:g} s "
+                                           f"({backoff.failures} tries): {exc}") from None
+                delay = min(delay, left)
+            log.warning("waiting for Redis at %s (try %d failed: %s); next try in %.2f s", where,
+                        backoff.failures, exc or type(exc).__name__, delay)
+            await sleep(delay)
+            if stopped():
+                return False

@@ -1,0 +1,124 @@
+"""A Shopify store's Admin GraphQL endpoint, as far as the shopify adapter uses it, behind a real
+local HTTP server: ``inventorySetQuantities`` as of API version 2026-04 (``changeFromQuantity``
+per quantity, ``@idempotent`` required, the old compare fields gone), the aliased
+``inventoryItem { inventoryLevel { quantities } }`` read, and the query cost in ``extensions``."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tests.publishers.http_helpers import Answer
+
+VERSION = "2026-10"
+TOKEN = "shpat_test"
+SET_DIRECTIVE = "@idempotent(key: $idempotencyKey)"
+
+
+def answer(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Answer:
+    return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(payload).encode()
+
+
+def throttled(requested: float, available: float, restore: float, maximum: float = 2000.0) -> Answer:
+    """Shopify's THROTTLED answer: nothing ran; the cost it needed and the bucket now."""
+    return answer({"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+                   "extensions": {"cost": {"requestedQueryCost": requested, "actualQueryCost": None,
+                                           "throttleStatus": {"maximumAvailable": maximum,
+                                                              "currentlyAvailable": available,
+                                                              "restoreRate": restore}}}})
+
+
+class Store:
+    def __init__(self, levels: dict[tuple[str, str], int]) -> None:
+        self.levels = dict(levels)
+        self.requests: list[dict[str, Any]] = []
+        self.script: list[Answer] = []
+        """Canned answers given (in order) before the store answers for itself."""
+        self.lose_next_answers = 0
+        """Sets applied whose answer is then lost (HTTP 502), as when a connection drops."""
+        self.before_set: Callable[[Store], None] = lambda store: None
+        self.applied = 0
+        self.bucket = {"maximumAvailable": 2000.0, "currentlyAvailable": 2000.0, "restoreRate": 100.0}
+        self._keys: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def sets(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if "inventorySetQuantities" in r["query"]]
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
+        with self._lock:
+            if path != f"/admin/api/{VERSION}/graphql.json":
+                return 404, {}, b"Not Found"
+            if headers.get("X-Shopify-Access-Token") != TOKEN:
+                return 401, {}, b"Invalid API key or access token"
+            request = json.loads(body)
+            self.requests.append(request)
+            if self.script:
+                return self.script.pop(0)
+            if "inventorySetQuantities" in request["query"]:
+                return self._set(request)
+            return self._read(request)
+
+    def _cost(self, requested: float) -> dict[str, Any]:
+        return {"cost": {"requestedQueryCost": requested, "actualQueryCost": requested,
+                         "throttleStatus": dict(self.bucket)}}
+
+    def _set(self, request: dict[str, Any]) -> Answer:
+        variables, query = request["variables"], request["query"]
+        data = variables["input"]
+        if SET_DIRECTIVE not in query or not variables.get("idempotencyKey"):
+            return answer({"errors": [{"message": "An idempotency key is required",
+                                       "extensions": {"code": "BAD_REQUEST"}}]})
+        removed = [f for f in ("ignoreCompareQuantity", "compareQuantity") if f in json.dumps(data)]
+        if removed or any("changeFromQuantity" not in q for q in data["quantities"]):
+            return answer({"errors": [{"message": f"argument not accepted or missing: {removed or 'changeFrom'}",
+                                       "extensions": {"code": "argumentNotAccepted"}}]})
+        key, fingerprint = variables["idempotencyKey"], json.dumps(data, sort_keys=True)
+        if key in self._keys:  # a repeat: the first answer, nothing applied again
+            seen, result = self._keys[key]
+            if seen != fingerprint:
+                result = self._user_errors([{"field": None, "code": "IDEMPOTENCY_KEY_PARAMETER_MISMATCH",
+                                             "message": "same key, other parameters"}])
+            return answer({"data": result, "extensions": self._cost(10)})
+        self.before_set(self)
+        result = self._apply(data["quantities"])
+        self._keys[key] = (fingerprint, result)
+        if self.lose_next_answers:
+            self.lose_next_answers -= 1
+            return 502, {}, b"Bad Gateway"
+        return answer({"data": result, "extensions": self._cost(10)})
+
+    def _apply(self, quantities: list[dict[str, Any]]) -> dict[str, Any]:
+        errors = []
+        for n, q in enumerate(quantities):
+            key = (q["inventoryItemId"], q["locationId"])
+            if key not in self.levels:
+                errors.append({"field": ["input", "quantities", str(n), "locationId"],
+                               "code": "ITEM_NOT_STOCKED_AT_LOCATION", "message": "not stocked"})
+            elif q["changeFromQuantity"] is not None and q["changeFromQuantity"] != self.levels[key]:
+                errors.append({"field": ["input", "quantities", str(n), "changeFromQuantity"],
+                               "code": "CHANGE_FROM_QUANTITY_STALE",
+                               "message": "The changeFromQuantity value does not match persisted value."})
+        if errors:  # all or nothing
+            return self._user_errors(errors)
+        for q in quantities:
+            self.levels[(q["inventoryItemId"], q["locationId"])] = q["quantity"]
+        self.applied += 1
+        return {"inventorySetQuantities": {"inventoryAdjustmentGroup": {"id": f"gid://shopify/Group/{self.applied}"},
+                                           "userErrors": []}}
+
+    @staticmethod
+    def _user_errors(errors: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"inventorySetQuantities": {"inventoryAdjustmentGroup": None, "userErrors": errors}}
+
+    def _read(self, request: dict[str, Any]) -> Answer:
+        variables, data = request["variables"], {}
+        for alias in re.findall(r"(q\d+): inventoryItem", request["query"]):
+            n = alias[1:]
+            level = self.levels.get((variables[f"i{n}"], variables[f"l{n}"]))
+            data[alias] = {"inventoryLevel": None if level is None else
+                           {"quantities": [{"name": "available", "quantity": level}]}}
+        return answer({"data": data, "extensions": self._cost(2 * len(data))})

@@ -1,0 +1,182 @@
+"""``atp-publisher`` as a process: it follows the service's key prefix, waits for a Redis that is not
+up yet (bounded, one log line per try, no traceback), and serves metrics on ``--metrics-host``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from atp_service import EmbeddedRedis, free_port
+from atp_service.storage.channel_wire import to_fields
+from publishers import (
+    JsonlAdapter,
+    Publisher,
+    PublisherConfig,
+    PublisherMetrics,
+    RedisUnavailable,
+    RedisWait,
+    wait_for_redis,
+)
+from publishers.cli import build_parser, main
+from reservation import ChannelUpdate, StockStatus
+from tests.atp_service.channel_helpers import fact, write_estate
+from tests.conftest import ServiceFactory, spawned
+from tests.publishers.http_helpers import Clock
+
+DEADLINE_S = 30.0
+"""How long a test waits for something that should happen (a guard against hanging, not a timing)."""
+
+
+def publisher(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return spawned(subprocess.Popen(
+        [sys.executable, "-m", "publishers.cli", "--channel", "web", "--adapter", "jsonl", "--rate", "1000",
+         "--file", str(tmp_path / "web.jsonl"), *args],
+        env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=(tmp_path / "publisher.log").open("wb")))
+
+
+def until(done: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not done():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_a_publisher_follows_a_non_default_key_prefix(start_service: ServiceFactory, tmp_path: Path,
+                                                            redis_url: str) -> None:
+    _service, client = await start_service(estate=write_estate(tmp_path), key_prefix="shop1:")
+    await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, 1_700_000_000_000)])
+    proc = publisher(tmp_path, "--redis-url", redis_url, "--key-prefix", "shop1:", "--metrics-port", "-1")
+    out, log = tmp_path / "web.jsonl", tmp_path / "publisher.log"
+    try:
+        await asyncio.to_thread(until, lambda: len(lines(out)) >= 1, proc, log)  # the service runs meanwhile
+    finally:
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    assert [(u["channel"], u["sku"], u["quantity"]) for u in lines(out)][:1] == [("web", "sku-a", 36)]
+    raw = aioredis.Redis.from_url(redis_url)
+    try:  # the service wrote its feed under the prefix, and the publisher's group lives beside it
+        assert await raw.xlen("shop1:{avail}:web") >= 1 and not await raw.exists("atp:{avail}:web")
+        assert await raw.hget("shop1:{avail}:web:delivered:jsonl", "sku-a\t") is not None
+    finally:
+        await raw.aclose()
+
+
+def test_a_publisher_started_before_redis_waits_for_it_then_delivers(tmp_path: Path) -> None:
+    port, metrics = free_port(), free_port()
+    server = EmbeddedRedis(tmp_path / "redis", port=port, password="pw-not-in-logs")
+    proc = publisher(tmp_path, "--redis-url", server.url, "--redis-wait", "0", "--redis-backoff-max", "0.2",
+                     "--metrics-port", str(metrics), env={"ATP_METRICS_HOST": "127.0.0.2"})
+    out, log = tmp_path / "web.jsonl", tmp_path / "publisher.log"
+    try:
+        until(lambda: log.read_text().count("waiting for Redis at") >= 3, proc, log)
+        with urllib.request.urlopen(f"http://127.0.0.2:{metrics}/metrics", timeout=5) as scraped:
+            assert b"atp_publisher_deliveries_total" in scraped.read()  # served while it waits
+        server.start()
+        update = ChannelUpdate("web", "sku-1", "", 4, None, StockStatus.IN_STOCK, 1, 1000, 0, 2000)
+        with redis.Redis.from_url(server.url) as client:
+            client.xadd("atp:{avail}:web", to_fields(update), id="1-0")
+        until(lambda: len(lines(out)) == 1, proc, log)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0, log.read_text()
+        server.stop()
+    said = log.read_text()
+    assert "Traceback" not in said and "pw-not-in-logs" not in said and "***@127.0.0.1" in said
+    assert lines(out)[0]["sku"] == "sku-1"
+
+
+async def test_the_wait_for_redis_is_bounded() -> None:
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    clock = Clock()
+    with pytest.raises(RedisUnavailable, match="did not answer within 1 s"):
+        await wait_for_redis(client.ping, RedisWait(total_s=1.0, first_s=0.1, max_s=0.4), "here", clock.sleep,
+                             clock=clock)
+    await client.aclose()
+    assert clock.slept[0] <= 0.1 < clock.slept[1] and max(clock.slept) <= 0.4  # growing, capped
+    assert sum(clock.slept) == pytest.approx(1.0)  # the last wait is cut to the time left
+
+
+def test_a_publisher_gives_up_after_redis_wait_and_a_stop_signal_ends_the_wait(tmp_path: Path) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    gives_up = subprocess.run([sys.executable, "-m", "publishers.cli", "--channel", "web", "--adapter", "jsonl",
+                               "--file", str(tmp_path / "x"), "--redis-url", closed, "--redis-wait", "0.3",
+                               "--metrics-port", "-1"], capture_output=True, text=True, timeout=DEADLINE_S)
+    assert gives_up.returncode == 3 and "did not answer within 0.3 s" in gives_up.stderr
+    assert "Traceback" not in gives_up.stderr
+
+    waiting = publisher(tmp_path, "--redis-url", closed, "--redis-wait", "0", "--metrics-port", "-1")
+    log = tmp_path / "publisher.log"
+    until(lambda: "waiting for Redis at" in log.read_text(), waiting, log)
+    waiting.send_signal(signal.SIGTERM)
+    assert waiting.wait(DEADLINE_S) == 0
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("ATP_KEY_PREFIX", "shop1:")
+    monkeypatch.setenv("ATP_SHOPIFY_API_VERSION", "2026-07")
+    args = build_parser().parse_args(["--channel", "web", "--adapter", "jsonl"])
+    assert (args.key_prefix, args.shopify_api_version, args.metrics_host) == ("shop1:", "2026-07", "127.0.0.1")
+    assert main(["--channel", "web", "--adapter", "jsonl", "--file", "x", "--redis-url", "redis://127.0.0.1:1",
+                 "--key-prefix", "a{b}:"]) == 2
+    assert "key_prefix: must not contain" in capsys.readouterr().err
+
+
+async def test_what_could_not_be_settled_during_an_outage_is_settled_when_redis_is_back(tmp_path: Path) -> None:
+    """The delivery went out, then Redis went away before the acknowledgement: once Redis is back the
+    publisher reads its own pending entries again (at-least-once) instead of leaving them to a restart."""
+    server = EmbeddedRedis(tmp_path / "redis", appendfsync="always").start()
+    client = aioredis.Redis.from_url(server.url)
+    update = ChannelUpdate("web", "sku-1", "", 4, None, StockStatus.IN_STOCK, 1, 1000, 0, 2000)
+    await client.xadd("atp:{avail}:web", to_fields(update), id="1-0")  # type: ignore[arg-type]
+    out = tmp_path / "web.jsonl"
+
+    class RedisGoesAway(JsonlAdapter):
+        async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+            await super().deliver(channel, updates)
+            if server.process is not None and server.process.poll() is None and len(lines(out)) == 1:
+                server.stop()  # after the delivery, before its acknowledgement
+
+    async def redis_is_back(_seconds: float) -> None:  # the publisher's pause after a Redis error
+        if server.process is None or server.process.poll() is not None:
+            server.start()
+
+    config = PublisherConfig(channel="web", group="jsonl", block_ms=50, rate_limit_per_s=1000)
+    publisher = Publisher(config, client, RedisGoesAway(out), PublisherMetrics(), sleep=redis_is_back)
+    task = asyncio.create_task(publisher.run())
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while not await _settled(client):
+            assert not task.done() and time.monotonic() < deadline, "the pending entry was never settled"
+            await asyncio.sleep(0.05)
+    finally:
+        publisher.stop()
+        await asyncio.wait_for(task, DEADLINE_S)
+        await client.aclose()
+        server.stop()
+    assert [u["version"] for u in lines(out)] == [1, 1]  # delivered again: at least once
+
+
+async def _settled(client: aioredis.Redis) -> bool:
+    try:
+        info: Any = await client.xpending("atp:{avail}:web", "jsonl")
+        return int(info["pending"]) == 0 and await client.hget("atp:{avail}:web:delivered:jsonl", "sku-1\t") == b"1"
+    except (redis.RedisError, OSError):
+        return False
