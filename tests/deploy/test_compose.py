@@ -3,7 +3,6 @@ time enough for a graceful stop, images pinned, and the monitoring profile wired
 
 from __future__ import annotations
 
-import inspect
 import re
 import shutil
 import subprocess
@@ -14,8 +13,8 @@ import pytest
 
 from atp_service import ServiceConfig
 from atp_service.app.cli import SHUTDOWN_SNAPSHOT_S
-from publishers._adapters import WebhookAdapter
 from publishers._config import PublisherConfig
+from publishers._http import HttpSettings
 
 from .monitoring_helpers import PROMETHEUS_CONFIG, ROOT, yaml_load, yaml_loads
 
@@ -76,7 +75,7 @@ def test_the_services_get_time_to_stop_gracefully() -> None:
     needed = config.shutdown_grace_s + SHUTDOWN_SNAPSHOT_S  # the drain, then every shard's final snapshot
     given = seconds(services["atp"]["stop_grace_period"])
     assert given > needed, f"atp: stop_grace_period {given}s, a graceful stop may take {needed}s"
-    adapter_timeout = inspect.signature(WebhookAdapter.__init__).parameters["timeout_s"].default
+    adapter_timeout = HttpSettings().timeout_s
     publisher_needs = PublisherConfig(channel="web").block_ms / 1000 + adapter_timeout  # a read, one attempt
     assert seconds(services["publisher"]["stop_grace_period"]) > publisher_needs
 
