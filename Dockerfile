@@ -12,12 +12,17 @@ COPY atp_service ./atp_service
 COPY reservation ./reservation
 COPY publishers ./publishers
 COPY client ./client
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ./client .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ./client .
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 atp && useradd --create-home --uid 10001 --gid 10001 atp
+# Every third-party package at the version and hashes of requirements/service.lock (`make lock`),
+# then the service and the client themselves, which add nothing to it.
+COPY requirements/service.lock /tmp/service.lock
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --require-hashes -r /tmp/service.lock \
+ && pip install --no-cache-dir --no-deps /wheels/*.whl \
+ && rm -rf /wheels /tmp/service.lock
 # Numeric, so that Kubernetes' runAsNonRoot can check it (deploy/kubernetes runs it as 10001 too).
 USER 10001:10001
 # Not demo mode, so bearer tokens are required: mount a callers file and set ATP_CALLERS_FILE

@@ -5,14 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto api-docs certs cluster sim bootstrap redis bench bench-peak bench-compare soak clean help
+.PHONY: run test lint lock proto api-docs settings-docs certs cluster sim bootstrap redis bench bench-peak bench-compare soak clean help
 
 help:
 	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
 	@echo "make test   - set up, lint, run the whole test suite"
 	@echo "make lint   - buf lint, ruff, mypy, import contracts, house rules"
+	@echo "make lock   - recompile requirements/*.lock (exact versions, hashes) after a dependency change"
 	@echo "make proto  - regenerate gRPC stubs from proto/ (client/atp_client/pb)"
 	@echo "make api-docs - regenerate the reason table and retry policy in docs/API.md"
+	@echo "make settings-docs - regenerate the table of every setting in docs/OPERATIONS.md"
 	@echo "make sim SEEDS=100000 - the deterministic simulation over many seeds, then as many with three service processes"
 	@echo "make certs  - a local CA + server/client certificates under var/certs (TLS, mutual TLS)"
 	@echo "make bench  - benchmarks/throughput.py (unary + stream vs the gRPC ceiling)"
@@ -22,11 +24,20 @@ help:
 	@echo "               (PROCESSES > 1: that many leased service processes on ports 50051 up), until Ctrl-C"
 	@echo "make soak SECONDS=60 SEED=1 - benchmarks/fault_soak.py (Redis pauses, slow network, kill -9; then the invariants), then on a Redis Cluster, then three service processes sharing it"
 
-$(STAMP): pyproject.toml client/pyproject.toml
+# Exact versions with hashes from requirements/dev.lock, then the two packages of this tree.
+$(STAMP): pyproject.toml client/pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e './client[redis,bulk]' -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps -e ./client -e .
 	touch $(STAMP)
+
+# Recompile the lock files after a change of dependencies in pyproject.toml (needs PyPI).
+LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--no-emit-package atp-client --no-emit-package atp-service --custom-compile-command "make lock"
+lock: $(STAMP)
+	$(LOCK) requirements/service.in -o requirements/service.lock
+	$(LOCK) requirements/dev.in -o requirements/dev.lock
 
 # google/rpc/status.proto, which proto/atp/v1 imports, from the installed googleapis-common-protos:
 # buf resolves imports only inside its workspace (buf.yaml), and the registry is not reachable.
@@ -74,6 +85,10 @@ proto: $(STAMP)
 api-docs: $(STAMP)
 	$(BIN)/python -m atp_service.edge.api_doc docs/API.md
 
+# The table of every setting in docs/OPERATIONS.md (variable, flag, default, first sentence of its docstring).
+settings-docs: $(STAMP)
+	$(BIN)/python -m atp_service.app.settings_doc docs/OPERATIONS.md
+
 run: bootstrap
 	$(BIN)/atp-service serve
 
@@ -83,6 +98,7 @@ lint: $(STAMP) $(PROTO_DEPS)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python .ci/contracts.py
+	$(BIN)/python .ci/lock_check.py
 
 test: bootstrap lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,24 +1,34 @@
-"""Service configuration: one frozen dataclass, filled from flags and ``ATP_*`` variables, and the
-slices of it each component is given (a component sees only the settings it uses)."""
+"""Service configuration: one frozen dataclass, filled from defaults, ``ATP_*`` variables and flags
+(config_settings.py), and the slices of it each component is given (config_slices.py)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from atp_service.config_values import check_redis, parse_value
+from atp_service import config_settings
+from atp_service.config_slices import (
+    ChannelSettings,
+    EngineSettings,
+    IngestSettings,
+    ShardSettings,
+    SnapshotPolicy,
+    slice_of,
+)
+from atp_service.config_values import DURABILITY_MODES, TRANSPORTS, check_choices, check_redis
 from reservation import Limits
 
-DURABILITY_MODES = ("everysec", "always")
-TRANSPORTS = ("classic", "promise")
-"""HTTP/2 transports of gRPC core the server can run on (see atp_service/edge/transport.py)."""
+__all__ = ["DURABILITY_MODES", "TRANSPORTS", "ChannelSettings", "EngineSettings", "IngestSettings", "ServiceConfig",
+           "ShardSettings", "SnapshotPolicy"]
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Everything ``atp-service serve`` can be told. Each field has an ``ATP_<NAME>`` variable."""
+    """Everything ``atp-service serve`` can be told. Each field, and each field of ``limits``, is a
+    setting with an ``ATP_<NAME>`` variable and a ``--<name>`` flag (default < variable < flag)."""
 
     host: str = "127.0.0.1"
     """Address the gRPC server binds to (use 0.0.0.0 inside a container)."""
@@ -160,6 +170,13 @@ class ServiceConfig:
     event_loop: str = "uvloop"
     """``uvloop`` or ``asyncio``: the event loop the server runs on."""
 
+    log_level: str = "INFO"
+    """Least severe log lines written: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``."""
+
+    log_format: str = "text"
+    """``text``: one line per record for people; ``json``: one JSON object per line (time, level,
+    logger, message and the record's fields) for a log pipeline."""
+
     gc_thresholds: tuple[int, int, int] = (5_000, 10, 1000)
     """Python GC thresholds of the serving process (CPython's default is 700, 10, 10). A young
     collection's pause grows with the first number (grpc.aio leaves some cyclic garbage per call:
@@ -260,14 +277,7 @@ class ServiceConfig:
     """Input and memory bounds (see ``reservation.Limits``)."""
 
     def __post_init__(self) -> None:
-        if self.durability not in DURABILITY_MODES:
-            raise ValueError(f"durability: must be one of {DURABILITY_MODES}, got {self.durability!r}")
-        if self.http2_transport not in TRANSPORTS:
-            raise ValueError(f"http2_transport: must be one of {TRANSPORTS}, got {self.http2_transport!r}")
-        if self.event_loop not in ("uvloop", "asyncio"):
-            raise ValueError(f"event_loop: must be uvloop or asyncio, got {self.event_loop!r}")
-        if self.auth not in ("on", "off", "auto"):
-            raise ValueError(f"auth: must be on, off or auto, got {self.auth!r}")
+        check_choices(self)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert/tls_key: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -302,99 +312,35 @@ class ServiceConfig:
 
     @property
     def engine_settings(self) -> EngineSettings:
-        return _slice(EngineSettings, self)
+        return slice_of(EngineSettings, self)
 
     @property
     def shard_settings(self) -> ShardSettings:
-        return _slice(ShardSettings, self)
+        return slice_of(ShardSettings, self)
 
     @property
     def snapshot_policy(self) -> SnapshotPolicy:
-        return _slice(SnapshotPolicy, self)
+        return slice_of(SnapshotPolicy, self)
 
     @property
     def ingest_settings(self) -> IngestSettings:
-        return _slice(IngestSettings, self)
+        return slice_of(IngestSettings, self)
 
     @property
     def channel_settings(self) -> ChannelSettings:
-        return _slice(ChannelSettings, self)
+        return slice_of(ChannelSettings, self)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ServiceConfig:
-        """Defaults, then ``ATP_*`` variables, then explicit overrides (flags)."""
-        env = dict(os.environ) if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"ATP_{f.name.upper()}")
-            if raw is None or f.name == "limits":
-                continue
-            values[f.name] = parse_value(f.name, str(f.type), raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(cls(), **values)
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServiceConfig:
+        """Defaults, then ``ATP_*`` variables (``os.environ`` unless given), then explicit
+        overrides (flags; None: not given). An ``ATP_*`` variable that is no setting is refused."""
+        return cls.resolve(env, **overrides)[0]
+
+    @classmethod
+    def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> tuple[ServiceConfig, dict[str, str]]:
+        """``from_env``, and where each setting's value came from (``default``, ``env ATP_X``, ``flag --x``)."""
+        flags = {name: value for name, value in overrides.items() if value is not None}
+        return config_settings.resolve(cls, os.environ if env is None else env, flags)
 
 
-# The slices. Each field is documented once, on the ServiceConfig field of the same name (a test
-# checks that every slice field has one); a slice that holds another names it after its property.
-
-@dataclass(frozen=True, slots=True)
-class SnapshotPolicy:
-    """When a shard snapshots (``storage.Checkpoints``)."""
-
-    snapshot_every_entries: int
-    snapshot_interval_s: float
-    snapshot_retry_max_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class ShardSettings:
-    """What one shard actor is told: its mailbox, batches, pipeline and snapshots."""
-
-    mailbox_size: int
-    max_queue_delay_ms: int
-    batch_max: int
-    pipeline_depth: int
-    redis_timeout_s: float
-    limits: Limits
-    snapshot_policy: SnapshotPolicy
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    """What the engine is told: how many shards, housekeeping, and each shard's settings."""
-
-    shards: int
-    maintenance_interval_ms: int
-    limits: Limits
-    shard_settings: ShardSettings
-
-
-@dataclass(frozen=True, slots=True)
-class IngestSettings:
-    """What the reader of the POS/WMS input streams is told."""
-
-    input_streams: tuple[str, ...]
-    consumer_group: str
-    consumer_name: str
-    ingest_count: int
-    ingest_inflight: int
-    ingest_block_ms: int
-    claim_idle_ms: int
-    dead_letter_stream: str
-    side_stream_maxlen: int
-    limits: Limits
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelSettings:
-    """What the channel desk is told, beyond the estate."""
-
-    publish_batch_max: int
-    velocity_half_life_s: float
-
-
-Slice = TypeVar("Slice")
-
-
-def _slice(kind: type[Slice], config: ServiceConfig) -> Slice:
-    return kind(**{f.name: getattr(config, f.name) for f in fields(kind)})  # type: ignore[arg-type]
+config_settings.flat_names(ServiceConfig)  # a field of ``limits`` named like a setting would make one variable mean two

@@ -1,35 +1,80 @@
-"""How an ``ATP_*`` variable's text becomes a setting's value, and the Redis key rule a setting is
-checked against (the part of a key Redis Cluster hashes)."""
+"""How a setting's text (an ``ATP_*`` variable, a flag) becomes its value, the closed sets some
+settings take their value from, and the checks of the settings that depend on one another."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+DURABILITY_MODES = ("everysec", "always")
+TRANSPORTS = ("classic", "promise")
+"""HTTP/2 transports of gRPC core the server can run on (see atp_service/edge/transport.py)."""
+EVENT_LOOPS = ("uvloop", "asyncio")
+AUTH_MODES = ("on", "off", "auto")
 OWNERSHIP_MODES = ("keyspace", "leases")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "durability": DURABILITY_MODES, "http2_transport": TRANSPORTS, "event_loop": EVENT_LOOPS,
+    "auth": AUTH_MODES, "ownership": OWNERSHIP_MODES, "log_level": LOG_LEVELS, "log_format": LOG_FORMATS,
+}
+"""The settings whose value is one of a closed set: checked at start, offered as a flag's choices."""
+
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def parse_value(name: str, type_name: str, raw: str) -> Any:
-    """``raw`` as the type named ``type_name`` (the dataclass field's annotation)."""
+def read_text(type_name: str, raw: str) -> Any:
+    """``raw`` as the type named ``type_name`` (a dataclass field's annotation). Tuples are
+    comma-separated; an empty text is None where the setting may be unset."""
     try:
         if type_name.startswith("tuple[str"):
             return tuple(part.strip() for part in raw.split(",") if part.strip())
         if type_name.startswith("tuple"):
             return tuple(int(part) for part in raw.split(","))
-        if "bool" in type_name:
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        if "int" in type_name:
+        if raw == "" and "None" in type_name:
+            return None
+        if type_name.startswith("bool"):
+            return _boolean(raw)
+        if type_name.startswith("int"):
             return int(raw)
-        if "float" in type_name:
+        if type_name.startswith("float"):
             return float(raw)
-        if "Path" in type_name:
+        if type_name.startswith("Path"):
             return Path(raw)
     except ValueError:
-        raise ValueError(f"ATP_{name.upper()}: cannot read {raw!r} as {type_name}") from None
-    return raw or None
+        raise ValueError(f"cannot read {raw!r} as {type_name}") from None
+    return raw
+
+
+def parse_value(name: str, type_name: str, raw: str) -> Any:
+    """``read_text`` of the variable ``ATP_<NAME>``; its error names the variable."""
+    try:
+        return read_text(type_name, raw)
+    except ValueError as exc:
+        raise ValueError(f"ATP_{name.upper()}: {exc}") from None
+
+
+def _boolean(raw: str) -> bool:
+    if raw.lower() not in TRUE + FALSE:
+        raise ValueError(raw)
+    return raw.lower() in TRUE
+
+
+def check_choices(cfg: Any) -> None:
+    """Each setting of ``CHOICES`` holds one of its values."""
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+
+
+def redacted(url: str) -> str:
+    """``url`` without the password it may carry (never logged, never printed)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
 
 
 def hash_tag(key: str) -> str:
@@ -53,8 +98,6 @@ def check_redis(cfg: Any) -> None:
             cfg.redis_wait_replicas and cfg.redis_wait_timeout_ms >= cfg.redis_timeout_s * 1000):
         raise ValueError(f"redis_wait_timeout_ms: must be positive and, with redis_wait_replicas, under "
                          f"redis_timeout_s, got {cfg.redis_wait_timeout_ms}")
-    if cfg.ownership not in OWNERSHIP_MODES:
-        raise ValueError(f"ownership: must be one of {OWNERSHIP_MODES}, got {cfg.ownership!r}")
     if cfg.ownership == "leases":
         _check_leases(cfg)
 

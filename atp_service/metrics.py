@@ -4,11 +4,24 @@ Each room gets only its group (``EngineMetrics`` for the shard actors and router
 for the log, ``IntakeMetrics`` for the fact desks, ``ChannelMetrics`` for the channel desk,
 ``EdgeMetrics`` for the gRPC face), injected by the service that wires them. A component built
 without one (a test, a tool that only reads) records into a private registry nobody scrapes.
+The service's registry also carries the process's own metrics (``process_*``, ``python_*``) and
+``atp_build_info``, the versions running.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -199,11 +212,42 @@ class MembershipMetrics:
         )
 
 
+def installed(distribution: str) -> str:
+    """The installed version of ``distribution``, or "unknown" (run from a source tree)."""
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_info(name: str, registry: CollectorRegistry, libraries: dict[str, str]) -> Gauge:
+    """``name`` = 1, labelled with the versions this process runs: ours (``version``), Python's and
+    each of ``libraries`` (label -> distribution), so a dashboard can tell which build answers."""
+    running = {"version": installed("atp-service"), "python": platform.python_version(),
+               **{label: installed(distribution) for label, distribution in libraries.items()}}
+    gauge = Gauge(name, "Always 1; the versions of this process and the libraries it runs on", list(running),
+                  registry=registry)
+    gauge.labels(**running).set(1)
+    return gauge
+
+
+def process_collectors(registry: CollectorRegistry) -> None:
+    """CPU, memory, open files (``process_*``), garbage collections and the Python version
+    (``python_*``) of this process, on ``registry``: the default registry, which carries them, is not
+    the one served. (Each reports nothing where its source is missing: no /proc, not CPython.)"""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
 class Metrics:
-    """Every group of one service, on one registry (what its metrics endpoint serves)."""
+    """Every group of one service, on one registry (what its metrics endpoint serves), with the
+    process's own metrics and ``atp_build_info``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        process_collectors(self.registry)
+        self.build = build_info("atp_build_info", self.registry, {"grpc": "grpcio", "redis_py": "redis"})
         self.engine = EngineMetrics(self.registry)
         self.storage = StorageMetrics(self.registry)
         self.intake = IntakeMetrics(self.registry)

@@ -41,13 +41,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def served(metrics_port: int) -> tuple[float, float]:
     """From the service's own metrics: Reserve calls its handlers ran (any outcome), and calls gRPC
-    core started but neither answered OK nor failed — refused at the door (``atp_grpc_server_calls_total``)."""
+    core started but never answered — refused at the door (``atp_grpc_server_calls_started_total`` minus
+    ``atp_grpc_server_calls_completed_total``)."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    handled = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-                  if line.startswith("atp_rpc_duration_seconds_count{") and 'method="Reserve"' in line)
-    door = {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-            if line.startswith("atp_grpc_server_calls_total{")}
-    return handled, door["started"] - door["succeeded"] - door["failed"]
+    handled = _total(body, "atp_rpc_duration_seconds_count", 'method="Reserve"')
+    return handled, _total(body, "atp_grpc_server_calls_started_total") - _total(
+        body, "atp_grpc_server_calls_completed_total")
+
+
+def _total(body: str, name: str, having: str = "") -> float:
+    """The sum of the series of ``name`` in a metrics page (those whose labels contain ``having``)."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+              if line.split("{", 1)[0].split(" ", 1)[0] == name and having in line]
+    if not values and not having:  # a renamed metric must not read as zero refusals
+        raise RuntimeError(f"the service's metrics have no {name}")
+    return sum(values)
 
 
 def rss_mb(pid: int) -> float:

@@ -6,7 +6,8 @@ shape, writes CSV and the HTML report under ``benchmarks/results/``, and prints 
 per name with failures and latency percentiles, the invariant check, the service's oversold and
 shed counters. Exits with locust's code (1 on any failure or broken invariant).
 
-    python benchmarks/peak_run.py --scenario flash_sale --duration 60 [--users 60] [--processes 1]
+    python benchmarks/peak_run.py --scenario flash_sale --duration 60 [--users 60] [--processes 1] \
+        [locust options: --stream-users 2 --stream-batch 50 --flash-stock 10 …]
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import os
 import subprocess
 import sys
 import tempfile
@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=60, help="peak users of the load shape")
     parser.add_argument("--processes", type=int, default=1, help="locust --processes (worker processes)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
+    args, locust_args = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)
     run_id = time.strftime("%Y%m%d-%H%M%S")
     prefix = args.out / f"{args.scenario}-{run_id}"
@@ -71,14 +71,13 @@ def main() -> int:
             stderr=subprocess.STDOUT)
         try:
             asyncio.run(_ready(port))
-            env = {**os.environ, "ATP_SCENARIO": args.scenario, "ATP_DURATION": str(args.duration),
-                   "ATP_PEAK_USERS": str(args.users), "ATP_RUN_ID": run_id}
             cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"), "--headless",
                    "--host", f"127.0.0.1:{port}", "--csv", str(prefix), "--html", f"{prefix}.html",
-                   "--only-summary", "--loglevel", "WARNING"]
+                   "--only-summary", "--loglevel", "WARNING", "--scenario", args.scenario,
+                   "--duration", str(args.duration), "--peak-users", str(args.users), "--run-id", run_id]
             if args.processes > 1:
                 cmd += ["--processes", str(args.processes)]
-            done = subprocess.run(cmd, env=env, cwd=ROOT, timeout=args.duration + 300)
+            done = subprocess.run([*cmd, *locust_args], cwd=ROOT, timeout=args.duration + 300)
             metrics = service_metrics(metrics_port)
         finally:
             service.terminate()

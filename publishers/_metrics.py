@@ -1,13 +1,18 @@
-"""Prometheus metrics of a publisher process, prefixed ``atp_publisher_``."""
+"""Prometheus metrics of a publisher process, prefixed ``atp_publisher_``, on its own registry with
+the process's own metrics (``process_*``, ``python_*``)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from atp_service.metrics import build_info, process_collectors
+
 
 class PublisherMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
+        process_collectors(r)
+        self.build = build_info("atp_publisher_build_info", r, {"redis_py": "redis", "httpx": "httpx"})
         self.deliveries = Counter(
             "atp_publisher_deliveries_total",
             "Updates by outcome: delivered, retried, failed (not retryable), superseded, duplicate",

@@ -1,4 +1,5 @@
-"""``atp-service serve``: run the service, with flags and ``ATP_*`` variables."""
+"""``atp-service serve``: run the service; ``atp-service config``: what it would run with. Every
+setting is a flag and an ``ATP_*`` variable (settings.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import fields
 from itertools import islice
 from pathlib import Path
 
 from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
 from atp_service.app.keyspace import StartupError
+from atp_service.app.logs import set_up_logging
 from atp_service.app.service import AtpService
+from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
 from atp_service.config import ServiceConfig
 from atp_service.edge.transport import reexec_for
 from atp_service.storage.embedded_redis import DataDirInUse, EmbeddedRedis, RedisDidNotStart, RedisNotInstalled
@@ -27,39 +29,35 @@ log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
 SECOND_SIGNAL_AFTER_S = 2.0  # a stop signal this soon after the first is the same request again
 
-_FLAGS = {
-    "host": str, "port": int, "metrics_host": str, "metrics_port": int, "shards": int,
-    "redis_url": str, "data_dir": Path, "durability": str, "key_prefix": str,
-    "estate": Path, "auth": str, "callers_file": Path, "tls_cert": Path, "tls_key": Path, "tls_client_ca": Path,
-    "mailbox_size": int, "batch_max": int, "snapshot_every_entries": int, "shutdown_grace_s": float,
-    "max_pending_calls": int, "http2_transport": str, "ownership": str, "advertise_address": str, "lease_ms": int,
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atp-service", description="Available-to-promise inventory service")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gRPC service")
-    docs = {f.name: f for f in fields(ServiceConfig)}
-    for name, kind in _FLAGS.items():
-        serve.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
-                           help=f"(env ATP_{name.upper()}; default {docs[name].default})")
-    serve.add_argument("--no-demo", action="store_true", help="do not load the demo estate on first start")
-    serve.add_argument("--log-level", default="INFO")
+    add_setting_flags(sub.add_parser("serve", help="run the gRPC service"))
+    show = sub.add_parser("config", help="print every setting's effective value and where it came from")
+    show.add_argument("--format", choices=OUTPUT_FORMATS, default="text", dest="output",
+                      help="text (aligned columns) or json (an object by setting name)")
+    add_setting_flags(show)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {name: getattr(args, name) for name in _FLAGS}
-    if args.no_demo:
-        overrides["demo"] = False
     try:
-        config = ServiceConfig.from_env(**overrides)
+        config, sources = ServiceConfig.resolve(**given_settings(args))
     except ValueError as exc:
-        print(f"atp-service: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"atp-service: {line}", file=sys.stderr)
         return 2
+    if args.command == "config":
+        print_config(config, sources, args.output)
+        return 0
+    set_up_logging(config.log_level, config.log_format)
+    return serve(config)
+
+
+def serve(config: ServiceConfig) -> int:
+    """Run the service until it is stopped; the exit status."""
     reexec_for(config.http2_transport)  # returns when gRPC already runs the configured transport
     set_mmap_threshold(config.malloc_mmap_threshold)  # before gRPC starts threads with arenas of their own
     set_numpy_hugepages(config.numpy_hugepages)  # before the first position column is allocated
@@ -140,6 +138,8 @@ def _print_ready(config: ServiceConfig, service: AtpService) -> None:
     metrics = (f"on http://{config.metrics_host}:{service.metrics_port}/metrics" if config.metrics_port >= 0
                else "off")
     print(f"ATP service ready: gRPC on {target}, metrics {metrics}", flush=True)
+    log.info("ready: gRPC on %s, metrics %s", target, metrics, extra={  # the banner's line, for a log pipeline
+        "event": "ready", "grpc": target, "metrics_port": service.metrics_port if config.metrics_port >= 0 else None})
     if service.membership is not None:
         print(f"  one of the processes of keyspace {config.key_prefix!r}: {len(service.membership.leases.held)} of "
               f"{config.shards} groups here, {len(service.membership.members)} processes", flush=True)
@@ -155,7 +155,7 @@ async def _shut_down(config: ServiceConfig, service: AtpService, on_hard_exit: C
     """The graceful stop (a second signal, sent after a pause, exits at once); the exit status."""
     loop = asyncio.get_running_loop()
     log.info("shutting down (grace %.1fs); another signal after %.0fs exits at once", config.shutdown_grace_s,
-             SECOND_SIGNAL_AFTER_S)
+             SECOND_SIGNAL_AFTER_S, extra={"event": "shutdown", "grace_s": config.shutdown_grace_s})
     first_signal = time.monotonic()
 
     def exit_now() -> None:
@@ -163,7 +163,7 @@ async def _shut_down(config: ServiceConfig, service: AtpService, on_hard_exit: C
         # after a pause means "now".
         if time.monotonic() - first_signal < SECOND_SIGNAL_AFTER_S:
             return
-        log.warning("second signal: exiting without the final snapshot")
+        log.warning("second signal: exiting without the final snapshot", extra={"event": "hard_exit"})
         if on_hard_exit is not None:
             on_hard_exit()
         os._exit(130)
@@ -174,7 +174,8 @@ async def _shut_down(config: ServiceConfig, service: AtpService, on_hard_exit: C
         # Everything acknowledged is already durable: the final snapshot only shortens the next start.
         await asyncio.wait_for(service.stop(), timeout=config.shutdown_grace_s + SHUTDOWN_SNAPSHOT_S)
     except TimeoutError:
-        log.error("shutdown did not finish in time; exiting anyway (state is in the log)")
+        log.error("shutdown did not finish in time; exiting anyway (state is in the log)",
+                  extra={"event": "shutdown_overran"})
         _dump_tasks()
     return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED if service.failed.is_set() else 0
 

@@ -190,7 +190,8 @@ class Membership:
     def _give_up(self, group: int, why: str, release: bool = False) -> None:
         if group in self._vacating:
             return  # given up already; its shard is being vacated
-        log.warning("group %d: lost (%s); no longer served here", group, why)
+        log.warning("group %d: lost (%s); no longer served here", group, why,
+                    extra={"event": "group_lost", "group": group, "why": why})
         self._metrics.given.labels(why).inc()
         self._store.drop(group)
         task = self._own(self._vacate(group, release))
@@ -257,8 +258,10 @@ class Membership:
         self._metrics.taken.inc()
         self._metrics.take_seconds.observe(time.monotonic() - started)
         self._metrics.groups_owned.set(len(self.leases.held))
-        log.info("group %d: taken at epoch %d, %d log entries replayed in %.2fs", group, epoch, replayed,
-                 time.monotonic() - started)
+        took_s = time.monotonic() - started
+        log.info("group %d: taken at epoch %d, %d log entries replayed in %.2fs", group, epoch, replayed, took_s,
+                 extra={"event": "group_taken", "group": group, "epoch": epoch, "entries": replayed,
+                        "duration_ms": round(took_s * 1000)})
 
     async def _hand_over(self, group: int) -> None:
         """Give ``group`` up gracefully: its work drained, a final snapshot, the lease given back —
@@ -277,7 +280,7 @@ class Membership:
             self._handing.discard(group)
         self._metrics.given.labels("handed_over").inc()
         self._metrics.groups_owned.set(len(self.leases.held))
-        log.info("group %d: handed over", group)
+        log.info("group %d: handed over", group, extra={"event": "group_handed_over", "group": group})
 
 
 __all__ = ["Membership", "address_of", "plan_balance", "preference"]

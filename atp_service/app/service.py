@@ -24,6 +24,7 @@ from atp_service.app.peering import peer_tls, peer_token
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
 from atp_service.config import ServiceConfig
+from atp_service.config_values import redacted
 from atp_service.edge import transport
 from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
 from atp_service.edge.door import DoorCalls, server_ids
@@ -133,7 +134,7 @@ class AtpService:
             # The other processes of a keyspace ping their channels to this one (forward.PEER_KEEPALIVE_MS).
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ])
-        self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_total)
+        self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_*)
         self._add_services(self._server)
         try:
             credentials = self._tls()
@@ -289,7 +290,8 @@ class AtpService:
         # more from here on, so what it wrote first is what recovery reads back.
         epoch = await store.claim(cfg.shards)
         store.on_fenced.append(self._on_replaced)
-        log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch)
+        log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch,
+                 extra={"event": "keyspace_owned", "key_prefix": cfg.key_prefix, "epoch": epoch})
         try:
             actors, replayed = await recover_actors(store, self.clock, cfg.engine_settings, self.metrics.engine)
         except LogHole as exc:
@@ -298,7 +300,9 @@ class AtpService:
             actor.on_failure.append(self._on_shard_failed)
         self.metrics.engine.recovery_seconds.set(time.perf_counter() - started)
         self.metrics.engine.recovered_entries.set(replayed)
-        log.info("recovered %d shards, %d log entries in %.2fs", cfg.shards, replayed, time.perf_counter() - started)
+        took_s = time.perf_counter() - started
+        log.info("recovered %d shards, %d log entries in %.2fs", cfg.shards, replayed, took_s, extra={
+            "event": "recovered", "shards": cfg.shards, "entries": replayed, "duration_ms": round(took_s * 1000)})
         return Engine(actors, store, self.clock, cfg.engine_settings, self.metrics.engine)
 
     async def _join(self, store: LogStore) -> Engine:
@@ -336,7 +340,7 @@ class AtpService:
         """Never a dead shard behind a health check that says all is well: report NOT_SERVING and
         ask to be restarted (the shard's memory is not to be trusted; its log is)."""
         log.error("shard %d stopped working (%r): health NOT_SERVING; the service stops to be restarted",
-                  actor.shard, actor.failure)
+                  actor.shard, actor.failure, extra={"event": "stopping", "why": "shard_failed", "shard": actor.shard})
         self.failed.set()
         for name in ("", SERVICE_NAME):
             task = asyncio.get_running_loop().create_task(
@@ -346,13 +350,14 @@ class AtpService:
 
     def _on_replaced(self) -> None:
         log.error("a newer instance claimed keyspace %r (a write of this one was refused): this instance "
-                  "takes no more changes and stops", self.config.key_prefix)
+                  "takes no more changes and stops", self.config.key_prefix,
+                  extra={"event": "replaced", "key_prefix": self.config.key_prefix})
         self.replaced.set()
 
     async def _wait_for_redis(self, client: Any) -> None:
         """Start-up waits for Redis (health stays NOT_SERVING) instead of dying on a slow dependency."""
         def waiting(exc: BaseException, _wait: float) -> None:
-            log.warning("waiting for Redis at %s: %s", _redacted(self.redis_url), exc)
+            log.warning("waiting for Redis at %s: %s", redacted(self.redis_url), exc)
 
         await retry_until_done(client.ping, STORAGE_ERRORS, REDIS_AT_START, waiting)
 
@@ -387,13 +392,3 @@ class AtpService:
             await self.engine.stop(snapshot=True)
         if self._log is not None:
             await self._log.nodes.aclose()
-
-
-
-def _redacted(url: str) -> str:
-    """Never log a password from the Redis URL."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
-

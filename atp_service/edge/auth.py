@@ -139,8 +139,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _deny(self, handler: grpc.RpcMethodHandler[Any, Any], method: str, caller: str,
               refusal: DomainError) -> grpc.RpcMethodHandler[Any, Any]:
         code = status_of(refusal)
-        _AUDIT_LINES[code].log("denied method=%s caller=%s code=%s reason=%s", method, caller, code.name,
-                               refusal.message)
+        _AUDIT_LINES[code].log("call denied", event="auth_denied", rpc=method, caller=caller, code=code.name,
+                               reason=refusal.message)
         self._denied.labels(code.name).inc()
 
         async def abort(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -5,7 +5,10 @@ never reach a handler, so the service's own metrics cannot see them. gRPC's chan
 server, the calls started, succeeded and failed; a refused call is started and neither, so once
 the calls in progress have finished, ``started - succeeded - failed`` counts the refusals (and
 calls their clients cancelled before an answer). With the ``promise`` HTTP/2 transport gRPC answers
-them RESOURCE_EXHAUSTED instead, and channelz counts them as failed. Exported as ``atp_grpc_server_calls_total``.
+them RESOURCE_EXHAUSTED instead, and channelz counts them as failed. Exported as
+``atp_grpc_server_calls_started_total`` and ``atp_grpc_server_calls_completed_total{outcome}``
+(``succeeded``, ``failed``): the calls begun, and the ones answered, kept apart so that each series
+means one thing and the difference is the alert.
 """
 
 from __future__ import annotations
@@ -60,11 +63,15 @@ class DoorCalls(Collector):
         return totals
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "atp_grpc_server_calls", "Calls gRPC core started, and answered OK or with an error (channelz); "
-            "started - succeeded - failed - in progress = refused at the door (max_pending_calls) or cancelled",
-            labels=["outcome"])
-        for outcome, value in self.counts().items():
-            family.add_metric([outcome], value)
-        yield family
+        counts = self.counts()
+        yield CounterMetricFamily(
+            "atp_grpc_server_calls_started", "Calls gRPC core started (channelz); started - completed - in "
+            "progress = refused at the door (max_pending_calls) or cancelled by their callers",
+            value=counts["started"])
+        completed = CounterMetricFamily(
+            "atp_grpc_server_calls_completed", "Calls gRPC core answered (channelz), by outcome: succeeded "
+            "(OK) or failed (any error status)", labels=["outcome"])
+        for outcome in ("succeeded", "failed"):
+            completed.add_metric([outcome], counts[outcome])
+        yield completed
 

@@ -105,7 +105,8 @@ class _Refusal:
 
     async def __call__(self, bad: Malformed, context: Context) -> NoReturn:
         self._count.inc()
-        _quiet.log("refused method=%s peer=%s code=INVALID_ARGUMENT: %s", self.method, context.peer(), bad.message)
+        _quiet.log("request refused", event="bad_request", rpc=self.method, peer=context.peer(),
+                   code="INVALID_ARGUMENT", reason=bad.message)
         await abort(context, DomainError(bad.message, Reason.REQUEST_MALFORMED))
 
 

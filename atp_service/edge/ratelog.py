@@ -2,7 +2,8 @@
 
 One line per bad call lets a flood of them flood the log and bury everything else; none hides them.
 So a token bucket: ``burst`` lines back to back, then one per ``interval_s``, and the next line that
-gets through says how many were left out. Each call is still counted in a metric by the caller.
+gets through says how many were left out (its field ``left_out``). Each call is still counted in a
+metric by the caller.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class RateLimitedLog:
         self.left_out = 0
         """Lines suppressed since the last one written."""
 
-    def log(self, message: str, *args: object) -> None:
+    def log(self, message: str, *args: object, **fields: object) -> None:
+        """``message % args``, with ``fields`` as the line's structured fields (``extra=``)."""
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._last) / self._interval_s)
         self._last = now
@@ -34,6 +36,6 @@ class RateLimitedLog:
             return
         self._tokens -= 1
         if self.left_out:
-            message, args = f"{message} (and %d more like it left out)", (*args, self.left_out)
+            fields["left_out"] = self.left_out
             self.left_out = 0
-        self._logger.log(self._level, message, *args)
+        self._logger.log(self._level, message, *args, extra=fields)

@@ -29,6 +29,7 @@ from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
 from atp_service.metrics import EdgeMetrics
 from atp_service.tasks import exception_seen
+from atp_service.traces import tag_current
 from reservation import (
     DomainError,
     InvalidArgument,
@@ -76,6 +77,7 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
                 await relayed.abort(context)
             except DomainError as exc:
                 self.latency(method, status_of(exc).name).observe(time.perf_counter() - started)
+                tag_current(self.tracer, reason=exc.reason.name)
                 await abort(context, exc)
             self.latency(method, "OK").observe(time.perf_counter() - started)
             return result
@@ -104,6 +106,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         self._watchers = watchers
         self._reload = reload
         self.monitor: LoopLagMonitor | None = None
+        self.tracer: Any = None
+        """While tracing is on (``app.tracing``): refusals tag their call's span with the reason."""
         self.drain = Drain()
         """Every call passes through it; ``AtpService.stop`` closes it before gRPC stops."""
         self.address = ""

@@ -35,6 +35,7 @@ from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.tasks import cancel_and_wait
+from atp_service.traces import span
 from reservation import Ledger, LogEntry, Moved, PositionStore, Reason, ResourceExhausted, Unavailable, encode_entry
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class ShardActor(EntryListeners):
         self._depth = metrics.mailbox_depth.labels(str(shard))
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
         self._max_delay_s = settings.max_queue_delay_ms / 1000
+        self.tracer: Any = None  # while tracing is on (app.tracing), a span per turn
         self.lease_until = float("inf")
         """``time.monotonic()`` past which this process's lease on the group may have run out
         (``membership``); the shard refuses all work from then on."""
@@ -77,9 +79,8 @@ class ShardActor(EntryListeners):
         return moves_of(self._inflight) if self._inflight else None
 
     def positions(self) -> PositionStore:
-        """This shard's positions as memory holds them, to read between batches (the event loop
-        runs one task at a time); never to change — only the actor changes its ledger. Memory may
-        be ahead of the log by the batches in flight (``ahead_of_log``)."""
+        """This shard's positions as memory holds them (ahead of the log by the batches in flight:
+        ``ahead_of_log``), to read between batches; never to change — only the actor changes them."""
         return self.ledger.store
 
     @property
@@ -111,7 +112,7 @@ class ShardActor(EntryListeners):
         self.failure = error
         self._metrics.shard_failures.inc()
         log.error("shard %d stopped working; it answers UNAVAILABLE until the service restarts",
-                  self.shard, exc_info=self.failure)
+                  self.shard, exc_info=self.failure, extra={"event": "shard_failed", "shard": self.shard})
         self._refuse_waiting(Unavailable(f"shard {self.shard} stopped working; the service restarts",
                                          Reason.SHARD_STOPPED))
         for callback in self.on_failure:
@@ -145,13 +146,11 @@ class ShardActor(EntryListeners):
             raise Unavailable(f"shard {self.shard}: log storage unreachable, retry later")
 
     def _clock_past_lease(self) -> bool:
-        """This process's lease on the shard's group ran out by its own clock before it was renewed:
-        it may be another's now, so nothing is answered from here — not even a read."""
+        """This process's lease on the group ran out by its own clock: it may be another's, so nothing is answered."""
         return self.lease_until < time.monotonic()
 
     def _replaced(self) -> Unavailable:
-        """The refusal once another owns the shard: the keyspace's newer instance, or the group's
-        new owner process (leased: a caller retries there)."""
+        """The refusal once another owns the shard: the keyspace's newer instance, or (leased) the group's new owner."""
         return Moved(self.shard, "") if self._log.leased else Unavailable(REPLACED, Reason.INSTANCE_REPLACED)
 
     def submit(self, work: Work) -> asyncio.Future[Any]:
@@ -359,7 +358,8 @@ class ShardActor(EntryListeners):
 
     def _apply(self, batch: list[Envelope]) -> None:
         now = self._clock.now_ms()
-        self._seal(now, apply_batch(self.ledger, batch, now, self._metrics))
+        with span(self.tracer, "atp.shard.apply", shard=self.shard, commands=len(batch)):
+            self._seal(now, apply_batch(self.ledger, batch, now, self._metrics))
 
     async def _control(self, env: Envelope) -> None:
         control = env.message

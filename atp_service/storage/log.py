@@ -27,6 +27,7 @@ from atp_service.storage.scripts import (
     SNAPSHOT_SCRIPT,
 )
 from atp_service.storage.window import CommitWindow
+from atp_service.traces import span
 from reservation import LedgerSnapshot
 
 __all__ = ["CommitWindow", "Fenced", "LogStore", "SnapshotRecord", "SnapshotUnreadable", "connect",
@@ -120,6 +121,7 @@ class LogStore:
         self.lost: set[int] = set()
         """Leased groups whose writes were refused since they were taken: another process owns them."""
         self.on_group_lost: list[Callable[[int], None]] = []
+        self.tracer: Any = None  # while tracing is on (app.tracing), a span per group commit
 
     @property
     def together(self) -> bool:
@@ -374,7 +376,7 @@ class LogStore:
         self.metrics.pipeline_size.observe(len(batch))
         calls, units = self._calls(batch)
         try:
-            with self.metrics.append_seconds.time():
+            with self.metrics.append_seconds.time(), span(self.tracer, "atp.log.append", entries=len(batch)):
                 replies = await self.nodes.run(calls)
         except Exception as exc:  # whatever it was, the entries are in doubt: never left unanswered
             replies = [exc] * len(calls)

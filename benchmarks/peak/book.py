@@ -5,12 +5,12 @@ At the end the scenario asks the service and compares (business invariants):
     committed or fulfilled never exceed the units that were ever there (no fact lowers these);
   - every acknowledged reservation is visible, in a state its history allows.
 A violation is reported as a failed request named ``invariant:…`` (so distributed runs fail too)
-and the process exit code is set to 1.
+and the process exit code is set to 1; a check the service refuses (``invariant:unchecked``) too.
+The book talks to the service over the run's connection (TLS, token), set when the run starts.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +19,7 @@ import grpc
 
 from atp_client import timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from benchmarks.peak.connection import Connection
 
 SEED_CHUNK = 2000
 CHECK_KEYS = 1000
@@ -27,31 +28,48 @@ MAX_CHECKED_RESERVATIONS = 5000
 
 @dataclass
 class Book:
-    run: str = field(default_factory=lambda: os.environ.get("ATP_RUN_ID", "local"))
+    run: str = "local"
+    connection: Connection | None = None
     stock: dict[tuple[str, str], int] = field(default_factory=dict)
     acknowledged: dict[str, str] = field(default_factory=dict)  # reservation_id -> last acknowledged state
     violations: list[str] = field(default_factory=list)
+
+    def start(self, run: str, connection: Connection) -> None:
+        """A new run (the web UI runs one after another in the same processes): nothing of the last one."""
+        self.run, self.connection = run, connection
+        self.stock.clear()
+        self.acknowledged.clear()
+        self.violations.clear()
+
+    def channel(self) -> grpc.Channel:
+        """A new channel of the run's connection (the caller closes it)."""
+        if self.connection is None:
+            raise RuntimeError("the run has no connection to the service (see the error at its start)")
+        return self.connection.open()
 
     def sku(self, name: str) -> str:
         """Scenario SKUs are per run, so a run never meets an earlier run's holds."""
         return f"{self.run}-{name}"
 
-    def seed(self, host: str, stock: dict[tuple[str, str], int]) -> None:
+    def seed(self, stock: dict[tuple[str, str], int]) -> None:
         """COUNT facts with fixed event ids: every locust process may seed, duplicates change nothing (E8)."""
         self.stock.update(stock)
         now = int(time.time() * 1000) - 5_000
         facts = [pb.Fact(event_id=f"seed-{sku}-{loc}", source="locust", kind=pb.FACT_KIND_COUNT, sku=sku, location=loc,
                          quantity=qty, event_time=timestamp(now)) for (sku, loc), qty in stock.items()]
-        with grpc.insecure_channel(host) as channel:
+        with self.channel() as channel:
             stub = _stub(channel)
             for i in range(0, len(facts), SEED_CHUNK):
                 stub.RecordEvents(pb.RecordEventsRequest(events=facts[i:i + SEED_CHUNK]), timeout=60)
 
-    def check(self, host: str, environment: Any) -> None:
-        with grpc.insecure_channel(host) as channel:
+    def check(self, environment: Any) -> None:
+        with self.channel() as channel:
             stub = _stub(channel)
-            self._check_stock(stub)
-            self._check_reservations(stub)
+            try:
+                self._check_stock(stub)
+                self._check_reservations(stub)
+            except grpc.RpcError as exc:  # what cannot be checked does not pass
+                self.violations.append(f"unchecked: the service did not answer the check: {exc.code().name}")
         for violation in self.violations:
             environment.events.request.fire(request_type="invariant", name=f"invariant:{violation.split(':')[0]}",
                                             response_time=0, response_length=0,

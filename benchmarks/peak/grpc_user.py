@@ -18,19 +18,22 @@ grpc_gevent.init_gevent()
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb  # noqa: E402 - after init_gevent, by design
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc  # noqa: E402
+from benchmarks.peak.book import BOOK  # noqa: E402
+from benchmarks.peak.options import Run  # noqa: E402
 
 DEADLINE_S = 5.0
 
 
 class GrpcUser(User):
-    """Each user has its own channel (like an OMS instance); ``call`` reports to locust."""
+    """Each user has its own channel (like an OMS instance), TLS and token as the run's options say
+    (``BOOK.connection``, settled when the run started); ``call`` reports to locust."""
 
     abstract = True
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        assert self.host, "pass --host HOST:PORT of the ATP service"
-        self.channel = grpc.insecure_channel(self.host)
+        self.params = Run.of(environment.parsed_options)  # not self.run: User.run runs the tasks
+        self.channel = BOOK.channel()
         self.stub = pb_grpc.AvailabilityServiceStub(self.channel)
 
     def on_stop(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import time
 import uuid
@@ -15,23 +14,31 @@ from locust import between, constant_throughput, task
 from atp_client import duration, epoch_ms, timestamp
 from benchmarks.peak.book import BOOK
 from benchmarks.peak.grpc_user import GrpcUser, pb, reserve_state
+from benchmarks.peak.options import Run
+from benchmarks.peak.stream_user import StreamUser
 
 DCS = ("dc-east", "dc-west")
 STORES = tuple(f"store-{i:03d}" for i in range(1, 301))
 HOT_SKUS = 20
-FLASH_STOCK = int(os.environ.get("ATP_FLASH_STOCK", "20"))
-FLASH_TTL_S = int(os.environ.get("ATP_FLASH_TTL_S", "20"))
 PEAK_SKUS = 500
 STORE_SKUS = 100
-WATCH_CHANNELS = tuple(os.environ.get("ATP_WATCH_CHANNELS", "web,store-pickup").split(","))
 
 
 def _rid(kind: str) -> str:
     return f"{BOOK.run}-{kind}-{uuid.uuid4().hex[:16]}"
 
 
-def flash_stock() -> dict[tuple[str, str], int]:
-    return {(BOOK.sku(f"flash-{i:02d}"), DCS[0]): FLASH_STOCK for i in range(HOT_SKUS)}
+def flash_stock(units: int) -> dict[tuple[str, str], int]:
+    return {(BOOK.sku(f"flash-{i:02d}"), DCS[0]): units for i in range(HOT_SKUS)}
+
+
+def flash_line() -> tuple[str, str, int]:
+    return BOOK.sku(f"flash-{random.randrange(HOT_SKUS):02d}"), DCS[0], random.randint(1, 2)
+
+
+def peak_lines() -> list[tuple[str, str, int]]:
+    return [(BOOK.sku(f"peak-{random.randrange(PEAK_SKUS):04d}"), random.choice(DCS), random.randint(1, 3))
+            for _ in range(random.randint(1, 3))]
 
 
 def peak_stock() -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
@@ -76,8 +83,7 @@ class FlashSaleShopper(Orders):
 
     @task
     def buy(self) -> None:
-        sku = BOOK.sku(f"flash-{random.randrange(HOT_SKUS):02d}")
-        rid = self.reserve([(sku, DCS[0], random.randint(1, 2))], FLASH_TTL_S)
+        rid = self.reserve([flash_line()], self.params.flash_ttl_s)
         if rid is not None:
             gevent.sleep(random.uniform(0.1, 1.0))  # paying
             self.resolve(rid, confirm=0.6, fulfil=0.0)
@@ -89,9 +95,7 @@ class PeakOrders(Orders):
 
     @task
     def order(self) -> None:
-        lines = [(BOOK.sku(f"peak-{random.randrange(PEAK_SKUS):04d}"), random.choice(DCS), random.randint(1, 3))
-                 for _ in range(random.randint(1, 3))]
-        rid = self.reserve(lines, 600)
+        rid = self.reserve(peak_lines(), 600)
         if rid is not None:
             self.resolve(rid, confirm=0.8, fulfil=0.7)
 
@@ -158,7 +162,7 @@ class ChannelWatcher(GrpcUser):
 
     @task
     def watch(self) -> None:
-        channel = random.choice(WATCH_CHANNELS)
+        channel = random.choice(self.params.watch_channels)
         started = time.perf_counter()
         request = pb.WatchAvailabilityRequest(channel=channel, snapshot=True)
         events = self.environment.events.request
@@ -186,21 +190,38 @@ class SteadyBrowser(Browser):
     wait_time = constant_throughput(4.0)
 
 
-def seed_for(scenario: str, host: str) -> None:
-    if scenario == "flash_sale":
-        BOOK.seed(host, flash_stock())
+class ReserveStreamer(StreamUser):
+    """An OMS's bulk path (marketplace imports, store replenishment): batches of holds on one stream,
+    on the flash sale's hot SKUs or the peak's DC positions; the holds run out or expire."""
+
+    fixed_count = 1  # --stream-users sets it when a run starts (the users are connections, not a share)
+    wait_time = between(0.2, 1.0)
+
+    def lines(self) -> tuple[list[tuple[str, str, int]], int]:
+        if self.params.scenario == "flash_sale":
+            return [flash_line()], self.params.flash_ttl_s
+        return peak_lines(), 600
+
+
+def seed_for(run: Run) -> None:
+    if run.scenario == "flash_sale":
+        BOOK.seed(flash_stock(run.flash_stock))
     else:
         dcs, stores = peak_stock()
-        BOOK.seed(host, dcs)
-        BOOK.seed(host, stores)
+        BOOK.seed(dcs)
+        BOOK.seed(stores)
         for key in stores:  # POS sales lower store stock legitimately: only DC positions are checked
             BOOK.stock.pop(key, None)
 
 
-def users_for(scenario: str) -> list[Any]:
-    users: dict[str, list[Any]] = {
-        "flash_sale": [FlashSaleShopper],
-        "holiday_peak": [Browser, PeakOrders, PosTill, WmsFeed, ChannelWatcher],
-        "steady": [SteadyBrowser, SteadyOrders],
-    }
-    return users[scenario]
+SCENARIO_USERS: dict[str, list[Any]] = {
+    "flash_sale": [FlashSaleShopper],
+    "holiday_peak": [Browser, PeakOrders, PosTill, WmsFeed, ChannelWatcher],
+    "steady": [SteadyBrowser, SteadyOrders],
+}
+ALL_USERS = [*sorted({u for us in SCENARIO_USERS.values() for u in us}, key=lambda u: u.__name__), ReserveStreamer]
+
+
+def users_for(run: Run) -> list[Any]:
+    """The scenario's user classes, with the stream users unless there are none."""
+    return [*SCENARIO_USERS[run.scenario], *([ReserveStreamer] if run.stream_users else [])]

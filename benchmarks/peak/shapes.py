@@ -1,48 +1,53 @@
-"""Load shapes (locust ``LoadTestShape``): users over time for each scenario.
+"""The load shape (locust ``LoadTestShape``): users over time, and which users, for each scenario.
 
-``ATP_DURATION`` (seconds, default 60) and ``ATP_PEAK_USERS`` (default 60) scale them; a shape
-returns None at the end, which stops the run.
+One shape for every scenario, because the scenario is an option (``--scenario``, chosen in the
+web UI too): each tick reads the run's options (``--duration`` seconds, ``--peak-users``) on the
+process that runs the shape (the master, or the only process) and returns the scenario's user
+classes with the count. It returns None at the end, which stops the run.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 
 from locust import LoadTestShape
 
-DURATION_S = float(os.environ.get("ATP_DURATION", "60"))
-PEAK_USERS = int(os.environ.get("ATP_PEAK_USERS", "60"))
+from benchmarks.peak.options import Run
+from benchmarks.peak.scenarios import users_for
+
+Curve = Callable[[float, float, int], tuple[int, float]]
+"""(seconds into the run, its duration, peak users) -> (users, spawn rate per second)."""
 
 
-class FlashSaleShape(LoadTestShape):
+def flash_sale(t: float, duration: float, peak: int) -> tuple[int, float]:
     """The drop: nearly everyone arrives within the first 10 % of the run, then stays."""
-
-    def tick(self) -> tuple[int, float] | None:
-        t = self.get_run_time()
-        if t >= DURATION_S:
-            return None
-        return PEAK_USERS, max(1.0, PEAK_USERS / max(1.0, DURATION_S * 0.1))
+    return peak, max(1.0, peak / max(1.0, duration * 0.1))
 
 
-class HolidayPeakShape(LoadTestShape):
-    """Ramp to the peak over 30 %, hold, a spike of +50 % in the last fifth, then stop."""
-
-    def tick(self) -> tuple[int, float] | None:
-        t = self.get_run_time()
-        if t >= DURATION_S:
-            return None
-        ramp = DURATION_S * 0.3
-        if t < ramp:
-            return max(1, int(PEAK_USERS * t / ramp) + 1), PEAK_USERS / ramp + 1
-        if t < DURATION_S * 0.8:
-            return PEAK_USERS, PEAK_USERS
-        return int(PEAK_USERS * 1.5), PEAK_USERS
+def holiday_peak(t: float, duration: float, peak: int) -> tuple[int, float]:
+    """Ramp to the peak over 30 %, hold, a spike of +50 % in the last fifth."""
+    ramp = duration * 0.3
+    if t < ramp:
+        return max(1, int(peak * t / ramp) + 1), peak / ramp + 1
+    if t < duration * 0.8:
+        return peak, peak
+    return int(peak * 1.5), peak
 
 
-class SteadyShape(LoadTestShape):
+def steady(t: float, duration: float, peak: int) -> tuple[int, float]:
     """An ordinary day: a constant number of users at a fixed per-user rate (regressions)."""
+    return peak, peak
 
-    def tick(self) -> tuple[int, float] | None:
-        if self.get_run_time() >= DURATION_S:
+
+CURVES: dict[str, Curve] = {"flash_sale": flash_sale, "holiday_peak": holiday_peak, "steady": steady}
+
+
+class PeakShape(LoadTestShape):
+    def tick(self) -> tuple[int, float, list[type]] | None:
+        assert self.runner is not None  # locust sets it before the first tick
+        run = Run.of(self.runner.environment.parsed_options)
+        t = self.get_run_time()
+        if t >= run.duration_s:
             return None
-        return PEAK_USERS, PEAK_USERS
+        users, rate = CURVES[run.scenario](t, run.duration_s, run.peak_users)
+        return users, max(rate, 1.0), users_for(run)

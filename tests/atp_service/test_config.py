@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
 import typing
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import pytest
 
-import atp_service.config as config_module
 from atp_service.config import (
     ChannelSettings,
     EngineSettings,
@@ -18,6 +16,8 @@ from atp_service.config import (
     ShardSettings,
     SnapshotPolicy,
 )
+from atp_service.config_settings import OTHER_TOOLS, attribute_docs, flat_names, settings_of
+from atp_service.config_values import CHOICES, read_text
 from reservation import Limits
 
 SLICES = (ChannelSettings, EngineSettings, IngestSettings, ShardSettings, SnapshotPolicy)
@@ -28,18 +28,12 @@ SLICE_PROPERTY = {SnapshotPolicy: "snapshot_policy", ShardSettings: "shard_setti
 
 def documented_fields() -> set[str]:
     """ServiceConfig fields followed by a docstring (what --help and the docs show)."""
-    tree = ast.parse(inspect.getsource(config_module))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ServiceConfig")
-    out = set()
-    for stmt, after in zip(cls.body, cls.body[1:], strict=False):
-        if isinstance(stmt, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            assert isinstance(stmt.target, ast.Name)
-            out.add(stmt.target.id)
-    return out
+    return {name for name, doc in attribute_docs(ServiceConfig).items() if doc}
 
 
 def test_every_setting_has_a_docstring() -> None:
     assert {f.name for f in fields(ServiceConfig)} <= documented_fields()
+    assert {f.name for f in fields(Limits)} <= {name for name, doc in attribute_docs(Limits).items() if doc}
 
 
 @pytest.mark.parametrize("kind", SLICES, ids=lambda k: k.__name__)
@@ -69,3 +63,82 @@ def test_slices_are_frozen_and_slotted() -> None:
     with pytest.raises(AttributeError):
         settings.batch_max = 1  # type: ignore[misc]
     assert not hasattr(settings, "__dict__")
+
+
+# -- every setting by one name: ATP_<NAME> and --<name> -------------------------------------------
+
+def test_every_field_of_the_configuration_and_of_its_limits_is_a_setting() -> None:
+    names = {s.name for s in settings_of(ServiceConfig)}
+    assert names == {f.name for f in fields(ServiceConfig) if f.name != "limits"} | {f.name for f in fields(Limits)}
+    grace = next(s for s in settings_of(ServiceConfig) if s.name == "fact_grace_ms")
+    assert (grace.env, grace.flag, grace.group, grace.default) == ("ATP_FACT_GRACE_MS", "--fact-grace-ms", "limits",
+                                                                     Limits().fact_grace_ms)
+    assert all(s.doc for s in settings_of(ServiceConfig))
+
+
+def test_a_limit_named_like_a_setting_is_refused() -> None:
+    @dataclass(frozen=True)
+    class Bounds:
+        shards: int = 1
+
+    @dataclass(frozen=True)
+    class Config:
+        shards: int = 16
+        bounds: Bounds = field(default_factory=Bounds)
+
+    with pytest.raises(TypeError, match=r"named twice .*\['shards'\]"):
+        flat_names(Config)
+    flat_names(ServiceConfig)  # the real one shares no name
+
+
+def test_limits_are_read_from_their_variables() -> None:
+    config = ServiceConfig.from_env({"ATP_FACT_GRACE_MS": "60000", "ATP_DEFAULT_TTL_SECONDS": "120",
+                                     "ATP_MAX_LINES": "7"})
+    assert (config.limits.fact_grace_ms, config.limits.default_ttl_seconds, config.limits.max_lines) == (60_000, 120, 7)
+    assert config.limits.max_quantity == Limits().max_quantity
+    assert config.engine_settings.limits is config.limits  # what the shards are given
+
+
+def test_a_flag_wins_over_its_variable_which_wins_over_the_default() -> None:
+    env = {"ATP_SHARDS": "8", "ATP_PORT": "6000", "ATP_MAX_LINES": "9"}
+    config, sources = ServiceConfig.resolve(env, shards=4, max_lines=3)
+    assert (config.shards, config.port, config.host, config.limits.max_lines) == (4, 6000, "127.0.0.1", 3)
+    assert (sources["shards"], sources["port"], sources["host"], sources["max_lines"]) == (
+        "flag --shards", "env ATP_PORT", "default", "flag --max-lines")
+    assert ServiceConfig.resolve({}, demo=False)[1]["demo"] == "flag --no-demo"
+
+
+def test_an_unknown_variable_is_refused_with_the_nearest_setting() -> None:
+    with pytest.raises(ValueError, match=r"^ATP_SHARD: not a setting of atp-service; did you mean ATP_SHARDS\?$"):
+        ServiceConfig.from_env({"ATP_SHARD": "4"})
+    with pytest.raises(ValueError, match=r"ATP_NOTHING_LIKE_IT: not a setting of atp-service \(`atp-service serve"):
+        ServiceConfig.from_env({"ATP_NOTHING_LIKE_IT": "1"})
+    with pytest.raises(ValueError) as both:
+        ServiceConfig.from_env({"ATP_FACT_GRACE": "1", "ATP_LOGLEVEL": "INFO"})
+    assert str(both.value).splitlines() == [
+        "ATP_FACT_GRACE: not a setting of atp-service; did you mean ATP_FACT_GRACE_MS?",
+        "ATP_LOGLEVEL: not a setting of atp-service; did you mean ATP_LOG_LEVEL?"]
+
+
+def test_the_other_tools_variables_and_foreign_ones_are_not_refused() -> None:
+    assert ServiceConfig.from_env({**dict.fromkeys(OTHER_TOOLS, "x"), "PATH": "/bin", "ATPX": "1"}) == ServiceConfig()
+
+
+@pytest.mark.parametrize("name", sorted(CHOICES))
+def test_a_closed_setting_refuses_a_value_outside_its_set(name: str) -> None:
+    setting = next(s for s in settings_of(ServiceConfig) if s.name == name)
+    assert setting.choices == CHOICES[name] and getattr(ServiceConfig(), name) in setting.choices
+    with pytest.raises(ValueError, match=f"^{name}: must be one of {', '.join(CHOICES[name])}, got 'nonsense'"):
+        ServiceConfig.from_env({setting.env: "nonsense"})
+
+
+def test_values_are_read_as_their_field_says() -> None:
+    assert read_text("tuple[int, int, int]", "1,2,3") == (1, 2, 3)
+    assert read_text("tuple[str, ...]", "a, b,,") == ("a", "b") and read_text("tuple[str, ...]", "") == ()
+    assert [read_text("bool", raw) for raw in ("true", "0", "YES", "off")] == [True, False, True, False]
+    assert read_text("Path | None", "") is None and read_text("Path | None", "x.toml") == Path("x.toml")
+    assert read_text("str | None", "") is None and read_text("str", "") == ""
+    with pytest.raises(ValueError, match=r"^ATP_SHARDS: cannot read 'four' as int$"):
+        ServiceConfig.from_env({"ATP_SHARDS": "four"})
+    with pytest.raises(ValueError, match="cannot read 'maybe' as bool"):
+        ServiceConfig.from_env({"ATP_DEMO": "maybe"})

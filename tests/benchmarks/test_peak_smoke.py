@@ -17,6 +17,7 @@ import pytest
 
 from atp_service.app.service import DEMO_ESTATE
 from benchmarks.peak.book import Book
+from benchmarks.peak.connection import Connection
 from tests.conftest import ServiceFactory
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -45,7 +46,7 @@ async def test_locust_scenario_runs_without_failures_and_checks_invariants(
     assert int(rows["Aggregated"]["Request Count"]) > 0
     assert int(rows["Aggregated"]["Failure Count"]) == 0, out[-3000:]
     assert any(name.startswith("Reserve[") for name in rows), rows.keys()
-    assert f"invariants ({scenario}):" in out and "checked: OK" in out, out[-3000:]
+    assert f"invariants ({scenario}, run t-{scenario}):" in out and "checked: OK" in out, out[-3000:]
 
 
 class _Events:
@@ -67,13 +68,13 @@ class _Environment:
 
 async def test_invariant_check_reports_a_lost_reservation(start_service: ServiceFactory) -> None:
     service, client = await start_service()
-    book = Book(run="t")
-    await asyncio.to_thread(book.seed, f"127.0.0.1:{service.port}", {("t-sku", "dc-1"): 3})
+    book = Book(run="t", connection=Connection(f"127.0.0.1:{service.port}"))
+    await asyncio.to_thread(book.seed, {("t-sku", "dc-1"): 3})
     held = await client.reserve("kept", [("t-sku", "dc-1", 2)])
     assert held.state == 1
     book.acknowledged.update({"kept": "HELD", "never-made": "HELD"})
     env = _Environment()
-    await asyncio.to_thread(book.check, f"127.0.0.1:{service.port}", env)
+    await asyncio.to_thread(book.check, env)
     assert [v.split(":")[0] for v in book.violations] == ["lost"] and "never-made" in book.violations[0]
     assert env.process_exit_code == 1 and env.events.fired[0]["name"] == "invariant:lost"
 

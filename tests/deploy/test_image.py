@@ -27,6 +27,13 @@ def test_the_base_image_is_pinned_by_digest() -> None:
     assert instructions("FROM") == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
 
 
+def test_every_third_party_package_comes_from_the_lock_with_its_hashes() -> None:
+    assert "requirements/service.lock /tmp/service.lock" in instructions("COPY")
+    (install,) = [run for run in instructions("RUN") if "pip install" in run]
+    assert "pip install --no-cache-dir --require-hashes -r /tmp/service.lock" in install
+    assert "pip install --no-cache-dir --no-deps /wheels/*.whl" in install  # the project's own two
+
+
 def test_the_health_check_is_the_one_that_speaks_tls() -> None:
     (check,) = instructions("HEALTHCHECK")
     options, _, command = check.partition(" CMD ")

@@ -16,6 +16,7 @@ import pytest
 from atp_service.app.cli import SHUTDOWN_SNAPSHOT_S
 from atp_service.app.healthcheck import DEFAULT_TIMEOUT_S, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_SERVER_NAME
 from atp_service.config import ServiceConfig
+from atp_service.config_settings import settings_of
 from tests.deploy.manifests import (
     HEALTH_COMMAND,
     KUBE,
@@ -33,7 +34,7 @@ from tests.deploy.manifests import (
 K8S_VERSION = "1.30.0"
 """The oldest Kubernetes the manifests are written for: its schemas check them."""
 MANIFESTS = sorted(p for p in KUBE.rglob("*.yaml") if p.name != "kustomization.yaml")
-SETTINGS = {f"ATP_{name.upper()}" for name in ServiceConfig.__dataclass_fields__}
+SETTINGS = {setting.env for setting in settings_of(ServiceConfig)}
 HEALTH_SETTINGS = {ENV_SERVER_NAME, ENV_CLIENT_CERT, ENV_CLIENT_KEY}
 RECOVERY_BUDGET_S = 300
 """The least time the startup probe leaves a start (waiting for Redis, recovery)."""

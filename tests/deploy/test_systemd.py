@@ -14,12 +14,13 @@ import pytest
 
 from atp_service.app.cli import EXIT_REPLACED, EXIT_SHARD_FAILED, SHUTDOWN_SNAPSHOT_S
 from atp_service.config import ServiceConfig
+from atp_service.config_settings import settings_of
 from tests.deploy.manifests import ROOT
 
 SYSTEMD = ROOT / "deploy" / "systemd"
 SERVICE = SYSTEMD / "atp-service.service"
 PUBLISHER = SYSTEMD / "atp-publisher@.service"
-SETTINGS = {f"ATP_{name.upper()}" for name in ServiceConfig.__dataclass_fields__}
+SETTINGS = {setting.env for setting in settings_of(ServiceConfig)}
 
 
 def unit(path: Path) -> configparser.ConfigParser:

@@ -14,6 +14,9 @@ import pytest
 
 from atp_service import AtpService, free_port
 from atp_service.app.certs import make_certs
+from atp_service.app.healthcheck import ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_SERVER_NAME
+from atp_service.config import ServiceConfig
+from atp_service.config_settings import OTHER_TOOLS
 from atp_service.edge.auth import new_token, token_hash
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
@@ -110,6 +113,12 @@ async def test_not_serving_while_waiting_for_redis_exits_1() -> None:
         with pytest.raises(asyncio.CancelledError):
             await starting
     assert (status, out.strip()) == (1, f"atp-service health: NOT_SERVING at 127.0.0.1:{service.port}")
+
+
+def test_the_service_accepts_the_health_checks_variables_in_its_environment() -> None:
+    """They sit beside the service's settings in one environment, which refuses unknown ATP_* names."""
+    assert {ENV_SERVER_NAME, ENV_CLIENT_CERT, ENV_CLIENT_KEY} <= set(OTHER_TOOLS)
+    ServiceConfig.from_env({ENV_SERVER_NAME: "atp.example", ENV_CLIENT_CERT: "c.pem", ENV_CLIENT_KEY: "c.key"})
 
 
 async def test_nothing_listening_or_a_broken_setting_exits_1(tmp_path: Path, certs: tuple[Path, Path]) -> None:

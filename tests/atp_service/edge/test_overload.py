@@ -136,14 +136,17 @@ async def test_calls_past_the_bounded_queue_ahead_of_the_service_are_refused_at_
     outcomes = flood.outcomes
     assert outcomes.get("CANCELLED", 0) > 0 and outcomes.get("OK", 0) > 0, outcomes
     assert set(outcomes) <= {"OK", "CANCELLED"}, outcomes  # no deadline ran out: nothing queued that long
-    # The service's metrics see the refusals too (atp_grpc_server_calls_total, from gRPC's channelz):
-    # with nothing in progress, started - succeeded - failed is exactly what was refused at the door.
+    # The service's metrics see the refusals too (atp_grpc_server_calls_*, from gRPC's channelz):
+    # with nothing in progress, started - completed is exactly what was refused at the door.
     after = service.door.counts()
     seen = {k: after[k] - before[k] for k in after}
     assert seen["started"] == 400 and seen["succeeded"] == outcomes["OK"], seen
     assert seen["started"] - seen["succeeded"] - seen["failed"] == outcomes["CANCELLED"], (seen, outcomes)
-    exported = service.metrics.registry.get_sample_value("atp_grpc_server_calls_total", {"outcome": "started"})
-    assert exported == after["started"]
+    registry = service.metrics.registry
+    assert registry.get_sample_value("atp_grpc_server_calls_started_total") == after["started"]
+    for outcome in ("succeeded", "failed"):
+        completed = registry.get_sample_value("atp_grpc_server_calls_completed_total", {"outcome": outcome})
+        assert completed == after[outcome], outcome
     await flood.check_refused_were_never_applied()
 
 

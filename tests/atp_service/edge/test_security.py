@@ -96,9 +96,13 @@ async def test_roles_decide_what_each_caller_may_call(start_service: ServiceFact
     finally:
         for c in [*clients.values(), stranger]:
             await c.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "atp_service.audit"]
-    assert "denied method=Reserve caller=- code=UNAUTHENTICATED" in lines[0]
-    assert any("caller=oms-caller code=PERMISSION_DENIED" in line and "SetSafetyStock" in line for line in lines)
+    audit = [vars(r) for r in caplog.records if r.name == "atp_service.audit"]  # fields by name
+    lines = [f"{r['msg']} {r}" for r in audit]
+    first = audit[0]
+    assert (first["event"], first["rpc"], first["caller"], first["code"]) == (
+        "auth_denied", "Reserve", "-", "UNAUTHENTICATED")
+    assert any((r["caller"], r["code"], r["rpc"]) == ("oms-caller", "PERMISSION_DENIED", "SetSafetyStock")
+               for r in audit)
     assert len(lines) == 2 + len(denied) + 1
     everything_logged = caplog.text + "\n".join(lines)
     assert not any(t in everything_logged for t in token.values())  # secrets are never logged

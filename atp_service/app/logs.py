@@ -1,0 +1,67 @@
+"""Where the service's log lines go (standard error) and how they read: ``text`` for people,
+``json`` (one object per line) for a log pipeline.
+
+A line's structured fields are passed with ``extra=`` (``log.warning("call denied", extra={"rpc":
+...})``): in JSON each is a field of its own, in text they follow the message as ``key=value``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+"""What every log record carries; anything else on a record was passed as one of its fields."""
+
+
+def fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a line was logged with (``extra=``)."""
+    return {key: value for key, value in vars(record).items() if key not in RECORD_ATTRIBUTES}
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    # Quoted when it would not read as one value (a reason with spaces): the line stays splittable.
+    return json.dumps(text) if not text or any(c.isspace() or c in '="' for c in text) else text
+
+
+class TextFormatter(logging.Formatter):
+    """Time, level, logger and message, then the line's fields as ``key=value``."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # before any traceback is appended
+        fields = fields_of(record)
+        line = super().formatMessage(record)
+        return line + "".join(f" {key}={_text(value)}" for key, value in fields.items()) if fields else line
+
+
+class JsonFormatter(_JsonFormatter):
+    """``{"time": ISO-8601 UTC, "level", "logger", "message", ...the line's fields}``; a traceback,
+    if any, as ``exc_info``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level", "name": "logger"},
+                         reserved_attrs=sorted(RECORD_ATTRIBUTES))
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        super().add_fields(log_data, record, message_dict)
+
+
+def set_up_logging(level: str, log_format: str, stream: IO[str] | None = None) -> None:
+    """Every logger's lines at ``level`` and above, in ``log_format`` (``text`` or ``json``), on
+    ``stream`` (standard error by default)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,86 @@
+"""The settings on the command line: a flag for each (made from the same declaration as its
+``ATP_*`` variable, with the field's docstring as help), and ``atp-service config``, which prints
+every setting's effective value and where it came from."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from atp_service.config import ServiceConfig
+from atp_service.config_settings import Setting, settings_of, shown
+from atp_service.config_values import read_text, redacted
+
+OUTPUT_FORMATS = ("text", "json")
+SECRET_URLS = ("redis_url",)
+"""Settings whose value may carry a password: printed without it."""
+METAVARS = {"int": "N", "float": "X", "Path": "PATH", "tuple": "A,B,..."}
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """A ``--<name>`` flag for every setting; one that is not given leaves no attribute on the
+    parsed arguments (its variable or default then stands)."""
+    group = parser.add_argument_group("settings", "each is also an ATP_<NAME> variable; a flag wins over it")
+    for setting in settings_of(ServiceConfig):
+        common: dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS, "help": _help(setting)}
+        if setting.type_name == "bool":
+            group.add_argument(setting.flag, action=argparse.BooleanOptionalAction, **common)
+        else:
+            group.add_argument(setting.flag, type=_reader(setting), choices=setting.choices,
+                               metavar=_metavar(setting), **common)
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags, by name."""
+    return {s.name: getattr(args, s.name) for s in settings_of(ServiceConfig) if hasattr(args, s.name)}
+
+
+def _help(setting: Setting) -> str:
+    doc = setting.doc.replace("``", "").replace("%", "%%")  # argparse formats help with %
+    return f"{doc} (env {setting.env}; default {shown(setting.default)})"
+
+
+def _metavar(setting: Setting) -> str | None:
+    if setting.choices:
+        return None  # argparse shows the choices
+    return next((m for prefix, m in METAVARS.items() if setting.type_name.startswith(prefix)), "TEXT")
+
+
+def _reader(setting: Setting) -> Callable[[str], Any]:
+    def read(raw: str) -> Any:
+        try:
+            return read_text(setting.type_name, raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return read
+
+
+def print_config(config: ServiceConfig, sources: dict[str, str], output: str, out: IO[str] | None = None) -> None:
+    """Every setting's value and source, as aligned text or as one JSON object by setting name."""
+    out = out or sys.stdout
+    rows = [(s.name, _value(config, s), sources[s.name]) for s in settings_of(ServiceConfig)]
+    if output == "json":
+        json.dump({name: {"value": _jsonable(value), "source": source} for name, value, source in rows}, out,
+                  indent=2)
+        out.write("\n")
+        return
+    name_width = max(len(name) for name, _, _ in rows)
+    value_width = min(40, max(len(shown(value)) for _, value, _ in rows))
+    for name, value, source in rows:
+        out.write(f"{name:<{name_width}}  {shown(value):<{value_width}}  {source}\n")
+
+
+def _value(config: ServiceConfig, setting: Setting) -> Any:
+    value = getattr(getattr(config, setting.group) if setting.group else config, setting.name)
+    return redacted(value) if setting.name in SECRET_URLS and value else value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value) if isinstance(value, Path) else value

@@ -1,0 +1,68 @@
+"""Optional, sampled OpenTelemetry tracing of the gRPC edge and the shard/log path.
+
+Off unless ``tracing_endpoint`` names an OTLP/HTTP collector. On, every call is a server span (the
+instrumentation's interceptor, outermost so refusals at the door are traced too), tagged with the
+refusal reason when there is one; each shard turn (``atp.shard.apply``) and each group commit to
+Redis (``atp.log.append``) is a span of its own — a turn and a commit serve many calls at once, so
+they are not children of any one call. Sampling is by trace id (``tracing_sample_ratio``), and a
+caller's sampled ``traceparent`` is followed whatever the ratio.
+
+Bounded: spans wait in a queue of ``MAX_QUEUED_SPANS`` and are sent by the SDK's own thread, in
+batches of ``EXPORT_BATCH``; when the collector is slow or away, spans past the queue are dropped,
+never the calls. The provider is this service's own, not the process-global one, so a program that
+embeds the service keeps its tracing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from atp_service.metrics import installed
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "atp-service"
+MAX_QUEUED_SPANS = 4096
+EXPORT_BATCH = 512
+EXPORT_TIMEOUT_S = 5.0
+INSTALL_HINT = "pip install 'atp-service[tracing]'"
+
+
+class TracingUnavailable(Exception):
+    """``tracing_endpoint`` is set but the OpenTelemetry SDK is not installed."""
+
+
+class Tracing:
+    """The tracer provider, its exporter and the gRPC server interceptor of one service."""
+
+    def __init__(self, endpoint: str, sample_ratio: float, instance: str, exporter: Any = None) -> None:
+        try:
+            from opentelemetry.instrumentation.grpc import aio_server_interceptor
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        except ImportError as exc:
+            raise TracingUnavailable(f"tracing_endpoint: tracing needs OpenTelemetry ({exc.name} is missing): "
+                                     f"{INSTALL_HINT}, or unset ATP_TRACING_ENDPOINT") from None
+        if exporter is None:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S)
+        resource = Resource.create({"service.name": SERVICE_NAME, "service.version": installed("atp-service"),
+                                    "service.instance.id": instance})
+        self.provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
+        self.provider.add_span_processor(BatchSpanProcessor(
+            exporter, max_queue_size=MAX_QUEUED_SPANS, max_export_batch_size=EXPORT_BATCH))
+        self.tracer = self.provider.get_tracer("atp_service", installed("atp-service"))
+        self._interceptor = aio_server_interceptor(tracer_provider=self.provider)
+        log.info("tracing on: %.4g of traces (and every sampled caller's) to %s", sample_ratio, endpoint)
+
+    def interceptor(self) -> Any:
+        """The gRPC server interceptor that opens each call's span."""
+        return self._interceptor
+
+    def shutdown(self) -> None:
+        """Send what is queued (bounded by the exporter's timeout) and stop the exporter's thread."""
+        self.provider.shutdown()

@@ -1,0 +1,74 @@
+"""The slices of the service configuration each component is given (a component sees only the
+settings it uses). Each field is documented once, on the ``ServiceConfig`` field of the same name (a
+test checks that every slice field is one); a slice that holds another names it after its property."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from reservation import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """When a shard snapshots (``storage.Checkpoints``)."""
+
+    snapshot_every_entries: int
+    snapshot_interval_s: float
+    snapshot_retry_max_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSettings:
+    """What one shard actor is told: its mailbox, batches, pipeline and snapshots."""
+
+    mailbox_size: int
+    max_queue_delay_ms: int
+    batch_max: int
+    pipeline_depth: int
+    redis_timeout_s: float
+    limits: Limits
+    snapshot_policy: SnapshotPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """What the engine is told: how many shards, housekeeping, and each shard's settings."""
+
+    shards: int
+    maintenance_interval_ms: int
+    limits: Limits
+    shard_settings: ShardSettings
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """What the reader of the POS/WMS input streams is told."""
+
+    input_streams: tuple[str, ...]
+    consumer_group: str
+    consumer_name: str
+    ingest_count: int
+    ingest_inflight: int
+    ingest_block_ms: int
+    claim_idle_ms: int
+    dead_letter_stream: str
+    side_stream_maxlen: int
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """What the channel desk is told, beyond the estate."""
+
+    publish_batch_max: int
+    velocity_half_life_s: float
+
+
+Slice = TypeVar("Slice")
+
+
+def slice_of(kind: type[Slice], config: Any) -> Slice:
+    """The slice ``kind`` of a ``ServiceConfig``."""
+    return kind(**{f.name: getattr(config, f.name) for f in fields(kind)})  # type: ignore[arg-type]

@@ -1,0 +1,115 @@
+"""Log lines as an operator's pipeline reads them: JSON objects with time, level, logger, message
+and the line's fields; text lines that read as before with the fields after; the level obeyed."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from atp_service import free_port
+from atp_service.app.logs import set_up_logging
+from atp_service.edge import auth
+from atp_service.edge.auth import new_token, token_hash
+from atp_service.edge.ratelog import RateLimitedLog
+from tests.atp_service.app.test_cli import stop_or_explain, wait_until_ready
+from tests.atp_service.refusals import told
+from tests.conftest import ServiceFactory, spawned
+
+
+@pytest.fixture
+def logged() -> Iterator[Any]:
+    """``set_up_logging`` onto a buffer; returns a function that sets it up and gives the buffer.
+    The root logger's handlers and level are put back after (pytest's own capture among them)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def set_up(level: str, log_format: str) -> io.StringIO:
+        buffer = io.StringIO()
+        set_up_logging(level, log_format, buffer)
+        return buffer
+
+    yield set_up
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_lines_carry_time_level_logger_message_and_fields(logged: Any) -> None:
+    buffer = logged("INFO", "json")
+    logging.getLogger("atp_service.test").warning("shard %d slow", 3, extra={"shard": 3, "duration_ms": 12})
+    line = json.loads(buffer.getvalue())
+    assert {k: line[k] for k in ("level", "logger", "message", "shard", "duration_ms")} == {
+        "level": "WARNING", "logger": "atp_service.test", "message": "shard 3 slow", "shard": 3, "duration_ms": 12}
+    stamp = datetime.fromisoformat(line["time"])
+    assert stamp.utcoffset() == UTC.utcoffset(None)
+    assert set(line) == {"time", "level", "logger", "message", "shard", "duration_ms"}
+
+
+def test_text_lines_read_as_before_with_the_fields_after_the_message(logged: Any) -> None:
+    buffer = logged("INFO", "text")
+    log = logging.getLogger("atp_service.test")
+    log.info("plain line")
+    log.warning("call denied", extra={"rpc": "Reserve", "caller": "-", "reason": "authorization: missing"})
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("failed", extra={"shard": 2})
+    lines = buffer.getvalue().splitlines()
+    assert lines[0].endswith(" INFO atp_service.test: plain line")
+    assert lines[1].endswith(' WARNING atp_service.test: call denied rpc=Reserve caller=- '
+                             'reason="authorization: missing"')
+    assert lines[2].endswith(" ERROR atp_service.test: failed shard=2")  # the fields before the traceback
+    assert lines[-1] == "RuntimeError: boom"
+
+
+def test_the_level_hides_what_is_less_severe(logged: Any) -> None:
+    buffer = logged("WARNING", "json")
+    log = logging.getLogger("atp_service.test")
+    log.info("not written")
+    log.warning("written")
+    assert [json.loads(line)["message"] for line in buffer.getvalue().splitlines()] == ["written"]
+
+
+async def test_an_audit_line_of_a_denied_call_is_a_json_object_with_its_fields(
+        start_service: ServiceFactory, tmp_path: Path, logged: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    callers = tmp_path / "callers.toml"
+    callers.write_text(f'[[callers]]\nname = "oms"\nroles = ["oms"]\ntoken_sha256 = "{token_hash(new_token())}"\n')
+    # A fresh allowance of audit lines: earlier tests in this process may have spent the burst.
+    monkeypatch.setitem(auth._AUDIT_LINES, grpc.StatusCode.UNAUTHENTICATED,
+                        RateLimitedLog(auth.audit, logging.WARNING, burst=20))
+    _, anonymous = await start_service(auth="on", callers_file=callers)
+    buffer = logged("INFO", "json")
+    assert await told(anonymous.reserve("r1", [("A", "L", 1)])) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    audit = [line for line in lines if line["logger"] == "atp_service.audit"]
+    assert len(audit) == 1
+    assert {k: audit[0][k] for k in ("level", "message", "event", "rpc", "caller", "code")} == {
+        "level": "WARNING", "message": "call denied", "event": "auth_denied", "rpc": "Reserve", "caller": "-",
+        "code": "UNAUTHENTICATED"}
+    assert "authorization: missing" in audit[0]["reason"]
+
+
+def test_the_service_writes_json_at_the_level_its_variables_set(redis_url: str, tmp_path: Path) -> None:
+    out, log = tmp_path / "serve.out", tmp_path / "serve.log"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ATP_")},
+           "ATP_LOG_FORMAT": "json", "ATP_LOG_LEVEL": "WARNING", "ATP_REDIS_URL": redis_url}
+    proc = spawned(subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--port", str(free_port()), "--metrics-port", "-1",
+         "--no-demo", "--auth", "off", "--shards", "2"],
+        stdout=out.open("wb"), stderr=log.open("wb"), env=env))
+    wait_until_ready(proc, out)  # the banner, on standard output; the log is standard error
+    proc.terminate()
+    assert stop_or_explain(proc) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines and all(line["level"] in ("WARNING", "ERROR") for line in lines)
+    assert any(line["message"].startswith("auth off") for line in lines)

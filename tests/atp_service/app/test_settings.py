@@ -1,0 +1,118 @@
+"""Every setting on the command line: a flag for each, unknown variables refused at start, and
+``atp-service config`` showing what the service would run with and why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from atp_service.app.cli import build_parser, main
+from atp_service.config import ServiceConfig
+from atp_service.config_settings import settings_of
+from reservation import Limits
+
+
+def subcommand(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    chooser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found: argparse.ArgumentParser = chooser.choices[name]
+    return found
+
+
+def atp_service(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m atp_service ARGS`` with only ``env`` of the ``ATP_*`` variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ATP_")}
+    return subprocess.run([sys.executable, "-m", "atp_service", *args], env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def no_atp_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process runs read this process's environment: only what a test sets."""
+    for name in os.environ:
+        if name.startswith("ATP_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("command", ["serve", "config"])
+def test_every_setting_has_a_flag_with_its_docstring_variable_and_default(command: str) -> None:
+    flags = subcommand(command)._option_string_actions
+    for setting in settings_of(ServiceConfig):
+        action = flags[setting.flag]
+        assert action.dest == setting.name
+        assert action.help and f"(env {setting.env}; default " in action.help
+        assert setting.doc.split()[1] in action.help  # the field's own words
+    assert flags["--no-demo"].dest == "demo" and flags["--no-redis-cluster"].dest == "redis_cluster"
+    assert flags["--durability"].choices == ("everysec", "always")
+    assert flags["--log-level"].choices == ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def test_flags_are_read_like_their_variables() -> None:
+    args = build_parser().parse_args(["serve", "--no-demo", "--gc-thresholds", "1,2,3", "--input-streams", "a,b",
+                                      "--fact-grace-ms", "5", "--estate", ""])
+    config = ServiceConfig.from_env({}, **{s.name: getattr(args, s.name) for s in settings_of(ServiceConfig)
+                                          if hasattr(args, s.name)})
+    assert (config.demo, config.gc_thresholds, config.input_streams) == (False, (1, 2, 3), ("a", "b"))
+    assert (config.limits.fact_grace_ms, config.estate) == (5, None)
+
+
+def test_a_flag_that_cannot_be_read_stops_the_start(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["serve", "--shards", "four"], ["serve", "--durability", "sometimes"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --shards: cannot read 'four' as int" in err
+    assert "argument --durability: invalid choice: 'sometimes'" in err
+
+
+def test_an_unknown_variable_stops_the_start_naming_the_nearest_setting() -> None:
+    done = atp_service("serve", "--no-demo", ATP_SHARD="4", ATP_TOKEN="for atpctl, not a mistake")
+    assert done.returncode == 2
+    assert done.stderr == "atp-service: ATP_SHARD: not a setting of atp-service; did you mean ATP_SHARDS?\n"
+    assert done.stdout == ""  # stopped before anything started
+
+
+def test_a_value_out_of_range_stops_the_start(capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATP_SHARDS", "0")
+    assert main(["config"]) == 2
+    assert capsys.readouterr().err == "atp-service: shards: must be within [1, 1024], got 0\n"
+    monkeypatch.setenv("ATP_SHARDS", "4")
+    monkeypatch.setenv("ATP_MAX_QUANTITY", "1")
+    assert main(["config", "--max-on-hand", "0"]) == 2
+    assert "limits: need 0 < max_quantity (1) <= max_on_hand (0)" in capsys.readouterr().err
+
+
+def test_config_prints_every_setting_with_its_value_and_source(capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATP_SHARDS", "8")
+    monkeypatch.setenv("ATP_FACT_GRACE_MS", "60000")
+    assert main(["config", "--shards", "4", "--no-demo", "--redis-url", "redis://:s3cret@redis:6379/0"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
+    assert set(rows) == {s.name for s in settings_of(ServiceConfig)}
+    assert rows["shards"] == ["4", "flag", "--shards"]
+    assert rows["fact_grace_ms"] == ["60000", "env", "ATP_FACT_GRACE_MS"]
+    assert rows["demo"] == ["false", "flag", "--no-demo"]
+    assert rows["port"] == ["50051", "default"] and rows["estate"] == ["unset", "default"]
+    assert rows["redis_url"] == ["redis://***@redis:6379/0", "flag", "--redis-url"]
+    assert "s3cret" not in out
+
+
+def test_config_as_json_for_machines() -> None:
+    done = atp_service("config", "--format", "json", "--log-format", "json", ATP_MAX_LINES="7",
+                       ATP_INPUT_STREAMS="a,b")
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert len(got) == len(settings_of(ServiceConfig))
+    assert got["max_lines"] == {"value": 7, "source": "env ATP_MAX_LINES"}
+    assert got["input_streams"] == {"value": ["a", "b"], "source": "env ATP_INPUT_STREAMS"}
+    assert got["log_format"] == {"value": "json", "source": "flag --log-format"}
+    assert got["max_quantity"] == {"value": Limits().max_quantity, "source": "default"}
+    assert got["data_dir"] == {"value": "var", "source": "default"} and got["redis_url"]["value"] is None

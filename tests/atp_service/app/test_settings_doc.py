@@ -1,0 +1,49 @@
+"""The documents and tools name settings that exist, and the table of every setting is current."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from atp_service.app.settings_doc import END, MARK, rewrite
+from atp_service.config import ServiceConfig
+from atp_service.config_settings import OTHER_TOOLS, settings_of
+
+VARIABLE = re.compile(r"\bATP_[A-Z0-9_]*[A-Z0-9]\b")
+READ = (".py", ".md", ".toml", ".yml", ".yaml", ".sh", "Makefile", "Dockerfile")
+SKIPPED_DIRS = {".git", ".venv", "var", "node_modules", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache",
+                ".pytest_cache", ".hypothesis"}
+WRONG_ON_PURPOSE = {  # files that name variables that are no settings, to show them refused
+    "CHANGELOG.md", "tests/atp_service/test_config.py", "tests/atp_service/app/test_settings.py",
+    "tests/atp_service/app/test_settings_doc.py"}
+PLACEHOLDERS = {"ATP_X", "ATP_SHARD"}  # the docs' "env ATP_X" and the typo they show being refused
+
+
+def project_files(root: Path) -> Iterator[Path]:
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info")]
+        for name in files:
+            path = Path(folder) / name
+            if name.endswith(READ) and path.relative_to(root).as_posix() not in WRONG_ON_PURPOSE:
+                yield path
+
+
+def test_the_table_of_every_setting_is_current_and_lists_every_one(project_root: Path) -> None:
+    text = (project_root / "docs" / "OPERATIONS.md").read_text()
+    assert rewrite(text) == text, "docs/OPERATIONS.md is stale: run `make settings-docs`"
+    table = text.split(MARK, 1)[1].split(END, 1)[0]
+    for setting in settings_of(ServiceConfig):
+        assert f"| `{setting.env}` `{setting.flag}` |" in table
+
+
+def test_every_variable_the_project_names_is_a_setting_or_another_tools(project_root: Path) -> None:
+    """A tool that reads a new ``ATP_*`` variable must add it to ``OTHER_TOOLS``, or the service
+    started in the same environment would refuse it; a document must not name one that is none."""
+    known = {s.env for s in settings_of(ServiceConfig)} | set(OTHER_TOOLS) | PLACEHOLDERS
+    strays = {}
+    for path in project_files(project_root):
+        if unknown := set(VARIABLE.findall(path.read_text(errors="replace"))) - known:
+            strays[path.relative_to(project_root).as_posix()] = sorted(unknown)
+    assert strays == {}

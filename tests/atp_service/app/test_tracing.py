@@ -1,0 +1,118 @@
+"""Tracing, when on, sends the calls' spans and the shard/log path's to a real OTLP/HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from atp_service.app.service import AtpService
+from atp_service.app.tracing import Tracing, TracingUnavailable
+from tests.conftest import test_config
+
+RESERVE = "/atp.v1.AvailabilityService/Reserve"
+CONFIRM = "/atp.v1.AvailabilityService/Confirm"
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver on loopback: every span it was sent, as (name, trace id, attributes)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, dict[str, Any]]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+                for resource in request.resource_spans:
+                    for scope in resource.scope_spans:
+                        receiver.spans += [(s.name, s.trace_id.hex(), _attributes(s)) for s in scope.spans]
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+    def named(self, name: str) -> list[tuple[str, str, dict[str, Any]]]:
+        return [span for span in self.spans if span[0] == name]
+
+
+def _attributes(span: Any) -> dict[str, Any]:
+    return {a.key: a.value.string_value or a.value.int_value for a in span.attributes}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    thread = threading.Thread(target=found.server.serve_forever, daemon=True)
+    thread.start()
+    yield found
+    found.server.shutdown()
+    found.server.server_close()
+
+
+async def _served(redis_url: str, receiver: Receiver, ratio: float) -> AtpService:
+    service = AtpService(test_config(tracing_endpoint=receiver.url, tracing_sample_ratio=ratio), redis_url)
+    await service.start()
+    return service
+
+
+async def test_calls_turns_and_group_commits_are_traced(redis_url: str, receiver: Receiver) -> None:
+    service = await _served(redis_url, receiver, ratio=1.0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = pb_grpc.AvailabilityServiceStub(channel)
+            await stub.Reserve(pb.ReserveRequest(reservation_id="r-1", lines=[
+                pb.Line(sku="sku-1", location="dc", quantity=1)], allow_partial=True))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Confirm(pb.ConfirmRequest(reservation_id="no-such-order"))
+    finally:
+        await service.stop(grace_s=0.1)  # sends what is queued
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert receiver.named(RESERVE), f"no span of the Reserve call among {sorted({s[0] for s in receiver.spans})}"
+    [(_, _, confirm)] = receiver.named(CONFIRM)
+    assert confirm["atp.reason"] == "RESERVATION_NOT_FOUND"
+    applied = receiver.named("atp.shard.apply")
+    assert applied and all(span[2]["atp.commands"] >= 1 for span in applied)
+    assert receiver.named("atp.log.append"), "the Reserve's group commit was not traced"
+
+
+async def test_a_sampled_caller_is_followed_whatever_the_ratio(redis_url: str, receiver: Receiver) -> None:
+    service = await _served(redis_url, receiver, ratio=0.0)
+    parent = (("traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"),)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = pb_grpc.AvailabilityServiceStub(channel)
+            keys = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="sku-1", location="dc")])
+            await stub.GetAvailability(keys, metadata=parent)
+            await stub.GetAvailability(keys)  # not sampled: ratio 0 and no sampled caller
+            await asyncio.sleep(0)
+    finally:
+        await service.stop(grace_s=0.1)
+    calls = receiver.named("/atp.v1.AvailabilityService/GetAvailability")
+    assert [trace for _, trace, _ in calls] == [CALLER_TRACE]
+    assert not receiver.named("atp.shard.apply"), "ratio 0 traced a shard turn of its own"
+
+
+def test_tracing_without_the_sdk_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)
+    with pytest.raises(TracingUnavailable, match=r"atp-service\[tracing\]"):
+        Tracing("http://127.0.0.1:4318/v1/traces", 1.0, "127.0.0.1:50051")
