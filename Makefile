@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint lock proto api-docs settings-docs certs cluster sim bootstrap redis bench bench-peak bench-compare soak clean help
+.PHONY: run test lint lock proto api-docs settings-docs certs cluster sim bootstrap redis deploy-tools bench bench-peak bench-compare soak clean help
 
 help:
 	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
@@ -46,7 +46,7 @@ $(PROTO_DEPS): $(STAMP)
 	mkdir -p $(dir $@)
 	cp "$$($(BIN)/python -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirname(m.__file__))')/status.proto" $@
 
-bootstrap: $(STAMP) redis
+bootstrap: $(STAMP) redis deploy-tools
 
 # Debian's redis-server when missing (root only; otherwise say what to install).
 redis:
@@ -63,6 +63,26 @@ redis:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
 	  else \
 	    echo "openssl is missing: run 'sudo apt-get install openssl'"; exit 1; \
+	  fi; }
+
+# The tests of deploy/ (tests/deploy): promtool, from Debian's prometheus (on a host with systemd the
+# package also starts a Prometheus server: `systemctl disable --now prometheus` stops it), and
+# Debian's docker-compose unless the `docker compose` plugin is there. Root only; otherwise say what
+# to install.
+deploy-tools:
+	@command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ] || { \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing Debian's prometheus (promtool, for tests/deploy)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "promtool is missing: run 'sudo apt-get install prometheus'"; exit 1; \
+	  fi; }
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing Debian's docker-compose (for tests/deploy)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
+	  else \
+	    echo "docker compose is missing: run 'sudo apt-get install docker-compose' (or install the docker compose plugin)"; exit 1; \
 	  fi; }
 
 SEEDS ?= 1000

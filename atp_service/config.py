@@ -177,6 +177,16 @@ class ServiceConfig:
     """``text``: one line per record for people; ``json``: one JSON object per line (time, level,
     logger, message and the record's fields) for a log pipeline."""
 
+    tracing_endpoint: str = ""
+    """OTLP/HTTP traces endpoint of a collector (e.g. ``http://otel-collector:4318/v1/traces``):
+    sampled OpenTelemetry traces of the calls and the shard/log path. Empty: no tracing. Needs the
+    ``tracing`` extra; the exporter's other settings (headers, certificates) are OpenTelemetry's own
+    ``OTEL_EXPORTER_OTLP_TRACES_*`` variables."""
+
+    tracing_sample_ratio: float = 0.01
+    """Share of traces sampled (by trace id, 0 to 1); a caller's sampled ``traceparent`` is followed
+    whatever the ratio."""
+
     gc_thresholds: tuple[int, int, int] = (5_000, 10, 1000)
     """Python GC thresholds of the serving process (CPython's default is 700, 10, 10). A young
     collection's pause grows with the first number (grpc.aio leaves some cyclic garbage per call:
@@ -278,6 +288,8 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if not 0.0 <= self.tracing_sample_ratio <= 1.0:
+            raise ValueError(f"tracing_sample_ratio: must be within [0, 1], got {self.tracing_sample_ratio}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert/tls_key: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:

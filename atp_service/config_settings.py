@@ -24,7 +24,8 @@ OTHER_TOOLS = (
     "ATP_TARGET", "ATP_TOKEN",  # atpctl and the load tests: where the service is, the bearer token
     "ATP_WEBHOOK_SECRET", "ATP_SHOPIFY_TOKEN",  # atp-publisher: the channels' credentials
     "ATP_SCENARIO", "ATP_DURATION", "ATP_PEAK_USERS", "ATP_RUN_ID",  # benchmarks (locust)
-    "ATP_FLASH_STOCK", "ATP_FLASH_TTL_S", "ATP_WATCH_CHANNELS",
+    "ATP_FLASH_STOCK", "ATP_FLASH_TTL_S", "ATP_WATCH_CHANNELS", "ATP_STREAM_USERS", "ATP_STREAM_BATCH",
+    "ATP_TOKEN_FILE", "ATP_TLS_CA", "ATP_TLS_SERVER_NAME", "ATP_CLIENT_CERT", "ATP_CLIENT_KEY",  # a secured service
     "ATP_SIM_SEEDS", "ATP_SIM_MULTI_SEEDS",  # the simulation tests
     # The image's health check (python -m atp_service.app.healthcheck), in the service's environment:
     "ATP_HEALTH_SERVER_NAME", "ATP_HEALTH_TLS_CERT", "ATP_HEALTH_TLS_KEY",

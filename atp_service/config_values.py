@@ -51,9 +51,17 @@ def read_text(type_name: str, raw: str) -> Any:
 def parse_value(name: str, type_name: str, raw: str) -> Any:
     """``read_text`` of the variable ``ATP_<NAME>``; its error names the variable."""
     try:
-        return read_text(type_name, raw)
+        return canonical(name, read_text(type_name, raw))
     except ValueError as exc:
         raise ValueError(f"ATP_{name.upper()}: {exc}") from None
+
+
+def canonical(name: str, value: Any) -> Any:
+    """A closed set's value in its declared spelling, whatever the case it was given in (``info``)."""
+    for choice in CHOICES.get(name, ()):
+        if isinstance(value, str) and value.lower() == choice.lower():
+            return choice
+    return value
 
 
 def _boolean(raw: str) -> bool:

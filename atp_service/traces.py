@@ -16,7 +16,9 @@ def span(tracer: Any | None, name: str, **attributes: int | str) -> AbstractCont
     """``tracer``'s span ``name`` with ``attributes`` (``atp.`` is prefixed to each name), or none."""
     if tracer is None:
         return NO_SPAN
-    return tracer.start_as_current_span(name, attributes={f"atp.{key}": value for key, value in attributes.items()})
+    opened: AbstractContextManager[Any] = tracer.start_as_current_span(
+        name, attributes={f"atp.{key}": value for key, value in attributes.items()})
+    return opened
 
 
 def tag_current(tracer: Any | None, **attributes: int | str) -> None:

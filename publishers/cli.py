@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-max", type=float, default=60.0)
     p.add_argument("--shopify-item-id", default="gid://shopify/InventoryItem/{sku}")
     p.add_argument("--shopify-location-id", default="gid://shopify/Location/{location}")
-    p.add_argument("--metrics-port", type=int, default=9465, help="-1 disables (binds 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int, default=9465, help="-1 disables")
+    p.add_argument("--metrics-host", default=os.environ.get("ATP_METRICS_HOST", "127.0.0.1"),
+                   help="interface of the metrics endpoint (env ATP_METRICS_HOST; default 127.0.0.1)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = PublisherMetrics()
     if args.metrics_port >= 0:
-        start_http_server(args.metrics_port, "127.0.0.1", registry=metrics.registry)
+        start_http_server(args.metrics_port, args.metrics_host, registry=metrics.registry)
     asyncio.run(_run(config, redis_url, adapter, metrics, args.redis_cluster))
     return 0
 

@@ -21,6 +21,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
+from atp_service.app.tracing import Tracing
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
 from atp_service.config import ServiceConfig
@@ -88,6 +89,7 @@ class AtpService:
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms, self.metrics.edge)
         self._owner_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.tracing = Tracing.configured(config)  # None unless tracing_endpoint is set
         self.replaced = asyncio.Event()
         """Set when a newer instance has claimed this keyspace: this one must stop (``atp-service
         serve`` does, exit status 3)."""
@@ -212,10 +214,11 @@ class AtpService:
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         cfg = self.config
+        traced = [self.tracing.interceptor()] if self.tracing else []  # outermost: refusals are traced too
         if not cfg.auth_on:
             log.warning("auth off (%s): any caller may call anything; not for production",
                         "demo mode" if cfg.auth == "auto" else "auth=off")
-            return []
+            return traced
         if cfg.callers_file is None:
             raise StartupError("callers_file: auth is on (not demo mode) and no callers file is given; pass "
                                "--callers-file FILE (entries from `atpctl token new NAME --roles oms`), "
@@ -227,7 +230,7 @@ class AtpService:
         except CallersError as exc:
             raise StartupError(f"callers_file: {cfg.callers_file}: {exc}") from None
         log.info("auth on: %d callers from %s", len(callers), cfg.callers_file)
-        return [AuthInterceptor(callers, self.metrics.edge)]
+        return [*traced, AuthInterceptor(callers, self.metrics.edge)]
 
     def _tls(self) -> grpc.ServerCredentials | None:
         cfg = self.config
@@ -282,6 +285,7 @@ class AtpService:
         self._log = store = LogStore(
             nodes, cfg.key_prefix, cfg.pipeline_max,
             window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate), metrics=self.metrics.storage)
+        store.tracer = self._servicer.tracer = self.tracing.tracer if self.tracing else None
         await self._wait_for_redis(client)
         await check_keyspace(store, cfg.shards, cfg.ownership)
         if cfg.ownership == "leases":
@@ -392,3 +396,5 @@ class AtpService:
             await self.engine.stop(snapshot=True)
         if self._log is not None:
             await self._log.nodes.aclose()
+        if self.tracing is not None:  # sends the spans still queued (bounded by the exporter's timeout)
+            await asyncio.to_thread(self.tracing.shutdown)

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from atp_service.config import ServiceConfig
 from atp_service.config_settings import Setting, settings_of, shown
-from atp_service.config_values import read_text, redacted
+from atp_service.config_values import canonical, read_text, redacted
 
 OUTPUT_FORMATS = ("text", "json")
 SECRET_URLS = ("redis_url",)
@@ -53,7 +53,7 @@ def _metavar(setting: Setting) -> str | None:
 def _reader(setting: Setting) -> Callable[[str], Any]:
     def read(raw: str) -> Any:
         try:
-            return read_text(setting.type_name, raw)
+            return canonical(setting.name, read_text(setting.type_name, raw))
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

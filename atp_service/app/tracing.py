@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from atp_service.app.keyspace import StartupError
+from atp_service.config import ServiceConfig
 from atp_service.metrics import installed
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ EXPORT_TIMEOUT_S = 5.0
 INSTALL_HINT = "pip install 'atp-service[tracing]'"
 
 
-class TracingUnavailable(Exception):
+class TracingUnavailable(StartupError):
     """``tracing_endpoint`` is set but the OpenTelemetry SDK is not installed."""
 
 
@@ -56,8 +58,15 @@ class Tracing:
         self.provider.add_span_processor(BatchSpanProcessor(
             exporter, max_queue_size=MAX_QUEUED_SPANS, max_export_batch_size=EXPORT_BATCH))
         self.tracer = self.provider.get_tracer("atp_service", installed("atp-service"))
-        self._interceptor = aio_server_interceptor(tracer_provider=self.provider)
+        self._interceptor = aio_server_interceptor(tracer_provider=self.provider)  # type: ignore[no-untyped-call]
         log.info("tracing on: %.4g of traces (and every sampled caller's) to %s", sample_ratio, endpoint)
+
+    @classmethod
+    def configured(cls, config: ServiceConfig) -> Tracing | None:
+        """The tracing ``config`` asks for: none unless ``tracing_endpoint`` is set."""
+        if not config.tracing_endpoint:
+            return None
+        return cls(config.tracing_endpoint, config.tracing_sample_ratio, config.advertised)
 
     def interceptor(self) -> Any:
         """The gRPC server interceptor that opens each call's span."""

@@ -67,7 +67,6 @@ class ShardActor(EntryListeners):
         self._depth = metrics.mailbox_depth.labels(str(shard))
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
         self._max_delay_s = settings.max_queue_delay_ms / 1000
-        self.tracer: Any = None  # while tracing is on (app.tracing), a span per turn
         self.lease_until = float("inf")
         """``time.monotonic()`` past which this process's lease on the group may have run out
         (``membership``); the shard refuses all work from then on."""
@@ -358,7 +357,7 @@ class ShardActor(EntryListeners):
 
     def _apply(self, batch: list[Envelope]) -> None:
         now = self._clock.now_ms()
-        with span(self.tracer, "atp.shard.apply", shard=self.shard, commands=len(batch)):
+        with span(self._log.tracer, "atp.shard.apply", shard=self.shard, commands=len(batch)):
             self._seal(now, apply_batch(self.ledger, batch, now, self._metrics))
 
     async def _control(self, env: Envelope) -> None:

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from atp_service.app.cli import build_parser, main
+from atp_service.app.settings import given_settings
 from atp_service.config import ServiceConfig
 from atp_service.config_settings import settings_of
 from reservation import Limits
@@ -116,3 +117,9 @@ def test_config_as_json_for_machines() -> None:
     assert got["log_format"] == {"value": "json", "source": "flag --log-format"}
     assert got["max_quantity"] == {"value": Limits().max_quantity, "source": "default"}
     assert got["data_dir"] == {"value": "var", "source": "default"} and got["redis_url"]["value"] is None
+
+
+def test_a_closed_set_is_read_in_any_case() -> None:
+    assert ServiceConfig.from_env({"ATP_LOG_LEVEL": "warning", "ATP_DURABILITY": "Always"}).log_level == "WARNING"
+    args = build_parser().parse_args(["serve", "--log-level", "debug", "--log-format", "JSON"])
+    assert given_settings(args) == {"log_level": "DEBUG", "log_format": "json"}

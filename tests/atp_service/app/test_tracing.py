@@ -17,7 +17,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.app.service import AtpService
 from atp_service.app.tracing import Tracing, TracingUnavailable
-from tests.conftest import test_config
+from tests.conftest import test_config as make_config
 
 RESERVE = "/atp.v1.AvailabilityService/Reserve"
 CONFIRM = "/atp.v1.AvailabilityService/Confirm"
@@ -70,7 +70,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 async def _served(redis_url: str, receiver: Receiver, ratio: float) -> AtpService:
-    service = AtpService(test_config(tracing_endpoint=receiver.url, tracing_sample_ratio=ratio), redis_url)
+    service = AtpService(make_config(tracing_endpoint=receiver.url, tracing_sample_ratio=ratio), redis_url)
     await service.start()
     return service
 
