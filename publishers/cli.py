@@ -19,6 +19,8 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from atp_service.config_values import LOG_FORMATS, LOG_LEVELS
+from atp_service.logs import set_up_logging
 from atp_service.storage.nodes import connect_any
 
 from ._adapters import Adapter, JsonlAdapter, WebhookAdapter
@@ -89,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default=_env("ATP_METRICS_HOST", "127.0.0.1"),
                    help="(env ATP_METRICS_HOST; default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument("--metrics-port", type=int, default=9465, help="-1 disables (default 9465)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=_env("ATP_LOG_LEVEL", "INFO").upper(),
+                   help="least severe line written (env ATP_LOG_LEVEL; default INFO)")
+    p.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS, default=_env("ATP_LOG_FORMAT", "text").lower(),
+                   help="text, or json: one object per line (env ATP_LOG_FORMAT; default text)")
     return p
 
 
@@ -119,8 +124,11 @@ def make_config(args: argparse.Namespace) -> PublisherConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level not in LOG_LEVELS or args.log_format not in LOG_FORMATS:  # a default from the environment
+        parser.error(f"ATP_LOG_LEVEL/ATP_LOG_FORMAT: one of {LOG_LEVELS} / {LOG_FORMATS}")
+    set_up_logging(args.log_level, args.log_format)
     redis_url = args.redis_url
     if not redis_url and EMBEDDED_URL_FILE.exists():
         redis_url = EMBEDDED_URL_FILE.read_text().strip()

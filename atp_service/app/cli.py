@@ -17,11 +17,11 @@ from pathlib import Path
 
 from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
 from atp_service.app.keyspace import StartupError
-from atp_service.app.logs import set_up_logging
 from atp_service.app.service import AtpService
 from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
 from atp_service.config import ServiceConfig
 from atp_service.edge.transport import reexec_for
+from atp_service.logs import set_up_logging
 from atp_service.storage.embedded_redis import DataDirInUse, EmbeddedRedis, RedisDidNotStart, RedisNotInstalled
 from atp_service.tasks import task_stacks
 

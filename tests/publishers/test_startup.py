@@ -180,3 +180,19 @@ async def _settled(client: aioredis.Redis) -> bool:
         return int(info["pending"]) == 0 and await client.hget("atp:{avail}:web:delivered:jsonl", "sku-1\t") == b"1"
     except (redis.RedisError, OSError):
         return False
+
+
+def test_the_log_format_and_level_are_the_services(tmp_path: Path) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    run = subprocess.run([sys.executable, "-m", "publishers.cli", "--channel", "web", "--adapter", "jsonl",
+                          "--file", str(tmp_path / "x"), "--redis-url", closed, "--redis-wait", "0.3",
+                          "--metrics-port", "-1"], capture_output=True, text=True, timeout=DEADLINE_S,
+                         env={**os.environ, "ATP_LOG_FORMAT": "json", "ATP_LOG_LEVEL": "info"})
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    assert any("waiting for Redis" in line["message"] for line in lines), run.stderr
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    quiet = subprocess.run([sys.executable, "-m", "publishers.cli", "--channel", "web", "--adapter", "jsonl",
+                            "--file", str(tmp_path / "x"), "--redis-url", closed, "--redis-wait", "0.3",
+                            "--metrics-port", "-1", "--log-level", "error"], capture_output=True, text=True,
+                           timeout=DEADLINE_S)
+    assert quiet.returncode == 3 and "waiting for Redis" not in quiet.stderr

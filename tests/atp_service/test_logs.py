@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from atp_service import free_port
-from atp_service.app.logs import set_up_logging
+from atp_service.logs import set_up_logging
 from atp_service.edge import auth
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.ratelog import RateLimitedLog
