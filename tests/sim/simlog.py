@@ -111,6 +111,7 @@ class SimLog:
         self.metrics = StorageMetrics()
         self.fenced = False  # the instance that runs is always the newest: never refused as replaced
         self.leased = False  # one process owns every group
+        self.tracer = None  # the simulation traces nothing (atp_service.traces)
         self.tally = tally or Tally()
         self.paused = False
         self.snapshots_in_flight = 0
