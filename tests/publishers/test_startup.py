@@ -180,3 +180,10 @@ async def _settled(client: aioredis.Redis) -> bool:
         return int(info["pending"]) == 0 and await client.hget("atp:{avail}:web:delivered:jsonl", "sku-1\t") == b"1"
     except (redis.RedisError, OSError):
         return False
+
+
+def test_the_redis_url_is_logged_without_any_part_of_its_password() -> None:
+    from publishers._startup import redacted
+
+    assert redacted("redis://:p@ss@127.0.0.1:6379/0") == "redis://***@127.0.0.1:6379/0"
+    assert redacted("redis://127.0.0.1:6379/0?password=pw") == "redis://127.0.0.1:6379/0?password=***"
