@@ -46,6 +46,7 @@ class Publisher:
         self.client = client
         self.adapter = adapter
         self.metrics = metrics
+        metrics.watch(config.channel, adapter.name)
         self._sleep = sleep
         self._now_ms = now_ms or (lambda: int(asyncio.get_running_loop().time() * 1000))
         self._bucket: TokenBucket | None = None
