@@ -3,6 +3,7 @@ settings take their value from, and the checks of the settings that depend on on
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,17 @@ def check_choices(cfg: Any) -> None:
             raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redacted(url: str) -> str:
-    """``url`` without the password it may carry (never logged, never printed)."""
+    """``url`` without the password it may carry (never logged, never printed): all before the
+    last ``@`` (a password may hold an ``@``, which redis-py, like ``urllib``, reads as part of it),
+    and the value of a ``password=`` query parameter (redis-py takes one there too)."""
     scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return scheme + sep + _QUERY_PASSWORD.sub(r"\g<1>***", rest)
 
 
 def hash_tag(key: str) -> str:

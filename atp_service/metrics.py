@@ -26,6 +26,15 @@ from prometheus_client import (
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+def zeroed(counter: Counter, *label_sets: tuple[str, ...]) -> None:
+    """Export ``counter``'s children of ``label_sets`` at 0 from the start. A labelled child exists
+    only once touched, and ``increase()``/``rate()`` see nothing of a series' first value: an alert
+    on ``increase(...) > 0`` would never fire for the first event (often the only one, say one
+    Redis failover's appends in doubt) unless the series was there, at 0, before it."""
+    for labels in label_sets:
+        counter.labels(*labels)
+
+
 class EngineMetrics:
     """Shard actors, the router, the coordinator and housekeeping."""
 
@@ -87,6 +96,7 @@ class StorageMetrics:
             "atp_log_settles_total", "Appends in doubt settled after fencing, by what the log held",
             ["outcome"], registry=r,
         )
+        zeroed(self.settles, ("landed",), ("not_landed",))
         self.snapshot_seconds = Histogram(
             "atp_snapshot_seconds", "Time to encode and store one shard snapshot",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10), registry=r,
@@ -156,6 +166,7 @@ class ChannelMetrics:
             "atp_channel_settles_total", "Failed channel writes settled after fencing, by what the streams held "
             "(landed, not_landed; refused: the write script refused it, nothing landed)", ["outcome"], registry=r,
         )
+        zeroed(self.settles, ("landed",), ("not_landed",), ("refused",))
         self.curated_skus = Counter(
             "atp_channel_curated_skus_total", "SKUs re-curated (all channels) after a durable change", registry=r
         )
@@ -206,6 +217,7 @@ class MembershipMetrics:
                              "takeover or a hand-over)", registry=r)
         self.given = Counter("atp_groups_given_up_total", "Shard groups this process stopped owning, by why",
                              ["why"], registry=r)
+        zeroed(self.given, ("handed_over",), ("lease",), ("fenced",), ("failed",))
         self.take_seconds = Histogram(
             "atp_group_take_seconds", "From taking a group's lease to serving it (its recovery)",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from atp_service.metrics import build_info, process_collectors
+from atp_service.metrics import build_info, process_collectors, zeroed
+
+OUTCOMES = ("delivered", "retried", "failed", "superseded", "duplicate")
 
 
 class PublisherMetrics:
@@ -29,6 +31,13 @@ class PublisherMetrics:
             "atp_publisher_delivery_delay_seconds", "Source time of the newest change behind an update -> delivered",
             ["channel"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r,
         )
+
+    def watch(self, channel: str, adapter: str) -> None:
+        """Every counter of ``channel`` at 0 from the start (the alerts take ``increase()`` of them,
+        which sees nothing of a series' first value: a first dead letter would never page)."""
+        zeroed(self.deliveries, *((channel, adapter, outcome) for outcome in OUTCOMES))
+        zeroed(self.dead_lettered, (channel,))
+        zeroed(self.rate_limited, (channel,))
 
     def outcome(self, channel: str, adapter: str, outcome: str, n: int = 1) -> None:
         self.deliveries.labels(channel, adapter, outcome).inc(n)

@@ -16,13 +16,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
 from atp_service.storage.channel_wire import from_fields, to_fields
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.resp import as_text, stream_entries
+from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, TokenBucket
 
 from ._config import PublisherConfig
@@ -30,12 +31,17 @@ from ._delivery import Adapter, DeliveryError
 from ._metrics import PublisherMetrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class _Read:
     ids: list[str]
     updates: list[ChannelUpdate]
+
+
+class _Stopped(Exception):
+    """A stop came while a chunk was being delivered: it is left pending for the next start."""
 
 
 class Publisher:
@@ -46,6 +52,7 @@ class Publisher:
         self.client = client
         self.adapter = adapter
         self.metrics = metrics
+        metrics.watch(config.channel, adapter.name)
         self._sleep = sleep
         self._now_ms = now_ms or (lambda: int(asyncio.get_running_loop().time() * 1000))
         self._bucket: TokenBucket | None = None
@@ -123,27 +130,37 @@ class Publisher:
         todo.sort(key=lambda item: item[1].version)
         delivered: dict[str, int] = {}
         size = self.config.delivery_batch
-        for start in range(0, len(todo), size):
-            chunk = todo[start:start + size]
-            if await self._deliver([u for _, u in chunk]):
-                delivered.update((key, u.version) for key, u in chunk)
+        try:
+            for start in range(0, len(todo), size):
+                chunk = todo[start:start + size]
+                if await self._deliver([u for _, u in chunk]):
+                    delivered.update((key, u.version) for key, u in chunk)
+        except _Stopped:
+            # Stopped half-way (a destination down, its waits and retries under way): what was
+            # delivered is recorded, nothing is acknowledged. The next start reads this consumer's
+            # pending entries again and skips the versions delivered; the rest are delivered then,
+            # not dead-lettered now for want of the attempts a stop cut off.
+            log.info("%s: stopping with %d updates of this read undelivered; they stay pending",
+                     self.config.channel, len(todo) - len(delivered))
+            await self._record(delivered)
+            return
         await self._settle(read.ids, delivered)
 
     async def _deliver(self, updates: list[ChannelUpdate]) -> bool:
         """Deliver one chunk with retries; False when it was dead-lettered instead."""
         cfg, channel, name = self.config, self.config.channel, self.adapter.name
-        await self._take_tokens(len(updates))
+        await self._unless_stopped(self._take_tokens(len(updates)))
         reason = ""
         for attempt in range(1, cfg.max_attempts + 1):
             try:
-                await self.adapter.deliver(channel, updates)
+                await self._unless_stopped(self.adapter.deliver(channel, updates))
             except DeliveryError as exc:
                 reason = exc.reason
                 self.metrics.outcome(channel, name, "retried" if exc.retryable else "failed", len(updates))
                 if not exc.retryable:
                     break
                 if attempt < cfg.max_attempts:
-                    await self._sleep(self.backoff_s(attempt))
+                    await self._unless_stopped(self._sleep(self.backoff_s(attempt)))
                 continue
             self.metrics.outcome(channel, name, "delivered", len(updates))
             now = self._now_wall_ms()
@@ -152,6 +169,26 @@ class Publisher:
             return True
         await self._dead_letter(updates, reason, attempt)
         return False
+
+    async def _unless_stopped(self, work: Awaitable[T]) -> T:
+        """``work``'s result, or ``_Stopped`` as soon as a stop is asked for (``work`` cancelled: a
+        request cut off in flight is sent again (same webhook-id; Shopify: compare-and-set) at
+        the next start). A stop signal ends a wait of minutes (backoff, Retry-After, Shopify's
+        throttle) at once instead of after it."""
+        if self._stop.is_set():
+            if asyncio.iscoroutine(work):
+                work.close()
+            raise _Stopped
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if task.done():
+            return task.result()
+        await cancel_and_wait(task)
+        raise _Stopped
 
     def backoff_s(self, attempt: int) -> float:
         """Exponential backoff with full jitter: uniform in [base*2^(n-1)/2, base*2^(n-1)], capped."""
@@ -182,6 +219,12 @@ class Publisher:
         pipe.xack(cfg.stream, cfg.group, *ids)
         await pipe.execute()
         self._delivered.update(delivered)
+
+    async def _record(self, delivered: dict[str, int]) -> None:
+        """The versions delivered, without acknowledging their entries (a stop half-way)."""
+        if delivered:
+            await self.client.hset(self.config.delivered_key, mapping=delivered)
+            self._delivered.update(delivered)
 
     async def _dead_letter(self, updates: list[ChannelUpdate], reason: str, attempts: int) -> None:
         cfg = self.config

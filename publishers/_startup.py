@@ -8,10 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from atp_service.config_values import redacted
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.durability import STORAGE_ERRORS
 
 log = logging.getLogger("atp-publisher")
+__all__ = ["RedisUnavailable", "RedisWait", "redacted", "wait_for_redis"]
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,6 @@ class RedisWait:
 
 class RedisUnavailable(Exception):
     """Redis did not answer within ``RedisWait.total_s``."""
-
-
-def redacted(url: str) -> str:
-    """The URL without its password: it goes to logs."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}" if "@" in rest else url
 
 
 async def wait_for_redis(attempt: Callable[[], Awaitable[object]], wait: RedisWait, where: str,

@@ -25,6 +25,7 @@ from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
+from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text
 from atp_service.tasks import cancel_and_wait
@@ -129,6 +130,7 @@ class StreamIngestor:
         self._clock = clock
         self._read_count = settings.ingest_count if read_count is None else read_count
         self._streams = list(settings.input_streams)
+        zeroed(self._metrics.dead_lettered, *((stream,) for stream in self._streams))  # alerted on by increase()
         self._task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
         self._retry_at = 0.0

@@ -124,3 +124,13 @@ def test_the_monitoring_profile_scrapes_the_services_and_provisions_grafana() ->
     assert datasource["url"] == "http://prometheus:9090" and datasource["isDefault"]
     folder = yaml_load(provisioning / "dashboards/atp.yml")["providers"][0]["options"]["path"]
     assert grafana_files[f"{folder}/atp-service.json"] == ROOT / "deploy/grafana/atp-service.json"
+
+
+def test_a_container_of_the_image_that_runs_no_service_has_a_health_check_of_its_own() -> None:
+    """The image's HEALTHCHECK calls the gRPC service in its own container: another program run
+    from the image (the publisher) would be reported unhealthy forever."""
+    for name, service in compose()["services"].items():
+        if service.get("image") == compose()["services"]["atp"]["image"] and name != "atp":
+            check = service.get("healthcheck", {})
+            assert check.get("disable") or "atp_service.app.healthcheck" not in " ".join(check.get("test", [])), name
+            assert check, f"{name}: inherits the image's health check of the gRPC service"

@@ -217,3 +217,35 @@ async def test_a_publisher_delivers_from_a_redis_cluster(cluster_url: str, tmp_p
         assert len(await cluster.hgetall("atp:{avail}:web:delivered:jsonl")) == 5
     finally:
         await cluster.aclose()
+
+
+async def test_a_stop_during_retries_leaves_the_batch_pending_not_dead_lettered(
+        client: aioredis.Redis, receiver_factory: Any) -> None:
+    """A stop signal while the destination is down ends the backoff at once; the batch is neither
+    retried to its last attempt nor dead-lettered, and the next start delivers it."""
+    down = Receiver(always_fail=True)
+    await publish(client, [update("a", 5, 1), update("b", 3, 2), update("c", 1, 3)])
+    stopping = Publisher(config(delivery_batch=2, max_attempts=8, backoff_base_s=30, backoff_max_s=60), client,
+                         WebhookAdapter(receiver_factory(down), SECRET), PublisherMetrics())
+    task = asyncio.create_task(stopping.run())
+    for _ in range(500):  # the first attempt refused: the publisher now waits out its backoff (30 s)
+        if down.attempts:
+            break
+        await asyncio.sleep(0.01)
+    began = time.monotonic()
+    stopping.stop()
+    await asyncio.wait_for(task, 5)
+    await stopping.adapter.close()
+    assert time.monotonic() - began < 2, "the stop waited for the backoff"
+    assert down.attempts == 1 and await client.xlen("atp:{avail}:web:dlq:webhook") == 0
+    assert await pending(client) == 3
+
+    up = Receiver()
+    restarted = Publisher(config(), client, WebhookAdapter(receiver_factory(up), SECRET), PublisherMetrics())
+
+    async def settled() -> bool:
+        return await pending(client) == 0
+
+    await run_until(restarted, settled)
+    await restarted.adapter.close()
+    assert sorted(u["sku"] for u in up.accepted) == ["a", "b", "c"]

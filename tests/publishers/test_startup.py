@@ -196,3 +196,10 @@ def test_the_log_format_and_level_are_the_services(tmp_path: Path) -> None:
                             "--metrics-port", "-1", "--log-level", "error"], capture_output=True, text=True,
                            timeout=DEADLINE_S)
     assert quiet.returncode == 3 and "waiting for Redis" not in quiet.stderr
+
+
+def test_the_redis_url_is_logged_without_any_part_of_its_password() -> None:
+    from publishers._startup import redacted
+
+    assert redacted("redis://:p@ss@127.0.0.1:6379/0") == "redis://***@127.0.0.1:6379/0"
+    assert redacted("redis://127.0.0.1:6379/0?password=pw") == "redis://127.0.0.1:6379/0?password=***"

@@ -106,6 +106,21 @@ def test_config_prints_every_setting_with_its_value_and_source(capsys: pytest.Ca
     assert "s3cret" not in out
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    # redis-py reads the password up to the last "@" (as urllib does): nothing of it is shown
+    ("redis://:p@ss@redis:6379/0", "redis://***@redis:6379/0"),
+    ("redis://atp:a@b@c@redis:6379/0", "redis://***@redis:6379/0"),
+    # and takes one from the query too
+    ("rediss://redis:6380/0?password=s3cret&ssl_ca_certs=/ca.pem", "rediss://redis:6380/0?password=***&ssl_ca_certs=/ca.pem"),
+    ("redis://redis:6379/0", "redis://redis:6379/0"),
+])
+def test_config_never_prints_any_part_of_a_redis_password(url: str, shown: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--redis-url", url]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["redis_url"][0] == shown
+
+
 def test_config_as_json_for_machines() -> None:
     done = atp_service("config", "--format", "json", "--log-format", "json", ATP_MAX_LINES="7",
                        ATP_INPUT_STREAMS="a,b")
