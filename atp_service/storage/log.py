@@ -8,6 +8,7 @@ and a repeated append is refused by Redis instead of being logged twice.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -342,7 +343,7 @@ class LogStore:
             del self._pending[:cut]
             self._first_pending_at = loop.time()  # what stays waits from now on
             self._in_flight += 1
-            task = loop.create_task(self._send(batch))
+            task = loop.create_task(self._send(batch), context=contextvars.Context())  # no caller's trace
             self._tasks.add(task)
             task.add_done_callback(self._sent)
 

@@ -29,6 +29,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.spans: list[tuple[str, str, dict[str, Any]]] = []
+        self.roots: set[str] = set()  # names of spans sent without a parent
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,6 +39,7 @@ class Receiver:
                 for resource in request.resource_spans:
                     for scope in resource.scope_spans:
                         receiver.spans += [(s.name, s.trace_id.hex(), _attributes(s)) for s in scope.spans]
+                        receiver.roots |= {s.name for s in scope.spans if not s.parent_span_id}
                 reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -93,6 +95,7 @@ async def test_calls_turns_and_group_commits_are_traced(redis_url: str, receiver
     applied = receiver.named("atp.shard.apply")
     assert applied and all(span[2]["atp.commands"] >= 1 for span in applied)
     assert receiver.named("atp.log.append"), "the Reserve's group commit was not traced"
+    assert "atp.log.append" in receiver.roots, "a group commit serves many calls: no one turn's child"
 
 
 async def test_a_sampled_caller_is_followed_whatever_the_ratio(redis_url: str, receiver: Receiver) -> None:
