@@ -18,10 +18,10 @@ import grpc
 import pytest
 
 from atp_service import free_port
-from atp_service.logs import set_up_logging
 from atp_service.edge import auth
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.ratelog import RateLimitedLog
+from atp_service.logs import set_up_logging
 from tests.atp_service.app.test_cli import stop_or_explain, wait_until_ready
 from tests.atp_service.refusals import told
 from tests.conftest import ServiceFactory, spawned
