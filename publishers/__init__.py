@@ -5,7 +5,7 @@ Run one process per channel and destination: ``atp-publisher --channel NAME --ad
 
 from ._adapters import JsonlAdapter, WebhookAdapter, webhook_id, webhook_signer, webhook_signers
 from ._config import PublisherConfig
-from ._delivery import Adapter, DeliveryError, update_json
+from ._delivery import Adapter, DeliveryError, Refused, update_json
 from ._http import HttpSettings
 from ._metrics import PublisherMetrics
 from ._publisher import Publisher
@@ -23,6 +23,7 @@ __all__ = [
     "PublisherMetrics",
     "RedisUnavailable",
     "RedisWait",
+    "Refused",
     "ShopifyAdapter",
     "ShopifySettings",
     "WebhookAdapter",

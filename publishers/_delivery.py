@@ -1,7 +1,10 @@
-"""What every adapter shares: the ``Adapter`` protocol, ``DeliveryError`` and the JSON form of an update."""
+"""What every adapter shares: the ``Adapter`` protocol, ``DeliveryError``, ``Refused`` and the JSON form of
+an update."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reservation import ChannelUpdate
@@ -15,10 +18,22 @@ class DeliveryError(Exception):
         self.reason, self.retryable = reason, retryable
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """One update of a batch the destination refused for good: dead-lettered alone with ``reason``, the
+    rest of the batch delivered."""
+
+    update: ChannelUpdate
+    reason: str
+
+
 class Adapter(Protocol):
     name: str
 
-    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None: ...
+    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> Sequence[Refused] | None:
+        """Deliver ``updates``. Raises ``DeliveryError`` when the batch as a whole was not delivered;
+        returns the updates refused one by one (the rest were delivered), or None / nothing refused."""
+        ...
 
     async def close(self) -> None: ...
 

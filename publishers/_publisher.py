@@ -4,8 +4,10 @@ Per batch read: entries are decoded (a foreign entry is dead-lettered with the r
 coalesced to their newest version, versions already delivered skipped (idempotence by version:
 an older version is never delivered after a newer one, also after a crash), the rest delivered
 in stream order within the rate limit, retried with exponential backoff and jitter, and
-dead-lettered after ``max_attempts``. Entries are acknowledged only once settled (delivered,
-superseded, skipped or dead-lettered), together with the delivered versions, in one MULTI.
+dead-lettered after ``max_attempts`` (an update the adapter refuses alone, ``Refused``, is
+dead-lettered alone with its reason; the rest of its batch counts as delivered). Entries are
+acknowledged only once settled (delivered, superseded, skipped or dead-lettered), together with
+the delivered versions, in one MULTI.
 """
 
 from __future__ import annotations
@@ -133,8 +135,8 @@ class Publisher:
         try:
             for start in range(0, len(todo), size):
                 chunk = todo[start:start + size]
-                if await self._deliver([u for _, u in chunk]):
-                    delivered.update((key, u.version) for key, u in chunk)
+                done = {u.version for u in await self._deliver([u for _, u in chunk])}
+                delivered.update((key, u.version) for key, u in chunk if u.version in done)
         except _Stopped:
             # Stopped half-way (a destination down, its waits and retries under way): what was
             # delivered is recorded, nothing is acknowledged. The next start reads this consumer's
@@ -146,14 +148,15 @@ class Publisher:
             return
         await self._settle(read.ids, delivered)
 
-    async def _deliver(self, updates: list[ChannelUpdate]) -> bool:
-        """Deliver one chunk with retries; False when it was dead-lettered instead."""
+    async def _deliver(self, updates: list[ChannelUpdate]) -> list[ChannelUpdate]:
+        """Deliver one chunk with retries. Returns the updates delivered: the rest were dead-lettered
+        (the whole chunk after its last attempt, or those the adapter refused one by one)."""
         cfg, channel, name = self.config, self.config.channel, self.adapter.name
         await self._unless_stopped(self._take_tokens(len(updates)))
         reason = ""
         for attempt in range(1, cfg.max_attempts + 1):
             try:
-                await self._unless_stopped(self.adapter.deliver(channel, updates))
+                answer = await self._unless_stopped(self.adapter.deliver(channel, updates))
             except DeliveryError as exc:
                 reason = exc.reason
                 self.metrics.outcome(channel, name, "retried" if exc.retryable else "failed", len(updates))
@@ -162,13 +165,19 @@ class Publisher:
                 if attempt < cfg.max_attempts:
                     await self._unless_stopped(self._sleep(self.backoff_s(attempt)))
                 continue
-            self.metrics.outcome(channel, name, "delivered", len(updates))
+            refused = list(answer or ())
+            gone = {r.update.version for r in refused}  # versions are unique within a channel
+            delivered = [u for u in updates if u.version not in gone]
+            self.metrics.outcome(channel, name, "delivered", len(delivered))
             now = self._now_wall_ms()
-            for u in updates:
+            for u in delivered:
                 self.metrics.delay.labels(channel).observe(max(0, now - u.event_time) / 1000)
-            return True
-        await self._dead_letter(updates, reason, attempt)
-        return False
+            if refused:
+                self.metrics.outcome(channel, name, "failed", len(refused))
+                await self._dead_letter([(r.update, r.reason) for r in refused], attempt)
+            return delivered
+        await self._dead_letter([(u, reason) for u in updates], attempt)
+        return []
 
     async def _unless_stopped(self, work: Awaitable[T]) -> T:
         """``work``'s result, or ``_Stopped`` as soon as a stop is asked for (``work`` cancelled: a
@@ -226,12 +235,14 @@ class Publisher:
             await self.client.hset(self.config.delivered_key, mapping=delivered)
             self._delivered.update(delivered)
 
-    async def _dead_letter(self, updates: list[ChannelUpdate], reason: str, attempts: int) -> None:
+    async def _dead_letter(self, refused: list[tuple[ChannelUpdate, str]], attempts: int) -> None:
+        """Each update to the dead-letter stream with its reason."""
         cfg = self.config
-        self.metrics.dead_lettered.labels(cfg.channel).inc(len(updates))
-        log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(updates), attempts, reason)
+        self.metrics.dead_lettered.labels(cfg.channel).inc(len(refused))
+        log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(refused), attempts,
+                    "; ".join(sorted({reason for _, reason in refused}))[:2000])
         pipe = self.client.pipeline(transaction=True)
-        for u in updates:
+        for u, reason in refused:
             fields = {**to_fields(u), "reason": reason, "attempts": str(attempts), "adapter": self.adapter.name}
             pipe.xadd(cfg.dead_letter_stream, fields, maxlen=cfg.dead_letter_maxlen, approximate=True)
         await pipe.execute()

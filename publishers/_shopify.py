@@ -13,6 +13,12 @@ required from API version 2026-04):
   store's quantity moved (an order placed in Shopify, an edit by hand): the moved quantities are
   read and the set is sent again with them, at most ``cas_rounds`` times per batch. The curated
   number wins: the service is the source of truth for ``available`` at the mapped locations.
+  A quantity already so (its target is what the store holds as far as we know) is not sent.
+- **Refused quantities**: a quantity the store cannot take (no inventory level of the item at the
+  location when read; a user error whose ``field`` names that quantity: an unknown item or
+  location, an item not stocked there) is refused alone (``Refused``, dead-lettered by the
+  publisher with the reason) and the rest is set: a set that refuses some is sent once more
+  without them (another input, so another key). More refused after that: the batch fails (retried).
 - **Cost**: Shopify limits by query cost (a leaky bucket reported in ``extensions.cost``). Before a
   request the adapter waits until the bucket, as last reported and refilled at ``restoreRate``,
   holds what that kind of request last cost; a ``THROTTLED`` answer waits
@@ -34,9 +40,18 @@ from typing import Any
 
 from reservation import ChannelUpdate
 
-from ._delivery import DeliveryError
+from ._delivery import DeliveryError, Refused
 from ._http import Http, HttpSettings, Sleep, check_status
-from ._shopify_state import CostBucket, KnownQuantities, Row, available_of, stale_rows
+from ._shopify_state import (
+    PREVIOUS_ATTEMPT_FAILED,
+    STALE,
+    CostBucket,
+    KnownQuantities,
+    Row,
+    available_of,
+    row_errors,
+    stale_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +113,16 @@ class ShopifySettings:
         return f"{self.store_url.rstrip('/')}/admin/api/{self.api_version}/graphql.json"
 
 
+@dataclass(slots=True)
+class _Rounds:
+    """How far one batch has gone: its key salt, its re-reads of moved quantities, whether refused
+    quantities were dropped already."""
+
+    salt: int = 0
+    rereads: int = 0
+    dropped: bool = False
+
+
 def set_quantities_body(endpoint: str, channel: str, updates: list[ChannelUpdate], rows: list[Row],
                         salt: int = 0) -> dict[str, Any]:
     """The ``inventorySetQuantities`` request of ``rows``, with its idempotency key (see the module)."""
@@ -135,41 +160,59 @@ class ShopifyAdapter:
         self._cost: dict[str, float] = {}  # per request kind: the cost it last asked for
         self.known = KnownQuantities(settings.known_max)
 
-    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
         rows = [self._row(u) for u in updates]
         await self._read([r for r in rows if r.expected is None])
-        salt, rounds = 0, self.settings.cas_rounds
-        for round_no in range(rounds + 1):
-            todo = [r for r in rows if r.expected != r.quantity]  # already so in the store: nothing to set
-            if not todo:
-                break
-            errors = await self._set(channel, updates, todo, salt)
+        rounds = _Rounds()
+        # Each pass either ends, or drops refused rows (once), or re-reads (at most cas_rounds), or raises.
+        while todo := [r for r in rows if r.refused is None and r.expected != r.quantity]:
+            errors = await self._set(channel, updates, todo, rounds.salt)
             if not errors:
                 break
-            if round_no == rounds:
-                raise DeliveryError(f"shopify: quantities still moving in the store after {rounds} re-reads: "
-                                    f"{errors[:3]}")
-            salt = await self._resolve(errors, todo, salt)
+            await self._resolve(errors, todo, rounds)
         for r in rows:
-            self.known.put(r.key, r.quantity)
+            if r.refused is None:
+                self.known.put(r.key, r.quantity)
+        return [Refused(r.update, r.refused) for r in rows if r.refused is not None]
 
     def _row(self, u: ChannelUpdate) -> Row:
         s = self.settings
         item = s.item_id.format(sku=u.sku)
         location = s.location_id.format(location=u.location or s.default_location)
         known = self.known.get((item, location))
-        return Row(item, location, u.quantity, known if known is not None else u.previous)
+        return Row(item, location, u.quantity, known if known is not None else u.previous, u)
 
-    async def _resolve(self, errors: list[dict[str, Any]], todo: list[Row], salt: int) -> int:
-        """Act on the user errors of a set: re-read what moved, or give up. Returns the next key salt."""
+    def _refuse(self, r: Row, why: str) -> None:
+        u = r.update
+        where = u.location or self.settings.default_location
+        r.refused = f"shopify: sku {u.sku} at {where} ({r.item} at {r.location}): {why}"
+
+    async def _resolve(self, errors: list[dict[str, Any]], todo: list[Row], rounds: _Rounds) -> None:
+        """Act on the user errors of a set: drop the quantities the store refuses (once per batch),
+        re-read what moved (at most ``cas_rounds`` times), or give up."""
         codes = {e.get("code") for e in errors}
         if codes == {"IDEMPOTENCY_CONCURRENT_REQUEST"}:
             raise DeliveryError("shopify: the same request is still in progress at Shopify")
-        if not codes <= {"CHANGE_FROM_QUANTITY_STALE", "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"}:
+        refused, whole = row_errors(errors, todo)
+        if whole:
             raise DeliveryError(f"shopify: userErrors {errors}", retryable=False)
-        if "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED" in codes:
-            salt += 1  # Shopify wants a new key for a request whose earlier try failed
-        stale = stale_rows(errors, todo)
+        if refused:
+            if rounds.dropped:
+                raise DeliveryError(f"shopify: more quantities refused after dropping those refused first: "
+                                    f"{[e for e in errors if e.get('code') != STALE][:3]}")
+            rounds.dropped = True
+            for n, why in refused.items():
+                self._refuse(todo[n], why)
+            log.warning("shopify: the store refused %d of %d quantities: setting the rest", len(refused), len(todo))
+        if not codes & {STALE, PREVIOUS_ATTEMPT_FAILED}:
+            return
+        if rounds.rereads == self.settings.cas_rounds:
+            raise DeliveryError(f"shopify: quantities still moving in the store after {rounds.rereads} re-reads: "
+                                f"{errors[:3]}")
+        rounds.rereads += 1
+        if PREVIOUS_ATTEMPT_FAILED in codes:
+            rounds.salt += 1  # Shopify wants a new key for a request whose earlier try failed
+        stale = [r for r in stale_rows(errors, todo) if r.refused is None]
         if stale:
             log.info("shopify: %d of %d quantities had moved in the store (changeFromQuantity stale): reading "
                      "them and setting again", len(stale), len(todo))
@@ -177,7 +220,6 @@ class ShopifyAdapter:
                 self.known.forget(r.key)
                 r.expected = None
             await self._read(stale)
-        return salt
 
     async def _set(self, channel: str, updates: list[ChannelUpdate], rows: list[Row],
                    salt: int) -> list[dict[str, Any]]:
@@ -189,16 +231,17 @@ class ShopifyAdapter:
         return list(errors or [])
 
     async def _read(self, rows: list[Row]) -> None:
-        """Fill ``expected`` of ``rows`` with the store's ``available`` quantity now."""
+        """Fill ``expected`` of ``rows`` with the store's ``available`` quantity now; a row without an
+        inventory level is refused."""
         for start in range(0, len(rows), READ_CHUNK):
             chunk = rows[start:start + READ_CHUNK]
             data = await self._graphql("read", read_body(chunk))
             for n, r in enumerate(chunk):
                 r.expected = available_of(data.get(f"q{n}"))
                 if r.expected is None:
-                    raise DeliveryError(f"shopify: no inventory level of {r.item} at {r.location} (unknown "
-                                        "item or location, or not stocked there)", retryable=False)
-                self.known.put(r.key, r.expected)
+                    self._refuse(r, "no inventory level (unknown item or location, or not stocked there)")
+                else:
+                    self.known.put(r.key, r.expected)
 
     async def _graphql(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         """One GraphQL request, paced by cost; THROTTLED waits and sends again (bounded). Returns ``data``."""

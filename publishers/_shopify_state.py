@@ -7,6 +7,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from reservation import ChannelUpdate
+
+STALE = "CHANGE_FROM_QUANTITY_STALE"
+PREVIOUS_ATTEMPT_FAILED = "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"
+
 
 @dataclass(slots=True)
 class Row:
@@ -17,6 +22,9 @@ class Row:
     quantity: int
     expected: int | None
     """The ``changeFromQuantity``: what the store holds as far as we know (None: not known yet)."""
+    update: ChannelUpdate
+    refused: str | None = None
+    """Why the store cannot take this quantity (dead-lettered alone); None while it can."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -92,13 +100,32 @@ def stale_rows(errors: list[dict[str, Any]], rows: list[Row]) -> list[Row]:
     every row when an error names none."""
     found: dict[int, Row] = {}
     for error in errors:
-        if error.get("code") != "CHANGE_FROM_QUANTITY_STALE":
+        if error.get("code") != STALE:
             continue
         index = _quantity_index(error.get("field"))
         if index is None or not 0 <= index < len(rows):
             return list(rows)
         found[index] = rows[index]
     return [found[i] for i in sorted(found)]
+
+
+def row_errors(errors: list[dict[str, Any]], rows: list[Row]) -> tuple[dict[int, str], list[dict[str, Any]]]:
+    """The user errors of a set, split: by row index, ``CODE: message`` of those about one quantity
+    (``field``: input, quantities, <index>, ...: an unknown item or location, an item not stocked
+    there, a quantity out of range); and those about the request as a whole (no such ``field``,
+    an idempotency error). A stale compare or a failed earlier attempt is in neither."""
+    by_row: dict[int, list[str]] = {}
+    whole: list[dict[str, Any]] = []
+    for error in errors:
+        code = error.get("code")
+        if code in (STALE, PREVIOUS_ATTEMPT_FAILED):
+            continue
+        index = _quantity_index(error.get("field"))
+        if index is None or not 0 <= index < len(rows) or str(code).startswith("IDEMPOTENCY_"):
+            whole.append(error)
+        else:
+            by_row.setdefault(index, []).append(f"{code}: {error.get('message')}")
+    return {n: "; ".join(reasons) for n, reasons in by_row.items()}, whole
 
 
 def _quantity_index(path: Any) -> int | None:

@@ -1,7 +1,9 @@
 """A Shopify store's Admin GraphQL endpoint, as far as the shopify adapter uses it, behind a real
 local HTTP server: ``inventorySetQuantities`` as of API version 2026-04 (``changeFromQuantity``
-per quantity, ``@idempotent`` required, the old compare fields gone), the aliased
-``inventoryItem { inventoryLevel { quantities } }`` read, and the query cost in ``extensions``."""
+per quantity, ``@idempotent`` required, the old compare fields gone, all or nothing: every user
+error of the input at once, its ``field`` naming the quantity), the aliased
+``inventoryItem { inventoryLevel { quantities } }`` read (null for an unknown item, a null level
+where the item is not stocked), and the query cost in ``extensions``."""
 
 from __future__ import annotations
 
@@ -32,8 +34,11 @@ def throttled(requested: float, available: float, restore: float, maximum: float
 
 
 class Store:
-    def __init__(self, levels: dict[tuple[str, str], int]) -> None:
+    def __init__(self, levels: dict[tuple[str, str], int], locations: tuple[str, ...] = ()) -> None:
         self.levels = dict(levels)
+        self.items = {item for item, _ in levels}
+        self.locations = {location for _, location in levels} | set(locations)
+        """Items and locations that exist (an item is stocked only where ``levels`` has it)."""
         self.requests: list[dict[str, Any]] = []
         self.script: list[Answer] = []
         """Canned answers given (in order) before the store answers for itself."""
@@ -95,9 +100,17 @@ class Store:
         errors = []
         for n, q in enumerate(quantities):
             key = (q["inventoryItemId"], q["locationId"])
-            if key not in self.levels:
+            if q["inventoryItemId"] not in self.items:
+                errors.append({"field": ["input", "quantities", str(n), "inventoryItemId"],
+                               "code": "INVALID_INVENTORY_ITEM",
+                               "message": "The specified inventory item could not be found."})
+            elif q["locationId"] not in self.locations:
                 errors.append({"field": ["input", "quantities", str(n), "locationId"],
-                               "code": "ITEM_NOT_STOCKED_AT_LOCATION", "message": "not stocked"})
+                               "code": "INVALID_LOCATION", "message": "The specified location could not be found."})
+            elif key not in self.levels:
+                errors.append({"field": ["input", "quantities", str(n), "locationId"],
+                               "code": "ITEM_NOT_STOCKED_AT_LOCATION",
+                               "message": "The specified inventory item is not stocked at the location."})
             elif q["changeFromQuantity"] is not None and q["changeFromQuantity"] != self.levels[key]:
                 errors.append({"field": ["input", "quantities", str(n), "changeFromQuantity"],
                                "code": "CHANGE_FROM_QUANTITY_STALE",
@@ -119,6 +132,6 @@ class Store:
         for alias in re.findall(r"(q\d+): inventoryItem", request["query"]):
             n = alias[1:]
             level = self.levels.get((variables[f"i{n}"], variables[f"l{n}"]))
-            data[alias] = {"inventoryLevel": None if level is None else
-                           {"quantities": [{"name": "available", "quantity": level}]}}
+            data[alias] = None if variables[f"i{n}"] not in self.items else {
+                "inventoryLevel": None if level is None else {"quantities": [{"name": "available", "quantity": level}]}}
         return answer({"data": data, "extensions": self._cost(2 * len(data))})

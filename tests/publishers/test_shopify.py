@@ -1,5 +1,6 @@
 """The shopify adapter against an emulated store behind a real local HTTP server: compare-and-set,
-idempotency keys, Retry-After, THROTTLED and cost pacing (waits asserted on an injected clock)."""
+idempotency keys, quantities the store refuses, Retry-After, THROTTLED and cost pacing (waits
+asserted on an injected clock)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from atp_service.storage.channel_wire import to_fields
 from publishers import DeliveryError, HttpSettings, Publisher, PublisherConfig, PublisherMetrics, ShopifyAdapter
 from publishers import ShopifySettings as Settings
 from reservation import ChannelUpdate, StockStatus
-from tests.publishers.http_helpers import Clock, serve
+from tests.publishers.http_helpers import Answer, Clock, serve
 from tests.publishers.shopify_store import TOKEN, VERSION, Store, answer, throttled
 
 ITEM, LOCATION = "gid://shopify/InventoryItem/{sku}", "gid://shopify/Location/{location}"
@@ -106,11 +107,10 @@ async def test_a_baseline_is_read_first_and_not_set_when_the_store_already_has_i
     a = adapter(url, Clock())
     await a.deliver("web", [update("b", 3, 1, previous=None)])  # the store holds 3 already
     await a.deliver("web", [update("a", 4, 2, previous=None)])
-    with pytest.raises(DeliveryError) as unknown:
-        await a.deliver("web", [update("nope", 1, 3, previous=None)])
+    [unknown] = await a.deliver("web", [update("nope", 1, 3, previous=None)])  # refused, nothing to set
     await a.close()
     assert len(store.sets()) == 1 and store.sets()[0]["variables"]["input"]["quantities"][0]["changeFromQuantity"] == 10
-    assert not unknown.value.retryable and "no inventory level" in unknown.value.reason
+    assert unknown.update.sku == "nope" and "no inventory level" in unknown.reason
 
 
 async def test_retry_after_and_throttled_are_waited_as_asked(shop: tuple[Store, str]) -> None:
@@ -182,3 +182,101 @@ def test_settings_refuse_an_api_path_in_the_url_and_versions_without_compare_and
         Settings("https://shop.myshopify.com", TOKEN, api_version="2025-10")
     assert Settings("https://shop.myshopify.com/", TOKEN).endpoint == (
         "https://shop.myshopify.com/admin/api/2026-10/graphql.json")
+
+
+def dead_letters(fields: list[tuple[bytes, dict[bytes, bytes]]]) -> dict[tuple[str, str], dict[str, str]]:
+    out = {}
+    for _, entry in fields:
+        f = {k.decode(): v.decode() for k, v in entry.items()}
+        out[(f["sku"], f["location"])] = f
+    return out
+
+
+async def publish_once(client: aioredis.Redis, url: str, updates: list[ChannelUpdate]) -> PublisherMetrics:
+    """One read of ``updates`` through a publisher to the store, settled."""
+    for u in updates:
+        await client.xadd("atp:{avail}:web", to_fields(u), id=f"{u.version}-0")  # type: ignore[arg-type]
+    config = PublisherConfig(channel="web", group="shopify", block_ms=50, rate_limit_per_s=1000)
+    clock, metrics = Clock(), PublisherMetrics()
+    publisher = Publisher(config, client, adapter(url, clock), metrics, sleep=clock.sleep)
+    await publisher.prepare()
+    await publisher.process(await publisher._read(">"))
+    await publisher.adapter.close()
+    return metrics
+
+
+def counted(metrics: PublisherMetrics) -> dict[str, float]:
+    outcomes = {o: metrics.deliveries.labels("web", "shopify", o)._value.get() for o in ("delivered", "failed")}
+    return {**outcomes, "dead_lettered": metrics.dead_lettered.labels("web")._value.get()}
+
+
+async def test_quantities_the_store_refuses_are_dead_lettered_alone_and_the_rest_is_set(
+        client: aioredis.Redis) -> None:
+    """An unknown item (refused by the set) and a baseline at a location where the item has no level
+    (found by the read) are dead-lettered with their reasons; the other two are set, "a" after a
+    re-read (an order in Shopify moved it) in the same pass that drops the unknown item."""
+    store = Store({(item("a"), loc("store-1")): 9, (item("b"), loc("store-1")): 3}, locations=(loc("store-2"),))
+    with serve(store.handle) as url:
+        metrics = await publish_once(client, url, [
+            update("a", 7, 1, previous=10), update("nope", 1, 2, previous=4),
+            update("b", 2, 3, previous=None, location="store-2"), update("b", 5, 4, previous=3)])
+    assert store.levels == {(item("a"), loc("store-1")): 7, (item("b"), loc("store-1")): 5}
+    first, second = (r["variables"] for r in store.sets())
+    assert [q["inventoryItemId"] for q in first["input"]["quantities"]] == [item("a"), item("nope"), item("b")]
+    assert [(q["inventoryItemId"], q["changeFromQuantity"]) for q in second["input"]["quantities"]] == [
+        (item("a"), 9), (item("b"), 3)]
+    assert first["idempotencyKey"] != second["idempotencyKey"]
+
+    dead = dead_letters(await client.xrange("atp:{avail}:web:dlq:shopify"))
+    assert sorted(dead) == [("b", "store-2"), ("nope", "store-1")]
+    assert dead[("nope", "store-1")]["reason"].startswith(f"shopify: sku nope at store-1 ({item('nope')} at ")
+    assert "INVALID_INVENTORY_ITEM" in dead[("nope", "store-1")]["reason"]
+    assert dead[("b", "store-2")]["reason"].startswith(f"shopify: sku b at store-2 ({item('b')} at {loc('store-2')})")
+    assert "no inventory level" in dead[("b", "store-2")]["reason"]
+    assert {f["version"] for f in dead.values()} == {"2", "3"} and {f["attempts"] for f in dead.values()} == {"1"}
+    delivered = await client.hgetall("atp:{avail}:web:delivered:shopify")
+    assert {k.decode(): int(v) for k, v in delivered.items()} == {"a\tstore-1": 1, "b\tstore-1": 4}
+    assert (await client.xpending("atp:{avail}:web", "shopify"))["pending"] == 0
+    assert counted(metrics) == {"delivered": 2, "failed": 2, "dead_lettered": 2}
+
+
+async def test_a_batch_the_store_refuses_whole_is_dead_lettered_row_by_row_after_one_set(
+        client: aioredis.Redis) -> None:
+    store = Store({(item("a"), loc("store-1")): 10}, locations=(loc("store-2"),))
+    with serve(store.handle) as url:
+        metrics = await publish_once(client, url, [
+            update("nope", 1, 1, previous=4), update("a", 2, 2, previous=5, location="store-2"),
+            update("a", 3, 3, previous=None, location="store-3")])
+    assert len(store.sets()) == 1 and store.applied == 0  # nothing left to send after the refusals
+    assert len(store.requests) == 2  # the baseline's read, the one set
+    dead = dead_letters(await client.xrange("atp:{avail}:web:dlq:shopify"))
+    assert "ITEM_NOT_STOCKED_AT_LOCATION" in dead[("a", "store-2")]["reason"]
+    assert "INVALID_INVENTORY_ITEM" in dead[("nope", "store-1")]["reason"]
+    assert "no inventory level" in dead[("a", "store-3")]["reason"]
+    assert await client.hlen("atp:{avail}:web:delivered:shopify") == 0
+    assert counted(metrics) == {"delivered": 0, "failed": 3, "dead_lettered": 3}
+
+
+def user_errors(*errors: tuple[list[str] | None, str]) -> Answer:
+    return answer({"data": {"inventorySetQuantities": {"inventoryAdjustmentGroup": None, "userErrors": [
+        {"field": f, "code": code, "message": code.lower()} for f, code in errors]}}})
+
+
+async def test_refusals_after_the_drop_fail_the_batch_and_errors_about_the_request_fail_it_whole(
+        shop: tuple[Store, str]) -> None:
+    """At most one set without refused quantities per batch: a store refusing more after it fails the
+    attempt (retried later); an error that names no quantity still refuses the whole batch."""
+    store, url = shop
+    row = ["input", "quantities", "0", "locationId"]
+    store.script = [user_errors((row, "INVALID_LOCATION")), user_errors((row, "ITEM_NOT_STOCKED_AT_LOCATION"))]
+    a = adapter(url, Clock())
+    with pytest.raises(DeliveryError) as again:
+        await a.deliver("web", [update("a", 7, 1, previous=10), update("b", 5, 2, previous=3)])
+    assert again.value.retryable and "more quantities refused" in again.value.reason
+    assert [len(r["variables"]["input"]["quantities"]) for r in store.sets()] == [2, 1] and store.applied == 0
+
+    store.script = [user_errors((["input", "reason"], "INVALID_REASON"), (row, "INVALID_LOCATION"))]
+    with pytest.raises(DeliveryError) as whole:
+        await a.deliver("web", [update("a", 7, 3, previous=10), update("b", 5, 4, previous=3)])
+    await a.close()
+    assert not whole.value.retryable and "INVALID_REASON" in whole.value.reason and len(store.sets()) == 3
