@@ -38,11 +38,12 @@ class EmbeddedCluster:
     """``primaries`` nodes owning the slots, each with ``replicas`` replicas, data under ``data_dir``."""
 
     def __init__(self, data_dir: Path, primaries: int = 3, replicas: int = 0,
-                 node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
+                 node_timeout_ms: int = NODE_TIMEOUT_MS, appendfsync: str = "everysec") -> None:
         if primaries < 1 or replicas < 0:
             raise ValueError(f"primaries ({primaries}) must be at least 1 and replicas ({replicas}) at least 0")
         self.data_dir = Path(data_dir)
         self._bus_ports: dict[int, int] = {}  # node port -> its cluster bus port
+        self._appendfsync = appendfsync
         self.primaries = [self._node(f"p{i}", node_timeout_ms) for i in range(primaries)]
         self.replicas = [self._node(f"p{i}r{j}", node_timeout_ms) for i in range(primaries) for j in range(replicas)]
         self._per_primary = replicas
@@ -50,7 +51,7 @@ class EmbeddedCluster:
     def _node(self, name: str, node_timeout_ms: int) -> EmbeddedRedis:
         # The cluster bus gets a port of its own: the default (port + 10,000) fails above 55,535.
         bus = free_port()
-        node = EmbeddedRedis(self.data_dir / name, extra_args=[
+        node = EmbeddedRedis(self.data_dir / name, appendfsync=self._appendfsync, extra_args=[
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(bus)])
         self._bus_ports[node.port] = bus

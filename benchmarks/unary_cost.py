@@ -1,0 +1,138 @@
+"""The service's CPU per unary Reserve beside Python gRPC's own, at the same offered rates, in one run.
+
+    python benchmarks/unary_cost.py [--rates 500,1000,2000,half] [--seconds 8] [--profile-rate 1000]
+
+Starts the no-op server (``noop_server.py``: same gRPC stack and messages, no work) and
+``atp-service serve`` against an embedded Redis (AOF everysec), seeds 10,000 positions, measures
+the no-op ceiling in closed loop, then for each rate (``half``: 50 % of that ceiling) runs the same
+open loop of one-line ``Reserve`` calls against each server in turn. One JSON line per rate: each
+server's CPU per call (µs), their ratio, the service's p50/p99 and refusals.
+
+With ``--profile-rate`` (py-spy must be installed and allowed to attach), one more open loop at
+that rate is sampled by ``py-spy record --nonblocking`` and the service's CPU per call is broken
+down by where its Python stack was (``PARTS``, the innermost frame that belongs to one of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from atp_service import EmbeddedRedis, free_port
+from benchmarks.compare import Tally, Workload, grpc_unary, seed_service
+from benchmarks.open_loop import cpu_seconds, measured_open_loop, open_loop_unary, settle
+from benchmarks.throughput import ROOT, serve_command, service_ready, start
+
+POSITIONS = 10_000
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # (part, substrings of a frame's "function (file)" text); the innermost matching frame decides.
+    ("reply", ("reserve_response", "reservation_pb", "line_results")),
+    ("conversion", ("atp_service/edge/convert.py", "reservation/_validate")),
+    ("log encode", ("encode_entry", "msgspec", "_encode")),
+    ("redis client", ("redis/", "atp_service/storage/")),
+    ("domain decision", ("reservation/",)),
+    ("actor hop", ("atp_service/engine/shard.py", "atp_service/engine/turn.py", "asyncio/queues.py")),
+    ("routing", ("atp_service/engine/router.py", "atp_service/engine/routes.py")),
+    ("metrics", ("prometheus_client/",)),
+    ("edge", ("atp_service/edge/",)),
+    ("gRPC", ("grpc/",)),
+    ("event loop", ("asyncio/", "uvloop/")),
+)
+
+
+def part_of(stack: list[str]) -> str:
+    """The part a sampled stack (outermost frame first) counts for."""
+    for frame in reversed(stack):
+        for part, marks in PARTS:
+            if any(mark in frame for mark in marks):
+                return part
+    return "other"
+
+
+def breakdown(raw: str) -> dict[str, float]:
+    """Share of samples per part, from py-spy's ``--format raw`` (``frame;frame;... count``)."""
+    counts: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[part_of(stack.split(";"))] += int(count)
+    total = sum(counts.values()) or 1
+    return {part: counts[part] / total for part, _ in (*PARTS, ("other", ()))}
+
+
+async def _pair(servers: dict[str, tuple[str, int]], w: Workload, rate: float, seconds: float) -> dict[str, Any]:
+    """The same open loop against the no-op server, then the service."""
+    found: dict[str, Any] = {"rate": round(rate)}
+    for name, (target, pid) in servers.items():
+        m = await measured_open_loop(target, pid, w.picker(7), f"uc-{name}-{round(rate)}", rate, seconds)
+        found[f"{name}_cpu_us"] = round(m["server_cpu"] / rate * 1e6)
+        if name == "service":
+            lat = m["lat"] or [0.0]
+            found |= {"p50_ms": round(float(np.percentile(lat, 50)), 2),
+                      "p99_ms": round(float(np.percentile(lat, 99)), 2), "refused": m["refused"]}
+    found["ratio"] = round(found["service_cpu_us"] / max(found["noop_cpu_us"], 1), 2)
+    return found
+
+
+async def _profiled(target: str, pid: int, w: Workload, rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
+    await settle()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = tmp / "profile.txt"
+    proc = await asyncio.create_subprocess_exec(
+        spy, "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", str(out), "-d", str(int(seconds) + 1),
+        "-p", str(pid), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    cpu_before = cpu_seconds(pid)
+    _, _, _ = await open_loop_unary(target, w.picker(9), f"uc-prof-{round(rate)}", rate, seconds)
+    per_call = (cpu_seconds(pid) - cpu_before) / (rate * seconds) * 1e6
+    await asyncio.wait_for(proc.wait(), 60)
+    shares = breakdown(out.read_text()) if out.exists() else {}
+    return {"profile_rate": round(rate), "service_cpu_us": round(per_call),
+            "parts_us": {part: round(share * per_call) for part, share in shares.items() if share >= 0.005}}
+
+
+async def _run(args: argparse.Namespace, tmp: Path) -> None:
+    with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
+        noop_port, port = free_port(), free_port()
+        noop = start([sys.executable, str(ROOT / "benchmarks" / "noop_server.py"), "--port", str(noop_port)],
+                     lambda: "ready" in (tmp / "noop.log").read_text(), tmp / "noop.log")
+        service = start(serve_command(redis_server.url, port), service_ready(tmp / "service.log"), tmp / "service.log")
+        try:
+            target = f"127.0.0.1:{port}"
+            w = Workload("uniform", [(f"s-{i:06d}", "l-1") for i in range(POSITIONS)], 1_000_000_000)
+            await seed_service(target, w)
+            ceiling, _ = await grpc_unary(f"127.0.0.1:{noop_port}", w, "uc-ceiling", args.seconds, 64, Tally())
+            print(json.dumps({"noop_ceiling": round(ceiling)}), flush=True)
+            servers = {"noop": (f"127.0.0.1:{noop_port}", noop.pid), "service": (target, service.pid)}
+            for text in args.rates.split(","):
+                rate = ceiling / 2 if text == "half" else float(text)
+                print(json.dumps(await _pair(servers, w, rate, args.seconds)), flush=True)
+            if args.profile_rate:
+                print(json.dumps(await _profiled(target, service.pid, w, args.profile_rate, args.seconds, tmp)))
+        finally:
+            for proc in (noop, service):
+                proc.terminate()
+                proc.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rates", default="500,1000,2000,half", help="offered rates; 'half': 50%% of the ceiling")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per open loop")
+    parser.add_argument("--profile-rate", type=float, default=0.0, help="also profile the service at this rate")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="atp-unary-cost-") as tmp:
+        asyncio.run(_run(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
