@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"atp-service: {line}", file=sys.stderr)
         return 2
     if args.command == "config":
-        print_config(config, sources, args.output)
+        try:
+            print_config(config, sources, args.output)
+        except BrokenPipeError:  # `atp-service config | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     set_up_logging(config.log_level, config.log_format)
     return serve(config)

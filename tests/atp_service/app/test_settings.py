@@ -138,3 +138,18 @@ def test_a_closed_set_is_read_in_any_case() -> None:
     assert ServiceConfig.from_env({"ATP_LOG_LEVEL": "warning", "ATP_DURABILITY": "Always"}).log_level == "WARNING"
     args = build_parser().parse_args(["serve", "--log-level", "debug", "--log-format", "JSON"])
     assert given_settings(args) == {"log_level": "DEBUG", "log_format": "json"}
+
+
+def test_config_into_a_reader_that_went_away_exits_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``atp-service config | head``: the pipe closes early, which is no error of the service."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stdout = os.dup(1)
+    os.dup2(write_end, 1)
+    try:
+        monkeypatch.setattr(sys, "stdout", open(1, "w", buffering=1, closefd=False))  # noqa: SIM115
+        assert main(["config"]) == 0
+    finally:
+        os.dup2(stdout, 1)
+        os.close(stdout)
+        os.close(write_end)
