@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -40,6 +41,7 @@ class EngineMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
+        self._reservations_by_outcome: dict[str, Any] = {}
         self.reservations = Counter(
             "atp_reservations_total", "Reservation decisions and resolutions by outcome", ["outcome"], registry=r
         )
@@ -78,6 +80,13 @@ class EngineMetrics:
             "atp_order_sagas_total", "Saga runs of orders spanning shards on a Redis Cluster, by how they ended",
             ["outcome"], registry=r,
         )
+
+    def reservations_of(self, outcome: str) -> Any:
+        """The ``atp_reservations_total`` child of ``outcome``, made once (``labels`` takes a lock)."""
+        child = self._reservations_by_outcome.get(outcome)
+        if child is None:
+            child = self._reservations_by_outcome[outcome] = self.reservations.labels(outcome)
+        return child
 
 
 class StorageMetrics:

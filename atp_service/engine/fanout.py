@@ -60,4 +60,4 @@ def count_reservations(metrics: EngineMetrics, results: Sequence[tuple[Reservati
             outcome = "replayed" if result[1] else _STATE_NAMES[result[0].state]
         counts[outcome] = counts.get(outcome, 0) + 1
     for outcome, n in counts.items():
-        metrics.reservations.labels(outcome).inc(n)
+        metrics.reservations_of(outcome).inc(n)
