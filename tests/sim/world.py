@@ -27,6 +27,19 @@ from tests.sim.tally import Tally
 START_MS = 1_700_000_000_000
 QUIET_ROUNDS = 400
 LIVENESS_ROUNDS = 8
+
+
+async def pong_within(actor: Any, log: Any) -> bool:
+    """Whether ``actor`` answers a trivial command within LIVENESS_ROUNDS rounds of the simulated
+    log (pumped between rounds: an answer may wait for its entry to be durable)."""
+    fut: Any = actor.submit(lambda _ledger, _now: "pong")
+    for _ in range(LIVENESS_ROUNDS):
+        for _ in range(4):
+            await asyncio.sleep(0)
+        if fut.done():
+            return fut.exception() is None and fut.result() == "pong"
+        log.pump("ok")
+    return False
 """Rounds (each: a few event-loop turns, then Redis answers) within which an idle shard must answer."""
 
 
@@ -180,14 +193,7 @@ class World:
 
     async def answers(self, shard: int) -> bool:
         """Liveness: a trivial command to this shard is answered within LIVENESS_ROUNDS rounds."""
-        fut: Any = self.eng.actors[shard].submit(lambda _ledger, _now: "pong")
-        for _ in range(LIVENESS_ROUNDS):
-            for _ in range(4):
-                await asyncio.sleep(0)
-            if fut.done():
-                return fut.exception() is None and fut.result() == "pong"
-            self.log.pump("ok")
-        return False
+        return await pong_within(self.eng.actors[shard], self.log)
 
     def logged_facts(self) -> list[Fact]:
         """Every fact the log ever recorded as applied (the history is never trimmed)."""
