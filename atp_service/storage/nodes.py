@@ -26,6 +26,7 @@ from redis.connection import HiredisRespSerializer
 from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 TOPOLOGY_ERRORS = (AskError, ClusterDownError, TryAgainError, RedisConnectionError, RedisTimeoutError, OSError,
@@ -180,6 +181,7 @@ def connect(url: str, timeout_s: float) -> aioredis.Redis:
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
+        maint_notifications_config=_no_maint_notifications(),
     )
     pool = client.connection_pool
     pool.connection_class = _hiredis_packing(pool.connection_class)
@@ -227,4 +229,13 @@ def connect_any(url: str, timeout_s: float, *, cluster: bool = False) -> Any:
     """A client for single-key commands: of one Redis, or of a Redis Cluster (routed by key)."""
     if not cluster:
         return connect(url, timeout_s)
-    return aioredis.RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return aioredis.RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                          maint_notifications_config=_no_maint_notifications())
+
+
+def _no_maint_notifications() -> MaintNotificationsConfig:
+    """Maintenance notifications off. While they are on (redis-py's default, ``auto``), its pool
+    hands out an idle connection without checking that the server still holds it open, so the first
+    command after a Redis restart fails on a dead socket; the service never retries blindly, so that
+    one failure would reach a caller or stall a reader."""
+    return MaintNotificationsConfig(enabled=False)

@@ -3,8 +3,12 @@ because its node had lost the script is sent again, alone — one that ran is ne
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
+from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.nodes import Call, Nodes, Script, connect, node_url
 
 COUNTED = Script("return redis.call('INCR', KEYS[1])")
@@ -55,3 +59,17 @@ async def test_a_slot_map_refresh_that_failed_is_tried_again_on_the_next_call() 
         await nodes.run([])
     await nodes.run([])
     assert Reader.nodes_manager.tries == 2
+
+
+async def test_an_idle_connection_the_server_closed_is_not_handed_out(tmp_path: Path) -> None:
+    """After a Redis restart, the pool's idle connection is dead: the first command must go on a
+    fresh one. The clients never retry on their own, so a dead one handed out fails that command."""
+    with EmbeddedRedis(tmp_path / "r") as server:
+        client = connect(server.url, 5.0)
+        try:
+            await client.set("k", "1")  # one connection, now idle in the pool
+            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(server.start)
+            assert await client.get("k") == b"1"
+        finally:
+            await client.aclose()
