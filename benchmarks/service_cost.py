@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import duration
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -37,13 +39,18 @@ class _Context:
         raise RuntimeError(f"{code}: {details}")
 
 
-async def _cpu_per_call(rate: float, seconds: float, body: Any) -> tuple[int, float]:
-    """(calls, process CPU µs per call) of an open loop running ``body(n)``."""
+async def _cpu_per_call(rate: float, seconds: float, body: Any, latencies: list[float] | None = None
+                        ) -> tuple[int, float]:
+    """(calls, process CPU µs per call) of an open loop running ``body(n)``; each call's seconds
+    into ``latencies``."""
     calls = 0
 
     async def one(n: int) -> None:
         nonlocal calls
+        started = time.perf_counter()
         await body(n)
+        if latencies is not None:
+            latencies.append(time.perf_counter() - started)
         calls += 1
 
     before = time.process_time()
@@ -73,12 +80,24 @@ async def measure(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
                 await servicer.Reserve(request(n), context)
 
             _, harness = await _cpu_per_call(rate, seconds, empty)
-            calls, total = await _cpu_per_call(rate, seconds, reserve)
+            commits_before = _commits(service)
+            latencies: list[float] = []
+            calls, total = await _cpu_per_call(rate, seconds, reserve, latencies)
+            commits = _commits(service) - commits_before
         finally:
             await service.stop(grace_s=1)
     # The difference of the rounded figures, so that the three printed numbers add up.
     return {"rate": rate, "calls": calls, "harness_us_per_call": round(harness),
-            "with_service_us_per_call": round(total), "service_us_per_call": round(total) - round(harness)}
+            "with_service_us_per_call": round(total), "service_us_per_call": round(total) - round(harness),
+            "calls_per_group_commit": round(calls / max(commits, 1), 2),
+            "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 2),
+            "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 2)}
+
+
+def _commits(service: AtpService) -> float:
+    """Group commits sent so far (each a Redis round trip on one Redis)."""
+    return sum(sample.value for metric in service.metrics.storage.pipeline_size.collect()
+               for sample in metric.samples if sample.name.endswith("_count"))
 
 
 def main() -> None:

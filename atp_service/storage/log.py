@@ -18,6 +18,14 @@ from redis.exceptions import RedisError, ResponseError
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script, connect
+from atp_service.storage.records import (
+    CrossGroupWrite,
+    Fenced,
+    Pending,
+    SnapshotRecord,
+    SnapshotUnreadable,
+    encode_snapshot,
+)
 from atp_service.storage.resp import as_text, seq_of
 from atp_service.storage.scripts import (
     APPEND_SCRIPT,
@@ -29,53 +37,13 @@ from atp_service.storage.scripts import (
 )
 from atp_service.storage.window import CommitWindow
 from atp_service.traces import span
-from reservation import LedgerSnapshot
 
-__all__ = ["CommitWindow", "Fenced", "LogStore", "SnapshotRecord", "SnapshotUnreadable", "connect",
+_snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
+
+__all__ = ["CommitWindow", "CrossGroupWrite", "Fenced", "LogStore", "SnapshotRecord", "SnapshotUnreadable", "connect",
            "encode_snapshot"]
 
 FIELD = b"e"
-
-
-class SnapshotRecord(msgspec.Struct, array_like=True):
-    seq: int
-    ledger: LedgerSnapshot
-
-
-def encode_snapshot(seq: int, ledger: LedgerSnapshot) -> bytes:
-    """The stored form of a snapshot covering the log up to ``seq``."""
-    return _encoder.encode(SnapshotRecord(seq, ledger))
-
-
-class SnapshotUnreadable(RuntimeError):
-    """A shard's snapshot cannot be decoded by this version: recovery stops rather than guess."""
-
-
-class Fenced(RedisError):
-    """This instance no longer owns a group of the keyspace (a newer one claimed it); nothing of
-    the refused write was applied."""
-
-
-class CrossGroupWrite(ValueError):
-    """Entries of several groups submitted to land all or none where Redis cannot run one script
-    across them (a cluster: their keys are in different slots)."""
-
-
-_snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
-_encoder = msgspec.msgpack.Encoder()
-
-
-class _Pending:
-    """One entry waiting for the next group commit; the entries of a group share ``done``. It
-    carries the epoch and fence of its shard's owner *when it was submitted*: should the group
-    change hands before it is sent, it is refused whole, even if this process owns the group again."""
-
-    __slots__ = ("data", "done", "epoch", "group", "seq", "shard", "token")
-
-    def __init__(self, shard: int, seq: int, data: bytes, epoch: int, token: int, group: int,
-                 done: asyncio.Future[None]) -> None:
-        self.shard, self.seq, self.data, self.epoch, self.token, self.group = shard, seq, data, epoch, token, group
-        self.done = done
 
 
 class LogStore:
@@ -95,9 +63,10 @@ class LogStore:
         self.prefix = prefix
         self.keys = Keyspace(prefix)
         self._pipeline_max = pipeline_max
-        self._pending: list[_Pending] = []
+        self._pending: list[Pending] = []
         self._first_pending_at = 0.0
         self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None  # a commit waiting for company (CommitWindow)
         self._in_flight = 0
         self._max_in_flight = max_in_flight
         self._window = window or CommitWindow(0.0, 0)
@@ -240,7 +209,7 @@ class LogStore:
         the entry is not certainly durable. Entries go out in submission order; cancelling the
         future before it is sent keeps the entry out of the log."""
         loop, fut = self._arrival()
-        self._pending.append(_Pending(shard, seq, data, self.epochs.get(shard, 0), self._tokens.get(shard, 0), 0, fut))
+        self._pending.append(Pending(shard, seq, data, self.epochs.get(shard, 0), self._tokens.get(shard, 0), 0, fut))
         self._kick(loop)
         return fut
 
@@ -257,7 +226,7 @@ class LogStore:
             self._groups += 1
             group = self._groups
         tokens, epochs = self._tokens, self.epochs
-        self._pending += [_Pending(shard, seq, data, epochs.get(shard, 0), tokens.get(shard, 0), group, fut)
+        self._pending += [Pending(shard, seq, data, epochs.get(shard, 0), tokens.get(shard, 0), group, fut)
                           for shard, seq, data in entries]
         self._kick(loop)
         return fut
@@ -274,12 +243,16 @@ class LogStore:
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._schedule(loop)
+        elif self._timer is not None and len(self._pending) >= self._window.enough:
+            self._timer.cancel()  # the company it waited for is here
+            self._timer = None
+            loop.call_soon(self._flush)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = True
         wait = self._window.wait_s(self._first_pending_at, loop.time())
         if wait > 0:
-            loop.call_later(wait, self._flush)
+            self._timer = loop.call_later(wait, self._flush)
         else:
             loop.call_soon(self._flush)
 
@@ -332,6 +305,7 @@ class LogStore:
     def _flush(self) -> None:
         """Group commit: while a pipeline is in flight, new entries wait and go together in the next."""
         self._scheduled = False
+        self._timer = None
         self._pending = [p for p in self._pending if not p.done.done()]  # cancelled: never sent
         loop = asyncio.get_running_loop()
         while self._pending and self._in_flight < self._max_in_flight:
@@ -353,13 +327,13 @@ class LogStore:
         if self._pending and not self._scheduled:
             self._schedule(asyncio.get_running_loop())
 
-    def _calls(self, batch: list[_Pending]) -> tuple[list[Call], list[list[_Pending]]]:
+    def _calls(self, batch: list[Pending]) -> tuple[list[Call], list[list[Pending]]]:
         """The script calls of a group commit: one for all on one Redis, one per group on a cluster."""
-        units: list[list[_Pending]]
+        units: list[list[Pending]]
         if self.together:
             units = [batch]
         else:
-            by_shard: dict[int, list[_Pending]] = {}
+            by_shard: dict[int, list[Pending]] = {}
             for p in batch:
                 by_shard.setdefault(p.shard, []).append(p)
             units = list(by_shard.values())
@@ -373,7 +347,7 @@ class LogStore:
             calls.append(Call(self._APPEND, keys, args))
         return calls, units
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    async def _send(self, batch: list[Pending]) -> None:
         self.metrics.pipeline_size.observe(len(batch))
         calls, units = self._calls(batch)
         try:
@@ -384,7 +358,7 @@ class LogStore:
         for unit, reply in zip(units, replies, strict=True):
             self._answer(unit, reply)
 
-    def _answer(self, unit: list[_Pending], reply: Any) -> None:
+    def _answer(self, unit: list[Pending], reply: Any) -> None:
         """Settle each entry's future with its part of one call's reply."""
         results: list[Any]
         if isinstance(reply, BaseException):

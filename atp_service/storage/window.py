@@ -11,16 +11,22 @@ class CommitWindow:
     one turn of the event loop instead of one turn each. Measured on 2 cores with 64 unary calls in
     flight: ~3,200 reservations/s sending at once, ~5,900/s waiting 2 ms, each at half the CPU per
     call. "Busy" is an arrival rate of at least ``min_rate`` entries/s over the last ``_BUCKET_S``:
-    a quiet log, where a wait would find no company, sends at once and adds no latency."""
+    a quiet log, where a wait would find no company, sends at once and adds no latency.
+
+    A commit waits only for the company its rate promises: once ``enough`` entries (those the
+    measured rate brings in one ``delay_s``, at least 2) are waiting, it goes at once. At 1,000
+    entries/s with 2 ms that is the second entry, about 1 ms later on average, not the full 2 ms."""
 
     _BUCKET_S = 0.1
 
-    __slots__ = ("_bucket_n", "_bucket_start", "busy", "delay_s", "min_rate")
+    __slots__ = ("_bucket_n", "_bucket_start", "busy", "delay_s", "enough", "min_rate")
 
     def __init__(self, delay_s: float, min_rate: int) -> None:
         self.delay_s = delay_s
         self.min_rate = min_rate
         self.busy = False
+        self.enough = 2
+        """Entries after which a waiting commit goes at once (while busy)."""
         self._bucket_start = 0.0
         self._bucket_n = 0
 
@@ -28,7 +34,9 @@ class CommitWindow:
         self._bucket_n += 1
         elapsed = now - self._bucket_start
         if elapsed >= self._BUCKET_S:
-            self.busy = self.delay_s > 0 and self._bucket_n >= self.min_rate * elapsed
+            rate = self._bucket_n / elapsed
+            self.busy = self.delay_s > 0 and rate >= self.min_rate
+            self.enough = max(2, round(rate * self.delay_s))
             self._bucket_start, self._bucket_n = now, 0
 
     def wait_s(self, first_pending_at: float, now: float) -> float:

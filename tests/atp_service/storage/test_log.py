@@ -42,6 +42,16 @@ def test_busy_ends_when_the_rate_drops() -> None:
     assert not window.busy
 
 
+def test_a_busy_log_waits_for_the_company_its_rate_promises() -> None:
+    window = CommitWindow(delay_s=0.002, min_rate=1000)
+    for i in range(201):  # 2,000/s: four entries come in one 2 ms window
+        window.arrived(1.0 + i * 0.0005)
+    assert window.enough == 4
+    for i in range(111):  # 1,100/s: two
+        window.arrived(2.0 + i * 0.0009)
+    assert window.enough == 2
+
+
 def test_a_zero_delay_is_never_busy() -> None:
     window = CommitWindow(delay_s=0.0, min_rate=0)
     for i in range(1000):
@@ -71,12 +81,30 @@ async def test_busy_entries_of_many_turns_share_one_redis_call(redis_url: str) -
     try:
         await store.claim(4)
         await store.submit(0, 1, b"first")  # opens the first rate bucket; quiet until now: sent at once
-        await asyncio.sleep(0.15)  # the next arrival closes the bucket at >= 1 entry/s: busy
+        await asyncio.gather(*(store.submit(1, seq, b"e") for seq in range(1, 30)))
+        await asyncio.sleep(0.15)  # the next arrival closes the bucket at ~200 entries/s: busy, and
+        # a window of 0.2 s promises ~40 entries, so nine do not send it early
         entries_before, calls_before = _round_trips(store)
         await asyncio.gather(*await _submit_in_separate_turns(store, range(2, 11)))
         entries_after, calls_after = _round_trips(store)
         assert (calls_after - calls_before, entries_after - entries_before) == (1, 9), "nine turns, one call"
         assert await client.xlen("t:{g0}:log") == 10  # R7: every acknowledged entry is in the log
+    finally:
+        await client.aclose()
+
+
+async def test_a_waiting_commit_goes_once_the_company_it_waited_for_is_there(redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=60.0, min_rate=0))
+    try:
+        await store.claim(4)
+        entries_before, calls_before = _round_trips(store)
+        first = store.submit(0, 1, b"first")  # busy from the start (min_rate 0): waits for company
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        await asyncio.wait_for(asyncio.gather(first, store.submit(0, 2, b"second")), 30)  # not the 60 s
+        entries_after, calls_after = _round_trips(store)
+        assert (calls_after - calls_before, entries_after - entries_before) == (1, 2)
     finally:
         await client.aclose()
 

@@ -1,0 +1,53 @@
+"""What the log stores and refuses: snapshot records, entries waiting for a group commit, and the
+log's own errors (``log.py`` re-exports them)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from redis.exceptions import RedisError
+
+from reservation import LedgerSnapshot
+
+
+class SnapshotRecord(msgspec.Struct, array_like=True):
+    seq: int
+    ledger: LedgerSnapshot
+
+
+def encode_snapshot(seq: int, ledger: LedgerSnapshot) -> bytes:
+    """The stored form of a snapshot covering the log up to ``seq``."""
+    return _encoder.encode(SnapshotRecord(seq, ledger))
+
+
+class SnapshotUnreadable(RuntimeError):
+    """A shard's snapshot cannot be decoded by this version: recovery stops rather than guess."""
+
+
+class Fenced(RedisError):
+    """This instance no longer owns a group of the keyspace (a newer one claimed it); nothing of
+    the refused write was applied."""
+
+
+class CrossGroupWrite(ValueError):
+    """Entries of several groups submitted to land all or none where Redis cannot run one script
+    across them (a cluster: their keys are in different slots)."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+class Pending:
+    """One entry waiting for the next group commit; the entries of a group share ``done``. It
+    carries the epoch and fence of its shard's owner *when it was submitted*: should the group
+    change hands before it is sent, it is refused whole, even if this process owns the group again."""
+
+    __slots__ = ("data", "done", "epoch", "group", "seq", "shard", "token")
+
+    def __init__(self, shard: int, seq: int, data: bytes, epoch: int, token: int, group: int,
+                 done: asyncio.Future[None]) -> None:
+        self.shard, self.seq, self.data, self.epoch, self.token, self.group = shard, seq, data, epoch, token, group
+        self.done = done
+
+
