@@ -2,10 +2,11 @@
 
 One Redis takes any set of keys in one script call, so a group commit is one call. A Redis Cluster
 runs a script only within one slot: the caller makes one call per group (``keys.py`` puts every key
-of a group under one hash tag) and the calls go pipelined, one round trip per primary, on
-connections of their own — ``WAIT`` counts the replicas that have every earlier write *of the
-connection it is sent on*, so it follows the scripts on the same connection (sent through a pool it
-would answer for some other connection's writes).
+of a group under one hash tag) and the calls go pipelined, one round trip per primary. Either way
+the scripts go on a node's write lane (``lane.py``: connections of their own, outside redis-py's
+pool, one write and one deadline per round trip) — ``WAIT`` counts the replicas that have every
+earlier write *of the connection it is sent on*, so it follows the scripts on the same connection
+(sent through a pool it would answer for some other connection's writes).
 
 A call's effect is acknowledged once its script returned and, with ``wait_replicas``, that many
 replicas confirmed it; fewer replicas in time makes the call's outcome ``NotReplicated``: it landed
@@ -23,11 +24,13 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisError, ResponseError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
+
+from atp_service.storage.lane import Lane
 
 TOPOLOGY_ERRORS = (AskError, ClusterDownError, TryAgainError, RedisConnectionError, RedisTimeoutError, OSError,
                    asyncio.TimeoutError)
@@ -71,7 +74,7 @@ class Nodes:
         """Replicas that must confirm a write before it counts (0: the primary's answer is enough)."""
         self.wait_timeout_ms = wait_timeout_ms
         self._url, self._timeout_s = url, timeout_s
-        self._clients: dict[str, aioredis.Redis] = {}  # per primary, for pipelines with WAIT
+        self._lanes: dict[str, Lane] = {}  # per primary on a cluster ("" for one Redis): the write connections
         self._stale = False  # the slot map may be out of date: read it again before the next call
 
     @property
@@ -83,7 +86,7 @@ class Nodes:
         """Each call's reply, or the exception it ended in (a node that did not answer: every call
         sent to it). Calls to one node run in the order given."""
         if not self.cluster:
-            return await self._run_on(self.reader, calls)
+            return await self._run_on(self._lane(""), calls)
         await self.reader.initialize()  # once: the slot map, on the first call
         if self._stale:
             self._stale = False
@@ -95,7 +98,7 @@ class Nodes:
         by_node: dict[str, list[int]] = defaultdict(list)
         for i, call in enumerate(calls):
             by_node[self.reader.get_node_from_key(call.keys[0]).name].append(i)
-        replies = await asyncio.gather(*(self._run_on(self._client(name), [calls[i] for i in at])
+        replies = await asyncio.gather(*(self._run_on(self._lane(name), [calls[i] for i in at])
                                          for name, at in by_node.items()))
         out: list[Any] = [None] * len(calls)
         for at, node_replies in zip(by_node.values(), replies, strict=True):
@@ -111,19 +114,21 @@ class Nodes:
         return reply
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        for lane in self._lanes.values():
+            await lane.aclose()
+        self._lanes.clear()
         await self.reader.aclose()
 
-    async def _run_on(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
+    async def _run_on(self, lane: Lane, calls: list[Call]) -> list[Any]:
         try:
-            replies = await self._pipeline(client, calls)
+            replies = await self._pipeline(lane, calls)
             unrun = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if unrun:  # not run at all (a restarted or failed-over node): load, and send those again
-                for script in {calls[i].script for i in unrun}:
-                    await client.script_load(script.body)
-                for i, reply in zip(unrun, await self._pipeline(client, [calls[i] for i in unrun]), strict=True):
+                bodies = list(dict.fromkeys(calls[i].script.body for i in unrun))
+                for loaded in await lane.exchange([("SCRIPT", "LOAD", body) for body in bodies]):
+                    if isinstance(loaded, BaseException):
+                        raise loaded
+                for i, reply in zip(unrun, await self._pipeline(lane, [calls[i] for i in unrun]), strict=True):
                     replies[i] = reply
         except TOPOLOGY_ERRORS as exc:
             self._stale = self.cluster
@@ -134,20 +139,13 @@ class Nodes:
             self._stale = True
         return replies
 
-    async def _pipeline(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
-        if len(calls) == 1 and not self.wait_replicas:
-            try:
-                return [await self._evalsha(client, calls[0])]
-            except ResponseError as exc:
-                if isinstance(exc, TOPOLOGY_ERRORS):
-                    raise
-                return [exc]  # the script's refusal (or NOSCRIPT) is its reply
-        pipe = client.pipeline(transaction=False)
-        for call in calls:
-            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+    async def _pipeline(self, lane: Lane, calls: list[Call]) -> list[Any]:
+        """The calls' replies, in one round trip (with ``WAIT`` after them when replicas must confirm)."""
+        commands: list[tuple[Any, ...]] = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+                                           for call in calls]
         if self.wait_replicas:
-            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+            commands.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
+        replies = await lane.exchange(commands)
         if self.wait_replicas:
             confirmed = replies.pop()
             if isinstance(confirmed, BaseException):
@@ -158,18 +156,18 @@ class Nodes:
                 replies = [r if isinstance(r, BaseException) else short for r in replies]
         return replies
 
-    @staticmethod
-    async def _evalsha(client: aioredis.Redis, call: Call) -> Any:
-        return await client.execute_command(  # type: ignore[no-untyped-call]
-            "EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-
-    def _client(self, name: str) -> aioredis.Redis:
-        """A client of its own for the primary ``name`` (host:port), with the cluster URL's options."""
-        client = self._clients.get(name)
-        if client is None:
-            host, port = name.rsplit(":", 1)
-            client = self._clients[name] = connect(node_url(self._url, host, int(port)), self._timeout_s)
-        return client
+    def _lane(self, name: str) -> Lane:
+        """The write lane of the primary ``name`` (host:port, with the cluster URL's options), or of
+        the one Redis (``""``: the reader's own connection class and arguments)."""
+        lane = self._lanes.get(name)
+        if lane is None:
+            if name:
+                host, port = name.rsplit(":", 1)
+                client = connect(node_url(self._url, host, int(port)), self._timeout_s)
+            else:
+                client = self.reader
+            lane = self._lanes[name] = Lane(client.connection_pool)
+        return lane
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:

@@ -1,0 +1,260 @@
+"""The write lane (``storage/lane.py``) against a real redis-server: each test is a fault the lane
+must survive without ever reading one call's reply as another's, and without a write failing that
+a plain retry-free client would have sent on a live connection."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.embedded_redis import EmbeddedRedis
+from atp_service.storage.lane import LANE_CONNECTIONS, Lane
+from atp_service.storage.nodes import Call, Nodes, NotReplicated, Script, connect, open_nodes
+
+ECHO = Script("redis.call('INCR', KEYS[1]) return ARGV[1]")
+"""Counts its runs in its key, answers its own argument: a reply read for the wrong call shows."""
+SLOW_ECHO = Script("""
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - start >= tonumber(ARGV[2])
+redis.call('INCR', KEYS[1])
+return ARGV[1]""")
+"""ECHO after a busy wait of ARGV[2] µs: Redis answers nothing else meanwhile."""
+REFUSED = Script("return redis.error_reply('FENCED epoch 1 was replaced by 2')")
+SHAPES = Script("return {1, 'a', {2, false, 'b'}, redis.status_reply('OK'), -7}")
+
+
+def echo(arg: str, key: str = "n") -> Call:
+    return Call(ECHO, [key], [arg])
+
+
+def lane_of(nodes: Nodes) -> Lane:
+    return nodes._lanes[""]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server of this test alone: it is stopped, paused and restarted."""
+    server = EmbeddedRedis(tmp_path / "r").start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)  # a test that failed while it was paused
+        server.stop()
+
+
+def kill_normal_clients(port: int) -> int:
+    with redis.Redis(host="127.0.0.1", port=port) as admin:
+        return int(admin.client_kill_filter(_type="normal", skipme=True))
+
+
+async def test_a_write_after_a_redis_restart_goes_on_a_fresh_connection(own_redis: EmbeddedRedis) -> None:
+    """The lane's idle connection died with the server; the write after the restart must not be
+    sent on it (and the scripts the restart forgot are loaded again)."""
+    nodes = Nodes(connect(own_redis.url, 5.0))
+    try:
+        assert await nodes.run([echo("before")]) == [b"before"]
+        await asyncio.to_thread(own_redis.stop)
+        await asyncio.to_thread(own_redis.start)
+        assert await nodes.run([echo("after")]) == [b"after"]
+        assert lane_of(nodes).open_connections == 1
+    finally:
+        await nodes.aclose()
+
+
+async def test_a_write_after_client_kill_of_the_lanes_connections_succeeds(redis_url: str) -> None:
+    nodes = Nodes(connect(redis_url, 5.0))
+    try:
+        await asyncio.gather(*(nodes.run([echo(f"warm-{i}")]) for i in range(4)))  # several idle connections
+        assert kill_normal_clients(nodes.reader.connection_pool.connection_kwargs["port"]) >= 1
+        await asyncio.sleep(0.05)  # the lane's connections were closed a moment ago, not this instant
+        assert await nodes.run([echo("one"), echo("two")]) == [b"one", b"two"]
+        assert await asyncio.gather(*(nodes.run([echo(f"c{i}")]) for i in range(4))) == \
+            [[f"c{i}".encode()] for i in range(4)]
+    finally:
+        await nodes.aclose()
+
+
+async def test_a_timed_out_exchange_leaves_its_late_reply_unread(own_redis: EmbeddedRedis) -> None:
+    """Redis paused past the timeout: the write fails as a timeout (in doubt), and once Redis runs
+    again the next write gets its own reply, never the late one of the write that timed out."""
+    nodes = Nodes(connect(own_redis.url, 0.5))
+    assert own_redis.process is not None
+    pid = own_redis.process.pid
+    try:
+        assert await nodes.run([echo("warm")]) == [b"warm"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            (late,) = await nodes.run([echo("late")])
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert isinstance(late, RedisTimeoutError)
+        assert await nodes.run([echo("mine")]) == [b"mine"]
+        assert int(await nodes.reader.get("n")) == 3  # the late write did land: in doubt, not lost
+    finally:
+        await nodes.aclose()
+
+
+async def test_a_caller_cancelled_mid_exchange_leaves_the_next_write_correct(redis_url: str) -> None:
+    nodes = Nodes(connect(redis_url, 5.0))
+    try:
+        assert await nodes.run([echo("warm")]) == [b"warm"]
+        stuck = asyncio.create_task(nodes.run([Call(SLOW_ECHO, ["n"], ["late", 300_000])]))
+        await asyncio.sleep(0.1)  # sent, its reply not there yet
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        assert await nodes.run([echo("mine")]) == [b"mine"]
+        assert await nodes.run([echo("again"), echo("too")]) == [b"again", b"too"]
+    finally:
+        await nodes.aclose()
+
+
+async def test_a_caller_cancelled_while_connecting_leaves_no_half_made_connection(own_redis: EmbeddedRedis) -> None:
+    """Redis paused: a new connection is accepted by the kernel but its handshake gets no answer.
+    The caller cancelled there, the half-made connection must not serve the next write."""
+    nodes = Nodes(connect(own_redis.url, 5.0))
+    assert own_redis.process is not None
+    pid = own_redis.process.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            connecting = asyncio.create_task(nodes.run([echo("never")]))
+            await asyncio.sleep(0.2)
+            connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert lane_of(nodes).open_connections == 0
+        assert await nodes.run([echo("mine")]) == [b"mine"]
+        assert int(await nodes.reader.get("n")) == 1  # the cancelled call never reached Redis
+    finally:
+        await nodes.aclose()
+
+
+async def test_noscript_reloads_and_resends_only_the_calls_that_did_not_run(redis_url: str) -> None:
+    other = Script("redis.call('INCR', KEYS[1]) return 'other' -- another digest")
+    nodes = Nodes(connect(redis_url, 5.0))
+    try:
+        assert await nodes.run([echo("warm")]) == [b"warm"]  # the lane has a connection, the node the script
+        await nodes.reader.script_flush()
+        await nodes.reader.script_load(other.body)  # the node knows one of the two scripts
+        replies = await nodes.run([Call(other, ["n"], []), echo("sent again"), Call(other, ["n"], [])])
+        assert replies == [b"other", b"sent again", b"other"]
+        assert int(await nodes.reader.get("n")) == 4  # warm + three calls, each run once
+        assert lane_of(nodes).open_connections == 1  # the reload went on the lane too
+    finally:
+        await nodes.aclose()
+
+
+async def test_many_concurrent_runs_each_get_their_own_replies_on_a_bounded_lane(redis_url: str) -> None:
+    nodes = Nodes(connect(redis_url, 5.0))
+    try:
+        runs = [[echo(f"{i}-a"), Call(SLOW_ECHO, ["n"], [f"{i}-b", 200]), echo(f"{i}-c")] for i in range(200)]
+        replies = await asyncio.gather(*(nodes.run(calls) for calls in runs))
+        assert replies == [[f"{i}-{x}".encode() for x in "abc"] for i in range(200)]
+        assert 1 <= lane_of(nodes).open_connections <= LANE_CONNECTIONS
+        assert int(await nodes.reader.get("n")) == 600
+    finally:
+        await nodes.aclose()
+
+
+async def test_a_lane_whose_connections_are_busy_makes_the_next_exchange_wait_at_most_its_timeout(
+        redis_url: str) -> None:
+    client = connect(redis_url, 5.0)
+    lane = Lane(client.connection_pool, connections=1)
+    try:
+        lane.timeout_s = None
+        blocked = asyncio.create_task(lane.exchange([("BLPOP", "q", 0)]))  # holds the one connection
+        await asyncio.sleep(0.1)
+        lane.timeout_s = 0.3
+        with pytest.raises(RedisTimeoutError, match="busy"):
+            await lane.exchange([("INCR", "n")])
+        assert await client.get("n") is None  # the waiting exchange never reached Redis
+        waiting = asyncio.create_task(lane.exchange([("INCR", "n")]))  # waits, then goes
+        await asyncio.sleep(0.05)
+        await client.rpush("q", "x")
+        assert await blocked == [[b"q", b"x"]]
+        assert await waiting == [1]
+        assert lane.open_connections == 1
+    finally:
+        await lane.aclose()
+        await client.aclose()
+
+
+async def test_replies_are_what_redis_py_gave_and_error_replies_are_the_calls_own(redis_url: str) -> None:
+    nodes = Nodes(connect(redis_url, 5.0))
+    try:
+        expected = await nodes.reader.eval(SHAPES.body, 0)
+        replies = await nodes.run([Call(SHAPES, [], []), Call(REFUSED, ["k"], []), echo("fine")])
+        assert replies[0] == expected == [1, b"a", [2, None, b"b"], b"OK", -7]
+        assert type(replies[1]) is ResponseError and str(replies[1]).startswith("FENCED")
+        assert replies[2] == b"fine"
+        with pytest.raises(ResponseError, match="FENCED"):
+            await nodes.run_one(Call(REFUSED, ["k"], []))
+    finally:
+        await nodes.aclose()
+
+
+async def test_wait_for_replicas_that_are_not_there_is_not_replicated(redis_url: str) -> None:
+    nodes = open_nodes(redis_url, 5.0, wait_replicas=1, wait_timeout_ms=20)
+    try:
+        replies = await nodes.run([echo("landed"), Call(REFUSED, ["k"], [])])
+        assert isinstance(replies[0], NotReplicated)
+        assert isinstance(replies[1], ResponseError) and not isinstance(replies[1], NotReplicated)
+    finally:
+        await nodes.aclose()
+
+
+async def test_a_node_that_is_down_fails_every_call_then_serves_again(own_redis: EmbeddedRedis) -> None:
+    nodes = Nodes(connect(own_redis.url, 5.0))
+    try:
+        assert await nodes.run([echo("up")]) == [b"up"]
+        await asyncio.to_thread(own_redis.stop)
+        down = await nodes.run([echo("a"), echo("b")])
+        assert all(isinstance(r, RedisConnectionError) for r in down) and down[0] is down[1]
+        await asyncio.to_thread(own_redis.start)
+        assert await nodes.run([echo("back")]) == [b"back"]
+    finally:
+        await nodes.aclose()
+
+
+async def test_aclose_closes_the_lanes_connections(redis_url: str) -> None:
+    nodes = Nodes(connect(redis_url, 5.0))
+    await asyncio.gather(*(nodes.run([Call(SLOW_ECHO, ["n"], [str(i), 1000])]) for i in range(3)))
+    lane = lane_of(nodes)
+    assert lane.open_connections >= 1
+    with redis.Redis.from_url(redis_url) as admin:
+        before = len(admin.client_list(_type="normal"))
+        await nodes.aclose()
+        await asyncio.sleep(0.05)
+        assert lane.open_connections == 0
+        assert len(admin.client_list(_type="normal")) <= before - 1
+
+
+async def test_cluster_writes_after_client_kill_on_every_primary(cluster_url: str,
+                                                                 redis_cluster: EmbeddedCluster) -> None:
+    nodes = open_nodes(cluster_url, 5.0, cluster=True)
+    calls = [echo(f"g{g}", key=f"t:{{g{g}}}:n") for g in range(12)]  # twelve groups over the primaries
+    try:
+        assert await nodes.run(calls) == [f"g{g}".encode() for g in range(12)]
+        assert len(nodes._lanes) == len(redis_cluster.primaries)
+        for node in redis_cluster.serving_primaries():
+            kill_normal_clients(node.port)
+        await asyncio.sleep(0.05)
+        assert await nodes.run(calls) == [f"g{g}".encode() for g in range(12)]
+        assert not nodes._stale
+    finally:
+        await nodes.aclose()
