@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 import tempfile
@@ -60,11 +61,15 @@ async def _cpu_per_call(rate: float, seconds: float, body: Any, latencies: list[
 
 async def measure(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
-        service = AtpService(ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False), redis_server.url)
+        config = ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False)
+        gc.set_threshold(*config.gc_thresholds)  # as `atp-service serve` does (app/cli.py)
+        service = AtpService(config, redis_server.url)
         await service.start()
         try:
             await seed_service(f"127.0.0.1:{service.port}",
                                Workload("u", [(f"s-{i:05d}", "l-1") for i in range(POSITIONS)], 1_000_000))
+            gc.collect()  # the seeded state is long-lived, as `serve` treats its recovered state
+            gc.freeze()
             servicer = service._servicer  # what the gRPC server dispatches to
             context: Any = _Context()
 
