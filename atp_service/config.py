@@ -118,7 +118,9 @@ class ServiceConfig:
     commit_delay_ms: float = 2.0
     """While the log is busy (see ``commit_delay_min_rate``) a group commit waits up to this long
     for more entries before it goes to Redis: fewer, fuller Redis calls and about half the CPU per
-    unary call at peak, for at most this much added latency. 0 sends every group commit at once."""
+    unary call at peak, for at most this much added latency. It goes as soon as the entries the
+    measured rate brings in this long (at least 2) are waiting: at 1,000 entries/s, with the second.
+    0 sends every group commit at once."""
 
     commit_delay_min_rate: int = 1000
     """Log entries per second (all shards) from which the log counts as busy. Below it a commit
