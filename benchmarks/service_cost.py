@@ -5,8 +5,10 @@ The service runs in this process against an embedded Redis (AOF everysec), 10,00
 over gRPC; then an open loop calls the servicer's ``Reserve`` directly — validation, the shard
 actor, group commit to Redis, the answer — at ``--rate`` for ``--seconds``, and the same loop with
 an empty body. The difference of the process's CPU per call is the service's work per call.
+``--appends-in-memory`` answers the log's appends without Redis: the service's work without its
+Redis I/O.
 
-    python benchmarks/service_cost.py [--rate 1600] [--seconds 5]
+    python benchmarks/service_cost.py [--rate 1600] [--seconds 5] [--appends-in-memory]
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import duration
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ServiceConfig
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import Call
 from benchmarks.compare import Workload, seed_service
 from benchmarks.open_loop import open_loop
 
@@ -59,7 +63,23 @@ async def _cpu_per_call(rate: float, seconds: float, body: Any, latencies: list[
     return calls, (time.process_time() - before) / max(calls, 1) * 1e6
 
 
-async def measure(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
+def _answer_appends_in_memory(service: AtpService) -> None:
+    """Answer the log's appends without Redis (as if every write landed at once): what is left of
+    the service's CPU per call is its own work, the rest of it was its Redis I/O."""
+    assert service._log is not None, "started"
+    nodes = service._log.nodes
+    to_redis = nodes.run
+
+    async def run(calls: list[Call]) -> list[Any]:
+        if not calls or calls[0].script is not LogStore._APPEND:
+            return await to_redis(calls)
+        await asyncio.sleep(0)  # answered in a later turn of the loop, as a reply would be
+        return [[b"1"] * (len(call.keys) // 3) for call in calls]  # one reply per entry (3 keys each)
+
+    nodes.run = run  # type: ignore[method-assign]
+
+
+async def measure(rate: float, seconds: float, tmp: Path, in_memory: bool = False) -> dict[str, Any]:
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
         config = ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False)
         gc.set_threshold(*config.gc_thresholds)  # as `atp-service serve` does (app/cli.py)
@@ -68,6 +88,8 @@ async def measure(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
         try:
             await seed_service(f"127.0.0.1:{service.port}",
                                Workload("u", [(f"s-{i:05d}", "l-1") for i in range(POSITIONS)], 1_000_000))
+            if in_memory:
+                _answer_appends_in_memory(service)
             gc.collect()  # the seeded state is long-lived, as `serve` treats its recovered state
             gc.freeze()
             servicer = service._servicer  # what the gRPC server dispatches to
@@ -109,12 +131,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=1600.0, help="calls started per second")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--appends-in-memory", action="store_true",
+                        help="answer the log's appends without Redis: the service's CPU without its Redis I/O")
     args = parser.parse_args()
     import uvloop  # the service's default event loop
 
     uvloop.install()
     with tempfile.TemporaryDirectory(prefix="atp-service-cost-") as tmp:
-        print(json.dumps(asyncio.run(measure(args.rate, args.seconds, Path(tmp)))))
+        print(json.dumps(asyncio.run(measure(args.rate, args.seconds, Path(tmp), args.appends_in_memory))))
 
 
 if __name__ == "__main__":
