@@ -119,12 +119,15 @@ async def test_overload_runs_at_a_tiny_size_and_reports_every_outcome() -> None:
     assert sum(o["count"] for o in outcomes) == head["client_calls"] > 0
 
 
-async def test_service_cost_runs_at_a_tiny_size() -> None:
-    code, out = await run(sys.executable, "benchmarks/service_cost.py", "--rate", "50", "--seconds", "0.3", limit_s=120)
+@pytest.mark.parametrize("mode", [(), ("--appends-in-memory",)], ids=["redis", "appends-in-memory"])
+async def test_service_cost_runs_at_a_tiny_size(mode: tuple[str, ...]) -> None:
+    code, out = await run(sys.executable, "benchmarks/service_cost.py", "--rate", "50", "--seconds", "0.3", *mode,
+                          limit_s=120)
     assert code == 0, out[-3000:]
     (result,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert result["calls"] > 0 and result["with_service_us_per_call"] > 0
     assert result["service_us_per_call"] == result["with_service_us_per_call"] - result["harness_us_per_call"]
+    assert result["calls_per_group_commit"] >= 1 and 0 < result["p50_ms"] <= result["p99_ms"]
 
 
 async def test_estate_runs_at_a_tiny_size_and_reports_every_figure() -> None:
