@@ -3,9 +3,13 @@
 At 1,000 calls/s most group commits carry one or two entries, so nearly every call pays a round
 trip of its own, and redis-py's generic command path costs more client CPU than the trip itself:
 the pool's lock around getting and releasing a connection, a ``wait_for`` task for the write and a
-timeout context for every reply read, the response callbacks. A lane sends every command of one
-exchange in one write on a connection of its own and reads the replies in order under one deadline
-(the client's socket timeout) for the whole exchange.
+timeout context for every reply read, the response callbacks. Even a connection of its own read
+through redis-py (``read_response`` on a ``StreamReader`` under ``asyncio.timeout``) costs ~60 µs a
+round trip, ten times what parsing the bytes does. So a lane lets redis-py make each connection
+(TLS, AUTH, SELECT, HELLO, the connect timeout) and then takes over its transport with a protocol
+of its own (``_Wire``): an exchange is one ``transport.write`` of every command, one future that
+``data_received`` completes once a hiredis reader holds every reply, and one timer for the deadline
+(the client's socket timeout) of the whole exchange.
 
 What the pool did for safety the lane does too, each for a fault the service has met:
 
@@ -14,10 +18,11 @@ What the pool did for safety the lane does too, each for a fault the service has
   left by a cancelled connect once kept every write failing after a cluster node restarted);
 - a connection goes back to the idle list only once every reply of its exchange was read: one that
   timed out, failed or whose caller was cancelled mid-exchange is closed, so a late reply is never
-  read as the answer to a later call;
-- an idle connection is checked before use (the server may have closed it: a restart, ``CLIENT
-  KILL``) and replaced by a fresh one: the service never retries a write blindly (a retried append
-  could log twice), so a write sent on a dead socket would fail without having reached Redis.
+  read as the answer to a later call; bytes arriving while no exchange waits close it too;
+- an idle connection the server closed (a restart, ``CLIENT KILL``) is never used again: its
+  protocol saw the end of file and marked it closed, and the exchange takes a fresh one — the
+  service never retries a write blindly (a retried append could log twice), so a write sent on a
+  dead socket would fail without having reached Redis.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
+from redis._parsers import BaseParser
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 LANE_CONNECTIONS = 8
@@ -37,6 +44,11 @@ LANE_CONNECTIONS = 8
 the log's group commits (one at a time unless ``max_in_flight`` says otherwise), a snapshot, a
 fence, a claim or a lease renewal — so more than a handful means something is stuck; past this an
 exchange waits (at most the socket timeout) for one to come free rather than open yet another."""
+
+_NOT_ENOUGH = object()
+"""What the hiredis reader answers while a reply is still incomplete (a reply may be ``None``)."""
+_PUSH = getattr(hiredis, "PushNotification", ())
+"""A RESP3 push (hiredis >= 3.2): never a command's reply; skipped as redis-py skips it."""
 
 
 class Lane:
@@ -51,9 +63,10 @@ class Lane:
         self.timeout_s: float | None = self._kwargs.get("socket_timeout")
         """Deadline of one exchange, write and every reply together: the client's socket timeout."""
         self.connections = connections
-        self._idle: list[AbstractConnection] = []  # connected, every reply read: ready for the next exchange
+        self._idle: list[_Wire] = []  # connected, every reply read: ready for the next exchange
         self._open: set[AbstractConnection] = set()  # every connection made and not yet closed
         self._free = asyncio.Semaphore(connections)
+        self._host = str(self._kwargs.get("path") or f"{self._kwargs.get('host')}:{self._kwargs.get('port')}")
 
     async def exchange(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Each command's reply, in order; a command's error reply (a ``ResponseError``: a script's
@@ -62,9 +75,9 @@ class Lane:
         the commands ran is then unknown."""
         await self._acquire()
         try:
-            conn = await self._take()
-            replies = await self._send_and_read(conn, commands)
-            self._idle.append(conn)  # every reply read: the connection is in step with its server
+            wire = await self._take()
+            replies = await self._send_and_read(wire, commands)
+            self._idle.append(wire)  # every reply read: the connection is in step with its server
             return replies
         finally:
             self._free.release()
@@ -91,60 +104,56 @@ class Lane:
             async with asyncio.timeout(self.timeout_s):
                 await self._free.acquire()
         except TimeoutError:
-            raise RedisTimeoutError(f"all {self.connections} write connections to {self._host()} stayed busy "
+            raise RedisTimeoutError(f"all {self.connections} write connections to {self._host} stayed busy "
                                     f"for {self.timeout_s}s") from None
 
-    async def _take(self) -> AbstractConnection:
-        """An idle connection the server still holds open, or a new one."""
+    async def _take(self) -> _Wire:
+        """An idle connection the server still holds open, or a new one. The server closing one (a
+        restart, ``CLIENT KILL``) reached its protocol as the end of file while it sat idle."""
         while self._idle:
-            conn = self._idle.pop()  # the most recently used: the least likely to have been closed
-            if await self._ready(conn):
-                return conn
-            await self._close(conn)
+            wire = self._idle.pop()  # the most recently used: the least likely to have been closed
+            if not wire.closed:
+                return wire
+            await self._close(wire.conn)
         return await self._connect()
 
-    async def _ready(self, conn: AbstractConnection) -> bool:
-        """Whether ``conn`` is connected with nothing to read: the server closing it (a restart,
-        ``CLIENT KILL``) leaves it at end of file, which the parser reports as data to read."""
-        if not conn.is_connected:
-            return False
-        try:
-            return not await conn.can_read()
-        except (RedisConnectionError, OSError):
-            return False
-
-    async def _connect(self) -> AbstractConnection:
+    async def _connect(self) -> _Wire:
         """A new connection, handshake done (AUTH, SELECT, HELLO), bounded by redis-py's own
         timeouts (``socket_connect_timeout`` to connect, ``socket_timeout`` per handshake reply) and
-        not by an exchange's deadline. Failed or cancelled half-way, it is closed, never kept."""
+        not by an exchange's deadline, then taken over by a ``_Wire``. Failed or cancelled half-way,
+        it is closed, never kept."""
         conn: AbstractConnection = self._class(**self._kwargs)
         self._open.add(conn)
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
+            # Nothing may follow the handshake's replies: bytes (or the end of file) already read
+            # by redis-py's parser would never reach the wire, and would put it out of step.
+            if await conn.can_read():
+                raise RedisConnectionError(f"{self._host} sent more than the handshake's replies")
+            return _Wire.take_over(conn)
         except BaseException:
             await self._close(conn)
             raise
-        # From here the exchange's one deadline bounds the write and the replies: without a socket
-        # timeout, redis-py writes without a wait_for task and reads without a timeout per reply.
-        conn.socket_timeout = None
-        return conn
 
-    async def _send_and_read(self, conn: AbstractConnection, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """The commands in one write, then their replies; ``conn`` is closed unless every reply was
-        read (a timeout, an error or the caller's cancellation at any point)."""
+    async def _send_and_read(self, wire: _Wire, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """The commands in one write, then their replies; the connection is closed unless every
+        reply was read (a timeout, an error or the caller's cancellation at any point)."""
         done = False
+        deadline: asyncio.TimerHandle | None = None
         try:
-            packed = conn.pack_commands(commands)
-            async with asyncio.timeout(self.timeout_s):
-                await conn.send_packed_command(packed, check_health=False)
-                replies = [await _reply(conn) for _ in commands]
+            packed = wire.conn.pack_commands(commands)
+            replies = wire.expect(len(commands))
+            wire.transport.write(packed[0] if len(packed) == 1 else b"".join(packed))
+            if self.timeout_s is not None:
+                deadline = wire.loop.call_later(self.timeout_s, wire.time_out, self._host)
+            got = await replies
             done = True
-        except TimeoutError:
-            raise RedisTimeoutError(f"Timeout reading from {self._host()}") from None
+            return got
         finally:
+            if deadline is not None:
+                deadline.cancel()
             if not done:
-                await self._close(conn)
-        return replies
+                await self._close(wire.conn)
 
     async def _close(self, conn: AbstractConnection) -> None:
         """Close ``conn`` for good (it is never handed out again); does not wait for the socket."""
@@ -152,15 +161,100 @@ class Lane:
         if conn.is_connected:
             await conn.disconnect(nowait=True)  # closes without suspending, so a cancellation cannot stop it
 
-    def _host(self) -> str:
-        kwargs = self._kwargs
-        return str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
 
+class _Wire(asyncio.Protocol):
+    """The protocol of one lane connection, in place of redis-py's ``StreamReaderProtocol``: bytes
+    go straight into a hiredis reader, and the exchange waiting is woken once, when its last reply
+    is whole. There is at most one exchange at a time (``expect``); bytes when none waits, a broken
+    reply or the end of file close the connection, which no exchange uses again (``closed``)."""
 
-async def _reply(conn: AbstractConnection) -> Any:
-    """The next reply on ``conn``; an error reply is returned, not raised (it leaves the connection
-    in step: its reply was read)."""
-    try:
-        return await conn.read_response()
-    except ResponseError as exc:
-        return exc
+    def __init__(self, conn: AbstractConnection, transport: asyncio.Transport, stream: asyncio.BaseProtocol) -> None:
+        self.conn, self.transport = conn, transport
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+        """The connection ended or is ending (end of file, a close, a fault): never used again."""
+        self._stream = stream  # redis-py's protocol, told of the close so that disconnect() can wait for it
+        encoder = conn.encoder
+        self._reader = hiredis.Reader(
+            protocolError=InvalidResponse,
+            replyError=BaseParser.parse_error,  # redis-py's own mapping: NOSCRIPT -> NoScriptError, MOVED...
+            notEnoughData=_NOT_ENOUGH,
+            **({"encoding": encoder.encoding, "errors": encoder.encoding_errors} if encoder.decode_responses else {}),
+        )
+        self._waiter: asyncio.Future[list[Any]] | None = None
+        self._replies: list[Any] = []
+        self._expected = 0
+
+    @classmethod
+    def take_over(cls, conn: AbstractConnection) -> _Wire:
+        """Move ``conn``'s transport, just connected by redis-py, onto a new ``_Wire``."""
+        # redis-py private attribute (8.1): ``_writer`` is the StreamWriter its ``_connect`` got
+        # from ``asyncio.open_connection`` (or ``open_unix_connection``). If a redis-py upgrade
+        # renames or replaces it, this fails at the first connect, loudly, and the test
+        # ``test_redis_py_still_holds_the_stream_writer_the_lane_takes_over`` says why.
+        writer = getattr(conn, "_writer", None)
+        if not isinstance(writer, asyncio.StreamWriter):
+            raise RuntimeError(f"redis-py's connection has no StreamWriter in _writer ({writer!r}): "
+                               "the write lane cannot take over its transport")
+        transport: Any = writer.transport
+        if transport.is_closing():
+            raise RedisConnectionError("the connection closed during its handshake")
+        wire = cls(conn, transport, transport.get_protocol())
+        transport.set_protocol(wire)
+        return wire
+
+    def expect(self, count: int) -> asyncio.Future[list[Any]]:
+        """The future of the next ``count`` replies (before the commands are written)."""
+        if self.closed:
+            raise RedisConnectionError("the write connection was closed")
+        waiter = self._waiter = self.loop.create_future()
+        self._replies, self._expected = [], count
+        return waiter
+
+    def time_out(self, host: str) -> None:
+        """The exchange's deadline passed: it fails, and the connection is closed (a late reply
+        must never be read by a later exchange)."""
+        self._fail(RedisTimeoutError(f"Timeout reading from {host}"))
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None or self.closed:  # no exchange waits: out of step with the server
+            self._fail(RedisConnectionError("a reply came that no exchange was waiting for"))
+            return
+        reader, replies = self._reader, self._replies
+        reader.feed(data)
+        try:
+            while len(replies) < self._expected:
+                reply = reader.gets()
+                if reply is _NOT_ENOUGH:
+                    return
+                if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+                    raise reply  # LOADING, max clients...: redis-py raises these, not returns them
+                if not isinstance(reply, _PUSH):
+                    replies.append(reply)
+        except Exception as exc:  # a broken reply (InvalidResponse), or one redis-py raises
+            self._fail(exc)
+            return
+        if reader.has_data():  # more than was asked for: the replies may not be the commands'
+            self._fail(RedisConnectionError("a reply came that no exchange was waiting for"))
+            return
+        self._waiter = None
+        if not waiter.done():
+            waiter.set_result(replies)
+
+    def eof_received(self) -> bool:
+        self._fail(RedisConnectionError("Connection closed by server."))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError("Connection closed by server.") if exc is None else
+                   RedisConnectionError(f"Error while reading from the write connection: {exc!r}"))
+        self._stream.connection_lost(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        """Fail the waiting exchange, if any, with ``exc`` and close the connection."""
+        self.closed = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.transport.close()

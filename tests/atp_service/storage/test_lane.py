@@ -9,16 +9,17 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
-from atp_service.storage.lane import LANE_CONNECTIONS, Lane
+from atp_service.storage.lane import LANE_CONNECTIONS, Lane, _Wire
 from atp_service.storage.nodes import Call, Nodes, NotReplicated, Script, connect, open_nodes
 
 ECHO = Script("redis.call('INCR', KEYS[1]) return ARGV[1]")
@@ -258,3 +259,68 @@ async def test_cluster_writes_after_client_kill_on_every_primary(cluster_url: st
         assert not nodes._stale
     finally:
         await nodes.aclose()
+
+
+async def test_redis_py_still_holds_the_stream_writer_the_lane_takes_over(redis_url: str) -> None:
+    """The lane relies on redis-py private state: after ``connect()`` a connection's ``_writer`` is
+    the StreamWriter of its socket, whose transport can change protocol; and error replies are made
+    by redis-py's own mapping. A redis-py upgrade that changes either fails here, by name."""
+    client = connect(redis_url, 5.0)
+    conn = client.connection_pool.make_connection()
+    try:
+        await conn.connect()
+        writer = getattr(conn, "_writer", None)
+        assert isinstance(writer, asyncio.StreamWriter), "redis-py no longer keeps its StreamWriter in _writer"
+        assert callable(getattr(writer.transport, "set_protocol", None))
+        wire = _Wire.take_over(conn)
+        for line, kind in [(b"-NOSCRIPT No matching script.\r\n", NoScriptError),
+                           (b"-MOVED 3999 127.0.0.1:6381\r\n", MovedError), (b"-ASK 3999 127.0.0.1:6381\r\n", AskError),
+                           (b"-TRYAGAIN Multiple keys\r\n", TryAgainError),
+                           (b"-CLUSTERDOWN down\r\n", ClusterDownError),
+                           (b"-FENCED epoch 1\r\n", ResponseError)]:
+            wire._reader.feed(line)
+            assert type(wire._reader.gets()) is kind
+    finally:
+        await conn.disconnect()
+        await client.aclose()
+
+
+async def test_a_reply_no_exchange_waits_for_closes_the_idle_connection(redis_url: str) -> None:
+    """Bytes on an idle connection (here a PING written behind the lane's back) are not the answer
+    to the next exchange: the connection is closed, and the next exchange gets its own reply."""
+    nodes = Nodes(connect(redis_url, 5.0))
+    try:
+        assert await nodes.run([echo("warm")]) == [b"warm"]
+        (wire,) = lane_of(nodes)._idle
+        wire.transport.write(b"*1\r\n$4\r\nPING\r\n")
+        for _ in range(100):
+            if wire.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert wire.closed
+        assert await nodes.run([echo("mine")]) == [b"mine"]
+        assert lane_of(nodes).open_connections == 1
+    finally:
+        await nodes.aclose()
+
+
+async def test_a_reply_in_many_segments_is_read_whole(redis_url: str) -> None:
+    """A reply of 3 MB arrives in many reads; each of the exchange's replies is whole, in order."""
+    big = Script("return string.rep(ARGV[1], tonumber(ARGV[2]))")
+    nodes = Nodes(connect(redis_url, 5.0))
+    try:
+        replies = await nodes.run([Call(big, [], ["ab", 1_500_000]), echo("after"), Call(SHAPES, [], [])])
+        assert replies == [b"ab" * 1_500_000, b"after", [1, b"a", [2, None, b"b"], b"OK", -7]]
+        wire = lane_of(nodes)._idle[0]
+        assert await _fed_bytewise(wire, 2, b"*2\r\n$3\r\nabc\r\n:7\r\n$-1\r\n") == [[b"abc", 7], None]
+    finally:
+        await nodes.aclose()
+
+
+async def _fed_bytewise(wire: _Wire, count: int, data: bytes) -> list[Any]:
+    """The ``count`` replies ``wire`` assembles from ``data`` handed to it one byte at a time."""
+    waiter = wire.expect(count)
+    for i in range(len(data)):
+        assert not waiter.done()
+        wire.data_received(data[i:i + 1])
+    return await waiter
