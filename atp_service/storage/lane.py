@@ -67,17 +67,28 @@ class Lane:
         self._open: set[AbstractConnection] = set()  # every connection made and not yet closed
         self._free = asyncio.Semaphore(connections)
         self._host = str(self._kwargs.get("path") or f"{self._kwargs.get('host')}:{self._kwargs.get('port')}")
+        self._closed = False  # aclose() ran: a connection that finishes connecting afterwards is closed
+        if self._kwargs.get("decode_responses"):
+            # The log tells a script's refusal by its first byte (``b"!"``): decoded replies would
+            # read as success.
+            raise ValueError("redis_url: decode_responses is not supported for the service's writes")
 
-    async def exchange(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def exchange(self, commands: Sequence[Sequence[Any]], extra_s: float = 0.0) -> list[Any]:
         """Each command's reply, in order; a command's error reply (a ``ResponseError``: a script's
         refusal, NOSCRIPT, MOVED...) is its reply, as in a redis-py pipeline. Raises what ended the
         exchange before every reply was read (no connection, a timeout, a closed socket): whether
-        the commands ran is then unknown."""
+        the commands ran is then unknown. ``extra_s``: what a command may wait on the server's side
+        beyond the socket timeout (``WAIT``'s own timeout), added to the exchange's deadline."""
+        if not commands:
+            return []  # no reply will come: nothing to wait for
         await self._acquire()
         try:
             wire = await self._take()
-            replies = await self._send_and_read(wire, commands)
-            self._idle.append(wire)  # every reply read: the connection is in step with its server
+            replies = await self._send_and_read(wire, commands, extra_s)
+            if self._closed:
+                await self._close(wire.conn)
+            else:
+                self._idle.append(wire)  # every reply read: the connection is in step with its server
             return replies
         finally:
             self._free.release()
@@ -89,6 +100,7 @@ class Lane:
 
     async def aclose(self) -> None:
         """Close every connection, idle or busy (a busy exchange then fails with a closed socket)."""
+        self._closed = True
         conns, self._idle = list(self._open), []
         self._open.clear()
         for conn in conns:
@@ -130,12 +142,14 @@ class Lane:
             # by redis-py's parser would never reach the wire, and would put it out of step.
             if await conn.can_read():
                 raise RedisConnectionError(f"{self._host} sent more than the handshake's replies")
+            if self._closed:
+                raise RedisConnectionError(f"the write lane to {self._host} is closed")
             return _Wire.take_over(conn)
         except BaseException:
             await self._close(conn)
             raise
 
-    async def _send_and_read(self, wire: _Wire, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def _send_and_read(self, wire: _Wire, commands: Sequence[Sequence[Any]], extra_s: float) -> list[Any]:
         """The commands in one write, then their replies; the connection is closed unless every
         reply was read (a timeout, an error or the caller's cancellation at any point)."""
         done = False
@@ -145,7 +159,7 @@ class Lane:
             replies = wire.expect(len(commands))
             wire.transport.write(packed[0] if len(packed) == 1 else b"".join(packed))
             if self.timeout_s is not None:
-                deadline = wire.loop.call_later(self.timeout_s, wire.time_out, self._host)
+                deadline = wire.loop.call_later(self.timeout_s + extra_s, wire.time_out, self._host)
             got = await replies
             done = True
             return got

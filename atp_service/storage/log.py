@@ -251,7 +251,7 @@ class LogStore:
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = True
         wait = self._window.wait_s(self._first_pending_at, loop.time())
-        if wait > 0:
+        if wait > 0 and len(self._pending) < self._window.enough:  # else its company is already here
             self._timer = loop.call_later(wait, self._flush)
         else:
             loop.call_soon(self._flush)

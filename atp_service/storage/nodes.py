@@ -145,7 +145,7 @@ class Nodes:
                                            for call in calls]
         if self.wait_replicas:
             commands.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
-        replies = await lane.exchange(commands)
+        replies = await lane.exchange(commands, self.wait_timeout_ms / 1000 if self.wait_replicas else 0.0)
         if self.wait_replicas:
             confirmed = replies.pop()
             if isinstance(confirmed, BaseException):

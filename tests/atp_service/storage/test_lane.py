@@ -324,3 +324,49 @@ async def _fed_bytewise(wire: _Wire, count: int, data: bytes) -> list[Any]:
         assert not waiter.done()
         wire.data_received(data[i:i + 1])
     return await waiter
+
+
+async def test_an_exchange_of_no_commands_answers_at_once(redis_url: str) -> None:
+    """A lease renewal of no group sends no command: waiting for a reply would stall it for the
+    whole timeout (60 s here)."""
+    nodes = Nodes(connect(redis_url, 60.0))
+    try:
+        assert await asyncio.wait_for(nodes.run([]), 30) == []
+        assert lane_of(nodes).open_connections == 0
+    finally:
+        await nodes.aclose()
+
+
+async def test_a_wait_for_replicas_has_its_own_timeout_on_top_of_the_exchanges(redis_url: str) -> None:
+    """``WAIT`` may take its whole timeout on the server: the exchange's deadline leaves it that
+    long beyond the socket timeout, so a short wait ends ``NotReplicated``, not timed out."""
+    nodes = open_nodes(redis_url, 0.3, wait_replicas=1, wait_timeout_ms=600)
+    try:
+        (reply,) = await nodes.run([echo("landed")])
+        assert isinstance(reply, NotReplicated), reply
+    finally:
+        await nodes.aclose()
+
+
+async def test_a_connection_made_after_aclose_is_closed_not_kept(redis_url: str) -> None:
+    nodes = Nodes(connect(redis_url, 5.0))
+    lane = lane_of_new(nodes)
+    exchange = asyncio.ensure_future(lane.exchange([("PING",)]))
+    await asyncio.sleep(0)  # connecting
+    await lane.aclose()
+    with pytest.raises(RedisConnectionError):
+        await exchange
+    assert lane.open_connections == 0
+    await nodes.aclose()
+
+
+def lane_of_new(nodes: Nodes) -> Lane:
+    """The single Redis's lane, made before any call."""
+    return nodes._lane("")
+
+
+def test_a_client_that_decodes_replies_cannot_write() -> None:
+    """The log tells a script's refusal by its first byte: a decoded reply would read as success."""
+    client = connect("redis://127.0.0.1:1/0?decode_responses=True", 1.0)
+    with pytest.raises(ValueError, match="decode_responses"):
+        Lane(client.connection_pool)

@@ -109,6 +109,18 @@ async def test_a_waiting_commit_goes_once_the_company_it_waited_for_is_there(red
         await client.aclose()
 
 
+async def test_a_commit_whose_company_is_already_there_does_not_wait(redis_url: str) -> None:
+    """A group of entries (or those that came while a commit was in flight) is all the company a
+    wait was for: it goes at once, not after the window."""
+    client = connect(redis_url, 5.0)
+    store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=60.0, min_rate=0))
+    try:
+        await store.claim(4)
+        await asyncio.wait_for(store.submit_group([(0, 1, b"a"), (1, 1, b"b"), (2, 1, b"c")]), 30)  # not the 60 s
+    finally:
+        await client.aclose()
+
+
 async def test_quiet_entries_go_out_at_once(redis_url: str) -> None:
     client = connect(redis_url, 5.0)
     store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1_000_000))
