@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -75,11 +77,20 @@ async def _submit_in_separate_turns(store: LogStore, seqs: range) -> list[asynci
     return futures
 
 
-async def test_busy_entries_of_many_turns_share_one_redis_call(redis_url: str) -> None:
+@contextlib.asynccontextmanager
+async def _claimed_store(redis_url: str, window: CommitWindow) -> AsyncIterator[tuple[Any, LogStore]]:
+    """A client and a log of four shards claimed, with ``window``; the client closed afterwards."""
     client = connect(redis_url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1))
+    store = LogStore(client, "t:", pipeline_max=64, window=window)
     try:
         await store.claim(4)
+        yield client, store
+    finally:
+        await client.aclose()
+
+
+async def test_busy_entries_of_many_turns_share_one_redis_call(redis_url: str) -> None:
+    async with _claimed_store(redis_url, CommitWindow(delay_s=0.2, min_rate=1)) as (client, store):
         await store.submit(0, 1, b"first")  # opens the first rate bucket; quiet until now: sent at once
         await asyncio.gather(*(store.submit(1, seq, b"e") for seq in range(1, 30)))
         await asyncio.sleep(0.15)  # the next arrival closes the bucket at ~200 entries/s: busy, and
@@ -89,15 +100,10 @@ async def test_busy_entries_of_many_turns_share_one_redis_call(redis_url: str) -
         entries_after, calls_after = _round_trips(store)
         assert (calls_after - calls_before, entries_after - entries_before) == (1, 9), "nine turns, one call"
         assert await client.xlen("t:{g0}:log") == 10  # R7: every acknowledged entry is in the log
-    finally:
-        await client.aclose()
 
 
 async def test_a_waiting_commit_goes_once_the_company_it_waited_for_is_there(redis_url: str) -> None:
-    client = connect(redis_url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=60.0, min_rate=0))
-    try:
-        await store.claim(4)
+    async with _claimed_store(redis_url, CommitWindow(delay_s=60.0, min_rate=0)) as (_, store):
         entries_before, calls_before = _round_trips(store)
         first = store.submit(0, 1, b"first")  # busy from the start (min_rate 0): waits for company
         await asyncio.sleep(0.05)
@@ -105,35 +111,23 @@ async def test_a_waiting_commit_goes_once_the_company_it_waited_for_is_there(red
         await asyncio.wait_for(asyncio.gather(first, store.submit(0, 2, b"second")), 30)  # not the 60 s
         entries_after, calls_after = _round_trips(store)
         assert (calls_after - calls_before, entries_after - entries_before) == (1, 2)
-    finally:
-        await client.aclose()
 
 
 async def test_a_commit_whose_company_is_already_there_does_not_wait(redis_url: str) -> None:
     """A group of entries (or those that came while a commit was in flight) is all the company a
     wait was for: it goes at once, not after the window."""
-    client = connect(redis_url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=60.0, min_rate=0))
-    try:
-        await store.claim(4)
+    async with _claimed_store(redis_url, CommitWindow(delay_s=60.0, min_rate=0)) as (_, store):
         await asyncio.wait_for(store.submit_group([(0, 1, b"a"), (1, 1, b"b"), (2, 1, b"c")]), 30)  # not the 60 s
-    finally:
-        await client.aclose()
 
 
 async def test_quiet_entries_go_out_at_once(redis_url: str) -> None:
-    client = connect(redis_url, 5.0)
-    store = LogStore(client, "t:", pipeline_max=64, window=CommitWindow(delay_s=0.2, min_rate=1_000_000))
-    try:
-        await store.claim(4)
+    async with _claimed_store(redis_url, CommitWindow(delay_s=0.2, min_rate=1_000_000)) as (client, store):
         entries_before, calls_before = _round_trips(store)
         await asyncio.gather(*await _submit_in_separate_turns(store, range(1, 6)))
         entries_after, calls_after = _round_trips(store)
         assert entries_after - entries_before == 5
         assert calls_after - calls_before >= 2, "not held back for company"
         assert await client.xlen("t:{g0}:log") == 5
-    finally:
-        await client.aclose()
 
 
 async def test_a_newer_claim_fences_every_write_of_the_older_store_and_none_of_it_lands(redis_url: str) -> None:
