@@ -21,6 +21,7 @@ on a violation.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +68,21 @@ def _start(environment: Any, **_: Any) -> None:
     if not isinstance(environment.runner, WorkerRunner):
         settle_run_id(options)  # before the master's spawn messages, which carry it to the workers
         ReserveStreamer.fixed_count = Run.of(options).stream_users  # the dispatcher counts it
-    if isinstance(environment.runner, MasterRunner):
-        return
     run = Run.of(options)
     BOOK.connection = None  # until this run's is known: no user talks to the last run's service
     BOOK.start(run.run_id, connection_of(options, environment.host))
+    started = time.monotonic()
+    BOOK.seeding = True
     try:
-        seed_for(run)
+        # The master (or the only process) seeds while the shape holds at no users; a worker only learns
+        # the stock its users draw from and its checks compare with.
+        seed_for(run, send=not isinstance(environment.runner, WorkerRunner))
     except grpc.RpcError as exc:  # e.g. UNAUTHENTICATED: a failure of the run, in its report, not a crash
         environment.events.request.fire(request_type="seed", name="seed", response_time=0, response_length=0,
                                         exception=exc, context={})
+    finally:
+        BOOK.seeding = False
+    BOOK.setup_s = time.monotonic() - started
 
 
 @events.test_stop.add_listener

@@ -33,6 +33,11 @@ class Book:
     stock: dict[tuple[str, str], int] = field(default_factory=dict)
     acknowledged: dict[str, str] = field(default_factory=dict)  # reservation_id -> last acknowledged state
     violations: list[str] = field(default_factory=list)
+    setup_s: float = 0.0
+    """How long this run's start (seeding) took: the load shape's clock starts after it, so a run of
+    ``--duration`` seconds loads the service that long however slow the seeding was."""
+    seeding: bool = False
+    """This process is seeding the run's stock: the load shape holds at no users until it is done."""
 
     def start(self, run: str, connection: Connection) -> None:
         """A new run (the web UI runs one after another in the same processes): nothing of the last one."""
@@ -40,6 +45,7 @@ class Book:
         self.stock.clear()
         self.acknowledged.clear()
         self.violations.clear()
+        self.setup_s, self.seeding = 0.0, False
 
     def channel(self) -> grpc.Channel:
         """A new channel of the run's connection (the caller closes it)."""
@@ -51,9 +57,12 @@ class Book:
         """Scenario SKUs are per run, so a run never meets an earlier run's holds."""
         return f"{self.run}-{name}"
 
-    def seed(self, stock: dict[tuple[str, str], int]) -> None:
-        """COUNT facts with fixed event ids: every locust process may seed, duplicates change nothing (E8)."""
+    def seed(self, stock: dict[tuple[str, str], int], send: bool = True) -> None:
+        """COUNT facts with fixed event ids: every locust process may seed, duplicates change nothing (E8).
+        Not ``send``: only learn the stock (a worker, whose master seeded before spawning it)."""
         self.stock.update(stock)
+        if not send:
+            return
         now = int(time.time() * 1000) - 5_000
         facts = [pb.Fact(event_id=f"seed-{sku}-{loc}", source="locust", kind=pb.FACT_KIND_COUNT, sku=sku, location=loc,
                          quantity=qty, event_time=timestamp(now)) for (sku, loc), qty in stock.items()]

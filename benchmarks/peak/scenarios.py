@@ -203,13 +203,14 @@ class ReserveStreamer(StreamUser):
         return peak_lines(), 600
 
 
-def seed_for(run: Run) -> None:
+def seed_for(run: Run, send: bool = True) -> None:
+    """The run's stock into the book, and (``send``) into the service."""
     if run.scenario == "flash_sale":
-        BOOK.seed(flash_stock(run.flash_stock))
+        BOOK.seed(flash_stock(run.flash_stock), send)
     else:
         dcs, stores = peak_stock()
-        BOOK.seed(dcs)
-        BOOK.seed(stores)
+        BOOK.seed(dcs, send)
+        BOOK.seed(stores, send)
         for key in stores:  # POS sales lower store stock legitimately: only DC positions are checked
             BOOK.stock.pop(key, None)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from locust import LoadTestShape
 
+from benchmarks.peak.book import BOOK
 from benchmarks.peak.options import Run
 from benchmarks.peak.scenarios import users_for
 
@@ -46,7 +47,9 @@ class PeakShape(LoadTestShape):
     def tick(self) -> tuple[int, float, list[type]] | None:
         assert self.runner is not None  # locust sets it before the first tick
         run = Run.of(self.runner.environment.parsed_options)
-        t = self.get_run_time()
+        if BOOK.seeding:  # users would only queue behind the seed: none until it is in
+            return 0, 1.0, users_for(run)
+        t = self.get_run_time() - BOOK.setup_s  # the load's own time: seeding is not part of it
         if t >= run.duration_s:
             return None
         users, rate = CURVES[run.scenario](t, run.duration_s, run.peak_users)
