@@ -67,6 +67,19 @@ async def start_locust(*args: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
 
 
+async def _output_until(proc: asyncio.subprocess.Process, mark: bytes, limit_s: float) -> bytes:
+    """What ``proc`` wrote up to and with the line holding ``mark`` (all of it, if it ended first)."""
+    assert proc.stdout is not None
+    out = b""
+    async with asyncio.timeout(limit_s):
+        while mark not in out:
+            line = await proc.stdout.readline()
+            if not line:
+                break
+            out += line
+    return out
+
+
 async def locust(target: str, certs: Path, out: Path, *options: str) -> tuple[int, str, Rows]:
     """A short headless run with mutual TLS; (exit code, output, stats rows by (type, name))."""
     proc = await start_locust("--headless", "--only-summary", "--host", target, "--csv", str(out),
@@ -184,9 +197,12 @@ async def test_the_web_ui_chooses_the_scenario_and_its_options(start_service: Se
         started = await asyncio.to_thread(_http, f"{web}/swarm", form)
         assert started["success"], started
         report = await _until(f"{web}/stats/requests", lambda a: a["state"] == "stopped")
+        # locust reports the run stopped before its test_stop listeners (the invariant check) ran
+        output = await _output_until(proc, b"acknowledged reservations checked:", 60)
     finally:
         proc.terminate()
-        output, _ = await asyncio.wait_for(proc.communicate(), 60)
+        rest, _ = await asyncio.wait_for(proc.communicate(), 60)
+    output += rest
     stats = {s["name"]: s for s in report["stats"]}
     assert stats["Aggregated"]["num_failures"] == 0 and stats["ReserveStream[batch]"]["num_requests"] > 0, stats
     assert any(name.startswith("Reserve[") for name in stats) and "GetAvailability" not in stats, stats.keys()
