@@ -243,7 +243,7 @@ class LogStore:
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._schedule(loop)
-        elif self._timer is not None and len(self._pending) >= self._window.enough:
+        elif self._timer is not None and self._window.full(len(self._pending)):
             self._timer.cancel()  # the company it waited for is here
             self._timer = None
             loop.call_soon(self._flush)
@@ -251,7 +251,7 @@ class LogStore:
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = True
         wait = self._window.wait_s(self._first_pending_at, loop.time())
-        if wait > 0 and len(self._pending) < self._window.enough:  # else its company is already here
+        if wait > 0 and not self._window.full(len(self._pending)):  # else its company is already here
             self._timer = loop.call_later(wait, self._flush)
         else:
             loop.call_soon(self._flush)

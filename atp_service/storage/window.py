@@ -39,6 +39,10 @@ class CommitWindow:
             self.enough = max(2, round(rate * self.delay_s))
             self._bucket_start, self._bucket_n = now, 0
 
+    def full(self, pending: int) -> bool:
+        """Whether ``pending`` entries are all the company a wait would be for: send now."""
+        return pending >= self.enough
+
     def wait_s(self, first_pending_at: float, now: float) -> float:
         """How much longer the oldest waiting entry should wait before it is sent."""
         return max(0.0, first_pending_at + self.delay_s - now) if self.busy else 0.0

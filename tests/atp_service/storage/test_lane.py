@@ -40,7 +40,8 @@ def echo(arg: str, key: str = "n") -> Call:
 
 
 def lane_of(nodes: Nodes) -> Lane:
-    return nodes._lanes[""]
+    """The single Redis's lane (made on first use)."""
+    return nodes._lane("")
 
 
 @pytest.fixture
@@ -350,7 +351,7 @@ async def test_a_wait_for_replicas_has_its_own_timeout_on_top_of_the_exchanges(r
 
 async def test_a_connection_made_after_aclose_is_closed_not_kept(redis_url: str) -> None:
     nodes = Nodes(connect(redis_url, 5.0))
-    lane = lane_of_new(nodes)
+    lane = lane_of(nodes)
     exchange = asyncio.ensure_future(lane.exchange([("PING",)]))
     await asyncio.sleep(0)  # connecting
     await lane.aclose()
@@ -358,11 +359,6 @@ async def test_a_connection_made_after_aclose_is_closed_not_kept(redis_url: str)
         await exchange
     assert lane.open_connections == 0
     await nodes.aclose()
-
-
-def lane_of_new(nodes: Nodes) -> Lane:
-    """The single Redis's lane, made before any call."""
-    return nodes._lane("")
 
 
 def test_a_client_that_decodes_replies_cannot_write() -> None:
