@@ -130,6 +130,18 @@ async def test_service_cost_runs_at_a_tiny_size(mode: tuple[str, ...]) -> None:
     assert result["calls_per_group_commit"] >= 1 and 0 < result["p50_ms"] <= result["p99_ms"]
 
 
+async def test_write_round_trip_runs_at_a_tiny_size() -> None:
+    code, out = await run(sys.executable, "benchmarks/write_round_trip.py", "--calls", "50", "--rounds", "2",
+                          limit_s=120)
+    assert code == 0, out[-3000:]
+    (result,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert result["calls"] == 50
+    for path in ("pool", "lane"):
+        runs = result[f"{path}_us_per_call"]
+        assert len(runs) == 2 and all(us > 0 for us in runs), (path, runs)
+        assert result[f"{path}_mean_us"] == round(sum(runs) / 2, 1)
+
+
 async def test_estate_runs_at_a_tiny_size_and_reports_every_figure() -> None:
     code, out = await run(sys.executable, "benchmarks/estate.py", "--skus", "30", "--locations", "20", "--stocked",
                           "0.5", "--day-facts", "500", "--batch", "200", limit_s=180)
