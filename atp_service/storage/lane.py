@@ -36,7 +36,7 @@ import hiredis
 from redis._parsers import BaseParser
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, RedisError, ResponseError
+from redis.exceptions import DataError, InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 LANE_CONNECTIONS = 8
@@ -45,6 +45,7 @@ the log's group commits (one at a time unless ``max_in_flight`` says otherwise),
 fence, a claim or a lease renewal — so more than a handful means something is stuck; past this an
 exchange waits (at most the socket timeout) for one to come free rather than open yet another."""
 
+_pack_command = hiredis.pack_command
 _NOT_ENOUGH = object()
 """What the hiredis reader answers while a reply is still incomplete (a reply may be ``None``)."""
 _PUSH = getattr(hiredis, "PushNotification", ())
@@ -54,7 +55,7 @@ _PUSH = getattr(hiredis, "PushNotification", ())
 class Lane:
     """The write connections of one Redis node, each used by one exchange at a time. They are made
     with the connection class and arguments of ``pool`` (the node's client's), so whatever that
-    client was configured with carries over: TLS, credentials, a unix socket, hiredis packing, the
+    client was configured with carries over: TLS, credentials, a unix socket, the
     timeouts."""
 
     def __init__(self, pool: ConnectionPool, connections: int = LANE_CONNECTIONS) -> None:
@@ -68,6 +69,10 @@ class Lane:
         self._free = asyncio.Semaphore(connections)
         self._host = str(self._kwargs.get("path") or f"{self._kwargs.get('host')}:{self._kwargs.get('port')}")
         self._closed = False  # aclose() ran: a connection that finishes connecting afterwards is closed
+        if str(self._kwargs.get("encoding", "utf-8")).lower().replace("_", "-") not in ("utf-8", "utf8"):
+            # ``pack`` sends str arguments (keys among them) as UTF-8, as the reads' client must.
+            raise ValueError("redis_url: the service's writes need the UTF-8 encoding, got "
+                             f"{self._kwargs.get('encoding')!r}")
         if self._kwargs.get("decode_responses"):
             # The log tells a script's refusal by its first byte (``b"!"``): decoded replies would
             # read as success.
@@ -155,9 +160,9 @@ class Lane:
         done = False
         deadline: asyncio.TimerHandle | None = None
         try:
-            packed = wire.conn.pack_commands(commands)
+            packed = pack(commands)
             replies = wire.expect(len(commands))
-            wire.transport.write(packed[0] if len(packed) == 1 else b"".join(packed))
+            wire.transport.write(packed)
             if self.timeout_s is not None:
                 deadline = wire.loop.call_later(self.timeout_s + extra_s, wire.time_out, self._host)
             got = await replies
@@ -174,6 +179,16 @@ class Lane:
         self._open.discard(conn)
         if conn.is_connected:
             await conn.disconnect(nowait=True)  # closes without suspending, so a cancellation cannot stop it
+
+
+def pack(commands: Sequence[Sequence[Any]]) -> bytes:
+    """The commands in RESP, packed by hiredis in C: redis-py's packing goes through its connection
+    (a Python pass over every argument, then a join per command), which cost more client CPU than
+    the round trip's system calls. Arguments are str (UTF-8), bytes, int or float, as redis-py's."""
+    try:
+        return b"".join([_pack_command(c if type(c) is tuple else tuple(c)) for c in commands])
+    except TypeError as exc:
+        raise DataError(f"a write command's argument cannot be sent to Redis: {exc}") from None
 
 
 class _Wire(asyncio.Protocol):

@@ -13,13 +13,21 @@ from typing import Any
 
 import pytest
 import redis
-from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    DataError,
+    MovedError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
-from atp_service.storage.lane import LANE_CONNECTIONS, Lane, _Wire
+from atp_service.storage.lane import LANE_CONNECTIONS, Lane, _Wire, pack
 from atp_service.storage.nodes import Call, Nodes, NotReplicated, Script, connect, open_nodes
 
 ECHO = Script("redis.call('INCR', KEYS[1]) return ARGV[1]")
@@ -366,3 +374,28 @@ def test_a_client_that_decodes_replies_cannot_write() -> None:
     client = connect("redis://127.0.0.1:1/0?decode_responses=True", 1.0)
     with pytest.raises(ValueError, match="decode_responses"):
         Lane(client.connection_pool)
+
+
+def test_a_client_with_another_encoding_cannot_write() -> None:
+    """The lane sends str arguments (the keys) as UTF-8: a client reading them in another encoding
+    would name other keys."""
+    client = connect("redis://127.0.0.1:1/0?encoding=latin-1", 1.0)
+    with pytest.raises(ValueError, match="UTF-8"):
+        Lane(client.connection_pool)
+
+
+def test_commands_are_packed_as_redis_py_packs_them() -> None:
+    commands = [("EVALSHA", "a" * 40, 2, "atp:{g1}:log", "clé", 7, -3, 1.5, b"\x00\xffdata"),
+                ("SCRIPT", "LOAD", "return 1"), ["WAIT", 1, 1000]]
+    client = redis.Redis()  # its own packing, in Python: the reference
+    assert pack(commands) == b"".join(client.connection_pool.connection_class().pack_commands(commands))
+    with pytest.raises(DataError, match="cannot be sent"):
+        pack([("SET", "k", None)])
+
+
+async def test_a_command_that_cannot_be_packed_fails_alone_and_the_lane_writes_on(redis_url: str) -> None:
+    nodes = open_nodes(redis_url, 2.0)
+    refused = await nodes.run([Call(ECHO, ["k"], [None])])
+    assert isinstance(refused[0], DataError)
+    assert await nodes.run([Call(ECHO, ["k"], ["v"])]) == [b"v"]
+    await nodes.aclose()
