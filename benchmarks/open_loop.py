@@ -104,6 +104,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def main_thread(pid: int) -> tuple[float, int]:
+    """Of process ``pid``'s main thread (a Python server's event loop) so far: (CPU seconds,
+    voluntary context switches: how often it slept waiting for something to do)."""
+    task = Path(f"/proc/{pid}/task/{pid}")
+    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+    status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines() if ":" in line)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(status["voluntary_ctxt_switches"])
+
+
 def _cpu_times() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine so far."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -128,12 +137,15 @@ async def settle(max_busy: float = 0.08, window_s: float = 0.5, limit_s: float =
 async def measured_open_loop(target: str, pid: int, pick: Callable[[], tuple[str, str]], tag: str, rate: float,
                              seconds: float) -> dict[str, Any]:
     """``open_loop_unary`` once the machine is quiet, with the CPU server ``pid`` used meanwhile (in cores):
-    ops, latencies (ms), refused (by status), server_cpu, settled_s."""
+    ops, latencies (ms), refused (by status), server_cpu, settled_s; and of its main thread (the event
+    loop's) alone, over the whole run: main_cpu_s, main_sleeps (voluntary context switches)."""
     waited = await settle()
-    cpu_before, began = cpu_seconds(pid), time.perf_counter()
+    cpu_before, (main_before, sleeps_before), began = cpu_seconds(pid), main_thread(pid), time.perf_counter()
     ops, lat, refused = await open_loop_unary(target, pick, tag, rate, seconds)
     cpu = (cpu_seconds(pid) - cpu_before) / (time.perf_counter() - began)
-    return {"ops": ops, "lat": lat, "refused": refused, "server_cpu": round(cpu, 2), "settled_s": round(waited, 1)}
+    main_after, sleeps_after = main_thread(pid)
+    return {"ops": ops, "lat": lat, "refused": refused, "server_cpu": round(cpu, 2), "settled_s": round(waited, 1),
+            "main_cpu_s": main_after - main_before, "main_sleeps": sleeps_after - sleeps_before}
 
 
 async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -1,12 +1,19 @@
 """The service's CPU per unary Reserve beside Python gRPC's own, at the same offered rates, in one run.
 
     python benchmarks/unary_cost.py [--rates 500,1000,2000,half] [--seconds 8] [--profile-rate 1000]
+                                    [--native-rate 1000]
 
 Starts the no-op server (``noop_server.py``: same gRPC stack and messages, no work) and
 ``atp-service serve`` against an embedded Redis (AOF everysec), seeds 10,000 positions, measures
 the no-op ceiling in closed loop, then for each rate (``half``: 50 % of that ceiling) runs the same
 open loop of one-line ``Reserve`` calls against each server in turn. One JSON line per rate: each
 server's CPU per call (µs), their ratio, the service's p50/p99 and refusals.
+
+Each rate's line also gives, per server, its event loop's thread alone: CPU per call
+(``*_loop_thread_us``; the rest is gRPC core's own threads) and how often per call it slept
+waiting for work (``*_loop_sleeps_per_call``). With ``--native-rate`` (``perf`` must be installed),
+one more open loop per server splits that thread's CPU per call by library (the interpreter,
+gRPC's Cython layer, uvloop, the kernel...).
 
 With ``--profile-rate`` (py-spy must be installed and allowed to attach), one more open loop at
 that rate is sampled by ``py-spy record --nonblocking`` and the service's CPU per call is broken
@@ -30,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import EmbeddedRedis, free_port
 from benchmarks.compare import Tally, Workload, grpc_unary, seed_service
-from benchmarks.open_loop import cpu_seconds, measured_open_loop, open_loop_unary, settle
+from benchmarks.open_loop import cpu_seconds, main_thread, measured_open_loop, open_loop_unary, settle
 from benchmarks.throughput import ROOT, serve_command, service_ready, start
 
 POSITIONS = 10_000
@@ -76,6 +83,9 @@ async def _pair(servers: dict[str, tuple[str, int]], w: Workload, rate: float, s
     for name, (target, pid) in servers.items():
         m = await measured_open_loop(target, pid, w.picker(7), f"uc-{name}-{round(rate)}", rate, seconds)
         found[f"{name}_cpu_us"] = round(m["server_cpu"] / rate * 1e6)
+        calls = rate * seconds
+        found[f"{name}_loop_thread_us"] = round(m["main_cpu_s"] / calls * 1e6)
+        found[f"{name}_loop_sleeps_per_call"] = round(m["main_sleeps"] / calls, 2)
         if name == "service":
             lat = m["lat"] or [0.0]
             found |= {"p50_ms": round(float(np.percentile(lat, 50)), 2),
@@ -100,6 +110,49 @@ async def _profiled(target: str, pid: int, w: Workload, rate: float, seconds: fl
             "parts_us": {part: round(share * per_call) for part, share in shares.items() if share >= 0.005}}
 
 
+async def _native(servers: dict[str, tuple[str, int]], w: Workload, rate: float, seconds: float,
+                  tmp: Path) -> dict[str, Any]:
+    """One more open loop per server at ``rate`` with ``perf record`` on its event loop's thread:
+    that thread's CPU per call split by the library it was in (the interpreter, gRPC's Cython
+    layer, uvloop, the kernel...). Python frames are not split: that is ``--profile-rate``'s job."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return {"native_profile": "perf is not installed"}
+    found: dict[str, Any] = {"native_rate": round(rate)}
+    for name, (target, pid) in servers.items():
+        await settle()
+        data = tmp / f"perf-{name}.data"
+        rec = await asyncio.create_subprocess_exec(
+            perf, "record", "-F", "999", "-t", str(pid), "-o", str(data), "--", "sleep", str(seconds),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        before, _ = main_thread(pid)
+        await open_loop_unary(target, w.picker(11), f"uc-perf-{name}", rate, seconds)
+        per_call = (main_thread(pid)[0] - before) / (rate * seconds) * 1e6
+        await asyncio.wait_for(rec.wait(), 60)
+        report = await asyncio.create_subprocess_exec(
+            perf, "report", "-i", str(data), "--sort", "dso", "--stdio", "-g", "none",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        text, _ = await report.communicate()
+        shares = dso_shares(text.decode(errors="replace"))
+        found[f"{name}_loop_thread_us"] = round(per_call)
+        found[f"{name}_by_library_us"] = {dso: round(share * per_call) for dso, share in shares.items()
+                                          if share >= 0.01}
+    return found
+
+
+def dso_shares(report: str) -> dict[str, float]:
+    """Share of samples per library, from ``perf report --sort dso --stdio`` (``  39.57%  name``)."""
+    shares: dict[str, float] = {}
+    for line in report.splitlines():
+        percent, _, dso = line.strip().partition("%")
+        if dso and not line.lstrip().startswith("#"):
+            try:
+                shares[dso.strip()] = float(percent) / 100
+            except ValueError:
+                continue
+    return shares
+
+
 async def _run(args: argparse.Namespace, tmp: Path) -> None:
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
         noop_port, port = free_port(), free_port()
@@ -116,6 +169,8 @@ async def _run(args: argparse.Namespace, tmp: Path) -> None:
             for text in args.rates.split(","):
                 rate = ceiling / 2 if text == "half" else float(text)
                 print(json.dumps(await _pair(servers, w, rate, args.seconds)), flush=True)
+            if args.native_rate:
+                print(json.dumps(await _native(servers, w, args.native_rate, args.seconds, tmp)), flush=True)
             if args.profile_rate:
                 print(json.dumps(await _profiled(target, service.pid, w, args.profile_rate, args.seconds, tmp)))
         finally:
@@ -129,6 +184,8 @@ def main() -> None:
     parser.add_argument("--rates", default="500,1000,2000,half", help="offered rates; 'half': 50%% of the ceiling")
     parser.add_argument("--seconds", type=float, default=8.0, help="per open loop")
     parser.add_argument("--profile-rate", type=float, default=0.0, help="also profile the service at this rate")
+    parser.add_argument("--native-rate", type=float, default=0.0,
+                        help="also split each server's event-loop thread by library (perf) at this rate")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="atp-unary-cost-") as tmp:
         asyncio.run(_run(args, Path(tmp)))

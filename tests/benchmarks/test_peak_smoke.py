@@ -9,6 +9,7 @@ import asyncio
 import csv
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,25 @@ async def test_service_cost_runs_at_a_tiny_size(mode: tuple[str, ...]) -> None:
     assert result["calls"] > 0 and result["with_service_us_per_call"] > 0
     assert result["service_us_per_call"] == result["with_service_us_per_call"] - result["harness_us_per_call"]
     assert result["calls_per_group_commit"] >= 1 and 0 < result["p50_ms"] <= result["p99_ms"]
+
+
+async def test_unary_cost_runs_at_a_tiny_size_and_reports_both_servers() -> None:
+    code, out = await run(sys.executable, "benchmarks/unary_cost.py", "--rates", "40", "--seconds", "0.5",
+                          "--native-rate", "40", limit_s=300)
+    assert code == 0, out[-3000:]
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    ceiling, rate, native = lines
+    assert ceiling["noop_ceiling"] > 0 and rate["rate"] == 40
+    for server in ("noop", "service"):
+        assert rate[f"{server}_cpu_us"] > 0 and rate[f"{server}_loop_thread_us"] > 0, rate
+        assert rate[f"{server}_loop_thread_us"] <= rate[f"{server}_cpu_us"] + 50, rate  # a part of the whole
+        assert rate[f"{server}_loop_sleeps_per_call"] >= 0
+    assert rate["ratio"] == round(rate["service_cpu_us"] / rate["noop_cpu_us"], 2)
+    if shutil.which("perf"):  # the split by library needs perf (not on every machine)
+        for server in ("noop", "service"):
+            assert native[f"{server}_by_library_us"], native
+    else:
+        assert native == {"native_profile": "perf is not installed"}
 
 
 async def test_write_round_trip_runs_at_a_tiny_size() -> None:
