@@ -28,6 +28,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,10 @@ async def _pair(servers: dict[str, tuple[str, int]], w: Workload, rate: float, s
     for name, (target, pid) in servers.items():
         m = await measured_open_loop(target, pid, w.picker(7), f"uc-{name}-{round(rate)}", rate, seconds)
         found[f"{name}_cpu_us"] = round(m["server_cpu"] / rate * 1e6)
-        calls = rate * seconds
-        found[f"{name}_loop_thread_us"] = round(m["main_cpu_s"] / calls * 1e6)
-        found[f"{name}_loop_sleeps_per_call"] = round(m["main_sleeps"] / calls, 2)
+        # Per call as ``*_cpu_us`` counts it (the window's CPU over rate x window, warm-up included):
+        # the thread's figure is then a part of the process's.
+        found[f"{name}_loop_thread_us"] = round(m["main_cpu"] / rate * 1e6)
+        found[f"{name}_loop_sleeps_per_call"] = round(m["main_sleeps"] / (rate * m["window_s"]), 2)
         if name == "service":
             lat = m["lat"] or [0.0]
             found |= {"p50_ms": round(float(np.percentile(lat, 50)), 2),
@@ -125,10 +127,12 @@ async def _native(servers: dict[str, tuple[str, int]], w: Workload, rate: float,
         rec = await asyncio.create_subprocess_exec(
             perf, "record", "-F", "999", "-t", str(pid), "-o", str(data), "--", "sleep", str(seconds),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        before, _ = main_thread(pid)
+        (before, _), began = main_thread(pid), time.perf_counter()
         await open_loop_unary(target, w.picker(11), f"uc-perf-{name}", rate, seconds)
-        per_call = (main_thread(pid)[0] - before) / (rate * seconds) * 1e6
+        per_call = (main_thread(pid)[0] - before) / (rate * (time.perf_counter() - began)) * 1e6
         await asyncio.wait_for(rec.wait(), 60)
+        if rec.returncode != 0:  # installed but not allowed (perf_event_paranoid, a container), or not for this kernel
+            return {"native_profile": f"perf record failed (exit {rec.returncode})"}
         report = await asyncio.create_subprocess_exec(
             perf, "report", "-i", str(data), "--sort", "dso", "--stdio", "-g", "none",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
