@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis._parsers.encoders import Encoder
+from redis.connection import PythonRespSerializer
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -387,8 +389,8 @@ def test_a_client_with_another_encoding_cannot_write() -> None:
 def test_commands_are_packed_as_redis_py_packs_them() -> None:
     commands = [("EVALSHA", "a" * 40, 2, "atp:{g1}:log", "clé", 7, -3, 1.5, b"\x00\xffdata"),
                 ("SCRIPT", "LOAD", "return 1"), ["WAIT", 1, 1000]]
-    client = redis.Redis()  # its own packing, in Python: the reference
-    assert pack(commands) == b"".join(client.connection_pool.connection_class().pack_commands(commands))
+    reference = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)  # redis-py's, in Python
+    assert pack(commands) == b"".join(b"".join(reference.pack(*command)) for command in commands)
     with pytest.raises(DataError, match="cannot be sent"):
         pack([("SET", "k", None)])
 
