@@ -277,16 +277,16 @@ class AtpService:
             raise EstateUnusable(str(exc)) from None  # every StartupError of a reload starts "estate: "
 
     async def _recover(self) -> Engine:
-        started = time.perf_counter()
-        cfg = self.config
-        nodes = open_nodes(self.redis_url, cfg.redis_timeout_s, cluster=cfg.redis_cluster,
-                           wait_replicas=cfg.redis_wait_replicas, wait_timeout_ms=cfg.redis_wait_timeout_ms)
-        client = nodes.reader
-        self._log = store = LogStore(
-            nodes, cfg.key_prefix, cfg.pipeline_max,
-            window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate), metrics=self.metrics.storage)
+        started, cfg = time.perf_counter(), self.config
+        try:
+            nodes = open_nodes(self.redis_url, cfg.redis_timeout_s, cluster=cfg.redis_cluster,
+                               wait_replicas=cfg.redis_wait_replicas, wait_timeout_ms=cfg.redis_wait_timeout_ms)
+        except ValueError as exc:  # an option of the URL the writes cannot work with
+            raise StartupError(str(exc)) from None
+        self._log = store = LogStore(nodes, cfg.key_prefix, cfg.pipeline_max, metrics=self.metrics.storage,
+                                     window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate))
         store.tracer = self._servicer.tracer = self.tracing.tracer if self.tracing else None
-        await self._wait_for_redis(client)
+        await self._wait_for_redis(nodes.reader)
         await check_keyspace(store, cfg.shards, cfg.ownership)
         if cfg.ownership == "leases":
             return await self._join(store)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -69,14 +69,7 @@ class Lane:
         self._free = asyncio.Semaphore(connections)
         self._host = str(self._kwargs.get("path") or f"{self._kwargs.get('host')}:{self._kwargs.get('port')}")
         self._closed = False  # aclose() ran: a connection that finishes connecting afterwards is closed
-        if str(self._kwargs.get("encoding", "utf-8")).lower().replace("_", "-") not in ("utf-8", "utf8"):
-            # ``pack`` sends str arguments (keys among them) as UTF-8, as the reads' client must.
-            raise ValueError("redis_url: the service's writes need the UTF-8 encoding, got "
-                             f"{self._kwargs.get('encoding')!r}")
-        if self._kwargs.get("decode_responses"):
-            # The log tells a script's refusal by its first byte (``b"!"``): decoded replies would
-            # read as success.
-            raise ValueError("redis_url: decode_responses is not supported for the service's writes")
+        check_writable(self._kwargs)
 
     async def exchange(self, commands: Sequence[Sequence[Any]], extra_s: float = 0.0) -> list[Any]:
         """Each command's reply, in order; a command's error reply (a ``ResponseError``: a script's
@@ -179,6 +172,18 @@ class Lane:
         self._open.discard(conn)
         if conn.is_connected:
             await conn.disconnect(nowait=True)  # closes without suspending, so a cancellation cannot stop it
+
+
+def check_writable(options: Mapping[str, Any]) -> None:
+    """``ValueError`` naming ``redis_url`` where a client's options (``connection_kwargs``, from the
+    URL's query) would make the lane's writes wrong."""
+    if str(options.get("encoding", "utf-8")).lower().replace("_", "-") not in ("utf-8", "utf8"):
+        # ``pack`` sends str arguments (keys among them) as UTF-8, as the reads' client must.
+        raise ValueError(f"redis_url: the service's writes need the UTF-8 encoding, got {options.get('encoding')!r}")
+    if options.get("decode_responses"):
+        # The log tells a script's refusal by its first byte (``b"!"``): decoded replies would
+        # read as success.
+        raise ValueError("redis_url: decode_responses is not supported for the service's writes")
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:

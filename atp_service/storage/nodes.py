@@ -30,7 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
-from atp_service.storage.lane import Lane
+from atp_service.storage.lane import Lane, check_writable
 
 TOPOLOGY_ERRORS = (AskError, ClusterDownError, TryAgainError, RedisConnectionError, RedisTimeoutError, OSError,
                    asyncio.TimeoutError)
@@ -218,7 +218,10 @@ def node_url(url: str, host: str, port: int) -> str:
 
 def open_nodes(url: str, timeout_s: float, *, cluster: bool = False, wait_replicas: int = 0,
                wait_timeout_ms: int = 1000) -> Nodes:
-    """The writer of one Redis at ``url``, or of the Redis Cluster one of whose nodes it names."""
+    """The writer of one Redis at ``url``, or of the Redis Cluster one of whose nodes it names.
+    ``ValueError`` (naming ``redis_url``) for URL options the writes cannot work with, at once
+    rather than at the first write."""
+    check_writable(connect(url, timeout_s).connection_pool.connection_kwargs)  # parses only: no socket
     return Nodes(connect_any(url, timeout_s, cluster=cluster), cluster=cluster, url=url, timeout_s=timeout_s,
                  wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
 

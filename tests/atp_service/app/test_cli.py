@@ -200,6 +200,9 @@ def test_start_up_errors_name_the_setting(served: tuple[str, int, list[str]], re
     assert busy.returncode == 2 and "atp-service: metrics_port: cannot listen" in busy.stderr
     other = serve("--redis-url", redis_url, "--port", "0", "--metrics-port", "-1", "--shards", "3")
     assert other.returncode == 2 and "written with 16 shards, not 3" in other.stderr
+    decoded = serve("--redis-url", f"{redis_url}?decode_responses=True", "--port", "0", "--metrics-port", "-1")
+    assert decoded.returncode == 2 and "atp-service: redis_url: decode_responses" in decoded.stderr
+    assert "Traceback" not in decoded.stderr
     holder = subprocess.Popen([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--auth", "off",
                                "--port", "0", "--metrics-port", "-1", "--data-dir", str(tmp_path)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -384,6 +384,9 @@ def test_a_client_with_another_encoding_cannot_write() -> None:
     client = connect("redis://127.0.0.1:1/0?encoding=latin-1", 1.0)
     with pytest.raises(ValueError, match="UTF-8"):
         Lane(client.connection_pool)
+    with pytest.raises(ValueError, match="redis_url: the service's writes need the UTF-8"):  # at start, not at a write
+        open_nodes("redis://127.0.0.1:1/0?encoding=latin-1", 1.0)
+    open_nodes("redis://127.0.0.1:1/0?encoding=utf_8", 1.0)  # another spelling of UTF-8 is fine
 
 
 def test_commands_are_packed_as_redis_py_packs_them() -> None:
