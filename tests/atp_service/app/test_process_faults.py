@@ -129,7 +129,8 @@ async def test_an_owner_paused_past_its_lease_is_fenced_and_answers_nothing_for_
     assert theirs, "the paused process owns groups"
     acked: dict[str, int] = {}
     tried: dict[str, list[str]] = {}
-    # Calls the victim is deciding as it is paused: each ends refused, or acknowledged and durable.
+    # Calls sent to the victim as it is paused (they wait in its socket until it wakes, past its lease):
+    # each ends refused, or acknowledged and durable.
     paused_calls = [asyncio.ensure_future(victim.client.reserve(f"v-{n}", [(theirs[n % len(theirs)], "DC", 1)]))
                     for n in range(20)]
     for n in range(20):
