@@ -140,18 +140,18 @@ def _print_ready(config: ServiceConfig, service: AtpService) -> None:
     ctl_cmd = str(ctl) if ctl.exists() else "atpctl"
     metrics = (f"on http://{config.metrics_host}:{service.metrics_port}/metrics" if config.metrics_port >= 0
                else "off")
-    print(f"ATP service ready: gRPC on {target}, metrics {metrics}", flush=True)
+    banner = [f"ATP service ready: gRPC on {target}, metrics {metrics}"]
+    if service.membership is not None:
+        banner.append(f"  one of the processes of keyspace {config.key_prefix!r}: {len(service.membership.leases.held)}"
+                      f" of {config.shards} groups here, {len(service.membership.members)} processes")
+    if config.demo:
+        banner += ["Try:", f"  {ctl_cmd} --target {target} availability sku-00001@dc-east sku-00001@store-001",
+                   f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600",
+                   f"  {ctl_cmd} --target {target} confirm demo-1"]
+    # One write: whoever waits for the "ready" line finds the whole banner with it.
+    print("\n".join(banner), flush=True)
     log.info("ready: gRPC on %s, metrics %s", target, metrics, extra={  # the banner's line, for a log pipeline
         "event": "ready", "grpc": target, "metrics_port": service.metrics_port if config.metrics_port >= 0 else None})
-    if service.membership is not None:
-        print(f"  one of the processes of keyspace {config.key_prefix!r}: {len(service.membership.leases.held)} of "
-              f"{config.shards} groups here, {len(service.membership.members)} processes", flush=True)
-    if not config.demo:
-        return
-    print("Try:\n"
-          f"  {ctl_cmd} --target {target} availability sku-00001@dc-east sku-00001@store-001\n"
-          f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600\n"
-          f"  {ctl_cmd} --target {target} confirm demo-1", flush=True)
 
 
 async def _shut_down(config: ServiceConfig, service: AtpService, on_hard_exit: Callable[[], None] | None) -> int:
