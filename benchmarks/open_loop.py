@@ -104,8 +104,13 @@ def cpu_seconds(pid: int) -> float:
     try:
         return time.clock_gettime(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
     except OSError:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a ``/proc`` ``stat`` file (a process's or a thread's), in clock ticks."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main_thread(pid: int) -> tuple[float, int]:
@@ -116,8 +121,7 @@ def main_thread(pid: int) -> tuple[float, int]:
     try:  # ns, as precise as ``cpu_seconds``: clock ticks (10 ms) are most of a short run's figure
         cpu = int((task / "schedstat").read_text().split()[0]) / 1e9
     except (OSError, IndexError, ValueError):
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        cpu = _stat_cpu_seconds(task / "stat")
     return cpu, int(status["voluntary_ctxt_switches"])
 
 
