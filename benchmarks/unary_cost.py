@@ -49,7 +49,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("log encode", ("encode_entry", "msgspec", "_encode")),
     ("redis client", ("redis/", "atp_service/storage/")),
     ("domain decision", ("reservation/",)),
-    ("actor hop", ("atp_service/engine/shard.py", "atp_service/engine/turn.py", "asyncio/queues.py")),
+    ("actor hop", ("atp_service/engine/shard.py", "atp_service/engine/turn.py", "atp_service/engine/mailbox.py")),
     ("routing", ("atp_service/engine/router.py", "atp_service/engine/routes.py")),
     ("metrics", ("prometheus_client/",)),
     ("edge", ("atp_service/edge/",)),

@@ -18,6 +18,7 @@ from typing import Any
 from atp_service.config import ShardSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.listeners import EntryListeners
+from atp_service.engine.mailbox import Mailbox, MailboxFull
 from atp_service.engine.messages import (
     REPLACED,
     Answer,
@@ -52,7 +53,7 @@ class ShardActor(EntryListeners):
         self._clock = clock
         self._settings = settings
         self._metrics = metrics = metrics or EngineMetrics()
-        self._mailbox: asyncio.Queue[Envelope] = asyncio.Queue(settings.mailbox_size)
+        self._mailbox: Mailbox[Envelope] = Mailbox(settings.mailbox_size)  # read by _run only
         self._task: asyncio.Task[None] | None = None
         self._set_aside: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
         self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
@@ -163,7 +164,7 @@ class ShardActor(EntryListeners):
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             self._mailbox.put_nowait(Envelope(work, fut))
-        except asyncio.QueueFull:
+        except MailboxFull:
             raise self._shed(f"mailbox full ({self._settings.mailbox_size} waiting)") from None
         return fut
 
@@ -347,7 +348,7 @@ class ShardActor(EntryListeners):
                 await self._ready()
                 continue
             batch = take_batch(first, set_aside, mailbox, limit)
-            self._depth.set(mailbox.qsize() + len(set_aside))
+            self._depth.set(len(mailbox) + len(set_aside))
             try:
                 self._apply(batch)
             except BaseException:  # the actor dies (see _ended): the batch in hand is answered too

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable
 
+from atp_service.engine.mailbox import Mailbox
 from atp_service.engine.messages import Answer, Control, Envelope, InFlight
 from atp_service.metrics import EngineMetrics
 from reservation import DomainError, Ledger
@@ -14,7 +14,7 @@ from reservation import DomainError, Ledger
 log = logging.getLogger(__name__)
 
 
-def take_batch(first: Envelope, set_aside: deque[Envelope], mailbox: asyncio.Queue[Envelope],
+def take_batch(first: Envelope, set_aside: deque[Envelope], mailbox: Mailbox[Envelope],
                limit: int) -> list[Envelope]:
     """``first`` and what waits after it, up to ``limit`` messages; a control message closes the
     batch (it is set aside to run next)."""
@@ -28,13 +28,11 @@ def take_batch(first: Envelope, set_aside: deque[Envelope], mailbox: asyncio.Que
     return batch
 
 
-def take_all(set_aside: deque[Envelope], mailbox: asyncio.Queue[Envelope]) -> list[Envelope]:
+def take_all(set_aside: deque[Envelope], mailbox: Mailbox[Envelope]) -> list[Envelope]:
     """Everything waiting, set aside or in the mailbox, in order; both are empty afterwards."""
     waiting = list(set_aside)
     set_aside.clear()
-    while not mailbox.empty():
-        waiting.append(mailbox.get_nowait())
-    return waiting
+    return waiting + mailbox.drain()  # wakes putters waiting for room, as taking one by one would
 
 
 def moves_of(inflight: Iterable[InFlight]) -> dict[tuple[str, str], int]:
