@@ -31,7 +31,7 @@ from atp_service.engine.messages import (
     Work,
     deliver,
 )
-from atp_service.engine.turn import apply_batch, moves_of, take_all, take_batch
+from atp_service.engine.turn import apply_batch, moves_of, refuse_all, take_batch
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of
 from atp_service.storage.log import Fenced, LogStore
@@ -192,9 +192,10 @@ class ShardActor(EntryListeners):
         return resume
 
     def request_maintenance(self) -> None:
-        # One maintain message at most waits at a time: a shard stuck settling must not fill its
-        # mailbox with them.
-        if not self._stopping and not self._maintain_queued and not self._mailbox.full():
+        # Only with something to do: a message that finds nothing still wakes the actor (16 shards, 10
+        # passes/s: a third of an idle process's CPU). One at most waits: a shard stuck settling must
+        # not fill its mailbox with them.
+        if not self._stopping and not self._maintain_queued and not self._mailbox.full() and self._wants_maintenance():
             self._maintain_queued = True
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._mailbox.put_nowait(Envelope(Maintain(), fut))
@@ -276,14 +277,8 @@ class ShardActor(EntryListeners):
     def _refuse_waiting(self, error: Unavailable) -> None:
         """Until the doubt is settled (Redis answering again) nothing here can be decided:
         answer what is waiting now instead of letting it run into its deadline."""
-        for env in take_all(self._set_aside, self._mailbox):
-            if env.reply.done():
-                continue
-            if isinstance(env.message, Maintain):
-                self._maintain_queued = False
-                env.reply.set_result(None)
-            else:
-                env.reply.set_exception(error)  # a coordinator's pause fails too, and it gives up
+        refuse_all(self._set_aside, self._mailbox, error)
+        self._maintain_queued = False  # none waits any more
 
     def _blocked(self) -> bool:
         """Nothing more may be applied now: a doubt to settle, or pipeline_depth entries in flight."""
@@ -380,13 +375,16 @@ class ShardActor(EntryListeners):
         elif isinstance(control, Maintain):
             self._maintain_queued = False
             env.reply.set_result(None)
-            # Draining holds this shard's new work behind its appends in flight, and every shard is asked
-            # at once: only when there is something to do (else a stall of every shard each pass).
-            if self._doubt or self.ledger.housekeeping_wanted() or self._checkpoints.due(self.seq):
+            if self._wants_maintenance():  # asked again: the request may be older than the last turn
                 await self._drain()  # a snapshot needs memory == durable log; so does compaction (undo)
                 self.ledger.forget_old_facts()
                 self.ledger.compact_some()
                 await self.checkpoint()
+
+    def _wants_maintenance(self) -> bool:
+        """Something for a maintenance turn, whose drain holds this shard's new work behind its appends in
+        flight: every shard is asked each pass, and a stall of each one each pass would be for nothing."""
+        return bool(self._doubt) or self.ledger.housekeeping_wanted() or self._checkpoints.due(self.seq)
 
     async def checkpoint(self, force: bool = False) -> None:
         """Snapshot when due (``force``: anything, written before this returns, as a stop's final one)."""

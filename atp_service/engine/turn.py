@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from atp_service.engine.mailbox import Mailbox
-from atp_service.engine.messages import Answer, Control, Envelope, InFlight
+from atp_service.engine.messages import Answer, Control, Envelope, InFlight, Maintain
 from atp_service.metrics import EngineMetrics
 from reservation import DomainError, Ledger
 
@@ -28,11 +28,19 @@ def take_batch(first: Envelope, set_aside: deque[Envelope], mailbox: Mailbox[Env
     return batch
 
 
-def take_all(set_aside: deque[Envelope], mailbox: Mailbox[Envelope]) -> list[Envelope]:
-    """Everything waiting, set aside or in the mailbox, in order; both are empty afterwards."""
+def refuse_all(set_aside: deque[Envelope], mailbox: Mailbox[Envelope], error: BaseException) -> None:
+    """Answer everything waiting, set aside or in the mailbox, with ``error`` (a maintenance request
+    is simply done: nothing waits on it); both are empty afterwards, and putters waiting for room
+    are woken, as taking the messages one by one would."""
     waiting = list(set_aside)
     set_aside.clear()
-    return waiting + mailbox.drain()  # wakes putters waiting for room, as taking one by one would
+    for env in waiting + mailbox.drain():
+        if env.reply.done():
+            continue
+        if isinstance(env.message, Maintain):
+            env.reply.set_result(None)
+        else:
+            env.reply.set_exception(error)  # a coordinator's pause fails too, and it gives up
 
 
 def moves_of(inflight: Iterable[InFlight]) -> dict[tuple[str, str], int]:
