@@ -6,28 +6,25 @@ for the log, ``IntakeMetrics`` for the fact desks, ``ChannelMetrics`` for the ch
 without one (a test, a tool that only reads) records into a private registry nobody scrapes.
 The service's registry also carries the process's own metrics (``process_*``, ``python_*``) and
 ``atp_build_info``, the versions running.
+
+The instruments are ``atp_service.instruments``' lean ones, exposed exactly as prometheus_client's
+would be: update them on the event loop's thread only (a scrape from another thread only reads).
 """
 
 from __future__ import annotations
 
 import platform
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
+import prometheus_client
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from atp_service.instruments import Counter, CounterChild, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-def zeroed(counter: Counter, *label_sets: tuple[str, ...]) -> None:
+def zeroed(counter: Counter | prometheus_client.Counter, *label_sets: tuple[str, ...]) -> None:
     """Export ``counter``'s children of ``label_sets`` at 0 from the start. A labelled child exists
     only once touched, and ``increase()``/``rate()`` see nothing of a series' first value: an alert
     on ``increase(...) > 0`` would never fire for the first event (often the only one, say one
@@ -41,7 +38,7 @@ class EngineMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
-        self._reservations_by_outcome: dict[str, Any] = {}
+        self._reservations_by_outcome: dict[str, CounterChild] = {}
         self.reservations = Counter(
             "atp_reservations_total", "Reservation decisions and resolutions by outcome", ["outcome"], registry=r
         )
@@ -81,8 +78,8 @@ class EngineMetrics:
             ["outcome"], registry=r,
         )
 
-    def reservations_of(self, outcome: str) -> Any:
-        """The ``atp_reservations_total`` child of ``outcome``, made once (``labels`` takes a lock)."""
+    def reservations_of(self, outcome: str) -> CounterChild:
+        """The ``atp_reservations_total`` child of ``outcome``, found once (not a ``labels`` call per use)."""
         child = self._reservations_by_outcome.get(outcome)
         if child is None:
             child = self._reservations_by_outcome[outcome] = self.reservations.labels(outcome)

@@ -51,7 +51,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("domain decision", ("reservation/",)),
     ("actor hop", ("atp_service/engine/shard.py", "atp_service/engine/turn.py", "atp_service/engine/mailbox.py")),
     ("routing", ("atp_service/engine/router.py", "atp_service/engine/routes.py")),
-    ("metrics", ("prometheus_client/",)),
+    ("metrics", ("prometheus_client/", "atp_service/instruments.py")),
     ("edge", ("atp_service/edge/",)),
     ("gRPC", ("grpc/",)),
     ("event loop", ("asyncio/", "uvloop/")),

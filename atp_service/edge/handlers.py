@@ -21,10 +21,10 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
-from prometheus_client import Counter
 
 from atp_service.edge.errors import abort
 from atp_service.edge.ratelog import RateLimitedLog
+from atp_service.instruments import Counter
 from reservation import DomainError, Reason
 
 log = logging.getLogger(__name__)

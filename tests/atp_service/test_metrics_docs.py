@@ -21,6 +21,7 @@ import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from atp_service.instruments import Counter, Gauge, Histogram
 from atp_service.storage.nodes import connect_any
 from publishers import JsonlAdapter, Publisher, PublisherConfig, PublisherMetrics
 from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
@@ -67,7 +68,9 @@ def declared_labels(*holders: object) -> dict[str, tuple[str, ...]]:
     found: dict[str, tuple[str, ...]] = {}
     for holder in holders:
         for value in vars(holder).values():
-            if isinstance(value, MetricWrapperBase):
+            if isinstance(value, Counter | Gauge | Histogram):
+                found[value.name] = value.labelnames
+            elif isinstance(value, MetricWrapperBase):
                 found[value.describe()[0].name] = value._labelnames  # no public accessor in prometheus_client
             elif hasattr(value, "__dict__") and not isinstance(value, CollectorRegistry):
                 found |= declared_labels(value)
