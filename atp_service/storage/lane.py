@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -38,6 +40,11 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[Any], None]
+"""Called once with an exchange's replies (a list), or with the exception that ended it."""
 
 LANE_CONNECTIONS = 8
 """Connections one lane keeps to its node at most. The writes in flight at once per node are few —
@@ -66,9 +73,11 @@ class Lane:
         self.connections = connections
         self._idle: list[_Wire] = []  # connected, every reply read: ready for the next exchange
         self._open: set[AbstractConnection] = set()  # every connection made and not yet closed
-        self._free = asyncio.Semaphore(connections)
+        self._busy = 0  # exchanges holding a turn: at most ``connections``
+        self._turns: deque[asyncio.Future[None]] = deque()  # exchanges waiting for a turn, oldest first
         self._host = str(self._kwargs.get("path") or f"{self._kwargs.get('host')}:{self._kwargs.get('port')}")
         self._closed = False  # aclose() ran: a connection that finishes connecting afterwards is closed
+        self._closing: set[asyncio.Task[None]] = set()  # sockets ``_drop`` closes
         check_writable(self._kwargs)
 
     async def exchange(self, commands: Sequence[Sequence[Any]], extra_s: float = 0.0) -> list[Any]:
@@ -89,7 +98,40 @@ class Lane:
                 self._idle.append(wire)  # every reply read: the connection is in step with its server
             return replies
         finally:
-            self._free.release()
+            self._release()
+
+    def begin(self, commands: Sequence[Sequence[Any]], done: Done) -> bool:
+        """``exchange`` begun now, without suspending, where a turn is free and a connection idle:
+        the commands are written before this returns, and ``done`` gets the replies, or what ended
+        the exchange, once, from the connection's protocol (no task, no coroutine). False: nothing
+        was sent; use ``exchange``. At 1,000 calls/s most group commits find the lane idle, and each
+        step of a task's await chain is one more turn of the event loop (a system call) per commit."""
+        if self._busy >= self.connections or self._turns or not self._idle or self._idle[-1].closed:
+            return False
+        try:
+            packed = pack(commands)
+        except DataError:
+            return False  # ``exchange`` fails it, alone
+        wire = self._idle.pop()
+        self._busy += 1
+        deadline = None if self.timeout_s is None else wire.loop.call_later(self.timeout_s, wire.time_out, self._host)
+
+        def finished(result: Any) -> None:
+            if deadline is not None:
+                deadline.cancel()
+            self._release()
+            if wire.closed or self._closed:  # failed, timed out, or the lane closed: never used again
+                self._drop(wire.conn)
+            else:
+                self._idle.append(wire)
+            try:
+                done(result)
+            except Exception:  # a bug in ``done``: the connection's protocol must not die of it
+                log.exception("a write's reply could not be handed on")
+
+        wire.expect(len(commands), finished)
+        wire.transport.write(packed)
+        return True
 
     @property
     def open_connections(self) -> int:
@@ -107,15 +149,35 @@ class Lane:
 
     async def _acquire(self) -> None:
         """A turn to hold a connection; waits (at most the socket timeout) while all are busy."""
-        if not self._free.locked():
-            await self._free.acquire()  # does not suspend
+        if self._busy < self.connections and not self._turns:
+            self._busy += 1
             return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._free.acquire()
-        except TimeoutError:
-            raise RedisTimeoutError(f"all {self.connections} write connections to {self._host} stayed busy "
-                                    f"for {self.timeout_s}s") from None
+                await turn  # ``_release`` hands its turn over: ``_busy`` stays as it was
+        except BaseException as exc:
+            if turn.done() and not turn.cancelled():
+                self._release()  # handed a turn it will not use (timed out or cancelled meanwhile): pass it on
+            else:
+                turn.cancel()
+                with contextlib.suppress(ValueError):  # ValueError: a release skipped it (and dropped it) already
+                    self._turns.remove(turn)
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(f"all {self.connections} write connections to {self._host} stayed busy "
+                                        f"for {self.timeout_s}s") from None
+            raise
+
+    def _release(self) -> None:
+        """An exchange is over: its turn goes to the oldest exchange waiting, or back to the lane."""
+        turns = self._turns
+        while turns:
+            turn = turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._busy -= 1
 
     async def _take(self) -> _Wire:
         """An idle connection the server still holds open, or a new one. The server closing one (a
@@ -154,7 +216,8 @@ class Lane:
         deadline: asyncio.TimerHandle | None = None
         try:
             packed = pack(commands)
-            replies = wire.expect(len(commands))
+            replies: asyncio.Future[list[Any]] = wire.loop.create_future()
+            wire.expect(len(commands), lambda result: _settle(replies, result))
             wire.transport.write(packed)
             if self.timeout_s is not None:
                 deadline = wire.loop.call_later(self.timeout_s + extra_s, wire.time_out, self._host)
@@ -172,6 +235,14 @@ class Lane:
         self._open.discard(conn)
         if conn.is_connected:
             await conn.disconnect(nowait=True)  # closes without suspending, so a cancellation cannot stop it
+
+    def _drop(self, conn: AbstractConnection) -> None:
+        """``_close`` from a callback: the connection is out of use at once, its socket closed by a task."""
+        self._open.discard(conn)
+        if conn.is_connected:
+            task = asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
 
 def check_writable(options: Mapping[str, Any]) -> None:
@@ -197,6 +268,16 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
         raise DataError(f"a write command's argument cannot be sent to Redis: {exc}") from None
 
 
+def _settle(fut: asyncio.Future[list[Any]], result: Any) -> None:
+    """An exchange's end, for the ``exchange`` waiting on ``fut`` (unless it gave up: cancelled)."""
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
+
+
 class _Wire(asyncio.Protocol):
     """The protocol of one lane connection, in place of redis-py's ``StreamReaderProtocol``: bytes
     go straight into a hiredis reader, and the exchange waiting is woken once, when its last reply
@@ -216,7 +297,7 @@ class _Wire(asyncio.Protocol):
             notEnoughData=_NOT_ENOUGH,
             **({"encoding": encoder.encoding, "errors": encoder.encoding_errors} if encoder.decode_responses else {}),
         )
-        self._waiter: asyncio.Future[list[Any]] | None = None
+        self._done: Done | None = None  # the exchange waiting for replies, if any
         self._replies: list[Any] = []
         self._expected = 0
 
@@ -238,13 +319,13 @@ class _Wire(asyncio.Protocol):
         transport.set_protocol(wire)
         return wire
 
-    def expect(self, count: int) -> asyncio.Future[list[Any]]:
-        """The future of the next ``count`` replies (before the commands are written)."""
+    def expect(self, count: int, done: Done) -> None:
+        """The next ``count`` replies go to ``done``, once (or what ends the connection first);
+        called before the commands are written."""
         if self.closed:
             raise RedisConnectionError("the write connection was closed")
-        waiter = self._waiter = self.loop.create_future()
+        self._done = done
         self._replies, self._expected = [], count
-        return waiter
 
     def time_out(self, host: str) -> None:
         """The exchange's deadline passed: it fails, and the connection is closed (a late reply
@@ -252,8 +333,7 @@ class _Wire(asyncio.Protocol):
         self._fail(RedisTimeoutError(f"Timeout reading from {host}"))
 
     def data_received(self, data: bytes) -> None:
-        waiter = self._waiter
-        if waiter is None or self.closed:  # no exchange waits: out of step with the server
+        if self._done is None or self.closed:  # no exchange waits: out of step with the server
             self._fail(RedisConnectionError("a reply came that no exchange was waiting for"))
             return
         reader, replies = self._reader, self._replies
@@ -273,9 +353,8 @@ class _Wire(asyncio.Protocol):
         if reader.has_data():  # more than was asked for: the replies may not be the commands'
             self._fail(RedisConnectionError("a reply came that no exchange was waiting for"))
             return
-        self._waiter = None
-        if not waiter.done():
-            waiter.set_result(replies)
+        done, self._done = self._done, None
+        done(replies)
 
     def eof_received(self) -> bool:
         self._fail(RedisConnectionError("Connection closed by server."))
@@ -287,9 +366,9 @@ class _Wire(asyncio.Protocol):
         self._stream.connection_lost(exc)
 
     def _fail(self, exc: Exception) -> None:
-        """Fail the waiting exchange, if any, with ``exc`` and close the connection."""
+        """End the waiting exchange, if any, with ``exc`` and close the connection."""
         self.closed = True
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        done, self._done = self._done, None
         self.transport.close()
+        if done is not None:
+            done(exc)

@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -319,12 +320,20 @@ class LogStore:
             del self._pending[:cut]
             self._first_pending_at = loop.time()  # what stays waits from now on
             self._in_flight += 1
-            task = loop.create_task(self._send(batch), context=contextvars.Context())  # no caller's trace
+            self.metrics.pipeline_size.observe(len(batch))
+            calls, units = self._calls(batch)
+            started = time.perf_counter()
+            if self.tracer is None and self.nodes.begin(calls, partial(self._replied, units, started, begun=True)):
+                continue  # written already; answered from the connection's protocol, no task
+            # A task: a Redis Cluster, replicas to wait for, no idle connection, or a span to trace.
+            task = loop.create_task(self._send(calls, units, started), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._sent)
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _sent(self, task: asyncio.Task[None] | None) -> None:
+        """A group commit is over (its entries answered, or its task ended): the next may go."""
+        if task is not None:
+            self._tasks.discard(task)
         self._in_flight -= 1
         if self._pending and not self._scheduled:
             self._schedule(asyncio.get_running_loop())
@@ -355,18 +364,24 @@ class LogStore:
         keys = self._append_keys[shard] = (self.keys.owner(shard), self.keys.log(shard), self.keys.fence(shard))
         return keys
 
-    async def _send(self, batch: list[Pending]) -> None:
-        self.metrics.pipeline_size.observe(len(batch))
-        calls, units = self._calls(batch)
-        started = time.perf_counter()
+    async def _send(self, calls: list[Call], units: list[list[Pending]], started: float) -> None:
         try:
-            with span(self.tracer, "atp.log.append", entries=len(batch)):  # no span unless tracing is on
+            with span(self.tracer, "atp.log.append", entries=sum(map(len, units))):  # no span unless tracing is on
                 replies = await self.nodes.run(calls)
         except Exception as exc:  # whatever it was, the entries are in doubt: never left unanswered
             replies = [exc] * len(calls)
+        self._replied(units, started, replies)
+
+    def _replied(self, units: list[list[Pending]], started: float, replies: list[Any], begun: bool = False) -> None:
+        """Answer each entry of a group commit from its call's reply; ``begun``: it was sent without
+        a task (``Nodes.begin``), so the commit is over here too."""
         self.metrics.append_seconds.observe(time.perf_counter() - started)
-        for unit, reply in zip(units, replies, strict=True):
-            self._answer(unit, reply)
+        try:
+            for unit, reply in zip(units, replies, strict=True):
+                self._answer(unit, reply)
+        finally:
+            if begun:
+                self._sent(None)
 
     def _answer(self, unit: list[Pending], reply: Any) -> None:
         """Settle each entry's future with its part of one call's reply."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,6 +77,7 @@ class Nodes:
         self._url, self._timeout_s = url, timeout_s
         self._lanes: dict[str, Lane] = {}  # per primary on a cluster ("" for one Redis): the write connections
         self._stale = False  # the slot map may be out of date: read it again before the next call
+        self._tasks: set[asyncio.Task[None]] = set()  # runs begun without a task that needed one after all
 
     @property
     def together(self) -> bool:
@@ -119,17 +121,44 @@ class Nodes:
         self._lanes.clear()
         await self.reader.aclose()
 
+    def begin(self, calls: list[Call], done: Callable[[list[Any]], None]) -> bool:
+        """``run(calls)`` begun now, without a task, where it can be: one Redis, no replicas to wait
+        for, a write connection idle (``Lane.begin``). ``done`` gets what ``run`` would return, once,
+        from the event loop. False: nothing was sent; use ``run``."""
+        if self.cluster or self.wait_replicas or not calls:
+            return False
+        lane = self._lane("")
+
+        def finished(result: Any) -> None:
+            if isinstance(result, BaseException):
+                done([result] * len(calls))  # as ``_run_on``: what ended the exchange ended every call
+            elif any(isinstance(reply, NoScriptError) for reply in result):
+                self._spawn(self._finish_unrun(lane, calls, result, done))
+            else:
+                done(result)
+
+        return lane.begin([_evalsha(call) for call in calls], finished)
+
+    async def _finish_unrun(self, lane: Lane, calls: list[Call], replies: list[Any],
+                            done: Callable[[list[Any]], None]) -> None:
+        """A begun run some of whose calls found no script: load it, send those again, then ``done``."""
+        try:
+            replies = await self._rerun_unrun(lane, calls, replies)
+        except RedisError as exc:
+            replies = [exc] * len(calls)
+        except BaseException:
+            done([RedisConnectionError("the write was abandoned (the service is stopping)")] * len(calls))
+            raise
+        done(replies)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _run_on(self, lane: Lane, calls: list[Call]) -> list[Any]:
         try:
-            replies = await self._pipeline(lane, calls)
-            unrun = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            if unrun:  # not run at all (a restarted or failed-over node): load, and send those again
-                bodies = list(dict.fromkeys(calls[i].script.body for i in unrun))
-                for loaded in await lane.exchange([("SCRIPT", "LOAD", body) for body in bodies]):
-                    if isinstance(loaded, BaseException):
-                        raise loaded
-                for i, reply in zip(unrun, await self._pipeline(lane, [calls[i] for i in unrun]), strict=True):
-                    replies[i] = reply
+            replies = await self._rerun_unrun(lane, calls, await self._pipeline(lane, calls))
         except TOPOLOGY_ERRORS as exc:
             self._stale = self.cluster
             return [exc] * len(calls)
@@ -139,10 +168,22 @@ class Nodes:
             self._stale = True
         return replies
 
+    async def _rerun_unrun(self, lane: Lane, calls: list[Call], replies: list[Any]) -> list[Any]:
+        """``replies``, with the calls not run at all (NOSCRIPT: a restarted or failed-over node)
+        run again once their scripts are loaded."""
+        unrun = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if unrun:
+            bodies = list(dict.fromkeys(calls[i].script.body for i in unrun))
+            for loaded in await lane.exchange([("SCRIPT", "LOAD", body) for body in bodies]):
+                if isinstance(loaded, BaseException):
+                    raise loaded
+            for i, reply in zip(unrun, await self._pipeline(lane, [calls[i] for i in unrun]), strict=True):
+                replies[i] = reply
+        return replies
+
     async def _pipeline(self, lane: Lane, calls: list[Call]) -> list[Any]:
         """The calls' replies, in one round trip (with ``WAIT`` after them when replicas must confirm)."""
-        commands: list[tuple[Any, ...]] = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-                                           for call in calls]
+        commands = [_evalsha(call) for call in calls]
         if self.wait_replicas:
             commands.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
         replies = await lane.exchange(commands, self.wait_timeout_ms / 1000 if self.wait_replicas else 0.0)
@@ -168,6 +209,10 @@ class Nodes:
                 client = self.reader
             lane = self._lanes[name] = Lane(client.connection_pool)
         return lane
+
+
+def _evalsha(call: Call) -> tuple[Any, ...]:
+    return ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:

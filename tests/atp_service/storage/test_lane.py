@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,18 +50,6 @@ def echo(arg: str, key: str = "n") -> Call:
 def lane_of(nodes: Nodes) -> Lane:
     """The single Redis's lane (made on first use)."""
     return nodes._lane("")
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A redis-server of this test alone: it is stopped, paused and restarted."""
-    server = EmbeddedRedis(tmp_path / "r").start()
-    try:
-        yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)  # a test that failed while it was paused
-        server.stop()
 
 
 def kill_normal_clients(port: int) -> int:
@@ -323,18 +309,21 @@ async def test_a_reply_in_many_segments_is_read_whole(redis_url: str) -> None:
         replies = await nodes.run([Call(big, [], ["ab", 1_500_000]), echo("after"), Call(SHAPES, [], [])])
         assert replies == [b"ab" * 1_500_000, b"after", [1, b"a", [2, None, b"b"], b"OK", -7]]
         wire = lane_of(nodes)._idle[0]
-        assert await _fed_bytewise(wire, 2, b"*2\r\n$3\r\nabc\r\n:7\r\n$-1\r\n") == [[b"abc", 7], None]
+        assert _fed_bytewise(wire, 2, b"*2\r\n$3\r\nabc\r\n:7\r\n$-1\r\n") == [[b"abc", 7], None]
     finally:
         await nodes.aclose()
 
 
-async def _fed_bytewise(wire: _Wire, count: int, data: bytes) -> list[Any]:
+def _fed_bytewise(wire: _Wire, count: int, data: bytes) -> list[Any]:
     """The ``count`` replies ``wire`` assembles from ``data`` handed to it one byte at a time."""
-    waiter = wire.expect(count)
+    got: list[Any] = []
+    wire.expect(count, got.append)
     for i in range(len(data)):
-        assert not waiter.done()
+        assert not got
         wire.data_received(data[i:i + 1])
-    return await waiter
+    (replies,) = got  # handed over once, when the last byte came
+    assert isinstance(replies, list)
+    return replies
 
 
 async def test_an_exchange_of_no_commands_answers_at_once(redis_url: str) -> None:
