@@ -11,7 +11,7 @@ from atp_service.metrics import EngineMetrics
 from atp_service.tasks import exception_seen
 from reservation import DomainError, Ledger, Reservation, State
 
-_STATE_NAMES = {state.value: state.name.lower() for state in State}  # metric labels, without an Enum call each
+STATE_NAMES = {state.value: state.name.lower() for state in State}  # metric labels, without an Enum call each
 
 
 async def gather_by_shard(
@@ -57,7 +57,7 @@ def count_reservations(metrics: EngineMetrics, results: Sequence[tuple[Reservati
         if isinstance(result, DomainError):
             outcome = "error"
         else:
-            outcome = "replayed" if result[1] else _STATE_NAMES[result[0].state]
+            outcome = "replayed" if result[1] else STATE_NAMES[result[0].state]
         counts[outcome] = counts.get(outcome, 0) + 1
     for outcome, n in counts.items():
         metrics.reservations_of(outcome).inc(n)

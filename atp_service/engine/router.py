@@ -17,7 +17,7 @@ from typing import Any
 from atp_service.config import EngineSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.coordinator import Coordinator, ViewWork
-from atp_service.engine.fanout import count_reservations, gather_by_shard
+from atp_service.engine.fanout import STATE_NAMES, count_reservations, gather_by_shard
 from atp_service.engine.maintenance import Housekeeper
 from atp_service.engine.orders import Orders
 from atp_service.engine.owned import OwnedShards
@@ -233,7 +233,9 @@ class Engine(OwnedShards):
         return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
     def _count(self, result: tuple[Reservation, bool]) -> None:
-        count_reservations(self.metrics, [result])
+        """``count_reservations`` of one decision (every unary Reserve), without its tally."""
+        rec, replayed = result
+        self.metrics.reservations_of("replayed" if replayed else STATE_NAMES[rec.state]).inc()
 
     def _count_many(self, results: list[tuple[Reservation, bool] | DomainError]) -> None:
         count_reservations(self.metrics, results)
