@@ -325,6 +325,8 @@ class ShardActor(EntryListeners):
     async def _run(self) -> None:
         mailbox, limit, set_aside = self._mailbox, self._settings.batch_max, self._set_aside
         while True:
+            if not set_aside and mailbox.empty():
+                self._lag_s = 0.0  # nothing waits: a backlog long gone must not shed the next burst
             first = set_aside.popleft() if set_aside else await mailbox.get()
             self._lag_s = time.monotonic() - first.at
             if isinstance(first.message, Control):

@@ -106,7 +106,7 @@ class Lane:
         the exchange, once, from the connection's protocol (no task, no coroutine). False: nothing
         was sent; use ``exchange``. At 1,000 calls/s most group commits find the lane idle, and each
         step of a task's await chain is one more turn of the event loop (a system call) per commit."""
-        if self._busy >= self.connections or self._turns or not self._idle or self._idle[-1].closed:
+        if not commands or self._busy >= self.connections or self._turns or not self._idle or self._idle[-1].closed:
             return False
         try:
             packed = pack(commands)
@@ -130,7 +130,10 @@ class Lane:
                 log.exception("a write's reply could not be handed on")
 
         wire.expect(len(commands), finished)
-        wire.transport.write(packed)
+        try:
+            wire.transport.write(packed)
+        except Exception as exc:  # whether any of it left is unknown: in doubt, as after a timeout
+            wire.end(RedisConnectionError(f"writing to {self._host} failed: {exc!r}"))
         return True
 
     @property
@@ -240,7 +243,7 @@ class Lane:
         """``_close`` from a callback: the connection is out of use at once, its socket closed by a task."""
         self._open.discard(conn)
         if conn.is_connected:
-            task = asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+            task = asyncio.get_running_loop().create_task(_disconnect(conn))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
@@ -266,6 +269,11 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
         return b"".join([_pack_command(c if type(c) is tuple else tuple(c)) for c in commands])
     except TypeError as exc:
         raise DataError(f"a write command's argument cannot be sent to Redis: {exc}") from None
+
+
+async def _disconnect(conn: AbstractConnection) -> None:
+    with contextlib.suppress(RedisError, OSError):  # a node that is gone: nothing more to close
+        await conn.disconnect(nowait=True)
 
 
 def _settle(fut: asyncio.Future[list[Any]], result: Any) -> None:
@@ -330,11 +338,11 @@ class _Wire(asyncio.Protocol):
     def time_out(self, host: str) -> None:
         """The exchange's deadline passed: it fails, and the connection is closed (a late reply
         must never be read by a later exchange)."""
-        self._fail(RedisTimeoutError(f"Timeout reading from {host}"))
+        self.end(RedisTimeoutError(f"Timeout reading from {host}"))
 
     def data_received(self, data: bytes) -> None:
         if self._done is None or self.closed:  # no exchange waits: out of step with the server
-            self._fail(RedisConnectionError("a reply came that no exchange was waiting for"))
+            self.end(RedisConnectionError("a reply came that no exchange was waiting for"))
             return
         reader, replies = self._reader, self._replies
         reader.feed(data)
@@ -348,24 +356,24 @@ class _Wire(asyncio.Protocol):
                 if not isinstance(reply, _PUSH):
                     replies.append(reply)
         except Exception as exc:  # a broken reply (InvalidResponse), or one redis-py raises
-            self._fail(exc)
+            self.end(exc)
             return
         if reader.has_data():  # more than was asked for: the replies may not be the commands'
-            self._fail(RedisConnectionError("a reply came that no exchange was waiting for"))
+            self.end(RedisConnectionError("a reply came that no exchange was waiting for"))
             return
         done, self._done = self._done, None
         done(replies)
 
     def eof_received(self) -> bool:
-        self._fail(RedisConnectionError("Connection closed by server."))
+        self.end(RedisConnectionError("Connection closed by server."))
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(RedisConnectionError("Connection closed by server.") if exc is None else
+        self.end(RedisConnectionError("Connection closed by server.") if exc is None else
                    RedisConnectionError(f"Error while reading from the write connection: {exc!r}"))
         self._stream.connection_lost(exc)
 
-    def _fail(self, exc: Exception) -> None:
+    def end(self, exc: Exception) -> None:
         """End the waiting exchange, if any, with ``exc`` and close the connection."""
         self.closed = True
         done, self._done = self._done, None

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-import msgspec
 from redis.exceptions import RedisError, ResponseError
 
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.keys import CHANNELS, Keyspace
+from atp_service.storage.log_reads import LogReads
 from atp_service.storage.nodes import Call, Nodes, Script, connect
 from atp_service.storage.records import (
     CrossGroupWrite,
@@ -28,7 +28,7 @@ from atp_service.storage.records import (
     SnapshotUnreadable,
     encode_snapshot,
 )
-from atp_service.storage.resp import as_text, seq_of
+from atp_service.storage.resp import as_text
 from atp_service.storage.scripts import (
     APPEND_SCRIPT,
     CLAIM_AT_SCRIPT,
@@ -40,15 +40,10 @@ from atp_service.storage.scripts import (
 from atp_service.storage.window import CommitWindow
 from atp_service.traces import span
 
-_snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
-
 __all__ = ["CommitWindow", "CrossGroupWrite", "Fenced", "LogStore", "SnapshotRecord", "SnapshotUnreadable", "connect",
            "encode_snapshot"]
 
-FIELD = b"e"
-
-
-class LogStore:
+class LogStore(LogReads):
     """Appends shard entries in shared pipelines (one round trip per event-loop turn, or per commit
     window when busy)."""
 
@@ -259,39 +254,6 @@ class LogStore:
         else:
             loop.call_soon(self._flush)
 
-    async def last_seq(self, shard: int) -> int:
-        """The newest entry ever written to ``shard``'s log, trimmed or not (0: the log does not exist)."""
-        try:
-            info: Any = await self.client.xinfo_stream(self.keys.log(shard))
-        except ResponseError as exc:
-            if "no such key" in str(exc).lower():
-                return 0
-            raise
-        return seq_of(info["last-generated-id"])
-
-    async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
-        start = f"({seq}-0" if seq else "-"
-        while True:
-            rows: Any = await self.client.xrange(
-                self.keys.log(shard), min=start, count=chunk
-            )
-            for entry_id, fields in rows:
-                yield seq_of(entry_id), fields[FIELD]
-            if len(rows) < chunk:
-                return
-            start = "(" + rows[-1][0].decode()
-
-    async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
-        raw: Any = await self.client.get(self.keys.snap(shard))
-        if not raw:
-            return None
-        try:
-            return _snap_decoder.decode(raw)
-        except msgspec.MsgspecError as exc:
-            # Not a fault to retry: a snapshot written in another version's layout (see CHANGELOG).
-            raise SnapshotUnreadable(f"shard {shard}: the snapshot at {self.keys.snap(shard)} is not in this "
-                                     f"version's layout ({exc}); restore with the version that wrote it") from None
-
     async def write_snapshot(self, shard: int, seq: int, data: bytes) -> int:
         """Store a snapshot (``encode_snapshot``) and trim the log behind it, atomically. Returns its
         size in bytes. ``Checkpoints`` encodes it in the shard's turn, then writes it while the shard
@@ -322,11 +284,10 @@ class LogStore:
             self._in_flight += 1
             self.metrics.pipeline_size.observe(len(batch))
             calls, units = self._calls(batch)
-            started = time.perf_counter()
-            if self.tracer is None and self.nodes.begin(calls, partial(self._replied, units, started, begun=True)):
+            if self._begin(calls, units):
                 continue  # written already; answered from the connection's protocol, no task
             # A task: a Redis Cluster, replicas to wait for, no idle connection, or a span to trace.
-            task = loop.create_task(self._send(calls, units, started), context=contextvars.Context())
+            task = loop.create_task(self._send(calls, units), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._sent)
 
@@ -364,7 +325,18 @@ class LogStore:
         keys = self._append_keys[shard] = (self.keys.owner(shard), self.keys.log(shard), self.keys.fence(shard))
         return keys
 
-    async def _send(self, calls: list[Call], units: list[list[Pending]], started: float) -> None:
+    def _begin(self, calls: list[Call], units: list[list[Pending]]) -> bool:
+        """The group commit written now, without a task, where ``Nodes.begin`` can (never while tracing:
+        a span needs a task). False, also when it raised: nothing was sent, and the task answers the
+        entries with whatever it meets."""
+        try:
+            return self.tracer is None and self.nodes.begin(calls, partial(self._replied, units, time.perf_counter(),
+                                                                           begun=True))
+        except Exception:
+            return False
+
+    async def _send(self, calls: list[Call], units: list[list[Pending]]) -> None:
+        started = time.perf_counter()
         try:
             with span(self.tracer, "atp.log.append", entries=sum(map(len, units))):  # no span unless tracing is on
                 replies = await self.nodes.run(calls)
@@ -375,8 +347,8 @@ class LogStore:
     def _replied(self, units: list[list[Pending]], started: float, replies: list[Any], begun: bool = False) -> None:
         """Answer each entry of a group commit from its call's reply; ``begun``: it was sent without
         a task (``Nodes.begin``), so the commit is over here too."""
-        self.metrics.append_seconds.observe(time.perf_counter() - started)
         try:
+            self.metrics.append_seconds.observe(time.perf_counter() - started)
             for unit, reply in zip(units, replies, strict=True):
                 self._answer(unit, reply)
         finally:

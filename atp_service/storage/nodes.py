@@ -144,10 +144,10 @@ class Nodes:
         """A begun run some of whose calls found no script: load it, send those again, then ``done``."""
         try:
             replies = await self._rerun_unrun(lane, calls, replies)
-        except RedisError as exc:
+        except Exception as exc:  # as ``run`` would end them: each call's outcome unknown
             replies = [exc] * len(calls)
         except BaseException:
-            done([RedisConnectionError("the write was abandoned (the service is stopping)")] * len(calls))
+            done([RedisConnectionError("the write was abandoned: the service is stopping")] * len(calls))
             raise
         done(replies)
 

@@ -4,6 +4,8 @@ until the test answers them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from typing import Any
 
 import pytest
@@ -32,6 +34,26 @@ async def test_a_maintenance_pass_with_nothing_due_does_not_hold_new_work_behind
                           turns=200)
         log.pump("ok")
         assert [rec.reservation_id for rec, _ in await asyncio.gather(first, second)] == ["r1", "r2"]
+    finally:
+        await actor.stop()
+
+
+async def test_an_idle_shard_does_not_shed_a_burst_for_a_backlog_long_gone() -> None:
+    """Work is shed for what waits now (``max_queue_delay_ms``): a shard that went idle after a
+    message that had waited too long takes the next burst, even with no maintenance message between."""
+    settings = dataclasses.replace(sim_config().shard_settings, max_queue_delay_ms=50)
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), SimLog(), ManualClock(), settings, 0)  # type: ignore[arg-type]
+    actor.start()
+    try:
+        def nothing(ledger: Ledger, now: int) -> None:
+            return None
+
+        late = actor.submit(nothing)
+        time.sleep(0.1)  # noqa: ASYNC251  (the loop stalls: the message waits past max_queue_delay_ms)
+        await late
+        await until_turns(lambda: actor._mailbox.empty(), "the shard is idle again", turns=20)
+        first, second = actor.submit(nothing), actor.submit(nothing)  # a burst: both in one turn of the loop
+        await asyncio.gather(first, second)
     finally:
         await actor.stop()
 

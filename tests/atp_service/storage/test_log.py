@@ -273,3 +273,21 @@ async def test_a_replaced_instance_publishes_nothing_to_the_channels(redis_url: 
         assert [seq_of(i) for i, _ in await client.xrange(channels.stream("web"))] == [1]
     finally:
         await client.aclose()
+
+
+async def test_a_write_path_that_raises_answers_the_entries_and_the_log_flushes_again(redis_url: str) -> None:
+    """Whatever ends a group commit, its entries are answered and the next one goes: here the write
+    lane refuses the client (decoded replies) when the commit is about to be written."""
+    client = connect(redis_url, 5.0)
+    client.connection_pool.connection_kwargs["decode_responses"] = True
+    store = LogStore(client, "raise:", pipeline_max=8)
+    try:
+        first = store.submit(0, 1, b"a")
+        with pytest.raises(ValueError, match="decode_responses"):
+            await asyncio.wait_for(first, 5)
+        assert store._in_flight == 0  # the log is free for the next commit
+        second = store.submit(0, 1, b"a")
+        with pytest.raises(ValueError, match="decode_responses"):
+            await asyncio.wait_for(second, 5)
+    finally:
+        await client.aclose()

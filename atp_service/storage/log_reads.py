@@ -1,0 +1,58 @@
+"""What recovery reads of a shard's log and snapshot (``LogStore`` writes them)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from redis.exceptions import ResponseError
+
+from atp_service.storage.keys import Keyspace
+from atp_service.storage.records import SnapshotRecord, SnapshotUnreadable
+from atp_service.storage.resp import seq_of
+
+FIELD = b"e"
+"""The stream field an entry's bytes are in."""
+
+_snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
+
+
+class LogReads:
+    """Reads through ``client`` (on a cluster it routes each by its key) of the keys ``keys`` names."""
+
+    client: Any
+    keys: Keyspace
+
+    async def last_seq(self, shard: int) -> int:
+        """The newest entry ever written to ``shard``'s log, trimmed or not (0: the log does not exist)."""
+        try:
+            info: Any = await self.client.xinfo_stream(self.keys.log(shard))
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return 0
+            raise
+        return seq_of(info["last-generated-id"])
+
+    async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
+        start = f"({seq}-0" if seq else "-"
+        while True:
+            rows: Any = await self.client.xrange(
+                self.keys.log(shard), min=start, count=chunk
+            )
+            for entry_id, fields in rows:
+                yield seq_of(entry_id), fields[FIELD]
+            if len(rows) < chunk:
+                return
+            start = "(" + rows[-1][0].decode()
+
+    async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
+        raw: Any = await self.client.get(self.keys.snap(shard))
+        if not raw:
+            return None
+        try:
+            return _snap_decoder.decode(raw)
+        except msgspec.MsgspecError as exc:
+            # Not a fault to retry: a snapshot written in another version's layout (see CHANGELOG).
+            raise SnapshotUnreadable(f"shard {shard}: the snapshot at {self.keys.snap(shard)} is not in this "
+                                     f"version's layout ({exc}); restore with the version that wrote it") from None
