@@ -183,3 +183,14 @@ async def test_snapshot_stall_runs_at_a_tiny_size() -> None:
     assert code == 0, out[-3000:]
     (result,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert result["positions"] == 200 and len(result["snapshot_ms"]) == len(result["encode_ms"]) == 2
+
+
+async def test_bytecodes_counts_the_calls_by_file_and_by_function() -> None:
+    for by, expected in (("file", "reservation/_operations.py"), ("function", "reservation/_operations.py:reserve")):
+        code, out = await run(sys.executable, "benchmarks/bytecodes.py", "--calls", "20", "--by", by, "--top", "200",
+                              limit_s=120)
+        assert code == 0, out[-3000:]
+        (result,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert result["calls"] == 20 and result["bytecodes_per_call"] > 0
+        assert result["top"][expected] > 0, result["top"]  # the decision itself ran, once a call
+        assert sum(result["top"].values()) <= result["bytecodes_per_call"] + 1

@@ -1,0 +1,117 @@
+"""Python bytecodes the service runs per unary Reserve: a count that does not drift with the host.
+
+CPU time per call moves by ±15-25 % from run to run on a shared 2-core VM, more than most single
+changes to the hot path save. The number of bytecodes the interpreter runs for a call does not: it
+is a property of the code. So this runs the service in this process against an embedded Redis,
+seeds ``--positions`` positions, calls the servicer's ``Reserve`` directly ``--calls`` times one
+after another (one call per group commit: the case of 1,000 calls/s), and counts every bytecode the
+event loop's thread runs meanwhile with ``sys.settrace`` opcode events — per file, or per function
+with ``--by function``. Work that runs on a timer (housekeeping, the loop-lag monitor) is counted
+too, in proportion to how long the traced calls took: a few % from run to run.
+
+What it does not count: time in C (gRPC, protobuf, uvloop, the kernel). ``unary_cost.py`` measures
+the CPU of the whole path; this says where a change moved the interpreter's share.
+
+    python benchmarks/bytecodes.py [--calls 300] [--by file|function] [--top 25] [--appends-in-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from atp_client import duration
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, EmbeddedRedis, ServiceConfig
+from benchmarks.compare import Workload, seed_service
+from benchmarks.service_cost import _answer_appends_in_memory, _Context
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WARM_UP = 50
+"""Calls made before counting: connections made, caches filled."""
+
+
+class OpcodeCount:
+    """A ``sys.settrace`` hook counting opcode events by file or by file and function."""
+
+    def __init__(self, by_function: bool) -> None:
+        self.counts: Counter[str] = Counter()
+        self._by_function = by_function
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> OpcodeCount:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            self.counts[f"{_short(code.co_filename)}:{code.co_name}" if self._by_function
+                         else _short(code.co_filename)] += 1
+        return self
+
+
+def _short(filename: str) -> str:
+    """A file named from the project's root, or from ``site-packages`` / the standard library."""
+    for marker in (f"{ROOT}/", "site-packages/", "python3.11/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+def _request(n: int, positions: int) -> pb.ReserveRequest:
+    return pb.ReserveRequest(reservation_id=f"b-{n}", ttl=duration(3600),
+                             lines=[pb.Line(sku=f"s-{n % positions:05d}", location="l-1", quantity=1)])
+
+
+async def count(calls: int, positions: int, by_function: bool, in_memory: bool, tmp: Path) -> Counter[str]:
+    with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
+        service = AtpService(ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False), redis_server.url)
+        await service.start()
+        try:
+            await seed_service(f"127.0.0.1:{service.port}",
+                               Workload("b", [(f"s-{i:05d}", "l-1") for i in range(positions)], 1_000_000))
+            if in_memory:
+                _answer_appends_in_memory(service)
+            servicer, context = service._servicer, cast(Any, _Context())  # what the servicer needs of a context
+            for n in range(WARM_UP):
+                await servicer.Reserve(_request(n, positions), context)
+            requests = [_request(n, positions) for n in range(WARM_UP, WARM_UP + calls)]
+            hook = OpcodeCount(by_function)
+            sys.settrace(hook)
+            try:
+                for request in requests:
+                    await servicer.Reserve(request, context)
+            finally:
+                sys.settrace(None)
+            return hook.counts
+        finally:
+            await service.stop(grace_s=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=300, help="Reserves counted, one after another")
+    parser.add_argument("--positions", type=int, default=1000)
+    parser.add_argument("--by", choices=("file", "function"), default="file")
+    parser.add_argument("--top", type=int, default=25, help="files or functions listed, most bytecodes first")
+    parser.add_argument("--appends-in-memory", action="store_true",
+                        help="answer the log's appends without Redis (as service_cost.py does)")
+    args = parser.parse_args()
+    import uvloop  # the service's default event loop
+
+    uvloop.install()
+    with tempfile.TemporaryDirectory(prefix="atp-bytecodes-") as tmp:
+        counts = asyncio.run(count(args.calls, args.positions, args.by == "function", args.appends_in_memory,
+                                   Path(tmp)))
+    print(json.dumps({"calls": args.calls, "bytecodes_per_call": round(sum(counts.values()) / args.calls),
+                      "top": {name: round(n / args.calls, 1) for name, n in counts.most_common(args.top)}}))
+
+
+if __name__ == "__main__":
+    main()
