@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+from collections import deque
 from typing import Any
 
 RECANCEL_S = 1.0
@@ -44,3 +45,14 @@ def exception_seen(fut: asyncio.Future[Any]) -> None:
     it), so a caller gone early leaves no "exception was never retrieved" log line."""
     if not fut.cancelled():
         fut.exception()
+
+
+def wake_oldest(waiters: deque[asyncio.Future[None]]) -> bool:
+    """Wake the oldest of ``waiters`` still waiting (dropping those cancelled on the way); False
+    when none was left. A bounded resource hands itself over this way: the one woken owns it."""
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return True
+    return False

@@ -24,6 +24,8 @@ from collections import deque
 from contextlib import suppress
 from typing import Generic, TypeVar
 
+from atp_service.tasks import wake_oldest
+
 T = TypeVar("T")
 
 
@@ -134,9 +136,4 @@ class Mailbox(Generic[T]):
 
     def _wake_putter(self) -> None:
         """Wake the oldest putter still waiting; drop those cancelled on the way."""
-        putters = self._putters
-        while putters:
-            putter = putters.popleft()
-            if not putter.done():
-                putter.set_result(None)
-                return
+        wake_oldest(self._putters)

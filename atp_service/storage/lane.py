@@ -41,6 +41,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from atp_service.tasks import wake_oldest
+
 log = logging.getLogger(__name__)
 
 Done = Callable[[Any], None]
@@ -174,13 +176,8 @@ class Lane:
 
     def _release(self) -> None:
         """An exchange is over: its turn goes to the oldest exchange waiting, or back to the lane."""
-        turns = self._turns
-        while turns:
-            turn = turns.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
-        self._busy -= 1
+        if not wake_oldest(self._turns):
+            self._busy -= 1
 
     async def _take(self) -> _Wire:
         """An idle connection the server still holds open, or a new one. The server closing one (a
