@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -41,6 +42,17 @@ class Handed:
 async def warm(nodes: Nodes) -> None:
     """One write through the task path: the lane keeps its connection idle afterwards."""
     assert await nodes.run([echo("warm")]) == [b"warm"]
+
+
+@pytest.fixture
+async def warmed(redis_url: str) -> AsyncIterator[Nodes]:
+    """The writer of the test Redis, its lane holding one idle connection."""
+    nodes = Nodes(connect(redis_url, 5.0))
+    try:
+        await warm(nodes)
+        yield nodes
+    finally:
+        await nodes.aclose()
 
 
 async def test_a_begun_write_goes_out_at_once_and_its_replies_are_handed_over_once(redis_url: str) -> None:
@@ -97,45 +109,33 @@ async def test_a_begun_write_that_times_out_is_in_doubt_and_its_late_reply_is_ne
         await nodes.aclose()
 
 
-async def test_a_begun_write_is_answered_when_the_lane_closes_under_it(redis_url: str) -> None:
-    nodes = Nodes(connect(redis_url, 5.0))
-    try:
-        await warm(nodes)
-        got = Handed()
-        assert nodes.begin([Call(SLOW_ECHO, ["n"], ["slow", 300_000])], got)
-        await asyncio.sleep(0.05)
-        await lane_of(nodes).aclose()
-        (ended,) = await got.once()
-        assert isinstance(ended, RedisConnectionError)
-        assert lane_of(nodes)._busy == 0
-    finally:
-        await nodes.aclose()
+async def test_a_begun_write_is_answered_when_the_lane_closes_under_it(warmed: Nodes) -> None:
+    nodes = warmed
+    got = Handed()
+    assert nodes.begin([Call(SLOW_ECHO, ["n"], ["slow", 300_000])], got)
+    await asyncio.sleep(0.05)
+    await lane_of(nodes).aclose()
+    (ended,) = await got.once()
+    assert isinstance(ended, RedisConnectionError)
+    assert lane_of(nodes)._busy == 0
 
 
-async def test_a_begun_write_whose_script_is_gone_loads_it_and_sends_those_calls_again(redis_url: str) -> None:
-    nodes = Nodes(connect(redis_url, 5.0))
-    try:
-        await warm(nodes)
-        await nodes.reader.script_flush()
-        got = Handed()
-        assert nodes.begin([echo("x"), echo("y")], got)
-        assert await got.once() == [b"x", b"y"]
-        assert int(await nodes.reader.get("n")) == 3  # each ran once
-    finally:
-        await nodes.aclose()
+async def test_a_begun_write_whose_script_is_gone_loads_it_and_sends_those_calls_again(warmed: Nodes) -> None:
+    nodes = warmed
+    await nodes.reader.script_flush()
+    got = Handed()
+    assert nodes.begin([echo("x"), echo("y")], got)
+    assert await got.once() == [b"x", b"y"]
+    assert int(await nodes.reader.get("n")) == 3  # each ran once
 
 
-async def test_a_command_that_cannot_be_packed_is_not_begun(redis_url: str) -> None:
-    nodes = Nodes(connect(redis_url, 5.0))
-    try:
-        await warm(nodes)
-        got = Handed()
-        assert not nodes.begin([Call(echo("x").script, ["n"], [object()])], got)
-        assert lane_of(nodes)._busy == 0 and len(lane_of(nodes)._idle) == 1
-        assert nodes.begin([echo("y")], got)
-        assert await got.once() == [b"y"]
-    finally:
-        await nodes.aclose()
+async def test_a_command_that_cannot_be_packed_is_not_begun(warmed: Nodes) -> None:
+    nodes = warmed
+    got = Handed()
+    assert not nodes.begin([Call(echo("x").script, ["n"], [object()])], got)
+    assert lane_of(nodes)._busy == 0 and len(lane_of(nodes)._idle) == 1
+    assert nodes.begin([echo("y")], got)
+    assert await got.once() == [b"y"]
 
 
 def idle_lane(connections: int, timeout_s: float | None = None) -> Lane:
