@@ -7,9 +7,10 @@ timeout context for every reply read, the response callbacks. Even a connection 
 through redis-py (``read_response`` on a ``StreamReader`` under ``asyncio.timeout``) costs ~60 µs a
 round trip, ten times what parsing the bytes does. So a lane lets redis-py make each connection
 (TLS, AUTH, SELECT, HELLO, the connect timeout) and then takes over its transport with a protocol
-of its own (``_Wire``): an exchange is one ``transport.write`` of every command, one future that
-``data_received`` completes once a hiredis reader holds every reply, and one timer for the deadline
-(the client's socket timeout) of the whole exchange.
+of its own (``_Wire``): an exchange is one ``transport.write`` of every command, one callback that
+``data_received`` calls once a hiredis reader holds every reply, and one timer for the deadline
+(the client's socket timeout) of the whole exchange. ``exchange`` awaits that callback's future;
+``begin`` (the log's group commits, when a connection is idle) needs no task at all.
 
 What the pool did for safety the lane does too, each for a fault the service has met:
 
