@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import io
 from collections import deque
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 RECANCEL_S = 1.0
 """How long ``cancel_and_wait`` lets a cancelled task unwind before it asks again (see there)."""
@@ -56,3 +59,12 @@ def wake_oldest(waiters: deque[asyncio.Future[None]]) -> bool:
             waiter.set_result(None)
             return True
     return False
+
+
+def keep(held: set[asyncio.Task[Any]], work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """``work`` in a task ``held`` references until it ends: the event loop keeps only a weak
+    reference to a task, so one nobody holds may be collected before it finishes."""
+    task = asyncio.get_running_loop().create_task(work)
+    held.add(task)
+    task.add_done_callback(held.discard)
+    return task

@@ -23,7 +23,7 @@ from atp_service.config import ServiceConfig
 from atp_service.edge.transport import reexec_for
 from atp_service.logs import set_up_logging
 from atp_service.storage.embedded_redis import DataDirInUse, EmbeddedRedis, RedisDidNotStart, RedisNotInstalled
-from atp_service.tasks import task_stacks
+from atp_service.tasks import keep, task_stacks
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -113,9 +113,7 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     reloads: set[asyncio.Task[None]] = set()
 
     def reload() -> None:
-        task = loop.create_task(_reload(service))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        keep(reloads, _reload(service))
 
     loop.add_signal_handler(signal.SIGHUP, reload)  # re-read the estate/channel file
     try:

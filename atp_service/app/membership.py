@@ -38,7 +38,7 @@ from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, Script
 from atp_service.storage.resp import as_text
-from atp_service.tasks import cancel_and_wait, exception_seen
+from atp_service.tasks import cancel_and_wait, exception_seen, keep
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,7 @@ class Membership:
                 await self.leases.release(group)
 
     def _own(self, work: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
-        self._work.add(task)
-        task.add_done_callback(self._work.discard)
+        task: asyncio.Task[None] = keep(self._work, work)
         task.add_done_callback(exception_seen)
         return task
 

@@ -48,7 +48,7 @@ from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.keys import CHANNELS
 from atp_service.storage.log import CommitWindow, LogStore
 from atp_service.storage.nodes import connect_any, open_nodes
-from atp_service.tasks import cancel_and_wait
+from atp_service.tasks import cancel_and_wait, keep
 
 log = logging.getLogger(__name__)
 REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
@@ -347,10 +347,7 @@ class AtpService:
                   actor.shard, actor.failure, extra={"event": "stopping", "why": "shard_failed", "shard": actor.shard})
         self.failed.set()
         for name in ("", SERVICE_NAME):
-            task = asyncio.get_running_loop().create_task(
-                self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            keep(self._background, self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
 
     def _on_replaced(self) -> None:
         log.error("a newer instance claimed keyspace %r (a write of this one was refused): this instance "

@@ -26,6 +26,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import SERVING_KEY
 from atp_service.edge.routing import RoutingTable
 from atp_service.metrics import EdgeMetrics
+from atp_service.tasks import keep
 from reservation import Moved, NotFound
 
 SERVICE = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
@@ -245,9 +246,7 @@ class Forwarder:
                 grpc.aio.secure_channel(address, self._credentials, options=_OPTIONS) if self._credentials
                 else grpc.aio.insecure_channel(address, options=_OPTIONS))
             if len(self._peers) > self._max_peers:
-                dropped = asyncio.ensure_future(self._peers.popitem(last=False)[1].close(PEER_CLOSE_GRACE_S))
-                self._closing.add(dropped)
-                dropped.add_done_callback(self._closing.discard)
+                keep(self._closing, self._peers.popitem(last=False)[1].close(PEER_CLOSE_GRACE_S))
         self._peers.move_to_end(address)
         return channel
 

@@ -53,8 +53,6 @@ class Mailbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    qsize = __len__
-
     def __repr__(self) -> str:
         return f"<Mailbox {len(self._items)}/{self._bound}, {len(self._putters)} putters waiting>"
 

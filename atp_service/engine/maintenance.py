@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.coordinator import Coordinator
 from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.tasks import keep
 from reservation import DomainError, Ledger
 from reservation import _operations as ops
 
@@ -95,10 +97,8 @@ class Housekeeper:
             log.warning("expiry of order %s deferred: %r", rid, exc)
             home.requeue_expiry(expires_at, rid)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        keep(self._background, coro)
 
     async def _forever(self) -> None:
         while True:

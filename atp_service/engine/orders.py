@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from atp_service.engine.parts import ApplyShare, GiveUpPart, PartStep, ReadPart, ReservePart, run_part, tell_home
-from atp_service.tasks import exception_seen
+from atp_service.tasks import exception_seen, keep
 from reservation import (
     DomainError,
     Fact,
@@ -116,10 +116,8 @@ class Orders:
         result: T = await asyncio.shield(task)  # the caller's cancellation abandons the wait, not the saga
         return result
 
-    def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
-        task: asyncio.Task[T] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = keep(self._tasks, coro)
         task.add_done_callback(exception_seen)  # its caller may have gone
         return task
 

@@ -18,7 +18,7 @@ import numpy as np
 from atp_service.engine.router import Engine
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
-from atp_service.tasks import exception_seen
+from atp_service.tasks import exception_seen, keep
 from reservation import (
     CountRows,
     DomainError,
@@ -64,9 +64,7 @@ class FactDesk:
 
     async def _owned(self, work: Coroutine[Any, Any, T]) -> T:
         """``work`` in a task of the desk's own, which ``stop`` waits for; the caller waits shielded."""
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = keep(self._tasks, work)
         task.add_done_callback(exception_seen)
         return await asyncio.shield(task)
 

@@ -42,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atp_service.tasks import wake_oldest
+from atp_service.tasks import keep, wake_oldest
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +241,7 @@ class Lane:
         """``_close`` from a callback: the connection is out of use at once, its socket closed by a task."""
         self._open.discard(conn)
         if conn.is_connected:
-            task = asyncio.get_running_loop().create_task(_disconnect(conn))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            keep(self._closing, _disconnect(conn))
 
 
 def check_writable(options: Mapping[str, Any]) -> None:

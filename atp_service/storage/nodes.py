@@ -32,6 +32,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from atp_service.storage.lane import Lane, check_writable
+from atp_service.tasks import keep
 
 TOPOLOGY_ERRORS = (AskError, ClusterDownError, TryAgainError, RedisConnectionError, RedisTimeoutError, OSError,
                    asyncio.TimeoutError)
@@ -133,7 +134,7 @@ class Nodes:
             if isinstance(result, BaseException):
                 done([result] * len(calls))  # as ``_run_on``: what ended the exchange ended every call
             elif any(isinstance(reply, NoScriptError) for reply in result):
-                self._spawn(self._finish_unrun(lane, calls, result, done))
+                keep(self._tasks, self._finish_unrun(lane, calls, result, done))
             else:
                 done(result)
 
@@ -150,11 +151,6 @@ class Nodes:
             done([RedisConnectionError("the write was abandoned: the service is stopping")] * len(calls))
             raise
         done(replies)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _run_on(self, lane: Lane, calls: list[Call]) -> list[Any]:
         try:

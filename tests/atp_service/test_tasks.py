@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from atp_service.tasks import cancel_and_wait
+from atp_service.tasks import cancel_and_wait, keep
 
 BOUND_S = 60  # only a failure waits this long: a stop that never ends
 
@@ -71,3 +72,19 @@ async def test_the_callers_own_cancellation_is_not_swallowed() -> None:
         await stopping
     shielded.set()
     await asyncio.wait_for(cancel_and_wait(task), BOUND_S)
+
+
+async def test_keep_holds_the_task_until_it_ends_and_hands_its_result_on() -> None:
+    held: set[asyncio.Task[Any]] = set()
+    release = asyncio.Event()
+
+    async def work() -> int:
+        await release.wait()
+        return 7
+
+    task = keep(held, work())
+    assert held == {task}
+    release.set()
+    assert await task == 7
+    await asyncio.sleep(0)  # the done callback runs in the next turn
+    assert not held

@@ -32,7 +32,7 @@ def full_box(bound: int = 2) -> Mailbox[str]:
 
 def test_fifo_bound_and_sizes() -> None:
     box: Mailbox[int] = Mailbox(3)
-    assert box.empty() and not box.full() and len(box) == box.qsize() == 0
+    assert box.empty() and not box.full() and len(box) == 0
     for n in range(3):
         box.put_nowait(n)
     assert box.full() and not box.empty() and len(box) == 3
