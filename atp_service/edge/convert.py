@@ -135,8 +135,9 @@ def fill_reserve_response(out: pb.ReserveResponse, rec: Reservation, replayed: b
             last.allocations.add(location=line.location, quantity=line.granted)
         granted = granted or line.granted > 0
     out.state = pb.RESERVATION_STATE_HELD if granted else pb.RESERVATION_STATE_REJECTED  # the decision (R5)
-    if granted:
-        out.expire_time.FromMilliseconds(rec.created_at + rec.ttl_ms)
+    if granted:  # Timestamp.FromMilliseconds, without its Python range check: now + ttl is in range
+        expire_ms, stamp = rec.created_at + rec.ttl_ms, out.expire_time
+        stamp.seconds, stamp.nanos = expire_ms // 1000, expire_ms % 1000 * 1_000_000
     out.replayed = replayed
 
 

@@ -137,7 +137,10 @@ class Engine(OwnedShards):
                 self._all_local(cmd.reservation_id, (home,) if self.remote else (home, *sorted(shards)))
             return await self._reserve_order(cmd, home)
         try:
-            result: tuple[Reservation, bool] = await self.run(shards, home, self._reserve_work(cmd, home))
+            work = self._reserve_work(cmd, home)
+            # ``run``, inlined for the one-shard case: one coroutine fewer per unary Reserve
+            result: tuple[Reservation, bool] = await (self.actors[home].submit(work) if len(shards) == 1
+                                                      else self._coordinator.run(sorted(shards), home, work))
         except BaseException:
             self.routes.unroute(cmd.reservation_id)
             raise

@@ -1,7 +1,9 @@
 """A shard actor: one asyncio task owns one Ledger and works through a bounded mailbox.
 
 No locks: only this task touches its ledger, except a coordinator that first pauses it (see
-``engine``). Each turn drains up to ``batch_max`` messages, applies them, appends the resulting
+``engine``), and a sender that finds the actor parked (waiting for mail, nothing queued, nothing
+blocking) and takes that next turn itself, without awaiting anything (``_turn_now``): the turns
+stay one at a time and in order, as if the actor had taken the message. Each turn drains up to ``batch_max`` messages, applies them, appends the resulting
 events as one log entry (group commit) and only then answers (R7). An append whose outcome is
 unknown is fenced and settled (``durability``) before the shard takes another message.
 """
@@ -17,47 +19,31 @@ from typing import Any
 
 from atp_service.config import ShardSettings
 from atp_service.engine.clock import Clock
-from atp_service.engine.listeners import EntryListeners
 from atp_service.engine.mailbox import Mailbox, MailboxFull
-from atp_service.engine.messages import (
-    REPLACED,
-    Answer,
-    Control,
-    Envelope,
-    InFlight,
-    Maintain,
-    Pause,
-    Sealed,
-    Work,
-    deliver,
-)
-from atp_service.engine.turn import apply_batch, moves_of, refuse_all, take_batch
+from atp_service.engine.messages import Control, Envelope, Maintain, Pause, Work, deliver
+from atp_service.engine.pipeline import CommitPipeline
+from atp_service.engine.turn import apply_batch, refuse_all, take_batch
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of
-from atp_service.storage.log import Fenced, LogStore
+from atp_service.storage.log import LogStore
 from atp_service.tasks import cancel_and_wait
 from atp_service.traces import span
-from reservation import Ledger, LogEntry, Moved, PositionStore, Reason, ResourceExhausted, Unavailable, encode_entry
+from reservation import Ledger, PositionStore, Reason, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
 
-class ShardActor(EntryListeners):
+class ShardActor(CommitPipeline):
     vacant = False  # the shard's group is another process's (``vacant.Vacant``)
     def __init__(self, shard: int, ledger: Ledger, log_store: LogStore, clock: Clock,
                  settings: ShardSettings, seq: int, metrics: EngineMetrics | None = None) -> None:
-        super().__init__(shard)
-        self.ledger = ledger
-        self.seq = seq  # the last entry durable in this shard's log
-        self._log = log_store
+        metrics = metrics or EngineMetrics()
+        super().__init__(shard, ledger, log_store, seq, metrics)
         self._clock = clock
         self._settings = settings
-        self._metrics = metrics = metrics or EngineMetrics()
         self._mailbox: Mailbox[Envelope] = Mailbox(settings.mailbox_size)  # read by _run only
         self._task: asyncio.Task[None] | None = None
         self._set_aside: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
-        self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
-        self._doubt: list[tuple[int, LogEntry, bytes]] = []  # failed appends that may have landed
         self.failure: BaseException | None = None
         """Why this shard's task ended while the service runs (a bug): it answers nothing more."""
         self.on_failure: list[Callable[[ShardActor], None]] = []
@@ -67,26 +53,16 @@ class ShardActor(EntryListeners):
         self._settling = asyncio.Lock()
         self._depth = metrics.mailbox_depth.labels(str(shard))
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
+        self._parked = False  # the actor waits for a message, with nothing set aside
         self._max_delay_s = settings.max_queue_delay_ms / 1000
         self.lease_until = float("inf")
         """``time.monotonic()`` past which this process's lease on the group may have run out
         (``membership``); the shard refuses all work from then on."""
 
-    def ahead_of_log(self) -> dict[tuple[str, str], int] | None:
-        """Per position, how far memory's ``available`` is ahead of the durable log: the moves of
-        the batches in flight (None: none in flight). Channels subtract it: they publish only
-        durable state (C4), and a batch in flight may yet be undone."""
-        return moves_of(self._inflight) if self._inflight else None
-
     def positions(self) -> PositionStore:
         """This shard's positions as memory holds them (ahead of the log by the batches in flight:
         ``ahead_of_log``), to read between batches; never to change — only the actor changes them."""
         return self.ledger.store
-
-    @property
-    def in_doubt(self) -> bool:
-        """Appends failed and are not yet settled: the log is unreachable from here."""
-        return bool(self._doubt)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -149,10 +125,6 @@ class ShardActor(EntryListeners):
         """This process's lease on the group ran out by its own clock: it may be another's, so nothing is answered."""
         return self.lease_until < time.monotonic()
 
-    def _replaced(self) -> Unavailable:
-        """The refusal once another owns the shard: the keyspace's newer instance, or (leased) the group's new owner."""
-        return Moved(self.shard, "") if self._log.leased else Unavailable(REPLACED, Reason.INSTANCE_REPLACED)
-
     def submit(self, work: Work) -> asyncio.Future[Any]:
         """Queue work for this shard; refuse at once when the shard cannot take it."""
         if self._stopping or self.failure is not None or self._doubt or self._log.is_fenced(self.shard) or \
@@ -162,11 +134,28 @@ class ShardActor(EntryListeners):
             raise self._shed(f"overloaded (queued work waits {self._lag_s * 1000:.0f} ms, limit "
                              f"max_queue_delay_ms={self._settings.max_queue_delay_ms})")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._parked and self._mailbox.empty() and not self._blocked():
+            self._turn_now(Envelope(work, fut))
+            return fut
         try:
             self._mailbox.put_nowait(Envelope(work, fut))
         except MailboxFull:
             raise self._shed(f"mailbox full ({self._settings.mailbox_size} waiting)") from None
         return fut
+
+    def _turn_now(self, env: Envelope) -> None:
+        """The turn the parked actor would take next, for this one message, taken now in the
+        sender's task: nothing in it awaits, so no other task runs meanwhile and the shard's turns
+        stay one at a time, in order. Saves the message a trip through the mailbox and a wake-up
+        of the actor's task. A turn that raises stops the shard as it would in the actor's task."""
+        self._parked = False  # work sent from inside this turn is queued: turns never nest
+        try:
+            self._apply([env])
+        except Exception as exc:
+            deliver([(env.reply, None, Unavailable(f"shard {self.shard} stopped working", Reason.SHARD_STOPPED))])
+            self.break_down(exc)
+        finally:
+            self._parked = True  # the actor's task is still suspended in the mailbox's get
 
     def _shed(self, why: str) -> ResourceExhausted:
         self._metrics.shed.inc()
@@ -199,80 +188,6 @@ class ShardActor(EntryListeners):
             self._maintain_queued = True
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._mailbox.put_nowait(Envelope(Maintain(), fut))
-
-    # -- a cross-shard change: a coordinator holds this shard paused (nothing in flight) --------
-    def seal_part(self, now: int) -> Sealed | None:
-        """Seal the open batch as this shard's part of a cross-shard change (None: nothing to log)."""
-        if not self.ledger.pending:
-            self.ledger.commit(now)
-            return None
-        assert not self._inflight, "a paused shard has nothing in flight"
-        entry, undo, moved = self.ledger.seal(now)
-        return Sealed(self.seq + 1, entry, encode_entry(entry), undo, moved)
-
-    def track_part(self, part: Sealed, done: asyncio.Future[None]) -> None:
-        """Follow a sealed part to its end like any batch of this shard: durable, or undone and
-        settled — whatever happens to the coordinator that sent it (R8)."""
-        self._inflight.append(InFlight(part.seq, part.entry, part.data, part.undo, part.moved, [], done))
-        done.add_done_callback(self._on_append_done)
-
-    # -- pipelined group commit -------------------------------------------------------
-    def _seal(self, now: int, answers: list[Answer]) -> None:
-        """Send the open batch to the log and go on; its callers are answered once it is durable
-        and every entry before it is (R7). Answers of a batch with nothing to log wait behind
-        the newest entry in flight: a replayed decision must not be acknowledged before it is durable."""
-        ledger = self.ledger
-        if not ledger.pending:
-            ledger.commit(now)  # nothing to log; drop its undo steps
-            if self._inflight:
-                self._inflight[-1].answers.extend(answers)
-            else:
-                deliver(answers)
-            return
-        entry, undo, moved = ledger.seal(now)
-        seq = self.seq + 1 + len(self._inflight)
-        data = encode_entry(entry)
-        done = self._log.submit(self.shard, seq, data)
-        self._inflight.append(InFlight(seq, entry, data, undo, moved, answers, done))
-        done.add_done_callback(self._on_append_done)
-
-    def _on_append_done(self, _: asyncio.Future[None]) -> None:
-        """Settle finished appends oldest first: deliver, or take back everything from a failure on."""
-        while self._inflight and self._inflight[0].done.done():
-            head = self._inflight[0]
-            error = None if head.done.cancelled() else head.done.exception()
-            if error is not None or head.done.cancelled():
-                self._fail_in_flight(error)
-                return
-            self._inflight.popleft()
-            self.seq = head.seq
-            deliver(head.answers)
-            self._tell(self.listeners, head.entry)
-
-    def _fail_in_flight(self, error: BaseException | None) -> None:
-        """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,
-        keep later entries out of the log, and remember them all to settle."""
-        self._metrics.append_failures.inc()
-        log.warning("shard %d: append of entry %d failed (%s)", self.shard, self._inflight[0].seq, error)
-        # Fenced: refused before any write, and every later append is refused too (the epoch only
-        # grows), so nothing in flight landed and there is nothing to settle.
-        replaced = isinstance(error, Fenced)
-        failure = self._replaced() if replaced else Unavailable(
-            f"shard {self.shard}: outcome unknown: the change is not known to be durable (log storage "
-            "unreachable); retry with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)
-        for rec in reversed(self._inflight):
-            self.ledger.revert(rec.undo)
-            rec.done.cancel()
-            deliver([(reply, None, failure) for reply, _, _ in rec.answers])
-        if not replaced:
-            self._doubt.extend((rec.seq, rec.entry, rec.data) for rec in self._inflight)
-        undone = [rec.entry for rec in self._inflight]
-        self._inflight.clear()
-        self._refuse_waiting(failure)
-        if not replaced:
-            self.request_maintenance()  # an idle shard settles at once, not at the next message
-        for entry in undone:
-            self._tell(self.undo_listeners, entry)
 
     def _refuse_waiting(self, error: Unavailable) -> None:
         """Until the doubt is settled (Redis answering again) nothing here can be decided:
@@ -327,7 +242,14 @@ class ShardActor(EntryListeners):
         while True:
             if not set_aside and mailbox.empty():
                 self._lag_s = 0.0  # nothing waits: a backlog long gone must not shed the next burst
-            first = set_aside.popleft() if set_aside else await mailbox.get()
+            if set_aside:
+                first = set_aside.popleft()
+            else:
+                self._parked = True  # senders may take this shard's next turn themselves (_turn_now)
+                try:
+                    first = await mailbox.get()
+                finally:
+                    self._parked = False
             self._lag_s = time.monotonic() - first.at
             if isinstance(first.message, Control):
                 try:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from atp_service.engine.clock import ManualClock
+from atp_service.engine.messages import Envelope
 from atp_service.engine.shard import ShardActor
 from reservation import DomainError, Ledger, Reason, Unavailable, reserve
 from tests.atp_service.engine.helpers import until_turns
@@ -41,8 +42,11 @@ async def test_a_maintenance_pass_with_nothing_due_does_not_hold_new_work_behind
 async def test_an_idle_shard_does_not_shed_a_burst_for_a_backlog_long_gone() -> None:
     """Work is shed for what waits now (``max_queue_delay_ms``): a shard that went idle after a
     message that had waited too long takes the next burst, even with no maintenance message between."""
-    settings = dataclasses.replace(sim_config().shard_settings, max_queue_delay_ms=50)
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), SimLog(), ManualClock(), settings, 0)  # type: ignore[arg-type]
+    # One entry in flight at most: the burst's first message takes the idle actor's turn, the
+    # rest queue behind its entry, and the third meets a mailbox that is not empty.
+    settings = dataclasses.replace(sim_config().shard_settings, max_queue_delay_ms=50, pipeline_depth=1)
+    log = SimLog()
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), settings, 0)  # type: ignore[arg-type]
     actor.start()
     try:
         def nothing(ledger: Ledger, now: int) -> None:
@@ -51,9 +55,16 @@ async def test_an_idle_shard_does_not_shed_a_burst_for_a_backlog_long_gone() -> 
         late = actor.submit(nothing)
         time.sleep(0.1)  # noqa: ASYNC251  (the loop stalls: the message waits past max_queue_delay_ms)
         await late
-        await until_turns(lambda: actor._mailbox.empty(), "the shard is idle again", turns=20)
-        first, second = actor.submit(nothing), actor.submit(nothing)  # a burst: both in one turn of the loop
-        await asyncio.gather(first, second)
+        await until_turns(lambda: actor._mailbox.empty() and actor._parked, "the shard is idle again", turns=20)
+        burst = [actor.submit(lambda ledger, now, rid=rid: reserve(ledger, cmd(rid, ("A", "S1", 1)), now))
+                 for rid in ("r1", "r2", "r3")]  # in one turn of the loop
+
+        def pumped() -> bool:
+            log.pump("ok")
+            return all(answer.done() for answer in burst)
+
+        await until_turns(pumped, "the burst is answered")
+        await asyncio.gather(*burst)
     finally:
         await actor.stop()
 
@@ -104,5 +115,120 @@ async def test_a_shard_whose_task_ends_says_so_and_answers_unavailable_instead_o
         with pytest.raises(Unavailable) as err:
             actor.submit(lambda ledger, now: None)
         assert err.value.reason == Reason.SHARD_STOPPED
+    finally:
+        await actor.stop()
+
+
+async def parked(actor: ShardActor) -> None:
+    await until_turns(lambda: actor._parked, f"shard {actor.shard} waits for mail", turns=50)
+
+
+async def test_a_sender_takes_a_parked_shards_turn_at_once_and_is_answered_only_once_it_is_durable() -> None:
+    log = SimLog()
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
+    actor.start()
+    try:
+        await parked(actor)
+        answer = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 1)), now))
+        # Decided and sent before the sender awaits anything: no turn of the loop, no mailbox.
+        assert actor.ledger.reservation("r1") is not None and len(log.pending) == 1 and actor._mailbox.empty()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not answer.done()  # R7: not before its entry is durable
+        log.pump("ok")
+        rec, replayed = await answer
+        assert rec.reservation_id == "r1" and not replayed and actor.seq == 1
+    finally:
+        await actor.stop()
+
+
+async def test_work_queued_for_a_shard_is_never_overtaken_by_a_later_sender() -> None:
+    """Only a parked actor with nothing waiting lends its turn: once anything waits (a message not
+    yet taken, or one held back behind a full pipeline), every later message queues behind it and
+    all run in the order sent."""
+    log = SimLog()
+    settings = dataclasses.replace(sim_config().shard_settings, pipeline_depth=1)
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), settings, 0)  # type: ignore[arg-type]
+    order: list[str] = []
+
+    def noting(rid: str) -> Any:
+        def work(ledger: Ledger, now: int) -> Any:
+            order.append(rid)
+            return reserve(ledger, cmd(rid, ("A", "S1", 1)), now)
+        return work
+
+    actor.start()
+    try:
+        await parked(actor)
+        first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        actor._mailbox.put_nowait(Envelope(noting("r0"), first))  # queued; the actor has not run since
+        answers = [first, actor.submit(noting("r1"))]
+        assert order == []  # r1 waits behind r0
+        await until_turns(lambda: len(log.pending) == 1, "r0 and r1 are sent")
+        answers.append(actor.submit(noting("r2")))  # the pipeline is full: queued
+        await until_turns(lambda: bool(actor._set_aside), "the actor holds r2 back behind the full pipeline")
+        answers.append(actor.submit(noting("r3")))  # must queue behind r2, not take a turn of its own
+        assert not actor._parked and order == ["r0", "r1"]
+
+        def pumped() -> bool:
+            log.pump("ok")
+            return all(answer.done() for answer in answers)
+
+        await until_turns(pumped, "every answer is durable")
+        assert [rec.reservation_id for rec, _ in await asyncio.gather(*answers)] == ["r0", "r1", "r2", "r3"]
+        assert order == ["r0", "r1", "r2", "r3"]
+    finally:
+        await actor.stop()
+
+
+async def test_a_senders_turn_that_raises_stops_the_shard_as_the_actors_own_would() -> None:
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), SimLog(), ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
+    failed: list[ShardActor] = []
+    actor.on_failure.append(failed.append)
+    actor.start()
+    try:
+        await parked(actor)
+
+        def broken_seal(now: int, answers: list[Any]) -> None:
+            raise RuntimeError("a bug outside any command")
+
+        actor._seal = broken_seal  # type: ignore[method-assign]
+        answer = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 1)), now))
+        with pytest.raises(Unavailable) as err:
+            await answer
+        assert err.value.reason == Reason.SHARD_STOPPED and failed == [actor]
+        await until_turns(lambda: actor._task is not None and actor._task.done(), "the actor's task ends")
+        with pytest.raises(Unavailable):
+            actor.submit(lambda ledger, now: None)
+    finally:
+        await actor.stop()
+
+
+async def test_work_sent_from_inside_a_senders_turn_is_queued_not_nested() -> None:
+    log = SimLog()
+    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
+    order: list[str] = []
+    inner: list[asyncio.Future[Any]] = []
+
+    def outer(ledger: Ledger, now: int) -> Any:
+        order.append("outer begins")
+        inner.append(actor.submit(lambda ledger, now: order.append("inner")))
+        order.append("outer ends")
+        return reserve(ledger, cmd("r1", ("A", "S1", 1)), now)
+
+    actor.start()
+    try:
+        await parked(actor)
+        first = actor.submit(outer)
+        assert order == ["outer begins", "outer ends"] and actor._mailbox.empty() is False
+
+        def pumped() -> bool:
+            log.pump("ok")
+            return first.done() and inner[0].done()
+
+        await until_turns(pumped, "both are answered")
+        assert order == ["outer begins", "outer ends", "inner"]
+        await asyncio.gather(first, *inner)
+        await parked(actor)  # and the actor takes mail again
     finally:
         await actor.stop()

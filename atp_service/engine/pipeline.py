@@ -1,0 +1,127 @@
+"""A shard's pipelined group commit: each turn's batch is sealed into a log entry and sent while
+the shard goes on; entries are answered in order once durable, and a failed append takes back
+every batch after it too and leaves them in doubt until settled (R7). ``ShardActor`` builds on it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from atp_service.engine.listeners import EntryListeners
+from atp_service.engine.messages import REPLACED, Answer, InFlight, Sealed, deliver
+from atp_service.engine.turn import moves_of
+from atp_service.metrics import EngineMetrics
+from atp_service.storage.log import Fenced, LogStore
+from reservation import Ledger, LogEntry, Moved, Reason, Unavailable, encode_entry
+
+log = logging.getLogger(__name__)
+
+
+class CommitPipeline(EntryListeners):
+    """The batches of one shard in flight to its log, and those in doubt."""
+
+    def __init__(self, shard: int, ledger: Ledger, log_store: LogStore, seq: int, metrics: EngineMetrics) -> None:
+        super().__init__(shard)
+        self.ledger = ledger
+        self.seq = seq  # the last entry durable in this shard's log
+        self._log = log_store
+        self._metrics = metrics
+        self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
+        self._doubt: list[tuple[int, LogEntry, bytes]] = []  # failed appends that may have landed
+
+    def ahead_of_log(self) -> dict[tuple[str, str], int] | None:
+        """Per position, how far memory's ``available`` is ahead of the durable log: the moves of
+        the batches in flight (None: none in flight). Channels subtract it: they publish only
+        durable state (C4), and a batch in flight may yet be undone."""
+        return moves_of(self._inflight) if self._inflight else None
+
+    @property
+    def in_doubt(self) -> bool:
+        """Appends failed and are not yet settled: the log is unreachable from here."""
+        return bool(self._doubt)
+
+    # -- a cross-shard change: a coordinator holds this shard paused (nothing in flight) --------
+    def seal_part(self, now: int) -> Sealed | None:
+        """Seal the open batch as this shard's part of a cross-shard change (None: nothing to log)."""
+        if not self.ledger.pending:
+            self.ledger.commit(now)
+            return None
+        assert not self._inflight, "a paused shard has nothing in flight"
+        entry, undo, moved = self.ledger.seal(now)
+        return Sealed(self.seq + 1, entry, encode_entry(entry), undo, moved)
+
+    def track_part(self, part: Sealed, done: asyncio.Future[None]) -> None:
+        """Follow a sealed part to its end like any batch of this shard: durable, or undone and
+        settled — whatever happens to the coordinator that sent it (R8)."""
+        self._inflight.append(InFlight(part.seq, part.entry, part.data, part.undo, part.moved, [], done))
+        done.add_done_callback(self._on_append_done)
+
+    def _seal(self, now: int, answers: list[Answer]) -> None:
+        """Send the open batch to the log and go on; its callers are answered once it is durable
+        and every entry before it is (R7). Answers of a batch with nothing to log wait behind
+        the newest entry in flight: a replayed decision must not be acknowledged before it is durable."""
+        ledger = self.ledger
+        if not ledger.pending:
+            ledger.commit(now)  # nothing to log; drop its undo steps
+            if self._inflight:
+                self._inflight[-1].answers.extend(answers)
+            else:
+                deliver(answers)
+            return
+        entry, undo, moved = ledger.seal(now)
+        seq = self.seq + 1 + len(self._inflight)
+        data = encode_entry(entry)
+        done = self._log.submit(self.shard, seq, data)
+        self._inflight.append(InFlight(seq, entry, data, undo, moved, answers, done))
+        done.add_done_callback(self._on_append_done)
+
+    def _on_append_done(self, _: asyncio.Future[None]) -> None:
+        """Settle finished appends oldest first: deliver, or take back everything from a failure on."""
+        while self._inflight and self._inflight[0].done.done():
+            head = self._inflight[0]
+            error = None if head.done.cancelled() else head.done.exception()
+            if error is not None or head.done.cancelled():
+                self._fail_in_flight(error)
+                return
+            self._inflight.popleft()
+            self.seq = head.seq
+            deliver(head.answers)
+            self._tell(self.listeners, head.entry)
+
+    def _fail_in_flight(self, error: BaseException | None) -> None:
+        """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,
+        keep later entries out of the log, and remember them all to settle."""
+        self._metrics.append_failures.inc()
+        log.warning("shard %d: append of entry %d failed (%s)", self.shard, self._inflight[0].seq, error)
+        # Fenced: refused before any write, and every later append is refused too (the epoch only
+        # grows), so nothing in flight landed and there is nothing to settle.
+        replaced = isinstance(error, Fenced)
+        failure = self._replaced() if replaced else Unavailable(
+            f"shard {self.shard}: outcome unknown: the change is not known to be durable (log storage "
+            "unreachable); retry with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)
+        for rec in reversed(self._inflight):
+            self.ledger.revert(rec.undo)
+            rec.done.cancel()
+            deliver([(reply, None, failure) for reply, _, _ in rec.answers])
+        if not replaced:
+            self._doubt.extend((rec.seq, rec.entry, rec.data) for rec in self._inflight)
+        undone = [rec.entry for rec in self._inflight]
+        self._inflight.clear()
+        self._refuse_waiting(failure)
+        if not replaced:
+            self.request_maintenance()  # an idle shard settles at once, not at the next message
+        for entry in undone:
+            self._tell(self.undo_listeners, entry)
+
+    def _replaced(self) -> Unavailable:
+        """The refusal once another owns the shard: the keyspace's newer instance, or (leased) the group's new owner."""
+        return Moved(self.shard, "") if self._log.leased else Unavailable(REPLACED, Reason.INSTANCE_REPLACED)
+
+    def _refuse_waiting(self, error: Unavailable) -> None:
+        """Answer every message waiting for a turn with ``error`` (the actor's mailbox)."""
+        raise NotImplementedError
+
+    def request_maintenance(self) -> None:
+        """Ask for a maintenance turn (the actor's: it settles what is in doubt)."""
+        raise NotImplementedError
