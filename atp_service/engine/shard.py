@@ -3,9 +3,10 @@
 No locks: only this task touches its ledger, except a coordinator that first pauses it (see
 ``engine``), and a sender that finds the actor parked (waiting for mail, nothing queued, nothing
 blocking) and takes that next turn itself, without awaiting anything (``_turn_now``): the turns
-stay one at a time and in order, as if the actor had taken the message. Each turn drains up to ``batch_max`` messages, applies them, appends the resulting
-events as one log entry (group commit) and only then answers (R7). An append whose outcome is
-unknown is fenced and settled (``durability``) before the shard takes another message.
+stay one at a time and in order, as if the actor had taken the message. Each turn drains up to
+``batch_max`` messages, applies them, appends the resulting events as one log entry (group commit)
+and only then answers (R7). An append whose outcome is unknown is fenced and settled
+(``durability``) before the shard takes another message.
 """
 
 from __future__ import annotations
@@ -92,7 +93,10 @@ class ShardActor(CommitPipeline):
         self._refuse_waiting(Unavailable(f"shard {self.shard} stopped working; the service restarts",
                                          Reason.SHARD_STOPPED))
         for callback in self.on_failure:
-            callback(self)
+            try:
+                callback(self)
+            except Exception:  # it may run inside a sender's turn (_turn_now): never the sender's error
+                log.exception("shard %d: a failure callback failed", self.shard)
 
     async def stop(self, refusal: Unavailable | None = None) -> None:
         """Finish the batch in hand, then fail whatever is still waiting (cleanly, not silently) with
@@ -151,9 +155,11 @@ class ShardActor(CommitPipeline):
         self._parked = False  # work sent from inside this turn is queued: turns never nest
         try:
             self._apply([env])
-        except Exception as exc:
+        except BaseException as exc:
             deliver([(env.reply, None, Unavailable(f"shard {self.shard} stopped working", Reason.SHARD_STOPPED))])
             self.break_down(exc)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt and its kind are the sender's too
         finally:
             self._parked = True  # the actor's task is still suspended in the mailbox's get
 
@@ -245,6 +251,7 @@ class ShardActor(CommitPipeline):
             if set_aside:
                 first = set_aside.popleft()
             else:
+                self._depth.set(len(mailbox))  # what waits now: a sender's turn (_turn_now) sets no gauge
                 self._parked = True  # senders may take this shard's next turn themselves (_turn_now)
                 try:
                     first = await mailbox.get()

@@ -9,10 +9,12 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from atp_service.engine.clock import ManualClock
 from atp_service.engine.messages import Envelope
 from atp_service.engine.shard import ShardActor
+from atp_service.metrics import EngineMetrics
 from reservation import DomainError, Ledger, Reason, Unavailable, reserve
 from tests.atp_service.engine.helpers import until_turns
 from tests.reservation.helpers import cmd, ledger_with
@@ -230,5 +232,53 @@ async def test_work_sent_from_inside_a_senders_turn_is_queued_not_nested() -> No
         assert order == ["outer begins", "outer ends", "inner"]
         await asyncio.gather(first, *inner)
         await parked(actor)  # and the actor takes mail again
+    finally:
+        await actor.stop()
+
+
+async def test_the_mailbox_depth_gauge_comes_back_to_what_waits_once_the_shard_is_idle_again() -> None:
+    """``atp_shard_mailbox_depth`` (alert ATPShardMailboxDeep): a backlog refused at once when an
+    append fails must not stay on the gauge of a shard whose later messages all take the parked
+    actor's turn (none goes through the actor's own turn, where the gauge is set)."""
+    registry = CollectorRegistry()
+    log = SimLog()
+    settings = dataclasses.replace(sim_config().shard_settings, pipeline_depth=1, batch_max=2)
+    actor = ShardActor(0, ledger_with({("A", "S1"): 100}), log, ManualClock(), settings, 0,  # type: ignore[arg-type]
+                       EngineMetrics(registry))
+
+    def depth() -> float | None:
+        return registry.get_sample_value("atp_shard_mailbox_depth", {"shard": "0"})
+
+    def rsv(rid: str) -> Any:
+        return lambda ledger, now: reserve(ledger, cmd(rid, ("A", "S1", 1)), now)
+
+    actor.start()
+    try:
+        await until_turns(lambda: actor._task is not None and actor._mailbox.empty(), "started", turns=20)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        answers = [actor.submit(rsv(f"r{i}")) for i in range(12)]  # a backlog behind one entry in flight
+        await until_turns(lambda: len(log.pending) == 1 and len(actor._mailbox) > 0, "r0 in flight, the rest wait")
+        log.pump("ok")  # r0 durable: the actor takes the next batch of two; the rest still wait
+        await until_turns(lambda: len(log.pending) == 1 and (depth() or 0) > 0, "the next batch in flight")
+        backlog = depth()
+        log.pump("lost")  # Redis lost it: every waiting message is refused at once, the shard settles
+        for _ in range(50):
+            log.pump("ok")
+            if all(a.done() for a in answers) and not actor.in_doubt and actor._mailbox.empty():
+                break
+            await asyncio.sleep(0)
+        assert all(a.done() for a in answers) and not actor.in_doubt and actor._mailbox.empty()
+        for a in answers:
+            if not a.cancelled():
+                a.exception()
+
+        for i in range(3):  # light traffic afterwards: one message at a time, nothing waits
+            later = actor.submit(rsv(f"later{i}"))
+            await until_turns(lambda: bool(log.pending), "appended")
+            log.pump("ok")
+            await later
+        assert len(actor._mailbox) == 0 and not actor._set_aside
+        assert depth() == 0, f"gauge says {depth()} waiting (the backlog refused long ago was {backlog}); 0 wait"
     finally:
         await actor.stop()
