@@ -1,11 +1,11 @@
 """A shard actor: one asyncio task owns one Ledger and works through a bounded mailbox.
 
 No locks: only this task touches its ledger, except a coordinator that first pauses it (see
-``engine``), and a sender that finds the actor parked (waiting for mail, nothing queued, nothing
-blocking) and takes that next turn itself, without awaiting anything (``_turn_now``): the turns
-stay one at a time and in order, as if the actor had taken the message. Each turn drains up to
-``batch_max`` messages, applies them, appends the resulting events as one log entry (group commit)
-and only then answers (R7). An append whose outcome is unknown is fenced and settled
+``engine``), and a sender that finds the shard idle (the actor waiting for mail, nothing queued,
+nothing in flight) and takes that next turn itself, without awaiting anything (``_turn_now``):
+the turns stay one at a time and in order, as if the actor had taken the message. Each turn
+drains up to ``batch_max`` messages, applies them, appends the resulting events as one log entry
+(group commit) and only then answers (R7). An append whose outcome is unknown is fenced and settled
 (``durability``) before the shard takes another message.
 """
 
@@ -138,7 +138,7 @@ class ShardActor(CommitPipeline):
             raise self._shed(f"overloaded (queued work waits {self._lag_s * 1000:.0f} ms, limit "
                              f"max_queue_delay_ms={self._settings.max_queue_delay_ms})")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self._parked and self._mailbox.empty() and not self._blocked():
+        if self._parked and not self._inflight and self._mailbox.empty():  # idle: see _turn_now
             self._turn_now(Envelope(work, fut))
             return fut
         try:
@@ -151,7 +151,10 @@ class ShardActor(CommitPipeline):
         """The turn the parked actor would take next, for this one message, taken now in the
         sender's task: nothing in it awaits, so no other task runs meanwhile and the shard's turns
         stay one at a time, in order. Saves the message a trip through the mailbox and a wake-up
-        of the actor's task. A turn that raises stops the shard as it would in the actor's task."""
+        of the actor's task. Only for an idle shard (nothing queued, nothing in flight, so nothing
+        blocks it either): while an entry is in flight, messages gather in the mailbox and the
+        actor applies them together, one log entry for many (ReserveStream, ingest). A turn that
+        raises stops the shard as it would in the actor's task."""
         self._parked = False  # work sent from inside this turn is queued: turns never nest
         try:
             self._apply([env])
