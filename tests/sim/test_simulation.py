@@ -103,10 +103,11 @@ async def test_a_late_order_step_never_holds_units_of_an_abandoned_order() -> No
 @pytest.mark.xfail(strict=True, raises=Violation, reason="known defect: with several processes, a Reserve whose "
                    "content differs from its id's first one and lies on other groups makes a second record")
 async def test_a_reservation_id_names_one_record_across_processes() -> None:
-    """``--seed 8 --processes 3 --retry-other-content``: r1, held on C@L1 and confirmed, is reserved
-    again with other lines (J@L2, another group) at another process, which makes a second record
-    holding a unit no record of r1 accounts for (R5 would refuse it)."""
-    await Driver(8, processes=3, retry_other_content=True).run(10)
+    """``--seed 45 --processes 3 --retry-other-content``: r38, holding a unit of B@L1, is reserved
+    again with other lines (A@L3, A@L2, C@L2: other groups) at another process; that makes a second
+    record of r38, and the unit held at B@L1 is then one no record of r38 accounts for (R5 would
+    refuse the second Reserve)."""
+    await Driver(45, processes=3, retry_other_content=True).run(10)
 
 
 def test_there_are_regression_seeds() -> None:
