@@ -22,11 +22,18 @@ from tests.sim.simlog import SimLog
 from tests.sim.world import sim_config
 
 
+def one_shard(log: SimLog, units: int = 10, metrics: EngineMetrics | None = None, **settings: Any) -> ShardActor:
+    """Shard 0 over ``log``, ``units`` of A at S1, with the simulation's shard settings (``settings`` replaced)."""
+    shard_settings = dataclasses.replace(sim_config().shard_settings, **settings)
+    return ShardActor(0, ledger_with({("A", "S1"): units}), log, ManualClock(), shard_settings, 0,  # type: ignore[arg-type]
+                      metrics)
+
+
 async def test_a_maintenance_pass_with_nothing_due_does_not_hold_new_work_behind_appends_in_flight() -> None:
     """Every shard is asked to maintain itself at once every pass; draining its pipeline each time
     was a stall of every shard every 100 ms, at any load."""
     log = SimLog()
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
+    actor = one_shard(log)
     actor.start()
     try:
         first = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 1)), now))
@@ -46,9 +53,8 @@ async def test_an_idle_shard_does_not_shed_a_burst_for_a_backlog_long_gone() -> 
     message that had waited too long takes the next burst, even with no maintenance message between."""
     # One entry in flight at most: the burst's first message takes the idle actor's turn, the
     # rest queue behind its entry, and the third meets a mailbox that is not empty.
-    settings = dataclasses.replace(sim_config().shard_settings, max_queue_delay_ms=50, pipeline_depth=1)
     log = SimLog()
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), settings, 0)  # type: ignore[arg-type]
+    actor = one_shard(log, max_queue_delay_ms=50, pipeline_depth=1)
     actor.start()
     try:
         def nothing(ledger: Ledger, now: int) -> None:
@@ -73,7 +79,7 @@ async def test_an_idle_shard_does_not_shed_a_burst_for_a_backlog_long_gone() -> 
 
 async def test_a_command_failing_unexpectedly_takes_back_only_its_own_change() -> None:
     log = SimLog()
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
+    actor = one_shard(log)
     actor.start()
 
     def half_then_bug(ledger: Ledger, now: int) -> None:
@@ -98,7 +104,7 @@ async def test_a_command_failing_unexpectedly_takes_back_only_its_own_change() -
 
 async def test_a_shard_whose_task_ends_says_so_and_answers_unavailable_instead_of_going_silent() -> None:
     log = SimLog()
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
+    actor = one_shard(log)
     failed: list[ShardActor] = []
     actor.on_failure.append(failed.append)
 
@@ -127,7 +133,7 @@ async def parked(actor: ShardActor) -> None:
 
 async def test_a_sender_takes_a_parked_shards_turn_at_once_and_is_answered_only_once_it_is_durable() -> None:
     log = SimLog()
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
+    actor = one_shard(log)
     actor.start()
     try:
         await parked(actor)
@@ -149,8 +155,7 @@ async def test_work_queued_for_a_shard_is_never_overtaken_by_a_later_sender() ->
     yet taken, or one held back behind a full pipeline), every later message queues behind it and
     all run in the order sent."""
     log = SimLog()
-    settings = dataclasses.replace(sim_config().shard_settings, pipeline_depth=1)
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), settings, 0)  # type: ignore[arg-type]
+    actor = one_shard(log, pipeline_depth=1)
     order: list[str] = []
 
     def noting(rid: str) -> Any:
@@ -184,7 +189,7 @@ async def test_work_queued_for_a_shard_is_never_overtaken_by_a_later_sender() ->
 
 
 async def test_a_senders_turn_that_raises_stops_the_shard_as_the_actors_own_would() -> None:
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), SimLog(), ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
+    actor = one_shard(SimLog())
     failed: list[ShardActor] = []
     actor.on_failure.append(failed.append)
     actor.start()
@@ -208,7 +213,7 @@ async def test_a_senders_turn_that_raises_stops_the_shard_as_the_actors_own_woul
 
 async def test_work_sent_from_inside_a_senders_turn_is_queued_not_nested() -> None:
     log = SimLog()
-    actor = ShardActor(0, ledger_with({("A", "S1"): 10}), log, ManualClock(), sim_config().shard_settings, 0)  # type: ignore[arg-type]
+    actor = one_shard(log)
     order: list[str] = []
     inner: list[asyncio.Future[Any]] = []
 
@@ -242,9 +247,7 @@ async def test_the_mailbox_depth_gauge_comes_back_to_what_waits_once_the_shard_i
     actor's turn (none goes through the actor's own turn, where the gauge is set)."""
     registry = CollectorRegistry()
     log = SimLog()
-    settings = dataclasses.replace(sim_config().shard_settings, pipeline_depth=1, batch_max=2)
-    actor = ShardActor(0, ledger_with({("A", "S1"): 100}), log, ManualClock(), settings, 0,  # type: ignore[arg-type]
-                       EngineMetrics(registry))
+    actor = one_shard(log, 100, EngineMetrics(registry), pipeline_depth=1, batch_max=2)
 
     def depth() -> float | None:
         return registry.get_sample_value("atp_shard_mailbox_depth", {"shard": "0"})
