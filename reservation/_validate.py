@@ -141,9 +141,7 @@ def fact(
     """A checked fact; ``time_field`` is what the caller's format calls the event time (errors name it)."""
     # The ingest hot path: four short printable ids are checked in one go; anything else goes
     # through check_id one by one, which names the first field at fault.
-    short = limits.max_id_length // 4
-    plain = (0 < len(event_id) <= short and 0 < len(source) <= short and 0 < len(sku) <= short
-             and 0 < len(location) <= short and (event_id + source + sku + location).isprintable())
+    plain = _plain_ids(limits, event_id, source, sku, location)
     if not plain:
         check_id("event_id", event_id, limits)
         check_id("source", source, limits)

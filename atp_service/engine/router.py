@@ -137,10 +137,7 @@ class Engine(OwnedShards):
                 self._all_local(cmd.reservation_id, (home,) if self.remote else (home, *sorted(shards)))
             return await self._reserve_order(cmd, home)
         try:
-            work = self._reserve_work(cmd, home)
-            # ``run``, inlined for the one-shard case: one coroutine fewer per unary Reserve
-            result: tuple[Reservation, bool] = await (self.actors[home].submit(work) if len(shards) == 1
-                                                      else self._coordinator.run(sorted(shards), home, work))
+            result: tuple[Reservation, bool] = await self.run(shards, home, self._reserve_work(cmd, home))
         except BaseException:
             self.routes.unroute(cmd.reservation_id)
             raise
@@ -347,11 +344,12 @@ class Engine(OwnedShards):
     def home_of(self, reservation_id: str) -> int | None:
         return self._home.get(reservation_id)
 
-    async def run(self, shards: set[int], home: int, work: ViewWork) -> Any:
-        """Run ``work`` on one shard's actor, or across several through the coordinator."""
+    def run(self, shards: set[int], home: int, work: ViewWork) -> Awaitable[Any]:
+        """Run ``work`` on one shard's actor, or across several through the coordinator; to await
+        at once. Not a coroutine itself: a unary Reserve awaits the shard's answer directly."""
         if len(shards) == 1:
-            return await self.actors[home].submit(work)
-        return await self._coordinator.run(sorted(shards), home, work)
+            return self.actors[home].submit(work)
+        return self._coordinator.run(sorted(shards), home, work)
 
     # -- time ---------------------------------------------------------------------------
     async def run_maintenance(self) -> None:

@@ -159,7 +159,7 @@ class ShardActor(CommitPipeline):
         try:
             self._apply([env])
         except BaseException as exc:
-            deliver([(env.reply, None, Unavailable(f"shard {self.shard} stopped working", Reason.SHARD_STOPPED))])
+            self._answer_stopped([env])
             self.break_down(exc)
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt and its kind are the sender's too
@@ -265,9 +265,7 @@ class ShardActor(CommitPipeline):
                 try:
                     await self._control(first)
                 except BaseException:  # the actor ends inside it (see _ended): its sender is answered too
-                    if not first.reply.done():
-                        first.reply.set_exception(
-                            Unavailable(f"shard {self.shard} stopped working", Reason.SHARD_STOPPED))
+                    self._answer_stopped([first])
                     raise
                 continue
             if self._blocked():
@@ -281,9 +279,13 @@ class ShardActor(CommitPipeline):
             try:
                 self._apply(batch)
             except BaseException:  # the actor dies (see _ended): the batch in hand is answered too
-                deliver([(env.reply, None, Unavailable(f"shard {self.shard} stopped working", Reason.SHARD_STOPPED))
-                         for env in batch])
+                self._answer_stopped(batch)
                 raise
+
+    def _answer_stopped(self, envs: list[Envelope]) -> None:
+        """Messages in hand when a turn raised (the shard stops): answered, not left to their deadlines."""
+        deliver([(env.reply, None, Unavailable(f"shard {self.shard} stopped working", Reason.SHARD_STOPPED))
+                 for env in envs])
 
     def _apply(self, batch: list[Envelope]) -> None:
         now = self._clock.now_ms()
