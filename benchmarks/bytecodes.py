@@ -28,11 +28,8 @@ from types import FrameType
 from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_client import duration
-from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, EmbeddedRedis, ServiceConfig
-from benchmarks.compare import Workload, seed_service
-from benchmarks.service_cost import _answer_appends_in_memory, _Context
+from atp_service import ServiceConfig
+from benchmarks.service_cost import _Context, reserve_request, seeded_service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,34 +61,21 @@ def _short(filename: str) -> str:
     return filename
 
 
-def _request(n: int, positions: int) -> pb.ReserveRequest:
-    return pb.ReserveRequest(reservation_id=f"b-{n}", ttl=duration(3600),
-                             lines=[pb.Line(sku=f"s-{n % positions:05d}", location="l-1", quantity=1)])
-
-
 async def count(calls: int, positions: int, by_function: bool, in_memory: bool, tmp: Path) -> Counter[str]:
-    with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
-        service = AtpService(ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False), redis_server.url)
-        await service.start()
+    config = ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False)
+    async with seeded_service(tmp, config, positions, "b", in_memory) as service:
+        servicer, context = service._servicer, cast(Any, _Context())  # what the servicer needs of a context
+        for n in range(WARM_UP):
+            await servicer.Reserve(reserve_request(n, positions, "b"), context)
+        requests = [reserve_request(n, positions, "b") for n in range(WARM_UP, WARM_UP + calls)]
+        hook = OpcodeCount(by_function)
+        sys.settrace(hook)
         try:
-            await seed_service(f"127.0.0.1:{service.port}",
-                               Workload("b", [(f"s-{i:05d}", "l-1") for i in range(positions)], 1_000_000))
-            if in_memory:
-                _answer_appends_in_memory(service)
-            servicer, context = service._servicer, cast(Any, _Context())  # what the servicer needs of a context
-            for n in range(WARM_UP):
-                await servicer.Reserve(_request(n, positions), context)
-            requests = [_request(n, positions) for n in range(WARM_UP, WARM_UP + calls)]
-            hook = OpcodeCount(by_function)
-            sys.settrace(hook)
-            try:
-                for request in requests:
-                    await servicer.Reserve(request, context)
-            finally:
-                sys.settrace(None)
-            return hook.counts
+            for request in requests:
+                await servicer.Reserve(request, context)
         finally:
-            await service.stop(grace_s=1)
+            sys.settrace(None)
+        return hook.counts
 
 
 def main() -> None:

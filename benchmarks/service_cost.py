@@ -20,6 +20,8 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -79,40 +81,51 @@ def _answer_appends_in_memory(service: AtpService) -> None:
     nodes.run = run  # type: ignore[method-assign]
 
 
-async def measure(rate: float, seconds: float, tmp: Path, in_memory: bool = False) -> dict[str, Any]:
+def reserve_request(n: int, positions: int, prefix: str) -> pb.ReserveRequest:
+    """The ``n``-th one-line Reserve of a run (id ``<prefix>-<n>``) over ``positions`` seeded positions."""
+    return pb.ReserveRequest(reservation_id=f"{prefix}-{n}", ttl=duration(3600), lines=[
+        pb.Line(sku=f"s-{n % positions:05d}", location="l-1", quantity=1)])
+
+
+@asynccontextmanager
+async def seeded_service(tmp: Path, config: ServiceConfig, positions: int, workload: str,
+                         in_memory: bool) -> AsyncIterator[AtpService]:
+    """An ``AtpService`` in this process against an embedded Redis, ``positions`` positions seeded
+    (by ``workload``'s facts); ``in_memory``: its appends answered without Redis. Stopped after."""
     with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
-        config = ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False)
-        gc.set_threshold(*config.gc_thresholds)  # as `atp-service serve` does (app/cli.py)
         service = AtpService(config, redis_server.url)
         await service.start()
         try:
             await seed_service(f"127.0.0.1:{service.port}",
-                               Workload("u", [(f"s-{i:05d}", "l-1") for i in range(POSITIONS)], 1_000_000))
+                               Workload(workload, [(f"s-{i:05d}", "l-1") for i in range(positions)], 1_000_000))
             if in_memory:
                 _answer_appends_in_memory(service)
-            gc.collect()  # the seeded state is long-lived, as `serve` treats its recovered state
-            gc.freeze()
-            servicer = service._servicer  # what the gRPC server dispatches to
-            context: Any = _Context()
-
-            def request(n: int) -> pb.ReserveRequest:
-                return pb.ReserveRequest(reservation_id=f"c-{n}", ttl=duration(3600), lines=[
-                    pb.Line(sku=f"s-{n % POSITIONS:05d}", location="l-1", quantity=1)])
-
-            async def empty(n: int) -> None:
-                request(n)
-                await asyncio.sleep(0)
-
-            async def reserve(n: int) -> None:
-                await servicer.Reserve(request(n), context)
-
-            _, harness = await _cpu_per_call(rate, seconds, empty)
-            commits_before = _commits(service)
-            latencies: list[float] = []
-            calls, total = await _cpu_per_call(rate, seconds, reserve, latencies)
-            commits = _commits(service) - commits_before
+            yield service
         finally:
             await service.stop(grace_s=1)
+
+
+async def measure(rate: float, seconds: float, tmp: Path, in_memory: bool = False) -> dict[str, Any]:
+    config = ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False)
+    gc.set_threshold(*config.gc_thresholds)  # as `atp-service serve` does (app/cli.py)
+    async with seeded_service(tmp, config, POSITIONS, "u", in_memory) as service:
+        gc.collect()  # the seeded state is long-lived, as `serve` treats its recovered state
+        gc.freeze()
+        servicer = service._servicer  # what the gRPC server dispatches to
+        context: Any = _Context()
+
+        async def empty(n: int) -> None:
+            reserve_request(n, POSITIONS, "c")
+            await asyncio.sleep(0)
+
+        async def reserve(n: int) -> None:
+            await servicer.Reserve(reserve_request(n, POSITIONS, "c"), context)
+
+        _, harness = await _cpu_per_call(rate, seconds, empty)
+        commits_before = _commits(service)
+        latencies: list[float] = []
+        calls, total = await _cpu_per_call(rate, seconds, reserve, latencies)
+        commits = _commits(service) - commits_before
     # The difference of the rounded figures, so that the three printed numbers add up.
     return {"rate": rate, "calls": calls, "harness_us_per_call": round(harness),
             "with_service_us_per_call": round(total), "service_us_per_call": round(total) - round(harness),
