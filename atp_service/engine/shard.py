@@ -249,11 +249,11 @@ class ShardActor(CommitPipeline):
     async def _run(self) -> None:
         mailbox, limit, set_aside = self._mailbox, self._settings.batch_max, self._set_aside
         while True:
-            if not set_aside and mailbox.empty():
-                self._lag_s = 0.0  # nothing waits: a backlog long gone must not shed the next burst
             if set_aside:
                 first = set_aside.popleft()
             else:
+                if mailbox.empty():
+                    self._lag_s = 0.0  # nothing waits: a backlog long gone must not shed the next burst
                 self._depth.set(len(mailbox))  # what waits now: a sender's turn (_turn_now) sets no gauge
                 self._parked = True  # senders may take this shard's next turn themselves (_turn_now)
                 try:
