@@ -1,11 +1,13 @@
 """The service's CPU per unary Reserve beside Python gRPC's own, at the same offered rates, in one run.
 
-    python benchmarks/unary_cost.py [--rates 500,1000,2000,half] [--seconds 8] [--profile-rate 1000]
-                                    [--native-rate 1000]
+    python benchmarks/unary_cost.py [--rates 500,1000,2000,half] [--seconds 8] [--redis unix|tcp]
+                                    [--profile-rate 1000] [--native-rate 1000]
 
 Starts the no-op server (``noop_server.py``: same gRPC stack and messages, no work) and
-``atp-service serve`` against an embedded Redis (AOF everysec), seeds 10,000 positions, measures
-the no-op ceiling in closed loop, then for each rate (``half``: 50 % of that ceiling) runs the same
+``atp-service serve`` against an embedded Redis (AOF everysec) on the same host, reached over its
+unix socket as ``serve`` reaches the Redis it starts itself (``--redis tcp``: over loopback TCP,
+whose sender also runs the receiver's TCP stack), seeds 10,000 positions, measures the no-op
+ceiling in closed loop, then for each rate (``half``: 50 % of that ceiling) runs the same
 open loop of one-line ``Reserve`` calls against each server in turn. One JSON line per rate: each
 server's CPU per call (µs), their ratio, the service's p50/p99 and refusals.
 
@@ -158,17 +160,18 @@ def dso_shares(report: str) -> dict[str, float]:
 
 
 async def _run(args: argparse.Namespace, tmp: Path) -> None:
-    with EmbeddedRedis(tmp / "redis", appendfsync="everysec") as redis_server:
+    with EmbeddedRedis(tmp / "redis", appendfsync="everysec", unix_socket=args.redis == "unix") as redis_server:
         noop_port, port = free_port(), free_port()
         noop = start([sys.executable, str(ROOT / "benchmarks" / "noop_server.py"), "--port", str(noop_port)],
                      lambda: "ready" in (tmp / "noop.log").read_text(), tmp / "noop.log")
-        service = start(serve_command(redis_server.url, port), service_ready(tmp / "service.log"), tmp / "service.log")
+        redis_url = redis_server.local_url  # the unix socket unless --redis tcp (or its path is too long)
+        service = start(serve_command(redis_url, port), service_ready(tmp / "service.log"), tmp / "service.log")
         try:
             target = f"127.0.0.1:{port}"
             w = Workload("uniform", [(f"s-{i:06d}", "l-1") for i in range(POSITIONS)], 1_000_000_000)
             await seed_service(target, w)
             ceiling, _ = await grpc_unary(f"127.0.0.1:{noop_port}", w, "uc-ceiling", args.seconds, 64, Tally())
-            print(json.dumps({"noop_ceiling": round(ceiling)}), flush=True)
+            print(json.dumps({"noop_ceiling": round(ceiling), "redis": redis_url.partition(":")[0]}), flush=True)
             servers = {"noop": (f"127.0.0.1:{noop_port}", noop.pid), "service": (target, service.pid)}
             for text in args.rates.split(","):
                 rate = ceiling / 2 if text == "half" else float(text)
@@ -188,6 +191,9 @@ def main() -> None:
     parser.add_argument("--rates", default="500,1000,2000,half", help="offered rates; 'half': 50%% of the ceiling")
     parser.add_argument("--seconds", type=float, default=8.0, help="per open loop")
     parser.add_argument("--profile-rate", type=float, default=0.0, help="also profile the service at this rate")
+    parser.add_argument("--redis", choices=("unix", "tcp"), default="unix",
+                        help="how the service reaches Redis: its unix socket (as `atp-service serve` reaches the "
+                             "Redis it starts itself) or loopback TCP")
     parser.add_argument("--native-rate", type=float, default=0.0,
                         help="also split each server's event-loop thread by library (perf) at this rate")
     args = parser.parse_args()

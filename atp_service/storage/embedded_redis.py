@@ -44,14 +44,24 @@ def redis_server_binary() -> str:
     return path
 
 
+UNIX_SOCKET_PATH_MAX = 100
+"""Longest unix socket path used, in bytes (Linux allows 107): past it, TCP only."""
+
+
 class EmbeddedRedis:
-    """Starts redis-server with AOF on, data under ``data_dir``; ``stop()`` shuts it down cleanly."""
+    """Starts redis-server with AOF on, data under ``data_dir``; ``stop()`` shuts it down cleanly.
+    It listens on 127.0.0.1 (``url``) and, with ``unix_socket``, on a unix socket in ``data_dir``
+    too (``unix_url``, owner only): a process on the same host spends less CPU per round trip over
+    it than over loopback TCP, whose sender also runs the receiver's TCP stack."""
 
     def __init__(self, data_dir: Path, port: int = 0, appendfsync: str = "everysec",
-                 password: str | None = None, extra_args: Sequence[str] = ()) -> None:
+                 password: str | None = None, extra_args: Sequence[str] = (), unix_socket: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.extra_args = list(extra_args)
         """More ``redis-server`` arguments (a cluster node's, see ``embedded_cluster``)."""
+        socket_path = (self.data_dir / "redis.sock").resolve()
+        self.socket_path = socket_path if unix_socket and len(bytes(socket_path)) <= UNIX_SOCKET_PATH_MAX else None
+        """The unix socket it listens on (None: not asked for, or its path is too long for one)."""
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.password = password
@@ -62,6 +72,19 @@ class EmbeddedRedis:
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str | None:
+        """The URL of its unix socket (see ``socket_path``), or None."""
+        if self.socket_path is None:
+            return None
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.socket_path}?db=0"
+
+    @property
+    def local_url(self) -> str:
+        """The cheapest way in from this host: the unix socket where there is one, else TCP."""
+        return self.unix_url or self.url
 
     def start(self, timeout_s: float = 10.0, ping_timeout_s: float = 1.0) -> EmbeddedRedis:
         """Start redis-server and wait (at most ``timeout_s``) until it answers and has loaded its AOF."""
@@ -81,6 +104,8 @@ class EmbeddedRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.socket_path is not None:
+            args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         args += self.extra_args
         self._stop_leftover()
         # Own session: a Ctrl-C aimed at the service must not kill Redis before the service
@@ -101,7 +126,7 @@ class EmbeddedRedis:
     def _wait_until_ready(self, timeout_s: float, ping_timeout_s: float) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis.from_url(self.url, socket_timeout=ping_timeout_s)
+        client = redis.Redis.from_url(self.local_url, socket_timeout=ping_timeout_s)
         try:
             while True:
                 if self.process.poll() is not None:

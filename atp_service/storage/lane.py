@@ -7,9 +7,9 @@ timeout context for every reply read, the response callbacks. Even a connection 
 through redis-py (``read_response`` on a ``StreamReader`` under ``asyncio.timeout``) costs ~60 µs a
 round trip, ten times what parsing the bytes does. So a lane lets redis-py make each connection
 (TLS, AUTH, SELECT, HELLO, the connect timeout) and then takes over its transport with a protocol
-of its own (``_Wire``): an exchange is one ``transport.write`` of every command, one callback that
-``data_received`` calls once a hiredis reader holds every reply, and one timer for the deadline
-(the client's socket timeout) of the whole exchange. ``exchange`` awaits that callback's future;
+of its own (``Wire``, ``wire.py``): an exchange is one ``transport.write`` of every command, one
+callback that ``data_received`` calls once a hiredis reader holds every reply, and a deadline (the
+client's socket timeout) for the whole exchange. ``exchange`` awaits that callback's future;
 ``begin`` (the log's group commits, when a connection is idle) needs no task at all.
 
 What the pool did for safety the lane does too, each for a fault the service has met:
@@ -32,22 +32,19 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hiredis
-from redis._parsers import BaseParser
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, InvalidResponse, RedisError, ResponseError
+from redis.exceptions import DataError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from atp_service.storage.wire import Done, Wire
 from atp_service.tasks import keep, wake_oldest
 
 log = logging.getLogger(__name__)
-
-Done = Callable[[Any], None]
-"""Called once with an exchange's replies (a list), or with the exception that ended it."""
 
 LANE_CONNECTIONS = 8
 """Connections one lane keeps to its node at most. The writes in flight at once per node are few —
@@ -56,10 +53,6 @@ fence, a claim or a lease renewal — so more than a handful means something is 
 exchange waits (at most the socket timeout) for one to come free rather than open yet another."""
 
 _pack_command = hiredis.pack_command
-_NOT_ENOUGH = object()
-"""What the hiredis reader answers while a reply is still incomplete (a reply may be ``None``)."""
-_PUSH = getattr(hiredis, "PushNotification", ())
-"""A RESP3 push (hiredis >= 3.2): never a command's reply; skipped as redis-py skips it."""
 
 
 class Lane:
@@ -74,7 +67,7 @@ class Lane:
         self.timeout_s: float | None = self._kwargs.get("socket_timeout")
         """Deadline of one exchange, write and every reply together: the client's socket timeout."""
         self.connections = connections
-        self._idle: list[_Wire] = []  # connected, every reply read: ready for the next exchange
+        self._idle: list[Wire] = []  # connected, every reply read: ready for the next exchange
         self._open: set[AbstractConnection] = set()  # every connection made and not yet closed
         self._busy = 0  # exchanges holding a turn: at most ``connections``
         self._turns: deque[asyncio.Future[None]] = deque()  # exchanges waiting for a turn, oldest first
@@ -117,11 +110,8 @@ class Lane:
             return False  # ``exchange`` fails it, alone
         wire = self._idle.pop()
         self._busy += 1
-        deadline = None if self.timeout_s is None else wire.loop.call_later(self.timeout_s, wire.time_out, self._host)
 
         def finished(result: Any) -> None:
-            if deadline is not None:
-                deadline.cancel()
             self._release()
             if wire.closed or self._closed:  # failed, timed out, or the lane closed: never used again
                 self._drop(wire.conn)
@@ -132,7 +122,7 @@ class Lane:
             except Exception:  # a bug in ``done``: the connection's protocol must not die of it
                 log.exception("a write's reply could not be handed on")
 
-        wire.expect(len(commands), finished)
+        wire.expect(len(commands), finished, self.timeout_s)
         try:
             wire.transport.write(packed)
         except Exception as exc:  # whether any of it left is unknown: in doubt, as after a timeout
@@ -180,7 +170,7 @@ class Lane:
         if not wake_oldest(self._turns):
             self._busy -= 1
 
-    async def _take(self) -> _Wire:
+    async def _take(self) -> Wire:
         """An idle connection the server still holds open, or a new one. The server closing one (a
         restart, ``CLIENT KILL``) reached its protocol as the end of file while it sat idle."""
         while self._idle:
@@ -190,10 +180,10 @@ class Lane:
             await self._close(wire.conn)
         return await self._connect()
 
-    async def _connect(self) -> _Wire:
+    async def _connect(self) -> Wire:
         """A new connection, handshake done (AUTH, SELECT, HELLO), bounded by redis-py's own
         timeouts (``socket_connect_timeout`` to connect, ``socket_timeout`` per handshake reply) and
-        not by an exchange's deadline, then taken over by a ``_Wire``. Failed or cancelled half-way,
+        not by an exchange's deadline, then taken over by a ``Wire``. Failed or cancelled half-way,
         it is closed, never kept."""
         conn: AbstractConnection = self._class(**self._kwargs)
         self._open.add(conn)
@@ -205,29 +195,26 @@ class Lane:
                 raise RedisConnectionError(f"{self._host} sent more than the handshake's replies")
             if self._closed:
                 raise RedisConnectionError(f"the write lane to {self._host} is closed")
-            return _Wire.take_over(conn)
+            return Wire.take_over(conn, self._host)
         except BaseException:
             await self._close(conn)
             raise
 
-    async def _send_and_read(self, wire: _Wire, commands: Sequence[Sequence[Any]], extra_s: float) -> list[Any]:
+    async def _send_and_read(self, wire: Wire, commands: Sequence[Sequence[Any]], extra_s: float) -> list[Any]:
         """The commands in one write, then their replies; the connection is closed unless every
         reply was read (a timeout, an error or the caller's cancellation at any point)."""
         done = False
-        deadline: asyncio.TimerHandle | None = None
         try:
             packed = pack(commands)
             replies: asyncio.Future[list[Any]] = wire.loop.create_future()
             wire.expect(len(commands), lambda result: _settle(replies, result))
             wire.transport.write(packed)
             if self.timeout_s is not None:
-                deadline = wire.loop.call_later(self.timeout_s + extra_s, wire.time_out, self._host)
+                wire.deadline_in(self.timeout_s + extra_s)
             got = await replies
             done = True
             return got
         finally:
-            if deadline is not None:
-                deadline.cancel()
             if not done:
                 await self._close(wire.conn)
 
@@ -280,99 +267,3 @@ def _settle(fut: asyncio.Future[list[Any]], result: Any) -> None:
         fut.set_exception(result)
     else:
         fut.set_result(result)
-
-
-class _Wire(asyncio.Protocol):
-    """The protocol of one lane connection, in place of redis-py's ``StreamReaderProtocol``: bytes
-    go straight into a hiredis reader, and the exchange waiting is woken once, when its last reply
-    is whole. There is at most one exchange at a time (``expect``); bytes when none waits, a broken
-    reply or the end of file close the connection, which no exchange uses again (``closed``)."""
-
-    def __init__(self, conn: AbstractConnection, transport: asyncio.Transport, stream: asyncio.BaseProtocol) -> None:
-        self.conn, self.transport = conn, transport
-        self.loop = asyncio.get_running_loop()
-        self.closed = False
-        """The connection ended or is ending (end of file, a close, a fault): never used again."""
-        self._stream = stream  # redis-py's protocol, told of the close so that disconnect() can wait for it
-        encoder = conn.encoder
-        self._reader = hiredis.Reader(
-            protocolError=InvalidResponse,
-            replyError=BaseParser.parse_error,  # redis-py's own mapping: NOSCRIPT -> NoScriptError, MOVED...
-            notEnoughData=_NOT_ENOUGH,
-            **({"encoding": encoder.encoding, "errors": encoder.encoding_errors} if encoder.decode_responses else {}),
-        )
-        self._done: Done | None = None  # the exchange waiting for replies, if any
-        self._replies: list[Any] = []
-        self._expected = 0
-
-    @classmethod
-    def take_over(cls, conn: AbstractConnection) -> _Wire:
-        """Move ``conn``'s transport, just connected by redis-py, onto a new ``_Wire``."""
-        # redis-py private attribute (8.1): ``_writer`` is the StreamWriter its ``_connect`` got
-        # from ``asyncio.open_connection`` (or ``open_unix_connection``). If a redis-py upgrade
-        # renames or replaces it, this fails at the first connect, loudly, and the test
-        # ``test_redis_py_still_holds_the_stream_writer_the_lane_takes_over`` says why.
-        writer = getattr(conn, "_writer", None)
-        if not isinstance(writer, asyncio.StreamWriter):
-            raise RuntimeError(f"redis-py's connection has no StreamWriter in _writer ({writer!r}): "
-                               "the write lane cannot take over its transport")
-        transport: Any = writer.transport
-        if transport.is_closing():
-            raise RedisConnectionError("the connection closed during its handshake")
-        wire = cls(conn, transport, transport.get_protocol())
-        transport.set_protocol(wire)
-        return wire
-
-    def expect(self, count: int, done: Done) -> None:
-        """The next ``count`` replies go to ``done``, once (or what ends the connection first);
-        called before the commands are written."""
-        if self.closed:
-            raise RedisConnectionError("the write connection was closed")
-        self._done = done
-        self._replies, self._expected = [], count
-
-    def time_out(self, host: str) -> None:
-        """The exchange's deadline passed: it fails, and the connection is closed (a late reply
-        must never be read by a later exchange)."""
-        self.end(RedisTimeoutError(f"Timeout reading from {host}"))
-
-    def data_received(self, data: bytes) -> None:
-        if self._done is None or self.closed:  # no exchange waits: out of step with the server
-            self.end(RedisConnectionError("a reply came that no exchange was waiting for"))
-            return
-        reader, replies = self._reader, self._replies
-        reader.feed(data)
-        try:
-            while len(replies) < self._expected:
-                reply = reader.gets()
-                if reply is _NOT_ENOUGH:
-                    return
-                if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
-                    raise reply  # LOADING, max clients...: redis-py raises these, not returns them
-                if not isinstance(reply, _PUSH):
-                    replies.append(reply)
-        except Exception as exc:  # a broken reply (InvalidResponse), or one redis-py raises
-            self.end(exc)
-            return
-        if reader.has_data():  # more than was asked for: the replies may not be the commands'
-            self.end(RedisConnectionError("a reply came that no exchange was waiting for"))
-            return
-        done, self._done = self._done, None
-        done(replies)
-
-    def eof_received(self) -> bool:
-        self.end(RedisConnectionError("Connection closed by server."))
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.end(RedisConnectionError("Connection closed by server.") if exc is None else
-                   RedisConnectionError(f"Error while reading from the write connection: {exc!r}"))
-        self._stream.connection_lost(exc)
-
-    def end(self, exc: Exception) -> None:
-        """End the waiting exchange, if any, with ``exc`` and close the connection."""
-        self.closed = True
-        done, self._done = self._done, None
-        self.transport.close()
-        if done is not None:
-            done(exc)

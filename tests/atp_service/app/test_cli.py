@@ -314,3 +314,26 @@ def test_the_readme_and_api_examples_run_literally(served: tuple[str, int, list[
             assert _grpcurl(target, command) == expected, command
             ran += 1
     assert ran >= 20
+
+
+def test_the_embedded_redis_is_reached_over_its_unix_socket_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
+    """`make run`'s set-up (no --redis-url): the service talks to its own redis-server over the unix
+    socket in its data directory; what it acknowledged there is recovered after a restart."""
+    port = free_port()
+    argv = [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(tmp_path / "data"), "--port", str(port),
+            "--metrics-port", "-1", "--log-level", "INFO"]
+    target, socket_path = f"127.0.0.1:{port}", (tmp_path / "data" / "redis" / "redis.sock").resolve()
+    for run in range(2):
+        log = tmp_path / f"serve-{run}.log"
+        proc = spawned(subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT))
+        try:
+            assert f"embedded redis-server on unix://{socket_path}?db=0" in wait_until_ready(proc, log)
+            if run == 0:
+                reserved = ctl(target, "reserve", "unix-1", "sku-00001@dc-east:2", "--ttl", "600")
+                assert reserved.returncode == 0 and '"RESERVATION_STATE_HELD"' in reserved.stdout, reserved.stderr
+            else:
+                got = ctl(target, "reservation", "unix-1")
+                assert got.returncode == 0 and '"RESERVATION_STATE_HELD"' in got.stdout, got.stderr
+        finally:
+            proc.terminate()
+            assert stop_or_explain(proc, log) == 0

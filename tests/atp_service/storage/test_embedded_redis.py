@@ -8,10 +8,12 @@ given port and accepts connections but never answers, so every PING times out (r
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from atp_service.storage.embedded_redis import EmbeddedRedis, RedisDidNotStart
 
@@ -53,3 +55,41 @@ def test_a_redis_that_does_not_answer_is_retried_until_the_bound_then_named(tmp_
         assert embedded.process is not None and embedded.process.poll() is not None  # not left running
     finally:
         embedded.stop()
+
+
+def test_the_unix_socket_answers_and_only_its_owner_may_use_it(tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(tmp_path / "data", unix_socket=True)
+    try:
+        embedded.start()
+        assert embedded.socket_path == (tmp_path / "data" / "redis.sock").resolve()
+        assert embedded.local_url == embedded.unix_url == f"unix://{embedded.socket_path}?db=0"
+        assert stat.S_ISSOCK(embedded.socket_path.stat().st_mode)
+        assert stat.S_IMODE(embedded.socket_path.stat().st_mode) == 0o700
+        with redis.Redis.from_url(embedded.local_url) as over_socket, redis.Redis.from_url(embedded.url) as over_tcp:
+            over_socket.set("k", "same server")
+            assert over_tcp.get("k") == b"same server"
+            assert "U" in over_socket.client_info()["flags"]  # Redis's mark of a unix-socket client
+    finally:
+        embedded.stop()
+
+
+def test_a_password_goes_with_the_unix_socket_url(tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(tmp_path / "data", unix_socket=True, password="s3cret")
+    try:
+        embedded.start()
+        assert embedded.local_url == f"unix://:s3cret@{embedded.socket_path}?db=0"
+        with redis.Redis.from_url(embedded.local_url) as client:
+            assert client.ping()
+        with redis.Redis(unix_socket_path=str(embedded.socket_path)) as anonymous, \
+                pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+    finally:
+        embedded.stop()
+
+
+def test_a_data_dir_too_deep_for_a_socket_path_uses_tcp_alone(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    embedded = EmbeddedRedis(deep, unix_socket=True)
+    assert embedded.socket_path is None and embedded.unix_url is None
+    assert embedded.local_url == embedded.url
+    assert EmbeddedRedis(tmp_path / "data").local_url.startswith("redis://127.0.0.1:")  # not asked for one

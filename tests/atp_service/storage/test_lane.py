@@ -27,8 +27,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
-from atp_service.storage.lane import LANE_CONNECTIONS, Lane, _Wire, pack
+from atp_service.storage.lane import LANE_CONNECTIONS, Lane, pack
 from atp_service.storage.nodes import Call, Nodes, NotReplicated, Script, connect, open_nodes
+from atp_service.storage.wire import Wire
 
 ECHO = Script("redis.call('INCR', KEYS[1]) return ARGV[1]")
 """Counts its runs in its key, answers its own argument: a reply read for the wrong call shows."""
@@ -192,6 +193,33 @@ async def test_a_lane_whose_connections_are_busy_makes_the_next_exchange_wait_at
         await client.aclose()
 
 
+async def test_each_exchange_is_held_to_its_own_deadline_not_to_an_earlier_ones(redis_url: str) -> None:
+    """A connection keeps one watchdog timer for the deadlines of its exchanges (``wire.py``): the
+    wake-up an earlier exchange set neither times a later one out at the earlier deadline nor lets
+    a later one with a shorter deadline run past its own."""
+    client = connect(redis_url, 5.0)
+    lane = Lane(client.connection_pool, connections=1)
+    try:
+        lane.timeout_s = 3.0
+        assert await lane.exchange([("INCR", "n")]) == [1]  # the watchdog wakes 3 s from now
+        await asyncio.sleep(2.0)
+        # Ends about 3.5 s after the first exchange began: past its deadline, well inside its own.
+        assert await lane.exchange([("BLPOP", "q", 1.5)]) == [None]
+    finally:
+        await lane.aclose()
+    lane = Lane(client.connection_pool, connections=1)  # a new connection: no watchdog yet
+    try:
+        lane.timeout_s = 0.3
+        assert await lane.exchange([("INCR", "n")], extra_s=60.0) == [2]  # the watchdog: a minute ahead
+        with pytest.raises(RedisTimeoutError, match="Timeout reading"):
+            await lane.exchange([("BLPOP", "q", 5)])  # held to its own 0.3 s, not to the minute
+        assert lane.open_connections == 0  # the connection that timed out is closed
+        assert await lane.exchange([("INCR", "n")]) == [3]
+    finally:
+        await lane.aclose()
+        await client.aclose()
+
+
 async def test_replies_are_what_redis_py_gave_and_error_replies_are_the_calls_own(redis_url: str) -> None:
     nodes = Nodes(connect(redis_url, 5.0))
     try:
@@ -269,7 +297,7 @@ async def test_redis_py_still_holds_the_stream_writer_the_lane_takes_over(redis_
         writer = getattr(conn, "_writer", None)
         assert isinstance(writer, asyncio.StreamWriter), "redis-py no longer keeps its StreamWriter in _writer"
         assert callable(getattr(writer.transport, "set_protocol", None))
-        wire = _Wire.take_over(conn)
+        wire = Wire.take_over(conn)
         for line, kind in [(b"-NOSCRIPT No matching script.\r\n", NoScriptError),
                            (b"-MOVED 3999 127.0.0.1:6381\r\n", MovedError), (b"-ASK 3999 127.0.0.1:6381\r\n", AskError),
                            (b"-TRYAGAIN Multiple keys\r\n", TryAgainError),
@@ -314,7 +342,7 @@ async def test_a_reply_in_many_segments_is_read_whole(redis_url: str) -> None:
         await nodes.aclose()
 
 
-def _fed_bytewise(wire: _Wire, count: int, data: bytes) -> list[Any]:
+def _fed_bytewise(wire: Wire, count: int, data: bytes) -> list[Any]:
     """The ``count`` replies ``wire`` assembles from ``data`` handed to it one byte at a time."""
     got: list[Any] = []
     wire.expect(count, got.append)
