@@ -148,10 +148,11 @@ async def settle(max_busy: float = 0.08, window_s: float = 0.5, limit_s: float =
 
 async def measured_open_loop(target: str, pid: int, pick: Callable[[], tuple[str, str]], tag: str, rate: float,
                              seconds: float) -> dict[str, Any]:
-    """``open_loop_unary`` once the machine is quiet, with the CPU server ``pid`` used meanwhile (in cores):
-    ops, latencies (ms), refused (by status), server_cpu, settled_s; and of its main thread (the event
-    loop's) alone, over the same window: main_cpu (in cores, unrounded), main_cpu_s, main_sleeps
-    (voluntary context switches), and window_s (the window: warm-up calls and connecting included)."""
+    """``open_loop_unary`` once the machine is quiet, with the CPU server ``pid`` used meanwhile (in
+    cores): ops, latencies (ms), refused (by status), server_cpu (server_cpu_s: in seconds,
+    unrounded), settled_s; and of its main thread (the event loop's) alone, over the same window:
+    main_cpu (in cores, unrounded), main_cpu_s, main_sleeps (voluntary context switches), and
+    window_s (the window: warm-up calls and connecting included)."""
     waited = await settle()
     # The process's window holds the thread's: read first at the start, last at the end.
     cpu_before, (main_before, sleeps_before), began = cpu_seconds(pid), main_thread(pid), time.perf_counter()
@@ -159,8 +160,9 @@ async def measured_open_loop(target: str, pid: int, pick: Callable[[], tuple[str
     main_after, sleeps_after = main_thread(pid)
     cpu_after, window = cpu_seconds(pid), time.perf_counter() - began
     return {"ops": ops, "lat": lat, "refused": refused, "server_cpu": round((cpu_after - cpu_before) / window, 2),
-            "settled_s": round(waited, 1), "main_cpu": (main_after - main_before) / window,
-            "main_cpu_s": main_after - main_before, "main_sleeps": sleeps_after - sleeps_before, "window_s": window}
+            "server_cpu_s": cpu_after - cpu_before, "settled_s": round(waited, 1),
+            "main_cpu": (main_after - main_before) / window, "main_cpu_s": main_after - main_before,
+            "main_sleeps": sleeps_after - sleeps_before, "window_s": window}
 
 
 async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -1,15 +1,17 @@
 """The service's CPU per unary Reserve beside Python gRPC's own, at the same offered rates, in one run.
 
-    python benchmarks/unary_cost.py [--rates 500,1000,2000,half] [--seconds 8] [--redis unix|tcp]
-                                    [--profile-rate 1000] [--native-rate 1000]
+    python benchmarks/unary_cost.py [--rates 500,1000,2000,half] [--seconds 8] [--slices 4]
+                                    [--redis unix|tcp] [--profile-rate 1000] [--native-rate 1000]
 
 Starts the no-op server (``noop_server.py``: same gRPC stack and messages, no work) and
 ``atp-service serve`` against an embedded Redis (AOF everysec) on the same host, reached over its
 unix socket as ``serve`` reaches the Redis it starts itself (``--redis tcp``: over loopback TCP,
 whose sender also runs the receiver's TCP stack), seeds 10,000 positions, measures the no-op
 ceiling in closed loop, then for each rate (``half``: 50 % of that ceiling) runs the same
-open loop of one-line ``Reserve`` calls against each server in turn. One JSON line per rate: each
-server's CPU per call (µs), their ratio, the service's p50/p99 and refusals.
+open loop of one-line ``Reserve`` calls against each server, ``--seconds`` each, in ``--slices``
+turns (no-op, service, service, no-op, ...: the drift of a shared VM's speed during the run falls
+on both alike). One JSON line per rate: each server's CPU per call (µs), their ratio, the service's
+p50/p99 and refusals.
 
 Each rate's line also gives, per server, its event loop's thread alone: CPU per call
 (``*_loop_thread_us``; the rest is gRPC core's own threads) and how often per call it slept
@@ -80,20 +82,31 @@ def breakdown(raw: str) -> dict[str, float]:
     return {part: counts[part] / total for part, _ in (*PARTS, ("other", ()))}
 
 
-async def _pair(servers: dict[str, tuple[str, int]], w: Workload, rate: float, seconds: float) -> dict[str, Any]:
-    """The same open loop against the no-op server, then the service."""
+async def _pair(servers: dict[str, tuple[str, int]], w: Workload, rate: float, seconds: float,
+                slices: int) -> dict[str, Any]:
+    """The same open loop against the no-op server and the service, ``seconds`` each, cut into
+    ``slices`` that take turns (no-op first, then the service twice, then the no-op twice...): a host
+    whose speed drifts during the run (a shared VM's neighbours) slows both alike."""
     found: dict[str, Any] = {"rate": round(rate)}
-    for name, (target, pid) in servers.items():
-        m = await measured_open_loop(target, pid, w.picker(7), f"uc-{name}-{round(rate)}", rate, seconds)
-        found[f"{name}_cpu_us"] = round(m["server_cpu"] / rate * 1e6)
-        # Per call as ``*_cpu_us`` counts it (the window's CPU over rate x window, warm-up included):
-        # the thread's figure is then a part of the process's.
-        found[f"{name}_loop_thread_us"] = round(m["main_cpu"] / rate * 1e6)
-        found[f"{name}_loop_sleeps_per_call"] = round(m["main_sleeps"] / (rate * m["window_s"]), 2)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    for n in range(slices):
+        for name in (servers if n % 2 == 0 else reversed(servers)):
+            target, pid = servers[name]
+            runs[name].append(await measured_open_loop(target, pid, w.picker(7 + n), f"uc-{name}-{round(rate)}-{n}",
+                                                       rate, seconds / slices))
+    for name, ms in runs.items():
+        window = sum(m["window_s"] for m in ms)  # warm-up calls and connecting included, as for the CPU
+        found[f"{name}_cpu_us"] = round(sum(m["server_cpu_s"] for m in ms) / (rate * window) * 1e6)
+        # Per call as ``*_cpu_us`` counts it: the thread's figure is then a part of the process's.
+        found[f"{name}_loop_thread_us"] = round(sum(m["main_cpu_s"] for m in ms) / (rate * window) * 1e6)
+        found[f"{name}_loop_sleeps_per_call"] = round(sum(m["main_sleeps"] for m in ms) / (rate * window), 2)
         if name == "service":
-            lat = m["lat"] or [0.0]
+            lat = [x for m in ms for x in m["lat"]] or [0.0]
+            refused: Counter[str] = Counter()
+            for m in ms:
+                refused.update(m["refused"])
             found |= {"p50_ms": round(float(np.percentile(lat, 50)), 2),
-                      "p99_ms": round(float(np.percentile(lat, 99)), 2), "refused": m["refused"]}
+                      "p99_ms": round(float(np.percentile(lat, 99)), 2), "refused": dict(refused)}
     found["ratio"] = round(found["service_cpu_us"] / max(found["noop_cpu_us"], 1), 2)
     return found
 
@@ -175,7 +188,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> None:
             servers = {"noop": (f"127.0.0.1:{noop_port}", noop.pid), "service": (target, service.pid)}
             for text in args.rates.split(","):
                 rate = ceiling / 2 if text == "half" else float(text)
-                print(json.dumps(await _pair(servers, w, rate, args.seconds)), flush=True)
+                print(json.dumps(await _pair(servers, w, rate, args.seconds, args.slices)), flush=True)
             if args.native_rate:
                 print(json.dumps(await _native(servers, w, args.native_rate, args.seconds, tmp)), flush=True)
             if args.profile_rate:
@@ -189,7 +202,9 @@ async def _run(args: argparse.Namespace, tmp: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rates", default="500,1000,2000,half", help="offered rates; 'half': 50%% of the ceiling")
-    parser.add_argument("--seconds", type=float, default=8.0, help="per open loop")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per server and rate")
+    parser.add_argument("--slices", type=int, default=4,
+                        help="open loops per server and rate, taking turns with the other server's")
     parser.add_argument("--profile-rate", type=float, default=0.0, help="also profile the service at this rate")
     parser.add_argument("--redis", choices=("unix", "tcp"), default="unix",
                         help="how the service reaches Redis: its unix socket (as `atp-service serve` reaches the "

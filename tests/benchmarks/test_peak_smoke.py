@@ -131,18 +131,18 @@ async def test_service_cost_runs_at_a_tiny_size(mode: tuple[str, ...]) -> None:
     assert result["calls_per_group_commit"] >= 1 and 0 < result["p50_ms"] <= result["p99_ms"]
 
 
-@pytest.mark.timeout(330)  # four settles of up to 30 s each on a busy machine: more than the default 120 s
+@pytest.mark.timeout(330)  # six settles of up to 30 s each on a busy machine: more than the default 120 s
 async def test_unary_cost_runs_at_a_tiny_size_and_reports_both_servers() -> None:
     code, out = await run(sys.executable, "benchmarks/unary_cost.py", "--rates", "40", "--seconds", "0.5",
-                          "--native-rate", "40", limit_s=300)
+                          "--slices", "2", "--native-rate", "40", limit_s=300)
     assert code == 0, out[-3000:]
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     ceiling, rate, native = lines
-    assert ceiling["noop_ceiling"] > 0 and rate["rate"] == 40
+    assert ceiling["noop_ceiling"] > 0 and ceiling["redis"] == "unix" and rate["rate"] == 40
     for server in ("noop", "service"):
         assert rate[f"{server}_cpu_us"] > 0 and rate[f"{server}_loop_thread_us"] > 0, rate
-        # A part of the whole, over the same window; ``*_cpu_us`` comes from server_cpu rounded to 0.01 cores.
-        assert rate[f"{server}_loop_thread_us"] <= rate[f"{server}_cpu_us"] + 0.005 / 40 * 1e6 + 1, rate
+        # A part of the whole, over the same windows (each figure rounded to the µs).
+        assert rate[f"{server}_loop_thread_us"] <= rate[f"{server}_cpu_us"] + 1, rate
         assert rate[f"{server}_loop_sleeps_per_call"] >= 0
     assert rate["ratio"] == round(rate["service_cpu_us"] / rate["noop_cpu_us"], 2)
     if not shutil.which("perf"):  # the split by library needs perf (not on every machine)
