@@ -99,12 +99,21 @@ def lines_of(lines: Iterable[pb.Line]) -> list[tuple[str, str, int]]:
     return [(line.sku, line.location, line.quantity) for line in lines]
 
 
+def request_lines(req: pb.ReserveRequest) -> list[tuple[str, str, int]]:
+    """``lines_of(req.lines)``; one line (most Reserves) without a comprehension's function object."""
+    lines = req.lines
+    if len(lines) == 1:
+        line = lines[0]
+        return [(line.sku, line.location, line.quantity)]
+    return lines_of(lines)
+
+
 def reserve_cmd(req: pb.ReserveRequest, limits: Limits) -> ReserveCommand:
     return reserve_command(
         reservation_id=req.reservation_id,
         order_ref=req.order_ref,
         channel=req.channel,
-        lines=lines_of(req.lines),
+        lines=request_lines(req),
         ttl_seconds=ttl_seconds(req),
         allow_partial=req.allow_partial,
         limits=limits,

@@ -278,7 +278,10 @@ class LogStore(LogReads):
         """Group commit: while a pipeline is in flight, new entries wait and go together in the next."""
         self._scheduled = False
         self._timer = None
-        self._pending = [p for p in self._pending if not p.done.done()]  # cancelled: never sent
+        for p in self._pending:
+            if p.done.done():  # cancelled: never sent (a loop first: most flushes have none)
+                self._pending = [p for p in self._pending if not p.done.done()]
+                break
         loop = asyncio.get_running_loop()
         while self._pending and self._in_flight < self._max_in_flight:
             cut = min(self._pipeline_max, len(self._pending))
@@ -363,21 +366,28 @@ class LogStore(LogReads):
                 self._sent(None)
 
     def _answer(self, unit: list[Pending], reply: Any) -> None:
-        """Settle each entry's future with its part of one call's reply."""
-        results: list[Any]
+        """Settle each entry's future with its part of one call's reply (a script's refusal of an
+        entry starts with ``!``)."""
         if isinstance(reply, BaseException):
-            results = [self._refused(reply, unit[0].shard, unit[0].epoch)] * len(unit)
-        else:
-            results = [RedisError(r[1:].decode(errors="replace")) if r[:1] == b"!" else r for r in reply]
-        for p, result in zip(unit, results, strict=True):
-            if p.done.done():
-                continue  # cancelled, or a group's future already failed by an earlier member
-            if isinstance(result, BaseException):
-                p.done.set_exception(result)
-            else:
-                p.done.set_result(None)  # a group's members are written or refused together
-            if p.then is not None:
-                try:
-                    p.then(p.done)
-                except Exception:  # its bug must not leave the commit's other entries unanswered
-                    log.exception("a log entry's follow-up failed")
+            error = self._refused(reply, unit[0].shard, unit[0].epoch)
+            for p in unit:
+                _settle(p, error)
+            return
+        for p, result in zip(unit, reply, strict=True):
+            _settle(p, RedisError(result[1:].decode(errors="replace")) if result[:1] == b"!" else None)
+
+
+def _settle(p: Pending, error: BaseException | None) -> None:
+    """Answer one entry (unless cancelled, or a group's future failed by an earlier member
+    already), then hand it to its follow-up."""
+    if p.done.done():
+        return
+    if error is not None:
+        p.done.set_exception(error)
+    else:
+        p.done.set_result(None)  # a group's members are written or refused together
+    if p.then is not None:
+        try:
+            p.then(p.done)
+        except Exception:  # its bug must not leave the commit's other entries unanswered
+            log.exception("a log entry's follow-up failed")

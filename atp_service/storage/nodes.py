@@ -133,7 +133,7 @@ class Nodes:
         def finished(result: Any) -> None:
             if isinstance(result, BaseException):
                 done([result] * len(calls))  # as ``_run_on``: what ended the exchange ended every call
-            elif any(isinstance(reply, NoScriptError) for reply in result):
+            elif _any_unrun(result):
                 keep(self._tasks, self._finish_unrun(lane, calls, result, done))
             else:
                 done(result)
@@ -205,6 +205,15 @@ class Nodes:
                 client = self.reader
             lane = self._lanes[name] = Lane(client.connection_pool)
         return lane
+
+
+def _any_unrun(replies: list[Any]) -> bool:
+    """Whether a call found no script (NOSCRIPT). A loop, not ``any`` over a generator: this runs
+    on every group commit's reply."""
+    for reply in replies:
+        if isinstance(reply, NoScriptError):
+            return True
+    return False
 
 
 def _evalsha(call: Call) -> tuple[Any, ...]:
