@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import quote
 
 import redis
 
@@ -78,8 +79,9 @@ class EmbeddedRedis:
         """The URL of its unix socket (see ``socket_path``), or None."""
         if self.socket_path is None:
             return None
-        auth = f":{self.password}@" if self.password else ""
-        return f"unix://{auth}{self.socket_path}?db=0"
+        # Quoted: a data directory named like ``run#1`` or ``50%41`` must not read as URL syntax.
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"unix://{auth}{quote(str(self.socket_path))}?db=0"
 
     @property
     def local_url(self) -> str:

@@ -211,7 +211,8 @@ class LogStore(LogReads):
         the entry is not certainly durable. Entries go out in submission order; cancelling the
         future before it is sent keeps the entry out of the log. ``then`` is called with the future
         as soon as the log settles it, from the reply's callback (never from inside ``submit``): a
-        done-callback would wait one more turn of the event loop."""
+        done-callback would wait one more turn of the event loop. It is not called for a future its
+        caller cancelled: whoever cancels it must account for the entry (``_fail_in_flight``)."""
         loop, fut = self._arrival()
         self._pending.append(Pending(shard, seq, data, self.epochs.get(shard, 0), self._tokens.get(shard, 0), 0, fut,
                                      then))

@@ -210,7 +210,7 @@ class Nodes:
 def _any_unrun(replies: list[Any]) -> bool:
     """Whether a call found no script (NOSCRIPT). A loop, not ``any`` over a generator: this runs
     on every group commit's reply."""
-    for reply in replies:
+    for reply in replies:  # noqa: SIM110 (see above)
         if isinstance(reply, NoScriptError):
             return True
     return False

@@ -23,6 +23,8 @@ _NOT_ENOUGH = object()
 """What the hiredis reader answers while a reply is still incomplete (a reply may be ``None``)."""
 _PUSH = getattr(hiredis, "PushNotification", ())
 """A RESP3 push (hiredis >= 3.2): never a command's reply; skipped as redis-py skips it."""
+_TIMER_RESOLUTION_S = 0.001
+"""uvloop's timers count whole milliseconds."""
 
 
 class Wire(asyncio.Protocol):
@@ -107,10 +109,11 @@ class Wire(asyncio.Protocol):
         self._watchdog = None
         if self._done is None or self.closed:
             return  # nothing running: the next exchange arms it again
-        if self.loop.time() >= self._deadline:
+        now = self.loop.time()
+        if now >= self._deadline:
             self.time_out()
-        else:
-            self._watch_until(self._deadline)
+        else:  # a timer of uvloop's may wake up to 1 ms early: not again and again until then
+            self._watch_until(max(self._deadline, now + _TIMER_RESOLUTION_S))
 
     def time_out(self) -> None:
         """The exchange's deadline passed: it fails, and the connection is closed (a late reply

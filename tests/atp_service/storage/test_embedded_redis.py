@@ -93,3 +93,16 @@ def test_a_data_dir_too_deep_for_a_socket_path_uses_tcp_alone(tmp_path: Path) ->
     assert embedded.socket_path is None and embedded.unix_url is None
     assert embedded.local_url == embedded.url
     assert EmbeddedRedis(tmp_path / "data").local_url.startswith("redis://127.0.0.1:")  # not asked for one
+
+
+@pytest.mark.parametrize("name", ["run#1", "50%41", "what?"])
+def test_a_data_dir_whose_name_means_something_in_a_url_still_reaches_its_socket(tmp_path: Path, name: str) -> None:
+    embedded = EmbeddedRedis(tmp_path / name, unix_socket=True, password="p@ss:w/rd")
+    assert embedded.socket_path is not None
+    try:
+        embedded.start(timeout_s=5.0)
+        with redis.Redis.from_url(embedded.local_url) as client:
+            assert client.connection_pool.connection_kwargs["path"] == str(embedded.socket_path)
+            assert client.ping()
+    finally:
+        embedded.stop()
