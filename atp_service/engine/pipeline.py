@@ -72,8 +72,9 @@ class CommitPipeline(EntryListeners):
         entry, undo, moved = ledger.seal(now)
         seq = self.seq + 1 + len(self._inflight)
         data = encode_entry(entry)
-        done = self._log.submit(self.shard, seq, data, self._on_append_done)
+        done = self._log.submit(self.shard, seq, data)
         self._inflight.append(InFlight(seq, entry, data, undo, moved, answers, done))
+        done.add_done_callback(self._on_append_done)
 
     def _on_append_done(self, _: asyncio.Future[None]) -> None:
         """Settle finished appends oldest first: deliver, or take back everything from a failure on."""

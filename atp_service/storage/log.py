@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -27,7 +26,6 @@ from atp_service.storage.records import (
     Pending,
     SnapshotRecord,
     SnapshotUnreadable,
-    Then,
     encode_snapshot,
 )
 from atp_service.storage.resp import as_text
@@ -41,8 +39,6 @@ from atp_service.storage.scripts import (
 )
 from atp_service.storage.window import CommitWindow
 from atp_service.traces import span
-
-log = logging.getLogger(__name__)
 
 __all__ = ["CommitWindow", "CrossGroupWrite", "Fenced", "LogStore", "SnapshotRecord", "SnapshotUnreadable", "connect",
            "encode_snapshot"]
@@ -206,16 +202,12 @@ class LogStore(LogReads):
                 callback()
         return exc if isinstance(exc, Fenced) else Fenced(str(exc))
 
-    def submit(self, shard: int, seq: int, data: bytes, then: Then | None = None) -> asyncio.Future[None]:
+    def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
         """Queue one entry for the next group commit; the future fails with RedisError/OSError when
         the entry is not certainly durable. Entries go out in submission order; cancelling the
-        future before it is sent keeps the entry out of the log. ``then`` is called with the future
-        as soon as the log settles it, from the reply's callback (never from inside ``submit``): a
-        done-callback would wait one more turn of the event loop. It is not called for a future its
-        caller cancelled: whoever cancels it must account for the entry (``_fail_in_flight``)."""
+        future before it is sent keeps the entry out of the log."""
         loop, fut = self._arrival()
-        self._pending.append(Pending(shard, seq, data, self.epochs.get(shard, 0), self._tokens.get(shard, 0), 0, fut,
-                                     then))
+        self._pending.append(Pending(shard, seq, data, self.epochs.get(shard, 0), self._tokens.get(shard, 0), 0, fut))
         self._kick(loop)
         return fut
 
@@ -379,16 +371,10 @@ class LogStore(LogReads):
 
 
 def _settle(p: Pending, error: BaseException | None) -> None:
-    """Answer one entry (unless cancelled, or a group's future failed by an earlier member
-    already), then hand it to its follow-up."""
+    """Answer one entry, unless cancelled or a group's future failed by an earlier member already."""
     if p.done.done():
         return
     if error is not None:
         p.done.set_exception(error)
     else:
         p.done.set_result(None)  # a group's members are written or refused together
-    if p.then is not None:
-        try:
-            p.then(p.done)
-        except Exception:  # its bug must not leave the commit's other entries unanswered
-            log.exception("a log entry's follow-up failed")

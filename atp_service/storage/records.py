@@ -4,7 +4,6 @@ log's own errors (``log.py`` re-exports them)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import msgspec
 from redis.exceptions import RedisError
@@ -39,20 +38,16 @@ class CrossGroupWrite(ValueError):
 _encoder = msgspec.msgpack.Encoder()
 
 
-Then = Callable[[asyncio.Future[None]], None]
-"""Called with an entry's future as soon as the log settles it (``LogStore.submit``)."""
-
-
 class Pending:
     """One entry waiting for the next group commit; the entries of a group share ``done``. It
     carries the epoch and fence of its shard's owner *when it was submitted*: should the group
     change hands before it is sent, it is refused whole, even if this process owns the group again."""
 
-    __slots__ = ("data", "done", "epoch", "group", "seq", "shard", "then", "token")
+    __slots__ = ("data", "done", "epoch", "group", "seq", "shard", "token")
 
     def __init__(self, shard: int, seq: int, data: bytes, epoch: int, token: int, group: int,
-                 done: asyncio.Future[None], then: Then | None = None) -> None:
+                 done: asyncio.Future[None]) -> None:
         self.shard, self.seq, self.data, self.epoch, self.token, self.group = shard, seq, data, epoch, token, group
-        self.done, self.then = done, then
+        self.done = done
 
 

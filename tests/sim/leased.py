@@ -22,7 +22,6 @@ from redis.exceptions import RedisError, ResponseError
 
 from atp_service.storage.log import CrossGroupWrite, LogStore, SnapshotRecord
 from atp_service.storage.nodes import Nodes
-from atp_service.storage.records import Then
 from tests.sim.simlog import SideStreams, SimLog, _Snap, _Unit
 
 
@@ -88,22 +87,20 @@ class ProcessLog(LogStore):
         await self.awake()
 
     # -- the Redis calls of ``LogStore``, against the shared log ------------------------------------
-    def submit(self, shard: int, seq: int, data: bytes, then: Then | None = None) -> asyncio.Future[None]:
-        return self.submit_group([(shard, seq, data)], then)
+    def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
+        return self.submit_group([(shard, seq, data)])
 
-    def submit_group(self, entries: Any, then: Then | None = None) -> asyncio.Future[None]:
+    def submit_group(self, entries: Any) -> asyncio.Future[None]:
         shards = {shard for shard, _, _ in entries}
         if len(shards) > 1:
             raise CrossGroupWrite(f"entries of shards {sorted(shards)}: each group may be another process's")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.dead:
             fut.set_exception(ConnectionError(f"sim: process {self.name} is dead"))
-            if then is not None:
-                fut.add_done_callback(then)  # later, never from inside submit (as ``LogStore``)
             return fut
         shard = entries[0][0]
         unit = _Unit([(sh, seq, data, self._tokens.get(sh, 0)) for sh, seq, data in entries], fut,
-                     self.epochs.get(shard, 0), self, then)
+                     self.epochs.get(shard, 0), self)
         self.redis.pending.append(unit)
         return fut
 

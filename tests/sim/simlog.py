@@ -31,7 +31,6 @@ from redis.exceptions import RedisError
 
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.log import CrossGroupWrite, SnapshotRecord
-from atp_service.storage.records import Then
 from tests.sim.tally import Tally
 
 SNAPSHOT_OUTCOMES = ("ok",) * 7 + ("lost", "doubt", "late")
@@ -42,21 +41,12 @@ class _Unit:
     """Entries sent together that share one answer (one entry, or a cross-shard group). ``proc``: the
     process that sent them where several share the keyspace (``leased.ProcessLog``), else None."""
 
-    __slots__ = ("done", "entries", "epoch", "proc", "then")
+    __slots__ = ("done", "entries", "epoch", "proc")
 
     def __init__(self, entries: list[tuple[int, int, bytes, int]], done: asyncio.Future[None], epoch: int,
-                 proc: Any = None, then: Then | None = None) -> None:
+                 proc: Any = None) -> None:
         self.entries, self.done, self.epoch = entries, done, epoch  # (shard, seq, data, fence token)
-        self.proc, self.then = proc, then
-
-    def settle(self, error: BaseException | None) -> None:
-        """Answer the unit, then its follow-up at once, as ``LogStore`` does from a reply's callback."""
-        if error is None:
-            self.done.set_result(None)
-        else:
-            self.done.set_exception(error)
-        if self.then is not None:
-            self.then(self.done)
+        self.proc = proc
 
     @property
     def shard(self) -> int:
@@ -132,15 +122,15 @@ class SimLog:
     def is_fenced(self, _shard: int) -> bool:
         return self.fenced
 
-    def submit(self, shard: int, seq: int, data: bytes, then: Then | None = None) -> asyncio.Future[None]:
-        return self.submit_group([(shard, seq, data)], then)
+    def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
+        return self.submit_group([(shard, seq, data)])
 
-    def submit_group(self, entries: list[tuple[int, int, bytes]], then: Then | None = None) -> asyncio.Future[None]:
+    def submit_group(self, entries: list[tuple[int, int, bytes]]) -> asyncio.Future[None]:
         if not self.together and len({shard for shard, _, _ in entries}) > 1:
             raise CrossGroupWrite(f"entries of shards {sorted({s for s, _, _ in entries})} on a cluster")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entries_ = [(sh, seq, data, self.tokens[sh]) for sh, seq, data in entries]
-        self.pending.append(_Unit(entries_, fut, self.epoch, then=then))
+        self.pending.append(_Unit(entries_, fut, self.epoch))
         return fut
 
     async def claim(self, shards: int) -> int:
@@ -243,17 +233,17 @@ class SimLog:
             self.tally.count_outcome(outcome)
             if outcome == "late":
                 self.late.append(unit)
-                unit.settle(RedisError("sim: append timed out (still on its way)"))
+                unit.done.set_exception(RedisError("sim: append timed out (still on its way)"))
                 continue
             refusal = self._land(unit) if outcome != "lost" else None
             if outcome != "ok":
-                unit.settle(RedisError(f"sim: append {outcome}"))
+                unit.done.set_exception(RedisError(f"sim: append {outcome}"))
             elif refusal == "FENCED" and unit.proc is not None:
-                unit.settle(unit.proc.refused(unit.shard))  # its group has a newer owner
+                unit.done.set_exception(unit.proc.refused(unit.shard))  # its group has a newer owner
             elif refusal is not None:
-                unit.settle(RedisError(f"sim: {refusal}"))
+                unit.done.set_exception(RedisError(f"sim: {refusal}"))
             else:
-                unit.settle(None)
+                unit.done.set_result(None)
 
     def arrive_late(self, count: int | None = None) -> None:
         """The oldest ``count`` (default: all) scripts still on their way reach Redis now: landed,
