@@ -23,6 +23,8 @@ import json
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -61,21 +63,35 @@ def _short(filename: str) -> str:
     return filename
 
 
-async def count(calls: int, positions: int, by_function: bool, in_memory: bool, tmp: Path) -> Counter[str]:
+async def reserve_one_by_one(tmp: Path, positions: int, calls: int, in_memory: bool,
+                             counting: AbstractContextManager[object]) -> None:
+    """``calls`` one-line Reserves, one after another, by the servicer of a service in this process
+    against an embedded Redis (``positions`` seeded, ``WARM_UP`` calls first); the counted calls
+    run inside ``counting`` (``instructions.py`` counts the same ones)."""
     config = ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False)
     async with seeded_service(tmp, config, positions, "b", in_memory) as service:
         servicer, context = service._servicer, cast(Any, _Context())  # what the servicer needs of a context
         for n in range(WARM_UP):
             await servicer.Reserve(reserve_request(n, positions, "b"), context)
         requests = [reserve_request(n, positions, "b") for n in range(WARM_UP, WARM_UP + calls)]
-        hook = OpcodeCount(by_function)
-        sys.settrace(hook)
-        try:
+        with counting:
             for request in requests:
                 await servicer.Reserve(request, context)
-        finally:
-            sys.settrace(None)
-        return hook.counts
+
+
+@contextmanager
+def _traced(hook: OpcodeCount) -> Iterator[None]:
+    sys.settrace(hook)
+    try:
+        yield
+    finally:
+        sys.settrace(None)
+
+
+async def count(calls: int, positions: int, by_function: bool, in_memory: bool, tmp: Path) -> Counter[str]:
+    hook = OpcodeCount(by_function)
+    await reserve_one_by_one(tmp, positions, calls, in_memory, _traced(hook))
+    return hook.counts
 
 
 def main() -> None:

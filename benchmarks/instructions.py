@@ -24,13 +24,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atp_service import ServiceConfig
-from benchmarks.bytecodes import WARM_UP
-from benchmarks.service_cost import _Context, reserve_request, seeded_service
+from benchmarks.bytecodes import reserve_one_by_one
 
 POSITIONS = 1000
 QUIET_ENV = {"ATP_MAX_LOOP_LAG_MS": "0", "ATP_MAX_QUEUE_DELAY_MS": "100000", "PYTHONHASHSEED": "0"}
@@ -42,18 +42,12 @@ def _instrument(on: bool) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-async def _calls(calls: int, tmp: Path) -> None:
-    """The measured part, in the process valgrind runs."""
-    config = ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False)
-    async with seeded_service(tmp, config, POSITIONS, "i", False) as service:
-        servicer, context = service._servicer, cast(Any, _Context())  # what the servicer needs of a context
-        for n in range(WARM_UP):
-            await servicer.Reserve(reserve_request(n, POSITIONS, "i"), context)
-        requests = [reserve_request(n, POSITIONS, "i") for n in range(WARM_UP, WARM_UP + calls)]
-        _instrument(True)
-        for request in requests:
-            await servicer.Reserve(request, context)
-        _instrument(False)
+@contextmanager
+def _instrumented() -> Iterator[None]:
+    """Callgrind counts inside only (the process runs under ``--instr-atstart=no``)."""
+    _instrument(True)
+    yield
+    _instrument(False)
 
 
 def measure(calls: int) -> dict[str, Any]:
@@ -83,7 +77,7 @@ def main() -> None:
 
     uvloop.install()
     with tempfile.TemporaryDirectory(prefix="atp-instructions-") as tmp:
-        asyncio.run(_calls(args.calls, Path(tmp)))
+        asyncio.run(reserve_one_by_one(Path(tmp), POSITIONS, args.calls, False, _instrumented()))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
@@ -95,17 +95,13 @@ def fact_result(answer: pb.FactResult) -> tuple[FactOutcome, str] | DomainError:
     return FactOutcome(answer.outcome), answer.detail
 
 
-def lines_of(lines: Iterable[pb.Line]) -> list[tuple[str, str, int]]:
-    return [(line.sku, line.location, line.quantity) for line in lines]
-
-
-def request_lines(req: pb.ReserveRequest) -> list[tuple[str, str, int]]:
-    """``lines_of(req.lines)``; one line (most Reserves) without a comprehension's function object."""
-    lines = req.lines
+def lines_of(lines: Sequence[pb.Line]) -> list[tuple[str, str, int]]:
+    """A request's lines as (sku, location, quantity); one line (most requests) without a
+    comprehension's function object."""
     if len(lines) == 1:
         line = lines[0]
         return [(line.sku, line.location, line.quantity)]
-    return lines_of(lines)
+    return [(line.sku, line.location, line.quantity) for line in lines]
 
 
 def reserve_cmd(req: pb.ReserveRequest, limits: Limits) -> ReserveCommand:
@@ -113,7 +109,7 @@ def reserve_cmd(req: pb.ReserveRequest, limits: Limits) -> ReserveCommand:
         reservation_id=req.reservation_id,
         order_ref=req.order_ref,
         channel=req.channel,
-        lines=request_lines(req),
+        lines=lines_of(req.lines),
         ttl_seconds=ttl_seconds(req),
         allow_partial=req.allow_partial,
         limits=limits,
