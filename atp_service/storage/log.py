@@ -17,6 +17,7 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from atp_service.metrics import StorageMetrics
+from atp_service.storage.append_resp import AppendPacker
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log_reads import LogReads
 from atp_service.storage.nodes import Call, Nodes, Script, connect
@@ -69,7 +70,7 @@ class LogStore(LogReads):
         self._window = window or CommitWindow(0.0, 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._groups = 0
-        self._append_keys: dict[int, tuple[str, str, str]] = {}
+        self._packer = AppendPacker(self._APPEND.sha, self._keys_of)
         self.snapshots_in_flight = 0
         """Snapshot writes under way (``Checkpoints`` counts them). Shards snapshot one at a time unless
         stopping: those whose snapshots fall due together (same interval, same start) must not hand
@@ -312,21 +313,16 @@ class LogStore(LogReads):
             for p in batch:
                 by_shard.setdefault(p.shard, []).append(p)
             units = list(by_shard.values())
+        pack = self._packer.pack
         calls = []
-        keys_of = self._append_keys
         for unit in units:
-            keys: list[Any] = []
-            args: list[Any] = []
-            for p in unit:
-                keys += keys_of.get(p.shard) or self._keys_of(p.shard)
-                args += (p.epoch, p.seq, p.data, p.token, p.group)
-            calls.append(Call(self._APPEND, keys, args))
+            keys, packed = pack(unit)
+            calls.append(Call(self._APPEND, keys, [], packed))
         return calls, units
 
     def _keys_of(self, shard: int) -> tuple[str, str, str]:
-        """The keys an append of ``shard`` names (made once per shard: every commit names them)."""
-        keys = self._append_keys[shard] = (self.keys.owner(shard), self.keys.log(shard), self.keys.fence(shard))
-        return keys
+        """The keys an append of ``shard`` names."""
+        return self.keys.owner(shard), self.keys.log(shard), self.keys.fence(shard)
 
     def _begin(self, calls: list[Call], units: list[list[Pending]]) -> bool:
         """The group commit written now, without a task, where ``Nodes.begin`` can (never while tracing:

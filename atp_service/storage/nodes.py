@@ -51,12 +51,13 @@ class Script:
 
 
 class Call:
-    """One script call: its keys (one slot on a cluster) and arguments."""
+    """One script call: its keys (one slot on a cluster) and arguments, or (``packed``) the whole
+    ``EVALSHA`` command already in RESP, its ``keys`` kept for routing and ``args`` left empty."""
 
-    __slots__ = ("args", "keys", "script")
+    __slots__ = ("args", "keys", "packed", "script")
 
-    def __init__(self, script: Script, keys: list[str], args: list[Any]) -> None:
-        self.script, self.keys, self.args = script, keys, args
+    def __init__(self, script: Script, keys: list[str], args: list[Any], packed: bytes | None = None) -> None:
+        self.script, self.keys, self.args, self.packed = script, keys, args, packed
 
 
 class NotReplicated(RedisError):
@@ -216,7 +217,9 @@ def _any_unrun(replies: list[Any]) -> bool:
     return False
 
 
-def _evalsha(call: Call) -> tuple[Any, ...]:
+def _evalsha(call: Call) -> tuple[Any, ...] | bytes:
+    if call.packed is not None:
+        return call.packed
     return ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
 
 
