@@ -19,7 +19,7 @@ One reader: only the actor task calls ``get`` (asserted); anyone on the loop may
 
 from __future__ import annotations
 
-from asyncio import Future, get_running_loop
+from asyncio import AbstractEventLoop, Future, get_running_loop
 from collections import deque
 from contextlib import suppress
 from typing import Generic, TypeVar
@@ -40,7 +40,7 @@ class MailboxEmpty(Exception):
 class Mailbox(Generic[T]):
     """A bounded FIFO of ``T``, read by one task and written by any on the same event loop."""
 
-    __slots__ = ("_bound", "_getter", "_items", "_putters")
+    __slots__ = ("_bound", "_getter", "_items", "_loop", "_putters")
 
     def __init__(self, bound: int) -> None:
         if bound < 1:
@@ -49,6 +49,7 @@ class Mailbox(Generic[T]):
         self._bound = bound
         self._getter: Future[None] | None = None  # the reader's wait for an item, while it waits
         self._putters: deque[Future[None]] = deque()  # putters waiting for room, oldest first
+        self._loop: AbstractEventLoop | None = None  # the reader's, once it first waited
 
     def __len__(self) -> int:
         return len(self._items)
@@ -103,7 +104,7 @@ class Mailbox(Generic[T]):
         items = self._items
         while not items:
             assert self._getter is None, "a mailbox has one reader"
-            getter = self._getter = get_running_loop().create_future()
+            getter = self._getter = (self._loop or self._reader_loop()).create_future()
             try:
                 await getter
             finally:
@@ -112,6 +113,12 @@ class Mailbox(Generic[T]):
         if self._putters:
             self._wake_putter()
         return item
+
+    def _reader_loop(self) -> AbstractEventLoop:
+        """The reader's event loop, asked for once: in Python 3.11 each ``get_running_loop`` makes a
+        ``getpid`` system call (its check for a fork), and the reader waits once per message."""
+        loop = self._loop = get_running_loop()
+        return loop
 
     def get_nowait(self) -> T:
         """The oldest item, or MailboxEmpty. Wakes the oldest waiting putter: there is room now."""

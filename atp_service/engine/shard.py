@@ -44,6 +44,7 @@ class ShardActor(CommitPipeline):
         self._settings = settings
         self._mailbox: Mailbox[Envelope] = Mailbox(settings.mailbox_size)  # read by _run only
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the actor's (``start``): asked for once, see Mailbox
         self._set_aside: deque[Envelope] = deque()  # taken from the mailbox but behind a control message
         self.failure: BaseException | None = None
         """Why this shard's task ended while the service runs (a bug): it answers nothing more."""
@@ -67,7 +68,8 @@ class ShardActor(CommitPipeline):
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"shard-{self.shard}")
+        loop = self._loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"shard-{self.shard}")
         self._task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
@@ -137,7 +139,7 @@ class ShardActor(CommitPipeline):
         if self._lag_s > self._max_delay_s and not self._mailbox.empty():
             raise self._shed(f"overloaded (queued work waits {self._lag_s * 1000:.0f} ms, limit "
                              f"max_queue_delay_ms={self._settings.max_queue_delay_ms})")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = (self._loop or asyncio.get_running_loop()).create_future()
         if self._parked and not self._inflight and self._mailbox.empty():  # idle: see _turn_now
             self._turn_now(Envelope(work, fut))
             return fut

@@ -69,6 +69,7 @@ class LogStore(LogReads):
         self._max_in_flight = max_in_flight
         self._window = window or CommitWindow(0.0, 0)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # ``_running_loop``
         self._groups = 0
         self._packer = AppendPacker(self._APPEND.sha, self._keys_of)
         self.snapshots_in_flight = 0
@@ -232,12 +233,20 @@ class LogStore(LogReads):
 
     def _arrival(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]:
         """An entry arrives (the commit window counts it): its future."""
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         now = loop.time()
         self._window.arrived(now)
         if not self._pending:
             self._first_pending_at = now
         return loop, loop.create_future()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the appends run on, asked for again only once it is closed: in Python 3.11
+        each ``get_running_loop`` makes a ``getpid`` system call, and every entry needs the loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._scheduled and self._in_flight < self._max_in_flight:
@@ -276,7 +285,7 @@ class LogStore(LogReads):
             if p.done.done():  # cancelled: never sent (a loop first: most flushes have none)
                 self._pending = [p for p in self._pending if not p.done.done()]
                 break
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         while self._pending and self._in_flight < self._max_in_flight:
             cut = min(self._pipeline_max, len(self._pending))
             while cut < len(self._pending) and self._pending[cut].group and \
@@ -301,7 +310,7 @@ class LogStore(LogReads):
             self._tasks.discard(task)
         self._in_flight -= 1
         if self._pending and not self._scheduled:
-            self._schedule(asyncio.get_running_loop())
+            self._schedule(self._running_loop())
 
     def _calls(self, batch: list[Pending]) -> tuple[list[Call], list[list[Pending]]]:
         """The script calls of a group commit: one for all on one Redis, one per group on a cluster."""
