@@ -40,7 +40,8 @@ class _ShardParts:
         self.keys = keys
         self.keys_resp = b"".join([bulk(key) for key in keys])
         self.solo = head + self.keys_resp
-        self.epoch = self.token = -1  # none yet: the first entry sets them
+        self.epoch: int | None = None  # none yet: the first entry carries its own (``carry``)
+        self.token: int | None = None
         self.epoch_resp = self.token_resp = self.tail = b""
         self.width, self.least, self.wider = 1, 0, 0  # no seq seen yet: the first one sets them
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import DataError, RedisError, ResponseError
 
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.append_resp import AppendPacker
@@ -241,10 +241,11 @@ class LogStore(LogReads):
         return loop, loop.create_future()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop the appends run on, asked for again only once it is closed: in Python 3.11
-        each ``get_running_loop`` makes a ``getpid`` system call, and every entry needs the loop."""
+        """The event loop the appends run on, asked for again only once the one kept is not running:
+        in Python 3.11 each ``get_running_loop`` makes a ``getpid`` system call, and every entry
+        needs the loop."""
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if loop is None or not loop.is_running():  # another loop than the one kept: ask again
             loop = self._loop = asyncio.get_running_loop()
         return loop
 
@@ -296,13 +297,25 @@ class LogStore(LogReads):
             self._first_pending_at = loop.time()  # what stays waits from now on
             self._in_flight += 1
             self.metrics.pipeline_size.observe(len(batch))
-            calls, units = self._calls(batch)
+            try:
+                calls, units = self._calls(batch)
+            except Exception as exc:  # an entry that cannot be packed: nothing was sent
+                self._unpackable(batch, exc)
+                continue
             if self._begin(calls, units):
                 continue  # written already; answered from the connection's protocol, no task
             # A task: a Redis Cluster, replicas to wait for, no idle connection, or a span to trace.
             task = loop.create_task(self._send(calls, units), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._sent)
+
+    def _unpackable(self, batch: list[Pending], exc: Exception) -> None:
+        """A batch whose script call could not be put together fails whole (as a write that did not
+        reach Redis; its shards log the failure), and the commit is over: the log goes on with the next."""
+        error = DataError(f"a log entry cannot be sent to Redis: {exc!r}")
+        for p in batch:
+            _settle(p, error)
+        self._sent(None)
 
     def _sent(self, task: asyncio.Task[None] | None) -> None:
         """A group commit is over (its entries answered, or its task ended): the next may go."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisError
 
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.keys import CHANNELS
@@ -291,3 +291,14 @@ async def test_a_write_path_that_raises_answers_the_entries_and_the_log_flushes_
             await asyncio.wait_for(second, 5)
     finally:
         await client.aclose()
+
+
+async def test_an_entry_that_cannot_be_packed_fails_alone_and_the_log_goes_on(store: LogStore) -> None:
+    """A script call that cannot be put together fails its entries (nothing reached Redis) and
+    frees the log: the next commit is written."""
+    bad = store.submit(0, 1, "not bytes")  # type: ignore[arg-type]  # what a bug upstream could hand over
+    with pytest.raises(DataError, match="cannot be sent"):
+        await asyncio.wait_for(bad, 5)
+    assert store._in_flight == 0
+    await asyncio.wait_for(store.submit(0, 1, b"good"), 5)
+    assert [seq_of(i) for i, _ in await store.client.xrange(store.keys.log(0))] == [1]
