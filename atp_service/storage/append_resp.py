@@ -36,13 +36,12 @@ class _ShardParts:
     __slots__ = ("epoch", "epoch_resp", "keys", "keys_resp", "least", "solo", "tail", "token", "token_resp",
                  "wider", "width")
 
-    def __init__(self, head: bytes, keys: tuple[str, str, str]) -> None:
+    def __init__(self, keys: tuple[str, str, str]) -> None:
         self.keys = keys
         self.keys_resp = b"".join([bulk(key) for key in keys])
-        self.solo = head + self.keys_resp
         self.epoch: int | None = None  # none yet: the first entry carries its own (``carry``)
         self.token: int | None = None
-        self.epoch_resp = self.token_resp = self.tail = b""
+        self.epoch_resp = self.token_resp = self.tail = self.solo = b""
         self.width, self.least, self.wider = 1, 0, 0  # no seq seen yet: the first one sets them
 
     def carry(self, head: bytes, epoch: int, token: int) -> None:
@@ -91,18 +90,15 @@ class AppendPacker:
 
     def _pack_solo(self, p: Pending) -> tuple[list[str], bytes]:
         """``pack`` of one entry alone, not in a group: the shard's ``solo`` start, then the seq
-        and the data, then the token and group (one format)."""
+        and the data, then the token and group."""
         parts = self._of(p)
-        seq = p.seq
-        width = parts.width if parts.least <= seq < parts.wider else parts.measure(seq)
-        return list(parts.keys), b"%b$%d\r\n%d\r\n$%d\r\n%b\r\n%b" % (
-            parts.solo, width, seq, len(p.data), p.data, parts.tail)
+        return list(parts.keys), parts.solo + _seq_and_data(parts, p) + parts.tail
 
     def _of(self, p: Pending) -> _ShardParts:
         """The parts of ``p``'s shard, carrying ``p``'s epoch and token."""
         parts = self._parts.get(p.shard)
         if parts is None:
-            parts = self._parts[p.shard] = _ShardParts(self._solo_head, self._keys_of(p.shard))
+            parts = self._parts[p.shard] = _ShardParts(self._keys_of(p.shard))
         if parts.epoch != p.epoch or parts.token != p.token:
             parts.carry(self._solo_head, p.epoch, p.token)
         return parts
