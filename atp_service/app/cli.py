@@ -117,10 +117,12 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
 
     loop.add_signal_handler(signal.SIGHUP, reload)  # re-read the estate/channel file
     try:
-        await service.start()
+        started = await _start_unless_stopped(service, stop)
     except StartupError:
         await service.stop(grace_s=0)
         raise
+    if not started:
+        return 0
     if config.demo and service.is_fresh():
         await load_demo(service)
     # Recovered state is long-lived: move it out of the collector's view.
@@ -130,6 +132,23 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     await asyncio.wait([asyncio.ensure_future(event.wait()) for event in (stop, service.replaced, service.failed)],
                        return_when=asyncio.FIRST_COMPLETED)
     return await _shut_down(config, service, on_hard_exit)
+
+
+async def _start_unless_stopped(service: AtpService, stop: asyncio.Event) -> bool:
+    """Start; False when a stop signal came first (waiting for Redis, recovering): the start is
+    abandoned and undone, and nothing was acknowledged yet."""
+    starting = asyncio.ensure_future(service.start())
+    signalled = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+    if not starting.done():
+        log.info("stop signal while starting: the start is abandoned", extra={"event": "shutdown", "grace_s": 0})
+        await service.stop(grace_s=0)  # cancels the start and waits until it has unwound
+        return False
+    starting.result()  # its StartupError
+    return True
 
 
 def _print_ready(config: ServiceConfig, service: AtpService) -> None:

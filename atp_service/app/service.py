@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -21,13 +22,13 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
+from atp_service.app.security import server_credentials, server_interceptors
 from atp_service.app.tracing import Tracing
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
 from atp_service.config import ServiceConfig
 from atp_service.config_values import redacted
 from atp_service.edge import transport
-from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
 from atp_service.edge.door import DoorCalls, server_ids
 from atp_service.edge.handlers import add_service
 from atp_service.edge.overload import LoopLagMonitor
@@ -88,6 +89,8 @@ class AtpService:
         self._log: LogStore | None = None
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms, self.metrics.edge)
         self._owner_task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._server_stop: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.tracing = Tracing.configured(config)  # None unless tracing_endpoint is set
         self.replaced = asyncio.Event()
@@ -108,13 +111,17 @@ class AtpService:
                  self.config.max_pending_calls, transport.refusal_status(running))
 
     async def start(self) -> None:
-        """Listen (health NOT_SERVING), recover every shard, start the desks; then SERVING."""
+        """Listen (health NOT_SERVING), recover every shard, start the desks; then SERVING. Cancelled,
+        or ended by ``stop()`` meanwhile, it raises CancelledError once it has unwound."""
+        self._starting = asyncio.get_running_loop().create_task(self._start(), name="atp-start")
+        await self._starting  # a caller's cancellation reaches the task, which this waits for
+
+    async def _start(self) -> None:
         await self._listen()
         try:
             self.engine = await self._recover()
         except BaseException:  # refused (a bad log, a mismatched layout): leave nothing listening behind
-            assert self._server is not None
-            await self._server.stop(0)
+            await self._stop_server(0)
             if self._log is not None:
                 await self._log.nodes.aclose()
             raise
@@ -126,7 +133,7 @@ class AtpService:
         """The gRPC server (health NOT_SERVING meanwhile) and the metrics endpoint."""
         cfg = self.config
         before = server_ids()
-        self._server = grpc.aio.server(interceptors=self._interceptors(), options=[
+        self._server = grpc.aio.server(interceptors=server_interceptors(cfg, self.tracing, self.metrics.edge), options=[
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
@@ -139,7 +146,7 @@ class AtpService:
         self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_*)
         self._add_services(self._server)
         try:
-            credentials = self._tls()
+            credentials = server_credentials(cfg)
             address = f"{cfg.host}:{cfg.port}"
             self.port = (self._server.add_secure_port(address, credentials) if credentials
                          else self._server.add_insecure_port(address))
@@ -211,38 +218,6 @@ class AtpService:
                     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad)
         if self.config.ownership == "leases":
             server.add_generic_rpc_handlers((peers_handler(lambda: self.engine),))
-
-    def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
-        cfg = self.config
-        traced = [self.tracing.interceptor()] if self.tracing else []  # outermost: refusals are traced too
-        if not cfg.auth_on:
-            log.warning("auth off (%s): any caller may call anything; not for production",
-                        "demo mode" if cfg.auth == "auto" else "auth=off")
-            return traced
-        if cfg.callers_file is None:
-            raise StartupError("callers_file: auth is on (not demo mode) and no callers file is given; pass "
-                               "--callers-file FILE (entries from `atpctl token new NAME --roles oms`), "
-                               "or --auth off on a trusted network")
-        try:
-            callers = load_callers(cfg.callers_file)
-        except OSError as exc:
-            raise StartupError(f"callers_file: cannot read {cfg.callers_file} ({exc.strerror})") from None
-        except CallersError as exc:
-            raise StartupError(f"callers_file: {cfg.callers_file}: {exc}") from None
-        log.info("auth on: %d callers from %s", len(callers), cfg.callers_file)
-        return [*traced, AuthInterceptor(callers, self.metrics.edge)]
-
-    def _tls(self) -> grpc.ServerCredentials | None:
-        cfg = self.config
-        if cfg.tls_cert is None or cfg.tls_key is None:
-            return None
-        try:
-            key, cert = cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes()
-            ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
-        except OSError as exc:
-            raise StartupError(f"tls: cannot read {exc.filename} ({exc.strerror})") from None
-        log.info("gRPC over TLS%s", " with client certificates (mutual TLS)" if ca else "")
-        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
     def _load_estate(self) -> Estate:
         path = self.config.estate
@@ -362,21 +337,34 @@ class AtpService:
 
         await retry_until_done(client.ping, STORAGE_ERRORS, REDIS_AT_START, waiting)
 
+    async def _stop_server(self, grace_s: float) -> None:
+        """Stop gRPC once, whoever asks (an unwinding start, ``stop()``) and however often they are
+        cancelled: two stops of one server at once crash gRPC's core (a segmentation fault in
+        grpcio 1.85). A later caller waits for the first stop, whose grace stands."""
+        if self._server is None:
+            return
+        if self._server_stop is None:
+            self._server_stop = asyncio.get_running_loop().create_task(self._server.stop(grace_s), name="grpc-stop")
+        await asyncio.shield(self._server_stop)
+
     def is_fresh(self) -> bool:
         """True when no shard has logged anything yet (first start)."""
         assert self.engine is not None
         return all(actor.seq == 0 for actor in self.engine.actors)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Drain and stop everything started; a start still under way is cancelled and unwound first."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        if self._starting is not None and not self._starting.done():
+            with contextlib.suppress(Exception):  # how the start ended is for its caller to hear
+                await cancel_and_wait(self._starting)
         await self._health.enter_graceful_shutdown()
         began = time.monotonic()
         drain = self._servicer.drain
         if not await drain.close(grace):
             log.warning("shutdown: %d calls still in progress after the %.1fs grace period; gRPC cancels them",
                         drain.active, grace)
-        if self._server is not None:
-            await self._server.stop(max(0.0, grace - (time.monotonic() - began)))
+        await self._stop_server(max(0.0, grace - (time.monotonic() - began)))
         if self.ingestor is not None:  # before the peer channels close: it sends facts over them
             await self.ingestor.stop()
         await self._servicer.aclose()

@@ -1,0 +1,98 @@
+"""A start that cannot finish (Redis unreachable) can always be stopped: in-process by ``stop()``,
+and for ``atp-service serve`` by SIGTERM; gRPC's server is stopped once, never twice at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from atp_service import AtpService, free_port
+from tests.atp_service.app.test_healthcheck import LogSeen
+from tests.conftest import spawned
+from tests.conftest import test_config as make_config
+
+
+async def waiting_for_redis(service: AtpService) -> asyncio.Task[None]:
+    """``service.start()`` as a task, once it listens and waits for an unreachable Redis."""
+    waiting = LogSeen("waiting for Redis")
+    logger = logging.getLogger("atp_service.app.service")
+    logger.addHandler(waiting)
+    try:
+        starting = asyncio.create_task(service.start())
+        await waiting.seen.wait()
+    finally:
+        logger.removeHandler(waiting)
+    return starting
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+async def test_stop_while_starting_ends_the_start_and_frees_the_port() -> None:
+    service = AtpService(make_config(), f"redis://127.0.0.1:{free_port()}/0")
+    starting = await waiting_for_redis(service)
+    assert not port_is_free(service.port)
+    await asyncio.wait_for(service.stop(grace_s=0), timeout=30)  # else it would wait for Redis for ever
+    assert starting.done() and starting.cancelled()
+    assert port_is_free(service.port)
+
+
+class StopsWatched:
+    """Wraps a gRPC server's ``stop`` to count its calls and the most that ran at once."""
+
+    def __init__(self, stop: Callable[[float | None], Awaitable[None]]) -> None:
+        self._stop, self.calls, self.running, self.most_at_once = stop, 0, 0, 0
+
+    async def __call__(self, grace: float | None) -> None:
+        self.calls += 1
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await asyncio.sleep(0.05)  # a slow stop: a second one would overlap it
+            await self._stop(grace)
+        finally:
+            self.running -= 1
+
+
+async def test_a_cancelled_start_and_two_stops_stop_grpc_once() -> None:
+    """The start's own clean-up stops the server too; overlapping stops crash grpcio's core."""
+    service = AtpService(make_config(), f"redis://127.0.0.1:{free_port()}/0")
+    starting = await waiting_for_redis(service)
+    assert service._server is not None
+    watched = StopsWatched(service._server.stop)
+    service._server.stop = watched  # type: ignore[method-assign]
+    starting.cancel()
+    await asyncio.wait_for(asyncio.gather(service.stop(grace_s=0), service.stop(grace_s=0)), timeout=30)
+    assert (watched.calls, watched.most_at_once) == (1, 1)
+    assert starting.cancelled() and port_is_free(service.port)
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting_for_redis_exits_0(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    proc = spawned(subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
+         "--port", "0", "--metrics-port", "-1", "--no-demo", "--auth", "off"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 60
+    while "waiting for Redis" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, log.read_text()
+    assert "stop signal while starting" in log.read_text()
