@@ -202,7 +202,8 @@ class EdgeMetrics:
             "atp_bad_requests_total", "Calls refused INVALID_ARGUMENT because their bytes are not a valid request "
             "message (truncated, bad UTF-8), by method", ["method"], registry=r,
         )
-        self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke a 20 ms timer", registry=r)
+        self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke its lag timer "
+                              "(every 20 ms while calls arrive, every second when idle)", registry=r)
         self.forwarded = Counter(
             "atp_forwarded_calls_total", "Calls for a shard group another service process owns, by method and "
             "outcome: forwarded to the owner (ok, error: the owner's refusal or no answer) or redirected",

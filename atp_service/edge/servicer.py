@@ -60,7 +60,7 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
                 drain.enter()
                 try:
                     monitor = self.monitor
-                    if monitor is not None and monitor.overloaded:
+                    if monitor is not None and monitor.overloaded():
                         self.metrics.shed.inc()
                         raise ResourceExhausted(
                             f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit "

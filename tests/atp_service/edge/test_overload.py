@@ -11,6 +11,7 @@ import pytest
 
 from atp_client import AtpClient, RetryPolicy, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge.overload import INTERVAL_S, STREAK, LoopLagMonitor
 from benchmarks.overload import rss_mb
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
@@ -213,3 +214,32 @@ def test_memory_stays_flat_under_waves_of_calls_far_past_the_bounds(redis_url: s
     warm, last = rounds[2][0], rounds[-1][0]
     assert warm > 0  # rss_mb read the service's VmRSS
     assert last - warm < 10, [round(rss, 1) for rss, _ in rounds]
+
+
+async def test_the_lag_timer_wakes_rarely_while_no_call_comes_and_a_call_brings_it_forward() -> None:
+    loop = asyncio.get_running_loop()
+    monitor = LoopLagMonitor(max_lag_ms=60_000)  # no wake-up on a busy machine is late past this
+    monitor.start()
+    try:
+        await asyncio.sleep(INTERVAL_S * 3)  # after the first wake-up (timers fire in deadline order)
+        assert monitor._timer is not None and monitor._timer.when() - loop.time() > INTERVAL_S * 5
+        assert not monitor.overloaded()  # a call: the next wake-up comes at INTERVAL_S again
+        assert monitor._timer.when() - loop.time() <= INTERVAL_S
+        await asyncio.sleep(INTERVAL_S * 3)  # it measured with the call, then nothing came
+        assert monitor._timer.when() - loop.time() > INTERVAL_S * 5
+    finally:
+        await monitor.stop()
+
+
+async def test_a_late_loop_keeps_the_lag_timer_close_even_without_calls() -> None:
+    monitor = LoopLagMonitor(max_lag_ms=5)
+    monitor.start()
+    try:
+        # No call, and the loop blocked again before each wake-up (one every one or two blocks) is
+        # due: every wake-up is late, so the timer stays at INTERVAL_S and the streak builds.
+        for _ in range(2 * STREAK + 2):
+            time.sleep(INTERVAL_S + 0.05)  # noqa: ASYNC251 - the loop blocked, on purpose
+            await asyncio.sleep(0)
+        assert monitor.overloaded()
+    finally:
+        await monitor.stop()
