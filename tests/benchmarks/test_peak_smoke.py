@@ -120,6 +120,15 @@ async def test_overload_runs_at_a_tiny_size_and_reports_every_outcome() -> None:
     assert sum(o["count"] for o in outcomes) == head["client_calls"] > 0
 
 
+async def test_idle_cost_reads_both_servers_idle_cpu() -> None:
+    code, out = await run(sys.executable, "benchmarks/idle_cost.py", "--seconds", "0.5", "--rounds", "2",
+                          "--settle", "0.2", limit_s=120)
+    assert code == 0, out[-3000:]
+    rounds = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(rounds) == 2
+    assert all(r["noop_cpu_ms_per_s"] >= 0 and r["service_cpu_ms_per_s"] > 0 for r in rounds), rounds
+
+
 @pytest.mark.parametrize("mode", [(), ("--appends-in-memory",)], ids=["redis", "appends-in-memory"])
 async def test_service_cost_runs_at_a_tiny_size(mode: tuple[str, ...]) -> None:
     code, out = await run(sys.executable, "benchmarks/service_cost.py", "--rate", "50", "--seconds", "0.3", *mode,
