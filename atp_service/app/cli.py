@@ -116,13 +116,21 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
         keep(reloads, _reload(service))
 
     loop.add_signal_handler(signal.SIGHUP, reload)  # re-read the estate/channel file
+    starting = asyncio.ensure_future(service.start())
+    if not await _first(starting, stop):
+        # Waiting for Redis, recovering: nothing was acknowledged yet. The stop cancels the start
+        # and is bounded, a second signal exits at once, as for a stop after the start.
+        log.info("stop signal while starting: the start is abandoned", extra={"event": "start_abandoned"})
+        status = await _shut_down(config, service, on_hard_exit)
+        failure = starting.exception() if starting.done() and not starting.cancelled() else None
+        if failure is not None:
+            raise failure  # it failed on its own first (a StartupError: exit status 2, saying why)
+        return status
     try:
-        started = await _start_unless_stopped(service, stop)
+        starting.result()
     except StartupError:
         await service.stop(grace_s=0)
         raise
-    if not started:
-        return 0
     if config.demo and service.is_fresh():
         await load_demo(service)
     # Recovered state is long-lived: move it out of the collector's view.
@@ -134,21 +142,14 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     return await _shut_down(config, service, on_hard_exit)
 
 
-async def _start_unless_stopped(service: AtpService, stop: asyncio.Event) -> bool:
-    """Start; False when a stop signal came first (waiting for Redis, recovering): the start is
-    abandoned and undone, and nothing was acknowledged yet."""
-    starting = asyncio.ensure_future(service.start())
+async def _first(starting: asyncio.Future[None], stop: asyncio.Event) -> bool:
+    """Wait for the start or a stop signal; True when the start ended first (its outcome in it)."""
     signalled = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
     finally:
         signalled.cancel()
-    if not starting.done():
-        log.info("stop signal while starting: the start is abandoned", extra={"event": "shutdown", "grace_s": 0})
-        await service.stop(grace_s=0)  # cancels the start and waits until it has unwound
-        return False
-    starting.result()  # its StartupError
-    return True
+    return starting.done()
 
 
 def _print_ready(config: ServiceConfig, service: AtpService) -> None:

@@ -138,7 +138,8 @@ class Membership:
         yet handed over are renewed meanwhile: a hand-over of many groups must not outlast them."""
         renewing, balancing = self._tasks or (None, None)
         await cancel_and_wait(balancing)
-        await asyncio.gather(*self._work, return_exceptions=True)  # hand-overs and give-ups under way end first
+        # Hand-overs, give-ups and leases given back after a cancelled taking end first.
+        await asyncio.gather(*self._work, *self.leases.giving_back, return_exceptions=True)
         for group in sorted(self.leases.held):
             try:
                 await self._hand_over(group)
@@ -238,8 +239,11 @@ class Membership:
         epoch = self.leases.held[group]
         try:
             ledger, seq, replayed = await recover_shard(self._store, group, self._config.limits)
-        except BaseException:
-            log.exception("group %d: taken but not recovered; given back", group)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):  # a stop during the taking: nothing went wrong
+                log.info("group %d: taken, its recovery cancelled by a stop; given back", group)
+            else:
+                log.exception("group %d: taken but not recovered; given back", group)
             self._store.drop(group)
             await self.leases.release(group)  # never renewed again, even if Redis does not answer this
             raise

@@ -91,6 +91,7 @@ class AtpService:
         self._owner_task: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
         self._server_stop: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.tracing = Tracing.configured(config)  # None unless tracing_endpoint is set
         self.replaced = asyncio.Event()
@@ -111,8 +112,9 @@ class AtpService:
                  self.config.max_pending_calls, transport.refusal_status(running))
 
     async def start(self) -> None:
-        """Listen (health NOT_SERVING), recover every shard, start the desks; then SERVING. Cancelled,
-        or ended by ``stop()`` meanwhile, it raises CancelledError once it has unwound."""
+        """Listen (health NOT_SERVING), recover every shard, start the desks; then SERVING. A
+        ``stop()`` meanwhile cancels it: it raises CancelledError, and ``stop()`` ends what it had
+        started. Refused start-up (a bad setting, a mismatched layout): StartupError."""
         self._starting = asyncio.get_running_loop().create_task(self._start(), name="atp-start")
         await self._starting  # a caller's cancellation reaches the task, which this waits for
 
@@ -158,7 +160,14 @@ class AtpService:
         self._servicer.advertise(cfg.advertise_address or f"{cfg.host}:{self.port}", cfg.shards)
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._server.start()
+        # Not cancelled half-way (a stop during the start): grpcio then breaks its own serving task,
+        # and a stop right after can crash its core.
+        started = asyncio.ensure_future(self._server.start())
+        try:
+            await asyncio.shield(started)
+        except asyncio.CancelledError:
+            await started
+            raise
         self._note_transport()
         if cfg.metrics_port >= 0:
             try:
@@ -353,7 +362,13 @@ class AtpService:
         return all(actor.seq == 0 for actor in self.engine.actors)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Drain and stop everything started; a start still under way is cancelled and unwound first."""
+        """Drain and stop everything started; a start still under way is cancelled and unwound first.
+        Stops once: a second caller waits for the first stop, whose grace stands."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop(grace_s), name="atp-stop")
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float | None) -> None:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         if self._starting is not None and not self._starting.done():
             with contextlib.suppress(Exception):  # how the start ended is for its caller to hear

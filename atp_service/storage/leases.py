@@ -10,9 +10,14 @@ whole ("FENCED"), whatever its clock says. Lease timing decides availability onl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from typing import Any
+
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, Script
 from atp_service.storage.scripts import EPOCH_SCRIPT
+from atp_service.tasks import keep
 
 # KEYS: lease, owner, fence; ARGV: holder, epoch, lease ms. -1: another holder's lease is live. A
 # holder whose epoch is below the owner key's was replaced (FENCED); else the lease is (re)taken,
@@ -60,6 +65,8 @@ class GroupLeases:
         """Groups held now, with the epoch each was taken with."""
         self.renewed: set[int] = set()
         """The groups the last ``renew`` extended."""
+        self.giving_back: set[asyncio.Task[None]] = set()
+        """Releases of leases an acquire may have won as it was cancelled (see ``acquire``)."""
 
     def key(self, group: int) -> str:
         return self.store.keys.tag(group) + "lease"
@@ -71,9 +78,15 @@ class GroupLeases:
         epoch = self.held.get(group) or int(await self.store.nodes.run_one(
             Call(self._EPOCH, [self.store.keys.claims], [0])))
         keys = [self.key(group), self.store.keys.owner(group), self.store.keys.fence(group)]
+        acquiring = asyncio.ensure_future(self.store.nodes.run_one(Call(self._ACQUIRE, keys, [self.holder, epoch,
+                                                                                            self.lease_ms])))
         try:
-            fence = int(await self.store.nodes.run_one(Call(self._ACQUIRE, keys, [self.holder, epoch,
-                                                                                 self.lease_ms])))
+            fence = int(await asyncio.shield(acquiring))
+        except asyncio.CancelledError:
+            # Redis may grant it all the same: then give it back, after the grant (never before it),
+            # rather than leave the group to no one until the lease runs out.
+            keep(self.giving_back, self._give_back_if_granted(group, acquiring))
+            raise
         except Exception as exc:
             refused = _as_fenced(exc)
             if isinstance(refused, Fenced):
@@ -98,6 +111,11 @@ class GroupLeases:
         self.renewed = {g for g, reply in zip(groups, replies, strict=True) if not isinstance(reply, BaseException)
                         and int(reply) == 1 and g in self.held}
         return lost
+
+    async def _give_back_if_granted(self, group: int, acquiring: asyncio.Future[Any]) -> None:
+        with contextlib.suppress(Exception):  # refused, or Redis unreachable: the lease runs out instead
+            if int(await acquiring) >= 0:
+                await self.store.nodes.run_one(Call(self._RELEASE, [self.key(group)], [self.holder]))
 
     async def release(self, group: int) -> None:
         """Give ``group`` back at once (after its final snapshot): another process may take it now.

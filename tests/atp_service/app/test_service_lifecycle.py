@@ -4,6 +4,7 @@ and for ``atp-service serve`` by SIGTERM; gRPC's server is stopped once, never t
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -96,3 +97,25 @@ def test_sigterm_while_waiting_for_redis_exits_0(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, log.read_text()
     assert "stop signal while starting" in log.read_text()
+
+
+async def test_a_stop_at_any_early_turn_of_a_start_ends_it_cleanly() -> None:
+    """Stopped after 0, 1, 2, ... turns of the event loop: while gRPC itself starts (whose start
+    must not be cancelled half-way), while it listens, while it waits for Redis."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        for turns in range(12):
+            service = AtpService(make_config(), f"redis://127.0.0.1:{free_port()}/0")
+            starting = asyncio.create_task(service.start())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await asyncio.wait_for(service.stop(grace_s=0), timeout=30)
+            assert starting.done() and starting.cancelled(), turns
+            assert service.port == 0 or port_is_free(service.port), turns
+            del service, starting
+            gc.collect()  # a task that failed unseen says so when collected
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import redis.asyncio
 
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import Fenced, LogStore
-from atp_service.storage.nodes import open_nodes
+from atp_service.storage.nodes import Call, open_nodes
 
 LEASE_MS = 300
 
@@ -153,3 +155,39 @@ async def test_a_settle_asks_about_its_own_group_and_another_lost_group_is_lost_
     first.drop(6)  # group 6 given up meanwhile
     assert await reading
     await first.submit(2, 1, b"group 2 is still a's")
+
+
+async def test_a_taking_cancelled_while_redis_grants_it_gives_the_lease_back(redis_url: str) -> None:
+    """A stop cancels a taking whose ACQUIRE is already on its way: Redis still grants it, so the
+    process gives the lease back once granted instead of leaving the group to no one for a lease."""
+    store = LogStore(open_nodes(redis_url, 5.0), "t:", pipeline_max=64)
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    leases = GroupLeases(store, "process-a", 60_000)
+    run_one, acquiring, answered = store.nodes.run_one, asyncio.Event(), asyncio.Event()
+
+    async def paused_acquire(call: Call) -> Any:
+        if call.script is not GroupLeases._ACQUIRE:
+            return await run_one(call)
+        await admin.client_pause(10_000, all=False)  # writes wait in Redis until the unpause
+        acquiring.set()
+        try:
+            return await run_one(call)
+        finally:
+            answered.set()
+
+    store.nodes.run_one = paused_acquire  # type: ignore[method-assign]
+    try:
+        taking = asyncio.create_task(leases.acquire(2))
+        await acquiring.wait()
+        taking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await taking
+        await admin.execute_command("CLIENT", "UNPAUSE")  # the ACQUIRE runs now, and is granted
+        await asyncio.wait_for(answered.wait(), 10)
+        await asyncio.gather(*leases.giving_back)
+        assert await admin.get(leases.key(2)) is None  # given back: another process may take it at once
+        assert 2 not in leases.held
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+        await store.nodes.aclose()
