@@ -14,15 +14,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection, reflection_pb2
-from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
 
-from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_server, server_interceptors, start_whole
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
-from atp_service.app.security import server_credentials, server_interceptors
 from atp_service.app.tracing import Tracing
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
@@ -30,9 +27,8 @@ from atp_service.config import ServiceConfig
 from atp_service.config_values import redacted
 from atp_service.edge import transport
 from atp_service.edge.door import DoorCalls, server_ids
-from atp_service.edge.handlers import add_service
 from atp_service.edge.overload import LoopLagMonitor
-from atp_service.edge.peers import peers_handler, step_sender
+from atp_service.edge.peers import step_sender
 from atp_service.edge.record import fact_sender
 from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.watch import Watchers
@@ -55,7 +51,6 @@ log = logging.getLogger(__name__)
 REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
 """Waits between tries to reach Redis at start (health stays NOT_SERVING meanwhile)."""
 DEMO_ESTATE = Path(__file__).with_name("demo_estate.toml")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
 
 
 class AtpService:
@@ -135,39 +130,15 @@ class AtpService:
         """The gRPC server (health NOT_SERVING meanwhile) and the metrics endpoint."""
         cfg = self.config
         before = server_ids()
-        self._server = grpc.aio.server(interceptors=server_interceptors(cfg, self.tracing, self.metrics.edge), options=[
-            ("grpc.max_receive_message_length", cfg.max_message_bytes),
-            ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            # Bounded: the queue gRPC keeps ahead of the service (see ServiceConfig.max_pending_calls).
-            ("grpc.server.max_pending_requests", max(1, cfg.max_pending_calls // 2)),
-            ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
-            # The other processes of a keyspace ping their channels to this one (forward.PEER_KEEPALIVE_MS).
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ])
+        self._server = new_server(cfg, server_interceptors(cfg, self.tracing, self.metrics.edge))
         self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_*)
-        self._add_services(self._server)
-        try:
-            credentials = server_credentials(cfg)
-            address = f"{cfg.host}:{cfg.port}"
-            self.port = (self._server.add_secure_port(address, credentials) if credentials
-                         else self._server.add_insecure_port(address))
-        except RuntimeError:
-            self.port = 0
-        if self.port == 0:
-            raise StartupError(f"port: cannot listen for gRPC on {cfg.host}:{cfg.port} (in use?); "
-                               "choose another with --port / ATP_PORT")
+        add_services(self._server, self._servicer, self._health, self.metrics.edge.bad_requests,
+                     (lambda: self.engine) if cfg.ownership == "leases" else None)
+        self.port = bind(self._server, cfg)
         self._servicer.advertise(cfg.advertise_address or f"{cfg.host}:{self.port}", cfg.shards)
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        # Not cancelled half-way (a stop during the start): grpcio then breaks its own serving task,
-        # and a stop right after can crash its core.
-        started = asyncio.ensure_future(self._server.start())
-        try:
-            await asyncio.shield(started)
-        except asyncio.CancelledError:
-            await started
-            raise
+        await start_whole(self._server)
         self._note_transport()
         if cfg.metrics_port >= 0:
             try:
@@ -214,19 +185,6 @@ class AtpService:
         settings = replace(cfg.ingest_settings, consumer_name=f"{cfg.consumer_name}@{self.membership.address}")
         send = fact_sender(self._servicer.forwarder, peer_token(cfg), cfg.limits)
         return StreamIngestor(client, desk, settings, self.clock, reads, send)
-
-    def _add_services(self, server: grpc.aio.Server) -> None:
-        """Through ``handlers.add_service``, not the generated ``add_..._to_server``: bytes that are not
-        a valid request answer INVALID_ARGUMENT with a quiet log line, on the open services too."""
-        health = health_pb2.DESCRIPTOR.services_by_name["Health"]
-        names = (SERVICE_NAME, health.full_name, reflection.SERVICE_NAME)
-        bad = self.metrics.edge.bad_requests
-        add_service(server, self._servicer, pb.DESCRIPTOR.services_by_name["AvailabilityService"], bad)
-        add_service(server, self._health, health, bad)
-        add_service(server, ReflectionServicer(names),
-                    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad)
-        if self.config.ownership == "leases":
-            server.add_generic_rpc_handlers((peers_handler(lambda: self.engine),))
 
     def _load_estate(self) -> Estate:
         path = self.config.estate

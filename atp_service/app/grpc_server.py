@@ -1,0 +1,117 @@
+"""The service's gRPC server: its options, services, port, TLS (optionally mutual) and caller check."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.app.keyspace import StartupError
+from atp_service.app.tracing import Tracing
+from atp_service.config import ServiceConfig
+from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
+from atp_service.edge.handlers import add_service
+from atp_service.edge.peers import peers_handler
+from atp_service.edge.servicer import AvailabilityServicer
+from atp_service.engine.router import Engine
+from atp_service.instruments import Counter
+from atp_service.metrics import EdgeMetrics
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
+
+
+def new_server(cfg: ServiceConfig, interceptors: list[grpc.aio.ServerInterceptor[Any, Any]]) -> grpc.aio.Server:
+    return grpc.aio.server(interceptors=interceptors, options=[
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        # Bounded: the queue gRPC keeps ahead of the service (see ServiceConfig.max_pending_calls).
+        ("grpc.server.max_pending_requests", max(1, cfg.max_pending_calls // 2)),
+        ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_calls),
+        # The other processes of a keyspace ping their channels to this one (forward.PEER_KEEPALIVE_MS).
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ])
+
+
+def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health: HealthServicer,
+                 bad_requests: Counter, engine: Callable[[], Engine | None] | None) -> None:
+    """Through ``handlers.add_service``, not the generated ``add_..._to_server``: bytes that are not
+    a valid request answer INVALID_ARGUMENT with a quiet log line, on the open services too.
+    ``engine`` (leased groups): the peers' internal service asks it for the order steps."""
+    health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
+    names = (SERVICE_NAME, health_service.full_name, reflection.SERVICE_NAME)
+    add_service(server, servicer, pb.DESCRIPTOR.services_by_name["AvailabilityService"], bad_requests)
+    add_service(server, health, health_service, bad_requests)
+    add_service(server, ReflectionServicer(names),
+                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad_requests)
+    if engine is not None:
+        server.add_generic_rpc_handlers((peers_handler(engine),))
+
+
+def bind(server: grpc.aio.Server, cfg: ServiceConfig) -> int:
+    """The port the server listens on (TLS when configured); StartupError when it cannot."""
+    try:
+        credentials = server_credentials(cfg)
+        address = f"{cfg.host}:{cfg.port}"
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise StartupError(f"port: cannot listen for gRPC on {cfg.host}:{cfg.port} (in use?); "
+                           "choose another with --port / ATP_PORT")
+    return port
+
+
+async def start_whole(server: grpc.aio.Server) -> None:
+    """``server.start()``, never cancelled half-way (a stop during the service's start): grpcio then
+    breaks its own serving task, and a stop right after can crash its core."""
+    started = asyncio.ensure_future(server.start())
+    try:
+        await asyncio.shield(started)
+    except asyncio.CancelledError:
+        await started
+        raise
+
+
+def server_interceptors(cfg: ServiceConfig, tracing: Tracing | None,
+                        metrics: EdgeMetrics) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+    """Tracing (outermost: refusals are traced too), then the caller check when auth is on."""
+    traced = [tracing.interceptor()] if tracing else []
+    if not cfg.auth_on:
+        log.warning("auth off (%s): any caller may call anything; not for production",
+                    "demo mode" if cfg.auth == "auto" else "auth=off")
+        return traced
+    if cfg.callers_file is None:
+        raise StartupError("callers_file: auth is on (not demo mode) and no callers file is given; pass "
+                           "--callers-file FILE (entries from `atpctl token new NAME --roles oms`), "
+                           "or --auth off on a trusted network")
+    try:
+        callers = load_callers(cfg.callers_file)
+    except OSError as exc:
+        raise StartupError(f"callers_file: cannot read {cfg.callers_file} ({exc.strerror})") from None
+    except CallersError as exc:
+        raise StartupError(f"callers_file: {cfg.callers_file}: {exc}") from None
+    log.info("auth on: %d callers from %s", len(callers), cfg.callers_file)
+    return [*traced, AuthInterceptor(callers, metrics)]
+
+
+def server_credentials(cfg: ServiceConfig) -> grpc.ServerCredentials | None:
+    """TLS for the listening port when a certificate and key are configured; None: plaintext."""
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    try:
+        key, cert = cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes()
+        ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+    except OSError as exc:
+        raise StartupError(f"tls: cannot read {exc.filename} ({exc.strerror})") from None
+    log.info("gRPC over TLS%s", " with client certificates (mutual TLS)" if ca else "")
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
