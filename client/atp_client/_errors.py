@@ -116,8 +116,9 @@ class Conflict(AtpError):
 
 
 class Retryable(AtpError):
-    """UNAVAILABLE, RESOURCE_EXHAUSTED, or a CANCELLED this client did not cause: nothing was
-    decided that a retry with the same ids would not answer (R5). ``retry_delay_s`` says when."""
+    """UNAVAILABLE, RESOURCE_EXHAUSTED, a CANCELLED this client did not cause, or a stream grpcio
+    lost (``CORE_LOST_CALL``): nothing was decided that a retry with the same ids would not answer
+    (R5). ``retry_delay_s`` says when."""
 
 
 class AccessDenied(AtpError):
@@ -137,8 +138,17 @@ _CLASSES: dict[grpc.StatusCode, type[AtpError]] = {
 }
 
 
+CORE_LOST_CALL = "Internal error from Core"
+"""The details of the INTERNAL that grpcio's asyncio client makes up itself when a write to a stream
+fails because the stream is already gone (the server killed or its connection lost), in place of a
+status the server never sent (grpc/grpc#36066): no decision of the service, so as retryable as
+UNAVAILABLE."""
+
+
 def typed(error: grpc.aio.AioRpcError) -> AtpError:
     """The typed exception for a failed call (``AtpError`` for codes without a class of their own)."""
     if isinstance(error, AtpError):
         return error
+    if error.code() == grpc.StatusCode.INTERNAL and error.details() == CORE_LOST_CALL:
+        return Retryable(error)
     return _CLASSES.get(error.code(), AtpError)(error)
