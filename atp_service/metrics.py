@@ -203,7 +203,7 @@ class EdgeMetrics:
             "message (truncated, bad UTF-8), by method", ["method"], registry=r,
         )
         self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke its lag timer "
-                              "(every 20 ms while calls arrive, every second when idle)", registry=r)
+                              "(every 20 ms while calls arrive or it runs late, every 250 ms when idle)", registry=r)
         self.forwarded = Counter(
             "atp_forwarded_calls_total", "Calls for a shard group another service process owns, by method and "
             "outcome: forwarded to the owner (ok, error: the owner's refusal or no answer) or redirected",

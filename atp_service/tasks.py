@@ -35,6 +35,17 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         task.result()  # a task that failed on its own still says so
 
 
+async def finish_uncancelled(fut: asyncio.Future[Any]) -> Any:
+    """``await fut``, but ``fut`` itself is never cancelled: a cancellation of the caller is raised
+    once ``fut`` has finished (a cancellation repeated meanwhile stops only the waiting). For work
+    that breaks when cancelled half-way, such as grpcio's ``Server.start()``."""
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait((fut,))
+        raise
+
+
 def task_stacks(limit: int = 8) -> str:
     """What every asyncio task of the running loop waits on (SIGUSR1, a shutdown that hangs)."""
     out = io.StringIO()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -69,17 +68,6 @@ def bind(server: grpc.aio.Server, cfg: ServiceConfig) -> int:
         raise StartupError(f"port: cannot listen for gRPC on {cfg.host}:{cfg.port} (in use?); "
                            "choose another with --port / ATP_PORT")
     return port
-
-
-async def start_whole(server: grpc.aio.Server) -> None:
-    """``server.start()``, never cancelled half-way (a stop during the service's start): grpcio then
-    breaks its own serving task, and a stop right after can crash its core."""
-    started = asyncio.ensure_future(server.start())
-    try:
-        await asyncio.shield(started)
-    except asyncio.CancelledError:
-        await started
-        raise
 
 
 def server_interceptors(cfg: ServiceConfig, tracing: Tracing | None,

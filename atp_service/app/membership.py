@@ -138,8 +138,9 @@ class Membership:
         yet handed over are renewed meanwhile: a hand-over of many groups must not outlast them."""
         renewing, balancing = self._tasks or (None, None)
         await cancel_and_wait(balancing)
-        # Hand-overs, give-ups and leases given back after a cancelled taking end first.
-        await asyncio.gather(*self._work, *self.leases.giving_back, return_exceptions=True)
+        await asyncio.gather(*self._work, return_exceptions=True)  # hand-overs and give-ups under way end first
+        if self.leases.giving_back:  # and leases given back after a cancelled taking (never cancelled by this wait)
+            await asyncio.wait(self.leases.giving_back)
         for group in sorted(self.leases.held):
             try:
                 await self._hand_over(group)

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
 
-from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_server, server_interceptors, start_whole
+from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_server, server_interceptors
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
@@ -45,7 +45,7 @@ from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.keys import CHANNELS
 from atp_service.storage.log import CommitWindow, LogStore
 from atp_service.storage.nodes import connect_any, open_nodes
-from atp_service.tasks import cancel_and_wait, keep
+from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled, keep
 
 log = logging.getLogger(__name__)
 REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
@@ -85,6 +85,7 @@ class AtpService:
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms, self.metrics.edge)
         self._owner_task: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
+        self._grpc_start: asyncio.Future[None] | None = None
         self._server_stop: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -119,6 +120,10 @@ class AtpService:
             self.engine = await self._recover()
         except BaseException:  # refused (a bad log, a mismatched layout): leave nothing listening behind
             await self._stop_server(0)
+            if self.membership is not None and self.membership.leases.giving_back:
+                # Leases granted as the start was cancelled: given back before the connections close
+                # (``wait``: a repeated cancellation stops this wait, never the giving back).
+                await asyncio.wait(self.membership.leases.giving_back)
             if self._log is not None:
                 await self._log.nodes.aclose()
             raise
@@ -138,7 +143,10 @@ class AtpService:
         self._servicer.advertise(cfg.advertise_address or f"{cfg.host}:{self.port}", cfg.shards)
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await start_whole(self._server)
+        # Never cancelled half-way (a stop during the start): grpcio then breaks its own serving
+        # task, and a stop right after can crash its core.
+        self._grpc_start = asyncio.ensure_future(self._server.start())
+        await finish_uncancelled(self._grpc_start)
         self._note_transport()
         if cfg.metrics_port >= 0:
             try:
@@ -311,8 +319,14 @@ class AtpService:
         if self._server is None:
             return
         if self._server_stop is None:
-            self._server_stop = asyncio.get_running_loop().create_task(self._server.stop(grace_s), name="grpc-stop")
+            self._server_stop = asyncio.get_running_loop().create_task(self._stop_grpc(grace_s), name="grpc-stop")
         await asyncio.shield(self._server_stop)
+
+    async def _stop_grpc(self, grace_s: float) -> None:
+        assert self._server is not None
+        if self._grpc_start is not None:
+            await asyncio.wait((self._grpc_start,))  # never stopped while its start runs
+        await self._server.stop(grace_s)
 
     def is_fresh(self) -> bool:
         """True when no shard has logged anything yet (first start)."""
@@ -324,6 +338,7 @@ class AtpService:
         Stops once: a second caller waits for the first stop, whose grace stands."""
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self._stop(grace_s), name="atp-stop")
+            self._stopping.add_done_callback(exception_seen)  # its callers, if any is left, still get it
         await asyncio.shield(self._stopping)
 
     async def _stop(self, grace_s: float | None) -> None:

@@ -7,9 +7,11 @@ single long pause is not overload), and the servicer answers new calls with RESO
 before doing any work — a refusal costs a fraction of a decision, so the backlog drains instead of
 growing until deadlines expire.
 
-With no call arriving and the loop on time, the timer wakes every ``IDLE_INTERVAL_S`` instead: each
-wake-up of an idle process costs CPU (at every 20 ms, about 1 % of a core on a 2-core VM, for
-nothing). The first call after a quiet spell brings the next wake-up forward.
+With no call for ``RECENT_S`` and the loop on time, the timer wakes every ``IDLE_INTERVAL_S``
+instead: each wake-up of an idle process costs CPU (at every 20 ms, about 1 % of a core on a 2-core
+VM, for nothing). A late wake-up (work without calls: streams, ingest) or a call brings it back to
+``INTERVAL_S``; the first call after a quiet spell brings the next wake-up forward, unless it is
+already overdue (its lateness is then measured, not thrown away).
 """
 
 from __future__ import annotations
@@ -20,8 +22,14 @@ import time
 from atp_service.metrics import EdgeMetrics
 
 INTERVAL_S = 0.02
-IDLE_INTERVAL_S = 1.0
-"""The wake-up period while no call has arrived since the last one and the loop was on time."""
+IDLE_INTERVAL_S = 0.25
+"""The wake-up period while no call came for ``RECENT_S`` and the last wake-up was on time."""
+RECENT_S = 2.0
+"""A call this recent keeps the period at ``INTERVAL_S``: a burst that stalls the loop is measured
+closely from its start."""
+ON_TIME_S = 0.005
+"""A wake-up later than this keeps the period at ``INTERVAL_S`` even without calls (the gauge then
+follows a loop busy with streams or ingest)."""
 COOLDOWN_S = 0.25
 STREAK = 3
 """Late wake-ups in a row before shedding: one long pause (a collection, a big batch) is not overload."""
@@ -36,15 +44,15 @@ class LoopLagMonitor:
         self.lag_s = 0.0
         self._until = 0.0
         self._late = 0
-        self._called = False
-        """A call has asked since the last wake-up: measure at ``INTERVAL_S``."""
+        self._last_call = -RECENT_S
+        """``time.monotonic()`` of the latest call asked about."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = 0.0
         self._interval = INTERVAL_S
 
     def start(self) -> None:
-        if self.limit_s > 0:
+        if self.limit_s > 0 and self._timer is None:
             self._loop = asyncio.get_running_loop()
             self._arm(INTERVAL_S)
 
@@ -56,13 +64,12 @@ class LoopLagMonitor:
     def overloaded(self) -> bool:
         """Whether a new call is to be refused now. Asked on every call: time.monotonic, not the
         loop's clock (asyncio.get_running_loop makes a getpid system call on each use in Python
-        3.11). The first call after a quiet spell brings the next measurement forward."""
-        if not self._called:
-            self._called = True
-            if self._interval == IDLE_INTERVAL_S and self._timer is not None:
-                self._timer.cancel()
-                self._arm(INTERVAL_S)
-        return self.limit_s > 0 and time.monotonic() < self._until
+        3.11)."""
+        now = time.monotonic()
+        if self._interval == IDLE_INTERVAL_S:
+            self._bring_forward()
+        self._last_call = now
+        return now < self._until
 
     def note(self, lag_s: float, now: float) -> None:
         self.lag_s = lag_s
@@ -71,6 +78,14 @@ class LoopLagMonitor:
         if self._late >= STREAK:
             self._until = now + COOLDOWN_S
 
+    def _bring_forward(self) -> None:
+        """The first call after a quiet spell: the next wake-up at ``INTERVAL_S`` from now, unless
+        the one armed is already overdue (it is then about to measure how late the loop is)."""
+        timer, loop = self._timer, self._loop
+        if timer is not None and loop is not None and loop.time() < timer.when():
+            timer.cancel()
+            self._arm(INTERVAL_S)
+
     def _arm(self, interval: float) -> None:
         assert self._loop is not None
         self._interval, self._armed_at = interval, self._loop.time()
@@ -78,7 +93,9 @@ class LoopLagMonitor:
 
     def _woken(self) -> None:
         assert self._loop is not None
-        self.note(max(0.0, self._loop.time() - self._armed_at - self._interval), time.monotonic())
-        # Late, or calls arriving: keep measuring closely (a streak needs wake-ups close together).
-        self._arm(INTERVAL_S if self._called or self._late else IDLE_INTERVAL_S)
-        self._called = False
+        now = time.monotonic()
+        try:
+            self.note(max(0.0, self._loop.time() - self._armed_at - self._interval), now)
+        finally:  # whatever happened, measuring goes on
+            busy = now - self._last_call < RECENT_S or self.lag_s > ON_TIME_S
+            self._arm(INTERVAL_S if busy else IDLE_INTERVAL_S)

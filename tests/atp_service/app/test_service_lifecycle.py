@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
 from atp_service import AtpService, free_port
+from benchmarks.tcp_delay import DelayProxyProcess
 from tests.atp_service.app.test_healthcheck import LogSeen
 from tests.conftest import spawned
 from tests.conftest import test_config as make_config
@@ -119,3 +121,29 @@ async def test_a_stop_at_any_early_turn_of_a_start_ends_it_cleanly() -> None:
         assert errors == []
     finally:
         loop.set_exception_handler(None)
+
+
+async def test_a_stop_while_a_lease_is_being_granted_gives_it_back(redis_url: str, tmp_path: Path) -> None:
+    """Leased groups, a slow network: the stop lands once Redis has granted a group but before the
+    grant's reply is back. The lease is given back once the reply comes, before the connections
+    close, instead of keeping the group from every other process until it runs out."""
+    upstream = redis_url.removeprefix("redis://").split("/")[0]
+    proxy = DelayProxyProcess(upstream, tmp_path / "proxy.log")
+    await proxy.start()
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await proxy.delay(0.5, "down")  # every reply half a second late: each command has landed by then
+        config = make_config(ownership="leases", lease_ms=60_000, input_streams=(), redis_timeout_s=10.0,
+                             port=free_port())
+        service = AtpService(config, f"redis://127.0.0.1:{proxy.port}/0")
+        starting = asyncio.create_task(service.start())
+        deadline = time.monotonic() + 60
+        while not await admin.keys("*}:lease"):  # a group granted, its reply still on the way
+            assert not starting.done() and time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(service.stop(grace_s=0), timeout=60)
+        assert starting.cancelled()
+        assert await admin.keys("*}:lease") == []
+    finally:
+        await admin.aclose()
+        await proxy.stop()

@@ -11,7 +11,7 @@ import pytest
 
 from atp_client import AtpClient, RetryPolicy, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.edge.overload import INTERVAL_S, STREAK, LoopLagMonitor
+from atp_service.edge.overload import IDLE_INTERVAL_S, INTERVAL_S, ON_TIME_S, RECENT_S, STREAK, LoopLagMonitor
 from benchmarks.overload import rss_mb
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
@@ -216,17 +216,44 @@ def test_memory_stays_flat_under_waves_of_calls_far_past_the_bounds(redis_url: s
     assert last - warm < 10, [round(rss, 1) for rss, _ in rounds]
 
 
+def wake(monitor: LoopLagMonitor) -> None:
+    """One wake-up of the monitor, by hand: the timer it armed is cancelled, so only what the
+    monitor decides is under test, not when the host lets a timer fire."""
+    assert monitor._timer is not None
+    monitor._timer.cancel()
+    monitor._woken()
+
+
 async def test_the_lag_timer_wakes_rarely_while_no_call_comes_and_a_call_brings_it_forward() -> None:
     loop = asyncio.get_running_loop()
-    monitor = LoopLagMonitor(max_lag_ms=60_000)  # no wake-up on a busy machine is late past this
+    monitor = LoopLagMonitor(max_lag_ms=60_000)
     monitor.start()
     try:
-        await asyncio.sleep(INTERVAL_S * 3)  # after the first wake-up (timers fire in deadline order)
-        assert monitor._timer is not None and monitor._timer.when() - loop.time() > INTERVAL_S * 5
+        wake(monitor)  # on time, and no call ever: the quiet period
+        assert monitor._interval == IDLE_INTERVAL_S
         assert not monitor.overloaded()  # a call: the next wake-up comes at INTERVAL_S again
-        assert monitor._timer.when() - loop.time() <= INTERVAL_S
-        await asyncio.sleep(INTERVAL_S * 3)  # it measured with the call, then nothing came
-        assert monitor._timer.when() - loop.time() > INTERVAL_S * 5
+        assert monitor._interval == INTERVAL_S
+        assert monitor._timer is not None and monitor._timer.when() - loop.time() <= INTERVAL_S
+        wake(monitor)  # the call is recent: measured closely
+        assert monitor._interval == INTERVAL_S
+        monitor._last_call -= RECENT_S  # no call since
+        wake(monitor)
+        assert monitor._interval == IDLE_INTERVAL_S
+    finally:
+        await monitor.stop()
+
+
+async def test_a_call_after_a_quiet_spell_keeps_an_overdue_wake_up_and_its_lateness() -> None:
+    monitor = LoopLagMonitor(max_lag_ms=60_000)
+    monitor.start()
+    try:
+        wake(monitor)
+        assert monitor._interval == IDLE_INTERVAL_S
+        time.sleep(IDLE_INTERVAL_S + 0.05)  # noqa: ASYNC251 - the loop blocked past the quiet wake-up
+        assert not monitor.overloaded()  # the overdue wake-up is kept, not re-armed from now
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert monitor.lag_s >= 0.05 and monitor._interval == INTERVAL_S
     finally:
         await monitor.stop()
 
@@ -240,6 +267,7 @@ async def test_a_late_loop_keeps_the_lag_timer_close_even_without_calls() -> Non
         for _ in range(2 * STREAK + 2):
             time.sleep(INTERVAL_S + 0.05)  # noqa: ASYNC251 - the loop blocked, on purpose
             await asyncio.sleep(0)
+        assert monitor.lag_s > ON_TIME_S  # the gauge follows a loop busy without calls
         assert monitor.overloaded()
     finally:
         await monitor.stop()
