@@ -139,8 +139,7 @@ class Membership:
         renewing, balancing = self._tasks or (None, None)
         await cancel_and_wait(balancing)
         await asyncio.gather(*self._work, return_exceptions=True)  # hand-overs and give-ups under way end first
-        if self.leases.giving_back:  # and leases given back after a cancelled taking (never cancelled by this wait)
-            await asyncio.wait(self.leases.giving_back)
+        await self.leases.given_back()  # and leases given back after a cancelled taking
         for group in sorted(self.leases.held):
             try:
                 await self._hand_over(group)

@@ -120,10 +120,8 @@ class AtpService:
             self.engine = await self._recover()
         except BaseException:  # refused (a bad log, a mismatched layout): leave nothing listening behind
             await self._stop_server(0)
-            if self.membership is not None and self.membership.leases.giving_back:
-                # Leases granted as the start was cancelled: given back before the connections close
-                # (``wait``: a repeated cancellation stops this wait, never the giving back).
-                await asyncio.wait(self.membership.leases.giving_back)
+            if self.membership is not None:  # leases granted as the start was cancelled: given back first
+                await self.membership.leases.given_back()
             if self._log is not None:
                 await self._log.nodes.aclose()
             raise

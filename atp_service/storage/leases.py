@@ -112,6 +112,12 @@ class GroupLeases:
                         and int(reply) == 1 and g in self.held}
         return lost
 
+    async def given_back(self) -> None:
+        """Until every give-back under way (``acquire``) has ended. ``wait``, not ``gather``: a
+        cancellation of this wait (a stop's repeated cancel) never cancels a give-back."""
+        if self.giving_back:
+            await asyncio.wait(self.giving_back)
+
     async def _give_back_if_granted(self, group: int, acquiring: asyncio.Future[Any]) -> None:
         with contextlib.suppress(Exception):  # refused, or Redis unreachable: the lease runs out instead
             if int(await acquiring) >= 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -224,11 +226,19 @@ def wake(monitor: LoopLagMonitor) -> None:
     monitor._woken()
 
 
-async def test_the_lag_timer_wakes_rarely_while_no_call_comes_and_a_call_brings_it_forward() -> None:
-    loop = asyncio.get_running_loop()
-    monitor = LoopLagMonitor(max_lag_ms=60_000)
+@asynccontextmanager
+async def running(max_lag_ms: int) -> AsyncIterator[LoopLagMonitor]:
+    monitor = LoopLagMonitor(max_lag_ms)
     monitor.start()
     try:
+        yield monitor
+    finally:
+        await monitor.stop()
+
+
+async def test_the_lag_timer_wakes_rarely_while_no_call_comes_and_a_call_brings_it_forward() -> None:
+    loop = asyncio.get_running_loop()
+    async with running(max_lag_ms=60_000) as monitor:
         wake(monitor)  # on time, and no call ever: the quiet period
         assert monitor._interval == IDLE_INTERVAL_S
         assert not monitor.overloaded()  # a call: the next wake-up comes at INTERVAL_S again
@@ -239,14 +249,10 @@ async def test_the_lag_timer_wakes_rarely_while_no_call_comes_and_a_call_brings_
         monitor._last_call -= RECENT_S  # no call since
         wake(monitor)
         assert monitor._interval == IDLE_INTERVAL_S
-    finally:
-        await monitor.stop()
 
 
 async def test_a_call_after_a_quiet_spell_keeps_an_overdue_wake_up_and_its_lateness() -> None:
-    monitor = LoopLagMonitor(max_lag_ms=60_000)
-    monitor.start()
-    try:
+    async with running(max_lag_ms=60_000) as monitor:
         wake(monitor)
         assert monitor._interval == IDLE_INTERVAL_S
         time.sleep(IDLE_INTERVAL_S + 0.05)  # noqa: ASYNC251 - the loop blocked past the quiet wake-up
@@ -254,14 +260,10 @@ async def test_a_call_after_a_quiet_spell_keeps_an_overdue_wake_up_and_its_laten
         for _ in range(3):
             await asyncio.sleep(0)
         assert monitor.lag_s >= 0.05 and monitor._interval == INTERVAL_S
-    finally:
-        await monitor.stop()
 
 
 async def test_a_late_loop_keeps_the_lag_timer_close_even_without_calls() -> None:
-    monitor = LoopLagMonitor(max_lag_ms=5)
-    monitor.start()
-    try:
+    async with running(max_lag_ms=5) as monitor:
         # No call, and the loop blocked again before each wake-up (one every one or two blocks) is
         # due: every wake-up is late, so the timer stays at INTERVAL_S and the streak builds.
         for _ in range(2 * STREAK + 2):
@@ -269,5 +271,3 @@ async def test_a_late_loop_keeps_the_lag_timer_close_even_without_calls() -> Non
             await asyncio.sleep(0)
         assert monitor.lag_s > ON_TIME_S  # the gauge follows a loop busy without calls
         assert monitor.overloaded()
-    finally:
-        await monitor.stop()
