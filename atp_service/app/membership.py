@@ -245,7 +245,8 @@ class Membership:
             else:
                 log.exception("group %d: taken but not recovered; given back", group)
             self._store.drop(group)
-            await self.leases.release(group)  # never renewed again, even if Redis does not answer this
+            with contextlib.suppress(*STORAGE_ERRORS):  # never renewed again; unanswered, the lease runs out
+                await self.leases.release(group)  # what ended the recovery is what the caller hears
             raise
         actor = ShardActor(group, ledger, self._store, self._clock, self._config.shard_settings, seq,
                            self._engine_metrics)

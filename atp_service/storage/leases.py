@@ -17,7 +17,7 @@ from typing import Any
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, Script
 from atp_service.storage.scripts import EPOCH_SCRIPT
-from atp_service.tasks import keep
+from atp_service.tasks import exception_seen, finish_uncancelled, keep
 
 # KEYS: lease, owner, fence; ARGV: holder, epoch, lease ms. -1: another holder's lease is live. A
 # holder whose epoch is below the owner key's was replaced (FENCED); else the lease is (re)taken,
@@ -66,7 +66,8 @@ class GroupLeases:
         self.renewed: set[int] = set()
         """The groups the last ``renew`` extended."""
         self.giving_back: set[asyncio.Task[None]] = set()
-        """Releases of leases an acquire may have won as it was cancelled (see ``acquire``)."""
+        """Give-backs under way: every ``release``, and those of leases an acquire may have won as it
+        was cancelled (see ``acquire``)."""
 
     def key(self, group: int) -> str:
         return self.store.keys.tag(group) + "lease"
@@ -113,7 +114,8 @@ class GroupLeases:
         return lost
 
     async def given_back(self) -> None:
-        """Until every give-back under way (``acquire``) has ended. ``wait``, not ``gather``: a
+        """Until every give-back under way (a cancelled ``acquire``'s, a ``release`` whose caller
+        was cancelled) has ended. ``wait``, not ``gather``: a
         cancellation of this wait (a stop's repeated cancel) never cancels a give-back."""
         if self.giving_back:
             await asyncio.wait(self.giving_back)
@@ -125,9 +127,16 @@ class GroupLeases:
 
     async def release(self, group: int) -> None:
         """Give ``group`` back at once (after its final snapshot): another process may take it now.
-        Never renewed again from here, even if Redis does not answer (the lease then runs out)."""
+        Never renewed again from here, even if Redis does not answer (the lease then runs out).
+
+        The RELEASE runs in a task of ``giving_back``: a cancellation of the caller (a stop's
+        repeated cancel, landing in a cancelled recovery's give-back) stops only the waiting, never
+        the give-back, whose connection would be closed mid-exchange and its command dropped."""
         self.held.pop(group, None)
-        await self.store.nodes.run_one(Call(self._RELEASE, [self.key(group)], [self.holder]))
+        giving = keep(self.giving_back, self.store.nodes.run_one(Call(self._RELEASE, [self.key(group)],
+                                                                      [self.holder])))
+        giving.add_done_callback(exception_seen)  # a caller gone: the lease runs out instead, quietly
+        await finish_uncancelled(giving)
 
 
 def _as_fenced(exc: BaseException) -> BaseException:

@@ -191,3 +191,40 @@ async def test_a_taking_cancelled_while_redis_grants_it_gives_the_lease_back(red
         await admin.execute_command("CLIENT", "UNPAUSE")
         await admin.aclose()
         await store.nodes.aclose()
+
+
+async def test_a_give_back_cancelled_while_redis_holds_it_still_lands(redis_url: str) -> None:
+    """A stop's repeated cancellation reaches a RELEASE on its way (a cancelled recovery giving its
+    lease back): the give-back is not cut short, so the group is free at once instead of left to
+    no one until the lease runs out."""
+    store = LogStore(open_nodes(redis_url, 5.0), "t:", pipeline_max=64)
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    leases = GroupLeases(store, "process-a", 60_000)
+    run_one, releasing = store.nodes.run_one, asyncio.Event()
+
+    async def paused_release(call: Call) -> Any:
+        if call.script is GroupLeases._RELEASE:
+            await admin.client_pause(10_000, all=False)  # writes wait in Redis until the unpause
+            releasing.set()
+        return await run_one(call)
+
+    try:
+        assert await leases.acquire(4)
+        store.nodes.run_one = paused_release  # type: ignore[method-assign]
+        giving = asyncio.create_task(leases.release(4))
+        await releasing.wait()
+        await asyncio.sleep(0.05)  # the RELEASE is written and waits in Redis
+        giving.cancel()  # the first cancellation waits for the give-back; a stop repeats it (cancel_and_wait)
+        await asyncio.sleep(0.05)
+        assert not giving.done()
+        giving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await giving
+        assert 4 not in leases.held  # never renewed again
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await asyncio.wait_for(leases.given_back(), 10)
+        assert await admin.get(leases.key(4)) is None  # another process may take it at once
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+        await store.nodes.aclose()
