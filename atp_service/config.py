@@ -74,6 +74,10 @@ class ServiceConfig:
     durability: str = "everysec"
     """Embedded Redis fsync policy: ``everysec`` (a host crash may lose up to 1 s) or ``always``."""
 
+    redis_load_timeout_s: float = 600.0
+    """How long the embedded redis-server may take to load its append-only file at start (a large
+    estate's, from a cold disk); its progress is logged meanwhile. Past it the start fails (exit 2)."""
+
     key_prefix: str = "atp:"
     """Prefix of every Redis key the service writes."""
 
@@ -302,6 +306,8 @@ class ServiceConfig:
             raise ValueError(f"commit_delay_ms: must be within [0, 100], got {self.commit_delay_ms}")
         if self.owner_check_s <= 0:
             raise ValueError(f"owner_check_s: must be positive, got {self.owner_check_s}")
+        if not 0 < self.redis_load_timeout_s <= 86_400:
+            raise ValueError(f"redis_load_timeout_s: must be within (0, 86400], got {self.redis_load_timeout_s}")
         if self.snapshot_retry_max_s <= 0:
             raise ValueError(f"snapshot_retry_max_s: must be positive, got {self.snapshot_retry_max_s}")
         if not 0 <= self.malloc_mmap_threshold <= 32 << 20:  # glibc's largest (HEAP_MAX_SIZE / 2)

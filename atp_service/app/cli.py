@@ -22,7 +22,13 @@ from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_se
 from atp_service.config import ServiceConfig
 from atp_service.edge.transport import reexec_for
 from atp_service.logs import set_up_logging
-from atp_service.storage.embedded_redis import DataDirInUse, EmbeddedRedis, RedisDidNotStart, RedisNotInstalled
+from atp_service.storage.embedded_redis import (
+    DataDirInUse,
+    EmbeddedRedis,
+    RedisDidNotStart,
+    RedisNotInstalled,
+    StartAbandoned,
+)
 from atp_service.tasks import keep, task_stacks
 
 log = logging.getLogger("atp_service")
@@ -68,11 +74,17 @@ def serve(config: ServiceConfig) -> int:
         import uvloop
 
         uvloop.install()
+    early_stop = _EarlyStop()
     embedded = None
     redis_url = config.redis_url
     if redis_url is None:
         try:
-            embedded = EmbeddedRedis(config.data_dir / "redis", appendfsync=config.durability, unix_socket=True).start()
+            embedded = EmbeddedRedis(config.data_dir / "redis", appendfsync=config.durability, unix_socket=True).start(
+                load_timeout_s=config.redis_load_timeout_s, abandon=early_stop.received)
+        except StartAbandoned:
+            log.info("stop signal while the embedded redis-server was starting: it was stopped",
+                     extra={"event": "start_abandoned"})
+            return 0
         except (RedisNotInstalled, DataDirInUse, RedisDidNotStart) as exc:
             print(f"atp-service: {exc}", file=sys.stderr)
             return 2
@@ -83,7 +95,8 @@ def serve(config: ServiceConfig) -> int:
         # Every command and fact allocates a few short-lived objects, and recovery builds millions of
         # long-lived ones: collect young objects less often than CPython's default (700, 10, 10).
         gc.set_threshold(*config.gc_thresholds)
-        status = asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None))
+        status = asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None,
+                                    stopped_early=early_stop.received))
     except StartupError as exc:
         print(f"atp-service: {exc}", file=sys.stderr)
         return 2
@@ -101,9 +114,27 @@ EXIT_SHARD_FAILED = 4
 which rebuilds every shard from its log."""
 
 
-async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None) -> int:
+class _EarlyStop:
+    """SIGINT and SIGTERM before the event loop takes them over (``_serve``), noted: a stop while
+    the embedded redis-server loads its data abandons the start and stops that Redis too, instead
+    of killing the service the default way and leaving its Redis running alone."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.signal = signum
+
+    def received(self) -> bool:
+        return self.signal is not None
+
+
+async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None,
+                 stopped_early: Callable[[], bool] = lambda: False) -> int:
     """Serve until a signal (exit status 0), a newer instance claims the keyspace (3) or a shard
-    stops working (4)."""
+    stops working (4). ``stopped_early``: a stop signal came before this took the signals over."""
     service = AtpService(config, redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -116,6 +147,9 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
         keep(reloads, _reload(service))
 
     loop.add_signal_handler(signal.SIGHUP, reload)  # re-read the estate/channel file
+    if stopped_early():
+        log.info("stop signal before the start: not started", extra={"event": "start_abandoned"})
+        return 0
     starting = asyncio.ensure_future(service.start())
     if not await _first(starting, stop):
         # Waiting for Redis, recovering: nothing was acknowledged yet. The stop cancels the start

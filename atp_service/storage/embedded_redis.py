@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote
 
 import redis
+
+log = logging.getLogger(__name__)
+
+LOAD_PROGRESS_EVERY_S = 5.0
+"""How often a start waiting for a long load of the append-only file says how far it is."""
 
 
 class RedisNotInstalled(RuntimeError):
@@ -27,6 +33,10 @@ class DataDirInUse(RuntimeError):
 
 class RedisDidNotStart(RuntimeError):
     """redis-server exited, or did not answer in time; the message names the port or the log file."""
+
+
+class StartAbandoned(RuntimeError):
+    """The start was given up on the caller's word (a stop signal); redis-server was stopped."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -88,10 +98,32 @@ class EmbeddedRedis:
         """The cheapest way in from this host: the unix socket where there is one, else TCP."""
         return self.unix_url or self.url
 
-    def start(self, timeout_s: float = 10.0, ping_timeout_s: float = 1.0) -> EmbeddedRedis:
-        """Start redis-server and wait (at most ``timeout_s``) until it answers and has loaded its AOF."""
+    def start(self, timeout_s: float = 10.0, ping_timeout_s: float = 1.0, load_timeout_s: float = 600.0,
+              abandon: Callable[[], bool] | None = None) -> EmbeddedRedis:
+        """Start redis-server and wait until it answers and has loaded its append-only file: at most
+        ``timeout_s`` until it first answers; then, while it reports loading, at most
+        ``load_timeout_s`` from the start (a large estate's AOF read from a cold disk takes a while;
+        the progress is logged every ``LOAD_PROGRESS_EVERY_S``). ``abandon``, asked between polls:
+        True stops redis-server and raises ``StartAbandoned``."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
+        self._stop_leftover()
+        # Own session: a Ctrl-C aimed at the service must not kill Redis before the service
+        # has flushed its last snapshot; we stop it ourselves.
+        self.process = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, start_new_session=True)
+        self._pidfile.write_text(str(self.process.pid))
+        # Other processes of this deployment (atp-publisher) find the embedded Redis here.
+        url_file = self.data_dir / "redis.url"
+        url_file.touch(mode=0o600)
+        url_file.write_text(self.url + "\n")
+        try:
+            self._wait_until_ready(timeout_s, ping_timeout_s, load_timeout_s, abandon or (lambda: False))
+        except BaseException:
+            self.stop()  # not left running (and holding the data directory) behind a failed start
+            raise
+        return self
+
+    def _args(self) -> list[str]:
         args = [
             redis_server_binary(),
             "--port", str(self.port),
@@ -108,47 +140,45 @@ class EmbeddedRedis:
             args += ["--requirepass", self.password]
         if self.socket_path is not None:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
-        args += self.extra_args
-        self._stop_leftover()
-        # Own session: a Ctrl-C aimed at the service must not kill Redis before the service
-        # has flushed its last snapshot; we stop it ourselves.
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
-        self._pidfile.write_text(str(self.process.pid))
-        # Other processes of this deployment (atp-publisher) find the embedded Redis here.
-        url_file = self.data_dir / "redis.url"
-        url_file.touch(mode=0o600)
-        url_file.write_text(self.url + "\n")
-        try:
-            self._wait_until_ready(timeout_s, ping_timeout_s)
-        except BaseException:
-            self.stop()  # not left running (and holding the data directory) behind a failed start
-            raise
-        return self
+        return args + self.extra_args
 
-    def _wait_until_ready(self, timeout_s: float, ping_timeout_s: float) -> None:
+    def _wait_until_ready(self, timeout_s: float, ping_timeout_s: float, load_timeout_s: float,
+                          abandon: Callable[[], bool]) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout_s
+        began = time.monotonic()
+        progress = _LoadProgress(began)
         client = redis.Redis.from_url(self.local_url, socket_timeout=ping_timeout_s)
         try:
             while True:
+                if abandon():
+                    raise StartAbandoned("the start of the embedded redis-server was abandoned")
                 if self.process.poll() is not None:
                     code = self.process.returncode
                     raise RedisDidNotStart(f"redis-server exited with {code}; see {self._logfile}")
                 try:
-                    client.ping()
-                    # Wait for AOF loading to finish before anyone reads.
-                    if client.info("persistence").get("loading", 0) == 0:
+                    # INFO answers while the AOF loads (PING says LOADING): its progress, or done.
+                    persistence = client.info("persistence")
+                    if persistence.get("loading", 0) == 0 and client.ping():
                         return
+                    progress.seen(persistence)
                 # A busy machine can accept the connection and answer late: in redis-py 8 that
                 # TimeoutError is no ConnectionError, and is no reason to give up before the deadline.
                 except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                     pass
-                if time.monotonic() > deadline:
-                    raise RedisDidNotStart(f"redis-server on 127.0.0.1:{self.port} did not answer PING within "
-                                       f"{timeout_s}s; see {self._logfile}")
+                self._check_deadlines(time.monotonic() - began, progress, timeout_s, load_timeout_s)
                 time.sleep(0.02)
         finally:
             client.close()
+
+    def _check_deadlines(self, waited_s: float, progress: _LoadProgress, timeout_s: float,
+                         load_timeout_s: float) -> None:
+        if not progress.loading and waited_s > timeout_s:
+            raise RedisDidNotStart(f"redis-server on 127.0.0.1:{self.port} did not answer PING within "
+                                   f"{timeout_s}s; see {self._logfile}")
+        if progress.loading and waited_s > load_timeout_s:
+            raise RedisDidNotStart(f"redis-server on 127.0.0.1:{self.port} was still loading its append-only "
+                                   f"file after {load_timeout_s:g}s ({progress.percent}); allow longer with "
+                                   f"redis_load_timeout_s (ATP_REDIS_LOAD_TIMEOUT_S); see {self._logfile}")
 
     def _lock(self) -> None:
         """One owner per data directory: a second service must not share (or kill) this Redis.
@@ -216,3 +246,25 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _LoadProgress:
+    """What a start waiting for redis-server knows of its loading, and when it last said so."""
+
+    __slots__ = ("_said_at", "loading", "percent")
+
+    def __init__(self, began: float) -> None:
+        self.loading = False
+        self.percent = "no progress reported"
+        self._said_at = began - LOAD_PROGRESS_EVERY_S  # the first sight of a load is said at once
+
+    def seen(self, persistence: dict[str, object]) -> None:
+        """``INFO persistence`` while loading: logged at once, then every ``LOAD_PROGRESS_EVERY_S``."""
+        self.loading = True
+        self.percent = f"{persistence.get('loading_loaded_perc', 0)}% loaded"
+        now = time.monotonic()
+        if now - self._said_at >= LOAD_PROGRESS_EVERY_S:
+            self._said_at = now
+            log.info("embedded redis-server is loading its append-only file: %s, about %s s left", self.percent,
+                     persistence.get("loading_eta_seconds", "?"),
+                     extra={"event": "redis_loading", "loaded_percent": persistence.get("loading_loaded_perc")})

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ import redis.asyncio
 from atp_service import AtpService, free_port
 from benchmarks.tcp_delay import DelayProxyProcess
 from tests.atp_service.app.test_healthcheck import LogSeen
+from tests.atp_service.storage.test_embedded_redis import SLOW_LOAD, populated
 from tests.conftest import spawned
 from tests.conftest import test_config as make_config
 
@@ -99,6 +102,33 @@ def test_sigterm_while_waiting_for_redis_exits_0(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, log.read_text()
     assert "stop signal while starting" in log.read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_embedded_redis_loads_stops_both_and_exits_0(tmp_path: Path) -> None:
+    """Before the service takes the signals over, its embedded Redis loads the AOF (a large
+    estate's takes a while): a stop then abandons the start and stops that Redis, not the service
+    alone (which left its Redis running with nobody to stop it)."""
+    populated(tmp_path / "data" / "redis", 10_000)
+    slow_redis = tmp_path / "bin" / "redis-server"  # the real one, loading slowly
+    slow_redis.parent.mkdir()
+    slow_redis.write_text(f'#!/bin/sh\nexec {shutil.which("redis-server")} "$@" {" ".join(SLOW_LOAD)}\n')
+    slow_redis.chmod(0o755)
+    log = tmp_path / "serve.log"
+    proc = spawned(subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(tmp_path / "data"), "--port", "0",
+         "--metrics-port", "-1", "--no-demo", "--auth", "off"],
+        env={**os.environ, "PATH": f"{slow_redis.parent}{os.pathsep}{os.environ['PATH']}"},
+        stdout=log.open("wb"), stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 60
+    while "loading its append-only file" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    redis_pid = int((tmp_path / "data" / "redis" / "redis-server.pid").read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, log.read_text()
+    assert "stop signal while the embedded redis-server was starting" in log.read_text()
+    assert not Path(f"/proc/{redis_pid}").exists()  # stopped (and reaped) by the service
 
 
 async def test_a_stop_at_any_early_turn_of_a_start_ends_it_cleanly() -> None:

@@ -1,21 +1,25 @@
-"""``EmbeddedRedis.start`` waits for a Redis that is slow to answer, within its bound.
+"""``EmbeddedRedis.start`` waits for a Redis that is slow to answer, within its bound, and for one
+that is slow to load its append-only file, within another, saying how far it is.
 
 A slow start is made deterministic with a stand-in ``redis-server`` first on PATH: it listens on the
 given port and accepts connections but never answers, so every PING times out (redis-py 8's
-``TimeoutError``, which is not a ``ConnectionError``).
+``TimeoutError``, which is not a ``ConnectionError``). A slow load is the real redis-server with its
+``key-load-delay`` (a pause per key loaded, which Redis's own tests use) over a populated AOF.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from atp_service.storage.embedded_redis import EmbeddedRedis, RedisDidNotStart
+from atp_service.storage.embedded_redis import EmbeddedRedis, RedisDidNotStart, StartAbandoned
 
 SILENT_REDIS = """\
 import pathlib, socket, sys
@@ -104,5 +108,70 @@ def test_a_data_dir_whose_name_means_something_in_a_url_still_reaches_its_socket
         with redis.Redis.from_url(embedded.local_url) as client:
             assert client.connection_pool.connection_kwargs["path"] == str(embedded.socket_path)
             assert client.ping()
+    finally:
+        embedded.stop()
+
+
+def populated(data_dir: Path, keys: int) -> Path:
+    """``data_dir`` with an append-only file of ``keys`` keys (in its RDB base: ``DEBUG POPULATE``
+    is not logged, a rewrite takes it in)."""
+    with EmbeddedRedis(data_dir, extra_args=["--enable-debug-command", "local"]) as embedded:
+        client = redis.Redis.from_url(embedded.url)
+        client.execute_command("DEBUG", "POPULATE", keys, "k", 8)  # type: ignore[no-untyped-call]
+        client.bgrewriteaof()
+        deadline = time.monotonic() + 30
+        while any(int(client.info("persistence")[field]) for field in ("aof_rewrite_in_progress",
+                                                                        "aof_rewrite_scheduled")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        client.close()
+    return data_dir
+
+
+SLOW_LOAD = ["--key-load-delay", "200", "--loading-process-events-interval-bytes", "1024"]
+"""200 µs per key loaded: 10,000 keys take seconds to load; and answering clients every kB loaded
+(2 MB by default: a large AOF's pace, not a small one's)."""
+
+
+def test_a_load_longer_than_the_answer_bound_is_waited_for_and_its_progress_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    embedded = EmbeddedRedis(populated(tmp_path / "data", 10_000), extra_args=SLOW_LOAD)
+    with caplog.at_level(logging.INFO, "atp_service.storage.embedded_redis"):
+        began = time.monotonic()
+        embedded.start(timeout_s=0.5)
+    try:
+        assert time.monotonic() - began > 0.5  # it loaded past the bound on a first answer
+        assert redis.Redis.from_url(embedded.url).dbsize() == 10_000
+        assert "embedded redis-server is loading its append-only file: " in caplog.text
+    finally:
+        embedded.stop()
+
+
+def test_a_load_past_its_own_bound_fails_the_start_naming_the_setting(tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(populated(tmp_path / "data", 10_000), extra_args=SLOW_LOAD)
+    try:
+        with pytest.raises(RedisDidNotStart) as err:
+            embedded.start(load_timeout_s=0.3)
+        assert "still loading its append-only file after 0.3s" in str(err.value)
+        assert "ATP_REDIS_LOAD_TIMEOUT_S" in str(err.value)
+        assert embedded.process is not None and embedded.process.poll() is not None  # not left running
+    finally:
+        embedded.stop()
+
+
+def test_an_abandoned_start_stops_redis_and_frees_the_data_directory(tmp_path: Path) -> None:
+    data = populated(tmp_path / "data", 10_000)
+    embedded = EmbeddedRedis(data, extra_args=SLOW_LOAD)
+    asked: list[None] = []
+
+    def abandon() -> bool:
+        asked.append(None)
+        return len(asked) > 3  # a few polls into the load
+
+    try:
+        with pytest.raises(StartAbandoned):
+            embedded.start(abandon=abandon)
+        assert embedded.process is not None and embedded.process.poll() is not None
+        EmbeddedRedis(data).start().stop()  # the data directory's lock was let go
     finally:
         embedded.stop()
