@@ -78,6 +78,10 @@ class ServiceConfig:
     """How long the embedded redis-server may take to load its append-only file at start (a large
     estate's, from a cold disk); its progress is logged meanwhile. Past it the start fails (exit 2)."""
 
+    redis_restarts: int = 3
+    """How often the embedded redis-server is started again after it exits on its own (killed for
+    memory, crashed) within 10 minutes; at the next exit the service stops with exit status 5."""
+
     key_prefix: str = "atp:"
     """Prefix of every Redis key the service writes."""
 
@@ -306,6 +310,8 @@ class ServiceConfig:
             raise ValueError(f"commit_delay_ms: must be within [0, 100], got {self.commit_delay_ms}")
         if self.owner_check_s <= 0:
             raise ValueError(f"owner_check_s: must be positive, got {self.owner_check_s}")
+        if not 0 <= self.redis_restarts <= 100:
+            raise ValueError(f"redis_restarts: must be within [0, 100], got {self.redis_restarts}")
         if not 0 < self.redis_load_timeout_s <= 86_400:
             raise ValueError(f"redis_load_timeout_s: must be within (0, 86400], got {self.redis_load_timeout_s}")
         if self.snapshot_retry_max_s <= 0:

@@ -111,6 +111,9 @@ class StorageMetrics:
             "atp_snapshot_failures_total", "Shard snapshots that could not be stored (retried with backoff)",
             registry=r)
         self.snapshot_bytes = Gauge("atp_snapshot_bytes", "Size of the last snapshot per shard", ["shard"], registry=r)
+        self.redis_restarts = Counter(
+            "atp_embedded_redis_restarts_total", "Times the embedded redis-server was started again after it exited",
+            registry=r)
 
 
 class IntakeMetrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -16,11 +17,13 @@ from itertools import islice
 from pathlib import Path
 
 from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
+from atp_service.app.embedded_watch import EmbeddedRedisFailed, EmbeddedRedisWatch
 from atp_service.app.keyspace import StartupError
 from atp_service.app.service import AtpService
 from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
 from atp_service.config import ServiceConfig
 from atp_service.edge.transport import reexec_for
+from atp_service.intake.facts import FactDesk
 from atp_service.logs import set_up_logging
 from atp_service.storage.embedded_redis import (
     DataDirInUse,
@@ -29,7 +32,8 @@ from atp_service.storage.embedded_redis import (
     RedisNotInstalled,
     StartAbandoned,
 )
-from atp_service.tasks import keep, task_stacks
+from atp_service.tasks import cancel_and_wait, keep, task_stacks
+from reservation import Fact, Unavailable
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -96,7 +100,7 @@ def serve(config: ServiceConfig) -> int:
         # long-lived ones: collect young objects less often than CPython's default (700, 10, 10).
         gc.set_threshold(*config.gc_thresholds)
         status = asyncio.run(_serve(config, redis_url, on_hard_exit=embedded.kill_softly if embedded else None,
-                                    stopped_early=early_stop.received))
+                                    stopped_early=early_stop.received, embedded=embedded))
     except StartupError as exc:
         print(f"atp-service: {exc}", file=sys.stderr)
         return 2
@@ -112,6 +116,9 @@ this one: the two would take the keyspace from each other in turn)."""
 EXIT_SHARD_FAILED = 4
 """Exit status when a shard actor stopped working (a bug, logged at ERROR): restart the service,
 which rebuilds every shard from its log."""
+EXIT_REDIS_FAILED = 5
+"""Exit status when the embedded redis-server kept exiting (more than ``redis_restarts`` times in
+10 minutes) or could not be started again: see its log (``<data_dir>/redis/redis.log``)."""
 
 
 class _EarlyStop:
@@ -132,11 +139,34 @@ class _EarlyStop:
 
 
 async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None,
-                 stopped_early: Callable[[], bool] = lambda: False) -> int:
-    """Serve until a signal (exit status 0), a newer instance claims the keyspace (3) or a shard
-    stops working (4). ``stopped_early``: a stop signal came before this took the signals over."""
+                 stopped_early: Callable[[], bool] = lambda: False, embedded: EmbeddedRedis | None = None) -> int:
+    """Serve until a signal (exit status 0), a newer instance claims the keyspace (3), a shard
+    stops working (4) or the embedded Redis keeps exiting (5). ``stopped_early``: a stop signal
+    came before this took the signals over; ``embedded``: the Redis to watch and restart."""
     service = AtpService(config, redis_url)
     stop = asyncio.Event()
+    watch = None if embedded is None else EmbeddedRedisWatch(embedded, config.redis_restarts,
+                                                             config.redis_load_timeout_s,
+                                                             service.metrics.storage.redis_restarts)
+    watching = None if watch is None else asyncio.ensure_future(watch.run())
+    if watching is not None:
+        watching.add_done_callback(lambda _: stop.set())  # it ends only when it gave up: the service stops
+    try:
+        status = await _serve_until_stopped(config, service, stop, on_hard_exit, stopped_early)
+    finally:
+        if watch is not None and watching is not None:
+            watch.abandon()
+            with contextlib.suppress(EmbeddedRedisFailed):  # said below
+                await cancel_and_wait(watching)
+    failure = watching.exception() if watching is not None and not watching.cancelled() else None
+    if failure is not None:
+        log.error("stopped: %s", failure, extra={"event": "stopping", "why": "redis_failed"})
+        return EXIT_REDIS_FAILED
+    return status
+
+
+async def _serve_until_stopped(config: ServiceConfig, service: AtpService, stop: asyncio.Event,
+                               on_hard_exit: Callable[[], None] | None, stopped_early: Callable[[], bool]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -248,6 +278,10 @@ def _dump_tasks() -> None:
     log.warning("asyncio tasks:\n%s", task_stacks())
 
 
+DEMO_TRIES = 30
+"""Tries of one chunk of the demo estate while Redis is away (its embedded Redis restarting), 1 s apart."""
+
+
 async def load_demo(service: AtpService) -> None:
     from atp_service.app.demo import demo_facts
 
@@ -255,11 +289,22 @@ async def load_demo(service: AtpService) -> None:
     facts = demo_facts(service.clock.now_ms() - 60_000)
     total = 0
     while chunk := list(islice(facts, 5000)):
-        for result in await service.desk.record(chunk, origin="demo"):
-            if isinstance(result, Exception):
-                raise result
+        await _record_demo_chunk(service.desk, chunk)
         total += len(chunk)
     log.info("demo estate loaded: %d stocked positions", total)
+
+
+async def _record_demo_chunk(desk: FactDesk, chunk: list[Fact]) -> None:
+    """Record one chunk, again while Redis is away: the demo's facts keep their ids, so a fact
+    recorded twice counts once (E8)."""
+    for attempt in range(1, DEMO_TRIES + 1):
+        failures = [r for r in await desk.record(chunk, origin="demo") if isinstance(r, Exception)]
+        if not failures:
+            return
+        if attempt == DEMO_TRIES or not all(isinstance(f, Unavailable) for f in failures):
+            raise failures[0]
+        log.warning("demo estate: %s; trying again in 1 s", failures[0])
+        await asyncio.sleep(1.0)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -337,3 +338,38 @@ def test_the_embedded_redis_is_reached_over_its_unix_socket_and_keeps_what_was_a
         finally:
             proc.terminate()
             assert stop_or_explain(proc, log) == 0
+
+
+def test_an_embedded_redis_that_dies_is_started_again_and_one_that_keeps_dying_stops_the_service(
+        tmp_path: Path) -> None:
+    """Killed under a running service (for memory, a crash), the embedded redis-server is started
+    again on the same socket and the service answers as before, with what it acknowledged; past
+    ``redis_restarts`` exits the service stops with exit status 5 instead of answering UNAVAILABLE
+    for ever, and leaves no Redis behind."""
+    port, data = free_port(), tmp_path / "data"
+    log = tmp_path / "serve.log"
+    proc = spawned(subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(data), "--port", str(port),
+         "--metrics-port", "-1", "--auth", "off", "--log-level", "INFO", "--redis-restarts", "1"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT))
+    target, pidfile = f"127.0.0.1:{port}", data / "redis" / "redis-server.pid"
+    wait_until_ready(proc, log)
+    reserved = ctl(target, "reserve", "dies-1", "sku-00001@dc-east:2", "--ttl", "600")
+    assert reserved.returncode == 0 and '"RESERVATION_STATE_HELD"' in reserved.stdout, reserved.stderr
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while "embedded redis-server restarted" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    while (again := ctl(target, "reserve", "dies-2", "sku-00001@dc-east:2", "--ttl", "600")).returncode != 0:
+        assert "UNAVAILABLE" in again.stderr and time.monotonic() < deadline, again.stderr  # shards settling
+        time.sleep(0.5)
+    assert '"RESERVATION_STATE_HELD"' in again.stdout
+    kept = ctl(target, "reservation", "dies-1")
+    assert kept.returncode == 0 and '"RESERVATION_STATE_HELD"' in kept.stdout, kept.stderr
+    redis_pid = int(pidfile.read_text())
+    os.kill(redis_pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == 5, log.read_text()[-4000:]
+    assert "stopped: the embedded redis-server was killed by SIGKILL: 2 exits within 600s, more than " \
+           "redis_restarts=1" in log.read_text()
+    assert not Path(f"/proc/{redis_pid}").exists()

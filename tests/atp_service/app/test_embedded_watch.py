@@ -1,0 +1,83 @@
+"""``EmbeddedRedisWatch`` on a real redis-server: an exit is noticed without polling, Redis is
+started again (counted), a stop gives a restart under way up, and too many exits end the watch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+from prometheus_client import CollectorRegistry
+
+from atp_service.app.embedded_watch import EmbeddedRedisFailed, EmbeddedRedisWatch
+from atp_service.instruments import Counter
+from atp_service.storage.embedded_redis import EmbeddedRedis
+from tests.atp_service.redis_proxy import until
+from tests.atp_service.storage.test_embedded_redis import SLOW_LOAD, populated
+
+
+class Restarts:
+    """A restart counter on a registry of its own, read back as a scrape would."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.counter = Counter("t_restarts_total", "restarts", registry=self.registry)
+
+    def value(self) -> float:
+        return self.registry.get_sample_value("t_restarts_total") or 0.0
+
+
+async def killed(embedded: EmbeddedRedis) -> None:
+    assert embedded.process is not None
+    os.kill(embedded.process.pid, signal.SIGKILL)
+
+
+async def test_a_killed_redis_is_started_again_then_too_many_exits_end_the_watch(tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(tmp_path / "data", unix_socket=True).start()
+    counter = Restarts()
+    watch = EmbeddedRedisWatch(embedded, restarts=1, load_timeout_s=60, counter=counter.counter)
+    watching = asyncio.create_task(watch.run())
+    try:
+        client = redis.asyncio.Redis.from_url(embedded.local_url)
+        await client.set("kept", "1")  # appendfsync everysec: the AOF has it within a second
+        await asyncio.sleep(1.5)
+        first = embedded.process
+        await killed(embedded)
+        await until(lambda: embedded.process is not first and counter.value() == 1, "started again", 60)
+        async with asyncio.timeout(60):
+            while True:  # answering again, on the same socket
+                try:
+                    assert await client.get("kept") == b"1"
+                    break
+                except redis.ConnectionError:
+                    await asyncio.sleep(0.05)
+        assert not watching.done()
+        await killed(embedded)
+        with pytest.raises(EmbeddedRedisFailed, match=r"2 exits within 600s, more than redis_restarts=1"):
+            await asyncio.wait_for(watching, 30)
+        assert counter.value() == 1
+        await client.aclose()
+    finally:
+        watching.cancel()
+        embedded.stop()
+
+
+async def test_a_stop_gives_up_a_restart_under_way(tmp_path: Path) -> None:
+    """The service stops while its Redis loads again: the restart gives up at once (its Redis
+    stopped), instead of holding the stop until the load ends."""
+    embedded = EmbeddedRedis(populated(tmp_path / "data", 10_000), extra_args=SLOW_LOAD).start()
+    watch = EmbeddedRedisWatch(embedded, restarts=5, load_timeout_s=600, counter=Restarts().counter)
+    watching = asyncio.create_task(watch.run())
+    try:
+        first = embedded.process
+        await killed(embedded)
+        await until(lambda: embedded.process is not first, "a restart under way (loading, slowly)", 30)
+        watch.abandon()
+        await asyncio.wait_for(watching, 10)  # ends by itself, no cancellation needed
+        assert embedded.process is not None and embedded.process.poll() is not None
+    finally:
+        watching.cancel()
+        embedded.stop()
