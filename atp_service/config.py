@@ -76,7 +76,8 @@ class ServiceConfig:
 
     redis_load_timeout_s: float = 600.0
     """How long the embedded redis-server may take to load its append-only file at start (a large
-    estate's, from a cold disk); its progress is logged meanwhile. Past it the start fails (exit 2)."""
+    estate's, from a cold disk), and again after a restart; its progress is logged meanwhile. Past
+    it the start fails (exit status 2), or the restart (5)."""
 
     redis_restarts: int = 3
     """How often the embedded redis-server is started again after it exits on its own (killed for

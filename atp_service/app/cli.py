@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -17,7 +16,7 @@ from itertools import islice
 from pathlib import Path
 
 from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
-from atp_service.app.embedded_watch import EmbeddedRedisFailed, EmbeddedRedisWatch
+from atp_service.app.embedded_watch import EmbeddedRedisWatch, Watching
 from atp_service.app.keyspace import StartupError
 from atp_service.app.service import AtpService
 from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
@@ -33,7 +32,7 @@ from atp_service.storage.embedded_redis import (
     StartAbandoned,
 )
 from atp_service.tasks import cancel_and_wait, keep, task_stacks
-from reservation import Fact, Unavailable
+from reservation import DomainError, Fact, Unavailable
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -122,14 +121,17 @@ EXIT_REDIS_FAILED = 5
 
 
 class _EarlyStop:
-    """SIGINT and SIGTERM before the event loop takes them over (``_serve``), noted: a stop while
-    the embedded redis-server loads its data abandons the start and stops that Redis too, instead
-    of killing the service the default way and leaving its Redis running alone."""
+    """Signals before the event loop takes them over (``_serve``), which can be minutes while the
+    embedded redis-server loads a large AOF. SIGINT and SIGTERM are noted: the start is abandoned
+    and that Redis stopped too, instead of the service killed the default way and its Redis left
+    running alone. SIGHUP (a reload: the estate is read at start anyway) and SIGUSR1 are ignored."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._note)
+        for sig in (signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
 
     def _note(self, signum: int, _frame: object) -> None:
         self.signal = signum
@@ -144,32 +146,41 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     stops working (4) or the embedded Redis keeps exiting (5). ``stopped_early``: a stop signal
     came before this took the signals over; ``embedded``: the Redis to watch and restart."""
     service = AtpService(config, redis_url)
-    stop = asyncio.Event()
-    watch = None if embedded is None else EmbeddedRedisWatch(embedded, config.redis_restarts,
-                                                             config.redis_load_timeout_s,
-                                                             service.metrics.storage.redis_restarts)
-    watching = None if watch is None else asyncio.ensure_future(watch.run())
-    if watching is not None:
-        watching.add_done_callback(lambda _: stop.set())  # it ends only when it gave up: the service stops
+    request = _StopRequest(asyncio.Event(), on_hard_exit)
+    watching = None if embedded is None else Watching(EmbeddedRedisWatch(
+        embedded, config.redis_restarts, config.redis_load_timeout_s, service.metrics.storage.redis_restarts),
+        on_give_up=request.redis_lost)
     try:
-        status = await _serve_until_stopped(config, service, stop, on_hard_exit, stopped_early)
+        status = await _serve_until_stopped(config, service, request, stopped_early)
+    except Exception:
+        if watching is None or watching.failure is None:
+            raise
+        status = EXIT_REDIS_FAILED  # what failed after the watch gave up (a demo load cut short) is no news
     finally:
-        if watch is not None and watching is not None:
-            watch.abandon()
-            with contextlib.suppress(EmbeddedRedisFailed):  # said below
-                await cancel_and_wait(watching)
-    failure = watching.exception() if watching is not None and not watching.cancelled() else None
-    if failure is not None:
-        log.error("stopped: %s", failure, extra={"event": "stopping", "why": "redis_failed"})
-        return EXIT_REDIS_FAILED
-    return status
+        if watching is not None:
+            await watching.aclose()
+    return EXIT_REDIS_FAILED if watching is not None and watching.failure is not None else status
 
 
-async def _serve_until_stopped(config: ServiceConfig, service: AtpService, stop: asyncio.Event,
-                               on_hard_exit: Callable[[], None] | None, stopped_early: Callable[[], bool]) -> int:
+class _StopRequest:
+    """What ends serving, and how the stop goes: a signal, or the embedded Redis lost for good —
+    then nothing in doubt can be settled nor any snapshot written, and the stop is not waited for
+    past the grace period."""
+
+    def __init__(self, event: asyncio.Event, on_hard_exit: Callable[[], None] | None) -> None:
+        self.event, self.on_hard_exit = event, on_hard_exit
+        self.redis_gone = False
+
+    def redis_lost(self) -> None:
+        self.redis_gone = True
+        self.event.set()
+
+
+async def _serve_until_stopped(config: ServiceConfig, service: AtpService, request: _StopRequest,
+                               stopped_early: Callable[[], bool]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, request.event.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # operators: `kill -USR1` shows what waits on what
     reloads: set[asyncio.Task[None]] = set()
 
@@ -181,11 +192,11 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, stop:
         log.info("stop signal before the start: not started", extra={"event": "start_abandoned"})
         return 0
     starting = asyncio.ensure_future(service.start())
-    if not await _first(starting, stop):
+    if not await _first(starting, request.event):
         # Waiting for Redis, recovering: nothing was acknowledged yet. The stop cancels the start
         # and is bounded, a second signal exits at once, as for a stop after the start.
         log.info("stop signal while starting: the start is abandoned", extra={"event": "start_abandoned"})
-        status = await _shut_down(config, service, on_hard_exit)
+        status = await _shut_down(config, service, request)
         failure = starting.exception() if starting.done() and not starting.cancelled() else None
         if failure is not None:
             raise failure  # it failed on its own first (a StartupError: exit status 2, saying why)
@@ -195,15 +206,32 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, stop:
     except StartupError:
         await service.stop(grace_s=0)
         raise
-    if config.demo and service.is_fresh():
-        await load_demo(service)
+    if config.demo and service.is_fresh() and (stopped := await _demo(config, service, request)) is not None:
+        return stopped
     # Recovered state is long-lived: move it out of the collector's view.
     gc.collect()
     gc.freeze()
     _print_ready(config, service)
-    await asyncio.wait([asyncio.ensure_future(event.wait()) for event in (stop, service.replaced, service.failed)],
+    await asyncio.wait([asyncio.ensure_future(event.wait()) for event in (request.event, service.replaced,
+                                                                          service.failed)],
                        return_when=asyncio.FIRST_COMPLETED)
-    return await _shut_down(config, service, on_hard_exit)
+    return await _shut_down(config, service, request)
+
+
+async def _demo(config: ServiceConfig, service: AtpService, request: _StopRequest) -> int | None:
+    """Load the demo estate; a stop meanwhile stops the service (its exit status), and a load that
+    fails stops it too, saying why (exit status 2). None: loaded."""
+    loading = asyncio.ensure_future(load_demo(service))
+    if not await _first(loading, request.event):
+        await cancel_and_wait(loading)
+        log.info("stop signal while the demo estate loads", extra={"event": "start_abandoned"})
+        return await _shut_down(config, service, request)
+    try:
+        loading.result()
+    except DomainError as exc:
+        await service.stop(grace_s=0)
+        raise StartupError(f"the demo estate could not be loaded: {exc}") from None
+    return None
 
 
 async def _first(starting: asyncio.Future[None], stop: asyncio.Event) -> bool:
@@ -236,7 +264,7 @@ def _print_ready(config: ServiceConfig, service: AtpService) -> None:
         "event": "ready", "grpc": target, "metrics_port": service.metrics_port if config.metrics_port >= 0 else None})
 
 
-async def _shut_down(config: ServiceConfig, service: AtpService, on_hard_exit: Callable[[], None] | None) -> int:
+async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopRequest) -> int:
     """The graceful stop (a second signal, sent after a pause, exits at once); the exit status."""
     loop = asyncio.get_running_loop()
     log.info("shutting down (grace %.1fs); another signal after %.0fs exits at once", config.shutdown_grace_s,
@@ -249,19 +277,24 @@ async def _shut_down(config: ServiceConfig, service: AtpService, on_hard_exit: C
         if time.monotonic() - first_signal < SECOND_SIGNAL_AFTER_S:
             return
         log.warning("second signal: exiting without the final snapshot", extra={"event": "hard_exit"})
-        if on_hard_exit is not None:
-            on_hard_exit()
+        if request.on_hard_exit is not None:
+            request.on_hard_exit()
         os._exit(130)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, exit_now)
+    bound_s = config.shutdown_grace_s + (0.0 if request.redis_gone else SHUTDOWN_SNAPSHOT_S)
     try:
         # Everything acknowledged is already durable: the final snapshot only shortens the next start.
-        await asyncio.wait_for(service.stop(), timeout=config.shutdown_grace_s + SHUTDOWN_SNAPSHOT_S)
+        await asyncio.wait_for(service.stop(), timeout=bound_s)
     except TimeoutError:
-        log.error("shutdown did not finish in time; exiting anyway (state is in the log)",
-                  extra={"event": "shutdown_overran"})
-        _dump_tasks()
+        if request.redis_gone:
+            log.warning("stop cut short after %.1fs: Redis is gone, so nothing in doubt can be settled and no "
+                        "snapshot written (what was acknowledged is in its log)", bound_s)
+        else:
+            log.error("shutdown did not finish in time; exiting anyway (state is in the log)",
+                      extra={"event": "shutdown_overran"})
+            _dump_tasks()
     return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED if service.failed.is_set() else 0
 
 

@@ -12,14 +12,17 @@ within ``RESTART_WINDOW_S`` the service stops with exit status 5, for its superv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 
 from atp_service.instruments import Counter
 from atp_service.storage.embedded_redis import EmbeddedRedis, StartAbandoned
+from atp_service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +52,29 @@ class EmbeddedRedisWatch:
         self._abandoned = True
 
     async def run(self) -> None:
-        while not self._abandoned:
-            await self._exited()
-            self._exits.append(time.monotonic())
-            while self._exits[0] < self._exits[-1] - RESTART_WINDOW_S:
-                self._exits.popleft()
-            how = _how_it_ended(self._embedded.process.returncode if self._embedded.process else None)
-            if len(self._exits) > self._restarts:
-                raise EmbeddedRedisFailed(f"the embedded redis-server {how}: {len(self._exits)} exits within "
-                                          f"{RESTART_WINDOW_S:.0f}s, more than redis_restarts={self._restarts}; "
-                                          f"see {self._embedded.data_dir / 'redis.log'}")
-            log.error("the embedded redis-server %s; restarting it (calls answer UNAVAILABLE meanwhile)", how,
-                      extra={"event": "redis_restarting", "exits": len(self._exits)})
-            self._counter.inc()
-            await self._start_again()
+        """Watch and restart until abandoned; ``EmbeddedRedisFailed`` (whatever went wrong here,
+        said in its message) when Redis may not or cannot be started again."""
+        try:
+            while not self._abandoned:
+                await self._exited()
+                self._restart_or_give_up()
+                await self._start_again()
+        except EmbeddedRedisFailed:
+            raise
+        except Exception as exc:  # a fault of the watch itself: the service must not run on unwatched
+            raise EmbeddedRedisFailed(f"the embedded redis-server can no longer be watched: {exc!r}") from exc
+
+    def _restart_or_give_up(self) -> None:
+        self._exits.append(time.monotonic())
+        while self._exits[0] < self._exits[-1] - RESTART_WINDOW_S:
+            self._exits.popleft()
+        how = _how_it_ended(self._embedded.process.returncode if self._embedded.process else None)
+        if len(self._exits) > self._restarts:
+            raise EmbeddedRedisFailed(f"the embedded redis-server {how}: {len(self._exits)} exits within "
+                                      f"{RESTART_WINDOW_S:.0f}s, more than redis_restarts={self._restarts}; "
+                                      f"see {self._embedded.data_dir / 'redis.log'}")
+        log.error("the embedded redis-server %s; restarting it (calls answer UNAVAILABLE meanwhile)", how,
+                  extra={"event": "redis_restarting", "exits": len(self._exits)})
 
     async def _start_again(self) -> None:
         try:
@@ -72,6 +84,7 @@ class EmbeddedRedisWatch:
             return  # the service is stopping
         except Exception as exc:
             raise EmbeddedRedisFailed(f"the embedded redis-server could not be started again: {exc}") from exc
+        self._counter.inc()
         log.info("embedded redis-server restarted on %s", self._embedded.local_url,
                  extra={"event": "redis_restarted"})
 
@@ -103,10 +116,40 @@ class EmbeddedRedisWatch:
         process.wait()
 
 
+class Watching:
+    """``watch`` running beside the service: when it gives up, the reason is logged at once and
+    ``on_give_up`` called (the service then stops, and exits 5)."""
+
+    def __init__(self, watch: EmbeddedRedisWatch, on_give_up: Callable[[], None]) -> None:
+        self._watch, self._on_give_up = watch, on_give_up
+        self._task = asyncio.ensure_future(watch.run())
+        self._task.add_done_callback(self._ended)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the watch gave up (None: it did not)."""
+        return self._task.exception() if self._task.done() and not self._task.cancelled() else None
+
+    def _ended(self, _: asyncio.Future[None]) -> None:
+        if self.failure is not None:
+            log.error("stopping (exit status 5): %s", self.failure, extra={"event": "stopping", "why": "redis_failed"})
+            self._on_give_up()
+
+    async def aclose(self) -> None:
+        """The service stops: the watch ends, and gives up a restart under way."""
+        self._watch.abandon()
+        with contextlib.suppress(EmbeddedRedisFailed):  # said already, in ``_ended``
+            await cancel_and_wait(self._task)
+
+
 def _how_it_ended(returncode: int | None) -> str:
     if returncode is not None and returncode < 0:
-        return f"was killed by {signal.Signals(-returncode).name}"
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:  # a signal Python has no name for (a realtime one)
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
     return f"exited with status {returncode}"
 
 
-__all__ = ["RESTART_WINDOW_S", "EmbeddedRedisFailed", "EmbeddedRedisWatch"]
+__all__ = ["RESTART_WINDOW_S", "EmbeddedRedisFailed", "EmbeddedRedisWatch", "Watching"]

@@ -106,8 +106,10 @@ class EmbeddedRedis:
         the progress is logged every ``LOAD_PROGRESS_EVERY_S``). ``abandon``, asked between polls:
         True stops redis-server and raises ``StartAbandoned``."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        again = self._lock_file is not None  # started before (a restart): the lock and the pid are ours
         self._lock()
-        self._stop_leftover()
+        if not again:
+            self._stop_leftover()
         # Own session: a Ctrl-C aimed at the service must not kill Redis before the service
         # has flushed its last snapshot; we stop it ourselves.
         self.process = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, start_new_session=True)
@@ -119,7 +121,11 @@ class EmbeddedRedis:
         try:
             self._wait_until_ready(timeout_s, ping_timeout_s, load_timeout_s, abandon or (lambda: False))
         except BaseException:
-            self.stop()  # not left running (and holding the data directory) behind a failed start
+            # Not left running behind a failed start, nor holding the data directory — unless a
+            # running service restarts it: the directory stays the service's until it exits.
+            self._stop_process()
+            if not again:
+                self._unlock()
             raise
         return self
 
@@ -230,16 +236,22 @@ class EmbeddedRedis:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         try:
-            if self.process is not None and self.process.poll() is None:
-                self.process.terminate()  # redis-server flushes the AOF on SIGTERM
-                try:
-                    self.process.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    self.kill()
+            self._stop_process(timeout_s)
         finally:
-            if self._lock_file is not None:
-                self._lock_file.close()
-                self._lock_file = None
+            self._unlock()
+
+    def _stop_process(self, timeout_s: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # redis-server flushes the AOF on SIGTERM
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

@@ -12,8 +12,9 @@ import pytest
 import redis.asyncio
 from prometheus_client import CollectorRegistry
 
-from atp_service.app.embedded_watch import EmbeddedRedisFailed, EmbeddedRedisWatch
+from atp_service.app.embedded_watch import EmbeddedRedisFailed, EmbeddedRedisWatch, _how_it_ended
 from atp_service.instruments import Counter
+from atp_service.storage import DataDirInUse
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.atp_service.redis_proxy import until
 from tests.atp_service.storage.test_embedded_redis import SLOW_LOAD, populated
@@ -81,3 +82,34 @@ async def test_a_stop_gives_up_a_restart_under_way(tmp_path: Path) -> None:
     finally:
         watching.cancel()
         embedded.stop()
+
+
+async def test_a_restart_that_fails_ends_the_watch_and_keeps_the_data_directory(tmp_path: Path) -> None:
+    """The service still runs (it stops, exit status 5): no other service may take its data
+    directory meanwhile."""
+    embedded = EmbeddedRedis(tmp_path / "data").start()
+    watch = EmbeddedRedisWatch(embedded, restarts=3, load_timeout_s=60, counter=Restarts().counter)
+    watching = asyncio.create_task(watch.run())
+    try:
+        embedded.extra_args = ["--no-such-directive", "yes"]  # the next start exits at once
+        await killed(embedded)
+        with pytest.raises(EmbeddedRedisFailed, match="could not be started again: redis-server exited with 1"):
+            await asyncio.wait_for(watching, 30)
+        with pytest.raises(DataDirInUse):
+            EmbeddedRedis(tmp_path / "data").start()
+    finally:
+        watching.cancel()
+        embedded.stop()
+    EmbeddedRedis(tmp_path / "data").start().stop()  # its own stop lets go of it
+
+
+async def test_a_fault_of_the_watch_itself_ends_it_as_a_failure(tmp_path: Path) -> None:
+    never_started = EmbeddedRedis(tmp_path / "data")
+    with pytest.raises(EmbeddedRedisFailed, match="can no longer be watched"):
+        await EmbeddedRedisWatch(never_started, restarts=3, load_timeout_s=60, counter=Restarts().counter).run()
+
+
+def test_how_an_exit_is_told() -> None:
+    assert _how_it_ended(-9) == "was killed by SIGKILL"
+    assert _how_it_ended(-36) == "was killed by signal 36"  # a realtime signal: no name in Python
+    assert _how_it_ended(1) == "exited with status 1"

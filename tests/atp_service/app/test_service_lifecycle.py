@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio
 
 from atp_service import AtpService, free_port
+from atp_service.app import cli
 from benchmarks.tcp_delay import DelayProxyProcess
 from tests.atp_service.app.test_healthcheck import LogSeen
 from tests.atp_service.storage.test_embedded_redis import SLOW_LOAD, populated
@@ -125,10 +126,25 @@ def test_sigterm_while_the_embedded_redis_loads_stops_both_and_exits_0(tmp_path:
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
     redis_pid = int((tmp_path / "data" / "redis" / "redis-server.pid").read_text())
+    for ignored in (signal.SIGHUP, signal.SIGUSR1):  # a reload, a dump of the tasks: not now
+        proc.send_signal(ignored)
+    time.sleep(0.3)
+    assert proc.poll() is None, log.read_text()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, log.read_text()
     assert "stop signal while the embedded redis-server was starting" in log.read_text()
     assert not Path(f"/proc/{redis_pid}").exists()  # stopped (and reaped) by the service
+
+
+async def test_a_stop_signal_before_serve_took_the_signals_over_starts_nothing() -> None:
+    port, loop = free_port(), asyncio.get_running_loop()
+    try:
+        assert await cli._serve(make_config(port=port), f"redis://127.0.0.1:{free_port()}/0",
+                                stopped_early=lambda: True) == 0
+        assert port_is_free(port)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+            loop.remove_signal_handler(sig)  # the test process's own again
 
 
 async def test_a_stop_at_any_early_turn_of_a_start_ends_it_cleanly() -> None:
