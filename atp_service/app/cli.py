@@ -32,7 +32,7 @@ from atp_service.storage.embedded_redis import (
     StartAbandoned,
 )
 from atp_service.tasks import cancel_and_wait, keep, task_stacks
-from reservation import DomainError, Fact, Unavailable
+from reservation import Fact, Unavailable
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -146,16 +146,12 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
     stops working (4) or the embedded Redis keeps exiting (5). ``stopped_early``: a stop signal
     came before this took the signals over; ``embedded``: the Redis to watch and restart."""
     service = AtpService(config, redis_url)
-    request = _StopRequest(asyncio.Event(), on_hard_exit)
+    request = _StopRequest(on_hard_exit)
     watching = None if embedded is None else Watching(EmbeddedRedisWatch(
         embedded, config.redis_restarts, config.redis_load_timeout_s, service.metrics.storage.redis_restarts),
-        on_give_up=request.redis_lost)
+        on_give_up=request.watch_gave_up)
     try:
         status = await _serve_until_stopped(config, service, request, stopped_early)
-    except Exception:
-        if watching is None or watching.failure is None:
-            raise
-        status = EXIT_REDIS_FAILED  # what failed after the watch gave up (a demo load cut short) is no news
     finally:
         if watching is not None:
             await watching.aclose()
@@ -167,27 +163,24 @@ class _StopRequest:
     then nothing in doubt can be settled nor any snapshot written, and the stop is not waited for
     past the grace period."""
 
-    def __init__(self, event: asyncio.Event, on_hard_exit: Callable[[], None] | None) -> None:
-        self.event, self.on_hard_exit = event, on_hard_exit
-        self.redis_gone = False
+    def __init__(self, on_hard_exit: Callable[[], None] | None) -> None:
+        self.event, self.on_hard_exit = asyncio.Event(), on_hard_exit
+        self.lost = asyncio.Event()
+        """Set when the embedded Redis is gone for good (it kept exiting, or would not start again)."""
 
-    def redis_lost(self) -> None:
-        self.redis_gone = True
+    @property
+    def redis_gone(self) -> bool:
+        return self.lost.is_set()
+
+    def watch_gave_up(self, redis_down: bool) -> None:
+        if redis_down:
+            self.lost.set()
         self.event.set()
 
 
 async def _serve_until_stopped(config: ServiceConfig, service: AtpService, request: _StopRequest,
                                stopped_early: Callable[[], bool]) -> int:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, request.event.set)
-    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # operators: `kill -USR1` shows what waits on what
-    reloads: set[asyncio.Task[None]] = set()
-
-    def reload() -> None:
-        keep(reloads, _reload(service))
-
-    loop.add_signal_handler(signal.SIGHUP, reload)  # re-read the estate/channel file
+    _take_signals(service, request)
     if stopped_early():
         log.info("stop signal before the start: not started", extra={"event": "start_abandoned"})
         return 0
@@ -195,7 +188,8 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
     if not await _first(starting, request.event):
         # Waiting for Redis, recovering: nothing was acknowledged yet. The stop cancels the start
         # and is bounded, a second signal exits at once, as for a stop after the start.
-        log.info("stop signal while starting: the start is abandoned", extra={"event": "start_abandoned"})
+        log.info("%s while starting: the start is abandoned", "embedded Redis lost" if request.redis_gone
+                 else "stop signal", extra={"event": "start_abandoned"})
         status = await _shut_down(config, service, request)
         failure = starting.exception() if starting.done() and not starting.cancelled() else None
         if failure is not None:
@@ -206,8 +200,12 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
     except StartupError:
         await service.stop(grace_s=0)
         raise
+    except Exception as exc:  # Redis lost at the last step of the start (its channels), say
+        return await _failed_start(config, service, request, f"the start failed: {exc!r}")
     if config.demo and service.is_fresh() and (stopped := await _demo(config, service, request)) is not None:
         return stopped
+    if request.event.is_set():  # a stop signal while the demo estate loaded: never announced as ready
+        return await _shut_down(config, service, request)
     # Recovered state is long-lived: move it out of the collector's view.
     gc.collect()
     gc.freeze()
@@ -218,19 +216,40 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
     return await _shut_down(config, service, request)
 
 
+def _take_signals(service: AtpService, request: _StopRequest) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request.event.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # operators: `kill -USR1` shows what waits on what
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        keep(reloads, _reload(service))
+
+    loop.add_signal_handler(signal.SIGHUP, reload)  # re-read the estate/channel file
+
+
+async def _failed_start(config: ServiceConfig, service: AtpService, request: _StopRequest, why: str) -> int:
+    """The start (or the demo estate's load) failed after the service began to serve: said, then
+    the bounded stop; its exit status, or 1 (restart it)."""
+    log.error("%s; stopping", why, exc_info=True, extra={"event": "stopping", "why": "start_failed"})
+    return await _shut_down(config, service, request) or 1
+
+
 async def _demo(config: ServiceConfig, service: AtpService, request: _StopRequest) -> int | None:
-    """Load the demo estate; a stop meanwhile stops the service (its exit status), and a load that
-    fails stops it too, saying why (exit status 2). None: loaded."""
+    """Load the demo estate; None once loaded, else the exit status of the stop that followed. A
+    stop signal meanwhile lets the load finish first (a demo estate left half loaded would stay so:
+    the next start finds a logged keyspace); only the embedded Redis lost for good cuts it short."""
+    log.info("loading the demo estate", extra={"event": "demo_loading"})
     loading = asyncio.ensure_future(load_demo(service))
-    if not await _first(loading, request.event):
+    if not await _first(loading, request.lost):
         await cancel_and_wait(loading)
-        log.info("stop signal while the demo estate loads", extra={"event": "start_abandoned"})
+        log.info("the demo estate's load is abandoned: its Redis is lost", extra={"event": "start_abandoned"})
         return await _shut_down(config, service, request)
     try:
         loading.result()
-    except DomainError as exc:
-        await service.stop(grace_s=0)
-        raise StartupError(f"the demo estate could not be loaded: {exc}") from None
+    except Exception as exc:
+        return await _failed_start(config, service, request, f"the demo estate could not be loaded: {exc}")
     return None
 
 
@@ -283,7 +302,8 @@ async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopR
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, exit_now)
-    bound_s = config.shutdown_grace_s + (0.0 if request.redis_gone else SHUTDOWN_SNAPSHOT_S)
+    # At least a second: a bound of 0 would cancel the stop before its first step (gRPC left serving).
+    bound_s = max(1.0, config.shutdown_grace_s + (0.0 if request.redis_gone else SHUTDOWN_SNAPSHOT_S))
     try:
         # Everything acknowledged is already durable: the final snapshot only shortens the next start.
         await asyncio.wait_for(service.stop(), timeout=bound_s)

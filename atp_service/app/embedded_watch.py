@@ -34,7 +34,12 @@ EXIT_POLL_S = 1.0
 
 
 class EmbeddedRedisFailed(RuntimeError):
-    """The embedded redis-server kept exiting, or could not be started again."""
+    """The embedded redis-server kept exiting, or could not be started again (``redis_down``), or
+    the watch itself failed (Redis may still run, unwatched)."""
+
+    def __init__(self, message: str, redis_down: bool = True) -> None:
+        super().__init__(message)
+        self.redis_down = redis_down
 
 
 class EmbeddedRedisWatch:
@@ -62,7 +67,8 @@ class EmbeddedRedisWatch:
         except EmbeddedRedisFailed:
             raise
         except Exception as exc:  # a fault of the watch itself: the service must not run on unwatched
-            raise EmbeddedRedisFailed(f"the embedded redis-server can no longer be watched: {exc!r}") from exc
+            raise EmbeddedRedisFailed(f"the embedded redis-server can no longer be watched: {exc!r}",
+                                      redis_down=False) from exc
 
     def _restart_or_give_up(self) -> None:
         self._exits.append(time.monotonic())
@@ -118,9 +124,9 @@ class EmbeddedRedisWatch:
 
 class Watching:
     """``watch`` running beside the service: when it gives up, the reason is logged at once and
-    ``on_give_up`` called (the service then stops, and exits 5)."""
+    ``on_give_up`` called with whether Redis is down (the service then stops, and exits 5)."""
 
-    def __init__(self, watch: EmbeddedRedisWatch, on_give_up: Callable[[], None]) -> None:
+    def __init__(self, watch: EmbeddedRedisWatch, on_give_up: Callable[[bool], None]) -> None:
         self._watch, self._on_give_up = watch, on_give_up
         self._task = asyncio.ensure_future(watch.run())
         self._task.add_done_callback(self._ended)
@@ -131,9 +137,10 @@ class Watching:
         return self._task.exception() if self._task.done() and not self._task.cancelled() else None
 
     def _ended(self, _: asyncio.Future[None]) -> None:
-        if self.failure is not None:
-            log.error("stopping (exit status 5): %s", self.failure, extra={"event": "stopping", "why": "redis_failed"})
-            self._on_give_up()
+        failure = self.failure
+        if failure is not None:
+            log.error("stopping (exit status 5): %s", failure, extra={"event": "stopping", "why": "redis_failed"})
+            self._on_give_up(not isinstance(failure, EmbeddedRedisFailed) or failure.redis_down)
 
     async def aclose(self) -> None:
         """The service stops: the watch ends, and gives up a restart under way."""

@@ -123,9 +123,11 @@ class EmbeddedRedis:
         except BaseException:
             # Not left running behind a failed start, nor holding the data directory — unless a
             # running service restarts it: the directory stays the service's until it exits.
-            self._stop_process()
-            if not again:
-                self._unlock()
+            try:
+                self._stop_process()
+            finally:
+                if not again:
+                    self._unlock()
             raise
         return self
 
