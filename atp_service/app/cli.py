@@ -15,6 +15,8 @@ from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
 from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
 from atp_service.app.embedded_watch import EmbeddedRedisWatch, Watching
 from atp_service.app.keyspace import StartupError
@@ -22,7 +24,6 @@ from atp_service.app.service import AtpService
 from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
 from atp_service.config import ServiceConfig
 from atp_service.edge.transport import reexec_for
-from atp_service.intake.facts import FactDesk
 from atp_service.logs import set_up_logging
 from atp_service.storage.embedded_redis import (
     DataDirInUse,
@@ -32,7 +33,7 @@ from atp_service.storage.embedded_redis import (
     StartAbandoned,
 )
 from atp_service.tasks import cancel_and_wait, keep, task_stacks
-from reservation import Fact, Unavailable
+from reservation import DomainError, Fact, Unavailable
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -152,6 +153,11 @@ async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[
         on_give_up=request.watch_gave_up)
     try:
         status = await _serve_until_stopped(config, service, request, stopped_early)
+    except Exception:
+        if watching is None or watching.failure is None:
+            raise
+        log.warning("after the embedded Redis was lost", exc_info=True)  # its reason is logged already
+        status = EXIT_REDIS_FAILED
     finally:
         if watching is not None:
             await watching.aclose()
@@ -192,8 +198,11 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
                  else "stop signal", extra={"event": "start_abandoned"})
         status = await _shut_down(config, service, request)
         failure = starting.exception() if starting.done() and not starting.cancelled() else None
-        if failure is not None:
-            raise failure  # it failed on its own first (a StartupError: exit status 2, saying why)
+        if isinstance(failure, StartupError):
+            raise failure  # it failed on its own first: exit status 2, saying why
+        if failure is not None:  # Redis lost in the same turn as the stop, say
+            log.error("the start failed: %r", failure, extra={"event": "stopping", "why": "start_failed"})
+            return status or 1
         return status
     try:
         starting.result()
@@ -232,7 +241,9 @@ def _take_signals(service: AtpService, request: _StopRequest) -> None:
 async def _failed_start(config: ServiceConfig, service: AtpService, request: _StopRequest, why: str) -> int:
     """The start (or the demo estate's load) failed after the service began to serve: said, then
     the bounded stop; its exit status, or 1 (restart it)."""
-    log.error("%s; stopping", why, exc_info=True, extra={"event": "stopping", "why": "start_failed"})
+    _, exc, _ = sys.exc_info()
+    log.error("%s; stopping", why, exc_info=not isinstance(exc, DomainError | RedisError),  # those say it all
+              extra={"event": "stopping", "why": "start_failed"})
     return await _shut_down(config, service, request) or 1
 
 
@@ -240,9 +251,16 @@ async def _demo(config: ServiceConfig, service: AtpService, request: _StopReques
     """Load the demo estate; None once loaded, else the exit status of the stop that followed. A
     stop signal meanwhile lets the load finish first (a demo estate left half loaded would stay so:
     the next start finds a logged keyspace); only the embedded Redis lost for good cuts it short."""
+    if request.event.is_set():  # a stop signal came first: the next start finds the keyspace fresh
+        return await _shut_down(config, service, request)
     log.info("loading the demo estate", extra={"event": "demo_loading"})
     loading = asyncio.ensure_future(load_demo(service))
-    if not await _first(loading, request.lost):
+    if not await _first(loading, request.event) and not request.redis_gone:
+        log.info("stop signal: the demo estate's load finishes first; another signal exits at once",
+                 extra={"event": "shutdown"})
+        _exit_on_a_second_signal(request)
+        await _first(loading, request.lost)
+    if not loading.done():
         await cancel_and_wait(loading)
         log.info("the demo estate's load is abandoned: its Redis is lost", extra={"event": "start_abandoned"})
         return await _shut_down(config, service, request)
@@ -283,16 +301,12 @@ def _print_ready(config: ServiceConfig, service: AtpService) -> None:
         "event": "ready", "grpc": target, "metrics_port": service.metrics_port if config.metrics_port >= 0 else None})
 
 
-async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopRequest) -> int:
-    """The graceful stop (a second signal, sent after a pause, exits at once); the exit status."""
-    loop = asyncio.get_running_loop()
-    log.info("shutting down (grace %.1fs); another signal after %.0fs exits at once", config.shutdown_grace_s,
-             SECOND_SIGNAL_AFTER_S, extra={"event": "shutdown", "grace_s": config.shutdown_grace_s})
+def _exit_on_a_second_signal(request: _StopRequest) -> None:
+    """From now on a stop signal exits at once (``kill_softly`` for the embedded Redis, then exit
+    130) — one sent after a pause: a supervisor and the process group often deliver the same stop twice."""
     first_signal = time.monotonic()
 
     def exit_now() -> None:
-        # A supervisor and the process group often deliver the same stop twice: only a signal sent
-        # after a pause means "now".
         if time.monotonic() - first_signal < SECOND_SIGNAL_AFTER_S:
             return
         log.warning("second signal: exiting without the final snapshot", extra={"event": "hard_exit"})
@@ -300,8 +314,16 @@ async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopR
             request.on_hard_exit()
         os._exit(130)
 
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, exit_now)
+
+
+async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopRequest) -> int:
+    """The graceful stop (a second signal, sent after a pause, exits at once); the exit status."""
+    log.info("shutting down (grace %.1fs); another signal after %.0fs exits at once", config.shutdown_grace_s,
+             SECOND_SIGNAL_AFTER_S, extra={"event": "shutdown", "grace_s": config.shutdown_grace_s})
+    _exit_on_a_second_signal(request)
     # At least a second: a bound of 0 would cancel the stop before its first step (gRPC left serving).
     bound_s = max(1.0, config.shutdown_grace_s + (0.0 if request.redis_gone else SHUTDOWN_SNAPSHOT_S))
     try:
@@ -342,19 +364,21 @@ async def load_demo(service: AtpService) -> None:
     facts = demo_facts(service.clock.now_ms() - 60_000)
     total = 0
     while chunk := list(islice(facts, 5000)):
-        await _record_demo_chunk(service.desk, chunk)
+        await _record_demo_chunk(service, chunk)
         total += len(chunk)
     log.info("demo estate loaded: %d stocked positions", total)
 
 
-async def _record_demo_chunk(desk: FactDesk, chunk: list[Fact]) -> None:
+async def _record_demo_chunk(service: AtpService, chunk: list[Fact]) -> None:
     """Record one chunk, again while Redis is away: the demo's facts keep their ids, so a fact
-    recorded twice counts once (E8)."""
+    recorded twice counts once (E8). Not again once a shard failed or the keyspace was taken."""
+    assert service.desk is not None
     for attempt in range(1, DEMO_TRIES + 1):
-        failures = [r for r in await desk.record(chunk, origin="demo") if isinstance(r, Exception)]
+        failures = [r for r in await service.desk.record(chunk, origin="demo") if isinstance(r, Exception)]
         if not failures:
             return
-        if attempt == DEMO_TRIES or not all(isinstance(f, Unavailable) for f in failures):
+        over = attempt == DEMO_TRIES or service.failed.is_set() or service.replaced.is_set()
+        if over or not all(isinstance(f, Unavailable) for f in failures):
             raise failures[0]
         log.warning("demo estate: %s; trying again in 1 s", failures[0])
         await asyncio.sleep(1.0)
