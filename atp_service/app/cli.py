@@ -12,12 +12,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from itertools import islice
 from pathlib import Path
 
 from redis.exceptions import RedisError
 
 from atp_service.app.allocator import set_mmap_threshold, set_numpy_hugepages
+from atp_service.app.demo import load_demo
 from atp_service.app.embedded_watch import EmbeddedRedisWatch, Watching
 from atp_service.app.keyspace import StartupError
 from atp_service.app.service import AtpService
@@ -33,7 +33,7 @@ from atp_service.storage.embedded_redis import (
     StartAbandoned,
 )
 from atp_service.tasks import cancel_and_wait, keep, task_stacks
-from reservation import DomainError, Fact, Unavailable
+from reservation import DomainError
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -332,7 +332,8 @@ async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopR
     except TimeoutError:
         if request.redis_gone:
             log.warning("stop cut short after %.1fs: Redis is gone, so nothing in doubt can be settled and no "
-                        "snapshot written (what was acknowledged is in its log)", bound_s)
+                        "snapshot written (what was acknowledged is in its log)", bound_s,
+                        extra={"event": "shutdown_overran"})
         else:
             log.error("shutdown did not finish in time; exiting anyway (state is in the log)",
                       extra={"event": "shutdown_overran"})
@@ -351,37 +352,6 @@ async def _reload(service: AtpService) -> None:
 
 def _dump_tasks() -> None:
     log.warning("asyncio tasks:\n%s", task_stacks())
-
-
-DEMO_TRIES = 30
-"""Tries of one chunk of the demo estate while Redis is away (its embedded Redis restarting), 1 s apart."""
-
-
-async def load_demo(service: AtpService) -> None:
-    from atp_service.app.demo import demo_facts
-
-    assert service.desk is not None
-    facts = demo_facts(service.clock.now_ms() - 60_000)
-    total = 0
-    while chunk := list(islice(facts, 5000)):
-        await _record_demo_chunk(service, chunk)
-        total += len(chunk)
-    log.info("demo estate loaded: %d stocked positions", total)
-
-
-async def _record_demo_chunk(service: AtpService, chunk: list[Fact]) -> None:
-    """Record one chunk, again while Redis is away: the demo's facts keep their ids, so a fact
-    recorded twice counts once (E8). Not again once a shard failed or the keyspace was taken."""
-    assert service.desk is not None
-    for attempt in range(1, DEMO_TRIES + 1):
-        failures = [r for r in await service.desk.record(chunk, origin="demo") if isinstance(r, Exception)]
-        if not failures:
-            return
-        over = attempt == DEMO_TRIES or service.failed.is_set() or service.replaced.is_set()
-        if over or not all(isinstance(f, Unavailable) for f in failures):
-            raise failures[0]
-        log.warning("demo estate: %s; trying again in 1 s", failures[0])
-        await asyncio.sleep(1.0)
 
 
 if __name__ == "__main__":
