@@ -4,7 +4,7 @@ a call in flight gets when the service stops."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from atp_service.edge.transport import EXPERIMENT, active, experiments_for, refu
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_overload import _Flood
+from tests.atp_service.redis_proxy import until
 
 
 @pytest.mark.parametrize(("transport", "current", "expected"), [
@@ -58,19 +59,23 @@ def promise_service(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]
     assert stop_or_explain(proc, log) == 0
 
 
-async def _held_up_reservations(client: AtpClient, redis_url: str, n: int) -> list[asyncio.Future[Any]]:
-    """``n`` reservations in flight, held up inside the service by a 1 s pause of Redis writes."""
+async def _held_up_reservations(client: AtpClient, redis_url: str, n: int, pause_ms: int = 1000,
+                                 in_service: Callable[[], int] | None = None) -> list[asyncio.Future[Any]]:
+    """``n`` reservations in flight, held up inside the service by a pause of Redis writes (shorter
+    than the service's Redis timeout): once ``in_service()`` counts all of them taken — a fixed
+    sleep is a guess, and on a busy host a call the stop finds still outside is refused
+    SHUTTING_DOWN — or, for a service in another process, after 0.3 s."""
     await client.record_events([receipt("seed", "A", "DC", 100)])
     r = redis.Redis.from_url(redis_url)
-    r.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")  # the appends wait; reads go on
+    r.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")  # the appends wait; reads go on
     r.close()
     calls = [asyncio.ensure_future(client.reserve(f"g{i}", [("A", "DC", 1)], ttl_seconds=600)) for i in range(n)]
-    await asyncio.sleep(0.3)
+    if in_service is None:
+        await asyncio.sleep(0.3)
+    else:
+        await until(lambda: in_service() >= n, f"{n} calls in the service", pause_ms / 1000 / 2)
     assert not any(call.done() for call in calls)
     return calls
-
-
-PAUSE_MS = 1000
 
 
 async def test_a_graceful_stop_answers_the_calls_in_flight(redis_url: str) -> None:
@@ -78,10 +83,11 @@ async def test_a_graceful_stop_answers_the_calls_in_flight(redis_url: str) -> No
     reservations in flight when the stop begins all come back HELD."""
     from tests.conftest import test_config  # a module-level import would be collected as a test
 
-    service = AtpService(test_config(), redis_url)
+    service = AtpService(test_config(redis_timeout_s=10.0), redis_url)  # longer than the pause
     await service.start()
     async with AtpClient(f"127.0.0.1:{service.port}") as client:
-        calls = await _held_up_reservations(client, redis_url, 5)
+        calls = await _held_up_reservations(client, redis_url, 5, pause_ms=3000,
+                                            in_service=lambda: service._servicer.drain.active)
         await service.stop(grace_s=5)
         answers = await asyncio.gather(*calls)
     assert [a.state for a in answers] == [pb.RESERVATION_STATE_HELD] * 5
