@@ -123,7 +123,10 @@ class GroupLeases:
     async def _give_back_if_granted(self, group: int, acquiring: asyncio.Future[Any]) -> None:
         with contextlib.suppress(Exception):  # refused, or Redis unreachable: the lease runs out instead
             if int(await acquiring) >= 0:
-                await self.store.nodes.run_one(Call(self._RELEASE, [self.key(group)], [self.holder]))
+                await self.store.nodes.run_one(self._release_call(group))
+
+    def _release_call(self, group: int) -> Call:
+        return Call(self._RELEASE, [self.key(group)], [self.holder])
 
     async def release(self, group: int) -> None:
         """Give ``group`` back at once (after its final snapshot): another process may take it now.
@@ -133,8 +136,7 @@ class GroupLeases:
         repeated cancel, landing in a cancelled recovery's give-back) stops only the waiting, never
         the give-back, whose connection would be closed mid-exchange and its command dropped."""
         self.held.pop(group, None)
-        giving = keep(self.giving_back, self.store.nodes.run_one(Call(self._RELEASE, [self.key(group)],
-                                                                      [self.holder])))
+        giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group)))
         giving.add_done_callback(exception_seen)  # a caller gone: the lease runs out instead, quietly
         await finish_uncancelled(giving)
 

@@ -60,13 +60,18 @@ def stop_or_explain(proc: subprocess.Popen[Any], log: Path | None = None) -> int
 
 
 def wait_until_ready(proc: subprocess.Popen[bytes], log: Path, limit_s: float = 60) -> str:
-    """Until the service prints that it serves (failing with its log if it exits or takes too long);
-    returns the log so far."""
+    """Until the service prints that it serves; returns the log so far."""
+    return wait_for_line(proc, log, "ATP service ready", limit_s)
+
+
+def wait_for_line(proc: subprocess.Popen[bytes], log: Path, text: str, limit_s: float = 60) -> str:
+    """Until ``text`` is in the service's log (failing with its log if it exits first, or after
+    ``limit_s``: a bound, not a timing); returns the log so far."""
     deadline = time.monotonic() + limit_s
-    while "ATP service ready" not in (text := log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, text
-        time.sleep(0.1)
-    return text
+    while text not in (so_far := log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, so_far
+        time.sleep(0.05)
+    return so_far
 
 
 def serve(redis_url: str, log: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -357,10 +362,8 @@ def test_an_embedded_redis_that_dies_is_started_again_and_one_that_keeps_dying_s
     reserved = ctl(target, "reserve", "dies-1", "sku-00001@dc-east:2", "--ttl", "600")
     assert reserved.returncode == 0 and '"RESERVATION_STATE_HELD"' in reserved.stdout, reserved.stderr
     os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    wait_for_line(proc, log, "embedded redis-server restarted")
     deadline = time.monotonic() + 60
-    while "embedded redis-server restarted" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
     while (again := ctl(target, "reserve", "dies-2", "sku-00001@dc-east:2", "--ttl", "600")).returncode != 0:
         retryable = "UNAVAILABLE" in again.stderr or "DEADLINE_EXCEEDED" in again.stderr  # shards settling
         assert retryable and time.monotonic() < deadline, again.stderr
@@ -384,10 +387,7 @@ def test_an_embedded_redis_lost_while_the_demo_estate_loads_stops_the_service_wi
         [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(data), "--port", str(free_port()),
          "--metrics-port", "-1", "--auth", "off", "--log-level", "INFO", "--redis-restarts", "0"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 60
-    while "loading the demo estate" not in log.read_text():  # 100,000 facts: seconds
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
+    wait_for_line(proc, log, "loading the demo estate")  # 100,000 facts: seconds
     os.kill(int((data / "redis" / "redis-server.pid").read_text()), signal.SIGKILL)
     assert proc.wait(timeout=60) == 5, log.read_text()[-4000:]
     text = log.read_text()
@@ -401,10 +401,7 @@ def test_a_stop_signal_while_the_demo_estate_loads_lets_it_finish(tmp_path: Path
     argv = [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(data), "--port", str(port),
             "--metrics-port", "-1", "--auth", "off", "--log-level", "INFO"]
     proc = spawned(subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 60
-    while "loading the demo estate" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
+    wait_for_line(proc, log, "loading the demo estate")
     proc.send_signal(signal.SIGTERM)
     assert stop_or_explain(proc, log) == 0
     text = log.read_text()

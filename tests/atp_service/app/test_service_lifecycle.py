@@ -22,6 +22,7 @@ import redis.asyncio
 from atp_service import AtpService, free_port
 from atp_service.app import cli
 from benchmarks.tcp_delay import DelayProxyProcess
+from tests.atp_service.app.test_cli import wait_for_line
 from tests.atp_service.app.test_healthcheck import LogSeen
 from tests.atp_service.storage.test_embedded_redis import SLOW_LOAD, populated
 from tests.conftest import spawned
@@ -96,10 +97,7 @@ def test_sigterm_while_waiting_for_redis_exits_0(tmp_path: Path) -> None:
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
          "--port", "0", "--metrics-port", "-1", "--no-demo", "--auth", "off"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 60
-    while "waiting for Redis" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+    wait_for_line(proc, log, "waiting for Redis")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, log.read_text()
     assert "stop signal while starting" in log.read_text()
@@ -121,10 +119,7 @@ def test_sigterm_while_the_embedded_redis_loads_stops_both_and_exits_0(tmp_path:
          "--metrics-port", "-1", "--no-demo", "--auth", "off"],
         env={**os.environ, "PATH": f"{slow_redis.parent}{os.pathsep}{os.environ['PATH']}"},
         stdout=log.open("wb"), stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 60
-    while "loading its append-only file" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
+    wait_for_line(proc, log, "loading its append-only file")
     redis_pid = int((tmp_path / "data" / "redis" / "redis-server.pid").read_text())
     for ignored in (signal.SIGHUP, signal.SIGUSR1):  # a reload, a dump of the tasks: not now
         proc.send_signal(ignored)
