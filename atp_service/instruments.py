@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, Generic, NoReturn, Protocol, TypeVar
 
 from prometheus_client import metrics as _client
@@ -34,7 +34,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 from prometheus_client.utils import INF, floatToGoString
 
-__all__ = ["Counter", "Gauge", "Histogram"]
+__all__ = ["Counter", "Gauge", "Histogram", "Reading"]
 
 
 class _Inc(Protocol):
@@ -251,6 +251,29 @@ class Histogram(_Family[HistogramChild, HistogramMetricFamily]):
         family.add_metric(values, cumulative, child.sum)
         if created:
             family.add_sample(f"{self.name}_created", dict(zip(self.labelnames, values, strict=True)), child.created)
+
+
+class Reading(Collector):
+    """A gauge without labels whose value is read at each scrape from the function it follows (``follow``),
+    instead of being set at each change: nothing on the hot path. 0 until it follows one. The read
+    runs on the scraping thread: it must only read (an attribute, a ``len``)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry | None = REGISTRY) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._read: Callable[[], float] = lambda: 0.0
+        GaugeMetricFamily(name, documentation)  # checks the name, as prometheus_client does
+        if registry is not None:
+            registry.register(self)
+
+    def follow(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation, value=float(self._read()))]
 
 
 def _bounds(buckets: Sequence[float | str]) -> list[float]:

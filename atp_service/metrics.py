@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 import prometheus_client
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from atp_service.instruments import Counter, CounterChild, Gauge, Histogram
+from atp_service.instruments import Counter, CounterChild, Gauge, Histogram, Reading
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -207,6 +207,8 @@ class EdgeMetrics:
         )
         self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke its lag timer "
                               "(every 20 ms while calls arrive or it runs late, every 250 ms when idle)", registry=r)
+        self.calls_in_progress = Reading(
+            "atp_calls_in_progress", "Calls the service is handling now (an open stream counts once)", registry=r)
         self.forwarded = Counter(
             "atp_forwarded_calls_total", "Calls for a shard group another service process owns, by method and "
             "outcome: forwarded to the owner (ok, error: the owner's refusal or no answer) or redirected",

@@ -110,6 +110,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         """While tracing is on (``app.tracing``): refusals tag their call's span with the reason."""
         self.drain = Drain()
         """Every call passes through it; ``AtpService.stop`` closes it before gRPC stops."""
+        self.metrics.calls_in_progress.follow(lambda: self.drain.active)
         self.address = ""
         self._shards = 0
         self.routing: Callable[[], RoutingTable] = self._one_process

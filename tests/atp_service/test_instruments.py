@@ -255,3 +255,26 @@ def test_a_scrape_on_another_thread_reads_while_the_loop_updates() -> None:
         sys.setswitchinterval(interval)
     assert not problems
     assert registry.get_sample_value("atp_h_count") == made and len(counter.collect()[0].samples) == 2 * made
+
+
+def test_a_reading_is_a_gauge_read_at_each_scrape() -> None:
+    """``Reading`` serves what prometheus_client's ``Gauge.set_function`` would: 0 before it follows
+    anything, then the function's value as it is at each scrape."""
+    pair = registries()
+    old = prometheus_client.Gauge("atp_calls_now", "Calls now", registry=pair[0])
+    new = instruments.Reading("atp_calls_now", "Calls now", registry=pair[1])
+    assert_same(pair)
+    active = [3]
+    old.set_function(lambda: active[0])
+    new.follow(lambda: active[0])
+    assert_same(pair)
+    active[0] = 0
+    assert_same(pair)
+    assert "atp_calls_now 0.0" in generate_latest(pair[1]).decode()
+
+
+def test_a_reading_refuses_a_name_taken() -> None:
+    registry = CollectorRegistry()
+    instruments.Reading("atp_calls_now", "Calls now", registry=registry)
+    with pytest.raises(ValueError):
+        instruments.Reading("atp_calls_now", "Again", registry=registry)

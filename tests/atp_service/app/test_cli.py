@@ -74,13 +74,15 @@ def wait_for_line(proc: subprocess.Popen[bytes], log: Path, text: str, limit_s: 
     return so_far
 
 
-def serve(redis_url: str, log: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str, str]:
-    """`atp-service serve` in a subprocess; returns it, its target and its start-up log once ready."""
+def serve(redis_url: str, log: Path, *flags: str,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`atp-service serve` in a subprocess (``env``: settings added to this process's environment);
+    returns it, its target and its start-up log once ready."""
     port = free_port()
     proc = spawned(subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
          "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "INFO", *flags],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT))
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}))
     return proc, f"127.0.0.1:{port}", wait_until_ready(proc, log)
 
 

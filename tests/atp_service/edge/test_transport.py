@@ -4,6 +4,7 @@ a call in flight gets when the service stops."""
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import redis
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, ServiceConfig
+from atp_service import AtpService, ServiceConfig, free_port
 from atp_service.edge.transport import EXPERIMENT, active, experiments_for, refusal_status
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
@@ -59,23 +60,26 @@ def promise_service(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]
     assert stop_or_explain(proc, log) == 0
 
 
-async def _held_up_reservations(client: AtpClient, redis_url: str, n: int, pause_ms: int = 1000,
-                                 in_service: Callable[[], int] | None = None) -> list[asyncio.Future[Any]]:
+async def _held_up_reservations(client: AtpClient, redis_url: str, n: int, pause_ms: int,
+                                 in_service: Callable[[], int]) -> list[asyncio.Future[Any]]:
     """``n`` reservations in flight, held up inside the service by a pause of Redis writes (shorter
-    than the service's Redis timeout): once ``in_service()`` counts all of them taken — a fixed
-    sleep is a guess, and on a busy host a call the stop finds still outside is refused
-    SHUTTING_DOWN — or, for a service in another process, after 0.3 s."""
+    than the service's Redis timeout), once ``in_service()`` counts all of them taken: a fixed sleep
+    would be a guess, and on a busy host a call the stop finds still outside is refused SHUTTING_DOWN."""
     await client.record_events([receipt("seed", "A", "DC", 100)])
     r = redis.Redis.from_url(redis_url)
     r.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")  # the appends wait; reads go on
     r.close()
     calls = [asyncio.ensure_future(client.reserve(f"g{i}", [("A", "DC", 1)], ttl_seconds=600)) for i in range(n)]
-    if in_service is None:
-        await asyncio.sleep(0.3)
-    else:
-        await until(lambda: in_service() >= n, f"{n} calls in the service", pause_ms / 1000 / 2)
+    await until(lambda: in_service() >= n, f"{n} calls in the service", pause_ms / 1000 / 2)
     assert not any(call.done() for call in calls)
     return calls
+
+
+def calls_in_progress(metrics_port: int) -> int:
+    """``atp_calls_in_progress`` as a service in another process exports it."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    (line,) = [line for line in body.splitlines() if line.startswith("atp_calls_in_progress ")]
+    return int(float(line.split()[1]))
 
 
 async def test_a_graceful_stop_answers_the_calls_in_flight(redis_url: str) -> None:
@@ -99,12 +103,14 @@ def test_with_the_promise_transport_too_a_graceful_stop_answers_calls_in_flight_
     """Left to gRPC, the promise transport fails calls in flight at once with INTERNAL on SIGTERM
     (it did before the service drained itself first, atp_service/edge/drain.py): now they are answered
     before gRPC stops. Retrying the same ids against the restarted service replays each: once."""
-    log = tmp_path / "serve.log"
-    proc, target, _ = serve(redis_url, log, "--http2-transport", "promise")
+    log, metrics_port = tmp_path / "serve.log", free_port()
+    proc, target, _ = serve(redis_url, log, "--http2-transport", "promise", "--metrics-port", str(metrics_port),
+                            env={"ATP_REDIS_TIMEOUT_S": "10"})  # longer than the pause
 
     async def stopped_mid_call() -> list[BaseException | Any]:
         async with AtpClient(target) as client:
-            calls = await _held_up_reservations(client, redis_url, 5)
+            calls = await _held_up_reservations(client, redis_url, 5, pause_ms=3000,
+                                                in_service=lambda: calls_in_progress(metrics_port))
             proc.terminate()
             return await asyncio.gather(*calls, return_exceptions=True)
 
