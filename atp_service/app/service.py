@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -171,11 +172,11 @@ class AtpService:
             store = ChannelStore(channel_client, cfg.key_prefix, epoch=self._epoch)
             self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg.channel_settings,
                                         self.metrics.channels)
-            await self.channels.start()
+            await self._while_redis_is_away(self.channels.start)  # a failed read changes nothing: tried again
         self._servicer.attach(self.engine, self.desk, self.channels)
         if cfg.input_streams:
             self.ingestor = self._ingestor(self.desk)
-            await self.ingestor.start()
+            await self._while_redis_is_away(self.ingestor.start)  # creating a group that exists is a no-op
 
     def _ingestor(self, desk: FactDesk) -> StreamIngestor:
         """The input streams' reader. Leased, each process reads as a consumer of its own, named
@@ -305,10 +306,16 @@ class AtpService:
 
     async def _wait_for_redis(self, client: Any) -> None:
         """Start-up waits for Redis (health stays NOT_SERVING) instead of dying on a slow dependency."""
-        def waiting(exc: BaseException, _wait: float) -> None:
-            log.warning("waiting for Redis at %s: %s", redacted(self.redis_url), exc)
+        await self._while_redis_is_away(client.ping)
 
-        await retry_until_done(client.ping, STORAGE_ERRORS, REDIS_AT_START, waiting)
+    async def _while_redis_is_away(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        """``attempt()`` again (it must be safe to repeat) until Redis answers it: a blip during the
+        start delays it, health NOT_SERVING meanwhile, instead of failing it."""
+        def waiting(exc: BaseException, _wait: float) -> None:
+            log.warning("waiting for Redis at %s: %s", redacted(self.redis_url), exc,
+                        extra={"event": "redis_waiting"})
+
+        await retry_until_done(attempt, STORAGE_ERRORS, REDIS_AT_START, waiting)
 
     async def _stop_server(self, grace_s: float) -> None:
         """Stop gRPC once, whoever asks (an unwinding start, ``stop()``) and however often they are

@@ -19,11 +19,14 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from atp_service import AtpService, free_port
+from atp_client import AtpClient
+from atp_service import AtpService, EmbeddedRedis, free_port
 from atp_service.app import cli
 from benchmarks.tcp_delay import DelayProxyProcess
 from tests.atp_service.app.test_cli import wait_for_line
-from tests.atp_service.app.test_healthcheck import LogSeen
+from tests.atp_service.app.test_healthcheck import LogSeen, health
+from tests.atp_service.channel_helpers import fact, write_estate
+from tests.atp_service.redis_proxy import HoldingProxy
 from tests.atp_service.storage.test_embedded_redis import SLOW_LOAD, populated
 from tests.conftest import spawned
 from tests.conftest import test_config as make_config
@@ -188,3 +191,35 @@ async def test_a_stop_while_a_lease_is_being_granted_gives_it_back(redis_url: st
     finally:
         await admin.aclose()
         await proxy.stop()
+
+
+@pytest.mark.parametrize("marker", [b"HSCAN", b"XGROUP"], ids=["channel feeds", "input streams"])
+async def test_redis_lost_while_the_desks_start_delays_the_start_instead_of_failing_it(
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path, marker: bytes) -> None:
+    """The start's last steps read Redis too, after recovery (the channel feeds' published state, the
+    input streams' consumer group): Redis not answering there is waited out, health NOT_SERVING, as
+    before recovery. It failed the start: exit status 1 for `atp-service serve`."""
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    url = await proxy.start()
+    proxy.hold(marker)  # each such command times out, and the connection after it too
+    service = AtpService(make_config(estate=write_estate(tmp_path), redis_timeout_s=0.5), url)
+    waiting = LogSeen("waiting for Redis")
+    logger = logging.getLogger("atp_service.app.service")
+    logger.addHandler(waiting)
+    try:
+        starting = asyncio.create_task(service.start())
+        await asyncio.wait_for(waiting.seen.wait(), 30)
+        assert service.engine is not None and not starting.done()  # recovered; the desks wait
+        assert (await health(service.port))[0] == 1  # NOT_SERVING
+        proxy.hold()
+        proxy.drop()
+        await asyncio.wait_for(starting, 30)
+        assert (await health(service.port))[0] == 0 and service.channels is not None and service.ingestor is not None
+        async with AtpClient(f"127.0.0.1:{service.port}") as client:
+            await client.record_events([fact("c1", "COUNT", "sku-a", "store-1", 5, 1_700_000_000_000)])
+            (a,) = await client.availability([("sku-a", "store-1")])
+        assert a.on_hand == 5
+    finally:
+        logger.removeHandler(waiting)
+        await service.stop()
+        await proxy.close()
