@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,6 +79,9 @@ class EmbeddedRedis:
         self.password = password
         self.process: subprocess.Popen[bytes] | None = None
         self._lock_file: TextIO | None = None
+        self._spawning = threading.RLock()
+        """Held from the fork of a redis-server to its pid noted (``process``, the pidfile): a restart
+        runs in a worker thread, and a hard exit meanwhile must find the child it is making."""
 
     @property
     def url(self) -> str:
@@ -112,8 +116,9 @@ class EmbeddedRedis:
             self._stop_leftover()
         # Own session: a Ctrl-C aimed at the service must not kill Redis before the service
         # has flushed its last snapshot; we stop it ourselves.
-        self.process = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, start_new_session=True)
-        self._pidfile.write_text(str(self.process.pid))
+        with self._spawning:
+            self.process = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, start_new_session=True)
+            self._pidfile.write_text(str(self.process.pid))
         # Other processes of this deployment (atp-publisher) find the embedded Redis here.
         url_file = self.data_dir / "redis.url"
         url_file.touch(mode=0o600)
@@ -232,9 +237,16 @@ class EmbeddedRedis:
             self.process.wait()
 
     def kill_softly(self) -> None:
-        """SIGTERM without waiting (Redis still flushes its AOF): for a process about to exit hard."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
+        """SIGTERM without waiting (Redis still flushes its AOF): for a process about to exit hard. A
+        restart forking its redis-server now is waited for (milliseconds; bounded): else that child
+        would outlive the service, unknown to its pidfile, on the data directory the next start takes."""
+        spawned = self._spawning.acquire(timeout=5.0)
+        try:
+            if self.process and self.process.poll() is None:
+                self.process.terminate()
+        finally:
+            if spawned:
+                self._spawning.release()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         try:

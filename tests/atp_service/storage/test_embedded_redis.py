@@ -9,16 +9,21 @@ given port and accepts connections but never answers, so every PING times out (r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+from atp_service.storage import embedded_redis
 from atp_service.storage.embedded_redis import EmbeddedRedis, RedisDidNotStart, StartAbandoned
 
 SILENT_REDIS = """\
@@ -173,5 +178,44 @@ def test_an_abandoned_start_stops_redis_and_frees_the_data_directory(tmp_path: P
             embedded.start(abandon=abandon)
         assert embedded.process is not None and embedded.process.poll() is not None
         EmbeddedRedis(data).start().stop()  # the data directory's lock was let go
+    finally:
+        embedded.stop()
+
+
+def test_a_hard_exit_while_a_restart_forks_redis_stops_the_child_being_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart runs in a worker thread; a second stop signal's hard exit (``kill_softly``) landing
+    between its fork and its noting of the child found only the dead redis-server, and the new one
+    outlived the service on the same data directory. It now waits for the child to be noted."""
+    embedded = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        assert embedded.process is not None
+        embedded.process.kill()  # exited on its own: the watch restarts it
+        embedded.process.wait()
+        forked, go_on = threading.Event(), threading.Event()
+        made: list[subprocess.Popen[bytes]] = []
+        real_popen = subprocess.Popen
+
+        def forking_slowly(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+            made.append(real_popen(*args, **kwargs))
+            forked.set()
+            go_on.wait(10)  # the fork done, the child not yet noted: where the hard exit lands
+            return made[-1]
+
+        monkeypatch.setattr(embedded_redis.subprocess, "Popen", forking_slowly)
+        def restarting() -> None:
+            with contextlib.suppress(RedisDidNotStart):  # the hard exit ends the child it waited for
+                embedded.start()
+
+        restart = threading.Thread(target=restarting)
+        restart.start()
+        assert forked.wait(10)
+        hard_exit = threading.Thread(target=embedded.kill_softly)
+        hard_exit.start()
+        hard_exit.join(0.5)  # it waits for the child to be noted (without that, it is done by now)
+        go_on.set()
+        hard_exit.join(10)
+        restart.join(30)
+        assert made[0].wait(10) is not None  # terminated, not left running
     finally:
         embedded.stop()
