@@ -209,7 +209,7 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
     except StartupError:
         await service.stop(grace_s=0)
         raise
-    except Exception as exc:  # Redis lost at the last step of the start (its channels), say
+    except Exception as exc:  # a failure of the start no stop signal explains (not a refusal: StartupError)
         return await _failed_start(config, service, request, f"the start failed: {exc!r}")
     if config.demo and service.is_fresh() and (stopped := await _demo(config, service, request)) is not None:
         return stopped

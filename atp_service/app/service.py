@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
 
 from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_server, server_interceptors
 from atp_service.app.keyspace import StartupError, check_keyspace
@@ -51,6 +52,9 @@ from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelle
 log = logging.getLogger(__name__)
 REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
 """Waits between tries to reach Redis at start (health stays NOT_SERVING meanwhile)."""
+PASSING_REFUSALS = (ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError)
+"""Refusals Redis gives for a while and then stops giving (a failover, memory freed): waited out
+at start like no answer; any other refusal fails the start (``StartupError``)."""
 DEMO_ESTATE = Path(__file__).with_name("demo_estate.toml")
 
 
@@ -173,10 +177,12 @@ class AtpService:
             self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg.channel_settings,
                                         self.metrics.channels)
             await self._while_redis_is_away(self.channels.start)  # a failed read changes nothing: tried again
-        self._servicer.attach(self.engine, self.desk, self.channels)
         if cfg.input_streams:
             self.ingestor = self._ingestor(self.desk)
             await self._while_redis_is_away(self.ingestor.start)  # creating a group that exists is a no-op
+        # Last: no call is answered (health says NOT_SERVING, but a caller need not ask) before the
+        # input streams are read too.
+        self._servicer.attach(self.engine, self.desk, self.channels)
 
     def _ingestor(self, desk: FactDesk) -> StreamIngestor:
         """The input streams' reader. Leased, each process reads as a consumer of its own, named
@@ -210,6 +216,8 @@ class AtpService:
         """Re-read the estate file (SIGHUP or the ReloadEstate RPC): all or nothing — a bad file, or
         channels off, or Redis unreachable while the new channels' feeds load, changes nothing."""
         estate = self._load_estate()
+        if self._starting is None or not self._starting.done():  # the desk may still be loading its feeds
+            raise StartupError("estate: the service is still starting; reload once it serves")
         if self.channels is None:
             raise StartupError("estate: channels were off at start; restart the service to turn them on")
         counts = await self.channels.reload(estate)  # its only await comes before it changes anything
@@ -310,12 +318,22 @@ class AtpService:
 
     async def _while_redis_is_away(self, attempt: Callable[[], Awaitable[None]]) -> None:
         """``attempt()`` again (it must be safe to repeat) until Redis answers it: a blip during the
-        start delays it, health NOT_SERVING meanwhile, instead of failing it."""
+        start delays it, health NOT_SERVING meanwhile, instead of failing it. A refusal that waiting
+        does not cure (a key of another type, a command the ACL denies) fails the start, naming it."""
         def waiting(exc: BaseException, _wait: float) -> None:
             log.warning("waiting for Redis at %s: %s", redacted(self.redis_url), exc,
                         extra={"event": "redis_waiting"})
 
-        await retry_until_done(attempt, STORAGE_ERRORS, REDIS_AT_START, waiting)
+        async def refusals_told() -> None:
+            try:
+                await attempt()
+            except PASSING_REFUSALS:
+                raise
+            except ResponseError as exc:
+                raise StartupError(f"redis_url: Redis at {redacted(self.redis_url)} refused a start-up "
+                                   f"command: {exc}") from None
+
+        await retry_until_done(refusals_told, STORAGE_ERRORS, REDIS_AT_START, waiting)
 
     async def _stop_server(self, grace_s: float) -> None:
         """Stop gRPC once, whoever asks (an unwinding start, ``stop()``) and however often they are

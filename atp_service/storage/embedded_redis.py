@@ -79,9 +79,10 @@ class EmbeddedRedis:
         self.password = password
         self.process: subprocess.Popen[bytes] | None = None
         self._lock_file: TextIO | None = None
-        self._spawning = threading.RLock()
+        self._spawning = threading.Lock()
         """Held from the fork of a redis-server to its pid noted (``process``, the pidfile): a restart
         runs in a worker thread, and a hard exit meanwhile must find the child it is making."""
+        self._exiting = False  # set by ``kill_softly``: no redis-server is forked from then on
 
     @property
     def url(self) -> str:
@@ -117,6 +118,8 @@ class EmbeddedRedis:
         # Own session: a Ctrl-C aimed at the service must not kill Redis before the service
         # has flushed its last snapshot; we stop it ourselves.
         with self._spawning:
+            if self._exiting:  # a hard exit is under way: a child forked now would outlive it
+                raise StartAbandoned("the process exits: the embedded redis-server is not started again")
             self.process = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, start_new_session=True)
             self._pidfile.write_text(str(self.process.pid))
         # Other processes of this deployment (atp-publisher) find the embedded Redis here.
@@ -238,10 +241,12 @@ class EmbeddedRedis:
 
     def kill_softly(self) -> None:
         """SIGTERM without waiting (Redis still flushes its AOF): for a process about to exit hard. A
-        restart forking its redis-server now is waited for (milliseconds; bounded): else that child
-        would outlive the service, unknown to its pidfile, on the data directory the next start takes."""
+        restart forking its redis-server now is waited for (milliseconds; bounded), and none forks after:
+        else that child would outlive the service, unknown to its pidfile, on the data directory the
+        next start takes."""
         spawned = self._spawning.acquire(timeout=5.0)
         try:
+            self._exiting = True
             if self.process and self.process.poll() is None:
                 self.process.terminate()
         finally:

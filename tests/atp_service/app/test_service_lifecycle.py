@@ -16,17 +16,22 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import grpc
 import pytest
+import redis
 import redis.asyncio
 
 from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis, free_port
 from atp_service.app import cli
+from atp_service.app.keyspace import StartupError
+from atp_service.storage.keys import Keyspace
 from benchmarks.tcp_delay import DelayProxyProcess
 from tests.atp_service.app.test_cli import wait_for_line
 from tests.atp_service.app.test_healthcheck import LogSeen, health
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy
+from tests.atp_service.refusals import said
 from tests.atp_service.storage.test_embedded_redis import SLOW_LOAD, populated
 from tests.conftest import spawned
 from tests.conftest import test_config as make_config
@@ -219,6 +224,62 @@ async def test_redis_lost_while_the_desks_start_delays_the_start_instead_of_fail
             await client.record_events([fact("c1", "COUNT", "sku-a", "store-1", 5, 1_700_000_000_000)])
             (a,) = await client.availability([("sku-a", "store-1")])
         assert a.on_hand == 5
+    finally:
+        logger.removeHandler(waiting)
+        await service.stop()
+        await proxy.close()
+
+
+def _input_stream_of_another_type(url: str) -> None:
+    with redis.Redis.from_url(url) as r:
+        r.set("atp:in:pos", "not a stream")
+
+
+def _channel_state_of_another_type(url: str) -> None:
+    with redis.Redis.from_url(url) as r:
+        r.set(Keyspace(make_config().key_prefix).channel_state("market"), "not a hash")
+
+
+@pytest.mark.parametrize("spoil", [_input_stream_of_another_type, _channel_state_of_another_type],
+                         ids=["input stream", "channel feed"])
+async def test_a_refusal_that_waiting_does_not_cure_fails_the_start_naming_it(
+        redis_url: str, tmp_path: Path, spoil: Callable[[str], None]) -> None:
+    """A key of another type where the start reads or makes one (WRONGTYPE; a command the ACL denies
+    is alike): waiting for Redis would wait for ever, health NOT_SERVING; the start fails instead."""
+    spoil(redis_url)
+    service = AtpService(make_config(estate=write_estate(tmp_path), redis_timeout_s=0.5), redis_url)
+    try:
+        with pytest.raises(StartupError, match=r"^redis_url: .*refused a start-up command: WRONGTYPE"):
+            await asyncio.wait_for(service.start(), 30)
+    finally:
+        await service.stop()
+
+
+async def test_nothing_is_answered_and_no_estate_reloaded_before_the_start_is_done(
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
+    """While the start waits for Redis to create the input streams' group, calls are refused
+    RECOVERING (as health says NOT_SERVING) and an estate reload is refused: the channel desk may
+    still be loading its feeds."""
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    url = await proxy.start()
+    proxy.hold(b"XGROUP")
+    service = AtpService(make_config(estate=write_estate(tmp_path), redis_timeout_s=0.5), url)
+    waiting = LogSeen("waiting for Redis")
+    logger = logging.getLogger("atp_service.app.service")
+    logger.addHandler(waiting)
+    try:
+        starting = asyncio.create_task(service.start())
+        await asyncio.wait_for(waiting.seen.wait(), 30)
+        async with AtpClient(f"127.0.0.1:{service.port}") as client:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.availability([("sku-a", "store-1")])
+        assert said(refused.value) == (grpc.StatusCode.UNAVAILABLE, "RECOVERING")
+        with pytest.raises(StartupError, match="still starting"):
+            await service.reload_estate()
+        proxy.hold()
+        proxy.drop()
+        await asyncio.wait_for(starting, 30)
+        assert await service.reload_estate() is not None  # once it serves
     finally:
         logger.removeHandler(waiting)
         await service.stop()

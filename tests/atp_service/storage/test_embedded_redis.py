@@ -219,3 +219,49 @@ def test_a_hard_exit_while_a_restart_forks_redis_stops_the_child_being_made(
         assert made[0].wait(10) is not None  # terminated, not left running
     finally:
         embedded.stop()
+
+
+def test_no_redis_server_is_forked_once_a_hard_exit_was_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hard exit landing while a restart is in ``start`` but not yet forking: the restart gives up
+    instead of forking a redis-server the exiting process would leave behind."""
+    embedded = EmbeddedRedis(tmp_path / "redis").start()
+    made: list[subprocess.Popen[bytes]] = []
+    try:
+        assert embedded.process is not None
+        embedded.process.kill()
+        embedded.process.wait()
+        in_start, go_on = threading.Event(), threading.Event()
+        real_lock, real_popen = embedded._lock, subprocess.Popen
+
+        def locking_slowly() -> None:
+            in_start.set()
+            go_on.wait(10)  # inside the restart's start, before its fork: where the hard exit lands
+            real_lock()
+
+        def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+            made.append(real_popen(*args, **kwargs))
+            return made[-1]
+
+        monkeypatch.setattr(embedded, "_lock", locking_slowly)
+        monkeypatch.setattr(embedded_redis.subprocess, "Popen", popen)
+        abandoned: list[BaseException] = []
+
+        def restarting() -> None:
+            try:
+                embedded.start()
+            except StartAbandoned as exc:
+                abandoned.append(exc)
+
+        restart = threading.Thread(target=restarting)
+        restart.start()
+        assert in_start.wait(10)
+        embedded.kill_softly()
+        go_on.set()
+        restart.join(30)
+        assert made == [] and len(abandoned) == 1
+    finally:
+        for proc in made:
+            proc.terminate()
+            proc.wait(10)
+        embedded.stop()
