@@ -139,16 +139,28 @@ class StreamIngestor:
         self._pending_left = False  # entries were left pending in the passes before, of this round
         self._batches: set[asyncio.Task[int]] = set()
         self._claimed_at = 0.0
+        self._claim_from: dict[str, str] = {}  # per stream, where the next XAUTOCLAIM scan goes on
         self._gauged_at = 0.0
 
     async def start(self) -> None:
+        await self._create_groups()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
+
+    async def _create_groups(self, again: bool = False) -> None:
+        """The consumer group on every input stream, where it is missing. ``again``: one went missing
+        while the service ran (its stream or its group deleted): each made now is said."""
+        group = self._config.consumer_group
         for stream in self._streams:
             try:  # from the beginning: entries appended while the service was down count too
-                await self._client.xgroup_create(stream, self._config.consumer_group, id="0", mkstream=True)
+                await self._client.xgroup_create(stream, group, id="0", mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
+                continue
+            if again:
+                log.warning("input stream %s had no consumer group %s (the stream or its group was deleted): "
+                            "made again, read from the stream's start; facts applied before are recognised (E8)",
+                            stream, group, extra={"event": "ingest_group_made_again", "stream": stream})
 
     async def stop(self) -> None:
         """Stop reading; what is not acknowledged stays pending and is read again on the next start."""
@@ -160,11 +172,17 @@ class StreamIngestor:
 
     async def _run(self) -> None:
         backoff = Backoff(INGEST_RETRY)
+        group_gone = False
         while True:
             try:
+                if group_gone:  # one read names every stream: one stream without its group stops them all
+                    await self._create_groups(again=True)
+                    group_gone = False
                 await self.step()
                 backoff.reset()
             except (RedisError, RedisClusterException, OSError) as exc:  # a cluster no node of which answers
+                group_gone = isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
+                self._metrics.ingest_read_failures.inc()
                 delay = backoff.next_delay()
                 log.warning("input streams: %s; retrying in %.2fs", exc, delay)
                 self._retry_own_pending = True
@@ -263,12 +281,18 @@ class StreamIngestor:
         cfg = self._config
         out: list[Entry] = []
         for stream in self._streams:
+            # Each call scans a bounded part of the group's pending list: the next goes on from the
+            # cursor it returns (0-0: from the start again), so entries far down the list are reached.
             reply = await self._client.xautoclaim(stream, cfg.consumer_group, cfg.consumer_name,
-                                                  min_idle_time=cfg.claim_idle_ms, start_id="0-0",
+                                                  min_idle_time=cfg.claim_idle_ms,
+                                                  start_id=self._claim_from.get(stream, "0-0"),
                                                   count=self._read_count)  # the same batch bound as a read
-            claimed = reply[1]
+            self._claim_from[stream] = as_text(reply[0])
             out += [(stream, entry_id, [x for kv in fields.items() for x in kv] if fields else None)
-                    for entry_id, fields in claimed]
+                    for entry_id, fields in reply[1]]
+            # Redis 7 lists apart the pending entries it found trimmed from the stream, already taken
+            # out of the pending list: dead-lettered as such, like one of this consumer's own.
+            out += [(stream, entry_id, None) for entry_id in (reply[2] if len(reply) > 2 else [])]
         if out:
             self._metrics.ingest_claimed.inc(len(out))
             log.info("claimed %d stale pending entries", len(out))
@@ -331,8 +355,10 @@ class StreamIngestor:
         cfg = self._config
         async with self._client.pipeline(transaction=True) as pipe:
             for stream, entry_id, fields, reason in dead:
-                record: dict[Any, Any] = {"_reason": reason, "_stream": stream, "_id": entry_id}
-                record.update(as_fields(fields))
+                record: dict[Any, Any] = as_fields(fields)
+                # Last, so that an entry carrying such fields (a dead letter replayed as it was) is
+                # dead-lettered with its own reason and origin, not the earlier one's.
+                record.update({"_reason": reason, "_stream": stream, "_id": entry_id})
                 pipe.xadd(cfg.dead_letter_stream, record, maxlen=cfg.side_stream_maxlen, approximate=True)
                 pipe.xack(stream, cfg.consumer_group, entry_id)
             await pipe.execute()

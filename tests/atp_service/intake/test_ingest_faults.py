@@ -1,0 +1,105 @@
+"""The input streams' reader when the streams themselves change under it: a stream or its consumer
+group deleted while the service runs, pending entries trimmed away before a claim, a dead letter
+replayed as it was, a dead consumer's entries far down the pending list."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis
+
+from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.conftest import ServiceFactory
+
+
+async def test_one_input_stream_losing_its_group_does_not_stop_reading_the_others(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """One read names every stream: while one had no group (deleted, then re-made by a producer's
+    XADD without one), every read failed NOGROUP and no stream was read again until a restart."""
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    service, client = await start_service()
+    r.delete("atp:in:wms")
+    r.xadd("atp:in:pos", F("p1", "RECEIPT", "A", "S1", 4, now - 100).fields())
+    r.xadd("atp:in:wms", F("w1", "RECEIPT", "A", "DC", 6, now - 100).fields())  # the stream again, no group
+    await wait_consumed(redis_url, ["atp:in:pos", "atp:in:wms"], timeout_s=20)
+    a, b = await client.availability([("A", "S1"), ("A", "DC")])
+    assert (a.on_hand, b.on_hand) == (4, 6)
+    failures = service.metrics.intake.ingest_read_failures.collect()[0].samples[0].value
+    assert failures >= 1  # what an operator sees besides the log line
+
+
+async def test_a_group_made_again_reads_its_stream_from_the_start_and_applies_nothing_twice(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """XGROUP DESTROY on a stream whose entries were applied: the group made again reads them all
+    again, and E8 recognises each."""
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    _, client = await start_service()
+    r.xadd("atp:in:pos", F("p1", "RECEIPT", "A", "S1", 4, now - 100).fields())
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    r.xgroup_destroy("atp:in:pos", "atp")
+    r.xadd("atp:in:pos", F("p2", "RECEIPT", "A", "S1", 1, now - 50).fields())
+    await wait_consumed(redis_url, ["atp:in:pos"], timeout_s=20)
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 5
+
+
+async def test_a_claimed_entry_deleted_before_it_was_applied_is_dead_lettered(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """XAUTOCLAIM (Redis 7) lists apart the pending entries trimmed from the stream and takes them out
+    of the pending list itself: they went without a dead letter."""
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    r.xgroup_create("atp:in:wms", "atp", id="0", mkstream=True)
+    r.xadd("atp:in:wms", F("w-kept", "RECEIPT", "A", "DC", 2, now - 1000).fields())
+    gone = r.xadd("atp:in:wms", F("w-gone", "RECEIPT", "A", "DC", 3, now - 1000).fields())
+    r.xreadgroup("atp", "dead-consumer", {"atp:in:wms": ">"}, count=10)
+    r.xdel("atp:in:wms", gone)
+    _, client = await start_service(claim_idle_ms=50)
+    await wait_consumed(redis_url, ["atp:in:wms"])
+    (a,) = await client.availability([("A", "DC")])
+    assert a.on_hand == 2
+    ((_, dead),) = r.xrange("atp:dlq")
+    assert (dead[b"_id"], dead[b"_stream"]) == (gone, b"atp:in:wms")
+    assert dead[b"_reason"] == b"entry was deleted from the stream before it was applied"
+
+
+async def test_a_dead_letter_keeps_its_own_reason_whatever_fields_the_entry_has(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A dead letter replayed as it was (OPERATIONS: XADD it again) carries the earlier one's
+    ``_reason``, ``_stream`` and ``_id``: its new dead letter must name its own."""
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    await start_service()
+    entry_id = r.xadd("atp:in:pos", {
+        "_reason": "quantity: not an integer: 'two'", "_stream": "atp:in:wms", "_id": "1-0",
+        "event_id": "x1", "source": "pos", "kind": "SALE", "sku": "A", "location": "S1",
+        "quantity": "2", "event_time_ms": str(now + 3_600_000)})  # an hour ahead: refused (E7)
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    ((_, dead),) = r.xrange("atp:dlq")
+    assert (dead[b"_id"], dead[b"_stream"]) == (entry_id, b"atp:in:pos")
+    assert dead[b"_reason"].startswith(b"event_time_ms:") and dead[b"event_id"] == b"x1"
+
+
+async def test_a_dead_consumers_entries_far_down_the_pending_list_are_claimed(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """XAUTOCLAIM scans at most ten times its COUNT of pending entries a call: started from 0-0 each
+    time, the claims never reached entries behind a long run of ones not idle long enough."""
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    r.xgroup_create("atp:in:wms", "atp", id="0", mkstream=True)
+    busy = [r.xadd("atp:in:wms", F(f"b{i}", "RECEIPT", "B", "DC", 1, now - 1000).fields()) for i in range(40)]
+    r.xadd("atp:in:wms", F("late", "RECEIPT", "A", "DC", 7, now - 1000).fields())
+    r.xreadgroup("atp", "dead-consumer", {"atp:in:wms": ">"}, count=100)
+    r.xclaim("atp:in:wms", "atp", "alive", 0, busy, idle=0)  # not idle: left to their consumer
+    _, client = await start_service(claim_idle_ms=1000, ingest_count=2)  # a scan covers 20 entries
+    for _ in range(200):
+        (a,) = await client.availability([("A", "DC")])
+        if a.on_hand == 7:
+            break
+        r.xclaim("atp:in:wms", "atp", "alive", 0, busy, idle=0)  # kept busy by their consumer
+        await asyncio.sleep(0.05)
+    assert a.on_hand == 7
+
