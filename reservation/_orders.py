@@ -146,7 +146,11 @@ def plan(current: Reservation, step: PendingOp, now: int, limits: Limits, place:
     if paper.saved is None:
         return None, {}, error
     done = paper.saved
-    applied = step if error is None else PendingOp(OrderStep.EXPIRE)  # only an expiry stands beside a refusal
+    # Only an expiry stands beside a refusal; and an order past its TTL that the step expired on the
+    # way (R3) expires whatever the step, a retry answered without an error included (R5): its parts
+    # must give up their units, where the step itself would change nothing.
+    expired_on_the_way = done.state == State.EXPIRED and current.state != State.EXPIRED
+    applied = step if error is None and not expired_on_the_way else PendingOp(OrderStep.EXPIRE)
     recorded = msgspec.structs.replace(done, pending=applied, lines=_unheld(done.lines))
     return recorded, shares(current, applied, place), error
 

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -39,10 +40,10 @@ async def start_service(cluster_url: str) -> AsyncIterator[ServiceFactory]:
         yield start
 
 
-async def _two_groups(start: ServiceFactory, clock: ManualClock, a: int = 10, b: int = 10
+async def _two_groups(start: ServiceFactory, clock: ManualClock, a: int = 10, b: int = 10, **settings: Any
                       ) -> tuple[AtpService, AtpClient, str, str]:
-    """A service with two SKUs placed on different shards, stocked at S1."""
-    service, client = await start(clock=clock)
+    """A service (with ``settings``) with two SKUs placed on different shards, stocked at S1."""
+    service, client = await start(clock=clock, **settings)
     assert service.engine is not None and service.engine.orders is not None
     place = service.engine.place
     first = "A"
@@ -196,3 +197,21 @@ async def test_channel_feeds_on_the_cluster_publish_durable_availability(
         assert r.hlen("atp:{avail}:pickup:state") == 1
     finally:
         r.close()
+
+
+async def test_a_partial_release_retried_after_the_ttl_releases_every_part(start_service: ServiceFactory) -> None:
+    """An order's partial Release retried by its operation id once its TTL has passed, before any
+    housekeeping pass (an hour apart here): answered EXPIRED, and no part keeps its units."""
+    clock = ManualClock(T0)
+    service, client, a, b = await _two_groups(start_service, clock, maintenance_interval_ms=3_600_000)
+    held = await client.reserve("o1", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=60)
+    assert held.state == pb.RESERVATION_STATE_HELD
+    first = await client.release("o1", lines=[(a, "S1", 1)], operation_id="op-1")
+    assert first.state == pb.RESERVATION_STATE_HELD and await _reserved(client, (a, b)) == [2, 2]
+    clock.advance(61_000)
+    retried = await client.release("o1", lines=[(a, "S1", 1)], operation_id="op-1")
+    assert retried.state == pb.RESERVATION_STATE_EXPIRED
+    assert service.engine is not None
+    await service.engine.run_maintenance()
+    assert (await client.get_reservation("o1")).state == pb.RESERVATION_STATE_EXPIRED
+    assert await _reserved(client, (a, b)) == [0, 0]

@@ -226,3 +226,21 @@ async def test_a_reserve_retried_after_its_ttl_while_undecided_expires_it_rather
     again, _ = await rig.run(engine.reserve(cmd))
     assert again.state == State.EXPIRED
     assert rig.quantities() == [(0, 0), (0, 0)]
+
+
+async def test_a_partial_release_retried_after_the_ttl_leaves_no_part_holding_units(rig: Rig) -> None:
+    """A partial Release whose answer was lost, retried by its operation id after the TTL (before
+    housekeeping): the order expired on the way (R3) and answered EXPIRED, but its saga carried the
+    retried release — which changes nothing — so every part kept its units for good."""
+    engine = rig.engine
+    rec, _ = await rig.run(engine.reserve(rig.cmd("o1")))
+    assert rec.state == State.HELD
+    line = (LineRequest(SKUS[0], "DC", 1),)
+    first = await rig.run(engine.release("o1", line, "op-1"))
+    assert first.state == State.HELD and rig.quantities() == [(2, 0), (3, 0)]
+    rig.clock.advance(61_000)
+    retried = await rig.run(engine.release("o1", line, "op-1"))  # R5: same operation id, same lines
+    assert retried.state == State.EXPIRED
+    await rig.run(engine.run_maintenance())
+    assert rig.quantities() == [(0, 0), (0, 0)]
+    assert all(rig.part("o1", g).state not in (State.HELD, State.CONFIRMED) for g in (0, 1))
