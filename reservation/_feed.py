@@ -210,6 +210,20 @@ class Feed:
             self.throttled += due > now_ms
             heapq.heappush(self._due, (due, pend.gen, key))
 
+    def withdraw(self, key: Key, now_ms: int) -> None:
+        """``key`` is no longer the channel's (a location it stopped selling from): shown 0 once it
+        was shown anything, or is being shown something now (C1); a value never shown is dropped."""
+        pend, sent, pub = self._pending.get(key), self._inflight.get(key), self.published.get(key)
+        if sent is None and pub is None:
+            self._forget(key)
+            return
+        event_time = max(known.event_time for known in (pend, sent, pub) if known is not None)
+        self.offer(key, 0, event_time, now_ms, now_ms)
+
+    def keys(self) -> set[Key]:
+        """Every key published, being written or waiting."""
+        return {*self.published, *self._inflight, *self._pending}
+
     def _forget(self, key: Key) -> None:
         self._pending.pop(key, None)
         self._stockouts.pop(key, None)

@@ -92,15 +92,17 @@ class ChannelDesk:
 
     def _withdraw_dropped_locations(self) -> None:
         """A per-location channel that no longer sells from a location is shown 0 there at once:
-        its last number must not stay on the channel (C1: only locations it may sell from count)."""
+        its last number must not stay on the channel (C1: only locations it may sell from count) —
+        nor one waiting for its throttle interval or being written now, which nothing would correct
+        later, as no curation looks at that location again."""
         now = self.clock.now_ms()
         for name, channel in self.estate.channels.items():
             if not channel.per_location:
                 continue
             allowed, feed = set(channel.sells_from), self.feeds[name]
-            for key, pub in list(feed.published.items()):
-                if key[1] not in allowed and pub.quantity > 0:
-                    feed.offer(key, 0, pub.event_time, now, now)
+            for key in feed.keys():
+                if key[1] not in allowed:
+                    feed.withdraw(key, now)
 
     def _find_zero_lines(self) -> None:
         """Per per-location channel, the ``available`` at or below which a position shows 0: what

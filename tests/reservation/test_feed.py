@@ -121,3 +121,24 @@ def test_status_bands() -> None:
     policy = FeedPolicy(low_stock_level=3)
     assert [policy.status(q) for q in (0, 1, 3, 4)] == [
         StockStatus.OUT_OF_STOCK, StockStatus.LOW_STOCK, StockStatus.LOW_STOCK, StockStatus.IN_STOCK]
+
+
+def test_c1_a_withdrawn_key_shows_0_once_it_was_shown_anything_and_nothing_else_waits() -> None:
+    feed = published_feed(FeedPolicy(throttle_ms=1000), {"shown": 5, "zero": 0})
+    drain(feed, T0)
+    feed.offer(("zero", ""), 4, T0, T0, T0)  # shown 0: the 4 waits for nothing, goes at once
+    feed.offer(("never", ""), 7, T0, T0, T0)  # never shown: a baseline
+    for sku in ("shown", "zero", "never"):
+        feed.withdraw((sku, ""), T0)
+    assert [(u.sku, u.quantity) for u in drain(feed, T0)] == [("shown", 0)]
+    assert feed.pending == 0 and ("never", "") not in feed.keys()
+
+
+def test_c1_a_key_withdrawn_while_its_value_is_written_is_shown_0_after() -> None:
+    feed = published_feed(FeedPolicy(throttle_ms=1000), {})
+    feed.offer(("a", ""), 4, T0, T0, T0)
+    (sent,) = feed.take(T0, 10)  # the baseline 4 is being written
+    feed.withdraw(("a", ""), T0)
+    sent.published_at = T0
+    feed.confirm([sent])
+    assert [(u.sku, u.quantity, u.previous) for u in drain(feed, T0)] == [("a", 0, 4)]
