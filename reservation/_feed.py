@@ -220,7 +220,7 @@ class Feed:
         event_time = max(known.event_time for known in (pend, sent, pub) if known is not None)
         self.offer(key, 0, event_time, now_ms, now_ms)
 
-    def keys(self) -> set[Key]:
+    def known_keys(self) -> set[Key]:
         """Every key published, being written or waiting."""
         return {*self.published, *self._inflight, *self._pending}
 

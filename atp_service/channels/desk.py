@@ -100,7 +100,7 @@ class ChannelDesk:
             if not channel.per_location:
                 continue
             allowed, feed = set(channel.sells_from), self.feeds[name]
-            for key in feed.keys():
+            for key in feed.known_keys():
                 if key[1] not in allowed:
                     feed.withdraw(key, now)
 

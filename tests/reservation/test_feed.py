@@ -131,7 +131,7 @@ def test_c1_a_withdrawn_key_shows_0_once_it_was_shown_anything_and_nothing_else_
     for sku in ("shown", "zero", "never"):
         feed.withdraw((sku, ""), T0)
     assert [(u.sku, u.quantity) for u in drain(feed, T0)] == [("shown", 0)]
-    assert feed.pending == 0 and ("never", "") not in feed.keys()
+    assert feed.pending == 0 and ("never", "") not in feed.known_keys()
 
 
 def test_c1_a_key_withdrawn_while_its_value_is_written_is_shown_0_after() -> None:
