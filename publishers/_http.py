@@ -22,12 +22,17 @@ from ._delivery import DeliveryError
 log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 WAITED_STATUSES = frozenset({429, 503})
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 @dataclass(frozen=True)
 class HttpSettings:
     timeout_s: float = 10.0
-    """Connect/read/write timeout of one request."""
+    """Bound of one request, from connecting to the last byte of the answer: a destination that
+    trickles its answer cannot hold a delivery past it (the try fails, retryable)."""
+
+    max_answer_bytes: int = 1 << 20
+    """Largest answer body read; a larger one fails the try (retryable) instead of filling memory."""
 
     max_wait_s: float = 60.0
     """Longest wait a destination may ask for (``Retry-After``, Shopify's throttle); longer asks are cut."""
@@ -36,8 +41,8 @@ class HttpSettings:
     """Waits per request before the answer goes back to the retry loop (an attempt that failed)."""
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.max_wait_s < 0 or self.max_waits < 0:
-            raise ValueError("timeout_s must be positive, max_wait_s and max_waits at least 0")
+        if self.timeout_s <= 0 or self.max_wait_s < 0 or self.max_waits < 0 or self.max_answer_bytes <= 0:
+            raise ValueError("timeout_s and max_answer_bytes must be positive, max_wait_s and max_waits at least 0")
 
 
 def retry_after_s(response: httpx.Response, now_s: float) -> float | None:
@@ -81,10 +86,27 @@ class Http:
         raise AssertionError("unreachable: the last try returns")
 
     async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """One try, bounded as a whole (httpx's timeout bounds each socket operation alone)."""
         try:
-            return await self.client.post(url, content=body, headers=headers)
+            async with asyncio.timeout(self.settings.timeout_s):
+                async with self.client.stream("POST", url, content=body, headers=headers) as response:
+                    answer = await self._bounded_body(response)
+        except TimeoutError:
+            raise DeliveryError(f"no whole answer within timeout_s={self.settings.timeout_s:g}s") from None
         except httpx.HTTPError as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
+        # The answer as read (decoded already): its headers without those of the encoded body.
+        kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+        return httpx.Response(response.status_code, headers=kept, content=answer, request=response.request)
+
+    async def _bounded_body(self, response: httpx.Response) -> bytes:
+        limit, parts, size = self.settings.max_answer_bytes, [], 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > limit:
+                raise DeliveryError(f"HTTP {response.status_code}: an answer over max_answer_bytes={limit}")
+            parts.append(part)
+        return b"".join(parts)
 
     async def close(self) -> None:
         await self.client.aclose()

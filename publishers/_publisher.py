@@ -66,9 +66,12 @@ class Publisher:
         """Until ``stop``: own pending entries first (a restart), then new ones."""
         if self._bucket is None:
             await self.prepare()
-        own_pending = True
+        own_pending, group_gone = True, False
         while not self._stop.is_set():
             try:
+                if group_gone:
+                    await self._make_group(again=True)
+                    group_gone = False
                 read = await self._read("0" if own_pending else ">")
                 if own_pending and not read.ids:
                     own_pending = False
@@ -76,6 +79,9 @@ class Publisher:
                 if read.ids:
                     await self.process(read)
             except STORAGE_ERRORS as exc:  # a cluster with no node answering raises no RedisError
+                # The stream deleted (and written again without the group), or Redis restored from
+                # before the group: no read succeeds until the group is made again.
+                group_gone = isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
                 log.warning("%s: Redis unavailable (%s); retrying in %g s", self.config.channel, exc,
                             self.config.redis_retry_s)
                 # What this consumer read but could not settle is still pending in its name:
@@ -86,14 +92,24 @@ class Publisher:
     def stop(self) -> None:
         self._stop.set()
 
-    async def prepare(self) -> None:
-        """The consumer group (created if new) and the delivered versions: the first Redis calls."""
+    async def _make_group(self, again: bool = False) -> None:
+        """The consumer group, made where it is missing, from the stream's start: versions already
+        delivered are skipped (the delivered hash). ``again``: it went missing while this ran."""
         cfg = self.config
         try:
             await self.client.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            return
+        if again:
+            log.warning("%s: the stream %s had no consumer group %s (deleted, or Redis restored from before "
+                        "it): made again, read from the stream's start", cfg.channel, cfg.stream, cfg.group)
+
+    async def prepare(self) -> None:
+        """The consumer group (created if new) and the delivered versions: the first Redis calls."""
+        cfg = self.config
+        await self._make_group()
         raw = await self.client.hgetall(cfg.delivered_key)
         self._delivered = {as_text(k): int(v) for k, v in raw.items()}
         self._bucket = TokenBucket(cfg.rate_limit_per_s, cfg.burst, self._now_ms())
@@ -192,6 +208,11 @@ class Publisher:
         stopping = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # This publisher is cancelled: its delivery must not go on alone, or it could send an
+            # older value after a successor sent a newer one, which would then lose at the destination.
+            await cancel_and_wait(task)
+            raise
         finally:
             stopping.cancel()
         if task.done():

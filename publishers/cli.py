@@ -68,6 +68,10 @@ def _delivery_flags(p: argparse.ArgumentParser) -> None:
                    help="longest wait a destination may ask for (Retry-After, Shopify throttling; default 60 s)")
     p.add_argument("--max-waits", type=int, default=5,
                    help="such waits per request before it counts as a failed attempt (default 5)")
+    p.add_argument("--request-timeout", type=float, default=HttpSettings.timeout_s,
+                   help="bound of one request, answer included (default 10 s)")
+    p.add_argument("--max-answer-bytes", type=int, default=HttpSettings.max_answer_bytes,
+                   help="largest answer read from a destination (default 1 MiB)")
 
 
 def _shopify_flags(p: argparse.ArgumentParser) -> None:
@@ -105,7 +109,11 @@ def make_adapter(args: argparse.Namespace) -> Adapter:
         return JsonlAdapter(args.file)
     if not args.url:
         raise ValueError(f"--url: required by the {args.adapter} adapter")
-    http = HttpSettings(max_wait_s=args.max_wait, max_waits=args.max_waits)
+    try:
+        http = HttpSettings(timeout_s=args.request_timeout, max_answer_bytes=args.max_answer_bytes,
+                            max_wait_s=args.max_wait, max_waits=args.max_waits)
+    except ValueError as exc:
+        raise ValueError(f"--request-timeout, --max-answer-bytes, --max-wait, --max-waits: {exc}") from None
     if args.adapter == "webhook":
         return WebhookAdapter(args.url, os.environ.get("ATP_WEBHOOK_SECRET", ""), http)
     if args.batch > MAX_QUANTITIES:

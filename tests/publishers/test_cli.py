@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from publishers.cli import build_parser
+from publishers import WebhookAdapter
+from publishers.cli import build_parser, make_adapter
+from tests.publishers.test_publisher import SECRET
 
 FLAGS = ["--channel", "web", "--adapter", "jsonl", "--file", "web.jsonl"]
 
@@ -15,3 +17,14 @@ def test_the_metrics_endpoint_listens_on_loopback_unless_told(monkeypatch: pytes
     monkeypatch.setenv("ATP_METRICS_HOST", "0.0.0.0")  # in a container, for a scraper beside it
     assert build_parser().parse_args(FLAGS).metrics_host == "0.0.0.0"
     assert build_parser().parse_args([*FLAGS, "--metrics-host", "10.0.0.5"]).metrics_host == "10.0.0.5"
+
+
+def test_the_request_bounds_reach_the_adapter_and_a_bad_one_is_refused_naming_the_flags(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATP_WEBHOOK_SECRET", SECRET)
+    web = ["--channel", "web", "--adapter", "webhook", "--url", "http://127.0.0.1:1/x"]
+    adapter = make_adapter(build_parser().parse_args([*web, "--request-timeout", "3", "--max-answer-bytes", "2048"]))
+    assert isinstance(adapter, WebhookAdapter)
+    assert (adapter._http.settings.timeout_s, adapter._http.settings.max_answer_bytes) == (3.0, 2048)
+    with pytest.raises(ValueError, match=r"^--request-timeout, --max-answer-bytes, --max-wait, --max-waits: "):
+        make_adapter(build_parser().parse_args([*web, "--max-answer-bytes", "0"]))

@@ -1,0 +1,191 @@
+"""A publisher under faults of its own: cancelled while a delivery waits, its consumer group lost
+while it runs, a destination that trickles its answer or sends too much of one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from publishers import DeliveryError, JsonlAdapter, Publisher, PublisherMetrics, WebhookAdapter
+from publishers._http import HttpSettings
+from tests.atp_service.redis_proxy import until
+from tests.publishers.http_helpers import serve
+from tests.publishers.test_publisher import SECRET, client, config, pending, publish, update
+
+__all__ = ["client"]  # the fixture, shared with test_publisher
+STREAM = "atp:{avail}:web"
+
+
+async def test_a_cancelled_publisher_leaves_no_delivery_behind(client: aioredis.Redis) -> None:
+    """Cancelled while its delivery waited out a Retry-After, a publisher left that delivery running
+    alone: it sent its older batch after a successor had delivered a newer value, which then lost."""
+    lock, seen, accepted = threading.Lock(), [0], []
+
+    def handle(path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        with lock:
+            seen[0] += 1
+            if seen[0] == 1:
+                return 429, {"Retry-After": "1"}, b""  # the first try is asked to wait
+            accepted.extend(json.loads(body)["updates"])
+            return 200, {}, b""
+
+    entered, release = asyncio.Event(), asyncio.Event()
+    waiting: list[asyncio.Task[Any]] = []
+
+    async def gated_sleep(seconds: float) -> None:  # the Retry-After wait, ended when the test says
+        waiting.append(asyncio.current_task())  # type: ignore[arg-type]
+        entered.set()
+        await release.wait()
+
+    with serve(handle) as base:
+        url = base + "/inventory"
+        await publish(client, [update("a", 5, 1)])
+        first = Publisher(config(), client, WebhookAdapter(url, SECRET, sleep=gated_sleep), PublisherMetrics())
+        task = asyncio.create_task(first.run())
+        await asyncio.wait_for(entered.wait(), 10)
+        task.cancel()  # e.g. the embedding application shuts the publisher's task down
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        await publish(client, [update("a", 0, 2)])  # a stock-out, newer
+        second = Publisher(config(), client, WebhookAdapter(url, SECRET), PublisherMetrics())
+        run = asyncio.create_task(second.run())
+
+        async def caught_up() -> bool:
+            return any(u["version"] == 2 for u in accepted) and await pending(client) == 0
+
+        for _ in range(500):
+            if await caught_up():
+                break
+            await asyncio.sleep(0.02)
+        assert await caught_up(), "the second publisher did not deliver version 2"
+        second.stop()
+        await asyncio.wait_for(run, 5)
+        await second.adapter.close()
+
+        release.set()  # whatever of the cancelled publisher still runs may go on now
+        await asyncio.wait(waiting, timeout=10)
+        await until(lambda: all(t.done() for t in waiting), "the cancelled publisher's delivery ended")
+        await first.adapter.close()
+    last = [u for u in accepted if u["sku"] == "a"][-1]
+    assert (last["version"], last["quantity"]) == (2, 0), f"destination ends at {last} after version 2 (0)"
+
+
+async def test_a_publisher_delivers_again_after_its_group_was_lost(client: aioredis.Redis, tmp_path: Path) -> None:
+    """The channel stream deleted (and written again) while the publisher runs: every read failed
+    NOGROUP, taken for "Redis unavailable" and retried for ever."""
+    out = tmp_path / "feed.jsonl"
+
+    def versions() -> list[int]:
+        return [json.loads(line)["version"] for line in out.read_text().splitlines()] if out.exists() else []
+
+    await publish(client, [update("a", 5, 1)])
+    publisher = Publisher(config(group="jsonl", redis_retry_s=0.05), client, JsonlAdapter(out), PublisherMetrics())
+    task = asyncio.create_task(publisher.run())
+    try:
+        for _ in range(500):
+            if versions() == [1]:
+                break
+            await asyncio.sleep(0.02)
+        assert versions() == [1]
+        await client.delete(STREAM)  # gone with its group; the desk's next write makes the stream again
+        await publish(client, [update("a", 0, 2)])
+        for _ in range(500):  # bounded: 10 s, 200 read retries at 0.05 s
+            if 2 in versions():
+                break
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
+        assert 2 in versions(), "version 2 (a stock-out) never delivered: the publisher retries NOGROUP for ever"
+    finally:
+        publisher.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_trickled_answer_cannot_hold_a_delivery_past_its_timeout() -> None:
+    """httpx's timeout bounds each socket read, not the request: a destination sending its answer a
+    byte at a time held the delivery as long as it liked."""
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.flush()
+            while not stop.is_set():  # one byte per 50 ms: 5,000 s for the whole body
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.05)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    adapter = WebhookAdapter(f"http://127.0.0.1:{server.server_address[1]}/inventory", SECRET,
+                             HttpSettings(timeout_s=2.0))
+    try:
+        # 10 s: five times the request's bound; the bound itself is what ends it.
+        with pytest.raises(DeliveryError, match=r"no whole answer within timeout_s=2s"):
+            await asyncio.wait_for(adapter.deliver("web", [update("a", 0, 1)]), 10)
+    finally:
+        stop.set()
+        await adapter.close()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def answering() -> Iterator[Any]:
+    """A local HTTP server whose answers the test gives: status and body."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(status: int, body: bytes) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/inventory"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_an_answer_over_its_bound_fails_the_try_and_one_within_it_is_read(answering: Any) -> None:
+    bounded = HttpSettings(max_answer_bytes=1000)
+    big = WebhookAdapter(answering(500, b"x" * 5000), SECRET, bounded)
+    small = WebhookAdapter(answering(500, b"not now"), SECRET, bounded)
+    try:
+        with pytest.raises(DeliveryError, match=r"^HTTP 500: an answer over max_answer_bytes=1000$"):
+            await big.deliver("web", [update("a", 0, 1)])
+        with pytest.raises(DeliveryError, match=r"^HTTP 500: not now$") as told:
+            await small.deliver("web", [update("a", 0, 1)])
+        assert told.value.retryable
+    finally:
+        await big.close()
+        await small.close()
