@@ -13,6 +13,7 @@ the delivered versions, in one MULTI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -211,7 +212,9 @@ class Publisher:
         except BaseException:
             # This publisher is cancelled: its delivery must not go on alone, or it could send an
             # older value after a successor sent a newer one, which would then lose at the destination.
-            await cancel_and_wait(task)
+            # Its own end (a failure in the same turn) must not replace the cancellation.
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(task)
             raise
         finally:
             stopping.cancel()

@@ -234,14 +234,18 @@ class ChannelDesk:
         """Publish the stock-outs offered since the last round, curate what changed (its stock-outs
         go out first, C2), offer the rest and publish what is due."""
         await self.publish_due(urgent_only=True)
+        estate = self.estate
         rest = self.curate_dirty()
         try:
             if rest:
                 await self.publish_due(urgent_only=True)
         finally:
             # Curated is as good as offered (the curator notes what it offered): a failed write of
-            # the stock-outs must not lose the rest (C4).
-            self._offer(rest)
+            # the stock-outs must not lose the rest (C4). Unless the estate was reloaded meanwhile:
+            # the rest was curated by the old one (a location no longer sold, say), and the reload
+            # has every SKU curated again by the new one.
+            if self.estate is estate:
+                self._offer(rest)
         await self.publish_due()
 
     async def _sleep_until_due(self) -> None:

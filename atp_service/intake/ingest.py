@@ -23,14 +23,14 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
+from atp_service.intake.entries import Dead, Entry, Read, as_fields, decode_fact, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text
 from atp_service.tasks import cancel_and_wait
-from reservation import DomainError, Fact, FactKind, InvalidArgument, Limits, Moved
-from reservation import fact as make_fact
+from reservation import DomainError, Fact, InvalidArgument, Moved
 
 log = logging.getLogger(__name__)
 INGEST_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
@@ -45,72 +45,11 @@ the next pass goes on from there, and new entries are read in between. A pass mu
 PENDING_SETTLE_S = 0.2
 """How long a pass over the pending entries waits for the batches in flight (their entries are in its
 list too); one still waiting for an owner then puts the pass off, and new entries are read meanwhile."""
+TRIMMED_WHILE_PENDING = "entry was trimmed from the stream while pending; not known to be applied"
+"""The dead letter of a pending entry a claim found trimmed: the consumer that held it may have
+applied it, or may yet (a live one), or not (a dead one)."""
 DECODE_SLICE = 500
 """Entries decoded in one go: a read of thousands must not hold the event loop for tens of ms."""
-
-REQUIRED = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms")
-_REQUIRED_BYTES = tuple(name.encode() for name in REQUIRED)
-_DOCUMENTED_ORDER = list(_REQUIRED_BYTES)
-_KINDS = {k.name: k.value for k in FactKind}
-Entry = tuple[str, bytes, list[bytes] | None]  # stream, entry id, flat [field, value, …] (None: deleted)
-Read = tuple[str, bytes, list[bytes]]  # stream, entry id, its fields: an entry whose fact was decoded
-Dead = tuple[str, bytes, list[bytes], str]  # stream, entry id, its fields, why it is dead-lettered
-
-
-def decode_fact(flat: list[bytes], now: int, limits: Limits) -> Fact:
-    """One input-stream entry (its flat field/value list) -> a validated fact, or InvalidArgument
-    naming the field. Entries written in the documented field order skip the dict and the lookups."""
-    if flat[0::2] == _DOCUMENTED_ORDER:
-        raw, raw_reservation_id = flat[1::2], b""
-    else:  # any other order, extra fields: the first problem in the documented order is named
-        fields = as_fields(flat)
-        _check_utf8(flat)  # before naming a missing field, as the entry as a whole is unreadable
-        raw = [_field(fields, key) for key in _REQUIRED_BYTES]
-        raw_reservation_id = fields.get(b"reservation_id", b"")
-    # The two numbers stay bytes: int() reads them as it reads text, without a decode.
-    raw_id, raw_source, raw_kind, raw_sku, raw_location, quantity, event_time = raw
-    try:
-        event_id, source, kind_text = raw_id.decode(), raw_source.decode(), raw_kind.decode()
-        sku, location, reservation_id = raw_sku.decode(), raw_location.decode(), raw_reservation_id.decode()
-    except UnicodeDecodeError:
-        _check_utf8(flat)  # raises, with the same message as everywhere
-        raise
-    kind = _KINDS.get(kind_text) or _KINDS.get(kind_text.strip().upper())
-    if kind is None:
-        raise InvalidArgument("kind", f"unknown fact kind {kind_text!r} (one of {', '.join(_KINDS)})")
-    qty = _integer("quantity", quantity)
-    at = _integer("event_time_ms", event_time)
-    # Positional: this is the ingest hot path (keyword binding of ten arguments costs ~0.3 µs a fact).
-    return make_fact(event_id, source, kind, sku, location, qty, at, reservation_id, now, limits, "event_time_ms")
-
-
-def _check_utf8(flat: list[bytes]) -> None:
-    try:
-        for part in flat:
-            part.decode()
-    except UnicodeDecodeError:
-        raise InvalidArgument("entry", "field values must be UTF-8") from None
-
-
-def _integer(name: str, raw: bytes) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        text = raw[:40].decode(errors="replace")
-        raise InvalidArgument(name, f"not an integer: {text!r}") from None
-
-
-def as_fields(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A flat [field, value, …] list as a dict (the last value of a repeated field wins, as in XADD)."""
-    return dict(zip(flat[0::2], flat[1::2], strict=True))
-
-
-def _field(fields: dict[bytes, bytes], key: bytes) -> bytes:
-    value = fields.get(key)
-    if value is None:
-        raise InvalidArgument(key.decode(), "missing")
-    return value
-
 
 class StreamIngestor:
     """Reads the input streams on its own Redis connection pool, separate from the log's appends.
@@ -140,6 +79,7 @@ class StreamIngestor:
         self._batches: set[asyncio.Task[int]] = set()
         self._claimed_at = 0.0
         self._claim_from: dict[str, str] = {}  # per stream, where the next XAUTOCLAIM scan goes on
+        self._seen: dict[str, bytes] = {}  # per stream, the newest entry id read
         self._gauged_at = 0.0
 
     async def start(self) -> None:
@@ -151,16 +91,20 @@ class StreamIngestor:
         while the service ran (its stream or its group deleted): each made now is said."""
         group = self._config.consumer_group
         for stream in self._streams:
-            try:  # from the beginning: entries appended while the service was down count too
-                await self._client.xgroup_create(stream, group, id="0", mkstream=True)
+            # From the beginning: entries appended while the service was down count too. Made again:
+            # after the newest entry this reader has seen there — the older ones were applied, or
+            # refused (E7 judged by a clock that has moved since), and must not be judged again.
+            start = self._seen.get(stream, b"0") if again else b"0"
+            try:
+                await self._client.xgroup_create(stream, group, id=start, mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
                 continue
             if again:
                 log.warning("input stream %s had no consumer group %s (the stream or its group was deleted): "
-                            "made again, read from the stream's start; facts applied before are recognised (E8)",
-                            stream, group, extra={"event": "ingest_group_made_again", "stream": stream})
+                            "made again, read after entry %s, the newest this reader had seen", stream, group,
+                            as_text(start), extra={"event": "ingest_group_made_again", "stream": stream})
 
     async def stop(self) -> None:
         """Stop reading; what is not acknowledged stays pending and is read again on the next start."""
@@ -274,12 +218,21 @@ class StreamIngestor:
         for stream, rows in streams:
             name = as_text(stream)
             entries += [(name, entry_id, flat or None) for entry_id, flat in rows]
+            if rows:
+                self._note_seen(name, rows[-1][0])
         return entries
+
+    def _note_seen(self, stream: str, entry_id: bytes) -> None:
+        """The newest entry id read from ``stream`` (where a group made again starts)."""
+        seen = self._seen.get(stream)
+        if seen is None or id_key(entry_id) > id_key(seen):
+            self._seen[stream] = entry_id
 
     async def _claim(self) -> list[Entry]:
         """Take over entries a dead consumer left pending for longer than claim_idle_ms."""
         cfg = self._config
         out: list[Entry] = []
+        dead: list[Dead] = []
         for stream in self._streams:
             # Each call scans a bounded part of the group's pending list: the next goes on from the
             # cursor it returns (0-0: from the start again), so entries far down the list are reached.
@@ -290,9 +243,13 @@ class StreamIngestor:
             self._claim_from[stream] = as_text(reply[0])
             out += [(stream, entry_id, [x for kv in fields.items() for x in kv] if fields else None)
                     for entry_id, fields in reply[1]]
-            # Redis 7 lists apart the pending entries it found trimmed from the stream, already taken
-            # out of the pending list: dead-lettered as such, like one of this consumer's own.
-            out += [(stream, entry_id, None) for entry_id in (reply[2] if len(reply) > 2 else [])]
+            # Redis 7 lists apart the pending entries it found trimmed from the stream, idle or not,
+            # and takes them out of the pending list: told as dead letters. Whether the consumer that
+            # held one applied it is not known (a live one may yet; its fields are gone from Redis).
+            trimmed = reply[2] if len(reply) > 2 else []
+            dead += [(stream, entry_id, [], TRIMMED_WHILE_PENDING) for entry_id in trimmed]
+        if dead:
+            await self._dead_letter(dead)
         if out:
             self._metrics.ingest_claimed.inc(len(out))
             log.info("claimed %d stale pending entries", len(out))

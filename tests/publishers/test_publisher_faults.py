@@ -189,3 +189,45 @@ async def test_an_answer_over_its_bound_fails_the_try_and_one_within_it_is_read(
     finally:
         await big.close()
         await small.close()
+
+
+class FailsWhenTold:
+    """A destination whose first delivery fails when the test says; later ones never end."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.entered, self.fail = asyncio.Event(), asyncio.Event()
+
+    async def deliver(self, channel: str, updates: list[Any]) -> None:
+        self.calls += 1
+        self.entered.set()
+        if self.calls == 1:
+            await self.fail.wait()
+            raise DeliveryError("HTTP 503: not now")  # retryable
+        await asyncio.Event().wait()  # a later try: never ends
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_cancellation_arriving_as_the_delivery_fails_is_not_swallowed(client: aioredis.Redis) -> None:
+    """The delivery failing in the turn the publisher is cancelled: the failure must not take the
+    cancellation's place (the publisher would retry on, cancelled)."""
+    await publish(client, [update("a", 5, 1)])
+    adapter = FailsWhenTold()
+    publisher = Publisher(config(backoff_base_s=0.001, backoff_max_s=0.001), client, adapter, PublisherMetrics())
+    task = asyncio.create_task(publisher.run())
+    await asyncio.wait_for(adapter.entered.wait(), 10)
+    adapter.fail.set()  # the delivery fails in the next loop turn ...
+    task.cancel()  # ... the turn in which the publisher's cancellation arrives
+    done, _ = await asyncio.wait({task}, timeout=5)
+    try:
+        assert task in done, f"the cancelled publisher still runs ({adapter.calls} deliveries tried)"
+        assert task.cancelled()
+        assert adapter.calls == 1
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)

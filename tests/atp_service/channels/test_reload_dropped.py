@@ -27,6 +27,10 @@ def _idle(desk: ChannelDesk) -> bool:
     return not desk._dirty and pickup.pending == 0 and pickup.in_flight == 0
 
 
+def _all_idle(desk: ChannelDesk) -> bool:
+    return not desk._dirty and all(f.pending == 0 and f.in_flight == 0 for f in desk.feeds.values())
+
+
 async def test_a_change_waiting_for_its_throttle_interval_at_a_dropped_location_is_never_published(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
     key = ("sku-r", "store-3")
@@ -69,6 +73,56 @@ async def test_a_first_number_being_written_at_a_dropped_location_is_withdrawn(
         await proxy.land(proxy.held[0])  # the write lands in time: its reply reaches the desk
         await until(lambda: _idle(desk), "the desk idle")
         assert latest(await stream_updates(redis_url, "pickup"))[key][0] == 0
+    finally:
+        if client is not None:
+            await client.close()
+        await service.stop(grace_s=0.1)
+        await proxy.close()
+
+
+async def test_offers_curated_before_a_reload_do_not_republish_a_dropped_location(
+        redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    """A round keeps its curated offers aside while its stock-outs are written; a reload landing in
+    that write dropped store-3, then the round offered the 6 it had curated there under the old estate."""
+    key = ("sku-r", "store-3")
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    url = await proxy.start()
+    path = write_estate(tmp_path)
+    clock = ManualClock(T)
+    service = AtpService(make_config(estate=path, redis_timeout_s=30), url, clock=clock)
+    client = None
+    try:
+        await service.start()
+        desk = service.channels
+        assert desk is not None
+        client = AtpClient(f"127.0.0.1:{service.port}")
+        await client.record_events([fact("c1", "COUNT", *key, 5, T)])
+        await until(lambda: _all_idle(desk) and key in desk.feeds["pickup"].published, "the baselines published")
+        assert desk.feeds["pickup"].published[key].quantity == 4
+        clock.advance(1000)  # past pickup's throttle interval
+
+        assert service.engine is not None
+        place = service.engine.place
+        other = next(f"sku-m{n}" for n in range(2, 500) if place(f"sku-m{n}") == place("sku-r"))
+        await client.record_events([fact("c3", "COUNT", other, "dc-1", 10, T)])
+        await until(lambda: _all_idle(desk) and (other, "") in desk.feeds["market"].published, "its baseline published")
+        proxy.hold(desk.store._write_script.sha.encode())
+        # One call, one shard: a change at store-3 (pickup 6, not urgent) and a market stock-out (urgent).
+        await client.record_events([fact("r1", "RECEIPT", *key, 2, T + 1000),
+                                    fact("s2", "SALE", other, "dc-1", 10, T + 1000)])
+        # Next round: curated (store-3's 6 kept aside in ``rest``), its stock-outs being written first.
+        await until(lambda: len(proxy.held) == 1, "the next round's urgent write held")
+        assert key not in desk.feeds["pickup"]._pending  # curated, not offered yet
+        _drop_store_3(path)
+        await client.stub.ReloadEstate(pb.ReloadEstateRequest())
+        proxy.hold()
+        await proxy.land(proxy.held[0])
+        await until(lambda: _all_idle(desk), "the desk idle")
+        clock.advance(2000)
+        desk.poke()
+        await until(lambda: _all_idle(desk), "the desk idle again")
+        shown = latest(await stream_updates(url, "pickup"))[key]
+        assert shown[0] == 0, f"pickup shows {shown[0]} at store-3, a location it no longer sells from"
     finally:
         if client is not None:
             await client.close()

@@ -9,8 +9,11 @@ import time
 
 import redis
 
+from atp_service import ManualClock
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.conftest import ServiceFactory
+
+T = 1_700_000_000_000
 
 
 async def test_one_input_stream_losing_its_group_does_not_stop_reading_the_others(
@@ -30,10 +33,10 @@ async def test_one_input_stream_losing_its_group_does_not_stop_reading_the_other
     assert failures >= 1  # what an operator sees besides the log line
 
 
-async def test_a_group_made_again_reads_its_stream_from_the_start_and_applies_nothing_twice(
+async def test_a_group_made_again_reads_on_after_what_was_read_and_applies_nothing_twice(
         start_service: ServiceFactory, redis_url: str) -> None:
-    """XGROUP DESTROY on a stream whose entries were applied: the group made again reads them all
-    again, and E8 recognises each."""
+    """XGROUP DESTROY on a stream whose entries were applied: the group is made again after the
+    newest entry the reader had seen, so the entries added since are read, and none before."""
     now = int(time.time() * 1000)
     r = redis.Redis.from_url(redis_url)
     _, client = await start_service()
@@ -63,7 +66,7 @@ async def test_a_claimed_entry_deleted_before_it_was_applied_is_dead_lettered(
     assert a.on_hand == 2
     ((_, dead),) = r.xrange("atp:dlq")
     assert (dead[b"_id"], dead[b"_stream"]) == (gone, b"atp:in:wms")
-    assert dead[b"_reason"] == b"entry was deleted from the stream before it was applied"
+    assert dead[b"_reason"] == b"entry was trimmed from the stream while pending; not known to be applied"
 
 
 async def test_a_dead_letter_keeps_its_own_reason_whatever_fields_the_entry_has(
@@ -103,3 +106,22 @@ async def test_a_dead_consumers_entries_far_down_the_pending_list_are_claimed(
         await asyncio.sleep(0.05)
     assert a.on_hand == 7
 
+
+
+async def test_an_entry_refused_as_future_stamped_is_not_applied_when_the_group_is_made_again(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """Made again from the stream's start, a group had every entry judged again by a clock that has
+    moved on: a RECEIPT refused as stamped an hour ahead (E7) was applied two hours later."""
+    hour = 3_600_000
+    clock = ManualClock(T)
+    r = redis.Redis.from_url(redis_url)
+    _, client = await start_service(clock=clock)
+    r.xadd("atp:in:pos", F("bad-clock", "RECEIPT", "A", "S1", 5, T + hour).fields())
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    assert r.xlen("atp:dlq") == 1
+    clock.advance(2 * hour)
+    r.xgroup_destroy("atp:in:pos", "atp")
+    r.xadd("atp:in:pos", F("p2", "RECEIPT", "A", "S1", 1, T + 2 * hour - 100).fields())
+    await wait_consumed(redis_url, ["atp:in:pos"], timeout_s=20)
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 1 and r.xlen("atp:dlq") == 1
