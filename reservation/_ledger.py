@@ -236,6 +236,9 @@ class Ledger:
         ledger.memory = FactMemory.restore(ledger.store, snap.seen)
         for rec in snap.reservations:
             ledger._apply(ReservationSaved(rec))
+        # Forgotten in the order they were resolved, as the live ledger would (the snapshot holds them
+        # in the order they were made): a restored instance must not keep one longer (R5's window).
+        ledger._resolved = deque(sorted(ledger._resolved))
         ledger.stream_time, ledger.clock = snap.stream_time, snap.clock
         return ledger
 

@@ -249,7 +249,7 @@ class Membership:
                 await self.leases.release(group)  # what ended the recovery is what the caller hears
             raise
         actor = ShardActor(group, ledger, self._store, self._clock, self._config.shard_settings, seq,
-                           self._engine_metrics)
+                           self._engine_metrics, snapshot_seq=seq - replayed)
         actor.lease_until = max(started, self._renewed_at.get(group, started)) + self._lease_s * SAFETY
         if self.leases.held.get(group) != epoch or group in self._vacating:
             log.warning("group %d: lost while it was recovered; not served here", group)

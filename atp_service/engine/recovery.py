@@ -44,7 +44,8 @@ async def recover_actors(store: LogStore, clock: Clock, settings: EngineSettings
         ledger, seq, n = await recover_shard(store, shard, settings.limits)
         replayed += n
         newest = max(newest, ledger.clock)
-        actors.append(ShardActor(shard, ledger, store, clock, settings.shard_settings, seq, metrics))
+        actors.append(ShardActor(shard, ledger, store, clock, settings.shard_settings, seq, metrics,
+                                 snapshot_seq=seq - n))
     advance = getattr(clock, "advance_floor", None)
     if advance is not None:
         advance(newest)

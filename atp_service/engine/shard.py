@@ -37,7 +37,11 @@ log = logging.getLogger(__name__)
 class ShardActor(CommitPipeline):
     vacant = False  # the shard's group is another process's (``vacant.Vacant``)
     def __init__(self, shard: int, ledger: Ledger, log_store: LogStore, clock: Clock,
-                 settings: ShardSettings, seq: int, metrics: EngineMetrics | None = None) -> None:
+                 settings: ShardSettings, seq: int, metrics: EngineMetrics | None = None, *,
+                 snapshot_seq: int | None = None) -> None:
+        """``seq``: the last entry of the log ``ledger`` holds; ``snapshot_seq``: the entry the stored
+        snapshot covers (by default ``seq``): the entries after it, replayed at a start, count
+        towards the next snapshot as much as the entries made since."""
         metrics = metrics or EngineMetrics()
         super().__init__(shard, ledger, log_store, seq, metrics)
         self._clock = clock
@@ -51,7 +55,8 @@ class ShardActor(CommitPipeline):
         self.on_failure: list[Callable[[ShardActor], None]] = []
         """Called once when this shard's task ends while the service runs (see ``failure``)."""
         self._stopping = self._maintain_queued = False
-        self._checkpoints = Checkpoints(shard, log_store, settings.snapshot_policy, seq)
+        self._checkpoints = Checkpoints(shard, log_store, settings.snapshot_policy,
+                                        seq if snapshot_seq is None else snapshot_seq)
         self._settling = asyncio.Lock()
         self._depth = metrics.mailbox_depth.labels(str(shard))
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox

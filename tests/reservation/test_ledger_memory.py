@@ -12,7 +12,7 @@ import gc
 
 import msgspec
 
-from reservation import Fact, FactKind, Ledger, LedgerSnapshot, Limits, reserve
+from reservation import Fact, FactKind, Ledger, LedgerSnapshot, Limits, release, reserve
 from tests.reservation.helpers import cmd, ledger_with
 
 
@@ -40,3 +40,22 @@ def test_restored_ledger_keeps_its_maps_untracked_and_its_histories() -> None:
         assert restored.history(*position) == live.history(*position) is not None
     assert list(restored.holds_at("A", "S1")) == list(live.holds_at("A", "S1"))
     assert not any(gc.is_tracked(m) for m in _maps(restored).values())
+
+
+def test_a_restored_ledger_forgets_resolved_reservations_when_the_live_one_would() -> None:
+    """The snapshot lists reservations in the order they were made; resolved in another order, a
+    restored ledger forgot them in the order made, and kept one past its retention (R5's window)."""
+    limits = Limits()
+    live = ledger_with({("A", "S1"): 10})
+    reserve(live, cmd("made-first", ("A", "S1", 1)), 2_000)
+    reserve(live, cmd("made-second", ("A", "S1", 1)), 2_000)
+    live.commit(2_000)
+    release(live, "made-second", (), "", 3_000, limits)  # resolved first
+    live.commit(3_000)
+    release(live, "made-first", (), "", 5_000, limits)
+    live.commit(5_000)
+    snap = msgspec.msgpack.decode(msgspec.msgpack.encode(live.snapshot()), type=LedgerSnapshot)
+    restored = Ledger.restore(0, limits, snap)
+    after_the_first = 3_000 + limits.retention_ms + 1  # past made-second's retention, not made-first's
+    assert live.evict(after_the_first) == ["made-second"]
+    assert restored.evict(after_the_first) == ["made-second"]
