@@ -17,6 +17,7 @@ class SnapshotPolicy:
     snapshot_every_entries: int
     snapshot_interval_s: float
     snapshot_retry_max_s: float
+    snapshot_write_mb_per_s: float
 
 
 @dataclass(frozen=True, slots=True)

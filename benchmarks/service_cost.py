@@ -72,9 +72,9 @@ def _answer_appends_in_memory(service: AtpService) -> None:
     nodes = service._log.nodes
     to_redis = nodes.run
 
-    async def run(calls: list[Call]) -> list[Any]:
+    async def run(calls: list[Call], extra_s: float = 0.0) -> list[Any]:
         if not calls or calls[0].script is not LogStore._APPEND:
-            return await to_redis(calls)
+            return await to_redis(calls, extra_s)
         await asyncio.sleep(0)  # answered in a later turn of the loop, as a reply would be
         return [[b"1"] * (len(call.keys) // 3) for call in calls]  # one reply per entry (3 keys each)
 

@@ -130,7 +130,8 @@ class Checkpoints:
 
     async def _write(self, seq: int, data: bytes, started: float) -> None:
         try:
-            size = await self._store.write_snapshot(self._shard, seq, data)
+            size = await self._store.write_snapshot(self._shard, seq, data,
+                                                    len(data) / (self._policy.snapshot_write_mb_per_s * 1e6))
         except STORAGE_ERRORS as exc:
             self._failed(exc)
             return

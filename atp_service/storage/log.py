@@ -265,15 +265,15 @@ class LogStore(LogReads):
         else:
             loop.call_soon(self._flush)
 
-    async def write_snapshot(self, shard: int, seq: int, data: bytes) -> int:
+    async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0) -> int:
         """Store a snapshot (``encode_snapshot``) and trim the log behind it, atomically. Returns its
         size in bytes. ``Checkpoints`` encodes it in the shard's turn, then writes it while the shard
-        goes on."""
+        goes on, allowing it ``extra_s`` beyond the socket timeout for its size."""
         keys = [self.keys.owner(shard), self.keys.snap(shard), self.keys.log(shard), self.keys.fence(shard)]
         epoch = self.epochs.get(shard, 0)
         call = Call(self._SNAPSHOT, keys, [epoch, data, seq, self._tokens.get(shard, 0)])
         try:
-            await self.nodes.run_one(call)
+            await self.nodes.run_one(call, extra_s)  # beyond the socket timeout, for its size
         except RedisError as exc:
             raise self._refused(exc, shard, epoch) from None
         return len(data)

@@ -86,11 +86,12 @@ class Nodes:
         """Whether one call may touch keys of several groups (one Redis: yes; a cluster: no)."""
         return not self.cluster
 
-    async def run(self, calls: list[Call]) -> list[Any]:
+    async def run(self, calls: list[Call], extra_s: float = 0.0) -> list[Any]:
         """Each call's reply, or the exception it ended in (a node that did not answer: every call
-        sent to it). Calls to one node run in the order given."""
+        sent to it). Calls to one node run in the order given. ``extra_s``: time allowed beyond the
+        socket timeout (a call that carries much data)."""
         if not self.cluster:
-            return await self._run_on(self._lane(""), calls)
+            return await self._run_on(self._lane(""), calls, extra_s)
         await self.reader.initialize()  # once: the slot map, on the first call
         if self._stale:
             self._stale = False
@@ -102,7 +103,7 @@ class Nodes:
         by_node: dict[str, list[int]] = defaultdict(list)
         for i, call in enumerate(calls):
             by_node[self.reader.get_node_from_key(call.keys[0]).name].append(i)
-        replies = await asyncio.gather(*(self._run_on(self._lane(name), [calls[i] for i in at])
+        replies = await asyncio.gather(*(self._run_on(self._lane(name), [calls[i] for i in at], extra_s)
                                          for name, at in by_node.items()))
         out: list[Any] = [None] * len(calls)
         for at, node_replies in zip(by_node.values(), replies, strict=True):
@@ -110,9 +111,9 @@ class Nodes:
                 out[i] = reply
         return out
 
-    async def run_one(self, call: Call) -> Any:
+    async def run_one(self, call: Call, extra_s: float = 0.0) -> Any:
         """One call's reply; raises what it ended in."""
-        (reply,) = await self.run([call])
+        (reply,) = await self.run([call], extra_s)
         if isinstance(reply, BaseException):
             raise reply
         return reply
@@ -153,9 +154,9 @@ class Nodes:
             raise
         done(replies)
 
-    async def _run_on(self, lane: Lane, calls: list[Call]) -> list[Any]:
+    async def _run_on(self, lane: Lane, calls: list[Call], extra_s: float = 0.0) -> list[Any]:
         try:
-            replies = await self._rerun_unrun(lane, calls, await self._pipeline(lane, calls))
+            replies = await self._rerun_unrun(lane, calls, await self._pipeline(lane, calls, extra_s), extra_s)
         except TOPOLOGY_ERRORS as exc:
             self._stale = self.cluster
             return [exc] * len(calls)
@@ -165,7 +166,7 @@ class Nodes:
             self._stale = True
         return replies
 
-    async def _rerun_unrun(self, lane: Lane, calls: list[Call], replies: list[Any]) -> list[Any]:
+    async def _rerun_unrun(self, lane: Lane, calls: list[Call], replies: list[Any], extra_s: float = 0.0) -> list[Any]:
         """``replies``, with the calls not run at all (NOSCRIPT: a restarted or failed-over node)
         run again once their scripts are loaded."""
         unrun = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
@@ -174,16 +175,17 @@ class Nodes:
             for loaded in await lane.exchange([("SCRIPT", "LOAD", body) for body in bodies]):
                 if isinstance(loaded, BaseException):
                     raise loaded
-            for i, reply in zip(unrun, await self._pipeline(lane, [calls[i] for i in unrun]), strict=True):
+            for i, reply in zip(unrun, await self._pipeline(lane, [calls[i] for i in unrun], extra_s), strict=True):
                 replies[i] = reply
         return replies
 
-    async def _pipeline(self, lane: Lane, calls: list[Call]) -> list[Any]:
+    async def _pipeline(self, lane: Lane, calls: list[Call], extra_s: float = 0.0) -> list[Any]:
         """The calls' replies, in one round trip (with ``WAIT`` after them when replicas must confirm)."""
         commands = [_evalsha(call) for call in calls]
         if self.wait_replicas:
             commands.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
-        replies = await lane.exchange(commands, self.wait_timeout_ms / 1000 if self.wait_replicas else 0.0)
+            extra_s += self.wait_timeout_ms / 1000
+        replies = await lane.exchange(commands, extra_s)
         if self.wait_replicas:
             confirmed = replies.pop()
             if isinstance(confirmed, BaseException):

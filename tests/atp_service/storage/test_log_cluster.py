@@ -181,23 +181,23 @@ async def test_a_claim_older_than_the_one_holding_a_group_is_refused_there(clust
     older_drew, newer_took_group_0, older_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
     older_run, newer_run = older.nodes.run, newer.nodes.run
 
-    async def older_calls(calls: list[Any]) -> list[Any]:
+    async def older_calls(calls: list[Any], extra_s: float = 0.0) -> list[Any]:
         if calls and calls[0].script is LogStore._CLAIM_AT:
             older_drew.set()
             await newer_took_group_0.wait()
             try:
-                return await older_run(calls)
+                return await older_run(calls, extra_s)
             finally:
                 older_done.set()
-        return await older_run(calls)
+        return await older_run(calls, extra_s)
 
-    async def newer_calls(calls: list[Any]) -> list[Any]:
+    async def newer_calls(calls: list[Any], extra_s: float = 0.0) -> list[Any]:
         if calls and calls[0].script is LogStore._CLAIM_AT:
-            first = await newer_run(calls[:1])  # group 0
+            first = await newer_run(calls[:1], extra_s)  # group 0
             newer_took_group_0.set()
             await older_done.wait()
-            return first + await newer_run(calls[1:])
-        return await newer_run(calls)
+            return first + await newer_run(calls[1:], extra_s)
+        return await newer_run(calls, extra_s)
 
     older.nodes.run, newer.nodes.run = older_calls, newer_calls  # type: ignore[method-assign]
     try:
