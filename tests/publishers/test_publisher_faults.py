@@ -7,7 +7,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -148,47 +147,19 @@ async def test_a_trickled_answer_cannot_hold_a_delivery_past_its_timeout() -> No
         server.server_close()
 
 
-@pytest.fixture
-def answering() -> Iterator[Any]:
-    """A local HTTP server whose answers the test gives: status and body."""
-    servers: list[ThreadingHTTPServer] = []
-
-    def start(status: int, body: bytes) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/inventory"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-async def test_an_answer_over_its_bound_fails_the_try_and_one_within_it_is_read(answering: Any) -> None:
+async def test_an_answer_over_its_bound_fails_the_try_and_one_within_it_is_read() -> None:
     bounded = HttpSettings(max_answer_bytes=1000)
-    big = WebhookAdapter(answering(500, b"x" * 5000), SECRET, bounded)
-    small = WebhookAdapter(answering(500, b"not now"), SECRET, bounded)
-    try:
-        with pytest.raises(DeliveryError, match=r"^HTTP 500: an answer over max_answer_bytes=1000$"):
-            await big.deliver("web", [update("a", 0, 1)])
-        with pytest.raises(DeliveryError, match=r"^HTTP 500: not now$") as told:
-            await small.deliver("web", [update("a", 0, 1)])
-        assert told.value.retryable
-    finally:
-        await big.close()
-        await small.close()
+    with serve(lambda *_: (500, {}, b"x" * 5000)) as big_url, serve(lambda *_: (500, {}, b"not now")) as small_url:
+        big, small = WebhookAdapter(big_url, SECRET, bounded), WebhookAdapter(small_url, SECRET, bounded)
+        try:
+            with pytest.raises(DeliveryError, match=r"^HTTP 500: an answer over max_answer_bytes=1000$"):
+                await big.deliver("web", [update("a", 0, 1)])
+            with pytest.raises(DeliveryError, match=r"^HTTP 500: not now$") as told:
+                await small.deliver("web", [update("a", 0, 1)])
+            assert told.value.retryable
+        finally:
+            await big.close()
+            await small.close()
 
 
 class FailsWhenTold:

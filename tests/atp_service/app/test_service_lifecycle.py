@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -198,12 +199,11 @@ async def test_a_stop_while_a_lease_is_being_granted_gives_it_back(redis_url: st
         await proxy.stop()
 
 
-@pytest.mark.parametrize("marker", [b"HSCAN", b"XGROUP"], ids=["channel feeds", "input streams"])
-async def test_redis_lost_while_the_desks_start_delays_the_start_instead_of_failing_it(
-        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path, marker: bytes) -> None:
-    """The start's last steps read Redis too, after recovery (the channel feeds' published state, the
-    input streams' consumer group): Redis not answering there is waited out, health NOT_SERVING, as
-    before recovery. It failed the start: exit status 1 for `atp-service serve`."""
+@asynccontextmanager
+async def waiting_at_the_proxy(redis_server: EmbeddedRedis, tmp_path: Path, marker: bytes
+                               ) -> AsyncIterator[tuple[AtpService, asyncio.Task[None], HoldingProxy]]:
+    """A service with channels and input streams starting through a ``HoldingProxy`` that holds the
+    commands holding ``marker``: yielded (with its start's task) once it logs that it waits for Redis."""
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     url = await proxy.start()
     proxy.hold(marker)  # each such command times out, and the connection after it too
@@ -214,6 +214,20 @@ async def test_redis_lost_while_the_desks_start_delays_the_start_instead_of_fail
     try:
         starting = asyncio.create_task(service.start())
         await asyncio.wait_for(waiting.seen.wait(), 30)
+        yield service, starting, proxy
+    finally:
+        logger.removeHandler(waiting)
+        await service.stop()
+        await proxy.close()
+
+
+@pytest.mark.parametrize("marker", [b"HSCAN", b"XGROUP"], ids=["channel feeds", "input streams"])
+async def test_redis_lost_while_the_desks_start_delays_the_start_instead_of_failing_it(
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path, marker: bytes) -> None:
+    """The start's last steps read Redis too, after recovery (the channel feeds' published state, the
+    input streams' consumer group): Redis not answering there is waited out, health NOT_SERVING, as
+    before recovery. It failed the start: exit status 1 for `atp-service serve`."""
+    async with waiting_at_the_proxy(redis_server, tmp_path, marker) as (service, starting, proxy):
         assert service.engine is not None and not starting.done()  # recovered; the desks wait
         assert (await health(service.port))[0] == 1  # NOT_SERVING
         proxy.hold()
@@ -224,10 +238,6 @@ async def test_redis_lost_while_the_desks_start_delays_the_start_instead_of_fail
             await client.record_events([fact("c1", "COUNT", "sku-a", "store-1", 5, 1_700_000_000_000)])
             (a,) = await client.availability([("sku-a", "store-1")])
         assert a.on_hand == 5
-    finally:
-        logger.removeHandler(waiting)
-        await service.stop()
-        await proxy.close()
 
 
 def _input_stream_of_another_type(url: str) -> None:
@@ -260,16 +270,7 @@ async def test_nothing_is_answered_and_no_estate_reloaded_before_the_start_is_do
     """While the start waits for Redis to create the input streams' group, calls are refused
     RECOVERING (as health says NOT_SERVING) and an estate reload is refused: the channel desk may
     still be loading its feeds."""
-    proxy = HoldingProxy("127.0.0.1", redis_server.port)
-    url = await proxy.start()
-    proxy.hold(b"XGROUP")
-    service = AtpService(make_config(estate=write_estate(tmp_path), redis_timeout_s=0.5), url)
-    waiting = LogSeen("waiting for Redis")
-    logger = logging.getLogger("atp_service.app.service")
-    logger.addHandler(waiting)
-    try:
-        starting = asyncio.create_task(service.start())
-        await asyncio.wait_for(waiting.seen.wait(), 30)
+    async with waiting_at_the_proxy(redis_server, tmp_path, b"XGROUP") as (service, starting, proxy):
         async with AtpClient(f"127.0.0.1:{service.port}") as client:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await client.availability([("sku-a", "store-1")])
@@ -280,7 +281,3 @@ async def test_nothing_is_answered_and_no_estate_reloaded_before_the_start_is_do
         proxy.drop()
         await asyncio.wait_for(starting, 30)
         assert await service.reload_estate() is not None  # once it serves
-    finally:
-        logger.removeHandler(waiting)
-        await service.stop()
-        await proxy.close()

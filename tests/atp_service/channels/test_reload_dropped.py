@@ -4,6 +4,8 @@ interval, or being written. Nothing curates that location again, so nothing woul
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from atp_client import AtpClient
@@ -16,6 +18,23 @@ from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
 
 T = 1_700_000_000_000
+
+
+@asynccontextmanager
+async def behind_a_proxy(redis_server: EmbeddedRedis, path: Path, clock: ManualClock
+                         ) -> AsyncIterator[tuple[AtpService, ChannelDesk, AtpClient, HoldingProxy]]:
+    """A service with channels (``path``'s estate) whose Redis is reached through a ``HoldingProxy``,
+    with a Redis timeout long enough for a held write to land in time."""
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    service = AtpService(make_config(estate=path, redis_timeout_s=30), await proxy.start(), clock=clock)
+    try:
+        await service.start()
+        assert service.channels is not None
+        async with AtpClient(f"127.0.0.1:{service.port}") as client:
+            yield service, service.channels, client, proxy
+    finally:
+        await service.stop(grace_s=0.1)
+        await proxy.close()
 
 
 def _drop_store_3(path: Path) -> None:
@@ -54,16 +73,8 @@ async def test_a_change_waiting_for_its_throttle_interval_at_a_dropped_location_
 async def test_a_first_number_being_written_at_a_dropped_location_is_withdrawn(
         redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
     key = ("sku-b", "store-3")
-    proxy = HoldingProxy("127.0.0.1", redis_server.port)
-    url = await proxy.start()
     path = write_estate(tmp_path)
-    service = AtpService(make_config(estate=path, redis_timeout_s=30), url, clock=ManualClock(T))
-    client = None
-    try:
-        await service.start()
-        desk = service.channels
-        assert desk is not None
-        client = AtpClient(f"127.0.0.1:{service.port}")
+    async with behind_a_proxy(redis_server, path, ManualClock(T)) as (_, desk, client, proxy):
         proxy.hold(desk.store._write_script.sha.encode())  # the desk's next write waits at the proxy
         await client.record_events([fact("c1", "COUNT", *key, 5, T)])  # baseline 4 at store-3
         await until(lambda: len(proxy.held) == 1 and desk.feeds["pickup"].in_flight == 1, "the baseline on its way")
@@ -73,29 +84,16 @@ async def test_a_first_number_being_written_at_a_dropped_location_is_withdrawn(
         await proxy.land(proxy.held[0])  # the write lands in time: its reply reaches the desk
         await until(lambda: _idle(desk), "the desk idle")
         assert latest(await stream_updates(redis_url, "pickup"))[key][0] == 0
-    finally:
-        if client is not None:
-            await client.close()
-        await service.stop(grace_s=0.1)
-        await proxy.close()
 
 
 async def test_offers_curated_before_a_reload_do_not_republish_a_dropped_location(
-        redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
     """A round keeps its curated offers aside while its stock-outs are written; a reload landing in
     that write dropped store-3, then the round offered the 6 it had curated there under the old estate."""
     key = ("sku-r", "store-3")
-    proxy = HoldingProxy("127.0.0.1", redis_server.port)
-    url = await proxy.start()
     path = write_estate(tmp_path)
     clock = ManualClock(T)
-    service = AtpService(make_config(estate=path, redis_timeout_s=30), url, clock=clock)
-    client = None
-    try:
-        await service.start()
-        desk = service.channels
-        assert desk is not None
-        client = AtpClient(f"127.0.0.1:{service.port}")
+    async with behind_a_proxy(redis_server, path, clock) as (service, desk, client, proxy):
         await client.record_events([fact("c1", "COUNT", *key, 5, T)])
         await until(lambda: _all_idle(desk) and key in desk.feeds["pickup"].published, "the baselines published")
         assert desk.feeds["pickup"].published[key].quantity == 4
@@ -121,10 +119,5 @@ async def test_offers_curated_before_a_reload_do_not_republish_a_dropped_locatio
         clock.advance(2000)
         desk.poke()
         await until(lambda: _all_idle(desk), "the desk idle again")
-        shown = latest(await stream_updates(url, "pickup"))[key]
+        shown = latest(await stream_updates(redis_url, "pickup"))[key]
         assert shown[0] == 0, f"pickup shows {shown[0]} at store-3, a location it no longer sells from"
-    finally:
-        if client is not None:
-            await client.close()
-        await service.stop(grace_s=0.1)
-        await proxy.close()
