@@ -173,7 +173,8 @@ class AtpService:
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen, self.metrics.intake)
         if self.estate.channels:
             channel_client = connect_any(self.redis_url, cfg.redis_timeout_s, cluster=cfg.redis_cluster)
-            store = ChannelStore(channel_client, cfg.key_prefix, epoch=self._epoch)
+            store = ChannelStore(channel_client, cfg.key_prefix, epoch=self._epoch,
+                                 block_limit_ms=int(cfg.redis_timeout_s * 500))  # half the timeout
             self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg.channel_settings,
                                         self.metrics.channels)
             await self._while_redis_is_away(self.channels.start)  # a failed read changes nothing: tried again

@@ -290,6 +290,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             nonlocal cut_short
             try:
                 async for batch in self.drain.until_closed(request_iterator):
+                    self._check_batch_size(batch)  # before reading on: nothing after it is decided
                     task = asyncio.ensure_future(self._reserve_batch(batch, owners))
                     task.add_done_callback(exception_seen)  # a caller gone early leaves no "never retrieved"
                     await inflight.put(task)
@@ -305,7 +306,10 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 except DomainError as exc:  # the service recovering or stopping: a status, not UNKNOWN
                     await abort(context, exc)
                 yield answer
-            await reader
+            try:
+                await reader
+            except DomainError as exc:  # a batch past the limit, once the batches before it are answered
+                await abort(context, exc)
             await owners.finish()
         finally:
             reader.cancel()
@@ -318,12 +322,16 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         if cut_short:
             await abort(context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
 
-    async def _reserve_batch(self, batch: pb.ReserveStreamRequest, owners: OwnerStreams) -> pb.ReserveStreamResponse:
-        started = time.perf_counter()
+    def _check_batch_size(self, batch: pb.ReserveStreamRequest) -> None:
+        """The stream ends with a batch past the limit (an answer per item would cost more), refused
+        before the batches after it are read: none of them is decided while the stream ends unanswered."""
         limit = self.limits.max_batch_reservations
-        if len(batch.reservations) > limit:  # the stream ends with it: an answer per item would cost more
+        if len(batch.reservations) > limit:
             raise InvalidArgument("reservations", f"{len(batch.reservations)} exceed the limit "
                                   f"max_batch_reservations={limit}", Reason.LIMIT_EXCEEDED, "max_batch_reservations")
+
+    async def _reserve_batch(self, batch: pb.ReserveStreamRequest, owners: OwnerStreams) -> pb.ReserveStreamResponse:
+        started = time.perf_counter()
         outcomes: list[pb.ReserveOutcome | None] = []
         cmds = []
         for req in batch.reservations:

@@ -14,7 +14,8 @@ from typing import cast
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.desk import ChannelDesk
-from reservation import ChannelUpdate, Key, Published, Reason, ResourceExhausted, StockStatus
+from atp_service.storage.durability import STORAGE_ERRORS
+from reservation import ChannelUpdate, Key, Published, Reason, ResourceExhausted, StockStatus, Unavailable
 
 Response = pb.WatchAvailabilityResponse
 _STATUS = {s: cast(pb.StockStatus, pb.StockStatus.Value(f"STOCK_STATUS_{s.value}")) for s in StockStatus}
@@ -47,6 +48,9 @@ class Watchers:
         try:
             async for message in self._watch(desk, channel, request):
                 yield message
+        except STORAGE_ERRORS as exc:  # a status with a retry delay, not UNKNOWN (nor Redis's address)
+            raise Unavailable(f"channel {channel}: its stream cannot be read now ({type(exc).__name__}); "
+                              "watch again from the last version seen") from None
         finally:
             self.open -= 1
 

@@ -114,8 +114,11 @@ class WriteRefused(RedisError):
 
 
 class ChannelStore:
-    def __init__(self, client: Any, prefix: str, epoch: Callable[[], int]) -> None:
+    def __init__(self, client: Any, prefix: str, epoch: Callable[[], int], block_limit_ms: int | None = None) -> None:
+        """``block_limit_ms``: the longest a read waits for updates (``read_after``), under the client's
+        socket timeout: a wait past it would end in a timeout on a healthy Redis."""
         self.client = client
+        self.block_limit_ms = block_limit_ms
         self.prefix = prefix
         self.keys = Keyspace(prefix)
         self._epoch = epoch  # this instance's claim on the channel feeds' group (LogStore.claim)
@@ -206,6 +209,8 @@ class ChannelStore:
     async def read_after(self, channel: str, version: int, count: int,
                          block_ms: int | None) -> list[ChannelUpdate]:
         """Updates with a version above ``version``, oldest first (waits up to ``block_ms`` for one)."""
+        if block_ms is not None and self.block_limit_ms is not None:
+            block_ms = max(1, min(block_ms, self.block_limit_ms))
         reply = await self.client.xread({self.stream(channel): f"{version}-0"}, count=count, block=block_ms)
         return [from_fields(fields)
                 for _, _, fields in stream_entries(reply)]

@@ -326,7 +326,8 @@ async def test_a_batch_over_the_limit_ends_the_stream_naming_the_limit(start_ser
     _, client = await stocked(start_service, limits=Limits(max_batch_reservations=3))
     line = [pb.Line(sku="D", location="DC", quantity=1)]
     batches = [[pb.ReserveRequest(reservation_id="b1", lines=line)],
-               [pb.ReserveRequest(reservation_id=f"big{i}", lines=line) for i in range(4)]]
+               [pb.ReserveRequest(reservation_id=f"big{i}", lines=line) for i in range(4)],
+               [pb.ReserveRequest(reservation_id="after", lines=line)]]
     answered = []
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for result in client.reserve_stream(batches):
@@ -336,6 +337,8 @@ async def test_a_batch_over_the_limit_ends_the_stream_naming_the_limit(start_ser
         grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", {"limit": "max_batch_reservations"}, ["reservations"])
     assert [o.reservation_id for r in answered for o in r.outcomes] == ["b1"]  # the batch before it is answered
     assert await told(client.get_reservation("big0")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+    # Nor is the batch sent after it applied: its caller was told the stream ended, not of it.
+    assert await told(client.get_reservation("after")) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
 
 
 async def test_event_times_with_impossible_nanos_are_refused(start_service: ServiceFactory) -> None:
