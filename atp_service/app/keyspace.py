@@ -50,7 +50,7 @@ async def check_keyspace(store: LogStore, shards: int, ownership: str = "keyspac
                              f"{ownership}; to change it, stop every process of the keyspace, then run "
                              f"`redis-cli HSET {key} ownership {ownership}` and start them all with --ownership "
                              f"{ownership}")
-    await _check_persistence(client)
+    await _check_persistence(client, leased=ownership == "leases")
 
 
 async def _exists_any(client: Any, keys: list[str]) -> bool:
@@ -61,9 +61,11 @@ async def _exists_any(client: Any, keys: list[str]) -> bool:
     return False
 
 
-async def _check_persistence(client: Any) -> None:
+async def _check_persistence(client: Any, leased: bool = False) -> None:
     """Acknowledged means in Redis; surviving a Redis crash also needs its AOF. Say so when it is off,
-    and refuse a Redis that may evict keys (the log, a fence) to make room."""
+    and refuse a Redis that may evict keys (the log, a fence) to make room — with leased groups, also
+    keys with a time to live (``volatile-*``): those are the leases, and an evicted lease lets another
+    process take a group its owner still answers for."""
     try:
         config: Any = await client.config_get("append*")
         policy: Any = await client.config_get("maxmemory-policy")
@@ -74,6 +76,10 @@ async def _check_persistence(client: Any) -> None:
     if evicts.startswith("allkeys-"):
         raise StartupError(f"Redis maxmemory-policy is {evicts}: it may evict the log or a fence, losing "
                            "acknowledged changes; set maxmemory-policy noeviction")
+    if leased and evicts != "noeviction":
+        raise StartupError(f"Redis maxmemory-policy is {evicts}: with ownership = leases it may evict a lease, "
+                           "and another process take a group its owner still answers for; set maxmemory-policy "
+                           "noeviction")
     appendonly = config.get(b"appendonly", config.get("appendonly"))
     fsync = config.get(b"appendfsync", config.get("appendfsync"))
     if appendonly not in (b"yes", "yes"):

@@ -161,11 +161,13 @@ class Membership:
 
     # -- keeping ----------------------------------------------------------------------------
     async def renew(self) -> None:
-        """Stay a member, and extend every lease held; a group whose lease is gone is given up."""
+        """Stay a member, and extend every lease held; a group whose lease is gone is given up. A
+        member counts for one lease, as its leases do: a process killed no longer holds back the
+        others' shares (``plan_balance``) once its leases have run out."""
         sent = time.monotonic()
         try:  # the members' key is one slot: its node failing over must not let every lease lapse
             members = await self._store.nodes.run_one(
-                Call(MEMBERS_SCRIPT, [self._store.keys.members], [self.leases.holder, self._config.lease_ms * 2]))
+                Call(MEMBERS_SCRIPT, [self._store.keys.members], [self.leases.holder, self._config.lease_ms]))
             self.members = [as_text(m) for m in members]
             self._metrics.members.set(len(self.members))
         except STORAGE_ERRORS as exc:
@@ -185,26 +187,26 @@ class Membership:
         """A shard stopped working (a bug, or a log it cannot trust): its memory is not to be trusted,
         its log is. Its group is given back, to be recovered from the log by whoever takes it next
         (this process included); the process's other groups go on being served."""
-        if self.leases.held.pop(actor.shard, None) is not None:
-            self._give_up(actor.shard, "failed", release=True)
+        if (epoch := self.leases.held.pop(actor.shard, None)) is not None:
+            self._give_up(actor.shard, "failed", release=True, epoch=epoch)
 
-    def _give_up(self, group: int, why: str, release: bool = False) -> None:
+    def _give_up(self, group: int, why: str, release: bool = False, epoch: int | None = None) -> None:
         if group in self._vacating:
             return  # given up already; its shard is being vacated
         log.warning("group %d: lost (%s); no longer served here", group, why,
                     extra={"event": "group_lost", "group": group, "why": why})
         self._metrics.given.labels(why).inc()
         self._store.drop(group)
-        task = self._own(self._vacate(group, release))
+        task = self._own(self._vacate(group, release, epoch))
         self._vacating[group] = task
         task.add_done_callback(lambda _t: self._vacating.pop(group, None) if self._vacating.get(group) is _t else None)
         self._metrics.groups_owned.set(len(self.leases.held))
 
-    async def _vacate(self, group: int, release: bool) -> None:
+    async def _vacate(self, group: int, release: bool, epoch: int | None) -> None:
         await self._engine.vacate(group, snapshot=False)
         if release:
             with contextlib.suppress(*STORAGE_ERRORS):  # else its lease runs out
-                await self.leases.release(group)
+                await self.leases.release(group, epoch)
 
     def _own(self, work: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = keep(self._work, work)
@@ -246,7 +248,7 @@ class Membership:
                 log.exception("group %d: taken but not recovered; given back", group)
             self._store.drop(group)
             with contextlib.suppress(*STORAGE_ERRORS):  # never renewed again; unanswered, the lease runs out
-                await self.leases.release(group)  # what ended the recovery is what the caller hears
+                await self.leases.release(group, epoch)  # what ended the recovery is what the caller hears
             raise
         actor = ShardActor(group, ledger, self._store, self._clock, self._config.shard_settings, seq,
                            self._engine_metrics, snapshot_seq=seq - replayed)

@@ -41,9 +41,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: lease; ARGV: holder. A lease given back at once (after a graceful hand-over), never another's.
+# KEYS: lease, owner; ARGV: holder, epoch. A lease given back at once (after a graceful hand-over),
+# never another's, nor a later taking's by the same holder: a RELEASE that lands late must not free
+# the group under the taking that owns it now (the owner key holds its epoch; 0: not known, any).
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '0' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
 
@@ -86,7 +89,7 @@ class GroupLeases:
         except asyncio.CancelledError:
             # Redis may grant it all the same: then give it back, after the grant (never before it),
             # rather than leave the group to no one until the lease runs out.
-            keep(self.giving_back, self._give_back_if_granted(group, acquiring))
+            keep(self.giving_back, self._give_back_if_granted(group, epoch, acquiring))
             raise
         except Exception as exc:
             refused = _as_fenced(exc)
@@ -120,23 +123,24 @@ class GroupLeases:
         if self.giving_back:
             await asyncio.wait(self.giving_back)
 
-    async def _give_back_if_granted(self, group: int, acquiring: asyncio.Future[Any]) -> None:
+    async def _give_back_if_granted(self, group: int, epoch: int, acquiring: asyncio.Future[Any]) -> None:
         with contextlib.suppress(Exception):  # refused, or Redis unreachable: the lease runs out instead
             if int(await acquiring) >= 0:
-                await self.store.nodes.run_one(self._release_call(group))
+                await self.store.nodes.run_one(self._release_call(group, epoch))
 
-    def _release_call(self, group: int) -> Call:
-        return Call(self._RELEASE, [self.key(group)], [self.holder])
+    def _release_call(self, group: int, epoch: int) -> Call:
+        return Call(self._RELEASE, [self.key(group), self.store.keys.owner(group)], [self.holder, epoch])
 
-    async def release(self, group: int) -> None:
+    async def release(self, group: int, epoch: int | None = None) -> None:
         """Give ``group`` back at once (after its final snapshot): another process may take it now.
         Never renewed again from here, even if Redis does not answer (the lease then runs out).
 
         The RELEASE runs in a task of ``giving_back``: a cancellation of the caller (a stop's
         repeated cancel, landing in a cancelled recovery's give-back) stops only the waiting, never
         the give-back, whose connection would be closed mid-exchange and its command dropped."""
-        self.held.pop(group, None)
-        giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group)))
+        taken = self.held.pop(group, None)
+        epoch = taken if epoch is None else epoch  # the taking given back (None: not known, any of this holder's)
+        giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group, epoch or 0)))
         giving.add_done_callback(exception_seen)  # a caller gone: the lease runs out instead, quietly
         await finish_uncancelled(giving)
 

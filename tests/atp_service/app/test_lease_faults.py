@@ -1,0 +1,117 @@
+"""Leased groups under faults of ownership itself: a killed process's membership outliving its
+leases, a Redis that may evict leases, a give-back landing after the group was taken again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aredis
+
+from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service.app.keyspace import StartupError
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.leases import GroupLeases
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import open_nodes
+from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.conftest import ServiceFactory, services_on
+from tests.conftest import test_config as make_config
+
+LEASED = {"ownership": "leases", "lease_ms": 2000, "shards": 4, "input_streams": ()}
+
+
+def owned(service: AtpService) -> set[int]:
+    assert service.membership is not None and service.engine is not None
+    return {g for g in service.membership.leases.held if not service.engine.actors[g].vacant}
+
+
+async def until_async(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not {what} after {timeout_s}s")
+
+
+@pytest.fixture
+async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    async for start in services_on(redis_url, **LEASED):
+        yield start
+
+
+async def test_a_killed_process_stops_counting_as_a_member_when_its_leases_run_out(
+        start: ServiceFactory, redis_url: str) -> None:
+    """Registered for two leases, a killed process still counted as a member a lease after its leases
+    ran out: the others, at their share, left its groups to no one meanwhile."""
+    survivor, _ = await start(port=free_port(), host="127.0.0.1")
+    victim, _ = await start(port=free_port(), host="127.0.0.1")
+    await until(lambda: len(owned(survivor)) == len(owned(victim)) == 2, "the groups shared", 60)
+    assert victim.membership is not None
+    leases = [victim.membership.leases.key(g) for g in owned(victim)]
+    for task in victim.membership._tasks:  # kill -9, as Redis sees it: no renewal, no hand-over
+        task.cancel()
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        holder = victim.membership.leases.holder
+        await until_async(lambda: _none_held_by(r, leases, holder), "the killed process's leases run out")
+        seconds, micros = await r.time()
+        now_ms = seconds * 1000 + micros // 1000
+        registered_until = await r.zscore(victim._log.keys.members, holder)  # type: ignore[union-attr]
+        assert registered_until is None or registered_until <= now_ms, "still a member once its leases ran out"
+    finally:
+        await r.aclose()
+    await until(lambda: len(owned(survivor)) == 4, "the killed process's groups taken", 30)
+
+
+async def _none_held_by(r: aredis.Redis, keys: list[str], holder: str) -> bool:
+    return all(value != holder.encode() for value in await r.mget(keys))
+
+
+async def test_a_late_give_back_of_an_earlier_taking_spares_the_current_lease(
+        redis_url: str, redis_server: EmbeddedRedis) -> None:
+    """A RELEASE whose answer was lost landed after the same process took the group again, and
+    deleted that taking's lease: another process could take the group while it still answered."""
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    a_store = LogStore(open_nodes(await proxy.start(), 0.3), "t:", pipeline_max=64)
+    b_store = LogStore(open_nodes(redis_url, 5.0), "t:", pipeline_max=64)
+    r = aredis.Redis.from_url(redis_url)
+    a, b = GroupLeases(a_store, "process-a", 300), GroupLeases(b_store, "process-b", 60_000)
+    try:
+        assert await a.acquire(2)
+        await a.release(2)  # the RELEASE script loaded in Redis
+        assert await a.acquire(1)
+        proxy.hold(GroupLeases._RELEASE.sha.encode())
+        with pytest.raises(STORAGE_ERRORS):  # its answer lost: it may yet land
+            await a.release(1)
+        proxy.hold()
+        await until_async(lambda: _gone(r, a.key(1)), "the lease run out")
+        assert await a.acquire(1)  # taken again, by the same process
+        await proxy.land(proxy.held[0])  # the earlier give-back lands now
+        assert await r.get(a.key(1)) == b"process-a", "the current taking's lease was deleted"
+        assert not await b.acquire(1)
+    finally:
+        await r.aclose()
+        await proxy.close()
+        await a_store.nodes.aclose()
+        await b_store.nodes.aclose()
+
+
+async def _gone(r: aredis.Redis, key: str) -> bool:
+    return not await r.exists(key)
+
+
+async def test_leased_groups_refuse_a_redis_that_may_evict_keys_with_a_time_to_live(redis_url: str) -> None:
+    """Leases are the keys with a time to live: under a ``volatile-*`` policy memory pressure evicts
+    exactly those, and another process takes a group its owner still answers for."""
+    r = aredis.Redis.from_url(redis_url)
+    await r.config_set("maxmemory-policy", "volatile-lru")
+    service = AtpService(make_config(**LEASED, port=free_port(), host="127.0.0.1"), redis_url)
+    try:
+        with pytest.raises(StartupError, match=r"maxmemory-policy is volatile-lru: with ownership = leases"):
+            await service.start()
+    finally:
+        await service.stop()
+        await r.config_set("maxmemory-policy", "noeviction")
+        await r.aclose()
