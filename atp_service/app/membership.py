@@ -69,11 +69,13 @@ def plan_balance(address: str, groups: int, members: Sequence[str], held: set[in
                  routes: Mapping[int, tuple[str, int]], busy: Container[int]) -> tuple[int | None, list[int]]:
     """One balancing turn of the process at ``address``: (a group to hand over, or None; the free
     groups to take, most wanted first). Its share is ``ceil(groups / live processes)``; above it, or
-    above the floor while another live process has less than the floor, it gives one group up."""
-    processes = max(1, len(members))
-    share, least = math.ceil(groups / processes), groups // processes
+    above the floor while another live process has less than the floor, it gives one group up. Live:
+    a member, or the holder of a live lease — a member whose registration lapsed for a slow call
+    still holds its groups, and must not be counted out (the others would take, then hand back)."""
     owned = Counter(owner for owner, _ in routes.values())
-    starved = any(owned[address_of(m)] < least for m in members if address_of(m) != address)
+    live = {address_of(m) for m in members} | set(owned) | {address}
+    share, least = math.ceil(groups / len(live)), groups // len(live)
+    starved = any(owned[other] < least for other in live if other != address)
     if len(held) > share or (len(held) > least and starved):
         return min(held, key=lambda g: preference(address, g)), []
     free = [g for g in range(groups) if g not in routes and g not in held and g not in busy]

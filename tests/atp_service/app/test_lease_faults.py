@@ -11,6 +11,7 @@ import redis.asyncio as aredis
 
 from atp_service import AtpService, EmbeddedRedis, free_port
 from atp_service.app.keyspace import StartupError
+from atp_service.app.membership import plan_balance
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import LogStore
@@ -112,6 +113,15 @@ async def test_leased_groups_refuse_a_redis_that_may_evict_keys_with_a_time_to_l
         with pytest.raises(StartupError, match=r"maxmemory-policy is volatile-lru: with ownership = leases"):
             await service.start()
     finally:
-        await service.stop()
-        await r.config_set("maxmemory-policy", "noeviction")
+        await r.config_set("maxmemory-policy", "noeviction")  # first: the session's Redis is every test's
         await r.aclose()
+        await service.stop()
+
+
+def test_a_process_holding_leases_counts_as_live_though_its_registration_lapsed() -> None:
+    """A member's registration lapsed (one slow call) while it still holds its groups: counted out,
+    it made the others' share the whole keyspace — they took every free group, then handed them
+    back once it registered again, each hand-over a drain, a snapshot and a recovery."""
+    routes = {0: ("a", 1), 1: ("a", 1), 2: ("b", 2), 3: ("b", 2)}  # groups 4 and 5 free (handed over)
+    give, take = plan_balance("a", 6, ["a|token"], {0, 1}, routes, ())
+    assert give is None and len(take) == 1  # a's share of 6 over two live processes: 3
