@@ -21,11 +21,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from redis.exceptions import ResponseError
-
 from atp_service.storage.channel_wire import from_fields, to_fields
 from atp_service.storage.durability import STORAGE_ERRORS
-from atp_service.storage.resp import as_text, stream_entries
+from atp_service.storage.resp import as_text, group_lost, make_group, stream_entries
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, TokenBucket
 
@@ -82,7 +80,7 @@ class Publisher:
             except STORAGE_ERRORS as exc:  # a cluster with no node answering raises no RedisError
                 # The stream deleted (and written again without the group), or Redis restored from
                 # before the group: no read succeeds until the group is made again.
-                group_gone = isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
+                group_gone = group_lost(exc)
                 log.warning("%s: Redis unavailable (%s); retrying in %g s", self.config.channel, exc,
                             self.config.redis_retry_s)
                 # What this consumer read but could not settle is still pending in its name:
@@ -97,13 +95,7 @@ class Publisher:
         """The consumer group, made where it is missing, from the stream's start: versions already
         delivered are skipped (the delivered hash). ``again``: it went missing while this ran."""
         cfg = self.config
-        try:
-            await self.client.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-            return
-        if again:
+        if await make_group(self.client, cfg.stream, cfg.group) and again:
             log.warning("%s: the stream %s had no consumer group %s (deleted, or Redis restored from before "
                         "it): made again, read from the stream's start", cfg.channel, cfg.stream, cfg.group)
 

@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any
 
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError
 
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
@@ -28,7 +28,7 @@ from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
-from atp_service.storage.resp import as_text
+from atp_service.storage.resp import as_text, group_lost, make_group
 from atp_service.tasks import cancel_and_wait
 from reservation import DomainError, Fact, InvalidArgument, Moved
 
@@ -95,13 +95,7 @@ class StreamIngestor:
             # after the newest entry this reader has seen there — the older ones were applied, or
             # refused (E7 judged by a clock that has moved since), and must not be judged again.
             start = self._seen.get(stream, b"0") if again else b"0"
-            try:
-                await self._client.xgroup_create(stream, group, id=start, mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-                continue
-            if again:
+            if await make_group(self._client, stream, group, start) and again:
                 log.warning("input stream %s had no consumer group %s (the stream or its group was deleted): "
                             "made again, read after entry %s, the newest this reader had seen", stream, group,
                             as_text(start), extra={"event": "ingest_group_made_again", "stream": stream})
@@ -125,7 +119,7 @@ class StreamIngestor:
                 await self.step()
                 backoff.reset()
             except (RedisError, RedisClusterException, OSError) as exc:  # a cluster no node of which answers
-                group_gone = isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
+                group_gone = group_lost(exc)
                 self._metrics.ingest_read_failures.inc()
                 delay = backoff.next_delay()
                 log.warning("input streams: %s; retrying in %.2fs", exc, delay)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 
 def as_text(value: Any) -> str:
     """A Redis reply value as text (clients may or may not decode responses)."""
@@ -26,3 +28,21 @@ def stream_entries(reply: Any) -> Iterator[tuple[Any, Any, Any]]:
             entries = entries[0]
         for entry_id, fields in entries:
             yield stream, entry_id, fields
+
+
+async def make_group(client: Any, stream: str, group: str, start: bytes | str = "0") -> bool:
+    """The consumer group ``group`` on ``stream`` (made with the stream if need be), reading after
+    ``start``, where it is missing: True when made now, False when it was there (BUSYGROUP)."""
+    try:
+        await client.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+        return False
+    return True
+
+
+def group_lost(exc: BaseException) -> bool:
+    """A read refused because its stream or consumer group no longer exists (deleted, or a Redis
+    restored from before it): no read succeeds until the group is made again (``make_group``)."""
+    return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
