@@ -130,10 +130,16 @@ class Membership:
         """Register, take a first share of the groups (recovered before this returns), then keep
         renewing and rebalancing in the background."""
         await self.renew()
-        await self.balance()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._forever(self.renew), name="leases-renew"),
-                       loop.create_task(self._forever(self.balance), name="leases-balance")]
+        # Renewing runs while the first share is recovered: the groups taken first must not run out
+        # while the later ones are recovered, however long that takes.
+        renewing = loop.create_task(self._forever(self.renew), name="leases-renew")
+        try:
+            await self.balance()
+        except BaseException:
+            await cancel_and_wait(renewing)
+            raise
+        self._tasks = [renewing, loop.create_task(self._forever(self.balance), name="leases-balance")]
 
     async def stop(self) -> None:
         """Hand every group over (drained, snapshotted, lease given back) and leave. The leases not

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aredis
 
 from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service.app import membership as membership_module
 from atp_service.app.keyspace import StartupError
 from atp_service.app.membership import plan_balance
 from atp_service.storage.durability import STORAGE_ERRORS
@@ -125,3 +127,28 @@ def test_a_process_holding_leases_counts_as_live_though_its_registration_lapsed(
     routes = {0: ("a", 1), 1: ("a", 1), 2: ("b", 2), 3: ("b", 2)}  # groups 4 and 5 free (handed over)
     give, take = plan_balance("a", 6, ["a|token"], {0, 1}, routes, ())
     assert give is None and len(take) == 1  # a's share of 6 over two live processes: 3
+
+
+async def test_leases_taken_by_a_slow_first_share_are_renewed_while_it_is_recovered(
+        start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first share's groups are recovered one after another before the start returns; renewing
+    began only after the last, so the leases taken first ran out while the rest were recovered (and
+    another process could take them while this one was about to serve them)."""
+    lease_ms = 1000
+    recover = membership_module.recover_shard
+
+    async def slow_recovery(*args: Any, **kwargs: Any) -> Any:
+        recovered = await recover(*args, **kwargs)
+        await asyncio.sleep(lease_ms / 1000 * 1.5)  # each group's recovery outlasts a lease
+        return recovered
+
+    monkeypatch.setattr(membership_module, "recover_shard", slow_recovery)
+    service, _ = await start(lease_ms=lease_ms, shards=3, port=free_port(), host="127.0.0.1")
+    assert service.membership is not None
+    assert owned(service) == {0, 1, 2}
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        holders = await r.mget([service.membership.leases.key(g) for g in range(3)])
+    finally:
+        await r.aclose()
+    assert holders == [service.membership.leases.holder.encode()] * 3, "a lease ran out during the start"
