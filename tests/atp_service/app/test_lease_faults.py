@@ -135,7 +135,7 @@ async def test_leases_taken_by_a_slow_first_share_are_renewed_while_it_is_recove
     began only after the last, so the leases taken first ran out while the rest were recovered (and
     another process could take them while this one was about to serve them)."""
     lease_ms = 1000
-    recover = membership_module.recover_shard
+    recover = membership_module.recover_shard  # type: ignore[attr-defined]
 
     async def slow_recovery(*args: Any, **kwargs: Any) -> Any:
         recovered = await recover(*args, **kwargs)
