@@ -152,6 +152,12 @@ class ServiceConfig:
     a 2-core VM; held to an append's timeout, a slower disk made it time out, land all the same,
     and be written again at every retry."""
 
+    snapshot_part_bytes: int = 1 << 20
+    """A snapshot above this size is written to Redis in parts of this size, each its own call, and
+    moved into place whole by the last: Redis runs one command at a time, and a 128 MB snapshot
+    stored in one call held every shard's appends behind it for 1.2-1.4 s (1 MiB parts: ~20 ms;
+    ``benchmarks/snapshot_write.py``)."""
+
     maintenance_interval_ms: int = 100
     """How often expiry, retention eviction and snapshot checks run."""
 
@@ -321,6 +327,8 @@ class ServiceConfig:
             raise ValueError(f"redis_restarts: must be within [0, 100], got {self.redis_restarts}")
         if not 0 < self.redis_load_timeout_s <= 86_400:
             raise ValueError(f"redis_load_timeout_s: must be within (0, 86400], got {self.redis_load_timeout_s}")
+        if not 64 << 10 <= self.snapshot_part_bytes <= 256 << 20:  # Redis takes bulk strings up to 512 MB
+            raise ValueError(f"snapshot_part_bytes: must be within [65536, 268435456], got {self.snapshot_part_bytes}")
         if self.snapshot_write_mb_per_s <= 0:
             raise ValueError(f"snapshot_write_mb_per_s: must be positive, got {self.snapshot_write_mb_per_s}")
         if self.snapshot_retry_max_s <= 0:

@@ -18,6 +18,7 @@ class SnapshotPolicy:
     snapshot_interval_s: float
     snapshot_retry_max_s: float
     snapshot_write_mb_per_s: float
+    snapshot_part_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

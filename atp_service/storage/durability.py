@@ -130,8 +130,10 @@ class Checkpoints:
 
     async def _write(self, seq: int, data: bytes, started: float) -> None:
         try:
+            policy = self._policy
             size = await self._store.write_snapshot(self._shard, seq, data,
-                                                    len(data) / (self._policy.snapshot_write_mb_per_s * 1e6))
+                                                    len(data) / (policy.snapshot_write_mb_per_s * 1e6),
+                                                    policy.snapshot_part_bytes)
         except STORAGE_ERRORS as exc:
             self._failed(exc)
             return

@@ -45,6 +45,10 @@ class Keyspace:
         """The shard's latest snapshot; the log is trimmed up to it."""
         return self.tag(shard) + "snap"
 
+    def snap_parts(self, shard: int) -> str:
+        """A snapshot being written in parts (``snapshot_parts.py``), moved to ``snap`` when whole."""
+        return self.tag(shard) + "snap-parts"
+
     def fence(self, group: int) -> str:
         """The group's fence: a write carrying an older token is refused (R7, C4)."""
         return self.tag(group) + "fence"

@@ -36,8 +36,8 @@ from atp_service.storage.scripts import (
     CLAIM_SCRIPT,
     EPOCH_SCRIPT,
     FENCE_SCRIPT,
-    SNAPSHOT_SCRIPT,
 )
+from atp_service.storage.snapshot_parts import write_snapshot_in_parts
 from atp_service.storage.window import CommitWindow
 from atp_service.traces import span
 
@@ -48,9 +48,8 @@ class LogStore(LogReads):
     """Appends shard entries in shared pipelines (one round trip per event-loop turn, or per commit
     window when busy)."""
 
-    _APPEND, _SNAPSHOT, _FENCE, _CLAIM, _EPOCH, _CLAIM_AT = (
-        Script(body) for body in (APPEND_SCRIPT, SNAPSHOT_SCRIPT, FENCE_SCRIPT, CLAIM_SCRIPT, EPOCH_SCRIPT,
-                                  CLAIM_AT_SCRIPT))
+    _APPEND, _FENCE, _CLAIM, _EPOCH, _CLAIM_AT = (
+        Script(body) for body in (APPEND_SCRIPT, FENCE_SCRIPT, CLAIM_SCRIPT, EPOCH_SCRIPT, CLAIM_AT_SCRIPT))
 
     def __init__(self, client: Any, prefix: str, pipeline_max: int, max_in_flight: int = 1,
                  window: CommitWindow | None = None, metrics: StorageMetrics | None = None) -> None:
@@ -265,15 +264,16 @@ class LogStore(LogReads):
         else:
             loop.call_soon(self._flush)
 
-    async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0) -> int:
-        """Store a snapshot (``encode_snapshot``) and trim the log behind it, atomically. Returns its
-        size in bytes. ``Checkpoints`` encodes it in the shard's turn, then writes it while the shard
-        goes on, allowing it ``extra_s`` beyond the socket timeout for its size."""
-        keys = [self.keys.owner(shard), self.keys.snap(shard), self.keys.log(shard), self.keys.fence(shard)]
+    async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
+                             part_bytes: int = 0) -> int:
+        """Store a snapshot (``encode_snapshot``) and trim the log behind it, atomically; past
+        ``part_bytes`` (0: never) in parts (``snapshot_parts``). Returns its size in bytes.
+        ``Checkpoints`` encodes it in the shard's turn, then writes it while the shard goes on,
+        allowing it ``extra_s`` beyond the socket timeout for its size."""
         epoch = self.epochs.get(shard, 0)
-        call = Call(self._SNAPSHOT, keys, [epoch, data, seq, self._tokens.get(shard, 0)])
         try:
-            await self.nodes.run_one(call, extra_s)  # beyond the socket timeout, for its size
+            await write_snapshot_in_parts(self.nodes, self.keys, shard, seq, data,
+                                          (epoch, self._tokens.get(shard, 0)), part_bytes or len(data), extra_s)
         except RedisError as exc:
             raise self._refused(exc, shard, epoch) from None
         return len(data)

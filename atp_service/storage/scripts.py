@@ -100,11 +100,16 @@ return redis.call('INCR', KEYS[2])
 # KEYS: owner, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
 # The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each
 # entry against the newest one, so the stream must never be left empty.
-SNAPSHOT_SCRIPT = FENCE_LUA + """
-local fence = tonumber(redis.call('GET', KEYS[4]) or '0')
+# A snapshot's write, like an append, is refused once the shard's fence (the last key) is raised
+# past the token it carries (ARGV[4]): one that timed out cannot land after the next try began.
+STALE_LUA = """
+local fence = tonumber(redis.call('GET', KEYS[#KEYS]) or '0')
 if fence > tonumber(ARGV[4]) then
   return redis.error_reply('STALE shard fenced at ' .. fence)
 end
+"""
+
+SNAPSHOT_SCRIPT = FENCE_LUA + STALE_LUA + """
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0')
 return 'OK'

@@ -194,6 +194,15 @@ async def test_snapshot_stall_runs_at_a_tiny_size() -> None:
     assert result["positions"] == 200 and len(result["snapshot_ms"]) == len(result["encode_ms"]) == 2
 
 
+async def test_snapshot_write_runs_at_a_tiny_size() -> None:
+    code, out = await run(sys.executable, "benchmarks/snapshot_write.py", "--mb", "2", "--part-mb", "0,0.25",
+                          "--runs", "1", limit_s=120)
+    assert code == 0, out[-3000:]
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["part_mb"] for r in results] == [0, 0.25]
+    assert all(r["write_s"] > 0 and r["probe_max_ms"] >= r["probe_p50_ms"] > 0 for r in results)
+
+
 async def test_bytecodes_counts_the_calls_by_file_and_by_function() -> None:
     for by, expected in (("file", "reservation/_operations.py"), ("function", "reservation/_operations.py:reserve")):
         code, out = await run(sys.executable, "benchmarks/bytecodes.py", "--calls", "20", "--by", by, "--top", "200",

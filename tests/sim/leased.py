@@ -130,7 +130,8 @@ class ProcessLog(LogStore):
         snap, _ = self.redis.stored(shard)
         return snap
 
-    async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0) -> int:
+    async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
+                             part_bytes: int = 0) -> int:
         snap = _Snap(shard, seq, data, self._tokens.get(shard, 0), self.epochs.get(shard, 0), self)
         await self.write_turn()
         outcome, refusal = self.redis.send_snapshot(snap)

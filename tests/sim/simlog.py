@@ -176,7 +176,8 @@ class SimLog:
         raw = self.snaps.get(shard)
         return _decode(raw) if raw else None
 
-    async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0) -> int:
+    async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
+                             part_bytes: int = 0) -> int:
         """Store the snapshot and trim the log behind it (one script); it may fail like an append:
         lost, landed though the caller is told it failed, or late (a later, unfenced arrival)."""
         snap = _Snap(shard, seq, data, self.tokens[shard], self.epoch)

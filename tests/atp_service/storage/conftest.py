@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from atp_service.storage.embedded_redis import EmbeddedRedis
+from atp_service.storage.log import LogStore, connect
 
 
 @pytest.fixture
@@ -22,3 +23,13 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         if server.process is not None and server.process.poll() is None:
             os.kill(server.process.pid, signal.SIGCONT)  # a test that failed while it was paused
         server.stop()
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[LogStore]:
+    """A log store that has claimed a clean keyspace (prefix ``t:``, four shards)."""
+    client = connect(redis_url, 5.0)
+    log_store = LogStore(client, "t:", pipeline_max=64)
+    await log_store.claim(4)
+    yield log_store
+    await client.aclose()

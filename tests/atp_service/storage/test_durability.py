@@ -80,7 +80,8 @@ async def test_shards_snapshot_one_at_a_time_unless_stopping(redis_url: str) -> 
     try:
         store = LogStore(client, "atp:", pipeline_max=16)
         checkpoints = Checkpoints(0, store, SnapshotPolicy(snapshot_every_entries=5, snapshot_interval_s=300.0,
-                                                           snapshot_retry_max_s=30.0, snapshot_write_mb_per_s=20.0),
+                                                           snapshot_retry_max_s=30.0, snapshot_write_mb_per_s=20.0,
+                                                           snapshot_part_bytes=1 << 20),
                                   seq=0)
         assert checkpoints.due(10)
         store.snapshots_in_flight = 1  # shard 1's snapshot on its way

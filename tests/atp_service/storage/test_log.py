@@ -156,16 +156,6 @@ async def test_a_newer_claim_fences_every_write_of_the_older_store_and_none_of_i
         await client.aclose()
 
 
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[LogStore]:
-    """A log store that has claimed a clean keyspace."""
-    client = connect(redis_url, 5.0)
-    log_store = LogStore(client, "t:", pipeline_max=64)
-    await log_store.claim(4)
-    yield log_store
-    await client.aclose()
-
-
 async def test_a_cross_shard_append_lands_whole_or_not_at_all(store: LogStore) -> None:
     await store.submit_group([(0, 1, b"a"), (1, 1, b"b")])
     with pytest.raises(RedisError, match="TAKEN"):

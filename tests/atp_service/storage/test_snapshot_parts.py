@@ -1,0 +1,101 @@
+"""A snapshot written in parts (``snapshot_parts.py``): stored whole and persistent, the log trimmed
+behind it; a part of a fenced try, or a part after the staging key was lost, changes nothing; a
+service whose shard's snapshot takes several parts recovers the same state after a restart."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+from redis.exceptions import RedisError
+
+from atp_client import AtpClient
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import Call
+from atp_service.storage.snapshot_parts import PART_SCRIPT, STAGING_TTL_MS
+from tests.atp_service.edge.test_api import receipt
+from tests.conftest import ServiceFactory
+
+SNAP, PARTS, LOG = "t:{g0}:snap", "t:{g0}:snap-parts", "t:{g0}:log"
+PART = 64 << 10
+
+
+async def _log_of(store: LogStore, seqs: range) -> None:
+    for seq in seqs:
+        await store.submit(0, seq, b"e")
+
+
+async def test_a_snapshot_past_the_part_size_is_stored_whole_and_trims_the_log(store: LogStore) -> None:
+    await _log_of(store, range(1, 4))
+    data = os.urandom(5 * PART + 123)  # six parts, the last a short one
+    assert await store.write_snapshot(0, 2, data, part_bytes=PART) == len(data)
+    assert await store.client.get(SNAP) == data
+    assert await store.client.ttl(SNAP) == -1, "the snapshot kept the staging key's time to live"
+    assert not await store.client.exists(PARTS)
+    assert [i for i, _ in await store.client.xrange(LOG)] == [b"2-0", b"3-0"]  # its own entry kept
+
+
+async def test_a_part_of_a_fenced_try_is_refused_and_the_stored_snapshot_stands(store: LogStore) -> None:
+    """R7: a try that timed out may still have parts on their way; the fence raised before the next
+    try refuses them, so they can neither extend the next try's parts nor become a snapshot."""
+    await _log_of(store, range(1, 3))
+    old = os.urandom(PART // 2)
+    await store.write_snapshot(0, 1, old, part_bytes=PART)
+    stale = (store.epochs[0], store._tokens[0])
+    await store.fence(0)  # what Checkpoints does before it tries again after a failed write
+    late = Call(PART_SCRIPT, [store.keys.owner(0), PARTS, store.keys.fence(0)],
+                [stale[0], b"x" * PART, STAGING_TTL_MS, stale[1], 0])
+    with pytest.raises(RedisError, match="STALE"):
+        await store.nodes.run_one(late)
+    assert not await store.client.exists(PARTS)
+    assert await store.client.get(SNAP) == old
+
+
+async def test_parts_whose_staging_key_was_lost_fail_the_write_and_the_stored_snapshot_stands(
+        store: LogStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    await _log_of(store, range(1, 3))
+    old = os.urandom(PART // 2)
+    await store.write_snapshot(0, 1, old, part_bytes=PART)
+    run_one = store.nodes.run_one
+    calls = 0
+
+    async def losing_the_staging_key_after_the_first_part(call: Call, extra_s: float = 0.0) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await store.client.delete(PARTS)  # expired, or evicted, between two parts
+        return await run_one(call, extra_s)
+
+    monkeypatch.setattr(store.nodes, "run_one", losing_the_staging_key_after_the_first_part)
+    with pytest.raises(RedisError, match="PARTS_LOST"):
+        await store.write_snapshot(0, 2, os.urandom(3 * PART), part_bytes=PART)
+    assert await store.client.get(SNAP) == old
+    assert [i for i, _ in await store.client.xrange(LOG)] == [b"1-0", b"2-0"]  # not trimmed
+    monkeypatch.undo()
+    fresh = os.urandom(3 * PART)
+    await store.write_snapshot(0, 2, fresh, part_bytes=PART)  # the next try starts from the first part
+    assert await store.client.get(SNAP) == fresh
+
+
+async def _available(client: AtpClient, skus: list[str]) -> list[int]:
+    return [a.available for at in range(0, len(skus), 1000)
+            for a in await client.availability([(sku, "DC") for sku in skus[at:at + 1000]])]
+
+
+async def test_a_service_recovers_the_same_state_from_a_snapshot_stored_in_parts(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    service, client = await start_service(shards=1, snapshot_part_bytes=PART)
+    skus = [f"sku-{i:05d}" for i in range(3000)]
+    for at in range(0, len(skus), 500):
+        await client.record_events([receipt(f"r-{sku}", sku, "DC", 7) for sku in skus[at:at + 500]])
+    await client.reserve("held", [(skus[0], "DC", 2), (skus[-1], "DC", 3)], ttl_seconds=3600)
+    before = await _available(client, skus)
+    await service.stop(grace_s=0.1)  # drained, then the final snapshot: several parts at 64 KiB
+    snap = r.get("atp:{g0}:snap")
+    assert snap is not None and len(snap) > 2 * PART and r.xlen("atp:{g0}:log") == 1
+    _, again = await start_service(shards=1, snapshot_part_bytes=PART)
+    assert await _available(again, skus) == before
+    assert before[0] == 5 and before[-1] == 4 and before[1] == 7
+    assert (await again.get_reservation("held")).reservation_id == "held"
