@@ -112,10 +112,13 @@ class Membership:
     # -- routing ------------------------------------------------------------------------
     def where(self, group: int) -> tuple[str, int]:
         """Who serves ``group`` as far as this process knows: ("", 0) while none does (or this one
-        is handing it over)."""
+        is handing it over, or no longer answers for it: its lease unrenewed past ``SAFETY``, where
+        naming itself would send its callers straight back, for as long as the renewals fail); the
+        owner last read where that is another process."""
         if group in self._handing or group in self._vacating:
             return "", 0
-        if group in self.leases.held and not self._engine.actors[group].vacant:
+        actor = self._engine.actors[group]
+        if group in self.leases.held and not actor.vacant and actor.lease_until >= time.monotonic():
             return self.address, self.leases.held[group]
         route = self.routes.get(group, ("", 0))
         return ("", 0) if route[0] == self.address else route  # read before this process gave it up

@@ -7,9 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import grpc
 import pytest
 import redis.asyncio as aredis
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, free_port
 from atp_service.app import membership as membership_module
 from atp_service.app.keyspace import StartupError
@@ -152,3 +154,26 @@ async def test_leases_taken_by_a_slow_first_share_are_renewed_while_it_is_recove
     finally:
         await r.aclose()
     assert holders == [service.membership.leases.holder.encode()] * 3, "a lease ran out during the start"
+
+
+async def test_a_process_whose_lease_lapsed_unrenewed_does_not_redirect_callers_to_itself(
+        start: ServiceFactory) -> None:
+    """Renewals failing, a process stops answering for its groups once its lease may have run out,
+    but it still named itself their owner: a caller following the redirect came straight back, as
+    many times as its deadline allowed. It now says no one serves the group (retry later)."""
+    service, client = await start(port=free_port(), host="127.0.0.1", shards=1)
+    assert service.membership is not None and service.engine is not None
+    await until(lambda: owned(service) == {0}, "the group taken", 30)
+    for task in service.membership._tasks:  # renewals that no longer get through
+        task.cancel()
+    service.engine.actors[0].lease_until = 0.0  # its last renewal older than a lease
+    with pytest.raises(grpc.aio.AioRpcError) as moved:
+        await client.stub.Reserve(pb.ReserveRequest(reservation_id="r", lines=[pb.Line(sku="A", location="DC",
+                                                                                          quantity=1)]),
+                                  metadata=(("atp-routing", "redirect"),), timeout=5)
+    assert dict(moved.value.trailing_metadata() or ())["atp-moved"] == "0 ", "redirected to itself"
+    with pytest.raises(grpc.aio.AioRpcError) as read:
+        await client.stub.GetAvailability(pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A", location="DC")]),
+                                          metadata=(("atp-routing", "redirect"),), timeout=5)
+    assert dict(read.value.trailing_metadata() or ())["atp-moved"] == "0 ", "a read redirected to itself"
+    assert service.membership.table().routes[0].address == "", "GetRouting names it the owner"
