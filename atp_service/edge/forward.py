@@ -27,7 +27,7 @@ from atp_service.edge.errors import SERVING_KEY
 from atp_service.edge.routing import RoutingTable
 from atp_service.metrics import EdgeMetrics
 from atp_service.tasks import keep
-from reservation import Moved, NotFound
+from reservation import Moved, NotFound, Reason, Unavailable
 
 SERVICE = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
 LOCATED_METHODS = frozenset({"Confirm", "Release", "Fulfill", "GetReservation"})
@@ -107,6 +107,7 @@ class Forwarder:
             certificate_chain=tls_identity[1] if tls_identity else None)
         self._max_peers = max_peers
         self._peers: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
+        self._closed = False
         self._closing: set[asyncio.Task[None]] = set()
         self.streams: set[asyncio.Task[None]] = set()
         """The reader of each outbound ``ReserveStream`` open now (``edge.streams``): empty once
@@ -239,7 +240,10 @@ class Forwarder:
         return not _forwarded(metadata) and not any(k == ROUTING_KEY and v == REDIRECT for k, v in metadata)
 
     def channel(self, address: str) -> grpc.aio.Channel:
-        """The pooled channel to the peer process at ``address``."""
+        """The pooled channel to the peer process at ``address``; refused once ``aclose`` began (a
+        saga still running during a stop would open a channel nothing closes)."""
+        if self._closed:
+            raise Unavailable("this process is stopping: nothing more goes to other processes", Reason.SHUTTING_DOWN)
         channel = self._peers.get(address)
         if channel is None:
             channel = self._peers[address] = (
@@ -258,6 +262,7 @@ class Forwarder:
     async def aclose(self, grace_s: float = PEER_CLOSE_GRACE_S) -> None:
         """Close every peer channel (the service's stop, once gRPC has stopped: no call is being
         forwarded any more, so nothing waits out the grace)."""
+        self._closed = True
         channels = list(self._peers.values())
         self._peers.clear()
         readers = list(self.streams)  # none left once gRPC has stopped and its streams have ended

@@ -17,13 +17,14 @@ import pytest
 
 from atp_client import AtpClient, RoutedClient, parse_moved, place, tls_credentials, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService
+from atp_service import AtpService, free_port
 from atp_service.app.certs import make_certs
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.forward import Forwarder
+from atp_service.edge.peers import step_sender
 from atp_service.edge.routing import Route, RoutingTable
 from atp_service.metrics import EdgeMetrics
-from reservation import Moved
+from reservation import Moved, Reason, Unavailable
 from tests.atp_service.edge.test_routing import advertised, stock
 from tests.conftest import ServiceFactory
 
@@ -171,4 +172,17 @@ async def test_the_peer_channels_are_bounded() -> None:
         forwarder.channel(f"127.0.0.1:{port}")
     assert forwarder.peers == ["127.0.0.1:1", "127.0.0.1:3"]  # 2, the least recently used, closed
     await forwarder.aclose()
+    assert forwarder.peers == []
+
+
+async def test_no_peer_channel_is_opened_once_the_forwarder_is_closed() -> None:
+    """During a stop, an order's saga still running sent a step after the peer channels were
+    closed: it opened a new channel that nothing closed any more. It is refused SHUTTING_DOWN
+    instead (the saga goes on after the restart, as after any step it could not send)."""
+    forwarder = Forwarder(EdgeMetrics())
+    forwarder.channel(f"127.0.0.1:{free_port()}")
+    await forwarder.aclose()
+    with pytest.raises(Unavailable) as refused:
+        await step_sender(forwarder, None)(f"127.0.0.1:{free_port()}", b"")
+    assert refused.value.reason == Reason.SHUTTING_DOWN
     assert forwarder.peers == []
