@@ -63,6 +63,9 @@ class ReserveCommand(msgspec.Struct, frozen=True, array_like=True, gc=False):
     lines: tuple[LineRequest, ...]
     ttl_ms: int
     allow_partial: bool
+    ttl_default: bool = False
+    """``ttl_ms`` is the default TTL of its time: the request left ``ttl`` unset (R5 compares the
+    TTL as sent, so a retry after the default changed is still the same request)."""
 
 
 class LineRecord(msgspec.Struct, array_like=True, gc=False):
@@ -127,6 +130,8 @@ class Reservation(msgspec.Struct, array_like=True, gc=False, omit_defaults=True)
     other reservation). Its units are held by the parts; this record holds its decisions."""
     pending: PendingOp | None = None
     """An order's change recorded but not yet applied by every part (None: settled)."""
+    ttl_default: bool = False
+    """The Reserve left ``ttl`` unset (``ReserveCommand.ttl_default``)."""
 
     def clone(self) -> Reservation:
         lines = tuple(msgspec.structs.replace(line) for line in self.lines)

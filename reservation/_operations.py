@@ -69,6 +69,7 @@ def reserve(view: View, cmd: ReserveCommand, now: int,
         created_at=now,
         expires_at=now + cmd.ttl_ms if held else 0,
         updated_at=now,
+        ttl_default=cmd.ttl_default,
     )
     view.save(rec)
     return rec, False
@@ -226,13 +227,15 @@ def requested_lines(rec: Reservation) -> tuple[LineRequest, ...]:
 
 
 def same_content(rec: Reservation, cmd: ReserveCommand) -> None:
-    """R5: the same id with different content is refused, naming the first field that differs."""
+    """R5: the same id with different content is refused, naming the first field that differs. A
+    TTL left unset both times is the same, whatever the default was each time (a retry across a
+    restart that changed ``default_ttl_seconds``)."""
     mine = requested_lines(rec)
     for field, old, new in (
         ("order_ref", rec.order_ref, cmd.order_ref),
         ("channel", rec.channel, cmd.channel),
         ("lines", mine, cmd.lines),
-        ("ttl", rec.ttl_ms, cmd.ttl_ms),
+        ("ttl", *((0, 0) if rec.ttl_default and cmd.ttl_default else (rec.ttl_ms, cmd.ttl_ms))),
         ("allow_partial", rec.allow_partial, cmd.allow_partial),
     ):
         if old != new:

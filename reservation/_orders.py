@@ -78,7 +78,8 @@ def open_order(cmd: ReserveCommand, groups: tuple[int, ...], now: int) -> Reserv
     lines = tuple(LineRecord(line.sku, line.location, line.quantity, 0, Outcome.NOT_ATTEMPTED, 0)
                   for line in cmd.lines)
     return Reservation(cmd.reservation_id, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, State.HELD,
-                       lines, now, now + cmd.ttl_ms, now, parts=groups, pending=PendingOp(OrderStep.RESERVE))
+                       lines, now, now + cmd.ttl_ms, now, parts=groups, pending=PendingOp(OrderStep.RESERVE),
+                       ttl_default=cmd.ttl_default)
 
 
 def same_order(order: Reservation, cmd: ReserveCommand) -> None:
@@ -187,7 +188,7 @@ def give_up_part(view_: View, cmd: ReserveCommand, now: int, limits: Limits) -> 
         return apply_share(view_, cmd.reservation_id, PendingOp(OrderStep.RELEASE), now, limits) or part
     lines = tuple(LineRecord(line.sku, line.location, line.quantity, 0, Outcome.NOT_ATTEMPTED, 0) for line in cmd.lines)
     tombstone = Reservation(cmd.reservation_id, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial,
-                            State.EXPIRED, lines, now, 0, now)
+                            State.EXPIRED, lines, now, 0, now, ttl_default=cmd.ttl_default)
     view_.save(tombstone)
     return tombstone
 

@@ -112,7 +112,7 @@ def reserve_command(
             "ttl", f"{ttl_seconds}s is outside [{limits.min_ttl_seconds}s, {limits.max_ttl_seconds}s]"
         )
     return ReserveCommand(
-        reservation_id, order_ref, channel, line_requests(lines, limits), ttl * 1000, allow_partial
+        reservation_id, order_ref, channel, line_requests(lines, limits), ttl * 1000, allow_partial, not ttl_seconds
     )
 
 

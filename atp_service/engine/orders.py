@@ -348,5 +348,5 @@ def _undecided(exc: BaseException) -> BaseException:
 def _command_of(order: Reservation) -> ReserveCommand:
     """The Reserve an order was opened with (its requested lines are kept until it is decided)."""
     return ReserveCommand(order.reservation_id, order.order_ref, order.channel, ops.requested_lines(order),
-                          order.ttl_ms, order.allow_partial)
+                          order.ttl_ms, order.allow_partial, order.ttl_default)
 

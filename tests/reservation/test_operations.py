@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from reservation import (
@@ -21,6 +23,7 @@ from reservation import (
     fulfill,
     release,
     reserve,
+    reserve_command,
 )
 from tests.reservation.helpers import LIMITS, cmd, ledger_with
 
@@ -97,6 +100,24 @@ def test_same_id_different_lines_or_ttl_names_the_field_R5() -> None:
     with pytest.raises(AlreadyExists) as err:
         reserve(ledger, cmd("r1", ("A", "S1", 2), ttl=61), NOW)
     assert (err.value.reason, err.value.fields) == (Reason.RESERVATION_ID_REUSED, ("ttl",))
+
+
+def test_a_retry_leaving_the_ttl_unset_is_the_same_request_after_the_default_changed_R5() -> None:
+    """R5 compares the request as sent: a TTL left unset both times matches, though the service
+    restarted meanwhile with another ``default_ttl_seconds`` (it was refused ``ttl`` differs)."""
+    ledger = ledger_with({("A", "S1"): 10})
+    first = reserve(ledger, reserve_command(reservation_id="r1", order_ref="", channel="", lines=[("A", "S1", 2)],
+                                            ttl_seconds=0, allow_partial=False, limits=LIMITS), NOW)[0]
+    later = replace(LIMITS, default_ttl_seconds=LIMITS.default_ttl_seconds * 2)
+    retry = reserve_command(reservation_id="r1", order_ref="", channel="", lines=[("A", "S1", 2)], ttl_seconds=0,
+                            allow_partial=False, limits=later)
+    assert reserve(ledger, retry, NOW + 5)[0] == first
+    assert ledger.quantities("A", "S1").reserved == 2
+    explicit = reserve_command(reservation_id="r1", order_ref="", channel="", lines=[("A", "S1", 2)],
+                               ttl_seconds=later.default_ttl_seconds, allow_partial=False, limits=later)
+    with pytest.raises(AlreadyExists) as err:  # a TTL named, other than the one applied: still refused
+        reserve(ledger, explicit, NOW + 5)
+    assert err.value.fields == ("ttl",)
 
 
 def test_confirm_moves_held_to_committed_and_stops_expiry_R3() -> None:
