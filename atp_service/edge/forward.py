@@ -7,7 +7,7 @@ call for a group no process owns now, and a call of a method not forwarded whole
 need several groups). Any other call is sent on to the owner as it came — the same request message,
 the caller's token, the caller's remaining deadline — and the owner's answer, or refusal with its
 trailing metadata, is the caller's answer. The calls that may need several groups are split by
-owner instead: ``RecordEvents`` (``forward_facts``), ``GetAvailability`` (``ask_owners``) and
+owner instead: ``RecordEvents`` (``forward_facts``), ``GetAvailability`` and ``LoadCounts`` (``ask_owners``) and
 ``ReserveStream`` (``open_stream``, ``edge.streams``).
 """
 

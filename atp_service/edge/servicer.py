@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import grpc
-import numpy as np
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
@@ -19,6 +18,7 @@ from atp_service.edge.availability import get_availability
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
 from atp_service.edge.forward import Forwarder, Relayed
+from atp_service.edge.load import load_counts
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.record import record_events
 from atp_service.edge.routing import RoutingTable, routing_pb, single_process
@@ -41,7 +41,6 @@ from reservation import (
     Unavailable,
     check_id,
     check_safety_stock,
-    count_rows,
     partial_lines,
 )
 
@@ -206,15 +205,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
     @_observed("LoadCounts")
     async def LoadCounts(self, request: pb.LoadCountsRequest, context: Any) -> pb.LoadCountsResponse:
-        block, errors = count_rows(
-            request.source, list(request.skus), list(request.locations),
-            (request.sku_index, request.location_index, request.on_hand, request.as_of),
-            self.engine.clock.now_ms(), self.limits)
-        loaded = np.ones(len(block) + len(errors), dtype=np.bool_)
-        loaded[list(errors)] = False
-        good = np.flatnonzero(loaded)
-        outcomes, reasons = await self.desk.load_counts(block, "load")
-        return convert.load_counts_response(good, outcomes, reasons, errors)
+        return await load_counts(request, context, self.engine, self.desk, self.forwarder, self.limits)
 
     @_observed("ExplainAvailability")
     async def ExplainAvailability(self, request: pb.ExplainAvailabilityRequest,

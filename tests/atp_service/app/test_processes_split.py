@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 import pytest
 
 from atp_client import Refusal
@@ -138,3 +139,38 @@ async def test_availability_over_keys_of_both_processes_is_answered_by_one_in_ke
     trailers = dict(refused.value.trailing_metadata() or ())
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert str(trailers["atp-moved"]).endswith(f" 127.0.0.1:{running[1][0].port}")
+
+
+def counts_block(skus: list[str], on_hand: list[int], at: int) -> pb.LoadCountsRequest:
+    """A LoadCounts block of one row per SKU at "DC", all as of ``at``."""
+    n = len(skus)
+    return pb.LoadCountsRequest(source="erp", skus=skus, locations=["DC"],
+                                sku_index=np.arange(n, dtype="<u4").tobytes(), location_index=bytes(4 * n),
+                                on_hand=np.array(on_hand, dtype="<i8").tobytes(),
+                                as_of=np.full(n, at, dtype="<i8").tobytes())
+
+
+async def test_a_load_of_counts_over_groups_of_both_processes_is_loaded_whole_from_either(
+        start_process: ServiceFactory) -> None:
+    """Defect: LoadCounts was not split by owner. A block with rows of both processes' groups was
+    applied where it arrived and refused GROUP_MOVED for the rest; sent to the other process it was
+    refused the same way for the first one's rows: a nightly ERP load over several processes could
+    never be answered OK, whichever process it went to, and ``atpctl stock load`` retried for ever."""
+    running, here, there = await stocked_pair(start_process)
+    (service, client), (_, other) = running
+    at = service.clock.now_ms()
+    # A row with a bad on_hand between them: each row keeps its own index in the answer.
+    answer = await client.load_counts(counts_block([there, "bad-row", here], [7, -1, 4], at))
+    assert (answer.applied, answer.invalid) == (2, 1)
+    assert [list(r.rows) for r in answer.rejected] == [[1]]
+    assert [(p.on_hand, p.available) for p in await client.availability([(here, "DC"), (there, "DC")])] == \
+        [(4, 4), (7, 7)]
+    assert forwarded(service, "LoadCounts", "ok") == 1
+    again = await other.load_counts(counts_block([here, there], [4, 7], at))  # the same rows at the other
+    assert (again.applied, again.duplicate) == (0, 2)
+    late = await other.load_counts(counts_block([here, there], [1, 2], at - 50 * 3_600_000))  # E6: too late
+    assert late.quarantined == 2 and sorted(r for g in late.rejected for r in g.rows) == [0, 1]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # a caller routing by itself: redirected, nothing loaded
+        await client.stub.LoadCounts(counts_block([here, there], [9, 9], at + 1), metadata=REDIRECT)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert [p.on_hand for p in await client.availability([(here, "DC"), (there, "DC")])] == [4, 7]
