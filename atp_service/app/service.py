@@ -18,13 +18,14 @@ from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
 from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
 
+from atp_service.app.estate_file import read_estate
 from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_server, server_interceptors
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
 from atp_service.app.tracing import Tracing
 from atp_service.channels.desk import ChannelDesk
-from atp_service.channels.estate import Estate, EstateError, EstateUnusable, group_policies, load_estate
+from atp_service.channels.estate import Estate, EstateUnusable, group_policies
 from atp_service.config import ServiceConfig
 from atp_service.config_values import redacted
 from atp_service.edge import transport
@@ -94,10 +95,10 @@ class AtpService:
         self._server_stop: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._reloading = asyncio.Lock()
         self.tracing = Tracing.configured(config)  # None unless tracing_endpoint is set
         self.replaced = asyncio.Event()
-        """Set when a newer instance has claimed this keyspace: this one must stop (``atp-service
-        serve`` does, exit status 3)."""
+        """Set when a newer instance has claimed this keyspace: this one must stop (``serve`` exits 3)."""
         self.failed = asyncio.Event()
         """Set when a shard actor stopped working (a bug): health says NOT_SERVING and the service
         must be restarted, which rebuilds the shard from its log (``atp-service serve`` exits 4)."""
@@ -201,32 +202,24 @@ class AtpService:
         return StreamIngestor(client, desk, settings, self.clock, reads, send)
 
     def _load_estate(self) -> Estate:
-        path = self.config.estate
-        if path is None and self.config.demo:
-            path = DEMO_ESTATE
-        if path is None:
-            return Estate({}, {}, {})
-        try:
-            return load_estate(path, self.config.limits)
-        except OSError as exc:
-            raise StartupError(f"estate: cannot read {path} ({exc.strerror})") from None
-        except EstateError as exc:
-            raise StartupError(f"estate: {path}: {exc}") from None
+        return read_estate(self.config.estate or (DEMO_ESTATE if self.config.demo else None), self.config.limits)
 
     async def reload_estate(self) -> dict[str, int]:
         """Re-read the estate file (SIGHUP or the ReloadEstate RPC): all or nothing — a bad file, or
-        channels off, or Redis unreachable while the new channels' feeds load, changes nothing."""
-        estate = self._load_estate()
-        if self._starting is None or not self._starting.done():  # the desk may still be loading its feeds
-            raise StartupError("estate: the service is still starting; reload once it serves")
-        if self.channels is None:
-            raise StartupError("estate: channels were off at start; restart the service to turn them on")
-        counts = await self.channels.reload(estate)  # its only await comes before it changes anything
-        self.estate = estate
-        if self.engine is not None:
-            self.engine.group_policies, self.engine.default_group_policy = group_policies(estate)
-            self.engine.set_safety_defaults(estate.safety_defaults)
-        return counts
+        channels off, or Redis unreachable while the new channels' feeds load, changes nothing. One
+        at a time, the file read then: an earlier reload waiting on Redis never lands last."""
+        async with self._reloading:
+            estate = self._load_estate()
+            if self._starting is None or not self._starting.done():  # the desk may still be loading its feeds
+                raise StartupError("estate: the service is still starting; reload once it serves")
+            if self.channels is None:
+                raise StartupError("estate: channels were off at start; restart the service to turn them on")
+            counts = await self.channels.reload(estate)  # its only await comes before it changes anything
+            self.estate = estate
+            if self.engine is not None:
+                self.engine.group_policies, self.engine.default_group_policy = group_policies(estate)
+                self.engine.set_safety_defaults(estate.safety_defaults)
+            return counts
 
     async def _reload_rpc(self) -> dict[str, int]:
         try:

@@ -1,0 +1,60 @@
+"""ReloadEstate under faults: reloads racing each other. A reload is all or nothing, and the
+configuration that runs is the file's as the last acknowledged reload read it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, EmbeddedRedis, ManualClock
+from tests.atp_service.channel_helpers import ESTATE, write_estate
+from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.conftest import test_config as make_config
+
+T = 1_700_000_000_000
+OUTLET = '\n[[channels]]\nname = "outlet"\nsells_from = ["dc-1"]\nthrottle_ms = 0\n'
+
+
+async def _behind_a_proxy(redis_server: EmbeddedRedis, path: Path, timeout_s: float
+                          ) -> tuple[AtpService, AtpClient, HoldingProxy]:
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    service = AtpService(make_config(estate=path, redis_timeout_s=timeout_s), await proxy.start(),
+                         clock=ManualClock(T))
+    await service.start()
+    return service, AtpClient(f"127.0.0.1:{service.port}"), proxy
+
+
+async def _stop(service: AtpService, client: AtpClient, proxy: HoldingProxy) -> None:
+    await client.close()
+    await service.stop(grace_s=0.1)
+    await proxy.close()
+
+
+async def test_a_reload_acknowledged_last_is_the_configuration_that_runs(
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:  # redis_url: a clean keyspace
+    """Defect: reloads were not serialised. A reload adding a channel (SIGHUP, say) waited for
+    Redis to load that channel's feed; meanwhile the operator fixed the file and reloaded again,
+    was answered with the new channels — and then the first reload finished and put the file's
+    older content back, for good, with nobody told."""
+    path = write_estate(tmp_path)
+    service, client, proxy = await _behind_a_proxy(redis_server, path, 30)
+    try:
+        desk = service.channels
+        assert desk is not None
+        path.write_text(ESTATE + OUTLET)  # a channel added
+        proxy.hold(b"{avail}:outlet\r\n")  # XINFO: the first reload's last read of the new feed waits here
+        first = asyncio.ensure_future(service.reload_estate())
+        await until(lambda: len(proxy.held) == 1, "the first reload loading the outlet's feed")
+        path.write_text(ESTATE)  # the operator takes the outlet back out, and reloads
+        proxy.hold()
+        second = asyncio.ensure_future(client.stub.ReloadEstate(pb.ReloadEstateRequest()))
+        await until(lambda: second.done() or service._servicer.drain.active == 1, "the second reload under way")
+        await proxy.land(proxy.held[0])
+        await first
+        assert [c.name for c in (await second).channels] == ["market", "pickup", "web"]
+        assert sorted(desk.estate.channels) == sorted(desk.feeds) == ["market", "pickup", "web"]
+    finally:
+        await _stop(service, client, proxy)
+
