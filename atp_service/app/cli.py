@@ -33,7 +33,7 @@ from atp_service.storage.embedded_redis import (
     StartAbandoned,
 )
 from atp_service.tasks import cancel_and_wait, keep, task_stacks
-from reservation import DomainError
+from reservation import DomainError, Unavailable
 
 log = logging.getLogger("atp_service")
 SHUTDOWN_SNAPSHOT_S = 60.0  # beyond the gRPC grace: time for every shard's final snapshot
@@ -344,7 +344,7 @@ async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopR
 async def _reload(service: AtpService) -> None:
     try:
         summary = await service.reload_estate()
-    except StartupError as exc:
+    except (StartupError, Unavailable) as exc:  # a bad file, Redis not answering
         log.error("SIGHUP: estate not reloaded, nothing changed: %s", exc)
     else:
         log.info("SIGHUP: estate reloaded; published keys per channel: %s", summary)

@@ -49,6 +49,7 @@ from atp_service.storage.keys import CHANNELS
 from atp_service.storage.log import CommitWindow, LogStore
 from atp_service.storage.nodes import connect_any, open_nodes
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled, keep
+from reservation import Unavailable
 
 log = logging.getLogger(__name__)
 REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
@@ -205,16 +206,18 @@ class AtpService:
         return read_estate(self.config.estate or (DEMO_ESTATE if self.config.demo else None), self.config.limits)
 
     async def reload_estate(self) -> dict[str, int]:
-        """Re-read the estate file (SIGHUP or the ReloadEstate RPC): all or nothing — a bad file, or
-        channels off, or Redis unreachable while the new channels' feeds load, changes nothing. One
-        at a time, the file read then: an earlier reload waiting on Redis never lands last."""
+        """Re-read the estate file (SIGHUP, ReloadEstate): all or nothing (a bad file, channels off, Redis
+        not answering: nothing changes), one at a time: an earlier reload waiting on Redis never lands last."""
         async with self._reloading:
             estate = self._load_estate()
             if self._starting is None or not self._starting.done():  # the desk may still be loading its feeds
                 raise StartupError("estate: the service is still starting; reload once it serves")
             if self.channels is None:
                 raise StartupError("estate: channels were off at start; restart the service to turn them on")
-            counts = await self.channels.reload(estate)  # its only await comes before it changes anything
+            try:
+                counts = await self.channels.reload(estate)  # its only await comes before it changes anything
+            except STORAGE_ERRORS as exc:  # nothing changed: retried once Redis answers
+                raise Unavailable(f"estate: Redis did not answer ({exc}); nothing changed, retry") from None
             self.estate = estate
             if self.engine is not None:
                 self.engine.group_policies, self.engine.default_group_policy = group_policies(estate)

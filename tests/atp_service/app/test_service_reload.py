@@ -1,16 +1,21 @@
-"""ReloadEstate under faults: reloads racing each other. A reload is all or nothing, and the
-configuration that runs is the file's as the last acknowledged reload read it."""
+"""ReloadEstate under faults: reloads racing each other, and Redis not answering while the new
+channels' feeds load. A reload is all or nothing, and the configuration that runs is the file's
+as the last acknowledged reload read it."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import grpc
+import pytest
+
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ManualClock
 from tests.atp_service.channel_helpers import ESTATE, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.refusals import said
 from tests.conftest import test_config as make_config
 
 T = 1_700_000_000_000
@@ -58,3 +63,24 @@ async def test_a_reload_acknowledged_last_is_the_configuration_that_runs(
     finally:
         await _stop(service, client, proxy)
 
+
+async def test_a_reload_whose_feeds_redis_does_not_answer_is_refused_retryable_and_changes_nothing(
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:  # redis_url: a clean keyspace
+    """Defect: Redis not answering while a new channel's feed loaded ended the ReloadEstate call
+    UNKNOWN ("Unexpected <class 'redis.exceptions.TimeoutError'>") with a traceback in the log,
+    a status no client retries and no reason to act on."""
+    path = write_estate(tmp_path)
+    service, client, proxy = await _behind_a_proxy(redis_server, path, 0.5)
+    try:
+        path.write_text(ESTATE + OUTLET)
+        proxy.hold(b"outlet:state")  # never answered: the read times out
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.stub.ReloadEstate(pb.ReloadEstateRequest())
+        assert said(refused.value) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNREACHABLE")
+        assert service.channels is not None and sorted(service.channels.feeds) == ["market", "pickup", "web"]
+        proxy.drop()
+        proxy.hold()
+        reply = await client.stub.ReloadEstate(pb.ReloadEstateRequest())  # the retry, once Redis answers
+        assert [c.name for c in reply.channels] == ["market", "outlet", "pickup", "web"]
+    finally:
+        await _stop(service, client, proxy)
