@@ -39,6 +39,7 @@ offending key, e.g. ``channels[2].buffer_percent: must be within [0, 100]``.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,9 @@ from reservation._validate import check_safety_stock
 LOCATION_TYPES = ("store", "dc")
 STRATEGIES = ("priority", "most_available")
 DEFAULT_LIMITS = Limits()
+MAX_COUNT = 2**63 - 1
+"""The largest integer a key takes: TOML reads any, but C1's numpy arithmetic (int64) and Redis's
+stream MAXLEN take none larger — one past it ended the channel desk's task, and every feed with it."""
 
 
 class EstateError(ValueError):
@@ -109,7 +113,9 @@ def group_policies(estate: Estate) -> tuple[dict[str, GroupPolicy], GroupPolicy 
 
 def load_estate(path: Path, limits: Limits = DEFAULT_LIMITS) -> Estate:
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise EstateError(f"not UTF-8 text (TOML is): byte {exc.start} cannot be read") from None
     except tomllib.TOMLDecodeError as exc:
         raise EstateError(f"not valid TOML: {exc}") from None
     return parse_estate(data, limits)
@@ -139,7 +145,10 @@ def parse_estate(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Estat
             if safety is not None:
                 own_safety[loc_id] = safety
     groups: dict[str, tuple[str, ...]] = {}
-    for name, members in dict(data.get("groups", {})).items():
+    raw_groups = data.get("groups", {})
+    if not isinstance(raw_groups, dict):
+        raise EstateError("groups: must be a table of group = [locations] or {type, region}")
+    for name, members in raw_groups.items():
         if name in locations:
             raise EstateError(f"groups.{name}: a location has the same id")
         groups[name] = _group(name, members, locations)
@@ -181,7 +190,7 @@ def _channel(raw: dict[str, Any], where: str, locations: dict[str, Location],
     name = _text(raw, "name", where)
     sells_from: list[str] = []
     targets = raw.get("sells_from")
-    if not isinstance(targets, list) or not targets:
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         raise EstateError(f"{where}.sells_from: must be a non-empty list of locations or groups")
     for target in targets:
         members = groups.get(target) or ((target,) if target in locations else None)
@@ -241,6 +250,8 @@ def _int(raw: dict[str, Any], key: str, where: str, default: int) -> int:
     value = raw.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
         raise EstateError(f"{where}.{key}: must be an integer")
+    if value > MAX_COUNT:
+        raise EstateError(f"{where}.{key}: must be at most {MAX_COUNT}")
     return value
 
 
@@ -248,6 +259,8 @@ def _number(raw: dict[str, Any], key: str, where: str, default: float) -> float:
     value = raw.get(key, default)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:  # NaN: value != value
         raise EstateError(f"{where}.{key}: must be a number")
+    if not math.isfinite(value):  # no bucket refills at an infinite rate (its burst is int(rate)): the desk ended
+        raise EstateError(f"{where}.{key}: must be a finite number")
     return float(value)
 
 
@@ -271,4 +284,6 @@ def _optional_int(raw: dict[str, Any], key: str) -> int | None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{key}: must be an integer")
+    if value > MAX_COUNT:
+        raise ValueError(f"{key}: must be at most {MAX_COUNT}")
     return value

@@ -218,3 +218,22 @@ async def test_default_safety_stock_per_location_type_protects_store_units(
     store, dc = await client.availability([("sku-s", "store-1"), ("sku-s", "dc-1")])
     assert (store.safety_stock, store.available) == (1, 4)
     assert (dc.safety_stock, dc.available) == (0, 5)
+
+
+async def test_a_reload_with_a_count_past_int64_is_refused_and_the_channels_keep_publishing(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """Defect: ``max_shown = 9223372036854775808`` (TOML takes it) was reloaded OK; the desk's next
+    round raised OverflowError in C1's arithmetic and the desk task ended: no channel published
+    anything more, the stock-out below included, while the service answered as healthy."""
+    path = write_estate(tmp_path)
+    _, client = await start_service(clock=clock, estate=path)
+    await client.record_events([fact("c1", "COUNT", "sku-z", "dc-1", 10, T)])
+    await wait_for_updates(redis_url, "market", 1)
+    path.write_text(ESTATE.replace("buffer_units = 2\n", "buffer_units = 2\nmax_shown = 9223372036854775808\n", 1))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.ReloadEstate(pb.ReloadEstateRequest())
+    said = typed(err.value).refusal
+    assert (said.code, said.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE")
+    assert "channels[0].max_shown: must be at most 9223372036854775807" in said.message
+    await client.record_events([fact("s1", "SALE", "sku-z", "dc-1", 10, T + 1)])
+    assert (await wait_for_updates(redis_url, "market", 2))[-1].quantity == 0  # the stock-out goes out

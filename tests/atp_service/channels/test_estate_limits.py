@@ -35,3 +35,40 @@ def test_the_bound_is_the_configured_max_quantity_Q4(tmp_path: Path) -> None:
         load_estate(path)
     with pytest.raises(EstateError, match="must be at most 2147483647"):
         load_estate(path, Limits(max_quantity=2**31 - 1, max_on_hand=2**53))
+
+
+X = [{"id": "x", "type": "dc"}]
+
+
+def _channel(**keys: object) -> dict[str, object]:
+    return {"locations": X, "channels": [{"name": "c", "sells_from": ["x"], **keys}]}
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (_channel(max_shown=2**63), "channels[0].max_shown: must be at most 9223372036854775807"),
+    (_channel(allocation=2**70), "channels[0].allocation: must be at most 9223372036854775807"),
+    (_channel(buffer_units=2**64), "channels[0].buffer_units: must be at most 9223372036854775807"),
+    (_channel(stream_maxlen=2**64), "channels[0].stream_maxlen: must be at most 9223372036854775807"),
+    (_channel(rate_limit_per_s=float("inf")), "channels[0].rate_limit_per_s: must be a finite number"),
+    (_channel(buffer_percent=float("-inf")), "channels[0].buffer_percent: must be a finite number"),
+    ({"locations": X, "groups": ["x"]}, "groups: must be a table of group = [locations] or {type, region}"),
+    ({"locations": X, "groups": 5}, "groups: must be a table of group = [locations] or {type, region}"),
+    (_channel(sells_from=[{"id": "x"}]), "channels[0].sells_from: must be a non-empty list of locations or groups"),
+    (_channel(sells_from=[["x"]]), "channels[0].sells_from: must be a non-empty list of locations or groups"),
+])
+def test_a_value_the_channel_desk_cannot_compute_with_is_refused_naming_its_key(
+        data: dict[str, object], message: str) -> None:
+    """Defect: these were taken (or failed with a bare TypeError/ValueError that named no key). A
+    count past int64 (TOML takes any integer) made C1's numpy arithmetic raise OverflowError in
+    the channel desk's round, which ended the desk for good: no channel published anything more,
+    a stock-out included; an infinite rate did the same in the feed's token bucket."""
+    with pytest.raises(EstateError) as err:
+        parse_estate(data)
+    assert str(err.value) == message
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_the_file_s_fault(tmp_path: Path) -> None:
+    path = tmp_path / "estate.toml"
+    path.write_bytes(b'[[locations]]\nid = "caf\xe9"\ntype = "dc"\n')  # Latin-1, as an old editor saves it
+    with pytest.raises(EstateError, match="not UTF-8 text"):
+        load_estate(path)
