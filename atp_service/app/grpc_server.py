@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -58,9 +60,9 @@ def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health
 
 def bind(server: grpc.aio.Server, cfg: ServiceConfig) -> int:
     """The port the server listens on (TLS when configured); StartupError when it cannot."""
+    credentials = server_credentials(cfg)  # its refusals are StartupErrors, a RuntimeError: not a port's
+    address = f"{cfg.host}:{cfg.port}"
     try:
-        credentials = server_credentials(cfg)
-        address = f"{cfg.host}:{cfg.port}"
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError:
         port = 0
@@ -101,5 +103,16 @@ def server_credentials(cfg: ServiceConfig) -> grpc.ServerCredentials | None:
         ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
     except OSError as exc:
         raise StartupError(f"tls: cannot read {exc.filename} ({exc.strerror})") from None
+    _check_pair(cfg.tls_cert, cfg.tls_key)
     log.info("gRPC over TLS%s", " with client certificates (mutual TLS)" if ca else "")
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def _check_pair(cert: Path, key: Path) -> None:
+    """gRPC refuses a certificate and key that do not make a pair only as a failed bind, which
+    ``bind`` would report as a port in use: say what is wrong instead, naming both files."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:  # an encrypted key too: gRPC takes none
+        raise StartupError(f"tls_cert/tls_key: {cert} and {key} are not a PEM certificate and its unencrypted "
+                           f"private key ({exc.reason or exc})") from None
