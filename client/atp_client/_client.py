@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -227,8 +227,9 @@ class AtpClient:
 
     async def reserve_stream(
         self, batches: AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
-    ) -> AsyncIterator[pb.ReserveStreamResponse]:
-        """Send batches of independent reservations; yields one result message per batch, in order."""
+    ) -> AsyncGenerator[pb.ReserveStreamResponse, None]:
+        """Send batches of independent reservations; yields one result message per batch, in order.
+        Closing the generator (``aclose``) ends the stream: no batch is sent after it."""
 
         async def requests() -> AsyncIterator[pb.ReserveStreamRequest]:
             if hasattr(batches, "__aiter__"):
@@ -244,6 +245,11 @@ class AtpClient:
                 yield result
         except grpc.aio.AioRpcError as exc:
             raise typed(exc) from None
+        finally:
+            # grpc.aio goes on taking batches from the caller and sending them in a task of its
+            # own until the call ends: a caller that stops reading (break, aclose, an error) would
+            # have reservations made that it is never told of. Ending the call stops that task.
+            call.cancel()
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Wait until the health service says SERVING (recovery done)."""
