@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -144,6 +144,29 @@ def tls_credentials(ca: bytes | None, cert: bytes | None = None, key: bytes | No
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
+class _Batches:
+    """The caller's batches as ``ReserveStream`` requests. grpc.aio cancels the call when its request
+    iterator raises, which loses the answers to the batches already sent (reservations the service
+    may hold) and tells the caller ``CancelledError``. Here a failing source only ends the requests
+    (a half-close: the service answers everything it was sent) and keeps its error in ``failure``."""
+
+    def __init__(self, batches: AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
+                 ) -> None:
+        self.batches = batches
+        self.failure: Exception | None = None
+
+    async def requests(self) -> AsyncIterator[pb.ReserveStreamRequest]:
+        try:
+            if isinstance(self.batches, AsyncIterable):
+                async for batch in self.batches:
+                    yield pb.ReserveStreamRequest(reservations=batch)
+            else:
+                for batch in self.batches:
+                    yield pb.ReserveStreamRequest(reservations=batch)
+        except Exception as exc:  # the caller's own error: raised to it once the answers are in
+            self.failure = exc
+
+
 class AtpClient:
     """One channel to one service. Use as ``async with AtpClient(target) as client``.
 
@@ -229,27 +252,22 @@ class AtpClient:
         self, batches: AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
     ) -> AsyncGenerator[pb.ReserveStreamResponse, None]:
         """Send batches of independent reservations; yields one result message per batch, in order.
-        Closing the generator (``aclose``) ends the stream: no batch is sent after it."""
-
-        async def requests() -> AsyncIterator[pb.ReserveStreamRequest]:
-            if hasattr(batches, "__aiter__"):
-                async for batch in batches:
-                    yield pb.ReserveStreamRequest(reservations=batch)
-            else:
-                for batch in batches:
-                    yield pb.ReserveStreamRequest(reservations=batch)
-
-        call = self.stub.ReserveStream(requests())
+        Closing the generator (``aclose``) ends the stream: no batch is sent after it. Should
+        ``batches`` raise, the batches sent before it are answered first, then its error is raised."""
+        source = _Batches(batches)
+        call = self.stub.ReserveStream(source.requests())
         try:
             async for result in call:
                 yield result
         except grpc.aio.AioRpcError as exc:
-            raise typed(exc) from None
+            raise typed(exc) from source.failure
         finally:
             # grpc.aio goes on taking batches from the caller and sending them in a task of its
             # own until the call ends: a caller that stops reading (break, aclose, an error) would
             # have reservations made that it is never told of. Ending the call stops that task.
             call.cancel()
+        if source.failure is not None:
+            raise source.failure
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Wait until the health service says SERVING (recovery done)."""
