@@ -168,6 +168,13 @@ def _facts(path: Path) -> Iterator[pb.Fact]:
                 raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
 
 
+def _check_facts(path: Path) -> None:
+    """Read every line before sending any: a file refused for a line that cannot be read (exit
+    via ``_facts``) has nothing of it applied, rather than the chunks before that line."""
+    for _ in _facts(path):
+        pass
+
+
 def _dump(args: argparse.Namespace, msg: Message | Sequence[Message] | dict[str, Any]) -> None:
     """The answer: a table on a terminal, JSON with --json or when stdout is not a terminal."""
     if isinstance(msg, Sequence):
@@ -260,8 +267,10 @@ async def _watch(client: AtpClient, args: argparse.Namespace) -> int:
 
 
 async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> int:
-    """Facts from a JSONL file, in chunks; the counts per outcome (so far, if a chunk is refused).
-    Exit status 3 when any fact was invalid: an import is judged by its worst line."""
+    """Facts from a JSONL file, in chunks, once every line of it reads as a fact; the counts per
+    outcome (so far, if a chunk is refused). Exit status 3 when any fact was invalid: an import
+    is judged by its worst line."""
+    _check_facts(path)
     counts: dict[str, int] = {}
     chunk: list[pb.Fact] = []
 
