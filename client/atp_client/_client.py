@@ -240,11 +240,14 @@ class AtpClient:
         answer: pb.LoadCountsResponse = await self._call(self.stub.LoadCounts, request)
         return answer
 
-    async def _call(self, method: Any, req: Any, metadata: Sequence[tuple[str, str]] = ()) -> Any:
-        """One unary call within ``timeout_s`` (gRPC's retries included), with ``metadata`` besides
-        the token. A refusal raises a typed ``AtpError`` (a ``grpc.aio.AioRpcError``) carrying its reason."""
+    async def _call(self, method: Any, req: Any, metadata: Sequence[tuple[str, str]] = (),
+                    timeout_s: float | None = None) -> Any:
+        """One unary call within ``timeout_s`` (gRPC's retries included; the client's own unless
+        given), with ``metadata`` besides the token. A refusal raises a typed ``AtpError`` (a
+        ``grpc.aio.AioRpcError``) carrying its reason."""
         try:
-            return await method(req, timeout=self.timeout_s, metadata=metadata or None)
+            return await method(req, timeout=self.timeout_s if timeout_s is None else timeout_s,
+                                metadata=metadata or None)
         except grpc.aio.AioRpcError as exc:
             raise typed(exc) from None
 

@@ -4,12 +4,14 @@ The service may run as several processes on one keyspace. Any process answers an
 forwards what it does not own), but a call sent to the owner saves the hop. This client asks a
 process for the routing table (``GetRouting``), sends each call to its group's owner with
 ``atp-routing: redirect``, and follows the ``atp-moved`` redirect a process answers when the group
-has moved — asking for the table again, from another process when one does not answer.
+has moved — asking for the table again, from another process when one does not answer. Each
+call keeps to its deadline (``timeout_s``), hops and table included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -44,7 +46,9 @@ class RoutedClient:
     ``AtpClient`` raises it.
 
     With ``retry``, gRPC retries a ``GROUP_MOVED`` refusal (``UNAVAILABLE``) at the same process
-    before this client follows the redirect: each redirect then costs the retries' delays."""
+    before this client follows the redirect: each redirect then costs the retries' delays.
+    ``timeout_s`` is each call's deadline, for everything it takes: the routing table, the hops
+    it follows, gRPC's retries."""
 
     def __init__(self, seeds: str | Sequence[str], *, timeout_s: float = 10.0,
                  options: Sequence[tuple[str, Any]] = (), token: str | None = None,
@@ -53,6 +57,7 @@ class RoutedClient:
         self.seeds = (seeds,) if isinstance(seeds, str) else tuple(seeds)
         if not self.seeds:
             raise ValueError("seeds: at least one service address is required")
+        self.timeout_s = timeout_s
         self._connect = partial(AtpClient, timeout_s=timeout_s, options=options, token=token,
                                 credentials=credentials, retry=retry)
         self._clients: Lru[str, AtpClient] = Lru(max_clients)
@@ -78,16 +83,18 @@ class RoutedClient:
         return self._routes
 
     async def refresh(self) -> Routes:
-        """Ask for the routing table again: the seeds first, then every process the last one named."""
-        return await self._refresh(self._routes)
+        """Ask for the routing table again, of the seeds and every process the last one named, all at
+        once: the first answer is taken."""
+        return await self._refresh(self._routes, self._deadline())
 
     async def reserve(self, reservation_id: str, lines: Iterable[LineLike], *, order_ref: str = "",
                       channel: str = "", ttl_seconds: int = 0, allow_partial: bool = False) -> pb.ReserveResponse:
         lines = list(lines)
         req = reserve_request(reservation_id, lines, order_ref=order_ref, channel=channel, ttl_seconds=ttl_seconds,
                               allow_partial=allow_partial)
-        home = (self._routes or await self._refresh(None)).home(sku for sku, _, _ in lines)
-        answer: pb.ReserveResponse = await self._send("Reserve", req, home)
+        deadline = self._deadline()
+        home = (self._routes or await self._refresh(None, deadline)).home(sku for sku, _, _ in lines)
+        answer: pb.ReserveResponse = await self._send("Reserve", req, home, deadline)
         if home is not None:
             self._homes.put(reservation_id, home)
         return answer
@@ -111,15 +118,15 @@ class RoutedClient:
     async def availability(self, keys: Iterable[tuple[str, str]]) -> list[pb.Availability]:
         """Positions in the order of ``keys``, each read at the owner of its SKU's group: a process
         answers reads only for the groups it owns, so the keys are asked one call per group, at once."""
-        keys = list(keys)
-        routes = self._routes or await self._refresh(None)
+        keys, deadline = list(keys), self._deadline()
+        routes = self._routes or await self._refresh(None, deadline)
         by_group: dict[int | None, list[int]] = {}
         for i, (sku, _) in enumerate(keys):
             by_group.setdefault(routes.home((sku,)), []).append(i)
 
         async def read(group: int | None, idx: list[int]) -> list[pb.Availability]:
             req = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=keys[i][0], location=keys[i][1]) for i in idx])
-            return list((await self._send("GetAvailability", req, group)).positions)
+            return list((await self._send("GetAvailability", req, group, deadline)).positions)
 
         answers = await asyncio.gather(*(read(group, idx) for group, idx in by_group.items()))
         out: list[pb.Availability] = [pb.Availability()] * len(keys)
@@ -132,28 +139,33 @@ class RoutedClient:
         """A call naming a reservation: to its home group's owner when known; else to any process
         (forwarded there), and the home learnt from the answer's lines."""
         home = self._homes.get(req.reservation_id)
-        reservation: pb.Reservation = (await self._send(rpc, req, home)).reservation
+        reservation: pb.Reservation = (await self._send(rpc, req, home, self._deadline())).reservation
         if home is None and self._routes is not None:
             learnt = self._routes.home(line.sku for line in reservation.lines)
             if learnt is not None:
                 self._homes.put(req.reservation_id, learnt)
         return reservation
 
-    async def _send(self, rpc: str, req: Any, group: int | None) -> Any:
+    def _deadline(self) -> float:
+        return time.monotonic() + self.timeout_s
+
+    async def _send(self, rpc: str, req: Any, group: int | None, deadline: float) -> Any:
         """``req`` to the owner of ``group``, asking for redirects, and following them; to any
-        process without asking (it forwards the call) while the group or its owner is unknown."""
-        routes = self._routes or await self._refresh(None)
+        process without asking (it forwards the call) while the group or its owner is unknown;
+        every try within what is left until ``deadline``."""
+        routes = self._routes or await self._refresh(None, deadline)
         target = routes.owner(group)
         for hop in range(MAX_HOPS + 1):
             address = target or routes.address
             client = self._client(address)
             try:
-                return await client._call(getattr(client.stub, rpc), req, _REDIRECT if target else ())
+                return await client._call(getattr(client.stub, rpc), req, _REDIRECT if target else (),
+                                          _left(deadline))
             except Retryable as exc:
                 moved = moved_of(exc.trailing_metadata())  # type: ignore[arg-type]
                 if hop == MAX_HOPS or (moved is None and not _unanswered(exc)):
                     raise
-                routes = await self._refresh(routes, avoid="" if moved else address)
+                routes = await self._refresh(routes, deadline, avoid="" if moved else address)
                 if moved is not None:
                     group, target = moved
                     if not target:  # no process owns the group now: retry after the RetryInfo delay
@@ -164,30 +176,42 @@ class RoutedClient:
                         raise
         raise AssertionError("unreachable: the last hop returns or raises")
 
-    async def _refresh(self, seen: Routes | None, avoid: str = "") -> Routes:
-        """The routing table from the first process that answers (``avoid`` last: it did not answer
-        a moment ago); once for many calls redirected together."""
+    async def _refresh(self, seen: Routes | None, deadline: float, avoid: str = "") -> Routes:
+        """The routing table from the first process that answers (``avoid`` did not answer a
+        moment ago); once for many calls redirected together."""
         async with self._refreshing:
             if self._routes is not None and self._routes is not seen:
                 return self._routes  # asked meanwhile, for another call
             known = dict.fromkeys((*self.seeds, *(seen.addresses() if seen else ())))
             candidates = [a for a in known if a != avoid] + ([avoid] if avoid in known else [])
-            failure: AtpError | None = None
-            for address in candidates:
+            self._routes = await self._first_routing(candidates, deadline)
+            return self._routes
+
+    async def _first_routing(self, candidates: list[str], deadline: float) -> Routes:
+        """The table of whichever candidate answers first, all asked at once: asked one after the
+        other, each process that does not answer (paused, cut off) would take a deadline of its
+        own before the next is asked, and a call would last many times its deadline."""
+        asked = [asyncio.ensure_future(self._routing_of(address, _left(deadline))) for address in candidates]
+        failure: AtpError | None = None
+        try:
+            for answer in asyncio.as_completed(asked):
                 try:
-                    self._routes = await self._routing_of(address)
-                    return self._routes
+                    return await answer
                 except AtpError as exc:
                     if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                         raise
                     failure = exc
             assert failure is not None
             raise failure
+        finally:
+            for task in asked:
+                task.cancel()
+            await asyncio.gather(*asked, return_exceptions=True)  # none left running, none unretrieved
 
-    async def _routing_of(self, address: str) -> Routes:
+    async def _routing_of(self, address: str, timeout_s: float) -> Routes:
         client = self._client(address)
         try:
-            return Routes.of(await client._call(client.stub.GetRouting, pb.GetRoutingRequest()))
+            return Routes.of(await client._call(client.stub.GetRouting, pb.GetRoutingRequest(), timeout_s=timeout_s))
         except AtpError as exc:
             if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
@@ -209,3 +233,8 @@ class RoutedClient:
 def _unanswered(error: AtpError) -> bool:
     """No process answered (gRPC's own UNAVAILABLE: connection refused, reset, no route)."""
     return error.code() == grpc.StatusCode.UNAVAILABLE and not error.reason
+
+
+def _left(deadline: float) -> float:
+    """Seconds left until ``deadline`` (0 once past it: gRPC then ends the call DEADLINE_EXCEEDED)."""
+    return max(0.0, deadline - time.monotonic())
