@@ -10,6 +10,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from atp_client.ctl import main
 from tests.conftest import ServiceFactory
 
 
@@ -41,3 +44,27 @@ async def test_an_events_file_with_a_line_that_cannot_be_read_is_not_half_import
     assert done.returncode != 0 and f"{facts}:1201:" in done.stderr and "quantity" in done.stderr, done.stderr
     (position,) = await client.availability([("IMP", "DC")])
     assert position.on_hand == 0  # nothing of the refused file applied
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["reserve", "r1", "A@L:99999999999999999999"], "SKU@LOCATION:QTY"),
+    (["release", "r1", "A@L:-99999999999999999999", "--operation-id", "o1"], "SKU@LOCATION:QTY"),
+    (["safety-stock", "A@L", "99999999999999999999"], "quantity"),
+    (["reserve", "r1", "A@L:1", "--ttl", "99999999999999999999"], "--ttl"),
+    (["watch", "web", "--since", "-1"], "--since"),
+    (["watch", "web", "--count", "-1"], "--count"),
+    (["--timeout", "0", "availability", "A@L"], "--timeout"),
+    (["--timeout", "-5", "availability", "A@L"], "--timeout"),
+    (["--timeout", "nan", "availability", "A@L"], "--timeout"),
+    (["events", "import", "/nonexistent/facts.jsonl"], "file"),
+    (["stock", "load", "/nonexistent/counts.csv"], "file"),
+    (["--tls-ca", "/nonexistent/ca.pem", "availability", "A@L"], "--tls-ca"),
+])
+def test_an_argument_out_of_range_is_a_usage_error_naming_it(args: list[str], named: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad input on the command line is exit 2 naming the argument, before anything is sent — not a
+    traceback, nor the exit status of a service unavailable (6, "retry later") for a call never made."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--target", "127.0.0.1:1", "--retries", "0", *args])
+    assert exited.value.code == 2
+    assert f"argument {named}:" in capsys.readouterr().err
