@@ -116,9 +116,11 @@ class Conflict(AtpError):
 
 
 class Retryable(AtpError):
-    """UNAVAILABLE, RESOURCE_EXHAUSTED, a CANCELLED this client did not cause, or a stream grpcio
-    lost (``CORE_LOST_CALL``): nothing was decided that a retry with the same ids would not answer
-    (R5). ``retry_delay_s`` says when."""
+    """UNAVAILABLE, RESOURCE_EXHAUSTED, a CANCELLED this client did not cause, DEADLINE_EXCEEDED, or
+    a stream grpcio lost (``CORE_LOST_CALL``): nothing was decided that a retry with the same ids
+    would not answer (R5). A change refused so may be in doubt (``OUTCOME_UNKNOWN``; a deadline
+    passed while it was being made, R7, R8): the retry says what was decided. ``retry_delay_s``
+    says when (None: at the caller's pace)."""
 
 
 class AccessDenied(AtpError):
@@ -133,6 +135,9 @@ _CLASSES: dict[grpc.StatusCode, type[AtpError]] = {
     grpc.StatusCode.UNAVAILABLE: Retryable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Retryable,
     grpc.StatusCode.CANCELLED: Retryable,
+    # A call that ran out of deadline may have been applied (R8): in doubt until a retry with the
+    # same ids answers. Never a decision: as a plain failure, an OMS would reserve again (new id).
+    grpc.StatusCode.DEADLINE_EXCEEDED: Retryable,
     grpc.StatusCode.UNAUTHENTICATED: AccessDenied,
     grpc.StatusCode.PERMISSION_DENIED: AccessDenied,
 }

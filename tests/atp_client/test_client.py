@@ -4,11 +4,15 @@ told about every reservation it hands the stream."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 
+import grpc
 import pytest
+import redis
 
+from atp_client import AtpClient, AtpError, Retryable
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
@@ -65,3 +69,35 @@ async def test_a_failing_batch_source_is_raised_after_the_answers_to_what_was_se
         async for answer in client.reserve_stream(batches()):
             answers.append(answer)
     assert [[o.response.state for o in a.outcomes] for a in answers] == [[pb.RESERVATION_STATE_HELD] * 2]
+
+
+async def until_settled(client: AtpClient, rid: str, lines: list[tuple[str, str, int]]) -> pb.ReserveResponse:
+    """Retry a reserve with the same id, as told (``Retryable``, after its delay), until decided."""
+    give_up = time.monotonic() + WAIT_S
+    while True:
+        try:
+            return await client.reserve(rid, lines)
+        except Retryable as exc:
+            if time.monotonic() > give_up:
+                raise
+            await asyncio.sleep(exc.retry_delay_s or 0.1)
+
+
+async def test_a_reserve_that_runs_out_of_deadline_is_in_doubt_and_its_retry_settles_it(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """R7, R8: a write whose deadline passed may still land. The client must say "in doubt, retry
+    with the same id" (``Retryable``), never a plain failure that an OMS would answer by giving up
+    or reserving again under a new id (a double reservation)."""
+    service, client = await start_service()
+    await client.record_events([receipt("in", "A", "DC", 10)])
+    with redis.Redis.from_url(redis_url) as pause:
+        pause.execute_command("CLIENT", "PAUSE", 3000, "WRITE")  # the reserve's log append waits
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=0.5) as hurried:
+        with pytest.raises(AtpError) as timed_out:
+            await hurried.reserve("late-1", [("A", "DC", 4)])
+    assert timed_out.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert isinstance(timed_out.value, Retryable), f"{type(timed_out.value).__name__}: {timed_out.value}"
+    settled = await until_settled(client, "late-1", [("A", "DC", 4)])  # the same id: what was decided
+    assert settled.state == pb.RESERVATION_STATE_HELD
+    (position,) = await client.availability([("A", "DC")])
+    assert position.reserved == 4  # held once
