@@ -48,7 +48,7 @@ from typing import Any
 from reservation import ChannelRules, DomainError, FeedPolicy, GroupPolicy, Reason
 from reservation._errors import InvalidArgument
 from reservation._limits import Limits
-from reservation._validate import check_safety_stock
+from reservation._validate import check_id, check_safety_stock
 
 LOCATION_TYPES = ("store", "dc")
 STRATEGIES = ("priority", "most_available")
@@ -157,8 +157,28 @@ def parse_estate(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Estat
         channel = _channel(raw, f"channels[{n}]", locations, groups)
         if channel.name in channels:
             raise EstateError(f"channels[{n}].name: {channel.name!r} is defined twice")
+        _check_channel_name(f"channels[{n}].name", channel.name, limits)
         channels[channel.name] = channel
+    for name in channels:
+        if f"{name}{STATE_SUFFIX}" in channels:  # its state hash would be the other's stream
+            raise EstateError(f"channels: {name!r} and {name + STATE_SUFFIX!r} would share a Redis key")
     return Estate(locations, groups, channels, _safety_defaults(data, locations, own_safety, limits))
+
+
+RESERVED_CHANNEL_NAMES = frozenset({"owner", "fence"})
+"""The channel feeds' own keys sit beside the channels' streams (``<prefix>{avail}:owner``, ``:fence``)."""
+STATE_SUFFIX = ":state"
+
+
+def _check_channel_name(where: str, name: str, limits: Limits) -> None:
+    """A channel's name is its Redis keys' (``Keyspace.channel_stream``) and what callers name in
+    WatchAvailability and Reserve: an id those accept, and never one of the feeds' own keys."""
+    try:
+        check_id(where, name, limits)
+    except InvalidArgument as exc:
+        raise EstateError(exc.message) from None
+    if name in RESERVED_CHANNEL_NAMES:
+        raise EstateError(f"{where}: {name!r} is reserved (a key of the channel feeds has that name)")
 
 
 def _safety_stock(where: str, units: Any, limits: Limits) -> int:

@@ -72,3 +72,20 @@ def test_a_file_that_is_not_utf8_is_refused_naming_the_file_s_fault(tmp_path: Pa
     path.write_bytes(b'[[locations]]\nid = "caf\xe9"\ntype = "dc"\n')  # Latin-1, as an old editor saves it
     with pytest.raises(EstateError, match="not UTF-8 text"):
         load_estate(path)
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    (["owner"], "channels[0].name: 'owner' is reserved (a key of the channel feeds has that name)"),
+    (["fence"], "channels[0].name: 'fence' is reserved (a key of the channel feeds has that name)"),
+    (["web", "web:state"], "channels: 'web' and 'web:state' would share a Redis key"),
+    (["web\nshop"], "channels[0].name: must not contain control characters"),
+    (["w" * 300], "channels[0].name: longer than 128 bytes (limit max_id_length)"),
+])
+def test_a_channel_name_that_would_be_another_key_of_the_feeds_is_refused_C1(names: list[str], message: str) -> None:
+    """A channel's stream is ``<prefix>{avail}:<name>``: named ``owner`` or ``fence`` it was the feeds'
+    owner key or fence, and ``x`` beside ``x:state`` shared a key, so every publish of every channel
+    (the desk writes them in one script) was refused; a name WatchAvailability refuses was never watchable."""
+    data = {"locations": X, "channels": [{"name": name, "sells_from": ["x"]} for name in names]}
+    with pytest.raises(EstateError) as err:
+        parse_estate(data)
+    assert str(err.value) == message
