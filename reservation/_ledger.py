@@ -204,13 +204,15 @@ class Ledger:
         return expiring or forgetting
 
     def evict(self, now: int) -> list[str]:
-        """Forget resolved reservations older than the retention window (bounded R5 memory)."""
+        """Forget resolved reservations older than the retention window (bounded R5 memory). An order
+        whose resolution is still pending is not resolved yet (R3: its parts may hold units that only
+        its saga gives back); saved settled, it is queued again."""
         cutoff = now - self.limits.retention_ms
         gone: list[str] = []
         while self._resolved and self._resolved[0][0] < cutoff:
             at, rid = self._resolved.popleft()
             rec = self.reservations.get(rid)
-            if rec is not None and rec.state in TERMINAL and rec.updated_at == at:
+            if rec is not None and rec.state in TERMINAL and rec.updated_at == at and rec.pending is None:
                 del self.reservations[rid]
                 gone.append(rid)
         return gone

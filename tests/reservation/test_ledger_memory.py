@@ -13,6 +13,7 @@ import gc
 import msgspec
 
 from reservation import Fact, FactKind, Ledger, LedgerSnapshot, Limits, release, reserve
+from reservation import _orders as orders
 from tests.reservation.helpers import cmd, ledger_with
 
 
@@ -59,3 +60,22 @@ def test_a_restored_ledger_forgets_resolved_reservations_when_the_live_one_would
     after_the_first = 3_000 + limits.retention_ms + 1  # past made-second's retention, not made-first's
     assert live.evict(after_the_first) == ["made-second"]
     assert restored.evict(after_the_first) == ["made-second"]
+
+
+def test_an_order_whose_expiry_is_still_pending_is_not_forgotten_after_the_retention_R3() -> None:
+    """An order recorded EXPIRED with its parts' release still pending (a part's group unreachable)
+    is not resolved yet: forgotten, its saga found no record and the parts held their units for good.
+    Once saved settled, it is forgotten a retention after that."""
+    limits = Limits(retention_ms=60_000)
+    ledger = ledger_with({("A", "S1"): 10}, limits)
+    order = orders.open_order(cmd("o", ("A", "S1", 3), ("B", "S1", 2)), (0, 1), 2_000)
+    ledger.save(order)
+    expiring = orders.abandoned(order, 3_000)
+    ledger.save(expiring)
+    ledger.commit(3_000)
+    assert ledger.evict(3_000 + limits.retention_ms + 1) == []
+    assert ledger.reservation("o") == expiring
+    ledger.save(orders.settled(expiring, 200_000))
+    ledger.commit(200_000)
+    assert ledger.evict(200_000 + limits.retention_ms) == []
+    assert ledger.evict(200_000 + limits.retention_ms + 1) == ["o"]

@@ -16,17 +16,20 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
 from atp_service.storage.channel_wire import from_fields
+from reservation import Limits
 from tests.atp_service.app.test_cli import iso
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.edge.test_api import *  # noqa: F403 - the API suite, run again on the cluster
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.fact_helpers import F
+from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on
 from tests.conftest import test_config as make_config
 
@@ -215,3 +218,43 @@ async def test_a_partial_release_retried_after_the_ttl_releases_every_part(start
     await service.engine.run_maintenance()
     assert (await client.get_reservation("o1")).state == pb.RESERVATION_STATE_EXPIRED
     assert await _reserved(client, (a, b)) == [0, 0]
+
+
+
+async def test_an_order_expired_while_a_group_is_away_past_the_retention_still_releases_every_part_R3(
+        start_service: ServiceFactory) -> None:
+    """The order's expiry is recorded at its home, pending, while the other part's group does not
+    answer writes (its primary paused) for longer than the retention. The order is not resolved
+    until every part has given its units back: forgotten meanwhile, its saga found no record once the
+    group answered again, and the part held its units for good (parts never expire by themselves).
+    Housekeeping passes are run by the test (one an hour otherwise)."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock, limits=Limits(retention_ms=60_000), redis_timeout_s=0.5,
+                                          maintenance_interval_ms=3_600_000)
+    engine = service.engine
+    assert engine is not None and engine.orders is not None
+    primary = {g: engine._log.client.get_node_from_key(engine._log.keys.log(g)).port for g in range(4)}
+    skus = [f"K{i}" for i in range(50)]
+    a, b = next((x, y) for x in skus for y in skus if engine.place(x) < engine.place(y)
+                and primary[engine.place(x)] != primary[engine.place(y)])  # the home, and a group elsewhere
+    await client.record_events([receipt("s1", a, "S1", 10), receipt("s2", b, "S1", 10)])
+    await client.reserve("o", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=60)
+    orders, away = engine.orders, redis.Redis(port=primary[engine.place(b)])
+
+    def sagas_ended() -> bool:  # housekeeping's expiry tasks, and the sagas they run
+        return not engine._housekeeper._background and not orders._tasks
+
+    away.client_pause(600_000, all=False)  # writes wait, scripts too
+    try:
+        for _ in range(2):  # the TTL passes, then the retention of the order's expiry
+            clock.advance(61_000)
+            await engine.run_maintenance()  # the order's expiry saga: stopped at the part that does not answer
+            await until(sagas_ended, "the order's saga stopped")
+    finally:
+        away.client_unpause()
+        away.close()
+    await until(lambda: not engine.actors[engine.place(b)].in_doubt, "the group settled")
+    await engine.run_maintenance()
+    await until(sagas_ended, "the order's saga ended")
+    assert [q.reserved for q in engine.availability([(a, "S1"), (b, "S1")])] == [0, 0]
+    assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_EXPIRED
