@@ -182,10 +182,10 @@ class Ledger:
         self.clock = max(self.clock, entry.ts)
 
     # -- time ----------------------------------------------------------------
-    def due(self, now: int) -> list[str]:
-        """Held reservations whose TTL has passed (R3), in expiry order."""
+    def due(self, now: int, limit: int = 2**62) -> list[str]:
+        """Held reservations whose TTL has passed (R3), in expiry order; at most ``limit`` of them."""
         out: list[str] = []
-        while self._expiry and self._expiry[0][0] <= now:
+        while self._expiry and self._expiry[0][0] <= now and len(out) < limit:
             expires_at, rid = heapq.heappop(self._expiry)
             rec = self.reservations.get(rid)
             if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:

@@ -1,0 +1,47 @@
+"""Housekeeping (``engine.maintenance``) on a real service and Redis, time moved by a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from atp_service import ManualClock
+from atp_service.engine.maintenance import EXPIRE_PER_TURN
+from reservation import LogEntry, State, reserve_command
+from reservation._events import ReservationSaved
+from tests.atp_service.edge.test_api import T0, receipt
+from tests.conftest import ServiceFactory
+
+
+async def test_holds_due_all_at_once_expire_a_bounded_number_per_turn_R3(start_service: ServiceFactory) -> None:
+    """Many holds due at once (the service was down past their TTL, or the clock stepped forward):
+    they expired in one turn, one log entry — a stall of every shard as long as the number due
+    (~20 µs a hold), and an append that grows with it; past ``redis_timeout_s`` it was undone,
+    requeued and tried whole again at every pass, and nothing expired. They expire a bounded
+    number per turn, every one of them in the end."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock)
+    engine = service.engine
+    assert engine is not None
+    holds = 2 * EXPIRE_PER_TURN + 10
+    await client.record_events([receipt("stock", "A", "S1", holds)])
+    for first in range(0, holds, 1000):
+        cmds = [reserve_command(reservation_id=f"r{n}", order_ref="o", channel="web", lines=[("A", "S1", 1)],
+                                ttl_seconds=60, allow_partial=False, limits=engine.limits)
+                for n in range(first, min(first + 1000, holds))]
+        assert all(not isinstance(r, Exception) for r in await engine.reserve_many(cmds))
+    per_entry: list[int] = []
+
+    def count(_shard: int, entry: LogEntry) -> None:
+        per_entry.append(sum(isinstance(e, ReservationSaved) and e.reservation.state == State.EXPIRED
+                             for e in entry.events))
+
+    engine.actors[engine.place("A")].listeners.append(count)
+    clock.advance(60_000)
+    deadline = time.monotonic() + 30
+    while sum(per_entry) < holds:
+        assert time.monotonic() < deadline, f"{sum(per_entry)} of {holds} holds expired after 30 s"
+        await asyncio.sleep(0.02)
+    assert max(per_entry) <= EXPIRE_PER_TURN, f"{max(per_entry)} holds expired in one turn"
+    (a,) = await client.availability([("A", "S1")])
+    assert a.reserved == 0 and a.available == holds
