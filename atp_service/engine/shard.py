@@ -56,7 +56,7 @@ class ShardActor(CommitPipeline):
         """Called once when this shard's task ends while the service runs (see ``failure``)."""
         self._stopping = self._maintain_queued = False
         self._checkpoints = Checkpoints(shard, log_store, settings.snapshot_policy,
-                                        seq if snapshot_seq is None else snapshot_seq)
+                                        seq if snapshot_seq is None else snapshot_seq, self.break_down)
         self._settling = asyncio.Lock()
         self._depth = metrics.mailbox_depth.labels(str(shard))
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -78,8 +79,10 @@ async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list
 class Checkpoints:
     """When one shard snapshots, and the fenced write of a snapshot with backoff after failures."""
 
-    def __init__(self, shard: int, store: LogStore, policy: SnapshotPolicy, seq: int) -> None:
+    def __init__(self, shard: int, store: LogStore, policy: SnapshotPolicy, seq: int,
+                 on_diverged: Callable[[LogDiverged], None] | None = None) -> None:
         self._shard, self._store, self._policy = shard, store, policy
+        self._on_diverged = on_diverged  # a snapshot found the log short: the shard must stop (R7)
         self._seq = seq  # the entry the last snapshot covers
         self._at = time.monotonic()
         self._backoff = Backoff(BackoffPolicy(SNAPSHOT_RETRY_FIRST_S, max(SNAPSHOT_RETRY_FIRST_S,
@@ -136,6 +139,10 @@ class Checkpoints:
                                                     policy.snapshot_part_bytes)
         except STORAGE_ERRORS as exc:
             self._failed(exc)
+            if str(exc).startswith("GAP") and self._on_diverged is not None:
+                # Redis lost entries this memory holds (the snapshot script found its log ending
+                # before ``seq``): the shard must not go on serving state Redis no longer has.
+                self._on_diverged(LogDiverged(f"shard {self._shard}: {exc}: Redis lost acknowledged entries"))
             return
         finally:
             self._store.snapshots_in_flight -= 1

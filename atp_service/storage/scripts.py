@@ -97,9 +97,6 @@ FENCE_SCRIPT = FENCE_LUA + """
 return redis.call('INCR', KEYS[2])
 """
 
-# KEYS: owner, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
-# The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each
-# entry against the newest one, so the stream must never be left empty.
 # A snapshot's write, like an append, is refused once the shard's fence (the last key) is raised
 # past the token it carries (ARGV[4]): one that timed out cannot land after the next try began.
 STALE_LUA = """
@@ -109,7 +106,28 @@ if fence > tonumber(ARGV[4]) then
 end
 """
 
-SNAPSHOT_SCRIPT = FENCE_LUA + STALE_LUA + """
+# A log (KEYS[3]) whose newest id ever is below the snapshot's seq (ARGV[3]) lost entries the
+# service acknowledged (an older AOF, a lagging replica promoted): the snapshot is refused "GAP"
+# (R7). Written, it would trim the whole log and stand past the stream's newest id, so every later
+# append would be refused GAP and every restart would stop the shard again — a group that never
+# answers writes again.
+LOG_REACHES_LUA = """
+local last = 0
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[3])
+  for k = 1, #info, 2 do
+    if info[k] == 'last-generated-id' then last = tonumber(string.match(info[k + 1], '^%d+')) end
+  end
+end
+if last < tonumber(ARGV[3]) then
+  return redis.error_reply('GAP snapshot of entry ' .. ARGV[3] .. ' but the log ends at ' .. last)
+end
+"""
+
+# KEYS: owner, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
+# The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each
+# entry against the newest one, so the stream must never be left empty.
+SNAPSHOT_SCRIPT = FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + """
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0')
 return 'OK'

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script
-from atp_service.storage.scripts import FENCE_LUA, SNAPSHOT_SCRIPT, STALE_LUA
+from atp_service.storage.scripts import FENCE_LUA, LOG_REACHES_LUA, SNAPSHOT_SCRIPT, STALE_LUA
 
 STAGING_TTL_MS = 600_000
 """A staging key left by a write that never finished (a crash, a lost owner) goes after this."""
@@ -44,9 +44,10 @@ return 'OK'
 """)
 
 # KEYS: owner, staging, log, snapshot, fence; ARGV: epoch, last part, the snapshot's seq, token,
-# offset. RENAME keeps the staging key's TTL: the snapshot is made persistent again. The log keeps
-# the snapshot's own entry, as SNAPSHOT_SCRIPT's trim does.
-LAST_PART_SCRIPT = Script(FENCE_LUA + STALE_LUA + _OFFSET_CHECK + """
+# offset. Refused past the log's end as SNAPSHOT_SCRIPT is. RENAME keeps the staging key's TTL: the
+# snapshot is made persistent again. The log keeps the snapshot's own entry, as SNAPSHOT_SCRIPT's
+# trim does.
+LAST_PART_SCRIPT = Script(FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + _OFFSET_CHECK + """
 redis.call('APPEND', KEYS[2], ARGV[2])
 redis.call('RENAME', KEYS[2], KEYS[4])
 redis.call('PERSIST', KEYS[4])

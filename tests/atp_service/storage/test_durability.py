@@ -321,3 +321,56 @@ async def test_a_keyspace_in_the_layout_before_hash_tags_is_refused_not_written_
     assert not r.exists("atp:{g0}:owner")  # refused before the claim: nothing written beside it
     await start_service(shards=1, key_prefix="fresh:")  # another prefix starts clean, in this layout
     assert r.hget("fresh:meta", "layout") == b"2"
+
+
+async def test_a_stop_after_redis_lost_entries_writes_no_snapshot_past_the_log(start_service: ServiceFactory,
+                                                                                redis_url: str) -> None:
+    """Redis came back from an older AOF (a crash under ``everysec``) while the shard sat idle:
+    memory is ahead of the log. A stop's final snapshot of that memory trimmed the whole log and
+    left the snapshot past the stream's newest id, so every later append was refused GAP and each
+    restart stopped the shard again, for ever. The snapshot is refused instead (R7: never written
+    past a gap), and the next start serves what Redis holds."""
+    service, client = await start_service(shards=1)
+    for i in range(3):
+        await client.record_events([receipt(f"e{i}", "A", "DC", 5)])
+    r = redis.Redis.from_url(redis_url)
+    kept = r.xrange("atp:{g0}:log")[:-1]  # Redis restarted from an AOF without the newest entry
+    r.delete("atp:{g0}:log")
+    for entry_id, fields in kept:
+        r.xadd("atp:{g0}:log", fields, id=entry_id)
+    await client.close()
+    await service.stop(grace_s=0.1)  # its final snapshot
+    _, again = await start_service(shards=1)
+    await again.record_events([receipt("e3", "A", "DC", 1)])  # the shard answers writes again
+    (a,) = await again.availability([("A", "DC")])
+    assert a.on_hand == 2 * 5 + 1  # what Redis held, then the new fact
+
+
+async def test_a_snapshot_that_finds_the_log_short_stops_its_shard(redis_url: str) -> None:
+    """A running shard whose snapshot finds Redis's log ending before the entry memory holds (Redis
+    lost acknowledged entries) stops, as an append that finds it would (R7): it must not go on
+    answering from state Redis no longer has."""
+    from atp_service.config import SnapshotPolicy
+    from atp_service.storage.durability import Checkpoints, LogDiverged
+    from atp_service.storage.log import LogStore, connect
+    from reservation import Ledger, Limits
+
+    client = connect(redis_url, 5.0)
+    try:
+        store = LogStore(client, "short:", pipeline_max=16)
+        await store.claim(1)
+        for seq in (1, 2, 3):
+            await store.submit(0, seq, b"e")
+        await client.delete("short:{g0}:log")  # Redis came back without entries 2 and 3
+        await client.xadd("short:{g0}:log", {"e": b"e"}, id="1-0")
+        stopped: list[LogDiverged] = []
+        checkpoints = Checkpoints(0, store, SnapshotPolicy(snapshot_every_entries=1, snapshot_interval_s=300.0,
+                                                           snapshot_retry_max_s=30.0, snapshot_write_mb_per_s=20.0,
+                                                           snapshot_part_bytes=1 << 20),
+                                  seq=0, on_diverged=stopped.append)
+        await checkpoints.save(3, Ledger(0, Limits()), wait=True)
+        assert [str(e) for e in stopped] == ["shard 0: GAP snapshot of entry 3 but the log ends at 1: "
+                                             "Redis lost acknowledged entries"]
+        assert not await client.exists("short:{g0}:snap")
+    finally:
+        await client.aclose()

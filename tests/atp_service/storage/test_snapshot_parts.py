@@ -52,6 +52,19 @@ async def test_a_part_of_a_fenced_try_is_refused_and_the_stored_snapshot_stands(
     assert await store.client.get(SNAP) == old
 
 
+async def test_a_snapshot_in_parts_past_the_end_of_the_log_is_refused_and_the_stored_one_stands(
+        store: LogStore) -> None:
+    """R7: Redis lost acknowledged entries (an older AOF): the last part finds the log ending before
+    the snapshot's seq and refuses it (GAP), as a snapshot in one call is refused."""
+    await _log_of(store, range(1, 3))
+    old = os.urandom(PART // 2)
+    await store.write_snapshot(0, 1, old, part_bytes=PART)
+    with pytest.raises(RedisError, match="GAP"):
+        await store.write_snapshot(0, 5, os.urandom(3 * PART), part_bytes=PART)
+    assert await store.client.get(SNAP) == old
+    assert [i for i, _ in await store.client.xrange(LOG)] == [b"1-0", b"2-0"]
+
+
 async def test_parts_whose_staging_key_was_lost_fail_the_write_and_the_stored_snapshot_stands(
         store: LogStore, monkeypatch: pytest.MonkeyPatch) -> None:
     await _log_of(store, range(1, 3))
