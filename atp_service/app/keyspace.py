@@ -87,3 +87,20 @@ async def _check_persistence(client: Any, leased: bool = False) -> None:
                     "not a Redis crash (set appendonly yes, appendfsync everysec or always)")
     else:
         log.info("Redis AOF on, appendfsync=%s", fsync.decode() if isinstance(fsync, bytes) else fsync)
+
+
+def replaced_said(store: LogStore, prefix: str) -> bool:
+    """Say why ``store``'s writes were refused. True: a newer instance claimed the keyspace (this one
+    must not be restarted on it: exit 3). False: no newer claim exists — Redis lost this instance's
+    (``Fenced.claim_lost``: it restarted from older data, or failed over to a replica that missed the
+    claim), and likely entries it had acknowledged; this instance stops to be restarted (exit 4),
+    which claims the keyspace again and serves what Redis holds, as after a log found short (R7)."""
+    if store.claim_lost:
+        log.error("Redis no longer holds this instance's claim on keyspace %r, nor a newer one (it restarted "
+                  "from older data, or failed over to a replica that missed it): this instance takes no more "
+                  "changes and stops to be restarted", prefix,
+                  extra={"event": "stopping", "why": "claim_lost", "key_prefix": prefix})
+        return False
+    log.error("a newer instance claimed keyspace %r (a write of this one was refused): this instance "
+              "takes no more changes and stops", prefix, extra={"event": "replaced", "key_prefix": prefix})
+    return True

@@ -20,7 +20,7 @@ from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, 
 
 from atp_service.app.estate_file import read_estate
 from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_server, server_interceptors
-from atp_service.app.keyspace import StartupError, check_keyspace
+from atp_service.app.keyspace import StartupError, check_keyspace, replaced_said
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
 from atp_service.app.tracing import Tracing
@@ -101,8 +101,8 @@ class AtpService:
         self.replaced = asyncio.Event()
         """Set when a newer instance has claimed this keyspace: this one must stop (``serve`` exits 3)."""
         self.failed = asyncio.Event()
-        """Set when a shard actor stopped working (a bug): health says NOT_SERVING and the service
-        must be restarted, which rebuilds the shard from its log (``atp-service serve`` exits 4)."""
+        """Set when a shard actor stopped working (a bug), or Redis lost this instance's claim: it must be
+        restarted, which rebuilds the shards from Redis (``atp-service serve`` exits 4)."""
 
     def _note_transport(self) -> None:
         running = transport.active(os.environ)
@@ -304,10 +304,9 @@ class AtpService:
             keep(self._background, self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
 
     def _on_replaced(self) -> None:
-        log.error("a newer instance claimed keyspace %r (a write of this one was refused): this instance "
-                  "takes no more changes and stops", self.config.key_prefix,
-                  extra={"event": "replaced", "key_prefix": self.config.key_prefix})
-        self.replaced.set()
+        """A write refused: this instance stops, for good (exit 3) or to be restarted (exit 4)."""
+        assert self._log is not None
+        (self.replaced if replaced_said(self._log, self.config.key_prefix) else self.failed).set()
 
     async def _wait_for_redis(self, client: Any) -> None:
         """Start-up waits for Redis (health stays NOT_SERVING) instead of dying on a slow dependency."""

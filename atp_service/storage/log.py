@@ -81,8 +81,9 @@ class LogStore(LogReads):
         self.epochs: dict[int, int] = {}
         """Per group (a shard, or ``CHANNELS``), this instance's claim on it (``claim``); a group not
         claimed is written with epoch 0, which every owner key refuses."""
-        self.fenced = False
-        """A write was refused: a newer instance owns the keyspace. Final."""
+        self.fenced = self.claim_lost = False
+        """A write was refused: a newer instance owns the keyspace (``claim_lost``: none does, Redis
+        lost this instance's claim, ``Fenced.claim_lost``). Final."""
         self.on_fenced: list[Callable[[], None]] = []
         self.leased = False
         """Groups are owned one by one (``leases.GroupLeases``), by several processes: a refused
@@ -198,7 +199,7 @@ class LogStore(LogReads):
                 for lost in self.on_group_lost:
                     lost(group)
         elif not self.fenced:
-            self.fenced = True
+            self.fenced, self.claim_lost = True, Fenced(str(exc)).claim_lost
             for callback in self.on_fenced:
                 callback()
         return exc if isinstance(exc, Fenced) else Fenced(str(exc))

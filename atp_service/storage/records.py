@@ -4,6 +4,7 @@ log's own errors (``log.py`` re-exports them)."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import msgspec
 from redis.exceptions import RedisError
@@ -29,6 +30,15 @@ class Fenced(RedisError):
     """This instance no longer owns a group of the keyspace (a newer one claimed it); nothing of
     the refused write was applied."""
 
+    @property
+    def claim_lost(self) -> bool:
+        """Whether the refusal found the owner key below the refused epoch, or gone: no newer claim
+        exists (owner keys only ever rise), so Redis lost this one's — it restarted from older data,
+        or failed over to a replica that missed the claim (R7). The refusal reads ``FENCED epoch <e>
+        ... was replaced by <owner>``."""
+        said = _REFUSAL.match(str(self))
+        return said is not None and (not said["by"].isdigit() or int(said["by"]) < int(said["epoch"]))
+
 
 class CrossGroupWrite(ValueError):
     """Entries of several groups submitted to land all or none where Redis cannot run one script
@@ -36,6 +46,7 @@ class CrossGroupWrite(ValueError):
 
 
 _encoder = msgspec.msgpack.Encoder()
+_REFUSAL = re.compile(r"FENCED epoch (?P<epoch>\d+)\b.* was replaced by (?P<by>\S+)$")
 
 
 class Pending:

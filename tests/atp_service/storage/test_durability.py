@@ -374,3 +374,38 @@ async def test_a_snapshot_that_finds_the_log_short_stops_its_shard(redis_url: st
         assert not await client.exists("short:{g0}:snap")
     finally:
         await client.aclose()
+
+
+async def test_redis_back_from_data_older_than_this_instance_is_no_newer_instance(own_redis: EmbeddedRedis) -> None:
+    """Redis restarted from an AOF written before this instance started (a backup restored, an RDB
+    without AOF): the owner keys hold the previous instance's epoch. No newer instance claimed the
+    keyspace, so this one must not stop as replaced (exit 3, which supervisors do not restart and
+    whose runbook says "do not restart it"): Redis lost its claim and its entries, so it stops as a
+    shard whose log cannot be trusted (exit 4), and its restart serves what Redis holds."""
+    import shutil
+
+    from tests.atp_service.redis_proxy import until
+    from tests.conftest import services_on
+
+    aof, backup = own_redis.data_dir / "appendonlydir", own_redis.data_dir.parent / "older"
+    async for start in services_on(own_redis.url, shards=1):
+        first, client = await start()
+        await client.record_events([receipt("e1", "A", "DC", 5)])
+        await client.close()
+        await first.stop(grace_s=0.1)
+        own_redis.stop()  # a clean shutdown: the AOF as it stands, kept as the older data
+        shutil.copytree(aof, backup)
+        own_redis.start()
+        second, client = await start()
+        await client.record_events([receipt("e2", "A", "DC", 5)])
+        own_redis.kill()
+        shutil.rmtree(aof)
+        shutil.copytree(backup, aof)
+        own_redis.start()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.record_events([receipt("e3", "A", "DC", 1)])
+        await until(lambda s=second: s.failed.is_set() or s.replaced.is_set(), "the service gave up")
+        assert not second.replaced.is_set() and second.failed.is_set()
+        _, again = await start()
+        (a,) = await again.availability([("A", "DC")])
+        assert a.on_hand == 5
