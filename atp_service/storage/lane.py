@@ -23,7 +23,12 @@ What the pool did for safety the lane does too, each for a fault the service has
 - an idle connection the server closed (a restart, ``CLIENT KILL``) is never used again: its
   protocol saw the end of file and marked it closed, and the exchange takes a fresh one — the
   service never retries a write blindly (a retried append could log twice), so a write sent on a
-  dead socket would fail without having reached Redis.
+  dead socket would fail without having reached Redis;
+- a connection whose server refused a write READONLY reaches a replica: a failover behind one
+  address (a managed Redis's name, a proxy) sends new connections to the promoted replica while
+  those open still reach the old primary. Kept, they would refuse every write for good, and a shard
+  in doubt would never settle; so it is closed, with every idle one and the client's pooled ones
+  (the reads that settle a write must reach where the write goes).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import Any
 import hiredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, RedisError
+from redis.exceptions import DataError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.storage.wire import Done, Wire
@@ -62,6 +67,7 @@ class Lane:
     timeouts."""
 
     def __init__(self, pool: ConnectionPool, connections: int = LANE_CONNECTIONS) -> None:
+        self._pool = pool  # its pooled connections reach the same address (``_reached_replica``)
         self._class: Any = pool.connection_class
         self._kwargs: dict[str, Any] = dict(pool.connection_kwargs)
         self.timeout_s: float | None = self._kwargs.get("socket_timeout")
@@ -88,7 +94,10 @@ class Lane:
         try:
             wire = await self._take()
             replies = await self._send_and_read(wire, commands, extra_s)
-            if self._closed:
+            if _read_only(replies):
+                await self._close(wire.conn)
+                self._reached_replica()
+            elif self._closed:
                 await self._close(wire.conn)
             else:
                 self._idle.append(wire)  # every reply read: the connection is in step with its server
@@ -113,7 +122,10 @@ class Lane:
 
         def finished(result: Any) -> None:
             self._release()
-            if wire.closed or self._closed:  # failed, timed out, or the lane closed: never used again
+            if _read_only(result):
+                self._drop(wire.conn)
+                self._reached_replica()
+            elif wire.closed or self._closed:  # failed, timed out, or the lane closed: never used again
                 self._drop(wire.conn)
             else:
                 self._idle.append(wire)
@@ -224,6 +236,14 @@ class Lane:
         if conn.is_connected:
             await conn.disconnect(nowait=True)  # closes without suspending, so a cancellation cannot stop it
 
+    def _reached_replica(self) -> None:
+        """Where the last exchange's connection reached a replica (READONLY), so may every other made
+        to this address before: each is closed, and the next ones are made to wherever it leads now."""
+        idle, self._idle = self._idle, []
+        for wire in idle:
+            self._drop(wire.conn)
+        keep(self._closing, _disconnect_pool(self._pool))
+
     def _drop(self, conn: AbstractConnection) -> None:
         """``_close`` from a callback: the connection is out of use at once, its socket closed by a task."""
         self._open.discard(conn)
@@ -259,6 +279,22 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
 async def _disconnect(conn: AbstractConnection) -> None:
     with contextlib.suppress(RedisError, OSError):  # a node that is gone: nothing more to close
         await conn.disconnect(nowait=True)
+
+
+async def _disconnect_pool(pool: ConnectionPool) -> None:
+    """Every connection of ``pool`` closed, in use or idle (each connects again when next used)."""
+    with contextlib.suppress(RedisError, OSError):  # a node that is gone: nothing more to close
+        await pool.disconnect()
+
+
+def _read_only(replies: Any) -> bool:
+    """Whether an exchange's replies hold a READONLY refusal. A loop, not ``any`` over a generator:
+    this runs on every group commit's replies."""
+    if type(replies) is list:
+        for reply in replies:
+            if isinstance(reply, ReadOnlyError):
+                return True
+    return False
 
 
 def _settle(fut: asyncio.Future[list[Any]], result: Any) -> None:

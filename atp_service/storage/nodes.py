@@ -23,13 +23,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, ReadOnlyError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
-from redis.retry import Retry
 
 from atp_service.storage.lane import Lane, check_writable
 from atp_service.tasks import keep
@@ -227,12 +227,17 @@ def _evalsha(call: Call) -> tuple[Any, ...] | bytes:
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
     """A client that never retries on its own: a blind retry of an append could log it twice.
-    Its commands are packed by hiredis (see ``_HiredisPacking``)."""
+    Its commands are packed by hiredis (see ``_HiredisPacking``). A connection whose command was
+    refused READONLY is closed (``retry_on_error``, with no retry): it reaches a replica — a
+    failover behind this address — and the next one is made to wherever the address leads now.
+    The asyncio ``Retry``: redis-py's asyncio client calls a synchronous one's ``call_with_retry``
+    with a coroutine function, which never fails inside it, so it never closes the connection."""
     client = aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
+        retry_on_error=[ReadOnlyError],
         health_check_interval=0,
         maint_notifications_config=_no_maint_notifications(),
     )

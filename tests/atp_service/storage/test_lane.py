@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from redis.exceptions import (
     DataError,
     MovedError,
     NoScriptError,
+    ReadOnlyError,
     ResponseError,
     TryAgainError,
 )
@@ -421,3 +423,43 @@ async def test_a_command_that_cannot_be_packed_fails_alone_and_the_lane_writes_o
     assert isinstance(refused[0], DataError)
     assert await nodes.run([Call(ECHO, ["k"], ["v"])]) == [b"v"]
     await nodes.aclose()
+
+
+async def test_writes_follow_an_address_that_moved_to_the_promoted_replica(tmp_path: Path) -> None:
+    """A failover behind one address (a managed Redis's name, a proxy): from then on new connections
+    reach the promoted replica, but those already open still reach the old primary, now a replica,
+    which refuses every write READONLY. Kept, they refused every write for good, so a shard in doubt
+    never settled and never answered again. A READONLY drops them — the lane's, and the pooled ones
+    of the client it was made from (the reads that settle a write must see where it goes) — so the
+    next connection reaches the new primary."""
+    from tests.atp_service.redis_proxy import HoldingProxy, until
+
+    primary = EmbeddedRedis(tmp_path / "p", extra_args=["--repl-diskless-sync-delay", "0"]).start()
+    replica = EmbeddedRedis(tmp_path / "r", extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    proxy = HoldingProxy("127.0.0.1", primary.port)
+    url = await proxy.start()
+    nodes, other = Nodes(connect(url, 5.0)), connect(url, 5.0)  # ``other``: as the ingestor's own client
+    admin = redis.Redis(host="127.0.0.1", port=replica.port)
+    try:
+        await until(lambda: admin.info("replication")["master_link_status"] == "up", "the replica in sync")
+        assert await nodes.run([echo("before")]) == [b"before"]
+        assert await nodes.reader.get("n") == b"1" and await other.set("x", 1)
+        with redis.Redis(host="127.0.0.1", port=primary.port) as old:
+            old.execute_command("FAILOVER")  # to its one replica
+        await until(lambda: admin.info("replication")["role"] == "master", "the replica promoted")
+        proxy.port = replica.port  # the address reaches the promoted replica from now on
+        (refused,) = await nodes.run([echo("in doubt")])  # on the connection kept: the old primary's
+        assert isinstance(refused, ReadOnlyError)
+        assert await nodes.run([echo("after")]) == [b"after"]
+        assert (await nodes.reader.execute_command("ROLE"))[0] == b"master"
+        with pytest.raises(ReadOnlyError):
+            await other.set("x", 2)
+        assert await other.set("x", 3)
+    finally:
+        admin.close()
+        await nodes.aclose()
+        await other.aclose()
+        await proxy.close()
+        for node in (primary, replica):
+            node.kill()  # a stop waits out its shutdown-timeout here: nothing of them is read again
+            node.stop()

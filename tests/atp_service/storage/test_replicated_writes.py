@@ -78,3 +78,40 @@ async def _retried(call: object, tries: int = 100) -> object:
                 raise
             await asyncio.sleep(0.1)
     raise AssertionError("no answer after the replica came back")
+
+
+async def test_every_shard_answers_again_after_a_failover_behind_its_address(tmp_path: Path) -> None:
+    """The Redis address now reaches the promoted replica (a managed Redis's failover; a proxy
+    here), while the service's open connections still reach the old primary, a replica now: its
+    READONLY refusals put the shards in doubt, and every shard must settle and answer again (the
+    connections kept refused every write, the settle's fence included, for good)."""
+    from tests.atp_service.redis_proxy import HoldingProxy, until
+
+    primary = EmbeddedRedis(tmp_path / "p", extra_args=["--repl-diskless-sync-delay", "0"]).start()
+    replica = EmbeddedRedis(tmp_path / "r", extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    proxy = HoldingProxy("127.0.0.1", primary.port)
+    service = AtpService(make_config(redis_timeout_s=1.0), await proxy.start())
+    client: AtpClient | None = None
+    try:
+        _until_in_sync(replica)
+        await service.start()
+        client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=5.0)
+        skus = ("A", "B", "C", "D", "E", "F", "G", "H")  # every shard
+        await client.record_events([receipt(f"r{sku}", sku, "DC", 10) for sku in skus])
+        with redis.Redis(host="127.0.0.1", port=primary.port) as old:
+            old.execute_command("FAILOVER")
+        with redis.Redis(host="127.0.0.1", port=replica.port) as new:
+            await until(lambda: new.info("replication")["role"] == "master", "the replica promoted")
+        proxy.port = replica.port  # the address reaches the promoted replica from now on
+        for sku in skus:
+            answer = await _retried(lambda sku=sku: client.reserve(f"h{sku}", [(sku, "DC", 1)], ttl_seconds=600))
+            assert answer.state == 1  # type: ignore[attr-defined]
+        assert [a.available for a in await client.availability([(sku, "DC") for sku in skus])] == [9] * len(skus)
+    finally:
+        if client is not None:
+            await client.close()
+        await service.stop(grace_s=0.1)
+        await proxy.close()
+        for node in (primary, replica):
+            node.kill()  # a stop waits out its shutdown-timeout here: nothing of them is read again
+            node.stop()
