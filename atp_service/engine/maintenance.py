@@ -110,3 +110,5 @@ class Housekeeper:
                 await self.run_pass()
             except (DomainError, *STORAGE_ERRORS) as exc:
                 log.warning("housekeeping pass failed: %s", exc)
+            except Exception:  # a bug must not end expiry (R3) for good: said loudly, tried again next pass
+                log.exception("housekeeping pass failed unexpectedly (tried again in %.1fs)", self._interval_s)
