@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -15,6 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_client._errors import typed
+from atp_client._stream import Batches, Source
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 
@@ -144,29 +145,6 @@ def tls_credentials(ca: bytes | None, cert: bytes | None = None, key: bytes | No
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
-class _Batches:
-    """The caller's batches as ``ReserveStream`` requests. grpc.aio cancels the call when its request
-    iterator raises, which loses the answers to the batches already sent (reservations the service
-    may hold) and tells the caller ``CancelledError``. Here a failing source only ends the requests
-    (a half-close: the service answers everything it was sent) and keeps its error in ``failure``."""
-
-    def __init__(self, batches: AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
-                 ) -> None:
-        self.batches = batches
-        self.failure: Exception | None = None
-
-    async def requests(self) -> AsyncIterator[pb.ReserveStreamRequest]:
-        try:
-            if isinstance(self.batches, AsyncIterable):
-                async for batch in self.batches:
-                    yield pb.ReserveStreamRequest(reservations=batch)
-            else:
-                for batch in self.batches:
-                    yield pb.ReserveStreamRequest(reservations=batch)
-        except Exception as exc:  # the caller's own error: raised to it once the answers are in
-            self.failure = exc
-
-
 class AtpClient:
     """One channel to one service. Use as ``async with AtpClient(target) as client``.
 
@@ -251,16 +229,17 @@ class AtpClient:
         except grpc.aio.AioRpcError as exc:
             raise typed(exc) from None
 
-    async def reserve_stream(
-        self, batches: AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
-    ) -> AsyncGenerator[pb.ReserveStreamResponse, None]:
+    async def reserve_stream(self, batches: Source) -> AsyncGenerator[pb.ReserveStreamResponse, None]:
         """Send batches of independent reservations; yields one result message per batch, in order.
         Closing the generator (``aclose``) ends the stream: no batch is sent after it. Should
-        ``batches`` raise, the batches sent before it are answered first, then its error is raised."""
-        source = _Batches(batches)
+        ``batches`` raise, the batches sent before it are answered first, then its error is raised.
+        A batch unanswered ``timeout_s`` after it was sent ends the stream ``Retryable``
+        (DEADLINE_EXCEEDED): it and every later batch are in doubt, settled by a retry with the
+        same ids (R5); the stream itself may last as long as the batches keep coming."""
+        source = Batches(batches)
         call = self.stub.ReserveStream(source.requests())
         try:
-            async for result in call:
+            async for result in source.answers(call, self.timeout_s):
                 yield result
         except grpc.aio.AioRpcError as exc:
             raise typed(exc) from source.failure

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
+from typing import Any
 
 import grpc
 import pytest
@@ -101,3 +102,57 @@ async def test_a_reserve_that_runs_out_of_deadline_is_in_doubt_and_its_retry_set
     assert settled.state == pb.RESERVATION_STATE_HELD
     (position,) = await client.availability([("A", "DC")])
     assert position.reserved == 4  # held once
+
+
+async def _silent_stream(requests: AsyncIterator[pb.ReserveStreamRequest], _: Any) -> AsyncIterator[Any]:
+    """A ReserveStream that takes every batch and answers none (a wedged or paused service)."""
+    async for _request in requests:
+        pass
+    await asyncio.Event().wait()
+    yield pb.ReserveStreamResponse()  # never reached
+
+
+async def test_a_batch_the_service_never_answers_ends_the_stream_in_doubt() -> None:
+    """The stream had no bound: against a service that took batches and answered none, the caller
+    waited for ever, its reservations in doubt. A batch unanswered ``timeout_s`` after it was sent
+    now ends the stream ``Retryable`` (DEADLINE_EXCEEDED: retry with the same ids, R5)."""
+    server = grpc.aio.server()
+    handler = grpc.stream_stream_rpc_method_handler(_silent_stream, pb.ReserveStreamRequest.FromString,
+                                                    pb.ReserveStreamResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "atp.v1.AvailabilityService", {"ReserveStream": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with AtpClient(f"127.0.0.1:{port}", timeout_s=0.5) as client:
+            with pytest.raises(Retryable) as err:
+                await asyncio.wait_for(_drain(client.reserve_stream([[item("r-1")]])), WAIT_S)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "1 batch(es) sent and not answered are in doubt" in str(err.value.details())
+    finally:
+        await server.stop(0)
+
+
+async def _drain(stream: AsyncIterator[pb.ReserveStreamResponse]) -> list[pb.ReserveStreamResponse]:
+    return [answer async for answer in stream]
+
+
+async def test_a_source_slower_than_the_answer_bound_does_not_end_the_stream(start_service: ServiceFactory) -> None:
+    """The bound is on an answer to a batch sent, not on the stream: a caller whose batches come
+    slowly (each after longer than ``timeout_s``) keeps its stream."""
+    service, _ = await start_service()
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=0.3) as client:
+        await client.record_events([receipt("in", "A", "DC", 10)])
+        first_answered = asyncio.Event()
+
+        async def batches() -> AsyncIterator[Sequence[pb.ReserveRequest]]:
+            yield [item("slow-1")]
+            await asyncio.wait_for(first_answered.wait(), WAIT_S)
+            await asyncio.sleep(0.6)  # twice the answer bound with nothing in flight
+            yield [item("slow-2")]
+
+        answers = []
+        async for answer in client.reserve_stream(batches()):
+            answers.append(answer)
+            first_answered.set()
+        assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * 2

@@ -1,0 +1,90 @@
+"""The requests and answers of one ``ReserveStream`` call (``AtpClient.reserve_stream``).
+
+A stream has no deadline of its own: it lasts as long as its caller has batches. What is bounded is
+the wait for an answer once a batch is sent — a service that stops answering (paused, wedged, a
+network that drops packets) must not keep the caller waiting for ever with its batches in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import grpc
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+
+Source = AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
+
+
+class Batches:
+    """The caller's batches as ``ReserveStream`` requests, and when each still unanswered was sent.
+    grpc.aio cancels the call when its request iterator raises, which loses the answers to the
+    batches already sent (reservations the service may hold) and tells the caller
+    ``CancelledError``. Here a failing source only ends the requests (a half-close: the service
+    answers everything it was sent) and keeps its error in ``failure``."""
+
+    def __init__(self, batches: Source) -> None:
+        self.batches = batches
+        self.failure: Exception | None = None
+        self._sent: deque[float] = deque()  # monotonic send time of each batch not answered yet
+        self._more = asyncio.get_running_loop().create_future()  # resolved when a batch is sent
+
+    async def requests(self) -> AsyncIterator[pb.ReserveStreamRequest]:
+        try:
+            if isinstance(self.batches, AsyncIterable):
+                async for batch in self.batches:
+                    yield self._sending(batch)
+            else:
+                for batch in self.batches:
+                    yield self._sending(batch)
+        except Exception as exc:  # the caller's own error: raised to it once the answers are in
+            self.failure = exc
+
+    def _sending(self, batch: Sequence[pb.ReserveRequest]) -> pb.ReserveStreamRequest:
+        self._sent.append(time.monotonic())
+        if not self._more.done():
+            self._more.set_result(None)
+        return pb.ReserveStreamRequest(reservations=batch)
+
+    async def answers(self, call: Any, answer_timeout_s: float) -> AsyncIterator[pb.ReserveStreamResponse]:
+        """The call's answers, one per batch in order; a batch unanswered ``answer_timeout_s`` after
+        it was sent ends the call DEADLINE_EXCEEDED (its outcome, and that of every later batch,
+        is in doubt: the caller retries them with the same ids, R5)."""
+        while True:
+            read = asyncio.ensure_future(call.read())
+            try:
+                await self._until_read(read, answer_timeout_s)
+            finally:
+                read.cancel()
+            answer = read.result()
+            if answer is grpc.aio.EOF:
+                return
+            if self._sent:
+                self._sent.popleft()
+            yield answer
+
+    async def _until_read(self, read: asyncio.Future[Any], answer_timeout_s: float) -> None:
+        while not read.done():
+            if not self._sent:  # nothing in flight: the caller's source sets the pace
+                if self._more.done():
+                    self._more = asyncio.get_running_loop().create_future()
+                await asyncio.wait({read, self._more}, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            left = self._sent[0] + answer_timeout_s - time.monotonic()
+            if left <= 0:
+                raise _unanswered(len(self._sent), answer_timeout_s)
+            await asyncio.wait({read}, timeout=left)
+
+
+def _unanswered(batches: int, answer_timeout_s: float) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+        f"ReserveStream: no answer {answer_timeout_s:g}s after a batch was sent; {batches} batch(es) sent and "
+        "not answered are in doubt: retry them with the same reservation ids")
+
+
+__all__ = ["Batches", "Source"]
