@@ -61,7 +61,7 @@ class Batches:
             finally:
                 read.cancel()
             answer = read.result()
-            if answer is grpc.aio.EOF:
+            if answer is grpc.aio.EOF:  # type: ignore[attr-defined]  # grpc.aio's end of stream
                 return
             if self._sent:
                 self._sent.popleft()
@@ -84,7 +84,7 @@ def _unanswered(batches: int, answer_timeout_s: float) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
         f"ReserveStream: no answer {answer_timeout_s:g}s after a batch was sent; {batches} batch(es) sent and "
-        "not answered are in doubt: retry them with the same reservation ids")
+        "not answered are in doubt: retry them with the same reservation ids", "")
 
 
 __all__ = ["Batches", "Source"]
