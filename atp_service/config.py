@@ -327,8 +327,8 @@ class ServiceConfig:
             raise ValueError(f"redis_restarts: must be within [0, 100], got {self.redis_restarts}")
         if not 0 < self.redis_load_timeout_s <= 86_400:
             raise ValueError(f"redis_load_timeout_s: must be within (0, 86400], got {self.redis_load_timeout_s}")
-        if not 64 << 10 <= self.snapshot_part_bytes <= 256 << 20:  # Redis takes bulk strings up to 512 MB
-            raise ValueError(f"snapshot_part_bytes: must be within [65536, 268435456], got {self.snapshot_part_bytes}")
+        if not 4 << 10 <= self.snapshot_part_bytes <= 256 << 20:  # Redis takes bulk strings up to 512 MB
+            raise ValueError(f"snapshot_part_bytes: must be within [4096, 268435456], got {self.snapshot_part_bytes}")
         if self.snapshot_write_mb_per_s <= 0:
             raise ValueError(f"snapshot_write_mb_per_s: must be positive, got {self.snapshot_write_mb_per_s}")
         if self.snapshot_retry_max_s <= 0:
