@@ -24,6 +24,7 @@ from atp_service.app.keyspace import StartupError, check_keyspace, replaced_said
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
 from atp_service.app.tracing import Tracing
+from atp_service.app.watched import Watched
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateUnusable, group_policies
 from atp_service.config import ServiceConfig
@@ -96,6 +97,7 @@ class AtpService:
         self._server_stop: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._watched = Watched(self._must_restart)  # the desks' and checks' own tasks: none ends unseen
         self._reloading = asyncio.Lock()
         self.tracing = Tracing.configured(config)  # None unless tracing_endpoint is set
         self.replaced = asyncio.Event()
@@ -171,6 +173,7 @@ class AtpService:
         self._monitor.start()
         if self.membership is None:  # leased groups are checked by their renewals
             self._owner_task = asyncio.get_running_loop().create_task(self._check_owner(), name="owner-check")
+            self._watched.watch("owner-check", self._owner_task)
         self._servicer.monitor = self._monitor
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen, self.metrics.intake)
         if self.estate.channels:
@@ -180,9 +183,11 @@ class AtpService:
             self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg.channel_settings,
                                         self.metrics.channels)
             await self._while_redis_is_away(self.channels.start)  # a failed read changes nothing: tried again
+            self._watched.watch("channel-desk", self.channels.task)
         if cfg.input_streams:
             self.ingestor = self._ingestor(self.desk)
             await self._while_redis_is_away(self.ingestor.start)  # creating a group that exists is a no-op
+            self._watched.watch("ingest", self.ingestor.task)
         # Last: no call is answered (health says NOT_SERVING, but a caller need not ask) before the
         # input streams are read too.
         self._servicer.attach(self.engine, self.desk, self.channels)
@@ -295,10 +300,13 @@ class AtpService:
         return self._log.epochs.get(CHANNELS, 0) if self._log is not None else 0
 
     def _on_shard_failed(self, actor: ShardActor) -> None:
-        """Never a dead shard behind a health check that says all is well: report NOT_SERVING and
-        ask to be restarted (the shard's memory is not to be trusted; its log is)."""
+        """Never a dead shard behind a health check saying SERVING: its memory is not to be trusted, its log is."""
         log.error("shard %d stopped working (%r): health NOT_SERVING; the service stops to be restarted",
                   actor.shard, actor.failure, extra={"event": "stopping", "why": "shard_failed", "shard": actor.shard})
+        self._must_restart()
+
+    def _must_restart(self) -> None:
+        """Health NOT_SERVING, and ``atp-service serve`` stops to be restarted (exit status 4)."""
         self.failed.set()
         for name in ("", SERVICE_NAME):
             keep(self._background, self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
@@ -373,14 +381,14 @@ class AtpService:
                         drain.active, grace)
         await self._stop_server(max(0.0, grace - (time.monotonic() - began)))
         if self.ingestor is not None:  # before the peer channels close: it sends facts over them
-            await self.ingestor.stop()
+            await self._watched.stopped(self.ingestor.stop())
         await self._servicer.aclose()
         await self._monitor.stop()
-        await cancel_and_wait(self._owner_task)
+        await self._watched.stopped(cancel_and_wait(self._owner_task))
         if self.desk is not None:
             await self.desk.stop(self.config.redis_timeout_s * 2)
         if self.channels is not None:
-            await self.channels.stop()
+            await self._watched.stopped(self.channels.stop())
             await self.channels.store.client.aclose()
         if self.membership is not None:
             await self.membership.stop()  # every group handed over: drained, snapshotted, released

@@ -71,6 +71,11 @@ class ChannelDesk:
         self._mark_everything()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The desk's loop (watched by the service: it ends only when stopped, or by a bug)."""
+        return self._task
+
     async def stop(self) -> None:
         for actor in self.engine.actors:
             with contextlib.suppress(ValueError):

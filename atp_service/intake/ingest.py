@@ -100,13 +100,21 @@ class StreamIngestor:
                             "made again, read after entry %s, the newest this reader had seen", stream, group,
                             as_text(start), extra={"event": "ingest_group_made_again", "stream": stream})
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The reading loop (watched by the service: it ends only when stopped, or by a bug)."""
+        return self._task
+
     async def stop(self) -> None:
-        """Stop reading; what is not acknowledged stays pending and is read again on the next start."""
-        await cancel_and_wait(self._task)
-        for task in list(self._batches):
-            task.cancel()
-        await self._settle_batches()
-        await self._client.aclose()
+        """Stop reading; what is not acknowledged stays pending and is read again on the next start.
+        Raises how the reading loop ended if it failed, once everything is stopped."""
+        try:
+            await cancel_and_wait(self._task)
+        finally:
+            for task in list(self._batches):
+                task.cancel()
+            await self._settle_batches()
+            await self._client.aclose()
 
     async def _run(self) -> None:
         backoff = Backoff(INGEST_RETRY)

@@ -1,0 +1,80 @@
+"""No silent death of the service's own background tasks: the channel desk, the input-stream reader
+and the owner check. One that ends while the service runs is said (log event, health NOT_SERVING)
+and the service stops to be restarted (exit status 4), which rebuilds it from Redis."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from atp_service import AtpService
+from tests.atp_service.channel_helpers import write_estate
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory
+
+
+async def _failed_loudly(service: AtpService, client_channel: object, caplog: pytest.LogCaptureFixture,
+                         task: str) -> None:
+    """The service was told to stop, says NOT_SERVING and logged why, naming ``task``."""
+    await until(lambda: service.failed.is_set(), f"the service told to stop after {task} failed", timeout_s=10)
+    health = health_pb2_grpc.HealthStub(client_channel)
+    request = health_pb2.HealthCheckRequest(service="")
+    for _ in range(100):  # the NOT_SERVING is set by a task of its own: a few turns at most
+        if (await health.Check(request, timeout=5)).status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+    assert (await health.Check(request, timeout=5)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    said = [r for r in caplog.records if getattr(r, "event", None) == "stopping"]
+    assert [(r.why, r.task) for r in said] == [("task_failed", task)]  # type: ignore[attr-defined]
+    assert said[0].exc_info is not None  # the traceback, for the bug report
+
+
+async def test_a_channel_desk_that_fails_stops_the_service_to_be_restarted(
+        start_service: ServiceFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect: the desk's loop caught storage errors only; a bug ended its task unseen — no channel
+    published anything more (stock-outs included) while health said SERVING, nothing was logged
+    and no metric moved — and the service's stop then raised the bug, skipping the final snapshots."""
+    service, client = await start_service(estate=write_estate(tmp_path))
+    desk = service.channels
+    assert desk is not None
+
+    async def bug() -> None:
+        raise RuntimeError("a bug in the desk's round")
+
+    desk.run_round = bug  # type: ignore[method-assign]
+    caplog.set_level(logging.ERROR, logger="atp_service")
+    desk.poke()
+    await _failed_loudly(service, client.channel, caplog, "channel-desk")
+
+
+async def test_an_input_stream_reader_that_fails_stops_the_service_to_be_restarted(
+        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect: the reader's loop caught Redis errors only; a bug ended its task unseen — no input
+    fact was read again (nor pending: ``atp_ingest_pending`` stayed flat, so no alert) while health
+    said SERVING."""
+    service, client = await start_service(ingest_block_ms=20)
+    ingestor = service.ingestor
+    assert ingestor is not None
+
+    async def bug() -> None:
+        raise RuntimeError("a bug in the reader")
+
+    caplog.set_level(logging.ERROR, logger="atp_service")
+    ingestor.step = bug  # type: ignore[method-assign]
+    await _failed_loudly(service, client.channel, caplog, "ingest")
+
+
+async def test_an_owner_check_that_fails_stops_the_service_to_be_restarted(
+        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
+    service, client = await start_service(owner_check_s=0.01)
+    store = service._log
+    assert store is not None
+
+    async def bug(group: int | None = None) -> bool:
+        raise ValueError("invalid literal for int() with base 10: b'garbage'")
+
+    caplog.set_level(logging.ERROR, logger="atp_service")
+    store.still_owner = bug  # type: ignore[method-assign]
+    await _failed_loudly(service, client.channel, caplog, "owner-check")
