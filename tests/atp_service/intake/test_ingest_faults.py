@@ -5,13 +5,17 @@ replayed as it was, a dead consumer's entries far down the pending list."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
+from pathlib import Path
 
 import redis
 
 from atp_service import ManualClock
 from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.deploy.monitoring_helpers import RULES, promtool
 
 T = 1_700_000_000_000
 
@@ -125,3 +129,44 @@ async def test_an_entry_refused_as_future_stamped_is_not_applied_when_the_group_
     await wait_consumed(redis_url, ["atp:in:pos"], timeout_s=20)
     (a,) = await client.availability([("A", "S1")])
     assert a.on_hand == 1 and r.xlen("atp:dlq") == 1
+
+
+ALERT_CASE = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'up{{job="atp-service", instance="a:9464"}}'
+        values: '1x15'
+      - series: 'atp_ingest_read_failures_total{{job="atp-service", instance="a:9464"}}'
+        values: '0+{per_minute}x15'
+      - series: 'atp_ingest_pending{{job="atp-service", instance="a:9464", stream="atp:in:pos"}}'
+        values: '{pending}x15'
+    promql_expr_test:  # some alert fires, whichever
+      - expr: count(ALERTS{{alertstate="firing"}})
+        eval_time: 10m
+        exp_samples: [{{labels: "{{}}", value: 1}}]
+"""
+
+
+async def test_a_reader_refused_on_every_read_while_redis_answers_fires_an_alert(
+        start_service: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
+    """Defect: an input stream replaced by another type (or the ACL losing XREADGROUP) fails every
+    read of every stream for good while Redis answers the rest: no fact read, health SERVING (the
+    shards are fine), ``atp_ingest_pending`` flat (nothing delivered) — and no alert read the one
+    metric that moved, ``atp_ingest_read_failures_total``. The rise of it, as a real service shows
+    it, must fire an alert."""
+    service, client = await start_service(ingest_block_ms=20)
+    registry = service.metrics.registry
+    redis.Redis.from_url(redis_url).set("atp:in:wms", "not a stream")  # WRONGTYPE for every read
+    await until(lambda: (registry.get_sample_value("atp_ingest_read_failures_total") or 0) >= 5,
+                "the reader's failures counted")
+    assert not service.failed.is_set() and (await client.availability([("A", "S1")]))[0].on_hand == 0
+    pending = registry.get_sample_value("atp_ingest_pending", {"stream": "atp:in:pos"}) or 0
+    case = tmp_path / "case.yml"
+    # One failure a minute, the slowest rise there is (the reader tries again every 2 s at most).
+    case.write_text(ALERT_CASE.format(rules=RULES, per_minute=1, pending=int(pending)))
+    done = await asyncio.to_thread(subprocess.run, [promtool(), "test", "rules", str(case)], capture_output=True,
+                                   text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
