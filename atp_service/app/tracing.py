@@ -16,6 +16,7 @@ embeds the service keeps its tracing.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from atp_service.app.keyspace import StartupError
@@ -28,6 +29,9 @@ SERVICE_NAME = "atp-service"
 MAX_QUEUED_SPANS = 4096
 EXPORT_BATCH = 512
 EXPORT_TIMEOUT_S = 5.0
+FINAL_FLUSH_S = EXPORT_TIMEOUT_S
+"""How long a stop waits for the spans still queued: one export's worth. The SDK's own shutdown
+waits up to 30 s, a batch after another, each up to ``EXPORT_TIMEOUT_S`` when the collector hangs."""
 INSTALL_HINT = "pip install 'atp-service[tracing]'"
 
 
@@ -73,5 +77,11 @@ class Tracing:
         return self._interceptor
 
     def shutdown(self) -> None:
-        """Send what is queued (bounded by the exporter's timeout) and stop the exporter's thread."""
-        self.provider.shutdown()
+        """Send what is queued and stop the exporter's thread, waiting ``FINAL_FLUSH_S`` at most: a
+        collector that does not answer must not hold the service's stop (what is left is dropped)."""
+        flushing = threading.Thread(target=self.provider.shutdown, name="tracing-shutdown", daemon=True)
+        flushing.start()
+        flushing.join(FINAL_FLUSH_S)
+        if flushing.is_alive():  # a daemon thread: the process exits without it
+            log.warning("tracing: spans still queued after %.0fs are dropped (the collector did not answer)",
+                        FINAL_FLUSH_S)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.app.service import AtpService
-from atp_service.app.tracing import Tracing, TracingUnavailable
+from atp_service.app.tracing import EXPORT_TIMEOUT_S, MAX_QUEUED_SPANS, Tracing, TracingUnavailable
 from tests.conftest import test_config as make_config
 
 RESERVE = "/atp.v1.AvailabilityService/Reserve"
@@ -119,3 +122,39 @@ def test_tracing_without_the_sdk_says_how_to_install_it(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)
     with pytest.raises(TracingUnavailable, match=r"atp-service\[tracing\]"):
         Tracing("http://127.0.0.1:4318/v1/traces", 1.0, "127.0.0.1:50051")
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[str]:
+    """A collector that accepts connections and never answers (its host hung, packets dropped)."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=64)
+    held: list[socket.socket] = []
+    closing = threading.Event()
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while not closing.is_set():
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/v1/traces"
+    closing.set()
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+async def test_a_collector_that_never_answers_delays_the_stop_by_one_export_at_most(
+        redis_url: str, silent_collector: str) -> None:
+    """Defect: the final flush waited for every queued batch (the SDK's 30 s), each export up to its
+    5 s: a hung collector held every stop 30 s longer than its drain and snapshots, past the stop
+    budgets of the deploy files (a Recreate rollout: 30 s more without service)."""
+    service = AtpService(make_config(tracing_endpoint=silent_collector, tracing_sample_ratio=1.0), redis_url)
+    await service.start()
+    assert service.tracing is not None
+    for _ in range(MAX_QUEUED_SPANS):  # a full queue, as a busy service behind a hung collector has
+        with service.tracing.tracer.start_as_current_span("atp.test"):
+            pass
+    began = time.monotonic()
+    await service.stop(grace_s=0.1)
+    assert time.monotonic() - began < EXPORT_TIMEOUT_S + 3
