@@ -169,7 +169,7 @@ class AtpService:
         assert self.engine is not None
         self.engine.group_policies, self.engine.default_group_policy = group_policies(self.estate)
         self.engine.set_safety_defaults(self.estate.safety_defaults)
-        self.engine.start()
+        self._watched.watch("housekeeping", self.engine.start())
         self._monitor.start()
         if self.membership is None:  # leased groups are checked by their renewals
             self._owner_task = asyncio.get_running_loop().create_task(self._check_owner(), name="owner-check")

@@ -112,11 +112,12 @@ class Engine(OwnedShards):
         return zlib.crc32(sku.encode()) % self._n
 
     # -- lifecycle -----------------------------------------------------------------
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
+        """Start every shard and housekeeping; returns housekeeping's task (the service watches it)."""
         self._started = True
         for actor in self.actors:
             actor.start()
-        self._housekeeper.start()
+        return self._housekeeper.start()
 
     async def stop(self, snapshot: bool = True) -> None:
         self._housekeeper.stop()

@@ -6,13 +6,13 @@ import asyncio
 import time
 
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_service import ManualClock
 from atp_service.engine.maintenance import EXPIRE_PER_TURN
 from reservation import LogEntry, State, reserve_command
 from reservation._events import ReservationSaved
 from tests.atp_service.edge.test_api import T0, receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
 
 
@@ -50,21 +50,19 @@ async def test_holds_due_all_at_once_expire_a_bounded_number_per_turn_R3(start_s
     assert a.reserved == 0 and a.available == holds
 
 
-async def test_a_pass_that_fails_unexpectedly_does_not_end_housekeeping_R3(
+async def test_a_pass_that_fails_on_a_bug_is_said_and_the_service_asks_to_be_restarted_R3(
         start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only refusals and storage errors were caught: any other exception in a pass (a bug) ended
-    the housekeeping task, and with it expiry, retention and snapshots, for good and unnoticed."""
-    service, _ = await start_service(maintenance_interval_ms=10)
+    the housekeeping task, and with it expiry, retention and snapshots, for good and unnoticed while
+    health said SERVING. Now the service sees it: NOT_SERVING, and it stops to be restarted."""
+    service, client = await start_service()
     assert service.engine is not None
-    housekeeper = service.engine._housekeeper
-    run_pass, passes = housekeeper.run_pass, 0
 
-    async def a_bug_in_the_first_pass() -> None:
-        nonlocal passes
-        passes += 1
-        if passes == 1:
-            raise RuntimeError("a bug")
-        await run_pass()
+    async def a_bug() -> None:
+        raise RuntimeError("a bug")
 
-    monkeypatch.setattr(housekeeper, "run_pass", a_bug_in_the_first_pass)
-    await until(lambda: passes >= 3, "housekeeping going on after a failed pass", 30)
+    monkeypatch.setattr(service.engine._housekeeper, "run_pass", a_bug)
+    await asyncio.wait_for(service.failed.wait(), 30)
+    stub = health_pb2_grpc.HealthStub(client.channel)
+    answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
