@@ -338,7 +338,10 @@ class ChannelDesk:
             await self.store.fence()
             return {name: await self.store.last_version(name) for name in names}
 
-        last = await retry_until_done(fence_and_read, STORAGE_ERRORS, DESK_RETRY)
+        # Each failed try counts as a failed write: a settle that cannot fence publishes nothing, for
+        # as long as it lasts, and the alert on the failures' rate must see it.
+        last = await retry_until_done(fence_and_read, STORAGE_ERRORS, DESK_RETRY,
+                                      lambda _exc, _wait: self.metrics.write_failures.inc())
         refused, now, landed_any = isinstance(error, WriteRefused), self.clock.now_ms(), False
         for name, feed, updates in taken:
             if not updates:

@@ -66,3 +66,35 @@ async def test_a_receipt_whose_append_is_in_flight_and_then_undone_is_never_publ
             await client.close()
         await service.stop(grace_s=0.1)
         await proxy.close()
+
+
+async def test_a_settle_that_cannot_fence_keeps_counting_write_failures(redis_url: str, tmp_path: Path) -> None:
+    """After a failed publish the desk fences and reads before anything else, for as long as it
+    takes. Each failed try was silent: ``atp_channel_write_failures_total`` rose once, so
+    ``ATPChannelWriteFailures`` (a rate above 0 for 2 minutes) never fired while no channel
+    published anything. Each failed try of the settle now counts."""
+    import redis.asyncio as aredis
+
+    service = AtpService(make_config(estate=write_estate(tmp_path), redis_timeout_s=0.5), redis_url,
+                         clock=ManualClock(T))
+    r = aredis.Redis.from_url(redis_url)
+    fence = "atp:{avail}:fence"
+    try:
+        await service.start()
+        assert service.channels is not None
+        kept = await r.get(fence)
+        await r.delete(fence)
+        await r.hset(fence, "not", "a counter")  # every fence and publish refused WRONGTYPE
+        async with AtpClient(f"127.0.0.1:{service.port}") as client:
+            await client.record_events([fact("c1", "COUNT", *KEY, 5, T)])
+
+            def failures() -> float:
+                return service.metrics.registry.get_sample_value("atp_channel_write_failures_total") or 0.0
+
+            await until(lambda: failures() >= 3, "every failed try of the settle counted")
+        await r.delete(fence)
+        if kept is not None:
+            await r.set(fence, kept)
+    finally:
+        await service.stop(grace_s=0.1)
+        await r.aclose()
