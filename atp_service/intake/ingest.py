@@ -130,7 +130,8 @@ class StreamIngestor:
                 group_gone = group_lost(exc)
                 self._metrics.ingest_read_failures.inc()
                 delay = backoff.next_delay()
-                log.warning("input streams: %s; retrying in %.2fs", exc, delay)
+                log.warning("input streams: %s; retrying in %.2fs", exc, delay,
+                            extra={"event": "ingest_read_failed", "error": str(exc), "retry_s": round(delay, 2)})
                 self._retry_own_pending = True
                 await asyncio.sleep(delay)
 
