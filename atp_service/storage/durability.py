@@ -85,8 +85,9 @@ class Checkpoints:
         self._on_diverged = on_diverged  # a snapshot found the log short: the shard must stop (R7)
         self._seq = seq  # the entry the last snapshot covers
         self._at = time.monotonic()
-        self._backoff = Backoff(BackoffPolicy(SNAPSHOT_RETRY_FIRST_S, max(SNAPSHOT_RETRY_FIRST_S,
-                                                                         policy.snapshot_retry_max_s)))
+        # Every wait at most the configured maximum, the first too (a maximum below 1 s: retried sooner).
+        retry_max_s = policy.snapshot_retry_max_s
+        self._backoff = Backoff(BackoffPolicy(min(SNAPSHOT_RETRY_FIRST_S, retry_max_s), retry_max_s))
         self._retry_at = 0.0  # monotonic time before which a failed snapshot is not retried
         self._fence_first = False  # a snapshot write failed: it may still land later
         self._writing: asyncio.Task[None] | None = None  # the write of the last snapshot taken

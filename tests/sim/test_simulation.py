@@ -103,11 +103,11 @@ async def test_a_late_order_step_never_holds_units_of_an_abandoned_order() -> No
 @pytest.mark.xfail(strict=True, raises=Violation, reason="known defect: with several processes, a Reserve whose "
                    "content differs from its id's first one and lies on other groups makes a second record")
 async def test_a_reservation_id_names_one_record_across_processes() -> None:
-    """``--seed 45 --processes 3 --retry-other-content``: r38, holding a unit of B@L1, is reserved
-    again with other lines (A@L3, A@L2, C@L2: other groups) at another process; that makes a second
-    record of r38, and the unit held at B@L1 is then one no record of r38 accounts for (R5 would
+    """``--seed 79 --processes 3 --retry-other-content``: r18, holding a unit of C@L2, is reserved
+    again with other lines (J@L3: another group) at another process; that makes a second record of
+    r18, and the units one of the two holds are then units no record of r18 accounts for (R5 would
     refuse the second Reserve)."""
-    await Driver(45, processes=3, retry_other_content=True).run(10)
+    await Driver(79, processes=3, retry_other_content=True).run(10)
 
 
 def test_there_are_regression_seeds() -> None:

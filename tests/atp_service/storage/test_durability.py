@@ -92,6 +92,29 @@ async def test_shards_snapshot_one_at_a_time_unless_stopping(redis_url: str) -> 
         await client.aclose()
 
 
+async def test_a_retry_maximum_below_a_second_caps_the_first_wait_too() -> None:
+    """``snapshot_retry_max_s`` is the longest wait between tries, the first included ("1 s, at most
+    this"): with 0.01 a failed snapshot is tried again 10 ms later, not after a second."""
+    from atp_service.config import SnapshotPolicy
+    from atp_service.storage.durability import Checkpoints
+    from atp_service.storage.log import LogStore
+    from atp_service.storage.nodes import Nodes
+    from reservation import Ledger, Limits
+
+    store = LogStore(Nodes(None), "t:", pipeline_max=16)
+
+    async def refused(*_: object) -> int:
+        raise redis.exceptions.ResponseError("NOPERM")
+
+    store.write_snapshot = refused  # type: ignore[method-assign]
+    checkpoints = Checkpoints(0, store, SnapshotPolicy(snapshot_every_entries=1, snapshot_interval_s=300.0,
+                                                       snapshot_retry_max_s=0.01, snapshot_write_mb_per_s=20.0,
+                                                       snapshot_part_bytes=1 << 20), seq=0)
+    await checkpoints.save(1, Ledger(0, Limits()), wait=True)
+    await asyncio.sleep(0.05)
+    assert checkpoints.due(1), "a failed snapshot waited past snapshot_retry_max_s"
+
+
 async def test_redis_down_answers_unavailable_and_state_does_not_drift(
     start_service: ServiceFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
