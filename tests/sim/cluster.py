@@ -37,8 +37,9 @@ CONVERGE_ROUNDS = 12
 
 
 class ClusterWorld(World):
-    def __init__(self, processes: int, rng: random.Random, tally: Tally | None = None) -> None:
-        super().__init__(tally=tally, channels=False, cluster=True)
+    def __init__(self, processes: int, rng: random.Random, tally: Tally | None = None,
+                 part_bytes: int = 1 << 20) -> None:
+        super().__init__(tally=tally, channels=False, cluster=True, part_bytes=part_bytes)
         self.rng = rng
         self.leases = Leases()
         self.network = Network(self, rng)

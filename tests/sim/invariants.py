@@ -48,6 +48,13 @@ async def every_shard_answers(world: World) -> None:
             raise Violation(f"liveness: shard {actor.shard} did not answer a trivial command")
 
 
+def snapshots_whole(world: World) -> None:
+    """R7 (``snapshot_parts.py``): the snapshot Redis holds is always one the service wrote, whole —
+    never a mixture of two tries' parts, nor a try's parts with some lost."""
+    if world.log.torn:
+        raise Violation(f"R7: {world.log.torn[0]}")
+
+
 def every_record_routed(world: World) -> None:
     """A reservation the ledgers hold is found by id (confirm, release, get): its route points home."""
     for actor in world.eng.actors:

@@ -3,7 +3,8 @@ over the shared ``SimLog`` (one Redis).
 
 It *is* a ``LogStore`` with the Redis calls replaced: what the real one decides on the client side
 runs as it is — each group's claim (``adopt``, ``drop``), the fence tokens, ``is_fenced``, a refusal
-turned into a lost group (``_refused``: ``lost``, ``on_group_lost``) and ``still_owner`` — while the
+turned into a lost group (``_refused``: ``lost``, ``on_group_lost``), ``still_owner`` and a snapshot's
+write (its script calls run by the shared log, ``snapparts.SimNodes``) — while the
 writes go through the shared log's pending list and checks, so the driver answers every process's
 appends as Redis would, and a write of a deposed owner is refused FENCED there (the owner key of
 each group is ``SimLog.owners``). An append carries the epoch its group had when it was submitted.
@@ -18,11 +19,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from atp_service.storage.log import CrossGroupWrite, LogStore, SnapshotRecord
 from atp_service.storage.nodes import Nodes
-from tests.sim.simlog import SideStreams, SimLog, _Snap, _Unit
+from tests.sim.simlog import SideStreams, SimLog, _Unit
+from tests.sim.snapparts import SimNodes
 
 
 class _Reader:
@@ -45,7 +47,9 @@ class _Reader:
 class ProcessLog(LogStore):
     def __init__(self, redis: SimLog, name: str) -> None:
         super().__init__(Nodes(None, cluster=True), "sim:", pipeline_max=6)
-        self.nodes.reader = self.client = _Reader(self)
+        # Snapshots: ``LogStore.write_snapshot`` as it is, its script calls run by the shared log
+        self.nodes = SimNodes(redis, self, _Reader(self))  # type: ignore[assignment]
+        self.client = self.nodes.reader
         self.leased = True
         self.redis, self.name = redis, name
         self.frozen = False
@@ -132,11 +136,5 @@ class ProcessLog(LogStore):
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
                              part_bytes: int = 0) -> int:
-        snap = _Snap(shard, seq, data, self._tokens.get(shard, 0), self.epochs.get(shard, 0), self)
-        await self.write_turn()
-        outcome, refusal = self.redis.send_snapshot(snap)
-        if outcome == "ok" and refusal == "FENCED":
-            raise self.refused(shard)
-        if outcome != "ok" or refusal is not None:
-            raise RedisError(f"sim: snapshot {refusal or outcome}")
-        return len(data)
+        self.nodes.wrote(shard, seq, data)  # then ``LogStore``'s own
+        return await super().write_snapshot(shard, seq, data, extra_s, part_bytes)

@@ -4,7 +4,9 @@ Appends wait in ``pending`` until the driver pumps them with an outcome, like Re
 ``ok`` (landed), ``lost`` (not landed, the caller told so), ``doubt`` (landed, but the caller
 was told it failed — a timeout after Redis applied the script), ``late`` (the caller told it
 failed now; the script reaches Redis later — at a random moment the driver picks, possibly after
-newer scripts and after the caller's settle read, unless a fence stopped it). Redis's checks are
+newer scripts and after the caller's settle read, unless a fence stopped it). A snapshot is written
+by the service's own code, in parts past its configured size, each part a script call with an
+outcome of its own (``snapparts.py``). Redis's checks are
 modelled as the append script makes them: an entry of an instance that a newer one replaced is
 refused (FENCED, the epoch), an entry whose shard was fenced after it was sent is refused (STALE),
 an entry must follow its stream's newest (TAKEN / GAP), and a group (a cross-shard change) lands
@@ -30,10 +32,14 @@ import msgspec
 from redis.exceptions import RedisError
 
 from atp_service.metrics import StorageMetrics
+from atp_service.storage.keys import Keyspace
 from atp_service.storage.log import CrossGroupWrite, SnapshotRecord
+from atp_service.storage.snapshot_parts import write_snapshot_in_parts
+from tests.sim.snapparts import ScriptCall, SimNodes, run_script
 from tests.sim.tally import Tally
 
-SNAPSHOT_OUTCOMES = ("ok",) * 7 + ("lost", "doubt", "late")
+SNAPSHOT_SLOW_P = 0.7
+"""The chance that a late snapshot script is not among the scripts arriving now (``arrive_late``)."""
 _decode = msgspec.msgpack.Decoder(SnapshotRecord).decode
 
 
@@ -51,16 +57,6 @@ class _Unit:
     @property
     def shard(self) -> int:
         return self.entries[0][0]
-
-
-class _Snap:
-    """A snapshot write (snapshot + trim behind it, one script): it may be late like an append."""
-
-    __slots__ = ("data", "epoch", "proc", "seq", "shard", "token")
-
-    def __init__(self, shard: int, seq: int, data: bytes, token: int, epoch: int, proc: Any = None) -> None:
-        self.shard, self.seq, self.data, self.token, self.epoch = shard, seq, data, token, epoch
-        self.proc = proc
 
 
 class SideStreams:
@@ -97,9 +93,12 @@ class SimLog:
         """False: a Redis Cluster, where entries of several shards cannot land all or none."""
         self.logs: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         self.snaps: dict[int, bytes] = {}
+        self.staging: dict[int, bytes] = {}  # a snapshot being written in parts (``snapparts.py``)
+        self.snapshots_sent: set[tuple[int, int, bytes]] = set()  # (shard, seq, digest) the service wrote
+        self.torn: list[str] = []  # snapshots stored that the service never wrote whole
         self.history: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         self.pending: list[_Unit] = []
-        self.late: list[_Unit | _Snap] = []  # sent, the caller told it failed, not yet arrived
+        self.late: list[_Unit | ScriptCall] = []  # sent, the caller told it failed, not yet arrived
         self.fences: dict[int, int] = defaultdict(int)  # Redis's fence per shard
         self.tokens: dict[int, int] = defaultdict(int)  # what this instance's writes carry
         self.redis_epoch = 0  # the epoch in every group's owner key (one script claims them all)
@@ -117,6 +116,8 @@ class SimLog:
         self.snapshots_in_flight = 0
         self._resumed: asyncio.Event | None = None
         self.faults: random.Random | None = None  # with it, snapshot writes fail too
+        self.nodes = SimNodes(self)
+        self.keys = Keyspace("sim:")
 
     # -- what ShardActor and Engine call -----------------------------------------------
     def is_fenced(self, _shard: int) -> bool:
@@ -178,25 +179,19 @@ class SimLog:
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
                              part_bytes: int = 0) -> int:
-        """Store the snapshot and trim the log behind it (one script); it may fail like an append:
-        lost, landed though the caller is told it failed, or late (a later, unfenced arrival)."""
-        snap = _Snap(shard, seq, data, self.tokens[shard], self.epoch)
-        await self.round_trip()
-        await self.writable()
-        outcome, refusal = self.send_snapshot(snap)
-        if outcome != "ok" or refusal is not None:
-            raise RedisError(f"sim: snapshot {refusal or outcome}")
-        return len(snap.data)
-
-    def send_snapshot(self, snap: _Snap) -> tuple[str, str | None]:
-        """A snapshot script reaches Redis: its outcome drawn (landed, lost, in doubt, late) and its refusal."""
-        outcome = "ok" if self.faults is None else self.faults.choice(SNAPSHOT_OUTCOMES)
-        self.tally.count_outcome(outcome)
-        if outcome == "late":
-            self.late.append(snap)
-        return outcome, self._land(snap) if outcome in ("ok", "doubt") else None
+        """Store the snapshot and trim the log behind it, as ``LogStore.write_snapshot`` does: the
+        service's own code, its script calls answered by the simulated Redis (``snapparts.py``)."""
+        self.nodes.wrote(shard, seq, data)
+        await write_snapshot_in_parts(self.nodes, self.keys, shard, seq, data, (self.epoch, self.tokens[shard]),
+                                      part_bytes or len(data), extra_s)
+        return len(data)
 
     # -- write pauses ---------------------------------------------------------------------
+    async def write_turn(self) -> None:
+        """A write command's trip: a round trip that waits out a write pause."""
+        await self.round_trip()
+        await self.writable()
+
     async def writable(self) -> None:
         """A write command waits while writes are paused (it is answered once they resume)."""
         while self.paused:
@@ -229,14 +224,14 @@ class SimLog:
                 continue
             if unit.done.done():  # given up by its shard: not sent yet (never will be), or on the wire
                 if self.faults is not None and self.faults.random() < 0.5 and outcome in ("ok", "doubt"):
-                    self._land(unit)
+                    self.land(unit)
                 continue
             self.tally.count_outcome(outcome)
             if outcome == "late":
                 self.late.append(unit)
                 unit.done.set_exception(RedisError("sim: append timed out (still on its way)"))
                 continue
-            refusal = self._land(unit) if outcome != "lost" else None
+            refusal = self.land(unit) if outcome != "lost" else None
             if outcome != "ok":
                 unit.done.set_exception(RedisError(f"sim: append {outcome}"))
             elif refusal == "FENCED" and unit.proc is not None:
@@ -252,12 +247,15 @@ class SimLog:
         count = len(self.late) if count is None else count
         arriving, self.late = self.late[:count], self.late[count:]
         for unit in arriving:
-            self.tally.late_arrived(self._land(unit) is None)
+            if isinstance(unit, ScriptCall) and self.faults is not None and self.faults.random() < SNAPSHOT_SLOW_P:
+                self.late.append(unit)  # much data on a slow path: it may still be on its way at the next try
+                continue
+            self.tally.late_arrived(self.land(unit) is None)
 
     def crash(self, rng: random.Random) -> None:
         """The process dies. What it had sent (late scripts, then appends not yet answered) each
         reaches Redis now, later (after the restart: refused, its epoch replaced) or never."""
-        sent: list[_Unit | _Snap] = self.late + [u for u in self.pending if not u.done.done()]
+        sent: list[_Unit | ScriptCall] = self.late + [u for u in self.pending if not u.done.done()]
         self.pending, self.late = [], []
         self._scatter(sent, rng)
         self.resume()  # a restart does not wait for Redis's pause: the pause ends with the crash
@@ -269,12 +267,12 @@ class SimLog:
         self.pending = [u for u in self.pending if u.proc is not proc]
         self._scatter(sent, rng)
 
-    def _scatter(self, sent: Sequence[_Unit | _Snap], rng: random.Random) -> None:
+    def _scatter(self, sent: Sequence[_Unit | ScriptCall], rng: random.Random) -> None:
         """What a dead process had sent: each reaches Redis now, later (``late``) or never."""
         for unit in sent:
             fate = rng.random()
             if fate < 0.4:
-                self.tally.late_arrived(self._land(unit) is None)
+                self.tally.late_arrived(self.land(unit) is None)
             elif fate < 0.7:
                 self.late.append(unit)
 
@@ -282,6 +280,10 @@ class SimLog:
         """``EPOCH_SCRIPT``: an epoch above every one drawn before."""
         self.claims += 1
         return self.claims
+
+    def newest_id(self, shard: int) -> int:
+        """The seq of the log's newest id ever (``last-generated-id``: a trim keeps its own entry)."""
+        return self._last(shard)
 
     def _last(self, shard: int) -> int:
         log = self.logs[shard]
@@ -300,16 +302,12 @@ class SimLog:
             return "GAP"
         return None
 
-    def _land(self, unit: _Unit | _Snap) -> str | None:
+    def land(self, unit: _Unit | ScriptCall) -> str | None:
         """Land a unit all or none, as the append (or snapshot) script would; the refusal, if any."""
+        if isinstance(unit, ScriptCall):
+            return run_script(self, unit)
         if unit.epoch != (self.redis_epoch if unit.proc is None else self.owners[unit.shard]):
             return "FENCED"  # a replaced instance's; several processes: its group's owner key (one per group)
-        if isinstance(unit, _Snap):
-            if self.fences[unit.shard] > unit.token:
-                return "STALE"
-            self.snaps[unit.shard] = unit.data
-            self.logs[unit.shard] = [(s, d) for s, d in self.logs[unit.shard] if s >= unit.seq]  # keeps its own
-            return None
         for shard, seq, _, token in unit.entries:
             refusal = self._refusal(shard, seq, token)
             if refusal is not None:

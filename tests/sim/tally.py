@@ -19,6 +19,9 @@ class Tally:
     lost: int = 0  # appends answered "not landed"
     doubt: int = 0  # appends that landed, their caller told they failed
     late: int = 0  # appends answered "timed out", still on their way
+    snapshot_parts: int = 0  # script calls of snapshots written in parts
+    staging_lost: int = 0  # staging keys of snapshots in parts lost between two parts
+    snapshot_refused: int = 0  # snapshot script calls refused on arrival (fence, epoch, offset, log's end)
     channel_faults: int = 0  # channel writes lost, in doubt or late
     channel_late_landed: int = 0
     cross_shard: int = 0  # commands spanning shards (reserves, SHIPMENTs naming a reservation)
@@ -57,6 +60,8 @@ class Tally:
                 f"{self.late_refused} refused, {self.pauses} write pauses, {self.crashes} crashes, "
                 f"{self.stops} graceful stops, "
                 f"appends {self.lost} lost / {self.doubt} in doubt / {self.late} late, "
+                f"{self.snapshot_parts} snapshot parts ({self.staging_lost} staging keys lost, "
+                f"{self.snapshot_refused} snapshot scripts refused), "
                 f"{self.channel_faults} channel writes failed ({self.channel_late_landed} landed late), "
                 f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)"
                 + (self.processes_summary() if self.takeovers else ""))

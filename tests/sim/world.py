@@ -43,23 +43,27 @@ async def pong_within(actor: Any, log: Any) -> bool:
 """Rounds (each: a few event-loop turns, then Redis answers) within which an idle shard must answer."""
 
 
-def sim_config(shards: int = 3) -> ServiceConfig:
-    """Small enough that batches, pipelines, snapshots and cross-shard orders all happen often."""
+def sim_config(shards: int = 3, part_bytes: int = 1 << 20) -> ServiceConfig:
+    """Small enough that batches, pipelines, snapshots and cross-shard orders all happen often;
+    snapshots past ``part_bytes`` are written in parts (``snapparts.PART_BYTES``)."""
     limits = Limits(retention_ms=10**12, fact_grace_ms=10**12)  # nothing forgotten: every ack stays checkable
     # Nothing may depend on wall time, or a seed would not replay: no shedding by queue delay, and a
     # failed snapshot is retried at the next maintenance, not after a wall-clock backoff.
-    return ServiceConfig(port=0, metrics_port=-1, shards=shards, demo=False, auth="off", batch_max=6,
-                         pipeline_depth=3, mailbox_size=256, snapshot_every_entries=7, limits=limits,
-                         max_queue_delay_ms=10**9, snapshot_retry_max_s=1e-6)
+    config = ServiceConfig(port=0, metrics_port=-1, shards=shards, demo=False, auth="off", batch_max=6,
+                           pipeline_depth=3, mailbox_size=256, snapshot_every_entries=7, limits=limits,
+                           max_queue_delay_ms=10**9, snapshot_retry_max_s=1e-6)
+    # Past the validation: the sim's snapshots are small (~120 KB), so its parts are too.
+    object.__setattr__(config, "snapshot_part_bytes", part_bytes)
+    return config
 
 
 class World:
     def __init__(self, shards: int = 3, tally: Tally | None = None, channels: bool = True,
-                 cluster: bool = False) -> None:
+                 cluster: bool = False, part_bytes: int = 1 << 20) -> None:
         self.log = SimLog(tally, together=not cluster)
         self.channels = SimChannelStore(self.log)
         self.clock = ManualClock(START_MS)
-        self.config = sim_config(shards)
+        self.config = sim_config(shards, part_bytes)
         self.engine: Engine | None = None
         self.facts: FactDesk | None = None
         self.desk: DeskRunner | None = None
