@@ -34,8 +34,7 @@ PART_OUTCOMES = ("ok",) * 13 + ("lost", "doubt", "late")
 STAGING_LOST_P = 0.05
 PART_BYTES = (1 << 20, 64 << 10, 45_000, 30_000)
 """The part sizes a simulation's service is configured with (by seed): the sim's snapshots are of
-~100-130 KB, so one part, two, three or four. The two smallest are below what the configuration
-accepts (64 KiB): the parts are scaled down as the snapshots are."""
+~100-130 KB, so one part, two, three or four."""
 EARLIER_FIRST_P = 0.3
 """The chance that a snapshot script call finds the shard's earlier ones still on their way arriving
 just before it (another connection, a delaying proxy): a part of a try that failed lands between

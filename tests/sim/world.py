@@ -51,9 +51,7 @@ def sim_config(shards: int = 3, part_bytes: int = 1 << 20) -> ServiceConfig:
     # failed snapshot is retried at the next maintenance, not after a wall-clock backoff.
     config = ServiceConfig(port=0, metrics_port=-1, shards=shards, demo=False, auth="off", batch_max=6,
                            pipeline_depth=3, mailbox_size=256, snapshot_every_entries=7, limits=limits,
-                           max_queue_delay_ms=10**9, snapshot_retry_max_s=1e-6)
-    # Past the validation: the sim's snapshots are small (~120 KB), so its parts are too.
-    object.__setattr__(config, "snapshot_part_bytes", part_bytes)
+                           max_queue_delay_ms=10**9, snapshot_retry_max_s=1e-6, snapshot_part_bytes=part_bytes)
     return config
 
 
