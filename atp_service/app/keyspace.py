@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import ResponseError
 
 from atp_service.storage.keys import LAYOUT
 from atp_service.storage.log import LogStore
@@ -69,8 +69,8 @@ async def _check_persistence(client: Any, leased: bool = False) -> None:
     try:
         config: Any = await client.config_get("append*")
         policy: Any = await client.config_get("maxmemory-policy")
-    except RedisError:  # managed Redis often forbids CONFIG: nothing to check
-        return
+    except ResponseError:  # managed Redis often forbids CONFIG: nothing to check. Not answering is
+        return  # no such refusal: the start waits (redis_wait) rather than skip the eviction check
     evicts = policy.get(b"maxmemory-policy", policy.get("maxmemory-policy", b"noeviction"))
     evicts = evicts.decode() if isinstance(evicts, bytes) else str(evicts)
     if evicts.startswith("allkeys-"):

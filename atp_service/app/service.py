@@ -10,25 +10,24 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
-from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
 
 from atp_service.app.estate_file import read_estate
 from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_server, server_interceptors
 from atp_service.app.keyspace import StartupError, check_keyspace, replaced_said
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
+from atp_service.app.redis_wait import while_redis_is_away
 from atp_service.app.tracing import Tracing
 from atp_service.app.watched import Watched
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateUnusable, group_policies
 from atp_service.config import ServiceConfig
-from atp_service.config_values import redacted
 from atp_service.edge import transport
 from atp_service.edge.door import DoorCalls, server_ids
 from atp_service.edge.overload import LoopLagMonitor
@@ -43,7 +42,6 @@ from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
 from atp_service.metrics import Metrics
-from atp_service.retry import BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.keys import CHANNELS
@@ -53,11 +51,7 @@ from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelle
 from reservation import Unavailable
 
 log = logging.getLogger(__name__)
-REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
-"""Waits between tries to reach Redis at start (health stays NOT_SERVING meanwhile)."""
-PASSING_REFUSALS = (ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError)
-"""Refusals Redis gives for a while and then stops giving (a failover, memory freed): waited out
-at start like no answer; any other refusal fails the start (``StartupError``)."""
+T = TypeVar("T")
 DEMO_ESTATE = Path(__file__).with_name("demo_estate.toml")
 
 
@@ -245,18 +239,21 @@ class AtpService:
         self._log = store = LogStore(nodes, cfg.key_prefix, cfg.pipeline_max, metrics=self.metrics.storage,
                                      window=CommitWindow(cfg.commit_delay_ms / 1000, cfg.commit_delay_min_rate))
         store.tracer = self._servicer.tracer = self.tracing.tracer if self.tracing else None
-        await self._wait_for_redis(nodes.reader)
-        await check_keyspace(store, cfg.shards, cfg.ownership)
+        # Each step waits for Redis, a blip or a failover after the first PING included: a start
+        # fails only on a refusal waiting cannot cure (exit status 2), never on Redis being away.
+        await self._while_redis_is_away(nodes.reader.ping)
+        await self._while_redis_is_away(lambda: check_keyspace(store, cfg.shards, cfg.ownership))
         if cfg.ownership == "leases":
             return await self._join(store)
         # Before reading anything: an older instance still running on this keyspace can write no
         # more from here on, so what it wrote first is what recovery reads back.
-        epoch = await store.claim(cfg.shards)
+        epoch = await self._while_redis_is_away(lambda: store.claim(cfg.shards))  # a claim again: a higher epoch
         store.on_fenced.append(self._on_replaced)
         log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch,
                  extra={"event": "keyspace_owned", "key_prefix": cfg.key_prefix, "epoch": epoch})
         try:
-            actors, replayed = await recover_actors(store, self.clock, cfg.engine_settings, self.metrics.engine)
+            actors, replayed = await recover_actors(store, self.clock, cfg.engine_settings, self.metrics.engine,
+                                                    self._while_redis_is_away)
         except LogHole as exc:
             raise StartupError(str(exc)) from None
         for actor in actors:
@@ -316,28 +313,9 @@ class AtpService:
         assert self._log is not None
         (self.replaced if replaced_said(self._log, self.config.key_prefix) else self.failed).set()
 
-    async def _wait_for_redis(self, client: Any) -> None:
-        """Start-up waits for Redis (health stays NOT_SERVING) instead of dying on a slow dependency."""
-        await self._while_redis_is_away(client.ping)
-
-    async def _while_redis_is_away(self, attempt: Callable[[], Awaitable[None]]) -> None:
-        """``attempt()`` again (it must be safe to repeat) until Redis answers it: a blip during the
-        start delays it, health NOT_SERVING meanwhile, instead of failing it. A refusal that waiting
-        does not cure (a key of another type, a command the ACL denies) fails the start, naming it."""
-        def waiting(exc: BaseException, _wait: float) -> None:
-            log.warning("waiting for Redis at %s: %s", redacted(self.redis_url), exc,
-                        extra={"event": "redis_waiting"})
-
-        async def refusals_told() -> None:
-            try:
-                await attempt()
-            except PASSING_REFUSALS:
-                raise
-            except ResponseError as exc:
-                raise StartupError(f"redis_url: Redis at {redacted(self.redis_url)} refused a start-up "
-                                   f"command: {exc}") from None
-
-        await retry_until_done(refusals_told, STORAGE_ERRORS, REDIS_AT_START, waiting)
+    async def _while_redis_is_away(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` until Redis answers it, health NOT_SERVING meanwhile (``redis_wait``)."""
+        return await while_redis_is_away(self.redis_url, attempt)
 
     async def _stop_server(self, grace_s: float) -> None:
         """Stop gRPC once, whoever asks (an unwinding start, ``stop()``) and however often they are

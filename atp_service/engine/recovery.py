@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Protocol, TypeVar
+
 from atp_service.config import EngineSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import LogStore
 from reservation import Ledger, Limits, decode_entry
+
+T = TypeVar("T")
+
+
+class Retrying(Protocol):
+    """Runs a step that reads Redis until it is done (``app.redis_wait``); a plain await: once."""
+
+    def __call__(self, attempt: Callable[[], Awaitable[T]], /) -> Awaitable[T]: ...
+
+
+async def once(attempt: Callable[[], Awaitable[T]]) -> T:
+    return await attempt()
 
 
 class LogHole(RuntimeError):
@@ -36,12 +52,14 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits) -> tuple[Le
 
 
 async def recover_actors(store: LogStore, clock: Clock, settings: EngineSettings,
-                         metrics: EngineMetrics) -> tuple[list[ShardActor], int]:
+                         metrics: EngineMetrics, retrying: Retrying = once) -> tuple[list[ShardActor], int]:
     """Every shard's actor, recovered (not started), and the entries replayed in all. The clock's
-    floor is raised to the newest timestamp logged (R6: never stamp a command before one already logged)."""
+    floor is raised to the newest timestamp logged (R6: never stamp a command before one already logged).
+    ``retrying`` runs each shard's recovery: the start's waits for Redis try a shard again from its
+    snapshot, not the shards recovered already."""
     actors, replayed, newest = [], 0, 0
     for shard in range(settings.shards):
-        ledger, seq, n = await recover_shard(store, shard, settings.limits)
+        ledger, seq, n = await retrying(partial(recover_shard, store, shard, settings.limits))
         replayed += n
         newest = max(newest, ledger.clock)
         actors.append(ShardActor(shard, ledger, store, clock, settings.shard_settings, seq, metrics,

@@ -27,6 +27,7 @@ from atp_service import AtpService, EmbeddedRedis, free_port
 from atp_service.app import cli
 from atp_service.app.keyspace import StartupError
 from atp_service.storage.keys import Keyspace
+from atp_service.storage.log import LogStore
 from benchmarks.tcp_delay import DelayProxyProcess
 from tests.atp_service.app.test_cli import wait_for_line
 from tests.atp_service.app.test_healthcheck import LogSeen, health
@@ -281,3 +282,46 @@ async def test_nothing_is_answered_and_no_estate_reloaded_before_the_start_is_do
         proxy.drop()
         await asyncio.wait_for(starting, 30)
         assert await service.reload_estate() is not None  # once it serves
+
+
+@pytest.mark.parametrize("marker", [b"HSETNX", b"CONFIG", LogStore._CLAIM.sha.encode(), b"XRANGE"],
+                         ids=["keyspace check", "persistence check", "claim", "recovery"])
+async def test_redis_lost_while_claiming_and_recovering_delays_the_start_instead_of_failing_it(
+        redis_server: EmbeddedRedis, tmp_path: Path, marker: bytes) -> None:
+    """Redis answered the first PING, then stopped answering (a blip, a failover behind its address)
+    while the start checked the keyspace, claimed it or read a shard's log: the start waits,
+    health NOT_SERVING, and goes on once Redis answers. It failed the start (exit status 1), or
+    (CONFIG GET unanswered) skipped the check of Redis's eviction policy."""
+    async with waiting_at_the_proxy(redis_server, tmp_path, marker) as (service, starting, proxy):
+        assert not starting.done() and service.engine is None
+        assert (await health(service.port))[0] == 1  # NOT_SERVING
+        proxy.hold()
+        proxy.drop()
+        await asyncio.wait_for(starting, 30)
+        assert (await health(service.port))[0] == 0
+
+
+async def test_a_claim_no_replica_confirms_waits_for_the_replicas_instead_of_failing_the_start(
+        tmp_path: Path) -> None:
+    """``redis_wait_replicas = 1`` and the replica away (restarting, resyncing) as the service starts:
+    its claim lands on the primary unconfirmed (``NotReplicated``). The start waits for the
+    replica, health NOT_SERVING, then serves. It failed the start (exit status 1)."""
+    primary = EmbeddedRedis(tmp_path / "primary").start()
+    replica = EmbeddedRedis(tmp_path / "replica", extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
+    service = AtpService(make_config(redis_wait_replicas=1, redis_wait_timeout_ms=100, redis_timeout_s=1.0),
+                         primary.url)
+    waiting = LogSeen("NOT REPLICATED")
+    logger = logging.getLogger("atp_service.app.service")
+    logger.addHandler(waiting)
+    try:
+        starting = asyncio.create_task(service.start())
+        await asyncio.wait_for(waiting.seen.wait(), 30)
+        assert not starting.done() and (await health(service.port))[0] == 1  # NOT_SERVING
+        replica.start()
+        await asyncio.wait_for(starting, 30)
+        assert (await health(service.port))[0] == 0
+    finally:
+        logger.removeHandler(waiting)
+        await service.stop(grace_s=0)
+        replica.stop()
+        primary.stop()
