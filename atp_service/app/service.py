@@ -45,7 +45,7 @@ from atp_service.metrics import Metrics
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.keys import CHANNELS
-from atp_service.storage.log import CommitWindow, LogStore
+from atp_service.storage.log import CommitWindow, LogStore, SnapshotUnreadable
 from atp_service.storage.nodes import connect_any, open_nodes
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled, keep
 from reservation import Unavailable
@@ -254,7 +254,7 @@ class AtpService:
         try:
             actors, replayed = await recover_actors(store, self.clock, cfg.engine_settings, self.metrics.engine,
                                                     self._while_redis_is_away)
-        except LogHole as exc:
+        except (LogHole, SnapshotUnreadable) as exc:  # data this version cannot serve from: refused, exit 2
             raise StartupError(str(exc)) from None
         for actor in actors:
             actor.on_failure.append(self._on_shard_failed)

@@ -320,6 +320,20 @@ async def test_recovery_refuses_a_log_with_a_hole(start_service: ServiceFactory,
         await start_service(shards=1)
 
 
+async def test_recovery_refuses_a_snapshot_it_cannot_read_as_a_refused_start(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A snapshot in another version's layout (a rollback after an upgrade wrote one) is data this
+    version cannot serve from: a refused start (StartupError: ``atp-service serve`` exits 2, which
+    supervisors leave stopped), like a log with a hole. It was a failed start (exit status 1):
+    restarted, and refused again, for ever."""
+    from atp_service.app.keyspace import StartupError
+
+    await start_service(shards=1)  # the keyspace's layout and shard count recorded
+    redis.Redis.from_url(redis_url).set("atp:{g0}:snap", b"not a snapshot of this version")
+    with pytest.raises(StartupError, match=r"shard 0: the snapshot .* is not in this version's layout"):
+        await start_service(shards=1)
+
+
 async def test_a_redis_that_may_evict_keys_is_refused_at_start(start_service: ServiceFactory, redis_url: str) -> None:
     from atp_service.app.keyspace import StartupError
 
