@@ -29,7 +29,7 @@ from typing import Any
 from atp_service.config import ServiceConfig
 from atp_service.edge.routing import Route, RoutingTable
 from atp_service.engine.clock import Clock
-from atp_service.engine.recovery import recover_shard
+from atp_service.engine.recovery import Retrying, once, recover_shard
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics, MembershipMetrics
@@ -129,16 +129,17 @@ class Membership:
         return RoutingTable(shards, self.address, tuple(Route(g, *self.where(g)) for g in range(shards)))
 
     # -- lifecycle ------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, retrying: Retrying = once) -> None:
         """Register, take a first share of the groups (recovered before this returns), then keep
-        renewing and rebalancing in the background."""
+        renewing and rebalancing in the background. ``retrying`` runs the first balance: the start's
+        waits for Redis (a balance is safe to repeat: it takes what is still missing)."""
         await self.renew()
         loop = asyncio.get_running_loop()
         # Renewing runs while the first share is recovered: the groups taken first must not run out
-        # while the later ones are recovered, however long that takes.
+        # while the later ones are recovered, however long that takes (or Redis is waited for).
         renewing = loop.create_task(self._forever(self.renew), name="leases-renew")
         try:
-            await self.balance()
+            await retrying(self.balance)
         except BaseException:
             await cancel_and_wait(renewing)
             raise

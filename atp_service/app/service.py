@@ -276,7 +276,7 @@ class AtpService:
         engine.on_install.append(lambda actor: actor.on_failure.append(membership.failed))  # re-recovered
         self._servicer.routing = self._servicer.forwarder.routing = self.membership.table
         engine.remote = step_sender(self._servicer.forwarder, peer_token(cfg))
-        await self.membership.start()
+        await self.membership.start(self._while_redis_is_away)
         log.info("serving keyspace %r as %s with %d of its %d groups (%d processes)", cfg.key_prefix,
                  self.membership.address, len(self.membership.leases.held), cfg.shards, len(self.membership.members))
         return engine

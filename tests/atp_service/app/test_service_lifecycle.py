@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -201,14 +202,15 @@ async def test_a_stop_while_a_lease_is_being_granted_gives_it_back(redis_url: st
 
 
 @asynccontextmanager
-async def waiting_at_the_proxy(redis_server: EmbeddedRedis, tmp_path: Path, marker: bytes
+async def waiting_at_the_proxy(redis_server: EmbeddedRedis, tmp_path: Path, marker: bytes, **settings: Any
                                ) -> AsyncIterator[tuple[AtpService, asyncio.Task[None], HoldingProxy]]:
-    """A service with channels and input streams starting through a ``HoldingProxy`` that holds the
-    commands holding ``marker``: yielded (with its start's task) once it logs that it waits for Redis."""
+    """A service with channels and input streams (and ``settings``) starting through a ``HoldingProxy``
+    that holds the commands holding ``marker``: yielded (with its start's task) once it logs that it
+    waits for Redis."""
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     url = await proxy.start()
     proxy.hold(marker)  # each such command times out, and the connection after it too
-    service = AtpService(make_config(estate=write_estate(tmp_path), redis_timeout_s=0.5), url)
+    service = AtpService(make_config(**{"estate": write_estate(tmp_path), "redis_timeout_s": 0.5, **settings}), url)
     waiting = LogSeen("waiting for Redis")
     logger = logging.getLogger("atp_service.app.service")
     logger.addHandler(waiting)
@@ -287,7 +289,7 @@ async def test_nothing_is_answered_and_no_estate_reloaded_before_the_start_is_do
 @pytest.mark.parametrize("marker", [b"HSETNX", b"CONFIG", LogStore._CLAIM.sha.encode(), b"XRANGE"],
                          ids=["keyspace check", "persistence check", "claim", "recovery"])
 async def test_redis_lost_while_claiming_and_recovering_delays_the_start_instead_of_failing_it(
-        redis_server: EmbeddedRedis, tmp_path: Path, marker: bytes) -> None:
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path, marker: bytes) -> None:
     """Redis answered the first PING, then stopped answering (a blip, a failover behind its address)
     while the start checked the keyspace, claimed it or read a shard's log: the start waits,
     health NOT_SERVING, and goes on once Redis answers. It failed the start (exit status 1), or
@@ -325,3 +327,19 @@ async def test_a_claim_no_replica_confirms_waits_for_the_replicas_instead_of_fai
         await service.stop(grace_s=0)
         replica.stop()
         primary.stop()
+
+
+@pytest.mark.parametrize("marker", [b"MGET", b"XRANGE"], ids=["routes", "a group's recovery"])
+async def test_redis_lost_while_taking_the_first_groups_delays_a_leased_start_instead_of_failing_it(
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path, marker: bytes) -> None:
+    """``ownership = leases``: the start reads who owns what and takes (and recovers) its first share
+    of the groups; Redis not answering there is waited out as at every other step of the start,
+    health NOT_SERVING. It failed the start (exit status 1)."""
+    async with waiting_at_the_proxy(redis_server, tmp_path, marker, ownership="leases", estate=None,
+                                    port=free_port()) as (service, starting, proxy):
+        assert not starting.done() and (await health(service.port))[0] == 1  # NOT_SERVING
+        proxy.hold()
+        proxy.drop()
+        await asyncio.wait_for(starting, 30)
+        assert (await health(service.port))[0] == 0
+        assert service.membership is not None and len(service.membership.leases.held) == 4  # every group
