@@ -25,7 +25,17 @@ help:
 	@echo "make soak SECONDS=60 SEED=1 - benchmarks/fault_soak.py (Redis pauses, slow network, kill -9; then the invariants), then on a Redis Cluster, then three service processes sharing it"
 
 # Exact versions with hashes from requirements/dev.lock, then the two packages of this tree.
+# Debian's python3.11 comes without ensurepip, which `python -m venv` needs: it is in the
+# python3.11-venv package (installed here as root; otherwise say what to install).
 $(STAMP): pyproject.toml client/pyproject.toml requirements/dev.lock
+	@$(PYTHON) -c 'from ensurepip import bootstrap' 2>/dev/null || { \
+	  venv_pkg="$$($(PYTHON) -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])')"; \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's $$venv_pkg (python -m venv needs ensurepip)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$$venv_pkg" >/dev/null; \
+	  else \
+	    echo "$(PYTHON) has no ensurepip (python -m venv needs it): run 'sudo apt-get install $$venv_pkg'"; exit 1; \
+	  fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock
