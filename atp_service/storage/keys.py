@@ -66,6 +66,11 @@ class Keyspace:
         return f"{self.tag(CHANNELS)}{channel}:state"
 
     @property
+    def claimed_by(self) -> str:
+        """The token of the instance whose claim took the keyspace last, on one Redis (``CLAIM_SCRIPT``)."""
+        return f"{self.prefix}claimed-by"
+
+    @property
     def claims(self) -> str:
         """The last epoch drawn by a claim on a Redis Cluster (``EPOCH_SCRIPT``): no two claims share one."""
         return f"{self.prefix}claims"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -30,13 +31,7 @@ from atp_service.storage.records import (
     encode_snapshot,
 )
 from atp_service.storage.resp import as_text
-from atp_service.storage.scripts import (
-    APPEND_SCRIPT,
-    CLAIM_AT_SCRIPT,
-    CLAIM_SCRIPT,
-    EPOCH_SCRIPT,
-    FENCE_SCRIPT,
-)
+from atp_service.storage.scripts import APPEND_SCRIPT, CLAIM_AT_SCRIPT, CLAIM_SCRIPT, EPOCH_SCRIPT, FENCE_SCRIPT
 from atp_service.storage.snapshot_parts import write_snapshot_in_parts
 from atp_service.storage.window import CommitWindow
 from atp_service.traces import span
@@ -81,6 +76,7 @@ class LogStore(LogReads):
         self.epochs: dict[int, int] = {}
         """Per group (a shard, or ``CHANNELS``), this instance's claim on it (``claim``); a group not
         claimed is written with epoch 0, which every owner key refuses."""
+        self.claim_token = secrets.token_hex(8)  # this instance's claims, repeated or landing late, are one
         self.fenced = self.claim_lost = False
         """A write was refused: a newer instance owns the keyspace (``claim_lost``: none does, Redis
         lost this instance's claim, ``Fenced.claim_lost``). Final."""
@@ -112,7 +108,8 @@ class LogStore(LogReads):
         groups = [*range(shards), CHANNELS]
         if not self.nodes.together:
             return await self._claim_each(groups)
-        call = Call(self._CLAIM, [k for g in groups for k in (self.keys.owner(g), self.keys.fence(g))], [])
+        keys = [k for g in groups for k in (self.keys.owner(g), self.keys.fence(g))]
+        call = Call(self._CLAIM, [*keys, self.keys.claimed_by], [self.claim_token])
         epoch, *fences = (int(v) for v in await self.nodes.run_one(call))
         for group, fence in zip(groups, fences, strict=True):
             self.epochs[group], self._tokens[group] = epoch, fence

@@ -137,16 +137,30 @@ return 'OK'
 # every write of an earlier owner is refused from now on; returns the epoch, then each group's fence
 # (the token this owner's writes carry). On one Redis one call claims every group at once: of two
 # instances starting together one wins them all. KEYS: owner, fence per group.
+# The last key names the claim that took the keyspace (ARGV[1], one token per instance): a claim
+# whose reply was lost is sent again, and the first copy may land after the second; a copy finding
+# its own token answers as the claim did instead of claiming again above it (the instance would
+# then find its own keyspace taken, "replaced", and stop for good).
 CLAIM_SCRIPT = """
+local n = #KEYS - 1
+local out = {}
+if redis.call('GET', KEYS[#KEYS]) == ARGV[1] then
+  out[1] = tonumber(redis.call('GET', KEYS[1]))
+  for i = 1, n, 2 do
+    out[#out + 1] = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  end
+  return out
+end
 local top = 0
-for i = 1, #KEYS, 2 do
+for i = 1, n, 2 do
   top = math.max(top, tonumber(redis.call('GET', KEYS[i]) or '0'))
 end
-local out = {top + 1}
-for i = 1, #KEYS, 2 do
+out[1] = top + 1
+for i = 1, n, 2 do
   redis.call('SET', KEYS[i], top + 1)
   out[#out + 1] = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
 end
+redis.call('SET', KEYS[#KEYS], ARGV[1])
 return out
 """
 

@@ -14,6 +14,7 @@ from redis.exceptions import DataError, RedisError
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.keys import CHANNELS
 from atp_service.storage.log import CommitWindow, Fenced, LogStore, SnapshotUnreadable, connect, encode_snapshot
+from atp_service.storage.nodes import Call
 from atp_service.storage.resp import seq_of
 from reservation import ChannelUpdate, Ledger, Limits, StockStatus
 
@@ -292,3 +293,18 @@ async def test_an_entry_that_cannot_be_packed_fails_alone_and_the_log_goes_on(st
     assert store._in_flight == 0
     await asyncio.wait_for(store.submit(0, 1, b"good"), 5)
     assert [seq_of(i) for i, _ in await store.client.xrange(store.keys.log(0))] == [1]
+
+
+async def test_a_claim_that_lands_again_late_answers_as_it_did_instead_of_claiming_above_it(store: LogStore) -> None:
+    """A start retries a claim whose reply was lost (Redis did not answer); the first copy may land
+    after the retry's. It claimed again above it, so the instance found its keyspace taken by
+    itself — 'replaced', exit 3, not restarted — with no other instance anywhere."""
+    epoch = store.epoch
+    keys = [k for g in [*range(4), CHANNELS] for k in (store.keys.owner(g), store.keys.fence(g))]
+    late = Call(LogStore._CLAIM, [*keys, store.keys.claimed_by], [store.claim_token])
+    assert int((await store.nodes.run_one(late))[0]) == epoch  # answered as the claim was
+    await store.submit(0, 1, b"still the owner")
+    newer = LogStore(store.client, "t:", pipeline_max=64)  # another instance does claim above it
+    assert await newer.claim(4) == epoch + 1
+    with pytest.raises(Fenced):
+        await store.submit(0, 2, b"replaced")
