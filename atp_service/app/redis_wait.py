@@ -24,6 +24,11 @@ REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
 PASSING_REFUSALS = (ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError)
 """Refusals Redis gives for a while and then stops giving (a failover, memory freed): waited out
 at start like no answer; any other refusal fails the start (``StartupError``)."""
+PASSING_CODES = frozenset({"NOREPLICAS", "BUSY"})
+"""Refusals of the same kind redis-py raises as a plain ``ResponseError``, known by their code: writes
+refused while fewer replicas than ``min-replicas-to-write`` are connected (one restarting,
+resyncing), and a script running past ``busy-reply-threshold``. Each ends without anyone acting,
+so it must not stop the start as refused for its data (exit status 2: never restarted)."""
 
 
 async def while_redis_is_away(redis_url: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -38,11 +43,17 @@ async def while_redis_is_away(redis_url: str, attempt: Callable[[], Awaitable[T]
             return await attempt()
         except Fenced:
             raise
-        except PASSING_REFUSALS as exc:
-            error: BaseException = exc
         except ResponseError as exc:
-            raise StartupError(f"redis_url: Redis at {redacted(redis_url)} refused a start-up command: {exc}") from None
+            if not _passing(exc):
+                raise StartupError(f"redis_url: Redis at {redacted(redis_url)} refused a start-up command: "
+                                   f"{exc}") from None
+            error: BaseException = exc
         except STORAGE_ERRORS as exc:
             error = exc
         log.warning("waiting for Redis at %s: %s", redacted(redis_url), error, extra={"event": "redis_waiting"})
         await backoff.wait()
+
+
+def _passing(refusal: ResponseError) -> bool:
+    """Whether Redis gives ``refusal`` for a while and then stops giving it (waited out at start)."""
+    return isinstance(refusal, PASSING_REFUSALS) or str(refusal).split(" ", 1)[0] in PASSING_CODES
