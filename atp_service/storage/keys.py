@@ -66,9 +66,9 @@ class Keyspace:
         return f"{self.tag(CHANNELS)}{channel}:state"
 
     @property
-    def claimed_by(self) -> str:
-        """The token of the instance whose claim took the keyspace last, on one Redis (``CLAIM_SCRIPT``)."""
-        return f"{self.prefix}claimed-by"
+    def claimants(self) -> str:
+        """The tokens of the recent claims on one Redis, scored by the epoch each took (``CLAIM_SCRIPT``)."""
+        return f"{self.prefix}claimants"
 
     @property
     def claims(self) -> str:

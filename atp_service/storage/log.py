@@ -109,7 +109,7 @@ class LogStore(LogReads):
         if not self.nodes.together:
             return await self._claim_each(groups)
         keys = [k for g in groups for k in (self.keys.owner(g), self.keys.fence(g))]
-        call = Call(self._CLAIM, [*keys, self.keys.claimed_by], [self.claim_token])
+        call = Call(self._CLAIM, [*keys, self.keys.claimants], [self.claim_token])
         epoch, *fences = (int(v) for v in await self.nodes.run_one(call))
         for group, fence in zip(groups, fences, strict=True):
             self.epochs[group], self._tokens[group] = epoch, fence

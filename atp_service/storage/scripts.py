@@ -137,15 +137,19 @@ return 'OK'
 # every write of an earlier owner is refused from now on; returns the epoch, then each group's fence
 # (the token this owner's writes carry). On one Redis one call claims every group at once: of two
 # instances starting together one wins them all. KEYS: owner, fence per group.
-# The last key names the claim that took the keyspace (ARGV[1], one token per instance): a claim
-# whose reply was lost is sent again, and the first copy may land after the second; a copy finding
-# its own token answers as the claim did instead of claiming again above it (the instance would
-# then find its own keyspace taken, "replaced", and stop for good).
+# The last key (a sorted set) holds the token of each recent claim (ARGV[1], one per instance),
+# scored by the epoch it took: a claim whose reply was lost is sent again, and the first copy may
+# land after the second — after another instance's claim too. A copy finding its own token answers
+# the epoch that token took (never the current one: that may be another's) and claims nothing: one
+# claiming above a newer instance would leave both refused "replaced" (exit 3) and nobody serving.
+# Only the newest CLAIMANTS_KEPT are kept: a copy still on its way is of a recent start.
+CLAIMANTS_KEPT = 64
 CLAIM_SCRIPT = """
 local n = #KEYS - 1
 local out = {}
-if redis.call('GET', KEYS[#KEYS]) == ARGV[1] then
-  out[1] = tonumber(redis.call('GET', KEYS[1]))
+local mine = redis.call('ZSCORE', KEYS[#KEYS], ARGV[1])
+if mine then
+  out[1] = tonumber(mine)
   for i = 1, n, 2 do
     out[#out + 1] = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
   end
@@ -160,7 +164,8 @@ for i = 1, n, 2 do
   redis.call('SET', KEYS[i], top + 1)
   out[#out + 1] = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
 end
-redis.call('SET', KEYS[#KEYS], ARGV[1])
+redis.call('ZADD', KEYS[#KEYS], top + 1, ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[#KEYS], 0, -""" + str(CLAIMANTS_KEPT + 1) + """)
 return out
 """
 

@@ -301,10 +301,25 @@ async def test_a_claim_that_lands_again_late_answers_as_it_did_instead_of_claimi
     itself — 'replaced', exit 3, not restarted — with no other instance anywhere."""
     epoch = store.epoch
     keys = [k for g in [*range(4), CHANNELS] for k in (store.keys.owner(g), store.keys.fence(g))]
-    late = Call(LogStore._CLAIM, [*keys, store.keys.claimed_by], [store.claim_token])
+    late = Call(LogStore._CLAIM, [*keys, store.keys.claimants], [store.claim_token])
     assert int((await store.nodes.run_one(late))[0]) == epoch  # answered as the claim was
     await store.submit(0, 1, b"still the owner")
     newer = LogStore(store.client, "t:", pipeline_max=64)  # another instance does claim above it
     assert await newer.claim(4) == epoch + 1
     with pytest.raises(Fenced):
         await store.submit(0, 2, b"replaced")
+
+
+async def test_a_claim_landing_late_after_a_newer_instance_claimed_leaves_the_newer_one_owner(
+        store: LogStore) -> None:
+    """Instance A's claim is sent twice (its first reply lost); the retry lands first, then instance B
+    claims, then A's first copy lands: the token then found is B's, so the copy claimed above B.
+    A holds the epoch its retry answered, B its own: both were refused 'replaced' at their next
+    write (exit status 3 each, neither restarted) and nobody served the keyspace."""
+    keys = [k for g in [*range(4), CHANNELS] for k in (store.keys.owner(g), store.keys.fence(g))]
+    late = Call(LogStore._CLAIM, [*keys, store.keys.claimants], [store.claim_token])  # A's first copy
+    newer = LogStore(store.client, "t:", pipeline_max=64)
+    epoch = await newer.claim(4)  # B, after A's retry landed (the fixture's claim)
+    await store.nodes.run_one(late)
+    assert int(await store.client.get(store.keys.owner(0))) == epoch
+    await newer.submit(0, 1, b"B still owns the keyspace")
