@@ -201,7 +201,7 @@ class ServiceConfig:
     logger, message and the record's fields) for a log pipeline."""
 
     tracing_endpoint: str = ""
-    """OTLP/HTTP traces endpoint of a collector (e.g. ``http://otel-collector:4318/v1/traces``):
+    """OTLP/HTTP traces endpoint of a collector (such as ``http://otel-collector:4318/v1/traces``):
     sampled OpenTelemetry traces of the calls and the shard/log path. Empty: no tracing. Needs the
     ``tracing`` extra; the exporter's other settings (headers, certificates) are OpenTelemetry's own
     ``OTEL_EXPORTER_OTLP_TRACES_*`` variables."""

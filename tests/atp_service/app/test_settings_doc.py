@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from atp_service.app.settings_doc import END, MARK, rewrite
+from atp_service.app.settings_doc import END, MARK, first_sentence, rewrite
 from atp_service.config import ServiceConfig
 from atp_service.config_settings import OTHER_TOOLS, settings_of
 
@@ -47,3 +47,11 @@ def test_every_variable_the_project_names_is_a_setting_or_another_tools(project_
         if unknown := set(VARIABLE.findall(path.read_text(errors="replace"))) - known:
             strays[path.relative_to(project_root).as_posix()] = sorted(unknown)
     assert strays == {}
+
+
+def test_each_settings_first_sentence_is_whole() -> None:
+    """The table shows the first sentence only: one cut inside parentheses (an "e.g." followed by
+    a name) leaves a row that stops mid-phrase."""
+    cut = [s.env for s in settings_of(ServiceConfig)
+           if first_sentence(s.doc).count("(") != first_sentence(s.doc).count(")")]
+    assert cut == []
