@@ -147,16 +147,16 @@ class ServiceConfig:
     the shard's state, and during a Redis outage a try on every maintenance pass took half a core."""
 
     snapshot_write_mb_per_s: float = 20.0
-    """A snapshot's write to Redis may take its size at this rate, on top of ``redis_timeout_s``: a
-    shard's snapshot of 1.9 M positions (~136 MB) took 1.7 s to store with ``appendfsync always`` on
-    a 2-core VM; held to an append's timeout, a slower disk made it time out, land all the same,
+    """A snapshot's write to Redis may take its size at this rate, on top of ``redis_timeout_s``.
+    A shard's snapshot of 1.9 M positions (~136 MB) took 1.7 s to store with ``appendfsync always``
+    on a 2-core VM; held to an append's timeout, a slower disk made it time out, land all the same,
     and be written again at every retry."""
 
     snapshot_part_bytes: int = 1 << 20
     """A snapshot above this size is written to Redis in parts of this size, each its own call, and
-    moved into place whole by the last: Redis runs one command at a time, and a 128 MB snapshot
-    stored in one call held every shard's appends behind it for 1.2-1.4 s (1 MiB parts: ~20 ms;
-    ``benchmarks/snapshot_write.py``)."""
+    moved into place whole by the last, so that other shards' appends pass between them. Redis runs
+    one command at a time, and a 128 MB snapshot stored in one call held every shard's appends
+    behind it for 1.2-1.4 s (1 MiB parts: ~20 ms; ``benchmarks/snapshot_write.py``)."""
 
     maintenance_interval_ms: int = 100
     """How often expiry, retention eviction and snapshot checks run."""
