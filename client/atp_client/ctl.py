@@ -1,4 +1,5 @@
-"""``atpctl``: operate an ATP service from a shell. Prints JSON; exits 1 with the gRPC status on error."""
+"""``atpctl``: operate an ATP service from a shell. Prints JSON (a table on a terminal); a refusal exits
+with a status per class of gRPC status (``_output.EXIT_HELP``)."""
 
 from __future__ import annotations
 
