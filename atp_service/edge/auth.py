@@ -75,7 +75,9 @@ class Callers:
 
 def load_callers(path: Path) -> Callers:
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode())
+    except UnicodeDecodeError as exc:  # a ValueError, not a CallersError: it would crash the start
+        raise CallersError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise CallersError(f"{path}: not valid TOML: {exc}") from None
     raw = data.get("callers")
@@ -83,18 +85,25 @@ def load_callers(path: Path) -> Callers:
         raise CallersError("callers: must be a non-empty array of tables ([[callers]])")
     by_hash: dict[str, Caller] = {}
     for n, entry in enumerate(raw):
-        where = f"callers[{n}]"
-        name, digest, roles = entry.get("name"), entry.get("token_sha256"), entry.get("roles")
-        if not isinstance(name, str) or not name:
-            raise CallersError(f"{where}.name: must be a non-empty string")
-        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise CallersError(f"{where}.token_sha256: must be 64 lowercase hex digits (atpctl token new)")
-        if not isinstance(roles, list) or not roles or any(r not in PERMISSIONS for r in roles):
-            raise CallersError(f"{where}.roles: must list roles among {', '.join(PERMISSIONS)}")
+        digest, caller = _entry(f"callers[{n}]", entry)
         if digest in by_hash:
-            raise CallersError(f"{where}.token_sha256: the same token is given to {by_hash[digest].name!r}")
-        by_hash[digest] = Caller(name, frozenset(roles))
+            raise CallersError(f"callers[{n}].token_sha256: the same token is given to {by_hash[digest].name!r}")
+        by_hash[digest] = caller
     return Callers(by_hash)
+
+
+def _entry(where: str, entry: dict[str, Any]) -> tuple[str, Caller]:
+    """One ``[[callers]]`` table checked: (its token's hash, the caller)."""
+    name, digest, roles = entry.get("name"), entry.get("token_sha256"), entry.get("roles")
+    if not isinstance(name, str) or not name:
+        raise CallersError(f"{where}.name: must be a non-empty string")
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise CallersError(f"{where}.token_sha256: must be 64 lowercase hex digits (atpctl token new)")
+    # Strings first: an array or a table among the roles is unhashable, and ``in`` would raise TypeError.
+    if not isinstance(roles, list) or not roles or any(not isinstance(r, str) or r not in PERMISSIONS
+                                                       for r in roles):
+        raise CallersError(f"{where}.roles: must list roles among {', '.join(PERMISSIONS)}")
+    return digest, Caller(name, frozenset(roles))
 
 
 def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str | None:

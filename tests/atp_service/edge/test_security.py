@@ -126,6 +126,25 @@ async def test_auth_is_on_by_default_outside_demo_mode_and_needs_a_callers_file(
     await service.stop(grace_s=0)
 
 
+@pytest.mark.parametrize(("content", "named"), [
+    ('[[callers]]\nname = "x"\nroles = [["admin"]]\ntoken_sha256 = "' + "0" * 64 + '"\n', r"callers\[0\]\.roles"),
+    ('[[callers]]\nname = "x"\nroles = [{role = "admin"}]\ntoken_sha256 = "' + "0" * 64 + '"\n',
+     r"callers\[0\]\.roles"),
+    ("[[callers]]\nname = \"caf\xe9\"\n", "not UTF-8"),
+])
+async def test_a_callers_file_that_cannot_be_used_stops_the_start_naming_what_is_wrong(
+        redis_url: str, tmp_path: Path, content: str, named: str) -> None:
+    """Roles given as arrays or tables (unhashable) crashed the check with a TypeError, a file that is
+    not UTF-8 with a UnicodeDecodeError: a traceback and exit status 1, which supervisors restart for
+    ever, instead of a StartupError naming the key (exit status 2)."""
+    path = tmp_path / "callers.toml"
+    path.write_bytes(content.encode("latin-1"))
+    service = AtpService(make_config(auth="on", callers_file=path), redis_url)
+    with pytest.raises(StartupError, match=named):
+        await service.start()
+    await service.stop(grace_s=0)
+
+
 async def test_tls_and_mutual_tls(start_service: ServiceFactory, certs: tuple[Path, Path]) -> None:
     ours, stranger = certs
     ca = (ours / "ca.pem").read_bytes()
