@@ -118,8 +118,16 @@ def _new_token(name: str, roles: str) -> int:
     token = new_token()
     print(f"# token for {name} (shown once; give it to the caller, keep it out of files and logs):", file=sys.stderr)
     print(token, file=sys.stderr)
-    print(f'[[callers]]\nname = "{name}"\nroles = {json.dumps(wanted)}\ntoken_sha256 = "{token_hash(token)}"')
+    entry = f'[[callers]]\nname = {_toml_string(name)}\nroles = {json.dumps(wanted)}'
+    print(f'{entry}\ntoken_sha256 = "{token_hash(token)}"')
     return 0
+
+
+def _toml_string(text: str) -> str:
+    """``text`` as one TOML basic string: a quote or a new line in a name must not end the string and
+    write keys (roles, another caller) of its own. JSON's escapes are TOML's; TOML also wants DEL
+    escaped, and astral characters raw (ensure_ascii would write surrogate pairs, which TOML refuses)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _read(path: Path | None) -> bytes | None:

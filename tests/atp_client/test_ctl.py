@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from atp_client.ctl import main
+from atp_service.edge.auth import load_callers, token_hash
 from tests.conftest import ServiceFactory
 
 
@@ -68,3 +69,24 @@ def test_an_argument_out_of_range_is_a_usage_error_naming_it(args: list[str], na
         main(["--target", "127.0.0.1:1", "--retries", "0", *args])
     assert exited.value.code == 2
     assert f"argument {named}:" in capsys.readouterr().err
+
+
+CHOSEN = "the-name-authors-token"
+
+
+@pytest.mark.parametrize("name", [
+    f'x"\nroles = ["admin"]\ntoken_sha256 = "{token_hash(CHOSEN)}"\n[[callers]]\nname = "y',
+    'caf\u00e9 \\ \x7f\t\U0001f600',
+])
+def test_token_new_writes_a_name_as_one_toml_string_never_as_more_entries(
+        name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The name went into the entry between quotes as it was: a name holding a quote and new lines
+    (from a provisioning form, say) wrote further keys and entries — here an admin caller whose token
+    the name's author chose — into the callers file the operator pastes it into."""
+    assert main(["token", "new", name, "--roles", "channel"]) == 0
+    printed = capsys.readouterr()
+    (tmp_path / "callers.toml").write_text(printed.out)
+    callers = load_callers(tmp_path / "callers.toml")
+    assert len(callers) == 1 and callers.lookup(CHOSEN) is None
+    caller = callers.lookup(printed.err.splitlines()[-1])  # the token: its last line
+    assert caller is not None and (caller.name, caller.roles) == (name, frozenset({"channel"}))
