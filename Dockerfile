@@ -27,8 +27,9 @@ RUN pip install --no-cache-dir --require-hashes -r /tmp/service.lock \
 USER 10001:10001
 # Not demo mode, so bearer tokens are required: mount a callers file and set ATP_CALLERS_FILE
 # (see docs/OPERATIONS.md#security), plus ATP_TLS_CERT/ATP_TLS_KEY for TLS.
-# Inside a container the gRPC port must listen on all interfaces; metrics stay
-# opt-in on 0.0.0.0 for the scraper of your platform (set ATP_METRICS_HOST).
+# Inside a container the gRPC port must listen on all interfaces; so do the metrics (0.0.0.0, for
+# the scraper of your platform): plain HTTP without authentication, so limit who reaches 9464, or
+# set ATP_METRICS_HOST=127.0.0.1 (ATP_METRICS_PORT=-1: off).
 # With ATP_REDIS_URL set the service writes no file: the root file system may be read-only.
 ENV ATP_HOST=0.0.0.0 \
     ATP_PORT=50051 \
