@@ -3,7 +3,8 @@
 With several processes on the keyspace, the facts of groups another process owns are sent on to
 it, one call per owner with just its facts (``Forwarder.forward_facts``). A fact refused by its
 shard refuses the whole call: some facts may be durable already, and a retry of the call is safe
-(E8: each fact is applied once, by its identity).
+(E8: each fact is applied once, by its identity). A caller to be redirected (it routes by itself,
+or the call was forwarded already) is redirected before any fact is applied.
 
 Facts read from the input streams take the same way to their owners (``fact_sender``), carrying
 the peer token, as the input streams' reader is no caller with a token of its own.
@@ -60,6 +61,7 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
             metrics.facts.labels("grpc", convert.fact_kind_name(ev.kind), "invalid").inc()
             out[n] = pb.FactResult(event_id=ev.event_id, outcome=pb.FACT_OUTCOME_INVALID,
                                    error=rich_status(exc.within(f"events[{n}]")))
+    _redirect_first(valid, engine, forwarder, tuple(context.invocation_metadata() or ()))
     moved: dict[str, list[int]] = {}
     elsewhere: Moved | None = None
     for n, result in zip(at, await desk.record(valid, "grpc"), strict=True):
@@ -78,6 +80,19 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
         for n, answer in (await forwarder.forward_facts(request, moved, context, elsewhere)).items():
             out[n] = answer
     return pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
+
+
+def _redirect_first(facts: Sequence[Fact], engine: Engine, forwarder: Forwarder,
+                    metadata: tuple[tuple[str, Any], ...]) -> None:
+    """Raises ``Moved`` for the first fact's group owned by another process when the caller is to be
+    redirected there (it routes by itself, or the call was forwarded already) — before any fact is
+    applied: a redirected call applies nothing of itself (API.md)."""
+    for shard in dict.fromkeys(engine.place(fact.sku) for fact in facts):
+        try:
+            engine.local(shard)
+        except Moved as moved:
+            if moved.owner and not forwarder.forwards(moved, metadata):
+                raise
 
 
 def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits) -> FactSender:

@@ -174,3 +174,18 @@ async def test_a_load_of_counts_over_groups_of_both_processes_is_loaded_whole_fr
         await client.stub.LoadCounts(counts_block([here, there], [9, 9], at + 1), metadata=REDIRECT)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert [p.on_hand for p in await client.availability([(here, "DC"), (there, "DC")])] == [4, 7]
+
+
+async def test_facts_from_a_caller_routing_by_itself_are_redirected_before_any_is_applied(
+        start_process: ServiceFactory) -> None:
+    """API.md: a call redirected applies nothing of itself. RecordEvents applied the facts of its
+    own groups first, then answered GROUP_MOVED for the others: a caller following the redirect
+    sent everything to the owner and had half of it applied twice over (harmless by E8, but the
+    answer said nothing was done)."""
+    running, here, there = await stocked_pair(start_process)
+    (_, client), _ = running
+    facts = [receipt("redirected-here", here, "DC", 5), receipt("redirected-there", there, "DC", 5)]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.stub.RecordEvents(pb.RecordEventsRequest(events=facts), metadata=REDIRECT)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert [p.on_hand for p in await client.availability([(here, "DC"), (there, "DC")])] == [10, 10]
