@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import grpc
+import msgspec
 
 from atp_service.edge.forward import Forwarder
 from atp_service.engine.parts import STEP_METHOD, Remote, serve_part
@@ -29,7 +30,11 @@ def peers_handler(engine: Any) -> grpc.GenericRpcHandler[Any, Any]:
         if running is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "service is recovering its state")
         assert running is not None
-        return await serve_part(running, request)
+        try:
+            return await serve_part(running, request)
+        except msgspec.MsgspecError as exc:  # not a step of this version: a caller's fault, not a bug here
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not an order step of this version: {exc}")
+            raise AssertionError("unreachable: grpc.aio's abort raises") from None
 
     return grpc.method_handlers_generic_handler(SERVICE, {"Step": grpc.unary_unary_rpc_method_handler(step)})
 
