@@ -155,8 +155,8 @@ class ServiceConfig:
     snapshot_part_bytes: int = 1 << 20
     """A snapshot above this size is written to Redis in parts of this size, each its own call, and
     moved into place whole by the last, so that other shards' appends pass between them. Redis runs
-    one command at a time, and a 128 MB snapshot stored in one call held every shard's appends
-    behind it for 1.2-1.4 s (1 MiB parts: ~20 ms; ``benchmarks/snapshot_write.py``)."""
+    one command at a time: a large snapshot stored in one call holds every shard's appends behind
+    it for as long as it takes (``benchmarks/snapshot_write.py``; figures in benchmarks/RESULTS.md)."""
 
     maintenance_interval_ms: int = 100
     """How often expiry, retention eviction and snapshot checks run."""
