@@ -5,9 +5,11 @@ listening and a broken setting all exit 1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -98,20 +100,34 @@ class LogSeen(logging.Handler):
             self.seen.set()
 
 
+@contextlib.asynccontextmanager
+async def starting_until_logged(service: AtpService, text: str, limit_s: float = 30.0
+                                ) -> AsyncIterator[asyncio.Task[None]]:
+    """``service.start()`` under way in a task, yielded once the service has logged ``text`` — or
+    once the start has ended, which the caller asserts on (it was to wait, not to end)."""
+    seen = LogSeen(text)
+    logger = logging.getLogger("atp_service.app.service")
+    logger.addHandler(seen)
+    try:
+        starting = asyncio.create_task(service.start())
+        logged = asyncio.ensure_future(seen.seen.wait())
+        await asyncio.wait({starting, logged}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+        logged.cancel()
+        assert starting.done() or seen.seen.is_set(), f"{text!r} not logged in {limit_s}s"
+        yield starting
+    finally:
+        logger.removeHandler(seen)
+
+
 async def test_not_serving_while_waiting_for_redis_exits_1() -> None:
     service = AtpService(make_config(), f"redis://127.0.0.1:{free_port()}/0")
-    waiting = LogSeen("waiting for Redis")
-    logger = logging.getLogger("atp_service.app.service")
-    logger.addHandler(waiting)
-    starting = asyncio.create_task(service.start())
-    try:
-        await waiting.seen.wait()  # the gRPC server is up (health NOT_SERVING) before the first try
-        status, out = await health(service.port)
-    finally:
-        logger.removeHandler(waiting)
-        starting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await starting
+    async with starting_until_logged(service, "waiting for Redis") as starting:
+        try:  # the gRPC server is up (health NOT_SERVING) before the first try
+            status, out = await health(service.port)
+        finally:
+            starting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await starting
     assert (status, out.strip()) == (1, f"atp-service health: NOT_SERVING at 127.0.0.1:{service.port}")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import os
 import shutil
 import signal
@@ -31,7 +30,7 @@ from atp_service.storage.keys import Keyspace
 from atp_service.storage.log import LogStore
 from benchmarks.tcp_delay import DelayProxyProcess
 from tests.atp_service.app.test_cli import wait_for_line
-from tests.atp_service.app.test_healthcheck import LogSeen, health
+from tests.atp_service.app.test_healthcheck import health, starting_until_logged
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.atp_service.refusals import said
@@ -42,15 +41,8 @@ from tests.conftest import test_config as make_config
 
 async def waiting_for_redis(service: AtpService) -> asyncio.Task[None]:
     """``service.start()`` as a task, once it listens and waits for an unreachable Redis."""
-    waiting = LogSeen("waiting for Redis")
-    logger = logging.getLogger("atp_service.app.service")
-    logger.addHandler(waiting)
-    try:
-        starting = asyncio.create_task(service.start())
-        await waiting.seen.wait()
-    finally:
-        logger.removeHandler(waiting)
-    return starting
+    async with starting_until_logged(service, "waiting for Redis") as starting:
+        return starting
 
 
 def port_is_free(port: int) -> bool:
@@ -211,15 +203,10 @@ async def waiting_at_the_proxy(redis_server: EmbeddedRedis, tmp_path: Path, mark
     url = await proxy.start()
     proxy.hold(marker)  # each such command times out, and the connection after it too
     service = AtpService(make_config(**{"estate": write_estate(tmp_path), "redis_timeout_s": 0.5, **settings}), url)
-    waiting = LogSeen("waiting for Redis")
-    logger = logging.getLogger("atp_service.app.service")
-    logger.addHandler(waiting)
     try:
-        starting = asyncio.create_task(service.start())
-        await asyncio.wait_for(waiting.seen.wait(), 30)
-        yield service, starting, proxy
+        async with starting_until_logged(service, "waiting for Redis") as starting:
+            yield service, starting, proxy
     finally:
-        logger.removeHandler(waiting)
         await service.stop()
         await proxy.close()
 
@@ -312,18 +299,13 @@ async def test_a_claim_no_replica_confirms_waits_for_the_replicas_instead_of_fai
     replica = EmbeddedRedis(tmp_path / "replica", extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
     service = AtpService(make_config(redis_wait_replicas=1, redis_wait_timeout_ms=100, redis_timeout_s=1.0),
                          primary.url)
-    waiting = LogSeen("NOT REPLICATED")
-    logger = logging.getLogger("atp_service.app.service")
-    logger.addHandler(waiting)
     try:
-        starting = asyncio.create_task(service.start())
-        await asyncio.wait_for(waiting.seen.wait(), 30)
-        assert not starting.done() and (await health(service.port))[0] == 1  # NOT_SERVING
-        replica.start()
-        await asyncio.wait_for(starting, 30)
-        assert (await health(service.port))[0] == 0
+        async with starting_until_logged(service, "NOT REPLICATED") as starting:
+            assert not starting.done() and (await health(service.port))[0] == 1  # NOT_SERVING
+            replica.start()
+            await asyncio.wait_for(starting, 30)
+            assert (await health(service.port))[0] == 0
     finally:
-        logger.removeHandler(waiting)
         await service.stop(grace_s=0)
         replica.stop()
         primary.stop()

@@ -5,13 +5,12 @@ which supervisors do not restart."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from atp_service import AtpService, EmbeddedRedis
-from tests.atp_service.app.test_healthcheck import LogSeen, health
+from tests.atp_service.app.test_healthcheck import health, starting_until_logged
 from tests.conftest import test_config as make_config
 
 
@@ -22,21 +21,15 @@ async def test_writes_refused_noreplicas_at_start_are_waited_out(tmp_path: Path)
     restarted), though the refusal ends on its own as NotReplicated does, which the start waits out."""
     server = EmbeddedRedis(tmp_path / "redis", extra_args=["--min-replicas-to-write", "1"]).start()
     service = AtpService(make_config(redis_timeout_s=1.0), server.url)
-    waiting = LogSeen("waiting for Redis")
-    logger = logging.getLogger("atp_service.app.service")
-    logger.addHandler(waiting)
     try:
-        starting = asyncio.create_task(service.start())
-        await asyncio.wait({starting, asyncio.ensure_future(waiting.seen.wait())}, timeout=30,
-                           return_when=asyncio.FIRST_COMPLETED)
-        assert not starting.done(), starting.exception()  # waiting, not refused
-        assert (await health(service.port))[0] == 1  # NOT_SERVING
-        admin = aioredis.Redis.from_url(server.url)
-        await admin.config_set("min-replicas-to-write", 0)  # the replica is back
-        await admin.aclose()
-        await asyncio.wait_for(starting, 30)
-        assert (await health(service.port))[0] == 0
+        async with starting_until_logged(service, "waiting for Redis") as starting:
+            assert not starting.done(), starting.exception()  # waiting, not refused
+            assert (await health(service.port))[0] == 1  # NOT_SERVING
+            admin = aioredis.Redis.from_url(server.url)
+            await admin.config_set("min-replicas-to-write", 0)  # the replica is back
+            await admin.aclose()
+            await asyncio.wait_for(starting, 30)
+            assert (await health(service.port))[0] == 0
     finally:
-        logger.removeHandler(waiting)
         await service.stop(grace_s=0)
         server.stop()
