@@ -187,6 +187,11 @@ class ServiceConfig:
     max_stream_inflight: int = 8
     """Batches one ReserveStream may have in progress at once (flow control)."""
 
+    max_reserve_streams: int = 1024
+    """ReserveStream calls open at once; more are refused with RESOURCE_EXHAUSTED. Each may hold
+    ``max_stream_inflight`` batches and their answers, so this bounds what all of them hold together;
+    streams the other processes open on behalf of theirs (``ownership = leases``) count too."""
+
     shutdown_grace_s: float = 5.0
     """How long in-flight RPCs may finish on shutdown before they are cancelled."""
 
@@ -340,7 +345,7 @@ class ServiceConfig:
             raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
                      "ingest_count", "ingest_count_publishing", "ingest_inflight", "max_watchers", "watch_batch",
-                     "max_pending_calls"):
+                     "max_pending_calls", "max_reserve_streams"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
 

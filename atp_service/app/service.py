@@ -81,8 +81,8 @@ class AtpService:
         peer_root, peer_identity = peer_tls(config) if config.ownership == "leases" else (None, None)
         self._servicer = AvailabilityServicer(config.limits, config.max_stream_inflight,
                                               Watchers(config.max_watchers, config.watch_batch), self._reload_rpc,
-                                              self.metrics.edge, peer_tls_root=peer_root,
-                                              peer_tls_identity=peer_identity)
+                                              self.metrics.edge, max_reserve_streams=config.max_reserve_streams,
+                                              peer_tls_root=peer_root, peer_tls_identity=peer_identity)
         self._log: LogStore | None = None
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms, self.metrics.edge)
         self._owner_task: asyncio.Task[None] | None = None

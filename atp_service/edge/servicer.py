@@ -90,7 +90,8 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
 class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     def __init__(self, limits: Limits, max_stream_inflight: int, watchers: Watchers,
                  reload: Callable[[], Awaitable[dict[str, int]]], metrics: EdgeMetrics | None = None, *,
-                 peer_tls_root: bytes | None = None, peer_tls_identity: tuple[bytes, bytes] | None = None) -> None:
+                 max_reserve_streams: int, peer_tls_root: bytes | None = None,
+                 peer_tls_identity: tuple[bytes, bytes] | None = None) -> None:
         """``peer_tls_root``: when the service runs TLS, the PEM root its peer processes' certificates
         are verified with (calls forwarded to them use TLS); ``peer_tls_identity``: (key, certificate
         chain) this process presents to peers requiring client certificates."""
@@ -102,6 +103,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         self._desk: FactDesk | None = None
         self._channels: ChannelDesk | None = None
         self._max_inflight = max_stream_inflight
+        self._max_streams = max_reserve_streams
+        self.reserve_streams = 0
+        """ReserveStream calls open now: at most ``max_reserve_streams``."""
         self._watchers = watchers
         self._reload = reload
         self.monitor: LoopLagMonitor | None = None
@@ -269,7 +273,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         items of groups other processes own are decided by their owners (``OwnerStreams``). On a
         graceful stop, batches already taken are answered, then the stream ends UNAVAILABLE."""
         try:
-            self.drain.enter()
+            self._enter_stream()
         except DomainError as exc:
             await abort(context, exc)
         owners = OwnerStreams(self.forwarder, context)
@@ -308,10 +312,24 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 # Its error (a malformed batch) ends the stream when awaited above; when the caller is
                 # gone first, retrieve it so asyncio logs no "exception was never retrieved" per stream.
                 reader.exception()
-            self.drain.leave()
+            self._leave_stream()
             await owners.aclose()  # a batch still being decided here gets its owners' parts refused
         if cut_short:
             await abort(context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
+
+    def _enter_stream(self) -> None:
+        """A ReserveStream begins (pair with ``_leave_stream``): refused past ``max_reserve_streams``,
+        as each open one may hold ``max_stream_inflight`` batches and their answers."""
+        self.drain.enter()
+        if self.reserve_streams >= self._max_streams:
+            self.drain.leave()
+            raise ResourceExhausted(f"max_reserve_streams: {self._max_streams} ReserveStream calls are open "
+                                    "already", Reason.CAPACITY_REACHED, metadata={"limit": "max_reserve_streams"})
+        self.reserve_streams += 1
+
+    def _leave_stream(self) -> None:
+        self.reserve_streams -= 1
+        self.drain.leave()
 
     def _check_batch_size(self, batch: pb.ReserveStreamRequest) -> None:
         """The stream ends with a batch past the limit (an answer per item would cost more), refused
