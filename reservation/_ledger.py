@@ -27,6 +27,7 @@ from ._events import (
     SafetyStockSet,
     Shipped,
 )
+from ._expiry import expiry_stale, held_only
 from ._facts import COUNT_RANK, DELTA_RANK, Histories, PositionHistory
 from ._holds import HoldsIndex
 from ._keys import fact_key, fact_payload, pair_key, split_key
@@ -279,8 +280,17 @@ class Ledger:
         return functools.partial(self.store.move, sku, loc, -event.d_reserved, -event.d_committed)
 
     def housekeeping_wanted(self) -> bool:
-        """Remembered facts to forget (E8) or kept deltas to compact (E9)."""
-        return self.has_old_facts() or self.histories.sweep_due(self._horizon())
+        """Remembered facts to forget (E8), kept deltas to compact (E9), stale expiry entries to drop."""
+        return self.has_old_facts() or self.histories.sweep_due(self._horizon()) or \
+            expiry_stale(len(self._expiry), self.live_reservations)
+
+    def sweep_expiry(self) -> int:
+        """Drop stale expiry entries (``_expiry``); returns how many. Between batches, none in flight or in doubt."""
+        assert not self._events, "sweeping expiry inside an open batch"
+        if not expiry_stale(len(self._expiry), self.live_reservations):
+            return 0
+        before, self._expiry = len(self._expiry), held_only(self._expiry, self.reservations)
+        return before - len(self._expiry)
 
     def compact_some(self, limit: int = COMPACT_PER_PASS) -> int:
         """E9 for about ``limit`` kept deltas (``Histories.sweep``); between batches, none in flight."""

@@ -322,6 +322,7 @@ class ShardActor(CommitPipeline):
                 await self._drain()  # a snapshot needs memory == durable log; so does compaction (undo)
                 self.ledger.forget_old_facts()
                 self.ledger.compact_some()
+                self.ledger.sweep_expiry()
                 await self.checkpoint()
 
     def _wants_maintenance(self) -> bool:

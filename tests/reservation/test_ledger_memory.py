@@ -14,6 +14,7 @@ import msgspec
 
 from reservation import Fact, FactKind, Ledger, LedgerSnapshot, Limits, release, reserve
 from reservation import _orders as orders
+from reservation._expiry import EXPIRY_SLACK
 from tests.reservation.helpers import cmd, ledger_with
 
 
@@ -79,3 +80,23 @@ def test_an_order_whose_expiry_is_still_pending_is_not_forgotten_after_the_reten
     ledger.commit(200_000)
     assert ledger.evict(200_000 + limits.retention_ms) == []
     assert ledger.evict(200_000 + limits.retention_ms + 1) == ["o"]
+
+
+def test_the_expiry_heap_is_bounded_by_the_live_reservations_not_by_their_ttls() -> None:
+    """Holds released before their TTL left (expires_at, id) in the heap until the TTL passed (up to
+    7 days, past retention, outside max_live_reservations_per_shard). Between batches the stale
+    entries go once they outnumber the live ones by EXPIRY_SLACK; a hold still held keeps its own."""
+    limits = Limits()
+    holds = EXPIRY_SLACK + 10
+    ledger = ledger_with({("A", "S1"): holds + 1})
+    for n in range(holds + 1):
+        reserve(ledger, cmd(f"r{n}", ("A", "S1", 1), ttl=limits.max_ttl_seconds), 2_000)
+    ledger.commit(2_000)
+    for n in range(holds):
+        release(ledger, f"r{n}", (), "", 3_000, limits)
+    ledger.commit(3_000)
+    assert ledger.live_reservations == 1 and ledger.housekeeping_wanted()
+    assert ledger.sweep_expiry() == holds
+    assert ledger._expiry == [(2_000 + limits.max_ttl_seconds * 1000, f"r{holds}")]
+    assert ledger.sweep_expiry() == 0 and not ledger.housekeeping_wanted()
+    assert ledger.due(2_000 + limits.max_ttl_seconds * 1000) == [f"r{holds}"]

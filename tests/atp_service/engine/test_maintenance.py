@@ -12,6 +12,7 @@ from atp_service import ManualClock
 from atp_service.engine.maintenance import EXPIRE_PER_TURN
 from reservation import LogEntry, State, reserve_command
 from reservation._events import ReservationSaved
+from reservation._expiry import EXPIRY_SLACK
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.conftest import ServiceFactory
 
@@ -66,3 +67,33 @@ async def test_a_pass_that_fails_on_a_bug_is_said_and_the_service_asks_to_be_res
     stub = health_pb2_grpc.HealthStub(client.channel)
     answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_holds_released_early_leave_no_expiry_entries_for_their_whole_ttl_R3(
+        start_service: ServiceFactory) -> None:
+    """A hold confirmed or released before its TTL left its entry in the shard's expiry heap until
+    the TTL passed — up to max_ttl_seconds (7 days), past the retention window and outside
+    max_live_reservations_per_shard: a caller reserving and releasing grew it for a week. A
+    maintenance turn drops the stale entries once they outnumber the live reservations."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock)
+    engine = service.engine
+    assert engine is not None
+    holds = EXPIRY_SLACK + 100
+    await client.record_events([receipt("stock", "A", "S1", holds + 1)])
+    cmds = [reserve_command(reservation_id=f"r{n}", order_ref="o", channel="web", lines=[("A", "S1", 1)],
+                            ttl_seconds=engine.limits.max_ttl_seconds, allow_partial=False, limits=engine.limits)
+            for n in range(holds + 1)]
+    for first in range(0, len(cmds), 500):
+        assert all(not isinstance(r, Exception) for r in await engine.reserve_many(cmds[first:first + 500]))
+    for first in range(0, holds, 200):  # every hold but the last released long before its TTL
+        await asyncio.gather(*(engine.release(f"r{n}", (), "") for n in range(first, min(first + 200, holds))))
+    actor = engine.actors[engine.place("A")]
+    assert actor.ledger.live_reservations == 1
+    actor.request_maintenance()
+    await actor.submit(lambda _ledger, _now: None)  # behind the maintenance turn in the mailbox
+    assert len(actor.ledger._expiry) <= 2 * actor.ledger.live_reservations + EXPIRY_SLACK
+    assert [rid for _, rid in actor.ledger._expiry] == [f"r{holds}"]  # the hold still held keeps its entry
+    clock.advance(engine.limits.max_ttl_seconds * 1000)
+    await engine.run_maintenance()
+    assert actor.ledger.reservations[f"r{holds}"].state == State.EXPIRED
