@@ -22,6 +22,7 @@ idempotent: a part's id and a change's operation id make a repeat a replay).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import msgspec
@@ -204,13 +205,35 @@ def apply_share(view_: View, reservation_id: str, share: Share, now: int, limits
     if share.kind in (OrderStep.RELEASE, OrderStep.EXPIRE) and whole:
         busy = part.state in (State.HELD, State.CONFIRMED)
         return ops.release(view_, reservation_id, (), "", now, limits) if busy else part
-    if share.kind == OrderStep.RELEASE:
-        return ops.release(view_, reservation_id, share.lines, share.operation_id, now, limits)
+    if share.kind in (OrderStep.RELEASE, OrderStep.FULFIL) and not whole:
+        return _partial_share(view_, part, share, now, limits)
     if share.kind == OrderStep.FULFIL:
-        if whole and part.state != State.CONFIRMED:
+        if part.state != State.CONFIRMED:
             return part  # fulfilled already (a repeat), or by SHIPMENT facts
-        return ops.fulfill(view_, reservation_id, share.lines, share.operation_id, now, limits)
+        return ops.fulfill(view_, reservation_id, (), share.operation_id, now, limits)
     raise ValueError(f"not a part's share: {share!r}")
+
+
+def _partial_share(view_: View, part: Reservation, share: Share, now: int, limits: Limits) -> Reservation:
+    """A part's share of a partial Release/Fulfil its order has recorded: carried through, never
+    refused (R3) — a refusal here leaves the order pending for good, every later change, read and
+    expiry of it refused the same way, its parts' units held for good. The order's own count of
+    operations was checked (``plan``); the part's is higher by its SHIPMENT facts' own, so it is not
+    held against the share. Units a SHIPMENT fact took from the part since the order read it (at
+    another process, outside the order's lock) are not asked again: what is left is moved."""
+    if share.operation_id in part.ops:
+        return part  # a repeat (R5)
+    fulfil = share.kind == OrderStep.FULFIL
+    if part.state not in ((State.CONFIRMED,) if fulfil else (State.HELD, State.CONFIRMED)):
+        return part  # resolved meanwhile by SHIPMENT facts: nothing of it is left to move
+    room = {(line.sku, line.location): line.committed if fulfil else line.outstanding for line in part.lines}
+    lines = tuple(LineRequest(line.sku, line.location, fitting) for line in share.lines
+                  if (fitting := min(line.quantity, room.get((line.sku, line.location), 0))) > 0)
+    if not lines:
+        return part
+    unbounded = dataclasses.replace(limits, max_ops_per_reservation=len(part.ops) + 1)
+    move = ops.fulfill if fulfil else ops.release
+    return move(view_, part.reservation_id, lines, share.operation_id, now, unbounded)
 
 
 def shares(order: Reservation, step: PendingOp, place: Place) -> dict[int, Share]:

@@ -187,6 +187,28 @@ def test_units_fulfilled_by_shipment_facts_on_the_parts_settle_the_order() -> No
     assert orders.view(order, estate.parts(order)).state == State.FULFILLED
 
 
+def test_a_part_carries_its_share_through_what_a_shipment_took_meanwhile_R3() -> None:
+    """SHIPMENT facts fulfil a part at its owner, outside the order's saga: between the saga's read of
+    the parts and its shares, a part may have fewer units (or none) left than the order decided to move.
+    The share moves what is left and never refuses: the order's change is recorded pending already,
+    and a refusal would be met again by every later change, read and expiry of the order."""
+    estate = Estate()
+    order = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.CONFIRM))
+    step = PendingOp(OrderStep.FULFIL, (LineRequest("A", "S1", 2), LineRequest("B", "S1", 1)), "f1")
+    done, shares, error = orders.plan(orders.view(order, estate.parts(order)), step, NOW, LIMITS, place)
+    assert error is None and done is not None
+    for g, (sku, qty) in ((0, ("A", 2)), (1, ("B", 2))):  # the facts, after the plan
+        orders.apply_share(estate.ledgers[g], orders.part_id("o", g), PendingOp(
+            OrderStep.FULFIL, (LineRequest(sku, "S1", qty),), f"fact:{sku}"), NOW, LIMITS)
+    estate.apply(order, shares)
+    estate.apply(order, shares)  # a repeat: a replay
+    shown = orders.view(orders.settled(done, NOW), estate.parts(order))
+    assert [(line.sku, line.committed, line.fulfilled) for line in shown.lines] == [("A", 0, 3), ("B", 0, 2)]
+    assert (estate.committed("A"), estate.committed("B")) == (0, 0)
+    assert shown.state == State.FULFILLED
+
+
 def test_the_order_record_holds_no_units_and_round_trips_through_the_log() -> None:
     order = orders.open_order(cmd("o", ("A", "S1", 3), ("B", "S1", 2)), (0, 1), NOW)
     ledger = Ledger(0, LIMITS)

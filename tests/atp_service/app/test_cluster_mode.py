@@ -258,3 +258,27 @@ async def test_an_order_expired_while_a_group_is_away_past_the_retention_still_r
     await until(sagas_ended, "the order's saga ended")
     assert [q.reserved for q in engine.availability([(a, "S1"), (b, "S1")])] == [0, 0]
     assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_EXPIRED
+
+
+async def test_a_partial_release_past_a_part_s_shipment_operations_never_wedges_the_order_R3(
+        start_service: ServiceFactory) -> None:
+    """A SHIPMENT fact naming the order records its operation on the part alone, so a part counts
+    more partial operations than its order. A partial Release the order's record accepts is a
+    decision its parts carry through (R3): the part refused it at max_ops_per_reservation, the order
+    stayed pending for good, and every later change, read and expiry of it failed — its units
+    committed for good."""
+    _service, client, a, b = await _two_groups(start_service, ManualClock(T0),
+                                               limits=Limits(max_ops_per_reservation=1))
+    await client.reserve("o6", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
+    await client.confirm("o6")
+    (shipped,) = await client.record_events([pb.Fact(
+        event_id="ship-a", source="wms", kind=pb.FACT_KIND_SHIPMENT, sku=a, location="S1", quantity=1,
+        event_time=receipt("x", a, "S1", 1).event_time, reservation_id="o6")])
+    assert shipped.outcome == pb.FACT_OUTCOME_APPLIED and not shipped.HasField("error")
+    partly = await client.release("o6", lines=[(a, "S1", 1)], operation_id="r1")
+    assert [(line.committed, line.released) for line in partly.lines] == [(1, 1), (2, 0)]
+    again = await client.release("o6", lines=[(a, "S1", 1)], operation_id="r1")  # R5: a retry, harmless
+    assert [(line.committed, line.released) for line in again.lines] == [(1, 1), (2, 0)]
+    assert (await client.release("o6")).state == pb.RESERVATION_STATE_FULFILLED
+    assert [(q.on_hand, q.reserved, q.committed) for q in await client.availability([(a, "S1"), (b, "S1")])] == [
+        (9, 0, 0), (10, 0, 0)]
