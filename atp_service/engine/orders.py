@@ -335,8 +335,10 @@ class Orders:
 
 def _undecided(exc: BaseException) -> BaseException:
     """A step that did not happen, or may not have: the order stays pending, and its caller hears
-    that the outcome is not known yet. A refusal by a domain rule is passed on as it is."""
-    if isinstance(exc, DomainError) and not isinstance(exc, Unavailable):
+    that the outcome is not known yet. A refusal by a domain rule is passed on as it is; not a
+    shard shedding load or full (RESOURCE_EXHAUSTED says nothing was applied, but the order is
+    open and other parts may hold: a retry with the same id answers what was decided, R5)."""
+    if isinstance(exc, DomainError) and not isinstance(exc, Unavailable | ResourceExhausted):
         return exc
     if not isinstance(exc, Exception):
         return exc  # cancelled: the saga's own task is being stopped

@@ -10,12 +10,16 @@ from typing import Any
 
 import pytest
 
+from atp_service.engine import orders as engine_orders
 from reservation import (
     DomainError,
     Fact,
     FactKind,
+    InvalidArgument,
     Limits,
     LineRequest,
+    Reason,
+    ResourceExhausted,
     State,
     Unavailable,
     reserve_command,
@@ -244,3 +248,13 @@ async def test_a_partial_release_retried_after_the_ttl_leaves_no_part_holding_un
     await rig.run(engine.run_maintenance())
     assert rig.quantities() == [(0, 0), (0, 0)]
     assert all(rig.part("o1", g).state not in (State.HELD, State.CONFIRMED) for g in (0, 1))
+
+
+def test_a_part_shedding_load_leaves_the_order_in_doubt_not_refused_R5() -> None:
+    """RESOURCE_EXHAUSTED tells a caller that nothing was applied, and an OMS may then give up, or
+    reserve again under a new id; but the order is open and its other parts may hold units, which
+    housekeeping may yet decide HELD. The caller hears OUTCOME_UNKNOWN: retry with the same id."""
+    undecided = engine_orders._undecided(ResourceExhausted("shard 1: mailbox full, retry later"))
+    assert isinstance(undecided, Unavailable) and undecided.reason == Reason.OUTCOME_UNKNOWN
+    rule = InvalidArgument("lines", "quantity must be positive")
+    assert engine_orders._undecided(rule) is rule  # a domain rule's refusal is the answer
