@@ -26,7 +26,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import SERVING_KEY
 from atp_service.edge.routing import RoutingTable
 from atp_service.metrics import EdgeMetrics
-from atp_service.tasks import keep
+from atp_service.tasks import exception_seen, keep
 from reservation import Moved, NotFound, Reason, Unavailable
 
 SERVICE = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
@@ -42,6 +42,9 @@ PEER_CLOSE_GRACE_S = 5.0
 """A channel dropped from the pool (or at stop) lets the calls on it finish this long."""
 _ANSWERS = {m.name: GetMessageClass(m.output_type).FromString for m in SERVICE.methods}
 _CALLER_GONE = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+_DECISIONS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+                        grpc.StatusCode.FAILED_PRECONDITION})
+"""Refusals only the process holding a reservation answers a located call (the others: ``GROUP_MOVED``)."""
 _PASSED = frozenset({"authorization"})
 """The caller's metadata a forwarded call carries."""
 StreamCall = grpc.aio.StreamStreamCall[pb.ReserveStreamRequest, pb.ReserveStreamResponse]
@@ -211,12 +214,18 @@ class Forwarder:
         table = self.routing()
         owners = {r.address for r in table.routes if r.address} - {self.address}
         covered = set(here.serving)
-        answers = await asyncio.gather(*(self._send(a, method, request, context, metadata) for a in sorted(owners)),
-                                       return_exceptions=True)
-        for answer in answers:  # the holder's answer first, whatever the others said
-            if not isinstance(answer, BaseException):
-                self._counted.labels(method, "located").inc()
-                return answer
+        asks = [asyncio.ensure_future(self._send(a, method, request, context, metadata)) for a in sorted(owners)]
+        for ask in asks:
+            ask.add_done_callback(exception_seen)  # those not looked at once the holder answered
+        try:
+            holder = await _holder(asks)
+        finally:
+            for ask in asks:  # the holder answered: a peer that does not answer is not waited for
+                ask.cancel()
+        if holder is not None:  # the holder's answer first, whatever the others said
+            self._counted.labels(method, "located").inc()
+            return holder
+        answers = [cast(BaseException, ask.exception()) for ask in asks]  # each refused: none holds it
         for answer in answers:
             if not isinstance(answer, grpc.aio.AioRpcError):
                 raise answer
@@ -279,6 +288,22 @@ def _serialized(message: Any) -> bytes:
 
 def _forwarded(metadata: Sequence[tuple[str, Any]]) -> bool:
     return any(k == FORWARDED_KEY for k, _ in metadata)
+
+
+async def _holder(asks: Sequence[asyncio.Future[Any]]) -> Any:
+    """The answer of the process holding the reservation (its refusal by decision raised as
+    ``Relayed``) as soon as it comes; None once every ask was refused otherwise (not held there,
+    not reached). Not the others': one not answering would hold the caller to its deadline."""
+    pending = set(asks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for ask in done:
+            error = ask.exception()
+            if error is None:
+                return ask.result()
+            if isinstance(error, grpc.aio.AioRpcError) and error.code() in _DECISIONS:
+                raise Relayed.of(error)
+    return None
 
 
 def _serving(error: grpc.aio.AioRpcError) -> set[int] | None:

@@ -8,6 +8,7 @@ other owns the call's group.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,14 @@ from atp_service.edge.peers import step_sender
 from atp_service.edge.routing import Route, RoutingTable
 from atp_service.metrics import EdgeMetrics
 from reservation import Moved, Reason, Unavailable
+from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, start_process
+from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_routing import advertised, stock
+from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
 
 Pair = tuple[AtpService, str, AtpService, str]
+__all__ = ["start_process"]  # the fixture, used here by name
 
 
 @pytest.fixture
@@ -186,3 +191,41 @@ async def test_no_peer_channel_is_opened_once_the_forwarder_is_closed() -> None:
         await step_sender(forwarder, None)(f"127.0.0.1:{free_port()}", b"")
     assert refused.value.reason == Reason.SHUTTING_DOWN
     assert forwarder.peers == []
+
+
+def routed(running: list[tuple[AtpService, Any]]) -> bool:
+    """Every process knows every group's owner by its advertised address."""
+    owners = {g: s._servicer.address for s, _ in running for g in owned(s)}
+    return all(s.membership is not None and all(s.membership.where(g)[0] == owners.get(g) for g in range(SHARDS))
+               for s, _ in running)
+
+
+async def test_a_reservation_held_elsewhere_is_answered_once_its_holder_answers_whatever_a_silent_peer_does(
+        start_process: ServiceFactory) -> None:
+    """A call naming only a reservation (Confirm, ...) sent to a process not holding it is asked of
+    every other process at once; it waited for all of them. A peer that stopped answering while it
+    kept its leases (hung, or cut off from the other processes but not from Redis) held every such
+    call until its caller's deadline: the caller got DEADLINE_EXCEEDED for a Confirm its holder had
+    applied at once — and again on each retry, for as long as that peer stayed silent."""
+    held: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda _r, w: held.append(w), "127.0.0.1", 0)  # accepts, never answers
+    a = await start_process(port=free_port(), host="127.0.0.1")
+    b = await start_process(port=free_port(), host="127.0.0.1")
+    c = await start_process(port=free_port(), host="127.0.0.1",
+                            advertise_address=f"127.0.0.1:{silent.sockets[0].getsockname()[1]}")
+    running = [a, b, c]
+    await until(lambda: balanced(running) and routed(running), "the groups spread, every process knowing where", 60)
+    sku = next(s for s in (f"k{i}" for i in range(64)) if group_of(s) in owned(b[0]))
+    await b[1].record_events([receipt("in-1", sku, "DC", 5)])
+    await b[1].reserve("r-held", [(sku, "DC", 2)])
+    try:
+        confirmed = await a[1].stub.Confirm(pb.ConfirmRequest(reservation_id="r-held"), timeout=3)
+        assert confirmed.reservation.state == pb.RESERVATION_STATE_CONFIRMED
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # the holder's decision, too
+            await a[1].stub.Release(pb.ReleaseRequest(reservation_id="r-held", operation_id="op-1",
+                                                      lines=[pb.Line(sku=sku, location="DC", quantity=9)]), timeout=3)
+        assert refused.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED, refused.value.details()
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
