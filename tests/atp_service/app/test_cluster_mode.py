@@ -110,15 +110,20 @@ async def test_an_order_over_two_groups_expires_through_every_part_R3(start_serv
     assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def _shipped(client: AtpClient, event_id: str, sku: str, quantity: int, order: str) -> None:
+    """A SHIPMENT fact of ``quantity`` at S1 naming ``order``, applied."""
+    (result,) = await client.record_events([pb.Fact(
+        event_id=event_id, source="wms", kind=pb.FACT_KIND_SHIPMENT, sku=sku, location="S1", quantity=quantity,
+        event_time=receipt("x", sku, "S1", 1).event_time, reservation_id=order)])
+    assert result.outcome == pb.FACT_OUTCOME_APPLIED and not result.HasField("error")
+
+
 async def test_a_shipment_fact_naming_the_order_fulfils_the_part_at_its_position_R4(
         start_service: ServiceFactory) -> None:
     _service, client, a, b = await _two_groups(start_service, ManualClock(T0))
     await client.reserve("o4", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
     await client.confirm("o4")
-    (result,) = await client.record_events([pb.Fact(
-        event_id="ship-b", source="wms", kind=pb.FACT_KIND_SHIPMENT, sku=b, location="S1", quantity=2,
-        event_time=receipt("x", b, "S1", 1).event_time, reservation_id="o4")])
-    assert result.outcome == pb.FACT_OUTCOME_APPLIED and not result.HasField("error")
+    await _shipped(client, "ship-b", b, 2, "o4")
     order = await client.get_reservation("o4")
     assert [(line.committed, line.fulfilled) for line in order.lines] == [(3, 0), (0, 2)]
     assert order.state == pb.RESERVATION_STATE_CONFIRMED
@@ -271,10 +276,7 @@ async def test_a_partial_release_past_a_part_s_shipment_operations_never_wedges_
                                                limits=Limits(max_ops_per_reservation=1))
     await client.reserve("o6", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
     await client.confirm("o6")
-    (shipped,) = await client.record_events([pb.Fact(
-        event_id="ship-a", source="wms", kind=pb.FACT_KIND_SHIPMENT, sku=a, location="S1", quantity=1,
-        event_time=receipt("x", a, "S1", 1).event_time, reservation_id="o6")])
-    assert shipped.outcome == pb.FACT_OUTCOME_APPLIED and not shipped.HasField("error")
+    await _shipped(client, "ship-a", a, 1, "o6")
     partly = await client.release("o6", lines=[(a, "S1", 1)], operation_id="r1")
     assert [(line.committed, line.released) for line in partly.lines] == [(1, 1), (2, 0)]
     again = await client.release("o6", lines=[(a, "S1", 1)], operation_id="r1")  # R5: a retry, harmless
