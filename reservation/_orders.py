@@ -210,7 +210,9 @@ def apply_share(view_: View, reservation_id: str, share: Share, now: int, limits
     if share.kind == OrderStep.FULFIL:
         if part.state != State.CONFIRMED:
             return part  # fulfilled already (a repeat), or by SHIPMENT facts
-        return ops.fulfill(view_, reservation_id, (), share.operation_id, now, limits)
+        # No operation id: the part's state makes a repeat a replay, and its own count (higher by its
+        # SHIPMENT facts') must not refuse what the order recorded (OPERATION_LIMIT_REACHED, R3).
+        return ops.fulfill(view_, reservation_id, (), "", now, limits)
     raise ValueError(f"not a part's share: {share!r}")
 
 

@@ -4,6 +4,8 @@ expiry only through the order (R3)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from reservation import (
@@ -21,6 +23,7 @@ from reservation import (
     reserve,
 )
 from reservation import _orders as orders
+from reservation._operations import fulfill_committed
 from tests.reservation.helpers import LIMITS, cmd, ledger_with
 
 NOW = 10_000
@@ -226,3 +229,27 @@ def test_a_resolved_order_whose_parts_were_forgotten_shows_its_own_record() -> N
                     PendingOp(OrderStep.RELEASE))
     assert orders.view(order, {}).state == State.RELEASED  # retention forgot the parts first
     assert not any(line.outstanding for line in orders.view(order, {}).lines)
+
+
+def test_a_whole_fulfil_with_an_operation_id_is_carried_through_a_part_at_its_op_limit_R3() -> None:
+    """SHIPMENT facts count their operations on the part alone (``Orders._ship``): a part can reach
+    max_ops_per_reservation while its order is far below it. A whole Fulfil sent with an
+    operation_id is accepted by the order (its own count checked), recorded pending, and its share
+    must not be refused by the part's count: a refusal leaves the order pending for good, every later
+    change, read and expiry refused the same way, the part's units committed for good."""
+    limits = dataclasses.replace(LIMITS, max_ops_per_reservation=2)
+    estate = Estate()
+    order = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.CONFIRM))
+    for n in (1, 2):  # two SHIPMENT facts on part A, as the engine applies them (the part's limit)
+        fulfill_committed(estate.ledgers[0], orders.part_id("o", 0), (LineRequest("A", "S1", 1),),
+                          f"fact:{n}", NOW, limits)
+    step = PendingOp(OrderStep.FULFIL, (), "w1")  # the rest, whole, with an operation id
+    done, shares, error = orders.plan(orders.view(order, estate.parts(order)), step, NOW, limits, place)
+    assert error is None and done is not None and done.pending == step
+    for _ in range(2):  # and a repeat
+        for g, share in shares.items():
+            orders.apply_share(estate.ledgers[g], orders.part_id("o", g), share, NOW, limits)
+    shown = orders.view(orders.settled(done, NOW), estate.parts(order))
+    assert (estate.committed("A"), estate.committed("B")) == (0, 0)
+    assert shown.state == State.FULFILLED
