@@ -59,6 +59,9 @@ class Tracing:
         resource = Resource.create({"service.name": SERVICE_NAME, "service.version": installed("atp-service"),
                                     "service.instance.id": instance})
         self.provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
+        self._exporter = exporter
+        self.flushing: threading.Thread | None = None
+        """The final flush (``shutdown``), still running when the stop gave up on it."""
         self.provider.add_span_processor(BatchSpanProcessor(
             exporter, max_queue_size=MAX_QUEUED_SPANS, max_export_batch_size=EXPORT_BATCH))
         self.tracer = self.provider.get_tracer("atp_service", installed("atp-service"))
@@ -79,9 +82,13 @@ class Tracing:
     def shutdown(self) -> None:
         """Send what is queued and stop the exporter's thread, waiting ``FINAL_FLUSH_S`` at most: a
         collector that does not answer must not hold the service's stop (what is left is dropped)."""
-        flushing = threading.Thread(target=self.provider.shutdown, name="tracing-shutdown", daemon=True)
-        flushing.start()
-        flushing.join(FINAL_FLUSH_S)
-        if flushing.is_alive():  # a daemon thread: the process exits without it
+        self.flushing = threading.Thread(target=self.provider.shutdown, name="tracing-shutdown", daemon=True)
+        self.flushing.start()
+        self.flushing.join(FINAL_FLUSH_S)
+        if self.flushing.is_alive():  # a daemon thread: the process exits without it
             log.warning("tracing: spans still queued after %.0fs are dropped (the collector did not answer)",
                         FINAL_FLUSH_S)
+            # Dropped means not tried: the batches left fail at once, and the thread ends with the
+            # export in flight (its timeout) instead of trying each batch in turn, for a program
+            # that embeds the service and goes on running.
+            self._exporter.shutdown()

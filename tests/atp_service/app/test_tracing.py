@@ -158,3 +158,9 @@ async def test_a_collector_that_never_answers_delays_the_stop_by_one_export_at_m
     began = time.monotonic()
     await service.stop(grace_s=0.1)
     assert time.monotonic() - began < EXPORT_TIMEOUT_S + 3
+    flushing = service.tracing.flushing
+    assert flushing is not None
+    # Given up on, the flush tries no further batch: it ends with the export in flight (its timeout),
+    # not after every batch's — it would go on logging its failures into whatever runs next.
+    await asyncio.to_thread(flushing.join, EXPORT_TIMEOUT_S * 3)
+    assert not flushing.is_alive()
