@@ -16,7 +16,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
 from atp_service.edge.forward import Forwarder
 from atp_service.engine.router import Engine
-from reservation import InvalidArgument, Limits, Moved, Reason, check_id
+from reservation import InvalidArgument, Limits, Reason, check_id
 
 STALE_KEY = "atp-possibly-stale"
 """Trailing metadata of an answer that may miss a change whose durability is not known yet."""
@@ -66,12 +66,6 @@ def _split(keys: list[tuple[str, str]], engine: Engine, forwarder: Forwarder,
     here: list[int] = []
     elsewhere: dict[str, list[int]] = {}
     for n, (sku, _) in enumerate(keys):
-        try:
-            engine.local(engine.place(sku))
-        except Moved as moved:
-            if not forwarder.forwards(moved, metadata):
-                raise
-            elsewhere.setdefault(moved.owner, []).append(n)
-        else:
-            here.append(n)
+        owner = forwarder.owner_for(engine.local, engine.place(sku), metadata)
+        (elsewhere.setdefault(owner, []) if owner else here).append(n)
     return here, elsewhere

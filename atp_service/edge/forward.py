@@ -248,6 +248,18 @@ class Forwarder:
             return False
         return not _forwarded(metadata) and not any(k == ROUTING_KEY and v == REDIRECT for k, v in metadata)
 
+    def owner_for(self, local: Callable[[int], object], shard: int, metadata: Sequence[tuple[str, Any]]) -> str:
+        """Where the work of ``shard`` goes: "" to this process (``local``, the engine's, does not
+        refuse it), else the owner it is forwarded to; raises ``Moved`` where the caller is to be
+        redirected instead (``forwards``) — decided for every part of a call before any is applied."""
+        try:
+            local(shard)
+        except Moved as moved:
+            if not self.forwards(moved, metadata):
+                raise
+            return moved.owner
+        return ""
+
     def channel(self, address: str) -> grpc.aio.Channel:
         """The pooled channel to the peer process at ``address``; refused once ``aclose`` began (a
         saga still running during a stop would open a channel nothing closes)."""

@@ -24,7 +24,7 @@ from atp_service.edge import convert
 from atp_service.edge.forward import Forwarder
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
-from reservation import CountRows, Limits, Moved, count_rows
+from reservation import CountRows, Limits, count_rows
 
 Rows = npt.NDArray[np.intp]
 
@@ -60,14 +60,10 @@ def _split(block: CountRows, engine: Engine, forwarder: Forwarder,
     here = np.ones(len(block), dtype=np.bool_)
     elsewhere: dict[str, list[Rows]] = {}
     for shard in np.unique(shard_of_row).tolist():
-        try:
-            engine.local(shard)
-        except Moved as moved:
-            if not forwarder.forwards(moved, metadata):
-                raise
+        if owner := forwarder.owner_for(engine.local, shard, metadata):
             rows = np.flatnonzero(shard_of_row == shard)
             here[rows] = False
-            elsewhere.setdefault(moved.owner, []).append(rows)
+            elsewhere.setdefault(owner, []).append(rows)
     return np.flatnonzero(here), {owner: np.sort(np.concatenate(parts)) for owner, parts in elsewhere.items()}
 
 

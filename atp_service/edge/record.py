@@ -84,15 +84,11 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
 
 def _redirect_first(facts: Sequence[Fact], engine: Engine, forwarder: Forwarder,
                     metadata: tuple[tuple[str, Any], ...]) -> None:
-    """Raises ``Moved`` for the first fact's group owned by another process when the caller is to be
-    redirected there (it routes by itself, or the call was forwarded already) — before any fact is
-    applied: a redirected call applies nothing of itself (API.md)."""
+    """Raises ``Moved`` for the first fact's group the call is refused for (the caller routes by
+    itself or the call was forwarded already, or no process owns the group now) — before any fact
+    is applied: a redirected call applies nothing of itself (API.md)."""
     for shard in dict.fromkeys(engine.place(fact.sku) for fact in facts):
-        try:
-            engine.local(shard)
-        except Moved as moved:
-            if moved.owner and not forwarder.forwards(moved, metadata):
-                raise
+        forwarder.owner_for(engine.local, shard, metadata)
 
 
 def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits) -> FactSender:
