@@ -247,7 +247,7 @@ class AtpService:
             return await self._join(store)
         # Before reading anything: an older instance still running on this keyspace can write no
         # more from here on, so what it wrote first is what recovery reads back.
-        epoch = await self._while_redis_is_away(lambda: store.claim(cfg.shards))  # a claim again: a higher epoch
+        epoch = await self._while_redis_is_away(lambda: store.claim(cfg.shards))  # sent again: one claim
         store.on_fenced.append(self._on_replaced)
         log.info("owning keyspace %r as epoch %d", cfg.key_prefix, epoch,
                  extra={"event": "keyspace_owned", "key_prefix": cfg.key_prefix, "epoch": epoch})
@@ -311,7 +311,10 @@ class AtpService:
     def _on_replaced(self) -> None:
         """A write refused: this instance stops, for good (exit 3) or to be restarted (exit 4)."""
         assert self._log is not None
-        (self.replaced if replaced_said(self._log, self.config.key_prefix) else self.failed).set()
+        if replaced_said(self._log, self.config.key_prefix):
+            self.replaced.set()
+        else:
+            self._must_restart()
 
     async def _while_redis_is_away(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """``attempt()`` until Redis answers it, health NOT_SERVING meanwhile (``redis_wait``)."""
