@@ -139,6 +139,10 @@ class IntakeMetrics:
         self.ingest_claimed = Counter(
             "atp_ingest_claimed_total", "Stale pending entries claimed from other consumers", registry=r
         )
+        self.ingest_trimmed_unread = Counter(
+            "atp_ingest_trimmed_unread_total", "Input-stream entries trimmed from their stream before the consumer "
+            "group read them: their facts were never applied", ["stream"], registry=r
+        )
         self.ingest_read_failures = Counter(
             "atp_ingest_read_failures_total", "Reads of the input streams that failed (Redis not answering, a "
             "consumer group gone) and were tried again after a pause", registry=r

@@ -26,6 +26,7 @@ from atp_service.engine.clock import Clock
 from atp_service.intake.entries import Dead, Entry, Read, as_fields, decode_fact, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
+from atp_service.intake.unread import UnreadWatch
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text, group_lost, make_group
@@ -70,6 +71,8 @@ class StreamIngestor:
         self._read_count = settings.ingest_count if read_count is None else read_count
         self._streams = list(settings.input_streams)
         zeroed(self._metrics.dead_lettered, *((stream,) for stream in self._streams))  # alerted on by increase()
+        zeroed(self._metrics.ingest_trimmed_unread, *((stream,) for stream in self._streams))
+        self._unread = UnreadWatch(client, settings.consumer_group, self._metrics.ingest_trimmed_unread)
         self._task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
         self._retry_at = 0.0
@@ -84,6 +87,8 @@ class StreamIngestor:
 
     async def start(self) -> None:
         await self._create_groups()
+        for stream in self._streams:  # before the first read moves the group's position past a gap
+            await self._unread.check(stream)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
 
     async def _create_groups(self, again: bool = False) -> None:
@@ -340,3 +345,4 @@ class StreamIngestor:
         for stream in self._streams:
             summary = await self._client.xpending(stream, self._config.consumer_group)
             self._metrics.ingest_pending.labels(stream).set(summary["pending"] if summary else 0)
+            await self._unread.check(stream)

@@ -170,3 +170,28 @@ async def test_a_reader_refused_on_every_read_while_redis_answers_fires_an_alert
     done = await asyncio.to_thread(subprocess.run, [promtool(), "test", "rules", str(case)], capture_output=True,
                                    text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_entries_trimmed_from_an_input_stream_before_they_were_read_are_counted(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A producer's MAXLEN shorter than the backlog while the service was down: the entries trimmed
+    unread were lost without a trace (XREADGROUP reads on from the oldest entry left), so sales and
+    receipts went missing from on_hand and nothing told the operator."""
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    r.xgroup_create("atp:in:pos", "atp", id="0", mkstream=True)
+    first = r.xadd("atp:in:pos", F("p1", "RECEIPT", "A", "S1", 1, now - 1000).fields())
+    r.xreadgroup("atp", "an-earlier-run", {"atp:in:pos": ">"}, count=10)  # read and applied, then down
+    r.xack("atp:in:pos", "atp", first)
+    for n in range(2, 7):  # p2..p4 trimmed away unread; p5 and p6 left
+        r.xadd("atp:in:pos", F(f"p{n}", "RECEIPT", "A", "S1", 1, now - 1000 + n).fields(), maxlen=2, approximate=False)
+    service, client = await start_service()
+    registry = service.metrics.registry
+
+    for _ in range(400):  # p5 and p6, read after the gap (a bound, not a timing)
+        if (await client.availability([("A", "S1")]))[0].on_hand == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert (await client.availability([("A", "S1")]))[0].on_hand == 2
+    assert registry.get_sample_value("atp_ingest_trimmed_unread_total", {"stream": "atp:in:pos"}) == 3
+    assert registry.get_sample_value("atp_ingest_trimmed_unread_total", {"stream": "atp:in:wms"}) == 0

@@ -1,0 +1,79 @@
+"""Input-stream entries trimmed away before the consumer group read them.
+
+Their facts were never applied and never will be, and Redis says nothing of it to a reader:
+XREADGROUP simply goes on from the oldest entry left. A producer's ``MAXLEN`` shorter than the
+backlog (the service down for a while, or reading slower than the tills write) loses sales and
+receipts that way — on_hand wrong, and units sold that are gone. The reader looks for that gap, where
+it can still be seen: before its first read (a read moves the group's position past the gap) and
+with its pending gauge. The group's ``lag`` (entries added less entries read) less the entries left
+after its position is how many went unread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from atp_service.intake.entries import id_key
+from atp_service.storage.resp import as_text
+
+log = logging.getLogger(__name__)
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+async def trimmed_unread(client: Any, stream: str, group: str) -> tuple[int, bytes]:
+    """How many entries of ``stream`` were trimmed before ``group`` read them (0: none, or not
+    known — a group whose lag Redis cannot tell, after XDEL), and the group's position."""
+    try:
+        groups = await client.xinfo_groups(stream)
+        info = await client.xinfo_stream(stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():  # the stream deleted: the reader makes it again
+            return 0, b""
+        raise
+    mine = next((g for g in groups if as_text(g["name"]) == group), None)
+    if mine is None or mine.get("lag") is None:
+        return 0, b""
+    position = _as_bytes(mine["last-delivered-id"])
+    first = info.get("first-entry")
+    if first is None:  # the stream is empty: any entry added after the position went unread
+        behind = id_key(_as_bytes(info["last-generated-id"])) > id_key(position)
+        left = 0
+    else:  # trimming takes the oldest entries: a gap only when the oldest left is past the position
+        behind = id_key(_as_bytes(first[0])) > id_key(position)
+        left = int(info["length"])
+    if not behind:
+        return 0, position
+    return max(0, int(mine["lag"]) - left), position
+
+
+class UnreadWatch:
+    """Counts and says each gap once: the same position seen again says only what grew since."""
+
+    def __init__(self, client: Any, group: str, counter: Any) -> None:
+        self._client = client
+        self._group = group
+        self._counter = counter
+        self._told: dict[str, tuple[bytes, int]] = {}  # per stream: the position and the count told
+
+    async def check(self, stream: str) -> int:
+        """Look for entries of ``stream`` trimmed unread; count and log those not told yet."""
+        lost, position = await trimmed_unread(self._client, stream, self._group)
+        if not lost:
+            return 0
+        told_at, told = self._told.get(stream, (b"", 0))
+        new = lost - told if told_at == position else lost
+        self._told[stream] = (position, lost)
+        if new > 0:
+            self._counter.labels(stream).inc(new)
+            log.error("input stream %s: %d entries were trimmed from the stream before consumer group %s read "
+                      "them (after entry %s): their facts were never applied; the stream's MAXLEN is shorter "
+                      "than the backlog", stream, new, self._group, as_text(position),
+                      extra={"event": "ingest_trimmed_unread", "stream": stream, "entries": new,
+                             "after": as_text(position)})
+        return max(0, new)
