@@ -306,8 +306,8 @@ class StreamIngestor:
         for n, (stream, entry_id, fields) in enumerate(entries):
             if n and n % DECODE_SLICE == 0:
                 await asyncio.sleep(0)  # let other tasks (a stock-out to publish) in between slices
-            if fields is None:  # trimmed away before anyone read it: nothing left to apply
-                dead.append((stream, entry_id, [], "entry was deleted from the stream before it was applied"))
+            if fields is None:  # a pending entry trimmed away: a kill -9 before its XACK may have applied it
+                dead.append((stream, entry_id, [], TRIMMED_WHILE_PENDING))
                 continue
             try:
                 facts.append(decode_fact(fields, now, limits))

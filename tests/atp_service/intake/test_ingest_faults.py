@@ -73,6 +73,24 @@ async def test_a_claimed_entry_deleted_before_it_was_applied_is_dead_lettered(
     assert dead[b"_reason"] == b"entry was trimmed from the stream while pending; not known to be applied"
 
 
+async def test_its_own_pending_entry_found_trimmed_is_not_said_to_be_unapplied(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """The reader's own pending entry, trimmed before it re-reads it after a restart: a kill -9
+    between the durable append and the XACK leaves an applied fact pending, so its dead letter must
+    not say it was not applied (an operator would apply it again by hand)."""
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    r.xgroup_create("atp:in:pos", "atp", id="0", mkstream=True)
+    gone = r.xadd("atp:in:pos", F("p-gone", "SALE", "A", "S1", 1, now - 1000).fields())
+    r.xreadgroup("atp", "atp-1", {"atp:in:pos": ">"}, count=10)  # this service's own consumer
+    r.xdel("atp:in:pos", gone)
+    await start_service()
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    ((_, dead),) = r.xrange("atp:dlq")
+    assert (dead[b"_id"], dead[b"_stream"]) == (gone, b"atp:in:pos")
+    assert dead[b"_reason"] == b"entry was trimmed from the stream while pending; not known to be applied"
+
+
 async def test_a_dead_letter_keeps_its_own_reason_whatever_fields_the_entry_has(
         start_service: ServiceFactory, redis_url: str) -> None:
     """A dead letter replayed as it was (OPERATIONS: XADD it again) carries the earlier one's
