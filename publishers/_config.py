@@ -74,6 +74,11 @@ class PublisherConfig:
         return f"{self.stream}:dlq:{self.group}"
 
     @property
+    def state_key(self) -> str:
+        """The service's hash of the last published value per key (what trimming cannot remove)."""
+        return Keyspace(self.key_prefix).channel_state(self.channel)
+
+    @property
     def delivered_key(self) -> str:
         """Hash of the newest delivered version per key (idempotence by version)."""
         return f"{self.stream}:delivered:{self.group}"

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from atp_service.metrics import build_info, process_collectors, zeroed
 
-OUTCOMES = ("delivered", "retried", "failed", "superseded", "duplicate")
+OUTCOMES = ("delivered", "retried", "failed", "superseded", "duplicate", "resynced")
 
 
 class PublisherMetrics:
@@ -17,7 +17,7 @@ class PublisherMetrics:
         self.build = build_info("atp_publisher_build_info", r, {"redis_py": "redis", "httpx": "httpx"})
         self.deliveries = Counter(
             "atp_publisher_deliveries_total",
-            "Updates by outcome: delivered, retried, failed (not retryable), superseded, duplicate",
+            "Updates by outcome: delivered, retried, failed (not retryable), superseded, duplicate, resynced",
             ["channel", "adapter", "outcome"], registry=r,
         )
         self.dead_lettered = Counter(

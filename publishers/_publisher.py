@@ -8,6 +8,10 @@ dead-lettered after ``max_attempts`` (an update the adapter refuses alone, ``Ref
 dead-lettered alone with its reason; the rest of its batch counts as delivered). Entries are
 acknowledged only once settled (delivered, superseded, skipped or dead-lettered), together with
 the delivered versions, in one MULTI.
+
+Nothing trimmed is skipped: versions have no gaps, so entries this group never read, or read and
+left pending, that the stream's trimming (``stream_maxlen``) removed are known by their versions,
+and the newest value of each of their keys is delivered from the channel's state hash instead.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from atp_service.storage.channel_wire import from_fields, to_fields
+from redis.exceptions import ResponseError
+
+from atp_service.storage.channel_wire import from_fields, state_update, to_fields
 from atp_service.storage.durability import STORAGE_ERRORS
-from atp_service.storage.resp import as_text, group_lost, make_group, stream_entries
+from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, stream_entries
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, TokenBucket
 
@@ -39,6 +45,8 @@ T = TypeVar("T")
 class _Read:
     ids: list[str]
     updates: list[ChannelUpdate]
+    trimmed: set[int] = field(default_factory=set)
+    """Versions of own pending entries the stream no longer holds (trimmed while pending)."""
 
 
 class _Stopped(Exception):
@@ -58,6 +66,8 @@ class Publisher:
         self._now_ms = now_ms or (lambda: int(asyncio.get_running_loop().time() * 1000))
         self._bucket: TokenBucket | None = None
         self._delivered: dict[str, int] = {}
+        self._position = 0
+        """Newest version this group has read (its last-delivered id): the next one is the one after."""
         self._stop = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -70,8 +80,16 @@ class Publisher:
             try:
                 if group_gone:
                     await self._make_group(again=True)
-                    group_gone = False
+                    self._position, group_gone = 0, False
+                if not own_pending and not await self._catch_up_trimmed():
+                    return  # stopped half-way: the rest is delivered at the next start
                 read = await self._read("0" if own_pending else ">")
+                if not own_pending and read.ids:
+                    # Trimmed between the check and this read (the group has moved past them now):
+                    # a stop during this catch-up leaves those values to the keys' next changes.
+                    if not await self._catch_up_to(seq_of(read.ids[0])):
+                        return
+                    self._position = seq_of(read.ids[-1])
                 if own_pending and not read.ids:
                     own_pending = False
                     continue
@@ -105,6 +123,8 @@ class Publisher:
         await self._make_group()
         raw = await self.client.hgetall(cfg.delivered_key)
         self._delivered = {as_text(k): int(v) for k, v in raw.items()}
+        groups = await self.client.xinfo_groups(cfg.stream)
+        self._position = next((seq_of(g["last-delivered-id"]) for g in groups if as_text(g["name"]) == cfg.group), 0)
         self._bucket = TokenBucket(cfg.rate_limit_per_s, cfg.burst, self._now_ms())
 
     # -- reading -------------------------------------------------------------------
@@ -116,6 +136,9 @@ class Publisher:
         out = _Read([], [])
         for _, entry_id, fields in stream_entries(reply):
             out.ids.append(as_text(entry_id))
+            if not fields:  # an own pending entry trimmed from the stream: its key is in the state hash
+                out.trimmed.add(seq_of(entry_id))
+                continue
             try:
                 update = from_fields(fields or {})
             except (KeyError, ValueError) as exc:
@@ -126,8 +149,18 @@ class Publisher:
 
     # -- one batch -----------------------------------------------------------------
     async def process(self, read: _Read) -> None:
+        trimmed = read.trimmed
+        if trimmed and not await self._resync(lambda v: v in trimmed, f"{len(trimmed)} own pending entries"):
+            return  # stopped half-way: the entries stay pending, found trimmed again at the next start
+        delivered = await self._deliver_newest(read.updates)
+        if delivered is not None:
+            await self._settle(read.ids, delivered)
+
+    async def _deliver_newest(self, updates: list[ChannelUpdate]) -> dict[str, int] | None:
+        """The newest version of each key not delivered yet, delivered: the versions delivered per
+        key, or None when a stop cut the delivery off (what was delivered is recorded then)."""
         newest: dict[str, ChannelUpdate] = {}
-        for u in read.updates:  # stream order is version order: the last one per key wins
+        for u in sorted(updates, key=lambda u: u.version):  # the last one per key wins
             key = f"{u.sku}\t{u.location}"
             if key in newest:
                 self.metrics.outcome(self.config.channel, self.adapter.name, "superseded")
@@ -154,8 +187,62 @@ class Publisher:
             log.info("%s: stopping with %d updates of this read undelivered; they stay pending",
                      self.config.channel, len(todo) - len(delivered))
             await self._record(delivered)
-            return
-        await self._settle(read.ids, delivered)
+            return None
+        return delivered
+
+    # -- what trimming removed -------------------------------------------------------
+    async def _catch_up_trimmed(self) -> bool:
+        """Before reading new entries: the keys whose newest values the stream's trimming removed
+        before this group read them, delivered from the state hash. False: a stop cut it off (the
+        group has not moved: the next start finds the same gap)."""
+        try:
+            info: dict[str, Any] = await self.client.xinfo_stream(self.config.stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return True  # the stream deleted: the read that follows makes the group again
+            raise
+        first = info.get("first-entry")
+        oldest = seq_of(first[0]) if first else seq_of(info["last-generated-id"]) + 1
+        return await self._catch_up_to(oldest)
+
+    async def _catch_up_to(self, version: int) -> bool:
+        """Versions come without gaps: one beyond the next this group reads means those between
+        were trimmed unread. Their keys' newest values, if still among them, are delivered."""
+        after = self._position
+        if version <= after + 1:
+            return True
+        if not await self._resync(lambda v: after < v < version, f"versions {after + 1} to {version - 1}"):
+            return False
+        self._position = max(self._position, version - 1)
+        return True
+
+    async def _resync(self, wanted: Callable[[int], bool], what: str) -> bool:
+        """Deliver each key's last published value (the channel's state hash) whose version is
+        ``wanted`` and not delivered yet, ``read_count`` at a time. False: stopped half-way."""
+        cfg, found, page = self.config, 0, []
+        log.warning("%s: %s trimmed from %s before group %s delivered them; delivering their keys' newest "
+                    "values from the channel's state hash", cfg.channel, what, cfg.stream, cfg.group)
+        async for key, value in self.client.hscan_iter(cfg.state_key, count=cfg.read_count):
+            u = state_update(cfg.channel, key, value)
+            if wanted(u.version) and u.version > self._delivered.get(as_text(key), 0):
+                page.append(u)
+            if len(page) >= cfg.read_count:
+                found += len(page)
+                if not await self._deliver_and_record(page):
+                    return False
+                page = []
+        found += len(page)
+        if page and not await self._deliver_and_record(page):
+            return False
+        self.metrics.outcome(cfg.channel, self.adapter.name, "resynced", found)
+        return True
+
+    async def _deliver_and_record(self, updates: list[ChannelUpdate]) -> bool:
+        delivered = await self._deliver_newest(updates)
+        if delivered is None:
+            return False
+        await self._record(delivered)
+        return True
 
     async def _deliver(self, updates: list[ChannelUpdate]) -> list[ChannelUpdate]:
         """Deliver one chunk with retries. Returns the updates delivered: the rest were dead-lettered

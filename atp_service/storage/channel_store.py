@@ -3,9 +3,10 @@
 Per channel two keys: the stream ``<prefix>{avail}:<channel>`` (one entry per published value, id
 ``<version>-0`` so a stream id *is* a version and readers resume with ``since_version``) and the
 hash ``<prefix>{avail}:<channel>:state`` (field ``<sku>\t<location>``, value ``"<quantity> <version>
-<event_time>"``: the last published value of every key, written by the same script call as the
-stream entry). On restart the hash says what was published, so only what
-changed meanwhile is published again (E11) and versions continue above the newest (C3).
+<event_time> <status>"``: the last published value of every key, written by the same script call as
+the stream entry; a publisher behind the stream's trimming delivers from it). On restart the hash
+says what was published, so only what changed meanwhile is published again (E11) and versions
+continue above the newest (C3).
 
 A write whose reply is lost or late is *in doubt*: its bytes may still reach Redis after the desk
 gave up on them (R7). Before the desk reads what landed, it fences the write: ``fence`` raises

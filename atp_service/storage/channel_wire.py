@@ -51,7 +51,7 @@ def from_fields(fields: Mapping[Any, Any]) -> ChannelUpdate:
 def script_item(u: ChannelUpdate) -> tuple[str, ...]:
     """``u`` as the writer script takes it: the carried fields in order, then the state-hash value."""
     fields = to_fields(u)
-    return (*(fields[name] for name in _CARRIED), f"{u.quantity} {u.version} {u.event_time}")
+    return (*(fields[name] for name in _CARRIED), f"{u.quantity} {u.version} {u.event_time} {u.status.value}")
 
 
 STATE_SEP = "\t"
@@ -60,10 +60,26 @@ STATE_SEP = "\t"
 
 def state_entry(field: Any, value: Any) -> tuple[Key, Published]:
     """A field of a channel's state hash, ``sku<TAB>location``, and its value, ``quantity version
-    event_time`` (written by the script from ``script_item``'s last item)."""
+    event_time status`` (written by the script from ``script_item``'s last item; a value written
+    before the status was kept has three words)."""
     sku, _, location = as_text(field).partition(STATE_SEP)
-    quantity, version, event_time = as_text(value).split()
+    quantity, version, event_time = as_text(value).split()[:3]
     return (sku, location), Published(int(quantity), int(version), int(event_time))
+
+
+def state_update(channel: str, field: Any, value: Any) -> ChannelUpdate:
+    """A channel's last published value of one key, from its state hash, as an update with no
+    ``previous`` (what the reader was shown before is not known): what a publisher delivers for a
+    key whose stream entries were trimmed before it read them. A value without a status (written
+    before it was kept) shows ``OUT_OF_STOCK`` at 0 and ``IN_STOCK`` above."""
+    (sku, location), published = state_entry(field, value)
+    words = as_text(value).split()
+    if len(words) > 3:
+        status = StockStatus(words[3])
+    else:
+        status = StockStatus.OUT_OF_STOCK if published.quantity == 0 else StockStatus.IN_STOCK
+    return ChannelUpdate(channel, sku, location, published.quantity, None, status, published.version,
+                         published.event_time, 0, 0)
 
 
 def xadd_arguments(item: str) -> str:

@@ -1,0 +1,121 @@
+"""A publisher behind the channel stream's trimming (``stream_maxlen``): the newest value of a key
+whose entries were trimmed before this group read them is delivered from the channel's state hash,
+never skipped (a stock-out left unpublished at the destination)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.keys import CHANNELS, Keyspace
+from publishers import JsonlAdapter, Publisher, PublisherMetrics
+from reservation import ChannelUpdate, StockStatus
+from tests.publishers.test_publisher import config, run_until
+
+STREAM = "atp:{avail}:web"
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[ChannelStore]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set(Keyspace("atp:").owner(CHANNELS), 1)
+    yield ChannelStore(client, "atp:", epoch=lambda: 1)
+    await client.aclose()
+
+
+def value(sku: str, quantity: int, version: int, status: StockStatus | None = None) -> ChannelUpdate:
+    status = status or (StockStatus.OUT_OF_STOCK if quantity == 0 else StockStatus.IN_STOCK)
+    return ChannelUpdate("web", sku, "", quantity, 1, status, version, 1000 + version, 0)
+
+
+async def desk_writes(store: ChannelStore, updates: list[ChannelUpdate]) -> None:
+    """As the desk does: the stream entries and the state hash in one script call."""
+    await store.write([("web", 100_000, updates)])
+
+
+def delivered(out: Path) -> dict[str, tuple[int, int, str]]:
+    """sku -> (quantity, version, status) of the last line per sku the destination received."""
+    last: dict[str, tuple[int, int, str]] = {}
+    if out.exists():
+        for line in out.read_text().splitlines():
+            u = json.loads(line)
+            last[u["sku"]] = (u["quantity"], u["version"], u["status"])
+    return last
+
+
+async def deliver_until(store: ChannelStore, out: Path, group: str, expected: dict[str, Any]) -> None:
+    publisher = Publisher(config(group=group), store.client, JsonlAdapter(out), PublisherMetrics())
+
+    async def there() -> bool:
+        if delivered(out) != expected:
+            return False
+        info: Any = await store.client.xpending(STREAM, group)
+        return int(info["pending"]) == 0
+
+    try:
+        await run_until(publisher, there)
+    finally:
+        assert delivered(out) == expected
+
+
+async def test_a_value_trimmed_before_the_group_read_it_is_delivered_from_the_state_hash(
+        store: ChannelStore, tmp_path: Path) -> None:
+    out = tmp_path / "feed.jsonl"
+    await desk_writes(store, [value("a", 5, 1), value("b", 5, 2)])
+    await deliver_until(store, out, "jsonl", {"a": (5, 1, "IN_STOCK"), "b": (5, 2, "IN_STOCK")})
+
+    # While the publisher is down: "a" sells out (its last change), then others move on, and the
+    # stream is trimmed past the stock-out before the publisher is back.
+    await desk_writes(store, [value("a", 0, 3), value("c", 3, 4, StockStatus.LOW_STOCK), value("b", 4, 5)])
+    await store.client.xtrim(STREAM, maxlen=2, approximate=False)
+    await deliver_until(store, out, "jsonl", {"a": (0, 3, "OUT_OF_STOCK"), "b": (4, 5, "IN_STOCK"),
+                                              "c": (3, 4, "LOW_STOCK")})
+
+    # A new destination (a group made after the trimming) gets every key's newest value too.
+    fresh = tmp_path / "fresh.jsonl"
+    await desk_writes(store, [value("d", 2, 6, StockStatus.LOW_STOCK)])
+    await store.client.xtrim(STREAM, maxlen=1, approximate=False)
+    await deliver_until(store, fresh, "fresh", {"a": (0, 3, "OUT_OF_STOCK"), "b": (4, 5, "IN_STOCK"),
+                                                "c": (3, 4, "LOW_STOCK"), "d": (2, 6, "LOW_STOCK")})
+
+
+class Hangs:
+    """A destination that never answers: the publisher is stopped with its read pending."""
+
+    name = "hangs"
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def deliver(self, channel: str, updates: list[Any]) -> None:
+        self.entered.set()
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_pending_entry_trimmed_before_it_was_delivered_is_delivered_from_the_state_hash(
+        store: ChannelStore, tmp_path: Path) -> None:
+    """Its own pending entries come back without fields once trimmed: they were dead-lettered as
+    "undecodable", and the key's newest value (a stock-out) never reached the destination."""
+    await desk_writes(store, [value("a", 0, 1), value("b", 7, 2)])
+    stuck = Publisher(config(group="jsonl"), store.client, Hangs(), PublisherMetrics())
+    task = asyncio.create_task(stuck.run())
+    await asyncio.wait_for(stuck.adapter.entered.wait(), 10)  # type: ignore[attr-defined]
+    stuck.stop()
+    await asyncio.wait_for(task, 5)
+
+    await desk_writes(store, [value("c", 1, 3)])
+    await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # both pending entries trimmed
+    out = tmp_path / "feed.jsonl"
+    await deliver_until(store, out, "jsonl", {"a": (0, 1, "OUT_OF_STOCK"), "b": (7, 2, "IN_STOCK"),
+                                              "c": (1, 3, "IN_STOCK")})
+    assert await store.client.xlen(f"{STREAM}:dlq:jsonl") == 0
