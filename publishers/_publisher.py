@@ -3,7 +3,7 @@
 Per batch read: entries are decoded (a foreign entry is dead-lettered with the reason), keys
 coalesced to their newest version, versions already delivered skipped (idempotence by version:
 an older version is never delivered after a newer one, also after a crash), the rest delivered
-in stream order within the rate limit, retried with exponential backoff and jitter, and
+stock-outs first, then in stream order, within the rate limit, retried with exponential backoff and jitter, and
 dead-lettered after ``max_attempts`` (an update the adapter refuses alone, ``Refused``, is
 dead-lettered alone with its reason; the rest of its batch counts as delivered). Entries are
 acknowledged only once settled (delivered, superseded, skipped or dead-lettered), together with
@@ -171,7 +171,9 @@ class Publisher:
                 self.metrics.outcome(self.config.channel, self.adapter.name, "duplicate")
             else:
                 todo.append((key, u))
-        todo.sort(key=lambda item: item[1].version)
+        # Stock-outs first (C2: a channel must stop selling what is gone before anything else), then
+        # version order: each key has one update here, so no key's older value can follow its newer.
+        todo.sort(key=lambda item: (item[1].quantity != 0, item[1].version))
         delivered: dict[str, int] = {}
         size = self.config.delivery_batch
         try:

@@ -134,8 +134,9 @@ async def test_webhook_retried_delivered_once_per_version_in_order_and_signed(
     await run_until(publisher, settled)
     await publisher.adapter.close()
     got = [(u["sku"], u["quantity"], u["version"]) for u in receiver.accepted]
-    # "a" 1 and 3 were superseded by 5 before delivery, "b" 2 by 6: only the newest version of each goes out
-    assert got == [("c", 1, 4), ("a", 0, 5), ("b", 6, 6), ("d", 9, 7)]
+    # "a" 1 and 3 were superseded by 5 before delivery, "b" 2 by 6: only the newest version of each goes
+    # out, the stock-out first
+    assert got == [("a", 0, 5), ("c", 1, 4), ("b", 6, 6), ("d", 9, 7)]
     assert receiver.bad_signatures == 0 and receiver.attempts == 3 + 2  # two chunks of 3, 3 failures first
     # Every try of one batch carries the same webhook-id (a receiver drops a repeat by it); another batch not.
     assert receiver.ids[:4] == [receiver.ids[0]] * 4 and receiver.ids[4] != receiver.ids[0]
@@ -170,8 +171,8 @@ async def test_webhook_dead_lettered_after_max_attempts(client: aioredis.Redis, 
     await publisher.adapter.close()
     assert receiver.attempts == 3
     dead = await client.xrange("atp:{avail}:web:dlq:webhook")
-    fields = [{k.decode(): v.decode() for k, v in f.items()} for _, f in dead]
-    assert [(f["sku"], f["version"], f["attempts"]) for f in fields] == [("a", "1", "3"), ("b", "2", "3")]
+    fields = [{k.decode(): v.decode() for k, v in f.items()} for _, f in dead]  # the stock-out "b" first
+    assert [(f["sku"], f["version"], f["attempts"]) for f in fields] == [("b", "2", "3"), ("a", "1", "3")]
     assert fields[0]["reason"].startswith("HTTP 503")
     assert metrics.dead_lettered.labels("web")._value.get() == 2
     assert not await client.hexists("atp:{avail}:web:delivered:webhook", "a\t")
@@ -249,3 +250,28 @@ async def test_a_stop_during_retries_leaves_the_batch_pending_not_dead_lettered(
     await run_until(restarted, settled)
     await restarted.adapter.close()
     assert sorted(u["sku"] for u in up.accepted) == ["a", "b", "c"]
+
+
+async def test_a_stock_out_behind_a_backlog_goes_out_in_the_first_request(client: aioredis.Redis,
+                                                                          tmp_path: Path) -> None:
+    """A publisher behind (a destination's quota below the change rate) delivered a read in version
+    order: a stock-out behind 29 ordinary changes waited for all of them and their tokens, and the
+    channel kept selling what was gone. Each key has one update per read, so stock-outs go first."""
+    await publish(client, [update(f"sku-{n}", n + 1, n + 1) for n in range(29)] + [update("gone", 0, 30)])
+    clock = {"ms": 0}
+
+    async def fake_sleep(seconds: float) -> None:
+        clock["ms"] += int(seconds * 1000) + 1
+        await asyncio.sleep(0)
+
+    out = tmp_path / "feed.jsonl"
+    publisher = Publisher(config(rate_limit_per_s=10, burst=10, delivery_batch=10), client, JsonlAdapter(out),
+                          PublisherMetrics(), sleep=fake_sleep, now_ms=lambda: clock["ms"])
+
+    async def settled() -> bool:
+        return out.exists() and len(out.read_text().splitlines()) == 30
+
+    await run_until(publisher, settled)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["sku"] == "gone", [u["sku"] for u in lines[:10]]
+    assert [u["version"] for u in lines[1:]] == list(range(1, 30))  # the rest in version order
