@@ -341,6 +341,8 @@ class ServiceConfig:
         if not 0 <= self.malloc_mmap_threshold <= 32 << 20:  # glibc's largest (HEAP_MAX_SIZE / 2)
             raise ValueError(f"malloc_mmap_threshold: must be within [0, 33554432], got {self.malloc_mmap_threshold}")
         check_redis(self)
+        if not 64 << 10 <= self.max_message_bytes <= (1 << 31) - 1:  # gRPC's own limit is an int32
+            raise ValueError(f"max_message_bytes: must be within [65536, 2147483647], got {self.max_message_bytes}")
         if self.commit_delay_min_rate < 0:
             raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",

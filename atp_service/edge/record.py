@@ -91,10 +91,11 @@ def _redirect_first(facts: Sequence[Fact], engine: Engine, forwarder: Forwarder,
         forwarder.owner_for(engine.local, shard, metadata)
 
 
-def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits) -> FactSender:
+def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits, max_bytes: int) -> FactSender:
     """How the input streams' reader sends facts to the process owning their groups: ``RecordEvents``
-    calls (with the peer token) of at most ``max_events_per_call`` facts; each fact's result there,
-    or for each the refusal of its call (the owner's, or none came back in time)."""
+    calls (with the peer token) of at most ``max_events_per_call`` facts and ``max_bytes`` (the
+    owner's ``max_message_bytes``, which it shares); each fact's result there, or for each the refusal
+    of its call (the owner's, or none came back in time)."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     logged_at: dict[str, float] = {}
 
@@ -106,21 +107,42 @@ def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits) -> Fact
 
     async def send(owner: str, facts: Sequence[Fact]) -> list[Result | DomainError]:
         out: list[Result | DomainError] = []
-        size = limits.max_events_per_call
-        for start in range(0, len(facts), size):
-            part = facts[start:start + size]
-            request = pb.RecordEventsRequest(events=[convert.fact_pb(fact) for fact in part])
+        for request in requests_of(facts, limits.max_events_per_call, max_bytes):
             try:
                 answer = await forwarder.send(owner, "RecordEvents", request, SEND_TIMEOUT_S, metadata)
             except grpc.aio.AioRpcError as exc:
                 forwarder.counted("RecordEvents", "error")
                 log_refusal(owner, exc)
-                refused = Unavailable(f"process {owner} did not take {len(part)} facts ({exc.code().name}: "
+                refused = Unavailable(f"process {owner} did not take {len(request.events)} facts ({exc.code().name}: "
                                       f"{exc.details()}); read again later", Reason.OUTCOME_UNKNOWN)
-                out += [refused] * len(part)
+                out += [refused] * len(request.events)
                 continue
             forwarder.counted("RecordEvents", "ok")
             out += [convert.fact_result(result) for result in answer.results]
         return out
 
     return send
+
+
+REQUEST_MARGIN = 1024
+"""Bytes of a ``max_message_bytes`` not filled with facts: gRPC's own framing and headroom."""
+
+
+def requests_of(facts: Sequence[Fact], max_events: int, max_bytes: int) -> list[pb.RecordEventsRequest]:
+    """``facts`` in order as ``RecordEvents`` requests of at most ``max_events`` facts and
+    ``max_bytes`` encoded: a reader with a large ``ingest_count`` and long ids would otherwise send
+    one an owner refuses as too large on every retry, its entries pending for good."""
+    budget = max(max_bytes - REQUEST_MARGIN, 1)
+    requests: list[pb.RecordEventsRequest] = []
+    request, size = pb.RecordEventsRequest(), 0
+    for fact in facts:
+        event = convert.fact_pb(fact)
+        cost = event.ByteSize() + 6  # the field's tag and length prefix
+        if request.events and (len(request.events) >= max_events or size + cost > budget):
+            requests.append(request)
+            request, size = pb.RecordEventsRequest(), 0
+        request.events.append(event)
+        size += cost
+    if request.events:
+        requests.append(request)
+    return requests

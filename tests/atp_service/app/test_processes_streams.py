@@ -89,6 +89,28 @@ async def test_processes_share_the_streams_and_each_fact_is_applied_once_at_its_
         assert await on_hand(owner_of(running, sku)[0], sku) == skus.index(sku) + 1
 
 
+async def test_facts_sent_to_their_owner_are_split_to_fit_its_message_size(
+        redis_url: str) -> None:
+    """A read of many facts with long ids is more than an owner takes in one message
+    (``max_message_bytes``): sent whole, it was refused on every retry, its entries pending for good."""
+    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS,
+                                   input_streams=STREAMS[:1], max_message_bytes=64 << 10, ingest_count=1000):
+        running = await processes(start, 2)
+        skus = [f"split-{i}" for i in range(40)]
+        now = int(time.time() * 1000)
+        r = redis.Redis.from_url(redis_url)
+        long_id = "x" * 100
+        with r.pipeline(transaction=False) as pipe:
+            for n in range(1200):  # ~300 KiB of facts, half of them owned by the other process
+                pipe.xadd(STREAMS[0], F(f"{long_id}-{n}", "RECEIPT", skus[n % len(skus)], "DC", 1, now - 1000,
+                                        source="s" * 100).fields())
+            pipe.execute()
+        await wait_consumed(redis_url, [STREAMS[0]], timeout_s=30)
+        for sku in skus:
+            assert await on_hand(owner_of(running, sku)[0], sku) == 30, sku
+        assert r.xlen("atp:dlq") == 0
+
+
 @pytest.fixture
 async def start_leased(redis_url: str) -> AsyncIterator[ServiceFactory]:
     async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS, input_streams=STREAMS):

@@ -88,6 +88,10 @@ def test_a_value_out_of_range_stops_the_start(capsys: pytest.CaptureFixture[str]
     monkeypatch.setenv("ATP_MAX_QUANTITY", "1")
     assert main(["config", "--max-on-hand", "0"]) == 2
     assert "limits: need 0 < max_quantity (1) <= max_on_hand (0)" in capsys.readouterr().err
+    monkeypatch.delenv("ATP_MAX_QUANTITY")
+    monkeypatch.setenv("ATP_MAX_MESSAGE_BYTES", "0")  # gRPC would read it as no message at all
+    assert main(["config"]) == 2
+    assert capsys.readouterr().err == "atp-service: max_message_bytes: must be within [65536, 2147483647], got 0\n"
 
 
 def test_config_prints_every_setting_with_its_value_and_source(capsys: pytest.CaptureFixture[str],
