@@ -163,7 +163,8 @@ class ServiceConfig:
 
     owner_check_s: float = 1.0
     """How often the service checks that it still owns its Redis keyspace (a newer instance on the
-    same ``key_prefix`` takes it over; every log write checks too). An instance that only reads
+    same ``key_prefix`` takes it over; every log write checks too), and that each shard's log still
+    reaches the entries it made durable (Redis restarted from older data). An instance that only reads
     would otherwise serve stale numbers until its next write."""
 
     redis_timeout_s: float = 2.0

@@ -282,13 +282,16 @@ class AtpService:
         return engine
 
     async def _check_owner(self) -> None:
-        """A replaced instance that only serves reads would write nothing to be refused: ask."""
+        """A replaced instance that only serves reads would write nothing to be refused: ask. Nor would an
+        idle shard find that Redis lost entries it made durable (R7): each checks its log's end."""
         assert self._log is not None
         while True:
             await asyncio.sleep(self.config.owner_check_s)
             try:
                 if not await self._log.still_owner():
                     return
+                if self.engine is not None:
+                    await self.engine.check_logs_reach()
             except STORAGE_ERRORS:
                 pass  # Redis unreachable: the shards notice and say so; ask again later
 

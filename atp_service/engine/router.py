@@ -352,6 +352,12 @@ class Engine(OwnedShards):
             return self.actors[home].submit(work)
         return self._coordinator.run(sorted(shards), home, work)
 
+    async def check_logs_reach(self) -> None:
+        """Each shard stops if Redis lost entries it made durable (``ShardActor.check_log_reaches``)."""
+        for actor in self.actors:
+            if not actor.vacant:  # another process's group (leased: its renewals check it)
+                await actor.check_log_reaches()
+
     # -- time ---------------------------------------------------------------------------
     async def run_maintenance(self) -> None:
         """One housekeeping pass now (``Housekeeper.run_pass``)."""

@@ -1,0 +1,68 @@
+"""R7: Redis coming back with older data (a primary restarted from an older AOF or RDB, a failover to a
+replica that lagged) loses entries the service acknowledged. The service must not go on serving them:
+it stops to be restarted, and the restart serves what Redis holds.
+
+The older data is made with the real Redis: every key DUMPed at the save point, then after more
+acknowledged changes every key deleted and RESTOREd from those dumps — what a restart from that point's
+RDB would hold (the simulation does the same with ``--lose-tail``, ``tests/sim/tailloss.py``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from atp_service.storage.durability import LogDiverged
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory
+
+
+Image = dict[Any, tuple[Any, int]]
+
+
+async def saved(client: aioredis.Redis) -> Image:
+    """Every key's DUMP and time to live (ms; 0: none): Redis's state now."""
+    image: Image = {}
+    for key in await client.keys("*"):
+        dump, ttl = await client.dump(key), await client.pttl(key)
+        image[key] = (dump, max(ttl, 0))
+    return image
+
+
+async def restored(client: aioredis.Redis, image: Image) -> None:
+    """Redis holds ``image`` again: what was written since is gone."""
+    await client.flushall()
+    for key, (dump, ttl) in image.items():
+        await client.restore(key, ttl, dump, replace=True)
+
+
+async def test_an_idle_shard_stops_when_redis_lost_entries_it_made_durable(
+        start_service: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect: a shard noticed a log shorter than what it made durable only at its next write or snapshot.
+    Redis restarted from data older than the last changes but newer than the instance's claim (so no write
+    was refused FENCED): an idle shard went on serving the lost reservation's hold — availability lower
+    than Redis said, on GetAvailability and the channel feeds, health SERVING — for as long as nothing
+    changed there. The owner check (every owner_check_s) now also asks each shard whether its log still
+    reaches the entry it made durable; one that does not stops, and the instance is restarted."""
+    service, client = await start_service(owner_check_s=0.05)
+    await client.record_events([receipt("e1", "SKU", "DC", 10)])
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        image = await saved(direct)
+        await client.reserve("r1", [("SKU", "DC", 4)], ttl_seconds=600)
+        caplog.set_level(logging.ERROR, logger="atp_service")
+        await restored(direct, image)  # the reservation's entry is gone; the claim is still this instance's
+        await until(lambda: service.failed.is_set(), "the instance told to stop after Redis lost r1's entry",
+                    timeout_s=20)
+    finally:
+        await direct.aclose()
+    failures = [r for r in caplog.records if getattr(r, "event", None) == "shard_failed"]
+    assert failures and isinstance(failures[0].exc_info[1], LogDiverged)  # type: ignore[index]
+    await client.close()
+    await service.stop(grace_s=0.1)
+    _, again = await start_service()
+    (position,) = await again.availability([("SKU", "DC")])
+    assert (position.on_hand, position.reserved) == (10, 0)  # what Redis holds: r1 was lost
