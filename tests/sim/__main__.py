@@ -28,6 +28,8 @@ def main() -> int:
                         help="with --processes: late order-step requests may arrive steps later")
     parser.add_argument("--retry-other-content", action="store_true",
                         help="with --processes: a retry may carry other content than its id's first Reserve")
+    parser.add_argument("--lose-tail", action="store_true",
+                        help="Redis may restart from older data, losing acknowledged entries (one process)")
     args = parser.parse_args()
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
@@ -38,7 +40,7 @@ def main() -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     for done, seed in enumerate(seeds):
-        driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content)
+        driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail)
         try:
             asyncio.run(driver.run(args.steps))
         except Violation as exc:

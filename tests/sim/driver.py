@@ -24,6 +24,7 @@ from tests.sim.invariants import (
 )
 from tests.sim.shardcount import facts_answer_alike
 from tests.sim.snapparts import PART_BYTES
+from tests.sim.tailloss import TailLoss
 from tests.sim.tally import Tally
 from tests.sim.world import World
 
@@ -34,9 +35,12 @@ TRACE_TAIL = 24
 
 class Driver:
     def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
-                 late_across_steps: bool = False, retry_other_content: bool = False) -> None:
+                 late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False) -> None:
         """``late_across_steps``, ``retry_other_content``: with several processes, also the faults that
-        find the known defects the multi-process report names (off: they would fail most long runs)."""
+        find the known defects the multi-process report names (off: they would fail most long runs).
+        ``lose_tail``: Redis may come back from older data (``tailloss.py``; one process only)."""
+        if lose_tail and processes != 1:
+            raise ValueError("lose_tail: modelled with one service process only")
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -54,12 +58,14 @@ class Driver:
         self.commands = Commands(seed, self.rng, self.world, self.acked,
                                  other_content=processes == 1 or retry_other_content)
         self.trace: list[str] = []
+        self.tail = TailLoss(seed, self.acked) if lose_tail else None
+        self.world.tail = self.tail
         self.errors = ServiceErrors()
 
     async def run(self, steps: int) -> None:
         step = -1
         try:
-            with ServiceErrors() as self.errors:
+            with ServiceErrors(self.tail.allows if self.tail else None) as self.errors:
                 await self.world.boot()
                 for step in range(steps):
                     await self.step(step)
@@ -79,13 +85,15 @@ class Driver:
         """The seed as the command line names it (with the flags that make it a multi-process seed)."""
         world = self.world
         if not isinstance(world, ClusterWorld):
-            return str(self.seed)
+            return f"{self.seed}{' --lose-tail' if self.tail else ''}"
         return (f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
                                                               else "")
                 + (" --retry-other-content" if self.retry_other_content else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
+        if self.tail is not None and (drawn := self.tail.draw(world.log, world.channels)):
+            self.trace.append(f"{step}: {drawn}")
         if rng.random() < 0.14:
             ms = rng.randint(0, 20_000)
             world.clock.advance(ms)
@@ -108,18 +116,42 @@ class Driver:
             events = runner.events + (disruptor.events if disruptor else [])
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))
+        lost_tail = self.tail is not None and (self.tail.restored_in_step or self.tail.due(None))
+        if self.tail is not None and self.tail.due(None):
+            world.lose_tail()  # the step ended before its tick: Redis comes back from older data now
+            self.trace.append(f"{step}: Redis restarted from the saved state after the calls")
         if ended == "crash":
             for call in calls:  # answered before the crash, but the client never read it
                 if call.task is not None and call.task.done() and not call.task.cancelled():
                     call.task.exception()
         else:
-            collect(calls)  # a graceful stop answered what it could before it cancelled the rest
+            collect(calls, book=not lost_tail)  # a graceful stop answered what it could before it cancelled the rest
         if ended is not None:
             await world.crash_and_recover(rng)  # the callers that never heard back: nothing booked
             self.trace.append(f"{step}: {ended}, recovered")
         await world.converge_membership()
         await world.quiesce()
+        await self.after_loss(step)
         await world.converge_channels()
+
+    async def after_loss(self, step: int) -> None:
+        """Redis lost a tail since this instance started: by the step's end (the owner check, every write and
+        settle of the step done) the instance stopped to be restarted, or holds only what Redis holds."""
+        world = self.world
+        if self.tail is None or not self.tail.lost_since_start:
+            return
+        await world.owner_check()
+        if world.must_restart:
+            await world.restart_after_failure(self.rng)
+            self.trace.append(f"{step}: the service stopped to be restarted after Redis lost a tail, restarted")
+            await world.quiesce()
+            return
+        try:
+            replay_equals_live(world, await world.recovered())
+        except Violation as exc:
+            raise Violation(f"R7: Redis lost acknowledged entries and the instance, still serving, did not "
+                            f"notice by its owner check: {exc}") from None
+        world.forget_loss()
 
     def disrupt(self, world: ClusterWorld) -> Disruptor:
         """The step's membership faults, fired by the world at their ticks."""

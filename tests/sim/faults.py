@@ -26,6 +26,8 @@ FAULTY = ("lost", "doubt", "late")
 OUTCOMES = ("ok",) * 8 + FAULTY
 CHANNEL_OUTCOMES = ("ok",) * 5 + FAULTY
 AFTER_PAUSE = ("ok", "lost", "doubt", "late", "late")
+FAILED_GRACE = 8
+"""Ticks a stop the service decided itself (``World.must_restart``) gives the calls in progress."""
 
 
 @dataclass
@@ -111,7 +113,11 @@ class StepRunner:
             if self.stopping is not None and self.stopping.done():
                 self.stopping.result()
                 return "stop"
-            world.in_flight.check(world.eng.actors)
+            if world.must_restart and self.stopping is None:  # ``atp-service serve`` stops, then exits 4
+                self.stopping = asyncio.ensure_future(self._stop(calls, FAILED_GRACE))
+                self.events.append(f"t{tick} the service stops to be restarted")
+                world.log.tally.tail_restarts += 1
+            world.check_in_flight()
             if log.paused:
                 continue  # nothing is answered; callers give up, new ones queue behind
             if log.pending or world.channels.pending:
@@ -197,8 +203,9 @@ class StepRunner:
             self.world.desk.kick()
 
 
-def collect(calls: list[Call]) -> None:
-    """Book what each caller was told; an abandoned caller was told nothing (R8)."""
+def collect(calls: list[Call], book: bool = True) -> None:
+    """Book what each caller was told; an abandoned caller was told nothing (R8). ``book`` False: what
+    they were told is checked for errors but not booked (Redis lost a tail during the step)."""
     for call in calls:
         task = call.task
         if task is None:
@@ -210,6 +217,7 @@ def collect(calls: list[Call]) -> None:
             continue
         error = task.exception()
         if error is None:
-            call.book(task.result())
+            if book:
+                call.book(task.result())
         elif not isinstance(error, DomainError):
             raise error

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.keys import Keyspace
-from atp_service.storage.log import CrossGroupWrite, SnapshotRecord
+from atp_service.storage.log import CrossGroupWrite, Fenced, SnapshotRecord
 from atp_service.storage.snapshot_parts import write_snapshot_in_parts
 from tests.sim.snapparts import ScriptCall, SimNodes, run_script
 from tests.sim.tally import Tally
@@ -108,7 +108,10 @@ class SimLog:
         self.epoch = 0  # this instance's claim
         self.client: Any = SideStreams()
         self.metrics = StorageMetrics()
-        self.fenced = False  # the instance that runs is always the newest: never refused as replaced
+        self.fenced = self.claim_lost = False
+        """One process: no newer instance ever claims the keyspace, but Redis may lose this one's claim
+        (``tailloss.py``: restored from older data); then, as ``LogStore._refused``, fenced for good."""
+        self.on_fenced: list[Callable[[], None]] = []
         self.leased = False  # one process owns every group
         self.tracer = None  # the simulation traces nothing (atp_service.traces)
         self.tally = tally or Tally()
@@ -138,6 +141,7 @@ class SimLog:
         """One Redis: every group's owner key takes the new epoch at once, and its fence is adopted."""
         self.redis_epoch += 1
         self.epoch = self.redis_epoch
+        self.fenced = self.claim_lost = False  # a new instance
         for shard in range(shards):
             self.tokens[shard] = self.fences[shard]
         return self.epoch
@@ -152,6 +156,8 @@ class SimLog:
         await self.writable()
         if self.faults is not None and self.faults.random() < 0.3:
             self.arrive_late()  # scripts on their way got there just before the fence did
+        if self.redis_epoch != self.epoch:
+            raise self.refused_claim()  # FENCE_SCRIPT checks the owner key first
         self.fences[shard] += 1
         self.tokens[shard] = self.fences[shard]
 
@@ -159,8 +165,21 @@ class SimLog:
         return self._last(shard)
 
     async def still_owner(self, _group: int | None = None) -> bool:
+        """``LogStore.still_owner``: whether the owner keys still hold this instance's claim."""
         await self.round_trip()
-        return True  # the instance that runs is always the newest
+        if not self.fenced and self.redis_epoch != self.epoch:
+            self.refused_claim()
+        return not self.fenced
+
+    def refused_claim(self) -> Fenced:
+        """A write refused FENCED, as ``LogStore._refused`` takes it on one Redis: fenced for good, the
+        callbacks told once; ``claim_lost`` when the owner key holds no newer claim (it cannot here)."""
+        refusal = Fenced(f"FENCED epoch {self.epoch} was replaced by {self.redis_epoch or 'false'}")
+        if not self.fenced:
+            self.fenced, self.claim_lost = True, refusal.claim_lost
+            for callback in self.on_fenced:
+                callback()
+        return refusal
 
     async def entries_after(self, shard: int, seq: int) -> AsyncIterator[tuple[int, bytes]]:
         await self.round_trip()
@@ -182,8 +201,13 @@ class SimLog:
         """Store the snapshot and trim the log behind it, as ``LogStore.write_snapshot`` does: the
         service's own code, its script calls answered by the simulated Redis (``snapparts.py``)."""
         self.nodes.wrote(shard, seq, data)
-        await write_snapshot_in_parts(self.nodes, self.keys, shard, seq, data, (self.epoch, self.tokens[shard]),
-                                      part_bytes or len(data), extra_s)
+        try:
+            await write_snapshot_in_parts(self.nodes, self.keys, shard, seq, data, (self.epoch, self.tokens[shard]),
+                                          part_bytes or len(data), extra_s)
+        except RedisError as exc:
+            if str(exc).startswith("FENCED"):
+                raise self.refused_claim() from None
+            raise
         return len(data)
 
     # -- write pauses ---------------------------------------------------------------------
@@ -236,6 +260,8 @@ class SimLog:
                 unit.done.set_exception(RedisError(f"sim: append {outcome}"))
             elif refusal == "FENCED" and unit.proc is not None:
                 unit.done.set_exception(unit.proc.refused(unit.shard))  # its group has a newer owner
+            elif refusal == "FENCED":
+                unit.done.set_exception(self.refused_claim())  # Redis lost this instance's claim
             elif refusal is not None:
                 unit.done.set_exception(RedisError(f"sim: {refusal}"))
             else:

@@ -26,6 +26,8 @@ class Tally:
     channel_late_landed: int = 0
     cross_shard: int = 0  # commands spanning shards (reserves, SHIPMENTs naming a reservation)
     sagas: int = 0  # of those reserves, on a cluster (odd seeds): orders decided by sagas
+    tail_losses: int = 0  # Redis restarted from older data (``--lose-tail``)
+    tail_restarts: int = 0  # ... and the service stopped to be restarted
     # several processes (``--processes``):
     takeovers: int = 0  # groups taken (owner epoch raised, recovered, installed)
     hand_overs: int = 0  # groups handed over gracefully (drained, final snapshot, lease given back)
@@ -64,6 +66,8 @@ class Tally:
                 f"{self.snapshot_refused} snapshot scripts refused), "
                 f"{self.channel_faults} channel writes failed ({self.channel_late_landed} landed late), "
                 f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)"
+                + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
+                   if self.tail_losses else "")
                 + (self.processes_summary() if self.takeovers else ""))
 
     def processes_summary(self) -> str:

@@ -128,3 +128,29 @@ async def test_a_seed_replays_exactly(processes: int) -> None:
     assert first.trace == second.trace
     assert first.world.log.history == second.world.log.history
     assert first.world.channels.streams == second.world.channels.streams
+
+
+LOSE_TAIL_SEEDS = int(os.environ.get("ATP_SIM_LOSE_TAIL_SEEDS", "12"))
+"""Seeds with Redis coming back from older data (``--lose-tail``): about 15 s of CPU."""
+
+
+async def test_the_service_restarts_on_what_redis_holds_after_losing_a_tail() -> None:
+    """``--lose-tail`` (``tailloss.py``): Redis restarts from a saved state while writes are in flight;
+    every instance that held what Redis lost notices (a write refused FENCED with its claim lost, a settle
+    or snapshot finding the log short, the owner check) and is restarted, and the restarted one serves
+    exactly what Redis holds (E10), sells nothing twice (R2) and answers on every shard. Taking out the
+    owner check's log-end read (``Engine.check_logs_reach``) fails seed 0: an idle shard kept a reservation
+    Redis had lost."""
+    tally = Tally()
+    for seed in range(LOSE_TAIL_SEEDS):
+        await Driver(seed, tally, lose_tail=True).run(60)
+    assert tally.tail_losses > LOSE_TAIL_SEEDS and tally.tail_restarts > LOSE_TAIL_SEEDS / 2, tally
+
+
+@pytest.mark.xfail(strict=True, raises=Violation, reason="known defect: after Redis lost a tail, a position only "
+                   "the lost entries had keeps the channel value an instance published before it noticed")
+async def test_a_channel_never_keeps_a_value_of_a_position_redis_lost() -> None:
+    """``--seed 19 --lose-tail``: RECEIPT f32 makes J@L1; Redis comes back from before it; before the
+    instance notices, its desk publishes J@L1 = 7 into the restored stream. Restarted, the desk curates the
+    positions memory holds — J@L1 is none — so the channel shows 7 units that do not exist, for good."""
+    await Driver(19, lose_tail=True).run(10)

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from atp_service.app.keyspace import replaced_said
 from atp_service.channels.desk import ChannelDesk
 from atp_service.config import ServiceConfig
 from atp_service.engine.clock import ManualClock
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
+from atp_service.storage.durability import LogDiverged
 from reservation import Fact, Ledger, Limits, decode_entry
 from tests.sim.durable import DurableTracker, MemoryAheadOfLog
 from tests.sim.simchannels import ESTATE, DeskRunner, SimChannelStore
 from tests.sim.simlog import SimLog
 from tests.sim.tally import Tally
+
+if TYPE_CHECKING:
+    from tests.sim.tailloss import TailLoss
 
 START_MS = 1_700_000_000_000
 QUIET_ROUNDS = 400
@@ -71,6 +76,10 @@ class World:
         self.durable = DurableTracker(self.log, shards, self.config.limits, ESTATE)
         self.channels.on_landed = self.durable.published
         self.in_flight = MemoryAheadOfLog(self.log, shards, self.config.limits)
+        self.tail: TailLoss | None = None  # ``--lose-tail``: Redis may come back from older data
+        self.must_restart = False
+        """The service decided to stop to be restarted (``AtpService._must_restart``: exit status 4)."""
+        self.log.on_fenced.append(self._claim_refused)
 
     @property
     def eng(self) -> Engine:
@@ -98,14 +107,18 @@ class World:
         return out
 
     async def boot(self) -> None:
+        if self.tail is not None:
+            self.tail.lost_since_start = False  # a new instance: what it recovers is what Redis holds
         if not self._outside:  # the tasks running before this service started are not its own
             self._outside = set(asyncio.all_tasks())
         # Before recovery reads the log: a dead instance's late writes are refused.
         await self.log.claim(self.config.shards)
         self.channels.epoch = self.log.epoch
+        self.forget_loss()
         actors = []
         for ledger, seq in await self.recovered():
             actors.append(ShardActor(ledger.shard, ledger, self.log, self.clock, self.config.shard_settings, seq))  # type: ignore[arg-type]
+            actors[-1].on_failure.append(self._shard_failed)
         self.clock.advance_floor(max(a.ledger.clock for a in actors))
         self.engine = Engine(actors, self.log, self.clock, self.config.engine_settings)  # type: ignore[arg-type]
         for actor in self.engine.actors:
@@ -130,9 +143,73 @@ class World:
         self.recoveries += 1
         await self.boot()
 
+    # -- Redis losing an acknowledged tail (``tailloss.py``) ----------------------------------------
+    def lose_tail(self) -> None:
+        """Redis comes back from its saved state now; until the service restarts (or is found to hold only
+        what Redis holds) the checks comparing its memory with the log wait, and so does C4's."""
+        assert self.tail is not None
+        self.tail.restore(self)
+        self.channels.on_landed = lambda _channel, _updates: None
+
+    def forget_loss(self) -> None:
+        """Memory is what Redis holds again (a start, or nothing was lost): the references start over."""
+        self.must_restart = False
+        if self.tail is None or not self.tail.stale:
+            return
+        self.tail.stale = False
+        shards, limits = self.config.shards, self.config.limits
+        self.durable = DurableTracker(self.log, shards, limits, ESTATE)
+        self.channels.on_landed = self.durable.published
+        self.in_flight = MemoryAheadOfLog(self.log, shards, limits)
+
+    def check_in_flight(self) -> None:
+        if self.tail is None or not self.tail.stale:
+            self.in_flight.check(self.eng.actors)
+
+    def _shard_failed(self, actor: ShardActor) -> None:
+        """``AtpService._on_shard_failed``: a shard that found its log short stops the instance. Any other
+        failure is a finding of ``every_shard_answers``."""
+        if self.tail is not None and self.tail.lost_since_start and isinstance(actor.failure, LogDiverged):
+            self.must_restart = True
+
+    def _claim_refused(self) -> None:
+        """``AtpService._on_replaced``: with one instance, Redis can only have lost its claim."""
+        if replaced_said(self.log, "sim:"):  # type: ignore[arg-type]
+            raise AssertionError("one instance was told a newer one claimed the keyspace")
+        self.must_restart = True
+
+    async def owner_check(self) -> None:
+        """``AtpService._check_owner``, which runs every owner_check_s: here at each step's end."""
+        if await self.log.still_owner():
+            await self.eng.check_logs_reach()
+
+    async def restart_after_failure(self, rng: random.Random) -> None:
+        """``atp-service serve`` exits 4 (a graceful stop, Redis answering), and its supervisor starts it."""
+        stopping = asyncio.ensure_future(self._graceful_stop())
+        for _ in range(QUIET_ROUNDS):
+            for _ in range(4):
+                await asyncio.sleep(0)
+            if stopping.done():
+                break
+            self.log.pump("ok")
+            self.channels.pump("ok")
+        else:
+            raise AssertionError("a stop after a failure never finished (liveness)")
+        stopping.result()
+        self.log.tally.tail_restarts += 1
+        await self.crash_and_recover(rng)
+
+    async def _graceful_stop(self) -> None:
+        if self.desk is not None:
+            await self.desk.stop()
+            await self.desk.desk.stop()
+        await self.eng.stop(snapshot=True)
+
     # -- hooks a world of several processes fills in (``cluster.ClusterWorld``) -------------------
     def on_tick(self, tick: int) -> None:
         """An event-loop turn of a step has passed."""
+        if self.tail is not None and self.tail.due(tick):
+            self.lose_tail()
 
     async def converge_membership(self) -> None:
         """After a step: one process owns every shard already."""
@@ -169,6 +246,8 @@ class World:
         for _ in range(QUIET_ROUNDS):
             for _ in range(4):
                 await asyncio.sleep(0)
+            if self.must_restart:
+                return  # the service stops to be restarted: what it has left is settled by the next start
             if self.log.pending or self.channels.pending:
                 self.log.pump("ok")
                 self.channels.pump("ok")

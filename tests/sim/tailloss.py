@@ -1,0 +1,149 @@
+"""Redis losing an acknowledged tail (``--lose-tail``): a primary restarted from an older AOF or RDB, or a
+failover to a replica that lagged.
+
+At the start of a step Redis's state may be saved (``RedisImage``: every key the simulation models —
+the logs and their newest ids, snapshots, snapshot staging parts, the owner keys and the claims
+counter, the fences, the channel streams and their desk's fence); at a tick of a later step Redis
+comes back from that image, whatever is in flight then: the connections break, so every append,
+snapshot part and channel write sent and not yet answered fails (landed in the old Redis or not, it is
+not in the restored one), and no script on its way reaches the restored Redis. What was acknowledged
+after the save is legitimately lost: the model of what clients were told (``Acknowledged``)
+and the reference history (``SimLog.history``) are cut back to the save, and the calls of the step of
+the loss are not booked (acknowledged before or after it: the sim cannot tell which).
+
+The service must notice as it promises (docs/OPERATIONS.md, "What acknowledged means"): an append
+refused FENCED with no newer claim (``claim_lost``), a log found shorter than what a shard made durable
+(``LogDiverged``: a settle, a snapshot refused GAP), or the owner check — then it stops and is restarted
+(``World.restart_after_failure``), and the restarted service serves exactly what Redis holds. Until
+then (``stale``) its memory may hold what Redis lost: the checks that compare memory with the log wait
+for the restart; once the step of the loss is over, an instance still running must hold only what Redis
+holds (the owner check, ``World.owner_check``, runs at each step's end as it runs every owner_check_s).
+
+The fault draws from its own random stream, and only with the flag: seeds without it replay as before.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from atp_service.storage.durability import LogDiverged
+
+if TYPE_CHECKING:
+    from tests.sim.checks import Acknowledged
+    from tests.sim.simchannels import SimChannelStore
+    from tests.sim.simlog import SimLog
+    from tests.sim.world import World
+
+SAVE_P = 0.2
+"""At a step's start, with no saved image kept, the chance Redis's state is saved now."""
+RESTORE_P = 0.3
+"""At a step's start, with an image kept, the chance Redis comes back from it during the step."""
+RESTORE_TICKS = 60
+"""The restore happens at a tick drawn up to this (or at the step's end, when the step ended first)."""
+
+
+@dataclass
+class RedisImage:
+    """What Redis holds at a point (the AOF or RDB it later restarts from), and what the clients had been
+    told succeeded by then."""
+
+    logs: dict[int, list[tuple[int, bytes]]]
+    snaps: dict[int, bytes]
+    staging: dict[int, bytes]
+    fences: dict[int, int]
+    redis_epoch: int
+    owners: dict[int, int]
+    claims: int
+    history: dict[int, int]  # per shard, how many entries had ever landed
+    acked: Acknowledged
+    channels: tuple[Any, Any, int]  # the channel streams, their state hashes, the desk's fence
+
+    @classmethod
+    def capture(cls, log: SimLog, acked: Acknowledged, channels: SimChannelStore) -> RedisImage:
+        return cls(copy.deepcopy(dict(log.logs)), dict(log.snaps), dict(log.staging), dict(log.fences),
+                   log.redis_epoch, dict(log.owners), log.claims,
+                   {shard: len(entries) for shard, entries in log.history.items()}, copy.deepcopy(acked),
+                   copy.deepcopy((channels.streams, channels.state, channels.redis_fence)))
+
+    def restore(self, log: SimLog, acked: Acknowledged, channels: SimChannelStore) -> None:
+        """Redis restarts from this image; what was acknowledged after it is gone (R7 cut back)."""
+        streams, state, channels.redis_fence = copy.deepcopy(self.channels)
+        channels.streams.clear()
+        channels.streams.update(streams)
+        channels.state.clear()
+        channels.state.update(state)
+        log.logs.clear()
+        log.logs.update(copy.deepcopy(self.logs))
+        log.snaps, log.staging = dict(self.snaps), dict(self.staging)
+        log.fences.clear()
+        log.fences.update(self.fences)
+        log.owners.clear()
+        log.owners.update(self.owners)
+        log.redis_epoch, log.claims = self.redis_epoch, self.claims
+        for shard in list(log.history):
+            log.history[shard] = log.history[shard][:self.history.get(shard, 0)]
+        acked.reservations.clear()
+        acked.reservations.update(self.acked.reservations)
+        acked.facts.clear()
+        acked.facts.update(self.acked.facts)
+
+
+class TailLoss:
+    def __init__(self, seed: int, acked: Acknowledged) -> None:
+        self.rng = random.Random(f"lose-tail {seed}")  # its own stream: the other draws stay as they were
+        self.acked = acked
+        self.image: RedisImage | None = None
+        self.restore_at: int | None = None
+        self.restored_in_step = False
+        self.stale = False
+        """Redis came back from older data since the step's start: memory may hold what Redis lost."""
+        self.lost_since_start = False
+        """Redis came back from older data since this instance started: its fences went back too, so a
+        script it gave up on (settled as not landed) may land still, and the shard find it (``LogDiverged``)."""
+
+    def draw(self, log: SimLog, channels: SimChannelStore) -> str:
+        """At a step's start: save Redis's state now, or draw the tick it comes back from the saved one."""
+        self.restored_in_step, self.restore_at = False, None
+        if self.image is None:
+            if self.rng.random() < SAVE_P:
+                self.image = RedisImage.capture(log, self.acked, channels)
+                return "Redis state saved"
+        elif self.rng.random() < RESTORE_P:
+            self.restore_at = self.rng.randint(0, RESTORE_TICKS)
+            return f"Redis restarts from the saved state at tick {self.restore_at}"
+        return ""
+
+    def due(self, tick: int | None) -> bool:
+        """Whether the restore happens now (``tick`` None: the step ended before its tick)."""
+        return self.restore_at is not None and (tick is None or tick == self.restore_at)
+
+    def restore(self, world: World) -> None:
+        """Redis restarts from the image. The connections to it break: what was sent and not yet answered
+        is answered with the error (it reached the old Redis or not: either way it is not in the restored
+        one), and no script on its way reaches the new one."""
+        assert self.image is not None
+        log, channels = world.log, world.channels
+        self.image.restore(log, self.acked, channels)
+        log.late, channels.late = [], []
+        broken = RedisConnectionError("sim: connection reset (Redis restarted)")
+        for unit in log.pending + channels.pending:
+            if not unit.done.done():
+                unit.done.set_exception(broken)
+        log.pending, channels.pending = [], []
+        self.image, self.restore_at = None, None
+        self.restored_in_step = self.stale = self.lost_since_start = True
+        world.log.tally.tail_losses += 1
+
+    def allows(self, record: logging.LogRecord) -> bool:
+        """An ERROR the service logs, expected once Redis lost what it had acknowledged: a shard that
+        found its log short (``LogDiverged``), or the instance finding its claim lost."""
+        if not self.lost_since_start:
+            return False
+        cause = record.exc_info[1] if record.exc_info else None
+        return isinstance(cause, LogDiverged) or getattr(record, "why", None) == "claim_lost"
