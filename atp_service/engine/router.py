@@ -353,10 +353,13 @@ class Engine(OwnedShards):
         return self._coordinator.run(sorted(shards), home, work)
 
     async def check_logs_reach(self) -> None:
-        """Each shard stops if Redis lost entries it made durable (``ShardActor.check_log_reaches``)."""
-        for actor in self.actors:
-            if not actor.vacant:  # another process's group (leased: its renewals check it)
-                await actor.check_log_reaches()
+        """Each shard stops if Redis lost entries it made durable (``ShardActor.stop_if_log_short``): every
+        log's end read in one round trip, each shard's durable entry read before it."""
+        actors = [actor for actor in self.actors if not actor.vacant]  # leased groups: their renewals check
+        durable = [actor.seq for actor in actors]
+        newest = await self._log.last_seqs([actor.shard for actor in actors])
+        for actor, seq, last in zip(actors, durable, newest, strict=True):
+            actor.stop_if_log_short(seq, last)
 
     # -- time ---------------------------------------------------------------------------
     async def run_maintenance(self) -> None:

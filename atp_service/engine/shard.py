@@ -92,17 +92,14 @@ class ShardActor(CommitPipeline):
             if self._task is not None:
                 self._task.cancel()
 
-    async def check_log_reaches(self) -> None:
-        """R7: stop this shard when Redis no longer holds an entry it made durable (restarted from older data,
-        a failover to a replica that lagged): memory then holds what Redis lost. Asked by the owner check, so
-        an idle shard notices too — at its next write or snapshot alone it would serve the lost state (reads,
-        channel feeds) for as long as nothing changes. ``seq`` is read first: an entry counts only once Redis
-        acknowledged it, and a log's newest id never goes back (a trim keeps its own entry)."""
-        durable = self.seq
-        if not durable or self.failure is not None or self._stopping:
-            return
-        newest = await self._log.last_seq(self.shard)
-        if newest < durable:
+    def stop_if_log_short(self, durable: int, newest: int) -> None:
+        """R7: stop this shard when Redis no longer holds an entry it made durable (restarted from older
+        data, a failover to a replica that lagged): memory then holds what Redis lost. Asked by the owner
+        check, so an idle shard notices too — at its next write or snapshot alone it would serve the lost
+        state (reads, channel feeds) for as long as nothing changes. ``durable`` is this shard's ``seq``
+        read before its log's ``newest`` id was: an entry counts only once Redis acknowledged it, and a
+        log's newest id never goes back (a trim keeps its own entry)."""
+        if durable and newest < durable and self.failure is None and not self._stopping:
             self.break_down(LogDiverged(f"shard {self.shard}: its log ends at entry {newest}, but entry {durable} "
                                         "was durable: Redis lost acknowledged entries"))
 

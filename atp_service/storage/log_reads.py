@@ -34,6 +34,22 @@ class LogReads:
             raise
         return seq_of(info["last-generated-id"])
 
+    async def last_seqs(self, shards: list[int]) -> list[int]:
+        """``last_seq`` of each of ``shards``, in one round trip (per node, on a cluster)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                pipe.xinfo_stream(self.keys.log(shard))
+            infos: list[Any] = await pipe.execute(raise_on_error=False)
+        newest = []
+        for info in infos:
+            if isinstance(info, ResponseError) and "no such key" in str(info).lower():
+                newest.append(0)
+            elif isinstance(info, Exception):
+                raise info
+            else:
+                newest.append(seq_of(info["last-generated-id"]))
+        return newest
+
     async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
         start = f"({seq}-0" if seq else "-"
         while True:

@@ -123,6 +123,10 @@ class ProcessLog(LogStore):
         await self.round_trip()
         return self.redis._last(shard)
 
+    async def last_seqs(self, shards: list[int]) -> list[int]:
+        await self.round_trip()
+        return [self.redis._last(shard) for shard in shards]
+
     async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
         await self.round_trip()
         for entry_seq, data in list(self.redis.logs[shard]):

@@ -164,6 +164,9 @@ class SimLog:
     async def last_seq(self, shard: int) -> int:
         return self._last(shard)
 
+    async def last_seqs(self, shards: list[int]) -> list[int]:
+        return [self._last(shard) for shard in shards]
+
     async def still_owner(self, _group: int | None = None) -> bool:
         """``LogStore.still_owner``: whether the owner keys still hold this instance's claim."""
         await self.round_trip()

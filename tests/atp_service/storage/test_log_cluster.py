@@ -50,6 +50,7 @@ async def test_entries_of_several_groups_cannot_be_made_to_land_all_or_none(stor
         store.submit_group([(0, 1, b"a"), (1, 1, b"b")])
     await store.submit_group([(2, 1, b"one shard's group is one slot")])
     assert await store.last_seq(2) == 1 and await store.last_seq(0) == 0
+    assert await store.last_seqs([0, 2, 5]) == [0, 1, 0]  # one pipeline over the groups' nodes
 
 
 async def test_a_newer_claim_fences_every_group_of_the_older_owner(store: LogStore) -> None:
