@@ -19,7 +19,6 @@ from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
 
-
 Image = dict[Any, tuple[Any, int]]
 
 
