@@ -8,13 +8,13 @@ number moved are offered to the channel's feed, one Python step per changed key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from atp_service.channels.estate import Channel
-from reservation import Feed, PositionStore, curate
+from reservation import Feed, Key, PositionStore, curate
 
 Offer = tuple[Feed, str, str, int, int]  # feed, sku, location, value, source time
 
@@ -115,3 +115,22 @@ def _take_off(available: npt.NDArray[np.int64], ahead: dict[tuple[str, str], int
         i, j = row_of.get(sku), col_of.get(location)
         if i is not None and j is not None:
             available[i, j] -= delta
+
+
+def unheld(feed: Feed, channel: Channel, store_of: Callable[[str], PositionStore]) -> list[Key]:
+    """The keys ``feed`` shows that no position in memory stands behind: of a per-location channel,
+    its position; of a network channel, a position of its SKU at a location the channel sells from.
+    Curation looks only at positions, so such a key would keep its number for good. It arises when
+    Redis lost the entries that made the position (restarted from older data) after this feed had
+    published it: memory, recovered from the log, lacks it; the feed's stream and hash do not (C4)."""
+    sells = frozenset(channel.sells_from)
+    keys: list[Key] = []
+    for sku, location in feed.known_keys():
+        store = store_of(sku)
+        if channel.per_location:
+            held = store.exists(sku, location)
+        else:
+            held = any(where in sells for where, _ in store.sku_locations(sku))
+        if not held:
+            keys.append((sku, location))
+    return keys

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from atp_service.channels.curator import Curator, Offer
+from atp_service.channels.curator import Curator, Offer, unheld
 from atp_service.channels.estate import Channel, Estate
 from atp_service.config import ChannelSettings
 from atp_service.engine.clock import Clock
@@ -69,6 +69,7 @@ class ChannelDesk:
             actor.listeners.append(self.on_durable)
             actor.undo_listeners.append(self.on_undone)
         self._mark_everything()
+        self._withdraw_unheld()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
 
     @property
@@ -108,6 +109,15 @@ class ChannelDesk:
             for key in feed.known_keys():
                 if key[1] not in allowed:
                     feed.withdraw(key, now)
+
+    def _withdraw_unheld(self) -> None:
+        """At the start: a key published once that no recovered position stands behind is shown 0
+        (``unheld``: Redis lost the entries behind it), as nothing would curate it again (C4)."""
+        now, engine = self.clock.now_ms(), self.engine
+        for name, channel in self.estate.channels.items():
+            feed = self.feeds[name]
+            for key in unheld(feed, channel, lambda sku: engine.actors[engine.place(sku)].positions()):
+                feed.withdraw(key, now)
 
     def _find_zero_lines(self) -> None:
         """Per per-location channel, the ``available`` at or below which a position shows 0: what

@@ -147,10 +147,9 @@ async def test_the_service_restarts_on_what_redis_holds_after_losing_a_tail() ->
     assert tally.tail_losses > LOSE_TAIL_SEEDS and tally.tail_restarts > LOSE_TAIL_SEEDS / 2, tally
 
 
-@pytest.mark.xfail(strict=True, raises=Violation, reason="known defect: after Redis lost a tail, a position only "
-                   "the lost entries had keeps the channel value an instance published before it noticed")
 async def test_a_channel_never_keeps_a_value_of_a_position_redis_lost() -> None:
     """``--seed 19 --lose-tail``: RECEIPT f32 makes J@L1; Redis comes back from before it; before the
-    instance notices, its desk publishes J@L1 = 7 into the restored stream. Restarted, the desk curates the
-    positions memory holds — J@L1 is none — so the channel shows 7 units that do not exist, for good."""
+    instance notices, its desk publishes J@L1 = 7 into the restored stream. Restarted, the desk curated
+    only the positions memory holds — J@L1 is none — so the channel showed 7 units that do not exist, for
+    good. The desk now shows 0 at its start for every key no recovered position stands behind."""
     await Driver(19, lose_tail=True).run(10)

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
-from tests.atp_service.channel_helpers import fact, stream_updates, write_estate
+from tests.atp_service.app.test_redis_lost_tail import saved
+from tests.atp_service.channel_helpers import fact, latest, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy, until
 from tests.atp_service.refusals import said
+from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
 
 T = 1_700_000_000_000
@@ -98,3 +101,43 @@ async def test_a_settle_that_cannot_fence_keeps_counting_write_failures(redis_ur
     finally:
         await service.stop(grace_s=0.1)
         await r.aclose()
+
+
+async def test_a_key_whose_position_redis_lost_is_shown_0_after_the_restart(
+        start_service: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
+    """Defect: Redis came back from older data that lacked the facts making a position, while the
+    channel keys kept what the instance had published from them before it noticed (as the simulation's
+    ``--lose-tail`` seed 19 found). The restart curated only the positions it recovered, so the channel
+    went on offering the lost position's units — units that do not exist — until that SKU changed."""
+    estate = write_estate(tmp_path)
+    service, client = await start_service(estate=estate)
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        image = await saved(direct)  # before the facts: the older data Redis comes back with
+        await client.record_events([fact("c1", "COUNT", "sku-lost", "dc-1", 10, T),
+                                    fact("c2", "COUNT", "sku-lost", "store-1", 5, T)])
+        await until_shown(redis_url, "market", ("sku-lost", ""), 8)
+        await until_shown(redis_url, "pickup", ("sku-lost", "store-1"), 4)
+        await client.close()
+        await service.stop(grace_s=0.1)
+        for key in await direct.keys("*"):  # all but the channel keys goes back to the older data
+            if b"{avail}" not in key:
+                await direct.delete(key)
+        for key, (dump, ttl) in image.items():
+            if b"{avail}" not in key:
+                await direct.restore(key, ttl, dump, replace=True)
+    finally:
+        await direct.aclose()
+    _, again = await start_service(estate=estate)
+    (position,) = await again.availability([("sku-lost", "dc-1")])
+    assert position.on_hand == 0  # what Redis holds
+    await until_shown(redis_url, "market", ("sku-lost", ""), 0)
+    await until_shown(redis_url, "pickup", ("sku-lost", "store-1"), 0)
+
+
+async def until_shown(redis_url: str, channel: str, key: tuple[str, str], quantity: int) -> None:
+    """Wait until the newest value ``channel`` published for ``key`` is ``quantity`` (a bound of 20 s)."""
+    deadline = asyncio.get_running_loop().time() + 20
+    while (shown := latest(await stream_updates(redis_url, channel)).get(key, (None, 0))[0]) != quantity:
+        assert asyncio.get_running_loop().time() < deadline, f"{channel} shows {shown} for {key}, not {quantity}"
+        await asyncio.sleep(0.02)
