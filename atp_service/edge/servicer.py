@@ -45,6 +45,8 @@ from reservation import (
 )
 
 T = TypeVar("T")
+Batches = asyncio.Queue[asyncio.Task[pb.ReserveStreamResponse] | None]
+"""A ReserveStream's batches being decided, in the order they are answered; None: no more."""
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
@@ -277,23 +279,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         except DomainError as exc:
             await abort(context, exc)
         owners = OwnerStreams(self.forwarder, context)
-        inflight: asyncio.Queue[asyncio.Task[pb.ReserveStreamResponse] | None] = asyncio.Queue(self._max_inflight)
-
+        inflight: Batches = asyncio.Queue(self._max_inflight)
         cut_short = False
-
-        async def read() -> None:
-            nonlocal cut_short
-            try:
-                async for batch in self.drain.until_closed(request_iterator):
-                    self._check_batch_size(batch)  # before reading on: nothing after it is decided
-                    task = asyncio.ensure_future(self._reserve_batch(batch, owners))
-                    task.add_done_callback(exception_seen)  # a caller gone early leaves no "never retrieved"
-                    await inflight.put(task)
-                cut_short = self.drain.closing  # else the client ended its stream
-            finally:
-                await inflight.put(None)
-
-        reader = asyncio.ensure_future(read())
+        reader = asyncio.ensure_future(self._take_batches(request_iterator, owners, inflight))
         try:
             while (task := await inflight.get()) is not None:
                 try:
@@ -302,7 +290,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                     await abort(context, exc)
                 yield answer
             try:
-                await reader
+                cut_short = await reader
             except DomainError as exc:  # a batch past the limit, once the batches before it are answered
                 await abort(context, exc)
             await owners.finish()
@@ -316,6 +304,27 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             await owners.aclose()  # a batch still being decided here gets its owners' parts refused
         if cut_short:
             await abort(context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
+
+    async def _take_batches(self, requests: AsyncIterator[pb.ReserveStreamRequest], owners: OwnerStreams,
+                            inflight: Batches) -> bool:
+        """A stream's batches, each being decided as it is read, queued to be answered in order
+        (``max_stream_inflight`` at most), then the end mark (None). True: cut short by a stop."""
+        try:
+            async for batch in self.drain.until_closed(requests):
+                self._check_batch_size(batch)  # before reading on: nothing after it is decided
+                task = asyncio.ensure_future(self._reserve_batch(batch, owners))
+                task.add_done_callback(exception_seen)  # a caller gone early leaves no "never retrieved"
+                await inflight.put(task)
+        except asyncio.CancelledError:
+            # The stream has ended (its caller gone): nobody reads the queue any more, so waiting for
+            # room for the end mark in a full one would keep this task for ever (R8). The batches
+            # queued are decided to their end all the same; a retry with their ids replays them.
+            raise
+        except Exception:
+            await inflight.put(None)  # the batches before it are answered, then the error ends the stream
+            raise
+        await inflight.put(None)
+        return self.drain.closing  # else the client ended its stream
 
     def _enter_stream(self) -> None:
         """A ReserveStream begins (pair with ``_leave_stream``): refused past ``max_reserve_streams``,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import grpc
 import pytest
+import redis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
 
 T0 = 1_700_000_000_000
@@ -43,3 +49,31 @@ async def test_reserve_streams_open_at_once_are_bounded(start_service: ServiceFa
     for call in (open_calls[1], again):
         await call.done_writing()
         assert await call.read() == grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+def stream_tasks() -> list[asyncio.Task[Any]]:
+    """The servicer's own tasks still running (a stream's reader, its batches being decided)."""
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.startswith("AvailabilityServicer.")]
+
+
+async def test_a_stream_cancelled_with_its_batches_queued_leaves_no_task_behind_R8(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A caller that cancels a stream while it is full (``max_stream_inflight`` batches waiting,
+    the reader waiting to queue one more) leaves nothing running once its batches are decided: the
+    reader waited for room to queue its end mark for ever, a task (with the batches and their
+    answers) kept per cancelled stream, the service's memory growing with each."""
+    inflight = 2
+    service, client = await start_service(max_stream_inflight=inflight)
+    await client.record_events([receipt("seed", "A", "S1", 100)])
+    pause = redis.Redis.from_url(redis_url)
+    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # the first batch waits to be durable
+    try:
+        call = client.stub.ReserveStream(iter([_batch(f"q{n}") for n in range(20)]))
+        # One batch awaited, ``inflight`` queued, one more decided and waiting for room in the queue.
+        await until(lambda: len(stream_tasks()) >= inflight + 3, "the stream's queue full", 20)
+        call.cancel()
+    finally:
+        pause.execute_command("CLIENT", "UNPAUSE")
+        pause.close()
+    await until(lambda: not stream_tasks(), "every task of the cancelled stream ended", 20)
+    assert service._servicer.reserve_streams == 0
