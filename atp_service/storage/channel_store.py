@@ -197,14 +197,18 @@ class ChannelStore:
         return 0 if info is None else seq_of(info["last-generated-id"])
 
     async def missed_after(self, channel: str, version: int) -> bool:
-        """True when trimming removed an update with a version above ``version``. Versions have no
-        gaps, so that is: the oldest entry left is beyond ``version + 1``."""
+        """True when the stream cannot be read on exactly after ``version``: trimming removed an
+        update above it (versions have no gaps, so the oldest entry left is beyond ``version + 1``),
+        or the stream never reached it — a resume point seen on a Redis that lost its newest entries
+        (a failover), or another keyspace's: read on from it, a watch would wait in silence until
+        versions pass it, then skip every update up to it."""
         info = await self._info(channel)
-        if info is None:
-            return False
-        first = info.get("first-entry")
+        newest = 0 if info is None else seq_of(info["last-generated-id"])
+        if version > newest:
+            return True
+        first = None if info is None else info.get("first-entry")
         if not first:
-            return seq_of(info["last-generated-id"]) > version
+            return newest > version
         return seq_of(first[0]) > version + 1
 
     async def read_after(self, channel: str, version: int, count: int,

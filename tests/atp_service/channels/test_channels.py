@@ -157,6 +157,25 @@ async def test_watch_tells_a_subscriber_behind_the_trimmed_stream_to_resnapshot(
     assert "market, pickup, web" in said.message  # it names the channels there are
 
 
+async def test_watch_tells_a_subscriber_resuming_past_the_newest_version_to_resnapshot(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """A resume point the stream never reached (one seen on a Redis that lost its newest entries, or
+    another keyspace's) cannot be continued exactly: read on from it, the watch waited silently
+    until versions passed it, and then skipped every update up to it — a stock-out among them."""
+    _service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
+    updates = await wait_for_updates(redis_url, "market", 3)
+    call = client.stub.WatchAvailability(
+        pb.WatchAvailabilityRequest(channel="market", since_version=updates[-1].version + 5))
+    messages = await asyncio.wait_for(read_all(call), 30)
+    assert [m.kind for m in messages] == [pb.WatchAvailabilityResponse.KIND_RESNAPSHOT_REQUIRED]
+
+
+async def read_all(call: grpc.aio.UnaryStreamCall[pb.WatchAvailabilityRequest, pb.WatchAvailabilityResponse],
+                   ) -> list[pb.WatchAvailabilityResponse]:
+    return [m async for m in call]
+
+
 async def test_reload_publishes_only_what_changed_and_a_bad_file_changes_nothing(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
     path = write_estate(tmp_path)
