@@ -59,6 +59,7 @@ class Watchers:
         if request.snapshot:
             since, items = desk.snapshot(channel)
             for start in range(0, len(items), self.batch):
+                desk.channel(channel)  # a reload may have removed it since the last chunk: NotFound
                 yield self._snapshot_chunk(channel, items[start:start + self.batch], since, desk)
             yield Response(kind=Response.KIND_SNAPSHOT_END, version=since)
         else:
@@ -68,6 +69,10 @@ class Watchers:
             yield Response(kind=Response.KIND_RESNAPSHOT_REQUIRED, version=since)
             return
         while True:
+            # A channel a reload removed is written no more: its watch ends NotFound, naming it, as
+            # one started now would, instead of waiting in silence for ever (checked every read:
+            # ``_BLOCK_MS`` at most after the reload).
+            desk.channel(channel)
             updates = await store.read_after(channel, since, self.batch, _BLOCK_MS)
             if not updates:
                 continue

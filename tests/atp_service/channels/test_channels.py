@@ -16,6 +16,7 @@ from atp_service import ManualClock
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelRules, StockStatus, curate
 from tests.atp_service.channel_helpers import ESTATE, fact, latest, stream_updates, wait_for_updates, write_estate
+from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
 
 T = 1_700_000_000_000
@@ -171,9 +172,36 @@ async def test_watch_tells_a_subscriber_resuming_past_the_newest_version_to_resn
     assert [m.kind for m in messages] == [pb.WatchAvailabilityResponse.KIND_RESNAPSHOT_REQUIRED]
 
 
+async def test_a_watch_of_a_channel_a_reload_removed_ends_naming_it(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """A reload that removes a channel while it is watched: a snapshot under way failed UNKNOWN
+    (a KeyError, logged as a bug), and a watch of its changes waited for ever on a stream nobody
+    writes to any more, the subscriber never told its feed was gone. Both now end NOT_FOUND,
+    naming the channel, as a watch of it started after the reload is."""
+    estate = write_estate(tmp_path)
+    service, client = await start_service(clock=clock, estate=estate, watch_batch=1)
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
+    await wait_for_updates(redis_url, "market", 3)
+    snapshot = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
+    assert (await snapshot.read()).kind == pb.WatchAvailabilityResponse.KIND_SNAPSHOT  # one of three
+    changes = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market"))
+    await until(lambda: service._servicer._watchers.open == 2, "both watches open", 20)
+    start = ESTATE.index("[[channels]]\nname = \"market\"")
+    estate.write_text(ESTATE[:start] + ESTATE[ESTATE.index("[[channels]]", start + 1):])
+    await client.stub.ReloadEstate(pb.ReloadEstateRequest())
+    for call in (snapshot, changes):
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(read_all(call), 30)
+        assert ended.value.code() == grpc.StatusCode.NOT_FOUND, ended.value
+        assert "unknown channel 'market'" in (ended.value.details() or "")
+
+
 async def read_all(call: grpc.aio.UnaryStreamCall[pb.WatchAvailabilityRequest, pb.WatchAvailabilityResponse],
                    ) -> list[pb.WatchAvailabilityResponse]:
-    return [m async for m in call]
+    messages = []
+    while (message := await call.read()) != grpc.aio.EOF:  # type: ignore[attr-defined]
+        messages.append(message)
+    return messages
 
 
 async def test_reload_publishes_only_what_changed_and_a_bad_file_changes_nothing(
