@@ -386,7 +386,9 @@ class ChannelDesk:
         return channel
 
     def snapshot(self, name: str) -> tuple[int, list[tuple[Key, Published]]]:
-        """Every published value of a channel and the version they are current at."""
+        """Every published value of a channel and the version they are current at, in no order: a
+        sort of a per-location channel's millions of keys held the event loop, every shard with it,
+        for seconds (3 s for 1,000,000 keys against 0.1 s for the copy)."""
         self.channel(name)
         feed = self.feeds[name]
-        return feed.published_version, sorted(feed.published.items())
+        return feed.published_version, list(feed.published.items())
