@@ -51,15 +51,25 @@ class PublisherConfig:
     dead_letter_maxlen: int = 100_000
     """Approximate length the dead-letter stream is trimmed to."""
 
+    redeliver_max_keys: int = 100_000
+    """Most keys remembered (in Redis) for redelivery of their newest value after a dead letter;
+    past it the publisher remembers instead to resync the whole state hash (counted, logged)."""
+
+    redeliver_interval_s: float = 30.0
+    """While keys are owed a redelivery, a pass is tried at least this often, also when no
+    delivery has succeeded since (a quiet channel after the destination came back)."""
+
     def __post_init__(self) -> None:
         if not self.channel:
             raise ValueError("channel: required")
         Keyspace(self.key_prefix)  # the service's own check of a prefix (no braces: they would be the hash tag)
-        for name in ("read_count", "delivery_batch", "max_attempts"):
+        for name in ("read_count", "delivery_batch", "max_attempts", "redeliver_max_keys"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
         if self.redis_retry_s <= 0:
             raise ValueError("redis_retry_s: must be positive")
+        if self.redeliver_interval_s <= 0:
+            raise ValueError("redeliver_interval_s: must be positive")
         if self.rate_limit_per_s <= 0:
             raise ValueError("rate_limit_per_s: must be positive")
         if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
@@ -77,6 +87,17 @@ class PublisherConfig:
     def state_key(self) -> str:
         """The service's hash of the last published value per key (what trimming cannot remove)."""
         return Keyspace(self.key_prefix).channel_state(self.channel)
+
+    @property
+    def redeliver_key(self) -> str:
+        """Hash of the keys owed their newest value: ``sku<TAB>location`` -> ``<version> retry|refused``
+        of the dead-lettered version (what the destination never took)."""
+        return f"{self.stream}:redeliver:{self.group}"
+
+    @property
+    def redeliver_all_key(self) -> str:
+        """Set (a counter) when more keys were owed than ``redeliver_max_keys``: resync every key."""
+        return f"{self.stream}:redeliver-all:{self.group}"
 
     @property
     def delivered_key(self) -> str:

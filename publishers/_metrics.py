@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from atp_service.metrics import build_info, process_collectors, zeroed
 
-OUTCOMES = ("delivered", "retried", "failed", "superseded", "duplicate", "resynced")
+OUTCOMES = ("delivered", "retried", "failed", "superseded", "duplicate", "resynced", "redelivered")
 
 
 class PublisherMetrics:
@@ -17,11 +17,17 @@ class PublisherMetrics:
         self.build = build_info("atp_publisher_build_info", r, {"redis_py": "redis", "httpx": "httpx"})
         self.deliveries = Counter(
             "atp_publisher_deliveries_total",
-            "Updates by outcome: delivered, retried, failed (not retryable), superseded, duplicate, resynced",
+            "Updates by outcome: delivered, retried, failed (not retryable), superseded, duplicate, resynced, "
+            "redelivered",
             ["channel", "adapter", "outcome"], registry=r,
         )
         self.dead_lettered = Counter(
             "atp_publisher_dead_lettered_total", "Updates moved to the publisher's dead-letter stream", ["channel"],
+            registry=r,
+        )
+        self.redeliver_overflows = Counter(
+            "atp_publisher_redeliver_overflows_total",
+            "Dead letters past redeliver_max_keys owed keys: a resync of the whole state hash follows", ["channel"],
             registry=r,
         )
         self.rate_limited = Counter(
@@ -38,6 +44,7 @@ class PublisherMetrics:
         zeroed(self.deliveries, *((channel, adapter, outcome) for outcome in OUTCOMES))
         zeroed(self.dead_lettered, (channel,))
         zeroed(self.rate_limited, (channel,))
+        zeroed(self.redeliver_overflows, (channel,))
 
     def outcome(self, channel: str, adapter: str, outcome: str, n: int = 1) -> None:
         self.deliveries.labels(channel, adapter, outcome).inc(n)

@@ -12,6 +12,9 @@ the delivered versions, in one MULTI.
 Nothing trimmed is skipped: versions have no gaps, so entries this group never read, or read and
 left pending, that the stream's trimming (``stream_maxlen``) removed are known by their versions,
 and the newest value of each of their keys is delivered from the channel's state hash instead.
+
+Nothing dead-lettered is left behind either: each dead-lettered key is remembered and gets its
+newest value from the state hash once the destination answers again (``_redeliver``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from reservation import ChannelUpdate, TokenBucket
 from ._config import PublisherConfig
 from ._delivery import Adapter, DeliveryError
 from ._metrics import PublisherMetrics
+from ._redeliver import Redelivery
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +73,9 @@ class Publisher:
         self._position = 0
         """Newest version this group has read (its last-delivered id): the next one is the one after."""
         self._stop = asyncio.Event()
+        self._redelivery = Redelivery(config, client, metrics, adapter.name, self._now_ms,
+                                      lambda key: self._delivered.get(key, 0), self._deliver_and_record,
+                                      self._resync_every_key)
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
@@ -81,6 +88,10 @@ class Publisher:
                 if group_gone:
                     await self._make_group(again=True)
                     self._position, group_gone = 0, False
+                if not own_pending and self._redelivery.due():
+                    await self._redelivery.run_pass()  # keys whose newest value was dead-lettered (C4)
+                    if self._stop.is_set():
+                        return
                 if not own_pending and not await self._catch_up_trimmed():
                     return  # stopped half-way: the rest is delivered at the next start
                 read = await self._read("0" if own_pending else ">")
@@ -150,7 +161,8 @@ class Publisher:
     # -- one batch -----------------------------------------------------------------
     async def process(self, read: _Read) -> None:
         trimmed = read.trimmed
-        if trimmed and not await self._resync(lambda v: v in trimmed, f"{len(trimmed)} own pending entries"):
+        why = self._trimmed(f"{len(trimmed)} own pending entries")
+        if trimmed and not await self._resync(lambda v: v in trimmed, why):
             return  # stopped half-way: the entries stay pending, found trimmed again at the next start
         delivered = await self._deliver_newest(read.updates)
         if delivered is not None:
@@ -213,31 +225,43 @@ class Publisher:
         after = self._position
         if version <= after + 1:
             return True
-        if not await self._resync(lambda v: after < v < version, f"versions {after + 1} to {version - 1}"):
+        why = self._trimmed(f"versions {after + 1} to {version - 1}")
+        if not await self._resync(lambda v: after < v < version, why):
             return False
         self._position = max(self._position, version - 1)
         return True
 
-    async def _resync(self, wanted: Callable[[int], bool], what: str) -> bool:
+    async def _resync_every_key(self) -> bool:
+        """Every key's newest value not delivered yet: more keys were owed a redelivery than remembered."""
+        return await self._resync(lambda v: True, f"more keys than redeliver_max_keys={self.config.redeliver_max_keys} "
+                                  "were owed their newest value after dead letters",
+                                  keep_going=lambda: not self._redelivery.failed_in_pass)
+
+    async def _resync(self, wanted: Callable[[int], bool], why: str,
+                      keep_going: Callable[[], bool] = lambda: True) -> bool:
         """Deliver each key's last published value (the channel's state hash) whose version is
-        ``wanted`` and not delivered yet, ``read_count`` at a time. False: stopped half-way."""
+        ``wanted`` and not delivered yet, ``read_count`` at a time. False: stopped half-way, or
+        ``keep_going()`` False after a page."""
         cfg, found, page = self.config, 0, []
-        log.warning("%s: %s trimmed from %s before group %s delivered them; delivering their keys' newest "
-                    "values from the channel's state hash", cfg.channel, what, cfg.stream, cfg.group)
+        log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", cfg.channel, why)
         async for key, value in self.client.hscan_iter(cfg.state_key, count=cfg.read_count):
             u = state_update(cfg.channel, key, value)
             if wanted(u.version) and u.version > self._delivered.get(as_text(key), 0):
                 page.append(u)
             if len(page) >= cfg.read_count:
                 found += len(page)
-                if not await self._deliver_and_record(page):
+                if not await self._deliver_and_record(page) or not keep_going():
                     return False
                 page = []
         found += len(page)
-        if page and not await self._deliver_and_record(page):
+        if page and (not await self._deliver_and_record(page) or not keep_going()):
             return False
         self.metrics.outcome(cfg.channel, self.adapter.name, "resynced", found)
         return True
+
+    def _trimmed(self, what: str) -> str:
+        cfg = self.config
+        return f"{what} trimmed from {cfg.stream} before group {cfg.group} delivered them"
 
     async def _deliver_and_record(self, updates: list[ChannelUpdate]) -> bool:
         delivered = await self._deliver_newest(updates)
@@ -251,18 +275,19 @@ class Publisher:
         (the whole chunk after its last attempt, or those the adapter refused one by one)."""
         cfg, channel, name = self.config, self.config.channel, self.adapter.name
         await self._unless_stopped(self._take_tokens(len(updates)))
-        reason = ""
+        reason, retryable = "", True
         for attempt in range(1, cfg.max_attempts + 1):
             try:
                 answer = await self._unless_stopped(self.adapter.deliver(channel, updates))
             except DeliveryError as exc:
-                reason = exc.reason
+                reason, retryable = exc.reason, exc.retryable
                 self.metrics.outcome(channel, name, "retried" if exc.retryable else "failed", len(updates))
                 if not exc.retryable:
                     break
                 if attempt < cfg.max_attempts:
                     await self._unless_stopped(self._sleep(self.backoff_s(attempt)))
                 continue
+            self._redelivery.succeeded()
             refused = list(answer or ())
             gone = {r.update.version for r in refused}  # versions are unique within a channel
             delivered = [u for u in updates if u.version not in gone]
@@ -272,9 +297,9 @@ class Publisher:
                 self.metrics.delay.labels(channel).observe(max(0, now - u.event_time) / 1000)
             if refused:
                 self.metrics.outcome(channel, name, "failed", len(refused))
-                await self._dead_letter([(r.update, r.reason) for r in refused], attempt)
+                await self._dead_letter([(r.update, r.reason) for r in refused], attempt, retryable=False)
             return delivered
-        await self._dead_letter([(u, reason) for u in updates], attempt)
+        await self._dead_letter([(u, reason) for u in updates], attempt, retryable)
         return []
 
     async def _unless_stopped(self, work: Awaitable[T]) -> T:
@@ -340,9 +365,12 @@ class Publisher:
             await self.client.hset(self.config.delivered_key, mapping=delivered)
             self._delivered.update(delivered)
 
-    async def _dead_letter(self, refused: list[tuple[ChannelUpdate, str]], attempts: int) -> None:
-        """Each update to the dead-letter stream with its reason."""
+    async def _dead_letter(self, refused: list[tuple[ChannelUpdate, str]], attempts: int, retryable: bool) -> None:
+        """Each update to the dead-letter stream with its reason, its key remembered for redelivery."""
         cfg = self.config
+        if retryable and self._redelivery.passing:
+            self._redelivery.failed_again(len(refused), refused[0][1])
+            return
         self.metrics.dead_lettered.labels(cfg.channel).inc(len(refused))
         log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(refused), attempts,
                     "; ".join(sorted({reason for _, reason in refused}))[:2000])
@@ -350,6 +378,7 @@ class Publisher:
         for u, reason in refused:
             fields = {**to_fields(u), "reason": reason, "attempts": str(attempts), "adapter": self.adapter.name}
             pipe.xadd(cfg.dead_letter_stream, fields, maxlen=cfg.dead_letter_maxlen, approximate=True)
+        await self._redelivery.remember(pipe, [u for u, _ in refused], retryable)
         await pipe.execute()
 
     async def _dead_letter_raw(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:

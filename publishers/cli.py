@@ -64,6 +64,11 @@ def _delivery_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-attempts", type=int, default=8)
     p.add_argument("--backoff-base", type=float, default=0.5)
     p.add_argument("--backoff-max", type=float, default=60.0)
+    p.add_argument("--redeliver-max-keys", type=int, default=PublisherConfig.redeliver_max_keys,
+                   help="keys remembered for redelivery after dead letters; past it the whole state hash is "
+                        "resynced (default 100000)")
+    p.add_argument("--redeliver-interval", type=float, default=PublisherConfig.redeliver_interval_s,
+                   help="while keys are owed their newest value, try a redelivery at least this often (default 30 s)")
     p.add_argument("--max-wait", type=float, default=60.0,
                    help="longest wait a destination may ask for (Retry-After, Shopify throttling; default 60 s)")
     p.add_argument("--max-waits", type=int, default=5,
@@ -128,6 +133,7 @@ def make_config(args: argparse.Namespace) -> PublisherConfig:
         channel=args.channel, key_prefix=args.key_prefix, group=args.group or args.adapter, consumer=args.consumer,
         rate_limit_per_s=args.rate, burst=args.burst, delivery_batch=args.batch,
         max_attempts=args.max_attempts, backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
+        redeliver_max_keys=args.redeliver_max_keys, redeliver_interval_s=args.redeliver_interval,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from publishers import WebhookAdapter
-from publishers.cli import build_parser, make_adapter
+from publishers.cli import build_parser, make_adapter, make_config
 from tests.publishers.test_publisher import SECRET
 
 FLAGS = ["--channel", "web", "--adapter", "jsonl", "--file", "web.jsonl"]
@@ -28,3 +28,13 @@ def test_the_request_bounds_reach_the_adapter_and_a_bad_one_is_refused_naming_th
     assert (adapter._http.settings.timeout_s, adapter._http.settings.max_answer_bytes) == (3.0, 2048)
     with pytest.raises(ValueError, match=r"^--request-timeout, --max-answer-bytes, --max-wait, --max-waits: "):
         make_adapter(build_parser().parse_args([*web, "--max-answer-bytes", "0"]))
+
+
+def test_the_redelivery_bounds_reach_the_config_and_a_bad_one_is_refused_naming_it() -> None:
+    args = build_parser().parse_args([*FLAGS, "--redeliver-max-keys", "50", "--redeliver-interval", "5"])
+    config = make_config(args)
+    assert (config.redeliver_max_keys, config.redeliver_interval_s) == (50, 5.0)
+    with pytest.raises(ValueError, match=r"^redeliver_max_keys: must be at least 1$"):
+        make_config(build_parser().parse_args([*FLAGS, "--redeliver-max-keys", "0"]))
+    with pytest.raises(ValueError, match=r"^redeliver_interval_s: must be positive$"):
+        make_config(build_parser().parse_args([*FLAGS, "--redeliver-interval", "0"]))

@@ -1,0 +1,180 @@
+"""Redelivery of dead-lettered keys: after a destination outage longer than ``max_attempts``, each key
+whose newest value was dead-lettered gets the channel's durable value (the state hash) once the
+destination answers again (C4: the feed converges to what is durable; a stock-out is not left
+unpublished).
+
+- **What is remembered**: each dead-lettered update's key and version, in the hash
+  ``<stream>:redeliver:<group>`` (durable: a restart finds it), written in the dead letters' MULTI,
+  with its kind: ``retry`` (the last attempt failed with a retryable error: the destination was
+  down or slow) or ``refused`` (it said this payload will not be taken: a 4xx, or one update of a
+  batch refused alone). Past ``redeliver_max_keys`` keys a counter ``<stream>:redeliver-all:<group>``
+  is raised instead: the next pass resyncs every key of the state hash (bounded memory, nothing lost).
+- **When**: a pass runs before the next read once a delivery succeeded after a retryable dead
+  letter, at least every ``redeliver_interval_s`` while ``retry`` keys are owed (a quiet channel),
+  and once at each start. ``refused`` keys are passed only until the first pass of a process
+  completes: resending what the destination refused at each success would be refused again, but an
+  operator's fix (credentials, URL, a store's mapping) comes with a restart.
+- **How**: the stock-outs among the owed keys first (C2), then the rest, one page (about
+  ``read_count`` keys) per step with a read of the channel stream between steps, through the
+  publisher's own delivery (rate limit, retries, delivered versions: a version at or below the one
+  delivered is never sent, so an older value never follows a newer one). A key is forgotten once its
+  delivered version reaches the state hash's (or its value is gone). A pass stops when a delivery
+  fails again after its retries; what it left stays owed, without a second dead letter (one per pass
+  would flood the dead-letter stream during an outage).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from atp_service.storage.channel_wire import state_update
+from atp_service.storage.resp import as_text
+from reservation import ChannelUpdate
+
+from ._config import PublisherConfig
+from ._metrics import PublisherMetrics
+
+log = logging.getLogger(__name__)
+RETRY, REFUSED = "retry", "refused"
+_DELETE_IF_SAME = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+"""Forget the full-resync mark only if no new overflow raised it during the resync."""
+
+Deliver = Callable[[list[ChannelUpdate]], Awaitable[bool]]
+"""Deliver and record updates (the publisher's way); False: a stop cut it off."""
+
+
+class Redelivery:
+    def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics, adapter: str,
+                 now_ms: Callable[[], int], delivered_version: Callable[[str], int], deliver: Deliver,
+                 resync_all: Callable[[], Awaitable[bool]]) -> None:
+        self.config, self.client, self.metrics, self.adapter = config, client, metrics, adapter
+        self._now_ms, self._delivered_version = now_ms, delivered_version
+        self._deliver, self._resync_all = deliver, resync_all
+        self.answered = False
+        """The destination took the last delivery tried (False after a retryable dead letter)."""
+        self._owed = True  # unknown until the first pass: a restart finds what Redis remembered
+        self._first, self._refused_due = True, True
+        self._last_pass_ms = 0
+        self.passing = False
+        """A pass is under way: what fails again is still owed, not dead-lettered a second time."""
+        self.failed_in_pass = False
+        """A delivery of this pass failed after its retries: the pass stops, what it left stays owed."""
+        self._cursor, self._stock_outs_phase = 0, True
+        """Where the sweep over the remembered keys is (HSCAN's cursor), and in which of its two phases."""
+        self._with_refused, self._reowed = True, False
+        """This sweep passes refused keys too; a retryable dead letter came since it began."""
+
+    def succeeded(self) -> None:
+        self.answered = True
+
+    def due(self) -> bool:
+        if self._first:
+            return True
+        waited_ms = self._now_ms() - self._last_pass_ms
+        return self._owed and (self.answered or waited_ms >= self.config.redeliver_interval_s * 1000)
+
+    def failed_again(self, keys: int, reason: str) -> None:
+        """A pass's delivery failed after its retries: those keys stay owed (their first dead letter
+        says it already; one per pass would flood the dead-letter stream during an outage)."""
+        self.answered, self._owed, self.failed_in_pass = False, True, True
+        log.warning("%s: the destination failed again (%s); %d keys stay owed their newest value", self.config.channel,
+                    reason[:200], keys)
+
+    async def remember(self, pipe: Any, updates: list[ChannelUpdate], retryable: bool) -> None:
+        """Add to ``pipe`` (the dead letters' MULTI) what makes these keys owed their newest value."""
+        cfg = self.config
+        if retryable:
+            self.answered, self._owed, self._reowed = False, True, True
+        owed = {f"{u.sku}\t{u.location}": f"{u.version} {RETRY if retryable else REFUSED}" for u in updates}
+        if await self.client.hlen(cfg.redeliver_key) + len(owed) <= cfg.redeliver_max_keys:
+            pipe.hset(cfg.redeliver_key, mapping=owed)
+            return
+        pipe.incr(cfg.redeliver_all_key)
+        self.metrics.redeliver_overflows.labels(cfg.channel).inc()
+        log.warning("%s: more than redeliver_max_keys=%d keys owed their newest value; the next pass resyncs "
+                    "every key of the state hash", cfg.channel, cfg.redeliver_max_keys,
+                    extra={"event": "publisher_redeliver_overflow", "channel": cfg.channel,
+                           "max_keys": cfg.redeliver_max_keys})
+
+    async def run_pass(self) -> None:
+        """One step of the sweep over what is owed: one page of remembered keys (about
+        ``read_count``). The channel stream is read between steps, so a new change (a new stock-out)
+        never waits behind a long redelivery. Returns early when a stop cuts it off or the
+        destination fails again: the page is tried again at the next step."""
+        self._first, self._last_pass_ms = False, self._now_ms()
+        self.passing, self.failed_in_pass = True, False
+        done, finished = {"redelivered": 0}, False
+        try:
+            if self._cursor == 0 and self._stock_outs_phase:  # a sweep begins
+                self._with_refused, self._reowed = self._refused_due, False
+                if not await self._full_resync():
+                    return
+            finished = await self._step(done)
+        finally:
+            self.passing = False
+            if finished:
+                self._refused_due = self._refused_due and not self._with_refused
+            self._owed = self._reowed if finished else True
+            if done["redelivered"]:
+                cfg = self.config
+                log.info("%s: %d keys owed since a dead letter redelivered from the state hash%s", cfg.channel,
+                         done["redelivered"], "" if finished else " (more in the next steps)",
+                         extra={"event": "publisher_redelivered", "channel": cfg.channel,
+                                "keys": done["redelivered"], "complete": finished})
+
+    async def _full_resync(self) -> bool:
+        """Every key of the state hash not delivered at its version, when more were owed than
+        remembered. False: not finished (stopped, or the destination failed again)."""
+        cfg = self.config
+        mark = await self.client.get(cfg.redeliver_all_key)
+        if mark is None:
+            return True
+        if not await self._resync_all():
+            return False
+        await self.client.eval(_DELETE_IF_SAME, 1, cfg.redeliver_all_key, mark)
+        return True
+
+    async def _step(self, done: dict[str, int]) -> bool:
+        """The next page of the sweep: the stock-outs among all owed keys first, then the rest (C2).
+        True: the sweep is finished."""
+        cfg = self.config
+        while True:
+            cursor, items = await self.client.hscan(cfg.redeliver_key, self._cursor, count=cfg.read_count)
+            page = [(as_text(key), as_text(owed)) for key, owed in items.items()]
+            before = done["redelivered"]
+            if not await self._page(page, self._stock_outs_phase, self._with_refused, done):
+                return False  # the same page again at the next step
+            self._cursor = int(cursor)
+            if self._cursor:
+                return False
+            self._stock_outs_phase = not self._stock_outs_phase
+            if self._stock_outs_phase:
+                return True
+            if done["redelivered"] > before:
+                return False  # the stock-outs went: the channel stream's turn, then the rest
+
+    async def _page(self, page: list[tuple[str, str]], stock_outs_only: bool, with_refused: bool,
+                    done: dict[str, int]) -> bool:
+        """Deliver the newest values of one page of owed keys; forget those settled. False: stop."""
+        cfg = self.config
+        if not page:
+            return True
+        keys = [key for key, _ in page]
+        wanted = {key for key, owed in page if with_refused or owed.endswith(RETRY)}
+        values = await self.client.hmget(cfg.state_key, keys)
+        newest = {key: state_update(cfg.channel, key, value) for key, value in zip(keys, values, strict=True)
+                  if value is not None}
+        # Refused keys outside their pass are only forgotten once a newer value of theirs got through.
+        todo = [u for key, u in newest.items() if key in wanted and u.version > self._delivered_version(key)
+                and (u.quantity == 0 or not stock_outs_only)]
+        if todo and not await self._deliver(todo):
+            return False
+        settled = [key for key in keys if key not in newest or self._delivered_version(key) >= newest[key].version]
+        if settled:
+            await self.client.hdel(cfg.redeliver_key, *settled)
+        redelivered = sum(1 for u in todo if self._delivered_version(f"{u.sku}\t{u.location}") >= u.version)
+        done["redelivered"] += redelivered
+        self.metrics.outcome(cfg.channel, self.adapter, "redelivered", redelivered)
+        return not self.failed_in_pass

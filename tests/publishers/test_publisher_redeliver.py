@@ -1,0 +1,241 @@
+"""A destination down longer than ``max_attempts``: every update of the outage was dead-lettered,
+stock-outs included. Once it answers again each key converges to the channel's durable value (its
+state hash), stock-outs first, never an older version after a newer one — also across a restart,
+and past ``redeliver_max_keys`` (a full resync). A real Redis and a real local webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.nodes import connect_any
+from publishers import JsonlAdapter, Publisher, PublisherMetrics, WebhookAdapter
+from tests.publishers.test_publisher import (
+    SECRET,
+    Receiver,
+    client,
+    config,
+    publish,
+    receiver_factory,
+    run_until,
+)
+from tests.publishers.test_publisher_trimmed import desk_writes, store, value
+
+__all__ = ["client", "receiver_factory", "store"]  # fixtures
+STREAM = "atp:{avail}:web"
+DLQ = f"{STREAM}:dlq:webhook"
+REMEMBERED = f"{STREAM}:redeliver:webhook"
+
+
+def last_values(receiver: Receiver) -> dict[str, tuple[int, int]]:
+    """sku -> (quantity, version) of the last update per sku the receiver accepted."""
+    with receiver.lock:
+        return {u["sku"]: (u["quantity"], u["version"]) for u in receiver.accepted}
+
+
+def versions_only_rise(receiver: Receiver) -> None:
+    seen: dict[str, int] = {}
+    with receiver.lock:
+        for u in receiver.accepted:
+            assert u["version"] > seen.get(u["sku"], 0), f"{u['sku']}: version {u['version']} after a newer one"
+            seen[u["sku"]] = u["version"]
+
+
+def outcome(metrics: PublisherMetrics, name: str) -> float:
+    return metrics.deliveries.labels("web", "webhook", name)._value.get()  # type: ignore[no-any-return]
+
+
+def publisher(client: aioredis.Redis, url: str, metrics: PublisherMetrics, **overrides: Any) -> Publisher:
+    settings = {"max_attempts": 2, "redeliver_interval_s": 3600.0, **overrides}
+    return Publisher(config(**settings), client, WebhookAdapter(url, SECRET), metrics)
+
+
+async def dead_lettered(client: aioredis.Redis, n: int) -> Callable[[], Awaitable[bool]]:
+    async def there() -> bool:
+        if await client.xlen(DLQ) < n:
+            return False  # (the group may not be made yet)
+        info: Any = await client.xpending(STREAM, "webhook")
+        return int(info["pending"]) == 0
+    return there
+
+
+async def test_after_an_outage_longer_than_max_attempts_every_key_converges_stock_outs_first(
+        store: ChannelStore, client: aioredis.Redis, receiver_factory: Any) -> None:
+    """The bounded timer: no change comes after the recovery, yet the dead-lettered values go out."""
+    receiver = Receiver(always_fail=True)
+    metrics = PublisherMetrics()
+    running = publisher(client, receiver_factory(receiver), metrics, redeliver_interval_s=0.2)
+    task = asyncio.create_task(running.run())
+    try:
+        await desk_writes(store, [value("a", 5, 1), value("b", 0, 2), value("c", 3, 3)])
+        await wait_for(await dead_lettered(client, 3))
+        await wait_for(_attempted(receiver, 2 + 2))  # and a pass on the timer failed again
+        assert receiver.accepted == []
+        receiver.always_fail = False  # the destination is back; nothing changes in the channel
+        await wait_for(_converged(receiver, {"a": (5, 1), "b": (0, 2), "c": (3, 3)}))
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 5)
+    assert receiver.accepted[0]["sku"] == "b"  # the stock-out first (C2)
+    assert outcome(metrics, "redelivered") == 3 and await client.hlen(REMEMBERED) == 0
+    assert await client.xlen(DLQ) == 3  # a pass that failed again did not dead-letter them twice
+
+
+async def test_a_key_changed_again_during_the_outage_gets_its_newest_value_never_an_older_one_after(
+        store: ChannelStore, client: aioredis.Redis, receiver_factory: Any) -> None:
+    """The first delivery that succeeds after the outage brings the redelivery at once."""
+    receiver = Receiver(always_fail=True)
+    url = receiver_factory(receiver)
+    metrics = PublisherMetrics()
+    running = publisher(client, url, metrics)
+    task = asyncio.create_task(running.run())
+    try:
+        await desk_writes(store, [value("a", 5, 1), value("b", 4, 2)])
+        await wait_for(await dead_lettered(client, 2))
+        await desk_writes(store, [value("a", 0, 3)])  # "a" sells out during the outage: dead-lettered too
+        await wait_for(await dead_lettered(client, 3))
+        receiver.always_fail = False
+        await desk_writes(store, [value("d", 9, 4)])  # an unrelated change: the destination answers
+
+        async def converged() -> bool:
+            return last_values(receiver) == {"a": (0, 3), "b": (4, 2), "d": (9, 4)}
+
+        await wait_for(converged)
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 5)
+    versions_only_rise(receiver)
+    assert all((u["sku"], u["version"]) != ("a", 1) for u in receiver.accepted)
+
+
+async def test_a_publisher_restarted_during_the_outage_still_converges(
+        store: ChannelStore, client: aioredis.Redis, receiver_factory: Any) -> None:
+    receiver = Receiver(always_fail=True)
+    url = receiver_factory(receiver)
+    await desk_writes(store, [value("a", 0, 1), value("b", 6, 2)])
+    await run_until(publisher(client, url, PublisherMetrics()), await dead_lettered(client, 2))
+    await desk_writes(store, [value("b", 2, 3)])  # "b" moves while the publisher is down
+    receiver.always_fail = False
+
+    async def converged() -> bool:
+        return last_values(receiver) == {"a": (0, 1), "b": (2, 3)} and await client.hlen(REMEMBERED) == 0
+
+    await run_until(publisher(client, url, PublisherMetrics()), converged)
+    versions_only_rise(receiver)
+
+
+async def test_past_redeliver_max_keys_the_whole_state_hash_is_resynced(
+        store: ChannelStore, client: aioredis.Redis, receiver_factory: Any) -> None:
+    receiver = Receiver(always_fail=True)
+    url = receiver_factory(receiver)
+    metrics = PublisherMetrics()
+    await desk_writes(store, [value(f"s{n}", n, n + 1) for n in range(5)])  # "s0" sells out
+    await run_until(publisher(client, url, metrics, redeliver_max_keys=2), await dead_lettered(client, 5))
+    receiver.always_fail = False
+
+    async def converged() -> bool:
+        return last_values(receiver) == {f"s{n}": (n, n + 1) for n in range(5)}
+
+    await run_until(publisher(client, url, metrics, redeliver_max_keys=2), converged)
+    assert receiver.accepted[0]["sku"] == "s0"
+    assert metrics.redeliver_overflows.labels("web")._value.get() >= 1
+    assert outcome(metrics, "resynced") == 5
+    assert not await client.exists(f"{STREAM}:redeliver-all:webhook")
+
+
+async def test_a_refused_value_is_not_resent_while_running_but_its_newest_value_is_at_the_next_start(
+        store: ChannelStore, client: aioredis.Redis, receiver_factory: Any) -> None:
+    """A 4xx says this payload will not be taken: resending it at each success would only be refused
+    again. An operator's fix (credentials, URL, the store's mapping) comes with a restart: then."""
+    receiver = Receiver(always_fail=True)
+    url = receiver_factory(_Refuses(receiver))
+    metrics = PublisherMetrics()
+    running = publisher(client, url, metrics)
+    task = asyncio.create_task(running.run())
+    try:
+        await desk_writes(store, [value("a", 0, 1)])
+        await wait_for(await dead_lettered(client, 1))
+        assert outcome(metrics, "failed") == 1
+        receiver.always_fail = False
+        # A success brings a pass of the retryable ones before the next read: once "e" is in, the
+        # pass after "d" has run, and it left "a" alone.
+        await desk_writes(store, [value("d", 9, 2)])
+        await wait_for(_converged(receiver, {"d": (9, 2)}))
+        await desk_writes(store, [value("e", 8, 3)])
+        await wait_for(_converged(receiver, {"d": (9, 2), "e": (8, 3)}))
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 5)
+    await run_until(publisher(client, url, metrics), _converged(receiver, {"a": (0, 1), "d": (9, 2), "e": (8, 3)}))
+    assert await client.hlen(REMEMBERED) == 0
+
+
+class _Refuses:
+    """As ``Receiver``, but a failure is a 422 (not worth retrying), not a 503."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.lock, self.accepted = receiver.lock, receiver.accepted
+
+    def handle(self, body: bytes, headers: dict[str, str]) -> int:
+        code = self.receiver.handle(body, headers)
+        return 422 if code == 503 else code
+
+
+def _converged(receiver: Receiver, expected: dict[str, tuple[int, int]]) -> Callable[[], Awaitable[bool]]:
+    async def there() -> bool:
+        return last_values(receiver) == expected
+    return there
+
+
+def _attempted(receiver: Receiver, n: int) -> Callable[[], Awaitable[bool]]:
+    async def there() -> bool:
+        with receiver.lock:
+            return receiver.attempts >= n
+    return there
+
+
+async def wait_for(done: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await done():
+        assert time.monotonic() < deadline, "did not get there in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_redelivery_and_its_full_resync_run_on_a_redis_cluster(cluster_url: str, tmp_path: Path) -> None:
+    """Every key a redelivery touches (remembered keys, the resync mark, the state hash) shares the
+    channel feeds' hash tag: its MULTI and its compare-and-delete script run on one node. The
+    destination is a jsonl file whose folder is missing (retryable), then made."""
+    cluster = connect_any(cluster_url, 5.0, cluster=True)
+    out = tmp_path / "later" / "feed.jsonl"
+    try:
+        updates = [value("a", 0, 1), value("b", 4, 2), value("c", 2, 3)]
+        await publish(cluster, updates)
+        await cluster.hset("atp:{avail}:web:state", mapping={  # as the desk writes it with the entries
+            f"{u.sku}\t": f"{u.quantity} {u.version} {u.event_time} {u.status.value}" for u in updates})
+        down = Publisher(config(group="jsonl", max_attempts=2, redeliver_max_keys=1), cluster, JsonlAdapter(out),
+                         PublisherMetrics())
+        await run_until(down, lambda: _all_dead_lettered(cluster, 3))
+        assert await cluster.exists("atp:{avail}:web:redeliver-all:jsonl")
+        out.parent.mkdir()
+        up = Publisher(config(group="jsonl", redeliver_max_keys=1), cluster, JsonlAdapter(out), PublisherMetrics())
+
+        async def converged() -> bool:
+            return out.exists() and len(out.read_text().splitlines()) == 3
+
+        await run_until(up, converged)
+        assert json.loads(out.read_text().splitlines()[0])["sku"] == "a"  # the stock-out first
+        assert not await cluster.exists("atp:{avail}:web:redeliver-all:jsonl")
+    finally:
+        await cluster.aclose()
+
+
+async def _all_dead_lettered(client: Any, n: int) -> bool:
+    return bool(await client.xlen("atp:{avail}:web:dlq:jsonl") >= n)
