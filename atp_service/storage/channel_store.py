@@ -35,7 +35,7 @@ from atp_service.storage.channel_wire import (
 )
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.resp import seq_of, stream_entries
-from atp_service.storage.scripts import FENCE_LUA
+from atp_service.storage.scripts import FENCE_LUA, FENCE_SCRIPT
 from reservation import ChannelUpdate, Key, Published
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -100,10 +100,9 @@ def _with_layout(script: str) -> str:
 
 _WRITE = _with_layout(_WRITE)
 
-# KEYS: the owner key, the fence key; ARGV: this instance's epoch. Raises the fence and returns it.
-_FENCE = FENCE_LUA + """
-return redis.call('INCR', KEYS[2])
-"""
+# KEYS: the owner key, the fence key; ARGV: this instance's epoch, the desk's token. Raises the fence
+# above both the stored value and the token (Redis restarted from older data may hold one below it).
+_FENCE = FENCE_SCRIPT
 
 _REFUSALS = ("FENCED", "STALE", "TAKEN")
 
@@ -138,7 +137,7 @@ class ChannelStore:
         writes. Raises like any command while Redis cannot be reached (a write pause delays it)."""
         try:
             self.token = int(await self._fence_script(keys=[self.keys.owner(CHANNELS), self.fence_key()],
-                                                      args=[self._epoch()]))
+                                                      args=[self._epoch(), self.token or 0]))
         except ResponseError as exc:
             if not str(exc).startswith("FENCED"):
                 raise

@@ -148,7 +148,7 @@ class LogStore(LogReads):
         and carry the new value from here on. Whatever the log holds afterwards is final (with
         ``wait_replicas``, on that many replicas too: the fence follows those writes)."""
         epoch = self.epochs.get(shard, 0)
-        call = Call(self._FENCE, [self.keys.owner(shard), self.keys.fence(shard)], [epoch])
+        call = Call(self._FENCE, [self.keys.owner(shard), self.keys.fence(shard)], [epoch, self._tokens.get(shard, 0)])
         try:
             raised = int(await self.nodes.run_one(call))
         except RedisError as exc:

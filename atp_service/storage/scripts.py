@@ -92,9 +92,15 @@ end
 return out
 """
 
-# KEYS: owner, fence; ARGV: epoch. A replaced instance raises no fence of the newer one's shards.
+# KEYS: owner, fence; ARGV: epoch, the token this instance's writes carry. A replaced instance raises
+# no fence of the newer one's shards. The fence goes above the token too, not only above the stored
+# value: Redis restarted from older data (an older AOF or RDB, a lagging replica promoted) holds a fence
+# below the token the instance still carries, and a mere INCR would leave a write sent with that token
+# free to land after the settle read the log (R7). The channel desk's fence is this script too.
 FENCE_SCRIPT = FENCE_LUA + """
-return redis.call('INCR', KEYS[2])
+local raised = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[2])) + 1
+redis.call('SET', KEYS[2], raised)
+return raised
 """
 
 # A snapshot's write, like an append, is refused once the shard's fence (the last key) is raised

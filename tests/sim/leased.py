@@ -116,8 +116,8 @@ class ProcessLog(LogStore):
             redis.arrive_late()  # scripts on their way got there just before the fence did
         if redis.owners[shard] != epoch:
             raise self.refused(shard)
-        redis.fences[shard] += 1
-        self._tokens[shard] = max(self._tokens.get(shard, 0), redis.fences[shard])
+        redis.fences[shard] = max(redis.fences[shard], self._tokens.get(shard, 0)) + 1  # FENCE_SCRIPT
+        self._tokens[shard] = redis.fences[shard]
 
     async def last_seq(self, shard: int) -> int:
         await self.round_trip()

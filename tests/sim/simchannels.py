@@ -83,7 +83,7 @@ class SimChannelStore:
         await self.log.writable()
         if self.log.faults is not None and self.log.faults.random() < 0.3:
             self.arrive_late()  # a write on its way got there just before the fence did
-        self.redis_fence += 1
+        self.redis_fence = max(self.redis_fence, self.token or 0) + 1  # FENCE_SCRIPT: above the token too
         self.token = self.redis_fence
 
     async def last_version(self, channel: str) -> int:

@@ -158,7 +158,8 @@ class SimLog:
             self.arrive_late()  # scripts on their way got there just before the fence did
         if self.redis_epoch != self.epoch:
             raise self.refused_claim()  # FENCE_SCRIPT checks the owner key first
-        self.fences[shard] += 1
+        # FENCE_SCRIPT: above the token too (Redis come back from older data holds a fence below it).
+        self.fences[shard] = max(self.fences[shard], self.tokens[shard]) + 1
         self.tokens[shard] = self.fences[shard]
 
     async def last_seq(self, shard: int) -> int:

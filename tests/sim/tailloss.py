@@ -104,8 +104,9 @@ class TailLoss:
         self.stale = False
         """Redis came back from older data since the step's start: memory may hold what Redis lost."""
         self.lost_since_start = False
-        """Redis came back from older data since this instance started: its fences went back too, so a
-        script it gave up on (settled as not landed) may land still, and the shard find it (``LogDiverged``)."""
+        """Redis came back from older data since this instance started: a shard may find its log short
+        (``LogDiverged``). Its fences went back too, below the tokens the instance carries: a settle's
+        fence still goes above them (``FENCE_SCRIPT``), so nothing it gave up on lands later."""
 
     def draw(self, log: SimLog, channels: SimChannelStore) -> str:
         """At a step's start: save Redis's state now, or draw the tick it comes back from the saved one."""

@@ -153,3 +153,12 @@ async def test_a_channel_never_keeps_a_value_of_a_position_redis_lost() -> None:
     only the positions memory holds — J@L1 is none — so the channel showed 7 units that do not exist, for
     good. The desk now shows 0 at its start for every key no recovered position stands behind."""
     await Driver(19, lose_tail=True).run(10)
+
+
+async def test_a_settle_after_redis_came_back_from_older_data_fences_what_was_sent_before_it() -> None:
+    """``--seed 42 --lose-tail``: Redis comes back from a save older than shard 2's last fence, losing no
+    entry, so nothing tells the instance; its fence is 8, the instance's token 9. Entry 33, sent with
+    token 9, goes late; the settle's fence (an INCR then) made the fence 9 only, so entry 33 landed after
+    the settle had read it absent: memory at 32, the log at 33, the idle shard serving without it. The
+    fence now goes above the token the instance carries (FENCE_SCRIPT), as the model does."""
+    await Driver(42, lose_tail=True).run(45)
