@@ -58,12 +58,33 @@ class Orders:
         self.unsettled: set[str] = set()
         """Orders left pending (a saga that could not finish, or found so after a restart): the
         housekeeper drives them on (``drive_unsettled``)."""
+        self.orphans: dict[str, int] = {}
+        """Parts holding units whose order has no record (part id -> its group): given up by the
+        housekeeper (``drive_unsettled``)."""
 
     def find_pending(self, ledgers: Iterable[Ledger]) -> None:
-        """After a restart: every order whose saga stopped half-way is driven on."""
+        """After a restart: every order whose saga stopped half-way is driven on, and every part
+        holding units whose order has no record is given up (``_orphans_of``)."""
+        ledgers = list(ledgers)
         for ledger in ledgers:
             self.unsettled.update(rid for rid, rec in ledger.reservations.items()
                                   if rec.is_order and rec.pending is not None)
+        if self._engine.remote is None:  # every group is here: an order not found here is nowhere
+            self.orphans.update(self._orphans_of(ledgers))
+
+    def _orphans_of(self, ledgers: list[Ledger]) -> dict[str, int]:
+        """Parts holding units whose order has no record at any group. An order's record is durable
+        before any part is reserved, so only Redis losing acknowledged entries of the order's group
+        (restarted from older data) leaves one; parts never expire by themselves, so its units would
+        stay held for good (R2: no hold outlives its order's decision)."""
+        found: dict[str, int] = {}
+        for ledger in ledgers:
+            for rid, rec in ledger.reservations.items():
+                order_id = orders.order_of(rid)
+                if (order_id is not None and rec.state in (State.HELD, State.CONFIRMED)
+                        and self._engine.home_of(order_id) is None):
+                    found[rid] = ledger.shard
+        return found
 
     # -- what the engine calls ---------------------------------------------------------
     def reserve(self, cmd: ReserveCommand, home: int) -> asyncio.Task[tuple[Reservation, bool]]:
@@ -92,7 +113,11 @@ class Orders:
         return self._engine.actors[shard].ledger.reservation(orders.part_id(order_id, shard)) is not None
 
     def drive_unsettled(self) -> None:
-        """Drive on every order left pending whose saga is not running now."""
+        """Drive on every order left pending whose saga is not running now; give up orphaned parts."""
+        for part_id, group in sorted(self.orphans.items()):
+            order_id = orders.order_of(part_id)
+            if order_id is not None and order_id not in self._locks:  # kept until given up: tried again
+                self._spawn(self._locked(order_id, functools.partial(self._give_up_orphan, part_id, group)))
         for order_id in sorted(self.unsettled):  # in id order, not the str hash's: a simulated seed replays
             if order_id not in self._locks:
                 home = self._engine.home_of(order_id)
@@ -228,6 +253,21 @@ class Orders:
         await self._save(home, expired, over=order)  # first: a home taken by another releases nothing
         await self._give_up_parts(order)
         return expired
+
+    async def _give_up_orphan(self, part_id: str, group: int) -> None:
+        """A part whose order has no record released, unless a retry of its Reserve opened the order
+        again meanwhile (its saga then decides the part)."""
+        order_id = orders.order_of(part_id)
+        part = await self._on(group, lambda ledger, _now: ledger.reservation(part_id))
+        if (order_id is None or self._engine.home_of(order_id) is not None or part is None
+                or part.state not in (State.HELD, State.CONFIRMED)):
+            self.orphans.pop(part_id, None)
+            return
+        log.error("part %r holds units but its order %r has no record (Redis lost acknowledged entries of the "
+                  "order's group): released", part_id, order_id,
+                  extra={"event": "order_part_orphaned", "reservation_id": order_id, "shard": group})
+        await self._steps({group: GiveUpPart(_command_of(part))})
+        self.orphans.pop(part_id, None)
 
     async def _give_up_parts(self, order: Reservation) -> None:
         """Every part of an abandoned order released, or a tombstone in its place (``give_up_part``)."""

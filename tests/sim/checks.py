@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from reservation import TERMINAL, Event, Fact, FactKind, Reservation, State, decode_entry
@@ -47,7 +48,7 @@ def check(world: World, acked: Acknowledged) -> None:
     holds_match_positions(ledgers, records)
     acknowledged_survive(world, records, acked)
     facts_fold_as_the_reference(world, ledgers)
-    orders_hold_what_they_decided(records)
+    orders_hold_what_they_decided(records, getattr(world.eng.orders, "orphans", ()))
 
 
 def one_state_each(records: dict) -> None:  # type: ignore[type-arg]
@@ -108,13 +109,16 @@ def shown(rec: Reservation, records: dict[str, Reservation]) -> Reservation:
     return orders.view(rec, parts)  # as GetReservation shows it (a part never reserved: the order's own record)
 
 
-def orders_hold_what_they_decided(records: dict[str, Reservation]) -> None:
+def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Collection[str] = ()) -> None:
     """R2/R3 for orders spanning groups: no part holds units its settled order does not (a refused,
-    expired or released order's parts hold nothing), and every part belongs to an order."""
+    expired or released order's parts hold nothing), and a part of an order that does not exist (Redis
+    lost the order's record) holds nothing either, unless the service found it and is giving it up
+    (``orphans``)."""
     for rid, rec in records.items():
         order_id = orders.order_of(rid)
-        if order_id is not None and order_id not in records:
-            raise Violation(f"R2: part {rid!r} of an order that does not exist")
+        if (order_id is not None and order_id not in records and rid not in orphans
+                and sum(line.outstanding for line in rec.lines)):
+            raise Violation(f"R2: part {rid!r} of an order that does not exist holds units")
         if not rec.is_order or rec.pending is not None:
             continue
         state = State(shown(rec, records).state)

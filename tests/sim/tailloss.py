@@ -103,6 +103,8 @@ class TailLoss:
         self.restored_in_step = False
         self.stale = False
         """Redis came back from older data since the step's start: memory may hold what Redis lost."""
+        self.ever_lost = False
+        """Redis came back from older data at some point of this run: a part may outlive its order."""
         self.lost_since_start = False
         """Redis came back from older data since this instance started: a shard may find its log short
         (``LogDiverged``). Its fences went back too, below the tokens the instance carries: a settle's
@@ -138,12 +140,15 @@ class TailLoss:
                 unit.done.set_exception(broken)
         log.pending, channels.pending = [], []
         self.image, self.restore_at = None, None
-        self.restored_in_step = self.stale = self.lost_since_start = True
+        self.restored_in_step = self.stale = self.lost_since_start = self.ever_lost = True
         world.log.tally.tail_losses += 1
 
     def allows(self, record: logging.LogRecord) -> bool:
         """An ERROR the service logs, expected once Redis lost what it had acknowledged: a shard that
-        found its log short (``LogDiverged``), or the instance finding its claim lost."""
+        found its log short (``LogDiverged``), the instance finding its claim lost, or a part found
+        holding units for an order whose record was lost."""
+        if getattr(record, "event", None) == "order_part_orphaned":  # found by a later instance
+            return self.ever_lost
         if not self.lost_since_start:
             return False
         cause = record.exc_info[1] if record.exc_info else None

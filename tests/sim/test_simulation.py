@@ -162,3 +162,11 @@ async def test_a_settle_after_redis_came_back_from_older_data_fences_what_was_se
     the settle had read it absent: memory at 32, the log at 33, the idle shard serving without it. The
     fence now goes above the token the instance carries (FENCE_SCRIPT), as the model does."""
     await Driver(42, lose_tail=True).run(45)
+
+
+async def test_a_part_whose_order_redis_lost_is_given_up() -> None:
+    """``--seed 41 --lose-tail`` (a cluster: orders spanning groups are sagas): order r153's record lands
+    at its home group, Redis comes back from before it, then the saga's next step reserves the part in
+    group 2, which lost nothing. Parts never expire by themselves, so the part held its units for good
+    with no order to release it. A restart now finds such parts and housekeeping releases them."""
+    await Driver(41, lose_tail=True).run(50)
