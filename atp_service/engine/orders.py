@@ -198,7 +198,13 @@ class Orders:
         """Reserve every part (a replay where it exists), release the held ones if any part is
         refused, then record the order's decision; the order as recorded."""
         cmds = orders.split(_command_of(order), self._engine.place)
-        parts = await self._steps({g: ReservePart(cmd) for g, cmd in cmds.items()})
+        try:
+            parts = await self._steps({g: ReservePart(cmd) for g, cmd in cmds.items()})
+        except DomainError as exc:
+            if not isinstance(exc, Unavailable):  # refused by a rule: a part's id taken by other content
+                expired = await self._abandon(order, home)  # (Redis lost its order): nothing stays held
+                await self._save(home, orders.settled(expired, self._engine.clock.now_ms()), over=expired)
+            raise
         decided, release = orders.decide(order, parts, self._engine.clock.now_ms())
         if release:
             await self._apply(order, dict.fromkeys(release, PendingOp(OrderStep.RELEASE)))

@@ -170,3 +170,11 @@ async def test_a_part_whose_order_redis_lost_is_given_up() -> None:
     group 2, which lost nothing. Parts never expire by themselves, so the part held its units for good
     with no order to release it. A restart now finds such parts and housekeeping releases them."""
     await Driver(41, lose_tail=True).run(50)
+
+
+async def test_an_order_whose_part_id_is_taken_by_a_lost_orders_part_is_refused_whole() -> None:
+    """``--seed 303 --lose-tail``: Redis lost order r212's record but not its parts; a new Reserve r212
+    with other lines then found a part's id taken by other content. The part refused it
+    (RESERVATION_ID_REUSED) and the order stayed pending for good, its other part holding units. The
+    order is now abandoned (every part given up) and the refusal passed on."""
+    await Driver(303, lose_tail=True).run(60)
