@@ -96,9 +96,9 @@ class Publisher:
                     return  # stopped half-way: the rest is delivered at the next start
                 read = await self._read("0" if own_pending else ">")
                 if not own_pending and read.ids:
-                    # Trimmed between the check and this read (the group has moved past them now):
-                    # a stop during this catch-up leaves those values to the keys' next changes.
-                    if not await self._catch_up_to(seq_of(read.ids[0])):
+                    # Trimmed between the check and this read: the group has moved past them, so a
+                    # resync of every key stays owed in Redis until this catch-up is done (a stop).
+                    if not await self._catch_up_to(seq_of(read.ids[0]), group_moved=True):
                         return
                     self._position = seq_of(read.ids[-1])
                 if own_pending and not read.ids:
@@ -219,16 +219,21 @@ class Publisher:
         oldest = seq_of(first[0]) if first else seq_of(info["last-generated-id"]) + 1
         return await self._catch_up_to(oldest)
 
-    async def _catch_up_to(self, version: int) -> bool:
+    async def _catch_up_to(self, version: int, group_moved: bool = False) -> bool:
         """Versions come without gaps: one beyond the next this group reads means those between
-        were trimmed unread. Their keys' newest values, if still among them, are delivered."""
+        were trimmed unread. Their keys' newest values, if still among them, are delivered.
+        ``group_moved``: a read took the group past them, so nothing in the stream says they are
+        owed any more: a resync of every key is owed durably until they are delivered (C4)."""
         after = self._position
         if version <= after + 1:
             return True
+        mark = await self._redelivery.owe_every_key() if group_moved else None
         why = self._trimmed(f"versions {after + 1} to {version - 1}")
         if not await self._resync(lambda v: after < v < version, why):
-            return False
+            return False  # a stop or crash: the next start resyncs every key (the mark stays)
         self._position = max(self._position, version - 1)
+        if mark is not None:
+            await self._redelivery.forget_every_key(mark)
         return True
 
     async def _resync_every_key(self) -> bool:

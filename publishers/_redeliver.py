@@ -9,6 +9,8 @@ unpublished).
   down or slow) or ``refused`` (it said this payload will not be taken: a 4xx, or one update of a
   batch refused alone). Past ``redeliver_max_keys`` keys a counter ``<stream>:redeliver-all:<group>``
   is raised instead: the next pass resyncs every key of the state hash (bounded memory, nothing lost).
+  It is raised too while a gap the group read past (trimmed between the check and the read) is
+  caught up, so that a stop or crash half-way leaves its keys owed.
 - **When**: a pass runs before the next read once a delivery succeeded after a retryable dead
   letter, at least every ``redeliver_interval_s`` while ``retry`` keys are owed (a quiet channel),
   and once at each start. ``refused`` keys are passed only until the first pass of a process
@@ -97,6 +99,17 @@ class Redelivery:
                     "every key of the state hash", cfg.channel, cfg.redeliver_max_keys,
                     extra={"event": "publisher_redeliver_overflow", "channel": cfg.channel,
                            "max_keys": cfg.redeliver_max_keys})
+
+    async def owe_every_key(self) -> int | None:
+        """Make the next pass resync every key of the state hash, durably (a gap in the stream the
+        group read past is being caught up: a stop or crash half-way must leave it owed). The mark
+        to forget once the gap is caught up; None when a resync of every key was owed already."""
+        mark = int(await self.client.incr(self.config.redeliver_all_key))
+        return mark if mark == 1 else None
+
+    async def forget_every_key(self, mark: int) -> None:
+        """The gap ``owe_every_key`` marked is caught up: forget the mark unless it was raised since."""
+        await self.client.eval(_DELETE_IF_SAME, 1, self.config.redeliver_all_key, mark)
 
     async def run_pass(self) -> None:
         """One step of the sweep over what is owed: one page of remembered keys (about

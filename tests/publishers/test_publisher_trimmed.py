@@ -119,3 +119,49 @@ async def test_a_pending_entry_trimmed_before_it_was_delivered_is_delivered_from
     await deliver_until(store, out, "jsonl", {"a": (0, 1, "OUT_OF_STOCK"), "b": (7, 2, "IN_STOCK"),
                                               "c": (1, 3, "IN_STOCK")})
     assert await store.client.xlen(f"{STREAM}:dlq:jsonl") == 0
+
+
+class TrimsThenHangs:
+    """A destination whose first delivery lets the desk write on and trim past the group's position
+    (the publisher then finds a second gap after its read), and whose second never answers."""
+
+    name = "jsonl"
+
+    def __init__(self, out: Path, store: ChannelStore) -> None:
+        self.jsonl, self.store, self.calls = JsonlAdapter(out), store, 0
+        self.hung = asyncio.Event()
+
+    async def deliver(self, channel: str, updates: list[Any]) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            self.hung.set()
+            await asyncio.Event().wait()
+        await desk_writes(self.store, [value("e", 0, 5), value("f", 2, 6, StockStatus.LOW_STOCK)])
+        await self.store.client.xtrim(STREAM, maxlen=1, approximate=False)
+        await self.jsonl.deliver(channel, updates)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_stop_while_catching_up_a_gap_found_after_a_read_leaves_it_owed(
+        store: ChannelStore, tmp_path: Path) -> None:
+    """The read has moved the group past that gap: a stop (a deploy) or a crash before its keys'
+    values went out lost them for good — "e", a stock-out, was never sent. Now the next start
+    resyncs every key not delivered at its version."""
+    out = tmp_path / "feed.jsonl"
+    await desk_writes(store, [value("a", 5, 1), value("b", 5, 2)])
+    await deliver_until(store, out, "jsonl", {"a": (5, 1, "IN_STOCK"), "b": (5, 2, "IN_STOCK")})
+
+    await desk_writes(store, [value("c", 3, 3), value("d", 3, 4)])
+    await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # "c" trimmed unread
+    adapter = TrimsThenHangs(out, store)
+    publisher = Publisher(config(group="jsonl"), store.client, adapter, PublisherMetrics())
+    task = asyncio.create_task(publisher.run())
+    await asyncio.wait_for(adapter.hung.wait(), 10)  # catching up "d" and "e", found trimmed after the read
+    publisher.stop()
+    await asyncio.wait_for(task, 5)
+
+    await deliver_until(store, out, "jsonl", {"a": (5, 1, "IN_STOCK"), "b": (5, 2, "IN_STOCK"),
+                                              "c": (3, 3, "IN_STOCK"), "d": (3, 4, "IN_STOCK"),
+                                              "e": (0, 5, "OUT_OF_STOCK"), "f": (2, 6, "LOW_STOCK")})
