@@ -30,8 +30,13 @@ async def trimmed_unread(client: Any, stream: str, group: str) -> tuple[int, byt
     """How many entries of ``stream`` were trimmed before ``group`` read them (0: none, or not
     known — a group whose lag Redis cannot tell, after XDEL), and the group's position."""
     try:
-        groups = await client.xinfo_groups(stream)
-        info = await client.xinfo_stream(stream)
+        # One MULTI: other processes' consumers of the group read on, and the producer trims, between
+        # two calls; the group's old position and lag against the stream as trimmed since would count
+        # entries they read as lost (a false critical alert).
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xinfo_groups(stream)
+            pipe.xinfo_stream(stream)
+            groups, info = await pipe.execute()
     except ResponseError as exc:
         if "no such key" in str(exc).lower():  # the stream deleted: the reader makes it again
             return 0, b""
