@@ -280,6 +280,9 @@ class ServiceConfig:
     velocity_half_life_s: float = 300.0
     """Half-life of the recent sales velocity that orders ordinary channel updates."""
 
+    curate_slice_cells: int = 20_000
+    """Cells (a SKU at one of a channel's locations) the channel desk curates between turns of the event loop."""
+
     max_watchers: int = 256
     """WatchAvailability streams open at once; more are refused with RESOURCE_EXHAUSTED."""
 
@@ -347,8 +350,8 @@ class ServiceConfig:
         if self.commit_delay_min_rate < 0:
             raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
         for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
-                     "ingest_count", "ingest_count_publishing", "ingest_inflight", "max_watchers", "watch_batch",
-                     "max_pending_calls", "max_reserve_streams"):
+                     "curate_slice_cells", "ingest_count", "ingest_count_publishing", "ingest_inflight",
+                     "max_watchers", "watch_batch", "max_pending_calls", "max_reserve_streams"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
 

@@ -66,6 +66,7 @@ class ChannelSettings:
 
     publish_batch_max: int
     velocity_half_life_s: float
+    curate_slice_cells: int
 
 
 Slice = TypeVar("Slice")

@@ -8,7 +8,7 @@ number moved are offered to the channel's feed, one Python step per changed key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +71,7 @@ class Curator:
             times = [t for t, k in zip(times, known.tolist(), strict=True) if k]
         if not len(rows):
             return urgent, rest
+        newest = [max(t.values()) for t in times]  # once per SKU: per offer it was O(locations) each
         for name, channel in channels.items():
             cols = self._columns(channel, shard, store)
             available, present = store.available_block(rows, cols)
@@ -93,8 +94,8 @@ class Curator:
             feed, names = feeds[name], channel.sells_from if channel.per_location else ("",)
             for mask, out in ((stockout, urgent), (changed & ~stockout, rest)):
                 for i, j in zip(*(a.tolist() for a in np.nonzero(mask)), strict=True):
-                    loc, locs = names[j], times[i]
-                    out.append((feed, skus[i], loc, int(shown[i, j]), locs.get(loc) or max(locs.values())))
+                    loc = names[j]
+                    out.append((feed, skus[i], loc, int(shown[i, j]), times[i].get(loc) or newest[i]))
         return urgent, rest
 
     def _columns(self, channel: Channel, shard: int, store: PositionStore) -> npt.NDArray[np.intp]:
@@ -115,6 +116,11 @@ def _take_off(available: npt.NDArray[np.int64], ahead: dict[tuple[str, str], int
         i, j = row_of.get(sku), col_of.get(location)
         if i is not None and j is not None:
             available[i, j] -= delta
+
+
+def skus_per_slice(channels: Iterable[Channel], cells: int) -> int:
+    """SKUs curated in one go: ``cells`` over the cells one SKU has in all ``channels`` together."""
+    return max(1, cells // max(1, sum(len(channel.sells_from) for channel in channels)))
 
 
 def unheld(feed: Feed, channel: Channel, store_of: Callable[[str], PositionStore]) -> list[Key]:

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from atp_service.channels.curator import Curator, Offer, unheld
+from atp_service.channels.curator import Curator, Offer, skus_per_slice, unheld
 from atp_service.channels.estate import Channel, Estate
+from atp_service.channels.marks import mark_skus, remark
 from atp_service.config import ChannelSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.router import Engine
@@ -210,16 +211,8 @@ class ChannelDesk:
             self._wake.set()
 
     def _mark_loaded(self, event: CountsLoaded, t: int, now: int) -> None:
-        """A baseline block (millions of positions): its SKUs are curated whole in the next round,
-        one step per SKU, not per position; stock-outs among them go out first then (C2)."""
-        dirty = self._dirty
-        for sku in event.skus:
-            locs = dirty.get(sku)
-            if locs is None:
-                locs = dirty[sku] = {}
-                self._dirty_at[sku] = now
-            if locs.get("", -1) < t:  # "": no one location, the row's source time (``curate_shard``);
-                locs[""] = t  # set even at 0 (an undone entry): the curator takes a time from every mark
+        """A baseline block: its SKUs are curated whole in the next round, stock-outs first (C2)."""
+        mark_skus(self._dirty, self._dirty_at, event.skus, t, now)
 
     def _velocity_at(self, sku: str, now: int) -> float:
         value, at = self._velocity.get(sku, (0.0, now))
@@ -250,17 +243,15 @@ class ChannelDesk:
         go out first, C2), offer the rest and publish what is due."""
         await self.publish_due(urgent_only=True)
         estate = self.estate
-        rest = self.curate_dirty()
+        rest = await self.curate_dirty()
         try:
             if rest:
                 await self.publish_due(urgent_only=True)
         finally:
-            # Curated is as good as offered (the curator notes what it offered): a failed write of
-            # the stock-outs must not lose the rest (C4). Unless the estate was reloaded meanwhile:
-            # the rest was curated by the old one (a location no longer sold, say), and the reload
-            # has every SKU curated again by the new one.
-            if self.estate is estate:
-                self._offer(rest)
+            # Curated is as good as offered (the curator notes it): a failed write of the stock-outs
+            # must not lose the rest (C4). Unless the estate was reloaded meanwhile: the rest was
+            # curated by the old one, and the reload has every SKU curated again by the new one.
+            await self._offer_in_slices(rest, estate)
         await self.publish_due()
 
     async def _sleep_until_due(self) -> None:
@@ -272,10 +263,13 @@ class ChannelDesk:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def curate_dirty(self) -> list[Offer]:
+    async def curate_dirty(self) -> list[Offer]:
         """C1 for every SKU changed since the last round, for every channel. Stock-outs are offered
-        to the feeds at once; the other changed offers are returned, to be offered after the
-        stock-outs are published."""
+        at once; the other changed offers are returned, to be offered after the stock-outs are
+        published. In slices (``curate_slice_cells``) with a turn of the event loop between: after a
+        start, a reload or a baseline every SKU is dirty, and one pass held every shard, call and
+        lease renewal for seconds. A slice reads durable state as it is then; what becomes durable
+        meanwhile is marked dirty again (``on_durable``) and curated anew by the next round."""
         if not self._dirty:
             return []
         started = time.perf_counter()
@@ -283,22 +277,34 @@ class ChannelDesk:
         dirty_at, self._dirty_at = self._dirty_at, {}
         self._round_dirty_at = dirty_at
         by_shard: dict[int, list[str]] = {}
-        place = self.engine.place
         for sku in dirty:
-            by_shard.setdefault(place(sku), []).append(sku)
-        urgent: list[Offer] = []
-        rest: list[Offer] = []
-        channels, feeds = self.estate.channels, self.feeds
+            by_shard.setdefault(self.engine.place(sku), []).append(sku)
+        estate, rest = self.estate, list[Offer]()
+        step = skus_per_slice(estate.channels.values(), self.settings.curate_slice_cells)
         for shard, skus in by_shard.items():
-            actor = self.engine.actors[shard]
-            u, r = self._curator.curate_shard(shard, actor.positions(), skus, [dirty[s] for s in skus], channels, feeds,
-                                              actor.ahead_of_log())
-            urgent += u
-            rest += r
-        self._offer(urgent)
+            for at in range(0, len(skus), step):
+                if len(dirty) < len(dirty_at):  # not the first slice
+                    await asyncio.sleep(0)
+                if self.estate is not estate:  # reloaded meanwhile: the SKUs left go to the next round
+                    remark(self._dirty, self._dirty_at, dirty, dirty_at)
+                    return rest
+                part, actor = skus[at:at + step], self.engine.actors[shard]
+                urgent, changed = self._curator.curate_shard(
+                    shard, actor.positions(), part, [dirty.pop(s) for s in part], estate.channels, self.feeds,
+                    actor.ahead_of_log())
+                self._offer(urgent)
+                rest += changed
         self.metrics.curation_seconds.observe(time.perf_counter() - started)
-        self.metrics.curated_skus.inc(len(dirty))
+        self.metrics.curated_skus.inc(len(dirty_at))
         return rest
+
+    async def _offer_in_slices(self, offers: list[Offer], estate: Estate) -> None:
+        """``_offer`` of a round's changes, ``curate_slice_cells`` at a time, while ``estate`` is current."""
+        for at in range(0, len(offers), step := self.settings.curate_slice_cells):
+            if at:
+                await asyncio.sleep(0)
+            if self.estate is estate:
+                self._offer(offers[at:at + step])
 
     def _offer(self, offers: list[Offer]) -> None:
         now = self.clock.now_ms()

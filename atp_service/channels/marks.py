@@ -1,0 +1,31 @@
+"""The channel desk's marks: which SKUs (and positions) the next round curates, and the newest
+source time of a durable change behind each (C3). ``dirty``: sku -> location -> that time, where
+location "" stands for the whole row (a baseline block, a start or reload, which mark every SKU
+rather than every position); ``dirty_at``: sku -> when it was first marked (the publish delay)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Dirty = dict[str, dict[str, int]]
+
+
+def mark_skus(dirty: Dirty, dirty_at: dict[str, int], skus: Iterable[str], t: int, now: int) -> None:
+    """Every SKU of ``skus`` curated whole in the next round, one step per SKU, not per position."""
+    for sku in skus:
+        locs = dirty.get(sku)
+        if locs is None:
+            locs = dirty[sku] = {}
+            dirty_at[sku] = now
+        if locs.get("", -1) < t:  # "": no one location, the row's source time (``curate_shard``);
+            locs[""] = t  # set even at 0 (an undone entry): the curator takes a time from every mark
+
+
+def remark(dirty: Dirty, dirty_at: dict[str, int], left: Dirty, left_at: dict[str, int]) -> None:
+    """SKUs a round took but did not curate (``left``) are marked again, each with its times."""
+    for sku, times in left.items():
+        locs = dirty.setdefault(sku, {})
+        for loc, t in times.items():
+            if locs.get(loc, -1) < t:
+                locs[loc] = t
+        dirty_at[sku] = min(dirty_at.get(sku, left_at[sku]), left_at[sku])

@@ -1,0 +1,74 @@
+"""A curation round over a whole estate (after a start, a reload or a baseline load) is curated a
+slice of SKUs at a time, and the event loop runs other work between slices: in one go it held every
+shard, call and lease renewal for seconds at a retail estate's size (millions of positions)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atp_service.channels.desk import ChannelDesk
+from reservation import CountRows
+from tests.atp_service.channel_helpers import write_estate
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory
+
+SKUS = 10_000
+LOCATIONS = ["dc-1", "store-1", "store-2", "store-3"]
+"""Every location of the estate: each SKU is 8 cells of its channels (market 1, pickup 3, web 4)."""
+
+
+def _idle(desk: ChannelDesk) -> bool:
+    return not desk._dirty and all(f.pending == 0 and f.in_flight == 0 for f in desk.feeds.values())
+
+
+@contextmanager
+def curations_seen(desk: ChannelDesk) -> Iterator[list[tuple[int, int]]]:
+    """(ticks of a task that only counts its turns, SKUs) at each call of the desk's curator."""
+    ticks, calls = 0, list[tuple[int, int]]()
+    curate = desk._curator.curate_shard
+
+    def counted(shard: int, store: Any, skus: Any, *rest: Any) -> Any:
+        calls.append((ticks, len(skus)))
+        return curate(shard, store, skus, *rest)
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    desk._curator.curate_shard = counted  # type: ignore[method-assign,assignment]
+    task = asyncio.get_running_loop().create_task(ticker())
+    try:
+        yield calls
+    finally:
+        task.cancel()
+        desk._curator.curate_shard = curate  # type: ignore[method-assign]
+
+
+async def test_a_round_over_every_sku_lets_other_work_run_between_slices(
+        start_service: ServiceFactory, tmp_path: Path) -> None:
+    service, _ = await start_service(estate=write_estate(tmp_path), shards=1)
+    desk = service.channels
+    assert desk is not None and service.desk is not None
+    skus = [f"sku-{i:05d}" for i in range(SKUS)]
+    rows = SKUS * len(LOCATIONS)
+    at = np.full(rows, int(time.time() * 1000) - 60_000, dtype=np.int64)
+    await service.desk.load_counts(CountRows(
+        "erp", skus, LOCATIONS, np.repeat(np.arange(SKUS, dtype=np.uint32), len(LOCATIONS)),
+        np.tile(np.arange(len(LOCATIONS), dtype=np.uint32), SKUS), np.full(rows, 9, dtype=np.int64), at), "test")
+    await until(lambda: _idle(desk) and len(desk.feeds["pickup"].published) == rows - SKUS, "the baseline published",
+                timeout_s=60)
+    with curations_seen(desk) as calls:
+        await service.reload_estate()  # every SKU curated again, in one round
+        await until(lambda: _idle(desk) and sum(n for _, n in calls) >= SKUS, "the round over every SKU", timeout_s=60)
+    assert len(calls) > 1, f"{SKUS} SKUs curated in one go: {calls}"
+    turns = [tick for tick, _ in calls]
+    assert turns == sorted(set(turns)), f"slices curated without a turn of the loop between: {calls}"
