@@ -220,9 +220,11 @@ class Feed:
         event_time = max(known.event_time for known in (pend, sent, pub) if known is not None)
         self.offer(key, 0, event_time, now_ms, now_ms)
 
-    def known_keys(self) -> set[Key]:
-        """Every key published, being written or waiting."""
-        return {*self.published, *self._inflight, *self._pending}
+    def known_keys(self) -> list[Key]:
+        """Every key published, being written or waiting, once each: a copy of ``published``'s keys
+        and the few others (no set of millions of keys built)."""
+        published = self.published
+        return [*published, *(key for key in {**self._inflight, **self._pending} if key not in published)]
 
     def _forget(self, key: Key) -> None:
         self._pending.pop(key, None)

@@ -265,6 +265,10 @@ class PositionStore(Blocks):
         get = self._sku_row.get
         return np.array([get(sku, -1) for sku in skus], dtype=np.intp)
 
+    def sku_names(self) -> list[str]:
+        """Every SKU with a row here (a copy: a new SKU may be added while the caller works through it)."""
+        return list(self._skus)
+
     def items(self) -> Iterator[tuple[str, str, Quantities]]:
         for sku in self._skus:
             for location, q in self.sku_locations(sku):

@@ -123,15 +123,15 @@ def skus_per_slice(channels: Iterable[Channel], cells: int) -> int:
     return max(1, cells // max(1, sum(len(channel.sells_from) for channel in channels)))
 
 
-def unheld(feed: Feed, channel: Channel, store_of: Callable[[str], PositionStore]) -> list[Key]:
-    """The keys ``feed`` shows that no position in memory stands behind: of a per-location channel,
+def unheld(shown: Iterable[Key], channel: Channel, store_of: Callable[[str], PositionStore]) -> list[Key]:
+    """The keys of ``shown`` (by the channel's feed) no position in memory stands behind: of a per-location channel,
     its position; of a network channel, a position of its SKU at a location the channel sells from.
     Curation looks only at positions, so such a key would keep its number for good. It arises when
     Redis lost the entries that made the position (restarted from older data) after this feed had
     published it: memory, recovered from the log, lacks it; the feed's stream and hash do not (C4)."""
     sells = frozenset(channel.sells_from)
     keys: list[Key] = []
-    for sku, location in feed.known_keys():
+    for sku, location in shown:
         store = store_of(sku)
         if channel.per_location:
             held = store.exists(sku, location)

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from atp_service.channels.curator import Curator, Offer, skus_per_slice, unheld
+from atp_service.channels.curator import Curator, Offer, skus_per_slice
 from atp_service.channels.estate import Channel, Estate
 from atp_service.channels.marks import mark_skus, remark
+from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
 from atp_service.config import ChannelSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.router import Engine
@@ -29,7 +30,7 @@ from atp_service.metrics import ChannelMetrics
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore, WriteRefused
 from atp_service.storage.durability import STORAGE_ERRORS
-from atp_service.tasks import cancel_and_wait
+from atp_service.tasks import cancel_and_wait, finish_uncancelled
 from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, Reason, zero_through
 from reservation._events import CountsLoaded, FactApplied, HoldMoved, SafetyStockSet, Shipped
 
@@ -69,8 +70,8 @@ class ChannelDesk:
         for actor in self.engine.actors:
             actor.listeners.append(self.on_durable)
             actor.undo_listeners.append(self.on_undone)
-        self._mark_everything()
-        self._withdraw_unheld()
+        await self._mark_everything()
+        await self._withdraw_unheld()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
 
     @property
@@ -92,33 +93,30 @@ class ChannelDesk:
         self.estate = estate
         self._find_zero_lines()
         self._curator.reset()
-        self._withdraw_dropped_locations()
-        self._mark_everything()
+        # Done whole even if the caller goes (R8): a key left at a dropped location keeps its number.
+        await finish_uncancelled(asyncio.ensure_future(self._reload_passes()))
         self._wake.set()
         return {name: len(feed.published) for name, feed in self.feeds.items()}
 
-    def _withdraw_dropped_locations(self) -> None:
-        """A per-location channel that no longer sells from a location is shown 0 there at once:
-        its last number must not stay on the channel (C1: only locations it may sell from count) —
-        nor one waiting for its throttle interval or being written now, which nothing would correct
-        later, as no curation looks at that location again."""
-        now = self.clock.now_ms()
-        for name, channel in self.estate.channels.items():
-            if not channel.per_location:
-                continue
-            allowed, feed = set(channel.sells_from), self.feeds[name]
-            for key in feed.known_keys():
-                if key[1] not in allowed:
-                    feed.withdraw(key, now)
+    async def _reload_passes(self) -> None:
+        await self._withdraw_dropped_locations()
+        await self._mark_everything()
 
-    def _withdraw_unheld(self) -> None:
+    async def _withdraw_dropped_locations(self) -> None:
+        """A per-location channel that no longer sells from a location is shown 0 there at once (C1):
+        its last number, or one waiting or being written, which no curation would ever correct."""
+        for channel in list(self.estate.channels.values()):
+            if channel.per_location:
+                await withdraw_dropped(self.feeds[channel.name], channel, self.settings.curate_slice_cells,
+                                       self.clock.now_ms)
+
+    async def _withdraw_unheld(self) -> None:
         """At the start: a key published once that no recovered position stands behind is shown 0
         (``unheld``: Redis lost the entries behind it), as nothing would curate it again (C4)."""
-        now, engine = self.clock.now_ms(), self.engine
-        for name, channel in self.estate.channels.items():
-            feed = self.feeds[name]
-            for key in unheld(feed, channel, lambda sku: engine.actors[engine.place(sku)].positions()):
-                feed.withdraw(key, now)
+        engine, size = self.engine, self.settings.curate_slice_cells
+        for channel in list(self.estate.channels.values()):
+            await withdraw_unheld(self.feeds[channel.name], channel,
+                                  lambda sku: engine.actors[engine.place(sku)].positions(), size, self.clock.now_ms)
 
     def _find_zero_lines(self) -> None:
         """Per per-location channel, the ``available`` at or below which a position shows 0: what
@@ -218,12 +216,12 @@ class ChannelDesk:
         value, at = self._velocity.get(sku, (0.0, now))
         return value * math.exp2(-(now - at) / self._half_life_ms) if now > at else value
 
-    def _mark_everything(self) -> None:
-        now = self.clock.now_ms()
-        for actor in self.engine.actors:
-            for sku, location, _ in actor.positions().items():
-                self._dirty.setdefault(sku, {}).setdefault(location, 0)
-                self._dirty_at.setdefault(sku, now)
+    async def _mark_everything(self) -> None:
+        """Every SKU of every shard dirty, whole: one mark per SKU (``mark_skus``), not per position."""
+        for shard in range(len(self.engine.actors)):
+            await asyncio.sleep(0)
+            await in_slices(self.engine.actors[shard].positions().sku_names(), self.settings.curate_slice_cells,
+                            lambda skus: mark_skus(self._dirty, self._dirty_at, skus, 0, self.clock.now_ms()))
 
     # -- the loop ------------------------------------------------------------------
     async def _run(self) -> None:

@@ -1,0 +1,51 @@
+"""The channel desk's passes over everything it knows — every SKU of every shard, every key a
+channel shows — at a start and a reload, a slice at a time with a turn of the event loop between.
+Over a national estate (millions of positions, per-location channels of millions of keys) one pass
+in one go held every shard, call and lease renewal for seconds. Each slice looks at the state as it
+is then, and does all it does to a key in that same turn."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TypeVar
+
+from atp_service.channels.curator import unheld
+from atp_service.channels.estate import Channel
+from reservation import Feed, Key, PositionStore
+
+T = TypeVar("T")
+
+
+async def in_slices(items: Sequence[T], size: int, work: Callable[[Sequence[T]], None]) -> None:
+    """``work`` on ``items``, ``size`` at a time, letting the event loop run other tasks between."""
+    for at in range(0, len(items), size):
+        if at:
+            await asyncio.sleep(0)
+        work(items[at:at + size])
+
+
+async def withdraw_dropped(feed: Feed, channel: Channel, size: int, now: Callable[[], int]) -> None:
+    """Every key of a per-location ``feed`` at a location ``channel`` no longer sells from shown 0."""
+    await in_slices(feed.known_keys(), size, partial(_withdraw_dropped, feed, frozenset(channel.sells_from), now))
+
+
+async def withdraw_unheld(feed: Feed, channel: Channel, store_of: Callable[[str], PositionStore], size: int,
+                          now: Callable[[], int]) -> None:
+    """Every key ``feed`` shows that no position stands behind (``unheld``) shown 0."""
+    await in_slices(feed.known_keys(), size, partial(_withdraw_unheld, feed, channel, store_of, now))
+
+
+def _withdraw_dropped(feed: Feed, allowed: frozenset[str], now: Callable[[], int], keys: Sequence[Key]) -> None:
+    _withdraw(feed, [key for key in keys if key[1] not in allowed], now())
+
+
+def _withdraw_unheld(feed: Feed, channel: Channel, store_of: Callable[[str], PositionStore], now: Callable[[], int],
+                     keys: Sequence[Key]) -> None:
+    _withdraw(feed, unheld(keys, channel, store_of), now())
+
+
+def _withdraw(feed: Feed, keys: list[Key], now: int) -> None:
+    for key in keys:
+        feed.withdraw(key, now)
