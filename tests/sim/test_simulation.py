@@ -3,7 +3,8 @@ that pause, fail, lose and land writes late (snapshots in parts, each part so), 
 up at any await and crashes.
 
 CI runs ATP_SIM_SEEDS seeds (default 240, in chunks of 60: about 50 s of CPU), and ATP_SIM_MULTI_SEEDS seeds with
-two and with three service processes on one keyspace; ``make sim SEEDS=10000`` runs more (``--processes 3``). A
+two and with three service processes on one keyspace, and ATP_SIM_LOSE_TAIL_SEEDS seeds (default 12) in which Redis
+comes back from older data (``--lose-tail``); ``make sim SEEDS=10000`` runs more (``--processes 3``). A
 failure names the seed, the last steps and the command that replays it. A seed's run depends on every random draw of
 the simulation: a change to the simulation moves the seeds below (find new ones as they were found:
 revert the fix in a scratch copy of the tree, run ``python -m tests.sim --seeds 250`` there).
