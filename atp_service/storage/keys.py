@@ -72,7 +72,7 @@ class Keyspace:
 
     @property
     def claims(self) -> str:
-        """The last epoch drawn by a claim on a Redis Cluster (``EPOCH_SCRIPT``): no two claims share one."""
+        """The last epoch drawn by a claim on a Redis Cluster, or a leased group's taking (``EPOCH_SCRIPT``)."""
         return f"{self.prefix}claims"
 
     @property

@@ -16,6 +16,7 @@ from typing import Any
 
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, Script
+from atp_service.storage.records import wall_ms
 from atp_service.storage.scripts import EPOCH_SCRIPT
 from atp_service.tasks import exception_seen, finish_uncancelled, keep
 
@@ -54,8 +55,9 @@ return redis.call('DEL', KEYS[1])
 class GroupLeases:
     """One process's leases on the groups of ``store``'s keyspace, held under ``holder`` (unique
     per process) for ``lease_ms`` at a time. Every taking of a group draws a new epoch, above every
-    epoch drawn before (``<prefix>claims``): whoever takes a group last outranks every earlier
-    owner of it, whichever process that was."""
+    epoch drawn before (``<prefix>claims``) and no lower than the time (``scripts.DRAW_LUA``):
+    whoever takes a group last outranks every earlier owner of it, whichever process that was, even
+    one whose taking Redis has since lost (back from older data, its lease and owner key with it)."""
 
     _ACQUIRE, _RENEW, _RELEASE, _EPOCH = (Script(body) for body in (ACQUIRE_SCRIPT, RENEW_SCRIPT, RELEASE_SCRIPT,
                                                                     EPOCH_SCRIPT))
@@ -80,7 +82,7 @@ class GroupLeases:
         (every write of a previous owner refused from now on) and its fence adopted. False: held
         by another. ``Fenced``: another taking of the group outranked this one meanwhile."""
         epoch = self.held.get(group) or int(await self.store.nodes.run_one(
-            Call(self._EPOCH, [self.store.keys.claims], [0])))
+            Call(self._EPOCH, [self.store.keys.claims], [0, wall_ms()])))
         keys = [self.key(group), self.store.keys.owner(group), self.store.keys.fence(group)]
         acquiring = asyncio.ensure_future(self.store.nodes.run_one(Call(self._ACQUIRE, keys, [self.holder, epoch,
                                                                                             self.lease_ms])))

@@ -29,6 +29,7 @@ from atp_service.storage.records import (
     SnapshotRecord,
     SnapshotUnreadable,
     encode_snapshot,
+    wall_ms,
 )
 from atp_service.storage.resp import as_text
 from atp_service.storage.scripts import APPEND_SCRIPT, CLAIM_AT_SCRIPT, CLAIM_SCRIPT, EPOCH_SCRIPT, FENCE_SCRIPT
@@ -109,7 +110,7 @@ class LogStore(LogReads):
         if not self.nodes.together:
             return await self._claim_each(groups)
         keys = [k for g in groups for k in (self.keys.owner(g), self.keys.fence(g))]
-        call = Call(self._CLAIM, [*keys, self.keys.claimants], [self.claim_token])
+        call = Call(self._CLAIM, [*keys, self.keys.claimants], [self.claim_token, wall_ms()])
         epoch, *fences = (int(v) for v in await self.nodes.run_one(call))
         for group, fence in zip(groups, fences, strict=True):
             self.epochs[group], self._tokens[group] = epoch, fence
@@ -120,7 +121,7 @@ class LogStore(LogReads):
         epoch was drawn last owns every group; each of the others is refused, or overwritten)."""
         owners: Any = await self.client.mget_nonatomic([self.keys.owner(g) for g in groups])
         top = max((int(v) for v in owners if v is not None), default=0)
-        epoch = int(await self.nodes.run_one(Call(self._EPOCH, [self.keys.claims], [top])))
+        epoch = int(await self.nodes.run_one(Call(self._EPOCH, [self.keys.claims], [top, wall_ms()])))
         calls = [Call(self._CLAIM_AT, [self.keys.owner(g), self.keys.fence(g)], [epoch]) for g in groups]
         for group, reply in zip(groups, await self.nodes.run(calls), strict=True):
             if isinstance(reply, BaseException):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import msgspec
 from redis.exceptions import RedisError
@@ -38,6 +39,12 @@ class Fenced(RedisError):
         ... was replaced by <owner>``."""
         said = _REFUSAL.match(str(self))
         return said is not None and (not said["by"].isdigit() or int(said["by"]) < int(said["epoch"]))
+
+
+def wall_ms() -> int:
+    """This process's wall clock in ms: a floor for the epoch it claims besides Redis's own clock
+    (``scripts.DRAW_LUA``): Redis back from older data forgot the latest claims, not the time."""
+    return int(time.time() * 1000)
 
 
 class CrossGroupWrite(ValueError):

@@ -139,10 +139,29 @@ redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0')
 return 'OK'
 """
 
-# Claim groups: their owner keys all take one value above every one of them (the new epoch), so
-# every write of an earlier owner is refused from now on; returns the epoch, then each group's fence
-# (the token this owner's writes carry). On one Redis one call claims every group at once: of two
-# instances starting together one wins them all. KEYS: owner, fence per group.
+# A new epoch is never below the time now, in ms (Redis's clock, and the claimant's: ARGV[2]), as
+# well as above every epoch Redis holds. Redis back from older data (an older AOF or RDB, a lagging
+# replica promoted) has lost the latest claims: "above every epoch it holds" alone would draw a lost
+# claim's epoch again, and its instance — still running, idle, its owner check saying it owns the
+# keyspace — would write as the new one (two writers, one epoch). A claim made later is drawn above
+# the time the lost one was made. The highest epoch + 1 keeps epochs rising when a clock goes back.
+# Epochs stay below 2^53 (exact in Lua's numbers) and below 10^14 (printed whole by tostring).
+# Defines ``drawn(top)``: the epoch after ``top``. A write after TIME needs the script's effects
+# replicated, not the script (Redis 7 always does; 6.2 unless lua-replicate-commands is off).
+DRAW_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local function drawn(top)
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  return math.max(top + 1, now_ms, tonumber(ARGV[2] or '0'))
+end
+"""
+
+# Claim groups: their owner keys all take one value above every one of them (the new epoch,
+# ``DRAW_LUA``), so every write of an earlier owner is refused from now on; returns the epoch, then
+# each group's fence (the token this owner's writes carry). On one Redis one call claims every group
+# at once: of two instances starting together one wins them all. KEYS: owner, fence per group;
+# ARGV: the claimant's token, its clock (ms).
 # The last key (a sorted set) holds the token of each recent claim (ARGV[1], one per instance),
 # scored by the epoch it took: a claim whose reply was lost is sent again, and the first copy may
 # land after the second — after another instance's claim too. A copy finding its own token answers
@@ -150,7 +169,7 @@ return 'OK'
 # claiming above a newer instance would leave both refused "replaced" (exit 3) and nobody serving.
 # Only the newest CLAIMANTS_KEPT are kept: a copy still on its way is of a recent start.
 CLAIMANTS_KEPT = 64
-CLAIM_SCRIPT = """
+CLAIM_SCRIPT = DRAW_LUA + """
 local n = #KEYS - 1
 local out = {}
 local mine = redis.call('ZSCORE', KEYS[#KEYS], ARGV[1])
@@ -165,23 +184,26 @@ local top = 0
 for i = 1, n, 2 do
   top = math.max(top, tonumber(redis.call('GET', KEYS[i]) or '0'))
 end
-out[1] = top + 1
+local epoch = drawn(top)
+out[1] = epoch
 for i = 1, n, 2 do
-  redis.call('SET', KEYS[i], top + 1)
+  redis.call('SET', KEYS[i], epoch)
   out[#out + 1] = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
 end
-redis.call('ZADD', KEYS[#KEYS], top + 1, ARGV[1])
+redis.call('ZADD', KEYS[#KEYS], epoch, ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[#KEYS], 0, -""" + str(CLAIMANTS_KEPT + 1) + """)
 return out
 """
 
 # On a Redis Cluster no one script reaches every group, so a claim is two steps. First its epoch is
 # drawn from one key (KEYS[1], ``Keyspace.claims``): above every epoch drawn before and above ARGV[1]
-# (the highest owner key the claimant read), so no two claims ever share an epoch.
-EPOCH_SCRIPT = """
-local top = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1]))
-redis.call('SET', KEYS[1], top + 1)
-return top + 1
+# (the highest owner key the claimant read), and not below the time now (``DRAW_LUA``; ARGV[2]: the
+# claimant's clock, ms), so no two claims ever share an epoch, even across Redis losing the latest.
+# A leased group's taking draws its epoch here too (``leases.GroupLeases``).
+EPOCH_SCRIPT = DRAW_LUA + """
+local epoch = drawn(math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1])))
+redis.call('SET', KEYS[1], epoch)
+return epoch
 """
 
 # Then each group is taken with that epoch unless a higher one holds it already: of instances

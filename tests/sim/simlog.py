@@ -105,6 +105,8 @@ class SimLog:
         self.owners: dict[int, int] = defaultdict(int)
         """Several processes (``leased.ProcessLog``): each group's owner key, the epoch of its last taker."""
         self.claims = 0  # the epochs drawn so far (``<prefix>claims``): each taking draws a new one
+        self.now_ms: Callable[[], int] = lambda: 0
+        """The time a claim is drawn at (``scripts.DRAW_LUA``: no epoch below it); the world's clock."""
         self.epoch = 0  # this instance's claim
         self.client: Any = SideStreams()
         self.metrics = StorageMetrics()
@@ -139,7 +141,7 @@ class SimLog:
 
     async def claim(self, shards: int) -> int:
         """One Redis: every group's owner key takes the new epoch at once, and its fence is adopted."""
-        self.redis_epoch += 1
+        self.redis_epoch = max(self.redis_epoch + 1, self.now_ms())
         self.epoch = self.redis_epoch
         self.fenced = self.claim_lost = False  # a new instance
         for shard in range(shards):
@@ -307,8 +309,8 @@ class SimLog:
                 self.late.append(unit)
 
     def draw_epoch(self) -> int:
-        """``EPOCH_SCRIPT``: an epoch above every one drawn before."""
-        self.claims += 1
+        """``EPOCH_SCRIPT``: an epoch above every one drawn before, and not below the time now."""
+        self.claims = max(self.claims + 1, self.now_ms())
         return self.claims
 
     def newest_id(self, shard: int) -> int:

@@ -66,6 +66,7 @@ class World:
         self.log = SimLog(tally, together=not cluster)
         self.channels = SimChannelStore(self.log)
         self.clock = ManualClock(START_MS)
+        self.log.now_ms = self.clock.now_ms  # claims draw epochs no lower than the time (as Redis's TIME)
         self.config = sim_config(shards, part_bytes)
         self.engine: Engine | None = None
         self.facts: FactDesk | None = None

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, open_nodes
+from tests.atp_service.app.test_redis_lost_tail import restored, saved
 
 LEASE_MS = 300
 
@@ -228,3 +230,27 @@ async def test_a_give_back_cancelled_while_redis_holds_it_still_lands(redis_url:
         await admin.execute_command("CLIENT", "UNPAUSE")
         await admin.aclose()
         await store.nodes.aclose()
+
+
+async def test_a_taking_redis_lost_is_not_drawn_again_by_the_next_taker(
+        stores: tuple[LogStore, LogStore], redis_cluster: EmbeddedCluster) -> None:
+    """Defect: a taking drew its epoch from the claims key (the last drawn + 1). The cluster came back
+    from data older than process A's taking of a group (every primary restarted from an older RDB): the
+    lease, the owner key and the claims key all went back, so process B, taking the free group, drew A's
+    epoch again, and A's writes landed as B's until A's next renewal found the lease B's. A taking is now
+    drawn no lower than the time now (``scripts.DRAW_LUA``): B's epoch is above A's, A's writes refused."""
+    primaries = [redis.asyncio.Redis(host="127.0.0.1", port=node.port) for node in redis_cluster.primaries]
+    try:
+        images = [await saved(primary) for primary in primaries]
+        a, b = GroupLeases(stores[0], "process-a", 60_000), GroupLeases(stores[1], "process-b", 60_000)
+        assert await a.acquire(6)
+        for primary, image in zip(primaries, images, strict=True):
+            await restored(primary, image)
+        assert await b.acquire(6)  # A's lease is gone with the data: the group is free
+    finally:
+        for primary in primaries:
+            await primary.aclose()
+    assert b.held[6] > a.held[6]
+    with pytest.raises(Fenced):
+        await stores[0].submit(6, 1, b"written by A after B took the group")
+    await stores[1].submit(6, 1, b"B owns the group")

@@ -213,3 +213,16 @@ async def test_a_claim_older_than_the_one_holding_a_group_is_refused_there(clust
     finally:
         await older.nodes.aclose()
         await newer.nodes.aclose()
+
+
+async def test_a_claim_on_the_cluster_rises_above_the_last_even_when_the_clock_went_back(store: LogStore) -> None:
+    """The claims key and the owner keys hold an epoch drawn when a clock was days ahead: the next claim
+    (no lower than the time now, ``scripts.DRAW_LUA``) is still above it, by one."""
+    ahead = store.epoch + 10 ** 9
+    await store.client.set(store.keys.claims, ahead)
+    newer = LogStore(open_nodes(store.nodes._url, 5.0, cluster=True), "t:", pipeline_max=64)
+    try:
+        assert await newer.claim(SHARDS) == ahead + 1
+        assert not await store.still_owner()
+    finally:
+        await newer.nodes.aclose()
