@@ -18,7 +18,17 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from atp_service.engine.parts import ApplyShare, GiveUpPart, PartStep, ReadPart, ReservePart, run_part, tell_home
+from atp_service.engine.parts import (
+    ApplyShare,
+    GiveUpPart,
+    PartStep,
+    ReadPart,
+    ReservePart,
+    log_orphaned,
+    orphan_parts,
+    run_part,
+    tell_home,
+)
 from atp_service.tasks import exception_seen, keep
 from reservation import (
     DomainError,
@@ -59,12 +69,10 @@ class Orders:
         """Orders left pending (a saga that could not finish, or found so after a restart): the
         housekeeper drives them on (``drive_unsettled``)."""
         self.orphans: dict[str, int] = {}
-        """Parts holding units whose order has no record (part id -> its group): given up by the
-        housekeeper (``drive_unsettled``)."""
+        """Held parts whose order has no record (part id -> group): given up by ``drive_unsettled``."""
 
     def find_pending(self, ledgers: Iterable[Ledger]) -> None:
-        """After a restart: every order whose saga stopped half-way is driven on, and every part
-        holding units whose order has no record is given up (``_orphans_of``)."""
+        """After a restart: orders whose saga stopped half-way are driven on, orphaned parts given up."""
         ledgers = list(ledgers)
         for ledger in ledgers:
             self.unsettled.update(rid for rid, rec in ledger.reservations.items()
@@ -73,18 +81,12 @@ class Orders:
             self.orphans.update(self._orphans_of(ledgers))
 
     def _orphans_of(self, ledgers: list[Ledger]) -> dict[str, int]:
-        """Parts holding units whose order has no record at any group. An order's record is durable
-        before any part is reserved, so only Redis losing acknowledged entries of the order's group
-        (restarted from older data) leaves one; parts never expire by themselves, so its units would
-        stay held for good (R2: no hold outlives its order's decision)."""
-        found: dict[str, int] = {}
-        for ledger in ledgers:
-            for rid, rec in ledger.reservations.items():
-                order_id = orders.order_of(rid)
-                if (order_id is not None and rec.state in (State.HELD, State.CONFIRMED)
-                        and self._engine.home_of(order_id) is None):
-                    found[rid] = ledger.shard
-        return found
+        """Held parts whose order has no record (``orphan_parts``); confirmed ones are committed units of
+        a paid order (Q3), kept so that its SHIPMENT fulfils them."""
+        held, confirmed = orphan_parts(ledgers, lambda order_id: self._engine.home_of(order_id) is not None)
+        for part_id, shard in confirmed.items():
+            log_orphaned(part_id, shard, "is confirmed: kept until shipped")
+        return held
 
     # -- what the engine calls ---------------------------------------------------------
     def reserve(self, cmd: ReserveCommand, home: int) -> asyncio.Task[tuple[Reservation, bool]]:
@@ -261,17 +263,13 @@ class Orders:
         return expired
 
     async def _give_up_orphan(self, part_id: str, group: int) -> None:
-        """A part whose order has no record released, unless a retry of its Reserve opened the order
-        again meanwhile (its saga then decides the part)."""
+        """An orphaned part released, unless a retry of its Reserve opened the order again meanwhile."""
         order_id = orders.order_of(part_id)
         part = await self._on(group, lambda ledger, _now: ledger.reservation(part_id))
-        if (order_id is None or self._engine.home_of(order_id) is not None or part is None
-                or part.state not in (State.HELD, State.CONFIRMED)):
+        if order_id is None or self._engine.home_of(order_id) is not None or part is None or part.state != State.HELD:
             self.orphans.pop(part_id, None)
             return
-        log.error("part %r holds units but its order %r has no record (Redis lost acknowledged entries of the "
-                  "order's group): released", part_id, order_id,
-                  extra={"event": "order_part_orphaned", "reservation_id": order_id, "shard": group})
+        log_orphaned(part_id, group, "holds units: released")
         await self._steps({group: GiveUpPart(_command_of(part))})
         self.orphans.pop(part_id, None)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -22,6 +22,7 @@ from reservation import (
     Reservation,
     ReserveCommand,
     ResourceExhausted,
+    State,
     Unavailable,
 )
 from reservation import _orders as orders
@@ -173,3 +174,26 @@ _EXHAUSTED = frozenset({Reason.SHARD_OVERLOADED, Reason.SERVICE_OVERLOADED, Reas
 _RETRYABLE = frozenset({Reason.OUTCOME_UNKNOWN, Reason.STORAGE_UNREACHABLE, Reason.CONCURRENT_CHANGE,
                         Reason.RECOVERING, Reason.SHUTTING_DOWN, Reason.SHARD_STOPPED, Reason.INSTANCE_REPLACED,
                         Reason.GROUP_MOVED})
+
+
+def orphan_parts(ledgers: Iterable[Ledger], has_order: Callable[[str], bool]) -> tuple[dict[str, int], dict[str, int]]:
+    """Live parts whose order has no record at any group (part id -> its group): (held, confirmed). An
+    order's record is durable before any part is reserved, so only Redis losing acknowledged entries of
+    the order's group (restarted from older data) leaves one; parts never expire by themselves, so a
+    held one's units would stay held for good (R2: no hold outlives its order's decision)."""
+    held: dict[str, int] = {}
+    confirmed: dict[str, int] = {}
+    for ledger in ledgers:
+        for rid, rec in ledger.reservations.items():
+            order_id = orders.order_of(rid)
+            if order_id is None or rec.state not in (State.HELD, State.CONFIRMED) or has_order(order_id):
+                continue
+            (held if rec.state == State.HELD else confirmed)[rid] = ledger.shard
+    return held, confirmed
+
+
+def log_orphaned(part_id: str, shard: int, what: str) -> None:
+    """Says a part ``orphan_parts`` found, and what becomes of it."""
+    log.error("part %r of an order with no record at any group (Redis lost acknowledged entries of the order's "
+              "group) %s", part_id, what,
+              extra={"event": "order_part_orphaned", "reservation_id": orders.order_of(part_id), "shard": shard})

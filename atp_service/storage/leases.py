@@ -81,8 +81,7 @@ class GroupLeases:
         """Take ``group`` if no other holder's lease is live: its owner key raised to a new epoch
         (every write of a previous owner refused from now on) and its fence adopted. False: held
         by another. ``Fenced``: another taking of the group outranked this one meanwhile."""
-        epoch = self.held.get(group) or int(await self.store.nodes.run_one(
-            Call(self._EPOCH, [self.store.keys.claims], [0, wall_ms()])))
+        epoch = self.held.get(group) or await self._draw(group)
         keys = [self.key(group), self.store.keys.owner(group), self.store.keys.fence(group)]
         acquiring = asyncio.ensure_future(self.store.nodes.run_one(Call(self._ACQUIRE, keys, [self.holder, epoch,
                                                                                             self.lease_ms])))
@@ -103,6 +102,15 @@ class GroupLeases:
         self.store.adopt(group, epoch, fence)
         self.held[group] = epoch
         return True
+
+    async def _draw(self, group: int) -> int:
+        """A new epoch for taking ``group``: above the claims key, the clocks, and the group's owner key
+        itself — a process whose clock ran ahead may have taken it at a higher epoch than the claims key
+        still holds (Redis back from older data on the claims key's node), and the taking would be
+        refused until real time passed it."""
+        owner = await self.store.client.get(self.store.keys.owner(group))
+        top = int(owner) if owner is not None else 0
+        return int(await self.store.nodes.run_one(Call(self._EPOCH, [self.store.keys.claims], [top, wall_ms()])))
 
     async def renew(self) -> set[int]:
         """Extend every lease still held; the groups lost (expired and taken, or gone) are dropped

@@ -96,7 +96,7 @@ class SimMembership:
     async def take(self, group: int) -> None:
         log, redis, world = self.proc.log, self.world.log, self.world
         await log.round_trip()
-        epoch = self.held.get(group) or redis.draw_epoch()
+        epoch = self.held.get(group) or redis.draw_epoch(redis.owners[group])  # GroupLeases._draw
         await log.write_turn()
         holder = world.leases.holder.get(group)
         if holder is not None and holder != self.proc.holder:

@@ -308,9 +308,10 @@ class SimLog:
             elif fate < 0.7:
                 self.late.append(unit)
 
-    def draw_epoch(self) -> int:
-        """``EPOCH_SCRIPT``: an epoch above every one drawn before, and not below the time now."""
-        self.claims = max(self.claims + 1, self.now_ms())
+    def draw_epoch(self, top: int = 0) -> int:
+        """``EPOCH_SCRIPT``: an epoch above every one drawn before and ``top`` (a group's owner key, read
+        first by a taking), and not below the time now."""
+        self.claims = max(self.claims + 1, top + 1, self.now_ms())
         return self.claims
 
     def newest_id(self, shard: int) -> int:

@@ -91,3 +91,35 @@ async def test_a_read_of_an_order_left_undecided_decides_it(world: World) -> Non
     world.eng._home["o"] = home  # as the Reserve's route had it, before the crash of its saga
     shown = await settled(world, world.eng.get_reservation("o"))
     assert shown.state == State.HELD and [line.held for line in shown.lines] == [2, 1]
+
+
+def lose_record(world: World, rid: str) -> None:
+    """The order's record gone from its home, as after Redis came back from data older than it."""
+    home = world.eng.home_of(rid)
+    assert home is not None
+    del world.eng.actors[home].ledger.reservations[rid]
+    world.eng._home.pop(rid)
+
+
+async def test_a_held_part_whose_order_was_lost_is_released_and_a_confirmed_one_is_kept_for_its_shipment(
+        world: World) -> None:
+    """A start finds parts whose order has no record (Redis lost it): a held one would hold its units
+    for good (parts never expire by themselves) and is released; a confirmed one holds a paid order's
+    committed units (Q3), which its SHIPMENT still fulfils, and is kept."""
+    held_cmd = msgspec.structs.replace(order_cmd(world), reservation_id="held")
+    await settled(world, world.eng.reserve(held_cmd))
+    await settled(world, world.eng.reserve(order_cmd(world)))
+    await settled(world, world.eng.confirm("o"))
+    lose_record(world, "held")
+    lose_record(world, "o")
+    orders_ = world.eng.orders
+    assert orders_ is not None
+    orders_.find_pending(actor.ledger for actor in world.eng.actors)
+    orders_.drive_unsettled()
+    await world.quiesce()
+    groups = sorted({world.eng.place(line.sku) for line in held_cmd.lines})
+    assert [record(world, orders.part_id("held", g)).state for g in groups] == [State.RELEASED] * 2
+    assert [record(world, orders.part_id("o", g)).state for g in groups] == [State.CONFIRMED] * 2
+    quantities = [world.eng.availability([(sku, "L1")])[0] for sku in ("A", "J")]
+    assert [(q.reserved, q.committed) for q in quantities] == [(0, 2), (0, 1)]
+    assert not orders_.orphans

@@ -6,6 +6,7 @@ lost; a lease given back can be taken at once."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -253,4 +254,19 @@ async def test_a_taking_redis_lost_is_not_drawn_again_by_the_next_taker(
     assert b.held[6] > a.held[6]
     with pytest.raises(Fenced):
         await stores[0].submit(6, 1, b"written by A after B took the group")
+    await stores[1].submit(6, 1, b"B owns the group")
+
+
+async def test_a_taking_draws_above_the_groups_own_owner_key(stores: tuple[LogStore, LogStore]) -> None:
+    """Process A, its clock an hour ahead, took group 6 at an epoch of that time; then the claims key's
+    node came back from older data (the claims key lower than group 6's owner key). Drawn from the claims
+    key and the clocks alone, B's taking was refused FENCED by the owner key, and so was every retry,
+    until real time passed A's clock: the group served by no one for an hour."""
+    ahead = int(time.time() * 1000) + 3_600_000
+    client = stores[1].client
+    await client.set(stores[1].keys.owner(6), ahead)  # A's taking, its lease since run out
+    await client.set(stores[1].keys.claims, 1)  # the claims key back at an old value
+    b = GroupLeases(stores[1], "process-b", 60_000)
+    assert await b.acquire(6)
+    assert b.held[6] > ahead
     await stores[1].submit(6, 1, b"B owns the group")
