@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 from ._bulk import CountRows, Outcomes, apply_counts, load_counts
 from ._dedupe import Digest, FactMemory, digest
-from ._deltas import DeltaPool
 from ._events import (
     CountsLoaded,
     Event,
@@ -34,6 +33,7 @@ from ._keys import fact_key, fact_payload, pair_key, split_key
 from ._limits import Limits
 from ._model import OUTGOING_KINDS, TERMINAL, Fact, FactKind, FactOutcome, Quantities, Reservation, State
 from ._position_events import apply_safety_stock, apply_shipped
+from ._restore import restoring, run_through
 from ._snapshot import LedgerSnapshot
 from ._store import ON_HAND, PositionStore
 from ._undo import Undo, run_undo
@@ -232,18 +232,8 @@ class Ledger:
 
     @classmethod
     def restore(cls, shard: int, limits: Limits, snap: LedgerSnapshot) -> Ledger:
-        ledger = cls(shard, limits)
-        pool = DeltaPool.restore(snap.deltas)
-        ledger.store = PositionStore.restore(snap.store, pool.sources)
-        ledger.histories = Histories(ledger.store, pool)
-        ledger.memory = FactMemory.restore(ledger.store, snap.seen)
-        for rec in snap.reservations:
-            ledger._apply(ReservationSaved(rec))
-        # Forgotten in the order they were resolved, as the live ledger would (the snapshot holds them
-        # in the order they were made): a restored instance must not keep one longer (R5's window).
-        ledger._resolved = deque(sorted(ledger._resolved))
-        ledger.stream_time, ledger.clock = snap.stream_time, snap.clock
-        return ledger
+        """The state of ``snap``, in one go (a recovery goes a slice at a time: ``_restore.restoring``)."""
+        return run_through(restoring(cls(shard, limits), snap))
 
     # -- the one place state changes -------------------------------------------
     def emit(self, event: Event) -> FactOutcome:

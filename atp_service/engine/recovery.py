@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Protocol, TypeVar
@@ -12,6 +13,7 @@ from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import LogStore
 from reservation import Ledger, Limits, decode_entry
+from reservation._restore import RESTORE_SLICE, restoring
 
 T = TypeVar("T")
 
@@ -34,20 +36,36 @@ class LogHole(RuntimeError):
                          "durable are missing (restore Redis from a backup)")
 
 
-async def recover_shard(store: LogStore, shard: int, limits: Limits) -> tuple[Ledger, int, int]:
+REPLAY_SLICE = 20_000
+"""Events of a shard's log replayed between two turns of the event loop (~0.1 s of work at most)."""
+
+
+async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_slice: int = RESTORE_SLICE,
+                        replay_slice: int = REPLAY_SLICE) -> tuple[Ledger, int, int]:
     """(ledger, seq of the last entry applied, entries replayed). Live equals replay: the same
     events applied in the same order (E10). Raises ``LogHole`` when the log skips an entry (the
-    append script never leaves one)."""
+    append script never leaves one). The snapshot's reservations and the log's events go a slice at
+    a time with a turn of the event loop between: a group taken over (leases) while this process
+    serves others must not hold their calls and lease renewals for the seconds a large shard takes."""
     snap = await store.load_snapshot(shard)
-    ledger = Ledger.restore(shard, limits, snap.ledger) if snap else Ledger(shard, limits)
+    ledger = Ledger(shard, limits)
+    if snap:
+        steps = restoring(ledger, snap.ledger, restore_slice)
+        for _ in steps:
+            await asyncio.sleep(0)
     seq = snap.seq if snap else 0
-    replayed = 0
+    replayed = since_turn = 0
     async for entry_seq, data in store.entries_after(shard, seq):
         if entry_seq != seq + 1:
             raise LogHole(shard, seq, entry_seq)
-        ledger.replay(decode_entry(data))
+        entry = decode_entry(data)
+        ledger.replay(entry)
         seq = entry_seq
         replayed += 1
+        since_turn += len(entry.events)
+        if since_turn >= replay_slice:
+            since_turn = 0
+            await asyncio.sleep(0)
     return ledger, seq, replayed
 
 
