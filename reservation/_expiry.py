@@ -7,17 +7,27 @@ its time comes — up to ``max_ttl_seconds`` (7 days) later: past the retention 
 Between batches the stale entries are dropped once they outnumber the live reservations by
 ``EXPIRY_SLACK``: the heap holds at most 2 x live + ``EXPIRY_SLACK`` entries between passes, each
 entry looked at a bounded number of times (amortised O(1) a hold).
+
+A sweep looks at ``EXPIRY_SWEEP_SLICE`` entries between two turns of the event loop (``sweeping``):
+at 100,000 live holds a sweep of ~200,000 entries took ~0.14 s in one go, at the 2,000,000 live
+reservations a shard allows seconds, in which no shard, call or lease renewal ran.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
+from typing import TYPE_CHECKING
 
 from ._model import Reservation, State
 
+if TYPE_CHECKING:
+    from ._ledger import Ledger
+
 EXPIRY_SLACK = 1024
 """Expiry entries allowed beyond twice the live reservations before the stale ones are dropped."""
+EXPIRY_SWEEP_SLICE = 50_000
+"""Expiry entries one slice of a sweep looks at (~35 ms), a turn of the event loop between slices."""
 
 
 def expiry_stale(entries: int, live: int) -> bool:
@@ -31,3 +41,25 @@ def held_only(expiry: list[tuple[int, str]], records: Mapping[str, Reservation])
             if (rec := records.get(rid)) is not None and rec.state == State.HELD and rec.expires_at == at]
     heapq.heapify(kept)
     return kept
+
+
+def sweeping(ledger: Ledger, slice_size: int = EXPIRY_SWEEP_SLICE) -> Generator[None, None, int]:
+    """Drop ``ledger``'s stale expiry entries ``slice_size`` at a time, yielding between slices;
+    returns how many. The heap is set aside meanwhile: an entry requeued between slices (a spanning
+    expiry that failed) goes to a fresh one, merged at the end. Stopped part-way (the driver closes
+    it), what it had not looked at is kept whole: a hold whose entry was dropped would never expire."""
+    old, ledger._expiry = ledger._expiry, []
+    kept: list[tuple[int, str]] = []
+    looked = 0
+    try:
+        for looked in range(0, len(old), slice_size):
+            if looked:
+                yield
+            kept += held_only(old[looked:looked + slice_size], ledger.reservations)
+        looked = len(old)
+    finally:
+        kept += old[looked:]
+        kept += ledger._expiry
+        heapq.heapify(kept)
+        ledger._expiry = kept
+    return len(old) - len(kept)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import heapq
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 from ._bulk import CountRows, Outcomes, apply_counts, load_counts
 from ._dedupe import Digest, FactMemory, digest
@@ -26,7 +26,7 @@ from ._events import (
     SafetyStockSet,
     Shipped,
 )
-from ._expiry import expiry_stale, held_only
+from ._expiry import expiry_stale, sweeping
 from ._facts import COUNT_RANK, DELTA_RANK, Histories, PositionHistory
 from ._holds import HoldsIndex
 from ._keys import fact_key, fact_payload, pair_key, split_key
@@ -275,12 +275,16 @@ class Ledger:
             expiry_stale(len(self._expiry), self.live_reservations)
 
     def sweep_expiry(self) -> int:
-        """Drop stale expiry entries (``_expiry``); returns how many. Between batches, none in flight or in doubt."""
+        """``expiry_sweep`` in one go."""
+        return run_through(self.expiry_sweep(2**62))
+
+    def expiry_sweep(self, slice_size: int) -> Generator[None, None, int]:
+        """Drop stale expiry entries (``_expiry.sweeping``), yielding between slices; returns how many.
+        Between batches, none in flight or in doubt (a shard's maintenance turn)."""
         assert not self._events, "sweeping expiry inside an open batch"
         if not expiry_stale(len(self._expiry), self.live_reservations):
             return 0
-        before, self._expiry = len(self._expiry), held_only(self._expiry, self.reservations)
-        return before - len(self._expiry)
+        return (yield from sweeping(self, slice_size))
 
     def compact_some(self, limit: int = COMPACT_PER_PASS) -> int:
         """E9 for about ``limit`` kept deltas (``Histories.sweep``); between batches, none in flight."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ._dedupe import FactMemory
 from ._deltas import DeltaPool
@@ -24,6 +24,7 @@ from ._store import PositionStore
 if TYPE_CHECKING:
     from ._ledger import Ledger
 
+T = TypeVar("T")
 RESTORE_SLICE = 20_000
 """Reservations of a snapshot restored between two turns of the event loop (~0.1 s of work)."""
 
@@ -48,11 +49,11 @@ def restoring(ledger: Ledger, snap: LedgerSnapshot, slice_size: int = RESTORE_SL
     return ledger
 
 
-def run_through(steps: Generator[None, None, Ledger]) -> Ledger:
+def run_through(steps: Generator[None, None, T]) -> T:
     """What ``steps`` returns, run without a pause."""
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            restored: Ledger = done.value
-            return restored
+            result: T = done.value
+            return result

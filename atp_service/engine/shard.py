@@ -30,6 +30,7 @@ from atp_service.storage.log import LogStore
 from atp_service.tasks import cancel_and_wait
 from atp_service.traces import span
 from reservation import Ledger, PositionStore, Reason, ResourceExhausted, Unavailable
+from reservation._expiry import EXPIRY_SWEEP_SLICE
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +334,18 @@ class ShardActor(CommitPipeline):
                 await self._drain()  # a snapshot needs memory == durable log; so does compaction (undo)
                 self.ledger.forget_old_facts()
                 self.ledger.compact_some()
-                self.ledger.sweep_expiry()
+                await self._sweep_expiry()
                 await self.checkpoint()
+
+    async def _sweep_expiry(self) -> None:
+        """Stale expiry entries dropped a slice at a time, other shards and calls running between
+        (this shard's own work waits behind its maintenance turn, as for a snapshot's drain)."""
+        steps = self.ledger.expiry_sweep(EXPIRY_SWEEP_SLICE)
+        try:
+            for _ in steps:
+                await asyncio.sleep(0)
+        finally:
+            steps.close()  # stopped part-way: what it had not looked at is kept
 
     def _wants_maintenance(self) -> bool:
         """Something for a maintenance turn, whose drain holds this shard's new work behind its appends in
