@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from .embedded_redis import EmbeddedRedis, RedisDidNotStart, free_port
+from .embedded_redis import PORT_TRIES, EmbeddedRedis, RedisDidNotStart, free_port
 
 SLOTS = 16384
 """Hash slots of a Redis Cluster."""
@@ -44,16 +44,18 @@ class EmbeddedCluster:
         self.data_dir = Path(data_dir)
         self._bus_ports: dict[int, int] = {}  # node port -> its cluster bus port
         self._appendfsync = appendfsync
-        self.primaries = [self._node(f"p{i}", node_timeout_ms) for i in range(primaries)]
-        self.replicas = [self._node(f"p{i}r{j}", node_timeout_ms) for i in range(primaries) for j in range(replicas)]
+        self._node_timeout_ms = node_timeout_ms
+        self.primaries = [self._node(f"p{i}") for i in range(primaries)]
+        self.replicas = [self._node(f"p{i}r{j}") for i in range(primaries) for j in range(replicas)]
         self._per_primary = replicas
 
-    def _node(self, name: str, node_timeout_ms: int) -> EmbeddedRedis:
+    def _node(self, name: str) -> EmbeddedRedis:
         # The cluster bus gets a port of its own: the default (port + 10,000) fails above 55,535.
         bus = free_port()
-        node = EmbeddedRedis(self.data_dir / name, appendfsync=self._appendfsync, extra_args=[
+        # Its port is given, not left to pick: a port taken makes the whole node again (``_started``).
+        node = EmbeddedRedis(self.data_dir / name, port=free_port(), appendfsync=self._appendfsync, extra_args=[
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(bus)])
+            "--cluster-node-timeout", str(self._node_timeout_ms), "--cluster-port", str(bus)])
         self._bus_ports[node.port] = bus
         return node
 
@@ -73,14 +75,29 @@ class EmbeddedCluster:
         if formed:
             raise RedisDidNotStart(f"data_dir: a cluster was formed in {formed[0]} before; give a fresh --data-dir")
         try:
-            for node in self.nodes:
-                node.start()
+            for nodes in (self.primaries, self.replicas):
+                for i, node in enumerate(nodes):
+                    nodes[i] = self._started(node)
             self._form()
             self._wait_until_ready(timeout_s)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _started(self, node: EmbeddedRedis) -> EmbeddedRedis:
+        """``node`` started. A port is only free when it is picked: one that another process took before
+        redis-server bound it (its own or its bus port) makes the node again on fresh ports, a few times."""
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                return node.start()
+            except RedisDidNotStart:
+                log = node.data_dir / "redis.log"
+                if attempt == PORT_TRIES or not log.exists() or "Address already in use" not in log.read_text():
+                    raise
+                self._bus_ports.pop(node.port, None)
+                node = self._node(f"{node.data_dir.name}-{attempt}")
+        raise AssertionError("unreachable")
 
     def _form(self) -> None:
         """Slots to the primaries, every node into one cluster, replicas behind their primaries."""

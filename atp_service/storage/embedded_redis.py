@@ -32,6 +32,10 @@ class DataDirInUse(RuntimeError):
     pass
 
 
+PORT_TRIES = 3
+"""Starts on a freshly picked port when another process took the one picked before redis-server bound it."""
+
+
 class RedisDidNotStart(RuntimeError):
     """redis-server exited, or did not answer in time; the message names the port or the log file."""
 
@@ -75,6 +79,7 @@ class EmbeddedRedis:
         self.socket_path = socket_path if unix_socket and len(bytes(socket_path)) <= UNIX_SOCKET_PATH_MAX else None
         """The unix socket it listens on (None: not asked for, or its path is too long for one)."""
         self.port = port or free_port()
+        self._port_picked = not port  # picked here: another may be picked if it is taken by then
         self.appendfsync = appendfsync
         self.password = password
         self.process: subprocess.Popen[bytes] | None = None
@@ -109,7 +114,24 @@ class EmbeddedRedis:
         ``timeout_s`` until it first answers; then, while it reports loading, at most
         ``load_timeout_s`` from the start (a large estate's AOF read from a cold disk takes a while;
         the progress is logged every ``LOAD_PROGRESS_EVERY_S``). ``abandon``, asked between polls:
-        True stops redis-server and raises ``StartAbandoned``."""
+        True stops redis-server and raises ``StartAbandoned``. A port picked here that another process
+        took before redis-server bound it is picked again, on the first start only (a restart keeps
+        the address the service and its publishers were given)."""
+        for attempt in range(1, PORT_TRIES + 1):
+            first = self._lock_file is None
+            try:
+                return self._start(timeout_s, ping_timeout_s, load_timeout_s, abandon)
+            except RedisDidNotStart:
+                if not (first and self._port_picked and attempt < PORT_TRIES and self._port_was_taken()):
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _port_was_taken(self) -> bool:
+        return self._logfile.exists() and "Address already in use" in self._logfile.read_text(errors="replace")
+
+    def _start(self, timeout_s: float, ping_timeout_s: float, load_timeout_s: float,
+               abandon: Callable[[], bool] | None) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         again = self._lock_file is not None  # started before (a restart): the lock and the pid are ours
         self._lock()

@@ -162,3 +162,19 @@ def _redis_left(data_dir: Path) -> list[int]:
     pids = [int(p.read_text()) for p in data_dir.glob("*/redis-server.pid")]
     assert pids, "the nodes wrote their pid files"
     return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def test_a_node_whose_picked_port_another_process_took_starts_on_fresh_ports(tmp_path: Path) -> None:
+    """A free port is free only when it is picked: another process (a parallel test, a service) took a
+    node's cluster bus port before redis-server bound it, and the whole cluster failed to start —
+    every test sharing it with it. The node is made again on fresh ports."""
+    cluster = EmbeddedCluster(tmp_path / "c", primaries=3)
+    first = cluster.primaries[0]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", cluster._bus_ports[first.port]))
+        squatter.listen()
+        with cluster:
+            assert cluster.primaries[0] is not first
+            with RedisCluster.from_url(cluster.url) as client:
+                client.set("k", "v")
+                assert client.get("k") == b"v"

@@ -265,3 +265,24 @@ def test_no_redis_server_is_forked_once_a_hard_exit_was_asked(
             proc.terminate()
             proc.wait(10)
         embedded.stop()
+
+
+def test_a_port_taken_after_it_was_picked_is_picked_again_and_a_given_one_is_not(tmp_path: Path) -> None:
+    """A free port is free only when it is picked: another process took it before redis-server bound
+    it, and the start failed (in the tests: every test sharing that Redis). A picked port is picked
+    again; a port the operator gave is theirs to fix, so that start fails, naming the log."""
+    import socket
+
+    server = EmbeddedRedis(tmp_path / "picked")
+    taken = server.port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        server.start()
+        try:
+            assert server.port != taken
+            assert redis.Redis(port=server.port).ping()
+        finally:
+            server.stop()
+        with pytest.raises(RedisDidNotStart, match="exited with 1"):
+            EmbeddedRedis(tmp_path / "given", port=taken).start()
