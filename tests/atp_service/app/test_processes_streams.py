@@ -154,7 +154,9 @@ async def test_a_fact_whose_owner_died_stays_pending_until_its_group_is_taken_th
             break
         await asyncio.sleep(0.01)
     assert seen_pending, "read while the group's owner was dead, and left pending"
-    assert 2 <= deliveries <= 30, f"read again with backoff, not in a loop ({deliveries} deliveries)"
+    # Read again with backoff, not in a loop. Only the bound above is asserted: the delivery that applies
+    # it can be counted and acknowledged between two polls (a busy machine), so the most seen may be 1.
+    assert 1 <= deliveries <= 30, f"read again with backoff, not in a loop ({deliveries} deliveries)"
     assert await on_hand(reader, sku) == 7
     assert counted([reader], "atp_facts_total", outcome="applied") == 1
 
