@@ -92,8 +92,7 @@ class EmbeddedCluster:
             try:
                 return node.start()
             except RedisDidNotStart:
-                log = node.data_dir / "redis.log"
-                if attempt == PORT_TRIES or not log.exists() or "Address already in use" not in log.read_text():
+                if attempt == PORT_TRIES or not node.port_was_taken():
                     raise
                 self._bus_ports.pop(node.port, None)
                 node = self._node(f"{node.data_dir.name}-{attempt}")

@@ -80,6 +80,7 @@ class EmbeddedRedis:
         """The unix socket it listens on (None: not asked for, or its path is too long for one)."""
         self.port = port or free_port()
         self._port_picked = not port  # picked here: another may be picked if it is taken by then
+        self._log_from = 0  # the size of redis.log when the last start began (``port_was_taken``)
         self.appendfsync = appendfsync
         self.password = password
         self.process: subprocess.Popen[bytes] | None = None
@@ -122,17 +123,27 @@ class EmbeddedRedis:
             try:
                 return self._start(timeout_s, ping_timeout_s, load_timeout_s, abandon)
             except RedisDidNotStart:
-                if not (first and self._port_picked and attempt < PORT_TRIES and self._port_was_taken()):
+                if not (first and self._port_picked and attempt < PORT_TRIES and self.port_was_taken()):
                     raise
                 self.port = free_port()
         raise AssertionError("unreachable")
 
-    def _port_was_taken(self) -> bool:
-        return self._logfile.exists() and "Address already in use" in self._logfile.read_text(errors="replace")
+    def port_was_taken(self) -> bool:
+        """The last start failed because a port it was to listen on was taken: said by what redis-server
+        logged during that start only. The log is kept across starts and runs: a bind that failed in an
+        earlier one must not make a start failing for its own reason (a damaged AOF, a load past its
+        bound) try again on other ports, multiplying the wait and hiding the first port."""
+        try:
+            with self._logfile.open("rb") as written:
+                written.seek(self._log_from)
+                return b"Address already in use" in written.read()
+        except OSError:
+            return False
 
     def _start(self, timeout_s: float, ping_timeout_s: float, load_timeout_s: float,
                abandon: Callable[[], bool] | None) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log_from = self._logfile.stat().st_size if self._logfile.exists() else 0  # see port_was_taken
         again = self._lock_file is not None  # started before (a restart): the lock and the pid are ours
         self._lock()
         if not again:

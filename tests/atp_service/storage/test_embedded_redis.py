@@ -286,3 +286,20 @@ def test_a_port_taken_after_it_was_picked_is_picked_again_and_a_given_one_is_not
             server.stop()
         with pytest.raises(RedisDidNotStart, match="exited with 1"):
             EmbeddedRedis(tmp_path / "given", port=taken).start()
+
+
+def test_a_bind_failure_an_earlier_run_logged_does_not_make_another_failure_retried(tmp_path: Path) -> None:
+    """redis.log is kept across runs: a port taken in an earlier one is logged there for good. A start
+    failing for its own reason (here a damaged AOF manifest; a load past its bound took as long each
+    time) fails once, on the port it picked, and is not tried again on other ports."""
+    data = tmp_path / "redis"
+    (data / "appendonlydir").mkdir(parents=True)
+    (data / "appendonlydir" / "appendonly.aof.manifest").write_text("not a manifest\n")
+    (data / "redis.log").write_text("1:M 01 Jan 2026 00:00:00.000 # Warning: Could not create server TCP listening "
+                                    "socket 127.0.0.1:41234: bind: Address already in use\n")
+    server = EmbeddedRedis(data)
+    picked = server.port
+    with pytest.raises(RedisDidNotStart, match="exited with 1"):
+        server.start()
+    assert server.port == picked
+    assert (data / "redis.log").read_text().count("Invalid AOF manifest") == 1
