@@ -204,13 +204,16 @@ class Ledger:
         forgetting = bool(self._resolved) and self._resolved[0][0] < now - self.limits.retention_ms
         return expiring or forgetting
 
-    def evict(self, now: int) -> list[str]:
-        """Forget resolved reservations older than the retention window (bounded R5 memory). An order
-        whose resolution is still pending is not resolved yet (R3: its parts may hold units that only
-        its saga gives back); saved settled, it is queued again."""
+    def evict(self, now: int, limit: int = 2**62) -> list[str]:
+        """Forget resolved reservations older than the retention window (bounded R5 memory), looking at
+        ``limit`` of them at most: the rest at the next call. An order whose resolution is still pending
+        is not resolved yet (R3: its parts may hold units that only its saga gives back); saved
+        settled, it is queued again."""
         cutoff = now - self.limits.retention_ms
         gone: list[str] = []
-        while self._resolved and self._resolved[0][0] < cutoff:
+        for _ in range(min(limit, len(self._resolved))):
+            if self._resolved[0][0] >= cutoff:
+                break
             at, rid = self._resolved.popleft()
             rec = self.reservations.get(rid)
             if rec is not None and rec.state in TERMINAL and rec.updated_at == at and rec.pending is None:

@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 EXPIRE_PER_TURN = 4096
 """Holds one housekeeping turn of a shard expires at most (~80 ms of the turn, a log entry of
 ~350 KB); the rest wait for the next pass (R3 goes on, a bounded step at a time)."""
+EVICT_PER_TURN = 10_000
+"""Resolved reservations past their retention one housekeeping turn of a shard looks at, at most
+(~20 ms of the turn); the rest are forgotten at the next passes. After a restart that followed
+downtime a whole day's resolved reservations (hundreds of thousands) were past it at once, and
+forgetting them in one turn held every shard, call and lease renewal for seconds. Forgetting is
+no event in the log, so a replay sees the same whatever the bound (E10); kept a few passes longer
+than the window, a record answers as a restored instance that still holds it does (R5)."""
 
 
 class Housekeeper:
@@ -79,7 +86,7 @@ class Housekeeper:
                 ops.expire(ledger, rid, now)
             else:
                 self._spawn(self._expire_across(sorted(shards), ledger, rid, rec.expires_at))
-        for rid in ledger.evict(now):
+        for rid in ledger.evict(now, EVICT_PER_TURN):  # the rest at the next passes
             self._engine.routes.forget_evicted(ledger.shard, rid)
         self._engine.metrics.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
 

@@ -8,9 +8,10 @@ import time
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
-from atp_service.engine.maintenance import EXPIRE_PER_TURN
-from reservation import LogEntry, State, reserve_command
+from atp_service.engine.maintenance import EVICT_PER_TURN, EXPIRE_PER_TURN
+from reservation import Ledger, Limits, LogEntry, State, reserve_command
 from reservation._events import ReservationSaved
 from reservation._expiry import EXPIRY_SLACK
 from tests.atp_service.edge.test_api import T0, receipt
@@ -49,6 +50,52 @@ async def test_holds_due_all_at_once_expire_a_bounded_number_per_turn_R3(start_s
     assert max(per_entry) <= EXPIRE_PER_TURN, f"{max(per_entry)} holds expired in one turn"
     (a,) = await client.availability([("A", "S1")])
     assert a.reserved == 0 and a.available == holds
+
+
+async def test_resolved_reservations_past_retention_all_at_once_are_forgotten_a_bounded_number_per_turn_R5(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole day's resolved reservations past their retention at once (the first pass after a
+    restart that followed downtime) were forgotten in one turn of their shard: seconds at hundreds of
+    thousands, with every shard, call and lease renewal waiting. A turn forgets at most
+    ``EVICT_PER_TURN``; later passes forget the rest, and one still within its window is kept (R5)."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock, limits=Limits(retention_ms=60_000))
+    engine = service.engine
+    assert engine is not None
+    resolved = 2 * EVICT_PER_TURN + 10
+    await client.record_events([receipt("stock", "A", "S1", resolved + 1)])
+    for first in range(0, resolved, 1000):
+        cmds = [reserve_command(reservation_id=f"r{n}", order_ref="o", channel="web", lines=[("A", "S1", 1)],
+                                ttl_seconds=60, allow_partial=False, limits=engine.limits)
+                for n in range(first, min(first + 1000, resolved))]
+        assert all(not isinstance(r, Exception) for r in await engine.reserve_many(cmds))
+    actor = engine.actors[engine.place("A")]
+    clock.advance(60_000)  # every hold expires (resolved), a bounded number a turn
+    deadline = time.monotonic() + 60
+    while actor.ledger.live_reservations:
+        assert time.monotonic() < deadline, f"{actor.ledger.live_reservations} holds still live after 60 s"
+        await asyncio.sleep(0.02)
+    clock.advance(30_000)
+    await client.reserve("recent", [("A", "S1", 1)])
+    await client.release("recent")
+    forgotten_per_turn: list[int] = []
+    work = engine._housekeeper._expire_work
+
+    def counted(ledger: Ledger, now: int) -> None:
+        before = len(ledger.reservations)
+        work(ledger, now)
+        forgotten_per_turn.append(before - len(ledger.reservations))
+
+    monkeypatch.setattr(engine._housekeeper, "_expire_work", counted)
+    clock.advance(31_000)  # past the retention of every expired hold, not of "recent"
+    deadline = time.monotonic() + 60
+    while sum(forgotten_per_turn) < resolved:
+        assert time.monotonic() < deadline, f"{sum(forgotten_per_turn)} of {resolved} forgotten after 60 s"
+        await asyncio.sleep(0.02)
+    assert max(forgotten_per_turn) <= EVICT_PER_TURN, f"{max(forgotten_per_turn)} forgotten in one turn"
+    assert list(actor.ledger.reservations) == ["recent"]
+    assert not any(f"r{n}" in engine.routes.homes for n in range(resolved))
+    assert (await client.get_reservation("recent")).state == pb.RESERVATION_STATE_RELEASED
 
 
 async def test_a_pass_that_fails_on_a_bug_is_said_and_the_service_asks_to_be_restarted_R3(
