@@ -133,11 +133,16 @@ class Feed:
     """The publishing state of one channel."""
 
     def __init__(self, channel: str, policy: FeedPolicy, now_ms: int,
-                 published: dict[Key, Published] | None = None, version: int = 0) -> None:
+                 published: dict[Key, Published] | None = None, version: int | None = None) -> None:
+        """``version``: the newest the channel ever had, at least that of every ``published`` value
+        (``ChannelStore.load`` keeps it while reading); None: the newest of ``published``, found by
+        a pass over every value - seconds of a held event loop at tens of millions of keys."""
         self.channel = channel
         self.policy = policy
         self.published: dict[Key, Published] = published if published is not None else {}
-        self.version = max([version, *(p.version for p in self.published.values())])
+        if version is None:
+            version = max((p.version for p in self.published.values()), default=0)
+        self.version = version
         self.published_version = self.version
         """Newest version confirmed written: a snapshot of ``published`` is current as of it."""
         self.bucket = TokenBucket(policy.rate_per_s, policy.burst, now_ms)

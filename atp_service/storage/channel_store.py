@@ -150,12 +150,17 @@ class ChannelStore:
         return self.keys.channel_state(channel)
 
     async def load(self, channel: str) -> tuple[dict[Key, Published], int]:
-        """The last published value per key, and the newest version the stream ever had."""
+        """The last published value per key, and the newest version the channel ever had (in the
+        stream, or of a key: the stream may have been trimmed or lost). The newest is kept while the
+        hash is read a page at a time, other work running between pages: a pass over every value
+        after the read held the event loop for seconds at tens of millions of keys."""
         published: dict[Key, Published] = {}
+        newest = 0
         async for field, value in self.client.hscan_iter(self.state_key(channel), count=10_000):
             key, pub = state_entry(field, value)
             published[key] = pub
-        newest = max((p.version for p in published.values()), default=0)
+            if pub.version > newest:
+                newest = pub.version
         return published, max(newest, await self.last_version(channel))
 
     async def write(self, batches: Iterable[tuple[str, int, list[ChannelUpdate]]]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from reservation import ChannelUpdate, Feed, FeedPolicy, Published, StockStatus
 
 T0 = 1_700_000_000_000
@@ -103,6 +105,31 @@ def test_c3_versions_only_increase_per_key_and_e11_equal_values_publish_nothing(
     assert [(u.version, u.previous) for u in drain(feed, T0 + 6)] == [(44, 5)]
     restarted = Feed("web", FeedPolicy(), T0, dict(feed.published))
     assert restarted.version == 44
+
+
+class _WalkedPublished(dict[tuple[str, str], Published]):
+    """A feed's published values that count the passes over all of them."""
+
+    walks = 0
+
+    def values(self) -> Any:
+        self.walks += 1
+        return super().values()
+
+    def __iter__(self) -> Any:
+        self.walks += 1
+        return super().__iter__()
+
+
+def test_a_feed_given_its_newest_version_does_not_pass_over_every_published_value_C3() -> None:
+    """At the start the desk built each feed from what was published and the newest version its
+    store had read, and the feed found the newest again by a pass over every value in one go - with
+    the store's own pass, seconds of a held event loop for tens of millions of keys. The version the
+    store keeps while reading page by page is taken as it is; without one, it is found (C3)."""
+    published = _WalkedPublished({("a", ""): Published(3, 7, T0), ("b", "s1"): Published(0, 9, T0)})
+    feed = Feed("web", FeedPolicy(), T0, published, 12)
+    assert (feed.version, published.walks) == (12, 0)
+    assert Feed("web", FeedPolicy(), T0, published).version == 9
 
 
 def test_a_failed_write_is_offered_again_unless_newer_is_pending() -> None:
