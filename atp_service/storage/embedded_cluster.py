@@ -71,7 +71,8 @@ class EmbeddedCluster:
     def start(self, timeout_s: float = 30.0) -> EmbeddedCluster:
         """Start every node and form the cluster. A data directory where a cluster was formed before
         is refused: its nodes remember ports that this start does not reuse."""
-        formed = [str(node.data_dir) for node in self.nodes if (node.data_dir / "nodes.conf").exists()]
+        # Any node directory, not only this start's: a node made again on fresh ports lives in another.
+        formed = [str(conf.parent) for conf in sorted(self.data_dir.glob("*/nodes.conf"))]
         if formed:
             raise RedisDidNotStart(f"data_dir: a cluster was formed in {formed[0]} before; give a fresh --data-dir")
         try:

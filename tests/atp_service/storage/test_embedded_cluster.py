@@ -178,3 +178,17 @@ def test_a_node_whose_picked_port_another_process_took_starts_on_fresh_ports(tmp
             with RedisCluster.from_url(cluster.url) as client:
                 client.set("k", "v")
                 assert client.get("k") == b"v"
+
+
+def test_a_data_dir_whose_cluster_was_formed_on_fresh_ports_is_refused_again(tmp_path: Path) -> None:
+    """A node made again on fresh ports (its port taken) lives in a directory of another name: a
+    later start on the same data directory looked for ``nodes.conf`` only where its own nodes go,
+    and formed a new cluster beside the one holding the data."""
+    cluster = EmbeddedCluster(tmp_path / "c", primaries=1)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", cluster.primaries[0].port))
+        squatter.listen()
+        with cluster:
+            assert cluster.primaries[0].data_dir.name != "p0"
+    with pytest.raises(RedisDidNotStart, match="a cluster was formed in"):
+        EmbeddedCluster(tmp_path / "c", primaries=1).start()
