@@ -6,6 +6,7 @@ Pure arithmetic, no I/O: the channel work (publishers, throttling, C2/C3) builds
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
@@ -49,7 +50,7 @@ def curate(available: Int64Array, rules: ChannelRules) -> Int64Array:
     """C1 applied elementwise: each element is one offer (a SKU's network total or one position)."""
     x = np.maximum(available, 0)  # Q5: a channel is never offered a negative number
     if rules.buffer_percent:
-        x = x - np.ceil(x * (rules.buffer_percent / 100.0)).astype(np.int64)
+        x = x - percent_of(x, rules.buffer_percent)
     x = x - rules.buffer_units
     if rules.allocation is not None:
         x = np.minimum(x, rules.allocation)
@@ -58,6 +59,26 @@ def curate(available: Int64Array, rules: ChannelRules) -> Int64Array:
     if rules.max_shown is not None:
         x = np.minimum(x, rules.max_shown)
     return x.astype(np.int64)
+
+
+EXACT_PERCENT_DENOMINATOR = 10**8
+"""Largest denominator of ``percent / 100`` computed exactly in int64 (a percent with up to six
+decimals); beyond it, floating point (a share no operator writes by hand)."""
+
+
+def percent_of(units: Int64Array, percent: float) -> Int64Array:
+    """``ceil(units * percent / 100)`` exactly (C1's buffer, rounded up to whole units). Floating
+    point is not: 100 * 0.07 is 7.000000000000001, so 7 % of 100 held back 8 units. The percent is
+    taken as the decimal it is written as, and ``units = q * den + r`` keeps every product in 64
+    bits: ``q * num <= units`` since num <= den, and ``r * num < den ** 2 <= 10 ** 16``."""
+    ratio = Fraction(str(percent)) / 100
+    num, den = ratio.numerator, ratio.denominator
+    if den > EXACT_PERCENT_DENOMINATOR:
+        rounded_up: Int64Array = np.ceil(units * (percent / 100.0)).astype(np.int64)
+        return rounded_up
+    whole, rest = np.divmod(units, den)
+    share: Int64Array = whole * num - (-rest * num // den)
+    return share
 
 
 _BEYOND_ANY_STOCK = 1 << 40  # far above Limits.max_quantity

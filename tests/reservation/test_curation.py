@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -22,6 +25,16 @@ def test_buffer_units_and_percent() -> None:
     assert c([10, 3, 2], buffer_units=2) == [8, 1, 0]
     assert c([10, 1], buffer_percent=10) == [9, 0]  # 10 % of 1 rounds up to a whole unit
     assert c([100], buffer_units=5, buffer_percent=10) == [85]
+
+
+@pytest.mark.parametrize("percent", [7.0, 14.0, 28.0, 56.0, 12.5, 0.1, 33.3, 2.25])
+def test_buffer_percent_holds_back_exactly_its_share_rounded_up_C1(percent: float) -> None:
+    # 7 % of 100 is 7 units, not 8: 100 * 0.07 is 7.000000000000001 in binary floating point,
+    # and rounding that up held back a unit the channel should have been offered.
+    ratio = Fraction(str(percent)) / 100
+    available = [*range(5_001), 10**12, 2**62]
+    exact = [a - math.ceil(a * ratio) for a in available]
+    assert c(available, buffer_percent=percent) == exact
 
 
 def test_allocation_cap_and_max_shown() -> None:
