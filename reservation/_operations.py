@@ -81,32 +81,36 @@ _Plan = tuple[list[tuple[str, int, int]], int, str]  # ([(location, units, avail
 def _plan(view: View, cmd: ReserveCommand, groups: GroupPolicy | None) -> list[_Plan]:
     """Where each line's units would come from; an empty pick list: the line does not fit.
     Units an earlier line of the same command would take are not offered again (R1)."""
-    plans: list[_Plan] = []
     if groups is None or not any(line.location in groups.groups for line in cmd.lines):
         # The common case: plain lines, already summed per position (R1), so none takes another's units.
+        plans: list[_Plan] = []
         for line in cmd.lines:
             a = view.quantities(line.sku, line.location).available
             plans.append(([(line.location, line.quantity, a)] if line.quantity <= a else [], a, ""))
         return plans
     taken: dict[tuple[str, str], int] = {}
-    for line in cmd.lines:
+    planned: dict[int, _Plan] = {}
+    # Plain lines first (R2): they can come from one location only, while a group line may pick
+    # another member; a group line written first took units a later plain line then lacked, and an
+    # order that fits was refused.
+    for index in sorted(range(len(cmd.lines)), key=lambda i: cmd.lines[i].location in groups.groups):
+        line = cmd.lines[index]
         sku = line.sku
 
         def available(loc: str, sku: str = sku) -> int:
             return view.quantities(sku, loc).available - taken.get((sku, loc), 0)
 
-        members = groups.groups.get(line.location) if groups is not None else None
+        members = groups.groups.get(line.location)
         if members is None:
             a = available(line.location)
             picks = [(line.location, line.quantity, a)] if line.quantity <= a else []
-            plans.append((picks, a, ""))
+            planned[index] = (picks, a, "")
         else:
-            assert groups is not None
             picks, total = allocate(members, line.quantity, available, groups.strategy)
-            plans.append((picks, total, line.location))
+            planned[index] = (picks, total, line.location)
         for loc, qty, _ in picks:
             taken[(sku, loc)] = taken.get((sku, loc), 0) + qty
-    return plans
+    return [planned[index] for index in range(len(cmd.lines))]
 
 
 def confirm(view: View, reservation_id: str, now: int) -> Reservation:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reservation import AlreadyExists, GroupPolicy, Outcome, State, allocate, confirm, release, reserve
+from reservation._operations import requested_lines
 from tests.reservation.helpers import cmd, ledger_with
 
 NOW = 10_000
@@ -48,6 +49,21 @@ def test_group_line_and_plain_line_do_not_take_the_same_units_R1() -> None:
                                                                ("stores", Outcome.INSUFFICIENT)]
     assert rec.lines[1].available == 1
     assert ledger.quantities("A", "S1").reserved == 0
+
+
+@pytest.mark.parametrize("strategy", ["priority", "most_available"])
+def test_a_group_line_before_a_plain_line_does_not_take_the_units_only_the_plain_line_can_use_R2(
+        strategy: str) -> None:
+    # S1 and S2 hold 2 each: the group line can come from S2, the plain line only from S1. Whatever
+    # order the client wrote them in, the order fits and is granted; nothing is over-allocated.
+    for lines in ((("A", "stores", 2), ("A", "S1", 2)), (("A", "S1", 2), ("A", "stores", 2))):
+        ledger = ledger_with({("A", "S1"): 2, ("A", "S2"): 2})
+        rec, _ = reserve(ledger, cmd("r1", *lines), NOW, GroupPolicy(GROUPS, strategy))
+        assert rec.state == State.HELD, lines
+        assert sorted((ln.location, ln.granted, ln.group) for ln in rec.lines) == [
+            ("S1", 2, ""), ("S2", 2, "stores")], lines
+        assert [ledger.quantities("A", s).available for s in ("S1", "S2")] == [0, 0]
+        assert requested_lines(rec) == cmd("r1", *lines).lines  # R5: a retry still matches
 
 
 def test_group_reservation_replays_and_refuses_different_content_R5() -> None:
