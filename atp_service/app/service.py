@@ -214,7 +214,8 @@ class AtpService:
             if self.channels is None:
                 raise StartupError("estate: channels were off at start; restart the service to turn them on")
             try:
-                counts = await self.channels.reload(estate)  # its only await comes before it changes anything
+                # Its Redis reads come before it changes anything; the passes after the swap read no Redis.
+                counts = await self.channels.reload(estate)
             except STORAGE_ERRORS as exc:  # nothing changed: retried once Redis answers
                 raise Unavailable(f"estate: Redis did not answer ({exc}); nothing changed, retry") from None
             self.estate = estate
