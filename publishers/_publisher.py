@@ -28,11 +28,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from redis.exceptions import ResponseError
-
 from atp_service.storage.channel_wire import from_fields, state_update, to_fields
 from atp_service.storage.durability import STORAGE_ERRORS
-from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, stream_entries
+from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, stream_entries, stream_info
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, TokenBucket
 
@@ -209,12 +207,9 @@ class Publisher:
         """Before reading new entries: the keys whose newest values the stream's trimming removed
         before this group read them, delivered from the state hash. False: a stop cut it off (the
         group has not moved: the next start finds the same gap)."""
-        try:
-            info: dict[str, Any] = await self.client.xinfo_stream(self.config.stream)
-        except ResponseError as exc:
-            if "no such key" in str(exc).lower():
-                return True  # the stream deleted: the read that follows makes the group again
-            raise
+        info = await stream_info(self.client, self.config.stream)
+        if info is None:
+            return True  # the stream deleted: the read that follows makes the group again
         first = info.get("first-entry")
         oldest = seq_of(first[0]) if first else seq_of(info["last-generated-id"]) + 1
         return await self._catch_up_to(oldest)

@@ -17,7 +17,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from atp_service.intake.entries import id_key
-from atp_service.storage.resp import as_text
+from atp_service.storage.resp import as_text, no_such_key
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ async def trimmed_unread(client: Any, stream: str, group: str) -> tuple[int, byt
             pipe.xinfo_stream(stream)
             groups, info = await pipe.execute()
     except ResponseError as exc:
-        if "no such key" in str(exc).lower():  # the stream deleted: the reader makes it again
+        if no_such_key(exc):  # the stream deleted: the reader makes it again
             return 0, b""
         raise
     mine = next((g for g in groups if as_text(g["name"]) == group), None)

@@ -34,7 +34,7 @@ from atp_service.storage.channel_wire import (
     xadd_arguments,
 )
 from atp_service.storage.keys import CHANNELS, Keyspace
-from atp_service.storage.resp import seq_of, stream_entries
+from atp_service.storage.resp import seq_of, stream_entries, stream_info
 from atp_service.storage.scripts import FENCE_LUA, FENCE_SCRIPT
 from reservation import ChannelUpdate, Key, Published
 
@@ -187,13 +187,7 @@ class ChannelStore:
             raise
 
     async def _info(self, channel: str) -> dict[str, Any] | None:
-        try:
-            info: dict[str, Any] = await self.client.xinfo_stream(self.stream(channel))
-        except Exception as exc:
-            if "no such key" in str(exc).lower():
-                return None
-            raise
-        return info
+        return await stream_info(self.client, self.stream(channel))
 
     async def last_version(self, channel: str) -> int:
         """Newest version ever written to the channel stream (0: none)."""

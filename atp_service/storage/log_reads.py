@@ -6,11 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from redis.exceptions import ResponseError
 
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.records import SnapshotRecord, SnapshotUnreadable
-from atp_service.storage.resp import seq_of
+from atp_service.storage.resp import no_such_key, seq_of, stream_info
 
 FIELD = b"e"
 """The stream field an entry's bytes are in."""
@@ -26,13 +25,8 @@ class LogReads:
 
     async def last_seq(self, shard: int) -> int:
         """The newest entry ever written to ``shard``'s log, trimmed or not (0: the log does not exist)."""
-        try:
-            info: Any = await self.client.xinfo_stream(self.keys.log(shard))
-        except ResponseError as exc:
-            if "no such key" in str(exc).lower():
-                return 0
-            raise
-        return seq_of(info["last-generated-id"])
+        info = await stream_info(self.client, self.keys.log(shard))
+        return 0 if info is None else seq_of(info["last-generated-id"])
 
     async def last_seqs(self, shards: list[int]) -> list[int]:
         """``last_seq`` of each of ``shards``, in one round trip (per node, on a cluster)."""
@@ -42,7 +36,7 @@ class LogReads:
             infos: list[Any] = await pipe.execute(raise_on_error=False)
         newest = []
         for info in infos:
-            if isinstance(info, ResponseError) and "no such key" in str(info).lower():
+            if no_such_key(info):
                 newest.append(0)
             elif isinstance(info, Exception):
                 raise info

@@ -42,6 +42,23 @@ async def make_group(client: Any, stream: str, group: str, start: bytes | str = 
     return True
 
 
+def no_such_key(exc: BaseException) -> bool:
+    """A stream command refused because its key does not exist (XINFO of a stream never made, or
+    deleted)."""
+    return isinstance(exc, ResponseError) and "no such key" in str(exc).lower()
+
+
+async def stream_info(client: Any, stream: str) -> dict[str, Any] | None:
+    """``XINFO STREAM`` of ``stream``; None when it does not exist."""
+    try:
+        info: dict[str, Any] = await client.xinfo_stream(stream)
+    except ResponseError as exc:
+        if no_such_key(exc):
+            return None
+        raise
+    return info
+
+
 def group_lost(exc: BaseException) -> bool:
     """A read refused because its stream or consumer group no longer exists (deleted, or a Redis
     restored from before it): no read succeeds until the group is made again (``make_group``)."""
