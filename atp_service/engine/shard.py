@@ -25,7 +25,7 @@ from atp_service.engine.messages import Control, Envelope, Maintain, Pause, Work
 from atp_service.engine.pipeline import CommitPipeline
 from atp_service.engine.turn import apply_batch, refuse_all, take_batch
 from atp_service.metrics import EngineMetrics
-from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of
+from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of, log_short
 from atp_service.storage.log import LogStore
 from atp_service.tasks import cancel_and_wait
 from atp_service.traces import span
@@ -101,8 +101,7 @@ class ShardActor(CommitPipeline):
         read before its log's ``newest`` id was: an entry counts only once Redis acknowledged it, and a
         log's newest id never goes back (a trim keeps its own entry)."""
         if durable and newest < durable and self.failure is None and not self._stopping:
-            self.break_down(LogDiverged(f"shard {self.shard}: its log ends at entry {newest}, but entry {durable} "
-                                        "was durable: Redis lost acknowledged entries"))
+            self.break_down(log_short(self.shard, newest, durable))
 
     def _report_failure(self, error: BaseException) -> None:
         self.failure = error

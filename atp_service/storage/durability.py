@@ -38,6 +38,13 @@ class LogDiverged(AssertionError):
     trusted to match it, so the shard stops (its task ends; see ``ShardActor._ended``)."""
 
 
+def log_short(shard: int, newest: int, durable: int) -> LogDiverged:
+    """The refusal of a shard whose log ends at ``newest``, before the entry ``durable`` it made durable."""
+    return LogDiverged(f"shard {shard}: its log ends at entry {newest}, but entry {durable} was durable: Redis "
+                       "lost acknowledged entries (a failover to a lagging replica, eviction, or a crash without "
+                       "appendfsync always)")
+
+
 async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list[tuple[int, LogEntry]] | None:
     """Of ``doubt`` (entries after ``seq``), those that reached the log, in order; None when this
     instance was replaced (it applies nothing more). Fence first, then read, then compare byte for
@@ -48,9 +55,7 @@ async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list
             await store.fence(shard)
             newest = await store.last_seq(shard)
             if newest < seq:
-                raise LogDiverged(f"shard {shard}: its log ends at entry {newest}, but entry {seq} was durable: "
-                                  "Redis lost acknowledged entries (a failover to a lagging replica, eviction, "
-                                  "or a crash without appendfsync always)")
+                raise log_short(shard, newest, seq)
             found = {s: data async for s, data in store.entries_after(shard, seq)}
             # Asked after the read: what it found is then this instance's own. Replaced, it may be
             # a newer instance's — which recovered whatever of ours had landed.
