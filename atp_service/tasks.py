@@ -6,13 +6,24 @@ import asyncio
 import contextlib
 import io
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 RECANCEL_S = 1.0
 """How long ``cancel_and_wait`` lets a cancelled task unwind before it asks again (see there)."""
+
+
+async def in_turns(steps: Generator[None, None, Any]) -> None:
+    """Run ``steps`` (work that yields between slices) to its end, letting the event loop run other
+    tasks at each yield; stopped part-way (cancelled), the generator is closed, so its ``finally``
+    puts back what it had not done."""
+    try:
+        for _ in steps:
+            await asyncio.sleep(0)
+    finally:
+        steps.close()
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:

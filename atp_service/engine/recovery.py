@@ -12,6 +12,7 @@ from atp_service.engine.clock import Clock
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import LogStore
+from atp_service.tasks import in_turns
 from reservation import Ledger, Limits, decode_entry
 from reservation._restore import RESTORE_SLICE, restoring
 
@@ -50,9 +51,7 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
     snap = await store.load_snapshot(shard)
     ledger = Ledger(shard, limits)
     if snap:
-        steps = restoring(ledger, snap.ledger, restore_slice)
-        for _ in steps:
-            await asyncio.sleep(0)
+        await in_turns(restoring(ledger, snap.ledger, restore_slice))
     seq = snap.seq if snap else 0
     replayed = since_turn = 0
     async for entry_seq, data in store.entries_after(shard, seq):

@@ -27,7 +27,7 @@ from atp_service.engine.turn import apply_batch, refuse_all, take_batch
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of, log_short
 from atp_service.storage.log import LogStore
-from atp_service.tasks import cancel_and_wait
+from atp_service.tasks import cancel_and_wait, in_turns
 from atp_service.traces import span
 from reservation import Ledger, PositionStore, Reason, ResourceExhausted, Unavailable
 from reservation._expiry import EXPIRY_SWEEP_SLICE
@@ -339,12 +339,7 @@ class ShardActor(CommitPipeline):
     async def _sweep_expiry(self) -> None:
         """Stale expiry entries dropped a slice at a time, other shards and calls running between
         (this shard's own work waits behind its maintenance turn, as for a snapshot's drain)."""
-        steps = self.ledger.expiry_sweep(EXPIRY_SWEEP_SLICE)
-        try:
-            for _ in steps:
-                await asyncio.sleep(0)
-        finally:
-            steps.close()  # stopped part-way: what it had not looked at is kept
+        await in_turns(self.ledger.expiry_sweep(EXPIRY_SWEEP_SLICE))  # stopped part-way: the rest is kept
 
     def _wants_maintenance(self) -> bool:
         """Something for a maintenance turn, whose drain holds this shard's new work behind its appends in
