@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -298,13 +299,13 @@ class ChannelDesk:
 
     async def _offer_in_slices(self, offers: list[Offer], estate: Estate) -> None:
         """``_offer`` of a round's changes, ``curate_slice_cells`` at a time, while ``estate`` is current."""
-        for at in range(0, len(offers), step := self.settings.curate_slice_cells):
-            if at:
-                await asyncio.sleep(0)
+        def offer(part: Sequence[Offer]) -> None:
             if self.estate is estate:
-                self._offer(offers[at:at + step])
+                self._offer(part)
 
-    def _offer(self, offers: list[Offer]) -> None:
+        await in_slices(offers, self.settings.curate_slice_cells, offer)
+
+    def _offer(self, offers: Sequence[Offer]) -> None:
         now = self.clock.now_ms()
         dirty_at, velocity = self._round_dirty_at, self._velocity_at
         for feed, sku, location, value, source_time in offers:
