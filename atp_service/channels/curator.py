@@ -8,7 +8,7 @@ number moved are offered to the channel's feed, one Python step per changed key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +54,21 @@ class Curator:
         row = store.rows([sku])
         if last is not None and len(row) and 0 <= row[0] < len(last.values):
             last.values[row[0]] = -1
+
+    def drop_stale(self, offers: Sequence[Offer], marked: Container[str], place: Callable[[str], int],
+                   positions: Callable[[int], PositionStore]) -> list[Offer]:
+        """``offers`` but those of a SKU ``marked`` again since it was curated — a durable change since,
+        a stock-out offered at once among them: its value is older than what the feed may hold now, and
+        offered after it would show units that are gone. Left to the next round, which offers whatever
+        it finds (``forget``)."""
+        kept: list[Offer] = []
+        for offer in offers:
+            if offer[1] in marked:
+                shard = place(offer[1])
+                self.forget(offer[0].channel, shard, positions(shard), offer[1])
+            else:
+                kept.append(offer)
+        return kept
 
     def curate_shard(self, shard: int, store: PositionStore, skus: Sequence[str], times: Sequence[dict[str, int]],
                      channels: dict[str, Channel], feeds: dict[str, Feed],
