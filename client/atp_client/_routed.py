@@ -4,7 +4,8 @@ The service may run as several processes on one keyspace. Any process answers an
 forwards what it does not own), but a call sent to the owner saves the hop. This client asks a
 process for the routing table (``GetRouting``), sends each call to its group's owner with
 ``atp-routing: redirect``, and follows the ``atp-moved`` redirect a process answers when the group
-has moved — asking for the table again, from another process when one does not answer. Each
+has moved — asking for the table again, from another process when one does not answer, and
+before the next call once an owner it names let a call run out of deadline. Each
 call keeps to its deadline (``timeout_s``), hops and table included.
 """
 
@@ -63,6 +64,8 @@ class RoutedClient:
         self._clients: Lru[str, AtpClient] = Lru(max_clients)
         self._homes: Lru[str, int] = Lru(max_remembered)
         self._routes: Routes | None = None
+        self._suspect: tuple[Routes, str] | None = None
+        """A table whose owner did not answer a call in time, and that owner: asked again first."""
         self._refreshing = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -153,7 +156,7 @@ class RoutedClient:
         """``req`` to the owner of ``group``, asking for redirects, and following them; to any
         process without asking (it forwards the call) while the group or its owner is unknown;
         every try within what is left until ``deadline``."""
-        routes = self._routes or await self._refresh(None, deadline)
+        routes = await self._current(deadline)
         target = routes.owner(group)
         for hop in range(MAX_HOPS + 1):
             address = target or routes.address
@@ -162,6 +165,8 @@ class RoutedClient:
                 return await client._call(getattr(client.stub, rpc), req, _REDIRECT if target else (),
                                           _left(deadline))
             except Retryable as exc:
+                if target and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self._suspect = (routes, address)
                 moved = moved_of(exc.trailing_metadata())  # type: ignore[arg-type]
                 if hop == MAX_HOPS or (moved is None and not _unanswered(exc)):
                     raise
@@ -175,6 +180,17 @@ class RoutedClient:
                     if (target or routes.address) == address:  # nobody else to ask
                         raise
         raise AssertionError("unreachable: the last hop returns or raises")
+
+    async def _current(self, deadline: float) -> Routes:
+        """The table to route by: asked for again first when an owner it names let a call run out of
+        deadline. A process paused or cut off answers nothing — no redirect, no refused connection
+        — and loses its groups to another process once its lease ends: kept, the table would send
+        every later call of those groups to it, each until its deadline, for as long as it is silent."""
+        if self._routes is None:
+            return await self._refresh(None, deadline)
+        if self._suspect is not None and self._suspect[0] is self._routes:
+            return await self._refresh(self._routes, deadline, avoid=self._suspect[1])
+        return self._routes
 
     async def _refresh(self, seen: Routes | None, deadline: float, avoid: str = "") -> Routes:
         """The routing table from the first process that answers (``avoid`` did not answer a

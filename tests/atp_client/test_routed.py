@@ -6,10 +6,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
-from atp_client import RoutedClient
+from atp_client import Retryable, RoutedClient, place
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge.routing import Route, RoutingTable
 from tests.atp_service.edge.test_routing import advertised, stock
 from tests.conftest import ServiceFactory
 
@@ -49,3 +51,28 @@ async def test_a_call_ends_within_its_deadline_when_seeds_do_not_answer(
         took = time.monotonic() - started
     assert held.state == pb.RESERVATION_STATE_HELD
     assert took < timeout_s, f"a call with a deadline of {timeout_s}s took {took:.1f}s"
+
+
+async def test_a_group_taken_from_an_owner_that_stopped_answering_is_routed_to_its_new_owner(
+        start_service: ServiceFactory, silent: list[str]) -> None:
+    """An owner paused (SIGSTOP, a frozen VM) or cut off loses its groups once its lease runs out,
+    and another process takes them over. A call the client routed to it by its cached table ran out
+    of deadline, and the table was kept: every later call of those groups went to the silent process
+    too, and timed out, for as long as it stayed silent — the new owner never asked for."""
+    service, client = await start_service()
+    address = advertised(service)
+    await stock(client, service.clock.now_ms())
+    group = place("A", service.config.shards)
+    silent_owner = silent[0]
+    service._servicer.routing = lambda: RoutingTable(service.config.shards, address, tuple(
+        Route(g, silent_owner if g == group else address, 1) for g in range(service.config.shards)))
+    async with RoutedClient(address, timeout_s=1.0) as routed:
+        assert (await routed.refresh()).owner(group) == silent_owner
+        service._servicer.routing = lambda: RoutingTable(service.config.shards, address, tuple(  # taken over
+            Route(g, address, 2) for g in range(service.config.shards)))
+        with pytest.raises(Retryable) as timed_out:  # sent to the silent owner: its deadline runs out
+            await routed.reserve("r1", [("A", "L", 1)])
+        assert timed_out.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        held = await routed.reserve("r1", [("A", "L", 1)])  # the retry, with the same id, at the new owner
+    assert held.state == pb.RESERVATION_STATE_HELD
+    assert routed.routes is not None and routed.routes.owner(group) == address
