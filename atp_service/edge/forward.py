@@ -23,7 +23,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from atp_client import FORWARDED_KEY, MOVED_KEY, REDIRECT, ROUTING_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.edge.errors import SERVING_KEY
+from atp_service.edge.errors import DETAILS_KEY, SERVING_KEY
 from atp_service.edge.routing import RoutingTable
 from atp_service.metrics import EdgeMetrics
 from atp_service.tasks import exception_seen, keep
@@ -36,6 +36,11 @@ FORWARDED_METHODS = frozenset({"RecordEvents", "Reserve", "Confirm", "Release", 
                                "SetSafetyStock",
                                "ExplainAvailability"})
 """The unary calls that need one group (a reservation's home, a SKU's): the owner answers them whole."""
+CHANGES = frozenset({"RecordEvents", "LoadCounts", "Reserve", "Confirm", "Release", "Fulfill", "SetSafetyStock"})
+"""The calls forwarded that change state: one lost with its owner may have been made (R7)."""
+_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+_NOT_SENT = "failed to connect to all addresses"
+"""gRPC's own words for a call it never sent: no connection to the owner was made."""
 MAX_PEERS = 64
 """Channels kept open to peer processes; past it the least recently used one is closed."""
 PEER_CLOSE_GRACE_S = 5.0
@@ -132,7 +137,7 @@ class Forwarder:
             answer = await self._send(moved.owner, method, request, context, metadata)
         except grpc.aio.AioRpcError as exc:
             self._counted.labels(method, "error").inc()
-            raise Relayed.of(exc) from None
+            raise refusal_of(method, moved.owner, exc) from None
         self._counted.labels(method, "ok").inc()
         return answer
 
@@ -168,10 +173,10 @@ class Forwarder:
         owners = list(requests)
         answers = await asyncio.gather(*(self._send(owner, method, requests[owner], context, metadata)
                                          for owner in owners), return_exceptions=True)
-        for answer in answers:
+        for owner, answer in zip(owners, answers, strict=True):
             if isinstance(answer, grpc.aio.AioRpcError):
                 self.counted(method, "error")
-                raise Relayed.of(answer)
+                raise refusal_of(method, owner, answer)
             if isinstance(answer, BaseException):
                 raise answer
         self.counted(method, "ok")
@@ -198,7 +203,7 @@ class Forwarder:
         for owner, answer in zip(owners, answers, strict=True):
             if isinstance(answer, grpc.aio.AioRpcError):
                 self._counted.labels("RecordEvents", "error").inc()
-                raise Relayed.of(answer)
+                raise refusal_of("RecordEvents", owner, answer)
             if isinstance(answer, BaseException):
                 raise answer
             out.update(zip(by_owner[owner], answer.results, strict=True))
@@ -226,12 +231,12 @@ class Forwarder:
             self._counted.labels(method, "located").inc()
             return holder
         answers = [cast(BaseException, ask.exception()) for ask in asks]  # each refused: none holds it
-        for answer in answers:
+        for address, answer in zip(sorted(owners), answers, strict=True):
             if not isinstance(answer, grpc.aio.AioRpcError):
                 raise answer
             serving = _serving(answer)
-            if serving is None:
-                raise Relayed.of(answer)  # the holder's refusal (or a peer that did not answer)
+            if serving is None:  # the holder's refusal (or a peer that did not answer)
+                raise refusal_of(method, address, answer)
             covered |= serving
         if covered >= set(range(table.shards)):
             raise NotFound(f"reservation_id: no reservation {getattr(request, 'reservation_id', '')!r}")
@@ -291,6 +296,22 @@ class Forwarder:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
         await asyncio.gather(*(channel.close(grace_s) for channel in channels), *self._closing)
+
+
+def refusal_of(method: str, owner: str, error: grpc.aio.AioRpcError) -> Relayed | Unavailable:
+    """What the caller is answered when the owner's answer to its forwarded call is ``error``: the
+    owner's refusal as it came (``Relayed``) — but a change whose owner, or the connection to it,
+    was lost with the call in hand (gRPC's own status, no details of the service's) is in doubt
+    (R7): the owner may have made it. Passed on bare, it read as an owner never reached, nothing
+    done, and gRPC's retry at the caller turned it into one ("failed to connect", or
+    ``GROUP_MOVED`` during the takeover). ``OUTCOME_UNKNOWN`` is not retried by gRPC."""
+    own = any(key == DETAILS_KEY for key, _ in cast(Iterable[tuple[str, Any]], error.trailing_metadata() or ()))
+    details = error.details() or ""
+    if method in CHANGES and not own and error.code() in _LOST and not details.startswith(_NOT_SENT):
+        return Unavailable(f"the owner {owner} was lost with this call in hand ({error.code().name}: {details}); "
+                           "it may have been made: retry with the same ids, which answers what was decided",
+                           Reason.OUTCOME_UNKNOWN)
+    return Relayed.of(error)
 
 
 def _serialized(message: Any) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from atp_client import AtpClient, RoutedClient, parse_moved, place, tls_credentials, typed
+from atp_client import AtpClient, RetryPolicy, RoutedClient, parse_moved, place, tls_credentials, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, free_port
 from atp_service.app.certs import make_certs
@@ -229,3 +229,85 @@ async def test_a_reservation_held_elsewhere_is_answered_once_its_holder_answers_
         for writer in held:
             writer.close()
         silent.close()
+
+
+class Relay:
+    """A TCP relay to a peer process: the connection between two processes, which ``cut`` ends as a
+    host that died does (open connections reset, new ones refused)."""
+
+    def __init__(self, target: str) -> None:
+        self.host, _, port = target.rpartition(":")
+        self.port = int(port)
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        self._writers += [writer, up_writer]
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pipe(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def test_a_forwarded_change_whose_owner_is_lost_mid_call_is_answered_in_doubt(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner (or the connection to it) was lost while it had a forwarded Reserve in hand: the
+    forwarding process passed gRPC's own UNAVAILABLE on, without details — which the API documents
+    as an owner that could not be reached, so nothing done — and gRPC's retry at the caller sent
+    it again, until the caller was told so. The owner had made the reservation all the same (R7):
+    a caller taking "not reached" at its word sells the units again under a new id, and the first
+    hold stays until its TTL. It is in doubt, and answered so: OUTCOME_UNKNOWN, not retried by gRPC."""
+    a, a_address, b, b_address = pair
+    relay = Relay(b_address)
+    via_relay = await relay.start()
+    assert b.engine is not None
+    reserve, entered, go = b.engine.reserve, asyncio.Event(), asyncio.Event()
+    landed: list[asyncio.Future[Any]] = []
+
+    async def in_hand(cmd: Any) -> Any:  # the owner's work, which its caller's going does not undo
+        async def late() -> Any:
+            await go.wait()
+            return await reserve(cmd)
+        landed.append(asyncio.ensure_future(late()))
+        entered.set()
+        return await asyncio.shield(landed[0])
+
+    async with AtpClient(a_address, token=TOKEN, timeout_s=10, retry=RetryPolicy()) as via_a, \
+            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
+        await stock(at_b, b.clock.now_ms())
+        moved_away(monkeypatch, a, "reserve", via_relay)
+        monkeypatch.setattr(b.engine, "reserve", in_hand)
+        call = asyncio.ensure_future(via_a.reserve("r1", [("A", "L", 2)]))
+        await asyncio.wait_for(entered.wait(), 10)
+        await relay.cut()
+        with pytest.raises(grpc.aio.AioRpcError) as lost:
+            await call
+        go.set()
+        await landed[0]
+        assert (await at_b.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD  # it was made
+    refusal = typed(lost.value).refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
