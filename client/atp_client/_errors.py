@@ -150,6 +150,19 @@ status the server never sent (grpc/grpc#36066): no decision of the service, so a
 UNAVAILABLE."""
 
 
+def in_doubt(lost: grpc.aio.AioRpcError, then: grpc.aio.AioRpcError) -> Retryable:
+    """A change whose call was lost in the hands of a process (``lost``: gone, or its connection
+    reset, mid-call), then refused by the next process asked (``then``: not owned there, the
+    service stopping, ...): it may have been made (R7). Raised as the service says so itself:
+    ``UNAVAILABLE`` / ``OUTCOME_UNKNOWN``; a retry with the same ids answers what was decided."""
+    message = (f"the call was lost with a process that had it ({lost.details()}), then refused elsewhere "
+               f"({then.code().name}: {then.details()}); it may have been made: retry with the same ids")
+    status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=message)
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason="OUTCOME_UNKNOWN", domain="atp.v1"))
+    trailers = grpc.aio.Metadata((DETAILS_KEY, status.SerializeToString()))
+    return Retryable(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), trailers, message, ""))
+
+
 def typed(error: grpc.aio.AioRpcError) -> AtpError:
     """The typed exception for a failed call (``AtpError`` for codes without a class of their own)."""
     if isinstance(error, AtpError):

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from atp_client._client import AtpClient, LineLike, RetryPolicy, _lines, reserve_request
-from atp_client._errors import AtpError, Retryable
+from atp_client._errors import AtpError, Retryable, in_doubt
 from atp_client._routing import REDIRECT, ROUTING_KEY, Lru, Routes, moved_of
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -33,6 +33,10 @@ MAX_HOPS = 3
 CLOSE_GRACE_S = 5.0
 """A channel dropped from the pool lets the calls on it finish this long."""
 _REDIRECT = ((ROUTING_KEY, REDIRECT),)
+CHANGES = frozenset({"Reserve", "Confirm", "Release", "Fulfill"})
+"""The calls that change a reservation: one lost with a process that had it may have been made."""
+_NOT_SENT = "failed to connect to all addresses"
+"""gRPC's own words for a call it never sent: no connection to the process was made."""
 
 
 class RoutedClient:
@@ -155,7 +159,18 @@ class RoutedClient:
     async def _send(self, rpc: str, req: Any, group: int | None, deadline: float) -> Any:
         """``req`` to the owner of ``group``, asking for redirects, and following them; to any
         process without asking (it forwards the call) while the group or its owner is unknown;
-        every try within what is left until ``deadline``."""
+        every try within what is left until ``deadline``. A change lost with a process that had it
+        is in doubt (R7), whatever a process asked next refuses: not made there is not not made."""
+        lost: list[Retryable] = []
+        try:
+            return await self._hops(rpc, req, group, deadline, lost)
+        except Retryable as exc:
+            if lost and rpc in CHANGES and exc is not lost[0]:
+                raise in_doubt(lost[0], exc) from exc
+            raise
+
+    async def _hops(self, rpc: str, req: Any, group: int | None, deadline: float, lost: list[Retryable]) -> Any:
+        """``_send``'s tries; those lost with a process that may have had them are put in ``lost``."""
         routes = await self._current(deadline)
         target = routes.owner(group)
         for hop in range(MAX_HOPS + 1):
@@ -167,6 +182,8 @@ class RoutedClient:
             except Retryable as exc:
                 if target and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     self._suspect = (routes, address)
+                if _unanswered(exc) and not (exc.details() or "").startswith(_NOT_SENT):
+                    lost.append(exc)
                 moved = moved_of(exc.trailing_metadata())  # type: ignore[arg-type]
                 if hop == MAX_HOPS or (moved is None and not _unanswered(exc)):
                     raise

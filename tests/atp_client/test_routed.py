@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from atp_client import Retryable, RoutedClient, place
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.routing import Route, RoutingTable
+from reservation import Moved
+from tests.atp_service.edge.test_forward import Relay
 from tests.atp_service.edge.test_routing import advertised, stock
 from tests.conftest import ServiceFactory
 
@@ -76,3 +79,51 @@ async def test_a_group_taken_from_an_owner_that_stopped_answering_is_routed_to_i
         held = await routed.reserve("r1", [("A", "L", 1)])  # the retry, with the same id, at the new owner
     assert held.state == pb.RESERVATION_STATE_HELD
     assert routed.routes is not None and routed.routes.owner(group) == address
+
+
+async def test_a_change_whose_owner_was_lost_with_it_in_hand_is_in_doubt_whatever_the_next_process_says(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner was lost (killed, its connection reset) with a Reserve in hand; the client asked
+    the next process, which owned the group no more than anyone yet (the takeover under way) and
+    refused it GROUP_MOVED — "nothing was applied" — and that refusal was raised. The lost owner
+    had made the reservation (R7): the caller was told a write in doubt had been refused."""
+    owner, at_owner = await start_service()
+    other, _ = await start_service(key_prefix="atp-b:")
+    await stock(at_owner, owner.clock.now_ms())
+    other_address = advertised(other)
+    shards = other.config.shards
+    group = place("A", shards)
+    relay = Relay(advertised(owner))
+    owner_address = await relay.start()
+    other._servicer.routing = lambda: RoutingTable(shards, other_address, tuple(
+        Route(g, owner_address if g == group else other_address, 1) for g in range(shards)))
+    assert owner.engine is not None
+    reserve, entered, go = owner.engine.reserve, asyncio.Event(), asyncio.Event()
+    landed: list[asyncio.Future[Any]] = []
+
+    async def in_hand(cmd: Any) -> Any:  # the owner's work, which its caller's going does not undo
+        async def late() -> Any:
+            await go.wait()
+            return await reserve(cmd)
+        landed.append(asyncio.ensure_future(late()))
+        entered.set()
+        return await asyncio.shield(landed[0])
+
+    async def nobody_owns(*_args: Any, **_kw: Any) -> Any:
+        raise Moved(group, "", epoch=2)
+
+    monkeypatch.setattr(owner.engine, "reserve", in_hand)
+    monkeypatch.setattr(other.engine, "reserve", nobody_owns)
+    async with RoutedClient(other_address, timeout_s=10) as routed:
+        assert (await routed.refresh()).owner(group) == owner_address
+        call = asyncio.ensure_future(routed.reserve("r1", [("A", "L", 1)]))
+        await asyncio.wait_for(entered.wait(), 10)
+        other._servicer.routing = lambda: RoutingTable(shards, other_address, tuple(  # the takeover under way
+            Route(g, "" if g == group else other_address, 1) for g in range(shards)))
+        await relay.cut()
+        with pytest.raises(Retryable) as lost:
+            await call
+    go.set()
+    await landed[0]
+    assert (await at_owner.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD  # it was made
+    assert (lost.value.code(), lost.value.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), lost.value
