@@ -165,9 +165,8 @@ class AtpService:
         self.engine.set_safety_defaults(self.estate.safety_defaults)
         self._watched.watch("housekeeping", self.engine.start())
         self._monitor.start()
-        if self.membership is None:  # leased groups are checked by their renewals
-            self._owner_task = asyncio.get_running_loop().create_task(self._check_owner(), name="owner-check")
-            self._watched.watch("owner-check", self._owner_task)
+        self._owner_task = asyncio.get_running_loop().create_task(self._check_owner(), name="owner-check")
+        self._watched.watch("owner-check", self._owner_task)
         self._servicer.monitor = self._monitor
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen, self.metrics.intake)
         if self.estate.channels:
@@ -284,12 +283,14 @@ class AtpService:
 
     async def _check_owner(self) -> None:
         """A replaced instance that only serves reads would write nothing to be refused: ask. Nor would an
-        idle shard find that Redis lost entries it made durable (R7): each checks its log's end."""
+        idle shard find that Redis lost entries it made durable (R7): each checks its log's end. Leased,
+        ownership is the renewals' (a lease lost, a write refused), but the log's end is checked alike:
+        a renewal reads no log, and a lease Redis restored from older data is still this process's."""
         assert self._log is not None
         while True:
             await asyncio.sleep(self.config.owner_check_s)
             try:
-                if not await self._log.still_owner():
+                if self.membership is None and not await self._log.still_owner():
                     return
                 if self.engine is not None:
                     await self.engine.check_logs_reach()

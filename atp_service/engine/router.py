@@ -354,8 +354,9 @@ class Engine(OwnedShards):
 
     async def check_logs_reach(self) -> None:
         """Each shard stops if Redis lost entries it made durable (``ShardActor.stop_if_log_short``): every
-        log's end read in one round trip, each shard's durable entry read before it."""
-        actors = [actor for actor in self.actors if not actor.vacant]  # leased groups: their renewals check
+        log's end read in one round trip, each shard's durable entry read before it. Leased, the groups
+        served here only: one that stops is given up and recovered again (``Membership.failed``)."""
+        actors = [actor for actor in self.actors if not actor.vacant]
         durable = [actor.seq for actor in actors]
         newest = await self._log.last_seqs([actor.shard for actor in actors])
         for actor, seq, last in zip(actors, durable, newest, strict=True):
