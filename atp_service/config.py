@@ -326,7 +326,7 @@ class ServiceConfig:
             raise ValueError("tls_cert/tls_key: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
-        if not 1 <= self.shards <= 1024:
+        if not 1 <= self.shards <= 1024:  # atp_client.MAX_GROUPS: no client routes by a larger table
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
         if not 0 <= self.commit_delay_ms <= 100:
             raise ValueError(f"commit_delay_ms: must be within [0, 100], got {self.commit_delay_ms}")

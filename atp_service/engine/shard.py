@@ -106,7 +106,8 @@ class ShardActor(CommitPipeline):
     def _report_failure(self, error: BaseException) -> None:
         self.failure = error
         self._metrics.shard_failures.inc()
-        log.error("shard %d stopped working; it answers UNAVAILABLE until the service restarts",
+        log.error("shard %d stopped working; it answers UNAVAILABLE until it is recovered again (the service "
+                  "restarts; leased, its group is given up and taken again)",
                   self.shard, exc_info=self.failure, extra={"event": "shard_failed", "shard": self.shard})
         self._refuse_waiting(Unavailable(f"shard {self.shard} stopped working; the service restarts",
                                          Reason.SHARD_STOPPED))

@@ -26,6 +26,7 @@ from ._errors import (
 from ._routed import RoutedClient
 from ._routing import (
     FORWARDED_KEY,
+    MAX_GROUPS,
     MOVED_KEY,
     PLACEMENT,
     REDIRECT,
@@ -39,6 +40,7 @@ from ._time import duration, epoch_ms, timestamp
 
 __all__ = [
     "FORWARDED_KEY",
+    "MAX_GROUPS",
     "MOVED_KEY",
     "PERMISSIONS",
     "PLACEMENT",

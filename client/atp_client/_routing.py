@@ -25,6 +25,9 @@ ROUTING_KEY = "atp-routing"
 REDIRECT = "redirect"
 FORWARDED_KEY = "atp-forwarded"
 """Request metadata of a forwarded call: the forwarding process's address. Never forwarded again."""
+MAX_GROUPS = 1024
+"""The most shard groups a keyspace can have (the service's ``shards`` bound): a ``GetRouting``
+answer naming more is not routed by (every call then goes to the process that answered)."""
 MOVED_KEY = "atp-moved"
 """Trailing metadata of a ``GROUP_MOVED`` refusal: ``"<group> <owner address>"`` (address empty
 while no process owns the group)."""
@@ -109,6 +112,8 @@ class Routes:
 
     @classmethod
     def of(cls, answer: pb.GetRoutingResponse) -> Routes:
+        if answer.shards > MAX_GROUPS:  # not a keyspace's: sized by it, the table could take gigabytes
+            return cls(0, answer.address, (), routable=False)
         owners = [""] * answer.shards
         for route in answer.groups:
             if route.group < answer.shards:

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from atp_client import PLACEMENT, Routes, home_group, parse_moved, place
+from atp_client import MAX_GROUPS, PLACEMENT, Routes, home_group, parse_moved, place
 from atp_client._routing import Lru, moved_of
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -82,3 +82,14 @@ def test_a_placement_this_client_does_not_know_routes_nothing() -> None:
                                              groups=[pb.GroupRoute(group=0, address="p1:1")]))
     assert not routes.routable and routes.home(["A"]) is None
     assert not Routes.of(pb.GetRoutingResponse(placement="crc32-mod", address="p1:1")).routable  # no groups
+
+
+def test_a_routing_answer_naming_more_groups_than_a_keyspace_can_have_routes_nothing() -> None:
+    """A table is sized by the answer's ``shards``: an answer past the service's own bound (a
+    process of another build, a corrupted reply) must not make the client allocate for it."""
+    routes = Routes.of(pb.GetRoutingResponse(shards=2**31 - 1, placement="crc32-mod", address="p1:1",
+                                             groups=[pb.GroupRoute(group=5, address="p2:1")]))
+    assert not routes.routable and routes.owners == () and routes.home(["A"]) is None
+    assert routes.addresses() == ["p1:1"]  # still a process to send every call to
+    edge = Routes.of(pb.GetRoutingResponse(shards=MAX_GROUPS, placement="crc32-mod", address="p1:1"))
+    assert edge.routable and len(edge.owners) == MAX_GROUPS

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from atp_client import MAX_GROUPS
 from atp_service.config import (
     ChannelSettings,
     EngineSettings,
@@ -142,3 +143,10 @@ def test_values_are_read_as_their_field_says() -> None:
         ServiceConfig.from_env({"ATP_SHARDS": "four"})
     with pytest.raises(ValueError, match="cannot read 'maybe' as bool"):
         ServiceConfig.from_env({"ATP_DEMO": "maybe"})
+
+
+def test_a_keyspace_has_no_more_groups_than_a_client_routes_by() -> None:
+    """A routing client takes a table of more than ``MAX_GROUPS`` for no keyspace's (and routes by none)."""
+    assert ServiceConfig(shards=MAX_GROUPS).shards == MAX_GROUPS
+    with pytest.raises(ValueError, match="shards"):
+        ServiceConfig(shards=MAX_GROUPS + 1)
