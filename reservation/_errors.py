@@ -77,8 +77,9 @@ class Reason(IntEnum):
     GROUP_MOVED = 28
     """The shard group of the call's SKU or reservation is owned by another service process
     (metadata ``group``, ``owner``: its address, empty while no process owns it): nothing was
-    applied. Send the call to the owner (trailing metadata ``atp-moved``), or to any process without
-    ``atp-routing: redirect`` to have it forwarded."""
+    applied by this try (an earlier try lost with a process, ``UNAVAILABLE`` without details, may
+    have been made there: retry with the same ids). Send the call to the owner (trailing metadata
+    ``atp-moved``), or to any process without ``atp-routing: redirect`` to have it forwarded."""
     INTERNAL = 29
     """A bug: nothing of the command was applied."""
 
