@@ -33,7 +33,7 @@ class Reason(IntEnum):
     RESERVATION_ID_REUSED = 7
     """R5: the reservation id was used with other content (metadata ``field`` names what differs)."""
     OPERATION_ID_REUSED = 8
-    """R5: the operation id was used with other lines."""
+    """R5: the operation id was used with other lines, or by the other operation (a release's id for a fulfilment)."""
     RESERVATION_NOT_FOUND = 9
     """No reservation with that id (never made, or forgotten after its retention)."""
     CHANNEL_NOT_FOUND = 10

@@ -141,7 +141,7 @@ def release(
         raise FailedPrecondition(State(rec.state).name, "only a HELD or CONFIRMED reservation can be released",
                                  rec.reservation_id)
     amounts = _amounts(rec, lines, lambda line: line.outstanding, "outstanding")
-    new = _with_op(rec, operation_id, lines, limits)
+    new = _with_op(rec, operation_id, State.RELEASED, lines, limits)
     for line, qty in zip(new.lines, amounts, strict=True):
         if qty:
             from_held = min(qty, line.held)
@@ -172,7 +172,7 @@ def fulfill(
         raise FailedPrecondition(State(rec.state).name, "only a CONFIRMED reservation can be fulfilled",
                                  rec.reservation_id)
     amounts = _amounts(rec, lines, lambda line: line.committed, "committed")
-    new = _with_op(rec, operation_id, lines, limits)
+    new = _with_op(rec, operation_id, State.FULFILLED, lines, limits)
     for index, (line, qty) in enumerate(zip(new.lines, amounts, strict=True)):
         if qty:
             if ship:
@@ -246,8 +246,32 @@ def same_content(rec: Reservation, cmd: ReserveCommand) -> None:
             raise AlreadyExists(field, f"reservation {rec.reservation_id!r} exists with a different {field}")
 
 
-def _op_key(lines: tuple[LineRequest, ...]) -> str:
-    return ";".join(f"{line.sku}|{line.location}|{line.quantity}" for line in lines)
+_OP_PART = "\x1f"
+_OP_LINE = "\x1e"
+_OP_NAMES = {State.RELEASED.name: "release", State.FULFILLED.name: "fulfilment"}
+
+
+def _op_key(done: State, lines: tuple[LineRequest, ...]) -> str:
+    """What an operation id stands for (R5): the operation (a release or a fulfilment, by the state
+    it ends in) and its lines. Ids hold no control characters (``check_id``), so these separators
+    keep apart what ``|`` did not (``a|b``@``c`` and ``a``@``b|c``)."""
+    parts = (f"{line.sku}{_OP_PART}{line.location}{_OP_PART}{line.quantity}" for line in lines)
+    return _OP_LINE.join((done.name, *parts))
+
+
+def _same_operation(recorded: str, done: State, lines: tuple[LineRequest, ...]) -> bool:
+    """Whether ``recorded`` (an ops entry) is this operation. An entry made before operations were
+    keyed with their kind (no separator in it) is compared as it was then: a retry made across an
+    upgrade is still a retry."""
+    if _OP_LINE not in recorded:
+        return recorded == ";".join(f"{line.sku}|{line.location}|{line.quantity}" for line in lines)
+    return recorded == _op_key(done, lines)
+
+
+def _reused(operation_id: str, recorded: str, done: State) -> AlreadyExists:
+    kind = recorded.partition(_OP_LINE)[0] if _OP_LINE in recorded else done.name
+    what = "applied with other lines" if kind == done.name else f"a {_OP_NAMES[kind]}, not a {_OP_NAMES[done.name]}"
+    return AlreadyExists("operation_id", f"operation {operation_id!r} was {what}", Reason.OPERATION_ID_REUSED)
 
 
 def _current_or_retry(
@@ -261,13 +285,14 @@ def _current_or_retry(
         return rec, True
     if not operation_id or operation_id not in rec.ops:
         return rec, False
-    if rec.ops[operation_id] != _op_key(lines):
-        raise AlreadyExists("operation_id", f"operation {operation_id!r} was applied with other lines",
-                            Reason.OPERATION_ID_REUSED)
+    recorded = rec.ops[operation_id]
+    if not _same_operation(recorded, done, lines):
+        raise _reused(operation_id, recorded, done)
     return rec, True
 
 
-def _with_op(rec: Reservation, operation_id: str, lines: tuple[LineRequest, ...], limits: Limits) -> Reservation:
+def _with_op(rec: Reservation, operation_id: str, done: State, lines: tuple[LineRequest, ...],
+             limits: Limits) -> Reservation:
     new = rec.clone()
     if operation_id:
         if len(new.ops) >= limits.max_ops_per_reservation:
@@ -276,7 +301,7 @@ def _with_op(rec: Reservation, operation_id: str, lines: tuple[LineRequest, ...]
                 f"(limit max_ops_per_reservation={limits.max_ops_per_reservation}); release or fulfil the rest whole",
                 Reason.OPERATION_LIMIT_REACHED, ("operation_id",), {"limit": "max_ops_per_reservation"},
             )
-        new.ops[operation_id] = _op_key(lines)
+        new.ops[operation_id] = _op_key(done, lines)
     return new
 
 

@@ -170,6 +170,49 @@ def test_partial_release_then_full_release_R3() -> None:
     assert release(ledger, "r1", (), "", NOW, LIMITS) is final  # harmless retry
 
 
+def test_an_operation_id_used_by_a_fulfilment_is_not_taken_for_a_release_of_the_same_lines_R5() -> None:
+    # A release naming a fulfilment's operation id is other content (the operation differs): were it
+    # answered as that fulfilment's retry, the caller would be told OK and no unit released.
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    confirm(ledger, "r1", NOW)
+    one = cmd("x", ("A", "S1", 1)).lines
+    fulfill(ledger, "r1", one, "op-1", NOW, LIMITS)
+    with pytest.raises(AlreadyExists) as err:
+        release(ledger, "r1", one, "op-1", NOW, LIMITS)
+    assert (err.value.reason, err.value.fields) == (Reason.OPERATION_ID_REUSED, ("operation_id",))
+    release(ledger, "r1", one, "op-2", NOW, LIMITS)
+    with pytest.raises(AlreadyExists) as err:
+        fulfill(ledger, "r1", one, "op-2", NOW, LIMITS)
+    assert err.value.reason == Reason.OPERATION_ID_REUSED
+    q = ledger.quantities("A", "S1")
+    assert (q.on_hand, q.committed) == (9, 2)
+    assert fulfill(ledger, "r1", one, "op-1", NOW, LIMITS).lines[0].fulfilled == 1  # its own retry replays
+
+
+def test_lines_whose_ids_hold_the_separators_are_other_lines_of_an_operation_R5() -> None:
+    # "a|b"@"c" and "a"@"b|c" are two positions: a partial release of one under an id used for the
+    # other must not be answered as a retry (OK, nothing released).
+    ledger = ledger_with({("a|b", "c"): 5, ("a", "b|c"): 5})
+    reserve(ledger, cmd("r1", ("a|b", "c", 2), ("a", "b|c", 2)), NOW)
+    release(ledger, "r1", cmd("x", ("a|b", "c", 1)).lines, "op-1", NOW, LIMITS)
+    with pytest.raises(AlreadyExists) as err:
+        release(ledger, "r1", cmd("x", ("a", "b|c", 1)).lines, "op-1", NOW, LIMITS)
+    assert err.value.reason == Reason.OPERATION_ID_REUSED
+    assert ledger.quantities("a", "b|c").reserved == 2
+
+
+def test_an_operation_recorded_before_operations_named_their_kind_is_still_retried_R5() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    one = cmd("x", ("A", "S1", 1)).lines
+    rec = release(ledger, "r1", one, "op-1", NOW, LIMITS)
+    rec.ops["op-1"] = "A|S1|1"  # as a snapshot of an earlier version holds it
+    assert release(ledger, "r1", one, "op-1", NOW, LIMITS).lines[0].released == 1
+    with pytest.raises(AlreadyExists):
+        release(ledger, "r1", cmd("x", ("A", "S1", 2)).lines, "op-1", NOW, LIMITS)
+
+
 def test_partial_operations_are_bounded_per_reservation_and_a_whole_release_still_works() -> None:
     limits = Limits(max_ops_per_reservation=2)
     ledger = ledger_with({("A", "S1"): 10})
