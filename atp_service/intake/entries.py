@@ -22,6 +22,8 @@ def decode_fact(flat: list[bytes], now: int, limits: Limits) -> Fact:
     else:  # any other order, extra fields: the first problem in the documented order is named
         fields = as_fields(flat)
         _check_utf8(flat)  # before naming a missing field, as the entry as a whole is unreadable
+        if len(fields) * 2 != len(flat):
+            _check_once(flat)
         raw = [_field(fields, key) for key in _REQUIRED_BYTES]
         raw_reservation_id = fields.get(b"reservation_id", b"")
     # The two numbers stay bytes: int() reads them as it reads text, without a decode.
@@ -47,6 +49,18 @@ def _check_utf8(flat: list[bytes]) -> None:
             part.decode()
     except UnicodeDecodeError:
         raise InvalidArgument("entry", "field values must be UTF-8") from None
+
+
+def _check_once(flat: list[bytes]) -> None:
+    """XADD keeps a field named twice with each of its values: which one the source meant is not
+    known, so such an entry is refused naming the field rather than read as its last value."""
+    names = flat[0::2]
+    for name in (*_REQUIRED_BYTES, b"reservation_id"):
+        if names.count(name) > 1:
+            given = (value for key, value in zip(names, flat[1::2], strict=True) if key == name)
+            values = ", ".join(repr(value[:40].decode(errors="replace")) for value in given)
+            raise InvalidArgument(name.decode(), f"named {names.count(name)} times in the entry ({values}): "
+                                  "which one is meant is not known")
 
 
 def _integer(name: str, raw: bytes) -> int:

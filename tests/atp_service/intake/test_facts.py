@@ -69,6 +69,26 @@ async def test_malformed_entry_is_dead_lettered_and_later_entries_still_apply(
     assert dead[0][1][b"event_id"] == b"bad1" and dead[0][1][b"_stream"] == b"atp:in:pos"
 
 
+async def test_an_entry_naming_a_field_twice_is_dead_lettered_not_read_as_one_of_its_values(
+    start_service: ServiceFactory, redis_url: str
+) -> None:
+    """XADD keeps a field named twice, both values: which one the POS meant is not known, so the
+    entry is refused naming the field, not applied with the last value."""
+    _, client = await start_service()
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    r.xadd("atp:in:pos", F("g1", "RECEIPT", "A", "S1", 5, now - 1000).fields())
+    r.execute_command("XADD", "atp:in:pos", "*", "event_id", "twice", "source", "pos", "kind", "SALE", "sku", "A",
+                      "location", "S1", "quantity", "1", "event_time_ms", str(now), "quantity", "4")
+    r.xadd("atp:in:pos", F("g2", "SALE", "A", "S1", 2, now - 500).fields())
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 3
+    (dead,) = [fields for _, fields in r.xrange("atp:dlq")]
+    assert dead[b"_reason"] == b"quantity: named 2 times in the entry ('1', '4'): which one is meant is not known"
+    assert dead[b"event_id"] == b"twice"
+
+
 async def test_late_fact_is_quarantined_with_its_reason_E6(start_service: ServiceFactory, redis_url: str) -> None:
     _, client = await start_service(clock=ManualClock(T0 + 48 * 3600_000))
     await client.record_events([F("new", "RECEIPT", "A", "S1", 5, T0 + 48 * 3600_000).pb()])
