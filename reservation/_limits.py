@@ -9,6 +9,17 @@ MAX_ON_HAND_CEILING = 2**53
 MAX_QUANTITY_CEILING = 2**31 - 1
 """The largest ``max_quantity`` accepted: the store keeps what one fact sets (a count's quantity,
 safety stock) in 32 bits a position."""
+MAX_TTL_CEILING = 10 * 366 * 24 * 3600
+"""The largest ``max_ttl_seconds`` accepted (ten years): an expiry stays a valid Timestamp (before
+year 10000) and exact in epoch milliseconds."""
+_POSITIVE = ("max_id_length", "max_lines", "min_ttl_seconds", "max_availability_keys", "max_events_per_call",
+             "max_rows_per_load", "max_batch_reservations", "max_live_reservations_per_shard")
+"""Limits at 0 would refuse every request they bound (or every Reserve: no reservation may be live)."""
+_NON_NEGATIVE = ("max_explain_holds", "max_ops_per_reservation", "retention_ms", "fact_grace_ms",
+                 "fact_future_skew_ms")
+"""Limits at 0 that still mean something (no holds listed, no partial operation, nothing kept, no
+grace, no skew); below 0 they would refuse or quarantine everything (a negative grace: every fact
+after the first late, E6)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +92,17 @@ class Limits:
         if self.max_quantity > MAX_QUANTITY_CEILING:
             raise ValueError(f"limits: max_quantity ({self.max_quantity}) must be at most {MAX_QUANTITY_CEILING}: "
                              "a count's quantity and a safety stock are kept in 32 bits")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """A limit out of range is refused at start, named, rather than refusing (or quarantining)
+        every request it bounds once the service runs."""
+        for name in _POSITIVE + _NON_NEGATIVE:
+            value, least = getattr(self, name), 1 if name in _POSITIVE else 0
+            if value < least:
+                raise ValueError(f"limits: {name}: must be at least {least}, got {value}")
+        if self.max_ttl_seconds > MAX_TTL_CEILING:
+            raise ValueError(f"limits: max_ttl_seconds: must be at most {MAX_TTL_CEILING}, got {self.max_ttl_seconds}")
+        if not self.min_ttl_seconds <= self.default_ttl_seconds <= self.max_ttl_seconds:
+            raise ValueError(f"limits: default_ttl_seconds: must be within [min_ttl_seconds, max_ttl_seconds] = "
+                             f"[{self.min_ttl_seconds}, {self.max_ttl_seconds}], got {self.default_ttl_seconds}")

@@ -150,3 +150,26 @@ def test_a_keyspace_has_no_more_groups_than_a_client_routes_by() -> None:
     assert ServiceConfig(shards=MAX_GROUPS).shards == MAX_GROUPS
     with pytest.raises(ValueError, match="shards"):
         ServiceConfig(shards=MAX_GROUPS + 1)
+
+
+@pytest.mark.parametrize(("variable", "value", "named"), [
+    ("ATP_FACT_GRACE_MS", "-1", "fact_grace_ms"),  # every fact after the first would be late (E6)
+    ("ATP_FACT_FUTURE_SKEW_MS", "-1", "fact_future_skew_ms"),  # every fact stamped now refused (E7)
+    ("ATP_RETENTION_MS", "-1", "retention_ms"),
+    ("ATP_DEFAULT_TTL_SECONDS", "0", "default_ttl_seconds"),  # every Reserve without a ttl refused
+    ("ATP_DEFAULT_TTL_SECONDS", "700000", "default_ttl_seconds"),  # past max_ttl_seconds
+    ("ATP_MIN_TTL_SECONDS", "0", "min_ttl_seconds"),
+    ("ATP_MAX_TTL_SECONDS", str(10**12), "max_ttl_seconds"),  # an expiry past year 9999: no Timestamp
+    ("ATP_MAX_ID_LENGTH", "0", "max_id_length"),  # every request refused
+    ("ATP_MAX_LINES", "0", "max_lines"),
+    ("ATP_MAX_AVAILABILITY_KEYS", "0", "max_availability_keys"),
+    ("ATP_MAX_EVENTS_PER_CALL", "-5", "max_events_per_call"),
+    ("ATP_MAX_ROWS_PER_LOAD", "0", "max_rows_per_load"),
+    ("ATP_MAX_BATCH_RESERVATIONS", "0", "max_batch_reservations"),
+    ("ATP_MAX_LIVE_RESERVATIONS_PER_SHARD", "0", "max_live_reservations_per_shard"),
+    ("ATP_MAX_OPS_PER_RESERVATION", "-1", "max_ops_per_reservation"),
+    ("ATP_MAX_EXPLAIN_HOLDS", "-1", "max_explain_holds"),
+])
+def test_a_limit_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
+    with pytest.raises(ValueError, match=f"limits: {named}: must be"):
+        ServiceConfig.from_env({variable: value})
