@@ -18,7 +18,7 @@ from atp_service.config_slices import (
     SnapshotPolicy,
     slice_of,
 )
-from atp_service.config_values import DURABILITY_MODES, TRANSPORTS, check_choices, check_redis
+from atp_service.config_values import DURABILITY_MODES, TRANSPORTS, check_bounds, check_choices, check_redis
 from reservation import Limits
 
 __all__ = ["DURABILITY_MODES", "TRANSPORTS", "ChannelSettings", "EngineSettings", "IngestSettings", "ServiceConfig",
@@ -349,11 +349,7 @@ class ServiceConfig:
             raise ValueError(f"max_message_bytes: must be within [65536, 2147483647], got {self.max_message_bytes}")
         if self.commit_delay_min_rate < 0:
             raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
-        for name in ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
-                     "curate_slice_cells", "ingest_count", "ingest_count_publishing", "ingest_inflight",
-                     "max_watchers", "watch_batch", "max_pending_calls", "max_reserve_streams"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be positive")
+        check_bounds(self)
 
     @property
     def advertised(self) -> str:

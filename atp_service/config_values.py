@@ -78,6 +78,33 @@ def check_choices(cfg: Any) -> None:
             raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
 
 
+POSITIVE = ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
+            "curate_slice_cells", "ingest_count", "ingest_count_publishing", "ingest_inflight", "max_watchers",
+            "watch_batch", "max_pending_calls", "max_reserve_streams", "side_stream_maxlen", "max_stream_inflight",
+            "pipeline_depth", "maintenance_interval_ms", "redis_timeout_s", "snapshot_interval_s",
+            "velocity_half_life_s")
+"""Settings that bound a queue, a batch or a stream, or pace a loop: at 0 there would be no bound
+(``asyncio.Queue(0)``), a side stream trimmed away as written, or a loop that never waits."""
+NON_NEGATIVE = ("claim_idle_ms", "max_loop_lag_ms", "max_queue_delay_ms", "ingest_block_ms", "shutdown_grace_s")
+"""Settings where 0 means something (off, at once, no wait), and nothing below it does."""
+PORTS = {"port": 0, "metrics_port": -1}
+"""Each port setting's lowest value (0: a free port; -1: the metrics endpoint off)."""
+
+
+def check_bounds(cfg: Any) -> None:
+    """Each setting of ``POSITIVE``, ``NON_NEGATIVE`` and ``PORTS`` within its range, refused by name
+    otherwise: a port past 65535 would be bound modulo 65536, somewhere no client looks."""
+    for name in POSITIVE:
+        if getattr(cfg, name) <= 0:  # floats too (redis_timeout_s 0.5)
+            raise ValueError(f"{name}: must be positive, got {getattr(cfg, name)}")
+    for name in NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name}: must be at least 0, got {getattr(cfg, name)}")
+    for name, lowest in PORTS.items():
+        if not lowest <= getattr(cfg, name) <= 65535:
+            raise ValueError(f"{name}: must be within [{lowest}, 65535], got {getattr(cfg, name)}")
+
+
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 

@@ -173,3 +173,26 @@ def test_a_keyspace_has_no_more_groups_than_a_client_routes_by() -> None:
 def test_a_limit_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
     with pytest.raises(ValueError, match=f"limits: {named}: must be"):
         ServiceConfig.from_env({variable: value})
+
+
+@pytest.mark.parametrize(("variable", "value", "named"), [
+    ("ATP_PORT", "70000", "port"),  # was bound as 70000 mod 65536 = 4464: clients could not find it
+    ("ATP_PORT", "-1", "port"),
+    ("ATP_METRICS_PORT", "65536", "metrics_port"),
+    ("ATP_METRICS_PORT", "-2", "metrics_port"),
+    ("ATP_SIDE_STREAM_MAXLEN", "0", "side_stream_maxlen"),  # dead letters trimmed away as written
+    ("ATP_MAX_STREAM_INFLIGHT", "0", "max_stream_inflight"),  # asyncio.Queue(0) has no bound at all
+    ("ATP_PIPELINE_DEPTH", "0", "pipeline_depth"),
+    ("ATP_MAINTENANCE_INTERVAL_MS", "0", "maintenance_interval_ms"),
+    ("ATP_REDIS_TIMEOUT_S", "0", "redis_timeout_s"),
+    ("ATP_CLAIM_IDLE_MS", "-1", "claim_idle_ms"),
+    ("ATP_SNAPSHOT_INTERVAL_S", "0", "snapshot_interval_s"),
+    ("ATP_VELOCITY_HALF_LIFE_S", "0", "velocity_half_life_s"),
+    ("ATP_MAX_LOOP_LAG_MS", "-1", "max_loop_lag_ms"),
+    ("ATP_MAX_QUEUE_DELAY_MS", "-1", "max_queue_delay_ms"),
+    ("ATP_INGEST_BLOCK_MS", "-1", "ingest_block_ms"),
+    ("ATP_SHUTDOWN_GRACE_S", "-1", "shutdown_grace_s"),
+])
+def test_a_setting_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
+    with pytest.raises(ValueError, match=f"^{named}: must be"):
+        ServiceConfig.from_env({variable: value})
