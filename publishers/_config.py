@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from atp_service.storage.keys import Keyspace
@@ -70,10 +71,13 @@ class PublisherConfig:
             raise ValueError("redis_retry_s: must be positive")
         if self.redeliver_interval_s <= 0:
             raise ValueError("redeliver_interval_s: must be positive")
-        if self.rate_limit_per_s <= 0:
-            raise ValueError("rate_limit_per_s: must be positive")
-        if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
-            raise ValueError("backoff_base_s/backoff_max_s: need 0 <= base <= max")
+        if not 0 < self.rate_limit_per_s < math.inf:  # NaN too: no pace would be kept at all
+            raise ValueError(f"rate_limit_per_s: must be positive and finite, got {self.rate_limit_per_s}")
+        if self.burst < 0:
+            raise ValueError(f"burst: must be at least 0, got {self.burst}")
+        if not 0 <= self.backoff_base_s <= self.backoff_max_s < math.inf:  # inf: a failed delivery waits for ever
+            raise ValueError("backoff_base_s/backoff_max_s: need 0 <= base <= max, both finite, got "
+                             f"{self.backoff_base_s}, {self.backoff_max_s}")
 
     @property
     def stream(self) -> str:

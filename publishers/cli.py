@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prometheus_client import start_http_server
 
@@ -114,6 +115,9 @@ def make_adapter(args: argparse.Namespace) -> Adapter:
         return JsonlAdapter(args.file)
     if not args.url:
         raise ValueError(f"--url: required by the {args.adapter} adapter")
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:  # else every delivery fails, dead-lettered
+        raise ValueError(f"--url: must be an http:// or https:// URL with a host, got {args.url!r}")
     try:
         http = HttpSettings(timeout_s=args.request_timeout, max_answer_bytes=args.max_answer_bytes,
                             max_wait_s=args.max_wait, max_waits=args.max_waits)
@@ -155,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         adapter = make_adapter(args)
     except ValueError as exc:
         print(f"atp-publisher: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTING
+    if not -1 <= args.metrics_port <= 65535:
+        print(f"atp-publisher: --metrics-port: must be within [-1, 65535], got {args.metrics_port}", file=sys.stderr)
         return EXIT_BAD_SETTING
     metrics = PublisherMetrics()
     if args.metrics_port >= 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from publishers import WebhookAdapter
-from publishers.cli import build_parser, make_adapter, make_config
+from publishers.cli import EXIT_BAD_SETTING, build_parser, main, make_adapter, make_config
 from tests.publishers.test_publisher import SECRET
 
 FLAGS = ["--channel", "web", "--adapter", "jsonl", "--file", "web.jsonl"]
@@ -38,3 +38,26 @@ def test_the_redelivery_bounds_reach_the_config_and_a_bad_one_is_refused_naming_
         make_config(build_parser().parse_args([*FLAGS, "--redeliver-max-keys", "0"]))
     with pytest.raises(ValueError, match=r"^redeliver_interval_s: must be positive$"):
         make_config(build_parser().parse_args([*FLAGS, "--redeliver-interval", "0"]))
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://store.example/hook", "http://", "https:///path-only"])
+def test_a_destination_url_that_cannot_be_posted_to_is_refused_at_start_naming_the_flag(
+        monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Refused at start, not at each delivery: every update would otherwise be tried and dead-lettered."""
+    monkeypatch.setenv("ATP_WEBHOOK_SECRET", SECRET)
+    with pytest.raises(ValueError, match=r"^--url: must be an http:// or https:// URL with a host, got "):
+        make_adapter(build_parser().parse_args(["--channel", "web", "--adapter", "webhook", "--url", url]))
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--burst", "-5"], "burst"), (["--rate", "nan"], "rate_limit_per_s"), (["--rate", "inf"], "rate_limit_per_s"),
+    (["--backoff-max", "inf"], "backoff_base_s/backoff_max_s"), (["--backoff-base", "nan"], "backoff_base_s"),
+])
+def test_a_pace_out_of_its_range_is_refused_naming_it(flags: list[str], named: str) -> None:
+    with pytest.raises(ValueError, match=f"^{named}"):
+        make_config(build_parser().parse_args([*FLAGS, *flags]))
+
+
+def test_a_metrics_port_out_of_range_is_refused_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*FLAGS, "--redis-url", "redis://127.0.0.1:1", "--metrics-port", "70000"]) == EXIT_BAD_SETTING
+    assert "--metrics-port: must be within [-1, 65535], got 70000" in capsys.readouterr().err
