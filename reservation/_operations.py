@@ -256,7 +256,7 @@ def _op_key(done: State, lines: tuple[LineRequest, ...]) -> str:
     it ends in) and its lines. Ids hold no control characters (``check_id``), so these separators
     keep apart what ``|`` did not (``a|b``@``c`` and ``a``@``b|c``)."""
     parts = (f"{line.sku}{_OP_PART}{line.location}{_OP_PART}{line.quantity}" for line in lines)
-    return _OP_LINE.join((done.name, *parts))
+    return done.name + _OP_LINE + _OP_LINE.join(parts)  # the separator even without lines: not an old entry
 
 
 def _same_operation(recorded: str, done: State, lines: tuple[LineRequest, ...]) -> bool:

@@ -303,3 +303,13 @@ def test_safety_stock_above_on_hand_is_not_counted_as_oversold_Q4_Q5() -> None:
     ledger.commit(NOW)
     assert ledger.quantities("A", "S1").available == -2  # nothing can be promised...
     assert ledger.store.oversold_units() == 0  # ...but nothing was promised beyond what is there
+
+
+def test_a_whole_release_under_an_operation_id_is_named_as_a_release_when_the_id_is_reused_R5() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    release(ledger, "r1", (), "op-1", NOW, LIMITS)
+    with pytest.raises(AlreadyExists, match="a release, not a fulfilment") as err:
+        fulfill(ledger, "r1", (), "op-1", NOW, LIMITS)
+    assert err.value.reason == Reason.OPERATION_ID_REUSED
+    assert release(ledger, "r1", (), "op-1", NOW, LIMITS).state == State.RELEASED  # its own retry replays
