@@ -13,6 +13,8 @@ TRANSPORTS = ("classic", "promise")
 EVENT_LOOPS = ("uvloop", "asyncio")
 AUTH_MODES = ("on", "off", "auto")
 OWNERSHIP_MODES = ("keyspace", "leases")
+LEASED_NO_CHANNELS = "channel feeds are not served with ownership=leases yet"
+"""Why a leased process has no channels: said at a start with an estate, and to calls that need them."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -150,5 +152,4 @@ def _check_leases(cfg: Any) -> None:
         raise ValueError(f"advertise_address: ownership=leases needs the host:port other processes reach this one "
                          f"at (host {cfg.host!r}, port {cfg.port} name none)")
     if cfg.estate is not None or cfg.demo:
-        raise ValueError("estate: channel feeds are not served with ownership=leases yet; start without --estate "
-                         "and with --no-demo")
+        raise ValueError(f"estate: {LEASED_NO_CHANNELS}; start without --estate and with --no-demo")

@@ -28,6 +28,7 @@ from atp_service.app.watched import Watched
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import Estate, EstateUnusable, group_policies
 from atp_service.config import ServiceConfig
+from atp_service.config_values import LEASED_NO_CHANNELS
 from atp_service.edge import transport
 from atp_service.edge.door import DoorCalls, server_ids
 from atp_service.edge.overload import LoopLagMonitor
@@ -83,6 +84,8 @@ class AtpService:
                                               Watchers(config.max_watchers, config.watch_batch), self._reload_rpc,
                                               self.metrics.edge, max_reserve_streams=config.max_reserve_streams,
                                               peer_tls_root=peer_root, peer_tls_identity=peer_identity)
+        if config.ownership == "leases":  # its start refuses an estate: "start with --estate" would not cure it
+            self._servicer.no_channels = f"estate: no channels here: {LEASED_NO_CHANNELS}"
         self._log: LogStore | None = None
         self._monitor = LoopLagMonitor(config.max_loop_lag_ms, self.metrics.edge)
         self._owner_task: asyncio.Task[None] | None = None
@@ -210,6 +213,8 @@ class AtpService:
             estate = self._load_estate()
             if self._starting is None or not self._starting.done():  # the desk may still be loading its feeds
                 raise StartupError("estate: the service is still starting; reload once it serves")
+            if self.channels is None and self.config.ownership == "leases":
+                raise StartupError(f"estate: nothing to reload: {LEASED_NO_CHANNELS}")
             if self.channels is None:
                 raise StartupError("estate: channels were off at start; restart the service to turn them on")
             try:

@@ -104,6 +104,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         self._engine: Engine | None = None
         self._desk: FactDesk | None = None
         self._channels: ChannelDesk | None = None
+        self.no_channels = "estate: no channels are configured (start with --estate FILE)"
+        """What a call needing channels is told when there are none (the service's mode decides the cure)."""
         self._max_inflight = max_stream_inflight
         self._max_streams = max_reserve_streams
         self.reserve_streams = 0
@@ -154,7 +156,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         if self._channels is None:
             if self._engine is None:
                 raise Unavailable("service is recovering its state; retry shortly", Reason.RECOVERING)
-            raise EstateUnusable("estate: no channels are configured (start with --estate FILE)")
+            raise EstateUnusable(self.no_channels)
         return self._channels
 
     @property

@@ -11,6 +11,7 @@ import pytest
 
 from atp_client import timestamp, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import free_port
 from tests.atp_service.channel_helpers import ESTATE, write_estate
 from tests.conftest import ServiceFactory
 
@@ -72,3 +73,16 @@ async def test_a_conflicting_resolution_names_the_current_state(start_service: S
     assert await refusal(client.confirm("r1")) == (
         grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_RELEASED",
         "reservation is RELEASED: only a HELD reservation can be confirmed")
+
+
+async def test_a_leased_process_says_channels_are_not_served_with_leases(start_service: ServiceFactory) -> None:
+    """Several processes on one keyspace serve no channel feeds yet, and refuse to start with an
+    estate: a caller is not told to start one with --estate, which that start would refuse."""
+    _, client = await start_service(ownership="leases", port=free_port(), input_streams=())
+    watch = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="web"))
+    assert await refusal(watch.read()) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE",
+        "estate: no channels here: channel feeds are not served with ownership=leases yet")
+    assert await refusal(client.stub.ReloadEstate(pb.ReloadEstateRequest())) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE",
+        "estate: nothing to reload: channel feeds are not served with ownership=leases yet")
