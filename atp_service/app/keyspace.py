@@ -4,11 +4,12 @@ count it was written with, and whether Redis keeps what it acknowledges."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from atp_service.storage.keys import LAYOUT
+from atp_service.storage.keys import CHANNELS, LAYOUT, Keyspace
 from atp_service.storage.log import LogStore
 from atp_service.storage.resp import as_text
 
@@ -50,7 +51,24 @@ async def check_keyspace(store: LogStore, shards: int, ownership: str = "keyspac
                              f"{ownership}; to change it, stop every process of the keyspace, then run "
                              f"`redis-cli HSET {key} ownership {ownership}` and start them all with --ownership "
                              f"{ownership}")
+    if ownership == "leases":
+        await _refuse_frozen_feeds(client, store.keys)
     await _check_persistence(client, leased=ownership == "leases")
+
+
+async def _refuse_frozen_feeds(client: Any, keys: Keyspace) -> None:
+    """Leased processes serve no channel feeds: a keyspace moved to leases from one that published
+    them would leave each feed at its last value, and a stock-out never reach the channels'
+    destinations (C2, C4). Refused, naming a feed, until they are deleted (or ownership kept)."""
+    own = {keys.owner(CHANNELS), keys.fence(CHANNELS)}
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", keys.tag(CHANNELS)) + "*"  # the prefix taken literally
+    async for raw in client.scan_iter(match=pattern, count=1000):
+        if (key := as_text(raw)) not in own:
+            raise StartupError(
+                f"channel feeds: the keyspace holds channel feeds ({key!r} among them) and ownership=leases "
+                f"does not serve them: they would stay at their last values, a stock-out never published. "
+                f"Stop their atp-publishers and delete the feeds' keys (`redis-cli --scan --pattern "
+                f"'{pattern}'`, each but {keys.tag(CHANNELS)}owner and fence), or keep ownership=keyspace")
 
 
 async def _exists_any(client: Any, keys: list[str]) -> bool:

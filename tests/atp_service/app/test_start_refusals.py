@@ -5,12 +5,18 @@ which supervisors do not restart."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
-from atp_service import AtpService, EmbeddedRedis
+from atp_client import AtpClient
+from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service.app.keyspace import StartupError
 from tests.atp_service.app.test_healthcheck import health, starting_until_logged
+from tests.atp_service.channel_helpers import write_estate
+from tests.atp_service.edge.test_api import receipt
 from tests.conftest import test_config as make_config
 
 
@@ -33,3 +39,37 @@ async def test_writes_refused_noreplicas_at_start_are_waited_out(tmp_path: Path)
     finally:
         await service.stop(grace_s=0)
         server.stop()
+
+
+async def test_a_leased_start_is_refused_on_a_keyspace_whose_channel_feeds_would_freeze(tmp_path: Path) -> None:
+    """Leased processes serve no channel feeds: moved to leases, a keyspace's feeds would stay at their
+    last values and a stock-out never reach the channels' destinations (C2, C4), without a word."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        client = aioredis.Redis.from_url(server.url)
+        keyspace = AtpService(make_config(estate=write_estate(tmp_path)), server.url)
+        await keyspace.start()
+        try:
+            async with AtpClient(f"127.0.0.1:{keyspace.port}") as atp:
+                await atp.record_events([receipt("in-1", "A", "dc-1", 5)])
+            await until_true(lambda: client.exists("atp:{avail}:web:state"), "the web channel published")
+        finally:
+            await keyspace.stop(grace_s=0.1)
+        await client.hset("atp:meta", "ownership", "leases")  # as the ownership refusal says to
+        leased = AtpService(make_config(ownership="leases", lease_ms=5_000, input_streams=(), port=free_port()), server.url)
+        with pytest.raises(StartupError, match=r"channel feeds: .*atp:\{avail\}:.* ownership=leases"):
+            await leased.start()
+        await leased.stop(grace_s=0.1)
+        for key in [k async for k in client.scan_iter(match="atp:{avail}:*")]:
+            if not key.endswith((b":owner", b":fence")):
+                await client.delete(key)  # as the refusal says to
+        await client.aclose()
+        again = AtpService(make_config(ownership="leases", lease_ms=5_000, input_streams=(), port=free_port()), server.url)
+        await again.start()
+        await again.stop(grace_s=0.1)
+
+
+async def until_true(check: Callable[[], Awaitable[int]], what: str, limit_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"not seen in {limit_s}s: {what}"
+        await asyncio.sleep(0.05)
