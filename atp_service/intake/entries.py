@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from reservation import Fact, FactKind, InvalidArgument, Limits
+from atp_service.intake.dead_letters import ENTRY, EntryRefused, Why
+from reservation import Fact, FactKind, InvalidArgument, Limits, Reason
 from reservation import fact as make_fact
 
 REQUIRED = ("event_id", "source", "kind", "sku", "location", "quantity", "event_time_ms")
@@ -11,7 +12,7 @@ _DOCUMENTED_ORDER = list(_REQUIRED_BYTES)
 _KINDS = {k.name: k.value for k in FactKind}
 Entry = tuple[str, bytes, list[bytes] | None]  # stream, entry id, flat [field, value, …] (None: deleted)
 Read = tuple[str, bytes, list[bytes]]  # stream, entry id, its fields: an entry whose fact was decoded
-Dead = tuple[str, bytes, list[bytes], str]  # stream, entry id, its fields, why it is dead-lettered
+Dead = tuple[str, bytes, list[bytes], Why]  # stream, entry id, its fields, why it is dead-lettered
 
 
 def decode_fact(flat: list[bytes], now: int, limits: Limits) -> Fact:
@@ -48,7 +49,7 @@ def _check_utf8(flat: list[bytes]) -> None:
         for part in flat:
             part.decode()
     except UnicodeDecodeError:
-        raise InvalidArgument("entry", "field values must be UTF-8") from None
+        raise EntryRefused(ENTRY, "field values must be UTF-8", Reason.REQUEST_MALFORMED.name) from None
 
 
 def _check_once(flat: list[bytes]) -> None:
@@ -59,8 +60,8 @@ def _check_once(flat: list[bytes]) -> None:
         if names.count(name) > 1:
             given = (value for key, value in zip(names, flat[1::2], strict=True) if key == name)
             values = ", ".join(repr(value[:40].decode(errors="replace")) for value in given)
-            raise InvalidArgument(name.decode(), f"named {names.count(name)} times in the entry ({values}): "
-                                  "which one is meant is not known")
+            raise EntryRefused(name.decode(), f"named {names.count(name)} times in the entry ({values}): "
+                               "which one is meant is not known", "FIELD_REPEATED")
 
 
 def _integer(name: str, raw: bytes) -> int:

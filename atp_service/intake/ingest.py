@@ -23,6 +23,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
+from atp_service.intake.dead_letters import TRIMMED, dead_letter, why_refused
 from atp_service.intake.entries import Dead, Entry, Read, as_fields, decode_fact, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
@@ -46,9 +47,6 @@ the next pass goes on from there, and new entries are read in between. A pass mu
 PENDING_SETTLE_S = 0.2
 """How long a pass over the pending entries waits for the batches in flight (their entries are in its
 list too); one still waiting for an owner then puts the pass off, and new entries are read meanwhile."""
-TRIMMED_WHILE_PENDING = "entry was trimmed from the stream while pending; not known to be applied"
-"""The dead letter of a pending entry a claim found trimmed: the consumer that held it may have
-applied it, or may yet (a live one), or not (a dead one)."""
 DECODE_SLICE = 500
 """Entries decoded in one go: a read of thousands must not hold the event loop for tens of ms."""
 
@@ -255,7 +253,7 @@ class StreamIngestor:
             # and takes them out of the pending list: told as dead letters. Whether the consumer that
             # held one applied it is not known (a live one may yet; its fields are gone from Redis).
             trimmed = reply[2] if len(reply) > 2 else []
-            dead += [(stream, entry_id, [], TRIMMED_WHILE_PENDING) for entry_id in trimmed]
+            dead += [(stream, entry_id, [], TRIMMED) for entry_id in trimmed]
         if dead:
             await self._dead_letter(dead)
         if out:
@@ -286,7 +284,7 @@ class StreamIngestor:
         done: list[tuple[str, bytes]] = []
         for (stream, entry_id, fields), result in zip(read, results, strict=True):
             if isinstance(result, InvalidArgument):  # the owner's own check (its clock, E7)
-                dead.append((stream, entry_id, fields, result.message))
+                dead.append((stream, entry_id, fields, why_refused(result)))
             elif isinstance(result, DomainError):
                 self._retry_own_pending = True  # stays pending; read again from our own list
             else:
@@ -307,29 +305,26 @@ class StreamIngestor:
             if n and n % DECODE_SLICE == 0:
                 await asyncio.sleep(0)  # let other tasks (a stock-out to publish) in between slices
             if fields is None:  # a pending entry trimmed away: a kill -9 before its XACK may have applied it
-                dead.append((stream, entry_id, [], TRIMMED_WHILE_PENDING))
+                dead.append((stream, entry_id, [], TRIMMED))
                 continue
             try:
                 facts.append(decode_fact(fields, now, limits))
                 read.append((stream, entry_id, fields))
             except InvalidArgument as exc:
-                dead.append((stream, entry_id, fields, exc.message))
+                dead.append((stream, entry_id, fields, why_refused(exc)))
         return facts, read, dead
 
     async def _dead_letter(self, dead: list[Dead]) -> None:
         cfg = self._config
         async with self._client.pipeline(transaction=True) as pipe:
-            for stream, entry_id, fields, reason in dead:
-                record: dict[Any, Any] = as_fields(fields)
-                # Last, so that an entry carrying such fields (a dead letter replayed as it was) is
-                # dead-lettered with its own reason and origin, not the earlier one's.
-                record.update({"_reason": reason, "_stream": stream, "_id": entry_id})
+            for stream, entry_id, fields, why in dead:
+                record = dead_letter(as_fields(fields), why, stream, entry_id)
                 pipe.xadd(cfg.dead_letter_stream, record, maxlen=cfg.side_stream_maxlen, approximate=True)
                 pipe.xack(stream, cfg.consumer_group, entry_id)
             await pipe.execute()
-        for stream, _, _, reason in dead:
+        for stream, _, _, why in dead:
             self._metrics.dead_lettered.labels(stream).inc()
-            log.warning("dead-lettered an entry of %s: %s", stream, reason)
+            log.warning("dead-lettered an entry of %s: %s", stream, why.reason)
 
     async def _ack(self, done: list[tuple[str, bytes]]) -> None:
         by_stream: dict[str, list[bytes]] = {}

@@ -89,6 +89,27 @@ async def test_an_entry_naming_a_field_twice_is_dead_lettered_not_read_as_one_of
     assert dead[b"event_id"] == b"twice"
 
 
+async def test_a_dead_letter_names_the_field_and_a_code_of_the_documented_vocabulary(
+    start_service: ServiceFactory, redis_url: str
+) -> None:
+    """Beside ``_reason`` (words), each dead letter says which field is at fault (``_field``, empty for
+    the entry as a whole) and why as a code a tool can act on (``_code``, docs/OPERATIONS.md)."""
+    await start_service()
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    good = F("g1", "SALE", "A", "S1", 1, now).fields()
+    r.xadd("atp:in:pos", {**good, "event_id": "d1", "quantity": "two"})
+    r.xadd("atp:in:pos", {k: v for k, v in good.items() if k != "source"})
+    r.xadd("atp:in:pos", {**good, "event_id": b"\xff\xfe"})
+    r.xadd("atp:in:pos", {**good, "event_id": "d4", "sku": "s" * 129})  # past max_id_length (128)
+    r.execute_command("XADD", "atp:in:pos", "*", *[x for kv in good.items() for x in kv], "quantity", "4")
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    got = [(f[b"_field"], f[b"_code"], f[b"_reason"].split(b":")[0]) for _, f in r.xrange("atp:dlq")]
+    assert got == [(b"quantity", b"INVALID_FIELD", b"quantity"), (b"source", b"INVALID_FIELD", b"source"),
+                   (b"", b"REQUEST_MALFORMED", b"entry"), (b"sku", b"LIMIT_EXCEEDED", b"sku"),
+                   (b"quantity", b"FIELD_REPEATED", b"quantity")]
+
+
 async def test_late_fact_is_quarantined_with_its_reason_E6(start_service: ServiceFactory, redis_url: str) -> None:
     _, client = await start_service(clock=ManualClock(T0 + 48 * 3600_000))
     await client.record_events([F("new", "RECEIPT", "A", "S1", 5, T0 + 48 * 3600_000).pb()])

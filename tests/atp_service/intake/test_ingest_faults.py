@@ -71,6 +71,7 @@ async def test_a_claimed_entry_deleted_before_it_was_applied_is_dead_lettered(
     ((_, dead),) = r.xrange("atp:dlq")
     assert (dead[b"_id"], dead[b"_stream"]) == (gone, b"atp:in:wms")
     assert dead[b"_reason"] == b"entry was trimmed from the stream while pending; not known to be applied"
+    assert (dead[b"_field"], dead[b"_code"]) == (b"", b"TRIMMED_WHILE_PENDING")
 
 
 async def test_its_own_pending_entry_found_trimmed_is_not_said_to_be_unapplied(

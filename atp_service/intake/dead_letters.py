@@ -1,0 +1,68 @@
+"""Dead letters of the input streams: why an entry was refused, in words and for machines.
+
+Each dead letter carries ``_reason`` (for people: the field and what is wrong with it), ``_field``
+(the field at fault, empty when the entry as a whole is) and ``_code``, one of ``CODES``: the API's
+reason names where they fit (``reservation.Reason``), and a few of the input streams' own. The
+vocabulary is closed and documented in docs/OPERATIONS.md ("Dead letters"); a new code is a
+change of the format operators' tooling reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from reservation import InvalidArgument, Reason
+
+ENTRY = "entry"
+"""What a refusal of the entry as a whole names (its bytes, not one of its fields)."""
+
+CODES: dict[str, str] = {
+    Reason.INVALID_FIELD.name: "a field is missing, malformed or out of range (`_field` names it)",
+    Reason.LIMIT_EXCEEDED.name: "a field's length passes a named limit of the service, e.g. `max_id_length`",
+    Reason.REQUEST_MALFORMED.name: "the entry's bytes are not UTF-8 (`_field` empty)",
+    "FIELD_REPEATED": "a field is named more than once in the entry: which value was meant is not known",
+    "TRIMMED_WHILE_PENDING": "a pending entry was trimmed from the stream (no fields, `_field` empty): "
+                             "not known to be applied",
+}
+"""Every ``_code`` a dead letter may carry, with its meaning (the table in docs/OPERATIONS.md)."""
+
+ANNOTATIONS = ("_reason", "_field", "_code", "_stream", "_id")
+"""The fields a dead letter adds to the entry's own."""
+
+TRIMMED_WHILE_PENDING = "entry was trimmed from the stream while pending; not known to be applied"
+"""The dead letter of a pending entry found trimmed: the consumer that held it may have applied it,
+or may yet (a live one), or not (a dead one)."""
+
+
+class Why(NamedTuple):
+    """Why an entry is dead-lettered: its ``_reason``, ``_field`` and ``_code``."""
+
+    reason: str
+    field: str
+    code: str
+
+
+TRIMMED = Why(TRIMMED_WHILE_PENDING, "", "TRIMMED_WHILE_PENDING")
+
+
+class EntryRefused(InvalidArgument):
+    """A refusal only the input-stream format has (a field named twice, bytes not UTF-8): its dead
+    letter's ``_code`` is ``code``, one of ``CODES``, rather than a ``Reason``'s name."""
+
+    def __init__(self, field: str, problem: str, code: str) -> None:
+        super().__init__(field, problem)
+        self.code = code
+
+
+def why_refused(error: InvalidArgument) -> Why:
+    """The dead letter's fields for an entry (or its fact) refused with ``error``."""
+    code = error.code if isinstance(error, EntryRefused) else error.reason.name
+    field = "" if error.field == ENTRY else error.field
+    return Why(error.message, field, code if code in CODES else Reason.INVALID_FIELD.name)
+
+
+def dead_letter(fields: dict[Any, Any], why: Why, stream: str, entry_id: bytes) -> dict[Any, Any]:
+    """The dead-letter stream's entry: the original fields, then the annotations — last, so that an
+    entry carrying such fields (a dead letter replayed as it was) gets its own, not the earlier one's."""
+    fields.update({"_reason": why.reason, "_field": why.field, "_code": why.code, "_stream": stream, "_id": entry_id})
+    return fields
