@@ -1,0 +1,53 @@
+"""An input-stream entry decoded into a fact: the format as documented, and nothing looser."""
+
+from __future__ import annotations
+
+import pytest
+
+from atp_service.intake.entries import decode_fact
+from reservation import FactKind, InvalidArgument, Limits
+
+NOW = 1_700_000_000_000
+LIMITS = Limits()
+
+
+def entry(**changed: str) -> list[bytes]:
+    """A valid SALE entry in the documented order, with ``changed`` fields replaced."""
+    fields = {"event_id": "e1", "source": "pos", "kind": "SALE", "sku": "A", "location": "S1", "quantity": "5",
+              "event_time_ms": str(NOW - 1000), **changed}
+    return [x.encode() for kv in fields.items() for x in kv]
+
+
+def refusal(flat: list[bytes]) -> str:
+    with pytest.raises(InvalidArgument) as refused:
+        decode_fact(flat, NOW, LIMITS)
+    return refused.value.message
+
+
+@pytest.mark.parametrize("quantity", ["1_000", " 5", "5 ", "+5", "\t5\n", "5.0", "", "-", "--5", "\u0663", "\uff15",
+                                      "0x5"])
+def test_a_number_is_an_optional_minus_and_ascii_digits_only(quantity: str) -> None:
+    """int() takes all of these; the format does not, and says which field."""
+    assert refusal(entry(quantity=quantity)).startswith("quantity: not an integer:")
+    assert refusal(entry(event_time_ms=quantity)).startswith("event_time_ms: not an integer:")
+
+
+def test_a_number_past_every_bound_is_refused_before_it_is_read() -> None:
+    assert refusal(entry(quantity="9" * 4000)) == "quantity: 4000 digits, more than 19: out of range"
+
+
+def test_documented_numbers_are_read() -> None:
+    assert decode_fact(entry(quantity="007"), NOW, LIMITS).quantity == 7
+    assert decode_fact(entry(kind="ADJUST", quantity="-2"), NOW, LIMITS).quantity == -2
+    assert decode_fact(entry(kind="COUNT", quantity="0"), NOW, LIMITS).quantity == 0
+
+
+@pytest.mark.parametrize("kind", [" SALE", "SALE ", "sale", "Sale", "\u017fale", "SALE\n", "FACT_KIND_SALE", ""])
+def test_a_kind_is_its_name_exactly_as_documented(kind: str) -> None:
+    assert refusal(entry(kind=kind)).startswith(f"kind: unknown fact kind {kind!r} (one of SALE,")
+
+
+def test_every_documented_kind_is_read() -> None:
+    for kind in FactKind:
+        quantity = "-1" if kind == FactKind.ADJUST else "1"
+        assert decode_fact(entry(kind=kind.name, quantity=quantity), NOW, LIMITS).kind == kind
