@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from atp_service.intake.dead_letters import ENTRY, EntryRefused, Why
+from atp_service.intake.dead_letters import ANNOTATIONS, ENTRY, EntryRefused, Why
 from reservation import Fact, FactKind, InvalidArgument, Limits, Reason
 from reservation import fact as make_fact
 
@@ -10,6 +10,11 @@ REQUIRED = ("event_id", "source", "kind", "sku", "location", "quantity", "event_
 _REQUIRED_BYTES = tuple(name.encode() for name in REQUIRED)
 _DOCUMENTED_ORDER = list(_REQUIRED_BYTES)
 _KINDS = {k.name: k.value for k in FactKind}
+_KNOWN = frozenset((*_REQUIRED_BYTES, b"reservation_id", *(name.encode() for name in ANNOTATIONS)))
+"""Every field an entry may have, besides a producer's own: those of the format, and the annotations
+of a dead letter (one replayed as it was keeps them; they are not read)."""
+PRODUCER_PREFIX = b"x-"
+"""A field whose name starts with this is the producer's own (a trace id, a store id): not read."""
 MAX_DIGITS = 19
 """Digits an integer field may have: any value past them is past every bound (int64, max_quantity)."""
 Entry = tuple[str, bytes, list[bytes] | None]  # stream, entry id, flat [field, value, …] (None: deleted)
@@ -27,6 +32,7 @@ def decode_fact(flat: list[bytes], now: int, limits: Limits) -> Fact:
         _check_utf8(flat)  # before naming a missing field, as the entry as a whole is unreadable
         if len(fields) * 2 != len(flat):
             _check_once(flat)
+        _check_known(fields)
         raw = [_field(fields, key) for key in _REQUIRED_BYTES]
         raw_reservation_id = fields.get(b"reservation_id", b"")
     # The two numbers stay bytes: int() reads them as it reads text, without a decode.
@@ -64,6 +70,16 @@ def _check_once(flat: list[bytes]) -> None:
             values = ", ".join(repr(value[:40].decode(errors="replace")) for value in given)
             raise EntryRefused(name.decode(), f"named {names.count(name)} times in the entry ({values}): "
                                "which one is meant is not known", "FIELD_REPEATED")
+
+
+def _check_known(fields: dict[bytes, bytes]) -> None:
+    """A field the format does not have is refused, naming it, rather than ignored: a typo of an
+    optional one (``reservation`` for ``reservation_id``) would otherwise apply the fact without it
+    — a SHIPMENT moving the stock and fulfilling no reservation, its units held committed for ever."""
+    for name in fields:
+        if name not in _KNOWN and not name.startswith(PRODUCER_PREFIX):
+            raise InvalidArgument(name[:64].decode(errors="replace"), "not a field of the entry format "
+                                  "(a producer's own field is named with the prefix 'x-')")
 
 
 def _integer(name: str, raw: bytes) -> int:

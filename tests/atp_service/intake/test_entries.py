@@ -51,3 +51,17 @@ def test_every_documented_kind_is_read() -> None:
     for kind in FactKind:
         quantity = "-1" if kind == FactKind.ADJUST else "1"
         assert decode_fact(entry(kind=kind.name, quantity=quantity), NOW, LIMITS).kind == kind
+
+
+def test_a_field_the_format_does_not_have_is_refused_naming_it() -> None:
+    """A typo of the optional ``reservation_id`` would apply a SHIPMENT that fulfils nothing."""
+    flat = [*entry(kind="SHIPMENT"), b"reservation", b"r1"]
+    assert refusal(flat) == ("reservation: not a field of the entry format (a producer's own field is named "
+                             "with the prefix 'x-')")
+    assert refusal([b"qty", b"1", *entry()]).startswith("qty: not a field")
+
+
+def test_a_producers_own_fields_and_a_dead_letters_annotations_are_not_read() -> None:
+    flat = [*entry(), b"x-trace-id", b"abc", b"x-store", b"001", b"_reason", b"earlier", b"_field", b"quantity",
+            b"_code", b"INVALID_FIELD", b"_stream", b"atp:in:pos", b"_id", b"1-0"]
+    assert decode_fact(flat, NOW, LIMITS).event_id == "e1"

@@ -204,3 +204,25 @@ async def test_shipment_fact_naming_a_reservation_fulfils_it_R4(start_service: S
     assert rec.state == pb.RESERVATION_STATE_CONFIRMED and rec.lines[0].fulfilled == 3 and rec.lines[0].committed == 1
     (a,) = await client.availability([("A", "S1")])
     assert (a.on_hand, a.committed, a.available) == (7, 1, 6)
+
+
+async def test_a_shipment_naming_its_reservation_by_a_field_the_format_lacks_is_dead_lettered(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """``reservation`` written for ``reservation_id``: read as it was, the units left on_hand and the
+    reservation's stayed committed, counted twice against availability. A producer's ``x-`` field is
+    its own and is not read."""
+    _, client = await start_service()
+    now = int(time.time() * 1000)
+    await client.record_events([F("r", "RECEIPT", "A", "S1", 10, now - 5000).pb()])
+    await client.reserve("r1", [("A", "S1", 4)])
+    await client.confirm("r1")
+    r = redis.Redis.from_url(redis_url)
+    ship = {"event_id": "s1", "source": "wms", "kind": "SHIPMENT", "sku": "A", "location": "S1", "quantity": 4,
+            "event_time_ms": now - 1000}
+    r.xadd("atp:in:wms", {**ship, "reservation": "r1"})
+    r.xadd("atp:in:wms", {**ship, "event_id": "s2", "reservation_id": "r1", "x-trace-id": "t-42"})
+    await wait_consumed(redis_url, ["atp:in:wms"])
+    (dead,) = [fields for _, fields in r.xrange("atp:dlq")]
+    assert (dead[b"_field"], dead[b"_code"], dead[b"event_id"]) == (b"reservation", b"INVALID_FIELD", b"s1")
+    (a,) = await client.availability([("A", "S1")])
+    assert (a.on_hand, a.committed) == (6, 0)
