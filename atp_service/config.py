@@ -261,6 +261,10 @@ class ServiceConfig:
     claim_idle_ms: int = 60_000
     """Pending entries idle this long (a dead consumer's) are claimed with XAUTOCLAIM."""
 
+    ingest_max_entry_bytes: int = 16_384
+    """Most bytes an input-stream entry may have, its fields' names and values together: a larger one
+    is dead-lettered (LIMIT_EXCEEDED) with its fields cut short, not copied whole into the dead-letter stream."""
+
     dead_letter_stream: str = "atp:dlq"
     """Where undecodable or invalid input entries go, with the reason and their original fields."""
 

@@ -18,7 +18,7 @@ ENTRY = "entry"
 
 CODES: dict[str, str] = {
     Reason.INVALID_FIELD.name: "a field is missing, malformed or out of range (`_field` names it)",
-    Reason.LIMIT_EXCEEDED.name: "a field's length passes a named limit of the service, e.g. `max_id_length`",
+    Reason.LIMIT_EXCEEDED.name: "a field's length, or the entry's bytes, pass a named limit of the service",
     Reason.REQUEST_MALFORMED.name: "the entry's bytes are not UTF-8 (`_field` empty)",
     "FIELD_REPEATED": "a field is named more than once in the entry: which value was meant is not known",
     "TRIMMED_WHILE_PENDING": "a pending entry was trimmed from the stream (no fields, `_field` empty): "
@@ -26,8 +26,14 @@ CODES: dict[str, str] = {
 }
 """Every ``_code`` a dead letter may carry, with its meaning (the table in docs/OPERATIONS.md)."""
 
-ANNOTATIONS = ("_reason", "_field", "_code", "_stream", "_id")
+ANNOTATIONS = ("_reason", "_field", "_code", "_stream", "_id", "_truncated")
 """The fields a dead letter adds to the entry's own."""
+
+KEPT_FIELDS = 16
+"""Fields a dead letter keeps of an entry past ``ingest_max_entry_bytes`` (the first ones)."""
+KEPT_BYTES = 256
+"""Bytes a dead letter keeps of each name and value of an entry past ``ingest_max_entry_bytes``:
+with ``KEPT_FIELDS``, its copy is at most 8 KiB whatever the entry held."""
 
 TRIMMED_WHILE_PENDING = "entry was trimmed from the stream while pending; not known to be applied"
 """The dead letter of a pending entry found trimmed: the consumer that held it may have applied it,
@@ -61,8 +67,20 @@ def why_refused(error: InvalidArgument) -> Why:
     return Why(error.message, field, code if code in CODES else Reason.INVALID_FIELD.name)
 
 
-def dead_letter(fields: dict[Any, Any], why: Why, stream: str, entry_id: bytes) -> dict[Any, Any]:
+def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_entry_bytes: int) -> dict[Any, Any]:
     """The dead-letter stream's entry: the original fields, then the annotations — last, so that an
-    entry carrying such fields (a dead letter replayed as it was) gets its own, not the earlier one's."""
-    fields.update({"_reason": why.reason, "_field": why.field, "_code": why.code, "_stream": stream, "_id": entry_id})
+    entry carrying such fields (a dead letter replayed as it was) gets its own, not the earlier one's.
+    An entry past ``max_entry_bytes`` is not copied whole (the dead-letter stream would hold, and
+    Redis send again, what was refused for its size): ``_truncated`` says how many bytes it had."""
+    size = sum(map(len, flat))
+    if size > max_entry_bytes:
+        kept = [part[:KEPT_BYTES] for part in flat[:2 * KEPT_FIELDS]]
+        fields: dict[Any, Any] = dict(zip(kept[0::2], kept[1::2], strict=True))
+        fields[b"_truncated"] = size
+    else:
+        fields = dict(zip(flat[0::2], flat[1::2], strict=True))
+        fields.pop(b"_truncated", None)  # a replayed dead letter's: this entry is whole
+    # Bytes, as the entry's own names are: a str key beside them would write the field twice.
+    fields.update({b"_reason": why.reason, b"_field": why.field, b"_code": why.code, b"_stream": stream,
+                   b"_id": entry_id})
     return fields

@@ -22,9 +22,14 @@ Read = tuple[str, bytes, list[bytes]]  # stream, entry id, its fields: an entry 
 Dead = tuple[str, bytes, list[bytes], Why]  # stream, entry id, its fields, why it is dead-lettered
 
 
-def decode_fact(flat: list[bytes], now: int, limits: Limits) -> Fact:
+def decode_fact(flat: list[bytes], now: int, limits: Limits, max_entry_bytes: int) -> Fact:
     """One input-stream entry (its flat field/value list) -> a validated fact, or InvalidArgument
-    naming the field. Entries written in the documented field order skip the dict and the lookups."""
+    naming the field. Entries written in the documented field order skip the dict and the lookups.
+    An entry of more than ``max_entry_bytes`` is refused before anything of it is read."""
+    size = sum(map(len, flat))
+    if size > max_entry_bytes:
+        raise InvalidArgument(ENTRY, f"{size} bytes, more than {max_entry_bytes} (limit ingest_max_entry_bytes)",
+                              Reason.LIMIT_EXCEEDED, "ingest_max_entry_bytes")
     if flat[0::2] == _DOCUMENTED_ORDER:
         raw, raw_reservation_id = flat[1::2], b""
     else:  # any other order, extra fields: the first problem in the documented order is named

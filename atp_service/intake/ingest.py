@@ -24,7 +24,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.dead_letters import TRIMMED, dead_letter, why_refused
-from atp_service.intake.entries import Dead, Entry, Read, as_fields, decode_fact, id_key
+from atp_service.intake.entries import Dead, Entry, Read, decode_fact, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.intake.unread import UnreadWatch
@@ -300,7 +300,7 @@ class StreamIngestor:
         dead: list[Dead] = []
         facts: list[Fact] = []
         read: list[Read] = []
-        limits = self._config.limits
+        limits, max_bytes = self._config.limits, self._config.ingest_max_entry_bytes
         for n, (stream, entry_id, fields) in enumerate(entries):
             if n and n % DECODE_SLICE == 0:
                 await asyncio.sleep(0)  # let other tasks (a stock-out to publish) in between slices
@@ -308,7 +308,7 @@ class StreamIngestor:
                 dead.append((stream, entry_id, [], TRIMMED))
                 continue
             try:
-                facts.append(decode_fact(fields, now, limits))
+                facts.append(decode_fact(fields, now, limits, max_bytes))
                 read.append((stream, entry_id, fields))
             except InvalidArgument as exc:
                 dead.append((stream, entry_id, fields, why_refused(exc)))
@@ -318,7 +318,7 @@ class StreamIngestor:
         cfg = self._config
         async with self._client.pipeline(transaction=True) as pipe:
             for stream, entry_id, fields, why in dead:
-                record = dead_letter(as_fields(fields), why, stream, entry_id)
+                record = dead_letter(fields, why, stream, entry_id, cfg.ingest_max_entry_bytes)
                 pipe.xadd(cfg.dead_letter_stream, record, maxlen=cfg.side_stream_maxlen, approximate=True)
                 pipe.xack(stream, cfg.consumer_group, entry_id)
             await pipe.execute()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from atp_service.intake.dead_letters import why_refused
 from atp_service.intake.entries import decode_fact
 from reservation import FactKind, InvalidArgument, Limits
 
 NOW = 1_700_000_000_000
 LIMITS = Limits()
+MAX_BYTES = 16_384
 
 
 def entry(**changed: str) -> list[bytes]:
@@ -20,7 +22,7 @@ def entry(**changed: str) -> list[bytes]:
 
 def refusal(flat: list[bytes]) -> str:
     with pytest.raises(InvalidArgument) as refused:
-        decode_fact(flat, NOW, LIMITS)
+        decode_fact(flat, NOW, LIMITS, MAX_BYTES)
     return refused.value.message
 
 
@@ -37,9 +39,9 @@ def test_a_number_past_every_bound_is_refused_before_it_is_read() -> None:
 
 
 def test_documented_numbers_are_read() -> None:
-    assert decode_fact(entry(quantity="007"), NOW, LIMITS).quantity == 7
-    assert decode_fact(entry(kind="ADJUST", quantity="-2"), NOW, LIMITS).quantity == -2
-    assert decode_fact(entry(kind="COUNT", quantity="0"), NOW, LIMITS).quantity == 0
+    assert decode_fact(entry(quantity="007"), NOW, LIMITS, MAX_BYTES).quantity == 7
+    assert decode_fact(entry(kind="ADJUST", quantity="-2"), NOW, LIMITS, MAX_BYTES).quantity == -2
+    assert decode_fact(entry(kind="COUNT", quantity="0"), NOW, LIMITS, MAX_BYTES).quantity == 0
 
 
 @pytest.mark.parametrize("kind", [" SALE", "SALE ", "sale", "Sale", "\u017fale", "SALE\n", "FACT_KIND_SALE", ""])
@@ -50,7 +52,7 @@ def test_a_kind_is_its_name_exactly_as_documented(kind: str) -> None:
 def test_every_documented_kind_is_read() -> None:
     for kind in FactKind:
         quantity = "-1" if kind == FactKind.ADJUST else "1"
-        assert decode_fact(entry(kind=kind.name, quantity=quantity), NOW, LIMITS).kind == kind
+        assert decode_fact(entry(kind=kind.name, quantity=quantity), NOW, LIMITS, MAX_BYTES).kind == kind
 
 
 def test_a_field_the_format_does_not_have_is_refused_naming_it() -> None:
@@ -64,4 +66,13 @@ def test_a_field_the_format_does_not_have_is_refused_naming_it() -> None:
 def test_a_producers_own_fields_and_a_dead_letters_annotations_are_not_read() -> None:
     flat = [*entry(), b"x-trace-id", b"abc", b"x-store", b"001", b"_reason", b"earlier", b"_field", b"quantity",
             b"_code", b"INVALID_FIELD", b"_stream", b"atp:in:pos", b"_id", b"1-0"]
-    assert decode_fact(flat, NOW, LIMITS).event_id == "e1"
+    assert decode_fact(flat, NOW, LIMITS, MAX_BYTES).event_id == "e1"
+
+
+def test_an_entry_past_its_byte_bound_is_refused_before_anything_of_it_is_read() -> None:
+    flat = [*entry(), b"x-note", b"n" * 20_000]
+    size = sum(map(len, flat))
+    with pytest.raises(InvalidArgument) as refused:
+        decode_fact(flat, NOW, LIMITS, MAX_BYTES)
+    assert refused.value.message == f"entry: {size} bytes, more than 16384 (limit ingest_max_entry_bytes)"
+    assert why_refused(refused.value) == (refused.value.message, "", "LIMIT_EXCEEDED")

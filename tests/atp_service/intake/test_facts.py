@@ -226,3 +226,25 @@ async def test_a_shipment_naming_its_reservation_by_a_field_the_format_lacks_is_
     assert (dead[b"_field"], dead[b"_code"], dead[b"event_id"]) == (b"reservation", b"INVALID_FIELD", b"s1")
     (a,) = await client.availability([("A", "S1")])
     assert (a.on_hand, a.committed) == (6, 0)
+
+
+async def test_an_entry_past_its_byte_bound_is_dead_lettered_cut_short_not_copied_whole(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A producer's runaway field (a 200 KB blob): the entry was read, validated field by field and
+    copied whole into the dead-letter stream; it is now refused by its size (LIMIT_EXCEEDED) and its
+    dead letter keeps a bounded part of each field, saying how many bytes the entry had."""
+    _, client = await start_service(ingest_max_entry_bytes=4096)
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    big = {**F("b1", "RECEIPT", "A", "S1", 5, now - 1000).fields(), "x-blob": "z" * 200_000}
+    r.xadd("atp:in:pos", big)
+    r.xadd("atp:in:pos", {**F("ok", "RECEIPT", "A", "S1", 2, now - 1000).fields(), "x-note": "y" * 3000})
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    (dead,) = [fields for _, fields in r.xrange("atp:dlq")]
+    size = sum(len(str(k)) + len(str(v)) for k, v in big.items())
+    assert dead[b"_reason"] == f"entry: {size} bytes, more than 4096 (limit ingest_max_entry_bytes)".encode()
+    assert (dead[b"_field"], dead[b"_code"], dead[b"_truncated"]) == (b"", b"LIMIT_EXCEEDED", str(size).encode())
+    assert dead[b"event_id"] == b"b1" and dead[b"x-blob"] == b"z" * 256
+    assert sum(len(k) + len(v) for k, v in dead.items()) < 8192
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 2  # the entry within the bound, its producer's note and all
