@@ -28,6 +28,8 @@ SNAPSHOT_RETRY_FIRST_S = 1.0
 """Wait after a first failed snapshot (capped by ``ServiceConfig.snapshot_retry_max_s``)."""
 SETTLE_RETRY = BackoffPolicy(first_s=0.05, max_s=1.0)
 """Waits of a settle between tries to fence and read the log while Redis does not answer."""
+SETTLE_LOG_EVERY_S = 30.0
+"""A settle that cannot fence and read logs ``settle_waiting`` at its first failed try, then at most this often."""
 
 Doubt = list[tuple[int, LogEntry, bytes]]
 """Appends that failed and may have landed: (seq, entry, the bytes sent), oldest first."""
@@ -63,7 +65,7 @@ async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list
         except Fenced:
             return None  # replaced: the newer instance recovered whatever of ours had landed
 
-    found = await retry_until_done(fence_and_read, STORAGE_ERRORS, SETTLE_RETRY)
+    found = await retry_until_done(fence_and_read, STORAGE_ERRORS, SETTLE_RETRY, _waiting_noted(shard))
     if found is None:
         return None
     landed: list[tuple[int, LogEntry]] = []
@@ -79,6 +81,25 @@ async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list
     if found:
         raise LogDiverged(f"shard {shard}: the log holds entries {sorted(found)} this shard never sent")
     return landed
+
+
+def _waiting_noted(shard: int) -> Callable[[BaseException, float], None]:
+    """What tells the operator that a settle is waiting, and on what. The shard takes no work until
+    it is done, and its own retries say nothing else: without this line a shard whose Redis slot is
+    left half-migrated (every script there refused ``TRYAGAIN``) answers ``UNAVAILABLE`` for as
+    long as that lasts with no word of why after the append's first failure."""
+    last_logged = float("-inf")
+
+    def note(exc: BaseException, wait_s: float) -> None:
+        nonlocal last_logged
+        now = time.monotonic()
+        if now - last_logged >= SETTLE_LOG_EVERY_S:
+            last_logged = now
+            log.warning("shard %d: appends in doubt not settled yet: %s; trying again in %.2fs", shard, exc, wait_s,
+                        extra={"event": "settle_waiting", "shard": shard, "error": str(exc),
+                               "retry_s": round(wait_s, 2)})
+
+    return note
 
 
 class Checkpoints:

@@ -1,0 +1,116 @@
+"""The service on a Redis Cluster while the slot of a shard's group migrates to another primary
+(``CLUSTER SETSLOT MIGRATING/IMPORTING``, ``MIGRATE``, ``SETSLOT NODE``, as ``redis-cli --cluster
+reshard`` does): a write refused meanwhile never lands, the shard says in its log why it waits, and
+once the slot is served by its new primary the shard answers again with nothing lost (R7, R8)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import redis
+
+from atp_client import AtpClient
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory, services_on
+
+CLUSTER = {"redis_cluster": True, "input_streams": ()}
+
+
+class SlotMove:
+    """One slot moved by hand from primary ``source`` to ``target`` (ports), in the steps of a reshard."""
+
+    def __init__(self, cluster: EmbeddedCluster, slot: int, source: int, target: int) -> None:
+        self.cluster, self.slot, self.source, self.target = cluster, slot, source, target
+
+    @staticmethod
+    def _on(port: int, *command: str | int) -> Any:
+        with redis.Redis(host="127.0.0.1", port=port) as client:
+            return client.execute_command(*command)
+
+    def _id(self, port: int) -> str:
+        return str(self._on(port, "CLUSTER", "MYID"), "ascii")
+
+    def begin(self) -> None:
+        self._on(self.target, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", self._id(self.source))
+        self._on(self.source, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self._id(self.target))
+
+    def finish(self) -> None:
+        """Every key moved, then the slot assigned to ``target`` on every primary."""
+        keys = self._on(self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, 1000)
+        assert isinstance(keys, list)
+        for key in keys:
+            self._on(self.source, "MIGRATE", "127.0.0.1", self.target, key, 0, 5000)
+        for node in self.cluster.primaries:
+            self._on(node.port, "CLUSTER", "SETSLOT", self.slot, "NODE", self._id(self.target))
+
+
+@pytest.fixture
+async def start_service(cluster_url: str) -> AsyncIterator[ServiceFactory]:
+    """``start_service`` of the test suite, on the shared cluster."""
+    async for start in services_on(cluster_url, **CLUSTER):
+        yield start
+
+
+@pytest.fixture
+def moves(redis_cluster: EmbeddedCluster) -> Iterator[list[SlotMove]]:
+    """Slot moves begun by a test, finished after it whatever happened: the cluster is shared."""
+    begun: list[SlotMove] = []
+    yield begun
+    for move in begun:
+        move.finish()
+
+
+async def test_a_shard_whose_slot_is_migrating_says_why_it_waits_and_answers_once_the_slot_has_moved(
+        start_service: ServiceFactory, redis_cluster: EmbeddedCluster, moves: list[SlotMove],
+        caplog: pytest.LogCaptureFixture) -> None:
+    service, client = await start_service(redis_timeout_s=1.0)
+    assert service.engine is not None
+    shard = service.engine.place("A")
+    await client.record_events([receipt("s1", "A", "S1", 10)])
+    log_key = f"atp:{{g{shard}}}:log"
+    source = service.engine.log_client.get_node_from_key(log_key).port
+    with redis.Redis(host="127.0.0.1", port=source) as admin:
+        slot = int(admin.execute_command("CLUSTER", "KEYSLOT", log_key))
+    target = next(node.port for node in redis_cluster.primaries if node.port != source)
+    move = SlotMove(redis_cluster, slot, source, target)
+    moves.append(move)
+    caplog.set_level(logging.WARNING, logger="atp_service.storage.durability")
+    move.begin()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # the group's scripts are refused TRYAGAIN meanwhile
+        await client.reserve("during", [("A", "S1", 1)], ttl_seconds=600)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    def waiting() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "event", None) == "settle_waiting"
+                and getattr(r, "shard", None) == shard]
+
+    await until(lambda: bool(waiting()), "the shard logged why its settle waits", 20)
+    assert "TRYAGAIN" in waiting()[0].getMessage() or "rehashing" in waiting()[0].getMessage()
+    moves.remove(move)
+    move.finish()
+    await until_answered(client)
+    with pytest.raises(grpc.aio.AioRpcError) as absent:  # refused by Redis: it never landed, nor can it now
+        await client.get_reservation("during")
+    assert absent.value.code() == grpc.StatusCode.NOT_FOUND
+    (position,) = await client.availability([("A", "S1")])
+    assert (position.on_hand, position.reserved) == (10, 1)
+
+
+async def until_answered(client: AtpClient, bound_s: float = 20.0) -> None:
+    """A reservation at the migrated shard, retried while it is UNAVAILABLE (the shard settling)."""
+    deadline = asyncio.get_running_loop().time() + bound_s
+    while True:
+        try:
+            await client.reserve("after", [("A", "S1", 1)], ttl_seconds=600)
+            return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
