@@ -73,7 +73,8 @@ class Reason(IntEnum):
     SHARD_STOPPED = 26
     """A shard stopped working; the service restarts."""
     INSTANCE_REPLACED = 27
-    """A newer instance owns the keyspace; retry (it answers)."""
+    """A newer instance owns the keyspace; retry (it answers). Also when Redis lost this instance's
+    claim (it restarted from older data): the instance restarts and the retry is answered then."""
     GROUP_MOVED = 28
     """The shard group of the call's SKU or reservation is owned by another service process
     (metadata ``group``, ``owner``: its address, empty while no process owns it): nothing was

@@ -17,7 +17,7 @@ from typing import Any
 
 from atp_service.engine.clock import Clock
 from atp_service.engine.composite import CompositeView
-from atp_service.engine.messages import REPLACED
+from atp_service.engine.messages import replaced
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
@@ -63,8 +63,8 @@ class Coordinator:
             if not durable.cancelled():
                 raise  # our caller gave up; the shards see the change through
             raise Unavailable(NOT_DURABLE, Reason.OUTCOME_UNKNOWN) from None
-        except Fenced:
-            raise Unavailable(REPLACED, Reason.INSTANCE_REPLACED) from None
+        except Fenced as exc:
+            raise replaced(exc.claim_lost) from None
         except STORAGE_ERRORS as exc:
             log.warning("cross-shard append failed (%r)", exc)
             raise Unavailable(NOT_DURABLE, Reason.OUTCOME_UNKNOWN) from None

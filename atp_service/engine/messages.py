@@ -7,11 +7,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from reservation import Ledger, LogEntry
+from reservation import Ledger, LogEntry, Reason, Unavailable
 
 REPLACED = ("this instance was replaced by a newer one on the same Redis keyspace and takes no more "
             "changes; retry (the newer instance answers)")
 """The answer of an instance a newer one replaced (``Reason.INSTANCE_REPLACED``)."""
+CLAIM_LOST = ("Redis lost this instance's claim on its keyspace (it restarted from older data, or a replica that "
+              "missed it was promoted): this instance takes no more changes and restarts to serve what Redis "
+              "holds; retry")
+"""The answer once Redis holds no claim of this instance nor a newer one (``Fenced.claim_lost``)."""
+
+
+def replaced(claim_lost: bool) -> Unavailable:
+    """The refusal of a write once this instance no longer owns the keyspace: a newer instance's
+    claim, or none at all (Redis lost this one's) — callers retry either way, operators look elsewhere."""
+    return Unavailable(CLAIM_LOST if claim_lost else REPLACED, Reason.INSTANCE_REPLACED)
 
 Work = Callable[[Ledger, int], Any]
 """Work the actor runs on its ledger at the batch's time (ms): returns the caller's answer or raises DomainError."""

@@ -9,7 +9,7 @@ import logging
 from collections import deque
 
 from atp_service.engine.listeners import EntryListeners
-from atp_service.engine.messages import REPLACED, Answer, InFlight, Sealed, deliver
+from atp_service.engine.messages import Answer, InFlight, Sealed, deliver, replaced
 from atp_service.engine.turn import moves_of
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import Fenced, LogStore
@@ -116,7 +116,7 @@ class CommitPipeline(EntryListeners):
 
     def _replaced(self) -> Unavailable:
         """The refusal once another owns the shard: the keyspace's newer instance, or (leased) the group's new owner."""
-        return Moved(self.shard, "") if self._log.leased else Unavailable(REPLACED, Reason.INSTANCE_REPLACED)
+        return Moved(self.shard, "") if self._log.leased else replaced(self._log.claim_lost)
 
     def _refuse_waiting(self, error: Unavailable) -> None:
         """Answer every message waiting for a turn with ``error`` (the actor's mailbox)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from atp_client import AtpClient, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -124,3 +125,20 @@ async def test_a_replaced_shard_never_takes_a_newer_instances_entry_for_its_own(
             actor.submit(lambda ledger, now: None)
     finally:
         await actor.stop()
+
+
+async def test_a_claim_redis_lost_is_not_answered_as_a_newer_instance(start_service: ServiceFactory,
+                                                                       redis_url: str) -> None:
+    """Redis lost this instance's claim (restarted without its data, a replica that missed it promoted):
+    no newer instance exists, so the refusal must not send callers and operators looking for one."""
+    service, client = await start_service()
+    await client.record_events([receipt("seed", "A", "DC", 10)])
+    wiped = aioredis.Redis.from_url(redis_url)
+    await wiped.flushall()
+    await wiped.aclose()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.stub.Reserve(_reserve("after-the-loss", 1))
+    assert said(refused.value) == (grpc.StatusCode.UNAVAILABLE, "INSTANCE_REPLACED")  # retryable, as before
+    details = refused.value.details() or ""
+    assert "lost this instance's claim" in details and "newer" not in details, details
+    assert service.failed.is_set() and not service.replaced.is_set()  # stops to be restarted (exit 4), not 3
