@@ -31,6 +31,11 @@ except ImportError:  # pragma: no cover - the extra is not installed
 REQUIRED = ("sku", "location", "on_hand")
 PIECE_BYTES = 8 << 20
 """Bytes of whole lines read and parsed at a time (~300,000 rows of a typical extract)."""
+MAX_TIMES = 4096
+"""Distinct as_of values whose parse is remembered: a typical extract has a few (the file's time, a
+store's count time), parsed once each. Past it the memo starts again. One entry per distinct value
+for the whole file held every time string of an extract whose rows each have their own moment —
+about 1.5 GB for 10 million rows, while the rows themselves go a piece at a time."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INTEGER = r"^[ \t]*-?[0-9]{1,18}[ \t]*$"
 """What both paths read as a count: digits, a minus sign, spaces around (18 digits fit int64)."""
@@ -192,6 +197,8 @@ class Extract:
                     found = "as_of: no time for this row (give the column or --as-of)"
             except ValueError as exc:
                 found = str(exc)
+            if len(self._times) >= MAX_TIMES:
+                self._times.clear()
             self._times[raw] = found
         return found
 

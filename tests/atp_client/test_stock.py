@@ -212,3 +212,23 @@ def test_a_call_of_long_names_stays_within_a_message() -> None:
     assert all(request.ByteSize() <= 4 << 20 for request, _ in calls)
     assert sum(len(lines) for _, lines in calls) == n  # every row, once, in order
     assert np.concatenate([lines for _, lines in calls]).tolist() == block.lines.tolist()
+
+
+def test_the_times_remembered_stay_within_their_bound_whatever_the_file(reader: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An extract whose every row has its own as_of (each position counted at its own moment) is
+    read with the parses of at most ``MAX_TIMES`` distinct values remembered: the memo of one per
+    distinct value held a 10-million-row extract's every time string (~1.5 GB), while the rows
+    themselves go a piece at a time."""
+    rows = 3000
+    text = "sku,location,on_hand,as_of\n" + "".join(f"S{n},L1,{n},{T0 + n}\n" for n in range(rows))
+    monkeypatch.setattr(_extract, "PIECE_BYTES", 4096)  # several pieces: the bound holds across them
+    monkeypatch.setattr(_extract, "MAX_TIMES", 64, raising=False)
+    extract = Extract(io.BytesIO(text.encode()), T0)
+    largest = 0
+    times: list[int] = []
+    for block in extract:
+        largest = max(largest, len(extract._times))
+        times += [int(t) for t in block.as_of]
+    assert times == [T0 + n for n in range(rows)]  # every time still read right past the bound
+    assert largest <= 64
