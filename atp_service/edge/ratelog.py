@@ -39,3 +39,28 @@ class RateLimitedLog:
             fields["left_out"] = self.left_out
             self.left_out = 0
         self._logger.log(self._level, message, *args, extra=fields)
+
+
+class OncePerKey:
+    """Whether a line about ``key`` (a peer's address) is written now: at most once per
+    ``interval_s`` each, with at most ``max_keys`` keys remembered — the one written least recently
+    forgotten first, whose next line is then written at once. One entry per key ever met, kept for
+    good, grew with every process that ever left the keyspace."""
+
+    def __init__(self, interval_s: float, max_keys: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s, self._max_keys, self._clock = interval_s, max_keys, clock
+        self._written_at: dict[str, float] = {}  # the most recently written last
+
+    def __len__(self) -> int:
+        return len(self._written_at)
+
+    def due(self, key: str) -> bool:
+        now = self._clock()
+        at = self._written_at.get(key)
+        if at is not None and now - at < self._interval_s:
+            return False
+        self._written_at.pop(key, None)
+        self._written_at[key] = now
+        while len(self._written_at) > self._max_keys:
+            del self._written_at[next(iter(self._written_at))]
+        return True

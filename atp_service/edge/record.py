@@ -13,7 +13,6 @@ the peer token, as the input streams' reader is no caller with a token of its ow
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -23,9 +22,10 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
 from atp_service.edge.errors import rich_status
 from atp_service.edge.forward import Forwarder
+from atp_service.edge.ratelog import OncePerKey
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk, Result
-from atp_service.intake.owners import FactSender
+from atp_service.intake.owners import MAX_FAILING_OWNERS, FactSender
 from atp_service.metrics import EdgeMetrics
 from reservation import DomainError, Fact, InvalidArgument, Limits, Moved, Reason, Unavailable
 from reservation import fact as make_fact
@@ -97,11 +97,10 @@ def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits, max_byt
     owner's ``max_message_bytes``, which it shares); each fact's result there, or for each the refusal
     of its call (the owner's, or none came back in time)."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    logged_at: dict[str, float] = {}
+    told = OncePerKey(REFUSAL_LOG_S, MAX_FAILING_OWNERS)  # bounded: owners come and go with deploys
 
     def log_refusal(owner: str, exc: grpc.aio.AioRpcError) -> None:
-        if exc.code() in _REFUSED and time.monotonic() - logged_at.get(owner, -REFUSAL_LOG_S) >= REFUSAL_LOG_S:
-            logged_at[owner] = time.monotonic()
+        if exc.code() in _REFUSED and told.due(owner):
             log.error("process %s refused facts from the input streams: %s (set peer_token_file to the token "
                       "of a caller with the peer role); their entries stay pending", owner, exc.details())
 

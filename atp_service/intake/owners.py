@@ -25,13 +25,19 @@ FactSender = Callable[[str, Sequence[Fact]], Awaitable[list[Result | DomainError
 them: each fact's result there, in order, or the refusal that left it undecided."""
 OWNER_RETRY = BackoffPolicy(first_s=0.2, max_s=5.0)
 """Waits during which an owner whose last send failed is skipped (its facts stay pending)."""
+MAX_FAILING_OWNERS = 64
+"""Owners whose failure (and wait) one reader remembers; past it the one that failed least recently
+is forgotten, and tried at once the next time facts go to it. A process that left the keyspace
+failing (a rolling restart, a pod given a new address) is sent nothing again, so it never answers
+again either: one entry each, kept for good, grew with every deploy of a service that runs for weeks."""
 
 
 class OwnerSends:
     """The sends of one reader, with each owner's state: when it may be tried again after a failure."""
 
-    def __init__(self, send: FactSender) -> None:
+    def __init__(self, send: FactSender, max_failing: int = MAX_FAILING_OWNERS) -> None:
         self._send = send
+        self._max_failing = max_failing
         self._failing: dict[str, Backoff] = {}
         self._retry_at: dict[str, float] = {}
         self._probing: set[str] = set()
@@ -81,5 +87,9 @@ class OwnerSends:
         return answer
 
     def _failed(self, owner: str) -> None:
-        backoff = self._failing.setdefault(owner, Backoff(OWNER_RETRY))
+        backoff = self._failing.pop(owner, None) or Backoff(OWNER_RETRY)
+        self._failing[owner] = backoff  # the most recent failure last: the first forgotten failed longest ago
         self._retry_at[owner] = time.monotonic() + backoff.next_delay()
+        while len(self._failing) > self._max_failing:
+            gone = next(iter(self._failing))
+            del self._failing[gone], self._retry_at[gone]

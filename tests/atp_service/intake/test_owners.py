@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from atp_service.edge.ratelog import OncePerKey
 from atp_service.intake import owners
 from atp_service.intake.facts import Result
 from atp_service.intake.owners import OwnerSends
@@ -63,3 +64,35 @@ async def test_a_failed_owner_is_tried_again_after_its_wait(monkeypatch: pytest.
     assert sends.due("x")
     await sends.to_owners(facts, results, [0])
     assert results == [APPLIED] and sends.due("x")
+
+
+async def test_owners_that_failed_and_left_are_not_remembered_for_good() -> None:
+    """Processes that left the keyspace failing (each rolling restart gives new addresses) are sent
+    nothing again: the reader remembers at most ``MAX_FAILING_OWNERS`` (64) of them, the least
+    recently failed forgotten first, while the one failing now is still skipped during its wait."""
+
+    async def send(owner: str, facts: Sequence[Fact]) -> list[Result | DomainError]:
+        raise ConnectionError(f"{owner} is gone")
+
+    sends, bound = OwnerSends(send), 64
+    for n in range(200):
+        facts, results = facts_for(f"10.0.{n // 250}.{n % 250}:50051")
+        await sends.to_owners(facts, results, [0])
+        assert len(sends._failing) <= bound and len(sends._retry_at) <= bound
+    assert not sends.due("10.0.0.199:50051"), "the owner failing now still waits"
+    assert sends.due("10.0.0.0:50051"), "one long gone is tried at once if it is named again"
+
+
+def test_a_refusal_is_told_once_per_interval_per_owner_with_the_owners_remembered_bounded() -> None:
+    """The reader's 'owner refused the peer token' line (``edge.record.fact_sender``): once per
+    interval for each owner, and the owners it remembers for that bounded as the failing ones are."""
+    now = [0.0]
+    told = OncePerKey(60.0, 8, clock=lambda: now[0])
+    assert told.due("a") and not told.due("a"), "once per interval"
+    now[0] = 60.0
+    assert told.due("a"), "again once the interval has passed"
+    for n in range(500):
+        told.due(f"10.0.0.{n}:50051")
+        assert len(told) <= 8
+    assert not told.due("10.0.0.499:50051"), "the most recent are remembered"
+    assert told.due("a"), "the least recently told was forgotten: told at once"
