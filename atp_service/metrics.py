@@ -64,6 +64,9 @@ class EngineMetrics:
         self.live_reservations = Gauge(
             "atp_live_reservations", "HELD or CONFIRMED reservations per shard", ["shard"], registry=r
         )
+        self.remembered_reservations = Gauge(
+            "atp_remembered_reservations", "Reservations a shard remembers: live, and resolved within retention",
+            ["shard"], registry=r)
         self.oversold_units = Gauge(
             "atp_oversold_units", "Units promised (reserved + committed) beyond on hand, over all positions (Q5)",
             registry=r,

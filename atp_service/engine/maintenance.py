@@ -72,6 +72,8 @@ class Housekeeper:
         if time.monotonic() - self._gauged_at >= 1.0:  # a full pass over the arrays: once a second is enough
             self._gauged_at = time.monotonic()
             engine.metrics.oversold_units.set(sum(actor.positions().oversold_units() for actor in engine.actors))
+            for actor in engine.actors:  # grows with no hold due and nothing to forget: set here, not in a turn
+                engine.metrics.remembered_reservations.labels(str(actor.shard)).set(len(actor.ledger.reservations))
 
     def _expire_work(self, ledger: Ledger, now: int) -> None:
         """Inside the shard's turn: expire what is due here; a hold spanning shards goes through the

@@ -226,11 +226,11 @@ class Engine(OwnedShards):
         return self._reserve_checked(ledger, ledger, cmd, now)[0]
 
     def _reserve_checked(self, home: Ledger, view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
-        limit = self.limits.max_live_reservations_per_shard
-        if home.live_reservations >= limit and view.reservation(cmd.reservation_id) is None:
-            raise ResourceExhausted(f"shard {home.shard}: {limit} live reservations "
-                                    "(limit max_live_reservations_per_shard)",
-                                    Reason.CAPACITY_REACHED, metadata={"limit": "max_live_reservations_per_shard"})
+        limits = self.limits
+        full = _full(home, limits.max_live_reservations_per_shard, limits.max_remembered_reservations_per_shard)
+        if full is not None and view.reservation(cmd.reservation_id) is None:  # a replay is answered (R5)
+            raise ResourceExhausted(f"shard {home.shard}: {full[1]} {full[0]} reservations (limit {full[2]})",
+                                    Reason.CAPACITY_REACHED, metadata={"limit": full[2]})
         return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
     def _count(self, result: tuple[Reservation, bool]) -> None:
@@ -366,3 +366,15 @@ class Engine(OwnedShards):
     async def run_maintenance(self) -> None:
         """One housekeeping pass now (``Housekeeper.run_pass``)."""
         await self._housekeeper.run_pass()
+
+
+def _full(home: Ledger, live: int, remembered: int) -> tuple[str, int, str] | None:
+    """Which bound a new Reserve on ``home`` would pass (what, the limit, its name); None: neither.
+    Every Reserve leaves a record, a refused one too (R5 answers its retry alike), kept for the
+    retention window once resolved: a flood of Reserves refused for want of stock (a sold-out launch
+    retried by bots with new ids) counts against no live bound, and grew memory with it for a day."""
+    if home.live_reservations >= live:
+        return "live", live, "max_live_reservations_per_shard"
+    if len(home.reservations) >= remembered:
+        return "remembered", remembered, "max_remembered_reservations_per_shard"
+    return None

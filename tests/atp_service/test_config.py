@@ -167,6 +167,9 @@ def test_a_keyspace_has_no_more_groups_than_a_client_routes_by() -> None:
     ("ATP_MAX_ROWS_PER_LOAD", "0", "max_rows_per_load"),
     ("ATP_MAX_BATCH_RESERVATIONS", "0", "max_batch_reservations"),
     ("ATP_MAX_LIVE_RESERVATIONS_PER_SHARD", "0", "max_live_reservations_per_shard"),
+    ("ATP_MAX_REMEMBERED_RESERVATIONS_PER_SHARD", "0", "max_remembered_reservations_per_shard"),
+    # below the live bound, which then could never be reached
+    ("ATP_MAX_REMEMBERED_RESERVATIONS_PER_SHARD", "1000", "max_remembered_reservations_per_shard"),
     ("ATP_MAX_OPS_PER_RESERVATION", "-1", "max_ops_per_reservation"),
     ("ATP_MAX_EXPLAIN_HOLDS", "-1", "max_explain_holds"),
 ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -144,3 +145,38 @@ async def test_holds_released_early_leave_no_expiry_entries_for_their_whole_ttl_
     clock.advance(engine.limits.max_ttl_seconds * 1000)
     await engine.run_maintenance()
     assert actor.ledger.reservations[f"r{holds}"].state == State.EXPIRED
+
+
+async def test_refused_reserves_with_new_ids_are_remembered_within_a_bound_R5(start_service: ServiceFactory) -> None:
+    """Every Reserve leaves a record kept for the retention window, a refused one too (R5 answers its
+    retry alike): a sold-out SKU hammered with new ids (bots at a launch) grew a shard's memory by
+    ~600 bytes a call for a whole day, outside ``max_live_reservations_per_shard``, with nothing
+    refused. Past ``max_remembered_reservations_per_shard`` a Reserve with a new id is refused
+    naming it; a retry of one remembered is still answered, and once retention has passed the
+    shard takes new ones again."""
+    bound = 50
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock, limits=Limits(
+        max_live_reservations_per_shard=10, max_remembered_reservations_per_shard=bound, retention_ms=60_000))
+    engine = service.engine
+    assert engine is not None
+    await client.record_events([receipt("stock", "A", "S1", 5)])
+    ledger = engine.actors[engine.place("A")].ledger
+    refused = []
+    for n in range(3 * bound):
+        try:
+            answer = await client.reserve(f"bot-{n}", [("A", "S1", 6)])
+            assert answer.state == pb.RESERVATION_STATE_REJECTED
+        except grpc.aio.AioRpcError as exc:
+            refused.append(exc)
+        assert len(ledger.reservations) <= bound, f"{len(ledger.reservations)} reservations remembered"
+    assert refused and all(exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for exc in refused)
+    assert "max_remembered_reservations_per_shard" in (refused[0].details() or "")
+    again = await client.reserve("bot-0", [("A", "S1", 6)])  # a retry of one remembered: its answer (R5)
+    assert again.state == pb.RESERVATION_STATE_REJECTED
+    clock.advance(60_001)
+    deadline = time.monotonic() + 30
+    while len(ledger.reservations) >= bound:
+        assert time.monotonic() < deadline, "the refused reservations were never forgotten"
+        await asyncio.sleep(0.02)
+    assert (await client.reserve("after", [("A", "S1", 1)])).state == pb.RESERVATION_STATE_HELD
