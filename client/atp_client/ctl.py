@@ -29,7 +29,7 @@ from atp_client._output import (
     plain,
     refusal,
 )
-from atp_client._time import epoch_ms
+from atp_client._publish import entries
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 EVENTS_CHUNK = 1000
@@ -143,12 +143,18 @@ def _client(args: argparse.Namespace) -> AtpClient:
 
 
 def _facts(path: Path) -> Iterator[pb.Fact]:
+    for _, fact in _numbered_facts(path):
+        yield fact
+
+
+def _numbered_facts(path: Path) -> Iterator[tuple[int, pb.Fact]]:
+    """Each fact of the file with its line number; a line that is no fact ends the run naming it."""
     with path.open() as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                yield json_format.ParseDict(json.loads(line), pb.Fact())
+                yield n, json_format.ParseDict(json.loads(line), pb.Fact())
             except (ValueError, json_format.ParseError) as exc:
                 raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
 
@@ -284,27 +290,22 @@ async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> in
 
 
 async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> None:
-    """The input-stream entry format: one flat field per Fact field (snake_case, kind by name)."""
+    """The input-stream entry format (``_publish.entry_fields``), once every line of the file is
+    one the intake would take: the intake tells a producer nothing of an entry it dead-letters."""
     if not redis_url:
         raise SystemExit("atpctl: events publish needs --redis-url (or ATP_REDIS_URL)")
     try:
         import redis.asyncio as aioredis
     except ImportError:
         raise SystemExit("atpctl: events publish needs the redis package: pip install 'atp-client[redis]'") from None
+    for _ in entries(path, _numbered_facts(path)):  # every line checked before any is written
+        pass
     client = aioredis.RedisCluster.from_url(redis_url) if args.redis_cluster else aioredis.Redis.from_url(redis_url)
     sent = 0
     try:
         async with client.pipeline(transaction=False) as pipe:
-            for fact in _facts(path):
-                fields: dict[Any, Any] = {
-                    "event_id": fact.event_id, "source": fact.source,
-                    "kind": pb.FactKind.Name(fact.kind).removeprefix("FACT_KIND_"),
-                    "sku": fact.sku, "location": fact.location, "quantity": fact.quantity,
-                    "event_time_ms": epoch_ms(fact.event_time),
-                }
-                if fact.reservation_id:
-                    fields["reservation_id"] = fact.reservation_id
-                pipe.xadd(stream, fields)
+            for _, fields in entries(path, _numbered_facts(path)):
+                pipe.xadd(stream, dict[Any, Any](fields))
                 sent += 1
                 if len(pipe) >= EVENTS_CHUNK:
                     await pipe.execute()

@@ -1,0 +1,78 @@
+"""``atpctl events publish``: a JSONL file of facts appended onto an input stream, as POS and WMS do.
+
+The intake answers nothing to a producer: an entry it cannot apply goes to the dead-letter stream,
+and the producer is none the wiser. So every line is checked against the entry format
+(docs/OPERATIONS.md, "Input streams") before any is written: a line the intake would dead-letter
+for its shape refuses the file, naming its line and field, and nothing of the file is written.
+What depends on the service's settings (``max_id_length``, ``max_quantity``, how far ahead of its
+clock a fact may be, E7) is still the intake's to judge; those entries go to its dead-letter stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from atp_client._time import epoch_ms
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+
+_IDS = ("event_id", "source", "sku", "location")
+_SIGNED = {pb.FACT_KIND_ADJUST: "a non-zero delta", pb.FACT_KIND_COUNT: "at least 0"}
+"""The quantity each kind takes besides the default, a positive number of units."""
+Fields = dict[str, str | int]
+
+
+class LineRefused(ValueError):
+    """A line the intake would dead-letter: ``field`` names the field at fault."""
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
+
+
+def entry_fields(fact: pb.Fact) -> Fields:
+    """``fact`` as an input-stream entry (one flat field per Fact field, kind by name, the time in
+    epoch ms), or ``LineRefused`` naming the first field the intake would refuse whatever its limits."""
+    for name in _IDS:
+        value = getattr(fact, name)
+        if not value:
+            raise LineRefused(name, "must not be empty")
+        if not value.isprintable():
+            raise LineRefused(name, "must not contain control characters")
+    if fact.kind == pb.FACT_KIND_UNSPECIFIED or fact.kind not in pb.FactKind.values():
+        raise LineRefused("kind", f"must be one of {', '.join(pb.FactKind.keys()[1:])}, got {fact.kind}")
+    _check_quantity(fact)
+    at = epoch_ms(fact.event_time)
+    if not fact.HasField("event_time") or at <= 0:
+        raise LineRefused("event_time", "must be set, after 1970-01-01")
+    kind = pb.FactKind.Name(fact.kind).removeprefix("FACT_KIND_")
+    fields: Fields = {
+        "event_id": fact.event_id, "source": fact.source, "kind": kind, "sku": fact.sku,
+        "location": fact.location, "quantity": fact.quantity, "event_time_ms": at,
+    }
+    if fact.reservation_id:
+        if fact.kind != pb.FACT_KIND_SHIPMENT:
+            raise LineRefused("reservation_id", f"only SHIPMENT facts may name a reservation, not "
+                                                f"{pb.FactKind.Name(fact.kind)}")
+        if not fact.reservation_id.isprintable():
+            raise LineRefused("reservation_id", "must not contain control characters")
+        fields["reservation_id"] = fact.reservation_id
+    return fields
+
+
+def _check_quantity(fact: pb.Fact) -> None:
+    quantity = fact.quantity
+    wanted = _SIGNED.get(fact.kind, "positive")
+    ok = quantity != 0 if fact.kind == pb.FACT_KIND_ADJUST else (
+        quantity >= 0 if fact.kind == pb.FACT_KIND_COUNT else quantity > 0)
+    if not ok:
+        raise LineRefused("quantity", f"{pb.FactKind.Name(fact.kind)} takes {wanted}, got {quantity}")
+
+
+def entries(path: Path, facts: Iterable[tuple[int, pb.Fact]]) -> Iterator[tuple[int, Fields]]:
+    """Each numbered fact as its entry; a line the intake would refuse ends the run naming it."""
+    for n, fact in facts:
+        try:
+            yield n, entry_fields(fact)
+        except LineRefused as exc:
+            raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
