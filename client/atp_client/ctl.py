@@ -154,7 +154,10 @@ def _numbered_facts(path: Path) -> Iterator[tuple[int, pb.Fact]]:
             if not line.strip():
                 continue
             try:
-                yield n, json_format.ParseDict(json.loads(line), pb.Fact())
+                value = json.loads(line)
+                if not isinstance(value, dict):  # ParseDict takes any iterable; 5 or null raise TypeError
+                    raise ValueError(f"not a JSON object (a fact in proto JSON), got {type(value).__name__}")
+                yield n, json_format.ParseDict(value, pb.Fact())
             except (ValueError, json_format.ParseError) as exc:
                 raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
 

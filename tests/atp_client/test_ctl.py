@@ -90,3 +90,17 @@ def test_token_new_writes_a_name_as_one_toml_string_never_as_more_entries(
     assert len(callers) == 1 and callers.lookup(CHOSEN) is None
     caller = callers.lookup(printed.err.splitlines()[-1])  # the token: its last line
     assert caller is not None and (caller.name, caller.roles) == (name, frozenset({"channel"}))
+
+
+@pytest.mark.parametrize("line", ["5", "null", "[1]", '"a fact"'])
+@pytest.mark.parametrize("command", [["events", "import"], ["events", "publish", "--redis-url", "redis://127.0.0.1:1"]])
+def test_a_line_that_is_json_but_no_object_is_refused_naming_its_line(
+        command: list[str], line: str, tmp_path: Path) -> None:
+    """``5`` or ``null`` on a line (a stray value, a bad export) is no fact: the file is refused naming
+    the line, as for any other line that cannot be read — not a traceback of the JSON parser."""
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(receipt(1, int(time.time() * 1000)) + f"\n{line}\n")
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--target", "127.0.0.1:1", "--retries", "0",
+                           *command[:2], str(facts), *command[2:]], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert f"{facts}:2: " in done.stderr and "JSON object" in done.stderr, done.stderr
