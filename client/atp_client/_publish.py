@@ -11,7 +11,11 @@ clock a fact may be, E7) is still the intake's to judge; those entries go to its
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
 
 from atp_client._time import epoch_ms
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -76,3 +80,49 @@ def entries(path: Path, facts: Iterable[tuple[int, pb.Fact]]) -> Iterator[tuple[
             yield n, entry_fields(fact)
         except LineRefused as exc:
             raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
+
+
+@dataclass
+class Written:
+    """How far a run got: entries the stream took, entries sent whose answer never came (written
+    or not: a connection lost mid-chunk), and the file line the run stopped at (0: it did not)."""
+
+    published: int = 0
+    in_doubt: int = 0
+    stopped_at: int = 0
+    error: str = ""
+
+    def summary(self, stream: str) -> dict[str, str | int]:
+        return {"stream": stream, "published": self.published, "in_doubt": self.in_doubt}
+
+
+async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]], chunk: int) -> Written:
+    """Each entry XADDed to ``stream``, ``chunk`` a round trip. A chunk Redis refuses entries of
+    (out of memory, read-only after a failover, ACL) ends the run at its first refused entry, the
+    entries before it counted; a chunk whose answer is lost counts as in doubt."""
+    done = Written()
+    lines: list[int] = []
+    async with client.pipeline(transaction=False) as pipe:
+        for n, fields in numbered:
+            pipe.xadd(stream, dict[Any, Any](fields))
+            lines.append(n)
+            if len(lines) >= chunk and not await _execute(pipe, lines, done):
+                return done
+        await _execute(pipe, lines, done)
+    return done
+
+
+async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
+    """Whether every entry of the chunk was taken; ``done`` counts those that were."""
+    try:
+        answers = await pipe.execute(raise_on_error=False)
+    except (RedisError, OSError) as exc:  # no answer: any of them may have been written
+        done.in_doubt, done.stopped_at, done.error = len(lines), lines[0], f"{type(exc).__name__}: {exc}"
+        return False
+    for n, answer in zip(lines, answers, strict=True):
+        if isinstance(answer, Exception):
+            done.stopped_at, done.error = n, f"{type(answer).__name__}: {answer}"
+            return False
+        done.published += 1
+    lines.clear()
+    return True

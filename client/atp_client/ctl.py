@@ -25,11 +25,11 @@ from atp_client._output import (
     EXIT_INVALID,
     EXIT_OK,
     EXIT_RESNAPSHOT,
+    EXIT_UNAVAILABLE,
     emit,
     plain,
     refusal,
 )
-from atp_client._publish import entries
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 EVENTS_CHUNK = 1000
@@ -292,30 +292,32 @@ async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> in
     return EXIT_INVALID if counts.get("FACT_OUTCOME_INVALID") else EXIT_OK
 
 
-async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> None:
+async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> int:
     """The input-stream entry format (``_publish.entry_fields``), once every line of the file is
-    one the intake would take: the intake tells a producer nothing of an entry it dead-letters."""
+    one the intake would take: the intake tells a producer nothing of an entry it dead-letters.
+    Redis refusing or lost part-way: what the stream took is counted, and the exit status is not 0."""
     if not redis_url:
         raise SystemExit("atpctl: events publish needs --redis-url (or ATP_REDIS_URL)")
     try:
         import redis.asyncio as aioredis
+
+        from atp_client._publish import entries, write
     except ImportError:
         raise SystemExit("atpctl: events publish needs the redis package: pip install 'atp-client[redis]'") from None
     for _ in entries(path, _numbered_facts(path)):  # every line checked before any is written
         pass
     client = aioredis.RedisCluster.from_url(redis_url) if args.redis_cluster else aioredis.Redis.from_url(redis_url)
-    sent = 0
     try:
-        async with client.pipeline(transaction=False) as pipe:
-            for _, fields in entries(path, _numbered_facts(path)):
-                pipe.xadd(stream, dict[Any, Any](fields))
-                sent += 1
-                if len(pipe) >= EVENTS_CHUNK:
-                    await pipe.execute()
-            await pipe.execute()
+        written = await write(client, stream, entries(path, _numbered_facts(path)), EVENTS_CHUNK)
     finally:
         await client.aclose()
-    _dump(args, {"stream": stream, "published": sent})
+    if written.stopped_at:
+        doubt = f", {written.in_doubt} more sent without an answer (written or not)" if written.in_doubt else ""
+        print(f"atpctl: {path}:{written.stopped_at}: not published: {written.error}; {written.published} entries "
+              f"before it written{doubt}. Publish the file again once Redis takes writes: the intake applies "
+              "each (source, event_id) once within the grace window (E8)", file=sys.stderr)
+    _dump(args, written.summary(stream))
+    return EXIT_UNAVAILABLE if written.stopped_at else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,8 +338,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "token":
         return _new_token(args.name, args.roles)
     if args.command == "events" and args.events_command == "publish":
-        asyncio.run(_publish(args, args.file, args.stream, args.redis_url))
-        return EXIT_OK
+        return asyncio.run(_publish(args, args.file, args.stream, args.redis_url))
     try:
         return asyncio.run(_run(args))
     except grpc.aio.AioRpcError as exc:

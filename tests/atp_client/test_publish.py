@@ -91,3 +91,36 @@ async def _until_read(redis_url: str, entries: int) -> None:
                 return
             await asyncio.sleep(0.05)
     raise AssertionError(f"the service did not read {entries} entries of {STREAM}")
+
+
+def test_a_redis_refusing_writes_half_way_leaves_a_count_of_what_was_written(
+        redis_url: str, tmp_path: Path) -> None:
+    """Redis stops taking entries part-way through a file (here: out of memory, maxmemory with
+    noeviction; a failover or a network cut stop it the same way). The operator is told, on stderr
+    and in the summary, how many entries the stream took and from which line to look, and the exit
+    status is not 0 — not a traceback with no count, leaving only a guess at what was sent."""
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps(fact(n, event_id=f"sale-{n:07d}")) + "\n" for n in range(30_000)))
+    with redis.Redis.from_url(redis_url) as r:
+        used = int(r.info("memory")["used_memory"])
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", used + 400_000)  # some thousands of entries, not 30,000
+        try:
+            done = publish(redis_url, path)
+        finally:
+            r.config_set("maxmemory", 0)
+        landed = int(r.xlen(STREAM))
+    assert 0 < landed < 30_000, landed
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["published"] == landed and summary["in_doubt"] == 0, summary
+    assert f"{path}:{landed + 1}:" in done.stderr and "maxmemory" in done.stderr, done.stderr
+    assert "again" in done.stderr  # what to do: publish the file again (E8 dedupes)
+
+
+def test_a_redis_that_does_not_answer_is_exit_6_with_nothing_counted_written(tmp_path: Path) -> None:
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps(fact(n)) + "\n" for n in range(3)))
+    done = publish("redis://127.0.0.1:1", path)
+    assert done.returncode == 6 and "Traceback" not in done.stderr, done.stderr  # unavailable: retry later
+    assert json.loads(done.stdout)["published"] == 0 and f"{path}:1: not published: " in done.stderr
