@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+import grpc
 import numpy as np
 
 from atp_client._client import AtpClient
@@ -36,8 +37,8 @@ REQUEST_BYTES = 3 << 20
 """Bytes one LoadCounts request may take at most, by a pessimistic count: the service takes
 messages of 4 MiB by default (``max_message_bytes``), and names may be 128 bytes long."""
 T = TypeVar("T")
-__all__ = ["HeaderError", "LoadSummary", "Rejected", "launch", "load", "parse_time", "patiently", "progress_stream",
-           "record_patiently", "write_report"]
+__all__ = ["HeaderError", "LoadStopped", "LoadSummary", "Rejected", "launch", "load", "parse_time", "patiently",
+           "progress_stream", "record_patiently", "write_report"]
 
 
 @dataclass
@@ -50,10 +51,20 @@ class LoadSummary:
     outcomes: dict[str, int] = field(default_factory=dict)
     unreadable: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    answered: int = 0
+    """Rows of the calls the service answered."""
+    stopped: bool = False
+    """A call was refused for good: the load ended before every row read was answered."""
+
+    @property
+    def not_answered(self) -> int:
+        """Rows read and readable whose call was never answered: sent and applied, or not (R7)."""
+        return self.rows - self.unreadable - self.answered
 
     def as_dict(self) -> dict[str, int]:
         named = {name.removeprefix("FACT_OUTCOME_").lower(): n for name, n in sorted(self.outcomes.items()) if n}
-        return {"rows": self.rows, **named, "unreadable": self.unreadable}
+        out = {"rows": self.rows, **named, "unreadable": self.unreadable}
+        return {**out, "not_answered": self.not_answered} if self.stopped else out
 
     def count(self, answer: pb.LoadCountsResponse) -> None:
         for name in ("applied", "absorbed", "duplicate", "quarantined", "invalid"):
@@ -73,24 +84,40 @@ async def load(client: AtpClient, path: Path, source: str, as_of: int | None, ba
         try:
             answer = await patiently(lambda: client.load_counts(request))
             summary.count(answer)
+            summary.answered += len(lines)
             for group in answer.rejected:
                 summary.rejected += _rejected(request, lines, group)
         finally:
             lanes.release()
 
-    with path.open("rb") as handle:
-        extract = Extract(handle, as_of)
-        blocks = iter(extract)
-        while (block := await asyncio.to_thread(next, blocks, None)) is not None:
-            summary.rows += block.rows_read
-            summary.unreadable += len(block.rejected)
-            summary.rejected += block.rejected
-            for request, lines in requests(block, source, batch):
-                pending = await launch(pending, lanes, send(request, lines))
-            _progress(progress, extract.position / size, summary.rows, started)
-        await asyncio.gather(*pending)
+    try:
+        with path.open("rb") as handle:
+            extract = Extract(handle, as_of)
+            blocks = iter(extract)
+            while (block := await asyncio.to_thread(next, blocks, None)) is not None:
+                summary.rows += block.rows_read
+                summary.unreadable += len(block.rejected)
+                summary.rejected += block.rejected
+                for request, lines in requests(block, source, batch):
+                    pending = await launch(pending, lanes, send(request, lines))
+                _progress(progress, extract.position / size, summary.rows, started)
+            await asyncio.gather(*pending)
+    except grpc.aio.AioRpcError as exc:
+        # The calls still in flight are answered (or refused) first: what they did is counted.
+        await asyncio.gather(*pending, return_exceptions=True)
+        summary.stopped = True
+        raise LoadStopped(summary, exc) from exc
     _progress(progress, 1.0, summary.rows, started, end=True)
     return summary
+
+
+class LoadStopped(Exception):
+    """A call refused for good (past ``PATIENCE_S``, or not retryable) ended the load: ``summary``
+    counts what the service answered until then, ``error`` is the refusal."""
+
+    def __init__(self, summary: LoadSummary, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(str(error))
+        self.summary, self.error = summary, error
 
 
 def requests(block: Block, source: str, batch: int) -> list[tuple[pb.LoadCountsRequest, np.ndarray[Any, Any]]]:
@@ -165,8 +192,12 @@ async def launch(pending: set[asyncio.Task[None]], lanes: asyncio.Semaphore,
     tasks still pending. A task that failed raises here, which ends the caller's run."""
     await lanes.acquire()
     done = {t for t in pending if t.done()}
-    for task in done:
-        task.result()  # a refused call ends the load here (its rows were not applied; loading again is safe)
+    try:
+        for task in done:
+            task.result()  # a refused call ends the load here (its rows were not applied; loading again is safe)
+    except BaseException:
+        work.close()  # never started: nothing of it was sent
+        raise
     return (pending - done) | {asyncio.ensure_future(work)}
 
 

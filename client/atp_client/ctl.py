@@ -216,9 +216,11 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
-    """Exit status 3 when any row was rejected (they are in the report); the rest is loaded."""
+    """Exit status 3 when any row was rejected (they are in the report); the rest is loaded. A call
+    refused for good ends the load with that refusal's status, after the summary and report of
+    what was answered until then."""
     try:
-        from atp_client._stock import HeaderError, load, parse_time, progress_stream, write_report
+        from atp_client._stock import HeaderError, LoadStopped, load, parse_time, progress_stream, write_report
     except ImportError as exc:  # numpy is an extra: the API client does not need it
         raise SystemExit(f"atpctl stock load: {exc.name} is missing: pip install 'atp-client[bulk]'") from None
     try:
@@ -227,14 +229,22 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
         raise SystemExit(f"atpctl: --as-of: {exc}") from None
     report = args.report or args.file.with_name(args.file.name + ".rejected.csv")
     report.unlink(missing_ok=True)  # an earlier run's report must not pass for this one's
+    stopped: int | None = None
     try:
         summary = await load(client, args.file, args.source, as_of, args.batch, args.inflight, progress_stream())
     except HeaderError as exc:
         raise SystemExit(f"atpctl: {args.file}: {exc}") from None
+    except LoadStopped as cut:
+        summary = cut.summary
+        stopped, line = refusal(cut.error)
+        print(f"{line}\natpctl: the load stopped: {summary.not_answered} rows were not answered (loaded or not); "
+              "run the same load again: a re-load applies nothing twice (E8)", file=sys.stderr)
     if summary.rejected:
         write_report(report, summary.rejected)
         print(f"atpctl: {len(summary.rejected)} rows not applied, see {report}", file=sys.stderr)
     _dump(args, summary.as_dict())
+    if stopped is not None:
+        return stopped
     return EXIT_INVALID if summary.rejected else EXIT_OK
 
 

@@ -3,18 +3,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from atp_client import AtpClient, _extract, timestamp
+from atp_client import AtpClient, _extract, ctl, timestamp
 from atp_client._extract import Extract, HeaderError
 from atp_client._stock import load, parse_time
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService
 from tests.conftest import ServiceFactory
 
 T0 = parse_time("2026-11-28T06:00:00Z")
@@ -232,3 +235,39 @@ def test_the_times_remembered_stay_within_their_bound_whatever_the_file(reader: 
         times += [int(t) for t in block.as_of]
     assert times == [T0 + n for n in range(rows)]  # every time still read right past the bound
     assert largest <= 64
+
+
+class StoppedAfter(AtpClient):
+    """A client of a real service that is stopped, for good, once ``answered`` LoadCounts calls
+    were answered: the service going away mid-load at a point the test chooses."""
+
+    def __init__(self, service: AtpService, answered: int) -> None:
+        super().__init__(f"127.0.0.1:{service.port}", timeout_s=5.0)
+        self.service, self.left = service, answered
+
+    async def load_counts(self, request: pb.LoadCountsRequest) -> pb.LoadCountsResponse:
+        if self.left == 0:
+            await self.service.stop(grace_s=0.1)
+        self.left -= 1
+        return await super().load_counts(request)
+
+
+async def test_a_load_cut_short_says_what_was_loaded_keeps_its_report_and_exits_unavailable(
+        start_service: ServiceFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The service goes away after two calls of five were answered. The operator gets the counts
+    of what was answered (applied, and the rows not answered: in doubt), the report of the rows
+    rejected so far, the refusal's exit status (6: retry later), and the word that a re-load is
+    safe — not a lone refusal line, the rejected rows of the answered calls lost with the rest."""
+    service, _ = await start_service()
+    extract = tmp_path / "erp.csv"
+    extract.write_text("sku,location,on_hand\n" + "".join(f"S{n},L,{'x' if n == 1 else n}\n" for n in range(50)))
+    args = argparse.Namespace(file=extract, source="erp", as_of=str(service.clock.now_ms() - 60_000), report=None,
+                              batch=10, inflight=1, json=True)
+    async with StoppedAfter(service, answered=2) as client:
+        code = await ctl._stock_load(args, client)
+    out, err = capsys.readouterr()
+    assert code == 6, (out, err)
+    assert json.loads(out) == {"rows": 50, "applied": 20, "unreadable": 1, "not_answered": 29}, out
+    assert "again" in err and "UNAVAILABLE" in err, err
+    report = (tmp_path / "erp.csv.rejected.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in report[1:]] == ["3"], report
