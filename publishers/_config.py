@@ -60,6 +60,14 @@ class PublisherConfig:
     """While keys are owed a redelivery, a pass is tried at least this often, also when no
     delivery has succeeded since (a quiet channel after the destination came back)."""
 
+    lease_s: float = 30.0
+    """Duration of the group's delivery lease (one delivering publisher per channel and group): a
+    standby takes over at most this long after a holder died (at once after a holder's stop)."""
+
+    send_timeout_s: float = 10.0
+    """Longest one request to the destination may take (the adapter's request timeout): a holder
+    sends only while its lease covers that long. ``lease_s`` must be at least 3 times it."""
+
     def __post_init__(self) -> None:
         if not self.channel:
             raise ValueError("channel: required")
@@ -71,6 +79,7 @@ class PublisherConfig:
             raise ValueError("redis_retry_s: must be positive")
         if self.redeliver_interval_s <= 0:
             raise ValueError("redeliver_interval_s: must be positive")
+        self._check_lease()
         if not 0 < self.rate_limit_per_s < math.inf:  # NaN too: no pace would be kept at all
             raise ValueError(f"rate_limit_per_s: must be positive and finite, got {self.rate_limit_per_s}")
         if self.burst < 0:
@@ -78,6 +87,15 @@ class PublisherConfig:
         if not 0 <= self.backoff_base_s <= self.backoff_max_s < math.inf:  # inf: a failed delivery waits for ever
             raise ValueError("backoff_base_s/backoff_max_s: need 0 <= base <= max, both finite, got "
                              f"{self.backoff_base_s}, {self.backoff_max_s}")
+
+    def _check_lease(self) -> None:
+        if not 0 < self.send_timeout_s < math.inf:
+            raise ValueError("send_timeout_s (--request-timeout): must be positive and finite, "
+                             f"got {self.send_timeout_s}")
+        # Renewed every third of the lease, a holder then has 2/3 of it left: room for a whole request.
+        if not 3 * self.send_timeout_s <= self.lease_s < math.inf:
+            raise ValueError(f"lease_s (--lease): must be finite and at least 3 x send_timeout_s (--request-timeout) "
+                             f"= {3 * self.send_timeout_s:g} s, got {self.lease_s:g} s")
 
     @property
     def stream(self) -> str:
@@ -102,6 +120,11 @@ class PublisherConfig:
     def redeliver_all_key(self) -> str:
         """Set (a counter) when more keys were owed than ``redeliver_max_keys``: resync every key."""
         return f"{self.stream}:redeliver-all:{self.group}"
+
+    @property
+    def lease_key(self) -> str:
+        """The group's delivery lease: a token naming its holder (host/pid/random), with a TTL."""
+        return f"{self.stream}:lease:{self.group}"
 
     @property
     def delivered_key(self) -> str:

@@ -18,6 +18,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from ._delivery import DeliveryError
+from ._lease import check_send
 
 log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
@@ -86,7 +87,9 @@ class Http:
         raise AssertionError("unreachable: the last try returns")
 
     async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        """One try, bounded as a whole (httpx's timeout bounds each socket operation alone)."""
+        """One try, bounded as a whole (httpx's timeout bounds each socket operation alone), sent only
+        while the publisher's lease covers it (``LeaseLapsing``: a paused holder that woke sends nothing)."""
+        check_send()
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 async with self.client.stream("POST", url, content=body, headers=headers) as response:

@@ -3,7 +3,7 @@ the process's own metrics (``process_*``, ``python_*``)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from atp_service.metrics import build_info, process_collectors, zeroed
 
@@ -33,18 +33,30 @@ class PublisherMetrics:
         self.rate_limited = Counter(
             "atp_publisher_rate_limited_total", "Times delivery waited for the rate limit", ["channel"], registry=r
         )
+        self.lease_held = Gauge(
+            "atp_publisher_lease_held",
+            "1: this process holds its group's lease and delivers; 0: a standby (or it lost the lease)",
+            ["channel", "group"], registry=r,
+        )
+        self.lease_lost = Counter(
+            "atp_publisher_lease_lost_total",
+            "Times this process lost its group's lease while delivering (paused or cut off from Redis past it)",
+            ["channel", "group"], registry=r,
+        )
         self.delay = Histogram(
             "atp_publisher_delivery_delay_seconds", "Source time of the newest change behind an update -> delivered",
             ["channel"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r,
         )
 
-    def watch(self, channel: str, adapter: str) -> None:
+    def watch(self, channel: str, adapter: str, group: str) -> None:
         """Every counter of ``channel`` at 0 from the start (the alerts take ``increase()`` of them,
         which sees nothing of a series' first value: a first dead letter would never page)."""
         zeroed(self.deliveries, *((channel, adapter, outcome) for outcome in OUTCOMES))
         zeroed(self.dead_lettered, (channel,))
         zeroed(self.rate_limited, (channel,))
         zeroed(self.redeliver_overflows, (channel,))
+        zeroed(self.lease_lost, (channel, group))
+        self.lease_held.labels(channel, group).set(0)  # a standby until it takes the lease
 
     def outcome(self, channel: str, adapter: str, outcome: str, n: int = 1) -> None:
         self.deliveries.labels(channel, adapter, outcome).inc(n)

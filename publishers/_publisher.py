@@ -20,7 +20,6 @@ newest value from the state hash once the destination answers again (``_redelive
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -28,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from atp_service.storage.channel_wire import from_fields, state_update, to_fields
+from atp_service.storage.channel_wire import from_fields, state_update
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, stream_entries, stream_info
 from atp_service.tasks import cancel_and_wait
@@ -36,6 +35,8 @@ from reservation import ChannelUpdate, TokenBucket
 
 from ._config import PublisherConfig
 from ._delivery import Adapter, DeliveryError
+from ._holding import Halted, Holding, unless_halted
+from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
 from ._redeliver import Redelivery
 
@@ -51,10 +52,6 @@ class _Read:
     """Versions of own pending entries the stream no longer holds (trimmed while pending)."""
 
 
-class _Stopped(Exception):
-    """A stop came while a chunk was being delivered: it is left pending for the next start."""
-
-
 class Publisher:
     def __init__(self, config: PublisherConfig, client: Any, adapter: Adapter, metrics: PublisherMetrics,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -63,7 +60,7 @@ class Publisher:
         self.client = client
         self.adapter = adapter
         self.metrics = metrics
-        metrics.watch(config.channel, adapter.name)
+        metrics.watch(config.channel, adapter.name, config.group)
         self._sleep = sleep
         self._now_ms = now_ms or (lambda: int(asyncio.get_running_loop().time() * 1000))
         self._bucket: TokenBucket | None = None
@@ -71,24 +68,56 @@ class Publisher:
         self._position = 0
         """Newest version this group has read (its last-delivered id): the next one is the one after."""
         self._stop = asyncio.Event()
-        self._redelivery = Redelivery(config, client, metrics, adapter.name, self._now_ms,
-                                      lambda key: self._delivered.get(key, 0), self._deliver_and_record,
-                                      self._resync_every_key)
+        self._halt = asyncio.Event()
+        """Set by a stop, or when the group's lease is lost: what is being delivered stops at once."""
+        self._holding = Holding(config, client, metrics, self._halt.set)
+        self._redelivery = self._new_redelivery()
+
+    def _new_redelivery(self) -> Redelivery:
+        return Redelivery(self.config, self.client, self.metrics, self.adapter.name, self._now_ms,
+                          lambda key: self._delivered.get(key, 0), self._deliver_and_record,
+                          self._resync_every_key, self._holding.lease)
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
-        """Until ``stop``: own pending entries first (a restart), then new ones."""
-        if self._bucket is None:
-            await self.prepare()
-        own_pending, group_gone = True, False
+        """Until ``stop``: standby until this publisher holds its group's lease (one delivering
+        publisher per channel and destination), then deliver while it holds it; standby again if
+        it loses it."""
         while not self._stop.is_set():
+            if not await self._holding.wait_to_hold(self._stop):
+                return
+            if not self._stop.is_set():
+                self._halt.clear()
+            keeper = asyncio.create_task(self._holding.keep())
+            guard = SEND_GUARD.set(self._holding.lease.check_send)  # each request of the adapter, checked
             try:
+                await self._deliver_while_held()
+            finally:
+                SEND_GUARD.reset(guard)
+                await cancel_and_wait(keeper)
+                await self._holding.release()
+
+    async def hold(self) -> bool:
+        """Take the group's lease if it is free (or this publisher's): for a caller that drives
+        ``process`` itself instead of ``run``. Nothing is sent or recorded without it."""
+        return await self._holding.lease.take()
+
+    async def _deliver_while_held(self) -> None:
+        """Until a stop or the lease lost: own pending entries first (a restart; a takeover, under
+        the same consumer name), then new ones."""
+        own_pending, group_gone, loaded = True, False, False
+        self._redelivery = self._new_redelivery()  # a takeover finds what Redis remembers owed
+        while not self._halt.is_set():
+            try:
+                if not loaded:  # what the previous holder delivered, read once this one holds the lease
+                    await self.prepare()
+                    loaded = True
                 if group_gone:
                     await self._make_group(again=True)
                     self._position, group_gone = 0, False
                 if not own_pending and self._redelivery.due():
                     await self._redelivery.run_pass()  # keys whose newest value was dead-lettered (C4)
-                    if self._stop.is_set():
+                    if self._halt.is_set():
                         return
                 if not own_pending and not await self._catch_up_trimmed():
                     return  # stopped half-way: the rest is delivered at the next start
@@ -117,6 +146,7 @@ class Publisher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._halt.set()
 
     async def _make_group(self, again: bool = False) -> None:
         """The consumer group, made where it is missing, from the stream's start: versions already
@@ -164,7 +194,7 @@ class Publisher:
             return  # stopped half-way: the entries stay pending, found trimmed again at the next start
         delivered = await self._deliver_newest(read.updates)
         if delivered is not None:
-            await self._settle(read.ids, delivered)
+            await self._settle(read.ids, delivered)  # fenced off: the lease is lost, the loop ends
 
     async def _deliver_newest(self, updates: list[ChannelUpdate]) -> dict[str, int] | None:
         """The newest version of each key not delivered yet, delivered: the versions delivered per
@@ -191,7 +221,7 @@ class Publisher:
                 chunk = todo[start:start + size]
                 done = {u.version for u in await self._deliver([u for _, u in chunk])}
                 delivered.update((key, u.version) for key, u in chunk if u.version in done)
-        except _Stopped:
+        except Halted:
             # Stopped half-way (a destination down, its waits and retries under way): what was
             # delivered is recorded, nothing is acknowledged. The next start reads this consumer's
             # pending entries again and skips the versions delivered; the rest are delivered then,
@@ -267,8 +297,7 @@ class Publisher:
         delivered = await self._deliver_newest(updates)
         if delivered is None:
             return False
-        await self._record(delivered)
-        return True
+        return await self._record(delivered)
 
     async def _deliver(self, updates: list[ChannelUpdate]) -> list[ChannelUpdate]:
         """Deliver one chunk with retries. Returns the updates delivered: the rest were dead-lettered
@@ -278,7 +307,7 @@ class Publisher:
         reason, retryable = "", True
         for attempt in range(1, cfg.max_attempts + 1):
             try:
-                answer = await self._unless_stopped(self.adapter.deliver(channel, updates))
+                answer = await self._unless_stopped(self._send(updates))
             except DeliveryError as exc:
                 reason, retryable = exc.reason, exc.retryable
                 self.metrics.outcome(channel, name, "retried" if exc.retryable else "failed", len(updates))
@@ -297,37 +326,17 @@ class Publisher:
                 self.metrics.delay.labels(channel).observe(max(0, now - u.event_time) / 1000)
             if refused:
                 self.metrics.outcome(channel, name, "failed", len(refused))
-                await self._dead_letter([(r.update, r.reason) for r in refused], attempt, retryable=False)
+                await self._redelivery.dead_letter([(r.update, r.reason) for r in refused], attempt, retryable=False)
             return delivered
-        await self._dead_letter([(u, reason) for u in updates], attempt, retryable)
+        await self._redelivery.dead_letter([(u, reason) for u in updates], attempt, retryable)
         return []
 
+    async def _send(self, updates: list[ChannelUpdate]) -> Any:
+        self._holding.lease.check_send()  # any adapter; an HTTP one checks each of its requests again
+        return await self.adapter.deliver(self.config.channel, updates)
+
     async def _unless_stopped(self, work: Awaitable[T]) -> T:
-        """``work``'s result, or ``_Stopped`` as soon as a stop is asked for (``work`` cancelled: a
-        request cut off in flight is sent again (same webhook-id; Shopify: compare-and-set) at
-        the next start). A stop signal ends a wait of minutes (backoff, Retry-After, Shopify's
-        throttle) at once instead of after it."""
-        if self._stop.is_set():
-            if asyncio.iscoroutine(work):
-                work.close()
-            raise _Stopped
-        task = asyncio.ensure_future(work)
-        stopping = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            # This publisher is cancelled: its delivery must not go on alone, or it could send an
-            # older value after a successor sent a newer one, which would then lose at the destination.
-            # Its own end (a failure in the same turn) must not replace the cancellation.
-            with contextlib.suppress(Exception):
-                await cancel_and_wait(task)
-            raise
-        finally:
-            stopping.cancel()
-        if task.done():
-            return task.result()
-        await cancel_and_wait(task)
-        raise _Stopped
+        return await unless_halted(work, self._halt, self._holding.lost)
 
     def backoff_s(self, attempt: int) -> float:
         """Exponential backoff with full jitter: uniform in [base*2^(n-1)/2, base*2^(n-1)], capped."""
@@ -350,36 +359,21 @@ class Publisher:
         return time.time_ns() // 1_000_000
 
     # -- settling ------------------------------------------------------------------
-    async def _settle(self, ids: list[str], delivered: dict[str, int]) -> None:
+    async def _settle(self, ids: list[str], delivered: dict[str, int]) -> bool:
+        """The versions delivered raised (never lowered) and ``ids`` acknowledged, under the lease
+        (one script: a publisher that lost it, paused past it, cannot overwrite the newer record of
+        the one delivering now, C3). False: fenced off, nothing written; delivery stops."""
         cfg = self.config
-        pipe = self.client.pipeline(transaction=True)
-        if delivered:
-            pipe.hset(cfg.delivered_key, mapping=delivered)
-        pipe.xack(cfg.stream, cfg.group, *ids)
-        await pipe.execute()
-        self._delivered.update(delivered)
+        if not await self._holding.lease.settle(cfg.delivered_key, cfg.stream, cfg.group, delivered, ids):
+            self._holding.lost("its record was fenced off: another publisher holds the lease")
+            return False
+        for key, version in delivered.items():
+            self._delivered[key] = max(version, self._delivered.get(key, 0))
+        return True
 
-    async def _record(self, delivered: dict[str, int]) -> None:
+    async def _record(self, delivered: dict[str, int]) -> bool:
         """The versions delivered, without acknowledging their entries (a stop half-way)."""
-        if delivered:
-            await self.client.hset(self.config.delivered_key, mapping=delivered)
-            self._delivered.update(delivered)
-
-    async def _dead_letter(self, refused: list[tuple[ChannelUpdate, str]], attempts: int, retryable: bool) -> None:
-        """Each update to the dead-letter stream with its reason, its key remembered for redelivery."""
-        cfg = self.config
-        if retryable and self._redelivery.passing:
-            self._redelivery.failed_again(len(refused), refused[0][1])
-            return
-        self.metrics.dead_lettered.labels(cfg.channel).inc(len(refused))
-        log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(refused), attempts,
-                    "; ".join(sorted({reason for _, reason in refused}))[:2000])
-        pipe = self.client.pipeline(transaction=True)
-        for u, reason in refused:
-            fields = {**to_fields(u), "reason": reason, "attempts": str(attempts), "adapter": self.adapter.name}
-            pipe.xadd(cfg.dead_letter_stream, fields, maxlen=cfg.dead_letter_maxlen, approximate=True)
-        await self._redelivery.remember(pipe, [u for u, _ in refused], retryable)
-        await pipe.execute()
+        return await self._settle([], delivered) if delivered else True
 
     async def _dead_letter_raw(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:
         cfg = self.config

@@ -31,17 +31,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from atp_service.storage.channel_wire import state_update
+from atp_service.storage.channel_wire import state_update, to_fields
 from atp_service.storage.resp import as_text
 from reservation import ChannelUpdate
 
 from ._config import PublisherConfig
+from ._lease import Lease
 from ._metrics import PublisherMetrics
 
 log = logging.getLogger(__name__)
 RETRY, REFUSED = "retry", "refused"
-_DELETE_IF_SAME = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-"""Forget the full-resync mark only if no new overflow raised it during the resync."""
 
 Deliver = Callable[[list[ChannelUpdate]], Awaitable[bool]]
 """Deliver and record updates (the publisher's way); False: a stop cut it off."""
@@ -50,8 +49,11 @@ Deliver = Callable[[list[ChannelUpdate]], Awaitable[bool]]
 class Redelivery:
     def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics, adapter: str,
                  now_ms: Callable[[], int], delivered_version: Callable[[str], int], deliver: Deliver,
-                 resync_all: Callable[[], Awaitable[bool]]) -> None:
+                 resync_all: Callable[[], Awaitable[bool]], lease: Lease) -> None:
         self.config, self.client, self.metrics, self.adapter = config, client, metrics, adapter
+        self._lease = lease
+        """What this forgets it forgets under the group's lease: a publisher that lost it (paused past
+        it) cannot delete keys the one delivering now owes a redelivery."""
         self._now_ms, self._delivered_version = now_ms, delivered_version
         self._deliver, self._resync_all = deliver, resync_all
         self.answered = False
@@ -84,6 +86,22 @@ class Redelivery:
         log.warning("%s: the destination failed again (%s); %d keys stay owed their newest value", self.config.channel,
                     reason[:200], keys)
 
+    async def dead_letter(self, refused: list[tuple[ChannelUpdate, str]], attempts: int, retryable: bool) -> None:
+        """Each update to the dead-letter stream with its reason, its key remembered for redelivery."""
+        cfg = self.config
+        if retryable and self.passing:
+            self.failed_again(len(refused), refused[0][1])
+            return
+        self.metrics.dead_lettered.labels(cfg.channel).inc(len(refused))
+        log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(refused), attempts,
+                    "; ".join(sorted({reason for _, reason in refused}))[:2000])
+        pipe = self.client.pipeline(transaction=True)
+        for u, reason in refused:
+            fields = {**to_fields(u), "reason": reason, "attempts": str(attempts), "adapter": self.adapter}
+            pipe.xadd(cfg.dead_letter_stream, fields, maxlen=cfg.dead_letter_maxlen, approximate=True)
+        await self.remember(pipe, [u for u, _ in refused], retryable)
+        await pipe.execute()
+
     async def remember(self, pipe: Any, updates: list[ChannelUpdate], retryable: bool) -> None:
         """Add to ``pipe`` (the dead letters' MULTI) what makes these keys owed their newest value."""
         cfg = self.config
@@ -109,7 +127,7 @@ class Redelivery:
 
     async def forget_every_key(self, mark: int) -> None:
         """The gap ``owe_every_key`` marked is caught up: forget the mark unless it was raised since."""
-        await self.client.eval(_DELETE_IF_SAME, 1, self.config.redeliver_all_key, mark)
+        await self._lease.delete_if_same(self.config.redeliver_all_key, mark)  # unless raised since
 
     async def run_pass(self) -> None:
         """One step of the sweep over what is owed: one page of remembered keys (about
@@ -146,8 +164,7 @@ class Redelivery:
             return True
         if not await self._resync_all():
             return False
-        await self.client.eval(_DELETE_IF_SAME, 1, cfg.redeliver_all_key, mark)
-        return True
+        return await self._lease.delete_if_same(cfg.redeliver_all_key, mark)  # unless raised since
 
     async def _step(self, done: dict[str, int]) -> bool:
         """The next page of the sweep: the stock-outs among all owed keys first, then the rest (C2).
@@ -185,8 +202,8 @@ class Redelivery:
         if todo and not await self._deliver(todo):
             return False
         settled = [key for key in keys if key not in newest or self._delivered_version(key) >= newest[key].version]
-        if settled:
-            await self.client.hdel(cfg.redeliver_key, *settled)
+        if settled and not await self._lease.forget(cfg.redeliver_key, settled):
+            return False  # fenced off: another publisher holds the lease and owns this bookkeeping
         redelivered = sum(1 for u in todo if self._delivered_version(f"{u.sku}\t{u.location}") >= u.version)
         done["redelivered"] += redelivered
         self.metrics.outcome(cfg.channel, self.adapter, "redelivered", redelivered)

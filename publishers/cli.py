@@ -76,6 +76,9 @@ def _delivery_flags(p: argparse.ArgumentParser) -> None:
                    help="such waits per request before it counts as a failed attempt (default 5)")
     p.add_argument("--request-timeout", type=float, default=HttpSettings.timeout_s,
                    help="bound of one request, answer included (default 10 s)")
+    p.add_argument("--lease", type=float, default=PublisherConfig.lease_s,
+                   help="the group's delivery lease: one publisher of a channel and group delivers, the others wait "
+                        "and take over at most this long after it died (default 30 s; at least 3 x --request-timeout)")
     p.add_argument("--max-answer-bytes", type=int, default=HttpSettings.max_answer_bytes,
                    help="largest answer read from a destination (default 1 MiB)")
 
@@ -138,6 +141,7 @@ def make_config(args: argparse.Namespace) -> PublisherConfig:
         rate_limit_per_s=args.rate, burst=args.burst, delivery_batch=args.batch,
         max_attempts=args.max_attempts, backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
         redeliver_max_keys=args.redeliver_max_keys, redeliver_interval_s=args.redeliver_interval,
+        lease_s=args.lease, send_timeout_s=args.request_timeout,
     )
 
 
@@ -199,8 +203,8 @@ async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metric
         loop.add_signal_handler(sig, on_signal)
     try:
         if await wait_for_redis(publisher.prepare, wait or RedisWait(), redacted(redis_url), nap, stop.is_set):
-            log.info("delivering channel %s from %s via %s (group %s)", config.channel, config.stream,
-                     adapter.name, config.group)
+            log.info("publisher of channel %s from %s via %s (group %s): delivers while it holds %s", config.channel,
+                     config.stream, adapter.name, config.group, config.lease_key)
             await publisher.run()
     finally:
         await adapter.close()

@@ -167,6 +167,7 @@ async def test_a_lost_answer_is_retried_with_the_same_key_and_applied_once(
     clock = Clock()
     publisher = Publisher(config, client, adapter(url, clock), PublisherMetrics(), sleep=clock.sleep)
     await publisher.prepare()
+    assert await publisher.hold()
     await publisher.process(await publisher._read(">"))
     await publisher.adapter.close()
     keys = [r["variables"]["idempotencyKey"] for r in store.sets()]
@@ -200,6 +201,7 @@ async def publish_once(client: aioredis.Redis, url: str, updates: list[ChannelUp
     clock, metrics = Clock(), PublisherMetrics()
     publisher = Publisher(config, client, adapter(url, clock), metrics, sleep=clock.sleep)
     await publisher.prepare()
+    assert await publisher.hold()
     await publisher.process(await publisher._read(">"))
     await publisher.adapter.close()
     return metrics
