@@ -29,7 +29,8 @@ def main() -> int:
     parser.add_argument("--retry-other-content", action="store_true",
                         help="with --processes: a retry may carry other content than its id's first Reserve")
     parser.add_argument("--lose-tail", action="store_true",
-                        help="Redis may restart from older data, losing acknowledged entries (one process)")
+                        help="Redis may restart from older data, losing acknowledged entries (with --processes: "
+                             "leases too, one node or all)")
     args = parser.parse_args()
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and

@@ -48,7 +48,8 @@ def check(world: World, acked: Acknowledged) -> None:
     holds_match_positions(ledgers, records)
     acknowledged_survive(world, records, acked)
     facts_fold_as_the_reference(world, ledgers)
-    orders_hold_what_they_decided(records, getattr(world.eng.orders, "orphans", ()))
+    orders_hold_what_they_decided(records, getattr(world.eng.orders, "orphans", ()), world.lost_orders,
+                                  world.torn_orders)
 
 
 def one_state_each(records: dict) -> None:  # type: ignore[type-arg]
@@ -109,15 +110,22 @@ def shown(rec: Reservation, records: dict[str, Reservation]) -> Reservation:
     return orders.view(rec, parts)  # as GetReservation shows it (a part never reserved: the order's own record)
 
 
-def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Collection[str] = ()) -> None:
+def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Collection[str] = (),
+                                  lost_orders: Collection[str] = (), torn_orders: Collection[str] = ()) -> None:
     """R2/R3 for orders spanning groups: no part holds units its settled order does not (a refused,
     expired or released order's parts hold nothing), and a part of an order that does not exist (Redis
     lost the order's record) holds nothing either, unless the service found it and is giving it up
-    (``orphans``)."""
+    (``orphans``) — or it is a part of one of ``lost_orders`` with several processes, where such parts
+    are not looked for (a known gap, docs/OPERATIONS.md ``order_part_orphaned``: they hold their units).
+    ``torn_orders``: orders of which one Redis Cluster node lost records (the order's or a part's) while
+    the other nodes kept theirs: an order may then be without its part, or ahead of it — what Redis holds,
+    and nothing the service repairs (not checked here: Q2/Q3 and R2 still are)."""
     for rid, rec in records.items():
         order_id = orders.order_of(rid)
-        if (order_id is not None and order_id not in records and rid not in orphans
-                and sum(line.outstanding for line in rec.lines)):
+        if order_id in torn_orders or rid in torn_orders:
+            continue
+        if (order_id is not None and order_id not in records and rid not in orphans and order_id not in lost_orders
+                and sum(line.outstanding for line in rec.lines) != 0):
             raise Violation(f"R2: part {rid!r} of an order that does not exist holds units")
         if not rec.is_order or rec.pending is not None:
             continue

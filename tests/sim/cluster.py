@@ -9,18 +9,27 @@ run again every write they send is refused and they give their groups up), and s
 (every group handed over); ``disrupt.Disruptor`` draws when. After each step ``converge_membership``
 resumes and restarts processes and lets them renew and balance until every group is owned by exactly
 one live process (liveness); the invariants then hold across processes, each group read at its owner.
+
+Each running process's owner check (``Engine.check_logs_reach``: every served group's log end read) runs
+at each step's end, its round trip drawing from a stream of its own (``checks``), and with ``--lose-tail``
+at drawn ticks too: Redis then comes back from older data (``tailloss.py``) — logs, owner keys, fences
+and lease keys alike — and the processes must notice it as the leased service does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
+from collections.abc import Iterable
 from typing import Any
 
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
-from reservation import DomainError
+from atp_service.storage.durability import STORAGE_ERRORS
+from reservation import DomainError, Reservation
+from reservation import _orders as orders
 from tests.sim.checks import Violation
 from tests.sim.edge import Edge
 from tests.sim.leased import ProcessLog
@@ -38,9 +47,11 @@ CONVERGE_ROUNDS = 12
 
 class ClusterWorld(World):
     def __init__(self, processes: int, rng: random.Random, tally: Tally | None = None,
-                 part_bytes: int = 1 << 20) -> None:
+                 part_bytes: int = 1 << 20, checks: random.Random | None = None) -> None:
         super().__init__(tally=tally, channels=False, cluster=True, part_bytes=part_bytes)
         self.rng = rng
+        self.checks = checks
+        """The stream the owner checks' round trips draw from (theirs: the other draws stay as they were)."""
         self.leases = Leases()
         self.network = Network(self, rng)
         self.edge = Edge(self, rng)
@@ -54,6 +65,7 @@ class ClusterWorld(World):
         self.incarnations += 1
         address = f"p{index}"
         log = ProcessLog(self.log, address)
+        log.check_faults = self.checks
         engine = Engine([], log, self.clock, self.config.engine_settings)
         proc = Process(address, self.incarnations, log, engine)
         proc.membership = SimMembership(proc, self)
@@ -80,9 +92,18 @@ class ClusterWorld(World):
         return [p.holder for p in self.processes if p.member and not p.dead]
 
     def owner(self, group: int) -> Process | None:
-        """The live process whose claim is the group's owner key now (it may still be recovering it)."""
+        """The live process whose claim is the group's owner key now (it may still be recovering it); after
+        Redis came back from older data, else the one whose lease it is and whose taking Redis lost (the
+        owner key went back below it: it serves the group until a write of it is refused)."""
         epoch = self.log.owners[group]
-        return next((p for p in self.processes if not p.dead and p.log.epochs.get(group) == epoch), None)
+        found = next((p for p in self.processes if not p.dead and p.log.epochs.get(group) == epoch), None)
+        if found is None and self.tail is not None and self.tail.ever_lost:
+            return next((p for p in self.processes if not p.dead and self._taking_lost(p, group)), None)
+        return found
+
+    def _taking_lost(self, proc: Process, group: int) -> bool:
+        """``proc`` holds ``group``'s lease at an epoch above its owner key: only a loss of Redis's does that."""
+        return self.leases.holder.get(group) == proc.holder and proc.log.epochs.get(group, 0) > self.log.owners[group]
 
     def owner_actor(self, group: int) -> ShardActor:
         proc = self.owner(group)
@@ -155,6 +176,60 @@ class ClusterWorld(World):
     def on_tick(self, tick: int) -> None:
         if self.step_faults is not None:
             self.step_faults.fire(tick)
+        if self.tail is not None and self.tail.due(tick):
+            self.lose_tail()
+        if self.tail is not None and self.tail.check_due(tick):
+            for proc in self.running():
+                proc.background(self._check_logs(proc))
+
+    # -- Redis back from older data (``tailloss.py``), the owner check -------------------------------
+    def lease_keys(self) -> dict[int, str]:
+        return self.leases.holder
+
+    def lose_tail(self) -> None:
+        """Redis comes back from its saved state now, lease keys too. A restored lease of a holder gone
+        since (dead, or paused: its leases ran out meanwhile, as they would have) is dropped. The orders
+        whose record the restarted groups held (in memory or in Redis) and no longer hold are noted: their
+        parts in other groups may outlive them (``lost_orders``); one node's restore tears the orders whose
+        records (the order's or a part's) it changed (``torn_orders``)."""
+        assert self.tail is not None
+        groups = range(self.config.shards) if self.tail.groups is None else sorted(self.tail.groups)
+        logged = self._orders_in(groups)
+        held = [(rid, rec) for g in groups for rid, rec in self.owner_actor(g).ledger.reservations.items()
+                if rec.is_order or orders.order_of(rid) is not None]
+        before = [*logged.items(), *held]
+        super().lose_tail()
+        after = self._orders_in(groups)
+        self.lost_orders |= {rid for rid, rec in before if rec.is_order and rid not in after}
+        if self.tail.groups is not None:
+            self.torn_orders |= {orders.order_of(rid) or rid for rid, rec in before if after.get(rid) != rec}
+        running = {p.holder for p in self.running()}
+        for group, holder in list(self.leases.holder.items()):
+            if holder not in running:
+                del self.leases.holder[group]
+
+    def _orders_in(self, groups: Iterable[int]) -> dict[str, Reservation]:
+        """The records of orders spanning groups, and of their parts, that ``groups`` hold in Redis now."""
+        return {rid: rec for ledger, _ in self.replayed(groups) for rid, rec in ledger.reservations.items()
+                if rec.is_order or orders.order_of(rid) is not None}
+
+    def unrenewed_leases_run_out(self) -> None:
+        """A lease Redis restored naming a running process for a group it does not hold: nothing renews
+        it, and it runs out (here at once) — then the group is taken again."""
+        for group, holder in list(self.leases.holder.items()):
+            proc = next((p for p in self.running() if p.holder == holder), None)
+            if proc is not None and group not in proc.members.held:
+                del self.leases.holder[group]
+
+    async def owner_check(self) -> None:
+        """``AtpService._check_owner`` of every running process (leased: its log-end read only)."""
+        for proc in self.running():
+            await proc.spawn(self._check_logs(proc))
+
+    @staticmethod
+    async def _check_logs(proc: Process) -> None:
+        with contextlib.suppress(*STORAGE_ERRORS):  # Redis (or the process) unreachable: asked at the next check
+            await proc.engine.check_logs_reach()
 
     def busy(self) -> bool:
         if self.step_faults is not None and self.step_faults.pending():
@@ -189,6 +264,8 @@ class ClusterWorld(World):
                     self.processes[index] = self._new(index)
         problems: list[str] = []
         for _ in range(CONVERGE_ROUNDS):
+            if self.tail is not None:
+                self.unrenewed_leases_run_out()
             for proc in self.running():
                 self.turn(proc)
             await self.quiesce()
@@ -213,7 +290,8 @@ class ClusterWorld(World):
                 problems.append(f"group {group} is served by {[p.address for p in serving]}")
                 continue
             proc = serving[0]
-            if self.leases.holder.get(group) != proc.holder or proc.log.epochs.get(group) != self.log.owners[group]:
+            if self.leases.holder.get(group) != proc.holder or (proc.log.epochs.get(group) != self.log.owners[group]
+                                                               and self.owner(group) is not proc):
                 problems.append(f"group {group} is served by {proc.holder}, its lease is "
                                 f"{self.leases.holder.get(group)}'s, its owner key epoch {self.log.owners[group]}")
         problems += [f"{p.address} is still handing over or giving up groups" for p in self.running()

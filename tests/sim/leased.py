@@ -16,6 +16,7 @@ A paused process (``frozen``, SIGSTOP) sends nothing: its round trips wait, and 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -54,6 +55,7 @@ class ProcessLog(LogStore):
         self.redis, self.name = redis, name
         self.frozen = False
         self.dead = False
+        self.check_faults: random.Random | None = None
         self._thawed = asyncio.Event()
         self._thawed.set()
 
@@ -79,9 +81,9 @@ class ProcessLog(LogStore):
         if self.dead:
             raise ConnectionError(f"sim: process {self.name} is dead")
 
-    async def round_trip(self) -> None:
+    async def round_trip(self, faults: random.Random | None = None) -> None:
         await self.awake()
-        await self.redis.round_trip()
+        await self.redis.round_trip(faults)
         await self.awake()
 
     async def write_turn(self) -> None:
@@ -124,7 +126,9 @@ class ProcessLog(LogStore):
         return self.redis._last(shard)
 
     async def last_seqs(self, shards: list[int]) -> list[int]:
-        await self.round_trip()
+        """The owner check's log-end read (``Engine.check_logs_reach``): its trip draws from a stream of its
+        own (``check_faults``), so that running it leaves every other draw of a seed as it was."""
+        await self.round_trip(self.check_faults)
         return [self.redis._last(shard) for shard in shards]
 
     async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:

@@ -6,9 +6,10 @@ new epoch: every later write of the previous owner is refused FENCED), then the 
 its snapshot and log (``engine.recovery.recover_shard``), a ``ShardActor`` built and installed. A
 graceful hand-over (``hand_over``): ``Engine.vacate`` with a final snapshot, then the lease given
 back. A group lost (``_give_up``: a write refused FENCED, or a renewal finding the lease gone): the
-log drops it and the engine vacates it without a snapshot. ``balance`` takes free groups up to the
-process's share or hands one over above it, as the real one does; the driver decides when each
-process renews and balances (``turn``) and when a dead or paused process's leases run out.
+log drops it and the engine vacates it without a snapshot. A shard that stops working (``failed``: its
+log found short of what it made durable) is given up alike, and its lease given back. ``balance`` takes
+free groups up to the process's share or hands one over above it, as the real one does; the driver
+decides when each process renews and balances (``turn``) and when a dead or paused process's leases run out.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class SimMembership:
         self._turns = asyncio.Lock()  # one balance at a time, as the real loop runs them
         proc.engine.where = self.where
         proc.log.on_group_lost.append(self._fenced)
+        proc.engine.on_install.append(lambda actor: actor.on_failure.append(self.failed))  # as the service wires it
 
     def where(self, group: int) -> tuple[str, int]:
         if group in self._handing or group in self._vacating:
@@ -156,10 +158,28 @@ class SimMembership:
         self.held.pop(group, None)
         self._give_up(group, "fenced")
 
-    def _give_up(self, group: int, why: str) -> None:
+    def failed(self, actor: ShardActor) -> None:
+        """``Membership.failed``: a shard that stopped working is given up, its lease given back after the
+        vacate (if it is still this taking's), to be recovered from the log by whoever takes it next."""
+        if (epoch := self.held.pop(actor.shard, None)) is not None:
+            self.world.log.tally.tail_restarts += 1
+            self._give_up(actor.shard, "failed", epoch)
+
+    def _give_up(self, group: int, why: str, release: int | None = None) -> None:
+        """``release``: the epoch of the taking whose lease is given back once the group is vacated."""
+        if group in self._vacating:
+            return  # given up already (``Membership._give_up``)
         self.world.log.tally.given_up += 1
         self.proc.log.drop(group)
-        task = self.proc.spawn(self.proc.engine.vacate(group, snapshot=False))
+        task = self.proc.spawn(self._vacate(group, release))
         self._vacating[group] = task
         task.add_done_callback(self.proc._seen)  # the real one only marks its error seen: here it is a finding
         task.add_done_callback(lambda t: self._vacating.pop(group, None) if self._vacating.get(group) is t else None)
+
+    async def _vacate(self, group: int, release: int | None) -> None:
+        await self.proc.engine.vacate(group, snapshot=False)
+        if release is None:
+            return
+        await self.proc.log.write_turn()  # RELEASE_SCRIPT: this holder's lease, the owner key this taking's
+        if self.world.log.owners[group] == release:
+            self.world.leases.expire(self.proc.holder, group)

@@ -148,9 +148,11 @@ class SimLog:
             self.tokens[shard] = self.fences[shard]
         return self.epoch
 
-    async def round_trip(self) -> None:
-        """A command to Redis and its answer take a few event-loop turns: others run meanwhile."""
-        for _ in range(1 + (self.faults.randrange(3) if self.faults is not None else 0)):
+    async def round_trip(self, faults: random.Random | None = None) -> None:
+        """A command to Redis and its answer take a few event-loop turns: others run meanwhile (how many:
+        drawn from ``faults``, by default the log's own stream)."""
+        faults = faults or self.faults
+        for _ in range(1 + (faults.randrange(3) if faults is not None else 0)):
             await asyncio.sleep(0)
 
     async def fence(self, shard: int) -> None:

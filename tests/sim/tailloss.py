@@ -19,6 +19,14 @@ then (``stale``) its memory may hold what Redis lost: the checks that compare me
 for the restart; once the step of the loss is over, an instance still running must hold only what Redis
 holds (the owner check, ``World.owner_check``, runs at each step's end as it runs every owner_check_s).
 
+With several processes (``--processes``) the image holds each group's lease and owner key too, and the
+service's notice is the leased one: a write refused FENCED gives its group up, a renewal finding the lease
+another's (or gone) does, and a shard finding its log short (a settle, a snapshot, the owner check) stops
+and its group is given up (``Membership.failed``) and taken again from what Redis holds — no process
+restarts. Each running process's owner check also runs at ticks drawn here (``draw_checks``), as it runs
+every owner_check_s whatever the step is doing; once the step is over every group is served from what
+Redis holds (``Driver.after_loss``).
+
 The fault draws from its own random stream, and only with the flag: seeds without it replay as before.
 """
 
@@ -46,6 +54,11 @@ RESTORE_P = 0.3
 """At a step's start, with an image kept, the chance Redis comes back from it during the step."""
 RESTORE_TICKS = 60
 """The restore happens at a tick drawn up to this (or at the step's end, when the step ended first)."""
+OWNER_CHECKS = (0, 1, 1, 2)
+"""Several processes: how many times in a step the running processes' owner checks run (drawn), each at
+a tick up to RESTORE_TICKS."""
+NODE_P = 0.5
+"""Several processes (a Redis Cluster): the chance a restore is of one node only, the others keeping theirs."""
 
 
 @dataclass
@@ -63,16 +76,20 @@ class RedisImage:
     history: dict[int, int]  # per shard, how many entries had ever landed
     acked: Acknowledged
     channels: tuple[Any, Any, int]  # the channel streams, their state hashes, the desk's fence
+    leases: dict[int, str]  # several processes: each group's lease key, the holder it names
 
     @classmethod
-    def capture(cls, log: SimLog, acked: Acknowledged, channels: SimChannelStore) -> RedisImage:
+    def capture(cls, log: SimLog, acked: Acknowledged, channels: SimChannelStore,
+                leases: dict[int, str]) -> RedisImage:
         return cls(copy.deepcopy(dict(log.logs)), dict(log.snaps), dict(log.staging), dict(log.fences),
                    log.redis_epoch, dict(log.owners), log.claims,
                    {shard: len(entries) for shard, entries in log.history.items()}, copy.deepcopy(acked),
-                   copy.deepcopy((channels.streams, channels.state, channels.redis_fence)))
+                   copy.deepcopy((channels.streams, channels.state, channels.redis_fence)), dict(leases))
 
-    def restore(self, log: SimLog, acked: Acknowledged, channels: SimChannelStore) -> None:
+    def restore(self, log: SimLog, acked: Acknowledged, channels: SimChannelStore, leases: dict[int, str]) -> None:
         """Redis restarts from this image; what was acknowledged after it is gone (R7 cut back)."""
+        leases.clear()
+        leases.update(self.leases)
         streams, state, channels.redis_fence = copy.deepcopy(self.channels)
         channels.streams.clear()
         channels.streams.update(streams)
@@ -88,10 +105,35 @@ class RedisImage:
         log.redis_epoch, log.claims = self.redis_epoch, self.claims
         for shard in list(log.history):
             log.history[shard] = log.history[shard][:self.history.get(shard, 0)]
+        self.cut_back(acked)
+
+    def restore_groups(self, log: SimLog, acked: Acknowledged, leases: dict[int, str], groups: set[int]) -> None:
+        """One node of a Redis Cluster restarts from its part of this image: ``groups``' keys go back, every
+        other node keeps what it holds (the claims key and the channels' too)."""
+        for shard in groups:
+            log.logs[shard] = copy.deepcopy(self.logs.get(shard, []))
+            _restore_key(log.snaps, self.snaps, shard)
+            _restore_key(log.staging, self.staging, shard)
+            _restore_key(leases, self.leases, shard)
+            log.fences[shard], log.owners[shard] = self.fences.get(shard, 0), self.owners.get(shard, 0)
+            log.history[shard] = log.history[shard][:self.history.get(shard, 0)]
+        self.cut_back(acked)
+
+    def cut_back(self, acked: Acknowledged) -> None:
+        """What the clients were told since the save may be gone: the model checks what was acknowledged by
+        then (what a node that lost nothing holds is not checked until it is acknowledged again)."""
         acked.reservations.clear()
         acked.reservations.update(self.acked.reservations)
         acked.facts.clear()
         acked.facts.update(self.acked.facts)
+
+
+def _restore_key(now: dict[int, Any], then: dict[int, Any], shard: int) -> None:
+    """``shard``'s key as the image holds it (absent there: absent now)."""
+    if shard in then:
+        now[shard] = then[shard]
+    else:
+        now.pop(shard, None)
 
 
 class TailLoss:
@@ -103,6 +145,10 @@ class TailLoss:
         self.restored_in_step = False
         self.stale = False
         """Redis came back from older data since the step's start: memory may hold what Redis lost."""
+        self.check_at: set[int] = set()
+        """Several processes: the ticks of this step at which the running processes' owner checks run."""
+        self.groups: set[int] | None = None
+        """Several processes (a Redis Cluster): the groups of the node that restarts (None: every node)."""
         self.ever_lost = False
         """Redis came back from older data at some point of this run: a part may outlive its order."""
         self.lost_since_start = False
@@ -110,35 +156,54 @@ class TailLoss:
         (``LogDiverged``). Its fences went back too, below the tokens the instance carries: a settle's
         fence still goes above them (``FENCE_SCRIPT``), so nothing it gave up on lands later."""
 
-    def draw(self, log: SimLog, channels: SimChannelStore) -> str:
+    def draw(self, log: SimLog, channels: SimChannelStore, leases: dict[int, str] | None = None) -> str:
         """At a step's start: save Redis's state now, or draw the tick it comes back from the saved one."""
         self.restored_in_step, self.restore_at = False, None
         if self.image is None:
             if self.rng.random() < SAVE_P:
-                self.image = RedisImage.capture(log, self.acked, channels)
+                self.image = RedisImage.capture(log, self.acked, channels, {} if leases is None else leases)
                 return "Redis state saved"
         elif self.rng.random() < RESTORE_P:
             self.restore_at = self.rng.randint(0, RESTORE_TICKS)
             return f"Redis restarts from the saved state at tick {self.restore_at}"
         return ""
 
+    def draw_leased(self, shards: int) -> str:
+        """Several processes, at a step's start: the ticks the owner checks run at (``check_due``), and
+        whether the restore drawn is of one node (some groups) or of every node."""
+        self.check_at = {self.rng.randint(0, RESTORE_TICKS) for _ in range(self.rng.choice(OWNER_CHECKS))}
+        self.groups = None
+        if self.restore_at is not None and self.rng.random() < NODE_P:
+            self.groups = set(self.rng.sample(range(shards), self.rng.randint(1, shards - 1)))
+            return f"only the node of groups {sorted(self.groups)} restarts"
+        return ""
+
+    def check_due(self, tick: int) -> bool:
+        return tick in self.check_at
+
     def due(self, tick: int | None) -> bool:
         """Whether the restore happens now (``tick`` None: the step ended before its tick)."""
         return self.restore_at is not None and (tick is None or tick == self.restore_at)
 
-    def restore(self, world: World) -> None:
+    def restore(self, world: World, leases: dict[int, str]) -> None:
         """Redis restarts from the image. The connections to it break: what was sent and not yet answered
         is answered with the error (it reached the old Redis or not: either way it is not in the restored
         one), and no script on its way reaches the new one."""
         assert self.image is not None
         log, channels = world.log, world.channels
-        self.image.restore(log, self.acked, channels)
-        log.late, channels.late = [], []
+        if self.groups is None:
+            self.image.restore(log, self.acked, channels, leases)
+            log.late, channels.late = [], []
+            cut, log.pending, channels.pending = log.pending + channels.pending, [], []
+        else:  # one node: only the connections to it break
+            self.image.restore_groups(log, self.acked, leases, self.groups)
+            log.late = [u for u in log.late if u.shard not in self.groups]
+            cut = [u for u in log.pending if u.shard in self.groups]
+            log.pending = [u for u in log.pending if u.shard not in self.groups]
         broken = RedisConnectionError("sim: connection reset (Redis restarted)")
-        for unit in log.pending + channels.pending:
+        for unit in cut:
             if not unit.done.done():
                 unit.done.set_exception(broken)
-        log.pending, channels.pending = [], []
         self.image, self.restore_at = None, None
         self.restored_in_step = self.stale = self.lost_since_start = self.ever_lost = True
         world.log.tally.tail_losses += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from atp_service.app.keyspace import replaced_said
@@ -78,6 +79,11 @@ class World:
         self.channels.on_landed = self.durable.published
         self.in_flight = MemoryAheadOfLog(self.log, shards, self.config.limits)
         self.tail: TailLoss | None = None  # ``--lose-tail``: Redis may come back from older data
+        self.lost_orders: set[str] = set()
+        """Several processes: orders whose record Redis lost while a part of theirs may live on in another
+        group (``cluster.ClusterWorld.lose_tail``); leased, such parts are not looked for (a known gap)."""
+        self.torn_orders: set[str] = set()
+        """Several processes: orders one node's restore tore (``checks.orders_hold_what_they_decided``)."""
         self.must_restart = False
         """The service decided to stop to be restarted (``AtpService._must_restart``: exit status 4)."""
         self.log.on_fenced.append(self._claim_refused)
@@ -94,8 +100,12 @@ class World:
 
     async def recovered(self) -> list[tuple[Ledger, int]]:
         """Start-up exactly as the service does it: snapshot, then the log after it, per shard."""
+        return self.replayed(range(self.config.shards))
+
+    def replayed(self, shards: Iterable[int]) -> list[tuple[Ledger, int]]:
+        """``shards`` recovered from what Redis holds now: snapshot, then the log after it."""
         out = []
-        for shard in range(self.config.shards):
+        for shard in shards:
             snap, entries = self.log.stored(shard)  # read at once: the checks draw no random numbers
             limits = self.config.limits
             ledger = Ledger.restore(shard, limits, snap.ledger) if snap else Ledger(shard, limits)
@@ -149,8 +159,12 @@ class World:
         """Redis comes back from its saved state now; until the service restarts (or is found to hold only
         what Redis holds) the checks comparing its memory with the log wait, and so does C4's."""
         assert self.tail is not None
-        self.tail.restore(self)
+        self.tail.restore(self, self.lease_keys())
         self.channels.on_landed = lambda _channel, _updates: None
+
+    def lease_keys(self) -> dict[int, str]:
+        """The groups' lease keys Redis holds (several processes: ``cluster.ClusterWorld``)."""
+        return {}
 
     def forget_loss(self) -> None:
         """Memory is what Redis holds again (a start, or nothing was lost): the references start over."""
