@@ -11,7 +11,7 @@ import time
 import warnings
 
 from tests.sim.checks import Violation
-from tests.sim.driver import Driver
+from tests.sim.driver import DEFAULT_STEPS, Driver
 from tests.sim.tally import Tally
 
 
@@ -20,7 +20,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=1000, help="run seeds F..F+N-1")
     parser.add_argument("--first", type=int, default=0, help="with --seeds: the first seed (F)")
     parser.add_argument("--seed", type=int, help="replay one seed")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--trace", action="store_true", help="print every step of the run")
     parser.add_argument("--processes", type=int, default=1, choices=(1, 2, 3),
                         help="service processes sharing the keyspace (2, 3: leased groups, kills, pauses)")

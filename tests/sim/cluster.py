@@ -214,8 +214,10 @@ class ClusterWorld(World):
                 if rec.is_order or orders.order_of(rid) is not None}
 
     def unrenewed_leases_run_out(self) -> None:
-        """A lease Redis restored naming a running process for a group it does not hold: nothing renews
-        it, and it runs out (here at once) — then the group is taken again."""
+        """A lease naming a running process for a group it does not hold — restored by Redis, or kept by a
+        process whose write was refused FENCED because Redis lost its taking (the owner key went back to an
+        older one): nothing renews it, and it runs out (here at once, as lease_ms passes between the
+        driver's rounds) — then the group is taken again."""
         for group, holder in list(self.leases.holder.items()):
             proc = next((p for p in self.running() if p.holder == holder), None)
             if proc is not None and group not in proc.members.held:
@@ -299,7 +301,10 @@ class ClusterWorld(World):
         return problems
 
     async def maintenance_pass(self) -> None:
-        """Every process renews, balances and runs housekeeping (its periodic loops)."""
+        """Every process renews, balances and runs housekeeping (its periodic loops); a lease nobody
+        renews has run out by then."""
+        if self.tail is not None:
+            self.unrenewed_leases_run_out()
         for proc in self.running():
             await proc.spawn(proc.members.turn())
         await asyncio.gather(*(proc.spawn(proc.engine.run_maintenance()) for proc in self.running()))

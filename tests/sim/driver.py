@@ -31,6 +31,8 @@ from tests.sim.world import World
 CRASH_P = 0.06
 STOP_P = 0.04
 TRACE_TAIL = 24
+DEFAULT_STEPS = 60
+"""Steps a seed runs unless ``--steps`` says otherwise (a replay names another count: the run ends elsewhere)."""
 
 
 class Driver:
@@ -77,7 +79,8 @@ class Driver:
             tail = "\n  ".join(self.trace[-TRACE_TAIL:])
             seed = self.seed_flags()
             raise Violation(f"seed {seed}, after step {step}: {exc}\n  last steps:\n  {tail}\n"
-                            f"replay: .venv/bin/python -m tests.sim --seed {seed} --trace") from exc
+                            f"replay: .venv/bin/python -m tests.sim --seed {seed}"
+                            f"{f' --steps {steps}' if steps != DEFAULT_STEPS else ''} --trace") from exc
 
     def seed_flags(self) -> str:
         """The seed as the command line names it (with the flags that make it a multi-process seed)."""
