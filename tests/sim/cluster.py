@@ -228,10 +228,11 @@ class ClusterWorld(World):
         for proc in self.running():
             await proc.spawn(self._check_logs(proc))
 
-    @staticmethod
-    async def _check_logs(proc: Process) -> None:
+    async def _check_logs(self, proc: Process) -> None:
+        working = [actor for actor in proc.engine.actors if actor.failure is None]
         with contextlib.suppress(*STORAGE_ERRORS):  # Redis (or the process) unreachable: asked at the next check
             await proc.engine.check_logs_reach()
+        self.log.tally.owner_check_stops += sum(actor.failure is not None for actor in working)
 
     def busy(self) -> bool:
         if self.step_faults is not None and self.step_faults.pending():

@@ -197,6 +197,7 @@ class TailLoss:
             cut, log.pending, channels.pending = log.pending + channels.pending, [], []
         else:  # one node: only the connections to it break
             self.image.restore_groups(log, self.acked, leases, self.groups)
+            log.tally.node_losses += 1
             log.late = [u for u in log.late if u.shard not in self.groups]
             cut = [u for u in log.pending if u.shard in self.groups]
             log.pending = [u for u in log.pending if u.shard not in self.groups]

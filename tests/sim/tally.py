@@ -27,7 +27,9 @@ class Tally:
     cross_shard: int = 0  # commands spanning shards (reserves, SHIPMENTs naming a reservation)
     sagas: int = 0  # of those reserves, on a cluster (odd seeds): orders decided by sagas
     tail_losses: int = 0  # Redis restarted from older data (``--lose-tail``)
-    tail_restarts: int = 0  # ... and the service stopped to be restarted
+    tail_restarts: int = 0  # ... and the service stopped to be restarted (several processes: a group given up)
+    node_losses: int = 0  # ... of one Redis Cluster node only (several processes)
+    owner_check_stops: int = 0  # shards the owner check found short and stopped (several processes)
     # several processes (``--processes``):
     takeovers: int = 0  # groups taken (owner epoch raised, recovered, installed)
     hand_overs: int = 0  # groups handed over gracefully (drained, final snapshot, lease given back)
@@ -68,6 +70,8 @@ class Tally:
                 f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)"
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")
+                + (f" ({self.node_losses} losses of one node; {self.owner_check_stops} shards stopped by the "
+                   "owner check)" if self.tail_losses and self.takeovers else "")
                 + (self.processes_summary() if self.takeovers else ""))
 
     def processes_summary(self) -> str:

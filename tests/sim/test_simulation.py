@@ -161,6 +161,7 @@ async def test_leased_processes_serve_what_redis_holds_after_it_lost_a_tail() ->
     for seed in range(LOSE_TAIL_SEEDS):
         await Driver(seed, tally, processes=3, lose_tail=True).run(60)
     assert tally.tail_losses > LOSE_TAIL_SEEDS and tally.tail_restarts > LOSE_TAIL_SEEDS, tally
+    assert tally.node_losses and tally.owner_check_stops, tally
     assert tally.given_up and tally.takeovers > LOSE_TAIL_SEEDS and tally.kills and tally.process_pauses, tally
 
 
