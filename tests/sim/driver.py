@@ -245,6 +245,10 @@ async def orders_settle(world: World) -> None:
         passing = asyncio.ensure_future(world.maintenance_pass())  # its writes land as quiesce pumps Redis
         await world.quiesce()
         await passing
+        if isinstance(world, ClusterWorld) and world.tail is not None:
+            # A group given up in the pass (a write refused FENCED: Redis lost the taking) is taken again
+            # before its orders are read: a group nobody serves reads as empty.
+            await world.converge_membership()
         pending = [rid for a in world.eng.actors for rid, rec in a.ledger.reservations.items()
                    if rec.is_order and rec.pending is not None]
         if not pending:
