@@ -21,7 +21,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 """Bad command line (argparse)."""
 EXIT_INVALID = 3
-"""INVALID_ARGUMENT: the request is wrong; do not retry it."""
+"""INVALID_ARGUMENT, or an input file with a line or header that cannot be read (``BadInput``): the
+request is wrong; do not retry it as it is."""
 EXIT_NOT_FOUND = 4
 EXIT_CONFLICT = 5
 """ALREADY_EXISTS or FAILED_PRECONDITION: the id's content or the reservation's state forbids it."""
@@ -43,9 +44,16 @@ _EXITS = {
     S.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
     S.UNAUTHENTICATED: EXIT_DENIED, S.PERMISSION_DENIED: EXIT_DENIED,
 }
-EXIT_HELP = """exit status: 0 done; 1 failed otherwise; 2 bad command line; 3 invalid request; 4 not found;
-5 conflict (id reused, reservation state); 6 unavailable or overloaded (retry later, same ids);
+EXIT_HELP = """exit status: 0 done; 1 failed otherwise; 2 bad command line; 3 invalid request or input file;
+4 not found; 5 conflict (id reused, reservation state); 6 unavailable or overloaded (retry later, same ids);
 7 not authenticated or not permitted; 8 watch must start again from a snapshot"""
+
+
+
+class BadInput(ValueError):
+    """An input file with a line or header the command cannot read as it must (the message names
+    FILE:LINE and the field): nothing of the file is sent, and the exit status is ``EXIT_INVALID``."""
+
 
 _INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
           FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}

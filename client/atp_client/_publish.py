@@ -17,6 +17,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from atp_client._output import BadInput
 from atp_client._time import epoch_ms
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -79,7 +80,7 @@ def entries(path: Path, facts: Iterable[tuple[int, pb.Fact]]) -> Iterator[tuple[
         try:
             yield n, entry_fields(fact)
         except LineRefused as exc:
-            raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
+            raise BadInput(f"{path}:{n}: {exc}") from None
 
 
 @dataclass

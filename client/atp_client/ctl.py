@@ -26,6 +26,8 @@ from atp_client._output import (
     EXIT_OK,
     EXIT_RESNAPSHOT,
     EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    BadInput,
     emit,
     plain,
     refusal,
@@ -159,7 +161,7 @@ def _numbered_facts(path: Path) -> Iterator[tuple[int, pb.Fact]]:
                     raise ValueError(f"not a JSON object (a fact in proto JSON), got {type(value).__name__}")
                 yield n, json_format.ParseDict(value, pb.Fact())
             except (ValueError, json_format.ParseError) as exc:
-                raise SystemExit(f"atpctl: {path}:{n}: {exc}") from None
+                raise BadInput(f"{path}:{n}: {exc}") from None
 
 
 def _check_facts(path: Path) -> None:
@@ -225,15 +227,16 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
         raise SystemExit(f"atpctl stock load: {exc.name} is missing: pip install 'atp-client[bulk]'") from None
     try:
         as_of = parse_time(args.as_of) if args.as_of else None
-    except ValueError as exc:
-        raise SystemExit(f"atpctl: --as-of: {exc}") from None
+    except ValueError as exc:  # a bad command line, as argparse says it
+        print(f"atpctl: error: argument --as-of: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     report = args.report or args.file.with_name(args.file.name + ".rejected.csv")
     report.unlink(missing_ok=True)  # an earlier run's report must not pass for this one's
     stopped: int | None = None
     try:
         summary = await load(client, args.file, args.source, as_of, args.batch, args.inflight, progress_stream())
     except HeaderError as exc:
-        raise SystemExit(f"atpctl: {args.file}: {exc}") from None
+        raise BadInput(f"{args.file}: {exc}") from None
     except LoadStopped as cut:
         summary = cut.summary
         stopped, line = refusal(cut.error)
@@ -337,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json = as_json
     try:
         return _main(args)
+    except BadInput as exc:  # nothing of the file was sent
+        print(f"atpctl: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except BrokenPipeError:
         # The reader went away (`atpctl ... | head`): end quietly, and keep the interpreter's
         # final flush of stdout from raising again.

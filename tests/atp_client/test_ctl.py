@@ -104,3 +104,31 @@ def test_a_line_that_is_json_but_no_object_is_refused_naming_its_line(
                            *command[:2], str(facts), *command[2:]], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
     assert f"{facts}:2: " in done.stderr and "JSON object" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("command", "content", "said"), [
+    (["events", "import"], '{"eventId": "e1", "quantity": "one"}\n', ":1: "),
+    (["events", "publish", "--redis-url", "redis://127.0.0.1:1"], '{"eventId": "e1", "quantity": "one"}\n', ":1: "),
+    (["events", "publish", "--redis-url", "redis://127.0.0.1:1"], '{"eventId": "e1"}\n', ":1: source:"),
+    (["stock", "load"], "sku;location;on_hand\nA;S1;5\n", "header: missing column(s)"),
+    (["stock", "load"], "sku,location,on_hand,on_hand\nA,S1,5,6\n", "named more than once"),
+])
+def test_a_file_that_cannot_be_read_is_the_invalid_input_status_naming_what(
+        command: list[str], content: str, said: str, tmp_path: Path) -> None:
+    """A bad line or header is invalid input (exit 3, as the service's INVALID_ARGUMENT), not the
+    status of "failed otherwise" (1): a script running the nightly load tells a file to fix from a
+    tool or service to look at by the status alone."""
+    path = tmp_path / "input"
+    path.write_text(content)
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--target", "127.0.0.1:1", "--retries", "0",
+                           *command[:2], str(path), *command[2:]], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert f"atpctl: {path}" in done.stderr and said in done.stderr, done.stderr
+
+
+def test_a_time_of_the_extract_that_cannot_be_read_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "counts.csv"
+    path.write_text("sku,location,on_hand\nA,S1,5\n")
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--target", "127.0.0.1:1", "stock", "load",
+                           str(path), "--as-of", "yesterday"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "argument --as-of:" in done.stderr, (done.returncode, done.stderr)
