@@ -275,8 +275,8 @@ async def _watch(client: AtpClient, args: argparse.Namespace) -> int:
 
 async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> int:
     """Facts from a JSONL file, in chunks, once every line of it reads as a fact; the counts per
-    outcome (so far, if a chunk is refused). Exit status 3 when any fact was invalid: an import
-    is judged by its worst line."""
+    outcome (so far, if a chunk is refused). Exit status 3 when any fact was not applied (invalid,
+    quarantined): an import is judged by its worst line."""
     _check_facts(path)
     counts: dict[str, int] = {}
     chunk: list[pb.Fact] = []
@@ -302,7 +302,22 @@ async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> in
         print(f"atpctl: refused after {sum(counts.values())} facts: {json.dumps(counts)}", file=sys.stderr)
         raise
     _dump(args, counts)
-    return EXIT_INVALID if counts.get("FACT_OUTCOME_INVALID") else EXIT_OK
+    return _judged(counts)
+
+
+NOT_APPLIED = ("FACT_OUTCOME_INVALID", "FACT_OUTCOME_QUARANTINED")
+"""Outcomes of a fact that was not applied: refused, or set aside as too old (E6). As ``stock load``
+judges a row, an import with any of them exits 3: the operator must see what did not land."""
+
+
+def _judged(counts: dict[str, int]) -> int:
+    """Exit status 3 when facts were not applied, saying how many and of which outcome."""
+    missed = {name.removeprefix("FACT_OUTCOME_").lower(): counts[name] for name in NOT_APPLIED if counts.get(name)}
+    if not missed:
+        return EXIT_OK
+    print(f"atpctl: {sum(missed.values())} facts not applied ({', '.join(f'{k} {n}' for k, n in missed.items())}); "
+          "each is named above with why", file=sys.stderr)
+    return EXIT_INVALID
 
 
 async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> int:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from atp_client import timestamp
 from atp_client.ctl import main
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.auth import load_callers, token_hash
 from tests.conftest import ServiceFactory
 
@@ -132,3 +134,21 @@ def test_a_time_of_the_extract_that_cannot_be_read_is_a_usage_error(tmp_path: Pa
     done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--target", "127.0.0.1:1", "stock", "load",
                            str(path), "--as-of", "yesterday"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "argument --as-of:" in done.stderr, (done.returncode, done.stderr)
+
+
+async def test_an_import_with_a_quarantined_fact_says_it_was_not_applied_and_exits_3(
+        start_service: ServiceFactory, tmp_path: Path) -> None:
+    """A fact older than the grace window is quarantined (E6): not applied. ``stock load`` says so
+    (exit 3, the rows in its report); ``events import`` exited 0, so a replayed day of sales that the
+    service set aside passed for loaded, and on_hand stayed too high with nothing said."""
+    service, client = await start_service()
+    now = service.clock.now_ms()
+    await client.record_events([pb.Fact(event_id="first", source="wms", kind=pb.FACT_KIND_RECEIPT, sku="IMP",
+                                        location="DC", quantity=1, event_time=timestamp(now))])
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(receipt(1, now) + "\n" + receipt(2, now - 7 * 24 * 3_600_000) + "\n")
+    done = await asyncio.to_thread(ctl, f"127.0.0.1:{service.port}", "--json", "events", "import", str(facts))
+    assert done.returncode == 3, (done.returncode, done.stdout, done.stderr)
+    summary = json.loads(done.stdout)
+    assert summary["FACT_OUTCOME_APPLIED"] == 1 and summary["FACT_OUTCOME_QUARANTINED"] == 1, summary
+    assert "in-2: FACT_OUTCOME_QUARANTINED" in done.stderr and "1 facts not applied" in done.stderr, done.stderr
