@@ -17,28 +17,22 @@ import csv
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 import grpc
 import numpy as np
 
 from atp_client._client import AtpClient
-from atp_client._errors import Refusal, Retryable
+from atp_client._errors import Refusal
 from atp_client._extract import Block, Extract, HeaderError, Rejected, parse_time
+from atp_client._import import PATIENCE_S, REQUEST_BYTES, patiently, record_patiently
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
-PATIENCE_S = 120.0
-"""How long a bulk load keeps retrying a call the service refused as retryable (an overloaded shard,
-a failover): facts are idempotent (E8), so a retry is always safe; past this the load stops."""
-REQUEST_BYTES = 3 << 20
-"""Bytes one LoadCounts request may take at most, by a pessimistic count: the service takes
-messages of 4 MiB by default (``max_message_bytes``), and names may be 128 bytes long."""
-T = TypeVar("T")
-__all__ = ["HeaderError", "LoadStopped", "LoadSummary", "Rejected", "launch", "load", "parse_time", "patiently",
-           "progress_stream", "record_patiently", "write_report"]
+__all__ = ["PATIENCE_S", "HeaderError", "LoadStopped", "LoadSummary", "Rejected", "launch", "load", "parse_time",
+           "patiently", "progress_stream", "record_patiently", "write_report"]
 
 
 @dataclass
@@ -164,26 +158,6 @@ def _rejected(request: pb.LoadCountsRequest, lines: np.ndarray[Any, Any], group:
     skus, locations = request.skus, request.locations
     return [Rejected(int(lines[r]), skus[s] if s < len(skus) else "", locations[c] if c < len(locations) else "", why)
             for r, s, c in zip(rows.tolist(), si, li, strict=True)]
-
-
-async def patiently(call: Callable[[], Awaitable[T]], patience_s: float = PATIENCE_S) -> T:
-    """``call``, again after the delay the service asks for while it says retry (RetryInfo) and
-    ``patience_s`` lasts: a bulk load outlasts a shard's busy spell instead of failing on it."""
-    give_up_at = time.monotonic() + patience_s
-    while True:
-        try:
-            return await call()
-        except Retryable as exc:
-            delay = exc.retry_delay_s
-            if delay is None or time.monotonic() + delay > give_up_at:
-                raise
-            await asyncio.sleep(delay)
-
-
-async def record_patiently(client: AtpClient, facts: list[pb.Fact],
-                           patience_s: float = PATIENCE_S) -> list[pb.FactResult]:
-    """``record_events``, retried as ``patiently`` says."""
-    return await patiently(lambda: client.record_events(facts), patience_s)
 
 
 async def launch(pending: set[asyncio.Task[None]], lanes: asyncio.Semaphore,

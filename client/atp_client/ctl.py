@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from atp_client import _args as arg
 from atp_client._access import PERMISSIONS, new_token, token_hash
 from atp_client._client import AtpClient, RetryPolicy, tls_credentials
+from atp_client._import import EVENTS_BATCH, Imported, send_all
 from atp_client._output import (
     EXIT_BROKEN_PIPE,
     EXIT_HELP,
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     esub = e.add_subparsers(dest="events_command", required=True)
     imp = esub.add_parser("import", help="send a JSONL file of facts through RecordEvents")
     imp.add_argument("file", type=arg.readable)
+    imp.add_argument("--batch", type=arg.positive, default=EVENTS_BATCH,
+                     help=f"facts per RecordEvents call (default {EVENTS_BATCH}; at most the service's "
+                          "max_events_per_call); calls stay within 3 MiB whatever the facts")
     pub = esub.add_parser("publish", help="append a JSONL file of facts onto an input stream (as POS/WMS do)")
     pub.add_argument("file", type=arg.readable)
     pub.add_argument("--stream", default="atp:in:pos", help="input stream (default atp:in:pos)")
@@ -164,11 +168,11 @@ def _numbered_facts(path: Path) -> Iterator[tuple[int, pb.Fact]]:
                 raise BadInput(f"{path}:{n}: {exc}") from None
 
 
-def _check_facts(path: Path) -> None:
+def _check_facts(path: Path) -> int:
     """Read every line before sending any: a file refused for a line that cannot be read (exit
-    via ``_facts``) has nothing of it applied, rather than the chunks before that line."""
-    for _ in _facts(path):
-        pass
+    via ``_facts``) has nothing of it applied, rather than the chunks before that line. The facts
+    it holds."""
+    return sum(1 for _ in _facts(path))
 
 
 def _dump(args: argparse.Namespace, msg: Message | Sequence[Message] | dict[str, Any]) -> None:
@@ -274,35 +278,34 @@ async def _watch(client: AtpClient, args: argparse.Namespace) -> int:
 
 
 async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> int:
-    """Facts from a JSONL file, in chunks, once every line of it reads as a fact; the counts per
-    outcome (so far, if a chunk is refused). Exit status 3 when any fact was not applied (invalid,
-    quarantined): an import is judged by its worst line."""
-    _check_facts(path)
-    counts: dict[str, int] = {}
-    chunk: list[pb.Fact] = []
+    """Facts from a JSONL file, ``--batch`` a call, once every line of it reads as a fact; the
+    counts per outcome (so far, if a call is refused for good). Exit status 3 when any fact was not
+    applied (invalid, quarantined): an import is judged by its worst line."""
+    total = _check_facts(path)
 
-    async def send() -> None:
-        for result in await client.record_events(chunk):
-            name = pb.FactOutcome.Name(result.outcome)
-            counts[name] = counts.get(name, 0) + 1
-            if result.HasField("error"):
-                print(f"{result.event_id}: {name}: {result.error.message}", file=sys.stderr)
-            elif result.detail:
-                print(f"{result.event_id}: {name}: {result.detail}", file=sys.stderr)
-        chunk.clear()
+    def tell(result: pb.FactResult) -> None:
+        name = pb.FactOutcome.Name(result.outcome)
+        if result.HasField("error"):
+            print(f"{result.event_id}: {name}: {result.error.message}", file=sys.stderr)
+        elif result.detail:
+            print(f"{result.event_id}: {name}: {result.detail}", file=sys.stderr)
 
-    try:
-        for fact in _facts(path):
-            chunk.append(fact)
-            if len(chunk) >= EVENTS_CHUNK:
-                await send()
-        if chunk:
-            await send()
-    except grpc.aio.AioRpcError:
-        print(f"atpctl: refused after {sum(counts.values())} facts: {json.dumps(counts)}", file=sys.stderr)
-        raise
-    _dump(args, counts)
-    return _judged(counts)
+    done = await send_all(client, _numbered_facts(path), total, args.batch, tell)
+    stopped = _stopped(path, done) if done.stopped_lines else None
+    _dump(args, done.summary())
+    return _judged(done.counts) if stopped is None else stopped
+
+
+def _stopped(path: Path, done: Imported) -> int:
+    """Says which lines a run stopped at, what became of them and that a re-run is safe; its status."""
+    assert done.stopped_lines is not None and done.error is not None
+    first, last = done.stopped_lines
+    status, line = refusal(done.error)
+    fate = "sent without an answer (applied or not)" if done.in_doubt else "not applied"
+    print(f"{line}\natpctl: {path}:{first}-{last}: {fate}; {done.answered} facts before them answered, "
+          f"{done.summary()['not_sent']} after them not sent. Import the file again: the service applies "
+          "each (source, event_id) once (E8)", file=sys.stderr)
+    return status
 
 
 NOT_APPLIED = ("FACT_OUTCOME_INVALID", "FACT_OUTCOME_QUARANTINED")

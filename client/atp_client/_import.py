@@ -1,0 +1,123 @@
+"""``atpctl events import``: a JSONL file of facts sent through ``RecordEvents`` in calls the
+service takes — at most ``--batch`` facts (the service refuses more than its ``max_events_per_call``
+whole, LIMIT_EXCEEDED) and ``REQUEST_BYTES`` encoded (within its ``max_message_bytes``).
+
+A call the service refuses as busy (RESOURCE_EXHAUSTED, UNAVAILABLE with the delay it asks for) is
+sent again for up to ``PATIENCE_S``; a call refused for good, or interrupted, ends the run with what
+was answered until then, and the file lines of the call: facts are idempotent by (source,
+event_id) (E8), so importing the whole file again is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import grpc
+
+from atp_client._client import AtpClient
+from atp_client._errors import Retryable
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+
+T = TypeVar("T")
+PATIENCE_S = 120.0
+"""How long a bulk load keeps retrying a call the service refused as retryable (an overloaded shard,
+a failover): facts are idempotent (E8), so a retry is always safe; past this the load stops."""
+REQUEST_BYTES = 3 << 20
+"""Bytes one request may take at most, by a pessimistic count: the service takes messages of 4 MiB
+by default (``max_message_bytes``), and names may be 128 bytes long."""
+EVENTS_BATCH = 1000
+"""Facts per ``RecordEvents`` call unless ``--batch`` says: well within the service's default
+``max_events_per_call`` (10,000); a deployment that sets it lower needs ``--batch`` at most that."""
+FRAMING_BYTES = 6
+"""What a fact adds to its request besides its own encoding: the field's tag and length prefix."""
+
+
+async def patiently(call: Callable[[], Awaitable[T]], patience_s: float = PATIENCE_S) -> T:
+    """``call``, again after the delay the service asks for while it says retry (RetryInfo) and
+    ``patience_s`` lasts: a bulk load outlasts a shard's busy spell instead of failing on it."""
+    give_up_at = time.monotonic() + patience_s
+    while True:
+        try:
+            return await call()
+        except Retryable as exc:
+            delay = exc.retry_delay_s
+            if delay is None or time.monotonic() + delay > give_up_at:
+                raise
+            await asyncio.sleep(delay)
+
+
+async def record_patiently(client: AtpClient, facts: list[pb.Fact],
+                           patience_s: float = PATIENCE_S) -> list[pb.FactResult]:
+    """``record_events``, retried as ``patiently`` says."""
+    return await patiently(lambda: client.record_events(facts), patience_s)
+
+
+Chunk = tuple[list[int], list[pb.Fact]]
+
+
+def chunks(numbered: Iterable[tuple[int, pb.Fact]], batch: int, max_bytes: int = REQUEST_BYTES) -> Iterator[Chunk]:
+    """The facts in order as calls of at most ``batch`` facts and ``max_bytes`` encoded (a fact
+    larger on its own goes alone: the service says what it makes of it), with their file lines."""
+    lines: list[int] = []
+    facts: list[pb.Fact] = []
+    size = 0
+    for n, fact in numbered:
+        cost = fact.ByteSize() + FRAMING_BYTES
+        if facts and (len(facts) >= batch or size + cost > max_bytes):
+            yield lines, facts
+            lines, facts, size = [], [], 0
+        lines.append(n)
+        facts.append(fact)
+        size += cost
+    if facts:
+        yield lines, facts
+
+
+@dataclass
+class Imported:
+    """How far an import got: facts per outcome of the calls answered; when it stopped, the lines
+    of the call left without an answer, its facts ``refused`` (not applied) or ``in_doubt``
+    (applied or not), and how many after it were never sent."""
+
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+    answered: int = 0
+    stopped_lines: tuple[int, int] | None = None
+    in_doubt: int = 0
+    refused: int = 0
+    """Facts of the call refused for good, not applied."""
+    error: grpc.aio.AioRpcError | None = None
+    """The refusal that stopped the run."""
+
+    def summary(self) -> dict[str, int]:
+        if self.stopped_lines is None:
+            return dict(self.counts)
+        not_sent = self.total - self.answered - self.in_doubt - self.refused
+        return {**self.counts, "refused": self.refused, "in_doubt": self.in_doubt, "not_sent": not_sent}
+
+
+async def send_all(client: AtpClient, numbered: Iterable[tuple[int, pb.Fact]], total: int, batch: int,
+                   tell: Callable[[pb.FactResult], None]) -> Imported:
+    """Every fact, a call at a time, ``tell`` given each result; a refusal ends it with what was
+    answered until then."""
+    done = Imported(total)
+    for lines, facts in chunks(numbered, batch):
+        try:
+            results = await record_patiently(client, facts)
+        except grpc.aio.AioRpcError as exc:  # refused for good: in doubt only if it may have been made (R7)
+            done.stopped_lines, done.error = (lines[0], lines[-1]), exc
+            if isinstance(exc, Retryable):
+                done.in_doubt = len(facts)
+            else:
+                done.refused = len(facts)
+            return done
+        for result in results:
+            name = pb.FactOutcome.Name(result.outcome)
+            done.counts[name] = done.counts.get(name, 0) + 1
+            tell(result)
+        done.answered += len(facts)
+    return done

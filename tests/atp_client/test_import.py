@@ -1,0 +1,59 @@
+"""``atpctl events import`` in calls the service takes: ``--batch`` facts and a bounded size each; a
+call refused for good names the file lines it held, and importing again is safe (E8)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from atp_client._import import FRAMING_BYTES, chunks
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from reservation import Limits
+from tests.atp_client.test_ctl import receipt
+from tests.conftest import ServiceFactory
+
+
+def import_file(port: int, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "atp_client.ctl", "--target", f"127.0.0.1:{port}", "--json",
+                           "events", "import", str(path), *args], capture_output=True, text=True, timeout=60)
+
+
+async def test_a_service_taking_fewer_facts_a_call_than_the_default_batch_imports_with_batch(
+        start_service: ServiceFactory, tmp_path: Path) -> None:
+    """A deployment with ``max_events_per_call`` below 1000 refused every call of the fixed 1000-fact
+    chunk (LIMIT_EXCEEDED): no file could be imported. ``--batch`` sends calls it takes; a batch
+    still too large is refused naming the file lines of the call, and a run again is safe."""
+    service, client = await start_service(limits=Limits(max_events_per_call=10))
+    facts = tmp_path / "facts.jsonl"
+    now = int(time.time() * 1000)
+    facts.write_text("".join(receipt(n, now - 1000) + "\n" for n in range(25)))
+    refused = await asyncio.to_thread(import_file, service.port, facts, "--batch", "20")
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr, (refused.returncode, refused.stderr)
+    assert f"{facts}:1-20: not applied" in refused.stderr and "max_events_per_call" in refused.stderr
+    assert "again" in refused.stderr, refused.stderr
+    assert json.loads(refused.stdout) == {"refused": 20, "in_doubt": 0, "not_sent": 5}
+    done = await asyncio.to_thread(import_file, service.port, facts, "--batch", "10")
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert json.loads(done.stdout) == {"FACT_OUTCOME_APPLIED": 25}
+    (position,) = await client.availability([("IMP", "DC")])
+    assert position.on_hand == 25
+
+
+def test_calls_stay_within_their_byte_bound_in_file_order_with_their_lines() -> None:
+    """Facts with long names fill a message long before a count of them does."""
+    numbered = [(n + 2, pb.Fact(event_id=f"e{n}-" + "x" * 120, source="s" * 128, sku="k" * 128, location="l" * 128,
+                                kind=pb.FACT_KIND_RECEIPT, quantity=1)) for n in range(100)]
+    limit = 5_000
+    calls = list(chunks(numbered, batch=1000, max_bytes=limit))
+    assert len(calls) > 1
+    assert [n for lines, _ in calls for n in lines] == [n for n, _ in numbered]
+    assert [f for _, facts in calls for f in facts] == [f for _, f in numbered]
+    for lines, facts in calls:
+        assert len(lines) == len(facts)
+        assert pb.RecordEventsRequest(events=facts).ByteSize() <= limit
+        assert sum(f.ByteSize() + FRAMING_BYTES for f in facts) <= limit
+    assert [len(facts) for _, facts in chunks(numbered, batch=30)] == [30, 30, 30, 10]
