@@ -91,7 +91,7 @@ class Imported:
     refused: int = 0
     """Facts of the call refused for good, not applied."""
     error: grpc.aio.AioRpcError | None = None
-    """The refusal that stopped the run."""
+    """The refusal that stopped the run; None with ``stopped_lines`` set: interrupted."""
 
     def summary(self) -> dict[str, int]:
         if self.stopped_lines is None:
@@ -102,8 +102,8 @@ class Imported:
 
 async def send_all(client: AtpClient, numbered: Iterable[tuple[int, pb.Fact]], total: int, batch: int,
                    tell: Callable[[pb.FactResult], None]) -> Imported:
-    """Every fact, a call at a time, ``tell`` given each result; a refusal ends it with what was
-    answered until then."""
+    """Every fact, a call at a time, ``tell`` given each result; a refusal or an interruption
+    (Ctrl-C cancels the run) ends it with what was answered until then."""
     done = Imported(total)
     for lines, facts in chunks(numbered, batch):
         try:
@@ -114,6 +114,9 @@ async def send_all(client: AtpClient, numbered: Iterable[tuple[int, pb.Fact]], t
                 done.in_doubt = len(facts)
             else:
                 done.refused = len(facts)
+            return done
+        except asyncio.CancelledError:  # Ctrl-C: the call was sent, applied or not
+            done.stopped_lines, done.in_doubt = (lines[0], lines[-1]), len(facts)
             return done
         for result in results:
             name = pb.FactOutcome.Name(result.outcome)

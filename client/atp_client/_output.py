@@ -32,6 +32,8 @@ EXIT_DENIED = 7
 """UNAUTHENTICATED or PERMISSION_DENIED."""
 EXIT_RESNAPSHOT = 8
 """watch: the version asked for is older than the channel stream keeps; watch again with --snapshot."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (128 + SIGINT, as a shell tool ends): a bulk command prints how far it got first."""
 EXIT_BROKEN_PIPE = 141
 """The reader of stdout went away (``atpctl ... | head``): 128 + SIGPIPE, as a shell tool ends."""
 
@@ -46,7 +48,7 @@ _EXITS = {
 }
 EXIT_HELP = """exit status: 0 done; 1 failed otherwise; 2 bad command line; 3 invalid request or input file;
 4 not found; 5 conflict (id reused, reservation state); 6 unavailable or overloaded (retry later, same ids);
-7 not authenticated or not permitted; 8 watch must start again from a snapshot"""
+7 not authenticated or not permitted; 8 watch must start again from a snapshot; 130 interrupted (Ctrl-C)"""
 
 
 

@@ -10,6 +10,7 @@ clock a fact may be, E7) is still the intake's to judge; those entries go to its
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,8 @@ class Written:
     in_doubt: int = 0
     stopped_at: int = 0
     error: str = ""
+    interrupted: bool = False
+    """Ctrl-C stopped the run."""
 
     def summary(self, stream: str) -> dict[str, str | int]:
         return {"stream": stream, "published": self.published, "in_doubt": self.in_doubt}
@@ -119,6 +122,9 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
         answers = await pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:  # no answer: any of them may have been written
         done.in_doubt, done.stopped_at, done.error = len(lines), lines[0], f"{type(exc).__name__}: {exc}"
+        return False
+    except asyncio.CancelledError:  # Ctrl-C while the chunk was out: any of them may have been written
+        done.in_doubt, done.stopped_at, done.error, done.interrupted = len(lines), lines[0], "interrupted", True
         return False
     for n, answer in zip(lines, answers, strict=True):
         if isinstance(answer, Exception):

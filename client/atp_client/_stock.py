@@ -101,16 +101,23 @@ async def load(client: AtpClient, path: Path, source: str, as_of: int | None, ba
         await asyncio.gather(*pending, return_exceptions=True)
         summary.stopped = True
         raise LoadStopped(summary, exc) from exc
+    except asyncio.CancelledError:  # Ctrl-C: the calls in flight are dropped, their rows not answered
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        summary.stopped = True
+        raise LoadStopped(summary, None) from None
     _progress(progress, 1.0, summary.rows, started, end=True)
     return summary
 
 
 class LoadStopped(Exception):
-    """A call refused for good (past ``PATIENCE_S``, or not retryable) ended the load: ``summary``
-    counts what the service answered until then, ``error`` is the refusal."""
+    """A call refused for good (past ``PATIENCE_S``, or not retryable), or Ctrl-C, ended the load:
+    ``summary`` counts what the service answered until then, ``error`` is the refusal (None:
+    interrupted)."""
 
-    def __init__(self, summary: LoadSummary, error: grpc.aio.AioRpcError) -> None:
-        super().__init__(str(error))
+    def __init__(self, summary: LoadSummary, error: grpc.aio.AioRpcError | None) -> None:
+        super().__init__(str(error) if error else "interrupted")
         self.summary, self.error = summary, error
 
 
@@ -164,7 +171,11 @@ async def launch(pending: set[asyncio.Task[None]], lanes: asyncio.Semaphore,
                  work: Coroutine[Any, Any, None]) -> set[asyncio.Task[None]]:
     """``work`` as a task once one of ``lanes`` is free (``work`` releases it when it ends); the
     tasks still pending. A task that failed raises here, which ends the caller's run."""
-    await lanes.acquire()
+    try:
+        await lanes.acquire()
+    except BaseException:  # interrupted while waiting for a lane
+        work.close()
+        raise
     done = {t for t in pending if t.done()}
     try:
         for task in done:

@@ -23,6 +23,7 @@ from atp_client._import import EVENTS_BATCH, Imported, send_all
 from atp_client._output import (
     EXIT_BROKEN_PIPE,
     EXIT_HELP,
+    EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_OK,
     EXIT_RESNAPSHOT,
@@ -243,7 +244,7 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
         raise BadInput(f"{args.file}: {exc}") from None
     except LoadStopped as cut:
         summary = cut.summary
-        stopped, line = refusal(cut.error)
+        stopped, line = refusal(cut.error) if cut.error else (EXIT_INTERRUPTED, "atpctl: interrupted")
         print(f"{line}\natpctl: the load stopped: {summary.not_answered} rows were not answered (loaded or not); "
               "run the same load again: a re-load applies nothing twice (E8)", file=sys.stderr)
     if summary.rejected:
@@ -298,9 +299,9 @@ async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> in
 
 def _stopped(path: Path, done: Imported) -> int:
     """Says which lines a run stopped at, what became of them and that a re-run is safe; its status."""
-    assert done.stopped_lines is not None and done.error is not None
+    assert done.stopped_lines is not None
     first, last = done.stopped_lines
-    status, line = refusal(done.error)
+    status, line = refusal(done.error) if done.error else (EXIT_INTERRUPTED, "atpctl: interrupted")
     fate = "sent without an answer (applied or not)" if done.in_doubt else "not applied"
     print(f"{line}\natpctl: {path}:{first}-{last}: {fate}; {done.answered} facts before them answered, "
           f"{done.summary()['not_sent']} after them not sent. Import the file again: the service applies "
@@ -348,6 +349,8 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
               f"before it written{doubt}. Publish the file again once Redis takes writes: the intake applies "
               "each (source, event_id) once within the grace window (E8)", file=sys.stderr)
     _dump(args, written.summary(stream))
+    if written.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_UNAVAILABLE if written.stopped_at else EXIT_OK
 
 
@@ -361,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:  # nothing of the file was sent
         print(f"atpctl: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a bulk command's summary
+        print("atpctl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`atpctl ... | head`): end quietly, and keep the interpreter's
         # final flush of stdout from raising again.

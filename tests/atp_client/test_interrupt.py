@@ -1,0 +1,83 @@
+"""Ctrl-C during a bulk command of ``atpctl``: the partial summary (what was answered, what is in
+doubt, what was never sent) and exit status 130, as a shell tool interrupted ends — not a
+KeyboardInterrupt traceback that leaves the operator guessing how far a 2-million-line file got.
+
+The peer is a TCP listener that takes the connection and never answers (a hung service or Redis):
+once it has the connection the tool is waiting on its first call, and SIGINT lands there."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.atp_client.test_ctl import receipt
+
+EXIT_INTERRUPTED = 130
+
+
+@pytest.fixture
+def silent_peer() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(60)
+        yield server
+
+
+def interrupted(server: socket.socket, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``atpctl ARGS`` interrupted once it has connected to ``server`` (its first call in flight)."""
+    tool = subprocess.Popen([sys.executable, "-m", "atp_client.ctl", "--json", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        connection, _ = server.accept()
+        with connection:
+            tool.send_signal(signal.SIGINT)
+            out, err = tool.communicate(timeout=60)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.communicate()
+    return subprocess.CompletedProcess(tool.args, tool.returncode, out, err)
+
+
+def test_an_interrupted_import_says_what_is_in_doubt_and_what_was_not_sent(
+        silent_peer: socket.socket, tmp_path: Path) -> None:
+    facts = tmp_path / "facts.jsonl"
+    now = int(time.time() * 1000)
+    facts.write_text("".join(receipt(n, now) + "\n" for n in range(25)))
+    port = silent_peer.getsockname()[1]
+    done = interrupted(silent_peer, ["--target", f"127.0.0.1:{port}", "--timeout", "120", "events", "import",
+                                     str(facts), "--batch", "10"])
+    assert done.returncode == EXIT_INTERRUPTED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert json.loads(done.stdout) == {"refused": 0, "in_doubt": 10, "not_sent": 15}
+    assert f"{facts}:1-10: sent without an answer" in done.stderr and "again" in done.stderr, done.stderr
+
+
+def test_an_interrupted_stock_load_says_what_was_not_answered(silent_peer: socket.socket, tmp_path: Path) -> None:
+    counts = tmp_path / "counts.csv"
+    counts.write_text("sku,location,on_hand\nA,S1,5\nB,S1,-1\nC,S1,7\n")
+    port = silent_peer.getsockname()[1]
+    done = interrupted(silent_peer, ["--target", f"127.0.0.1:{port}", "--timeout", "120", "stock", "load",
+                                     str(counts), "--as-of", "2026-11-28T06:00:00Z"])
+    assert done.returncode == EXIT_INTERRUPTED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert json.loads(done.stdout) == {"rows": 3, "unreadable": 1, "not_answered": 2}
+    assert "interrupted" in done.stderr and "again" in done.stderr, done.stderr
+    assert (tmp_path / "counts.csv.rejected.csv").read_text().count("\n") == 2  # its header and line 3
+
+
+def test_an_interrupted_publish_says_what_is_in_doubt(silent_peer: socket.socket, tmp_path: Path) -> None:
+    facts = tmp_path / "facts.jsonl"
+    now = int(time.time() * 1000)
+    facts.write_text("".join(receipt(n, now) + "\n" for n in range(5)))
+    port = silent_peer.getsockname()[1]
+    done = interrupted(silent_peer, ["events", "publish", str(facts), "--redis-url", f"redis://127.0.0.1:{port}"])
+    assert done.returncode == EXIT_INTERRUPTED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    summary = json.loads(done.stdout)
+    assert summary["published"] == 0 and summary["in_doubt"] == 5, summary
+    assert f"{facts}:1: " in done.stderr and "interrupted" in done.stderr and "again" in done.stderr, done.stderr
