@@ -328,8 +328,9 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
     """The input-stream entry format (``_publish.entry_fields``), once every line of the file is
     one the intake would take: the intake tells a producer nothing of an entry it dead-letters.
     Redis refusing or lost part-way: what the stream took is counted, and the exit status is not 0."""
-    if not redis_url:
-        raise SystemExit("atpctl: events publish needs --redis-url (or ATP_REDIS_URL)")
+    if not redis_url:  # a bad command line, as argparse says it
+        print("atpctl: error: events publish needs --redis-url (or ATP_REDIS_URL)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         import redis.asyncio as aioredis
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -152,3 +153,12 @@ async def test_an_import_with_a_quarantined_fact_says_it_was_not_applied_and_exi
     summary = json.loads(done.stdout)
     assert summary["FACT_OUTCOME_APPLIED"] == 1 and summary["FACT_OUTCOME_QUARANTINED"] == 1, summary
     assert "in-2: FACT_OUTCOME_QUARANTINED" in done.stderr and "1 facts not applied" in done.stderr, done.stderr
+
+
+def test_events_publish_without_a_redis_to_write_to_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "facts.jsonl"
+    path.write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "ATP_REDIS_URL"}
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(path)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2 and "--redis-url" in done.stderr, (done.returncode, done.stderr)
