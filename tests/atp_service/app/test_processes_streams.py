@@ -19,6 +19,7 @@ import redis
 
 from atp_client import AtpClient
 from atp_service import AtpService, free_port
+from atp_service.edge import record
 from atp_service.edge.auth import new_token, token_hash
 from tests.atp_service.app.test_processes import SHARDS, group_of, owned, owner_of, processes
 from tests.atp_service.fact_helpers import F, wait_consumed
@@ -168,10 +169,12 @@ def stream_state(r: redis.Redis, stream: str) -> tuple[int, int]:
 
 
 async def test_an_owner_that_does_not_answer_stalls_no_reading(
-        start_leased: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
+        start_leased: ServiceFactory, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The owner of half the groups is paused (SIGSTOP) with leases long enough to stay its own: the
-    facts of the reader's groups are still applied and acknowledged within well under the 5 s send
-    timeout, wave after wave; the paused owner's stay pending, and are applied once it goes on."""
+    facts of the reader's groups are still applied and acknowledged, wave after wave, long before a
+    send to the paused owner could time out (60 s here: waiting behind it, no wave would be seen
+    within its 10 s); the paused owner's stay pending, and are applied once it goes on."""
+    monkeypatch.setattr(record, "SEND_TIMEOUT_S", 60.0)
     reader, _ = await start_leased(port=free_port(), host="127.0.0.1")
     membership = reader.membership
     assert membership is not None
@@ -187,14 +190,12 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
     owner.send_signal(signal.SIGSTOP)
     try:
         for wave in range(3):
-            started, now = time.monotonic(), int(time.time() * 1000) - 1000
+            now = int(time.time() * 1000) - 1000
             for n, sku in enumerate(here + away):
                 r.xadd(STREAMS[n % 2], F(f"w{wave}-{sku}", "RECEIPT", sku, "DC", 1, now).fields())
             pending = len(away) * (wave + 1)
             await until(lambda: sum(stream_state(r, s)[0] for s in STREAMS) == pending  # noqa: B023
                         and not any(stream_state(r, s)[1] for s in STREAMS), "the reader's facts acknowledged", 10)
-            took = time.monotonic() - started
-            assert took < 2.5, f"wave {wave}: acknowledged after {took:.1f}s, behind the silent owner"
             for sku in here:
                 assert await on_hand(reader, sku) == wave + 1, sku
             await asyncio.sleep(2)
