@@ -14,7 +14,7 @@ MAX_TTL_CEILING = 10 * 366 * 24 * 3600
 year 10000) and exact in epoch milliseconds."""
 _POSITIVE = ("max_id_length", "max_lines", "min_ttl_seconds", "max_availability_keys", "max_events_per_call",
              "max_rows_per_load", "max_batch_reservations", "max_live_reservations_per_shard",
-             "max_remembered_reservations_per_shard")
+             "max_resolved_reservations_per_shard")
 """Limits at 0 would refuse every request they bound (or every Reserve: no reservation may be live)."""
 _NON_NEGATIVE = ("max_explain_holds", "max_ops_per_reservation", "retention_ms", "fact_grace_ms",
                  "fact_future_skew_ms")
@@ -75,10 +75,10 @@ class Limits:
     max_live_reservations_per_shard: int = 2_000_000
     """Held or confirmed reservations one shard may carry before Reserve answers RESOURCE_EXHAUSTED."""
 
-    max_remembered_reservations_per_shard: int = 8_000_000
-    """Reservations one shard may remember — live ones, and resolved ones kept for their retention
-    (R5), refused ones included — before a Reserve with a new id answers RESOURCE_EXHAUSTED (about
-    600 bytes of memory each). At least ``max_live_reservations_per_shard``."""
+    max_resolved_reservations_per_shard: int = 8_000_000
+    """Resolved reservations one shard may remember for their retention (R5) — refused ones
+    included, besides the live ones ``max_live_reservations_per_shard`` bounds — before a Reserve with
+    a new id answers RESOURCE_EXHAUSTED (about 600 bytes of memory each)."""
 
     retention_ms: int = 24 * 3600 * 1000
     """How long a resolved reservation is kept for idempotent replays (R5) before it is forgotten."""
@@ -107,10 +107,6 @@ class Limits:
             value, least = getattr(self, name), 1 if name in _POSITIVE else 0
             if value < least:
                 raise ValueError(f"limits: {name}: must be at least {least}, got {value}")
-        if self.max_remembered_reservations_per_shard < self.max_live_reservations_per_shard:
-            raise ValueError(f"limits: max_remembered_reservations_per_shard: must be at least "
-                             f"max_live_reservations_per_shard ({self.max_live_reservations_per_shard}), "
-                             f"got {self.max_remembered_reservations_per_shard}")
         if self.max_ttl_seconds > MAX_TTL_CEILING:
             raise ValueError(f"limits: max_ttl_seconds: must be at most {MAX_TTL_CEILING}, got {self.max_ttl_seconds}")
         if not self.min_ttl_seconds <= self.default_ttl_seconds <= self.max_ttl_seconds:

@@ -227,7 +227,7 @@ class Engine(OwnedShards):
 
     def _reserve_checked(self, home: Ledger, view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
         limits = self.limits
-        full = _full(home, limits.max_live_reservations_per_shard, limits.max_remembered_reservations_per_shard)
+        full = _full(home, limits.max_live_reservations_per_shard, limits.max_resolved_reservations_per_shard)
         if full is not None and view.reservation(cmd.reservation_id) is None:  # a replay is answered (R5)
             raise ResourceExhausted(f"shard {home.shard}: {full[1]} {full[0]} reservations (limit {full[2]})",
                                     Reason.CAPACITY_REACHED, metadata={"limit": full[2]})
@@ -368,13 +368,13 @@ class Engine(OwnedShards):
         await self._housekeeper.run_pass()
 
 
-def _full(home: Ledger, live: int, remembered: int) -> tuple[str, int, str] | None:
+def _full(home: Ledger, live: int, resolved: int) -> tuple[str, int, str] | None:
     """Which bound a new Reserve on ``home`` would pass (what, the limit, its name); None: neither.
     Every Reserve leaves a record, a refused one too (R5 answers its retry alike), kept for the
     retention window once resolved: a flood of Reserves refused for want of stock (a sold-out launch
     retried by bots with new ids) counts against no live bound, and grew memory with it for a day."""
     if home.live_reservations >= live:
         return "live", live, "max_live_reservations_per_shard"
-    if len(home.reservations) >= remembered:
-        return "remembered", remembered, "max_remembered_reservations_per_shard"
+    if len(home.reservations) - home.live_reservations >= resolved:
+        return "resolved", resolved, "max_resolved_reservations_per_shard"
     return None

@@ -167,9 +167,7 @@ def test_a_keyspace_has_no_more_groups_than_a_client_routes_by() -> None:
     ("ATP_MAX_ROWS_PER_LOAD", "0", "max_rows_per_load"),
     ("ATP_MAX_BATCH_RESERVATIONS", "0", "max_batch_reservations"),
     ("ATP_MAX_LIVE_RESERVATIONS_PER_SHARD", "0", "max_live_reservations_per_shard"),
-    ("ATP_MAX_REMEMBERED_RESERVATIONS_PER_SHARD", "0", "max_remembered_reservations_per_shard"),
-    # below the live bound, which then could never be reached
-    ("ATP_MAX_REMEMBERED_RESERVATIONS_PER_SHARD", "1000", "max_remembered_reservations_per_shard"),
+    ("ATP_MAX_RESOLVED_RESERVATIONS_PER_SHARD", "0", "max_resolved_reservations_per_shard"),
     ("ATP_MAX_OPS_PER_RESERVATION", "-1", "max_ops_per_reservation"),
     ("ATP_MAX_EXPLAIN_HOLDS", "-1", "max_explain_holds"),
 ])
@@ -199,3 +197,9 @@ def test_a_limit_out_of_its_range_is_refused_at_start_naming_it(variable: str, v
 def test_a_setting_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
     with pytest.raises(ValueError, match=f"^{named}: must be"):
         ServiceConfig.from_env({variable: value})
+
+
+def test_a_live_bound_raised_past_the_resolved_one_still_starts() -> None:
+    """The two bounds count apart (live; resolved, refused included): raising the live one, as a large
+    estate may, must not make a configuration that started before refuse to start."""
+    assert Limits(max_live_reservations_per_shard=10_000_000).max_live_reservations_per_shard == 10_000_000

@@ -151,13 +151,13 @@ async def test_refused_reserves_with_new_ids_are_remembered_within_a_bound_R5(st
     """Every Reserve leaves a record kept for the retention window, a refused one too (R5 answers its
     retry alike): a sold-out SKU hammered with new ids (bots at a launch) grew a shard's memory by
     ~600 bytes a call for a whole day, outside ``max_live_reservations_per_shard``, with nothing
-    refused. Past ``max_remembered_reservations_per_shard`` a Reserve with a new id is refused
+    refused. Past ``max_resolved_reservations_per_shard`` a Reserve with a new id is refused
     naming it; a retry of one remembered is still answered, and once retention has passed the
     shard takes new ones again."""
     bound = 50
     clock = ManualClock(T0)
     service, client = await start_service(clock=clock, limits=Limits(
-        max_live_reservations_per_shard=10, max_remembered_reservations_per_shard=bound, retention_ms=60_000))
+        max_live_reservations_per_shard=10, max_resolved_reservations_per_shard=bound, retention_ms=60_000))
     engine = service.engine
     assert engine is not None
     await client.record_events([receipt("stock", "A", "S1", 5)])
@@ -171,7 +171,7 @@ async def test_refused_reserves_with_new_ids_are_remembered_within_a_bound_R5(st
             refused.append(exc)
         assert len(ledger.reservations) <= bound, f"{len(ledger.reservations)} reservations remembered"
     assert refused and all(exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for exc in refused)
-    assert "max_remembered_reservations_per_shard" in (refused[0].details() or "")
+    assert "max_resolved_reservations_per_shard" in (refused[0].details() or "")
     again = await client.reserve("bot-0", [("A", "S1", 6)])  # a retry of one remembered: its answer (R5)
     assert again.state == pb.RESERVATION_STATE_REJECTED
     clock.advance(60_001)
