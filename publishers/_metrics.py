@@ -43,6 +43,12 @@ class PublisherMetrics:
             "Times this process lost its group's lease while delivering (paused or cut off from Redis past it)",
             ["channel", "group"], registry=r,
         )
+        self.claimed = Counter(
+            "atp_publisher_claimed_total",
+            "Entries pending in the group under other consumer names taken over by this process on taking the "
+            "lease (trimmed ones included: their keys resynced from the state hash)",
+            ["channel", "group"], registry=r,
+        )
         self.delay = Histogram(
             "atp_publisher_delivery_delay_seconds", "Source time of the newest change behind an update -> delivered",
             ["channel"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r,
@@ -56,6 +62,7 @@ class PublisherMetrics:
         zeroed(self.rate_limited, (channel,))
         zeroed(self.redeliver_overflows, (channel,))
         zeroed(self.lease_lost, (channel, group))
+        zeroed(self.claimed, (channel, group))
         self.lease_held.labels(channel, group).set(0)  # a standby until it takes the lease
 
     def outcome(self, channel: str, adapter: str, outcome: str, n: int = 1) -> None:

@@ -33,6 +33,7 @@ from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, st
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, TokenBucket
 
+from ._claim import Takeover
 from ._config import PublisherConfig
 from ._delivery import Adapter, DeliveryError
 from ._holding import Halted, Holding, unless_halted
@@ -72,6 +73,7 @@ class Publisher:
         """Set by a stop, or when the group's lease is lost: what is being delivered stops at once."""
         self._holding = Holding(config, client, metrics, self._halt.set)
         self._redelivery = self._new_redelivery()
+        self._takeover = Takeover(config, client, metrics, self._holding.lease, self._resync, self._holding.lost)
 
     def _new_redelivery(self) -> Redelivery:
         return Redelivery(self.config, self.client, self.metrics, self.adapter.name, self._now_ms,
@@ -103,14 +105,16 @@ class Publisher:
         return await self._holding.lease.take()
 
     async def _deliver_while_held(self) -> None:
-        """Until a stop or the lease lost: own pending entries first (a restart; a takeover, under
-        the same consumer name), then new ones."""
+        """Until a stop or the lease lost: every entry pending in the group, taken over under this
+        consumer's name (a restart; a takeover, under any name), first, then new ones."""
         own_pending, group_gone, loaded = True, False, False
         self._redelivery = self._new_redelivery()  # a takeover finds what Redis remembers owed
         while not self._halt.is_set():
             try:
                 if not loaded:  # what the previous holder delivered, read once this one holds the lease
                     await self.prepare()
+                    if not await self._takeover.run():  # what it left pending, under any consumer name
+                        return  # stopped half-way: the next holder takes over what is left
                     loaded = True
                 if group_gone:
                     await self._make_group(again=True)

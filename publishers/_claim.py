@@ -1,0 +1,144 @@
+"""A new lease holder takes over every entry pending in its group, under any consumer name.
+
+A stop leaves the entries of the read under way pending under the stopping publisher's consumer
+name (on purpose: not dead-lettered for want of the attempts the stop cut off). The next holder
+reads its own name's pending entries, then new ones: entries pending under another name (replicas
+started with different ``--consumer`` values, a name changed between versions) would never be
+delivered, and a stock-out among them would stay unpublished until its key changes again (C2, C4).
+
+So on taking the lease a publisher moves every pending entry of the group to its own name
+(``XAUTOCLAIM`` from ``0-0``, min-idle 0, ``read_count`` per call, until its cursor comes back to
+``0-0``), then reads them as its own. Claiming what another name holds, at once, is safe: only the
+lease holder delivers or records, and a paused old holder's late record is fenced by its token.
+
+Redis 7 drops from the pending list, and returns, the ids of entries trimmed from the stream while
+pending: the newest values of their keys are delivered from the channel's state hash instead
+(the publisher's resync of trimmed entries). Since nothing in the stream says they are owed any
+more, a resync of every key is owed durably (``redeliver-all``, raised in the claim's own script)
+until that is done: a stop or crash half-way leaves them to the next start.
+
+Consumers of the group left with nothing pending are then removed (``XGROUP DELCONSUMER``, each
+only if its pending list is still empty, in one script): the group's consumer list stays bounded
+however many names came and went.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from atp_service.storage.resp import as_text, seq_of
+
+from ._config import PublisherConfig
+from ._lease import Lease
+from ._metrics import PublisherMetrics
+
+log = logging.getLogger(__name__)
+
+CLAIM = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return false end
+local reply = redis.call('xautoclaim', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'COUNT', ARGV[5], 'JUSTID')
+local trimmed, mark = reply[3] or {}, 0
+if #trimmed > 0 and ARGV[6] == '0' then mark = redis.call('incr', KEYS[3]) end
+return {reply[1], #reply[2], trimmed, mark}
+"""
+"""Under the lease only: one XAUTOCLAIM call (ids only: the entries are read afterwards as this
+consumer's own); when it dropped trimmed entries and no mark is held yet, a resync of every key
+owed (the mark's new value returned; 0: none raised). ``false``: fenced off. (Redis 6.2 lists no
+trimmed ids: it leaves them pending, and the read of own pending entries finds them trimmed.)"""
+DELETE_EMPTY_CONSUMERS = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
+local n = 0
+for i = 3, #ARGV do
+  if #redis.call('xpending', KEYS[2], ARGV[2], '-', '+', 1, ARGV[i]) == 0 then
+    redis.call('xgroup', 'delconsumer', KEYS[2], ARGV[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+"""Under the lease only: each named consumer removed if nothing is pending under it (checked in
+the same script: an entry read meanwhile is never dropped with its consumer)."""
+
+Resync = Callable[[Callable[[int], bool], str], Awaitable[bool]]
+"""The publisher's delivery of the state hash's values whose versions are wanted; False: stopped."""
+
+
+class Takeover:
+    def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics, lease: Lease,
+                 resync: Resync, lost: Callable[[str], None]) -> None:
+        self.config, self.client, self.metrics, self.lease = config, client, metrics, lease
+        self._resync, self._lost = resync, lost
+
+    async def run(self) -> bool:
+        """Every entry pending in the group moved to this consumer (trimmed ones resynced), and the
+        consumers left empty removed. False: a stop, or the lease lost, cut it off."""
+        cfg = self.config
+        pending = await self._consumers()
+        others = [name for name in pending if name != cfg.consumer]
+        counts = {"claimed": 0, "trimmed": 0}
+        if any(pending[name] for name in others) and not await self._claim_all(counts):
+            return False
+        deleted = await self._delete_empty(others)
+        if deleted < 0:
+            return False
+        # XAUTOCLAIM takes this consumer's own pending entries too (to itself): not counted as taken over.
+        taken = max(0, counts["claimed"] + counts["trimmed"] - pending.get(cfg.consumer, 0))
+        if taken or deleted:
+            self.metrics.claimed.labels(cfg.channel, cfg.group).inc(taken)
+            log.info("%s: took over %d entries pending in group %s under other consumer names (%d pending entries "
+                     "were trimmed from the stream: their keys resynced from the state hash); %d empty consumers "
+                     "removed", cfg.channel, taken, cfg.group, counts["trimmed"], deleted,
+                     extra={"event": "publisher_claimed", "channel": cfg.channel, "group": cfg.group,
+                            "claimed": taken, "trimmed": counts["trimmed"], "consumers_removed": deleted})
+        return True
+
+    async def _consumers(self) -> dict[str, int]:
+        cfg = self.config
+        return {as_text(c["name"]): int(c["pending"]) for c in await self.client.xinfo_consumers(cfg.stream, cfg.group)}
+
+    async def _claim_all(self, counts: dict[str, int]) -> bool:
+        """XAUTOCLAIM until its cursor comes back to the start; trimmed ids resynced call by call."""
+        cfg, cursor, mark = self.config, "0-0", 0
+        while True:
+            reply = await self.client.eval(CLAIM, 3, self.lease.key, cfg.stream, cfg.redeliver_all_key,
+                                           self.lease.token, cfg.group, cfg.consumer, cursor, cfg.read_count,
+                                           "1" if mark else "0")
+            if reply is None:
+                self._lost("its claim of the group's pending entries was fenced off: another publisher holds the lease")
+                return False
+            cursor, counts["claimed"] = as_text(reply[0]), counts["claimed"] + int(reply[1])
+            mark = mark or int(reply[3])
+            trimmed = {seq_of(as_text(entry_id)) for entry_id in reply[2]}
+            counts["trimmed"] += len(trimmed)
+            if trimmed and not await self._resync_trimmed(trimmed):
+                return False  # the mark stays: the next holder resyncs every key
+            if cursor == "0-0":
+                break
+        # Forgotten only if this takeover raised it from nothing (one raised before is another's to settle).
+        if mark == 1 and not await self.lease.delete_if_same(cfg.redeliver_all_key, mark):
+            self._lost("its record was fenced off: another publisher holds the lease")
+            return False
+        return True
+
+    async def _resync_trimmed(self, versions: set[int]) -> bool:
+        """The keys whose newest values were among these trimmed pending entries, from the state hash."""
+        cfg = self.config
+        why = (f"{len(versions)} pending entries claimed trimmed from {cfg.stream} before group {cfg.group} "
+               "delivered them")
+        return await self._resync(lambda version: version in versions, why)
+
+    async def _delete_empty(self, names: list[str]) -> int:
+        """Consumers among ``names`` with nothing pending removed, ``read_count`` per script call.
+        The number removed; -1: fenced off."""
+        cfg, removed = self.config, 0
+        for start in range(0, len(names), cfg.read_count):
+            chunk = names[start:start + cfg.read_count]
+            n = int(await self.client.eval(DELETE_EMPTY_CONSUMERS, 2, self.lease.key, cfg.stream, self.lease.token,
+                                           cfg.group, *chunk))
+            if n < 0:
+                self._lost("its removal of empty consumers was fenced off: another publisher holds the lease")
+                return -1
+            removed += n
+        return removed

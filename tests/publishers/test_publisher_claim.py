@@ -1,0 +1,152 @@
+"""A new lease holder takes over every entry pending in its group, under whatever consumer name
+it was read (replicas started with different ``--consumer`` values, a name changed between
+versions): a stock-out read just before a rolling update's stop is delivered, never left
+unpublished until its key changes again (C2, C4). Real Redis, a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.keys import CHANNELS, Keyspace
+from publishers import Publisher, PublisherMetrics, WebhookAdapter
+from tests.publishers.http_helpers import serve
+from tests.publishers.test_publisher import SECRET
+from tests.publishers.test_publisher_lease import Destination, config, never_backwards, until
+from tests.publishers.test_publisher_trimmed import STREAM, desk_writes, value
+
+GROUP = "webhook"
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[ChannelStore]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set(Keyspace("atp:").owner(CHANNELS), 1)
+    yield ChannelStore(client, "atp:", epoch=lambda: 1)
+    await client.aclose()
+
+
+async def pending_by_consumer(client: aioredis.Redis) -> dict[str, int]:
+    info: Any = await client.xpending(STREAM, GROUP)
+    return {c["name"].decode(): int(c["pending"]) for c in info["consumers"]}
+
+
+async def consumers(client: aioredis.Redis) -> set[str]:
+    return {c["name"].decode() for c in await client.xinfo_consumers(STREAM, GROUP)}
+
+
+def claimed(metrics: PublisherMetrics) -> float | None:
+    return metrics.registry.get_sample_value("atp_publisher_claimed_total", {"channel": "web", "group": GROUP})
+
+
+async def stopped_retrying(store: ChannelStore, url: str, down: Destination) -> None:
+    """Publisher ``a`` reads what the desk wrote, its destination down: stopped while retrying, the
+    entries of that read stay pending under its name (on purpose: not dead-lettered for a stop)."""
+    first = Publisher(config(consumer="a", max_attempts=10_000), store.client, WebhookAdapter(url + "/in", SECRET),
+                      PublisherMetrics())
+    task = asyncio.create_task(first.run())
+    await until(lambda: down.requests >= 2, "the first publisher retries its delivery")
+    first.stop()
+    await asyncio.wait_for(task, 10)
+    assert await pending_by_consumer(store.client) == {"a": 2}
+
+
+async def test_entries_left_pending_under_another_consumer_name_are_delivered_by_the_next_holder(
+        store: ChannelStore) -> None:
+    down, up = Destination(503), Destination()
+    with serve(down.handle) as url_a, serve(up.handle) as url_b:
+        await desk_writes(store, [value("s", 0, 1), value("t", 5, 2)])  # "s" sold out
+        await stopped_retrying(store, url_a, down)
+
+        metrics = PublisherMetrics()
+        second = Publisher(config(consumer="b"), store.client, WebhookAdapter(url_b + "/in", SECRET), metrics)
+        task = asyncio.create_task(second.run())
+        try:
+            await until(up.got(("s", 1)), "the stock-out read by publisher a is delivered by publisher b")
+            await until(up.got(("t", 2)), "the other entry too")
+            await until(_nothing_pending(store.client), "every entry acknowledged")
+            assert claimed(metrics) == 2
+            # Its pending list empty, the stopped publisher's name is removed: the list stays bounded.
+            assert await consumers(store.client) == {"b"}
+            await desk_writes(store, [value("t", 3, 3)])
+            await until(up.got(("t", 3)), "new entries follow")
+            never_backwards(up.versions())
+        finally:
+            second.stop()
+            await asyncio.wait_for(task, 10)
+
+
+def _nothing_pending(client: aioredis.Redis) -> Any:
+    async def check() -> bool:
+        return sum((await pending_by_consumer(client)).values()) == 0
+    return check
+
+
+async def test_entries_pending_under_another_name_and_trimmed_since_come_from_the_state_hash(
+        store: ChannelStore) -> None:
+    """XAUTOCLAIM drops trimmed entries from the pending list and returns their ids: their keys'
+    newest values are delivered from the channel's state hash, not lost with them."""
+    down, up = Destination(503), Destination()
+    with serve(down.handle) as url_a, serve(up.handle) as url_b:
+        await desk_writes(store, [value("s", 0, 1), value("t", 5, 2)])
+        await stopped_retrying(store, url_a, down)
+        await desk_writes(store, [value("u", 4, 3)])
+        await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # both pending entries trimmed
+
+        metrics = PublisherMetrics()
+        second = Publisher(config(consumer="b"), store.client, WebhookAdapter(url_b + "/in", SECRET), metrics)
+        task = asyncio.create_task(second.run())
+        try:
+            await until(up.got(("s", 1)), "the trimmed stock-out is delivered from the state hash")
+            await until(up.got(("t", 2)), "the other trimmed entry too")
+            await until(up.got(("u", 3)), "the entry after them")
+            await until(_nothing_pending(store.client), "nothing left pending")
+            assert await store.client.xlen(f"{STREAM}:dlq:{GROUP}") == 0
+            assert not await store.client.exists(f"{STREAM}:redeliver-all:{GROUP}"), "the resync owed is done"
+            never_backwards(up.versions())
+        finally:
+            second.stop()
+            await asyncio.wait_for(task, 10)
+
+
+async def test_a_stop_while_resyncing_claimed_trimmed_entries_leaves_their_keys_owed(store: ChannelStore) -> None:
+    """The claim took the trimmed ids out of the pending list: nothing in the stream says their keys
+    are owed any more. A stop before they are delivered leaves a resync of every key owed, which the
+    next holder (under a third name) carries out."""
+    down, still_down, up = Destination(503), Destination(503), Destination()
+    with serve(down.handle) as url_a, serve(still_down.handle) as url_b, serve(up.handle) as url_c:
+        await desk_writes(store, [value("s", 0, 1), value("t", 5, 2)])
+        await stopped_retrying(store, url_a, down)
+        await desk_writes(store, [value("u", 4, 3)])
+        await store.client.xtrim(STREAM, maxlen=1, approximate=False)
+
+        second = Publisher(config(consumer="b", max_attempts=10_000), store.client,
+                           WebhookAdapter(url_b + "/in", SECRET), PublisherMetrics())
+        task = asyncio.create_task(second.run())
+        await until(lambda: still_down.requests >= 2, "the second publisher retries the resync of the trimmed keys")
+        second.stop()
+        await asyncio.wait_for(task, 10)
+        assert await pending_by_consumer(store.client) == {}, "the claim dropped the trimmed entries"
+        assert await store.client.exists(f"{STREAM}:redeliver-all:{GROUP}"), "their keys stay owed"
+
+        third = Publisher(config(consumer="c"), store.client, WebhookAdapter(url_c + "/in", SECRET),
+                          PublisherMetrics())
+        task = asyncio.create_task(third.run())
+        try:
+            await until(up.got(("s", 1)), "the stock-out is delivered by the next holder")
+            await until(up.got(("t", 2)), "the other owed key too")
+            await until(up.got(("u", 3)), "and what followed")
+            await until(lambda: _no_key(store.client, f"{STREAM}:redeliver-all:{GROUP}"), "the resync owed is done")
+            never_backwards(up.versions())
+        finally:
+            third.stop()
+            await asyncio.wait_for(task, 10)
+
+
+async def _no_key(client: aioredis.Redis, key: str) -> bool:
+    return not await client.exists(key)
