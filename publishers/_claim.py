@@ -17,6 +17,10 @@ pending: the newest values of their keys are delivered from the channel's state 
 more, a resync of every key is owed durably (``redeliver-all``, raised in the claim's own script)
 until that is done: a stop or crash half-way leaves them to the next start.
 
+The holder looks again once every lease (one XINFO CONSUMERS while nothing is pending elsewhere):
+reads are not fenced, so an old holder paused past its lease can read new entries into its own
+name before it notices the loss, and deliver none of them.
+
 Consumers of the group left with nothing pending are then removed (``XGROUP DELCONSUMER``, each
 only if its pending list is still empty, in one script): the group's consumer list stays bounded
 however many names came and went.
@@ -25,6 +29,7 @@ however many names came and went.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -70,11 +75,19 @@ class Takeover:
                  resync: Resync, lost: Callable[[str], None]) -> None:
         self.config, self.client, self.metrics, self.lease = config, client, metrics, lease
         self._resync, self._lost = resync, lost
+        self._next_look = 0.0
+
+    def due(self) -> bool:
+        """A look again, once a lease since the last: reads are not fenced, so a holder paused past
+        its lease (or cut off, its read reaching Redis late) may read new entries into its own name
+        after this one took over, then deliver nothing. They wait at most a lease."""
+        return time.monotonic() >= self._next_look
 
     async def run(self) -> bool:
         """Every entry pending in the group moved to this consumer (trimmed ones resynced), and the
         consumers left empty removed. False: a stop, or the lease lost, cut it off."""
         cfg = self.config
+        self._next_look = time.monotonic() + cfg.lease_s
         pending = await self._consumers()
         others = [name for name in pending if name != cfg.consumer]
         counts = {"claimed": 0, "trimmed": 0}

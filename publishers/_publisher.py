@@ -119,6 +119,11 @@ class Publisher:
                 if group_gone:
                     await self._make_group(again=True)
                     self._position, group_gone = 0, False
+                if not own_pending and self._takeover.due():  # read under another name since (a late read)
+                    if not await self._takeover.run():
+                        return
+                    own_pending = True  # what it claimed is read as this consumer's own
+                    continue
                 if not own_pending and self._redelivery.due():
                     await self._redelivery.run_pass()  # keys whose newest value was dead-lettered (C4)
                     if self._halt.is_set():

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.channel_wire import to_fields
 from atp_service.storage.keys import CHANNELS, Keyspace
 from publishers import Publisher, PublisherMetrics, WebhookAdapter
 from tests.publishers.http_helpers import serve
@@ -150,3 +151,29 @@ async def test_a_stop_while_resyncing_claimed_trimmed_entries_leaves_their_keys_
 
 async def _no_key(client: aioredis.Redis, key: str) -> bool:
     return not await client.exists(key)
+
+
+async def test_an_entry_read_under_another_name_after_the_takeover_is_delivered_within_a_lease(
+        store: ChannelStore) -> None:
+    """Reads are not fenced: a holder paused past its lease (or cut off, its XREADGROUP arriving
+    late) can still read new entries into its own name after another took over, then notice the
+    loss and deliver nothing. The new holder looks again at least once a lease: they are delivered."""
+    up = Destination()
+    with serve(up.handle) as url:
+        await desk_writes(store, [value("t", 5, 1)])
+        holder = Publisher(config(consumer="b"), store.client, WebhookAdapter(url + "/in", SECRET), PublisherMetrics())
+        task = asyncio.create_task(holder.run())
+        try:
+            await until(up.got(("t", 1)), "the holder delivers")
+            # The old holder's late read, as Redis sees it: in one transaction with the write, so that
+            # it takes the entry before the holder's own blocked read is served.
+            async with store.client.pipeline(transaction=True) as pipe:
+                pipe.xadd(STREAM, to_fields(value("s", 0, 2)), id="2-0")  # type: ignore[arg-type]
+                pipe.xreadgroup(GROUP, "old", {STREAM: ">"}, count=10)
+                await pipe.execute()
+            assert (await pending_by_consumer(store.client)).get("old") == 1
+            await until(up.got(("s", 2)), "the stock-out the old holder read is delivered by the holder")
+            await until(_nothing_pending(store.client), "and acknowledged")
+        finally:
+            holder.stop()
+            await asyncio.wait_for(task, 10)
