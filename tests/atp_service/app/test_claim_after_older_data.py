@@ -17,11 +17,10 @@ import redis.asyncio as aioredis
 
 from atp_client import AtpClient
 from atp_service import AtpService
-from atp_service.storage.embedded_cluster import EmbeddedCluster
-from tests.atp_service.app.test_redis_lost_tail import restored, saved
+from tests.atp_service.app.test_redis_lost_tail import restored, saved, services_and_primaries
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
-from tests.conftest import ServiceFactory, services_on
+from tests.conftest import ServiceFactory
 
 IDLE = 3600.0
 """A's owner check, made not to run on its own: B claims before A asks (it asks every owner_check_s)."""
@@ -30,20 +29,9 @@ IDLE = 3600.0
 @pytest.fixture(params=["one Redis", "cluster"])
 async def setup(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ServiceFactory, list[aioredis.Redis]]]:
     """A service factory, and a direct client of every primary (each is restored alone)."""
-    if request.param == "cluster":
-        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
-        url = request.getfixturevalue("cluster_url")
-        ports, settings = [node.port for node in cluster.primaries], {"redis_cluster": True, "input_streams": ()}
-    else:
-        url = request.getfixturevalue("redis_url")
-        ports, settings = [int(url.rsplit(":", 1)[1].split("/")[0])], {}
-    primaries = [aioredis.Redis(host="127.0.0.1", port=port) for port in ports]
-    try:
-        async for start in services_on(url, **settings):
-            yield start, primaries
-    finally:
-        for client in primaries:
-            await client.aclose()
+    cluster = {"input_streams": ()} if request.param == "cluster" else {}
+    async for pair in services_and_primaries(request, cluster):
+        yield pair
 
 
 async def _claim_lost_then_drawn_again(start: ServiceFactory, primaries: list[aioredis.Redis]

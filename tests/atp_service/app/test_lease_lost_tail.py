@@ -16,12 +16,11 @@ import redis.asyncio as aioredis
 
 from atp_client import AtpClient
 from atp_service import AtpService, free_port
-from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_service.app.test_lease_faults import until_async
-from tests.atp_service.app.test_redis_lost_tail import restored, saved
+from tests.atp_service.app.test_redis_lost_tail import restored, saved, services_and_primaries
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
-from tests.conftest import ServiceFactory, services_on
+from tests.conftest import ServiceFactory
 
 LEASE_MS = 9000
 """Long enough that a lease RESTOREd with the TTL it had when saved is renewed well before it runs out:
@@ -33,20 +32,8 @@ LEASED = {"ownership": "leases", "lease_ms": LEASE_MS, "shards": 4, "input_strea
 @pytest.fixture(params=["one Redis", "cluster"])
 async def setup(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ServiceFactory, list[aioredis.Redis]]]:
     """A factory of leased processes, and a direct client of every primary (each is restored alone)."""
-    if request.param == "cluster":
-        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
-        url = request.getfixturevalue("cluster_url")
-        ports, settings = [node.port for node in cluster.primaries], {**LEASED, "redis_cluster": True}
-    else:
-        url = request.getfixturevalue("redis_url")
-        ports, settings = [int(url.rsplit(":", 1)[1].split("/")[0])], LEASED
-    primaries = [aioredis.Redis(host="127.0.0.1", port=port) for port in ports]
-    try:
-        async for start in services_on(url, **settings):
-            yield start, primaries
-    finally:
-        for client in primaries:
-            await client.aclose()
+    async for pair in services_and_primaries(request, LEASED):
+        yield pair
 
 
 async def _reserved(client: AtpClient) -> int | None:

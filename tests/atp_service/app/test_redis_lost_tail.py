@@ -9,17 +9,39 @@ RDB would hold (the simulation does the same with ``--lose-tail``, ``tests/sim/t
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from atp_service.storage.durability import LogDiverged
+from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
-from tests.conftest import ServiceFactory
+from tests.conftest import ServiceFactory, services_on
 
 Image = dict[Any, tuple[Any, int]]
+
+
+async def services_and_primaries(request: pytest.FixtureRequest, settings: dict[str, Any]
+                                 ) -> AsyncIterator[tuple[ServiceFactory, list[aioredis.Redis]]]:
+    """Services with ``settings`` on the test's one Redis or Redis Cluster (``request.param``: "one Redis"
+    or "cluster"), and a direct client of every primary: each can be saved and restored alone."""
+    if request.param == "cluster":
+        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
+        url = request.getfixturevalue("cluster_url")
+        ports, settings = [node.port for node in cluster.primaries], {**settings, "redis_cluster": True}
+    else:
+        url = request.getfixturevalue("redis_url")
+        ports = [int(url.rsplit(":", 1)[1].split("/")[0])]
+    primaries = [aioredis.Redis(host="127.0.0.1", port=port) for port in ports]
+    try:
+        async for start in services_on(url, **settings):
+            yield start, primaries
+    finally:
+        for client in primaries:
+            await client.aclose()
 
 
 async def saved(client: aioredis.Redis) -> Image:
