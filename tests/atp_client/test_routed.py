@@ -14,7 +14,7 @@ from atp_client import Retryable, RoutedClient, place
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.routing import Route, RoutingTable
 from reservation import Moved
-from tests.atp_service.edge.test_forward import Relay
+from tests.atp_service.edge.test_forward import InHand, Relay
 from tests.atp_service.edge.test_routing import advertised, stock
 from tests.conftest import ServiceFactory
 
@@ -98,16 +98,7 @@ async def test_a_change_whose_owner_was_lost_with_it_in_hand_is_in_doubt_whateve
     other._servicer.routing = lambda: RoutingTable(shards, other_address, tuple(
         Route(g, owner_address if g == group else other_address, 1) for g in range(shards)))
     assert owner.engine is not None
-    reserve, entered, go = owner.engine.reserve, asyncio.Event(), asyncio.Event()
-    landed: list[asyncio.Future[Any]] = []
-
-    async def in_hand(cmd: Any) -> Any:  # the owner's work, which its caller's going does not undo
-        async def late() -> Any:
-            await go.wait()
-            return await reserve(cmd)
-        landed.append(asyncio.ensure_future(late()))
-        entered.set()
-        return await asyncio.shield(landed[0])
+    in_hand = InHand(owner.engine.reserve)
 
     async def nobody_owns(*_args: Any, **_kw: Any) -> Any:
         raise Moved(group, "", epoch=2)
@@ -117,13 +108,13 @@ async def test_a_change_whose_owner_was_lost_with_it_in_hand_is_in_doubt_whateve
     async with RoutedClient(other_address, timeout_s=10) as routed:
         assert (await routed.refresh()).owner(group) == owner_address
         call = asyncio.ensure_future(routed.reserve("r1", [("A", "L", 1)]))
-        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.wait_for(in_hand.entered.wait(), 10)
         other._servicer.routing = lambda: RoutingTable(shards, other_address, tuple(  # the takeover under way
             Route(g, "" if g == group else other_address, 1) for g in range(shards)))
         await relay.cut()
         with pytest.raises(Retryable) as lost:
             await call
-    go.set()
-    await landed[0]
+    in_hand.go.set()
+    await in_hand.landed[0]
     assert (await at_owner.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD  # it was made
     assert (lost.value.code(), lost.value.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), lost.value

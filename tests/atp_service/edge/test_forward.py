@@ -9,7 +9,7 @@ other owns the call's group.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,24 @@ async def test_a_reservation_held_elsewhere_is_answered_once_its_holder_answers_
         silent.close()
 
 
+class InHand:
+    """An owner's ``reserve`` held in its hands: ``entered`` once called; it lands only after ``go``,
+    whatever happens to its caller (the owner's work, which its caller's going does not undo)."""
+
+    def __init__(self, reserve: Callable[[Any], Awaitable[Any]]) -> None:
+        self._reserve = reserve
+        self.entered, self.go = asyncio.Event(), asyncio.Event()
+        self.landed: list[asyncio.Future[Any]] = []
+
+    async def __call__(self, cmd: Any) -> Any:
+        async def late() -> Any:
+            await self.go.wait()
+            return await self._reserve(cmd)
+        self.landed.append(asyncio.ensure_future(late()))
+        self.entered.set()
+        return await asyncio.shield(self.landed[0])
+
+
 class Relay:
     """A TCP relay to a peer process: the connection between two processes, which ``cut`` ends as a
     host that died does (open connections reset, new ones refused)."""
@@ -285,16 +303,7 @@ async def test_a_forwarded_change_whose_owner_is_lost_mid_call_is_answered_in_do
     relay = Relay(b_address)
     via_relay = await relay.start()
     assert b.engine is not None
-    reserve, entered, go = b.engine.reserve, asyncio.Event(), asyncio.Event()
-    landed: list[asyncio.Future[Any]] = []
-
-    async def in_hand(cmd: Any) -> Any:  # the owner's work, which its caller's going does not undo
-        async def late() -> Any:
-            await go.wait()
-            return await reserve(cmd)
-        landed.append(asyncio.ensure_future(late()))
-        entered.set()
-        return await asyncio.shield(landed[0])
+    in_hand = InHand(b.engine.reserve)
 
     async with AtpClient(a_address, token=TOKEN, timeout_s=10, retry=RetryPolicy()) as via_a, \
             AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
@@ -302,12 +311,12 @@ async def test_a_forwarded_change_whose_owner_is_lost_mid_call_is_answered_in_do
         moved_away(monkeypatch, a, "reserve", via_relay)
         monkeypatch.setattr(b.engine, "reserve", in_hand)
         call = asyncio.ensure_future(via_a.reserve("r1", [("A", "L", 2)]))
-        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.wait_for(in_hand.entered.wait(), 10)
         await relay.cut()
         with pytest.raises(grpc.aio.AioRpcError) as lost:
             await call
-        go.set()
-        await landed[0]
+        in_hand.go.set()
+        await in_hand.landed[0]
         assert (await at_b.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD  # it was made
     refusal = typed(lost.value).refusal
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
