@@ -39,7 +39,9 @@ class Reason(IntEnum):
     CHANNEL_NOT_FOUND = 10
     """No channel with that name in the estate."""
     RESERVATION_EXPIRED = 11
-    """R3: the hold expired before the command; reserve again."""
+    """R3: the hold expired before the command; reserve again. Also a Confirm of an order spanning
+    groups whose hold in a group Redis lost (restarted from older data): the order is given up whole
+    and the message names the groups."""
     RESERVATION_REJECTED = 12
     """R2: the reservation was refused when made; nothing of it can change."""
     RESERVATION_RELEASED = 13

@@ -169,6 +169,21 @@ def resolved(order: Reservation, shown: Reservation, now: int) -> Reservation:
                                    updated_at=now)
 
 
+def lost_parts(order: Reservation, found: Mapping[int, Reservation], now: int, limits: Limits,
+               place: Place) -> list[int]:
+    """The groups whose part of the decided ``order`` Redis lost (a Redis Cluster node restarted from
+    older data while the order's own node kept it): the order granted units there and the part is not
+    in ``found``, though it cannot have been forgotten — a resolved part is forgotten only after the
+    retention window (``Ledger.evict``), and the order is younger than half of it (the other half: a
+    margin for the groups' clocks). An older order's missing part is taken as forgotten."""
+    if order.pending is not None and order.pending.kind == OrderStep.RESERVE:
+        return []  # undecided: a part missing was never reserved
+    if now - order.created_at >= limits.retention_ms // 2:
+        return []
+    granted = {place(line.sku) for line in order.lines if line.granted}
+    return [group for group in order.parts if group in granted and group not in found]
+
+
 def abandoned(order: Reservation, now: int) -> Reservation:
     """An order still undecided when its TTL passed (its parts that held units are released):
     expired, nothing granted."""

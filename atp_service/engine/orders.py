@@ -24,16 +24,20 @@ from atp_service.engine.parts import (
     PartStep,
     ReadPart,
     ReservePart,
+    command_of,
+    log_lost,
     log_orphaned,
     orphan_parts,
     run_part,
     tell_home,
+    undecided,
 )
 from atp_service.tasks import exception_seen, keep
 from reservation import (
     DomainError,
     Fact,
     FactOutcome,
+    FailedPrecondition,
     Ledger,
     LineRequest,
     NotFound,
@@ -54,8 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-UNDECIDED = ("outcome unknown: the order spans groups and is not decided yet (a group's log did not answer); "
-             "retry with the same id, which goes on from where it stopped")
 
 
 class Orders:
@@ -199,7 +201,7 @@ class Orders:
     async def _decide(self, order: Reservation, home: int) -> Reservation:
         """Reserve every part (a replay where it exists), release the held ones if any part is
         refused, then record the order's decision; the order as recorded."""
-        cmds = orders.split(_command_of(order), self._engine.place)
+        cmds = orders.split(command_of(order), self._engine.place)
         try:
             parts = await self._steps({g: ReservePart(cmd) for g, cmd in cmds.items()})
         except DomainError as exc:
@@ -218,6 +220,11 @@ class Orders:
     async def _change(self, order_id: str, home: int, step: PendingOp, quiet: bool = False) -> Reservation:
         order = await self._settle(order_id, home)
         parts = await self._parts(order)
+        if step.kind == OrderStep.CONFIRM and order.state == State.HELD and order.pending is None:
+            lost = await self._give_up_if_torn(order, home, parts)
+            if lost:
+                raise FailedPrecondition("EXPIRED", f"its hold in shard groups {lost} is gone (Redis lost acknowledged "
+                                         "entries there): it was given up whole; reserve again", order_id)
         done, shares, error = orders.plan(orders.view(order, parts), step, self._engine.clock.now_ms(),
                                           self._engine.limits, self._engine.place)
         if done is not None:
@@ -249,6 +256,8 @@ class Orders:
             order = await self._abandon(order, home)  # never decided within its TTL: nothing stays held
         elif pending.kind == OrderStep.EXPIRE and not any(line.granted for line in order.lines):
             await self._give_up_parts(order)  # abandoned, and stopped before its parts were given up
+        elif pending.kind == OrderStep.CONFIRM and await self._give_up_if_torn(order, home, await self._parts(order)):
+            return await self._settle(order_id, home)  # given up whole: expired
         else:
             await self._apply(order, orders.shares(order, pending, self._engine.place))
         settled = orders.settled(order, self._engine.clock.now_ms())
@@ -262,6 +271,19 @@ class Orders:
         await self._give_up_parts(order)
         return expired
 
+    async def _give_up_if_torn(self, order: Reservation, home: int, parts: dict[int, Reservation]) -> list[int]:
+        """A held order whose part Redis lost (``lost_parts``) can no longer be confirmed whole: its hold
+        there is gone, and confirming the rest would record it CONFIRMED with those units committed
+        nowhere, to be sold again (R2, Q3). It is given up whole (``_abandon``: the parts that exist
+        released, a tombstone where missing); the groups lost (none: the order is whole)."""
+        now = self._engine.clock.now_ms()
+        lost = orders.lost_parts(order, parts, now, self._engine.limits, self._engine.place)
+        if lost:
+            log_lost(order.reservation_id, lost, "its hold there is gone: the order is given up whole")
+            expired = await self._abandon(order, home)
+            await self._save(home, orders.settled(expired, self._engine.clock.now_ms()), over=expired)
+        return lost
+
     async def _give_up_orphan(self, part_id: str, group: int) -> None:
         """An orphaned part released, unless a retry of its Reserve opened the order again meanwhile."""
         order_id = orders.order_of(part_id)
@@ -270,12 +292,12 @@ class Orders:
             self.orphans.pop(part_id, None)
             return
         log_orphaned(part_id, group, "holds units: released")
-        await self._steps({group: GiveUpPart(_command_of(part))})
+        await self._steps({group: GiveUpPart(command_of(part))})
         self.orphans.pop(part_id, None)
 
     async def _give_up_parts(self, order: Reservation) -> None:
         """Every part of an abandoned order released, or a tombstone in its place (``give_up_part``)."""
-        cmds = orders.split(_command_of(order), self._engine.place)
+        cmds = orders.split(command_of(order), self._engine.place)
         await self._steps({g: GiveUpPart(cmd) for g, cmd in cmds.items()})
 
     async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
@@ -366,33 +388,13 @@ class Orders:
         results = await asyncio.gather(*(run_part(self._engine, g, steps[g]) for g in groups), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
-                raise _undecided(result)
+                raise undecided(result)
         return dict(zip(groups, results, strict=True))
 
     async def _on(self, shard: int, work: Callable[[Ledger, int], T]) -> T:
         try:
             result: T = await self._engine.actors[shard].submit(work)
         except BaseException as exc:
-            raise _undecided(exc) from None
+            raise undecided(exc) from None
         return result
-
-
-def _undecided(exc: BaseException) -> BaseException:
-    """A step that did not happen, or may not have: the order stays pending, and its caller hears
-    that the outcome is not known yet. A refusal by a domain rule is passed on as it is; not a
-    shard shedding load or full (RESOURCE_EXHAUSTED says nothing was applied, but the order is
-    open and other parts may hold: a retry with the same id answers what was decided, R5)."""
-    if isinstance(exc, DomainError) and not isinstance(exc, Unavailable | ResourceExhausted):
-        return exc
-    if not isinstance(exc, Exception):
-        return exc  # cancelled: the saga's own task is being stopped
-    if not isinstance(exc, DomainError):
-        log.warning("a step of an order spanning groups failed: %r", exc)
-    return Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)
-
-
-def _command_of(order: Reservation) -> ReserveCommand:
-    """The Reserve an order was opened with (its requested lines are kept until it is decided)."""
-    return ReserveCommand(order.reservation_id, order.order_ref, order.channel, ops.requested_lines(order),
-                          order.ttl_ms, order.allow_partial, order.ttl_default)
 

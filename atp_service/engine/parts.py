@@ -25,6 +25,7 @@ from reservation import (
     State,
     Unavailable,
 )
+from reservation import _operations as ops
 from reservation import _orders as orders
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 Remote = Callable[[str, bytes], Awaitable[bytes]]
 """Sends a step request to the process at an address and returns its reply (raises ``Unavailable``
 when the step's fate is not known: the peer did not answer)."""
+
+UNDECIDED = ("outcome unknown: the order spans groups and is not decided yet (a group's log did not answer); "
+             "retry with the same id, which goes on from where it stopped")
 
 STEP_METHOD = "/atp.internal.v1.Peers/Step"
 """The gRPC method a process runs other processes' steps at (bytes in, bytes out)."""
@@ -197,3 +201,30 @@ def log_orphaned(part_id: str, shard: int, what: str) -> None:
     log.error("part %r of an order with no record at any group (Redis lost acknowledged entries of the order's "
               "group) %s", part_id, what,
               extra={"event": "order_part_orphaned", "reservation_id": orders.order_of(part_id), "shard": shard})
+
+
+def log_lost(order_id: str, groups: list[int], what: str) -> None:
+    """Says the parts of a live order that Redis lost (``_orders.lost_parts``), and what becomes of it."""
+    log.error("order %r is missing its parts in shard groups %s (Redis lost acknowledged entries there: restarted "
+              "from older data); %s", order_id, groups, what,
+              extra={"event": "order_part_lost", "reservation_id": order_id, "shard": groups[0]})
+
+
+def undecided(exc: BaseException) -> BaseException:
+    """A step that did not happen, or may not have: the order stays pending, and its caller hears
+    that the outcome is not known yet. A refusal by a domain rule is passed on as it is; not a
+    shard shedding load or full (RESOURCE_EXHAUSTED says nothing was applied, but the order is
+    open and other parts may hold: a retry with the same id answers what was decided, R5)."""
+    if isinstance(exc, DomainError) and not isinstance(exc, Unavailable | ResourceExhausted):
+        return exc
+    if not isinstance(exc, Exception):
+        return exc  # cancelled: the saga's own task is being stopped
+    if not isinstance(exc, DomainError):
+        log.warning("a step of an order spanning groups failed: %r", exc)
+    return Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)
+
+
+def command_of(order: Reservation) -> ReserveCommand:
+    """The Reserve an order was opened with (its requested lines are kept until it is decided)."""
+    return ReserveCommand(order.reservation_id, order.order_ref, order.channel, ops.requested_lines(order),
+                          order.ttl_ms, order.allow_partial, order.ttl_default)

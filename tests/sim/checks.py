@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from reservation import TERMINAL, Event, Fact, FactKind, Reservation, State, decode_entry
@@ -49,7 +49,7 @@ def check(world: World, acked: Acknowledged) -> None:
     acknowledged_survive(world, records, acked)
     facts_fold_as_the_reference(world, ledgers)
     orders_hold_what_they_decided(records, getattr(world.eng.orders, "orphans", ()), world.lost_orders,
-                                  world.torn_orders)
+                                  world.torn_orders, world.eng.place)
 
 
 def one_state_each(records: dict) -> None:  # type: ignore[type-arg]
@@ -111,19 +111,22 @@ def shown(rec: Reservation, records: dict[str, Reservation]) -> Reservation:
 
 
 def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Collection[str] = (),
-                                  lost_orders: Collection[str] = (), torn_orders: Collection[str] = ()) -> None:
+                                  lost_orders: Collection[str] = (), torn_orders: Collection[str] = (),
+                                  place: Callable[[str], int] = lambda _sku: -1) -> None:
     """R2/R3 for orders spanning groups: no part holds units its settled order does not (a refused,
     expired or released order's parts hold nothing), and a part of an order that does not exist (Redis
     lost the order's record) holds nothing either, unless the service found it and is giving it up
     (``orphans``) — or it is a part of one of ``lost_orders`` with several processes, where such parts
     are not looked for (a known gap, docs/OPERATIONS.md ``order_part_orphaned``: they hold their units).
     ``torn_orders``: orders of which one Redis Cluster node lost records (the order's or a part's) while
-    the other nodes kept theirs: an order may then be without its part, or ahead of it — what Redis holds,
-    and nothing the service repairs (not checked here: Q2/Q3 and R2 still are)."""
+    the other nodes kept theirs: such an order may be HELD without its part (what Redis holds, until the
+    service reads the order's parts: a Confirm then gives it up whole, ``Orders._give_up_if_torn``) —
+    never CONFIRMED without a part that was granted units (``place``: a SKU's group), which would leave
+    them committed nowhere, to be sold again. Such an order may also be ahead of a part whose node lost
+    the part's change (released or expired, the part still HELD): a known gap, not checked here — the
+    part keeps its units held (Q2/Q3 still checked), nothing is oversold."""
     for rid, rec in records.items():
         order_id = orders.order_of(rid)
-        if order_id in torn_orders or rid in torn_orders:
-            continue
         if (order_id is not None and order_id not in records and rid not in orphans and order_id not in lost_orders
                 and sum(line.outstanding for line in rec.lines) != 0):
             raise Violation(f"R2: part {rid!r} of an order that does not exist holds units")
@@ -133,9 +136,12 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
         for group in rec.parts:
             part = records.get(orders.part_id(rid, group))
             if part is None:  # never reserved: a refused order, or one never decided within its TTL
-                if state not in TERMINAL:
+                if state not in TERMINAL and not (rid in torn_orders and (state == State.HELD or not any(
+                        line.granted for line in rec.lines if place(line.sku) == group))):
                     raise Violation(f"R2: order {rid} is {state.name} without its part in group {group}")
                 continue
+            if rid in torn_orders:
+                continue  # the order ahead of its part (the part's node lost its change): a known gap
             outstanding = sum(line.outstanding for line in part.lines)
             if state in TERMINAL and outstanding:
                 raise Violation(f"R2/R3: order {rid} is {state.name} but its part in group {group} holds {outstanding}")

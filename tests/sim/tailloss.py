@@ -212,8 +212,8 @@ class TailLoss:
     def allows(self, record: logging.LogRecord) -> bool:
         """An ERROR the service logs, expected once Redis lost what it had acknowledged: a shard that
         found its log short (``LogDiverged``), the instance finding its claim lost, or a part found
-        holding units for an order whose record was lost."""
-        if getattr(record, "event", None) == "order_part_orphaned":  # found by a later instance
+        holding units for an order whose record was lost, or an order found missing a part Redis lost."""
+        if getattr(record, "event", None) in ("order_part_orphaned", "order_part_lost"):  # found later
             return self.ever_lost
         if not self.lost_since_start:
             return False

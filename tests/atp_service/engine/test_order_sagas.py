@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from atp_service.engine import orders as engine_orders
+from atp_service.engine import parts as engine_parts
 from reservation import (
     DomainError,
     Fact,
@@ -254,7 +254,47 @@ def test_a_part_shedding_load_leaves_the_order_in_doubt_not_refused_R5() -> None
     """RESOURCE_EXHAUSTED tells a caller that nothing was applied, and an OMS may then give up, or
     reserve again under a new id; but the order is open and its other parts may hold units, which
     housekeeping may yet decide HELD. The caller hears OUTCOME_UNKNOWN: retry with the same id."""
-    undecided = engine_orders._undecided(ResourceExhausted("shard 1: mailbox full, retry later"))
+    undecided = engine_parts.undecided(ResourceExhausted("shard 1: mailbox full, retry later"))
     assert isinstance(undecided, Unavailable) and undecided.reason == Reason.OUTCOME_UNKNOWN
     rule = InvalidArgument("lines", "quantity must be positive")
-    assert engine_orders._undecided(rule) is rule  # a domain rule's refusal is the answer
+    assert engine_parts.undecided(rule) is rule  # a domain rule's refusal is the answer
+
+
+async def lose_part(rig: Rig, rid: str, group: int) -> None:
+    """``group``'s Redis Cluster node restarts from data older than the part of ``rid`` (the order's
+    node keeps it): the part is gone, and so are the units it held."""
+    part_id = orders.part_id(rid, group)
+
+    def lose(ledger: Any, now: int) -> None:
+        for line in ledger.reservation(part_id).lines:
+            ledger.move_hold(line.sku, line.location, -line.held, -line.committed)
+        del ledger.reservations[part_id]
+
+    await rig.run(rig.engine.actors[group].submit(lose))
+
+
+async def test_confirming_an_order_whose_part_redis_lost_gives_it_up_whole(rig: Rig) -> None:
+    """``--seed 0 --processes 3 --lose-tail``: Redis lost order o1's part in group 1, its order kept.
+    The Confirm confirmed the part in group 0 and recorded the order CONFIRMED, committing nothing in
+    group 1: those units could be sold again and the order's shipment oversold (R2, Q3). The hold
+    there is gone, so the order is given up whole and the Confirm refused, naming the group."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await lose_part(rig, "o1", 1)
+    assert rig.quantities() == [(3, 0), (0, 0)]
+    with pytest.raises(DomainError) as refused:
+        await rig.run(engine.confirm("o1"))
+    assert refused.value.reason == Reason.RESERVATION_EXPIRED and "[1]" in refused.value.message
+    assert rig.quantities() == [(0, 0), (0, 0)]  # nothing of it stays held, nothing committed
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
+    assert rig.part("o1", 1).state == State.EXPIRED  # a tombstone: a late step reserving it replays it
+
+
+async def test_an_order_older_than_half_the_retention_takes_a_missing_part_as_forgotten(rig: Rig) -> None:
+    """A part resolved and forgotten after its retention cannot be told from one Redis lost: an order
+    that old is confirmed as its parts show it."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    rig.clock.advance(RETENTION_MS // 2)
+    await lose_part(rig, "o1", 1)
+    assert (await rig.run(engine.confirm("o1"))).state == State.CONFIRMED
