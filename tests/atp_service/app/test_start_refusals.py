@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis, free_port
 from atp_service.app.keyspace import StartupError
+from atp_service.config import ServiceConfig
 from tests.atp_service.app.test_healthcheck import health, starting_until_logged
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import receipt
@@ -55,7 +56,7 @@ async def test_a_leased_start_is_refused_on_a_keyspace_whose_channel_feeds_would
         finally:
             await keyspace.stop(grace_s=0.1)
         await client.hset("atp:meta", "ownership", "leases")  # as the ownership refusal says to
-        leased = AtpService(make_config(ownership="leases", lease_ms=5_000, input_streams=(), port=free_port()), server.url)
+        leased = AtpService(_leased(), server.url)
         with pytest.raises(StartupError, match=r"channel feeds: .*atp:\{avail\}:.* ownership=leases"):
             await leased.start()
         await leased.stop(grace_s=0.1)
@@ -63,9 +64,13 @@ async def test_a_leased_start_is_refused_on_a_keyspace_whose_channel_feeds_would
             if not key.endswith((b":owner", b":fence")):
                 await client.delete(key)  # as the refusal says to
         await client.aclose()
-        again = AtpService(make_config(ownership="leases", lease_ms=5_000, input_streams=(), port=free_port()), server.url)
+        again = AtpService(_leased(), server.url)
         await again.start()
         await again.stop(grace_s=0.1)
+
+
+def _leased() -> ServiceConfig:
+    return make_config(ownership="leases", lease_ms=5_000, input_streams=(), port=free_port())
 
 
 async def until_true(check: Callable[[], Awaitable[int]], what: str, limit_s: float = 30.0) -> None:
