@@ -32,8 +32,12 @@ def silent_peer() -> Iterator[socket.socket]:
 
 def interrupted(server: socket.socket, args: list[str]) -> subprocess.CompletedProcess[str]:
     """``atpctl ARGS`` interrupted once it has connected to ``server`` (its first call in flight)."""
+    # Ctrl-C as a terminal sends it: to a tool that takes it. A test run started in the background
+    # (`make test &`, CI's shells) ignores SIGINT, and a child inherits that: Python then installs
+    # no handler of its own, and the tool would go on as a shell's background job rightly does.
     tool = subprocess.Popen([sys.executable, "-m", "atp_client.ctl", "--json", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         connection, _ = server.accept()
         with connection:

@@ -182,7 +182,7 @@ def test_publish_explain_and_safety_stock(served: tuple[str, int, list[str]], re
     done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(facts),
                            "--redis-url", redis_url, "--stream", "atp:in:wms"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"stream": "atp:in:wms", "published": 2}
+    assert json.loads(done.stdout) == {"stream": "atp:in:wms", "published": 2, "in_doubt": 0}
     deadline = time.monotonic() + 10
     while json.loads(ctl(target, "availability", "PUB@dc-east").stdout)[0]["on_hand"] != 7:
         assert time.monotonic() < deadline, "published facts were not applied"
