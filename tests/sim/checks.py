@@ -49,7 +49,7 @@ def check(world: World, acked: Acknowledged) -> None:
     acknowledged_survive(world, records, acked)
     facts_fold_as_the_reference(world, ledgers)
     orders_hold_what_they_decided(records, getattr(world.eng.orders, "orphans", ()), world.lost_orders,
-                                  world.torn_orders, world.eng.place)
+                                  world.torn_orders, world.eng.place, world.torn_confirmed)
 
 
 def one_state_each(records: dict) -> None:  # type: ignore[type-arg]
@@ -112,7 +112,8 @@ def shown(rec: Reservation, records: dict[str, Reservation]) -> Reservation:
 
 def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Collection[str] = (),
                                   lost_orders: Collection[str] = (), torn_orders: Collection[str] = (),
-                                  place: Callable[[str], int] = lambda _sku: -1) -> None:
+                                  place: Callable[[str], int] = lambda _sku: -1,
+                                  torn_confirmed: Collection[str] = ()) -> None:
     """R2/R3 for orders spanning groups: no part holds units its settled order does not (a refused,
     expired or released order's parts hold nothing), and a part of an order that does not exist (Redis
     lost the order's record) holds nothing either, unless the service found it and is giving it up
@@ -122,7 +123,9 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
     the other nodes kept theirs: such an order may be HELD without its part (what Redis holds, until the
     service reads the order's parts: a Confirm then gives it up whole, ``Orders._give_up_if_torn``) —
     never CONFIRMED without a part that was granted units (``place``: a SKU's group), which would leave
-    them committed nowhere, to be sold again. Such an order may also be ahead of a part whose node lost
+    them committed nowhere, to be sold again — unless it was confirmed before the loss
+    (``torn_confirmed``: no Confirm was left to refuse; recreating such a part is a known gap). Such an
+    order may also be ahead of a part whose node lost
     the part's change (released or expired, the part still HELD): a known gap, not checked here — the
     part keeps its units held (Q2/Q3 still checked), nothing is oversold."""
     for rid, rec in records.items():
@@ -136,8 +139,9 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
         for group in rec.parts:
             part = records.get(orders.part_id(rid, group))
             if part is None:  # never reserved: a refused order, or one never decided within its TTL
-                if state not in TERMINAL and not (rid in torn_orders and (state == State.HELD or not any(
-                        line.granted for line in rec.lines if place(line.sku) == group))):
+                if state not in TERMINAL and not (rid in torn_orders and (
+                        state == State.HELD or rid in torn_confirmed or not any(
+                            line.granted for line in rec.lines if place(line.sku) == group))):
                     raise Violation(f"R2: order {rid} is {state.name} without its part in group {group}")
                 continue
             if rid in torn_orders:

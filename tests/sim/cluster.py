@@ -28,7 +28,7 @@ from typing import Any
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.storage.durability import STORAGE_ERRORS
-from reservation import DomainError, Reservation
+from reservation import DomainError, Reservation, State
 from reservation import _orders as orders
 from tests.sim.checks import Violation
 from tests.sim.edge import Edge
@@ -198,11 +198,16 @@ class ClusterWorld(World):
         held = [(rid, rec) for g in groups for rid, rec in self.owner_actor(g).ledger.reservations.items()
                 if rec.is_order or orders.order_of(rid) is not None]
         before = [*logged.items(), *held]
+        settled = {rid: rec for rid, rec in self._orders_in(range(self.config.shards)).items() if rec.is_order}
         super().lose_tail()
         after = self._orders_in(groups)
         self.lost_orders |= {rid for rid, rec in before if rec.is_order and rid not in after}
         if self.tail.groups is not None:
-            self.torn_orders |= {orders.order_of(rid) or rid for rid, rec in before if after.get(rid) != rec}
+            torn = {orders.order_of(rid) or rid for rid, rec in before if after.get(rid) != rec}
+            self.torn_orders |= torn
+            # Confirmed before the loss: no Confirm can be refused any more, the part was lost after it.
+            self.torn_confirmed |= {rid for rid in torn if rid in settled and (
+                settled[rid].state == State.CONFIRMED or settled[rid].pending is not None)}
         running = {p.holder for p in self.running()}
         for group, holder in list(self.leases.holder.items()):
             if holder not in running:

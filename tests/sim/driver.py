@@ -261,4 +261,4 @@ def check_orders_settled(world: World) -> None:
     ledgers = [actor.ledger for actor in world.eng.actors]
     records = {rid: rec for ledger in ledgers for rid, rec in ledger.reservations.items()}
     orders_hold_what_they_decided(records, lost_orders=world.lost_orders, torn_orders=world.torn_orders,
-                                  place=world.eng.place)
+                                  place=world.eng.place, torn_confirmed=world.torn_confirmed)

@@ -83,6 +83,8 @@ class World:
         """Several processes: orders whose record Redis lost while a part of theirs may live on in another
         group (``cluster.ClusterWorld.lose_tail``); leased, such parts are not looked for (a known gap)."""
         self.torn_orders: set[str] = set()
+        self.torn_confirmed: set[str] = set()
+        """Torn orders already confirmed (or with a change in flight) when their node lost records."""
         """Several processes: orders one node's restore tore (``checks.orders_hold_what_they_decided``)."""
         self.must_restart = False
         """The service decided to stop to be restarted (``AtpService._must_restart``: exit status 4)."""
