@@ -155,6 +155,15 @@ class Lane:
             with contextlib.suppress(RedisError, OSError):  # a node that is gone: nothing more to close
                 await conn.disconnect()
 
+    def retire(self) -> None:
+        """Out of use for good, without failing what is in flight: its idle connections are closed
+        now, each busy one once its exchange ends (its replies read or its failure met, as they
+        would); an exchange that starts later finds no connection to take and fails unsent."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for wire in idle:
+            self._drop(wire.conn)
+
     async def _acquire(self) -> None:
         """A turn to hold a connection; waits (at most the socket timeout) while all are busy."""
         if self._busy < self.connections and not self._turns:
@@ -197,6 +206,8 @@ class Lane:
         timeouts (``socket_connect_timeout`` to connect, ``socket_timeout`` per handshake reply) and
         not by an exchange's deadline, then taken over by a ``Wire``. Failed or cancelled half-way,
         it is closed, never kept."""
+        if self._closed:  # retired (``retire``) or closed: its node is no longer where writes go
+            raise RedisConnectionError(f"the write lane to {self._host} is closed")
         conn: AbstractConnection = self._class(**self._kwargs)
         self._open.add(conn)
         try:

@@ -100,6 +100,7 @@ class Nodes:
             except BaseException:
                 self._stale = True  # not read: the next call tries again
                 raise
+            self._retire_former_primaries()
         by_node: dict[str, list[int]] = defaultdict(list)
         for i, call in enumerate(calls):
             by_node[self.reader.get_node_from_key(call.keys[0]).name].append(i)
@@ -202,12 +203,26 @@ class Nodes:
         lane = self._lanes.get(name)
         if lane is None:
             if name:
+                self._retire_former_primaries()  # a new primary: one it replaced may be gone
                 host, port = name.rsplit(":", 1)
                 client = connect(node_url(self._url, host, int(port)), self._timeout_s)
             else:
                 client = self.reader
             lane = self._lanes[name] = Lane(client.connection_pool)
         return lane
+
+    def _retire_former_primaries(self) -> None:
+        """The lanes of addresses that own no slot any more (a failover promoted a replica, a node
+        was replaced) retired (``Lane.retire``: what is in flight on them ends as it would). Kept,
+        each would hold its sockets to a node that is gone, or a replica, for the life of the
+        process: one more set with every node replaced. Runs when the slot map was read again, and
+        when a lane is opened to a new primary (the reads' client may have read the map itself)."""
+        if not self._lanes:
+            return
+        slots = self.reader.nodes_manager.slots_cache  # slot -> its nodes, the primary first
+        primaries = {nodes[0].name for nodes in slots.values() if nodes}
+        for name in [name for name in self._lanes if name not in primaries]:
+            self._lanes.pop(name).retire()
 
 
 def _any_unrun(replies: list[Any]) -> bool:

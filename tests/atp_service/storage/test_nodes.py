@@ -7,9 +7,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import redis
 
+from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
-from atp_service.storage.nodes import Call, Nodes, Script, connect, node_url
+from atp_service.storage.nodes import Call, Nodes, Script, connect, node_url, open_nodes
 
 COUNTED = Script("return redis.call('INCR', KEYS[1])")
 COUNTED_TOO = Script("return redis.call('INCR', KEYS[1]) -- another script, another digest")
@@ -73,3 +75,64 @@ async def test_an_idle_connection_the_server_closed_is_not_handed_out(tmp_path: 
             assert await client.get("k") == b"1"
         finally:
             await client.aclose()
+
+
+SLOW_ECHO = Script("""
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - start >= tonumber(ARGV[2])
+return ARGV[1]""")
+
+
+def client_addresses(port: int) -> set[str]:
+    """The addresses (host:port, as the node sees them) of the clients of the node at ``port``."""
+    with redis.Redis(host="127.0.0.1", port=port) as admin:
+        return {client["addr"] for client in admin.client_list(_type="normal")}
+
+
+async def test_a_failover_retires_the_lane_to_the_former_primary(tmp_path: Path) -> None:
+    """A replica promoted (at another address) makes the former primary's lane useless: its
+    connections are closed, not kept for the life of the process — one more set of sockets and
+    file descriptors with every node replaced."""
+    with EmbeddedCluster(tmp_path / "c", primaries=1, replicas=1, node_timeout_ms=1000) as cluster:
+        (former,), (promoted,) = cluster.primaries, cluster.replicas
+        nodes = open_nodes(cluster.url, 5.0, cluster=True)
+        try:
+            assert await nodes.run([Call(COUNTED, ["k"], [])]) == [1]
+            (former_lane,) = nodes._lanes.values()
+            (conn,) = former_lane._open
+            host, port = conn._writer.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
+            lane_address = f"{host}:{port}"
+            assert lane_address in client_addresses(former.port)
+            with redis.Redis(host="127.0.0.1", port=promoted.port) as replica:
+                replica.execute_command("CLUSTER FAILOVER")
+            deadline = asyncio.get_running_loop().time() + 60
+            while isinstance((reply := (await nodes.run([Call(COUNTED, ["k"], [])]))[0]), BaseException):
+                assert asyncio.get_running_loop().time() < deadline, f"no write reached the new primary: {reply!r}"
+                await asyncio.sleep(0.1)
+            assert list(nodes._lanes) == [f"127.0.0.1:{promoted.port}"]
+            assert former_lane.open_connections == 0
+            while lane_address in client_addresses(former.port):  # the socket closed, as the node sees it
+                assert asyncio.get_running_loop().time() < deadline, "the former primary still holds the lane's sockets"
+                await asyncio.sleep(0.05)
+        finally:
+            await nodes.aclose()
+
+
+async def test_a_retired_lane_lets_its_exchange_in_flight_finish(redis_url: str) -> None:
+    """Retired while a write is in flight, a lane lets it end as it would (its reply read), then
+    closes its connection; a later exchange on it fails unsent."""
+    nodes = Nodes(connect(redis_url, 5.0))
+    try:
+        lane = nodes._lane("")
+        assert await nodes.run([Call(SLOW_ECHO, ["k"], ["first", 0])]) == [b"first"]  # one connection, idle
+        in_flight = asyncio.ensure_future(nodes.run([Call(SLOW_ECHO, ["k"], ["late", 300])]))
+        await asyncio.sleep(0)  # one turn: the write takes the idle connection, is sent, awaits its reply
+        assert not lane._idle
+        lane.retire()
+        assert await in_flight == [b"late"]
+        assert lane.open_connections == 0
+        (unsent,) = await nodes.run([Call(SLOW_ECHO, ["k"], ["never", 0])])
+        assert "closed" in str(unsent)
+    finally:
+        await nodes.aclose()
