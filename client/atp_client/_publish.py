@@ -102,8 +102,10 @@ class Written:
 
 async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]], chunk: int) -> Written:
     """Each entry XADDed to ``stream``, ``chunk`` a round trip. A chunk Redis refuses entries of
-    (out of memory, read-only after a failover, ACL) ends the run at its first refused entry, the
-    entries before it counted; a chunk whose answer is lost counts as in doubt."""
+    (out of memory, read-only after a failover, ACL) ends the run, naming its first refused entry;
+    every entry the stream took is counted, those of the chunk after a refused one too (Redis runs
+    each command of a pipeline on its own: one refused, the next may still be taken). A chunk whose
+    answer is lost counts as in doubt."""
     done = Written()
     lines: list[int] = []
     async with client.pipeline(transaction=False) as pipe:
@@ -127,9 +129,9 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
         done.in_doubt, done.stopped_at, done.error, done.interrupted = len(lines), lines[0], "interrupted", True
         return False
     for n, answer in zip(lines, answers, strict=True):
-        if isinstance(answer, Exception):
+        if not isinstance(answer, Exception):
+            done.published += 1  # every entry taken, those after a refused one too: the stream holds them
+        elif not done.stopped_at:
             done.stopped_at, done.error = n, f"{type(answer).__name__}: {answer}"
-            return False
-        done.published += 1
     lines.clear()
-    return True
+    return not done.stopped_at

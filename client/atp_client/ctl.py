@@ -347,8 +347,9 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
     if written.stopped_at:
         doubt = f", {written.in_doubt} more sent without an answer (written or not)" if written.in_doubt else ""
         print(f"atpctl: {path}:{written.stopped_at}: not published: {written.error}; {written.published} entries "
-              f"before it written{doubt}. Publish the file again once Redis takes writes: the intake applies "
-              "each (source, event_id) once within the grace window (E8)", file=sys.stderr)
+              f"written in all (a line after it sent in the same batch may be among them){doubt}. Publish the file "
+              "again once Redis takes writes: the intake applies each (source, event_id) once within the grace "
+              "window (E8)", file=sys.stderr)
     _dump(args, written.summary(stream))
     if written.interrupted:
         return EXIT_INTERRUPTED

@@ -118,6 +118,35 @@ def test_a_redis_refusing_writes_half_way_leaves_a_count_of_what_was_written(
     assert "again" in done.stderr  # what to do: publish the file again (E8 dedupes)
 
 
+def test_entries_the_stream_took_after_a_refused_one_of_the_same_chunk_are_counted(
+        redis_url: str, tmp_path: Path) -> None:
+    """One entry in the middle of a chunk refused, the ones after it taken: here the refused one is
+    too big for maxmemory. While it waits to run, Redis holds its 8 MB twice (its connection's input
+    buffer and its arguments: over 16 MB), above the 12 MB of room; once it is refused only the
+    buffer stays (about 8 MB, till Redis trims it), so the next entries fit. The count told is what the stream took,
+    not the entries before the refused one: the operator is not told fewer lines were written than
+    were, and is told the refused line and that publishing again is safe (E8)."""
+    path = tmp_path / "facts.jsonl"
+    lines = [fact(1), fact(2, event_id="x" * 8_000_000), fact(3), fact(4), fact(5)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with redis.Redis.from_url(redis_url) as r:
+        r.delete(STREAM)
+        used = int(r.info("memory")["used_memory"])
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", used + 12_000_000)  # midway between the two (see above)
+        try:
+            done = publish(redis_url, path)
+        finally:
+            r.config_set("maxmemory", 0)
+        taken = [fields[b"event_id"] for _, fields in r.xrange(STREAM)]
+    assert taken == [b"sale-1", b"sale-3", b"sale-4", b"sale-5"], taken  # line 2 refused, the rest taken
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["published"] == len(taken) and summary["in_doubt"] == 0, summary
+    assert f"{path}:2: not published: " in done.stderr and "maxmemory" in done.stderr, done.stderr
+    assert f"{len(taken)} entries" in done.stderr and "again" in done.stderr and "E8" in done.stderr, done.stderr
+
+
 def test_a_redis_that_does_not_answer_is_exit_6_with_nothing_counted_written(tmp_path: Path) -> None:
     path = tmp_path / "facts.jsonl"
     path.write_text("".join(json.dumps(fact(n)) + "\n" for n in range(3)))
