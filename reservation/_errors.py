@@ -60,8 +60,9 @@ class Reason(IntEnum):
     SERVICE_OVERLOADED = 19
     """The service's event loop runs late: shed at the door, nothing applied; retry after the delay."""
     CAPACITY_REACHED = 20
-    """A bounded resource is full (metadata ``limit``: live reservations of a shard, open watches);
-    it frees as reservations end or watches close."""
+    """A bounded resource is full (metadata ``limit``: a shard's live or resolved reservations, open
+    watches or reserve streams); it frees as reservations end or retention forgets them, or as
+    watches and streams close."""
     OUTCOME_UNKNOWN = 21
     """R7: the change is not known to be durable; retry with the same ids to learn what was decided."""
     STORAGE_UNREACHABLE = 22
