@@ -6,15 +6,12 @@ unpublished until its key changes again (C2, C4). Real Redis, a real local HTTP 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.channel_wire import to_fields
-from atp_service.storage.keys import CHANNELS, Keyspace
 from publishers import Publisher, PublisherMetrics, WebhookAdapter
 from tests.publishers.http_helpers import serve
 from tests.publishers.test_publisher import SECRET
@@ -22,14 +19,6 @@ from tests.publishers.test_publisher_lease import Destination, config, never_bac
 from tests.publishers.test_publisher_trimmed import STREAM, desk_writes, value
 
 GROUP = "webhook"
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[ChannelStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    await client.set(Keyspace("atp:").owner(CHANNELS), 1)
-    yield ChannelStore(client, "atp:", epoch=lambda: 1)
-    await client.aclose()
 
 
 async def pending_by_consumer(client: aioredis.Redis) -> dict[str, int]:

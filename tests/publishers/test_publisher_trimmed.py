@@ -6,28 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-import redis.asyncio as aioredis
-
 from atp_service.storage.channel_store import ChannelStore
-from atp_service.storage.keys import CHANNELS, Keyspace
 from publishers import JsonlAdapter, Publisher, PublisherMetrics
 from reservation import ChannelUpdate, StockStatus
 from tests.publishers.test_publisher import config, run_until
 
 STREAM = "atp:{avail}:web"
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[ChannelStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    await client.set(Keyspace("atp:").owner(CHANNELS), 1)
-    yield ChannelStore(client, "atp:", epoch=lambda: 1)
-    await client.aclose()
 
 
 def value(sku: str, quantity: int, version: int, status: StockStatus | None = None) -> ChannelUpdate:
