@@ -288,6 +288,8 @@ def _grpcurl(target: str, argv: list[str]) -> grpc.StatusCode:
     args, data = argv[1:], None
     if "-d" in args:
         data = args[args.index("-d") + 1]
+        # The one command substitution the documents use, as the shell would make it: a fact stamped now.
+        data = data.replace("$(date -u +%FT%TZ)", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     positional = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "-d")]
     address, *rest = positional
     if rest[0] == "list":
