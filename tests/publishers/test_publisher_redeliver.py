@@ -26,9 +26,9 @@ from tests.publishers.test_publisher import (
     receiver_factory,
     run_until,
 )
-from tests.publishers.test_publisher_trimmed import desk_writes, store, value
+from tests.publishers.test_publisher_trimmed import desk_writes, value
 
-__all__ = ["client", "receiver_factory", "store"]  # fixtures
+__all__ = ["client", "receiver_factory"]  # fixtures (the store is conftest's)
 STREAM = "atp:{avail}:web"
 DLQ = f"{STREAM}:dlq:webhook"
 REMEMBERED = f"{STREAM}:redeliver:webhook"
