@@ -5,7 +5,6 @@ which supervisors do not restart."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from atp_service import AtpService, EmbeddedRedis, free_port
 from atp_service.app.keyspace import StartupError
 from atp_service.config import ServiceConfig
 from tests.atp_service.app.test_healthcheck import health, starting_until_logged
+from tests.atp_service.app.test_lease_faults import until_async
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import test_config as make_config
@@ -52,7 +52,7 @@ async def test_a_leased_start_is_refused_on_a_keyspace_whose_channel_feeds_would
         try:
             async with AtpClient(f"127.0.0.1:{keyspace.port}") as atp:
                 await atp.record_events([receipt("in-1", "A", "dc-1", 5)])
-            await until_true(lambda: client.exists("atp:{avail}:web:state"), "the web channel published")
+            await until_async(lambda: client.exists("atp:{avail}:web:state"), "the web channel published")
         finally:
             await keyspace.stop(grace_s=0.1)
         await client.hset("atp:meta", "ownership", "leases")  # as the ownership refusal says to
@@ -71,10 +71,3 @@ async def test_a_leased_start_is_refused_on_a_keyspace_whose_channel_feeds_would
 
 def _leased() -> ServiceConfig:
     return make_config(ownership="leases", lease_ms=5_000, input_streams=(), port=free_port())
-
-
-async def until_true(check: Callable[[], Awaitable[int]], what: str, limit_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"not seen in {limit_s}s: {what}"
-        await asyncio.sleep(0.05)
