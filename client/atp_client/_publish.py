@@ -120,12 +120,19 @@ async def write(client: Any, stream: str, numbered: Iterable[tuple[int, Fields]]
 
 async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
     """Whether every entry of the chunk was taken; ``done`` counts those that were."""
+    # The chunk runs as a task of its own and is awaited through a shield, so that Ctrl-C stops the
+    # run at once: redis-py can lose a cancellation (its send's ``asyncio.wait_for`` under Python
+    # 3.11 returns a result that lands in the same turn) and would go on to wait out its socket
+    # timeout. The chunk is cancelled all the same; asyncio.run's teardown cancels it again.
+    chunk = asyncio.ensure_future(pipe.execute(raise_on_error=False))
     try:
-        answers = await pipe.execute(raise_on_error=False)
+        answers = await asyncio.shield(chunk)
     except (RedisError, OSError) as exc:  # no answer: any of them may have been written
         done.in_doubt, done.stopped_at, done.error = len(lines), lines[0], f"{type(exc).__name__}: {exc}"
         return False
     except asyncio.CancelledError:  # Ctrl-C while the chunk was out: any of them may have been written
+        chunk.cancel()
+        chunk.add_done_callback(_retrieved)  # its end (an error once the client closes) is not news
         done.in_doubt, done.stopped_at, done.error, done.interrupted = len(lines), lines[0], "interrupted", True
         return False
     for n, answer in zip(lines, answers, strict=True):
@@ -135,3 +142,8 @@ async def _execute(pipe: Any, lines: list[int], done: Written) -> bool:
             done.stopped_at, done.error = n, f"{type(answer).__name__}: {answer}"
     lines.clear()
     return not done.stopped_at
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -4,6 +4,7 @@ file it refuses leaves nothing of itself on the stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -153,3 +154,43 @@ def test_a_redis_that_does_not_answer_is_exit_6_with_nothing_counted_written(tmp
     done = publish("redis://127.0.0.1:1", path)
     assert done.returncode == 6 and "Traceback" not in done.stderr, done.stderr  # unavailable: retry later
     assert json.loads(done.stdout)["published"] == 0 and f"{path}:1: not published: " in done.stderr
+
+
+class _LosesOneCancellation:
+    """A pipeline whose ``execute`` loses the first cancellation and then waits for an answer that
+    never comes, as redis-py's send does under Python 3.11: its ``asyncio.wait_for`` returns the
+    send's result when that finishes in the same turn as the cancellation, and the read that follows
+    waits out the socket timeout (seen in CI: a Ctrl-C reported as that timeout, exit 6)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    async def __aenter__(self) -> _LosesOneCancellation:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    def pipeline(self, transaction: bool) -> _LosesOneCancellation:
+        return self
+
+    def xadd(self, stream: str, fields: dict[str, Any]) -> None:
+        self.writes += 1
+
+    async def execute(self, raise_on_error: bool) -> list[Any]:
+        with contextlib.suppress(asyncio.CancelledError):  # lost, as the library loses it
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+async def test_a_ctrl_c_is_kept_when_the_redis_client_loses_the_cancellation() -> None:
+    from atp_client._publish import write
+
+    run = asyncio.ensure_future(write(_LosesOneCancellation(), STREAM, [(1, {"a": 1}), (2, {"a": 2})], 10))
+    await asyncio.sleep(0.05)  # the chunk is out
+    run.cancel()
+    finished, _ = await asyncio.wait([run], timeout=30)  # the test's own bound: without the fix, an hour
+    assert finished, "the interrupted write went on waiting for Redis"
+    done = run.result()
+    assert done.interrupted and done.in_doubt == 2 and done.stopped_at == 1, done
