@@ -26,7 +26,7 @@ async def in_turns(steps: Generator[None, None, Any]) -> None:
         steps.close()
 
 
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
     """Stop a background task and wait until it has unwound (its cancellation is not an error).
 
     One ``cancel()`` is not enough on Python 3.11: ``asyncio.wait_for`` returns the inner result and
@@ -44,6 +44,16 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         await asyncio.wait((task,), timeout=RECANCEL_S)
     with contextlib.suppress(asyncio.CancelledError):
         task.result()  # a task that failed on its own still says so
+
+
+def cancel_for_good(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` now, and again every ``RECANCEL_S`` until it has ended, without waiting for
+    it: ``cancel_and_wait`` for a caller that cannot wait (it is being cancelled or closed itself).
+    One ``cancel()`` can be lost on Python 3.11 (see ``cancel_and_wait``), leaving the task running
+    on its own with nobody to stop it."""
+    if not task.done():
+        task.cancel()
+        task.get_loop().call_later(RECANCEL_S, cancel_for_good, task)
 
 
 async def finish_uncancelled(fut: asyncio.Future[Any]) -> Any:

@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TypeVar
 
-from atp_service.tasks import exception_seen
+from atp_service.tasks import cancel_and_wait, cancel_for_good, exception_seen
 from reservation import Reason, Unavailable
 
 T = TypeVar("T")
@@ -67,9 +67,11 @@ class Drain:
                 step = asyncio.ensure_future(anext(iterator))
                 await asyncio.wait((step, closed), return_when=asyncio.FIRST_COMPLETED)
                 if not step.done():
-                    step.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await step
+                    # Cancelled until it has ended: a watch's read is a redis-py XREAD, which can
+                    # lose one cancellation (Python 3.11) and would then read on while the stop
+                    # waited out its whole grace period for this stream.
+                    with contextlib.suppress(StopAsyncIteration):
+                        await cancel_and_wait(step)
                     return
                 try:
                     item = step.result()
@@ -79,5 +81,5 @@ class Drain:
         finally:
             closed.cancel()
             if step is not None:  # the reader cancelled (its caller gone): the read given up, its end unheard
-                step.cancel()
+                cancel_for_good(step)  # one lost cancellation would leave it reading Redis for nobody
                 step.add_done_callback(exception_seen)

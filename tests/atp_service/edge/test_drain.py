@@ -4,6 +4,7 @@ UNAVAILABLE at once instead of being cut off when the grace period runs out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -66,6 +67,56 @@ async def test_until_closed_gives_up_a_read_that_waits_and_keeps_what_came_befor
     assert await drain.close(timeout_s=1) is True
     await asyncio.wait_for(consumer, 5)
     assert got == [1] and gave_up.is_set()
+
+
+async def _loses_one_cancellation(read_started: asyncio.Event, gave_up: asyncio.Event) -> AsyncIterator[int]:
+    """A watch's stream whose second read loses the first cancellation and reads on, as redis-py's
+    XREAD does under Python 3.11 (its send's ``asyncio.wait_for`` returns the send's result when that
+    finishes in the same turn as the cancellation; the read of the reply then waits for updates)."""
+    yield 1
+    read_started.set()
+    try:
+        with contextlib.suppress(asyncio.CancelledError):  # lost, as the library loses it
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # a quiet channel: no update comes
+    finally:
+        gave_up.set()
+    yield 2
+
+
+async def test_until_closed_ends_a_stream_whose_read_loses_the_cancellation() -> None:
+    drain = Drain()
+    read_started, gave_up = asyncio.Event(), asyncio.Event()
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for item in drain.until_closed(_loses_one_cancellation(read_started, gave_up)):
+            got.append(item)
+
+    consumer = asyncio.ensure_future(consume())
+    await read_started.wait()
+    assert await drain.close(timeout_s=1) is True
+    finished, _ = await asyncio.wait([consumer], timeout=30)  # the test's own bound: without the fix, an hour
+    assert finished, "the stream went on reading after the drain closed: the stop waits out its grace period"
+    assert got == [1] and gave_up.is_set()
+
+
+async def test_a_read_given_up_by_a_gone_caller_ends_even_when_it_loses_the_cancellation() -> None:
+    drain = Drain()
+    read_started, gave_up = asyncio.Event(), asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in drain.until_closed(_loses_one_cancellation(read_started, gave_up)):
+            pass
+
+    consumer = asyncio.ensure_future(consume())
+    await read_started.wait()
+    consumer.cancel()  # the watcher hung up
+    await asyncio.wait([consumer], timeout=30)
+    assert consumer.cancelled()
+    with contextlib.suppress(TimeoutError):  # the test's own bound: without the fix, an hour
+        await asyncio.wait_for(gave_up.wait(), 30)
+    assert gave_up.is_set(), "the read went on for nobody after its caller was gone"
 
 
 # -- the service -------------------------------------------------------------------------------
