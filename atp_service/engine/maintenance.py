@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.coordinator import Coordinator
 from atp_service.storage.durability import STORAGE_ERRORS
-from atp_service.tasks import keep
+from atp_service.tasks import cancel_for_good, keep
 from reservation import DomainError, Ledger
 from reservation import _operations as ops
 
@@ -45,10 +45,12 @@ class Housekeeper:
         return self._task
 
     def stop(self) -> None:
+        # Cancelled until they end, without waiting (``cancel_for_good``): a pass or an expiry inside
+        # a redis-py call can lose one cancellation and would go on driving the shards.
         if self._task is not None:
-            self._task.cancel()
+            cancel_for_good(self._task)
         for task in list(self._background):
-            task.cancel()
+            cancel_for_good(task)
 
     async def run_pass(self) -> None:
         """Expire due holds, forget old resolved ones, ask every shard to snapshot when due."""

@@ -32,7 +32,7 @@ from atp_service.engine.parts import (
     tell_home,
     undecided,
 )
-from atp_service.tasks import exception_seen, keep
+from atp_service.tasks import cancel_for_good, exception_seen, keep
 from reservation import (
     DomainError,
     Fact,
@@ -137,7 +137,7 @@ class Orders:
 
     def stop(self) -> None:
         for task in list(self._tasks):
-            task.cancel()
+            cancel_for_good(task)  # a saga inside a redis-py or gRPC call can lose one cancellation
 
     # -- one task per order at a time ------------------------------------------------------
     async def _owned(self, order_id: str, saga: Callable[[], Awaitable[T]]) -> T:
