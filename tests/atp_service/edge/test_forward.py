@@ -320,3 +320,49 @@ async def test_a_forwarded_change_whose_owner_is_lost_mid_call_is_answered_in_do
         assert (await at_b.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD  # it was made
     refusal = typed(lost.value).refusal
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
+
+
+@pytest.fixture
+async def silent_peer() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A real gRPC server whose every unary call waits for good (a paused owner), and the event
+    set once a call has reached it."""
+    reached = asyncio.Event()
+
+    async def never(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        reached.set()
+        await asyncio.Event().wait()
+        return b""
+
+    class Every(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+            return grpc.unary_unary_rpc_method_handler(never)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Every(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}", reached
+    await server.stop(0)
+
+
+@pytest.mark.parametrize("via", ["forward", "step"])
+async def test_a_call_sent_to_a_peer_is_cancelled_as_its_caller_is(
+        silent_peer: tuple[str, asyncio.Event], via: str) -> None:
+    """A stop or a gone caller ends a send to a peer as a cancellation, never as the peer's refusal
+    (``AioRpcError``): read as a refusal, a saga step would be "in doubt, goes on later" and an
+    input-stream send would go on with its batch's next request. grpc.aio raises the caller's own
+    cancellation as ``CancelledError`` (a call it cancelled locally); this holds it to that."""
+    address, reached = silent_peer
+    forwarder = Forwarder(EdgeMetrics())
+    if via == "forward":
+        sending = forwarder.send(address, "Reserve", pb.ReserveRequest(), 60, ())
+    else:
+        sending = step_sender(forwarder, None)(address, b"")
+    task = asyncio.ensure_future(sending)
+    try:
+        await asyncio.wait_for(reached.wait(), 30)  # the call is at the peer, waiting for its answer
+        task.cancel()
+        await asyncio.wait([task], timeout=30)
+        assert task.cancelled(), task.exception()
+    finally:
+        await forwarder.aclose()
