@@ -302,10 +302,16 @@ def open_nodes(url: str, timeout_s: float, *, cluster: bool = False, wait_replic
 
 
 def connect_any(url: str, timeout_s: float, *, cluster: bool = False) -> Any:
-    """A client for single-key commands: of one Redis, or of a Redis Cluster (routed by key)."""
+    """A client for single-key commands: of one Redis, or of a Redis Cluster (routed by key).
+    Neither retries on its own (``connect``): redis-py's cluster client sends a command that timed
+    out again, up to ten times by default, so an append whose first try only waited on a stalled
+    primary landed twice, and a call bounded by ``timeout_s`` took eleven times as long. After a
+    connection error it still learns the slots again before its next command; redirections
+    (MOVED/ASK) are followed as before."""
     if not cluster:
         return connect(url, timeout_s)
     return aioredis.RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                          retry=Retry(NoBackoff(), 0),
                                           maint_notifications_config=_no_maint_notifications())
 
 
