@@ -37,6 +37,18 @@ class LogHole(RuntimeError):
                          "durable are missing (restore Redis from a backup)")
 
 
+class LogCutShort(RuntimeError):
+    """A shard's log does not reach the entry its snapshot or its newest id says was written: entries
+    trimmed by hand (XTRIM, MAXLEN) or a stream deleted. Served, the shard would answer from the state
+    before them and refuse every write (each entry's id is taken), health SERVING."""
+
+    def __init__(self, shard: int, recovered: int, newest: int) -> None:
+        super().__init__(
+            f"shard {shard}: recovery reached entry {recovered} (snapshot and log), but its log's newest id is "
+            f"{newest}; entries acknowledged as durable are missing (the log trimmed or deleted by hand?): "
+            "restore Redis from a backup")
+
+
 REPLAY_SLICE = 20_000
 """Events of a shard's log replayed between two turns of the event loop (~0.1 s of work at most)."""
 
@@ -45,9 +57,13 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
                         replay_slice: int = REPLAY_SLICE) -> tuple[Ledger, int, int]:
     """(ledger, seq of the last entry applied, entries replayed). Live equals replay: the same
     events applied in the same order (E10). Raises ``LogHole`` when the log skips an entry (the
-    append script never leaves one). The snapshot's reservations and the log's events go a slice at
-    a time with a turn of the event loop between: a group taken over (leases) while this process
+    append script never leaves one), ``LogCutShort`` when it ends elsewhere than at its newest id.
+    The snapshot's reservations and the log's events go a slice at a time with a turn of the event
+    loop between: a group taken over (leases) while this process
     serves others must not hold their calls and lease renewals for the seconds a large shard takes."""
+    # Read first: nothing is appended to it while it is recovered. The owner check's read (one shard's
+    # of it): the simulation draws its faults apart, so its regression seeds keep their schedules.
+    newest = (await store.last_seqs([shard]))[0]
     snap = await store.load_snapshot(shard)
     ledger = Ledger(shard, limits)
     if snap:
@@ -65,6 +81,8 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
         if since_turn >= replay_slice:
             since_turn = 0
             await asyncio.sleep(0)
+    if seq != newest:  # R7: a trim past the snapshot (the log emptied), or a snapshot past the log's end
+        raise LogCutShort(shard, seq, newest)
     return ledger, seq, replayed
 
 
