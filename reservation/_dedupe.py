@@ -57,7 +57,7 @@ def digest(source: str, event_id: str, sku: str, location: str) -> Digest:
     return hashlib.blake2b(f"{source}{_SEP}{event_id}{_SEP}{sku}{_SEP}{location}".encode(), digest_size=16).digest()
 
 
-class MemorySnapshot(msgspec.Struct, array_like=True):
+class MemorySnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     """The sealed columns, and the open map as columns of its own, in arrival order. A snapshot in the
     earlier layout (rows of digest halves and a 25-byte payload, the open map as two lists) does not
     decode as this one: recovery refuses it (``SnapshotUnreadable``) rather than misread it."""

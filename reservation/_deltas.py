@@ -23,7 +23,7 @@ END = 0
 _STEP = 4096
 
 
-class PoolSnapshot(msgspec.Struct, array_like=True):
+class PoolSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     times: memoryview  # int64 per slot
     qtys: memoryview  # int64 per slot
     sources: memoryview  # int32 per slot: indices into the store's names (NONE in a free slot)

@@ -48,7 +48,7 @@ class FactOutcome(IntEnum):
     INVALID = 5
 
 
-class LineRequest(msgspec.Struct, frozen=True, array_like=True, gc=False):
+class LineRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, forbid_unknown_fields=True):
     sku: str
     location: str
     quantity: int
@@ -68,7 +68,7 @@ class ReserveCommand(msgspec.Struct, frozen=True, array_like=True, gc=False):
     TTL as sent, so a retry after the default changed is still the same request)."""
 
 
-class LineRecord(msgspec.Struct, array_like=True, gc=False):
+class LineRecord(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
     """One position of a reservation: the decision and what became of the granted units."""
 
     sku: str
@@ -90,7 +90,7 @@ class LineRecord(msgspec.Struct, array_like=True, gc=False):
         return self.held + self.committed
 
 
-class PendingOp(msgspec.Struct, frozen=True, array_like=True, gc=False):
+class PendingOp(msgspec.Struct, frozen=True, array_like=True, gc=False, forbid_unknown_fields=True):
     """A change an order spanning groups has decided but its parts have not all applied yet: the
     order's home records it durably first, then each part applies its share (``_orders``)."""
 
@@ -110,7 +110,7 @@ class OrderStep(IntEnum):
     EXPIRE = 5
 
 
-class Reservation(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
+class Reservation(msgspec.Struct, array_like=True, gc=False, omit_defaults=True, forbid_unknown_fields=True):
     reservation_id: str
     order_ref: str
     channel: str

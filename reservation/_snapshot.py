@@ -10,7 +10,7 @@ from ._model import Reservation
 from ._store import StoreSnapshot
 
 
-class LedgerSnapshot(msgspec.Struct, array_like=True):
+class LedgerSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     """A shard's state: its columns as views (encode it in the turn it is taken, see ``raw``), and
     lists of what is open."""
 

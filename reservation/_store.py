@@ -43,7 +43,7 @@ LatestCount = tuple[int, str, str, int]
 __all__ = ["COMMITTED", "ON_HAND", "RESERVED", "SAFETY", "Int32Array", "Int64Array", "IntpArray", "PositionStore"]
 
 
-class StoreSnapshot(msgspec.Struct, array_like=True):
+class StoreSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     """The used slots of each column, one contiguous view per field: no copy (a shard's snapshot is
     taken in its turn), and no free room carried."""
 

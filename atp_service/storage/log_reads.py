@@ -63,6 +63,8 @@ class LogReads:
         try:
             return _snap_decoder.decode(raw)
         except msgspec.MsgspecError as exc:
-            # Not a fault to retry: a snapshot written in another version's layout (see CHANGELOG).
+            # Not a fault to retry: a snapshot written in another version's layout (see CHANGELOG), an
+            # element more at the end included (a newer build's field: never served without it).
             raise SnapshotUnreadable(f"shard {shard}: the snapshot at {self.keys.snap(shard)} is not in this "
-                                     f"version's layout ({exc}); restore with the version that wrote it") from None
+                                     f"version's layout ({exc}); start the version that wrote it, or restore "
+                                     "Redis from a backup this version wrote") from None

@@ -13,7 +13,11 @@ from redis.exceptions import RedisError
 from reservation import LedgerSnapshot
 
 
-class SnapshotRecord(msgspec.Struct, array_like=True):
+class SnapshotRecord(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """A shard's snapshot as stored: msgpack arrays, fields by position. Each stored struct forbids
+    elements past its last field: a newer build's field added at the end is refused
+    (``SnapshotUnreadable``), never dropped by a prefix read and served without it."""
+
     seq: int
     ledger: LedgerSnapshot
 
