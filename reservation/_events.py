@@ -11,7 +11,7 @@ import msgspec
 from ._model import Fact, Reservation
 
 
-class HoldMoved(msgspec.Struct, tag="h", array_like=True, gc=False):
+class HoldMoved(msgspec.Struct, tag="h", array_like=True, gc=False, forbid_unknown_fields=True):
     """Q2/Q3 changes of one position made by a reservation command."""
 
     sku: str
@@ -20,7 +20,7 @@ class HoldMoved(msgspec.Struct, tag="h", array_like=True, gc=False):
     d_committed: int
 
 
-class Shipped(msgspec.Struct, tag="x", array_like=True, gc=False):
+class Shipped(msgspec.Struct, tag="x", array_like=True, gc=False, forbid_unknown_fields=True):
     """R4: committed and on-hand fall together; ``at`` orders it among facts (E1)."""
 
     sku: str
@@ -30,28 +30,28 @@ class Shipped(msgspec.Struct, tag="x", array_like=True, gc=False):
     ref: str
 
 
-class ReservationSaved(msgspec.Struct, tag="r", array_like=True, gc=False):
+class ReservationSaved(msgspec.Struct, tag="r", array_like=True, gc=False, forbid_unknown_fields=True):
     reservation: Reservation
 
 
-class FactApplied(msgspec.Struct, tag="f", array_like=True, gc=False):
+class FactApplied(msgspec.Struct, tag="f", array_like=True, gc=False, forbid_unknown_fields=True):
     """A fact accepted for folding (APPLIED or ABSORBED both keep it for dedupe)."""
 
     fact: Fact
 
 
-class FactQuarantined(msgspec.Struct, tag="q", array_like=True, gc=False):
+class FactQuarantined(msgspec.Struct, tag="q", array_like=True, gc=False, forbid_unknown_fields=True):
     fact: Fact
     reason: str
 
 
-class SafetyStockSet(msgspec.Struct, tag="s", array_like=True, gc=False):
+class SafetyStockSet(msgspec.Struct, tag="s", array_like=True, gc=False, forbid_unknown_fields=True):
     sku: str
     location: str
     quantity: int
 
 
-class CountsLoaded(msgspec.Struct, tag="c", array_like=True, gc=False):
+class CountsLoaded(msgspec.Struct, tag="c", array_like=True, gc=False, forbid_unknown_fields=True):
     """COUNT facts of one source that each made a new position (E2), in columns (``LoadCounts``):
     row i is (``source``, ``count@<at[i]>``) at (skus[sku_index[i]], locations[location_index[i]]).
     ``safety`` is Q4 for each location's new positions, as decided live (the estate's defaults), so
@@ -70,8 +70,11 @@ class CountsLoaded(msgspec.Struct, tag="c", array_like=True, gc=False):
 Event = HoldMoved | Shipped | ReservationSaved | FactApplied | FactQuarantined | SafetyStockSet | CountsLoaded
 
 
-class LogEntry(msgspec.Struct, array_like=True, gc=False):
-    """One group-committed batch of one shard: its service timestamp (R6) and events."""
+class LogEntry(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
+    """One group-committed batch of one shard: its service timestamp (R6) and events. Each event,
+    and each struct in it, forbids elements past its last field: an entry a newer build wrote (a
+    field added at the end, an event this build does not know) does not decode, and recovery refuses
+    it rather than replay it without what it cannot read."""
 
     ts: int
     events: list[Event]

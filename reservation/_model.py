@@ -143,7 +143,7 @@ class Reservation(msgspec.Struct, array_like=True, gc=False, omit_defaults=True,
         return bool(self.parts)
 
 
-class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False):
+class Fact(msgspec.Struct, frozen=True, array_like=True, gc=False, forbid_unknown_fields=True):
     """A validated POS/WMS fact (E1)."""
 
     event_id: str

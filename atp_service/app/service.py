@@ -37,7 +37,7 @@ from atp_service.edge.record import fact_sender
 from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.watch import Watchers
 from atp_service.engine.clock import Clock, SystemClock
-from atp_service.engine.recovery import LogCutShort, LogHole, recover_actors
+from atp_service.engine.recovery import LogCutShort, LogHole, LogUnreadable, recover_actors
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
@@ -259,7 +259,7 @@ class AtpService:
         try:
             actors, replayed = await recover_actors(store, self.clock, cfg.engine_settings, self.metrics.engine,
                                                     self._while_redis_is_away)
-        except (LogHole, LogCutShort, SnapshotUnreadable) as exc:  # data not to serve from: refused, exit 2
+        except (LogHole, LogCutShort, LogUnreadable, SnapshotUnreadable) as exc:  # data not to serve from: exit 2
             raise StartupError(str(exc)) from None
         for actor in actors:
             actor.on_failure.append(self._on_shard_failed)

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Protocol, TypeVar
 
+import msgspec
+
 from atp_service.config import EngineSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.shard import ShardActor
@@ -49,6 +51,18 @@ class LogCutShort(RuntimeError):
             "restore Redis from a backup")
 
 
+class LogUnreadable(RuntimeError):
+    """A shard's log holds an entry this version cannot decode: written by a newer version (an event
+    or a field it added), read after a rollback. Replayed without it, the shard would serve state
+    short of what was acknowledged (E10); replay stops there instead."""
+
+    def __init__(self, shard: int, seq: int, key: str, reason: str) -> None:
+        super().__init__(
+            f"shard {shard}: entry {seq} of its log {key} is not in this version's layout ({reason}); it was "
+            "written by another version: start the version that wrote it, or restore Redis from a backup "
+            "this version wrote")
+
+
 REPLAY_SLICE = 20_000
 """Events of a shard's log replayed between two turns of the event loop (~0.1 s of work at most)."""
 
@@ -57,7 +71,8 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
                         replay_slice: int = REPLAY_SLICE) -> tuple[Ledger, int, int]:
     """(ledger, seq of the last entry applied, entries replayed). Live equals replay: the same
     events applied in the same order (E10). Raises ``LogHole`` when the log skips an entry (the
-    append script never leaves one), ``LogCutShort`` when it ends elsewhere than at its newest id.
+    append script never leaves one), ``LogCutShort`` when it ends elsewhere than at its newest id,
+    ``LogUnreadable`` at an entry another version wrote that this one cannot decode.
     The snapshot's reservations and the log's events go a slice at a time with a turn of the event
     loop between: a group taken over (leases) while this process
     serves others must not hold their calls and lease renewals for the seconds a large shard takes."""
@@ -73,7 +88,10 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
     async for entry_seq, data in store.entries_after(shard, seq):
         if entry_seq != seq + 1:
             raise LogHole(shard, seq, entry_seq)
-        entry = decode_entry(data)
+        try:
+            entry = decode_entry(data)
+        except msgspec.MsgspecError as exc:  # not a fault to retry: the same bytes fail the same way
+            raise LogUnreadable(shard, entry_seq, store.keys.log(shard), str(exc)) from None
         ledger.replay(entry)
         seq = entry_seq
         replayed += 1

@@ -84,3 +84,39 @@ async def test_a_snapshot_an_older_build_wrote_without_a_later_field_is_read(sta
     assert (a.on_hand, a.reserved) == (5, 2)
     replay = await again.reserve("r1", [("A", "DC", 2)], ttl_seconds=60)
     assert replay.replayed  # the same request as the one the older build recorded (R5)
+
+
+def _newer_entry(entry: list[Any], change: str) -> list[Any]:
+    """``entry`` (a log entry: [ts, events]) as a newer build might write it."""
+    ts, events = entry
+    if change == "unknown event":
+        return [ts, [*events, ["z", "an event of a newer build"]]]
+    if change == "event field":
+        return [ts, [[*events[0], NEWER], *events[1:]]]
+    if change == "fact field":  # FactApplied's fact
+        return [ts, [[tag, [*fact, NEWER]] if tag == "f" else [tag, fact, *rest] for tag, fact, *rest in events]]
+    assert change == "entry field", change
+    return [ts, events, NEWER]
+
+
+@pytest.mark.parametrize("change", ["unknown event", "event field", "fact field", "entry field"])
+async def test_a_log_entry_a_newer_build_wrote_is_refused_at_start_naming_it(
+        start_service: ServiceFactory, redis_url: str, change: str) -> None:
+    """An event this build does not know crashed the start with msgspec's ValidationError and a
+    traceback (exit status 1: restarted, and crashed again, for ever); a field added at the end was
+    dropped and the shard served on without it. Both are now a refused start (StartupError: exit
+    status 2) naming the shard, the entry, and what to do."""
+    from atp_service.app.keyspace import StartupError
+
+    _, client = await start_service(shards=1)  # left running: a stop's final snapshot would cover the log
+    await client.record_events([receipt("e1", "A", "DC", 5)])
+    r = redis.Redis.from_url(redis_url)
+    entries = r.xrange("atp:{g0}:log")
+    assert not r.exists("atp:{g0}:snap") and entries
+    last_id, fields = entries[-1]
+    seq = int(last_id.split(b"-")[0])
+    r.xadd("atp:{g0}:log", {b"e": msgspec.msgpack.encode(_newer_entry(msgspec.msgpack.decode(fields[b"e"]), change))},
+           id=f"{seq + 1}-0")
+    with pytest.raises(StartupError, match=rf"shard 0: entry {seq + 1} of its log atp:\{{g0\}}:log is not in this "
+                                           r"version's layout .*start the version that wrote it"):
+        await start_service(shards=1)
