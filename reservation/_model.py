@@ -54,7 +54,7 @@ class LineRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, forbid
     quantity: int
 
 
-class ReserveCommand(msgspec.Struct, frozen=True, array_like=True, gc=False):
+class ReserveCommand(msgspec.Struct, frozen=True, array_like=True, gc=False, forbid_unknown_fields=True):
     """A validated Reserve: lines already summed per position (R1)."""
 
     reservation_id: str

@@ -44,32 +44,32 @@ STEP_METHOD = "/atp.internal.v1.Peers/Step"
 """The gRPC method a process runs other processes' steps at (bytes in, bytes out)."""
 
 
-class ReservePart(msgspec.Struct, tag="reserve", array_like=True, frozen=True):
+class ReservePart(msgspec.Struct, tag="reserve", array_like=True, frozen=True, forbid_unknown_fields=True):
     """Reserve a part (a replay where it exists)."""
 
     cmd: ReserveCommand
 
 
-class ApplyShare(msgspec.Struct, tag="share", array_like=True, frozen=True):
+class ApplyShare(msgspec.Struct, tag="share", array_like=True, frozen=True, forbid_unknown_fields=True):
     """Apply a part's share of its order's change."""
 
     part: str
     share: PendingOp
 
 
-class ReadPart(msgspec.Struct, tag="read", array_like=True, frozen=True):
+class ReadPart(msgspec.Struct, tag="read", array_like=True, frozen=True, forbid_unknown_fields=True):
     """Read a part as durable."""
 
     part: str
 
 
-class GiveUpPart(msgspec.Struct, tag="give-up", array_like=True, frozen=True):
+class GiveUpPart(msgspec.Struct, tag="give-up", array_like=True, frozen=True, forbid_unknown_fields=True):
     """Release a part of an order abandoned undecided, or put a tombstone in its place."""
 
     cmd: ReserveCommand
 
 
-class ResolveOrder(msgspec.Struct, tag="resolve", array_like=True, frozen=True):
+class ResolveOrder(msgspec.Struct, tag="resolve", array_like=True, frozen=True, forbid_unknown_fields=True):
     """At whichever process holds the order: resolve its record if every part is resolved (a
     shipment fulfilled a part at another process)."""
 
@@ -79,12 +79,17 @@ class ResolveOrder(msgspec.Struct, tag="resolve", array_like=True, frozen=True):
 PartStep = ReservePart | ApplyShare | ReadPart | GiveUpPart | ResolveOrder
 
 
-class StepRequest(msgspec.Struct, array_like=True, frozen=True):
+class StepRequest(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A step sent to the peer owning ``group``. Every struct of a step, and of its reply, forbids
+    elements past its last field: a step a newer build sent with a field this one does not know is
+    refused whole (``INVALID_ARGUMENT``: nothing applied), never run without it."""
+
     group: int
     step: PartStep
 
 
-class StepReply(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
+class StepReply(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True,
+                forbid_unknown_fields=True):
     """The part as it stands after the step, or the refusal (``reason`` > 0)."""
 
     part: Reservation | None = None

@@ -21,3 +21,26 @@ async def test_a_step_that_is_not_one_of_this_version_is_refused_invalid_argumen
         await step(b"\xff\x00 not a step", timeout=5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not an order step of this version" in str(refused.value.details())
+
+
+async def test_a_step_a_newer_build_sent_with_a_field_more_is_refused_whole_not_run_without_it(
+        start_service: ServiceFactory) -> None:
+    """A rolling update: a newer process sends a reserve step whose command has a field this build
+    does not know (msgpack arrays: one element more at the end). It was read as a prefix and the part
+    reserved without it (a half-understood step, answered OK); it is refused whole, nothing applied."""
+    import msgspec
+
+    from reservation import LineRequest, ReserveCommand
+
+    _, client = await start_service(ownership="leases", lease_ms=2000, port=free_port(), host="127.0.0.1",
+                                    input_streams=())
+    cmd = msgspec.to_builtins(ReserveCommand("r-newer", "o-1", "web", (LineRequest("A", "DC", 1),), 60_000, False))
+    request = msgspec.msgpack.encode([0, ["reserve", [*cmd, "a field of a newer build"]]])
+    step = client.channel.unary_unary(STEP_METHOD, None, None)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await step(request, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not an order step of this version" in str(refused.value.details())
+    with pytest.raises(grpc.aio.AioRpcError) as absent:
+        await client.get_reservation("r-newer")
+    assert absent.value.code() == grpc.StatusCode.NOT_FOUND
