@@ -11,8 +11,11 @@ import grpc
 import msgspec
 
 from atp_service.edge.forward import Forwarder
+from atp_service.edge.ratelog import OncePerKey
+from atp_service.edge.record import REFUSAL_LOG_S
 from atp_service.engine.parts import STEP_METHOD, Remote, serve_part
 from atp_service.engine.router import Engine
+from atp_service.intake.owners import MAX_FAILING_OWNERS
 from reservation import Reason, Unavailable
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ def peers_handler(engine: Any) -> grpc.GenericRpcHandler[Any, Any]:
 def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
     """How this process's sagas send a step to the peer owning its group."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    told = OncePerKey(REFUSAL_LOG_S, MAX_FAILING_OWNERS)  # a line per peer, not one per retried step
 
     async def send(address: str, request: bytes) -> bytes:
         call = forwarder.channel(address).unary_unary(STEP_METHOD, None, None)
@@ -51,6 +55,11 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
             if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 log.error("peer %s refused an order step: %s (set peer_token_file to the token of a caller "
                           "with the peer role)", address, exc.details())
+            elif exc.code() == grpc.StatusCode.INVALID_ARGUMENT and told.due(address):
+                log.error("peer %s could not read an order step (%s): processes of another version (a rolling "
+                          "update between versions whose steps differ)? Orders spanning its groups stay "
+                          "undecided, holding their units, until every process runs one version",
+                          address, exc.details())
             raise Unavailable(f"peer {address} did not answer an order step ({exc.code().name}); the order "
                               "goes on later", Reason.OUTCOME_UNKNOWN) from None
         return reply

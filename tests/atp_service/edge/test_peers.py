@@ -44,3 +44,34 @@ async def test_a_step_a_newer_build_sent_with_a_field_more_is_refused_whole_not_
     with pytest.raises(grpc.aio.AioRpcError) as absent:
         await client.get_reservation("r-newer")
     assert absent.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_step_a_peer_cannot_read_is_logged_naming_the_peer(
+        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """During a rolling update a peer of another version refuses a step it cannot read: the order
+    stays undecided (retried later), and the log says why, naming the peer — once, not per retry."""
+    from atp_service.edge.forward import Forwarder
+    from atp_service.edge.peers import step_sender
+    from atp_service.metrics import EdgeMetrics
+    from reservation import Reason, Unavailable
+
+    service, _ = await start_service(ownership="leases", lease_ms=2000, port=free_port(), host="127.0.0.1",
+                                     input_streams=())
+    forwarder = Forwarder(EdgeMetrics())
+    send = step_sender(forwarder, None)
+    try:
+        for _ in range(3):
+            with pytest.raises(Unavailable) as refused:
+                await send(service._servicer.address, msgspec_garbage())
+            assert refused.value.reason == Reason.OUTCOME_UNKNOWN
+    finally:
+        await forwarder.aclose()
+    told = [r for r in caplog.records if r.levelname == "ERROR" and service._servicer.address in r.getMessage()]
+    assert len(told) == 1 and "version" in told[0].getMessage(), [r.getMessage() for r in caplog.records]
+
+
+def msgspec_garbage() -> bytes:
+    """Bytes that are no order step of this version: an array of one unknown kind."""
+    import msgspec
+
+    return msgspec.msgpack.encode([0, ["a kind of a newer build", []]])
