@@ -266,12 +266,17 @@ class Feed:
         return out
 
     def _promote(self, now_ms: int) -> None:
-        """Move changes whose throttle interval is over from the due heap to the ready heap."""
-        due, ready, policy = self._due, self._ready, self.policy
+        """Move changes whose throttle interval is over from the due heap to the ready heap. A change
+        offered while its key's last value was being written was given the interval of the value
+        before: it waits for the interval of the one written since (C2, once per interval)."""
+        due, ready, policy, allowed = self._due, self._ready, self.policy, self._next_allowed
         while due and due[0][0] <= now_ms:
             due_at, gen, key = heapq.heappop(due)
             pend = self._pending.get(key)
             if pend is None or pend.gen != gen:
+                continue
+            if allowed.get(key, 0) > now_ms:
+                heapq.heappush(due, (allowed[key], gen, key))
                 continue
             last = self.last_sent(key)
             low = policy.status(pend.quantity) is StockStatus.LOW_STOCK or (

@@ -169,3 +169,20 @@ def test_c1_a_key_withdrawn_while_its_value_is_written_is_shown_0_after() -> Non
     sent.published_at = T0
     feed.confirm([sent])
     assert [(u.sku, u.quantity, u.previous) for u in drain(feed, T0)] == [("a", 0, 4)]
+
+
+def test_c2_a_change_offered_while_the_last_value_is_written_waits_for_that_value_s_interval() -> None:
+    """The throttle interval runs from the write that just landed: a value offered while it was in
+    flight must not go out right after it (two publishes of one key in one interval)."""
+    feed = published_feed(FeedPolicy(throttle_ms=5000, rate_per_s=1000), {"sku-1": 50})
+    feed.offer(("sku-1", ""), 40, T0, T0, T0)
+    taken = feed.take(T0, 100)
+    assert [u.quantity for u in taken] == [40]
+    feed.offer(("sku-1", ""), 30, T0 + 1, T0 + 1, T0 + 1)  # durable while 40 is being written
+    for u in taken:
+        u.published_at = T0 + 2
+    feed.confirm(taken)
+    assert drain(feed, T0 + 3) == []  # 40 went out at T0 + 2: 30 waits for T0 + 5002
+    assert drain(feed, T0 + 5001) == []
+    assert [(u.quantity, u.previous) for u in drain(feed, T0 + 5002)] == [(30, 40)]
+    assert feed.next_wakeup(T0 + 5002) is None
