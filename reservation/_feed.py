@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import heapq
 from dataclasses import dataclass
+from itertools import islice
 
 import msgspec
 
@@ -244,10 +245,13 @@ class Feed:
         assert not self._inflight, "one write at a time: confirm or give back the last take first"
         self.bucket.refill(now_ms)
         out: list[ChannelUpdate] = []
-        for key in list(self._stockouts)[:limit]:
+        # The first ``limit`` keys only, not a copy of every key queued: a new per-location channel
+        # queues millions of baselines, and a copy per take held the event loop ~80 ms each, for
+        # thousands of takes (``_emit`` removes each key, so the keys are taken first).
+        for key in list(islice(self._stockouts, limit)):
             self.bucket.force()
             out.append(self._emit(key, now_ms))
-        for key in list(self._baseline)[: limit - len(out)]:
+        for key in list(islice(self._baseline, limit - len(out))):
             out.append(self._emit(key, now_ms))
         if urgent_only:
             return out

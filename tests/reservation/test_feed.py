@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from reservation import ChannelUpdate, Feed, FeedPolicy, Published, StockStatus
@@ -186,3 +187,33 @@ def test_c2_a_change_offered_while_the_last_value_is_written_waits_for_that_valu
     assert drain(feed, T0 + 5001) == []
     assert [(u.quantity, u.previous) for u in drain(feed, T0 + 5002)] == [(30, 40)]
     assert feed.next_wakeup(T0 + 5002) is None
+
+
+class _CountedKeys(dict[Any, None]):
+    """A feed's queue of keys that counts the keys read from it."""
+
+    read = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for key in super().__iter__():
+            self.read += 1
+            yield key
+
+
+def test_a_take_reads_only_the_keys_it_publishes_not_every_queued_one() -> None:
+    """A new per-location channel queues millions of baselines: each take reads its ``limit``, not all."""
+    feed = Feed("pickup", FeedPolicy(), T0)
+    feed._baseline = _CountedKeys()
+    feed._stockouts = _CountedKeys()
+    for n in range(10_000):
+        feed.offer((f"sku-{n}", "store-1"), 5, T0, T0, T0)
+    published = {(f"sku-{n}", "store-2"): Published(5, n + 1, T0) for n in range(10_000)}
+    feed.published.update(published)
+    for key in published:
+        feed.offer(key, 0, T0, T0, T0)
+    out = drain(feed, T0, limit=100)
+    assert [u.quantity for u in out] == [0] * 100  # stock-outs first
+    out = drain(feed, T0, limit=10_000)
+    assert len(out) == 10_000 and out[-1].quantity == 5
+    assert isinstance(feed._stockouts, _CountedKeys) and isinstance(feed._baseline, _CountedKeys)
+    assert feed._stockouts.read + feed._baseline.read <= 10_100 + 2
