@@ -132,6 +132,10 @@ class IntakeMetrics:
             "atp_fact_lag_seconds", "now - event_time of applied facts",
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 24 * 3600), registry=r,
         )
+        self.shipments_unfulfilled = Counter(
+            "atp_shipments_unfulfilled_total", "SHIPMENT facts naming a reservation whose units left on_hand but "
+            "fulfilled nothing of it (not CONFIRMED, unknown, or no line at the position)", ["origin"], registry=r,
+        )
         self.dead_lettered = Counter(
             "atp_dead_lettered_total", "Input-stream entries moved to the dead-letter stream", ["stream"], registry=r
         )

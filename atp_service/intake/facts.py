@@ -9,6 +9,7 @@ a late fact is never dropped silently.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -39,6 +40,9 @@ Result = tuple[FactOutcome, str]
 _KIND_NAMES = {k.value: k.name for k in FactKind}
 _OUTCOME_NAMES = {o: o.name.lower() for o in FactOutcome}
 LAG_SAMPLES = 100
+UNFULFILLED = "stock moved; reservation not fulfilled"
+"""How the reason of a SHIPMENT that moved stock but fulfilled nothing of its reservation begins."""
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -146,7 +150,23 @@ class FactDesk:
         if late:
             await self._quarantine_stream(facts, out, late)
         self._observe(facts, out, origin)
+        self._tell_unfulfilled(facts, out, shipments, origin)
         return out
+
+    def _tell_unfulfilled(self, facts: Sequence[Fact], results: list[Result | DomainError], shipments: list[int],
+                          origin: str) -> None:
+        """A shipment that moved stock but fulfilled nothing leaves its reservation's units counted
+        twice (gone from on_hand, still reserved or committed; committed never expires, Q3): an input
+        stream's caller reads no answer, so it is counted and logged, never only said in a reply."""
+        for i in shipments:
+            result = results[i]
+            if type(result) is tuple and result[1].startswith(UNFULFILLED):
+                fact = facts[i]
+                self.metrics.shipments_unfulfilled.labels(origin).inc()
+                log.warning("shipment %s of %s (%s@%s) fulfilled nothing of reservation %r: %s", fact.event_id,
+                            fact.source, fact.sku, fact.location, fact.reservation_id, result[1],
+                            extra={"event": "shipment_not_fulfilled", "reservation_id": fact.reservation_id,
+                                   "event_id": fact.event_id, "source": fact.source, "origin": origin})
 
     async def _shipment(self, fact: Fact) -> Result:
         """R4 through a fact: the units leave on_hand as any SHIPMENT, and the named reservation's
@@ -169,7 +189,7 @@ class FactDesk:
         def work(view: View, now: int) -> Result:
             outcome, reason = view.record_fact(fact)  # on the fact's shard, held with the record's
             if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED) or home is None:
-                note = "" if home is not None else f"reservation {fact.reservation_id!r} unknown: stock moved only"
+                note = "" if home is not None else f"{UNFULFILLED}: reservation {fact.reservation_id!r} unknown"
                 return outcome, reason or (note if outcome == FactOutcome.APPLIED else reason)
             line = (LineRequest(fact.sku, fact.location, fact.quantity),)
             try:
@@ -178,7 +198,7 @@ class FactDesk:
                 ops.fulfill_committed(view, fact.reservation_id, line, f"fact:{fact_key(fact)}", now,
                                       engine.limits)
             except DomainError as exc:
-                return outcome, f"stock moved; reservation not fulfilled: {exc.message}"
+                return outcome, f"{UNFULFILLED}: {exc.message}"
             return outcome, ""
 
         if home is None:
@@ -247,5 +267,5 @@ def _not_its_line(view: View, fact: Fact) -> Result:
     outcome, reason = view.record_fact(fact)
     if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
         return outcome, reason
-    return outcome, (f"stock moved; reservation not fulfilled: {fact.sku}@{fact.location} is not a line of "
+    return outcome, (f"{UNFULFILLED}: {fact.sku}@{fact.location} is not a line of "
                      f"reservation {fact.reservation_id!r}")

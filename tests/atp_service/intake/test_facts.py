@@ -248,3 +248,22 @@ async def test_an_entry_past_its_byte_bound_is_dead_lettered_cut_short_not_copie
     assert sum(len(k) + len(v) for k, v in dead.items()) < 8192
     (a,) = await client.availability([("A", "S1")])
     assert a.on_hand == 2  # the entry within the bound, its producer's note and all
+
+
+async def test_a_shipment_that_fulfils_nothing_of_its_reservation_is_counted_R4(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """From an input stream no caller reads the reason: a SHIPMENT that moved stock but fulfilled
+    nothing (its reservation still HELD) leaves the units counted twice, and must not be silent."""
+    service, client = await start_service(clock=ManualClock(T0))
+    await client.record_events([F("r", "RECEIPT", "A", "S1", 10, T0 - 5000).pb()])
+    await client.reserve("r1", [("A", "S1", 4)])
+    r = redis.Redis.from_url(redis_url)
+    for eid, qty, reservation in (("w1", 4, "r1"), ("w2", 1, "nope")):
+        fields = F(eid, "SHIPMENT", "A", "S1", qty, T0 - 10, "wms").fields()
+        fields["reservation_id"] = reservation
+        r.xadd("atp:in:wms", fields)  # type: ignore[arg-type]
+    await wait_consumed(redis_url, ["atp:in:wms"])
+    registry = service.metrics.registry
+    assert registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "stream"}) == 2
+    (a,) = await client.availability([("A", "S1")])
+    assert (a.on_hand, a.reserved) == (5, 4)  # stock moved; the hold stands, as the reason said
