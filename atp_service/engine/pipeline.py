@@ -72,11 +72,11 @@ class CommitPipeline(EntryListeners):
         entry, undo, moved = ledger.seal(now)
         seq = self.seq + 1 + len(self._inflight)
         data = encode_entry(entry)
-        done = self._log.submit(self.shard, seq, data)
+        # Settled, the log calls _on_append_done at once: a done callback would cost the reply a loop turn.
+        done = self._log.submit(self.shard, seq, data, self._on_append_done)
         self._inflight.append(InFlight(seq, entry, data, undo, moved, answers, done))
-        done.add_done_callback(self._on_append_done)
 
-    def _on_append_done(self, _: asyncio.Future[None]) -> None:
+    def _on_append_done(self, _: object = None) -> None:
         """Settle finished appends oldest first: deliver, or take back everything from a failure on."""
         while self._inflight and self._inflight[0].done.done():
             head = self._inflight[0]

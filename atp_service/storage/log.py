@@ -202,12 +202,14 @@ class LogStore(LogReads):
                 callback()
         return exc if isinstance(exc, Fenced) else Fenced(str(exc))
 
-    def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
+    def submit(self, shard: int, seq: int, data: bytes, then: Callable[[], None] | None = None) -> asyncio.Future[None]:
         """Queue one entry for the next group commit; the future fails with RedisError/OSError when
-        the entry is not certainly durable. Entries go out in submission order; cancelling the
-        future before it is sent keeps the entry out of the log."""
+        the entry is not certainly durable, and ``then`` is called as soon as it is settled (not when
+        cancelled). Entries go out in submission order; cancelling the future before it is sent keeps
+        the entry out of the log."""
         loop, fut = self._arrival()
-        self._pending.append(Pending(shard, seq, data, self.epochs.get(shard, 0), self._tokens.get(shard, 0), 0, fut))
+        self._pending.append(Pending(shard, seq, data, self.epochs.get(shard, 0), self._tokens.get(shard, 0), 0, fut,
+                                     then))
         self._kick(loop)
         return fut
 
@@ -313,7 +315,7 @@ class LogStore(LogReads):
         reach Redis; its shards log the failure), and the commit is over: the log goes on with the next."""
         error = DataError(f"a log entry cannot be sent to Redis: {exc!r}")
         for p in batch:
-            _settle(p, error)
+            p.settle(error)
         self._sent(None)
 
     def _sent(self, task: asyncio.Task[None] | None) -> None:
@@ -381,17 +383,8 @@ class LogStore(LogReads):
         if isinstance(reply, BaseException):
             error = self._refused(reply, unit[0].shard, unit[0].epoch)
             for p in unit:
-                _settle(p, error)
+                p.settle(error)
             return
         for p, result in zip(unit, reply, strict=True):
-            _settle(p, RedisError(result[1:].decode(errors="replace")) if result[:1] == b"!" else None)
+            p.settle(RedisError(result[1:].decode(errors="replace")) if result[:1] == b"!" else None)
 
-
-def _settle(p: Pending, error: BaseException | None) -> None:
-    """Answer one entry, unless cancelled or a group's future failed by an earlier member already."""
-    if p.done.done():
-        return
-    if error is not None:
-        p.done.set_exception(error)
-    else:
-        p.done.set_result(None)  # a group's members are written or refused together

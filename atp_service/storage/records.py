@@ -4,8 +4,10 @@ log's own errors (``log.py`` re-exports them)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
+from collections.abc import Callable
 
 import msgspec
 from redis.exceptions import RedisError
@@ -56,6 +58,7 @@ class CrossGroupWrite(ValueError):
     across them (a cluster: their keys are in different slots)."""
 
 
+log = logging.getLogger(__name__)
 _encoder = msgspec.msgpack.Encoder()
 _REFUSAL = re.compile(r"FENCED epoch (?P<epoch>\d+)\b.* was replaced by (?P<by>\S+)$")
 
@@ -65,11 +68,28 @@ class Pending:
     carries the epoch and fence of its shard's owner *when it was submitted*: should the group
     change hands before it is sent, it is refused whole, even if this process owns the group again."""
 
-    __slots__ = ("data", "done", "epoch", "group", "seq", "shard", "token")
+    __slots__ = ("data", "done", "epoch", "group", "seq", "shard", "then", "token")
 
     def __init__(self, shard: int, seq: int, data: bytes, epoch: int, token: int, group: int,
-                 done: asyncio.Future[None]) -> None:
+                 done: asyncio.Future[None], then: Callable[[], None] | None = None) -> None:
         self.shard, self.seq, self.data, self.epoch, self.token, self.group = shard, seq, data, epoch, token, group
-        self.done = done
+        self.done, self.then = done, then
+
+    def settle(self, error: BaseException | None) -> None:
+        """Answer this entry, unless cancelled or a group's future failed by an earlier member
+        already; then call ``then`` at once, where a done callback would wait a turn of the loop
+        (a unary call's reply waits on it). Whoever cancels ``done`` does its own ``then``'s work."""
+        done = self.done
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(None)  # a group's members are written or refused together
+        if self.then is not None:
+            try:
+                self.then()
+            except Exception:  # as the loop does with a callback's: the other entries are still answered
+                log.exception("a log entry's completion failed")
 
 

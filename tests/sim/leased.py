@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -93,8 +93,15 @@ class ProcessLog(LogStore):
         await self.awake()
 
     # -- the Redis calls of ``LogStore``, against the shared log ------------------------------------
-    def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
-        return self.submit_group([(shard, seq, data)])
+    def submit(self, shard: int, seq: int, data: bytes, then: Callable[[], None] | None = None) -> asyncio.Future[None]:
+        fut = self.submit_group([(shard, seq, data)])
+        if then is None:
+            pass
+        elif fut.done():  # dead: failed already, before its shard has it in flight
+            fut.add_done_callback(lambda _: then())
+        else:
+            self.redis.pending[-1].then = then
+        return fut
 
     def submit_group(self, entries: Any) -> asyncio.Future[None]:
         shards = {shard for shard, _, _ in entries}

@@ -47,12 +47,22 @@ class _Unit:
     """Entries sent together that share one answer (one entry, or a cross-shard group). ``proc``: the
     process that sent them where several share the keyspace (``leased.ProcessLog``), else None."""
 
-    __slots__ = ("done", "entries", "epoch", "proc")
+    __slots__ = ("done", "entries", "epoch", "proc", "then")
 
     def __init__(self, entries: list[tuple[int, int, bytes, int]], done: asyncio.Future[None], epoch: int,
                  proc: Any = None) -> None:
         self.entries, self.done, self.epoch = entries, done, epoch  # (shard, seq, data, fence token)
         self.proc = proc
+        self.then: Callable[[], None] | None = None  # called at once when settled (``LogStore.submit``)
+
+    def settle(self, error: BaseException | None) -> None:
+        """Answer the unit's future, then call ``then`` at once, as ``records.Pending.settle`` does."""
+        if error is not None:
+            self.done.set_exception(error)
+        else:
+            self.done.set_result(None)
+        if self.then is not None:
+            self.then()
 
     @property
     def shard(self) -> int:
@@ -128,8 +138,10 @@ class SimLog:
     def is_fenced(self, _shard: int) -> bool:
         return self.fenced
 
-    def submit(self, shard: int, seq: int, data: bytes) -> asyncio.Future[None]:
-        return self.submit_group([(shard, seq, data)])
+    def submit(self, shard: int, seq: int, data: bytes, then: Callable[[], None] | None = None) -> asyncio.Future[None]:
+        fut = self.submit_group([(shard, seq, data)])
+        self.pending[-1].then = then
+        return fut
 
     def submit_group(self, entries: list[tuple[int, int, bytes]]) -> asyncio.Future[None]:
         if not self.together and len({shard for shard, _, _ in entries}) > 1:
@@ -261,19 +273,19 @@ class SimLog:
             self.tally.count_outcome(outcome)
             if outcome == "late":
                 self.late.append(unit)
-                unit.done.set_exception(RedisError("sim: append timed out (still on its way)"))
+                unit.settle(RedisError("sim: append timed out (still on its way)"))
                 continue
             refusal = self.land(unit) if outcome != "lost" else None
             if outcome != "ok":
-                unit.done.set_exception(RedisError(f"sim: append {outcome}"))
+                unit.settle(RedisError(f"sim: append {outcome}"))
             elif refusal == "FENCED" and unit.proc is not None:
-                unit.done.set_exception(unit.proc.refused(unit.shard))  # its group has a newer owner
+                unit.settle(unit.proc.refused(unit.shard))  # its group has a newer owner
             elif refusal == "FENCED":
-                unit.done.set_exception(self.refused_claim())  # Redis lost this instance's claim
+                unit.settle(self.refused_claim())  # Redis lost this instance's claim
             elif refusal is not None:
-                unit.done.set_exception(RedisError(f"sim: {refusal}"))
+                unit.settle(RedisError(f"sim: {refusal}"))
             else:
-                unit.done.set_result(None)
+                unit.settle(None)
 
     def arrive_late(self, count: int | None = None) -> None:
         """The oldest ``count`` (default: all) scripts still on their way reach Redis now: landed,

@@ -191,20 +191,23 @@ class TailLoss:
         one), and no script on its way reaches the new one."""
         assert self.image is not None
         log, channels = world.log, world.channels
+        broken = RedisConnectionError("sim: connection reset (Redis restarted)")
         if self.groups is None:
             self.image.restore(log, self.acked, channels, leases)
             log.late, channels.late = [], []
-            cut, log.pending, channels.pending = log.pending + channels.pending, [], []
+            cut, log.pending, writes, channels.pending = log.pending, [], channels.pending, []
         else:  # one node: only the connections to it break
             self.image.restore_groups(log, self.acked, leases, self.groups)
             log.tally.node_losses += 1
             log.late = [u for u in log.late if u.shard not in self.groups]
             cut = [u for u in log.pending if u.shard in self.groups]
-            log.pending = [u for u in log.pending if u.shard not in self.groups]
-        broken = RedisConnectionError("sim: connection reset (Redis restarted)")
+            log.pending, writes = [u for u in log.pending if u.shard not in self.groups], []
         for unit in cut:
             if not unit.done.done():
-                unit.done.set_exception(broken)
+                unit.settle(broken)  # its shard is told at once, as by ``LogStore``
+        for write in writes:
+            if not write.done.done():
+                write.done.set_exception(broken)
         self.image, self.restore_at = None, None
         self.restored_in_step = self.stale = self.lost_since_start = self.ever_lost = True
         world.log.tally.tail_losses += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -220,6 +221,35 @@ async def test_an_emptied_stream_is_checked_against_the_newest_id_it_ever_had(st
     with pytest.raises(RedisError, match="TAKEN"):
         await store.submit(0, 2, b"again")
     await store.submit(0, 3, b"next")
+
+
+async def test_an_entry_s_completion_runs_as_it_is_settled_and_never_for_a_cancelled_one(
+        store: LogStore, caplog: pytest.LogCaptureFixture) -> None:
+    """A shard answers its callers from ``then`` (a unary Reserve's reply): called in the same turn
+    that settles the entry, before any done callback of its future could run; a raising ``then``
+    leaves the other entries of its commit answered; a cancelled entry is neither sent nor followed."""
+    seen: list[tuple[str, bool, BaseException | None]] = []
+    callbacks_run: list[str] = []
+
+    def follow(name: str, fut: asyncio.Future[None]) -> None:
+        fut.add_done_callback(lambda _: callbacks_run.append(name))
+
+    def then(name: str) -> None:
+        seen.append((name, name in callbacks_run, futures[name].exception()))
+        if name == "raises":
+            raise RuntimeError("a completion's bug")
+
+    futures: dict[str, asyncio.Future[None]] = {}
+    for name, seq in (("raises", 1), ("cancelled", 2), ("refused", 5), ("durable", 1)):
+        shard = 1 if name == "durable" else 0
+        futures[name] = store.submit(shard, seq, name.encode(), partial(then, name))
+        follow(name, futures[name])
+    futures["cancelled"].cancel()  # before it is sent: stays out of the log
+    await asyncio.wait([futures["durable"], futures["refused"]], timeout=30)
+    assert [(name, ran) for name, ran, _ in seen] == [("raises", False), ("refused", False), ("durable", False)]
+    assert isinstance(seen[1][2], RedisError) and seen[0][2] is None and seen[2][2] is None
+    assert "a log entry's completion failed" in caplog.text
+    assert [d for _, d in await _entries(store, 0)] == [b"raises"]
 
 
 async def test_a_replaced_instance_raises_no_fence_of_the_newer_one(store: LogStore) -> None:
