@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 import prometheus_client
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from atp_service.instruments import Counter, CounterChild, Gauge, Histogram, Reading
+from atp_service.instruments import Counter, CounterChild, Gauge, Histogram, Reading, SizeHistogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -43,7 +43,7 @@ class EngineMetrics:
             "atp_reservations_total", "Reservation decisions and resolutions by outcome", ["outcome"], registry=r
         )
         self.mailbox_depth = Gauge("atp_shard_mailbox_depth", "Messages waiting per shard", ["shard"], registry=r)
-        self.batch_size = Histogram(
+        self.batch_size = SizeHistogram(
             "atp_shard_batch_size", "Commands applied per group commit",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r,
         )
@@ -94,7 +94,7 @@ class StorageMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
-        self.pipeline_size = Histogram(
+        self.pipeline_size = SizeHistogram(
             "atp_log_pipeline_entries", "Shard entries per Redis round trip",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
         )

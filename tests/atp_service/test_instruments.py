@@ -22,7 +22,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from atp_service import instruments, metrics
-from atp_service.instruments import Counter, Gauge, Histogram
+from atp_service.instruments import Counter, Gauge, Histogram, SizeHistogram
 
 _CREATED = re.compile(r"^(\S+_created(?:\{[^}]*\})?) (\S+)$", re.M)
 VALUES = (0, 0.0005, 0.0007, 1, 2, 3, 3.5, 64, 100, 21600, 1e9, -1, math.inf)
@@ -85,6 +85,20 @@ def test_unlabelled_metrics_and_their_names_help_and_buckets() -> None:
         update(old, 2)
         update(new, 2)
     assert_same(pair)
+
+
+def test_a_size_histogram_exports_what_a_histogram_of_the_same_observations_would() -> None:
+    """Sizes counted per size and turned into buckets at the scrape; anything else (past the largest
+    bound, negative, fractional, NaN, infinite) observed the general way, all in one series."""
+    pair = registries()
+    old = prometheus_client.Histogram("atp_batch", "Sizes", buckets=(1, 2, 4, 8, 16, 32, 64), registry=pair[0])
+    new = SizeHistogram("atp_batch", "Sizes", buckets=(1, 2, 4, 8, 16, 32, 64), registry=pair[1])
+    assert_same(pair)
+    for value in [*range(70), *range(5), True, math.nan, *VALUES]:
+        old.observe(value)
+        new.observe(value)
+    assert_same(pair)
+    assert sum(new.sizes) == 65 + 5 + 1 + 5  # the ints from 0 to 64 (of VALUES: 0, 1, 2, 3, 64)
 
 
 def test_labelled_metrics_their_children_in_order_and_label_values_as_strings() -> None:
@@ -179,6 +193,7 @@ def test_the_services_own_metrics_export_as_they_did_with_prometheus_client(
     with monkeypatch.context() as before:
         for kind in ("Counter", "Gauge", "Histogram"):
             before.setattr(metrics, kind, getattr(prometheus_client, kind))
+        before.setattr(metrics, "SizeHistogram", prometheus_client.Histogram)
         old = metrics.Metrics(CollectorRegistry())
     new = metrics.Metrics(CollectorRegistry())
     olds, news = dict(instruments_of(old)), dict(instruments_of(new))
