@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_client import AtpClient, duration, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis, free_port
-from benchmarks.open_loop import measured_open_loop
+from benchmarks.open_loop import add_settle_limit, measured_open_loop, use_settle_limit
 from benchmarks.peers import CHECK_AND_DECREMENT, Postgres, stock_key
 from benchmarks.throughput import ROOT, run_for, serve_command, service_ready, start
 
@@ -345,7 +345,9 @@ def main() -> None:
     parser.add_argument("--hot-stock", type=int, default=2_000, help="units per hot SKU")
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--systems", type=lambda v: v.split(","), default=list(SYSTEMS))
+    add_settle_limit(parser)
     args = parser.parse_args()
+    use_settle_limit(args.settle_limit)
     with tempfile.TemporaryDirectory(prefix="atp-compare-") as tmp:
         rows = asyncio.run(measure(args, Path(tmp)))
     for r in rows:

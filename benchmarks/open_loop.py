@@ -29,6 +29,11 @@ from atp_service import EmbeddedRedis, free_port
 WARM_UP_CALLS = 50
 """Calls made one at a time, unmeasured, before an open loop starts."""
 
+SETTLE_LIMIT_S = 30.0
+"""The most ``settle`` waits for a quiet machine before a measured phase (``--settle-limit``): a
+real run wants the quiet; a smoke run on a test machine that is seldom quiet only wants the
+scripts to work, and passes a fraction of a second."""
+
 
 @contextlib.contextmanager
 def generator_gc_off() -> Iterator[None]:
@@ -132,10 +137,25 @@ def _cpu_times() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
-async def settle(max_busy: float = 0.08, window_s: float = 0.5, limit_s: float = 30.0) -> float:
+def add_settle_limit(parser: argparse.ArgumentParser) -> None:
+    """The ``--settle-limit`` option of a script whose measured phases ``settle`` first."""
+    parser.add_argument("--settle-limit", type=float, default=SETTLE_LIMIT_S, metavar="SECONDS",
+                        help="the most to wait for a quiet machine before each measured phase "
+                             "(a smoke run on a busy machine: a fraction of a second)")
+
+
+def use_settle_limit(seconds: float) -> None:
+    """Every later ``settle`` of this process waits ``seconds`` at most (the ``--settle-limit`` given)."""
+    global SETTLE_LIMIT_S
+    SETTLE_LIMIT_S = seconds
+
+
+async def settle(max_busy: float = 0.08, window_s: float = 0.5, limit_s: float | None = None) -> float:
     """Wait until the machine is quiet (at most ``max_busy`` of its CPUs busy over ``window_s``):
     a latency run must not share the CPUs with the previous phase's leftovers (a server still
-    applying a bulk load, a database flushing). Returns the seconds waited (``limit_s`` at most)."""
+    applying a bulk load, a database flushing). Returns the seconds waited (``limit_s`` at most;
+    by default ``SETTLE_LIMIT_S``)."""
+    limit_s = SETTLE_LIMIT_S if limit_s is None else limit_s
     began = time.perf_counter()
     while time.perf_counter() - began < limit_s:
         busy0, total0 = _cpu_times()
@@ -195,7 +215,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="calls started per second")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--positions", type=int, default=100_000)
+    add_settle_limit(parser)
     args = parser.parse_args()
+    use_settle_limit(args.settle_limit)
     with tempfile.TemporaryDirectory(prefix="atp-open-loop-") as tmp:
         print(json.dumps(asyncio.run(_run(args, Path(tmp)))))
 

@@ -30,7 +30,7 @@ import redis
 
 from atp_service import EmbeddedRedis, free_port
 from benchmarks.compare import Workload, seed_service
-from benchmarks.open_loop import measured_open_loop
+from benchmarks.open_loop import add_settle_limit, measured_open_loop, use_settle_limit
 from benchmarks.throughput import serve_command, service_ready, start
 
 
@@ -92,7 +92,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--positions", type=int, default=10_000)
     parser.add_argument("--ratios", default="0,0.01,1", help="sample ratios to measure besides tracing off")
+    add_settle_limit(parser)
     args = parser.parse_args()
+    use_settle_limit(args.settle_limit)
     with tempfile.TemporaryDirectory(prefix="atp-tracing-cost-") as tmp:
         asyncio.run(_run(args, Path(tmp)))
 

@@ -2,6 +2,7 @@
 
     python benchmarks/unary_cost.py [--rates 500,1000,2000,half] [--seconds 8] [--slices 4]
                                     [--redis unix|tcp] [--profile-rate 1000] [--native-rate 1000]
+                                    [--settle-limit 30]
 
 Starts the no-op server (``noop_server.py``: same gRPC stack and messages, no work) and
 ``atp-service serve`` against an embedded Redis (AOF everysec) on the same host, reached over its
@@ -42,7 +43,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import EmbeddedRedis, free_port
 from benchmarks.compare import Tally, Workload, grpc_unary, seed_service
-from benchmarks.open_loop import cpu_seconds, main_thread, measured_open_loop, open_loop_unary, settle
+from benchmarks.open_loop import (
+    add_settle_limit,
+    cpu_seconds,
+    main_thread,
+    measured_open_loop,
+    open_loop_unary,
+    settle,
+    use_settle_limit,
+)
 from benchmarks.throughput import ROOT, serve_command, service_ready, start
 
 POSITIONS = 10_000
@@ -211,7 +220,9 @@ def main() -> None:
                              "Redis it starts itself) or loopback TCP")
     parser.add_argument("--native-rate", type=float, default=0.0,
                         help="also split each server's event-loop thread by library (perf) at this rate")
+    add_settle_limit(parser)
     args = parser.parse_args()
+    use_settle_limit(args.settle_limit)
     with tempfile.TemporaryDirectory(prefix="atp-unary-cost-") as tmp:
         asyncio.run(_run(args, Path(tmp)))
 
