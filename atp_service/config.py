@@ -68,6 +68,9 @@ class ServiceConfig:
     """How long a group stays this process's unrenewed (``leases``; renewed every third of it). Safety
     never depends on it: a group taken over fences every write of its previous owner."""
 
+    balance_ms: int = 0
+    """How often a process takes free groups up to its share or hands one over (``leases``; 0: ``lease_ms`` / 3)."""
+
     data_dir: Path = Path("var")
     """Where the embedded redis-server keeps its append-only file."""
 
@@ -147,10 +150,9 @@ class ServiceConfig:
     the shard's state, and during a Redis outage a try on every maintenance pass took half a core."""
 
     snapshot_write_mb_per_s: float = 20.0
-    """A snapshot's write to Redis may take its size at this rate, on top of ``redis_timeout_s``.
-    A shard's snapshot of 1.9 M positions (~136 MB) took 1.7 s to store with ``appendfsync always``
-    on a 2-core VM; held to an append's timeout, a slower disk made it time out, land all the same,
-    and be written again at every retry."""
+    """A snapshot's write to Redis may take its size at this rate, on top of ``redis_timeout_s``. A shard's snapshot
+    of 1.9 M positions (~136 MB) took 1.7 s to store with ``appendfsync always`` on a 2-core VM; held to an append's
+    timeout, a slower disk made it time out, land all the same, and be written again at every retry."""
 
     snapshot_part_bytes: int = 1 << 20
     """A snapshot above this size is written to Redis in parts of this size, each its own call, and
@@ -179,8 +181,7 @@ class ServiceConfig:
     doubt (UNAVAILABLE, OUTCOME_UNKNOWN) and settled like a timeout."""
 
     redis_wait_timeout_ms: int = 500
-    """How long a write waits for ``redis_wait_replicas`` confirmations (keep it under
-    ``redis_timeout_s``)."""
+    """How long a write waits for ``redis_wait_replicas`` confirmations (keep it under ``redis_timeout_s``)."""
 
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest gRPC message accepted; larger ones are refused by gRPC itself."""
@@ -223,10 +224,9 @@ class ServiceConfig:
     long-lived facts ran at a third of its rate; benchmarks/ingest.py)."""
 
     malloc_mmap_threshold: int = 256 * 1024
-    """Bytes from which the C allocator (glibc) maps a block on its own and returns it to the system
-    when freed, instead of keeping it in a heap arena (0: the allocator's own, moving threshold).
-    Bulk loads and snapshots handle blocks of megabytes: with the moving threshold a 3 M-position
-    load left ~15 % more resident memory."""
+    """Bytes from which the C allocator (glibc) maps a block on its own and returns it to the system when freed,
+    instead of keeping it in a heap arena (0: the allocator's own, moving threshold). Bulk loads and snapshots
+    handle blocks of megabytes: with the moving threshold a 3 M-position load left ~15 % more resident memory."""
 
     numpy_hugepages: bool = False
     """Whether numpy asks the kernel for huge pages for its large arrays (madvise). Off: unwritten

@@ -98,6 +98,7 @@ class Membership:
         self.address = config.advertised
         self.leases = GroupLeases(store, f"{self.address}|{secrets.token_hex(6)}", config.lease_ms)
         self._lease_s = config.lease_ms / 1000
+        self._balance_s = (config.balance_ms or config.lease_ms / 3) / 1000
         self.routes: dict[int, tuple[str, int]] = {}
         """Every group's owner as last read: (address, epoch); absent: none."""
         self.members: list[str] = []
@@ -137,13 +138,13 @@ class Membership:
         loop = asyncio.get_running_loop()
         # Renewing runs while the first share is recovered: the groups taken first must not run out
         # while the later ones are recovered, however long that takes (or Redis is waited for).
-        renewing = loop.create_task(self._forever(self.renew), name="leases-renew")
+        renewing = loop.create_task(self._forever(self.renew, self._lease_s / 3), name="leases-renew")
         try:
             await retrying(self.balance)
         except BaseException:
             await cancel_and_wait(renewing)
             raise
-        self._tasks = [renewing, loop.create_task(self._forever(self.balance), name="leases-balance")]
+        self._tasks = [renewing, loop.create_task(self._forever(self.balance, self._balance_s), name="leases-balance")]
 
     async def stop(self) -> None:
         """Hand every group over (drained, snapshotted, lease given back) and leave. The leases not
@@ -161,15 +162,15 @@ class Membership:
         with contextlib.suppress(*STORAGE_ERRORS):  # else its entry times out
             await self._store.nodes.run_one(Call(MEMBERS_SCRIPT, [self._store.keys.members], [self.leases.holder, 0]))
 
-    async def _forever(self, step: Any) -> None:
+    async def _forever(self, step: Any, every_s: float) -> None:
         while True:
-            await asyncio.sleep(self._lease_s / 3)
+            await asyncio.sleep(every_s)
             try:
                 await step()
             except (*STORAGE_ERRORS, Fenced) as exc:
-                log.warning("%s: %r (tried again in %.1fs)", step.__name__, exc, self._lease_s / 3)
+                log.warning("%s: %r (tried again in %.1fs)", step.__name__, exc, every_s)
             except Exception:  # a bug must not stop renewing or balancing for good: said loudly, tried again
-                log.exception("%s failed (tried again in %.1fs)", step.__name__, self._lease_s / 3)
+                log.exception("%s failed (tried again in %.1fs)", step.__name__, every_s)
 
     # -- keeping ----------------------------------------------------------------------------
     async def renew(self) -> None:

@@ -193,6 +193,8 @@ def test_a_limit_out_of_its_range_is_refused_at_start_naming_it(variable: str, v
     ("ATP_MAX_QUEUE_DELAY_MS", "-1", "max_queue_delay_ms"),
     ("ATP_INGEST_BLOCK_MS", "-1", "ingest_block_ms"),
     ("ATP_SHUTDOWN_GRACE_S", "-1", "shutdown_grace_s"),
+    ("ATP_BALANCE_MS", "-1", "balance_ms"),
+    ("ATP_BALANCE_MS", "50", "balance_ms"),
 ])
 def test_a_setting_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
     with pytest.raises(ValueError, match=f"^{named}: must be"):

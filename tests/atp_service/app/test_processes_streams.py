@@ -119,10 +119,12 @@ async def start_leased(redis_url: str) -> AsyncIterator[ServiceFactory]:
 
 
 def spawn_owner(redis_url: str, port: int, log: Path, lease_ms: int = 600) -> subprocess.Popen[bytes]:
-    """A leased ``atp-service serve`` process that reads no input stream: it only owns groups."""
+    """A leased ``atp-service serve`` process that reads no input stream: it only owns groups. It
+    balances every 200 ms whatever its lease (by default a third of it: 20 s for a 60 s lease, for
+    the groups the reader hands over to be taken)."""
     cmd = [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--host", "127.0.0.1",
            "--port", str(port), "--metrics-port", "-1", "--no-demo", "--auth", "off", "--shards", str(SHARDS),
-           "--ownership", "leases", "--lease-ms", str(lease_ms)]
+           "--ownership", "leases", "--lease-ms", str(lease_ms), "--balance-ms", "200"]
     return spawned(subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                                     env={**os.environ, "ATP_INPUT_STREAMS": ""}))
 
