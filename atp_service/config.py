@@ -69,7 +69,7 @@ class ServiceConfig:
     never depends on it: a group taken over fences every write of its previous owner."""
 
     balance_ms: int = 0
-    """How often a process takes free groups up to its share or hands one over (``leases``; 0: ``lease_ms`` / 3)."""
+    """How often a process takes free groups (a stopped one's) or hands one over (``leases``; 0, at most lease_ms/3)."""
 
     data_dir: Path = Path("var")
     """Where the embedded redis-server keeps its append-only file."""

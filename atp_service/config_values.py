@@ -141,8 +141,12 @@ def check_redis(cfg: Any) -> None:
             cfg.redis_wait_replicas and cfg.redis_wait_timeout_ms >= cfg.redis_timeout_s * 1000):
         raise ValueError(f"redis_wait_timeout_ms: must be positive and, with redis_wait_replicas, under "
                          f"redis_timeout_s, got {cfg.redis_wait_timeout_ms}")
-    if cfg.balance_ms != 0 and not 100 <= cfg.balance_ms <= 600_000:
-        raise ValueError(f"balance_ms: must be 0 (a third of lease_ms) or within [100, 600000], got {cfg.balance_ms}")
+    # Free groups (a stopped or killed process's) are taken only at a balancing pass: a period past
+    # the default left them unserved, every call of theirs refused, that long after their lease ran out.
+    longest = max(100, cfg.lease_ms // 3)
+    if cfg.balance_ms != 0 and not 100 <= cfg.balance_ms <= longest:
+        raise ValueError(f"balance_ms: must be 0 (a third of lease_ms) or within [100, {longest}] (a third of "
+                         f"lease_ms: a stopped process's groups wait for a pass to be taken), got {cfg.balance_ms}")
     if cfg.ownership == "leases":
         _check_leases(cfg)
 

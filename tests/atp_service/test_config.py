@@ -195,6 +195,7 @@ def test_a_limit_out_of_its_range_is_refused_at_start_naming_it(variable: str, v
     ("ATP_SHUTDOWN_GRACE_S", "-1", "shutdown_grace_s"),
     ("ATP_BALANCE_MS", "-1", "balance_ms"),
     ("ATP_BALANCE_MS", "50", "balance_ms"),
+    ("ATP_BALANCE_MS", "2000", "balance_ms"),  # past lease_ms / 3: a killed process's groups unserved that long
 ])
 def test_a_setting_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
     with pytest.raises(ValueError, match=f"^{named}: must be"):
