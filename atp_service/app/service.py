@@ -83,6 +83,7 @@ class AtpService:
         self._servicer = AvailabilityServicer(config.limits, config.max_stream_inflight,
                                               Watchers(config.max_watchers, config.watch_batch), self._reload_rpc,
                                               self.metrics.edge, max_reserve_streams=config.max_reserve_streams,
+                                              max_message_bytes=config.max_message_bytes,
                                               peer_tls_root=peer_root, peer_tls_identity=peer_identity)
         if config.ownership == "leases":  # its start refuses an estate: "start with --estate" would not cure it
             self._servicer.no_channels = f"estate: no channels here: {LEASED_NO_CHANNELS}"

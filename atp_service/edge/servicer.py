@@ -22,7 +22,7 @@ from atp_service.edge.load import load_counts
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.record import record_events
 from atp_service.edge.routing import RoutingTable, routing_pb, single_process
-from atp_service.edge.streams import OwnerStreams
+from atp_service.edge.streams import OwnerStreams, check_answer_size
 from atp_service.edge.watch import Watchers
 from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
@@ -92,7 +92,7 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
 class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     def __init__(self, limits: Limits, max_stream_inflight: int, watchers: Watchers,
                  reload: Callable[[], Awaitable[dict[str, int]]], metrics: EdgeMetrics | None = None, *,
-                 max_reserve_streams: int, peer_tls_root: bytes | None = None,
+                 max_reserve_streams: int, max_message_bytes: int = 4 << 20, peer_tls_root: bytes | None = None,
                  peer_tls_identity: tuple[bytes, bytes] | None = None) -> None:
         """``peer_tls_root``: when the service runs TLS, the PEM root its peer processes' certificates
         are verified with (calls forwarded to them use TLS); ``peer_tls_identity``: (key, certificate
@@ -108,6 +108,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         """What a call needing channels is told when there are none (the service's mode decides the cure)."""
         self._max_inflight = max_stream_inflight
         self._max_streams = max_reserve_streams
+        self._max_message_bytes = max_message_bytes  # gRPC's bound on every answer sent, a batch's too
         self.reserve_streams = 0
         """ReserveStream calls open now: at most ``max_reserve_streams``."""
         self._watchers = watchers
@@ -380,6 +381,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         if moved:
             for n, outcome in (await owners.answer(batch, moved)).items():
                 answer.outcomes[n].CopyFrom(outcome)
+        check_answer_size(answer, len(batch.reservations), self._max_message_bytes)  # ends the stream
         self.latency("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
         return answer
 

@@ -190,6 +190,20 @@ class OwnerStreams:
             await asyncio.wait(list(self._readers))
 
 
+def check_answer_size(answer: pb.ReserveStreamResponse, batch: int, max_message_bytes: int) -> None:
+    """A batch's answer gRPC could not send (``max_message_bytes`` binds what the service sends
+    too): it would end the stream ``RESOURCE_EXHAUSTED``, "send smaller ones", about reservations
+    that were decided and are durable, and an OMS re-reserving them under new ids holds the stock
+    twice. Ended instead ``OUTCOME_UNKNOWN`` (R7, R8), telling the caller to re-send them with the
+    same ids in smaller batches, which answers what was decided (R5)."""
+    size = answer.ByteSize()
+    if size > max_message_bytes:
+        raise Unavailable(f"the answer to a batch of {batch} reservations ({size} bytes) exceeds max_message_bytes="
+                          f"{max_message_bytes}: they were decided; re-send them with the same ids in smaller "
+                          "batches, which answers what was decided", Reason.OUTCOME_UNKNOWN,
+                          metadata={"limit": "max_message_bytes"})
+
+
 def _unknown(owner: str, what: str) -> Unavailable:
     return Unavailable(f"the owner {owner} {what}; the reservations sent to it may have been decided: "
                        "retry them with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)

@@ -9,6 +9,7 @@ import grpc
 import pytest
 import redis
 
+from atp_client import typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from tests.atp_service.edge.test_api import receipt
@@ -77,3 +78,35 @@ async def test_a_stream_cancelled_with_its_batches_queued_leaves_no_task_behind_
         pause.close()
     await until(lambda: not stream_tasks(), "every task of the cancelled stream ended", 20)
     assert service._servicer.reserve_streams == 0
+
+
+async def test_a_batch_whose_answer_gRPC_cannot_send_ends_the_stream_outcome_unknown_R8(
+        start_service: ServiceFactory) -> None:
+    """``max_message_bytes`` binds what the service sends too, and an answer outgrows its batch
+    (each line answered with its grant, its availability, its allocations): a batch within the limit
+    was decided, made durable, then its answer failed at gRPC's door, the stream ending
+    RESOURCE_EXHAUSTED ("send smaller ones": no retry can help). Told its reservations failed, an
+    OMS reserves again under new ids: the stock held twice. Now the stream says they were decided
+    (OUTCOME_UNKNOWN), and a retry with the same ids in smaller batches answers each (R5)."""
+    _, client = await start_service(clock=ManualClock(T0), max_message_bytes=65536)
+    await client.record_events([receipt("seed", "A", "S1", 100_000)])
+    items = [pb.ReserveRequest(reservation_id=f"order-{n:06d}", lines=[pb.Line(sku="A", location="S1", quantity=1)])
+             for n in range(1000)]
+    batch = pb.ReserveStreamRequest(reservations=items)
+    assert batch.ByteSize() < 65536  # the request fits: only its answer does not
+    call = client.stub.ReserveStream()
+    await call.write(batch)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await call.read()
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "OUTCOME_UNKNOWN" in str(typed(ended.value).refusal.reason)
+    assert "max_message_bytes" in (ended.value.details() or "")
+    again = client.stub.ReserveStream()
+    for start in range(0, 1000, 100):
+        await again.write(pb.ReserveStreamRequest(reservations=items[start:start + 100]))
+        answer = await again.read()
+        assert [o.response.replayed for o in answer.outcomes] == [True] * 100
+    await again.done_writing()
+    availability = await client.stub.GetAvailability(pb.GetAvailabilityRequest(
+        keys=[pb.PositionKey(sku="A", location="S1")]))
+    assert availability.positions[0].reserved == 1000  # each held once
