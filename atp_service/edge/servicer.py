@@ -248,6 +248,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
     async def WatchAvailability(self, request: pb.WatchAvailabilityRequest,
                                 context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        started = time.perf_counter()
         try:
             self.drain.enter()
             try:
@@ -259,7 +260,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             if self.drain.closing:  # the watcher resumes from the last version it saw, elsewhere or later
                 raise Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN)
         except DomainError as exc:
-            await abort(context, exc)
+            await self._end_stream("WatchAvailability", started, context, exc)
 
     @_observed("ReloadEstate")
     async def ReloadEstate(self, request: pb.ReloadEstateRequest, context: Any) -> pb.ReloadEstateResponse:
@@ -277,10 +278,11 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         """Batches are decided concurrently (up to max_stream_inflight) and answered in order; the
         items of groups other processes own are decided by their owners (``OwnerStreams``). On a
         graceful stop, batches already taken are answered, then the stream ends UNAVAILABLE."""
+        started = time.perf_counter()
         try:
             self._enter_stream()
         except DomainError as exc:
-            await abort(context, exc)
+            await self._end_stream("ReserveStream", started, context, exc)
         owners = OwnerStreams(self.forwarder, context)
         inflight: Batches = asyncio.Queue(self._max_inflight)
         cut_short = False
@@ -290,12 +292,12 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 try:
                     answer = await task
                 except DomainError as exc:  # the service recovering or stopping: a status, not UNKNOWN
-                    await abort(context, exc)
+                    await self._end_stream("ReserveStream", started, context, exc)
                 yield answer
             try:
                 cut_short = await reader
             except DomainError as exc:  # a batch past the limit, once the batches before it are answered
-                await abort(context, exc)
+                await self._end_stream("ReserveStream", started, context, exc)
             await owners.finish()
         finally:
             reader.cancel()
@@ -306,7 +308,13 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             self._leave_stream()
             await owners.aclose()  # a batch still being decided here gets its owners' parts refused
         if cut_short:
-            await abort(context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
+            await self._end_stream("ReserveStream", started, context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
+
+    async def _end_stream(self, method: str, started: float, context: Any, exc: DomainError) -> None:
+        """A stream ended by a refusal, counted as a unary call's is (``atp_rpc_duration_seconds``
+        by its code): else a stream refused at its limit, cut short or ended in doubt shows nowhere."""
+        self.latency(method, status_of(exc).name).observe(time.perf_counter() - started)
+        await abort(context, exc)
 
     async def _take_batches(self, requests: AsyncIterator[pb.ReserveStreamRequest], owners: OwnerStreams,
                             inflight: Batches) -> bool:

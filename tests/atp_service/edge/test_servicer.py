@@ -41,6 +41,7 @@ async def test_reserve_streams_open_at_once_are_bounded(start_service: ServiceFa
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_reserve_streams" in (refused.value.details() or "")
     assert service._servicer.reserve_streams == 2  # the refused one holds nothing
+    assert ended_as(service, "ReserveStream", "RESOURCE_EXHAUSTED") == 1  # counted where operators look
 
     await open_calls[0].done_writing()  # one ends: its place is free again
     assert await open_calls[0].read() == grpc.aio.EOF  # type: ignore[attr-defined]
@@ -50,6 +51,12 @@ async def test_reserve_streams_open_at_once_are_bounded(start_service: ServiceFa
     for call in (open_calls[1], again):
         await call.done_writing()
         assert await call.read() == grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+def ended_as(service: Any, method: str, code: str) -> float | None:
+    """How many ``method`` calls ended ``code`` (``atp_rpc_duration_seconds``)."""
+    return service.metrics.registry.get_sample_value(  # type: ignore[no-any-return]
+        "atp_rpc_duration_seconds_count", {"method": method, "code": code})
 
 
 def stream_tasks() -> list[asyncio.Task[Any]]:
@@ -88,7 +95,7 @@ async def test_a_batch_whose_answer_gRPC_cannot_send_ends_the_stream_outcome_unk
     RESOURCE_EXHAUSTED ("send smaller ones": no retry can help). Told its reservations failed, an
     OMS reserves again under new ids: the stock held twice. Now the stream says they were decided
     (OUTCOME_UNKNOWN), and a retry with the same ids in smaller batches answers each (R5)."""
-    _, client = await start_service(clock=ManualClock(T0), max_message_bytes=65536)
+    service, client = await start_service(clock=ManualClock(T0), max_message_bytes=65536)
     await client.record_events([receipt("seed", "A", "S1", 100_000)])
     items = [pb.ReserveRequest(reservation_id=f"order-{n:06d}", lines=[pb.Line(sku="A", location="S1", quantity=1)])
              for n in range(1000)]
@@ -101,6 +108,7 @@ async def test_a_batch_whose_answer_gRPC_cannot_send_ends_the_stream_outcome_unk
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "OUTCOME_UNKNOWN" in str(typed(ended.value).refusal.reason)
     assert "max_message_bytes" in (ended.value.details() or "")
+    assert ended_as(service, "ReserveStream", "UNAVAILABLE") == 1
     again = client.stub.ReserveStream()
     for start in range(0, 1000, 100):
         await again.write(pb.ReserveStreamRequest(reservations=items[start:start + 100]))
