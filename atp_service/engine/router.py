@@ -229,6 +229,7 @@ class Engine(OwnedShards):
         limits = self.limits
         full = _full(home, limits.max_live_reservations_per_shard, limits.max_resolved_reservations_per_shard)
         if full is not None and view.reservation(cmd.reservation_id) is None:  # a replay is answered (R5)
+            self.metrics.capacity_refusals.labels(full[2]).inc()
             raise ResourceExhausted(f"shard {home.shard}: {full[1]} {full[0]} reservations (limit {full[2]})",
                                     Reason.CAPACITY_REACHED, metadata={"limit": full[2]})
         return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
