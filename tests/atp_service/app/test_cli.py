@@ -21,25 +21,58 @@ from google.protobuf import json_format
 from google.protobuf.message_factory import GetMessageClass
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import free_port
+from atp_service import EmbeddedRedis, free_port
 from tests.conftest import spawned
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def served(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, int, list[str]]]:
+Served = tuple[str, int, list[str]]
+"""A demo service's gRPC target, metrics port and start-up log lines."""
+
+
+def _serve_demo(redis_url: str, log: Path) -> tuple[subprocess.Popen[bytes], Served]:
     """`atp-service serve` with the demo estate, as `make run` starts it (but on free ports)."""
     port, metrics = free_port(), free_port()
-    log = tmp_path / "serve.log"
-    proc = spawned(subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
          "--metrics-port", str(metrics)],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    ))
-    yield f"127.0.0.1:{port}", metrics, wait_until_ready(proc, log).splitlines()
+    )
+    return proc, (f"127.0.0.1:{port}", metrics, wait_until_ready(proc, log).splitlines())
+
+
+@pytest.fixture
+def served(redis_url: str, tmp_path: Path) -> Iterator[Served]:
+    """A demo service of this test's own, fresh: for a test that checks the estate as loaded or
+    the banner's reservation (``demo-1``, which the README's commands also make)."""
+    log = tmp_path / "serve.log"
+    proc, answer = _serve_demo(redis_url, log)
+    spawned(proc)
+    yield answer
     proc.terminate()
     assert stop_or_explain(proc, log) == 0
+
+
+@pytest.fixture(scope="module")
+def shared_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, str]]:
+    """One demo service (and its Redis URL) for the tests that each touch only keys, reservation
+    ids, streams and channels of their own: loading the demo estate costs seconds a start. Its
+    own Redis: ``redis_url`` flushes the session's Redis for every test."""
+    directory = tmp_path_factory.mktemp("shared-demo")
+    redis_server = EmbeddedRedis(directory / "redis", appendfsync="always").start()
+    log = directory / "serve.log"
+    proc: subprocess.Popen[bytes] | None = None
+    try:  # not ``spawned``: that kill is per test, and this service outlives a test
+        proc, answer = _serve_demo(redis_server.url, log)
+        yield answer, redis_server.url
+        proc.terminate()
+        assert stop_or_explain(proc, log) == 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        redis_server.stop()
 
 
 STOP_BOUND_S = 90  # the service's own shutdown bound (grace + final snapshot) and the embedded Redis's
@@ -117,8 +150,8 @@ def test_demo_estate_and_the_printed_examples_work(served: tuple[str, int, list[
     assert "atp_oversold_units 0.0" in body
 
 
-def test_atpctl_errors_name_the_status_and_reason_and_exit_by_class(served: tuple[str, int, list[str]]) -> None:
-    target, _, _ = served
+def test_atpctl_errors_name_the_status_and_reason_and_exit_by_class(shared_demo: tuple[Served, str]) -> None:
+    (target, _, _), _ = shared_demo
     done = ctl(target, "confirm", "no-such-reservation")
     assert done.returncode == 4 and "NOT_FOUND RESERVATION_NOT_FOUND" in done.stderr
     done = ctl(target, "reserve", "x", "sku-00001@dc-east:0")
@@ -136,9 +169,9 @@ def test_atpctl_errors_name_the_status_and_reason_and_exit_by_class(served: tupl
                           capture_output=True, text=True).returncode == 2  # gRPC tries at most 5 times
 
 
-def test_atpctl_ends_quietly_when_its_reader_goes_away(served: tuple[str, int, list[str]]) -> None:
+def test_atpctl_ends_quietly_when_its_reader_goes_away(shared_demo: tuple[Served, str]) -> None:
     """`atpctl ... | head`: the pipe closes under a long answer; no traceback, SIGPIPE's status."""
-    target, _, _ = served
+    (target, _, _), _ = shared_demo
     keys = [f"sku-{n:05d}@store-{s:03d}" for n in range(1, 11) for s in range(1, 101)]  # ~200 KB of JSON
     proc = subprocess.Popen([sys.executable, "-m", "atp_client.ctl", "--target", target, "availability", *keys],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -149,8 +182,8 @@ def test_atpctl_ends_quietly_when_its_reader_goes_away(served: tuple[str, int, l
     assert proc.stderr.read() == b""
 
 
-def test_events_import_from_jsonl(served: tuple[str, int, list[str]], tmp_path: Path) -> None:
-    target, _, _ = served
+def test_events_import_from_jsonl(shared_demo: tuple[Served, str], tmp_path: Path) -> None:
+    (target, _, _), _ = shared_demo
     now = int(time.time() * 1000)
     facts = tmp_path / "facts.jsonl"
     facts.write_text("\n".join(json.dumps(f) for f in [
@@ -169,8 +202,8 @@ def test_events_import_from_jsonl(served: tuple[str, int, list[str]], tmp_path: 
     assert got[0]["on_hand"] == 3
 
 
-def test_publish_explain_and_safety_stock(served: tuple[str, int, list[str]], redis_url: str, tmp_path: Path) -> None:
-    target, _, _ = served
+def test_publish_explain_and_safety_stock(shared_demo: tuple[Served, str], tmp_path: Path) -> None:
+    (target, _, _), redis_url = shared_demo
     now = int(time.time() * 1000)
     facts = tmp_path / "pos.jsonl"
     facts.write_text("\n".join(json.dumps(f) for f in [
@@ -194,21 +227,22 @@ def test_publish_explain_and_safety_stock(served: tuple[str, int, list[str]], re
     assert explained["availability"]["safety_stock"] == 3
 
 
-def test_start_up_errors_name_the_setting(served: tuple[str, int, list[str]], redis_url: str, tmp_path: Path) -> None:
-    target, metrics_port, _ = served
+def test_start_up_errors_name_the_setting(redis_url: str, tmp_path: Path) -> None:
+    metrics_port = free_port()  # a service holding the ports, and its keyspace written (no demo estate: not needed)
+    running, target, _ = serve(redis_url, tmp_path / "serve.log", "--metrics-port", str(metrics_port))
     port = target.rsplit(":", 1)[1]
 
-    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+    def start(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--auth", "off", *args],
                               capture_output=True, text=True, timeout=60)
 
-    busy = serve("--redis-url", redis_url, "--port", port, "--metrics-port", "-1")
+    busy = start("--redis-url", redis_url, "--port", port, "--metrics-port", "-1")
     assert busy.returncode == 2 and "atp-service: port: cannot listen" in busy.stderr
-    busy = serve("--redis-url", redis_url, "--port", "0", "--metrics-port", str(metrics_port))
+    busy = start("--redis-url", redis_url, "--port", "0", "--metrics-port", str(metrics_port))
     assert busy.returncode == 2 and "atp-service: metrics_port: cannot listen" in busy.stderr
-    other = serve("--redis-url", redis_url, "--port", "0", "--metrics-port", "-1", "--shards", "3")
+    other = start("--redis-url", redis_url, "--port", "0", "--metrics-port", "-1", "--shards", "3")
     assert other.returncode == 2 and "written with 16 shards, not 3" in other.stderr
-    decoded = serve("--redis-url", f"{redis_url}?decode_responses=True", "--port", "0", "--metrics-port", "-1")
+    decoded = start("--redis-url", f"{redis_url}?decode_responses=True", "--port", "0", "--metrics-port", "-1")
     assert decoded.returncode == 2 and "atp-service: redis_url: decode_responses" in decoded.stderr
     assert "Traceback" not in decoded.stderr
     holder = subprocess.Popen([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--auth", "off",
@@ -218,17 +252,18 @@ def test_start_up_errors_name_the_setting(served: tuple[str, int, list[str]], re
         assert holder.stdout is not None
         while "ready" not in holder.stdout.readline():
             assert holder.poll() is None
-        second = serve("--port", "0", "--metrics-port", "-1", "--data-dir", str(tmp_path))
+        second = start("--port", "0", "--metrics-port", "-1", "--data-dir", str(tmp_path))
         assert second.returncode == 2 and "is in use by another running service" in second.stderr
     finally:
         holder.terminate()
         stop_or_explain(holder)
+    running.terminate()
+    assert stop_or_explain(running, tmp_path / "serve.log") == 0
 
 
-def test_watch_reload_and_a_publisher_process(served: tuple[str, int, list[str]], redis_url: str,
-                                              tmp_path: Path) -> None:
+def test_watch_reload_and_a_publisher_process(shared_demo: tuple[Served, str], tmp_path: Path) -> None:
     """The demo channels as an operator sees them: atpctl watch / reload-estate, atp-publisher (jsonl)."""
-    target, _, _ = served
+    (target, _, _), redis_url = shared_demo
     watched = ctl(target, "watch", "marketplace", "--snapshot", "--count", "3")
     assert watched.returncode == 0, watched.stderr
     lines = [json.loads(line) for line in watched.stdout.splitlines()]
