@@ -149,6 +149,10 @@ class IntakeMetrics:
             "atp_ingest_pending", "Entries delivered to the consumer group but not yet acknowledged", ["stream"],
             registry=r,
         )
+        self.ingest_lag = Gauge(
+            "atp_ingest_lag", "Entries of the stream the consumer group has not read yet (XINFO GROUPS lag; NaN: "
+            "Redis cannot tell)", ["stream"], registry=r,
+        )
         self.ingest_claimed = Counter(
             "atp_ingest_claimed_total", "Stale pending entries claimed from other consumers", registry=r
         )

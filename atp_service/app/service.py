@@ -185,6 +185,7 @@ class AtpService:
             self.ingestor = self._ingestor(self.desk)
             await self._while_redis_is_away(self.ingestor.start)  # creating a group that exists is a no-op
             self._watched.watch("ingest", self.ingestor.task)
+            self._watched.watch("ingest-backlog", self.ingestor.gauge_task)
         # Last: no call is answered (health says NOT_SERVING, but a caller need not ask) before the
         # input streams are read too.
         self._servicer.attach(self.engine, self.desk, self.channels)

@@ -24,6 +24,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
+from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.dead_letters import TRIMMED, dead_letter, why_refused
 from atp_service.intake.entries import Dead, Entry, Read, decode_fact, id_key
 from atp_service.intake.facts import FactDesk, Result
@@ -72,7 +73,10 @@ class StreamIngestor:
         zeroed(self._metrics.dead_lettered, *((stream,) for stream in self._streams))  # alerted on by increase()
         zeroed(self._metrics.ingest_trimmed_unread, *((stream,) for stream in self._streams))
         self._unread = UnreadWatch(client, settings.consumer_group, self._metrics.ingest_trimmed_unread)
+        metrics = self._metrics
+        self._backlog = BacklogGauge(self._unread, self._streams, metrics.ingest_pending, metrics.ingest_lag)
         self._task: asyncio.Task[None] | None = None
+        self._gauge_task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
         self._retry_at = 0.0
         self._retries = Backoff(PENDING_RETRY)
@@ -82,13 +86,13 @@ class StreamIngestor:
         self._claimed_at = 0.0
         self._claim_from: dict[str, str] = {}  # per stream, where the next XAUTOCLAIM scan goes on
         self._seen: dict[str, bytes] = {}  # per stream, the newest entry id read
-        self._gauged_at = 0.0
 
     async def start(self) -> None:
         await self._create_groups()
         for stream in self._streams:  # before the first read moves the group's position past a gap
             await self._unread.check(stream)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
+        self._gauge_task = asyncio.get_running_loop().create_task(self._backlog.run(), name="ingest-backlog")
 
     async def _create_groups(self, again: bool = False) -> None:
         """The consumer group on every input stream, where it is missing. ``again``: one went missing
@@ -109,12 +113,19 @@ class StreamIngestor:
         """The reading loop (watched by the service: it ends only when stopped, or by a bug)."""
         return self._task
 
+    @property
+    def gauge_task(self) -> asyncio.Task[None] | None:
+        """The backlog's measuring loop (watched by the service too: it ends only when stopped, or by a bug)."""
+        return self._gauge_task
+
     async def stop(self) -> None:
         """Stop reading; what is not acknowledged stays pending and is read again on the next start.
         Raises how the reading loop ended if it failed, once everything is stopped."""
         try:
             await cancel_and_wait(self._task)
         finally:
+            with contextlib.suppress(Exception):  # it only measures: a failure of its own was told when it ended
+                await cancel_and_wait(self._gauge_task)
             batches = list(self._batches)
             for task in batches:
                 task.cancel()
@@ -160,9 +171,6 @@ class StreamIngestor:
                 task = asyncio.get_running_loop().create_task(self._handle(entries))
                 self._batches.add(task)
                 task.add_done_callback(self._batch_done)
-        if time.monotonic() - self._gauged_at >= 5:
-            self._gauged_at = time.monotonic()
-            await self._gauge_pending()
 
     async def _retry_pending(self) -> None:
         """This consumer's pending entries, read from the start of its list page by page and applied
@@ -339,9 +347,3 @@ class StreamIngestor:
                 for stream, ids in by_stream.items():
                     pipe.xack(stream, self._config.consumer_group, *ids)
                 await pipe.execute()
-
-    async def _gauge_pending(self) -> None:
-        for stream in self._streams:
-            summary = await self._client.xpending(stream, self._config.consumer_group)
-            self._metrics.ingest_pending.labels(stream).set(summary["pending"] if summary else 0)
-            await self._unread.check(stream)

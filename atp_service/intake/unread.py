@@ -12,6 +12,7 @@ after its position is how many went unread.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -26,9 +27,20 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-async def trimmed_unread(client: Any, stream: str, group: str) -> tuple[int, bytes]:
+@dataclass(frozen=True)
+class Backlog:
+    """A consumer group's entries of one stream not done with."""
+
+    pending: int
+    """Delivered to a consumer, not acknowledged."""
+    lag: int | None
+    """Not delivered yet (None: Redis cannot tell, after XDEL of entries the group has not read)."""
+
+
+async def trimmed_unread(client: Any, stream: str, group: str) -> tuple[int, bytes, Backlog | None]:
     """How many entries of ``stream`` were trimmed before ``group`` read them (0: none, or not
-    known — a group whose lag Redis cannot tell, after XDEL), and the group's position."""
+    known — a group whose lag Redis cannot tell, after XDEL), the group's position and its backlog
+    (None: no such group, or stream)."""
     try:
         # One MULTI: other processes' consumers of the group read on, and the producer trims, between
         # two calls; the group's old position and lag against the stream as trimmed since would count
@@ -39,11 +51,15 @@ async def trimmed_unread(client: Any, stream: str, group: str) -> tuple[int, byt
             groups, info = await pipe.execute()
     except ResponseError as exc:
         if no_such_key(exc):  # the stream deleted: the reader makes it again
-            return 0, b""
+            return 0, b"", None
         raise
     mine = next((g for g in groups if as_text(g["name"]) == group), None)
-    if mine is None or mine.get("lag") is None:
-        return 0, b""
+    if mine is None:
+        return 0, b"", None
+    lag = mine.get("lag")
+    backlog = Backlog(int(mine["pending"]), None if lag is None else int(lag))
+    if lag is None:
+        return 0, b"", backlog
     position = _as_bytes(mine["last-delivered-id"])
     first = info.get("first-entry")
     if first is None:  # the stream is empty: any entry added after the position went unread
@@ -53,8 +69,8 @@ async def trimmed_unread(client: Any, stream: str, group: str) -> tuple[int, byt
         behind = id_key(_as_bytes(first[0])) > id_key(position)
         left = int(info["length"])
     if not behind:
-        return 0, position
-    return max(0, int(mine["lag"]) - left), position
+        return 0, position, backlog
+    return max(0, int(lag) - left), position, backlog
 
 
 class UnreadWatch:
@@ -68,9 +84,13 @@ class UnreadWatch:
 
     async def check(self, stream: str) -> int:
         """Look for entries of ``stream`` trimmed unread; count and log those not told yet."""
-        lost, position = await trimmed_unread(self._client, stream, self._group)
+        return (await self.measure(stream))[0]
+
+    async def measure(self, stream: str) -> tuple[int, Backlog | None]:
+        """``check``, and the group's backlog on ``stream`` read in the same round trip."""
+        lost, position, backlog = await trimmed_unread(self._client, stream, self._group)
         if not lost:
-            return 0
+            return 0, backlog
         told_at, told = self._told.get(stream, (b"", 0))
         new = lost - told if told_at == position else lost
         self._told[stream] = (position, lost)
@@ -81,4 +101,4 @@ class UnreadWatch:
                       "than the backlog", stream, new, self._group, as_text(position),
                       extra={"event": "ingest_trimmed_unread", "stream": stream, "entries": new,
                              "after": as_text(position)})
-        return max(0, new)
+        return max(0, new), backlog

@@ -1,0 +1,55 @@
+"""The input streams' backlog, measured apart from the reader: what is pending and what is unread.
+
+The reader cannot measure its own backlog: stuck — waiting for room among its batches in flight,
+each behind a shard or an owner that does not answer — it measures nothing, and a gauge it sets
+freezes at its last value while the tills' sales pile up unread (availability stale: oversell). So a
+task of its own reads, per stream and interval, the consumer group's pending and unread (``lag``)
+entries in one round trip, which also looks for entries trimmed unread (``UnreadWatch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+from redis.exceptions import RedisClusterException, RedisError
+
+from atp_service.intake.unread import UnreadWatch
+
+log = logging.getLogger(__name__)
+BACKLOG_EVERY_S = 5.0
+"""How often the backlog is measured: one MULTI (XINFO GROUPS, XINFO STREAM) per input stream."""
+
+
+class BacklogGauge:
+    """Sets ``pending`` and ``lag`` (gauges labelled by stream) every ``BACKLOG_EVERY_S``, whatever the reader does."""
+
+    def __init__(self, watch: UnreadWatch, streams: list[str], pending: Any, lag: Any) -> None:
+        self._watch = watch
+        self._streams = streams
+        self._pending = pending
+        self._lag = lag
+        for stream in streams:  # there from the start, at 0: an alert on their growth sees the first rise
+            lag.labels(stream)
+
+    async def run(self, every_s: float = BACKLOG_EVERY_S) -> None:
+        while True:
+            for stream in self._streams:
+                await self.measure(stream)
+            await asyncio.sleep(every_s)
+
+    async def measure(self, stream: str) -> None:
+        """One stream's backlog into the gauges. Redis not answering leaves them as they were: the
+        reader counts its own failed reads (``atp_ingest_read_failures_total``)."""
+        try:
+            _, backlog = await self._watch.measure(stream)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            log.debug("input stream %s: backlog not measured: %s", stream, exc)
+            return
+        if backlog is None:  # no stream or group (yet): the reader makes them
+            return
+        self._pending.labels(stream).set(backlog.pending)
+        # Unknown after XDEL of unread entries, until the group reads past them: not a number, not 0.
+        self._lag.labels(stream).set(math.nan if backlog.lag is None else backlog.lag)
