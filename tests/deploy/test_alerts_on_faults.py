@@ -7,9 +7,10 @@ from pathlib import Path
 
 import grpc
 
+from atp_service.storage.embedded_redis import EmbeddedRedis
 from reservation import Limits
 from tests.atp_service.edge.test_api import receipt
-from tests.conftest import ServiceFactory
+from tests.conftest import ServiceFactory, services_on
 
 from .scraped_alerts import firing, scrape
 
@@ -47,3 +48,27 @@ async def test_new_reserves_refused_at_a_shards_bound_fire_an_alert(
     assert refused == 2 * bound  # every new Reserve on the shard is refused CAPACITY_REACHED
     after = scrape(service.metrics_port)
     assert firing(before, after, tmp_path) == {"ATPReservationsCapacityReached"}
+
+
+async def test_redis_gone_fires_the_append_failure_alerts(tmp_path: Path) -> None:
+    """The service's own Redis killed: every Reserve is answered UNAVAILABLE (nothing applied), and no
+    input stream is read. (ATPCallsUnavailable is not asserted: its series is born with the first
+    UNAVAILABLE, so only a later scrape's rise shows — in the harness' two scrapes, none.)"""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        async for start in services_on(server.url, redis_timeout_s=0.5):
+            service, client = await start(metrics_port=0)
+            await client.record_events([receipt("stock", "A", "S1", 1000)])
+            await client.reserve("ok-0", [("A", "S1", 1)])
+            before = scrape(service.metrics_port)
+            server.kill()
+            unavailable = 0
+            for n in range(20):
+                try:
+                    await client.reserve(f"gone-{n}", [("A", "S1", 1)])
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                    unavailable += 1
+            assert unavailable == 20
+            after = scrape(service.metrics_port)
+            assert {"ATPRedisAppendFailures", "ATPIngestReadFailing"} <= firing(before, after, tmp_path)
+            break
