@@ -50,7 +50,13 @@ def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health
     ``engine`` (leased groups): the peers' internal service asks it for the order steps."""
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
     names = (SERVICE_NAME, health_service.full_name, reflection.SERVICE_NAME)
-    add_service(server, servicer, pb.DESCRIPTOR.services_by_name["AvailabilityService"], bad_requests)
+    api = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
+    add_service(server, servicer, api, bad_requests)
+    # atp_rpc_duration_seconds at 0 from the start for the code ATPCallsUnavailable reads, per method
+    # (not every code): a Redis outage's first UNAVAILABLE answers would only create the series, and
+    # rate() sees nothing of a series' first value.
+    for method in api.methods:
+        servicer.latency(method.name, "UNAVAILABLE")
     add_service(server, health, health_service, bad_requests)
     add_service(server, ReflectionServicer(names),
                 reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad_requests)

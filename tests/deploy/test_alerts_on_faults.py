@@ -52,8 +52,8 @@ async def test_new_reserves_refused_at_a_shards_bound_fire_an_alert(
 
 async def test_redis_gone_fires_the_append_failure_alerts(tmp_path: Path) -> None:
     """The service's own Redis killed: every Reserve is answered UNAVAILABLE (nothing applied), and no
-    input stream is read. (ATPCallsUnavailable is not asserted: its series is born with the first
-    UNAVAILABLE, so only a later scrape's rise shows — in the harness' two scrapes, none.)"""
+    input stream is read. ATPCallsUnavailable fires from the first UNAVAILABLE answers: the series it
+    reads was there, at 0, before them (a series born with its first value shows no rise to rate())."""
     with EmbeddedRedis(tmp_path / "redis") as server:
         async for start in services_on(server.url, redis_timeout_s=0.5):
             service, client = await start(metrics_port=0)
@@ -70,5 +70,6 @@ async def test_redis_gone_fires_the_append_failure_alerts(tmp_path: Path) -> Non
                     unavailable += 1
             assert unavailable == 20
             after = scrape(service.metrics_port)
-            assert {"ATPRedisAppendFailures", "ATPIngestReadFailing"} <= firing(before, after, tmp_path)
+            assert {"ATPRedisAppendFailures", "ATPIngestReadFailing", "ATPCallsUnavailable"} <= firing(
+                before, after, tmp_path)
             break
