@@ -20,8 +20,11 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from atp_service.instruments import Counter, CounterChild, Gauge, Histogram, Reading, SizeHistogram
+from reservation import FactKind
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FACT_ORIGINS = ("grpc", "stream")
+"""``atp_facts_total``'s origins of every kind of fact (RecordEvents, the input streams); LoadCounts' is load."""
 
 
 def zeroed(counter: Counter | prometheus_client.Counter, *label_sets: tuple[str, ...]) -> None:
@@ -134,6 +137,10 @@ class IntakeMetrics:
             "atp_facts_total", "Facts by origin (grpc or input stream), kind and outcome",
             ["origin", "kind", "outcome"], registry=r,
         )
+        # At 0 from the start for the outcome ATPFactsQuarantined reads, per origin and kind (only COUNT
+        # is loaded): a day-old upload's first quarantined facts would only create the series, unseen.
+        zeroed(self.facts, ("load", "COUNT", "quarantined"),
+               *((origin, kind.name, "quarantined") for origin in FACT_ORIGINS for kind in FactKind))
         self.fact_lag = Histogram(
             "atp_fact_lag_seconds", "now - event_time of applied facts",
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 24 * 3600), registry=r,

@@ -28,8 +28,9 @@ def _block(skus: list[str], at: list[int]) -> pb.LoadCountsRequest:
 
 
 def _counted(service: AtpService) -> dict[str, float]:
+    """LoadCounts' facts by outcome, those counted at least once (quarantined is exported at 0 from the start)."""
     return {s.labels["outcome"]: s.value for m in service.metrics.registry.collect() for s in m.samples
-            if s.name == "atp_facts_total" and s.labels.get("origin") == "load"}
+            if s.name == "atp_facts_total" and s.labels.get("origin") == "load" and s.value}
 
 
 async def _two_shards(start_service: ServiceFactory) -> tuple[AtpService, Any, str, str]:

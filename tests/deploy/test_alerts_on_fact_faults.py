@@ -1,0 +1,52 @@
+"""Facts quarantined, through RecordEvents and through an input stream, caused on a real service with
+a real Redis, fire their alert over the values the service's own /metrics endpoint exports
+(tests/deploy/scraped_alerts.py) from the first ones on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import ManualClock
+from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.conftest import ServiceFactory
+
+from .scraped_alerts import Scrape, firing, scrape
+
+NOW = int(time.time() * 1000)
+LATE = NOW - 48 * 3600_000
+"""Before stream time minus the default grace (24 h): quarantined late (E6)."""
+
+
+def quarantined(samples: Scrape, origin: str) -> float:
+    return sum(value for series, value in samples.items()
+               if series.startswith("atp_facts_total{") and 'outcome="quarantined"' in series
+               and f'origin="{origin}"' in series)
+
+
+async def test_late_facts_fire_the_quarantine_alert_from_the_first_ones(
+        start_service: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
+    """A source uploading a day-old backlog: its facts are quarantined (not applied; on_hand wrong at
+    their positions until someone replays them), and ATPFactsQuarantined never fired for the first
+    of them — the series it reads was born with the first quarantined fact of its origin and kind,
+    and rate() sees no rise in a series' first value."""
+    service, client = await start_service(clock=ManualClock(NOW), metrics_port=0)
+    await client.record_events([F("fresh", "RECEIPT", "A", "S1", 50, NOW).pb()])  # stream time: now
+    before = scrape(service.metrics_port)
+    results = await client.record_events([F(f"late-{n}", "SALE", "A", "S1", 1, LATE).pb() for n in range(3)])
+    assert {r.outcome for r in results} == {pb.FACT_OUTCOME_QUARANTINED}
+    after = scrape(service.metrics_port)
+    assert quarantined(after, "grpc") == 3
+    assert firing(before, after, tmp_path) == {"ATPFactsQuarantined"}
+
+    before = after
+    r = redis.Redis.from_url(redis_url)
+    for n in range(3):
+        r.xadd("atp:in:pos", F(f"late-pos-{n}", "SALE", "A", "S1", 1, LATE).fields())
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    after = scrape(service.metrics_port)
+    assert quarantined(after, "stream") == 3
+    assert firing(before, after, tmp_path) == {"ATPFactsQuarantined"}
