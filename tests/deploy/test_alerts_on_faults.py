@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import redis.asyncio as aioredis
 
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from reservation import Limits
+from tests.atp_service.app.test_redis_lost_tail import Image, saved
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on
 
 from .scraped_alerts import firing, scrape
@@ -73,3 +76,33 @@ async def test_redis_gone_fires_the_append_failure_alerts(tmp_path: Path) -> Non
             assert {"ATPRedisAppendFailures", "ATPIngestReadFailing", "ATPCallsUnavailable"} <= firing(
                 before, after, tmp_path)
             break
+
+
+async def restored_at_once(client: aioredis.Redis, image: Image) -> None:
+    """Redis holds ``image`` again, in one transaction: no owner check sees the keyspace empty between
+    (which would stop the instance for its claim lost, not for the shard's log)."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.flushall()
+        for key, (dump, ttl) in image.items():
+            pipe.restore(key, ttl, dump, replace=True)
+        await pipe.execute()
+
+
+async def test_a_shard_stopped_by_redis_losing_its_entries_fires_an_alert(
+        start_service: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
+    """Redis restarted from older data lost a reservation's entry (R7): the shard stops (LogDiverged) and
+    the process is told to stop, exit status 4. Scraped before it goes, ATPShardFailed fires."""
+    service, client = await start_service(metrics_port=0, owner_check_s=0.05)
+    await client.record_events([receipt("e1", "SKU", "DC", 10)])
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        image = await saved(direct)
+        await client.reserve("r1", [("SKU", "DC", 4)], ttl_seconds=600)
+        before = scrape(service.metrics_port)
+        await restored_at_once(direct, image)  # r1's entry is gone; the claim is still this instance's
+        await until(lambda: service.failed.is_set(), "the shard stopped on the lost entry", timeout_s=20)
+    finally:
+        await direct.aclose()
+    after = scrape(service.metrics_port)
+    assert after['atp_shard_failures_total{instance="atp:9464", job="atp-service"}'] == 1
+    assert "ATPShardFailed" in firing(before, after, tmp_path)
