@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from reservation import Limits
-from tests.atp_service.app.test_redis_lost_tail import Image, saved
+from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on
@@ -78,16 +78,6 @@ async def test_redis_gone_fires_the_append_failure_alerts(tmp_path: Path) -> Non
             break
 
 
-async def restored_at_once(client: aioredis.Redis, image: Image) -> None:
-    """Redis holds ``image`` again, in one transaction: no owner check sees the keyspace empty between
-    (which would stop the instance for its claim lost, not for the shard's log)."""
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.flushall()
-        for key, (dump, ttl) in image.items():
-            pipe.restore(key, ttl, dump, replace=True)
-        await pipe.execute()
-
-
 async def test_a_shard_stopped_by_redis_losing_its_entries_fires_an_alert(
         start_service: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
     """Redis restarted from older data lost a reservation's entry (R7): the shard stops (LogDiverged) and
@@ -99,7 +89,7 @@ async def test_a_shard_stopped_by_redis_losing_its_entries_fires_an_alert(
         image = await saved(direct)
         await client.reserve("r1", [("SKU", "DC", 4)], ttl_seconds=600)
         before = scrape(service.metrics_port)
-        await restored_at_once(direct, image)  # r1's entry is gone; the claim is still this instance's
+        await restored(direct, image, at_once=True)  # r1's entry is gone; the claim is still this instance's
         await until(lambda: service.failed.is_set(), "the shard stopped on the lost entry", timeout_s=20)
     finally:
         await direct.aclose()

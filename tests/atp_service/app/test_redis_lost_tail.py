@@ -53,11 +53,16 @@ async def saved(client: aioredis.Redis) -> Image:
     return image
 
 
-async def restored(client: aioredis.Redis, image: Image) -> None:
-    """Redis holds ``image`` again: what was written since is gone."""
-    await client.flushall()
-    for key, (dump, ttl) in image.items():
-        await client.restore(key, ttl, dump, replace=True)
+async def restored(client: aioredis.Redis, image: Image, at_once: bool = False) -> None:
+    """Redis holds ``image`` again: what was written since is gone. ``at_once``: in one transaction,
+    as a restart does it (one Redis, not a cluster node: its keys span slots), so that no owner check
+    sees the keyspace empty between the wipe and the restores and stops the instance for its claim
+    lost instead of for what the test is about."""
+    async with client.pipeline(transaction=at_once) as pipe:
+        pipe.flushall()
+        for key, (dump, ttl) in image.items():
+            pipe.restore(key, ttl, dump, replace=True)
+        await pipe.execute()
 
 
 async def test_an_idle_shard_stops_when_redis_lost_entries_it_made_durable(
@@ -75,7 +80,7 @@ async def test_an_idle_shard_stops_when_redis_lost_entries_it_made_durable(
         image = await saved(direct)
         await client.reserve("r1", [("SKU", "DC", 4)], ttl_seconds=600)
         caplog.set_level(logging.ERROR, logger="atp_service")
-        await restored(direct, image)  # the reservation's entry is gone; the claim is still this instance's
+        await restored(direct, image, at_once=True)  # r1's entry gone; the claim still this instance's
         await until(lambda: service.failed.is_set(), "the instance told to stop after Redis lost r1's entry",
                     timeout_s=20)
     finally:
