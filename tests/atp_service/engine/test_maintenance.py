@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from atp_service.engine import maintenance
 from atp_service.engine.maintenance import EVICT_PER_TURN, EXPIRE_PER_TURN
 from reservation import Ledger, Limits, LogEntry, State, reserve_command
 from reservation._events import ReservationSaved
@@ -180,3 +181,43 @@ async def test_refused_reserves_with_new_ids_are_remembered_within_a_bound_R5(st
         assert time.monotonic() < deadline, "the refused reservations were never forgotten"
         await asyncio.sleep(0.02)
     assert (await client.reserve("after", [("A", "S1", 1)])).state == pb.RESERVATION_STATE_HELD
+
+
+async def test_holds_spanning_shards_due_at_once_expire_together_not_one_coordinated_change_each_R3(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Holds whose lines span shards, due at once (downtime, a clock step forward): each was expired
+    by a coordinated change of its own — a pause of every shard it spans and a log append per hold.
+    A backlog drained at a few hundred holds a second (12,288: ~20 s; a million: most of an hour),
+    their units still held meanwhile (Reserves refused, channels offered less), and a call to the
+    first of those shards waited behind thousands of queued pauses (5.5 s measured). The holds a
+    turn finds due are expired together, one coordinated change per set of shards they span."""
+    monkeypatch.setattr(maintenance, "EXPIRE_PER_TURN", 50)
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock)
+    engine = service.engine
+    assert engine is not None
+    other = next(s for s in (f"B{i}" for i in range(100)) if engine.place(s) != engine.place("A"))
+    holds = 2 * maintenance.EXPIRE_PER_TURN + 20
+    await client.record_events([receipt("stock", sku, "S1", holds) for sku in ("A", other)])
+    cmds = [reserve_command(reservation_id=f"r{n}", order_ref="o", channel="web",
+                            lines=[("A", "S1", 1), (other, "S1", 1)], ttl_seconds=60, allow_partial=False,
+                            limits=engine.limits) for n in range(holds)]
+    assert all(not isinstance(r, Exception) for r in await engine.reserve_many(cmds))
+    per_entry: list[int] = []
+
+    def count(_shard: int, entry: LogEntry) -> None:
+        expired = sum(isinstance(e, ReservationSaved) and e.reservation.state == State.EXPIRED for e in entry.events)
+        if expired:
+            per_entry.append(expired)
+
+    for actor in engine.actors:
+        actor.listeners.append(count)
+    clock.advance(60_000)
+    deadline = time.monotonic() + 60
+    while sum(per_entry) < holds:
+        assert time.monotonic() < deadline, f"{sum(per_entry)} of {holds} holds expired after 60 s"
+        await asyncio.sleep(0.02)
+    assert len(per_entry) <= -(-holds // maintenance.EXPIRE_PER_TURN), f"{len(per_entry)} changes for {holds} holds"
+    for sku in ("A", other):
+        (a,) = await client.availability([(sku, "S1")])
+        assert a.reserved == 0 and a.available == holds
