@@ -13,23 +13,30 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """Wall time that never goes back, even if the host clock is stepped backwards."""
+    """Wall time that never goes back and never stands still (R6). Behind the newest timestamp it gave
+    or was floored to (a step backwards, a restart on a log stamped ahead), it counts on from that
+    timestamp at the host's monotonic rate instead of repeating it until the wall clock caught up —
+    which stopped every TTL for as long as the step; it follows the wall clock again once that is ahead."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_anchor_ms", "_anchor_ns")
 
     def __init__(self) -> None:
-        self._last = 0
+        self._anchor_ms = 0  # a timestamp this clock gave or was floored to...
+        self._anchor_ns = time.monotonic_ns()  # ...and the monotonic instant it stood for
 
     def now_ms(self) -> int:
-        now = time.time_ns() // 1_000_000
-        if now < self._last:
-            return self._last
-        self._last = now
-        return now
+        mono = time.monotonic_ns()
+        counted = self._anchor_ms + (mono - self._anchor_ns) // 1_000_000
+        wall = time.time_ns() // 1_000_000
+        if wall < counted:
+            return counted
+        self._anchor_ms, self._anchor_ns = wall, mono
+        return wall
 
     def advance_floor(self, floor_ms: int) -> None:
         """After recovery: never stamp below the newest timestamp already in the log (R6)."""
-        self._last = max(self._last, floor_ms)
+        if floor_ms > self.now_ms():
+            self._anchor_ms, self._anchor_ns = floor_ms, time.monotonic_ns()
 
 
 class ManualClock:
