@@ -49,7 +49,7 @@ from atp_client import AtpClient, Retryable, RoutedClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import free_port
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from benchmarks.scale_load import LoadSpec, Tally, location_name, run_load, sku_name
+from benchmarks.scale_load import WARMUP_S, LoadSpec, Tally, location_name, run_load, sku_name
 from benchmarks.throughput import serve_command
 
 STOCK = 1_000_000
@@ -67,7 +67,8 @@ class Services:
         self.logs = [tmp / f"service-{n}-{i}.log" for i in range(n)]
         env = {**os.environ, "ATP_REDIS_CLUSTER": "true", "ATP_INPUT_STREAMS": ""}
         extra = ("--host", "127.0.0.1", "--shards", str(args.shards), "--ownership", "leases",
-                 *(("--lease-ms", str(args.lease_ms)) if args.lease_ms else ()))
+                 *(("--lease-ms", str(args.lease_ms)) if args.lease_ms else ()),
+                 *(("--balance-ms", str(args.balance_ms)) if args.balance_ms else ()))
         self.procs = [subprocess.Popen(serve_command(url, port, -1, *extra), env=env, stdout=log.open("wb"),
                                        stderr=subprocess.STDOUT, start_new_session=True)
                       for port, log in zip(self.ports, self.logs, strict=True)]
@@ -176,7 +177,8 @@ async def load(services: Services, kind: str, mode: str, args: argparse.Namespac
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(k + 1), ctx.Queue()
     specs = [LoadSpec(w, kind, mode, services.addresses, args.skus, args.locations, args.seconds, args.in_flight,
-                      args.batch, f"{kind[0]}{mode[0]}{len(services.addresses)}") for w in range(k)]
+                      args.batch, f"{kind[0]}{mode[0]}{len(services.addresses)}", args.warmup)
+             for w in range(k)]
     procs = [ctx.Process(target=run_load, args=(spec, barrier, results), daemon=True) for spec in specs]
     for proc in procs:
         proc.start()
@@ -254,6 +256,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--load-processes", type=int, default=0, help="load generators (default: as many as "
                         "service processes in the step)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per step")
+    parser.add_argument("--warmup", type=float, default=WARMUP_S, help="unmeasured seconds of calls per load "
+                        f"generator before each step's window (default {WARMUP_S})")
     parser.add_argument("--skus", type=int, default=5000)
     parser.add_argument("--locations", type=int, default=4)
     parser.add_argument("--in-flight", type=int, default=64, help="unary calls in flight per load generator")
@@ -261,6 +265,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--shards", type=int, default=0, help="shard groups (default: 16, or 4 per process of "
                         "the largest step when more)")
     parser.add_argument("--lease-ms", type=int, default=0, help="the processes' lease (default: the service's)")
+    parser.add_argument("--balance-ms", type=int, default=0, help="the processes' balancing period, each pass "
+                        "handing over at most a group (default: the service's, a third of the lease)")
     parser.add_argument("--cluster-url", default="", help="a Redis Cluster to use (flushed!) instead of starting one")
     args = parser.parse_args()
     args.processes = args.processes or doubling(args.max_processes)

@@ -55,6 +55,7 @@ class LoadSpec:
     in_flight: int
     batch: int
     tag: str
+    warmup_s: float = WARMUP_S
 
 
 @dataclass
@@ -92,7 +93,7 @@ async def _run(spec: LoadSpec, barrier: Any) -> Tally:
     rng = random.Random(spec.worker)
     phase, clients = await (_unary(spec, tally, rng) if spec.kind == "unary" else _stream(spec, tally, rng))
     try:
-        await phase(WARMUP_S)
+        await phase(spec.warmup_s)
         await asyncio.to_thread(barrier.wait)
         tally.measuring = True
         started = time.perf_counter()

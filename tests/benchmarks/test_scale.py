@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 async def test_scale_runs_two_processes_and_finds_nothing_oversold(cluster_url: str) -> None:
     code, out = await run(sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--cluster-url", cluster_url,
-                          "--processes", "2", "--seconds", "2", "--skus", "200", "--locations", "2",
-                          "--lease-ms", "1000", "--in-flight", "16", limit_s=110)
+                          "--processes", "2", "--seconds", "1", "--warmup", "0.2", "--skus", "200",
+                          "--locations", "2", "--lease-ms", "1000", "--balance-ms", "100", "--in-flight", "16",
+                          limit_s=110)
     assert code == 0, out[-3000:]
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert {(r["mode"], r["kind"]) for r in rows} == {("routed", "unary"), ("forwarded", "unary"),
