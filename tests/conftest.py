@@ -59,7 +59,7 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
     """A real Redis Cluster on loopback: 3 primaries, each with a replica in sync."""
-    with EmbeddedCluster(tmp_path_factory.mktemp("cluster"), primaries=3, replicas=1) as cluster:
+    with EmbeddedCluster(tmp_path_factory.mktemp("cluster"), primaries=3, replicas=1, sync_delay_s=0) as cluster:
         yield cluster
 
 

@@ -38,13 +38,17 @@ class EmbeddedCluster:
     """``primaries`` nodes owning the slots, each with ``replicas`` replicas, data under ``data_dir``."""
 
     def __init__(self, data_dir: Path, primaries: int = 3, replicas: int = 0,
-                 node_timeout_ms: int = NODE_TIMEOUT_MS, appendfsync: str = "everysec") -> None:
+                 node_timeout_ms: int = NODE_TIMEOUT_MS, appendfsync: str = "everysec",
+                 sync_delay_s: int | None = None) -> None:
         if primaries < 1 or replicas < 0:
             raise ValueError(f"primaries ({primaries}) must be at least 1 and replicas ({replicas}) at least 0")
         self.data_dir = Path(data_dir)
         self._bus_ports: dict[int, int] = {}  # node port -> its cluster bus port
         self._appendfsync = appendfsync
         self._node_timeout_ms = node_timeout_ms
+        # ``repl-diskless-sync-delay``: a primary waits this long (Redis's default 5 s) for more replicas
+        # before a full sync; None keeps Redis's. Tests give 0: a replica of their own, no one to wait for.
+        self._sync_delay = () if sync_delay_s is None else ("--repl-diskless-sync-delay", str(sync_delay_s))
         self.primaries = [self._node(f"p{i}") for i in range(primaries)]
         self.replicas = [self._node(f"p{i}r{j}") for i in range(primaries) for j in range(replicas)]
         self._per_primary = replicas
@@ -55,7 +59,7 @@ class EmbeddedCluster:
         # Its port is given, not left to pick: a port taken makes the whole node again (``_started``).
         node = EmbeddedRedis(self.data_dir / name, port=free_port(), appendfsync=self._appendfsync, extra_args=[
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(self._node_timeout_ms), "--cluster-port", str(bus)])
+            "--cluster-node-timeout", str(self._node_timeout_ms), "--cluster-port", str(bus), *self._sync_delay])
         self._bus_ports[node.port] = bus
         return node
 
@@ -204,6 +208,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="a fresh directory: one per node under it")
     parser.add_argument("--primaries", type=int, default=3, help="nodes that own hash slots")
     parser.add_argument("--replicas", type=int, default=1, help="replicas per primary")
+    parser.add_argument("--sync-delay-s", type=int, default=None, help="seconds a primary waits for more "
+                        "replicas before a full sync (default: Redis's, 5)")
     parser.add_argument("--serve", action="store_true",
                         help="also run `atp-service serve` on the cluster (ATP_* variables apply) until Ctrl-C")
     parser.add_argument("--processes", type=int, default=1,
@@ -216,7 +222,7 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     status = 0
-    with EmbeddedCluster(args.data_dir, args.primaries, args.replicas) as cluster:
+    with EmbeddedCluster(args.data_dir, args.primaries, args.replicas, sync_delay_s=args.sync_delay_s) as cluster:
         ports = ", ".join(str(node.port) for node in cluster.nodes)
         print(f"Redis Cluster ready: {cluster.url} (nodes on 127.0.0.1: {ports}); Ctrl-C stops it", flush=True)
         services = _serve(cluster.url, args.processes) if args.serve else []

@@ -97,8 +97,8 @@ def _make_cluster(data_dir: Path, port: int, *extra: str, **env_extra: str) -> s
            **env_extra}
     log = data_dir.with_suffix(".log").open("wb")  # a file, not a pipe nobody reads until the end
     return subprocess.Popen([sys.executable, "-m", "atp_service.storage.embedded_cluster", "--data-dir",
-                             str(data_dir), "--serve", *extra], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                             str(data_dir), "--sync-delay-s", "0", "--serve", *extra], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 async def test_make_cluster_with_processes_runs_them_leased_and_stops_once_none_is_left(tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ async def test_a_failover_retires_the_lane_to_the_former_primary(tmp_path: Path)
     """A replica promoted (at another address) makes the former primary's lane useless: its
     connections are closed, not kept for the life of the process — one more set of sockets and
     file descriptors with every node replaced."""
-    with EmbeddedCluster(tmp_path / "c", primaries=1, replicas=1, node_timeout_ms=1000) as cluster:
+    with EmbeddedCluster(tmp_path / "c", primaries=1, replicas=1, node_timeout_ms=1000, sync_delay_s=0) as cluster:
         (former,), (promoted,) = cluster.primaries, cluster.replicas
         nodes = open_nodes(cluster.url, 5.0, cluster=True)
         try:
