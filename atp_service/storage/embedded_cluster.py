@@ -118,7 +118,8 @@ class EmbeddedCluster:
 
     def _wait_until_ready(self, timeout_s: float) -> None:
         def ready(node: EmbeddedRedis) -> bool:
-            return bool(self._cluster(node, "INFO")["cluster_state"] == "ok") and self._known(node) == len(self.nodes)
+            return (bool(self._cluster(node, "INFO")["cluster_state"] == "ok") and self._known(node) == len(self.nodes)
+                    and self._replicas_seen(node) == len(self.replicas))
 
         def following(node: EmbeddedRedis) -> bool:
             with self._client(node) as client:
@@ -127,6 +128,12 @@ class EmbeddedCluster:
 
         self._wait(lambda: all(ready(node) for node in self.nodes) and all(following(r) for r in self.replicas),
                    timeout_s, "cluster_state:ok with every replica in sync")
+
+    def _replicas_seen(self, node: EmbeddedRedis) -> int:
+        """Replicas this node's view holds as replicas of a primary: the roles reach every node by
+        gossip, after the replicas are in sync (a client asking a node too early saw none)."""
+        nodes = self._cluster(node, "NODES").values()
+        return sum(1 for seen in nodes if "slave" in seen["flags"] and seen["master_id"] not in ("", "-"))
 
     def _known(self, node: EmbeddedRedis) -> int:
         """Nodes this node knows and is connected to (itself included)."""
