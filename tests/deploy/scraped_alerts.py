@@ -38,15 +38,18 @@ def _selector(labels: dict[str, str]) -> str:
     return "{" + ", ".join(escaped) + "}"
 
 
-def firing(before: Scrape, after: Scrape, tmp_path: Path) -> set[str]:
+def firing(before: Scrape, after: Scrape, tmp_path: Path, held: frozenset[str] = frozenset()) -> set[str]:
     """The alerts that fire after ``MINUTES`` of every series going from ``before`` to ``after``
     each minute (a series only in ``after`` appears at its value and stays there), but those of
-    ``LOAD_DEPENDENT``."""
+    ``LOAD_DEPENDENT``. The metrics named in ``held`` (gauges of a state, such as 1: holds the
+    lease) go from ``before`` to ``after`` once and stay there: counted on, 1 -> 0 would go negative."""
     series = []
     for name, value in after.items():
         start = before.get(name)
         step = value - start if start is not None else 0.0
         values = f"_ {value}x{MINUTES}" if start is None else f"{start}{step:+}x{MINUTES}"
+        if start is not None and name.split("{", 1)[0] in held:
+            values = f"{start} {value}x{MINUTES - 1}"
         series.append({"series": name, "values": values})
     names = [rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"]
              for rule in group["rules"] if "alert" in rule]

@@ -1,0 +1,181 @@
+"""Each publisher fault, caused on real ``atp-publisher`` processes (a real Redis, a real local HTTP
+destination), fires its alert over the values their own /metrics endpoints export; healthy
+publishers fire none. Two publishers of one group are scraped together, as Prometheus sees them:
+``ATPPublisherNoneDelivers`` reads every publisher of a channel and group at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from atp_service import free_port
+from atp_service.storage.channel_wire import to_fields
+from reservation import ChannelUpdate, StockStatus
+from tests.conftest import spawned
+from tests.publishers.http_helpers import serve
+from tests.publishers.test_publisher import SECRET
+from tests.publishers.test_publisher_lease import KEY, Destination, until
+
+from .scraped_alerts import Scrape, firing, scrape
+
+HELD = frozenset({"atp_publisher_lease_held"})
+"""Who holds the lease is a state: after a change it stays (counted on, 1 -> 0 would go negative)."""
+SERVICE_UP = {'up{instance="atp:9464", job="atp-service"}': 1.0}
+
+
+class Running:
+    """One ``atp-publisher`` process of channel web, group webhook (1 s lease), with its metrics port."""
+
+    def __init__(self, url: str, redis_url: str, log: Path, *more: str) -> None:
+        self.port = free_port()
+        self.target = {"job": "atp-publisher", "instance": f"publisher-{self.port}:9465"}
+        flags = ["--channel", "web", "--adapter", "webhook", "--url", url, "--redis-url", redis_url,
+                 "--group", "webhook", "--lease", "1", "--request-timeout", "0.3", "--rate", "10000",
+                 "--backoff-base", "0.01", "--backoff-max", "0.05", "--metrics-port", str(self.port),
+                 "--log-format", "json", *more]
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = spawned(subprocess.Popen(
+                [sys.executable, "-m", "publishers.cli", *flags], stdout=out, stderr=out,
+                env={**os.environ, "ATP_WEBHOOK_SECRET": SECRET, "ATP_METRICS_HOST": "127.0.0.1"}))
+
+    def scrape(self) -> Scrape:
+        """Its samples, with the service Prometheus also scrapes (else ``ATPServiceMissing``)."""
+        return {**SERVICE_UP, **scrape(self.port, self.target)}
+
+    def sample(self, name: str) -> float | None:
+        try:
+            return self.scrape().get(f'{name}{{channel="web", group="webhook", '
+                                     f'instance="{self.target["instance"]}", job="atp-publisher"}}')
+        except OSError:  # not listening yet
+            return None
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+def publishers() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for running in started:
+        running.stop()
+
+
+async def publish(client: aioredis.Redis, first: int, n: int) -> None:
+    """``n`` changes from version ``first`` on, stamped now (the delay histogram reads their time)."""
+    now_ms = int(time.time() * 1000)
+    for version in range(first, first + n):
+        update = ChannelUpdate("web", f"s{version % 5}", "", version % 7, None,
+                               StockStatus.OUT_OF_STOCK if version % 7 == 0 else StockStatus.IN_STOCK,
+                               version, now_ms, now_ms, now_ms)
+        await client.xadd("atp:{avail}:web", to_fields(update), id=f"{version}-0")  # type: ignore[arg-type]
+
+
+def together(*running: Running) -> Scrape:
+    return {name: value for one in running for name, value in one.scrape().items()}
+
+
+async def holding(running: Running) -> None:
+    await until(lambda: running.sample("atp_publisher_lease_held") == 1.0, f"{running.target} holds the lease")
+
+
+async def test_healthy_publishers_holder_and_standby_fire_no_alert(
+        client: aioredis.Redis, redis_url: str, tmp_path: Path, publishers: list[Running]) -> None:
+    end = Destination()
+    with serve(end.handle) as url:
+        holder = Running(url + "/in", redis_url, tmp_path / "a.log")
+        publishers.append(holder)
+        await holding(holder)
+        standby = Running(url + "/in", redis_url, tmp_path / "b.log")
+        publishers.append(standby)
+        await until(lambda: standby.sample("atp_publisher_lease_held") == 0.0, "the standby is scraped")
+        await publish(client, 1, 5)
+        await until(end.got(("s0", 5)), "the first changes delivered")
+        before = together(holder, standby)
+        await publish(client, 6, 20)
+        await until(end.got(("s0", 25)), "the rest delivered")
+        assert firing(before, together(holder, standby), tmp_path, held=HELD) == set()
+
+
+async def test_a_holder_paused_past_its_lease_while_a_standby_takes_over_fires_lease_lost(
+        client: aioredis.Redis, redis_url: str, tmp_path: Path, publishers: list[Running]) -> None:
+    end = Destination()
+    with serve(end.handle) as url:
+        old = Running(url + "/in", redis_url, tmp_path / "old.log")
+        publishers.append(old)
+        await holding(old)
+        new = Running(url + "/in", redis_url, tmp_path / "new.log")
+        publishers.append(new)
+        await until(lambda: new.sample("atp_publisher_lease_held") == 0.0, "the standby is scraped")
+        await publish(client, 1, 3)
+        await until(end.got(("s3", 3)), "delivered by the holder")
+        before = together(old, new)
+        os.kill(old.proc.pid, signal.SIGSTOP)
+        await holding(new)  # the paused one's lease lapsed
+        await publish(client, 4, 3)
+        await until(end.got(("s1", 6)), "delivered by the new holder")
+        os.kill(old.proc.pid, signal.SIGCONT)
+        await until(lambda: old.sample("atp_publisher_lease_lost_total") == 1.0, "the old holder notices")
+        after = together(old, new)
+    assert after[f'atp_publisher_lease_held{{channel="web", group="webhook", instance="{old.target["instance"]}", '
+                 'job="atp-publisher"}'] == 0.0
+    assert firing(before, after, tmp_path, held=HELD) == {"ATPPublisherLeaseLost"}
+
+
+async def test_a_lease_key_without_ttl_held_by_no_publisher_fires_none_delivers(
+        client: aioredis.Redis, redis_url: str, tmp_path: Path, publishers: list[Running]) -> None:
+    """The lease overwritten by hand without a TTL (the runbook's case): the holder loses it, and no
+    publisher can take it again while updates wait."""
+    end = Destination()
+    with serve(end.handle) as url:
+        only = Running(url + "/in", redis_url, tmp_path / "only.log")
+        publishers.append(only)
+        await holding(only)
+        await publish(client, 1, 3)
+        await until(end.got(("s3", 3)), "delivered")
+        before = only.scrape()
+        await client.set(KEY, "by-hand")
+        await until(lambda: only.sample("atp_publisher_lease_held") == 0.0, "the holder loses the lease")
+        await publish(client, 4, 3)
+        await asyncio.sleep(0.5)  # a few standby retries: it must stay a standby
+        after = only.scrape()
+    assert end.versions()[-1] == ("s3", 3), "delivered without the lease"
+    assert firing(before, after, tmp_path, held=HELD) == {"ATPPublisherLeaseLost", "ATPPublisherNoneDelivers"}
+
+
+async def test_a_destination_refusing_everything_fires_the_delivery_alerts(
+        client: aioredis.Redis, redis_url: str, tmp_path: Path, publishers: list[Running]) -> None:
+    end = Destination(status=500)
+    with serve(end.handle) as url:
+        only = Running(url + "/in", redis_url, tmp_path / "only.log", "--max-attempts", "2")
+        publishers.append(only)
+        await holding(only)
+        before = only.scrape()
+        await publish(client, 1, 5)
+        await until(lambda: (only.scrape().get('atp_publisher_dead_lettered_total{channel="web", '
+                                               f'instance="{only.target["instance"]}", job="atp-publisher"}}')
+                             or 0) >= 1, "dead letters")
+        after = only.scrape()
+    assert firing(before, after, tmp_path) == {"ATPPublisherDeadLetters", "ATPPublisherRetrying"}
+
