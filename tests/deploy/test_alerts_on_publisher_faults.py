@@ -21,7 +21,8 @@ import redis.asyncio as aioredis
 from atp_service import free_port
 from atp_service.storage.channel_wire import to_fields
 from reservation import ChannelUpdate, StockStatus
-from tests.conftest import spawned
+from tests.atp_service.channel_helpers import fact, write_estate
+from tests.conftest import ServiceFactory, spawned
 from tests.publishers.http_helpers import serve
 from tests.publishers.test_publisher import SECRET
 from tests.publishers.test_publisher_lease import KEY, Destination, until
@@ -179,3 +180,26 @@ async def test_a_destination_refusing_everything_fires_the_delivery_alerts(
         after = only.scrape()
     assert firing(before, after, tmp_path) == {"ATPPublisherDeadLetters", "ATPPublisherRetrying"}
 
+
+async def test_a_channel_fed_while_no_publisher_of_it_is_scraped_fires_an_alert(
+        start_service: ServiceFactory, tmp_path: Path) -> None:
+    """Every publisher of channel web gone (its deployment scaled to 0 or deleted, its scrape target
+    renamed): the service writes the channel's updates, none reaches the destination, and no
+    publisher alert could fire — ATPPublisherDown needs a target, ATPPublisherNoneDelivers a series."""
+    service, client = await start_service(metrics_port=0, estate=write_estate(tmp_path))
+    now_ms = int(time.time() * 1000)  # facts on time (old ones fire ATPFactsLate)
+    # A baseline, then a change: both series there before (a series born at a value shows no rise).
+    await client.record_events([fact("c0", "COUNT", "sku-a", "dc-1", 40, now_ms)])
+    await until(lambda: _published(scrape(service.metrics_port)) >= 1, "the channel written")
+    await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 39, now_ms + 1)])
+    await until(lambda: _published(scrape(service.metrics_port)) >= 2, "a change written")
+    before = scrape(service.metrics_port)
+    for n in range(2, 7):
+        await client.record_events([fact(f"c{n}", "COUNT", "sku-a", "dc-1", 40 - n, now_ms + n)])
+    await until(lambda: _published(scrape(service.metrics_port)) > _published(before), "more written")
+    assert firing(before, scrape(service.metrics_port), tmp_path) == {"ATPChannelWithoutPublisher"}
+
+
+def _published(scraped: Scrape) -> float:
+    return sum(value for name, value in scraped.items()
+               if name.startswith("atp_channel_updates_published_total{") and 'channel="web"' in name)
