@@ -109,14 +109,28 @@ def test_the_monitoring_profile_scrapes_the_services_and_provisions_grafana() ->
     scraped = yaml_load(PROMETHEUS_CONFIG)
     for rule_file in scraped["rule_files"]:  # relative to the config, here and in the container
         assert prometheus_files[f"/etc/prometheus/{rule_file}"] == PROMETHEUS_CONFIG.parent / rule_file
-    targets = {job["job_name"]: target for job in scraped["scrape_configs"]
-               for config in job["static_configs"] for target in config["targets"]}
-    assert set(targets) == {"atp-service", "atp-publisher"}
-    for target in targets.values():
+    targets = [(job["job_name"], target) for job in scraped["scrape_configs"]
+               for config in job["static_configs"] for target in config["targets"]]
+    assert {job for job, _ in targets} == {"atp-service", "atp-publisher"}
+    for _, target in targets:
         host, port = target.split(":")
         container_ports = [p.rsplit(":", 1)[1] for p in services[host].get("ports", [])]
         assert port in container_ports, f"{target}: {host} does not serve its metrics on {port}"
-    assert environment(services["publisher"])["ATP_METRICS_HOST"] == "0.0.0.0"  # reachable from Prometheus
+    publishers = {host for job, target in targets if job == "atp-publisher" for host in [target.split(":")[0]]}
+    for host in publishers:
+        assert environment(services[host])["ATP_METRICS_HOST"] == "0.0.0.0"  # reachable from Prometheus
+
+
+def test_every_channel_of_the_demo_estate_has_a_publisher() -> None:
+    """A channel the service feeds with no publisher delivering it fires ATPChannelWithoutPublisher:
+    the demo stack with its monitoring profile would show a critical alert from its first minutes."""
+    import tomllib
+
+    estate = tomllib.loads((ROOT / "atp_service/app/demo_estate.toml").read_text())
+    services = compose()["services"]
+    delivered = {cmd[cmd.index("--channel") + 1] for s in services.values()
+                 if s.get("entrypoint") == ["atp-publisher"] for cmd in [s["command"]]}
+    assert delivered == {channel["name"] for channel in estate["channels"]}
 
     grafana_files = bind_mounts(services["grafana"])
     provisioning = grafana_files["/etc/grafana/provisioning"]
