@@ -14,6 +14,7 @@ would be: update them on the event loop's thread only (a scrape from another thr
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 
 import prometheus_client
@@ -216,6 +217,11 @@ class ChannelMetrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
 
+
+    def export_channels(self, names: Iterable[str]) -> None:
+        """Each channel's update counts exported at 0 from the start (``zeroed``): an alert on their
+        ``increase()`` (ATPChannelWithoutPublisher) would miss a channel's first updates."""
+        zeroed(self.published, *((name, kind) for name in names for kind in ("stockout", "baseline", "change")))
 
 class EdgeMetrics:
     """The gRPC face. ``shed`` and ``facts`` are the engine's and the intake's own counters: a call

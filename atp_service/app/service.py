@@ -179,6 +179,7 @@ class AtpService:
                                  block_limit_ms=int(cfg.redis_timeout_s * 500))  # half the timeout
             self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg.channel_settings,
                                         self.metrics.channels)
+            self.metrics.channels.export_channels(self.estate.channels)
             await self._while_redis_is_away(self.channels.start)  # a failed read changes nothing: tried again
             self._watched.watch("channel-desk", self.channels.task)
         if cfg.input_streams:

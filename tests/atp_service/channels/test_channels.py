@@ -284,3 +284,17 @@ async def test_a_reload_with_a_count_past_int64_is_refused_and_the_channels_keep
     assert "channels[0].max_shown: must be at most 9223372036854775807" in said.message
     await client.record_events([fact("s1", "SALE", "sku-z", "dc-1", 10, T + 1)])
     assert (await wait_for_updates(redis_url, "market", 2))[-1].quantity == 0  # the stock-out goes out
+
+
+async def test_every_channel_s_update_counts_are_exported_at_zero_from_the_start(
+        start_service: ServiceFactory, tmp_path: Path) -> None:
+    """``increase()`` sees nothing of a series' first value: an alert reading a channel's updates
+    (ATPChannelWithoutPublisher: updates written, no publisher) missed its first changes."""
+    service, _ = await start_service(estate=write_estate(tmp_path))
+    assert service.channels is not None
+    samples = {(s.labels["channel"], s.labels["kind"]): s.value
+               for metric in service.metrics.channels.published.collect() for s in metric.samples
+               if s.name.endswith("_total")}
+    for channel in service.channels.feeds:
+        for kind in ("stockout", "baseline", "change"):
+            assert (channel, kind) in samples, (channel, kind)
