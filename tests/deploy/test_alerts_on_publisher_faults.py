@@ -101,16 +101,24 @@ async def holding(running: Running) -> None:
     await until(lambda: running.sample("atp_publisher_lease_held") == 1.0, f"{running.target} holds the lease")
 
 
+async def holder_and_standby(url: str, redis_url: str, logs: tuple[Path, Path],
+                             publishers: list[Running]) -> tuple[Running, Running]:
+    """Two publishers of one group, the first holding its lease, the second a standby scraped."""
+    holder = Running(url + "/in", redis_url, logs[0])
+    publishers.append(holder)
+    await holding(holder)
+    standby = Running(url + "/in", redis_url, logs[1])
+    publishers.append(standby)
+    await until(lambda: standby.sample("atp_publisher_lease_held") == 0.0, "the standby is scraped")
+    return holder, standby
+
+
 async def test_healthy_publishers_holder_and_standby_fire_no_alert(
         client: aioredis.Redis, redis_url: str, tmp_path: Path, publishers: list[Running]) -> None:
     end = Destination()
     with serve(end.handle) as url:
-        holder = Running(url + "/in", redis_url, tmp_path / "a.log")
-        publishers.append(holder)
-        await holding(holder)
-        standby = Running(url + "/in", redis_url, tmp_path / "b.log")
-        publishers.append(standby)
-        await until(lambda: standby.sample("atp_publisher_lease_held") == 0.0, "the standby is scraped")
+        holder, standby = await holder_and_standby(url, redis_url, (tmp_path / "a.log", tmp_path / "b.log"),
+                                                   publishers)
         await publish(client, 1, 5)
         await until(end.got(("s0", 5)), "the first changes delivered")
         before = together(holder, standby)
@@ -123,12 +131,8 @@ async def test_a_holder_paused_past_its_lease_while_a_standby_takes_over_fires_l
         client: aioredis.Redis, redis_url: str, tmp_path: Path, publishers: list[Running]) -> None:
     end = Destination()
     with serve(end.handle) as url:
-        old = Running(url + "/in", redis_url, tmp_path / "old.log")
-        publishers.append(old)
-        await holding(old)
-        new = Running(url + "/in", redis_url, tmp_path / "new.log")
-        publishers.append(new)
-        await until(lambda: new.sample("atp_publisher_lease_held") == 0.0, "the standby is scraped")
+        old, new = await holder_and_standby(url, redis_url, (tmp_path / "old.log", tmp_path / "new.log"),
+                                            publishers)
         await publish(client, 1, 3)
         await until(end.got(("s3", 3)), "delivered by the holder")
         before = together(old, new)
