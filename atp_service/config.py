@@ -217,6 +217,9 @@ class ServiceConfig:
     """Share of traces sampled (by trace id, 0 to 1); a caller's sampled ``traceparent`` is followed
     whatever the ratio."""
 
+    tracing_export_timeout_s: float = 5.0
+    """Seconds one export of spans may take; a stop waits one export for those queued, then drops them."""
+
     gc_thresholds: tuple[int, int, int] = (5_000, 10, 1000)
     """Python GC thresholds of the serving process (CPython's default is 700, 10, 10). A young
     collection's pause grows with the first number (grpc.aio leaves some cyclic garbage per call:
@@ -334,18 +337,12 @@ class ServiceConfig:
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
         if not 0 <= self.commit_delay_ms <= 100:
             raise ValueError(f"commit_delay_ms: must be within [0, 100], got {self.commit_delay_ms}")
-        if self.owner_check_s <= 0:
-            raise ValueError(f"owner_check_s: must be positive, got {self.owner_check_s}")
         if not 0 <= self.redis_restarts <= 100:
             raise ValueError(f"redis_restarts: must be within [0, 100], got {self.redis_restarts}")
         if not 0 < self.redis_load_timeout_s <= 86_400:
             raise ValueError(f"redis_load_timeout_s: must be within (0, 86400], got {self.redis_load_timeout_s}")
         if not 4 << 10 <= self.snapshot_part_bytes <= 256 << 20:  # Redis takes bulk strings up to 512 MB
             raise ValueError(f"snapshot_part_bytes: must be within [4096, 268435456], got {self.snapshot_part_bytes}")
-        if self.snapshot_write_mb_per_s <= 0:
-            raise ValueError(f"snapshot_write_mb_per_s: must be positive, got {self.snapshot_write_mb_per_s}")
-        if self.snapshot_retry_max_s <= 0:
-            raise ValueError(f"snapshot_retry_max_s: must be positive, got {self.snapshot_retry_max_s}")
         if not 0 <= self.malloc_mmap_threshold <= 32 << 20:  # glibc's largest (HEAP_MAX_SIZE / 2)
             raise ValueError(f"malloc_mmap_threshold: must be within [0, 33554432], got {self.malloc_mmap_threshold}")
         check_redis(self)

@@ -29,9 +29,9 @@ SERVICE_NAME = "atp-service"
 MAX_QUEUED_SPANS = 4096
 EXPORT_BATCH = 512
 EXPORT_TIMEOUT_S = 5.0
-FINAL_FLUSH_S = EXPORT_TIMEOUT_S
-"""How long a stop waits for the spans still queued: one export's worth. The SDK's own shutdown
-waits up to 30 s, a batch after another, each up to ``EXPORT_TIMEOUT_S`` when the collector hangs."""
+"""The default ``tracing_export_timeout_s``. A stop waits as long for the spans still queued: one
+export's worth. The SDK's own shutdown waits up to 30 s, a batch after another, each up to the
+export timeout when the collector hangs."""
 INSTALL_HINT = "pip install 'atp-service[tracing]'"
 
 
@@ -42,7 +42,8 @@ class TracingUnavailable(StartupError):
 class Tracing:
     """The tracer provider, its exporter and the gRPC server interceptor of one service."""
 
-    def __init__(self, endpoint: str, sample_ratio: float, instance: str, exporter: Any = None) -> None:
+    def __init__(self, endpoint: str, sample_ratio: float, instance: str, exporter: Any = None,
+                 export_timeout_s: float = EXPORT_TIMEOUT_S) -> None:
         try:
             from opentelemetry.instrumentation.grpc import aio_server_interceptor
             from opentelemetry.sdk.resources import Resource
@@ -55,11 +56,13 @@ class Tracing:
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            exporter = OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S)
+            exporter = OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout_s)
         resource = Resource.create({"service.name": SERVICE_NAME, "service.version": installed("atp-service"),
                                     "service.instance.id": instance})
         self.provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
         self._exporter = exporter
+        self.final_flush_s = export_timeout_s
+        """How long a stop waits for the spans still queued: one export's worth."""
         self.flushing: threading.Thread | None = None
         """The final flush (``shutdown``), still running when the stop gave up on it."""
         self.provider.add_span_processor(BatchSpanProcessor(
@@ -73,21 +76,22 @@ class Tracing:
         """The tracing ``config`` asks for: none unless ``tracing_endpoint`` is set."""
         if not config.tracing_endpoint:
             return None
-        return cls(config.tracing_endpoint, config.tracing_sample_ratio, config.advertised)
+        return cls(config.tracing_endpoint, config.tracing_sample_ratio, config.advertised,
+                   export_timeout_s=config.tracing_export_timeout_s)
 
     def interceptor(self) -> Any:
         """The gRPC server interceptor that opens each call's span."""
         return self._interceptor
 
     def shutdown(self) -> None:
-        """Send what is queued and stop the exporter's thread, waiting ``FINAL_FLUSH_S`` at most: a
+        """Send what is queued and stop the exporter's thread, waiting ``final_flush_s`` at most: a
         collector that does not answer must not hold the service's stop (what is left is dropped)."""
         self.flushing = threading.Thread(target=self.provider.shutdown, name="tracing-shutdown", daemon=True)
         self.flushing.start()
-        self.flushing.join(FINAL_FLUSH_S)
+        self.flushing.join(self.final_flush_s)
         if self.flushing.is_alive():  # a daemon thread: the process exits without it
             log.warning("tracing: spans still queued after %.0fs are dropped (the collector did not answer)",
-                        FINAL_FLUSH_S)
+                        self.final_flush_s)
             # Dropped means not tried: the batches left fail at once, and the thread ends with the
             # export in flight (its timeout) instead of trying each batch in turn, for a program
             # that embeds the service and goes on running.

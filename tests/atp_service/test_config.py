@@ -196,6 +196,10 @@ def test_a_limit_out_of_its_range_is_refused_at_start_naming_it(variable: str, v
     ("ATP_BALANCE_MS", "-1", "balance_ms"),
     ("ATP_BALANCE_MS", "50", "balance_ms"),
     ("ATP_BALANCE_MS", "2000", "balance_ms"),  # past lease_ms / 3: a killed process's groups unserved that long
+    ("ATP_TRACING_SAMPLE_RATIO", "1.5", "tracing_sample_ratio"),
+    ("ATP_TRACING_EXPORT_TIMEOUT_S", "0", "tracing_export_timeout_s"),  # every export failed at once
+    ("ATP_OWNER_CHECK_S", "0", "owner_check_s"),
+    ("ATP_SNAPSHOT_RETRY_MAX_S", "0", "snapshot_retry_max_s"),
 ])
 def test_a_setting_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
     with pytest.raises(ValueError, match=f"^{named}: must be"):

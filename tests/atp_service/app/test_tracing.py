@@ -19,12 +19,15 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.app.service import AtpService
-from atp_service.app.tracing import EXPORT_TIMEOUT_S, MAX_QUEUED_SPANS, Tracing, TracingUnavailable
+from atp_service.app.tracing import MAX_QUEUED_SPANS, Tracing, TracingUnavailable
 from tests.conftest import test_config as make_config
 
 RESERVE = "/atp.v1.AvailabilityService/Reserve"
 CONFIRM = "/atp.v1.AvailabilityService/Confirm"
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+EXPORT_TIMEOUT_S = 2.0
+"""A hung collector's tests wait out exports: shorter than the default (5 s), still far from the
+SDK's wait for every batch (``MAX_QUEUED_SPANS / EXPORT_BATCH`` = 8 of them: 16 s)."""
 
 
 class Receiver:
@@ -149,7 +152,8 @@ async def test_a_collector_that_never_answers_delays_the_stop_by_one_export_at_m
     """Defect: the final flush waited for every queued batch (the SDK's 30 s), each export up to its
     5 s: a hung collector held every stop 30 s longer than its drain and snapshots, past the stop
     budgets of the deploy files (a Recreate rollout: 30 s more without service)."""
-    service = AtpService(make_config(tracing_endpoint=silent_collector, tracing_sample_ratio=1.0), redis_url)
+    service = AtpService(make_config(tracing_endpoint=silent_collector, tracing_sample_ratio=1.0,
+                                     tracing_export_timeout_s=EXPORT_TIMEOUT_S), redis_url)
     await service.start()
     assert service.tracing is not None
     for _ in range(MAX_QUEUED_SPANS):  # a full queue, as a busy service behind a hung collector has
@@ -157,7 +161,7 @@ async def test_a_collector_that_never_answers_delays_the_stop_by_one_export_at_m
             pass
     began = time.monotonic()
     await service.stop(grace_s=0.1)
-    # Bounded by one export (5 s) plus the stop's own work; the defect held it for every batch's (30 s).
+    # Bounded by one export (2 s here) plus the stop's own work; the defect held it for every batch's (16 s).
     # The bound sits between the two, far from each: a busy machine's slower stop does not reach it.
     assert time.monotonic() - began < EXPORT_TIMEOUT_S * 3
     flushing = service.tracing.flushing
