@@ -34,6 +34,8 @@ def add_arguments(parser: Any) -> None:
                         help="flash_sale: units of each hot SKU")
     parser.add_argument("--flash-ttl-s", type=int, default=20, env_var="ATP_FLASH_TTL_S", **run,
                         help="flash_sale: hold time of an unpaid reservation")
+    parser.add_argument("--store-skus", type=int, default=100, env_var="ATP_STORE_SKUS", **run,
+                        help="holiday_peak, steady: SKUs stocked at each of the 300 stores (seeded before the load)")
     parser.add_argument("--watch-channels", default="web,store-pickup", env_var="ATP_WATCH_CHANNELS", **run,
                         help="holiday_peak: channels the watchers subscribe to (comma-separated)")
     parser.add_argument("--stream-users", type=int, default=1, env_var="ATP_STREAM_USERS", **run,
@@ -71,6 +73,7 @@ class Run:
     run_id: str
     flash_stock: int
     flash_ttl_s: int
+    store_skus: int
     watch_channels: tuple[str, ...]
     stream_users: int
     stream_batch: int
@@ -83,6 +86,7 @@ class Run:
         return cls(scenario=options.scenario, duration_s=float(options.duration), peak_users=int(options.peak_users),
                    run_id=str(getattr(options, RUN_ID_KEY, "") or options.run_id or "local"),
                    flash_stock=int(options.flash_stock), flash_ttl_s=int(options.flash_ttl_s),
+                   store_skus=max(1, int(options.store_skus)),
                    watch_channels=channels or ("web",), stream_users=max(0, int(options.stream_users)),
                    stream_batch=max(1, int(options.stream_batch)))
 

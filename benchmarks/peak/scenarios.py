@@ -21,7 +21,6 @@ DCS = ("dc-east", "dc-west")
 STORES = tuple(f"store-{i:03d}" for i in range(1, 301))
 HOT_SKUS = 20
 PEAK_SKUS = 500
-STORE_SKUS = 100
 
 
 def _rid(kind: str) -> str:
@@ -41,10 +40,10 @@ def peak_lines() -> list[tuple[str, str, int]]:
             for _ in range(random.randint(1, 3))]
 
 
-def peak_stock() -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-    """(DC positions the invariants check, store positions POS sells from)."""
+def peak_stock(store_skus: int) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """(DC positions the invariants check, store positions POS sells from: ``store_skus`` at each store)."""
     dcs = {(BOOK.sku(f"peak-{i:04d}"), dc): 5_000 for i in range(PEAK_SKUS) for dc in DCS}
-    stores = {(BOOK.sku(f"peak-{i:04d}"), s): 8 for i in range(STORE_SKUS) for s in STORES}
+    stores = {(BOOK.sku(f"peak-{i:04d}"), s): 8 for i in range(store_skus) for s in STORES}
     return dcs, stores
 
 
@@ -110,7 +109,7 @@ class Browser(GrpcUser):
     def look(self) -> None:
         keys = []
         for _ in range(5):
-            n = random.randrange(STORE_SKUS)
+            n = random.randrange(self.params.store_skus)
             loc = random.choice(DCS) if random.random() < 0.5 else random.choice(STORES)
             keys.append(pb.PositionKey(sku=BOOK.sku(f"peak-{n:04d}"), location=loc))
         self.call("GetAvailability", pb.GetAvailabilityRequest(keys=keys))
@@ -125,9 +124,10 @@ class PosTill(GrpcUser):
     @task
     def sell(self) -> None:
         now = int(time.time() * 1000)
+        skus = self.params.store_skus
         facts = [pb.Fact(event_id=uuid.uuid4().hex, source="pos",
                          kind=pb.FACT_KIND_SALE if random.random() < 0.95 else pb.FACT_KIND_RETURN,
-                         sku=BOOK.sku(f"peak-{random.randrange(STORE_SKUS):04d}"), location=random.choice(STORES),
+                         sku=BOOK.sku(f"peak-{random.randrange(skus):04d}"), location=random.choice(STORES),
                          quantity=1, event_time=timestamp(now - random.randint(0, 2000))) for _ in range(20)]
         self.call("RecordEvents", pb.RecordEventsRequest(events=facts), name="RecordEvents[pos]")
 
@@ -142,7 +142,7 @@ class WmsFeed(GrpcUser):
         now = int(time.time() * 1000)
         facts = []
         for _ in range(20):
-            n = random.randrange(STORE_SKUS)
+            n = random.randrange(self.params.store_skus)
             if random.random() < 0.7:
                 facts.append(pb.Fact(event_id=uuid.uuid4().hex, source="wms", kind=pb.FACT_KIND_RECEIPT,
                                      sku=BOOK.sku(f"peak-{n:04d}"), location=random.choice(DCS),
@@ -208,7 +208,7 @@ def seed_for(run: Run, send: bool = True) -> None:
     if run.scenario == "flash_sale":
         BOOK.seed(flash_stock(run.flash_stock), send)
     else:
-        dcs, stores = peak_stock()
+        dcs, stores = peak_stock(run.store_skus)
         BOOK.seed(dcs, send)
         BOOK.seed(stores, send)
         for key in stores:  # POS sales lower store stock legitimately: only DC positions are checked

@@ -98,7 +98,8 @@ async def test_a_run_over_mutual_tls_with_a_token_fails_nothing_and_checks_the_s
     (tmp_path / "token").write_text(secret + "\n")
     code, out, rows = await locust(target, certs, tmp_path / "run", "--scenario", "holiday_peak", "--duration", "4",
                                    "--peak-users", "6", "--run-id", "sec", "--stream-users", "1",
-                                   "--stream-batch", "5", "--token-file", str(tmp_path / "token"))
+                                   "--stream-batch", "5", "--store-skus", "10",
+                                   "--token-file", str(tmp_path / "token"))
     assert code == 0, out[-3000:]
     assert int(rows[("", "Aggregated")]["Failure Count"]) == 0, out[-3000:]
     batches = int(rows[("grpc", "ReserveStream[batch]")]["Request Count"])
@@ -119,6 +120,7 @@ async def test_a_worker_started_without_options_gets_them_all_from_the_master(
         code, out, rows = await locust(target, certs, tmp_path / "run", "--master", "--master-bind-port", str(port),
                                        "--expect-workers", "1", "--scenario", "steady", "--duration", "3",
                                        "--peak-users", "3", "--run-id", "dist", "--stream-batch", "3",
+                                       "--store-skus", "10",
                                        "--token", secret)
         worker_out, _ = await asyncio.wait_for(worker.communicate(), 60)
     finally:

@@ -40,7 +40,8 @@ async def test_locust_scenario_runs_without_failures_and_checks_invariants(
     code, out = await run(
         sys.executable, "-m", "locust", "-f", "benchmarks/locustfile.py", "--headless",
         "--host", f"127.0.0.1:{service.port}", "--csv", str(prefix), "--only-summary",
-        env={"ATP_SCENARIO": scenario, "ATP_DURATION": "4", "ATP_PEAK_USERS": "6", "ATP_RUN_ID": f"t-{scenario}"})
+        env={"ATP_SCENARIO": scenario, "ATP_DURATION": "4", "ATP_PEAK_USERS": "6", "ATP_RUN_ID": f"t-{scenario}",
+             "ATP_STORE_SKUS": "10"})  # 3,000 store positions to seed, not 30,000
     assert code == 0, out[-3000:]
     stats = (await asyncio.to_thread(Path(f"{prefix}_stats.csv").read_text)).splitlines()
     rows = {r["Name"]: r for r in csv.DictReader(stats)}
