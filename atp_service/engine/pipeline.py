@@ -13,6 +13,7 @@ from atp_service.engine.messages import Answer, InFlight, Sealed, deliver, repla
 from atp_service.engine.turn import moves_of
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import Fenced, LogStore
+from atp_service.storage.resp import out_of_memory
 from reservation import Ledger, LogEntry, Moved, Reason, Unavailable, encode_entry
 
 log = logging.getLogger(__name__)
@@ -91,28 +92,43 @@ class CommitPipeline(EntryListeners):
 
     def _fail_in_flight(self, error: BaseException | None) -> None:
         """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,
-        keep later entries out of the log, and remember them all to settle."""
+        keep later entries out of the log, and remember those that may have landed to settle."""
         self._metrics.append_failures.inc()
         log.warning("shard %d: append of entry %d failed (%s)", self.shard, self._inflight[0].seq, error)
         # Fenced: refused before any write, and every later append is refused too (the epoch only
         # grows), so nothing in flight landed and there is nothing to settle.
         replaced = isinstance(error, Fenced)
-        failure = self._replaced() if replaced else Unavailable(
-            f"shard {self.shard}: outcome unknown: the change is not known to be durable (log storage "
-            "unreachable); retry with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)
+        failure = self._replaced() if replaced else self._unavailable(error)
         for rec in reversed(self._inflight):
             self.ledger.revert(rec.undo)
-            rec.done.cancel()
             deliver([(reply, None, failure) for reply, _, _ in rec.answers])
         if not replaced:
-            self._doubt.extend((rec.seq, rec.entry, rec.data) for rec in self._inflight)
+            # Refused OOM: the script stopped at its first write, so that entry never landed, nor
+            # can it. Only a batch whose call is still on its way may land: settling fences the
+            # shard first, which a Redis at its maxmemory refuses too — a shard needlessly in doubt
+            # took no work until Redis had room again, and told callers the outcome was unknown.
+            self._doubt.extend((rec.seq, rec.entry, rec.data) for rec in self._inflight
+                               if not (rec.done.done() and not rec.done.cancelled()
+                                       and out_of_memory(rec.done.exception())))
+        for rec in self._inflight:
+            rec.done.cancel()
         undone = [rec.entry for rec in self._inflight]
         self._inflight.clear()
         self._refuse_waiting(failure)
-        if not replaced:
+        if self._doubt:
             self.request_maintenance()  # an idle shard settles at once, not at the next message
         for entry in undone:
             self._tell(self.undo_listeners, entry)
+
+    def _unavailable(self, error: BaseException | None) -> Unavailable:
+        """The refusal of a failed append: certainly not applied when Redis refused it for memory
+        (its operator must give Redis room), else not known to be durable (R7)."""
+        if out_of_memory(error):
+            return Unavailable(f"shard {self.shard}: Redis is out of memory (maxmemory reached) and refused the "
+                               "write; nothing was applied; retry later", Reason.STORAGE_UNREACHABLE)
+        return Unavailable(
+            f"shard {self.shard}: outcome unknown: the change is not known to be durable (log storage "
+            "unreachable); retry with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)
 
     def _replaced(self) -> Unavailable:
         """The refusal once another owns the shard: the keyspace's newer instance, or (leased) the group's new owner."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 
 def as_text(value: Any) -> str:
@@ -57,6 +57,13 @@ async def stream_info(client: Any, stream: str) -> dict[str, Any] | None:
             return None
         raise
     return info
+
+
+def out_of_memory(exc: BaseException | None) -> bool:
+    """A write Redis refused because it is at its ``maxmemory`` (``noeviction``): refused before the
+    command ran — a script's first write is checked, so nothing of the script was applied."""
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "used memory > 'maxmemory'" in str(exc))
 
 
 def group_lost(exc: BaseException) -> bool:

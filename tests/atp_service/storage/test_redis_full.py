@@ -1,0 +1,53 @@
+"""Redis at its ``maxmemory`` with ``noeviction``: every write that would grow it is refused ``OOM``
+before any change, so the refused write certainly did not land."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from atp_service import EmbeddedRedis
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.refusals import refused
+from tests.conftest import ServiceFactory, services_on
+
+
+@pytest.fixture
+async def full_able(tmp_path: Path) -> AsyncIterator[tuple[ServiceFactory, redis.Redis]]:
+    """Services on a Redis of this test's own, whose ``maxmemory`` the test may lower."""
+    with EmbeddedRedis(tmp_path / "redis", appendfsync="always") as server:
+        admin = redis.Redis.from_url(server.url)
+        async for start in services_on(server.url):
+            yield start, admin
+        admin.close()
+
+
+async def test_a_write_refused_for_memory_says_so_and_the_shard_goes_on(
+        full_able: tuple[ServiceFactory, redis.Redis]) -> None:
+    """A write Redis refused ``OOM`` was told "outcome unknown (log storage unreachable)" and the
+    shard went in doubt: settling fences first, a write a full Redis refuses too, so the shard took
+    no writes until a settle retry after Redis had room, and the operator read of an unreachable
+    Redis. The refusal is certain: callers are told Redis is out of memory and nothing was applied,
+    and the shard answers the next write as soon as Redis has room."""
+    start, admin = full_able
+    _, client = await start(shards=1)
+    await client.record_events([receipt("e1", "A", "DC", 5)])
+    fence_before = admin.get("atp:{g0}:fence")
+    admin.config_set("maxmemory", 1)  # full: every write that may grow it is refused OOM
+    try:
+        refusal = await refused(client.record_events([receipt("e2", "A", "DC", 1)]))
+        assert refusal.code == grpc.StatusCode.UNAVAILABLE
+        assert refusal.reason == "STORAGE_UNREACHABLE"
+        assert "Redis is out of memory" in refusal.message and "nothing was applied" in refusal.message
+        (a,) = await client.availability([("A", "DC")])  # reads need no Redis memory
+        assert a.on_hand == 5
+    finally:
+        admin.config_set("maxmemory", 0)
+    await client.record_events([receipt("e3", "A", "DC", 2)])  # at once: nothing was in doubt
+    (a,) = await client.availability([("A", "DC")])
+    assert a.on_hand == 7
+    assert admin.get("atp:{g0}:fence") == fence_before  # not fenced for a refusal that is certain
