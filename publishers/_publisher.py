@@ -40,6 +40,7 @@ from ._holding import Halted, Holding, unless_halted
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
 from ._redeliver import Redelivery
+from ._startup import refuse_evicting_redis
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -168,6 +169,7 @@ class Publisher:
     async def prepare(self) -> None:
         """The consumer group (created if new) and the delivered versions: the first Redis calls."""
         cfg = self.config
+        await refuse_evicting_redis(self.client)
         await self._make_group()
         raw = await self.client.hgetall(cfg.delivered_key)
         self._delivered = {as_text(k): int(v) for k, v in raw.items()}

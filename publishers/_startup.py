@@ -7,13 +7,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
 
 from atp_service.config_values import redacted
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.durability import STORAGE_ERRORS
 
 log = logging.getLogger("atp-publisher")
-__all__ = ["RedisUnavailable", "RedisWait", "redacted", "wait_for_redis"]
+__all__ = ["RedisEvicts", "RedisUnavailable", "RedisWait", "redacted", "refuse_evicting_redis", "wait_for_redis"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,26 @@ async def wait_for_redis(attempt: Callable[[], Awaitable[object]], wait: RedisWa
             await sleep(delay)
             if stopped():
                 return False
+
+
+class RedisEvicts(Exception):
+    """Redis may evict the publisher's keys to make room (its ``maxmemory-policy``)."""
+
+
+async def refuse_evicting_redis(client: Any) -> None:
+    """Refuse a Redis whose ``maxmemory-policy`` is not ``noeviction``: the lease is the one key of a
+    feed with a time to live, so a ``volatile-*`` policy evicts it first (``allkeys-*``: it or the
+    delivered versions), and a standby takes the group while its holder still sends — two
+    publishers of one destination, an older level delivered after a newer one (C3, C4). Where
+    ``CONFIG`` is forbidden (managed Redis) nothing can be checked: the operator sets it there."""
+    try:
+        answer: Any = await client.config_get("maxmemory-policy")
+    except ResponseError:
+        return
+    answers = [a for a in answer.values() if isinstance(a, dict)] or [answer]  # a cluster: one per node
+    for one in answers:
+        policy = one.get(b"maxmemory-policy", one.get("maxmemory-policy", b"noeviction"))
+        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+        if policy != "noeviction":
+            raise RedisEvicts(f"Redis maxmemory-policy is {policy}: it may evict the publisher's lease, and a "
+                              "standby deliver beside its holder; set maxmemory-policy noeviction")

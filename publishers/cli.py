@@ -30,7 +30,7 @@ from ._http import HttpSettings
 from ._metrics import PublisherMetrics
 from ._publisher import Publisher
 from ._shopify import DEFAULT_API_VERSION, MAX_QUANTITIES, ShopifyAdapter, ShopifySettings
-from ._startup import RedisUnavailable, RedisWait, redacted, wait_for_redis
+from ._startup import RedisEvicts, RedisUnavailable, RedisWait, redacted, wait_for_redis
 
 log = logging.getLogger("atp-publisher")
 EMBEDDED_URL_FILE = Path("var/redis/redis.url")
@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     except RedisUnavailable as exc:
         print(f"atp-publisher: {exc}", file=sys.stderr)
         return EXIT_NO_REDIS
+    except RedisEvicts as exc:
+        print(f"atp-publisher: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTING
     return 0
 
 

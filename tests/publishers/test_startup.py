@@ -203,3 +203,19 @@ def test_the_redis_url_is_logged_without_any_part_of_its_password() -> None:
 
     assert redacted("redis://:p@ss@127.0.0.1:6379/0") == "redis://***@127.0.0.1:6379/0"
     assert redacted("redis://127.0.0.1:6379/0?password=pw") == "redis://127.0.0.1:6379/0?password=***"
+
+
+@pytest.mark.parametrize("policy", ["volatile-lru", "allkeys-lru"])
+def test_a_publisher_refuses_a_redis_that_may_evict_its_lease(tmp_path: Path, policy: str) -> None:
+    """The holder's lease is the one key of a feed with a time to live: a Redis at its maxmemory
+    with a ``volatile-*`` policy evicts it first (``allkeys-*``: it or the delivered versions), and
+    a standby takes the group while the holder still sends — two publishers delivering one channel,
+    an older level sent after a newer one (C3, C4). The publisher refuses such a Redis at start,
+    naming the setting, as the service does."""
+    with EmbeddedRedis(tmp_path / "redis", extra_args=["--maxmemory-policy", policy]) as server:
+        done = subprocess.run([sys.executable, "-m", "publishers.cli", "--channel", "web", "--adapter", "jsonl",
+                               "--file", str(tmp_path / "x"), "--redis-url", server.url, "--metrics-port", "-1"],
+                              capture_output=True, text=True, timeout=DEADLINE_S)
+    assert done.returncode == 2, done.stderr
+    assert f"maxmemory-policy is {policy}" in done.stderr and "noeviction" in done.stderr
+    assert "Traceback" not in done.stderr
