@@ -17,11 +17,12 @@ from typing import Any
 
 from atp_service.engine.clock import Clock
 from atp_service.engine.composite import CompositeView
-from atp_service.engine.messages import replaced
+from atp_service.engine.messages import refused_for_memory, replaced
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced, LogStore
+from atp_service.storage.resp import out_of_memory
 from reservation import DomainError, Reason, Unavailable, View
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class Coordinator:
             raise replaced(exc.claim_lost) from None
         except STORAGE_ERRORS as exc:
             log.warning("cross-shard append failed (%r)", exc)
+            if out_of_memory(exc):  # the script stopped at its first write: nothing landed
+                raise refused_for_memory("a change across shards") from None
             raise Unavailable(NOT_DURABLE, Reason.OUTCOME_UNKNOWN) from None
 
     def _decide_and_seal(self, shards: list[int], home: int, work: ViewWork

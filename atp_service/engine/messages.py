@@ -23,6 +23,15 @@ def replaced(claim_lost: bool) -> Unavailable:
     claim, or none at all (Redis lost this one's) — callers retry either way, operators look elsewhere."""
     return Unavailable(CLAIM_LOST if claim_lost else REPLACED, Reason.INSTANCE_REPLACED)
 
+
+def refused_for_memory(where: str) -> Unavailable:
+    """The refusal of a write Redis refused ``OOM`` (at its ``maxmemory``, ``noeviction``): refused
+    before the script's first write, so certainly not applied — not in doubt (R7); the operator must
+    give Redis room."""
+    return Unavailable(f"{where}: Redis is out of memory (maxmemory reached) and refused the write; nothing "
+                       "was applied; retry later", Reason.STORAGE_UNREACHABLE)
+
+
 Work = Callable[[Ledger, int], Any]
 """Work the actor runs on its ledger at the batch's time (ms): returns the caller's answer or raises DomainError."""
 

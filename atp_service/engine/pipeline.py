@@ -9,7 +9,7 @@ import logging
 from collections import deque
 
 from atp_service.engine.listeners import EntryListeners
-from atp_service.engine.messages import Answer, InFlight, Sealed, deliver, replaced
+from atp_service.engine.messages import Answer, InFlight, Sealed, deliver, refused_for_memory, replaced
 from atp_service.engine.turn import moves_of
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.log import Fenced, LogStore
@@ -124,8 +124,7 @@ class CommitPipeline(EntryListeners):
         """The refusal of a failed append: certainly not applied when Redis refused it for memory
         (its operator must give Redis room), else not known to be durable (R7)."""
         if out_of_memory(error):
-            return Unavailable(f"shard {self.shard}: Redis is out of memory (maxmemory reached) and refused the "
-                               "write; nothing was applied; retry later", Reason.STORAGE_UNREACHABLE)
+            return refused_for_memory(f"shard {self.shard}")
         return Unavailable(
             f"shard {self.shard}: outcome unknown: the change is not known to be durable (log storage "
             "unreachable); retry with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)

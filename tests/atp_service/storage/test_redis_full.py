@@ -51,3 +51,31 @@ async def test_a_write_refused_for_memory_says_so_and_the_shard_goes_on(
     (a,) = await client.availability([("A", "DC")])
     assert a.on_hand == 7
     assert admin.get("atp:{g0}:fence") == fence_before  # not fenced for a refusal that is certain
+
+
+async def test_a_reservation_across_shards_refused_for_memory_says_so(
+        full_able: tuple[ServiceFactory, redis.Redis]) -> None:
+    """The same for a change spanning shards (one script call for both): it was told "outcome
+    unknown (log storage unreachable)"; it is certainly not applied, and is retried afresh once
+    Redis has room — the stock it would have held stays available meanwhile."""
+    start, admin = full_able
+    service, client = await start(shards=4)
+    assert service.engine is not None
+    by_shard: dict[int, str] = {}
+    for i in range(1000):
+        by_shard.setdefault(service.engine.place(f"SKU-{i}"), f"SKU-{i}")
+    first, second = list(by_shard.values())[:2]
+    await client.record_events([receipt("e1", first, "DC", 5), receipt("e2", second, "DC", 5)])
+    admin.config_set("maxmemory", 1)
+    try:
+        refusal = await refused(client.reserve("r1", [(first, "DC", 2), (second, "DC", 3)], ttl_seconds=600))
+        assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNREACHABLE")
+        assert "Redis is out of memory" in refusal.message and "nothing was applied" in refusal.message
+        a, b = await client.availability([(first, "DC"), (second, "DC")])
+        assert (a.available, b.available) == (5, 5)
+    finally:
+        admin.config_set("maxmemory", 0)
+    held = await client.reserve("r1", [(first, "DC", 2), (second, "DC", 3)], ttl_seconds=600)
+    assert held.state == 1 and not held.replayed
+    a, b = await client.availability([(first, "DC"), (second, "DC")])
+    assert (a.available, b.available) == (3, 2)
