@@ -82,7 +82,9 @@ async def refuse_evicting_redis(client: Any) -> None:
     ``CONFIG`` is forbidden (managed Redis) nothing can be checked: the operator sets it there."""
     try:
         answer: Any = await client.config_get("maxmemory-policy")
-    except ResponseError:
+    except ResponseError as exc:
+        log.warning("Redis maxmemory-policy cannot be read (%s): make sure it is noeviction — a Redis that "
+                    "evicts may drop the publisher's lease", exc)
         return
     answers = [a for a in answer.values() if isinstance(a, dict)] or [answer]  # a cluster: one per node
     for one in answers:

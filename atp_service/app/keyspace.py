@@ -87,8 +87,11 @@ async def _check_persistence(client: Any, leased: bool = False) -> None:
     try:
         config: Any = await client.config_get("append*")
         policy: Any = await client.config_get("maxmemory-policy")
-    except ResponseError:  # managed Redis often forbids CONFIG: nothing to check. Not answering is
-        return  # no such refusal: the start waits (redis_wait) rather than skip the eviction check
+    except ResponseError as exc:  # managed Redis often forbids CONFIG: nothing to check. Not answering
+        # is no such refusal: the start waits (redis_wait) rather than skip the eviction check.
+        log.warning("Redis maxmemory-policy cannot be read (%s): make sure it is noeviction — a Redis that "
+                    "evicts may drop a log, a fence or a claim, losing acknowledged changes", exc)
+        return
     evicts = policy.get(b"maxmemory-policy", policy.get("maxmemory-policy", b"noeviction"))
     evicts = evicts.decode() if isinstance(evicts, bytes) else str(evicts)
     if evicts.startswith("allkeys-"):

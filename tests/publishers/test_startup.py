@@ -219,3 +219,14 @@ def test_a_publisher_refuses_a_redis_that_may_evict_its_lease(tmp_path: Path, po
     assert done.returncode == 2, done.stderr
     assert f"maxmemory-policy is {policy}" in done.stderr and "noeviction" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_publisher_names_a_policy_it_cannot_read(tmp_path: Path) -> None:
+    """Where ``CONFIG`` is forbidden (managed Redis) the publisher starts, and asks the operator to
+    make sure the policy is ``noeviction``."""
+    with EmbeddedRedis(tmp_path / "redis", extra_args=["--rename-command", "CONFIG", ""]) as server:
+        proc = publisher(tmp_path, "--redis-url", server.url, "--metrics-port", "-1")
+        log = tmp_path / "publisher.log"
+        until(lambda: "maxmemory-policy cannot be read" in log.read_text(), proc, log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(DEADLINE_S) == 0

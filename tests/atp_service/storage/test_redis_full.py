@@ -79,3 +79,15 @@ async def test_a_reservation_across_shards_refused_for_memory_says_so(
     assert held.state == 1 and not held.replayed
     a, b = await client.availability([(first, "DC"), (second, "DC")])
     assert (a.available, b.available) == (3, 2)
+
+
+async def test_a_redis_whose_policy_cannot_be_read_is_named_at_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Managed Redis often forbids ``CONFIG``: the service cannot tell whether Redis may evict its
+    logs, fences or claims, and started without a word of it — the operator was never asked to
+    check ``maxmemory-policy``. It starts, and says so."""
+    with EmbeddedRedis(tmp_path / "redis", extra_args=["--rename-command", "CONFIG", ""]) as server:
+        async for start in services_on(server.url):
+            await start(shards=1)
+    assert any("maxmemory-policy" in r.getMessage() and "cannot be read" in r.getMessage()
+               and r.levelname == "WARNING" for r in caplog.records), [r.getMessage() for r in caplog.records]
