@@ -107,9 +107,7 @@ class CommitPipeline(EntryListeners):
             # can it. Only a batch whose call is still on its way may land: settling fences the
             # shard first, which a Redis at its maxmemory refuses too — a shard needlessly in doubt
             # took no work until Redis had room again, and told callers the outcome was unknown.
-            self._doubt.extend((rec.seq, rec.entry, rec.data) for rec in self._inflight
-                               if not (rec.done.done() and not rec.done.cancelled()
-                                       and out_of_memory(rec.done.exception())))
+            self._doubt.extend((rec.seq, rec.entry, rec.data) for rec in self._inflight if not self._cannot_land(rec))
         for rec in self._inflight:
             rec.done.cancel()
         undone = [rec.entry for rec in self._inflight]
@@ -119,6 +117,15 @@ class CommitPipeline(EntryListeners):
             self.request_maintenance()  # an idle shard settles at once, not at the next message
         for entry in undone:
             self._tell(self.undo_listeners, entry)
+
+    def _cannot_land(self, rec: InFlight) -> bool:
+        """An entry certainly not in the log, now or later: refused OOM, or not yet sent (cancelled
+        below, it never is). A shard's later batches wait in the log's next group commit or share the
+        refused call: in doubt, they wedged the shard under load as the refused one did (R7)."""
+        done = rec.done
+        if done.done():
+            return not done.cancelled() and out_of_memory(done.exception())
+        return self._log.unsent(done)
 
     def _unavailable(self, error: BaseException | None) -> Unavailable:
         """The refusal of a failed append: certainly not applied when Redis refused it for memory

@@ -379,12 +379,17 @@ class LogStore(LogReads):
 
     def _answer(self, unit: list[Pending], reply: Any) -> None:
         """Settle each entry's future with its part of one call's reply (a script's refusal of an
-        entry starts with ``!``)."""
+        entry starts with ``!``). Every future first, then their callbacks: a shard told of its
+        first entry's failure sees how its later entries of this call ended (refused OOM: not in doubt)."""
         if isinstance(reply, BaseException):
             error = self._refused(reply, unit[0].shard, unit[0].epoch)
-            for p in unit:
-                p.settle(error)
-            return
-        for p, result in zip(unit, reply, strict=True):
-            p.settle(RedisError(result[1:].decode(errors="replace")) if result[:1] == b"!" else None)
+            answered = [p for p in unit if p.resolve(error)]
+        else:
+            answered = [p for p, result in zip(unit, reply, strict=True)
+                        if p.resolve(RedisError(result[1:].decode(errors="replace")) if result[:1] == b"!" else None)]
+        for p in answered:
+            p.notify()
 
+    def unsent(self, done: asyncio.Future[None]) -> bool:
+        """Whether the entry of ``done`` still waits for a group commit: cancelled now, it never reaches Redis."""
+        return any(p.done is done for p in self._pending)

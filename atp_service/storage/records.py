@@ -76,20 +76,27 @@ class Pending:
         self.done, self.then = done, then
 
     def settle(self, error: BaseException | None) -> None:
+        """Answer this entry (``resolve``), then call ``then`` at once (``notify``)."""
+        if self.resolve(error):
+            self.notify()
+
+    def resolve(self, error: BaseException | None) -> bool:
         """Answer this entry, unless cancelled or a group's future failed by an earlier member
-        already; then call ``then`` at once, where a done callback would wait a turn of the loop
-        (a unary call's reply waits on it). Whoever cancels ``done`` does its own ``then``'s work."""
+        already (False: nothing to notify). Whoever cancels ``done`` does its own ``then``'s work."""
         done = self.done
         if done.done():
-            return
+            return False
         if error is not None:
             done.set_exception(error)
         else:
             done.set_result(None)  # a group's members are written or refused together
+        return True
+
+    def notify(self) -> None:
+        """Call ``then`` at once, where a done callback would wait a turn of the loop (a unary
+        call's reply waits on it)."""
         if self.then is not None:
             try:
                 self.then()
             except Exception:  # as the loop does with a callback's: the other entries are still answered
                 log.exception("a log entry's completion failed")
-
-

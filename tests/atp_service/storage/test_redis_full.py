@@ -3,6 +3,7 @@ before any change, so the refused write certainly did not land."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -51,6 +52,33 @@ async def test_a_write_refused_for_memory_says_so_and_the_shard_goes_on(
     (a,) = await client.availability([("A", "DC")])
     assert a.on_hand == 7
     assert admin.get("atp:{g0}:fence") == fence_before  # not fenced for a refusal that is certain
+
+
+async def test_writes_pipelined_behind_one_refused_for_memory_leave_the_shard_out_of_doubt_R7(
+        full_able: tuple[ServiceFactory, redis.Redis]) -> None:
+    """Under load a shard has later batches behind the refused one: in the same script call (their
+    futures not yet answered when the first failure was handled) or waiting for the next group
+    commit (never sent). They were put in doubt: the shard refused writes "log storage unreachable"
+    and raised its fence once Redis had room. They cannot land either: nothing is in doubt."""
+    start, admin = full_able
+    service, client = await start(shards=1)
+    assert service.engine is not None
+    await client.record_events([receipt("e0", "A", "DC", 5)])
+    fence_before = admin.get("atp:{g0}:fence")
+    admin.config_set("maxmemory", 1)
+    try:
+        told = await asyncio.gather(*(client.record_events([receipt(f"e{i}", "A", "DC", 1)]) for i in range(1, 200)),
+                                    return_exceptions=True)
+        for refusal in told:
+            assert isinstance(refusal, grpc.aio.AioRpcError)
+            assert "Redis is out of memory" in (refusal.details() or ""), refusal.details()
+        assert not service.engine.actors[0].in_doubt
+    finally:
+        admin.config_set("maxmemory", 0)
+    await client.record_events([receipt("e-after", "A", "DC", 2)])
+    (a,) = await client.availability([("A", "DC")])
+    assert a.on_hand == 7
+    assert admin.get("atp:{g0}:fence") == fence_before
 
 
 async def test_a_reservation_across_shards_refused_for_memory_says_so(
