@@ -143,6 +143,12 @@ class SimLog:
         self.pending[-1].then = then
         return fut
 
+    def unsent(self, done: asyncio.Future[None]) -> bool:
+        """``LogStore.unsent``: never here. A unit waiting here may already be on the wire (``pump``
+        lands units given up by their shard at random), so a failed shard keeps it in doubt, as the
+        real log does for an entry sent and unanswered."""
+        return False
+
     def submit_group(self, entries: list[tuple[int, int, bytes]]) -> asyncio.Future[None]:
         if not self.together and len({shard for shard, _, _ in entries}) > 1:
             raise CrossGroupWrite(f"entries of shards {sorted({s for s, _, _ in entries})} on a cluster")
