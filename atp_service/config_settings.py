@@ -24,7 +24,7 @@ OTHER_TOOLS = (
     "ATP_TARGET", "ATP_TOKEN",  # atpctl and the load tests: where the service is, the bearer token
     "ATP_WEBHOOK_SECRET", "ATP_SHOPIFY_TOKEN",  # atp-publisher: the channels' credentials
     "ATP_SHOPIFY_API_VERSION",  # atp-publisher: the Shopify Admin API version it calls
-    "ATP_SCENARIO", "ATP_DURATION", "ATP_PEAK_USERS", "ATP_RUN_ID",  # benchmarks (locust)
+    "ATP_SCENARIO", "ATP_DURATION", "ATP_PEAK_USERS", "ATP_RUN_ID", "ATP_STORE_SKUS",  # benchmarks (locust)
     "ATP_FLASH_STOCK", "ATP_FLASH_TTL_S", "ATP_WATCH_CHANNELS", "ATP_STREAM_USERS", "ATP_STREAM_BATCH",
     "ATP_TOKEN_FILE", "ATP_TLS_CA", "ATP_TLS_SERVER_NAME", "ATP_CLIENT_CERT", "ATP_CLIENT_KEY",  # a secured service
     "ATP_SIM_SEEDS", "ATP_SIM_MULTI_SEEDS", "ATP_SIM_LOSE_TAIL_SEEDS",  # the simulation tests
