@@ -1,0 +1,44 @@
+"""What the service checks of a Redis Cluster at start (``redis_cluster``): every node's
+``maxmemory-policy``, not only the one node a cluster client sends ``CONFIG GET`` to."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from atp_service import AtpService, free_port
+from atp_service.app.keyspace import StartupError
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from tests.atp_service.redis_proxy import until
+from tests.conftest import test_config as make_config
+
+
+def _replicas_listed(url: str, replicas: int) -> bool:
+    """Whether CLUSTER SLOTS (where a cluster client learns its nodes) lists ``replicas`` replicas:
+    Redis leaves out a replica that has no data replicated yet."""
+    with redis.Redis.from_url(url) as r:
+        return sum(len(section) - 3 for section in r.execute_command("CLUSTER SLOTS")) == replicas
+
+
+async def test_a_cluster_node_that_may_evict_keys_is_refused_at_start_naming_it(
+        redis_cluster: EmbeddedCluster, cluster_url: str) -> None:
+    """redis-py sends ``CONFIG GET`` to one node of a cluster (its default node): a primary set to
+    ``allkeys-lru`` elsewhere would evict the logs of its shards (acknowledged holds lost: oversold),
+    and a replica so set does once a failover promotes it. Each node in turn is refused, by name."""
+    with RedisCluster.from_url(cluster_url) as cluster:
+        for i in range(64):  # a key in every primary's slots: each replica has data to follow
+            cluster.set(f"warm{i}", i)
+    await until(lambda: _replicas_listed(cluster_url, len(redis_cluster.replicas)), "every replica listed", 30)
+    for node in redis_cluster.nodes:
+        with redis.Redis(host="127.0.0.1", port=node.port) as r:
+            r.config_set("maxmemory-policy", "allkeys-lru")
+        service = AtpService(make_config(redis_cluster=True, input_streams=(), port=free_port(),
+                                         host="127.0.0.1"), cluster_url)
+        try:
+            with pytest.raises(StartupError, match=rf"127\.0\.0\.1:{node.port}.* maxmemory-policy is allkeys-lru"):
+                await service.start()
+        finally:
+            with redis.Redis(host="127.0.0.1", port=node.port) as r:
+                r.config_set("maxmemory-policy", "noeviction")  # first: the session's cluster is every test's
+            await service.stop()
