@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 EXPIRE_PER_TURN = 4096
 """Holds one housekeeping turn of a shard expires at most (~80 ms of the turn, a log entry of
 ~350 KB); the rest wait for the next pass (R3 goes on, a bounded step at a time)."""
+EXPIRE_LINES_PER_CHANGE = 16_384
+"""Lines one coordinated expiry (holds spanning one set of shards, expired together) carries at
+most; the holds past it go in further changes of the same turn. Without it a turn's 4,096 holds
+of up to ``max_lines`` (200) lines each made one change of ~800,000 lines: a log entry of tens of
+MB and every shard it spans paused while it was decided and encoded (seconds: every call to them
+waiting). Cost: one more pause and one more append per this many lines (a few hundred KB to ~1 MB
+an entry). At least ``max_lines``: a hold is never split, one over it goes alone."""
 EVICT_PER_TURN = 10_000
 """Resolved reservations past their retention one housekeeping turn of a shard looks at, at most
 (~20 ms of the turn); the rest are forgotten at the next passes. After a restart that followed
@@ -29,6 +36,21 @@ downtime a whole day's resolved reservations (hundreds of thousands) were past i
 forgetting them in one turn held every shard, call and lease renewal for seconds. Forgetting is
 no event in the log, so a replay sees the same whatever the bound (E10); kept a few passes longer
 than the window, a record answers as a restored instance that still holds it does (R5)."""
+
+
+def _bounded_by_lines(due: list[tuple[str, int]], ledger: Ledger) -> list[list[tuple[str, int]]]:
+    """``due`` (holds of ``ledger``, each ``(id, expires_at)``) in order, cut into changes of at
+    most ``EXPIRE_LINES_PER_CHANGE`` lines (a hold with more goes alone, whole)."""
+    changes: list[list[tuple[str, int]]] = [[]]
+    lines = 0
+    for rid, expires_at in due:
+        count = len(ledger.reservations[rid].lines)
+        if changes[-1] and lines + count > EXPIRE_LINES_PER_CHANGE:
+            changes.append([])
+            lines = 0
+        changes[-1].append((rid, expires_at))
+        lines += count
+    return changes
 
 
 class Housekeeper:
@@ -92,17 +114,19 @@ class Housekeeper:
             else:
                 across.setdefault(tuple(sorted(shards)), []).append((rid, rec.expires_at))
         for shards_of, due in across.items():  # one coordinated change per set of shards, not one per hold
-            self._spawn(self._expire_across(list(shards_of), ledger, due))
+            for change in _bounded_by_lines(due, ledger):  # ...and per EXPIRE_LINES_PER_CHANGE lines
+                self._spawn(self._expire_across(list(shards_of), ledger, change))
         for rid in ledger.evict(now, EVICT_PER_TURN):  # the rest at the next passes
             self._engine.routes.forget_evicted(ledger.shard, rid)
         self._engine.metrics.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
 
     async def _expire_across(self, shards: list[int], home: Ledger, due: list[tuple[str, int]]) -> None:
         """Holds of ``home`` spanning ``shards``, due, expired in one coordinated change (at most
-        ``EXPIRE_PER_TURN``, one log entry per shard): one pause and one append per hold made a
-        backlog after downtime drain at a few hundred holds a second, their units still held
-        (Reserves refused, channels offered less), and every call to those shards queued behind
-        thousands of pauses. A hold confirmed or released meanwhile is left as it is (``ops.expire``)."""
+        ``EXPIRE_PER_TURN`` holds and ``EXPIRE_LINES_PER_CHANGE`` lines, one log entry per shard):
+        one pause and one append per hold made a backlog after downtime drain at a few hundred holds
+        a second, their units still held (Reserves refused, channels offered less), and every call
+        to those shards queued behind thousands of pauses. A hold confirmed or released meanwhile
+        is left as it is (``ops.expire``)."""
         def expire_all(view: View, now: int) -> None:
             for rid, _ in due:
                 ops.expire(view, rid, now)

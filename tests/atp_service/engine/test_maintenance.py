@@ -221,3 +221,44 @@ async def test_holds_spanning_shards_due_at_once_expire_together_not_one_coordin
     for sku in ("A", other):
         (a,) = await client.availability([(sku, "S1")])
         assert a.reserved == 0 and a.available == holds
+
+
+async def test_holds_spanning_shards_due_at_once_expire_in_changes_of_bounded_lines_R3(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holds a turn finds due across one set of shards (up to ``EXPIRE_PER_TURN``, 4,096) went
+    in one coordinated change whatever their lines: at ``max_lines`` (200) each, ~800,000 lines — a
+    log entry of tens of MB and a pause of every shard it spans while it is decided and encoded.
+    A change now carries at most ``EXPIRE_LINES_PER_CHANGE`` lines; the rest go in further ones."""
+    monkeypatch.setattr(maintenance, "EXPIRE_LINES_PER_CHANGE", 20)
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock)
+    engine = service.engine
+    assert engine is not None
+    other = next(s for s in (f"B{i}" for i in range(100)) if engine.place(s) != engine.place("A"))
+    holds = 45  # two lines each: 90 lines, one change of them all before
+    await client.record_events([receipt("stock", sku, "S1", holds) for sku in ("A", other)])
+    cmds = [reserve_command(reservation_id=f"r{n}", order_ref="o", channel="web",
+                            lines=[("A", "S1", 1), (other, "S1", 1)], ttl_seconds=60, allow_partial=False,
+                            limits=engine.limits) for n in range(holds)]
+    assert all(not isinstance(r, Exception) for r in await engine.reserve_many(cmds))
+    expired: set[str] = set()
+    lines_per_entry: list[int] = []
+
+    def count(_shard: int, entry: LogEntry) -> None:
+        saved = [e.reservation for e in entry.events
+                 if isinstance(e, ReservationSaved) and e.reservation.state == State.EXPIRED]
+        if saved:
+            lines_per_entry.append(sum(len(r.lines) for r in saved))
+            expired.update(r.reservation_id for r in saved)
+
+    for actor in engine.actors:
+        actor.listeners.append(count)
+    clock.advance(60_000)
+    deadline = time.monotonic() + 60
+    while len(expired) < holds:
+        assert time.monotonic() < deadline, f"{len(expired)} of {holds} holds expired after 60 s"
+        await asyncio.sleep(0.02)
+    assert max(lines_per_entry) <= maintenance.EXPIRE_LINES_PER_CHANGE, lines_per_entry
+    for sku in ("A", other):
+        (a,) = await client.availability([(sku, "S1")])
+        assert a.reserved == 0 and a.available == holds
