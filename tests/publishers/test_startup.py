@@ -230,3 +230,25 @@ def test_a_publisher_names_a_policy_it_cannot_read(tmp_path: Path) -> None:
         until(lambda: "maxmemory-policy cannot be read" in log.read_text(), proc, log)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(DEADLINE_S) == 0
+
+
+async def test_a_publisher_on_a_cluster_refuses_any_node_that_may_evict(redis_cluster: Any, cluster_url: str) -> None:
+    """On a Redis Cluster ``CONFIG GET`` reaches one node (redis-py: its default one): a primary
+    elsewhere set to evict — the one holding the ``{avail}`` keys, say — went unseen. Every node is
+    asked, and the refusal names the node."""
+    from atp_service.storage.nodes import connect_any
+    from publishers._startup import RedisEvicts, refuse_evicting_redis
+
+    client = connect_any(cluster_url, 5.0, cluster=True)
+    try:
+        for primary in redis_cluster.primaries:
+            with redis.Redis.from_url(primary.url) as node:
+                node.config_set("maxmemory-policy", "allkeys-lru")
+                try:
+                    with pytest.raises(RedisEvicts, match=f"{primary.port}.*allkeys-lru"):
+                        await refuse_evicting_redis(client)
+                finally:
+                    node.config_set("maxmemory-policy", "noeviction")
+        await refuse_evicting_redis(client)  # every node noeviction: taken
+    finally:
+        await client.aclose()
