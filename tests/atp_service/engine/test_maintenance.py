@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.engine import maintenance
 from atp_service.engine.maintenance import EVICT_PER_TURN, EXPIRE_PER_TURN
+from atp_service.engine.router import Engine
 from reservation import Ledger, Limits, LogEntry, State, reserve_command
 from reservation._events import ReservationSaved
 from reservation._expiry import EXPIRY_SLACK
@@ -193,16 +196,8 @@ async def test_holds_spanning_shards_due_at_once_expire_together_not_one_coordin
     turn finds due are expired together, one coordinated change per set of shards they span."""
     monkeypatch.setattr(maintenance, "EXPIRE_PER_TURN", 50)
     clock = ManualClock(T0)
-    service, client = await start_service(clock=clock)
-    engine = service.engine
-    assert engine is not None
-    other = next(s for s in (f"B{i}" for i in range(100)) if engine.place(s) != engine.place("A"))
     holds = 2 * maintenance.EXPIRE_PER_TURN + 20
-    await client.record_events([receipt("stock", sku, "S1", holds) for sku in ("A", other)])
-    cmds = [reserve_command(reservation_id=f"r{n}", order_ref="o", channel="web",
-                            lines=[("A", "S1", 1), (other, "S1", 1)], ttl_seconds=60, allow_partial=False,
-                            limits=engine.limits) for n in range(holds)]
-    assert all(not isinstance(r, Exception) for r in await engine.reserve_many(cmds))
+    engine, client, other = await held_across_two_shards(start_service, clock, holds)
     per_entry: list[int] = []
 
     def count(_shard: int, entry: LogEntry) -> None:
@@ -213,14 +208,9 @@ async def test_holds_spanning_shards_due_at_once_expire_together_not_one_coordin
     for actor in engine.actors:
         actor.listeners.append(count)
     clock.advance(60_000)
-    deadline = time.monotonic() + 60
-    while sum(per_entry) < holds:
-        assert time.monotonic() < deadline, f"{sum(per_entry)} of {holds} holds expired after 60 s"
-        await asyncio.sleep(0.02)
+    await until_expired(lambda: sum(per_entry), holds)
     assert len(per_entry) <= -(-holds // maintenance.EXPIRE_PER_TURN), f"{len(per_entry)} changes for {holds} holds"
-    for sku in ("A", other):
-        (a,) = await client.availability([(sku, "S1")])
-        assert a.reserved == 0 and a.available == holds
+    await all_free(client, ("A", other), holds)
 
 
 async def test_holds_spanning_shards_due_at_once_expire_in_changes_of_bounded_lines_R3(
@@ -231,16 +221,8 @@ async def test_holds_spanning_shards_due_at_once_expire_in_changes_of_bounded_li
     A change now carries at most ``EXPIRE_LINES_PER_CHANGE`` lines; the rest go in further ones."""
     monkeypatch.setattr(maintenance, "EXPIRE_LINES_PER_CHANGE", 20)
     clock = ManualClock(T0)
-    service, client = await start_service(clock=clock)
-    engine = service.engine
-    assert engine is not None
-    other = next(s for s in (f"B{i}" for i in range(100)) if engine.place(s) != engine.place("A"))
     holds = 45  # two lines each: 90 lines, one change of them all before
-    await client.record_events([receipt("stock", sku, "S1", holds) for sku in ("A", other)])
-    cmds = [reserve_command(reservation_id=f"r{n}", order_ref="o", channel="web",
-                            lines=[("A", "S1", 1), (other, "S1", 1)], ttl_seconds=60, allow_partial=False,
-                            limits=engine.limits) for n in range(holds)]
-    assert all(not isinstance(r, Exception) for r in await engine.reserve_many(cmds))
+    engine, client, other = await held_across_two_shards(start_service, clock, holds)
     expired: set[str] = set()
     lines_per_entry: list[int] = []
 
@@ -254,11 +236,35 @@ async def test_holds_spanning_shards_due_at_once_expire_in_changes_of_bounded_li
     for actor in engine.actors:
         actor.listeners.append(count)
     clock.advance(60_000)
-    deadline = time.monotonic() + 60
-    while len(expired) < holds:
-        assert time.monotonic() < deadline, f"{len(expired)} of {holds} holds expired after 60 s"
-        await asyncio.sleep(0.02)
+    await until_expired(lambda: len(expired), holds)
     assert max(lines_per_entry) <= maintenance.EXPIRE_LINES_PER_CHANGE, lines_per_entry
-    for sku in ("A", other):
+    await all_free(client, ("A", other), holds)
+
+
+async def held_across_two_shards(start_service: ServiceFactory, clock: ManualClock,
+                                 holds: int) -> tuple[Engine, AtpClient, str]:
+    """A service on ``clock`` with ``holds`` holds of a 60 s TTL, each a line on "A" and one on a SKU
+    of another shard (returned), both stocked with ``holds`` units."""
+    service, client = await start_service(clock=clock)
+    engine = service.engine
+    assert engine is not None
+    other = next(s for s in (f"B{i}" for i in range(100)) if engine.place(s) != engine.place("A"))
+    await client.record_events([receipt("stock", sku, "S1", holds) for sku in ("A", other)])
+    cmds = [reserve_command(reservation_id=f"r{n}", order_ref="o", channel="web",
+                            lines=[("A", "S1", 1), (other, "S1", 1)], ttl_seconds=60, allow_partial=False,
+                            limits=engine.limits) for n in range(holds)]
+    assert all(not isinstance(r, Exception) for r in await engine.reserve_many(cmds))
+    return engine, client, other
+
+
+async def until_expired(expired: Callable[[], int], holds: int) -> None:
+    deadline = time.monotonic() + 60  # a bound, not a timing
+    while expired() < holds:
+        assert time.monotonic() < deadline, f"{expired()} of {holds} holds expired after 60 s"
+        await asyncio.sleep(0.02)
+
+
+async def all_free(client: AtpClient, skus: tuple[str, ...], holds: int) -> None:
+    for sku in skus:
         (a,) = await client.availability([(sku, "S1")])
         assert a.reserved == 0 and a.available == holds
