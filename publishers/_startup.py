@@ -14,6 +14,7 @@ from redis.exceptions import ResponseError
 from atp_service.config_values import redacted
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.redis_config import config_value, node_configs
 
 log = logging.getLogger("atp-publisher")
 __all__ = ["RedisEvicts", "RedisUnavailable", "RedisWait", "redacted", "refuse_evicting_redis", "wait_for_redis"]
@@ -80,22 +81,14 @@ async def refuse_evicting_redis(client: Any) -> None:
     delivered versions), and a standby takes the group while its holder still sends — two
     publishers of one destination, an older level delivered after a newer one (C3, C4). Where
     ``CONFIG`` is forbidden (managed Redis) nothing can be checked: the operator sets it there."""
-    # A cluster client asks one node (redis-py: its default one): each node is asked, the one
-    # holding the ``{avail}`` keys (or promoted in a failover) is any of them.
-    if hasattr(client, "get_nodes") and not client.get_nodes():
-        await client.initialize()  # a cluster client learns its nodes at its first command
-    nodes = client.get_nodes() if hasattr(client, "get_nodes") else [None]
-    for node in nodes:
-        where = "Redis" if node is None else f"Redis node {node.name}"
-        try:
-            answer: Any = await (client.config_get("maxmemory-policy") if node is None
-                                 else client.config_get("maxmemory-policy", target_nodes=node))
-        except ResponseError as exc:
-            log.warning("%s maxmemory-policy cannot be read (%s): make sure it is noeviction — a Redis that "
-                        "evicts may drop the publisher's lease", where, exc)
-            return
-        policy = answer.get(b"maxmemory-policy", answer.get("maxmemory-policy", b"noeviction"))
-        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+    try:  # on a cluster every node: the one holding the ``{avail}`` keys (or promoted later) is any
+        configs = await node_configs(client, "maxmemory-policy")
+    except ResponseError as exc:
+        log.warning("Redis maxmemory-policy cannot be read (%s): make sure it is noeviction — a Redis that "
+                    "evicts may drop the publisher's lease", exc)
+        return
+    for where, config in configs:
+        policy = config_value(config, "maxmemory-policy") or "noeviction"
         if policy != "noeviction":
             raise RedisEvicts(f"{where} maxmemory-policy is {policy}: it may evict the publisher's lease, and a "
                               "standby deliver beside its holder; set maxmemory-policy noeviction")

@@ -7,12 +7,11 @@ import logging
 import re
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.storage.keys import CHANNELS, LAYOUT, Keyspace
 from atp_service.storage.log import LogStore
+from atp_service.storage.redis_config import config_value, node_configs
 from atp_service.storage.resp import as_text
 
 log = logging.getLogger(__name__)
@@ -87,14 +86,14 @@ async def _check_persistence(client: Any, leased: bool = False) -> None:
     keys with a time to live (``volatile-*``): those are the leases, and an evicted lease lets another
     process take a group its owner still answers for. On a cluster every node is asked, by name."""
     try:
-        configs = await _node_configs(client)
+        configs = await node_configs(client, "maxmemory-policy", "appendonly", "appendfsync")
     except ResponseError as exc:  # managed Redis often forbids CONFIG: nothing to check. Not answering
         # is no such refusal: the start waits (redis_wait) rather than skip the eviction check.
         log.warning("Redis maxmemory-policy cannot be read (%s): make sure it is noeviction — a Redis that "
                     "evicts may drop a log, a fence or a claim, losing acknowledged changes", exc)
         return
     for where, config in configs:
-        evicts = _config_value(config, "maxmemory-policy") or "noeviction"
+        evicts = config_value(config, "maxmemory-policy") or "noeviction"
         if evicts.startswith("allkeys-"):
             raise StartupError(f"{where} maxmemory-policy is {evicts}: it may evict the log or a fence, losing "
                                "acknowledged changes; set maxmemory-policy noeviction")
@@ -103,41 +102,11 @@ async def _check_persistence(client: Any, leased: bool = False) -> None:
                                "lease, and another process take a group its owner still answers for; set "
                                "maxmemory-policy noeviction")
     for where, config in configs:
-        if _config_value(config, "appendonly") != "yes":
+        if config_value(config, "appendonly") != "yes":
             log.warning("%s runs without appendonly: acknowledged changes survive a service crash but not a "
                         "Redis crash (set appendonly yes, appendfsync everysec or always)", where)
         else:
-            log.info("%s AOF on, appendfsync=%s", where, _config_value(config, "appendfsync"))
-
-
-async def _node_configs(client: Any) -> list[tuple[str, dict[Any, Any]]]:
-    """The eviction and AOF settings of each node, with the words naming it. A cluster client sends
-    ``CONFIG GET`` to one node (redis-py: its default node), so a primary elsewhere set to evict —
-    the logs of its shards lost under memory pressure — went unseen: each node is asked. A replica
-    too (a failover promotes it), unless it does not answer: it is then named in a warning."""
-    wanted = ("maxmemory-policy", "appendonly", "appendfsync")
-    if not hasattr(client, "get_nodes"):  # one Redis
-        return [("Redis", {k: v for name in wanted for k, v in (await client.config_get(name)).items()})]
-    configs: list[tuple[str, dict[Any, Any]]] = []
-    for node in client.get_nodes():
-        where = f"Redis node {node.name} ({node.server_type})"
-        try:
-            config = {k: v for name in wanted
-                      for k, v in (await client.config_get(name, target_nodes=node)).items()}
-        except (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError) as exc:
-            if node.server_type == "primary":
-                raise
-            log.warning("%s did not answer CONFIG GET (%s): make sure its maxmemory-policy is noeviction — "
-                        "a failover promotes it", where, exc)
-            continue
-        configs.append((where, config))
-    return configs
-
-
-def _config_value(config: dict[Any, Any], name: str) -> str | None:
-    """``name``'s value in a ``CONFIG GET`` answer (keys and values bytes or text)."""
-    value = config.get(name.encode(), config.get(name))
-    return value.decode() if isinstance(value, bytes) else value
+            log.info("%s AOF on, appendfsync=%s", where, config_value(config, "appendfsync"))
 
 
 def replaced_said(store: LogStore, prefix: str) -> bool:
