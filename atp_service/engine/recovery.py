@@ -74,10 +74,11 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
     append script never leaves one), ``LogCutShort`` when it ends elsewhere than at its newest id,
     ``LogUnreadable`` at an entry another version wrote that this one cannot decode.
     The snapshot's reservations and the log's events go a slice at a time with a turn of the event
-    loop between: a group taken over (leases) while this process
-    serves others must not hold their calls and lease renewals for the seconds a large shard takes."""
-    # Read first: nothing is appended to it while it is recovered. The owner check's read (one shard's
-    # of it): the simulation draws its faults apart, so its regression seeds keep their schedules.
+    loop between: a group taken over (leases) while this process serves others must not hold their
+    calls and lease renewals for the seconds a large shard takes."""
+    # Read first (nothing is appended to the log while it is recovered), and again below only where
+    # the replay ended elsewhere. The owner check's read (one shard's of it): the simulation draws its
+    # faults apart, so its regression seeds keep their schedules.
     newest = (await store.last_seqs([shard]))[0]
     snap = await store.load_snapshot(shard)
     ledger = Ledger(shard, limits)

@@ -215,7 +215,7 @@ class StreamIngestor:
             log.warning("input streams: batch failed (%s); its entries stay pending", task.exception())
             self._retry_own_pending = True
 
-    async def _settle_batches(self, within_s: float | None = None) -> bool:
+    async def _settle_batches(self, within_s: float) -> bool:
         """Whether every batch in flight is done (waiting up to ``within_s``)."""
         if self._batches:
             _, waiting = await asyncio.wait(list(self._batches), timeout=within_s)
