@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from atp_client._errors import typed
+from atp_client._errors import not_connected, typed
 from atp_client._stream import Batches, Source
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
@@ -250,6 +250,24 @@ class AtpClient:
             call.cancel()
         if source.failure is not None:
             raise source.failure
+
+    async def connect(self, timeout_s: float | None = None) -> None:
+        """Connect now, before a change is sent: a connection that is refused (or not made within
+        ``timeout_s``, the client's own unless given) raises ``Retryable`` (UNAVAILABLE,
+        ``NOT_CONNECTED``) with certainty that no call of this client was sent since it could be
+        (R7: not in doubt). A call's own UNAVAILABLE cannot say so: gRPC retries a call lost
+        mid-way, and the last try's "failed to connect" hides that an earlier one was sent."""
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        state = self.channel.get_state(try_to_connect=True)
+        try:
+            async with asyncio.timeout(wait_s):
+                while state is not grpc.ChannelConnectivity.READY:
+                    if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+                        raise not_connected(self.target, f"the connection failed ({state.name})")
+                    await self.channel.wait_for_state_change(state)
+                    state = self.channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            raise not_connected(self.target, f"no connection within {wait_s:g}s") from None
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Wait until the health service says SERVING (recovery done)."""

@@ -163,6 +163,21 @@ def in_doubt(lost: grpc.aio.AioRpcError, then: grpc.aio.AioRpcError) -> Retryabl
     return Retryable(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), trailers, message, ""))
 
 
+NOT_CONNECTED = "NOT_CONNECTED"
+"""``ErrorInfo.reason`` of the refusal ``AtpClient.connect`` raises itself: no connection, so no call
+was sent (the service never sends it)."""
+
+
+def not_connected(target: str, why: str) -> Retryable:
+    """No connection to ``target`` (``why``): nothing was sent, so nothing can land (R7). Raised as
+    ``UNAVAILABLE`` with its own reason, for a caller to tell it from a call lost mid-way (in doubt)."""
+    message = f"cannot reach {target}: {why}; nothing was sent"
+    status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=message)
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=NOT_CONNECTED, domain="atp.client"))
+    trailers = grpc.aio.Metadata((DETAILS_KEY, status.SerializeToString()))
+    return Retryable(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), trailers, message, ""))
+
+
 def typed(error: grpc.aio.AioRpcError) -> AtpError:
     """The typed exception for a failed call (``AtpError`` for codes without a class of their own)."""
     if isinstance(error, AtpError):

@@ -90,6 +90,9 @@ class Imported:
     in_doubt: int = 0
     refused: int = 0
     """Facts of the call refused for good, not applied."""
+    unsent: int = 0
+    """Facts of the call stopped before it was sent (no connection, or Ctrl-C while connecting):
+    not applied, and counted with the rest ``not_sent``."""
     error: grpc.aio.AioRpcError | None = None
     """The refusal that stopped the run; None with ``stopped_lines`` set: interrupted."""
 
@@ -103,9 +106,16 @@ class Imported:
 async def send_all(client: AtpClient, numbered: Iterable[tuple[int, pb.Fact]], total: int, batch: int,
                    tell: Callable[[pb.FactResult], None]) -> Imported:
     """Every fact, a call at a time, ``tell`` given each result; a refusal or an interruption
-    (Ctrl-C cancels the run) ends it with what was answered until then."""
+    (Ctrl-C cancels the run) ends it with what was answered until then. Each call waits for a
+    connection first: a service that cannot be reached leaves that call not sent, not in doubt."""
     done = Imported(total)
     for lines, facts in chunks(numbered, batch):
+        try:
+            await client.connect()
+        except (Retryable, asyncio.CancelledError) as exc:  # no connection: nothing of this call was sent (R7)
+            done.stopped_lines, done.unsent = (lines[0], lines[-1]), len(facts)
+            done.error = exc if isinstance(exc, Retryable) else None
+            return done
         try:
             results = await record_patiently(client, facts)
         except grpc.aio.AioRpcError as exc:  # refused for good: in doubt only if it may have been made (R7)

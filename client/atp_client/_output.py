@@ -69,6 +69,22 @@ def refusal(error: grpc.aio.AioRpcError) -> tuple[int, str]:
     return _EXITS.get(error.code(), EXIT_FAILED), f"atpctl: {refused}{fields}"
 
 
+CHANGES = frozenset({"reserve", "confirm", "release", "fulfil", "fulfill", "safety-stock", "reload-estate"})
+"""atpctl's commands that change the service: a refusal of one that left it in doubt says so."""
+IN_DOUBT_LINE = ("atpctl: the change was sent and may have been made (R7): run the same command again, with the "
+                 "same ids, to learn what was decided")
+
+
+def in_doubt_after(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a refused change may still have been made (R7, R8): the service said so
+    (``OUTCOME_UNKNOWN``), its deadline passed, or the call was lost without an answer of the
+    service — unlike a refusal the service decided, or no connection at all (nothing sent)."""
+    refused = typed(error)
+    if refused.reason:  # the service's own answer (or the client's NOT_CONNECTED): it says
+        return refused.reason == "OUTCOME_UNKNOWN"
+    return error.code() in (S.DEADLINE_EXCEEDED, S.UNAVAILABLE, S.CANCELLED, S.INTERNAL, S.UNKNOWN)
+
+
 def plain(message: Message) -> dict[str, Any]:
     """A message as JSON-ready data in proto field names, 64-bit integers as numbers (proto JSON
     writes them as strings, which no reader of a number expects)."""

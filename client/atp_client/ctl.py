@@ -21,6 +21,7 @@ from atp_client._access import PERMISSIONS, new_token, token_hash
 from atp_client._client import AtpClient, RetryPolicy, tls_credentials
 from atp_client._import import EVENTS_BATCH, Imported, send_all
 from atp_client._output import (
+    CHANGES,
     EXIT_BROKEN_PIPE,
     EXIT_HELP,
     EXIT_INTERRUPTED,
@@ -29,8 +30,10 @@ from atp_client._output import (
     EXIT_RESNAPSHOT,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    IN_DOUBT_LINE,
     BadInput,
     emit,
+    in_doubt_after,
     plain,
     refusal,
 )
@@ -170,9 +173,8 @@ def _numbered_facts(path: Path) -> Iterator[tuple[int, pb.Fact]]:
 
 
 def _check_facts(path: Path) -> int:
-    """Read every line before sending any: a file refused for a line that cannot be read (exit
-    via ``_facts``) has nothing of it applied, rather than the chunks before that line. The facts
-    it holds."""
+    """Read every line before sending any: a file refused for a line that cannot be read (exit via
+    ``_facts``) has nothing of it applied, rather than the chunks before that line. Its facts."""
     return sum(1 for _ in _facts(path))
 
 
@@ -190,6 +192,8 @@ def _dump(args: argparse.Namespace, msg: Message | Sequence[Message] | dict[str,
 async def _run(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         cmd = args.command
+        if cmd not in ("events", "stock"):  # refused: nothing sent, said so (R7); bulk commands connect per call
+            await client.connect()
         if cmd == "availability":
             _dump(args, await client.availability(args.keys))
         elif cmd == "reserve":
@@ -302,9 +306,10 @@ def _stopped(path: Path, done: Imported) -> int:
     assert done.stopped_lines is not None
     first, last = done.stopped_lines
     status, line = refusal(done.error) if done.error else (EXIT_INTERRUPTED, "atpctl: interrupted")
-    fate = "sent without an answer (applied or not)" if done.in_doubt else "not applied"
+    fate = ("sent without an answer (applied or not)" if done.in_doubt
+            else "not applied (not sent)" if done.unsent else "not applied")
     print(f"{line}\natpctl: {path}:{first}-{last}: {fate}; {done.answered} facts before them answered, "
-          f"{done.summary()['not_sent']} after them not sent. Import the file again: the service applies "
+          f"{done.summary()['not_sent'] - done.unsent} after them not sent. Import the file again: the service applies "
           "each (source, event_id) once (E8)", file=sys.stderr)
     return status
 
@@ -386,6 +391,8 @@ def _main(args: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as exc:
         code, line = refusal(exc)
         print(line, file=sys.stderr)
+        if args.command in CHANGES and in_doubt_after(exc):
+            print(IN_DOUBT_LINE, file=sys.stderr)
         return code
 
 

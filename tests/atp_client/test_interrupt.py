@@ -3,7 +3,8 @@ doubt, what was never sent) and exit status 130, as a shell tool interrupted end
 KeyboardInterrupt traceback that leaves the operator guessing how far a 2-million-line file got.
 
 The peer is a TCP listener that takes the connection and never answers (a hung service or Redis):
-once it has the connection the tool is waiting on its first call, and SIGINT lands there."""
+once it has the connection the tool is waiting on it (gRPC's handshake, Redis's answer), and
+SIGINT lands there."""
 
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def test_an_interrupted_import_says_what_is_in_doubt_and_what_was_not_sent(
     done = interrupted(silent_peer, ["--target", f"127.0.0.1:{port}", "--timeout", "120", "events", "import",
                                      str(facts), "--batch", "10"])
     assert done.returncode == EXIT_INTERRUPTED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
-    assert json.loads(done.stdout) == {"refused": 0, "in_doubt": 10, "not_sent": 15}
-    assert f"{facts}:1-10: sent without an answer" in done.stderr and "again" in done.stderr, done.stderr
+    # The peer never completes gRPC's handshake: the first call was never sent, so it is not in doubt.
+    assert json.loads(done.stdout) == {"refused": 0, "in_doubt": 0, "not_sent": 25}
+    assert f"{facts}:1-10: not applied (not sent)" in done.stderr and "again" in done.stderr, done.stderr
 
 
 def test_an_interrupted_stock_load_says_what_was_not_answered(silent_peer: socket.socket, tmp_path: Path) -> None:
@@ -85,3 +87,30 @@ def test_an_interrupted_publish_says_what_is_in_doubt(silent_peer: socket.socket
     summary = json.loads(done.stdout)
     assert summary["published"] == 0 and summary["in_doubt"] == 5, summary
     assert f"{facts}:1: " in done.stderr and "interrupted" in done.stderr and "again" in done.stderr, done.stderr
+
+
+def closed_port() -> int:
+    """A port nothing listens on: its connection is refused."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return int(server.getsockname()[1])
+
+
+def test_an_import_to_a_refused_connection_says_nothing_was_sent(tmp_path: Path) -> None:
+    """A service that is down refuses the connection: nothing of the file can have landed (R7), so
+    the operator must not be told the first call is in doubt ("applied or not")."""
+    facts = tmp_path / "facts.jsonl"
+    now = int(time.time() * 1000)
+    facts.write_text("".join(receipt(n, now) + "\n" for n in range(25)))
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--json", "--target", f"127.0.0.1:{closed_port()}",
+                           "events", "import", str(facts), "--batch", "10"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 6, (done.returncode, done.stderr)  # unavailable: retry later
+    assert json.loads(done.stdout) == {"refused": 0, "in_doubt": 0, "not_sent": 25}
+    assert f"{facts}:1-10: not applied (not sent)" in done.stderr and "nothing was sent" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", [["reserve", "r1", "A@L:1"], ["confirm", "r1"]])
+def test_a_change_to_a_refused_connection_says_nothing_was_sent(command: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--target", f"127.0.0.1:{closed_port()}",
+                           *command], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 6 and "nothing was sent" in done.stderr, (done.returncode, done.stderr)
+    assert "may have been made" not in done.stderr, done.stderr

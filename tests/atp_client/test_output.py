@@ -6,9 +6,11 @@ import io
 import json
 
 import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from atp_client import timestamp
-from atp_client._output import EXIT_CONFLICT, EXIT_INVALID, EXIT_UNAVAILABLE, emit, plain, refusal
+from atp_client._output import EXIT_CONFLICT, EXIT_INVALID, EXIT_UNAVAILABLE, emit, in_doubt_after, plain, refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import trailers_of
 from reservation import FailedPrecondition, InvalidArgument, ResourceExhausted
@@ -52,3 +54,25 @@ def test_each_class_of_refusal_has_its_exit_status_and_names_its_reason() -> Non
     assert refusal(_Refused(grpc.StatusCode.FAILED_PRECONDITION, expired))[0] == EXIT_CONFLICT
     assert refusal(_Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhausted("shard 1: full")))[0] \
         == EXIT_UNAVAILABLE
+
+
+def _error(code: grpc.StatusCode, details: str, reason: str = "") -> grpc.aio.AioRpcError:
+    trailers = grpc.aio.Metadata()
+    if reason:
+        status = status_pb2.Status(code=code.value[0], message=details)
+        status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain="atp.v1"))
+        trailers = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details, "")
+
+
+@pytest.mark.parametrize(("error", "doubt"), [
+    (_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), True),  # sent, then no answer in time
+    (_error(grpc.StatusCode.UNAVAILABLE, "Socket closed"), True),  # the connection lost mid-call
+    (_error(grpc.StatusCode.UNAVAILABLE, "not durable", "OUTCOME_UNKNOWN"), True),
+    (_error(grpc.StatusCode.UNAVAILABLE, "recovering", "RECOVERING"), False),  # the service refused it
+    (_error(grpc.StatusCode.UNAVAILABLE, "cannot reach", "NOT_CONNECTED"), False),  # never sent
+    (_error(grpc.StatusCode.INVALID_ARGUMENT, "bad", "INVALID_FIELD"), False),
+])
+def test_a_refused_change_is_in_doubt_only_where_it_may_have_been_made(error: grpc.aio.AioRpcError,
+                                                                       doubt: bool) -> None:
+    assert in_doubt_after(error) is doubt
