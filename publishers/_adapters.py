@@ -6,7 +6,7 @@
   ``webhook-signature`` (``v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>``), the key given
   as ``whsec_<base64>`` (several, space-separated, while a key is rotated: one signature each). A
   receiver verifies with any Standard Webhooks library.
-- ``jsonl``: one JSON object per update appended to a file (fsync per batch).
+- ``jsonl``: one JSON object per update appended to a file (fsync per batch), in a thread, bounded in time.
 - ``shopify``: ``publishers._shopify``.
 """
 
@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import concurrent.futures
 import hashlib
 import json
+import math
 import os
+import threading
 import time
 from base64 import b64decode
 from collections.abc import Callable
@@ -96,13 +99,34 @@ class WebhookAdapter:
 
 
 class JsonlAdapter:
+    """Appends in a thread of its own, one write at a time, each bounded by ``timeout_s``: a stuck
+    disk (a hung NFS mount, a FIFO nobody reads) must not freeze the event loop, or the lease is not
+    renewed, a standby takes over and writes newer levels, and this write lands after them (C3, C4),
+    and a stop is never answered. A write still stuck fails the next tries at once (retryable) until
+    it ends: a later batch is never written before an earlier one."""
+
     name = "jsonl"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, timeout_s: float = 10.0) -> None:
+        if not 0 < timeout_s < math.inf:
+            raise ValueError(f"jsonl timeout_s (--request-timeout): must be positive and finite, got {timeout_s}")
+        self.path, self.timeout_s = path, timeout_s
+        self._writing: concurrent.futures.Future[None] | None = None
 
     async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+        if self._writing is not None and not self._writing.done():
+            raise DeliveryError(f"jsonl: the previous write to {self.path} has not ended (a stuck disk?)")
         data = "".join(json.dumps(update_json(u), separators=(",", ":")) + "\n" for u in updates).encode()
+        self._writing = writing = _in_daemon_thread(lambda: self._append(data))
+        waited = asyncio.wrap_future(writing)
+        # A write that outlives its try may still fail: retrieved here, not logged as never retrieved.
+        waited.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(waited), self.timeout_s)
+        except TimeoutError:
+            raise DeliveryError(f"jsonl: the write to {self.path} did not end within {self.timeout_s:g} s") from None
+
+    def _append(self, data: bytes) -> None:
         try:
             with self.path.open("ab") as f:
                 f.write(data)
@@ -113,3 +137,20 @@ class JsonlAdapter:
 
     async def close(self) -> None:
         return None
+
+
+def _in_daemon_thread(work: Callable[[], None]) -> concurrent.futures.Future[None]:
+    """``work`` run in a daemon thread: one stuck in a system call never keeps the process from exiting
+    (an executor's threads are joined at exit)."""
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the awaiting delivery
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=run, name="jsonl-append", daemon=True).start()
+    return future

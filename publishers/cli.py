@@ -75,7 +75,7 @@ def _delivery_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-waits", type=int, default=5,
                    help="such waits per request before it counts as a failed attempt (default 5)")
     p.add_argument("--request-timeout", type=float, default=HttpSettings.timeout_s,
-                   help="bound of one request, answer included (default 10 s)")
+                   help="bound of one request, answer included; jsonl: of one write (default 10 s)")
     p.add_argument("--lease", type=float, default=PublisherConfig.lease_s,
                    help="the group's delivery lease: one publisher of a channel and group delivers, the others wait "
                         "and take over at most this long after it died (default 30 s; at least 3 x --request-timeout)")
@@ -115,7 +115,7 @@ def make_adapter(args: argparse.Namespace) -> Adapter:
     if args.adapter == "jsonl":
         if args.file is None:
             raise ValueError("--file: required by the jsonl adapter")
-        return JsonlAdapter(args.file)
+        return JsonlAdapter(args.file, args.request_timeout)
     if not args.url:
         raise ValueError(f"--url: required by the {args.adapter} adapter")
     parts = urlsplit(args.url)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,8 +21,10 @@ import redis.asyncio as aioredis
 from publishers import DeliveryError, JsonlAdapter, Publisher, PublisherMetrics, WebhookAdapter
 from publishers._http import HttpSettings
 from tests.atp_service.redis_proxy import until
+from tests.conftest import spawned
 from tests.publishers.http_helpers import serve
 from tests.publishers.test_publisher import SECRET, client, config, pending, publish, update
+from tests.publishers.test_publisher_lease import until as until_true
 
 __all__ = ["client"]  # the fixture, shared with test_publisher
 STREAM = "atp:{avail}:web"
@@ -202,3 +208,44 @@ async def test_a_cancellation_arriving_as_the_delivery_fails_is_not_swallowed(cl
         if not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=5)
+
+
+async def test_a_stuck_file_destination_neither_freezes_the_publisher_nor_keeps_it_from_stopping(
+        client: aioredis.Redis, redis_url: str, tmp_path: Path) -> None:
+    """The jsonl file is a FIFO nobody reads: opening it to append never returns (a stuck disk, a
+    hung NFS mount). The write ran on the event loop: the lease was not renewed (a standby would take
+    over and write newer levels, this write landing after them) and SIGTERM was never answered. Now
+    the write fails its try after --request-timeout, the lease is kept, and a stop ends the process."""
+    fifo, log = tmp_path / "feed.jsonl", tmp_path / "publisher.log"
+    os.mkfifo(fifo)
+    process = _start_jsonl_publisher(fifo, redis_url, log)
+    try:
+        await until_true(lambda: client.exists(LEASE_KEY), "the publisher takes the lease")
+        await publish(client, [update("a", 0, 1)])
+        await until_true(lambda: "has not ended (a stuck disk?)" in log.read_text(), "the stuck write fails its tries")
+        renewed = await client.pttl(LEASE_KEY)
+        await until_true(lambda: _renewed_since(client, renewed), "the lease renewed while the write is stuck")
+        process.send_signal(signal.SIGTERM)
+        await until_true(lambda: process.poll() is not None, "the publisher stops when asked")
+        assert process.returncode == 0, log.read_text()[-2000:]
+        assert not await client.exists(LEASE_KEY), "the lease released for a standby to take at once"
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+LEASE_KEY = "atp:{avail}:web:lease:jsonl"
+
+
+def _start_jsonl_publisher(path: Path, redis_url: str, log: Path) -> subprocess.Popen[bytes]:
+    """``atp-publisher`` of channel web, group jsonl, appending to ``path``, with a 1 s lease."""
+    flags = ["--channel", "web", "--adapter", "jsonl", "--file", str(path), "--redis-url", redis_url,
+             "--group", "jsonl", "--lease", "1", "--request-timeout", "0.3", "--rate", "10000",
+             "--backoff-base", "0.01", "--backoff-max", "0.05", "--metrics-port", "-1", "--log-format", "json"]
+    with log.open("wb") as out:
+        return spawned(subprocess.Popen([sys.executable, "-m", "publishers.cli", *flags], stdout=out, stderr=out))
+
+
+async def _renewed_since(client: aioredis.Redis, ttl_ms: int) -> bool:
+    """The lease's time to live went up since it was ``ttl_ms``: renewed (it only falls otherwise)."""
+    return int(await client.pttl(LEASE_KEY)) > ttl_ms
