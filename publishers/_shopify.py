@@ -257,7 +257,10 @@ class ShopifyAdapter:
                 raise DeliveryError("shopify: the answer is not a GraphQL response") from None
             errors = payload.get("errors")
             if not errors:
-                return payload.get("data") or {}
+                data = payload.get("data") or {}
+                if not isinstance(data, dict):  # a gateway's page: a failed try, not a crash of the loop
+                    raise DeliveryError("shopify: the answer is not a GraphQL response (its data is no object)")
+                return data
             codes = {(e.get("extensions") or {}).get("code") for e in errors if isinstance(e, dict)}
             if codes != {"THROTTLED"}:
                 raise DeliveryError(f"shopify: GraphQL errors {errors}", retryable=bool(codes & RETRYABLE_ERRORS))

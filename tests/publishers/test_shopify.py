@@ -282,3 +282,19 @@ async def test_refusals_after_the_drop_fail_the_batch_and_errors_about_the_reque
         await a.deliver("web", [update("a", 7, 3, previous=10), update("b", 5, 4, previous=3)])
     await a.close()
     assert not whole.value.retryable and "INVALID_REASON" in whole.value.reason and len(store.sets()) == 3
+
+
+@pytest.mark.parametrize("data", [[1], "ok", 7])
+async def test_an_answer_whose_data_is_not_an_object_fails_the_try(data: Any) -> None:
+    """A 200 whose ``data`` is no object (a proxy's page, a broken gateway): reading a baseline's
+    quantity raised AttributeError out of the adapter, which no retry loop catches (the publisher
+    stopped). It is a failed try now, retryable."""
+    body = json.dumps({"data": data}).encode()
+    with serve(lambda *_: (200, {"Content-Type": "application/json"}, body)) as url:
+        shopify = adapter(url, Clock())
+        try:
+            with pytest.raises(DeliveryError, match="not a GraphQL response") as told:
+                await shopify.deliver("web", [update("a", 3, 1, None)])
+            assert told.value.retryable
+        finally:
+            await shopify.close()
