@@ -45,19 +45,19 @@ def reserve(view: View, cmd: ReserveCommand, now: int,
     if existing is not None:
         same_content(existing, cmd)
         return existing, True  # R5: replay the original decision, refusals included
-    plans = _plan(view, cmd, groups)
-    fits = [bool(picks) for picks, _, _ in plans]
-    grant = fits if cmd.allow_partial else [all(fits)] * len(fits)
+    plans, every_fits = _plan(view, cmd, groups)
+    grant_fitting = every_fits or cmd.allow_partial  # R2: every line or none, unless each alone
+    held = False
     records = []
-    for line, (picks, total, group), fit, g in zip(cmd.lines, plans, fits, grant, strict=True):
-        if g:
+    for line, picks, total, group in plans:
+        if picks and grant_fitting:
+            held = True
             for loc, qty, a in picks:
                 records.append(LineRecord(line.sku, loc, qty, qty, Outcome.GRANTED, a, held=qty, group=group))
                 view.move_hold(line.sku, loc, qty, 0)
         else:
-            outcome = Outcome.INSUFFICIENT if not fit else Outcome.NOT_ATTEMPTED
+            outcome = Outcome.INSUFFICIENT if not picks else Outcome.NOT_ATTEMPTED
             records.append(LineRecord(line.sku, line.location, line.quantity, 0, outcome, total, group=group))
-    held = any(grant)
     rec = Reservation(
         reservation_id=cmd.reservation_id,
         order_ref=cmd.order_ref,
@@ -75,19 +75,26 @@ def reserve(view: View, cmd: ReserveCommand, now: int,
     return rec, False
 
 
-_Plan = tuple[list[tuple[str, int, int]], int, str]  # ([(location, units, available)], available, group)
+_Plan = tuple[LineRequest, list[tuple[str, int, int]], int, str]
+"""(line, [(location, units, available)], its available units, its group or "")."""
 
 
-def _plan(view: View, cmd: ReserveCommand, groups: GroupPolicy | None) -> list[_Plan]:
-    """Where each line's units would come from; an empty pick list: the line does not fit.
-    Units an earlier line of the same command would take are not offered again (R1)."""
+def _plan(view: View, cmd: ReserveCommand, groups: GroupPolicy | None) -> tuple[list[_Plan], bool]:
+    """Where each line's units would come from (an empty pick list: the line does not fit), and
+    whether every line fits. Units an earlier line of the same command would take are not offered
+    again (R1)."""
     if groups is None or not any(line.location in groups.groups for line in cmd.lines):
         # The common case: plain lines, already summed per position (R1), so none takes another's units.
         plans: list[_Plan] = []
+        every_fits = True
         for line in cmd.lines:
             a = view.quantities(line.sku, line.location).available
-            plans.append(([(line.location, line.quantity, a)] if line.quantity <= a else [], a, ""))
-        return plans
+            if line.quantity <= a:
+                plans.append((line, [(line.location, line.quantity, a)], a, ""))
+            else:
+                every_fits = False
+                plans.append((line, [], a, ""))
+        return plans, every_fits
     taken: dict[tuple[str, str], int] = {}
     planned: dict[int, _Plan] = {}
     # Plain lines first (R2): they can come from one location only, while a group line may pick
@@ -104,13 +111,14 @@ def _plan(view: View, cmd: ReserveCommand, groups: GroupPolicy | None) -> list[_
         if members is None:
             a = available(line.location)
             picks = [(line.location, line.quantity, a)] if line.quantity <= a else []
-            planned[index] = (picks, a, "")
+            planned[index] = (line, picks, a, "")
         else:
             picks, total = allocate(members, line.quantity, available, groups.strategy)
-            planned[index] = (picks, total, line.location)
+            planned[index] = (line, picks, total, line.location)
         for loc, qty, _ in picks:
             taken[(sku, loc)] = taken.get((sku, loc), 0) + qty
-    return [planned[index] for index in range(len(cmd.lines))]
+    in_order = [planned[index] for index in range(len(cmd.lines))]
+    return in_order, all(picks for _, picks, _, _ in in_order)
 
 
 def confirm(view: View, reservation_id: str, now: int) -> Reservation:
