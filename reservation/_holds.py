@@ -29,6 +29,16 @@ class HoldsIndex:
         self._at: dict[str, _Holders] = {}
 
     def update(self, before: Reservation | None, after: Reservation | None) -> None:
+        if before is None and after is not None:  # a new record (every Reserve): nothing to take away
+            rid = after.reservation_id
+            for ln in after.lines:
+                if ln.held or ln.committed:  # outstanding (neither is ever negative)
+                    key = pair_key(ln.sku, ln.location)
+                    holders = self._at.get(key)
+                    if holders is None:
+                        holders = self._at[key] = _Holders({})
+                    holders.ids[rid] = None
+            return
         was = {pair_key(ln.sku, ln.location) for ln in before.lines if ln.outstanding} if before else set()
         now = {pair_key(ln.sku, ln.location) for ln in after.lines if ln.outstanding} if after else set()
         rid = (after or before).reservation_id  # type: ignore[union-attr]

@@ -247,7 +247,6 @@ class Ledger:
         return outcome
 
     def _apply(self, event: Event) -> tuple[Undo | None, FactOutcome]:
-        store = self.store
         if isinstance(event, HoldMoved):
             return self._apply_hold(event), FactOutcome.APPLIED
         if isinstance(event, ReservationSaved):
@@ -261,7 +260,7 @@ class Ledger:
         if isinstance(event, CountsLoaded):
             return apply_counts(self, event), FactOutcome.APPLIED
         if isinstance(event, SafetyStockSet):
-            return apply_safety_stock(store, event), FactOutcome.APPLIED
+            return apply_safety_stock(self.store, event), FactOutcome.APPLIED
         return None, FactOutcome.QUARANTINED  # FactQuarantined changes no state
 
     def _apply_hold(self, event: HoldMoved) -> Undo:
