@@ -11,7 +11,10 @@ computes; ``take`` says what to publish now. Order of precedence in ``take``:
 3. ordinary changes whose throttle interval has passed, within the token bucket: low-stock
    changes first, then by recent sales velocity of the SKU (highest first).
 
-A key has at most one pending value (the newest wins) and at most one value in flight.
+A key has at most one pending value (the newest wins) and at most one value in flight. The two
+queues of ordinary changes (throttle interval, rate limit) are heaps whose superseded entries are
+skipped when they reach the head; they are also swept out whenever they outnumber the live ones
+(``HEAP_SLACK``), so a heap holds at most about twice the pending values.
 Versions come from one counter per channel with no gaps, so they only increase per key (C3) and
 a reader can tell a missed update from a version it did not see.
 """
@@ -22,11 +25,19 @@ import enum
 import heapq
 from dataclasses import dataclass
 from itertools import islice
+from typing import TypeVar
 
 import msgspec
 
 Key = tuple[str, str]
 """(sku, location); the location is "" for a network offer (one number per SKU)."""
+HEAP_SLACK = 1024
+"""Superseded entries a queue may hold beyond its live ones before it is swept. Behind a key that
+waits at the head (the rate limit), a value offered and then withdrawn (E11: back to what was
+published) or turned into a stock-out left its entry until it reached the head: one per change,
+for as long as the channel was behind - all day on a busy, rate-limited channel."""
+_E = TypeVar("_E", tuple[int, int, Key], tuple[int, float, int, int, Key])
+"""An entry of the due heap (due_at, gen, key) or of the ready heap (class, -velocity, due_at, gen, key)."""
 
 
 class StockStatus(enum.Enum):
@@ -214,7 +225,7 @@ class Feed:
         else:
             due = max(now_ms, self._next_allowed.get(key, 0))
             self.throttled += due > now_ms
-            heapq.heappush(self._due, (due, pend.gen, key))
+            self._due = self._push(self._due, (due, pend.gen, key), 1)
 
     def withdraw(self, key: Key, now_ms: int) -> None:
         """``key`` is no longer the channel's (a location it stopped selling from): shown 0 once it
@@ -285,7 +296,18 @@ class Feed:
             last = self.last_sent(key)
             low = policy.status(pend.quantity) is StockStatus.LOW_STOCK or (
                 last is not None and policy.status(last) is StockStatus.LOW_STOCK)
-            heapq.heappush(ready, (0 if low else 1, -pend.velocity, due_at, gen, key))
+            ready = self._ready = self._push(ready, (0 if low else 1, -pend.velocity, due_at, gen, key), 3)
+
+    def _push(self, heap: list[_E], entry: _E, gen_at: int) -> list[_E]:
+        """``entry`` pushed onto ``heap`` (whose entries hold their gen at ``gen_at``); the heap swept
+        of superseded entries first when they outnumber the live ones past ``HEAP_SLACK``. Returns
+        the heap (a new list when swept)."""
+        if len(heap) > 2 * len(self._pending) + HEAP_SLACK:
+            pending = self._pending
+            heap = [e for e in heap if (p := pending.get(e[-1])) is not None and p.gen == e[gen_at]]
+            heapq.heapify(heap)
+        heapq.heappush(heap, entry)
+        return heap
 
     def _emit(self, key: Key, now_ms: int) -> ChannelUpdate:
         pend = self._pending[key]
