@@ -4,6 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist): most of the suite's time is spent waiting on processes and Redis, so
+# two workers finish well before one even on two cores. Each test module runs whole on one worker
+# (its module-scoped fixtures start once). TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint lock proto api-docs settings-docs certs cluster sim bootstrap redis deploy-tools bench bench-peak bench-compare soak clean help
 
@@ -131,7 +135,7 @@ lint: $(STAMP) $(PROTO_DEPS)
 	$(BIN)/python .ci/lock_check.py
 
 test: bootstrap lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: bootstrap
 	$(BIN)/python benchmarks/throughput.py
