@@ -130,10 +130,20 @@ if last < tonumber(ARGV[3]) then
 end
 """
 
+# The snapshot's writes, and they alone, run on a Redis at its maxmemory (``noeviction``): its trim
+# is what gives a log-filled Redis room again. Refused ``OOM`` at its first write (the snapshot's SET,
+# APPEND), as a script without flags is, it never trimmed, and every write stayed refused until an
+# operator gave Redis room. Bounded: it grows Redis by one snapshot of a shard (staging and the old
+# one) before the trim frees that shard's log since the last snapshot; and it is due only after
+# entries landed (``Checkpoints.due``), which the appends — never allowed past maxmemory, else Redis
+# grows without bound — cannot while Redis is full. Redis 7.0 or newer (script flags); with a flag
+# the script may touch only the keys it names, which every one here does (one hash tag).
+ALLOW_OOM = "#!lua flags=allow-oom\n"
+
 # KEYS: owner, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
 # The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each
 # entry against the newest one, so the stream must never be left empty.
-SNAPSHOT_SCRIPT = FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + """
+SNAPSHOT_SCRIPT = ALLOW_OOM + FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + """
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0')
 return 'OK'

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script
-from atp_service.storage.scripts import FENCE_LUA, LOG_REACHES_LUA, SNAPSHOT_SCRIPT, STALE_LUA
+from atp_service.storage.scripts import ALLOW_OOM, FENCE_LUA, LOG_REACHES_LUA, SNAPSHOT_SCRIPT, STALE_LUA
 
 STAGING_TTL_MS = 600_000
 """A staging key left by a write that never finished (a crash, a lost owner) goes after this."""
@@ -30,9 +30,10 @@ if redis.call('STRLEN', KEYS[2]) ~= offset then
 end
 """
 
+# Parts go on a full Redis too (``ALLOW_OOM``): the last one's trim is what makes room.
 # KEYS: owner, staging, fence; ARGV: epoch, part, staging TTL (ms), token, offset. The
 # first part (offset 0) replaces whatever an earlier try left; the others extend exactly its end.
-PART_SCRIPT = Script(FENCE_LUA + STALE_LUA + """
+PART_SCRIPT = Script(ALLOW_OOM + FENCE_LUA + STALE_LUA + """
 if tonumber(ARGV[5]) == 0 then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
   return 'OK'
@@ -47,7 +48,7 @@ return 'OK'
 # offset. Refused past the log's end as SNAPSHOT_SCRIPT is. RENAME keeps the staging key's TTL: the
 # snapshot is made persistent again. The log keeps the snapshot's own entry, as SNAPSHOT_SCRIPT's
 # trim does.
-LAST_PART_SCRIPT = Script(FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + _OFFSET_CHECK + """
+LAST_PART_SCRIPT = Script(ALLOW_OOM + FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + _OFFSET_CHECK + """
 redis.call('APPEND', KEYS[2], ARGV[2])
 redis.call('RENAME', KEYS[2], KEYS[4])
 redis.call('PERSIST', KEYS[4])

@@ -11,6 +11,7 @@ import grpc
 import pytest
 import redis
 
+from atp_client import AtpClient
 from atp_service import EmbeddedRedis
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.refusals import refused
@@ -119,3 +120,52 @@ async def test_a_redis_whose_policy_cannot_be_read_is_named_at_start(
             await start(shards=1)
     assert any("maxmemory-policy" in r.getMessage() and "cannot be read" in r.getMessage()
                and r.levelname == "WARNING" for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+async def test_a_redis_filled_by_the_log_heals_by_the_snapshot_trimming_it_and_loses_nothing_R7(
+        full_able: tuple[ServiceFactory, redis.Redis]) -> None:
+    """The log filled Redis (``maxmemory``, ``noeviction``): the snapshot that trims it wrote the
+    snapshot first, a write a full Redis refuses, so the log was never trimmed and every write was
+    refused "out of memory" until an operator gave Redis room. The snapshot and its trim go through
+    a full Redis: the service heals by itself, and a restart reads back every acknowledged
+    Reserve."""
+    start, admin = full_able
+    service, client = await start(shards=1, snapshot_every_entries=10_000_000, snapshot_interval_s=5.0)
+    await client.record_events([receipt("stock", "A", "DC", 1_000_000)])
+    held = await _log_filled(client, admin, 1 << 20)
+    memory = admin.info("memory")
+    log_bytes = int(admin.memory_usage("atp:{g0}:log") or 0)
+    # Over the limit by a third of the log, whatever the clients' buffers hold: only a trim makes room.
+    admin.config_set("maxmemory", int(memory["used_memory"]) - int(memory["mem_clients_normal"]) - log_bytes // 3)
+    refusal = await refused(client.reserve("refused", [("A", "DC", 1)], ttl_seconds=3600))
+    assert "Redis is out of memory" in refusal.message, refusal.message
+    healed_by = asyncio.get_running_loop().time() + 60
+    while True:  # a snapshot falls due within snapshot_interval_s; its trim makes room
+        try:
+            await client.reserve("after", [("A", "DC", 1)], ttl_seconds=3600)
+            break
+        except grpc.aio.AioRpcError as exc:
+            assert "Redis is out of memory" in (exc.details() or ""), exc.details()
+            assert asyncio.get_running_loop().time() < healed_by, "never healed: the log is never trimmed"
+            await asyncio.sleep(0.2)
+    held.append("after")
+    assert admin.xlen("atp:{g0}:log") <= 2  # trimmed behind the snapshot
+    (before,) = await client.availability([("A", "DC")])
+    records = [await client.get_reservation(r) for r in held]
+    await client.close()
+    await service.stop(grace_s=0.1)
+    _, again = await start(shards=1)
+    (after,) = await again.availability([("A", "DC")])
+    assert (after.on_hand, after.reserved) == (before.on_hand, before.reserved) == (1_000_000, 1)
+    assert [await again.get_reservation(r) for r in held] == records
+
+
+async def _log_filled(client: AtpClient, admin: redis.Redis, log_bytes: int) -> list[str]:
+    """Reserve and release until shard 0's log holds ``log_bytes``; the reservations' ids."""
+    held: list[str] = []
+    while int(admin.memory_usage("atp:{g0}:log") or 0) < log_bytes:
+        ids = [f"r{len(held) + i}" for i in range(100)]
+        await asyncio.gather(*(client.reserve(r, [("A", "DC", 1)], ttl_seconds=3600) for r in ids))
+        await asyncio.gather(*(client.release(r) for r in ids))
+        held += ids
+    return held
