@@ -92,12 +92,23 @@ end
 return out
 """
 
+# The snapshot's writes and the fence, and they alone, run on a Redis at its maxmemory (``noeviction``).
+# Refused ``OOM`` at their first write, as a script without flags is: the snapshot never trimmed, so a
+# log-filled Redis stayed full, and a write in doubt was never settled (the fence is its first step),
+# so its shard stayed in doubt — every write refused until an operator gave Redis room. Bounded: the
+# fence overwrites one small number a shard; a snapshot grows Redis by one snapshot of a shard (staging
+# and the old one) before its trim frees that shard's log since the last one, and is due only after
+# entries landed (``Checkpoints.due``), which the appends — never allowed past maxmemory, else Redis
+# grows without bound — cannot while Redis is full. Redis 7.0 or newer (script flags); with a flag the
+# script may touch only the keys it names, which every one here does (one hash tag).
+ALLOW_OOM = "#!lua flags=allow-oom\n"
+
 # KEYS: owner, fence; ARGV: epoch, the token this instance's writes carry. A replaced instance raises
 # no fence of the newer one's shards. The fence goes above the token too, not only above the stored
 # value: Redis restarted from older data (an older AOF or RDB, a lagging replica promoted) holds a fence
 # below the token the instance still carries, and a mere INCR would leave a write sent with that token
 # free to land after the settle read the log (R7). The channel desk's fence is this script too.
-FENCE_SCRIPT = FENCE_LUA + """
+FENCE_SCRIPT = ALLOW_OOM + FENCE_LUA + """
 local raised = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[2])) + 1
 redis.call('SET', KEYS[2], raised)
 return raised
@@ -129,16 +140,6 @@ if last < tonumber(ARGV[3]) then
   return redis.error_reply('GAP snapshot of entry ' .. ARGV[3] .. ' but the log ends at ' .. last)
 end
 """
-
-# The snapshot's writes, and they alone, run on a Redis at its maxmemory (``noeviction``): its trim
-# is what gives a log-filled Redis room again. Refused ``OOM`` at its first write (the snapshot's SET,
-# APPEND), as a script without flags is, it never trimmed, and every write stayed refused until an
-# operator gave Redis room. Bounded: it grows Redis by one snapshot of a shard (staging and the old
-# one) before the trim frees that shard's log since the last snapshot; and it is due only after
-# entries landed (``Checkpoints.due``), which the appends — never allowed past maxmemory, else Redis
-# grows without bound — cannot while Redis is full. Redis 7.0 or newer (script flags); with a flag
-# the script may touch only the keys it names, which every one here does (one hash tag).
-ALLOW_OOM = "#!lua flags=allow-oom\n"
 
 # KEYS: owner, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
 # The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each

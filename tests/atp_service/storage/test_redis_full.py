@@ -10,9 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from redis.exceptions import OutOfMemoryError
 
 from atp_client import AtpClient
 from atp_service import EmbeddedRedis
+from atp_service.storage.log import LogStore, connect
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.refusals import refused
 from tests.conftest import ServiceFactory, services_on
@@ -169,3 +171,26 @@ async def _log_filled(client: AtpClient, admin: redis.Redis, log_bytes: int) -> 
         await asyncio.gather(*(client.release(r) for r in ids))
         held += ids
     return held
+
+
+async def test_a_settle_raises_the_fence_on_a_full_redis_R7(tmp_path: Path) -> None:
+    """A write in doubt (its reply lost, a timeout) is settled by raising the shard's fence, then
+    reading the log (R7). On a full Redis that SET was refused ``OOM`` like any write, so a shard
+    whose write went in doubt while Redis was full stayed in doubt — every later write refused —
+    until an operator gave Redis room, even where the snapshot's trim would have made it. The fence
+    (one small number a shard) goes up on a full Redis; appends stay refused."""
+    with EmbeddedRedis(tmp_path / "redis", appendfsync="always") as server:
+        client = connect(server.url, 5.0)
+        store = LogStore(client, "t:", pipeline_max=64)
+        await store.claim(1)
+        await store.submit(0, 1, b"one")
+        await client.config_set("maxmemory", 1)  # full: every write that may grow it is refused OOM
+        try:
+            before = int(await client.get("t:{g0}:fence") or 0)
+            await store.fence(0)
+            assert int(await client.get("t:{g0}:fence")) > before
+            with pytest.raises(OutOfMemoryError):
+                await store.submit(0, 2, b"two")
+        finally:
+            await client.config_set("maxmemory", 0)
+        await client.aclose()
