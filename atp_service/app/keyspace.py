@@ -11,10 +11,13 @@ from redis.exceptions import ResponseError
 
 from atp_service.storage.keys import CHANNELS, LAYOUT, Keyspace
 from atp_service.storage.log import LogStore
-from atp_service.storage.redis_config import config_value, node_configs
+from atp_service.storage.redis_config import config_value, node_configs, node_versions
 from atp_service.storage.resp import as_text
 
 log = logging.getLogger(__name__)
+
+MIN_REDIS = (7, 0)
+"""The oldest Redis served: the snapshot and fence scripts carry Lua flags (``allow-oom``, Redis 7.0)."""
 
 
 class StartupError(RuntimeError):
@@ -31,6 +34,7 @@ async def check_keyspace(store: LogStore, shards: int, ownership: str = "keyspac
     processes of both ownership modes run on one keyspace: a ``keyspace`` start claims every group
     from under the leased processes, which take them back (each fencing the other in turn)."""
     client, key = store.client, store.keys.meta
+    await _check_version(client)
     if not await client.exists(key) and await _exists_any(client, store.keys.legacy_keys()):
         await client.hset(key, "layout", 1)  # written before the layout was recorded
     await client.hsetnx(key, "layout", LAYOUT)
@@ -78,6 +82,31 @@ async def _exists_any(client: Any, keys: list[str]) -> bool:
         if await client.exists(key):
             return True
     return False
+
+
+async def _check_version(client: Any) -> None:
+    """Refuse a Redis older than ``MIN_REDIS`` before anything is written to it: it refuses every
+    script with flags (the snapshots, the fences), so logs would never be trimmed nor a write in doubt
+    settled — found at the first snapshot, hours into serving, instead of at start."""
+    try:
+        versions = await node_versions(client)
+    except ResponseError as exc:  # INFO forbidden (rare, even on managed Redis): the scripts will say
+        log.warning("the Redis version cannot be read (%s): make sure it is 7.0 or newer", exc)
+        return
+    for where, version in versions:
+        refusal = version_refusal(where, version)
+        if refusal is not None:
+            raise StartupError(refusal)
+
+
+def version_refusal(where: str, version: str) -> str | None:
+    """Why ``version`` (``INFO server``'s ``redis_version``) cannot be served, or None."""
+    parts = re.match(r"(\d+)\.(\d+)", version)
+    if parts is not None and (int(parts[1]), int(parts[2])) >= MIN_REDIS:
+        return None
+    return (f"{where} runs Redis {version}: the service needs Redis {MIN_REDIS[0]}.{MIN_REDIS[1]} or newer (its "
+            "snapshot and fence scripts carry Lua flags, which let a full Redis trim its logs and settle a "
+            "write in doubt)")
 
 
 async def _check_persistence(client: Any, leased: bool = False) -> None:

@@ -4,12 +4,14 @@ by the service and by ``atp-publisher`` at start to refuse a Redis that may evic
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def node_configs(client: Any, *names: str) -> list[tuple[str, dict[Any, Any]]]:
@@ -18,24 +20,42 @@ async def node_configs(client: Any, *names: str) -> list[tuple[str, dict[Any, An
     default node), so a primary elsewhere set to evict — the keys of its slots lost under memory
     pressure — went unseen: each node is asked. A replica too (a failover promotes it), unless it
     does not answer: it is then named in a warning."""
+
+    async def ask(**target: Any) -> dict[Any, Any]:
+        return {k: v for name in names for k, v in (await client.config_get(name, **target)).items()}
+
+    return await _each_node(client, ask, "CONFIG GET", "make sure its maxmemory-policy is noeviction")
+
+
+async def node_versions(client: Any) -> list[tuple[str, str]]:
+    """Each node's ``redis_version`` (``INFO server``), with the words naming it, as ``node_configs``."""
+
+    async def ask(**target: Any) -> str:
+        return str((await client.info("server", **target))["redis_version"])
+
+    return await _each_node(client, ask, "INFO server", "make sure it runs Redis 7.0 or newer")
+
+
+async def _each_node(client: Any, ask: Callable[..., Awaitable[T]], command: str,
+                     unanswered: str) -> list[tuple[str, T]]:
+    """``ask``'s answer from one Redis, or from every node of a cluster (``target_nodes``); a replica
+    that does not answer is named in a warning saying ``unanswered`` (a failover promotes it)."""
     if not hasattr(client, "get_nodes"):  # one Redis
-        return [("Redis", {k: v for name in names for k, v in (await client.config_get(name)).items()})]
+        return [("Redis", await ask())]
     if not client.get_nodes():
         await client.initialize()  # a cluster client learns its nodes at its first command
-    configs: list[tuple[str, dict[Any, Any]]] = []
+    answers: list[tuple[str, T]] = []
     for node in client.get_nodes():
         where = f"Redis node {node.name} ({node.server_type})"
         try:
-            config = {k: v for name in names
-                      for k, v in (await client.config_get(name, target_nodes=node)).items()}
+            answer = await ask(target_nodes=node)
         except (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError) as exc:
             if node.server_type == "primary":
                 raise
-            log.warning("%s did not answer CONFIG GET (%s): make sure its maxmemory-policy is noeviction — "
-                        "a failover promotes it", where, exc)
+            log.warning("%s did not answer %s (%s): %s — a failover promotes it", where, command, exc, unanswered)
             continue
-        configs.append((where, config))
-    return configs
+        answers.append((where, answer))
+    return answers
 
 
 def config_value(config: dict[Any, Any], name: str) -> str | None:

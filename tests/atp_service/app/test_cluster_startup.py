@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from atp_service import AtpService, free_port
-from atp_service.app.keyspace import StartupError
+from atp_service.app.keyspace import StartupError, version_refusal
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.redis_config import node_versions
 from tests.atp_service.redis_proxy import until
 from tests.conftest import test_config as make_config
 
@@ -44,3 +46,28 @@ async def test_a_cluster_node_that_may_evict_keys_is_refused_at_start_naming_it(
             with redis.Redis(host="127.0.0.1", port=node.port) as r:
                 r.config_set("maxmemory-policy", "noeviction")  # first: the session's cluster is every test's
             await service.stop()
+
+
+async def test_every_cluster_node_is_asked_its_redis_version(redis_cluster: EmbeddedCluster, cluster_url: str) -> None:
+    """The service refuses a Redis older than 7.0 at start, each node by name: such a node refuses
+    the snapshot and fence scripts (Lua flags), found hours into serving otherwise."""
+    await until(lambda: _replicas_listed(cluster_url, len(redis_cluster.replicas)), "every replica listed", 30)
+    client = AsyncRedisCluster.from_url(cluster_url)
+    try:
+        versions = await node_versions(client)
+    finally:
+        await client.aclose()
+    assert {where.split()[2] for where, _ in versions} == {f"127.0.0.1:{n.port}" for n in redis_cluster.nodes}
+    assert all(version_refusal(where, version) is None for where, version in versions), versions
+
+
+@pytest.mark.parametrize("version", ["6.2.14", "5.0.7", "unknown"])
+def test_a_redis_older_than_7_is_refused_naming_the_node_and_why(version: str) -> None:
+    refusal = version_refusal("Redis node 10.0.0.5:6379 (primary)", version)
+    assert refusal is not None
+    assert f"10.0.0.5:6379 (primary) runs Redis {version}" in refusal and "7.0 or newer" in refusal
+
+
+@pytest.mark.parametrize("version", ["7.0.0", "7.0.15", "7.4.1", "8.0.2", "10.1.0"])
+def test_redis_7_and_newer_are_served(version: str) -> None:
+    assert version_refusal("Redis", version) is None
