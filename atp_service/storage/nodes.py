@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -50,14 +51,15 @@ class Script:
         self.sha = hashlib.sha1(body.encode()).hexdigest()
 
 
-class Call:
+class Call(msgspec.Struct, eq=False):
     """One script call: its keys (one slot on a cluster) and arguments, or (``packed``) the whole
-    ``EVALSHA`` command already in RESP, its ``keys`` kept for routing and ``args`` left empty."""
+    ``EVALSHA`` command already in RESP, its ``keys`` kept for routing and ``args`` left empty. A
+    struct: built in C, one per group commit (``eq=False``: compared and hashed by identity)."""
 
-    __slots__ = ("args", "keys", "packed", "script")
-
-    def __init__(self, script: Script, keys: list[str], args: list[Any], packed: bytes | None = None) -> None:
-        self.script, self.keys, self.args, self.packed = script, keys, args, packed
+    script: Script
+    keys: list[str]
+    args: list[Any]
+    packed: bytes | None = None
 
 
 class NotReplicated(RedisError):

@@ -63,17 +63,20 @@ _encoder = msgspec.msgpack.Encoder()
 _REFUSAL = re.compile(r"FENCED epoch (?P<epoch>\d+)\b.* was replaced by (?P<by>\S+)$")
 
 
-class Pending:
+class Pending(msgspec.Struct, eq=False):
     """One entry waiting for the next group commit; the entries of a group share ``done``. It
     carries the epoch and fence of its shard's owner *when it was submitted*: should the group
-    change hands before it is sent, it is refused whole, even if this process owns the group again."""
+    change hands before it is sent, it is refused whole, even if this process owns the group again.
+    A struct: built in C, one per entry (``eq=False``: compared and hashed by identity)."""
 
-    __slots__ = ("data", "done", "epoch", "group", "seq", "shard", "then", "token")
-
-    def __init__(self, shard: int, seq: int, data: bytes, epoch: int, token: int, group: int,
-                 done: asyncio.Future[None], then: Callable[[], None] | None = None) -> None:
-        self.shard, self.seq, self.data, self.epoch, self.token, self.group = shard, seq, data, epoch, token, group
-        self.done, self.then = done, then
+    shard: int
+    seq: int
+    data: bytes
+    epoch: int
+    token: int
+    group: int
+    done: asyncio.Future[None]
+    then: Callable[[], None] | None = None
 
     def settle(self, error: BaseException | None) -> None:
         """Answer this entry (``resolve``), then call ``then`` at once (``notify``)."""
