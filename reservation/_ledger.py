@@ -265,11 +265,10 @@ class Ledger:
 
     def _apply_hold(self, event: HoldMoved) -> Undo:
         sku, loc = event.sku, event.location
-        existed = self.store.exists(sku, loc)
-        self.store.move(sku, loc, event.d_reserved, event.d_committed)
-        if not existed:
-            return functools.partial(self.store.forget, sku, loc)
-        return functools.partial(self.store.move, sku, loc, -event.d_reserved, -event.d_committed)
+        store = self.store
+        if not store.move(sku, loc, event.d_reserved, event.d_committed):  # it created the position
+            return store.forget, sku, loc  # ``run_undo``'s tuple form: cheaper to build than a partial
+        return store.move, sku, loc, -event.d_reserved, -event.d_committed
 
     def housekeeping_wanted(self) -> bool:
         """Remembered facts to forget (E8), kept deltas to compact (E9), stale expiry entries to drop."""

@@ -124,9 +124,13 @@ class PositionStore(Blocks):
         if self.journal is not None:
             self.journal.append((sku, location, delta if field == ON_HAND else -delta))
 
-    def move(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
-        """Q2/Q3 change of one position in one lookup (the reservation hot path)."""
-        slot = self._cell(sku, location)
+    def move(self, sku: str, location: str, d_reserved: int, d_committed: int) -> bool:
+        """Q2/Q3 change of one position in one lookup (the reservation hot path); whether the
+        position existed before (False: this move created it), which its undo needs to know."""
+        slot = self._find(sku, location)
+        existed = slot >= 0
+        if not existed:
+            slot = self._cell(sku, location)
         wv = self._seg.wv
         if d_reserved:
             wv[RESERVED, slot] += d_reserved
@@ -134,6 +138,7 @@ class PositionStore(Blocks):
             wv[COMMITTED, slot] += d_committed
         if self.journal is not None:
             self.journal.append((sku, location, -d_reserved - d_committed))
+        return existed
 
     def set(self, sku: str, location: str, field: int, value: int) -> None:
         if field == SAFETY:
