@@ -80,12 +80,16 @@ class EngineMetrics:
             "Orders spanning shards on a Redis Cluster whose saga stopped half-way and waits to be driven on",
             registry=r,
         )
+        self.positions = Gauge(
+            "atp_positions", "Positions (SKU x location) a shard holds; bounded by max_positions_per_shard",
+            ["shard"], registry=r)
         self.capacity_refusals = Counter(
-            "atp_capacity_refusals_total", "New Reserves refused CAPACITY_REACHED at a shard's bound on what it "
-            "remembers, by that limit", ["limit"], registry=r)
-        # At 0 from the start: at the bound every new Reserve of the shard is refused until reservations
-        # end or retention forgets them, and no other counter (atp_shed_total) sees it.
-        zeroed(self.capacity_refusals, ("max_live_reservations_per_shard",), ("max_resolved_reservations_per_shard",))
+            "atp_capacity_refusals_total", "Requests refused CAPACITY_REACHED, and facts naming a new position "
+            "quarantined, at a shard's bound on what it holds, by that limit", ["limit"], registry=r)
+        # At 0 from the start: at the bound every new Reserve (or new position) of the shard is refused
+        # until reservations end or retention forgets them, and no other counter (atp_shed_total) sees it.
+        zeroed(self.capacity_refusals, ("max_live_reservations_per_shard",), ("max_resolved_reservations_per_shard",),
+               ("max_positions_per_shard",))
         self.order_sagas = Counter(
             "atp_order_sagas_total", "Saga runs of orders spanning shards on a Redis Cluster, by how they ended",
             ["outcome"], registry=r,

@@ -24,10 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ._dedupe import Digest, digest
+from ._errors import Reason, ResourceExhausted
 from ._events import CountsLoaded
+from ._limits import CAPACITY_QUARANTINE, POSITIONS_LIMIT
 from ._model import Fact, FactKind, FactOutcome
 from ._names import Names
-from ._store import Int32Array, Int64Array, IntpArray
+from ._store import Int32Array, Int64Array, IntpArray, PositionStore
 from ._undo import Undo, run_undo
 
 if TYPE_CHECKING:
@@ -68,6 +70,9 @@ def load_counts(ledger: Ledger, block: CountRows) -> tuple[Outcomes, dict[int, s
     if len(set(block.skus)) < len(block.skus) or len(set(block.locations)) < len(block.locations):
         # count_rows refuses it at the edge: two indices of one name would be two rows of one position
         raise ValueError("load_counts: a SKU or location named twice in the block's dictionaries")
+    refusal = room_refusal(ledger, new_positions(ledger.store, block))
+    if refusal is not None:  # before any change: the shard's part is applied whole or not at all
+        raise refusal
     outcomes = np.zeros(len(block), dtype=np.uint8)
     reasons: dict[int, str] = {}
     if not len(block):
@@ -88,6 +93,36 @@ def load_counts(ledger: Ledger, block: CountRows) -> tuple[Outcomes, dict[int, s
         if reason:
             reasons[i] = reason
     return outcomes, reasons
+
+
+def new_positions(store: PositionStore, block: CountRows) -> int:
+    """How many positions the block's rows would make: distinct (SKU, location) not held yet."""
+    if not len(block):
+        return 0
+    si, li = block.sku_index, block.location_index
+    rows, cols = store.rows(block.skus)[si], store.columns(block.locations)[li]
+    known = (rows >= 0) & (cols >= 0)
+    present = np.zeros(len(block), dtype=np.bool_)
+    if known.any():
+        present[known] = store.counts_at(rows[known], cols[known])[0]
+    missing = ~present
+    return len(np.unique(si[missing].astype(np.int64) * len(block.locations) + li[missing]))
+
+
+def room_refusal(ledger: Ledger, new: int) -> ResourceExhausted | None:
+    """CAPACITY_REACHED when ``new`` more positions would pass ``max_positions_per_shard`` (None: they fit)."""
+    held, limit = len(ledger.store), ledger.limits.max_positions_per_shard
+    if not new or held + new <= limit:
+        return None
+    return ResourceExhausted(f"shard {ledger.shard}: {held} positions, {new} more would pass the limit {limit} "
+                             f"({POSITIONS_LIMIT}); nothing applied", Reason.CAPACITY_REACHED,
+                             metadata={"limit": POSITIONS_LIMIT})
+
+
+def no_room_reason(ledger: Ledger, sku: str, location: str) -> str:
+    """The quarantine reason of a fact naming a new position when the shard is at the bound."""
+    return (f"{CAPACITY_QUARANTINE}: {sku!r} at {location!r} is a new position and shard {ledger.shard} holds "
+            f"{len(ledger.store)} (limit {POSITIONS_LIMIT} = {ledger.limits.max_positions_per_shard})")
 
 
 def _split(ledger: Ledger, block: CountRows) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:

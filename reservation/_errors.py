@@ -60,7 +60,8 @@ class Reason(IntEnum):
     SERVICE_OVERLOADED = 19
     """The service's event loop runs late: shed at the door, nothing applied; retry after the delay."""
     CAPACITY_REACHED = 20
-    """A bounded resource is full (metadata ``limit``: a shard's live or resolved reservations, open
+    """A bounded resource is full (metadata ``limit``: a shard's live or resolved reservations or its
+    positions (``max_positions_per_shard``: a LoadCounts or SetSafetyStock that would make one), open
     watches or reserve streams); it frees as reservations end or retention forgets them, or as
     watches and streams close."""
     OUTCOME_UNKNOWN = 21

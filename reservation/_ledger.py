@@ -13,7 +13,7 @@ import heapq
 from collections import deque
 from collections.abc import Generator, Iterator
 
-from ._bulk import CountRows, Outcomes, apply_counts, load_counts
+from ._bulk import CountRows, Outcomes, apply_counts, load_counts, no_room_reason
 from ._dedupe import Digest, FactMemory, digest
 from ._events import (
     CountsLoaded,
@@ -106,8 +106,12 @@ class Ledger:
             reason = f"late: event_time {fact.event_time} is before stream time minus grace ({horizon})"
             self.emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
-        if self.safety_defaults and not self.store.exists(fact.sku, fact.location):
-            default = self.safety_defaults.get(fact.location, 0)
+        if not self.store.exists(fact.sku, fact.location):
+            if len(self.store) >= self.limits.max_positions_per_shard:  # logged: replay never decides it (E10)
+                reason = no_room_reason(self, fact.sku, fact.location)
+                self.emit(FactQuarantined(fact, reason))
+                return FactOutcome.QUARANTINED, reason
+            default = self.safety_defaults.get(fact.location, 0) if self.safety_defaults else 0
             if default:
                 self.emit(SafetyStockSet(fact.sku, fact.location, default))
         # The hot path of ingestion: _emit's dispatch inlined.

@@ -12,9 +12,14 @@ safety stock) in 32 bits a position."""
 MAX_TTL_CEILING = 10 * 366 * 24 * 3600
 """The largest ``max_ttl_seconds`` accepted (ten years): an expiry stays a valid Timestamp (before
 year 10000) and exact in epoch milliseconds."""
+POSITIONS_LIMIT = "max_positions_per_shard"
+"""The name a refusal at the bound on positions gives (CAPACITY_REACHED metadata ``limit``, the
+``atp_capacity_refusals_total`` label)."""
+CAPACITY_QUARANTINE = "capacity"
+"""How the quarantine reason of a fact refused for want of room for its new position begins."""
 _POSITIVE = ("max_id_length", "max_lines", "min_ttl_seconds", "max_availability_keys", "max_events_per_call",
              "max_rows_per_load", "max_batch_reservations", "max_live_reservations_per_shard",
-             "max_resolved_reservations_per_shard")
+             "max_resolved_reservations_per_shard", "max_positions_per_shard")
 """Limits at 0 would refuse every request they bound (or every Reserve: no reservation may be live)."""
 _NON_NEGATIVE = ("max_explain_holds", "max_ops_per_reservation", "retention_ms", "fact_grace_ms",
                  "fact_future_skew_ms")
@@ -79,6 +84,15 @@ class Limits:
     """Resolved reservations one shard may remember for their retention (R5) — refused ones
     included, besides the live ones ``max_live_reservations_per_shard`` bounds — before a Reserve with
     a new id answers RESOURCE_EXHAUSTED (about 600 bytes of memory each)."""
+
+    max_positions_per_shard: int = 4_000_000
+    """Positions (SKU x location) one shard may hold. Past it a fact naming a new position is
+    quarantined (``capacity: ...``, E6: never dropped silently), and a LoadCounts or SetSafetyStock
+    that would make one is refused whole with CAPACITY_REACHED; positions that exist keep working.
+    Positions are never forgotten, so without it a source sending made-up SKUs grew the shard until
+    the process was killed. 4 M is twice a shard's share of the 30 M-position estate on 16 shards.
+    Memory at the bound: ~60-70 bytes a position of a stocked estate, ~540 of made-up SKUs (each its
+    own SKU row and name, one position each: measured), so up to ~2.2 GB a shard."""
 
     retention_ms: int = 24 * 3600 * 1000
     """How long a resolved reservation is kept for idempotent replays (R5) before it is forgotten."""

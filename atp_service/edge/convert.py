@@ -27,6 +27,7 @@ from reservation import (
     Unavailable,
     reserve_command,
 )
+from reservation._limits import CAPACITY_QUARANTINE
 
 _FACT_KIND_PREFIX = "FACT_KIND_"
 _OUTCOMES = frozenset(int(outcome) for outcome in FactOutcome)
@@ -62,7 +63,8 @@ def ttl_seconds(req: pb.ReserveRequest) -> int:
 
 
 _QUARANTINE = (("late", pb.QUARANTINE_REASON_LATE), ("conflict", pb.QUARANTINE_REASON_CONFLICT),
-               ("out of range", pb.QUARANTINE_REASON_OUT_OF_RANGE))
+               ("out of range", pb.QUARANTINE_REASON_OUT_OF_RANGE),
+               (CAPACITY_QUARANTINE, pb.QUARANTINE_REASON_CAPACITY))
 
 
 def quarantine_reason(text: str) -> pb.QuarantineReason:

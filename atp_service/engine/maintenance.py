@@ -98,6 +98,7 @@ class Housekeeper:
             engine.metrics.oversold_units.set(sum(actor.positions().oversold_units() for actor in engine.actors))
             for actor in engine.actors:  # grows with no hold due and nothing to forget: set here, not in a turn
                 engine.metrics.remembered_reservations.labels(str(actor.shard)).set(len(actor.ledger.reservations))
+                engine.metrics.positions.labels(str(actor.shard)).set(len(actor.positions()))
 
     def _expire_work(self, ledger: Ledger, now: int) -> None:
         """Inside the shard's turn: expire what is due here; a hold spanning shards goes through the

@@ -44,6 +44,7 @@ from reservation import (
     View,
 )
 from reservation import _operations as ops
+from reservation._bulk import room_refusal
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +287,23 @@ class Engine(OwnedShards):
         shard = self.place(sku)
 
         def work(ledger: Ledger, _now: int) -> Quantities:
+            refusal = None if ledger.store.exists(sku, location) else room_refusal(ledger, 1)
+            if refusal is not None:  # a new position past max_positions_per_shard
+                raise refusal
             ledger.set_safety_stock(sku, location, quantity)
             return ledger.quantities(sku, location)
 
-        result: Quantities = await self.actors[shard].submit(work)
+        try:
+            result: Quantities = await self.actors[shard].submit(work)
+        except ResourceExhausted as exc:
+            self.count_capacity_refusal(exc)
+            raise
         return result
+
+    def count_capacity_refusal(self, error: DomainError, n: int = 1) -> None:
+        """``atp_capacity_refusals_total{limit}`` for a CAPACITY_REACHED refusal (others are not counted here)."""
+        if error.reason == Reason.CAPACITY_REACHED:
+            self.metrics.capacity_refusals.labels(error.metadata.get("limit", "")).inc(n)
 
     # -- routing ----------------------------------------------------------------------
     def is_order(self, home: int, reservation_id: str) -> bool:

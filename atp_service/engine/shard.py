@@ -30,6 +30,7 @@ from atp_service.storage.log import LogStore
 from atp_service.tasks import cancel_and_wait, in_turns
 from atp_service.traces import span
 from reservation import Ledger, PositionStore, Reason, ResourceExhausted, Unavailable
+from reservation._bulk import room_refusal
 from reservation._expiry import EXPIRY_SWEEP_SLICE
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ class ShardActor(CommitPipeline):
         """This shard's positions as memory holds them (ahead of the log by the batches in flight:
         ``ahead_of_log``), to read between batches; never to change — only the actor changes them."""
         return self.ledger.store
+
+    def room_refusal(self, new: int) -> ResourceExhausted | None:
+        """CAPACITY_REACHED if ``new`` more positions would pass ``max_positions_per_shard`` now (a
+        read between batches; the shard checks again in its turn)."""
+        return room_refusal(self.ledger, new)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:

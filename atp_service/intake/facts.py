@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from atp_service.engine.router import Engine
 from atp_service.metrics import IntakeMetrics
@@ -33,8 +34,9 @@ from reservation import (
     View,
 )
 from reservation import _operations as ops
-from reservation._bulk import Outcomes
+from reservation._bulk import Outcomes, new_positions
 from reservation._ledger import fact_key
+from reservation._limits import CAPACITY_QUARANTINE, POSITIONS_LIMIT
 
 Result = tuple[FactOutcome, str]
 _KIND_NAMES = {k.value: k.name for k in FactKind}
@@ -73,7 +75,11 @@ class FactDesk:
         return await asyncio.shield(task)
 
     async def _load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str]]:
-        outcomes, reasons, refused = await self._load_by_shard(block)
+        parts = self._parts(block)
+        self._make_room(parts)
+        outcomes, reasons, refused = await self._load_by_shard(block, parts)
+        if refused is not None:
+            self.engine.count_capacity_refusal(refused)
         unstreamed = 0
         if reasons:
             late = sorted(reasons)
@@ -94,22 +100,44 @@ class FactDesk:
             raise refused
         return outcomes, reasons
 
-    async def _load_by_shard(self, block: CountRows) -> tuple[Outcomes, dict[int, str], DomainError | None]:
+    def _parts(self, block: CountRows) -> list[tuple[int, npt.NDArray[np.intp], CountRows]]:
+        """The block's rows by shard: (shard, the rows' indices in the block, the rows)."""
+        shard_of_sku = np.array([self.engine.place(sku) for sku in block.skus], dtype=np.intp)
+        shard_of_row = shard_of_sku[block.sku_index] if len(block) else np.zeros(0, dtype=np.intp)
+        parts: list[tuple[int, npt.NDArray[np.intp], CountRows]] = []
+        for shard in np.unique(shard_of_row).tolist():
+            rows = np.flatnonzero(shard_of_row == shard)
+            parts.append((shard, rows, CountRows(block.source, block.skus, block.locations, block.sku_index[rows],
+                                                 block.location_index[rows], block.quantity[rows], block.at[rows])))
+        return parts
+
+    def _make_room(self, parts: list[tuple[int, npt.NDArray[np.intp], CountRows]]) -> None:
+        """CAPACITY_REACHED before any shard loads its part when one part's new positions would pass
+        ``max_positions_per_shard``: the call is refused whole, not half-applied. Each shard checks
+        again in its turn (``Ledger.load_counts``): only positions made between the two by other
+        calls can leave the other shards' parts applied and this one refused (a retry is safe, E8)."""
+        for shard, _, part in parts:
+            try:
+                actor = self.engine.local(shard)
+            except Moved:
+                continue  # refused Moved by its submit, as before
+            refusal = actor.room_refusal(new_positions(actor.positions(), part))
+            if refusal is not None:
+                self.engine.count_capacity_refusal(refusal)
+                raise refusal
+
+    async def _load_by_shard(self, block: CountRows, parts: list[tuple[int, npt.NDArray[np.intp], CountRows]],
+                             ) -> tuple[Outcomes, dict[int, str], DomainError | None]:
         """Each row's outcome (0: its shard refused it), the quarantined rows' reasons, and the first
         refusal. Every shard that takes its part is waited for: a refusal refuses the call (a retry
         is safe, E8), but only once the other shards' quarantined rows can be streamed (E6)."""
         outcomes = np.zeros(len(block), dtype=np.uint8)
         reasons: dict[int, str] = {}
-        shard_of_sku = np.array([self.engine.place(sku) for sku in block.skus], dtype=np.intp)
-        shard_of_row = shard_of_sku[block.sku_index] if len(block) else np.zeros(0, dtype=np.intp)
         waits = []
         refused: DomainError | None = None
-        for shard in np.unique(shard_of_row).tolist():
-            rows = np.flatnonzero(shard_of_row == shard)
-            part = CountRows(block.source, block.skus, block.locations, block.sku_index[rows],
-                             block.location_index[rows], block.quantity[rows], block.at[rows])
+        for shard, rows, part in parts:
             try:
-                reply = self.engine.actors[shard].submit(lambda ledger, _now, part=part: ledger.load_counts(part))
+                reply = self.engine.actors[shard].submit(_load_all(part))
             except DomainError as exc:
                 refused = refused or exc
                 continue
@@ -148,6 +176,9 @@ class FactDesk:
                 out[i] = exc
         late = [i for i, r in enumerate(out) if type(r) is tuple and r[0] == FactOutcome.QUARANTINED]
         if late:
+            no_room = [i for i in late if str(out[i][1]).startswith(CAPACITY_QUARANTINE)]  # type: ignore[index]
+            if no_room:  # new positions past max_positions_per_shard: the capacity alert reads it
+                self.engine.metrics.capacity_refusals.labels(POSITIONS_LIMIT).inc(len(no_room))
             await self._quarantine_stream(facts, out, late)
         self._observe(facts, out, origin)
         self._tell_unfulfilled(facts, out, shipments, origin)
@@ -247,6 +278,10 @@ def _refusal_name(error: DomainError) -> str:
     """A fact's ``atp_facts_total`` outcome when it was not applied here: ``moved`` when it goes on
     to the process owning its group (which counts it as it applies it), else ``unavailable``."""
     return "moved" if isinstance(error, Moved) and error.owner else "unavailable"
+
+
+def _load_all(part: CountRows) -> Callable[[Ledger, int], tuple[Outcomes, dict[int, str]]]:
+    return lambda ledger, _now: ledger.load_counts(part)
 
 
 def _apply_all(batch: list[Fact]) -> Callable[[Ledger, int], list[Result]]:

@@ -54,6 +54,7 @@ class QuarantineReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     QUARANTINE_REASON_LATE: _ClassVar[QuarantineReason]
     QUARANTINE_REASON_CONFLICT: _ClassVar[QuarantineReason]
     QUARANTINE_REASON_OUT_OF_RANGE: _ClassVar[QuarantineReason]
+    QUARANTINE_REASON_CAPACITY: _ClassVar[QuarantineReason]
 
 class StockStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -89,6 +90,7 @@ QUARANTINE_REASON_UNSPECIFIED: QuarantineReason
 QUARANTINE_REASON_LATE: QuarantineReason
 QUARANTINE_REASON_CONFLICT: QuarantineReason
 QUARANTINE_REASON_OUT_OF_RANGE: QuarantineReason
+QUARANTINE_REASON_CAPACITY: QuarantineReason
 STOCK_STATUS_UNSPECIFIED: StockStatus
 STOCK_STATUS_IN_STOCK: StockStatus
 STOCK_STATUS_LOW_STOCK: StockStatus

@@ -1,0 +1,88 @@
+"""``max_positions_per_shard`` on a real service and Redis: facts naming positions never seen before
+are quarantined at the bound (E6: never dropped silently) and counted as a capacity refusal;
+LoadCounts and SetSafetyStock that would make one are refused whole; positions that exist keep
+working; a restart (snapshot + log replay, E10) reaches the same state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy as np
+import redis
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.app.service import AtpService
+from reservation import Limits
+from tests.atp_service.edge.test_api import T0, receipt
+from tests.atp_service.redis_proxy import until
+from tests.atp_service.refusals import refused
+from tests.conftest import ServiceFactory
+
+BOUND = 5
+LIMIT = "max_positions_per_shard"
+
+
+def _count(eid: str, sku: str, qty: int) -> pb.Fact:
+    return receipt(eid, sku, "L1", qty, t=T0 - 2000, kind=pb.FACT_KIND_COUNT)  # before receipt()'s default
+
+
+def _sample(service: AtpService, name: str, **labels: str) -> float | None:
+    """The value of one series (None: not exported yet)."""
+    return next((s.value for m in service.metrics.registry.collect() for s in m.samples
+                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())), None)
+
+
+def _positions(service: AtpService) -> int:
+    assert service.engine is not None
+    return len(service.engine.actors[0].ledger.store)
+
+
+def _block(skus: list[str], on_hand: int) -> pb.LoadCountsRequest:
+    n = len(skus)
+    return pb.LoadCountsRequest(source="erp", skus=skus, locations=["L1"],
+                                sku_index=np.arange(n, dtype="<u4").tobytes(), location_index=bytes(4 * n),
+                                on_hand=np.full(n, on_hand, dtype="<i8").tobytes(),
+                                as_of=np.full(n, 1_000, dtype="<i8").tobytes())
+
+
+async def test_made_up_skus_past_the_bound_are_quarantined_and_counted_and_stay_so_after_a_restart(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A POS sending garbage SKUs: each COUNT for a made-up SKU made a position for good, so the
+    shard's memory grew with every typo until the process was killed."""
+    service, client = await start_service(shards=1, limits=Limits(max_positions_per_shard=BOUND))
+    results = await client.record_events([_count(f"c{i}", f"SKU{i}", 7) for i in range(BOUND + 3)])
+    assert [r.outcome for r in results] == [pb.FACT_OUTCOME_APPLIED] * BOUND + [pb.FACT_OUTCOME_QUARANTINED] * 3
+    assert {r.quarantine_reason for r in results[BOUND:]} == {pb.QUARANTINE_REASON_CAPACITY}
+    assert _positions(service) == BOUND
+    entries: list[Any] = redis.Redis.from_url(redis_url).xrange("atp:quarantine") or []
+    assert [e[1][b"sku"] for e in entries] == [f"SKU{i}".encode() for i in range(BOUND, BOUND + 3)]
+    assert all(LIMIT.encode() in e[1][b"reason"] for e in entries), entries
+    assert _sample(service, "atp_capacity_refusals_total", limit=LIMIT) == 3
+    await until(lambda: _sample(service, "atp_positions", shard="0") == BOUND, "atp_positions at the bound")
+    # Positions that exist keep taking facts at the bound; a Reserve elsewhere makes none.
+    (moved,) = await client.record_events([receipt("r0", "SKU0", "L1", 3)])
+    assert moved.outcome == pb.FACT_OUTCOME_APPLIED
+    held = await client.reserve("res-1", [("SKU0", "L1", 2)])
+    assert held.state == pb.RESERVATION_STATE_HELD
+    await client.reserve("res-2", [("SKU0", "L9", 1)])  # refused for want of stock, not placed
+    assert _positions(service) == BOUND
+    # LoadCounts and SetSafetyStock that would make a position are refused whole, rows of known ones too.
+    refusal = await refused(client.load_counts(_block(["SKU1", "NEW-1"], 50)))
+    assert (refusal.code, refusal.reason, refusal.metadata.get("limit")) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "CAPACITY_REACHED", LIMIT)
+    refusal = await refused(client.stub.SetSafetyStock(pb.SetSafetyStockRequest(sku="NEW-2", location="L1",
+                                                                                quantity=1)))
+    assert (refusal.code, refusal.reason, refusal.metadata.get("limit")) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "CAPACITY_REACHED", LIMIT)
+    await client.stub.SetSafetyStock(pb.SetSafetyStockRequest(sku="SKU2", location="L1", quantity=1))
+    assert _sample(service, "atp_capacity_refusals_total", limit=LIMIT) == 5
+    before = await client.availability([(f"SKU{i}", "L1") for i in range(BOUND + 3)])
+    assert before[1].on_hand == 7  # the refused block's known row was not applied either
+    assert _positions(service) == BOUND
+    await service.stop()
+    again, client = await start_service(shards=1, limits=Limits(max_positions_per_shard=BOUND))
+    assert _positions(again) == BOUND  # the log replayed to the same state (E10)
+    assert await client.availability([(f"SKU{i}", "L1") for i in range(BOUND + 3)]) == before
+    (resent,) = await client.record_events([_count(f"c{BOUND}", f"SKU{BOUND}", 7)])
+    assert (resent.outcome, resent.quarantine_reason) == (pb.FACT_OUTCOME_QUARANTINED, pb.QUARANTINE_REASON_CAPACITY)
