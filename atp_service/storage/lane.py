@@ -105,12 +105,15 @@ class Lane:
         finally:
             self._release()
 
-    def begin(self, commands: Sequence[Sequence[Any]], done: Done) -> bool:
+    def begin(self, commands: Sequence[Sequence[Any]], done: Done, fault: Done | None = None) -> bool:
         """``exchange`` begun now, without suspending, where a turn is free and a connection idle:
         the commands are written before this returns, and ``done`` gets the replies, or what ended
-        the exchange, once, from the connection's protocol (no task, no coroutine). False: nothing
-        was sent; use ``exchange``. At 1,000 calls/s most group commits find the lane idle, and each
-        step of a task's await chain is one more turn of the event loop (a system call) per commit."""
+        the exchange, once, from the connection's protocol (no task, no coroutine). With ``fault``,
+        ``done`` gets only replies none of which is an error reply, and ``fault`` the rest (what
+        ended the exchange, or replies with an error among them): the caller's own look at every
+        reply is then needed only where there is something to see. False: nothing was sent; use
+        ``exchange``. At 1,000 calls/s most group commits find the lane idle, and each step of a
+        task's await chain is one more turn of the event loop (a system call) per commit."""
         if not commands or self._busy >= self.connections or self._turns or not self._idle or self._idle[-1].closed:
             return False
         try:
@@ -122,16 +125,16 @@ class Lane:
 
         def finished(result: Any) -> None:
             self._release()
-            if _read_only(result):
-                self._drop(wire.conn)
-                self._reached_replica()
-            elif wire.closed or self._closed:  # failed, timed out, or the lane closed: never used again
+            if wire.refused or type(result) is not list:  # an error reply, or the exchange ended
+                self._after_fault(wire, result, done if fault is None else fault)
+                return
+            if self._closed:  # the lane closed meanwhile: its connection is never used again
                 self._drop(wire.conn)
             else:
-                self._idle.append(wire)
-            try:
+                self._idle.append(wire)  # every reply read, none refused: in step with its server
+            try:  # ``_hand``, written out: this runs on every group commit
                 done(result)
-            except Exception:  # a bug in ``done``: the connection's protocol must not die of it
+            except Exception:
                 log.exception("a write's reply could not be handed on")
 
         wire.expect(len(commands), finished, self.timeout_s)
@@ -140,6 +143,18 @@ class Lane:
         except Exception as exc:  # whether any of it left is unknown: in doubt, as after a timeout
             wire.end(RedisConnectionError(f"writing to {self._host} failed: {exc!r}"))
         return True
+
+    def _after_fault(self, wire: Wire, result: Any, hand_to: Done) -> None:
+        """A begun exchange that ended (``result`` an exception) or met an error reply: its
+        connection kept or dropped as ``exchange`` would, then ``result`` handed on."""
+        if _read_only(result):
+            self._drop(wire.conn)
+            self._reached_replica()
+        elif wire.closed or self._closed:  # failed, timed out, or the lane closed: never used again
+            self._drop(wire.conn)
+        else:
+            self._idle.append(wire)  # every reply read (a refusal among them): in step with its server
+        _hand(hand_to, result)
 
     @property
     def open_connections(self) -> int:
@@ -306,6 +321,14 @@ def _read_only(replies: Any) -> bool:
             if isinstance(reply, ReadOnlyError):
                 return True
     return False
+
+
+def _hand(done: Done, result: Any) -> None:
+    """``result`` handed to a begun exchange's ``done``, from the connection's protocol."""
+    try:
+        done(result)
+    except Exception:  # a bug in ``done``: the connection's protocol must not die of it
+        log.exception("a write's reply could not be handed on")
 
 
 def _settle(fut: asyncio.Future[list[Any]], result: Any) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -130,20 +131,22 @@ class Nodes:
     def begin(self, calls: list[Call], done: Callable[[list[Any]], None]) -> bool:
         """``run(calls)`` begun now, without a task, where it can be: one Redis, no replicas to wait
         for, a write connection idle (``Lane.begin``). ``done`` gets what ``run`` would return, once,
-        from the event loop. False: nothing was sent; use ``run``."""
+        from the event loop. False: nothing was sent; use ``run``. Replies with no error among them
+        (nearly every commit's) go from the lane to ``done`` directly; ``_begun_fault`` sees the rest."""
         if self.cluster or self.wait_replicas or not calls:
             return False
         lane = self._lane("")
+        return lane.begin([_evalsha(call) for call in calls], done, partial(self._begun_fault, lane, calls, done))
 
-        def finished(result: Any) -> None:
-            if isinstance(result, BaseException):
-                done([result] * len(calls))  # as ``_run_on``: what ended the exchange ended every call
-            elif _any_unrun(result):
-                keep(self._tasks, self._finish_unrun(lane, calls, result, done))
-            else:
-                done(result)
-
-        return lane.begin([_evalsha(call) for call in calls], finished)
+    def _begun_fault(self, lane: Lane, calls: list[Call], done: Callable[[list[Any]], None], result: Any) -> None:
+        """A begun run that ended (``result`` an exception) or met an error reply: a call that found
+        no script (NOSCRIPT) is sent again once it is loaded, by a task; the rest as ``run`` ends it."""
+        if isinstance(result, BaseException):
+            done([result] * len(calls))  # as ``_run_on``: what ended the exchange ended every call
+        elif _any_unrun(result):
+            keep(self._tasks, self._finish_unrun(lane, calls, result, done))
+        else:
+            done(result)  # a script's refusal: the caller's to read
 
     async def _finish_unrun(self, lane: Lane, calls: list[Call], replies: list[Any],
                             done: Callable[[list[Any]], None]) -> None:

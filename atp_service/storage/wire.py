@@ -57,6 +57,10 @@ class Wire(asyncio.Protocol):
         self._done: Done | None = None  # the exchange waiting for replies, if any
         self._replies: list[Any] = []
         self._expected = 0
+        self.refused = False
+        """The running (or last) exchange's replies include an error reply (a script's refusal,
+        NOSCRIPT, READONLY...): noted while reading, so that whoever gets the replies need not look
+        through them for one on every exchange (nearly none has any)."""
         self._deadline = 0.0  # loop time by which the running exchange must be over (while ``_done``)
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_at = 0.0  # when the watchdog wakes
@@ -87,7 +91,7 @@ class Wire(asyncio.Protocol):
         if self.closed:
             raise RedisConnectionError("the write connection was closed")
         self._done = done
-        self._replies, self._expected = [], count
+        self._replies, self._expected, self.refused = [], count, False
         if timeout_s is not None:
             self.deadline_in(timeout_s)
 
@@ -131,8 +135,10 @@ class Wire(asyncio.Protocol):
                 reply = reader.gets()
                 if reply is _NOT_ENOUGH:
                     return
-                if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
-                    raise reply  # LOADING, max clients...: redis-py raises these, not returns them
+                if isinstance(reply, Exception):
+                    if not isinstance(reply, ResponseError):
+                        raise reply  # LOADING, max clients...: redis-py raises these, not returns them
+                    self.refused = True
                 if not isinstance(reply, _PUSH):
                     replies.append(reply)
         except Exception as exc:  # a broken reply (InvalidResponse), or one redis-py raises

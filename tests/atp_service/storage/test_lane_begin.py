@@ -7,16 +7,18 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.lane import Lane
-from atp_service.storage.nodes import Call, Nodes, connect
+from atp_service.storage.nodes import Call, Nodes, Script, connect
 from tests.atp_service.storage.test_lane import SLOW_ECHO, echo, lane_of
 
 
@@ -189,3 +191,38 @@ async def test_turns_go_to_waiting_exchanges_oldest_first() -> None:
         await asyncio.sleep(0)
     await asyncio.gather(*waiting)
     assert order == [0, 1, 2] and lane._busy == 1
+
+
+async def test_a_begun_write_refused_by_a_script_keeps_its_connection_and_hands_the_refusal_over(
+        warmed: Nodes) -> None:
+    """An error reply (here a script's error: no such command) is the call's own reply, as with
+    ``run``; every reply was read, so the connection stays in step and is used again."""
+    nodes = warmed
+    got = Handed()
+    assert nodes.begin([Call(Script("return redis.call('NOSUCHCOMMAND')"), ["n"], []), echo("ok")], got)
+    refused, ok = await got.once()
+    assert isinstance(refused, ResponseError) and not isinstance(refused, NoScriptError) and ok == b"ok"
+    assert lane_of(nodes)._busy == 0 and len(lane_of(nodes)._idle) == 1
+
+
+async def test_a_begun_write_refused_readonly_drops_the_connection(tmp_path: Path) -> None:
+    """A begun write that reaches a replica (READONLY) drops its connection and the lane's other
+    idle ones, as ``exchange`` does: kept, they would refuse every later write."""
+    primary = EmbeddedRedis(tmp_path / "p").start()
+    replica = EmbeddedRedis(tmp_path / "r", extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    nodes = Nodes(connect(replica.url, 5.0))
+    try:
+        lane = lane_of(nodes)
+        # One idle connection, to the replica, which has the script (no NOSCRIPT detour: the begun
+        # write itself meets the READONLY).
+        assert await lane.exchange([("SCRIPT", "LOAD", echo("x").script.body)]) == [echo("x").script.sha.encode()]
+        got = Handed()
+        assert nodes.begin([echo("refused")], got)
+        (refused,) = await got.once()
+        assert isinstance(refused, ReadOnlyError)
+        assert lane._busy == 0 and not lane._idle and lane.open_connections == 0
+    finally:
+        await nodes.aclose()
+        for node in (primary, replica):
+            node.kill()
+            node.stop()
