@@ -295,6 +295,8 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
     commit's script call took 8.8 µs instead of 3.9. Arguments are str (sent as UTF-8), bytes, int
     or float; anything else is a ``DataError``, as with redis-py. A command given as ``bytes`` is
     one already in RESP (the log's appends, ``append_resp.py``): sent as it is."""
+    if len(commands) == 1 and type(commands[0]) is bytes:
+        return commands[0]  # a group commit's one append, already in RESP: no join, no comprehension
     try:
         return b"".join([c if type(c) is bytes else _pack_command(c if type(c) is tuple else tuple(c))
                          for c in commands])

@@ -255,15 +255,15 @@ class LogStore(LogReads):
         elif self._timer is not None and self._window.full(len(self._pending)):
             self._timer.cancel()  # the company it waited for is here
             self._timer = None
-            loop.call_soon(self._flush)
+            loop.call_soon(self._flush, loop)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = True
         wait = self._window.wait_s(self._first_pending_at, loop.time())
         if wait > 0 and not self._window.full(len(self._pending)):  # else its company is already here
-            self._timer = loop.call_later(wait, self._flush)
+            self._timer = loop.call_later(wait, self._flush, loop)
         else:
-            loop.call_soon(self._flush)
+            loop.call_soon(self._flush, loop)
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
                              part_bytes: int = 0) -> int:
@@ -279,15 +279,15 @@ class LogStore(LogReads):
             raise self._refused(exc, shard, epoch) from None
         return len(data)
 
-    def _flush(self) -> None:
-        """Group commit: while a pipeline is in flight, new entries wait and go together in the next."""
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Group commit: while a pipeline is in flight, new entries wait and go together in the next.
+        ``loop``: the one it was scheduled on, running it now (not asked for again)."""
         self._scheduled = False
         self._timer = None
         for p in self._pending:
             if p.done.done():  # cancelled: never sent (a loop first: most flushes have none)
                 self._pending = [p for p in self._pending if not p.done.done()]
                 break
-        loop = self._running_loop()
         while self._pending and self._in_flight < self._max_in_flight:
             cut = min(self._pipeline_max, len(self._pending))
             while cut < len(self._pending) and self._pending[cut].group and \
@@ -352,8 +352,10 @@ class LogStore(LogReads):
         a span needs a task). False, also when it raised: nothing was sent, and the task answers the
         entries with whatever it meets."""
         try:
+            # Positional arguments only: a partial without keywords is called by vectorcall, one
+            # tuple fewer per commit.
             return self.tracer is None and self.nodes.begin(calls, partial(self._replied, units, time.perf_counter(),
-                                                                           begun=True))
+                                                                           True))
         except Exception:
             return False
 
@@ -364,9 +366,9 @@ class LogStore(LogReads):
                 replies = await self.nodes.run(calls)
         except Exception as exc:  # whatever it was, the entries are in doubt: never left unanswered
             replies = [exc] * len(calls)
-        self._replied(units, started, replies)
+        self._replied(units, started, False, replies)
 
-    def _replied(self, units: list[list[Pending]], started: float, replies: list[Any], begun: bool = False) -> None:
+    def _replied(self, units: list[list[Pending]], started: float, begun: bool, replies: list[Any]) -> None:
         """Answer each entry of a group commit from its call's reply; ``begun``: it was sent without
         a task (``Nodes.begin``), so the commit is over here too."""
         try:

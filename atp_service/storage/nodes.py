@@ -136,7 +136,8 @@ class Nodes:
         if self.cluster or self.wait_replicas or not calls:
             return False
         lane = self._lane("")
-        return lane.begin([_evalsha(call) for call in calls], done, partial(self._begun_fault, lane, calls, done))
+        commands = [call.packed if call.packed is not None else _evalsha(call) for call in calls]  # the log's: packed
+        return lane.begin(commands, done, partial(self._begun_fault, lane, calls, done))
 
     def _begun_fault(self, lane: Lane, calls: list[Call], done: Callable[[list[Any]], None], result: Any) -> None:
         """A begun run that ended (``result`` an exception) or met an error reply: a call that found
