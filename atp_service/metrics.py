@@ -26,6 +26,10 @@ from reservation import FactKind
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 FACT_ORIGINS = ("grpc", "stream")
 """``atp_facts_total``'s origins of every kind of fact (RecordEvents, the input streams); LoadCounts' is load."""
+CAPACITY_LIMITS = ("max_live_reservations_per_shard", "max_resolved_reservations_per_shard", "max_positions_per_shard",
+                   "max_reserve_streams", "max_watchers")
+"""``atp_capacity_refusals_total``'s limits: a shard's bounds on what it remembers and holds, the edge's on
+open streams."""
 
 
 def zeroed(counter: Counter | prometheus_client.Counter, *label_sets: tuple[str, ...]) -> None:
@@ -84,12 +88,14 @@ class EngineMetrics:
             "atp_positions", "Positions (SKU x location) a shard holds; bounded by max_positions_per_shard",
             ["shard"], registry=r)
         self.capacity_refusals = Counter(
-            "atp_capacity_refusals_total", "Requests refused CAPACITY_REACHED, and facts naming a new position "
-            "quarantined, at a shard's bound on what it holds, by that limit", ["limit"], registry=r)
-        # At 0 from the start: at the bound every new Reserve (or new position) of the shard is refused
-        # until reservations end or retention forgets them, and no other counter (atp_shed_total) sees it.
-        zeroed(self.capacity_refusals, ("max_live_reservations_per_shard",), ("max_resolved_reservations_per_shard",),
-               ("max_positions_per_shard",))
+            "atp_capacity_refusals_total", "Calls refused CAPACITY_REACHED at a bound, by that limit: a shard's "
+            "on what it remembers (new Reserves) or holds (facts naming a new position quarantined, LoadCounts "
+            "and SetSafetyStock refused), the service's on open ReserveStreams or watchers", ["limit"],
+            registry=r)
+        # At 0 from the start: at the bound every new Reserve of the shard (every new stream, every new
+        # position) is refused until reservations end or retention forgets them (streams close), and no
+        # other counter (atp_shed_total) sees it.
+        zeroed(self.capacity_refusals, *((limit,) for limit in CAPACITY_LIMITS))
         self.order_sagas = Counter(
             "atp_order_sagas_total", "Saga runs of orders spanning shards on a Redis Cluster, by how they ended",
             ["outcome"], registry=r,
@@ -228,12 +234,13 @@ class ChannelMetrics:
         zeroed(self.published, *((name, kind) for name in names for kind in ("stockout", "baseline", "change")))
 
 class EdgeMetrics:
-    """The gRPC face. ``shed`` and ``facts`` are the engine's and the intake's own counters: a call
-    refused at the door for loop lag is shed like one refused by a full mailbox, and an invalid
-    fact in a RecordEvents is counted with the facts."""
+    """The gRPC face. ``shed``, ``facts`` and ``capacity_refusals`` are the engine's and the intake's
+    own counters: a call refused at the door for loop lag is shed like one refused by a full mailbox,
+    an invalid fact in a RecordEvents is counted with the facts, and a stream refused at its bound
+    with the Reserves refused at a shard's."""
 
     def __init__(self, registry: CollectorRegistry | None = None, shed: Counter | None = None,
-                 facts: Counter | None = None) -> None:
+                 facts: Counter | None = None, capacity_refusals: Counter | None = None) -> None:
         r = registry or CollectorRegistry()
         self.rpc_seconds = Histogram(
             "atp_rpc_duration_seconds", "gRPC handling time by method and status code",
@@ -258,6 +265,9 @@ class EdgeMetrics:
         )
         self.shed = shed or EngineMetrics().shed
         self.facts = facts or IntakeMetrics().facts
+        self.capacity_refusals = capacity_refusals or EngineMetrics().capacity_refusals
+        """The engine's: streams refused at ``max_reserve_streams`` or ``max_watchers`` are counted
+        by that limit, where the capacity alert reads them (not only in ``atp_rpc_duration_seconds``)."""
 
 
 class MembershipMetrics:
@@ -319,4 +329,5 @@ class Metrics:
         self.intake = IntakeMetrics(self.registry)
         self.channels = ChannelMetrics(self.registry)
         self.membership = MembershipMetrics(self.registry)
-        self.edge = EdgeMetrics(self.registry, shed=self.engine.shed, facts=self.intake.facts)
+        self.edge = EdgeMetrics(self.registry, shed=self.engine.shed, facts=self.intake.facts,
+                                capacity_refusals=self.engine.capacity_refusals)

@@ -343,6 +343,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         self.drain.enter()
         if self.reserve_streams >= self._max_streams:
             self.drain.leave()
+            self.metrics.capacity_refusals.labels("max_reserve_streams").inc()  # the capacity alert reads it
             raise ResourceExhausted(f"max_reserve_streams: {self._max_streams} ReserveStream calls are open "
                                     "already", Reason.CAPACITY_REACHED, metadata={"limit": "max_reserve_streams"})
         self.reserve_streams += 1

@@ -14,6 +14,8 @@ from typing import cast
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.desk import ChannelDesk
+from atp_service.instruments import Counter
+from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
 from reservation import ChannelUpdate, Key, Published, Reason, ResourceExhausted, StockStatus, Unavailable
 
@@ -34,14 +36,18 @@ def update_pb(out: pb.ChannelUpdate, u: ChannelUpdate) -> None:
 
 
 class Watchers:
-    """Counts open watches against ``max_watchers`` (each may hold a Redis connection blocked)."""
+    """Counts open watches against ``max_watchers`` (each may hold a Redis connection blocked);
+    ``refusals``: ``atp_capacity_refusals_total``, where a watch refused at the bound is counted
+    (the capacity alert reads it: a consumer refused sees no availability change)."""
 
-    def __init__(self, limit: int, batch: int) -> None:
+    def __init__(self, limit: int, batch: int, refusals: Counter | None = None) -> None:
         self.limit, self.batch, self.open = limit, batch, 0
+        self._refused = (refusals or EngineMetrics().capacity_refusals).labels("max_watchers")
 
     async def watch(self, desk: ChannelDesk, request: pb.WatchAvailabilityRequest) -> AsyncIterator[Response]:
         channel = desk.channel(request.channel).name
         if self.open >= self.limit:
+            self._refused.inc()
             raise ResourceExhausted(f"max_watchers: {self.limit} WatchAvailability streams are open already",
                                     Reason.CAPACITY_REACHED, metadata={"limit": "max_watchers"})
         self.open += 1
