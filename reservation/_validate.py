@@ -101,7 +101,14 @@ def reserve_command(
     allow_partial: bool,
     limits: Limits,
 ) -> ReserveCommand:
-    if not (reservation_id and _plain_ids(limits, reservation_id, order_ref, channel, empty=True)):
+    checked: tuple[LineRequest, ...] | None = None
+    if isinstance(lines, list) and len(lines) == 1:  # most Reserves: the ids of both checks in one go
+        sku, location, quantity = lines[0]
+        if (reservation_id and sku and location and 0 < quantity <= limits.max_quantity
+                and _plain_ids(limits, reservation_id, order_ref, channel, sku, location, empty=True)):
+            checked = (LineRequest(sku, location, quantity),)
+    # Not sure yet: field by field, in the order that names the first field at fault.
+    if checked is None and not (reservation_id and _plain_ids(limits, reservation_id, order_ref, channel, empty=True)):
         check_id("reservation_id", reservation_id, limits)
         check_id("order_ref", order_ref, limits, required=False)
         check_id("channel", channel, limits, required=False)
@@ -110,9 +117,8 @@ def reserve_command(
         raise InvalidArgument(
             "ttl", f"{ttl_seconds}s is outside [{limits.min_ttl_seconds}s, {limits.max_ttl_seconds}s]"
         )
-    return ReserveCommand(
-        reservation_id, order_ref, channel, line_requests(lines, limits), ttl * 1000, allow_partial, not ttl_seconds
-    )
+    checked = checked or line_requests(lines, limits)
+    return ReserveCommand(reservation_id, order_ref, channel, checked, ttl * 1000, allow_partial, not ttl_seconds)
 
 
 def partial_lines(

@@ -137,7 +137,8 @@ def fill_reserve_response(out: pb.ReserveResponse, rec: Reservation, replayed: b
             last.available += line.available
         else:
             last = add(sku=line.sku, location=line.group or line.location, requested=line.requested,
-                       granted=line.granted, outcome=cast(pb.LineOutcome, line.outcome), available=line.available)
+                       # outcome: an int of pb.LineOutcome's values as it is (typing.cast: a call per line)
+                       granted=line.granted, outcome=line.outcome, available=line.available)
         if line.granted:
             last.allocations.add(location=line.location, quantity=line.granted)
         granted = granted or line.granted > 0

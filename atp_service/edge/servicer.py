@@ -53,6 +53,7 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any
 def _observed(method: str) -> Callable[[Handler], Handler]:
     """Latency histogram by method and code, and DomainError -> gRPC status; a call for another
     process's shard group goes to the ``Forwarder``."""
+    ok = (method, "OK")  # the key of the answered calls' histogram child, made once
     def wrap(fn: Handler) -> Handler:
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
@@ -80,7 +81,7 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
                 self.latency(method, status_of(exc).name).observe(time.perf_counter() - started)
                 tag_current(self.tracer, reason=exc.reason.name)
                 await abort(context, exc)
-            self.latency(method, "OK").observe(time.perf_counter() - started)
+            (self._latency.get(ok) or self.latency(*ok)).observe(time.perf_counter() - started)  # no frame once made
             return result
 
         handler.__name__ = fn.__name__
