@@ -79,13 +79,20 @@ class CommitPipeline(EntryListeners):
 
     def _on_append_done(self, _: object = None) -> None:
         """Settle finished appends oldest first: deliver, or take back everything from a failure on."""
-        while self._inflight and self._inflight[0].done.done():
-            head = self._inflight[0]
-            error = None if head.done.cancelled() else head.done.exception()
-            if error is not None or head.done.cancelled():
+        inflight = self._inflight  # each future asked once per entry: this runs for every entry
+        while inflight:
+            head = inflight[0]
+            done = head.done
+            if not done.done():
+                return
+            if done.cancelled():
+                self._fail_in_flight(None)
+                return
+            error = done.exception()
+            if error is not None:
                 self._fail_in_flight(error)
                 return
-            self._inflight.popleft()
+            inflight.popleft()
             self.seq = head.seq
             deliver(head.answers)
             self._tell(self.listeners, head.entry)

@@ -138,8 +138,16 @@ class Engine(OwnedShards):
             if self._log.leased:  # its saga runs where its home is owned
                 self._all_local(cmd.reservation_id, (home,) if self.remote else (home, *sorted(shards)))
             return await self._reserve_order(cmd, home)
+        actor = self.actors[home]
+        ledger = actor.ledger
+
+        def work(view: View, now: int) -> tuple[Reservation, bool]:
+            return self._reserve_checked(ledger, view, cmd, now)
+
         try:
-            result: tuple[Reservation, bool] = await self.run(shards, home, self._reserve_work(cmd, home))
+            # One shard (most Reserves): its actor's future awaited directly, without run's frame.
+            result: tuple[Reservation, bool] = await (actor.submit(work) if len(shards) == 1
+                                                      else self.run(shards, home, work))
         except BaseException:
             self.routes.unroute(cmd.reservation_id)
             raise
@@ -203,10 +211,6 @@ class Engine(OwnedShards):
     ) -> None:
         """``fanout.gather_by_shard`` over this engine's shards."""
         await gather_by_shard(self.actors, groups, work_for, out, more, settled)
-
-    def _reserve_work(self, cmd: ReserveCommand, home: int) -> ViewWork:
-        ledger = self.actors[home].ledger
-        return lambda view, now: self._reserve_checked(ledger, view, cmd, now)
 
     def _reserve_group(self, cmds: list[ReserveCommand]) -> Callable[[Ledger, int], list[Any]]:
         """Single-shard reservations as one actor message; each succeeds or fails on its own."""

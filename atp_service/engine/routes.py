@@ -49,7 +49,9 @@ class Routes:
         the first attempt there); ``unroute`` forgets it again once no attempt is left and no
         record was made, and ``unhome`` when the record is taken back."""
         shards, home = self.placement(cmd)
-        self.note(cmd.reservation_id, home)
+        rid = cmd.reservation_id
+        self.homes.setdefault(rid, home)  # note(), without its frame: this runs for every Reserve
+        self.attempts[rid] = self.attempts.get(rid, 0) + 1
         return shards, home
 
     def note(self, rid: str, home: int) -> None:

@@ -314,7 +314,11 @@ class ShardActor(CommitPipeline):
 
     def _apply(self, batch: list[Envelope]) -> None:
         now = self._clock.now_ms()
-        with span(self._log.tracer, "atp.shard.apply", shard=self.shard, commands=len(batch)):
+        tracer = self._log.tracer
+        if tracer is None:  # tracing off (the usual case): no span's call, keywords and with per turn
+            self._seal(now, apply_batch(self.ledger, batch, now, self._metrics))
+            return
+        with span(tracer, "atp.shard.apply", shard=self.shard, commands=len(batch)):
             self._seal(now, apply_batch(self.ledger, batch, now, self._metrics))
 
     async def _control(self, env: Envelope) -> None:
