@@ -203,7 +203,7 @@ class Lane:
 
     def _release(self) -> None:
         """An exchange is over: its turn goes to the oldest exchange waiting, or back to the lane."""
-        if not wake_oldest(self._turns):
+        if not (self._turns and wake_oldest(self._turns)):  # none waiting (nearly always): no call
             self._busy -= 1
 
     async def _take(self) -> Wire:
