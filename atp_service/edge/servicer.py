@@ -51,8 +51,7 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any
 
 
 def _observed(method: str) -> Callable[[Handler], Handler]:
-    """Latency histogram by method and code, and DomainError -> gRPC status; a call for another
-    process's shard group goes to the ``Forwarder``."""
+    """Latency by method and code, DomainError -> gRPC status; a call of another process's group: ``Forwarder``."""
     ok = (method, "OK")  # the key of the answered calls' histogram child, made once
     def wrap(fn: Handler) -> Handler:
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
