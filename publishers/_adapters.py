@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import threading
 import time
 from base64 import b64decode
@@ -128,8 +129,9 @@ class JsonlAdapter:
 
     def _append(self, data: bytes) -> None:
         try:
+            torn = _after_torn_line(self.path)
             with self.path.open("ab") as f:
-                f.write(data)
+                f.write(torn + data)
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
@@ -137,6 +139,21 @@ class JsonlAdapter:
 
     async def close(self) -> None:
         return None
+
+
+def _after_torn_line(path: Path) -> bytes:
+    """A newline where the file (a regular one) ends inside a line: one torn by a writer killed
+    mid-write (kill -9, power lost, a stuck write cut off at its exit). Appended onto, the torn line
+    took the next update with it for any reader that drops a line it cannot parse."""
+    try:
+        found = os.stat(path)  # first: opening a FIFO to read would wait for a writer
+    except FileNotFoundError:
+        return b""
+    if not stat.S_ISREG(found.st_mode) or not found.st_size:
+        return b""
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return b"" if f.read(1) == b"\n" else b"\n"
 
 
 def _in_daemon_thread(work: Callable[[], None]) -> concurrent.futures.Future[None]:

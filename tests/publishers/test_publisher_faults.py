@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from publishers import DeliveryError, JsonlAdapter, Publisher, PublisherMetrics, WebhookAdapter
 from publishers._http import HttpSettings
+from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.redis_proxy import until
 from tests.conftest import spawned
 from tests.publishers.http_helpers import serve
@@ -249,3 +250,19 @@ def _start_jsonl_publisher(path: Path, redis_url: str, log: Path) -> subprocess.
 async def _renewed_since(client: aioredis.Redis, ttl_ms: int) -> bool:
     """The lease's time to live went up since it was ``ttl_ms``: renewed (it only falls otherwise)."""
     return int(await client.pttl(LEASE_KEY)) > ttl_ms
+
+
+@pytest.mark.parametrize("left", [b'{"channel":"web","sku":"A","quan', b""])
+async def test_a_jsonl_line_torn_by_an_earlier_process_never_swallows_the_next_update(
+        tmp_path: Path, left: bytes) -> None:
+    """A publisher killed mid-write (kill -9, power lost, a stuck write cut off at its exit) leaves
+    half a line; the next one appended its first update onto it, so a reader dropped both the torn
+    line and that update — a stock-out lost downstream. The next write starts on a line of its own."""
+    path = tmp_path / "feed.jsonl"
+    path.write_bytes(b'{"sku":"before"}\n' + left)
+    adapter = JsonlAdapter(path)
+    await adapter.deliver("web", [ChannelUpdate("web", "A", "DC", 0, 4, StockStatus.OUT_OF_STOCK, 7, 1, 1)])
+    *kept, last, end = path.read_bytes().split(b"\n")
+    assert end == b"" and kept == [b'{"sku":"before"}', *([left] if left else [])]  # the torn one alone
+    update_line = json.loads(last)
+    assert (update_line["sku"], update_line["quantity"], update_line["version"]) == ("A", 0, 7)
