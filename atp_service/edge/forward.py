@@ -27,7 +27,7 @@ from atp_service.edge.errors import DETAILS_KEY, SERVING_KEY
 from atp_service.edge.routing import RoutingTable
 from atp_service.metrics import EdgeMetrics
 from atp_service.tasks import exception_seen, keep
-from reservation import Moved, NotFound, Reason, Unavailable
+from reservation import DomainError, Moved, NotFound, Reason, Unavailable
 
 SERVICE = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
 LOCATED_METHODS = frozenset({"Confirm", "Release", "Fulfill", "GetReservation"})
@@ -169,18 +169,30 @@ class Forwarder:
                          context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
         """Each owner's answer to its part of a call split by owner (``requests`` by address, all
         sent at once); any owner's refusal refuses the call (``Relayed``)."""
+        answers = await self.ask_each(method, requests, context)
+        for answer in answers.values():
+            if isinstance(answer, (DomainError, Relayed)):
+                raise answer
+        return answers
+
+    async def ask_each(self, method: str, requests: dict[str, Any],
+                       context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
+        """Each owner's answer to its part of a call split by owner (``requests`` by address, all
+        sent at once) or its refusal (``Relayed``, or ``Unavailable`` for a part in doubt or not
+        sent): every part is waited for, so the caller can be told which parts were done."""
         metadata = tuple(context.invocation_metadata() or ())
         owners = list(requests)
         answers = await asyncio.gather(*(self._send(owner, method, requests[owner], context, metadata)
                                          for owner in owners), return_exceptions=True)
+        out: dict[str, Any] = {}
         for owner, answer in zip(owners, answers, strict=True):
             if isinstance(answer, grpc.aio.AioRpcError):
-                self.counted(method, "error")
-                raise refusal_of(method, owner, answer)
-            if isinstance(answer, BaseException):
+                answer = refusal_of(method, owner, answer)
+            elif isinstance(answer, BaseException) and not isinstance(answer, DomainError):
                 raise answer
-        self.counted(method, "ok")
-        return dict(zip(owners, answers, strict=True))
+            self.counted(method, "error" if isinstance(answer, (DomainError, Relayed)) else "ok")
+            out[owner] = answer
+        return out
 
     def counted(self, method: str, outcome: str, n: int = 1) -> None:
         """``atp_forwarded_calls_total``: ``n`` more calls (or parts of one) of ``method`` ended ``outcome``."""

@@ -4,9 +4,16 @@ With several processes on the keyspace, the rows of groups another process owns 
 one call per owner with just its rows (``Forwarder.ask_owners``), while this process loads its
 own; the answers are merged back, each rejected row under its index in the caller's block. A
 caller that routes by itself, or a call forwarded already, is redirected to the owner of the first
-row held elsewhere before any row is loaded. A refusal by any part refuses the call: some rows may
-be durable already, and loading the block again is safe (E8: each row is the COUNT fact
-``(source, "count@<as_of>")``).
+row held elsewhere before any row is loaded, and this process's own part is checked against
+``max_positions_per_shard`` before any row goes to another process.
+
+A refusal by any part refuses the call. Other parts are not undone — their rows are durable, and
+the shards are separate logs with no common commit — so the caller is told what is true: a refusal
+given after rows of other parts (other shards, other processes) were loaded keeps its status and
+reason, and its message and ``ErrorInfo`` metadata say how many rows were loaded (``rows_loaded``,
+``rows_applied`` of them) and how many were refused or are in doubt (``rows_not_loaded``). Loading
+the whole block again is safe (E8: each row is the COUNT fact ``(source, "count@<as_of>")``, and
+the rows loaded before count as ``duplicate``).
 """
 
 from __future__ import annotations
@@ -18,15 +25,21 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
+from google.rpc import error_details_pb2, status_pb2
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
-from atp_service.edge.forward import Forwarder
+from atp_service.edge.errors import DETAILS_KEY, DOMAIN
+from atp_service.edge.forward import Forwarder, Relayed
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
-from reservation import CountRows, Limits, count_rows
+from reservation import CountRows, DomainError, Limits, count_rows
+from reservation._bulk import Outcomes
 
 Rows = npt.NDArray[np.intp]
+NOTHING_APPLIED = "; nothing applied"
+"""How a refusal of a part says that nothing of it was applied (true of the part, not of the call)."""
+PART_NOT_APPLIED = "; nothing of this part applied"
 
 
 async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerContext[Any, Any], engine: Engine,
@@ -40,15 +53,69 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
     good = np.flatnonzero(loaded)  # the request row of each row of ``block``
     here, elsewhere = _split(block, engine, forwarder, tuple(context.invocation_metadata() or ()))
     parts = {owner: _part(block, rows) for owner, rows in elsewhere.items()}
-    local = desk.load_counts(_rows(block, here), "load")
-    if parts:  # the owners load theirs while this process loads its own
-        (outcomes, reasons), answers = await asyncio.gather(local, forwarder.ask_owners("LoadCounts", parts, context))
+    mine = _rows(block, here)
+    if parts:  # the owners load theirs while this process loads its own, once its own part fits
+        desk.make_room(mine)
+        (outcomes, reasons, refused), answers = await asyncio.gather(
+            _local(desk, mine), forwarder.ask_each("LoadCounts", parts, context))
     else:
-        (outcomes, reasons), answers = await local, {}
+        (outcomes, reasons, refused), answers = await _local(desk, mine), {}
     out = convert.load_counts_response(good[here], outcomes, reasons, errors)
     for owner, answer in answers.items():
-        _merge(out, answer, good[elsewhere[owner]])
+        if isinstance(answer, pb.LoadCountsResponse):
+            _merge(out, answer, good[elsewhere[owner]])
+        else:
+            refused = refused or answer
+    if refused is not None:
+        raise _told(refused, out, len(block))
     return out
+
+
+async def _local(desk: FactDesk, rows: CountRows) -> tuple[Outcomes, dict[int, str], DomainError | None]:
+    """This process's part: each row's outcome (0: not loaded), and its refusal — also one given
+    before any of its shards loaded, while other processes load theirs."""
+    try:
+        outcomes, reasons, refused = await desk.load_part(rows, "load")
+    except DomainError as exc:
+        return np.zeros(len(rows), dtype=np.uint8), {}, exc
+    return outcomes, reasons, refused
+
+
+def _told(refusal: DomainError | Relayed, out: pb.LoadCountsResponse, rows: int) -> DomainError | Relayed:
+    """The refusal of a part, as the caller is told it: unchanged when no row of the block was
+    loaded; else saying, in words and in ``ErrorInfo`` metadata, what the other parts loaded."""
+    loaded = out.applied + out.absorbed + out.duplicate + out.quarantined
+    if not loaded:
+        return refusal
+    facts = {"rows_loaded": str(loaded), "rows_applied": str(out.applied), "rows_not_loaded": str(rows - loaded)}
+    note = (f"; {loaded} of the block's {rows} valid rows were loaded by other shards ({out.applied} applied) "
+            f"and {rows - loaded} were refused or are in doubt: resending the whole block is safe (E8: the rows "
+            "loaded count as duplicate)")
+    if isinstance(refusal, DomainError):  # this process's own refusal, made for this call alone
+        refusal.message = refusal.message.replace(NOTHING_APPLIED, PART_NOT_APPLIED) + note
+        refusal.args = (refusal.message,)
+        refusal.metadata.update(facts)
+        return refusal
+    return _relayed_with(refusal, note, facts)
+
+
+def _relayed_with(refusal: Relayed, note: str, facts: dict[str, str]) -> Relayed:
+    """An owner's refusal of its part, its message and ``ErrorInfo`` metadata saying ``note`` and ``facts``."""
+    message = refusal.details.replace(NOTHING_APPLIED, PART_NOT_APPLIED) + note
+    given = next((value for key, value in refusal.trailers if key == DETAILS_KEY), None)
+    status = status_pb2.Status(code=refusal.code.value[0]) if given is None else status_pb2.Status.FromString(given)
+    status.message = message
+    infos = [detail for detail in status.details if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    if not infos:  # gRPC's own refusal (the owner not reached): no reason to give, the facts still told
+        infos = [status.details.add()]
+        infos[0].Pack(error_details_pb2.ErrorInfo(domain=DOMAIN))
+    for detail in infos:
+        info = error_details_pb2.ErrorInfo()
+        detail.Unpack(info)
+        info.metadata.update(facts)
+        detail.Pack(info)
+    trailers = [(key, value) for key, value in refusal.trailers if key != DETAILS_KEY]
+    return Relayed(refusal.code, message, (*trailers, (DETAILS_KEY, status.SerializeToString())))
 
 
 def _split(block: CountRows, engine: Engine, forwarder: Forwarder,

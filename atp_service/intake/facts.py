@@ -65,8 +65,24 @@ class FactDesk:
 
     async def load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str]]:
         """``LoadCounts``: the block's rows by shard, one actor message each (``Ledger.load_counts``);
-        each row's outcome and the reasons of those quarantined. Owned like ``record`` (R8)."""
+        each row's outcome and the reasons of those quarantined. Raises the first refusal of a part
+        (``load_part``: what the other parts loaded stays loaded)."""
+        outcomes, reasons, refused = await self.load_part(block, origin)
+        if refused is not None:
+            raise refused
+        return outcomes, reasons
+
+    async def load_part(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str], DomainError | None]:
+        """``load_counts`` telling what was loaded when a part is refused: each row's outcome (0: not
+        loaded, its shard refused it), the quarantined rows' reasons, and the first refusal of a
+        shard's part (None: none). Raises a refusal given before any shard loaded (``make_room``).
+        Owned like ``record`` (R8)."""
         return await self._owned(self._load_counts(block, origin))
+
+    def make_room(self, block: CountRows) -> None:
+        """Raises CAPACITY_REACHED now when the block's rows held here would pass
+        ``max_positions_per_shard``: checked before any part of a call goes to another process."""
+        self._make_room(self._parts(block))
 
     async def _owned(self, work: Coroutine[Any, Any, T]) -> T:
         """``work`` in a task of the desk's own, which ``stop`` waits for; the caller waits shielded."""
@@ -74,7 +90,7 @@ class FactDesk:
         task.add_done_callback(exception_seen)
         return await asyncio.shield(task)
 
-    async def _load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str]]:
+    async def _load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str], DomainError | None]:
         parts = self._parts(block)
         self._make_room(parts)
         outcomes, reasons, refused = await self._load_by_shard(block, parts)
@@ -96,9 +112,7 @@ class FactDesk:
                 self.metrics.facts.labels(origin, "COUNT", _OUTCOME_NAMES[outcome]).inc(int(counted[outcome]))
         if unstreamed or counted[0]:  # rows whose shard refused them, as RecordEvents counts them
             self.metrics.facts.labels(origin, "COUNT", "unavailable").inc(unstreamed + int(counted[0]))
-        if refused is not None:
-            raise refused
-        return outcomes, reasons
+        return outcomes, reasons, refused
 
     def _parts(self, block: CountRows) -> list[tuple[int, npt.NDArray[np.intp], CountRows]]:
         """The block's rows by shard: (shard, the rows' indices in the block, the rows)."""
