@@ -123,8 +123,10 @@ class AtpService:
         await self._starting  # a caller's cancellation reaches the task, which this waits for
 
     async def _start(self) -> None:
-        await self._listen()
         try:
+            # A refusal after gRPC started (the metrics port taken) stops it too: a server left
+            # running keeps its port and hangs the process at exit (gRPC's poller is never joined).
+            await self._listen()
             self.engine = await self._recover()
         except BaseException:  # refused (a bad log, a mismatched layout): leave nothing listening behind
             await self._stop_server(0)

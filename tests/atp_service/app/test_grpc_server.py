@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,23 @@ own refusal, a StartupError, is a RuntimeError, which ``bind`` took for gRPC's."
     await service.stop(grace_s=0)
     assert str(refused.value).startswith(told)
     assert str(key) in str(refused.value) and "port" not in str(refused.value)
+
+
+async def test_a_start_refused_after_grpc_started_leaves_nothing_listening(redis_url: str) -> None:
+    """The metrics port is bound after gRPC has started: its refusal (a StartupError) left the gRPC
+    server running behind it — its port still taken, and a process that did not call ``stop()``
+    hung at exit for ever (gRPC's poller thread is never joined while a server it serves is alive).
+    A refused start stops what it had started, as a refused recovery already did."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        service = AtpService(make_config(host="127.0.0.1", metrics_host="127.0.0.1",
+                                         metrics_port=taken.getsockname()[1]), redis_url)
+        with pytest.raises(StartupError, match=r"^metrics_port: cannot listen"):
+            await service.start()
+    assert service.port, "gRPC had started before the refusal"
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", service.port), timeout=10).close()
+    finally:
+        await service.stop(grace_s=0)
