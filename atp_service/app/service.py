@@ -124,9 +124,7 @@ class AtpService:
 
     async def _start(self) -> None:
         try:
-            # A refusal after gRPC started (the metrics port taken) stops it too: a server left
-            # running keeps its port and hangs the process at exit (gRPC's poller is never joined).
-            await self._listen()
+            await self._listen()  # refused once gRPC started (metrics port): never left serving (hangs exit)
             self.engine = await self._recover()
         except BaseException:  # refused (a bad log, a mismatched layout): leave nothing listening behind
             await self._stop_server(0)
@@ -363,7 +361,11 @@ class AtpService:
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self._stop(grace_s), name="atp-stop")
             self._stopping.add_done_callback(exception_seen)  # its callers, if any is left, still get it
-        await asyncio.shield(self._stopping)
+        try:
+            await asyncio.shield(self._stopping)
+        except asyncio.CancelledError:  # given up (a bound): gRPC stopped now, never left serving at exit
+            await self._stop_server(0)
+            raise
 
     async def _stop(self, grace_s: float | None) -> None:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
