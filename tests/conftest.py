@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import redis
 
@@ -18,6 +19,13 @@ from atp_service.engine.clock import Clock
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.tasks import task_stacks
 from reservation import Limits
+
+# gRPC's asyncio layer shuts its global completion queue down when the last server or channel is
+# collected, joining its poller thread; a server collected while still running (its test failed
+# before stopping it, its loop closed) leaves calls pending there and that join never returns: the
+# run (a pytest-xdist worker) hangs at exit for ever (grpc/grpc#22365). This reference, never
+# given back, keeps the queue up until the process exits. Outside any loop: it anchors none.
+grpc.aio.init_grpc_aio()  # type: ignore[attr-defined]  # exported, missing from the stubs
 
 SPAWNED: list[subprocess.Popen[bytes]] = []
 """Service processes a test started (``spawned``): any still running after the test is killed."""
@@ -90,18 +98,20 @@ async def start_service(redis_url: str) -> AsyncIterator[ServiceFactory]:
 
 async def services_on(redis_url: str, **base: Any) -> AsyncIterator[ServiceFactory]:
     """A ``ServiceFactory`` of services on ``redis_url`` with ``base`` settings, each stopped after."""
-    running: list[tuple[AtpService, AtpClient]] = []
+    running: list[tuple[AtpService, AtpClient | None]] = []
 
     async def start(clock: Clock | None = None, **overrides: Any) -> tuple[AtpService, AtpClient]:
         service = AtpService(test_config(**{**base, **overrides}), redis_url, clock=clock)
+        running.append((service, None))  # stopped after even if its start fails half-way
         await service.start()
         client = AtpClient(f"127.0.0.1:{service.port}")
-        running.append((service, client))
+        running[-1] = (service, client)
         return service, client
 
     yield start
     for service, client in running:
-        await client.close()
+        if client is not None:
+            await client.close()
         try:
             await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
         except TimeoutError:
