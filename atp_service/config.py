@@ -282,7 +282,7 @@ class ServiceConfig:
     otherwise no channels."""
 
     publish_batch_max: int = 1000
-    """Most channel updates one feed writes per round (one script call with the others)."""
+    """Most channel updates one feed writes in one script call (a round writes again while one is full)."""
 
     velocity_half_life_s: float = 300.0
     """Half-life of the recent sales velocity that orders ordinary channel updates."""

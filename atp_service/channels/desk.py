@@ -1,11 +1,10 @@
 """Channel feeds in the service: durable changes in, curated and throttled updates out (C1-C3).
 
-Shard actors report every log entry once it is durable (``on_durable``). The desk notes which
-SKUs and positions changed, and one task re-curates them — a SKU across all the locations a
-channel sells from is one numpy gather and one vectorised ``curate`` — and offers the results
-to each channel's ``Feed``, which decides what goes out when. What goes out is written to the
-channel stream and its state hash by one Lua script call; only then is it published (and watchable).
-The desk is the only writer, so versions stay in order with the stream ids.
+Shard actors report every log entry once it is durable (``on_durable``). The desk notes which SKUs and positions
+changed, and one task re-curates them — a SKU across all the locations a channel sells from is one numpy gather and
+one vectorised ``curate`` — and offers the results to each channel's ``Feed``, which decides what goes out when.
+What goes out is written to the channel stream and its state hash by one Lua script call; only then is it published
+(and watchable). The desk is the only writer, so versions stay in order with the stream ids.
 """
 
 from __future__ import annotations
@@ -106,10 +105,9 @@ class ChannelDesk:
     async def _withdraw_dropped_locations(self) -> None:
         """A per-location channel that no longer sells from a location is shown 0 there at once (C1):
         its last number, or one waiting or being written, which no curation would ever correct."""
-        for channel in list(self.estate.channels.values()):
-            if channel.per_location:
-                await withdraw_dropped(self.feeds[channel.name], channel, self.settings.curate_slice_cells,
-                                       self.clock.now_ms)
+        for channel in [channel for channel in self.estate.channels.values() if channel.per_location]:
+            await withdraw_dropped(self.feeds[channel.name], channel, self.settings.curate_slice_cells,
+                                   self.clock.now_ms)
 
     async def _withdraw_unheld(self) -> None:
         """At the start: a key published once that no recovered position stands behind is shown 0
@@ -316,29 +314,32 @@ class ChannelDesk:
             self.metrics.pending.labels(name).set(feed.pending)
 
     async def publish_due(self, urgent_only: bool = False) -> list[ChannelUpdate]:
-        """Take what each feed may publish now, write it, then confirm it (or give it back)."""
-        now = self.clock.now_ms()
-        limit = self.settings.publish_batch_max
-        taken = [(name, feed, feed.take(now, limit, urgent_only)) for name, feed in self.feeds.items()]
-        if not any(updates for _, _, updates in taken):
-            return []
-        try:
-            await self.store.write(
-                (name, self.estate.channels[name].stream_maxlen, updates) for name, _, updates in taken
-            )
-        except STORAGE_ERRORS as exc:
-            await self._settle(taken, exc)
-            raise
-        done = self.clock.now_ms()
-        out: list[ChannelUpdate] = []
-        for name, feed, updates in taken:
-            coalesced, throttled = feed.coalesced, feed.throttled
-            feed.confirm(updates)
-            self._observe(name, updates, done)
-            self.metrics.coalesced.labels(name).inc(coalesced)
-            self.metrics.throttled.labels(name).inc(throttled)
-            feed.coalesced = feed.throttled = 0
-            out += updates
+        """Take what each feed may publish now, write it, confirm it (or give it back); again while a feed filled
+        its batch, at most once per ``publish_batch_max`` values pending: one batch a round held a busy channel far
+        below its rate limit, and slow sellers' changes, the last in order, waited out a whole burst (C2)."""
+        limit, out = self.settings.publish_batch_max, list[ChannelUpdate]()
+        for _ in range(max(1, -(-sum(feed.pending for feed in self.feeds.values()) // limit))):
+            now = self.clock.now_ms()
+            taken = [(name, feed, feed.take(now, limit, urgent_only)) for name, feed in self.feeds.items()]
+            if not any(updates for _, _, updates in taken):
+                break
+            try:
+                channels = self.estate.channels
+                await self.store.write((name, channels[name].stream_maxlen, updates) for name, _, updates in taken)
+            except STORAGE_ERRORS as exc:
+                await self._settle(taken, exc)
+                raise
+            done = self.clock.now_ms()
+            for name, feed, updates in taken:
+                coalesced, throttled = feed.coalesced, feed.throttled
+                feed.confirm(updates)
+                self._observe(name, updates, done)
+                self.metrics.coalesced.labels(name).inc(coalesced)
+                self.metrics.throttled.labels(name).inc(throttled)
+                feed.coalesced = feed.throttled = 0
+                out += updates
+            if all(len(updates) < limit for _, _, updates in taken):
+                break  # every feed took all it may now
         return out
 
     async def _settle(self, taken: list[tuple[str, Feed, list[ChannelUpdate]]], error: BaseException) -> None:
@@ -354,7 +355,6 @@ class ChannelDesk:
         async def fence_and_read() -> dict[str, int]:
             await self.store.fence()
             return {name: await self.store.last_version(name) for name in names}
-
         # Each failed try counts as a failed write: a settle that cannot fence publishes nothing, for
         # as long as it lasts, and the alert on the failures' rate must see it.
         last = await retry_until_done(fence_and_read, STORAGE_ERRORS, DESK_RETRY,
