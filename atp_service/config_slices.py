@@ -61,6 +61,12 @@ class IngestSettings:
     limits: Limits
 
 
+PUBLISH_WRITES_PER_ROUND = 16
+"""Most writes (each at most ``publish_batch_max`` a feed) one channel desk round makes while feeds fill
+their batches: ~16,000 updates a channel a round keep a burst's changes moving, while a larger backlog (a
+new channel's baseline) goes out over rounds, curation (new stock-outs first) running between them."""
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelSettings:
     """What the channel desk is told, beyond the estate."""

@@ -24,6 +24,7 @@ from atp_service.channels.estate import Channel, Estate
 from atp_service.channels.marks import mark_skus, remark
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
 from atp_service.config import ChannelSettings
+from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
 from atp_service.engine.clock import Clock
 from atp_service.engine.router import Engine
 from atp_service.metrics import ChannelMetrics
@@ -314,11 +315,10 @@ class ChannelDesk:
             self.metrics.pending.labels(name).set(feed.pending)
 
     async def publish_due(self, urgent_only: bool = False) -> list[ChannelUpdate]:
-        """Take what each feed may publish now, write it, confirm it (or give it back); again while a feed filled
-        its batch, at most once per ``publish_batch_max`` values pending: one batch a round held a busy channel far
-        below its rate limit, and slow sellers' changes, the last in order, waited out a whole burst (C2)."""
+        """Take what each feed may publish now, write it, confirm it (or give it back); again while a feed filled its
+        batch (``PUBLISH_WRITES_PER_ROUND``): one batch a round held a busy channel far below its rate limit (C2)."""
         limit, out = self.settings.publish_batch_max, list[ChannelUpdate]()
-        for _ in range(max(1, -(-sum(feed.pending for feed in self.feeds.values()) // limit))):
+        for _ in range(min(PUBLISH_WRITES_PER_ROUND, max(1, -(-sum(f.pending for f in self.feeds.values()) // limit)))):
             now = self.clock.now_ms()
             taken = [(name, feed, feed.take(now, limit, urgent_only)) for name, feed in self.feeds.items()]
             if not any(updates for _, _, updates in taken):
