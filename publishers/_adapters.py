@@ -151,9 +151,12 @@ def _after_torn_line(path: Path) -> bytes:
         return b""
     if not stat.S_ISREG(found.st_mode) or not found.st_size:
         return b""
-    with path.open("rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return b"" if f.read(1) == b"\n" else b"\n"
+    try:
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return b"" if f.read(1) == b"\n" else b"\n"
+    except OSError:  # a file this publisher may append to but not read: it cannot tell, and appends as before
+        return b""
 
 
 def _in_daemon_thread(work: Callable[[], None]) -> concurrent.futures.Future[None]:
