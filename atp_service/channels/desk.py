@@ -315,17 +315,17 @@ class ChannelDesk:
             self.metrics.pending.labels(name).set(feed.pending)
 
     async def publish_due(self, urgent_only: bool = False) -> list[ChannelUpdate]:
-        """Take what each feed may publish now, write it, confirm it (or give it back); again while a feed filled its
-        batch (``PUBLISH_WRITES_PER_ROUND``): one batch a round held a busy channel far below its rate limit (C2)."""
+        """Take what each feed may publish now, write it, confirm it (or give it back); a round's last call again
+        while a feed filled its batch (``PUBLISH_WRITES_PER_ROUND``: one a round held a busy channel back, C2)."""
         limit, out = self.settings.publish_batch_max, list[ChannelUpdate]()
-        for _ in range(min(PUBLISH_WRITES_PER_ROUND, max(1, -(-sum(f.pending for f in self.feeds.values()) // limit)))):
+        writes = -(-sum(f.pending for f in self.feeds.values()) // limit)
+        for _ in range(1 if urgent_only else min(PUBLISH_WRITES_PER_ROUND, max(1, writes))):
             now = self.clock.now_ms()
             taken = [(name, feed, feed.take(now, limit, urgent_only)) for name, feed in self.feeds.items()]
             if not any(updates for _, _, updates in taken):
                 break
             try:
-                channels = self.estate.channels
-                await self.store.write((name, channels[name].stream_maxlen, updates) for name, _, updates in taken)
+                await self.store.write((n, self.estate.channels[n].stream_maxlen, u) for n, _, u in taken)
             except STORAGE_ERRORS as exc:
                 await self._settle(taken, exc)
                 raise

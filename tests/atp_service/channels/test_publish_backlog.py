@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from atp_service import ManualClock
+from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
 from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
@@ -59,3 +60,38 @@ async def test_c2_every_change_due_is_published_by_the_next_round_not_one_batch_
     assert first == 0, f"{first} of {SKUS} changes due still unpublished after the round"
     updates = await wait_for_updates(redis_url, "market", 2 * SKUS)
     assert sorted((u.sku, u.quantity) for u in updates[SKUS:]) == [(f"sku-{n}", 49) for n in range(SKUS)]
+
+
+async def test_a_round_writes_a_backlog_at_most_publish_writes_per_round_times(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """A backlog larger than a round may write (a new channel's baseline of millions of keys) goes
+    out over rounds, curation running between them (new stock-outs first): each round's publishing
+    of stock-outs writes once, its last publishing at most ``PUBLISH_WRITES_PER_ROUND`` times."""
+    skus = PUBLISH_WRITES_PER_ROUND + 8
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path, ESTATE), publish_batch_max=1)
+    desk = service.channels
+    assert desk is not None
+    feed, write, run_round = desk.feeds["market"], desk.store.write, desk.run_round
+    await client.record_events([fact(f"count-{n}", "COUNT", f"sku-{n}", "dc-1", 50, T - 1000) for n in range(skus)])
+    await wait_for_updates(redis_url, "market", skus)  # the baselines, over rounds
+    rounds: list[tuple[int, int, int]] = []  # (clock when the round began, its writes, values pending after it)
+    writes = [0]
+
+    async def counted_write(*args: Any, **kwargs: Any) -> Any:
+        writes[0] += 1
+        return await write(*args, **kwargs)
+
+    async def counted_round() -> Any:
+        began, writes[0] = clock.now_ms(), 0
+        await run_round()
+        rounds.append((began, writes[0], feed.pending))
+
+    desk.store.write, desk.run_round = counted_write, counted_round  # type: ignore[method-assign]
+    await client.record_events([fact(f"sale-{n}", "SALE", f"sku-{n}", "dc-1", 1, T) for n in range(skus)])
+    await until(lambda: feed.pending == skus, "every change waiting for its throttle interval")
+    due = clock.advance(1000)
+    desk.poke()
+    await until(lambda: any(began >= due for began, _, _ in rounds), "a round after the interval")
+    _, written, left = next(r for r in rounds if r[0] >= due)
+    assert written <= PUBLISH_WRITES_PER_ROUND + 2 and left == skus - PUBLISH_WRITES_PER_ROUND, (written, left)
+    await wait_for_updates(redis_url, "market", 2 * skus)  # the rest, by the next rounds
