@@ -19,6 +19,7 @@ the rows loaded before count as ``duplicate``).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ Rows = npt.NDArray[np.intp]
 NOTHING_APPLIED = "; nothing applied"
 """How a refusal of a part says that nothing of it was applied (true of the part, not of the call)."""
 PART_NOT_APPLIED = "; nothing of this part applied"
+_NOTE = re.compile(r"; \d+ of the block's \d+ valid rows were loaded by other shards .*$", re.S)
 
 
 async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerContext[Any, Any], engine: Engine,
@@ -61,13 +63,15 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
     else:
         (outcomes, reasons, refused), answers = await _local(desk, mine), {}
     out = convert.load_counts_response(good[here], outcomes, reasons, errors)
+    peers_loaded = [0, 0]  # rows loaded, rows applied, by parts of other owners that refused the rest
     for owner, answer in answers.items():
         if isinstance(answer, pb.LoadCountsResponse):
             _merge(out, answer, good[elsewhere[owner]])
         else:
             refused = refused or answer
+            peers_loaded = [a + b for a, b in zip(peers_loaded, _loaded_before_refusal(answer), strict=True)]
     if refused is not None:
-        raise _told(refused, out, len(block))
+        raise _told(refused, out, len(block), *peers_loaded)
     return out
 
 
@@ -81,14 +85,17 @@ async def _local(desk: FactDesk, rows: CountRows) -> tuple[Outcomes, dict[int, s
     return outcomes, reasons, refused
 
 
-def _told(refusal: DomainError | Relayed, out: pb.LoadCountsResponse, rows: int) -> DomainError | Relayed:
+def _told(refusal: DomainError | Relayed, out: pb.LoadCountsResponse, rows: int, peers_loaded: int = 0,
+          peers_applied: int = 0) -> DomainError | Relayed:
     """The refusal of a part, as the caller is told it: unchanged when no row of the block was
-    loaded; else saying, in words and in ``ErrorInfo`` metadata, what the other parts loaded."""
-    loaded = out.applied + out.absorbed + out.duplicate + out.quarantined
+    loaded; else saying, in words and in ``ErrorInfo`` metadata, what the other parts loaded —
+    ``peers_*``: rows that owners which refused their part had loaded of it before (they say so)."""
+    loaded = out.applied + out.absorbed + out.duplicate + out.quarantined + peers_loaded
+    applied = out.applied + peers_applied
     if not loaded:
         return refusal
-    facts = {"rows_loaded": str(loaded), "rows_applied": str(out.applied), "rows_not_loaded": str(rows - loaded)}
-    note = (f"; {loaded} of the block's {rows} valid rows were loaded by other shards ({out.applied} applied) "
+    facts = {"rows_loaded": str(loaded), "rows_applied": str(applied), "rows_not_loaded": str(rows - loaded)}
+    note = (f"; {loaded} of the block's {rows} valid rows were loaded by other shards ({applied} applied) "
             f"and {rows - loaded} were refused or are in doubt: resending the whole block is safe (E8: the rows "
             "loaded count as duplicate)")
     if isinstance(refusal, DomainError):  # this process's own refusal, made for this call alone
@@ -101,9 +108,9 @@ def _told(refusal: DomainError | Relayed, out: pb.LoadCountsResponse, rows: int)
 
 def _relayed_with(refusal: Relayed, note: str, facts: dict[str, str]) -> Relayed:
     """An owner's refusal of its part, its message and ``ErrorInfo`` metadata saying ``note`` and ``facts``."""
-    message = refusal.details.replace(NOTHING_APPLIED, PART_NOT_APPLIED) + note
-    given = next((value for key, value in refusal.trailers if key == DETAILS_KEY), None)
-    status = status_pb2.Status(code=refusal.code.value[0]) if given is None else status_pb2.Status.FromString(given)
+    own = _NOTE.sub("", refusal.details)  # an owner's own note of its part: the block's is told instead
+    message = own.replace(NOTHING_APPLIED, PART_NOT_APPLIED) + note
+    status = _status_of(refusal)
     status.message = message
     infos = [detail for detail in status.details if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
     if not infos:  # gRPC's own refusal (the owner not reached): no reason to give, the facts still told
@@ -116,6 +123,21 @@ def _relayed_with(refusal: Relayed, note: str, facts: dict[str, str]) -> Relayed
         detail.Pack(info)
     trailers = [(key, value) for key, value in refusal.trailers if key != DETAILS_KEY]
     return Relayed(refusal.code, message, (*trailers, (DETAILS_KEY, status.SerializeToString())))
+
+
+def _status_of(refusal: Relayed) -> status_pb2.Status:
+    """The ``google.rpc.Status`` an owner's refusal carries (its code alone where it carries none)."""
+    given = next((value for key, value in refusal.trailers if key == DETAILS_KEY), None)
+    return status_pb2.Status(code=refusal.code.value[0]) if given is None else status_pb2.Status.FromString(given)
+
+
+def _loaded_before_refusal(refusal: Relayed) -> tuple[int, int]:
+    """(rows loaded, rows applied) of its part an owner says it loaded before refusing the rest."""
+    for detail in _status_of(refusal).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and "rows_loaded" in info.metadata:
+            return int(info.metadata["rows_loaded"]), int(info.metadata.get("rows_applied", "0"))
+    return 0, 0
 
 
 def _split(block: CountRows, engine: Engine, forwarder: Forwarder,
