@@ -190,6 +190,11 @@ class Feed:
         return len(self._pending)
 
     @property
+    def stockouts_pending(self) -> int:
+        """Stock-outs waiting to be taken: the desk writes them between slices of a round's curation (C2)."""
+        return len(self._stockouts)
+
+    @property
     def in_flight(self) -> int:
         return len(self._inflight)
 

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from atp_service.channels.estate import Channel
-from reservation import Feed, Key, PositionStore, curate
+from reservation import Feed, Key, PositionStore, curate, zero_through
 
 Offer = tuple[Feed, str, str, int, int]  # feed, sku, location, value, source time
 
@@ -131,6 +131,13 @@ def _take_off(available: npt.NDArray[np.int64], ahead: dict[tuple[str, str], int
         i, j = row_of.get(sku), col_of.get(location)
         if i is not None and j is not None:
             available[i, j] -= delta
+
+
+def zero_lines(channels: dict[str, Channel], feeds: dict[str, Feed]) -> list[tuple[Feed, int, frozenset[str]]]:
+    """Per per-location channel, the ``available`` at or below which a position shows 0: what the desk's
+    ``on_durable`` needs to offer a stock-out at once, without waiting for the round's curation."""
+    return [(feeds[name], line, frozenset(channel.sells_from)) for name, channel in channels.items()
+            if channel.per_location and (line := zero_through(channel.rules)) is not None]
 
 
 def skus_per_slice(channels: Iterable[Channel], cells: int) -> int:

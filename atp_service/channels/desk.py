@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from atp_service.channels.curator import Curator, Offer, skus_per_slice
+from atp_service.channels.curator import Curator, Offer, skus_per_slice, zero_lines
 from atp_service.channels.estate import Channel, Estate
-from atp_service.channels.marks import mark_skus, remark
+from atp_service.channels.marks import mark_skus, remark, velocity_at
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
 from atp_service.config import ChannelSettings
 from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
@@ -32,7 +31,7 @@ from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore, WriteRefused
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait, finish_uncancelled
-from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, Reason, zero_through
+from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, Reason
 from reservation._events import CountsLoaded, FactApplied, HoldMoved, SafetyStockSet, Shipped
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ class ChannelDesk:
         self._velocity: dict[str, tuple[float, int]] = {}  # sku -> (decayed demand units, at)
         self._curator = Curator()
         self._round_dirty_at: dict[str, int] = {}
-        self._zero_lines: list[tuple[Feed, int, frozenset[str]]] = []  # see _find_zero_lines
+        self._zero_lines: list[tuple[Feed, int, frozenset[str]]] = []  # see curator.zero_lines
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -67,7 +66,7 @@ class ChannelDesk:
     async def start(self) -> None:
         """Load what each channel last published, curate everything, publish the differences."""
         await self._load_feeds(self.estate)
-        self._find_zero_lines()
+        self._zero_lines = zero_lines(self.estate.channels, self.feeds)
         for actor in self.engine.actors:
             actor.listeners.append(self.on_durable)
             actor.undo_listeners.append(self.on_undone)
@@ -92,7 +91,7 @@ class ChannelDesk:
         """Swap in a new estate/channel configuration: re-curate, publish only what changed."""
         await self._load_feeds(estate)
         self.estate = estate
-        self._find_zero_lines()
+        self._zero_lines = zero_lines(self.estate.channels, self.feeds)
         self._curator.reset()
         # Done whole even if the caller goes (R8): a key left at a dropped location keeps its number.
         await finish_uncancelled(asyncio.ensure_future(self._reload_passes()))
@@ -117,15 +116,6 @@ class ChannelDesk:
         for channel in list(self.estate.channels.values()):
             await withdraw_unheld(self.feeds[channel.name], channel,
                                   lambda sku: engine.actors[engine.place(sku)].positions(), size, self.clock.now_ms)
-
-    def _find_zero_lines(self) -> None:
-        """Per per-location channel, the ``available`` at or below which a position shows 0: what
-        ``on_durable`` needs to offer a stock-out at once, without waiting for the round's curation."""
-        self._zero_lines = [
-            (self.feeds[name], line, frozenset(channel.sells_from))
-            for name, channel in self.estate.channels.items()
-            if channel.per_location and (line := zero_through(channel.rules)) is not None
-        ]
 
     async def _load_feeds(self, estate: Estate) -> None:
         """The feeds of ``estate``: new channels' published state is read first (the only awaits),
@@ -204,17 +194,13 @@ class ChannelDesk:
                         self._curator.forget(feed.channel, shard, store, sku)
                         stockouts = True
         for sku, units in demand.items():
-            self._velocity[sku] = (self._velocity_at(sku, now) + units, now)
+            self._velocity[sku] = (velocity_at(self._velocity, self._half_life_ms, sku, now) + units, now)
         if dirty or stockouts:
             self._wake.set()
 
     def _mark_loaded(self, event: CountsLoaded, t: int, now: int) -> None:
         """A baseline block: its SKUs are curated whole in the next round, stock-outs first (C2)."""
         mark_skus(self._dirty, self._dirty_at, event.skus, t, now)
-
-    def _velocity_at(self, sku: str, now: int) -> float:
-        value, at = self._velocity.get(sku, (0.0, now))
-        return value * math.exp2(-(now - at) / self._half_life_ms) if now > at else value
 
     async def _mark_everything(self) -> None:
         """Every SKU of every shard dirty, whole: one mark per SKU (``mark_skus``), not per position."""
@@ -262,12 +248,12 @@ class ChannelDesk:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def curate_dirty(self) -> list[Offer]:
-        """C1 for every SKU changed since the last round, for every channel. Stock-outs are offered
-        at once; the other changed offers are returned, to be offered after the stock-outs are
-        published. In slices (``curate_slice_cells``) with a turn of the event loop between: after a
-        start, a reload or a baseline every SKU is dirty, and one pass held every shard, call and
-        lease renewal for seconds. A slice reads durable state as it is then; what becomes durable
-        meanwhile is marked dirty again (``on_durable``) and curated anew by the next round."""
+        """C1 for every SKU changed since the last round, for every channel. Stock-outs are offered and
+        written between slices (C2: not after the whole round's curation); the other changed offers are
+        returned, to be offered after the stock-outs are published. In slices (``curate_slice_cells``)
+        with a turn of the event loop between: after a start, a reload or a baseline every SKU is dirty, and
+        one pass held every shard, call and lease renewal for seconds. A slice reads durable state as it is
+        then; what becomes durable meanwhile is marked dirty again (``on_durable``) and curated anew next round."""
         if not self._dirty:
             return []
         started = time.perf_counter()
@@ -277,11 +263,12 @@ class ChannelDesk:
         by_shard: dict[int, list[str]] = {}
         for sku in dirty:
             by_shard.setdefault(self.engine.place(sku), []).append(sku)
-        estate, rest = self.estate, list[Offer]()
+        estate, rest, publishing = self.estate, list[Offer](), True
         step = skus_per_slice(estate.channels.values(), self.settings.curate_slice_cells)
         for shard, skus in by_shard.items():
             for at in range(0, len(skus), step):
                 if len(dirty) < len(dirty_at):  # not the first slice
+                    publishing = publishing and await self._stockouts_between_slices()
                     await asyncio.sleep(0)
                 if self.estate is not estate:  # reloaded meanwhile: the SKUs left go to the next round
                     remark(self._dirty, self._dirty_at, dirty, dirty_at)
@@ -299,18 +286,31 @@ class ChannelDesk:
     async def _offer_in_slices(self, offers: list[Offer], estate: Estate) -> None:
         """``_offer`` of a round's changes, ``curate_slice_cells`` at a time, while ``estate`` is current,
         but those of SKUs marked again meanwhile (``Curator.drop_stale``)."""
-        def offer(part: Sequence[Offer]) -> None:
+        size, publishing = self.settings.curate_slice_cells, True
+        for at in range(0, len(offers), size):
+            if at:
+                publishing = publishing and await self._stockouts_between_slices()
+                await asyncio.sleep(0)
             if self.estate is estate:
-                self._offer(self._curator.drop_stale(part, self._dirty, self.engine.place,
+                self._offer(self._curator.drop_stale(offers[at:at + size], self._dirty, self.engine.place,
                                                      lambda shard: self.engine.actors[shard].positions()))
 
-        await in_slices(offers, self.settings.curate_slice_cells, offer)
+    async def _stockouts_between_slices(self) -> bool:
+        """C2: stock-outs waiting written before a round's next slice (curated or offered), not after the whole
+        round; one write a slice. False: the write failed (settled); the round's own publish_due retries."""
+        if any(feed.stockouts_pending for feed in self.feeds.values()):
+            try:
+                await self.publish_due(urgent_only=True)
+            except STORAGE_ERRORS:
+                return False
+        return True
 
     def _offer(self, offers: Sequence[Offer]) -> None:
         now = self.clock.now_ms()
-        dirty_at, velocity = self._round_dirty_at, self._velocity_at
+        dirty_at, velocity, half_life = self._round_dirty_at, self._velocity, self._half_life_ms
         for feed, sku, location, value, source_time in offers:
-            feed.offer((sku, location), value, source_time, dirty_at.get(sku, now), now, velocity(sku, now))
+            feed.offer((sku, location), value, source_time, dirty_at.get(sku, now), now,
+                       velocity_at(velocity, half_life, sku, now))
         for name, feed in self.feeds.items():
             self.metrics.pending.labels(name).set(feed.pending)
 

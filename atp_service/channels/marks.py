@@ -5,6 +5,7 @@ rather than every position); ``dirty_at``: sku -> when it was first marked (the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 Dirty = dict[str, dict[str, int]]
@@ -29,3 +30,10 @@ def remark(dirty: Dirty, dirty_at: dict[str, int], left: Dirty, left_at: dict[st
             if locs.get(loc, -1) < t:
                 locs[loc] = t
         dirty_at[sku] = min(dirty_at.get(sku, left_at[sku]), left_at[sku])
+
+
+def velocity_at(velocity: dict[str, tuple[float, int]], half_life_ms: float, sku: str, now: int) -> float:
+    """A SKU's demand (``velocity``: sku -> (decayed units, at)) decayed to ``now``: the busiest
+    SKUs' changes go out first when a channel's rate limit holds them back."""
+    value, at = velocity.get(sku, (0.0, now))
+    return value * math.exp2(-(now - at) / half_life_ms) if now > at else value
