@@ -57,6 +57,7 @@ class ChannelDesk:
         self._curator = Curator()
         self._round_dirty_at: dict[str, int] = {}
         self._zero_lines: list[tuple[Feed, int, frozenset[str]]] = []  # see curator.zero_lines
+        self._slice_writes = 0  # writes of stock-outs between slices this round may still make
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -226,7 +227,7 @@ class ChannelDesk:
         """Publish the stock-outs offered since the last round, curate what changed (its stock-outs
         go out first, C2), offer the rest and publish what is due."""
         await self.publish_due(urgent_only=True)
-        estate = self.estate
+        estate, self._slice_writes = self.estate, PUBLISH_WRITES_PER_ROUND
         rest = await self.curate_dirty()
         try:
             if rest:
@@ -248,12 +249,10 @@ class ChannelDesk:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def curate_dirty(self) -> list[Offer]:
-        """C1 for every SKU changed since the last round, for every channel. Stock-outs are offered and
-        written between slices (C2: not after the whole round's curation); the other changed offers are
-        returned, to be offered after the stock-outs are published. In slices (``curate_slice_cells``)
-        with a turn of the event loop between: after a start, a reload or a baseline every SKU is dirty, and
-        one pass held every shard, call and lease renewal for seconds. A slice reads durable state as it is
-        then; what becomes durable meanwhile is marked dirty again (``on_durable``) and curated anew next round."""
+        """C1 for every SKU changed since the last round, for every channel: stock-outs offered and written between
+        slices (C2), the other offers returned. In slices (``curate_slice_cells``) with a turn of the loop between
+        (after a start, a reload or a baseline every SKU is dirty): a slice reads durable state as it is then; what
+        becomes durable meanwhile is marked dirty again (``on_durable``) and curated anew next round."""
         if not self._dirty:
             return []
         started = time.perf_counter()
@@ -263,12 +262,12 @@ class ChannelDesk:
         by_shard: dict[int, list[str]] = {}
         for sku in dirty:
             by_shard.setdefault(self.engine.place(sku), []).append(sku)
-        estate, rest, publishing = self.estate, list[Offer](), True
+        estate, rest = self.estate, list[Offer]()
         step = skus_per_slice(estate.channels.values(), self.settings.curate_slice_cells)
         for shard, skus in by_shard.items():
             for at in range(0, len(skus), step):
                 if len(dirty) < len(dirty_at):  # not the first slice
-                    publishing = publishing and await self._stockouts_between_slices()
+                    await self._stockouts_between_slices()
                     await asyncio.sleep(0)
                 if self.estate is not estate:  # reloaded meanwhile: the SKUs left go to the next round
                     remark(self._dirty, self._dirty_at, dirty, dirty_at)
@@ -286,24 +285,25 @@ class ChannelDesk:
     async def _offer_in_slices(self, offers: list[Offer], estate: Estate) -> None:
         """``_offer`` of a round's changes, ``curate_slice_cells`` at a time, while ``estate`` is current,
         but those of SKUs marked again meanwhile (``Curator.drop_stale``)."""
-        size, publishing = self.settings.curate_slice_cells, True
+        size = self.settings.curate_slice_cells
         for at in range(0, len(offers), size):
             if at:
-                publishing = publishing and await self._stockouts_between_slices()
+                await self._stockouts_between_slices()
                 await asyncio.sleep(0)
             if self.estate is estate:
                 self._offer(self._curator.drop_stale(offers[at:at + size], self._dirty, self.engine.place,
                                                      lambda shard: self.engine.actors[shard].positions()))
 
-    async def _stockouts_between_slices(self) -> bool:
+    async def _stockouts_between_slices(self) -> None:
         """C2: stock-outs waiting written before a round's next slice (curated or offered), not after the whole
-        round; one write a slice. False: the write failed (settled); the round's own publish_due retries."""
-        if any(feed.stockouts_pending for feed in self.feeds.values()):
+        round: one write a slice, ``PUBLISH_WRITES_PER_ROUND`` a round; none after one failed (settled: the
+        round's own publish_due retries it), so a round waits on a Redis that fails at most once here."""
+        if self._slice_writes > 0 and any(feed.stockouts_pending for feed in self.feeds.values()):
+            self._slice_writes -= 1
             try:
                 await self.publish_due(urgent_only=True)
             except STORAGE_ERRORS:
-                return False
-        return True
+                self._slice_writes = 0
 
     def _offer(self, offers: Sequence[Offer]) -> None:
         now = self.clock.now_ms()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from atp_service import ManualClock
+from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
 from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
@@ -71,3 +72,45 @@ async def test_c2_a_stock_out_found_in_a_rounds_first_slice_is_written_before_it
     assert written_at < last_curated_at, f"the stock-out waited for the whole round's curation: {seen}"
     updates = await wait_for_updates(redis_url, "market", SKUS + 1)
     assert (updates[SKUS].sku, updates[SKUS].quantity) == ("sku-0", 0)
+
+
+async def test_a_rounds_writes_of_stock_outs_between_slices_are_bounded(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """Every slice finding a stock-out (a burst of sell-outs, a reload beside one): one write a slice
+    stretched a round over thousands of slices' writes while the ordinary changes already curated
+    waited for its end. At most ``PUBLISH_WRITES_PER_ROUND`` such writes a round; the rest of the
+    stock-outs go out with the round's own publishing."""
+    skus = PUBLISH_WRITES_PER_ROUND + 8
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path, ESTATE), curate_slice_cells=1)
+    desk = service.channels
+    assert desk is not None
+    await client.record_events([fact(f"count-{n}", "COUNT", f"sku-{n}", "dc-1", 50, T - 1000) for n in range(skus)])
+    await wait_for_updates(redis_url, "market", skus)  # the baselines
+    seen: list[str] = []  # "curate" or "write", in order
+    gate = asyncio.Event()
+    run_round, curate_shard, write = desk.run_round, desk._curator.curate_shard, desk.store.write
+
+    async def gated_round() -> None:
+        await gate.wait()
+        await run_round()
+
+    def noted_curate(*args: Any) -> Any:
+        seen.append("curate")
+        return curate_shard(*args)
+
+    async def noted_write(batches: Any) -> Any:
+        seen.append("write")
+        return await write(batches)
+
+    desk.run_round = gated_round  # type: ignore[method-assign]
+    desk._curator.curate_shard = noted_curate  # type: ignore[method-assign]
+    desk.store.write = noted_write  # type: ignore[method-assign]
+    await client.record_events([fact(f"out-{n}", "COUNT", f"sku-{n}", "dc-1", 0, T) for n in range(skus)])
+    await until(lambda: len(desk._dirty) == skus, "every SKU of the test dirty")
+    gate.set()
+    desk.poke()
+    await until(lambda: seen.count("curate") >= skus, "every SKU curated")
+    first, last = seen.index("curate"), len(seen) - 1 - seen[::-1].index("curate")
+    assert 0 < seen[first:last].count("write") <= PUBLISH_WRITES_PER_ROUND, seen
+    updates = await wait_for_updates(redis_url, "market", 2 * skus)
+    assert sorted(u.sku for u in updates[skus:] if u.quantity == 0) == sorted(f"sku-{n}" for n in range(skus))
