@@ -195,8 +195,9 @@ class Nodes:
         replies = await lane.exchange(commands, extra_s)
         if self.wait_replicas:
             confirmed = replies.pop()
-            if isinstance(confirmed, BaseException):
-                raise confirmed
+            if isinstance(confirmed, BaseException):  # each call's own error stands (a MOVED from a node
+                # that is a replica now: the slot map is read again); the rest are not confirmed
+                return [r if isinstance(r, BaseException) else confirmed for r in replies]
             if int(confirmed) < self.wait_replicas:
                 short = NotReplicated(f"NOT REPLICATED {confirmed} of {self.wait_replicas} replicas confirmed the "
                                       f"write within {self.wait_timeout_ms} ms")
