@@ -55,6 +55,13 @@ strategy = "priority"
 """
 
 
+def one_dc_market(throttle_ms: int, rate_limit_per_s: float, burst: int | None = None) -> str:
+    """An estate of one DC and one channel, ``market``, selling from it, throttled as given."""
+    return (f'[[locations]]\nid = "dc-1"\ntype = "dc"\n\n[[channels]]\nname = "market"\nsells_from = ["dc-1"]\n'
+            f"throttle_ms = {throttle_ms}\nrate_limit_per_s = {rate_limit_per_s!r}\n"
+            + ("" if burst is None else f"burst = {burst}\n"))
+
+
 def write_estate(tmp_path: Path, text: str = ESTATE) -> Path:
     path = tmp_path / "estate.toml"
     path.write_text(text)

@@ -8,25 +8,14 @@ from pathlib import Path
 from atp_service import ManualClock
 from reservation import Feed
 from reservation._feed import HEAP_SLACK
-from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import fact, one_dc_market, wait_for_updates, write_estate
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
 
 T = 1_700_000_000_000
 COLD = 100
 ROUNDS = 30
-ESTATE = """
-[[locations]]
-id = "dc-1"
-type = "dc"
-
-[[channels]]
-name = "market"
-sells_from = ["dc-1"]
-throttle_ms = 0
-rate_limit_per_s = 0.001
-burst = 1
-"""
+ESTATE = one_dc_market(0, 0.001, burst=1)
 
 
 def queued(feed: Feed) -> int:

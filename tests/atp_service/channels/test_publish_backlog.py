@@ -8,24 +8,14 @@ from typing import Any
 
 from atp_service import ManualClock
 from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
-from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import fact, one_dc_market, wait_for_updates, write_estate
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
 
 T = 1_700_000_000_000
 SKUS = 10
 BATCH = 3
-ESTATE = """
-[[locations]]
-id = "dc-1"
-type = "dc"
-
-[[channels]]
-name = "market"
-sells_from = ["dc-1"]
-throttle_ms = 1000
-rate_limit_per_s = 1000000.0
-"""
+ESTATE = one_dc_market(1000, 1000000.0)
 
 
 async def test_c2_every_change_due_is_published_by_the_next_round_not_one_batch_a_round(
