@@ -22,6 +22,7 @@ from atp_service.channels.curator import Curator, Offer, skus_per_slice, zero_li
 from atp_service.channels.estate import Channel, Estate
 from atp_service.channels.marks import mark_skus, remark, velocity_at
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
+from atp_service.channels.urgent import UrgentWrites
 from atp_service.config import ChannelSettings
 from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
 from atp_service.engine.clock import Clock
@@ -57,7 +58,7 @@ class ChannelDesk:
         self._curator = Curator()
         self._round_dirty_at: dict[str, int] = {}
         self._zero_lines: list[tuple[Feed, int, frozenset[str]]] = []  # see curator.zero_lines
-        self._slice_writes = 0  # writes of stock-outs between slices this round may still make
+        self._urgent = UrgentWrites(lambda: self.publish_due(urgent_only=True))  # stock-outs between slices
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -87,6 +88,7 @@ class ChannelDesk:
             with contextlib.suppress(ValueError):
                 actor.undo_listeners.remove(self.on_undone)
         await cancel_and_wait(self._task)
+        await self._urgent.stop()
 
     async def reload(self, estate: Estate) -> dict[str, int]:
         """Swap in a new estate/channel configuration: re-curate, publish only what changed."""
@@ -100,15 +102,12 @@ class ChannelDesk:
         return {name: len(feed.published) for name, feed in self.feeds.items()}
 
     async def _reload_passes(self) -> None:
-        await self._withdraw_dropped_locations()
-        await self._mark_everything()
-
-    async def _withdraw_dropped_locations(self) -> None:
         """A per-location channel that no longer sells from a location is shown 0 there at once (C1):
         its last number, or one waiting or being written, which no curation would ever correct."""
         for channel in [channel for channel in self.estate.channels.values() if channel.per_location]:
             await withdraw_dropped(self.feeds[channel.name], channel, self.settings.curate_slice_cells,
                                    self.clock.now_ms)
+        await self._mark_everything()
 
     async def _withdraw_unheld(self) -> None:
         """At the start: a key published once that no recovered position stands behind is shown 0
@@ -227,7 +226,8 @@ class ChannelDesk:
         """Publish the stock-outs offered since the last round, curate what changed (its stock-outs
         go out first, C2), offer the rest and publish what is due."""
         await self.publish_due(urgent_only=True)
-        estate, self._slice_writes = self.estate, PUBLISH_WRITES_PER_ROUND
+        estate = self.estate
+        self._urgent.begin_round(PUBLISH_WRITES_PER_ROUND)
         rest = await self.curate_dirty()
         try:
             if rest:
@@ -264,20 +264,23 @@ class ChannelDesk:
             by_shard.setdefault(self.engine.place(sku), []).append(sku)
         estate, rest = self.estate, list[Offer]()
         step = skus_per_slice(estate.channels.values(), self.settings.curate_slice_cells)
-        for shard, skus in by_shard.items():
-            for at in range(0, len(skus), step):
-                if len(dirty) < len(dirty_at):  # not the first slice
-                    await self._stockouts_between_slices()
-                    await asyncio.sleep(0)
-                if self.estate is not estate:  # reloaded meanwhile: the SKUs left go to the next round
-                    remark(self._dirty, self._dirty_at, dirty, dirty_at)
-                    return rest
-                part, actor = skus[at:at + step], self.engine.actors[shard]
-                urgent, changed = self._curator.curate_shard(
-                    shard, actor.positions(), part, [dirty.pop(s) for s in part], estate.channels, self.feeds,
-                    actor.ahead_of_log())
-                self._offer(urgent)
-                rest += changed
+        try:
+            for shard, skus in by_shard.items():
+                for at in range(0, len(skus), step):
+                    if len(dirty) < len(dirty_at):  # not the first slice
+                        self._stockouts_between_slices()
+                        await asyncio.sleep(0)
+                    if self.estate is not estate:  # reloaded meanwhile: the SKUs left go to the next round
+                        remark(self._dirty, self._dirty_at, dirty, dirty_at)
+                        return rest
+                    part, actor = skus[at:at + step], self.engine.actors[shard]
+                    urgent, changed = self._curator.curate_shard(
+                        shard, actor.positions(), part, [dirty.pop(s) for s in part], estate.channels, self.feeds,
+                        actor.ahead_of_log())
+                    self._offer(urgent)
+                    rest += changed
+        finally:
+            await self._urgent.finish()
         self.metrics.curation_seconds.observe(time.perf_counter() - started)
         self.metrics.curated_skus.inc(len(dirty_at))
         return rest
@@ -286,24 +289,21 @@ class ChannelDesk:
         """``_offer`` of a round's changes, ``curate_slice_cells`` at a time, while ``estate`` is current,
         but those of SKUs marked again meanwhile (``Curator.drop_stale``)."""
         size = self.settings.curate_slice_cells
-        for at in range(0, len(offers), size):
-            if at:
-                await self._stockouts_between_slices()
-                await asyncio.sleep(0)
-            if self.estate is estate:
-                self._offer(self._curator.drop_stale(offers[at:at + size], self._dirty, self.engine.place,
-                                                     lambda shard: self.engine.actors[shard].positions()))
+        try:
+            for at in range(0, len(offers), size):
+                if at:
+                    self._stockouts_between_slices()
+                    await asyncio.sleep(0)
+                if self.estate is estate:
+                    self._offer(self._curator.drop_stale(offers[at:at + size], self._dirty, self.engine.place,
+                                                         lambda shard: self.engine.actors[shard].positions()))
+        finally:
+            await self._urgent.finish()
 
-    async def _stockouts_between_slices(self) -> None:
-        """C2: stock-outs waiting written before a round's next slice (curated or offered), not after the whole
-        round: one write a slice, ``PUBLISH_WRITES_PER_ROUND`` a round; none after one failed (settled: the
-        round's own publish_due retries it), so a round waits on a Redis that fails at most once here."""
-        if self._slice_writes > 0 and any(feed.stockouts_pending for feed in self.feeds.values()):
-            self._slice_writes -= 1
-            try:
-                await self.publish_due(urgent_only=True)
-            except STORAGE_ERRORS:
-                self._slice_writes = 0
+    def _stockouts_between_slices(self) -> None:
+        """C2: stock-outs waiting are written before a round's next slice (curated or offered), not after the whole
+        round, while the round goes on curating (``UrgentWrites``)."""
+        self._urgent.between_slices(any(feed.stockouts_pending for feed in self.feeds.values()))
 
     def _offer(self, offers: Sequence[Offer]) -> None:
         now = self.clock.now_ms()

@@ -1,0 +1,67 @@
+"""Stock-outs written while a round is still curating (C2): one write at a time, a bounded number a round.
+
+A burst keeps every SKU dirty, so a round curates for hundreds of milliseconds; a stock-out found in its first slice
+must not wait for the last. The desk starts a write of the stock-outs waiting between two slices and goes on curating
+while Redis runs it: awaiting each such write held the round for its whole round trip, and the ordinary changes the
+round had curated waited for the sum of them (``benchmarks/publish.py``'s ordinary change delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.tasks import cancel_and_wait
+
+
+class UrgentWrites:
+    """The desk's writes of stock-outs between slices. ``write`` is one ``publish_due(urgent_only=True)``: it settles
+    a failed write itself (fence, then read what landed) before it raises."""
+
+    __slots__ = ("_left", "_task", "_write")
+
+    def __init__(self, write: Callable[[], Awaitable[object]]) -> None:
+        self._write = write
+        self._left = 0
+        self._task: asyncio.Future[object] | None = None
+
+    def begin_round(self, budget: int) -> None:
+        """A new round may start ``budget`` writes (``PUBLISH_WRITES_PER_ROUND``)."""
+        assert self._task is None, "a round's urgent write is waited for before the round ends"
+        self._left = budget
+
+    def between_slices(self, stockouts_waiting: bool) -> None:
+        """Start a write of the stock-outs waiting, unless one is still on its way (the feeds take one write at a
+        time), the round's budget is spent, or one failed this round (settled: the round's own publishing retries,
+        so a round waits on a failing Redis at most once here)."""
+        task = self._task
+        if task is not None:
+            if not task.done():
+                return
+            self._task = None
+            self._note(task)
+        if self._left > 0 and stockouts_waiting:
+            self._left -= 1
+            self._task = asyncio.ensure_future(self._write())
+
+    async def finish(self) -> None:
+        """Wait for the write on its way, if any: the round's own publishing takes from the feeds next."""
+        task = self._task
+        if task is not None:
+            await asyncio.wait((task,))  # the desk stopped meanwhile: the write is still ours, and ``stop`` ends it
+            self._task = None
+            self._note(task)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        with contextlib.suppress(*STORAGE_ERRORS):  # settled as far as it got; the desk is going
+            await cancel_and_wait(task)
+
+    def _note(self, task: asyncio.Future[object]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, STORAGE_ERRORS):
+            self._left = 0
+        elif error is not None:
+            raise error  # a bug: the desk's loop ends and the service sees it
