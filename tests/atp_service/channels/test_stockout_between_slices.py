@@ -104,3 +104,51 @@ async def test_a_rounds_writes_of_stock_outs_between_slices_are_bounded(
     assert 0 < seen[first:last].count("write") <= PUBLISH_WRITES_PER_ROUND, seen
     updates = await wait_for_updates(redis_url, "market", 2 * skus)
     assert sorted(u.sku for u in updates[skus:] if u.quantity == 0) == sorted(f"sku-{n}" for n in range(skus))
+
+
+async def test_a_round_curates_on_while_its_write_of_a_stock_out_is_on_its_way(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """Each write between slices was awaited before the next slice: under a burst a round lasted up to
+    16 Redis round trips longer, and the ordinary changes it had curated waited for them all. Here the
+    stock-out's write is held until every SKU of the round is curated: the round must not wait for it."""
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path, ESTATE), curate_slice_cells=1)
+    desk = service.channels
+    assert desk is not None
+    await client.record_events([fact(f"count-{n}", "COUNT", f"sku-{n}", "dc-1", 50, T - 1000) for n in range(SKUS)])
+    await wait_for_updates(redis_url, "market", SKUS)  # the baselines
+    curated: list[str] = []
+    gate, held, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    run_round, curate_shard, write = desk.run_round, desk._curator.curate_shard, desk.store.write
+
+    async def gated_round() -> None:
+        await gate.wait()
+        await run_round()
+
+    def noted_curate(shard: int, store: Any, skus: Any, *args: Any) -> Any:
+        curated.extend(skus)
+        return curate_shard(shard, store, skus, *args)
+
+    async def held_write(batches: Any) -> Any:
+        batches = list(batches)
+        if any(u.quantity == 0 for _, _, updates in batches for u in updates):
+            held.set()
+            await release.wait()
+        return await write(batches)
+
+    desk.run_round = gated_round  # type: ignore[method-assign]
+    desk._curator.curate_shard = noted_curate  # type: ignore[method-assign,assignment]
+    desk.store.write = held_write  # type: ignore[method-assign]
+    await client.record_events([fact("count-out", "COUNT", "sku-0", "dc-1", 0, T)])  # first dirty: first slice
+    await client.record_events([fact(f"sale-{n}", "SALE", f"sku-{n}", "dc-1", 1, T) for n in range(1, SKUS)])
+    await until(lambda: len(desk._dirty) == SKUS, "every SKU of the test dirty")
+    gate.set()
+    desk.poke()
+    await until(held.is_set, "the stock-out's write begun")
+    await until(lambda: len(curated) >= SKUS, "every SKU curated while the stock-out's write was on its way")
+    release.set()
+    clock.advance(1000)  # the sales' changes wait for the throttle
+    desk.poke()
+    updates = await wait_for_updates(redis_url, "market", 2 * SKUS)
+    assert (updates[SKUS].sku, updates[SKUS].quantity) == ("sku-0", 0)
+    assert sorted(u.sku for u in updates[SKUS + 1:]) == [f"sku-{n}" for n in range(1, SKUS)]
+    assert all(desk.feeds[name].in_flight == 0 for name in desk.feeds)

@@ -1,0 +1,90 @@
+"""``UrgentWrites``, the desk's writes of stock-outs between slices: one at a time, a bounded number a
+round, none after a failure, a bug not swallowed, the write on its way ended at stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from atp_service.channels.urgent import UrgentWrites
+
+
+class Writes:
+    def __init__(self) -> None:
+        self.started = 0
+        self.release = asyncio.Event()
+        self.error: BaseException | None = None
+        self.cancelled = 0
+
+    async def write(self) -> None:
+        self.started += 1
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.error is not None:
+            raise self.error
+
+
+async def test_one_write_at_a_time_and_no_more_than_the_rounds_budget() -> None:
+    writes = Writes()
+    urgent = UrgentWrites(writes.write)
+    urgent.begin_round(2)
+    urgent.between_slices(True)
+    await asyncio.sleep(0)
+    urgent.between_slices(True)  # the first still on its way: no second beside it
+    assert writes.started == 1
+    writes.release.set()
+    await asyncio.sleep(0)
+    urgent.between_slices(False)  # nothing waiting: nothing written
+    urgent.between_slices(True)
+    await asyncio.sleep(0)
+    urgent.between_slices(True)
+    await urgent.finish()
+    urgent.between_slices(True)  # the budget spent
+    assert writes.started == 2
+    await urgent.finish()
+
+
+async def test_a_failed_write_ends_the_rounds_writes_and_the_next_round_may_write_again() -> None:
+    writes = Writes()
+    writes.error, urgent = RedisConnectionError("gone"), UrgentWrites(writes.write)
+    writes.release.set()
+    urgent.begin_round(5)
+    urgent.between_slices(True)
+    await urgent.finish()  # settled by the write itself: not raised here
+    urgent.between_slices(True)
+    assert writes.started == 1
+    writes.error = None
+    urgent.begin_round(5)
+    urgent.between_slices(True)
+    await urgent.finish()
+    assert writes.started == 2
+
+
+async def test_a_bug_in_a_write_is_raised_to_the_desk() -> None:
+    writes = Writes()
+    writes.error, urgent = KeyError("bug"), UrgentWrites(writes.write)
+    writes.release.set()
+    urgent.begin_round(5)
+    urgent.between_slices(True)
+    with pytest.raises(KeyError):
+        await urgent.finish()
+
+
+async def test_stop_ends_the_write_on_its_way_even_when_the_round_was_cancelled_waiting_for_it() -> None:
+    writes = Writes()
+    urgent = UrgentWrites(writes.write)
+    urgent.begin_round(1)
+    urgent.between_slices(True)
+    waiting = asyncio.ensure_future(urgent.finish())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert writes.cancelled == 0  # the desk's cancellation is not the write's
+    await urgent.stop()
+    assert writes.cancelled == 1
