@@ -27,7 +27,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.
 FACT_ORIGINS = ("grpc", "stream")
 """``atp_facts_total``'s origins of every kind of fact (RecordEvents, the input streams); LoadCounts' is load."""
 CAPACITY_LIMITS = ("max_live_reservations_per_shard", "max_resolved_reservations_per_shard", "max_positions_per_shard",
-                   "max_reserve_streams", "max_watchers")
+                   "max_dedupe_entries_per_shard", "max_reserve_streams", "max_watchers")
 """``atp_capacity_refusals_total``'s limits: a shard's bounds on what it remembers and holds, the edge's on
 open streams."""
 
@@ -87,11 +87,14 @@ class EngineMetrics:
         self.positions = Gauge(
             "atp_positions", "Positions (SKU x location) a shard holds; bounded by max_positions_per_shard",
             ["shard"], registry=r)
+        self.dedupe_entries = Gauge(
+            "atp_dedupe_entries", "Fact identities a shard remembers for dedupe (E8) over the grace window; "
+            "bounded by max_dedupe_entries_per_shard", ["shard"], registry=r)
         self.capacity_refusals = Counter(
             "atp_capacity_refusals_total", "Calls refused CAPACITY_REACHED at a bound, by that limit: a shard's "
-            "on what it remembers (new Reserves) or holds (facts naming a new position quarantined, LoadCounts "
-            "and SetSafetyStock refused), the service's on open ReserveStreams or watchers", ["limit"],
-            registry=r)
+            "on what it remembers (new Reserves; new facts quarantined at the dedupe bound) or holds (facts naming "
+            "a new position quarantined, LoadCounts and SetSafetyStock refused), the service's on open "
+            "ReserveStreams or watchers", ["limit"], registry=r)
         # At 0 from the start: at the bound every new Reserve of the shard (every new stream, every new
         # position) is refused until reservations end or retention forgets them (streams close), and no
         # other counter (atp_shed_total) sees it.

@@ -11,7 +11,9 @@ identity E8 already holds — is recorded one by one by ``Ledger.record_fact``, 
 
 Lateness (E6) depends on the order facts arrive in, so the split is taken only where order cannot
 matter: when no row of the block is older than the newest time it holds (or the shard's stream
-time) minus the grace window. Otherwise every row goes one by one, in the block's order.
+time) minus the grace window, and where E8's memory stays below ``max_dedupe_entries_per_shard``
+with every superseded count in it (one by one, a row is quarantined once the memory is full).
+Otherwise every row goes one by one, in the block's order.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy.typing as npt
 from ._dedupe import Digest, digest
 from ._errors import Reason, ResourceExhausted
 from ._events import CountsLoaded
-from ._limits import CAPACITY_QUARANTINE, POSITIONS_LIMIT
+from ._limits import CAPACITY_QUARANTINE, DEDUPE_LIMIT, POSITIONS_LIMIT
 from ._model import Fact, FactKind, FactOutcome
 from ._names import Names
 from ._store import Int32Array, Int64Array, IntpArray, PositionStore
@@ -120,9 +122,17 @@ def room_refusal(ledger: Ledger, new: int) -> ResourceExhausted | None:
 
 
 def no_room_reason(ledger: Ledger, sku: str, location: str) -> str:
-    """The quarantine reason of a fact naming a new position when the shard is at the bound."""
+    """The quarantine reason of a new fact (E8 does not know it) the shard has no room for ("": room):
+    E8's memory at ``max_dedupe_entries_per_shard`` (nothing in the grace window is forgotten early:
+    a resend would apply twice), or a new position at ``max_positions_per_shard``."""
+    remembered, limits = len(ledger.memory), ledger.limits
+    if remembered >= limits.max_dedupe_entries_per_shard:
+        return (f"{CAPACITY_QUARANTINE}: shard {ledger.shard} remembers {remembered} fact identities for dedupe "
+                f"(limit {DEDUPE_LIMIT} = {limits.max_dedupe_entries_per_shard})")
+    if len(ledger.store) < limits.max_positions_per_shard or ledger.store.exists(sku, location):
+        return ""
     return (f"{CAPACITY_QUARANTINE}: {sku!r} at {location!r} is a new position and shard {ledger.shard} holds "
-            f"{len(ledger.store)} (limit {POSITIONS_LIMIT} = {ledger.limits.max_positions_per_shard})")
+            f"{len(ledger.store)} (limit {POSITIONS_LIMIT} = {limits.max_positions_per_shard})")
 
 
 def _split(ledger: Ledger, block: CountRows) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
@@ -152,6 +162,11 @@ def _split(ledger: Ledger, block: CountRows) -> tuple[npt.NDArray[np.bool_], npt
     candidates = np.flatnonzero(newer)
     if len(candidates):
         newer[candidates[ledger.memory.holds(_digests(block, candidates))]] = False
+    if len(ledger.memory) + int(np.count_nonzero(newer)) >= ledger.limits.max_dedupe_entries_per_shard:
+        # Each superseded count is an E8 entry: past the bound every row goes one by one, in the
+        # block's order, each quarantined or not as RecordEvents would decide it.
+        nothing = np.zeros(len(block), dtype=np.bool_)
+        return nothing, nothing
     return (alone & ~exists) | newer, alone & duplicate
 
 

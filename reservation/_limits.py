@@ -15,11 +15,15 @@ year 10000) and exact in epoch milliseconds."""
 POSITIONS_LIMIT = "max_positions_per_shard"
 """The name a refusal at the bound on positions gives (CAPACITY_REACHED metadata ``limit``, the
 ``atp_capacity_refusals_total`` label)."""
+DEDUPE_LIMIT = "max_dedupe_entries_per_shard"
+"""The name a fact quarantined at the bound on E8's memory gives (its reason, the
+``atp_capacity_refusals_total`` label)."""
 CAPACITY_QUARANTINE = "capacity"
-"""How the quarantine reason of a fact refused for want of room for its new position begins."""
+"""How the quarantine reason of a fact refused for want of room (a new position, E8's memory) begins."""
 _POSITIVE = ("max_id_length", "max_lines", "min_ttl_seconds", "max_availability_keys", "max_events_per_call",
              "max_rows_per_load", "max_batch_reservations", "max_live_reservations_per_shard",
-             "max_resolved_reservations_per_shard", "max_positions_per_shard")
+             "max_resolved_reservations_per_shard", "max_positions_per_shard",
+             "max_dedupe_entries_per_shard")
 """Limits at 0 would refuse every request they bound (or every Reserve: no reservation may be live)."""
 _NON_NEGATIVE = ("max_explain_holds", "max_ops_per_reservation", "retention_ms", "fact_grace_ms",
                  "fact_future_skew_ms")
@@ -93,6 +97,17 @@ class Limits:
     the process was killed. 4 M is twice a shard's share of the 30 M-position estate on 16 shards.
     Memory at the bound: ~60-70 bytes a position of a stocked estate, ~540 of made-up SKUs (each its
     own SKU row and name, one position each: measured), so up to ~2.2 GB a shard."""
+
+    max_dedupe_entries_per_shard: int = 16_000_000
+    """Fact identities one shard may remember for dedupe (E8) at once. Past it a new fact (one E8 does
+    not know) is quarantined (``capacity: ...``, never dropped silently) until forgetting (the grace
+    window passing them) frees room; a resend of a fact remembered is still answered a duplicate.
+    An identity inside the grace window is never forgotten early: that would apply a resend twice.
+    Without it a source sending millions of distinct event ids within the grace window grew the
+    shard until the process was killed. 16 M is about four times what a real estate reaches: on 16
+    shards a day of 6 M facts (375 k a shard) plus two extracts of 30 M positions (1.9 M superseded
+    counts a shard each). Memory at the bound: 32 bytes an identity sealed (~0.5 GB a shard), ~85
+    bytes a fact all told (kept deltas: ~1.4 GB)."""
 
     retention_ms: int = 24 * 3600 * 1000
     """How long a resolved reservation is kept for idempotent replays (R5) before it is forgotten."""

@@ -99,6 +99,7 @@ class Housekeeper:
             for actor in engine.actors:  # grows with no hold due and nothing to forget: set here, not in a turn
                 engine.metrics.remembered_reservations.labels(str(actor.shard)).set(len(actor.ledger.reservations))
                 engine.metrics.positions.labels(str(actor.shard)).set(len(actor.positions()))
+                engine.metrics.dedupe_entries.labels(str(actor.shard)).set(len(actor.ledger.memory))
 
     def _expire_work(self, ledger: Ledger, now: int) -> None:
         """Inside the shard's turn: expire what is due here; a hold spanning shards goes through the

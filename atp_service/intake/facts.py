@@ -9,9 +9,10 @@ a late fact is never dropped silently.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -36,7 +37,7 @@ from reservation import (
 from reservation import _operations as ops
 from reservation._bulk import Outcomes, new_positions
 from reservation._ledger import fact_key
-from reservation._limits import CAPACITY_QUARANTINE, POSITIONS_LIMIT
+from reservation._limits import CAPACITY_QUARANTINE, DEDUPE_LIMIT, POSITIONS_LIMIT
 
 Result = tuple[FactOutcome, str]
 _KIND_NAMES = {k.value: k.name for k in FactKind}
@@ -98,6 +99,7 @@ class FactDesk:
             self.engine.count_capacity_refusal(refused)
         unstreamed = 0
         if reasons:
+            self._count_no_room(reasons.values())
             late = sorted(reasons)
             facts = [block.fact(i) for i in late]
             results: list[Result | DomainError] = [(FactOutcome.QUARANTINED, reasons[i]) for i in late]
@@ -113,6 +115,15 @@ class FactDesk:
         if unstreamed or counted[0]:  # rows whose shard refused them, as RecordEvents counts them
             self.metrics.facts.labels(origin, "COUNT", "unavailable").inc(unstreamed + int(counted[0]))
         return outcomes, reasons, refused
+
+    def _count_no_room(self, reasons: Iterable[str]) -> None:
+        """Facts quarantined for want of room at a shard's bound, by that limit (a new position past
+        ``max_positions_per_shard``, a new identity past ``max_dedupe_entries_per_shard``): the
+        capacity alerts read ``atp_capacity_refusals_total``."""
+        limits = collections.Counter(DEDUPE_LIMIT if DEDUPE_LIMIT in reason else POSITIONS_LIMIT
+                                     for reason in reasons if reason.startswith(CAPACITY_QUARANTINE))
+        for limit, n in limits.items():
+            self.engine.metrics.capacity_refusals.labels(limit).inc(n)
 
     def _parts(self, block: CountRows) -> list[tuple[int, npt.NDArray[np.intp], CountRows]]:
         """The block's rows by shard: (shard, the rows' indices in the block, the rows)."""
@@ -190,9 +201,7 @@ class FactDesk:
                 out[i] = exc
         late = [i for i, r in enumerate(out) if type(r) is tuple and r[0] == FactOutcome.QUARANTINED]
         if late:
-            no_room = [i for i in late if str(out[i][1]).startswith(CAPACITY_QUARANTINE)]  # type: ignore[index]
-            if no_room:  # new positions past max_positions_per_shard: the capacity alert reads it
-                self.engine.metrics.capacity_refusals.labels(POSITIONS_LIMIT).inc(len(no_room))
+            self._count_no_room(str(out[i][1]) for i in late)  # type: ignore[index]
             await self._quarantine_stream(facts, out, late)
         self._observe(facts, out, origin)
         self._tell_unfulfilled(facts, out, shipments, origin)
