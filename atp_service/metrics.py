@@ -214,6 +214,14 @@ class ChannelMetrics:
             "atp_channel_pending", "Changes waiting (throttle interval or rate limit) per channel", ["channel"],
             registry=r,
         )
+        self.oldest_wait = Gauge(
+            "atp_channel_oldest_wait_seconds", "How long the oldest change past its throttle interval has waited "
+            "for the rate limit, per channel", ["channel"], registry=r,
+        )
+        self.overdue = Counter(
+            "atp_channel_overdue_total", "Changes published after waiting past their throttle interval longer than "
+            "the channel's max_wait_ms (taken before the velocity order, C2)", ["channel"], registry=r,
+        )
         self.write_failures = Counter(
             "atp_channel_write_failures_total", "Channel stream writes that failed (retried)", registry=r
         )
@@ -230,6 +238,12 @@ class ChannelMetrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
 
+
+    def feed_published(self, channel: str, coalesced: int, throttled: int, overdue: int) -> None:
+        """A feed's counts since its last write, once it was written."""
+        self.coalesced.labels(channel).inc(coalesced)
+        self.throttled.labels(channel).inc(throttled)
+        self.overdue.labels(channel).inc(overdue)
 
     def export_channels(self, names: Iterable[str]) -> None:
         """Each channel's update counts exported at 0 from the start (``zeroed``): an alert on their

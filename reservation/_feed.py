@@ -8,12 +8,15 @@ computes; ``take`` says what to publish now. Order of precedence in ``take``:
    ordinary changes, so the average rate still holds);
 2. first values of keys never published before (a baseline) — at once, outside the rate limit:
    a subscriber needs the whole picture before changes mean anything;
-3. ordinary changes whose throttle interval has passed, within the token bucket: low-stock
-   changes first, then by recent sales velocity of the SKU (highest first).
+3. ordinary changes whose throttle interval has passed, within the token bucket: first those that
+   have waited past it longer than ``max_wait_ms`` (oldest first: a slow seller is not starved by
+   fast sellers' changes on a channel behind its rate limit), then low-stock changes, then by
+   recent sales velocity of the SKU (highest first).
 
-A key has at most one pending value (the newest wins) and at most one value in flight. The two
-queues of ordinary changes (throttle interval, rate limit) are heaps whose superseded entries are
-skipped when they reach the head; they are also swept out whenever they outnumber the live ones
+A key has at most one pending value (the newest wins) and at most one value in flight. The
+queues of ordinary changes (throttle interval; rate limit, held twice: by precedence and by age,
+so the oldest is at a head, not found by a scan) are heaps whose superseded entries are skipped
+when they reach the head; they are also swept out whenever they outnumber the live ones
 (``HEAP_SLACK``), so a heap holds at most about twice the pending values.
 Versions come from one counter per channel with no gaps, so they only increase per key (C3) and
 a reader can tell a missed update from a version it did not see.
@@ -25,7 +28,7 @@ import enum
 import heapq
 from dataclasses import dataclass
 from itertools import islice
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -91,6 +94,11 @@ class FeedPolicy:
     low_stock_level: int = 5
     """A shown quantity at or below this (and above 0) has status LOW_STOCK."""
 
+    max_wait_ms: int = 30_000
+    """A change that has waited this long past its throttle interval goes before the low-stock and
+    velocity order (oldest first), still within the rate limit: the bound on how long a slow
+    seller's change waits behind fast sellers' while the channel is behind (C2)."""
+
     def __post_init__(self) -> None:
         if self.throttle_ms < 0:
             raise ValueError("throttle_ms: must not be negative")
@@ -98,6 +106,8 @@ class FeedPolicy:
             raise ValueError("rate_per_s: must be positive")
         if self.burst < 0 or self.low_stock_level < 0:
             raise ValueError("burst and low_stock_level: must not be negative")
+        if self.max_wait_ms < 0:
+            raise ValueError("max_wait_ms: must not be negative")
 
     def status(self, quantity: int) -> StockStatus:
         if quantity <= 0:
@@ -162,11 +172,14 @@ class Feed:
         """Offers that replaced a pending value (the newest wins)."""
         self.throttled = 0
         """Offers that had to wait for their key's throttle interval."""
+        self.overdue = 0
+        """Changes taken after waiting past their throttle interval longer than ``max_wait_ms``."""
         self._pending: dict[Key, _Pending] = {}
         self._stockouts: dict[Key, None] = {}  # ordered sets
         self._baseline: dict[Key, None] = {}
         self._due: list[tuple[int, int, Key]] = []  # (due_at, gen, key): inside its throttle interval
         self._ready: list[tuple[int, float, int, int, Key]] = []  # (class, -velocity, due_at, gen, key)
+        self._aged: list[tuple[int, int, Key]] = []  # (due_at, gen, key): the same changes, oldest first
         self._inflight: dict[Key, ChannelUpdate] = {}
         self._next_allowed: dict[Key, int] = {}
         self._gen = 0
@@ -272,18 +285,38 @@ class Feed:
         if urgent_only:
             return out
         self._promote(now_ms)
-        ready = self._ready
-        while ready and len(out) < limit:
-            _, _, _, gen, key = ready[0]
-            pend = self._pending.get(key)
-            if pend is None or pend.gen != gen:
-                heapq.heappop(ready)  # superseded or withdrawn
-                continue
+        overdue_before = now_ms - self.policy.max_wait_ms
+        while len(out) < limit:
+            oldest = self._live_head(self._aged, 1)
+            if oldest is not None and oldest[0] <= overdue_before:
+                heap: list[Any] = self._aged  # waited past the bound: before the velocity order
+            else:
+                heap = self._ready
+                if self._live_head(heap, 3) is None:
+                    break
             if not self.bucket.try_take():
                 break
-            heapq.heappop(ready)
+            key = heapq.heappop(heap)[-1]  # its entry in the other heap is skipped as superseded
+            self.overdue += heap is self._aged
             out.append(self._emit(key, now_ms))
         return out
+
+    def _live_head(self, heap: list[_E], gen_at: int) -> _E | None:
+        """The head of ``heap`` once superseded or withdrawn entries are popped from it (None: empty)."""
+        pending = self._pending
+        while heap:
+            head = heap[0]
+            pend = pending.get(head[-1])
+            if pend is not None and pend.gen == head[gen_at]:
+                return head
+            heapq.heappop(heap)
+        return None
+
+    def oldest_wait_ms(self, now_ms: int) -> int:
+        """How long the oldest change whose throttle interval is over has waited since (0: none)."""
+        self._promote(now_ms)
+        oldest = self._live_head(self._aged, 1)
+        return 0 if oldest is None else max(0, now_ms - oldest[0])
 
     def _promote(self, now_ms: int) -> None:
         """Move changes whose throttle interval is over from the due heap to the ready heap. A change
@@ -302,6 +335,7 @@ class Feed:
             low = policy.status(pend.quantity) is StockStatus.LOW_STOCK or (
                 last is not None and policy.status(last) is StockStatus.LOW_STOCK)
             ready = self._ready = self._push(ready, (0 if low else 1, -pend.velocity, due_at, gen, key), 3)
+            self._aged = self._push(self._aged, (due_at, gen, key), 1)
 
     def _push(self, heap: list[_E], entry: _E, gen_at: int) -> list[_E]:
         """``entry`` pushed onto ``heap`` (whose entries hold their gen at ``gen_at``); the heap swept

@@ -331,15 +331,15 @@ class ChannelDesk:
                 raise
             done = self.clock.now_ms()
             for name, feed, updates in taken:
-                coalesced, throttled = feed.coalesced, feed.throttled
                 feed.confirm(updates)
                 self._observe(name, updates, done)
-                self.metrics.coalesced.labels(name).inc(coalesced)
-                self.metrics.throttled.labels(name).inc(throttled)
-                feed.coalesced = feed.throttled = 0
+                self.metrics.feed_published(name, feed.coalesced, feed.throttled, feed.overdue)
+                feed.coalesced = feed.throttled = feed.overdue = 0
                 out += updates
             if all(len(updates) < limit for _, _, updates in taken):
                 break  # every feed took all it may now
+        for name, feed in [] if urgent_only else self.feeds.items():  # C2's bound (max_wait_ms) watched
+            self.metrics.oldest_wait.labels(name).set(feed.oldest_wait_ms(self.clock.now_ms()) / 1000)
         return out
 
     async def _settle(self, taken: list[tuple[str, Feed, list[ChannelUpdate]]], error: BaseException) -> None:

@@ -33,6 +33,7 @@ offending key, e.g. ``channels[2].buffer_percent: must be within [0, 100]``.
     throttle_ms = 60000    # at most one publish per SKU per interval (C2)
     rate_limit_per_s = 10.0
     burst = 10             # updates that may go back to back (default: one second's worth)
+    max_wait_ms = 30000    # a change waiting this long past its throttle goes before the velocity order
     strategy = "priority"  # group reservations: "priority" (sells_from order) or "most_available"
     stream_maxlen = 100000 # the channel stream is trimmed to about this many entries
 """
@@ -229,12 +230,15 @@ def _channel(raw: dict[str, Any], where: str, locations: dict[str, Location],
     rate = _number(raw, "rate_limit_per_s", where, 100.0)
     burst = _int(raw, "burst", where, 0)
     low_stock_level = _int(raw, "low_stock_level", where, max(5, 2 * rules.low_stock_threshold))
-    for key, value in (("throttle_ms", throttle_ms), ("burst", burst), ("low_stock_level", low_stock_level)):
+    max_wait_ms = _int(raw, "max_wait_ms", where, FeedPolicy().max_wait_ms)
+    for key, value in (("throttle_ms", throttle_ms), ("burst", burst), ("low_stock_level", low_stock_level),
+                       ("max_wait_ms", max_wait_ms)):
         if value < 0:  # refused, not clamped: a typo must not quietly change what the channel sees
             raise EstateError(f"{where}.{key}: must not be negative")
     if rate <= 0:
         raise EstateError(f"{where}.rate_limit_per_s: must be positive")
-    policy = FeedPolicy(throttle_ms=throttle_ms, rate_per_s=rate, burst=burst, low_stock_level=low_stock_level)
+    policy = FeedPolicy(throttle_ms=throttle_ms, rate_per_s=rate, burst=burst, low_stock_level=low_stock_level,
+                        max_wait_ms=max_wait_ms)
     strategy = _text(raw, "strategy", where, "priority")
     if strategy not in STRATEGIES:
         raise EstateError(f"{where}.strategy: must be one of {', '.join(STRATEGIES)}, got {strategy!r}")

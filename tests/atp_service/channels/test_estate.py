@@ -72,6 +72,8 @@ def test_a_good_estate_parses(tmp_path: Path) -> None:
            ("burst", -1, "must not be negative"),
            ("low_stock_level", -5, "must not be negative"),
            ("throttle_ms", -1, "must not be negative"),
+           ("max_wait_ms", -1, "must not be negative"),
+           ("max_wait_ms", 1.5, "must be an integer"),
            ("buffer_units", "2", "must be an integer"),
            ("buffer_units", 2.5, "must be an integer"),
            ("low_stock_threshold", True, "must be an integer"),
