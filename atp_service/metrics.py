@@ -30,6 +30,10 @@ CAPACITY_LIMITS = ("max_live_reservations_per_shard", "max_resolved_reservations
                    "max_dedupe_entries_per_shard", "max_reserve_streams", "max_watchers")
 """``atp_capacity_refusals_total``'s limits: a shard's bounds on what it remembers and holds, the edge's on
 open streams."""
+APPEND_FAILURE_REASONS = ("out_of_memory", "timeout", "connection", "fenced", "refused", "other")
+"""``atp_log_append_failures_total``'s reasons (``storage.durability.append_failure_reason``), a closed set:
+Redis at its ``maxmemory`` refusing writes, no answer in time, no connection, another owner of the shard,
+another refusal by Redis or the append script, anything else."""
 
 
 def zeroed(counter: Counter | prometheus_client.Counter, *label_sets: tuple[str, ...]) -> None:
@@ -56,8 +60,10 @@ class EngineMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r,
         )
         self.append_failures = Counter(
-            "atp_log_append_failures_total", "Log appends that failed (answered UNAVAILABLE)", registry=r
-        )
+            "atp_log_append_failures_total", "Log appends that failed (answered UNAVAILABLE), by why: "
+            + ", ".join(APPEND_FAILURE_REASONS), ["reason"], registry=r)
+        # At 0 from the start: the first refusals of a full Redis must show as a rise to the alert on them.
+        zeroed(self.append_failures, *((reason,) for reason in APPEND_FAILURE_REASONS))
         self.shard_failures = Counter(
             "atp_shard_failures_total", "Shard actors that stopped working (a bug; the service restarts)", registry=r
         )

@@ -12,6 +12,7 @@ from atp_service.engine.listeners import EntryListeners
 from atp_service.engine.messages import Answer, InFlight, Sealed, deliver, refused_for_memory, replaced
 from atp_service.engine.turn import moves_of
 from atp_service.metrics import EngineMetrics
+from atp_service.storage.durability import append_failure_reason
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.resp import out_of_memory
 from reservation import Ledger, LogEntry, Moved, Reason, Unavailable, encode_entry
@@ -100,7 +101,7 @@ class CommitPipeline(EntryListeners):
     def _fail_in_flight(self, error: BaseException | None) -> None:
         """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,
         keep later entries out of the log, and remember those that may have landed to settle."""
-        self._metrics.append_failures.inc()
+        self._metrics.append_failures.labels(append_failure_reason(error)).inc()
         log.warning("shard %d: append of entry %d failed (%s)", self.shard, self._inflight[0].seq, error)
         # Fenced: refused before any write, and every later append is refused too (the epoch only
         # grows), so nothing in flight landed and there is nothing to settle.

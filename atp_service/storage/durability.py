@@ -12,11 +12,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.config import SnapshotPolicy
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.log import Fenced, LogStore, encode_snapshot
+from atp_service.storage.resp import out_of_memory
 from reservation import Ledger, LogEntry
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,27 @@ SETTLE_RETRY = BackoffPolicy(first_s=0.05, max_s=1.0)
 """Waits of a settle between tries to fence and read the log while Redis does not answer."""
 SETTLE_LOG_EVERY_S = 30.0
 """A settle that cannot fence and read logs ``settle_waiting`` at its first failed try, then at most this often."""
+
+def append_failure_reason(error: BaseException | None) -> str:
+    """Why an append failed, one of ``metrics.APPEND_FAILURE_REASONS`` (``None``: its future was cancelled). A
+    full Redis, a slow one, one gone and a newer owner each need a different act of the operator, and
+    the failures counter alone could not tell them apart. Timeouts first: ``TimeoutError`` is an ``OSError``."""
+    if error is None:
+        reason = "other"
+    elif out_of_memory(error):
+        reason = "out_of_memory"
+    elif isinstance(error, Fenced):
+        reason = "fenced"
+    elif isinstance(error, (RedisTimeoutError, TimeoutError)):
+        reason = "timeout"
+    elif isinstance(error, (RedisConnectionError, OSError, RedisClusterException)):
+        reason = "connection"
+    elif isinstance(error, RedisError) and not isinstance(error, DataError):
+        reason = "refused"  # by Redis (TRYAGAIN, NOPERM) or the append script (STALE, TAKEN, GAP)
+    else:
+        reason = "other"
+    return reason
+
 
 Doubt = list[tuple[int, LogEntry, bytes]]
 """Appends that failed and may have landed: (seq, entry, the bytes sent), oldest first."""

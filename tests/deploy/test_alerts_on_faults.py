@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import redis
 import redis.asyncio as aioredis
 
+from atp_service.metrics import APPEND_FAILURE_REASONS
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from reservation import Limits
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
@@ -96,3 +98,35 @@ async def test_a_shard_stopped_by_redis_losing_its_entries_fires_an_alert(
     after = scrape(service.metrics_port)
     assert after['atp_shard_failures_total{instance="atp:9464", job="atp-service"}'] == 1
     assert "ATPShardFailed" in firing(before, after, tmp_path)
+
+
+async def test_redis_out_of_memory_is_told_apart_and_fires_its_own_alert(tmp_path: Path) -> None:
+    """Redis at its ``maxmemory`` (``noeviction``) refuses every write while health stays SERVING and
+    reads answer: ``atp_log_append_failures_total`` rose as for a timeout or a lost connection, and
+    the alert sent the operator to the runbook of an unreachable Redis. The failures carry their
+    reason, and a full Redis fires ATPRedisOutOfMemory, not ATPRedisAppendFailures."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        admin = redis.Redis.from_url(server.url)
+        async for start in services_on(server.url):
+            service, client = await start(metrics_port=0, shards=1)
+            await client.record_events([receipt("stock", "A", "S1", 1000)])
+            await client.reserve("ok-0", [("A", "S1", 1)])
+            before = scrape(service.metrics_port)
+            admin.config_set("maxmemory", 1)  # full: every write that may grow it is refused OOM
+            try:
+                for n in range(5):
+                    try:
+                        await client.reserve(f"full-{n}", [("A", "S1", 1)])
+                        raise AssertionError("a write on a full Redis was accepted")
+                    except grpc.aio.AioRpcError as exc:
+                        assert "Redis is out of memory" in (exc.details() or ""), exc.details()
+            finally:
+                admin.config_set("maxmemory", 0)
+            after = scrape(service.metrics_port)
+            failures = {reason: after[f'atp_log_append_failures_total{{instance="atp:9464", job="atp-service", '
+                                      f'reason="{reason}"}}'] for reason in APPEND_FAILURE_REASONS}
+            assert failures == {**dict.fromkeys(APPEND_FAILURE_REASONS, 0.0), "out_of_memory": 5.0}
+            fired = firing(before, after, tmp_path)
+            assert "ATPRedisOutOfMemory" in fired and "ATPRedisAppendFailures" not in fired, fired
+            break
+        admin.close()

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.metrics import APPEND_FAILURE_REASONS
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
@@ -40,7 +41,9 @@ async def _answered(call: Any, request: Any) -> Any:
 
 
 def _an_append_failed(service: Any) -> Callable[[], bool]:
-    return lambda: (service.metrics.registry.get_sample_value("atp_log_append_failures_total") or 0) > 0
+    registry = service.metrics.registry
+    return lambda: sum(registry.get_sample_value("atp_log_append_failures_total", {"reason": reason}) or 0
+                       for reason in APPEND_FAILURE_REASONS) > 0
 
 
 @pytest.mark.parametrize("outlast_redis_timeout", [False, True])
