@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -65,3 +67,27 @@ def set_up_logging(level: str, log_format: str, stream: IO[str] | None = None) -
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class EveryInterval:
+    """Whether a line that a fault repeats for as long as it lasts (a full Redis refusing every write)
+    is written now: at most one per ``interval_s``, the next one written saying how many were left
+    out. One line per occurrence, thousands a minute, flooded the log pipeline exactly when the
+    operator read it; the occurrences are counted in a metric by the caller."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._written_at = float("-inf")
+        self.left_out = 0
+        """Lines left out since the last one written."""
+
+    def due(self) -> int | None:
+        """None: leave this line out (it is counted); else write it, with this many left out before it."""
+        now = self._clock()
+        if now - self._written_at < self.interval_s:
+            self.left_out += 1
+            return None
+        self._written_at = now
+        left_out, self.left_out = self.left_out, 0
+        return left_out

@@ -67,7 +67,9 @@ class Coordinator:
         except Fenced as exc:
             raise replaced(exc.claim_lost) from None
         except STORAGE_ERRORS as exc:
-            log.warning("cross-shard append failed (%r)", exc)
+            # Each part's shard logs the failure (``append_failed``, rate-limited); a WARNING per call
+            # here, unlimited, flooded the log while a full Redis refused every write.
+            log.debug("cross-shard append failed (%r)", exc)
             if out_of_memory(exc):  # the script stopped at its first write: nothing landed
                 raise refused_for_memory("a change across shards") from None
             raise Unavailable(NOT_DURABLE, Reason.OUTCOME_UNKNOWN) from None

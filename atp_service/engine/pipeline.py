@@ -11,6 +11,7 @@ from collections import deque
 from atp_service.engine.listeners import EntryListeners
 from atp_service.engine.messages import Answer, InFlight, Sealed, deliver, refused_for_memory, replaced
 from atp_service.engine.turn import moves_of
+from atp_service.logs import EveryInterval
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import append_failure_reason
 from atp_service.storage.log import Fenced, LogStore
@@ -18,6 +19,10 @@ from atp_service.storage.resp import out_of_memory
 from reservation import Ledger, LogEntry, Moved, Reason, Unavailable, encode_entry
 
 log = logging.getLogger(__name__)
+
+APPEND_FAILURE_LOG_EVERY_S = 10.0
+"""A shard writes at most one ``append_failed`` line this often, the next saying how many were left
+out: a full Redis refuses every write, and a line for each flooded the log."""
 
 
 class CommitPipeline(EntryListeners):
@@ -31,6 +36,7 @@ class CommitPipeline(EntryListeners):
         self._metrics = metrics
         self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
         self._doubt: list[tuple[int, LogEntry, bytes]] = []  # failed appends that may have landed
+        self._failure_lines = EveryInterval(APPEND_FAILURE_LOG_EVERY_S)
 
     def ahead_of_log(self) -> dict[tuple[str, str], int] | None:
         """Per position, how far memory's ``available`` is ahead of the durable log: the moves of
@@ -101,8 +107,9 @@ class CommitPipeline(EntryListeners):
     def _fail_in_flight(self, error: BaseException | None) -> None:
         """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,
         keep later entries out of the log, and remember those that may have landed to settle."""
-        self._metrics.append_failures.labels(append_failure_reason(error)).inc()
-        log.warning("shard %d: append of entry %d failed (%s)", self.shard, self._inflight[0].seq, error)
+        reason = append_failure_reason(error)
+        self._metrics.append_failures.labels(reason).inc()
+        self._log_failure(reason, error)
         # Fenced: refused before any write, and every later append is refused too (the epoch only
         # grows), so nothing in flight landed and there is nothing to settle.
         replaced = isinstance(error, Fenced)
@@ -125,6 +132,20 @@ class CommitPipeline(EntryListeners):
             self.request_maintenance()  # an idle shard settles at once, not at the next message
         for entry in undone:
             self._tell(self.undo_listeners, entry)
+
+    def _log_failure(self, reason: str, error: BaseException | None) -> None:
+        """The ``append_failed`` line, at most one per ``APPEND_FAILURE_LOG_EVERY_S`` (each failure
+        is counted in ``atp_log_append_failures_total{reason}``)."""
+        left_out = self._failure_lines.due()
+        if left_out is None:
+            return
+        fields: dict[str, object] = {"event": "append_failed", "shard": self.shard, "entry": self._inflight[0].seq,
+                                     "reason": reason, "error": str(error)}
+        if left_out:
+            fields["left_out"] = left_out
+        log.warning("shard %d: append of entry %d failed (%s: %s)%s", self.shard, self._inflight[0].seq, reason,
+                    error, f"; {left_out} more failures left out of the log since the last line" if left_out else "",
+                    extra=fields)
 
     def _cannot_land(self, rec: InFlight) -> bool:
         """An entry certainly not in the log, now or later: refused OOM, or not yet sent (cancelled

@@ -21,7 +21,7 @@ from atp_service import free_port
 from atp_service.edge import auth
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.ratelog import RateLimitedLog
-from atp_service.logs import set_up_logging
+from atp_service.logs import EveryInterval, set_up_logging
 from tests.atp_service.app.test_cli import stop_or_explain, wait_until_ready
 from tests.atp_service.refusals import told
 from tests.conftest import ServiceFactory, spawned
@@ -113,3 +113,15 @@ def test_the_service_writes_json_at_the_level_its_variables_set(redis_url: str, 
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert lines and all(line["level"] in ("WARNING", "ERROR") for line in lines)
     assert any(line["message"].startswith("auth off") for line in lines)
+
+
+def test_every_interval_writes_one_line_per_interval_and_says_how_many_were_left_out() -> None:
+    now = [100.0]
+    lines = EveryInterval(10.0, clock=lambda: now[0])
+    assert lines.due() == 0  # the first line at once
+    assert [lines.due() for _ in range(500)] == [None] * 500
+    now[0] += 9.9
+    assert lines.due() is None
+    now[0] += 0.1
+    assert lines.due() == 501
+    assert lines.due() is None and lines.left_out == 1

@@ -4,6 +4,8 @@ before any change, so the refused write certainly did not land."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from redis.exceptions import OutOfMemoryError
 
 from atp_client import AtpClient
 from atp_service import EmbeddedRedis
+from atp_service.engine import pipeline
 from atp_service.storage.log import LogStore, connect
 from reservation import Limits
 from tests.atp_service.edge.test_api import receipt
@@ -198,3 +201,41 @@ async def test_a_settle_raises_the_fence_on_a_full_redis_R7(tmp_path: Path) -> N
         finally:
             await client.config_set("maxmemory", 0)
         await client.aclose()
+
+
+async def test_refusals_of_a_full_redis_are_logged_at_a_bounded_rate_with_what_was_left_out(
+        full_able: tuple[ServiceFactory, redis.Redis], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write refused by a full Redis wrote a WARNING, with no ``event`` and often the same entry
+    number: thousands of lines a minute flooded the log pipeline while the operator needed it. A
+    shard writes one ``append_failed`` line per ``APPEND_FAILURE_LOG_EVERY_S`` with its reason, the
+    next line saying how many were left out; the counter has every failure."""
+    interval_s = 1.0
+    monkeypatch.setattr(pipeline, "APPEND_FAILURE_LOG_EVERY_S", interval_s)
+    start, admin = full_able
+    service, client = await start(shards=1)
+    await client.record_events([receipt("e0", "A", "DC", 5)])
+    admin.config_set("maxmemory", 1)
+    try:
+        began = time.monotonic()
+        for n in range(40):
+            await refused(client.record_events([receipt(f"full-{n}", "A", "DC", 1)]))
+        took_s = time.monotonic() - began
+        assert 1 <= len(_failure_lines(caplog)) <= 2 + took_s / interval_s, [r.getMessage() for r in caplog.records]
+        deadline = time.monotonic() + 60
+        while not any(getattr(r, "left_out", 0) for r in _failure_lines(caplog)):  # once the interval has passed
+            assert time.monotonic() < deadline, "no line said how many were left out"
+            await refused(client.record_events([receipt(f"more-{time.monotonic()}", "A", "DC", 1)]))
+            await asyncio.sleep(0.1)
+    finally:
+        admin.config_set("maxmemory", 0)
+    lines = _failure_lines(caplog)
+    assert all((getattr(r, "reason", None), getattr(r, "shard", None), r.levelname) == ("out_of_memory", 0, "WARNING")
+               for r in lines)
+    failures = service.metrics.registry.get_sample_value(
+        "atp_log_append_failures_total", {"reason": "out_of_memory"}) or 0
+    assert len(lines) + sum(getattr(r, "left_out", 0) for r in lines) == failures >= 40
+
+
+def _failure_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == "append_failed"]
