@@ -58,7 +58,7 @@ class ChannelDesk:
         self._curator = Curator()
         self._round_dirty_at: dict[str, int] = {}
         self._zero_lines: list[tuple[Feed, int, frozenset[str]]] = []  # see curator.zero_lines
-        self._urgent = UrgentWrites(lambda: self.publish_due(urgent_only=True))  # stock-outs between slices
+        self._urgent = UrgentWrites(lambda: self.publish_due(once=True))  # what is due, between slices
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -268,7 +268,7 @@ class ChannelDesk:
             for shard, skus in by_shard.items():
                 for at in range(0, len(skus), step):
                     if len(dirty) < len(dirty_at):  # not the first slice
-                        self._stockouts_between_slices()
+                        self._due_between_slices()
                         await asyncio.sleep(0)
                     if self.estate is not estate:  # reloaded meanwhile: the SKUs left go to the next round
                         remark(self._dirty, self._dirty_at, dirty, dirty_at)
@@ -292,7 +292,7 @@ class ChannelDesk:
         try:
             for at in range(0, len(offers), size):
                 if at:
-                    self._stockouts_between_slices()
+                    self._due_between_slices()
                     await asyncio.sleep(0)
                 if self.estate is estate:
                     self._offer(self._curator.drop_stale(offers[at:at + size], self._dirty, self.engine.place,
@@ -300,10 +300,10 @@ class ChannelDesk:
         finally:
             await self._urgent.finish()
 
-    def _stockouts_between_slices(self) -> None:
-        """C2: stock-outs waiting are written before a round's next slice (curated or offered), not after the whole
-        round, while the round goes on curating (``UrgentWrites``)."""
-        self._urgent.between_slices(any(feed.stockouts_pending for feed in self.feeds.values()))
+    def _due_between_slices(self) -> None:
+        """C2: stock-outs and changes past their throttle go out between a round's slices (``UrgentWrites``)."""
+        now = self.clock.now_ms()
+        self._urgent.between_slices(any((feed.next_wakeup(now) or now + 1) <= now for feed in self.feeds.values()))
 
     def _offer(self, offers: Sequence[Offer]) -> None:
         now = self.clock.now_ms()
@@ -314,12 +314,12 @@ class ChannelDesk:
         for name, feed in self.feeds.items():
             self.metrics.pending.labels(name).set(feed.pending)
 
-    async def publish_due(self, urgent_only: bool = False) -> list[ChannelUpdate]:
+    async def publish_due(self, urgent_only: bool = False, once: bool = False) -> list[ChannelUpdate]:
         """Take what each feed may publish now, write it, confirm it (or give it back); a round's last call again
         while a feed filled its batch (``PUBLISH_WRITES_PER_ROUND``: one a round held a busy channel back, C2)."""
         limit, out = self.settings.publish_batch_max, list[ChannelUpdate]()
         writes = -(-sum(f.pending for f in self.feeds.values()) // limit)
-        for _ in range(1 if urgent_only else min(PUBLISH_WRITES_PER_ROUND, max(1, writes))):
+        for _ in range(1 if urgent_only or once else min(PUBLISH_WRITES_PER_ROUND, max(1, writes))):
             now = self.clock.now_ms()
             taken = [(name, feed, feed.take(now, limit, urgent_only)) for name, feed in self.feeds.items()]
             if not any(updates for _, _, updates in taken):

@@ -1,9 +1,10 @@
-"""Stock-outs written while a round is still curating (C2): one write at a time, a bounded number a round.
+"""What is due written while a round is still curating (C2): one write at a time, a bounded number a round.
 
 A burst keeps every SKU dirty, so a round curates for hundreds of milliseconds; a stock-out found in its first slice
-must not wait for the last. The desk starts a write of the stock-outs waiting between two slices and goes on curating
-while Redis runs it: awaiting each such write held the round for its whole round trip, and the ordinary changes the
-round had curated waited for the sum of them (``benchmarks/publish.py``'s ordinary change delay).
+must not wait for the last, nor a change whose throttle interval ended meanwhile. The desk starts a write of what is
+due (stock-outs first) between two slices and goes on curating while Redis runs it: awaiting each such write held the
+round for its whole round trip, and the ordinary changes the round had curated waited for the sum of them
+(``benchmarks/publish.py``'s ordinary change delay).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from atp_service.tasks import cancel_and_wait
 
 
 class UrgentWrites:
-    """The desk's writes of stock-outs between slices. ``write`` is one ``publish_due(urgent_only=True)``: it settles
-    a failed write itself (fence, then read what landed) before it raises."""
+    """The desk's writes between slices. ``write`` is one ``publish_due(once=True)``: it settles a failed write itself
+    (fence, then read what landed) before it raises."""
 
     __slots__ = ("_left", "_task", "_write")
 
@@ -32,8 +33,8 @@ class UrgentWrites:
         assert self._task is None, "a round's urgent write is waited for before the round ends"
         self._left = budget
 
-    def between_slices(self, stockouts_waiting: bool) -> None:
-        """Start a write of the stock-outs waiting, unless one is still on its way (the feeds take one write at a
+    def between_slices(self, due: bool) -> None:
+        """Start a write of what is due, unless one is still on its way (the feeds take one write at a
         time), the round's budget is spent, or one failed this round (settled: the round's own publishing retries,
         so a round waits on a failing Redis at most once here)."""
         task = self._task
@@ -42,7 +43,7 @@ class UrgentWrites:
                 return
             self._task = None
             self._note(task)
-        if self._left > 0 and stockouts_waiting:
+        if self._left > 0 and due:
             self._left -= 1
             self._task = asyncio.ensure_future(self._write())
 

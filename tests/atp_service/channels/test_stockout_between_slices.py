@@ -152,3 +152,48 @@ async def test_a_round_curates_on_while_its_write_of_a_stock_out_is_on_its_way(
     assert (updates[SKUS].sku, updates[SKUS].quantity) == ("sku-0", 0)
     assert sorted(u.sku for u in updates[SKUS + 1:]) == [f"sku-{n}" for n in range(1, SKUS)]
     assert all(desk.feeds[name].in_flight == 0 for name in desk.feeds)
+
+
+async def test_c2_a_change_whose_throttle_ended_is_written_before_the_rounds_last_slice_is_curated(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """A change waiting for its throttle interval went out only with the round's own publishing, after
+    every dirty SKU was curated: under a burst a whole round (hundreds of ms) past its interval."""
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path, ESTATE), curate_slice_cells=1)
+    desk = service.channels
+    assert desk is not None
+    await client.record_events([fact(f"count-{n}", "COUNT", f"sku-{n}", "dc-1", 50, T - 1000) for n in range(SKUS)])
+    await wait_for_updates(redis_url, "market", SKUS)  # the baselines: the next change of each waits 1 s
+    await client.record_events([fact("sale-0", "SALE", "sku-0", "dc-1", 1, T)])
+    await until(lambda: desk.feeds["market"].pending == 1 and not desk._dirty, "sku-0's change waiting")
+    seen: list[tuple[str, list[str]]] = []
+    gate = asyncio.Event()
+    run_round, curate_shard, write = desk.run_round, desk._curator.curate_shard, desk.store.write
+
+    async def gated_round() -> None:
+        await gate.wait()
+        await run_round()
+
+    def noted_curate(shard: int, store: Any, skus: Any, *args: Any) -> Any:
+        seen.append(("curate", list(skus)))
+        return curate_shard(shard, store, skus, *args)
+
+    async def noted_write(batches: Any) -> Any:
+        batches = list(batches)
+        seen.append(("write", [u.sku for _, _, updates in batches for u in updates]))
+        return await write(batches)
+
+    desk.run_round = gated_round  # type: ignore[method-assign]
+    desk._curator.curate_shard = noted_curate  # type: ignore[method-assign,assignment]
+    desk.store.write = noted_write  # type: ignore[method-assign]
+    await client.record_events([fact(f"sale-{n}", "SALE", f"sku-{n}", "dc-1", 1, T) for n in range(1, SKUS)])
+    await until(lambda: len(desk._dirty) == SKUS - 1, "the other SKUs dirty")
+    clock.advance(1000)  # sku-0's interval is over
+    gate.set()
+    desk.poke()
+    await until(lambda: sum(len(skus) for kind, skus in seen if kind == "curate") >= SKUS - 1, "every SKU curated")
+    await until(lambda: any("sku-0" in skus for kind, skus in seen if kind == "write"), "sku-0's change written")
+    written_at = next(i for i, (kind, skus) in enumerate(seen) if kind == "write" and "sku-0" in skus)
+    last_curated_at = max(i for i, (kind, _) in enumerate(seen) if kind == "curate")
+    assert written_at < last_curated_at, f"the due change waited for the whole round's curation: {seen}"
+    updates = await wait_for_updates(redis_url, "market", SKUS + 1)
+    assert (updates[SKUS].sku, updates[SKUS].quantity) == ("sku-0", 49)
