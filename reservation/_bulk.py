@@ -12,7 +12,8 @@ identity E8 already holds — is recorded one by one by ``Ledger.record_fact``, 
 Lateness (E6) depends on the order facts arrive in, so the split is taken only where order cannot
 matter: when no row of the block is older than the newest time it holds (or the shard's stream
 time) minus the grace window, and where E8's memory stays below ``max_dedupe_entries_per_shard``
-with every superseded count in it (one by one, a row is quarantined once the memory is full).
+with every superseded count in it and an entry for each row recorded one by one (one by one, a row
+is quarantined once the memory is full, so which rows fill it first decides).
 Otherwise every row goes one by one, in the block's order.
 """
 
@@ -162,12 +163,16 @@ def _split(ledger: Ledger, block: CountRows) -> tuple[npt.NDArray[np.bool_], npt
     candidates = np.flatnonzero(newer)
     if len(candidates):
         newer[candidates[ledger.memory.holds(_digests(block, candidates))]] = False
-    if len(ledger.memory) + int(np.count_nonzero(newer)) >= ledger.limits.max_dedupe_entries_per_shard:
-        # Each superseded count is an E8 entry: past the bound every row goes one by one, in the
-        # block's order, each quarantined or not as RecordEvents would decide it.
+    whole, duplicate = (alone & ~exists) | newer, alone & duplicate
+    # Each superseded count is an E8 entry, and so may be each row recorded one by one after the
+    # event (an older count, a position named twice): where they could reach the bound, a row applied
+    # whole would skip a quarantine RecordEvents gives it, in the block's order, once the rows before
+    # it filled the memory. Then every row goes one by one, each decided as RecordEvents would.
+    one_by_one = len(block) - int(np.count_nonzero(whole | duplicate))
+    if len(ledger.memory) + int(np.count_nonzero(newer)) + one_by_one >= ledger.limits.max_dedupe_entries_per_shard:
         nothing = np.zeros(len(block), dtype=np.bool_)
         return nothing, nothing
-    return (alone & ~exists) | newer, alone & duplicate
+    return whole, duplicate
 
 
 def _digests(block: CountRows, rows: npt.NDArray[np.intp]) -> list[Digest]:

@@ -110,3 +110,24 @@ def test_a_load_near_the_bound_gives_each_row_the_outcome_record_fact_gives_it(f
     assert [(int(o), reasons.get(i, "")) for i, o in enumerate(outcomes)] == [(int(o), r) for o, r in expected]
     assert len(ledger.memory) == len(one_by_one.memory) <= 7
     assert [int(o) == FactOutcome.APPLIED for o in outcomes] == applied
+
+
+def test_rows_a_load_records_one_by_one_count_toward_the_bound_before_any_row_is_applied_whole() -> None:
+    """A position named twice in a block goes one by one, and each of its newer counts supersedes one
+    (an E8 entry each): RecordEvents of the block's rows in order fills the memory with them, so a new
+    position's row after them is quarantined. Applied whole first, it was taken in past the bound."""
+    ledger = Ledger(0, Limits(max_dedupe_entries_per_shard=7))
+    ledger.load_counts(_extract(["K0"], T, 10))
+    for i in range(5):
+        ledger.record_fact(Fact(f"f{i}", "pos", FactKind.RECEIPT, f"X{i}", "L1", 1, T + 1))
+    ledger.commit(T + 1)
+    one_by_one = _copy(ledger)
+    block = CountRows("erp", ["K0", "NEW"], ["L1"], np.array([0, 0, 1], dtype=np.uint32),
+                      np.zeros(3, dtype=np.uint32), np.array([20, 30, 40], dtype=np.int64),
+                      np.array([T + HOUR, T + 2 * HOUR, T + HOUR], dtype=np.int64))
+    outcomes, reasons = ledger.load_counts(block)
+    expected = [one_by_one.record_fact(block.fact(i)) for i in range(len(block))]
+    assert expected[2][0] == FactOutcome.QUARANTINED  # the memory was full when RecordEvents reached it
+    assert [(int(o), reasons.get(i, "")) for i, o in enumerate(outcomes)] == [(int(o), r) for o, r in expected]
+    assert len(ledger.memory) == len(one_by_one.memory) == 7
+    assert not ledger.store.exists("NEW", "L1")
