@@ -223,8 +223,7 @@ class ChannelDesk:
                 await backoff.wait()
 
     async def run_round(self) -> None:
-        """Publish the stock-outs offered since the last round, curate what changed (its stock-outs
-        go out first, C2), offer the rest and publish what is due."""
+        """Publish the stock-outs offered since the last round, curate what changed, offer it, publish what is due."""
         await self.publish_due(urgent_only=True)
         estate = self.estate
         self._urgent.begin_round(PUBLISH_WRITES_PER_ROUND)
@@ -303,7 +302,8 @@ class ChannelDesk:
     def _due_between_slices(self) -> None:
         """C2: stock-outs and changes past their throttle go out between a round's slices (``UrgentWrites``)."""
         now = self.clock.now_ms()
-        self._urgent.between_slices(any((feed.next_wakeup(now) or now + 1) <= now for feed in self.feeds.values()))
+        wakes = (feed.next_wakeup(now) for feed in self.feeds.values())
+        self._urgent.between_slices(any(at is not None and at <= now for at in wakes))
 
     def _offer(self, offers: Sequence[Offer]) -> None:
         now = self.clock.now_ms()
