@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Protocol, TypeVar
@@ -19,6 +20,7 @@ from reservation import Ledger, Limits, decode_entry
 from reservation._restore import RESTORE_SLICE, restoring
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Retrying(Protocol):
@@ -67,19 +69,48 @@ REPLAY_SLICE = 20_000
 """Events of a shard's log replayed between two turns of the event loop (~0.1 s of work at most)."""
 
 
+RECOVERY_READS = 3
+"""Reads of a shard's snapshot and log a recovery makes at most while Redis's state changes under it."""
+
+
 async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_slice: int = RESTORE_SLICE,
-                        replay_slice: int = REPLAY_SLICE) -> tuple[Ledger, int, int]:
+                        replay_slice: int = REPLAY_SLICE, reads: int = RECOVERY_READS) -> tuple[Ledger, int, int]:
     """(ledger, seq of the last entry applied, entries replayed). Live equals replay: the same
     events applied in the same order (E10). Raises ``LogHole`` when the log skips an entry (the
-    append script never leaves one), ``LogCutShort`` when it ends elsewhere than at its newest id,
+    append script never leaves one), ``LogCutShort`` when it ends elsewhere than at its newest id
+    (one that changed meanwhile has both read again, ``reads`` times in all at most),
     ``LogUnreadable`` at an entry another version wrote that this one cannot decode.
     The snapshot's reservations and the log's events go a slice at a time with a turn of the event
     loop between: a group taken over (leases) while this process serves others must not hold their
     calls and lease renewals for the seconds a large shard takes."""
-    # Read first (nothing is appended to the log while it is recovered), and again below only where
-    # the replay ended elsewhere. The owner check's read (one shard's of it): the simulation draws its
-    # faults apart, so its regression seeds keep their schedules.
-    newest = (await store.last_seqs([shard]))[0]
+    for read in range(1, reads + 1):
+        # Read first (nothing is appended to the log while it is recovered), and again below only where
+        # the replay ended elsewhere. The owner check's read (one shard's of it): the simulation draws its
+        # faults apart, so its regression seeds keep their schedules.
+        newest = (await store.last_seqs([shard]))[0]
+        ledger, seq, replayed = await _replayed(store, shard, limits, restore_slice, replay_slice)
+        if seq == newest:
+            return ledger, seq, replayed
+        # R7: a trim past the snapshot (the log emptied), or a snapshot past the log's end. Asked again
+        # first: Redis restarted from older data while this ran (snapshot and log went back together)
+        # leaves a log that ends where the replay did, which is served (what Redis holds), not refused.
+        now = (await store.last_seqs([shard]))[0]
+        if seq == now:
+            return ledger, seq, replayed
+        if now == newest or read == reads:
+            raise LogCutShort(shard, seq, now)
+        # The newest id changed, with nothing appended: Redis came back from older data (a restart, a
+        # failover to a lagging replica) between the reads — the snapshot read from the Redis before, the
+        # log from the one after add up to neither, not to a log cut short (exit 2): read both again.
+        log.warning("shard %d: Redis's log changed while it was recovered (newest id %d, then %d); recovered again",
+                    shard, newest, now, extra={"event": "recovery_reread", "shard": shard, "newest": newest,
+                                               "now": now})
+    raise AssertionError("unreachable: the last read returns or raises")
+
+
+async def _replayed(store: LogStore, shard: int, limits: Limits, restore_slice: int,
+                    replay_slice: int) -> tuple[Ledger, int, int]:
+    """The shard's snapshot, then its log after it: (ledger, seq of the last entry applied, entries replayed)."""
     snap = await store.load_snapshot(shard)
     ledger = Ledger(shard, limits)
     if snap:
@@ -100,11 +131,6 @@ async def recover_shard(store: LogStore, shard: int, limits: Limits, restore_sli
         if since_turn >= replay_slice:
             since_turn = 0
             await asyncio.sleep(0)
-    # R7: a trim past the snapshot (the log emptied), or a snapshot past the log's end. Asked again
-    # first: Redis restarted from older data while this ran (snapshot and log went back together)
-    # leaves a log that ends where the replay did, which is served (what Redis holds), not refused.
-    if seq != newest and seq != (newest := (await store.last_seqs([shard]))[0]):
-        raise LogCutShort(shard, seq, newest)
     return ledger, seq, replayed
 
 

@@ -205,3 +205,13 @@ async def test_a_stock_out_offered_during_a_round_is_not_overtaken_by_the_rounds
     channel showed units that were gone (C2, C4). A SKU marked again since it was curated is now left to
     the next round."""
     await Driver(27017).run(60)
+
+
+async def test_a_group_taken_while_redis_restarts_from_older_data_is_recovered_from_what_it_holds() -> None:
+    """``--seed 62000 --processes 3 --lose-tail``: p1 takes group 0 and reads its newest id (60) and its
+    snapshot (entry 56); then Redis comes back from the save of step 48 (snapshot at 45, log to 49) and
+    p1 reads the log from that one: nothing after 56, its newest id now 49. Recovery refused it as a log
+    cut short by hand (LogCutShort: at a start exit status 2, "restore Redis from a backup"), though
+    Redis held a whole state to serve. A newest id that changed under the recovery (nothing is appended
+    meanwhile) now has the snapshot and the log read again (``recovery.recover_shard``)."""
+    await Driver(62000, processes=3, lose_tail=True).run(54)
