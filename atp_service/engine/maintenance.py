@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.coordinator import Coordinator
+from atp_service.engine.orphans import LeasedOrphans
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_for_good, keep
 from reservation import DomainError, Ledger, View
@@ -61,6 +62,7 @@ class Housekeeper:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()  # expiries across shards
         self._gauged_at = 0.0
+        self._orphans = LeasedOrphans(engine)
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.get_running_loop().create_task(self._forever(), name="housekeeping")
@@ -88,6 +90,8 @@ class Housekeeper:
             actor.request_maintenance()
         if engine.orders is not None:
             engine.orders.drive_unsettled()
+            if engine.remote is not None:  # leased: orphaned parts are looked for here (one process: at start)
+                self._orphans.run_pass(self._spawn)
         for fut in waits:
             try:
                 await fut

@@ -1,13 +1,11 @@
-"""Orders whose lines span groups where Redis cannot write those groups in one script (a Redis
-Cluster): a saga of single-group steps (``reservation._orders``), all or nothing in outcome (R2).
-
-Every step is an ordinary actor message on one shard, durable before the next starts, and every
-step is idempotent, so a saga can be run again from wherever it stopped: the order's record at its
-home says what it has decided (``pending``). One task per order runs its saga at a time (a lock
-per order), owned by this object, not by the caller (R8): a caller that goes away abandons only
-its wait. A saga that cannot finish now (a group's log unreachable) leaves the order pending; the
-caller hears ``UNAVAILABLE`` (``OUTCOME_UNKNOWN``), and the order is driven on by its retry or by
-housekeeping, which also drives every order found pending after a restart.
+"""Orders whose lines span groups where Redis cannot write those groups in one script (a Redis Cluster): a
+saga of single-group steps (``reservation._orders``), all or nothing in outcome (R2). Every step is an ordinary
+actor message on one shard, durable before the next starts, and every step is idempotent, so a saga can be run
+again from wherever it stopped: the order's record at its home says what it has decided (``pending``). One
+task per order runs its saga at a time (a lock per order), owned by this object, not by the caller (R8): a
+caller that goes away abandons only its wait. A saga that cannot finish now (a group's log unreachable) leaves
+the order pending; the caller hears ``UNAVAILABLE`` (``OUTCOME_UNKNOWN``), and the order is driven on by its
+retry or by housekeeping, which also drives every order found pending after a restart.
 """
 
 from __future__ import annotations
@@ -70,8 +68,7 @@ class Orders:
         self.unsettled: set[str] = set()
         """Orders left pending (a saga that could not finish, or found so after a restart): the
         housekeeper drives them on (``drive_unsettled``)."""
-        self.orphans: dict[str, int] = {}
-        """Held parts whose order has no record (part id -> group): given up by ``drive_unsettled``."""
+        self.orphans: dict[str, int] = {}  # held parts whose order has no record (-> group): given up
 
     def find_pending(self, ledgers: Iterable[Ledger]) -> None:
         """After a restart: orders whose saga stopped half-way are driven on, orphaned parts given up."""
@@ -79,8 +76,8 @@ class Orders:
         for ledger in ledgers:
             self.unsettled.update(rid for rid, rec in ledger.reservations.items()
                                   if rec.is_order and rec.pending is not None)
-        if self._engine.remote is None:  # every group is here: an order not found here is nowhere
-            self.orphans.update(self._orphans_of(ledgers))
+        if self._engine.remote is None:  # every group here: an order not found here is nowhere (leased:
+            self.orphans.update(self._orphans_of(ledgers))  # housekeeping asks every group, ``orphans.py``)
 
     def _orphans_of(self, ledgers: list[Ledger]) -> dict[str, int]:
         """Held parts whose order has no record (``orphan_parts``); confirmed ones are committed units of
@@ -129,6 +126,9 @@ class Orders:
                 if home is not None:
                     self._spawn(self._locked(order_id, functools.partial(self._settle, order_id, home)))
         self._engine.metrics.orders_unsettled.set(len(self.unsettled))
+
+    def run_locked(self, order_id: str, saga: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        return self._locked(order_id, saga)  # for ``orphans.LeasedOrphans``: no saga of the order meanwhile
 
     def _count(self, outcome: str) -> None:
         metrics = self._engine.metrics

@@ -113,12 +113,14 @@ def shown(rec: Reservation, records: dict[str, Reservation]) -> Reservation:
 def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Collection[str] = (),
                                   lost_orders: Collection[str] = (), torn_orders: Collection[str] = (),
                                   place: Callable[[str], int] = lambda _sku: -1,
-                                  torn_confirmed: Collection[str] = ()) -> None:
+                                  torn_confirmed: Collection[str] = (), lost_looked_for: int | None = None) -> None:
     """R2/R3 for orders spanning groups: no part holds units its settled order does not (a refused,
     expired or released order's parts hold nothing), and a part of an order that does not exist (Redis
     lost the order's record) holds nothing either, unless the service found it and is giving it up
-    (``orphans``) — or it is a part of one of ``lost_orders`` with several processes, where such parts
-    are not looked for (a known gap, docs/OPERATIONS.md ``order_part_orphaned``: they hold their units).
+    (``orphans``) — or it is a part of one of ``lost_orders`` with several processes, which housekeeping
+    looks for only once it is older than the longest TTL (``orphans.LeasedOrphans``), at its group's owner,
+    with every group answering: exempt until ``lost_looked_for`` (a time: such a part created at or
+    before it holds nothing; None: not checked at this point).
     ``torn_orders``: orders of which one Redis Cluster node lost records (the order's or a part's) while
     the other nodes kept theirs: such an order may be HELD without its part (what Redis holds, until the
     service reads the order's parts: a Confirm then gives it up whole, ``Orders._give_up_if_torn``) —
@@ -130,7 +132,8 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
     part keeps its units held (Q2/Q3 still checked), nothing is oversold."""
     for rid, rec in records.items():
         order_id = orders.order_of(rid)
-        if (order_id is not None and order_id not in records and rid not in orphans and order_id not in lost_orders
+        exempt = order_id in lost_orders and (lost_looked_for is None or rec.created_at > lost_looked_for)
+        if (order_id is not None and order_id not in records and rid not in orphans and not exempt
                 and sum(line.outstanding for line in rec.lines) != 0):
             raise Violation(f"R2: part {rid!r} of an order that does not exist holds units")
         if not rec.is_order or rec.pending is not None:

@@ -190,6 +190,15 @@ async def test_a_part_whose_order_redis_lost_is_given_up() -> None:
     await Driver(41, lose_tail=True).run(50)
 
 
+async def test_a_part_whose_order_redis_lost_is_given_up_with_leases() -> None:
+    """``--seed 62002 --processes 3 --lose-tail``: Redis came back from older data and lost order r121's
+    record while its part in group 1 kept its entries. Leased, no process knows every group's records, so
+    parts were never looked for: the part held its units for good. Housekeeping now looks at parts older
+    than the longest TTL, asks every group for the order, and releases the part where none has it
+    (``orphans.LeasedOrphans``); the run's end checks that such parts hold nothing."""
+    await Driver(62002, processes=3, lose_tail=True).run(60)
+
+
 async def test_an_order_whose_part_id_is_taken_by_a_lost_orders_part_is_refused_whole() -> None:
     """``--seed 303 --lose-tail``: Redis lost order r212's record but not its parts; a new Reserve r212
     with other lines then found a part's id taken by other content. The part refused it

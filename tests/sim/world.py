@@ -52,7 +52,9 @@ async def pong_within(actor: Any, log: Any) -> bool:
 def sim_config(shards: int = 3, part_bytes: int = 1 << 20) -> ServiceConfig:
     """Small enough that batches, pipelines, snapshots and cross-shard orders all happen often;
     snapshots past ``part_bytes`` are written in parts (``snapparts.PART_BYTES``)."""
-    limits = Limits(retention_ms=10**12, fact_grace_ms=10**12)  # nothing forgotten: every ack stays checkable
+    # Nothing forgotten: every ack stays checkable. TTLs drawn are 1-30 s: parts of orders Redis lost are
+    # looked for past the longest (``orphans.LeasedOrphans``), within a run's clock.
+    limits = Limits(retention_ms=10**12, fact_grace_ms=10**12, max_ttl_seconds=30, default_ttl_seconds=30)
     # Nothing may depend on wall time, or a seed would not replay: no shedding by queue delay, and a
     # failed snapshot is retried at the next maintenance, not after a wall-clock backoff.
     config = ServiceConfig(port=0, metrics_port=-1, shards=shards, demo=False, auth="off", batch_max=6,
@@ -81,7 +83,8 @@ class World:
         self.tail: TailLoss | None = None  # ``--lose-tail``: Redis may come back from older data
         self.lost_orders: set[str] = set()
         """Several processes: orders whose record Redis lost while a part of theirs may live on in another
-        group (``cluster.ClusterWorld.lose_tail``); leased, such parts are not looked for (a known gap)."""
+        group (``cluster.ClusterWorld.lose_tail``); leased, housekeeping looks for them once past the longest
+        TTL (``orphans.LeasedOrphans``): the run's end checks they hold nothing (``driver.orders_settle``)."""
         self.torn_orders: set[str] = set()
         self.torn_confirmed: set[str] = set()
         """Torn orders already confirmed (or with a change in flight) when their node lost records."""

@@ -1,0 +1,162 @@
+"""Held parts of orders that no longer exist, with leases (``Engine.remote``: several processes share
+the groups): found and given up by housekeeping, a bounded step at a time.
+
+An order's record is durable at its home before any of its parts is reserved, and it is forgotten
+only once resolved with nothing pending (its parts resolved first). So a held part whose order has
+no record at any group was left by Redis losing acknowledged entries of the order's group (restarted
+from older data) — or torn from its order by one node's loss; releasing it is right either way.
+Parts never expire by themselves (``_orders.PART_TTL_MS``): left alone, its units stay held for good
+(R2: no hold outlives its order's decision or TTL).
+
+One process knows only its own groups' records (``Engine.home_of``), and a part does not say where
+its order lives (its home need not be a group of its lines), so every group is asked. Only a part
+older than the longest TTL (plus ``ORPHAN_AGE_MARGIN_MS``) is a suspect: past it, its order's own
+expiry would have released it, and no asking is spent on the young parts of live orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from atp_service.engine.parts import GiveUpPart, ReadPart, command_of, log_orphaned, run_part, tell_home, work_of
+from reservation import Ledger, Reservation, State
+from reservation import _orders as orders
+
+if TYPE_CHECKING:
+    from atp_service.engine.router import Engine
+
+log = logging.getLogger(__name__)
+
+ORPHAN_SCAN_PER_PASS = 2_000
+"""Records of each group served here one housekeeping pass looks at, at most (well under a ms each
+pass); a group's whole ledger is swept over successive passes."""
+ORPHAN_SUSPECTS_MAX = 1_000
+"""Suspected orphans remembered at most; one found past it is found again at a later sweep."""
+ORPHAN_CHECKS_PER_PASS = 16
+"""Suspects one pass asks every group about (one read per group each), at most."""
+ORPHAN_AGE_MARGIN_MS = 60_000
+"""How far past ``max_ttl_seconds`` a part must be before it is a suspect: covers the clocks of the
+processes differing (the order's TTL counted at its home, the part's age here)."""
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class LeasedOrphans:
+    """Finds held parts whose order is nowhere (``run_pass``, from housekeeping) and gives them up."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sweeps: dict[int, tuple[Ledger, list[str], int]] = {}
+        """Group -> (the ledger being swept, its ids when the sweep began, how far it got)."""
+        self.suspects: dict[str, tuple[int, int]] = {}
+        """Part id -> (its group, its ``updated_at`` when found): asked about at the next passes."""
+        self._asking = False
+
+    def run_pass(self, spawn: Spawn) -> None:
+        """Look at the next records of every group served here; ask about a few suspects (in the
+        background: one round of asking at a time)."""
+        self._scan()
+        if self.suspects and not self._asking:
+            self._asking = True
+            spawn(self._check_all(list(islice(self.suspects.items(), ORPHAN_CHECKS_PER_PASS))))
+
+    def _scan(self) -> None:
+        engine = self._engine
+        oldest = engine.clock.now_ms() - engine.limits.max_ttl_seconds * 1000 - ORPHAN_AGE_MARGIN_MS
+        for actor in engine.actors:
+            if actor.vacant:  # not served here: its owner looks
+                self._sweeps.pop(actor.shard, None)
+                continue
+            ledger = actor.ledger
+            swept, ids, at = self._sweeps.get(actor.shard, (None, [], 0))
+            if swept is not ledger or at >= len(ids):  # a new sweep (or the group recovered anew)
+                ids, at = list(ledger.reservations), 0  # the ids only: the ledger may change between passes
+            for rid in ids[at:at + ORPHAN_SCAN_PER_PASS]:
+                if len(self.suspects) >= ORPHAN_SUSPECTS_MAX:
+                    break
+                part = ledger.reservations.get(rid)
+                order_id = orders.order_of(rid)
+                if part is None or order_id is None or part.state != State.HELD or part.created_at > oldest:
+                    continue  # a confirmed part is a paid order's committed units (Q3): kept until shipped
+                if engine.home_of(order_id) is None:  # its order's record is not here: asked everywhere
+                    self.suspects.setdefault(rid, (actor.shard, part.updated_at))
+            self._sweeps[actor.shard] = (ledger, ids, at + ORPHAN_SCAN_PER_PASS)
+
+    async def _check_all(self, batch: list[tuple[str, tuple[int, int]]]) -> None:
+        try:
+            await asyncio.gather(*(self._check(part_id, group, seen) for part_id, (group, seen) in batch))
+        finally:
+            self._asking = False
+
+    async def _check(self, part_id: str, group: int, seen: int) -> None:
+        order_id = orders.order_of(part_id)
+        assert order_id is not None
+        try:
+            exists = await self._anywhere(order_id)
+            if exists is None:  # a group did not answer for sure: asked again at a later pass
+                self.suspects[part_id] = self.suspects.pop(part_id)  # behind the others
+                return
+            released = not exists and await self._give_up(order_id, part_id, group, seen)
+        except Exception as exc:  # the group moved, a log did not answer: a later sweep finds it again
+            log.info("orphaned part %r: not given up now (%r)", part_id, exc)
+            released = False
+        self.suspects.pop(part_id, None)
+        if released and await self._anywhere(order_id) is not False:
+            await self._settle_reopened(order_id)
+
+    async def _anywhere(self, order_id: str) -> bool | None:
+        """Whether any group holds ``order_id``'s record; None: not known (a group did not answer).
+        A group's "none" comes only from its owner's shard, recovered and not in doubt (a vacant or
+        recovering one is refused as moved or unavailable): it is what Redis holds."""
+        engine = self._engine
+        answers = await asyncio.gather(*(run_part(engine, g, ReadPart(order_id)) for g in range(len(engine.actors))),
+                                       return_exceptions=True)
+        if any(isinstance(answer, Reservation) for answer in answers):
+            return True
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer  # cancelled
+        return None if any(isinstance(answer, BaseException) for answer in answers) else False
+
+    async def _give_up(self, order_id: str, part_id: str, group: int, seen: int) -> bool:
+        """The part released, under its order's lock here (no saga of the order runs here meanwhile),
+        in one turn of its group that finds it as it was seen (held, not changed since: ``seen`` is its
+        ``updated_at``, as records change in place); whether it was."""
+        engine = self._engine
+        assert engine.orders is not None
+
+        def release(ledger: Ledger, now: int) -> bool:
+            part = ledger.reservation(part_id)
+            if part is None or part.state != State.HELD or part.updated_at != seen:
+                return False  # changed meanwhile: not an untouched orphan (found again if it still is one)
+            work_of(engine, GiveUpPart(command_of(part)))(ledger, now)
+            return True
+
+        async def locked() -> bool:
+            if engine.home_of(order_id) is not None:  # a retry opened it here meanwhile
+                return False
+            done: bool = await engine.actors[group].submit(release)
+            return done
+
+        released = await engine.orders.run_locked(order_id, locked)
+        if released:
+            log_orphaned(part_id, group, "holds units: released")
+        return released
+
+    async def _settle_reopened(self, order_id: str) -> None:
+        """A retry of the order's Reserve opened it again while its part was given up (or it is not
+        known whether one did): its record is resolved RELEASED if every part is (R2: nothing stays
+        held; that retry's hold is lost), wherever it lives."""
+        engine = self._engine
+        home = engine.home_of(order_id)
+        try:
+            if home is not None and engine.orders is not None:
+                await engine.orders.resolve_if_done(order_id, home)
+            else:
+                await tell_home(engine, order_id)
+        except Exception as exc:  # left HELD with nothing held: its expiry resolves it
+            log.info("order %s: not resolved after its orphaned part was released (%r)", order_id, exc)
