@@ -38,7 +38,7 @@ async def settled(world: World, call: Awaitable[T]) -> T:
 
 def order_cmd(world: World) -> ReserveCommand:
     cmd = reserve_command(reservation_id="o", order_ref="x", channel="web", lines=[("A", "L1", 2), ("J", "L1", 1)],
-                          ttl_seconds=600, allow_partial=False, limits=world.config.limits)
+                          ttl_seconds=30, allow_partial=False, limits=world.config.limits)  # the sim's longest
     assert len({world.eng.place(line.sku) for line in cmd.lines}) == 2, "the lines span shards"
     return cmd
 
@@ -74,7 +74,7 @@ async def test_housekeeping_never_expires_an_order_whose_confirmation_is_pending
     await settled(world, world.eng.reserve(order_cmd(world)))
     await stop_half_way(world, record(world, "o"), PendingOp(OrderStep.CONFIRM), State.CONFIRMED)
     await world.crash_and_recover(random.Random(0))  # the restart finds the order pending
-    world.clock.advance(601_000)  # past its TTL
+    world.clock.advance(31_000)  # past its TTL
     await settled(world, world.eng.run_maintenance())
     await settled(world, world.eng.run_maintenance())
     assert record(world, "o").state == State.CONFIRMED and record(world, "o").pending is None
