@@ -17,9 +17,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_service.engine.recovery import recover_shard
+from atp_service.storage.durability import LogDiverged
 from atp_service.storage.log import LogStore, encode_snapshot
 from reservation import Fact, FactKind, Ledger, Limits, encode_entry
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory
 
 NOW = 1_700_000_000_000
 
@@ -77,3 +81,52 @@ def _after(entries: int) -> Ledger:
         ledger.record_fact(Fact(f"e{seq}", "wms", FactKind.RECEIPT, "S", "DC", 1, NOW + seq))
         ledger.commit(NOW + seq)
     return ledger
+
+
+async def test_a_log_restored_shorter_after_a_snapshot_at_its_newest_id_was_read_stops_the_shard(
+        start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The case a re-read cannot see: the newest id (3) and the snapshot at it read from the Redis before,
+    then the log from one back from the save of entry 1 — nothing after 3, and the replay's end equals the
+    newest id read first, so the recovery serves entry 3's state, which Redis no longer holds. That is the
+    state of a tail lost just after the recovery, and is handled alike (R7): the owner check finds the log
+    ending before the entry the shard made durable and stops it (``LogDiverged``); the restart serves what
+    Redis holds."""
+    first, client = await start_service(shards=1)
+    await client.record_events([receipt("e1", "SKU", "DC", 10)])
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        image = await saved(direct)  # the log at entry 1
+        await client.record_events([receipt("e2", "SKU", "DC", 20)])
+        await client.close()
+        await first.stop(grace_s=0.1)  # its final snapshot: at the log's newest id
+        read_snapshot, fault = LogStore.load_snapshot, {"armed": True}
+
+        async def load_snapshot_then_redis_restarts(store: LogStore, shard: int) -> Any:
+            snap = await read_snapshot(store, shard)
+            if fault["armed"] and snap is not None and snap.seq == await store.last_seq(shard):
+                fault["armed"] = False  # once: the shard's log and snapshot back at entry 1, the claim kept
+                shard_keys = {store.keys.log(shard).encode(), store.keys.snap(shard).encode(),
+                              store.keys.snap_parts(shard).encode()}
+                async with direct.pipeline(transaction=True) as pipe:
+                    pipe.delete(*shard_keys)
+                    for key in shard_keys & set(image):
+                        dump, ttl = image[key]
+                        pipe.restore(key, ttl, dump, replace=True)
+                    await pipe.execute()
+            return snap
+
+        monkeypatch.setattr(LogStore, "load_snapshot", load_snapshot_then_redis_restarts)
+        caplog.set_level(logging.ERROR, logger="atp_service")
+        second, _ = await start_service(shards=1, owner_check_s=0.05)
+        assert not fault["armed"], "the fault was never made"
+        await until(lambda: second.failed.is_set(), "the instance stopped: its log ends before what it serves")
+    finally:
+        await direct.aclose()
+    failures = [r for r in caplog.records if getattr(r, "event", None) == "shard_failed"]
+    assert failures and isinstance(failures[0].exc_info[1], LogDiverged)  # type: ignore[index]
+    monkeypatch.undo()
+    await second.stop(grace_s=0.1)
+    _, again = await start_service(shards=1)
+    (position,) = await again.availability([("SKU", "DC")])
+    assert position.on_hand == 10  # what Redis holds: e2 was lost with the tail
