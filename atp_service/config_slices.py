@@ -63,8 +63,8 @@ class IngestSettings:
 
 PUBLISH_WRITES_PER_ROUND = 16
 """Most writes (each at most ``publish_batch_max`` a feed) a channel desk round's last publishing makes
-while feeds fill their batches, and most writes of stock-outs between its slices (C2); its two other
-publishings of stock-outs write once each. ~16,000 updates a channel a round keep a burst's changes
+while feeds fill their batches, and most writes of what is due (stock-outs first, C2) between its slices; its
+two other publishings of stock-outs write once each. ~16,000 updates a channel a round keep a burst's changes
 moving, while a larger backlog (a new channel's baseline) goes out over rounds, curation running between."""
 
 

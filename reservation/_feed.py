@@ -388,9 +388,10 @@ class Feed:
         """When ``take`` may next have something (None: nothing pending)."""
         if self._stockouts or self._baseline:
             return now_ms
-        times = []
-        if self._ready:
+        times = []  # from live heads only: a superseded one woke the desk for nothing (a write taking nothing)
+        if self._live_head(self._ready, 3) is not None:
             times.append(now_ms + self.bucket.ms_until_token())
-        if self._due:
-            times.append(self._due[0][0])
+        due = self._live_head(self._due, 1)
+        if due is not None:
+            times.append(due[0])
         return min(times) if times else None

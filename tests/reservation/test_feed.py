@@ -217,3 +217,20 @@ def test_a_take_reads_only_the_keys_it_publishes_not_every_queued_one() -> None:
     assert len(out) == 10_000 and out[-1].quantity == 5
     assert isinstance(feed._stockouts, _CountedKeys) and isinstance(feed._baseline, _CountedKeys)
     assert feed._stockouts.read + feed._baseline.read <= 10_100 + 2
+
+
+def test_a_change_taken_back_leaves_no_wake_up_behind() -> None:
+    """A change offered and then offered back to the number last published (E11: nothing to publish)
+    left its heap entries behind, and ``next_wakeup`` named a time for them: the desk woke and started
+    a write that took nothing, a write of its round's bounded budget spent for nothing."""
+    feed = published_feed(FeedPolicy(throttle_ms=1000), {"sku-1": 10, "sku-2": 10})
+    assert [u.quantity for u in drain(feed, T0)] == []
+    feed.offer(("sku-1", ""), 9, T0, T0, T0)
+    drain(feed, T0)  # published: the next change of sku-1 waits for its interval
+    feed.offer(("sku-1", ""), 8, T0 + 1, T0 + 1, T0 + 1)  # waiting in the throttle heap
+    feed.offer(("sku-2", ""), 9, T0 + 1, T0 + 1, T0 + 1)  # ready now
+    feed.offer(("sku-1", ""), 9, T0 + 2, T0 + 2, T0 + 2)  # back to what is shown: nothing to publish
+    feed.offer(("sku-2", ""), 10, T0 + 2, T0 + 2, T0 + 2)
+    assert feed.pending == 0
+    assert feed.next_wakeup(T0 + 2) is None
+    assert drain(feed, T0 + 5000) == []
