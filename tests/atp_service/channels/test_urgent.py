@@ -49,12 +49,18 @@ async def test_one_write_at_a_time_and_no_more_than_the_rounds_budget() -> None:
     await urgent.finish()
 
 
-async def test_a_failed_write_ends_the_rounds_writes_and_the_next_round_may_write_again() -> None:
+def failing(error: BaseException) -> tuple[Writes, UrgentWrites]:
+    """A round's first write begun, which fails with ``error`` at once."""
     writes = Writes()
-    writes.error, urgent = RedisConnectionError("gone"), UrgentWrites(writes.write)
+    writes.error, urgent = error, UrgentWrites(writes.write)
     writes.release.set()
     urgent.begin_round(5)
     urgent.between_slices(True)
+    return writes, urgent
+
+
+async def test_a_failed_write_ends_the_rounds_writes_and_the_next_round_may_write_again() -> None:
+    writes, urgent = failing(RedisConnectionError("gone"))
     await urgent.finish()  # settled by the write itself: not raised here
     urgent.between_slices(True)
     assert writes.started == 1
@@ -66,11 +72,7 @@ async def test_a_failed_write_ends_the_rounds_writes_and_the_next_round_may_writ
 
 
 async def test_a_bug_in_a_write_is_raised_to_the_desk() -> None:
-    writes = Writes()
-    writes.error, urgent = KeyError("bug"), UrgentWrites(writes.write)
-    writes.release.set()
-    urgent.begin_round(5)
-    urgent.between_slices(True)
+    _, urgent = failing(KeyError("bug"))
     with pytest.raises(KeyError):
         await urgent.finish()
 
