@@ -5,6 +5,7 @@ rule it enforces.
 """
 
 from ._allocate import GroupPolicy, allocate
+from ._bucket import TokenBucket
 from ._bulk import CountRows
 from ._curation import ChannelRules, curate, network_available, zero_through
 from ._errors import (
@@ -27,7 +28,6 @@ from ._feed import (
     Key,
     Published,
     StockStatus,
-    TokenBucket,
 )
 from ._ledger import Ledger, LedgerSnapshot
 from ._limits import Limits

@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from ._bucket import TokenBucket
+
 Key = tuple[str, str]
 """(sku, location); the location is "" for a network offer (one number per SKU)."""
 HEAP_SLACK = 1024
@@ -115,40 +117,14 @@ class FeedPolicy:
         return StockStatus.LOW_STOCK if quantity <= self.low_stock_level else StockStatus.IN_STOCK
 
 
-class TokenBucket:
-    """Tokens refill at ``rate`` per second up to ``burst``; ``force`` may take them into debt."""
-
-    __slots__ = ("_at", "burst", "rate", "tokens")
-
-    def __init__(self, rate_per_s: float, burst: int, now_ms: int) -> None:
-        self.rate, self.burst = rate_per_s, max(1, burst or int(rate_per_s))
-        self.tokens, self._at = float(self.burst), now_ms
-
-    def refill(self, now_ms: int) -> None:
-        if now_ms > self._at:
-            self.tokens = min(float(self.burst), self.tokens + (now_ms - self._at) * self.rate / 1000.0)
-            self._at = now_ms
-
-    def try_take(self) -> bool:
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-    def force(self) -> None:
-        self.tokens -= 1.0
-
-    def ms_until_token(self) -> int:
-        missing = 1.0 - self.tokens
-        return 0 if missing <= 0 else int(missing * 1000.0 / self.rate) + 1
-
-
 class _Pending:
-    __slots__ = ("durable_at", "event_time", "gen", "quantity", "velocity")
+    __slots__ = ("durable_at", "event_time", "gen", "quantity", "ready", "velocity")
 
     def __init__(self, quantity: int, event_time: int, durable_at: int, velocity: float) -> None:
         self.quantity, self.event_time, self.durable_at = quantity, event_time, durable_at
         self.velocity, self.gen = velocity, 0
+        self.ready: tuple[int, float, int] | None = None
+        """(class, -velocity, due_at) of its live ready-heap entry; None: not in the ready heap."""
 
 
 class Feed:
@@ -228,13 +204,15 @@ class Feed:
             old.quantity, old.event_time = quantity, max(old.event_time, event_time)
             old.velocity = velocity
             if stockout == (key in self._stockouts):
+                if old.ready is not None:  # the rate limit's order reads its class and velocity now
+                    self._re_place(key, old)
                 return  # already queued in the right class; the newest value rides along
             if stockout:
                 old.durable_at = durable_at  # a stock-out's delay counts from its own change
             self._forget(key)
         pend = old or _Pending(quantity, event_time, durable_at, velocity)
         self._gen += 1
-        pend.gen = self._gen
+        pend.gen, pend.ready = self._gen, None
         self._pending[key] = pend
         if last is None:
             self._baseline[key] = None
@@ -322,7 +300,7 @@ class Feed:
         """Move changes whose throttle interval is over from the due heap to the ready heap. A change
         offered while its key's last value was being written was given the interval of the value
         before: it waits for the interval of the one written since (C2, once per interval)."""
-        due, ready, policy, allowed = self._due, self._ready, self.policy, self._next_allowed
+        due, allowed = self._due, self._next_allowed
         while due and due[0][0] <= now_ms:
             due_at, gen, key = heapq.heappop(due)
             pend = self._pending.get(key)
@@ -331,11 +309,35 @@ class Feed:
             if allowed.get(key, 0) > now_ms:
                 heapq.heappush(due, (allowed[key], gen, key))
                 continue
-            last = self.last_sent(key)
-            low = policy.status(pend.quantity) is StockStatus.LOW_STOCK or (
-                last is not None and policy.status(last) is StockStatus.LOW_STOCK)
-            ready = self._ready = self._push(ready, (0 if low else 1, -pend.velocity, due_at, gen, key), 3)
-            self._aged = self._push(self._aged, (due_at, gen, key), 1)
+            self._enter_ready(key, pend, due_at)
+
+    def _rank(self, key: Key, pend: _Pending) -> tuple[int, float]:
+        """Where a ready change stands in the rate limit's order: low stock (its value or the one
+        shown) first, then by velocity, highest first (C2)."""
+        policy, last = self.policy, self.last_sent(key)
+        low = policy.status(pend.quantity) is StockStatus.LOW_STOCK or (
+            last is not None and policy.status(last) is StockStatus.LOW_STOCK)
+        return 0 if low else 1, -pend.velocity
+
+    def _enter_ready(self, key: Key, pend: _Pending, due_at: int) -> None:
+        """``pend`` into the ready heap at its current rank and into the ageing heap at ``due_at``,
+        both under its gen: a live ageing entry always has a live ready twin."""
+        low, speed = self._rank(key, pend)
+        pend.ready = (low, speed, due_at)
+        self._ready = self._push(self._ready, (low, speed, due_at, pend.gen, key), 3)
+        self._aged = self._push(self._aged, (due_at, pend.gen, key), 1)
+
+    def _re_place(self, key: Key, pend: _Pending) -> None:
+        """A ready change replaced by a newer value whose class or velocity differs: its entries are
+        pushed again under a new gen (the old ones skipped as superseded), keeping the time its
+        throttle interval ended, so the ageing bound still counts from it. Left in place, a seller
+        kept the velocity it had when it became ready and lost to an equal seller just published."""
+        assert pend.ready is not None
+        low, speed, due_at = pend.ready
+        if (low, speed) != self._rank(key, pend):
+            self._gen += 1
+            pend.gen = self._gen
+            self._enter_ready(key, pend, due_at)
 
     def _push(self, heap: list[_E], entry: _E, gen_at: int) -> list[_E]:
         """``entry`` pushed onto ``heap`` (whose entries hold their gen at ``gen_at``); the heap swept

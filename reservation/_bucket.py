@@ -1,0 +1,31 @@
+"""C2's rate limit: a token bucket, shared by the channel feeds and the publishers."""
+
+from __future__ import annotations
+
+
+class TokenBucket:
+    """Tokens refill at ``rate`` per second up to ``burst``; ``force`` may take them into debt."""
+
+    __slots__ = ("_at", "burst", "rate", "tokens")
+
+    def __init__(self, rate_per_s: float, burst: int, now_ms: int) -> None:
+        self.rate, self.burst = rate_per_s, max(1, burst or int(rate_per_s))
+        self.tokens, self._at = float(self.burst), now_ms
+
+    def refill(self, now_ms: int) -> None:
+        if now_ms > self._at:
+            self.tokens = min(float(self.burst), self.tokens + (now_ms - self._at) * self.rate / 1000.0)
+            self._at = now_ms
+
+    def try_take(self) -> bool:
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def force(self) -> None:
+        self.tokens -= 1.0
+
+    def ms_until_token(self) -> int:
+        missing = 1.0 - self.tokens
+        return 0 if missing <= 0 else int(missing * 1000.0 / self.rate) + 1
