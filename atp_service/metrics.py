@@ -33,7 +33,8 @@ open streams."""
 APPEND_FAILURE_REASONS = ("out_of_memory", "timeout", "connection", "fenced", "refused", "other")
 """``atp_log_append_failures_total``'s reasons (``storage.durability.append_failure_reason``), a closed set:
 Redis at its ``maxmemory`` refusing writes, no answer in time, no connection, another owner of the shard,
-another refusal by Redis or the append script, anything else."""
+another refusal by Redis or the append script, anything else. ``atp_channel_write_failures_total``'s too
+(``storage.channel_store.write_failure_reason``)."""
 
 
 def zeroed(counter: Counter | prometheus_client.Counter, *label_sets: tuple[str, ...]) -> None:
@@ -229,8 +230,10 @@ class ChannelMetrics:
             "the channel's max_wait_ms (taken before the velocity order, C2)", ["channel"], registry=r,
         )
         self.write_failures = Counter(
-            "atp_channel_write_failures_total", "Channel stream writes that failed (retried)", registry=r
-        )
+            "atp_channel_write_failures_total", "Channel stream writes that failed (retried), and each failed "
+            "fence of their settling, by why: " + ", ".join(APPEND_FAILURE_REASONS), ["reason"], registry=r)
+        # At 0 from the start, as the log's appends: a full Redis's first refusal shows as a rise.
+        zeroed(self.write_failures, *((reason,) for reason in APPEND_FAILURE_REASONS))
         self.settles = Counter(
             "atp_channel_settles_total", "Failed channel writes settled after fencing, by what the streams held "
             "(landed, not_landed; refused: the write script refused it, nothing landed)", ["outcome"], registry=r,
@@ -250,6 +253,10 @@ class ChannelMetrics:
         self.coalesced.labels(channel).inc(coalesced)
         self.throttled.labels(channel).inc(throttled)
         self.overdue.labels(channel).inc(overdue)
+
+    def write_failed(self, reason: str) -> None:
+        """A channel write, or a fence of its settling, failed for ``reason`` (``APPEND_FAILURE_REASONS``)."""
+        self.write_failures.labels(reason).inc()
 
     def export_channels(self, names: Iterable[str]) -> None:
         """Each channel's update counts exported at 0 from the start (``zeroed``): an alert on their

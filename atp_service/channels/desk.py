@@ -29,7 +29,7 @@ from atp_service.engine.clock import Clock
 from atp_service.engine.router import Engine
 from atp_service.metrics import ChannelMetrics
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
-from atp_service.storage.channel_store import ChannelStore, WriteRefused
+from atp_service.storage.channel_store import ChannelStore, WriteRefused, write_failure_reason
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait, finish_uncancelled
 from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, Reason
@@ -348,7 +348,7 @@ class ChannelDesk:
         read each stream's newest version: what landed is there and nothing more ever will be (C4).
         Waits for Redis as long as it takes: versions are never reused and a value is believed
         published only once it is in the stream. A refusal (``WriteRefused``) changed nothing."""
-        self.metrics.write_failures.inc()
+        self.metrics.write_failed(write_failure_reason(error))
         log.warning("channel publish failed (%s); settling", error)
         names = [name for name, _, updates in taken if updates]
 
@@ -358,7 +358,7 @@ class ChannelDesk:
         # Each failed try counts as a failed write: a settle that cannot fence publishes nothing, for
         # as long as it lasts, and the alert on the failures' rate must see it.
         last = await retry_until_done(fence_and_read, STORAGE_ERRORS, DESK_RETRY,
-                                      lambda _exc, _wait: self.metrics.write_failures.inc())
+                                      lambda exc, _wait: self.metrics.write_failed(write_failure_reason(exc)))
         refused, now, landed_any = isinstance(error, WriteRefused), self.clock.now_ms(), False
         for name, feed, updates in taken:
             if not updates:

@@ -33,6 +33,7 @@ from atp_service.storage.channel_wire import (
     state_entry,
     xadd_arguments,
 )
+from atp_service.storage.durability import append_failure_reason
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.resp import seq_of, stream_entries, stream_info
 from atp_service.storage.scripts import FENCE_LUA, FENCE_SCRIPT
@@ -111,6 +112,15 @@ class WriteRefused(RedisError):
     """The write script refused the whole write before changing anything (FENCED: a newer instance
     owns the keyspace; STALE: the desk fenced since this write was sent; TAKEN: a version is already
     in the stream). Certain, unlike a timeout: nothing of it landed and nothing of it ever will."""
+
+
+def write_failure_reason(error: BaseException) -> str:
+    """Why a channel write (or the fence of its settle) failed, one of ``metrics.APPEND_FAILURE_REASONS``,
+    as for the log's appends: the script's FENCED refusal is ``fenced`` (a newer instance owns the
+    keyspace), its STALE and TAKEN ``refused``; a full Redis ``out_of_memory``."""
+    if isinstance(error, WriteRefused) and str(error).startswith("FENCED"):
+        return "fenced"
+    return append_failure_reason(error)
 
 
 class ChannelStore:
