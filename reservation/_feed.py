@@ -190,7 +190,8 @@ class Feed:
     # -- offers --------------------------------------------------------------
     def offer(self, key: Key, quantity: int, event_time: int, durable_at: int, now_ms: int,
               velocity: float = 0.0) -> None:
-        """The newest curated value of a key. Equal to what was last sent: nothing to publish (E11)."""
+        """The newest curated value of a key; equal to what was last sent: nothing to publish (E11). ``velocity``:
+        the SKU's demand, higher first, comparable across offers made at different times (``marks.velocity_rank``)."""
         assert quantity >= 0, "C1: a channel is never offered a negative number"
         last = self.last_sent(key)
         old = self._pending.get(key)

@@ -20,7 +20,7 @@ import numpy as np
 
 from atp_service.channels.curator import Curator, Offer, skus_per_slice, zero_lines
 from atp_service.channels.estate import Channel, Estate
-from atp_service.channels.marks import mark_skus, remark, velocity_at
+from atp_service.channels.marks import mark_skus, remark, velocity_at, velocity_rank
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
 from atp_service.channels.urgent import UrgentWrites
 from atp_service.config import ChannelSettings
@@ -310,7 +310,7 @@ class ChannelDesk:
         dirty_at, velocity, half_life = self._round_dirty_at, self._velocity, self._half_life_ms
         for feed, sku, location, value, source_time in offers:
             feed.offer((sku, location), value, source_time, dirty_at.get(sku, now), now,
-                       velocity_at(velocity, half_life, sku, now))
+                       velocity_rank(velocity, half_life, sku))
         for name, feed in self.feeds.items():
             self.metrics.pending.labels(name).set(feed.pending)
 

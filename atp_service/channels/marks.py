@@ -37,3 +37,12 @@ def velocity_at(velocity: dict[str, tuple[float, int]], half_life_ms: float, sku
     SKUs' changes go out first when a channel's rate limit holds them back."""
     value, at = velocity.get(sku, (0.0, now))
     return value * math.exp2(-(now - at) / half_life_ms) if now > at else value
+
+
+def velocity_rank(velocity: dict[str, tuple[float, int]], half_life_ms: float, sku: str) -> float:
+    """A number that orders SKUs as their demand decayed to one common time would, whenever each was
+    taken: ``log2`` of the demand plus its time in half-lives (decaying subtracts as much from both).
+    A change waiting with its demand decayed to when it was offered was overstated against a fresher
+    one decayed to later (-inf: no demand)."""
+    value, at = velocity.get(sku, (0.0, 0))
+    return math.log2(value) + at / half_life_ms if value > 0 else -math.inf
