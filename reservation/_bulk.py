@@ -122,15 +122,16 @@ def room_refusal(ledger: Ledger, new: int) -> ResourceExhausted | None:
                              metadata={"limit": POSITIONS_LIMIT})
 
 
-def no_room_reason(ledger: Ledger, sku: str, location: str) -> str:
+def no_room_reason(ledger: Ledger, sku: str, location: str, new: bool) -> str:
     """The quarantine reason of a new fact (E8 does not know it) the shard has no room for ("": room):
     E8's memory at ``max_dedupe_entries_per_shard`` (nothing in the grace window is forgotten early:
-    a resend would apply twice), or a new position at ``max_positions_per_shard``."""
+    a resend would apply twice), or a ``new`` position at ``max_positions_per_shard``. Every fact
+    ingested passes here: the positions are counted (a sum over every SKU) only for a new one."""
     remembered, limits = len(ledger.memory), ledger.limits
     if remembered >= limits.max_dedupe_entries_per_shard:
         return (f"{CAPACITY_QUARANTINE}: shard {ledger.shard} remembers {remembered} fact identities for dedupe "
                 f"(limit {DEDUPE_LIMIT} = {limits.max_dedupe_entries_per_shard})")
-    if len(ledger.store) < limits.max_positions_per_shard or ledger.store.exists(sku, location):
+    if not new or len(ledger.store) < limits.max_positions_per_shard:
         return ""
     return (f"{CAPACITY_QUARANTINE}: {sku!r} at {location!r} is a new position and shard {ledger.shard} holds "
             f"{len(ledger.store)} (limit {POSITIONS_LIMIT} = {limits.max_positions_per_shard})")

@@ -106,11 +106,12 @@ class Ledger:
             reason = f"late: event_time {fact.event_time} is before stream time minus grace ({horizon})"
             self.emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
-        reason = no_room_reason(self, fact.sku, fact.location)  # logged: replay never decides it (E10)
+        new = not self.store.exists(fact.sku, fact.location)
+        reason = no_room_reason(self, fact.sku, fact.location, new)  # logged: replay never decides it (E10)
         if reason:
             self.emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
-        if not self.store.exists(fact.sku, fact.location):
+        if new:
             default = self.safety_defaults.get(fact.location, 0) if self.safety_defaults else 0
             if default:
                 self.emit(SafetyStockSet(fact.sku, fact.location, default))
