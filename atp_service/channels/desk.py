@@ -287,15 +287,12 @@ class ChannelDesk:
     async def _offer_in_slices(self, offers: list[Offer], estate: Estate) -> None:
         """``_offer`` of a round's changes, ``curate_slice_cells`` at a time, while ``estate`` is current,
         but those of SKUs marked again meanwhile (``Curator.drop_stale``)."""
-        size = self.settings.curate_slice_cells
+        def offer(part: Sequence[Offer]) -> None:
+            if self.estate is estate:
+                self._offer(self._curator.drop_stale(part, self._dirty, self.engine.place,
+                                                     lambda shard: self.engine.actors[shard].positions()))
         try:
-            for at in range(0, len(offers), size):
-                if at:
-                    self._due_between_slices()
-                    await asyncio.sleep(0)
-                if self.estate is estate:
-                    self._offer(self._curator.drop_stale(offers[at:at + size], self._dirty, self.engine.place,
-                                                         lambda shard: self.engine.actors[shard].positions()))
+            await in_slices(offers, self.settings.curate_slice_cells, offer, self._due_between_slices)
         finally:
             await self._urgent.finish()
 
@@ -338,7 +335,7 @@ class ChannelDesk:
                 out += updates
             if all(len(updates) < limit for _, _, updates in taken):
                 break  # every feed took all it may now
-        for name, feed in [] if urgent_only else self.feeds.items():  # C2's bound (max_wait_ms) watched
+        for name, feed in [] if urgent_only or once else self.feeds.items():  # C2's bound (max_wait_ms) watched
             self.metrics.oldest_wait.labels(name).set(feed.oldest_wait_ms(self.clock.now_ms()) / 1000)
         return out
 

@@ -18,10 +18,14 @@ from reservation import Feed, Key, PositionStore
 T = TypeVar("T")
 
 
-async def in_slices(items: Sequence[T], size: int, work: Callable[[Sequence[T]], None]) -> None:
-    """``work`` on ``items``, ``size`` at a time, letting the event loop run other tasks between."""
+async def in_slices(items: Sequence[T], size: int, work: Callable[[Sequence[T]], None],
+                    between: Callable[[], None] | None = None) -> None:
+    """``work`` on ``items``, ``size`` at a time, letting the event loop run other tasks between (after
+    ``between``, if given: the channel desk starts a write of what is due there)."""
     for at in range(0, len(items), size):
         if at:
+            if between is not None:
+                between()
             await asyncio.sleep(0)
         work(items[at:at + size])
 
