@@ -197,8 +197,27 @@ def fulfill(
 def fulfill_committed(
     view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, limits: Limits
 ) -> Reservation:
-    """R4 by a SHIPMENT fact naming the reservation: only `committed` moves here."""
+    """R4 by a SHIPMENT fact naming the reservation: only `committed` moves here. A fact shipping
+    more units than its line has committed fulfils every committed unit (they all left with it; the
+    fact moved `on_hand` by its whole quantity, as any SHIPMENT): refusing it left them committed
+    for good (Q3), counted twice against availability beside the units already gone."""
+    lines = _within_committed(view.reservation(reservation_id), lines, operation_id)
     return fulfill(view, reservation_id, lines, operation_id, now, limits, ship=False)
+
+
+def _within_committed(rec: Reservation | None, lines: tuple[LineRequest, ...],
+                      operation_id: str) -> tuple[LineRequest, ...]:
+    """``lines`` capped at what each has committed, for a CONFIRMED reservation. A line with nothing
+    committed is left as asked (``fulfill`` refuses it, naming why), and so is a retried operation
+    (R5: compared with what was recorded)."""
+    if rec is None or rec.state != State.CONFIRMED or operation_id in rec.ops:
+        return lines
+    committed = {(line.sku, line.location): line.committed for line in rec.lines}
+    capped = []
+    for req in lines:
+        room = committed.get((req.sku, req.location), 0)
+        capped.append(LineRequest(req.sku, req.location, min(req.quantity, room)) if room else req)
+    return tuple(capped)
 
 
 def expire(view: View, reservation_id: str, now: int) -> Reservation | None:

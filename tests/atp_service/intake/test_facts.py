@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from atp_client import Refusal, timestamp
+from atp_client import AtpClient, Refusal, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from tests.atp_service.fact_helpers import (
@@ -267,3 +267,30 @@ async def test_a_shipment_that_fulfils_nothing_of_its_reservation_is_counted_R4(
     assert registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "stream"}) == 2
     (a,) = await client.availability([("A", "S1")])
     assert (a.on_hand, a.reserved) == (5, 4)  # stock moved; the hold stands, as the reason said
+
+
+async def test_a_shipment_of_more_than_its_line_committed_fulfils_every_committed_unit_R4(
+        start_service: ServiceFactory) -> None:
+    """WMS ships 5 units naming a reservation with 3 committed there: all 3 left with it. The fact was
+    refused whole by the reservation ("exceeds the 3 units committed"), so the 3 stayed committed for
+    good (Q3: they never expire) beside the 5 gone from on_hand: availability 3 short until someone
+    released them by hand. A restart (E10) holds the same."""
+    _, client = await start_service(clock=ManualClock(T0))
+    await client.record_events([F("r", "RECEIPT", "A", "S1", 10, T0 - 5000).pb()])
+    await client.reserve("r1", [("A", "S1", 3)])
+    await client.confirm("r1")
+    ship = pb.Fact(event_id="w1", source="wms", kind=pb.FACT_KIND_SHIPMENT, sku="A", location="S1", quantity=5,
+                   event_time=timestamp(T0 - 10), reservation_id="r1")
+    (result,) = await client.record_events([ship])
+    assert result.outcome == pb.FACT_OUTCOME_APPLIED and not result.detail, result.detail
+    await fulfilled_whole(client)
+    _, again = await start_service(clock=ManualClock(T0 + 1000))  # replays the log: the first is fenced
+    await fulfilled_whole(again)
+
+
+async def fulfilled_whole(client: AtpClient) -> None:
+    rec = await client.get_reservation("r1")
+    assert rec.state == pb.RESERVATION_STATE_FULFILLED
+    assert (rec.lines[0].fulfilled, rec.lines[0].committed) == (3, 0)
+    (a,) = await client.availability([("A", "S1")])
+    assert (a.on_hand, a.reserved, a.committed, a.available) == (5, 0, 0, 5)  # Q5: nothing counted twice
