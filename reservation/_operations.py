@@ -336,17 +336,25 @@ def _amounts(rec: Reservation, lines: tuple[LineRequest, ...], room: _Room, what
     """Units to move per reservation line: everything, or what ``lines`` asks, checked against ``room``."""
     if not lines:
         return [room(line) for line in rec.lines]
-    index = {(line.sku, line.location): i for i, line in enumerate(rec.lines)}
+    # A position may stand in several records of one reservation: a plain line and a group line
+    # whose units came from the same location, or two groups sharing a member. A request's lines are
+    # summed per position (R1), so one request line is spread over all of them, first records first;
+    # checked against their last record alone, units held there could not be released or fulfilled
+    # in part, and a SHIPMENT naming the reservation left them committed for ever (R4).
+    records: dict[tuple[str, str], list[int]] = {}
+    for i, line in enumerate(rec.lines):
+        records.setdefault((line.sku, line.location), []).append(i)
     amounts = [0] * len(rec.lines)
     for n, req in enumerate(lines):
-        i = index.get((req.sku, req.location))
-        if i is None:
+        at = records.get((req.sku, req.location))
+        if at is None:
             raise InvalidArgument(f"lines[{n}]", f"{req.sku}@{req.location} is not a line of this reservation")
-        if req.quantity > room(rec.lines[i]):
-            raise InvalidArgument(
-                f"lines[{n}].quantity", f"{req.quantity} exceeds the {room(rec.lines[i])} units {what}"
-            )
-        amounts[i] = req.quantity
+        rooms = [room(rec.lines[i]) for i in at]
+        if req.quantity > sum(rooms):
+            raise InvalidArgument(f"lines[{n}].quantity", f"{req.quantity} exceeds the {sum(rooms)} units {what}")
+        left = req.quantity
+        for i, units in zip(at, rooms, strict=True):
+            amounts[i], left = min(left, units), left - min(left, units)
     return amounts
 
 
