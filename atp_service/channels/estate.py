@@ -57,6 +57,11 @@ DEFAULT_LIMITS = Limits()
 MAX_COUNT = 2**63 - 1
 """The largest integer a key takes: TOML reads any, but C1's numpy arithmetic (int64) and Redis's
 stream MAXLEN take none larger — one past it ended the channel desk's task, and every feed with it."""
+MIN_RATE_PER_S = 1e-6
+"""The smallest ``rate_limit_per_s`` taken: one update in about 11.6 days. The feed's token bucket
+waits ``1000 / rate`` ms for a token; a positive rate near 1e-306 made that infinite and
+``int()`` of it raised OverflowError in the channel desk's round, which ended the desk (and every
+feed with it, stock-outs included) while health said SERVING."""
 
 
 class EstateError(ValueError):
@@ -237,6 +242,8 @@ def _channel(raw: dict[str, Any], where: str, locations: dict[str, Location],
             raise EstateError(f"{where}.{key}: must not be negative")
     if rate <= 0:
         raise EstateError(f"{where}.rate_limit_per_s: must be positive")
+    if rate < MIN_RATE_PER_S:
+        raise EstateError(f"{where}.rate_limit_per_s: must be at least {MIN_RATE_PER_S} (one update in ~11.6 days)")
     policy = FeedPolicy(throttle_ms=throttle_ms, rate_per_s=rate, burst=burst, low_stock_level=low_stock_level,
                         max_wait_ms=max_wait_ms)
     strategy = _text(raw, "strategy", where, "priority")

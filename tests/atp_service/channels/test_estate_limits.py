@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from atp_service.channels.estate import EstateError, load_estate, parse_estate
+from atp_service.channels.estate import MIN_RATE_PER_S, EstateError, load_estate, parse_estate
 from reservation import Limits
+from reservation._bucket import TokenBucket
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -50,6 +51,10 @@ def _channel(**keys: object) -> dict[str, object]:
     (_channel(buffer_units=2**64), "channels[0].buffer_units: must be at most 9223372036854775807"),
     (_channel(stream_maxlen=2**64), "channels[0].stream_maxlen: must be at most 9223372036854775807"),
     (_channel(rate_limit_per_s=float("inf")), "channels[0].rate_limit_per_s: must be a finite number"),
+    (_channel(rate_limit_per_s=1e-310),
+     "channels[0].rate_limit_per_s: must be at least 1e-06 (one update in ~11.6 days)"),
+    (_channel(rate_limit_per_s=5e-7),
+     "channels[0].rate_limit_per_s: must be at least 1e-06 (one update in ~11.6 days)"),
     (_channel(buffer_percent=float("-inf")), "channels[0].buffer_percent: must be a finite number"),
     ({"locations": X, "groups": ["x"]}, "groups: must be a table of group = [locations] or {type, region}"),
     ({"locations": X, "groups": 5}, "groups: must be a table of group = [locations] or {type, region}"),
@@ -61,7 +66,8 @@ def test_a_value_the_channel_desk_cannot_compute_with_is_refused_naming_its_key(
     """Defect: these were taken (or failed with a bare TypeError/ValueError that named no key). A
     count past int64 (TOML takes any integer) made C1's numpy arithmetic raise OverflowError in
     the channel desk's round, which ended the desk for good: no channel published anything more,
-    a stock-out included; an infinite rate did the same in the feed's token bucket."""
+    a stock-out included; an infinite rate did the same in the feed's token bucket, and so did a
+    positive rate near 1e-306 (its wait for a token, ``1000 / rate`` ms, overflowed to infinity)."""
     with pytest.raises(EstateError) as err:
         parse_estate(data)
     assert str(err.value) == message
@@ -89,3 +95,10 @@ def test_a_channel_name_that_would_be_another_key_of_the_feeds_is_refused_C1(nam
     with pytest.raises(EstateError) as err:
         parse_estate(data)
     assert str(err.value) == message
+
+
+def test_the_slowest_rate_taken_still_gives_the_bucket_a_wait_it_can_count_C2() -> None:
+    estate = parse_estate(_channel(rate_limit_per_s=MIN_RATE_PER_S, burst=1))
+    bucket = TokenBucket(estate.channels["c"].policy.rate_per_s, 1, 0)
+    assert bucket.try_take() and not bucket.try_take()
+    assert bucket.ms_until_token() == 10**9 + 1  # about 11.6 days, an int the desk can sleep on
