@@ -212,7 +212,9 @@ def _within_committed(rec: Reservation | None, lines: tuple[LineRequest, ...],
     (R5: compared with what was recorded)."""
     if rec is None or rec.state != State.CONFIRMED or operation_id in rec.ops:
         return lines
-    committed = {(line.sku, line.location): line.committed for line in rec.lines}
+    committed: dict[tuple[str, str], int] = {}
+    for line in rec.lines:  # a position may stand in several records (``_amounts``): their sum
+        committed[(line.sku, line.location)] = committed.get((line.sku, line.location), 0) + line.committed
     capped = []
     for req in lines:
         room = committed.get((req.sku, req.location), 0)

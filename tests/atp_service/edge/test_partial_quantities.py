@@ -68,3 +68,17 @@ async def test_a_shipment_naming_the_reservation_fulfils_units_of_both_records_R
     assert (a.on_hand, a.committed, a.available) == (3, 1, 2)  # was: 3, 8, -5 (the shipped units committed still)
     rec = await client.get_reservation("r1")
     assert sum(line.fulfilled for line in rec.lines) == 7
+
+
+async def test_a_shipment_of_more_than_every_record_committed_fulfils_them_all_R4(
+        start_service: ServiceFactory, tmp_path: Path) -> None:
+    """9 units shipped naming r1, whose 8 committed at store-2 stand in records of 5 and 3: every
+    committed unit left with it (capped at the sum, not at the last record's 3)."""
+    client = await two_records_at_store_2(start_service, tmp_path)
+    (shipped,) = await client.record_events([fact("out-1", "FACT_KIND_SHIPMENT", 9, reservation_id="r1")])
+    assert shipped.outcome == pb.FACT_OUTCOME_APPLIED and shipped.detail == "", shipped.detail
+    rec = await client.get_reservation("r1")
+    assert rec.state == pb.RESERVATION_STATE_FULFILLED
+    assert [line.fulfilled for line in rec.lines] == [5, 3]
+    (a,) = await client.availability([("A", "store-2")])
+    assert (a.on_hand, a.committed, a.available) == (1, 0, 1)
