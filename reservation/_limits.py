@@ -12,6 +12,12 @@ safety stock) in 32 bits a position."""
 MAX_TTL_CEILING = 10 * 366 * 24 * 3600
 """The largest ``max_ttl_seconds`` accepted (ten years): an expiry stays a valid Timestamp (before
 year 10000) and exact in epoch milliseconds."""
+MAX_DURATION_MS_CEILING = MAX_TTL_CEILING * 1000
+"""The largest ``retention_ms``, ``fact_grace_ms`` and ``fact_future_skew_ms`` accepted (ten years):
+a fact allowed further ahead would move stream time past what a Timestamp can hold (ExplainAvailability
+could no longer answer), and past 2**63 ms a fact's times would overflow the ledger's int64 columns
+half-way through applying it."""
+_DURATIONS_MS = ("retention_ms", "fact_grace_ms", "fact_future_skew_ms")
 POSITIONS_LIMIT = "max_positions_per_shard"
 """The name a refusal at the bound on positions gives (CAPACITY_REACHED metadata ``limit``, the
 ``atp_capacity_refusals_total`` label)."""
@@ -110,13 +116,13 @@ class Limits:
     bytes a fact all told (kept deltas: ~1.4 GB)."""
 
     retention_ms: int = 24 * 3600 * 1000
-    """How long a resolved reservation is kept for idempotent replays (R5) before it is forgotten."""
+    """How long a resolved reservation is kept for idempotent replays (R5), at most ten years."""
 
     fact_grace_ms: int = 24 * 3600 * 1000
-    """E6: facts older than stream time minus this are quarantined, not applied."""
+    """E6: facts older than stream time minus this are quarantined, not applied (at most ten years)."""
 
     fact_future_skew_ms: int = 5 * 60 * 1000
-    """E7: facts stamped further than this ahead of the service clock are refused."""
+    """E7: facts stamped further than this ahead of the service clock are refused (at most ten years)."""
 
     def __post_init__(self) -> None:
         # Q5 stays exact in int64 (the store, the channels' numpy sums over locations) and in the
@@ -136,6 +142,10 @@ class Limits:
             value, least = getattr(self, name), 1 if name in _POSITIVE else 0
             if value < least:
                 raise ValueError(f"limits: {name}: must be at least {least}, got {value}")
+        for name in _DURATIONS_MS:
+            if getattr(self, name) > MAX_DURATION_MS_CEILING:
+                raise ValueError(f"limits: {name}: must be at most {MAX_DURATION_MS_CEILING} (ten years), "
+                                 f"got {getattr(self, name)}")
         if self.max_ttl_seconds > MAX_TTL_CEILING:
             raise ValueError(f"limits: max_ttl_seconds: must be at most {MAX_TTL_CEILING}, got {self.max_ttl_seconds}")
         if not self.min_ttl_seconds <= self.default_ttl_seconds <= self.max_ttl_seconds:

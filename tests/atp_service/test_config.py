@@ -170,6 +170,10 @@ def test_a_keyspace_has_no_more_groups_than_a_client_routes_by() -> None:
     ("ATP_MAX_RESOLVED_RESERVATIONS_PER_SHARD", "0", "max_resolved_reservations_per_shard"),
     ("ATP_MAX_OPS_PER_RESERVATION", "-1", "max_ops_per_reservation"),
     ("ATP_MAX_EXPLAIN_HOLDS", "-1", "max_explain_holds"),
+    # stream time could pass what a Timestamp holds; past 2**63 ms a fact half-applied (int64 columns)
+    ("ATP_FACT_FUTURE_SKEW_MS", str(2**63), "fact_future_skew_ms"),
+    ("ATP_FACT_GRACE_MS", str(400 * 365 * 24 * 3600 * 1000), "fact_grace_ms"),
+    ("ATP_RETENTION_MS", str(10**17), "retention_ms"),
 ])
 def test_a_limit_out_of_its_range_is_refused_at_start_naming_it(variable: str, value: str, named: str) -> None:
     with pytest.raises(ValueError, match=f"limits: {named}: must be"):
