@@ -28,7 +28,7 @@ from typing import Any
 
 from atp_service.config import ServiceConfig
 from atp_service.edge.routing import Route, RoutingTable
-from atp_service.engine.clock import Clock
+from atp_service.engine.clock import Clock, GroupClock
 from atp_service.engine.recovery import Retrying, once, recover_shard
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
@@ -263,15 +263,13 @@ class Membership:
             with contextlib.suppress(*STORAGE_ERRORS):  # never renewed again; unanswered, the lease runs out
                 await self.leases.release(group, epoch)  # what ended the recovery is what the caller hears
             raise
-        actor = ShardActor(group, ledger, self._store, self._clock, self._config.shard_settings, seq,
+        clock = GroupClock(self._clock, ledger.clock)  # R6: never below what its previous owner logged
+        actor = ShardActor(group, ledger, self._store, clock, self._config.shard_settings, seq,
                            self._engine_metrics, snapshot_seq=seq - replayed)
         actor.lease_until = max(started, self._renewed_at.get(group, started)) + self._lease_s * SAFETY
         if self.leases.held.get(group) != epoch or group in self._vacating:
             log.warning("group %d: lost while it was recovered; not served here", group)
             return  # given up meanwhile (its lease gone, or a write refused): never installed
-        advance = getattr(self._clock, "advance_floor", None)
-        if advance is not None:
-            advance(ledger.clock)  # R6: never stamp a command before one its previous owner logged
         self._engine.install(actor)
         self._metrics.taken.inc()
         self._metrics.take_seconds.observe(time.monotonic() - started)

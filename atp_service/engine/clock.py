@@ -39,6 +39,24 @@ class SystemClock:
             self._anchor_ms, self._anchor_ns = floor_ms, time.monotonic_ns()
 
 
+class GroupClock:
+    """The clock of one shard group a process took over (R6): the process's own clock plus how far the
+    group's log was stamped ahead of it when taken (0 when not ahead). Its stamps never go below what
+    the group's previous owner logged, and count on at the process clock's rate, while the groups the
+    process already served keep its own clock: raising that to a taken group's newest timestamp moved
+    every hold it had granted closer to expiry by the whole gap (a 10-minute hold expired at once after
+    taking a group from a process whose clock ran an hour ahead)."""
+
+    __slots__ = ("_base", "_gap_ms")
+
+    def __init__(self, base: Clock, logged_ms: int) -> None:
+        self._base = base
+        self._gap_ms = max(0, logged_ms - base.now_ms())
+
+    def now_ms(self) -> int:
+        return self._base.now_ms() + self._gap_ms
+
+
 class ManualClock:
     """A clock that moves only when told to: time-dependent behaviour is tested without sleeping."""
 

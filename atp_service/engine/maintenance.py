@@ -79,10 +79,9 @@ class Housekeeper:
     async def run_pass(self) -> None:
         """Expire due holds, forget old resolved ones, ask every shard to snapshot when due."""
         engine = self._engine
-        now = engine.clock.now_ms()
         waits = []
         for actor in engine.actors:
-            if actor.ledger.housekeeping_due(now):
+            if actor.ledger.housekeeping_due(actor.clock.now_ms()):  # its own clock: what its turn will see
                 try:
                     waits.append(actor.submit(self._expire_work))
                 except DomainError as exc:  # mailbox full or Redis down: the next pass tries again

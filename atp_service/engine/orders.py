@@ -189,7 +189,7 @@ class Orders:
         if not order.is_order:
             return order, True  # R5: an ordinary reservation of that id (its content checked above)
         if order.pending is not None and (order.pending.kind != OrderStep.RESERVE
-                                          or self._engine.clock.now_ms() >= order.expires_at):
+                                          or self._engine.now_at(home) >= order.expires_at):
             # Decided, with a change left half-applied: carried through, never decided again; or
             # left undecided past its TTL: it expires (``_settle``), nothing reserved now.
             order = await self._settle(cmd.reservation_id, home)
@@ -207,12 +207,12 @@ class Orders:
         except DomainError as exc:
             if not isinstance(exc, Unavailable):  # refused by a rule: a part's id taken by other content
                 expired = await self._abandon(order, home)  # (Redis lost its order): nothing stays held
-                await self._save(home, orders.settled(expired, self._engine.clock.now_ms()), over=expired)
+                await self._save(home, orders.settled(expired, self._engine.now_at(home)), over=expired)
             raise
-        decided, release = orders.decide(order, parts, self._engine.clock.now_ms())
+        decided, release = orders.decide(order, parts, self._engine.now_at(home))
         if release:
             await self._apply(order, dict.fromkeys(release, PendingOp(OrderStep.RELEASE)))
-            decided, _ = orders.decide(order, await self._parts(order), self._engine.clock.now_ms())
+            decided, _ = orders.decide(order, await self._parts(order), self._engine.now_at(home))
         assert decided is not None
         await self._save(home, decided, over=order)
         return decided
@@ -225,12 +225,12 @@ class Orders:
             if lost:
                 raise FailedPrecondition("EXPIRED", f"its hold in shard groups {lost} is gone (Redis lost acknowledged "
                                          "entries there): it was given up whole; reserve again", order_id)
-        done, shares, error = orders.plan(orders.view(order, parts), step, self._engine.clock.now_ms(),
+        done, shares, error = orders.plan(orders.view(order, parts), step, self._engine.now_at(home),
                                           self._engine.limits, self._engine.place)
         if done is not None:
             await self._save(home, done, over=order)  # decided: from here on it is carried through
             await self._apply(done, shares)
-            order = orders.settled(done, self._engine.clock.now_ms())
+            order = orders.settled(done, self._engine.now_at(home))
             await self._save(home, order, over=done)
             parts = await self._parts(order)
         if error is not None and not quiet:
@@ -251,7 +251,7 @@ class Orders:
         if pending is None:
             return order
         if pending.kind == OrderStep.RESERVE:
-            if self._engine.clock.now_ms() < order.expires_at:
+            if self._engine.now_at(home) < order.expires_at:
                 return await self._decide(order, home)
             order = await self._abandon(order, home)  # never decided within its TTL: nothing stays held
         elif pending.kind == OrderStep.EXPIRE and not any(line.granted for line in order.lines):
@@ -260,13 +260,13 @@ class Orders:
             return await self._settle(order_id, home)  # given up whole: expired
         else:
             await self._apply(order, orders.shares(order, pending, self._engine.place))
-        settled = orders.settled(order, self._engine.clock.now_ms())
+        settled = orders.settled(order, self._engine.now_at(home))
         await self._save(home, settled, over=order)
         return settled
 
     async def _abandon(self, order: Reservation, home: int) -> Reservation:
         """An order undecided past its TTL: its parts that exist are released; it expires."""
-        expired = orders.abandoned(order, self._engine.clock.now_ms())
+        expired = orders.abandoned(order, self._engine.now_at(home))
         await self._save(home, expired, over=order)  # first: a home taken by another releases nothing
         await self._give_up_parts(order)
         return expired
@@ -276,12 +276,12 @@ class Orders:
         there is gone, and confirming the rest would record it CONFIRMED with those units committed
         nowhere, to be sold again (R2, Q3). It is given up whole (``_abandon``: the parts that exist
         released, a tombstone where missing); the groups lost (none: the order is whole)."""
-        now = self._engine.clock.now_ms()
+        now = self._engine.now_at(home)
         lost = orders.lost_parts(order, parts, now, self._engine.limits, self._engine.place)
         if lost:
             log_lost(order.reservation_id, lost, "its hold there is gone: the order is given up whole")
             expired = await self._abandon(order, home)
-            await self._save(home, orders.settled(expired, self._engine.clock.now_ms()), over=expired)
+            await self._save(home, orders.settled(expired, self._engine.now_at(home)), over=expired)
         return lost
 
     async def _give_up_orphan(self, part_id: str, group: int) -> None:
@@ -329,7 +329,7 @@ class Orders:
             return
         shown = orders.view(order, await self._parts(order))
         if shown.state in (State.FULFILLED, State.RELEASED):
-            await self._save(home, orders.resolved(order, shown, self._engine.clock.now_ms()), over=order)
+            await self._save(home, orders.resolved(order, shown, self._engine.now_at(home)), over=order)
 
     async def _ship(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         shard = self._engine.place(fact.sku)

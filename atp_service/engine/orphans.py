@@ -69,7 +69,7 @@ class LeasedOrphans:
 
     def _scan(self) -> None:
         engine, budget = self._engine, ORPHAN_SCAN_PER_PASS
-        oldest = engine.clock.now_ms() - engine.limits.max_ttl_seconds * 1000 - ORPHAN_AGE_MARGIN_MS
+        age = engine.limits.max_ttl_seconds * 1000 + ORPHAN_AGE_MARGIN_MS
         actors = engine.actors
         for step in range(len(actors)):
             actor = actors[(self._next_group + step) % len(actors)]
@@ -78,7 +78,7 @@ class LeasedOrphans:
                 continue
             if budget <= 0:
                 return
-            ledger = actor.ledger
+            ledger, oldest = actor.ledger, actor.clock.now_ms() - age  # the clock its parts were stamped by (R6)
             swept, ids, at = self._sweeps.get(actor.shard, (None, [], 0))
             if swept is not ledger or at >= len(ids):  # a new sweep (or the group recovered anew)
                 ids, at = list(ledger.reservations), 0  # the ids only: the ledger may change between passes

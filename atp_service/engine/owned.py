@@ -46,6 +46,10 @@ class OwnedShards:
         return Vacant(shard, self.limits, self._log, self.clock, self._settings.shard_settings,
                       lambda group: self.where(group), self.metrics)  # the owner as known when asked
 
+    def now_at(self, shard: int) -> int:
+        """The service timestamp ``shard``'s commands are stamped with now (R6: its own clock, ``GroupClock``)."""
+        return self.actors[shard].clock.now_ms()
+
     def local(self, shard: int) -> ShardActor:
         """``shard``'s actor, to read memory from: ``Moved`` where this process may not answer for it."""
         actor = self.actors[shard]

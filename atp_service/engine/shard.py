@@ -46,7 +46,7 @@ class ShardActor(CommitPipeline):
         towards the next snapshot as much as the entries made since."""
         metrics = metrics or EngineMetrics()
         super().__init__(shard, ledger, log_store, seq, metrics)
-        self._clock = clock
+        self.clock = clock  # stamps this shard's commands (R6); a group taken over counts its own (GroupClock)
         self._settings = settings
         self._mailbox: Mailbox[Envelope] = Mailbox(settings.mailbox_size)  # read by _run only
         self._task: asyncio.Task[None] | None = None
@@ -313,7 +313,7 @@ class ShardActor(CommitPipeline):
                  for env in envs])
 
     def _apply(self, batch: list[Envelope]) -> None:
-        now = self._clock.now_ms()
+        now = self.clock.now_ms()
         tracer = self._log.tracer
         if tracer is None:  # tracing off (the usual case): no span's call, keywords and with per turn
             self._seal(now, apply_batch(self.ledger, batch, now, self._metrics))

@@ -1,0 +1,61 @@
+"""Several processes (``ownership = leases``) whose host clocks disagree (R3, R6): a group taken
+from a process whose clock ran ahead is stamped on from its own log, without moving the clock of
+the groups the taking process already served."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import ManualClock, free_port
+from reservation import Limits
+from tests.atp_service.app.test_processes import SHARDS, balanced, owned, owner_of, routed
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory, services_on
+
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture
+async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS, input_streams=(),
+                                   limits=Limits(min_ttl_seconds=1)):
+        yield start
+
+
+async def test_taking_a_group_from_a_process_whose_clock_ran_ahead_expires_no_hold_early_R3_R6(
+        start_process: ServiceFactory) -> None:
+    """Process A's host clock runs an hour ahead; B's is right. When B took A's groups, its one
+    clock was raised to A's newest logged timestamp (R6) for every group it served, so each hold B
+    had granted with a TTL under an hour expired at once — a shopper's units gone from the basket
+    minutes early, the stock offered again. The groups B already served keep counting on B's clock."""
+    ahead = ManualClock(time.time_ns() // 1_000_000 + HOUR_MS)
+    a = await start_process(clock=ahead, port=free_port(), host="127.0.0.1")
+    b = await start_process(port=free_port(), host="127.0.0.1")
+    running = [a, b]
+    await until(lambda: balanced(running) and routed(running), "the groups spread over the two processes", 60)
+    skus = [f"k{i}" for i in range(64)]
+    at_a = next(s for s in skus if owner_of(running, s) is a)
+    at_b = next(s for s in skus if owner_of(running, s) is b)
+    await a[1].record_events([receipt("in-a", at_a, "DC", 10)])  # A's group logs an entry stamped an hour ahead
+    await b[1].record_events([receipt("in-b", at_b, "DC", 10)])
+    await b[1].reserve("basket", [(at_b, "DC", 2)], ttl_seconds=600)
+
+    await a[0].stop(grace_s=0.1)
+    await until(lambda: owned(b[0]) == set(range(SHARDS)), "B owns every group", 60)
+    # A 1 s hold at B's group, seen expired: B's housekeeping has run past the taking.
+    await b[1].reserve("probe", [(at_b, "DC", 1)], ttl_seconds=1)
+    deadline = time.monotonic() + 30
+    while (await b[1].get_reservation("probe")).state != pb.RESERVATION_STATE_EXPIRED:
+        assert time.monotonic() < deadline, "a 1 s hold still held after 30 s"
+        await asyncio.sleep(0.05)
+    assert (await b[1].get_reservation("basket")).state == pb.RESERVATION_STATE_HELD, \
+        "a 600 s hold expired minutes after it was granted (R3)"
+    # The taken group goes on from its own log: never stamped below what A logged there (R6).
+    await b[1].reserve("later", [(at_a, "DC", 1)], ttl_seconds=600)
+    assert (await b[1].get_reservation("later")).create_time.ToMilliseconds() >= ahead.now_ms()
