@@ -22,6 +22,7 @@ from reservation import (
     release,
     reserve,
 )
+from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.reservation.helpers import LIMITS, cmd, ledger_with
 
 SKUS = ["A", "B", "C"]
@@ -178,7 +179,7 @@ timed_fields = st.tuples(
 @given(fields=st.lists(timed_fields, max_size=30))
 def test_compaction_interleaved_with_facts_keeps_every_answer_E9(fields: list) -> None:  # type: ignore[type-arg]
     grace = 3  # the horizon moves with nearly every fact: the sweep frees deltas all the time
-    swept, plain = Ledger(0, Limits(fact_grace_ms=grace)), Ledger(0, Limits(fact_grace_ms=10**12))
+    swept, plain = Ledger(0, Limits(fact_grace_ms=grace)), Ledger(0, Limits(fact_grace_ms=MAX_DURATION_MS_CEILING))
     facts, newest = [], 10
     for i, (source, kind, (sku, loc), qty, back, maintain) in enumerate(fields):
         newest += 1

@@ -22,6 +22,7 @@ from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
 from atp_service.storage.durability import LogDiverged
 from reservation import Fact, Ledger, Limits, decode_entry
+from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.durable import DurableTracker, MemoryAheadOfLog
 from tests.sim.simchannels import ESTATE, DeskRunner, SimChannelStore
 from tests.sim.simlog import SimLog
@@ -54,7 +55,8 @@ def sim_config(shards: int = 3, part_bytes: int = 1 << 20) -> ServiceConfig:
     snapshots past ``part_bytes`` are written in parts (``snapparts.PART_BYTES``)."""
     # Nothing forgotten: every ack stays checkable. TTLs drawn are 1-30 s: parts of orders Redis lost are
     # looked for past the longest (``orphans.LeasedOrphans``), within a run's clock.
-    limits = Limits(retention_ms=10**12, fact_grace_ms=10**12, max_ttl_seconds=30, default_ttl_seconds=30)
+    limits = Limits(retention_ms=MAX_DURATION_MS_CEILING, fact_grace_ms=MAX_DURATION_MS_CEILING, max_ttl_seconds=30,
+                    default_ttl_seconds=30)
     # Nothing may depend on wall time, or a seed would not replay: no shedding by queue delay, and a
     # failed snapshot is retried at the next maintenance, not after a wall-clock backoff.
     config = ServiceConfig(port=0, metrics_port=-1, shards=shards, demo=False, auth="off", batch_max=6,
