@@ -132,7 +132,10 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
     part keeps its units held (Q2/Q3 still checked), nothing is oversold."""
     for rid, rec in records.items():
         order_id = orders.order_of(rid)
-        exempt = order_id in lost_orders and (lost_looked_for is None or rec.created_at > lost_looked_for)
+        # A confirmed part of a lost order is kept, its units a paid order's, committed until a SHIPMENT
+        # fulfils them (docs/OPERATIONS.md ``order_part_orphaned``); only held ones are looked for.
+        exempt = order_id in lost_orders and (lost_looked_for is None or rec.created_at > lost_looked_for
+                                              or not any(line.held for line in rec.lines))
         if (order_id is not None and order_id not in records and rid not in orphans and not exempt
                 and sum(line.outstanding for line in rec.lines) != 0):
             raise Violation(f"R2: part {rid!r} of an order that does not exist holds units")

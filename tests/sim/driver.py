@@ -274,9 +274,10 @@ def _lost_parts_due(world: ClusterWorld) -> int | None:
 
 
 def _lost_parts_holding(world: World, created_by: int | None) -> bool:
-    """Whether a part of one of ``lost_orders`` (not opened again since) created by then holds units."""
+    """Whether a part of one of ``lost_orders`` (not opened again since) created by then holds units (a
+    confirmed one is kept: its units are a paid order's, committed until shipped)."""
     records = {rid: rec for a in world.eng.actors for rid, rec in a.ledger.reservations.items()}
-    return any(order_id in world.lost_orders and order_id not in records and any(line.outstanding for line in rec.lines)
+    return any(order_id in world.lost_orders and order_id not in records and any(line.held for line in rec.lines)
                and (created_by is None or rec.created_at <= created_by)
                for rid, rec in records.items() if (order_id := orders.order_of(rid)) is not None)
 
