@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -18,16 +19,19 @@ class SystemClock:
     timestamp at the host's monotonic rate instead of repeating it until the wall clock caught up —
     which stopped every TTL for as long as the step; it follows the wall clock again once that is ahead."""
 
-    __slots__ = ("_anchor_ms", "_anchor_ns")
+    __slots__ = ("_anchor_ms", "_anchor_ns", "_mono_ns", "_wall_ns")
 
-    def __init__(self) -> None:
+    def __init__(self, wall_ns: Callable[[], int] | None = None, mono_ns: Callable[[], int] | None = None) -> None:
+        """``wall_ns``, ``mono_ns``: the host's wall and monotonic clocks (``time``'s when None); the
+        deterministic simulation gives each simulated host its own, skewed and stepped back (tests/sim/skew.py)."""
+        self._wall_ns, self._mono_ns = wall_ns or time.time_ns, mono_ns or time.monotonic_ns
         self._anchor_ms = 0  # a timestamp this clock gave or was floored to...
-        self._anchor_ns = time.monotonic_ns()  # ...and the monotonic instant it stood for
+        self._anchor_ns = self._mono_ns()  # ...and the monotonic instant it stood for
 
     def now_ms(self) -> int:
-        mono = time.monotonic_ns()
+        mono = self._mono_ns()
         counted = self._anchor_ms + (mono - self._anchor_ns) // 1_000_000
-        wall = time.time_ns() // 1_000_000
+        wall = self._wall_ns() // 1_000_000
         if wall < counted:
             return counted
         self._anchor_ms, self._anchor_ns = wall, mono
@@ -36,7 +40,7 @@ class SystemClock:
     def advance_floor(self, floor_ms: int) -> None:
         """After recovery: never stamp below the newest timestamp already in the log (R6)."""
         if floor_ms > self.now_ms():
-            self._anchor_ms, self._anchor_ns = floor_ms, time.monotonic_ns()
+            self._anchor_ms, self._anchor_ns = floor_ms, self._mono_ns()
 
 
 class GroupClock:

@@ -1,4 +1,4 @@
-"""``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P]``:
+"""``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P] [--clock-skew]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ def main() -> int:
     parser.add_argument("--lose-tail", action="store_true",
                         help="Redis may restart from older data, losing acknowledged entries (with --processes: "
                              "leases too, one node or all)")
+    parser.add_argument("--clock-skew", action="store_true",
+                        help="with --processes: each host's clock its own, within a bound, stepping back now and then")
     args = parser.parse_args()
+    if args.clock_skew and args.processes == 1:
+        parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
     # The faults make the service log a warning per failed append: only its errors show (each one also
     # fails the step). A kill -9 cancels tasks before they started (a coroutine never awaited), and
     # futures of callers that gave up carry errors nobody reads: asyncio's complaints about both are noise.
@@ -41,7 +45,8 @@ def main() -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     for done, seed in enumerate(seeds):
-        driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail)
+        driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
+                        args.clock_skew)
         try:
             asyncio.run(driver.run(args.steps))
         except Violation as exc:

@@ -1,7 +1,8 @@
 """Several simulated service processes sharing one keyspace (``ownership = leases``): each its own real
 ``Engine`` over the shared ``SimLog`` (in leased mode: an owner epoch per group) and the shared
-manual clock, owning some shard groups (``membership.SimMembership``), calling each other for order
-steps (``network.Network``), reached by clients through ``edge.Edge``.
+manual clock (``--clock-skew``: a clock of its host's, ``skew.py``), owning some shard groups
+(``membership.SimMembership``), calling each other for order steps (``network.Network``), reached by
+clients through ``edge.Edge``.
 
 The driver kills processes (every task of one ends wherever it is; what it sent lands now, later or
 never), pauses them (nothing of theirs runs, their leases run out, others take their groups; when they
@@ -36,6 +37,7 @@ from tests.sim.leased import ProcessLog
 from tests.sim.membership import Leases, SimMembership
 from tests.sim.network import Network
 from tests.sim.process import Process, task_factory
+from tests.sim.skew import SkewedHosts
 from tests.sim.tally import Tally
 from tests.sim.world import World, pong_within
 
@@ -47,9 +49,11 @@ CONVERGE_ROUNDS = 12
 
 class ClusterWorld(World):
     def __init__(self, processes: int, rng: random.Random, tally: Tally | None = None,
-                 part_bytes: int = 1 << 20, checks: random.Random | None = None) -> None:
+                 part_bytes: int = 1 << 20, checks: random.Random | None = None, skew_seed: int | None = None) -> None:
+        """``skew_seed``: ``--clock-skew`` (``skew.py``), each host's clock drawn from it; None: one clock."""
         super().__init__(tally=tally, channels=False, cluster=True, part_bytes=part_bytes)
         self.rng = rng
+        self.skew = SkewedHosts(skew_seed, self.clock) if skew_seed is not None else None
         self.checks = checks
         """The stream the owner checks' round trips draw from (theirs: the other draws stay as they were)."""
         self.leases = Leases()
@@ -66,7 +70,9 @@ class ClusterWorld(World):
         address = f"p{index}"
         log = ProcessLog(self.log, address)
         log.check_faults = self.checks
-        engine = Engine([], log, self.clock, self.config.engine_settings)
+        # As ``AtpService``: each process its own clock (``skew.py``: its host's); without skew the world's.
+        clock = self.clock if self.skew is None else self.skew.clock_for(address)
+        engine = Engine([], log, clock, self.config.engine_settings)
         proc = Process(address, self.incarnations, log, engine)
         proc.membership = SimMembership(proc, self)
         engine.remote = self.network.sender(proc)

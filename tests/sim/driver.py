@@ -26,6 +26,7 @@ from tests.sim.invariants import (
 )
 from tests.sim.shardcount import facts_answer_alike
 from tests.sim.snapparts import PART_BYTES
+from tests.sim.stamps import StampChecker
 from tests.sim.tailloss import TailLoss
 from tests.sim.tally import Tally
 from tests.sim.world import World
@@ -39,10 +40,12 @@ DEFAULT_STEPS = 60
 
 class Driver:
     def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
-                 late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False) -> None:
+                 late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
+                 clock_skew: bool = False) -> None:
         """``late_across_steps``, ``retry_other_content``: with several processes, also the faults that
         find the known defects the multi-process report names (off: they would fail most long runs).
-        ``lose_tail``: Redis may come back from older data (``tailloss.py``)."""
+        ``lose_tail``: Redis may come back from older data (``tailloss.py``). ``clock_skew``: with several
+        processes, each host's clock its own, within a bound, stepping back now and then (``skew.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -51,7 +54,8 @@ class Driver:
         # The part size snapshots are written in (whole, or 2, 3 or 4 parts) goes with the seed too.
         part_bytes = PART_BYTES[seed // 2 % len(PART_BYTES)]
         self.world = World(tally=self.tally, cluster=seed % 2 == 1, part_bytes=part_bytes) if processes == 1 else \
-            ClusterWorld(processes, self.rng, self.tally, part_bytes, random.Random(f"owner check {seed}"))
+            ClusterWorld(processes, self.rng, self.tally, part_bytes, random.Random(f"owner check {seed}"),
+                         seed if clock_skew else None)
         self.world.log.faults = self.rng
         if isinstance(self.world, ClusterWorld):
             self.world.network.across_steps = late_across_steps
@@ -63,6 +67,9 @@ class Driver:
         self.tail = TailLoss(seed, self.acked) if lose_tail else None
         self.world.tail = self.tail
         self.errors = ServiceErrors()
+        self.stamps = StampChecker(self.world.log)  # R6/R3 by each group's stamps, whatever the clocks
+        if isinstance(self.world, ClusterWorld) and self.world.skew is not None:
+            self.trace.append(f"hosts' wall clocks off the world's: {self.world.skew.describe()}")
 
     async def run(self, steps: int) -> None:
         step = -1
@@ -92,7 +99,7 @@ class Driver:
         return (f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
                                                               else "")
                 + (" --retry-other-content" if self.retry_other_content else "")
-                + (" --lose-tail" if self.tail else ""))
+                + (" --lose-tail" if self.tail else "") + (" --clock-skew" if world.skew else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -101,6 +108,9 @@ class Driver:
         if self.tail is not None and isinstance(world, ClusterWorld) and \
                 (drawn := self.tail.draw_leased(world.config.shards)):
             self.trace.append(f"{step}: {drawn}")
+        if isinstance(world, ClusterWorld) and world.skew is not None and (stepped := world.skew.maybe_step_back()):
+            self.trace.append(f"{step}: {stepped}")
+            self.tally.clock_steps_back += 1
         if rng.random() < 0.14:
             ms = rng.randint(0, 20_000)
             world.clock.advance(ms)
@@ -192,6 +202,7 @@ class Driver:
         self.errors.check()
         snapshots_whole(world)  # first: a torn snapshot may not decode
         check(world, self.acked)
+        self.stamps.check()
         recovered = await world.recovered()
         replay_equals_live(world, recovered)
         durable_state_consistent(recovered)
@@ -270,7 +281,9 @@ def _lost_parts_due(world: ClusterWorld) -> int | None:
         return None
     age = world.config.limits.max_ttl_seconds * 1000 + ORPHAN_AGE_MARGIN_MS
     world.clock.advance(age)
-    return world.clock.now_ms() - age
+    # Parts are stamped by their groups' clocks (``--clock-skew``: none reads below the world's plus the
+    # lowest host offset), and the scan ages them by those clocks.
+    return world.clock.now_ms() + (world.skew.lowest_offset() if world.skew else 0) - age
 
 
 def _lost_parts_holding(world: World, created_by: int | None) -> bool:

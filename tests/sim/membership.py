@@ -3,7 +3,8 @@ shared ``SimLog``, with the lease keys held here (``Leases``) instead of in Redi
 
 Taking a group (``take``, as ``Membership._take``): the group's lease and owner key set at once (a
 new epoch: every later write of the previous owner is refused FENCED), then the shard recovered from
-its snapshot and log (``engine.recovery.recover_shard``), a ``ShardActor`` built and installed. A
+its snapshot and log (``engine.recovery.recover_shard``), a ``ShardActor`` built over the product's
+``GroupClock`` (the taker's clock plus how far the group's log was ahead of it) and installed. A
 graceful hand-over (``hand_over``): ``Engine.vacate`` with a final snapshot, then the lease given
 back. A group lost (``_give_up``: a write refused FENCED, or a renewal finding the lease gone): the
 log drops it and the engine vacates it without a snapshot. A shard that stops working (``failed``: its
@@ -18,6 +19,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from atp_service.app.membership import address_of, plan_balance
+from atp_service.engine.clock import GroupClock
 from atp_service.engine.recovery import recover_shard
 from atp_service.engine.shard import ShardActor
 from atp_service.storage.durability import STORAGE_ERRORS
@@ -117,8 +119,9 @@ class SimMembership:
             if not self.proc.dead:  # given back; a killed process's lease runs out instead
                 world.leases.expire(self.proc.holder, group)
             raise
-        world.clock.advance_floor(ledger.clock)  # R6: never stamp before its previous owner's entries
-        actor = ShardActor(group, ledger, log, world.clock, world.config.shard_settings, seq)
+        world.log.tally.taken_ahead += ledger.clock > self.proc.engine.clock.now_ms()
+        clock = GroupClock(self.proc.engine.clock, ledger.clock)  # R6: as ``Membership._take`` (never below
+        actor = ShardActor(group, ledger, log, clock, world.config.shard_settings, seq)  # its previous owner's)
         self.proc.engine.install(actor)
         actor.start()  # the engine's housekeeping timer is not run: the driver runs maintenance
         world.log.tally.takeovers += 1

@@ -43,6 +43,9 @@ class Tally:
     remote_moved: int = 0  # ... answered GROUP_MOVED (the peer no longer owned the group)
     forwarded: int = 0  # calls forwarded to a group's owner
     located: int = 0  # calls for a reservation held elsewhere, asked of every owner
+    # hosts' clocks disagreeing (``--clock-skew``):
+    clock_steps_back: int = 0  # a host's wall clock stepped back
+    taken_ahead: int = 0  # groups taken whose log was stamped ahead of the taker's clock (a GroupClock gap)
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -79,4 +82,6 @@ class Tally:
                 f"up, {self.fenced_writes} writes refused FENCED, {self.kills} kills, {self.process_pauses} pauses, "
                 f"order steps {self.remote_steps} remote / "
                 f"{self.remote_lost} lost / {self.remote_late} late / {self.remote_moved} moved, "
-                f"{self.forwarded} calls forwarded, {self.located} located")
+                f"{self.forwarded} calls forwarded, {self.located} located"
+                + (f"; clocks: {self.clock_steps_back} steps back, {self.taken_ahead} groups taken from a clock ahead"
+                   if self.clock_steps_back or self.taken_ahead else ""))

@@ -4,7 +4,8 @@ up at any await and crashes.
 
 CI runs ATP_SIM_SEEDS seeds (default 240, in chunks of 60: about 50 s of CPU), and ATP_SIM_MULTI_SEEDS seeds with
 two and with three service processes on one keyspace, and ATP_SIM_LOSE_TAIL_SEEDS seeds (default 12) in which Redis
-comes back from older data (``--lose-tail``), with one process and with three; ``make sim SEEDS=10000`` runs more
+comes back from older data (``--lose-tail``), with one process and with three, and ATP_SIM_CLOCK_SKEW_SEEDS seeds
+(default 10) whose processes' clocks disagree (``--clock-skew``); ``make sim SEEDS=10000`` runs more
 (``--processes 3``). A failure names the seed, the last steps and the command that replays it. A seed's run
 depends on every random draw of the simulation: a change to the simulation moves the seeds below (find new ones
 as they were found: revert the fix in a scratch copy of the tree, run ``python -m tests.sim --seeds 250`` there).
@@ -14,10 +15,15 @@ from __future__ import annotations
 
 import os
 
+import msgspec
 import pytest
 
+from reservation import LogEntry, Reservation, State, encode_entry
+from reservation._events import ReservationSaved
 from tests.sim.checks import Violation
 from tests.sim.driver import Driver, run_seed
+from tests.sim.simlog import SimLog
+from tests.sim.stamps import StampChecker
 from tests.sim.tally import Tally
 
 SEEDS = int(os.environ.get("ATP_SIM_SEEDS", "240"))
@@ -121,9 +127,10 @@ def test_there_are_regression_seeds() -> None:
     assert REGRESSIONS  # an empty table would let the test above pass without running anything
 
 
-@pytest.mark.parametrize("processes", [1, 3])
-async def test_a_seed_replays_exactly(processes: int) -> None:
-    first, second = Driver(12345, processes=processes), Driver(12345, processes=processes)
+@pytest.mark.parametrize(("processes", "clock_skew"), [(1, False), (3, False), (3, True)])
+async def test_a_seed_replays_exactly(processes: int, clock_skew: bool) -> None:
+    first = Driver(12345, processes=processes, clock_skew=clock_skew)
+    second = Driver(12345, processes=processes, clock_skew=clock_skew)
     await first.run(40)
     await second.run(40)
     assert first.trace == second.trace
@@ -233,3 +240,36 @@ async def test_a_confirmed_part_of_an_order_redis_lost_is_kept_for_its_shipment(
     order's units, committed until a SHIPMENT fulfils them; housekeeping gives up held parts only), and the
     run's end check took it for an orphan it should have released."""
     await Driver(70007, processes=3, lose_tail=True).run(60)
+
+
+CLOCK_SKEW_SEEDS = int(os.environ.get("ATP_SIM_CLOCK_SKEW_SEEDS", "10"))
+"""Seeds whose processes' hosts' clocks disagree (``--clock-skew``): about 5 s of CPU."""
+
+
+async def test_processes_whose_clocks_disagree_stamp_each_group_in_order() -> None:
+    """``--processes 3 --clock-skew``: each process runs the product's ``SystemClock`` over its host's wall
+    clock, up to 2 s off the others' and now and then stepping back; a group taken over is stamped by the
+    product's ``GroupClock`` (``skew.py``). No group logs a stamp below one it logged already (R6), no hold
+    expires before its TTL by its group's stamps (R3), and every other invariant holds. Stamping a taken
+    group by the taker's own clock instead (no floor) fails seed 0 (group 1 stamped 560 ms below its newest)."""
+    tally = Tally()
+    for seed in range(CLOCK_SKEW_SEEDS):
+        await Driver(seed, tally, processes=3, clock_skew=True, lose_tail=seed % 2 == 1).run(60)
+    assert tally.clock_steps_back and tally.taken_ahead and tally.takeovers > CLOCK_SKEW_SEEDS, tally
+    assert tally.kills and tally.process_pauses and tally.tail_losses, tally
+
+
+def test_a_stamp_below_one_its_group_logged_is_a_violation() -> None:
+    """The checker itself (``stamps.py``) can fail: R6 across entries of one group, R3 by the group's stamps."""
+    log = SimLog()
+    held = Reservation("r1", "o", "web", 30_000, False, State.HELD, (), 1_000, 31_000, 1_000)
+    log.history[0] = [(1, encode_entry(LogEntry(ts=1_000, events=[ReservationSaved(held)])))]
+    stamps = StampChecker(log)
+    stamps.check()
+    expired = msgspec.structs.replace(held, state=State.EXPIRED, expires_at=0, updated_at=30_999)
+    log.history[0].append((2, encode_entry(LogEntry(ts=30_999, events=[ReservationSaved(expired)]))))
+    with pytest.raises(Violation, match=r"R3: r1 expired .* 1 ms before its expiry"):
+        stamps.check()
+    log.history[0][1:] = [(2, encode_entry(LogEntry(ts=999, events=[])))]
+    with pytest.raises(Violation, match="R6: group 0's entry 2 is stamped 999, below 1000"):
+        stamps.check()
