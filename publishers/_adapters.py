@@ -17,6 +17,7 @@ import binascii
 import concurrent.futures
 import hashlib
 import json
+import logging
 import math
 import os
 import stat
@@ -27,16 +28,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 from standardwebhooks import Webhook
 
 from reservation import ChannelUpdate
 
-from ._delivery import Adapter, DeliveryError, update_json
+from ._delivery import Adapter, DeliveryError, Refused, update_json
 from ._http import Http, HttpSettings, Sleep, check_status
 
 __all__ = ["Adapter", "DeliveryError", "JsonlAdapter", "WebhookAdapter", "update_json", "webhook_id",
            "webhook_signer", "webhook_signers"]
 
+log = logging.getLogger(__name__)
+TOO_LARGE = 413
+"""Content Too Large: the receiver refuses the request's size (a body limit below ``--batch`` updates)."""
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = range(24, 65)
 """Standard Webhooks: a key of 24 to 64 random bytes."""
@@ -81,7 +86,32 @@ class WebhookAdapter:
         self._wall_s = wall_s
         self._http = Http(http or HttpSettings(), sleep, wall_s)
 
-    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
+        """One request; a batch the receiver finds too large (413) is sent again in halves, in order, down
+        to single updates (at most 2n - 1 requests): it refused the request's size, not its updates. A
+        part refused for good after a split is returned refused (dead-lettered alone with its reason,
+        the rest delivered); a retryable failure fails the whole batch (its retry resends the parts
+        already delivered, each with the same ``webhook-id``, as any retry)."""
+        response = await self._post(channel, updates)
+        if response.status_code != TOO_LARGE or len(updates) == 1:
+            check_status(response)
+            return []
+        log.warning("%s: the receiver refused %d updates in one request as too large (HTTP 413): sending "
+                    "halves; a --batch it takes saves the extra requests", channel, len(updates))
+        half, refused = len(updates) // 2, []
+        for part in (updates[:half], updates[half:]):  # in order: the stock-outs lead the batch (C2)
+            refused += await self._deliver_part(channel, part)
+        return refused
+
+    async def _deliver_part(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
+        try:
+            return await self.deliver(channel, updates)
+        except DeliveryError as exc:
+            if exc.retryable:
+                raise
+            return [Refused(u, exc.reason) for u in updates]
+
+    async def _post(self, channel: str, updates: list[ChannelUpdate]) -> httpx.Response:
         body = json.dumps({"channel": channel, "updates": [update_json(u) for u in updates]},
                           separators=(",", ":")).encode()
         msg_id = webhook_id(self.url, channel, updates)
@@ -93,7 +123,7 @@ class WebhookAdapter:
                     "webhook-timestamp": str(int(sent.timestamp())),
                     "webhook-signature": " ".join(s.sign(msg_id, sent, body.decode()) for s in self._signers)}
 
-        check_status(await self._http.post(self.url, body, headers))
+        return await self._http.post(self.url, body, headers)
 
     async def close(self) -> None:
         await self._http.close()

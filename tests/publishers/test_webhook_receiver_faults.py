@@ -1,0 +1,82 @@
+"""A webhook receiver that answers in ways a publisher must not get wrong: a batch too large for it
+(413), a redirect (3xx), a ``Retry-After`` that cannot be a wait. Real local HTTP server, real Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from publishers import DeliveryError, Publisher, PublisherMetrics, WebhookAdapter
+from tests.publishers.http_helpers import Answer, serve
+from tests.publishers.test_publisher import SECRET, client, config, pending, publish, run_until, update
+
+__all__ = ["client"]  # the fixture, shared with test_publisher
+DEAD_LETTERS = "atp:{avail}:web:dlq:webhook"
+
+
+class SizeLimited:
+    """A receiver that takes at most ``most`` updates per request and answers 413 to a larger one."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.sizes: list[int] = []
+        self.accepted: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
+        updates = json.loads(body)["updates"]
+        with self.lock:
+            self.sizes.append(len(updates))
+            if len(updates) > self.most:
+                return 413, {}, b"request entity too large"
+            self.accepted.extend(updates)
+            return 200, {}, b""
+
+
+async def test_a_batch_too_large_for_the_receiver_is_split_until_it_fits(client: aioredis.Redis) -> None:
+    """A 413 refused the batch's size, not its updates: the whole batch was dead-lettered as refused,
+    stock-out included, and redelivered (at the next start only) in batches as large, refused again:
+    the receiver never got the 0 while its limit stood below --batch."""
+    receiver = SizeLimited(most=2)
+    updates = [update("a", 5, 1), update("b", 0, 2), update("c", 7, 3), update("d", 1, 4), update("e", 2, 5)]
+    await publish(client, updates)
+    with serve(receiver.handle) as url:
+        publisher = Publisher(config(delivery_batch=5), client, WebhookAdapter(url, SECRET), PublisherMetrics())
+
+        async def settled() -> bool:  # delivered, or dead-lettered: either way nothing left pending
+            done = len(receiver.accepted) >= 5 or await client.xlen(DEAD_LETTERS) > 0
+            return done and await pending(client) == 0
+
+        try:
+            await run_until(publisher, settled)
+        finally:
+            await publisher.adapter.close()
+    assert await client.xlen(DEAD_LETTERS) == 0
+    # The stock-out first (C2), every update once, in the batch's order; halves down to what fits.
+    assert [(u["sku"], u["version"]) for u in receiver.accepted] == [("b", 2), ("a", 1), ("c", 3), ("d", 4),
+                                                                     ("e", 5)]
+    assert receiver.sizes[0] == 5 and max(receiver.sizes[1:]) <= 3 and len(receiver.sizes) <= 2 * 5 - 1
+
+
+async def test_an_update_too_large_alone_is_refused_naming_the_413_and_the_rest_delivered() -> None:
+    receiver = SizeLimited(most=1)
+    big = update("b" * 4000, 0, 2)  # a receiver limits bytes: this one update is over its limit alone
+
+    def handle(path: str, headers: dict[str, str], body: bytes) -> Answer:
+        return (413, {}, b"too large") if len(body) > 3000 else receiver.handle(path, headers, body)
+
+    with serve(handle) as url:
+        adapter = WebhookAdapter(url, SECRET)
+        try:
+            refused = await adapter.deliver("web", [update("a", 5, 1), big, update("c", 7, 3)])
+            with pytest.raises(DeliveryError) as alone:  # a batch of one: nothing left to split
+                await adapter.deliver("web", [big])
+        finally:
+            await adapter.close()
+    assert [(r.update.version, r.reason) for r in refused] == [(2, "HTTP 413: too large")]
+    assert [u["version"] for u in receiver.accepted] == [1, 3]
+    assert not alone.value.retryable and alone.value.reason == "HTTP 413: too large"
