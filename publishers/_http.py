@@ -52,9 +52,14 @@ def retry_after_s(response: httpx.Response, now_s: float) -> float | None:
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # RFC 9110: a count of seconds is digits. A negative or NaN one is no valid ask: taken as "at
+        # once" it sent max_waits + 1 requests back to back to a receiver saying it struggles; without
+        # it the answer goes to the retry loop's backoff. A huge one is cut to max_wait_s.
+        return seconds if seconds >= 0 else None
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - now_s)
     except (TypeError, ValueError):

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from publishers import DeliveryError, Publisher, PublisherMetrics, WebhookAdapter
-from tests.publishers.http_helpers import Answer, serve
+from publishers import DeliveryError, HttpSettings, Publisher, PublisherMetrics, WebhookAdapter
+from tests.publishers.http_helpers import Answer, Clock, serve
 from tests.publishers.test_publisher import SECRET, client, config, pending, publish, run_until, update
+from tests.publishers.test_webhook import Recorder
 
 __all__ = ["client"]  # the fixture, shared with test_publisher
 DEAD_LETTERS = "atp:{avail}:web:dlq:webhook"
@@ -80,3 +81,21 @@ async def test_an_update_too_large_alone_is_refused_naming_the_413_and_the_rest_
     assert [(r.update.version, r.reason) for r in refused] == [(2, "HTTP 413: too large")]
     assert [u["version"] for u in receiver.accepted] == [1, 3]
     assert not alone.value.retryable and alone.value.reason == "HTTP 413: too large"
+
+
+@pytest.mark.parametrize("asked", ["-30", "nan", "-inf"])
+async def test_a_retry_after_that_is_no_wait_is_backed_off_not_resent_at_once(asked: str) -> None:
+    """Retry-After is a count of seconds (RFC 9110: digits) or a date: a negative or unreadable count was
+    taken as "at once", so a struggling receiver got max_waits + 1 requests back to back per attempt."""
+    clock = Clock()
+    recorder = Recorder([(429, {"Retry-After": asked}, b"slow down")] * 6)
+    with serve(recorder.handle) as url:
+        adapter = WebhookAdapter(url, SECRET, HttpSettings(max_wait_s=30, max_waits=5), clock.sleep, clock)
+        try:
+            with pytest.raises(DeliveryError) as failed:
+                await adapter.deliver("web", [update("a", 5, 1)])
+        finally:
+            await adapter.close()
+    # One request, then the publisher's own backoff (the retry loop), as for a 429 without Retry-After.
+    assert len(recorder.got) == 1 and clock.slept == []
+    assert failed.value.retryable and failed.value.reason.startswith("HTTP 429")
