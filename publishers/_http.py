@@ -121,9 +121,13 @@ class Http:
 
 
 def check_status(response: httpx.Response) -> None:
-    """2xx passes; 408/409/425/429/5xx are worth retrying, any other status is not."""
+    """2xx passes; 408/409/425/429/5xx are worth retrying, any other status is not (a 3xx names its Location)."""
     code = response.status_code
     if 200 <= code < 300:
         return
     reason = f"HTTP {code}: {response.text[:200]}"
+    if 300 <= code < 400:
+        # Not followed (a signed batch goes only where it was configured to): the operator fixes --url.
+        where = response.headers.get("Location", "nowhere named")
+        reason = f"HTTP {code}: redirected to {where[:200]}, not followed: --url must name the endpoint itself"
     raise DeliveryError(reason, retryable=code in (408, 409, 425, 429) or code >= 500)

@@ -99,3 +99,18 @@ async def test_a_retry_after_that_is_no_wait_is_backed_off_not_resent_at_once(as
     # One request, then the publisher's own backoff (the retry loop), as for a 429 without Retry-After.
     assert len(recorder.got) == 1 and clock.slept == []
     assert failed.value.retryable and failed.value.reason.startswith("HTTP 429")
+
+
+async def test_a_redirect_is_refused_naming_where_it_points() -> None:
+    """A 3xx (an endpoint moved, http to https) is not followed: a signed batch is not sent to an address
+    nobody configured. The dead letter said only 'HTTP 308: ', nothing an operator could act on."""
+    recorder = Recorder([(308, {"Location": "https://moved.example/inventory"}, b"")])
+    with serve(recorder.handle) as url:
+        adapter = WebhookAdapter(url, SECRET)
+        try:
+            with pytest.raises(DeliveryError) as refused:
+                await adapter.deliver("web", [update("a", 0, 1)])
+        finally:
+            await adapter.close()
+    assert len(recorder.got) == 1 and not refused.value.retryable
+    assert "https://moved.example/inventory" in refused.value.reason and "--url" in refused.value.reason
