@@ -35,6 +35,16 @@ def expiry_stale(entries: int, live: int) -> bool:
     return entries > 2 * live + EXPIRY_SLACK
 
 
+def held_again(expiry: list[tuple[int, str]], old: Reservation, undone: Reservation) -> None:
+    """Requeue ``old``'s expiry when taking back ``undone`` (its Confirm, Release or expiry, whose append
+    failed: R7) makes it a hold again. A turn in flight after it may have popped the hold's entry
+    meanwhile, seeing it resolved (``Ledger.due`` skips those): without this the hold never expired
+    (R3), its units reserved, offered to no one, until a restart. The entry may have a twin: ``due``
+    takes a hold once."""
+    if old.state == State.HELD and (undone.state != State.HELD or undone.expires_at != old.expires_at):
+        heapq.heappush(expiry, (old.expires_at, old.reservation_id))
+
+
 def held_only(expiry: list[tuple[int, str]], records: Mapping[str, Reservation]) -> list[tuple[int, str]]:
     """The entries of ``expiry`` still naming a hold due then, as a heap."""
     kept = [(at, rid) for at, rid in expiry

@@ -1,9 +1,8 @@
 """One shard's state, changed only through events so that live equals replay (E10).
 
-Every change is an event: ``_apply`` mutates state and returns how to undo it.
-Live commands emit events into the open batch and keep the undo steps; if the
-batch cannot be made durable the steps run backwards and state is as it was
-(R7: memory never moves ahead of the log). Replay calls the same ``_apply``.
+Every change is an event: ``_apply`` mutates state and returns how to undo it. Live commands emit events
+into the open batch and keep the undo steps; if the batch cannot be made durable the steps run backwards
+and state is as it was (R7: memory never moves ahead of the log). Replay calls the same ``_apply``.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from ._events import (
     SafetyStockSet,
     Shipped,
 )
-from ._expiry import expiry_stale, sweeping
+from ._expiry import expiry_stale, held_again, sweeping
 from ._facts import COUNT_RANK, DELTA_RANK, Histories, PositionHistory
 from ._holds import HoldsIndex
 from ._keys import fact_key, fact_payload, pair_key, split_key
@@ -198,7 +197,7 @@ class Ledger:
                 out.append(rid)
                 # If this batch is rolled back the hold must still expire later.
                 self._undo.append(functools.partial(self.requeue_expiry, expires_at, rid))
-        return out
+        return list(dict.fromkeys(out))  # an entry may have a twin (``held_again``): once
 
     def requeue_expiry(self, expires_at: int, reservation_id: str) -> None:
         heapq.heappush(self._expiry, (expires_at, reservation_id))
@@ -316,6 +315,7 @@ class Ledger:
                 del self.reservations[rid]
             else:
                 self.reservations[rid] = old
+                held_again(self._expiry, old, rec)
 
         return undo
 

@@ -1,0 +1,71 @@
+"""Hold expiry (R3) while a write naming the hold is in doubt (R7), on a real service and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from atp_client import Retryable
+from atp_service import ManualClock
+from reservation import State
+from tests.atp_service.edge.test_api import T0, receipt
+from tests.conftest import ServiceFactory
+
+
+async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    """Poll ``check()`` until it holds; fail naming ``what`` after ``timeout_s`` (a bound, not a timing)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not {what} after {timeout_s}s"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_hold_whose_confirm_did_not_land_while_its_ttl_passed_still_expires_R3_R7(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A Confirm's append in doubt (Redis holding writes) while the hold's TTL passes: the housekeeping
+    turn that ran meanwhile found the hold CONFIRMED in memory and dropped its expiry entry. The
+    Confirm did not land (Redis drops a paused write whose connection timed out) and was taken back:
+    the hold was HELD again with no entry left to expire it, so its units stayed reserved, without any
+    request, until a restart (which expires it: live and restored disagreed, E10). It expires.
+    Housekeeping passes are run by the test (the timer's is an hour): the pass's expiry turn is
+    queued before its maintenance turn, whose drain would otherwise wait for the append first."""
+    r = redis.Redis.from_url(redis_url)
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock, shards=1, redis_timeout_s=0.5,
+                                          maintenance_interval_ms=3_600_000)
+    engine = service.engine
+    assert engine is not None
+    await client.record_events([receipt("stock", "A", "S1", 5)])
+    await client.reserve("r1", [("A", "S1", 2)], order_ref="o", channel="web", ttl_seconds=60)
+    actor = engine.actors[engine.place("A")]
+    r.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the Confirm's append waits, then times out
+    try:
+        confirm = asyncio.ensure_future(client.confirm("r1"))
+        await _until(lambda: bool(actor._inflight), "the Confirm in flight")
+        clock.advance(60_000)  # the TTL passes while the Confirm is in flight
+        pass_ = asyncio.ensure_future(engine.run_maintenance())  # its expiry turn: behind the Confirm
+        await _until(lambda: not actor.ledger.housekeeping_due(clock.now_ms()), "the hold's expiry entry taken")
+        await pass_  # (its turn's answer waits for the Confirm's append, and fails with it)
+        with pytest.raises(Retryable):  # OUTCOME_UNKNOWN
+            await confirm
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+    for _ in range(200):  # the doubt settles in a maintenance turn
+        if not actor.in_doubt and not actor._inflight:
+            break
+        await engine.run_maintenance()
+        await asyncio.sleep(0.05)
+    assert not actor.in_doubt
+    assert actor.ledger.reservations["r1"].state == State.HELD  # the Confirm did not land
+
+    for _ in range(50):  # housekeeping passes, each free to expire it
+        await engine.run_maintenance()
+        (a,) = await client.availability([("A", "S1")])
+        if a.reserved == 0:
+            break
+    assert a.reserved == 0, "the hold's units still reserved 50 passes after its TTL passed (R3)"
+    assert a.available == 5 and actor.ledger.reservations["r1"].state == State.EXPIRED
