@@ -30,6 +30,13 @@ of up to ``max_lines`` (200) lines each made one change of ~800,000 lines: a log
 MB and every shard it spans paused while it was decided and encoded (seconds: every call to them
 waiting). Cost: one more pause and one more append per this many lines (a few hundred KB to ~1 MB
 an entry). At least ``max_lines``: a hold is never split, one over it goes alone."""
+EXPIRE_ORDERS_AT_ONCE = 64
+"""Orders (holds spanning groups, expired by their sagas) this process expires at once; those due past
+it stay queued for the next passes. Each pass spawned a saga for every order due, up to
+``EXPIRE_PER_TURN`` per shard per pass, none waited for: 8,000 orders due together ran 8,000 sagas at
+once, their steps filling every shard's mailbox, so a shopper's Reserve waited behind them (~0.75 s
+each on a test cluster) and past ``mailbox_size`` was shed (R8). Cost: a backlog drains at this many
+sagas' pace (each a few appends), ahead of no caller."""
 EVICT_PER_TURN = 10_000
 """Resolved reservations past their retention one housekeeping turn of a shard looks at, at most
 (~20 ms of the turn); the rest are forgotten at the next passes. After a restart that followed
@@ -62,6 +69,7 @@ class Housekeeper:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()  # expiries across shards
         self._gauged_at = 0.0
+        self._orders_expiring = 0  # order sagas expiring now, at most EXPIRE_ORDERS_AT_ONCE
         self._orphans = LeasedOrphans(engine)
 
     def start(self) -> asyncio.Task[None]:
@@ -111,10 +119,15 @@ class Housekeeper:
         across: dict[tuple[int, ...], list[tuple[str, int]]] = {}
         for rid in ledger.due(now, EXPIRE_PER_TURN):  # the rest at the next pass: no turn as long as an outage
             rec = ledger.reservations[rid]
-            shards = {place(line.sku) for line in rec.lines} | {ledger.shard}
             if rec.is_order:  # its parts hold the units: its saga expires it, through every part
+                if self._orders_expiring >= EXPIRE_ORDERS_AT_ONCE:
+                    ledger.requeue_expiry(rec.expires_at, rid)  # a later pass (a heap push: plain holds go on)
+                    continue
+                self._orders_expiring += 1
                 self._spawn(self._expire_order(ledger, rid, rec.expires_at))
-            elif len(shards) == 1:
+                continue
+            shards = {place(line.sku) for line in rec.lines} | {ledger.shard}
+            if len(shards) == 1:
                 ops.expire(ledger, rid, now)
             else:
                 across.setdefault(tuple(sorted(shards)), []).append((rid, rec.expires_at))
@@ -153,6 +166,8 @@ class Housekeeper:
         except Exception as exc:  # whatever kept it from being durable: the next pass tries again
             log.warning("expiry of order %s deferred: %r", rid, exc)
             home.requeue_expiry(expires_at, rid)
+        finally:
+            self._orders_expiring -= 1
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         keep(self._background, coro)
