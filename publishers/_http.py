@@ -81,24 +81,27 @@ class Http:
         log.log(level, "waiting %.3f s before the next request (%s, asked %.3f s)", capped, why, seconds)
         await self._sleep(capped)
 
-    async def post(self, url: str, body: bytes, headers: Callable[[], dict[str, str]]) -> httpx.Response:
-        """POST; ``headers()`` is called per try (a signature carries the time it was made)."""
+    async def post(self, url: str, body: bytes, headers: Callable[[], dict[str, str]],
+                   whole_answer: bool = True) -> httpx.Response:
+        """POST; ``headers()`` is called per try (a signature carries the time it was made). ``whole_answer``
+        False: a 2xx means delivered whatever its body says (a webhook), so a body over ``max_answer_bytes``
+        is cut, not a failure."""
         for waits in range(self.settings.max_waits + 1):
-            response = await self._post_once(url, body, headers())
+            response = await self._post_once(url, body, headers(), whole_answer)
             asked = retry_after_s(response, self._wall_s()) if response.status_code in WAITED_STATUSES else None
             if asked is None or waits == self.settings.max_waits:
                 return response
             await self.wait(asked, f"HTTP {response.status_code} Retry-After")
         raise AssertionError("unreachable: the last try returns")
 
-    async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    async def _post_once(self, url: str, body: bytes, headers: dict[str, str], whole_answer: bool) -> httpx.Response:
         """One try, bounded as a whole (httpx's timeout bounds each socket operation alone), sent only
         while the publisher's lease covers it (``LeaseLapsing``: a paused holder that woke sends nothing)."""
         check_send()
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 async with self.client.stream("POST", url, content=body, headers=headers) as response:
-                    answer = await self._bounded_body(response)
+                    answer = await self._bounded_body(response, whole_answer)
         except TimeoutError:
             raise DeliveryError(f"no whole answer within timeout_s={self.settings.timeout_s:g}s") from None
         except httpx.HTTPError as exc:
@@ -107,12 +110,20 @@ class Http:
         kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
         return httpx.Response(response.status_code, headers=kept, content=answer, request=response.request)
 
-    async def _bounded_body(self, response: httpx.Response) -> bytes:
+    async def _bounded_body(self, response: httpx.Response, whole_answer: bool) -> bytes:
+        """The answer's body, at most ``max_answer_bytes`` of it. Past that it is cut (the rest unread)
+        where only the status counts — any refusal (its reason keeps the first 200 characters), a 2xx
+        without ``whole_answer`` — and fails the try only where a 2xx's body is the answer: failing it
+        everywhere made a webhook batch the receiver took (a 200 with a large page) be resent and
+        finally dead-lettered, and a refusal with a large page be retried as if the answer was lost."""
         limit, parts, size = self.settings.max_answer_bytes, [], 0
         async for part in response.aiter_bytes():
             size += len(part)
             if size > limit:
-                raise DeliveryError(f"HTTP {response.status_code}: an answer over max_answer_bytes={limit}")
+                if whole_answer and 200 <= response.status_code < 300:
+                    raise DeliveryError(f"HTTP {response.status_code}: an answer over max_answer_bytes={limit}")
+                parts.append(part[:limit - (size - len(part))])
+                break
             parts.append(part)
         return b"".join(parts)
 

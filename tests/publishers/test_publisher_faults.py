@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from publishers import DeliveryError, JsonlAdapter, Publisher, PublisherMetrics, WebhookAdapter
-from publishers._http import HttpSettings
+from publishers._http import Http, HttpSettings
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.redis_proxy import until
 from tests.conftest import spawned
@@ -154,19 +154,38 @@ async def test_a_trickled_answer_cannot_hold_a_delivery_past_its_timeout() -> No
         server.server_close()
 
 
-async def test_an_answer_over_its_bound_fails_the_try_and_one_within_it_is_read() -> None:
+async def test_an_answer_over_its_bound_is_cut_where_only_its_status_counts() -> None:
+    """A webhook's 2xx means delivered whatever its page says, and a refusal's page only gives its
+    reason: a page over max_answer_bytes failed the try, so a batch the receiver took was resent and
+    finally dead-lettered, and a 400 with a large page was retried as if the answer was lost."""
     bounded = HttpSettings(max_answer_bytes=1000)
-    with serve(lambda *_: (500, {}, b"x" * 5000)) as big_url, serve(lambda *_: (500, {}, b"not now")) as small_url:
-        big, small = WebhookAdapter(big_url, SECRET, bounded), WebhookAdapter(small_url, SECRET, bounded)
+    with (serve(lambda *_: (200, {}, b"<html>" + b"x" * 5000)) as taken_url,
+          serve(lambda *_: (400, {}, b"bad " + b"x" * 5000)) as refused_url,
+          serve(lambda *_: (500, {}, b"not now")) as small_url):
+        taken, refused = WebhookAdapter(taken_url, SECRET, bounded), WebhookAdapter(refused_url, SECRET, bounded)
+        small = WebhookAdapter(small_url, SECRET, bounded)
         try:
-            with pytest.raises(DeliveryError, match=r"^HTTP 500: an answer over max_answer_bytes=1000$"):
-                await big.deliver("web", [update("a", 0, 1)])
+            assert await taken.deliver("web", [update("a", 0, 1)]) == []
+            with pytest.raises(DeliveryError, match=r"^HTTP 400: bad x{196}$") as told:
+                await refused.deliver("web", [update("a", 0, 1)])
+            assert not told.value.retryable
             with pytest.raises(DeliveryError, match=r"^HTTP 500: not now$") as told:
                 await small.deliver("web", [update("a", 0, 1)])
             assert told.value.retryable
         finally:
-            await big.close()
-            await small.close()
+            for adapter in (taken, refused, small):
+                await adapter.close()
+
+
+async def test_a_2xx_whose_body_is_the_answer_fails_the_try_past_its_bound() -> None:
+    """Where a 2xx's body says what happened (Shopify's GraphQL answer), a cut one cannot be read."""
+    http = Http(HttpSettings(max_answer_bytes=1000))
+    with serve(lambda *_: (200, {}, b"{" + b" " * 5000 + b"}")) as url:
+        try:
+            with pytest.raises(DeliveryError, match=r"^HTTP 200: an answer over max_answer_bytes=1000$"):
+                await http.post(url, b"{}", dict)
+        finally:
+            await http.close()
 
 
 class FailsWhenTold:
