@@ -32,7 +32,7 @@ from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.intake.unread import UnreadWatch
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
-from atp_service.storage.resp import as_text, group_lost, make_group
+from atp_service.storage.resp import as_text, group_lost, make_group, stream_info
 from atp_service.tasks import cancel_and_wait
 from reservation import DomainError, Fact, InvalidArgument, Moved
 
@@ -99,14 +99,30 @@ class StreamIngestor:
         while the service ran (its stream or its group deleted): each made now is said."""
         group = self._config.consumer_group
         for stream in self._streams:
-            # From the beginning: entries appended while the service was down count too. Made again:
-            # after the newest entry this reader has seen there — the older ones were applied, or
-            # refused (E7 judged by a clock that has moved since), and must not be judged again.
-            start = self._seen.get(stream, b"0") if again else b"0"
+            # From the beginning: entries appended while the service was down count too.
+            start = await self._start_again(stream) if again else b"0"
             if await make_group(self._client, stream, group, start) and again:
                 log.warning("input stream %s had no consumer group %s (the stream or its group was deleted): "
-                            "made again, read after entry %s, the newest this reader had seen", stream, group,
-                            as_text(start), extra={"event": "ingest_group_made_again", "stream": stream})
+                            "made again, read after entry %s", stream, group, as_text(start),
+                            extra={"event": "ingest_group_made_again", "stream": stream})
+
+    async def _start_again(self, stream: str) -> bytes:
+        """Where a group made again reads from: after the newest entry this reader has seen there —
+        the older ones were applied, or refused (E7 judged by a clock that has moved since), and must
+        not be judged again (E8 aside). But a stream that is gone, or whose ids no longer reach that
+        entry, was made anew (deleted, then written again): all of its entries are new to the reader,
+        and a group after that id would never deliver them — one the producer wrote far ahead (an
+        explicit id in µs) froze the stream's facts for good, with nothing failing or pending."""
+        seen = self._seen.get(stream)
+        if seen is None:
+            return b"0"
+        info = await stream_info(self._client, stream)
+        if info is not None and id_key(as_text(info["last-generated-id"]).encode()) >= id_key(seen):
+            return seen
+        log.warning("input stream %s was made anew: its ids no longer reach entry %s, the newest this reader "
+                    "had seen; all of its entries are read", stream, as_text(seen),
+                    extra={"event": "ingest_stream_made_anew", "stream": stream})
+        return b"0"
 
     @property
     def task(self) -> asyncio.Task[None] | None:

@@ -53,6 +53,27 @@ async def test_a_group_made_again_reads_on_after_what_was_read_and_applies_nothi
     assert a.on_hand == 5
 
 
+async def test_a_stream_made_again_with_ids_before_what_was_read_is_read_from_its_start(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A producer wrote an entry with an explicit id far ahead (a clock in µs, not ms) and the
+    operator deleted the stream to get rid of it: the group was made again after that id, so every
+    entry of the stream as re-made (``*`` ids, below it) was never delivered: no POS fact applied,
+    no read failing, nothing pending — availability frozen while the tills sold."""
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    _, client = await start_service()
+    r.xadd("atp:in:pos", F("p1", "RECEIPT", "A", "S1", 4, now - 100).fields(), id=f"{now * 1000}-0")
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    r.delete("atp:in:pos")  # the reader notices (NOGROUP) before or after the producer's next XADD
+    r.xadd("atp:in:pos", F("p2", "SALE", "A", "S1", 1, now - 50).fields())
+    r.xadd("atp:in:pos", F("p3", "SALE", "A", "S1", 1, now - 40).fields())
+    for _ in range(400):  # a bound, not a timing
+        if (await client.availability([("A", "S1")]))[0].on_hand == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert (await client.availability([("A", "S1")]))[0].on_hand == 2
+
+
 async def test_a_claimed_entry_deleted_before_it_was_applied_is_dead_lettered(
         start_service: ServiceFactory, redis_url: str) -> None:
     """XAUTOCLAIM (Redis 7) lists apart the pending entries trimmed from the stream and takes them out
