@@ -76,3 +76,13 @@ def test_an_entry_past_its_byte_bound_is_refused_before_anything_of_it_is_read()
         decode_fact(flat, NOW, LIMITS, MAX_BYTES)
     assert refused.value.message == f"entry: {size} bytes, more than 16384 (limit ingest_max_entry_bytes)"
     assert why_refused(refused.value) == (refused.value.message, "", "LIMIT_EXCEEDED")
+
+
+def test_ids_are_read_as_sent_without_unicode_normalization_E8() -> None:
+    """E8 identity is the id's code points as sent: 'é' composed (NFC) and decomposed (NFD) are two
+    event ids, two SKUs. Chosen, and documented (OPERATIONS.md "Entry fields"): normalizing would
+    change the identity of facts already in the log (E10) and merge SKUs a catalogue keeps apart."""
+    nfc, nfd = "caf\u00e9-1", "cafe\u0301-1"
+    one = decode_fact(entry(event_id=nfc, sku=nfc), NOW, LIMITS, MAX_BYTES)
+    other = decode_fact(entry(event_id=nfd, sku=nfd), NOW, LIMITS, MAX_BYTES)
+    assert (one.event_id, one.sku, other.event_id, other.sku) == (nfc, nfc, nfd, nfd)
