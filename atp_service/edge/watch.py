@@ -3,7 +3,8 @@
 The snapshot is the desk's published values as of version V: every one of them is already in
 the stream, and every later one has a version above V, so reading the stream after V continues
 exactly where the snapshot ends — snapshot + changes equals the stream's content. A subscriber
-whose ``since_version`` is older than what trimming removed is told to re-snapshot (never
+whose ``since_version`` is older than what trimming removed, or who meets a hole in the versions
+(a Redis that lost the newest entries, the desk going on above them), is told to re-snapshot (never
 silently skipped).
 """
 
@@ -68,28 +69,42 @@ class Watchers:
                 desk.channel(channel)  # a reload may have removed it since the last chunk: NotFound
                 yield self._snapshot_chunk(channel, items[start:start + self.batch], since, desk)
             yield Response(kind=Response.KIND_SNAPSHOT_END, version=since)
+        elif request.since_version:
+            since = request.since_version
+            if await desk.store.missed_after(channel, since):
+                yield Response(kind=Response.KIND_RESNAPSHOT_REQUIRED, version=since)
+                return
         else:
-            since = request.since_version or desk.feeds[channel].published_version
-        store = desk.store
-        if await store.missed_after(channel, since):
-            yield Response(kind=Response.KIND_RESNAPSHOT_REQUIRED, version=since)
-            return
+            # From the desk's newest, as a snapshot: what the stream lost of it (a Redis behind it) is
+            # no gap for this watch, which follows the desk from there, not the stream's past.
+            since = desk.feeds[channel].published_version
+        async for message in self._changes(desk, channel, since):
+            yield message
+
+    async def _changes(self, desk: ChannelDesk, channel: str, since: int) -> AsyncIterator[Response]:
+        """The stream's updates after ``since``, while versions follow on one from the next (C3). A
+        channel's versions have no gaps (``Feed.give_back`` reuses those that did not land), so a
+        version past the next one means updates this watch can never be sent: trimmed, or lost by a
+        Redis behind the desk, which then went on above them. The watch ends RESNAPSHOT_REQUIRED
+        there, never skipping them in silence (a stock-out among them would stay unknown)."""
         while True:
             # A channel a reload removed is written no more: its watch ends NotFound, naming it, as
             # one started now would, instead of waiting in silence for ever (checked every read:
             # ``_BLOCK_MS`` at most after the reload).
             desk.channel(channel)
-            updates = await store.read_after(channel, since, self.batch, _BLOCK_MS)
-            if not updates:
-                continue
-            if await store.missed_after(channel, since):
+            updates = await desk.store.read_after(channel, since, self.batch, _BLOCK_MS)
+            following = 0
+            while following < len(updates) and updates[following].version == since + 1 + following:
+                following += 1
+            if following:
+                out = Response(kind=Response.KIND_CHANGES, version=updates[following - 1].version)
+                for u in updates[:following]:
+                    update_pb(out.updates.add(), u)
+                since = updates[following - 1].version
+                yield out
+            if following < len(updates):
                 yield Response(kind=Response.KIND_RESNAPSHOT_REQUIRED, version=since)
                 return
-            out = Response(kind=Response.KIND_CHANGES, version=updates[-1].version)
-            for u in updates:
-                update_pb(out.updates.add(), u)
-            since = updates[-1].version
-            yield out
 
     @staticmethod
     def _snapshot_chunk(channel: str, items: list[tuple[Key, Published]], version: int,

@@ -1,0 +1,78 @@
+"""WatchAvailability over a Redis that lost the newest entries of a channel stream (a failover to a
+replica behind its primary, a restart that lost its last second): the desk still holds what it
+published and goes on above it, so the stream has a hole where the lost versions were. A subscriber
+that saw some of them must be told to re-snapshot, never be fed what follows the hole as if nothing
+was missing (a stock-out among the lost versions would stay unknown to it, C3)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import ManualClock
+from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
+from tests.conftest import ServiceFactory
+
+T = 1_700_000_000_000
+STREAM = "atp:{avail}:market"
+Kind = pb.WatchAvailabilityResponse
+
+
+async def _lose_entries_after(redis_url: str, version: int) -> None:
+    """The stream as a Redis that never got the entries above ``version`` holds it."""
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        kept: list[tuple[Any, Any]] = await raw.xrange(STREAM, max=f"{version}-0") or []
+        await raw.delete(STREAM)
+        for entry_id, fields in kept:
+            await raw.xadd(STREAM, fields, id=entry_id)
+    finally:
+        await raw.aclose()
+
+
+async def _first_message(call: object) -> pb.WatchAvailabilityResponse:
+    message = await asyncio.wait_for(call.read(), 30)  # type: ignore[attr-defined]
+    assert isinstance(message, pb.WatchAvailabilityResponse)
+    return message
+
+
+async def test_a_subscriber_past_a_hole_of_lost_versions_is_told_to_resnapshot_C3(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    _service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(10)])
+    updates = await wait_for_updates(redis_url, "market", 10)
+    seen = updates[7].version  # the subscriber saw up to here; Redis then loses the last five
+    await _lose_entries_after(redis_url, updates[4].version)
+    await client.record_events([fact("s9", "SALE", "sku-9", "dc-1", 14, T + 1)])  # a stock-out, after the hole
+    after = await wait_for_updates(redis_url, "market", 6)
+    assert after[-1].version == updates[-1].version + 1 and after[-1].quantity == 0
+    call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=seen))
+    message = await _first_message(call)
+    call.cancel()
+    assert message.kind == Kind.KIND_RESNAPSHOT_REQUIRED, message
+
+
+async def test_a_snapshot_taken_while_the_stream_lost_its_newest_entries_is_followed_by_changes_C3(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """The snapshot comes from what the desk published, the lost versions included: the watch goes
+    on after it. It was told to re-snapshot instead, again after every snapshot, for as long as the
+    channel stayed quiet — every subscriber of it re-reading every key in a loop."""
+    _service, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(10)])
+    updates = await wait_for_updates(redis_url, "market", 10)
+    await _lose_entries_after(redis_url, updates[4].version)
+    call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
+    snapshot: dict[str, int] = {}
+    while (message := await _first_message(call)).kind == Kind.KIND_SNAPSHOT:
+        snapshot.update((u.sku, u.quantity) for u in message.updates)
+    assert message.kind == Kind.KIND_SNAPSHOT_END and message.version == updates[-1].version
+    assert snapshot == {u.sku: u.quantity for u in updates}  # the lost values too
+    await client.record_events([fact("s9", "SALE", "sku-9", "dc-1", 14, T + 1)])
+    message = await _first_message(call)
+    call.cancel()
+    assert message.kind == Kind.KIND_CHANGES, message
+    assert [(u.sku, u.quantity, u.version) for u in message.updates] == [("sku-9", 0, updates[-1].version + 1)]
