@@ -189,15 +189,15 @@ class Ledger:
     # -- time ----------------------------------------------------------------
     def due(self, now: int, limit: int = 2**62) -> list[str]:
         """Held reservations whose TTL has passed (R3), in expiry order; at most ``limit`` of them."""
-        out: list[str] = []
+        out: dict[str, None] = {}  # an entry may have a twin (``held_again``): a hold is taken once
         while self._expiry and self._expiry[0][0] <= now and len(out) < limit:
             expires_at, rid = heapq.heappop(self._expiry)
             rec = self.reservations.get(rid)
-            if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
-                out.append(rid)
-                # If this batch is rolled back the hold must still expire later.
+            if rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
+                out[rid] = None
+                # Rolled back, the hold must still expire later: one entry, not one per twin popped (R3).
                 self._undo.append(functools.partial(self.requeue_expiry, expires_at, rid))
-        return list(dict.fromkeys(out))  # an entry may have a twin (``held_again``): once
+        return list(out)
 
     def requeue_expiry(self, expires_at: int, reservation_id: str) -> None:
         heapq.heappush(self._expiry, (expires_at, reservation_id))

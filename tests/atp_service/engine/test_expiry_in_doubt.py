@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import redis
 
 from atp_client import Retryable
-from atp_service import ManualClock
+from atp_service import EmbeddedRedis, ManualClock
 from reservation import State
 from tests.atp_service.edge.test_api import T0, receipt
-from tests.conftest import ServiceFactory
+from tests.conftest import ServiceFactory, services_on
 
 
 async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
@@ -69,3 +70,46 @@ async def test_a_hold_whose_confirm_did_not_land_while_its_ttl_passed_still_expi
             break
     assert a.reserved == 0, "the hold's units still reserved 50 passes after its TTL passed (R3)"
     assert a.available == 5 and actor.ledger.reservations["r1"].state == State.EXPIRED
+
+
+@pytest.fixture
+async def full_able(tmp_path: Path) -> AsyncIterator[tuple[ServiceFactory, redis.Redis]]:
+    """Services on a Redis of this test's own, whose ``maxmemory`` the test may lower."""
+    with EmbeddedRedis(tmp_path / "redis", appendfsync="always") as server:
+        admin = redis.Redis.from_url(server.url)
+        async for start in services_on(server.url):
+            yield start, admin
+        admin.close()
+
+
+async def test_expiry_turns_refused_while_redis_is_full_leave_one_entry_per_hold_R3(
+        full_able: tuple[ServiceFactory, redis.Redis]) -> None:
+    """Every housekeeping pass while Redis refuses writes (full: OOM) expires a due hold and takes it
+    back. Each taking back pushed the hold's expiry entry twice (``due``'s requeue and ``held_again``)
+    and the next pass popped both and requeued both again, plus one: the heap grew by an entry per
+    due hold per pass for as long as Redis stayed full (the sweep keeps twins: each names a live hold),
+    and each turn's ``EXPIRE_PER_TURN`` was spent on twins. The entries per hold stay bounded, and the
+    hold expires once Redis has room."""
+    start, admin = full_able
+    clock = ManualClock(T0)
+    service, client = await start(clock=clock, shards=1, maintenance_interval_ms=3_600_000)
+    engine = service.engine
+    assert engine is not None
+    await client.record_events([receipt("stock", "A", "S1", 5)])
+    await client.reserve("r1", [("A", "S1", 2)], order_ref="o", channel="web", ttl_seconds=60)
+    actor = engine.actors[engine.place("A")]
+    clock.advance(60_000)
+    admin.config_set("maxmemory", 1)  # full: each expiry turn's append is refused, its change taken back
+    try:
+        for _ in range(20):
+            await engine.run_maintenance()
+        entries = [rid for _, rid in actor.ledger._expiry if rid == "r1"]
+        assert len(entries) <= 2, f"{len(entries)} expiry entries for one hold after 20 refused passes"
+    finally:
+        admin.config_set("maxmemory", 0)
+    for _ in range(50):
+        await engine.run_maintenance()
+        (a,) = await client.availability([("A", "S1")])
+        if a.reserved == 0:
+            break
+    assert a.reserved == 0 and actor.ledger.reservations["r1"].state == State.EXPIRED
