@@ -27,7 +27,7 @@ OTHER_TOOLS = (
     "ATP_SCENARIO", "ATP_DURATION", "ATP_PEAK_USERS", "ATP_RUN_ID", "ATP_STORE_SKUS",  # benchmarks (locust)
     "ATP_FLASH_STOCK", "ATP_FLASH_TTL_S", "ATP_WATCH_CHANNELS", "ATP_STREAM_USERS", "ATP_STREAM_BATCH",
     "ATP_TOKEN_FILE", "ATP_TLS_CA", "ATP_TLS_SERVER_NAME", "ATP_CLIENT_CERT", "ATP_CLIENT_KEY",  # a secured service
-    "ATP_SIM_SEEDS", "ATP_SIM_MULTI_SEEDS", "ATP_SIM_LOSE_TAIL_SEEDS",  # the simulation tests
+    "ATP_SIM_SEEDS", "ATP_SIM_MULTI_SEEDS", "ATP_SIM_LOSE_TAIL_SEEDS", "ATP_SIM_CLOCK_SKEW_SEEDS",  # the simulation
     # The image's health check (python -m atp_service.app.healthcheck), in the service's environment:
     "ATP_HEALTH_SERVER_NAME", "ATP_HEALTH_TLS_CERT", "ATP_HEALTH_TLS_KEY",
     "ATP_PUBLISHER_ARGS",  # deploy/systemd's publisher unit: the adapter and its flags
