@@ -293,6 +293,9 @@ class ServiceConfig:
     max_watchers: int = 256
     """WatchAvailability streams open at once; more are refused with RESOURCE_EXHAUSTED."""
 
+    max_watch_snapshot_keys: int = 10_000_000
+    """Keys held by WatchAvailability snapshots being sent (~100 B each); past it, refused unless the only one."""
+
     watch_batch: int = 500
     """Updates sent per WatchAvailability message (snapshot chunks and changes)."""
 

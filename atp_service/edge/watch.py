@@ -10,7 +10,8 @@ silently skipped).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -41,9 +42,13 @@ class Watchers:
     ``refusals``: ``atp_capacity_refusals_total``, where a watch refused at the bound is counted
     (the capacity alert reads it: a consumer refused sees no availability change)."""
 
-    def __init__(self, limit: int, batch: int, refusals: Counter | None = None) -> None:
+    def __init__(self, limit: int, batch: int, refusals: Counter | None = None,
+                 snapshot_keys: int = 10_000_000) -> None:
         self.limit, self.batch, self.open = limit, batch, 0
-        self._refused = (refusals or EngineMetrics().capacity_refusals).labels("max_watchers")
+        self.snapshot_keys, self.held_keys = snapshot_keys, 0
+        refusals = refusals or EngineMetrics().capacity_refusals
+        self._refused = refusals.labels("max_watchers")
+        self._refused_snapshot = refusals.labels("max_watch_snapshot_keys")
 
     async def watch(self, desk: ChannelDesk, request: pb.WatchAvailabilityRequest) -> AsyncIterator[Response]:
         channel = desk.channel(request.channel).name
@@ -53,8 +58,9 @@ class Watchers:
                                     Reason.CAPACITY_REACHED, metadata={"limit": "max_watchers"})
         self.open += 1
         try:
-            async for message in self._watch(desk, channel, request):
-                yield message
+            async with contextlib.aclosing(self._watch(desk, channel, request)) as messages:  # closed at once
+                async for message in messages:
+                    yield message
         except STORAGE_ERRORS as exc:  # a status with a retry delay, not UNKNOWN (nor Redis's address)
             raise Unavailable(f"channel {channel}: its stream cannot be read now ({type(exc).__name__}); "
                               "watch again from the last version seen") from None
@@ -62,13 +68,13 @@ class Watchers:
             self.open -= 1
 
     async def _watch(self, desk: ChannelDesk, channel: str,
-                     request: pb.WatchAvailabilityRequest) -> AsyncIterator[Response]:
+                     request: pb.WatchAvailabilityRequest) -> AsyncGenerator[Response, None]:
         if request.snapshot:
-            since, items = desk.snapshot(channel)
-            for start in range(0, len(items), self.batch):
-                desk.channel(channel)  # a reload may have removed it since the last chunk: NotFound
-                yield self._snapshot_chunk(channel, items[start:start + self.batch], since, desk)
-            yield Response(kind=Response.KIND_SNAPSHOT_END, version=since)
+            since = desk.feeds[channel].published_version
+            async with contextlib.aclosing(self._snapshot(desk, channel)) as chunks:  # its keys let go at once
+                async for message in chunks:
+                    since = message.version
+                    yield message
         elif request.since_version:
             since = request.since_version
             if await desk.store.missed_after(channel, since):
@@ -80,6 +86,27 @@ class Watchers:
             since = desk.feeds[channel].published_version
         async for message in self._changes(desk, channel, since):
             yield message
+
+    async def _snapshot(self, desk: ChannelDesk, channel: str) -> AsyncGenerator[Response, None]:
+        """The snapshot's chunks, then its end. Its copy of the channel's values lives only until then (a
+        watch following the changes for days kept it) and counts against ``max_watch_snapshot_keys`` meanwhile:
+        a subscriber that reads slowly or never held ~100 bytes a key (a per-location channel of millions of
+        keys: hundreds of MB a watch, bounded only by ``max_watchers``)."""
+        keys = len(desk.feeds[channel].published)
+        if self.held_keys and self.held_keys + keys > self.snapshot_keys:  # one alone always goes
+            self._refused_snapshot.inc()
+            raise ResourceExhausted(f"max_watch_snapshot_keys: snapshots of {self.held_keys} keys are being sent "
+                                    f"already; {channel}'s {keys} would pass {self.snapshot_keys}: watch again later",
+                                    Reason.CAPACITY_REACHED, metadata={"limit": "max_watch_snapshot_keys"})
+        self.held_keys += keys
+        try:
+            since, items = desk.snapshot(channel)
+            for start in range(0, len(items), self.batch):
+                desk.channel(channel)  # a reload may have removed it since the last chunk: NotFound
+                yield self._snapshot_chunk(channel, items[start:start + self.batch], since, desk)
+            yield Response(kind=Response.KIND_SNAPSHOT_END, version=since)
+        finally:
+            self.held_keys -= keys
 
     async def _changes(self, desk: ChannelDesk, channel: str, since: int) -> AsyncIterator[Response]:
         """The stream's updates after ``since``, while versions follow on one from the next (C3). A
