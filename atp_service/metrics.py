@@ -87,6 +87,9 @@ class EngineMetrics:
             "atp_oversold_units", "Units promised (reserved + committed) beyond on hand, over all positions (Q5)",
             registry=r,
         )
+        self.clock_offset = Gauge(
+            "atp_clock_offset_seconds", "This process's service clock (R6) less Redis's TIME; two processes' "
+            "difference is their skew: holds taken over between them expire early or late by it", registry=r)
         self.orders_unsettled = Gauge(
             "atp_orders_unsettled",
             "Orders spanning shards on a Redis Cluster whose saga stopped half-way and waits to be driven on",

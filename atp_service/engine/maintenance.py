@@ -9,6 +9,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from atp_service.engine.clock_offset import CLOCK_OFFSET_EVERY_S, clock_offset_s
 from atp_service.engine.coordinator import Coordinator
 from atp_service.engine.orphans import LeasedOrphans
 from atp_service.storage.durability import STORAGE_ERRORS
@@ -68,7 +69,7 @@ class Housekeeper:
         self._engine, self._coordinator, self._interval_s = engine, coordinator, interval_s
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()  # expiries across shards
-        self._gauged_at = 0.0
+        self._gauged_at = self._offset_at = 0.0
         self._orders_expiring = 0  # order sagas expiring now, at most EXPIRE_ORDERS_AT_ONCE
         self._orphans = LeasedOrphans(engine)
 
@@ -111,6 +112,16 @@ class Housekeeper:
                 engine.metrics.remembered_reservations.labels(str(actor.shard)).set(len(actor.ledger.reservations))
                 engine.metrics.positions.labels(str(actor.shard)).set(len(actor.positions()))
                 engine.metrics.dedupe_entries.labels(str(actor.shard)).set(len(actor.ledger.memory))
+        if time.monotonic() - self._offset_at >= CLOCK_OFFSET_EVERY_S:
+            self._offset_at = time.monotonic()
+            self._spawn(self._measure_clock_offset())  # a round trip to Redis: no pass waits for it
+
+    async def _measure_clock_offset(self) -> None:
+        engine = self._engine
+        try:
+            engine.metrics.clock_offset.set(await clock_offset_s(engine.log_client, engine.clock))
+        except STORAGE_ERRORS as exc:  # Redis away: the shards say so; measured again next time
+            log.debug("clock offset not measured: %r", exc)
 
     def _expire_work(self, ledger: Ledger, now: int) -> None:
         """Inside the shard's turn: expire what is due here; a hold spanning shards goes through the
