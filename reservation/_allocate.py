@@ -32,7 +32,8 @@ def allocate(members: tuple[str, ...], quantity: int, available: Callable[[str],
              strategy: str) -> tuple[list[tuple[str, int, int]], int]:
     """Split ``quantity`` over ``members``. Returns ([(location, units, available there)], total
     available); the list is empty when the group cannot give the whole quantity (R2)."""
-    avail = [(loc, max(0, available(loc))) for loc in members]  # Q5: an oversold member gives nothing
+    # A member named twice counted its stock twice and was held past it (R2): each counts once.
+    avail = [(loc, max(0, available(loc))) for loc in dict.fromkeys(members)]  # Q5: an oversold one gives nothing
     total = sum(a for _, a in avail)
     if quantity > total:
         return [], total

@@ -271,9 +271,11 @@ def _group(name: str, members: Any, locations: dict[str, Location]) -> tuple[str
         return picked
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
         raise EstateError(f"groups.{name}: must be a list of location ids or a selector table")
-    for m in members:
+    for n, m in enumerate(members):
         if m not in locations:
             raise EstateError(f"groups.{name}: unknown location {m!r}")
+        if m in members[:n]:  # its stock would be offered twice to a Reserve naming the group (R2)
+            raise EstateError(f"groups.{name}: location {m!r} is listed twice")
     return tuple(members)
 
 

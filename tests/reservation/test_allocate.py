@@ -75,3 +75,11 @@ def test_group_reservation_replays_and_refuses_different_content_R5() -> None:
     with pytest.raises(AlreadyExists) as err:
         reserve(ledger, cmd("r1", ("A", "stores", 3)), NOW + 6, policy)
     assert err.value.field == "lines"
+
+
+def test_a_member_named_twice_gives_its_stock_once_R2() -> None:
+    """Defect: a group naming a location twice counted that location's stock twice: 8 of 5 units
+    were held there (available -3, oversold)."""
+    stock = {"S1": 5}
+    assert allocate(("S1", "S1"), 8, stock.__getitem__, "priority") == ([], 5)
+    assert allocate(("S1", "S1"), 5, stock.__getitem__, "most_available") == ([("S1", 5, 5)], 5)
