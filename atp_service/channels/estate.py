@@ -127,11 +127,29 @@ def load_estate(path: Path, limits: Limits = DEFAULT_LIMITS) -> Estate:
     return parse_estate(data, limits)
 
 
+ESTATE_KEYS = ("locations", "safety_stock", "groups", "channels")
+LOCATION_KEYS = ("id", "ids", "type", "region", "safety_stock")
+CHANNEL_KEYS = ("name", "sells_from", "per_location", "buffer_units", "buffer_percent", "allocation",
+                "low_stock_threshold", "max_shown", "low_stock_level", "throttle_ms", "rate_limit_per_s", "burst",
+                "max_wait_ms", "strategy", "stream_maxlen")
+
+
+def _only_known(raw: dict[str, Any], where: str, known: tuple[str, ...]) -> None:
+    """A key the service does not read is refused, never skipped: a typo (``bufer_units``, ``[[channel]]``)
+    quietly gave the channel no buffer (units offered that were meant to be held back, C1), or a reload
+    with no channels at all."""
+    for key in raw:
+        if key not in known:
+            raise EstateError(f"{where}{key}: unknown key (known: {', '.join(known)})")
+
+
 def parse_estate(data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Estate:
+    _only_known(data, "", ESTATE_KEYS)
     locations: dict[str, Location] = {}
     own_safety: dict[str, int] = {}
     for n, raw in enumerate(_list(data, "locations")):
         where = f"locations[{n}]"
+        _only_known(raw, f"{where}.", LOCATION_KEYS)
         kind, region = _text(raw, "type", where), _text(raw, "region", where, "")
         if kind not in LOCATION_TYPES:
             raise EstateError(f"{where}.type: must be one of {', '.join(LOCATION_TYPES)}, got {kind!r}")
@@ -213,6 +231,7 @@ def _safety_defaults(data: dict[str, Any], locations: dict[str, Location], own: 
 
 def _channel(raw: dict[str, Any], where: str, locations: dict[str, Location],
              groups: dict[str, tuple[str, ...]]) -> Channel:
+    _only_known(raw, f"{where}.", CHANNEL_KEYS)
     name = _text(raw, "name", where)
     sells_from: list[str] = []
     targets = raw.get("sells_from")
