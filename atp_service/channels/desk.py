@@ -102,9 +102,10 @@ class ChannelDesk:
         return {name: len(feed.published) for name, feed in self.feeds.items()}
 
     async def _reload_passes(self) -> None:
-        """A per-location channel that no longer sells from a location is shown 0 there at once (C1):
-        its last number, or one waiting or being written, which no curation would ever correct."""
-        for channel in [channel for channel in self.estate.channels.values() if channel.per_location]:
+        """A per-location channel that no longer sells from a location is shown 0 there at once (C1),
+        and a channel turned network at every location: its last number, or one waiting or being
+        written, which no curation would ever correct."""
+        for channel in list(self.estate.channels.values()):
             await withdraw_dropped(self.feeds[channel.name], channel, self.settings.curate_slice_cells,
                                    self.clock.now_ms)
         await self._mark_everything()

@@ -31,8 +31,11 @@ async def in_slices(items: Sequence[T], size: int, work: Callable[[Sequence[T]],
 
 
 async def withdraw_dropped(feed: Feed, channel: Channel, size: int, now: Callable[[], int]) -> None:
-    """Every key of a per-location ``feed`` at a location ``channel`` no longer sells from shown 0."""
-    await in_slices(feed.known_keys(), size, partial(_withdraw_dropped, feed, frozenset(channel.sells_from), now))
+    """Every key of ``feed`` that ``channel`` no longer curates shown 0: of a per-location channel, those
+    at a location it no longer sells from (a network key too: it was network before); of a network one,
+    every per-location key (it was per location before) - nothing would ever correct their numbers (C1)."""
+    curated = frozenset(channel.sells_from) if channel.per_location else frozenset({""})
+    await in_slices(feed.known_keys(), size, partial(_withdraw_dropped, feed, curated, now))
 
 
 async def withdraw_unheld(feed: Feed, channel: Channel, store_of: Callable[[str], PositionStore], size: int,
