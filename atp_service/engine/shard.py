@@ -367,3 +367,11 @@ class ShardActor(CommitPipeline):
                         len(self._inflight) + len(self._doubt))
             return
         await self._checkpoints.save(self.seq, self.ledger, wait=force)
+
+    async def final_snapshot(self) -> bool:
+        """A stop's snapshot, written before this returns; False when Redis did not answer it."""
+        await self.checkpoint(force=True)
+        if self._checkpoints.unreachable:
+            log.warning("shard %d: final snapshots given up here, Redis not answering; the next start replays "
+                        "the logs", self.shard)
+        return not self._checkpoints.unreachable

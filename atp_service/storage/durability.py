@@ -141,6 +141,8 @@ class Checkpoints:
         self._retry_at = 0.0  # monotonic time before which a failed snapshot is not retried
         self._fence_first = False  # a snapshot write failed: it may still land later
         self._writing: asyncio.Task[None] | None = None  # the write of the last snapshot taken
+        self.unreachable = False
+        """The last write failed for Redis not answering (no connection, a timeout), not a refusal."""
 
     def due(self, seq: int, force: bool = False) -> bool:
         if self._writing is not None and not self._writing.done():
@@ -199,12 +201,14 @@ class Checkpoints:
             self._store.snapshots_in_flight -= 1
         self._backoff.reset()
         self._retry_at = 0.0
+        self.unreachable = False
         self._seq, self._at = seq, time.monotonic()
         self._store.metrics.snapshot_seconds.observe(time.perf_counter() - started)
         self._store.metrics.snapshot_bytes.labels(str(self._shard)).set(size)
 
     def _failed(self, exc: BaseException) -> None:
         self._fence_first = not isinstance(exc, Fenced)
+        self.unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | asyncio.TimeoutError)
         wait = self._backoff.next_delay()
         self._retry_at = time.monotonic() + wait
         self._store.metrics.snapshot_failures.inc()

@@ -1,0 +1,48 @@
+"""A stop while Redis does not answer: the final snapshots (only to shorten the next start,
+everything acknowledged being in the log) must not each wait out the Redis timeout in turn."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from atp_service import AtpService
+from atp_service.storage.embedded_redis import EmbeddedRedis
+from tests.atp_service.edge.test_api import receipt
+from tests.conftest import services_on
+
+SHARDS = 8
+
+
+async def test_a_stop_with_redis_not_answering_tries_one_final_snapshot_not_one_per_shard(tmp_path: Path) -> None:
+    """Each shard's final snapshot was tried in turn, each waiting out ``redis_timeout_s`` for a
+    Redis that was not answering: a stop took shards x the timeout (64 shards at the default 2 s:
+    past the 65 s bound ``serve`` gives it, so logged ``shutdown_overran`` and cut off). Once one
+    final snapshot finds Redis not answering, the others are not tried: the next start replays
+    their logs, which hold everything acknowledged (R7)."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        async for start in services_on(server.url, redis_timeout_s=0.5):
+            service, client = await start(shards=SHARDS)
+            await client.record_events([receipt(f"stock-{n}", f"SKU-{n}", "DC", 5) for n in range(64)])
+            assert service.engine is not None
+            written = [actor for actor in service.engine.actors if actor.seq > 0]
+            assert len(written) > 2, "the facts reach several shards, each with a snapshot to write"
+            before = _snapshot_failures(service)
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)  # Redis takes connections, answers nothing
+            try:
+                await service.stop(grace_s=0.1)
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            assert _snapshot_failures(service) - before == 1, "one final snapshot tried, the others left to the log"
+        async for start in services_on(server.url):  # nothing acknowledged lost: the logs replayed
+            _, client = await start(shards=SHARDS)
+            answers = await client.availability([(f"SKU-{n}", "DC") for n in range(64)])
+            assert [a.on_hand for a in answers] == [5] * 64
+
+
+def _snapshot_failures(service: AtpService) -> float:
+    value = service.metrics.registry.get_sample_value("atp_snapshot_failures_total")
+    assert value is not None, "the counter is exported from the start"
+    return value
