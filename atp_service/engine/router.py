@@ -88,8 +88,7 @@ class Engine(OwnedShards):
         for actor in self.actors:
             self.routes.adopt(actor)
         self.orders: Orders | None = None
-        """Where Redis cannot land a change of several groups at once (a cluster), orders spanning
-        groups go through sagas instead of the coordinator."""
+        """Sagas for orders spanning groups, where Redis cannot land one change of them (a cluster, leases)."""
         if not getattr(log_store, "together", True):
             self.orders = Orders(self)
             self.orders.find_pending(actor.ledger for actor in self.actors)
@@ -124,10 +123,12 @@ class Engine(OwnedShards):
         self._housekeeper.stop()
         if self.orders is not None:
             self.orders.stop()  # a saga stopped half-way is driven on after the restart
-        for actor in self.actors:
-            await actor.stop()
-        # A failed shard's memory is not to be trusted (its log is). Once Redis does not answer one final
-        # snapshot, no other is tried: each would wait out redis_timeout_s in turn, for nothing the logs hold not (R7).
+        # At once: each drains up to 2 x redis_timeout_s while Redis does not answer (64 in turn: minutes).
+        for outcome in await asyncio.gather(*(actor.stop() for actor in self.actors), return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        # A failed shard's memory is not to be trusted (its log is). Once Redis does not answer one final snapshot,
+        # no other is tried: each would wait out redis_timeout_s in turn, for nothing the logs hold not (R7).
         for actor in self.actors if snapshot else ():
             if actor.failure is None and not await actor.final_snapshot():
                 break

@@ -3,8 +3,10 @@ everything acknowledged being in the log) must not each wait out the Redis timeo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from atp_service import AtpService
@@ -46,3 +48,46 @@ def _snapshot_failures(service: AtpService) -> float:
     value = service.metrics.registry.get_sample_value("atp_snapshot_failures_total")
     assert value is not None, "the counter is exported from the start"
     return value
+
+
+async def test_a_stop_with_redis_not_answering_stops_every_shard_at_once(tmp_path: Path) -> None:
+    """Each shard drains its writes in flight for up to 2 x ``redis_timeout_s`` before it stops; one
+    after another, a Redis that answered nothing made a stop take shards x that (64 shards: minutes,
+    cut off past ``serve``'s bound). They stop together: every shard is stopping while the first
+    still waits (here 2 x 30 s: the test would wait a minute for the second one otherwise)."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        async for start in services_on(server.url, redis_timeout_s=30):
+            service, client = await start(shards=SHARDS)
+            assert service.engine is not None
+            actors = service.engine.actors
+            skus = _one_sku_per_shard(service, len(actors))
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)  # every shard's next append waits on Redis
+            calls = [asyncio.ensure_future(client.record_events([receipt(f"r-{n}", sku, "DC", 1)]))
+                     for n, sku in enumerate(skus)]
+            try:
+                await until(lambda group=actors: all(actor._inflight for actor in group), "writes in flight everywhere")
+                stopping = asyncio.ensure_future(service.engine.stop(snapshot=False))  # the shards' part of a stop
+                await until(lambda group=actors: all(actor._stopping for actor in group), "every shard stopping")
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            await stopping
+            await asyncio.gather(*calls, return_exceptions=True)
+
+
+def _one_sku_per_shard(service: AtpService, shards: int) -> list[str]:
+    assert service.engine is not None
+    found: dict[int, str] = {}
+    for n in range(10_000):
+        found.setdefault(service.engine.place(f"SKU-{n}"), f"SKU-{n}")
+        if len(found) == shards:
+            return list(found.values())
+    raise AssertionError("no SKU for some shard")
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s * 100)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
