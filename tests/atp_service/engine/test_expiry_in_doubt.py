@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import redis
 
 from atp_client import Retryable
-from atp_service import EmbeddedRedis, ManualClock
+from atp_service import ManualClock
 from reservation import State
 from tests.atp_service.edge.test_api import T0, receipt
-from tests.conftest import ServiceFactory, services_on
+from tests.atp_service.storage.test_redis_full import full_able
+from tests.conftest import ServiceFactory
+
+__all__ = ["full_able"]  # the fixture, shared with test_redis_full
 
 
 async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
@@ -70,16 +72,6 @@ async def test_a_hold_whose_confirm_did_not_land_while_its_ttl_passed_still_expi
             break
     assert a.reserved == 0, "the hold's units still reserved 50 passes after its TTL passed (R3)"
     assert a.available == 5 and actor.ledger.reservations["r1"].state == State.EXPIRED
-
-
-@pytest.fixture
-async def full_able(tmp_path: Path) -> AsyncIterator[tuple[ServiceFactory, redis.Redis]]:
-    """Services on a Redis of this test's own, whose ``maxmemory`` the test may lower."""
-    with EmbeddedRedis(tmp_path / "redis", appendfsync="always") as server:
-        admin = redis.Redis.from_url(server.url)
-        async for start in services_on(server.url):
-            yield start, admin
-        admin.close()
 
 
 async def test_expiry_turns_refused_while_redis_is_full_leave_one_entry_per_hold_R3(

@@ -189,14 +189,22 @@ async def test_safety_stock_is_durable(start_service: ServiceFactory) -> None:
     assert a.safety_stock == 7
 
 
-async def test_shipment_fact_naming_a_reservation_fulfils_it_R4(start_service: ServiceFactory) -> None:
+async def shipped_after_confirm(start_service: ServiceFactory, committed: int,
+                                shipped: int) -> tuple[AtpClient, pb.Fact, pb.FactResult]:
+    """r1 of ``committed`` units of A@S1 (10 received) confirmed, then a SHIPMENT of ``shipped``
+    naming it: the client, the fact and what RecordEvents answered."""
     _, client = await start_service(clock=ManualClock(T0))
     await client.record_events([F("r", "RECEIPT", "A", "S1", 10, T0 - 5000).pb()])
-    await client.reserve("r1", [("A", "S1", 4)])
+    await client.reserve("r1", [("A", "S1", committed)])
     await client.confirm("r1")
-    ship = pb.Fact(event_id="w1", source="wms", kind=pb.FACT_KIND_SHIPMENT, sku="A", location="S1", quantity=3,
-                   event_time=timestamp(T0 - 10), reservation_id="r1")
+    ship = pb.Fact(event_id="w1", source="wms", kind=pb.FACT_KIND_SHIPMENT, sku="A", location="S1",
+                   quantity=shipped, event_time=timestamp(T0 - 10), reservation_id="r1")
     (result,) = await client.record_events([ship])
+    return client, ship, result
+
+
+async def test_shipment_fact_naming_a_reservation_fulfils_it_R4(start_service: ServiceFactory) -> None:
+    client, ship, result = await shipped_after_confirm(start_service, committed=4, shipped=3)
     assert result.outcome == pb.FACT_OUTCOME_APPLIED and not result.HasField("error")
     (again,) = await client.record_events([ship])
     assert again.outcome == pb.FACT_OUTCOME_DUPLICATE
@@ -275,13 +283,7 @@ async def test_a_shipment_of_more_than_its_line_committed_fulfils_every_committe
     refused whole by the reservation ("exceeds the 3 units committed"), so the 3 stayed committed for
     good (Q3: they never expire) beside the 5 gone from on_hand: availability 3 short until someone
     released them by hand. A restart (E10) holds the same."""
-    _, client = await start_service(clock=ManualClock(T0))
-    await client.record_events([F("r", "RECEIPT", "A", "S1", 10, T0 - 5000).pb()])
-    await client.reserve("r1", [("A", "S1", 3)])
-    await client.confirm("r1")
-    ship = pb.Fact(event_id="w1", source="wms", kind=pb.FACT_KIND_SHIPMENT, sku="A", location="S1", quantity=5,
-                   event_time=timestamp(T0 - 10), reservation_id="r1")
-    (result,) = await client.record_events([ship])
+    client, _, result = await shipped_after_confirm(start_service, committed=3, shipped=5)
     assert result.outcome == pb.FACT_OUTCOME_APPLIED and not result.detail, result.detail
     await fulfilled_whole(client)
     _, again = await start_service(clock=ManualClock(T0 + 1000))  # replays the log: the first is fenced
