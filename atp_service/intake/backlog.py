@@ -4,7 +4,7 @@ The reader cannot measure its own backlog: stuck — waiting for room among its 
 each behind a shard or an owner that does not answer — it measures nothing, and a gauge it sets
 freezes at its last value while the tills' sales pile up unread (availability stale: oversell). So a
 task of its own reads, per stream and interval, the consumer group's pending and unread (``lag``)
-entries in one round trip, which also looks for entries trimmed unread (``UnreadWatch``).
+entries (entries trimmed unread are counted by the read that crosses them: ``GroupReader``).
 """
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from atp_service.intake.unread import UnreadWatch
+from atp_service.intake.unread import backlog
 
 log = logging.getLogger(__name__)
 BACKLOG_EVERY_S = 5.0
-"""How often the backlog is measured: one MULTI (XINFO GROUPS, XINFO STREAM) per input stream."""
+"""How often the backlog is measured: one XINFO GROUPS per input stream."""
 
 
 class BacklogGauge:
     """Sets ``pending`` and ``lag`` (gauges labelled by stream) every ``BACKLOG_EVERY_S``, whatever the reader does."""
 
-    def __init__(self, watch: UnreadWatch, streams: list[str], pending: Any, lag: Any) -> None:
-        self._watch = watch
+    def __init__(self, client: Any, group: str, streams: list[str], pending: Any, lag: Any) -> None:
+        self._client = client
+        self._group = group
         self._streams = streams
         self._pending = pending
         self._lag = lag
@@ -44,12 +45,12 @@ class BacklogGauge:
         """One stream's backlog into the gauges. Redis not answering leaves them as they were: the
         reader counts its own failed reads (``atp_ingest_read_failures_total``)."""
         try:
-            _, backlog = await self._watch.measure(stream)
+            measured = await backlog(self._client, stream, self._group)
         except (RedisError, RedisClusterException, OSError) as exc:
             log.debug("input stream %s: backlog not measured: %s", stream, exc)
             return
-        if backlog is None:  # no stream or group (yet): the reader makes them
+        if measured is None:  # no stream or group (yet): the reader makes them
             return
-        self._pending.labels(stream).set(backlog.pending)
+        self._pending.labels(stream).set(measured.pending)
         # Unknown after XDEL of unread entries, until the group reads past them: not a number, not 0.
-        self._lag.labels(stream).set(math.nan if backlog.lag is None else backlog.lag)
+        self._lag.labels(stream).set(math.nan if measured.lag is None else measured.lag)

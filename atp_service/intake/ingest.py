@@ -29,7 +29,7 @@ from atp_service.intake.dead_letters import TRIMMED, dead_letter, why_refused
 from atp_service.intake.entries import Dead, Entry, Read, decode_fact, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
-from atp_service.intake.unread import UnreadWatch
+from atp_service.intake.unread import GroupReader
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text, group_lost, make_group, stream_info
@@ -72,9 +72,12 @@ class StreamIngestor:
         self._streams = list(settings.input_streams)
         zeroed(self._metrics.dead_lettered, *((stream,) for stream in self._streams))  # alerted on by increase()
         zeroed(self._metrics.ingest_trimmed_unread, *((stream,) for stream in self._streams))
-        self._unread = UnreadWatch(client, settings.consumer_group, self._metrics.ingest_trimmed_unread)
         metrics = self._metrics
-        self._backlog = BacklogGauge(self._unread, self._streams, metrics.ingest_pending, metrics.ingest_lag)
+        # Every read of new entries counts the entries it finds were trimmed before it (exactly once).
+        self._new = GroupReader(client, self._streams, settings.consumer_group, settings.consumer_name,
+                                metrics.ingest_trimmed_unread)
+        self._backlog = BacklogGauge(client, settings.consumer_group, self._streams, metrics.ingest_pending,
+                                     metrics.ingest_lag)
         self._task: asyncio.Task[None] | None = None
         self._gauge_task: asyncio.Task[None] | None = None
         self._retry_own_pending = True  # first: what this consumer had in hand before a crash
@@ -89,8 +92,6 @@ class StreamIngestor:
 
     async def start(self) -> None:
         await self._create_groups()
-        for stream in self._streams:  # before the first read moves the group's position past a gap
-            await self._unread.check(stream)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
         self._gauge_task = asyncio.get_running_loop().create_task(self._backlog.run(), name="ingest-backlog")
 
@@ -182,7 +183,7 @@ class StreamIngestor:
                 await self._handle(await self._claim())
             while len(self._batches) >= cfg.ingest_inflight:
                 await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
-            entries = await self._read([">"] * len(self._streams), block=self._block_ms())
+            entries = await self._read(None, block=self._block_ms())
             if entries:
                 task = asyncio.get_running_loop().create_task(self._handle(entries))
                 self._batches.add(task)
@@ -238,15 +239,16 @@ class StreamIngestor:
             return not waiting
         return True
 
-    async def _read(self, after: list[str], block: int | None) -> list[Entry]:
-        """Entries after these ids, one per stream (``>``: new ones; else this consumer's pending)."""
+    async def _read(self, after: list[str] | None, block: int | None) -> list[Entry]:
+        """Entries after these ids, one per stream, of this consumer's pending; None: new ones, and
+        the entries trimmed before they were read counted (``GroupReader``)."""
         cfg = self._config
-        args: list[Any] = ["GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", self._read_count]
-        if block is not None:
-            args += ["BLOCK", block]
-        args += ["STREAMS", *self._streams, *after]
-        # The raw reply, not redis-py's per-entry dict building: [[stream, [[id, [f, v, f, v…]], …]], …]
-        reply = await self._client.execute_command("XREADGROUP", *args)
+        if after is None:
+            reply = await self._new.read(self._read_count, block)
+        else:  # the raw reply, not redis-py's per-entry dict building: [[stream, [[id, [f, v…]], …]], …]
+            reply = await self._client.execute_command(
+                "XREADGROUP", "GROUP", cfg.consumer_group, cfg.consumer_name, "COUNT", self._read_count,
+                "STREAMS", *self._streams, *after)
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 map or RESP2 list
         entries: list[Entry] = []
         for stream, rows in streams:

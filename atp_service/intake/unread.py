@@ -1,12 +1,22 @@
-"""Input-stream entries trimmed away before the consumer group read them.
+"""Input-stream entries trimmed away before the consumer group read them, counted by the read that
+crosses the gap.
 
 Their facts were never applied and never will be, and Redis says nothing of it to a reader:
 XREADGROUP simply goes on from the oldest entry left. A producer's ``MAXLEN`` shorter than the
 backlog (the service down for a while, or reading slower than the tills write) loses sales and
-receipts that way — on_hand wrong, and units sold that are gone. The reader looks for that gap, where
-it can still be seen: before its first read (a read moves the group's position past the gap) and
-with its pending gauge. The group's ``lag`` (entries added less entries read) less the entries left
-after its position is how many went unread.
+receipts that way — on_hand wrong, and units sold that are gone.
+
+A gap can be seen only until a read moves the group's position past it, which may be at once: a
+reader blocked in XREADGROUP is served right after the producer's MULTI that added and trimmed. So
+every read of new entries is one script (``GroupReader``) that looks at the group's position and
+the stream, reads, and counts what the read went past: with nothing deleted after the position,
+the entries lost are those the stream no longer holds (``entries-added`` less ``length``) less
+those the group had read (``entries-read``). Atomic, so exact whatever other consumers of the group
+(other processes) read meanwhile, and told once, by the one read that crosses the gap. Redis 7.0
+goes on counting the lost entries as unread for good (its ``entries-read`` grows by the entries
+delivered, not by those skipped: ``lag`` raised, the next gap counted with this one): the script
+sets the group's count right as it crosses (``XGROUP SETID … ENTRIESREAD``). The blocking wait for
+new entries delivers nothing (``XREAD`` after the group's position), so no read escapes the count.
 """
 
 from __future__ import annotations
@@ -17,14 +27,68 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from atp_service.intake.entries import id_key
 from atp_service.storage.resp import as_text, no_such_key
 
 log = logging.getLogger(__name__)
 
-
-def _as_bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
+_READ = """
+-- KEYS: the input streams. ARGV: group, consumer, count. Returns {the XREADGROUP reply or false,
+-- {stream, entries lost, position before, ...} for each gap the read crossed, {position per stream}}.
+local group, consumer, count = ARGV[1], ARGV[2], ARGV[3]
+local function field(flat, name)
+  for i = 1, #flat, 2 do if flat[i] == name then return flat[i + 1] end end
+  return false
+end
+local function less(a, b)  -- decimal strings without leading zeros, past what a Lua number holds
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+local function after(a, b)  -- stream id a > b
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if am ~= bm then return less(bm, am) end
+  return less(bs, as)
+end
+local gaps, positions, args = {}, {}, {'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS'}
+for i, key in ipairs(KEYS) do
+  args[#args + 1] = key
+  positions[i] = '0-0'
+  if redis.call('EXISTS', key) == 1 then  -- else the read says NOGROUP
+    local mine = false
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+      if field(g, 'name') == group then mine = g end
+    end
+    if mine then
+      local at, info = field(mine, 'last-delivered-id'), redis.call('XINFO', 'STREAM', key)
+      local first, deleted = field(info, 'first-entry'), field(info, 'max-deleted-entry-id')
+      -- A gap: the oldest entry left is past the position. Entries deleted (XDEL) after the
+      -- position are not trimmed ones, and Redis no longer tells them apart: not counted.
+      if first and after(first[1], at) and not after(deleted, at) then
+        -- entries-read: none when Redis cannot tell; a group that read nothing yet has read 0.
+        local read = field(mine, 'entries-read') or (at == '0-0' and 0)
+        gaps[key] = {at, read, field(info, 'entries-added') - field(info, 'length')}
+      end
+      positions[i] = at
+    end
+  end
+end
+for _ = 1, #KEYS do args[#args + 1] = '>' end
+local reply = redis.call(unpack(args))
+local told = {}
+for _, got in ipairs(reply or {}) do
+  local key, rows = got[1], got[2]
+  local gap = gaps[key]
+  if gap and #rows > 0 then  -- crossed: the group has now read the gone entries and these
+    local before_first, read = gap[3], gap[2]
+    told[#told + 1] = key
+    told[#told + 1] = read and math.max(0, before_first - read) or 0
+    told[#told + 1] = gap[1]
+    redis.call('XGROUP', 'SETID', key, group, rows[#rows][1], 'ENTRIESREAD', before_first + #rows)
+  end
+  for i, k in ipairs(KEYS) do if k == key and #rows > 0 then positions[i] = rows[#rows][1] end end
+end
+return {reply or false, told, positions}
+"""
 
 
 @dataclass(frozen=True)
@@ -37,68 +101,58 @@ class Backlog:
     """Not delivered yet (None: Redis cannot tell, after XDEL of entries the group has not read)."""
 
 
-async def trimmed_unread(client: Any, stream: str, group: str) -> tuple[int, bytes, Backlog | None]:
-    """How many entries of ``stream`` were trimmed before ``group`` read them (0: none, or not
-    known — a group whose lag Redis cannot tell, after XDEL), the group's position and its backlog
-    (None: no such group, or stream)."""
+async def backlog(client: Any, stream: str, group: str) -> Backlog | None:
+    """The group's backlog on ``stream`` (None: no such group, or stream)."""
     try:
-        # One MULTI: other processes' consumers of the group read on, and the producer trims, between
-        # two calls; the group's old position and lag against the stream as trimmed since would count
-        # entries they read as lost (a false critical alert).
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.xinfo_groups(stream)
-            pipe.xinfo_stream(stream)
-            groups, info = await pipe.execute()
+        groups = await client.xinfo_groups(stream)
     except ResponseError as exc:
         if no_such_key(exc):  # the stream deleted: the reader makes it again
-            return 0, b"", None
+            return None
         raise
     mine = next((g for g in groups if as_text(g["name"]) == group), None)
     if mine is None:
-        return 0, b"", None
+        return None
     lag = mine.get("lag")
-    backlog = Backlog(int(mine["pending"]), None if lag is None else int(lag))
-    if lag is None:
-        return 0, b"", backlog
-    position = _as_bytes(mine["last-delivered-id"])
-    first = info.get("first-entry")
-    if first is None:  # the stream is empty: any entry added after the position went unread
-        behind = id_key(_as_bytes(info["last-generated-id"])) > id_key(position)
-        left = 0
-    else:  # trimming takes the oldest entries: a gap only when the oldest left is past the position
-        behind = id_key(_as_bytes(first[0])) > id_key(position)
-        left = int(info["length"])
-    if not behind:
-        return 0, position, backlog
-    return max(0, int(lag) - left), position, backlog
+    return Backlog(int(mine["pending"]), None if lag is None else int(lag))
 
 
-class UnreadWatch:
-    """Counts and says each gap once: the same position seen again says only what grew since."""
+class GroupReader:
+    """Reads new entries of the input streams for one consumer of the group, counting (``counter``,
+    by stream) and logging the entries each read finds were trimmed before the group read them."""
 
-    def __init__(self, client: Any, group: str, counter: Any) -> None:
+    def __init__(self, client: Any, streams: list[str], group: str, consumer: str, counter: Any) -> None:
         self._client = client
+        self._streams = streams
         self._group = group
+        self._consumer = consumer
         self._counter = counter
-        self._told: dict[str, tuple[bytes, int]] = {}  # per stream: the position and the count told
+        self._script: Any = None  # registered at the first read
 
-    async def check(self, stream: str) -> int:
-        """Look for entries of ``stream`` trimmed unread; count and log those not told yet."""
-        return (await self.measure(stream))[0]
+    async def read(self, count: int, block_ms: int | None) -> Any:
+        """Up to ``count`` new entries per stream, as XREADGROUP answers (None: none). ``block_ms``:
+        with none yet, wait for one that long (an XREAD after the group's position: it delivers
+        nothing, the read after it does), then read once more."""
+        reply, positions = await self._read_once(count)
+        if reply or block_ms is None:
+            return reply
+        await self._client.execute_command("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS",
+                                           *self._streams, *positions)
+        return (await self._read_once(count))[0]
 
-    async def measure(self, stream: str) -> tuple[int, Backlog | None]:
-        """``check``, and the group's backlog on ``stream`` read in the same round trip."""
-        lost, position, backlog = await trimmed_unread(self._client, stream, self._group)
-        if not lost:
-            return 0, backlog
-        told_at, told = self._told.get(stream, (b"", 0))
-        new = lost - told if told_at == position else lost
-        self._told[stream] = (position, lost)
-        if new > 0:
-            self._counter.labels(stream).inc(new)
-            log.error("input stream %s: %d entries were trimmed from the stream before consumer group %s read "
-                      "them (after entry %s): their facts were never applied; the stream's MAXLEN is shorter "
-                      "than the backlog", stream, new, self._group, as_text(position),
-                      extra={"event": "ingest_trimmed_unread", "stream": stream, "entries": new,
-                             "after": as_text(position)})
-        return max(0, new), backlog
+    async def _read_once(self, count: int) -> tuple[Any, list[Any]]:
+        if self._script is None:
+            self._script = self._client.register_script(_READ)
+        reply, told, positions = await self._script(keys=self._streams,
+                                                    args=[self._group, self._consumer, count])
+        for n in range(0, len(told), 3):
+            self._tell(as_text(told[n]), int(told[n + 1]), as_text(told[n + 2]))
+        return reply, positions
+
+    def _tell(self, stream: str, lost: int, after: str) -> None:
+        if lost <= 0:
+            return
+        self._counter.labels(stream).inc(lost)
+        log.error("input stream %s: %d entries were trimmed from the stream before consumer group %s read "
+                  "them (after entry %s): their facts were never applied; the stream's MAXLEN is shorter "
+                  "than the backlog", stream, lost, self._group, after,
+                  extra={"event": "ingest_trimmed_unread", "stream": stream, "entries": lost, "after": after})

@@ -1,69 +1,90 @@
-"""``UnreadWatch``: entries trimmed from an input stream before its group read them, and only those."""
+"""``GroupReader``: the read that crosses entries trimmed before the group read them counts them,
+exactly, whichever consumer of the group (process) it is — against a real redis-server's counters."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
-
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
+from redis.exceptions import ResponseError
 
-from atp_service.intake.unread import UnreadWatch
+from atp_service.intake.unread import Backlog, GroupReader, backlog
+from atp_service.storage.resp import group_lost
 
 STREAM, GROUP = "atp:in:pos", "atp"
 
 
-class ReadsOnBetween(aioredis.Redis):
-    """A real client after whose XINFO GROUPS ``between`` runs: what other processes do meanwhile."""
-
-    between: Callable[[], Awaitable[None]] | None = None
-
-    async def xinfo_groups(self, name: Any) -> Any:
-        groups = await super().xinfo_groups(name)
-        if self.between is not None:
-            between, self.between = self.between, None
-            await between()
-        return groups
+def counted(counter: Counter) -> float:
+    return float(counter.labels(STREAM)._value.get())
 
 
-async def test_entries_another_consumer_read_before_they_were_trimmed_are_not_counted_lost(redis_url: str) -> None:
-    """With several processes reading one group, another consumer may read the backlog and the
-    producer's MAXLEN trim it between the group's XINFO and the stream's: the group's old position
-    and lag against the stream as trimmed since read as entries lost unread, a critical alert
-    (ATPInputTrimmedUnread) and an error log telling the operator sales were never applied."""
-    client = cast(ReadsOnBetween, ReadsOnBetween.from_url(redis_url))
-    other = aioredis.Redis.from_url(redis_url)
-    await other.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-    for n in range(10):
-        await other.xadd(STREAM, {"n": n})
-
-    async def another_process_reads_then_the_producer_trims() -> None:
-        await other.xreadgroup(GROUP, "atp@10.0.0.2", {STREAM: ">"}, count=100)
-        await other.xadd(STREAM, {"n": 10}, maxlen=1, approximate=False)
-
-    client.between = another_process_reads_then_the_producer_trims
-    counter = Counter("trimmed_unread", "test", ["stream"], registry=CollectorRegistry())
-    try:
-        assert await UnreadWatch(client, GROUP, counter).check(STREAM) == 0
-        assert counter.labels(STREAM)._value.get() == 0
-    finally:
-        await client.aclose()
-        await other.aclose()
-
-
-async def test_entries_trimmed_unread_are_counted_once_and_a_missing_stream_is_none(redis_url: str) -> None:
+async def test_gaps_crossed_by_consumers_of_two_processes_are_each_counted_once(redis_url: str) -> None:
+    """Redis 7.0 counts a group's entries read one by one as delivered: after a read across 7 lost
+    entries its lag stayed 7 too high for good, and the next gap, crossed by another process's
+    consumer, counted those 7 again with its own."""
     client = aioredis.Redis.from_url(redis_url)
     counter = Counter("trimmed_unread", "test", ["stream"], registry=CollectorRegistry())
-    watch = UnreadWatch(client, GROUP, counter)
+    first = GroupReader(client, [STREAM], GROUP, "atp@10.0.0.1", counter)
+    second = GroupReader(client, [STREAM], GROUP, "atp@10.0.0.2", counter)
     try:
-        assert await watch.check(STREAM) == 0  # no such stream yet
         await client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
         await client.xadd(STREAM, {"n": 0})
-        await client.xreadgroup(GROUP, "atp-1", {STREAM: ">"}, count=10)  # read: the group's lag is known
-        for n in range(1, 11):
-            await client.xadd(STREAM, {"n": n}, maxlen=1, approximate=False)
-        assert await watch.check(STREAM) == 9
-        assert await watch.check(STREAM) == 0  # the same gap: told once
-        assert counter.labels(STREAM)._value.get() == 9
+        assert len((await first.read(100, None))[0][1]) == 1
+        for n in range(1, 11):  # 1..7 trimmed unread, 8..10 left
+            await client.xadd(STREAM, {"n": n}, maxlen=3, approximate=False)
+        assert len((await first.read(2, None))[0][1]) == 2  # crosses the gap: 7 lost
+        assert counted(counter) == 7
+        assert len((await second.read(100, None))[0][1]) == 1  # no gap: nothing more
+        assert counted(counter) == 7
+        for n in range(11, 20):  # 11..14 trimmed unread, 15..19 left
+            await client.xadd(STREAM, {"n": n}, maxlen=5, approximate=False)
+        assert len((await second.read(100, None))[0][1]) == 5
+        assert counted(counter) == 7 + 4
+        assert await first.read(100, None) is None  # nothing left, nothing counted
+        assert counted(counter) == 11
+        assert await backlog(client, STREAM, GROUP) == Backlog(pending=1 + 2 + 1 + 5, lag=0)
+    finally:
+        await client.aclose()
+
+
+async def test_entries_another_consumer_read_before_they_were_trimmed_are_not_counted(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    counter = Counter("trimmed_unread", "test", ["stream"], registry=CollectorRegistry())
+    reader = GroupReader(client, [STREAM], GROUP, "atp@10.0.0.1", counter)
+    try:
+        await client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        for n in range(10):
+            await client.xadd(STREAM, {"n": n})
+        await client.xreadgroup(GROUP, "atp@10.0.0.2", {STREAM: ">"}, count=100)
+        await client.xadd(STREAM, {"n": 10}, maxlen=1, approximate=False)
+        assert len((await reader.read(100, None))[0][1]) == 1
+        assert counted(counter) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_entries_deleted_after_the_position_are_not_counted_as_trimmed(redis_url: str) -> None:
+    """An operator's XDEL of unread entries is no producer's MAXLEN: Redis cannot tell them apart."""
+    client = aioredis.Redis.from_url(redis_url)
+    counter = Counter("trimmed_unread", "test", ["stream"], registry=CollectorRegistry())
+    reader = GroupReader(client, [STREAM], GROUP, "atp@10.0.0.1", counter)
+    try:
+        await client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        ids = [await client.xadd(STREAM, {"n": n}) for n in range(5)]
+        await client.xdel(STREAM, ids[0], ids[1])
+        assert len((await reader.read(100, None))[0][1]) == 3
+        assert counted(counter) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_stream_without_its_group_is_refused_as_group_lost(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    counter = Counter("trimmed_unread", "test", ["stream"], registry=CollectorRegistry())
+    try:
+        with pytest.raises(ResponseError) as refused:
+            await GroupReader(client, [STREAM], GROUP, "atp@10.0.0.1", counter).read(10, 1)
+        assert group_lost(refused.value)
+        assert await backlog(client, STREAM, GROUP) is None
     finally:
         await client.aclose()
