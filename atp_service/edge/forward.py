@@ -60,6 +60,11 @@ PEER_KEEPALIVE_MS = 10_000
 """Pings on an idle-looking peer channel: a peer whose host or process stopped answering is found
 out within this and ``PEER_KEEPALIVE_TIMEOUT_MS`` (its kernel may keep the TCP connection open)."""
 PEER_KEEPALIVE_TIMEOUT_MS = 5_000
+PEER_RECONNECT_MAX_MS = 1_000
+"""The longest wait between attempts to connect to a peer that does not answer. gRPC's own grows
+with the outage up to 120 s: a peer back at its address (a restart, a host back) and owning its
+groups again was not tried for up to two minutes, every call, order step and fact sent there
+refused meanwhile. An attempt a second to a peer that is down costs nothing worth saving."""
 _OPTIONS = [
     ("grpc.enable_retries", 0),  # one try: the caller retries, with its own policy and deadline
     ("grpc.max_receive_message_length", -1),  # the owner applies its own limits
@@ -67,6 +72,8 @@ _OPTIONS = [
     ("grpc.keepalive_time_ms", PEER_KEEPALIVE_MS),
     ("grpc.keepalive_timeout_ms", PEER_KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.initial_reconnect_backoff_ms", PEER_RECONNECT_MAX_MS),
+    ("grpc.max_reconnect_backoff_ms", PEER_RECONNECT_MAX_MS),
 ]
 
 

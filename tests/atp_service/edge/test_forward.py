@@ -21,7 +21,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, free_port
 from atp_service.app.certs import make_certs
 from atp_service.edge.auth import new_token, token_hash
-from atp_service.edge.forward import Forwarder
+from atp_service.edge.forward import PEER_RECONNECT_MAX_MS, Forwarder
 from atp_service.edge.peers import step_sender
 from atp_service.edge.routing import Route, RoutingTable
 from atp_service.metrics import EdgeMetrics
@@ -366,3 +366,39 @@ async def test_a_call_sent_to_a_peer_is_cancelled_as_its_caller_is(
         assert task.cancelled(), task.exception()
     finally:
         await forwarder.aclose()
+
+
+async def _answers(forwarder: Forwarder, address: str) -> bool:
+    try:
+        await forwarder.send(address, "GetRouting", pb.GetRoutingRequest(), 2, ())
+    except grpc.aio.AioRpcError:
+        return False
+    return True
+
+
+async def test_a_peer_back_at_its_address_is_reached_again_at_once_whatever_its_outage_lasted(
+        start_service: ServiceFactory) -> None:
+    """A peer process down for a while (a host restarted, a crash loop) came back at its address and
+    took its groups again, and for up to two minutes every call this process forwarded to it, every
+    order step and every fact sent there failed "failed to connect": gRPC's reconnect backoff to a
+    peer grew with the outage, 1 s up to its default 120 s, and a peer back in the middle of a wait
+    was not tried until the wait ended. Orders over both processes stayed undecided, holding their
+    units, and callers of this process were refused a healthy owner's groups. The backoff is bounded
+    (``PEER_RECONNECT_MAX_MS``): the peer is reached within about that once it listens."""
+    address = f"127.0.0.1:{free_port()}"
+    forwarder = Forwarder(EdgeMetrics())
+    try:
+        outage_ends = asyncio.get_running_loop().time() + OUTAGE_S  # the default backoff reaches ~17 s
+        while asyncio.get_running_loop().time() < outage_ends:
+            assert not await _answers(forwarder, address)  # nothing listens there
+            await asyncio.sleep(0.5)
+        await start_service(port=int(address.rpartition(":")[2]))
+        deadline = asyncio.get_running_loop().time() + 5 * PEER_RECONNECT_MAX_MS / 1000
+        while not await _answers(forwarder, address):
+            assert asyncio.get_running_loop().time() < deadline, "the peer back at its address is not reached"
+            await asyncio.sleep(0.1)
+    finally:
+        await forwarder.aclose()
+
+
+OUTAGE_S = 30.0
