@@ -14,6 +14,7 @@ owner instead: ``RecordEvents`` (``forward_facts``), ``GetAvailability`` and ``L
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, cast
@@ -24,11 +25,13 @@ from google.protobuf.message_factory import GetMessageClass
 from atp_client import FORWARDED_KEY, MOVED_KEY, REDIRECT, ROUTING_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import DETAILS_KEY, SERVING_KEY
+from atp_service.edge.ratelog import OncePerKey
 from atp_service.edge.routing import RoutingTable
 from atp_service.metrics import EdgeMetrics
 from atp_service.tasks import exception_seen, keep
 from reservation import DomainError, Moved, NotFound, Reason, Unavailable
 
+log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
 LOCATED_METHODS = frozenset({"Confirm", "Release", "Fulfill", "GetReservation"})
 """The calls naming only a reservation: where its record is held is asked of every process."""
@@ -45,6 +48,10 @@ MAX_PEERS = 64
 """Channels kept open to peer processes; past it the least recently used one is closed."""
 PEER_CLOSE_GRACE_S = 5.0
 """A channel dropped from the pool (or at stop) lets the calls on it finish this long."""
+TLS_REFUSAL_LOG_S = 60.0
+"""How often a peer whose TLS handshake fails is logged (``peer_tls_refused``), at most."""
+_TLS_WORDS = ("tls", "ssl", "handshake", "certificate")
+"""What gRPC's refusal of a connection says when the TLS handshake failed (its own words vary)."""
 _ANSWERS = {m.name: GetMessageClass(m.output_type).FromString for m in SERVICE.methods}
 _CALLER_GONE = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 _DECISIONS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
@@ -121,6 +128,7 @@ class Forwarder:
             root_certificates=tls_root, private_key=tls_identity[0] if tls_identity else None,
             certificate_chain=tls_identity[1] if tls_identity else None)
         self._max_peers = max_peers
+        self._tls_told = OncePerKey(TLS_REFUSAL_LOG_S, max_peers)
         self._peers: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
         self._closed = False
         self._closing: set[asyncio.Task[None]] = set()
@@ -157,7 +165,23 @@ class Forwarder:
         """``method`` called at the peer ``address`` (answered ``within_s``, None: no deadline),
         carrying ``metadata``'s token and ``atp-forwarded``."""
         call = self.channel(address).unary_unary(f"/{SERVICE.full_name}/{method}", _serialized, _ANSWERS[method])
-        return await call(request, timeout=within_s, metadata=self._passed(metadata))
+        try:
+            return await call(request, timeout=within_s, metadata=self._passed(metadata))
+        except grpc.aio.AioRpcError as exc:
+            self.tell_tls_refusal(address, exc)
+            raise
+
+    def tell_tls_refusal(self, address: str, error: grpc.aio.AioRpcError) -> None:
+        """Log (``peer_tls_refused``, once a while per peer) a call to ``address`` never sent because
+        the TLS handshake failed: a certificate the other side does not trust, or one not naming the
+        address. Else nothing said why every call, order step and fact for that peer's groups was
+        refused "failed to connect" while it was up and SERVING."""
+        details = error.details() or ""
+        if (error.code() == grpc.StatusCode.UNAVAILABLE and details.startswith(_NOT_SENT)
+                and any(word in details.lower() for word in _TLS_WORDS) and self._tls_told.due(address)):
+            log.error("peer %s: the TLS handshake failed, nothing is sent there (%s); check peer_tls_ca against "
+                      "its certificate, and that the certificate names the address it advertises", address, details,
+                      extra={"event": "peer_tls_refused", "peer": address, "reason": details})
 
     def _passed(self, metadata: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
         """What a call sent on carries: the caller's token, and ``atp-forwarded`` (never sent on again)."""

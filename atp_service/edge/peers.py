@@ -52,6 +52,7 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
         try:
             reply: bytes = await call(request, timeout=STEP_TIMEOUT_S, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
+            forwarder.tell_tls_refusal(address, exc)
             if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 log.error("peer %s refused an order step: %s (set peer_token_file to the token of a caller "
                           "with the peer role)", address, exc.details())
@@ -60,8 +61,8 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
                           "update between versions whose steps differ)? Orders spanning its groups stay "
                           "undecided, holding their units, until every process runs one version",
                           address, exc.details())
-            raise Unavailable(f"peer {address} did not answer an order step ({exc.code().name}); the order "
-                              "goes on later", Reason.OUTCOME_UNKNOWN) from None
+            raise Unavailable(f"peer {address} did not answer an order step ({exc.code().name}: {exc.details()}); "
+                              "the order goes on later", Reason.OUTCOME_UNKNOWN) from None
         return reply
 
     return send

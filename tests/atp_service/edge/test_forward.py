@@ -402,3 +402,35 @@ async def test_a_peer_back_at_its_address_is_reached_again_at_once_whatever_its_
 
 
 OUTAGE_S = 30.0
+
+
+@pytest.mark.parametrize("via", ["forward", "step"])
+async def test_a_peer_whose_tls_handshake_fails_is_said_so_naming_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, via: str) -> None:
+    """A peer's certificate this process does not trust (another CA, peer_tls_ca wrong): every call
+    forwarded there, every order step and fact was refused "failed to connect", and nothing said
+    why: an order step's refusal read "did not answer an order step (UNAVAILABLE)", not logged at
+    all, so orders over both processes stayed undecided, holding their units, with the peer up and
+    SERVING and no line naming TLS. Now ``peer_tls_refused`` names the peer and gRPC's reason, and
+    a step's refusal carries that reason."""
+    trusted, other = make_certs(tmp_path / "trusted"), make_certs(tmp_path / "other")
+    server = grpc.aio.server()
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [((other / "server.key").read_bytes(), (other / "server.pem").read_bytes())]))
+    await server.start()
+    address = f"127.0.0.1:{port}"
+    forwarder = Forwarder(EdgeMetrics(), tls_root=(trusted / "ca.pem").read_bytes())
+    try:
+        if via == "forward":
+            with pytest.raises(grpc.aio.AioRpcError):
+                await forwarder.send(address, "GetRouting", pb.GetRoutingRequest(), 10, ())
+        else:
+            with pytest.raises(Unavailable) as refused:
+                await step_sender(forwarder, None)(address, b"")
+            assert "handshake" in refused.value.message.lower(), refused.value.message
+    finally:
+        await forwarder.aclose()
+        await server.stop(0)
+    told = [r for r in caplog.records if getattr(r, "event", None) == "peer_tls_refused"]
+    assert len(told) == 1 and getattr(told[0], "peer", None) == address, caplog.records
+    assert "handshake" in str(getattr(told[0], "reason", "")).lower()
