@@ -41,7 +41,10 @@ FORWARDED_METHODS = frozenset({"RecordEvents", "Reserve", "Confirm", "Release", 
 """The unary calls that need one group (a reservation's home, a SKU's): the owner answers them whole."""
 CHANGES = frozenset({"RecordEvents", "LoadCounts", "Reserve", "Confirm", "Release", "Fulfill", "SetSafetyStock"})
 """The calls forwarded that change state: one lost with its owner may have been made (R7)."""
-_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                   grpc.StatusCode.DEADLINE_EXCEEDED})
+"""gRPC's own ends of a forwarded call in the owner's hands; DEADLINE_EXCEEDED: ``PEER_CALL_MAX_S`` ran out
+(or the caller's deadline, whom nothing is answered then)."""
 _NOT_SENT = "failed to connect to all addresses"
 """gRPC's own words for a call it never sent: no connection to the owner was made."""
 MAX_PEERS = 64

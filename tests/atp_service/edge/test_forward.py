@@ -20,6 +20,7 @@ from atp_client import AtpClient, RetryPolicy, RoutedClient, parse_moved, place,
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, free_port
 from atp_service.app.certs import make_certs
+from atp_service.edge import forward
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.forward import PEER_RECONNECT_MAX_MS, Forwarder
 from atp_service.edge.peers import step_sender
@@ -434,3 +435,27 @@ async def test_a_peer_whose_tls_handshake_fails_is_said_so_naming_it(
     told = [r for r in caplog.records if getattr(r, "event", None) == "peer_tls_refused"]
     assert len(told) == 1 and getattr(told[0], "peer", None) == address, caplog.records
     assert "handshake" in str(getattr(told[0], "reason", "")).lower()
+
+
+async def test_a_forwarded_change_past_the_peer_calls_bound_is_answered_in_doubt(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forwarded Reserve the owner held longer than ``PEER_CALL_MAX_S`` (its caller's deadline still
+    far off) ended on gRPC's own DEADLINE_EXCEEDED, passed on as if the caller's deadline had run
+    out: a caller taking that as its own timeout saw no OUTCOME_UNKNOWN, while the owner went on and
+    made the reservation (R7). It is in doubt, and answered so."""
+    a, a_address, b, b_address = pair
+    assert b.engine is not None
+    in_hand = InHand(b.engine.reserve)
+    monkeypatch.setattr(forward, "PEER_CALL_MAX_S", 1.0)  # the bound, not the caller's 20 s, ends the call
+    async with AtpClient(a_address, token=TOKEN, timeout_s=20, retry=RetryPolicy()) as via_a, \
+            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
+        await stock(at_b, b.clock.now_ms())
+        moved_away(monkeypatch, a, "reserve", b_address)
+        monkeypatch.setattr(b.engine, "reserve", in_hand)
+        with pytest.raises(grpc.aio.AioRpcError) as bounded:
+            await via_a.reserve("r1", [("A", "L", 2)])
+        in_hand.go.set()
+        await in_hand.landed[0]
+        assert (await at_b.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD  # it was made
+    refusal = typed(bounded.value).refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
