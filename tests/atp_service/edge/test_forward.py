@@ -459,3 +459,27 @@ async def test_a_forwarded_change_past_the_peer_calls_bound_is_answered_in_doubt
         assert (await at_b.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD  # it was made
     refusal = typed(bounded.value).refusal
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
+
+
+async def test_a_forwarded_change_its_owner_cancels_at_its_stop_is_answered_in_doubt(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner's gRPC server stopped with a forwarded Reserve still in hand (past its grace): the
+    owner may have made the change (R7), so the caller hears it in doubt, not a status it could read
+    as its own cancellation or as nothing done."""
+    a, a_address, b, b_address = pair
+    assert b.engine is not None
+    in_hand = InHand(b.engine.reserve)
+    async with AtpClient(a_address, token=TOKEN, timeout_s=20, retry=RetryPolicy()) as via_a, \
+            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
+        await stock(at_b, b.clock.now_ms())
+        moved_away(monkeypatch, a, "reserve", b_address)
+        monkeypatch.setattr(b.engine, "reserve", in_hand)
+        call = asyncio.ensure_future(via_a.reserve("r1", [("A", "L", 2)]))
+        await asyncio.wait_for(in_hand.entered.wait(), 10)
+        await b._stop_server(0)  # the owner's gRPC server stops: the call in hand is cancelled there
+        with pytest.raises(grpc.aio.AioRpcError) as cancelled:
+            await call
+    in_hand.go.set()
+    await asyncio.gather(*in_hand.landed, return_exceptions=True)
+    refusal = typed(cancelled.value).refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
