@@ -131,8 +131,12 @@ def _status_of(refusal: Relayed) -> status_pb2.Status:
     return status_pb2.Status(code=refusal.code.value[0]) if given is None else status_pb2.Status.FromString(given)
 
 
-def _loaded_before_refusal(refusal: Relayed) -> tuple[int, int]:
-    """(rows loaded, rows applied) of its part an owner says it loaded before refusing the rest."""
+def _loaded_before_refusal(refusal: Relayed | DomainError) -> tuple[int, int]:
+    """(rows loaded, rows applied) of its part an owner says it loaded before refusing the rest;
+    none known of a part in doubt (``refusal_of``: the owner lost with it in hand, R7) - its rows
+    are told as refused or in doubt."""
+    if not isinstance(refusal, Relayed):
+        return 0, 0
     for detail in _status_of(refusal).details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info) and "rows_loaded" in info.metadata:

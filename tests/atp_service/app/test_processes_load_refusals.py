@@ -7,13 +7,16 @@ whole block loads the rest (E8: the rows loaded before are duplicates)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 
 from reservation import Limits
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes
 from tests.atp_service.app.test_processes_split import counts_block
+from tests.atp_service.redis_proxy import until
 from tests.atp_service.refusals import refused
 from tests.conftest import ServiceFactory, services_on
 
@@ -107,3 +110,37 @@ async def test_a_load_whose_other_process_is_unreachable_says_what_was_loaded(
     assert "1 of the block's 2 valid rows were loaded" in refusal.message, refusal.message
     (position,) = await client.availability([(here, "DC")])
     assert position.on_hand == 6
+
+
+@pytest.fixture
+async def start_patient(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    """Processes whose leases and Redis replies outlast a short pause of Redis writes."""
+    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, redis_timeout_s=4,
+                                   shards=SHARDS, input_streams=()):
+        yield start
+
+
+async def test_a_load_whose_other_process_is_lost_with_its_part_in_hand_says_what_was_loaded(
+        start_patient: ServiceFactory, redis_url: str) -> None:
+    """Defect: the other process lost with its part in hand (gRPC's UNAVAILABLE, no details: the part
+    is in doubt, R7) failed the whole call "UNKNOWN: Unexpected AttributeError" - not retryable,
+    nothing said of the rows this process loaded. Now it is OUTCOME_UNKNOWN saying what was loaded."""
+    running = await processes(start_patient, 2)
+    (service, client), (other, _) = running
+    here, there = sku_of(owned(service), set()), sku_of(owned(other), set())
+    engine = other.engine
+    assert engine is not None and other._server is not None
+    pause = redis.Redis.from_url(redis_url)
+    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # each part's append waits in Redis
+    try:
+        call = asyncio.ensure_future(client.load_counts(counts_block([there, here], [5, 6], service.clock.now_ms())))
+        await until(lambda: bool(engine.actors[group_of(there)]._inflight), "the other part in hand there")
+        await other._server.stop(None)  # the other process's answer is lost with the part in hand
+    finally:
+        pause.execute_command("CLIENT", "UNPAUSE")
+        pause.close()
+    refusal = await refused(call)
+    assert (refusal.code.name, refusal.reason) == ("UNAVAILABLE", "OUTCOME_UNKNOWN"), refusal
+    assert {k: refusal.metadata.get(k) for k in FACTS} == {"rows_loaded": "1", "rows_applied": "1",
+                                                           "rows_not_loaded": "1"}, refusal
+    assert await on_hand(running, here) == 6
