@@ -98,11 +98,15 @@ def _told(refusal: DomainError | Relayed, out: pb.LoadCountsResponse, rows: int,
     note = (f"; {loaded} of the block's {rows} valid rows were loaded by other shards ({applied} applied) "
             f"and {rows - loaded} were refused or are in doubt: resending the whole block is safe (E8: the rows "
             "loaded count as duplicate)")
-    if isinstance(refusal, DomainError):  # this process's own refusal, made for this call alone
-        refusal.message = refusal.message.replace(NOTHING_APPLIED, PART_NOT_APPLIED) + note
-        refusal.args = (refusal.message,)
-        refusal.metadata.update(facts)
-        return refusal
+    if isinstance(refusal, DomainError):  # this process's own refusal
+        # A copy: a shard answers every message waiting behind a doubt with one exception (``refuse_all``),
+        # so other calls may hold this one and must not read this call's rows.
+        told = type(refusal).__new__(type(refusal))  # not copy.copy: Moved and its kind take other arguments
+        told.__dict__.update(refusal.__dict__)
+        told.message = refusal.message.replace(NOTHING_APPLIED, PART_NOT_APPLIED) + note
+        told.args = (told.message,)
+        told.metadata = {**refusal.metadata, **facts}
+        return told
     return _relayed_with(refusal, note, facts)
 
 

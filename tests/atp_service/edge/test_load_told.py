@@ -10,6 +10,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import DETAILS_KEY, DOMAIN
 from atp_service.edge.forward import Relayed
 from atp_service.edge.load import _loaded_before_refusal, _told
+from reservation import Reason, Unavailable
 
 
 def _owner_refusal(loaded: int, applied: int, of: int) -> Relayed:
@@ -47,3 +48,19 @@ def test_an_owner_refusal_that_loaded_nothing_adds_nothing() -> None:
     refusal = Relayed(grpc.StatusCode.UNAVAILABLE, "owner unreachable", ())
     assert _loaded_before_refusal(refusal) == (0, 0)
     assert _told(refusal, pb.LoadCountsResponse(), 2) is refusal  # nothing loaded anywhere: told as it is
+
+
+def test_one_shard_refusal_told_to_two_calls_tells_each_only_its_own_rows() -> None:
+    """Defect: a shard answers every message waiting behind an append in doubt with one refusal
+    (``refuse_all``), so two LoadCounts calls waiting there hold the same exception, and ``_told``
+    wrote each call's note into it: the second caller read both calls' notes (two different counts
+    of loaded rows in one message) and the first caller's words were changed under it. Now each
+    call is told its own copy."""
+    shared = Unavailable("shard 1: outcome unknown; nothing applied", Reason.OUTCOME_UNKNOWN)
+    first = _told(shared, pb.LoadCountsResponse(applied=1), 2)
+    second = _told(shared, pb.LoadCountsResponse(applied=3), 5)
+    assert isinstance(first, Unavailable) and isinstance(second, Unavailable)
+    assert first.message.count("valid rows were loaded") == 1 and "1 of the block's 2 valid rows" in first.message
+    assert second.message.count("valid rows were loaded") == 1 and "3 of the block's 5 valid rows" in second.message
+    assert (first.metadata["rows_loaded"], second.metadata["rows_loaded"]) == ("1", "3")
+    assert shared.message == "shard 1: outcome unknown; nothing applied" and not shared.metadata
