@@ -73,7 +73,7 @@ class ChannelDesk:
             actor.listeners.append(self.on_durable)
             actor.undo_listeners.append(self.on_undone)
         await self._mark_everything()
-        await self._withdraw_unheld()
+        await self._withdraw_at_start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
 
     @property
@@ -110,11 +110,13 @@ class ChannelDesk:
                                    self.clock.now_ms)
         await self._mark_everything()
 
-    async def _withdraw_unheld(self) -> None:
-        """At the start: a key published once that no recovered position stands behind is shown 0
-        (``unheld``: Redis lost the entries behind it), as nothing would curate it again (C4)."""
+    async def _withdraw_at_start(self) -> None:
+        """At the start, a key published once is shown 0 where nothing would curate it again: one the estate no
+        longer curates (C1: changed while the service was down, a restart being how most deployments apply it, as
+        a reload's passes do) and one no recovered position stands behind (``unheld``: Redis lost its entries, C4)."""
         engine, size = self.engine, self.settings.curate_slice_cells
         for channel in list(self.estate.channels.values()):
+            await withdraw_dropped(self.feeds[channel.name], channel, size, self.clock.now_ms)
             await withdraw_unheld(self.feeds[channel.name], channel,
                                   lambda sku: engine.actors[engine.place(sku)].positions(), size, self.clock.now_ms)
 
