@@ -193,8 +193,7 @@ def count_rows(source: str, skus: Sequence[str], locations: Sequence[str], colum
             raise InvalidArgument(name, f"{len(data)} bytes is not a whole number of {size}-byte values")
     n = len(columns[3]) // 8
     if n > limits.max_rows_per_load:
-        raise InvalidArgument("as_of", f"{n} rows exceed the limit max_rows_per_load={limits.max_rows_per_load}",
-                              Reason.LIMIT_EXCEEDED, "max_rows_per_load")
+        raise _too_many_rows(names, n, limits)
     for name, data, size in zip(names, columns, sizes, strict=True):
         if len(data) // size != n:
             raise InvalidArgument(name, f"{len(data) // size} values for {n} rows (as_of has one per row)")
@@ -213,6 +212,16 @@ def count_rows(source: str, skus: Sequence[str], locations: Sequence[str], colum
             errors[i] = problem(i)
     good = ~bad
     return CountRows(source, skus, locations, si[good], li[good], qty[good], at[good]), errors
+
+
+def _too_many_rows(columns: tuple[str, ...], n: int, limits: Limits) -> InvalidArgument:
+    """A block past ``max_rows_per_load``, naming every per-row column: the rows are all of them
+    together, so naming one (``as_of``) would read as a fault of that column's values."""
+    refusal = InvalidArgument(", ".join(columns), f"{n} rows exceed the limit max_rows_per_load="
+                              f"{limits.max_rows_per_load}: send the block in smaller calls",
+                              Reason.LIMIT_EXCEEDED, "max_rows_per_load")
+    refusal.fields = columns  # one FieldViolation per column
+    return refusal
 
 
 RowProblem = tuple[npt.NDArray[np.bool_], Callable[[int], InvalidArgument]]

@@ -1,6 +1,7 @@
 """LoadCounts against a real service and Redis: a block split by shard; quarantined rows reach the
 quarantine stream and the counters even when another shard of the same block refuses its part
-(E6: never dropped silently), and a quarantine stream that cannot be written refuses the call."""
+(E6: never dropped silently), and a quarantine stream that cannot be written refuses the call; a
+block past max_rows_per_load or max_message_bytes is refused whole."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import redis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app.service import AtpService
+from reservation import Limits
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.refusals import said
+from tests.atp_service.refusals import fields_of, refused, said
 from tests.conftest import ServiceFactory
 
 HOUR = 3_600_000
@@ -71,3 +73,31 @@ async def test_a_quarantine_stream_that_cannot_be_written_refuses_the_call(
         await client.load_counts(_block([f"{first}x", first], [now, now - 30 * HOUR]))
     assert said(told.value) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNREACHABLE")
     assert _counted(service) == {"applied": 1, "unavailable": 1}  # the late row: durable, not yet streamed
+
+
+async def test_a_block_past_max_rows_per_load_is_refused_naming_the_row_columns_and_one_at_it_loads(
+        start_service: ServiceFactory) -> None:
+    """The rows of a block are its four per-row columns together; a block of too many rows is
+    refused naming them all (not ``as_of`` alone, which reads as a fault of the as-of times)."""
+    service, client = await start_service(limits=Limits(max_rows_per_load=3))
+    now = service.clock.now_ms()
+    answer = await client.load_counts(_block(["A", "B", "C"], [now] * 3))  # at the bound: loaded
+    assert answer.applied == 3
+    refusal = await refused(client.load_counts(_block(["D", "E", "F", "G"], [now] * 4)))
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED")
+    assert fields_of(refusal) == ["sku_index", "location_index", "on_hand", "as_of"]
+    assert refusal.metadata["limit"] == "max_rows_per_load"
+    assert "4 rows" in refusal.message and "max_rows_per_load=3" in refusal.message
+    assert [p.on_hand for p in await client.availability([("D", "L1"), ("A", "L1")])] == [0, 5]  # nothing of it
+
+
+async def test_a_block_past_max_message_bytes_is_refused_whole_and_a_smaller_one_loads(
+        start_service: ServiceFactory) -> None:
+    service, client = await start_service(max_message_bytes=64 << 10)
+    now = service.clock.now_ms()
+    skus = [f"sku-{i:0120d}" for i in range(600)]  # ~75 KB of names: past 64 KiB
+    with pytest.raises(grpc.aio.AioRpcError) as told:
+        await client.load_counts(_block(skus, [now] * len(skus)))
+    assert told.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own: send smaller ones
+    assert (await client.availability([(skus[0], "L1")]))[0].on_hand == 0
+    assert (await client.load_counts(_block(skus[:300], [now] * 300))).applied == 300
