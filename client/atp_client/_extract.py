@@ -195,8 +195,8 @@ class Extract:
                 found = parse_time(text) if text else self._as_of
                 if found is None:
                     found = "as_of: no time for this row (give the column or --as-of)"
-            except ValueError as exc:
-                found = str(exc)
+            except ValueError as exc:  # named by its column, as every other reason is: a file may have two times
+                found = f"as_of: not a time (RFC 3339 with a zone, or epoch ms): {exc}"
             if len(self._times) >= MAX_TIMES:
                 self._times.clear()
             self._times[raw] = found

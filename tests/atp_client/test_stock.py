@@ -55,12 +55,17 @@ def test_rows_become_counts_and_bad_rows_are_kept_aside(reader: str) -> None:
             "C,S1,-1,\n"                     # negative
             ",S1,3,\n"                       # no sku
             " A ,S2,4,\n"                    # spaces around a name are not part of it
-            "E,S1,2,yesterday\n")            # a time nobody can read
+            "E,S1,2,yesterday\n"             # a time nobody can read
+            "F,S1,2,2026-13-01T00:00:00Z\n"  # no such month
+            "G,S1,2,2026-11-28T07:00:00\n"   # no time zone
+            "H,S1,2,-5\n")                   # neither RFC 3339 nor epoch ms
     good, bad, rows = _read(text.encode())
     assert good == [(2, "A", "S1", 5, T0), (3, "B", "S1", 7, T0 + 3_600_000), (6, "A", "S2", 4, T0)]
-    assert rows == 6
+    assert rows == 9
+    # every reason names its column, as the service's do: a time's fault is the as_of column's
     assert [(line, reason.split(":")[0]) for line, reason in bad] == [
-        (4, "on_hand"), (5, "sku and location"), (7, "Invalid isoformat string")]
+        (4, "on_hand"), (5, "sku and location"), (7, "as_of"), (8, "as_of"), (9, "as_of"), (10, "as_of")]
+    assert "'yesterday'" in dict(bad)[7] and "time zone" in dict(bad)[9]  # and still what is wrong with it
 
 
 def test_an_odd_line_sends_its_piece_row_by_row_with_every_line_number_right() -> None:
