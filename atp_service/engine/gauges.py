@@ -1,0 +1,57 @@
+"""``atp_oversold_units`` (Q5: never hidden) kept current a bounded slice of the arrays at a time.
+
+Summed over every position of every shard in one go, once a second, the gauge held the event loop
+(every shard, call and lease renewal) for ~2.6 ms per million positions: ~13 ms at 5 M positions,
+~80 ms every second at the 30 M estate on 16 shards (``benchmarks/RESULTS.md``), a stall that
+``ATPEventLoopLag`` is about."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from reservation import PositionStore
+
+OVERSOLD_SLOTS_PER_PASS = 1_000_000
+"""Position slots one housekeeping pass sums for ``atp_oversold_units``, at most (~2.5 ms of numpy);
+the sweep goes on where it stopped at the next pass. At the default 100 ms period a 30 M estate is
+swept in about 3 s (the ``ATPOversold`` alert waits a minute); a shard's part of the gauge changes
+when its own sweep ends, so the gauge never shows a half-summed shard."""
+
+
+class HasPositions(Protocol):
+    def positions(self) -> PositionStore: ...
+
+
+class OversoldSweep:
+    """Sums oversold units shard after shard, at most ``slots_per_pass`` slots per ``step``."""
+
+    def __init__(self, shards: Sequence[HasPositions], slots_per_pass: int | None = None) -> None:
+        slots_per_pass = OVERSOLD_SLOTS_PER_PASS if slots_per_pass is None else slots_per_pass
+        if slots_per_pass < 1:
+            raise ValueError(f"slots_per_pass: must be at least 1, got {slots_per_pass}")
+        self._shards, self._slots_per_pass = shards, slots_per_pass
+        self._summed = [0] * len(shards)
+        """Per shard: the oversold units of its last complete sweep."""
+        self._shard = self._at = self._partial = 0  # the sweep in progress: which shard, how far, its sum
+        self._store: PositionStore | None = None  # the store being swept (a recovery may replace it)
+
+    def step(self) -> int:
+        """Sum the next slots (``slots_per_pass`` at most, over one shard or several); returns the
+        oversold units over all shards as of each one's last complete sweep."""
+        budget = self._slots_per_pass
+        for _ in range(len(self._shards)):
+            if budget <= 0:
+                break
+            store = self._shards[self._shard].positions()
+            if store is not self._store:  # a new sweep of this shard (or its store was replaced: anew)
+                self._store, self._at, self._partial = store, 0, 0
+            stop = min(store.slots, self._at + budget)
+            self._partial += store.oversold_units(self._at, stop)
+            budget -= max(1, stop - self._at)  # an empty shard costs a little too: the budget always runs out
+            self._at = stop
+            if stop < store.slots:  # the rest of this shard at the next step
+                break
+            self._summed[self._shard] = self._partial
+            self._shard, self._store = (self._shard + 1) % len(self._shards), None
+        return sum(self._summed)
