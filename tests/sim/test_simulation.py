@@ -259,6 +259,13 @@ async def test_processes_whose_clocks_disagree_stamp_each_group_in_order() -> No
     assert tally.kills and tally.process_pauses and tally.tail_losses, tally
 
 
+async def test_an_order_given_up_whole_before_its_ttl_is_no_early_expiry() -> None:
+    """``--seed 71202 --processes 3 --lose-tail --clock-skew --late-across-steps``: Redis lost r125's part in
+    group 2 and its Confirm gave the order up whole (R2: its hold there gone), long before its TTL; the stamp
+    checker took that for an expiry counted on a wrong clock (R3) and failed the seed."""
+    await Driver(71202, processes=3, lose_tail=True, clock_skew=True, late_across_steps=True).run(60)
+
+
 def test_a_stamp_below_one_its_group_logged_is_a_violation() -> None:
     """The checker itself (``stamps.py``) can fail: R6 across entries of one group, R3 by the group's stamps."""
     log = SimLog()
