@@ -350,14 +350,27 @@ def _amounts(rec: Reservation, lines: tuple[LineRequest, ...], room: _Room, what
     for n, req in enumerate(lines):
         at = records.get((req.sku, req.location))
         if at is None:
-            raise InvalidArgument(f"lines[{n}]", f"{req.sku}@{req.location} is not a line of this reservation")
+            raise _not_a_line(rec, n, req)
         rooms = [room(rec.lines[i]) for i in at]
         if req.quantity > sum(rooms):
-            raise InvalidArgument(f"lines[{n}].quantity", f"{req.quantity} exceeds the {sum(rooms)} units {what}")
+            refused = not any(rec.lines[i].granted for i in at)
+            why = f" (the line was not granted: {Outcome(rec.lines[at[0]].outcome).name})" if refused else ""
+            raise InvalidArgument(f"lines[{n}].quantity",
+                                  f"{req.quantity} exceeds the {sum(rooms)} units {what}{why}")
         left = req.quantity
         for i, units in zip(at, rooms, strict=True):
             amounts[i], left = min(left, units), left - min(left, units)
     return amounts
+
+
+def _not_a_line(rec: Reservation, n: int, req: LineRequest) -> InvalidArgument:
+    """A request line naming no position of the reservation. One naming a group line it granted says
+    where its units are: the Reserve answer shows the line under its group, while release and
+    fulfilment work on the positions the group gave (its allocations)."""
+    given = [f"{line.location} ({line.granted})" for line in rec.lines
+             if line.group == req.location and line.sku == req.sku and line.granted]
+    where = f"; group {req.location!r} gave its units at {', '.join(given)}: name those locations" if given else ""
+    return InvalidArgument(f"lines[{n}]", f"{req.sku}@{req.location} is not a line of this reservation{where}")
 
 
 class _Room(Protocol):

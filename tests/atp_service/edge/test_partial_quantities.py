@@ -82,3 +82,22 @@ async def test_a_shipment_of_more_than_every_record_committed_fulfils_them_all_R
     assert [line.fulfilled for line in rec.lines] == [5, 3]
     (a,) = await client.availability([("A", "store-2")])
     assert (a.on_hand, a.committed, a.available) == (1, 0, 1)
+
+
+async def test_releasing_a_group_line_by_its_group_or_a_refused_line_names_why_it_is_refused_R3(
+        start_service: ServiceFactory, tmp_path: Path) -> None:
+    """A partial reservation (R2: each line alone) answers its group line under the group's name and
+    a line it refused as INSUFFICIENT; a release naming either says why it is refused, precisely."""
+    _, client = await start_service(clock=ManualClock(T0), estate=write_estate(tmp_path, ESTATE))
+    await client.record_events([fact("in-1", "FACT_KIND_RECEIPT", 4)])
+    held = await client.reserve("r2", [("A", "north-first", 3), ("A", "dc-1", 2)], channel="web", allow_partial=True)
+    assert [(line.location, line.outcome) for line in held.lines] == [
+        ("north-first", pb.LINE_OUTCOME_GRANTED), ("dc-1", pb.LINE_OUTCOME_INSUFFICIENT)]
+    by_group = await refused(client.release("r2", [("A", "north-first", 1)], operation_id="by-group"))
+    assert by_group.code == grpc.StatusCode.INVALID_ARGUMENT and fields_of(by_group) == ["lines[0]"]
+    assert "group 'north-first' gave its units at store-2 (3): name those locations" in by_group.message
+    not_granted = await refused(client.release("r2", [("A", "dc-1", 1)], operation_id="not-granted"))
+    assert not_granted.code == grpc.StatusCode.INVALID_ARGUMENT and fields_of(not_granted) == ["lines[0].quantity"]
+    assert "the line was not granted: INSUFFICIENT" in not_granted.message
+    rec = await client.release("r2", [("A", "store-2", 1)], operation_id="at-store")  # the position it gave
+    assert [(line.location, line.held) for line in rec.lines] == [("store-2", 2), ("dc-1", 0)]
