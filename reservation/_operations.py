@@ -8,6 +8,7 @@ real change that stands, and then refuses.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ._allocate import GroupPolicy, allocate
@@ -205,6 +206,16 @@ def fulfill_committed(
     return fulfill(view, reservation_id, lines, operation_id, now, limits, ship=False)
 
 
+def per_position(lines: Iterable[LineRecord], amount: Callable[[LineRecord], int]) -> dict[tuple[str, str], int]:
+    """``amount`` of ``lines`` summed per position: one may stand in several records of a reservation (a
+    plain line and a group line given by the same location, two groups sharing a member), and a cap
+    or a check against its last record alone left units held or committed for good (R3, R4)."""
+    sums: dict[tuple[str, str], int] = {}
+    for line in lines:
+        sums[(line.sku, line.location)] = sums.get((line.sku, line.location), 0) + amount(line)
+    return sums
+
+
 def _within_committed(rec: Reservation | None, lines: tuple[LineRequest, ...],
                       operation_id: str) -> tuple[LineRequest, ...]:
     """``lines`` capped at what each has committed, for a CONFIRMED reservation. A line with nothing
@@ -212,9 +223,7 @@ def _within_committed(rec: Reservation | None, lines: tuple[LineRequest, ...],
     (R5: compared with what was recorded)."""
     if rec is None or rec.state != State.CONFIRMED or operation_id in rec.ops:
         return lines
-    committed: dict[tuple[str, str], int] = {}
-    for line in rec.lines:  # a position may stand in several records (``_amounts``): their sum
-        committed[(line.sku, line.location)] = committed.get((line.sku, line.location), 0) + line.committed
+    committed = per_position(rec.lines, lambda line: line.committed)
     capped = []
     for req in lines:
         room = committed.get((req.sku, req.location), 0)

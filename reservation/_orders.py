@@ -243,13 +243,7 @@ def _partial_share(view_: View, part: Reservation, share: Share, now: int, limit
     fulfil = share.kind == OrderStep.FULFIL
     if part.state not in ((State.CONFIRMED,) if fulfil else (State.HELD, State.CONFIRMED)):
         return part  # resolved meanwhile by SHIPMENT facts: nothing of it is left to move
-    # A position may stand in several records of the part (a plain line and a group line given by the
-    # same location, ``_amounts``): its room is their sum. The last record's alone capped the share,
-    # and units the order had released or shipped stayed held or committed at the part for good.
-    room: dict[tuple[str, str], int] = {}
-    for line in part.lines:
-        key = (line.sku, line.location)
-        room[key] = room.get(key, 0) + (line.committed if fulfil else line.outstanding)
+    room = ops.per_position(part.lines, lambda line: line.committed if fulfil else line.outstanding)
     lines = tuple(LineRequest(line.sku, line.location, fitting) for line in share.lines
                   if (fitting := min(line.quantity, room.get((line.sku, line.location), 0))) > 0)
     if not lines:
