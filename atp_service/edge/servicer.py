@@ -22,7 +22,7 @@ from atp_service.edge.load import load_counts
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.record import record_events
 from atp_service.edge.routing import RoutingTable, routing_pb, single_process
-from atp_service.edge.streams import OwnerStreams, check_answer_size
+from atp_service.edge.streams import OwnerStreams, check_answer_size, when_settled
 from atp_service.edge.watch import Watchers
 from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
@@ -285,8 +285,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             await self._end_stream("ReserveStream", started, context, exc)
         owners = OwnerStreams(self.forwarder, context)
         inflight: Batches = asyncio.Queue(self._max_inflight)
-        cut_short = False
-        reader = asyncio.ensure_future(self._take_batches(request_iterator, owners, inflight))
+        cut_short, deciding = False, set[asyncio.Task[pb.ReserveStreamResponse]]()
+        reader = asyncio.ensure_future(self._take_batches(request_iterator, owners, inflight, deciding))
         try:
             while (task := await inflight.get()) is not None:
                 try:
@@ -302,10 +302,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         finally:
             reader.cancel()
             if reader.done() and not reader.cancelled():
-                # Its error (a malformed batch) ends the stream when awaited above; when the caller is
-                # gone first, retrieve it so asyncio logs no "exception was never retrieved" per stream.
+                # Its error ends the stream above; a caller gone first: retrieved, else logged "never retrieved".
                 reader.exception()
-            self._leave_stream()
+            when_settled(deciding, self._leave_stream)  # its place is held while its batches are decided
             await owners.aclose()  # a batch still being decided here gets its owners' parts refused
         if cut_short:
             await self._end_stream("ReserveStream", started, context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
@@ -317,14 +316,16 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         await abort(context, exc)
 
     async def _take_batches(self, requests: AsyncIterator[pb.ReserveStreamRequest], owners: OwnerStreams,
-                            inflight: Batches) -> bool:
-        """A stream's batches, each being decided as it is read, queued to be answered in order
-        (``max_stream_inflight`` at most), then the end mark (None). True: cut short by a stop."""
+                            inflight: Batches, deciding: set[asyncio.Task[pb.ReserveStreamResponse]]) -> bool:
+        """A stream's batches, each being decided as it is read (in ``deciding`` until it is), queued to be
+        answered in order (``max_stream_inflight`` at most), then the end mark (None). True: cut short by a stop."""
         try:
             async for batch in self.drain.until_closed(requests):
                 self._check_batch_size(batch)  # before reading on: nothing after it is decided
                 task = asyncio.ensure_future(self._reserve_batch(batch, owners))
                 task.add_done_callback(exception_seen)  # a caller gone early leaves no "never retrieved"
+                deciding.add(task)
+                task.add_done_callback(deciding.discard)
                 await inflight.put(task)
         except asyncio.CancelledError:
             # The stream has ended (its caller gone): nobody reads the queue any more, so waiting for
@@ -338,8 +339,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         return self.drain.closing  # else the client ended its stream
 
     def _enter_stream(self) -> None:
-        """A ReserveStream begins (pair with ``_leave_stream``): refused past ``max_reserve_streams``,
-        as each open one may hold ``max_stream_inflight`` batches and their answers."""
+        """A ReserveStream begins (``_leave_stream`` once its batches are decided), up to ``max_reserve_streams``."""
         self.drain.enter()
         if self.reserve_streams >= self._max_streams:
             self.drain.leave()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -188,6 +189,27 @@ class OwnerStreams:
             stream.close()
         if self._readers:  # a replaced stream's reader too: its call has been cancelled
             await asyncio.wait(list(self._readers))
+
+
+def when_settled(batches: set[asyncio.Task[Any]], then: Callable[[], None]) -> None:
+    """Call ``then`` once every task of ``batches`` has ended (now, when none is running). An ended
+    stream's batches go on being decided (R8: applied whole, a retry replays them), each holding its
+    request and its answer: were its place among ``max_reserve_streams`` freed at once, a caller
+    opening and cancelling streams while Redis is slow would leave batches behind without bound."""
+    running = [task for task in batches if not task.done()]
+    if not running:
+        then()
+        return
+    left = len(running)
+
+    def ended(_task: asyncio.Task[Any]) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            then()
+
+    for task in running:
+        task.add_done_callback(ended)
 
 
 def check_answer_size(answer: pb.ReserveStreamResponse, batch: int, max_message_bytes: int) -> None:

@@ -158,3 +158,44 @@ async def test_a_stop_with_batches_in_flight_answers_them_and_loses_none_R8(
     for rid in answered:
         got = await client2.stub.GetReservation(pb.GetReservationRequest(reservation_id=rid))
         assert got.reservation.state == pb.RESERVATION_STATE_HELD, rid
+
+
+def _readers() -> list[asyncio.Task[Any]]:
+    """The servicer's stream readers still running: one per ReserveStream whose handler has not ended."""
+    return [t for t in stream_tasks() if t.get_coro().__qualname__.endswith("._take_batches")]
+
+
+async def test_a_cancelled_stream_keeps_its_place_until_its_batches_are_decided_R8(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A cancelled stream's batches go on being decided (R8), each holding its request and answer
+    (up to ``max_message_bytes`` apiece). Its place among ``max_reserve_streams`` was freed at once,
+    so a caller opening, filling and cancelling streams while Redis was slow left ``max_stream_inflight``
+    + 1 batches behind per stream, without bound: the service's memory grew until it was killed.
+    Now the place is held until they are decided: the next stream is refused CAPACITY_REACHED."""
+    service, client = await start_service(max_stream_inflight=2, max_reserve_streams=1)
+    await client.record_events([receipt("seed", "A", "S1", 100)])
+    pause = redis.Redis.from_url(redis_url)
+    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+    try:
+        call = client.stub.ReserveStream()
+        for k in range(4):
+            await call.write(_batch(f"k{k}"))
+        await until(lambda: len(stream_tasks()) >= 3, "the stream's batches being decided", 20)
+        call.cancel()
+        await until(lambda: not _readers(), "the cancelled stream's handler ended", 20)
+        assert service._servicer.reserve_streams == 1  # its batches still wait on Redis
+        refused = client.stub.ReserveStream()
+        await refused.write(_batch("k-next"))
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await refused.read()
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_reserve_streams" in (ended.value.details() or "")
+    finally:
+        pause.execute_command("CLIENT", "UNPAUSE")
+        pause.close()
+    await until(lambda: service._servicer.reserve_streams == 0, "the place freed once its batches are decided", 20)
+    assert not stream_tasks()
+    again = client.stub.ReserveStream()
+    await again.write(_batch("k0"))
+    assert len((await again.read()).outcomes) == 1
+    await again.done_writing()
