@@ -190,8 +190,8 @@ class ServiceConfig:
     """Batches one ReserveStream may have in progress at once (flow control)."""
 
     max_reserve_streams: int = 1024
-    """ReserveStream calls open at once; more are refused with RESOURCE_EXHAUSTED. Each may hold
-    ``max_stream_inflight`` batches and their answers, so this bounds what all of them hold together;
+    """ReserveStream calls open at once (one cancelled counts until its batches are decided); more are refused
+    RESOURCE_EXHAUSTED. Each holds ``max_stream_inflight`` batches and answers at most: this bounds them all;
     streams the other processes open on behalf of theirs (``ownership = leases``) count too."""
 
     shutdown_grace_s: float = 5.0
