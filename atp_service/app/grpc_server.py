@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app.keyspace import StartupError
+from atp_service.app.peering import check_peer_token
 from atp_service.app.tracing import Tracing
 from atp_service.config import ServiceConfig
 from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
@@ -96,6 +97,8 @@ def server_interceptors(cfg: ServiceConfig, tracing: Tracing | None,
         raise StartupError(f"callers_file: cannot read {cfg.callers_file} ({exc.strerror})") from None
     except CallersError as exc:
         raise StartupError(f"callers_file: {cfg.callers_file}: {exc}") from None
+    if cfg.ownership == "leases":
+        check_peer_token(cfg, callers)
     log.info("auth on: %d callers from %s", len(callers), cfg.callers_file)
     return [*traced, AuthInterceptor(callers, metrics)]
 

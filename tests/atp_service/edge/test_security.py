@@ -222,3 +222,29 @@ async def test_rediss_url_talks_tls_to_redis(tls_redis: str) -> None:
     async with AtpClient(f"127.0.0.1:{restarted.port}") as client:
         assert (await client.get_reservation("r")).state == pb.RESERVATION_STATE_HELD
     await restarted.stop(grace_s=0.1)
+
+
+@pytest.mark.parametrize(("peer_file", "named"), [
+    (b"not-a-token-of-the-callers-file", "not a caller with the peer role"),
+    (b"oms-token-given-by-mistake", "not a caller with the peer role"),
+    (b"\xff\xfe-not-text", "not UTF-8"),
+])
+async def test_a_peer_token_the_processes_would_refuse_stops_the_start(redis_url: str, tmp_path: Path,
+                                                                       peer_file: bytes, named: str) -> None:
+    """The peer token was read as is: one missing from the callers file, or of a caller without the
+    peer role, started a process that reported SERVING while every order step and every input-stream
+    fact it sent another process was refused (orders spanning processes stayed undecided, their units
+    held); a file that was not UTF-8 crashed the start with a traceback (exit status 1)."""
+    oms = "oms-token-given-by-mistake"
+    callers = tmp_path / "callers.toml"
+    callers.write_text(f'[[callers]]\nname = "orders"\nroles = ["oms"]\ntoken_sha256 = "{token_hash(oms)}"\n')
+    (tmp_path / "peer.token").write_bytes(peer_file)
+    config = make_config(auth="on", callers_file=callers, ownership="leases", port=free_port(),
+                         peer_token_file=tmp_path / "peer.token")
+    config = make_config(**{**vars(config), "advertise_address": f"127.0.0.1:{config.port}"})
+    service = AtpService(config, redis_url)
+    try:
+        with pytest.raises(StartupError, match=f"peer_token_file: .*{named}"):
+            await service.start()
+    finally:
+        await service.stop(grace_s=0)
