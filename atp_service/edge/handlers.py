@@ -120,6 +120,11 @@ def _unary_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
 
 
 def _unary_stream(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
+    if not inspect.isasyncgenfunction(behaviour):
+        # A coroutine writing its answers with ``context.write`` (the health service's Watch): awaited,
+        # not iterated, which ended every such call UNKNOWN with a traceback in the log.
+        return _unary_unary(refuse, behaviour)
+
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         if type(request) is Malformed:
             await refuse(request, context)

@@ -248,3 +248,20 @@ async def test_a_peer_token_the_processes_would_refuse_stops_the_start(redis_url
             await service.start()
     finally:
         await service.stop(grace_s=0)
+
+
+async def test_health_watch_answers_without_a_token(start_service: ServiceFactory,
+                                                    tokens: tuple[Path, dict[str, str]]) -> None:
+    """Health.Watch (a coroutine writing its answers, not an async generator) went through the
+    stream wrapper of ``handlers``, which iterated it: every Watch ended UNKNOWN ("'coroutine' object
+    has no attribute 'aclose'") with an ERROR traceback per call, so a probe or load balancer watching
+    health never saw a status, and any caller, needing no token, could fill the log with them."""
+    callers, _ = tokens
+    _, anonymous = await start_service(auth="on", callers_file=callers)
+    health = health_pb2_grpc.HealthStub(anonymous.channel)
+    watched = health.Watch(health_pb2.HealthCheckRequest(service=""))
+    assert (await watched.read()).status == health_pb2.HealthCheckResponse.SERVING
+    watched.cancel()
+    unknown = health.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert (await unknown.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+    unknown.cancel()
