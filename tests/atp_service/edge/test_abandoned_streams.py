@@ -5,6 +5,8 @@ cancelled ReserveStream had sent is decided durably, once (R8, R5)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,18 +98,8 @@ async def test_a_cancelled_streams_batches_settle_durably_and_a_retry_is_answere
     service restarted on the same Redis knows them."""
     service, client = await start_service(max_stream_inflight=2)
     await client.record_events([receipt("seed", "A", "S1", 100)])
-    pause = redis.Redis.from_url(redis_url)
-    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
-    try:
-        call = client.stub.ReserveStream()
-        for k in range(4):
-            await call.write(_batch(f"c{k}-0", f"c{k}-1"))
-        # The reader and the batches it has taken (``max_stream_inflight``) waiting on Redis.
-        await until(lambda: len(stream_tasks()) >= 3, "the stream's batches being decided", 20)
-        call.cancel()
-    finally:
-        pause.execute_command("CLIENT", "UNPAUSE")
-        pause.close()
+    with writes_paused(redis_url):
+        await cancelled_while_deciding(client, [_batch(f"c{k}-0", f"c{k}-1") for k in range(4)])
     await until(lambda: service._servicer.reserve_streams == 0, "the cancelled stream ended", 20)
     retry = client.stub.ReserveStream()
     answers = []
@@ -160,6 +152,29 @@ async def test_a_stop_with_batches_in_flight_answers_them_and_loses_none_R8(
         assert got.reservation.state == pb.RESERVATION_STATE_HELD, rid
 
 
+@contextlib.contextmanager
+def writes_paused(redis_url: str) -> Iterator[None]:
+    """Redis holding every write (``CLIENT PAUSE WRITE``) until the block ends."""
+    pause = redis.Redis.from_url(redis_url)
+    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+    try:
+        yield
+    finally:
+        pause.execute_command("CLIENT", "UNPAUSE")
+        pause.close()
+
+
+async def cancelled_while_deciding(client: AtpClient, batches: list[pb.ReserveStreamRequest]) -> Any:
+    """A ReserveStream sent ``batches``, cancelled once its reader and the batches it has taken
+    (``max_stream_inflight``) wait on Redis: the call."""
+    call = client.stub.ReserveStream()
+    for batch in batches:
+        await call.write(batch)
+    await until(lambda: len(stream_tasks()) >= 3, "the stream's batches being decided", 20)
+    call.cancel()
+    return call
+
+
 def _readers() -> list[asyncio.Task[Any]]:
     """The servicer's stream readers still running: one per ReserveStream whose handler has not ended."""
     return [t for t in stream_tasks() if t.get_coro().__qualname__.endswith("._take_batches")]
@@ -174,14 +189,8 @@ async def test_a_cancelled_stream_keeps_its_place_until_its_batches_are_decided_
     Now the place is held until they are decided: the next stream is refused CAPACITY_REACHED."""
     service, client = await start_service(max_stream_inflight=2, max_reserve_streams=1)
     await client.record_events([receipt("seed", "A", "S1", 100)])
-    pause = redis.Redis.from_url(redis_url)
-    pause.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
-    try:
-        call = client.stub.ReserveStream()
-        for k in range(4):
-            await call.write(_batch(f"k{k}"))
-        await until(lambda: len(stream_tasks()) >= 3, "the stream's batches being decided", 20)
-        call.cancel()
+    with writes_paused(redis_url):
+        await cancelled_while_deciding(client, [_batch(f"k{k}") for k in range(4)])
         await until(lambda: not _readers(), "the cancelled stream's handler ended", 20)
         assert service._servicer.reserve_streams == 1  # its batches still wait on Redis
         refused = client.stub.ReserveStream()
@@ -190,9 +199,6 @@ async def test_a_cancelled_stream_keeps_its_place_until_its_batches_are_decided_
             await refused.read()
         assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_reserve_streams" in (ended.value.details() or "")
-    finally:
-        pause.execute_command("CLIENT", "UNPAUSE")
-        pause.close()
     await until(lambda: service._servicer.reserve_streams == 0, "the place freed once its batches are decided", 20)
     assert not stream_tasks()
     again = client.stub.ReserveStream()

@@ -9,6 +9,7 @@ other owns the call's group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,24 @@ class InHand:
         return await asyncio.shield(self.landed[0])
 
 
+@contextlib.asynccontextmanager
+async def held_at_the_owner(pair: Pair, monkeypatch: pytest.MonkeyPatch, via: str, timeout_s: float
+                            ) -> AsyncIterator[tuple[asyncio.Future[Any], InHand, AtpClient]]:
+    """A Reserve of r1 sent to A, forwarded to its owner B through ``via`` (B's address, or a relay to
+    it), whose engine holds it in hand (``InHand``): the caller's call, the hand, a client of B."""
+    a, a_address, b, b_address = pair
+    assert b.engine is not None
+    in_hand = InHand(b.engine.reserve)
+    async with AtpClient(a_address, token=TOKEN, timeout_s=timeout_s, retry=RetryPolicy()) as via_a, \
+            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
+        await stock(at_b, b.clock.now_ms())
+        moved_away(monkeypatch, a, "reserve", via)
+        monkeypatch.setattr(b.engine, "reserve", in_hand)
+        call = asyncio.ensure_future(via_a.reserve("r1", [("A", "L", 2)]))
+        await asyncio.wait_for(in_hand.entered.wait(), 10)
+        yield call, in_hand, at_b
+
+
 class Relay:
     """A TCP relay to a peer process: the connection between two processes, which ``cut`` ends as a
     host that died does (open connections reset, new ones refused)."""
@@ -300,19 +319,8 @@ async def test_a_forwarded_change_whose_owner_is_lost_mid_call_is_answered_in_do
     it again, until the caller was told so. The owner had made the reservation all the same (R7):
     a caller taking "not reached" at its word sells the units again under a new id, and the first
     hold stays until its TTL. It is in doubt, and answered so: OUTCOME_UNKNOWN, not retried by gRPC."""
-    a, a_address, b, b_address = pair
-    relay = Relay(b_address)
-    via_relay = await relay.start()
-    assert b.engine is not None
-    in_hand = InHand(b.engine.reserve)
-
-    async with AtpClient(a_address, token=TOKEN, timeout_s=10, retry=RetryPolicy()) as via_a, \
-            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
-        await stock(at_b, b.clock.now_ms())
-        moved_away(monkeypatch, a, "reserve", via_relay)
-        monkeypatch.setattr(b.engine, "reserve", in_hand)
-        call = asyncio.ensure_future(via_a.reserve("r1", [("A", "L", 2)]))
-        await asyncio.wait_for(in_hand.entered.wait(), 10)
+    relay = Relay(pair[3])
+    async with held_at_the_owner(pair, monkeypatch, await relay.start(), 10) as (call, in_hand, at_b):
         await relay.cut()
         with pytest.raises(grpc.aio.AioRpcError) as lost:
             await call
@@ -443,17 +451,10 @@ async def test_a_forwarded_change_past_the_peer_calls_bound_is_answered_in_doubt
     far off) ended on gRPC's own DEADLINE_EXCEEDED, passed on as if the caller's deadline had run
     out: a caller taking that as its own timeout saw no OUTCOME_UNKNOWN, while the owner went on and
     made the reservation (R7). It is in doubt, and answered so."""
-    a, a_address, b, b_address = pair
-    assert b.engine is not None
-    in_hand = InHand(b.engine.reserve)
     monkeypatch.setattr(forward, "PEER_CALL_MAX_S", 1.0)  # the bound, not the caller's 20 s, ends the call
-    async with AtpClient(a_address, token=TOKEN, timeout_s=20, retry=RetryPolicy()) as via_a, \
-            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
-        await stock(at_b, b.clock.now_ms())
-        moved_away(monkeypatch, a, "reserve", b_address)
-        monkeypatch.setattr(b.engine, "reserve", in_hand)
+    async with held_at_the_owner(pair, monkeypatch, pair[3], 20) as (call, in_hand, at_b):
         with pytest.raises(grpc.aio.AioRpcError) as bounded:
-            await via_a.reserve("r1", [("A", "L", 2)])
+            await call
         in_hand.go.set()
         await in_hand.landed[0]
         assert (await at_b.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD  # it was made
@@ -466,17 +467,8 @@ async def test_a_forwarded_change_its_owner_cancels_at_its_stop_is_answered_in_d
     """The owner's gRPC server stopped with a forwarded Reserve still in hand (past its grace): the
     owner may have made the change (R7), so the caller hears it in doubt, not a status it could read
     as its own cancellation or as nothing done."""
-    a, a_address, b, b_address = pair
-    assert b.engine is not None
-    in_hand = InHand(b.engine.reserve)
-    async with AtpClient(a_address, token=TOKEN, timeout_s=20, retry=RetryPolicy()) as via_a, \
-            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
-        await stock(at_b, b.clock.now_ms())
-        moved_away(monkeypatch, a, "reserve", b_address)
-        monkeypatch.setattr(b.engine, "reserve", in_hand)
-        call = asyncio.ensure_future(via_a.reserve("r1", [("A", "L", 2)]))
-        await asyncio.wait_for(in_hand.entered.wait(), 10)
-        await b._stop_server(0)  # the owner's gRPC server stops: the call in hand is cancelled there
+    async with held_at_the_owner(pair, monkeypatch, pair[3], 20) as (call, in_hand, _):
+        await pair[2]._stop_server(0)  # the owner's gRPC server stops: the call in hand is cancelled there
         with pytest.raises(grpc.aio.AioRpcError) as cancelled:
             await call
     in_hand.go.set()
