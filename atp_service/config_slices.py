@@ -67,6 +67,14 @@ while feeds fill their batches, and most writes of what is due (stock-outs first
 two other publishings of stock-outs write once each. ~16,000 updates a channel a round keep a burst's changes
 moving, while a larger backlog (a new channel's baseline) goes out over rounds, curation running between."""
 
+CELLS_PER_OFFER = 3
+"""Curated cells one offer to a feed counts as when a round offers its changes between turns of the event loop
+(``curate_slice_cells // CELLS_PER_OFFER`` offers a slice). An offer is a Python step per changed key, several times a
+numpy cell's cost: sliced by ``curate_slice_cells`` itself, a slice held the loop 25-45 ms under a burst, and each hop
+of the desk's write on its way waited for one (a stock-out behind it: p99 ~120 ms in ``benchmarks/publish.py``). Smaller
+slices give the loop to ingest more often and to the desk less: 10 gave stock-outs p99 20 ms but ordinary changes
++350 ms at p50; 3 gives 44 ms and +80 ms (ordinary changes' p99 1,030 ms, was 1,300)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelSettings:

@@ -24,7 +24,7 @@ from atp_service.channels.marks import mark_skus, remark, velocity_at, velocity_
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
 from atp_service.channels.urgent import UrgentWrites
 from atp_service.config import ChannelSettings
-from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
+from atp_service.config_slices import CELLS_PER_OFFER, PUBLISH_WRITES_PER_ROUND
 from atp_service.engine.clock import Clock
 from atp_service.engine.router import Engine
 from atp_service.metrics import ChannelMetrics
@@ -288,14 +288,14 @@ class ChannelDesk:
         return rest
 
     async def _offer_in_slices(self, offers: list[Offer], estate: Estate) -> None:
-        """``_offer`` of a round's changes, ``curate_slice_cells`` at a time, while ``estate`` is current,
-        but those of SKUs marked again meanwhile (``Curator.drop_stale``)."""
+        """``_offer`` of a round's changes a slice at a time (``CELLS_PER_OFFER``, C2) while ``estate`` is current."""
         def offer(part: Sequence[Offer]) -> None:
-            if self.estate is estate:
+            if self.estate is estate:  # not those of SKUs marked again meanwhile (``Curator.drop_stale``)
                 self._offer(self._curator.drop_stale(part, self._dirty, self.engine.place,
                                                      lambda shard: self.engine.actors[shard].positions()))
         try:
-            await in_slices(offers, self.settings.curate_slice_cells, offer, self._due_between_slices)
+            await in_slices(offers, max(1, self.settings.curate_slice_cells // CELLS_PER_OFFER), offer,
+                            self._due_between_slices)
         finally:
             await self._urgent.finish()
 
