@@ -22,7 +22,7 @@ from atp_service.channels.curator import Curator, Offer, skus_per_slice, zero_li
 from atp_service.channels.estate import Channel, Estate
 from atp_service.channels.marks import mark_skus, remark, velocity_at, velocity_rank
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
-from atp_service.channels.urgent import UrgentWrites
+from atp_service.channels.urgent import UrgentWrites, due_now
 from atp_service.config import ChannelSettings
 from atp_service.config_slices import CELLS_PER_OFFER, PUBLISH_WRITES_PER_ROUND
 from atp_service.engine.clock import Clock
@@ -58,7 +58,7 @@ class ChannelDesk:
         self._curator = Curator()
         self._round_dirty_at: dict[str, int] = {}
         self._zero_lines: list[tuple[Feed, int, frozenset[str]]] = []  # see curator.zero_lines
-        self._urgent = UrgentWrites(lambda: self.publish_due(once=True))  # what is due, between slices
+        self._urgent = UrgentWrites(lambda only: self.publish_due(once=True, stockouts_only=only))  # between slices
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -301,9 +301,7 @@ class ChannelDesk:
 
     def _due_between_slices(self) -> None:
         """C2: stock-outs and changes past their throttle go out between a round's slices (``UrgentWrites``)."""
-        now = self.clock.now_ms()
-        wakes = (feed.next_wakeup(now) for feed in self.feeds.values())
-        self._urgent.between_slices(any(at is not None and at <= now for at in wakes))
+        self._urgent.between_slices(*due_now(self.feeds.values(), self.clock.now_ms()))
 
     def _offer(self, offers: Sequence[Offer]) -> None:
         now = self.clock.now_ms()
@@ -314,14 +312,16 @@ class ChannelDesk:
         for name, feed in self.feeds.items():
             self.metrics.pending.labels(name).set(feed.pending)
 
-    async def publish_due(self, urgent_only: bool = False, once: bool = False) -> list[ChannelUpdate]:
+    async def publish_due(self, urgent_only: bool = False, once: bool = False,
+                          stockouts_only: bool = False) -> list[ChannelUpdate]:
         """Take what each feed may publish now, write it, confirm it (or give it back); a round's last call again
         while a feed filled its batch (``PUBLISH_WRITES_PER_ROUND``: one a round held a busy channel back, C2)."""
         limit, out = self.settings.publish_batch_max, list[ChannelUpdate]()
         writes = -(-sum(f.pending for f in self.feeds.values()) // limit)
         for _ in range(1 if urgent_only or once else min(PUBLISH_WRITES_PER_ROUND, max(1, writes))):
             now = self.clock.now_ms()
-            taken = [(name, feed, feed.take(now, limit, urgent_only)) for name, feed in self.feeds.items()]
+            taken = [(name, feed, feed.take(now, min(limit, feed.stockouts_pending) if stockouts_only else limit,
+                                            urgent_only or stockouts_only)) for name, feed in self.feeds.items()]
             if not any(updates for _, _, updates in taken):
                 break
             try:
