@@ -88,4 +88,4 @@ class OwnedShards:
         if snapshot and actor.failure is None and not self._log.is_fenced(shard):
             await actor.checkpoint(force=True)
         if self.actors[shard] is vacant:  # not taken again meanwhile: those routes would be the new actor's
-            await self.routes.drop(shard, list(actor.ledger.reservations), lambda: self.actors[shard] is vacant)
+            self.routes.drop(shard)

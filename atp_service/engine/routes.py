@@ -3,15 +3,11 @@ concurrent retry with the same id meets the first attempt on the same actor."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 
 from atp_service.engine.shard import ShardActor
 from reservation import LogEntry, ReserveCommand
 from reservation._events import ReservationSaved
-
-ROUTES_DROP_SLICE = 20_000
-"""Routes forgotten per turn of the event loop when a group moves away (~2 ms)."""
 
 
 class Routes:
@@ -31,21 +27,10 @@ class Routes:
         actor.landed_late_listeners.append(self.rehome)
         actor.lost_listeners.append(self.unhome)
 
-    async def drop(self, shard: int, ids: Sequence[str], still: Callable[[], bool]) -> None:
-        """Forget the routes of ``ids`` (the records ``shard`` held) to ``shard``, its group now another
-        process's, ``ROUTES_DROP_SLICE`` at a time with a turn of the event loop between, while ``still()``
-        (taken again meanwhile, the routes are the new actor's). A walk of every route of every shard in one
-        go held the loop ~100 ms a group moved at a few million reservations kept for retention. A route
-        noted for an attempt the stop refused is left: it leads to the vacant shard, which answers Moved."""
-        homes = self.homes
-        for at in range(0, len(ids), ROUTES_DROP_SLICE):
-            if at:
-                await asyncio.sleep(0)
-                if not still():
-                    return
-            for rid in ids[at:at + ROUTES_DROP_SLICE]:
-                if homes.get(rid) == shard:
-                    del homes[rid]
+    def drop(self, shard: int) -> None:
+        """Forget every route to ``shard`` (its group now another process's)."""
+        for rid in [rid for rid, home in self.homes.items() if home == shard]:
+            del self.homes[rid]
 
     def placement(self, cmd: ReserveCommand) -> tuple[set[int], int]:
         """The shards a Reserve needs and its record's home (the known one, else the lowest shard)."""
