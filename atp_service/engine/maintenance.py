@@ -73,7 +73,8 @@ class Housekeeper:
         self._gauged_at = self._offset_at = 0.0
         self._orders_expiring = 0  # order sagas expiring now, at most EXPIRE_ORDERS_AT_ONCE
         self._orphans = LeasedOrphans(engine)
-        self._oversold = OversoldSweep(engine.actors)  # a bounded slice of the arrays a pass
+        self._oversold: OversoldSweep | None = None  # a bounded slice of the arrays a pass (made at the first)
+        self._offset_task: asyncio.Task[None] | None = None  # one measure at a time, apart from the expiries
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.get_running_loop().create_task(self._forever(), name="housekeeping")
@@ -84,7 +85,7 @@ class Housekeeper:
         # a redis-py call can lose one cancellation and would go on driving the shards.
         if self._task is not None:
             cancel_for_good(self._task)
-        for task in list(self._background):
+        for task in [*self._background, *([self._offset_task] if self._offset_task else [])]:
             cancel_for_good(task)
 
     async def run_pass(self) -> None:
@@ -107,6 +108,7 @@ class Housekeeper:
                 await fut
             except DomainError as exc:
                 log.debug("expiry deferred: %s", exc)
+        self._oversold = self._oversold or OversoldSweep(engine.actors)
         engine.metrics.oversold_units.set(self._oversold.step())  # OVERSOLD_SLOTS_PER_PASS slots, not all
         if time.monotonic() - self._gauged_at >= 1.0:  # one per shard, no pass over the arrays
             self._gauged_at = time.monotonic()
@@ -114,9 +116,10 @@ class Housekeeper:
                 engine.metrics.remembered_reservations.labels(str(actor.shard)).set(len(actor.ledger.reservations))
                 engine.metrics.positions.labels(str(actor.shard)).set(len(actor.positions()))
                 engine.metrics.dedupe_entries.labels(str(actor.shard)).set(len(actor.ledger.memory))
-        if time.monotonic() - self._offset_at >= CLOCK_OFFSET_EVERY_S:
-            self._offset_at = time.monotonic()
-            self._spawn(self._measure_clock_offset())  # a round trip to Redis: no pass waits for it
+        measuring = self._offset_task is not None and not self._offset_task.done()
+        if time.monotonic() - self._offset_at >= CLOCK_OFFSET_EVERY_S and not measuring:
+            self._offset_at = time.monotonic()  # a round trip to Redis: no pass waits for it
+            self._offset_task = asyncio.get_running_loop().create_task(self._measure_clock_offset())
 
     async def _measure_clock_offset(self) -> None:
         engine = self._engine
@@ -124,6 +127,8 @@ class Housekeeper:
             engine.metrics.clock_offset.set(await clock_offset_s(engine.log_client, engine.clock))
         except STORAGE_ERRORS as exc:  # Redis away: the shards say so; measured again next time
             log.debug("clock offset not measured: %r", exc)
+        except Exception:  # a gauge: said, never raised into a task nobody awaits
+            log.exception("clock offset not measured")
 
     def _expire_work(self, ledger: Ledger, now: int) -> None:
         """Inside the shard's turn: expire what is due here; a hold spanning shards goes through the

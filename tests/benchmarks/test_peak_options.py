@@ -86,7 +86,10 @@ async def locust(target: str, certs: Path, out: Path, *options: str) -> tuple[in
                               "--tls-ca", str(certs / "ca.pem"), "--client-cert", str(certs / "client.pem"),
                               "--client-key", str(certs / "client.key"), *options)
     output, _ = await asyncio.wait_for(proc.communicate(), 90)
-    stats = await asyncio.to_thread(Path(f"{out}_stats.csv").read_text)
+    written = Path(f"{out}_stats.csv")
+    said = output.decode()[-3000:]
+    assert await asyncio.to_thread(written.exists), f"locust exited {proc.returncode} without its stats:\n{said}"
+    stats = await asyncio.to_thread(written.read_text)
     rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(stats.splitlines())}
     return proc.returncode or 0, output.decode(), rows
 

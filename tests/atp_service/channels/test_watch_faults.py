@@ -41,7 +41,9 @@ async def _blocked_reader(redis_url: str) -> int:
 
 async def test_a_watch_whose_redis_read_fails_ends_unavailable_with_its_reason(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
-    _, client = await start_service(clock=clock, estate=write_estate(tmp_path))
+    # No input streams: their reader's wait for new entries is an XREAD too, and the one killed must
+    # be the watcher's.
+    _, client = await start_service(clock=clock, estate=write_estate(tmp_path), input_streams=())
     await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)])
     await wait_for_updates(redis_url, "market", 1)
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market"))
@@ -60,7 +62,8 @@ async def test_a_quiet_watch_outlives_a_short_redis_timeout(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
     """Its read of the stream blocked for 1 s against a 0.5 s socket timeout: every watch of a
     channel quiet for a second ended, against a healthy Redis."""
-    _, client = await start_service(clock=clock, estate=write_estate(tmp_path), redis_timeout_s=0.5)
+    _, client = await start_service(clock=clock, estate=write_estate(tmp_path), redis_timeout_s=0.5,
+                                    input_streams=())  # the watcher's the only XREAD blocked
     await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)])
     await wait_for_updates(redis_url, "market", 1)
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market"))
