@@ -36,6 +36,9 @@ class _Reader:
         self._streams = SideStreams()
         self._groups = {store.keys.owner(g): g for g in range(64)}
 
+    async def time(self) -> tuple[int, int]:
+        return await self._streams.time()
+
     def pipeline(self, transaction: bool = False) -> Any:
         return self._streams.pipeline(transaction)
 
