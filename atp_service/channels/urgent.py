@@ -78,6 +78,6 @@ class UrgentWrites:
     def _note(self, task: asyncio.Future[object]) -> None:
         error = None if task.cancelled() else task.exception()
         if isinstance(error, STORAGE_ERRORS):
-            self._left, self._failed = 0, True
+            self._failed = True  # the round's other writes are its own publishing's, after the last slice
         elif error is not None:
             raise error  # a bug: the desk's loop ends and the service sees it

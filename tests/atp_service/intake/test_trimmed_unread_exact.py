@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 
 from atp_client import AtpClient
+from atp_service import AtpService
 from tests.atp_service.fact_helpers import F
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
@@ -33,16 +34,27 @@ async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout_s: f
         await asyncio.sleep(0.02)
 
 
+async def blocked_reader(start_service: ServiceFactory,
+                         redis_url: str) -> tuple[aioredis.Redis, AtpService, AtpClient]:
+    """A client of the test's Redis, and a service whose input streams' reader waits in a blocking read."""
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        service, client = await start_service(ingest_block_ms=60_000)
+        await wait_for(lambda: _positive(blocked_readers(r)), "the reader blocked waiting for entries")
+    except BaseException:
+        await r.aclose()
+        raise
+    return r, service, client
+
+
 async def test_entries_trimmed_while_the_reader_is_blocked_are_counted_exactly(
         start_service: ServiceFactory, redis_url: str) -> None:
     """The reader waits in a blocking read; a producer adds 10 receipts with MAXLEN=3 in one MULTI.
     The blocked read was served after EXEC with the 3 left, moving the group past the 7 lost before
     any gap check saw them: on_hand 3 instead of 10, nothing counted, no alert, no log."""
-    r = aioredis.Redis.from_url(redis_url)
-    service, client = await start_service(ingest_block_ms=60_000)
+    r, service, client = await blocked_reader(start_service, redis_url)
     registry = service.metrics.registry
     try:
-        await wait_for(lambda: _positive(blocked_readers(r)), "the reader blocked waiting for entries")
         now = int(time.time() * 1000)
         async with r.pipeline(transaction=True) as pipe:
             for n in range(10):
@@ -93,11 +105,9 @@ async def test_entries_another_consumer_read_before_the_trim_are_not_counted(
         start_service: ServiceFactory, redis_url: str) -> None:
     """Another process's consumer of the group reads 10 entries; the producer then trims them away.
     They were read, not lost: counting them would page the operator for sales that were applied."""
-    r = aioredis.Redis.from_url(redis_url)
-    service, client = await start_service(ingest_block_ms=60_000)
+    r, service, client = await blocked_reader(start_service, redis_url)
     registry = service.metrics.registry
     try:
-        await wait_for(lambda: _positive(blocked_readers(r)), "the reader blocked waiting for entries")
         now = int(time.time() * 1000)
         async with r.pipeline(transaction=True) as pipe:  # in one go: the blocked reader gets none of them
             for n in range(10):
