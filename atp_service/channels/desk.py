@@ -44,11 +44,7 @@ _DEMAND = (FactKind.SALE, FactKind.SHIPMENT)
 class ChannelDesk:
     def __init__(self, engine: Engine, estate: Estate, store: ChannelStore, clock: Clock,
                  settings: ChannelSettings, metrics: ChannelMetrics | None = None) -> None:
-        self.engine = engine
-        self.estate = estate
-        self.store = store
-        self.clock = clock
-        self.settings = settings
+        self.engine, self.estate, self.store, self.clock, self.settings = engine, estate, store, clock, settings
         self.metrics = metrics or ChannelMetrics()
         self.feeds: dict[str, Feed] = {}
         # sku -> location -> newest source time of a durable change there; and when it became durable
@@ -300,8 +296,10 @@ class ChannelDesk:
             await self._urgent.finish()
 
     def _due_between_slices(self) -> None:
-        """C2: stock-outs and changes past their throttle go out between a round's slices (``UrgentWrites``)."""
-        self._urgent.between_slices(*due_now(self.feeds.values(), self.clock.now_ms()))
+        """C2: stock-outs and changes past their throttle go out between a round's slices (``UrgentWrites``); none once
+        the desk stops (a write it cancelled half-way left its updates taken: the round's ``finally`` only offers)."""
+        if (task := asyncio.current_task()) is None or not task.cancelling():
+            self._urgent.between_slices(*due_now(self.feeds.values(), self.clock.now_ms()))
 
     def _offer(self, offers: Sequence[Offer]) -> None:
         now = self.clock.now_ms()

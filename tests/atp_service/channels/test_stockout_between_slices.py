@@ -158,3 +158,31 @@ async def test_c2_a_change_whose_throttle_ended_is_written_before_the_rounds_las
     assert written_at is not None and written_at < watched.last_curated_at(), watched.seen
     updates = await wait_for_updates(redis_url, "market", SKUS + 1)
     assert (updates[SKUS].sku, updates[SKUS].quantity) == ("sku-0", 49)
+
+
+async def test_a_desk_stopped_while_its_rounds_stock_out_write_is_on_its_way_ends_cancelled_not_with_an_error(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """A stop cancelling the round in its write of the stock-outs curated last left that write's updates
+    in flight; the round's ``finally`` then offered the rest in slices and started a write between two
+    of them, which took from a feed with a write on its way (an AssertionError): the desk's task ended
+    with an error, and the service stopped with exit status 4 instead of 0 (CI, under load)."""
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path, ESTATE), curate_slice_cells=1,
+                                          shards=1)
+    desk = service.channels
+    assert desk is not None
+    await client.record_events([fact(f"count-{n}", "COUNT", f"sku-{n}", "dc-1", 50, T - 1000) for n in range(SKUS)])
+    await wait_for_updates(redis_url, "market", SKUS)
+    release = asyncio.Event()  # never set: the stop finds the stock-out's write on its way
+    watched = WatchedRound(desk, release)
+    await client.record_events([fact(f"sale-{n}", "SALE", f"sku-{n}", "dc-1", 1, T) for n in range(SKUS - 1)])
+    await client.record_events([fact("count-out", "COUNT", f"sku-{SKUS - 1}", "dc-1", 0, T)])  # curated last
+    await until(lambda: len(desk._dirty) == SKUS, "every SKU of the test dirty")
+    clock.advance(1000)  # the sales' changes are due as soon as they are offered
+    watched.start()
+    await until(watched.held.is_set, "the round's write of the stock-out begun")
+    assert watched.curated() == SKUS and [kind for kind, _ in watched.seen].count("write") == 1, watched.seen
+    task = desk._task
+    assert task is not None
+    await desk.stop()
+    assert task.cancelled(), task.exception()
+    assert not service.failed.is_set()
