@@ -283,22 +283,23 @@ class Publisher:
         """Deliver each key's last published value (the channel's state hash) whose version is
         ``wanted`` and not delivered yet, ``read_count`` at a time. False: stopped half-way, or
         ``keep_going()`` False after a page."""
-        cfg, found, page = self.config, 0, []
+        cfg, page = self.config, list[ChannelUpdate]()
         log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", cfg.channel, why)
         async for key, value in self.client.hscan_iter(cfg.state_key, count=cfg.read_count):
             u = state_update(cfg.channel, key, value)
             if wanted(u.version) and u.version > self._delivered.get(as_text(key), 0):
                 page.append(u)
             if len(page) >= cfg.read_count:
-                found += len(page)
-                if not await self._deliver_and_record(page) or not keep_going():
+                if not await self._resync_page(page) or not keep_going():
                     return False
                 page = []
-        found += len(page)
-        if page and (not await self._deliver_and_record(page) or not keep_going()):
-            return False
-        self.metrics.outcome(cfg.channel, self.adapter.name, "resynced", found)
-        return True
+        return not page or (await self._resync_page(page) and keep_going())
+
+    async def _resync_page(self, page: list[ChannelUpdate]) -> bool:
+        """Counted as taken from the state hash, before it is sent: a resync stopped half-way (or while
+        the destination answered) still counts the pages it took."""
+        self.metrics.outcome(self.config.channel, self.adapter.name, "resynced", len(page))
+        return await self._deliver_and_record(page)
 
     def _trimmed(self, what: str) -> str:
         cfg = self.config

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -140,14 +141,55 @@ async def test_past_redeliver_max_keys_the_whole_state_hash_is_resynced(
     await run_until(publisher(client, url, metrics, redeliver_max_keys=2), await dead_lettered(client, 5))
     receiver.always_fail = False
 
-    async def converged() -> bool:
-        return last_values(receiver) == {f"s{n}": (n, n + 1) for n in range(5)}
+    async def converged() -> bool:  # the destination has it all, and the publisher knows it (the mark cleared)
+        return (last_values(receiver) == {f"s{n}": (n, n + 1) for n in range(5)}
+                and not await client.exists(f"{STREAM}:redeliver-all:webhook"))
 
     await run_until(publisher(client, url, metrics, redeliver_max_keys=2), converged)
     assert receiver.accepted[0]["sku"] == "s0"
     assert metrics.redeliver_overflows.labels("web")._value.get() >= 1
     assert outcome(metrics, "resynced") == 5
-    assert not await client.exists(f"{STREAM}:redeliver-all:webhook")
+
+
+class _AnswersWhenLetGo:
+    """As ``Receiver``, but a request it takes is answered only once ``answer`` is set (bounded)."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver, self.answer = receiver, threading.Event()
+        self.lock, self.accepted = receiver.lock, receiver.accepted
+
+    def handle(self, body: bytes, headers: dict[str, str]) -> int:
+        code = self.receiver.handle(body, headers)
+        if code == 200:
+            self.answer.wait(10)
+        return code
+
+
+async def test_a_resync_stopped_after_the_destination_took_it_counts_what_it_sent_and_stays_owed(
+        store: ChannelStore, client: aioredis.Redis, receiver_factory: Any) -> None:
+    """A resync was counted only once every page was delivered and recorded: one stopped while the
+    destination answered (or half-way through a large state hash) counted none of what it had taken
+    and sent. Now each page counts as it is taken from the state hash; the resync stays owed."""
+    receiver = Receiver(always_fail=True)
+    holding = _AnswersWhenLetGo(receiver)
+    url, metrics = receiver_factory(holding), PublisherMetrics()
+    await desk_writes(store, [value(f"s{n}", n, n + 1) for n in range(5)])
+    await run_until(publisher(client, url, metrics, redeliver_max_keys=2), await dead_lettered(client, 5))
+    receiver.always_fail = False
+    running = publisher(client, url, metrics, redeliver_max_keys=2)
+    task = asyncio.create_task(running.run())
+
+    async def taken() -> bool:  # the destination took the page's first chunk (delivery_batch 3); its answer is held
+        return len(last_values(receiver)) == 3
+
+    try:
+        await wait_for(taken)
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 5)
+        holding.answer.set()
+    assert outcome(metrics, "resynced") == 5
+    assert await client.exists(f"{STREAM}:redeliver-all:webhook"), "the resync is owed again at the next start"
 
 
 async def test_a_refused_value_is_not_resent_while_running_but_its_newest_value_is_at_the_next_start(
