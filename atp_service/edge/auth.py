@@ -44,6 +44,7 @@ OPEN_SERVICES = frozenset({
     "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection",
 })
 MAX_TOKEN_BYTES = 512
+_CALLER_KEYS = frozenset({"name", "roles", "token_sha256"})
 __all__ = ["PERMISSIONS", "AuthInterceptor", "Caller", "Callers", "CallersError", "load_callers", "new_token",
            "token_hash"]
 
@@ -80,6 +81,8 @@ def load_callers(path: Path) -> Callers:
         raise CallersError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise CallersError(f"{path}: not valid TOML: {exc}") from None
+    for key in data.keys() - {"callers"}:
+        raise CallersError(f"{key}: not a key of the callers file (callers)")
     raw = data.get("callers")
     if not isinstance(raw, list) or not raw or not all(isinstance(c, dict) for c in raw):
         raise CallersError("callers: must be a non-empty array of tables ([[callers]])")
@@ -94,6 +97,8 @@ def load_callers(path: Path) -> Callers:
 
 def _entry(where: str, entry: dict[str, Any]) -> tuple[str, Caller]:
     """One ``[[callers]]`` table checked: (its token's hash, the caller)."""
+    for key in sorted(entry.keys() - _CALLER_KEYS):  # such as ``disabled = true``: a revocation not applied
+        raise CallersError(f"{where}.{key}: not a key of a caller ({', '.join(sorted(_CALLER_KEYS))})")
     name, digest, roles = entry.get("name"), entry.get("token_sha256"), entry.get("roles")
     if not isinstance(name, str) or not name:
         raise CallersError(f"{where}.name: must be a non-empty string")

@@ -131,6 +131,11 @@ async def test_auth_is_on_by_default_outside_demo_mode_and_needs_a_callers_file(
     ('[[callers]]\nname = "x"\nroles = [{role = "admin"}]\ntoken_sha256 = "' + "0" * 64 + '"\n',
      r"callers\[0\]\.roles"),
     ("[[callers]]\nname = \"caf\xe9\"\n", "not UTF-8"),
+    # A key the service does not read: an operator "revoking" a caller with it kept the caller in.
+    ('[[callers]]\nname = "x"\nroles = ["oms"]\ndisabled = true\ntoken_sha256 = "' + "0" * 64 + '"\n',
+     r"callers\[0\]\.disabled: not a key of a caller \(name, roles, token_sha256\)"),
+    ('[[caller]]\nname = "x"\n\n[[callers]]\nname = "y"\nroles = ["oms"]\ntoken_sha256 = "' + "0" * 64 + '"\n',
+     r"caller: not a key of the callers file \(callers\)"),
 ])
 async def test_a_callers_file_that_cannot_be_used_stops_the_start_naming_what_is_wrong(
         redis_url: str, tmp_path: Path, content: str, named: str) -> None:
