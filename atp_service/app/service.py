@@ -222,16 +222,16 @@ class AtpService:
                 raise StartupError(f"estate: nothing to reload: {LEASED_NO_CHANNELS}")
             if self.channels is None:
                 raise StartupError("estate: channels were off at start; restart the service to turn them on")
+            def swapped() -> None:  # with the desk's swap: a caller gone during its passes leaves no half (R8)
+                self.estate = estate
+                if self.engine is not None:
+                    self.engine.group_policies, self.engine.default_group_policy = group_policies(estate)
+                    self.engine.set_safety_defaults(estate.safety_defaults)
             try:
                 # Its Redis reads come before it changes anything; the passes after the swap read no Redis.
-                counts = await self.channels.reload(estate)
+                return await self.channels.reload(estate, swapped)
             except STORAGE_ERRORS as exc:  # nothing changed: retried once Redis answers
                 raise Unavailable(f"estate: Redis did not answer ({exc}); nothing changed, retry") from None
-            self.estate = estate
-            if self.engine is not None:
-                self.engine.group_policies, self.engine.default_group_policy = group_policies(estate)
-                self.engine.set_safety_defaults(estate.safety_defaults)
-            return counts
 
     async def _reload_rpc(self) -> dict[str, int]:
         try:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -86,15 +86,16 @@ class ChannelDesk:
         await cancel_and_wait(self._task)
         await self._urgent.stop()
 
-    async def reload(self, estate: Estate) -> dict[str, int]:
-        """Swap in a new estate/channel configuration: re-curate, publish only what changed."""
+    async def reload(self, estate: Estate, swapped: Callable[[], None] = lambda: None) -> dict[str, int]:
+        """Swap in a new estate: re-curate, publish only what changed. ``swapped`` is called with the swap, no await
+        between: the service takes it with the desk even if the caller goes during the passes (R8: no half)."""
         await self._load_feeds(estate)
         self.estate = estate
+        swapped()
         self._zero_lines = zero_lines(self.estate.channels, self.feeds)
         self._curator.reset()
         # Done whole even if the caller goes (R8): a key left at a dropped location keeps its number.
         await finish_uncancelled(asyncio.ensure_future(self._reload_passes()))
-        self._wake.set()
         return {name: len(feed.published) for name, feed in self.feeds.items()}
 
     async def _reload_passes(self) -> None:
@@ -105,6 +106,7 @@ class ChannelDesk:
             await withdraw_dropped(self.feeds[channel.name], channel, self.settings.curate_slice_cells,
                                    self.clock.now_ms)
         await self._mark_everything()
+        self._wake.set()  # here, not in ``reload``: its caller may be gone, the passes' work is not
 
     async def _withdraw_at_start(self) -> None:
         """At the start, a key published once is shown 0 where nothing would curate it again: one the estate no
