@@ -26,6 +26,15 @@ class EntryListeners:
         """Called with every entry in doubt found not to have landed when settling (it never will)."""
         self.landed_late_listeners: list[Listener] = []
         """Called with every entry found in the log when settling, after it had been taken back."""
+        self.settled_listeners: list[Callable[[int], None]] = []
+        """Called with the shard once a settle has ended its doubt (after the entries' listeners)."""
+
+    def _tell_settled(self) -> None:
+        for listener in self.settled_listeners:
+            try:
+                listener(self.shard)
+            except Exception:  # a listener's bug must not break the commit path
+                log.exception("shard %d: settled listener failed", self.shard)
 
     def _tell(self, listeners: list[Listener], entry: LogEntry) -> None:
         for listener in listeners:

@@ -19,6 +19,10 @@ class Routes:
         """reservation_id -> the shard holding its record (or about to)."""
         self.attempts: dict[str, int] = {}
         """reservation_id -> Reserve attempts in progress."""
+        self.kept: dict[int, set[str]] = {}
+        """shard -> the routes ``forget_if_unheld`` kept because the shard was in doubt: looked at again
+        once its settle ends (``settled``), or no settle would ever forget those no entry of which exists
+        (a Reserve refused at once while the shard was in doubt). Bounded by ``homes``: each is a route."""
 
     def adopt(self, actor: ShardActor) -> None:
         """Route every record ``actor`` holds to it, and follow its entries taken back or found late."""
@@ -26,11 +30,19 @@ class Routes:
             self.homes[rid] = actor.shard
         actor.landed_late_listeners.append(self.rehome)
         actor.lost_listeners.append(self.unhome)
+        actor.settled_listeners.append(self.settled)
 
     def drop(self, shard: int) -> None:
         """Forget every route to ``shard`` (its group now another process's)."""
         for rid in [rid for rid, home in self.homes.items() if home == shard]:
             del self.homes[rid]
+        self.kept.pop(shard, None)
+
+    def settled(self, shard: int) -> None:
+        """``shard``'s doubt settled: the routes kept for it go unless a record or an attempt holds them."""
+        for rid in self.kept.pop(shard, ()):
+            if self.homes.get(rid) == shard:
+                self.forget_if_unheld(rid)
 
     def placement(self, cmd: ReserveCommand) -> tuple[set[int], int]:
         """The shards a Reserve needs and its record's home (the known one, else the lowest shard)."""
@@ -88,8 +100,12 @@ class Routes:
         """A refused, shed, failed or undone Reserve leaves no record: nor may it leave a route. Not
         while its home is in doubt: the record may yet be found in the log (``unhome`` decides)."""
         home = self.homes.get(reservation_id)
-        if home is not None and reservation_id not in self.attempts and not self._actors[home].in_doubt and \
-                self._actors[home].ledger.reservation(reservation_id) is None:
+        if home is None or reservation_id in self.attempts:
+            return
+        actor = self._actors[home]
+        if actor.in_doubt:  # looked at again once the settle ends (``settled``)
+            self.kept.setdefault(home, set()).add(reservation_id)
+        elif actor.ledger.reservation(reservation_id) is None:
             del self.homes[reservation_id]
 
     def forget_evicted(self, shard: int, reservation_id: str) -> None:

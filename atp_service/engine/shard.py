@@ -269,6 +269,7 @@ class ShardActor(CommitPipeline):
             self.seq = seq
             self._tell(self.landed_late_listeners, entry)
             self._tell(self.listeners, entry)
+        self._tell_settled()
 
     # -- the actor loop ------------------------------------------------------
     async def _run(self) -> None:
