@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
+import inspect
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import TypeVar
 
 from atp_service.tasks import cancel_and_wait, cancel_for_good, exception_seen
@@ -57,7 +58,18 @@ class Drain:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         return not self.active
 
-    async def until_closed(self, items: AsyncIterable[T]) -> AsyncIterator[T]:
+    @contextlib.asynccontextmanager
+    async def streaming(self, items: AsyncIterable[T]) -> AsyncIterator[AsyncIterator[T]]:
+        """``until_closed(items)``, a call in progress until the block ends, which closes it (and ``items``) at once:
+        a handler's generator left at its ``yield`` (its caller gone) is closed by gRPC, not the ones it reads."""
+        self.enter()
+        try:
+            async with contextlib.aclosing(self.until_closed(items)) as stream:
+                yield stream
+        finally:
+            self.leave()
+
+    async def until_closed(self, items: AsyncIterable[T]) -> AsyncGenerator[T, None]:
         """``items`` until they end or the drain closes (a read waiting then is given up)."""
         iterator = aiter(items)
         closed = asyncio.ensure_future(self._closed.wait())
@@ -80,6 +92,8 @@ class Drain:
                 yield item
         finally:
             closed.cancel()
-            if step is not None:  # the reader cancelled (its caller gone): the read given up, its end unheard
+            if step is not None and not step.done():  # the reader cancelled (its caller gone): the read given up
                 cancel_for_good(step)  # one lost cancellation would leave it reading Redis for nobody
-                step.add_done_callback(exception_seen)
+                step.add_done_callback(exception_seen)  # its end unheard; the cancellation ends the generator
+            elif inspect.isasyncgen(iterator):  # suspended at its yield: its ``finally`` (a place given back) now,
+                await iterator.aclose()  # not whenever the garbage collector finds it

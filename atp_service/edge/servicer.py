@@ -250,13 +250,10 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                                 context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         started = time.perf_counter()
         try:
-            self.drain.enter()
-            try:
-                check_id("channel", request.channel, self.limits)
-                async for message in self.drain.until_closed(self._watchers.watch(self.channels, request)):
+            check_id("channel", request.channel, self.limits)
+            async with self.drain.streaming(self._watchers.watch(self.channels, request)) as messages:
+                async for message in messages:
                     yield message
-            finally:
-                self.drain.leave()
             if self.drain.closing:  # the watcher resumes from the last version it saw, elsewhere or later
                 raise Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN)
         except DomainError as exc:

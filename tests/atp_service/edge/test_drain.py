@@ -173,3 +173,24 @@ async def test_a_stop_answers_calls_in_progress_refuses_new_ones_and_ends_stream
     # Well inside the 60 s grace: nothing was left to wait for once the held-up call was answered.
     await asyncio.wait_for(stopping, 15)
     await more.put(None)
+
+
+async def test_until_closed_closed_by_its_reader_closes_the_generator_it_reads_at_once() -> None:
+    """A watch's generator gives its ``max_watchers`` place back in its ``finally``. Left suspended at
+    its ``yield`` when the reader went (a watcher gone while a message was sent), it ran only when the
+    garbage collector found it: under churn, a reference cycle kept places counted and new watches
+    were refused. Closing ``until_closed`` closes what it reads, at once."""
+    ended: list[str] = []
+
+    async def watch() -> AsyncIterator[int]:
+        try:
+            for n in range(3):
+                yield n
+        finally:
+            ended.append("place given back")
+
+    inner = watch()  # held here: only an explicit close can end it
+    outer = Drain().until_closed(inner)
+    assert await anext(outer) == 0
+    await outer.aclose()
+    assert ended == ["place given back"]
