@@ -194,6 +194,11 @@ class ServiceConfig:
     RESOURCE_EXHAUSTED. Each holds ``max_stream_inflight`` batches and answers at most: this bounds them all;
     streams the other processes open on behalf of theirs (``ownership = leases``) count too."""
 
+    stream_stall_s: float = 30.0
+    """How long one reply of a server stream (ReserveStream, WatchAvailability, Health.Watch, reflection) may
+    wait to be written while its caller does not read; past it the stream ends (ReserveStream OUTCOME_UNKNOWN,
+    the others CAPACITY_REACHED, metadata ``limit``) and frees its place. 0: never (a stalled caller keeps it)."""
+
     shutdown_grace_s: float = 5.0
     """How long in-flight RPCs may finish on shutdown before they are cancelled."""
 
@@ -338,19 +343,9 @@ class ServiceConfig:
             raise ValueError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
         if not 1 <= self.shards <= 1024:  # atp_client.MAX_GROUPS: no client routes by a larger table
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
-        if not 0 <= self.commit_delay_ms <= 100:
-            raise ValueError(f"commit_delay_ms: must be within [0, 100], got {self.commit_delay_ms}")
-        if not 0 <= self.redis_restarts <= 100:
-            raise ValueError(f"redis_restarts: must be within [0, 100], got {self.redis_restarts}")
         if not 0 < self.redis_load_timeout_s <= 86_400:
             raise ValueError(f"redis_load_timeout_s: must be within (0, 86400], got {self.redis_load_timeout_s}")
-        if not 4 << 10 <= self.snapshot_part_bytes <= 256 << 20:  # Redis takes bulk strings up to 512 MB
-            raise ValueError(f"snapshot_part_bytes: must be within [4096, 268435456], got {self.snapshot_part_bytes}")
-        if not 0 <= self.malloc_mmap_threshold <= 32 << 20:  # glibc's largest (HEAP_MAX_SIZE / 2)
-            raise ValueError(f"malloc_mmap_threshold: must be within [0, 33554432], got {self.malloc_mmap_threshold}")
         check_redis(self)
-        if not 64 << 10 <= self.max_message_bytes <= (1 << 31) - 1:  # gRPC's own limit is an int32
-            raise ValueError(f"max_message_bytes: must be within [65536, 2147483647], got {self.max_message_bytes}")
         if self.commit_delay_min_rate < 0:
             raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
         check_bounds(self)

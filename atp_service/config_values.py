@@ -88,14 +88,23 @@ POSITIVE = ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries
             "snapshot_write_mb_per_s", "snapshot_retry_max_s", "tracing_export_timeout_s")
 """Settings that bound a queue, a batch or a stream, or pace a loop: at 0 there would be no bound
 (``asyncio.Queue(0)``), a side stream trimmed away as written, or a loop that never waits."""
-NON_NEGATIVE = ("claim_idle_ms", "max_loop_lag_ms", "max_queue_delay_ms", "ingest_block_ms", "shutdown_grace_s")
+NON_NEGATIVE = ("claim_idle_ms", "max_loop_lag_ms", "max_queue_delay_ms", "ingest_block_ms", "shutdown_grace_s",
+                "stream_stall_s")
 """Settings where 0 means something (off, at once, no wait), and nothing below it does."""
+RANGES = {
+    "commit_delay_ms": (0, 100),
+    "redis_restarts": (0, 100),
+    "snapshot_part_bytes": (4 << 10, 256 << 20),  # Redis takes bulk strings up to 512 MB
+    "malloc_mmap_threshold": (0, 32 << 20),  # glibc's largest (HEAP_MAX_SIZE / 2)
+    "max_message_bytes": (64 << 10, (1 << 31) - 1),  # gRPC's own limit is an int32
+}
+"""Settings bounded on both sides: each one's [lowest, highest]."""
 PORTS = {"port": 0, "metrics_port": -1}
 """Each port setting's lowest value (0: a free port; -1: the metrics endpoint off)."""
 
 
 def check_bounds(cfg: Any) -> None:
-    """Each setting of ``POSITIVE``, ``NON_NEGATIVE`` and ``PORTS`` within its range, refused by name
+    """Each setting of ``POSITIVE``, ``NON_NEGATIVE``, ``RANGES`` and ``PORTS`` within its range, refused by name
     otherwise: a port past 65535 would be bound modulo 65536, somewhere no client looks."""
     for name in POSITIVE:
         if getattr(cfg, name) <= 0:  # floats too (redis_timeout_s 0.5)
@@ -103,6 +112,9 @@ def check_bounds(cfg: Any) -> None:
     for name in NON_NEGATIVE:
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name}: must be at least 0, got {getattr(cfg, name)}")
+    for name, (lowest, highest) in RANGES.items():
+        if not lowest <= getattr(cfg, name) <= highest:
+            raise ValueError(f"{name}: must be within [{lowest}, {highest}], got {getattr(cfg, name)}")
     for name, lowest in PORTS.items():
         if not lowest <= getattr(cfg, name) <= 65535:
             raise ValueError(f"{name}: must be within [{lowest}, 65535], got {getattr(cfg, name)}")

@@ -288,6 +288,10 @@ class EdgeMetrics:
             "atp_bad_requests_total", "Calls refused INVALID_ARGUMENT because their bytes are not a valid request "
             "message (truncated, bad UTF-8), by method", ["method"], registry=r,
         )
+        self.streams_stalled = Counter(
+            "atp_streams_stalled_total", "Server streams ended because a reply waited stream_stall_s to be "
+            "written (their caller stopped reading), by method", ["method"], registry=r,
+        )
         self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke its lag timer "
                               "(every 20 ms while calls arrive or it runs late, every 250 ms when idle)", registry=r)
         self.calls_in_progress = Reading(

@@ -23,8 +23,8 @@ from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
 from atp_service.edge.handlers import add_service
 from atp_service.edge.peers import peers_handler
 from atp_service.edge.servicer import AvailabilityServicer
+from atp_service.edge.stalls import StallLimit
 from atp_service.engine.router import Engine
-from atp_service.instruments import Counter
 from atp_service.metrics import EdgeMetrics
 
 log = logging.getLogger(__name__)
@@ -45,22 +45,24 @@ def new_server(cfg: ServiceConfig, interceptors: list[grpc.aio.ServerInterceptor
 
 
 def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health: HealthServicer,
-                 bad_requests: Counter, engine: Callable[[], Engine | None] | None) -> None:
+                 metrics: EdgeMetrics, engine: Callable[[], Engine | None] | None, stall_s: float) -> None:
     """Through ``handlers.add_service``, not the generated ``add_..._to_server``: bytes that are not
     a valid request answer INVALID_ARGUMENT with a quiet log line, on the open services too.
-    ``engine`` (leased groups): the peers' internal service asks it for the order steps."""
+    ``engine`` (leased groups): the peers' internal service asks it for the order steps. ``stall_s``:
+    every stream, the open services' too, ends when its caller stops reading (``stream_stall_s``)."""
+    bad_requests, stalls = metrics.bad_requests, StallLimit(stall_s, metrics.streams_stalled)
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
     names = (SERVICE_NAME, health_service.full_name, reflection.SERVICE_NAME)
     api = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
-    add_service(server, servicer, api, bad_requests)
+    add_service(server, servicer, api, bad_requests, stalls)
     # atp_rpc_duration_seconds at 0 from the start for the code ATPCallsUnavailable reads, per method
     # (not every code): a Redis outage's first UNAVAILABLE answers would only create the series, and
     # rate() sees nothing of a series' first value.
     for method in api.methods:
         servicer.latency(method.name, "UNAVAILABLE")
-    add_service(server, health, health_service, bad_requests)
+    add_service(server, health, health_service, bad_requests, stalls)
     add_service(server, ReflectionServicer(names),
-                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad_requests)
+                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad_requests, stalls)
     if engine is not None:
         server.add_generic_rpc_handlers((peers_handler(engine),))
 

@@ -144,8 +144,8 @@ class AtpService:
         before = server_ids()
         self._server = new_server(cfg, server_interceptors(cfg, self.tracing, self.metrics.edge))
         self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_*)
-        add_services(self._server, self._servicer, self._health, self.metrics.edge.bad_requests,
-                     (lambda: self.engine) if cfg.ownership == "leases" else None)
+        add_services(self._server, self._servicer, self._health, self.metrics.edge,
+                     (lambda: self.engine) if cfg.ownership == "leases" else None, cfg.stream_stall_s)
         self.port = bind(self._server, cfg)
         self._servicer.advertise(cfg.advertise_address or f"{cfg.host}:{self.port}", cfg.shards)
         for name in ("", SERVICE_NAME):

@@ -24,6 +24,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from atp_service.edge.errors import abort
 from atp_service.edge.ratelog import RateLimitedLog
+from atp_service.edge.stalls import StallLimit
 from atp_service.instruments import Counter
 from reservation import DomainError, Reason
 
@@ -48,35 +49,37 @@ class MalformedRequest(Exception):
         self.bad = bad
 
 
-def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, bad_requests: Counter) -> None:
+def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, bad_requests: Counter,
+                stalls: StallLimit) -> None:
     """Register ``servicer``'s methods of ``service``, as the generated ``add_..._to_server`` does.
 
     A method the servicer leaves to the generated base class (a sync placeholder, like the aio
     health servicer's ``List``) is not registered: gRPC answers it UNIMPLEMENTED without the ERROR
     traceback the placeholder's NotImplementedError would log per call. Refusals of bad bytes are
-    counted in ``bad_requests`` by method."""
+    counted in ``bad_requests`` by method. Every reply of a server stream is written under ``stalls``
+    (``stream_stall_s``): a caller that stops reading does not keep its stream for ever."""
     handlers = {}
     for method in service.methods:
         behaviour = getattr(servicer, method.name)
         if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
-            handlers[method.name] = _handler(method, behaviour, bad_requests)
+            handlers[method.name] = _handler(method, behaviour, bad_requests, stalls)
         elif not behaviour.__module__.endswith("_pb2_grpc"):  # our own mistake: say so at start-up
             raise TypeError(f"{service.full_name}/{method.name}: the servicer's method must be async")
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
 
-def _handler(method: MethodDescriptor, behaviour: Behaviour,
-             bad_requests: Counter) -> grpc.RpcMethodHandler[Any, Any]:
+def _handler(method: MethodDescriptor, behaviour: Behaviour, bad_requests: Counter,
+             stalls: StallLimit) -> grpc.RpcMethodHandler[Any, Any]:
     parse = _deserializer(method)
     serialize = GetMessageClass(method.output_type).SerializeToString
     refuse = _Refusal(method.name, bad_requests.labels(method.name))
     if method.client_streaming and method.server_streaming:
-        return grpc.stream_stream_rpc_method_handler(_stream_stream(refuse, behaviour), parse, serialize)
+        return grpc.stream_stream_rpc_method_handler(_stream_stream(refuse, behaviour, stalls), parse, serialize)
     if method.client_streaming:
         return grpc.stream_unary_rpc_method_handler(_stream_unary(refuse, behaviour), parse, serialize)
     if method.server_streaming:
-        return grpc.unary_stream_rpc_method_handler(_unary_stream(refuse, behaviour), parse, serialize)
+        return grpc.unary_stream_rpc_method_handler(_unary_stream(refuse, behaviour, stalls), parse, serialize)
     return grpc.unary_unary_rpc_method_handler(_unary_unary(refuse, behaviour), parse, serialize)
 
 
@@ -119,11 +122,14 @@ def _unary_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
     return handle
 
 
-def _unary_stream(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
+def _unary_stream(refuse: _Refusal, behaviour: Behaviour, stalls: StallLimit) -> Behaviour:
     if not inspect.isasyncgenfunction(behaviour):
         # A coroutine writing its answers with ``context.write`` (the health service's Watch): awaited,
         # not iterated, which ended every such call UNKNOWN with a traceback in the log.
-        return _unary_unary(refuse, behaviour)
+        async def write_itself(request: Any, context: Context) -> Any:
+            return await behaviour(request, stalls.context(refuse.method, context))
+
+        return _unary_unary(refuse, write_itself)
 
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         if type(request) is Malformed:
@@ -131,7 +137,8 @@ def _unary_stream(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
         replies = behaviour(request, context)
         try:
             async for reply in replies:
-                yield reply
+                with stalls.writing(refuse.method, context):
+                    yield reply
         finally:
             await replies.aclose()  # at once: its finally (drain bookkeeping) must not wait for the GC
 
@@ -148,13 +155,14 @@ def _stream_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
     return handle
 
 
-def _stream_stream(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
+def _stream_stream(refuse: _Refusal, behaviour: Behaviour, stalls: StallLimit) -> Behaviour:
     async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         # The servicer answers the messages read before the bad one, then the stream ends with it.
         replies = behaviour(_Checked(requests), context)
         try:
             async for reply in replies:
-                yield reply
+                with stalls.writing(refuse.method, context):
+                    yield reply
         except MalformedRequest as exc:
             await refuse(exc.bad, context)
         finally:

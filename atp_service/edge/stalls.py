@@ -1,0 +1,121 @@
+"""Streams whose callers stop reading: ended after ``stream_stall_s`` without a reply written.
+
+gRPC writes a stream's reply only as far as HTTP/2 flow control lets it: a caller that stops
+reading (a hung consumer, a paused process, a debugger) leaves the reply being written for ever.
+The stream then kept its place (among ``max_reserve_streams`` or ``max_watchers``), its decided
+batches and the replies gRPC had buffered, until the connection died, and a few such callers
+filled the service's streams for everyone. So every reply of a server stream is written under a
+limit: one not written within ``stream_stall_s`` ends the stream with a status naming the limit
+(queued behind the replies the caller has not read: it reads them first), counted in
+``atp_streams_stalled_total{method}``, and the call's task is cancelled, which frees its place as
+a cancelled call's is freed. A ``ReserveStream``'s batches are decided to their end all the same
+(R8): the stream ends ``OUTCOME_UNKNOWN``, and a retry with the same ids answers what was decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from atp_service.edge.errors import abort
+from atp_service.edge.ratelog import RateLimitedLog
+from atp_service.instruments import Counter
+from atp_service.tasks import keep
+from reservation import DomainError, Reason, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+_quiet = RateLimitedLog(log, logging.WARNING)  # any caller can cause it
+Context = grpc.aio.ServicerContext[Any, Any]
+END_WAIT_S = 5.0
+"""How long the stalled call's status may take to be queued before its task is cancelled anyway."""
+LIMIT = "stream_stall_s"
+
+
+class StallLimit:
+    """Ends a server stream whose reply has not been written within ``limit_s`` (0: never)."""
+
+    def __init__(self, limit_s: float, stalled: Counter) -> None:
+        self.limit_s = limit_s
+        self._stalled = stalled
+        self._ending: set[asyncio.Task[None]] = set()
+
+    def writing(self, method: str, context: Context) -> AbstractContextManager[None]:
+        """Around one reply's write: the stream is ended should it not be written within the limit.
+        In a generator handler, around its ``yield``: gRPC resumes the generator only once the reply
+        is written (in the call's own task), and closing it at the ``yield`` leaves the timer too."""
+        task = asyncio.current_task()
+        if not self.limit_s or task is None:
+            return nullcontext()
+        return _Timer(asyncio.get_running_loop().call_later(self.limit_s, self._stall, method, context, task))
+
+    def context(self, method: str, context: Context) -> Context:
+        """``context`` with its ``write`` under the limit: for a handler that writes its replies
+        itself (the health service's ``Watch``)."""
+        return _LimitedContext(self, method, context)  # type: ignore[return-value]
+
+    def _stall(self, method: str, context: Context, task: asyncio.Task[Any]) -> None:
+        self._stalled.labels(method).inc()
+        _quiet.log("stream ended: its caller stopped reading", event="stream_stalled", rpc=method,
+                   peer=context.peer(), limit_s=self.limit_s)
+        keep(self._ending, self._end(context, task, stalled_error(method, self.limit_s)))
+
+    @staticmethod
+    async def _end(context: Context, task: asyncio.Task[Any], error: DomainError) -> None:
+        """The status first (sent after the replies already written: cancelling alone left the
+        caller waiting for a status for ever), then the call's task cancelled: its reply is given
+        up and its ``finally`` blocks free its place."""
+        try:
+            # grpc.aio's abort raises once the status is queued (AbortError); a call that ended
+            # meanwhile refuses it: either way the task is cancelled next.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(abort(context, error), END_WAIT_S)
+        finally:
+            task.cancel()
+
+
+def stalled_error(method: str, limit_s: float) -> DomainError:
+    """What a stalled stream is ended with, naming the limit (metadata ``limit``)."""
+    waited = f"a reply waited {limit_s:g}s to be written: the caller stopped reading (limit {LIMIT}={limit_s:g})"
+    if method == "ReserveStream":  # its batches were decided (R8): in doubt to the caller, not lost
+        return Unavailable(f"{waited}; the batches sent and not answered may have been decided: re-send them "
+                           "with the same reservation ids, which answers what was decided", Reason.OUTCOME_UNKNOWN,
+                           metadata={"limit": LIMIT})
+    return ResourceExhausted(f"{waited}; read the stream's replies as they come, then call again",
+                             Reason.CAPACITY_REACHED, metadata={"limit": LIMIT})
+
+
+class _LimitedContext:
+    """A servicer context whose ``write`` is under a ``StallLimit``; everything else is the call's."""
+
+    __slots__ = ("_context", "_limit", "_method")
+
+    def __init__(self, limit: StallLimit, method: str, context: Context) -> None:
+        self._limit, self._method, self._context = limit, method, context
+
+    async def write(self, reply: Any) -> None:
+        with self._limit.writing(self._method, self._context):
+            await self._context.write(reply)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _Timer:
+    """Cancels its stall timer once the write it was armed for is over, however it ends."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: asyncio.TimerHandle) -> None:
+        self._handle = handle
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._handle.cancel()

@@ -1,0 +1,89 @@
+"""Streams whose callers stop reading, against the real gRPC server and Redis: after ``stream_stall_s``
+without a reply written the stream ends with a status naming the limit, its place is freed, the stall
+is counted, and what a ReserveStream had decided is durable and whole (R7, R8)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import pytest
+
+from atp_client import AtpClient, Retryable, typed
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from atp_service.app.service import AtpService
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory
+
+STALL_S = 1.0
+BATCH = 100
+STOCK = 1_000_000  # max_quantity: more than the batches the buffers hold
+
+
+def _batch(n: int) -> pb.ReserveStreamRequest:
+    return pb.ReserveStreamRequest(reservations=[pb.ReserveRequest(
+        reservation_id=_rid(n, i), lines=[pb.Line(sku="A", location="S1", quantity=1)]) for i in range(BATCH)])
+
+
+def _rid(batch: int, item: int) -> str:
+    return f"stall-{batch}-{item}"
+
+
+def _stalled(service: AtpService, method: str) -> float:
+    return service.metrics.edge.streams_stalled.labels(method).value
+
+
+async def _found(client: AtpClient, rid: str) -> bool:
+    try:
+        await client.get_reservation(rid)
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+        return False
+    return True
+
+
+async def test_a_reserve_stream_not_read_ends_and_keeps_what_it_decided(start_service: ServiceFactory) -> None:
+    service, client = await start_service(max_reserve_streams=1, stream_stall_s=STALL_S)
+    assert (await client.record_events([receipt("seed", "A", "S1", STOCK)]))[0].outcome == pb.FACT_OUTCOME_APPLIED
+    # A caller that writes batches and never reads their answers (no BDP probing: its window stays small).
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}", options=[("grpc.http2.bdp_probe", 0)])
+    call = pb_grpc.AvailabilityServiceStub(channel).ReserveStream()  # type: ignore[no-untyped-call]
+    written = 0
+
+    async def write_until_refused() -> None:
+        nonlocal written
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            while True:
+                await call.write(_batch(written))
+                written += 1
+
+    writer = asyncio.ensure_future(write_until_refused())  # not cancelled: that would cancel the call
+    await until(lambda: _stalled(service, "ReserveStream") == 1, "the unread stream ended as stalled", 60)
+    await until(lambda: service._servicer.reserve_streams == 0, "the stalled stream's place freed", 60)
+    answered = 0
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        while True:
+            answer = await call.read()
+            assert answer is not grpc.aio.EOF, "the stalled stream ended OK"  # type: ignore[attr-defined]
+            assert all(outcome.HasField("response") for outcome in answer.outcomes)
+            answered += 1
+    refusal = typed(ended.value)
+    assert isinstance(refusal, Retryable), refusal  # in doubt: the caller retries with the same ids (R5)
+    if ended.value.code() == grpc.StatusCode.UNAVAILABLE:  # else grpc.aio's INTERNAL: its pending write failed
+        assert refusal.reason == "OUTCOME_UNKNOWN" and refusal.refusal.metadata == {"limit": "stream_stall_s"}
+    await asyncio.wait_for(writer, 60)  # its last write refused once the call has ended
+    await channel.close(None)
+    # Every batch the service read was decided whole (R8) and durably (R7): the held units are
+    # whole batches, from the first one written on, the answered ones among them.
+    held = (await client.availability([("A", "S1")]))[0].reserved
+    decided, part = divmod(held, BATCH)
+    assert part == 0 and answered <= decided <= written, (held, answered, written)
+    assert await _found(client, _rid(decided - 1, 0)) and await _found(client, _rid(decided - 1, BATCH - 1))
+    assert not await _found(client, _rid(decided, 0)) and not await _found(client, _rid(decided, BATCH - 1))
+    # The place is free: a new stream is taken and answered.
+    async for result in client.reserve_stream([[pb.ReserveRequest(reservation_id="after", lines=[
+            pb.Line(sku="A", location="S1", quantity=1)])]]):
+        assert result.outcomes[0].HasField("response")
