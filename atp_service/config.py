@@ -199,6 +199,9 @@ class ServiceConfig:
     wait to be written while its caller does not read; past it the stream ends (ReserveStream OUTCOME_UNKNOWN,
     the others CAPACITY_REACHED, metadata ``limit``) and frees its place. 0: never (a stalled caller keeps it)."""
 
+    max_open_service_streams: int = 4096
+    """Health.Watch and reflection streams (open to any caller, no token) open at once; more are refused."""
+
     shutdown_grace_s: float = 5.0
     """How long in-flight RPCs may finish on shutdown before they are cancelled."""
 

@@ -83,7 +83,8 @@ def check_choices(cfg: Any) -> None:
 POSITIVE = ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries", "publish_batch_max",
             "curate_slice_cells", "ingest_count", "ingest_count_publishing", "ingest_inflight", "max_watchers",
             "max_watch_snapshot_keys", "watch_batch", "max_pending_calls", "max_reserve_streams", "side_stream_maxlen",
-            "max_stream_inflight", "pipeline_depth", "maintenance_interval_ms", "redis_timeout_s",
+            "max_stream_inflight", "max_open_service_streams", "pipeline_depth", "maintenance_interval_ms",
+            "redis_timeout_s",
             "snapshot_interval_s", "velocity_half_life_s", "ingest_max_entry_bytes", "owner_check_s",
             "snapshot_write_mb_per_s", "snapshot_retry_max_s", "tracing_export_timeout_s")
 """Settings that bound a queue, a batch or a stream, or pace a loop: at 0 there would be no bound

@@ -28,7 +28,7 @@ FACT_ORIGINS = ("grpc", "stream")
 """``atp_facts_total``'s origins of every kind of fact (RecordEvents, the input streams); LoadCounts' is load."""
 CAPACITY_LIMITS = ("max_live_reservations_per_shard", "max_resolved_reservations_per_shard", "max_positions_per_shard",
                    "max_dedupe_entries_per_shard", "max_reserve_streams", "max_watchers",
-                   "max_watch_snapshot_keys")
+                   "max_watch_snapshot_keys", "max_open_service_streams")
 """``atp_capacity_refusals_total``'s limits: a shard's bounds on what it remembers and holds, the edge's on
 open streams."""
 APPEND_FAILURE_REASONS = ("out_of_memory", "timeout", "connection", "fenced", "refused", "other")

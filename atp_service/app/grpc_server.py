@@ -23,7 +23,7 @@ from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
 from atp_service.edge.handlers import add_service
 from atp_service.edge.peers import peers_handler
 from atp_service.edge.servicer import AvailabilityServicer
-from atp_service.edge.stalls import StallLimit
+from atp_service.edge.stalls import OpenStreams, StallLimit
 from atp_service.engine.router import Engine
 from atp_service.metrics import EdgeMetrics
 
@@ -45,12 +45,14 @@ def new_server(cfg: ServiceConfig, interceptors: list[grpc.aio.ServerInterceptor
 
 
 def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health: HealthServicer,
-                 metrics: EdgeMetrics, engine: Callable[[], Engine | None] | None, stall_s: float) -> None:
+                 metrics: EdgeMetrics, engine: Callable[[], Engine | None] | None, cfg: ServiceConfig) -> None:
     """Through ``handlers.add_service``, not the generated ``add_..._to_server``: bytes that are not
     a valid request answer INVALID_ARGUMENT with a quiet log line, on the open services too.
-    ``engine`` (leased groups): the peers' internal service asks it for the order steps. ``stall_s``:
-    every stream, the open services' too, ends when its caller stops reading (``stream_stall_s``)."""
-    bad_requests, stalls = metrics.bad_requests, StallLimit(stall_s, metrics.streams_stalled)
+    ``engine`` (leased groups): the peers' internal service asks it for the order steps. Every
+    stream, the open services' too, ends when its caller stops reading (``cfg.stream_stall_s``); the
+    open services' streams (no token needed) are ``cfg.max_open_service_streams`` at most, together."""
+    bad_requests, stalls = metrics.bad_requests, StallLimit(cfg.stream_stall_s, metrics.streams_stalled)
+    open_streams = OpenStreams(cfg.max_open_service_streams, metrics.capacity_refusals)
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
     names = (SERVICE_NAME, health_service.full_name, reflection.SERVICE_NAME)
     api = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
@@ -60,9 +62,9 @@ def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health
     # rate() sees nothing of a series' first value.
     for method in api.methods:
         servicer.latency(method.name, "UNAVAILABLE")
-    add_service(server, health, health_service, bad_requests, stalls)
+    add_service(server, health, health_service, bad_requests, stalls, open_streams)
     add_service(server, ReflectionServicer(names),
-                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad_requests, stalls)
+                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad_requests, stalls, open_streams)
     if engine is not None:
         server.add_generic_rpc_handlers((peers_handler(engine),))
 

@@ -145,7 +145,7 @@ class AtpService:
         self._server = new_server(cfg, server_interceptors(cfg, self.tracing, self.metrics.edge))
         self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_*)
         add_services(self._server, self._servicer, self._health, self.metrics.edge,
-                     (lambda: self.engine) if cfg.ownership == "leases" else None, cfg.stream_stall_s)
+                     (lambda: self.engine) if cfg.ownership == "leases" else None, cfg)
         self.port = bind(self._server, cfg)
         self._servicer.advertise(cfg.advertise_address or f"{cfg.host}:{self.port}", cfg.shards)
         for name in ("", SERVICE_NAME):

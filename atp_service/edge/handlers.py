@@ -24,7 +24,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from atp_service.edge.errors import abort
 from atp_service.edge.ratelog import RateLimitedLog
-from atp_service.edge.stalls import StallLimit
+from atp_service.edge.stalls import OpenStreams, StallLimit
 from atp_service.instruments import Counter
 from reservation import DomainError, Reason
 
@@ -50,18 +50,21 @@ class MalformedRequest(Exception):
 
 
 def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, bad_requests: Counter,
-                stalls: StallLimit) -> None:
+                stalls: StallLimit, open_streams: OpenStreams | None = None) -> None:
     """Register ``servicer``'s methods of ``service``, as the generated ``add_..._to_server`` does.
 
     A method the servicer leaves to the generated base class (a sync placeholder, like the aio
     health servicer's ``List``) is not registered: gRPC answers it UNIMPLEMENTED without the ERROR
     traceback the placeholder's NotImplementedError would log per call. Refusals of bad bytes are
     counted in ``bad_requests`` by method. Every reply of a server stream is written under ``stalls``
-    (``stream_stall_s``): a caller that stops reading does not keep its stream for ever."""
+    (``stream_stall_s``): a caller that stops reading does not keep its stream for ever; with
+    ``open_streams``, the service's server streams are bounded in number (the open services')."""
     handlers = {}
     for method in service.methods:
         behaviour = getattr(servicer, method.name)
         if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
+            if open_streams is not None and method.server_streaming:
+                behaviour = open_streams.bounded(behaviour)
             handlers[method.name] = _handler(method, behaviour, bad_requests, stalls)
         elif not behaviour.__module__.endswith("_pb2_grpc"):  # our own mistake: say so at start-up
             raise TypeError(f"{service.full_name}/{method.name}: the servicer's method must be async")

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Any
@@ -35,6 +37,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 END_WAIT_S = 5.0
 """How long the stalled call's status may take to be queued before its task is cancelled anyway."""
 LIMIT = "stream_stall_s"
+OPEN_LIMIT = "max_open_service_streams"
 
 
 class StallLimit:
@@ -119,3 +122,45 @@ class _Timer:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._handle.cancel()
+
+
+class OpenStreams:
+    """Streams of the open services (``grpc.health.v1.Health/Watch``, reflection: no token needed,
+    auth on or off) open at once, at most ``limit``: each holds a task and its buffers for as long
+    as its caller likes (a watch reads only on a change, so the stall limit never ends it), and
+    nothing else bounded them. Refused ``CAPACITY_REACHED``, counted in ``refusals`` by the limit."""
+
+    def __init__(self, limit: int, refusals: Counter) -> None:
+        self.limit, self.open = limit, 0
+        self._refused = refusals.labels(OPEN_LIMIT)
+
+    def bounded(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        """``behaviour`` (a generator or a coroutine, as gRPC calls it) counted while it runs."""
+        if inspect.isasyncgenfunction(behaviour):
+            async def replies(request: Any, context: Context) -> AsyncIterator[Any]:
+                await self._enter(context)
+                try:
+                    async with contextlib.aclosing(behaviour(request, context)) as inner:
+                        async for reply in inner:
+                            yield reply
+                finally:
+                    self.open -= 1
+
+            return replies
+
+        async def answer(request: Any, context: Context) -> Any:
+            await self._enter(context)
+            try:
+                return await behaviour(request, context)
+            finally:
+                self.open -= 1
+
+        return answer
+
+    async def _enter(self, context: Context) -> None:
+        if self.open >= self.limit:
+            self._refused.inc()
+            await abort(context, ResourceExhausted(
+                f"{OPEN_LIMIT}: {self.limit} health watch and reflection streams are open already; "
+                "close one, or use Health/Check", Reason.CAPACITY_REACHED, metadata={"limit": OPEN_LIMIT}))
+        self.open += 1

@@ -9,6 +9,8 @@ import contextlib
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from atp_client import AtpClient, Retryable, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -87,3 +89,42 @@ async def test_a_reserve_stream_not_read_ends_and_keeps_what_it_decided(start_se
     async for result in client.reserve_stream([[pb.ReserveRequest(reservation_id="after", lines=[
             pb.Line(sku="A", location="S1", quantity=1)])]]):
         assert result.outcomes[0].HasField("response")
+
+
+async def test_the_open_services_streams_are_bounded_in_number(start_service: ServiceFactory) -> None:
+    """Health.Watch and reflection streams need no token: at ``max_open_service_streams`` more are
+    refused CAPACITY_REACHED naming the limit (counted), and a place frees as one ends."""
+    service, client = await start_service(max_open_service_streams=2)
+    health = health_pb2_grpc.HealthStub(client.channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
+    for watch in watches:
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    refused = [health.Watch(health_pb2.HealthCheckRequest()),
+               reflection_pb2_grpc.ServerReflectionStub(client.channel).ServerReflectionInfo(
+                   iter([reflection_pb2.ServerReflectionRequest(list_services="")]))]
+    for call in refused:
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await call.read()
+        refusal = typed(ended.value)
+        assert (ended.value.code(), refusal.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CAPACITY_REACHED")
+        assert refusal.refusal.metadata == {"limit": "max_open_service_streams"}, refusal
+    assert service.metrics.edge.capacity_refusals.labels("max_open_service_streams").value == 2
+    watches[0].cancel()
+
+    async def one_more_is_taken() -> bool:
+        call = health.Watch(health_pb2.HealthCheckRequest())
+        try:
+            await call.read()
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+            return False
+        call.cancel()
+        return True
+
+    for _ in range(2000):  # polled: the cancelled watch frees its place once its task has ended
+        if await one_more_is_taken():
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("no place freed by the cancelled watch")
+    watches[1].cancel()
