@@ -191,8 +191,8 @@ def test_a_retry_policy_that_cannot_work_is_refused_naming_the_field(kwargs: dic
 @pytest.mark.slow
 def test_memory_stays_flat_under_waves_of_calls_far_past_the_bounds(redis_url: str, tmp_path: Path) -> None:
     """Eight waves of 3,000 simultaneous reservations at a service with a 16-call queue: most are refused
-    at the door, and once warm the service's memory stays where it is — ~14,000 refusals between the
-    third wave and the last add less than 10 MB, so a refused call leaks less than ~0.7 KB."""
+    at the door, and once warm the service's memory stays where it is — ~10,000 refusals between the
+    warm waves and the last three add less than 10 MB, so a refused call leaks less than ~1 KB."""
     log = tmp_path / "serve.log"
     proc, target, _ = serve(redis_url, log, "--max-pending-calls", "16")
 
@@ -213,9 +213,11 @@ def test_memory_stays_flat_under_waves_of_calls_far_past_the_bounds(redis_url: s
         assert stop_or_explain(proc, log) == 0
     for _, seen in rounds:
         assert seen.get("OK", 0) > 0 and seen.get("CANCELLED", 0) > 1000, seen  # far past the bounds
-    warm, last = rounds[2][0], rounds[-1][0]
+    # The least of a few waves on each side: the resident size swings by ~6 MB from one wave to the
+    # next (the allocator, the garbage collector), where a leak raises every wave after it.
+    warm, last = min(rss for rss, _ in rounds[1:4]), min(rss for rss, _ in rounds[-3:])
     assert warm > 0  # rss_mb read the service's VmRSS
-    assert last - warm < 10, [round(rss, 1) for rss, _ in rounds]
+    assert last - warm < 10, [(round(rss, 1), seen) for rss, seen in rounds]
 
 
 def wake(monitor: LoopLagMonitor) -> None:
