@@ -33,7 +33,7 @@ from atp_service.intake.unread import GroupReader
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text, group_lost, make_group, stream_info
-from atp_service.tasks import cancel_and_wait
+from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled
 from reservation import DomainError, Fact, InvalidArgument, Moved
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,6 @@ class StreamIngestor:
         """Take over entries a dead consumer left pending for longer than claim_idle_ms."""
         cfg = self._config
         out: list[Entry] = []
-        dead: list[Dead] = []
         for stream in self._streams:
             # Each call scans a bounded part of the group's pending list: the next goes on from the
             # cursor it returns (0-0: from the start again), so entries far down the list are reached.
@@ -282,10 +281,13 @@ class StreamIngestor:
             # Redis 7 lists apart the pending entries it found trimmed from the stream, idle or not,
             # and takes them out of the pending list: told as dead letters. Whether the consumer that
             # held one applied it is not known (a live one may yet; its fields are gone from Redis).
-            trimmed = reply[2] if len(reply) > 2 else []
-            dead += [(stream, entry_id, [], TRIMMED) for entry_id in trimmed]
-        if dead:
-            await self._dead_letter(dead)
+            # Those letters are their only trace: written at once (not after the next stream's claim)
+            # and whole, even if a stop cancels the reader meanwhile.
+            if trimmed := (reply[2] if len(reply) > 2 else []):
+                dead: list[Dead] = [(stream, entry_id, [], TRIMMED) for entry_id in trimmed]
+                told = asyncio.ensure_future(self._dead_letter(dead))
+                told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
+                await finish_uncancelled(told)
         if out:
             self._metrics.ingest_claimed.inc(len(out))
             log.info("claimed %d stale pending entries", len(out))
