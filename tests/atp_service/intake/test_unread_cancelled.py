@@ -1,0 +1,70 @@
+"""The input-stream reader stopped while the reply of the read that crossed a gap is on its way.
+
+The read is one script: it moves the consumer group past the entries trimmed before it read them
+and says how many there were, once — the next read sees no gap. A stop cancelling the reader there
+lost that word for good: ``atp_ingest_trimmed_unread_total`` (alert ATPInputTrimmedUnread) never
+counted the lost sales. Real Redis; the script's real reply held at an event until the reader has
+been cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry
+
+from atp_service import ManualClock
+from atp_service.config import ServiceConfig
+from atp_service.intake.facts import FactDesk
+from atp_service.intake.ingest import StreamIngestor
+from atp_service.intake.unread import _READ
+from atp_service.metrics import IntakeMetrics
+from atp_service.storage.nodes import connect_any
+from tests.atp_service.fact_helpers import F
+from tests.atp_service.redis_proxy import until
+
+T = 1_700_000_000_000
+STREAM = "atp:in:pos"
+
+
+async def test_a_reader_stopped_while_the_read_crossing_a_gap_answers_still_counts_the_trimmed_entries(
+        redis_url: str) -> None:
+    """Defect: the read's script ran — the group past the 2 entries trimmed unread — and the stop
+    cancelled the reader before it took the reply: nothing counted, nothing logged, and no later
+    read could see the gap again."""
+    r: Any = redis.Redis.from_url(redis_url)  # its replies read as Redis gives them
+    r.xgroup_create(STREAM, "atp", id="0", mkstream=True)
+    for n in range(3):
+        r.xadd(STREAM, F(f"p{n}", "SALE", "A", "DC", 1, T).fields())
+    r.xtrim(STREAM, maxlen=1, approximate=False)  # p0 and p1 gone before the group read them
+    registry = CollectorRegistry()
+    desk = FactDesk(None, "atp:quarantine", 1000, metrics=IntakeMetrics(registry))  # type: ignore[arg-type]
+    settings = dataclasses.replace(ServiceConfig(input_streams=(STREAM,)).ingest_settings, ingest_block_ms=60_000)
+    client = connect_any(redis_url, 2.0)
+    ingestor = StreamIngestor(client, desk, settings, ManualClock(T))
+    real, held, release = client.register_script(_READ), asyncio.Event(), asyncio.Event()
+
+    async def gated(**kwargs: Any) -> Any:
+        reply = await real(**kwargs)  # run in Redis: the group is past the gap
+        held.set()
+        await release.wait()
+        return reply
+
+    ingestor._new._script = gated
+    await ingestor.start()
+    task = ingestor.task
+    assert task is not None
+    try:
+        await until(held.is_set, "the read crossing the gap answered")
+        task.cancel()  # the stop, landing as the reply comes
+        await until(lambda: task.cancelling() > 0 or task.done(), "the reader cancelled")
+        release.set()
+        await asyncio.wait([task], timeout=20)  # the test's own bound
+        assert task.done() and task.cancelled()
+    finally:
+        release.set()
+        await ingestor.stop()
+    assert registry.get_sample_value("atp_ingest_trimmed_unread_total", {"stream": STREAM}) == 2
