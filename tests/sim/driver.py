@@ -22,6 +22,7 @@ from tests.sim.invariants import (
     durable_state_consistent,
     every_record_routed,
     every_shard_answers,
+    no_route_without_record,
     snapshots_whole,
 )
 from tests.sim.shardcount import facts_answer_alike
@@ -207,6 +208,7 @@ class Driver:
         replay_equals_live(world, recovered)
         durable_state_consistent(recovered)
         every_record_routed(world)
+        no_route_without_record(world)
         abandoned_reserves_whole(world, self.commands.abandoned)
         self.commands.abandoned.clear()
         world.durable.catch_up()  # R2: no grant oversold (raises)
