@@ -23,6 +23,7 @@ from atp_service.app.keyspace import StartupError
 from atp_service.app.service import AtpService
 from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
 from atp_service.config import ServiceConfig
+from atp_service.early_signals import noted
 from atp_service.edge.transport import reexec_for
 from atp_service.logs import set_up_logging
 from atp_service.storage.embedded_redis import (
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(config: ServiceConfig) -> int:
     """Run the service until it is stopped; the exit status."""
+    if noted() is not None:  # a stop while the modules loaded: a re-execution would forget it
+        log.info("stop signal before the start: not started", extra={"event": "start_abandoned"})
+        return 0
     reexec_for(config.http2_transport)  # returns when gRPC already runs the configured transport
     set_mmap_threshold(config.malloc_mmap_threshold)  # before gRPC starts threads with arenas of their own
     set_numpy_hugepages(config.numpy_hugepages)  # before the first position column is allocated
@@ -128,7 +132,7 @@ class _EarlyStop:
     running alone. SIGHUP (a reload: the estate is read at start anyway) and SIGUSR1 are ignored."""
 
     def __init__(self) -> None:
-        self.signal: int | None = None
+        self.signal: int | None = noted()  # one that came while the modules loaded (early_signals)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._note)
         for sig in (signal.SIGHUP, signal.SIGUSR1):
