@@ -23,7 +23,7 @@ from atp_service.app.keyspace import StartupError
 from atp_service.app.service import AtpService
 from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
 from atp_service.config import ServiceConfig
-from atp_service.early_signals import noted
+from atp_service.early_signals import noted, release_stops, stops_held
 from atp_service.edge.transport import reexec_for
 from atp_service.logs import set_up_logging
 from atp_service.storage.embedded_redis import (
@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(config: ServiceConfig) -> int:
     """Run the service until it is stopped; the exit status."""
-    if noted() is not None:  # a stop while the modules loaded: a re-execution would forget it
-        log.info("stop signal before the start: not started", extra={"event": "start_abandoned"})
-        return 0
-    reexec_for(config.http2_transport)  # returns when gRPC already runs the configured transport
+    # Held from the check to a re-execution: a stop sent in between stays pending into the new process.
+    with stops_held():
+        if noted() is not None:  # a stop while the modules loaded: a re-execution would forget it
+            log.info("stop signal before the start: not started", extra={"event": "start_abandoned"})
+            return 0
+        reexec_for(config.http2_transport)  # returns when gRPC already runs the configured transport
     set_mmap_threshold(config.malloc_mmap_threshold)  # before gRPC starts threads with arenas of their own
     set_numpy_hugepages(config.numpy_hugepages)  # before the first position column is allocated
     if config.event_loop == "uvloop":
@@ -137,6 +139,7 @@ class _EarlyStop:
             signal.signal(sig, self._note)
         for sig in (signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_IGN)
+        release_stops()  # a process re-executed with them held and entered here, not through ``catch_stops``
 
     def _note(self, signum: int, _frame: object) -> None:
         self.signal = signum
