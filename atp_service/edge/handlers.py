@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -178,16 +178,22 @@ class _Checked:
     """The request stream, raising ``MalformedRequest`` at a message that did not parse. A plain
     iterator, not an async generator: one layer less per message on the ReserveStream path."""
 
-    __slots__ = ("_next",)
+    __slots__ = ("_next", "_requests")
 
     def __init__(self, requests: AsyncIterator[Any]) -> None:
-        self._next = requests.__aiter__().__anext__
+        self._requests = requests
+        # Asked for at the first read only: grpc.aio makes its generator then, and one a handler never
+        # reads (a stream refused at once) warns "never awaited" when collected — at any moment, even
+        # inside a ``compile()``, where CPython 3.11 fails with a SystemError (pytest ended so).
+        self._next: Callable[[], Awaitable[Any]] | None = None
 
     def __aiter__(self) -> _Checked:
         return self
 
     async def __anext__(self) -> Any:
-        request = await self._next()
+        if (next_ := self._next) is None:
+            next_ = self._next = self._requests.__aiter__().__anext__
+        request = await next_()
         if type(request) is Malformed:
             raise MalformedRequest(request)
         return request
