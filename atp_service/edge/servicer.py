@@ -287,7 +287,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         try:
             while (task := await inflight.get()) is not None:
                 try:
-                    answer = await task
+                    answer = await asyncio.shield(task)  # a caller gone cuts the wait, not the decision (R8)
                 except DomainError as exc:  # the service recovering or stopping: a status, not UNKNOWN
                     await self._end_stream("ReserveStream", started, context, exc)
                 yield answer

@@ -205,3 +205,25 @@ async def test_a_cancelled_stream_keeps_its_place_until_its_batches_are_decided_
     await again.write(_batch("k0"))
     assert len((await again.read()).outcomes) == 1
     await again.done_writing()
+
+
+async def test_a_stream_cancelled_while_its_one_batch_is_decided_keeps_its_place_and_decides_it_R8(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """The handler awaited the batch it answers next directly: a caller gone then cancelled that batch
+    too, so its place was freed while its shards still decided it (and the decision's own task was cut).
+    The batch now goes on to its end, the stream's place held until then; a retry answers the decision."""
+    service, client = await start_service(max_stream_inflight=1, max_reserve_streams=1)
+    await client.record_events([receipt("seed", "A", "S1", 100)])
+    with writes_paused(redis_url):
+        call = client.stub.ReserveStream()
+        await call.write(_batch("one"))
+        await until(lambda: len(stream_tasks()) >= 2, "the stream's batch being decided", 20)
+        batch = next(t for t in stream_tasks() if t.get_coro().__qualname__.endswith("._reserve_batch"))
+        call.cancel()
+        await until(lambda: not _readers(), "the cancelled stream's handler ended", 20)
+        assert not batch.done(), "the batch is decided to its end, not cut with its caller"
+        assert service._servicer.reserve_streams == 1  # the batch still waits on Redis
+    await until(lambda: service._servicer.reserve_streams == 0, "the place freed once the batch is decided", 20)
+    assert not batch.cancelled()
+    got = await client.stub.GetReservation(pb.GetReservationRequest(reservation_id="one"))
+    assert got.reservation.state == pb.RESERVATION_STATE_HELD
