@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -26,6 +27,15 @@ from reservation import Limits
 # run (a pytest-xdist worker) hangs at exit for ever (grpc/grpc#22365). This reference, never
 # given back, keeps the queue up until the process exits. Outside any loop: it anchors none.
 grpc.aio.init_grpc_aio()  # type: ignore[attr-defined]  # exported, missing from the stubs
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish() -> None:
+    """The tests' garbage collected here, before the summary: a collection running finalizers (gRPC's
+    and asyncio's objects in cycles) inside the AST constructor of a module pytest rewrites late (the
+    hypothesis plugin's import at the summary) fails CPython 3.11 with a SystemError, and the run with it."""
+    gc.collect()
+
 
 SPAWNED: list[subprocess.Popen[bytes]] = []
 """Service processes a test started (``spawned``): any still running after the test is killed."""
