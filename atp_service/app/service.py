@@ -176,9 +176,8 @@ class AtpService:
         self._servicer.monitor = self._monitor
         self.desk = FactDesk(self.engine, cfg.quarantine_stream, cfg.side_stream_maxlen, self.metrics.intake)
         if self.estate.channels:
-            channel_client = connect_any(self.redis_url, cfg.redis_timeout_s, cluster=cfg.redis_cluster)
-            store = ChannelStore(channel_client, cfg.key_prefix, epoch=self._epoch,
-                                 block_limit_ms=int(cfg.redis_timeout_s * 500))  # half the timeout
+            store = ChannelStore.open(self.redis_url, cfg.key_prefix, self._epoch, cfg.redis_timeout_s,
+                                      cfg.redis_cluster, (cfg.redis_wait_replicas, cfg.redis_wait_timeout_ms))
             self.channels = ChannelDesk(self.engine, self.estate, store, self.clock, cfg.channel_settings,
                                         self.metrics.channels)
             self.metrics.channels.export_channels(self.estate.channels)
@@ -389,7 +388,7 @@ class AtpService:
             await self.desk.stop(self.config.redis_timeout_s * 2)
         if self.channels is not None:
             await self._watched.stopped(self.channels.stop())
-            await self.channels.store.client.aclose()
+            await self.channels.store.aclose()
         if self.membership is not None:
             await self.membership.stop()  # every group handed over: drained, snapshotted, released
         if self.engine is not None:

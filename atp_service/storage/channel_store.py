@@ -35,6 +35,7 @@ from atp_service.storage.channel_wire import (
 )
 from atp_service.storage.durability import append_failure_reason
 from atp_service.storage.keys import CHANNELS, Keyspace
+from atp_service.storage.nodes import Call, Nodes, Script, open_nodes
 from atp_service.storage.resp import seq_of, stream_entries, stream_info
 from atp_service.storage.scripts import FENCE_LUA, FENCE_SCRIPT
 from reservation import ChannelUpdate, Key, Published
@@ -100,10 +101,12 @@ def _with_layout(script: str) -> str:
 
 
 _WRITE = _with_layout(_WRITE)
+_WRITE_SCRIPT = Script(_WRITE)
 
 # KEYS: the owner key, the fence key; ARGV: this instance's epoch, the desk's token. Raises the fence
 # above both the stored value and the token (Redis restarted from older data may hold one below it).
 _FENCE = FENCE_SCRIPT
+_FENCE_CALL = Script(_FENCE)
 
 _REFUSALS = ("FENCED", "STALE", "TAKEN")
 
@@ -124,18 +127,39 @@ def write_failure_reason(error: BaseException) -> str:
 
 
 class ChannelStore:
-    def __init__(self, client: Any, prefix: str, epoch: Callable[[], int], block_limit_ms: int | None = None) -> None:
+    def __init__(self, client: Any, prefix: str, epoch: Callable[[], int], block_limit_ms: int | None = None,
+                 writer: Nodes | None = None) -> None:
         """``block_limit_ms``: the longest a read waits for updates (``read_after``), under the client's
-        socket timeout: a wait past it would end in a timeout on a healthy Redis."""
+        socket timeout: a wait past it would end in a timeout on a healthy Redis. ``writer``: where the
+        write and fence scripts go (the service's: on a cluster, and waiting for ``redis_wait_replicas``
+        as the log's appends do); unset, on ``client`` (one Redis), acknowledged by the primary alone."""
         self.client = client
         self.block_limit_ms = block_limit_ms
         self.prefix = prefix
         self.keys = Keyspace(prefix)
         self._epoch = epoch  # this instance's claim on the channel feeds' group (LogStore.claim)
-        self._write_script = client.register_script(_WRITE)
-        self._fence_script = client.register_script(_FENCE)
+        # Through ``Nodes``, as the log: a write the replicas did not confirm is in doubt
+        # (``NotReplicated``), settled by a fence they confirm. Acknowledged by the primary alone, a
+        # failover lost it while the desk believed it published: the feed kept the value before it
+        # (a stock-out never shown) until the key changed again (C4).
+        self.writer = writer if writer is not None else Nodes(client)
         self.token: int | None = None
         """The fence token writes carry (None: not read yet; the first write reads it)."""
+
+    @classmethod
+    def open(cls, url: str, prefix: str, epoch: Callable[[], int], timeout_s: float, cluster: bool,
+             waits: tuple[int, int]) -> ChannelStore:
+        """The service's store: on one Redis or the cluster at ``url``, its writes acknowledged once
+        ``waits`` (replicas, timeout ms: ``redis_wait_replicas``, ``redis_wait_timeout_ms``) hold, as
+        the log's; a read waits at most half ``timeout_s`` for updates."""
+        writer = open_nodes(url, timeout_s, cluster=cluster, wait_replicas=waits[0], wait_timeout_ms=waits[1])
+        return cls(writer.reader, prefix, epoch, block_limit_ms=int(timeout_s * 500), writer=writer)
+
+    async def aclose(self) -> None:
+        """The write connections and ``client`` closed."""
+        await self.writer.aclose()
+        if self.writer.reader is not self.client:
+            await self.client.aclose()
 
     def fence_key(self) -> str:
         """One for the desk: it is the only writer, and writes every channel in one script call."""
@@ -146,8 +170,8 @@ class ChannelStore:
         writes that follow. After it returns, the streams hold all that will ever land of those
         writes. Raises like any command while Redis cannot be reached (a write pause delays it)."""
         try:
-            self.token = int(await self._fence_script(keys=[self.keys.owner(CHANNELS), self.fence_key()],
-                                                      args=[self._epoch(), self.token or 0]))
+            self.token = int(await self.writer.run_one(Call(_FENCE_CALL, [self.keys.owner(CHANNELS), self.fence_key()],
+                                                            [self._epoch(), self.token or 0])))
         except ResponseError as exc:
             if not str(exc).startswith("FENCED"):
                 raise
@@ -190,7 +214,7 @@ class ChannelStore:
             self.token = int(await self.client.get(self.fence_key()) or 0)
         args[1] = self.token
         try:
-            await self._write_script(keys=keys, args=args)
+            await self.writer.run_one(Call(_WRITE_SCRIPT, keys, args))
         except ResponseError as exc:
             if str(exc).startswith(_REFUSALS):
                 raise WriteRefused(str(exc)) from None

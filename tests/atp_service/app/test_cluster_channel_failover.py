@@ -1,0 +1,113 @@
+"""The channel feeds on a Redis Cluster whose ``{avail}`` primary fails over, the service asked to
+acknowledge a write only once a replica holds it (``redis_wait_replicas`` 1): a channel write the
+promoted replica never received is not believed published — the feed converges to the durable value
+on the new primary (C4), as the log loses nothing acknowledged ("Redis durability and failover")."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.asyncio.cluster import RedisCluster
+
+from atp_client import AtpClient
+from atp_service import AtpService, ManualClock
+from atp_service.storage.channel_wire import state_entry
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.embedded_redis import EmbeddedRedis
+from tests.atp_service.channel_helpers import fact, one_dc_market, write_estate
+from tests.atp_service.edge.test_api import T0
+from tests.atp_service.redis_proxy import until
+from tests.conftest import test_config as make_config
+
+pytestmark = pytest.mark.slow
+STATE = "atp:{avail}:market:state"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """A cluster of its own: this test changes its topology."""
+    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=1, node_timeout_ms=1000, sync_delay_s=0) as formed:
+        yield formed
+
+
+def _replica_of(cluster: EmbeddedCluster, primary: EmbeddedRedis) -> EmbeddedRedis:
+    for node in cluster.nodes:
+        with redis.Redis(host="127.0.0.1", port=node.port) as admin:
+            info = admin.info("replication")
+        if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
+            return node
+    raise AssertionError(f"no replica of {primary.port}")
+
+
+def _quantity_on(port: int, sku: str) -> int | None:
+    """The published quantity of ``sku`` in the market state hash held by the node at ``port``."""
+    with redis.Redis(host="127.0.0.1", port=port) as node:
+        try:
+            fields = node.hgetall(STATE)
+        except redis.exceptions.ResponseError:  # MOVED: that node no longer serves the slot
+            return None
+    for field, value in fields.items():
+        (found, _), published = state_entry(field, value)
+        if found == sku:
+            return published.quantity
+    return None
+
+
+def _port_of(finder: RedisCluster, key: str) -> int:
+    node = finder.get_node_from_key(key)
+    assert node is not None
+    return int(node.port)
+
+
+def _role(port: int) -> str:
+    with redis.Redis(host="127.0.0.1", port=port) as node:
+        return str(node.info("replication").get("role"))
+
+
+async def test_a_channel_write_the_promoted_replica_lacks_is_published_again_C4(
+        cluster: EmbeddedCluster, tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    config = make_config(redis_cluster=True, input_streams=(), redis_wait_replicas=1, redis_wait_timeout_ms=300,
+                         redis_timeout_s=1.0, estate=write_estate(tmp_path, one_dc_market(0, 1000.0)))
+    service = AtpService(config, cluster.url, clock=clock)
+    await service.start()
+    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=5.0)
+    finder = RedisCluster.from_url(cluster.url)
+    try:
+        await finder.initialize()
+        avail_port = _port_of(finder, STATE)
+        assert service.engine is not None
+        place = service.engine.place
+        primary = next(node for node in cluster.nodes if node.port == avail_port)
+        replica = _replica_of(cluster, primary)
+        sku = next(f"S{i}" for i in range(200)  # its shard's log on another primary: its writes stay confirmed
+                   if _port_of(finder, f"atp:{{g{place(f'S{i}')}}}:log") != avail_port)
+        await client.record_events([fact("c1", "COUNT", sku, "dc-1", 40, T0)])
+        await until(lambda: (_quantity_on(avail_port, sku) or 0) > 0, "the first count published", 30)
+        assert replica.process is not None
+        os.kill(replica.process.pid, signal.SIGSTOP)  # the replica receives nothing more for now: stopped,
+        try:  # and cut off (its link's socket would still hand it what was sent meanwhile once it runs on)
+            with redis.Redis(host="127.0.0.1", port=avail_port) as admin:
+                admin.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            clock.advance(1000)
+            await client.record_events([fact("c2", "COUNT", sku, "dc-1", 0, T0 + 1000)])  # a stock-out
+            await until(lambda: _quantity_on(avail_port, sku) == 0, "the stock-out written on the primary", 30)
+            primary.kill()  # kill -9: the stock-out never reached the replica
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        with redis.Redis(host="127.0.0.1", port=replica.port) as promoted:
+            promoted.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        await until(lambda: _role(replica.port) == "master", "the replica promoted", 30)
+        assert _quantity_on(replica.port, sku) != 0  # the write was lost with the old primary
+        primary.start()  # back as a replica of the promoted one: writes can be confirmed again
+        await until(lambda: _quantity_on(replica.port, sku) == 0,
+                    "the stock-out published again on the promoted primary", 30)
+    finally:
+        await finder.aclose()
+        await client.close()
+        await service.stop(grace_s=0.1)
