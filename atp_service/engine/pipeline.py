@@ -15,7 +15,7 @@ from atp_service.logs import EveryInterval
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import append_failure_reason
 from atp_service.storage.log import Fenced, LogStore
-from atp_service.storage.resp import out_of_memory
+from atp_service.storage.resp import out_of_memory, slot_not_served
 from reservation import Ledger, LogEntry, Moved, Reason, Unavailable, encode_entry
 
 log = logging.getLogger(__name__)
@@ -148,19 +148,27 @@ class CommitPipeline(EntryListeners):
                     extra=fields)
 
     def _cannot_land(self, rec: InFlight) -> bool:
-        """An entry certainly not in the log, now or later: refused OOM, or not yet sent (cancelled
+        """An entry certainly not in the log, now or later: refused OOM or by the cluster's routing
+        (TRYAGAIN, ASK, MOVED, CLUSTERDOWN: answered before the script ran), or not yet sent (cancelled
         below, it never is). A shard's later batches wait in the log's next group commit or share the
         refused call: in doubt, they wedged the shard under load as the refused one did (R7)."""
         done = rec.done
         if done.done():
-            return not done.cancelled() and out_of_memory(done.exception())
+            if done.cancelled():
+                return False
+            error = done.exception()
+            return out_of_memory(error) or slot_not_served(error) is not None
         return self._log.unsent(done)
 
     def _unavailable(self, error: BaseException | None) -> Unavailable:
         """The refusal of a failed append: certainly not applied when Redis refused it for memory
-        (its operator must give Redis room), else not known to be durable (R7)."""
+        (its operator must give Redis room) or its cluster slot was not served there (a reshard, a
+        failover: the caller retries, no settle needed), else not known to be durable (R7)."""
         if out_of_memory(error):
             return refused_for_memory(f"shard {self.shard}")
+        if word := slot_not_served(error):  # a reshard or failover of the group's slot (docs/OPERATIONS.md)
+            return Unavailable(f"shard {self.shard}: its Redis Cluster slot is moving or failing over ({word}: "
+                               f"{error}); nothing was applied; retry later", Reason.STORAGE_UNREACHABLE)
         return Unavailable(
             f"shard {self.shard}: outcome unknown: the change is not known to be durable (log storage "
             "unreachable); retry with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)

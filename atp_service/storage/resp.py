@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import AskError, ClusterDownError, MovedError, OutOfMemoryError, ResponseError, TryAgainError
 
 
 def as_text(value: Any) -> str:
@@ -64,6 +64,17 @@ def out_of_memory(exc: BaseException | None) -> bool:
     command ran — a script's first write is checked, so nothing of the script was applied."""
     return isinstance(exc, OutOfMemoryError) or (
         isinstance(exc, ResponseError) and "used memory > 'maxmemory'" in str(exc))
+
+
+def slot_not_served(exc: BaseException | None) -> str | None:
+    """The Redis Cluster's word for a write its node would not run (``TRYAGAIN``: a script's keys
+    split by a slot migrating; ``ASK``/``MOVED``: the slot is served elsewhere now; ``CLUSTERDOWN``),
+    else None. Each is answered before the script runs: nothing of it was applied, nor ever will be."""
+    for kind, word in ((TryAgainError, "TRYAGAIN"), (MovedError, "MOVED"), (AskError, "ASK"),
+                       (ClusterDownError, "CLUSTERDOWN")):
+        if isinstance(exc, kind):
+            return word
+    return None
 
 
 def group_lost(exc: BaseException) -> bool:

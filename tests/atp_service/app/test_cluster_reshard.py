@@ -1,6 +1,6 @@
 """The service on a Redis Cluster while the slot of a shard's group migrates to another primary
 (``CLUSTER SETSLOT MIGRATING/IMPORTING``, ``MIGRATE``, ``SETSLOT NODE``, as ``redis-cli --cluster
-reshard`` does): a write refused meanwhile never lands, the shard says in its log why it waits, and
+reshard`` does): a write refused meanwhile never lands, the shard says in its log why it refuses, and
 once the slot is served by its new primary the shard answers again with nothing lost (R7, R8)."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import redis
 from atp_client import AtpClient
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on
 
 CLUSTER = {"redis_cluster": True, "input_streams": ()}
@@ -67,7 +66,7 @@ def moves(redis_cluster: EmbeddedCluster) -> Iterator[list[SlotMove]]:
         move.finish()
 
 
-async def test_a_shard_whose_slot_is_migrating_says_why_it_waits_and_answers_once_the_slot_has_moved(
+async def test_a_shard_whose_slot_is_migrating_says_why_it_refuses_and_answers_once_the_slot_has_moved(
         start_service: ServiceFactory, redis_cluster: EmbeddedCluster, moves: list[SlotMove],
         caplog: pytest.LogCaptureFixture) -> None:
     service, client = await start_service(redis_timeout_s=1.0)
@@ -81,18 +80,16 @@ async def test_a_shard_whose_slot_is_migrating_says_why_it_waits_and_answers_onc
     target = next(node.port for node in redis_cluster.primaries if node.port != source)
     move = SlotMove(redis_cluster, slot, source, target)
     moves.append(move)
-    caplog.set_level(logging.WARNING, logger="atp_service.storage.durability")
+    caplog.set_level(logging.WARNING, logger="atp_service.engine.pipeline")
     move.begin()
     with pytest.raises(grpc.aio.AioRpcError) as refused:  # the group's scripts are refused TRYAGAIN meanwhile
         await client.reserve("during", [("A", "S1", 1)], ttl_seconds=600)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    def waiting() -> list[logging.LogRecord]:
-        return [r for r in caplog.records if getattr(r, "event", None) == "settle_waiting"
-                and getattr(r, "shard", None) == shard]
-
-    await until(lambda: bool(waiting()), "the shard logged why its settle waits", 20)
-    assert "TRYAGAIN" in waiting()[0].getMessage() or "rehashing" in waiting()[0].getMessage()
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "append_failed"
+              and getattr(r, "shard", None) == shard]
+    assert failed and failed[0].reason == "refused", failed  # type: ignore[attr-defined]
+    assert "rehashing" in failed[0].getMessage(), failed[0].getMessage()  # Redis's TRYAGAIN, in its words
     moves.remove(move)
     move.finish()
     await until_answered(client)
@@ -114,3 +111,34 @@ async def until_answered(client: AtpClient, bound_s: float = 20.0) -> None:
             if exc.code() != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+async def test_a_write_refused_by_a_migrating_slot_is_answered_not_applied_and_never_in_doubt(
+        start_service: ServiceFactory, redis_cluster: EmbeddedCluster, moves: list[SlotMove]) -> None:
+    """TRYAGAIN, ASK and MOVED are answered before a script runs: the write certainly never landed.
+    Each Reserve meanwhile is refused UNAVAILABLE saying so (not OUTCOME_UNKNOWN, 'log storage
+    unreachable'), and the shard takes the next one at once rather than waiting to settle (R7)."""
+    service, client = await start_service(redis_timeout_s=1.0)
+    assert service.engine is not None
+    shard = service.engine.place("A")
+    await client.record_events([receipt("s1", "A", "S1", 10)])
+    log_key = f"atp:{{g{shard}}}:log"
+    source = service.engine.log_client.get_node_from_key(log_key).port
+    with redis.Redis(host="127.0.0.1", port=source) as admin:
+        slot = int(admin.execute_command("CLUSTER", "KEYSLOT", log_key))
+    target = next(node.port for node in redis_cluster.primaries if node.port != source)
+    move = SlotMove(redis_cluster, slot, source, target)
+    moves.append(move)
+    move.begin()
+    for attempt in range(3):  # the second and third too: no settle left the shard refusing everything
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.reserve(f"during-{attempt}", [("A", "S1", 1)], ttl_seconds=600)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "OUTCOME_UNKNOWN" not in str(refused.value.trailing_metadata()), refused.value.details()
+        assert "nothing was applied" in (refused.value.details() or ""), refused.value.details()
+        assert "TRYAGAIN" in (refused.value.details() or ""), refused.value.details()
+    moves.remove(move)
+    move.finish()
+    await until_answered(client)
+    (position,) = await client.availability([("A", "S1")])
+    assert (position.on_hand, position.reserved) == (10, 1)
