@@ -16,5 +16,6 @@ async def store(redis_url: str) -> AsyncIterator[ChannelStore]:
     """The channel desk's store on the test's Redis, as an instance owning the keyspace writes it."""
     client = aioredis.Redis.from_url(redis_url)
     await client.set(Keyspace("atp:").owner(CHANNELS), 1)
-    yield ChannelStore(client, "atp:", epoch=lambda: 1)
-    await client.aclose()
+    store = ChannelStore(client, "atp:", epoch=lambda: 1)
+    yield store
+    await store.aclose()  # its write connections and the client

@@ -52,7 +52,8 @@ async def test_a_write_sent_before_the_fence_is_refused_whole_and_changes_nothin
         await store.write([("web", 1000, [_update("C", 5, 3)])])  # the fencing desk writes on
         assert await store.last_version("web") == 3
     finally:
-        await client.aclose()
+        await late.aclose()  # its write connections (and the shared client)
+        await store.aclose()
 
 
 async def test_a_version_already_in_a_stream_refuses_every_channel_of_the_write(redis_url: str) -> None:
@@ -67,7 +68,7 @@ async def test_a_version_already_in_a_stream_refuses_every_channel_of_the_write(
         assert not await client.exists(store.stream("pickup"), store.state_key("pickup"))
         assert [u.quantity for u in await store.read_after("web", 0, 10, None)] == [5]
     finally:
-        await client.aclose()
+        await store.aclose()
 
 
 async def test_a_replaced_instance_fences_without_raising_and_still_writes_nothing(redis_url: str) -> None:
@@ -80,7 +81,7 @@ async def test_a_replaced_instance_fences_without_raising_and_still_writes_nothi
             await store.write([("web", 1000, [_update("A", 5, 1)])])
         assert await store.last_version("web") == 0
     finally:
-        await client.aclose()
+        await store.aclose()
 
 
 WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)

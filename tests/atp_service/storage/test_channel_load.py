@@ -27,4 +27,4 @@ async def test_load_keeps_the_newest_version_of_every_page_when_the_stream_lost_
         await client.delete(store.stream("web"), store.state_key("web"))
         assert await store.load("web") == ({}, 0)
     finally:
-        await client.aclose()
+        await store.aclose()

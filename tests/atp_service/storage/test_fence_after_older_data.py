@@ -65,6 +65,7 @@ async def test_a_channel_fence_after_redis_came_back_from_older_data_refuses_wha
         with pytest.raises(WriteRefused, match=r"^STALE"):
             await late.write([("web", 1000, [_update("B", 2)])])
         assert await store.last_version("web") == 1
+        await late.aclose()  # its write connections
     finally:
         await direct.aclose()
-        await client.aclose()
+        await store.aclose()  # its write connections and the client

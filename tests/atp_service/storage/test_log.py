@@ -293,7 +293,7 @@ async def test_a_replaced_instance_publishes_nothing_to_the_channels(redis_url: 
             await channels.write([("web", 1000, [msgspec.structs.replace(update, version=2)])])
         assert [seq_of(i) for i, _ in await client.xrange(channels.stream("web"))] == [1]
     finally:
-        await client.aclose()
+        await channels.aclose()  # its write connections and the client
 
 
 async def test_a_write_path_that_raises_answers_the_entries_and_the_log_flushes_again(redis_url: str) -> None:
