@@ -12,7 +12,9 @@ every read of new entries is one script (``GroupReader``) that looks at the grou
 the stream, reads, and counts what the read went past: with nothing deleted after the position,
 the entries lost are those the stream no longer holds (``entries-added`` less ``length``) less
 those the group had read (``entries-read``). Atomic, so exact whatever other consumers of the group
-(other processes) read meanwhile, and told once, by the one read that crosses the gap. Redis 7.0
+(other processes) read meanwhile. The number is kept owed in Redis (a hash of the reading consumer's,
+beside the first stream: its Redis Cluster slot) until that consumer has counted and logged it: a stop
+or a timeout losing the script's reply loses no word of the gap, told at the next read. Redis 7.0
 goes on counting the lost entries as unread for good (its ``entries-read`` grows by the entries
 delivered, not by those skipped: ``lag`` raised, the next gap counted with this one): the script
 sets the group's count right as it crosses (``XGROUP SETID … ENTRIESREAD``). The blocking wait for
@@ -34,9 +36,11 @@ from atp_service.tasks import exception_seen, finish_uncancelled
 log = logging.getLogger(__name__)
 
 _READ = """
--- KEYS: the input streams. ARGV: group, consumer, count. Returns {the XREADGROUP reply or false,
--- {stream, entries lost, position before, ...} for each gap the read crossed, {position per stream}}.
+-- KEYS: the input streams, then this consumer's owed hash. ARGV: group, consumer, count. Returns {the
+-- XREADGROUP reply or false, the owed hash (HGETALL: stream -> entries lost, stream..'\\n' -> the
+-- position before the first gap) with the gaps this read crossed added, {position per stream}}.
 local group, consumer, count = ARGV[1], ARGV[2], ARGV[3]
+local owed = table.remove(KEYS)
 local function field(flat, name)
   for i = 1, #flat, 2 do if flat[i] == name then return flat[i + 1] end end
   return false
@@ -76,20 +80,31 @@ for i, key in ipairs(KEYS) do
 end
 for _ = 1, #KEYS do args[#args + 1] = '>' end
 local reply = redis.call(unpack(args))
-local told = {}
 for _, got in ipairs(reply or {}) do
   local key, rows = got[1], got[2]
   local gap = gaps[key]
   if gap and #rows > 0 then  -- crossed: the group has now read the gone entries and these
     local before_first, read = gap[3], gap[2]
-    told[#told + 1] = key
-    told[#told + 1] = read and math.max(0, before_first - read) or 0
-    told[#told + 1] = gap[1]
+    -- Owed until the reader says it told them (ACK below): a reply lost (a stop, a timeout) loses nothing.
+    local lost = read and math.max(0, before_first - read) or 0
+    if lost > 0 then
+      redis.call('HINCRBY', owed, key, lost)
+      redis.call('HSETNX', owed, key .. '\\n', gap[1])
+    end
     redis.call('XGROUP', 'SETID', key, group, rows[#rows][1], 'ENTRIESREAD', before_first + #rows)
   end
   for i, k in ipairs(KEYS) do if k == key and #rows > 0 then positions[i] = rows[#rows][1] end end
 end
-return {reply or false, told, positions}
+return {reply or false, redis.call('HGETALL', owed), positions}
+"""
+
+_ACK = """
+-- KEYS: the owed hash. ARGV: stream, entries told, ... Forgets what was told (more may be owed since).
+for i = 1, #ARGV, 2 do
+  if redis.call('HINCRBY', KEYS[1], ARGV[i], 0 - tonumber(ARGV[i + 1])) <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[i], ARGV[i] .. '\\n')
+  end
+end
 """
 
 
@@ -128,7 +143,11 @@ class GroupReader:
         self._group = group
         self._consumer = consumer
         self._counter = counter
+        # Beside the first stream (its hash tag: the same Redis Cluster slot), this consumer's own:
+        # another consumer's gaps are told by it (or by its successor under the same name).
+        self.owed_key = f"{streams[0]}:trimmed-unread:{group}:{consumer}"
         self._script: Any = None  # registered at the first read
+        self._ack: Any = None
 
     async def read(self, count: int, block_ms: int | None) -> Any:
         """Up to ``count`` new entries per stream, as XREADGROUP answers (None: none). ``block_ms``:
@@ -142,20 +161,28 @@ class GroupReader:
         return (await self._read_once(count))[0]
 
     async def _read_once(self, count: int) -> tuple[Any, list[Any]]:
-        """One read, in a task of its own that the reader's cancellation does not cut: the script moves
-        the group past a gap for good, and its reply is the only word of the entries lost there."""
-        read = asyncio.ensure_future(self._read_and_tell(count))
-        read.add_done_callback(exception_seen)  # a stop that gave up waiting for it: no "never retrieved" line
-        return await finish_uncancelled(read)  # type: ignore[no-any-return]
-
-    async def _read_and_tell(self, count: int) -> tuple[Any, list[Any]]:
         if self._script is None:
-            self._script = self._client.register_script(_READ)
-        reply, told, positions = await self._script(keys=self._streams,
+            self._script, self._ack = self._client.register_script(_READ), self._client.register_script(_ACK)
+        reply, owed, positions = await self._script(keys=[*self._streams, self.owed_key],
                                                     args=[self._group, self._consumer, count])
-        for n in range(0, len(told), 3):
-            self._tell(as_text(told[n]), int(told[n + 1]), as_text(told[n + 2]))
+        if owed:  # rare: a gap crossed now, or one whose word a stop or a timeout lost before
+            told = self._tell_owed(owed)
+            # Forgotten only once told, whole even if a stop cancels the reader meanwhile (a word
+            # lost here is told again at the next read: counted twice rather than never).
+            forget = asyncio.ensure_future(self._ack(keys=[self.owed_key], args=told))
+            forget.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
+            await finish_uncancelled(forget)
         return reply, positions
+
+    def _tell_owed(self, owed: list[Any]) -> list[Any]:
+        """Each stream's entries owed told (``_tell``); (stream, entries, ...) for ``_ACK``."""
+        fields = {as_text(owed[n]): as_text(owed[n + 1]) for n in range(0, len(owed), 2)}
+        told: list[Any] = []
+        for stream, lost in fields.items():
+            if not stream.endswith("\n"):
+                self._tell(stream, int(lost), fields.get(stream + "\n", "?"))
+                told += [stream, lost]
+        return told
 
     def _tell(self, stream: str, lost: int, after: str) -> None:
         if lost <= 0:

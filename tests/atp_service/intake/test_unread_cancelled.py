@@ -1,10 +1,11 @@
 """The input-stream reader stopped while the reply of the read that crossed a gap is on its way.
 
 The read is one script: it moves the consumer group past the entries trimmed before it read them
-and says how many there were, once — the next read sees no gap. A stop cancelling the reader there
+and said how many there were, once — the next read sees no gap. A stop cancelling the reader there
 lost that word for good: ``atp_ingest_trimmed_unread_total`` (alert ATPInputTrimmedUnread) never
-counted the lost sales. Real Redis; the script's real reply held at an event until the reader has
-been cancelled.
+counted the lost sales. The script now keeps the number owed in Redis until the reader says it told
+it: the next read (here, the restarted reader's) tells it. Real Redis; the script's real reply held
+at an event until the reader has been cancelled.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ async def test_a_reader_stopped_while_the_read_crossing_a_gap_answers_still_coun
         redis_url: str) -> None:
     """Defect: the read's script ran — the group past the 2 entries trimmed unread — and the stop
     cancelled the reader before it took the reply: nothing counted, nothing logged, and no later
-    read could see the gap again."""
+    read could see the gap again. Now the reader started again counts them, once."""
     r: Any = redis.Redis.from_url(redis_url)  # its replies read as Redis gives them
     r.xgroup_create(STREAM, "atp", id="0", mkstream=True)
     for n in range(3):
@@ -67,4 +68,13 @@ async def test_a_reader_stopped_while_the_read_crossing_a_gap_answers_still_coun
     finally:
         release.set()
         await ingestor.stop()
-    assert registry.get_sample_value("atp_ingest_trimmed_unread_total", {"stream": STREAM}) == 2
+    assert registry.get_sample_value("atp_ingest_trimmed_unread_total", {"stream": STREAM}) == 0  # the word lost
+    again, later = CollectorRegistry(), redis.Redis.from_url(redis_url)
+    restarted = StreamIngestor(connect_any(redis_url, 2.0), FactDesk(
+        None, "atp:quarantine", 1000, metrics=IntakeMetrics(again)), settings, ManualClock(T))  # type: ignore[arg-type]
+    assert await restarted._new.read(10, None) is None  # p2 is pending with the stopped reader; nothing new
+    assert again.get_sample_value("atp_ingest_trimmed_unread_total", {"stream": STREAM}) == 2
+    assert not later.exists(restarted._new.owed_key), "told: forgotten"
+    assert await restarted._new.read(10, None) is None
+    assert again.get_sample_value("atp_ingest_trimmed_unread_total", {"stream": STREAM}) == 2  # once
+    later.close()
