@@ -55,24 +55,29 @@ class StallLimit:
         task = asyncio.current_task()
         if not self.limit_s or task is None:
             return nullcontext()
-        return _Timer(asyncio.get_running_loop().call_later(self.limit_s, self._stall, method, context, task))
+        timer = _Timer()
+        timer.handle = asyncio.get_running_loop().call_later(self.limit_s, self._stall, method, context, task, timer)
+        return timer
 
     def context(self, method: str, context: Context) -> Context:
         """``context`` with its ``write`` under the limit: for a handler that writes its replies
         itself (the health service's ``Watch``)."""
         return _LimitedContext(self, method, context)  # type: ignore[return-value]
 
-    def _stall(self, method: str, context: Context, task: asyncio.Task[Any]) -> None:
+    def _stall(self, method: str, context: Context, task: asyncio.Task[Any], timer: _Timer) -> None:
+        keep(self._ending, self._end(method, context, task, timer))
+
+    async def _end(self, method: str, context: Context, task: asyncio.Task[Any], timer: _Timer) -> None:
+        """The status first (sent after the replies already written: cancelling alone left the
+        caller waiting for a status for ever), then the call's task cancelled: its reply is given
+        up and its ``finally`` blocks free its place. Not if the write ended meanwhile (in the loop
+        turn the timer fired in): the stream goes on."""
+        if timer.over:
+            return
         self._stalled.labels(method).inc()
         _quiet.log("stream ended: its caller stopped reading", event="stream_stalled", rpc=method,
                    peer=context.peer(), limit_s=self.limit_s)
-        keep(self._ending, self._end(context, task, stalled_error(method, self.limit_s)))
-
-    @staticmethod
-    async def _end(context: Context, task: asyncio.Task[Any], error: DomainError) -> None:
-        """The status first (sent after the replies already written: cancelling alone left the
-        caller waiting for a status for ever), then the call's task cancelled: its reply is given
-        up and its ``finally`` blocks free its place."""
+        error = stalled_error(method, self.limit_s)
         try:
             # grpc.aio's abort raises once the status is queued (AbortError); a call that ended
             # meanwhile refuses it: either way the task is cancelled next.
@@ -110,18 +115,21 @@ class _LimitedContext:
 
 
 class _Timer:
-    """Cancels its stall timer once the write it was armed for is over, however it ends."""
+    """Cancels its stall timer once the write it was armed for is over, however it ends (``over``)."""
 
-    __slots__ = ("_handle",)
+    __slots__ = ("handle", "over")
 
-    def __init__(self, handle: asyncio.TimerHandle) -> None:
-        self._handle = handle
+    def __init__(self) -> None:
+        self.handle: asyncio.TimerHandle | None = None
+        self.over = False
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._handle.cancel()
+        self.over = True
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 class OpenStreams:

@@ -11,11 +11,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter
 
 from atp_client import AtpClient, Retryable, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.app.service import AtpService
+from atp_service.edge.stalls import StallLimit
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
@@ -128,3 +130,18 @@ async def test_the_open_services_streams_are_bounded_in_number(start_service: Se
     else:
         raise AssertionError("no place freed by the cancelled watch")
     watches[1].cancel()
+
+
+async def test_a_write_that_ends_in_the_loop_turn_its_stall_timer_fired_goes_on() -> None:
+    """The timer and the write's end can fall in one turn of the loop, the timer first: the stream
+    was ended (a spurious OUTCOME_UNKNOWN) though its reply had been written. Pure logic, no gRPC."""
+    stalled = Counter("stalled", "test", ["method"], registry=CollectorRegistry())
+    limit, call = StallLimit(30.0, stalled), asyncio.current_task()
+    with limit.writing("ReserveStream", None):  # type: ignore[arg-type]  # the context: never touched
+        scheduled = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
+        (handle,) = [h for h in scheduled if getattr(h._callback, "__self__", None) is limit and not h.cancelled()]
+        handle._run()  # the timer fires...
+    for _ in range(3):  # ...then the write ends, in the same turn; the loop runs on
+        await asyncio.sleep(0)
+    assert stalled.labels("ReserveStream")._value.get() == 0
+    assert call is not None and not call.cancelling()
