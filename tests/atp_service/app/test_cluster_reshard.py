@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from atp_client import AtpClient
+from atp_service import AtpService
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
@@ -70,16 +71,7 @@ async def test_a_shard_whose_slot_is_migrating_says_why_it_refuses_and_answers_o
         start_service: ServiceFactory, redis_cluster: EmbeddedCluster, moves: list[SlotMove],
         caplog: pytest.LogCaptureFixture) -> None:
     service, client = await start_service(redis_timeout_s=1.0)
-    assert service.engine is not None
-    shard = service.engine.place("A")
-    await client.record_events([receipt("s1", "A", "S1", 10)])
-    log_key = f"atp:{{g{shard}}}:log"
-    source = service.engine.log_client.get_node_from_key(log_key).port
-    with redis.Redis(host="127.0.0.1", port=source) as admin:
-        slot = int(admin.execute_command("CLUSTER", "KEYSLOT", log_key))
-    target = next(node.port for node in redis_cluster.primaries if node.port != source)
-    move = SlotMove(redis_cluster, slot, source, target)
-    moves.append(move)
+    shard, move = await _move_of_as_slot(service, client, redis_cluster, moves)
     caplog.set_level(logging.WARNING, logger="atp_service.engine.pipeline")
     move.begin()
     with pytest.raises(grpc.aio.AioRpcError) as refused:  # the group's scripts are refused TRYAGAIN meanwhile
@@ -119,16 +111,7 @@ async def test_a_write_refused_by_a_migrating_slot_is_answered_not_applied_and_n
     Each Reserve meanwhile is refused UNAVAILABLE saying so (not OUTCOME_UNKNOWN, 'log storage
     unreachable'), and the shard takes the next one at once rather than waiting to settle (R7)."""
     service, client = await start_service(redis_timeout_s=1.0)
-    assert service.engine is not None
-    shard = service.engine.place("A")
-    await client.record_events([receipt("s1", "A", "S1", 10)])
-    log_key = f"atp:{{g{shard}}}:log"
-    source = service.engine.log_client.get_node_from_key(log_key).port
-    with redis.Redis(host="127.0.0.1", port=source) as admin:
-        slot = int(admin.execute_command("CLUSTER", "KEYSLOT", log_key))
-    target = next(node.port for node in redis_cluster.primaries if node.port != source)
-    move = SlotMove(redis_cluster, slot, source, target)
-    moves.append(move)
+    _, move = await _move_of_as_slot(service, client, redis_cluster, moves)
     move.begin()
     for attempt in range(3):  # the second and third too: no settle left the shard refusing everything
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -142,3 +125,19 @@ async def test_a_write_refused_by_a_migrating_slot_is_answered_not_applied_and_n
     await until_answered(client)
     (position,) = await client.availability([("A", "S1")])
     assert (position.on_hand, position.reserved) == (10, 1)
+
+
+async def _move_of_as_slot(service: AtpService, client: AtpClient, redis_cluster: EmbeddedCluster,
+                           moves: list[SlotMove]) -> tuple[int, SlotMove]:
+    """10 units of A at S1, and the move (not begun) of its shard's slot to another primary: (shard, move)."""
+    assert service.engine is not None
+    shard = service.engine.place("A")
+    await client.record_events([receipt("s1", "A", "S1", 10)])
+    log_key = f"atp:{{g{shard}}}:log"
+    source = service.engine.log_client.get_node_from_key(log_key).port
+    with redis.Redis(host="127.0.0.1", port=source) as admin:
+        slot = int(admin.execute_command("CLUSTER", "KEYSLOT", log_key))
+    target = next(node.port for node in redis_cluster.primaries if node.port != source)
+    move = SlotMove(redis_cluster, slot, source, target)
+    moves.append(move)
+    return shard, move

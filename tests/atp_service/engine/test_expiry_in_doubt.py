@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -13,18 +12,12 @@ from atp_client import Retryable
 from atp_service import ManualClock
 from reservation import State
 from tests.atp_service.edge.test_api import T0, receipt
+from tests.atp_service.redis_proxy import until
 from tests.atp_service.storage.test_redis_full import full_able
 from tests.conftest import ServiceFactory
 
 __all__ = ["full_able"]  # the fixture, shared with test_redis_full
 
-
-async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    """Poll ``check()`` until it holds; fail naming ``what`` after ``timeout_s`` (a bound, not a timing)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not {what} after {timeout_s}s"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_hold_whose_confirm_did_not_land_while_its_ttl_passed_still_expires_R3_R7(
@@ -48,21 +41,16 @@ async def test_a_hold_whose_confirm_did_not_land_while_its_ttl_passed_still_expi
     r.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the Confirm's append waits, then times out
     try:
         confirm = asyncio.ensure_future(client.confirm("r1"))
-        await _until(lambda: bool(actor._inflight), "the Confirm in flight")
+        await until(lambda: bool(actor._inflight), "the Confirm in flight")
         clock.advance(60_000)  # the TTL passes while the Confirm is in flight
         pass_ = asyncio.ensure_future(engine.run_maintenance())  # its expiry turn: behind the Confirm
-        await _until(lambda: not actor.ledger.housekeeping_due(clock.now_ms()), "the hold's expiry entry taken")
+        await until(lambda: not actor.ledger.housekeeping_due(clock.now_ms()), "the hold's expiry entry taken")
         await pass_  # (its turn's answer waits for the Confirm's append, and fails with it)
         with pytest.raises(Retryable):  # OUTCOME_UNKNOWN
             await confirm
     finally:
         r.execute_command("CLIENT", "UNPAUSE")
-    for _ in range(200):  # the doubt settles in a maintenance turn
-        if not actor.in_doubt and not actor._inflight:
-            break
-        await engine.run_maintenance()
-        await asyncio.sleep(0.05)
-    assert not actor.in_doubt
+    await settled(engine, actor)
     assert actor.ledger.reservations["r1"].state == State.HELD  # the Confirm did not land
 
     for _ in range(50):  # housekeeping passes, each free to expire it
@@ -105,3 +93,13 @@ async def test_expiry_turns_refused_while_redis_is_full_leave_one_entry_per_hold
         if a.reserved == 0:
             break
     assert a.reserved == 0 and actor.ledger.reservations["r1"].state == State.EXPIRED
+
+
+async def settled(engine: Any, actor: Any) -> None:
+    """Maintenance turns until ``actor``'s doubt is settled (Redis answering again): within a bound."""
+    for _ in range(200):
+        if not actor.in_doubt and not actor._inflight:
+            break
+        await engine.run_maintenance()
+        await asyncio.sleep(0.05)
+    assert not actor.in_doubt

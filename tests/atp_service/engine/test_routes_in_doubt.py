@@ -5,23 +5,15 @@ must not outlive the doubt."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import pytest
 import redis
 
 from atp_client import Retryable
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.engine.test_expiry_in_doubt import settled
+from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
-
-
-async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    """Poll ``check()`` until it holds; fail naming ``what`` after ``timeout_s`` (a bound, not a timing)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not {what} after {timeout_s}s"
-        await asyncio.sleep(0.02)
 
 
 async def test_reserves_refused_while_their_shard_is_in_doubt_leave_no_route_once_it_settles(
@@ -42,7 +34,7 @@ async def test_reserves_refused_while_their_shard_is_in_doubt_leave_no_route_onc
     r.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the next append waits, then times out
     try:
         first = asyncio.ensure_future(client.reserve("r-doubt", [("A", "S1", 1)], ttl_seconds=600))
-        await _until(lambda: actor.in_doubt, "the shard in doubt")
+        await until(lambda: actor.in_doubt, "the shard in doubt")
         for n in range(5):  # refused at once: the shard takes no work until the doubt is settled
             with pytest.raises(Retryable):
                 await client.reserve(f"r-refused-{n}", [("A", "S1", 1)], ttl_seconds=600)
@@ -50,12 +42,7 @@ async def test_reserves_refused_while_their_shard_is_in_doubt_leave_no_route_onc
             await first
     finally:
         r.execute_command("CLIENT", "UNPAUSE")
-    for _ in range(200):  # the doubt settles in a maintenance turn
-        if not actor.in_doubt and not actor._inflight:
-            break
-        await engine.run_maintenance()
-        await asyncio.sleep(0.05)
-    assert not actor.in_doubt
+    await settled(engine, actor)
     recorded = set(actor.ledger.reservations)
     assert "kept" in recorded
     orphans = {rid for rid in engine.routes.homes if rid not in recorded}

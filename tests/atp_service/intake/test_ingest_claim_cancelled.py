@@ -49,12 +49,21 @@ async def test_a_reader_stopped_while_telling_entries_claimed_trimmed_still_dead
         await real(list(dead))
 
     ingestor._dead_letter = gated  # type: ignore[method-assign]
+    await stopped_at_the_gate(ingestor, held, release, "the trimmed entry's dead letter on its way")
+    dead = r.xrange("atp:dlq")
+    assert [(fields[b"_id"], fields[b"_code"]) for _, fields in dead] == [(gone, b"TRIMMED_WHILE_PENDING")], dead
+    assert r.xpending(STREAM, "atp")["pending"] == 0
+
+
+async def stopped_at_the_gate(ingestor: StreamIngestor, held: asyncio.Event, release: asyncio.Event, what: str) -> None:
+    """``ingestor`` started, its reader cancelled (the stop) once ``held`` says it waits at the gate,
+    the gate opened after: the reader must end cancelled, not with an error; the ingestor stopped."""
     await ingestor.start()
     task = ingestor.task
     assert task is not None
     try:
-        await until(held.is_set, "the trimmed entry's dead letter on its way")
-        task.cancel()  # the stop, landing in that write
+        await until(held.is_set, what)
+        task.cancel()
         await until(lambda: task.cancelling() > 0 or task.done(), "the reader cancelled")
         release.set()
         await asyncio.wait([task], timeout=20)  # the test's own bound
@@ -62,6 +71,3 @@ async def test_a_reader_stopped_while_telling_entries_claimed_trimmed_still_dead
     finally:
         release.set()
         await ingestor.stop()
-    dead = r.xrange("atp:dlq")
-    assert [(fields[b"_id"], fields[b"_code"]) for _, fields in dead] == [(gone, b"TRIMMED_WHILE_PENDING")], dead
-    assert r.xpending(STREAM, "atp")["pending"] == 0

@@ -25,7 +25,7 @@ from atp_service.intake.unread import _READ
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.nodes import connect_any
 from tests.atp_service.fact_helpers import F
-from tests.atp_service.redis_proxy import until
+from tests.atp_service.intake.test_ingest_claim_cancelled import stopped_at_the_gate
 
 T = 1_700_000_000_000
 STREAM = "atp:in:pos"
@@ -55,19 +55,7 @@ async def test_a_reader_stopped_while_the_read_crossing_a_gap_answers_still_coun
         return reply
 
     ingestor._new._script = gated
-    await ingestor.start()
-    task = ingestor.task
-    assert task is not None
-    try:
-        await until(held.is_set, "the read crossing the gap answered")
-        task.cancel()  # the stop, landing as the reply comes
-        await until(lambda: task.cancelling() > 0 or task.done(), "the reader cancelled")
-        release.set()
-        await asyncio.wait([task], timeout=20)  # the test's own bound
-        assert task.done() and task.cancelled()
-    finally:
-        release.set()
-        await ingestor.stop()
+    await stopped_at_the_gate(ingestor, held, release, "the read crossing the gap answered")
     assert registry.get_sample_value("atp_ingest_trimmed_unread_total", {"stream": STREAM}) == 0  # the word lost
     again, later = CollectorRegistry(), redis.Redis.from_url(redis_url)
     restarted = StreamIngestor(connect_any(redis_url, 2.0), FactDesk(
