@@ -29,7 +29,7 @@ from atp_service.intake.dead_letters import TRIMMED, dead_letter, why_refused
 from atp_service.intake.entries import Dead, Entry, Read, decode_fact, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
-from atp_service.intake.unread import GroupReader
+from atp_service.intake.unread import GroupReader, make_group_after
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text, group_lost, make_group, stream_info
@@ -102,7 +102,10 @@ class StreamIngestor:
         for stream in self._streams:
             # From the beginning: entries appended while the service was down count too.
             start = await self._start_again(stream) if again else b"0"
-            if await make_group(self._client, stream, group, start) and again:
+            # After an entry: its count of entries read set, else a gap it crosses is never counted.
+            made = await (make_group_after(self._client, stream, group, start) if start != b"0" else
+                          make_group(self._client, stream, group, start))
+            if made and again:
                 log.warning("input stream %s had no consumer group %s (the stream or its group was deleted): "
                             "made again, read after entry %s", stream, group, as_text(start),
                             extra={"event": "ingest_group_made_again", "stream": stream})
