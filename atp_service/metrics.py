@@ -31,7 +31,7 @@ CAPACITY_LIMITS = ("max_live_reservations_per_shard", "max_resolved_reservations
                    "max_watch_snapshot_keys", "max_open_service_streams")
 """``atp_capacity_refusals_total``'s limits: a shard's bounds on what it remembers and holds, the edge's on
 open streams."""
-APPEND_FAILURE_REASONS = ("out_of_memory", "timeout", "connection", "fenced", "refused", "other")
+APPEND_FAILURE_REASONS = ("out_of_memory", "timeout", "connection", "fenced", "not_replicated", "refused", "other")
 """``atp_log_append_failures_total``'s reasons (``storage.durability.append_failure_reason``), a closed set:
 Redis at its ``maxmemory`` refusing writes, no answer in time, no connection, another owner of the shard,
 another refusal by Redis or the append script, anything else. ``atp_channel_write_failures_total``'s too

@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from atp_service.config import SnapshotPolicy
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.log import Fenced, LogStore, encode_snapshot
+from atp_service.storage.nodes import NotReplicated
 from atp_service.storage.resp import out_of_memory
 from reservation import Ledger, LogEntry
 
@@ -44,6 +45,8 @@ def append_failure_reason(error: BaseException | None) -> str:
         reason = "out_of_memory"
     elif isinstance(error, Fenced):
         reason = "fenced"
+    elif isinstance(error, NotReplicated):  # landed on the primary; the replicas lag (not an ACL or a script)
+        reason = "not_replicated"
     elif isinstance(error, (RedisTimeoutError, TimeoutError)):
         reason = "timeout"
     elif isinstance(error, (RedisConnectionError, OSError, RedisClusterException)):

@@ -9,6 +9,7 @@ from redis import exceptions as rx
 from atp_service.metrics import APPEND_FAILURE_REASONS
 from atp_service.storage.durability import append_failure_reason
 from atp_service.storage.log import Fenced
+from atp_service.storage.nodes import NotReplicated
 
 
 @pytest.mark.parametrize(("error", "reason"), [
@@ -21,6 +22,7 @@ from atp_service.storage.log import Fenced
     (rx.ConnectionError("Connection closed by server."), "connection"),
     (ConnectionRefusedError(111, "Connection refused"), "connection"),
     (rx.RedisClusterException("Redis Cluster cannot be connected"), "connection"),
+    (NotReplicated("WAIT: 0 of 1 replicas confirmed the write in 1000 ms"), "not_replicated"),
     (rx.RedisError("STALE shard fenced at 7"), "refused"),
     (rx.ResponseError("TRYAGAIN Multiple keys request during rehashing of slot"), "refused"),
     (rx.DataError("a log entry cannot be sent to Redis"), "other"),
