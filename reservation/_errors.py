@@ -62,12 +62,15 @@ class Reason(IntEnum):
     CAPACITY_REACHED = 20
     """A bounded resource is full (metadata ``limit``: a shard's live or resolved reservations or its
     positions (``max_positions_per_shard``: a LoadCounts or SetSafetyStock that would make one), open
-    watches or reserve streams); it frees as reservations end or retention forgets them, or as
-    watches and streams close."""
+    watches or reserve streams, open health watch and reflection streams (``max_open_service_streams``));
+    it frees as reservations end or retention forgets them, or as watches and streams close. A stream
+    already open ends so with ``limit`` ``stream_stall_s`` when its caller stopped reading: call again,
+    resuming a watch from the last version seen."""
     OUTCOME_UNKNOWN = 21
     """R7: the change is not known to be durable; retry with the same ids to learn what was decided."""
     STORAGE_UNREACHABLE = 22
-    """The log cannot be reached; refused before any work (nothing was applied)."""
+    """The log cannot be reached, or refused the write before running it (out of memory; on a Redis
+    Cluster, the slot moving or failing over); nothing was applied."""
     CONCURRENT_CHANGE = 23
     """The record is being changed by another call; retry."""
     RECOVERING = 24
