@@ -173,8 +173,8 @@ class ServiceConfig:
     """Socket timeout of Redis calls; an append past it is answered UNAVAILABLE."""
 
     redis_wait_replicas: int = 0
-    """Replicas of the Redis primary that must hold a log write before it is acknowledged (Redis
-    ``WAIT`` on the connection that wrote it). 0: the primary's answer is enough, and a failover to
+    """Replicas of the Redis primary that must hold a log or channel feed write before it is acknowledged
+    (Redis ``WAIT`` on the connection that wrote it). 0: the primary's answer is enough, and a failover to
     a replica that had not received the last writes loses them (the service then refuses to start on
     the shortened log rather than serve from it). 1 or more closes that window for a failover to any
     replica that confirmed; a write not confirmed in ``redis_wait_timeout_ms`` is answered as in
