@@ -235,7 +235,10 @@ class AtpClient:
         ``batches`` raise, the batches sent before it are answered first, then its error is raised.
         A batch unanswered ``timeout_s`` after it was sent ends the stream ``Retryable``
         (DEADLINE_EXCEEDED): it and every later batch are in doubt, settled by a retry with the
-        same ids (R5); the stream itself may last as long as the batches keep coming."""
+        same ids (R5); the stream itself may last as long as the batches keep coming. Results not
+        taken from this generator for the service's ``stream_stall_s`` (30 s) end the stream there:
+        ``Retryable`` (UNAVAILABLE, ``OUTCOME_UNKNOWN``, metadata ``limit``), its unanswered batches
+        in doubt and settled the same way."""
         source = Batches(batches)
         call = self.stub.ReserveStream(source.requests())
         try:
