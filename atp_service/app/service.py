@@ -135,7 +135,8 @@ class AtpService:
                 await self._log.nodes.aclose()
             raise
         await self._start_desks()
-        for name in ("", SERVICE_NAME):
+        # Not over a NOT_SERVING said while a step waited for Redis (a shard or task failed, a newer claim).
+        for name in () if self.failed.is_set() or self.replaced.is_set() else ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def _listen(self) -> None:

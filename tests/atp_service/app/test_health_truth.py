@@ -1,0 +1,56 @@
+"""Health never says SERVING while the service has been told to stop to be restarted (exit status 4):
+a probe, a load balancer or a library caller asking ``grpc.health.v1`` must not be told a service
+whose shard stopped working is fit to serve."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from atp_service import AtpService
+from atp_service.intake.ingest import StreamIngestor
+from tests.conftest import test_config as config_for_tests
+
+START_LIMIT_S = 30.0
+"""A bound on how long the start may take to reach the step the test holds (not a timing)."""
+
+
+async def _health(port: int) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                 timeout=5)
+    return int(answer.status)
+
+
+async def test_a_shard_that_fails_while_the_start_waits_leaves_health_not_serving(
+        redis_url: str, monkeypatch: object) -> None:
+    """Defect: a shard that stopped working while the start still waited on a later step (the input
+    streams' groups, the channel feeds: each waits for Redis as long as it takes) set health
+    NOT_SERVING, and the start then set it SERVING at its end: a service told to stop to be
+    restarted (``failed``) said SERVING, the shard answering every call UNAVAILABLE."""
+    reached, go_on = asyncio.Event(), asyncio.Event()
+    original = StreamIngestor.start
+
+    async def held_start(self: StreamIngestor) -> None:  # the step waiting (on Redis, say) until released
+        reached.set()
+        await go_on.wait()
+        await original(self)
+
+    monkeypatch.setattr(StreamIngestor, "start", held_start)  # type: ignore[attr-defined]
+    service = AtpService(config_for_tests(), redis_url)
+    starting = asyncio.ensure_future(service.start())
+    try:
+        await asyncio.wait_for(reached.wait(), START_LIMIT_S)
+        assert service.engine is not None
+        service.engine.actors[0].break_down(RuntimeError("a bug in shard 0's turn"))
+        assert service.failed.is_set()
+        go_on.set()
+        await asyncio.wait_for(starting, START_LIMIT_S)
+        for _ in range(10):  # whatever the start or the failure left queued has run
+            await asyncio.sleep(0)
+        assert await _health(service.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        go_on.set()
+        await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
