@@ -317,19 +317,17 @@ class AtpService:
                   actor.shard, actor.failure, extra={"event": "stopping", "why": "shard_failed", "shard": actor.shard})
         self._must_restart()
 
-    def _must_restart(self) -> None:
-        """Health NOT_SERVING, and ``atp-service serve`` stops to be restarted (exit status 4)."""
-        self.failed.set()
+    def _must_restart(self, replaced: bool = False) -> None:
+        """Health NOT_SERVING, and ``atp-service serve`` stops to be restarted (``failed``: exit status 4),
+        or for good (``replaced``, a newer instance's claim: exit status 3)."""
+        (self.replaced if replaced else self.failed).set()
         for name in ("", SERVICE_NAME):
             keep(self._background, self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
 
     def _on_replaced(self) -> None:
         """A write refused: this instance stops, for good (exit 3) or to be restarted (exit 4)."""
         assert self._log is not None
-        if replaced_said(self._log, self.config.key_prefix):
-            self.replaced.set()
-        else:
-            self._must_restart()
+        self._must_restart(replaced=replaced_said(self._log, self.config.key_prefix))
 
     async def _while_redis_is_away(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """``attempt()`` until Redis answers it, health NOT_SERVING meanwhile (``redis_wait``)."""

@@ -9,14 +9,17 @@ claims. B's epoch must be A's no more: A must find itself replaced, not write as
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2
 
 from atp_client import AtpClient
 from atp_service import AtpService
+from tests.atp_service.app.test_health_truth import health
 from tests.atp_service.app.test_redis_lost_tail import restored, saved, services_and_primaries
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
@@ -60,6 +63,11 @@ async def test_a_claim_redis_lost_is_not_drawn_again_by_the_next_instance(
     assert newer._log.epoch > older._log.epoch
     assert not await older._log.still_owner()  # replaced: the owner keys hold B's claim, not A's
     await until(lambda: older.replaced.is_set(), "A told a newer instance claimed the keyspace", timeout_s=20)
+    for _ in range(100):  # said by a task of its own: a bound, not a timing
+        if await health(older.port) == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        await asyncio.sleep(0.05)
+    assert await health(older.port) == health_pb2.HealthCheckResponse.NOT_SERVING  # replaced: not fit to serve
 
 
 async def test_an_instance_whose_claim_redis_lost_cannot_write_as_the_next(

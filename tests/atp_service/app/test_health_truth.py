@@ -17,7 +17,7 @@ START_LIMIT_S = 30.0
 """A bound on how long the start may take to reach the step the test holds (not a timing)."""
 
 
-async def _health(port: int) -> int:
+async def health(port: int) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
                                                                  timeout=5)
@@ -50,7 +50,7 @@ async def test_a_shard_that_fails_while_the_start_waits_leaves_health_not_servin
         await asyncio.wait_for(starting, START_LIMIT_S)
         for _ in range(10):  # whatever the start or the failure left queued has run
             await asyncio.sleep(0)
-        assert await _health(service.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await health(service.port) == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         go_on.set()
         await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
