@@ -49,6 +49,10 @@ class Keyspace:
         """A snapshot being written in parts (``snapshot_parts.py``), moved to ``snap`` when whole."""
         return self.tag(shard) + "snap-parts"
 
+    def snap_parts_try(self, shard: int) -> str:
+        """The id of the try whose parts ``snap_parts`` holds: a part of another try is refused."""
+        return self.tag(shard) + "snap-parts-try"
+
     def fence(self, group: int) -> str:
         """The group's fence: a write carrying an older token is refused (R7, C4)."""
         return self.tag(group) + "fence"

@@ -11,9 +11,15 @@ one, never a mixture.
 A part that finds the staging key shorter or longer than the parts before it left it (expired, or
 written by an earlier try) fails the write, which the shard tries again later from the first part;
 the fence it raises first (``Checkpoints``) refuses any part of the failed try still on its way.
+Each try draws an id, which its first part stores beside the staging key and every later part
+checks: Redis back from older data (an older RDB, a failover to a replica that lagged) may hold an
+earlier try's parts exactly as long as this try's, and a fence older than this try's token — the
+length check alone then joined them into a snapshot of neither try, the log trimmed behind it.
 """
 
 from __future__ import annotations
+
+import secrets
 
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script
@@ -22,8 +28,13 @@ from atp_service.storage.scripts import ALLOW_OOM, FENCE_LUA, LOG_REACHES_LUA, S
 STAGING_TTL_MS = 600_000
 """A staging key left by a write that never finished (a crash, a lost owner) goes after this."""
 
+# KEYS[2]: staging; KEYS[#KEYS - 1]: the staging key's try id; ARGV[5]: offset, ARGV[6]: the try's id.
 _OFFSET_CHECK = """
 local offset = tonumber(ARGV[5])
+if redis.call('GET', KEYS[#KEYS - 1]) ~= ARGV[6] then
+  return redis.error_reply('PARTS_LOST ' .. KEYS[2] .. ' holds the parts of another try (' ..
+    tostring(redis.call('GET', KEYS[#KEYS - 1])) .. '), not of ' .. ARGV[6])
+end
 if redis.call('STRLEN', KEYS[2]) ~= offset then
   return redis.error_reply('PARTS_LOST ' .. KEYS[2] .. ' holds ' .. redis.call('STRLEN', KEYS[2]) ..
     ' bytes, not ' .. offset)
@@ -31,27 +42,31 @@ end
 """
 
 # Parts go on a full Redis too (``ALLOW_OOM``): the last one's trim is what makes room.
-# KEYS: owner, staging, fence; ARGV: epoch, part, staging TTL (ms), token, offset. The
-# first part (offset 0) replaces whatever an earlier try left; the others extend exactly its end.
+# KEYS: owner, staging, staging's try id, fence; ARGV: epoch, part, staging TTL (ms), token, offset,
+# the try's id. The first part (offset 0) replaces whatever an earlier try left, its id with it; the
+# others extend exactly its end, of the same try.
 PART_SCRIPT = Script(ALLOW_OOM + FENCE_LUA + STALE_LUA + """
 if tonumber(ARGV[5]) == 0 then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[3])
   return 'OK'
 end
 """ + _OFFSET_CHECK + """
 redis.call('APPEND', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return 'OK'
 """)
 
-# KEYS: owner, staging, log, snapshot, fence; ARGV: epoch, last part, the snapshot's seq, token,
-# offset. Refused past the log's end as SNAPSHOT_SCRIPT is. RENAME keeps the staging key's TTL: the
-# snapshot is made persistent again. The log keeps the snapshot's own entry, as SNAPSHOT_SCRIPT's
-# trim does.
+# KEYS: owner, staging, log, snapshot, staging's try id, fence; ARGV: epoch, last part, the snapshot's
+# seq, token, offset, the try's id. Refused past the log's end as SNAPSHOT_SCRIPT is. RENAME keeps the
+# staging key's TTL: the snapshot is made persistent again. The log keeps the snapshot's own entry, as
+# SNAPSHOT_SCRIPT's trim does.
 LAST_PART_SCRIPT = Script(ALLOW_OOM + FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + _OFFSET_CHECK + """
 redis.call('APPEND', KEYS[2], ARGV[2])
 redis.call('RENAME', KEYS[2], KEYS[4])
 redis.call('PERSIST', KEYS[4])
+redis.call('DEL', KEYS[5])
 redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0')
 return 'OK'
 """)
@@ -69,16 +84,17 @@ async def write_snapshot_in_parts(nodes: Nodes, keys: Keyspace, shard: int, seq:
     if len(data) <= part_bytes:
         await nodes.run_one(Call(WHOLE_SCRIPT, [owner, snap, log, fence], [epoch, data, seq, token]), extra_s)
         return
-    staging, per_byte_s = keys.snap_parts(shard), extra_s / len(data)
+    staging, try_key, per_byte_s = keys.snap_parts(shard), keys.snap_parts_try(shard), extra_s / len(data)
+    try_id = secrets.token_hex(8)  # this try's parts, and no other's, make the snapshot
     view, offset = memoryview(data), 0
     while len(data) - offset > part_bytes:
         part = bytes(view[offset:offset + part_bytes])
-        await nodes.run_one(Call(PART_SCRIPT, [owner, staging, fence],
-                                 [epoch, part, STAGING_TTL_MS, token, offset]), per_byte_s * len(part))
+        await nodes.run_one(Call(PART_SCRIPT, [owner, staging, try_key, fence],
+                                 [epoch, part, STAGING_TTL_MS, token, offset, try_id]), per_byte_s * len(part))
         offset += len(part)
     last = bytes(view[offset:])
-    await nodes.run_one(Call(LAST_PART_SCRIPT, [owner, staging, log, snap, fence],
-                             [epoch, last, seq, token, offset]), per_byte_s * len(last))
+    await nodes.run_one(Call(LAST_PART_SCRIPT, [owner, staging, log, snap, try_key, fence],
+                             [epoch, last, seq, token, offset, try_id]), per_byte_s * len(last))
 
 
 __all__ = ["STAGING_TTL_MS", "write_snapshot_in_parts"]

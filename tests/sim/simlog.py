@@ -107,7 +107,7 @@ class SimLog:
         """False: a Redis Cluster, where entries of several shards cannot land all or none."""
         self.logs: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         self.snaps: dict[int, bytes] = {}
-        self.staging: dict[int, bytes] = {}  # a snapshot being written in parts (``snapparts.py``)
+        self.staging: dict[int, tuple[str, bytes]] = {}  # a snapshot being written in parts: its try, its bytes
         self.snapshots_sent: set[tuple[int, int, bytes]] = set()  # (shard, seq, digest) the service wrote
         self.torn: list[str] = []  # snapshots stored that the service never wrote whole
         self.history: dict[int, list[tuple[int, bytes]]] = defaultdict(list)

@@ -78,15 +78,15 @@ def _run(redis: SimLog, unit: ScriptCall) -> str | None:
         return f"STALE shard fenced at {redis.fences[shard]}"
     data: bytes = call.args[1]
     if call.script is PART_SCRIPT:
-        return _part(redis, shard, data, int(call.args[4]))
+        return _part(redis, shard, data, int(call.args[4]), str(call.args[5]))
     seq = int(call.args[2])
     if redis.newest_id(shard) < seq:  # LOG_REACHES_LUA
         return f"GAP snapshot of entry {seq} but the log ends at {redis.newest_id(shard)}"
     if call.script is LAST_PART_SCRIPT:
-        refusal = _offset_refusal(redis, shard, int(call.args[4]))
+        refusal = _offset_refusal(redis, shard, int(call.args[4]), str(call.args[5]))
         if refusal is not None:
             return refusal
-        data = redis.staging.pop(shard) + data  # APPEND, RENAME to the snapshot, PERSIST
+        data = redis.staging.pop(shard)[1] + data  # APPEND, RENAME to the snapshot, PERSIST (the try id DELeted)
     else:
         assert call.script is WHOLE_SCRIPT, call.script
     if (shard, seq, hashlib.sha1(data).digest()) not in redis.snapshots_sent:
@@ -97,19 +97,21 @@ def _run(redis: SimLog, unit: ScriptCall) -> str | None:
     return None
 
 
-def _part(redis: SimLog, shard: int, data: bytes, offset: int) -> str | None:
+def _part(redis: SimLog, shard: int, data: bytes, offset: int, try_id: str) -> str | None:
     if offset == 0:
-        redis.staging[shard] = data  # SET: whatever an earlier try left is replaced
+        redis.staging[shard] = (try_id, data)  # SET: whatever an earlier try left is replaced, its id too
         return None
-    refusal = _offset_refusal(redis, shard, offset)
+    refusal = _offset_refusal(redis, shard, offset, try_id)
     if refusal is None:
-        redis.staging[shard] += data
+        redis.staging[shard] = (try_id, redis.staging[shard][1] + data)
     return refusal
 
 
-def _offset_refusal(redis: SimLog, shard: int, offset: int) -> str | None:
-    held = len(redis.staging.get(shard, b""))
-    return None if held == offset else f"PARTS_LOST staging holds {held} bytes, not {offset}"
+def _offset_refusal(redis: SimLog, shard: int, offset: int, try_id: str) -> str | None:
+    held_by, held = redis.staging.get(shard, (None, b""))
+    if held_by != try_id:
+        return f"PARTS_LOST staging holds the parts of another try ({held_by}), not of {try_id}"
+    return None if len(held) == offset else f"PARTS_LOST staging holds {len(held)} bytes, not {offset}"
 
 
 def arrive_earlier(redis: SimLog, shard: int) -> None:

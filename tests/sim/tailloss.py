@@ -68,7 +68,7 @@ class RedisImage:
 
     logs: dict[int, list[tuple[int, bytes]]]
     snaps: dict[int, bytes]
-    staging: dict[int, bytes]
+    staging: dict[int, tuple[str, bytes]]
     fences: dict[int, int]
     redis_epoch: int
     owners: dict[int, int]

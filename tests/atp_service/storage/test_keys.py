@@ -14,7 +14,8 @@ SHARD = 7
 
 def _written() -> set[str]:
     keys = Keyspace("<prefix>")
-    per_group = [keys.log, keys.snap, keys.snap_parts, keys.fence, keys.owner, lambda g: keys.tag(g) + "lease"]
+    per_group = [keys.log, keys.snap, keys.snap_parts, keys.snap_parts_try, keys.fence, keys.owner,
+                 lambda g: keys.tag(g) + "lease"]
     return {key(SHARD).replace(f"{{g{SHARD}}}", "{g<shard>}") for key in per_group} | {
         keys.claims, keys.members, keys.meta}
 

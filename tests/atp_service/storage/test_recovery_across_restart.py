@@ -107,7 +107,7 @@ async def test_a_log_restored_shorter_after_a_snapshot_at_its_newest_id_was_read
             if fault["armed"] and snap is not None and snap.seq == await store.last_seq(shard):
                 fault["armed"] = False  # once: the shard's log and snapshot back at entry 1, the claim kept
                 shard_keys = {store.keys.log(shard).encode(), store.keys.snap(shard).encode(),
-                              store.keys.snap_parts(shard).encode()}
+                              store.keys.snap_parts(shard).encode(), store.keys.snap_parts_try(shard).encode()}
                 async with direct.pipeline(transaction=True) as pipe:
                     pipe.delete(*shard_keys)
                     for key in shard_keys & set(image):

@@ -14,6 +14,7 @@ from atp_client import AtpClient
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import Call
 from atp_service.storage.snapshot_parts import PART_SCRIPT, STAGING_TTL_MS
+from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
 
@@ -32,7 +33,7 @@ async def test_a_snapshot_past_the_part_size_is_stored_whole_and_trims_the_log(s
     assert await store.write_snapshot(0, 2, data, part_bytes=PART) == len(data)
     assert await store.client.get(SNAP) == data
     assert await store.client.ttl(SNAP) == -1, "the snapshot kept the staging key's time to live"
-    assert not await store.client.exists(PARTS)
+    assert not await store.client.exists(PARTS, store.keys.snap_parts_try(0))
     assert [i for i, _ in await store.client.xrange(LOG)] == [b"2-0", b"3-0"]  # its own entry kept
 
 
@@ -44,8 +45,8 @@ async def test_a_part_of_a_fenced_try_is_refused_and_the_stored_snapshot_stands(
     await store.write_snapshot(0, 1, old, part_bytes=PART)
     stale = (store.epochs[0], store._tokens[0])
     await store.fence(0)  # what Checkpoints does before it tries again after a failed write
-    late = Call(PART_SCRIPT, [store.keys.owner(0), PARTS, store.keys.fence(0)],
-                [stale[0], b"x" * PART, STAGING_TTL_MS, stale[1], 0])
+    late = Call(PART_SCRIPT, [store.keys.owner(0), PARTS, store.keys.snap_parts_try(0), store.keys.fence(0)],
+                [stale[0], b"x" * PART, STAGING_TTL_MS, stale[1], 0, "late"])
     with pytest.raises(RedisError, match="STALE"):
         await store.nodes.run_one(late)
     assert not await store.client.exists(PARTS)
@@ -112,3 +113,47 @@ async def test_a_service_recovers_the_same_state_from_a_snapshot_stored_in_parts
     assert await _available(again, skus) == before
     assert before[0] == 5 and before[-1] == 4 and before[1] == 7
     assert (await again.get_reservation("held")).reservation_id == "held"
+
+
+async def test_parts_of_an_earlier_try_that_redis_came_back_with_are_never_joined_to_this_one(
+        store: LogStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R7, E10: Redis came back from older data mid-snapshot (a restart from an older RDB, a failover to
+    a replica that lagged) holding the staging key an earlier, failed try left, as long as the parts this
+    try had written. The length check alone let this try's next part extend it and its last part move the
+    mixture into place — a snapshot of neither try, the log trimmed behind it: recovery refused the shard
+    (undecodable) or, worse, served a state no log replay gives. The parts are now bound to their try."""
+    await _log_of(store, range(1, 4))
+    run_one = store.nodes.run_one
+    calls, cut_at, on_cut = 0, 4, None
+
+    async def cut_before_the_fourth_part(call: Call, extra_s: float = 0.0) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == cut_at and on_cut is not None:
+            await on_cut()
+        return await run_one(call, extra_s)
+
+    async def timed_out() -> None:
+        raise RedisError("Timeout reading from socket")  # the earlier try's fourth part never answered
+
+    monkeypatch.setattr(store.nodes, "run_one", cut_before_the_fourth_part)
+    on_cut = timed_out
+    earlier = os.urandom(5 * PART)
+    with pytest.raises(RedisError, match="Timeout"):
+        await store.write_snapshot(0, 2, earlier, part_bytes=PART)
+    image = await saved(store.client)  # the older data: the earlier try's three parts staged
+    await store.fence(0)  # what Checkpoints does before the next try
+
+    async def back_from_older_data() -> None:
+        await restored(store.client, image, at_once=True)
+
+    calls, on_cut = 0, back_from_older_data
+    current = os.urandom(5 * PART)
+    with pytest.raises(RedisError, match="PARTS_LOST"):
+        await store.write_snapshot(0, 3, current, part_bytes=PART)
+    assert await store.client.get(SNAP) is None, "a snapshot of neither try was stored"
+    assert [i for i, _ in await store.client.xrange(LOG)] == [b"1-0", b"2-0", b"3-0"]  # not trimmed
+    monkeypatch.undo()
+    await store.fence(0)
+    await store.write_snapshot(0, 3, current, part_bytes=PART)  # the next try, from its first part
+    assert await store.client.get(SNAP) == current
