@@ -1,8 +1,11 @@
 """The requests and answers of one ``ReserveStream`` call (``AtpClient.reserve_stream``).
 
 A stream has no deadline of its own: it lasts as long as its caller has batches. What is bounded is
-the wait for an answer once a batch is sent — a service that stops answering (paused, wedged, a
-network that drops packets) must not keep the caller waiting for ever with its batches in doubt.
+the service's silence while batches wait for their answers — a service that stops answering
+(paused, wedged, a network that drops packets) must not keep the caller waiting for ever with its
+batches in doubt. Not each batch's own wait: grpc.aio sends batches as fast as HTTP/2 takes them,
+thousands ahead of the service, which decides them in turn; a batch far down that queue waits
+longer than any one answer takes, from a service answering all along.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Batches:
         self.batches = batches
         self.failure: Exception | None = None
         self._sent: deque[float] = deque()  # monotonic send time of each batch not answered yet
+        self._answered_at = float("-inf")  # monotonic time of the last answer: the service's last word
         self._more = asyncio.get_running_loop().create_future()  # resolved when a batch is sent
 
     async def requests(self) -> AsyncIterator[pb.ReserveStreamRequest]:
@@ -51,9 +55,10 @@ class Batches:
         return pb.ReserveStreamRequest(reservations=batch)
 
     async def answers(self, call: Any, answer_timeout_s: float) -> AsyncIterator[pb.ReserveStreamResponse]:
-        """The call's answers, one per batch in order; a batch unanswered ``answer_timeout_s`` after
-        it was sent ends the call DEADLINE_EXCEEDED (its outcome, and that of every later batch,
-        is in doubt: the caller retries them with the same ids, R5)."""
+        """The call's answers, one per batch in order; no answer for ``answer_timeout_s`` while a batch
+        waits for one (counted from the last answer, or from the oldest batch's send if later) ends
+        the call DEADLINE_EXCEEDED (the outcome of every batch not answered is in doubt: the caller
+        retries them with the same ids, R5)."""
         while True:
             read = asyncio.ensure_future(call.read())
             try:
@@ -65,6 +70,7 @@ class Batches:
                 return
             if self._sent:
                 self._sent.popleft()
+            self._answered_at = time.monotonic()
             yield answer
 
     async def _until_read(self, read: asyncio.Future[Any], answer_timeout_s: float) -> None:
@@ -74,7 +80,7 @@ class Batches:
                     self._more = asyncio.get_running_loop().create_future()
                 await asyncio.wait({read, self._more}, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            left = self._sent[0] + answer_timeout_s - time.monotonic()
+            left = max(self._sent[0], self._answered_at) + answer_timeout_s - time.monotonic()
             if left <= 0:
                 raise _unanswered(len(self._sent), answer_timeout_s)
             await asyncio.wait({read}, timeout=left)
@@ -83,7 +89,7 @@ class Batches:
 def _unanswered(batches: int, answer_timeout_s: float) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
-        f"ReserveStream: no answer {answer_timeout_s:g}s after a batch was sent; {batches} batch(es) sent and "
+        f"ReserveStream: no answer for {answer_timeout_s:g}s with batches waiting; {batches} batch(es) sent and "
         "not answered are in doubt: retry them with the same reservation ids", "")
 
 

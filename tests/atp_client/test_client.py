@@ -114,7 +114,7 @@ async def _silent_stream(requests: AsyncIterator[pb.ReserveStreamRequest], _: An
 
 async def test_a_batch_the_service_never_answers_ends_the_stream_in_doubt() -> None:
     """The stream had no bound: against a service that took batches and answered none, the caller
-    waited for ever, its reservations in doubt. A batch unanswered ``timeout_s`` after it was sent
+    waited for ever, its reservations in doubt. No answer for ``timeout_s`` with a batch waiting
     now ends the stream ``Retryable`` (DEADLINE_EXCEEDED: retry with the same ids, R5)."""
     server = grpc.aio.server()
     handler = grpc.stream_stream_rpc_method_handler(_silent_stream, pb.ReserveStreamRequest.FromString,
@@ -156,3 +156,27 @@ async def test_a_source_slower_than_the_answer_bound_does_not_end_the_stream(sta
             answers.append(answer)
             first_answered.set()
         assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * 2
+
+
+async def test_a_stream_the_service_keeps_answering_is_not_ended_however_many_batches_wait(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """grpc.aio takes batches from the source as fast as HTTP/2 lets it send them — thousands at once —
+    while the service decides them in turn. Each batch's bound ran from its own send: a batch waiting
+    its turn behind many others ran out, and a stream the service was answering all along ended
+    ``DEADLINE_EXCEEDED`` with every later batch "in doubt". The bound is on the service's silence:
+    no answer for ``timeout_s`` while batches wait."""
+    service, _ = await start_service(max_stream_inflight=1)
+    assert service.engine is not None
+    decide, one_at_a_time = service.engine.reserve_many, asyncio.Lock()
+
+    async def slowly(cmds: Any) -> Any:  # a busy service: each batch takes a while, one at a time
+        async with one_at_a_time:
+            await asyncio.sleep(0.02)
+            return await decide(cmds)
+
+    monkeypatch.setattr(service.engine, "reserve_many", slowly)
+    batches = 100  # 2 s of deciding, in all sent at once (a few KiB): twice the answer bound
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=1.0) as client:
+        await client.record_events([receipt("in", "A", "DC", batches)])
+        answers = await _drain(client.reserve_stream([[item(f"busy-{n}")] for n in range(batches)]))
+    assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * batches
