@@ -36,7 +36,10 @@ _REDIRECT = ((ROUTING_KEY, REDIRECT),)
 CHANGES = frozenset({"Reserve", "Confirm", "Release", "Fulfill"})
 """The calls that change a reservation: one lost with a process that had it may have been made."""
 _NOT_SENT = "failed to connect to all addresses"
-"""gRPC's own words for a call it never sent: no connection to the process was made."""
+"""gRPC's own words for a try it never sent: no connection to the process was made. Proof that the
+call was not sent only where gRPC tries once: with its retries on, the try lost mid-way (the process
+killed, its connection reset) is sent again, and the last try's "failed to connect" (the process
+refusing connections now) hides the first (``AtpClient.connect`` says the same)."""
 
 
 class RoutedClient:
@@ -65,6 +68,8 @@ class RoutedClient:
         self.timeout_s = timeout_s
         self._connect = partial(AtpClient, timeout_s=timeout_s, options=options, token=token,
                                 credentials=credentials, retry=retry)
+        self._tries_once = retry is None or retry.attempts == 1
+        """Whether gRPC's "failed to connect" proves a call unsent (``_NOT_SENT``)."""
         self._clients: Lru[str, AtpClient] = Lru(max_clients)
         self._homes: Lru[str, int] = Lru(max_remembered)
         self._routes: Routes | None = None
@@ -182,7 +187,7 @@ class RoutedClient:
             except Retryable as exc:
                 if target and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     self._suspect = (routes, address)
-                if _unanswered(exc) and not (exc.details() or "").startswith(_NOT_SENT):
+                if _unanswered(exc) and not self._never_sent(exc):
                     lost.append(exc)
                 moved = moved_of(exc.trailing_metadata())  # type: ignore[arg-type]
                 if hop == MAX_HOPS or (moved is None and not _unanswered(exc)):
@@ -197,6 +202,10 @@ class RoutedClient:
                     if (target or routes.address) == address:  # nobody else to ask
                         raise
         raise AssertionError("unreachable: the last hop returns or raises")
+
+    def _never_sent(self, error: AtpError) -> bool:
+        """Whether the call refused so was certainly not sent (R7: then not in doubt)."""
+        return self._tries_once and (error.details() or "").startswith(_NOT_SENT)
 
     async def _current(self, deadline: float) -> Routes:
         """The table to route by: asked for again first when an owner it names let a call run out of
