@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
@@ -66,11 +67,17 @@ class RetryPolicy:
         if not 0 < self.first_backoff_s <= self.max_backoff_s:
             raise ValueError(f"first_backoff_s: must be > 0 and <= max_backoff_s ({self.max_backoff_s}), "
                              f"got {self.first_backoff_s}")
-        if self.multiplier < 1:
-            raise ValueError(f"multiplier: must be at least 1, got {self.multiplier}")
+        # Infinite or NaN passed "at least 1" and wrote a service config that is no JSON: every call
+        # then failed INVALID_ARGUMENT "Failed to create channel", as if the request were wrong.
+        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
+            raise ValueError(f"multiplier: must be a finite number of at least 1, got {self.multiplier}")
         unknown = [c for c in self.codes if c not in grpc.StatusCode.__members__]
         if unknown or not self.codes:
             raise ValueError(f"codes: unknown status codes {unknown}" if unknown else "codes: must not be empty")
+        decisions = [c for c in self.codes if grpc.StatusCode[c] not in RETRYABLE]
+        if decisions:  # a decision retried answers the same, after the backoff: never retried (docs/API.md)
+            raise ValueError(f"codes: {decisions} are decisions (or not refusals of the service), never retried; "
+                             f"choose among {sorted(c.name for c in RETRYABLE)}")
 
     def service_config(self) -> dict[str, Any]:
         """The gRPC service config that retries as this policy says."""

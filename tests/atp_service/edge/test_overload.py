@@ -181,6 +181,11 @@ async def test_a_retry_policy_does_not_retry_a_decision(start_service: ServiceFa
 @pytest.mark.parametrize(("kwargs", "field"), [({"attempts": 0}, "attempts"), ({"attempts": 6}, "attempts"),
                                                ({"codes": ("NOT_A_CODE",)}, "codes"),
                                                ({"multiplier": 0.5}, "multiplier"),
+                                               ({"multiplier": float("inf")}, "multiplier"),
+                                               ({"multiplier": float("nan")}, "multiplier"),
+                                               ({"codes": ("UNAVAILABLE", "NOT_FOUND")}, "codes"),
+                                               ({"codes": ("FAILED_PRECONDITION",)}, "codes"),
+                                               ({"codes": ("OK",)}, "codes"),
                                                ({"first_backoff_s": 0}, "first_backoff_s"),
                                                ({"first_backoff_s": 3, "max_backoff_s": 2}, "first_backoff_s")])
 def test_a_retry_policy_that_cannot_work_is_refused_naming_the_field(kwargs: dict[str, float], field: str) -> None:
