@@ -41,7 +41,8 @@ _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 async def record_events(request: pb.RecordEventsRequest, context: Any, engine: Engine, desk: FactDesk,
-                        forwarder: Forwarder, limits: Limits, metrics: EdgeMetrics) -> pb.RecordEventsResponse:
+                        forwarder: Forwarder, limits: Limits, metrics: EdgeMetrics,
+                        max_message_bytes: int = 4 << 20) -> pb.RecordEventsResponse:
     limit = limits.max_events_per_call
     if len(request.events) > limit:
         raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}",
@@ -79,7 +80,22 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
     if elsewhere is not None:
         for n, answer in (await forwarder.forward_facts(request, moved, context, elsewhere)).items():
             out[n] = answer
-    return pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
+    answer = pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
+    _check_answer_fits(answer, len(out), max_message_bytes)
+    return answer
+
+
+def _check_answer_fits(answer: pb.RecordEventsResponse, facts: int, max_message_bytes: int) -> None:
+    """An answer gRPC could not send (``max_message_bytes`` binds what the service sends too: an invalid
+    fact's answer carries its error, larger than the fact) ended the call RESOURCE_EXHAUSTED "sent
+    message larger than max", which a caller retried as it was, for ever, never told what was applied
+    nor which facts were invalid. Answered OUTCOME_UNKNOWN naming the limit: the valid facts were
+    applied; the same facts in smaller calls answer each (E8: a fact applied already is a duplicate)."""
+    size = answer.ByteSize()
+    if size > max_message_bytes:
+        raise Unavailable(f"the answer to {facts} facts ({size} bytes) exceeds max_message_bytes={max_message_bytes}: "
+                          "the valid ones were applied; send the same facts in smaller calls, which answers each",
+                          Reason.OUTCOME_UNKNOWN, metadata={"limit": "max_message_bytes"})
 
 
 def _redirect_first(facts: Sequence[Fact], engine: Engine, forwarder: Forwarder,

@@ -210,7 +210,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     @_observed("RecordEvents")
     async def RecordEvents(self, request: pb.RecordEventsRequest, context: Any) -> pb.RecordEventsResponse:
         return await record_events(request, context, self.engine, self.desk, self.forwarder, self.limits,
-                                   self.metrics)
+                                   self.metrics, self._max_message_bytes)
 
     @_observed("LoadCounts")
     async def LoadCounts(self, request: pb.LoadCountsRequest, context: Any) -> pb.LoadCountsResponse:

@@ -176,6 +176,26 @@ async def test_oversized_message_is_refused(start_service: ServiceFactory) -> No
     assert await told(client.availability(keys)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "")
 
 
+async def test_record_events_whose_answer_outgrows_max_message_bytes_says_so_and_applies_the_valid_facts(
+        start_service: ServiceFactory) -> None:
+    """An invalid fact's answer carries its error, larger than the fact: a call that fits could have an
+    answer gRPC cannot send, and the caller got RESOURCE_EXHAUSTED "sent message larger than max" —
+    retried as it was, for ever, never told which facts were invalid or applied."""
+    _, client = await stocked(start_service, max_message_bytes=64 * 1024)
+    no_time = [pb.Fact(event_id=f"{n:080d}", source="wms", kind=pb.FACT_KIND_RECEIPT, sku="A", location="S1",
+                       quantity=1) for n in range(400)]  # each refused: event_time missing
+    request = pb.RecordEventsRequest(events=[receipt("valid-1", "B", "S1", 3), *no_time])
+    assert request.ByteSize() < 64 * 1024
+    refusal = await refused(client.stub.RecordEvents(request))
+    assert (refusal.code, refusal.reason, refusal.metadata.get("limit")) == (
+        grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN", "max_message_bytes")
+    (b,) = await client.availability([("B", "S1")])
+    assert b.on_hand == 5 + 3  # the valid fact was applied
+    results = await client.record_events([receipt("valid-1", "B", "S1", 3), *no_time[:100]])  # smaller: answered
+    assert results[0].outcome == pb.FACT_OUTCOME_DUPLICATE
+    assert {r.outcome for r in results[1:]} == {pb.FACT_OUTCOME_INVALID}
+
+
 async def test_record_events_reports_each_fact(start_service: ServiceFactory) -> None:
     _, client = await stocked(start_service)
     results = await client.record_events([
