@@ -80,9 +80,9 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
     if elsewhere is not None:
         for n, answer in (await forwarder.forward_facts(request, moved, context, elsewhere)).items():
             out[n] = answer
-    answer = pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
-    _check_answer_fits(answer, len(out), max_message_bytes)
-    return answer
+    response = pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
+    _check_answer_fits(response, len(out), max_message_bytes)
+    return response
 
 
 def _check_answer_fits(answer: pb.RecordEventsResponse, facts: int, max_message_bytes: int) -> None:
