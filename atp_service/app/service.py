@@ -254,7 +254,7 @@ class AtpService:
         await self._while_redis_is_away(nodes.reader.ping)
         await self._while_redis_is_away(lambda: check_keyspace(store, cfg.shards, cfg.ownership))
         if cfg.ownership == "leases":
-            return await self._join(store)
+            return await self._join(store, started)
         # Before reading anything: an older instance still running on this keyspace can write no
         # more from here on, so what it wrote first is what recovery reads back.
         epoch = await self._while_redis_is_away(lambda: store.claim(cfg.shards))  # sent again: one claim
@@ -275,9 +275,9 @@ class AtpService:
             "event": "recovered", "shards": cfg.shards, "entries": replayed, "duration_ms": round(took_s * 1000)})
         return Engine(actors, store, self.clock, cfg.engine_settings, self.metrics.engine)
 
-    async def _join(self, store: LogStore) -> Engine:
+    async def _join(self, store: LogStore, started: float) -> Engine:
         """``ownership = leases``: an engine whose shards are vacant until their groups are taken;
-        the first share is taken (and recovered) before this returns."""
+        the first share is taken (and recovered) before this returns: the start's recovery time."""
         cfg = self.config
         store.leased = True
         engine = Engine([], store, self.clock, cfg.engine_settings, self.metrics.engine)
@@ -287,6 +287,7 @@ class AtpService:
         self._servicer.routing = self._servicer.forwarder.routing = self.membership.table
         engine.remote = step_sender(self._servicer.forwarder, peer_token(cfg))
         await self.membership.start(self._while_redis_is_away)
+        self.metrics.engine.recovery_seconds.set(time.perf_counter() - started)  # ATPSlowRecovery reads it
         log.info("serving keyspace %r as %s with %d of its %d groups (%d processes)", cfg.key_prefix,
                  self.membership.address, len(self.membership.leases.held), cfg.shards, len(self.membership.members))
         return engine

@@ -225,3 +225,10 @@ async def test_a_shard_that_stops_working_is_recovered_from_its_log_and_the_proc
     (position,) = await owner.availability([(sku, "DC")])
     assert (position.on_hand, position.reserved) == (5, 2)
     assert not service.failed.is_set(), "the process serves its other groups on"
+
+
+async def test_a_process_joining_a_keyspace_reports_its_recovery_time(start_process: ServiceFactory) -> None:
+    """With ``ownership = leases`` the start's recovery (its first share of groups taken and recovered)
+    was never measured: ``atp_recovery_seconds`` stayed 0 and ATPSlowRecovery could never fire."""
+    service, _ = await start_process(port=free_port(), host="127.0.0.1")
+    assert (service.metrics.registry.get_sample_value("atp_recovery_seconds") or 0) > 0
