@@ -7,7 +7,7 @@ import logging
 import re
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from atp_service.storage.keys import CHANNELS, LAYOUT, Keyspace
 from atp_service.storage.log import LogStore
@@ -35,6 +35,7 @@ async def check_keyspace(store: LogStore, shards: int, ownership: str = "keyspac
     from under the leased processes, which take them back (each fencing the other in turn)."""
     client, key = store.client, store.keys.meta
     await _check_version(client)
+    await _refuse_replica(client)
     if not await client.exists(key) and await _exists_any(client, store.keys.legacy_keys()):
         await client.hset(key, "layout", 1)  # written before the layout was recorded
     await client.hsetnx(key, "layout", LAYOUT)
@@ -97,6 +98,24 @@ async def _check_version(client: Any) -> None:
         refusal = version_refusal(where, version)
         if refusal is not None:
             raise StartupError(refusal)
+
+
+async def _refuse_replica(client: Any) -> None:
+    """Write nothing to a replica (R7). One with ``replica-read-only no`` takes every write, and drops
+    them all at its next full resync from its primary (a restart, a link broken too long): changes
+    acknowledged that no other copy ever had. Refused as a read-only replica refuses a write
+    (``ReadOnlyError``), which the start waits out (a failover may promote it), naming it. A Redis
+    Cluster client writes to primaries only: not asked."""
+    if hasattr(client, "get_nodes"):
+        return
+    try:
+        replication = await client.info("replication")
+    except ResponseError:  # INFO forbidden: _check_version said so
+        return
+    if replication.get("role") in ("slave", "replica"):
+        primary = f"{replication.get('master_host')}:{replication.get('master_port')}"
+        raise ReadOnlyError(f"redis_url: this Redis is a replica of {primary}, which drops what is written to it "
+                            "at its next resync: waiting for it to be promoted; point redis_url at the primary")
 
 
 def version_refusal(where: str, version: str) -> str | None:
