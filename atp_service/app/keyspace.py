@@ -134,7 +134,7 @@ async def _check_persistence(client: Any, leased: bool = False) -> None:
     keys with a time to live (``volatile-*``): those are the leases, and an evicted lease lets another
     process take a group its owner still answers for. On a cluster every node is asked, by name."""
     try:
-        configs = await node_configs(client, "maxmemory-policy", "appendonly", "appendfsync")
+        configs = await node_configs(client, "maxmemory-policy", "appendonly", "appendfsync", "save")
     except ResponseError as exc:  # managed Redis often forbids CONFIG: nothing to check. Not answering
         # is no such refusal: the start waits (redis_wait) rather than skip the eviction check.
         log.warning("Redis maxmemory-policy cannot be read (%s): make sure it is noeviction — a Redis that "
@@ -150,11 +150,26 @@ async def _check_persistence(client: Any, leased: bool = False) -> None:
                                "lease, and another process take a group its owner still answers for; set "
                                "maxmemory-policy noeviction")
     for where, config in configs:
-        if config_value(config, "appendonly") != "yes":
-            log.warning("%s runs without appendonly: acknowledged changes survive a service crash but not a "
-                        "Redis crash (set appendonly yes, appendfsync everysec or always)", where)
-        else:
-            log.info("%s AOF on, appendfsync=%s", where, config_value(config, "appendfsync"))
+        _say_persistence(where, config)
+
+
+def _say_persistence(where: str, config: dict[Any, Any]) -> None:
+    """Say what of the acknowledged changes a crash or restart of this Redis loses (R7): a WARNING
+    for each setting that loses more than ``appendfsync everysec``'s ~1 s, an INFO line otherwise."""
+    fsync = config_value(config, "appendfsync")
+    if config_value(config, "appendonly") != "yes" and not (config_value(config, "save") or "").strip():
+        log.warning("%s has no persistence (appendonly no, save \"\"): any restart of it, a clean one too, "
+                    "comes back empty, every acknowledged change lost (set appendonly yes, appendfsync "
+                    "everysec or always)", where)
+    elif config_value(config, "appendonly") != "yes":
+        log.warning("%s runs without appendonly: acknowledged changes survive a service crash but not a "
+                    "Redis crash (set appendonly yes, appendfsync everysec or always)", where)
+    elif fsync == "no":
+        log.warning("%s appendfsync is no: the OS writes the AOF to disk when it likes (Linux: about every "
+                    "30 s), and a host crash loses that much of what was acknowledged (set appendfsync "
+                    "everysec, ~1 s, or appendfsync always, nothing)", where)
+    else:
+        log.info("%s AOF on, appendfsync=%s", where, fsync)
 
 
 def replaced_said(store: LogStore, prefix: str) -> bool:

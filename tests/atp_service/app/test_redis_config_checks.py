@@ -4,8 +4,11 @@ setting: a Redis that would lose what the service acknowledges is not written to
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from atp_service import AtpService, EmbeddedRedis
@@ -36,3 +39,34 @@ async def test_a_writable_replica_is_not_written_to_but_waited_on_until_promoted
         await service.stop(grace_s=0)
         replica.stop()
         primary.stop()
+
+
+async def _start_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture, **redis: Any) -> list[str]:
+    """The warnings a start on a redis-server started with ``redis`` logs."""
+    with EmbeddedRedis(tmp_path / "redis", **redis) as server:
+        service = AtpService(make_config(), server.url)
+        with caplog.at_level(logging.INFO, logger="atp_service.app.keyspace"):
+            await service.start()
+        await service.stop(grace_s=0)
+    return [r.getMessage() for r in caplog.records
+            if r.name == "atp_service.app.keyspace" and r.levelno >= logging.WARNING]
+
+
+async def test_an_aof_the_os_flushes_when_it_likes_is_warned_of(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """``appendfsync no`` leaves the flush to the OS (Linux: about every 30 s): a host crash loses that
+    much of what was acknowledged, thirty times ``everysec``'s window. It was logged at INFO as "AOF on"."""
+    warnings = await _start_warnings(tmp_path, caplog, appendfsync="no")
+    assert any("appendfsync is no" in w and "appendfsync always" in w for w in warnings), warnings
+
+
+async def test_a_redis_that_keeps_nothing_on_disk_is_warned_of_as_such(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """``appendonly no`` with ``save ""``: any restart of Redis, even a clean one (an upgrade), comes
+    back empty — every stock count and hold gone. The warning said only "not a Redis crash"."""
+    warnings = await _start_warnings(tmp_path, caplog, extra_args=["--appendonly", "no", "--save", ""])
+    assert any("no persistence" in w and "any restart" in w for w in warnings), warnings
+
+
+async def test_aof_with_everysec_is_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert await _start_warnings(tmp_path, caplog, appendfsync="everysec") == []
