@@ -137,8 +137,10 @@ async def _check_persistence(client: Any, leased: bool = False) -> None:
         configs = await node_configs(client, "maxmemory-policy", "appendonly", "appendfsync", "save")
     except ResponseError as exc:  # managed Redis often forbids CONFIG: nothing to check. Not answering
         # is no such refusal: the start waits (redis_wait) rather than skip the eviction check.
-        log.warning("Redis maxmemory-policy cannot be read (%s): make sure it is noeviction — a Redis that "
-                    "evicts may drop a log, a fence or a claim, losing acknowledged changes", exc)
+        log.warning("Redis CONFIG cannot be read (%s), so maxmemory-policy, appendonly and appendfsync are not "
+                    "checked: make sure it is noeviction (a Redis that evicts may drop a log, a fence or a claim) "
+                    "and that its AOF is on (appendonly yes, appendfsync everysec or always) — else acknowledged "
+                    "changes can be lost", exc)
         return
     for where, config in configs:
         evicts = config_value(config, "maxmemory-policy") or "noeviction"
