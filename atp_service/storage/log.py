@@ -273,7 +273,7 @@ class LogStore(LogReads):
         epoch = self.epochs.get(shard, 0)
         try:
             await write_snapshot_in_parts(self.nodes, self.keys, shard, seq, data,
-                                          (epoch, self._tokens.get(shard, 0)), part_bytes or len(data), extra_s)
+                                          (epoch, self._tokens.get(shard, 0)), part_bytes, extra_s)
         except RedisError as exc:
             raise self._refused(exc, shard, epoch) from None
         return len(data)

@@ -19,10 +19,12 @@ length check alone then joined them into a snapshot of neither try, the log trim
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script
+from atp_service.storage.records import CHECKSUM_INLINE_BYTES, snapshot_header
 from atp_service.storage.scripts import ALLOW_OOM, FENCE_LUA, LOG_REACHES_LUA, SNAPSHOT_SCRIPT, STALE_LUA
 
 STAGING_TTL_MS = 600_000
@@ -76,25 +78,41 @@ WHOLE_SCRIPT = Script(SNAPSHOT_SCRIPT)
 
 async def write_snapshot_in_parts(nodes: Nodes, keys: Keyspace, shard: int, seq: int, data: bytes,
                                   fencing: tuple[int, int], part_bytes: int, extra_s: float) -> None:
-    """Store ``data`` as ``shard``'s snapshot at ``seq`` and trim its log behind it; ``fencing`` is
-    (epoch, token). Each call is allowed its share of ``extra_s`` beyond the socket timeout. Raises
-    what a call ended in: a part's failure leaves the stored snapshot as it was."""
+    """Store ``data`` as ``shard``'s snapshot at ``seq``, its header first (``snapshot_header``: the
+    checksum of all of ``data``, whatever the parts), and trim its log behind it; ``fencing`` is
+    (epoch, token); ``part_bytes`` 0: in one call, whatever its size. Each call is allowed its share
+    of ``extra_s`` beyond the socket timeout. Raises what a call ended in: a part's failure leaves the
+    stored snapshot as it was."""
     epoch, token = fencing
     owner, fence, snap, log = keys.owner(shard), keys.fence(shard), keys.snap(shard), keys.log(shard)
-    if len(data) <= part_bytes:
-        await nodes.run_one(Call(WHOLE_SCRIPT, [owner, snap, log, fence], [epoch, data, seq, token]), extra_s)
+    if len(data) > CHECKSUM_INLINE_BYTES:  # not in the loop's turn: every shard would wait for it
+        header = await asyncio.to_thread(snapshot_header, data)
+    else:
+        header = snapshot_header(data)
+    size = len(header) + len(data)
+    if part_bytes <= 0 or size <= part_bytes:  # 0: never in parts
+        await nodes.run_one(Call(WHOLE_SCRIPT, [owner, snap, log, fence], [epoch, header + data, seq, token]), extra_s)
         return
-    staging, try_key, per_byte_s = keys.snap_parts(shard), keys.snap_parts_try(shard), extra_s / len(data)
+    staging, try_key, per_byte_s = keys.snap_parts(shard), keys.snap_parts_try(shard), extra_s / size
     try_id = secrets.token_hex(8)  # this try's parts, and no other's, make the snapshot
-    view, offset = memoryview(data), 0
-    while len(data) - offset > part_bytes:
-        part = bytes(view[offset:offset + part_bytes])
+    offset = 0
+    while size - offset > part_bytes:
+        part = _stored_bytes(header, data, offset, offset + part_bytes)
         await nodes.run_one(Call(PART_SCRIPT, [owner, staging, try_key, fence],
                                  [epoch, part, STAGING_TTL_MS, token, offset, try_id]), per_byte_s * len(part))
         offset += len(part)
-    last = bytes(view[offset:])
+    last = _stored_bytes(header, data, offset, size)
     await nodes.run_one(Call(LAST_PART_SCRIPT, [owner, staging, log, snap, try_key, fence],
                              [epoch, last, seq, token, offset, try_id]), per_byte_s * len(last))
+
+
+def _stored_bytes(header: bytes, data: bytes, start: int, end: int) -> bytes:
+    """Bytes ``start:end`` of ``header + data`` without copying ``data`` whole (a large snapshot's
+    copy held the loop as long as its checksum did)."""
+    view, at = memoryview(data), len(header)
+    if start >= at:
+        return bytes(view[start - at:end - at])
+    return header[start:end] + view[:max(end - at, 0)]
 
 
 __all__ = ["STAGING_TTL_MS", "write_snapshot_in_parts"]

@@ -34,13 +34,19 @@ from redis.exceptions import RedisError
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.log import CrossGroupWrite, Fenced, SnapshotRecord
+from atp_service.storage.records import opened_snapshot
 from atp_service.storage.snapshot_parts import write_snapshot_in_parts
 from tests.sim.snapparts import ScriptCall, SimNodes, run_script
 from tests.sim.tally import Tally
 
 SNAPSHOT_SLOW_P = 0.7
 """The chance that a late snapshot script is not among the scripts arriving now (``arrive_late``)."""
-_decode = msgspec.msgpack.Decoder(SnapshotRecord).decode
+_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
+
+
+def _decode(raw: bytes) -> SnapshotRecord:
+    """A stored snapshot, its checksum checked as ``LogStore.load_snapshot`` checks it."""
+    return _decoder.decode(opened_snapshot(raw, -1, "the simulated snapshot"))
 
 
 class _Unit:
@@ -233,7 +239,7 @@ class SimLog:
         self.nodes.wrote(shard, seq, data)
         try:
             await write_snapshot_in_parts(self.nodes, self.keys, shard, seq, data, (self.epoch, self.tokens[shard]),
-                                          part_bytes or len(data), extra_s)
+                                          part_bytes, extra_s)
         except RedisError as exc:
             if str(exc).startswith("FENCED"):
                 raise self.refused_claim() from None

@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.storage.nodes import Call
+from atp_service.storage.records import sealed_snapshot
 from atp_service.storage.snapshot_parts import LAST_PART_SCRIPT, PART_SCRIPT, WHOLE_SCRIPT
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ class SimNodes:
 
     def wrote(self, shard: int, seq: int, data: bytes) -> None:
         """The service writes ``data`` as ``shard``'s snapshot at ``seq``: Redis may store it whole."""
-        self.redis.snapshots_sent.add((shard, seq, hashlib.sha1(data).digest()))
+        self.redis.snapshots_sent.add((shard, seq, hashlib.sha1(sealed_snapshot(data)).digest()))  # as stored
 
     async def run_one(self, call: Call, extra_s: float = 0.0) -> Any:
         await (self.proc.write_turn() if self.proc is not None else self.redis.write_turn())

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from atp_client import AtpClient
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import Call
+from atp_service.storage.records import sealed_snapshot
 from atp_service.storage.snapshot_parts import PART_SCRIPT, STAGING_TTL_MS
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.edge.test_api import receipt
@@ -29,9 +30,9 @@ async def _log_of(store: LogStore, seqs: range) -> None:
 
 async def test_a_snapshot_past_the_part_size_is_stored_whole_and_trims_the_log(store: LogStore) -> None:
     await _log_of(store, range(1, 4))
-    data = os.urandom(5 * PART + 123)  # six parts, the last a short one
+    data = os.urandom(5 * PART + 123)  # six parts with its header, the last a short one
     assert await store.write_snapshot(0, 2, data, part_bytes=PART) == len(data)
-    assert await store.client.get(SNAP) == data
+    assert await store.client.get(SNAP) == sealed_snapshot(data)
     assert await store.client.ttl(SNAP) == -1, "the snapshot kept the staging key's time to live"
     assert not await store.client.exists(PARTS, store.keys.snap_parts_try(0))
     assert [i for i, _ in await store.client.xrange(LOG)] == [b"2-0", b"3-0"]  # its own entry kept
@@ -50,7 +51,7 @@ async def test_a_part_of_a_fenced_try_is_refused_and_the_stored_snapshot_stands(
     with pytest.raises(RedisError, match="STALE"):
         await store.nodes.run_one(late)
     assert not await store.client.exists(PARTS)
-    assert await store.client.get(SNAP) == old
+    assert await store.client.get(SNAP) == sealed_snapshot(old)
 
 
 async def test_a_snapshot_in_parts_past_the_end_of_the_log_is_refused_and_the_stored_one_stands(
@@ -62,7 +63,7 @@ async def test_a_snapshot_in_parts_past_the_end_of_the_log_is_refused_and_the_st
     await store.write_snapshot(0, 1, old, part_bytes=PART)
     with pytest.raises(RedisError, match="GAP"):
         await store.write_snapshot(0, 5, os.urandom(3 * PART), part_bytes=PART)
-    assert await store.client.get(SNAP) == old
+    assert await store.client.get(SNAP) == sealed_snapshot(old)
     assert [i for i, _ in await store.client.xrange(LOG)] == [b"1-0", b"2-0"]
 
 
@@ -84,12 +85,12 @@ async def test_parts_whose_staging_key_was_lost_fail_the_write_and_the_stored_sn
     monkeypatch.setattr(store.nodes, "run_one", losing_the_staging_key_after_the_first_part)
     with pytest.raises(RedisError, match="PARTS_LOST"):
         await store.write_snapshot(0, 2, os.urandom(3 * PART), part_bytes=PART)
-    assert await store.client.get(SNAP) == old
+    assert await store.client.get(SNAP) == sealed_snapshot(old)
     assert [i for i, _ in await store.client.xrange(LOG)] == [b"1-0", b"2-0"]  # not trimmed
     monkeypatch.undo()
     fresh = os.urandom(3 * PART)
     await store.write_snapshot(0, 2, fresh, part_bytes=PART)  # the next try starts from the first part
-    assert await store.client.get(SNAP) == fresh
+    assert await store.client.get(SNAP) == sealed_snapshot(fresh)
 
 
 async def _available(client: AtpClient, skus: list[str]) -> list[int]:
@@ -156,4 +157,4 @@ async def test_parts_of_an_earlier_try_that_redis_came_back_with_are_never_joine
     monkeypatch.undo()
     await store.fence(0)
     await store.write_snapshot(0, 3, current, part_bytes=PART)  # the next try, from its first part
-    assert await store.client.get(SNAP) == current
+    assert await store.client.get(SNAP) == sealed_snapshot(current)
