@@ -44,6 +44,12 @@ class CommitPipeline(EntryListeners):
         durable state (C4), and a batch in flight may yet be undone."""
         return moves_of(self._inflight) if self._inflight else None
 
+    def sent_top(self) -> int:
+        """The newest entry of this shard that may be in its log: durable, in flight, or in doubt (an
+        entry given up after a settle's fence cannot land: the fence refuses it)."""
+        tops = [self.seq] + [rec.seq for rec in self._inflight] + [seq for seq, _, _ in self._doubt]
+        return max(tops)
+
     @property
     def in_doubt(self) -> bool:
         """Appends failed and are not yet settled: the log is unreachable from here."""

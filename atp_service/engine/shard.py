@@ -25,7 +25,7 @@ from atp_service.engine.messages import Control, Envelope, Maintain, Pause, Work
 from atp_service.engine.pipeline import CommitPipeline
 from atp_service.engine.turn import apply_batch, refuse_all, take_batch
 from atp_service.metrics import EngineMetrics
-from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of, log_short
+from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of, log_foreign, log_short
 from atp_service.storage.log import LogStore
 from atp_service.tasks import cancel_and_wait, in_turns
 from atp_service.traces import span
@@ -105,9 +105,19 @@ class ShardActor(CommitPipeline):
         check, so an idle shard notices too — at its next write or snapshot alone it would serve the lost
         state (reads, channel feeds) for as long as nothing changes. ``durable`` is this shard's ``seq``
         read before its log's ``newest`` id was: an entry counts only once Redis acknowledged it, and a
-        log's newest id never goes back (a trim keeps its own entry)."""
-        if durable and newest < durable and self.failure is None and not self._stopping:
+        log's newest id never goes back (a trim keeps its own entry).
+
+        E10: it stops too when the log holds an entry past every one it ever sent (``sent_top``, read
+        after ``newest`` was: an entry landed by then was sent before) — another process writes the
+        group under this one's epoch: Redis lost a taking drawn while the claims key ran ahead of the
+        clocks, and the next taking drew its epoch again. Memory then misses what the log holds; the
+        group taken again serves it, instead of stale availability until this shard's next write."""
+        if self.failure is not None or self._stopping:
+            return
+        if durable and newest < durable:
             self.break_down(log_short(self.shard, newest, durable))
+        elif newest > (sent := self.sent_top()):
+            self.break_down(log_foreign(self.shard, newest, sent))
 
     def _report_failure(self, error: BaseException) -> None:
         self.failure = error

@@ -277,6 +277,16 @@ async def test_a_part_a_late_step_makes_for_an_order_redis_lost_is_given_up_at_t
     await Driver(82157, processes=3, lose_tail=True, clock_skew=True, late_across_steps=True).run(60)
 
 
+async def test_a_taking_redis_lost_and_drawn_again_is_noticed_by_the_serving_processs_owner_check() -> None:
+    """``--seed 85121 --processes 3 --lose-tail --clock-skew --late-across-steps``: in step 40 p0 took group 2
+    at epoch claims + 1 (the claims key ran ahead of the time); Redis came back from the save of step 40's
+    start, forgetting it, and p1 took the group in step 41 drawing the same epoch again. p0, still serving
+    the group until its next renewal, wrote entry 26 under that epoch and it landed: p1's memory at 25, its
+    log at 26 (E10), and its owner check caught only a log shorter than memory. A shard whose log holds an
+    entry past every one it sent now stops, and its group is taken again from what Redis holds."""
+    await Driver(85121, processes=3, lose_tail=True, clock_skew=True, late_across_steps=True).run(42)
+
+
 def test_a_stamp_below_one_its_group_logged_is_a_violation() -> None:
     """The checker itself (``stamps.py``) can fail: R6 across entries of one group, R3 by the group's stamps."""
     log = SimLog()

@@ -12,11 +12,16 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from atp_service.storage.durability import LogDiverged
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import open_nodes
+from reservation import LogEntry, decode_entry, encode_entry
+from reservation._events import ReservationSaved
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on
@@ -92,3 +97,50 @@ async def test_an_idle_shard_stops_when_redis_lost_entries_it_made_durable(
     _, again = await start_service()
     (position,) = await again.availability([("SKU", "DC")])
     assert (position.on_hand, position.reserved) == (10, 0)  # what Redis holds: r1 was lost
+
+
+async def test_a_shard_stops_when_its_log_holds_an_entry_it_never_sent(
+        start_service: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect: the owner check caught a log shorter than a shard made durable, never one longer than it
+    ever sent. Redis lost a taking drawn while the claims key ran ahead of the clocks, the next taking drew
+    its epoch again, and the deposed owner's writes passed every owner check as the new owner's (E10): its
+    reservation in the log, unknown to the serving shard, which published availability without it until
+    its own next write was refused. Here the other writer holds this instance's epoch and fence; the
+    owner check now stops the shard, and the restart serves what the log holds."""
+    service, client = await start_service(owner_check_s=0.05)
+    await client.record_events([receipt("e1", "SKU", "DC", 10)])
+    await client.reserve("r1", [("SKU", "DC", 4)], ttl_seconds=600)
+    other = LogStore(open_nodes(redis_url, 5.0, cluster=False), "atp:", pipeline_max=64)
+    try:
+        shard, newest, entry = await _newest_reservation(other, "r1")
+        epoch, fence = [int(await other.client.get(key) or 0)
+                        for key in (other.keys.owner(shard), other.keys.fence(shard))]
+        other.adopt(shard, epoch, fence)  # a taking that drew this instance's epoch again
+        (saved_r1,) = (e for e in entry.events if isinstance(e, ReservationSaved))
+        changed = msgspec.structs.replace(saved_r1.reservation, order_ref=OTHER_WRITER)
+        caplog.set_level(logging.ERROR, logger="atp_service")
+        await other.submit(shard, newest + 1, encode_entry(LogEntry(ts=entry.ts, events=[ReservationSaved(changed)])))
+        await until(lambda: service.failed.is_set(), "the instance told to stop: its log holds an entry it never "
+                    "sent", timeout_s=20)
+    finally:
+        await other.nodes.aclose()
+    failures = [r for r in caplog.records if getattr(r, "event", None) == "shard_failed"]
+    assert failures and isinstance(failures[0].exc_info[1], LogDiverged)  # type: ignore[index]
+    assert "sent none past entry" in str(failures[0].exc_info[1])  # type: ignore[index]
+    await client.close()
+    await service.stop(grace_s=0.1)
+    _, again = await start_service()
+    assert (await again.get_reservation("r1")).order_ref == OTHER_WRITER  # what the log holds is served
+
+
+OTHER_WRITER = "changed by another process under this one's epoch"
+
+
+async def _newest_reservation(store: LogStore, rid: str) -> tuple[int, int, LogEntry]:
+    """The shard whose newest entry saves reservation ``rid``: its number, that entry's seq, the entry."""
+    for shard in range(4):
+        entries = [(seq, data) async for seq, data in store.entries_after(shard, 0)]
+        if entries and rid.encode() in entries[-1][1]:
+            seq, data = entries[-1]
+            return shard, seq, decode_entry(data)
+    raise AssertionError(f"no shard's newest entry saves {rid}")
