@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,15 @@ async def _load_baseline(service: AtpService) -> None:
 
 
 @contextmanager
-def curations_seen(desk: ChannelDesk) -> Iterator[list[tuple[int, int]]]:
-    """(ticks of a task that only counts its turns, SKUs) at each call of the desk's curator."""
+def calls_with_turns(obj: Any, method: str, size: Callable[[tuple[Any, ...]], int]) -> Iterator[list[tuple[int, int]]]:
+    """(ticks of a task that only counts its turns of the loop, ``size(args)``) at each call of
+    ``obj.method`` while the block runs: calls sharing a tick ran in one turn."""
     ticks, calls = 0, list[tuple[int, int]]()
-    curate = desk._curator.curate_shard
+    real = getattr(obj, method)
 
-    def counted(shard: int, store: Any, skus: Any, *rest: Any) -> Any:
-        calls.append((ticks, len(skus)))
-        return curate(shard, store, skus, *rest)
+    def counted(*args: Any) -> Any:
+        calls.append((ticks, size(args)))
+        return real(*args)
 
     async def ticker() -> None:
         nonlocal ticks
@@ -55,13 +56,18 @@ def curations_seen(desk: ChannelDesk) -> Iterator[list[tuple[int, int]]]:
             ticks += 1
             await asyncio.sleep(0)
 
-    desk._curator.curate_shard = counted  # type: ignore[method-assign,assignment]
+    setattr(obj, method, counted)
     task = asyncio.get_running_loop().create_task(ticker())
     try:
         yield calls
     finally:
         task.cancel()
-        desk._curator.curate_shard = curate  # type: ignore[method-assign]
+        setattr(obj, method, real)
+
+
+def curations_seen(desk: ChannelDesk) -> AbstractContextManager[list[tuple[int, int]]]:
+    """(ticks, SKUs) at each call of the desk's curator."""
+    return calls_with_turns(desk._curator, "curate_shard", lambda args: len(args[2]))
 
 
 async def test_a_round_over_every_sku_lets_other_work_run_between_slices(

@@ -5,14 +5,12 @@ a burst. A write of stock-outs started between slices advanced one hop per slice
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from atp_service.channels.curator import Offer
 from atp_service.config_slices import CELLS_PER_OFFER
 from tests.atp_service.channel_helpers import write_estate
+from tests.atp_service.channels.test_desk_slices import calls_with_turns
 from tests.conftest import ServiceFactory
 
 SLICE_CELLS = 200
@@ -25,26 +23,8 @@ async def test_a_rounds_offers_go_to_the_feeds_in_slices_sized_for_offers_with_a
     assert desk is not None
     feed = desk.feeds["pickup"]
     offers: list[Offer] = [(feed, f"sku-{i:03d}", "store-1", 5, 1) for i in range(SLICE_CELLS)]
-    ticks, parts = 0, list[tuple[int, int]]()
-    drop_stale = desk._curator.drop_stale
-
-    def counted(part: Sequence[Offer], *rest: Any) -> list[Offer]:
-        parts.append((ticks, len(part)))
-        return drop_stale(part, *rest)
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    desk._curator.drop_stale = counted  # type: ignore[method-assign,assignment]
-    task = asyncio.get_running_loop().create_task(ticker())
-    try:
+    with calls_with_turns(desk._curator, "drop_stale", lambda args: len(args[0])) as parts:
         await desk._offer_in_slices(offers, desk.estate)
-    finally:
-        task.cancel()
-        desk._curator.drop_stale = drop_stale  # type: ignore[method-assign]
     assert sum(n for _, n in parts) == len(offers)
     assert max(n for _, n in parts) <= SLICE_CELLS // CELLS_PER_OFFER, f"offers made in one go: {parts}"
     turns = [tick for tick, _ in parts]
