@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 
 from atp_service.storage.keys import Keyspace
-from atp_service.storage.records import CHECKSUM_INLINE_BYTES, SnapshotRecord, SnapshotUnreadable, opened_snapshot
+from atp_service.storage.records import SnapshotRecord, SnapshotUnreadable, checksummed, opened_snapshot
 from atp_service.storage.resp import no_such_key, seq_of, stream_info
 
 FIELD = b"e"
@@ -62,10 +61,7 @@ class LogReads:
         if not raw:
             return None
         key = self.keys.snap(shard)
-        if len(raw) > CHECKSUM_INLINE_BYTES:  # the other groups' shards go on meanwhile (ownership=leases)
-            body = await asyncio.to_thread(opened_snapshot, raw, shard, key)
-        else:
-            body = opened_snapshot(raw, shard, key)
+        body = await checksummed(opened_snapshot, raw, shard, key)  # the other groups' shards go on meanwhile
         try:
             return _snap_decoder.decode(body)
         except msgspec.MsgspecError as exc:

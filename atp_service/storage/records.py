@@ -10,6 +10,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable
+from typing import TypeVar, TypeVarTuple
 
 import msgspec
 from redis.exceptions import RedisError
@@ -37,9 +38,19 @@ of the earlier format (the msgpack record alone: an array, 0x92) never starts wi
 SNAPSHOT_FORMAT = 1
 _HEADER = struct.Struct("<4sBI")  # SNAPSHOT_MAGIC, SNAPSHOT_FORMAT, the CRC-32 of the body after it
 SNAPSHOT_HEADER_BYTES = _HEADER.size
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 CHECKSUM_INLINE_BYTES = 1 << 20
 """A snapshot past this size has its checksum computed in a thread (zlib releases the GIL): ~60 ms
 for a shard of ~2 M positions (136 MB) that every other shard would otherwise wait out."""
+
+
+async def checksummed(fn: Callable[[bytes, *Ts], T], data: bytes, *args: *Ts) -> T:
+    """``fn(data, *args)`` (a snapshot's checksum made or checked), in a thread past
+    ``CHECKSUM_INLINE_BYTES``: not in the event loop's turn, where every shard would wait for it."""
+    if len(data) > CHECKSUM_INLINE_BYTES:
+        return await asyncio.to_thread(fn, data, *args)
+    return fn(data, *args)
 
 
 def snapshot_header(body: bytes) -> bytes:

@@ -19,12 +19,11 @@ length check alone then joined them into a snapshot of neither try, the log trim
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script
-from atp_service.storage.records import CHECKSUM_INLINE_BYTES, snapshot_header
+from atp_service.storage.records import checksummed, snapshot_header
 from atp_service.storage.scripts import ALLOW_OOM, FENCE_LUA, LOG_REACHES_LUA, SNAPSHOT_SCRIPT, STALE_LUA
 
 STAGING_TTL_MS = 600_000
@@ -85,10 +84,7 @@ async def write_snapshot_in_parts(nodes: Nodes, keys: Keyspace, shard: int, seq:
     stored snapshot as it was."""
     epoch, token = fencing
     owner, fence, snap, log = keys.owner(shard), keys.fence(shard), keys.snap(shard), keys.log(shard)
-    if len(data) > CHECKSUM_INLINE_BYTES:  # not in the loop's turn: every shard would wait for it
-        header = await asyncio.to_thread(snapshot_header, data)
-    else:
-        header = snapshot_header(data)
+    header = await checksummed(snapshot_header, data)
     size = len(header) + len(data)
     if part_bytes <= 0 or size <= part_bytes:  # 0: never in parts
         await nodes.run_one(Call(WHOLE_SCRIPT, [owner, snap, log, fence], [epoch, header + data, seq, token]), extra_s)
