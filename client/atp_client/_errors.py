@@ -150,6 +150,18 @@ status the server never sent (grpc/grpc#36066): no decision of the service, so a
 UNAVAILABLE."""
 
 
+def _raised_here(code: grpc.StatusCode, message: str, reason: str = "", domain: str = "",
+                 metadata: dict[str, str] | None = None) -> Retryable:
+    """A refusal this client raises itself, as a call's would read: the status, and an ``ErrorInfo``
+    with ``reason`` (none where gRPC's own refusal of that kind carries none)."""
+    trailers = grpc.aio.Metadata()
+    if reason:
+        status = status_pb2.Status(code=code.value[0], message=message)
+        status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata or {}))
+        trailers = grpc.aio.Metadata((DETAILS_KEY, status.SerializeToString()))
+    return Retryable(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, message, ""))
+
+
 def in_doubt(lost: grpc.aio.AioRpcError, then: grpc.aio.AioRpcError) -> Retryable:
     """A change whose call was lost in the hands of a process (``lost``: gone, or its connection
     reset, mid-call), then refused by the next process asked (``then``: not owned there, the
@@ -157,10 +169,14 @@ def in_doubt(lost: grpc.aio.AioRpcError, then: grpc.aio.AioRpcError) -> Retryabl
     ``UNAVAILABLE`` / ``OUTCOME_UNKNOWN``; a retry with the same ids answers what was decided."""
     message = (f"the call was lost with a process that had it ({lost.details()}), then refused elsewhere "
                f"({then.code().name}: {then.details()}); it may have been made: retry with the same ids")
-    status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=message)
-    status.details.add().Pack(error_details_pb2.ErrorInfo(reason="OUTCOME_UNKNOWN", domain="atp.v1"))
-    trailers = grpc.aio.Metadata((DETAILS_KEY, status.SerializeToString()))
-    return Retryable(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), trailers, message, ""))
+    return _raised_here(grpc.StatusCode.UNAVAILABLE, message, "OUTCOME_UNKNOWN", "atp.v1")
+
+
+def deadline_exceeded(waiting_for: str) -> Retryable:
+    """A call whose deadline passed in this client, ``waiting_for`` something before a try could be
+    sent: raised as gRPC ends a call out of deadline (``DEADLINE_EXCEEDED``, no ``ErrorInfo``), for
+    a caller to handle both alike — a change so refused is in doubt as any past its deadline (R8)."""
+    return _raised_here(grpc.StatusCode.DEADLINE_EXCEEDED, f"Deadline Exceeded ({waiting_for})")
 
 
 NOT_CONNECTED = "NOT_CONNECTED"
@@ -172,10 +188,7 @@ def not_connected(target: str, why: str) -> Retryable:
     """No connection to ``target`` (``why``): nothing was sent, so nothing can land (R7). Raised as
     ``UNAVAILABLE`` with its own reason, for a caller to tell it from a call lost mid-way (in doubt)."""
     message = f"cannot reach {target}: {why}; nothing was sent"
-    status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=message)
-    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=NOT_CONNECTED, domain="atp.client"))
-    trailers = grpc.aio.Metadata((DETAILS_KEY, status.SerializeToString()))
-    return Retryable(grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), trailers, message, ""))
+    return _raised_here(grpc.StatusCode.UNAVAILABLE, message, NOT_CONNECTED, "atp.client")
 
 
 def typed(error: grpc.aio.AioRpcError) -> AtpError:

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from atp_client._client import AtpClient, LineLike, RetryPolicy, _lines, reserve_request
-from atp_client._errors import AtpError, Retryable, in_doubt
+from atp_client._errors import AtpError, Retryable, deadline_exceeded, in_doubt
 from atp_client._routing import REDIRECT, ROUTING_KEY, Lru, Routes, moved_of
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -220,14 +220,19 @@ class RoutedClient:
 
     async def _refresh(self, seen: Routes | None, deadline: float, avoid: str = "") -> Routes:
         """The routing table from the first process that answers (``avoid`` did not answer a
-        moment ago); once for many calls redirected together."""
-        async with self._refreshing:
+        moment ago); once for many calls redirected together. Waiting for another call's asking
+        (its seeds paused, it waits out its own deadline) ends by this call's deadline."""
+        if not await _taken(self._refreshing, deadline):
+            raise deadline_exceeded("waiting for the routing table another call is asking for")
+        try:
             if self._routes is not None and self._routes is not seen:
                 return self._routes  # asked meanwhile, for another call
             known = dict.fromkeys((*self.seeds, *(seen.addresses() if seen else ())))
             candidates = [a for a in known if a != avoid] + ([avoid] if avoid in known else [])
             self._routes = await self._first_routing(candidates, deadline)
             return self._routes
+        finally:
+            self._refreshing.release()
 
     async def _first_routing(self, candidates: list[str], deadline: float) -> Routes:
         """The table of whichever candidate answers first, all asked at once: asked one after the
@@ -275,6 +280,19 @@ class RoutedClient:
 def _unanswered(error: AtpError) -> bool:
     """No process answered (gRPC's own UNAVAILABLE: connection refused, reset, no route)."""
     return error.code() == grpc.StatusCode.UNAVAILABLE and not error.reason
+
+
+async def _taken(lock: asyncio.Lock, deadline: float) -> bool:
+    """Whether ``lock`` was taken by ``deadline``; never left taken otherwise (the caller cancelled
+    too). A task of its own: a timeout around ``acquire`` may cancel it once it has the lock."""
+    taking = asyncio.ensure_future(lock.acquire())
+    try:
+        await asyncio.wait({taking}, timeout=_left(deadline))
+    except BaseException:
+        if not taking.cancel():  # done: taken, and given back
+            lock.release()
+        raise
+    return not taking.cancel()  # cancel() is False once done: taken; else it ends cancelled, not taken
 
 
 def _left(deadline: float) -> float:

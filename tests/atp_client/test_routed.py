@@ -121,3 +121,57 @@ async def test_a_change_whose_owner_was_lost_with_it_in_hand_is_in_doubt_whateve
     await in_hand.landed[0]
     assert (await at_owner.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD  # it was made
     assert (lost.value.code(), lost.value.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), lost.value
+
+
+class Paused(Relay):
+    """A relay to a process that clearing ``running`` stops as SIGSTOP does: its connections stay open
+    and take what is sent (``held`` once they have), and nothing goes on until ``running`` is set."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.running, self.held = asyncio.Event(), asyncio.Event()
+        self.running.set()
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:  # type: ignore[override]
+        try:
+            while data := await source.read(65536):
+                if not self.running.is_set():
+                    self.held.set()
+                await self.running.wait()
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, OSError):
+            pass
+
+
+async def test_a_call_waiting_for_another_calls_routing_table_ends_by_its_own_deadline(
+        start_service: ServiceFactory) -> None:
+    """One call asks for the routing table (its seed paused: it waits out its own deadline); a second
+    call, with a shorter deadline, is refused by the owner its table names (gone) and needs the table
+    too. It queued behind the first call's asking, however long that took, and outlived its own
+    deadline: a call must end DEADLINE_EXCEEDED by its deadline whatever it waits for."""
+    service, _ = await start_service()
+    seed = Paused(advertised(service))
+    seed_address = await seed.start()
+    gone = Relay(seed_address)
+    gone_address = await gone.start()
+    await gone.cut()  # an owner gone: its connections refused
+    shards = service.config.shards
+    group = place("A", shards)
+    service._servicer.routing = lambda: RoutingTable(shards, seed_address, tuple(
+        Route(g, gone_address if g == group else seed_address, 1) for g in range(shards)))
+    async with RoutedClient(seed_address, timeout_s=30.0) as routed:
+        assert (await routed.refresh()).owner(group) == gone_address
+        seed.running.clear()  # the only process that answers: paused
+        asking = asyncio.ensure_future(routed.refresh())  # waits for the paused seed, up to 30 s
+        await asyncio.wait_for(seed.held.wait(), 10)  # it asks the paused seed, the table's asking its own
+        routed.timeout_s = 0.5  # the next calls are in a hurry
+        call = asyncio.ensure_future(routed.reserve("r1", [("A", "L", 1)]))
+        await asyncio.wait({call, asking}, return_when=asyncio.FIRST_COMPLETED)
+        assert call.done() and not asking.done(), "the call outlived its deadline, waiting for another's table"
+        with pytest.raises(Retryable) as late:
+            await call
+        assert (late.value.code(), late.value.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, ""), late.value
+        seed.running.set()
+        await asking
+
