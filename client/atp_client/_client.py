@@ -242,9 +242,10 @@ class AtpClient:
         ``batches`` raise, the batches sent before it are answered first, then its error is raised.
         No answer for ``timeout_s`` while batches wait for theirs (counted from the last answer: a
         batch queued behind many is not cut short while the service answers the ones ahead) ends the
-        stream ``Retryable`` (DEADLINE_EXCEEDED): every batch not answered is in doubt, settled by a
-        retry with the same ids (R5); the stream itself may last as long as the batches keep coming. Results not
-        taken from this generator for the service's ``stream_stall_s`` (30 s) end the stream there:
+        stream ``Retryable`` (DEADLINE_EXCEEDED, reason ``OUTCOME_UNKNOWN``, metadata ``limit``
+        ``timeout_s``): every batch not answered is in doubt, settled by a retry with the same ids
+        (R5); the stream itself may last as long as the batches keep coming. Results not taken from
+        this generator for the service's ``stream_stall_s`` (30 s) end the stream there:
         ``Retryable`` (UNAVAILABLE, ``OUTCOME_UNKNOWN``, metadata ``limit``), its unanswered batches
         in doubt and settled the same way."""
         source = Batches(batches)

@@ -169,7 +169,23 @@ def in_doubt(lost: grpc.aio.AioRpcError, then: grpc.aio.AioRpcError) -> Retryabl
     ``UNAVAILABLE`` / ``OUTCOME_UNKNOWN``; a retry with the same ids answers what was decided."""
     message = (f"the call was lost with a process that had it ({lost.details()}), then refused elsewhere "
                f"({then.code().name}: {then.details()}); it may have been made: retry with the same ids")
-    return _raised_here(grpc.StatusCode.UNAVAILABLE, message, "OUTCOME_UNKNOWN", "atp.v1")
+    return _raised_here(grpc.StatusCode.UNAVAILABLE, message, OUTCOME_UNKNOWN, "atp.v1")
+
+
+OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+"""``ErrorInfo.reason`` of a change that may or may not have been made (R7): the service's own, and
+the client's where it knows a change in doubt (``in_doubt``, ``stream_unanswered``)."""
+
+
+def stream_unanswered(batches: int, answer_timeout_s: float) -> Retryable:
+    """A ``ReserveStream`` whose service said nothing for ``answer_timeout_s`` while ``batches`` waited
+    for their answers: ended ``DEADLINE_EXCEEDED`` with the reason every change in doubt carries,
+    ``OUTCOME_UNKNOWN`` (metadata ``limit``: ``timeout_s``, the client's bound; ``unanswered``: the
+    batches in doubt), as the service ends a stream whose caller stopped reading (``stream_stall_s``)."""
+    message = (f"ReserveStream: no answer for {answer_timeout_s:g}s with batches waiting; {batches} batch(es) "
+               "sent and not answered are in doubt: retry them with the same reservation ids")
+    return _raised_here(grpc.StatusCode.DEADLINE_EXCEEDED, message, OUTCOME_UNKNOWN, "atp.v1",
+                        {"limit": "timeout_s", "unanswered": str(batches)})
 
 
 def deadline_exceeded(waiting_for: str) -> Retryable:

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from atp_client._errors import stream_unanswered
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 Source = AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
@@ -57,8 +58,8 @@ class Batches:
     async def answers(self, call: Any, answer_timeout_s: float) -> AsyncIterator[pb.ReserveStreamResponse]:
         """The call's answers, one per batch in order; no answer for ``answer_timeout_s`` while a batch
         waits for one (counted from the last answer, or from the oldest batch's send if later) ends
-        the call DEADLINE_EXCEEDED (the outcome of every batch not answered is in doubt: the caller
-        retries them with the same ids, R5)."""
+        the call DEADLINE_EXCEEDED, reason ``OUTCOME_UNKNOWN`` (the outcome of every batch not answered
+        is in doubt: the caller retries them with the same ids, R5, R7)."""
         while True:
             read = asyncio.ensure_future(call.read())
             try:
@@ -82,15 +83,8 @@ class Batches:
                 continue
             left = max(self._sent[0], self._answered_at) + answer_timeout_s - time.monotonic()
             if left <= 0:
-                raise _unanswered(len(self._sent), answer_timeout_s)
+                raise stream_unanswered(len(self._sent), answer_timeout_s)
             await asyncio.wait({read}, timeout=left)
-
-
-def _unanswered(batches: int, answer_timeout_s: float) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
-        f"ReserveStream: no answer for {answer_timeout_s:g}s with batches waiting; {batches} batch(es) sent and "
-        "not answered are in doubt: retry them with the same reservation ids", "")
 
 
 __all__ = ["Batches", "Source"]

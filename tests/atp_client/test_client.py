@@ -15,6 +15,7 @@ import redis
 
 from atp_client import AtpClient, AtpError, Retryable
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from tests.atp_client.test_routed import Paused
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
 
@@ -131,6 +132,35 @@ async def test_a_batch_the_service_never_answers_ends_the_stream_in_doubt() -> N
         assert "1 batch(es) sent and not answered are in doubt" in str(err.value.details())
     finally:
         await server.stop(0)
+
+
+async def test_a_stream_its_service_leaves_unanswered_ends_with_the_reason_of_a_change_in_doubt(
+        start_service: ServiceFactory) -> None:
+    """The service took a batch and said nothing (paused, as SIGSTOP does): the stream ends past
+    ``timeout_s`` ``DEADLINE_EXCEEDED`` — and, like every other change in doubt the client reports,
+    with the reason ``OUTCOME_UNKNOWN`` (it had none: a caller switching on the reason got ""), the
+    client's bound in ``limit``. A retry with the same id, once the service runs again, settles it."""
+    service, client = await start_service()
+    await client.record_events([receipt("in", "A", "DC", 10)])
+    paused = Paused(f"127.0.0.1:{service.port}")
+    address = await paused.start()
+    try:
+        async with AtpClient(address, timeout_s=0.5) as hurried:
+            await hurried.connect()
+            paused.running.clear()
+            with pytest.raises(Retryable) as unanswered:
+                await asyncio.wait_for(_drain(hurried.reserve_stream([[item("r-1", qty=4)]])), WAIT_S)
+            assert paused.held.is_set() and not paused.running.is_set()  # the batch sent, its process still paused
+    finally:
+        paused.running.set()
+        await paused.cut()
+    refusal = unanswered.value.refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "OUTCOME_UNKNOWN"), refusal
+    assert (refusal.metadata["limit"], refusal.metadata["unanswered"]) == ("timeout_s", "1")
+    settled = await until_settled(client, "r-1", [("A", "DC", 4)])
+    assert settled.state == pb.RESERVATION_STATE_HELD
+    (position,) = await client.availability([("A", "DC")])
+    assert position.reserved == 4  # held once
 
 
 async def _drain(stream: AsyncIterator[pb.ReserveStreamResponse]) -> list[pb.ReserveStreamResponse]:
