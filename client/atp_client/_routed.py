@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from atp_client._client import AtpClient, LineLike, RetryPolicy, _lines, reserve_request
-from atp_client._errors import AtpError, Retryable, deadline_exceeded, in_doubt
+from atp_client._errors import AtpError, Conflict, NotFound, Retryable, deadline_exceeded, in_doubt
 from atp_client._routing import REDIRECT, ROUTING_KEY, Lru, Routes, moved_of
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
@@ -40,6 +40,10 @@ _NOT_SENT = "failed to connect to all addresses"
 call was not sent only where gRPC tries once: with its retries on, the try lost mid-way (the process
 killed, its connection reset) is sent again, and the last try's "failed to connect" (the process
 refusing connections now) hides the first (``AtpClient.connect`` says the same)."""
+DECIDED = (Conflict, NotFound)
+"""Refusals that decide a change, by the process holding the reservation now: after a try lost with
+another process, they say what landed (the service fences a late landing first, R7). Any other
+refusal (access, a limit, the table not answered) says nothing of the lost try."""
 
 
 class RoutedClient:
@@ -165,12 +169,13 @@ class RoutedClient:
         """``req`` to the owner of ``group``, asking for redirects, and following them; to any
         process without asking (it forwards the call) while the group or its owner is unknown;
         every try within what is left until ``deadline``. A change lost with a process that had it
-        is in doubt (R7), whatever a process asked next refuses: not made there is not not made."""
+        is in doubt (R7), whatever a process asked next refuses short of a decision on the
+        reservation (``DECIDED``): not made there (or not asked at all) is not not made."""
         lost: list[Retryable] = []
         try:
             return await self._hops(rpc, req, group, deadline, lost)
-        except Retryable as exc:
-            if lost and rpc in CHANGES and exc is not lost[0]:
+        except AtpError as exc:
+            if lost and rpc in CHANGES and exc is not lost[0] and not isinstance(exc, DECIDED):
                 raise in_doubt(lost[0], exc) from exc
             raise
 

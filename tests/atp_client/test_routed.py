@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from atp_client import Retryable, RetryPolicy, RoutedClient, place
+from atp_client import AtpError, Retryable, RetryPolicy, RoutedClient, place
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.routing import Route, RoutingTable
 from reservation import Moved
 from tests.atp_service.edge.test_forward import InHand, Relay
@@ -175,3 +177,35 @@ async def test_a_call_waiting_for_another_calls_routing_table_ends_by_its_own_de
         seed.running.set()
         await asking
 
+
+async def test_a_change_lost_with_its_owner_then_refused_access_by_the_next_process_is_in_doubt(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The owner was lost with a Reserve in hand; the next process asked (for the routing table) does
+    not know the caller's token yet (its callers file not rolled out) and refused it
+    UNAUTHENTICATED. Only ``Retryable`` refusals were turned into "in doubt": the caller was told
+    ``AccessDenied`` — refused, nothing made — while the lost owner had made the reservation (R7)."""
+    callers = tmp_path / "callers.toml"
+    callers.write_text(f'[[callers]]\nname = "x"\nroles = ["oms"]\ntoken_sha256 = "{token_hash(new_token())}"\n')
+    owner, at_owner = await start_service()
+    other, _ = await start_service(key_prefix="atp-b:", auth="on", callers_file=callers)
+    await stock(at_owner, owner.clock.now_ms())
+    shards = owner.config.shards
+    relay = Relay(advertised(owner))
+    owner_address = await relay.start()
+    other_address = advertised(other)
+    owner._servicer.routing = lambda: RoutingTable(shards, owner_address, tuple(
+        Route(g, owner_address if g == place("A", shards) else other_address, 1) for g in range(shards)))
+    assert owner.engine is not None
+    in_hand = InHand(owner.engine.reserve)
+    monkeypatch.setattr(owner.engine, "reserve", in_hand)
+    async with RoutedClient(owner_address, timeout_s=10, token=new_token()) as routed:
+        await routed.refresh()
+        call = asyncio.ensure_future(routed.reserve("r1", [("A", "L", 1)]))
+        await asyncio.wait_for(in_hand.entered.wait(), 10)
+        await relay.cut()
+        with pytest.raises(AtpError) as lost:
+            await call
+    in_hand.go.set()
+    await in_hand.landed[0]
+    assert (await at_owner.get_reservation("r1")).state == pb.RESERVATION_STATE_HELD  # it was made
+    assert (lost.value.code(), lost.value.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), lost.value
