@@ -72,7 +72,7 @@ class RoutedClient:
         self.timeout_s = timeout_s
         self._connect = partial(AtpClient, timeout_s=timeout_s, options=options, token=token,
                                 credentials=credentials, retry=retry)
-        self._tries_once = retry is None or retry.attempts == 1
+        self._tries_once = (retry is None or retry.attempts == 1) and not _service_config_in(options)
         """Whether gRPC's "failed to connect" proves a call unsent (``_NOT_SENT``)."""
         self._clients: Lru[str, AtpClient] = Lru(max_clients)
         self._homes: Lru[str, int] = Lru(max_remembered)
@@ -285,6 +285,13 @@ class RoutedClient:
 def _unanswered(error: AtpError) -> bool:
     """No process answered (gRPC's own UNAVAILABLE: connection refused, reset, no route)."""
     return error.code() == grpc.StatusCode.UNAVAILABLE and not error.reason
+
+
+def _service_config_in(options: Sequence[tuple[str, Any]]) -> bool:
+    """Whether ``options`` give gRPC a service config (the published one, docs/API.md), which may
+    retry a call: then, as with ``retry``, a last try's "failed to connect" hides an earlier one lost."""
+    given = dict(options)
+    return "grpc.service_config" in given and given.get("grpc.enable_retries", 1) != 0
 
 
 async def _taken(lock: asyncio.Lock, deadline: float) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import grpc
 import pytest
 
 from atp_client import AtpError, Retryable, RetryPolicy, RoutedClient, place
+from atp_client._client import SERVICE_CONFIG
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.edge.routing import Route, RoutingTable
@@ -83,15 +85,17 @@ async def test_a_group_taken_from_an_owner_that_stopped_answering_is_routed_to_i
     assert routed.routes is not None and routed.routes.owner(group) == address
 
 
-@pytest.mark.parametrize("retry", [None, RetryPolicy()], ids=["no-retry", "grpc-retry"])
+@pytest.mark.parametrize("retrying", [{}, {"retry": RetryPolicy()}, {"options": [
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG))]}], ids=["no-retry", "grpc-retry", "service-config"])
 async def test_a_change_whose_owner_was_lost_with_it_in_hand_is_in_doubt_whatever_the_next_process_says(
-        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch, retry: RetryPolicy | None) -> None:
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch, retrying: dict[str, Any]) -> None:
     """The owner was lost (killed, its connection reset) with a Reserve in hand; the client asked
     the next process, which owned the group no more than anyone yet (the takeover under way) and
     refused it GROUP_MOVED — "nothing was applied" — and that refusal was raised. The lost owner
     had made the reservation (R7): the caller was told a write in doubt had been refused. With
     gRPC's retries on, the lost try was sent again to the owner, now refusing connections: the
-    last try's "failed to connect" must not pass for a call never sent."""
+    last try's "failed to connect" must not pass for a call never sent — also where gRPC retries
+    by the published service config passed as a channel option (docs/API.md), not by ``retry``."""
     owner, at_owner = await start_service()
     other, _ = await start_service(key_prefix="atp-b:")
     await stock(at_owner, owner.clock.now_ms())
@@ -110,7 +114,7 @@ async def test_a_change_whose_owner_was_lost_with_it_in_hand_is_in_doubt_whateve
 
     monkeypatch.setattr(owner.engine, "reserve", in_hand)
     monkeypatch.setattr(other.engine, "reserve", nobody_owns)
-    async with RoutedClient(other_address, timeout_s=10, retry=retry) as routed:
+    async with RoutedClient(other_address, timeout_s=10, **retrying) as routed:
         assert (await routed.refresh()).owner(group) == owner_address
         call = asyncio.ensure_future(routed.reserve("r1", [("A", "L", 1)]))
         await asyncio.wait_for(in_hand.entered.wait(), 10)
