@@ -13,7 +13,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from atp_client._errors import typed
+from atp_client._client import RETRYABLE
+from atp_client._errors import NOT_CONNECTED, OUTCOME_UNKNOWN, typed
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -75,13 +76,20 @@ IN_DOUBT_LINE = ("atpctl: the change was sent and may have been made (R7): run t
                  "same ids, to learn what was decided")
 
 
-def in_doubt_after(error: grpc.aio.AioRpcError) -> bool:
+def in_doubt_after(error: grpc.aio.AioRpcError, retried: bool = False) -> bool:
     """Whether a refused change may still have been made (R7, R8): the service said so
     (``OUTCOME_UNKNOWN``), its deadline passed, or the call was lost without an answer of the
-    service — unlike a refusal the service decided, or no connection at all (nothing sent)."""
+    service — unlike a refusal the service decided, or no connection at all (nothing sent). With
+    gRPC's retries on (``retried``: atpctl's ``--retries``), a refusal gRPC retries is its last try's
+    answer, which hides an earlier try lost mid-way (the process killed, its connection reset): in
+    doubt too, whatever its reason says of that last try."""
     refused = typed(error)
-    if refused.reason:  # the service's own answer (or the client's NOT_CONNECTED): it says
-        return refused.reason == "OUTCOME_UNKNOWN"
+    if refused.reason == NOT_CONNECTED:  # raised before any try: nothing was sent
+        return False
+    if retried and error.code() in RETRYABLE:
+        return True
+    if refused.reason:  # the service's own answer: it says
+        return refused.reason == OUTCOME_UNKNOWN
     return error.code() in (S.DEADLINE_EXCEEDED, S.UNAVAILABLE, S.CANCELLED, S.INTERNAL, S.UNKNOWN)
 
 

@@ -391,7 +391,7 @@ def _main(args: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as exc:
         code, line = refusal(exc)
         print(line, file=sys.stderr)
-        if args.command in CHANGES and in_doubt_after(exc):
+        if args.command in CHANGES and in_doubt_after(exc, retried=args.retries > 0):
             print(IN_DOUBT_LINE, file=sys.stderr)
         return code
 

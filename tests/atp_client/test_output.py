@@ -65,14 +65,19 @@ def _error(code: grpc.StatusCode, details: str, reason: str = "") -> grpc.aio.Ai
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details, "")
 
 
-@pytest.mark.parametrize(("error", "doubt"), [
-    (_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), True),  # sent, then no answer in time
-    (_error(grpc.StatusCode.UNAVAILABLE, "Socket closed"), True),  # the connection lost mid-call
-    (_error(grpc.StatusCode.UNAVAILABLE, "not durable", "OUTCOME_UNKNOWN"), True),
-    (_error(grpc.StatusCode.UNAVAILABLE, "recovering", "RECOVERING"), False),  # the service refused it
-    (_error(grpc.StatusCode.UNAVAILABLE, "cannot reach", "NOT_CONNECTED"), False),  # never sent
-    (_error(grpc.StatusCode.INVALID_ARGUMENT, "bad", "INVALID_FIELD"), False),
+@pytest.mark.parametrize(("error", "retried", "doubt"), [
+    (_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), False, True),  # sent, then no answer in time
+    (_error(grpc.StatusCode.UNAVAILABLE, "Socket closed"), False, True),  # the connection lost mid-call
+    (_error(grpc.StatusCode.UNAVAILABLE, "not durable", "OUTCOME_UNKNOWN"), False, True),
+    (_error(grpc.StatusCode.UNAVAILABLE, "recovering", "RECOVERING"), False, False),  # the service refused it
+    (_error(grpc.StatusCode.UNAVAILABLE, "cannot reach", "NOT_CONNECTED"), False, False),  # never sent
+    (_error(grpc.StatusCode.INVALID_ARGUMENT, "bad", "INVALID_FIELD"), False, False),
+    # gRPC's retries on: the last try's refusal may hide an earlier try lost mid-way (applied or not)
+    (_error(grpc.StatusCode.UNAVAILABLE, "recovering", "RECOVERING"), True, True),
+    (_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", "SHARD_OVERLOADED"), True, True),
+    (_error(grpc.StatusCode.UNAVAILABLE, "cannot reach", "NOT_CONNECTED"), True, False),  # before any try
+    (_error(grpc.StatusCode.INVALID_ARGUMENT, "bad", "INVALID_FIELD"), True, False),  # not retried: decided
 ])
-def test_a_refused_change_is_in_doubt_only_where_it_may_have_been_made(error: grpc.aio.AioRpcError,
+def test_a_refused_change_is_in_doubt_only_where_it_may_have_been_made(error: grpc.aio.AioRpcError, retried: bool,
                                                                        doubt: bool) -> None:
-    assert in_doubt_after(error) is doubt
+    assert in_doubt_after(error, retried) is doubt
