@@ -17,6 +17,7 @@ from redis.exceptions import OutOfMemoryError
 from atp_client import AtpClient
 from atp_service import EmbeddedRedis
 from atp_service.engine import pipeline
+from atp_service.storage.durability import Checkpoints
 from atp_service.storage.log import LogStore, connect
 from reservation import Limits
 from tests.atp_service.edge.test_api import receipt
@@ -129,17 +130,25 @@ async def test_a_redis_whose_policy_cannot_be_read_is_named_at_start(
 
 
 async def test_a_redis_filled_by_the_log_heals_by_the_snapshot_trimming_it_and_loses_nothing_R7(
-        full_able: tuple[ServiceFactory, redis.Redis]) -> None:
+        full_able: tuple[ServiceFactory, redis.Redis], monkeypatch: pytest.MonkeyPatch) -> None:
     """The log filled Redis (``maxmemory``, ``noeviction``): the snapshot that trims it wrote the
     snapshot first, a write a full Redis refuses, so the log was never trimmed and every write was
     refused "out of memory" until an operator gave Redis room. The snapshot and its trim go through
     a full Redis: the service heals by itself, and a restart reads back every acknowledged
     Reserve."""
     start, admin = full_able
+    # No snapshot until Redis is full and has refused a write: one falling due by its interval while
+    # the log filled trimmed it (on a slow host the filling never reached its size, and ran on past
+    # the test's timeout), and one between the filling and the refusal made the room the refusal
+    # needed to be missing. The snapshot that heals is the one due once they are let through.
+    snapshots_let_through = asyncio.Event()
+    due = Checkpoints.due
+    monkeypatch.setattr(Checkpoints, "due", lambda checkpoints, seq, force=False:
+                        snapshots_let_through.is_set() and due(checkpoints, seq, force))
     # Resolved reservations forgotten at once: the snapshot stays small beside the log it trims (kept
     # for the retention, the filling's ~10,000 made a snapshot of ~60 % of the log, and the room the
     # trim made hung on a few kilobytes).
-    service, client = await start(shards=1, snapshot_every_entries=10_000_000, snapshot_interval_s=5.0,
+    service, client = await start(shards=1, snapshot_every_entries=10_000_000, snapshot_interval_s=1.0,
                                   limits=Limits(retention_ms=1))
     await client.record_events([receipt("stock", "A", "DC", 1_000_000)])
     await _log_filled(client, admin, 1 << 20)
@@ -149,6 +158,8 @@ async def test_a_redis_filled_by_the_log_heals_by_the_snapshot_trimming_it_and_l
     admin.config_set("maxmemory", int(memory["used_memory"]) - int(memory["mem_clients_normal"]) - log_bytes // 6)
     refusal = await refused(client.reserve("refused", [("A", "DC", 1)], ttl_seconds=3600))
     assert "Redis is out of memory" in refusal.message, refusal.message
+    assert admin.exists("atp:{g0}:snap") == 0, "a snapshot was written before Redis was full"
+    snapshots_let_through.set()
     healed_by = asyncio.get_running_loop().time() + 60
     while True:  # a snapshot falls due within snapshot_interval_s; its trim makes room
         try:
