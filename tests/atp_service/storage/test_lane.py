@@ -184,6 +184,7 @@ async def test_a_lane_whose_connections_are_busy_makes_the_next_exchange_wait_at
         with pytest.raises(RedisTimeoutError, match="busy"):
             await lane.exchange([("INCR", "n")])
         assert await client.get("n") is None  # the waiting exchange never reached Redis
+        lane.timeout_s = 30.0  # a bound, not a pace: this one must wait for the turn, however slow the host
         waiting = asyncio.create_task(lane.exchange([("INCR", "n")]))  # waits, then goes
         await asyncio.sleep(0.05)
         await client.rpush("q", "x")
