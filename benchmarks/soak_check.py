@@ -272,7 +272,7 @@ def expected_channels(durable: Durable, estate: Estate) -> dict[str, dict[Key, i
 async def channel_mismatches(client: Any, prefix: str, durable: Durable, estate: Estate) -> list[str]:
     """The last published value of every key (state hash, and the stream's newest entry for it)
     against C1 over the durable state. A key the durable state does not have must show 0."""
-    store = ChannelStore(client, prefix, epoch=lambda: 0)  # for its reads only
+    store = ChannelStore(client, prefix, epoch=lambda: "0")  # for its reads only
     out = []
     for name, expected in expected_channels(durable, estate).items():
         published, _ = await store.load(name)

@@ -37,6 +37,7 @@ from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, Script
+from atp_service.storage.records import number_of
 from atp_service.storage.resp import as_text
 from atp_service.tasks import cancel_and_wait, exception_seen, keep
 
@@ -120,7 +121,7 @@ class Membership:
             return "", 0
         actor = self._engine.actors[group]
         if group in self.leases.held and not actor.vacant and actor.lease_until >= time.monotonic():
-            return self.address, self.leases.held[group]
+            return self.address, number_of(self.leases.held[group])
         route = self.routes.get(group, ("", 0))
         return ("", 0) if route[0] == self.address else route  # read before this process gave it up
 
@@ -203,7 +204,7 @@ class Membership:
         if (epoch := self.leases.held.pop(actor.shard, None)) is not None:
             self._give_up(actor.shard, "failed", release=True, epoch=epoch)
 
-    def _give_up(self, group: int, why: str, release: bool = False, epoch: int | None = None) -> None:
+    def _give_up(self, group: int, why: str, release: bool = False, epoch: str | None = None) -> None:
         if group in self._vacating:
             return  # given up already; its shard is being vacated
         log.warning("group %d: lost (%s); no longer served here", group, why,
@@ -215,7 +216,7 @@ class Membership:
         task.add_done_callback(lambda _t: self._vacating.pop(group, None) if self._vacating.get(group) is _t else None)
         self._metrics.groups_owned.set(len(self.leases.held))
 
-    async def _vacate(self, group: int, release: bool, epoch: int | None) -> None:
+    async def _vacate(self, group: int, release: bool, epoch: str | None) -> None:
         await self._engine.vacate(group, snapshot=False)
         if release:
             with contextlib.suppress(*STORAGE_ERRORS):  # else its lease runs out
@@ -244,7 +245,7 @@ class Membership:
         client = self._store.client
         values: Any = await (client.mget(names) if self._store.nodes.together else client.mget_nonatomic(names))
         n = self._config.shards
-        self.routes = {g: (address_of(as_text(values[g])), int(values[n + g] or 0)) for g in shards
+        self.routes = {g: (address_of(as_text(values[g])), number_of(values[n + g])) for g in shards
                        if values[g] is not None}
 
     async def _take(self, group: int) -> None:
@@ -275,8 +276,9 @@ class Membership:
         self._metrics.take_seconds.observe(time.monotonic() - started)
         self._metrics.groups_owned.set(len(self.leases.held))
         took_s = time.monotonic() - started
-        log.info("group %d: taken at epoch %d, %d log entries replayed in %.2fs", group, epoch, replayed, took_s,
-                 extra={"event": "group_taken", "group": group, "epoch": epoch, "entries": replayed,
+        number = number_of(epoch)
+        log.info("group %d: taken at epoch %d, %d log entries replayed in %.2fs", group, number, replayed, took_s,
+                 extra={"event": "group_taken", "group": group, "epoch": number, "entries": replayed,
                         "duration_ms": round(took_s * 1000)})
 
     async def _hand_over(self, group: int) -> None:

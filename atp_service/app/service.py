@@ -48,6 +48,7 @@ from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.keys import CHANNELS
 from atp_service.storage.log import CommitWindow, LogStore, SnapshotUnreadable
 from atp_service.storage.nodes import connect_any, open_nodes
+from atp_service.storage.records import UNCLAIMED
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled, keep
 from reservation import Unavailable
 
@@ -308,9 +309,9 @@ class AtpService:
             except STORAGE_ERRORS:
                 pass  # Redis unreachable: the shards notice and say so; ask again later
 
-    def _epoch(self) -> int:
-        """This instance's claim on the channel feeds' group (0: none, every write refused)."""
-        return self._log.epochs.get(CHANNELS, 0) if self._log is not None else 0
+    def _epoch(self) -> str:
+        """This instance's claim on the channel feeds' group (``UNCLAIMED``: none, every write refused)."""
+        return self._log.epochs.get(CHANNELS, UNCLAIMED) if self._log is not None else UNCLAIMED
 
     def _on_shard_failed(self, actor: ShardActor) -> None:
         """Never a dead shard behind a health check saying SERVING: its memory is not to be trusted, its log is."""

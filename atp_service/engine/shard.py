@@ -108,10 +108,11 @@ class ShardActor(CommitPipeline):
         log's newest id never goes back (a trim keeps its own entry).
 
         E10: it stops too when the log holds an entry past every one it ever sent (``sent_top``, read
-        after ``newest`` was: an entry landed by then was sent before) — another process writes the
-        group under this one's epoch: Redis lost a taking drawn while the claims key ran ahead of the
-        clocks, and the next taking drew its epoch again. Memory then misses what the log holds; the
-        group taken again serves it, instead of stale availability until this shard's next write."""
+        after ``newest`` was: an entry landed by then was sent before) — something else writes the
+        group's stream. No other claim's writes pass the owner key (an epoch is its claim's alone, even
+        one whose number Redis drew again, ``records.claimed``): a last check. Memory then misses what
+        the log holds; the group taken again serves it, instead of stale availability until this
+        shard's next write."""
         if self.failure is not None or self._stopping:
             return
         if durable and newest < durable:

@@ -39,12 +39,12 @@ class _ShardParts:
     def __init__(self, keys: tuple[str, str, str]) -> None:
         self.keys = keys
         self.keys_resp = b"".join([bulk(key) for key in keys])
-        self.epoch: int | None = None  # none yet: the first entry carries its own (``carry``)
+        self.epoch: str | None = None  # none yet: the first entry carries its own (``carry``)
         self.token: int | None = None
         self.epoch_resp = self.token_resp = self.tail = self.solo = b""
         self.width, self.least, self.wider = 1, 0, 0  # no seq seen yet: the first one sets them
 
-    def carry(self, head: bytes, epoch: int, token: int) -> None:
+    def carry(self, head: bytes, epoch: str, token: int) -> None:
         """Entries from now on carry ``epoch`` and ``token`` (an entry's own, when they changed)."""
         self.epoch, self.epoch_resp = epoch, bulk(epoch)
         self.token, self.token_resp = token, bulk(token)

@@ -127,7 +127,7 @@ def write_failure_reason(error: BaseException) -> str:
 
 
 class ChannelStore:
-    def __init__(self, client: Any, prefix: str, epoch: Callable[[], int], block_limit_ms: int | None = None,
+    def __init__(self, client: Any, prefix: str, epoch: Callable[[], str], block_limit_ms: int | None = None,
                  writer: Nodes | None = None) -> None:
         """``block_limit_ms``: the longest a read waits for updates (``read_after``), under the client's
         socket timeout: a wait past it would end in a timeout on a healthy Redis. ``writer``: where the
@@ -147,7 +147,7 @@ class ChannelStore:
         """The fence token writes carry (None: not read yet; the first write reads it)."""
 
     @classmethod
-    def open(cls, url: str, prefix: str, epoch: Callable[[], int], timeout_s: float, cluster: bool,
+    def open(cls, url: str, prefix: str, epoch: Callable[[], str], timeout_s: float, cluster: bool,
              waits: tuple[int, int]) -> ChannelStore:
         """The service's store: on one Redis or the cluster at ``url``, its writes acknowledged once
         ``waits`` (replicas, timeout ms: ``redis_wait_replicas``, ``redis_wait_timeout_ms``) hold, as

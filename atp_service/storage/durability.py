@@ -77,8 +77,7 @@ def log_short(shard: int, newest: int, durable: int) -> LogDiverged:
 def log_foreign(shard: int, newest: int, sent: int) -> LogDiverged:
     """The refusal of a shard whose log holds entry ``newest``, past ``sent``, the newest it ever sent."""
     return LogDiverged(f"shard {shard}: its log holds entry {newest}, but this shard sent none past entry {sent}: "
-                       "another process writes it under this one's epoch (Redis lost the taking that drew it, and "
-                       "a later taking drew it again)")
+                       "another writer added it past the owner key's check")
 
 
 async def landed_of(store: LogStore, shard: int, seq: int, doubt: Doubt) -> list[tuple[int, LogEntry]] | None:

@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from typing import Any
 
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, Script
-from atp_service.storage.records import wall_ms
-from atp_service.storage.scripts import EPOCH_SCRIPT
+from atp_service.storage.records import claimed, number_of, wall_ms
+from atp_service.storage.scripts import CLAIM_ORDER_LUA, EPOCH_SCRIPT
 from atp_service.tasks import exception_seen, finish_uncancelled, keep
 
-# KEYS: lease, owner, fence; ARGV: holder, epoch, lease ms. -1: another holder's lease is live. A
-# holder whose epoch is below the owner key's was replaced (FENCED); else the lease is (re)taken,
-# the owner key set to the epoch, and the group's fence returned (the token its writes carry).
-ACQUIRE_SCRIPT = """
+# KEYS: lease, owner, fence; ARGV: holder, epoch (``<number>:<nonce>``, the taking's own), lease ms.
+# -1: another holder's lease is live. A taking the owner key outranks was replaced (FENCED,
+# ``scripts.CLAIM_ORDER_LUA``); else the lease is (re)taken, the owner key set to the epoch, and the
+# group's fence returned (the token its writes carry).
+ACQUIRE_SCRIPT = CLAIM_ORDER_LUA + """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return -1 end
-local owner = tonumber(redis.call('GET', KEYS[2]) or '0')
-if owner > tonumber(ARGV[2]) then
+local owner = redis.call('GET', KEYS[2])
+if outranks(owner, ARGV[2]) then
   return redis.error_reply('FENCED epoch ' .. ARGV[2] .. ' of ' .. KEYS[2] .. ' was replaced by ' .. owner)
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
@@ -54,10 +56,12 @@ return redis.call('DEL', KEYS[1])
 
 class GroupLeases:
     """One process's leases on the groups of ``store``'s keyspace, held under ``holder`` (unique
-    per process) for ``lease_ms`` at a time. Every taking of a group draws a new epoch, above every
-    epoch drawn before (``<prefix>claims``) and no lower than the time (``scripts.DRAW_LUA``):
-    whoever takes a group last outranks every earlier owner of it, whichever process that was, even
-    one whose taking Redis has since lost (back from older data, its lease and owner key with it)."""
+    per process) for ``lease_ms`` at a time. Every taking of a group draws a new epoch, its number above
+    every number drawn before (``<prefix>claims``) and no lower than the time (``scripts.DRAW_LUA``),
+    with a random nonce of its own (``records.claimed``): whoever takes a group last outranks every
+    earlier owner of it, whichever process that was, and even a taking whose number repeats one Redis
+    has since lost (back from older data, its lease and owner key with it) is another epoch, which the
+    lost taking's writes do not carry (R7)."""
 
     _ACQUIRE, _RENEW, _RELEASE, _EPOCH = (Script(body) for body in (ACQUIRE_SCRIPT, RENEW_SCRIPT, RELEASE_SCRIPT,
                                                                     EPOCH_SCRIPT))
@@ -66,7 +70,7 @@ class GroupLeases:
         if lease_ms <= 0:
             raise ValueError(f"lease_ms: must be positive, got {lease_ms}")
         self.store, self.holder, self.lease_ms = store, holder, lease_ms
-        self.held: dict[int, int] = {}
+        self.held: dict[int, str] = {}
         """Groups held now, with the epoch each was taken with."""
         self.renewed: set[int] = set()
         """The groups the last ``renew`` extended."""
@@ -103,14 +107,14 @@ class GroupLeases:
         self.held[group] = epoch
         return True
 
-    async def _draw(self, group: int) -> int:
-        """A new epoch for taking ``group``: above the claims key, the clocks, and the group's owner key
-        itself — a process whose clock ran ahead may have taken it at a higher epoch than the claims key
-        still holds (Redis back from older data on the claims key's node), and the taking would be
-        refused until real time passed it."""
-        owner = await self.store.client.get(self.store.keys.owner(group))
-        top = int(owner) if owner is not None else 0
-        return int(await self.store.nodes.run_one(Call(self._EPOCH, [self.store.keys.claims], [top, wall_ms()])))
+    async def _draw(self, group: int) -> str:
+        """A new epoch for taking ``group``: its number above the claims key, the clocks, and the group's
+        owner key itself — a process whose clock ran ahead may have taken it at a higher number than the
+        claims key still holds (Redis back from older data on the claims key's node), and the taking
+        would be refused until real time passed it; and a nonce no other taking has."""
+        top = number_of(await self.store.client.get(self.store.keys.owner(group)))
+        number = int(await self.store.nodes.run_one(Call(self._EPOCH, [self.store.keys.claims], [top, wall_ms()])))
+        return claimed(number, secrets.token_hex(8))
 
     async def renew(self) -> set[int]:
         """Extend every lease still held; the groups lost (expired and taken, or gone) are dropped
@@ -133,15 +137,15 @@ class GroupLeases:
         if self.giving_back:
             await asyncio.wait(self.giving_back)
 
-    async def _give_back_if_granted(self, group: int, epoch: int, acquiring: asyncio.Future[Any]) -> None:
+    async def _give_back_if_granted(self, group: int, epoch: str, acquiring: asyncio.Future[Any]) -> None:
         with contextlib.suppress(Exception):  # refused, or Redis unreachable: the lease runs out instead
             if int(await acquiring) >= 0:
                 await self.store.nodes.run_one(self._release_call(group, epoch))
 
-    def _release_call(self, group: int, epoch: int) -> Call:
+    def _release_call(self, group: int, epoch: str) -> Call:
         return Call(self._RELEASE, [self.key(group), self.store.keys.owner(group)], [self.holder, epoch])
 
-    async def release(self, group: int, epoch: int | None = None) -> None:
+    async def release(self, group: int, epoch: str | None = None) -> None:
         """Give ``group`` back at once (after its final snapshot): another process may take it now.
         Never renewed again from here, even if Redis does not answer (the lease then runs out).
 
@@ -150,7 +154,7 @@ class GroupLeases:
         the give-back, whose connection would be closed mid-exchange and its command dropped."""
         taken = self.held.pop(group, None)
         epoch = taken if epoch is None else epoch  # the taking given back (None: not known, any of this holder's)
-        giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group, epoch or 0)))
+        giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group, epoch or "0")))
         giving.add_done_callback(exception_seen)  # a caller gone: the lease runs out instead, quietly
         await finish_uncancelled(giving)
 

@@ -23,12 +23,15 @@ from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log_reads import LogReads
 from atp_service.storage.nodes import Call, Nodes, Script, connect
 from atp_service.storage.records import (
+    UNCLAIMED,
     CrossGroupWrite,
     Fenced,
     Pending,
     SnapshotRecord,
     SnapshotUnreadable,
+    claimed,
     encode_snapshot,
+    number_of,
     wall_ms,
 )
 from atp_service.storage.resp import as_text
@@ -74,10 +77,11 @@ class LogStore(LogReads):
         self._tokens: dict[int, int] = {}
         """Per shard, the fence value its writes carry (``fence``); a write is refused once the
         stored fence is above it."""
-        self.epochs: dict[int, int] = {}
-        """Per group (a shard, or ``CHANNELS``), this instance's claim on it (``claim``); a group not
-        claimed is written with epoch 0, which every owner key refuses."""
-        self.claim_token = secrets.token_hex(8)  # this instance's claims, repeated or landing late, are one
+        self.epochs: dict[int, str] = {}
+        """Per group (a shard, or ``CHANNELS``), this instance's claim on it (``claim``): the epoch its
+        writes carry, the owner key's whole value (``records.claimed``); a group not claimed is written
+        with ``UNCLAIMED``, which every owner key refuses."""
+        self.claim_token = secrets.token_hex(8)  # its claims, resent or late, are one; its epochs' identity
         self.fenced = self.claim_lost = False
         """A write was refused: a newer instance owns the keyspace (``claim_lost``: none does, Redis
         lost this instance's claim, ``Fenced.claim_lost``). Final."""
@@ -97,13 +101,13 @@ class LogStore(LogReads):
 
     @property
     def epoch(self) -> int:
-        """This instance's epoch: the highest of its claims (0: none yet)."""
-        return max(self.epochs.values(), default=0)
+        """The number of this instance's epoch: the highest drawn for its claims (0: none yet)."""
+        return max(map(number_of, self.epochs.values()), default=0)
 
     async def claim(self, shards: int) -> int:
         """Own every shard's group and the channel feeds' from now on, adopting each group's fence:
         every later write of an older instance is refused. Called before recovery reads the log, so
-        whatever an older instance wrote first is read back. Returns the epoch (the highest claim).
+        whatever an older instance wrote first is read back. Returns the epoch's number (``epoch``).
         On one Redis one script claims them all; on a cluster, an epoch no other claim has is drawn
         first, then each group is taken with it unless a newer claim holds it (``Fenced``)."""
         groups = [*range(shards), CHANNELS]
@@ -111,7 +115,8 @@ class LogStore(LogReads):
             return await self._claim_each(groups)
         keys = [k for g in groups for k in (self.keys.owner(g), self.keys.fence(g))]
         call = Call(self._CLAIM, [*keys, self.keys.claimants], [self.claim_token, wall_ms()])
-        epoch, *fences = (int(v) for v in await self.nodes.run_one(call))
+        number, *fences = (int(v) for v in await self.nodes.run_one(call))
+        epoch = claimed(number, self.claim_token)  # as the script wrote it, or the claim answered again did
         for group, fence in zip(groups, fences, strict=True):
             self.epochs[group], self._tokens[group] = epoch, fence
         return self.epoch
@@ -120,8 +125,9 @@ class LogStore(LogReads):
         """``claim`` on a cluster: one call per group (of instances claiming at once, the one whose
         epoch was drawn last owns every group; each of the others is refused, or overwritten)."""
         owners: Any = await self.client.mget_nonatomic([self.keys.owner(g) for g in groups])
-        top = max((int(v) for v in owners if v is not None), default=0)
-        epoch = int(await self.nodes.run_one(Call(self._EPOCH, [self.keys.claims], [top, wall_ms()])))
+        top = max(map(number_of, owners), default=0)
+        number = int(await self.nodes.run_one(Call(self._EPOCH, [self.keys.claims], [top, wall_ms()])))
+        epoch = claimed(number, self.claim_token)
         calls = [Call(self._CLAIM_AT, [self.keys.owner(g), self.keys.fence(g)], [epoch]) for g in groups]
         for group, reply in zip(groups, await self.nodes.run(calls), strict=True):
             if isinstance(reply, BaseException):
@@ -129,7 +135,7 @@ class LogStore(LogReads):
             self.epochs[group], self._tokens[group] = epoch, int(reply)
         return self.epoch
 
-    def adopt(self, group: int, epoch: int, fence: int) -> None:
+    def adopt(self, group: int, epoch: str, fence: int) -> None:
         """Write ``group`` from now on as ``epoch`` (its owner, see ``leases.GroupLeases``), carrying
         its fence ``fence``."""
         self.epochs[group], self._tokens[group] = epoch, max(self._tokens.get(group, 0), fence)
@@ -148,7 +154,7 @@ class LogStore(LogReads):
         """Make every write of ``shard`` sent before now impossible to land (R7): raise its fence
         and carry the new value from here on. Whatever the log holds afterwards is final (with
         ``wait_replicas``, on that many replicas too: the fence follows those writes)."""
-        epoch = self.epochs.get(shard, 0)
+        epoch = self.epochs.get(shard, UNCLAIMED)
         call = Call(self._FENCE, [self.keys.owner(shard), self.keys.fence(shard)], [epoch, self._tokens.get(shard, 0)])
         try:
             raised = int(await self.nodes.run_one(call))
@@ -163,28 +169,21 @@ class LogStore(LogReads):
         if self.fenced:
             return False
         if self.leased:
-            return group is not None and await self._still_owns(group)
-        claims = dict(self.epochs)  # judged against the claims the read was made for
+            if group is None:
+                return False
+            claims: dict[int, str | None] = {group: self.epochs.get(group)}  # its own claim alone
+        else:
+            claims = dict(self.epochs)  # judged against the claims the read was made for
         keys = [self.keys.owner(g) for g in claims]
         values: Any = await (self.client.mget(keys) if self.nodes.together else self.client.mget_nonatomic(keys))
         for g, current in zip(claims, values, strict=True):
-            if current is None or int(current) != claims[g]:
+            if as_text(current) != claims[g]:  # the whole epoch: a number drawn again is another claim's
                 self._refused(Fenced(f"FENCED epoch {claims[g]} of {self.keys.owner(g)} was replaced by "
-                                     f"{as_text(current)}"))
-                break
-        return not self.fenced
+                                     f"{as_text(current)}"), g, claims[g])
+                return False
+        return not self.fenced  # nor refused meanwhile
 
-    async def _still_owns(self, group: int) -> bool:
-        epoch = self.epochs.get(group)
-        keys = [self.keys.owner(group)]
-        (current,) = await (self.client.mget(keys) if self.nodes.together else self.client.mget_nonatomic(keys))
-        if epoch is not None and current is not None and int(current) == epoch:
-            return True
-        self._refused(Fenced(f"FENCED epoch {epoch} of {self.keys.owner(group)} was replaced by {as_text(current)}"),
-                      group, epoch)
-        return False
-
-    def _refused(self, exc: BaseException, group: int | None = None, epoch: int | None = None) -> BaseException:
+    def _refused(self, exc: BaseException, group: int | None = None, epoch: str | None = None) -> BaseException:
         """``exc``, as ``Fenced`` when it says the keyspace (leased: ``group``, as written with
         ``epoch``) has a newer owner (noted, once). A refusal of an older taking of a leased group
         than the current one says nothing about the current one."""
@@ -208,8 +207,8 @@ class LogStore(LogReads):
         cancelled). Entries go out in submission order; cancelling the future before it is sent keeps
         the entry out of the log."""
         loop, fut = self._arrival()
-        self._pending.append(Pending(shard, seq, data, self.epochs.get(shard, 0), self._tokens.get(shard, 0), 0, fut,
-                                     then))
+        self._pending.append(Pending(shard, seq, data, self.epochs.get(shard, UNCLAIMED), self._tokens.get(shard, 0),
+                                     0, fut, then))
         self._kick(loop)
         return fut
 
@@ -226,7 +225,7 @@ class LogStore(LogReads):
             self._groups += 1
             group = self._groups
         tokens, epochs = self._tokens, self.epochs
-        self._pending += [Pending(shard, seq, data, epochs.get(shard, 0), tokens.get(shard, 0), group, fut)
+        self._pending += [Pending(shard, seq, data, epochs.get(shard, UNCLAIMED), tokens.get(shard, 0), group, fut)
                           for shard, seq, data in entries]
         self._kick(loop)
         return fut
@@ -270,7 +269,7 @@ class LogStore(LogReads):
         ``part_bytes`` (0: never) in parts (``snapshot_parts``). Returns its size in bytes.
         ``Checkpoints`` encodes it in the shard's turn, then writes it while the shard goes on,
         allowing it ``extra_s`` beyond the socket timeout for its size."""
-        epoch = self.epochs.get(shard, 0)
+        epoch = self.epochs.get(shard, UNCLAIMED)
         try:
             await write_snapshot_in_parts(self.nodes, self.keys, shard, seq, data,
                                           (epoch, self._tokens.get(shard, 0)), part_bytes, extra_s)

@@ -106,7 +106,27 @@ class Fenced(RedisError):
         or failed over to a replica that missed the claim (R7). The refusal reads ``FENCED epoch <e>
         ... was replaced by <owner>``."""
         said = _REFUSAL.match(str(self))
-        return said is not None and (not said["by"].isdigit() or int(said["by"]) < int(said["epoch"]))
+        return said is not None and number_of(said["by"]) < int(said["epoch"])
+
+
+UNCLAIMED = "0"
+"""The epoch of a group not claimed: no owner key holds it, so every write script refuses it."""
+
+
+def claimed(number: int, identity: str) -> str:
+    """The epoch of a claim, as its owner key holds it and every write carries it: the number drawn
+    (``scripts.DRAW_LUA``) and the claim's own identity (``scripts.CLAIM_ORDER_LUA``). Redis back from
+    older data may draw a forgotten claim's number again; the identity keeps the two claims apart, so
+    the forgotten claim's instance, still running, is refused at its next write (R7, E10)."""
+    return f"{number}:{identity}"
+
+
+def number_of(epoch: str | bytes | None) -> int:
+    """The number drawn for ``epoch`` (an owner key's value; a previous release's holds the number
+    alone); 0 for none (a missing key, or a refusal's ``false``)."""
+    text = epoch.decode(errors="replace") if isinstance(epoch, bytes) else (epoch or "")
+    digits = _NUMBER.match(text)
+    return int(digits[0]) if digits else 0
 
 
 def wall_ms() -> int:
@@ -123,6 +143,7 @@ class CrossGroupWrite(ValueError):
 log = logging.getLogger(__name__)
 _encoder = msgspec.msgpack.Encoder()
 _REFUSAL = re.compile(r"FENCED epoch (?P<epoch>\d+)\b.* was replaced by (?P<by>\S+)$")
+_NUMBER = re.compile(r"\d+")
 
 
 class Pending(msgspec.Struct, eq=False):
@@ -134,7 +155,7 @@ class Pending(msgspec.Struct, eq=False):
     shard: int
     seq: int
     data: bytes
-    epoch: int
+    epoch: str
     token: int
     group: int
     done: asyncio.Future[None]

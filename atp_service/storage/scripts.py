@@ -10,6 +10,9 @@ write carries (R7): a refused write changed nothing. Every key of one call share
 # raising the owner key (``LogStore.claim``), and from then on the older one's writes are refused
 # whole ("FENCED"), so two instances can never both decide against the same units (nothing of a
 # refused write is applied: the check comes before any change). KEYS[1]: owner; ARGV[1]: epoch.
+# An epoch is the whole owner-key value, ``<drawn number>:<the claim's identity>`` (``CLAIM_ORDER_LUA``):
+# compared whole, two claims that drew the same number (Redis back from older data forgot the first)
+# are still two owners, and the one replaced is refused (R7, E10).
 FENCE_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED epoch ' .. ARGV[1] .. ' was replaced by ' .. tostring(redis.call('GET', KEYS[1])))
@@ -150,14 +153,17 @@ redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0')
 return 'OK'
 """
 
-# A new epoch is never below the time now, in ms (Redis's clock, and the claimant's: ARGV[2]), as
-# well as above every epoch Redis holds. Redis back from older data (an older AOF or RDB, a lagging
-# replica promoted) has lost the latest claims: "above every epoch it holds" alone would draw a lost
-# claim's epoch again, and its instance — still running, idle, its owner check saying it owns the
+# A new epoch's number is never below the time now, in ms (Redis's clock, and the claimant's: ARGV[2]),
+# as well as above every number Redis holds. Redis back from older data (an older AOF or RDB, a lagging
+# replica promoted) has lost the latest claims: "above every number it holds" alone would draw a lost
+# claim's number again, and its instance — still running, idle, its owner check saying it owns the
 # keyspace — would write as the new one (two writers, one epoch). A claim made later is drawn above
-# the time the lost one was made. The highest epoch + 1 keeps epochs rising when a clock goes back.
-# Epochs stay below 2^53 (exact in Lua's numbers) and below 10^14 (printed whole by tostring).
-# Defines ``drawn(top)``: the epoch after ``top``. A write after TIME needs the script's effects
+# the time the lost one was made. The highest number + 1 keeps numbers rising when a clock goes back.
+# Numbers stay below 2^53 (exact in Lua's numbers) and below 10^14 (printed whole by tostring).
+# The number alone can still repeat (two claims in one ms, or numbers drawn ahead of the clocks that
+# Redis forgot, drawn again as ``top + 1``): a claim's owner-key value also names the claim
+# (``CLAIM_ORDER_LUA``), so a repeated number is never the same epoch.
+# Defines ``drawn(top)``: the number after ``top``. A write after TIME needs the script's effects
 # replicated, not the script (Redis 7 always does; 6.2 unless lua-replicate-commands is off).
 DRAW_LUA = """
 if redis.replicate_commands then redis.replicate_commands() end
@@ -168,19 +174,44 @@ local function drawn(top)
 end
 """
 
-# Claim groups: their owner keys all take one value above every one of them (the new epoch,
-# ``DRAW_LUA``), so every write of an earlier owner is refused from now on; returns the epoch, then
-# each group's fence (the token this owner's writes carry). On one Redis one call claims every group
-# at once: of two instances starting together one wins them all. KEYS: owner, fence per group;
-# ARGV: the claimant's token, its clock (ms).
+# An owner key holds ``<number>:<identity>``: the number drawn (``DRAW_LUA``) and the claim's own
+# identity (a keyspace claim: the claimant's random token; a leased group's taking: a random nonce per
+# taking), so no two claims ever hold the same value, whatever Redis forgot (R7, E10). A previous
+# release wrote the number alone: read as that number with the least identity, outranked by any claim
+# of this one drawing it too. ``number_of(value)``: the number (0: none, a missing key is false);
+# ``outranks(a, b)``: whether owner value ``a`` is a later claim than ``b`` — the higher number, and of
+# equal numbers the greater value, byte by byte (Lua's ``>`` on strings follows the server's locale,
+# which may differ between the primaries of a cluster), so claims racing on several primaries all
+# settle on one winner.
+CLAIM_ORDER_LUA = """
+local function number_of(value)
+  return tonumber(string.match(value or '', '^%d+') or '0')
+end
+local function outranks(a, b)
+  local x, y = number_of(a), number_of(b)
+  if x ~= y then return x > y end
+  a, b = a or '', b or ''
+  for i = 1, math.max(#a, #b) do
+    local p, q = string.byte(a, i) or -1, string.byte(b, i) or -1
+    if p ~= q then return p > q end
+  end
+  return false
+end
+"""
+
+# Claim groups: their owner keys all take one value above every one of them (the new number,
+# ``DRAW_LUA``, with the claimant's token: ``CLAIM_ORDER_LUA``), so every write of an earlier owner is
+# refused from now on; returns the number, then each group's fence (the token this owner's writes
+# carry). On one Redis one call claims every group at once: of two instances starting together one
+# wins them all. KEYS: owner, fence per group; ARGV: the claimant's token, its clock (ms).
 # The last key (a sorted set) holds the token of each recent claim (ARGV[1], one per instance),
-# scored by the epoch it took: a claim whose reply was lost is sent again, and the first copy may
+# scored by the number it took: a claim whose reply was lost is sent again, and the first copy may
 # land after the second — after another instance's claim too. A copy finding its own token answers
-# the epoch that token took (never the current one: that may be another's) and claims nothing: one
+# the number that token took (never the current one: that may be another's) and claims nothing: one
 # claiming above a newer instance would leave both refused "replaced" (exit 3) and nobody serving.
 # Only the newest CLAIMANTS_KEPT are kept: a copy still on its way is of a recent start.
 CLAIMANTS_KEPT = 64
-CLAIM_SCRIPT = DRAW_LUA + """
+CLAIM_SCRIPT = DRAW_LUA + CLAIM_ORDER_LUA + """
 local n = #KEYS - 1
 local out = {}
 local mine = redis.call('ZSCORE', KEYS[#KEYS], ARGV[1])
@@ -193,12 +224,12 @@ if mine then
 end
 local top = 0
 for i = 1, n, 2 do
-  top = math.max(top, tonumber(redis.call('GET', KEYS[i]) or '0'))
+  top = math.max(top, number_of(redis.call('GET', KEYS[i])))
 end
 local epoch = drawn(top)
 out[1] = epoch
 for i = 1, n, 2 do
-  redis.call('SET', KEYS[i], epoch)
+  redis.call('SET', KEYS[i], epoch .. ':' .. ARGV[1])
   out[#out + 1] = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
 end
 redis.call('ZADD', KEYS[#KEYS], epoch, ARGV[1])
@@ -206,24 +237,27 @@ redis.call('ZREMRANGEBYRANK', KEYS[#KEYS], 0, -""" + str(CLAIMANTS_KEPT + 1) + "
 return out
 """
 
-# On a Redis Cluster no one script reaches every group, so a claim is two steps. First its epoch is
-# drawn from one key (KEYS[1], ``Keyspace.claims``): above every epoch drawn before and above ARGV[1]
-# (the highest owner key the claimant read), and not below the time now (``DRAW_LUA``; ARGV[2]: the
-# claimant's clock, ms), so no two claims ever share an epoch, even across Redis losing the latest.
-# A leased group's taking draws its epoch here too (``leases.GroupLeases``).
+# On a Redis Cluster no one script reaches every group, so a claim is two steps. First its number is
+# drawn from one key (KEYS[1], ``Keyspace.claims``): above every number drawn before and above ARGV[1]
+# (the highest owner key's number the claimant read), and not below the time now (``DRAW_LUA``;
+# ARGV[2]: the claimant's clock, ms). Redis losing the latest may repeat a number: the claim's
+# identity, beside it in the owner key, keeps the epochs apart (``CLAIM_ORDER_LUA``).
+# A leased group's taking draws its number here too (``leases.GroupLeases``).
 EPOCH_SCRIPT = DRAW_LUA + """
 local epoch = drawn(math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1])))
 redis.call('SET', KEYS[1], epoch)
 return epoch
 """
 
-# Then each group is taken with that epoch unless a higher one holds it already: of instances
-# claiming at once, the one that drew the highest epoch ends up owning every group, whatever the
-# order the calls reach the primaries in (the others are refused "FENCED" or overwritten) — never
-# each a part of the groups, both fenced. KEYS: owner, fence; ARGV: epoch. Returns the group's fence.
-CLAIM_AT_SCRIPT = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current > tonumber(ARGV[1]) then
+# Then each group is taken with that epoch (``<number>:<token>``) unless a later claim holds it
+# already (``outranks``): of instances claiming at once, the one whose epoch ranks highest ends up
+# owning every group, whatever the order the calls reach the primaries in (the others are refused
+# "FENCED" or overwritten) — never each a part of the groups, both fenced; two that drew the same
+# number are ranked by their tokens, on every primary alike. The same claim sent again takes the
+# group again. KEYS: owner, fence; ARGV: epoch. Returns the group's fence.
+CLAIM_AT_SCRIPT = CLAIM_ORDER_LUA + """
+local current = redis.call('GET', KEYS[1])
+if outranks(current, ARGV[1]) then
   return redis.error_reply('FENCED epoch ' .. ARGV[1] .. ' of ' .. KEYS[1] .. ' was replaced by ' .. current)
 end
 redis.call('SET', KEYS[1], ARGV[1])

@@ -76,7 +76,7 @@ WHOLE_SCRIPT = Script(SNAPSHOT_SCRIPT)
 
 
 async def write_snapshot_in_parts(nodes: Nodes, keys: Keyspace, shard: int, seq: int, data: bytes,
-                                  fencing: tuple[int, int], part_bytes: int, extra_s: float) -> None:
+                                  fencing: tuple[str, int], part_bytes: int, extra_s: float) -> None:
     """Store ``data`` as ``shard``'s snapshot at ``seq``, its header first (``snapshot_header``: the
     checksum of all of ``data``, whatever the parts), and trim its log behind it; ``fencing`` is
     (epoch, token); ``part_bytes`` 0: in one call, whatever its size. Each call is allowed its share

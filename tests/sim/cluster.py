@@ -37,6 +37,7 @@ from tests.sim.leased import ProcessLog
 from tests.sim.membership import Leases, SimMembership
 from tests.sim.network import Network
 from tests.sim.process import Process, task_factory
+from tests.sim.simlog import outranks
 from tests.sim.skew import SkewedHosts
 from tests.sim.tally import Tally
 from tests.sim.world import World, pong_within
@@ -109,7 +110,8 @@ class ClusterWorld(World):
 
     def _taking_lost(self, proc: Process, group: int) -> bool:
         """``proc`` holds ``group``'s lease at an epoch above its owner key: only a loss of Redis's does that."""
-        return self.leases.holder.get(group) == proc.holder and proc.log.epochs.get(group, 0) > self.log.owners[group]
+        return self.leases.holder.get(group) == proc.holder and outranks(proc.log.epochs.get(group, ""),
+                                                                         self.log.owners[group])
 
     def owner_actor(self, group: int) -> ShardActor:
         proc = self.owner(group)

@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 
 from atp_service.storage.log import CrossGroupWrite, LogStore, SnapshotRecord
 from atp_service.storage.nodes import Nodes
+from atp_service.storage.records import UNCLAIMED
 from tests.sim.simlog import SideStreams, SimLog, _Unit
 from tests.sim.snapparts import SimNodes
 
@@ -45,7 +46,7 @@ class _Reader:
     async def mget_nonatomic(self, keys: list[str]) -> list[str | None]:
         await self._store.round_trip()
         owners = self._store.redis.owners
-        return [str(owners[self._groups[k]]) if owners[self._groups[k]] else None for k in keys]
+        return [owners[self._groups[k]] or None for k in keys]
 
 
 class ProcessLog(LogStore):
@@ -65,8 +66,8 @@ class ProcessLog(LogStore):
     def refused(self, group: int) -> BaseException:
         """A write of ``group`` answered FENCED (its owner key holds a newer epoch), as ``LogStore`` takes it."""
         self.redis.tally.fenced_writes += 1
-        return self._refused(ResponseError(f"FENCED epoch {self.epochs.get(group, 0)} of group {group} was "
-                                           f"replaced by {self.redis.owners[group]}"), group)
+        return self._refused(ResponseError(f"FENCED epoch {self.epochs.get(group, UNCLAIMED)} of group {group} was "
+                                           f"replaced by {self.redis.owners[group] or 'false'}"), group)
 
     # -- pause and death --------------------------------------------------------------------
     def freeze(self) -> None:
@@ -116,12 +117,12 @@ class ProcessLog(LogStore):
             return fut
         shard = entries[0][0]
         unit = _Unit([(sh, seq, data, self._tokens.get(sh, 0)) for sh, seq, data in entries], fut,
-                     self.epochs.get(shard, 0), self)
+                     self.epochs.get(shard, UNCLAIMED), self)
         self.redis.pending.append(unit)
         return fut
 
     async def fence(self, shard: int) -> None:
-        epoch = self.epochs.get(shard, 0)
+        epoch = self.epochs.get(shard, UNCLAIMED)
         await self.write_turn()
         redis = self.redis
         if redis.faults is not None and redis.faults.random() < 0.3:

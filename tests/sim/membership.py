@@ -24,7 +24,9 @@ from atp_service.engine.recovery import recover_shard
 from atp_service.engine.shard import ShardActor
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced
+from atp_service.storage.records import number_of
 from tests.sim.process import Process
+from tests.sim.simlog import outranks
 
 if TYPE_CHECKING:
     from tests.sim.cluster import ClusterWorld
@@ -47,7 +49,7 @@ class Leases:
 class SimMembership:
     def __init__(self, proc: Process, world: ClusterWorld) -> None:
         self.proc, self.world = proc, world
-        self.held: dict[int, int] = {}  # group -> the epoch it was taken with
+        self.held: dict[int, str] = {}  # group -> the epoch it was taken with
         self.routes: dict[int, tuple[str, int]] = {}  # every group's owner as last read
         self.members: list[str] = []
         self._handing: set[int] = set()
@@ -61,7 +63,7 @@ class SimMembership:
         if group in self._handing or group in self._vacating:
             return "", 0
         if group in self.held and not self.proc.engine.actors[group].vacant:
-            return self.proc.address, self.held[group]
+            return self.proc.address, number_of(self.held[group])
         return self.routes.get(group, ("", 0))
 
     def settled(self) -> bool:
@@ -88,7 +90,8 @@ class SimMembership:
 
     async def balance(self) -> None:
         await self.proc.log.round_trip()
-        self.routes = {g: (address_of(h), self.world.log.owners[g]) for g, h in self.world.leases.holder.items()}
+        self.routes = {g: (address_of(h), number_of(self.world.log.owners[g]))
+                       for g, h in self.world.leases.holder.items()}
         give, take = plan_balance(self.proc.address, self.world.config.shards, self.members, set(self.held),
                                   self.routes, self._vacating)  # the service's own decision
         if give is not None:
@@ -100,12 +103,13 @@ class SimMembership:
     async def take(self, group: int) -> None:
         log, redis, world = self.proc.log, self.world.log, self.world
         await log.round_trip()
-        epoch = self.held.get(group) or redis.draw_epoch(redis.owners[group])  # GroupLeases._draw
+        # GroupLeases._draw: the claimant's clock is this process's host's (``--clock-skew``)
+        epoch = self.held.get(group) or redis.draw_epoch(redis.owners[group], self.proc.engine.clock.now_ms())
         await log.write_turn()
         holder = world.leases.holder.get(group)
         if holder is not None and holder != self.proc.holder:
             return  # another process was quicker
-        if redis.owners[group] > epoch:
+        if outranks(redis.owners[group], epoch):  # ACQUIRE_SCRIPT
             self.held.pop(group, None)
             raise Fenced(f"sim: group {group} was taken at a newer epoch than {epoch}")
         world.leases.holder[group], redis.owners[group] = self.proc.holder, epoch
@@ -168,7 +172,7 @@ class SimMembership:
             self.world.log.tally.tail_restarts += 1
             self._give_up(actor.shard, "failed", epoch)
 
-    def _give_up(self, group: int, why: str, release: int | None = None) -> None:
+    def _give_up(self, group: int, why: str, release: str | None = None) -> None:
         """``release``: the epoch of the taking whose lease is given back once the group is vacated."""
         if group in self._vacating:
             return  # given up already (``Membership._give_up``)
@@ -179,7 +183,7 @@ class SimMembership:
         task.add_done_callback(self.proc._seen)  # the real one only marks its error seen: here it is a finding
         task.add_done_callback(lambda t: self._vacating.pop(group, None) if self._vacating.get(group) is t else None)
 
-    async def _vacate(self, group: int, release: int | None) -> None:
+    async def _vacate(self, group: int, release: str | None) -> None:
         await self.proc.engine.vacate(group, snapshot=False)
         if release is None:
             return

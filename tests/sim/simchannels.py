@@ -46,7 +46,7 @@ Batch = tuple[str, list[ChannelUpdate]]
 class _Write:
     __slots__ = ("batches", "done", "epoch", "token")
 
-    def __init__(self, batches: list[Batch], token: int, epoch: int, done: asyncio.Future[None]) -> None:
+    def __init__(self, batches: list[Batch], token: int, epoch: str, done: asyncio.Future[None]) -> None:
         self.batches, self.token, self.epoch, self.done = batches, token, epoch, done
 
 
@@ -57,7 +57,7 @@ class SimChannelStore:
         self.state: dict[str, dict[Key, Published]] = defaultdict(dict)
         self.redis_fence = 0  # <prefix>avail-fence in Redis
         self.token: int | None = None
-        self.epoch = 0
+        self.epoch = "0"  # UNCLAIMED until the world's instance claims (``World.boot``)
         self.pending: list[_Write] = []
         self.late: list[_Write] = []
         self.on_landed: Callable[[str, list[ChannelUpdate]], None] = lambda _c, _u: None

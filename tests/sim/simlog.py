@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.log import CrossGroupWrite, Fenced, SnapshotRecord
-from atp_service.storage.records import opened_snapshot
+from atp_service.storage.records import UNCLAIMED, claimed, number_of, opened_snapshot
 from atp_service.storage.snapshot_parts import write_snapshot_in_parts
 from tests.sim.snapparts import ScriptCall, SimNodes, run_script
 from tests.sim.tally import Tally
@@ -42,6 +42,12 @@ from tests.sim.tally import Tally
 SNAPSHOT_SLOW_P = 0.7
 """The chance that a late snapshot script is not among the scripts arriving now (``arrive_late``)."""
 _decoder = msgspec.msgpack.Decoder(SnapshotRecord)
+
+
+def outranks(a: str, b: str) -> bool:
+    """``scripts.CLAIM_ORDER_LUA``: whether owner value ``a`` is a later claim than ``b`` ("": none) —
+    the higher number drawn, and of equal numbers the greater value."""
+    return (number_of(a), a.encode()) > (number_of(b), b.encode())
 
 
 def _decode(raw: bytes) -> SnapshotRecord:
@@ -55,7 +61,7 @@ class _Unit:
 
     __slots__ = ("done", "entries", "epoch", "proc", "then")
 
-    def __init__(self, entries: list[tuple[int, int, bytes, int]], done: asyncio.Future[None], epoch: int,
+    def __init__(self, entries: list[tuple[int, int, bytes, int]], done: asyncio.Future[None], epoch: str,
                  proc: Any = None) -> None:
         self.entries, self.done, self.epoch = entries, done, epoch  # (shard, seq, data, fence token)
         self.proc = proc
@@ -121,13 +127,15 @@ class SimLog:
         self.late: list[_Unit | ScriptCall] = []  # sent, the caller told it failed, not yet arrived
         self.fences: dict[int, int] = defaultdict(int)  # Redis's fence per shard
         self.tokens: dict[int, int] = defaultdict(int)  # what this instance's writes carry
-        self.redis_epoch = 0  # the epoch in every group's owner key (one script claims them all)
-        self.owners: dict[int, int] = defaultdict(int)
+        self.redis_epoch = ""  # the epoch in every group's owner key (one script claims them all; "": none)
+        self.owners: dict[int, str] = defaultdict(str)
         """Several processes (``leased.ProcessLog``): each group's owner key, the epoch of its last taker."""
-        self.claims = 0  # the epochs drawn so far (``<prefix>claims``): each taking draws a new one
+        self.claims = 0  # the numbers drawn so far (``<prefix>claims``): each taking draws a new one
         self.now_ms: Callable[[], int] = lambda: 0
-        """The time a claim is drawn at (``scripts.DRAW_LUA``: no epoch below it); the world's clock."""
-        self.epoch = 0  # this instance's claim
+        """Redis's clock (``scripts.DRAW_LUA``: no number drawn below it, nor below the claimant's); the world's."""
+        self.epoch = UNCLAIMED  # this instance's claim: ``<number>:<identity>`` (``records.claimed``)
+        self._identities = random.Random(0)
+        """Each claim's identity (a random token or nonce in the service): a process's, never in Redis's data."""
         self.client: Any = SideStreams()
         self.metrics = StorageMetrics()
         self.fenced = self.claim_lost = False
@@ -168,13 +176,19 @@ class SimLog:
         return fut
 
     async def claim(self, shards: int) -> int:
-        """One Redis: every group's owner key takes the new epoch at once, and its fence is adopted."""
-        self.redis_epoch = max(self.redis_epoch + 1, self.now_ms())
-        self.epoch = self.redis_epoch
+        """One Redis (``CLAIM_SCRIPT``): every group's owner key takes the new epoch at once, its number
+        above the one they hold and no lower than Redis's clock or the claimant's (one clock here), and
+        its fence is adopted."""
+        number = max(number_of(self.redis_epoch) + 1, self.now_ms())
+        self.redis_epoch = self.epoch = claimed(number, self.identity())
         self.fenced = self.claim_lost = False  # a new instance
         for shard in range(shards):
             self.tokens[shard] = self.fences[shard]
-        return self.epoch
+        return number
+
+    def identity(self) -> str:
+        """A claim's own identity (``LogStore.claim_token``, a leased taking's nonce)."""
+        return f"{self._identities.getrandbits(64):016x}"
 
     async def round_trip(self, faults: random.Random | None = None) -> None:
         """A command to Redis and its answer take a few event-loop turns: others run meanwhile (how many:
@@ -338,11 +352,12 @@ class SimLog:
             elif fate < 0.7:
                 self.late.append(unit)
 
-    def draw_epoch(self, top: int = 0) -> int:
-        """``EPOCH_SCRIPT``: an epoch above every one drawn before and ``top`` (a group's owner key, read
-        first by a taking), and not below the time now."""
-        self.claims = max(self.claims + 1, top + 1, self.now_ms())
-        return self.claims
+    def draw_epoch(self, top: str = "", clock_ms: int = 0) -> str:
+        """``EPOCH_SCRIPT``: a number above every one drawn before and ``top``'s (a group's owner key, read
+        first by a taking), and not below the time now (Redis's) nor ``clock_ms`` (the claimant's clock);
+        the epoch is that number with an identity of its own (``GroupLeases._draw``)."""
+        self.claims = max(self.claims + 1, number_of(top) + 1, self.now_ms(), clock_ms)
+        return claimed(self.claims, self.identity())
 
     def newest_id(self, shard: int) -> int:
         """The seq of the log's newest id ever (``last-generated-id``: a trim keeps its own entry)."""

@@ -72,7 +72,7 @@ def _run(redis: SimLog, unit: ScriptCall) -> str | None:
     """Arguments as the service sends them: epoch, data, seq (a part: the TTL), token, offset."""
     call, shard = unit.call, unit.shard
     owner = redis.owners[shard] if unit.proc is not None else redis.redis_epoch
-    epoch, token = int(call.args[0]), int(call.args[3])
+    epoch, token = str(call.args[0]), int(call.args[3])
     if owner != epoch:  # FENCE_LUA: GET of a missing key is false in Lua
         return f"FENCED epoch {epoch} was replaced by {owner or 'false'}"
     if redis.fences[shard] > token:

@@ -70,8 +70,8 @@ class RedisImage:
     snaps: dict[int, bytes]
     staging: dict[int, tuple[str, bytes]]
     fences: dict[int, int]
-    redis_epoch: int
-    owners: dict[int, int]
+    redis_epoch: str
+    owners: dict[int, str]
     claims: int
     history: dict[int, int]  # per shard, how many entries had ever landed
     acked: Acknowledged
@@ -115,7 +115,7 @@ class RedisImage:
             _restore_key(log.snaps, self.snaps, shard)
             _restore_key(log.staging, self.staging, shard)
             _restore_key(leases, self.leases, shard)
-            log.fences[shard], log.owners[shard] = self.fences.get(shard, 0), self.owners.get(shard, 0)
+            log.fences[shard], log.owners[shard] = self.fences.get(shard, 0), self.owners.get(shard, "")
             log.history[shard] = log.history[shard][:self.history.get(shard, 0)]
         self.cut_back(acked)
 

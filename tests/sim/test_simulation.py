@@ -286,7 +286,8 @@ async def test_a_taking_redis_lost_and_drawn_again_is_noticed_by_the_serving_pro
     start, forgetting it, and p1 took the group in step 41 drawing the same epoch again. p0, still serving
     the group until its next renewal, wrote entry 26 under that epoch and it landed: p1's memory at 25, its
     log at 26 (E10), and its owner check caught only a log shorter than memory. A shard whose log holds an
-    entry past every one it sent now stops, and its group is taken again from what Redis holds."""
+    entry past every one it sent now stops, and its group is taken again from what Redis holds; and a
+    taking's epoch now carries a nonce of its own (``records.claimed``), so p0's entry is refused FENCED."""
     await Driver(85121, processes=3, lose_tail=True, clock_skew=True, late_across_steps=True).run(42)
 
 

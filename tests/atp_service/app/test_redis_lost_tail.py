@@ -105,17 +105,19 @@ async def test_a_shard_stops_when_its_log_holds_an_entry_it_never_sent(
     ever sent. Redis lost a taking drawn while the claims key ran ahead of the clocks, the next taking drew
     its epoch again, and the deposed owner's writes passed every owner check as the new owner's (E10): its
     reservation in the log, unknown to the serving shard, which published availability without it until
-    its own next write was refused. Here the other writer holds this instance's epoch and fence; the
-    owner check now stops the shard, and the restart serves what the log holds."""
+    its own next write was refused. A taking now has an epoch of its own whatever number it draws
+    (``test_epoch_drawn_again``); the check stays, the last word on any other writer. Here the other
+    writer holds this instance's epoch and fence; the owner check stops the shard, and the restart
+    serves what the log holds."""
     service, client = await start_service(owner_check_s=0.05)
     await client.record_events([receipt("e1", "SKU", "DC", 10)])
     await client.reserve("r1", [("SKU", "DC", 4)], ttl_seconds=600)
     other = LogStore(open_nodes(redis_url, 5.0, cluster=False), "atp:", pipeline_max=64)
     try:
         shard, newest, entry = await _newest_reservation(other, "r1")
-        epoch, fence = [int(await other.client.get(key) or 0)
-                        for key in (other.keys.owner(shard), other.keys.fence(shard))]
-        other.adopt(shard, epoch, fence)  # a taking that drew this instance's epoch again
+        epoch = (await other.client.get(other.keys.owner(shard))).decode()
+        fence = int(await other.client.get(other.keys.fence(shard)) or 0)
+        other.adopt(shard, epoch, fence)  # another writer with this instance's epoch
         (saved_r1,) = (e for e in entry.events if isinstance(e, ReservationSaved))
         changed = msgspec.structs.replace(saved_r1.reservation, order_ref=OTHER_WRITER)
         caplog.set_level(logging.ERROR, logger="atp_service")

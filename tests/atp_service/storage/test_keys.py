@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from atp_service.storage.keys import Keyspace
+from atp_service.storage.keys import CHANNELS, Keyspace
 
 OPERATIONS = Path(__file__).resolve().parents[3] / "docs/OPERATIONS.md"
 SHARD = 7
@@ -17,7 +17,7 @@ def _written() -> set[str]:
     per_group = [keys.log, keys.snap, keys.snap_parts, keys.snap_parts_try, keys.fence, keys.owner,
                  lambda g: keys.tag(g) + "lease"]
     return {key(SHARD).replace(f"{{g{SHARD}}}", "{g<shard>}") for key in per_group} | {
-        keys.claims, keys.members, keys.meta}
+        keys.claims, keys.members, keys.meta, keys.owner(CHANNELS), keys.fence(CHANNELS)}  # the channel feeds' group
 
 
 def test_every_key_of_a_shard_the_operations_guide_names_is_one_the_service_writes() -> None:

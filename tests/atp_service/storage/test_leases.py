@@ -17,6 +17,7 @@ from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, open_nodes
+from atp_service.storage.records import number_of
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 
 LEASE_MS = 300
@@ -49,7 +50,7 @@ async def test_an_owner_paused_past_its_lease_is_fenced_and_loses_nothing_it_ack
     await stores[0].submit(5, 1, b"acknowledged before the pause")
     await asyncio.sleep(LEASE_MS * 2 / 1000)  # SIGSTOP: no renewal; Redis lets the lease run out
     assert await b.acquire(5)  # the next process takes the group: owner key raised to a new epoch
-    assert b.held[5] > a.held[5]
+    assert number_of(b.held[5]) > number_of(a.held[5])
     with pytest.raises(Fenced):  # the paused owner wakes up and writes: refused whole
         await stores[0].submit(5, 2, b"written after the pause")
     assert await a.renew() == {5}  # and it learns the group is gone
@@ -71,7 +72,7 @@ async def test_a_lease_given_back_is_taken_at_once_and_the_giver_is_fenced(
     given_back_by_b = b.held[1]
     await b.release(1)
     assert await a.acquire(1)  # handed back again: taken with a newer epoch than b's
-    assert a.held[1] > given_back_by_b
+    assert number_of(a.held[1]) > number_of(given_back_by_b)
     with pytest.raises(Fenced):
         await stores[1].submit(1, 1, b"b's late write after it gave the group back")
 
@@ -95,7 +96,7 @@ async def test_an_owner_outranked_while_away_takes_the_group_again_once_it_is_fr
     with pytest.raises(Fenced):
         await a.acquire(2)  # with the epoch it held: outranked
     assert await a.acquire(2)  # the group is free: a takes it with a newly drawn epoch
-    assert a.held[2] > taken_by_b
+    assert number_of(a.held[2]) > number_of(taken_by_b)
     await stores[0].submit(2, 1, b"a owns the group again")
 
 
@@ -251,7 +252,7 @@ async def test_a_taking_redis_lost_is_not_drawn_again_by_the_next_taker(
     finally:
         for primary in primaries:
             await primary.aclose()
-    assert b.held[6] > a.held[6]
+    assert number_of(b.held[6]) > number_of(a.held[6])
     with pytest.raises(Fenced):
         await stores[0].submit(6, 1, b"written by A after B took the group")
     await stores[1].submit(6, 1, b"B owns the group")
@@ -268,5 +269,5 @@ async def test_a_taking_draws_above_the_groups_own_owner_key(stores: tuple[LogSt
     await client.set(stores[1].keys.claims, 1)  # the claims key back at an old value
     b = GroupLeases(stores[1], "process-b", 60_000)
     assert await b.acquire(6)
-    assert b.held[6] > ahead
+    assert number_of(b.held[6]) > ahead
     await stores[1].submit(6, 1, b"B owns the group")
