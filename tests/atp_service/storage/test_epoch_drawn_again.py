@@ -7,6 +7,7 @@ writing as the new owner. Real Redis, a real Redis Cluster."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -19,8 +20,11 @@ from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.keys import CHANNELS
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import Fenced, LogStore, connect
-from atp_service.storage.nodes import Call, open_nodes
+from atp_service.storage.nodes import Call, Script, open_nodes
+from atp_service.storage.records import number_of as parsed_number
+from atp_service.storage.scripts import CLAIM_ORDER_LUA
 from tests.atp_service.app.test_redis_lost_tail import Image, restored, saved
+from tests.sim.simlog import outranks
 
 SHARDS = 4
 
@@ -192,3 +196,23 @@ async def test_a_cluster_claim_over_a_previous_releases_owner_keys_takes_every_g
         await store.submit(0, 1, b"the new release owns every group")
     finally:
         await store.nodes.aclose()
+
+
+# ARGV: two owner-key values ("": a missing key, which GET answers false). Returns whether the first
+# outranks the second, and the first's number.
+_ORDER = Script(CLAIM_ORDER_LUA + """
+local a, b = ARGV[1] ~= '' and ARGV[1] or false, ARGV[2] ~= '' and ARGV[2] or false
+return {outranks(a, b) and 1 or 0, number_of(a)}
+""")
+
+
+async def test_the_simulation_and_the_service_rank_claims_as_the_scripts_do(store: LogStore) -> None:
+    """The simulation's ``outranks`` and the service's ``number_of`` against ``CLAIM_ORDER_LUA`` in a
+    real Redis: numbers first, then the value byte by byte (a prefix below its extensions: a previous
+    release's number-only key below any claim of that number), a missing key below everything. A
+    simulation ranking otherwise would check takings the service never makes."""
+    values = ["", "7", "17", "1700000000000", "1700000000000:0123456789abcdef", "1700000000000:f123456789abcdef",
+              "1700000000000:f12", "1700000000000:\u00e9", "1700000000001", "1700000000001:00", "99999999999999:a"]
+    for a, b in itertools.product(values, repeat=2):
+        ranked, number = await store.nodes.run_one(Call(_ORDER, [store.keys.owner(0)], [a, b]))
+        assert (bool(ranked), number) == (outranks(a, b), parsed_number(a)), (a, b)
