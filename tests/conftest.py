@@ -37,6 +37,21 @@ def pytest_sessionfinish() -> None:
     gc.collect()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport() -> Iterator[None]:
+    """No collection while a report is made: a failing test's report parses its source (pytest's
+    traceback), and a collection there — a failed test leaves gRPC's and asyncio's objects in cycles,
+    whose finalizers run Python — fails CPython 3.11's AST constructor with a SystemError ("recursion
+    depth mismatch"), an internal error that ended the whole run, every later test unrun."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 SPAWNED: list[subprocess.Popen[bytes]] = []
 """Service processes a test started (``spawned``): any still running after the test is killed."""
 
