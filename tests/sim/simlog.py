@@ -127,7 +127,9 @@ class SimLog:
         self.late: list[_Unit | ScriptCall] = []  # sent, the caller told it failed, not yet arrived
         self.fences: dict[int, int] = defaultdict(int)  # Redis's fence per shard
         self.tokens: dict[int, int] = defaultdict(int)  # what this instance's writes carry
-        self.redis_epoch = ""  # the epoch in every group's owner key (one script claims them all; "": none)
+        self.redis_epoch = UNCLAIMED  # the epoch in every group's owner key (one script claims them all)
+        """Before any claim, the epoch of an instance that claimed nothing: a shard of a log never claimed
+        (the engine's own tests) writes as its only owner, as it did while epochs were numbers."""
         self.owners: dict[int, str] = defaultdict(str)
         """Several processes (``leased.ProcessLog``): each group's owner key, the epoch of its last taker."""
         self.claims = 0  # the numbers drawn so far (``<prefix>claims``): each taking draws a new one
