@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 START_MS = 1_700_000_000_000
 QUIET_ROUNDS = 400
+WALL_TIME_NEVER_S = 1e9
+"""A wall-clock bound of the service's that a seed never reaches, however slow the machine (``sim_config``)."""
 LIVENESS_ROUNDS = 8
 
 
@@ -58,10 +60,15 @@ def sim_config(shards: int = 3, part_bytes: int = 1 << 20) -> ServiceConfig:
     limits = Limits(retention_ms=MAX_DURATION_MS_CEILING, fact_grace_ms=MAX_DURATION_MS_CEILING, max_ttl_seconds=30,
                     default_ttl_seconds=30)
     # Nothing may depend on wall time, or a seed would not replay: no shedding by queue delay, and a
-    # failed snapshot is retried at the next maintenance, not after a wall-clock backoff.
+    # failed snapshot is retried at the next maintenance, not after a wall-clock backoff. A shard's stop
+    # waits for its appends as long as the driver takes to answer them (``ShardActor.stop`` gives up on its
+    # drain after 2 x redis_timeout_s: on a machine slow enough it did mid-seed, and the seed went another
+    # way, ``test_a_seed_takes_the_same_path_however_slow_the_machine``), and no snapshot falls due by wall
+    # time (``snapshot_interval_s``).
     config = ServiceConfig(port=0, metrics_port=-1, shards=shards, demo=False, auth="off", batch_max=6,
                            pipeline_depth=3, mailbox_size=256, snapshot_every_entries=7, limits=limits,
-                           max_queue_delay_ms=10**9, snapshot_retry_max_s=1e-6, snapshot_part_bytes=part_bytes)
+                           max_queue_delay_ms=10**9, snapshot_retry_max_s=1e-6, snapshot_part_bytes=part_bytes,
+                           redis_timeout_s=WALL_TIME_NEVER_S, snapshot_interval_s=WALL_TIME_NEVER_S)
     return config
 
 
