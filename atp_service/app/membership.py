@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
+import zlib
+from collections import Counter
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
-from atp_service.app.balancing import FreeWatch, address_of, plan_balance, preference
 from atp_service.config import ServiceConfig
 from atp_service.edge.routing import Route, RoutingTable
 from atp_service.engine.clock import Clock, GroupClock
@@ -58,6 +61,34 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 """)
 
 
+def address_of(holder: str) -> str:
+    """The advertised address in a lease's holder (``<address>|<token>``)."""
+    return holder.rpartition("|")[0]
+
+
+def plan_balance(address: str, groups: int, members: Sequence[str], held: set[int],
+                 routes: Mapping[int, tuple[str, int]], busy: Container[int]) -> tuple[int | None, list[int]]:
+    """One balancing turn of the process at ``address``: (a group to hand over, or None; the free
+    groups to take, most wanted first). Its share is ``ceil(groups / live processes)``; above it, or
+    above the floor while another live process has less than the floor, it gives one group up. Live:
+    a member, or the holder of a live lease — a member whose registration lapsed for a slow call
+    still holds its groups, and must not be counted out (the others would take, then hand back)."""
+    owned = Counter(owner for owner, _ in routes.values())
+    live = {address_of(m) for m in members} | set(owned) | {address}
+    share, least = math.ceil(groups / len(live)), groups // len(live)
+    starved = any(owned[other] < least for other in live if other != address)
+    if len(held) > share or (len(held) > least and starved):
+        return min(held, key=lambda g: preference(address, g)), []
+    free = [g for g in range(groups) if g not in routes and g not in held and g not in busy]
+    return None, sorted(free, key=lambda g: preference(address, g), reverse=True)[:share - len(held)]
+
+
+def preference(address: str, group: int) -> int:
+    """How much the process at ``address`` wants ``group`` (stable per address: a restarted process
+    tends to take back the groups it had; processes spread over the groups)."""
+    return zlib.crc32(f"{address}:{group}".encode())
+
+
 class Membership:
     """Takes, keeps and gives up ``engine``'s groups under leases."""
 
@@ -69,7 +100,6 @@ class Membership:
         self.leases = GroupLeases(store, f"{self.address}|{secrets.token_hex(6)}", config.lease_ms)
         self._lease_s = config.lease_ms / 1000
         self._balance_s = (config.balance_ms or config.lease_ms / 3) / 1000
-        self.watch = FreeWatch(self.address, self._balance_s)
         self.routes: dict[int, tuple[str, int]] = {}
         """Every group's owner as last read: (address, epoch); absent: none."""
         self.members: list[str] = []
@@ -201,29 +231,12 @@ class Membership:
     async def balance(self) -> None:
         """Read who owns what; take free groups up to this process's share, or hand one over above it."""
         await self._read_routes()
-        self._watch_free()
         give, take = plan_balance(self.address, self._config.shards, self.members, set(self.leases.held),
-                                  self.routes, self._vacating, self.watch.out)
+                                  self.routes, self._vacating)
         if give is not None:
             await self._hand_over(give)
         for group in take:
             await self._take(group)
-
-    def _watch_free(self) -> None:
-        """Counts out of the shares a live process that leaves groups free, taking none (an earlier
-        release's in a rolling upgrade, one whose takings fail): its part is taken by the others
-        (liveness: every group served by a live process), and handed back once it is seen taking again."""
-        out, again = self.watch.observe(time.monotonic(), self._config.shards, self.members, self.routes,
-                                        self._vacating)
-        for c in out:
-            log.warning("group %d: free for %.1fs while %s, below its share, took nothing: it is counted out of "
-                        "the shares and the others take its part", c.group, c.free_for, c.address,
-                        extra={"event": "process_not_taking", "group": c.group, "peer": c.address,
-                               "free_ms": round(c.free_for * 1000)})
-        for address in again:
-            log.info("%s is seen taking groups again: counted in the shares", address,
-                     extra={"event": "process_taking_again", "peer": address})
-        self._metrics.not_taking.set(len(self.watch.out))
 
     async def _read_routes(self) -> None:
         keys = self._store.keys
