@@ -31,5 +31,10 @@ def token_hash(token: str) -> str:
 
 
 def new_token() -> str:
-    """A fresh bearer token (256 random bits, URL-safe)."""
-    return secrets.token_urlsafe(32)
+    """A fresh bearer token (256 random bits, URL-safe), never beginning with ``-``: one in 64 did, and
+    a command line took it for an option (``atpctl --token -x…``, locust's ``--token``: "expected one
+    argument")."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
