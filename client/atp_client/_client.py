@@ -282,16 +282,18 @@ class AtpClient:
             raise not_connected(self.target, f"no connection within {wait_s:g}s") from None
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Wait until the health service says SERVING (recovery done)."""
+        """Wait until the health service says SERVING (recovery done); ``TimeoutError`` after
+        ``timeout_s`` — each check bounded by what is left of it, not a second of its own."""
         stub = health_pb2_grpc.HealthStub(self.channel)
         deadline = time.monotonic() + timeout_s
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.target} not SERVING after {timeout_s}s")
             try:
-                resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=min(1.0, left))
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:
                 pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.target} not SERVING after {timeout_s}s")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
