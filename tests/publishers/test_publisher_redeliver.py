@@ -276,8 +276,9 @@ async def test_redelivery_and_its_full_resync_run_on_a_redis_cluster(cluster_url
         out.parent.mkdir()
         up = Publisher(config(group="jsonl", redeliver_max_keys=1), cluster, JsonlAdapter(out), PublisherMetrics())
 
-        async def converged() -> bool:
-            return out.exists() and len(out.read_text().splitlines()) == 3
+        async def converged() -> bool:  # the file written, then the resync's mark given back (a turn later)
+            return (out.exists() and len(out.read_text().splitlines()) == 3
+                    and not await cluster.exists("atp:{avail}:web:redeliver-all:jsonl"))
 
         await run_until(up, converged)
         assert json.loads(out.read_text().splitlines()[0])["sku"] == "a"  # the stock-out first
