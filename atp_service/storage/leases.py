@@ -17,7 +17,7 @@ from typing import Any
 
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, Script
-from atp_service.storage.records import claimed, number_of, wall_ms
+from atp_service.storage.records import UNCLAIMED, claimed, number_of, wall_ms
 from atp_service.storage.scripts import CLAIM_ORDER_LUA, EPOCH_SCRIPT
 from atp_service.tasks import exception_seen, finish_uncancelled, keep
 
@@ -154,7 +154,7 @@ class GroupLeases:
         the give-back, whose connection would be closed mid-exchange and its command dropped."""
         taken = self.held.pop(group, None)
         epoch = taken if epoch is None else epoch  # the taking given back (None: not known, any of this holder's)
-        giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group, epoch or "0")))
+        giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group, epoch or UNCLAIMED)))
         giving.add_done_callback(exception_seen)  # a caller gone: the lease runs out instead, quietly
         await finish_uncancelled(giving)
 
