@@ -51,11 +51,14 @@ def start_publisher_process(url: str, redis_url: str, log: Path) -> subprocess.P
 
 
 class Destination:
-    """A webhook receiver recording what reached it, in order; ``on_request`` runs before it answers."""
+    """A webhook receiver recording what reached it, in order; ``on_request`` runs before it answers.
+    As Standard Webhooks asks of a receiver, a batch sent again with a ``webhook-id`` it has taken
+    (a try whose answer the publisher did not read in time) is answered and not taken twice."""
 
     def __init__(self, status: int = 200, on_request: Callable[[], None] = lambda: None) -> None:
         self.status, self.on_request = status, on_request
         self.received: list[dict[str, Any]] = []
+        self.taken: set[str] = set()
         self.requests = 0
         self.lock = threading.Lock()
 
@@ -66,7 +69,9 @@ class Destination:
         if first:
             self.on_request()
         with self.lock:
-            if self.status == 200:
+            msg_id = {k.lower(): v for k, v in headers.items()}.get("webhook-id", "")
+            if self.status == 200 and msg_id not in self.taken:
+                self.taken.update([msg_id] if msg_id else [])
                 self.received.extend(json.loads(body)["updates"])
         return self.status, {}, b""
 
@@ -129,6 +134,9 @@ async def test_two_publishers_of_one_group_deliver_through_one_and_the_standby_t
                 await publish(client, [update(*sent, n)])
                 await until(ends[holder].got(sent), f"version {n} delivered")
             assert ends[1 - holder].versions() == [], "the standby delivered while the other held the lease"
+            # The receiver has v20 before the holder reads its answer: a stop before it records v20 leaves
+            # it pending, and the standby sends it again (at least once, C3) — not the clean hand-over tried here.
+            await until(lambda: _recorded(client, 20, "s0"), "version 20 recorded delivered")
             publishers[holder].stop()
             await asyncio.wait_for(tasks[holder], 10)
             await until(lambda: held(metrics[1 - holder]) == 1.0, "the standby takes the lease")
@@ -195,8 +203,8 @@ async def test_a_holder_paused_past_its_lease_neither_sends_nor_records_over_the
             old.wait(10)
 
 
-async def _recorded(client: aioredis.Redis, version: int) -> bool:
-    return await client.hget(DELIVERED, "s\t") == str(version).encode()
+async def _recorded(client: aioredis.Redis, version: int, sku: str = "s") -> bool:
+    return await client.hget(DELIVERED, f"{sku}\t") == str(version).encode()
 
 
 def test_a_lease_too_short_for_one_request_is_refused_naming_both_settings() -> None:
