@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -10,6 +11,7 @@ import redis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis
+from atp_service.retry import BackoffPolicy
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
 from tests.atp_service.refusals import said
@@ -252,7 +254,11 @@ async def test_a_failed_snapshot_backs_off_instead_of_retrying_every_pass_and_la
 ) -> None:
     """A snapshot costs time in proportion to the shard's state: tried again on every maintenance
     pass (20 ms here) while Redis refuses it, an outage kept half a core busy. Snapshots are
-    refused here by an ACL (SET denied) while appends still land, so nothing else is in doubt."""
+    refused here by an ACL (SET denied) while appends still land, so nothing else is in doubt.
+
+    Counted against the time that passed, whatever it was: a try comes no sooner than the wait
+    after the failure before it (0.3 s, less its jitter), so a stalled host only allows fewer. A fixed
+    second counted failures that a stall could leave at none (Redis paused past it) or stretch."""
     from atp_client import AtpClient
     from atp_service import AtpService
     from tests.conftest import test_config
@@ -260,31 +266,36 @@ async def test_a_failed_snapshot_backs_off_instead_of_retrying_every_pass_and_la
     own = EmbeddedRedis(tmp_path_factory.mktemp("acl-redis")).start()
     r = redis.Redis.from_url(own.url)
     try:
-        service = AtpService(test_config(snapshot_every_entries=1, snapshot_retry_max_s=0.3), own.url)
+        service = AtpService(test_config(snapshot_every_entries=1, snapshot_retry_max_s=SNAPSHOT_RETRY_MAX_S), own.url)
         await service.start()
         client = AtpClient(f"127.0.0.1:{service.port}")
         r.execute_command("ACL", "SETUSER", "default", "-set")
+
         def failures() -> float:
             return service.metrics.registry.get_sample_value("atp_snapshot_failures_total") or 0.0
 
-        before = failures()
+        before, began = failures(), time.monotonic()
         await client.record_events([receipt(f"e{i}", f"S{i}", "DC", 10) for i in range(8)])  # several shards
-        await asyncio.sleep(1.0)
-        failed = failures() - before
-        assert 1 <= failed <= 4 * 5, failed  # 4 shards, one try per 0.3 s at most (50 per shard without backoff)
+        logged = [actor.shard for actor in service.engine.actors if actor.seq > 0]
+        tries = 4 * len(logged)  # without backoff: 4 passes' worth; with it, at least 3 waits of each shard
+        await until(lambda: failures() - before >= tries, f"{tries} snapshot failures", 60)
+        failed, elapsed = failures() - before, time.monotonic() - began
+        least_wait = SNAPSHOT_RETRY_MAX_S * (1 - BackoffPolicy.jitter)  # a wait less its most jitter
+        assert failed <= len(logged) * (elapsed / least_wait + 1), (failed, elapsed)  # each shard: 1 + one per wait
         assert not any(r.exists(f"atp:{{g{shard}}}:snap") for shard in range(4))
         r.execute_command("ACL", "SETUSER", "default", "+set")
-        logged = [actor.shard for actor in service.engine.actors if actor.seq > 0]
-        for _ in range(60):  # the next try after the backoff stores it
-            if all(r.exists(f"atp:{{g{shard}}}:snap") for shard in logged):
-                break
-            await asyncio.sleep(0.05)
-        assert logged and all(r.exists(f"atp:{{g{shard}}}:snap") for shard in logged)
+        await until(lambda: all(r.exists(f"atp:{{g{shard}}}:snap") for shard in logged),
+                    "the next try after the backoff stored every snapshot", 60)
+        assert logged
         await client.close()
         await service.stop(grace_s=0.1)
     finally:
         r.close()
         own.stop()
+
+
+SNAPSHOT_RETRY_MAX_S = 0.3
+"""``snapshot_retry_max_s`` of the backoff test: below the first wait (1 s), so every wait is this."""
 
 
 async def test_a_log_that_lost_acknowledged_entries_stops_its_shard(start_service: ServiceFactory,
