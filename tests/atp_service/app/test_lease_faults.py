@@ -138,19 +138,36 @@ async def test_leases_taken_by_a_slow_first_share_are_renewed_while_it_is_recove
         start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first share's groups are recovered one after another before the start returns; renewing
     began only after the last, so the leases taken first ran out while the rest were recovered (and
-    another process could take them while this one was about to serve them)."""
-    lease_ms = 1000
+    another process could take them while this one was about to serve them).
+
+    The last group's recovery here lasts until a renewal has extended its lease and those of the
+    groups taken before it: one that never came while the start ran (waited for at most a lease,
+    past which those would have run out). Events, not a recovery outlasting a 1 s lease: a host
+    stalled longer than such a lease lost one to Redis's clock, whatever the service did."""
+    lease_ms = 9_000  # a stall would have to outlast two thirds of it to cost a lease
     recover = membership_module.recover_shard  # type: ignore[attr-defined]
+    renew = GroupLeases.renew
+    extended: list[set[int]] = []  # the groups each renewal extended
+    recovered: list[int] = []
 
-    async def slow_recovery(*args: Any, **kwargs: Any) -> Any:
-        recovered = await recover(*args, **kwargs)
-        await asyncio.sleep(lease_ms / 1000 * 1.5)  # each group's recovery outlasts a lease
-        return recovered
+    async def renewing(self: GroupLeases) -> set[int]:
+        lost = await renew(self)
+        extended.append(set(self.renewed))
+        return lost
 
+    async def slow_recovery(store: Any, group: int, *args: Any, **kwargs: Any) -> Any:
+        answer = await recover(store, group, *args, **kwargs)
+        recovered.append(group)
+        if len(recovered) == 3:
+            await until(lambda: any(groups >= {0, 1, 2} for groups in extended),
+                        f"every lease renewed while group {group} was recovered", lease_ms / 1000)
+        return answer
+
+    monkeypatch.setattr(GroupLeases, "renew", renewing)
     monkeypatch.setattr(membership_module, "recover_shard", slow_recovery)
     service, _ = await start(lease_ms=lease_ms, shards=3, port=free_port(), host="127.0.0.1")
     assert service.membership is not None
-    assert owned(service) == {0, 1, 2}
+    assert sorted(recovered) == [0, 1, 2] and owned(service) == {0, 1, 2}
     r = aredis.Redis.from_url(redis_url)
     try:
         holders = await r.mget([service.membership.leases.key(g) for g in range(3)])
