@@ -6,7 +6,9 @@ client times out and closes its end; the proxy keeps its connection to Redis ope
 can deliver the command later, after the client settled it: what a delayed TCP packet does. (A
 Redis ``CLIENT PAUSE WRITE`` cannot do this: Redis drops a paused command whose client closed the
 connection, and the service's client closes it when a reply times out.) ``drop`` discards what was
-held: the write never reaches Redis.
+held: the write never reaches Redis. With ``hold(..., reset=True)`` the client's connection is
+closed as its command is held: its answer is lost at once, whatever the client's timeout, and
+no other call has to be given a timeout short enough for the held one to end soon.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class HoldingProxy:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.markers: tuple[bytes, ...] = ()
+        self.reset = False
         self.held: list[Held] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -51,9 +54,10 @@ class HoldingProxy:
         port = self._server.sockets[0].getsockname()[1]
         return f"redis://127.0.0.1:{port}/0"
 
-    def hold(self, *markers: bytes) -> None:
-        """Hold commands containing one of ``markers`` from now on (none: forward everything again)."""
-        self.markers = markers
+    def hold(self, *markers: bytes, reset: bool = False) -> None:
+        """Hold commands containing one of ``markers`` from now on (none: forward everything again);
+        ``reset``: and close the client's connection as one is held (a reset connection: no answer)."""
+        self.markers, self.reset = markers, reset
 
     async def land(self, held: Held, timeout_s: float = 10.0) -> bytes:
         """Deliver a held command now, late, and return Redis's reply to it."""
@@ -96,10 +100,11 @@ class HoldingProxy:
             return
         self._writers += [writer, up_writer]
         box: list[Held] = []
-        self._spawn(self._up(reader, up_writer, box))
+        self._spawn(self._up(reader, up_writer, box, writer))
         self._spawn(self._down(up_reader, writer, box))
 
-    async def _up(self, reader: asyncio.StreamReader, upstream: asyncio.StreamWriter, box: list[Held]) -> None:
+    async def _up(self, reader: asyncio.StreamReader, upstream: asyncio.StreamWriter, box: list[Held],
+                  client: asyncio.StreamWriter) -> None:
         """Client to Redis: forward, or keep once a held command began."""
         tail = b""
         with contextlib.suppress(OSError):
@@ -110,6 +115,8 @@ class HoldingProxy:
                         if marker in seen:
                             box.append(Held(upstream, marker))
                             self.held.append(box[0])
+                            if self.reset:
+                                client.close()
                             break
                 if box:
                     box[0].data += chunk
