@@ -172,6 +172,16 @@ def in_doubt(lost: grpc.aio.AioRpcError, then: grpc.aio.AioRpcError) -> Retryabl
     return _raised_here(grpc.StatusCode.UNAVAILABLE, message, OUTCOME_UNKNOWN, "atp.v1")
 
 
+def retry_refused(doubt: grpc.aio.AioRpcError, then: grpc.aio.AioRpcError) -> Retryable:
+    """A call answered in doubt (``doubt``: ``OUTCOME_UNKNOWN``), sent again and refused short of an
+    answer (``then``: access, a limit, the retries given up): the first try may have been made (R7),
+    which no refusal of the retry undoes. Raised as ``in_doubt`` says so: ``UNAVAILABLE`` /
+    ``OUTCOME_UNKNOWN``; a retry with the same ids answers what was decided."""
+    message = (f"a try was answered in doubt ({doubt.details()}), then its retry refused ({then.code().name}: "
+               f"{then.details()}); it may have been made: retry with the same ids")
+    return _raised_here(grpc.StatusCode.UNAVAILABLE, message, OUTCOME_UNKNOWN, "atp.v1")
+
+
 OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
 """``ErrorInfo.reason`` of a change that may or may not have been made (R7): the service's own, and
 the client's where it knows a change in doubt (``in_doubt``, ``stream_unanswered``)."""

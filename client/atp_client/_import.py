@@ -19,7 +19,7 @@ from typing import TypeVar
 import grpc
 
 from atp_client._client import AtpClient
-from atp_client._errors import Retryable
+from atp_client._errors import OUTCOME_UNKNOWN, AtpError, Retryable, retry_refused
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 T = TypeVar("T")
@@ -38,14 +38,23 @@ FRAMING_BYTES = 6
 
 async def patiently(call: Callable[[], Awaitable[T]], patience_s: float = PATIENCE_S) -> T:
     """``call``, again after the delay the service asks for while it says retry (RetryInfo) and
-    ``patience_s`` lasts: a bulk load outlasts a shard's busy spell instead of failing on it."""
+    ``patience_s`` lasts: a bulk load outlasts a shard's busy spell instead of failing on it.
+
+    Once a try was answered in doubt (``OUTCOME_UNKNOWN``: it may have been made, R7), a later
+    refusal that ends the retries — whatever it is: access, a limit, patience spent — says nothing
+    of that try: raised in doubt (``retry_refused``), not as "not made"."""
     give_up_at = time.monotonic() + patience_s
+    doubt: AtpError | None = None
     while True:
         try:
             return await call()
-        except Retryable as exc:
-            delay = exc.retry_delay_s
+        except AtpError as exc:
+            if doubt is None and exc.reason == OUTCOME_UNKNOWN:
+                doubt = exc
+            delay = exc.retry_delay_s if isinstance(exc, Retryable) else None
             if delay is None or time.monotonic() + delay > give_up_at:
+                if doubt is not None and exc is not doubt:
+                    raise retry_refused(doubt, exc) from exc
                 raise
             await asyncio.sleep(delay)
 

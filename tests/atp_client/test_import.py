@@ -9,9 +9,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from atp_client._import import FRAMING_BYTES, chunks
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from atp_client import AtpClient, new_token, token_hash, typed
+from atp_client._import import FRAMING_BYTES, chunks, send_all
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge import record as record_module
+from atp_service.edge.auth import Callers
 from reservation import Limits
 from tests.atp_client.test_ctl import receipt
 from tests.conftest import ServiceFactory
@@ -57,3 +65,42 @@ def test_calls_stay_within_their_byte_bound_in_file_order_with_their_lines() -> 
         assert pb.RecordEventsRequest(events=facts).ByteSize() <= limit
         assert sum(f.ByteSize() + FRAMING_BYTES for f in facts) <= limit
     assert [len(facts) for _, facts in chunks(numbered, batch=30)] == [30, 30, 30, 10]
+
+
+async def test_a_call_in_doubt_whose_retry_is_refused_access_is_in_doubt_not_refused(
+        start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call answered OUTCOME_UNKNOWN (its answer too large to send: the facts were applied) is sent
+    again after the delay the service asks for; the retry was refused for another reason — the token
+    not known there (a process behind the same address whose callers file was rolled out without it)
+    — and the import counted the call's facts ``refused``, "not applied", although the first try
+    applied them (R7). In doubt, as ``RoutedClient`` says of a change lost then refused so."""
+    token = new_token()
+    callers = tmp_path / "callers.toml"
+    callers.write_text(f'[[callers]]\nname = "wms"\nroles = ["ingest", "oms"]\ntoken_sha256 = "{token_hash(token)}"\n')
+    service, _ = await start_service(auth="on", callers_file=callers, max_message_bytes=64 << 10)
+    revoked = False
+    fits, lookup = record_module._check_answer_fits, Callers.lookup
+
+    def answered_in_doubt(*args: Any) -> None:
+        nonlocal revoked
+        try:
+            fits(*args)
+        except Exception:
+            revoked = True  # the retry reaches a process that does not know the token
+            raise
+
+    monkeypatch.setattr(record_module, "_check_answer_fits", answered_in_doubt)
+    monkeypatch.setattr(Callers, "lookup", lambda self, t: None if revoked else lookup(self, t))
+    facts = [pb.Fact(event_id="good", source="wms", kind=pb.FACT_KIND_RECEIPT, sku="IMP", location="DC", quantity=7,
+                     event_time=Timestamp(seconds=int(time.time()) - 1))]
+    facts += [pb.Fact(event_id=f"bad-{n}", source="wms", kind=pb.FACT_KIND_RECEIPT, sku="IMP", location="DC",
+                      quantity=-1) for n in range(1500)]  # each answered with an error larger than itself
+    async with AtpClient(f"127.0.0.1:{service.port}", token=token) as client:
+        done = await send_all(client, enumerate(facts, start=1), len(facts), len(facts), lambda _r: None)
+        assert revoked, "the first try was not answered OUTCOME_UNKNOWN"
+        assert done.summary() == {"refused": 0, "in_doubt": len(facts), "not_sent": 0}, done.summary()
+        assert done.error is not None and (done.error.code(), typed(done.error).reason) == (
+            grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), done.error
+        revoked = False
+        (position,) = await client.availability([("IMP", "DC")])
+    assert position.on_hand == 7  # the first try applied it
