@@ -19,9 +19,10 @@ from prometheus_client import start_http_server
 
 from atp_service.app.estate_file import read_estate
 from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_server, server_interceptors
-from atp_service.app.keyspace import StartupError, check_keyspace, replaced_said
+from atp_service.app.keyspace import StartupError, replaced_said
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
+from atp_service.app.permissions import check_redis
 from atp_service.app.redis_wait import while_redis_is_away
 from atp_service.app.tracing import Tracing
 from atp_service.app.watched import Watched
@@ -190,8 +191,7 @@ class AtpService:
             await self._while_redis_is_away(self.ingestor.start)  # creating a group that exists is a no-op
             self._watched.watch("ingest", self.ingestor.task)
             self._watched.watch("ingest-backlog", self.ingestor.gauge_task)
-        # Last: no call is answered (health says NOT_SERVING, but a caller need not ask) before the
-        # input streams are read too.
+        # Last: no call is answered (health NOT_SERVING, but a caller need not ask) before the input streams are read.
         self._servicer.attach(self.engine, self.desk, self.channels)
 
     def _ingestor(self, desk: FactDesk) -> StreamIngestor:
@@ -253,7 +253,7 @@ class AtpService:
         # Each step waits for Redis, a blip or a failover after the first PING included: a start
         # fails only on a refusal waiting cannot cure (exit status 2), never on Redis being away.
         await self._while_redis_is_away(nodes.reader.ping)
-        await self._while_redis_is_away(lambda: check_keyspace(store, cfg.shards, cfg.ownership))
+        await self._while_redis_is_away(lambda: check_redis(store, cfg, list(self.estate.channels)))
         if cfg.ownership == "leases":
             return await self._join(store, started)
         # Before reading anything: an older instance still running on this keyspace can write no

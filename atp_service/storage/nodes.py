@@ -204,6 +204,16 @@ class Nodes:
                 replies = [r if isinstance(r, BaseException) else short for r in replies]
         return replies
 
+    async def on_each_primary(self, commands: list[Any]) -> list[tuple[str, list[Any]]]:
+        """``commands``' replies (an error reply as its exception) from the one Redis, or from each primary
+        of a cluster, with the words naming it: each node's in one exchange, on one connection."""
+        if not self.cluster:
+            return [("Redis", await self._lane("").exchange(commands))]
+        await self.reader.initialize()
+        slots = self.reader.nodes_manager.slots_cache  # slot -> its nodes, the primary first
+        primaries = sorted({nodes[0].name for nodes in slots.values() if nodes})
+        return [(f"Redis node {name} (primary)", await self._lane(name).exchange(commands)) for name in primaries]
+
     def _lane(self, name: str) -> Lane:
         """The write lane of the primary ``name`` (host:port, with the cluster URL's options), or of
         the one Redis (``""``: the reader's own connection class and arguments)."""

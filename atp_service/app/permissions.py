@@ -1,0 +1,214 @@
+"""What the service will ask of its Redis user, asked at start. With Redis ACLs, a user denied a
+command the service sends only later — the snapshot script's ``XTRIM`` of a log, hours in; a channel
+feed's ``XADD``; an input stream's ``XACK`` — started, served, and then failed there, group by group.
+
+Each command the service sends, on the very keys it sends it to (every shard group's, the channel
+feeds', the input streams'), is queued inside ``MULTI`` and the transaction discarded: Redis checks a
+queued command against the user's ACL — the command, its subcommand, each key for reading or
+writing — before it queues it, and runs none of them. Any user may be asked so: ``ACL DRYRUN`` and
+``ACL GETUSER`` need admin rights a service's user rarely has. Commands of the Lua scripts are checked
+against the caller's ACL as they run, so they are asked for too, on the keys the scripts touch, and
+``EVALSHA`` with each script's keys. On a Redis Cluster every primary is asked (ACLs are per node).
+A user that may not run ``MULTI`` is not asked: said in a warning (the input streams' dead letters
+need ``MULTI`` anyway)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoPermissionError, ResponseError
+
+from atp_service.app.keyspace import StartupError, check_keyspace
+from atp_service.config import ServiceConfig
+from atp_service.storage.keys import CHANNELS, Keyspace
+from atp_service.storage.log import LogStore
+
+log = logging.getLogger(__name__)
+SHA = "0" * 40  # the digest EVALSHA is asked with: queued only, never run
+G = "<n>"  # a shard group's number in the key patterns named
+GROUP_USES = {
+    "owner": "the group's claim, checked by every write", "fence": "the group's fence (R7: a write in doubt settled)",
+    "log": "the group's log: appends, recovery, the trim behind each snapshot",
+    "snap": "the group's snapshot", "snap-parts": "a large snapshot written in parts",
+    "snap-parts-try": "a large snapshot written in parts", "lease": "the group's lease (ownership = leases)",
+    "*": "the scripts that append, fence, claim and snapshot the group"}
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """One command the service sends: ``args`` as asked (real key names), ``pattern`` the key as
+    named in the refusal (``{g<n>}`` for every group), ``group`` the shard group (None: no group)."""
+
+    args: tuple[str | int, ...]
+    pattern: str
+    use: str
+    group: int | None = None
+
+    @property
+    def command(self) -> str:
+        words = 2 if self.args[0] in ("XINFO", "XGROUP", "SCRIPT") else 1
+        return " ".join(str(a) for a in self.args[:words])
+
+
+def service_needs(config: ServiceConfig, keys: Keyspace, channels: list[str]) -> list[Need]:
+    """Every command the service configured by ``config`` will send, on which keys (``channels``:
+    the estate's, whose feeds it writes)."""
+    pattern = keys.tag(0).replace("{g0}", "{g" + G + "}")
+    needs = [need for group in range(config.shards) for need in _group_needs(keys, group, pattern,
+                                                                               config.ownership == "leases")]
+    needs += _keyspace_needs(config, keys)
+    if channels and config.ownership == "keyspace":
+        needs += _channel_needs(keys, channels)
+    if config.input_streams:
+        needs += _input_needs(config)
+    needs.append(Need(("XADD", config.quarantine_stream, "MAXLEN", "~", 1, "*", "f", "v"), config.quarantine_stream,
+                      "facts quarantined (E6, E8)"))
+    return needs
+
+
+def _group_needs(keys: Keyspace, g: int, at: str, leased: bool) -> list[Need]:
+    """A shard group's: its appends, fences, claims, snapshots (whole and in parts), recovery reads."""
+    owner, fence, log_, snap = keys.owner(g), keys.fence(g), keys.log(g), keys.snap(g)
+    parts, try_ = keys.snap_parts(g), keys.snap_parts_try(g)
+    scripted = [owner, log_, fence, snap, parts, try_]
+    asked: list[tuple[tuple[str | int, ...], str]] = [
+        (("GET", owner), "owner"), (("SET", owner, "e"), "owner"), (("MGET", owner), "owner"),
+        (("GET", fence), "fence"), (("SET", fence, 1), "fence"),
+        (("XADD", log_, "1-0", "e", "x"), "log"), (("XTRIM", log_, "MINID", "1-0"), "log"),
+        (("XRANGE", log_, "-", "+", "COUNT", 1), "log"), (("XREVRANGE", log_, "+", "-", "COUNT", 1), "log"),
+        (("XINFO", "STREAM", log_), "log"), (("EXISTS", log_), "log"),
+        (("GET", snap), "snap"), (("SET", snap, "s"), "snap"), (("PERSIST", snap), "snap"),
+        (("RENAME", parts, snap), "snap-parts"), (("STRLEN", parts), "snap-parts"),
+        (("SET", parts, "p", "PX", 1), "snap-parts"), (("APPEND", parts, "p"), "snap-parts"),
+        (("PEXPIRE", parts, 1), "snap-parts"),
+        (("GET", try_), "snap-parts-try"), (("SET", try_, "t", "PX", 1), "snap-parts-try"),
+        (("PEXPIRE", try_, 1), "snap-parts-try"), (("DEL", try_), "snap-parts-try")]
+    if leased:
+        lease = keys.tag(g) + "lease"
+        scripted.append(lease)
+        asked += [(("GET", lease), "lease"), (("MGET", lease), "lease"), (("SET", lease, "h", "PX", 1), "lease"),
+                  (("PEXPIRE", lease, 1), "lease"), (("DEL", lease), "lease")]
+    asked.append((("EVALSHA", SHA, len(scripted), *scripted), "*"))
+    return [Need(args, at + name, GROUP_USES[name], g) for args, name in asked]
+
+
+def _keyspace_needs(config: ServiceConfig, keys: Keyspace) -> list[Need]:
+    """The keyspace's own keys (claims, the processes sharing it) and the commands of no key."""
+    claims, meta = keys.claims, keys.meta
+    needs = [Need(("SCRIPT", "LOAD", "return"), "", "the scripts loaded on a Redis that lacks them"),
+             Need(("TIME",), "", "the clocks' offset, epochs"), Need(("PING",), "", "the start"),
+             Need(("GET", claims), claims, "claims"), Need(("SET", claims, 1), claims, "claims"),
+             Need(("EVALSHA", SHA, 1, claims), claims, "claims"),
+             Need(("HGET", meta, "layout"), meta, "the keyspace's layout"),
+             Need(("HSETNX", meta, "layout", 2), meta, "the keyspace's layout")]
+    if not config.redis_cluster:  # one Redis: a claim of every group at once, ranked among the claimants
+        needs += [Need((cmd, keys.claimants, *rest), keys.claimants, "claims") for cmd, *rest in (
+            ("ZSCORE", "t"), ("ZADD", 1, "t"), ("ZREMRANGEBYRANK", 0, -65), ("EVALSHA", SHA, 1))]
+    if config.ownership == "leases":
+        members = keys.members
+        needs += [Need((cmd, members, *rest), members, "the processes sharing the keyspace") for cmd, *rest in (
+            ("ZREMRANGEBYSCORE", "-inf", 0), ("ZADD", 1, "m"), ("ZREM", "m"), ("ZRANGE", 0, -1), ("EVALSHA", SHA, 1))]
+    if config.redis_wait_replicas:
+        needs.append(Need(("WAIT", 0, 0), "", "redis_wait_replicas"))
+    return needs
+
+
+def _channel_needs(keys: Keyspace, channels: list[str]) -> list[Need]:
+    """The channel feeds: their group's claim and fence, each channel's stream and state hash."""
+    owner, fence, use = keys.owner(CHANNELS), keys.fence(CHANNELS), "the channel feeds (C2, C4)"
+    needs = [Need(("GET", owner), owner, use), Need(("SET", owner, "e"), owner, use),
+             Need(("GET", fence), fence, use), Need(("SET", fence, 1), fence, use)]
+    for channel in channels:
+        stream, state = keys.channel_stream(channel), keys.channel_state(channel)
+        needs += [Need(args, key, use) for args, key in (
+            (("XADD", stream, "MAXLEN", "~", 1, "1-0", "f", "v"), stream),
+            (("XREVRANGE", stream, "+", "-", "COUNT", 1), stream),
+            (("XREAD", "COUNT", 1, "STREAMS", stream, "0"), stream),
+            (("HSET", state, "f", "v"), state), (("HSCAN", state, 0), state),
+            (("EVALSHA", SHA, 4, owner, fence, stream, state), stream))]
+    return needs
+
+
+def _input_needs(config: ServiceConfig) -> list[Need]:
+    """The input streams: read through the consumer group, acknowledged, dead-lettered (``MULTI``),
+    the count of entries trimmed unread kept in a hash (``intake/unread.py``)."""
+    group, consumer, streams = config.consumer_group, config.consumer_name, config.input_streams
+    owed = f"{streams[0]}:trimmed-unread:{group}:{consumer}"
+    use = "the input streams"
+    needs = [Need(("XADD", config.dead_letter_stream, "MAXLEN", "~", 1, "*", "f", "v"), config.dead_letter_stream,
+                  "dead letters"),
+             Need(("EVALSHA", SHA, len(streams) + 1, *streams, owed), owed, use)]
+    needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
+        ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"))]
+    for s in streams:
+        needs += [Need(args, s, use) for args in (
+            ("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "STREAMS", s, ">"),
+            ("XREAD", "COUNT", 1, "STREAMS", s, "0"),
+            ("XACK", s, group, "0-1"), ("XAUTOCLAIM", s, group, consumer, 0, "0-0"), ("XPENDING", s, group),
+            ("XINFO", "GROUPS", s), ("XINFO", "STREAM", s), ("XGROUP", "CREATE", s, group, "$", "MKSTREAM"),
+            ("XGROUP", "SETID", s, group, "0-0"), ("XRANGE", s, "-", "+", "COUNT", 1), ("EXISTS", s))]
+    return needs
+
+
+async def check_redis(store: LogStore, config: ServiceConfig, channels: list[str]) -> None:
+    """What the start checks of its Redis before it claims anything (``keyspace.check_keyspace``),
+    then that its user may run every command the service will send (``channels``: the estate's): a
+    start refused for a command denied has fenced no instance still serving."""
+    await check_keyspace(store, config.shards, config.ownership)
+    await check_permissions(store, service_needs(config, store.keys, channels))
+
+
+async def check_permissions(store: LogStore, needs: list[Need]) -> None:
+    """Refuse to start (``StartupError``) naming each command of ``needs`` the Redis user may not
+    run, with its keys; on a cluster, each primary is asked."""
+    probes: list[Any] = [("MULTI",), *(need.args for need in needs), ("DISCARD",)]
+    missing: dict[tuple[str, str], set[int | None]] = defaultdict(set)
+    said: dict[tuple[str, str], str] = {}
+    for where, opened in await store.nodes.on_each_primary([("MULTI",), ("DISCARD",)]):
+        if _denied(opened[0]):
+            log.warning("%s: the Redis user may not run MULTI (%s), so the commands the service sends are not "
+                        "checked against its ACL at start: a command denied fails when first sent", where, opened[0])
+            return
+    for where, replies in await store.nodes.on_each_primary(probes):
+        for need, reply in zip(needs, replies[1:-1], strict=True):
+            if _denied(reply):
+                missing[(need.command, need.pattern)].add(need.group)
+                said.setdefault((need.command, need.pattern), f"{where}: {reply}")
+    if missing:
+        raise StartupError(refusal(missing, said, needs))
+
+
+def _denied(reply: Any) -> bool:
+    """Whether ``reply`` is Redis's ACL refusal (redis-py: ``NoPermissionError``, the code taken off)."""
+    if isinstance(reply, NoPermissionError):
+        return True
+    return isinstance(reply, ResponseError) and str(reply).startswith("NOPERM")
+
+
+def refusal(missing: dict[tuple[str, str], set[int | None]], said: dict[tuple[str, str], str],
+            needs: list[Need]) -> str:
+    """The start's refusal: each command denied, on which keys, what it is for, what Redis said."""
+    uses = {(need.command, need.pattern): need.use for need in needs}
+    lines = []
+    for (command, pattern), groups in missing.items():
+        on = f" on {pattern}" if pattern else ""
+        if pattern.count(G):
+            on = f" on {pattern.replace(G, '*')} (groups {_spans(sorted(g for g in groups if g is not None))})"
+        lines.append(f"  {command}{on}: {uses[(command, pattern)]} — {said[(command, pattern)]}")
+    return ("redis_url: the Redis user may not run commands the service sends (its ACL): it would start and "
+            "fail when each is first sent (a snapshot, a channel feed, an input stream), so it is not started. "
+            "Grant each (ACL SETUSER <user> +<command> and the keys, or a user that has them):\n" + "\n".join(lines))
+
+
+def _spans(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)

@@ -1,0 +1,167 @@
+"""A Redis user its ACL denies a command the service sends is refused at start, naming the command
+and its keys — not started to fail when the command is first sent (a snapshot's trim, hours in).
+Each against a real redis-server (and a real Redis Cluster) with a restricted ACL user."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from atp_service import AtpService
+from atp_service.app.keyspace import StartupError
+from atp_service.app.permissions import check_permissions, service_needs
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.keys import Keyspace
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import open_nodes
+from tests.conftest import test_config as make_config
+
+USER, PASSWORD = "atp-svc", "pw-atp-svc"
+PACKAGE = Path(__file__).parents[3] / "atp_service"
+
+
+def as_user(url: str) -> str:
+    """``url`` (``redis://host:port/0``) with the restricted user's credentials."""
+    return url.replace("redis://", f"redis://{USER}:{PASSWORD}@", 1)
+
+
+async def set_user(url: str, *rules: str) -> None:
+    async with aioredis.Redis.from_url(url) as admin:
+        await admin.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{PASSWORD}", "&*", *rules)
+
+
+@pytest.fixture
+async def admin(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.execute_command("ACL", "DELUSER", USER)
+    await client.aclose()
+
+
+async def refused_start(url: str) -> str:
+    service = AtpService(make_config(), url)
+    try:
+        with pytest.raises(StartupError) as refused:
+            await service.start()
+    finally:
+        await service.stop(grace_s=0)
+    return str(refused.value)
+
+
+async def test_a_user_denied_the_snapshot_trim_is_refused_at_start_naming_it(redis_url: str,
+                                                                             admin: aioredis.Redis) -> None:
+    """``XTRIM`` is sent only inside the snapshot scripts (checked against the caller's ACL as they
+    run): such a user started, served, and its first snapshot failed hours in — the log never
+    trimmed again. Refused at start, named with its keys, nothing claimed."""
+    await set_user(redis_url, "~*", "+@all", "-xtrim")
+    said = await refused_start(as_user(redis_url))
+    assert "XTRIM on atp:{g*}:log (groups 0-3)" in said, said
+    assert "trim behind each snapshot" in said
+    assert not await admin.exists("atp:{g0}:owner")  # refused before the claim: no running instance fenced
+
+
+async def test_a_group_whose_keys_are_read_only_is_named_alone(redis_url: str, admin: aioredis.Redis) -> None:
+    """Key patterns may leave one shard group's keys read-only: its appends would fail, the others'
+    not. The refusal names each write denied, with that group only."""
+    writable = [f"~atp:{{g{g}}}:*" for g in (0, 1, 3)] + ["~atp:{avail}:*", "~atp:claim*", "~atp:meta", "~atp:in:*",
+                                                           "~atp:dlq", "~atp:quarantine"]
+    await set_user(redis_url, "%R~*", *writable, "+@all")
+    said = await refused_start(as_user(redis_url))
+    assert "XADD on atp:{g*}:log (groups 2):" in said, said
+    assert "SET on atp:{g*}:owner (groups 2):" in said
+    assert "EVALSHA on atp:{g*}:* (groups 2):" in said
+    assert "groups 0" not in said and "groups 1" not in said and "(groups 3)" not in said
+
+
+async def test_every_command_the_service_sends_is_named_when_denied(redis_url: str, admin: aioredis.Redis) -> None:
+    """Each command of the checked list, denied alone, is named — and the list holds every command
+    the service's Lua scripts call (a script's command missing from it would go unchecked)."""
+    cfg = make_config(ownership="keyspace")
+    needs = service_needs(cfg, Keyspace(cfg.key_prefix), ["web"])
+    asked = {need.command for need in needs}
+    in_scripts = {m.upper() for path in PACKAGE.rglob("*.py")
+                  for m in re.findall(r"redis\.p?call\('(\w+)'", path.read_text())}
+    unpacked = {"XREADGROUP", "XGROUP"}  # intake/unread.py calls them through a table of arguments
+    assert in_scripts - {c.split()[0] for c in asked} - {"ZRANGE", "ZREM", "ZREMRANGEBYSCORE"} == set()
+    assert unpacked <= {c.split()[0] for c in asked}
+    store = LogStore(open_nodes(as_user(redis_url), 2.0), cfg.key_prefix, 1)
+    try:
+        for command in sorted(asked):
+            await set_user(redis_url, "~*", "+@all", "-" + command.lower().replace(" ", "|"))
+            with pytest.raises(StartupError, match=re.escape(f"  {command}") + "[ :]"):
+                await check_permissions(store, needs)
+        await set_user(redis_url, "~*", "+@all")
+        await check_permissions(store, needs)  # nothing denied: no refusal
+        assert await admin.dbsize() == 0  # asked inside MULTI, discarded: nothing ran
+    finally:
+        await store.nodes.aclose()
+
+
+async def test_leased_processes_need_their_leases_and_members(redis_url: str, admin: aioredis.Redis) -> None:
+    cfg = make_config(ownership="leases", advertise_address="127.0.0.1:1")
+    commands = {need.command for need in service_needs(cfg, Keyspace(cfg.key_prefix), [])}
+    assert {"ZRANGE", "ZREM", "ZREMRANGEBYSCORE", "PEXPIRE", "DEL"} <= commands
+    await set_user(redis_url, "~*", "+@all", "-zremrangebyscore")
+    store = LogStore(open_nodes(as_user(redis_url), 2.0), cfg.key_prefix, 1)
+    try:
+        with pytest.raises(StartupError, match=re.escape("ZREMRANGEBYSCORE on atp:members")):
+            await check_permissions(store, service_needs(cfg, Keyspace(cfg.key_prefix), []))
+    finally:
+        await store.nodes.aclose()
+
+
+async def test_a_user_denied_multi_is_warned_of_and_started(redis_url: str, admin: aioredis.Redis,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The check queues its questions in MULTI: a user denied it cannot be asked, which is said."""
+    await set_user(redis_url, "~*", "+@all", "-multi")
+    service = AtpService(make_config(input_streams=()), as_user(redis_url))
+    try:
+        with caplog.at_level(logging.WARNING, logger="atp_service.app.permissions"):
+            await service.start()
+    finally:
+        await service.stop(grace_s=0)
+    assert any("may not run MULTI" in r.getMessage() for r in caplog.records)
+
+
+async def test_on_a_cluster_each_primary_is_asked(redis_cluster: EmbeddedCluster, cluster_url: str) -> None:
+    """ACLs are each node's own: one primary denying a command fails the groups whose slots it
+    serves, there. The refusal names that node."""
+    denying = redis_cluster.primaries[1]
+    try:
+        for node in redis_cluster.nodes:
+            await set_user(node.url, "~*", "+@all", *(["-xtrim"] if node is denying else []))
+        cfg = make_config(redis_cluster=True, input_streams=())
+        said = await refused_start_with(as_user(cluster_url), cfg)
+        assert "XTRIM on atp:{g*}:log" in said and f"Redis node 127.0.0.1:{denying.port} (primary)" in said, said
+    finally:
+        for node in redis_cluster.nodes:
+            async with aioredis.Redis.from_url(node.url) as client:
+                await client.execute_command("ACL", "DELUSER", USER)
+
+
+async def refused_start_with(url: str, cfg: object) -> str:
+    service = AtpService(cfg, url)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(StartupError) as refused:
+            await service.start()
+    finally:
+        await service.stop(grace_s=0)
+    return str(refused.value)
+
+
+async def test_the_user_operations_md_suggests_starts(redis_url: str, admin: aioredis.Redis) -> None:
+    """The least user OPERATIONS.md suggests ("Security") may run everything the service sends."""
+    await set_user(redis_url, "~atp:*", "+@read", "+@write", "+@stream", "+@scripting", "+@transaction", "+ping",
+                   "+time", "+wait", "-@dangerous")
+    service = AtpService(make_config(estate=Path(__file__).parents[3] / "atp_service/app/demo_estate.toml"),
+                         as_user(redis_url))
+    try:
+        await service.start()
+        assert service.channels is not None  # the channel feeds' commands asked and allowed too
+    finally:
+        await service.stop(grace_s=0)
