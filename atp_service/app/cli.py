@@ -125,6 +125,11 @@ which rebuilds every shard from its log."""
 EXIT_REDIS_FAILED = 5
 """Exit status when the embedded redis-server kept exiting (more than ``redis_restarts`` times in
 10 minutes) or could not be started again: see its log (``<data_dir>/redis/redis.log``)."""
+EXIT_STOP_OVERRAN = 6
+"""Exit status when a stop signal's graceful stop did not finish within its bound (the grace, then
+``SHUTDOWN_SNAPSHOT_S`` for the final snapshots) and was cut off: calls may have been cancelled and
+shards left without their final snapshot. Nothing acknowledged is lost (it is in the log, R7): the
+next start replays more of it. An orchestrator tells it from a clean stop (0)."""
 
 
 class _EarlyStop:
@@ -151,7 +156,8 @@ class _EarlyStop:
 async def _serve(config: ServiceConfig, redis_url: str, on_hard_exit: Callable[[], None] | None = None,
                  stopped_early: Callable[[], bool] = lambda: False, embedded: EmbeddedRedis | None = None) -> int:
     """Serve until a signal (exit status 0), a newer instance claims the keyspace (3), a shard
-    stops working (4) or the embedded Redis keeps exiting (5). ``stopped_early``: a stop signal
+    stops working (4) or the embedded Redis keeps exiting (5); a signal's stop cut off at its bound:
+    6. ``stopped_early``: a stop signal
     came before this took the signals over; ``embedded``: the Redis to watch and restart."""
     service = AtpService(config, redis_url)
     request = _StopRequest(on_hard_exit)
@@ -251,7 +257,8 @@ async def _failed_start(config: ServiceConfig, service: AtpService, request: _St
     _, exc, _ = sys.exc_info()
     log.error("%s; stopping", why, exc_info=not isinstance(exc, DomainError | RedisError),  # those say it all
               extra={"event": "stopping", "why": "start_failed"})
-    return await _shut_down(config, service, request) or 1
+    status = await _shut_down(config, service, request)
+    return 1 if status in (0, EXIT_STOP_OVERRAN) else status  # the start's failure first
 
 
 async def _demo(config: ServiceConfig, service: AtpService, request: _StopRequest) -> int | None:
@@ -333,19 +340,24 @@ async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopR
     _exit_on_a_second_signal(request)
     # At least a second: a bound of 0 would cancel the stop before its first step (gRPC left serving).
     bound_s = max(1.0, config.shutdown_grace_s + (0.0 if request.redis_gone else SHUTDOWN_SNAPSHOT_S))
+    overran = False
     try:
         # Everything acknowledged is already durable: the final snapshot only shortens the next start.
         await asyncio.wait_for(service.stop(), timeout=bound_s)
     except TimeoutError:
-        if request.redis_gone:
+        if request.redis_gone:  # expected: the exit status is the lost Redis's (5)
             log.warning("stop cut short after %.1fs: Redis is gone, so nothing in doubt can be settled and no "
                         "snapshot written (what was acknowledged is in its log)", bound_s,
                         extra={"event": "shutdown_overran"})
         else:
-            log.error("shutdown did not finish in time; exiting anyway (state is in the log)",
-                      extra={"event": "shutdown_overran"})
+            overran = True
+            log.error("shutdown did not finish in %.1fs; exiting anyway (state is in the log), exit status %d",
+                      bound_s, EXIT_STOP_OVERRAN, extra={"event": "shutdown_overran", "bound_s": bound_s})
             _dump_tasks()
-    return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED if service.failed.is_set() else 0
+    # Why the service stopped (a newer claim, a failed shard) says more than how its stop went.
+    if service.replaced.is_set() or service.failed.is_set():
+        return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED
+    return EXIT_STOP_OVERRAN if overran else 0
 
 
 async def _reload(service: AtpService) -> None:
