@@ -165,9 +165,9 @@ class ServiceConfig:
 
     owner_check_s: float = 1.0
     """How often the service checks that it still owns its Redis keyspace (a newer instance on the
-    same ``key_prefix`` takes it over; every log write checks too), and that each shard's log still
-    reaches the entries it made durable (Redis restarted from older data). An instance that only reads
-    would otherwise serve stale numbers until its next write."""
+    same ``key_prefix`` takes it over; every log write checks too), that each shard's log still reaches
+    the entries it made durable (Redis restarted from older data: an instance that only reads would serve
+    stale numbers until its next write), and each Redis node's maxmemory-policy (one CONFIG GET a node)."""
 
     redis_timeout_s: float = 2.0
     """Socket timeout of Redis calls; an append past it is answered UNAVAILABLE."""

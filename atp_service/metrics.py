@@ -151,6 +151,9 @@ class StorageMetrics:
         self.redis_restarts = Counter(
             "atp_embedded_redis_restarts_total", "Times the embedded redis-server was started again after it exited",
             registry=r)
+        self.eviction_unsafe = Gauge(
+            "atp_redis_eviction_policy_unsafe", "1 while a Redis node's maxmemory-policy may evict the service's keys "
+            "(read again every owner_check_s)", ["node"], registry=r)
 
 
 class IntakeMetrics:

@@ -143,16 +143,48 @@ async def _check_persistence(client: Any, leased: bool = False) -> None:
                     "changes can be lost", exc)
         return
     for where, config in configs:
-        evicts = config_value(config, "maxmemory-policy") or "noeviction"
-        if evicts.startswith("allkeys-"):
-            raise StartupError(f"{where} maxmemory-policy is {evicts}: it may evict the log or a fence, losing "
-                               "acknowledged changes; set maxmemory-policy noeviction")
-        if leased and evicts != "noeviction":
-            raise StartupError(f"{where} maxmemory-policy is {evicts}: with ownership = leases it may evict a "
-                               "lease, and another process take a group its owner still answers for; set "
-                               "maxmemory-policy noeviction")
+        refusal = eviction_refusal(where, config_value(config, "maxmemory-policy"), leased)
+        if refusal is not None:
+            raise StartupError(refusal)
     for where, config in configs:
         _say_persistence(where, config)
+
+
+def eviction_refusal(where: str, policy: str | None, leased: bool) -> str | None:
+    """Why a Redis whose ``maxmemory-policy`` is ``policy`` may lose what the service keeps, or None."""
+    evicts = policy or "noeviction"
+    if evicts.startswith("allkeys-"):
+        return (f"{where} maxmemory-policy is {evicts}: it may evict the log or a fence, losing acknowledged "
+                "changes; set maxmemory-policy noeviction")
+    if leased and evicts != "noeviction":
+        return (f"{where} maxmemory-policy is {evicts}: with ownership = leases it may evict a lease, and another "
+                "process take a group its owner still answers for; set maxmemory-policy noeviction")
+    return None
+
+
+async def watch_eviction(client: Any, unsafe: Any, leased: bool) -> None:
+    """The start's eviction check (``_check_persistence``) again, while serving: a ``CONFIG SET
+    maxmemory-policy allkeys-lru`` went unseen until Redis, under memory pressure, evicted a log or
+    a fence. One ``CONFIG GET`` per node; ``unsafe`` (``atp_redis_eviction_policy_unsafe{node}``) is
+    set for each, and a change said in the log. Writes go on being taken: eviction happens only at
+    ``maxmemory``, and refusing every write for a setting would make an outage of a risk
+    (OPERATIONS.md, "Redis may evict the service's keys"). CONFIG forbidden: not asked (start said so)."""
+    try:
+        configs = await node_configs(client, "maxmemory-policy")
+    except ResponseError:
+        return
+    seen = {sample.labels["node"]: sample.value for metric in unsafe.collect() for sample in metric.samples}
+    for where, config in configs:
+        node = where.removeprefix("Redis node ").split(" ")[0] if where.startswith("Redis node ") else "redis"
+        policy = config_value(config, "maxmemory-policy")
+        refusal, was = eviction_refusal(where, policy, leased), seen.get(node, 0.0)
+        unsafe.labels(node).set(refusal is not None)
+        if refusal is not None and not was:
+            log.error("%s (changed while serving: it may lose acknowledged changes under memory pressure)", refusal,
+                      extra={"event": "redis_eviction_unsafe", "node": node, "policy": policy})
+        elif refusal is None and was:
+            log.info("%s maxmemory-policy is %s again: it evicts none of the service's keys", where, policy,
+                     extra={"event": "redis_eviction_safe", "node": node, "policy": policy})
 
 
 def _say_persistence(where: str, config: dict[Any, Any]) -> None:

@@ -19,7 +19,7 @@ from prometheus_client import start_http_server
 
 from atp_service.app.estate_file import read_estate
 from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_server, server_interceptors
-from atp_service.app.keyspace import StartupError, replaced_said
+from atp_service.app.keyspace import StartupError, replaced_said, watch_eviction
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
 from atp_service.app.permissions import check_redis
@@ -294,10 +294,9 @@ class AtpService:
         return engine
 
     async def _check_owner(self) -> None:
-        """A replaced instance that only serves reads would write nothing to be refused: ask. Nor would an
-        idle shard find that Redis lost entries it made durable (R7): each checks its log's end. Leased,
-        ownership is the renewals' (a lease lost, a write refused), but the log's end is checked alike:
-        a renewal reads no log, and a lease Redis restored from older data is still this process's."""
+        """A replaced instance that only serves reads would write nothing to be refused: ask. Nor would an idle
+        shard find that Redis lost entries it made durable (R7): each checks its log's end, leased too (a renewal
+        reads no log; a lease restored from older data is still ours). And Redis's eviction policy, anew."""
         assert self._log is not None
         while True:
             await asyncio.sleep(self.config.owner_check_s)
@@ -306,6 +305,7 @@ class AtpService:
                     return
                 if self.engine is not None:
                     await self.engine.check_logs_reach()
+                await watch_eviction(self._log.client, self.metrics.storage.eviction_unsafe, self._log.leased)
             except STORAGE_ERRORS:
                 pass  # Redis unreachable: the shards notice and say so; ask again later
 

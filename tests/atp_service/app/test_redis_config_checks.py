@@ -12,7 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_service import AtpService, EmbeddedRedis
+from atp_service.app.keyspace import eviction_refusal
 from tests.atp_service.app.test_healthcheck import health, starting_until_logged
+from tests.atp_service.redis_proxy import until
 from tests.conftest import test_config as make_config
 
 
@@ -70,3 +72,42 @@ async def test_a_redis_that_keeps_nothing_on_disk_is_warned_of_as_such(tmp_path:
 
 async def test_aof_with_everysec_is_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert await _start_warnings(tmp_path, caplog, appendfsync="everysec") == []
+
+
+def _unsafe(service: AtpService) -> float | None:
+    return service.metrics.registry.get_sample_value("atp_redis_eviction_policy_unsafe", {"node": "redis"})
+
+
+async def test_an_eviction_policy_set_while_serving_is_seen(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The start refuses a Redis that may evict the log or a fence; a ``CONFIG SET maxmemory-policy
+    allkeys-lru`` while the service ran went unseen until Redis, under memory pressure, evicted one.
+    The owner check reads the policy again: the gauge (``ATPRedisEvictionPolicyUnsafe``) and an ERROR
+    line say so, and both clear once it is ``noeviction`` again."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        service = AtpService(make_config(owner_check_s=0.05), server.url)
+        admin = aioredis.Redis.from_url(server.url)
+        try:
+            with caplog.at_level(logging.INFO, logger="atp_service.app.keyspace"):
+                await service.start()
+                await until(lambda: _unsafe(service) == 0.0, "the policy read while serving")
+                await admin.config_set("maxmemory-policy", "allkeys-lru")
+                await until(lambda: _unsafe(service) == 1.0, "the unsafe policy seen")
+                unsafe = [r for r in caplog.records if getattr(r, "event", None) == "redis_eviction_unsafe"]
+                assert len(unsafe) == 1 and unsafe[0].levelno == logging.ERROR, unsafe
+                assert "allkeys-lru" in unsafe[0].getMessage() and getattr(unsafe[0], "node", None) == "redis"
+                await admin.config_set("maxmemory-policy", "noeviction")
+                await until(lambda: _unsafe(service) == 0.0, "the policy safe again")
+            assert [getattr(r, "event", None) for r in caplog.records].count("redis_eviction_safe") == 1
+        finally:
+            await admin.aclose()
+            await service.stop(grace_s=0)
+
+
+def test_which_policies_are_unsafe() -> None:
+    """The start's rule, shared by the check while serving: ``allkeys-*`` always; ``volatile-*`` with
+    leases (a lease has a time to live)."""
+    assert eviction_refusal("Redis", "allkeys-lru", leased=False) is not None
+    assert eviction_refusal("Redis", "volatile-lru", leased=False) is None
+    assert eviction_refusal("Redis", "volatile-ttl", leased=True) is not None
+    assert eviction_refusal("Redis", "noeviction", leased=True) is None
+    assert eviction_refusal("Redis", None, leased=True) is None
