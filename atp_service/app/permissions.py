@@ -10,7 +10,8 @@ writing — before it queues it, and runs none of them. Any user may be asked so
 against the caller's ACL as they run, so they are asked for too, on the keys the scripts touch, and
 ``EVALSHA`` with each script's keys. On a Redis Cluster every primary is asked (ACLs are per node).
 A user that may not run ``MULTI`` is not asked: said in a warning (the input streams' dead letters
-need ``MULTI`` anyway)."""
+need ``MULTI`` anyway); nor is a Redis where ``MULTI`` opens no transaction (``rename-command``, a
+proxy): there each command asked would run."""
 
 from __future__ import annotations
 
@@ -168,17 +169,34 @@ async def check_permissions(store: LogStore, needs: list[Need]) -> None:
     missing: dict[tuple[str, str], set[int | None]] = defaultdict(set)
     said: dict[tuple[str, str], str] = {}
     for where, opened in await store.nodes.on_each_primary([("MULTI",), ("DISCARD",)]):
-        if _denied(opened[0]):
-            log.warning("%s: the Redis user may not run MULTI (%s), so the commands the service sends are not "
-                        "checked against its ACL at start: a command denied fails when first sent", where, opened[0])
+        if not all(_ok(reply) for reply in opened):  # no transaction to hold them: the commands would run
+            denied = [reply for reply in opened if _denied(reply)]
+            why = (f"the Redis user may not run MULTI or DISCARD ({denied[0]})" if denied else
+                   f"MULTI opens no transaction there (MULTI answered {_said(opened[0])}, DISCARD "
+                   f"{_said(opened[1])}: renamed by rename-command, or a proxy)")
+            log.warning("%s: %s, so the commands the service sends are not checked against its ACL at start: a "
+                        "command denied fails when first sent", where, why)
             return
     for where, replies in await store.nodes.on_each_primary(probes):
+        if not (_ok(replies[0]) and _ok(replies[-1])):  # answered OK a moment ago: in doubt, not started
+            raise StartupError(f"redis_url: {where} answered {_said(replies[0])} to MULTI and {_said(replies[-1])} "
+                               "to DISCARD while the start asked what its ACL allows: the commands asked may have run")
         for need, reply in zip(needs, replies[1:-1], strict=True):
             if _denied(reply):
                 missing[(need.command, need.pattern)].add(need.group)
                 said.setdefault((need.command, need.pattern), f"{where}: {reply}")
     if missing:
         raise StartupError(refusal(missing, said, needs))
+
+
+def _ok(reply: Any) -> bool:
+    """Whether ``reply`` is Redis's ``OK`` (``MULTI`` opened a transaction, ``DISCARD`` dropped it)."""
+    return reply in (b"OK", "OK")
+
+
+def _said(reply: Any) -> str:
+    """A reply as a refusal names it: an error reply by its message."""
+    return str(reply) if isinstance(reply, BaseException) else repr(reply)
 
 
 def _denied(reply: Any) -> bool:

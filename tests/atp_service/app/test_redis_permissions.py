@@ -16,6 +16,7 @@ from atp_service import AtpService
 from atp_service.app.keyspace import StartupError
 from atp_service.app.permissions import check_permissions, service_needs
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import open_nodes
@@ -165,3 +166,25 @@ async def test_the_user_operations_md_suggests_starts(redis_url: str, admin: aio
         assert service.channels is not None  # the channel feeds' commands asked and allowed too
     finally:
         await service.stop(grace_s=0)
+
+
+async def test_a_redis_whose_multi_opens_no_transaction_runs_none_of_the_commands(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The check's commands are harmless only inside a transaction. Where ``MULTI`` opens none (renamed
+    by ``rename-command``, a proxy that does not pass it on), each ran for real: every group's snapshot
+    overwritten, its owner key, a log entry written, an input stream's group moved back to its first
+    entry. Not asked there, said in a warning; nothing written."""
+    cfg = make_config()
+    with EmbeddedRedis(tmp_path / "redis", extra_args=["--rename-command", "MULTI", "MULTI-RENAMED"]) as server:
+        async with aioredis.Redis.from_url(server.url) as admin:
+            await admin.set("atp:{g0}:snap", "the group's snapshot")
+            store = LogStore(open_nodes(server.url, 2.0), cfg.key_prefix, 1)
+            try:
+                with caplog.at_level(logging.WARNING, logger="atp_service.app.permissions"):
+                    await check_permissions(store, service_needs(cfg, Keyspace(cfg.key_prefix), ["web"]))
+            finally:
+                await store.nodes.aclose()
+            assert await admin.get("atp:{g0}:snap") == b"the group's snapshot"
+            assert await admin.dbsize() == 1, await admin.keys()
+    assert any("MULTI" in r.getMessage() and "not checked" in r.getMessage() for r in caplog.records), caplog.text
+
