@@ -82,12 +82,14 @@ class Lane:
         self._closing: set[asyncio.Task[None]] = set()  # sockets ``_drop`` closes
         check_writable(self._kwargs)
 
-    async def exchange(self, commands: Sequence[Sequence[Any]], extra_s: float = 0.0) -> list[Any]:
+    async def exchange(self, commands: Sequence[Sequence[Any]], extra_s: float = 0.0, keep: bool = True) -> list[Any]:
         """Each command's reply, in order; a command's error reply (a ``ResponseError``: a script's
         refusal, NOSCRIPT, MOVED...) is its reply, as in a redis-py pipeline. Raises what ended the
         exchange before every reply was read (no connection, a timeout, a closed socket): whether
         the commands ran is then unknown. ``extra_s``: what a command may wait on the server's side
-        beyond the socket timeout (``WAIT``'s own timeout), added to the exchange's deadline."""
+        beyond the socket timeout (``WAIT``'s own timeout), added to the exchange's deadline.
+        ``keep=False``: the connection is closed after, whatever state the commands left it in (a
+        ``MULTI`` whose ``DISCARD`` was refused would have every later write answered ``QUEUED``)."""
         if not commands:
             return []  # no reply will come: nothing to wait for
         await self._acquire()
@@ -97,7 +99,7 @@ class Lane:
             if _read_only(replies):
                 await self._close(wire.conn)
                 self._reached_replica()
-            elif self._closed:
+            elif self._closed or not keep:
                 await self._close(wire.conn)
             else:
                 self._idle.append(wire)  # every reply read: the connection is in step with its server

@@ -206,13 +206,15 @@ class Nodes:
 
     async def on_each_primary(self, commands: list[Any]) -> list[tuple[str, list[Any]]]:
         """``commands``' replies (an error reply as its exception) from the one Redis, or from each primary
-        of a cluster, with the words naming it: each node's in one exchange, on one connection."""
+        of a cluster, with the words naming it: each node's in one exchange, on one connection, closed
+        after (never a write's: the commands may leave it inside a transaction)."""
         if not self.cluster:
-            return [("Redis", await self._lane("").exchange(commands))]
+            return [("Redis", await self._lane("").exchange(commands, keep=False))]
         await self.reader.initialize()
         slots = self.reader.nodes_manager.slots_cache  # slot -> its nodes, the primary first
         primaries = sorted({nodes[0].name for nodes in slots.values() if nodes})
-        return [(f"Redis node {name} (primary)", await self._lane(name).exchange(commands)) for name in primaries]
+        return [(f"Redis node {name} (primary)", await self._lane(name).exchange(commands, keep=False))
+                for name in primaries]
 
     def _lane(self, name: str) -> Lane:
         """The write lane of the primary ``name`` (host:port, with the cluster URL's options), or of

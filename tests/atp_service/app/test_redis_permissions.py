@@ -19,7 +19,7 @@ from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.log import LogStore
-from atp_service.storage.nodes import open_nodes
+from atp_service.storage.nodes import Call, Script, open_nodes
 from tests.conftest import test_config as make_config
 
 USER, PASSWORD = "atp-svc", "pw-atp-svc"
@@ -187,4 +187,20 @@ async def test_a_redis_whose_multi_opens_no_transaction_runs_none_of_the_command
             assert await admin.get("atp:{g0}:snap") == b"the group's snapshot"
             assert await admin.dbsize() == 1, await admin.keys()
     assert any("MULTI" in r.getMessage() and "not checked" in r.getMessage() for r in caplog.records), caplog.text
+
+
+async def test_a_user_denied_discard_leaves_no_transaction_open_on_the_write_connections(
+        redis_url: str, admin: aioredis.Redis) -> None:
+    """A connection the check leaves inside ``MULTI`` (its ``DISCARD`` denied) went back to the writes'
+    lane: every write sent on it after was answered ``QUEUED`` and never ran."""
+    await set_user(redis_url, "~*", "+@all", "-discard")
+    cfg = make_config()
+    store = LogStore(open_nodes(as_user(redis_url), 2.0), cfg.key_prefix, 1)
+    try:
+        await check_permissions(store, service_needs(cfg, Keyspace(cfg.key_prefix), []))
+        write = Call(Script("redis.call('SET', KEYS[1], 'written') return redis.call('GET', KEYS[1])"),
+                     ["atp:{g0}:probe"], [])
+        assert await store.nodes.run_one(write) == b"written"  # run, not QUEUED inside the check's MULTI
+    finally:
+        await store.nodes.aclose()
 
