@@ -7,7 +7,7 @@ import logging
 import re
 from typing import Any
 
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import NoPermissionError, ReadOnlyError, ResponseError
 
 from atp_service.storage.keys import CHANNELS, LAYOUT, Keyspace
 from atp_service.storage.log import LogStore
@@ -162,22 +162,23 @@ def eviction_refusal(where: str, policy: str | None, leased: bool) -> str | None
     return None
 
 
-async def watch_eviction(client: Any, unsafe: Any, leased: bool) -> None:
+async def watch_eviction(store: LogStore, unsafe: Any) -> bool:
     """The start's eviction check (``_check_persistence``) again, while serving: a ``CONFIG SET
     maxmemory-policy allkeys-lru`` went unseen until Redis, under memory pressure, evicted a log or
     a fence. One ``CONFIG GET`` per node; ``unsafe`` (``atp_redis_eviction_policy_unsafe{node}``) is
     set for each, and a change said in the log. Writes go on being taken: eviction happens only at
     ``maxmemory``, and refusing every write for a setting would make an outage of a risk
-    (OPERATIONS.md, "Redis may evict the service's keys"). CONFIG forbidden: not asked (start said so)."""
+    (OPERATIONS.md, "Redis may evict the service's keys"). False: ``CONFIG`` is forbidden or renamed
+    (the start said so), ask no more — each refusal would be one more error in Redis's stats and ``ACL LOG``."""
     try:
-        configs = await node_configs(client, "maxmemory-policy")
-    except ResponseError:
-        return
+        configs = await node_configs(store.client, "maxmemory-policy")
+    except ResponseError as exc:  # else (BUSY: a long script) asked again next time
+        return not (isinstance(exc, NoPermissionError) or "unknown command" in str(exc).lower())
     seen = {sample.labels["node"]: sample.value for metric in unsafe.collect() for sample in metric.samples}
     for where, config in configs:
         node = where.removeprefix("Redis node ").split(" ")[0] if where.startswith("Redis node ") else "redis"
         policy = config_value(config, "maxmemory-policy")
-        refusal, was = eviction_refusal(where, policy, leased), seen.get(node, 0.0)
+        refusal, was = eviction_refusal(where, policy, store.leased), seen.get(node, 0.0)
         unsafe.labels(node).set(refusal is not None)
         if refusal is not None and not was:
             log.error("%s (changed while serving: it may lose acknowledged changes under memory pressure)", refusal,
@@ -185,6 +186,7 @@ async def watch_eviction(client: Any, unsafe: Any, leased: bool) -> None:
         elif refusal is None and was:
             log.info("%s maxmemory-policy is %s again: it evicts none of the service's keys", where, policy,
                      extra={"event": "redis_eviction_safe", "node": node, "policy": policy})
+    return True
 
 
 def _say_persistence(where: str, config: dict[Any, Any]) -> None:

@@ -153,8 +153,7 @@ class AtpService:
         self._servicer.advertise(cfg.advertise_address or f"{cfg.host}:{self.port}", cfg.shards)
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        # Never cancelled half-way (a stop during the start): grpcio then breaks its own serving
-        # task, and a stop right after can crash its core.
+        # Never cancelled half-way (a stop in the start): grpcio breaks its serving task, a later stop may crash it.
         self._grpc_start = asyncio.ensure_future(self._server.start())
         await finish_uncancelled(self._grpc_start)
         self._note_transport()
@@ -294,10 +293,11 @@ class AtpService:
         return engine
 
     async def _check_owner(self) -> None:
-        """A replaced instance that only serves reads would write nothing to be refused: ask. Nor would an idle
-        shard find that Redis lost entries it made durable (R7): each checks its log's end, leased too (a renewal
-        reads no log; a lease restored from older data is still ours). And Redis's eviction policy, anew."""
+        """A replaced instance that only serves reads would write nothing to be refused: ask. Nor would an idle shard
+        find that Redis lost entries it made durable (R7): each checks its log's end, leased too (a renewal reads no
+        log; a lease restored from older data is still ours). And Redis's eviction policy, until CONFIG is refused."""
         assert self._log is not None
+        asking = True
         while True:
             await asyncio.sleep(self.config.owner_check_s)
             try:
@@ -305,7 +305,7 @@ class AtpService:
                     return
                 if self.engine is not None:
                     await self.engine.check_logs_reach()
-                await watch_eviction(self._log.client, self.metrics.storage.eviction_unsafe, self._log.leased)
+                asking = asking and await watch_eviction(self._log, self.metrics.storage.eviction_unsafe)
             except STORAGE_ERRORS:
                 pass  # Redis unreachable: the shards notice and say so; ask again later
 

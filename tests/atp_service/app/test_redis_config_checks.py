@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Gauge
 
 from atp_service import AtpService, EmbeddedRedis
-from atp_service.app.keyspace import eviction_refusal
+from atp_service.app.keyspace import eviction_refusal, watch_eviction
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import open_nodes
 from tests.atp_service.app.test_healthcheck import health, starting_until_logged
 from tests.atp_service.redis_proxy import until
 from tests.conftest import test_config as make_config
@@ -111,3 +114,34 @@ def test_which_policies_are_unsafe() -> None:
     assert eviction_refusal("Redis", "volatile-ttl", leased=True) is not None
     assert eviction_refusal("Redis", "noeviction", leased=True) is None
     assert eviction_refusal("Redis", None, leased=True) is None
+
+
+async def test_a_redis_refusing_config_is_asked_no_more_while_serving(redis_url: str) -> None:
+    """Where ``CONFIG`` is refused (the least user OPERATIONS.md suggests: ``-@dangerous``; a managed
+    Redis that renames it) every owner check, each second, sent a ``CONFIG GET`` refused ``NOPERM``: a
+    steady error rate in Redis's error stats and its ``ACL LOG``, where an operator looks for what the
+    service was denied. The watch says to ask no more; a Redis that answers is asked again."""
+    gauge = Gauge("atp_redis_eviction_policy_unsafe", "", ["node"], registry=CollectorRegistry())
+    async with aioredis.Redis.from_url(redis_url) as admin:
+        await admin.execute_command("ACL", "SETUSER", "no-config", "reset", "on", ">pw", "~*", "&*", "+@all",
+                                    "-config")
+        try:
+            for url, asked in ((redis_url.replace("redis://", "redis://no-config:pw@", 1), False), (redis_url, True)):
+                store = LogStore(open_nodes(url, 2.0), "atp:", 1)
+                try:
+                    assert await watch_eviction(store, gauge) is asked
+                finally:
+                    await store.nodes.aclose()
+        finally:
+            await admin.execute_command("ACL", "DELUSER", "no-config")
+
+
+async def test_a_redis_whose_config_is_renamed_is_asked_no_more_while_serving(tmp_path: Path) -> None:
+    """A managed Redis disables ``CONFIG`` (``rename-command``): answered ``unknown command``, as often."""
+    gauge = Gauge("atp_redis_eviction_policy_unsafe", "", ["node"], registry=CollectorRegistry())
+    with EmbeddedRedis(tmp_path / "redis", extra_args=["--rename-command", "CONFIG", ""]) as server:
+        store = LogStore(open_nodes(server.url, 2.0), "atp:", 1)
+        try:
+            assert await watch_eviction(store, gauge) is False
+        finally:
+            await store.nodes.aclose()
