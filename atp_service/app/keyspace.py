@@ -175,8 +175,11 @@ async def watch_eviction(store: LogStore, unsafe: Any) -> bool:
     except ResponseError as exc:  # else (BUSY: a long script) asked again next time
         return not (isinstance(exc, NoPermissionError) or "unknown command" in str(exc).lower())
     seen = {sample.labels["node"]: sample.value for metric in unsafe.collect() for sample in metric.samples}
+    answered = {_node_label(where) for where, _ in configs}
+    for gone in seen.keys() - answered:  # a node removed, or demoted and not asked: its last value would fire for good
+        unsafe.remove(gone)
     for where, config in configs:
-        node = where.removeprefix("Redis node ").split(" ")[0] if where.startswith("Redis node ") else "redis"
+        node = _node_label(where)
         policy = config_value(config, "maxmemory-policy")
         refusal, was = eviction_refusal(where, policy, store.leased), seen.get(node, 0.0)
         unsafe.labels(node).set(refusal is not None)
@@ -187,6 +190,11 @@ async def watch_eviction(store: LogStore, unsafe: Any) -> bool:
             log.info("%s maxmemory-policy is %s again: it evicts none of the service's keys", where, policy,
                      extra={"event": "redis_eviction_safe", "node": node, "policy": policy})
     return True
+
+
+def _node_label(where: str) -> str:
+    """The ``node`` label of a node named ``where`` by ``node_configs`` (one Redis: ``redis``)."""
+    return where.removeprefix("Redis node ").split(" ")[0] if where.startswith("Redis node ") else "redis"
 
 
 def _say_persistence(where: str, config: dict[Any, Any]) -> None:

@@ -145,3 +145,17 @@ async def test_a_redis_whose_config_is_renamed_is_asked_no_more_while_serving(tm
             assert await watch_eviction(store, gauge) is False
         finally:
             await store.nodes.aclose()
+
+
+async def test_a_node_no_longer_answering_for_the_keyspace_leaves_no_gauge_behind(redis_url: str) -> None:
+    """A node seen unsafe, then removed from the cluster (or demoted and no longer asked), kept its
+    last value: ``ATPRedisEvictionPolicyUnsafe`` fired until the service restarted. Only the nodes of
+    the latest answer keep a value."""
+    gauge = Gauge("atp_redis_eviction_policy_unsafe", "", ["node"], registry=CollectorRegistry())
+    gauge.labels("10.0.0.9:6379").set(1)
+    store = LogStore(open_nodes(redis_url, 2.0), "atp:", 1)
+    try:
+        assert await watch_eviction(store, gauge) is True
+    finally:
+        await store.nodes.aclose()
+    assert {s.labels["node"]: s.value for m in gauge.collect() for s in m.samples} == {"redis": 0.0}
