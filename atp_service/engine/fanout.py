@@ -61,3 +61,12 @@ def count_reservations(metrics: EngineMetrics, results: Sequence[tuple[Reservati
         counts[outcome] = counts.get(outcome, 0) + 1
     for outcome, n in counts.items():
         metrics.reservations_of(outcome).inc(n)
+
+
+async def one_as_list(call: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """``call()``'s result, or its domain refusal, as a list of one. The coroutine is made here, in
+    the task: a task cancelled before it starts leaves no coroutine behind that was never awaited."""
+    try:
+        return [await call()]
+    except DomainError as exc:
+        return [exc]

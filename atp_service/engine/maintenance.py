@@ -87,6 +87,9 @@ class Housekeeper:
             cancel_for_good(self._task)
         for task in [*self._background, *([self._offset_task] if self._offset_task else [])]:
             cancel_for_good(task)
+        ids = getattr(self._engine, "ids", None)  # leased: the claims' sweep (a stand-in engine may have none)
+        if ids is not None:
+            ids.stop()
 
     async def run_pass(self) -> None:
         """Expire due holds, forget old resolved ones, ask every shard to snapshot when due."""
@@ -103,6 +106,8 @@ class Housekeeper:
             engine.orders.drive_unsettled()
             if engine.remote is not None:  # leased: orphaned parts are looked for here (one process: at start)
                 self._orphans.run_pass(self._spawn)
+        if engine.ids is not None:  # leased: the claims of the records served here kept (R5, ``ids``)
+            engine.ids.refresh_step()
         for fut in waits:
             try:
                 await fut

@@ -17,7 +17,8 @@ from typing import Any
 from atp_service.config import EngineSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.coordinator import Coordinator, ViewWork
-from atp_service.engine.fanout import STATE_NAMES, count_reservations, gather_by_shard
+from atp_service.engine.fanout import STATE_NAMES, count_reservations, gather_by_shard, one_as_list
+from atp_service.engine.ids import IdGuard
 from atp_service.engine.maintenance import Housekeeper
 from atp_service.engine.orders import Orders
 from atp_service.engine.owned import OwnedShards
@@ -25,6 +26,7 @@ from atp_service.engine.parts import Remote
 from atp_service.engine.routes import Routes
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
+from atp_service.storage.ids import IdClaims
 from atp_service.storage.log import LogStore
 from reservation import (
     DomainError,
@@ -49,16 +51,8 @@ from reservation._bulk import room_refusal
 log = logging.getLogger(__name__)
 
 
-async def _one_as_list(call: Callable[[], Awaitable[Any]]) -> list[Any]:
-    """``call()``'s result, or its domain refusal, as a list of one. The coroutine is made here, in
-    the task: a task cancelled before it starts leaves no coroutine behind that was never awaited."""
-    try:
-        return [await call()]
-    except DomainError as exc:
-        return [exc]
-
-
 REROUTES = 3
+_UNDECIDED = Unavailable("not decided")
 
 
 class _Reroute(DomainError):
@@ -87,6 +81,7 @@ class Engine(OwnedShards):
         self._home, self._routing = self.routes.homes, self.routes.attempts
         for actor in self.actors:
             self.routes.adopt(actor)
+        self.ids = IdGuard(self, IdClaims(log_store.nodes.run, log_store.keys)) if log_store.leased else None  # R5
         self.orders: Orders | None = None
         """Sagas for orders spanning groups, where Redis cannot land one change of them (a cluster, leases)."""
         if not getattr(log_store, "together", True):
@@ -134,7 +129,9 @@ class Engine(OwnedShards):
                 break
 
     # -- reservation commands ---------------------------------------------------------
-    async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
+    async def reserve(self, cmd: ReserveCommand, claimed: bool = False) -> tuple[Reservation, bool]:
+        if self.ids is not None and not claimed:  # leased: its id claimed first (R5 across processes, ``ids``)
+            await self.ids.check(cmd)
         shards, home = self.routes.route(cmd)
         if self.orders is not None and len(shards) > 1:
             if self._log.leased:  # its saga runs where its home is owned
@@ -179,17 +176,20 @@ class Engine(OwnedShards):
 
     async def reserve_many(self, cmds: Sequence[ReserveCommand]) -> list[tuple[Reservation, bool] | DomainError]:
         """Independent reservations (the high-volume path): one actor message per shard, not per order."""
-        out: list[tuple[Reservation, bool] | DomainError] = [Unavailable("not decided")] * len(cmds)
+        refused = await self.ids.check_many(cmds) if self.ids is not None else {}  # leased: claimed first (R5)
+        out: list[tuple[Reservation, bool] | DomainError] = [refused.get(i, _UNDECIDED) for i in range(len(cmds))]
         groups: dict[int, list[int]] = {}
         spanning: list[int] = []
         for i, cmd in enumerate(cmds):
+            if i in refused:
+                continue
             shards, home = self.routes.placement(cmd)
             if len(shards) == 1:
                 self.routes.note(cmd.reservation_id, home)  # route(), without placing it again
                 groups.setdefault(home, []).append(i)
             else:
                 spanning.append(i)  # routed by reserve()
-        across = [([i], asyncio.ensure_future(_one_as_list(functools.partial(self.reserve, cmds[i]))))
+        across = [([i], asyncio.ensure_future(one_as_list(functools.partial(self.reserve, cmds[i], True))))
                   for i in spanning]
 
         def decided(idx: list[int], results: list[Any] | None) -> None:

@@ -69,6 +69,11 @@ class Keyspace:
         """The last published value of every (SKU, location) of the channel."""
         return f"{self.tag(CHANNELS)}{channel}:state"
 
+    def reservation_id(self, reservation_id: str) -> str:
+        """The claim of a reservation id (``ownership = leases``, ``ids.py``): its home group. Tagged by the
+        id, so the claims spread over a cluster's slots (an id with a brace still has one slot, its own)."""
+        return f"{self.prefix}rid:{{{reservation_id}}}"
+
     @property
     def claimants(self) -> str:
         """The tokens of the recent claims on one Redis, scored by the epoch each took (``CLAIM_SCRIPT``)."""

@@ -74,6 +74,8 @@ class ClusterWorld(World):
         # As ``AtpService``: each process its own clock (``skew.py``: its host's); without skew the world's.
         clock = self.clock if self.skew is None else self.skew.clock_for(address)
         engine = Engine([], log, clock, self.config.engine_settings)
+        assert engine.ids is not None
+        engine.ids.claims.retry = None  # a claim not answered is sent again at the next turn: nothing sleeps here
         proc = Process(address, self.incarnations, log, engine)
         proc.membership = SimMembership(proc, self)
         engine.remote = self.network.sender(proc)

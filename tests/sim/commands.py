@@ -40,9 +40,9 @@ class Commands:
                  other_content: bool = True) -> None:
         self.seed, self.rng, self.world, self.acked = seed, rng, world, acked
         self.other_content = other_content
-        """Whether a retry may carry other content than its id's first Reserve (R5: refused). Not with
-        several processes unless asked (``--retry-other-content``): there a Reserve whose other content
-        lies on other groups than the first one's home makes a second record of the id (a known defect)."""
+        """Whether a retry may carry other content than its id's first Reserve (R5: refused). With several
+        processes only when asked (``--retry-other-content``; refused at any process since the id claims,
+        ``engine/ids.py``), so that the multi-process seeds found before draw as they did."""
         self.rids: list[str] = []
         self.facts: list[Fact] = []
         self.fact_batches: list[list[Fact]] = []  # every batch sent, in order (E1/E8 by shard count)

@@ -15,6 +15,7 @@ from tests.sim.cluster import ClusterWorld
 from tests.sim.commands import Commands
 from tests.sim.disrupt import Disruptor
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
+from tests.sim.ids import SimIdClaims
 from tests.sim.invariants import (
     ServiceErrors,
     abandoned_reserves_whole,
@@ -43,8 +44,10 @@ class Driver:
     def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
                  late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
                  clock_skew: bool = False) -> None:
-        """``late_across_steps``, ``retry_other_content``: with several processes, also the faults that
-        find the known defects the multi-process report names (off: they would fail most long runs).
+        """``late_across_steps``: with several processes, also order steps served past a step's end.
+        ``retry_other_content``: with several processes, retries may carry other content than their
+        id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
+        that the multi-process seeds found before it draw as they did).
         ``lose_tail``: Redis may come back from older data (``tailloss.py``). ``clock_skew``: with several
         processes, each host's clock its own, within a bound, stepping back now and then (``skew.py``)."""
         self.seed, self.processes = seed, processes
@@ -58,6 +61,7 @@ class Driver:
             ClusterWorld(processes, self.rng, self.tally, part_bytes, random.Random(f"owner check {seed}"),
                          seed if clock_skew else None)
         self.world.log.faults = self.rng
+        self.world.log.ids = SimIdClaims(seed, self.tally)  # a leased engine claims its ids (R5)
         if isinstance(self.world, ClusterWorld):
             self.world.network.across_steps = late_across_steps
         self.acked = Acknowledged()

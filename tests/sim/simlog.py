@@ -153,6 +153,7 @@ class SimLog:
         self.faults: random.Random | None = None  # with it, snapshot writes fail too
         self.nodes = SimNodes(self)
         self.keys = Keyspace("sim:")
+        self.ids: Any = None  # several processes: the reservation id claims (``ids.SimIdClaims``)
 
     # -- what ShardActor and Engine call -----------------------------------------------
     def is_fenced(self, _shard: int) -> bool:

@@ -137,6 +137,10 @@ class SimNodes:
         """The service writes ``data`` as ``shard``'s snapshot at ``seq``: Redis may store it whole."""
         self.redis.snapshots_sent.add((shard, seq, hashlib.sha1(sealed_snapshot(data)).digest()))  # as stored
 
+    async def run(self, calls: list[Call], extra_s: float = 0.0) -> list[Any]:
+        """``Nodes.run``: reservation id claims (``ids.SimIdClaims``), where several processes share the keyspace."""
+        return await self.redis.ids.run(self.proc, calls)
+
     async def run_one(self, call: Call, extra_s: float = 0.0) -> Any:
         await (self.proc.write_turn() if self.proc is not None else self.redis.write_turn())
         redis, unit = self.redis, ScriptCall(call, self.proc)

@@ -43,6 +43,9 @@ class Tally:
     remote_moved: int = 0  # ... answered GROUP_MOVED (the peer no longer owned the group)
     forwarded: int = 0  # calls forwarded to a group's owner
     located: int = 0  # calls for a reservation held elsewhere, asked of every owner
+    id_claims: int = 0  # reservation id claims sent (``ids.py``)
+    id_claim_faults: int = 0  # ... lost, in doubt or late
+    id_claims_refused: int = 0  # ... that found the id claimed by another home group
     # hosts' clocks disagreeing (``--clock-skew``):
     clock_steps_back: int = 0  # a host's wall clock stepped back
     taken_ahead: int = 0  # groups taken whose log was stamped ahead of the taker's clock (a GroupClock gap)
@@ -82,6 +85,7 @@ class Tally:
                 f"up, {self.fenced_writes} writes refused FENCED, {self.kills} kills, {self.process_pauses} pauses, "
                 f"order steps {self.remote_steps} remote / "
                 f"{self.remote_lost} lost / {self.remote_late} late / {self.remote_moved} moved, "
-                f"{self.forwarded} calls forwarded, {self.located} located"
+                f"{self.forwarded} calls forwarded, {self.located} located, id claims {self.id_claims} "
+                f"({self.id_claim_faults} failed, {self.id_claims_refused} found another home)"
                 + (f"; clocks: {self.clock_steps_back} steps back, {self.taken_ahead} groups taken from a clock ahead"
                    if self.clock_steps_back or self.taken_ahead else ""))

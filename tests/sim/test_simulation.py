@@ -124,14 +124,27 @@ async def test_a_late_order_step_never_holds_units_of_an_abandoned_order() -> No
     await Driver(592, processes=2, late_across_steps=True).run(20)
 
 
-@pytest.mark.xfail(strict=True, raises=Violation, reason="known defect: with several processes, a Reserve whose "
-                   "content differs from its id's first one and lies on other groups makes a second record")
 async def test_a_reservation_id_names_one_record_across_processes() -> None:
     """``--seed 12 --processes 3 --retry-other-content``: r23, holding units of B@L2, B@L3 and A@L2,
-    is reserved again with other lines (J@L1: another group) at another process; that makes a second
-    record of r23, and the units one of the two holds are then units no record of r23 accounts for
-    (R5 would refuse the second Reserve)."""
-    await Driver(12, processes=3, retry_other_content=True).run(10)
+    is reserved again with other lines (J@L1: another group) at another process. Without the id claims
+    (``engine/ids.py``) that made a second record of r23, and the units one of the two held were then
+    units no record of r23 accounted for (Q2/Q3) after step 6; now such Reserves are refused, naming
+    ``lines`` (R5)."""
+    tally = Tally()
+    await Driver(12, tally, processes=3, retry_other_content=True).run(60)  # the claims' trips move the run
+    assert tally.id_claims_refused, tally
+
+
+OTHER_CONTENT_SEEDS = 8
+
+
+async def test_ids_reused_with_other_lines_across_processes_are_refused() -> None:
+    """Reserves reusing an id with other content (``--retry-other-content``) reach any process, their
+    claims lost, in doubt or late: every invariant holds, so no id names two records."""
+    tally = Tally()
+    for seed in range(OTHER_CONTENT_SEEDS):
+        await Driver(seed, tally, processes=3, retry_other_content=True).run(60)
+    assert tally.id_claims_refused and tally.id_claim_faults and tally.kills and tally.hand_overs, tally
 
 
 def test_there_are_regression_seeds() -> None:

@@ -1,0 +1,181 @@
+"""R5 across processes (``ownership = leases``): one record per reservation id, whichever process
+a Reserve reaches.
+
+A process routes an id it knows to its record (``Routes.homes``); one it does not know it claims first
+(``storage.ids``): the claim names the id's home group, the first one made for the id. A Reserve whose
+home is the claim's goes on as in one process (a retry meets its record, a concurrent attempt its
+twin, on the home's actor). A Reserve whose home is another group is refused ``RESERVATION_ID_REUSED``
+naming ``lines`` — its lines are not the record's, or the home would be the same — and holds nothing.
+Redis not answering the claim: refused UNAVAILABLE (STORAGE_UNREACHABLE), nothing decided (R7): a
+retry claims again, and the claim, made or not, answers it alike. A Reserve whose home this process
+does not serve makes no claim: it is refused ``Moved`` as before, and its home's owner claims.
+
+How long a claim lives. Made, it outlives the record's memory window when nothing changes the record's
+life: its TTL, then ``retention_ms`` after it is resolved, plus ``CLAIM_MARGIN_MS`` (an expiry found by
+housekeeping late, a group without an owner a while). A record that lives longer — a confirmed one has
+no expiry — has its claim extended by a sweep over every record this process serves, once per
+``REFRESH_EVERY_S`` (``refresh_step``, a slice per housekeeping pass); the sweep also makes a claim
+Redis lost again (restored from older data) and the claims of records made before claims were. So a
+claim lasts while its record is remembered, and past it at most its last extension (bounded memory:
+one key per id of the last day or so; ``docs/OPERATIONS.md``). A claim outliving its record, or left
+by an attempt that decided nothing, refuses a reuse of its id with lines of another home until it
+expires: conservative, never a second record. Claims are in Redis: a group taken over has nothing
+to rebuild; the single-process path (``ownership = keyspace``) has no claims at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.ids import IdClaims
+from atp_service.tasks import cancel_for_good, keep
+from reservation import AlreadyExists, DomainError, Reason, Reservation, ReserveCommand, State, Unavailable
+from reservation._orders import order_of
+
+if TYPE_CHECKING:
+    from atp_service.engine.router import Engine
+
+log = logging.getLogger(__name__)
+CLAIM_MARGIN_MS = 3_600_000
+"""How long a claim outlives its record's window: an expiry housekeeping finds late, a group whose
+owner is away, clocks apart (a claim's time counts on Redis's clock, a record's on the service's)."""
+REFRESH_EVERY_S = 3600.0
+"""How often every record served here has its claim extended (a sweep, ``refresh_step``)."""
+REFRESH_PER_PASS = 1000
+"""Claims one housekeeping pass extends at most (one round trip): a sweep of a million records takes
+a thousand passes, never one long turn or one huge pipeline."""
+
+
+def other_lines(reservation_id: str, held: int) -> AlreadyExists:
+    """R5: the id's record has other lines (its home, the claim's group, is not this Reserve's)."""
+    return AlreadyExists("lines", f"reservation {reservation_id!r} exists with different lines (its record is in "
+                                  f"group {held})")
+
+
+class IdGuard:
+    """The claims of the ids a leased engine decides Reserves of, and their sweep."""
+
+    def __init__(self, engine: Engine, claims: IdClaims) -> None:
+        self._engine, self.claims = engine, claims
+        self.refresh_every_s = REFRESH_EVERY_S
+        self._next_round = time.monotonic() + REFRESH_EVERY_S  # claims made here cover the first one
+        self._shards: deque[int] = deque()  # the sweep's shards still to do this round
+        self._ids: deque[str] = deque()  # ...and the ids of the one under way
+        self._shard = -1
+        self._refreshing: set[asyncio.Task[None]] = set()
+
+    def home_to_claim(self, cmd: ReserveCommand) -> int | None:
+        """The home of a Reserve whose id must be claimed first: not known here, and served here."""
+        engine = self._engine
+        if cmd.reservation_id in engine.routes.homes:
+            return None  # its record (or an attempt that claimed) is here: the record decides
+        home = engine.routes.placement(cmd)[1]
+        return None if engine.actors[home].vacant else home
+
+    def _ttl_ms(self, cmd: ReserveCommand) -> int:
+        return cmd.ttl_ms + self._engine.limits.retention_ms + CLAIM_MARGIN_MS
+
+    async def check(self, cmd: ReserveCommand) -> None:
+        """Raises the refusal of a Reserve whose id names a record of other lines, or whose claim
+        Redis did not answer; returns when the Reserve may be decided."""
+        home = self.home_to_claim(cmd)
+        if home is not None:
+            _raise_if_refused(cmd.reservation_id, home, await _answer(self.claims.claim(
+                cmd.reservation_id, home, self._ttl_ms(cmd))))
+
+    async def check_many(self, cmds: Sequence[ReserveCommand]) -> dict[int, DomainError]:
+        """``check`` of each of ``cmds``, the claims in one round trip: the refusal of each refused (by index)."""
+        asked: dict[int, tuple[int, asyncio.Future[int]]] = {}
+        for i, cmd in enumerate(cmds):
+            home = self.home_to_claim(cmd)
+            if home is not None:
+                asked[i] = home, self.claims.claim(cmd.reservation_id, home, self._ttl_ms(cmd))
+        answers = await asyncio.gather(*(_answer(claim) for _, claim in asked.values()), return_exceptions=True)
+        refused: dict[int, DomainError] = {}
+        for (i, (home, _)), held in zip(asked.items(), answers, strict=True):
+            if isinstance(held, DomainError):
+                refused[i] = held
+            elif isinstance(held, BaseException):
+                raise held
+            elif held != home:
+                refused[i] = other_lines(cmds[i].reservation_id, held)
+        return refused
+
+    # -- the sweep ------------------------------------------------------------------------------------
+    def refresh_step(self) -> None:
+        """One housekeeping pass's share of the sweep (``REFRESH_PER_PASS`` claims, one round trip at a
+        time): a round starts every ``refresh_every_s``, over every shard served then."""
+        if self._refreshing:
+            return
+        if not self._shards and not self._ids:
+            now = time.monotonic()
+            if now < self._next_round:
+                return
+            self._next_round = now + self.refresh_every_s
+            self._shards.extend(actor.shard for actor in self._engine.actors if not actor.vacant)
+        batch = self._next_batch()
+        if batch:
+            keep(self._refreshing, self._refresh(batch))
+
+    def stop(self) -> None:
+        """The sweep's round trip under way given up (its claims last; the next start's sweep goes on)."""
+        for task in self._refreshing:
+            cancel_for_good(task)
+
+    def _next_batch(self) -> list[tuple[str, int, int]]:
+        """Up to ``REFRESH_PER_PASS`` (id, home, ttl ms) of records served now, in the sweep's order."""
+        actors = self._engine.actors
+        out: list[tuple[str, int, int]] = []
+        while len(out) < REFRESH_PER_PASS and (self._ids or self._shards):
+            if not self._ids:
+                self._shard = self._shards.popleft()
+                self._ids.extend(actors[self._shard].ledger.reservations)  # ids only: read a slice a pass
+                continue
+            rid = self._ids.popleft()
+            actor = actors[self._shard]
+            rec = None if actor.vacant else actor.ledger.reservations.get(rid)
+            if rec is not None and order_of(rid) is None:  # an order's part has its order's claim
+                out.append((rid, self._shard, self._lasts_ms(rec, actor.clock.now_ms())))
+        return out
+
+    def _lasts_ms(self, rec: Reservation, now: int) -> int:
+        """How long ``rec``'s claim must last from now: while it may be remembered, until the next
+        round has extended it again, and the margin."""
+        retention = self._engine.limits.retention_ms
+        if rec.state == State.HELD:
+            remembered = max(0, rec.expires_at - now) + retention
+        elif rec.state == State.CONFIRMED:
+            remembered = retention  # it may be resolved any moment: then remembered this long
+        else:
+            remembered = max(0, rec.updated_at + retention - now)
+        return remembered + int(2 * self.refresh_every_s * 1000) + CLAIM_MARGIN_MS
+
+    async def _refresh(self, batch: list[tuple[str, int, int]]) -> None:
+        claims = [self.claims.claim(rid, home, ttl_ms) for rid, home, ttl_ms in batch]
+        for (rid, home, _), held in zip(batch, await asyncio.gather(*claims, return_exceptions=True), strict=True):
+            if isinstance(held, BaseException):
+                log.debug("the claim of %r not extended (the next round tries again): %r", rid, held)
+            elif held != home:  # made before claims were, or its claim lost and another made: told, kept
+                log.warning("reservation %r has a record in group %d, but its id is claimed by group %d", rid, home,
+                            held, extra={"event": "reservation_id_claimed_elsewhere", "reservation_id": rid,
+                                         "group": home, "claimed_by": held})
+
+
+async def _answer(claim: asyncio.Future[int]) -> int:
+    """The group a claim holds; UNAVAILABLE (nothing decided) where Redis did not answer it."""
+    try:
+        return await claim
+    except STORAGE_ERRORS as exc:
+        raise Unavailable(f"reservation_id: its claim was not answered ({exc!r}); nothing was decided, retry",
+                          Reason.STORAGE_UNREACHABLE) from None
+
+
+def _raise_if_refused(reservation_id: str, home: int, held: int) -> None:
+    if held != home:
+        raise other_lines(reservation_id, held)
