@@ -48,8 +48,10 @@ owner is away, clocks apart (a claim's time counts on Redis's clock, a record's 
 REFRESH_EVERY_S = 3600.0
 """How often every record served here has its claim extended (a sweep, ``refresh_step``)."""
 REFRESH_PER_PASS = 1000
-"""Claims one housekeeping pass extends at most (one round trip): a sweep of a million records takes
-a thousand passes, never one long turn or one huge pipeline."""
+"""Records one housekeeping pass looks at, at most, kept or skipped (so at most this many claims
+extended, one round trip): a sweep of a million records takes a thousand passes, never one long turn
+or one huge pipeline. Counted over the records looked at, not the claims sent: a group of millions
+of parts (whose orders are homed elsewhere) was looked through in one turn, seconds of a stall."""
 
 
 def other_lines(reservation_id: str, held: int) -> AlreadyExists:
@@ -129,10 +131,13 @@ class IdGuard:
             cancel_for_good(task)
 
     def _next_batch(self) -> list[tuple[str, int, int]]:
-        """Up to ``REFRESH_PER_PASS`` (id, home, ttl ms) of records served now, in the sweep's order."""
+        """(id, home, ttl ms) of the records served now among the next ``REFRESH_PER_PASS`` looked at,
+        in the sweep's order."""
         actors = self._engine.actors
         out: list[tuple[str, int, int]] = []
-        while len(out) < REFRESH_PER_PASS and (self._ids or self._shards):
+        budget = REFRESH_PER_PASS
+        while budget > 0 and (self._ids or self._shards):
+            budget -= 1  # a record skipped costs as one kept; an empty group a little too
             if not self._ids:
                 self._shard = self._shards.popleft()
                 self._ids.extend(actors[self._shard].ledger.reservations)  # ids only: read a slice a pass

@@ -1,0 +1,58 @@
+"""The sweep that keeps the reservation id claims of the records a leased process serves
+(``engine/ids.py``, ``IdGuard.refresh_step``), against a real Redis: a housekeeping pass looks at a
+bounded slice of records, whatever it skips (an order's parts have their order's claim; a record
+forgotten since the round began has none to keep)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import redis.asyncio as aredis
+
+from atp_service.engine import ids
+from atp_service.engine.ids import IdGuard
+from atp_service.storage.ids import IdClaims
+from atp_service.storage.keys import Keyspace
+from atp_service.storage.nodes import open_nodes
+from reservation import State
+from reservation._orders import PART_MARK
+
+KEYS = Keyspace("sweep:")
+NOW_MS = 1_700_000_000_000
+
+
+def _engine(records: dict[str, Any]) -> Any:
+    """A stand-in for a leased engine serving one group (0) that holds ``records``."""
+    actor = SimpleNamespace(shard=0, vacant=False, ledger=SimpleNamespace(reservations=records),
+                            clock=SimpleNamespace(now_ms=lambda: NOW_MS))
+    return SimpleNamespace(actors=[actor], limits=SimpleNamespace(retention_ms=60_000))
+
+
+async def test_a_sweep_pass_looks_at_a_bounded_slice_of_records_whatever_it_skips(redis_url: str) -> None:
+    """A group holding many parts of orders homed elsewhere (every group but the lowest of an order's
+    holds such parts) and one reservation of its own, last: a pass looked at records until it had
+    ``REFRESH_PER_PASS`` claims to send, so it went through every part in one turn of the event loop
+    (seconds for a few million: every shard, call and lease renewal of the process held behind it).
+    Now each pass looks at ``REFRESH_PER_PASS`` records at most, kept or skipped; later passes go on."""
+    held = SimpleNamespace(state=State.HELD, expires_at=NOW_MS + 60_000, updated_at=NOW_MS)
+    parts = {f"o-{i}{PART_MARK}0": held for i in range(3 * ids.REFRESH_PER_PASS)}
+    guard_engine = _engine({**parts, "r-own": held})
+    nodes = open_nodes(redis_url, 5.0)
+    r = aredis.Redis.from_url(redis_url)
+    guard = IdGuard(guard_engine, IdClaims(nodes.run, KEYS))
+    guard._next_round = 0.0  # a round due now
+    try:
+        passes = 0
+        while not await r.exists(KEYS.reservation_id("r-own")):
+            assert passes <= 3 * ids.REFRESH_PER_PASS, "the sweep never reached the group's own reservation"
+            guard.refresh_step()
+            passes += 1
+            await asyncio.gather(*guard._refreshing)  # the pass's claims answered
+        assert passes > 3, f"one pass looked at {len(parts) // passes} records or more"
+        assert guard.claims.round_trips == 1, "one round trip, for the one record whose claim is kept here"
+        assert not await r.exists(KEYS.reservation_id(f"o-0{PART_MARK}0")), "a part has its order's claim"
+    finally:
+        await r.aclose()
+        await nodes.aclose()
