@@ -32,8 +32,10 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from atp_service.engine.messages import refused_for_memory
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.ids import IdClaims
+from atp_service.storage.resp import out_of_memory
 from atp_service.tasks import cancel_for_good, keep
 from reservation import AlreadyExists, DomainError, Reason, Reservation, ReserveCommand, State, Unavailable
 from reservation._orders import order_of
@@ -173,12 +175,20 @@ class IdGuard:
 
 
 async def _answer(claim: asyncio.Future[int]) -> int:
-    """The group a claim holds; UNAVAILABLE (nothing decided) where Redis did not answer it."""
+    """The group a claim holds; UNAVAILABLE (nothing decided) where Redis did not make it."""
     try:
         return await claim
     except STORAGE_ERRORS as exc:
-        raise Unavailable(f"reservation_id: its claim was not answered ({exc!r}); nothing was decided, retry",
-                          Reason.STORAGE_UNREACHABLE) from None
+        raise claim_refusal(exc) from None
+
+
+def claim_refusal(exc: BaseException) -> Unavailable:
+    """The refusal of a Reserve whose claim Redis did not make (``exc``): refused for memory (its
+    write refused before it ran, as a log write is: ``refused_for_memory``), or not answered."""
+    if out_of_memory(exc):
+        return refused_for_memory("reservation_id: its claim")
+    return Unavailable(f"reservation_id: its claim was not answered ({exc!r}); nothing was decided, retry",
+                       Reason.STORAGE_UNREACHABLE)
 
 
 def _raise_if_refused(reservation_id: str, home: int, held: int) -> None:

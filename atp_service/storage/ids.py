@@ -16,7 +16,8 @@ changes nothing of a value already there, so a call sent again after its answer 
 R7) settles it: the value it returns is the one stored, whether the lost call set it or another did.
 Calls asked for in one event-loop turn go together, one round trip per node (``Nodes.run``, with
 ``WAIT`` where replicas must confirm). A call not answered is sent again, ``CLAIM_TRIES`` times in
-all; then the Reserve is refused UNAVAILABLE (retryable, nothing decided).
+all; then the Reserve is refused UNAVAILABLE (retryable, nothing decided). One Redis refused ``OOM``
+(at its ``maxmemory``) is not sent again: refused before it wrote, it is certainly not made.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import Call, Script
-from atp_service.storage.resp import as_text
+from atp_service.storage.resp import as_text, out_of_memory
 from atp_service.tasks import keep
 
 # KEYS: the id's claim; ARGV: home group, time to live in ms. Returns the group the claim holds.
@@ -97,7 +98,7 @@ class IdClaims:
                 if not isinstance(reply, BaseException):
                     if not fut.done():
                         fut.set_result(int(as_text(reply)))
-                elif attempt + 1 == self._tries:
+                elif attempt + 1 == self._tries or out_of_memory(reply):  # refused OOM: certainly not made
                     if not fut.done():
                         fut.set_exception(reply)
                 else:

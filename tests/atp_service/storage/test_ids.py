@@ -6,16 +6,20 @@ still the answer every later claim gets: never two homes for one id."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aredis
 
+from atp_service.engine import ids as ids_engine
 from atp_service.retry import BackoffPolicy
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.ids import CLAIM_SCRIPT, IdClaims
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import open_nodes
+from atp_service.storage.resp import out_of_memory
+from reservation import Reason
 from tests.atp_service.redis_proxy import HoldingProxy, until
 
 KEYS = Keyspace("t:")
@@ -82,3 +86,32 @@ async def test_a_claim_redis_does_not_answer_fails_after_its_tries(redis_server:
     finally:
         await proxy.close()
         await nodes.aclose()
+
+
+async def test_a_claim_redis_refuses_for_memory_is_answered_so_at_once(tmp_path: Path) -> None:
+    """Redis at its ``maxmemory`` (``noeviction``) refuses a new claim's write ``OOM`` before it runs:
+    certainly not made, so not sent again (each try waited for nothing), and the Reserve is told
+    Redis is out of memory and nothing was decided, as a refused log write is — not that Redis did
+    not answer. A claim already made is still answered (its extension needs no memory)."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        nodes = open_nodes(server.url, 5.0)
+        admin = aredis.Redis.from_url(server.url)
+        claims = IdClaims(nodes.run, KEYS, tries=3)
+        claims.retry = BackoffPolicy(first_s=0.01, max_s=0.01)
+        try:
+            assert await claims.claim("r-made", 1, 60_000) == 1
+            await admin.config_set("maxmemory", 1)  # full: every write that may grow it is refused OOM
+            before = claims.round_trips
+            with pytest.raises(STORAGE_ERRORS) as exc:
+                await claims.claim("r-new", 1, 60_000)
+            assert out_of_memory(exc.value), exc.value
+            assert claims.round_trips == before + 1, "a claim Redis refused for memory is not sent again"
+            refusal = ids_engine.claim_refusal(exc.value)
+            assert refusal.reason == Reason.STORAGE_UNREACHABLE
+            assert "out of memory" in str(refusal) and "nothing was" in str(refusal), refusal
+            assert await claims.claim("r-made", 1, 120_000) == 1 and await claims.claim("r-made", 2, 60_000) == 1
+            assert not await admin.exists(KEYS.reservation_id("r-new"))
+        finally:
+            await admin.config_set("maxmemory", 0)
+            await admin.aclose()
+            await nodes.aclose()
