@@ -30,7 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.messages import refused_for_memory
 from atp_service.storage.durability import STORAGE_ERRORS
@@ -67,12 +67,26 @@ class IdGuard:
 
     def __init__(self, engine: Engine, claims: IdClaims) -> None:
         self._engine, self.claims = engine, claims
+        self._decide = engine.reserve  # the engine's own, before it is replaced by ``reserve``
         self.refresh_every_s = REFRESH_EVERY_S
         self._next_round = time.monotonic() + REFRESH_EVERY_S  # claims made here cover the first one
         self._shards: deque[int] = deque()  # the sweep's shards still to do this round
         self._ids: deque[str] = deque()  # ...and the ids of the one under way
         self._shard = -1
         self._refreshing: set[asyncio.Task[None]] = set()
+
+    async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
+        """The engine's ``reserve`` where several processes share the keyspace (the engine sets it as
+        its own): the id claimed first (``check``), then decided as in one process."""
+        await self.check(cmd)
+        return await self._decide(cmd)
+
+    async def claimed(self, cmds: Sequence[ReserveCommand], out: list[Any]) -> list[tuple[int, ReserveCommand]]:
+        """``check_many``: each refusal put at its index in ``out``; the (index, command) of the rest."""
+        refused = await self.check_many(cmds)
+        for i, refusal in refused.items():
+            out[i] = refusal
+        return [(i, cmd) for i, cmd in enumerate(cmds) if i not in refused]
 
     def home_to_claim(self, cmd: ReserveCommand) -> int | None:
         """The home of a Reserve whose id must be claimed first: not known here, and served here."""

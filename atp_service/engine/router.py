@@ -82,6 +82,8 @@ class Engine(OwnedShards):
         for actor in self.actors:
             self.routes.adopt(actor)
         self.ids = IdGuard(self, IdClaims(log_store.nodes.run, log_store.keys)) if log_store.leased else None  # R5
+        if self.ids is not None:  # leased: each Reserve's id claimed first; one process pays nothing for it
+            self.reserve = self.ids.reserve  # type: ignore[method-assign]
         self.orders: Orders | None = None
         """Sagas for orders spanning groups, where Redis cannot land one change of them (a cluster, leases)."""
         if not getattr(log_store, "together", True):
@@ -129,9 +131,7 @@ class Engine(OwnedShards):
                 break
 
     # -- reservation commands ---------------------------------------------------------
-    async def reserve(self, cmd: ReserveCommand, claimed: bool = False) -> tuple[Reservation, bool]:
-        if self.ids is not None and not claimed:  # leased: its id claimed first (R5 across processes, ``ids``)
-            await self.ids.check(cmd)
+    async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
         shards, home = self.routes.route(cmd)
         if self.orders is not None and len(shards) > 1:
             if self._log.leased:  # its saga runs where its home is owned
@@ -176,20 +176,18 @@ class Engine(OwnedShards):
 
     async def reserve_many(self, cmds: Sequence[ReserveCommand]) -> list[tuple[Reservation, bool] | DomainError]:
         """Independent reservations (the high-volume path): one actor message per shard, not per order."""
-        refused = await self.ids.check_many(cmds) if self.ids is not None else {}  # leased: claimed first (R5)
-        out: list[tuple[Reservation, bool] | DomainError] = [refused.get(i, _UNDECIDED) for i in range(len(cmds))]
+        out: list[tuple[Reservation, bool] | DomainError] = [_UNDECIDED] * len(cmds)
+        items = enumerate(cmds) if self.ids is None else await self.ids.claimed(cmds, out)  # leased: claimed first
         groups: dict[int, list[int]] = {}
         spanning: list[int] = []
-        for i, cmd in enumerate(cmds):
-            if i in refused:
-                continue
+        for i, cmd in items:
             shards, home = self.routes.placement(cmd)
             if len(shards) == 1:
                 self.routes.note(cmd.reservation_id, home)  # route(), without placing it again
                 groups.setdefault(home, []).append(i)
             else:
                 spanning.append(i)  # routed by reserve()
-        across = [([i], asyncio.ensure_future(one_as_list(functools.partial(self.reserve, cmds[i], True))))
+        across = [([i], asyncio.ensure_future(one_as_list(functools.partial(Engine.reserve, self, cmds[i]))))
                   for i in spanning]
 
         def decided(idx: list[int], results: list[Any] | None) -> None:

@@ -27,7 +27,7 @@ def _engine(records: dict[str, Any]) -> Any:
     """A stand-in for a leased engine serving one group (0) that holds ``records``."""
     actor = SimpleNamespace(shard=0, vacant=False, ledger=SimpleNamespace(reservations=records),
                             clock=SimpleNamespace(now_ms=lambda: NOW_MS))
-    return SimpleNamespace(actors=[actor], limits=SimpleNamespace(retention_ms=60_000))
+    return SimpleNamespace(actors=[actor], limits=SimpleNamespace(retention_ms=60_000), reserve=None)
 
 
 async def test_a_sweep_pass_looks_at_a_bounded_slice_of_records_whatever_it_skips(redis_url: str) -> None:
