@@ -142,9 +142,11 @@ class IdGuard:
             keep(self._refreshing, self._refresh(batch))
 
     def stop(self) -> None:
-        """The sweep's round trip under way given up (its claims last; the next start's sweep goes on)."""
+        """The sweep's round trip under way given up (its claims last; the next start's sweep goes on),
+        and any claim still unanswered failed (a Reserve waiting for it is answered UNAVAILABLE)."""
         for task in self._refreshing:
             cancel_for_good(task)
+        self.claims.abandon()
 
     def _next_batch(self) -> list[tuple[str, int, int]]:
         """(id, home, ttl ms) of the records served now among the next ``REFRESH_PER_PASS`` looked at,

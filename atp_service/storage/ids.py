@@ -26,6 +26,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import Call, Script
@@ -82,7 +84,17 @@ class IdClaims:
         keep(self._tasks, self._send(batch))  # its own task: a caller that stops waiting stops nothing
 
     async def _send(self, batch: list[tuple[Call, asyncio.Future[int]]]) -> None:
-        """Each claim answered: the value its call returned, or (tries spent) the error of its last try."""
+        """Each claim answered: the value its call returned, or (tries spent) the error of its last try.
+        Ended early (cancelled, a reply that names no group), the claims still unanswered fail: no
+        Reserve waits for good on a claim nobody sends any more."""
+        try:
+            await self._tries_of(batch)
+        finally:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(ConnectionError("the claim was given up before Redis answered it"))
+
+    async def _tries_of(self, batch: list[tuple[Call, asyncio.Future[int]]]) -> None:
         backoff = Backoff(self.retry) if self.retry is not None else None
         left = batch
         for attempt in range(self._tries):
@@ -95,12 +107,12 @@ class IdClaims:
                 replies = [exc] * len(left)
             failed = []
             for (call, fut), reply in zip(left, replies, strict=True):
+                if fut.done():
+                    continue
                 if not isinstance(reply, BaseException):
-                    if not fut.done():
-                        fut.set_result(int(as_text(reply)))
+                    _settle(fut, call, reply)
                 elif attempt + 1 == self._tries or out_of_memory(reply):  # refused OOM: certainly not made
-                    if not fut.done():
-                        fut.set_exception(reply)
+                    fut.set_exception(reply)
                 else:
                     failed.append((call, fut))  # in doubt or not sent: sent again, which settles it
             left = failed
@@ -111,6 +123,20 @@ class IdClaims:
         """Until the claims under way have ended (each within its tries)."""
         if self._tasks:
             await asyncio.wait(self._tasks)
+
+    def abandon(self) -> None:
+        """At teardown: the sends under way given up, their claims failed as not answered (``_send``)."""
+        for task in self._tasks:
+            task.cancel()
+
+
+def _settle(fut: asyncio.Future[int], call: Call, reply: Any) -> None:
+    """The group a claim holds; a value no claim writes (set by hand, another program) is an error, not
+    a group: the Reserve is refused as not answered rather than decided on it."""
+    try:
+        fut.set_result(int(as_text(reply)))
+    except ValueError:
+        fut.set_exception(ResponseError(f"{call.keys[0]} holds {reply!r}, not a shard group"))
 
 
 __all__ = ["CLAIM_SCRIPT", "CLAIM_TRIES", "IdClaims"]

@@ -115,3 +115,42 @@ async def test_a_claim_redis_refuses_for_memory_is_answered_so_at_once(tmp_path:
             await admin.config_set("maxmemory", 0)
             await admin.aclose()
             await nodes.aclose()
+
+
+async def test_a_claim_key_holding_no_group_fails_the_claim_and_the_batch_goes_on(redis_url: str) -> None:
+    """A value no claim writes (set by hand, another program) under an id's key raised inside the
+    batch's send: the claims after it in the batch were never answered, their Reserves waiting for
+    good. It is an error of that claim alone now."""
+    nodes = open_nodes(redis_url, 5.0)
+    claims = IdClaims(nodes.run, KEYS)
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        await r.set(KEYS.reservation_id("r-junk"), "junk")
+        junk, after = claims.claim("r-junk", 1, 60_000), claims.claim("r-after", 2, 60_000)
+        done, _ = await asyncio.wait([junk, after], timeout=30)  # a bound on a hang, not a timing target
+        assert len(done) == 2, "a claim of the batch was never answered"
+        assert isinstance(junk.exception(), STORAGE_ERRORS) and "not a shard group" in str(junk.exception())
+        assert after.result() == 2
+    finally:
+        await r.aclose()
+        await nodes.aclose()
+
+
+async def test_claims_given_up_at_teardown_fail_instead_of_waiting(redis_server: EmbeddedRedis) -> None:
+    """A stop cancels the sends under way (``abandon``): their claims fail as not answered, so a Reserve
+    waiting on one is refused UNAVAILABLE (nothing was decided) instead of waiting past the stop."""
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    nodes = open_nodes(await proxy.start(), 30.0)
+    claims = IdClaims(nodes.run, KEYS)
+    try:
+        proxy.hold(b"EVAL")
+        claim = claims.claim("r-stop", 1, 60_000)
+        await until(lambda: len(proxy.held) == 1, "the claim held on its way")
+        claims.abandon()
+        with pytest.raises(STORAGE_ERRORS):
+            await asyncio.wait_for(claim, 30)  # a bound on a hang, not a timing target
+        assert ids_engine.claim_refusal(claim.exception()).reason == Reason.STORAGE_UNREACHABLE
+        proxy.drop()
+    finally:
+        await proxy.close()
+        await nodes.aclose()

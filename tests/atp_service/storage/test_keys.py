@@ -17,7 +17,8 @@ def _written() -> set[str]:
     per_group = [keys.log, keys.snap, keys.snap_parts, keys.snap_parts_try, keys.fence, keys.owner,
                  lambda g: keys.tag(g) + "lease"]
     return {key(SHARD).replace(f"{{g{SHARD}}}", "{g<shard>}") for key in per_group} | {
-        keys.claims, keys.members, keys.meta, keys.owner(CHANNELS), keys.fence(CHANNELS),  # the channel feeds' group
+        keys.claims, keys.claimants, keys.members, keys.meta,
+        keys.owner(CHANNELS), keys.fence(CHANNELS),  # the channel feeds' group
         keys.reservation_id("<id>")}
 
 
