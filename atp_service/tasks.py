@@ -68,10 +68,18 @@ async def finish_uncancelled(fut: asyncio.Future[Any]) -> Any:
 
 
 def task_stacks(limit: int = 8) -> str:
-    """What every asyncio task of the running loop waits on (SIGUSR1, a shutdown that hangs)."""
+    """What every asyncio task of the running loop waits on (SIGUSR1, a shutdown that hangs). A task
+    whose stack Python cannot print — a gRPC (Cython) coroutine's frame has no line number, and
+    ``print_stack`` then raises ``TypeError`` — is named with the frames it has: one such task took the
+    whole dump with it, when it is most needed."""
     out = io.StringIO()
     for task in asyncio.all_tasks():
-        task.print_stack(limit=limit, file=out)
+        try:
+            task.print_stack(limit=limit, file=out)
+        except Exception as exc:
+            names = " <- ".join(f"{frame.f_code.co_name} ({frame.f_code.co_filename})"
+                                for frame in reversed(task.get_stack(limit=limit)))
+            print(f"Stack for {task!r} not printable ({exc!r}): {names}", file=out)
     return out.getvalue()
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 import pytest
 
-from atp_service.tasks import cancel_and_wait, keep
+from atp_service.tasks import cancel_and_wait, keep, task_stacks
 
 BOUND_S = 60  # only a failure waits this long: a stop that never ends
 
@@ -88,3 +89,46 @@ async def test_keep_holds_the_task_until_it_ends_and_hands_its_result_on() -> No
     assert await task == 7
     await asyncio.sleep(0)  # the done callback runs in the next turn
     assert not held
+
+
+class _FrameWithoutLine:
+    """A frame as a gRPC (Cython) coroutine shows it: a code object, no line number."""
+
+    f_lineno = None
+    f_back = None
+    f_globals: dict[str, Any] = {}
+
+    class f_code:
+        co_filename = "grpc/_cython/cygrpc.pyx"
+        co_name = "_handle_call"
+
+
+class _CythonLikeCoroutine(Coroutine[Any, Any, None]):
+    """A coroutine whose ``cr_frame`` has no line number, waiting until closed."""
+
+    cr_frame = _FrameWithoutLine()
+
+    def send(self, value: Any) -> Any:
+        return None  # a bare yield: the task is stepped again next turn
+
+    def throw(self, *args: Any) -> Any:
+        raise StopIteration
+
+    def close(self) -> None:
+        pass
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield
+
+
+async def test_the_task_dump_names_a_task_whose_frame_has_no_line_number() -> None:
+    """``task_stacks`` (SIGUSR1, a stop that hangs) raised ``TypeError`` from ``linecache`` on a gRPC
+    coroutine's frame, losing the dump of every task."""
+    odd = asyncio.ensure_future(_CythonLikeCoroutine())
+    try:
+        await asyncio.sleep(0)
+        dump = task_stacks()
+    finally:
+        odd.cancel()
+    assert "_handle_call (grpc/_cython/cygrpc.pyx)" in dump, dump
+    assert "test_the_task_dump_names_a_task_whose_frame_has_no_line_number" in dump  # the other tasks still there
