@@ -106,15 +106,24 @@ def _keyspace_needs(config: ServiceConfig, keys: Keyspace) -> list[Need]:
              Need(("HGET", meta, "layout"), meta, "the keyspace's layout"),
              Need(("HSETNX", meta, "layout", 2), meta, "the keyspace's layout")]
     if not config.redis_cluster:  # one Redis: a claim of every group at once, ranked among the claimants
-        needs += [Need((cmd, keys.claimants, *rest), keys.claimants, "claims") for cmd, *rest in (
+        needs += [Need(_on(keys.claimants, cmd, *rest), keys.claimants, "claims") for cmd, *rest in (
             ("ZSCORE", "t"), ("ZADD", 1, "t"), ("ZREMRANGEBYRANK", 0, -65), ("EVALSHA", SHA, 1))]
     if config.ownership == "leases":
         members = keys.members
-        needs += [Need((cmd, members, *rest), members, "the processes sharing the keyspace") for cmd, *rest in (
+        needs += [Need(_on(members, cmd, *rest), members, "the processes sharing the keyspace") for cmd, *rest in (
             ("ZREMRANGEBYSCORE", "-inf", 0), ("ZADD", 1, "m"), ("ZREM", "m"), ("ZRANGE", 0, -1), ("EVALSHA", SHA, 1))]
+        rid, named = keys.reservation_id("atp-permission-check"), keys.reservation_id("<id>")
+        needs += [Need(_on(rid, cmd, *rest), named, "reservation id claims (R5 across processes)") for cmd, *rest in (
+            ("GET",), ("SET", 1), ("PTTL",), ("PEXPIRE", 1), ("EVALSHA", SHA, 1))]
     if config.redis_wait_replicas:
         needs.append(Need(("WAIT", 0, 0), "", "redis_wait_replicas"))
     return needs
+
+
+def _on(key: str, command: str, *rest: str | int) -> tuple[str | int, ...]:
+    """``command`` on ``key``: after its other arguments for ``EVALSHA`` (sha, numkeys, keys), else first.
+    ``EVALSHA <key> <sha> 1`` would be queued whatever the ACL says of the key: no key read from it."""
+    return (command, *rest, key) if command == "EVALSHA" else (command, key, *rest)
 
 
 def _channel_needs(keys: Keyspace, channels: list[str]) -> list[Need]:

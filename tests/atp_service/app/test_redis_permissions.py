@@ -85,10 +85,13 @@ async def test_every_command_the_service_sends_is_named_when_denied(redis_url: s
     cfg = make_config(ownership="keyspace")
     needs = service_needs(cfg, Keyspace(cfg.key_prefix), ["web"])
     asked = {need.command for need in needs}
+    # The members' and the id claims' scripts run with leases only.
+    leased = make_config(ownership="leases", advertise_address="127.0.0.1:1")
+    asked_any = asked | {need.command for need in service_needs(leased, Keyspace(leased.key_prefix), ["web"])}
     in_scripts = {m.upper() for path in PACKAGE.rglob("*.py")
                   for m in re.findall(r"redis\.p?call\('(\w+)'", path.read_text())}
     unpacked = {"XREADGROUP", "XGROUP"}  # intake/unread.py calls them through a table of arguments
-    assert in_scripts - {c.split()[0] for c in asked} - {"ZRANGE", "ZREM", "ZREMRANGEBYSCORE"} == set()
+    assert in_scripts - {c.split()[0] for c in asked_any} == set()
     assert unpacked <= {c.split()[0] for c in asked}
     store = LogStore(open_nodes(as_user(redis_url), 2.0), cfg.key_prefix, 1)
     try:
@@ -114,6 +117,26 @@ async def test_leased_processes_need_their_leases_and_members(redis_url: str, ad
             await check_permissions(store, service_needs(cfg, Keyspace(cfg.key_prefix), []))
     finally:
         await store.nodes.aclose()
+
+
+async def test_leased_processes_need_the_reservation_id_claims(redis_url: str, admin: aioredis.Redis) -> None:
+    """A leased process claims each new reservation id (R5 across processes) under ``<prefix>rid:{<id>}``:
+    a user whose key patterns leave those out would have refused every Reserve of a new id. Named at
+    start — the script's call too (``EVALSHA`` with the key where Redis reads it: after the sha and
+    the count, else its ACL was never asked about the key)."""
+    cfg = make_config(ownership="leases", advertise_address="127.0.0.1:1")
+    await set_user(redis_url, "~atp:{*", "~atp:claim*", "~atp:members", "~atp:meta", "~atp:in:*", "~atp:dlq",
+                   "~atp:quarantine", "+@all")
+    store = LogStore(open_nodes(as_user(redis_url), 2.0), cfg.key_prefix, 1)
+    try:
+        with pytest.raises(StartupError) as refused:
+            await check_permissions(store, service_needs(cfg, Keyspace(cfg.key_prefix), []))
+    finally:
+        await store.nodes.aclose()
+    said = str(refused.value)
+    for command in ("GET", "SET", "PTTL", "PEXPIRE", "EVALSHA"):
+        assert f"{command} on atp:rid:{{<id>}}" in said, said
+    assert "atp:members" not in said and "atp:{g" not in said, said
 
 
 async def test_a_user_denied_multi_is_warned_of_and_started(redis_url: str, admin: aioredis.Redis,
