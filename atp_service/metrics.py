@@ -318,6 +318,8 @@ class MembershipMetrics:
         r = registry or CollectorRegistry()
         self.groups_owned = Gauge("atp_groups_owned", "Shard groups this process owns now", registry=r)
         self.members = Gauge("atp_processes_live", "Service processes sharing the keyspace, as last read", registry=r)
+        self.not_taking = Gauge("atp_processes_not_taking", "Live processes this one counts out of the shares: "
+                                "they left a group free, taking none", registry=r)
         self.taken = Counter("atp_groups_taken_total", "Shard groups taken by this process (after start, a "
                              "takeover or a hand-over)", registry=r)
         self.given = Counter("atp_groups_given_up_total", "Shard groups this process stopped owning, by why",

@@ -18,14 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 import time
-import zlib
-from collections import Counter
-from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
+from atp_service.app.balancing import FreeWatch, address_of, plan_balance, preference
 from atp_service.config import ServiceConfig
 from atp_service.edge.routing import Route, RoutingTable
 from atp_service.engine.clock import Clock, GroupClock
@@ -46,8 +43,8 @@ log = logging.getLogger(__name__)
 SAFETY = 0.8
 """Of a lease, counted from when its renewal was sent: past it the group is not answered for."""
 
-# KEYS: members; ARGV: holder, ttl ms (0: leave). Redis's own clock times the entries out, so the
-# processes' clocks need not agree. Returns the live members.
+# KEYS: members; ARGV: entry, ttl ms (0: leave), an entry of this process's to remove ('': none).
+# Redis's own clock times the entries out, so the processes' clocks need not agree. Returns the live members.
 MEMBERS_SCRIPT = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,36 +54,9 @@ if tonumber(ARGV[2]) > 0 then
 else
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
+if ARGV[3] and ARGV[3] ~= '' then redis.call('ZREM', KEYS[1], ARGV[3]) end
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """)
-
-
-def address_of(holder: str) -> str:
-    """The advertised address in a lease's holder (``<address>|<token>``)."""
-    return holder.rpartition("|")[0]
-
-
-def plan_balance(address: str, groups: int, members: Sequence[str], held: set[int],
-                 routes: Mapping[int, tuple[str, int]], busy: Container[int]) -> tuple[int | None, list[int]]:
-    """One balancing turn of the process at ``address``: (a group to hand over, or None; the free
-    groups to take, most wanted first). Its share is ``ceil(groups / live processes)``; above it, or
-    above the floor while another live process has less than the floor, it gives one group up. Live:
-    a member, or the holder of a live lease — a member whose registration lapsed for a slow call
-    still holds its groups, and must not be counted out (the others would take, then hand back)."""
-    owned = Counter(owner for owner, _ in routes.values())
-    live = {address_of(m) for m in members} | set(owned) | {address}
-    share, least = math.ceil(groups / len(live)), groups // len(live)
-    starved = any(owned[other] < least for other in live if other != address)
-    if len(held) > share or (len(held) > least and starved):
-        return min(held, key=lambda g: preference(address, g)), []
-    free = [g for g in range(groups) if g not in routes and g not in held and g not in busy]
-    return None, sorted(free, key=lambda g: preference(address, g), reverse=True)[:share - len(held)]
-
-
-def preference(address: str, group: int) -> int:
-    """How much the process at ``address`` wants ``group`` (stable per address: a restarted process
-    tends to take back the groups it had; processes spread over the groups)."""
-    return zlib.crc32(f"{address}:{group}".encode())
 
 
 class Membership:
@@ -100,9 +70,13 @@ class Membership:
         self.leases = GroupLeases(store, f"{self.address}|{secrets.token_hex(6)}", config.lease_ms)
         self._lease_s = config.lease_ms / 1000
         self._balance_s = (config.balance_ms or config.lease_ms / 3) / 1000
+        self.watch = FreeWatch(self.address, self._balance_s)
         self.routes: dict[int, tuple[str, int]] = {}
         """Every group's owner as last read: (address, epoch); absent: none."""
         self.members: list[str] = []
+        self._entry, self._retired = self.leases.holder, ""  # its member entry; one it left (registered anew)
+        self._leaving = False  # stopping: its entry removed at each renewal, not renewed
+        self._renewing = asyncio.Lock()  # one renewal at a time: a stop's removal lands after any under way
         self._handing: set[int] = set()
         self._work: set[asyncio.Task[None]] = set()
         self._renewed_at: dict[int, float] = {}  # group -> when its last renewal was sent
@@ -148,10 +122,15 @@ class Membership:
         self._tasks = [renewing, loop.create_task(self._forever(self.balance, self._balance_s), name="leases-balance")]
 
     async def stop(self) -> None:
-        """Hand every group over (drained, snapshotted, lease given back) and leave. The leases not
-        yet handed over are renewed meanwhile: a hand-over of many groups must not outlast them."""
+        """Leave the members, then hand every group over (drained, snapshotted, lease given back). The
+        leases not yet handed over are renewed meanwhile: a hand-over of many groups must not outlast
+        them. Left first, it is live only by the groups it still holds: the others take what it hands
+        over up to their shares at once, keeping nothing free for it (``plan_balance``)."""
         renewing, balancing = self._tasks or (None, None)
         await cancel_and_wait(balancing)
+        self._leaving = True  # out of the members first: the others keep nothing free for it (plan_balance)
+        with contextlib.suppress(*STORAGE_ERRORS, Fenced):  # else its next renewal removes it
+            await self.renew()
         await asyncio.gather(*self._work, return_exceptions=True)  # hand-overs and give-ups under way end first
         await self.leases.given_back()  # and leases given back after a cancelled taking
         for group in sorted(self.leases.held):
@@ -161,7 +140,8 @@ class Membership:
                 log.warning("group %d: not handed over (%r); its lease runs out instead", group, exc)
         await cancel_and_wait(renewing)
         with contextlib.suppress(*STORAGE_ERRORS):  # else its entry times out
-            await self._store.nodes.run_one(Call(MEMBERS_SCRIPT, [self._store.keys.members], [self.leases.holder, 0]))
+            await self._store.nodes.run_one(Call(MEMBERS_SCRIPT, [self._store.keys.members],
+                                                 [self._entry, 0, self._retired]))
 
     async def _forever(self, step: Any, every_s: float) -> None:
         while True:
@@ -177,12 +157,20 @@ class Membership:
     async def renew(self) -> None:
         """Stay a member, and extend every lease held; a group whose lease is gone is given up. A
         member counts for one lease, as its leases do: a process killed no longer holds back the
-        others' shares (``plan_balance``) once its leases have run out."""
-        sent = time.monotonic()
+        others' shares (``plan_balance``) once its leases have run out. Stopping, it removes its entry
+        instead."""
+        async with self._renewing:
+            await self._renew()
+
+    async def _renew(self) -> None:
+        sent, retired = time.monotonic(), self._retired
+        ttl = 0 if self._leaving else self._config.lease_ms
         try:  # the members' key is one slot: its node failing over must not let every lease lapse
             members = await self._store.nodes.run_one(
-                Call(MEMBERS_SCRIPT, [self._store.keys.members], [self.leases.holder, self._config.lease_ms]))
+                Call(MEMBERS_SCRIPT, [self._store.keys.members], [self._entry, ttl, retired]))
             self.members = [as_text(m) for m in members]
+            if self._retired == retired:  # not registered anew again meanwhile
+                self._retired = ""
             self._metrics.members.set(len(self.members))
         except STORAGE_ERRORS as exc:
             log.warning("members not renewed (%r): the last list read stands", exc)
@@ -231,12 +219,34 @@ class Membership:
     async def balance(self) -> None:
         """Read who owns what; take free groups up to this process's share, or hand one over above it."""
         await self._read_routes()
+        self._watch_free()
         give, take = plan_balance(self.address, self._config.shards, self.members, set(self.leases.held),
-                                  self.routes, self._vacating)
+                                  self.routes, self._vacating, self.watch.out)
         if give is not None:
             await self._hand_over(give)
         for group in take:
             await self._take(group)
+
+    def _watch_free(self) -> None:
+        """Counts out of the shares a live process that leaves groups free, taking none (an earlier
+        release's in a rolling upgrade, one whose takings fail): its part is taken by the others
+        (liveness: every group served by a live process), and handed back once it is seen taking again."""
+        out, again = self.watch.observe(time.monotonic(), self._config.shards, self.members, self.routes,
+                                        self._vacating)
+        for c in out:
+            log.warning("group %d: free for %.1fs while %s, below its share, took nothing: it is counted out of "
+                        "the shares and the others take its part", c.group, c.free_for, c.address,
+                        extra={"event": "peer_not_taking", "group": c.group, "peer": c.address,
+                               "free_ms": round(c.free_for * 1000)})
+        for address in again:
+            log.info("%s is seen taking groups again: counted in the shares", address,
+                     extra={"event": "peer_taking_again", "peer": address})
+        if self.watch.register_anew:  # counted out by the others (FreeWatch.register_anew): a new entry
+            self._retired = self._retired or self._entry  # counts it again; the lease holder stays
+            self._entry = f"{self.leases.holder}.{secrets.token_hex(3)}"  # address_of: the part before '|'
+            log.warning("below its share with no group free for it: registered anew, to be counted in the shares",
+                        extra={"event": "registered_anew", "groups": len(self.leases.held)})
+        self._metrics.not_taking.set(len(self.watch.out))
 
     async def _read_routes(self) -> None:
         keys = self._store.keys

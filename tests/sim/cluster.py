@@ -98,7 +98,7 @@ class ClusterWorld(World):
 
     def members(self) -> list[str]:
         """The live-process registry as a renewal reads it (a dead or long-paused entry timed out)."""
-        return [p.holder for p in self.processes if p.member and not p.dead]
+        return [p.entry for p in self.processes if p.member and not p.dead]
 
     def owner(self, group: int) -> Process | None:
         """The live process whose claim is the group's owner key now (it may still be recovering it); after

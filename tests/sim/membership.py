@@ -9,7 +9,8 @@ graceful hand-over (``hand_over``): ``Engine.vacate`` with a final snapshot, the
 back. A group lost (``_give_up``: a write refused FENCED, or a renewal finding the lease gone): the
 log drops it and the engine vacates it without a snapshot. A shard that stops working (``failed``: its
 log found short of what it made durable) is given up alike, and its lease given back. ``balance`` takes
-free groups up to the process's share or hands one over above it, as the real one does; the driver
+free groups up to the process's share or hands one over above it, as the real one does, not counting
+the live processes its ``FreeWatch`` saw leave a group free (a paused one, here); the driver
 decides when each process renews and balances (``turn``) and when a dead or paused process's leases run out.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from atp_service.app.membership import address_of, plan_balance
+from atp_service.app.balancing import FreeWatch, address_of, plan_balance
 from atp_service.engine.clock import GroupClock
 from atp_service.engine.recovery import recover_shard
 from atp_service.engine.shard import ShardActor
@@ -55,6 +56,8 @@ class SimMembership:
         self._handing: set[int] = set()
         self._vacating: dict[int, asyncio.Task[None]] = {}
         self._turns = asyncio.Lock()  # one balance at a time, as the real loop runs them
+        self.watch = FreeWatch(proc.address, 1.0)  # its time: this process's balance turns
+        self._balances = 0
         proc.engine.where = self.where
         proc.log.on_group_lost.append(self._fenced)
         proc.engine.on_install.append(lambda actor: actor.on_failure.append(self.failed))  # as the service wires it
@@ -92,8 +95,12 @@ class SimMembership:
         await self.proc.log.round_trip()
         self.routes = {g: (address_of(h), number_of(self.world.log.owners[g]))
                        for g, h in self.world.leases.holder.items()}
+        self._balances += 1  # the live processes that leave groups free, taking none: ``Membership._watch_free``
+        self.watch.observe(self._balances, self.world.config.shards, self.members, self.routes, self._vacating)
+        if self.watch.register_anew:  # counted out by the others: a new member entry (``Membership._watch_free``)
+            self.proc.entry = f"{self.proc.holder}.{self._balances}"
         give, take = plan_balance(self.proc.address, self.world.config.shards, self.members, set(self.held),
-                                  self.routes, self._vacating)  # the service's own decision
+                                  self.routes, self._vacating, self.watch.out)  # the service's own decision
         if give is not None:
             await self._hand_over(give)
         for group in take:
@@ -152,14 +159,14 @@ class SimMembership:
         self.held.pop(group, None)
 
     async def stop(self) -> None:
-        """``Membership.stop``: every group handed over, then the process leaves."""
+        """``Membership.stop``: the process leaves the members, then hands every group over."""
         async with self._turns:
+            self.proc.member = False
             for group in sorted(self.held):
                 try:
                     await self._hand_over(group)
                 except (*STORAGE_ERRORS, Fenced):
                     pass  # its lease runs out instead
-            self.proc.member = False
 
     def _fenced(self, group: int) -> None:
         self.held.pop(group, None)

@@ -48,6 +48,8 @@ class Process:
         self.tasks: dict[asyncio.Task[Any], None] = {}  # in creation order: a kill cancels them in it
         self.member = True
         """Registered among the live processes (a dead or long-paused one's entry timed out)."""
+        self.entry = self.holder
+        """Its entry among the members: the holder, or a new one once it registered anew."""
         self.failures: list[BaseException] = []
         """What background work of a live process raised (``background``): each is a finding."""
 

@@ -1,0 +1,162 @@
+"""A group left free by a live process that takes none (``ownership = leases``): an earlier release's
+process in a rolling upgrade, whose every balance fails yet which stays registered and renews."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, free_port
+from atp_service.app.balancing import address_of
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
+from tests.conftest import ServiceFactory, services_on
+
+SHARDS = 6
+
+
+@pytest.fixture
+async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS, input_streams=()):
+        yield start
+
+
+def owned(service: AtpService) -> set[int]:
+    assert service.membership is not None and service.engine is not None
+    return {g for g in service.membership.leases.held if not service.engine.actors[g].vacant}
+
+
+async def test_a_group_given_up_by_a_process_that_takes_none_is_taken_by_one_at_its_share(
+        start: ServiceFactory) -> None:
+    """Three processes at their share (2 of 6 groups each); one stops balancing but stays registered,
+    then gives a group up (a shard that stopped working): the two others, each at its share, left the
+    group to nobody, and its SKUs answered no caller for as long as that process lived."""
+    running = [await start(port=free_port(), host="127.0.0.1") for _ in range(3)]
+    services = [s for s, _ in running]
+    await until(lambda: sorted(len(owned(s)) for s in services) == [2, 2, 2], "the groups spread, 2 each", 60)
+    stuck, client = running[2]
+    assert stuck.membership is not None and stuck.engine is not None
+    group = min(owned(stuck))
+    sku = next(s for s in (f"k{i}" for i in range(256)) if zlib.crc32(s.encode()) % SHARDS == group)
+    assert (await client.record_events([receipt("in-1", sku, "DC", 5)]))[0].outcome == pb.FACT_OUTCOME_APPLIED
+    stuck.membership._tasks[1].cancel()  # its balance: every turn of an earlier release's fails; it renews on
+    stuck.membership.failed(stuck.engine.actors[group])  # the group handed back, to whoever takes it next
+    healthy = services[:2]
+    await until(lambda: any(group in owned(s) for s in healthy), f"group {group} taken by a process at its share", 60)
+    taker, taker_client = next(p for p in running[:2] if group in owned(p[0]))
+    (position,) = await taker_client.availability([(sku, "DC")])  # recovered from the group's log
+    assert position.on_hand == 5
+    assert (await taker_client.reserve("r-1", [(sku, "DC", 2)])).state == pb.RESERVATION_STATE_HELD
+    assert taker.membership is not None and taker.membership.watch.out == {stuck.membership.address}
+    assert taker.metrics.registry.get_sample_value("atp_processes_not_taking") == 1
+
+
+@pytest.fixture
+async def start_17(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=17, input_streams=()):
+        yield start
+
+
+async def test_every_group_a_graceful_stop_hands_over_is_taken_at_the_next_turn_of_each_process(
+        start_17: ServiceFactory) -> None:
+    """Four processes on 17 groups (5, 4, 4, 4); one stops gracefully. The three left, each below the
+    floor of its new share (5 of 17 over three), each took only up to the floor while another was
+    below it: a group the stop handed over stayed free past every one's next turn."""
+    running = [await start_17(port=free_port(), host="127.0.0.1") for _ in range(4)]
+    services = [s for s, _ in running]
+    await until(lambda: sorted(len(owned(s)) for s in services) == [4, 4, 4, 5], "the groups spread", 60)
+    for service in services:  # the turns from here on are the test's, one after another
+        assert service.membership is not None
+        service.membership._tasks[1].cancel()
+    stopper = next(s for s in services if len(owned(s)) == 4)
+    await stopper.stop(grace_s=0.1)
+    rest = [s for s in services if s is not stopper]
+    for service in rest:
+        assert service.membership is not None
+        await service.membership.renew()  # the stopper's entry gone from the members it reads
+        await service.membership.balance()
+    assert sorted(len(owned(s)) for s in rest) == [5, 6, 6], "a group handed over left free past each one's turn"
+    for service in rest:
+        assert service.membership is not None and not service.membership.watch.out
+
+
+@pytest.fixture
+async def start_16(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=16, input_streams=()):
+        yield start
+
+
+async def test_the_groups_a_graceful_stop_hands_over_are_taken_while_it_hands_over_the_rest(
+        start_16: ServiceFactory) -> None:
+    """Three processes on 16 groups (6, 5, 5); one of 5 stops gracefully, its hand-overs slow (a big
+    group's final snapshot). Still registered while it handed its groups over, below its floor, it had
+    what it lacked kept free for it: the groups it had handed over waited for the end of its stop,
+    though a process below its share could serve them."""
+    running = [await start_16(port=free_port(), host="127.0.0.1") for _ in range(3)]
+    services = [s for s, _ in running]
+    await until(lambda: sorted(len(owned(s)) for s in services) == [5, 5, 6], "the groups spread", 60)
+    for service in services:  # the balancing turns from here on are the test's
+        assert service.membership is not None
+        service.membership._tasks[1].cancel()
+    stopper = next(s for s in services if len(owned(s)) == 5)
+    assert stopper.engine is not None and stopper.membership is not None
+    last, gate, at_gate = max(owned(stopper)), asyncio.Event(), asyncio.Event()
+    vacate = stopper.engine.vacate
+
+    async def slow_vacate(group: int, snapshot: bool) -> None:
+        if group == last:
+            at_gate.set()
+            await gate.wait()
+        await vacate(group, snapshot=snapshot)
+
+    stopper.engine.vacate = slow_vacate  # type: ignore[method-assign]
+    stopping = asyncio.create_task(stopper.stop(grace_s=0.1))
+    try:
+        await asyncio.wait_for(at_gate.wait(), 30)
+        rest = [s for s in services if s is not stopper]
+        for service in rest:
+            assert service.membership is not None
+            await service.membership.renew()
+            await service.membership.balance()
+        assert sorted(len(owned(s)) for s in rest) == [6, 6], "a group handed over left free while the stop went on"
+        assert not any(stopper.membership.address in {address_of(m) for m in s.membership.members} for s in rest
+                       if s.membership is not None), "a stopping process still registered"
+    finally:
+        gate.set()
+        await stopping
+    for service in rest:  # no renewal first: the stopper left the members before its hand-overs
+        assert service.membership is not None
+        await service.membership.balance()
+    assert sorted(len(owned(s)) for s in rest) == [8, 8]
+
+
+@pytest.fixture
+async def start_7(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=7, input_streams=()):
+        yield start
+
+
+async def test_a_group_handed_over_while_two_processes_taking_none_hold_their_floor_is_taken(
+        start_7: ServiceFactory) -> None:
+    """Five processes on 7 groups (2, 2, 1, 1, 1); two of those holding one stop balancing but stay
+    registered (an earlier release's in a rolling upgrade), the third stops gracefully. The two left
+    at their share (2 of 7 over four) and the two at the floor left its group to nobody for as long
+    as those two lived: only a process below the floor was counted out."""
+    running = [await start_7(port=free_port(), host="127.0.0.1") for _ in range(5)]
+    services = [s for s, _ in running]
+    await until(lambda: sorted(len(owned(s)) for s in services) == [1, 1, 1, 2, 2], "the groups spread", 60)
+    x, y, stopper = [s for s in services if len(owned(s)) == 1]
+    for stuck in (x, y):
+        assert stuck.membership is not None
+        stuck.membership._tasks[1].cancel()  # every balance of an earlier release's fails; it renews on
+    (group,) = owned(stopper)
+    await stopper.stop(grace_s=0.1)
+    healthy = [s for s in services if len(owned(s)) == 2]
+    await until(lambda: any(group in owned(s) for s in healthy), f"group {group} taken by a process at its share", 60)
+    assert x.membership is not None and y.membership is not None
+    outs = [s.membership.watch.out for s in healthy if s.membership is not None]
+    assert {x.membership.address, y.membership.address} in outs, outs
