@@ -20,9 +20,6 @@ from atp_service.engine.clock import Clock
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.tasks import task_stacks
 from reservation import Limits
-from tests import children
-
-children.install()  # before any fixture starts one: a worker ended by a timeout leaves no child running
 
 # gRPC's asyncio layer shuts its global completion queue down when the last server or channel is
 # collected, joining its poller thread; a server collected while still running (its test failed
