@@ -55,9 +55,14 @@ async def test_a_group_given_up_by_a_process_that_takes_none_is_taken_by_one_at_
     assert taker.metrics.registry.get_sample_value("atp_processes_not_taking") == 1
 
 
+MANUAL_TURNS_LEASE_MS = 6000
+
+
 @pytest.fixture
 async def start_17(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=17, input_streams=()):
+    """Leases of 6 s: the test drives the balancing turns; a stall of a busy host must not lapse one."""
+    async for start in services_on(redis_url, ownership="leases", lease_ms=MANUAL_TURNS_LEASE_MS, shards=17,
+                                   input_streams=()):
         yield start
 
 
@@ -86,7 +91,9 @@ async def test_every_group_a_graceful_stop_hands_over_is_taken_at_the_next_turn_
 
 @pytest.fixture
 async def start_16(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=16, input_streams=()):
+    """Leases of 6 s: the test drives the balancing turns; a stall of a busy host must not lapse one."""
+    async for start in services_on(redis_url, ownership="leases", lease_ms=MANUAL_TURNS_LEASE_MS, shards=16,
+                                   input_streams=()):
         yield start
 
 

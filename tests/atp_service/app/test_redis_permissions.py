@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from atp_service import AtpService
 from atp_service.app.keyspace import StartupError
 from atp_service.app.permissions import check_permissions, service_needs
+from atp_service.config import ServiceConfig
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.keys import Keyspace
@@ -44,8 +45,9 @@ async def admin(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-async def refused_start(url: str) -> str:
-    service = AtpService(make_config(), url)
+async def refused_start(url: str, cfg: ServiceConfig | None = None) -> str:
+    """The refusal a start with ``cfg`` (the tests' default config) on ``url`` ends in."""
+    service = AtpService(cfg or make_config(), url)
     try:
         with pytest.raises(StartupError) as refused:
             await service.start()
@@ -160,22 +162,12 @@ async def test_on_a_cluster_each_primary_is_asked(redis_cluster: EmbeddedCluster
         for node in redis_cluster.nodes:
             await set_user(node.url, "~*", "+@all", *(["-xtrim"] if node is denying else []))
         cfg = make_config(redis_cluster=True, input_streams=())
-        said = await refused_start_with(as_user(cluster_url), cfg)
+        said = await refused_start(as_user(cluster_url), cfg)
         assert "XTRIM on atp:{g*}:log" in said and f"Redis node 127.0.0.1:{denying.port} (primary)" in said, said
     finally:
         for node in redis_cluster.nodes:
             async with aioredis.Redis.from_url(node.url) as client:
                 await client.execute_command("ACL", "DELUSER", USER)
-
-
-async def refused_start_with(url: str, cfg: object) -> str:
-    service = AtpService(cfg, url)  # type: ignore[arg-type]
-    try:
-        with pytest.raises(StartupError) as refused:
-            await service.start()
-    finally:
-        await service.stop(grace_s=0)
-    return str(refused.value)
 
 
 async def test_the_user_operations_md_suggests_starts(redis_url: str, admin: aioredis.Redis) -> None:
