@@ -74,6 +74,7 @@ class IdGuard:
         self._ids: deque[str] = deque()  # ...and the ids of the one under way
         self._shard = -1
         self._refreshing: set[asyncio.Task[None]] = set()
+        self._turn: asyncio.Future[None] | None = None  # the last batch's turn to hand on (``claimed``)
 
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
         """The engine's ``reserve`` where several processes share the keyspace (the engine sets it as
@@ -82,8 +83,19 @@ class IdGuard:
         return await self._decide(cmd)
 
     async def claimed(self, cmds: Sequence[ReserveCommand], out: list[Any]) -> list[tuple[int, ReserveCommand]]:
-        """``check_many``: each refusal put at its index in ``out``; the (index, command) of the rest."""
-        refused = await self.check_many(cmds)
+        """``check_many``: each refusal put at its index in ``out``; the (index, command) of the rest.
+        Batches are handed on in the order they came, as in one process: a stream's batches reach
+        their shards in order, so a later item never takes units an earlier one was decided against.
+        Without the turn a batch with nothing to claim, or whose claims came back first, overtook one
+        still waiting for its claims. The caller hands on synchronously after this returns."""
+        before, mine = self._turn, asyncio.get_running_loop().create_future()
+        self._turn = mine
+        try:
+            refused = await self.check_many(cmds)
+            if before is not None:
+                await asyncio.shield(before)  # the batch before handed on (or gone): never cancelled from here
+        finally:
+            _pass_turn(before, mine)
         for i, refusal in refused.items():
             out[i] = refusal
         return [(i, cmd) for i, cmd in enumerate(cmds) if i not in refused]
@@ -188,6 +200,16 @@ class IdGuard:
                 log.warning("reservation %r has a record in group %d, but its id is claimed by group %d", rid, home,
                             held, extra={"event": "reservation_id_claimed_elsewhere", "reservation_id": rid,
                                          "group": home, "claimed_by": held})
+
+
+def _pass_turn(before: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+    """``mine`` done once ``before`` is: at once when it is (or there is none), else when it ends —
+    a batch that failed or whose caller left still passes the turn on, in order."""
+    if before is None or before.done():
+        if not mine.done():
+            mine.set_result(None)
+    else:
+        before.add_done_callback(lambda _: None if mine.done() else mine.set_result(None))
 
 
 async def _answer(claim: asyncio.Future[int]) -> int:

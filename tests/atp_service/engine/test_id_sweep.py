@@ -13,11 +13,13 @@ import redis.asyncio as aredis
 
 from atp_service.engine import ids
 from atp_service.engine.ids import IdGuard
+from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.ids import IdClaims
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import open_nodes
-from reservation import State
+from reservation import LineRequest, ReserveCommand, State
 from reservation._orders import PART_MARK
+from tests.atp_service.redis_proxy import HoldingProxy, until
 
 KEYS = Keyspace("sweep:")
 NOW_MS = 1_700_000_000_000
@@ -55,4 +57,44 @@ async def test_a_sweep_pass_looks_at_a_bounded_slice_of_records_whatever_it_skip
         assert not await r.exists(KEYS.reservation_id(f"o-0{PART_MARK}0")), "a part has its order's claim"
     finally:
         await r.aclose()
+        await nodes.aclose()
+
+
+def _reserve(rid: str) -> ReserveCommand:
+    return ReserveCommand(rid, "", "web", (LineRequest("sku", "DC", 1),), 60_000, False)
+
+
+async def test_batches_are_handed_on_in_the_order_they_came_whatever_their_claims_wait_for(
+        redis_server: EmbeddedRedis) -> None:
+    """A stream's batches, at a leased process: the first's new id waits for its claim, the second's
+    id is known (nothing to claim). The second was handed to its shard first — decided ahead of the
+    first, taking units the first was then refused for (seen as a stream's items decided out of order
+    by their group's owner, ``test_processes_split``). Now each batch is handed on in turn."""
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    nodes = open_nodes(await proxy.start(), 30.0)
+    engine = _engine({})
+    engine.routes = SimpleNamespace(homes={"known": 0}, placement=lambda cmd: ({0}, 0))
+    guard = IdGuard(engine, IdClaims(nodes.run, KEYS))
+    handed: list[str] = []
+
+    async def batch(rid: str) -> None:
+        await guard.claimed([_reserve(rid)], [None])
+        handed.append(rid)  # where the engine submits to the shard: synchronously after claimed returns
+
+    try:
+        assert await guard.claims.claim("warm", 0, 60_000) == 0  # the script loaded: claims are EVALSHA
+        proxy.hold(b"EVALSHA")
+        first = asyncio.create_task(batch("new"))
+        await until(lambda: len(proxy.held) == 1, "the first batch's claim on its way")
+        second = asyncio.create_task(batch("known"))
+        for _ in range(10):  # turns enough for a batch with nothing to wait for
+            await asyncio.sleep(0)
+        assert handed == [], "a later batch handed on while an earlier one waited for its claim"
+        proxy.hold()
+        for held in list(proxy.held):
+            await proxy.land(held)
+        await asyncio.gather(first, second)
+        assert handed == ["new", "known"]
+    finally:
+        await proxy.close()
         await nodes.aclose()
