@@ -59,24 +59,32 @@ MANUAL_TURNS_LEASE_MS = 6000
 
 
 @pytest.fixture
-async def start_17(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    """Leases of 6 s: the test drives the balancing turns; a stall of a busy host must not lapse one."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=MANUAL_TURNS_LEASE_MS, shards=17,
-                                   input_streams=()):
+async def start_manual(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[ServiceFactory]:
+    """Processes on ``request.param`` groups whose balancing turns the test drives (``driven``).
+    Leases of 6 s: a stall of a busy host must not lapse one."""
+    async for start in services_on(redis_url, ownership="leases", lease_ms=MANUAL_TURNS_LEASE_MS,
+                                   shards=request.param, input_streams=()):
         yield start
 
 
+async def driven(start: ServiceFactory, processes: int, spread: list[int]) -> list[AtpService]:
+    """``processes`` started; once their groups spread as ``spread`` (sorted counts), their own
+    balancing loops stopped: the turns from here on are the test's, one after another."""
+    services = [(await start(port=free_port(), host="127.0.0.1"))[0] for _ in range(processes)]
+    await until(lambda: sorted(len(owned(s)) for s in services) == spread, "the groups spread", 60)
+    for service in services:
+        assert service.membership is not None
+        service.membership._tasks[1].cancel()
+    return services
+
+
+@pytest.mark.parametrize("start_manual", [17], indirect=True)
 async def test_every_group_a_graceful_stop_hands_over_is_taken_at_the_next_turn_of_each_process(
-        start_17: ServiceFactory) -> None:
+        start_manual: ServiceFactory) -> None:
     """Four processes on 17 groups (5, 4, 4, 4); one stops gracefully. The three left, each below the
     floor of its new share (5 of 17 over three), each took only up to the floor while another was
     below it: a group the stop handed over stayed free past every one's next turn."""
-    running = [await start_17(port=free_port(), host="127.0.0.1") for _ in range(4)]
-    services = [s for s, _ in running]
-    await until(lambda: sorted(len(owned(s)) for s in services) == [4, 4, 4, 5], "the groups spread", 60)
-    for service in services:  # the turns from here on are the test's, one after another
-        assert service.membership is not None
-        service.membership._tasks[1].cancel()
+    services = await driven(start_manual, 4, [4, 4, 4, 5])
     stopper = next(s for s in services if len(owned(s)) == 4)
     await stopper.stop(grace_s=0.1)
     rest = [s for s in services if s is not stopper]
@@ -89,26 +97,14 @@ async def test_every_group_a_graceful_stop_hands_over_is_taken_at_the_next_turn_
         assert service.membership is not None and not service.membership.watch.out
 
 
-@pytest.fixture
-async def start_16(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    """Leases of 6 s: the test drives the balancing turns; a stall of a busy host must not lapse one."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=MANUAL_TURNS_LEASE_MS, shards=16,
-                                   input_streams=()):
-        yield start
-
-
+@pytest.mark.parametrize("start_manual", [16], indirect=True)
 async def test_the_groups_a_graceful_stop_hands_over_are_taken_while_it_hands_over_the_rest(
-        start_16: ServiceFactory) -> None:
+        start_manual: ServiceFactory) -> None:
     """Three processes on 16 groups (6, 5, 5); one of 5 stops gracefully, its hand-overs slow (a big
     group's final snapshot). Still registered while it handed its groups over, below its floor, it had
     what it lacked kept free for it: the groups it had handed over waited for the end of its stop,
     though a process below its share could serve them."""
-    running = [await start_16(port=free_port(), host="127.0.0.1") for _ in range(3)]
-    services = [s for s, _ in running]
-    await until(lambda: sorted(len(owned(s)) for s in services) == [5, 5, 6], "the groups spread", 60)
-    for service in services:  # the balancing turns from here on are the test's
-        assert service.membership is not None
-        service.membership._tasks[1].cancel()
+    services = await driven(start_manual, 3, [5, 5, 6])
     stopper = next(s for s in services if len(owned(s)) == 5)
     assert stopper.engine is not None and stopper.membership is not None
     last, gate, at_gate = max(owned(stopper)), asyncio.Event(), asyncio.Event()
