@@ -52,6 +52,7 @@ from benchmarks.open_loop import (
     settle,
     use_settle_limit,
 )
+from benchmarks.perf_record import PerfFailed, recording
 from benchmarks.throughput import ROOT, serve_command, service_ready, start
 
 POSITIONS = 10_000
@@ -148,20 +149,22 @@ async def _native(servers: dict[str, tuple[str, int]], w: Workload, rate: float,
     for name, (target, pid) in servers.items():
         await settle()
         data = tmp / f"perf-{name}.data"
-        rec = await asyncio.create_subprocess_exec(
-            perf, "record", "-F", "999", "-t", str(pid), "-o", str(data), "--", "sleep", str(seconds),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        (before, _), began = main_thread(pid), time.perf_counter()
-        await open_loop_unary(target, w.picker(11), f"uc-perf-{name}", rate, seconds)
-        per_call = (main_thread(pid)[0] - before) / (rate * (time.perf_counter() - began)) * 1e6
-        await asyncio.wait_for(rec.wait(), 60)
-        if rec.returncode != 0:  # installed but not allowed (perf_event_paranoid, a container), or not for this kernel
-            return {"native_profile": f"perf record failed (exit {rec.returncode})"}
+        try:
+            async with recording(perf, pid, data):
+                (before, _), began = main_thread(pid), time.perf_counter()
+                await open_loop_unary(target, w.picker(11), f"uc-perf-{name}", rate, seconds)
+                per_call = (main_thread(pid)[0] - before) / (rate * (time.perf_counter() - began)) * 1e6
+        except PerfFailed as failed:  # not allowed here (perf_event_paranoid, a container) or not for this kernel
+            return {"native_profile": str(failed)}
         report = await asyncio.create_subprocess_exec(
             perf, "report", "-i", str(data), "--sort", "dso", "--stdio", "-g", "none",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
         text, _ = await report.communicate()
+        if report.returncode != 0:
+            return {"native_profile": f"perf report failed (exit {report.returncode})"}
         shares = dso_shares(text.decode(errors="replace"))
+        if not shares:
+            return {"native_profile": f"perf recorded no samples on the {name} server's event loop thread"}
         found[f"{name}_loop_thread_us"] = round(per_call)
         found[f"{name}_by_library_us"] = {dso: round(share * per_call) for dso, share in shares.items()
                                           if share >= 0.01}

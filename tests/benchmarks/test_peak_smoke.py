@@ -160,7 +160,8 @@ async def test_unary_cost_runs_at_a_tiny_size_and_reports_both_servers() -> None
     if not shutil.which("perf"):  # the split by library needs perf (not on every machine)
         assert native == {"native_profile": "perf is not installed"}
     elif "native_profile" in native:  # installed, but not allowed here (or none for this kernel)
-        assert native["native_profile"].startswith("perf record failed"), native
+        # Recording is enabled before the load starts, so a working perf has samples to show.
+        assert native["native_profile"].startswith(("perf record failed", "perf report failed")), native
     else:
         for server in ("noop", "service"):
             assert native[f"{server}_by_library_us"], native
