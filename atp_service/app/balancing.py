@@ -12,7 +12,16 @@ what one process has seen of that, read once a balance turn: a group free for ``
 balance periods while a live process below the floor of its share took nothing counts that process
 out of the shares; the others' shares grow and the group is taken, above the share that counts
 everyone. It is counted again once it is seen taking a group or registering anew (a restart): the
-normal balancing then hands the excess over to it.
+normal balancing then hands the excess over to it; or once counting it changes no turn (nothing
+free, each process from the floor to the share counting it): one counted out while its recoveries
+held its turns, then at its floor, takes nothing more to be seen taking.
+
+Agreeing. Each process counts out what it saw itself, so two can disagree: one away from Redis while
+a group fell free counts a process in that another counts out, and the other holds above its share,
+nothing ever free for the first to see. Another above its share for ``LEFT_FREE_TURNS`` periods is
+the sign: the ones below the floor that took nothing meanwhile are counted out here too. And the
+time a process did not read (Redis away, its turn held by a long recovery) counts one period: what
+it saw before is not judged by time it did not see.
 
 Converging. What the members below their floor lack is kept free for them (``plan_balance``): one at
 or above its floor takes a free group only while as many as they lack stay free, and hands one over
@@ -95,11 +104,13 @@ def preference(address: str, group: int) -> int:
 @dataclass(frozen=True)
 class CountedOut:
     """A live process counted out of the shares: ``group`` stayed free ``free_for`` (in the watch's
-    time unit) while it, below the floor of its share, took nothing."""
+    time unit) while it, below the floor of its share, took nothing — or, with ``held_by``, that
+    process held ``group`` above the share this one counts for ``free_for`` meanwhile."""
 
     address: str
     group: int
     free_for: float
+    held_by: str = ""
 
 
 class FreeWatch:
@@ -124,6 +135,9 @@ class FreeWatch:
         seen taking: it registers anew (a new member entry) to be counted again."""
         self._starving: float | None = None  # since when this process is below its floor, nothing free
         self._patience = LEFT_FREE_TURNS  # periods of that before it registers anew
+        self._last: float | None = None  # when it last read
+        self._above: float | None = None  # since when another has held above this one's share
+
     def observe(self, now: float, groups: int, members: Sequence[str], routes: Mapping[int, tuple[str, int]],
                 busy: Container[int]) -> tuple[list[CountedOut], list[str]]:
         """One read (``members``, ``routes`` as ``plan_balance`` takes them): (the processes counted
@@ -134,19 +148,53 @@ class FreeWatch:
             entries.setdefault(address_of(member), set()).add(member)
         live = set(entries) | set(owned) | {self.address}
         rose = owned[self.address] > self._owned[self.address]
+        self._skip_unseen(now)
         again = self._seen_taking(now, live, owned, entries)
         self._owned = owned
         taken = {g: since for g, since in self._free.items() if g in routes}
         self._free = {g: self._free.get(g, now) for g in range(groups) if g not in routes and g not in busy}
+        again += self._settled(groups, live, owned)
         counted = {p for p in live if p not in self.out}
         read = (groups, members, routes, busy)
-        out = self._left_free(now, read, counted, owned) or self._taken_above(now, read, counted, owned, taken)
+        out = (self._left_free(now, read, counted, owned) or self._taken_above(now, read, counted, owned, taken)
+               or self._held_above(now, read, counted, owned))
         self.out |= {c.address for c in out}
         share, least = math.ceil(groups / len(counted)), groups // len(counted)
         mine = owned[self.address]  # below share, one above it: counted out by it (it hands over otherwise)
         passed_over = mine < least or (mine < share and any(owned[p] > share for p in counted))
         self.register_anew = self._passed_over(now, passed_over and not self._free, rose)
         return out, again
+
+    def _skip_unseen(self, now: float) -> None:
+        """Time this process did not read (Redis away from it, its turns held by a long recovery) is
+        not time it saw the others take nothing or a group stay free: across such a gap its clocks
+        move on one period. Back from a partition, it counted out at once every process that would
+        take a group free before and after it, though each may have taken meanwhile (nor seen it
+        take: the same count), and never counted it in again (a taker at its floor takes no more)."""
+        last, self._last = self._last, now
+        if last is None or now - last <= self.period * 2:
+            return
+        skipped = now - last - self.period
+        self._taking = {p: seen + skipped for p, seen in self._taking.items()}
+        self._free = {g: since + skipped for g, since in self._free.items()}
+        if self._starving is not None:
+            self._starving += skipped
+
+    def _settled(self, groups: int, live: set[str], owned: Counter[str]) -> list[str]:
+        """The processes counted out that counting in would change no turn of: no group free, and
+        each one counted, with it, holding from the floor to the share. One counted out while its
+        recoveries held its turns, then at its floor, takes no more: it stayed counted out for good,
+        the others' shares counted without it and ``ATPProcessNotTaking`` firing on it."""
+        if self._free:
+            return []
+        again = []
+        for p in sorted(self.out):
+            counted = {q for q in live if q not in self.out} | {p}
+            share, least = math.ceil(groups / len(counted)), groups // len(counted)
+            if all(least <= owned[q] <= share for q in counted):
+                self.out.discard(p)
+                again.append(p)
+        return again
 
     def _passed_over(self, now: float, starving: bool, rose: bool) -> bool:
         """Whether this process, below its floor with nothing free for it long enough, registers
@@ -214,6 +262,26 @@ class FreeWatch:
                 return [CountedOut(p, group, now - since) for p in sorted(counted) if p not in (self.address, taker)
                         and now - self._taking[p] > wait and self._would_take(p, read, least, owned)]
         return []
+
+    def _held_above(self, now: float, read: Read, counted: set[str], owned: Counter[str]) -> list[CountedOut]:
+        """The processes below the floor of this one's share that took nothing while another held above
+        that share for ``LEFT_FREE_TURNS`` periods: that one counts out a process this one counts in
+        (seen free while this one was away from Redis, or it was not yet a member), takes its part,
+        and hands nothing over. This one, at its share counting that process and nothing ever free,
+        stayed there for good: the other at twice its load, the process counted out by one alone."""
+        groups, _, routes, _ = read
+        share, least, wait = math.ceil(groups / len(counted)), groups // len(counted), self.period * LEFT_FREE_TURNS
+        above = {q for q in counted if q != self.address and owned[q] > share}
+        if not above:
+            self._above = None
+            return []
+        self._above = now if self._above is None else self._above
+        if now - self._above <= wait:
+            return []
+        holder = min(above)
+        group = min(g for g, (a, _) in routes.items() if a == holder)
+        return [CountedOut(p, group, now - self._above, holder) for p in sorted(counted - above)
+                if p != self.address and owned[p] < least and now - self._taking[p] > wait]
 
     def _would_take(self, p: str, read: Read, least: int, owned: Counter[str]) -> bool:
         """Whether ``p`` would take a group at this read: below the floor of its share, or below the

@@ -234,12 +234,13 @@ class Membership:
         out, again = self.watch.observe(time.monotonic(), self._config.shards, self.members, self.routes,
                                         self._vacating)
         for c in out:
-            log.warning("group %d: free for %.1fs while %s, below its share, took nothing: it is counted out of "
-                        "the shares and the others take its part", c.group, c.free_for, c.address,
+            held = f"held above the share by {c.held_by}" if c.held_by else "free"
+            log.warning("group %d: %s for %.1fs while %s, below its share, took nothing: it is counted out of "
+                        "the shares and the others take its part", c.group, held, c.free_for, c.address,
                         extra={"event": "peer_not_taking", "group": c.group, "peer": c.address,
-                               "free_ms": round(c.free_for * 1000)})
+                               "free_ms": round(c.free_for * 1000), "held_by": c.held_by})
         for address in again:
-            log.info("%s is seen taking groups again: counted in the shares", address,
+            log.info("%s is counted in the shares again", address,
                      extra={"event": "peer_taking_again", "peer": address})
         if self.watch.register_anew:  # counted out by the others (FreeWatch.register_anew): a new entry
             self._retired = self._retired or self._entry  # counts it again; the lease holder stays

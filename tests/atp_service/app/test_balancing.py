@@ -276,3 +276,49 @@ def test_a_group_free_while_processes_that_take_none_hold_their_floor_is_taken()
     hand_overs = space.hand_overs
     space.settle(50)
     assert space.hand_overs == hand_overs
+
+
+def test_a_process_counted_out_while_its_recoveries_held_its_turns_is_counted_again_once_at_its_floor() -> None:
+    """Counted out below its floor (its turns held by a recovery), then at the floor of the shares
+    once another process joined, it took nothing more: no taking to be seen, it stayed counted out
+    for good — the others' shares counted without it, ``ATPProcessNotTaking`` firing on it."""
+    watch, members = FreeWatch("a", 1.0), ["a|1", "b|1", "x|1"]
+    routes = {0: ("a", 1), 1: ("a", 1), 2: ("a", 1), 3: ("b", 1), 4: ("b", 1), 5: ("b", 1), 6: ("x", 1), 7: ("x", 1)}
+    for now in range(1, LEFT_FREE_TURNS + 3):  # group 8 free; x, below its floor of 3, takes nothing
+        watch.observe(now, 9, members, routes, ())
+    assert watch.out == {"x"}
+    taken = {**routes, 8: ("y", 1), 1: ("y", 1)}  # y joins and takes: every process at 2 or 3, nothing free
+    out, again = watch.observe(10, 9, [*members, "y|1"], taken, ())
+    assert (out, again, watch.out) == ([], ["x"], set())
+
+
+def test_a_process_holding_what_another_counts_out_is_read_as_its_counting_out() -> None:
+    """p3, back from Redis, counts p1 out (it saw p1 leave a group free), took p1's part, and holds
+    twice its share as p4 counts it; p4, which never saw a group free, counted p1 in and sat at its
+    share for good: p3 at twice p4's load, and p4 lacking what it would get with p1 counted out."""
+    watch, members = FreeWatch("p4", 1.0), ["p1|1", "p3|1", "p4|1"]
+    routes = {g: ("p3" if g < 6 else "p4", 1) for g in range(9)}
+    for now in range(1, LEFT_FREE_TURNS + 1):
+        assert watch.observe(now, 9, members, routes, ()) == ([], [])
+    out, _ = watch.observe(LEFT_FREE_TURNS + 2, 9, members, routes, ())
+    assert [(c.address, c.held_by) for c in out] == [("p1", "p3")] and watch.out == {"p1"}
+    give, take = plan_balance("p4", 9, members, {6, 7, 8}, routes, (), watch.out)
+    assert (give, take) == (None, [])  # below its floor now (4 of 9 over two), nothing free for it
+    anew = []
+    for now in range(LEFT_FREE_TURNS + 3, 3 * LEFT_FREE_TURNS + 3):
+        watch.observe(now, 9, members, routes, ())
+        anew.append(watch.register_anew)
+    assert any(anew), "it registers anew, for p3 to count it again and hand it its share"
+
+
+def test_time_a_process_did_not_read_is_one_period_of_its_watch() -> None:
+    """Back after Redis was away for a while, a process judged what it saw before by the time it did
+    not see: every process that would take a group free before and after was counted out at once."""
+    watch, members = FreeWatch("a", 1.0), ["a|1", "b|1"]
+    routes = {0: ("a", 1), 1: ("a", 1), 2: ("b", 1)}  # group 3 free; b below its share
+    watch.observe(1, 4, members, routes, ())
+    assert watch.observe(60, 4, members, routes, ()) == ([], [])
+    for now in range(61, 60 + LEFT_FREE_TURNS):
+        assert watch.observe(now, 4, members, routes, ())[0] == []
+    out, _ = watch.observe(60 + LEFT_FREE_TURNS + 1, 4, members, routes, ())
+    assert [c.address for c in out] == ["b"]
