@@ -22,12 +22,14 @@ from prometheus_client import start_http_server
 
 from atp_service.config_values import LOG_FORMATS, LOG_LEVELS
 from atp_service.logs import set_up_logging
+from atp_service.storage.acl import AclRefused
 from atp_service.storage.nodes import connect_any
 
 from ._adapters import Adapter, JsonlAdapter, WebhookAdapter
 from ._config import PublisherConfig
 from ._http import HttpSettings
 from ._metrics import PublisherMetrics
+from ._permissions import check_publisher_acl
 from ._publisher import Publisher
 from ._shopify import DEFAULT_API_VERSION, MAX_QUANTITIES, ShopifyAdapter, ShopifySettings
 from ._startup import RedisEvicts, RedisUnavailable, RedisWait, redacted, wait_for_redis
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     except RedisUnavailable as exc:
         print(f"atp-publisher: {exc}", file=sys.stderr)
         return EXIT_NO_REDIS
-    except RedisEvicts as exc:
+    except (RedisEvicts, AclRefused) as exc:
         print(f"atp-publisher: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
     return 0
@@ -205,7 +207,11 @@ async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metric
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        if await wait_for_redis(publisher.prepare, wait or RedisWait(), redacted(redis_url), nap, stop.is_set):
+        async def first_calls() -> None:  # what its user may run, then the group and what was delivered
+            await check_publisher_acl(config, redis_url, cluster)
+            await publisher.prepare()
+
+        if await wait_for_redis(first_calls, wait or RedisWait(), redacted(redis_url), nap, stop.is_set):
             log.info("publisher of channel %s from %s via %s (group %s): delivers while it holds %s", config.channel,
                      config.stream, adapter.name, config.group, config.lease_key)
             await publisher.run()

@@ -1,57 +1,26 @@
-"""What the service will ask of its Redis user, asked at start. With Redis ACLs, a user denied a
-command the service sends only later — the snapshot script's ``XTRIM`` of a log, hours in; a channel
-feed's ``XADD``; an input stream's ``XACK`` — started, served, and then failed there, group by group.
-
-Each command the service sends, on the very keys it sends it to (every shard group's, the channel
-feeds', the input streams'), is queued inside ``MULTI`` and the transaction discarded: Redis checks a
-queued command against the user's ACL — the command, its subcommand, each key for reading or
-writing — before it queues it, and runs none of them. Any user may be asked so: ``ACL DRYRUN`` and
-``ACL GETUSER`` need admin rights a service's user rarely has. Commands of the Lua scripts are checked
-against the caller's ACL as they run, so they are asked for too, on the keys the scripts touch, and
-``EVALSHA`` with each script's keys. On a Redis Cluster every primary is asked (ACLs are per node).
-A user that may not run ``MULTI`` is not asked: said in a warning (the input streams' dead letters
-need ``MULTI`` anyway); nor is a Redis where ``MULTI`` opens no transaction (``rename-command``, a
-proxy): there each command asked would run."""
+"""What the service will ask of its Redis user, asked at start (``storage/acl.py``: each command
+queued inside ``MULTI``, then discarded). With Redis ACLs, a user denied a command the service sends
+only later — the snapshot script's ``XTRIM`` of a log, hours in; a channel feed's ``XADD``; an input
+stream's ``XACK`` — started, served, and then failed there, group by group. Here: every command the
+service sends, on the very keys it sends it to (every shard group's, the channel feeds', the input
+streams'), the commands of its Lua scripts on the keys they touch, and ``EVALSHA`` with each
+script's keys. A user that may not run ``MULTI`` is not asked (the input streams' dead letters need
+``MULTI`` anyway)."""
 
 from __future__ import annotations
 
-import logging
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any
-
-from redis.exceptions import NoPermissionError, ResponseError
-
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
+from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import LogStore
 
-log = logging.getLogger(__name__)
-SHA = "0" * 40  # the digest EVALSHA is asked with: queued only, never run
-G = "<n>"  # a shard group's number in the key patterns named
 GROUP_USES = {
     "owner": "the group's claim, checked by every write", "fence": "the group's fence (R7: a write in doubt settled)",
     "log": "the group's log: appends, recovery, the trim behind each snapshot",
     "snap": "the group's snapshot", "snap-parts": "a large snapshot written in parts",
     "snap-parts-try": "a large snapshot written in parts", "lease": "the group's lease (ownership = leases)",
     "*": "the scripts that append, fence, claim and snapshot the group"}
-
-
-@dataclass(frozen=True, slots=True)
-class Need:
-    """One command the service sends: ``args`` as asked (real key names), ``pattern`` the key as
-    named in the refusal (``{g<n>}`` for every group), ``group`` the shard group (None: no group)."""
-
-    args: tuple[str | int, ...]
-    pattern: str
-    use: str
-    group: int | None = None
-
-    @property
-    def command(self) -> str:
-        words = 2 if self.args[0] in ("XINFO", "XGROUP", "SCRIPT") else 1
-        return " ".join(str(a) for a in self.args[:words])
 
 
 def service_needs(config: ServiceConfig, keys: Keyspace, channels: list[str]) -> list[Need]:
@@ -174,68 +143,8 @@ async def check_redis(store: LogStore, config: ServiceConfig, channels: list[str
 async def check_permissions(store: LogStore, needs: list[Need]) -> None:
     """Refuse to start (``StartupError``) naming each command of ``needs`` the Redis user may not
     run, with its keys; on a cluster, each primary is asked."""
-    probes: list[Any] = [("MULTI",), *(need.args for need in needs), ("DISCARD",)]
-    missing: dict[tuple[str, str], set[int | None]] = defaultdict(set)
-    said: dict[tuple[str, str], str] = {}
-    for where, opened in await store.nodes.on_each_primary([("MULTI",), ("DISCARD",)]):
-        if not all(_ok(reply) for reply in opened):  # no transaction to hold them: the commands would run
-            denied = [reply for reply in opened if _denied(reply)]
-            why = (f"the Redis user may not run MULTI or DISCARD ({denied[0]})" if denied else
-                   f"MULTI opens no transaction there (MULTI answered {_said(opened[0])}, DISCARD "
-                   f"{_said(opened[1])}: renamed by rename-command, or a proxy)")
-            log.warning("%s: %s, so the commands the service sends are not checked against its ACL at start: a "
-                        "command denied fails when first sent", where, why)
-            return
-    for where, replies in await store.nodes.on_each_primary(probes):
-        if not (_ok(replies[0]) and _ok(replies[-1])):  # answered OK a moment ago: in doubt, not started
-            raise StartupError(f"redis_url: {where} answered {_said(replies[0])} to MULTI and {_said(replies[-1])} "
-                               "to DISCARD while the start asked what its ACL allows: the commands asked may have run")
-        for need, reply in zip(needs, replies[1:-1], strict=True):
-            if _denied(reply):
-                missing[(need.command, need.pattern)].add(need.group)
-                said.setdefault((need.command, need.pattern), f"{where}: {reply}")
-    if missing:
-        raise StartupError(refusal(missing, said, needs))
-
-
-def _ok(reply: Any) -> bool:
-    """Whether ``reply`` is Redis's ``OK`` (``MULTI`` opened a transaction, ``DISCARD`` dropped it)."""
-    return reply in (b"OK", "OK")
-
-
-def _said(reply: Any) -> str:
-    """A reply as a refusal names it: an error reply by its message."""
-    return str(reply) if isinstance(reply, BaseException) else repr(reply)
-
-
-def _denied(reply: Any) -> bool:
-    """Whether ``reply`` is Redis's ACL refusal (redis-py: ``NoPermissionError``, the code taken off)."""
-    if isinstance(reply, NoPermissionError):
-        return True
-    return isinstance(reply, ResponseError) and str(reply).startswith("NOPERM")
-
-
-def refusal(missing: dict[tuple[str, str], set[int | None]], said: dict[tuple[str, str], str],
-            needs: list[Need]) -> str:
-    """The start's refusal: each command denied, on which keys, what it is for, what Redis said."""
-    uses = {(need.command, need.pattern): need.use for need in needs}
-    lines = []
-    for (command, pattern), groups in missing.items():
-        on = f" on {pattern}" if pattern else ""
-        if pattern.count(G):
-            on = f" on {pattern.replace(G, '*')} (groups {_spans(sorted(g for g in groups if g is not None))})"
-        lines.append(f"  {command}{on}: {uses[(command, pattern)]} — {said[(command, pattern)]}")
-    return ("redis_url: the Redis user may not run commands the service sends (its ACL): it would start and "
-            "fail when each is first sent (a snapshot, a channel feed, an input stream), so it is not started. "
-            "Grant each (ACL SETUSER <user> +<command> and the keys, or a user that has them):\n" + "\n".join(lines))
-
-
-def _spans(numbers: list[int]) -> str:
-    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
-    spans: list[list[int]] = []
-    for n in numbers:
-        if spans and n == spans[-1][1] + 1:
-            spans[-1][1] = n
-        else:
-            spans.append([n, n])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    try:
+        await check_acl(store.nodes, needs, "redis_url", "the service",
+                        "it would start and fail when each is first sent (a snapshot, a channel feed, an input stream)")
+    except AclRefused as refused:
+        raise StartupError(str(refused)) from None
