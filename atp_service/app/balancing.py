@@ -18,8 +18,9 @@ held its turns, then at its floor, takes nothing more to be seen taking.
 
 Agreeing. Each process counts out what it saw itself, so two can disagree: one away from Redis while
 a group fell free counts a process in that another counts out, and the other holds above its share,
-nothing ever free for the first to see. Another above its share for ``LEFT_FREE_TURNS`` periods is
-the sign: the ones below the floor that took nothing meanwhile are counted out here too. And the
+nothing ever free for the first to see. Another above its share, handing nothing over, for twice
+``LEFT_FREE_TURNS`` periods is the sign: the ones below the floor that took nothing meanwhile are
+counted out here too (one handing its excess over, however slowly, counts them in). And the
 time a process did not read (Redis away, its turn held by a long recovery) counts one period: what
 it saw before is not judged by time it did not see.
 
@@ -136,7 +137,7 @@ class FreeWatch:
         self._starving: float | None = None  # since when this process is below its floor, nothing free
         self._patience = LEFT_FREE_TURNS  # periods of that before it registers anew
         self._last: float | None = None  # when it last read
-        self._above: float | None = None  # since when another has held above this one's share
+        self._above: dict[str, float] = {}  # another above this one's share -> since when, no hand-over seen
 
     def observe(self, now: float, groups: int, members: Sequence[str], routes: Mapping[int, tuple[str, int]],
                 busy: Container[int]) -> tuple[list[CountedOut], list[str]]:
@@ -150,14 +151,14 @@ class FreeWatch:
         rose = owned[self.address] > self._owned[self.address]
         self._skip_unseen(now)
         again = self._seen_taking(now, live, owned, entries)
-        self._owned = owned
+        before, self._owned = self._owned, owned
         taken = {g: since for g, since in self._free.items() if g in routes}
         self._free = {g: self._free.get(g, now) for g in range(groups) if g not in routes and g not in busy}
         again += self._settled(groups, live, owned)
         counted = {p for p in live if p not in self.out}
         read = (groups, members, routes, busy)
         out = (self._left_free(now, read, counted, owned) or self._taken_above(now, read, counted, owned, taken)
-               or self._held_above(now, read, counted, owned))
+               or self._held_above(now, read, counted, owned, before))
         self.out |= {c.address for c in out}
         share, least = math.ceil(groups / len(counted)), groups // len(counted)
         mine = owned[self.address]  # below share, one above it: counted out by it (it hands over otherwise)
@@ -177,6 +178,7 @@ class FreeWatch:
         skipped = now - last - self.period
         self._taking = {p: seen + skipped for p, seen in self._taking.items()}
         self._free = {g: since + skipped for g, since in self._free.items()}
+        self._above = {p: since + skipped for p, since in self._above.items()}
         if self._starving is not None:
             self._starving += skipped
 
@@ -263,24 +265,27 @@ class FreeWatch:
                         and now - self._taking[p] > wait and self._would_take(p, read, least, owned)]
         return []
 
-    def _held_above(self, now: float, read: Read, counted: set[str], owned: Counter[str]) -> list[CountedOut]:
+    def _held_above(self, now: float, read: Read, counted: set[str], owned: Counter[str],
+                    before: Counter[str]) -> list[CountedOut]:
         """The processes below the floor of this one's share that took nothing while another held above
-        that share for ``LEFT_FREE_TURNS`` periods: that one counts out a process this one counts in
-        (seen free while this one was away from Redis, or it was not yet a member), takes its part,
-        and hands nothing over. This one, at its share counting that process and nothing ever free,
-        stayed there for good: the other at twice its load, the process counted out by one alone."""
+        that share, handing nothing over, for twice ``LEFT_FREE_TURNS`` periods: that one counts out a
+        process this one counts in (seen free while this one was away from Redis, or it was not yet a
+        member), takes its part, and hands nothing over. This one, at its share counting that process
+        and nothing ever free, stayed there for good: the other at twice its load, the process counted
+        out by one alone. One seen handing a group over counts the ones below in: what it holds above
+        goes to them, one group a turn — a joiner losing a few races for them, or waiting on a hand-over
+        slow as its final snapshot, was counted out. Nothing is unserved meanwhile: twice the wait."""
         groups, _, routes, _ = read
-        share, least, wait = math.ceil(groups / len(counted)), groups // len(counted), self.period * LEFT_FREE_TURNS
-        above = {q for q in counted if q != self.address and owned[q] > share}
-        if not above:
-            self._above = None
+        share, least = math.ceil(groups / len(counted)), groups // len(counted)
+        wait = self.period * LEFT_FREE_TURNS * 2
+        self._above = {q: now if owned[q] < before[q] else self._above.get(q, now) for q in counted
+                       if q != self.address and owned[q] > share}
+        holding = sorted(q for q, since in self._above.items() if now - since > wait)
+        if not holding:
             return []
-        self._above = now if self._above is None else self._above
-        if now - self._above <= wait:
-            return []
-        holder = min(above)
+        holder, since = holding[0], self._above[holding[0]]
         group = min(g for g, (a, _) in routes.items() if a == holder)
-        return [CountedOut(p, group, now - self._above, holder) for p in sorted(counted - above)
+        return [CountedOut(p, group, now - since, holder) for p in sorted(counted - set(self._above))
                 if p != self.address and owned[p] < least and now - self._taking[p] > wait]
 
     def _would_take(self, p: str, read: Read, least: int, owned: Counter[str]) -> bool:

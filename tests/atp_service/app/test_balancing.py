@@ -298,14 +298,15 @@ def test_a_process_holding_what_another_counts_out_is_read_as_its_counting_out()
     share for good: p3 at twice p4's load, and p4 lacking what it would get with p1 counted out."""
     watch, members = FreeWatch("p4", 1.0), ["p1|1", "p3|1", "p4|1"]
     routes = {g: ("p3" if g < 6 else "p4", 1) for g in range(9)}
-    for now in range(1, LEFT_FREE_TURNS + 1):
+    held = 2 * LEFT_FREE_TURNS  # periods p3 holds above, handing nothing over (nothing unserved: no haste)
+    for now in range(1, held + 1):
         assert watch.observe(now, 9, members, routes, ()) == ([], [])
-    out, _ = watch.observe(LEFT_FREE_TURNS + 2, 9, members, routes, ())
+    out, _ = watch.observe(held + 2, 9, members, routes, ())
     assert [(c.address, c.held_by) for c in out] == [("p1", "p3")] and watch.out == {"p1"}
     give, take = plan_balance("p4", 9, members, {6, 7, 8}, routes, (), watch.out)
     assert (give, take) == (None, [])  # below its floor now (4 of 9 over two), nothing free for it
     anew = []
-    for now in range(LEFT_FREE_TURNS + 3, 3 * LEFT_FREE_TURNS + 3):
+    for now in range(held + 3, held + 2 * LEFT_FREE_TURNS + 3):
         watch.observe(now, 9, members, routes, ())
         anew.append(watch.register_anew)
     assert any(anew), "it registers anew, for p3 to count it again and hand it its share"
