@@ -30,6 +30,9 @@ class Proc:
     takes: bool = True  # False: an earlier release, registered, every balance failing
     fails: frozenset[int] = frozenset()  # groups its takings fail on
     recovery: int = 0  # turns a taking holds its balance turns (one group a turn then)
+    handover: int = 0  # turns a hand-over holds its balance turns (drained, a final snapshot), the lease kept
+    handing: int | None = None  # the group being handed over
+    up_since: int = 0  # the turn it last came up (joined, back, restarted)
     state: str = "up"  # up | down (killed or cut off from Redis) | stopping | gone
     blocked: int = 0
     last_seen: int = 0  # the last turn it renewed its member entry and leases
@@ -50,6 +53,7 @@ class Estate:
         self.routes: dict[int, tuple[str, int]] = {}
         self.changes = 0  # hand-overs and takings
         self.log: list[str] = []
+        self.false_outs: list[str] = []  # a healthy process counted out while up and taking all along (--outs)
 
     def proc(self, address: str) -> Proc:
         return next(p for p in self.procs if p.address == address)
@@ -79,6 +83,10 @@ class Estate:
                 self.stop_step(p)
             elif p.blocked:
                 p.blocked -= 1
+                if not p.blocked and p.handing is not None:  # the hand-over ends: the lease given back
+                    if self.routes.get(p.handing, ("",))[0] == p.address:  # not lapsed meanwhile
+                        del self.routes[p.handing]
+                    p.handing = None
             elif p.takes:
                 self.balance(p, members)
 
@@ -91,14 +99,21 @@ class Estate:
             p.state = "gone"
 
     def balance(self, p: Proc, members: list[str]) -> None:
-        p.watch.observe(float(self.now), self.groups, members, self.routes, ())
+        out, _ = p.watch.observe(float(self.now), self.groups, members, self.routes, ())
+        for c in out:
+            q = self.proc(c.address)
+            if q.state == "up" and q.healthy and not (q.recovery or q.handover) and self.now - q.up_since > 12:
+                self.false_outs.append(f"t{self.now} {p.address} counts out healthy {c}")
         if p.watch.register_anew:
             p.token += 1
         give, take = plan_balance(p.address, self.groups, members, self.held(p.address), self.routes, (),
                                   p.watch.out)
         if give is not None:
-            del self.routes[give]
             self.changes += 1
+            if p.handover:
+                p.handing, p.blocked = give, p.handover
+                return
+            del self.routes[give]
         for group in take:
             if group in p.fails or group in self.routes:
                 continue
@@ -112,7 +127,7 @@ class Estate:
 
     def join(self, name: str) -> None:
         kind = self.rng.random()
-        p = Proc(name, last_seen=self.now)
+        p = Proc(name, last_seen=self.now, up_since=self.now, handover=self.rng.choice((0, 0, 1, 2, 4)))
         if kind < 0.1:
             p.takes = False
         elif kind < 0.2:
@@ -120,14 +135,16 @@ class Estate:
         elif kind < 0.35:
             p.recovery = self.rng.randint(1, 8)
         self.procs.append(p)
-        self.log.append(f"t{self.now} join {name} takes={p.takes} fails={sorted(p.fails)} recovery={p.recovery}")
+        self.log.append(f"t{self.now} join {name} takes={p.takes} fails={sorted(p.fails)} recovery={p.recovery} "
+                        f"handover={p.handover}")
 
     def event(self, names: list[str]) -> None:
         up = [p for p in self.procs if p.state == "up"]
         down = [p for p in self.procs if p.state == "down"]
         roll = self.rng.random()
         if roll < 0.25 and len(self.procs) < 7:
-            self.join(names.pop())
+            for _ in range(self.rng.choice((1, 1, 2, 3))):  # several at once: a scale-out
+                self.join(names.pop())
         elif roll < 0.45 and up:
             p = self.rng.choice(up)
             p.state = "down"
@@ -136,8 +153,8 @@ class Estate:
             p = self.rng.choice(down)
             restart = self.rng.random() < 0.5
             if restart:  # a new process at the same address: a new entry, nothing remembered
-                p.token, p.watch, p.blocked = p.token + 1, FreeWatch(p.address, 1.0), 0
-            p.state, p.last_seen = "up", self.now
+                p.token, p.watch, p.blocked, p.handing = p.token + 1, FreeWatch(p.address, 1.0), 0, None
+            p.state, p.last_seen, p.up_since = "up", self.now, self.now
             self.log.append(f"t{self.now} {'restart' if restart else 'back'} {p.address}")
         elif roll < 0.75 and len(up) > 1:
             p = self.rng.choice(up)
@@ -157,7 +174,7 @@ def run(seed: int) -> tuple[Estate, list[str]]:
         estate.turn()
     for p in estate.procs:  # the quiet spell: whoever is down comes back, as it was
         if p.state == "down":
-            p.state, p.last_seen = "up", estate.now
+            p.state, p.last_seen, p.up_since = "up", estate.now, estate.now
     for _ in range(QUIET_TURNS - STILL_TURNS):
         estate.turn()
     before = (estate.changes, dict(estate.routes))
@@ -194,10 +211,12 @@ def main() -> None:
     parser.add_argument("--scenarios", type=int, default=300)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--outs", action="store_true", help="also print healthy processes counted out on the way")
     args = parser.parse_args()
     bad = 0
     for seed in range(args.first, args.first + args.scenarios):
         estate, found = run(seed)
+        found += estate.false_outs if args.outs else []
         if found:
             bad += 1
             print(f"seed {seed} groups={estate.groups}: {'; '.join(found)}")
