@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from atp_client import AtpClient, RetryPolicy, typed
+from atp_client import AtpClient, Retryable, RetryPolicy, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.overload import IDLE_INTERVAL_S, INTERVAL_S, ON_TIME_S, RECENT_S, STREAK, LoopLagMonitor
 from benchmarks.overload import rss_mb
@@ -156,13 +156,23 @@ async def test_calls_past_the_bounded_queue_ahead_of_the_service_are_refused_at_
 async def test_a_client_with_a_retry_policy_gets_every_call_through_a_small_queue_exactly_once(
         start_service: ServiceFactory) -> None:
     """The same flood as above, from a client whose gRPC retries refusals by the published policy
-    (its service config): every reservation lands, each once (retries of a decided one replay it)."""
+    (its service config): every reservation lands, each once (retries of a decided one replay it).
+    gRPC's tries are bounded (five, with jittered backoff): on a slow machine a call can find the
+    queue full at each, and ends refused — the caller then sends it again, the same id."""
     service, client = await start_service(max_pending_calls=4)
     await client.record_events([receipt("seed", "A", "DC", 1_000_000)])
     before = service.door.counts()
+
+    async def held(patient: AtpClient, rid: str) -> pb.ReserveResponse:
+        for _ in range(50):  # a bound against a service that never lets it in, not a pace
+            try:
+                return await patient.reserve(rid, [("A", "DC", 1)], ttl_seconds=3600)
+            except Retryable:
+                continue
+        raise AssertionError(f"{rid}: refused at each of 50 x {RetryPolicy().attempts} tries")
+
     async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=60, retry=RetryPolicy()) as patient:
-        answers = await asyncio.gather(*(patient.reserve(f"r{n}", [("A", "DC", 1)], ttl_seconds=3600)
-                                         for n in range(100)))
+        answers = await asyncio.gather(*(held(patient, f"r{n}") for n in range(100)))
     tries = service.door.counts()["started"] - before["started"]
     assert tries > 100  # the queue did refuse some tries, and gRPC tried them again
     assert all(a.state == pb.RESERVATION_STATE_HELD for a in answers)
