@@ -12,9 +12,9 @@ what one process has seen of that, read once a balance turn: a group free for ``
 balance periods while a live process below the floor of its share took nothing counts that process
 out of the shares; the others' shares grow and the group is taken, above the share that counts
 everyone. It is counted again once it is seen taking a group or registering anew (a restart): the
-normal balancing then hands the excess over to it; or once counting it changes no turn (nothing
-free, each process from the floor to the share counting it): one counted out while its recoveries
-held its turns, then at its floor, takes nothing more to be seen taking.
+normal balancing then hands the excess over to it; or once it holds the floor of the share that
+counts it, nothing free: one counted out while its recoveries held its turns, then at its floor,
+takes nothing more to be seen taking.
 
 Agreeing. Each process counts out what it saw itself, so two can disagree: one away from Redis while
 a group fell free counts a process in that another counts out, and the other holds above its share,
@@ -183,17 +183,18 @@ class FreeWatch:
             self._starving += skipped
 
     def _settled(self, groups: int, live: set[str], owned: Counter[str]) -> list[str]:
-        """The processes counted out that counting in would change no turn of: no group free, and
-        each one counted, with it, holding from the floor to the share. One counted out while its
-        recoveries held its turns, then at its floor, takes no more: it stayed counted out for good,
-        the others' shares counted without it and ``ATPProcessNotTaking`` firing on it."""
+        """The processes counted out that hold some groups and at least the floor of the share that
+        counts them, no group free: no longer below it, what they were counted out for is over. One
+        counted out while its recoveries held its turns, then at its floor (another joined, or it took
+        while this one did not read), takes no more to be seen taking: it stayed counted out for good,
+        the others' shares counted without it — its groups as if nobody's, a process below the floor
+        never handed its part — and ``ATPProcessNotTaking`` firing on it."""
         if self._free:
             return []
         again = []
         for p in sorted(self.out):
             counted = {q for q in live if q not in self.out} | {p}
-            share, least = math.ceil(groups / len(counted)), groups // len(counted)
-            if all(least <= owned[q] <= share for q in counted):
+            if owned[p] and owned[p] >= groups // len(counted):
                 self.out.discard(p)
                 again.append(p)
         return again

@@ -323,3 +323,22 @@ def test_time_a_process_did_not_read_is_one_period_of_its_watch() -> None:
         assert watch.observe(now, 4, members, routes, ())[0] == []
     out, _ = watch.observe(60 + LEFT_FREE_TURNS + 1, 4, members, routes, ())
     assert [c.address for c in out] == ["b"]
+
+
+def test_a_process_counted_out_is_counted_again_at_its_floor_though_the_others_still_rebalance() -> None:
+    """Counted out below its floor, then at the floor of the shares once another joined, while a
+    process above its share and the joiner below its floor had yet to rebalance: it was counted in
+    only once every process held from the floor to the share — the others' shares counted without it,
+    its groups as if nobody's, and the joiner never handed its part."""
+    watch, members = FreeWatch("a", 1.0), ["a|1", "b|1", "x|1"]
+    routes = {**{g: ("a", 1) for g in range(4)}, **{g: ("b", 1) for g in range(4, 8)}, 8: ("x", 1), 9: ("x", 1)}
+    now = 0
+    while not watch.out and now < 20:  # group 10 free; x, below its floor of 3, takes nothing
+        now += 1
+        watch.observe(now, 11, members, routes, ())
+    assert watch.out == {"x"}
+    routes[10] = ("a", 1)  # taken above share, at a's turn
+    out, again = watch.observe(now + 1, 11, [*members, "c|1"], routes, ())  # c joins: x's floor is 2
+    assert (out, again, watch.out) == ([], ["x"], set())
+    give, _ = plan_balance("a", 11, [*members, "c|1"], set(range(4)) | {10}, routes, (), watch.out)
+    assert give is not None, "a, above the share that counts x, hands a group over for c"
