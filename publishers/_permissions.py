@@ -28,6 +28,7 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
         (("XGROUP", "CREATE", stream, group, "0", "MKSTREAM"), stream, "the consumer group"),
         (("XINFO", "GROUPS", stream), stream, "where the group has read to"),
         (("XINFO", "CONSUMERS", stream, group), stream, "the takeover of a publisher's pending entries"),
+        (("XINFO", "STREAM", stream), stream, "entries trimmed before the group read them (their keys resynced)"),
         (("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "STREAMS", stream, ">"), stream, "the channel feed"),
         (("XACK", stream, group, "0-1"), stream, "entries delivered (C3)"),
         (("XAUTOCLAIM", stream, group, consumer, 0, "0-0", "JUSTID"), stream, "the takeover of pending entries"),

@@ -114,3 +114,42 @@ def test_each_command_asked_is_sent_and_each_script_command_is_asked() -> None:
     for command in in_scripts:
         assert command in asked or command.split()[0] in asked, f"{command} (a script's) is not asked"
     assert in_scripts >= {"XAUTOCLAIM", "XACK", "HSET", "XGROUP DELCONSUMER"}, in_scripts
+
+
+async def test_a_user_denied_the_stream_s_info_is_refused(redis_url: str, admin: redis.Redis) -> None:
+    """``XINFO STREAM`` tells, before each read of new entries, whether the stream's trimming removed
+    entries this group never read (their keys then resynced): a user denied it failed at the first
+    such look, after it took the lease, retrying as if Redis were away."""
+    cfg = PublisherConfig(channel="web")
+    with pytest.raises(AclRefused) as refused:
+        await check_publisher_acl(cfg, as_user(admin, redis_url, "~*", "+@all", "-xinfo|stream"), cluster=False)
+    assert f"XINFO STREAM on {cfg.stream}:" in str(refused.value), refused.value
+
+
+SENT_BY = {"pipeline": "MULTI", "execute": "EXEC", "hscan_iter": "HSCAN", "xgroup_create": "XGROUP CREATE",
+           "xinfo_groups": "XINFO GROUPS", "xinfo_consumers": "XINFO CONSUMERS", "xinfo_stream": "XINFO STREAM"}
+"""What a redis-py method sends, where its name does not say it (the rest: the name in capitals)."""
+HELPERS = {"make_group": {"XGROUP CREATE"}, "stream_info": {"XINFO STREAM"},
+           "refuse_evicting_redis": set(), "node_configs": set(),
+           **{name: set[str]() for name in ("Lease", "Holding", "Publisher", "Takeover", "Redelivery")}}
+"""What a helper given the publisher's client sends (``CONFIG GET``: not asked, its refusal is a
+warning; the package's own classes: their calls are scanned here)."""
+NOT_ASKED = {"MULTI", "EXEC", "ACLOSE"}  # MULTI/EXEC: asked on their own, not inside the transaction
+
+
+def test_each_direct_call_of_the_redis_client_is_asked() -> None:
+    """A Redis command sent through the client (or a pipeline of it, or a storage helper given it)
+    that is not asked is one a user may be denied after its start: a new call must be asked."""
+    asked = {need.command for need in publisher_needs(PublisherConfig(channel="web"))}
+    sent: set[str] = set()
+    for path in PACKAGE.glob("*.py"):
+        if path.name in ("_permissions.py", "_http.py"):  # _http.py: its client is an HTTP one
+            continue
+        text = path.read_text()
+        for method in re.findall(r"\b(?:client|pipe)\.(\w+)\(", text):
+            sent.add(SENT_BY.get(method, method.upper()))
+        for helper in re.findall(r"\b(\w+)\((?:self\.)?client\b", text):
+            assert helper in HELPERS, f"{path.name}: {helper}(client) — say what it sends in HELPERS"
+            sent |= HELPERS[helper]
+    assert {"XREADGROUP", "XINFO STREAM", "HSCAN", "EVAL", "SET"} <= sent, sent  # the scan finds the calls
+    assert sent - NOT_ASKED <= asked, sorted(sent - NOT_ASKED - asked)
