@@ -8,11 +8,15 @@ the channel's availability stopped reaching its destination when a standby was n
 from __future__ import annotations
 
 from atp_service.storage.acl import Need, check_acl
-from atp_service.storage.nodes import Nodes, connect_any
+from atp_service.storage.nodes import Nodes, connect, connect_any
 
 from ._config import PublisherConfig
 
 SCRIPT = "return 0"  # the body EVAL is asked with: queued only, never run
+CLUSTER_CLIENT = [Need(("CLUSTER", "SLOTS"), "", "the cluster's slot map, read first (--redis-cluster)"),
+                  Need(("COMMAND",), "", "the command table: where each command's keys are (--redis-cluster)")]
+"""What redis-py's cluster client sends before any command: denied, it reads as no cluster there
+("Cluster mode is not enabled"), so they are asked first, of the node the URL names."""
 
 
 def publisher_needs(cfg: PublisherConfig) -> list[Need]:
@@ -56,10 +60,16 @@ async def check_publisher_acl(cfg: PublisherConfig, redis_url: str, cluster: boo
     """``AclRefused`` naming each command the publisher sends that its Redis user may not run (each
     primary of a cluster asked: the node holding the channel's slot may change by a failover). On
     connections of its own, closed after: a ``DISCARD`` refused leaves one inside ``MULTI``."""
-    client = connect_any(redis_url, timeout_s, cluster=cluster)
-    nodes = Nodes(client, cluster=cluster, url=redis_url, timeout_s=timeout_s)
+    else_ = "it would stand by and fail when it took the lease over, or at its first dead letter"
+    if cluster:  # before the cluster client reads the slot map: denied, that read fails as if Redis were away
+        seed = Nodes(connect(redis_url, timeout_s), url=redis_url, timeout_s=timeout_s)
+        try:
+            await check_acl(seed, CLUSTER_CLIENT, "--redis-url", "the publisher", else_)
+        finally:
+            await seed.aclose()
+    nodes = Nodes(connect_any(redis_url, timeout_s, cluster=cluster), cluster=cluster, url=redis_url,
+                  timeout_s=timeout_s)
     try:
-        await check_acl(nodes, publisher_needs(cfg), "--redis-url", "the publisher",
-                        "it would stand by and fail when it took the lease over, or at its first dead letter")
+        await check_acl(nodes, publisher_needs(cfg), "--redis-url", "the publisher", else_)
     finally:
         await nodes.aclose()

@@ -44,7 +44,7 @@ class Need:
 
     @property
     def command(self) -> str:
-        words = 2 if self.args[0] in ("XINFO", "XGROUP", "SCRIPT") else 1
+        words = 2 if self.args[0] in ("XINFO", "XGROUP", "SCRIPT", "CLUSTER") else 1
         return " ".join(str(a) for a in self.args[:words])
 
 

@@ -16,6 +16,7 @@ import redis
 
 from atp_service.storage.acl import AclRefused
 from atp_service.storage.channel_wire import to_fields
+from atp_service.storage.embedded_cluster import EmbeddedCluster
 from publishers import PublisherConfig
 from publishers._permissions import check_publisher_acl, publisher_needs
 from reservation import ChannelUpdate, StockStatus
@@ -153,3 +154,36 @@ def test_each_direct_call_of_the_redis_client_is_asked() -> None:
             sent |= HELPERS[helper]
     assert {"XREADGROUP", "XINFO STREAM", "HSCAN", "EVAL", "SET"} <= sent, sent  # the scan finds the calls
     assert sent - NOT_ASKED <= asked, sorted(sent - NOT_ASKED - asked)
+
+
+def documented_acl() -> list[str]:
+    """The rules of the least ACL docs/OPERATIONS.md gives a publisher's user."""
+    documented = re.search(r"`ACL SETUSER atp-publisher on >PASSWORD ([^`]+)`", OPERATIONS.read_text())
+    assert documented, "docs/OPERATIONS.md gives a publisher's least ACL"
+    return documented.group(1).split()
+
+
+async def test_on_a_cluster_the_slot_map_and_command_table_are_asked(
+        redis_cluster: EmbeddedCluster, cluster_url: str) -> None:
+    """With --redis-cluster, redis-py's cluster client reads the slot map (``CLUSTER SLOTS``) and the
+    command table (``COMMAND``) before any command: a user denied them was taken for a Redis not up
+    (waiting, then exit 3, "Cluster mode is not enabled"), not refused naming them. The documented
+    least ACL grants them and passes on every primary."""
+    url = cluster_url.replace("redis://", f"redis://{USER}:{PASSWORD}@", 1)
+    cfg, rules = PublisherConfig(channel="web"), documented_acl()
+    try:
+        for node in redis_cluster.nodes:
+            with redis.Redis(port=node.port) as client:
+                client.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{PASSWORD}", *rules,
+                                       "-cluster|slots", "-command")
+        with pytest.raises(AclRefused) as refused:
+            await check_publisher_acl(cfg, url, cluster=True)
+        assert "CLUSTER SLOTS: " in str(refused.value) and "COMMAND: " in str(refused.value), refused.value
+        for node in redis_cluster.nodes:
+            with redis.Redis(port=node.port) as client:
+                client.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{PASSWORD}", *rules)
+        await check_publisher_acl(cfg, url, cluster=True)
+    finally:
+        for node in redis_cluster.nodes:
+            with redis.Redis(port=node.port) as client:
+                client.execute_command("ACL", "DELUSER", USER)
