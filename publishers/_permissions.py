@@ -70,6 +70,7 @@ async def check_publisher_acl(cfg: PublisherConfig, redis_url: str, cluster: boo
     nodes = Nodes(connect_any(redis_url, timeout_s, cluster=cluster), cluster=cluster, url=redis_url,
                   timeout_s=timeout_s)
     try:
-        await check_acl(nodes, publisher_needs(cfg), "--redis-url", "the publisher", else_)
+        await check_acl(nodes, publisher_needs(cfg), "--redis-url", "the publisher", else_,
+                        transaction="the dead letters, written with the keys they leave owed (one transaction)")
     finally:
         await nodes.aclose()

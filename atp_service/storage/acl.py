@@ -48,13 +48,19 @@ class Need:
         return " ".join(str(a) for a in self.args[:words])
 
 
-async def check_acl(nodes: Nodes, needs: list[Need], setting: str, who: str, else_: str) -> None:
+async def check_acl(nodes: Nodes, needs: list[Need], setting: str, who: str, else_: str,
+                    transaction: str = "") -> None:
     """``AclRefused`` naming each command of ``needs`` the Redis user may not run, with its keys
     (``setting``: the setting that names the Redis; ``who``: "the service"; ``else_``: what a
-    program started with such a user would do); on a cluster, each primary is asked."""
+    program started with such a user would do); on a cluster, each primary is asked. ``transaction``:
+    what the program's own ``MULTI``/``EXEC`` are for ("": it sends none) — then either denied is
+    refused, not just warned of, and ``EXEC`` is asked outside a transaction ("EXEC without MULTI"
+    where it is allowed: nothing runs)."""
     probes: list[Any] = [("MULTI",), *(need.args for need in needs), ("DISCARD",)]
     missing: dict[tuple[str, str], set[int | None]] = defaultdict(set)
     said: dict[tuple[str, str], str] = {}
+    if transaction:
+        await _check_transaction(nodes, transaction, setting, who, else_)
     for where, opened in await nodes.on_each_primary([("MULTI",), ("DISCARD",)]):
         if not all(_ok(reply) for reply in opened):  # no transaction to hold them: the commands would run
             denied = [reply for reply in opened if _denied(reply)]
@@ -76,6 +82,20 @@ async def check_acl(nodes: Nodes, needs: list[Need], setting: str, who: str, els
         raise AclRefused(refusal(missing, said, needs, setting, who, else_))
 
 
+async def _check_transaction(nodes: Nodes, use: str, setting: str, who: str, else_: str) -> None:
+    """``AclRefused`` naming ``MULTI`` or ``EXEC`` where the user may not run them (``use``: what for)."""
+    own = [Need((command,), "", use) for command in ("EXEC", "MULTI")]
+    missing: dict[tuple[str, str], set[int | None]] = {}
+    said: dict[tuple[str, str], str] = {}
+    for where, replies in await nodes.on_each_primary([*(need.args for need in own), ("DISCARD",)]):
+        for need, reply in zip(own, replies, strict=False):
+            if _denied(reply):
+                missing[(need.command, "")] = {None}
+                said.setdefault((need.command, ""), f"{where}: {reply}")
+    if missing:
+        raise AclRefused(refusal(missing, said, own, setting, who, else_))
+
+
 def _ok(reply: Any) -> bool:
     """Whether ``reply`` is Redis's ``OK`` (``MULTI`` opened a transaction, ``DISCARD`` dropped it)."""
     return reply in (b"OK", "OK")
@@ -87,10 +107,11 @@ def _said(reply: Any) -> str:
 
 
 def _denied(reply: Any) -> bool:
-    """Whether ``reply`` is Redis's ACL refusal (redis-py: ``NoPermissionError``, the code taken off)."""
+    """Whether ``reply`` is Redis's ACL refusal (redis-py: ``NoPermissionError``, the code taken off;
+    an ``EXEC`` denied answers ``EXECABORT Transaction discarded because of: NOPERM ...``)."""
     if isinstance(reply, NoPermissionError):
         return True
-    return isinstance(reply, ResponseError) and str(reply).startswith("NOPERM")
+    return isinstance(reply, ResponseError) and (str(reply).startswith("NOPERM") or "because of: NOPERM" in str(reply))
 
 
 def refusal(missing: dict[tuple[str, str], set[int | None]], said: dict[tuple[str, str], str],

@@ -4,6 +4,7 @@ redis-server with a restricted ACL user, the publisher run as a process."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -187,3 +188,25 @@ async def test_on_a_cluster_the_slot_map_and_command_table_are_asked(
         for node in redis_cluster.nodes:
             with redis.Redis(port=node.port) as client:
                 client.execute_command("ACL", "DELUSER", USER)
+
+
+@pytest.mark.parametrize("command", ["MULTI", "EXEC"])
+async def test_a_user_denied_the_dead_letters_transaction_is_refused(
+        redis_url: str, admin: redis.Redis, command: str) -> None:
+    """Dead letters and the keys they leave owed are written in one ``MULTI``/``EXEC``: a user
+    denied either was passed (``MULTI``: a warning that nothing could be checked; ``EXEC``: never
+    asked) and failed at its first dead letter, retrying as if Redis were away, the delivery stuck."""
+    url = as_user(admin, redis_url, "~*", "+@all", f"-{command.lower()}")
+    with pytest.raises(AclRefused) as refused:
+        await check_publisher_acl(PublisherConfig(channel="web"), url, cluster=False)
+    assert f"  {command}: the dead letters" in str(refused.value), refused.value
+
+
+async def test_a_user_denied_discard_alone_is_warned_of_not_refused(
+        redis_url: str, admin: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """The publisher never sends ``DISCARD``: a user denied it alone is not refused for it (nothing
+    can be asked without it: a warning says so)."""
+    with caplog.at_level(logging.WARNING, logger="atp_service.storage.acl"):
+        await check_publisher_acl(PublisherConfig(channel="web"), as_user(admin, redis_url, "~*", "+@all", "-discard"),
+                                  cluster=False)
+    assert any("may not run MULTI or DISCARD" in r.getMessage() for r in caplog.records)
