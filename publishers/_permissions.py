@@ -7,18 +7,12 @@ the channel's availability stopped reaching its destination when a standby was n
 
 from __future__ import annotations
 
-from atp_service.storage.acl import Need, check_acl
-from atp_service.storage.nodes import Nodes, connect, connect_any
+from atp_service.storage.acl import Need, check_acl, check_cluster_client
+from atp_service.storage.nodes import Nodes, connect_any
 
 from ._config import PublisherConfig
 
 SCRIPT = "return 0"  # the body EVAL is asked with: queued only, never run
-CLUSTER_CLIENT = [Need(("CLUSTER", "SLOTS"), "", "the cluster's slot map, read first (--redis-cluster)"),
-                  Need(("COMMAND",), "", "the command table: where each command's keys are (--redis-cluster)")]
-"""What redis-py's cluster client sends before any command: denied, it reads as no cluster there
-("Cluster mode is not enabled"), so they are asked first, of the node the URL names."""
-
-
 def publisher_needs(cfg: PublisherConfig) -> list[Need]:
     """Every command the publisher configured by ``cfg`` sends, on which keys: its own, its scripts'
     (``_lease.py``, ``_claim.py``: checked against the caller's ACL as they run) and ``EVAL`` with
@@ -62,11 +56,7 @@ async def check_publisher_acl(cfg: PublisherConfig, redis_url: str, cluster: boo
     connections of its own, closed after: a ``DISCARD`` refused leaves one inside ``MULTI``."""
     else_ = "it would stand by and fail when it took the lease over, or at its first dead letter"
     if cluster:  # before the cluster client reads the slot map: denied, that read fails as if Redis were away
-        seed = Nodes(connect(redis_url, timeout_s), url=redis_url, timeout_s=timeout_s)
-        try:
-            await check_acl(seed, CLUSTER_CLIENT, "--redis-url", "the publisher", else_)
-        finally:
-            await seed.aclose()
+        await check_cluster_client(redis_url, timeout_s, "--redis-url", "the publisher", else_)
     nodes = Nodes(connect_any(redis_url, timeout_s, cluster=cluster), cluster=cluster, url=redis_url,
                   timeout_s=timeout_s)
     try:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
-from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl
+from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import Nodes
 
+ELSE = "it would start and fail when each is first sent (a snapshot, a channel feed, an input stream)"
 GROUP_USES = {
     "owner": "the group's claim, checked by every write", "fence": "the group's fence (R7: a write in doubt settled)",
     "log": "the group's log: appends, recovery, the trim behind each snapshot",
@@ -140,11 +142,22 @@ async def check_redis(store: LogStore, config: ServiceConfig, channels: list[str
     await check_permissions(store, service_needs(config, store.keys, channels))
 
 
+async def first_reads(nodes: Nodes, url: str, config: ServiceConfig) -> None:
+    """The start's first call to Redis (a ``PING``). On a Redis Cluster, first whether the user may
+    run the cluster client's own first reads (the slot map, the command table): denied, they read as
+    a Redis not up, and the start waited for it, then gave up."""
+    if config.redis_cluster:
+        try:
+            await check_cluster_client(url, config.redis_timeout_s, "redis_url", "the service", ELSE)
+        except AclRefused as refused:
+            raise StartupError(str(refused)) from None
+    await nodes.reader.ping()
+
+
 async def check_permissions(store: LogStore, needs: list[Need]) -> None:
     """Refuse to start (``StartupError``) naming each command of ``needs`` the Redis user may not
     run, with its keys; on a cluster, each primary is asked."""
     try:
-        await check_acl(store.nodes, needs, "redis_url", "the service",
-                        "it would start and fail when each is first sent (a snapshot, a channel feed, an input stream)")
+        await check_acl(store.nodes, needs, "redis_url", "the service", ELSE)
     except AclRefused as refused:
         raise StartupError(str(refused)) from None

@@ -22,7 +22,7 @@ from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_se
 from atp_service.app.keyspace import StartupError, replaced_said, watch_eviction
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
-from atp_service.app.permissions import check_redis
+from atp_service.app.permissions import check_redis, first_reads
 from atp_service.app.redis_wait import while_redis_is_away
 from atp_service.app.tracing import Tracing
 from atp_service.app.watched import Watched
@@ -251,7 +251,7 @@ class AtpService:
         store.tracer = self._servicer.tracer = self.tracing.tracer if self.tracing else None
         # Each step waits for Redis, a blip or a failover after the first PING included: a start
         # fails only on a refusal waiting cannot cure (exit status 2), never on Redis being away.
-        await self._while_redis_is_away(nodes.reader.ping)
+        await self._while_redis_is_away(lambda: first_reads(nodes, self.redis_url, cfg))
         await self._while_redis_is_away(lambda: check_redis(store, cfg, list(self.estate.channels)))
         if cfg.ownership == "leases":
             return await self._join(store, started)

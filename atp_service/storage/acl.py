@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.exceptions import NoPermissionError, ResponseError
 
-from atp_service.storage.nodes import Nodes
+from atp_service.storage.nodes import Nodes, connect
 
 log = logging.getLogger(__name__)
 SHA = "0" * 40  # the digest EVALSHA is asked with: queued only, never run
@@ -46,6 +46,12 @@ class Need:
     def command(self) -> str:
         words = 2 if self.args[0] in ("XINFO", "XGROUP", "SCRIPT", "CLUSTER") else 1
         return " ".join(str(a) for a in self.args[:words])
+
+
+CLUSTER_CLIENT = [Need(("CLUSTER", "SLOTS"), "", "the cluster's slot map, read first (redis_cluster)"),
+                  Need(("COMMAND",), "", "the command table: where each command's keys are (redis_cluster)")]
+"""What redis-py's cluster client sends before any command: denied, it reads as no cluster there
+("Cluster mode is not enabled"), taken for a Redis not up yet: asked first, of the node the URL names."""
 
 
 async def check_acl(nodes: Nodes, needs: list[Need], setting: str, who: str, else_: str,
@@ -80,6 +86,16 @@ async def check_acl(nodes: Nodes, needs: list[Need], setting: str, who: str, els
                 said.setdefault((need.command, need.pattern), f"{where}: {reply}")
     if missing:
         raise AclRefused(refusal(missing, said, needs, setting, who, else_))
+
+
+async def check_cluster_client(url: str, timeout_s: float, setting: str, who: str, else_: str) -> None:
+    """``AclRefused`` where the user may not run what the cluster client reads first (``CLUSTER_CLIENT``),
+    asked of the node ``url`` names on a connection of its own, before any cluster client is made."""
+    seed = Nodes(connect(url, timeout_s), url=url, timeout_s=timeout_s)
+    try:
+        await check_acl(seed, CLUSTER_CLIENT, setting, who, else_)
+    finally:
+        await seed.aclose()
 
 
 async def _check_transaction(nodes: Nodes, use: str, setting: str, who: str, else_: str) -> None:
@@ -140,4 +156,4 @@ def _spans(numbers: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-__all__ = ["SHA", "AclRefused", "G", "Need", "check_acl"]
+__all__ = ["CLUSTER_CLIENT", "SHA", "AclRefused", "G", "Need", "check_acl", "check_cluster_client"]

@@ -234,3 +234,42 @@ async def test_a_user_denied_a_command_the_service_never_sends_starts(redis_url:
         await check_permissions(store, service_needs(cfg, Keyspace(cfg.key_prefix), ["web"]))
     finally:
         await store.nodes.aclose()
+
+
+async def test_the_user_operations_md_suggests_starts_on_a_cluster(redis_cluster: EmbeddedCluster,
+                                                                 cluster_url: str) -> None:
+    """On a Redis Cluster the cluster client reads the slot map and the command table before any
+    command: the least user OPERATIONS.md suggests, with what it says to add on a cluster, starts."""
+    text = (Path(__file__).parents[3] / "docs" / "OPERATIONS.md").read_text()
+    least = re.search(r"`ACL SETUSER atp on >PASSWORD ([^`]+)`", text)
+    on_cluster = re.search(r"on a Redis Cluster\s+also `([^`]+)`", text)
+    assert least and on_cluster, "OPERATIONS.md gives the service's least ACL, and what a cluster adds"
+    rules = least.group(1).split() + on_cluster.group(1).split()
+    try:
+        for node in redis_cluster.nodes:
+            await set_user(node.url, *[r for r in rules if r not in ("on", ">PASSWORD")])
+        service = AtpService(make_config(redis_cluster=True, input_streams=()), as_user(cluster_url))
+        try:
+            await service.start()
+        finally:
+            await service.stop(grace_s=0)
+    finally:
+        for node in redis_cluster.nodes:
+            async with aioredis.Redis.from_url(node.url) as client:
+                await client.execute_command("ACL", "DELUSER", USER)
+
+
+async def test_on_a_cluster_a_user_denied_the_slot_map_is_refused_at_start_naming_it(
+        redis_cluster: EmbeddedCluster, cluster_url: str) -> None:
+    """The cluster client reads the slot map (``CLUSTER SLOTS``) before any command: denied, it read as
+    no cluster there ("Cluster mode is not enabled"), a Redis not up, and the start waited for good."""
+    try:
+        for node in redis_cluster.nodes:
+            await set_user(node.url, "~*", "+@all", "-cluster|slots")
+        said = await refused_start(as_user(cluster_url), make_config(redis_cluster=True, input_streams=()))
+        assert "redis_url: the Redis user may not run commands the service sends" in said, said
+        assert "CLUSTER SLOTS: the cluster's slot map, read first" in said and "COMMAND:" not in said, said
+    finally:
+        for node in redis_cluster.nodes:
+            async with aioredis.Redis.from_url(node.url) as client:
+                await client.execute_command("ACL", "DELUSER", USER)
