@@ -248,8 +248,12 @@ class FreeWatch:
             return []
         # Not "took nothing since the group fell free": one first seen, or seen taking another group,
         # after it fell free was never counted out for it, and what it lacks was kept free for it.
+        # Past four times the wait, what the processes counted out here lack is not kept for them: one counted
+        # out that never takes held the free group for it (``plan_balance`` counting everyone) while
+        # those below the share that could take it but fail to were never counted out — free for good.
+        out = self.out if now - since > wait * 4 else ()
         return [CountedOut(p, group, now - since) for p in sorted(counted)
-                if p != self.address and now - self._taking[p] > wait and self._would_take(p, read, least, owned)]
+                if p != self.address and now - self._taking[p] > wait and self._would_take(p, read, least, owned, out)]
 
     def _taken_above(self, now: float, read: Read, counted: set[str], owned: Counter[str],
                      taken: Mapping[int, float]) -> list[CountedOut]:
@@ -289,12 +293,12 @@ class FreeWatch:
         return [CountedOut(p, group, now - since, holder) for p in sorted(counted - set(self._above))
                 if p != self.address and owned[p] < least and now - self._taking[p] > wait]
 
-    def _would_take(self, p: str, read: Read, least: int, owned: Counter[str]) -> bool:
+    def _would_take(self, p: str, read: Read, least: int, owned: Counter[str], out: Container[str] = ()) -> bool:
         """Whether ``p`` would take a group at this read: below the floor of its share, or below the
-        share with more groups free than the others lack (``plan_balance`` counting everyone) — not
-        only below the floor: two at it, taking none, left a group to nobody."""
+        share with more groups free than the others lack (``plan_balance`` counting everyone but
+        ``out``) — not only below the floor: two at it, taking none, left a group to nobody."""
         groups, members, routes, busy = read
-        return owned[p] < least or bool(plan_balance(p, groups, members, {g for g, (a, _) in routes.items() if a == p},
-                                                     routes, busy)[1])
+        held = {g for g, (a, _) in routes.items() if a == p}
+        return owned[p] < least or bool(plan_balance(p, groups, members, held, routes, busy, out)[1])
 
 __all__ = ["LEFT_FREE_TURNS", "PASSED_OVER_MAX", "CountedOut", "FreeWatch", "address_of", "plan_balance", "preference"]

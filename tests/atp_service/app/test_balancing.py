@@ -342,3 +342,20 @@ def test_a_process_counted_out_is_counted_again_at_its_floor_though_the_others_s
     assert (out, again, watch.out) == ([], ["x"], set())
     give, _ = plan_balance("a", 11, [*members, "c|1"], set(range(4)) | {10}, routes, (), watch.out)
     assert give is not None, "a, above the share that counts x, hands a group over for c"
+
+
+def test_a_group_kept_for_a_process_counted_out_is_not_left_free_for_good() -> None:
+    """A never-taker below its floor is counted out; the two at their floor whose takings fail on the
+    free group were judged counting everyone — the group kept for the one counted out — so they were
+    never counted out, and the two at the share took nothing: the group stayed free for good."""
+    watch, members = FreeWatch("a", 1.0), ["a|1", "b|1", "p|1", "q|1", "x|1"]
+    routes = {0: ("a", 1), 1: ("a", 1), 2: ("b", 1), 3: ("b", 1), 4: ("p", 1), 6: ("q", 1)}  # 5 free
+    now = 0
+    while not watch.out and now < 20:  # x, below its floor of 1, takes nothing
+        now += 1
+        watch.observe(now, 7, members, routes, ())
+    assert watch.out == {"x"}
+    for later in range(now + 1, now + 60):  # p and q fail on group 5 at each of their turns
+        watch.observe(later, 7, members, routes, ())
+    assert {"p", "q"} <= watch.out, "below the share with a group free that nobody lacks: they would take it"
+    assert plan_balance("a", 7, members, {0, 1}, routes, (), watch.out)[1] == [5]
