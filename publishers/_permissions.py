@@ -45,7 +45,8 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
     scripts = [("settle", (lease, delivered, stream)), ("forget", (lease, owed)),
                ("delete if same", (lease, owe_all)), ("takeover", (lease, stream, owe_all)),
                ("consumers removed", (lease, stream)), ("renew and release", (lease,))]
-    asked += [(("EVAL", SCRIPT, len(keys), *keys), keys[-1], f"the {name} script, under the lease")
+    # Named by all its keys: two scripts sharing one were named as one, and a denied lease key by another.
+    asked += [(("EVAL", SCRIPT, len(keys), *keys), ", ".join(keys), f"the {name} script, under the lease")
               for name, keys in scripts]
     return [Need(args, key, use) for args, key, use in asked]
 

@@ -73,8 +73,10 @@ async def test_each_key_denied_is_named_with_what_it_is_for(redis_url: str, admi
     assert f"XADD on {cfg.dead_letter_stream}: dead letters" in said, said
     for command in ("HLEN", "HSET", "HSCAN", "HDEL"):
         assert f"{command} on {cfg.redeliver_key}:" in said, said
-    assert f"EVAL on {cfg.redeliver_key}: the forget script" in said
-    assert cfg.stream + ":" not in said.replace(cfg.dead_letter_stream, "").replace(cfg.redeliver_key, "")
+    assert f"EVAL on {cfg.lease_key}, {cfg.redeliver_key}: the forget script" in said
+    assert "the settle script" not in said and "the takeover script" not in said  # their keys are granted
+    named = said.replace(cfg.dead_letter_stream, "").replace(cfg.redeliver_key, "").replace(f"{cfg.lease_key}, ", "")
+    assert cfg.stream + ":" not in named, said  # no granted key named alone
 
 
 def test_a_user_granted_the_publisher_s_keys_alone_starts_and_delivers(
