@@ -13,6 +13,8 @@ from atp_service.storage.nodes import Nodes, connect_any
 from ._config import PublisherConfig
 
 SCRIPT = "return 0"  # the body EVAL is asked with: queued only, never run
+
+
 def publisher_needs(cfg: PublisherConfig) -> list[Need]:
     """Every command the publisher configured by ``cfg`` sends, on which keys: its own, its scripts'
     (``_lease.py``, ``_claim.py``: checked against the caller's ACL as they run) and ``EVAL`` with

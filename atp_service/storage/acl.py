@@ -80,10 +80,7 @@ async def check_acl(nodes: Nodes, needs: list[Need], setting: str, who: str, els
         if not (_ok(replies[0]) and _ok(replies[-1])):  # answered OK a moment ago: in doubt, not started
             raise AclRefused(f"{setting}: {where} answered {_said(replies[0])} to MULTI and {_said(replies[-1])} "
                              "to DISCARD while the start asked what its ACL allows: the commands asked may have run")
-        for need, reply in zip(needs, replies[1:-1], strict=True):
-            if _denied(reply):
-                missing[(need.command, need.pattern)].add(need.group)
-                said.setdefault((need.command, need.pattern), f"{where}: {reply}")
+        _note_denied(where, needs, replies[1:-1], missing, said)
     if missing:
         raise AclRefused(refusal(missing, said, needs, setting, who, else_))
 
@@ -101,15 +98,22 @@ async def check_cluster_client(url: str, timeout_s: float, setting: str, who: st
 async def _check_transaction(nodes: Nodes, use: str, setting: str, who: str, else_: str) -> None:
     """``AclRefused`` naming ``MULTI`` or ``EXEC`` where the user may not run them (``use``: what for)."""
     own = [Need((command,), "", use) for command in ("EXEC", "MULTI")]
-    missing: dict[tuple[str, str], set[int | None]] = {}
+    missing: dict[tuple[str, str], set[int | None]] = defaultdict(set)
     said: dict[tuple[str, str], str] = {}
     for where, replies in await nodes.on_each_primary([*(need.args for need in own), ("DISCARD",)]):
-        for need, reply in zip(own, replies, strict=False):
-            if _denied(reply):
-                missing[(need.command, "")] = {None}
-                said.setdefault((need.command, ""), f"{where}: {reply}")
+        _note_denied(where, own, replies[:len(own)], missing, said)
     if missing:
         raise AclRefused(refusal(missing, said, own, setting, who, else_))
+
+
+def _note_denied(where: str, needs: list[Need], replies: list[Any], missing: dict[tuple[str, str], set[int | None]],
+                 said: dict[tuple[str, str], str]) -> None:
+    """Each of ``needs`` whose reply (in order) is an ACL refusal, noted by command and key pattern
+    with its group in ``missing``, and the first refusal Redis gave for it (at ``where``) in ``said``."""
+    for need, reply in zip(needs, replies, strict=True):
+        if _denied(reply):
+            missing[(need.command, need.pattern)].add(need.group)
+            said.setdefault((need.command, need.pattern), f"{where}: {reply}")
 
 
 def _ok(reply: Any) -> bool:
