@@ -92,8 +92,9 @@ class Drain:
                 yield item
         finally:
             closed.cancel()
+            if step is not None:  # its end heard even when it came in the turn the reader was cancelled
+                step.add_done_callback(exception_seen)
             if step is not None and not step.done():  # the reader cancelled (its caller gone): the read given up
                 cancel_for_good(step)  # one lost cancellation would leave it reading Redis for nobody
-                step.add_done_callback(exception_seen)  # its end unheard; the cancellation ends the generator
             elif inspect.isasyncgen(iterator):  # suspended at its yield: its ``finally`` (a place given back) now,
                 await iterator.aclose()  # not whenever the garbage collector finds it

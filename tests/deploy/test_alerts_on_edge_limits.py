@@ -13,6 +13,7 @@ import pytest
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.edge.test_servicer import refusal
 from tests.conftest import ServiceFactory
 
 from .scraped_alerts import Scrape, firing, scrape
@@ -44,11 +45,8 @@ async def test_reserve_streams_refused_at_max_reserve_streams_fire_the_capacity_
         assert len((await call.read()).outcomes) == 1
         open_calls.append(call)
     for n in range(3):
-        refused = client.stub.ReserveStream()
-        await refused.write(_batch(f"more-{n}"))
-        with pytest.raises(grpc.aio.AioRpcError) as ended:
-            await refused.read()
-        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        refused = await refusal(client.stub.ReserveStream(), _batch(f"more-{n}"))
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     after = scrape(service.metrics_port)
     assert refusals(after, "max_reserve_streams") == 3
     assert firing(before, after, tmp_path) == {"ATPReservationsCapacityReached"}

@@ -18,7 +18,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.edge.test_servicer import stream_tasks
+from tests.atp_service.edge.test_servicer import refusal, stream_tasks
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
 
@@ -61,11 +61,8 @@ async def test_abandoned_reserve_streams_free_their_places(start_service: Servic
 
     await _abandon_streams(service.port, open_one, lambda: service._servicer.reserve_streams == 0)
     calls = [await open_one(client, None) for _ in range(LIMIT)]
-    refused = client.stub.ReserveStream()
-    await refused.write(_batch("one-more"))
-    with pytest.raises(grpc.aio.AioRpcError) as ended:
-        await refused.read()
-    assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    refused = await refusal(client.stub.ReserveStream(), _batch("one-more"))
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     for call in calls:
         await call.done_writing()
 
@@ -193,12 +190,9 @@ async def test_a_cancelled_stream_keeps_its_place_until_its_batches_are_decided_
         await cancelled_while_deciding(client, [_batch(f"k{k}") for k in range(4)])
         await until(lambda: not _readers(), "the cancelled stream's handler ended", 20)
         assert service._servicer.reserve_streams == 1  # its batches still wait on Redis
-        refused = client.stub.ReserveStream()
-        await refused.write(_batch("k-next"))
-        with pytest.raises(grpc.aio.AioRpcError) as ended:
-            await refused.read()
-        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "max_reserve_streams" in (ended.value.details() or "")
+        refused = await refusal(client.stub.ReserveStream(), _batch("k-next"))
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_reserve_streams" in (refused.details() or "")
     await until(lambda: service._servicer.reserve_streams == 0, "the place freed once its batches are decided", 20)
     assert not stream_tasks()
     again = client.stub.ReserveStream()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -117,6 +119,50 @@ async def test_a_read_given_up_by_a_gone_caller_ends_even_when_it_loses_the_canc
     with contextlib.suppress(TimeoutError):  # the test's own bound: without the fix, an hour
         await asyncio.wait_for(gave_up.wait(), 30)
     assert gave_up.is_set(), "the read went on for nobody after its caller was gone"
+
+
+class _EndsWhenTold:
+    """A request stream (a plain async iterator, as the servicer's ``_Checked``) whose one read ends
+    the stream when ``end`` is set."""
+
+    def __init__(self) -> None:
+        self.end: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.reading = asyncio.Event()
+
+    def __aiter__(self) -> _EndsWhenTold:
+        return self
+
+    async def __anext__(self) -> int:
+        self.reading.set()
+        await self.end
+        raise StopAsyncIteration
+
+
+async def test_a_read_ending_as_its_caller_goes_leaves_no_unheard_end() -> None:
+    """A caller gone (its handler cancelled) in the loop turn its stream's read ended — a ReserveStream
+    cancelled, so gRPC ends its requests too — left the read's end unheard: asyncio logged "Task
+    exception was never retrieved … StopAsyncIteration" for every such stream."""
+    loop = asyncio.get_running_loop()
+    unheard: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unheard.append(context))
+    try:
+        requests = _EndsWhenTold()
+
+        async def consume() -> None:
+            async for _ in Drain().until_closed(requests):
+                pass
+
+        consumer = asyncio.ensure_future(consume())
+        await requests.reading.wait()
+        requests.end.set_result(None)  # the read ends in the next turn ...
+        consumer.cancel()  # ... and so does the caller
+        await asyncio.wait([consumer], timeout=30)
+        assert consumer.cancelled()
+        del consumer  # its cancellation's traceback holds the read
+        gc.collect()
+        assert not unheard, unheard
+    finally:
+        loop.set_exception_handler(None)
 
 
 # -- the service -------------------------------------------------------------------------------
