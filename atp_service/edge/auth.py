@@ -37,8 +37,6 @@ from atp_service.metrics import EdgeMetrics
 from reservation import DomainError, Reason
 
 audit = logging.getLogger("atp_service.audit")
-_AUDIT_LINES = {code: RateLimitedLog(audit, logging.WARNING, burst=20)
-                for code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)}
 
 OPEN_SERVICES = frozenset({
     "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection",
@@ -126,6 +124,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, callers: Callers, metrics: EdgeMetrics | None = None) -> None:
         self.callers = callers
         self._denied = (metrics or EdgeMetrics()).auth_denied
+        # This service's own: a flood at another in the process (a test's, an embedder's) silenced its lines.
+        self._audit_lines = {code: RateLimitedLog(audit, logging.WARNING, burst=20)
+                             for code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)}
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
@@ -153,8 +154,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _deny(self, handler: grpc.RpcMethodHandler[Any, Any], method: str, caller: str,
               refusal: DomainError) -> grpc.RpcMethodHandler[Any, Any]:
         code = status_of(refusal)
-        _AUDIT_LINES[code].log("call denied", event="auth_denied", rpc=method, caller=caller, code=code.name,
-                               reason=refusal.message)
+        self._audit_lines[code].log("call denied", event="auth_denied", rpc=method, caller=caller, code=code.name,
+                                    reason=refusal.message)
         self._denied.labels(code.name).inc()
 
         async def abort(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:

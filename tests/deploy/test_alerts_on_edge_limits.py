@@ -44,8 +44,8 @@ async def test_reserve_streams_refused_at_max_reserve_streams_fire_the_capacity_
         await call.write(_batch(f"r{n}"))
         assert len((await call.read()).outcomes) == 1
         open_calls.append(call)
-    for n in range(3):
-        refused = await refusal(client.stub.ReserveStream(), _batch(f"more-{n}"))
+    for _ in range(3):
+        refused = await refusal(client.stub.ReserveStream(iter(())))
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     after = scrape(service.metrics_port)
     assert refusals(after, "max_reserve_streams") == 3

@@ -61,7 +61,7 @@ async def test_abandoned_reserve_streams_free_their_places(start_service: Servic
 
     await _abandon_streams(service.port, open_one, lambda: service._servicer.reserve_streams == 0)
     calls = [await open_one(client, None) for _ in range(LIMIT)]
-    refused = await refusal(client.stub.ReserveStream(), _batch("one-more"))
+    refused = await refusal(client.stub.ReserveStream(iter(())))
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     for call in calls:
         await call.done_writing()
@@ -190,7 +190,7 @@ async def test_a_cancelled_stream_keeps_its_place_until_its_batches_are_decided_
         await cancelled_while_deciding(client, [_batch(f"k{k}") for k in range(4)])
         await until(lambda: not _readers(), "the cancelled stream's handler ended", 20)
         assert service._servicer.reserve_streams == 1  # its batches still wait on Redis
-        refused = await refusal(client.stub.ReserveStream(), _batch("k-next"))
+        refused = await refusal(client.stub.ReserveStream(iter(())))
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_reserve_streams" in (refused.details() or "")
     await until(lambda: service._servicer.reserve_streams == 0, "the place freed once its batches are decided", 20)
