@@ -285,6 +285,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         cut_short, deciding = False, set[asyncio.Task[pb.ReserveStreamResponse]]()
         reader = asyncio.ensure_future(self._take_batches(request_iterator, owners, inflight, deciding))
         try:
+            await context.send_initial_metadata(())  # accepted: a client may await it to write only then
             while (task := await inflight.get()) is not None:
                 try:
                     answer = await asyncio.shield(task)  # a caller gone cuts the wait, not the decision (R8)

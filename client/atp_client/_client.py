@@ -250,6 +250,7 @@ class AtpClient:
         in doubt and settled the same way."""
         source = Batches(batches)
         call = self.stub.ReserveStream(source.requests())
+        source.opened(call)
         try:
             async for result in source.answers(call, self.timeout_s):
                 yield result

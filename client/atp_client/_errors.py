@@ -206,8 +206,9 @@ def deadline_exceeded(waiting_for: str) -> Retryable:
 
 
 NOT_CONNECTED = "NOT_CONNECTED"
-"""``ErrorInfo.reason`` of the refusal ``AtpClient.connect`` raises itself: no connection, so no call
-was sent (the service never sends it)."""
+"""``ErrorInfo.reason`` of the refusals this client raises itself when nothing was sent: no
+connection (``AtpClient.connect``), or a ``ReserveStream`` the service did not accept in time
+(``stream_not_accepted``). The service never sends it."""
 
 
 def not_connected(target: str, why: str) -> Retryable:
@@ -215,6 +216,14 @@ def not_connected(target: str, why: str) -> Retryable:
     ``UNAVAILABLE`` with its own reason, for a caller to tell it from a call lost mid-way (in doubt)."""
     message = f"cannot reach {target}: {why}; nothing was sent"
     return _raised_here(grpc.StatusCode.UNAVAILABLE, message, NOT_CONNECTED, "atp.client")
+
+
+def stream_not_accepted(timeout_s: float) -> Retryable:
+    """A ``ReserveStream`` whose service did not accept it (send its headers) within ``timeout_s``: its
+    batches wait for that, so none was sent and none can land (R7). Raised as ``not_connected``
+    (``UNAVAILABLE``, ``NOT_CONNECTED``), metadata ``limit``: ``timeout_s``."""
+    message = f"ReserveStream: not accepted by the service within {timeout_s:g}s; no batch was sent"
+    return _raised_here(grpc.StatusCode.UNAVAILABLE, message, NOT_CONNECTED, "atp.client", {"limit": "timeout_s"})
 
 
 def typed(error: grpc.aio.AioRpcError) -> AtpError:

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from atp_client._errors import stream_unanswered
+from atp_client._errors import stream_not_accepted, stream_unanswered
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 Source = AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
@@ -37,8 +37,24 @@ class Batches:
         self._sent: deque[float] = deque()  # monotonic send time of each batch not answered yet
         self._answered_at = float("-inf")  # monotonic time of the last answer: the service's last word
         self._more = asyncio.get_running_loop().create_future()  # resolved when a batch is sent
+        self._call: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._opened_at = float("inf")
+        self._accepted = asyncio.get_running_loop().create_future()  # the service's headers came, or the end
+
+    def opened(self, call: Any) -> None:
+        """The call ``requests`` feeds: its first batch waits until the service has accepted it."""
+        self._opened_at = time.monotonic()
+        self._call.set_result(call)
 
     async def requests(self) -> AsyncIterator[pb.ReserveStreamRequest]:
+        # The service sends its headers once it has accepted the stream. A batch written before then
+        # races a refusal at the start (a role, a token, max_reserve_streams): grpcio's asyncio client
+        # then tells INTERNAL "Internal error from Core" in its place (grpc/grpc#36066).
+        call = await self._call
+        await call.initial_metadata()
+        self._accepted.set_result(None)
+        if call.done():
+            return
         try:
             if isinstance(self.batches, AsyncIterable):
                 async for batch in self.batches:
@@ -59,7 +75,8 @@ class Batches:
         """The call's answers, one per batch in order; no answer for ``answer_timeout_s`` while a batch
         waits for one (counted from the last answer, or from the oldest batch's send if later) ends
         the call DEADLINE_EXCEEDED, reason ``OUTCOME_UNKNOWN`` (the outcome of every batch not answered
-        is in doubt: the caller retries them with the same ids, R5, R7)."""
+        is in doubt: the caller retries them with the same ids, R5, R7). A stream not accepted within
+        ``answer_timeout_s`` of its opening ends UNAVAILABLE, ``NOT_CONNECTED``: no batch was sent."""
         while True:
             read = asyncio.ensure_future(call.read())
             try:
@@ -76,6 +93,12 @@ class Batches:
 
     async def _until_read(self, read: asyncio.Future[Any], answer_timeout_s: float) -> None:
         while not read.done():
+            if not self._accepted.done():  # nothing sent yet: a service that never accepts ends it, certainly
+                left = self._opened_at + answer_timeout_s - time.monotonic()
+                if left <= 0:
+                    raise stream_not_accepted(answer_timeout_s)
+                await asyncio.wait({read, self._accepted}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                continue
             if not self._sent:  # nothing in flight: the caller's source sets the pace
                 if self._more.done():
                     self._more = asyncio.get_running_loop().create_future()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -105,33 +105,64 @@ async def test_a_reserve_that_runs_out_of_deadline_is_in_doubt_and_its_retry_set
     assert position.reserved == 4  # held once
 
 
-async def _silent_stream(requests: AsyncIterator[pb.ReserveStreamRequest], _: Any) -> AsyncIterator[Any]:
-    """A ReserveStream that takes every batch and answers none (a wedged or paused service)."""
+async def _silent_stream(requests: AsyncIterator[pb.ReserveStreamRequest], context: Any) -> AsyncIterator[Any]:
+    """A ReserveStream that accepts the stream (its headers sent, as the service does), takes every
+    batch and answers none (a wedged or paused service)."""
+    await context.send_initial_metadata(())
     async for _request in requests:
         pass
     await asyncio.Event().wait()
     yield pb.ReserveStreamResponse()  # never reached
 
 
-async def test_a_batch_the_service_never_answers_ends_the_stream_in_doubt() -> None:
-    """The stream had no bound: against a service that took batches and answered none, the caller
-    waited for ever, its reservations in doubt. No answer for ``timeout_s`` with a batch waiting
-    now ends the stream ``Retryable`` (DEADLINE_EXCEEDED: retry with the same ids, R5)."""
+@asynccontextmanager
+async def _reserve_stream_server(handle: Any) -> AsyncIterator[int]:
+    """A gRPC server whose ReserveStream is ``handle``: its port."""
     server = grpc.aio.server()
-    handler = grpc.stream_stream_rpc_method_handler(_silent_stream, pb.ReserveStreamRequest.FromString,
+    handler = grpc.stream_stream_rpc_method_handler(handle, pb.ReserveStreamRequest.FromString,
                                                     pb.ReserveStreamResponse.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "atp.v1.AvailabilityService", {"ReserveStream": handler}),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        async with AtpClient(f"127.0.0.1:{port}", timeout_s=0.5) as client:
-            with pytest.raises(Retryable) as err:
-                await asyncio.wait_for(_drain(client.reserve_stream([[item("r-1")]])), WAIT_S)
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "1 batch(es) sent and not answered are in doubt" in str(err.value.details())
+        yield port
     finally:
         await server.stop(0)
+
+
+async def test_a_batch_the_service_never_answers_ends_the_stream_in_doubt() -> None:
+    """The stream had no bound: against a service that took batches and answered none, the caller
+    waited for ever, its reservations in doubt. No answer for ``timeout_s`` with a batch waiting
+    now ends the stream ``Retryable`` (DEADLINE_EXCEEDED: retry with the same ids, R5)."""
+    async with _reserve_stream_server(_silent_stream) as port, \
+            AtpClient(f"127.0.0.1:{port}", timeout_s=0.5) as client:
+        with pytest.raises(Retryable) as err:
+            await asyncio.wait_for(_drain(client.reserve_stream([[item("r-1")]])), WAIT_S)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "1 batch(es) sent and not answered are in doubt" in str(err.value.details())
+
+
+async def test_a_stream_the_service_never_accepts_ends_with_nothing_sent() -> None:
+    """The first batch waits for the service's headers (a refusal at the start, written over, was
+    told INTERNAL). A service that never sends them ends the stream past ``timeout_s``, certain
+    that no batch was sent (``NOT_CONNECTED``), not waiting for ever."""
+    taken: list[pb.ReserveStreamRequest] = []
+
+    async def unaccepting(requests: AsyncIterator[pb.ReserveStreamRequest], _context: Any) -> AsyncIterator[Any]:
+        async for request in requests:
+            taken.append(request)
+        await asyncio.Event().wait()
+        yield pb.ReserveStreamResponse()  # never reached
+
+    async with _reserve_stream_server(unaccepting) as port, \
+            AtpClient(f"127.0.0.1:{port}", timeout_s=0.5) as client:
+        with pytest.raises(Retryable) as err:
+            await asyncio.wait_for(_drain(client.reserve_stream([[item("r-1")]])), WAIT_S)
+    refusal = err.value.refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "NOT_CONNECTED"), refusal
+    assert "no batch was sent" in refusal.message
+    assert taken == []
 
 
 async def test_a_stream_its_service_leaves_unanswered_ends_with_the_reason_of_a_change_in_doubt(
@@ -147,9 +178,13 @@ async def test_a_stream_its_service_leaves_unanswered_ends_with_the_reason_of_a_
     try:
         async with AtpClient(address, timeout_s=0.5) as hurried:
             await hurried.connect()
-            paused.running.clear()
+
+            async def paused_once_accepted() -> AsyncIterator[list[pb.ReserveRequest]]:
+                paused.running.clear()  # the stream accepted: its first batch is asked for only then
+                yield [item("r-1", qty=4)]
+
             with pytest.raises(Retryable) as unanswered:
-                await asyncio.wait_for(_drain(hurried.reserve_stream([[item("r-1", qty=4)]])), WAIT_S)
+                await asyncio.wait_for(_drain(hurried.reserve_stream(paused_once_accepted())), WAIT_S)
             assert paused.held.is_set() and not paused.running.is_set()  # the batch sent, its process still paused
     finally:
         paused.running.set()
