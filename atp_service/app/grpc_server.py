@@ -20,7 +20,7 @@ from atp_service.app.peering import check_peer_token
 from atp_service.app.tracing import Tracing
 from atp_service.config import ServiceConfig
 from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
-from atp_service.edge.handlers import add_service
+from atp_service.edge.handlers import add_service, refusal_lines
 from atp_service.edge.peers import peers_handler
 from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.stalls import OpenStreams, StallLimit
@@ -53,18 +53,20 @@ def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health
     open services' streams (no token needed) are ``cfg.max_open_service_streams`` at most, together."""
     bad_requests, stalls = metrics.bad_requests, StallLimit(cfg.stream_stall_s, metrics.streams_stalled)
     open_streams = OpenStreams(cfg.max_open_service_streams, metrics.capacity_refusals)
+    lines = refusal_lines()  # this service's bad_request lines, under one limit for its three services
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
     names = (SERVICE_NAME, health_service.full_name, reflection.SERVICE_NAME)
     api = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
-    add_service(server, servicer, api, bad_requests, stalls)
+    add_service(server, servicer, api, bad_requests, stalls, lines=lines)
     # atp_rpc_duration_seconds at 0 from the start for the code ATPCallsUnavailable reads, per method
     # (not every code): a Redis outage's first UNAVAILABLE answers would only create the series, and
     # rate() sees nothing of a series' first value.
     for method in api.methods:
         servicer.latency(method.name, "UNAVAILABLE")
-    add_service(server, health, health_service, bad_requests, stalls, open_streams)
+    add_service(server, health, health_service, bad_requests, stalls, open_streams, lines)
     add_service(server, ReflectionServicer(names),
-                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad_requests, stalls, open_streams)
+                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad_requests, stalls, open_streams,
+                lines)
     if engine is not None:
         server.add_generic_rpc_handlers((peers_handler(engine),))
 

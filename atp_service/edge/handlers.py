@@ -29,7 +29,6 @@ from atp_service.instruments import Counter
 from reservation import DomainError, Reason
 
 log = logging.getLogger(__name__)
-_quiet = RateLimitedLog(log, logging.WARNING)
 Context = grpc.aio.ServicerContext[Any, Any]
 Behaviour = Callable[..., Any]
 
@@ -50,33 +49,42 @@ class MalformedRequest(Exception):
 
 
 def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, bad_requests: Counter,
-                stalls: StallLimit, open_streams: OpenStreams | None = None) -> None:
+                stalls: StallLimit, open_streams: OpenStreams | None = None,
+                lines: RateLimitedLog | None = None) -> None:
     """Register ``servicer``'s methods of ``service``, as the generated ``add_..._to_server`` does.
 
     A method the servicer leaves to the generated base class (a sync placeholder, like the aio
     health servicer's ``List``) is not registered: gRPC answers it UNIMPLEMENTED without the ERROR
     traceback the placeholder's NotImplementedError would log per call. Refusals of bad bytes are
-    counted in ``bad_requests`` by method. Every reply of a server stream is written under ``stalls``
-    (``stream_stall_s``): a caller that stops reading does not keep its stream for ever; with
-    ``open_streams``, the service's server streams are bounded in number (the open services')."""
-    handlers = {}
+    counted in ``bad_requests`` by method and logged at the rate ``lines`` allows (one ``refusal_lines``
+    per service, shared by the services it registers; none: this registration's own). Every reply
+    of a server stream is written under ``stalls`` (``stream_stall_s``): a caller that stops reading
+    does not keep its stream for ever; with ``open_streams``, the service's server streams are
+    bounded in number (the open services')."""
+    handlers, lines = {}, lines or refusal_lines()
     for method in service.methods:
         behaviour = getattr(servicer, method.name)
         if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
             if open_streams is not None and method.server_streaming:
                 behaviour = open_streams.bounded(behaviour)
-            handlers[method.name] = _handler(method, behaviour, bad_requests, stalls)
+            handlers[method.name] = _handler(method, behaviour, bad_requests, stalls, lines)
         elif not behaviour.__module__.endswith("_pb2_grpc"):  # our own mistake: say so at start-up
             raise TypeError(f"{service.full_name}/{method.name}: the servicer's method must be async")
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
 
+def refusal_lines() -> RateLimitedLog:
+    """The rate limit of one service's ``bad_request`` lines (any caller can provoke them): each
+    service's own, else a flood at another in the process (an embedder's, a test's) silenced its first ones."""
+    return RateLimitedLog(log, logging.WARNING)
+
+
 def _handler(method: MethodDescriptor, behaviour: Behaviour, bad_requests: Counter,
-             stalls: StallLimit) -> grpc.RpcMethodHandler[Any, Any]:
+             stalls: StallLimit, lines: RateLimitedLog) -> grpc.RpcMethodHandler[Any, Any]:
     parse = _deserializer(method)
     serialize = GetMessageClass(method.output_type).SerializeToString
-    refuse = _Refusal(method.name, bad_requests.labels(method.name))
+    refuse = _Refusal(method.name, bad_requests.labels(method.name), lines)
     if method.client_streaming and method.server_streaming:
         return grpc.stream_stream_rpc_method_handler(_stream_stream(refuse, behaviour, stalls), parse, serialize)
     if method.client_streaming:
@@ -104,14 +112,14 @@ def _deserializer(method: MethodDescriptor) -> Callable[[bytes], Any]:
 class _Refusal:
     """How one method refuses bad bytes: counted, logged (rate-limited), INVALID_ARGUMENT."""
 
-    __slots__ = ("_count", "method")
+    __slots__ = ("_count", "_lines", "method")
 
-    def __init__(self, method: str, counter: Any) -> None:
-        self.method, self._count = method, counter
+    def __init__(self, method: str, counter: Any, lines: RateLimitedLog) -> None:
+        self.method, self._count, self._lines = method, counter, lines
 
     async def __call__(self, bad: Malformed, context: Context) -> NoReturn:
         self._count.inc()
-        _quiet.log("request refused", event="bad_request", rpc=self.method, peer=context.peer(),
+        self._lines.log("request refused", event="bad_request", rpc=self.method, peer=context.peer(),
                    code="INVALID_ARGUMENT", reason=bad.message)
         await abort(context, DomainError(bad.message, Reason.REQUEST_MALFORMED))
 

@@ -32,7 +32,6 @@ from atp_service.tasks import keep
 from reservation import DomainError, Reason, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
-_quiet = RateLimitedLog(log, logging.WARNING)  # any caller can cause it
 Context = grpc.aio.ServicerContext[Any, Any]
 END_WAIT_S = 5.0
 """How long the stalled call's status may take to be queued before its task is cancelled anyway."""
@@ -47,6 +46,9 @@ class StallLimit:
         self.limit_s = limit_s
         self._stalled = stalled
         self._ending: set[asyncio.Task[None]] = set()
+        # Any caller can cause these lines, so they are rate-limited: by this service's own limit, else a
+        # flood at another service in the process (an embedder's, a test's) silenced its first ones.
+        self._lines = RateLimitedLog(log, logging.WARNING)
 
     def writing(self, method: str, context: Context) -> AbstractContextManager[None]:
         """Around one reply's write: the stream is ended should it not be written within the limit.
@@ -75,7 +77,7 @@ class StallLimit:
         if timer.over:
             return
         self._stalled.labels(method).inc()
-        _quiet.log("stream ended: its caller stopped reading", event="stream_stalled", rpc=method,
+        self._lines.log("stream ended: its caller stopped reading", event="stream_stalled", rpc=method,
                    peer=context.peer(), limit_s=self.limit_s)
         error = stalled_error(method, self.limit_s)
         try:
