@@ -135,7 +135,7 @@ lint: $(STAMP) $(PROTO_DEPS)
 	$(BIN)/python .ci/lock_check.py
 
 test: bootstrap lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 bench: bootstrap
 	$(BIN)/python benchmarks/throughput.py
