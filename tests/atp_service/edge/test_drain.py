@@ -12,14 +12,15 @@ from typing import Any
 
 import grpc
 import pytest
-import redis
 
 from atp_client import typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from reservation import Unavailable
 from tests.atp_service.channel_helpers import write_estate
+from tests.atp_service.edge.test_abandoned_streams import writes_paused
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
 from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
 
@@ -186,33 +187,29 @@ async def test_a_stop_answers_calls_in_progress_refuses_new_ones_and_ends_stream
     while (await watch.read()).kind != pb.WatchAvailabilityResponse.KIND_SNAPSHOT_END:
         pass
 
-    # A reservation held up in progress (its log append waits on a pause of Redis writes).
-    pause = redis.Redis.from_url(redis_url)
-    pause.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
-    pause.close()
-    in_progress = asyncio.ensure_future(client.reserve("p1", [("A", "DC", 1)]))
-    await asyncio.sleep(0.3)
-    assert not in_progress.done()
-
-    stopping = asyncio.ensure_future(service.stop(grace_s=60))
+    # A reservation held up in progress (its log append waits on a pause of Redis writes, lifted once
+    # the stop has refused and ended what it must: a pause of a fixed length, with the call awaited
+    # for a fixed time, let a loaded machine answer it before the stop or stop before it came in).
     drain = service._servicer.drain
-    for _ in range(500):
-        if drain.closing:
-            break
-        await asyncio.sleep(0.01)
-    assert drain.closing
-    with pytest.raises(grpc.aio.AioRpcError) as refused:  # the stub: AtpClient would retry UNAVAILABLE
-        await client.stub.Reserve(pb.ReserveRequest(reservation_id="late", lines=[
-            pb.Line(sku="A", location="DC", quantity=1)]))
-    told = typed(refused.value).refusal
-    assert (told.code, told.reason, told.message) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", SHUTTING_DOWN)
+    with writes_paused(redis_url):
+        in_progress = asyncio.ensure_future(client.reserve("p1", [("A", "DC", 1)]))
+        await until(lambda: drain.active == 3, "the reservation in progress (with the stream and the watch)")
+        assert not in_progress.done()
 
-    with pytest.raises(grpc.aio.AioRpcError) as stream_end:
-        await anext(stream)
-    assert said(stream_end.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
-    with pytest.raises(grpc.aio.AioRpcError) as watch_end:
-        await watch.read()
-    assert said(watch_end.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+        stopping = asyncio.ensure_future(service.stop(grace_s=60))
+        await until(lambda: drain.closing, "the stop begun")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # the stub: AtpClient would retry UNAVAILABLE
+            await client.stub.Reserve(pb.ReserveRequest(reservation_id="late", lines=[
+                pb.Line(sku="A", location="DC", quantity=1)]))
+        told = typed(refused.value).refusal
+        assert (told.code, told.reason, told.message) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", SHUTTING_DOWN)
+
+        with pytest.raises(grpc.aio.AioRpcError) as stream_end:
+            await anext(stream)
+        assert said(stream_end.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+        with pytest.raises(grpc.aio.AioRpcError) as watch_end:
+            await watch.read()
+        assert said(watch_end.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
 
     held = await in_progress  # answered, not cut off
     assert held.state == pb.RESERVATION_STATE_HELD
