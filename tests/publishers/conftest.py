@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,3 +20,14 @@ async def store(redis_url: str) -> AsyncIterator[ChannelStore]:
     store = ChannelStore(client, "atp:", epoch=lambda: 1)
     yield store
     await store.aclose()  # its write connections and the client
+
+
+@pytest.fixture(autouse=True)
+def root_logger_kept() -> Iterator[None]:
+    """``atp-publisher``'s ``main`` (run in-process by some tests) sets up the root logger's handlers
+    and level; put back after, so that no later test in the worker logs through what it left."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
