@@ -23,6 +23,8 @@ from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
 
 LIMIT = 3
+DEADLINE_S = 4.0
+"""The deadline of the streams abandoned so: opened and answered once within it, on a loaded machine too."""
 
 
 def _batch(*rids: str) -> pb.ReserveStreamRequest:
@@ -34,7 +36,7 @@ async def _abandon_streams(port: int, open_one: Any, free: Any) -> None:
     """``LIMIT`` streams opened and abandoned each way: cancelled, deadline passed, connection dropped."""
     for way in ("cancel", "deadline", "drop"):
         client = AtpClient(f"127.0.0.1:{port}")
-        calls = [await open_one(client, 1.0 if way == "deadline" else None) for _ in range(LIMIT)]
+        calls = [await open_one(client, DEADLINE_S if way == "deadline" else None) for _ in range(LIMIT)]
         if way == "cancel":
             for call in calls:
                 call.cancel()
