@@ -236,6 +236,26 @@ async def test_a_user_denied_a_command_the_service_never_sends_starts(redis_url:
         await store.nodes.aclose()
 
 
+async def test_the_user_operations_md_suggests_starts_on_a_database_other_than_0(
+        redis_url: str, admin: aioredis.Redis) -> None:
+    """Every connection to a database other than 0 sends ``SELECT`` first: the least user OPERATIONS.md
+    suggests, with what it says such a URL adds, starts there (without it the start names ``select``)."""
+    text = (Path(__file__).parents[3] / "docs" / "OPERATIONS.md").read_text()
+    least = re.search(r"`ACL SETUSER atp on >PASSWORD ([^`]+)`", text)
+    on_database = re.search(r"database other than 0 \(`[^`]+`, one Redis only\)\s+also `([^`]+)`", text)
+    assert least and on_database, "OPERATIONS.md gives the service's least ACL, and what a database other than 0 adds"
+    url = as_user(redis_url).rsplit("/", 1)[0] + "/3"
+    await set_user(redis_url, *[r for r in least.group(1).split() if r not in ("on", ">PASSWORD")])
+    assert "'select'" in await refused_start(url)
+    await set_user(redis_url, *[r for r in (least.group(1) + " " + on_database.group(1)).split()
+                                if r not in ("on", ">PASSWORD")])
+    service = AtpService(make_config(), url)
+    try:
+        await service.start()
+    finally:
+        await service.stop(grace_s=0)
+
+
 async def test_the_user_operations_md_suggests_starts_on_a_cluster(redis_cluster: EmbeddedCluster,
                                                                  cluster_url: str) -> None:
     """On a Redis Cluster the cluster client reads the slot map and the command table before any
