@@ -162,8 +162,8 @@ class StreamIngestor:
                 if group_gone:  # one read names every stream: one stream without its group stops them all
                     await self._create_groups(again=True)
                     group_gone = False
-                await self.step()
-                backoff.reset()
+                if await self.step():
+                    backoff.reset()
             except (RedisError, RedisClusterException, OSError) as exc:  # a cluster no node of which answers
                 group_gone = group_lost(exc)
                 self._metrics.ingest_read_failures.inc()
@@ -173,24 +173,27 @@ class StreamIngestor:
                 self._retry_own_pending = True
                 await asyncio.sleep(delay)
 
-    async def step(self) -> None:
+    async def step(self) -> bool:
         """One read; new entries are applied in the background (up to ``ingest_inflight`` batches at
         once: facts commute by E3, so batches need no order between them) while the next is read.
-        This consumer's own pending entries are read again when due (``_retry_pending``)."""
+        This consumer's own pending entries are read again when due (``_retry_pending``). True: new
+        entries were asked for (a pass over the pending ones, read otherwise, says nothing of that
+        read: its failures, one after each pass, were retried at the shortest wait, ~20 a second)."""
         cfg = self._config
         if self._retry_own_pending and time.monotonic() >= self._retry_at:
             await self._retry_pending()
-        else:
-            if time.monotonic() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
-                self._claimed_at = time.monotonic()
-                await self._handle(await self._claim())
-            while len(self._batches) >= cfg.ingest_inflight:
-                await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
-            entries = await self._read(None, block=self._block_ms())
-            if entries:
-                task = asyncio.get_running_loop().create_task(self._handle(entries))
-                self._batches.add(task)
-                task.add_done_callback(self._batch_done)
+            return False
+        if time.monotonic() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
+            self._claimed_at = time.monotonic()
+            await self._handle(await self._claim())
+        while len(self._batches) >= cfg.ingest_inflight:
+            await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
+        entries = await self._read(None, block=self._block_ms())
+        if entries:
+            task = asyncio.get_running_loop().create_task(self._handle(entries))
+            self._batches.add(task)
+            task.add_done_callback(self._batch_done)
+        return True
 
     async def _retry_pending(self) -> None:
         """This consumer's pending entries, read from the start of its list page by page and applied

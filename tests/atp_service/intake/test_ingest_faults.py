@@ -5,16 +5,21 @@ replayed as it was, a dead consumer's entries far down the pending list."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
-from atp_service import ManualClock
+from atp_service import AtpService, ManualClock
+from tests.atp_service.app.test_redis_permissions import PASSWORD, USER, as_user
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.conftest import test_config as make_config
 from tests.deploy.monitoring_helpers import RULES, promtool
 
 T = 1_700_000_000_000
@@ -235,3 +240,23 @@ async def test_entries_trimmed_from_an_input_stream_before_they_were_read_are_co
     assert (await client.availability([("A", "S1")]))[0].on_hand == 2
     assert registry.get_sample_value("atp_ingest_trimmed_unread_total", {"stream": "atp:in:pos"}) == 3
     assert registry.get_sample_value("atp_ingest_trimmed_unread_total", {"stream": "atp:in:wms"}) == 0
+
+
+async def test_a_read_refused_on_every_try_is_retried_at_growing_waits(redis_url: str, caplog: Any) -> None:
+    """The user's ACL losing ``EVALSHA`` while serving (the read of new entries is a script, the pass
+    over the reader's own pending entries is not): each failed read was followed by a pending pass that
+    succeeded, which reset the wait, so the read was retried and logged every 50 ms, for good."""
+    async with aioredis.Redis.from_url(redis_url) as admin:
+        await admin.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{PASSWORD}", "~*", "&*", "+@all")
+        service = AtpService(make_config(ingest_block_ms=20), as_user(redis_url))
+        try:
+            await service.start()
+            with caplog.at_level(logging.WARNING, logger="atp_service.intake.ingest"):
+                await admin.execute_command("ACL", "SETUSER", USER, "-evalsha", "-eval")
+                failures = service.metrics.intake.ingest_read_failures
+                await until(lambda: failures.collect()[0].samples[0].value >= 6, "six reads refused", 60)
+            waits = [r.__dict__["retry_s"] for r in caplog.records if r.__dict__.get("event") == "ingest_read_failed"]
+            assert max(waits[:6]) >= 0.3, waits  # 0.05, 0.1, 0.2, 0.4, ... less their jitter
+        finally:
+            await service.stop(grace_s=0)
+            await admin.execute_command("ACL", "DELUSER", USER)
