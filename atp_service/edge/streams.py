@@ -6,21 +6,23 @@ written in that order and hands each response to the part it answers. What is in
 is bounded by the inbound stream's own flow control (``max_stream_inflight`` batches, at most one
 part each per owner) and their number by ``MAX_OWNER_STREAMS``. An outbound stream that fails
 answers its parts' items ``UNAVAILABLE`` (``OUTCOME_UNKNOWN``: the owner may have decided them, a
-retry with the same ids says what it decided) and is opened again for the next batch. Every one of
-them is closed when the inbound stream ends, however it ends.
+retry with the same ids says what it decided) and is opened again for the next batch; one the owner
+refused at its start, before anything was written to it, answers them the owner's refusal itself.
+Every one of them is closed when the inbound stream ends, however it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import grpc
+from google.rpc import status_pb2
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.edge.errors import rich_status
+from atp_service.edge.errors import DETAILS_KEY, rich_status
 from atp_service.edge.forward import PEER_CALL_MAX_S, Forwarder, StreamCall
 from atp_service.tasks import exception_seen
 from reservation import DomainError, Moved, Reason, Unavailable
@@ -33,22 +35,45 @@ CLOSE_GRACE_S = 1.0
 METHOD = "ReserveStream"
 
 
+class OwnerRefused(Exception):
+    """The owner refused the outbound stream before any part was written to it (at its start:
+    ``max_reserve_streams``, a stop under way): nothing sent there was decided, so its items are
+    told the owner's own refusal (``status``), not ``OUTCOME_UNKNOWN``."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+    @classmethod
+    async def of(cls, call: StreamCall) -> OwnerRefused:
+        """The refusal ``call`` (ended) was answered: the owner's rich status (its reason with it)
+        where it sent one, else gRPC's code and message."""
+        for key, value in cast(Iterable[tuple[str, Any]], await call.trailing_metadata() or ()):
+            if key == DETAILS_KEY:
+                return cls(status_pb2.Status.FromString(value))
+        return cls(status_pb2.Status(code=(await call.code()).value[0], message=await call.details() or ""))
+
+
 class OwnerStream:
     """One outbound ``ReserveStream``: parts written in the order their answers are awaited, so the
-    n-th response answers the n-th part written."""
+    n-th response answers the n-th part written; the first only once the owner has accepted the
+    stream (its headers), else a refusal at its start would race it and read as in doubt."""
 
     def __init__(self, call: StreamCall, address: str) -> None:
         self.address = address
         self._call = call
         self._waiting: deque[asyncio.Future[pb.ReserveStreamResponse]] = deque()
         self._writing = asyncio.Lock()
-        self.failure: DomainError | None = None
+        self._accepted = False
+        self.failure: DomainError | OwnerRefused | None = None
         """Why the stream ended (set once it has): every part still waiting, or sent later, gets it."""
         self.reader = asyncio.ensure_future(self._read())
 
     async def ask(self, part: pb.ReserveStreamRequest) -> pb.ReserveStreamResponse:
         """The owner's answer to ``part``; raises the stream's failure when it ends first."""
         async with self._writing:  # each answer awaited in the order its part is written
+            if not self._accepted and self.failure is None:
+                await self._accept()
             if self.failure is not None:
                 raise self.failure
             answer: asyncio.Future[pb.ReserveStreamResponse] = asyncio.get_running_loop().create_future()
@@ -67,6 +92,18 @@ class OwnerStream:
             failure = _unknown(self.address, f"did not answer within {PEER_CALL_MAX_S:.0f}s")
             self._break(failure)
             raise failure from None
+
+    async def _accept(self) -> None:
+        """Wait for the owner's headers (``PEER_CALL_MAX_S`` at most). A stream ended by then had
+        nothing written to it: its failure is the owner's refusal as it came, certain, not in doubt."""
+        try:
+            await asyncio.wait_for(self._call.initial_metadata(), PEER_CALL_MAX_S)
+        except TimeoutError:
+            self._break(_unknown(self.address, f"did not accept the stream within {PEER_CALL_MAX_S:.0f}s"))
+            return  # as for an owner that stops answering (nothing was sent: a retry is told so)
+        self._accepted = True
+        if self._call.done() and await self._call.code() != grpc.StatusCode.OK:
+            self.failure = await OwnerRefused.of(self._call)  # over the reader's in-doubt one: nothing was written
 
     async def _read(self) -> None:
         failure = _unknown(self.address, "ended the stream before answering")
@@ -163,7 +200,7 @@ class OwnerStreams:
             response = await stream.ask(pb.ReserveStreamRequest(reservations=items))
             if len(response.outcomes) != len(idx):
                 raise _unknown(stream.address, f"answered {len(response.outcomes)} outcomes to {len(idx)} reservations")
-        except DomainError as exc:
+        except (DomainError, OwnerRefused) as exc:
             self._forwarder.counted(METHOD, "error")
             return {n: _refused(item.reservation_id, exc) for n, item in zip(idx, items, strict=True)}
         self._forwarder.counted(METHOD, "ok")
@@ -231,5 +268,6 @@ def _unknown(owner: str, what: str) -> Unavailable:
                        "retry them with the same ids, which answers what was decided", Reason.OUTCOME_UNKNOWN)
 
 
-def _refused(reservation_id: str, exc: DomainError) -> pb.ReserveOutcome:
-    return pb.ReserveOutcome(reservation_id=reservation_id, error=rich_status(exc))
+def _refused(reservation_id: str, exc: DomainError | OwnerRefused) -> pb.ReserveOutcome:
+    status = exc.status if isinstance(exc, OwnerRefused) else rich_status(exc)
+    return pb.ReserveOutcome(reservation_id=reservation_id, error=status)

@@ -14,8 +14,16 @@ import pytest
 
 from atp_client import Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService
-from tests.atp_service.app.test_processes import Process, owner_of, processes, skus_in_other_groups, start_process
+from atp_service import AtpService, free_port
+from tests.atp_service.app.test_processes import (
+    Process,
+    balanced,
+    owner_of,
+    processes,
+    routed,
+    skus_in_other_groups,
+    start_process,
+)
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
@@ -189,3 +197,28 @@ async def test_facts_from_a_caller_routing_by_itself_are_redirected_before_any_i
         await client.stub.RecordEvents(pb.RecordEventsRequest(events=facts), metadata=REDIRECT)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert [p.on_hand for p in await client.availability([(here, "DC"), (there, "DC")])] == [10, 10]
+
+
+async def test_items_whose_owner_refuses_the_stream_at_its_start_are_told_its_refusal_not_in_doubt(
+        start_process: ServiceFactory) -> None:
+    """The owner refusing the outbound stream at its start (its ``max_reserve_streams`` reached here;
+    a stop under way, in a rolling restart) decided nothing of it. Its items were answered
+    ``OUTCOME_UNKNOWN`` all the same, in doubt, the outbound stream's first part written before the
+    owner had accepted it; they are told the owner's refusal now."""
+    running = [await start_process(port=free_port(), host="127.0.0.1", max_reserve_streams=1) for _ in range(2)]
+    await until(lambda: balanced(running) and routed(running), "the groups spread over the 2 processes", 60)
+    a, b = skus_in_other_groups(running)
+    here, there = (a, b) if owner_of(running, a) is running[0] else (b, a)
+    await running[0][1].record_events([receipt("in-here", here, "DC", 10), receipt("in-there", there, "DC", 10)])
+    (_, client), (_, owner_client) = running
+    held = owner_client.stub.ReserveStream()  # the owner's one place, taken
+    await held.write(pb.ReserveStreamRequest(reservations=[item("o-1", there, 1)]))
+    assert len((await held.read()).outcomes) == 1
+    answers = [list(answer.outcomes) async for answer in client.reserve_stream([[item("f-1", there, 2),
+                                                                                 item("f-2", here, 1)]])]
+    (forwarded_item, local_item), = answers
+    assert local_item.response.state == pb.RESERVATION_STATE_HELD
+    refusal = Refusal.from_status(forwarded_item.error)
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CAPACITY_REACHED"), refusal
+    assert await reserved(running, there) == 1  # only the owner's own stream's
+    await held.done_writing()
