@@ -70,13 +70,17 @@ class OwnerStream:
         self.reader = asyncio.ensure_future(self._read())
 
     async def ask(self, part: pb.ReserveStreamRequest) -> pb.ReserveStreamResponse:
-        """The owner's answer to ``part``; raises the stream's failure when it ends first."""
+        """The owner's answer to ``part``, within ``PEER_CALL_MAX_S`` of asking it (the wait for the
+        owner to accept the stream included: counted apart, a part was held up to twice the bound
+        every forwarded call keeps); raises the stream's failure when it ends first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PEER_CALL_MAX_S
         async with self._writing:  # each answer awaited in the order its part is written
             if not self._accepted and self.failure is None:
-                await self._accept()
+                await self._accept(deadline)
             if self.failure is not None:
                 raise self.failure
-            answer: asyncio.Future[pb.ReserveStreamResponse] = asyncio.get_running_loop().create_future()
+            answer: asyncio.Future[pb.ReserveStreamResponse] = loop.create_future()
             answer.add_done_callback(exception_seen)
             self._waiting.append(answer)
             try:
@@ -87,17 +91,17 @@ class OwnerStream:
                 if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
                     raise
         try:
-            return await asyncio.wait_for(asyncio.shield(answer), PEER_CALL_MAX_S)
+            return await asyncio.wait_for(asyncio.shield(answer), deadline - loop.time())
         except TimeoutError:  # the owner stopped answering: this stream's later answers cannot be matched
             failure = _unknown(self.address, f"did not answer within {PEER_CALL_MAX_S:.0f}s")
             self._break(failure)
             raise failure from None
 
-    async def _accept(self) -> None:
-        """Wait for the owner's headers (``PEER_CALL_MAX_S`` at most). A stream ended by then had
+    async def _accept(self, deadline: float) -> None:
+        """Wait for the owner's headers (until ``deadline``, the loop's time). A stream ended by then had
         nothing written to it: its failure is the owner's refusal as it came, certain, not in doubt."""
         try:
-            await asyncio.wait_for(self._call.initial_metadata(), PEER_CALL_MAX_S)
+            await asyncio.wait_for(self._call.initial_metadata(), deadline - asyncio.get_running_loop().time())
         except TimeoutError:
             self._break(_unknown(self.address, f"did not accept the stream within {PEER_CALL_MAX_S:.0f}s"))
             return  # as for an owner that stops answering (nothing was sent: a retry is told so)

@@ -1,0 +1,78 @@
+"""One outbound ``ReserveStream`` (``edge.streams.OwnerStream``) against a real gRPC peer scripted
+step by step: when it accepts the stream, what it reads, that it never answers. The loop's clock
+is moved by hand, so the bound on a part (``PEER_CALL_MAX_S``) is checked without waiting it out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge import streams
+from atp_service.edge.forward import SERVICE
+from reservation import Reason, Unavailable
+
+BOUND_S = 100.0
+"""``PEER_CALL_MAX_S`` here, in the loop's clock: moved by hand, never waited out."""
+
+
+class SlowOwner:
+    """A peer that accepts a stream only once told to, reads its first part and never answers."""
+
+    def __init__(self) -> None:
+        self.opened, self.accept, self.read = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def reserve_stream(self, requests: AsyncIterator[pb.ReserveStreamRequest],
+                             context: grpc.aio.ServicerContext[pb.ReserveStreamRequest, pb.ReserveStreamResponse],
+                             ) -> AsyncIterator[pb.ReserveStreamResponse]:
+        self.opened.set()
+        await self.accept.wait()
+        await context.send_initial_metadata(())
+        async for _ in requests:
+            self.read.set()  # and never answered
+        yield pb.ReserveStreamResponse()  # pragma: no cover - the caller gives up first
+
+
+async def test_a_part_waits_for_the_owner_at_most_the_peer_bound_its_acceptance_included(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An owner slow to accept the stream (its loop busy, paused) and then not answering: the wait
+    for its headers and the wait for the answer were each bounded by ``PEER_CALL_MAX_S``, so a part
+    (and the inbound stream's batch, and its place) was held up to twice the bound that every
+    forwarded call keeps. The part is answered in doubt once the bound has passed since it was asked."""
+    monkeypatch.setattr(streams, "PEER_CALL_MAX_S", BOUND_S)
+    loop = asyncio.get_running_loop()
+    skipped = 0.0
+    real_time = loop.time
+    monkeypatch.setattr(loop, "time", lambda: real_time() + skipped)
+    owner = SlowOwner()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, {
+        "ReserveStream": grpc.stream_stream_rpc_method_handler(
+            owner.reserve_stream, pb.ReserveStreamRequest.FromString, pb.ReserveStreamResponse.SerializeToString)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        call = channel.stream_stream(f"/{SERVICE.full_name}/ReserveStream", pb.ReserveStreamRequest.SerializeToString,
+                                     pb.ReserveStreamResponse.FromString)(None)
+        stream = streams.OwnerStream(call, "owner")  # type: ignore[arg-type]
+        asked = asyncio.ensure_future(stream.ask(pb.ReserveStreamRequest(reservations=[
+            pb.ReserveRequest(reservation_id="r1", lines=[pb.Line(sku="A", location="S1", quantity=1)])])))
+        await owner.opened.wait()
+        skipped += 0.9 * BOUND_S  # the owner takes most of the bound to accept the stream
+        owner.accept.set()
+        await owner.read.wait()  # the part was written (only once the owner had accepted)
+        skipped += 0.2 * BOUND_S  # the bound has passed since the part was asked, not since it was written
+        done, _ = await asyncio.wait({asked}, timeout=30)  # a fail-safe: it ends within a few turns of the loop
+        assert asked in done, "the part was still waiting past PEER_CALL_MAX_S"
+        with pytest.raises(Unavailable) as in_doubt:
+            await asked
+        assert in_doubt.value.reason == Reason.OUTCOME_UNKNOWN  # it was written: the owner may have decided it
+        stream.close()
+        await asyncio.gather(stream.reader, return_exceptions=True)
+    finally:
+        await channel.close()
+        await server.stop(0)
