@@ -106,7 +106,8 @@ class OwnerStream:
             self._break(_unknown(self.address, f"did not accept the stream within {PEER_CALL_MAX_S:.0f}s"))
             return  # as for an owner that stops answering (nothing was sent: a retry is told so)
         self._accepted = True
-        if self._call.done() and await self._call.code() != grpc.StatusCode.OK:
+        if self._call.done() and not self._call.cancelled() and await self._call.code() != grpc.StatusCode.OK:
+            # not CANCELLED: close() ending it here is no refusal of the owner's (the failure it set stands)
             self.failure = await OwnerRefused.of(self._call)  # over the reader's in-doubt one: nothing was written
 
     async def _read(self) -> None:

@@ -36,6 +36,18 @@ class SlowOwner:
         yield pb.ReserveStreamResponse()  # pragma: no cover - the caller gives up first
 
 
+async def serving(owner: SlowOwner) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
+    """A real gRPC server answering ``ReserveStream`` as ``owner`` does, and a channel to it."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, {
+        "ReserveStream": grpc.stream_stream_rpc_method_handler(
+            owner.reserve_stream, pb.ReserveStreamRequest.FromString, pb.ReserveStreamResponse.SerializeToString)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return server, channel
+
+
 async def test_a_part_waits_for_the_owner_at_most_the_peer_bound_its_acceptance_included(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An owner slow to accept the stream (its loop busy, paused) and then not answering: the wait
@@ -48,17 +60,11 @@ async def test_a_part_waits_for_the_owner_at_most_the_peer_bound_its_acceptance_
     real_time = loop.time
     monkeypatch.setattr(loop, "time", lambda: real_time() + skipped)
     owner = SlowOwner()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, {
-        "ReserveStream": grpc.stream_stream_rpc_method_handler(
-            owner.reserve_stream, pb.ReserveStreamRequest.FromString, pb.ReserveStreamResponse.SerializeToString)}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    server, channel = await serving(owner)
     try:
-        call = channel.stream_stream(f"/{SERVICE.full_name}/ReserveStream", pb.ReserveStreamRequest.SerializeToString,
-                                     pb.ReserveStreamResponse.FromString)(None)
-        stream = streams.OwnerStream(call, "owner")  # type: ignore[arg-type]
+        stream = streams.OwnerStream(channel.stream_stream(  # type: ignore[arg-type]
+            f"/{SERVICE.full_name}/ReserveStream", pb.ReserveStreamRequest.SerializeToString,
+            pb.ReserveStreamResponse.FromString)(None), "owner")
         asked = asyncio.ensure_future(stream.ask(pb.ReserveStreamRequest(reservations=[
             pb.ReserveRequest(reservation_id="r1", lines=[pb.Line(sku="A", location="S1", quantity=1)])])))
         await owner.opened.wait()
@@ -73,6 +79,28 @@ async def test_a_part_waits_for_the_owner_at_most_the_peer_bound_its_acceptance_
         assert in_doubt.value.reason == Reason.OUTCOME_UNKNOWN  # it was written: the owner may have decided it
         stream.close()
         await asyncio.gather(stream.reader, return_exceptions=True)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_stream_closed_while_its_owner_has_not_accepted_it_ends_every_part_and_its_reader() -> None:
+    """The inbound stream ending (its caller gone) while a part waits for the owner to accept the
+    outbound stream: the parts end and no task is left behind; the owner never reads a part. The
+    call cancelled here was taken for the owner's refusal (CANCELLED, "Locally cancelled by
+    application!" relayed as its items' error): they are told the stream's own end."""
+    owner = SlowOwner()
+    server, channel = await serving(owner)
+    try:
+        stream = streams.OwnerStream(channel.stream_stream(  # type: ignore[arg-type]
+            f"/{SERVICE.full_name}/ReserveStream", pb.ReserveStreamRequest.SerializeToString,
+            pb.ReserveStreamResponse.FromString)(None), "owner")
+        asked = [asyncio.ensure_future(stream.ask(pb.ReserveStreamRequest())) for _ in range(2)]
+        await owner.opened.wait()
+        stream.close()
+        ended = await asyncio.gather(*asked, stream.reader, return_exceptions=True)
+        assert all(isinstance(e, Unavailable) for e in ended[:2]), ended  # not "the owner refused": it was us
+        assert ended[2] is None and not owner.read.is_set()
     finally:
         await channel.close()
         await server.stop(0)
