@@ -9,6 +9,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
+from atp_client import ACCEPTED_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.channels.desk import ChannelDesk
@@ -285,7 +286,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         cut_short, deciding = False, set[asyncio.Task[pb.ReserveStreamResponse]]()
         reader = asyncio.ensure_future(self._take_batches(request_iterator, owners, inflight, deciding))
         try:
-            await context.send_initial_metadata(())  # accepted: a client may await it to write only then
+            await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))  # a client writes only once it has it
             while (task := await inflight.get()) is not None:
                 try:
                     answer = await asyncio.shield(task)  # a caller gone cuts the wait, not the decision (R8)

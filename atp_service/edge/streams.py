@@ -21,6 +21,7 @@ from typing import Any, cast
 import grpc
 from google.rpc import status_pb2
 
+from atp_client import accepted
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import DETAILS_KEY, rich_status
 from atp_service.edge.forward import PEER_CALL_MAX_S, Forwarder, StreamCall
@@ -101,14 +102,19 @@ class OwnerStream:
         """Wait for the owner's headers (until ``deadline``, the loop's time). A stream ended by then had
         nothing written to it: its failure is the owner's refusal as it came, certain, not in doubt."""
         try:
-            await asyncio.wait_for(self._call.initial_metadata(), deadline - asyncio.get_running_loop().time())
+            async with asyncio.timeout_at(deadline):
+                if await accepted(self._call):
+                    self._accepted = True
+                    return
+                code = await self._call.code()  # refused at its start: the status follows the bare headers
         except TimeoutError:
             self._break(_unknown(self.address, f"did not accept the stream within {PEER_CALL_MAX_S:.0f}s"))
             return  # as for an owner that stops answering (nothing was sent: a retry is told so)
-        self._accepted = True
-        if self._call.done() and not self._call.cancelled() and await self._call.code() != grpc.StatusCode.OK:
+        if not self._call.cancelled() and code != grpc.StatusCode.OK:
             # not CANCELLED: close() ending it here is no refusal of the owner's (the failure it set stands)
             self.failure = await OwnerRefused.of(self._call)  # over the reader's in-doubt one: nothing was written
+        else:
+            self.failure = self.failure or _unknown(self.address, "ended the stream before accepting it")
 
     async def _read(self) -> None:
         failure = _unknown(self.address, "ended the stream before answering")

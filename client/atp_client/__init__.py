@@ -36,9 +36,11 @@ from ._routing import (
     parse_moved,
     place,
 )
+from ._stream import ACCEPTED_KEY, accepted
 from ._time import duration, epoch_ms, timestamp
 
 __all__ = [
+    "ACCEPTED_KEY",
     "FORWARDED_KEY",
     "MAX_GROUPS",
     "MOVED_KEY",
@@ -60,6 +62,7 @@ __all__ = [
     "Retryable",
     "RoutedClient",
     "Routes",
+    "accepted",
     "duration",
     "epoch_ms",
     "home_group",

@@ -22,6 +22,16 @@ from atp_client._errors import stream_not_accepted, stream_unanswered
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 Source = AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
+ACCEPTED_KEY = "atp-accepted"
+"""Initial metadata of a ``ReserveStream`` the service has accepted (its headers, sent at once). A
+refusal at the start comes without it: as a status alone, which grpcio may hand over after the
+(empty) headers."""
+
+
+async def accepted(call: Any) -> bool:
+    """Whether the service accepted the ``ReserveStream`` ``call``: its headers carry ``ACCEPTED_KEY``.
+    False: the call is refused at its start (its status follows); nothing may be written to it."""
+    return any(key == ACCEPTED_KEY for key, _ in await call.initial_metadata() or ())
 
 
 class Batches:
@@ -51,9 +61,9 @@ class Batches:
         # races a refusal at the start (a role, a token, max_reserve_streams): grpcio's asyncio client
         # then tells INTERNAL "Internal error from Core" in its place (grpc/grpc#36066).
         call = await self._call
-        await call.initial_metadata()
+        taken = await accepted(call)
         self._accepted.set_result(None)
-        if call.done():
+        if not taken:
             return
         try:
             if isinstance(self.batches, AsyncIterable):
@@ -110,4 +120,4 @@ class Batches:
             await asyncio.wait({read}, timeout=left)
 
 
-__all__ = ["Batches", "Source"]
+__all__ = ["ACCEPTED_KEY", "Batches", "Source", "accepted"]

@@ -4,6 +4,7 @@ told about every reservation it hands the stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -13,7 +14,7 @@ import grpc
 import pytest
 import redis
 
-from atp_client import AtpClient, AtpError, Retryable
+from atp_client import ACCEPTED_KEY, AtpClient, AtpError, Retryable
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_client.test_routed import Paused
 from tests.atp_service.edge.test_api import receipt
@@ -108,7 +109,7 @@ async def test_a_reserve_that_runs_out_of_deadline_is_in_doubt_and_its_retry_set
 async def _silent_stream(requests: AsyncIterator[pb.ReserveStreamRequest], context: Any) -> AsyncIterator[Any]:
     """A ReserveStream that accepts the stream (its headers sent, as the service does), takes every
     batch and answers none (a wedged or paused service)."""
-    await context.send_initial_metadata(())
+    await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
     async for _request in requests:
         pass
     await asyncio.Event().wait()
@@ -246,3 +247,23 @@ async def test_a_stream_the_service_keeps_answering_is_not_ended_however_many_ba
         await client.record_events([receipt("in", "A", "DC", batches)])
         answers = await _drain(client.reserve_stream([[item(f"busy-{n}")] for n in range(batches)]))
     assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * batches
+
+
+async def test_a_stream_refused_after_bare_headers_is_written_nothing_and_told_the_refusal() -> None:
+    """grpcio may hand over a refusal's (empty) headers before its status: the first batch, written
+    as soon as any headers came, raced the refusal again. Only headers carrying ``ACCEPTED_KEY`` open
+    the stream to batches; the service here sends bare ones, waits a second for a batch, then refuses."""
+    taken: list[pb.ReserveStreamRequest] = []
+
+    async def refusing(requests: AsyncIterator[pb.ReserveStreamRequest], context: Any) -> AsyncIterator[Any]:
+        await context.send_initial_metadata(())
+        with contextlib.suppress(TimeoutError, StopAsyncIteration):
+            taken.append(await asyncio.wait_for(anext(aiter(requests)), 1.0))
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "full")
+        yield pb.ReserveStreamResponse()  # never reached
+
+    async with _reserve_stream_server(refusing) as port, AtpClient(f"127.0.0.1:{port}", timeout_s=10) as client:
+        with pytest.raises(Retryable) as err:
+            await asyncio.wait_for(_drain(client.reserve_stream([[item("r-1")]])), WAIT_S)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+    assert taken == []

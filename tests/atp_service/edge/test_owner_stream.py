@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from atp_client import ACCEPTED_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import streams
 from atp_service.edge.forward import SERVICE
@@ -30,7 +31,7 @@ class SlowOwner:
                              ) -> AsyncIterator[pb.ReserveStreamResponse]:
         self.opened.set()
         await self.accept.wait()
-        await context.send_initial_metadata(())
+        await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
         async for _ in requests:
             self.read.set()  # and never answered
         yield pb.ReserveStreamResponse()  # pragma: no cover - the caller gives up first
