@@ -115,11 +115,12 @@ class Postgres:
         self.proc = subprocess.Popen(self._as_owner(str(self.bin / "postgres"), "-D", str(self.data_dir),
                                                     *options.split()),
                                      stdout=subprocess.DEVNULL, stderr=(self.data_dir.parent / "pg.log").open("wb"))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a busy machine (a test run beside) can take a minute
         while subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
                              capture_output=True).returncode != 0:
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"postgres did not start; see {self.data_dir.parent / 'pg.log'}")
+                why = "not ready in 120 s" if self.proc.poll() is None else f"exited {self.proc.returncode}"
+                raise RuntimeError(f"postgres did not start ({why}); see {self.data_dir.parent / 'pg.log'}")
             time.sleep(0.1)
         return f"postgresql://bench@127.0.0.1:{self.port}/postgres"
 

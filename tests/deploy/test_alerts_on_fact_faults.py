@@ -27,6 +27,17 @@ def quarantined(samples: Scrape, origin: str) -> float:
                and f'origin="{origin}"' in series)
 
 
+def fired_but_read_timeouts(before: Scrape, after: Scrape, tmp_path: Path) -> set[str]:
+    """``firing``, less ``ATPIngestReadFailing`` where reads of the input streams did fail between the
+    two scrapes: a read timing out on a loaded machine fires it rightly, and is not what is tested."""
+    fired = firing(before, after, tmp_path)
+    failures = [sum(v for k, v in samples.items() if k.startswith("atp_ingest_read_failures_total"))
+                for samples in (before, after)]
+    if failures[1] > failures[0]:
+        fired.discard("ATPIngestReadFailing")
+    return fired
+
+
 async def test_late_facts_fire_the_quarantine_alert_from_the_first_ones(
         start_service: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
     """A source uploading a day-old backlog: its facts are quarantined (not applied; on_hand wrong at
@@ -40,7 +51,7 @@ async def test_late_facts_fire_the_quarantine_alert_from_the_first_ones(
     assert {r.outcome for r in results} == {pb.FACT_OUTCOME_QUARANTINED}
     after = scrape(service.metrics_port)
     assert quarantined(after, "grpc") == 3
-    assert firing(before, after, tmp_path) == {"ATPFactsQuarantined"}
+    assert fired_but_read_timeouts(before, after, tmp_path) == {"ATPFactsQuarantined"}
 
     before = after
     r = redis.Redis.from_url(redis_url)
@@ -49,4 +60,4 @@ async def test_late_facts_fire_the_quarantine_alert_from_the_first_ones(
     await wait_consumed(redis_url, ["atp:in:pos"])
     after = scrape(service.metrics_port)
     assert quarantined(after, "stream") == 3
-    assert firing(before, after, tmp_path) == {"ATPFactsQuarantined"}
+    assert fired_but_read_timeouts(before, after, tmp_path) == {"ATPFactsQuarantined"}
