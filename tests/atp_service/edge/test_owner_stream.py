@@ -49,6 +49,13 @@ async def serving(owner: SlowOwner) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
     return server, channel
 
 
+def outbound(channel: grpc.aio.Channel) -> streams.OwnerStream:
+    """An outbound stream to the owner ``channel`` reaches, as ``Forwarder.open_stream`` opens one."""
+    return streams.OwnerStream(channel.stream_stream(  # type: ignore[arg-type]
+        f"/{SERVICE.full_name}/ReserveStream", pb.ReserveStreamRequest.SerializeToString,
+        pb.ReserveStreamResponse.FromString)(None), "owner")
+
+
 async def test_a_part_waits_for_the_owner_at_most_the_peer_bound_its_acceptance_included(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An owner slow to accept the stream (its loop busy, paused) and then not answering: the wait
@@ -63,9 +70,7 @@ async def test_a_part_waits_for_the_owner_at_most_the_peer_bound_its_acceptance_
     owner = SlowOwner()
     server, channel = await serving(owner)
     try:
-        stream = streams.OwnerStream(channel.stream_stream(  # type: ignore[arg-type]
-            f"/{SERVICE.full_name}/ReserveStream", pb.ReserveStreamRequest.SerializeToString,
-            pb.ReserveStreamResponse.FromString)(None), "owner")
+        stream = outbound(channel)
         asked = asyncio.ensure_future(stream.ask(pb.ReserveStreamRequest(reservations=[
             pb.ReserveRequest(reservation_id="r1", lines=[pb.Line(sku="A", location="S1", quantity=1)])])))
         await owner.opened.wait()
@@ -93,9 +98,7 @@ async def test_a_stream_closed_while_its_owner_has_not_accepted_it_ends_every_pa
     owner = SlowOwner()
     server, channel = await serving(owner)
     try:
-        stream = streams.OwnerStream(channel.stream_stream(  # type: ignore[arg-type]
-            f"/{SERVICE.full_name}/ReserveStream", pb.ReserveStreamRequest.SerializeToString,
-            pb.ReserveStreamResponse.FromString)(None), "owner")
+        stream = outbound(channel)
         asked = [asyncio.ensure_future(stream.ask(pb.ReserveStreamRequest())) for _ in range(2)]
         await owner.opened.wait()
         stream.close()
