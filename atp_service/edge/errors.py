@@ -17,6 +17,7 @@ The message stays the human text of the refusal.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 import grpc
@@ -83,6 +84,15 @@ def retry_delay_ms(exc: DomainError) -> int | None:
     that callers shed together do not all come back at once. None: do not retry it."""
     base = STATUS[exc.reason][1]
     return None if base is None else max(1, round(base * (0.5 + random.random())))
+
+
+def carried_status(code: grpc.StatusCode, message: str, trailers: Iterable[tuple[str, Any]]) -> status_pb2.Status:
+    """The ``google.rpc.Status`` a refusal from another process carries in ``trailers`` (its reason
+    with it), else one of its ``code`` and ``message`` alone (gRPC's own refusal)."""
+    given = next((value for key, value in trailers if key == DETAILS_KEY), None)
+    if given is None:
+        return status_pb2.Status(code=code.value[0], message=message)
+    return status_pb2.Status.FromString(given)
 
 
 def rich_status(exc: DomainError, delay_ms: int | None = None) -> status_pb2.Status:

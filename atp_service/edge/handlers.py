@@ -120,7 +120,7 @@ class _Refusal:
     async def __call__(self, bad: Malformed, context: Context) -> NoReturn:
         self._count.inc()
         self._lines.log("request refused", event="bad_request", rpc=self.method, peer=context.peer(),
-                   code="INVALID_ARGUMENT", reason=bad.message)
+                        code="INVALID_ARGUMENT", reason=bad.message)
         await abort(context, DomainError(bad.message, Reason.REQUEST_MALFORMED))
 
 

@@ -26,11 +26,11 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
-from atp_service.edge.errors import DETAILS_KEY, DOMAIN
+from atp_service.edge.errors import DETAILS_KEY, DOMAIN, carried_status
 from atp_service.edge.forward import Forwarder, Relayed
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
@@ -114,7 +114,7 @@ def _relayed_with(refusal: Relayed, note: str, facts: dict[str, str]) -> Relayed
     """An owner's refusal of its part, its message and ``ErrorInfo`` metadata saying ``note`` and ``facts``."""
     own = _NOTE.sub("", refusal.details)  # an owner's own note of its part: the block's is told instead
     message = own.replace(NOTHING_APPLIED, PART_NOT_APPLIED) + note
-    status = _status_of(refusal)
+    status = carried_status(refusal.code, refusal.details, refusal.trailers)
     status.message = message
     infos = [detail for detail in status.details if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
     if not infos:  # gRPC's own refusal (the owner not reached): no reason to give, the facts still told
@@ -129,19 +129,13 @@ def _relayed_with(refusal: Relayed, note: str, facts: dict[str, str]) -> Relayed
     return Relayed(refusal.code, message, (*trailers, (DETAILS_KEY, status.SerializeToString())))
 
 
-def _status_of(refusal: Relayed) -> status_pb2.Status:
-    """The ``google.rpc.Status`` an owner's refusal carries (its code alone where it carries none)."""
-    given = next((value for key, value in refusal.trailers if key == DETAILS_KEY), None)
-    return status_pb2.Status(code=refusal.code.value[0]) if given is None else status_pb2.Status.FromString(given)
-
-
 def _loaded_before_refusal(refusal: Relayed | DomainError) -> tuple[int, int]:
     """(rows loaded, rows applied) of its part an owner says it loaded before refusing the rest;
     none known of a part in doubt (``refusal_of``: the owner lost with it in hand, R7) - its rows
     are told as refused or in doubt."""
     if not isinstance(refusal, Relayed):
         return 0, 0
-    for detail in _status_of(refusal).details:
+    for detail in carried_status(refusal.code, refusal.details, refusal.trailers).details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info) and "rows_loaded" in info.metadata:
             return int(info.metadata["rows_loaded"]), int(info.metadata.get("rows_applied", "0"))

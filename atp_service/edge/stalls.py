@@ -78,7 +78,7 @@ class StallLimit:
             return
         self._stalled.labels(method).inc()
         self._lines.log("stream ended: its caller stopped reading", event="stream_stalled", rpc=method,
-                   peer=context.peer(), limit_s=self.limit_s)
+                        peer=context.peer(), limit_s=self.limit_s)
         error = stalled_error(method, self.limit_s)
         try:
             # grpc.aio's abort raises once the status is queued (AbortError); a call that ended

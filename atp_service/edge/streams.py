@@ -23,7 +23,7 @@ from google.rpc import status_pb2
 
 from atp_client import accepted
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.edge.errors import DETAILS_KEY, rich_status
+from atp_service.edge.errors import carried_status, rich_status
 from atp_service.edge.forward import PEER_CALL_MAX_S, Forwarder, StreamCall
 from atp_service.tasks import exception_seen
 from reservation import DomainError, Moved, Reason, Unavailable
@@ -49,10 +49,8 @@ class OwnerRefused(Exception):
     async def of(cls, call: StreamCall) -> OwnerRefused:
         """The refusal ``call`` (ended) was answered: the owner's rich status (its reason with it)
         where it sent one, else gRPC's code and message."""
-        for key, value in cast(Iterable[tuple[str, Any]], await call.trailing_metadata() or ()):
-            if key == DETAILS_KEY:
-                return cls(status_pb2.Status.FromString(value))
-        return cls(status_pb2.Status(code=(await call.code()).value[0], message=await call.details() or ""))
+        trailers = cast(Iterable[tuple[str, Any]], await call.trailing_metadata() or ())
+        return cls(carried_status(await call.code(), await call.details() or "", trailers))
 
 
 class OwnerStream:
