@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -58,11 +59,16 @@ async def test_kill_minus_nine_loses_no_acknowledged_reservation(redis_url: str,
         acked: dict[str, list[tuple[str, str, int]]] = {}
         tried: set[str] = set()
         workers = [asyncio.ensure_future(load(client, w, acked, tried)) for w in range(16)]
-        await asyncio.sleep(1.5)
+        # Killed once the load is well under way, however slowly a busy machine gets it going (a
+        # fixed pause was sometimes over before 50 reservations were acknowledged).
+        deadline = time.monotonic() + 60
+        while len(acked) <= 50:
+            assert not all(w.done() for w in workers), "the load stopped before the kill"
+            assert time.monotonic() < deadline, "the load did not get going"
+            await asyncio.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         await asyncio.gather(*workers)
-        assert len(acked) > 50, "the load did not get going"
     finally:
         await client.close()
     proc = spawn(redis_url, port, tmp_path / "service.log")
