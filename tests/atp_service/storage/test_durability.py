@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import grpc
@@ -220,7 +221,8 @@ async def test_redis_killed_under_load_memory_equals_log_afterwards(
         own.stop()
 
 
-async def test_start_waits_for_redis_not_serving_until_then(tmp_path_factory: pytest.TempPathFactory) -> None:
+async def test_start_waits_for_redis_not_serving_until_then(tmp_path_factory: pytest.TempPathFactory,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from atp_client import AtpClient
@@ -229,8 +231,12 @@ async def test_start_waits_for_redis_not_serving_until_then(tmp_path_factory: py
 
     later = EmbeddedRedis(tmp_path_factory.mktemp("late-redis"), appendfsync="always")
     service = AtpService(test_config(), later.url)
+    caplog.set_level(logging.WARNING, "atp_service.app.redis_wait")
     starting = asyncio.ensure_future(service.start())
-    await asyncio.sleep(0.5)
+    # Until the start says it waits for Redis: it listens by then (a fixed pause could end before
+    # a busy machine had the port bound, and the calls below went to port 0).
+    await until(lambda: any(getattr(r, "event", None) == "redis_waiting" for r in caplog.records),
+                "the start waiting for Redis", 30)
     assert not starting.done()
     client = AtpClient(f"127.0.0.1:{service.port}")
     health = health_pb2_grpc.HealthStub(client.channel)
