@@ -282,7 +282,8 @@ class Engine(OwnedShards):
         return any(self.actors[self.place(sku)].in_doubt for sku in skus)
 
     def availability(self, keys: Iterable[tuple[str, str]]) -> list[Quantities]:
-        """Reads straight from memory: may include a batch whose append is in flight (ms)."""
+        """Reads straight from memory: may include a batch whose append is in flight (ms), and leaves
+        out appends in doubt until their shard has settled them (``storage_unsure``)."""
         local, place = self.local, self.place
         return [local(place(sku)).ledger.quantities(sku, loc) for sku, loc in keys]
 
