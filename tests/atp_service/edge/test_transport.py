@@ -60,19 +60,41 @@ def promise_service(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]
     assert stop_or_explain(proc, log) == 0
 
 
-async def _held_up_reservations(client: AtpClient, redis_url: str, n: int, pause_ms: int,
-                                 in_service: Callable[[], int]) -> list[asyncio.Future[Any]]:
-    """``n`` reservations in flight, held up inside the service by a pause of Redis writes (shorter
-    than the service's Redis timeout), once ``in_service()`` counts all of them taken: a fixed sleep
-    would be a guess, and on a busy host a call the stop finds still outside is refused SHUTTING_DOWN."""
+PAUSE_MS = 8000
+"""The longest Redis writes are held (``CLIENT PAUSE``): shorter than the service's Redis timeout
+(10 s here); a test lets them go once the stop has begun."""
+
+
+async def _held_up_reservations(client: AtpClient, redis_url: str, n: int,
+                                in_service: Callable[[], int]) -> list[asyncio.Future[Any]]:
+    """``n`` reservations in flight, held up inside the service by a pause of Redis writes, once
+    ``in_service()`` counts all of them taken: a fixed sleep would be a guess, and on a busy host a
+    call the stop finds still outside is refused SHUTTING_DOWN. ``_let_writes_go`` ends the pause."""
     await client.record_events([receipt("seed", "A", "DC", 100)])
-    r = redis.Redis.from_url(redis_url)
-    r.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")  # the appends wait; reads go on
-    r.close()
+    with redis.Redis.from_url(redis_url) as r:
+        r.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")  # the appends wait; reads go on
     calls = [asyncio.ensure_future(client.reserve(f"g{i}", [("A", "DC", 1)], ttl_seconds=600)) for i in range(n)]
-    await until(lambda: in_service() >= n, f"{n} calls in the service", pause_ms / 1000 / 2)
+    await until(lambda: in_service() >= n, f"{n} calls in the service", PAUSE_MS / 1000 / 2)
     assert not any(call.done() for call in calls)
     return calls
+
+
+async def _let_writes_go(client: AtpClient, redis_url: str) -> None:
+    """Once the service's stop has begun (health ``NOT_SERVING``), the held writes go on: the calls
+    were in flight at the stop, and are answered within its grace (a fixed pause of the writes let a
+    busy host begin the stop after they went on, or not get the calls in before it)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(client.channel)
+    deadline = asyncio.get_running_loop().time() + PAUSE_MS / 1000 / 2
+    try:
+        while (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == \
+                health_pb2.HealthCheckResponse.SERVING:
+            assert asyncio.get_running_loop().time() < deadline, "the stop never began"
+            await asyncio.sleep(0.01)
+    finally:
+        with redis.Redis.from_url(redis_url) as r:
+            r.execute_command("CLIENT", "UNPAUSE")
 
 
 def calls_in_progress(metrics_port: int) -> int:
@@ -90,9 +112,10 @@ async def test_a_graceful_stop_answers_the_calls_in_flight(redis_url: str) -> No
     service = AtpService(test_config(redis_timeout_s=10.0), redis_url)  # longer than the pause
     await service.start()
     async with AtpClient(f"127.0.0.1:{service.port}") as client:
-        calls = await _held_up_reservations(client, redis_url, 5, pause_ms=3000,
-                                            in_service=lambda: service._servicer.drain.active)
-        await service.stop(grace_s=5)
+        calls = await _held_up_reservations(client, redis_url, 5, in_service=lambda: service._servicer.drain.active)
+        stopping = asyncio.ensure_future(service.stop(grace_s=10))
+        await _let_writes_go(client, redis_url)
+        await stopping
         answers = await asyncio.gather(*calls)
     assert [a.state for a in answers] == [pb.RESERVATION_STATE_HELD] * 5
 
@@ -109,9 +132,10 @@ def test_with_the_promise_transport_too_a_graceful_stop_answers_calls_in_flight_
 
     async def stopped_mid_call() -> list[BaseException | Any]:
         async with AtpClient(target) as client:
-            calls = await _held_up_reservations(client, redis_url, 5, pause_ms=3000,
+            calls = await _held_up_reservations(client, redis_url, 5,
                                                 in_service=lambda: calls_in_progress(metrics_port))
             proc.terminate()
+            await _let_writes_go(client, redis_url)
             return await asyncio.gather(*calls, return_exceptions=True)
 
     outcomes = asyncio.run(stopped_mid_call())
