@@ -93,7 +93,7 @@ async def test_routed_client_asks_another_seed_when_one_does_not_answer(start_se
     async with RoutedClient([nobody, address], timeout_s=5) as routed:
         assert (await routed.reserve("r1", [("C", "L", 3)])).state == pb.RESERVATION_STATE_HELD
         assert routed.routes is not None and routed.routes.address == address
-    async with RoutedClient([nobody], timeout_s=2) as lost:
+    async with RoutedClient([nobody], timeout_s=20) as lost:  # refused at once: the bound only stops a hang
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await lost.get_reservation("r1")
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
