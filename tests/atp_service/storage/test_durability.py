@@ -143,13 +143,15 @@ async def test_redis_down_answers_unavailable_and_state_does_not_drift(
                                                                                                 location="DC")]))
         assert read.possibly_stale  # served from memory, and says so
         own.start()  # same port, same AOF: Redis comes back
-        for _ in range(100):
+        for _ in range(600):  # the service's reconnection and recovery: 30 s, a bound, not a timing
             try:
                 resp = await client.reserve("after", [("A", "DC", 3)])
                 break
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.UNAVAILABLE
                 await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("still UNAVAILABLE 30 s after Redis came back")
         assert resp.state == pb.RESERVATION_STATE_HELD
         (a,) = await client.availability([("A", "DC")])
         assert a.reserved == 5

@@ -217,6 +217,7 @@ async def test_each_exchange_is_held_to_its_own_deadline_not_to_an_earlier_ones(
         with pytest.raises(RedisTimeoutError, match="Timeout reading"):
             await lane.exchange([("BLPOP", "q", 5)])  # held to its own 0.3 s, not to the minute
         assert lane.open_connections == 0  # the connection that timed out is closed
+        lane.timeout_s = 30.0  # a bound, not a pace: a new connection and an INCR, however slow the host
         assert await lane.exchange([("INCR", "n")]) == [3]
     finally:
         await lane.aclose()
@@ -321,7 +322,7 @@ async def test_a_reply_no_exchange_waits_for_closes_the_idle_connection(redis_ur
         assert await nodes.run([echo("warm")]) == [b"warm"]
         (wire,) = lane_of(nodes)._idle
         wire.transport.write(b"*1\r\n$4\r\nPING\r\n")
-        for _ in range(100):
+        for _ in range(2000):  # Redis's answer to come and be noticed: 20 s, a bound, not a timing
             if wire.closed:
                 break
             await asyncio.sleep(0.01)
