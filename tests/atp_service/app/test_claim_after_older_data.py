@@ -63,7 +63,7 @@ async def test_a_claim_redis_lost_is_not_drawn_again_by_the_next_instance(
     assert newer._log.epoch > older._log.epoch
     assert not await older._log.still_owner()  # replaced: the owner keys hold B's claim, not A's
     await until(lambda: older.replaced.is_set(), "A told a newer instance claimed the keyspace", timeout_s=20)
-    for _ in range(100):  # said by a task of its own: a bound, not a timing
+    for _ in range(400):  # said by a task of its own: a bound (20 s), not a timing
         if await health(older.port) == health_pb2.HealthCheckResponse.NOT_SERVING:
             break
         await asyncio.sleep(0.05)

@@ -55,12 +55,15 @@ async def test_a_primary_killed_under_load_loses_nothing_acknowledged(cluster: E
                          redis_timeout_s=1.0)
     service = AtpService(config, cluster.url)
     await service.start()
-    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=3.0)
+    # 30 s for the seeding and the checks, which must be answered (a bound against a hang); the load's
+    # calls keep 3 s, whose DEADLINE_EXCEEDED through the failover it takes as a change in doubt.
+    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=30.0)
     try:
         await client.record_events([receipt(f"seed-{s}", s, "DC", 100_000) for s in SKUS])
         acked: set[str] = set()
         tried: set[str] = set()
         stop = asyncio.Event()
+        client.timeout_s = 3.0
         workers = [asyncio.ensure_future(load(client, w, acked, tried, stop)) for w in range(8)]
         await until(lambda: len(acked) >= 40, "the load got going", 120)
         before = len(acked)
@@ -72,6 +75,7 @@ async def test_a_primary_killed_under_load_loses_nothing_acknowledged(cluster: E
         await until(lambda: len(acked) >= before + 50, "writes acknowledged again after the failover", 60)
         stop.set()
         await asyncio.gather(*workers)
+        client.timeout_s = 30.0
         for s in SKUS:  # every shard answers a write again (liveness), once its appends in doubt are settled
             await _retried(lambda s=s: client.record_events([receipt(f"after-{s}", s, "DC", 1)]))  # type: ignore[misc]
         held: dict[str, int] = {}
