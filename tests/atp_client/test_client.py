@@ -178,7 +178,7 @@ async def test_a_stream_its_service_leaves_unanswered_ends_with_the_reason_of_a_
     address = await paused.start()
     try:
         async with AtpClient(address, timeout_s=0.5) as hurried:
-            await hurried.connect()
+            await hurried.connect(timeout_s=WAIT_S)  # a bound against a hang: only the stream is hurried
 
             async def paused_once_accepted() -> AsyncIterator[list[pb.ReserveRequest]]:
                 paused.running.clear()  # the stream accepted: its first batch is asked for only then

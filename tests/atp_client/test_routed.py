@@ -51,7 +51,7 @@ async def test_a_call_ends_within_its_deadline_when_seeds_do_not_answer(
     service, client = await start_service()
     address = advertised(service)
     await stock(client, service.clock.now_ms())
-    timeout_s = 2.0
+    timeout_s = 10.0  # any deadline shows it (a silent seed would take all of it); a busy host has room in this
     async with RoutedClient([*silent, address], timeout_s=timeout_s) as routed:
         started = time.monotonic()
         held = await routed.reserve("r1", [("A", "L", 1)])
@@ -73,13 +73,15 @@ async def test_a_group_taken_from_an_owner_that_stopped_answering_is_routed_to_i
     silent_owner = silent[0]
     service._servicer.routing = lambda: RoutingTable(service.config.shards, address, tuple(
         Route(g, silent_owner if g == group else address, 1) for g in range(service.config.shards)))
-    async with RoutedClient(address, timeout_s=1.0) as routed:
+    async with RoutedClient(address, timeout_s=10.0) as routed:  # 10 s where an answer is due: a bound, not a pace
         assert (await routed.refresh()).owner(group) == silent_owner
         service._servicer.routing = lambda: RoutingTable(service.config.shards, address, tuple(  # taken over
             Route(g, address, 2) for g in range(service.config.shards)))
+        routed.timeout_s = 1.0
         with pytest.raises(Retryable) as timed_out:  # sent to the silent owner: its deadline runs out
             await routed.reserve("r1", [("A", "L", 1)])
         assert timed_out.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        routed.timeout_s = 10.0  # sent to the silent owner again, the retry would run this out as well
         held = await routed.reserve("r1", [("A", "L", 1)])  # the retry, with the same id, at the new owner
     assert held.state == pb.RESERVATION_STATE_HELD
     assert routed.routes is not None and routed.routes.owner(group) == address
