@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -71,6 +73,21 @@ def no_service_left_running() -> Iterator[None]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+REAPERS: list[subprocess.Popen[bytes]] = []
+"""This process's reaper (``reaper``): kept, never waited for — it outlives this process on purpose."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reaper(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Whatever this run starts under its temporary directory (a redis-server in a session of its
+    own) is killed once this process is gone, however it goes (``tests/reaper.py``): the pipe's
+    write end, never inherited by what this run starts, is held until this process exits."""
+    read, _write = os.pipe()
+    REAPERS.append(subprocess.Popen([sys.executable, "-m", "tests.reaper", str(tmp_path_factory.getbasetemp())],
+                                    stdin=read, start_new_session=True))
+    os.close(read)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,48 @@
+"""``tests/reaper.py``: once the process that started it is gone, what it started under the run's
+directory is killed, and nothing else."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from atp_service import EmbeddedRedis
+
+DEADLINE_S = 30.0
+"""A guard against hanging, not a timing."""
+
+
+def gone(proc: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + DEADLINE_S
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_redis_server_of_a_run_that_died_is_killed_and_nothing_outside_it(tmp_path: Path) -> None:
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run_dir.mkdir()
+    elsewhere.mkdir()
+    left = EmbeddedRedis(run_dir / "redis").start()  # in a session of its own, as in the tests
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], cwd=elsewhere)
+    read, write = os.pipe()
+    reaper = subprocess.Popen([sys.executable, "-m", "tests.reaper", str(run_dir)], stdin=read,
+                              start_new_session=True)
+    os.close(read)
+    try:
+        assert left.process is not None
+        time.sleep(0.2)
+        assert left.process.poll() is None and reaper.poll() is None, "the reaper waits while its run lives"
+        os.close(write)  # the run is gone (its exit closes this end, however it exits)
+        assert gone(reaper) and reaper.returncode == 0
+        assert gone(left.process), "the run's redis-server outlived it"
+        assert bystander.poll() is None, "a process outside the run's directory was killed"
+    finally:
+        bystander.kill()
+        bystander.wait()
+        left.stop()
