@@ -86,7 +86,7 @@ def reaper(tmp_path_factory: pytest.TempPathFactory) -> None:
     write end, never inherited by what this run starts, is held until this process exits."""
     read, _write = os.pipe()
     REAPERS.append(subprocess.Popen([sys.executable, "-m", "tests.reaper", str(tmp_path_factory.getbasetemp())],
-                                    stdin=read, start_new_session=True))
+                                    stdin=read, start_new_session=True, cwd=Path(__file__).parent.parent))
     os.close(read)
 
 

@@ -32,7 +32,7 @@ def test_a_redis_server_of_a_run_that_died_is_killed_and_nothing_outside_it(tmp_
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], cwd=elsewhere)
     read, write = os.pipe()
     reaper = subprocess.Popen([sys.executable, "-m", "tests.reaper", str(run_dir)], stdin=read,
-                              start_new_session=True)
+                              start_new_session=True, cwd=Path(__file__).parent.parent)
     os.close(read)
     try:
         assert left.process is not None
