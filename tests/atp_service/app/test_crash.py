@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -22,6 +21,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import free_port
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.redis_proxy import until
 
 SKUS = [f"K{i}" for i in range(12)]
 pytestmark = pytest.mark.slow
@@ -61,11 +61,8 @@ async def test_kill_minus_nine_loses_no_acknowledged_reservation(redis_url: str,
         workers = [asyncio.ensure_future(load(client, w, acked, tried)) for w in range(16)]
         # Killed once the load is well under way, however slowly a busy machine gets it going (a
         # fixed pause was sometimes over before 50 reservations were acknowledged).
-        deadline = time.monotonic() + 60
-        while len(acked) <= 50:
-            assert not all(w.done() for w in workers), "the load stopped before the kill"
-            assert time.monotonic() < deadline, "the load did not get going"
-            await asyncio.sleep(0.01)
+        await until(lambda: len(acked) > 50 or all(w.done() for w in workers), "the load under way", 60)
+        assert not all(w.done() for w in workers), "the load stopped before the kill"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         await asyncio.gather(*workers)
