@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Test workers (pytest-xdist): most of the suite's time is spent waiting on processes and Redis, so
-# three workers finish well before two even on two cores (pytest 11 min against 15-16 on a 2-core
+# three workers finish well before two even on two cores (pytest 10-11 min against 15-17 on a 2-core
 # host; the suite passes with four too, whose extra load is kept as a margin). Each test module runs
 # whole on one worker (its module-scoped fixtures start once). TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 3
