@@ -6,8 +6,10 @@ is a property of the code. So this runs the service in this process against an e
 seeds ``--positions`` positions, calls the servicer's ``Reserve`` directly ``--calls`` times one
 after another (one call per group commit: the case of 1,000 calls/s), and counts every bytecode the
 event loop's thread runs meanwhile with ``sys.settrace`` opcode events — per file, or per function
-with ``--by function``. Work that runs on a timer (housekeeping, the loop-lag monitor) is counted
-too, in proportion to how long the traced calls took: a few % from run to run.
+with ``--by function``. Work that runs on a timer (housekeeping, the loop-lag monitor, the intake's
+reads) would be counted in proportion to how long the traced calls took, which is the host's speed,
+not the code: so the service is then traced as long again with no call, and that count is taken
+off (``timer_bytecodes_per_call`` says how much it was).
 
 What it does not count: time in C (gRPC, protobuf, uvloop, the kernel). ``unary_cost.py`` measures
 the CPU of the whole path; this says where a change moved the interpreter's share.
@@ -22,6 +24,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -64,10 +67,12 @@ def _short(filename: str) -> str:
 
 
 async def reserve_one_by_one(tmp: Path, positions: int, calls: int, in_memory: bool,
-                             counting: AbstractContextManager[object]) -> None:
+                             counting: AbstractContextManager[object],
+                             idle: AbstractContextManager[object]) -> None:
     """``calls`` one-line Reserves, one after another, by the servicer of a service in this process
     against an embedded Redis (``positions`` seeded, ``WARM_UP`` calls first); the counted calls
-    run inside ``counting`` (``instructions.py`` counts the same ones)."""
+    run inside ``counting`` (``instructions.py`` counts the same ones), then the service idles as
+    long inside ``idle``: what its timers ran meanwhile, to be taken off."""
     config = ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False)
     async with seeded_service(tmp, config, positions, "b", in_memory) as service:
         servicer, context = service._servicer, cast(Any, _Context())  # what the servicer needs of a context
@@ -75,8 +80,12 @@ async def reserve_one_by_one(tmp: Path, positions: int, calls: int, in_memory: b
             await servicer.Reserve(reserve_request(n, positions, "b"), context)
         requests = [reserve_request(n, positions, "b") for n in range(WARM_UP, WARM_UP + calls)]
         with counting:
+            started = time.perf_counter()
             for request in requests:
                 await servicer.Reserve(request, context)
+            took = time.perf_counter() - started
+        with idle:
+            await asyncio.sleep(took)
 
 
 @contextmanager
@@ -88,10 +97,12 @@ def _traced(hook: OpcodeCount) -> Iterator[None]:
         sys.settrace(None)
 
 
-async def count(calls: int, positions: int, by_function: bool, in_memory: bool, tmp: Path) -> Counter[str]:
-    hook = OpcodeCount(by_function)
-    await reserve_one_by_one(tmp, positions, calls, in_memory, _traced(hook))
-    return hook.counts
+async def count(calls: int, positions: int, by_function: bool, in_memory: bool,
+                tmp: Path) -> tuple[Counter[str], Counter[str]]:
+    """The bytecodes run during the calls, and during as long again with none (the timers')."""
+    hook, idle = OpcodeCount(by_function), OpcodeCount(by_function)
+    await reserve_one_by_one(tmp, positions, calls, in_memory, _traced(hook), _traced(idle))
+    return hook.counts, idle.counts
 
 
 def main() -> None:
@@ -107,10 +118,13 @@ def main() -> None:
 
     uvloop.install()
     with tempfile.TemporaryDirectory(prefix="atp-bytecodes-") as tmp:
-        counts = asyncio.run(count(args.calls, args.positions, args.by == "function", args.appends_in_memory,
-                                   Path(tmp)))
-    print(json.dumps({"calls": args.calls, "bytecodes_per_call": round(sum(counts.values()) / args.calls),
-                      "top": {name: round(n / args.calls, 1) for name, n in counts.most_common(args.top)}}))
+        during, idle = asyncio.run(count(args.calls, args.positions, args.by == "function", args.appends_in_memory,
+                                         Path(tmp)))
+    counts = during.copy()
+    counts.subtract(idle)  # the timers' share, which depends on how long the calls took
+    print(json.dumps({"calls": args.calls, "bytecodes_per_call": round(counts.total() / args.calls),
+                      "timer_bytecodes_per_call": round(idle.total() / args.calls),
+                      "top": {name: round(n / args.calls, 1) for name, n in counts.most_common(args.top) if n > 0}}))
 
 
 if __name__ == "__main__":
