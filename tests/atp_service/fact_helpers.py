@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 
@@ -10,6 +9,7 @@ import redis.asyncio as aioredis
 
 from atp_client import AtpClient, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from tests.waiting import until
 
 KINDS = ("SALE", "RETURN", "RECEIPT", "ADJUST", "COUNT")
 
@@ -86,18 +86,16 @@ async def send_stream(redis_url: str, stream: str, facts: list[F]) -> None:
 async def wait_consumed(redis_url: str, streams: list[str], group: str = "atp", timeout_s: float = 30) -> None:
     """Until every entry of the streams was delivered to the group and acknowledged."""
     r = aioredis.Redis.from_url(redis_url)
+
+    async def consumed(stream: str) -> bool:
+        g = {g["name"].decode(): g for g in await r.xinfo_groups(stream)}.get(group)
+        return g is not None and not g["pending"] and not g.get("lag", 1)
+
+    async def all_consumed() -> bool:
+        return all([await consumed(stream) for stream in streams])
+
     try:
-        for _ in range(int(timeout_s / 0.05)):
-            done = True
-            for stream in streams:
-                groups = {g["name"].decode(): g for g in await r.xinfo_groups(stream)}
-                g = groups.get(group)
-                if g is None or g["pending"] or g.get("lag", 1):
-                    done = False
-            if done:
-                return
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"{streams} not consumed")
+        await until(all_consumed, f"{streams} consumed by {group}", timeout_s, every_s=0.05)
     finally:
         await r.aclose()
 

@@ -15,18 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    """Wait until ``check()`` holds; fail naming ``what`` after ``timeout_s`` (a bound, not a timing)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout_s}s")
-        await asyncio.sleep(0.01)
+from tests.waiting import until
 
 
 class Held:

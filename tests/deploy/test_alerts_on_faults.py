@@ -14,8 +14,8 @@ from atp_service.storage.embedded_redis import EmbeddedRedis
 from reservation import Limits
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on
+from tests.waiting import until
 
 from .scraped_alerts import firing, scrape
 

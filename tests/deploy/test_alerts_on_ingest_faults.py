@@ -16,8 +16,8 @@ from atp_service.edge import record
 from tests.atp_service.app.test_processes import SHARDS, group_of, owned
 from tests.atp_service.app.test_processes_streams import STREAMS, spawn_owner, start_leased, stream_state
 from tests.atp_service.fact_helpers import F
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 from .scraped_alerts import Scrape, firing, scrape
 

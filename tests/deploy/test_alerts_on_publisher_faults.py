@@ -25,7 +25,8 @@ from tests.atp_service.channel_helpers import fact, write_estate
 from tests.conftest import ServiceFactory, spawned
 from tests.publishers.http_helpers import serve
 from tests.publishers.test_publisher import SECRET
-from tests.publishers.test_publisher_lease import DELIVERED, KEY, Destination, until
+from tests.publishers.test_publisher_lease import DELIVERED, KEY, Destination
+from tests.waiting import until
 
 from .scraped_alerts import Scrape, firing, scrape
 

@@ -20,7 +20,7 @@ from atp_service.storage.channel_wire import to_fields
 from atp_service.storage.nodes import connect_any
 from publishers import JsonlAdapter, Publisher, PublisherConfig, PublisherMetrics, WebhookAdapter
 from reservation import ChannelUpdate, StockStatus
-from tests.atp_service.redis_proxy import until
+from tests.waiting import until
 
 SECRET = "whsec_" + base64.b64encode(b"a test key of thirty-two bytes!!").decode()
 

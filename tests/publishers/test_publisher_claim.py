@@ -15,8 +15,9 @@ from atp_service.storage.channel_wire import to_fields
 from publishers import Publisher, PublisherMetrics, WebhookAdapter
 from tests.publishers.http_helpers import serve
 from tests.publishers.test_publisher import SECRET
-from tests.publishers.test_publisher_lease import Destination, config, never_backwards, until
+from tests.publishers.test_publisher_lease import Destination, config, never_backwards
 from tests.publishers.test_publisher_trimmed import STREAM, desk_writes, value
+from tests.waiting import until
 
 GROUP = "webhook"
 

@@ -21,11 +21,10 @@ import redis.asyncio as aioredis
 from publishers import DeliveryError, JsonlAdapter, Publisher, PublisherMetrics, WebhookAdapter
 from publishers._http import Http, HttpSettings
 from reservation import ChannelUpdate, StockStatus
-from tests.atp_service.redis_proxy import until
 from tests.conftest import spawned
 from tests.publishers.http_helpers import serve
 from tests.publishers.test_publisher import SECRET, client, config, pending, publish, update
-from tests.publishers.test_publisher_lease import until as until_true
+from tests.waiting import until
 
 __all__ = ["client"]  # the fixture, shared with test_publisher
 STREAM = "atp:{avail}:web"
@@ -240,13 +239,13 @@ async def test_a_stuck_file_destination_neither_freezes_the_publisher_nor_keeps_
     os.mkfifo(fifo)
     process = _start_jsonl_publisher(fifo, redis_url, log)
     try:
-        await until_true(lambda: client.exists(LEASE_KEY), "the publisher takes the lease")
+        await until(lambda: client.exists(LEASE_KEY), "the publisher takes the lease")
         await publish(client, [update("a", 0, 1)])
-        await until_true(lambda: "has not ended (a stuck disk?)" in log.read_text(), "the stuck write fails its tries")
+        await until(lambda: "has not ended (a stuck disk?)" in log.read_text(), "the stuck write fails its tries")
         renewed = await client.pttl(LEASE_KEY)
-        await until_true(lambda: _renewed_since(client, renewed), "the lease renewed while the write is stuck")
+        await until(lambda: _renewed_since(client, renewed), "the lease renewed while the write is stuck")
         process.send_signal(signal.SIGTERM)
-        await until_true(lambda: process.poll() is not None, "the publisher stops when asked")
+        await until(lambda: process.poll() is not None, "the publisher stops when asked")
         assert process.returncode == 0, log.read_text()[-2000:]
         assert not await client.exists(LEASE_KEY), "the lease released for a standby to take at once"
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -14,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from publishers import Publisher, PublisherConfig, PublisherMetrics, WebhookAdap
 from tests.conftest import spawned
 from tests.publishers.http_helpers import serve
 from tests.publishers.test_publisher import SECRET, publish, update
+from tests.waiting import until
 
 LEASE = {"lease_s": 1.0, "send_timeout_s": 0.3}
 """Short, for a takeover within seconds; the lease stays 3 times one request's bound."""
@@ -91,19 +90,6 @@ def config(**overrides: Any) -> PublisherConfig:
 
 def held(metrics: PublisherMetrics) -> float | None:
     return metrics.registry.get_sample_value("atp_publisher_lease_held", {"channel": "web", "group": "webhook"})
-
-
-async def until(condition: Callable[[], Any], what: str, timeout_s: float = 15.0) -> None:
-    """Poll ``condition`` (its result awaited if it is awaitable) until true; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.02)
 
 
 def never_backwards(seen: list[tuple[str, int]]) -> None:

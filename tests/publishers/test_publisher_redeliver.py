@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tests.publishers.test_publisher import (
     run_until,
 )
 from tests.publishers.test_publisher_trimmed import desk_writes, value
+from tests.waiting import until
 
 __all__ = ["client", "receiver_factory"]  # fixtures (the store is conftest's)
 STREAM = "atp:{avail}:web"
@@ -76,15 +76,15 @@ async def test_after_an_outage_longer_than_max_attempts_every_key_converges_stoc
     task = asyncio.create_task(running.run())
     try:
         await desk_writes(store, [value("a", 5, 1), value("b", 0, 2), value("c", 3, 3)])
-        await wait_for(await dead_lettered(client, 3))
-        await wait_for(_attempted(receiver, 2 + 2))  # and a pass on the timer failed again
+        await until(await dead_lettered(client, 3), "three values dead-lettered")
+        await until(_attempted(receiver, 2 + 2), "four attempts")  # and a pass on the timer failed again
         assert receiver.accepted == []
         receiver.always_fail = False  # the destination is back; nothing changes in the channel
-        await wait_for(_converged(receiver, {"a": (5, 1), "b": (0, 2), "c": (3, 3)}))
+        await until(_converged(receiver, {"a": (5, 1), "b": (0, 2), "c": (3, 3)}), "a, b and c delivered")
 
         async def settled() -> bool:  # the last answer read and counted: it may follow the receiver's by a turn
             return outcome(metrics, "redelivered") == 3 and await client.hlen(REMEMBERED) == 0
-        await wait_for(settled)
+        await until(settled, "the three redeliveries counted and forgotten")
     finally:
         running.stop()
         await asyncio.wait_for(task, 5)
@@ -102,16 +102,16 @@ async def test_a_key_changed_again_during_the_outage_gets_its_newest_value_never
     task = asyncio.create_task(running.run())
     try:
         await desk_writes(store, [value("a", 5, 1), value("b", 4, 2)])
-        await wait_for(await dead_lettered(client, 2))
+        await until(await dead_lettered(client, 2), "two values dead-lettered")
         await desk_writes(store, [value("a", 0, 3)])  # "a" sells out during the outage: dead-lettered too
-        await wait_for(await dead_lettered(client, 3))
+        await until(await dead_lettered(client, 3), "three values dead-lettered")
         receiver.always_fail = False
         await desk_writes(store, [value("d", 9, 4)])  # an unrelated change: the destination answers
 
         async def converged() -> bool:
             return last_values(receiver) == {"a": (0, 3), "b": (4, 2), "d": (9, 4)}
 
-        await wait_for(converged)
+        await until(converged, "the newest value of each key delivered")
     finally:
         running.stop()
         await asyncio.wait_for(task, 5)
@@ -186,7 +186,7 @@ async def test_a_resync_stopped_after_the_destination_took_it_counts_what_it_sen
         return len(last_values(receiver)) == 3
 
     try:
-        await wait_for(taken)
+        await until(taken, "the page's first chunk taken")
     finally:
         running.stop()
         await asyncio.wait_for(task, 5)
@@ -206,15 +206,15 @@ async def test_a_refused_value_is_not_resent_while_running_but_its_newest_value_
     task = asyncio.create_task(running.run())
     try:
         await desk_writes(store, [value("a", 0, 1)])
-        await wait_for(await dead_lettered(client, 1))
+        await until(await dead_lettered(client, 1), "the refused value dead-lettered")
         assert outcome(metrics, "failed") == 1
         receiver.always_fail = False
         # A success brings a pass of the retryable ones before the next read: once "e" is in, the
         # pass after "d" has run, and it left "a" alone.
         await desk_writes(store, [value("d", 9, 2)])
-        await wait_for(_converged(receiver, {"d": (9, 2)}))
+        await until(_converged(receiver, {"d": (9, 2)}), "d delivered")
         await desk_writes(store, [value("e", 8, 3)])
-        await wait_for(_converged(receiver, {"d": (9, 2), "e": (8, 3)}))
+        await until(_converged(receiver, {"d": (9, 2), "e": (8, 3)}), "d and e delivered")
     finally:
         running.stop()
         await asyncio.wait_for(task, 5)
@@ -249,13 +249,6 @@ def _attempted(receiver: Receiver, n: int) -> Callable[[], Awaitable[bool]]:
         with receiver.lock:
             return receiver.attempts >= n
     return there
-
-
-async def wait_for(done: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await done():
-        assert time.monotonic() < deadline, "did not get there in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_redelivery_and_its_full_resync_run_on_a_redis_cluster(cluster_url: str, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ claims. B's epoch must be A's no more: A must find itself replaced, not write as
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -22,8 +21,8 @@ from atp_service import AtpService
 from tests.atp_service.app.test_health_truth import health
 from tests.atp_service.app.test_redis_lost_tail import restored, saved, services_and_primaries
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 IDLE = 3600.0
 """A's owner check, made not to run on its own: B claims before A asks (it asks every owner_check_s)."""
@@ -63,11 +62,11 @@ async def test_a_claim_redis_lost_is_not_drawn_again_by_the_next_instance(
     assert newer._log.epoch > older._log.epoch
     assert not await older._log.still_owner()  # replaced: the owner keys hold B's claim, not A's
     await until(lambda: older.replaced.is_set(), "A told a newer instance claimed the keyspace", timeout_s=20)
-    for _ in range(400):  # said by a task of its own: a bound (20 s), not a timing
-        if await health(older.port) == health_pb2.HealthCheckResponse.NOT_SERVING:
-            break
-        await asyncio.sleep(0.05)
-    assert await health(older.port) == health_pb2.HealthCheckResponse.NOT_SERVING  # replaced: not fit to serve
+
+    async def not_serving() -> bool:  # said by a task of its own; replaced: not fit to serve
+        return await health(older.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+    await until(not_serving, "A's health NOT_SERVING")
 
 
 async def test_an_instance_whose_claim_redis_lost_cannot_write_as_the_next(

@@ -21,8 +21,8 @@ from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.atp_service.channel_helpers import fact, one_dc_market, write_estate
 from tests.atp_service.edge.test_api import T0
-from tests.atp_service.redis_proxy import until
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 STATE = "atp:{avail}:market:state"

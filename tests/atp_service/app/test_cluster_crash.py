@@ -23,7 +23,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import free_port
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
+from tests.waiting import until
 
 SKUS = [f"K{i}" for i in range(12)]
 pytestmark = pytest.mark.slow

@@ -18,8 +18,8 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 SKUS = [f"K{i}" for i in range(8)]
 T = TypeVar("T")

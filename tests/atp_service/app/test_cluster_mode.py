@@ -29,9 +29,9 @@ from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.edge.test_api import *  # noqa: F403 - the API suite, run again on the cluster
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.fact_helpers import F
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 CLUSTER = {"redis_cluster": True, "input_streams": ()}
 

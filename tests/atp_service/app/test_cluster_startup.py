@@ -12,8 +12,8 @@ from atp_service import AtpService, free_port
 from atp_service.app.keyspace import StartupError, version_refusal
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.redis_config import node_versions
-from tests.atp_service.redis_proxy import until
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 
 def _replicas_listed(url: str, replicas: int) -> bool:

@@ -16,8 +16,8 @@ from atp_service.app.embedded_watch import EmbeddedRedisFailed, EmbeddedRedisWat
 from atp_service.instruments import Counter
 from atp_service.storage import DataDirInUse
 from atp_service.storage.embedded_redis import EmbeddedRedis
-from tests.atp_service.redis_proxy import until
 from tests.atp_service.storage.test_embedded_redis import SLOW_LOAD, populated
+from tests.waiting import until
 
 
 class Restarts:

@@ -20,9 +20,10 @@ from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import open_nodes
-from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import ServiceFactory, services_on
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 LEASED = {"ownership": "leases", "lease_ms": 2000, "shards": 4, "input_streams": ()}
 

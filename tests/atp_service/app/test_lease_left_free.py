@@ -13,8 +13,8 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, free_port
 from atp_service.app.balancing import address_of
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on
+from tests.waiting import until
 
 SHARDS = 6
 

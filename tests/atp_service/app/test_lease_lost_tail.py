@@ -19,8 +19,8 @@ from atp_service import AtpService, free_port
 from tests.atp_service.app.test_lease_faults import until_async
 from tests.atp_service.app.test_redis_lost_tail import restored, saved, services_and_primaries
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 LEASE_MS = 9000
 """Long enough that a lease RESTOREd with the TTL it had when saved is renewed well before it runs out:

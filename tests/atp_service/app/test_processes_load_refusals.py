@@ -16,9 +16,9 @@ import redis
 from reservation import Limits
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes
 from tests.atp_service.app.test_processes_split import counts_block
-from tests.atp_service.redis_proxy import until
 from tests.atp_service.refusals import refused
 from tests.conftest import ServiceFactory, services_on
+from tests.waiting import until
 
 BOUND = 3
 """Each shard's ``max_positions_per_shard``."""

@@ -25,8 +25,8 @@ from tests.atp_service.app.test_processes import (
     start_process,
 )
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 __all__ = ["start_process"]  # the fixture, used here by name
 REDIRECT = (("atp-routing", "redirect"),)

@@ -23,8 +23,8 @@ from atp_service.edge import record
 from atp_service.edge.auth import new_token, token_hash
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes
 from tests.atp_service.fact_helpers import F, wait_consumed
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on, spawned
+from tests.waiting import until
 
 STREAMS = ("atp:in:pos", "atp:in:wms")
 PEER, READER = new_token(), new_token()

@@ -17,8 +17,8 @@ from atp_service.app.keyspace import eviction_refusal, watch_eviction
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import open_nodes
 from tests.atp_service.app.test_healthcheck import health, starting_until_logged
-from tests.atp_service.redis_proxy import until
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 
 async def test_a_writable_replica_is_not_written_to_but_waited_on_until_promoted(tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from atp_service.storage.nodes import open_nodes
 from reservation import LogEntry, decode_entry, encode_entry
 from reservation._events import ReservationSaved
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory, services_on
+from tests.waiting import until
 
 Image = dict[Any, tuple[Any, int]]
 

@@ -14,9 +14,10 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ManualClock
 from tests.atp_service.channel_helpers import ESTATE, write_estate
-from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.redis_proxy import HoldingProxy
 from tests.atp_service.refusals import said
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 T = 1_700_000_000_000
 OUTLET = '\n[[channels]]\nname = "outlet"\nsells_from = ["dc-1"]\nthrottle_ms = 0\n'

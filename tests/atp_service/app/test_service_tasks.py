@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_service import AtpService
 from tests.atp_service.channel_helpers import write_estate
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 
 async def _failed_loudly(service: AtpService, client_channel: object, caplog: pytest.LogCaptureFixture,
@@ -22,10 +22,11 @@ async def _failed_loudly(service: AtpService, client_channel: object, caplog: py
     await until(lambda: service.failed.is_set(), f"the service told to stop after {task} failed", timeout_s=10)
     health = health_pb2_grpc.HealthStub(client_channel)
     request = health_pb2.HealthCheckRequest(service="")
-    for _ in range(100):  # the NOT_SERVING is set by a task of its own: a few turns at most
-        if (await health.Check(request, timeout=5)).status == health_pb2.HealthCheckResponse.NOT_SERVING:
-            break
-    assert (await health.Check(request, timeout=5)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def not_serving() -> bool:  # set by a task of its own
+        return bool((await health.Check(request, timeout=5)).status == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    await until(not_serving, "health NOT_SERVING")
     said = [r for r in caplog.records if getattr(r, "event", None) == "stopping"]
     assert [(r.why, r.task) for r in said] == [("task_failed", task)]  # type: ignore[attr-defined]
     assert said[0].exc_info is not None  # the traceback, for the bug report

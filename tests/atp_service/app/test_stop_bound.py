@@ -14,8 +14,8 @@ import pytest
 from atp_service import AtpService
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import services_on
+from tests.waiting import until
 
 
 async def test_a_stop_cut_short_by_its_bound_still_stops_grpc(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from atp_service import ManualClock
 from atp_service.metrics import APPEND_FAILURE_REASONS
 from atp_service.storage.channel_store import WriteRefused, write_failure_reason
 from tests.atp_service.channel_helpers import fact, one_dc_market, wait_for_updates, write_estate
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 T = 1_700_000_000_000
 THROTTLE_MS = 60_000

@@ -16,8 +16,8 @@ from atp_service import ManualClock
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelRules, StockStatus, curate
 from tests.atp_service.channel_helpers import ESTATE, fact, latest, stream_updates, wait_for_updates, write_estate
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 T = 1_700_000_000_000
 

@@ -15,10 +15,11 @@ from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from tests.atp_service.app.test_redis_lost_tail import saved
 from tests.atp_service.channel_helpers import fact, latest, stream_updates, write_estate
-from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.redis_proxy import HoldingProxy
 from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 T = 1_700_000_000_000
 KEY = ("sku-a", "store-1")

@@ -17,8 +17,8 @@ from atp_service import AtpService
 from atp_service.channels.desk import ChannelDesk
 from reservation import CountRows
 from tests.atp_service.channel_helpers import write_estate
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 SKUS = 10_000
 LOCATIONS = ["dc-1", "store-1", "store-2", "store-3"]

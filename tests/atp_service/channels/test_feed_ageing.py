@@ -9,8 +9,8 @@ from typing import Any
 
 from atp_service import ManualClock
 from tests.atp_service.channel_helpers import fact, one_dc_market, stream_updates, wait_for_updates, write_estate
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 T = 1_700_000_000_000
 MAX_WAIT_MS = 3000

@@ -9,8 +9,8 @@ from atp_service import ManualClock
 from reservation import Feed
 from reservation._feed import HEAP_SLACK
 from tests.atp_service.channel_helpers import fact, one_dc_market, wait_for_updates, write_estate
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 T = 1_700_000_000_000
 COLD = 100

@@ -9,8 +9,8 @@ from typing import Any
 from atp_service import ManualClock
 from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
 from tests.atp_service.channel_helpers import fact, one_dc_market, wait_for_updates, write_estate
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 T = 1_700_000_000_000
 SKUS = 10

@@ -14,9 +14,10 @@ from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from atp_service.storage.channel_store import _WRITE_SCRIPT
 from tests.atp_service.channel_helpers import fact, latest, stream_updates, wait_for_updates, write_estate
-from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 T = 1_700_000_000_000
 

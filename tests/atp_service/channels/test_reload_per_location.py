@@ -8,8 +8,8 @@ from pathlib import Path
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from tests.atp_service.channel_helpers import fact, latest, stream_updates, write_estate
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 T = 1_700_000_000_000
 

@@ -12,8 +12,8 @@ from atp_service import ManualClock
 from atp_service.channels.desk import ChannelDesk
 from atp_service.config_slices import PUBLISH_WRITES_PER_ROUND
 from tests.atp_service.channel_helpers import fact, one_dc_market, wait_for_updates, write_estate
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 T = 1_700_000_000_000
 SKUS = 8

@@ -19,8 +19,8 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_servicer import refusal, stream_tasks
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 LIMIT = 3
 DEADLINE_S = 4.0

@@ -18,8 +18,8 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.metrics import APPEND_FAILURE_REASONS
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import services_on
+from tests.waiting import until
 
 SKUS = [f"sku-{n}" for n in range(16)]  # spread over every shard
 

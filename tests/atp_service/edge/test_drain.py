@@ -20,9 +20,9 @@ from reservation import Unavailable
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_abandoned_streams import writes_paused
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 
 # -- the Drain itself (no I/O) ------------------------------------------------------------------

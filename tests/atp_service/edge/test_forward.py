@@ -31,8 +31,8 @@ from reservation import Moved, Reason, Unavailable
 from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, start_process
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_routing import advertised, stock
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 Pair = tuple[AtpService, str, AtpService, str]
 __all__ = ["start_process"]  # the fixture, used here by name

@@ -17,9 +17,9 @@ from atp_service.edge.overload import IDLE_INTERVAL_S, INTERVAL_S, ON_TIME_S, RE
 from benchmarks.overload import rss_mb
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 
 class _Flood:

@@ -19,8 +19,8 @@ from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.app.service import AtpService
 from atp_service.edge.stalls import StallLimit
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 STALL_S = 1.0
 BATCH = 100

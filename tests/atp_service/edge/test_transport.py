@@ -19,7 +19,7 @@ from atp_service.edge.transport import EXPERIMENT, active, experiments_for, refu
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_overload import _Flood
-from tests.atp_service.redis_proxy import until
+from tests.waiting import until
 
 
 @pytest.mark.parametrize(("transport", "current", "expected"), [

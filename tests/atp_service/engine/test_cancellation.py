@@ -13,8 +13,8 @@ from atp_service import AtpService
 from atp_service.storage.log import LogStore, connect
 from reservation import Ledger, decode_entry
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 CALLERS = 16
 CALLS_EACH = 120

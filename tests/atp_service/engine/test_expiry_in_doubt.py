@@ -12,9 +12,9 @@ from atp_client import Retryable
 from atp_service import ManualClock
 from reservation import State
 from tests.atp_service.edge.test_api import T0, receipt
-from tests.atp_service.redis_proxy import until
 from tests.atp_service.storage.test_redis_full import full_able
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 __all__ = ["full_able"]  # the fixture, shared with test_redis_full
 

@@ -19,7 +19,8 @@ from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import open_nodes
 from reservation import LineRequest, ReserveCommand, State
 from reservation._orders import PART_MARK
-from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.redis_proxy import HoldingProxy
+from tests.waiting import until
 
 KEYS = Keyspace("sweep:")
 NOW_MS = 1_700_000_000_000

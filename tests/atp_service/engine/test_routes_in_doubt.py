@@ -12,8 +12,8 @@ import redis
 from atp_client import Retryable
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.engine.test_expiry_in_doubt import settled
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 
 async def test_reserves_refused_while_their_shard_is_in_doubt_leave_no_route_once_it_settles(

@@ -15,8 +15,8 @@ from atp_service.app.service import AtpService
 from reservation import Limits
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.intake.test_position_bound import _sample
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 BOUND = 6
 LIMIT = "max_dedupe_entries_per_shard"

@@ -23,7 +23,7 @@ from atp_service.intake.ingest import StreamIngestor
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.nodes import connect_any
 from tests.atp_service.fact_helpers import F
-from tests.atp_service.redis_proxy import until
+from tests.waiting import until
 
 T = 1_700_000_000_000
 STREAM = "atp:in:wms"

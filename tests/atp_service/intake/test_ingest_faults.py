@@ -17,10 +17,10 @@ import redis.asyncio as aioredis
 from atp_service import AtpService, ManualClock
 from tests.atp_service.app.test_redis_permissions import PASSWORD, USER, as_user
 from tests.atp_service.fact_helpers import F, wait_consumed
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
 from tests.deploy.monitoring_helpers import RULES, promtool
+from tests.waiting import until
 
 T = 1_700_000_000_000
 

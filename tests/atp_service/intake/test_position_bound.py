@@ -15,9 +15,9 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app.service import AtpService
 from reservation import Limits
 from tests.atp_service.edge.test_api import T0, receipt
-from tests.atp_service.redis_proxy import until
 from tests.atp_service.refusals import refused
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 BOUND = 5
 LIMIT = "max_positions_per_shard"

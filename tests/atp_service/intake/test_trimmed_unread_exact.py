@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from atp_client import AtpClient
 from atp_service import AtpService
 from tests.atp_service.fact_helpers import F
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 POS, GROUP, TOTAL = "atp:in:pos", "atp", "atp_ingest_trimmed_unread_total"
 

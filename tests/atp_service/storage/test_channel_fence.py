@@ -25,8 +25,9 @@ from atp_service.storage.log import connect
 from atp_service.storage.resp import seq_of
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.channel_helpers import fact, latest, stream_updates, write_estate
-from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 T = 1_700_000_000_000
 

@@ -14,9 +14,9 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis
 from atp_service.retry import BackoffPolicy
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 
 async def test_two_hundred_clients_fifty_units_exactly_fifty_win(start_service: ServiceFactory) -> None:

@@ -20,7 +20,8 @@ from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import open_nodes
 from atp_service.storage.resp import out_of_memory
 from reservation import Reason
-from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.redis_proxy import HoldingProxy
+from tests.waiting import until
 
 KEYS = Keyspace("t:")
 

@@ -20,9 +20,10 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis
 from atp_service.storage.scripts import APPEND_SCRIPT
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import HoldingProxy, until
+from tests.atp_service.redis_proxy import HoldingProxy
 from tests.atp_service.refusals import said
 from tests.conftest import test_config as service_config
+from tests.waiting import until
 
 APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest().encode()  # a group commit on the wire
 

@@ -434,7 +434,8 @@ async def test_writes_follow_an_address_that_moved_to_the_promoted_replica(tmp_p
     never settled and never answered again. A READONLY drops them — the lane's, and the pooled ones
     of the client it was made from (the reads that settle a write must see where it goes) — so the
     next connection reaches the new primary."""
-    from tests.atp_service.redis_proxy import HoldingProxy, until
+    from tests.atp_service.redis_proxy import HoldingProxy
+    from tests.waiting import until
 
     primary = EmbeddedRedis(tmp_path / "p", extra_args=["--repl-diskless-sync-delay", "0"]).start()
     replica = EmbeddedRedis(tmp_path / "r", extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()

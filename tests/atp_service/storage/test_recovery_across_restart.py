@@ -22,8 +22,8 @@ from atp_service.storage.log import LogStore, encode_snapshot
 from reservation import Fact, FactKind, Ledger, Limits, encode_entry
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 NOW = 1_700_000_000_000
 

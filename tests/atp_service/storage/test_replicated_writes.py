@@ -85,7 +85,8 @@ async def test_every_shard_answers_again_after_a_failover_behind_its_address(tmp
     here), while the service's open connections still reach the old primary, a replica now: its
     READONLY refusals put the shards in doubt, and every shard must settle and answer again (the
     connections kept refused every write, the settle's fence included, for good)."""
-    from tests.atp_service.redis_proxy import HoldingProxy, until
+    from tests.atp_service.redis_proxy import HoldingProxy
+    from tests.waiting import until
 
     primary = EmbeddedRedis(tmp_path / "p", extra_args=["--repl-diskless-sync-delay", "0"]).start()
     replica = EmbeddedRedis(tmp_path / "r", extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import redis
 
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.redis_proxy import until
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 SNAP, LOG = "atp:{g0}:snap", "atp:{g0}:log"
 
