@@ -34,7 +34,7 @@ from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atp_service import ServiceConfig
-from benchmarks.service_cost import _Context, reserve_request, seeded_service
+from benchmarks.service_cost import AppendsInMemory, _Context, reserve_request, seeded_service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,7 +74,7 @@ async def reserve_one_by_one(tmp: Path, positions: int, calls: int, in_memory: b
     run inside ``counting`` (``instructions.py`` counts the same ones), then the service idles as
     long inside ``idle``: what its timers ran meanwhile, to be taken off."""
     config = ServiceConfig.from_env(port=0, metrics_port=-1, auth="off", demo=False)
-    async with seeded_service(tmp, config, positions, "b", in_memory) as service:
+    async with seeded_service(tmp, config, positions, "b", AppendsInMemory() if in_memory else None) as service:
         servicer, context = service._servicer, cast(Any, _Context())  # what the servicer needs of a context
         for n in range(WARM_UP):
             await servicer.Reserve(reserve_request(n, positions, "b"), context)

@@ -139,6 +139,9 @@ async def test_service_cost_runs_at_a_tiny_size(mode: tuple[str, ...]) -> None:
     assert result["calls"] > 0 and result["with_service_us_per_call"] > 0
     assert result["service_us_per_call"] == result["with_service_us_per_call"] - result["harness_us_per_call"]
     assert result["calls_per_group_commit"] >= 1 and 0 < result["p50_ms"] <= result["p99_ms"]
+    # In memory, every call's entry was answered by the stand-in: none went round it to Redis.
+    answered = result["entries_answered_in_memory"]
+    assert (answered >= result["calls"]) if mode else answered == 0, result
 
 
 @pytest.mark.timeout(330)  # two servers, 10,000 positions seeded and perf on a busy machine: past the default 120 s
