@@ -27,7 +27,12 @@ Process = tuple[AtpService, AtpClient]
 
 @pytest.fixture
 async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS, input_streams=()):
+    """Processes in this test's process, balancing every 200 ms. Their leases are the default 5 s:
+    none of these tests waits for a lease to lapse, and with 600 ms leases one lapsed whenever the
+    test process (both services' event loop) stood still 400 ms on a busy host, and calls to its
+    group were refused as being taken over (a safe answer, but not what these tests are about)."""
+    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                                   input_streams=()):
         yield start
 
 
