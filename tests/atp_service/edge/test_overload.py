@@ -178,12 +178,20 @@ async def test_a_client_with_a_retry_policy_gets_every_call_through_a_small_queu
     before = service.door.counts()
 
     async def held(patient: AtpClient, rid: str) -> pb.ReserveResponse:
-        for _ in range(50):  # a bound against a service that never lets it in, not a pace
+        """Sent again while refused, within a bound in time: how many of gRPC's jittered tries a call
+        needs grows with how slowly the service takes calls in, so a count of them (50 x 5) ran out on
+        a slow host whose service did let every call in (a stall of 0.5 s a call did it)."""
+        answer: list[pb.ReserveResponse] = []
+
+        async def let_in() -> bool:
             try:
-                return await patient.reserve(rid, [("A", "DC", 1)], ttl_seconds=3600)
+                answer.append(await patient.reserve(rid, [("A", "DC", 1)], ttl_seconds=3600))
             except Retryable:
-                continue
-        raise AssertionError(f"{rid}: refused at each of 50 x {RetryPolicy().attempts} tries")
+                return False
+            return True
+
+        await until(let_in, f"{rid} let in through the small queue", timeout_s=90)  # a bound against a hang
+        return answer[0]
 
     async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=60, retry=RetryPolicy()) as patient:
         answers = await asyncio.gather(*(held(patient, f"r{n}") for n in range(100)))
