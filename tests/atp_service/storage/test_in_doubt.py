@@ -41,13 +41,23 @@ async def _service(url: str) -> AsyncIterator[tuple[AtpService, AtpClient]]:
 
 
 async def _reserve_once_settled(client: AtpClient, rid: str) -> pb.ReserveResponse:
-    """A shard in doubt refuses new work until its settle is done (a maintenance pass away)."""
-    while True:
+    """A shard in doubt refuses new work until its settle is done: a maintenance pass (a timer) and
+    a read of Redis away. Tried again with a pause and within a bound: tried at once, for ever, the
+    refused calls kept a core busy beside the settle they waited for, and a settle that never came
+    hung the test instead of failing it by name."""
+    answer: list[pb.ReserveResponse] = []
+
+    async def taken() -> bool:
         try:
-            return await client.reserve(rid, [("A", "DC", 2)], ttl_seconds=600)
+            answer.append(await client.reserve(rid, [("A", "DC", 2)], ttl_seconds=600))
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
+            return False
+        return True
+
+    await until(taken, f"{rid} taken once the shard settled")
+    return answer[0]
 
 
 async def test_an_append_landing_after_its_settle_is_refused_and_a_restart_finds_what_was_acknowledged(
