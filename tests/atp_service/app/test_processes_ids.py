@@ -6,8 +6,6 @@ record is remembered."""
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import redis.asyncio as aredis
 
@@ -17,6 +15,7 @@ from tests.atp_service.app.test_processes import group_of, owner_of, start_proce
 from tests.atp_service.app.test_processes_split import item, reserved, stocked_pair
 from tests.atp_service.refusals import refused
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 __all__ = ["start_process"]  # the fixture, used here by name
 
@@ -75,9 +74,13 @@ async def test_the_sweep_makes_a_claim_redis_lost_again_and_keeps_a_confirmed_re
         guard._next_round = 0.0  # a round due now
         # resolved any moment from now, the record is remembered this long: its claim lasts longer
         lasts_ms = first.config.limits.retention_ms + CLAIM_MARGIN_MS // 2
-        while await r.get(key) is None:
-            guard.refresh_step()
-            await asyncio.sleep(0.01)
+        async def made_again() -> bool:
+            if await r.get(key) is not None:
+                return True
+            guard.refresh_step()  # a pass of the sweep; its claims go to Redis in tasks of their own
+            return False
+
+        await until(made_again, "the claim Redis lost made again by the sweep")
         assert await r.get(key) == str(group_of(here)).encode() and await r.pttl(key) > lasts_ms
     finally:
         await r.aclose()
