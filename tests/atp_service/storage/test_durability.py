@@ -201,12 +201,16 @@ async def test_redis_killed_under_load_memory_equals_log_afterwards(
         own.kill()
         await asyncio.gather(*workers)
         own.start()  # same port, same AOF
-        for _ in range(200):
+
+        async def probe_taken() -> bool:
             try:
                 await client.reserve("probe", [("P0", "DC", 1)])
-                break
             except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.05)
+                return False  # Redis still starting, the shard settling: tried again (the same id: R5)
+            return True
+
+        # Not a loop that went on unseen once its tries ran out: the probe is taken, or the test fails here.
+        await until(probe_taken, "the probe taken by P0's shard after Redis came back", 30)
         # The probe reached P0's shard; another may still hold appends in doubt, its memory without
         # them until it settles what landed (R7). Memory equals the log once no shard is in doubt.
         keys = [pb.PositionKey(sku=s, location="DC") for s in skus]
