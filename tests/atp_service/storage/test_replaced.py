@@ -20,6 +20,7 @@ from atp_service.engine.shard import ShardActor
 from reservation import Unavailable, reserve
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.engine.helpers import until_turns
 from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
 from tests.reservation.helpers import cmd, ledger_with
@@ -99,10 +100,7 @@ async def test_a_replaced_shard_never_takes_a_newer_instances_entry_for_its_own(
     actor.start()
     try:
         held = actor.submit(lambda ledger, now: reserve(ledger, cmd("r1", ("A", "S1", 3)), now))
-        for _ in range(100):
-            if log.pending:
-                break
-            await asyncio.sleep(0)
+        await until_turns(lambda: bool(log.pending), "the reservation's append in flight")
         log.pump("lost")  # not landed, and the caller told so: in doubt until settled
         with pytest.raises(Unavailable):
             await held
