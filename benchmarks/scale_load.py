@@ -14,13 +14,13 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from atp_client import AtpClient, AtpError, Refusal, RoutedClient, duration, place
+from atp_client import AtpClient, AtpError, Refusal, RoutedClient, Routes, duration, place
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 WARMUP_S = 1.0
@@ -138,6 +138,18 @@ async def _unary(spec: LoadSpec, tally: Tally, rng: random.Random) -> Load:
     return phase, [routed] if routed else list(clients)
 
 
+async def _every_group_owned(addresses: Sequence[str], limit_s: float = 60.0) -> Routes:
+    """The routing table once every group has an owner: a lease lost under load leaves one unowned
+    until it is taken again (within a lease), and a routed stream load needs each group's owner."""
+    deadline = time.monotonic() + limit_s
+    async with RoutedClient(addresses) as routed:
+        while True:
+            routes = await routed.refresh()
+            if all(routes.owners) or time.monotonic() > deadline:
+                return routes
+            await asyncio.sleep(0.2)
+
+
 async def _stream(spec: LoadSpec, tally: Tally, rng: random.Random) -> Load:
     """Routed: each owning process gets streams of batches whose SKUs all fall in groups it owns.
     Forwarded: every process gets streams of batches over every SKU, and splits each by owner."""
@@ -145,8 +157,7 @@ async def _stream(spec: LoadSpec, tally: Tally, rng: random.Random) -> Load:
     if spec.mode == "forwarded":
         pools = {address: [sku_name(n) for n in range(spec.skus)] for address in spec.addresses}
     else:
-        async with RoutedClient(spec.addresses) as routed:
-            routes = await routed.refresh()
+        routes = await _every_group_owned(spec.addresses)
         for n in range(spec.skus):
             sku = sku_name(n)
             pools.setdefault(routes.owner(place(sku, routes.shards)), []).append(sku)
