@@ -26,8 +26,9 @@ BOUND = 3
 
 @pytest.fixture
 async def start_bounded(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS, input_streams=(),
-                                   limits=Limits(max_positions_per_shard=BOUND)):
+    # 5 s leases, balancing every 200 ms: no test here waits for one to lapse (see test_processes' start_process).
+    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                                   input_streams=(), limits=Limits(max_positions_per_shard=BOUND)):
         yield start
 
 
