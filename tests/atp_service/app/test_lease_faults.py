@@ -3,8 +3,7 @@ leases, a Redis that may evict leases, a give-back landing after the group was t
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -33,14 +32,6 @@ def owned(service: AtpService) -> set[int]:
     return {g for g in service.membership.leases.held if not service.engine.actors[g].vacant}
 
 
-async def until_async(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not {what} after {timeout_s}s")
-
-
 @pytest.fixture
 async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
     async for start in services_on(redis_url, **LEASED):
@@ -61,7 +52,7 @@ async def test_a_killed_process_stops_counting_as_a_member_when_its_leases_run_o
     r = aredis.Redis.from_url(redis_url)
     try:
         holder = victim.membership.leases.holder
-        await until_async(lambda: _none_held_by(r, leases, holder), "the killed process's leases run out")
+        await until(lambda: _none_held_by(r, leases, holder), "the killed process's leases run out", 30)
         seconds, micros = await r.time()
         now_ms = seconds * 1000 + micros // 1000
         registered_until = await r.zscore(victim._log.keys.members, holder)  # type: ignore[union-attr]
@@ -95,7 +86,7 @@ async def test_a_late_give_back_of_an_earlier_taking_spares_the_current_lease(
         with pytest.raises(STORAGE_ERRORS):  # its answer lost: it may yet land
             await a.release(1)
         proxy.hold()
-        await until_async(lambda: _gone(r, a.key(1)), "the lease run out")
+        await until(lambda: _gone(r, a.key(1)), "the lease run out", 30)
         # The taking that must be spared outlives the test, whatever the host's pace: at 300 ms it could
         # run out by itself before the checks below, and read as deleted.
         a.lease_ms = 60_000

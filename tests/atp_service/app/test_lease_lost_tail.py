@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 
 from atp_client import AtpClient
 from atp_service import AtpService, free_port
-from tests.atp_service.app.test_lease_faults import until_async
 from tests.atp_service.app.test_redis_lost_tail import restored, saved, services_and_primaries
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
@@ -68,7 +67,7 @@ async def test_an_idle_leased_group_is_recovered_again_when_redis_lost_entries_i
     assert await _reserved(client) == 4
     for primary, image in zip(primaries, images, strict=True):
         await restored(primary, image)  # r1's entry is gone; the leases and owner keys are as they were
-    await until_async(lambda: _is_zero(client), "the group serving what Redis holds (r1 lost)", timeout_s=40)
+    await until(lambda: _is_zero(client), "the group serving what Redis holds (r1 lost)", timeout_s=40)
     (position,) = await client.availability([("SKU", "DC")])
     assert (position.on_hand, position.reserved) == (10, 0)
     assert _given_up(service, "failed") >= 1 and _given_up(service, "lease") == 0

@@ -25,6 +25,7 @@ from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.app.process_helpers import SHARDS, Estate, Process, all_served, group_of, ready, routing
 from tests.atp_service.edge.test_api import receipt
+from tests.waiting import until
 
 LEASE_MS = 3000
 """Long enough that a process stopped for a moment keeps its groups, short enough to take over soon."""
@@ -83,14 +84,6 @@ def order_over(owners: dict[int, str], processes: list[Process]) -> tuple[Proces
     raise AssertionError("no two SKUs in groups of different processes")
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 90) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not {what} after {timeout_s}s")
-        await asyncio.sleep(0.05)
-
-
 async def position(process: Process, sku: str) -> pb.Availability:
     (p,) = await process.client.availability([(sku, "DC")])
     return p
@@ -133,11 +126,11 @@ async def test_coordinator_killed_after_its_parts_are_made_holds_nothing_after_t
     home, other, skus = order_over(owners, processes)
     os.kill(other.proc.pid, signal.SIGSTOP)  # the step to its part waits: the home's own part is made
     call = await reserve(home, "o-parts", skus)
-    await until(lambda: _reserved(home, skus[0], 2), "the home's part held")
+    await until(lambda: _reserved(home, skus[0], 2), "the home's part held", 90, every_s=0.05)
     kill(home)
     os.kill(other.proc.pid, signal.SIGCONT)
     await wait_answered(call)
-    await until(lambda: free_everywhere(estate, skus), "every unit free after the order's TTL")
+    await until(lambda: free_everywhere(estate, skus), "every unit free after the order's TTL", 90, every_s=0.05)
     order = await settled_state(estate, "o-parts", skus)
     assert all(line.held == 0 and line.committed == 0 for line in order.lines), order
     await all_served(estate, SKUS)
@@ -150,7 +143,7 @@ async def test_coordinator_killed_after_the_decision_frees_the_order_at_its_ttl(
     held = await (await reserve(home, "o-held", skus))
     assert held.state == pb.RESERVATION_STATE_HELD, held
     kill(home)
-    await until(lambda: free_everywhere(estate, skus), "every unit free after the order's TTL")
+    await until(lambda: free_everywhere(estate, skus), "every unit free after the order's TTL", 90, every_s=0.05)
     assert (await settled_state(estate, "o-held", skus)).state == pb.RESERVATION_STATE_EXPIRED
     await all_served(estate, SKUS)
 
@@ -179,7 +172,8 @@ async def test_coordinator_killed_in_the_middle_of_changes_leaves_each_order_who
         confirmed += committed == [1, 1]
         assert (order.state == pb.RESERVATION_STATE_CONFIRMED) == (committed == [1, 1]), (rid, order)
     assert change == "confirm" or confirmed == 0
-    await until(lambda: _only_committed(estate, skus, confirmed), "every unit not confirmed free after the TTL")
+    await until(lambda: _only_committed(estate, skus, confirmed), "every unit not confirmed free after the TTL", 90,
+                every_s=0.05)
     await all_served(estate, SKUS)
 
 
@@ -218,11 +212,11 @@ async def test_coordinator_killed_or_paused_among_reserves_leaves_no_hold_past_t
         kill(home)
     else:
         os.kill(home.proc.pid, signal.SIGSTOP)
-        await until(lambda: _taken_from(processes, home), "the paused process's groups taken")
+        await until(lambda: _taken_from(processes, home), "the paused process's groups taken", 90, every_s=0.05)
         os.kill(home.proc.pid, signal.SIGCONT)
     for call in calls:
         await wait_answered(call)
-    await until(lambda: free_everywhere(estate, skus), "every unit free after the orders' TTL")
+    await until(lambda: free_everywhere(estate, skus), "every unit free after the orders' TTL", 90, every_s=0.05)
     for rid in rids:
         with contextlib.suppress(grpc.aio.AioRpcError):  # never opened: not found
             order = await settled_state(estate, rid, skus)

@@ -15,10 +15,10 @@ from atp_service import AtpService, EmbeddedRedis, free_port
 from atp_service.app.keyspace import StartupError
 from atp_service.config import ServiceConfig
 from tests.atp_service.app.test_healthcheck import health, starting_until_logged
-from tests.atp_service.app.test_lease_faults import until_async
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import test_config as make_config
+from tests.waiting import until
 
 
 async def test_writes_refused_noreplicas_at_start_are_waited_out(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ async def test_a_leased_start_is_refused_on_a_keyspace_whose_channel_feeds_would
         try:
             async with AtpClient(f"127.0.0.1:{keyspace.port}") as atp:
                 await atp.record_events([receipt("in-1", "A", "dc-1", 5)])
-            await until_async(lambda: client.exists("atp:{avail}:web:state"), "the web channel published")
+            await until(lambda: client.exists("atp:{avail}:web:state"), "the web channel published", 30)
         finally:
             await keyspace.stop(grace_s=0.1)
         await client.hset("atp:meta", "ownership", "leases")  # as the ownership refusal says to

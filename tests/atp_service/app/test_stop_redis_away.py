@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 from atp_service import AtpService
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import services_on
+from tests.waiting import until
 
 SHARDS = 8
 
@@ -83,11 +83,3 @@ def _one_sku_per_shard(service: AtpService, shards: int) -> list[str]:
         if len(found) == shards:
             return list(found.values())
     raise AssertionError("no SKU for some shard")
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    for _ in range(int(timeout_s * 100)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not within {timeout_s} s: {what}")

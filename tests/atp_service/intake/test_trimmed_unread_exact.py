@@ -5,9 +5,8 @@ consumer of the group. Real redis-server, real service."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import redis.asyncio as aioredis
 
@@ -25,22 +24,13 @@ async def blocked_readers(r: aioredis.Redis) -> int:
     return sum(1 for c in await r.client_list() if "b" in c["flags"])
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30.0) -> None:
-    """Poll an async check until it holds (a bound, not a timing)."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout_s}s")
-        await asyncio.sleep(0.02)
-
-
 async def blocked_reader(start_service: ServiceFactory,
                          redis_url: str) -> tuple[aioredis.Redis, AtpService, AtpClient]:
     """A client of the test's Redis, and a service whose input streams' reader waits in a blocking read."""
     r = aioredis.Redis.from_url(redis_url)
     try:
         service, client = await start_service(ingest_block_ms=60_000)
-        await wait_for(lambda: _positive(blocked_readers(r)), "the reader blocked waiting for entries")
+        await until(lambda: _positive(blocked_readers(r)), "the reader blocked waiting for entries", 30)
     except BaseException:
         await r.aclose()
         raise
@@ -62,7 +52,7 @@ async def test_entries_trimmed_while_the_reader_is_blocked_are_counted_exactly(
                           approximate=False)
             await pipe.execute()
         await until(lambda: registry.get_sample_value(TOTAL, {"stream": POS}) == 7, "7 entries counted lost")
-        await wait_for(lambda: _on_hand_is(client, 3), "the 3 entries left applied")
+        await until(lambda: _on_hand_is(client, 3), "the 3 entries left applied", 30)
         # The group's lag (atp_ingest_lag, ATPIngestBehind) is 0 once read through: not raised for
         # good by the entries lost (Redis 7.0 kept counting them unread), and nothing counted twice.
         await until(lambda: registry.get_sample_value("atp_ingest_lag", {"stream": POS}) == 0, "lag 0", 30)
@@ -85,7 +75,7 @@ async def test_entries_trimmed_while_the_reader_reads_full_batches_are_counted_e
     service, client = await start_service(ingest_count=10, ingest_count_publishing=10)
     registry = service.metrics.registry
     try:
-        await wait_for(lambda: _on_hand_at_least(client, 10), "the reader busy with the backlog")
+        await until(lambda: _on_hand_at_least(client, 10), "the reader busy with the backlog", 30)
         async with r.pipeline(transaction=True) as pipe:
             for n in range(50):
                 pipe.xadd(POS, F(f"t{n}", "RECEIPT", "A", "S1", 1, now + n).fields(), maxlen=100, approximate=False)
@@ -94,7 +84,7 @@ async def test_entries_trimmed_while_the_reader_reads_full_batches_are_counted_e
         async def all_accounted() -> bool:
             applied = (await client.availability([("A", "S1")]))[0].on_hand
             return applied + (registry.get_sample_value(TOTAL, {"stream": POS}) or 0) == backlog + 50
-        await wait_for(all_accounted, "every entry applied or counted lost", 60)
+        await until(all_accounted, "every entry applied or counted lost", 60)
         assert (registry.get_sample_value(TOTAL, {"stream": POS}) or 0) > 0  # the gap was crossed mid-backlog
         await until(lambda: registry.get_sample_value("atp_ingest_lag", {"stream": POS}) == 0, "lag 0", 30)
     finally:
@@ -115,7 +105,7 @@ async def test_entries_another_consumer_read_before_the_trim_are_not_counted(
             pipe.xreadgroup(GROUP, "atp@10.0.0.2", {POS: ">"}, count=100)
             pipe.xadd(POS, F("p10", "RECEIPT", "A", "S1", 1, now).fields(), maxlen=1, approximate=False)
             await pipe.execute()
-        await wait_for(lambda: _on_hand_is(client, 1), "the entry after the trim applied")
+        await until(lambda: _on_hand_is(client, 1), "the entry after the trim applied", 30)
         await until(lambda: registry.get_sample_value("atp_ingest_lag", {"stream": POS}) == 0, "lag 0", 30)
         assert registry.get_sample_value(TOTAL, {"stream": POS}) == 0
     finally:
