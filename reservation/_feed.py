@@ -377,15 +377,15 @@ class Feed:
                 self._forget(key)  # E11: what is pending was just published
 
     def give_back(self, updates: list[ChannelUpdate], now_ms: int) -> None:
-        """The write did not land: each value is offered again unless a newer one is pending, and
-        their versions are used again, so versions stay contiguous (a gap means a missed entry)."""
-        if updates:
-            self.version = min(u.version for u in updates) - 1
+        """The write did not land: each value, or one offered meanwhile, offered again against what is shown (E11: no
+        5 over 5 after a 0 lost), and their versions used again: contiguous (a gap means a missed entry, C3)."""
+        self.version = min((u.version for u in updates), default=self.version + 1) - 1
         for u in updates:
-            key = u.key
-            del self._inflight[key]
-            if key not in self._pending:
-                self.offer(key, u.quantity, u.event_time, u.durable_at, now_ms)
+            del self._inflight[u.key]
+            pend = self._pending.get(u.key)  # judged against ``u``, the value being written: judged anew
+            self._forget(u.key)
+            v = u if pend is None else pend
+            self.offer(u.key, v.quantity, v.event_time, v.durable_at, now_ms, 0.0 if pend is None else pend.velocity)
 
     def next_wakeup(self, now_ms: int) -> int | None:
         """When ``take`` may next have something (None: nothing pending)."""

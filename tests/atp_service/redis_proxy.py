@@ -8,7 +8,8 @@ Redis ``CLIENT PAUSE WRITE`` cannot do this: Redis drops a paused command whose 
 connection, and the service's client closes it when a reply times out.) ``drop`` discards what was
 held: the write never reaches Redis. With ``hold(..., reset=True)`` the client's connection is
 closed as its command is held: its answer is lost at once, whatever the client's timeout, and
-no other call has to be given a timeout short enough for the held one to end soon.
+no other call has to be given a timeout short enough for the held one to end soon; ``cut`` does the
+same for one command already held, when the test says so.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from tests.waiting import until
 class Held:
     """One connection whose command the proxy holds."""
 
-    def __init__(self, upstream: asyncio.StreamWriter, marker: bytes) -> None:
-        self.upstream, self.marker = upstream, marker
+    def __init__(self, upstream: asyncio.StreamWriter, marker: bytes, client: asyncio.StreamWriter) -> None:
+        self.upstream, self.marker, self.client = upstream, marker, client
         self.data = bytearray()
         self.replies = bytearray()
 
@@ -60,6 +61,11 @@ class HoldingProxy:
         await until(lambda: held.replies.endswith(b"\r\n"), "answered: the landed command", timeout_s)
         held.upstream.close()
         return bytes(held.replies)
+
+    def cut(self, held: Held) -> None:
+        """Close the client's connection of a held command: its answer is lost now, on the test's cue
+        (a reset connection), whatever the client's timeout; the command stays held (``land``, ``drop``)."""
+        held.client.close()
 
     def drop(self) -> None:
         """Discard every held command: its connection to Redis closes, the command never arrives."""
@@ -105,7 +111,7 @@ class HoldingProxy:
                     seen = tail + chunk
                     for marker in self.markers:
                         if marker in seen:
-                            box.append(Held(upstream, marker))
+                            box.append(Held(upstream, marker, client))
                             self.held.append(box[0])
                             if self.reset:
                                 client.close()

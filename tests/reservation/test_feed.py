@@ -145,6 +145,22 @@ def test_a_failed_write_is_offered_again_unless_newer_is_pending() -> None:
     assert sorted(u.version for u in again) == sorted(t.version for t in taken)  # no gap left behind
 
 
+def test_a_value_offered_while_a_lost_write_was_on_its_way_is_judged_against_what_is_shown() -> None:
+    """E11: 5 shown, a 0 lost on its way, 5 offered meanwhile: nothing to publish. C2: a value offered
+    while a key's first value was on its way, that write lost, is a first value: at once, not rate-limited."""
+    feed = published_feed(FeedPolicy(throttle_ms=0, rate_per_s=1.0, burst=1), {"a": 5})
+    feed.offer(("a", ""), 0, T0, T0, T0)
+    lost = feed.take(T0, 10)
+    feed.offer(("a", ""), 5, T0 + 1, T0 + 1, T0 + 1)
+    feed.give_back(lost, T0 + 2)
+    assert (feed.pending, feed.take(T0 + 3, 10)) == (0, [])
+    feed.offer(("b", ""), 4, T0, T0, T0)
+    lost = feed.take(T0 + 3, 10)  # its first value, on its way
+    feed.offer(("b", ""), 2, T0 + 4, T0 + 4, T0 + 4)
+    feed.give_back(lost, T0 + 5)
+    assert [(u.sku, u.quantity, u.previous) for u in feed.take(T0 + 5, 10, urgent_only=True)] == [("b", 2, None)]
+
+
 def test_status_bands() -> None:
     policy = FeedPolicy(low_stock_level=3)
     assert [policy.status(q) for q in (0, 1, 3, 4)] == [
