@@ -49,7 +49,7 @@ from ._model import (
     State,
 )
 from ._operations import View, confirm, expire, fulfill, release, reserve
-from ._store import PositionStore
+from ._store import MADE, PositionStore
 from ._validate import (
     check_id,
     check_safety_stock,
@@ -61,6 +61,7 @@ from ._validate import (
 )
 
 __all__ = [
+    "MADE",
     "OUTGOING_KINDS",
     "TERMINAL",
     "ZERO",

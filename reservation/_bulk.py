@@ -32,7 +32,7 @@ from ._events import CountsLoaded
 from ._limits import CAPACITY_QUARANTINE, DEDUPE_LIMIT, POSITIONS_LIMIT
 from ._model import Fact, FactKind, FactOutcome
 from ._names import Names
-from ._store import Int32Array, Int64Array, IntpArray, PositionStore
+from ._store import MADE, Int32Array, Int64Array, IntpArray, PositionStore
 from ._undo import Undo, run_undo
 
 if TYPE_CHECKING:
@@ -237,6 +237,9 @@ def apply_counts(ledger: Ledger, event: CountsLoaded) -> Undo:
         store.create_counted(rows[fresh], cols[fresh], quantity[fresh], at[fresh],
                              _acquired(store.names, event.source, at[fresh]), safety[fresh])
         undos.append(functools.partial(store.forget_cells, rows[fresh], cols[fresh]))
+        if store.journal is not None:  # the positions made, as ``PositionStore._made`` notes one (C4)
+            skus, locations = _row_names(event, si[fresh], li[fresh])
+            store.journal.extend((sku, loc, MADE) for sku, loc in zip(skus, locations, strict=True))
     if present.any():
         undo_recount, before = _recount(ledger, event.source, _row_names(event, si[present], li[present]),
                                         rows[present], cols[present], quantity[present], at[present], ident[present])

@@ -40,7 +40,20 @@ from ._segments import Int32Array, Int64Array, IntpArray, Segments, check_int32,
 
 LatestCount = tuple[int, str, str, int]
 """A position's latest count: (event_time, source, event_id, quantity)."""
-__all__ = ["COMMITTED", "ON_HAND", "RESERVED", "SAFETY", "Int32Array", "Int64Array", "IntpArray", "PositionStore"]
+__all__ = ["COMMITTED", "MADE", "ON_HAND", "RESERVED", "SAFETY", "Int32Array", "Int64Array", "IntpArray",
+           "PositionStore"]
+
+
+class _Made(int):
+    """The type of ``MADE``: an int, so that a sum of moves takes it as the 0 it is."""
+
+    __slots__ = ()
+
+
+MADE = _Made(0)
+"""The journal's entry (sku, location, MADE) for a position made: a move of 0 that also says the position
+was not there before its batch, compared by identity (``delta is MADE``). A reader of durable state takes
+a position a batch in flight made as absent, not even 0 (C4)."""
 
 
 class StoreSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -74,7 +87,9 @@ class PositionStore(Blocks):
         self.names = Names()
         self.journal: list[tuple[str, str, int]] | None = []
         """Every change of a position's ``available`` (sku, location, delta), in order, while not
-        None: the ledger takes it per batch, so a batch not yet durable can be subtracted (C4)."""
+        None: the ledger takes it per batch, so a batch not yet durable can be subtracted (C4). A
+        position made is an entry of its own, (sku, location, ``MADE``): a batch not yet durable that
+        made one is taken off whole, the position with it."""
 
     def __len__(self) -> int:
         return self._seg.positions()
@@ -161,6 +176,7 @@ class PositionStore(Blocks):
         slot = self._seg.find(row, col)
         if slot >= 0:
             return row, col, slot, True
+        self._made(sku, location)
         return row, col, self._seg.insert(row, col), False
 
     def add_on_hand(self, slot: int, sku: str, location: str, delta: int) -> None:
@@ -343,7 +359,15 @@ class PositionStore(Blocks):
         if row is None or col is None:
             row, col = self._row(sku), self._col(location)
         slot = self._seg.find(row, col)
-        return slot if slot >= 0 else self._seg.insert(row, col)
+        if slot >= 0:
+            return slot
+        self._made(sku, location)
+        return self._seg.insert(row, col)
+
+    def _made(self, sku: str, location: str) -> None:
+        """A new position, into the journal while it is kept (not in replay): ``MADE``."""
+        if self.journal is not None:
+            self.journal.append((sku, location, MADE))
 
     def _available(self, slot: int) -> int:
         wv = self._seg.wv

@@ -276,7 +276,7 @@ class ChannelDesk:
                     part, actor = skus[at:at + step], self.engine.actors[shard]
                     urgent, changed = self._curator.curate_shard(
                         shard, actor.positions(), part, [dirty.pop(s) for s in part], estate.channels, self.feeds,
-                        actor.ahead_of_log())
+                        actor.ahead_of_log(), actor.made_in_flight())
                     self._offer(urgent)
                     rest += changed
         finally:

@@ -50,7 +50,8 @@ class Envelope(msgspec.Struct, eq=False):
 
 
 Moves = list[tuple[str, str, int]]
-"""How a batch moved ``available``: (sku, location, delta) per change (``Ledger.seal``)."""
+"""How a batch moved ``available``: (sku, location, delta) per change (``Ledger.seal``); a position it
+made is one more, its delta ``MADE`` (a 0 compared by identity)."""
 
 Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
 

@@ -10,7 +10,7 @@ from collections import deque
 
 from atp_service.engine.listeners import EntryListeners
 from atp_service.engine.messages import Answer, InFlight, Sealed, deliver, refused_for_memory, replaced
-from atp_service.engine.turn import moves_of
+from atp_service.engine.turn import made_by, moves_of
 from atp_service.logs import EveryInterval
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import append_failure_reason
@@ -43,6 +43,11 @@ class CommitPipeline(EntryListeners):
         the batches in flight (None: none in flight). Channels subtract it: they publish only
         durable state (C4), and a batch in flight may yet be undone."""
         return moves_of(self._inflight) if self._inflight else None
+
+    def made_in_flight(self) -> set[tuple[str, str]] | None:
+        """The positions batches in flight made (None: none): absent from the durable log, not even 0.
+        Channels offer nothing for them until they are durable (C4: such a batch may yet be undone)."""
+        return made_by(self._inflight) if self._inflight else None
 
     def sent_top(self) -> int:
         """The newest entry of this shard that may be in its log: durable, in flight, or in doubt (an

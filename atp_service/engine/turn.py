@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from atp_service.engine.mailbox import Mailbox
 from atp_service.engine.messages import Answer, Control, Envelope, InFlight, Maintain
 from atp_service.metrics import EngineMetrics
-from reservation import DomainError, Ledger
+from reservation import MADE, DomainError, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,12 @@ def moves_of(inflight: Iterable[InFlight]) -> dict[tuple[str, str], int]:
         for sku, location, delta in rec.moved:
             ahead[(sku, location)] = ahead.get((sku, location), 0) + delta
     return ahead
+
+
+def made_by(inflight: Iterable[InFlight]) -> set[tuple[str, str]] | None:
+    """The positions the batches ``inflight`` made (``MADE`` among their moves; None: none)."""
+    made = {(sku, location) for rec in inflight for sku, location, delta in rec.moved if delta is MADE}
+    return made or None
 
 
 def apply_batch(ledger: Ledger, batch: list[Envelope], now: int, metrics: EngineMetrics) -> list[Answer]:

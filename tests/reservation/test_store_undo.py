@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from reservation import Fact, FactKind, Ledger, LedgerSnapshot, Limits
+from reservation import MADE, Fact, FactKind, Ledger, LedgerSnapshot, Limits
 from reservation._bulk import CountRows
 from reservation._store import PositionStore
 
@@ -43,6 +43,10 @@ def bookkeeping(ledger: Ledger) -> None:
     assert q.reserved == sum(x.reserved for _, _, x in items)
     assert q.safety_stock == sum(x.safety_stock for _, _, x in items)
     assert len(items) == len(store)
+
+
+def positions(ledger: Ledger) -> set[tuple[str, str]]:
+    return {(sku, location) for sku, location, _ in ledger.store.items()}
 
 
 def state(ledger: Ledger) -> tuple:
@@ -101,6 +105,7 @@ class Run:
     def batch(self) -> None:
         led, rng = self.ledger, self.rng
         before = state(led) if not self.in_flight else None
+        there = positions(led)
         for _ in range(rng.randint(1, 5)):
             mark = led.mark()
             snap_before = state(led)
@@ -115,7 +120,11 @@ class Run:
             if before is not None:
                 assert state(led) == before
             return
-        entry, undo, _ = led.seal(10)
+        entry, undo, moved = led.seal(10)
+        # C4: what a batch made is named among its moves (a reader of durable state takes it as absent),
+        # and only that (a command taken back by ``rollback_to`` may leave the name of a position gone again).
+        new = {(sku, location) for sku, location, delta in moved if delta is MADE}
+        assert new & positions(led) == positions(led) - there and not new & there
         self.in_flight.append((entry, undo, before))
         layout(led.store)
         bookkeeping(led)

@@ -9,8 +9,8 @@ Two reference checks need it:
 - C4, while faults happen: the desk curates memory minus the batches in flight, which is the shard's
   state after its newest durable entry, and that entry only moves forward. So the values a channel
   stream receives for a key are curated values of that key after durable entries, in the log's order
-  — never one of a batch that was undone, never an older one after a newer (the state before a
-  position's first entry counts as 0: a position that exists only in memory shows 0).
+  — never one of a batch that was undone, never an older one after a newer; and never a key that
+  no durable position stands behind (a position only a batch in flight made is in no durable state).
 """
 
 from __future__ import annotations
@@ -112,6 +112,9 @@ class DurableTracker:
         older than the one behind the value published before it."""
         self.catch_up()
         for u in updates:
+            if u.key not in self.values[channel]:  # a key is made by a durable entry at a position behind it
+                raise Violation(f"C4: channel {channel} published {u.key} = {u.quantity} (v{u.version}); no "
+                                "durable entry ever made a position behind it")
             points, at = self.values[channel][u.key], self.cursor.get((channel, u.key), 0)
             try:
                 self.cursor[(channel, u.key)] = points.index(u.quantity, at)
@@ -123,8 +126,9 @@ class DurableTracker:
 
 class MemoryAheadOfLog:
     """C4's foundation, at any event-loop turn: a shard's memory minus the moves of its batches in flight
-    (``ShardActor.ahead_of_log``) is its durable state — the log up to the shard's own ``seq``. The
-    desk curates exactly that; checked each round, mid-step, while appends fail and callers give up."""
+    (``ShardActor.ahead_of_log``) and the positions they made (``made_in_flight``) is its durable state —
+    the log up to the shard's own ``seq``. The desk curates exactly that; checked each round, mid-step,
+    while appends fail and callers give up."""
 
     def __init__(self, log: SimLog, shards: int, limits: Limits) -> None:
         self.log = log
@@ -136,13 +140,18 @@ class MemoryAheadOfLog:
             self._advance(ledger, actor.seq)
             if not (actor._inflight or actor._doubt):
                 continue  # memory is the log: E10 checks that after the step (this check is the costly one)
-            ahead = actor.ahead_of_log() or {}
-            memory = {(s, loc): q.available - ahead.get((s, loc), 0) for s, loc, q in actor.ledger.store.items()}
+            ahead, made = actor.ahead_of_log() or {}, actor.made_in_flight() or set()
+            memory = {(s, loc): q.available - ahead.get((s, loc), 0) for s, loc, q in actor.ledger.store.items()
+                      if (s, loc) not in made}
             durable = {(s, loc): q.available for s, loc, q in ledger.store.items()}
-            for key in set(memory) | set(durable):
-                if memory.get(key, 0) != durable.get(key, 0):
+            if memory.keys() != durable.keys():
+                raise Violation(f"C4: shard {actor.shard} at entry {actor.seq}: positions in memory, not made by a "
+                                f"batch in flight, and not in the log: {sorted(memory.keys() - durable.keys())}; "
+                                f"in the log and not in memory: {sorted(durable.keys() - memory.keys())}")
+            for key, available in memory.items():
+                if available != durable[key]:
                     raise Violation(f"C4: shard {actor.shard} at entry {actor.seq}: {key} available in memory "
-                                    f"minus in flight {memory.get(key)}, in the log {durable.get(key)}")
+                                    f"minus in flight {available}, in the log {durable[key]}")
 
     def _advance(self, ledger: Ledger, seq: int) -> None:
         entries = self.log.history[ledger.shard]
