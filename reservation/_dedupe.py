@@ -91,18 +91,15 @@ class FactMemory:
     def __len__(self) -> int:
         return len(self.open) + len(self._his)
 
-    def payload(self, key: Digest, source: str, event_id: str, sku: str, location: str,
-                since: int | None = None) -> Payload | None:
-        """The payload applied under this identity at this position (None: never applied). With
-        ``since`` (the horizon), an identity remembered here but stamped before it is as good as
-        forgotten, whether or not ``forget_old`` has dropped it yet: what a resend is told then
-        does not hang on when housekeeping ran, nor on whether the ledger was restored since (E8,
-        E10). A position's latest count is never forgotten, and is found whatever its time."""
+    def payload(self, key: Digest, source: str, event_id: str, sku: str, location: str) -> Payload | None:
+        """The payload applied under this identity at this position (None: never applied)."""
         seen = self.open.get(key)
-        if seen is None and len(self._his):
-            seen = self._sealed(key)
-        if seen is not None and (since is None or seen >> 64 >= since):
+        if seen is not None:
             return seen
+        if len(self._his):
+            seen = self._sealed(key)
+            if seen is not None:
+                return seen
         count = self.store.latest_count(sku, location)
         if count is not None and count[1] == source and count[2] == event_id:
             return pack_payload(count[0], _COUNT, count[3], "")

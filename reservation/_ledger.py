@@ -93,14 +93,14 @@ class Ledger:
     def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
         """Dedupe (E8), lateness (E6), then fold (E1-E5). Returns outcome and reason."""
         key = digest(fact.source, fact.event_id, fact.sku, fact.location)
-        horizon = self._horizon()
-        seen = self.memory.payload(key, fact.source, fact.event_id, fact.sku, fact.location, horizon)
+        seen = self.memory.payload(key, fact.source, fact.event_id, fact.sku, fact.location)
         if seen is not None:
             if seen == fact_payload(fact):
                 return FactOutcome.DUPLICATE, ""
             reason = "conflict: event_id already applied with a different payload"
             self.emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
+        horizon = self._horizon()
         if fact.event_time < horizon:
             reason = f"late: event_time {fact.event_time} is before stream time minus grace ({horizon})"
             self.emit(FactQuarantined(fact, reason))

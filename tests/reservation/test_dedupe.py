@@ -42,9 +42,9 @@ def _conflicts(f: Fact) -> list[Fact]:
     return [*out, msgspec.structs.replace(f, reservation_id="r2" if f.reservation_id else "r1")]
 
 
-def _restored(ledger: Ledger, limits: Limits = LIMITS) -> Ledger:
+def _restored(ledger: Ledger) -> Ledger:
     data = msgspec.msgpack.encode(ledger.snapshot())
-    return Ledger.restore(0, limits, msgspec.msgpack.decode(data, type=LedgerSnapshot))
+    return Ledger.restore(0, LIMITS, msgspec.msgpack.decode(data, type=LedgerSnapshot))
 
 
 def _sealed(ledger: Ledger) -> Ledger:
@@ -128,33 +128,3 @@ def test_payloads_kept_in_columns_come_back_equal_as_ints_E8(monkeypatch: pytest
     assert memory.forget_old(horizon=-(2**63), every=1) == 0 and not memory.open
     for keeper in (opened, memory, _round_trip(memory)):
         assert [keeper.payload(key, "", "", "", "") for key in keys] == payloads
-
-
-def test_an_identity_stamped_before_the_horizon_is_answered_alike_forgotten_or_not_E8_E10(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once the horizon passed its time, an identity is as good as forgotten, whether housekeeping has
-    dropped it yet or the ledger was restored meanwhile: a resend is late, and the same id with a
-    newer time is a new fact. It was a duplicate or a conflict until a pass ran, and again after a
-    restore, so the answer (and on_hand) hung on when housekeeping ran."""
-    monkeypatch.setattr(_dedupe, "SEAL_AT", 1)
-    limits = Limits(max_quantity=BIG, max_on_hand=2**53, fact_grace_ms=1000)
-
-    def ledger_past_the_horizon() -> Ledger:
-        ledger = Ledger(0, limits)
-        for f in (_fact("sale", FactKind.SALE, "A", 3), _fact("later", FactKind.RECEIPT, "A", 10, at=T + 5000)):
-            assert ledger.record_fact(f)[0] == FactOutcome.APPLIED, f
-        ledger.commit(T + 5000)
-        return ledger  # stream time T + 5000: the horizon T + 4000 is past the sale's T
-
-    def forgotten() -> Ledger:
-        ledger = ledger_past_the_horizon()
-        assert ledger.forget_old_facts() == 1  # the sale's identity dropped
-        return ledger
-
-    answers = {}
-    for where, ledger in (("kept", ledger_past_the_horizon()), ("forgotten", forgotten()),
-                          ("restored", _restored(ledger_past_the_horizon(), limits))):
-        resend = ledger.record_fact(_fact("sale", FactKind.SALE, "A", 3))
-        newer = ledger.record_fact(_fact("sale", FactKind.SALE, "A", 2, at=T + 4500))
-        answers[where] = (resend[0], resend[1].split(":")[0], newer[0], ledger.quantities("A", "S1").on_hand)
-    assert answers == dict.fromkeys(answers, (FactOutcome.QUARANTINED, "late", FactOutcome.APPLIED, 10 - 3 - 2))
