@@ -148,9 +148,8 @@ class Ledger:
         return entry
 
     def seal(self, ts: int) -> tuple[LogEntry, list[Undo], list[tuple[str, str, int]]]:
-        """Close the open batch but keep its undo steps: its append is in flight (pipelining).
-        Also returns how it moved ``available`` per position (what a reader of durable state
-        subtracts until the batch is durable, C4)."""
+        """Close the open batch but keep its undo steps: its append is in flight (pipelining). Also
+        returns its moves of ``available`` per position: readers of durable state subtract them until then (C4)."""
         entry, undo, moved = LogEntry(ts, self._events), self._undo, self.store.journal or []
         self.clock = max(self.clock, ts)
         self._events, self._undo = [], []
@@ -164,8 +163,9 @@ class Ledger:
         self.store.journal = []  # the steps' own moves cancel a batch that is gone: not the next one's
 
     def rollback(self) -> None:
-        """Undo the open batch (its log append failed): state is as before it."""
+        """Undo the open batch (its append failed): state and journal as before it (no ``MADE`` of it left, C4)."""
         self.rollback_to((0, 0))
+        self.store.journal = None if self.store.journal is None else []
 
     def mark(self) -> tuple[int, int]:
         """Where the open batch stands now (``rollback_to`` takes it back here)."""

@@ -188,3 +188,15 @@ def test_every_revert_restores_and_replay_equals_live(seed: int) -> None:
         else:
             run.land()
     run.end()
+
+
+def test_a_batch_rolled_back_whole_leaves_no_position_made_to_the_next_batch_C4() -> None:
+    """The next batch's moves name only what it made: a position the rolled-back batch made is gone,
+    and a reader of durable state must not take it for one made by a batch in flight."""
+    ledger = Ledger(0, Limits())
+    assert ledger.record_fact(Fact("r1", "pos", FactKind.RECEIPT, "S0", "L0", 5, 1_000))[0] is not None
+    ledger.rollback()
+    assert not ledger.store.exists("S0", "L0")
+    ledger.record_fact(Fact("r2", "pos", FactKind.RECEIPT, "S1", "L0", 5, 1_000))
+    _, _, moved = ledger.seal(2_000)
+    assert {(sku, loc) for sku, loc, delta in moved if delta is MADE} == {("S1", "L0")}
