@@ -8,7 +8,7 @@ number moved are offered to the channel's feed, one Python step per changed key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +17,9 @@ from atp_service.channels.estate import Channel
 from reservation import Feed, Key, PositionStore, curate, zero_through
 
 Offer = tuple[Feed, str, str, int, int]  # feed, sku, location, value, source time
+Ahead = tuple[dict[tuple[str, str], int], Container[tuple[str, str]]]
+"""What batches in flight did: their moves of ``available`` per position, and the positions they made
+(``ShardActor.ahead_of_log``)."""
 
 
 class _Last:
@@ -72,13 +75,12 @@ class Curator:
 
     def curate_shard(self, shard: int, store: PositionStore, skus: Sequence[str], times: Sequence[dict[str, int]],
                      channels: dict[str, Channel], feeds: dict[str, Feed],
-                     ahead: dict[tuple[str, str], int] | None = None,
-                     made: Collection[tuple[str, str]] | None = None) -> tuple[list[Offer], list[Offer]]:
+                     ahead: Ahead | None = None) -> tuple[list[Offer], list[Offer]]:
         """The changed offers of these SKUs: (stock-outs, the rest). Stock-outs are found in the
         vectorised pass, so the caller can publish them before spending time on the rest. ``ahead``:
         how far memory's ``available`` is ahead of the durable log per position (batches in flight),
-        taken off so that only durable state is curated (C4); ``made``: the positions batches in
-        flight made, taken as absent — durable state has none of them, not even a 0 to offer (C4)."""
+        taken off so that only durable state is curated (C4), and the positions those batches made,
+        taken as absent — durable state has none of them, not even a 0 to offer (C4)."""
         urgent: list[Offer] = []
         rest: list[Offer] = []
         rows = store.rows(skus)
@@ -93,9 +95,7 @@ class Curator:
             cols = self._columns(channel, shard, store)
             available, present = store.available_block(rows, cols)
             if ahead:
-                _take_off(available, ahead, skus, channel.sells_from)
-            if made:
-                _absent(present, made, skus, channel.sells_from)
+                _take_off(available, present, ahead, skus, channel.sells_from)
             last = self._last.get((name, shard))
             if last is None:
                 last = self._last[(name, shard)] = _Last(1 if not channel.per_location else len(cols))
@@ -125,28 +125,20 @@ class Curator:
         return cached[1]
 
 
-def _take_off(available: npt.NDArray[np.int64], ahead: dict[tuple[str, str], int], skus: Sequence[str],
+def _take_off(available: npt.NDArray[np.int64], present: npt.NDArray[np.bool_], ahead: Ahead, skus: Sequence[str],
               locations: Sequence[str]) -> None:
-    """``available`` (rows: ``skus``, columns: ``locations``) as of the durable log: minus the moves
-    of the batches in flight. Few positions are in flight at once: a loop over them, not the block."""
+    """``available`` and ``present`` (rows: ``skus``, columns: ``locations``) as of the durable log:
+    minus the moves of the batches in flight, without the positions they made (each among the moves).
+    Few positions are in flight at once: a loop over them, not the block."""
+    moves, made = ahead
     row_of = {sku: i for i, sku in enumerate(skus)}
     col_of = {location: j for j, location in enumerate(locations)}
-    for (sku, location), delta in ahead.items():
-        i, j = row_of.get(sku), col_of.get(location)
+    for key, delta in moves.items():
+        i, j = row_of.get(key[0]), col_of.get(key[1])
         if i is not None and j is not None:
             available[i, j] -= delta
-
-
-def _absent(present: npt.NDArray[np.bool_], made: Collection[tuple[str, str]], skus: Sequence[str],
-            locations: Sequence[str]) -> None:
-    """``present`` (rows: ``skus``, columns: ``locations``) as of the durable log: without the
-    positions ``made`` by batches in flight. Few of them at once: a loop over them, not the block."""
-    row_of = {sku: i for i, sku in enumerate(skus)}
-    col_of = {location: j for j, location in enumerate(locations)}
-    for sku, location in made:
-        i, j = row_of.get(sku), col_of.get(location)
-        if i is not None and j is not None:
-            present[i, j] = False
+            if key in made:
+                present[i, j] = False
 
 
 def zero_lines(channels: dict[str, Channel], feeds: dict[str, Feed]) -> list[tuple[Feed, int, frozenset[str]]]:

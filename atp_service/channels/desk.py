@@ -159,7 +159,7 @@ class ChannelDesk:
         dirty, ts, now = self._dirty, entry.ts, self.clock.now_ms()
         actor = self.engine.actors[shard]
         zero_lines, store, stockouts = self._zero_lines, actor.positions(), False
-        ahead = actor.ahead_of_log() if zero_lines else None  # C4: memory may be ahead of the log
+        ahead = in_flight[0] if zero_lines and (in_flight := actor.ahead_of_log()) else None  # C4: moves in flight
         demand: dict[str, int] = {}
         for event in entry.events:
             if isinstance(event, FactApplied):
@@ -276,7 +276,7 @@ class ChannelDesk:
                     part, actor = skus[at:at + step], self.engine.actors[shard]
                     urgent, changed = self._curator.curate_shard(
                         shard, actor.positions(), part, [dirty.pop(s) for s in part], estate.channels, self.feeds,
-                        actor.ahead_of_log(), actor.made_in_flight())
+                        actor.ahead_of_log())
                     self._offer(urgent)
                     rest += changed
         finally:

@@ -10,7 +10,7 @@ from collections import deque
 
 from atp_service.engine.listeners import EntryListeners
 from atp_service.engine.messages import Answer, InFlight, Sealed, deliver, refused_for_memory, replaced
-from atp_service.engine.turn import made_by, moves_of
+from atp_service.engine.turn import moves_of
 from atp_service.logs import EveryInterval
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import append_failure_reason
@@ -38,16 +38,12 @@ class CommitPipeline(EntryListeners):
         self._doubt: list[tuple[int, LogEntry, bytes]] = []  # failed appends that may have landed
         self._failure_lines = EveryInterval(APPEND_FAILURE_LOG_EVERY_S)
 
-    def ahead_of_log(self) -> dict[tuple[str, str], int] | None:
+    def ahead_of_log(self) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]] | None:
         """Per position, how far memory's ``available`` is ahead of the durable log: the moves of
-        the batches in flight (None: none in flight). Channels subtract it: they publish only
-        durable state (C4), and a batch in flight may yet be undone."""
+        the batches in flight; and the positions they made, absent from the durable log, not even 0
+        (None: none in flight). Channels take both off: they publish only durable state (C4), and a
+        batch in flight may yet be undone."""
         return moves_of(self._inflight) if self._inflight else None
-
-    def made_in_flight(self) -> set[tuple[str, str]] | None:
-        """The positions batches in flight made (None: none): absent from the durable log, not even 0.
-        Channels offer nothing for them until they are durable (C4: such a batch may yet be undone)."""
-        return made_by(self._inflight) if self._inflight else None
 
     def sent_top(self) -> int:
         """The newest entry of this shard that may be in its log: durable, in flight, or in doubt (an

@@ -43,19 +43,17 @@ def refuse_all(set_aside: deque[Envelope], mailbox: Mailbox[Envelope], error: Ba
             env.reply.set_exception(error)  # a coordinator's pause fails too, and it gives up
 
 
-def moves_of(inflight: Iterable[InFlight]) -> dict[tuple[str, str], int]:
-    """Per position, the sum of how the batches ``inflight`` moved ``available``."""
+def moves_of(inflight: Iterable[InFlight]) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
+    """Per position, the sum of how the batches ``inflight`` moved ``available``; and the positions
+    they made (``MADE`` among their moves, each a position of the sums too). One walk for both."""
     ahead: dict[tuple[str, str], int] = {}
+    made: set[tuple[str, str]] = set()
     for rec in inflight:
         for sku, location, delta in rec.moved:
             ahead[(sku, location)] = ahead.get((sku, location), 0) + delta
-    return ahead
-
-
-def made_by(inflight: Iterable[InFlight]) -> set[tuple[str, str]] | None:
-    """The positions the batches ``inflight`` made (``MADE`` among their moves; None: none)."""
-    made = {(sku, location) for rec in inflight for sku, location, delta in rec.moved if delta is MADE}
-    return made or None
+            if delta is MADE:
+                made.add((sku, location))
+    return ahead, made
 
 
 def apply_batch(ledger: Ledger, batch: list[Envelope], now: int, metrics: EngineMetrics) -> list[Answer]:

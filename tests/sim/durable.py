@@ -126,7 +126,7 @@ class DurableTracker:
 
 class MemoryAheadOfLog:
     """C4's foundation, at any event-loop turn: a shard's memory minus the moves of its batches in flight
-    (``ShardActor.ahead_of_log``) and the positions they made (``made_in_flight``) is its durable state —
+    and without the positions they made (both ``ShardActor.ahead_of_log``) is its durable state —
     the log up to the shard's own ``seq``. The desk curates exactly that; checked each round, mid-step,
     while appends fail and callers give up."""
 
@@ -140,7 +140,7 @@ class MemoryAheadOfLog:
             self._advance(ledger, actor.seq)
             if not (actor._inflight or actor._doubt):
                 continue  # memory is the log: E10 checks that after the step (this check is the costly one)
-            ahead, made = actor.ahead_of_log() or {}, actor.made_in_flight() or set()
+            ahead, made = actor.ahead_of_log() or ({}, set())
             memory = {(s, loc): q.available - ahead.get((s, loc), 0) for s, loc, q in actor.ledger.store.items()
                       if (s, loc) not in made}
             durable = {(s, loc): q.available for s, loc, q in ledger.store.items()}
