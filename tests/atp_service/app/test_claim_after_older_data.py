@@ -14,11 +14,10 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from grpc_health.v1 import health_pb2
 
 from atp_client import AtpClient
 from atp_service import AtpService
-from tests.atp_service.app.test_health_truth import health
+from tests.atp_service.app.test_health_truth import health, not_serving
 from tests.atp_service.app.test_redis_lost_tail import restored, saved, services_and_primaries
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
@@ -62,11 +61,7 @@ async def test_a_claim_redis_lost_is_not_drawn_again_by_the_next_instance(
     assert newer._log.epoch > older._log.epoch
     assert not await older._log.still_owner()  # replaced: the owner keys hold B's claim, not A's
     await until(lambda: older.replaced.is_set(), "A told a newer instance claimed the keyspace", timeout_s=20)
-
-    async def not_serving() -> bool:  # said by a task of its own; replaced: not fit to serve
-        return await health(older.port) == health_pb2.HealthCheckResponse.NOT_SERVING
-
-    await until(not_serving, "A's health NOT_SERVING")
+    await until(lambda: not_serving(health(older.port)), "A's health NOT_SERVING")  # replaced: not fit to serve
 
 
 async def test_an_instance_whose_claim_redis_lost_cannot_write_as_the_next(

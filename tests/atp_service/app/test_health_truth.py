@@ -5,6 +5,7 @@ whose shard stopped working is fit to serve."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,9 +20,18 @@ START_LIMIT_S = 30.0
 
 async def health(port: int) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
-                                                                 timeout=5)
+        return await status(channel)
+
+
+async def status(channel: grpc.aio.Channel) -> int:
+    """What the service behind ``channel`` says of itself as a whole (``grpc.health.v1``, service "")."""
+    answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     return int(answer.status)
+
+
+async def not_serving(asked: Awaitable[int]) -> bool:
+    """Whether the health status ``asked`` (``health`` or ``status``) is NOT_SERVING: for ``until``."""
+    return await asked == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_a_shard_that_fails_while_the_start_waits_leaves_health_not_serving(

@@ -7,26 +7,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_service import AtpService
+from tests.atp_service.app.test_health_truth import not_serving, status
 from tests.atp_service.channel_helpers import write_estate
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
 
-async def _failed_loudly(service: AtpService, client_channel: object, caplog: pytest.LogCaptureFixture,
+async def _failed_loudly(service: AtpService, client_channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture,
                          task: str) -> None:
     """The service was told to stop, says NOT_SERVING and logged why, naming ``task``."""
     await until(lambda: service.failed.is_set(), f"the service told to stop after {task} failed", timeout_s=10)
-    health = health_pb2_grpc.HealthStub(client_channel)
-    request = health_pb2.HealthCheckRequest(service="")
-
-    async def not_serving() -> bool:  # set by a task of its own
-        return bool((await health.Check(request, timeout=5)).status == health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    await until(not_serving, "health NOT_SERVING")
+    await until(lambda: not_serving(status(client_channel)), "health NOT_SERVING")  # set by a task of its own
     said = [r for r in caplog.records if getattr(r, "event", None) == "stopping"]
     assert [(r.why, r.task) for r in said] == [("task_failed", task)]  # type: ignore[attr-defined]
     assert said[0].exc_info is not None  # the traceback, for the bug report

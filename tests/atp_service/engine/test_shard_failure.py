@@ -6,8 +6,8 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.atp_service.app.test_health_truth import not_serving, status
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
@@ -32,11 +32,5 @@ async def test_a_failed_shard_turns_health_not_serving_and_the_others_keep_answe
     assert said(told.value) == (grpc.StatusCode.UNAVAILABLE, "SHARD_STOPPED")
     await until(lambda: service.failed.is_set(), "the service told to stop")
     assert service.metrics.registry.get_sample_value("atp_shard_failures_total") == 1  # this service's own
-    health = health_pb2_grpc.HealthStub(client.channel)  # type: ignore[no-untyped-call]
-
-    async def not_serving() -> bool:
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-        return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    await until(not_serving, "health NOT_SERVING")
+    await until(lambda: not_serving(status(client.channel)), "health NOT_SERVING")
     assert (await client.reserve("r2", [(healthy_sku, "DC", 1)], ttl_seconds=60)).state == 1  # HELD
