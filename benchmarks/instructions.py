@@ -58,8 +58,8 @@ def _totals(out: Path) -> dict[str, int]:
     parts = {}
     for dump in out.parent.glob(f"{out.name}.*"):
         text = dump.read_text()
-        part, total = re.search(r"^desc: Trigger: dump (\S+)", text, re.M), re.search(r"^totals: (\d+)",
-                                                                                                   text, re.M)
+        part = re.search(r"^desc: Trigger: dump (\S+)", text, re.M)
+        total = re.search(r"^totals: (\d+)", text, re.M)
         if part and total:
             parts[part.group(1)] = int(total.group(1))
     return parts
