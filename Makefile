@@ -15,7 +15,7 @@ TEST_WORKERS ?= 3
 help:
 	@echo "make run    - set up, start the service with an embedded Redis and the demo estate"
 	@echo "make test   - set up, lint, run the whole test suite"
-	@echo "make lint   - buf lint, ruff, mypy, import contracts, house rules"
+	@echo "make lint   - buf lint, ruff, mypy, import contracts, house rules, the lock files"
 	@echo "make lock   - recompile requirements/*.lock (exact versions, hashes) after a dependency change"
 	@echo "make proto  - regenerate gRPC stubs from proto/ (client/atp_client/pb)"
 	@echo "make api-docs - regenerate the reason table and retry policy in docs/API.md"
@@ -28,6 +28,8 @@ help:
 	@echo "make cluster [PROCESSES=3] - a Redis Cluster on loopback (3 primaries, a replica each) and the service on it"
 	@echo "               (PROCESSES > 1: that many leased service processes on ports 50051 up), until Ctrl-C"
 	@echo "make soak SECONDS=60 SEED=1 - benchmarks/fault_soak.py (Redis pauses, slow network, kill -9; then the invariants), then on a Redis Cluster, then three service processes sharing it"
+	@echo "make bootstrap - the venv, redis-server and openssl, promtool and docker compose (root: installs what is missing)"
+	@echo "make clean  - remove the venv, var/ (the embedded Redis's data, certificates) and build outputs"
 
 # Exact versions with hashes from requirements/dev.lock, then the two packages of this tree.
 # Debian's python3.11 comes without ensurepip, which `python -m venv` needs: it is in the
