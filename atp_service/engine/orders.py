@@ -27,7 +27,7 @@ from atp_service.engine.parts import (
     log_orphaned,
     orphan_parts,
     run_part,
-    tell_home,
+    shipped_elsewhere,
     undecided,
 )
 from atp_service.tasks import cancel_for_good, exception_seen, keep
@@ -302,10 +302,8 @@ class Orders:
 
     async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         home = self._engine.home_of(order_id)
-        if home is None and self._engine.remote is not None:  # homed at another process
-            result = await self._ship(fact, order_id, operation_id)
-            await tell_home(self._engine, order_id)  # its record resolved there once every part is
-            return result
+        if home is None and self._engine.remote is not None:  # homed at another process: settled there first
+            return await shipped_elsewhere(self._engine, order_id, lambda: self._ship(fact, order_id, operation_id))
         if home is not None:  # a change left pending (a confirmation) is carried through first
             try:
                 await self._settle(order_id, home)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -17,6 +17,7 @@ from reservation import (
     DomainError,
     Ledger,
     Moved,
+    NotFound,
     PendingOp,
     Reason,
     Reservation,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from atp_service.engine.router import Engine
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Remote = Callable[[str, bytes], Awaitable[bytes]]
 """Sends a step request to the process at an address and returns its reply (raises ``Unavailable``
@@ -76,7 +78,14 @@ class ResolveOrder(msgspec.Struct, tag="resolve", array_like=True, frozen=True, 
     order: str
 
 
-PartStep = ReservePart | ApplyShare | ReadPart | GiveUpPart | ResolveOrder
+class SettleOrder(msgspec.Struct, tag="settle", array_like=True, frozen=True, forbid_unknown_fields=True):
+    """At whichever process holds the order: carry through the change it has pending (a shipment is
+    about to fulfil its part at another process); the reply's ``part`` is the order, where held."""
+
+    order: str
+
+
+PartStep = ReservePart | ApplyShare | ReadPart | GiveUpPart | ResolveOrder | SettleOrder
 
 
 class StepRequest(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -140,6 +149,8 @@ async def serve_part(engine: Engine, request: bytes) -> bytes:
     if isinstance(asked.step, ResolveOrder):
         await _resolve_here(engine, asked.step.order)
         return _encode(StepReply())
+    if isinstance(asked.step, SettleOrder):
+        return _encode(await _settle_here(engine, asked.step.order))
     try:
         if not 0 <= asked.group < len(engine.actors):
             raise Moved(asked.group, "")  # a peer with another shard count: never applied here
@@ -158,17 +169,60 @@ async def _resolve_here(engine: Engine, order_id: str) -> None:
             log.info("order %s: not resolved after a shipment elsewhere (%s)", order_id, exc.message)
 
 
+async def _settle_here(engine: Engine, order_id: str) -> StepReply:
+    """The order with its pending change carried through here (``Orders.read``): an empty reply where
+    it is not held here, the refusal where it could not be carried through now."""
+    home = engine.home_of(order_id)
+    if home is None or engine.orders is None:
+        return StepReply()
+    try:
+        return StepReply(await engine.orders.read(order_id, home))
+    except NotFound:  # forgotten meanwhile, or not an order
+        return StepReply()
+    except DomainError as exc:
+        return StepReply(None, int(exc.reason), exc.message, exc.metadata)
+
+
+async def shipped_elsewhere(engine: Engine, order_id: str, ship: Callable[[], Awaitable[T]]) -> T:
+    """A shipment fulfilling ``ship`` a part here of an order homed at another process: what the order
+    has pending (a confirmation recorded, not yet applied by this part) carried through there first,
+    as where the order is homed here (``Orders._shipment``) — else the part, still held, is not
+    fulfilled, and the confirmation applied after commits units the shipment took from on_hand (Q3,
+    R4); its record resolved there after, once every part is."""
+    await _to_others(engine, SettleOrder(order_id), settled=True)
+    result = await ship()
+    await _to_others(engine, ResolveOrder(order_id), settled=False)
+    return result
+
+
 async def tell_home(engine: Engine, order_id: str) -> None:
     """Ask every other process to resolve ``order_id`` if it holds it (its home is not known here)."""
+    await _to_others(engine, ResolveOrder(order_id), settled=False)
+
+
+async def _to_others(engine: Engine, step: ResolveOrder | SettleOrder, settled: bool) -> None:
+    """``step`` sent to every other process (an order's home is not known here). ``settled``: the
+    holder's refusal is raised, and so is UNAVAILABLE where none said it holds the order while one did
+    not answer or a group has no known owner (it may hold it): a shipment is then taken again later."""
     if engine.remote is None:
         return
     send = engine.remote
-    others = {engine.where(g)[0] for g, actor in enumerate(engine.actors) if actor.vacant} - {""}
-    request = _encode(StepRequest(-1, ResolveOrder(order_id)))
-    for outcome in await asyncio.gather(*(send(address, request) for address in sorted(others)),
+    owners = {engine.where(g)[0] for g, actor in enumerate(engine.actors) if actor.vacant}
+    request = _encode(StepRequest(-1, step))
+    unknown, held = "" in owners, False
+    for outcome in await asyncio.gather(*(send(address, request) for address in sorted(owners - {""})),
                                         return_exceptions=True):
-        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-            raise outcome
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, Exception):
+                raise outcome
+            unknown = True
+        elif settled:
+            reply = _replies.decode(outcome)
+            if reply.reason:
+                raise refusal_of(reply)
+            held = held or reply.part is not None
+    if settled and unknown and not held:
+        raise Unavailable(f"reservation_id: {step.order!r}: its home did not answer; retry", Reason.OUTCOME_UNKNOWN)
 
 
 def refusal_of(reply: StepReply) -> DomainError:
