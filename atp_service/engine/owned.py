@@ -60,8 +60,13 @@ class OwnedShards:
     def _not_here(self) -> Moved:
         """A reservation no shard of this process holds: the edge asks the others (``serving``:
         the groups answered for here, now)."""
+        return Moved(-1, "", serving=self.serving())
+
+    def serving(self) -> list[int]:
+        """The groups this process answers for now: served, their lease not run out. A record none of
+        them holds is not here; one of a group being recovered or handed over may be (retry)."""
         now = time.monotonic()
-        return Moved(-1, "", serving=[a.shard for a in self.actors if not a.vacant and a.lease_until >= now])
+        return [a.shard for a in self.actors if not a.vacant and a.lease_until >= now]
 
     def install(self, actor: ShardActor) -> None:
         """Serve ``actor``'s shard from now on (recovered after its group was taken)."""

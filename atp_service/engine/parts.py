@@ -99,12 +99,15 @@ class StepRequest(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_f
 
 class StepReply(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True,
                 forbid_unknown_fields=True):
-    """The part as it stands after the step, or the refusal (``reason`` > 0)."""
+    """The part as it stands after the step, or the refusal (``reason`` > 0). ``serving``: where a
+    ``SettleOrder``'s order is not held, the groups the peer answered for (only it sets the field:
+    a peer of an earlier version is never asked one)."""
 
     part: Reservation | None = None
     reason: int = 0
     message: str = ""
     metadata: dict[str, str] = {}
+    serving: tuple[int, ...] = ()
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -170,15 +173,16 @@ async def _resolve_here(engine: Engine, order_id: str) -> None:
 
 
 async def _settle_here(engine: Engine, order_id: str) -> StepReply:
-    """The order with its pending change carried through here (``Orders.read``): an empty reply where
-    it is not held here, the refusal where it could not be carried through now."""
+    """The order with its pending change carried through here (``Orders.read``): where it is not held
+    here, the groups answered for (a group still being recovered here is not: its records may hold
+    the order), the refusal where it could not be carried through now."""
     home = engine.home_of(order_id)
     if home is None or engine.orders is None:
-        return StepReply()
+        return StepReply(serving=tuple(engine.serving()))
     try:
         return StepReply(await engine.orders.read(order_id, home))
     except NotFound:  # forgotten meanwhile, or not an order
-        return StepReply()
+        return StepReply(serving=tuple(engine.serving()))
     except DomainError as exc:
         return StepReply(None, int(exc.reason), exc.message, exc.metadata)
 
@@ -202,27 +206,31 @@ async def tell_home(engine: Engine, order_id: str) -> None:
 
 async def _to_others(engine: Engine, step: ResolveOrder | SettleOrder, settled: bool) -> None:
     """``step`` sent to every other process (an order's home is not known here). ``settled``: the
-    holder's refusal is raised, and so is UNAVAILABLE where none said it holds the order while one did
-    not answer or a group has no known owner (it may hold it): a shipment is then taken again later."""
+    holder's refusal is raised, and so is UNAVAILABLE where none said it holds the order unless the
+    processes that said "not here" answered for every group between them, as a read's NOT_FOUND
+    (``edge.forward``): one did not answer, a group has no known owner, or is being handed over or
+    recovered (its new owner has not read its records yet) — it may hold the order, whose pending
+    change must come first (Q3, R4): a shipment is then taken again later."""
     if engine.remote is None:
         return
     send = engine.remote
-    owners = {engine.where(g)[0] for g, actor in enumerate(engine.actors) if actor.vacant}
+    owners = {engine.where(g)[0] for g, actor in enumerate(engine.actors) if actor.vacant} - {""}
     request = _encode(StepRequest(-1, step))
-    unknown, held = "" in owners, False
-    for outcome in await asyncio.gather(*(send(address, request) for address in sorted(owners - {""})),
+    covered, held = set(engine.serving()), False
+    for outcome in await asyncio.gather(*(send(address, request) for address in sorted(owners)),
                                         return_exceptions=True):
         if isinstance(outcome, BaseException):
             if not isinstance(outcome, Exception):
                 raise outcome
-            unknown = True
         elif settled:
             reply = _replies.decode(outcome)
             if reply.reason:
                 raise refusal_of(reply)
             held = held or reply.part is not None
-    if settled and unknown and not held:
-        raise Unavailable(f"reservation_id: {step.order!r}: its home did not answer; retry", Reason.OUTCOME_UNKNOWN)
+            covered.update(reply.serving)
+    if settled and not held and not covered >= set(range(len(engine.actors))):
+        raise Unavailable(f"reservation_id: {step.order!r}: not every group answered for (its home did not "
+                          "answer, or is changing hands); retry", Reason.OUTCOME_UNKNOWN)
 
 
 def refusal_of(reply: StepReply) -> DomainError:

@@ -4,6 +4,7 @@ the order's decision carried through first, as on one process (``engine.orders``
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,8 @@ import grpc
 import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.engine import parts
+from atp_service.app import membership
+from atp_service.engine import parts, recovery
 from reservation import OrderStep, Unavailable
 from reservation import _orders as orders
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes, shipment
@@ -91,3 +93,53 @@ async def test_a_shipment_at_a_part_s_process_carries_its_order_s_pending_confir
     (p,) = await other_client.availability([(b, "DC")])
     assert (p.on_hand, p.reserved, p.committed) == (4, 0, 0)
     assert (await home_client.get_reservation("o-1")).state == pb.RESERVATION_STATE_CONFIRMED
+
+
+async def test_a_shipment_meeting_its_order_s_home_group_while_it_changes_hands_is_taken_again_later(
+        start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order's home group handed over and taken again, its recovery not done yet: the process the
+    routes name for it holds no record of the order yet, and says so. The shipment is refused (taken
+    again later) — "no process holds the order" needs every group answered for, as a read's NOT_FOUND
+    does — never applied without the pending confirmation carried through first (Q3, R4)."""
+    running = await processes(start_process, 2)
+    (home, home_client), (other, other_client), a, b = home_and_other(running)
+    await home_client.record_events([receipt("in-a", a, "DC", 5)])
+    await other_client.record_events([receipt("in-b", b, "DC", 5)])
+    await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)
+    assert home.engine is not None and home.engine.orders is not None and home.membership is not None
+    assert other.membership is not None
+    monkeypatch.setattr(home.engine.orders, "drive_unsettled", lambda: None)  # not carried through by housekeeping
+    flag = confirmation_not_reaching(monkeypatch, orders.part_id("o-1", group_of(b)))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await home_client.confirm("o-1")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    flag[0] = False
+
+    group, address = group_of(a), f"127.0.0.1:{home.port}"
+    taking, recovered = asyncio.Event(), asyncio.Event()
+    recover = recovery.recover_shard  # as membership imported it
+
+    async def held_up(store: Any, g: int, limits: Any) -> Any:
+        if g == group:
+            taking.set()
+            await recovered.wait()
+        return await recover(store, g, limits)
+
+    monkeypatch.setattr(membership, "recover_shard", held_up)
+    await home.membership._hand_over(group)  # as balancing does
+    await taking.wait()
+    assert group in home.membership.leases.held, "taken again by the order's home process"
+    routes = other.membership
+    await until(lambda: routes.where(group)[0] == address, "the part's process routing the group there")
+    with pytest.raises(grpc.aio.AioRpcError) as later:
+        await other_client.record_events([shipment("out-b", b, 1, "o-1")])
+    assert later.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    recovered.set()
+    await until(lambda: group in owned(home), "the home group recovered")
+    shipped = await other_client.record_events([shipment("out-b", b, 1, "o-1")])
+    assert [(r.outcome, r.detail) for r in shipped] == [(pb.FACT_OUTCOME_APPLIED, "")], shipped
+    monkeypatch.undo()
+    await until(lambda: not home.engine.orders.unsettled, "the order settled")  # type: ignore[union-attr]
+    (p,) = await other_client.availability([(b, "DC")])
+    assert (p.on_hand, p.reserved, p.committed) == (4, 0, 0), "the shipped unit is neither held nor committed"
