@@ -208,12 +208,12 @@ class Ledger:
         forgetting = bool(self._resolved) and self._resolved[0][0] < now - self.limits.retention_ms
         return expiring or forgetting
 
-    def evict(self, now: int, limit: int = 2**62) -> list[str]:
-        """Forget resolved reservations older than the retention window (bounded R5 memory), looking at
-        ``limit`` of them at most: the rest at the next call. An order whose resolution is still pending
-        is not resolved yet (R3: its parts may hold units that only its saga gives back); saved
-        settled, it is queued again."""
-        cutoff = now - self.limits.retention_ms
+    def evict(self, now: int, limit: int = 2**62, unsure_from: int | None = None) -> list[str]:
+        """Forget resolved reservations older than the retention window (bounded R5 memory), ``limit`` at
+        most (the rest at the next call). An order whose resolution is pending is not resolved yet (R3: its
+        parts may hold units only its saga gives back); saved settled, it is queued again. Nor is one resolved
+        at or after ``unsure_from``, the oldest entry in flight: taken back, its undo needs the record (R7)."""
+        cutoff = min(now - self.limits.retention_ms, now if unsure_from is None else unsure_from)
         gone: list[str] = []
         for _ in range(min(limit, len(self._resolved))):
             if self._resolved[0][0] >= cutoff:

@@ -157,7 +157,11 @@ class Housekeeper:
         for shards_of, due in across.items():  # one coordinated change per set of shards, not one per hold
             for change in _bounded_by_lines(due, ledger):  # ...and per EXPIRE_LINES_PER_CHANGE lines
                 self._spawn(self._expire_across(list(shards_of), ledger, change))
-        for rid in ledger.evict(now, EVICT_PER_TURN):  # the rest at the next passes
+        actor = self._engine.actors[ledger.shard]
+        # R5/R7: not a record resolved by an entry in flight (its undo needs it); one vacated meanwhile
+        # was drained first, nothing of it in flight.
+        unsure_from = actor.in_flight_since() if actor.ledger is ledger else None
+        for rid in ledger.evict(now, EVICT_PER_TURN, unsure_from):  # the rest at the next passes
             self._engine.routes.forget_evicted(ledger.shard, rid)
         self._engine.metrics.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
 

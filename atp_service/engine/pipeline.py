@@ -45,6 +45,12 @@ class CommitPipeline(EntryListeners):
         batch in flight may yet be undone."""
         return moves_of(self._inflight) if self._inflight else None
 
+    def in_flight_since(self) -> int | None:
+        """The timestamp of the oldest entry in flight (None: none in flight): what it and the entries
+        after it changed may yet be taken back (R7), so retention forgets nothing they resolved
+        (``Ledger.evict``)."""
+        return min(rec.entry.ts for rec in self._inflight) if self._inflight else None
+
     def sent_top(self) -> int:
         """The newest entry of this shard that may be in its log: durable, in flight, or in doubt (an
         entry given up after a settle's fence cannot land: the fence refuses it)."""
