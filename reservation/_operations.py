@@ -319,7 +319,7 @@ def _current_or_retry(
     a whole release/fulfil of a reservation already in ``done``, or a partial one whose
     ``operation_id`` was applied (with the same lines; other lines are refused)."""
     rec = _current(view, reservation_id, now)
-    if not lines and rec.state == done:
+    if not lines and (rec.state == done or _released_after_shipping(rec, done)):
         return rec, True
     if not operation_id or operation_id not in rec.ops:
         return rec, False
@@ -327,6 +327,13 @@ def _current_or_retry(
     if not _same_operation(recorded, done, lines):
         raise _reused(operation_id, recorded, done)
     return rec, True
+
+
+def _released_after_shipping(rec: Reservation, done: State) -> bool:
+    """A whole release of a partly shipped reservation leaves it FULFILLED (``_settle``), so its retry
+    does not find it RELEASED: nothing outstanding and units released, the retry is answered as the
+    release was (R5: harmless), not refused. One shipped whole, nothing released, is still refused (R3)."""
+    return done == State.RELEASED and rec.state == State.FULFILLED and any(line.released for line in rec.lines)
 
 
 def _with_op(rec: Reservation, operation_id: str, done: State, lines: tuple[LineRequest, ...],

@@ -269,6 +269,19 @@ def test_partly_shipped_then_released_ends_fulfilled() -> None:
     assert rec.state == State.FULFILLED and rec.lines[0].released == 3
 
 
+def test_a_whole_release_retried_after_it_settled_a_partly_shipped_reservation_is_answered_as_before_R5() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    confirm(ledger, "r1", NOW)
+    fulfill(ledger, "r1", cmd("x", ("A", "S1", 1)).lines, "ship-1", NOW, LIMITS)
+    first = release(ledger, "r1", (), "", NOW, LIMITS)
+    ledger.commit(NOW)
+    again = release(ledger, "r1", (), "", NOW + 5, LIMITS)
+    assert again == first and not ledger.pending  # the same answer, nothing changed or logged
+    q = ledger.quantities("A", "S1")
+    assert (q.on_hand, q.reserved, q.committed) == (9, 0, 0)
+
+
 def test_unknown_reservation_is_not_found() -> None:
     ledger = ledger_with({})
     with pytest.raises(NotFound) as err:
