@@ -330,9 +330,8 @@ def _current_or_retry(
 
 
 def _released_after_shipping(rec: Reservation, done: State) -> bool:
-    """A whole release of a partly shipped reservation leaves it FULFILLED (``_settle``), so its retry
-    does not find it RELEASED: nothing outstanding and units released, the retry is answered as the
-    release was (R5: harmless), not refused. One shipped whole, nothing released, is still refused (R3)."""
+    """A whole release leaves a partly shipped reservation FULFILLED (``_settle``): its retry is answered
+    as it was (R5: harmless), not refused; one shipped whole, nothing released, still is (R3)."""
     return done == State.RELEASED and rec.state == State.FULFILLED and any(line.released for line in rec.lines)
 
 
