@@ -114,3 +114,46 @@ async def test_a_redirect_is_refused_naming_where_it_points() -> None:
             await adapter.close()
     assert len(recorder.got) == 1 and not refused.value.retryable
     assert "https://moved.example/inventory" in refused.value.reason and "--url" in refused.value.reason
+
+
+class RefusesOneSku:
+    """A receiver that refuses (``status``) any request carrying ``sku`` (one it does not sell, a
+    value its schema refuses) and takes every other."""
+
+    def __init__(self, sku: str, status: int) -> None:
+        self.sku, self.status = sku, status
+        self.accepted: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
+        updates = json.loads(body)["updates"]
+        with self.lock:
+            if any(u["sku"] == self.sku for u in updates):
+                return self.status, {}, f"unknown sku {self.sku}".encode()
+            self.accepted.extend(updates)
+            return 200, {}, b""
+
+
+@pytest.mark.parametrize("status", [400, 422])
+async def test_a_batch_refused_for_one_update_delivers_the_rest_stock_out_included(
+        client: aioredis.Redis, status: int) -> None:
+    """A receiver refusing a request for one update it cannot take (400, 422) refused that update, not
+    the batch: the whole batch was dead-lettered as refused, its stock-out with it, and redelivered at
+    the next start only — the 0 of a key sold out in the same batch as the poison never reached the
+    destination while the publisher ran (C2, C4)."""
+    receiver = RefusesOneSku("poison", status)
+    updates = [update("poison", 5, 1), update("b", 0, 2), update("c", 7, 3), update("d", 1, 4)]
+    await publish(client, updates)
+    with serve(receiver.handle) as url:
+        publisher = Publisher(config(delivery_batch=4), client, WebhookAdapter(url, SECRET), PublisherMetrics())
+
+        async def settled() -> bool:  # delivered or dead-lettered: nothing left pending
+            return await client.xlen(DEAD_LETTERS) > 0 and await pending(client) == 0
+
+        try:
+            await run_until(publisher, settled)
+        finally:
+            await publisher.adapter.close()
+    assert [(u["sku"], u["quantity"]) for u in receiver.accepted] == [("b", 0), ("c", 7), ("d", 1)]
+    [(_, dead)] = await client.xrange(DEAD_LETTERS)
+    assert dead[b"sku"] == b"poison" and dead[b"reason"] == f"HTTP {status}: unknown sku poison".encode()
