@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from atp_service.storage.keys import Keyspace
 
+MIN_RATE_PER_S = 1e-6
+"""The smallest ``rate_limit_per_s`` taken (one update in about 11.6 days), as the service's estate: the
+token bucket waits ``1000 / rate`` ms for a token, infinite for a rate near 1e-306 (an OverflowError that
+ended the publisher at its second update)."""
+
 
 @dataclass(frozen=True)
 class PublisherConfig:
@@ -77,11 +82,12 @@ class PublisherConfig:
                 raise ValueError(f"{name}: must be at least 1")
         if self.redis_retry_s <= 0:
             raise ValueError("redis_retry_s: must be positive")
-        if self.redeliver_interval_s <= 0:
-            raise ValueError("redeliver_interval_s: must be positive")
+        if not 0 < self.redeliver_interval_s < math.inf:  # NaN or inf: the timer never comes (C4)
+            raise ValueError(f"redeliver_interval_s: must be positive and finite, got {self.redeliver_interval_s}")
         self._check_lease()
-        if not 0 < self.rate_limit_per_s < math.inf:  # NaN too: no pace would be kept at all
-            raise ValueError(f"rate_limit_per_s: must be positive and finite, got {self.rate_limit_per_s}")
+        if not MIN_RATE_PER_S <= self.rate_limit_per_s < math.inf:  # NaN too: no pace would be kept at all
+            raise ValueError(f"rate_limit_per_s: must be finite and at least {MIN_RATE_PER_S:g} (one update in "
+                             f"~11.6 days), got {self.rate_limit_per_s}")
         if self.burst < 0:
             raise ValueError(f"burst: must be at least 0, got {self.burst}")
         if not 0 <= self.backoff_base_s <= self.backoff_max_s < math.inf:  # inf: a failed delivery waits for ever

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,8 +43,12 @@ class HttpSettings:
     """Waits per request before the answer goes back to the retry loop (an attempt that failed)."""
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.max_wait_s < 0 or self.max_waits < 0 or self.max_answer_bytes <= 0:
-            raise ValueError("timeout_s and max_answer_bytes must be positive, max_wait_s and max_waits at least 0")
+        # NaN or infinity cut no wait: a Retry-After of a year held the delivery (stock-outs behind it)
+        # for as long, its lease renewed and nothing said.
+        if (not 0 < self.timeout_s < math.inf or not 0 <= self.max_wait_s < math.inf or self.max_waits < 0
+                or self.max_answer_bytes <= 0):
+            raise ValueError("timeout_s and max_answer_bytes must be positive, max_wait_s and max_waits at least 0, "
+                             "timeout_s and max_wait_s finite")
 
 
 def retry_after_s(response: httpx.Response, now_s: float) -> float | None:

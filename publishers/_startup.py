@@ -32,8 +32,8 @@ class RedisWait:
     """Longest wait between two tries."""
 
     def __post_init__(self) -> None:
-        if self.total_s < 0:
-            raise ValueError("--redis-wait: at least 0 (0: forever)")
+        if not self.total_s >= 0:  # NaN too: it never ran out, the supervisor never told (exit 3)
+            raise ValueError(f"--redis-wait: at least 0 (0: forever), got {self.total_s}")
         if not 0 < self.first_s <= self.max_s:
             raise ValueError("--redis-backoff-max: at least the first wait (0.1 s)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from publishers import WebhookAdapter
+from publishers._startup import RedisWait
 from publishers.cli import EXIT_BAD_SETTING, build_parser, main, make_adapter, make_config
 from tests.publishers.test_publisher import SECRET
 
@@ -36,7 +37,7 @@ def test_the_redelivery_bounds_reach_the_config_and_a_bad_one_is_refused_naming_
     assert (config.redeliver_max_keys, config.redeliver_interval_s) == (50, 5.0)
     with pytest.raises(ValueError, match=r"^redeliver_max_keys: must be at least 1$"):
         make_config(build_parser().parse_args([*FLAGS, "--redeliver-max-keys", "0"]))
-    with pytest.raises(ValueError, match=r"^redeliver_interval_s: must be positive$"):
+    with pytest.raises(ValueError, match=r"^redeliver_interval_s: must be positive and finite, got 0.0$"):
         make_config(build_parser().parse_args([*FLAGS, "--redeliver-interval", "0"]))
 
 
@@ -61,3 +62,33 @@ def test_a_pace_out_of_its_range_is_refused_naming_it(flags: list[str], named: s
 def test_a_metrics_port_out_of_range_is_refused_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*FLAGS, "--redis-url", "redis://127.0.0.1:1", "--metrics-port", "70000"]) == EXIT_BAD_SETTING
     assert "--metrics-port: must be within [-1, 65535], got 70000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--redeliver-interval", "nan"], "redeliver_interval_s"),
+    (["--redeliver-interval", "inf"], "redeliver_interval_s"),
+    (["--rate", "1e-310"], "rate_limit_per_s"),
+])
+def test_a_setting_that_would_stall_or_crash_delivery_is_refused_naming_it(flags: list[str], named: str) -> None:
+    """Accepted, these stopped a running publisher without a word: an interval of NaN or infinity never
+    came, so after an outage a quiet channel's dead-lettered stock-outs waited for a change that may
+    never come (C4); a rate near 1e-306 made the token bucket's wait infinite and the publisher died at
+    its second update (OverflowError), as the service's estate refuses below 1e-6."""
+    with pytest.raises(ValueError, match=f"^{named}"):
+        make_config(build_parser().parse_args([*FLAGS, *flags]))
+
+
+@pytest.mark.parametrize("wait", ["nan", "inf"])
+def test_a_wait_a_destination_may_ask_for_must_be_finite(monkeypatch: pytest.MonkeyPatch, wait: str) -> None:
+    """--max-wait NaN or infinity cut nothing: a receiver's Retry-After of a year held the delivery, and
+    every stock-out behind it, for as long, the lease renewed and nothing said."""
+    monkeypatch.setenv("ATP_WEBHOOK_SECRET", SECRET)
+    web = ["--channel", "web", "--adapter", "webhook", "--url", "http://127.0.0.1:1/x"]
+    with pytest.raises(ValueError, match=r"^--request-timeout, --max-answer-bytes, --max-wait, --max-waits: "):
+        make_adapter(build_parser().parse_args([*web, "--max-wait", wait]))
+
+
+def test_a_redis_wait_of_nan_is_refused() -> None:
+    """NaN never ran out: the publisher waited for Redis for ever instead of exiting 3 for its supervisor."""
+    with pytest.raises(ValueError, match=r"^--redis-wait"):
+        RedisWait(total_s=float("nan"))
