@@ -17,7 +17,6 @@ import binascii
 import concurrent.futures
 import hashlib
 import json
-import logging
 import math
 import os
 import stat
@@ -33,19 +32,12 @@ from standardwebhooks import Webhook
 
 from reservation import ChannelUpdate
 
-from ._delivery import Adapter, DeliveryError, Refused, update_json
+from ._delivery import Adapter, DeliveryError, Refused, in_halves, update_json
 from ._http import Http, HttpSettings, Sleep, check_status
 
 __all__ = ["Adapter", "DeliveryError", "JsonlAdapter", "WebhookAdapter", "update_json", "webhook_id",
            "webhook_signer", "webhook_signers"]
 
-log = logging.getLogger(__name__)
-TOO_LARGE = 413
-"""Content Too Large: the receiver refuses the request's size (a body limit below ``--batch`` updates)."""
-SPLIT_STATUSES = frozenset({400, TOO_LARGE, 422})
-"""Refusals of a request that may be for one of its updates (a SKU the receiver does not sell, a value
-its schema refuses) or its size: the batch is sent again in halves, so that only the updates refused
-alone are dead-lettered. A refusal of the endpoint itself (401, 403, 404) is the same for any part."""
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = range(24, 65)
 """Standard Webhooks: a key of 24 to 64 random bytes."""
@@ -92,34 +84,13 @@ class WebhookAdapter:
 
     async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
         """One request; a batch the receiver finds too large (413) or refuses as a whole for what may be
-        one update of it (400, 422) is sent again in halves, in order, down to single updates (at most
-        2n - 1 requests): a poison update refused the whole batch, stock-outs with it, until the next
-        start (C2, C4). A part refused for good after a split is returned refused (dead-lettered alone
-        with its reason, the rest delivered); a retryable failure fails the whole batch (its retry
-        resends the parts already delivered, each with the same ``webhook-id``, as any retry)."""
-        response = await self._post(channel, updates)
-        if response.status_code not in SPLIT_STATUSES or len(updates) == 1:
-            check_status(response)
-            return []
-        if response.status_code == TOO_LARGE:
-            log.warning("%s: the receiver refused %d updates in one request as too large (HTTP 413): sending "
-                        "halves; a --batch it takes saves the extra requests", channel, len(updates))
-        else:
-            log.warning("%s: the receiver refused %d updates in one request (HTTP %d: %s): sending halves, so "
-                        "that only the updates it refuses alone are dead-lettered", channel, len(updates),
-                        response.status_code, response.text[:200])
-        half, refused = len(updates) // 2, []
-        for part in (updates[:half], updates[half:]):  # in order: the stock-outs lead the batch (C2)
-            refused += await self._deliver_part(channel, part)
-        return refused
+        one update of it (400, 422) is sent again in halves down to single updates (``in_halves``): only
+        the updates refused alone are dead-lettered. Each part has its own ``webhook-id`` (its
+        versions), the same on every try of it."""
+        return await in_halves(channel, updates, lambda part: self._send(channel, part))
 
-    async def _deliver_part(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
-        try:
-            return await self.deliver(channel, updates)
-        except DeliveryError as exc:
-            if exc.retryable:
-                raise
-            return [Refused(u, exc.reason) for u in updates]
+    async def _send(self, channel: str, updates: list[ChannelUpdate]) -> None:
+        check_status(await self._post(channel, updates))
 
     async def _post(self, channel: str, updates: list[ChannelUpdate]) -> httpx.Response:
         body = json.dumps({"channel": channel, "updates": [update_json(u) for u in updates]},

@@ -1,21 +1,28 @@
-"""What every adapter shares: the ``Adapter`` protocol, ``DeliveryError``, ``Refused`` and the JSON form of
-an update."""
+"""What every adapter shares: the ``Adapter`` protocol, ``DeliveryError``, ``Refused``, the JSON form of
+an update, and ``in_halves``: a batch refused as a whole for what may be one of its updates, sent again
+in halves."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reservation import ChannelUpdate
 
+log = logging.getLogger(__name__)
+
 
 class DeliveryError(Exception):
-    """A batch was not delivered. ``retryable`` False: retrying cannot help (dead-letter at once)."""
+    """A batch was not delivered. ``retryable`` False: retrying cannot help (dead-letter at once).
+    ``splittable``: a refusal of the request that may be for one of its updates (a value the
+    destination cannot take) or its size, so a part of the batch may be taken (see ``in_halves``);
+    False for a refusal any part would get (credentials, permissions, the endpoint)."""
 
-    def __init__(self, reason: str, retryable: bool = True) -> None:
+    def __init__(self, reason: str, retryable: bool = True, splittable: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.retryable = reason, retryable
+        self.reason, self.retryable, self.splittable = reason, retryable, splittable
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +52,33 @@ def update_json(u: ChannelUpdate) -> dict[str, Any]:
         "previous": u.previous, "status": u.status.value, "version": u.version,
         "event_time_ms": u.event_time, "published_at_ms": u.published_at,
     }
+
+
+Send = Callable[[list[ChannelUpdate]], Awaitable[Sequence[Refused] | None]]
+
+
+async def in_halves(channel: str, updates: list[ChannelUpdate], send: Send,
+                    refuse: Callable[[ChannelUpdate, str], Refused] = Refused) -> list[Refused]:
+    """``send(updates)``; a batch refused as a whole for good with a ``splittable`` refusal is sent again
+    in halves, in order (the stock-outs lead the batch: C2), down to single updates: at most 2n - 1
+    sends. One poison update refused the whole batch, its stock-outs with it, and those were
+    redelivered only at the next start (C2, C4). A part refused for good after a split is returned
+    refused (``refuse(update, reason)``: dead-lettered alone, the rest delivered); a retryable
+    failure fails the whole batch (its retry sends the parts again, as any retry); a batch of one
+    refused is raised as it is."""
+    try:
+        return list(await send(updates) or ())
+    except DeliveryError as exc:
+        if exc.retryable or not exc.splittable or len(updates) == 1:
+            raise
+        log.warning("%s: %d updates refused in one request (%s): sending halves, so that only the updates "
+                    "refused alone are dead-lettered", channel, len(updates), exc.reason[:300])
+    half, refused = len(updates) // 2, []
+    for part in (updates[:half], updates[half:]):
+        try:
+            refused += await in_halves(channel, part, send, refuse)
+        except DeliveryError as exc:
+            if exc.retryable:
+                raise
+            refused += [refuse(u, exc.reason) for u in part]
+    return refused

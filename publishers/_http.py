@@ -24,6 +24,13 @@ from ._lease import check_send
 log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 WAITED_STATUSES = frozenset({429, 503})
+TOO_LARGE = 413
+"""Content Too Large: the destination refuses the request's size (a body limit below ``--batch`` updates)."""
+SPLIT_STATUSES = frozenset({400, TOO_LARGE, 422})
+"""Refusals of a request that may be for one of its updates (a SKU the destination does not sell, a
+value its schema refuses) or its size: ``splittable``, the batch is sent again in halves
+(``in_halves``), so that only the updates refused alone are dead-lettered. A refusal of the
+endpoint itself (401, 403, 404) is the same for any part."""
 _BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
@@ -137,7 +144,8 @@ class Http:
 
 
 def check_status(response: httpx.Response) -> None:
-    """2xx passes; 408/409/425/429/5xx are worth retrying, any other status is not (a 3xx names its Location)."""
+    """2xx passes; 408/409/425/429/5xx are worth retrying, any other status is not (a 3xx names its
+    Location); 400, 413 and 422 are ``splittable``."""
     code = response.status_code
     if 200 <= code < 300:
         return
@@ -146,4 +154,5 @@ def check_status(response: httpx.Response) -> None:
         # Not followed (a signed batch goes only where it was configured to): the operator fixes --url.
         where = response.headers.get("Location", "nowhere named")
         reason = f"HTTP {code}: redirected to {where[:200]}, not followed: --url must name the endpoint itself"
-    raise DeliveryError(reason, retryable=code in (408, 409, 425, 429) or code >= 500)
+    raise DeliveryError(reason, retryable=code in (408, 409, 425, 429) or code >= 500,
+                        splittable=code in SPLIT_STATUSES)

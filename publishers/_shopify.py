@@ -19,6 +19,13 @@ required from API version 2026-04):
   location, an item not stocked there) is refused alone (``Refused``, dead-lettered by the
   publisher with the reason) and the rest is set: a set that refuses some is sent once more
   without them (another input, so another key). More refused after that: the batch fails (retried).
+- **Refused as a whole**: a set or read Shopify refuses before it runs (a top-level error: an id it
+  cannot parse, the query's cost) or with a user error naming no single quantity may be refused for
+  one update: the batch is delivered again in halves, in order (the stock-outs lead), down to single
+  updates (``in_halves``, at most 2n - 1 parts, each with its reads and re-reads as above); only an
+  update refused alone is dead-lettered. Not split: what any part would get the same (access denied,
+  an inactive shop, an error about the request's other input fields or its idempotency key), nor
+  what is retried (throttling, Shopify's internal errors).
 - **Cost**: Shopify limits by query cost (a leaky bucket reported in ``extensions.cost``). Before a
   request the adapter waits until the bucket, as last reported and refilled at ``restoreRate``,
   holds what that kind of request last cost; a ``THROTTLED`` answer waits
@@ -40,7 +47,7 @@ from typing import Any
 
 from reservation import ChannelUpdate
 
-from ._delivery import DeliveryError, Refused
+from ._delivery import DeliveryError, Refused, in_halves
 from ._http import Http, HttpSettings, Sleep, check_status
 from ._shopify_state import (
     PREVIOUS_ATTEMPT_FAILED,
@@ -48,7 +55,9 @@ from ._shopify_state import (
     CostBucket,
     KnownQuantities,
     Row,
+    about_the_request,
     available_of,
+    graphql_errors,
     row_errors,
     stale_rows,
 )
@@ -65,6 +74,8 @@ READ_CHUNK = 50
 """Quantities read per query (keeps one read's cost well under Shopify's per-query maximum)."""
 _VERSION = re.compile(r"^\d{4}-(01|04|07|10)$")
 RETRYABLE_ERRORS = frozenset({"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"})
+SAME_FOR_EVERY_PART = frozenset({"ACCESS_DENIED", "SHOP_INACTIVE"})
+"""Top-level error codes about the app's access or the shop, not the batch: a part would get the same."""
 
 SET_MUTATION = (
     "mutation AtpSetAvailable($input: InventorySetQuantitiesInput!, $idempotencyKey: String!) { "
@@ -161,6 +172,13 @@ class ShopifyAdapter:
         self.known = KnownQuantities(settings.known_max)
 
     async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
+        """The batch set; one Shopify refuses as a whole for what may be one of its quantities (a
+        top-level error other than access, throttling or its own failure; a user error naming no
+        single quantity) is set again in halves down to single updates (``in_halves``): only those
+        refused alone are dead-lettered, the stock-outs that lead the batch are set (C2, C4)."""
+        return await in_halves(channel, updates, lambda part: self._deliver_once(channel, part), self._refused_alone)
+
+    async def _deliver_once(self, channel: str, updates: list[ChannelUpdate]) -> list[Refused]:
         rows = [self._row(u) for u in updates]
         await self._read([r for r in rows if r.expected is None])
         rounds = _Rounds()
@@ -175,17 +193,25 @@ class ShopifyAdapter:
                 self.known.put(r.key, r.quantity)
         return [Refused(r.update, r.refused) for r in rows if r.refused is not None]
 
-    def _row(self, u: ChannelUpdate) -> Row:
+    def _ids(self, u: ChannelUpdate) -> tuple[str, str]:
         s = self.settings
-        item = s.item_id.format(sku=u.sku)
-        location = s.location_id.format(location=u.location or s.default_location)
+        return s.item_id.format(sku=u.sku), s.location_id.format(location=u.location or s.default_location)
+
+    def _row(self, u: ChannelUpdate) -> Row:
+        item, location = self._ids(u)
         known = self.known.get((item, location))
         return Row(item, location, u.quantity, known if known is not None else u.previous, u)
 
     def _refuse(self, r: Row, why: str) -> None:
-        u = r.update
-        where = u.location or self.settings.default_location
-        r.refused = f"shopify: sku {u.sku} at {where} ({r.item} at {r.location}): {why}"
+        r.refused = self._reason(r.update, why)
+
+    def _refused_alone(self, u: ChannelUpdate, reason: str) -> Refused:
+        """An update the store refused in a request of its own (after halves): its reason names its row."""
+        return Refused(u, self._reason(u, reason.removeprefix("shopify: ")))
+
+    def _reason(self, u: ChannelUpdate, why: str) -> str:
+        item, location = self._ids(u)
+        return f"shopify: sku {u.sku} at {u.location or self.settings.default_location} ({item} at {location}): {why}"
 
     async def _resolve(self, errors: list[dict[str, Any]], todo: list[Row], rounds: _Rounds) -> None:
         """Act on the user errors of a set: drop the quantities the store refuses (once per batch),
@@ -194,8 +220,9 @@ class ShopifyAdapter:
         if codes == {"IDEMPOTENCY_CONCURRENT_REQUEST"}:
             raise DeliveryError("shopify: the same request is still in progress at Shopify")
         refused, whole = row_errors(errors, todo)
-        if whole:
-            raise DeliveryError(f"shopify: userErrors {errors}", retryable=False)
+        if whole:  # all or nothing: maybe for one quantity (split), unless about the request itself
+            raise DeliveryError(f"shopify: userErrors {errors}", retryable=False,
+                                splittable=not about_the_request(whole))
         if refused:
             if rounds.dropped:
                 raise DeliveryError(f"shopify: more quantities refused after dropping those refused first: "
@@ -263,7 +290,11 @@ class ShopifyAdapter:
                 return data
             codes = {(e.get("extensions") or {}).get("code") for e in errors if isinstance(e, dict)}
             if codes != {"THROTTLED"}:
-                raise DeliveryError(f"shopify: GraphQL errors {errors}", retryable=bool(codes & RETRYABLE_ERRORS))
+                # Refused before it ran: an invalid value of one quantity (an id Shopify cannot parse), the
+                # request's cost: maybe not a part of it (split); access and an inactive shop: any part.
+                raise DeliveryError(f"shopify: GraphQL errors {graphql_errors(errors)}",
+                                    retryable=bool(codes & RETRYABLE_ERRORS),
+                                    splittable=not codes & SAME_FOR_EVERY_PART)
             log.info("shopify: THROTTLED (%s)", (payload.get("extensions") or {}).get("cost"))
         raise DeliveryError(f"shopify: still throttled after {self.settings.http.max_waits} waits")
 

@@ -128,6 +128,34 @@ def row_errors(errors: list[dict[str, Any]], rows: list[Row]) -> tuple[dict[int,
     return {n: "; ".join(reasons) for n, reasons in by_row.items()}, whole
 
 
+def about_the_request(whole: list[dict[str, Any]]) -> bool:
+    """Whether user errors naming no single quantity are about the request itself, the same for any
+    part of the batch: an idempotency error, or a ``field`` naming another input field than the
+    quantities (``reason``, ``name``). Any other (no ``field``, the quantities as a whole) may be for
+    one of the quantities."""
+    for error in whole:
+        path = error.get("field")
+        if str(error.get("code")).startswith("IDEMPOTENCY_"):
+            return True
+        if isinstance(path, list) and len(path) > 1 and path[0] == "input" and path[1] != "quantities":
+            return True
+    return False
+
+
+def graphql_errors(errors: Any) -> str:
+    """Top-level GraphQL errors, short: each one's code and message (not its ``extensions.value``, which
+    may repeat the whole input)."""
+    if not isinstance(errors, list):
+        return str(errors)[:300]
+    said = [_graphql_error(e) if isinstance(e, dict) else str(e)[:200] for e in errors[:3]]
+    return "; ".join(said) + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
+
+
+def _graphql_error(error: dict[str, Any]) -> str:
+    code, message = (error.get("extensions") or {}).get("code"), str(error.get("message"))[:200]
+    return f"{code}: {message}" if code else message
+
+
 def _quantity_index(path: Any) -> int | None:
     if not isinstance(path, list) or "quantities" not in path:
         return None

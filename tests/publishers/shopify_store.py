@@ -3,7 +3,11 @@ local HTTP server: ``inventorySetQuantities`` as of API version 2026-04 (``chang
 per quantity, ``@idempotent`` required, the old compare fields gone, all or nothing: every user
 error of the input at once, its ``field`` naming the quantity), the aliased
 ``inventoryItem { inventoryLevel { quantities } }`` read (null for an unknown item, a null level
-where the item is not stocked), and the query cost in ``extensions``."""
+where the item is not stocked), and the query cost in ``extensions``. Refusals of a whole request for
+one of its items, as Shopify answers them: an id it cannot parse as a global id refuses the request
+before it runs (a top-level ``errors`` entry: the variable's invalid value, with the path of the
+problem in ``extensions.problems``); an item named in ``whole_refusals`` refuses the set with one
+user error whose ``field`` names no single quantity."""
 
 from __future__ import annotations
 
@@ -46,6 +50,13 @@ class Store:
         """Sets applied whose answer is then lost (HTTP 502), as when a connection drops."""
         self.before_set: Callable[[Store], None] = lambda store: None
         self.applied = 0
+        self.applied_items: list[str] = []
+        """Every item a set applied, in the order applied."""
+        self.unparsable: set[str] = set()
+        """Ids Shopify cannot parse as global ids: a read or set carrying one is refused as a whole."""
+        self.whole_refusals: dict[str, list[str] | None] = {}
+        """Items whose set is refused as a whole by one user error with this ``field`` (None, or a path
+        that names no single quantity)."""
         self.bucket = {"maximumAvailable": 2000.0, "currentlyAvailable": 2000.0, "restoreRate": 100.0}
         self._keys: dict[str, tuple[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
@@ -63,6 +74,8 @@ class Store:
             self.requests.append(request)
             if self.script:
                 return self.script.pop(0)
+            if refused := self._unparsable(request["variables"]):
+                return refused
             if "inventorySetQuantities" in request["query"]:
                 return self._set(request)
             return self._read(request)
@@ -96,7 +109,30 @@ class Store:
             return 502, {}, b"Bad Gateway"
         return answer({"data": result, "extensions": self._cost(10)})
 
+    def _unparsable(self, variables: dict[str, Any]) -> Answer | None:
+        """A request naming an id that is no global id: refused before it runs, nothing applied, no key kept."""
+        found = [(name, [], value) for name, value in variables.items()
+                 if isinstance(value, str) and value in self.unparsable]
+        for n, q in enumerate((variables.get("input") or {}).get("quantities") or []):
+            found += [("input", ["quantities", n, f], q[f]) for f in ("inventoryItemId", "locationId")
+                      if q[f] in self.unparsable]
+        if not found:
+            return None
+        name, path, value = found[0]
+        where = ".".join(str(p) for p in path)
+        return answer({"errors": [{
+            "message": f"Variable ${name} was provided invalid value{' for ' + where if where else ''} "
+                       f"(Invalid global id '{value}')",
+            "locations": [{"line": 1, "column": 10}],
+            "extensions": {"value": variables[name], "problems": [{"path": path,
+                                                                   "explanation": f"Invalid global id '{value}'"}]}}]})
+
     def _apply(self, quantities: list[dict[str, Any]]) -> dict[str, Any]:
+        whole = [self.whole_refusals[q["inventoryItemId"]] for q in quantities
+                 if q["inventoryItemId"] in self.whole_refusals]
+        if whole:  # one error about the input, naming no single quantity
+            return self._user_errors([{"field": whole[0], "code": "NON_MUTABLE_INVENTORY_ITEM",
+                                       "message": "An inventory item is not allowed to be adjusted via API."}])
         errors = []
         for n, q in enumerate(quantities):
             key = (q["inventoryItemId"], q["locationId"])
@@ -119,6 +155,7 @@ class Store:
             return self._user_errors(errors)
         for q in quantities:
             self.levels[(q["inventoryItemId"], q["locationId"])] = q["quantity"]
+            self.applied_items.append(q["inventoryItemId"])
         self.applied += 1
         return {"inventorySetQuantities": {"inventoryAdjustmentGroup": {"id": f"gid://shopify/Group/{self.applied}"},
                                            "userErrors": []}}

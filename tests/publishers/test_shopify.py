@@ -267,7 +267,7 @@ def user_errors(*errors: tuple[list[str] | None, str]) -> Answer:
 async def test_refusals_after_the_drop_fail_the_batch_and_errors_about_the_request_fail_it_whole(
         shop: tuple[Store, str]) -> None:
     """At most one set without refused quantities per batch: a store refusing more after it fails the
-    attempt (retried later); an error that names no quantity still refuses the whole batch."""
+    attempt (retried later); an error about the request itself (its reason) still refuses the whole batch."""
     store, url = shop
     row = ["input", "quantities", "0", "locationId"]
     store.script = [user_errors((row, "INVALID_LOCATION")), user_errors((row, "ITEM_NOT_STOCKED_AT_LOCATION"))]
