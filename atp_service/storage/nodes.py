@@ -6,7 +6,9 @@ of a group under one hash tag) and the calls go pipelined, one round trip per pr
 the scripts go on a node's write lane (``lane.py``: connections of their own, outside redis-py's
 pool, one write and one deadline per round trip) — ``WAIT`` counts the replicas that have every
 earlier write *of the connection it is sent on*, so it follows the scripts on the same connection
-(sent through a pool it would answer for some other connection's writes).
+(sent through a pool it would answer for some other connection's writes). A call that a primary did
+not answer, or answered for a slot it no longer serves, has the slot map read again before the next
+call to that primary; calls to the others go on meanwhile (that read may meet a hung node first).
 
 A call's effect is acknowledged once its script returned and, with ``wait_replicas``, that many
 replicas confirmed it; fewer replicas in time makes the call's outcome ``NotReplicated``: it landed
@@ -81,7 +83,9 @@ class Nodes:
         self.wait_timeout_ms = wait_timeout_ms
         self._url, self._timeout_s = url, timeout_s
         self._lanes: dict[str, Lane] = {}  # per primary on a cluster ("" for one Redis): the write connections
-        self._stale = False  # the slot map may be out of date: read it again before the next call
+        self._stale = False  # the slot map may be out of date: read it again before the next call to ``_suspect``
+        self._suspect: set[str] = set()  # primaries that failed or redirected a call since the map was read
+        self._mapped = False  # the slot map was read (the first call)
         self._tasks: set[asyncio.Task[None]] = set()  # runs begun without a task that needed one after all
 
     @property
@@ -95,25 +99,55 @@ class Nodes:
         socket timeout (a call that carries much data)."""
         if not self.cluster:
             return await self._run_on(self._lane(""), calls, extra_s)
-        await self.reader.initialize()  # once: the slot map, on the first call
-        if self._stale:
-            self._stale = False
-            try:
-                await self.reader.nodes_manager.initialize()
-            except BaseException:
-                self._stale = True  # not read: the next call tries again
-                raise
-            self._retire_former_primaries()
-        by_node: dict[str, list[int]] = defaultdict(list)
+        if not self._mapped:
+            await self.reader.initialize()  # once: the slot map, on the first call
+            self._mapped = True
+        # Only the calls to a node that failed or redirected one since the map was read wait for the
+        # map to be read again: that read may ask a hung node first and wait out its timeout (or find
+        # no other node to ask), and the nodes that answer must not wait with it.
+        stale = self._suspect if self._stale else ()
+        now: list[int] = []
+        later: list[int] = []
         for i, call in enumerate(calls):
-            by_node[self.reader.get_node_from_key(call.keys[0]).name].append(i)
-        replies = await asyncio.gather(*(self._run_on(self._lane(name), [calls[i] for i in at], extra_s)
-                                         for name, at in by_node.items()))
+            (later if stale and self.reader.get_node_from_key(call.keys[0]).name in stale else now).append(i)
         out: list[Any] = [None] * len(calls)
-        for at, node_replies in zip(by_node.values(), replies, strict=True):
-            for i, reply in zip(at, node_replies, strict=True):
-                out[i] = reply
+        await asyncio.gather(self._route(calls, now, out, extra_s), self._route_remapped(calls, later, out, extra_s))
         return out
+
+    async def _route(self, calls: list[Call], at: list[int], out: list[Any], extra_s: float) -> None:
+        """The calls ``at``, pipelined per primary as the slot map says; each reply into ``out``."""
+        by_node: dict[str, list[int]] = defaultdict(list)
+        for i in at:
+            by_node[self.reader.get_node_from_key(calls[i].keys[0]).name].append(i)
+        replies = await asyncio.gather(*(self._run_on(self._lane(name), [calls[i] for i in node_at], extra_s, name)
+                                         for name, node_at in by_node.items()))
+        for node_at, node_replies in zip(by_node.values(), replies, strict=True):
+            for i, reply in zip(node_at, node_replies, strict=True):
+                out[i] = reply
+
+    async def _route_remapped(self, calls: list[Call], at: list[int], out: list[Any], extra_s: float) -> None:
+        """``_route`` once the slot map is read again; a read that failed is each call's reply (none was sent)."""
+        if not at:
+            return
+        try:
+            await self._read_map()
+        except Exception as exc:
+            for i in at:
+                out[i] = exc
+            return
+        await self._route(calls, at, out, extra_s)
+
+    async def _read_map(self) -> None:
+        """The slot map read again, unless another call read it since it was found stale."""
+        if not self._stale:
+            return
+        suspect, self._stale, self._suspect = self._suspect, False, set()
+        try:
+            await self.reader.nodes_manager.initialize()
+        except BaseException:
+            self._stale, self._suspect = True, self._suspect | suspect  # not read: the next call tries again
+            raise
+        self._retire_former_primaries()
 
     async def run_one(self, call: Call, extra_s: float = 0.0) -> Any:
         """One call's reply; raises what it ended in."""
@@ -161,17 +195,24 @@ class Nodes:
             raise
         done(replies)
 
-    async def _run_on(self, lane: Lane, calls: list[Call], extra_s: float = 0.0) -> list[Any]:
+    async def _run_on(self, lane: Lane, calls: list[Call], extra_s: float = 0.0, name: str = "") -> list[Any]:
         try:
             replies = await self._rerun_unrun(lane, calls, await self._pipeline(lane, calls, extra_s), extra_s)
         except TOPOLOGY_ERRORS as exc:
-            self._stale = self.cluster
+            self._map_stale(name)
             return [exc] * len(calls)
         except RedisError as exc:
             return [exc] * len(calls)
         if self.cluster and any(isinstance(r, TOPOLOGY_ERRORS) for r in replies):
-            self._stale = True
+            self._map_stale(name)
         return replies
+
+    def _map_stale(self, name: str) -> None:
+        """The primary ``name`` did not answer, or answered for a slot it no longer serves (a cluster):
+        the slot map is read again before the next call to it."""
+        if self.cluster:
+            self._stale = True
+            self._suspect.add(name)
 
     async def _rerun_unrun(self, lane: Lane, calls: list[Call], replies: list[Any], extra_s: float = 0.0) -> list[Any]:
         """``replies``, with the calls not run at all (NOSCRIPT: a restarted or failed-over node)

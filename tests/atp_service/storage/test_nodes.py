@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
 import redis
+from redis.exceptions import RedisError
 
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
@@ -37,10 +37,13 @@ def test_a_node_url_keeps_the_credentials_and_options_of_the_seed() -> None:
 
 async def test_a_slot_map_refresh_that_failed_is_tried_again_on_the_next_call() -> None:
     """A refresh that failed (no node answered) leaves the slot map as stale as it was: the next
-    call reads it again instead of sending to the nodes of the old map."""
+    call to the node that failed reads it again instead of sending to the nodes of the old map. The
+    refresh's failure is the reply of each call that waited for it (none of them was sent)."""
     from redis.exceptions import RedisClusterException
 
     class Manager:
+        slots_cache: dict[int, list[object]] = {}
+
         def __init__(self) -> None:
             self.tries = 0
 
@@ -49,18 +52,29 @@ async def test_a_slot_map_refresh_that_failed_is_tried_again_on_the_next_call() 
             if self.tries == 1:
                 raise RedisClusterException("Redis Cluster cannot be connected")
 
+    class Node:
+        name = "127.0.0.1:1"  # nothing listens there
+
     class Reader:
         nodes_manager = Manager()
 
         async def initialize(self) -> None:
             pass
 
-    nodes = Nodes(Reader(), cluster=True)
-    nodes._stale = True
-    with pytest.raises(RedisClusterException):
-        await nodes.run([])
-    await nodes.run([])
+        async def aclose(self) -> None:
+            pass
+
+        def get_node_from_key(self, key: str) -> Node:
+            return Node()
+
+    nodes = Nodes(Reader(), cluster=True, url="redis://127.0.0.1:1", timeout_s=1.0)
+    nodes._stale, nodes._suspect = True, {Node.name}
+    (refused,) = await nodes.run([Call(COUNTED, ["k"], [])])
+    assert isinstance(refused, RedisClusterException)
+    (unreached,) = await nodes.run([Call(COUNTED, ["k"], [])])
     assert Reader.nodes_manager.tries == 2
+    assert isinstance(unreached, OSError | RedisError), unreached  # sent by the map read again: no one there
+    await nodes.aclose()
 
 
 async def test_an_idle_connection_the_server_closed_is_not_handed_out(tmp_path: Path) -> None:

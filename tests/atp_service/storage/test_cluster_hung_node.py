@@ -1,0 +1,99 @@
+"""A Redis Cluster primary that hangs (stopped, or cut off from the service alone: the kernel still
+takes connections and bytes, nothing answers) while the other primaries serve: only the groups of
+the hung node are affected. A write that met it marks the slot map for reading again, and so does a
+read through the cluster client; that read of the map asks the cluster's nodes one by one, in an
+order of redis-py's choosing, and waits the socket timeout on the hung one. Writes to the nodes that
+answer must not wait for it — nor fail with it: a group commit to a node that answers went out
+only after a read of the map that met the hung node first, and failed unsent when no other node
+answered that read in its place, leaving healthy shards in doubt for as long as the node hung.
+
+The cluster client here knows the cluster through the hung node alone (no dynamic startup nodes):
+what every read of the map meets when redis-py happens to ask the hung node first (one in as many
+nodes as the cluster has, at each read), made certain."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from atp_service.storage.durability import STORAGE_ERRORS, landed_of
+from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.embedded_redis import EmbeddedRedis
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import Nodes
+
+SHARDS = 8
+TIMEOUT_S = 1.0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """A cluster of its own (a node of it is stopped), whose nodes never declare one failed within a
+    test: the hung node keeps its slots and the others keep serving theirs (no ``CLUSTERDOWN``)."""
+    with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
+        yield formed
+
+
+@pytest.fixture
+async def store(cluster: EmbeddedCluster) -> AsyncIterator[LogStore]:
+    seed = cluster.primaries[0]
+    reader = aioredis.RedisCluster(host="127.0.0.1", port=seed.port, dynamic_startup_nodes=False,
+                                   socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+                                   retry=Retry(NoBackoff(), 0))
+    log_store = LogStore(Nodes(reader, cluster=True, url=seed.url, timeout_s=TIMEOUT_S), "t:", pipeline_max=64)
+    await log_store.claim(SHARDS)
+    yield log_store
+    await log_store.nodes.aclose()
+
+
+def _shards(store: LogStore, hung: EmbeddedRedis) -> tuple[int, int]:
+    """A shard whose group the hung node serves, and one served elsewhere."""
+    ports = {shard: int(store.client.get_node_from_key(store.keys.log(shard)).port) for shard in range(SHARDS)}
+    return (next(s for s in range(SHARDS) if ports[s] == hung.port),
+            next(s for s in range(SHARDS) if ports[s] != hung.port))
+
+
+async def _goes_on(store: LogStore, shard: int, seq: int, data: bytes) -> None:
+    """Once the hung node answers again: its shard's write in doubt settled, and the shard writes on."""
+    landed = await landed_of(store, shard, seq - 1, [(seq, Any, data)])  # type: ignore[list-item]
+    assert landed is not None
+    await store.submit(shard, seq + 1 if landed else seq, b"the hung node's shard goes on")
+
+
+async def test_a_write_meeting_a_hung_primary_holds_no_write_to_the_others(cluster: EmbeddedCluster,
+                                                                          store: LogStore) -> None:
+    hung = cluster.primaries[0]
+    assert hung.process is not None
+    behind, elsewhere = _shards(store, hung)
+    os.kill(hung.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(STORAGE_ERRORS):
+            await store.submit(behind, 1, b"to the hung node")  # no answer: the slot map is read again
+        await store.submit(elsewhere, 1, b"to a node that answers")
+        await store.submit(elsewhere, 2, b"and again")
+    finally:
+        os.kill(hung.process.pid, signal.SIGCONT)
+    await _goes_on(store, behind, 1, b"to the hung node")
+
+
+async def test_a_read_meeting_a_hung_primary_holds_no_write_to_the_others(cluster: EmbeddedCluster,
+                                                                         store: LogStore) -> None:
+    hung = cluster.primaries[0]
+    assert hung.process is not None
+    behind, elsewhere = _shards(store, hung)
+    os.kill(hung.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(STORAGE_ERRORS):
+            await store.last_seq(behind)  # the cluster client's own read: it reads the slot map again
+        await store.submit(elsewhere, 1, b"to a node that answers")
+    finally:
+        os.kill(hung.process.pid, signal.SIGCONT)
+    await store.submit(behind, 1, b"the hung node's shard goes on")
