@@ -8,7 +8,8 @@ pool, one write and one deadline per round trip) — ``WAIT`` counts the replica
 earlier write *of the connection it is sent on*, so it follows the scripts on the same connection
 (sent through a pool it would answer for some other connection's writes). A call that a primary did
 not answer, or answered for a slot it no longer serves, has the slot map read again before the next
-call to that primary; calls to the others go on meanwhile (that read may meet a hung node first).
+call to that primary (one read for every call to it made meanwhile); calls to the others go on
+meanwhile (that read may meet a hung node first).
 
 A call's effect is acknowledged once its script returned and, with ``wait_replicas``, that many
 replicas confirmed it; fewer replicas in time makes the call's outcome ``NotReplicated``: it landed
@@ -86,6 +87,8 @@ class Nodes:
         self._stale = False  # the slot map may be out of date: read it again before the next call to ``_suspect``
         self._suspect: set[str] = set()  # primaries that failed or redirected a call since the map was read
         self._mapped = False  # the slot map was read (the first call)
+        self._reading: asyncio.Future[None] | None = None  # a read of the slot map under way, and the primaries
+        self._reading_for: set[str] = set()  # whose calls wait for it (``_suspect`` when it began)
         self._tasks: set[asyncio.Task[None]] = set()  # runs begun without a task that needed one after all
 
     @property
@@ -106,6 +109,8 @@ class Nodes:
         # map to be read again: that read may ask a hung node first and wait out its timeout (or find
         # no other node to ask), and the nodes that answer must not wait with it.
         stale = self._suspect if self._stale else ()
+        if self._reading is not None:  # and those to a node whose read is under way: for that read
+            stale = self._reading_for.union(stale)
         now: list[int] = []
         later: list[int] = []
         for i, call in enumerate(calls):
@@ -138,16 +143,23 @@ class Nodes:
         await self._route(calls, at, out, extra_s)
 
     async def _read_map(self) -> None:
-        """The slot map read again, unless another call read it since it was found stale."""
-        if not self._stale:
-            return
-        suspect, self._stale, self._suspect = self._suspect, False, set()
-        try:
-            await self.reader.nodes_manager.initialize()
-        except BaseException:
-            self._stale, self._suspect = True, self._suspect | suspect  # not read: the next call tries again
-            raise
-        self._retire_former_primaries()
+        """The slot map read again, once for all the calls that wait meanwhile (a call made while it
+        is read must not go with the map already found out of date); none when read since found stale."""
+        if self._reading is None:
+            if not self._stale:
+                return
+            self._reading_for, self._stale, self._suspect = self._suspect, False, set()
+            self._reading = asyncio.ensure_future(self.reader.nodes_manager.initialize())
+            self._reading.add_done_callback(self._map_read)  # before any waiter's: they resume on the new state
+        await asyncio.shield(self._reading)  # a waiter cancelled ends no other's read
+
+    def _map_read(self, reading: asyncio.Future[None]) -> None:
+        """A read of the slot map ended; not read (failed, cancelled), the next call to its nodes tries again."""
+        suspect, self._reading, self._reading_for = self._reading_for, None, set()
+        if reading.cancelled() or reading.exception() is not None:
+            self._stale, self._suspect = True, self._suspect | suspect
+        else:
+            self._retire_former_primaries()
 
     async def run_one(self, call: Call, extra_s: float = 0.0) -> Any:
         """One call's reply; raises what it ended in."""
