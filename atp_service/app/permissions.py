@@ -36,9 +36,15 @@ def service_needs(config: ServiceConfig, keys: Keyspace, channels: list[str]) ->
         needs += _channel_needs(keys, channels)
     if config.input_streams:
         needs += _input_needs(config)
-    needs.append(Need(("XADD", config.quarantine_stream, "MAXLEN", "~", 1, "*", "f", "v"), config.quarantine_stream,
-                      "facts quarantined (E6, E8)"))
-    return needs
+    return needs + _quarantine_needs(config.quarantine_stream)
+
+
+def _quarantine_needs(stream: str) -> list[Need]:
+    """The quarantine stream's script (``intake/quarantine.py``): an entry a fact, and its marker beside it."""
+    marker, markers, use = f"{stream}:once:0", f"{stream}:once:*", "facts quarantined (E6, E8), each once"
+    return [Need(("XADD", stream, "MAXLEN", "~", 1, "*", "f", "v"), stream, use),
+            Need(("EXISTS", marker), markers, use), Need(("SET", marker, 1, "PX", 1), markers, use),
+            Need(("EVAL", "return", 2, stream, marker), stream, use)]
 
 
 def _group_needs(keys: Keyspace, g: int, at: str, leased: bool) -> list[Need]:

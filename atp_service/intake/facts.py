@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from atp_service.engine.router import Engine
+from atp_service.intake.quarantine import QuarantineStream
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import exception_seen, keep
@@ -54,8 +55,7 @@ class FactDesk:
                  metrics: IntakeMetrics | None = None) -> None:
         self.engine = engine
         self.metrics = metrics or IntakeMetrics()
-        self._quarantine = quarantine_stream
-        self._maxlen = stream_maxlen
+        self._quarantine = QuarantineStream(quarantine_stream, stream_maxlen)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def record(self, facts: Sequence[Fact], origin: str) -> list[Result | DomainError]:
@@ -97,18 +97,19 @@ class FactDesk:
         outcomes, reasons, refused = await self._load_by_shard(block, parts)
         if refused is not None:
             self.engine.count_capacity_refusal(refused)
-        unstreamed = 0
+        unstreamed = again = 0
         if reasons:
             self._count_no_room(reasons.values())
             late = sorted(reasons)
             facts = [block.fact(i) for i in late]
             results: list[Result | DomainError] = [(FactOutcome.QUARANTINED, reasons[i]) for i in late]
-            await self._quarantine_stream(facts, results, list(range(len(late))))
+            again = len(await self._quarantine_stream(facts, results, list(range(len(late)))))
             failed = next((r for r in results if isinstance(r, DomainError)), None)
             if failed is not None:  # counted as RecordEvents counts them: a retry quarantines them again
                 refused, unstreamed = refused or failed, len(late)
         counted = np.bincount(outcomes, minlength=len(FactOutcome) + 1)
-        counted[FactOutcome.QUARANTINED] -= unstreamed
+        counted[FactOutcome.QUARANTINED] -= unstreamed + again
+        counted[FactOutcome.DUPLICATE] += again  # quarantined before (a retry): counted once (E8)
         for outcome in FactOutcome:
             if counted[outcome]:
                 self.metrics.facts.labels(origin, "COUNT", _OUTCOME_NAMES[outcome]).inc(int(counted[outcome]))
@@ -200,10 +201,11 @@ class FactDesk:
             except DomainError as exc:
                 out[i] = exc
         late = [i for i, r in enumerate(out) if type(r) is tuple and r[0] == FactOutcome.QUARANTINED]
+        again: set[int] = set()
         if late:
             self._count_no_room(str(out[i][1]) for i in late)  # type: ignore[index]
-            await self._quarantine_stream(facts, out, late)
-        self._observe(facts, out, origin)
+            again = await self._quarantine_stream(facts, out, late)
+        self._observe(facts, out, origin, again)
         self._tell_unfulfilled(facts, out, shipments, origin)
         return out
 
@@ -262,31 +264,36 @@ class FactDesk:
         return result
 
     async def _quarantine_stream(self, facts: Sequence[Fact], results: list[Result | DomainError],
-                                 late: list[int]) -> None:
-        client = self.engine.log_client
+                                 late: list[int]) -> set[int]:
+        """The facts at ``late`` written to the quarantine stream; returns those of them written there
+        before (decided again: their input entry read again, a caller's retry), each written once."""
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                for i in late:
-                    reason = results[i][1]  # type: ignore[index]
-                    pipe.xadd(self._quarantine, _fields(facts[i], reason), maxlen=self._maxlen, approximate=True)
-                await pipe.execute()
+            # Remembered as long as the shards remember the facts they applied (E8's window).
+            written = await self._quarantine.write(self.engine.log_client, self.engine.limits.fact_grace_ms,
+                                                   [(facts[i], results[i][1]) for i in late])  # type: ignore[index]
         except STORAGE_ERRORS as exc:  # a cluster no node of which answers included
             # The facts are durable in the shard logs as quarantined; the operator's copy is not.
             # Refuse the acknowledgement so the caller (or the stream) delivers them again.
             err = Unavailable(f"quarantine stream unreachable ({exc}); retry")
             for i in late:
                 results[i] = err
+            return set()
+        return {i for i, now in zip(late, written, strict=True) if not now}
 
-    def _observe(self, facts: Sequence[Fact], results: list[Result | DomainError], origin: str) -> None:
+    def _observe(self, facts: Sequence[Fact], results: list[Result | DomainError], origin: str,
+                 again: set[int]) -> None:
         """Counters exactly, per (kind, outcome) group; the lag histogram from an even sample of at
-        most LAG_SAMPLES applied facts per call, which keeps its cost flat for 10,000-fact batches."""
+        most LAG_SAMPLES applied facts per call, which keeps its cost flat for 10,000-fact batches.
+        A fact quarantined before (``again``) counts as a duplicate: each fact counts quarantined once."""
         counts: dict[tuple[int, str], int] = {}
         applied: list[int] = []
         applied_outcome = FactOutcome.APPLIED
-        for fact, r in zip(facts, results, strict=True):
+        for n, (fact, r) in enumerate(zip(facts, results, strict=True)):
             if type(r) is tuple and r[0] is applied_outcome:
                 applied.append(fact.event_time)
                 key = (fact.kind, "applied")
+            elif again and n in again:
+                key = (fact.kind, "duplicate")
             else:
                 key = (fact.kind, _refusal_name(r) if isinstance(r, DomainError) else _OUTCOME_NAMES[r[0]])
             counts[key] = counts.get(key, 0) + 1
@@ -309,14 +316,6 @@ def _load_all(part: CountRows) -> Callable[[Ledger, int], tuple[Outcomes, dict[i
 
 def _apply_all(batch: list[Fact]) -> Callable[[Ledger, int], list[Result]]:
     return lambda ledger, _now: [ledger.record_fact(fact) for fact in batch]
-
-
-def _fields(fact: Fact, reason: str) -> dict[str, Any]:
-    return {
-        "reason": reason, "event_id": fact.event_id, "source": fact.source, "kind": _KIND_NAMES[fact.kind],
-        "sku": fact.sku, "location": fact.location, "quantity": fact.quantity,
-        "event_time_ms": fact.event_time, "reservation_id": fact.reservation_id,
-    }
 
 
 def _not_its_line(view: View, fact: Fact) -> Result:

@@ -82,13 +82,15 @@ class _Unit:
 
 
 class SideStreams:
-    """What FactDesk writes besides the log (the quarantine stream): a pipeline that records XADDs."""
+    """What FactDesk writes besides the log (the quarantine stream): a pipeline that records XADDs,
+    and the quarantine script's (``intake/quarantine.py``) entries, each fact's once by its marker."""
 
     def __init__(self) -> None:
         self.entries: list[tuple[str, dict[str, Any]]] = []
+        self.markers: set[str] = set()
 
     def pipeline(self, transaction: bool = False) -> _Pipeline:
-        return _Pipeline(self.entries)
+        return _Pipeline(self.entries, self.markers)
 
     async def time(self) -> tuple[int, int]:
         """Redis's TIME, for the clock offset gauge (not checked here): the epoch."""
@@ -96,8 +98,9 @@ class SideStreams:
 
 
 class _Pipeline:
-    def __init__(self, sink: list[tuple[str, dict[str, Any]]]) -> None:
+    def __init__(self, sink: list[tuple[str, dict[str, Any]]], markers: set[str]) -> None:
         self._sink, self._queued = sink, []  # type: ignore[var-annotated]
+        self._markers, self._marked, self._replies = markers, set[str](), list[list[int]]()
 
     async def __aenter__(self) -> _Pipeline:
         return self
@@ -108,9 +111,24 @@ class _Pipeline:
     def xadd(self, stream: str, fields: dict[str, Any], **_: Any) -> None:
         self._queued.append((stream, fields))
 
-    async def execute(self) -> None:
+    def eval(self, _script: str, numkeys: int, *rest: Any) -> None:
+        """The quarantine script: KEYS the stream and a marker a fact; ARGV MAXLEN, PX, 18 values a fact."""
+        stream, markers, values = rest[0], rest[1:numkeys], rest[numkeys + 2:]
+        reply = []
+        for n, marker in enumerate(markers):
+            new = marker not in self._markers and marker not in self._marked
+            if new:
+                flat = values[n * 18:(n + 1) * 18]
+                self._queued.append((stream, dict(zip(flat[0::2], flat[1::2], strict=True))))
+                self._marked.add(marker)
+            reply.append(int(new))
+        self._replies.append(reply)
+
+    async def execute(self) -> list[list[int]]:
         await asyncio.sleep(0)
         self._sink += self._queued
+        self._markers |= self._marked
+        return self._replies
 
 
 class SimLog:

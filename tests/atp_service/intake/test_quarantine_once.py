@@ -1,0 +1,67 @@
+"""A fact quarantined from an input-stream entry whose acknowledgement is lost (a kill -9 or a
+timeout before its XACK) is read again and decided again: it is quarantined once, not once a read."""
+
+from __future__ import annotations
+
+import redis
+
+from atp_service import AtpService, EmbeddedRedis
+from atp_service.intake.quarantine import QuarantineStream
+from atp_service.storage.nodes import connect_any
+from reservation import Fact, FactKind, Limits
+from reservation import fact as make_fact
+from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.redis_proxy import HoldingProxy
+from tests.conftest import test_config as make_config
+from tests.waiting import until
+
+T = 1_700_000_000_000
+
+
+def quarantined(service: AtpService) -> float:
+    samples = service.metrics.intake.facts.collect()[0].samples
+    return sum(s.value for s in samples if s.name.endswith("_total") and s.labels["outcome"] == "quarantined"
+               and s.labels["origin"] == "stream")
+
+
+async def test_a_conflict_read_again_after_its_ack_was_lost_is_quarantined_once(
+        redis_server: EmbeddedRedis, redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    service = AtpService(make_config(redis_timeout_s=0.5), await proxy.start())
+    try:
+        await service.start()
+        r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 4, T).fields())
+        await wait_consumed(redis_url, ["atp:in:pos"])
+        proxy.hold(b"XACK")  # every acknowledgement lost from now on: the entry is read again, and again
+        r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 5, T).fields())  # e1 again, another payload (E8)
+        await until(lambda: len(proxy.held) >= 3, "the conflicting entry decided three times")
+        proxy.hold()
+        proxy.drop()
+        await wait_consumed(redis_url, ["atp:in:pos"])
+        reasons = [fields[b"reason"] for _, fields in r.xrange("atp:quarantine")]
+        assert len(reasons) == 1 and reasons[0].startswith(b"conflict"), reasons
+        assert quarantined(service) == 1
+    finally:
+        await service.stop()
+        await proxy.close()
+
+
+async def test_on_a_cluster_each_fact_is_written_once_beside_its_stream(cluster_url: str) -> None:
+    """The script's keys (the stream, each fact's marker) share the stream's slot: a Redis Cluster runs
+    it, and a fact written before is not written again, another payload of its identity is."""
+    client = connect_any(cluster_url, 5.0, cluster=True)
+    stream = QuarantineStream("atp:{in}:quarantine", 1000)
+    one, other = fact_of(F("e1", "RECEIPT", "A", "S1", 5, T)), fact_of(F("e1", "RECEIPT", "A", "S1", 6, T))
+    try:
+        twice = [(one, "conflict"), (one, "conflict"), (other, "conflict")]
+        assert await stream.write(client, 60_000, twice) == [True, False, True]
+        assert await stream.write(client, 60_000, [(one, "conflict"), (other, "conflict")]) == [False, False]
+        assert await client.xlen("atp:{in}:quarantine") == 2
+    finally:
+        await client.aclose()
+
+
+def fact_of(f: F) -> Fact:
+    return make_fact(f.event_id, f.source, FactKind[f.kind].value, f.sku, f.location, f.quantity, f.t, "",
+                     f.t, Limits(), "event_time_ms")
