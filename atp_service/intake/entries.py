@@ -20,6 +20,7 @@ MAX_DIGITS = 19
 Entry = tuple[str, bytes, list[bytes] | None]  # stream, entry id, flat [field, value, …] (None: deleted)
 Read = tuple[str, bytes, list[bytes]]  # stream, entry id, its fields: an entry whose fact was decoded
 Dead = tuple[str, bytes, list[bytes], Why]  # stream, entry id, its fields, why it is dead-lettered
+Ahead = tuple[Fact, Read, InvalidArgument]  # a fact stamped past the allowed skew (E7), its entry, its refusal
 
 
 def decode_fact(flat: list[bytes], now: int, limits: Limits, max_entry_bytes: int) -> Fact:
@@ -55,6 +56,24 @@ def decode_fact(flat: list[bytes], now: int, limits: Limits, max_entry_bytes: in
     at = _integer("event_time_ms", event_time)
     # Positional: this is the ingest hot path (keyword binding of ten arguments costs ~0.3 µs a fact).
     return make_fact(event_id, source, kind, sku, location, qty, at, reservation_id, now, limits, "event_time_ms")
+
+
+def decode_judged(flat: list[bytes], now: int, limits: Limits, max_entry_bytes: int
+                  ) -> tuple[Fact, InvalidArgument | None]:
+    """``decode_fact``, but a fact refused only as stamped too far in the future (E7, by this process's
+    clock) comes back with that refusal: it is refused only once its shard finds it was not applied
+    already (E8) — by a process whose clock ran ahead, its entry left pending, read again here."""
+    try:
+        return decode_fact(flat, now, limits, max_entry_bytes), None
+    except InvalidArgument as refusal:
+        try:  # every other check as before: only the future one passes with this clock
+            return decode_fact(flat, FAR_FUTURE, limits, max_entry_bytes), refusal
+        except InvalidArgument:
+            raise refusal from None
+
+
+FAR_FUTURE = 1 << 62
+"""A clock no event_time is ahead of (``decode_judged``)."""
 
 
 def _check_utf8(flat: list[bytes]) -> None:

@@ -37,6 +37,8 @@ from reservation import (
 )
 from reservation import _operations as ops
 from reservation._bulk import Outcomes, new_positions
+from reservation._dedupe import digest
+from reservation._keys import fact_payload
 from reservation._ledger import fact_key
 from reservation._limits import CAPACITY_QUARANTINE, DEDUPE_LIMIT, POSITIONS_LIMIT
 
@@ -209,6 +211,22 @@ class FactDesk:
         self._tell_unfulfilled(facts, out, shipments, origin)
         return out
 
+    async def applied_or_refused(self, facts: Sequence[Fact], refusals: Sequence[DomainError]
+                                 ) -> list[Result | DomainError]:
+        """Facts refused as stamped in the future (E7): each DUPLICATE where its shard applied it already
+        (E8: by a process whose clock ran ahead), else its refusal; ``Moved`` where its group is not here."""
+        seen: list[bool | DomainError] = [Unavailable("not decided")] * len(facts)
+        by_shard: dict[int, list[int]] = {}
+        for i, fact in enumerate(facts):
+            by_shard.setdefault(self.engine.place(fact.sku), []).append(i)
+        await self.engine.gather_by_shard(by_shard, lambda idx: _applied([facts[i] for i in idx]), seen)
+        out: list[Result | DomainError] = []
+        for fact, applied, refusal in zip(facts, seen, refusals, strict=True):
+            if applied is True:
+                self.metrics.facts.labels("stream", _KIND_NAMES[fact.kind], "duplicate").inc()
+            out.append((FactOutcome.DUPLICATE, "") if applied is True else refusal if applied is False else applied)
+        return out
+
     def _tell_unfulfilled(self, facts: Sequence[Fact], results: list[Result | DomainError], shipments: list[int],
                           origin: str) -> None:
         """A shipment that moved stock but fulfilled nothing leaves its reservation's units counted
@@ -312,6 +330,13 @@ def _refusal_name(error: DomainError) -> str:
 
 def _load_all(part: CountRows) -> Callable[[Ledger, int], tuple[Outcomes, dict[int, str]]]:
     return lambda ledger, _now: ledger.load_counts(part)
+
+
+def _applied(batch: list[Fact]) -> Callable[[Ledger, int], list[bool]]:
+    """Whether each fact's identity was applied with its payload (E8), deciding nothing."""
+    return lambda ledger, _now: [ledger.memory.payload(digest(f.source, f.event_id, f.sku, f.location), f.source,
+                                                       f.event_id, f.sku, f.location) == fact_payload(f)
+                                 for f in batch]
 
 
 def _apply_all(batch: list[Fact]) -> Callable[[Ledger, int], list[Result]]:

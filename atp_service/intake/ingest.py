@@ -26,7 +26,7 @@ from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.dead_letters import TRIMMED, dead_letter, why_refused
-from atp_service.intake.entries import Dead, Entry, Read, decode_fact, id_key
+from atp_service.intake.entries import Ahead, Dead, Entry, Read, decode_judged, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
 from atp_service.intake.unread import GroupReader, make_group_after
@@ -305,16 +305,28 @@ class StreamIngestor:
         one fact: those applied here are acknowledged before the others' owners are waited for."""
         if not entries:
             return 0
-        facts, read, dead = await self._decode(entries)
+        facts, read, dead, ahead = await self._decode(entries)
+        settled = await self._settle_ahead(ahead) if ahead else 0
         results = await self._desk.record(facts, origin="stream") if facts else []
         remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
         if self._owners is None or not remote:
-            return await self._settle(read, results, dead)
+            return settled + await self._settle(read, results, dead)
         away = set(remote)
         here = [i for i in range(len(results)) if i not in away]
-        count = await self._settle([read[i] for i in here], [results[i] for i in here], dead)
+        count = settled + await self._settle([read[i] for i in here], [results[i] for i in here], dead)
         await self._owners.to_owners(facts, results, remote)
         return count + await self._settle([read[i] for i in remote], [results[i] for i in remote], [])
+
+    async def _settle_ahead(self, ahead: list[Ahead]) -> int:
+        """Entries whose facts this process's clock finds in the future (E7): refused (dead-lettered)
+        unless applied already — by a process whose clock ran ahead, which left the entry pending
+        (E8: a duplicate, acknowledged). A group another process owns: its owner judges both."""
+        facts = [fact for fact, _, _ in ahead]
+        results = await self._desk.applied_or_refused(facts, [refusal for _, _, refusal in ahead])
+        remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
+        if self._owners is not None and remote:
+            await self._owners.to_owners(facts, results, remote)
+        return await self._settle([entry for _, entry, _ in ahead], results, [])
 
     async def _settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:
         """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``);
@@ -332,10 +344,12 @@ class StreamIngestor:
         await self._ack(done)
         return len(done) + len(dead)
 
-    async def _decode(self, entries: list[Entry]) -> tuple[list[Fact], list[Read], list[Dead]]:
-        """The entries' facts with the entry each came from, and the entries to dead-letter."""
+    async def _decode(self, entries: list[Entry]) -> tuple[list[Fact], list[Read], list[Dead], list[Ahead]]:
+        """The entries' facts with the entry each came from, the entries to dead-letter, and those
+        whose facts are stamped past the allowed skew (E7), to be judged after their dedupe (E8)."""
         now = self._clock.now_ms()
         dead: list[Dead] = []
+        ahead: list[Ahead] = []
         facts: list[Fact] = []
         read: list[Read] = []
         limits, max_bytes = self._config.limits, self._config.ingest_max_entry_bytes
@@ -346,11 +360,16 @@ class StreamIngestor:
                 dead.append((stream, entry_id, [], TRIMMED))
                 continue
             try:
-                facts.append(decode_fact(fields, now, limits, max_bytes))
-                read.append((stream, entry_id, fields))
+                fact, refusal = decode_judged(fields, now, limits, max_bytes)
             except InvalidArgument as exc:
                 dead.append((stream, entry_id, fields, why_refused(exc)))
-        return facts, read, dead
+                continue
+            if refusal is not None:
+                ahead.append((fact, (stream, entry_id, fields), refusal))
+            else:
+                facts.append(fact)
+                read.append((stream, entry_id, fields))
+        return facts, read, dead, ahead
 
     async def _dead_letter(self, dead: list[Dead]) -> None:
         cfg = self._config

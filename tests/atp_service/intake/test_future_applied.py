@@ -1,0 +1,52 @@
+"""E7 against E8 with several processes (``ownership = leases``): a fact applied by a process whose
+clock ran ahead, its entry left pending (the acknowledgement lost, the process gone), is claimed by a
+process whose clock is right and which took the fact's group over: it was applied, so it is a
+duplicate, not a dead letter "in the future". A fact stamped as far ahead and never applied is still
+refused (E7)."""
+
+from __future__ import annotations
+
+import redis
+
+from atp_client import AtpClient
+from atp_service import AtpService, EmbeddedRedis, ManualClock, free_port
+from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.redis_proxy import HoldingProxy
+from tests.conftest import test_config as make_config
+from tests.waiting import until
+
+T = 1_700_000_000_000
+AHEAD_MS = 10 * 60_000  # the first process's clock: past the allowed skew (5 min) ahead of the second's
+
+
+async def test_a_fact_applied_by_a_clock_ahead_is_a_duplicate_when_claimed(
+        redis_server: EmbeddedRedis, redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    leased = {"ownership": "leases", "lease_ms": 600, "claim_idle_ms": 100, "host": "127.0.0.1"}
+    ahead = AtpService(make_config(redis_timeout_s=30, port=free_port(), **leased), await proxy.start(),
+                       clock=ManualClock(T + AHEAD_MS))
+    try:
+        await ahead.start()
+        proxy.hold(b"XACK")  # applied, never acknowledged: as a kill -9 before the XACK
+        r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 4, T + AHEAD_MS - 60_000).fields())
+        await until(lambda: proxy.held, "the entry's fact applied, its acknowledgement held")
+    finally:
+        await ahead.stop(grace_s=0.1)
+        proxy.hold()
+        await proxy.close()
+    right = AtpService(make_config(port=free_port(), **leased), redis_url, clock=ManualClock(T))
+    try:
+        await right.start()
+        r.xadd("atp:in:pos", F("e2", "RECEIPT", "A", "S1", 3, T + AHEAD_MS - 60_000).fields())  # never applied
+        await wait_consumed(redis_url, ["atp:in:pos"])
+        client = AtpClient(f"127.0.0.1:{right.port}")
+        try:
+            (a,) = await client.availability([("A", "S1")])
+        finally:
+            await client.close()
+        letters = [fields[b"event_id"] for _, fields in r.xrange("atp:dlq")]
+        assert letters == [b"e2"], letters  # e1 was applied: not told as refused
+        assert a.on_hand == 4
+    finally:
+        await right.stop(grace_s=0.1)
