@@ -40,11 +40,12 @@ def service_needs(config: ServiceConfig, keys: Keyspace, channels: list[str]) ->
 
 
 def _quarantine_needs(stream: str) -> list[Need]:
-    """The quarantine stream's script (``intake/quarantine.py``): an entry a fact, and its marker beside it."""
-    marker, markers, use = f"{stream}:once:0", f"{stream}:once:*", "facts quarantined (E6, E8), each once"
+    """The quarantine stream's script (``intake/quarantine.py``): an entry a fact, its digest in the set beside."""
+    written, use = f"{stream}:written", "facts quarantined (E6, E8), each once"
     return [Need(("XADD", stream, "MAXLEN", "~", 1, "*", "f", "v"), stream, use),
-            Need(("EXISTS", marker), markers, use), Need(("SET", marker, 1, "PX", 1), markers, use),
-            Need(("EVAL", "return", 2, stream, marker), stream, use)]
+            Need(("ZSCORE", written, "d"), written, use), Need(("ZADD", written, 1, "d"), written, use),
+            Need(("ZCARD", written), written, use), Need(("ZREMRANGEBYRANK", written, 0, 0), written, use),
+            Need(("EVAL", "return", 2, stream, written), stream, use)]
 
 
 def _group_needs(keys: Keyspace, g: int, at: str, leased: bool) -> list[Need]:

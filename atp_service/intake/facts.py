@@ -286,8 +286,7 @@ class FactDesk:
         """The facts at ``late`` written to the quarantine stream; returns those of them written there
         before (decided again: their input entry read again, a caller's retry), each written once."""
         try:
-            # Remembered as long as the shards remember the facts they applied (E8's window).
-            written = await self._quarantine.write(self.engine.log_client, self.engine.limits.fact_grace_ms,
+            written = await self._quarantine.write(self.engine.log_client,
                                                    [(facts[i], results[i][1]) for i in late])  # type: ignore[index]
         except STORAGE_ERRORS as exc:  # a cluster no node of which answers included
             # The facts are durable in the shard logs as quarantined; the operator's copy is not.

@@ -5,8 +5,9 @@ entry it came from is acknowledged only after both: a crash (or an acknowledgeme
 has the entry read again and its fact decided again — quarantined again, for it is still late, still
 in conflict. Operators reconcile the quarantine entries against their own systems, one entry a fact:
 so each write is keyed by the fact, its identity and payload (E8), and a script adds the entry only
-where no marker beside the stream says it was written before. A marker lasts as long as the shards
-remember the facts they applied (``fact_grace_ms``, E8's window).
+where the set beside the stream (``<stream>:written``: the digests of the facts written, scored by
+their entries' times) does not hold it. The set is trimmed to the stream's own length: it says what
+the stream holds, never more — a flood of late facts costs Redis no more than the stream does.
 """
 
 from __future__ import annotations
@@ -23,50 +24,61 @@ CHUNK = 100
 quarantining thousands of rows is that many calls pipelined)."""
 _KIND_NAMES = {k.value: k.name for k in FactKind}
 _FIELDS = 9
+_PER_FACT = 1 + 2 * _FIELDS  # its digest, then its entry's field names and values
 
-# KEYS: the stream, then one marker a fact; ARGV: MAXLEN, the markers' PX, then 2 * _FIELDS values a
-# fact. Returns, a fact, 1: written now, 0: written before (its marker there). The entry is added
-# before its marker is set: a script failing between the two leaves a fact written twice, never none.
+# KEYS: the stream, the set of written facts' digests; ARGV: MAXLEN, then _PER_FACT values a fact.
+# Returns, a fact, 1: written now, 0: written before. The entry and its digest go in the same script
+# (atomic); the set is trimmed to MAXLEN, oldest first, as the stream is (about MAXLEN entries).
 _ONCE = f"""
 local written = {{}}
-for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    local at = 3 + (i - 2) * {2 * _FIELDS}
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at, at + {2 * _FIELDS - 1}))
-    redis.call('SET', KEYS[i], '1', 'PX', ARGV[2])
-    written[i - 1] = 1
+local n = (#ARGV - 1) / {_PER_FACT}
+for f = 0, n - 1 do
+  local at = 2 + f * {_PER_FACT}
+  if redis.call('ZSCORE', KEYS[2], ARGV[at]) then
+    written[f + 1] = 0
   else
-    written[i - 1] = 0
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 1, at + {2 * _FIELDS}))
+    redis.call('ZADD', KEYS[2], string.match(id, '^%d+'), ARGV[at])
+    written[f + 1] = 1
   end
+end
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
+if extra > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
 end
 return written
 """
 
 
 class QuarantineStream:
-    """Writes quarantined facts to ``stream`` (trimmed to about ``maxlen``), each once. The markers sit
-    beside the stream, named after it (its hash tag: the same Redis Cluster slot)."""
+    """Writes quarantined facts to ``stream`` (trimmed to about ``maxlen``), each once. The set of what
+    it holds sits beside the stream, named after it (its hash tag: the same Redis Cluster slot)."""
 
     def __init__(self, stream: str, maxlen: int) -> None:
         self.stream, self._maxlen = stream, maxlen
+        self.written_key = f"{stream}:written"
+        """The digests of the facts the stream holds (at most about ``maxlen``)."""
 
-    def marker(self, fact: Fact) -> str:
-        """The key that says ``fact`` (its identity and payload) was written to the stream."""
-        name = f"{fact_key(fact)}\x1f{fact_payload(fact)}".encode()
-        return f"{self.stream}:once:{hashlib.blake2b(name, digest_size=16).hexdigest()}"
+    @staticmethod
+    def digest(fact: Fact) -> str:
+        """What names ``fact`` (its identity and payload) in the set of facts written."""
+        return hashlib.blake2b(f"{fact_key(fact)}\x1f{fact_payload(fact)}".encode(), digest_size=16).hexdigest()
 
-    async def write(self, client: Any, remember_ms: int, facts: Sequence[tuple[Fact, str]]) -> list[bool]:
-        """Each (fact, reason) written to the stream unless written in the last ``remember_ms``; per
-        fact, True: written now.
-        Raises what Redis raised (then any of them may have been written: a retry writes the rest)."""
+    async def write(self, client: Any, facts: Sequence[tuple[Fact, str]]) -> list[bool]:
+        """Each (fact, reason) written to the stream unless the stream holds it already; per fact, True:
+        written now. Raises what Redis raised (then any of them may have been written: a retry writes
+        the rest)."""
         async with client.pipeline(transaction=False) as pipe:
             for start in range(0, len(facts), CHUNK):
-                chunk = facts[start:start + CHUNK]
-                values = [v for fact, reason in chunk for kv in fields(fact, reason).items() for v in kv]
-                pipe.eval(_ONCE, len(chunk) + 1, self.stream, *(self.marker(fact) for fact, _ in chunk),
-                          self._maxlen, remember_ms, *values)
+                values = [v for fact, reason in facts[start:start + CHUNK]
+                          for v in (self.digest(fact), *_flat(fields(fact, reason)))]
+                pipe.eval(_ONCE, 2, self.stream, self.written_key, self._maxlen, *values)
             replies = await pipe.execute()
         return [bool(flag) for reply in replies for flag in reply]
+
+
+def _flat(entry: dict[str, Any]) -> list[Any]:
+    return [v for kv in entry.items() for v in kv]
 
 
 def fields(fact: Fact, reason: str) -> dict[str, Any]:

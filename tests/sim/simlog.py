@@ -112,15 +112,15 @@ class _Pipeline:
         self._queued.append((stream, fields))
 
     def eval(self, _script: str, numkeys: int, *rest: Any) -> None:
-        """The quarantine script: KEYS the stream and a marker a fact; ARGV MAXLEN, PX, 18 values a fact."""
-        stream, markers, values = rest[0], rest[1:numkeys], rest[numkeys + 2:]
-        reply = []
-        for n, marker in enumerate(markers):
-            new = marker not in self._markers and marker not in self._marked
+        """The quarantine script: KEYS the stream and the set of what it holds; ARGV MAXLEN, then a fact's
+        digest and its entry's 18 field names and values, a fact after another."""
+        stream, values, reply = rest[0], rest[numkeys + 1:], []
+        for at in range(0, len(values), 19):
+            digest, flat = values[at], values[at + 1:at + 19]
+            new = digest not in self._markers and digest not in self._marked
             if new:
-                flat = values[n * 18:(n + 1) * 18]
                 self._queued.append((stream, dict(zip(flat[0::2], flat[1::2], strict=True))))
-                self._marked.add(marker)
+                self._marked.add(digest)
             reply.append(int(new))
         self._replies.append(reply)
 

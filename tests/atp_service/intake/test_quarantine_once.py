@@ -48,16 +48,31 @@ async def test_a_conflict_read_again_after_its_ack_was_lost_is_quarantined_once(
 
 
 async def test_on_a_cluster_each_fact_is_written_once_beside_its_stream(cluster_url: str) -> None:
-    """The script's keys (the stream, each fact's marker) share the stream's slot: a Redis Cluster runs
-    it, and a fact written before is not written again, another payload of its identity is."""
+    """The script's keys (the stream, the set of what it holds) share the stream's slot: a Redis Cluster
+    runs it, and a fact written before is not written again, another payload of its identity is."""
     client = connect_any(cluster_url, 5.0, cluster=True)
     stream = QuarantineStream("atp:{in}:quarantine", 1000)
     one, other = fact_of(F("e1", "RECEIPT", "A", "S1", 5, T)), fact_of(F("e1", "RECEIPT", "A", "S1", 6, T))
     try:
         twice = [(one, "conflict"), (one, "conflict"), (other, "conflict")]
-        assert await stream.write(client, 60_000, twice) == [True, False, True]
-        assert await stream.write(client, 60_000, [(one, "conflict"), (other, "conflict")]) == [False, False]
+        assert await stream.write(client, twice) == [True, False, True]
+        assert await stream.write(client, [(one, "conflict"), (other, "conflict")]) == [False, False]
         assert await client.xlen("atp:{in}:quarantine") == 2
+    finally:
+        await client.aclose()
+
+
+async def test_the_facts_written_are_remembered_no_longer_than_the_stream_is_long(redis_url: str) -> None:
+    """Bounded (a flood of late facts costs Redis no more than the stream): the set beside the stream
+    keeps the newest ``maxlen`` digests; a fact past them is written again, as the stream no longer
+    holds it (trimmed, about ``maxlen``)."""
+    client = connect_any(redis_url, 5.0, cluster=False)
+    stream = QuarantineStream("atp:quarantine", 10)
+    facts = [(fact_of(F(f"e{i}", "SALE", "A", "S1", 1, T + i)), "late") for i in range(15)]
+    try:
+        assert await stream.write(client, facts) == [True] * 15
+        assert await client.zcard(stream.written_key) == 10
+        assert await stream.write(client, [facts[0], facts[14]]) == [True, False]  # the oldest was let go
     finally:
         await client.aclose()
 
