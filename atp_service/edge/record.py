@@ -24,6 +24,7 @@ from atp_service.edge.errors import rich_status
 from atp_service.edge.forward import Forwarder
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.engine.router import Engine
+from atp_service.intake.entries import FAR_FUTURE
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import MAX_FAILING_OWNERS, FactSender
 from atp_service.metrics import EdgeMetrics
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 5.0
 """How long an owner may take to answer facts sent from the input streams; past it their entries
 stay pending and are read again (a fact applied meanwhile is then a duplicate, E8)."""
+Ahead = tuple[int, Fact, InvalidArgument]
+"""A fact of a request refused only as stamped in the future (E7): its index, the fact, the refusal."""
 REFUSAL_LOG_S = 60.0
 """An owner refusing the peer token is logged once in this long: its entries stay pending for ever
 until the token is fixed, and every pass over them would log it again."""
@@ -47,28 +50,22 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
     if len(request.events) > limit:
         raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}",
                               Reason.LIMIT_EXCEEDED, "max_events_per_call")
-    now = engine.clock.now_ms()
     out: list[pb.FactResult | None] = [None] * len(request.events)
-    valid, at = [], []
-    for n, ev in enumerate(request.events):
-        try:
-            valid.append(make_fact(
-                event_id=ev.event_id, source=ev.source, kind=ev.kind, sku=ev.sku, location=ev.location,
-                quantity=ev.quantity, event_time=convert.ms_of(ev, "event_time"), reservation_id=ev.reservation_id,
-                now=now, limits=limits,
-            ))
-            at.append(n)
-        except InvalidArgument as exc:
-            metrics.facts.labels("grpc", convert.fact_kind_name(ev.kind), "invalid").inc()
-            out[n] = pb.FactResult(event_id=ev.event_id, outcome=pb.FACT_OUTCOME_INVALID,
-                                   error=rich_status(exc.within(f"events[{n}]")))
-    _redirect_first(valid, engine, forwarder, tuple(context.invocation_metadata() or ()))
+    valid, at, ahead = _facts_of(request, engine.clock.now_ms(), limits, metrics, out)
+    _redirect_first(valid + [fact for _, fact, _ in ahead], engine, forwarder,
+                    tuple(context.invocation_metadata() or ()))
     moved: dict[str, list[int]] = {}
     elsewhere: Moved | None = None
-    for n, result in zip(at, await desk.record(valid, "grpc"), strict=True):
+    decided = list(zip(at, await desk.record(valid, "grpc"), strict=True))
+    if ahead:  # E7 against E8: applied already (by a process whose clock ran ahead), a duplicate
+        judged = await desk.applied_or_refused([fact for _, fact, _ in ahead], [r for _, _, r in ahead], "grpc")
+        decided += zip([n for n, _, _ in ahead], judged, strict=True)
+    for n, result in decided:
         if isinstance(result, Moved) and result.owner:
             moved.setdefault(result.owner, []).append(n)
             elsewhere = elsewhere or result
+        elif isinstance(result, InvalidArgument):  # stamped in the future (E7), never applied here
+            _invalid(out, n, request.events[n], result, metrics)
         elif isinstance(result, DomainError):
             raise result  # some facts may be durable already: a retry of the whole call is safe (E8)
         else:
@@ -83,6 +80,44 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
     response = pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
     _check_answer_fits(response, len(out), max_message_bytes)
     return response
+
+
+def _facts_of(request: pb.RecordEventsRequest, now: int, limits: Limits, metrics: EdgeMetrics,
+              out: list[pb.FactResult | None]) -> tuple[list[Fact], list[int], list[Ahead]]:
+    """The request's valid facts and their indexes; and those refused only as stamped in the future by
+    this process's clock (E7), each with its index and refusal: refused only once their shard finds
+    them not applied already (E8) — as the input streams judge them (``StreamIngestor``), whose reader
+    sends a fact of a group it does not own here. The invalid ones answered in ``out``."""
+    valid: list[Fact] = []
+    at: list[int] = []
+    ahead: list[Ahead] = []
+    for n, ev in enumerate(request.events):
+        try:
+            fact, refusal = _fact_of(ev, now, limits), None
+        except InvalidArgument as exc:
+            try:  # every other check as before: only the future one passes with this clock
+                fact, refusal = _fact_of(ev, FAR_FUTURE, limits), exc
+            except InvalidArgument:
+                _invalid(out, n, ev, exc, metrics)
+                continue
+        if refusal is None:
+            valid.append(fact)
+            at.append(n)
+        else:
+            ahead.append((n, fact, refusal))
+    return valid, at, ahead
+
+
+def _fact_of(ev: pb.Fact, now: int, limits: Limits) -> Fact:
+    return make_fact(event_id=ev.event_id, source=ev.source, kind=ev.kind, sku=ev.sku, location=ev.location,
+                     quantity=ev.quantity, event_time=convert.ms_of(ev, "event_time"),
+                     reservation_id=ev.reservation_id, now=now, limits=limits)
+
+
+def _invalid(out: list[pb.FactResult | None], n: int, ev: pb.Fact, exc: InvalidArgument, metrics: EdgeMetrics) -> None:
+    metrics.facts.labels("grpc", convert.fact_kind_name(ev.kind), "invalid").inc()
+    out[n] = pb.FactResult(event_id=ev.event_id, outcome=pb.FACT_OUTCOME_INVALID,
+                           error=rich_status(exc.within(f"events[{n}]")))
 
 
 def _check_answer_fits(answer: pb.RecordEventsResponse, facts: int, max_message_bytes: int) -> None:

@@ -211,8 +211,8 @@ class FactDesk:
         self._tell_unfulfilled(facts, out, shipments, origin)
         return out
 
-    async def applied_or_refused(self, facts: Sequence[Fact], refusals: Sequence[DomainError]
-                                 ) -> list[Result | DomainError]:
+    async def applied_or_refused(self, facts: Sequence[Fact], refusals: Sequence[DomainError],
+                                 origin: str = "stream") -> list[Result | DomainError]:
         """Facts refused as stamped in the future (E7): each DUPLICATE where its shard applied it already
         (E8: by a process whose clock ran ahead), else its refusal; ``Moved`` where its group is not here."""
         seen: list[bool | DomainError] = [Unavailable("not decided")] * len(facts)
@@ -223,7 +223,7 @@ class FactDesk:
         out: list[Result | DomainError] = []
         for fact, applied, refusal in zip(facts, seen, refusals, strict=True):
             if applied is True:
-                self.metrics.facts.labels("stream", _KIND_NAMES[fact.kind], "duplicate").inc()
+                self.metrics.facts.labels(origin, _KIND_NAMES[fact.kind], "duplicate").inc()
             out.append((FactOutcome.DUPLICATE, "") if applied is True else refusal if applied is False else applied)
         return out
 

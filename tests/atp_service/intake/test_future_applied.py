@@ -9,6 +9,7 @@ from __future__ import annotations
 import redis
 
 from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ManualClock, free_port
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.atp_service.redis_proxy import HoldingProxy
@@ -50,3 +51,37 @@ async def test_a_fact_applied_by_a_clock_ahead_is_a_duplicate_when_claimed(
         assert a.on_hand == 4
     finally:
         await right.stop(grace_s=0.1)
+
+
+async def test_a_fact_sent_to_its_owner_applied_by_a_clock_ahead_is_a_duplicate_there(redis_url: str) -> None:
+    """A reader whose claimed entry's group another process owns sends the fact on (``fact_sender``:
+    ``RecordEvents`` at the owner, judged by the owner's clock). The owner answers as the reader would
+    for a group of its own (E8: the answer never depends on how groups are spread over processes): a
+    fact applied already (by a process whose clock ran ahead) is a duplicate, not INVALID — which had
+    the reader dead-letter an applied fact. A fact as far ahead and never applied is still INVALID (E7)."""
+    leased = {"ownership": "leases", "lease_ms": 600, "host": "127.0.0.1"}
+    ahead = AtpService(make_config(port=free_port(), **leased), redis_url, clock=ManualClock(T + AHEAD_MS))
+    applied, never = F("e1", "RECEIPT", "A", "S1", 4, T + AHEAD_MS - 60_000), F("e2", "RECEIPT", "A", "S1", 3,
+                                                                              T + AHEAD_MS - 60_000)
+    try:
+        await ahead.start()
+        client = AtpClient(f"127.0.0.1:{ahead.port}")
+        try:
+            assert [r.outcome for r in await client.record_events([applied.pb()])] == [pb.FACT_OUTCOME_APPLIED]
+        finally:
+            await client.close()
+    finally:
+        await ahead.stop(grace_s=0.1)
+    owner = AtpService(make_config(port=free_port(), **leased), redis_url, clock=ManualClock(T))
+    try:
+        await owner.start()
+        client = AtpClient(f"127.0.0.1:{owner.port}")
+        try:
+            results = await client.record_events([applied.pb(), never.pb()])
+            (a,) = await client.availability([("A", "S1")])
+        finally:
+            await client.close()
+        assert [r.outcome for r in results] == [pb.FACT_OUTCOME_DUPLICATE, pb.FACT_OUTCOME_INVALID], results
+        assert a.on_hand == 4
+    finally:
+        await owner.stop(grace_s=0.1)
