@@ -13,6 +13,7 @@ the stream holds, never more — a flood of late facts costs Redis no more than 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ from reservation._keys import fact_key, fact_payload
 CHUNK = 100
 """Facts one script call writes (its arguments stay far below Lua's stack; a large LoadCounts
 quarantining thousands of rows is that many calls pipelined)."""
+DOUBT_LIMIT = 10_000
+"""Facts whose quarantine write's answer was lost that this process remembers, to count each once
+when a retry finds it written (a process restarted, or another claiming the entry, counts it duplicate)."""
 _KIND_NAMES = {k.value: k.name for k in FactKind}
 _FIELDS = 9
 _PER_FACT = 1 + 2 * _FIELDS  # its digest, then its entry's field names and values
@@ -58,6 +62,8 @@ class QuarantineStream:
         self.stream, self._maxlen = stream, maxlen
         self.written_key = f"{stream}:written"
         """The digests of the facts the stream holds (at most about ``maxlen``)."""
+        self._doubt: OrderedDict[str, None] = OrderedDict()
+        """Digests of facts whose write's answer was lost here, oldest first: written or not, counted by none."""
 
     @staticmethod
     def digest(fact: Fact) -> str:
@@ -66,15 +72,26 @@ class QuarantineStream:
 
     async def write(self, client: Any, facts: Sequence[tuple[Fact, str]]) -> list[bool]:
         """Each (fact, reason) written to the stream unless the stream holds it already; per fact, True:
-        written now. Raises what Redis raised (then any of them may have been written: a retry writes
-        the rest)."""
-        async with client.pipeline(transaction=False) as pipe:
-            for start in range(0, len(facts), CHUNK):
-                values = [v for fact, reason in facts[start:start + CHUNK]
-                          for v in (self.digest(fact), *_flat(fields(fact, reason)))]
-                pipe.eval(_ONCE, 2, self.stream, self.written_key, self._maxlen, *values)
-            replies = await pipe.execute()
-        return [bool(flag) for reply in replies for flag in reply]
+        written now — or by a write of this process whose answer was lost, counted by none (E6: a metric
+        counts each quarantined fact). Raises what Redis raised (then any of them may have been written:
+        a retry writes the rest)."""
+        digests = [self.digest(fact) for fact, _ in facts]
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for start in range(0, len(facts), CHUNK):
+                    values = [v for (fact, reason), d in zip(facts[start:start + CHUNK], digests[start:start + CHUNK],
+                                                               strict=True) for v in (d, *_flat(fields(fact, reason)))]
+                    pipe.eval(_ONCE, 2, self.stream, self.written_key, self._maxlen, *values)
+                replies = await pipe.execute()
+        except BaseException:  # a timeout, a reset, a cancel: each may have been written, uncounted
+            self._doubt.update(dict.fromkeys(digests))
+            while len(self._doubt) > DOUBT_LIMIT:
+                self._doubt.popitem(last=False)
+            raise
+        flags = [bool(flag) for reply in replies for flag in reply]
+        if self._doubt:
+            flags = [self._doubt.pop(d, True) is None or flag for d, flag in zip(digests, flags, strict=True)]
+        return flags
 
 
 def _flat(entry: dict[str, Any]) -> list[Any]:

@@ -47,6 +47,32 @@ async def test_a_conflict_read_again_after_its_ack_was_lost_is_quarantined_once(
         await proxy.close()
 
 
+async def test_a_quarantine_write_whose_answer_was_lost_counts_the_fact_quarantined_once(
+        redis_server: EmbeddedRedis, redis_url: str) -> None:
+    """The quarantine script ran but its answer was lost (a reset connection, a timeout): the entry
+    stays pending, is read again, and the script now finds the fact written. It was written by this
+    decision, never counted: it counts quarantined once (E6: a metric counts it), not duplicate."""
+    r = redis.Redis.from_url(redis_url)
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    service = AtpService(make_config(redis_timeout_s=0.5), await proxy.start())
+    try:
+        await service.start()
+        r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 4, T).fields())
+        await wait_consumed(redis_url, ["atp:in:pos"])
+        proxy.hold(b"ZREMRANGEBYRANK", reset=True)  # the quarantine script: sent, its answer lost
+        r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 5, T).fields())  # a conflict (E8)
+        await until(lambda: proxy.held, "the quarantine write sent, its answer lost")
+        await proxy.land(proxy.held[0])  # it ran: the fact is in the quarantine stream
+        proxy.hold()
+        proxy.drop()  # the retries meanwhile never arrive
+        await wait_consumed(redis_url, ["atp:in:pos"])
+        assert r.xlen("atp:quarantine") == 1
+        assert quarantined(service) == 1
+    finally:
+        await service.stop()
+        await proxy.close()
+
+
 async def test_on_a_cluster_each_fact_is_written_once_beside_its_stream(cluster_url: str) -> None:
     """The script's keys (the stream, the set of what it holds) share the stream's slot: a Redis Cluster
     runs it, and a fact written before is not written again, another payload of its identity is."""
