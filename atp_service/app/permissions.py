@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from atp_service.app.keyspace import StartupError, check_keyspace
 from atp_service.config import ServiceConfig
+from atp_service.intake.quarantine import written_key
 from atp_service.storage.acl import SHA, AclRefused, G, Need, check_acl, check_cluster_client
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import LogStore
@@ -41,7 +42,7 @@ def service_needs(config: ServiceConfig, keys: Keyspace, channels: list[str]) ->
 
 def _quarantine_needs(stream: str) -> list[Need]:
     """The quarantine stream's script (``intake/quarantine.py``): an entry a fact, its digest in the set beside."""
-    written, use = f"{stream}:written", "facts quarantined (E6, E8), each once"
+    written, use = written_key(stream), "facts quarantined (E6, E8), each once"
     return [Need(("XADD", stream, "MAXLEN", "~", 1, "*", "f", "v"), stream, use),
             Need(("ZSCORE", written, "d"), written, use), Need(("ZADD", written, 1, "d"), written, use),
             Need(("ZCARD", written), written, use), Need(("ZREMRANGEBYRANK", written, 0, 0), written, use),

@@ -5,7 +5,7 @@ entry it came from is acknowledged only after both: a crash (or an acknowledgeme
 has the entry read again and its fact decided again — quarantined again, for it is still late, still
 in conflict. Operators reconcile the quarantine entries against their own systems, one entry a fact:
 so each write is keyed by the fact, its identity and payload (E8), and a script adds the entry only
-where the set beside the stream (``<stream>:written``: the digests of the facts written, scored by
+where the set beside the stream (``written_key``: the digests of the facts written, scored by
 their entries' times) does not hold it. The set is trimmed to the stream's own length: it says what
 the stream holds, never more — a flood of late facts costs Redis no more than the stream does.
 """
@@ -60,7 +60,7 @@ class QuarantineStream:
 
     def __init__(self, stream: str, maxlen: int) -> None:
         self.stream, self._maxlen = stream, maxlen
-        self.written_key = f"{stream}:written"
+        self.written_key = written_key(stream)
         """The digests of the facts the stream holds (at most about ``maxlen``)."""
         self._doubt: OrderedDict[str, None] = OrderedDict()
         """Digests of facts whose write's answer was lost here, oldest first: written or not, counted by none."""
@@ -92,6 +92,16 @@ class QuarantineStream:
         if self._doubt:
             flags = [self._doubt.pop(d, True) is None or flag for d, flag in zip(digests, flags, strict=True)]
         return flags
+
+
+def written_key(stream: str) -> str:
+    """The set of what ``stream`` holds, in the stream's Redis Cluster slot (the script's two keys): with
+    its hash tag (``atp:{in}:quarantine:written``), or, a stream without one, the stream's name as its
+    tag (``atp:quarantine:written:{atp:quarantine}``: nothing asks a cluster without input streams for
+    a tag), under the stream's name all the same (an ACL's ``~atp:*`` covers it)."""
+    if "{" in stream or "}" in stream:
+        return f"{stream}:written"
+    return f"{stream}:written:{{{stream}}}"
 
 
 def _flat(entry: dict[str, Any]) -> list[Any]:

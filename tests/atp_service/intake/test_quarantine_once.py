@@ -88,6 +88,21 @@ async def test_on_a_cluster_each_fact_is_written_once_beside_its_stream(cluster_
         await client.aclose()
 
 
+async def test_on_a_cluster_the_default_stream_without_a_hash_tag_is_written(cluster_url: str) -> None:
+    """Without input streams nothing asks ``quarantine_stream`` for a hash tag: the default
+    ``atp:quarantine`` on a Redis Cluster. The set beside it hashes to the stream's slot all the same,
+    or every quarantine is refused CROSSSLOT (a late fact's RecordEvents UNAVAILABLE for ever)."""
+    client = connect_any(cluster_url, 5.0, cluster=True)
+    stream = QuarantineStream("atp:quarantine", 1000)
+    one = fact_of(F("e1", "RECEIPT", "A", "S1", 5, T))
+    try:
+        assert await stream.write(client, [(one, "late")]) == [True]
+        assert await stream.write(client, [(one, "late")]) == [False]
+        assert await client.xlen("atp:quarantine") == 1
+    finally:
+        await client.aclose()
+
+
 async def test_the_facts_written_are_remembered_no_longer_than_the_stream_is_long(redis_url: str) -> None:
     """Bounded (a flood of late facts costs Redis no more than the stream): the set beside the stream
     keeps the newest ``maxlen`` digests; a fact past them is written again, as the stream no longer
