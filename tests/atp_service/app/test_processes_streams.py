@@ -130,7 +130,10 @@ async def test_facts_sent_to_their_owner_are_split_to_fit_its_message_size(
 
 @pytest.fixture
 async def start_leased(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS, input_streams=STREAMS):
+    """The reader: its own leases long enough for a busy host's stalls (a 600 ms one lapsed there, its
+    groups lost and their alert fired); the other process's (``spawn_owner``) set per test."""
+    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                                   input_streams=STREAMS):
         yield start
 
 
