@@ -62,15 +62,13 @@ def confirmation_not_reaching(monkeypatch: pytest.MonkeyPatch, part_id: str) -> 
     return flag
 
 
-async def test_a_shipment_at_a_part_s_process_carries_its_order_s_pending_confirmation_through_first(
-        start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Confirm recorded at the order's home and not yet applied by the part at another process
-    (the step refused there; the caller told UNAVAILABLE): a SHIPMENT fact naming the order, taken by
-    that part's process, finishes the confirmation first and then fulfils the part — never "not
-    fulfilled" with the part's units committed after the shipment took them from on_hand, where no
-    release of a confirmed order's shipped units would ever come (Q3, R4)."""
+async def confirmed_at_home_only(start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+                                 ) -> tuple[Process, Process, str, str]:
+    """Two processes; order o-1 over a SKU of each (``home_and_other``), held, then confirmed at its home
+    only: the step confirming the other's part refused, the caller told UNAVAILABLE, housekeeping kept
+    from carrying it through (``monkeypatch.undo()`` lets it)."""
     running = await processes(start_process, 2)
-    (home, home_client), (_, other_client), a, b = home_and_other(running)
+    (home, home_client), (other, other_client), a, b = home_and_other(running)
     await home_client.record_events([receipt("in-a", a, "DC", 5)])
     await other_client.record_events([receipt("in-b", b, "DC", 5)])
     held = await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)
@@ -82,7 +80,17 @@ async def test_a_shipment_at_a_part_s_process_carries_its_order_s_pending_confir
         await home_client.confirm("o-1")
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     flag[0] = False
+    return (home, home_client), (other, other_client), a, b
 
+
+async def test_a_shipment_at_a_part_s_process_carries_its_order_s_pending_confirmation_through_first(
+        start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Confirm recorded at the order's home and not yet applied by the part at another process
+    (the step refused there; the caller told UNAVAILABLE): a SHIPMENT fact naming the order, taken by
+    that part's process, finishes the confirmation first and then fulfils the part — never "not
+    fulfilled" with the part's units committed after the shipment took them from on_hand, where no
+    release of a confirmed order's shipped units would ever come (Q3, R4)."""
+    (home, home_client), (_, other_client), _, b = await confirmed_at_home_only(start_process, monkeypatch)
     shipped = await other_client.record_events([shipment("out-b", b, 1, "o-1")])
     assert [r.outcome for r in shipped] == [pb.FACT_OUTCOME_APPLIED], shipped
     (p,) = await other_client.availability([(b, "DC")])
@@ -101,19 +109,8 @@ async def test_a_shipment_meeting_its_order_s_home_group_while_it_changes_hands_
     routes name for it holds no record of the order yet, and says so. The shipment is refused (taken
     again later) — "no process holds the order" needs every group answered for, as a read's NOT_FOUND
     does — never applied without the pending confirmation carried through first (Q3, R4)."""
-    running = await processes(start_process, 2)
-    (home, home_client), (other, other_client), a, b = home_and_other(running)
-    await home_client.record_events([receipt("in-a", a, "DC", 5)])
-    await other_client.record_events([receipt("in-b", b, "DC", 5)])
-    await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)
-    assert home.engine is not None and home.engine.orders is not None and home.membership is not None
-    assert other.membership is not None
-    monkeypatch.setattr(home.engine.orders, "drive_unsettled", lambda: None)  # not carried through by housekeeping
-    flag = confirmation_not_reaching(monkeypatch, orders.part_id("o-1", group_of(b)))
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await home_client.confirm("o-1")
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    flag[0] = False
+    (home, _), (other, other_client), a, b = await confirmed_at_home_only(start_process, monkeypatch)
+    assert home.membership is not None and other.membership is not None
 
     group, address = group_of(a), f"127.0.0.1:{home.port}"
     taking, recovered = asyncio.Event(), asyncio.Event()

@@ -3,6 +3,9 @@ timeout before its XACK) is read again and decided again: it is quarantined once
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import redis
 
 from atp_service import AtpService, EmbeddedRedis
@@ -24,15 +27,25 @@ def quarantined(service: AtpService) -> float:
                and s.labels["origin"] == "stream")
 
 
-async def test_a_conflict_read_again_after_its_ack_was_lost_is_quarantined_once(
-        redis_server: EmbeddedRedis, redis_url: str) -> None:
-    r = redis.Redis.from_url(redis_url)
+@contextlib.asynccontextmanager
+async def through_proxy(redis_server: EmbeddedRedis, redis_url: str) -> AsyncIterator[tuple[AtpService, HoldingProxy]]:
+    """A service reaching Redis through a ``HoldingProxy``, its first fact (e1) applied and acknowledged."""
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     service = AtpService(make_config(redis_timeout_s=0.5), await proxy.start())
     try:
         await service.start()
-        r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 4, T).fields())
+        redis.Redis.from_url(redis_url).xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 4, T).fields())
         await wait_consumed(redis_url, ["atp:in:pos"])
+        yield service, proxy
+    finally:
+        await service.stop()
+        await proxy.close()
+
+
+async def test_a_conflict_read_again_after_its_ack_was_lost_is_quarantined_once(
+        redis_server: EmbeddedRedis, redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    async with through_proxy(redis_server, redis_url) as (service, proxy):
         proxy.hold(b"XACK")  # every acknowledgement lost from now on: the entry is read again, and again
         r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 5, T).fields())  # e1 again, another payload (E8)
         await until(lambda: len(proxy.held) >= 3, "the conflicting entry decided three times")
@@ -42,9 +55,6 @@ async def test_a_conflict_read_again_after_its_ack_was_lost_is_quarantined_once(
         reasons = [fields[b"reason"] for _, fields in r.xrange("atp:quarantine")]
         assert len(reasons) == 1 and reasons[0].startswith(b"conflict"), reasons
         assert quarantined(service) == 1
-    finally:
-        await service.stop()
-        await proxy.close()
 
 
 async def test_a_quarantine_write_whose_answer_was_lost_counts_the_fact_quarantined_once(
@@ -53,12 +63,7 @@ async def test_a_quarantine_write_whose_answer_was_lost_counts_the_fact_quaranti
     stays pending, is read again, and the script now finds the fact written. It was written by this
     decision, never counted: it counts quarantined once (E6: a metric counts it), not duplicate."""
     r = redis.Redis.from_url(redis_url)
-    proxy = HoldingProxy("127.0.0.1", redis_server.port)
-    service = AtpService(make_config(redis_timeout_s=0.5), await proxy.start())
-    try:
-        await service.start()
-        r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 4, T).fields())
-        await wait_consumed(redis_url, ["atp:in:pos"])
+    async with through_proxy(redis_server, redis_url) as (service, proxy):
         proxy.hold(b"ZREMRANGEBYRANK", reset=True)  # the quarantine script: sent, its answer lost
         r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 5, T).fields())  # a conflict (E8)
         await until(lambda: proxy.held, "the quarantine write sent, its answer lost")
@@ -68,9 +73,6 @@ async def test_a_quarantine_write_whose_answer_was_lost_counts_the_fact_quaranti
         await wait_consumed(redis_url, ["atp:in:pos"])
         assert r.xlen("atp:quarantine") == 1
         assert quarantined(service) == 1
-    finally:
-        await service.stop()
-        await proxy.close()
 
 
 async def test_on_a_cluster_each_fact_is_written_once_beside_its_stream(cluster_url: str) -> None:

@@ -13,6 +13,7 @@ nodes as the cluster has, at each read), made certain."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,6 @@ from redis.backoff import NoBackoff
 
 from atp_service.storage.durability import STORAGE_ERRORS, landed_of
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import Nodes
 
@@ -54,11 +54,20 @@ async def store(cluster: EmbeddedCluster) -> AsyncIterator[LogStore]:
     await log_store.nodes.aclose()
 
 
-def _shards(store: LogStore, hung: EmbeddedRedis) -> tuple[int, int]:
-    """A shard whose group the hung node serves, and one served elsewhere."""
+@contextlib.contextmanager
+def _one_hung(cluster: EmbeddedCluster, store: LogStore) -> Iterator[tuple[int, int]]:
+    """A primary stopped (SIGSTOP) meanwhile, and continued after: a shard whose group it serves, and
+    one served elsewhere."""
+    hung = cluster.primaries[0]
+    assert hung.process is not None
     ports = {shard: int(store.client.get_node_from_key(store.keys.log(shard)).port) for shard in range(SHARDS)}
-    return (next(s for s in range(SHARDS) if ports[s] == hung.port),
-            next(s for s in range(SHARDS) if ports[s] != hung.port))
+    behind = next(s for s in range(SHARDS) if ports[s] == hung.port)
+    elsewhere = next(s for s in range(SHARDS) if ports[s] != hung.port)
+    os.kill(hung.process.pid, signal.SIGSTOP)
+    try:
+        yield behind, elsewhere
+    finally:
+        os.kill(hung.process.pid, signal.SIGCONT)
 
 
 async def _goes_on(store: LogStore, shard: int, seq: int, data: bytes) -> None:
@@ -70,30 +79,18 @@ async def _goes_on(store: LogStore, shard: int, seq: int, data: bytes) -> None:
 
 async def test_a_write_meeting_a_hung_primary_holds_no_write_to_the_others(cluster: EmbeddedCluster,
                                                                           store: LogStore) -> None:
-    hung = cluster.primaries[0]
-    assert hung.process is not None
-    behind, elsewhere = _shards(store, hung)
-    os.kill(hung.process.pid, signal.SIGSTOP)
-    try:
+    with _one_hung(cluster, store) as (behind, elsewhere):
         with pytest.raises(STORAGE_ERRORS):
             await store.submit(behind, 1, b"to the hung node")  # no answer: the slot map is read again
         await store.submit(elsewhere, 1, b"to a node that answers")
         await store.submit(elsewhere, 2, b"and again")
-    finally:
-        os.kill(hung.process.pid, signal.SIGCONT)
     await _goes_on(store, behind, 1, b"to the hung node")
 
 
 async def test_a_read_meeting_a_hung_primary_holds_no_write_to_the_others(cluster: EmbeddedCluster,
                                                                          store: LogStore) -> None:
-    hung = cluster.primaries[0]
-    assert hung.process is not None
-    behind, elsewhere = _shards(store, hung)
-    os.kill(hung.process.pid, signal.SIGSTOP)
-    try:
+    with _one_hung(cluster, store) as (behind, elsewhere):
         with pytest.raises(STORAGE_ERRORS):
             await store.last_seq(behind)  # the cluster client's own read: it reads the slot map again
         await store.submit(elsewhere, 1, b"to a node that answers")
-    finally:
-        os.kill(hung.process.pid, signal.SIGCONT)
     await store.submit(behind, 1, b"the hung node's shard goes on")
