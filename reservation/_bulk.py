@@ -32,7 +32,7 @@ from ._events import CountsLoaded
 from ._limits import CAPACITY_QUARANTINE, DEDUPE_LIMIT, POSITIONS_LIMIT
 from ._model import Fact, FactKind, FactOutcome
 from ._names import Names
-from ._store import MADE, Int32Array, Int64Array, IntpArray, PositionStore
+from ._store import MADE, Int32Array, Int64Array, IntpArray
 from ._undo import Undo, run_undo
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def load_counts(ledger: Ledger, block: CountRows) -> tuple[Outcomes, dict[int, s
     if len(set(block.skus)) < len(block.skus) or len(set(block.locations)) < len(block.locations):
         # count_rows refuses it at the edge: two indices of one name would be two rows of one position
         raise ValueError("load_counts: a SKU or location named twice in the block's dictionaries")
-    refusal = room_refusal(ledger, new_positions(ledger.store, block))
+    refusal = room_refusal(ledger, new_positions(ledger, block))
     if refusal is not None:  # before any change: the shard's part is applied whole or not at all
         raise refusal
     outcomes = np.zeros(len(block), dtype=np.uint8)
@@ -98,9 +98,14 @@ def load_counts(ledger: Ledger, block: CountRows) -> tuple[Outcomes, dict[int, s
     return outcomes, reasons
 
 
-def new_positions(store: PositionStore, block: CountRows) -> int:
-    """How many positions the block's rows would make: distinct (SKU, location) not held yet."""
-    if not len(block):
+def new_positions(ledger: Ledger, block: CountRows) -> int:
+    """How many positions the block's rows would make: distinct (SKU, location) not held yet, named
+    by a row that can make one. A row stamped before stream time minus grace is quarantined late
+    (E6) whatever the order, and with E8's memory full every row it does not know is quarantined
+    (``no_room_reason``), before any position is made: counted, they would refuse a block whose
+    rows one by one fit the bound."""
+    store = ledger.store
+    if not len(block) or len(ledger.memory) >= ledger.limits.max_dedupe_entries_per_shard:
         return 0
     si, li = block.sku_index, block.location_index
     rows, cols = store.rows(block.skus)[si], store.columns(block.locations)[li]
@@ -108,7 +113,7 @@ def new_positions(store: PositionStore, block: CountRows) -> int:
     present = np.zeros(len(block), dtype=np.bool_)
     if known.any():
         present[known] = store.counts_at(rows[known], cols[known])[0]
-    missing = ~present
+    missing = ~present & (block.at >= ledger.stream_time - ledger.limits.fact_grace_ms)
     return len(np.unique(si[missing].astype(np.int64) * len(block.locations) + li[missing]))
 
 

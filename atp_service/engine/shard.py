@@ -30,7 +30,7 @@ from atp_service.storage.log import LogStore
 from atp_service.tasks import cancel_and_wait, in_turns
 from atp_service.traces import span
 from reservation import Ledger, PositionStore, Reason, ResourceExhausted, Unavailable
-from reservation._bulk import room_refusal
+from reservation._bulk import CountRows, new_positions, room_refusal
 from reservation._expiry import EXPIRY_SWEEP_SLICE
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,10 @@ class ShardActor(CommitPipeline):
         ``ahead_of_log``), to read between batches; never to change — only the actor changes them."""
         return self.ledger.store
 
-    def room_refusal(self, new: int) -> ResourceExhausted | None:
-        """CAPACITY_REACHED if ``new`` more positions would pass ``max_positions_per_shard`` now (a
-        read between batches; the shard checks again in its turn)."""
-        return room_refusal(self.ledger, new)
+    def room_refusal(self, block: CountRows) -> ResourceExhausted | None:
+        """CAPACITY_REACHED if the positions ``block``'s rows would make pass ``max_positions_per_shard``
+        now (a read between batches; the shard checks again in its turn)."""
+        return room_refusal(self.ledger, new_positions(self.ledger, block))
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:

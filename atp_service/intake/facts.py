@@ -36,7 +36,7 @@ from reservation import (
     View,
 )
 from reservation import _operations as ops
-from reservation._bulk import Outcomes, new_positions
+from reservation._bulk import Outcomes
 from reservation._dedupe import digest
 from reservation._keys import fact_payload
 from reservation._ledger import fact_key
@@ -149,7 +149,7 @@ class FactDesk:
                 actor = self.engine.local(shard)
             except Moved:
                 continue  # refused Moved by its submit, as before
-            refusal = actor.room_refusal(new_positions(actor.positions(), part))
+            refusal = actor.room_refusal(part)
             if refusal is not None:
                 self.engine.count_capacity_refusal(refusal)
                 raise refusal

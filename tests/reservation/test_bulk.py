@@ -182,3 +182,27 @@ def test_a_newer_count_whose_identity_e8_already_holds_is_a_conflict_as_one_by_o
     outcomes, reasons = ledger.load_counts(block)
     assert [(int(outcomes[0]), reasons.get(0, ""))] == [one_by_one.record_fact(block.fact(0))]
     assert int(outcomes[0]) == FactOutcome.QUARANTINED and ledger.quantities("S1", "L1").on_hand == 10
+
+
+@pytest.mark.parametrize("full", ["positions", "dedupe"])
+def test_rows_that_can_make_no_position_do_not_count_toward_the_bound_on_positions(full: str) -> None:
+    """A block whose rows that can make a position fill ``max_positions_per_shard`` exactly loads as
+    its rows one by one do: a row late whatever the order (E6) or past a full E8 memory is quarantined
+    before any position is made, so it must not make the shard's part refused whole for one."""
+    limits = Limits(fact_grace_ms=HOUR, max_positions_per_shard=3,
+                    max_dedupe_entries_per_shard=2 if full == "dedupe" else 100)
+    ledger = Ledger(0, limits)
+    ledger.record_fact(Fact("c0", "erp", FactKind.COUNT, "S0", "L1", 4, T0, ""))
+    if full == "dedupe":  # two deltas the count absorbs fill E8's memory
+        for n in range(2):
+            ledger.record_fact(Fact(f"e{n}", "pos", FactKind.SALE, "S0", "L1", 1, T0 - 1, ""))
+    ledger.commit(T0)
+    one_by_one = _copy(ledger)
+    rows = [(1, 10, T0 + 1), (2, 11, T0 + 2), (3, 12, T0 - 2 * HOUR)]  # at the bound, then a late row
+    block = CountRows("erp", SKUS, LOCATIONS, np.array([s for s, _, _ in rows], dtype=np.uint32),
+                      np.zeros(len(rows), dtype=np.uint32), np.array([q for _, q, _ in rows], dtype=np.int64),
+                      np.array([t for _, _, t in rows], dtype=np.int64))
+    outcomes, reasons = ledger.load_counts(block)
+    expected = [one_by_one.record_fact(block.fact(i)) for i in range(len(block))]
+    assert [(int(o), reasons.get(i, "")) for i, o in enumerate(outcomes)] == [(int(o), r) for o, r in expected]
+    assert _state(ledger) == _state(one_by_one) and len(ledger.store) <= limits.max_positions_per_shard

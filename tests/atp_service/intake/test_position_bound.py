@@ -43,7 +43,7 @@ def _block(skus: list[str], on_hand: int) -> pb.LoadCountsRequest:
     return pb.LoadCountsRequest(source="erp", skus=skus, locations=["L1"],
                                 sku_index=np.arange(n, dtype="<u4").tobytes(), location_index=bytes(4 * n),
                                 on_hand=np.full(n, on_hand, dtype="<i8").tobytes(),
-                                as_of=np.full(n, 1_000, dtype="<i8").tobytes())
+                                as_of=np.full(n, T0, dtype="<i8").tobytes())  # newer than every fact: none late (E6)
 
 
 async def test_made_up_skus_past_the_bound_are_quarantined_and_counted_and_stay_so_after_a_restart(
@@ -86,3 +86,21 @@ async def test_made_up_skus_past_the_bound_are_quarantined_and_counted_and_stay_
     assert await client.availability([(f"SKU{i}", "L1") for i in range(BOUND + 3)]) == before
     (resent,) = await client.record_events([_count(f"c{BOUND}", f"SKU{BOUND}", 7)])
     assert (resent.outcome, resent.quarantine_reason) == (pb.FACT_OUTCOME_QUARANTINED, pb.QUARANTINE_REASON_CAPACITY)
+
+
+async def test_a_block_at_the_bound_with_a_late_row_naming_a_new_position_loads_as_record_events_would(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """The late row is quarantined (E6) before any position is made, one by one or in a block: it is
+    no new position, so the rows that fill the bound exactly load and it reaches the quarantine stream."""
+    service, client = await start_service(shards=1, limits=Limits(max_positions_per_shard=BOUND))
+    await client.record_events([receipt("r0", "SKU0", "L1", 1)])  # stream time: T0 - 1000
+    skus = [f"NEW-{i}" for i in range(BOUND)]
+    as_of = np.array([T0] * (BOUND - 1) + [T0 - 30 * 3_600_000], dtype="<i8")  # the last: past the grace window
+    answer = await client.load_counts(pb.LoadCountsRequest(
+        source="erp", skus=skus, locations=["L1"], sku_index=np.arange(BOUND, dtype="<u4").tobytes(),
+        location_index=bytes(4 * BOUND), on_hand=np.full(BOUND, 9, dtype="<i8").tobytes(), as_of=as_of.tobytes()))
+    assert (answer.applied, answer.quarantined) == (BOUND - 1, 1)
+    assert [(g.quarantine_reason, list(g.rows)) for g in answer.rejected] == [(pb.QUARANTINE_REASON_LATE, [BOUND - 1])]
+    assert _positions(service) == BOUND
+    entries: list[Any] = redis.Redis.from_url(redis_url).xrange("atp:quarantine") or []
+    assert [e[1][b"sku"] for e in entries] == [skus[-1].encode()]
