@@ -77,9 +77,9 @@ class FactDesk:
 
     async def load_part(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str], DomainError | None]:
         """``load_counts`` telling what was loaded when a part is refused: each row's outcome (0: not
-        loaded, its shard refused it), the quarantined rows' reasons, and the first refusal of a
-        shard's part (None: none). Raises a refusal given before any shard loaded (``make_room``).
-        Owned like ``record`` (R8)."""
+        loaded, its shard refused it or the quarantine stream did not take it), the quarantined rows'
+        reasons, and the first refusal of a shard's part (None: none). Raises a refusal given before
+        any shard loaded (``make_room``). Owned like ``record`` (R8)."""
         return await self._owned(self._load_counts(block, origin))
 
     def make_room(self, block: CountRows) -> None:
@@ -99,7 +99,7 @@ class FactDesk:
         outcomes, reasons, refused = await self._load_by_shard(block, parts)
         if refused is not None:
             self.engine.count_capacity_refusal(refused)
-        unstreamed = again = 0
+        again = 0
         if reasons:
             self._count_no_room(reasons.values())
             late = sorted(reasons)
@@ -107,16 +107,18 @@ class FactDesk:
             results: list[Result | DomainError] = [(FactOutcome.QUARANTINED, reasons[i]) for i in late]
             again = len(await self._quarantine_stream(facts, results, list(range(len(late)))))
             failed = next((r for r in results if isinstance(r, DomainError)), None)
-            if failed is not None:  # counted as RecordEvents counts them: a retry quarantines them again
-                refused, unstreamed = refused or failed, len(late)
+            if failed is not None:  # not acknowledged, as RecordEvents answers them: a retry quarantines
+                # them again and streams them (E6), so the caller is told them not loaded (0), not quarantined
+                refused, reasons = refused or failed, {}
+                outcomes[late] = 0
         counted = np.bincount(outcomes, minlength=len(FactOutcome) + 1)
-        counted[FactOutcome.QUARANTINED] -= unstreamed + again
+        counted[FactOutcome.QUARANTINED] -= again
         counted[FactOutcome.DUPLICATE] += again  # quarantined before (a retry): counted once (E8)
         for outcome in FactOutcome:
             if counted[outcome]:
                 self.metrics.facts.labels(origin, "COUNT", _OUTCOME_NAMES[outcome]).inc(int(counted[outcome]))
-        if unstreamed or counted[0]:  # rows whose shard refused them, as RecordEvents counts them
-            self.metrics.facts.labels(origin, "COUNT", "unavailable").inc(unstreamed + int(counted[0]))
+        if counted[0]:  # rows whose shard refused them or the stream did not take, as RecordEvents counts them
+            self.metrics.facts.labels(origin, "COUNT", "unavailable").inc(int(counted[0]))
         return outcomes, reasons, refused
 
     def _count_no_room(self, reasons: Iterable[str]) -> None:

@@ -101,3 +101,20 @@ async def test_a_block_past_max_message_bytes_is_refused_whole_and_a_smaller_one
     assert told.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own: send smaller ones
     assert (await client.availability([(skus[0], "L1")]))[0].on_hand == 0
     assert (await client.load_counts(_block(skus[:300], [now] * 300))).applied == 300
+
+
+async def test_rows_a_quarantine_stream_could_not_take_are_told_not_loaded(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A quarantined row not yet on the stream is not acknowledged (E6: a resend streams it): the
+    refusal's ``rows_loaded`` leaves it out and ``rows_not_loaded`` counts it, as the metric does."""
+    service, client, first, _ = await _two_shards(start_service)
+    redis.Redis.from_url(redis_url).set("atp:quarantine", "not a stream")
+    now = service.clock.now_ms()
+    refusal = await refused(client.load_counts(_block([f"{first}x", first], [now, now - 30 * HOUR])))
+    assert {k: refusal.metadata.get(k) for k in ("rows_loaded", "rows_applied", "rows_not_loaded")} == {
+        "rows_loaded": "1", "rows_applied": "1", "rows_not_loaded": "1"}
+    redis.Redis.from_url(redis_url).delete("atp:quarantine")
+    again = await client.load_counts(_block([f"{first}x", first], [now, now - 30 * HOUR]))
+    assert (again.duplicate, again.quarantined) == (1, 1)
+    entries = redis.Redis.from_url(redis_url).xrange("atp:quarantine")
+    assert [(e[b"sku"].decode(), e[b"reason"][:4]) for _, e in entries] == [(first, b"late")]
