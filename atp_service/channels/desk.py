@@ -20,6 +20,7 @@ import numpy as np
 
 from atp_service.channels.curator import Curator, Offer, skus_per_slice, zero_lines
 from atp_service.channels.estate import Channel, Estate
+from atp_service.channels.feeds import known_feeds, next_feeds
 from atp_service.channels.marks import mark_skus, remark, velocity_at, velocity_rank
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
 from atp_service.channels.urgent import UrgentWrites, due_now
@@ -47,6 +48,7 @@ class ChannelDesk:
         self.engine, self.estate, self.store, self.clock, self.settings = engine, estate, store, clock, settings
         self.metrics = metrics or ChannelMetrics()
         self.feeds: dict[str, Feed] = {}
+        self._retired: dict[str, Feed] = {}  # removed channels' feeds with a write on its way (``feeds.py``)
         # sku -> location -> newest source time of a durable change there; and when it became durable
         self._dirty: dict[str, dict[str, int]] = {}
         self._dirty_at: dict[str, int] = {}
@@ -121,18 +123,9 @@ class ChannelDesk:
     async def _load_feeds(self, estate: Estate) -> None:
         """The feeds of ``estate``: new channels' published state is read first (the only awaits),
         and only then is anything changed — a read that fails leaves the old feeds as they were."""
-        stored = {name: await self.store.load(name) for name in estate.channels if name not in self.feeds}
-        now = self.clock.now_ms()
-        feeds: dict[str, Feed] = {}
-        for name, channel in estate.channels.items():
-            old = self.feeds.get(name)
-            if old is not None:
-                old.set_policy(channel.policy, now)
-                feeds[name] = old
-            else:
-                published, version = stored[name]
-                feeds[name] = Feed(name, channel.policy, now, published, version)
-        self.feeds = feeds
+        known = known_feeds(self.feeds, self._retired)  # C4: a channel added back while its write is on its way
+        stored = {name: await self.store.load(name) for name in estate.channels if name not in known}
+        self.feeds, self._retired = next_feeds(estate.channels, known, stored, self.clock.now_ms())
 
     def poke(self) -> None:
         """Look at the feeds now (tests with a manual clock call it after moving time)."""

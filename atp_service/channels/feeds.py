@@ -1,0 +1,38 @@
+"""The channel desk's feeds across a reload: which are kept, which are read from Redis, which are set aside.
+
+A channel a reload removes may still have a write of its numbers on its way (the desk's round took them before
+the swap). Its feed is set aside (``retired``) until that write is settled, and a reload that adds the channel
+back meanwhile takes that feed again: read from Redis instead, it lacked what the write then published, and a
+number curated under the new rules equal to the one before the write was taken for no change (E11) - the
+write's number, curated under the old rules, shown for good (C1, C4).
+"""
+
+from __future__ import annotations
+
+from atp_service.channels.estate import Channel
+from reservation import Feed, Key, Published
+
+Stored = tuple[dict[Key, Published], int]
+"""What ``ChannelStore.load`` read of a channel: its published values, its newest version."""
+
+
+def known_feeds(current: dict[str, Feed], retired: dict[str, Feed]) -> dict[str, Feed]:
+    """The feeds a reload takes again if it names their channel: the current ones, and those set aside whose write
+    is still on its way (one settled since is read from Redis: what landed of it is there)."""
+    return {**{name: feed for name, feed in retired.items() if feed.in_flight}, **current}
+
+
+def next_feeds(channels: dict[str, Channel], known: dict[str, Feed], stored: dict[str, Stored],
+               now_ms: int) -> tuple[dict[str, Feed], dict[str, Feed]]:
+    """(the feeds of ``channels``: those ``known`` with their new policy, the others from ``stored``; the feeds set
+    aside: those ``known`` of removed channels with a write on its way)."""
+    feeds: dict[str, Feed] = {}
+    for name, channel in channels.items():
+        old = known.get(name)
+        if old is not None:
+            old.set_policy(channel.policy, now_ms)
+            feeds[name] = old
+        else:
+            published, version = stored[name]
+            feeds[name] = Feed(name, channel.policy, now_ms, published, version)
+    return feeds, {name: feed for name, feed in known.items() if name not in feeds and feed.in_flight}
