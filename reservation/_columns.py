@@ -96,6 +96,20 @@ class Blocks:
         self.names.release_all(seg.narrow[N_EVENT, slots])
         seg.remove_many(rows, cols)
 
+    def held_any(self, rows: IntpArray, cols: IntpArray) -> BoolArray:
+        """Per row (a SKU; -1: none here), whether it has a position at any of ``cols`` (-1: a location never seen
+        here): what stands behind a network channel's number of the SKU, Q5 not read (``available_block`` per
+        slice of a reload's pass over a channel's SKUs held the loop for seconds)."""
+        held = np.zeros(len(rows), dtype=np.bool_)
+        known = np.flatnonzero(rows >= 0)
+        if not len(known) or not len(cols):
+            return held
+        slots, owner = self._seg.run_slots(rows.take(known))
+        wanted = np.zeros(len(self._locations) + 1, dtype=np.bool_)
+        wanted[cols[cols >= 0]] = True
+        held[known.take(owner[wanted.take(self._seg.col.take(slots))])] = True
+        return held
+
     def available_block(self, rows: IntpArray, cols: IntpArray) -> tuple[Int64Array, BoolArray]:
         """Q5 ``available`` for rows x cols (SKUs x a channel's locations) and whether each position
         exists: one pass over the runs of a shard's changed SKUs (-1 rows/cols: absent)."""

@@ -158,15 +158,18 @@ def unheld(shown: Iterable[Key], channel: Channel, store_of: Callable[[str], Pos
     its position; of a network channel, a position of its SKU at a location the channel sells from.
     Curation looks only at positions, so such a key would keep its number for good. It arises when
     Redis lost the entries that made the position (restarted from older data) after this feed had
-    published it: memory, recovered from the log, lacks it; the feed's stream and hash do not (C4)."""
-    sells = frozenset(channel.sells_from)
+    published it: memory, recovered from the log, lacks it; the feed's stream and hash do not (C4). And when
+    a network channel no longer sells from any location of a SKU (a reload, or a restart, changed its
+    ``sells_from``): C1's sum over no location is 0. A network channel's SKUs are looked up a shard's block
+    at a time, as curation does (a SKU's every position one at a time held the loop of a reload)."""
+    if channel.per_location:
+        return [(sku, location) for sku, location in shown if not store_of(sku).exists(sku, location)]
+    by_store: dict[int, tuple[PositionStore, list[Key]]] = {}
+    for key in shown:
+        store = store_of(key[0])
+        by_store.setdefault(id(store), (store, []))[1].append(key)
     keys: list[Key] = []
-    for sku, location in shown:
-        store = store_of(sku)
-        if channel.per_location:
-            held = store.exists(sku, location)
-        else:
-            held = any(where in sells for where, _ in store.sku_locations(sku))
-        if not held:
-            keys.append((sku, location))
+    for store, group in by_store.values():
+        held = store.held_any(store.rows([sku for sku, _ in group]), store.columns(channel.sells_from))
+        keys += [group[i] for i in np.flatnonzero(~held).tolist()]
     return keys

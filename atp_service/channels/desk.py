@@ -71,7 +71,7 @@ class ChannelDesk:
             actor.listeners.append(self.on_durable)
             actor.undo_listeners.append(self.on_undone)
         await self._mark_everything()
-        await self._withdraw_at_start()
+        await self._withdraw_uncurated()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
 
     @property
@@ -102,18 +102,18 @@ class ChannelDesk:
 
     async def _reload_passes(self) -> None:
         """A per-location channel that no longer sells from a location is shown 0 there at once (C1),
-        and a channel turned network at every location: its last number, or one waiting or being
-        written, which no curation would ever correct."""
-        for channel in list(self.estate.channels.values()):
-            await withdraw_dropped(self.feeds[channel.name], channel, self.settings.curate_slice_cells,
-                                   self.clock.now_ms)
+        a channel turned network at every location, and a network channel at every SKU it no longer sells from
+        any location of (``unheld``): its last number, or one waiting or being written, which no curation would
+        ever correct."""
+        await self._withdraw_uncurated()
         await self._mark_everything()
         self._wake.set()  # here, not in ``reload``: its caller may be gone, the passes' work is not
 
-    async def _withdraw_at_start(self) -> None:
-        """At the start, a key published once is shown 0 where nothing would curate it again: one the estate no
-        longer curates (C1: changed while the service was down, a restart being how most deployments apply it, as
-        a reload's passes do) and one no recovered position stands behind (``unheld``: Redis lost its entries, C4)."""
+    async def _withdraw_uncurated(self) -> None:
+        """At the start and at a reload, a key published once is shown 0 where nothing would curate it again: one the
+        estate no longer curates (C1: changed while the service was down, a restart being how most deployments apply
+        it, or by the reload) and one no position stands behind (``unheld``: Redis lost its entries, C4; or a network
+        channel's SKU at none of the locations it sells from now, C1)."""
         engine, size = self.engine, self.settings.curate_slice_cells
         for channel in list(self.estate.channels.values()):
             await withdraw_dropped(self.feeds[channel.name], channel, size, self.clock.now_ms)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
-from atp_service.channels.curator import unheld
+from atp_service.channels.curator import skus_per_slice, unheld
 from atp_service.channels.estate import Channel
 from reservation import Feed, Key, PositionStore
 
@@ -40,8 +40,10 @@ async def withdraw_dropped(feed: Feed, channel: Channel, size: int, now: Callabl
 
 async def withdraw_unheld(feed: Feed, channel: Channel, store_of: Callable[[str], PositionStore], size: int,
                           now: Callable[[], int]) -> None:
-    """Every key ``feed`` shows that no position stands behind (``unheld``) shown 0."""
-    await in_slices(feed.known_keys(), size, partial(_withdraw_unheld, feed, channel, store_of, now))
+    """Every key ``feed`` shows that no position stands behind (``unheld``) shown 0. A network channel's keys are
+    looked at as many SKUs a slice as curation takes (``skus_per_slice``): each reads every position of its SKU."""
+    step = size if channel.per_location else skus_per_slice((channel,), size)
+    await in_slices(feed.known_keys(), step, partial(_withdraw_unheld, feed, channel, store_of, now))
 
 
 def _withdraw_dropped(feed: Feed, allowed: frozenset[str], now: Callable[[], int], keys: Sequence[Key]) -> None:
