@@ -8,7 +8,7 @@ number moved are offered to the channel's feed, one Python step per changed key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -153,23 +153,37 @@ def skus_per_slice(channels: Iterable[Channel], cells: int) -> int:
     return max(1, cells // max(1, sum(len(channel.sells_from) for channel in channels)))
 
 
-def unheld(shown: Iterable[Key], channel: Channel, store_of: Callable[[str], PositionStore]) -> list[Key]:
-    """The keys of ``shown`` (by the channel's feed) no position in memory stands behind: of a per-location channel,
+def unheld(shown: Iterable[Key], channel: Channel, store_of: Callable[[str], PositionStore],
+           made_of: Callable[[PositionStore], Collection[Key]] = lambda _: ()) -> list[Key]:
+    """The keys of ``shown`` (by the channel's feed) no durable position stands behind: of a per-location channel,
     its position; of a network channel, a position of its SKU at a location the channel sells from.
     Curation looks only at positions, so such a key would keep its number for good. It arises when
     Redis lost the entries that made the position (restarted from older data) after this feed had
     published it: memory, recovered from the log, lacks it; the feed's stream and hash do not (C4). And when
     a network channel no longer sells from any location of a SKU (a reload, or a restart, changed its
     ``sells_from``): C1's sum over no location is 0. A network channel's SKUs are looked up a shard's block
-    at a time, as curation does (a SKU's every position one at a time held the loop of a reload)."""
-    if channel.per_location:
-        return [(sku, location) for sku, location in shown if not store_of(sku).exists(sku, location)]
+    at a time, as curation does (a SKU's every position one at a time held the loop of a reload).
+    ``made_of(store)``: the positions of that store only batches in flight made - absent, as curation takes
+    them (C4): kept for one, a key kept its number for good when the batch was undone, curation offering nothing."""
     by_store: dict[int, tuple[PositionStore, list[Key]]] = {}
     for key in shown:
         store = store_of(key[0])
         by_store.setdefault(id(store), (store, []))[1].append(key)
     keys: list[Key] = []
+    if channel.per_location:
+        for store, group in by_store.values():
+            made = made_of(store)
+            keys += [key for key in group if not store.exists(*key) or key in made]
+        return keys
+    sells = frozenset(channel.sells_from)
     for store, group in by_store.values():
         held = store.held_any(store.rows([sku for sku, _ in group]), store.columns(channel.sells_from))
+        made = made_of(store)
+        if made:  # few in flight: the SKUs of theirs held are looked at again, their positions left out
+            suspects = {sku for sku, location in made if location in sells}
+            for i in np.flatnonzero(held).tolist():
+                sku = group[i][0]
+                if sku in suspects:
+                    held[i] = any(where in sells and (sku, where) not in made for where, _ in store.sku_locations(sku))
         keys += [group[i] for i in np.flatnonzero(~held).tolist()]
     return keys

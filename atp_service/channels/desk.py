@@ -114,11 +114,10 @@ class ChannelDesk:
         estate no longer curates (C1: changed while the service was down, a restart being how most deployments apply
         it, or by the reload) and one no position stands behind (``unheld``: Redis lost its entries, C4; or a network
         channel's SKU at none of the locations it sells from now, C1)."""
-        engine, size = self.engine, self.settings.curate_slice_cells
+        size = self.settings.curate_slice_cells
         for channel in list(self.estate.channels.values()):
             await withdraw_dropped(self.feeds[channel.name], channel, size, self.clock.now_ms)
-            await withdraw_unheld(self.feeds[channel.name], channel,
-                                  lambda sku: engine.actors[engine.place(sku)].positions(), size, self.clock.now_ms)
+            await withdraw_unheld(self.feeds[channel.name], channel, self.engine, size, self.clock.now_ms)
 
     async def _load_feeds(self, estate: Estate) -> None:
         """The feeds of ``estate``: new channels' published state is read first (the only awaits),
