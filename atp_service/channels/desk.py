@@ -20,7 +20,7 @@ import numpy as np
 
 from atp_service.channels.curator import Curator, Offer, skus_per_slice, zero_lines
 from atp_service.channels.estate import Channel, Estate
-from atp_service.channels.feeds import known_feeds, next_feeds
+from atp_service.channels.feeds import known_feeds, next_feeds, unsettled
 from atp_service.channels.marks import mark_skus, remark, velocity_at, velocity_rank
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
 from atp_service.channels.urgent import UrgentWrites, due_now
@@ -328,6 +328,7 @@ class ChannelDesk:
                 self.metrics.feed_published(name, feed.coalesced, feed.throttled, feed.overdue)
                 feed.coalesced = feed.throttled = feed.overdue = 0
                 out += updates
+            self._retired = unsettled(self._retired)  # a removed channel's feed, its write landed
             if all(len(updates) < limit for _, _, updates in taken):
                 break  # every feed took all it may now
         for name, feed in [] if urgent_only or once else self.feeds.items():  # C2's bound (max_wait_ms) watched
@@ -363,6 +364,7 @@ class ChannelDesk:
             feed.version = max(feed.version, top)  # a version in the stream is never used again
             landed_any = landed_any or bool(landed)
         self.metrics.settles.labels("refused" if refused else "landed" if landed_any else "not_landed").inc()
+        self._retired = unsettled(self._retired)
 
     def _observe(self, channel: str, updates: list[ChannelUpdate], done: int) -> None:
         children = self._children

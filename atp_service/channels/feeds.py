@@ -19,7 +19,13 @@ Stored = tuple[dict[Key, Published], int]
 def known_feeds(current: dict[str, Feed], retired: dict[str, Feed]) -> dict[str, Feed]:
     """The feeds a reload takes again if it names their channel: the current ones, and those set aside whose write
     is still on its way (one settled since is read from Redis: what landed of it is there)."""
-    return {**{name: feed for name, feed in retired.items() if feed.in_flight}, **current}
+    return {**unsettled(retired), **current}
+
+
+def unsettled(retired: dict[str, Feed]) -> dict[str, Feed]:
+    """The feeds set aside whose write is still on its way; the others are let go once their write is settled (every
+    key a removed channel published, millions for a per-location one, was held until a later reload, if any)."""
+    return {name: feed for name, feed in retired.items() if feed.in_flight} if retired else retired
 
 
 def next_feeds(channels: dict[str, Channel], known: dict[str, Feed], stored: dict[str, Stored],

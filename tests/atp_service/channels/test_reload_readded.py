@@ -4,6 +4,8 @@ to the curated value under its new rules (C1, C4) and never shows a number of th
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -53,3 +55,29 @@ async def test_a_channel_added_back_while_its_write_was_on_its_way_shows_the_new
         shown = latest(await stream_updates(redis_url, "market"))[KEY]
         assert shown[0] == 8, f"market shows {shown[0]}, curated under the buffer it no longer has"
         assert desk.feeds["market"].published[KEY].quantity == 8
+
+
+async def test_a_removed_channels_feed_is_let_go_once_its_write_is_settled(
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
+    """Defect: a reload removed market while a write of its numbers was on its way; the write landed, and
+    the feed set aside for it - every key the channel ever published, millions for a per-location one -
+    stayed in memory until some later reload, which may never come."""
+    path = write_estate(tmp_path)
+    clock = ManualClock(T)
+    async with behind_a_proxy(redis_server, path, clock) as (_, desk, client, proxy):
+        await client.record_events([fact("c1", "COUNT", *KEY[:1], "dc-1", 10, T)])
+        await until(lambda: _all_idle(desk) and KEY in desk.feeds["market"].published, "market's baseline")
+        clock.advance(1000)
+        proxy.hold(_WRITE_SCRIPT.sha.encode())
+        await client.record_events([fact("r1", "RECEIPT", *KEY[:1], "dc-1", 5, T + 1000)])
+        await until(lambda: len(proxy.held) == 1 and desk.feeds["market"].in_flight == 1, "the 13 on its way")
+        proxy.hold()
+        feed = weakref.ref(desk.feeds["market"])
+        path.write_text(ESTATE.replace(MARKET, ""))  # market removed
+        await client.stub.ReloadEstate(pb.ReloadEstateRequest())
+        await proxy.land(proxy.held[0])
+        await until(lambda: (f := feed()) is None or f.in_flight == 0, "the 13 confirmed")
+        await until(lambda: _all_idle(desk), "the desk idle")
+        gc.collect()
+        assert feed() is None, "the removed channel's feed is still held"
+        assert latest(await stream_updates(redis_url, "market"))[KEY][0] == 13  # the write did land
