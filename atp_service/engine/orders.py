@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from atp_service.engine.capacity import order_opened
 from atp_service.engine.parts import (
     ApplyShare,
     GiveUpPart,
@@ -158,7 +159,8 @@ class Orders:
                 try:
                     result = await saga()
                 except BaseException as exc:
-                    if not isinstance(exc, DomainError) or isinstance(exc, (Unavailable, ResourceExhausted)):
+                    if not isinstance(exc, DomainError) or isinstance(exc, Unavailable) or (
+                            isinstance(exc, ResourceExhausted) and exc.reason != Reason.CAPACITY_REACHED):
                         self.unsettled.add(order_id)  # it may have stopped half-way: housekeeping drives it on
                         self._count("stopped")
                     else:
@@ -177,15 +179,10 @@ class Orders:
     async def _reserve(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
         groups = tuple(sorted({self._engine.place(line.sku) for line in cmd.lines}))
 
-        def open_order(ledger: Ledger, now: int) -> Reservation:
-            found = ledger.reservation(cmd.reservation_id)
-            if found is None:
-                ledger.save(orders.open_order(cmd, groups, now))
-                return ledger.reservations[cmd.reservation_id]
-            orders.same_order(found, cmd) if found.is_order else ops.same_content(found, cmd)
-            return found
-
-        order = await self._on(home, open_order)
+        order = await self._on(home, lambda ledger, now: order_opened(ledger, cmd, groups, self._engine.limits, now))
+        if isinstance(order, ResourceExhausted):  # nothing written: refused as a one-group Reserve is
+            self._engine.count_capacity_refusal(order)
+            raise order
         if not order.is_order:
             return order, True  # R5: an ordinary reservation of that id (its content checked above)
         if order.pending is not None and (order.pending.kind != OrderStep.RESERVE

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from atp_service.config import EngineSettings
+from atp_service.engine.capacity import record_refusal
 from atp_service.engine.clock import Clock
 from atp_service.engine.coordinator import Coordinator, ViewWork
 from atp_service.engine.fanout import STATE_NAMES, count_reservations, gather_by_shard, one_as_list
@@ -231,12 +232,10 @@ class Engine(OwnedShards):
         return self._reserve_checked(ledger, ledger, cmd, now)[0]
 
     def _reserve_checked(self, home: Ledger, view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
-        limits = self.limits
-        full = _full(home, limits.max_live_reservations_per_shard, limits.max_resolved_reservations_per_shard)
+        full = record_refusal(home, self.limits)
         if full is not None and view.reservation(cmd.reservation_id) is None:  # a replay is answered (R5)
-            self.metrics.capacity_refusals.labels(full[2]).inc()
-            raise ResourceExhausted(f"shard {home.shard}: {full[1]} {full[0]} reservations (limit {full[2]})",
-                                    Reason.CAPACITY_REACHED, metadata={"limit": full[2]})
+            self.count_capacity_refusal(full)
+            raise full
         return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
     def _count(self, result: tuple[Reservation, bool]) -> None:
@@ -386,14 +385,3 @@ class Engine(OwnedShards):
         """One housekeeping pass now (``Housekeeper.run_pass``)."""
         await self._housekeeper.run_pass()
 
-
-def _full(home: Ledger, live: int, resolved: int) -> tuple[str, int, str] | None:
-    """Which bound a new Reserve on ``home`` would pass (what, the limit, its name); None: neither.
-    Every Reserve leaves a record, a refused one too (R5 answers its retry alike), kept for the
-    retention window once resolved: a flood of Reserves refused for want of stock (a sold-out launch
-    retried by bots with new ids) counts against no live bound, and grew memory with it for a day."""
-    if home.live_reservations >= live:
-        return "live", live, "max_live_reservations_per_shard"
-    if len(home.reservations) - home.live_reservations >= resolved:
-        return "resolved", resolved, "max_resolved_reservations_per_shard"
-    return None

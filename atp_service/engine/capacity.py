@@ -1,0 +1,44 @@
+"""A shard's bounds on the reservations it remembers (``max_live_reservations_per_shard``,
+``max_resolved_reservations_per_shard``), asked before a Reserve with a new id leaves a record there:
+a one-group Reserve's record, and an order's record at its home (``Orders``) with its part there."""
+
+from __future__ import annotations
+
+from reservation import Ledger, Limits, Reason, Reservation, ReserveCommand, ResourceExhausted
+from reservation import _operations as ops
+from reservation import _orders as orders
+
+
+def record_refusal(home: Ledger, limits: Limits, records: int = 1) -> ResourceExhausted | None:
+    """CAPACITY_REACHED (metadata ``limit``) if ``records`` more live records would pass a bound of
+    ``home``; None: they fit. Every Reserve leaves a record, a refused one too (R5 answers its retry
+    alike), kept for the retention window once resolved: a flood of Reserves refused for want of stock
+    (a sold-out launch retried by bots with new ids) counts against no live bound, and grew memory
+    with it for a day."""
+    live, resolved = home.live_reservations, len(home.reservations) - home.live_reservations
+    if live + records > limits.max_live_reservations_per_shard:
+        what, name = "live", "max_live_reservations_per_shard"
+    elif resolved >= limits.max_resolved_reservations_per_shard:
+        what, name = "resolved", "max_resolved_reservations_per_shard"
+    else:
+        return None
+    limit = getattr(limits, name)
+    return ResourceExhausted(f"shard {home.shard}: {limit} {what} reservations (limit {name})",
+                             Reason.CAPACITY_REACHED, metadata={"limit": name})
+
+
+def order_opened(ledger: Ledger, cmd: ReserveCommand, groups: tuple[int, ...], limits: Limits, now: int
+                 ) -> Reservation | ResourceExhausted:
+    """An order's record at its home (``ledger``, ``Orders``): the one there (R5: its content checked),
+    else one opened now if it fits the home's bounds together with its part there — else the refusal,
+    nothing written. Opened unasked, every Reserve with a new id past a bound left a record at the
+    home, held until its TTL (up to ``max_ttl_seconds``) while its part there was refused."""
+    found = ledger.reservation(cmd.reservation_id)
+    if found is not None:
+        orders.same_order(found, cmd) if found.is_order else ops.same_content(found, cmd)
+        return found
+    refusal = record_refusal(ledger, limits, 1 + (ledger.shard in groups))
+    if refusal is not None:
+        return refusal
+    ledger.save(orders.open_order(cmd, groups, now))
+    return ledger.reservations[cmd.reservation_id]
