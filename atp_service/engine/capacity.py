@@ -1,12 +1,21 @@
-"""A shard's bounds on the reservations it remembers (``max_live_reservations_per_shard``,
-``max_resolved_reservations_per_shard``), asked before a Reserve with a new id leaves a record there:
-a one-group Reserve's record, and an order's record at its home (``Orders``) with its part there."""
+"""Bounds on what the engine keeps and runs: a shard's bounds on the reservations it remembers
+(``max_live_reservations_per_shard``, ``max_resolved_reservations_per_shard``), asked before a Reserve
+with a new id leaves a record there — a one-group Reserve's record, and an order's record at its home
+(``Orders``) with its part there — and the orders housekeeping drives on at once."""
 
 from __future__ import annotations
+
+import bisect
 
 from reservation import Ledger, Limits, Reason, Reservation, ReserveCommand, ResourceExhausted
 from reservation import _operations as ops
 from reservation import _orders as orders
+
+DRIVE_ORDERS_AT_ONCE = 64
+"""Sagas of orders left pending (a group's log unreachable, a restart) and of orphaned parts that
+housekeeping runs at once; the rest wait for the next passes. Each pass spawned a saga for every
+one, none waited for: thousands left pending by an outage ran together, their steps filling every
+shard's mailbox ahead of any shopper's Reserve (as ``maintenance.EXPIRE_ORDERS_AT_ONCE`` for expiries)."""
 
 
 def record_refusal(home: Ledger, limits: Limits, records: int = 1) -> ResourceExhausted | None:
@@ -42,3 +51,15 @@ def order_opened(ledger: Ledger, cmd: ReserveCommand, groups: tuple[int, ...], l
         return refusal
     ledger.save(orders.open_order(cmd, groups, now))
     return ledger.reservations[cmd.reservation_id]
+
+
+def next_to_drive(pending: set[str], after: str, room: int) -> tuple[str, list[str]]:
+    """Up to ``room`` of ``pending`` orders for housekeeping to drive on now, in id order (not the str
+    hash's: a simulated seed replays) from the first after ``after`` round to the start, so orders
+    that keep failing (a group's log unreachable) do not hold back the others; and the new ``after``."""
+    if room <= 0 or not pending:
+        return after, []
+    ids = sorted(pending)
+    start = bisect.bisect_right(ids, after)
+    picked = (ids[start:] + ids[:start])[:room]
+    return picked[-1], picked

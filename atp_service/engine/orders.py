@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from atp_service.engine.capacity import order_opened
+from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, next_to_drive, order_opened
 from atp_service.engine.parts import (
     ApplyShare,
     GiveUpPart,
@@ -24,9 +24,9 @@ from atp_service.engine.parts import (
     ReadPart,
     ReservePart,
     command_of,
+    held_orphans,
     log_lost,
     log_orphaned,
-    orphan_parts,
     run_part,
     shipped_elsewhere,
     undecided,
@@ -70,6 +70,8 @@ class Orders:
         """Orders left pending (a saga that could not finish, or found so after a restart): the
         housekeeper drives them on (``drive_unsettled``)."""
         self.orphans: dict[str, int] = {}  # held parts whose order has no record (-> group): given up
+        self._drives: set[asyncio.Task[Any]] = set()  # housekeeping's sagas of those, running
+        self._after = ""  # the last order housekeeping drove on: the next pass goes on after it
 
     def find_pending(self, ledgers: Iterable[Ledger]) -> None:
         """After a restart: orders whose saga stopped half-way are driven on, orphaned parts given up."""
@@ -77,16 +79,9 @@ class Orders:
         for ledger in ledgers:
             self.unsettled.update(rid for rid, rec in ledger.reservations.items()
                                   if rec.is_order and rec.pending is not None)
-        if self._engine.remote is None:  # every group here: an order not found here is nowhere (leased:
-            self.orphans.update(self._orphans_of(ledgers))  # housekeeping asks every group, ``orphans.py``)
-
-    def _orphans_of(self, ledgers: list[Ledger]) -> dict[str, int]:
-        """Held parts whose order has no record (``orphan_parts``); confirmed ones are committed units of
-        a paid order (Q3), kept so that its SHIPMENT fulfils them."""
-        held, confirmed = orphan_parts(ledgers, lambda order_id: self._engine.home_of(order_id) is not None)
-        for part_id, shard in confirmed.items():
-            log_orphaned(part_id, shard, "is confirmed: kept until shipped")
-        return held
+        # Every group here: an order not found here is nowhere (leased: housekeeping asks every group, orphans.py).
+        if self._engine.remote is None:
+            self.orphans.update(held_orphans(ledgers, lambda order_id: self._engine.home_of(order_id) is not None))
 
     # -- what the engine calls ---------------------------------------------------------
     def reserve(self, cmd: ReserveCommand, home: int) -> asyncio.Task[tuple[Reservation, bool]]:
@@ -115,18 +110,24 @@ class Orders:
         return self._engine.actors[shard].ledger.reservation(orders.part_id(order_id, shard)) is not None
 
     def drive_unsettled(self) -> None:
-        """Drive on every order left pending whose saga is not running now; give up orphaned parts."""
+        """Drive on orders left pending whose saga is not running now, and give up orphaned parts, at
+        most ``DRIVE_ORDERS_AT_ONCE`` sagas of them running at once (the rest at the next passes)."""
         for part_id, group in sorted(self.orphans.items()):
             order_id = orders.order_of(part_id)
-            if order_id is not None and order_id not in self._locks:  # kept until given up: tried again
-                self._spawn(self._locked(order_id, functools.partial(self._give_up_orphan, part_id, group)))
-        for order_id in sorted(self.unsettled):  # in id order, not the str hash's: a simulated seed replays
-            if order_id not in self._locks:
-                home = self._engine.home_of(order_id)
-                self.unsettled.discard(order_id)
-                if home is not None:
-                    self._spawn(self._locked(order_id, functools.partial(self._settle, order_id, home)))
+            if order_id is not None and order_id not in self._locks and len(self._drives) < DRIVE_ORDERS_AT_ONCE:
+                self._drive(order_id, functools.partial(self._give_up_orphan, part_id, group))  # until given up
+        room = DRIVE_ORDERS_AT_ONCE - len(self._drives)
+        self._after, ids = next_to_drive(self.unsettled.difference(self._locks), self._after, room)
+        for order_id in ids:
+            home = self._engine.home_of(order_id)
+            self.unsettled.discard(order_id)
+            if home is not None:
+                self._drive(order_id, functools.partial(self._settle, order_id, home))
         self._engine.metrics.orders_unsettled.set(len(self.unsettled))
+
+    def _drive(self, order_id: str, saga: Callable[[], Awaitable[Any]]) -> None:
+        self._drives.add(task := self._spawn(self._locked(order_id, saga)))
+        task.add_done_callback(self._drives.discard)
 
     def run_locked(self, order_id: str, saga: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         return self._locked(order_id, saga)  # for ``orphans.LeasedOrphans``: no saga of the order meanwhile

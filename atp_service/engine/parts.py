@@ -263,6 +263,15 @@ def orphan_parts(ledgers: Iterable[Ledger], has_order: Callable[[str], bool]) ->
     return held, confirmed
 
 
+def held_orphans(ledgers: Iterable[Ledger], has_order: Callable[[str], bool]) -> dict[str, int]:
+    """Held parts whose order has no record (``orphan_parts``); confirmed ones are committed units of
+    a paid order (Q3), kept so that its SHIPMENT fulfils them."""
+    held, confirmed = orphan_parts(ledgers, has_order)
+    for part_id, shard in confirmed.items():
+        log_orphaned(part_id, shard, "is confirmed: kept until shipped")
+    return held
+
+
 def log_orphaned(part_id: str, shard: int, what: str) -> None:
     """Says a part ``orphan_parts`` found, and what becomes of it."""
     log.error("part %r of an order with no record at any group (Redis lost acknowledged entries of the order's "

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from atp_service.engine import orders as orders_module
 from atp_service.engine import parts as engine_parts
 from reservation import (
     DomainError,
@@ -298,3 +299,34 @@ async def test_an_order_older_than_half_the_retention_takes_a_missing_part_as_fo
     rig.clock.advance(RETENTION_MS // 2)
     await lose_part(rig, "o1", 1)
     assert (await rig.run(engine.confirm("o1"))).state == State.CONFIRMED
+
+
+async def test_housekeeping_drives_a_bounded_number_of_pending_orders_at_once(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Orders left pending (their sagas stopped by a group's log unreachable, or found so after a
+    restart) were each given a saga by every housekeeping pass at once, however many: thousands after
+    an outage ran thousands of sagas together, their steps filling every shard's mailbox ahead of any
+    shopper's Reserve (the same flood ``EXPIRE_ORDERS_AT_ONCE`` bounds for expiries). At most
+    ``DRIVE_ORDERS_AT_ONCE`` run at once; the rest wait for the next passes, and every one is driven."""
+    monkeypatch.setattr(orders_module, "DRIVE_ORDERS_AT_ONCE", 3, raising=False)
+    engine = rig.engine
+    sagas = engine.orders
+    assert sagas is not None
+    flag = failing_on(rig, 1)
+    flag[0] = True
+    pending = [f"o{n}" for n in range(10)]
+    for rid in pending:
+        with pytest.raises(Unavailable):
+            await rig.run(engine.reserve(rig.cmd(rid, (1, 1))))
+    assert sagas.unsettled == set(pending)
+    flag[0] = False
+    most = 0
+    for _ in range(len(pending)):
+        sagas.drive_unsettled()
+        most = max(most, len(sagas._tasks))
+        await rig.pump_until_done(list(sagas._tasks))
+        if not sagas.unsettled:
+            break
+    assert most <= 3, f"{most} sagas driven at once"
+    assert not sagas.unsettled
+    assert all(engine.actors[0].ledger.reservation(rid).pending is None for rid in pending)
