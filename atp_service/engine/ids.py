@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from atp_service.engine.capacity import record_refusal
 from atp_service.engine.messages import refused_for_memory
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.ids import IdClaims
@@ -108,6 +109,15 @@ class IdGuard:
         home = engine.routes.placement(cmd)[1]
         return None if engine.actors[home].vacant else home
 
+    def _full(self, home: int) -> DomainError | None:
+        """The refusal of a new id whose home is at a bound on the reservations it remembers, before
+        its claim (which the shard would then refuse): a claim outlives its Reserve a day or so, so
+        at a full shard a flood of new ids grew Redis by a key a call, all of them refused."""
+        full = record_refusal(self._engine.actors[home].ledger, self._engine.limits)
+        if full is not None:
+            self._engine.count_capacity_refusal(full)
+        return full
+
     def _ttl_ms(self, cmd: ReserveCommand) -> int:
         return cmd.ttl_ms + self._engine.limits.retention_ms + CLAIM_MARGIN_MS
 
@@ -116,18 +126,22 @@ class IdGuard:
         Redis did not answer; returns when the Reserve may be decided."""
         home = self.home_to_claim(cmd)
         if home is not None:
+            if (full := self._full(home)) is not None:
+                raise full
             _raise_if_refused(cmd.reservation_id, home, await _answer(self.claims.claim(
                 cmd.reservation_id, home, self._ttl_ms(cmd))))
 
     async def check_many(self, cmds: Sequence[ReserveCommand]) -> dict[int, DomainError]:
         """``check`` of each of ``cmds``, the claims in one round trip: the refusal of each refused (by index)."""
         asked: dict[int, tuple[int, asyncio.Future[int]]] = {}
+        refused: dict[int, DomainError] = {}
         for i, cmd in enumerate(cmds):
             home = self.home_to_claim(cmd)
-            if home is not None:
+            if home is not None and (full := self._full(home)) is not None:
+                refused[i] = full
+            elif home is not None:
                 asked[i] = home, self.claims.claim(cmd.reservation_id, home, self._ttl_ms(cmd))
         answers = await asyncio.gather(*(_answer(claim) for _, claim in asked.values()), return_exceptions=True)
-        refused: dict[int, DomainError] = {}
         for (i, (home, _)), held in zip(asked.items(), answers, strict=True):
             if isinstance(held, DomainError):
                 refused[i] = held

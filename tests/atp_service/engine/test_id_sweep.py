@@ -17,7 +17,7 @@ from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.ids import IdClaims
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import open_nodes
-from reservation import LineRequest, ReserveCommand, State
+from reservation import Limits, LineRequest, ReserveCommand, State
 from reservation._orders import PART_MARK
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.waiting import until
@@ -28,9 +28,10 @@ NOW_MS = 1_700_000_000_000
 
 def _engine(records: dict[str, Any]) -> Any:
     """A stand-in for a leased engine serving one group (0) that holds ``records``."""
-    actor = SimpleNamespace(shard=0, vacant=False, ledger=SimpleNamespace(reservations=records),
+    actor = SimpleNamespace(shard=0, vacant=False, ledger=SimpleNamespace(shard=0, reservations=records,
+                                                                          live_reservations=len(records)),
                             clock=SimpleNamespace(now_ms=lambda: NOW_MS))
-    return SimpleNamespace(actors=[actor], limits=SimpleNamespace(retention_ms=60_000), reserve=None)
+    return SimpleNamespace(actors=[actor], limits=Limits(retention_ms=60_000), reserve=None)
 
 
 async def test_a_sweep_pass_looks_at_a_bounded_slice_of_records_whatever_it_skips(redis_url: str) -> None:
