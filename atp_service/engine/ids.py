@@ -109,11 +109,21 @@ class IdGuard:
         home = engine.routes.placement(cmd)[1]
         return None if engine.actors[home].vacant else home
 
-    def _full(self, home: int) -> DomainError | None:
-        """The refusal of a new id whose home is at a bound on the reservations it remembers, before
-        its claim (which the shard would then refuse): a claim outlives its Reserve a day or so, so
-        at a full shard a flood of new ids grew Redis by a key a call, all of them refused."""
+    def _ask(self, cmd: ReserveCommand, home: int) -> tuple[asyncio.Future[int], DomainError | None]:
+        """The id's claim asked for; or, where its home is at a bound on the reservations it remembers,
+        only looked at, with the refusal the shard would give (a claim outlives its Reserve a day or
+        so: at a full shard a flood of new ids grew Redis by a key a call, all of them refused). Looked
+        at, not refused outright: an id whose claim names another group is another record's (R5)."""
         full = record_refusal(self._engine.actors[home].ledger, self._engine.limits)
+        if full is not None:
+            return self.claims.look(cmd.reservation_id), full
+        return self.claims.claim(cmd.reservation_id, home, self._ttl_ms(cmd)), None
+
+    def _refusal(self, reservation_id: str, home: int, held: int, full: DomainError | None) -> DomainError | None:
+        """What the claim's answer (``held``: -1 where only looked at and none held) refuses: an id of
+        a record of other lines names ``lines`` whether the home is full or not; else the bound."""
+        if held != home and held >= 0:
+            return other_lines(reservation_id, held)
         if full is not None:
             self._engine.count_capacity_refusal(full)
         return full
@@ -122,33 +132,31 @@ class IdGuard:
         return cmd.ttl_ms + self._engine.limits.retention_ms + CLAIM_MARGIN_MS
 
     async def check(self, cmd: ReserveCommand) -> None:
-        """Raises the refusal of a Reserve whose id names a record of other lines, or whose claim
-        Redis did not answer; returns when the Reserve may be decided."""
+        """Raises the refusal of a Reserve whose id names a record of other lines, whose home is full,
+        or whose claim Redis did not answer; returns when the Reserve may be decided."""
         home = self.home_to_claim(cmd)
         if home is not None:
-            if (full := self._full(home)) is not None:
-                raise full
-            _raise_if_refused(cmd.reservation_id, home, await _answer(self.claims.claim(
-                cmd.reservation_id, home, self._ttl_ms(cmd))))
+            claim, full = self._ask(cmd, home)
+            refusal = self._refusal(cmd.reservation_id, home, await _answer(claim), full)
+            if refusal is not None:
+                raise refusal
 
     async def check_many(self, cmds: Sequence[ReserveCommand]) -> dict[int, DomainError]:
         """``check`` of each of ``cmds``, the claims in one round trip: the refusal of each refused (by index)."""
-        asked: dict[int, tuple[int, asyncio.Future[int]]] = {}
-        refused: dict[int, DomainError] = {}
+        asked: dict[int, tuple[int, asyncio.Future[int], DomainError | None]] = {}
         for i, cmd in enumerate(cmds):
             home = self.home_to_claim(cmd)
-            if home is not None and (full := self._full(home)) is not None:
-                refused[i] = full
-            elif home is not None:
-                asked[i] = home, self.claims.claim(cmd.reservation_id, home, self._ttl_ms(cmd))
-        answers = await asyncio.gather(*(_answer(claim) for _, claim in asked.values()), return_exceptions=True)
-        for (i, (home, _)), held in zip(asked.items(), answers, strict=True):
+            if home is not None:
+                asked[i] = home, *self._ask(cmd, home)
+        answers = await asyncio.gather(*(_answer(claim) for _, claim, _ in asked.values()), return_exceptions=True)
+        refused: dict[int, DomainError] = {}
+        for (i, (home, _, full)), held in zip(asked.items(), answers, strict=True):
             if isinstance(held, DomainError):
                 refused[i] = held
             elif isinstance(held, BaseException):
                 raise held
-            elif held != home:
-                refused[i] = other_lines(cmds[i].reservation_id, held)
+            elif (refusal := self._refusal(cmds[i].reservation_id, home, held, full)) is not None:
+                refused[i] = refusal
         return refused
 
     # -- the sweep ------------------------------------------------------------------------------------
@@ -241,8 +249,3 @@ def claim_refusal(exc: BaseException) -> Unavailable:
         return refused_for_memory("reservation_id: its claim")
     return Unavailable(f"reservation_id: its claim was not answered ({exc!r}); nothing was decided, retry",
                        Reason.STORAGE_UNREACHABLE)
-
-
-def _raise_if_refused(reservation_id: str, home: int, held: int) -> None:
-    if held != home:
-        raise other_lines(reservation_id, held)

@@ -34,10 +34,14 @@ from atp_service.storage.nodes import Call, Script
 from atp_service.storage.resp import as_text, out_of_memory
 from atp_service.tasks import keep
 
-# KEYS: the id's claim; ARGV: home group, time to live in ms. Returns the group the claim holds.
+# KEYS: the id's claim; ARGV: home group, time to live in ms (0: looked at only, -1 where none is held).
+# Returns the group the claim holds.
 CLAIM_SCRIPT = Script("""
 local held = redis.call('GET', KEYS[1])
 if not held then
+  if ARGV[2] == '0' then
+    return '-1'
+  end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return ARGV[1]
 end
@@ -72,11 +76,19 @@ class IdClaims:
         """The group ``reservation_id``'s claim holds once this one is made: ``home``, unless another
         group claimed it first. The claim lives at least ``ttl_ms`` from now. Fails with what the last
         try met (a ``RedisError``, ``OSError``) when Redis did not answer ``CLAIM_TRIES`` times."""
+        return self._ask(reservation_id, home, max(1, ttl_ms))
+
+    def look(self, reservation_id: str) -> asyncio.Future[int]:
+        """The group ``reservation_id``'s claim holds, -1 where none: nothing set or extended (a Reserve
+        refused before its claim still names the field an id of another record differs in, R5)."""
+        return self._ask(reservation_id, -1, 0)
+
+    def _ask(self, reservation_id: str, home: int, ttl_ms: int) -> asyncio.Future[int]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._flush)
-        self._waiting.append((Call(CLAIM_SCRIPT, [self.key(reservation_id)], [home, max(1, ttl_ms)]), fut))
+        self._waiting.append((Call(CLAIM_SCRIPT, [self.key(reservation_id)], [home, ttl_ms]), fut))
         return fut
 
     def _flush(self) -> None:

@@ -60,8 +60,11 @@ class SimIdClaims:
         return replies
 
     def _land(self, call: Call) -> int:
-        """``CLAIM_SCRIPT``: set unless held; the group held."""
+        """``CLAIM_SCRIPT``: set unless held (only looked at where its time to live is 0: -1 if none);
+        the group held."""
         key, home = call.keys[0], int(call.args[0])
+        if int(call.args[1]) == 0:
+            return self.held.get(key, -1)
         held = self.held.setdefault(key, home)
         self.tally.id_claims_refused += held != home
         return held

@@ -5,6 +5,7 @@ flood of new ids at a full shard grew Redis by a key a call while the shard refu
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,8 +15,11 @@ import redis.asyncio as aioredis
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import free_port
 from reservation import Limits
+from tests.atp_service.app.test_processes import owned
 from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.refusals import refused
 from tests.conftest import ServiceFactory, services_on
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -52,3 +56,35 @@ async def test_new_ids_at_a_full_shard_are_refused_capacity_reached_without_a_cl
     again = await client.reserve("fill-0", [("A", "S1", 1)], ttl_seconds=600)
     assert again.replayed  # a retry of one remembered is answered (R5)
     assert service.engine is not None
+
+
+async def test_an_id_of_another_process_s_record_reused_at_a_full_shard_is_refused_naming_lines(
+        start_process: ServiceFactory, redis_url: str) -> None:
+    """R5: an id whose record another process holds, sent with lines of a full shard here, is refused
+    naming ``lines``, as in one process (where its record's home decides) — not CAPACITY_REACHED,
+    which says nothing of the id's record and is retried to no end; and it leaves no claim of its own."""
+    limits = Limits(max_live_reservations_per_shard=1)
+    running = [await start_process(port=free_port(), host="127.0.0.1", limits=limits) for _ in range(2)]
+    await until(lambda: all(len(owned(service)) == 1 for service, _ in running), "a group each", 60)
+    here = "k0"
+    there = next(sku for sku in (f"k{i}" for i in range(64)) if zlib.crc32(sku.encode()) % 2 != zlib.crc32(b"k0") % 2)
+    if zlib.crc32(here.encode()) % 2 not in owned(running[0][0]):
+        running.reverse()  # the first process owns ``here``'s group
+    await until(lambda: all(s.membership is not None and s.membership.where(g)[0] == f"127.0.0.1:{o.port}"
+                            for s, _ in running for o, _ in running for g in owned(o)), "each knows the other's", 60)
+    await running[0][1].record_events([receipt("in-here", here, "DC", 10), receipt("in-there", there, "DC", 10)])
+    (_, client), (_, other) = running
+    assert (await client.reserve("x-1", [(here, "DC", 2)], ttl_seconds=600)).state == pb.RESERVATION_STATE_HELD
+    await other.reserve("fill", [(there, "DC", 1)], ttl_seconds=600)  # ``there``'s shard at its bound
+    async with aioredis.Redis.from_url(redis_url) as r:
+        claims = len(await r.keys("atp:rid:*"))
+        for caller in (client, other):
+            refusal = await refused(caller.reserve("x-1", [(there, "DC", 3)], ttl_seconds=600))
+            assert (refusal.code, refusal.reason, refusal.metadata) == (
+                grpc.StatusCode.ALREADY_EXISTS, "RESERVATION_ID_REUSED", {"field": "lines"}), refusal
+        batch = [pb.ReserveRequest(reservation_id="x-1", lines=[pb.Line(sku=there, location="DC", quantity=3)])]
+        ((outcome,),) = [a.outcomes async for a in other.reserve_stream([batch])]
+        assert outcome.error.code == grpc.StatusCode.ALREADY_EXISTS.value[0] and "lines" in outcome.error.message
+        refusal = await refused(other.reserve("new", [(there, "DC", 1)], ttl_seconds=600))
+        assert refusal.reason == "CAPACITY_REACHED", refusal  # a new id there: refused as before
+        assert len(await r.keys("atp:rid:*")) == claims, "a refused id was claimed"

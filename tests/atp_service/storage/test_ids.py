@@ -49,6 +49,21 @@ async def test_the_first_home_claimed_answers_every_claim_and_lasts_as_asked(red
         await nodes.aclose()
 
 
+
+async def test_a_look_at_a_claim_answers_the_group_held_and_sets_nothing(redis_url: str) -> None:
+    """``look`` (a Reserve at a full shard, refused before its claim): the group held, -1 where none,
+    nothing written or extended."""
+    nodes = open_nodes(redis_url, 5.0)
+    claims = IdClaims(nodes.run, KEYS)
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        assert await claims.look("l-1") == -1 and await r.exists("t:rid:{l-1}") == 0
+        assert await claims.claim("l-1", 3, 60_000) == 3
+        assert await claims.look("l-1") == 3 and 0 < await r.pttl("t:rid:{l-1}") <= 60_000
+    finally:
+        await r.aclose()
+        await nodes.aclose()
+
 async def test_a_claim_in_doubt_that_lands_late_is_the_answer_of_every_later_claim(
         redis_server: EmbeddedRedis, redis_url: str) -> None:
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
