@@ -111,18 +111,21 @@ class Orders:
 
     def drive_unsettled(self) -> None:
         """Drive on orders left pending whose saga is not running now, and give up orphaned parts, at
-        most ``DRIVE_ORDERS_AT_ONCE`` sagas of them running at once (the rest at the next passes)."""
-        for part_id, group in sorted(self.orphans.items()):
-            order_id = orders.order_of(part_id)
-            if order_id is not None and order_id not in self._locks and len(self._drives) < DRIVE_ORDERS_AT_ONCE:
-                self._drive(order_id, functools.partial(self._give_up_orphan, part_id, group))  # until given up
-        room = DRIVE_ORDERS_AT_ONCE - len(self._drives)
-        self._after, ids = next_to_drive(self.unsettled.difference(self._locks), self._after, room)
-        for order_id in ids:
-            home = self._engine.home_of(order_id)
-            self.unsettled.discard(order_id)
+        most ``DRIVE_ORDERS_AT_ONCE`` sagas of them running at once (the rest at the next passes). Both
+        go round together: orphans given the room first, always the same ones, took every slot while
+        their group's log was unreachable, and no pending order (nor later orphan) was driven on."""
+        idle = self.unsettled.difference(self._locks)  # part ids (PART_MARK) never name an order
+        idle.update(part for part in self.orphans if orders.order_of(part) not in self._locks)
+        self._after, ids = next_to_drive(idle, self._after, DRIVE_ORDERS_AT_ONCE - len(self._drives))
+        for rid in ids:
+            order_id = orders.order_of(rid)
+            if order_id is not None:  # kept in ``orphans`` until given up: tried again
+                self._drive(order_id, functools.partial(self._give_up_orphan, rid, self.orphans[rid]))
+                continue
+            home = self._engine.home_of(rid)
+            self.unsettled.discard(rid)
             if home is not None:
-                self._drive(order_id, functools.partial(self._settle, order_id, home))
+                self._drive(rid, functools.partial(self._settle, rid, home))
         self._engine.metrics.orders_unsettled.set(len(self.unsettled))
 
     def _drive(self, order_id: str, saga: Callable[[], Awaitable[Any]]) -> None:

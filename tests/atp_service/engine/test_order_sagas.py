@@ -330,3 +330,36 @@ async def test_housekeeping_drives_a_bounded_number_of_pending_orders_at_once(
     assert most <= 3, f"{most} sagas driven at once"
     assert not sagas.unsettled
     assert all(engine.actors[0].ledger.reservation(rid).pending is None for rid in pending)
+
+
+async def test_orphaned_parts_that_keep_failing_hold_back_no_pending_order_nor_each_other(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Orphaned parts were given the room of every pass first, always the same ones (in id order
+    from the start): as many as ``DRIVE_ORDERS_AT_ONCE`` whose release kept failing (their group's log
+    unreachable) took every slot at every pass, so no order left pending was ever driven on (its
+    parts held until someone retried it) and the other orphans were never released. All of them go
+    round together."""
+    monkeypatch.setattr(orders_module, "DRIVE_ORDERS_AT_ONCE", 2, raising=False)
+    engine = rig.engine
+    sagas = engine.orders
+    assert sagas is not None
+    flag = failing_on(rig, 1)
+    flag[0] = True
+    with pytest.raises(Unavailable):
+        await rig.run(engine.reserve(rig.cmd("p")))
+    flag[0] = False
+    assert sagas.unsettled == {"p"}
+    tried: list[str] = []
+
+    async def unreachable(part_id: str, _group: int) -> None:
+        tried.append(part_id)
+        raise Unavailable("its group's log unreachable", Reason.STORAGE_UNREACHABLE)
+
+    monkeypatch.setattr(sagas, "_give_up_orphan", unreachable)
+    lost = [orders.part_id(f"lost{n}", 1) for n in range(3)]
+    sagas.orphans.update(dict.fromkeys(lost, 1))
+    for _ in range(6):
+        sagas.drive_unsettled()
+        await rig.pump_until_done(list(sagas._tasks))
+    assert engine.actors[0].ledger.reservation("p").pending is None, "the pending order never driven on"
+    assert set(tried) == set(lost), f"orphans tried: {sorted(set(tried))}"
