@@ -114,7 +114,9 @@ class IdGuard:
         only looked at, with the refusal the shard would give (a claim outlives its Reserve a day or
         so: at a full shard a flood of new ids grew Redis by a key a call, all of them refused). Looked
         at, not refused outright: an id whose claim names another group is another record's (R5)."""
-        full = record_refusal(self._engine.actors[home].ledger, self._engine.limits)
+        engine = self._engine
+        records = 2 if engine.orders is not None and len(engine.routes.placement(cmd)[0]) > 1 else 1
+        full = record_refusal(engine.actors[home].ledger, engine.limits, records)  # a saga's order: its part too
         if full is not None:
             return self.claims.look(cmd.reservation_id), full
         return self.claims.claim(cmd.reservation_id, home, self._ttl_ms(cmd)), None

@@ -88,3 +88,21 @@ async def test_an_id_of_another_process_s_record_reused_at_a_full_shard_is_refus
         refusal = await refused(other.reserve("new", [(there, "DC", 1)], ttl_seconds=600))
         assert refusal.reason == "CAPACITY_REACHED", refusal  # a new id there: refused as before
         assert len(await r.keys("atp:rid:*")) == claims, "a refused id was claimed"
+
+
+async def test_a_new_order_spanning_groups_one_short_of_the_bound_leaves_no_claim(
+        start_process: ServiceFactory, redis_url: str) -> None:
+    """An order's saga needs two records at its home (the order's and its part there): one short of the
+    bound it is refused CAPACITY_REACHED, and its id must not be claimed either."""
+    limits = Limits(max_live_reservations_per_shard=2)
+    _, client = await start_process(port=free_port(), host="127.0.0.1", limits=limits)
+    low, high = sorted(("k0", next(f"k{i}" for i in range(64) if zlib.crc32(f"k{i}".encode()) % 2
+                                   != zlib.crc32(b"k0") % 2)), key=lambda sku: zlib.crc32(sku.encode()) % 2)
+    await client.record_events([receipt("s1", low, "DC", 10), receipt("s2", high, "DC", 10)])
+    await client.reserve("fill", [(low, "DC", 1)], ttl_seconds=600)  # the home one short of its bound
+    async with aioredis.Redis.from_url(redis_url) as r:
+        claims = len(await r.keys("atp:rid:*"))
+        for n in range(3):
+            refusal = await refused(client.reserve(f"order-{n}", [(low, "DC", 1), (high, "DC", 1)]))
+            assert refusal.reason == "CAPACITY_REACHED", refusal
+        assert len(await r.keys("atp:rid:*")) == claims, "a refused order's id was claimed"
