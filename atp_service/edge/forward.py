@@ -276,14 +276,16 @@ class Forwarder:
         if holder is not None:  # the holder's answer first, whatever the others said
             self._counted.labels(method, "located").inc()
             return holder
-        answers = [cast(BaseException, ask.exception()) for ask in asks]  # each refused: none holds it
-        for address, answer in zip(sorted(owners), answers, strict=True):
-            if not isinstance(answer, grpc.aio.AioRpcError):
+        refusals: list[Relayed | Unavailable] = []
+        for address, answer in zip(sorted(owners), [cast(BaseException, ask.exception()) for ask in asks], strict=True):
+            if not isinstance(answer, grpc.aio.AioRpcError):  # each refused: none holds it
                 raise answer
             serving = _serving(answer)
             if serving is None:  # the holder's refusal (or a peer that did not answer)
-                raise refusal_of(method, address, answer)
-            covered |= serving
+                refusals.append(refusal_of(method, address, answer))
+            covered |= serving or set()
+        if refusals:  # one in doubt (R7: its holder's, lost in hand) whatever others said, not the first by address
+            raise next((r for r in refusals if isinstance(r, Unavailable)), refusals[0])
         if covered >= set(range(table.shards)):
             raise NotFound(f"reservation_id: no reservation {getattr(request, 'reservation_id', '')!r}")
         raise Moved(-1, "", serving=here.serving)  # a group changing hands: retry

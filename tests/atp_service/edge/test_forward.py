@@ -478,3 +478,43 @@ async def test_a_forwarded_change_its_owner_cancels_at_its_stop_is_answered_in_d
     await asyncio.gather(*in_hand.landed, return_exceptions=True)
     refusal = typed(cancelled.value).refusal
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
+
+
+async def test_a_located_change_lost_with_its_holder_is_in_doubt_whatever_another_peer_answered(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Confirm sent to a process not holding the reservation is asked of every other process. Its
+    holder was lost with it in hand (the connection to it reset), and another peer could not be reached
+    at all (a process gone, still in the routing table until its leases run out): the caller was told
+    that peer's "failed to connect", which says the call was never sent — the first refusal in the
+    order of the peers' addresses, whatever the others said. The holder had made the change (R7): it
+    is in doubt, and answered so, whichever peer's address sorts first."""
+    a, a_address, b, b_address = pair
+    assert b.engine is not None
+    relay = Relay(b_address)
+    holder = await relay.start()
+    gone = "127.0.0.1:1"  # nothing listens there: sorted before the holder's address
+    assert sorted([gone, holder])[0] == gone
+    shards = a.config.shards
+    table = RoutingTable(shards, a_address, (Route(0, gone, 1), *(Route(g, holder, 1) for g in range(1, shards))))
+    monkeypatch.setattr(a._servicer.forwarder, "routing", lambda: table)
+    in_hand = InHand(b.engine.confirm)
+    async with AtpClient(a_address, token=TOKEN, timeout_s=ANSWER_BOUND_S) as via_a, \
+            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
+        await stock(at_b, b.clock.now_ms())
+        await at_b.reserve("r1", [("A", "L", 2)])
+
+        async def not_here(*_args: Any) -> Any:
+            raise Moved(-1, "", serving=())
+
+        monkeypatch.setattr(a.engine, "confirm", not_here)
+        monkeypatch.setattr(b.engine, "confirm", in_hand)
+        call = asyncio.ensure_future(via_a.confirm("r1"))
+        await asyncio.wait_for(in_hand.entered.wait(), 10)
+        await relay.cut()
+        with pytest.raises(grpc.aio.AioRpcError) as lost:
+            await call
+        in_hand.go.set()
+        await in_hand.landed[0]
+        assert (await at_b.get_reservation("r1")).state == pb.RESERVATION_STATE_CONFIRMED  # it was made
+    refusal = typed(lost.value).refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
