@@ -41,12 +41,16 @@ class SlotMove:
         self._on(self.target, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", self._id(self.source))
         self._on(self.source, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self._id(self.target))
 
-    def finish(self) -> None:
-        """Every key moved, then the slot assigned to ``target`` on every primary."""
+    def move_keys(self) -> None:
+        """Every key of the slot moved to ``target``, the slot still migrating: the source answers ASK."""
         keys = self._on(self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, 1000)
         assert isinstance(keys, list)
         for key in keys:
             self._on(self.source, "MIGRATE", "127.0.0.1", self.target, key, 0, 5000)
+
+    def finish(self) -> None:
+        """Every key moved, then the slot assigned to ``target`` on every primary."""
+        self.move_keys()
         for node in self.cluster.primaries:
             self._on(node.port, "CLUSTER", "SETSLOT", self.slot, "NODE", self._id(self.target))
 
@@ -141,3 +145,41 @@ async def _move_of_as_slot(service: AtpService, client: AtpClient, redis_cluster
     move = SlotMove(redis_cluster, slot, source, target)
     moves.append(move)
     return shard, move
+
+
+async def test_a_write_answered_ask_once_its_group_s_keys_moved_is_not_applied_and_its_retry_lands_once(
+        start_service: ServiceFactory, redis_cluster: EmbeddedCluster, moves: list[SlotMove]) -> None:
+    """Every key of the group moved to the target while the slot is still migrating: the source
+    answers the group's scripts ASK (the service never follows it: a write is never sent twice).
+    The write is refused, nothing applied, the shard takes the next at once, and once the slot is
+    the target's the same reservation retried lands once (R7), with a replica confirming it."""
+    service, client = await start_service(redis_timeout_s=1.0, redis_wait_replicas=1, redis_wait_timeout_ms=500)
+    _, move = await _move_of_as_slot(service, client, redis_cluster, moves)
+    move.begin()
+    move.move_keys()
+    for _ in range(2):  # the second too: the first left nothing in doubt
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.reserve("during", [("A", "S1", 1)], ttl_seconds=600)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "ASK" in (refused.value.details() or ""), refused.value.details()
+        assert "nothing was applied" in (refused.value.details() or ""), refused.value.details()
+    (position,) = await client.availability([("A", "S1")])
+    assert (position.on_hand, position.reserved) == (10, 0)
+    moves.remove(move)
+    move.finish()
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:  # the same id again, until the shard answers
+        try:
+            assert (await client.reserve("during", [("A", "S1", 1)], ttl_seconds=600)).state == 1
+            break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+    assert (await client.reserve("during", [("A", "S1", 1)], ttl_seconds=600)).state == 1  # a replay
+    (position,) = await client.availability([("A", "S1")])
+    assert (position.on_hand, position.reserved) == (10, 1)
+    await service.stop(grace_s=0.1)
+    _, again = await start_service(redis_timeout_s=1.0)  # recovered from the target's log: held once
+    (position,) = await again.availability([("A", "S1")])
+    assert (position.on_hand, position.reserved) == (10, 1)
