@@ -215,8 +215,10 @@ class ShardActor(CommitPipeline):
         paused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             await self._mailbox.put(Envelope(Pause(resume), paused))
-            if self.failure is not None or self._stopping:  # failed while we waited for room: nobody reads it
-                self._refuse_if_unable()
+            # Waited for room: the shard may have failed (nobody reads the pause), or gone into doubt — the
+            # refusal that freed the room came before the pause was in, which would wait behind the settle
+            # (for Redis, as long as it takes) with the shards paused before this one held all the while.
+            self._refuse_if_unable()
             await paused
         except BaseException:
             paused.cancel()
