@@ -95,6 +95,15 @@ def carried_status(code: grpc.StatusCode, message: str, trailers: Iterable[tuple
     return status_pb2.Status.FromString(given)
 
 
+def carried_reason(code: grpc.StatusCode, message: str, trailers: Iterable[tuple[str, Any]]) -> str:
+    """The reason (``ErrorInfo.reason``) a refusal from another process carries; "" for gRPC's own."""
+    for detail in carried_status(code, message, trailers).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
 def rich_status(exc: DomainError, delay_ms: int | None = None) -> status_pb2.Status:
     """The ``google.rpc.Status`` of a refusal, with its details (``delay_ms``: the RetryInfo delay;
     by default a fresh ``retry_delay_ms``)."""

@@ -17,14 +17,14 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf.message_factory import GetMessageClass
 
 from atp_client import FORWARDED_KEY, MOVED_KEY, REDIRECT, ROUTING_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.edge.errors import DETAILS_KEY, SERVING_KEY
+from atp_service.edge.errors import DETAILS_KEY, SERVING_KEY, carried_reason
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.edge.routing import RoutingTable
 from atp_service.metrics import EdgeMetrics
@@ -62,6 +62,7 @@ _DECISIONS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FO
 """Refusals only the process holding a reservation answers a located call (the others: ``GROUP_MOVED``)."""
 _PASSED = frozenset({"authorization"})
 """The caller's metadata a forwarded call carries."""
+Refusal = TypeVar("Refusal", bound=BaseException)
 StreamCall = grpc.aio.StreamStreamCall[pb.ReserveStreamRequest, pb.ReserveStreamResponse]
 PEER_CALL_MAX_S = 30.0
 """The longest a call sent on to a peer may take when its caller set no deadline: a peer that
@@ -202,11 +203,10 @@ class Forwarder:
     async def ask_owners(self, method: str, requests: dict[str, Any],
                          context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
         """Each owner's answer to its part of a call split by owner (``requests`` by address, all
-        sent at once); any owner's refusal refuses the call (``Relayed``)."""
+        sent at once); any owner's refusal refuses the call (``Relayed``), one in doubt before the others."""
         answers = await self.ask_each(method, requests, context)
-        for answer in answers.values():
-            if isinstance(answer, (DomainError, Relayed)):
-                raise answer
+        if refusals := [answer for answer in answers.values() if isinstance(answer, (DomainError, Relayed))]:
+            raise told_first(refusals)  # R7: a part in doubt is said so, whatever another owner answered
         return answers
 
     async def ask_each(self, method: str, requests: dict[str, Any],
@@ -234,27 +234,15 @@ class Forwarder:
 
     async def forward_facts(self, request: pb.RecordEventsRequest, by_owner: dict[str, list[int]],
                             context: grpc.aio.ServicerContext[Any, Any], moved: Moved) -> dict[int, pb.FactResult]:
-        """The facts of ``request`` at these indexes, sent to their groups' owners (one call each, at
-        once): each fact's answer by its index. Any owner's refusal refuses the call (a retry is safe, E8)."""
-        metadata = tuple(context.invocation_metadata() or ())
-        if not self._forwards("RecordEvents", moved, metadata):
+        """The facts of ``request`` at these indexes, sent to their groups' owners (one call each, at once):
+        each fact's answer by its index. Any owner's refusal refuses the call, one in doubt first (E8: retry)."""
+        if not self._forwards("RecordEvents", moved, tuple(context.invocation_metadata() or ())):
             self._counted.labels("RecordEvents", "redirected").inc()
             raise moved
-        owners = list(by_owner)
-        calls = [self._send(owner, "RecordEvents", pb.RecordEventsRequest(events=[request.events[n] for n in
-                                                                                  by_owner[owner]]),
-                            context, metadata) for owner in owners]
-        answers = await asyncio.gather(*calls, return_exceptions=True)
-        out: dict[int, pb.FactResult] = {}
-        for owner, answer in zip(owners, answers, strict=True):
-            if isinstance(answer, grpc.aio.AioRpcError):
-                self._counted.labels("RecordEvents", "error").inc()
-                raise refusal_of("RecordEvents", owner, answer)
-            if isinstance(answer, BaseException):
-                raise answer
-            out.update(zip(by_owner[owner], answer.results, strict=True))
-        self._counted.labels("RecordEvents", "ok").inc()
-        return out
+        parts = {o: pb.RecordEventsRequest(events=[request.events[n] for n in at]) for o, at in by_owner.items()}
+        answers = await self.ask_owners("RecordEvents", parts, context)
+        return {n: result for owner, answer in answers.items()
+                for n, result in zip(by_owner[owner], answer.results, strict=True)}
 
     async def _locate(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
                       metadata: Sequence[tuple[str, Any]], here: Moved) -> Any:
@@ -285,7 +273,7 @@ class Forwarder:
                 refusals.append(refusal_of(method, address, answer))
             covered |= serving or set()
         if refusals:  # one in doubt (R7: its holder's, lost in hand) whatever others said, not the first by address
-            raise next((r for r in refusals if isinstance(r, Unavailable)), refusals[0])
+            raise told_first(refusals)
         if covered >= set(range(table.shards)):
             raise NotFound(f"reservation_id: no reservation {getattr(request, 'reservation_id', '')!r}")
         raise Moved(-1, "", serving=here.serving)  # a group changing hands: retry
@@ -360,6 +348,19 @@ def refusal_of(method: str, owner: str, error: grpc.aio.AioRpcError) -> Relayed 
                            "it may have been made: retry with the same ids, which answers what was decided",
                            Reason.OUTCOME_UNKNOWN)
     return Relayed.of(error)
+
+
+def told_first(refusals: Sequence[Refusal]) -> Refusal:
+    """The refusal told of a call several processes refused: one in doubt (R7: ``OUTCOME_UNKNOWN``, a part may
+    have been made) before any other, which would hide it (a definite one, "failed to connect"); else the first."""
+    return next((refusal for refusal in refusals if in_doubt(refusal)), refusals[0])
+
+
+def in_doubt(refusal: BaseException) -> bool:
+    """Whether ``refusal`` says the change may have been made (``OUTCOME_UNKNOWN``), this process's or relayed."""
+    if isinstance(refusal, Relayed):
+        return carried_reason(refusal.code, refusal.details, refusal.trailers) == Reason.OUTCOME_UNKNOWN.name
+    return isinstance(refusal, DomainError) and refusal.reason is Reason.OUTCOME_UNKNOWN
 
 
 def _serialized(message: Any) -> bytes:

@@ -7,7 +7,8 @@ caller that routes by itself, or a call forwarded already, is redirected to the 
 row held elsewhere before any row is loaded, and this process's own part is checked against
 ``max_positions_per_shard`` before any row goes to another process.
 
-A refusal by any part refuses the call. Other parts are not undone — their rows are durable, and
+A refusal by any part refuses the call: one in doubt (``OUTCOME_UNKNOWN``, R7) before any other,
+else this process's own, else the first owner's. Other parts are not undone — their rows are durable, and
 the shards are separate logs with no common commit — so the caller is told what is true: a refusal
 given after rows of other parts (other shards, other processes) were loaded keeps its status and
 reason, and its message and ``ErrorInfo`` metadata say how many rows were loaded (``rows_loaded``,
@@ -31,7 +32,7 @@ from google.rpc import error_details_pb2
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
 from atp_service.edge.errors import DETAILS_KEY, DOMAIN, carried_status
-from atp_service.edge.forward import Forwarder, Relayed
+from atp_service.edge.forward import Forwarder, Relayed, told_first
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
 from reservation import CountRows, DomainError, Limits, count_rows
@@ -64,14 +65,15 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
         (outcomes, reasons, refused), answers = await _local(desk, mine), {}
     out = convert.load_counts_response(good[here], outcomes, reasons, errors)
     peers_loaded = [0, 0]  # rows loaded, rows applied, by parts of other owners that refused the rest
+    refusals: list[DomainError | Relayed] = [] if refused is None else [refused]
     for owner, answer in answers.items():
         if isinstance(answer, pb.LoadCountsResponse):
             _merge(out, answer, good[elsewhere[owner]])
         else:
-            refused = refused or answer
+            refusals.append(answer)
             peers_loaded = [a + b for a, b in zip(peers_loaded, _loaded_before_refusal(answer), strict=True)]
-    if refused is not None:
-        raise _told(refused, out, len(block), *peers_loaded)
+    if refusals:  # R7: a part in doubt is told, not another part's refusal (this process's own first otherwise)
+        raise _told(told_first(refusals), out, len(block), *peers_loaded)
     return out
 
 

@@ -2,8 +2,9 @@
 
 With several processes on the keyspace, the facts of groups another process owns are sent on to
 it, one call per owner with just its facts (``Forwarder.forward_facts``). A fact refused by its
-shard refuses the whole call: some facts may be durable already, and a retry of the call is safe
-(E8: each fact is applied once, by its identity). A caller to be redirected (it routes by itself,
+shard refuses the whole call - one in doubt (``OUTCOME_UNKNOWN``) before any other, by a shard or an
+owner (R7) - and some facts may be durable already: a retry of the call is safe (E8: each fact is
+applied once, by its identity). A caller to be redirected (it routes by itself,
 or the call was forwarded already) is redirected before any fact is applied.
 
 Facts read from the input streams take the same way to their owners (``fact_sender``), carrying
@@ -21,7 +22,7 @@ import grpc
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
 from atp_service.edge.errors import rich_status
-from atp_service.edge.forward import Forwarder
+from atp_service.edge.forward import Forwarder, told_first
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.engine.router import Engine
 from atp_service.intake.entries import FAR_FUTURE
@@ -56,6 +57,7 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
                     tuple(context.invocation_metadata() or ()))
     moved: dict[str, list[int]] = {}
     elsewhere: Moved | None = None
+    refusals: list[DomainError] = []
     decided = list(zip(at, await desk.record(valid, "grpc"), strict=True))
     if ahead:  # E7 against E8: applied already (by a process whose clock ran ahead), a duplicate
         judged = await desk.applied_or_refused([fact for _, fact, _ in ahead], [r for _, _, r in ahead], "grpc")
@@ -67,13 +69,15 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
         elif isinstance(result, InvalidArgument):  # stamped in the future (E7), never applied here
             _invalid(out, n, request.events[n], result, metrics)
         elif isinstance(result, DomainError):
-            raise result  # some facts may be durable already: a retry of the whole call is safe (E8)
+            refusals.append(result)
         else:
             outcome, reason = result
             answer = out[n] = pb.FactResult(event_id=request.events[n].event_id,
                                             outcome=cast(pb.FactOutcome, int(outcome)))
             if reason:
                 answer.quarantine_reason, answer.detail = convert.quarantine_reason(reason), reason
+    if refusals:  # some facts may be durable already (a retry of the call is safe, E8); one in doubt is told (R7)
+        raise told_first(refusals)
     if elsewhere is not None:
         for n, answer in (await forwarder.forward_facts(request, moved, context, elsewhere)).items():
             out[n] = answer

@@ -32,6 +32,7 @@ from reservation import (
     Ledger,
     LineRequest,
     Moved,
+    Reason,
     Unavailable,
     View,
 )
@@ -78,7 +79,7 @@ class FactDesk:
     async def load_part(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str], DomainError | None]:
         """``load_counts`` telling what was loaded when a part is refused: each row's outcome (0: not
         loaded, its shard refused it or the quarantine stream did not take it), the quarantined rows'
-        reasons, and the first refusal of a shard's part (None: none). Raises a refusal given before
+        reasons, and the refusal of a shard's part (``told_first``; None: none). Raises a refusal given before
         any shard loaded (``make_room``). Owned like ``record`` (R8)."""
         return await self._owned(self._load_counts(block, origin))
 
@@ -109,7 +110,7 @@ class FactDesk:
             failed = next((r for r in results if isinstance(r, DomainError)), None)
             if failed is not None:  # not acknowledged, as RecordEvents answers them: a retry quarantines
                 # them again and streams them (E6), so the caller is told them not loaded (0), not quarantined
-                refused, reasons = refused or failed, {}
+                refused, reasons = told_first(refused, failed), {}
                 outcomes[late] = 0
         counted = np.bincount(outcomes, minlength=len(FactOutcome) + 1)
         counted[FactOutcome.QUARANTINED] -= again
@@ -158,8 +159,8 @@ class FactDesk:
 
     async def _load_by_shard(self, block: CountRows, parts: list[tuple[int, npt.NDArray[np.intp], CountRows]],
                              ) -> tuple[Outcomes, dict[int, str], DomainError | None]:
-        """Each row's outcome (0: its shard refused it), the quarantined rows' reasons, and the first
-        refusal. Every shard that takes its part is waited for: a refusal refuses the call (a retry
+        """Each row's outcome (0: its shard refused it), the quarantined rows' reasons, and the refusal
+        told (``told_first``). Every shard that takes its part is waited for: a refusal refuses the call (a retry
         is safe, E8), but only once the other shards' quarantined rows can be streamed (E6)."""
         outcomes = np.zeros(len(block), dtype=np.uint8)
         reasons: dict[int, str] = {}
@@ -169,7 +170,7 @@ class FactDesk:
             try:
                 reply = self.engine.actors[shard].submit(_load_all(part))
             except DomainError as exc:
-                refused = refused or exc
+                refused = told_first(refused, exc)
                 continue
             reply.add_done_callback(exception_seen)
             waits.append((rows, reply))
@@ -177,7 +178,7 @@ class FactDesk:
             try:
                 part_outcomes, part_reasons = await reply
             except DomainError as exc:
-                refused = refused or exc
+                refused = told_first(refused, exc)
                 continue
             outcomes[rows] = part_outcomes
             reasons.update((int(rows[j]), reason) for j, reason in part_reasons.items())
@@ -352,3 +353,11 @@ def _not_its_line(view: View, fact: Fact) -> Result:
         return outcome, reason
     return outcome, (f"{UNFULFILLED}: {fact.sku}@{fact.location} is not a line of "
                      f"reservation {fact.reservation_id!r}")
+
+
+def told_first(refused: DomainError | None, other: DomainError) -> DomainError:
+    """The refusal a block refused by several parts is told: one in doubt (R7: ``OUTCOME_UNKNOWN``, its
+    rows may have been loaded) before one that loaded nothing, which would hide it; else the first."""
+    if refused is None or (other.reason is Reason.OUTCOME_UNKNOWN and refused.reason is not Reason.OUTCOME_UNKNOWN):
+        return other
+    return refused

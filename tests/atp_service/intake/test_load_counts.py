@@ -5,6 +5,7 @@ block past max_rows_per_load or max_message_bytes is refused whole."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -14,7 +15,7 @@ import redis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app.service import AtpService
-from reservation import Limits
+from reservation import Limits, Reason, ResourceExhausted, Unavailable
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.refusals import fields_of, refused, said
 from tests.conftest import ServiceFactory
@@ -118,3 +119,34 @@ async def test_rows_a_quarantine_stream_could_not_take_are_told_not_loaded(
     assert (again.duplicate, again.quarantined) == (1, 1)
     entries = redis.Redis.from_url(redis_url).xrange("atp:quarantine")
     assert [(e[b"sku"].decode(), e[b"reason"][:4]) for _, e in entries] == [(first, b"late")]
+
+
+async def test_a_block_one_shard_shed_and_another_holds_in_doubt_is_told_in_doubt(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shard 0 sheds its part (SHARD_OVERLOADED: nothing of it applied), shard 1 loads its own but its
+    answer is lost (OUTCOME_UNKNOWN). The caller was told the first refusal in the order of the shards
+    - the shed, read as nothing loaded - while shard 1's row was (R7). It is told OUTCOME_UNKNOWN."""
+    service, client, first, second = await _two_shards(start_service)
+    assert service.engine is not None
+    actors = service.engine.actors
+
+    def shed(_work: Any) -> Any:
+        raise ResourceExhausted("mailbox full")
+
+    def reply_lost(work: Any, submit: Any = actors[1].submit) -> asyncio.Future[Any]:
+        lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def landed(reply: asyncio.Future[Any]) -> None:
+            assert reply.exception() is None
+            lost.set_exception(Unavailable("the shard's answer was lost", Reason.OUTCOME_UNKNOWN))
+        submit(work).add_done_callback(landed)
+        return lost
+
+    monkeypatch.setattr(actors[0], "submit", shed)
+    monkeypatch.setattr(actors[1], "submit", reply_lost)
+    now = service.clock.now_ms()
+    refusal = await refused(client.load_counts(_block([first, second], [now, now])))
+    monkeypatch.undo()
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
+    (position,) = await client.availability([(second, "L1")])
+    assert position.on_hand == 5  # shard 1's row was loaded
