@@ -139,9 +139,8 @@ def confirm(view: View, reservation_id: str, now: int) -> Reservation:
     return new
 
 
-def release(
-    view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, limits: Limits
-) -> Reservation:
+def release(view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int,
+            limits: Limits) -> Reservation:
     """R3: give back held or committed units, all of them or per line."""
     rec, retried = _current_or_retry(view, reservation_id, lines, operation_id, now, State.RELEASED)
     if retried:
@@ -160,14 +159,14 @@ def release(
             line.committed -= from_committed
             line.released += qty
     _settle(new, now)
+    if not lines and new.state == State.FULFILLED:  # partly shipped: its retry finds it so (_released_after_shipping)
+        new.ops[_RELEASED_WHOLE] = ""
     view.save(new)
     return new
 
 
-def fulfill(
-    view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, limits: Limits,
-    *, ship: bool = True,
-) -> Reservation:
+def fulfill(view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int,
+            limits: Limits, *, ship: bool = True) -> Reservation:
     """R4: shipped or picked-up units leave `committed` and `on_hand` together.
 
     ``ship=False`` when a SHIPMENT fact has already moved `on_hand` itself (fulfilment by fact).
@@ -195,9 +194,8 @@ def fulfill(
     return new
 
 
-def fulfill_committed(
-    view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, limits: Limits
-) -> Reservation:
+def fulfill_committed(view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int,
+                      limits: Limits) -> Reservation:
     """R4 by a SHIPMENT fact naming the reservation: only `committed` moves here. A fact shipping
     more units than its line has committed fulfils every committed unit (they all left with it; the
     fact moved `on_hand` by its whole quantity, as any SHIPMENT): refusing it left them committed
@@ -315,9 +313,8 @@ def _reused(operation_id: str, recorded: str, done: State) -> AlreadyExists:
 def _current_or_retry(
     view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, done: State
 ) -> tuple[Reservation, bool]:
-    """The record now, and whether this call only retries what already happened (R5: harmless):
-    a whole release/fulfil of a reservation already in ``done``, or a partial one whose
-    ``operation_id`` was applied (with the same lines; other lines are refused)."""
+    """The record now, and whether this call only retries what already happened (R5: harmless): a whole release/
+    fulfil of a reservation already in ``done``, or a partial one whose ``operation_id`` was applied (same lines)."""
     rec = _current(view, reservation_id, now)
     if not lines and (rec.state == done or _released_after_shipping(rec, done)):
         return rec, True
@@ -329,10 +326,13 @@ def _current_or_retry(
     return rec, True
 
 
+_RELEASED_WHOLE = _OP_LINE  # the ops key (no id holds it) of a whole release that settled a reservation FULFILLED
+
+
 def _released_after_shipping(rec: Reservation, done: State) -> bool:
-    """A whole release leaves a partly shipped reservation FULFILLED (``_settle``): its retry is answered
-    as it was (R5: harmless), not refused; one shipped whole, nothing released, still is (R3)."""
-    return done == State.RELEASED and rec.state == State.FULFILLED and any(line.released for line in rec.lines)
+    """A whole release leaves a partly shipped reservation FULFILLED (``_settle``): its retry is answered as it
+    was (R5: harmless); one a fulfilment settled is refused (R3), units released by operation before or not."""
+    return done == State.RELEASED and rec.state == State.FULFILLED and _RELEASED_WHOLE in rec.ops
 
 
 def _with_op(rec: Reservation, operation_id: str, done: State, lines: tuple[LineRequest, ...],

@@ -282,6 +282,22 @@ def test_a_whole_release_retried_after_it_settled_a_partly_shipped_reservation_i
     assert (q.on_hand, q.reserved, q.committed) == (9, 0, 0)
 
 
+def test_a_whole_release_after_a_fulfilment_settled_a_partly_released_reservation_is_refused_R3() -> None:
+    # Units released by operation, the rest shipped whole: the fulfilment resolved it. A whole Release
+    # now is a second, conflicting resolution (no release settled it), not a retry: refused naming FULFILLED.
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    confirm(ledger, "r1", NOW)
+    release(ledger, "r1", cmd("x", ("A", "S1", 1)).lines, "rel-1", NOW, LIMITS)
+    shipped = fulfill(ledger, "r1", (), "", NOW + 1, LIMITS)
+    assert shipped.state == State.FULFILLED and shipped.lines[0].released == 1
+    ledger.commit(NOW + 1)
+    with pytest.raises(FailedPrecondition) as err:
+        release(ledger, "r1", (), "", NOW + 2, LIMITS)
+    assert (err.value.reason, err.value.state) == (Reason.RESERVATION_FULFILLED, "FULFILLED")
+    assert not ledger.pending
+
+
 def test_unknown_reservation_is_not_found() -> None:
     ledger = ledger_with({})
     with pytest.raises(NotFound) as err:

@@ -253,3 +253,23 @@ def test_a_whole_fulfil_with_an_operation_id_is_carried_through_a_part_at_its_op
     shown = orders.view(orders.settled(done, NOW), estate.parts(order))
     assert (estate.committed("A"), estate.committed("B")) == (0, 0)
     assert shown.state == State.FULFILLED
+
+
+def test_a_whole_release_retried_is_answered_and_one_after_the_order_was_fulfilled_is_refused_R3_R5() -> None:
+    estate = Estate()
+    shipped_part = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                           PendingOp(OrderStep.CONFIRM))
+    shipped_part = changed(estate, shipped_part, PendingOp(OrderStep.FULFIL, (LineRequest("A", "S1", 1),), "f1"))
+    released = changed(estate, shipped_part, PendingOp(OrderStep.RELEASE))  # settles it FULFILLED: A shipped
+    assert orders.view(released, estate.parts(released)).state == State.FULFILLED
+    again = orders.plan(orders.view(released, estate.parts(released)), PendingOp(OrderStep.RELEASE), NOW + 1,
+                        LIMITS, place)
+    assert again == (None, {}, None)  # a retry (R5): answered, nothing planned
+    other = Estate()
+    order = changed(other, reserved_order(other, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.CONFIRM))
+    order = changed(other, order, PendingOp(OrderStep.RELEASE, (LineRequest("A", "S1", 1),), "r1"))
+    order = changed(other, order, PendingOp(OrderStep.FULFIL))  # the fulfilment resolved it
+    done, shares, error = orders.plan(orders.view(order, other.parts(order)), PendingOp(OrderStep.RELEASE),
+                                      NOW + 1, LIMITS, place)
+    assert isinstance(error, FailedPrecondition) and error.state == "FULFILLED" and done is None and not shares
