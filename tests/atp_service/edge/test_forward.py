@@ -254,6 +254,19 @@ class InHand:
         return await asyncio.shield(self.landed[0])
 
 
+async def lost_in_hand(call: Awaitable[Any], in_hand: InHand, relay: Relay) -> grpc.aio.AioRpcError:
+    """``call`` sent; once its part is in the holder's hand the relay to the holder is cut, then the part
+    lands there after all (the holder's work, R8): the refusal the caller was told."""
+    sent = asyncio.ensure_future(call)
+    await asyncio.wait_for(in_hand.entered.wait(), 10)
+    await relay.cut()
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await sent
+    in_hand.go.set()
+    await in_hand.landed[0]
+    return lost.value
+
+
 @contextlib.asynccontextmanager
 async def held_at_the_owner(pair: Pair, monkeypatch: pytest.MonkeyPatch, via: str, timeout_s: float
                             ) -> AsyncIterator[tuple[asyncio.Future[Any], InHand, AtpClient]]:
@@ -508,13 +521,7 @@ async def test_a_located_change_lost_with_its_holder_is_in_doubt_whatever_anothe
 
         monkeypatch.setattr(a.engine, "confirm", not_here)
         monkeypatch.setattr(b.engine, "confirm", in_hand)
-        call = asyncio.ensure_future(via_a.confirm("r1"))
-        await asyncio.wait_for(in_hand.entered.wait(), 10)
-        await relay.cut()
-        with pytest.raises(grpc.aio.AioRpcError) as lost:
-            await call
-        in_hand.go.set()
-        await in_hand.landed[0]
+        lost = await lost_in_hand(via_a.confirm("r1"), in_hand, relay)
         assert (await at_b.get_reservation("r1")).state == pb.RESERVATION_STATE_CONFIRMED  # it was made
-    refusal = typed(lost.value).refusal
+    refusal = typed(lost).refusal
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal

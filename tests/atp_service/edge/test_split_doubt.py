@@ -11,7 +11,6 @@ holds its part in hand (``InHand``) until the relay is cut, then makes it.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -26,7 +25,7 @@ from atp_service.edge.routing import Route, RoutingTable
 from reservation import DomainError, InvalidArgument, Moved, Reason, ResourceExhausted, Unavailable
 from tests.atp_service.app.test_processes_split import counts_block
 from tests.atp_service.edge.test_api import receipt
-from tests.atp_service.edge.test_forward import ANSWER_BOUND_S, TOKEN, InHand, Pair, Relay, pair
+from tests.atp_service.edge.test_forward import ANSWER_BOUND_S, TOKEN, InHand, Pair, Relay, lost_in_hand, pair
 from tests.atp_service.edge.test_routing import stock
 from tests.atp_service.refusals import refused
 
@@ -71,16 +70,11 @@ async def test_facts_split_by_owner_are_in_doubt_when_one_owner_was_lost_whateve
     monkeypatch.setattr(a.desk, "record", elsewhere)
     async with AtpClient(a_address, token=TOKEN, timeout_s=ANSWER_BOUND_S) as via_a, \
             AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
-        call = asyncio.ensure_future(via_a.record_events([receipt("f1", first, "L", 3, a.clock.now_ms() - 1000),
-                                                          receipt("f2", second, "L", 4, a.clock.now_ms() - 1000)]))
-        await asyncio.wait_for(in_hand.entered.wait(), 10)
-        await relay.cut()
-        with pytest.raises(grpc.aio.AioRpcError) as lost:
-            await call
-        in_hand.go.set()
-        await in_hand.landed[0]
+        lost = await lost_in_hand(via_a.record_events([receipt("f1", first, "L", 3, a.clock.now_ms() - 1000),
+                                                       receipt("f2", second, "L", 4, a.clock.now_ms() - 1000)]),
+                                  in_hand, relay)
         assert await on_hand(at_b, second, "L") == 4  # the second owner's fact was applied
-    refusal = typed(lost.value).refusal
+    refusal = typed(lost).refusal
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
 
 
@@ -111,16 +105,11 @@ async def test_counts_split_by_owner_are_in_doubt_when_one_owner_was_lost_saying
     monkeypatch.setattr(b.desk, "load_part", lambda *args: in_hand(args))
     async with AtpClient(a_address, token=TOKEN, timeout_s=ANSWER_BOUND_S) as via_a, \
             AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
-        call = asyncio.ensure_future(via_a.load_counts(counts_block(skus, [5, 6, 7], a.clock.now_ms() - 1000)))
-        await asyncio.wait_for(in_hand.entered.wait(), 10)
-        await relay.cut()
-        with pytest.raises(grpc.aio.AioRpcError) as lost:
-            await call
-        in_hand.go.set()
-        await in_hand.landed[0]
+        lost = await lost_in_hand(via_a.load_counts(counts_block(skus, [5, 6, 7], a.clock.now_ms() - 1000)),
+                                  in_hand, relay)
         assert await on_hand(at_b, held_sku, "DC") == 6  # the lost owner's row was loaded
         assert await on_hand(via_a, here_sku, "DC") == 7  # and this process's own
-    refusal = typed(lost.value).refusal
+    refusal = typed(lost).refusal
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
     assert {k: refusal.metadata.get(k) for k in ("rows_loaded", "rows_applied", "rows_not_loaded")} == \
         {"rows_loaded": "1", "rows_applied": "1", "rows_not_loaded": "2"}, refusal
