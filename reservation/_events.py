@@ -90,3 +90,11 @@ def encode_entry(entry: LogEntry) -> bytes:
 
 def decode_entry(data: bytes) -> LogEntry:
     return _entry_decoder.decode(data)
+
+
+def saved_since(events: list[Event], now: int, unsure_from: int | None) -> int:
+    """What retention keeps from (R5/R7): ``unsure_from`` (None: ``now``), or the oldest ``updated_at`` of a
+    record ``events`` save when older: an order's saga stamps its decision with the clock it read, and a
+    later turn saves it, so a change not yet durable may resolve a record stamped before its entry."""
+    return min([now if unsure_from is None else unsure_from,
+                *(e.reservation.updated_at for e in events if type(e) is ReservationSaved)])

@@ -24,6 +24,7 @@ from ._events import (
     ReservationSaved,
     SafetyStockSet,
     Shipped,
+    saved_since,
 )
 from ._expiry import expiry_stale, held_again, sweeping
 from ._facts import COUNT_RANK, DELTA_RANK, Histories, PositionHistory
@@ -209,11 +210,10 @@ class Ledger:
         return expiring or forgetting
 
     def evict(self, now: int, limit: int = 2**62, unsure_from: int | None = None) -> list[str]:
-        """Forget resolved reservations older than the retention window (bounded R5 memory), ``limit`` at
-        most (the rest at the next call). An order whose resolution is pending is not resolved yet (R3: its
-        parts may hold units only its saga gives back); saved settled, it is queued again. Nor is one resolved
-        at or after ``unsure_from``, the oldest entry in flight: taken back, its undo needs the record (R7)."""
-        cutoff = min(now - self.limits.retention_ms, now if unsure_from is None else unsure_from)
+        """Forget resolved reservations past retention (bounded R5 memory), ``limit`` at most (the rest next call).
+        Not an order whose resolution is pending (R3: its parts may hold units only its saga gives back; saved
+        settled, it is queued again), nor one an entry in flight (``unsure_from`` on) or the open batch saved (R7)."""
+        cutoff = min(now - self.limits.retention_ms, saved_since(self._events, now, unsure_from))
         gone: list[str] = []
         for _ in range(min(limit, len(self._resolved))):
             if self._resolved[0][0] >= cutoff:

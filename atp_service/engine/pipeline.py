@@ -17,6 +17,7 @@ from atp_service.storage.durability import append_failure_reason
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.resp import out_of_memory, slot_not_served
 from reservation import Ledger, LogEntry, Moved, Reason, Unavailable, encode_entry
+from reservation._events import saved_since
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,12 @@ class CommitPipeline(EntryListeners):
         return moves_of(self._inflight) if self._inflight else None
 
     def in_flight_since(self) -> int | None:
-        """The timestamp of the oldest entry in flight (None: none in flight): what it and the entries
-        after it changed may yet be taken back (R7), so retention forgets nothing they resolved
-        (``Ledger.evict``)."""
-        return min(rec.entry.ts for rec in self._inflight) if self._inflight else None
+        """The timestamp of the oldest entry in flight, or of a record one saves if older (an order's saga
+        stamps its decision before the turn that saves it; None: none in flight): what they changed may yet
+        be taken back (R7), so retention forgets nothing they resolved (``Ledger.evict``)."""
+        if not self._inflight:
+            return None
+        return min(saved_since(rec.entry.events, rec.entry.ts, None) for rec in self._inflight)
 
     def sent_top(self) -> int:
         """The newest entry of this shard that may be in its log: durable, in flight, or in doubt (an

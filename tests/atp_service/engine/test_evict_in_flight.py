@@ -14,8 +14,12 @@ import pytest
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ManualClock
+from atp_service.engine.messages import InFlight
+from atp_service.engine.pipeline import CommitPipeline
+from atp_service.metrics import EngineMetrics
 from atp_service.storage.scripts import APPEND_SCRIPT
-from reservation import Ledger, Limits
+from reservation import Ledger, Limits, Reservation
+from reservation._model import State
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.atp_service.refusals import said
@@ -126,3 +130,18 @@ async def test_a_release_forgotten_while_its_append_is_in_flight_leaves_the_hold
         assert (await client.confirm("hold")).state == pb.RESERVATION_STATE_CONFIRMED
         (q,) = await client.availability([("A", "DC")])
         assert (q.reserved, q.committed, q.available) == (0, 2, 1)
+
+
+async def test_in_flight_since_is_the_oldest_stamp_of_a_record_an_entry_in_flight_saves_R5_R7() -> None:
+    """An order's saga stamps its decision with the clock it read, and a later turn saves it: the entry's
+    time is after the record's ``updated_at``, and retention must keep the record until the entry lands."""
+    ledger = Ledger(0, Limits(retention_ms=10))
+    pipeline = CommitPipeline(0, ledger, None, 0, EngineMetrics())  # type: ignore[arg-type]  # nothing appended
+    assert pipeline.in_flight_since() is None
+    decided = Reservation("order", "", "", 600_000, False, State.RELEASED, (), 1_000, 0, 2_000)
+    ledger.save(decided)
+    entry, undo, moved = ledger.seal(2_050)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # never settled here
+    pipeline._inflight.append(InFlight(1, entry, b"", undo, moved, [], done))
+    assert pipeline.in_flight_since() == 2_000
+    assert ledger.evict(2_050, unsure_from=pipeline.in_flight_since()) == []
