@@ -84,8 +84,9 @@ class Nodes:
         self.wait_timeout_ms = wait_timeout_ms
         self._url, self._timeout_s = url, timeout_s
         self._lanes: dict[str, Lane] = {}  # per primary on a cluster ("" for one Redis): the write connections
-        self._stale = False  # the slot map may be out of date: read it again before the next call to ``_suspect``
-        self._suspect: set[str] = set()  # primaries that failed or redirected a call since the map was read
+        # Primaries that failed or redirected a call since the slot map was read (none: the map is
+        # current): it is read again before the next call to one of them.
+        self._suspect: set[str] = set()
         self._mapped = False  # the slot map was read (the first call)
         self._reading: asyncio.Future[None] | None = None  # a read of the slot map under way, and the primaries
         self._reading_for: set[str] = set()  # whose calls wait for it (``_suspect`` when it began)
@@ -108,7 +109,7 @@ class Nodes:
         # Only the calls to a node that failed or redirected one since the map was read wait for the
         # map to be read again: that read may ask a hung node first and wait out its timeout (or find
         # no other node to ask), and the nodes that answer must not wait with it.
-        stale = self._suspect if self._stale else ()
+        stale: set[str] = self._suspect
         if self._reading is not None:  # and those to a node whose read is under way: for that read
             stale = self._reading_for.union(stale)
         now: list[int] = []
@@ -146,9 +147,9 @@ class Nodes:
         """The slot map read again, once for all the calls that wait meanwhile (a call made while it
         is read must not go with the map already found out of date); none when read since found stale."""
         if self._reading is None:
-            if not self._stale:
+            if not self._suspect:
                 return
-            self._reading_for, self._stale, self._suspect = self._suspect, False, set()
+            self._reading_for, self._suspect = self._suspect, set()
             self._reading = asyncio.ensure_future(self.reader.nodes_manager.initialize())
             self._reading.add_done_callback(self._map_read)  # before any waiter's: they resume on the new state
         await asyncio.shield(self._reading)  # a waiter cancelled ends no other's read
@@ -157,7 +158,7 @@ class Nodes:
         """A read of the slot map ended; not read (failed, cancelled), the next call to its nodes tries again."""
         suspect, self._reading, self._reading_for = self._reading_for, None, set()
         if reading.cancelled() or reading.exception() is not None:
-            self._stale, self._suspect = True, self._suspect | suspect
+            self._suspect |= suspect
         else:
             self._retire_former_primaries()
 
@@ -223,7 +224,6 @@ class Nodes:
         """The primary ``name`` did not answer, or answered for a slot it no longer serves (a cluster):
         the slot map is read again before the next call to it."""
         if self.cluster:
-            self._stale = True
             self._suspect.add(name)
 
     async def _rerun_unrun(self, lane: Lane, calls: list[Call], replies: list[Any], extra_s: float = 0.0) -> list[Any]:

@@ -57,7 +57,7 @@ async def test_a_call_made_while_the_map_is_read_again_waits_for_that_read(clust
         try:
             first = asyncio.ensure_future(nodes.run([Call(NOTHING, [key], [])]))
             await _turns()
-            assert not nodes._stale, "the first call's read of the map has begun"
+            assert not nodes._suspect, "the first call's read of the map has begun"
             second = asyncio.ensure_future(nodes.run([Call(NOTHING, [key], [])]))
             await _turns()  # the second call routed (without a read to wait for: sent)
         finally:

@@ -285,7 +285,7 @@ async def test_cluster_writes_after_client_kill_on_every_primary(cluster_url: st
             kill_normal_clients(node.port)
         await asyncio.sleep(0.05)
         assert await nodes.run(calls) == [f"g{g}".encode() for g in range(12)]
-        assert not nodes._stale
+        assert not nodes._suspect
     finally:
         await nodes.aclose()
 

@@ -68,7 +68,7 @@ async def test_a_slot_map_refresh_that_failed_is_tried_again_on_the_next_call() 
             return Node()
 
     nodes = Nodes(Reader(), cluster=True, url="redis://127.0.0.1:1", timeout_s=1.0)
-    nodes._stale, nodes._suspect = True, {Node.name}
+    nodes._suspect = {Node.name}
     (refused,) = await nodes.run([Call(COUNTED, ["k"], [])])
     assert isinstance(refused, RedisClusterException)
     (unreached,) = await nodes.run([Call(COUNTED, ["k"], [])])

@@ -32,6 +32,6 @@ async def test_a_write_with_wait_reaching_a_replica_reads_the_slot_map_again(
         lane = nodes._lane(f"127.0.0.1:{replica.port}")  # as a slot map naming the replica would
         (reply,) = await nodes._run_on(lane, [Call(Script("return redis.call('SET', KEYS[1], 1)"), [key], [])])
         assert isinstance(reply, AskError), reply  # MOVED (a subclass): the call's own answer
-        assert nodes._stale, "the slot map is read again before the next call"
+        assert nodes._suspect, "the slot map is read again before the next call"
     finally:
         await nodes.aclose()
