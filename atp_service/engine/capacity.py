@@ -24,14 +24,13 @@ def record_refusal(home: Ledger, limits: Limits, records: int = 1) -> ResourceEx
     alike), kept for the retention window once resolved: a flood of Reserves refused for want of stock
     (a sold-out launch retried by bots with new ids) counts against no live bound, and grew memory
     with it for a day."""
-    live = home.live_reservations
-    if live + records <= limits.max_live_reservations_per_shard and \
-            len(home.reservations) - live < limits.max_resolved_reservations_per_shard:
-        return None  # every unary Reserve asks: the common answer first, in few steps
+    live, resolved = home.live_reservations, len(home.reservations) - home.live_reservations
     if live + records > limits.max_live_reservations_per_shard:
         what, name = "live", "max_live_reservations_per_shard"
-    else:
+    elif resolved >= limits.max_resolved_reservations_per_shard:
         what, name = "resolved", "max_resolved_reservations_per_shard"
+    else:
+        return None
     limit = getattr(limits, name)
     return ResourceExhausted(f"shard {home.shard}: {limit} {what} reservations (limit {name})",
                              Reason.CAPACITY_REACHED, metadata={"limit": name})
