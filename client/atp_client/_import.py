@@ -11,15 +11,19 @@ event_id) (E8), so importing the whole file again is safe.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from atp_client._client import AtpClient
 from atp_client._errors import OUTCOME_UNKNOWN, AtpError, Retryable, retry_refused
+from atp_client._output import BadInput
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 T = TypeVar("T")
@@ -34,6 +38,38 @@ EVENTS_BATCH = 1000
 ``max_events_per_call`` (10,000); a deployment that sets it lower needs ``--batch`` at most that."""
 FRAMING_BYTES = 6
 """What a fact adds to its request besides its own encoding: the field's tag and length prefix."""
+
+
+def numbered_facts(path: Path) -> Iterator[tuple[int, pb.Fact]]:
+    """Each fact of a JSONL file with its line number; a line that is no fact ends the run naming it.
+    The file is UTF-8 (JSON's own encoding) whatever the locale: read in the locale's, a SKU with an
+    accent failed under ``LC_ALL=C`` and became another SKU under Latin-1. A byte that is not UTF-8
+    is kept (``surrogateescape``) until its line is judged, so that the refusal names that line."""
+    with path.open(encoding="utf-8", errors="surrogateescape") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                _check_utf8(line)
+                value = json.loads(line)
+                if not isinstance(value, dict):  # ParseDict takes any iterable; 5 or null raise TypeError
+                    raise ValueError(f"not a JSON object (a fact in proto JSON), got {type(value).__name__}")
+                yield n, json_format.ParseDict(value, pb.Fact())
+            except (ValueError, json_format.ParseError) as exc:
+                raise BadInput(f"{path}:{n}: {exc}") from None
+
+
+def _check_utf8(line: str) -> None:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a byte that surrogateescape kept: not UTF-8
+        raise ValueError(f"not UTF-8 text: a byte that is not UTF-8 at column {exc.start + 1}") from None
+
+
+def count_facts(path: Path) -> int:
+    """Every line read before any is sent: a file refused for a line that cannot be read has nothing
+    of it applied, rather than the calls before that line. Its facts."""
+    return sum(1 for _ in numbered_facts(path))
 
 
 async def patiently(call: Callable[[], Awaitable[T]], patience_s: float = PATIENCE_S) -> T:

@@ -8,18 +8,17 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from atp_client import _args as arg
 from atp_client._access import PERMISSIONS, new_token, token_hash
 from atp_client._client import AtpClient, RetryPolicy, tls_credentials
-from atp_client._import import EVENTS_BATCH, Imported, send_all
+from atp_client._import import EVENTS_BATCH, Imported, count_facts, numbered_facts, send_all
 from atp_client._output import (
     CHANGES,
     EXIT_BROKEN_PIPE,
@@ -152,32 +151,6 @@ def _client(args: argparse.Namespace) -> AtpClient:
     return AtpClient(args.target, timeout_s=args.timeout, token=args.token, credentials=credentials, retry=retry)
 
 
-def _facts(path: Path) -> Iterator[pb.Fact]:
-    for _, fact in _numbered_facts(path):
-        yield fact
-
-
-def _numbered_facts(path: Path) -> Iterator[tuple[int, pb.Fact]]:
-    """Each fact of the file with its line number; a line that is no fact ends the run naming it."""
-    with path.open() as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-                if not isinstance(value, dict):  # ParseDict takes any iterable; 5 or null raise TypeError
-                    raise ValueError(f"not a JSON object (a fact in proto JSON), got {type(value).__name__}")
-                yield n, json_format.ParseDict(value, pb.Fact())
-            except (ValueError, json_format.ParseError) as exc:
-                raise BadInput(f"{path}:{n}: {exc}") from None
-
-
-def _check_facts(path: Path) -> int:
-    """Read every line before sending any: a file refused for a line that cannot be read (exit via
-    ``_facts``) has nothing of it applied, rather than the chunks before that line. Its facts."""
-    return sum(1 for _ in _facts(path))
-
-
 def _dump(args: argparse.Namespace, msg: Message | Sequence[Message] | dict[str, Any]) -> None:
     """The answer: a table on a terminal, JSON with --json or when stdout is not a terminal."""
     if isinstance(msg, Sequence):
@@ -286,7 +259,7 @@ async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> in
     """Facts from a JSONL file, ``--batch`` a call, once every line of it reads as a fact; the
     counts per outcome (so far, if a call is refused for good). Exit status 3 when any fact was not
     applied (invalid, quarantined): an import is judged by its worst line."""
-    total = _check_facts(path)
+    total = count_facts(path)
 
     def tell(result: pb.FactResult) -> None:
         name = pb.FactOutcome.Name(result.outcome)
@@ -295,7 +268,7 @@ async def _import(args: argparse.Namespace, client: AtpClient, path: Path) -> in
         elif result.detail:
             print(f"{result.event_id}: {name}: {result.detail}", file=sys.stderr)
 
-    done = await send_all(client, _numbered_facts(path), total, args.batch, tell)
+    done = await send_all(client, numbered_facts(path), total, args.batch, tell)
     stopped = _stopped(path, done) if done.stopped_lines else None
     _dump(args, done.summary())
     return _judged(done.counts) if stopped is None else stopped
@@ -342,11 +315,11 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
         from atp_client._publish import entries, write
     except ImportError:
         raise SystemExit("atpctl: events publish needs the redis package: pip install 'atp-client[redis]'") from None
-    for _ in entries(path, _numbered_facts(path)):  # every line checked before any is written
+    for _ in entries(path, numbered_facts(path)):  # every line checked before any is written
         pass
     client = aioredis.RedisCluster.from_url(redis_url) if args.redis_cluster else aioredis.Redis.from_url(redis_url)
     try:
-        written = await write(client, stream, entries(path, _numbered_facts(path)), EVENTS_CHUNK)
+        written = await write(client, stream, entries(path, numbered_facts(path)), EVENTS_CHUNK)
     finally:
         await client.aclose()
     if written.stopped_at:

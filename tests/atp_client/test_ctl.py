@@ -162,3 +162,34 @@ def test_events_publish_without_a_redis_to_write_to_is_a_usage_error(tmp_path: P
     done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(path)],
                           capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 2 and "--redis-url" in done.stderr, (done.returncode, done.stderr)
+
+
+@pytest.mark.parametrize("command", [["events", "import"], ["events", "publish", "--redis-url", "redis://127.0.0.1:1"]])
+def test_a_line_with_bytes_that_are_not_utf8_is_refused_naming_its_line(command: list[str], tmp_path: Path) -> None:
+    """A JSONL file is UTF-8 (RFC 8259); a Latin-1 byte on line 2 (an export from an old till) is a line
+    that cannot be read like any other: refused naming it, exit 3 — not a traceback of the decoder
+    naming no line, exit 1, as if the tool had broken."""
+    facts = tmp_path / "facts.jsonl"
+    facts.write_bytes(receipt(1, int(time.time() * 1000)).encode() + b"\n"
+                      + receipt(2, int(time.time() * 1000)).replace("IMP", "CAF\xc9").encode("latin-1") + b"\n")
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--target", "127.0.0.1:1", "--retries", "0",
+                           *command[:2], str(facts), *command[2:]], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert f"{facts}:2: " in done.stderr and "UTF-8" in done.stderr, done.stderr
+
+
+async def test_an_events_file_is_read_as_utf8_whatever_the_locale(start_service: ServiceFactory,
+                                                                  tmp_path: Path) -> None:
+    """The file's text does not depend on the shell's locale: under ``LC_ALL=C`` (a cron job, a
+    container without locales) a SKU with an accent is imported as that SKU, not refused by an ASCII
+    decoder (nor, under a Latin-1 locale, imported as another SKU spelt in mojibake)."""
+    service, client = await start_service()
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(receipt(1, service.clock.now_ms()).replace("IMP", "CAFÉ") + "\n", encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "atp_client.ctl", "--target",
+                                                    f"127.0.0.1:{service.port}", "events", "import", str(facts)],
+                                   capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    (position,) = await client.availability([("CAFÉ", "DC")])
+    assert position.on_hand == 1
