@@ -76,11 +76,12 @@ class Block:
 
 
 def parse_time(text: str) -> int:
-    """Epoch ms from RFC 3339 (``2026-11-28T06:00:00Z``) or from digits (epoch ms)."""
+    """Epoch ms from RFC 3339 (``2026-11-28T06:00:00Z``) or from digits (epoch ms). RFC 3339 lets
+    "Z" be "z" (5.6), which ``fromisoformat`` refuses: every row of such an extract was rejected."""
     text = text.strip()
     if text.isdigit():
         return int(text)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone (add Z or +hh:mm)")
     return (moment - _EPOCH) // timedelta(milliseconds=1)  # exact: float seconds can land 1 ms low

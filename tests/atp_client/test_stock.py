@@ -97,6 +97,13 @@ def test_a_time_without_zone_is_refused() -> None:
     assert parse_time("1795395600000") == 1795395600000
 
 
+@pytest.mark.parametrize("text", ["2026-11-28t06:00:00z", "2026-11-28T06:00:00z", "2026-11-28t07:00:00+01:00"])
+def test_an_rfc3339_time_in_lower_case_is_the_same_time(text: str) -> None:
+    """RFC 3339 (5.6) lets "T" and "Z" be "t" and "z": an extract written so (a database's
+    lower-cased export) is the same moment, not every row rejected as "not a time"."""
+    assert parse_time(text) == T0
+
+
 async def test_a_reload_is_a_no_op_and_a_newer_extract_wins_in_any_order(start_service: ServiceFactory,
                                                                          tmp_path: Path) -> None:
     service, _ = await start_service()
