@@ -317,7 +317,11 @@ async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url:
         raise SystemExit("atpctl: events publish needs the redis package: pip install 'atp-client[redis]'") from None
     for _ in entries(path, numbered_facts(path)):  # every line checked before any is written
         pass
-    client = aioredis.RedisCluster.from_url(redis_url) if args.redis_cluster else aioredis.Redis.from_url(redis_url)
+    try:
+        client = aioredis.RedisCluster.from_url(redis_url) if args.redis_cluster else aioredis.Redis.from_url(redis_url)
+    except ValueError as exc:  # a bad command line, as argparse says it (the URL unsaid: it may hold a password)
+        print(f"atpctl: error: argument --redis-url: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         written = await write(client, stream, entries(path, numbered_facts(path)), EVENTS_CHUNK)
     finally:

@@ -193,3 +193,15 @@ async def test_an_events_file_is_read_as_utf8_whatever_the_locale(start_service:
     assert done.returncode == 0, (done.returncode, done.stderr)
     (position,) = await client.availability([("CAFÉ", "DC")])
     assert position.on_hand == 1
+
+
+@pytest.mark.parametrize("url", ["redis//127.0.0.1:6379", "redis://:s3cret@127.0.0.1:port"])
+def test_a_redis_url_that_cannot_be_read_is_a_usage_error_that_does_not_show_it(url: str, tmp_path: Path) -> None:
+    """A mistyped ``--redis-url`` is a bad command line (exit 2 naming the argument), not a traceback
+    of the Redis client (exit 1); the URL itself is not repeated: it may carry the password."""
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(receipt(1, int(time.time() * 1000)) + "\n")
+    done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(facts),
+                           "--redis-url", url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert "argument --redis-url:" in done.stderr and "s3cret" not in done.stderr, done.stderr
