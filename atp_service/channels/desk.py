@@ -20,7 +20,7 @@ import numpy as np
 
 from atp_service.channels.curator import Curator, Offer, skus_per_slice, zero_lines
 from atp_service.channels.estate import Channel, Estate
-from atp_service.channels.feeds import known_feeds, next_feeds, unsettled
+from atp_service.channels.feeds import Confirmations, known_feeds, next_feeds, unsettled
 from atp_service.channels.marks import mark_skus, remark, velocity_at, velocity_rank
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
 from atp_service.channels.urgent import UrgentWrites, due_now
@@ -59,6 +59,7 @@ class ChannelDesk:
         self._urgent = UrgentWrites(lambda only: self.publish_due(once=True, stockouts_only=only))  # between slices
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._wake = asyncio.Event()
+        self.confirmations = Confirmations()  # watches wait on it for what the stream holds above the published
         self._task: asyncio.Task[None] | None = None
         self._half_life_ms = settings.velocity_half_life_s * 1000
 
@@ -328,6 +329,7 @@ class ChannelDesk:
                 self.metrics.feed_published(name, feed.coalesced, feed.throttled, feed.overdue)
                 feed.coalesced = feed.throttled = feed.overdue = 0
                 out += updates
+            self.confirmations.note()
             self._retired = unsettled(self._retired)  # a removed channel's feed, its write landed
             if all(len(updates) < limit for _, _, updates in taken):
                 break  # every feed took all it may now
@@ -365,6 +367,7 @@ class ChannelDesk:
             landed_any = landed_any or bool(landed)
         self.metrics.settles.labels("refused" if refused else "landed" if landed_any else "not_landed").inc()
         self._retired = unsettled(self._retired)
+        self.confirmations.note()
 
     def _observe(self, channel: str, updates: list[ChannelUpdate], done: int) -> None:
         children = self._children

@@ -9,6 +9,9 @@ write's number, curated under the old rules, shown for good (C1, C4).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from atp_service.channels.estate import Channel
 from reservation import Feed, Key, Published
 
@@ -42,3 +45,28 @@ def next_feeds(channels: dict[str, Channel], known: dict[str, Feed], stored: dic
             published, version = stored[name]
             feeds[name] = Feed(name, channel.policy, now_ms, published, version)
     return feeds, {name: feed for name, feed in known.items() if name not in feeds and feed.in_flight}
+
+
+class Confirmations:
+    """Wakes the watches waiting for the desk to settle a write they found in a channel stream above what it has
+    published: only what the desk confirmed is published (C4). Until then a write may be in doubt (its replicas did
+    not confirm it), and lost with its primary: its versions are then written again with other values."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def next(self) -> asyncio.Event:
+        """Set at the desk's next confirmation (or settle): taken before ``published_version`` is read, so none
+        between the two is missed."""
+        return self._event
+
+    def note(self) -> None:
+        """The desk confirmed (or settled) a write: each waiting watch reads its channel again."""
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    @staticmethod
+    async def wait(event: asyncio.Event, timeout_s: float) -> None:
+        """Until ``event`` is set, at most ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout_s)

@@ -109,27 +109,37 @@ class Watchers:
             self.held_keys -= keys
 
     async def _changes(self, desk: ChannelDesk, channel: str, since: int) -> AsyncIterator[Response]:
-        """The stream's updates after ``since``, while versions follow on one from the next (C3). A
-        channel's versions have no gaps (``Feed.give_back`` reuses those that did not land), so a
-        version past the next one means updates this watch can never be sent: trimmed, or lost by a
-        Redis behind the desk, which then went on above them. The watch ends RESNAPSHOT_REQUIRED
-        there, never skipping them in silence (a stock-out among them would stay unknown)."""
+        """The stream's updates after ``since``, while versions follow on one from the next (C3), and only
+        those the desk has confirmed (C4). A channel's versions have no gaps (``Feed.give_back`` reuses those
+        that did not land), so a version past the next one means updates this watch can never be sent:
+        trimmed, or lost by a Redis behind the desk, which then went on above them. The watch ends
+        RESNAPSHOT_REQUIRED there, never skipping them in silence (a stock-out among them would stay unknown)."""
         while True:
             # A channel a reload removed is written no more: its watch ends NotFound, naming it, as
             # one started now would, instead of waiting in silence for ever (checked every read:
             # ``_BLOCK_MS`` at most after the reload).
             desk.channel(channel)
             updates = await desk.store.read_after(channel, since, self.batch, _BLOCK_MS)
+            confirmed = desk.confirmations.next()
             following = 0
             while following < len(updates) and updates[following].version == since + 1 + following:
                 following += 1
-            if following:
-                out = Response(kind=Response.KIND_CHANGES, version=updates[following - 1].version)
-                for u in updates[:following]:
+            # C4: an entry above what the desk published is a write not settled yet: on a primary whose
+            # replicas lack it (redis_wait_replicas), lost with it in a failover, and its versions then
+            # written again with other values. Sent, a watch resumed after them skipped those (a stock-out).
+            desk.channel(channel)  # a reload may have removed it during the read: NotFound, not a KeyError
+            shown, published = following, desk.feeds[channel].published_version
+            while shown and updates[shown - 1].version > published:
+                shown -= 1
+            if shown:
+                out = Response(kind=Response.KIND_CHANGES, version=updates[shown - 1].version)
+                for u in updates[:shown]:
                     update_pb(out.updates.add(), u)
-                since = updates[following - 1].version
+                since = updates[shown - 1].version
                 yield out
-            if following < len(updates):
+            if shown < following:  # read again once the desk has confirmed or settled a write
+                await desk.confirmations.wait(confirmed, _BLOCK_MS / 1000)
+            elif following < len(updates):
                 yield Response(kind=Response.KIND_RESNAPSHOT_REQUIRED, version=since)
                 return
 
