@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
 
@@ -18,6 +18,7 @@ from atp_service.edge import convert
 from atp_service.edge.availability import get_availability
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
+from atp_service.edge.explain import explain_availability
 from atp_service.edge.forward import Forwarder, Relayed
 from atp_service.edge.load import load_counts
 from atp_service.edge.overload import LoopLagMonitor
@@ -25,7 +26,6 @@ from atp_service.edge.record import record_events
 from atp_service.edge.routing import RoutingTable, routing_pb, single_process
 from atp_service.edge.streams import OwnerStreams, check_answer_size, when_settled
 from atp_service.edge.watch import Watchers
-from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
 from atp_service.metrics import EdgeMetrics
@@ -220,24 +220,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     @_observed("ExplainAvailability")
     async def ExplainAvailability(self, request: pb.ExplainAvailabilityRequest,
                                   context: Any) -> pb.ExplainAvailabilityResponse:
-        sku = check_id("sku", request.sku, self.limits)
-        location = check_id("location", request.location, self.limits)
-        ex = Explanation(self.engine, sku, location, self.limits.max_explain_holds)
-        out = pb.ExplainAvailabilityResponse(
-            availability=convert.availability_pb(sku, location, ex.quantities), holds_truncated=ex.holds_truncated,
-            stream_time=convert.timestamp(ex.stream_time), retained_since=convert.timestamp(ex.retained_since),
-        )
-        if ex.count is not None:
-            out.has_count = True
-            out.count_event_id, count_time, out.count_quantity = ex.count
-            out.count_time.FromMilliseconds(count_time)
-        for source, at, delta in ex.deltas:
-            out.deltas_after_count.add(source=source, event_time=convert.timestamp(at), delta=delta)
-        for rec, held, committed in ex.holds:
-            out.holds.add(reservation_id=rec.reservation_id, order_ref=rec.order_ref, channel=rec.channel,
-                          state=cast(pb.ReservationState, int(rec.state)), held=held, committed=committed,
-                          expire_time=convert.timestamp(rec.expires_at))
-        return out
+        return explain_availability(request, self.engine, self.limits, self._max_message_bytes)
 
     @_observed("SetSafetyStock")
     async def SetSafetyStock(self, request: pb.SetSafetyStockRequest, context: Any) -> pb.SetSafetyStockResponse:
