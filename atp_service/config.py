@@ -305,7 +305,8 @@ class ServiceConfig:
     """Keys held by WatchAvailability snapshots being sent (~100 B each); past it, refused unless the only one."""
 
     watch_batch: int = 500
-    """Updates sent per WatchAvailability message (snapshot chunks and changes)."""
+    """Updates sent per WatchAvailability message (snapshot chunks and changes), at most: fewer where they would
+    pass max_message_bytes."""
 
     auth: str = "auto"
     """``on``: every call needs a bearer token from ``callers_file``; ``off``: no checks (a trusted

@@ -82,10 +82,9 @@ class AtpService:
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         peer_root, peer_identity = peer_tls(config) if config.ownership == "leases" else (None, None)
-        self._servicer = AvailabilityServicer(config.limits, config.max_stream_inflight,
-                                              Watchers(config.max_watchers, config.watch_batch,
-                                                       self.metrics.engine.capacity_refusals,
-                                                       config.max_watch_snapshot_keys), self._reload_rpc,
+        watchers = Watchers(config.max_watchers, config.watch_batch, self.metrics.engine.capacity_refusals,
+                            config.max_watch_snapshot_keys, config.max_message_bytes)
+        self._servicer = AvailabilityServicer(config.limits, config.max_stream_inflight, watchers, self._reload_rpc,
                                               self.metrics.edge, max_reserve_streams=config.max_reserve_streams,
                                               max_message_bytes=config.max_message_bytes,
                                               peer_tls_root=peer_root, peer_tls_identity=peer_identity)

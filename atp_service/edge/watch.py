@@ -43,8 +43,10 @@ class Watchers:
     (the capacity alert reads it: a consumer refused sees no availability change)."""
 
     def __init__(self, limit: int, batch: int, refusals: Counter | None = None,
-                 snapshot_keys: int = 10_000_000) -> None:
+                 snapshot_keys: int = 10_000_000, max_message_bytes: int = 4 << 20) -> None:
         self.limit, self.batch, self.open = limit, batch, 0
+        self.max_message_bytes = max_message_bytes
+        """gRPC's bound on every message the service sends (``fitted``)."""
         self.snapshot_keys, self.held_keys = snapshot_keys, 0
         refusals = refusals or EngineMetrics().capacity_refusals
         self._refused = refusals.labels("max_watchers")
@@ -60,7 +62,8 @@ class Watchers:
         try:
             async with contextlib.aclosing(self._watch(desk, channel, request)) as messages:  # closed at once
                 async for message in messages:
-                    yield message
+                    for part in fitted(message, self.max_message_bytes):
+                        yield part
         except STORAGE_ERRORS as exc:  # a status with a retry delay, not UNKNOWN (nor Redis's address)
             raise Unavailable(f"channel {channel}: its stream cannot be read now ({type(exc).__name__}); "
                               "watch again from the last version seen") from None
@@ -155,3 +158,19 @@ class Watchers:
                 u.event_time.FromMilliseconds(p.event_time)
             u.status = _STATUS[status(p.quantity)]
         return out
+
+
+def fitted(message: Response, max_bytes: int) -> list[Response]:
+    """``message`` as messages of at most ``max_bytes`` each: ``watch_batch`` updates of ids up to
+    ``max_id_length`` (~450 bytes each) outgrew a small ``max_message_bytes``, and gRPC failed the
+    watch RESOURCE_EXHAUSTED with no reason at that message, every time it was opened again. Split
+    in halves, in order: a snapshot's chunks keep the snapshot's version; changes say their last
+    update's (where a watch ended between them resumes from). One size taken a message."""
+    if len(message.updates) <= 1 or message.ByteSize() <= max_bytes:
+        return [message]
+    half = len(message.updates) // 2
+    parts: list[Response] = []
+    for updates in (message.updates[:half], message.updates[half:]):
+        version = updates[-1].version if message.kind == Response.KIND_CHANGES else message.version
+        parts += fitted(Response(kind=message.kind, version=version, updates=updates), max_bytes)
+    return parts
