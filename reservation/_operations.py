@@ -159,18 +159,16 @@ def release(view: View, reservation_id: str, lines: tuple[LineRequest, ...], ope
             line.committed -= from_committed
             line.released += qty
     _settle(new, now)
-    if not lines and new.state == State.FULFILLED:  # partly shipped: its retry finds it so (_released_after_shipping)
-        new.ops[_RELEASED_WHOLE] = ""
+    if new.state == State.FULFILLED:  # partly shipped: a release settled it, not a fulfilment (_settled_by)
+        new.ops[_RELEASE_SETTLED] = ""
     view.save(new)
     return new
 
 
 def fulfill(view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int,
             limits: Limits, *, ship: bool = True) -> Reservation:
-    """R4: shipped or picked-up units leave `committed` and `on_hand` together.
-
-    ``ship=False`` when a SHIPMENT fact has already moved `on_hand` itself (fulfilment by fact).
-    """
+    """R4: shipped or picked-up units leave `committed` and `on_hand` together. ``ship=False`` when a
+    SHIPMENT fact has already moved `on_hand` itself (fulfilment by fact)."""
     rec, retried = _current_or_retry(view, reservation_id, lines, operation_id, now, State.FULFILLED)
     if retried:
         return rec
@@ -310,13 +308,12 @@ def _reused(operation_id: str, recorded: str, done: State) -> AlreadyExists:
     return AlreadyExists("operation_id", f"operation {operation_id!r} was {what}", Reason.OPERATION_ID_REUSED)
 
 
-def _current_or_retry(
-    view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int, done: State
-) -> tuple[Reservation, bool]:
+def _current_or_retry(view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int,
+                      done: State) -> tuple[Reservation, bool]:
     """The record now, and whether this call only retries what already happened (R5: harmless): a whole release/
-    fulfil of a reservation already in ``done``, or a partial one whose ``operation_id`` was applied (same lines)."""
+    fulfil of a reservation one settled (``_settled_by``), or a partial one whose ``operation_id`` was applied."""
     rec = _current(view, reservation_id, now)
-    if not lines and (rec.state == done or _released_after_shipping(rec, done)):
+    if not lines and _settled_by(rec, done):
         return rec, True
     if not operation_id or operation_id not in rec.ops:
         return rec, False
@@ -326,13 +323,16 @@ def _current_or_retry(
     return rec, True
 
 
-_RELEASED_WHOLE = _OP_LINE  # the ops key (no id holds it) of a whole release that settled a reservation FULFILLED
+_RELEASE_SETTLED = _OP_LINE  # the ops key (no id holds it) of a release, whole or not, that settled it FULFILLED
 
 
-def _released_after_shipping(rec: Reservation, done: State) -> bool:
-    """A whole release leaves a partly shipped reservation FULFILLED (``_settle``): its retry is answered as it
-    was (R5: harmless); one a fulfilment settled is refused (R3), units released by operation before or not."""
-    return done == State.RELEASED and rec.state == State.FULFILLED and _RELEASED_WHOLE in rec.ops
+def _settled_by(rec: Reservation, done: State) -> bool:
+    """Whether a ``done`` (a release or a fulfilment) settled ``rec``. A release leaves a partly shipped
+    reservation FULFILLED (``_settle``) and marks it: a whole release then is its retry (R5), and a whole
+    fulfilment a second, conflicting resolution (R3), refused as a release is after a fulfilment settled it."""
+    if rec.state == State.FULFILLED:
+        return (_RELEASE_SETTLED in rec.ops) == (done == State.RELEASED)
+    return rec.state == done
 
 
 def _with_op(rec: Reservation, operation_id: str, done: State, lines: tuple[LineRequest, ...],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import msgspec
 import pytest
 
 from reservation import (
@@ -13,6 +14,8 @@ from reservation import (
     FactKind,
     FailedPrecondition,
     InvalidArgument,
+    Ledger,
+    LedgerSnapshot,
     Limits,
     NotFound,
     Outcome,
@@ -296,6 +299,51 @@ def test_a_whole_release_after_a_fulfilment_settled_a_partly_released_reservatio
         release(ledger, "r1", (), "", NOW + 2, LIMITS)
     assert (err.value.reason, err.value.state) == (Reason.RESERVATION_FULFILLED, "FULFILLED")
     assert not ledger.pending
+
+
+def _restored(ledger: Ledger) -> Ledger:
+    """``ledger`` as a restart finds it: its snapshot, encoded and restored (R5: answered alike)."""
+    data = msgspec.msgpack.encode(ledger.snapshot())
+    return Ledger.restore(0, LIMITS, msgspec.msgpack.decode(data, type=LedgerSnapshot))
+
+
+@pytest.mark.parametrize("by_operation", [False, True], ids=["whole", "by-operation"])
+def test_a_whole_fulfil_after_a_release_settled_a_partly_shipped_reservation_is_refused_R3(by_operation: bool) -> None:
+    # One unit shipped, the rest released: the release resolved it (FULFILLED: something shipped). A whole
+    # Fulfil now is a second, conflicting resolution (no fulfilment settled it), not a retry: refused
+    # naming the state, as a Release after a fulfilment settled it is. The release's own retry is answered.
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    confirm(ledger, "r1", NOW)
+    fulfill(ledger, "r1", cmd("x", ("A", "S1", 1)).lines, "ship-1", NOW, LIMITS)
+    rest = cmd("x", ("A", "S1", 3)).lines if by_operation else ()
+    settled = release(ledger, "r1", rest, "rel-3" if by_operation else "", NOW + 1, LIMITS)
+    assert settled.state == State.FULFILLED and settled.lines[0].released == 3
+    ledger.commit(NOW + 1)
+    for at in (ledger, _restored(ledger)):
+        with pytest.raises(FailedPrecondition) as err:
+            fulfill(at, "r1", (), "", NOW + 2, LIMITS)
+        assert (err.value.reason, err.value.state) == (Reason.RESERVATION_FULFILLED, "FULFILLED")
+        with pytest.raises(FailedPrecondition):
+            fulfill(at, "r1", (), "ship-rest", NOW + 2, LIMITS)  # an id of its own changes nothing
+        assert release(at, "r1", (), "", NOW + 3, LIMITS) == settled  # R5: a release settled it
+        assert not at.pending
+        q = at.quantities("A", "S1")
+        assert (q.on_hand, q.reserved, q.committed) == (9, 0, 0)
+
+
+def test_a_whole_fulfil_retried_after_it_settled_a_partly_released_reservation_is_answered_R5() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 4)), NOW)
+    confirm(ledger, "r1", NOW)
+    release(ledger, "r1", cmd("x", ("A", "S1", 1)).lines, "rel-1", NOW, LIMITS)
+    shipped = fulfill(ledger, "r1", (), "", NOW + 1, LIMITS)
+    assert shipped.state == State.FULFILLED
+    ledger.commit(NOW + 1)
+    for at in (ledger, _restored(ledger)):
+        assert fulfill(at, "r1", (), "", NOW + 2, LIMITS) == shipped and not at.pending
+        q = at.quantities("A", "S1")
+        assert (q.on_hand, q.reserved, q.committed) == (7, 0, 0)
 
 
 def test_unknown_reservation_is_not_found() -> None:

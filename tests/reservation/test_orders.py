@@ -273,3 +273,23 @@ def test_a_whole_release_retried_is_answered_and_one_after_the_order_was_fulfill
     done, shares, error = orders.plan(orders.view(order, other.parts(order)), PendingOp(OrderStep.RELEASE),
                                       NOW + 1, LIMITS, place)
     assert isinstance(error, FailedPrecondition) and error.state == "FULFILLED" and done is None and not shares
+
+
+def test_a_whole_fulfil_of_an_order_a_release_settled_is_refused_and_its_own_retry_answered_R3_R5() -> None:
+    estate = Estate()
+    order = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.CONFIRM))
+    order = changed(estate, order, PendingOp(OrderStep.FULFIL, (LineRequest("A", "S1", 1),), "f1"))
+    released = changed(estate, order, PendingOp(OrderStep.RELEASE))  # settles it FULFILLED: A shipped
+    assert orders.view(released, estate.parts(released)).state == State.FULFILLED
+    done, shares, error = orders.plan(orders.view(released, estate.parts(released)), PendingOp(OrderStep.FULFIL),
+                                      NOW + 1, LIMITS, place)
+    assert isinstance(error, FailedPrecondition) and error.state == "FULFILLED" and done is None and not shares
+    other = Estate()
+    order = changed(other, reserved_order(other, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.CONFIRM))
+    order = changed(other, order, PendingOp(OrderStep.RELEASE, (LineRequest("A", "S1", 1),), "r1"))
+    shipped = changed(other, order, PendingOp(OrderStep.FULFIL))  # the fulfilment resolved it
+    again = orders.plan(orders.view(shipped, other.parts(shipped)), PendingOp(OrderStep.FULFIL), NOW + 1,
+                        LIMITS, place)
+    assert again == (None, {}, None)  # a retry (R5): answered, nothing planned

@@ -131,6 +131,22 @@ async def test_second_conflicting_resolution_names_the_state(start_service: Serv
         grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_FULFILLED", "FULFILLED")
 
 
+async def test_a_fulfil_after_a_release_settled_it_is_refused_and_the_release_retried_answered_R3_R5(
+        start_service: ServiceFactory) -> None:
+    _, client = await stocked(start_service)
+    await client.reserve("r1", [("A", "S1", 3)])
+    await client.confirm("r1")
+    await client.fulfill("r1", [("A", "S1", 1)], operation_id="ship-1")
+    settled = await client.release("r1")  # the rest released: FULFILLED, something shipped
+    assert settled.state == pb.RESERVATION_STATE_FULFILLED and settled.lines[0].released == 2
+    refusal = await refused(client.fulfill("r1"))  # was: answered as a retry of a fulfilment
+    assert (refusal.code, refusal.reason, refusal.state) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_FULFILLED", "FULFILLED")
+    assert await client.release("r1") == settled  # its own retry (R5)
+    (a,) = await client.availability([("A", "S1")])
+    assert (a.on_hand, a.reserved, a.committed) == (9, 0, 0)
+
+
 @pytest.mark.parametrize(
     ("lines", "kwargs", "field"),
     [
