@@ -17,7 +17,8 @@ one C call under the GIL) and derives ``+Inf`` and ``_count`` from that one copy
 does not update sum and buckets under one lock either.
 
 Left out (the service uses none): exemplars, ``time()``, ``remove``/``clear``, multiprocess mode,
-gauge ``inc``/``dec``/``set_function``, negative buckets (prometheus_client then drops ``_sum``).
+gauge ``inc``/``dec``/``set_function`` (``Reading`` is a gauge read at each scrape instead), negative
+buckets (prometheus_client then drops ``_sum``).
 A ``str`` subclass whose ``str()`` is not its value (a ``(str, Enum)`` member) may find the child
 of the plain string equal to it, where prometheus_client would make one named by its ``str()``.
 """
@@ -288,26 +289,42 @@ class SizeHistogram(Histogram):
 
 
 class Reading(Collector):
-    """A gauge without labels whose value is read at each scrape from the function it follows (``follow``),
-    instead of being set at each change: nothing on the hot path. 0 until it follows one. The read
-    runs on the scraping thread: it must only read (an attribute, a ``len``)."""
+    """A gauge whose value is read at each scrape from the function it follows (``follow``), instead of
+    being set at each change: nothing on the hot path, and true whenever it is scraped, however long
+    the code that would set it is held up. Without labels it is 0 until it follows one; with labels,
+    each label values' series is there once it follows one (``follow(read, *values)``), in the order
+    first followed, and following again replaces the function. The read runs on the scraping thread:
+    it must only read (an attribute, a ``len``)."""
 
-    def __init__(self, name: str, documentation: str, registry: CollectorRegistry | None = REGISTRY) -> None:
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (),
+                 registry: CollectorRegistry | None = REGISTRY) -> None:
         self.name = name
         self.documentation = documentation
-        self._read: Callable[[], float] = lambda: 0.0
-        GaugeMetricFamily(name, documentation)  # checks the name, as prometheus_client does
+        self.labelnames = tuple(labelnames)
+        self._reads: dict[tuple[str, ...], Callable[[], float]] = {} if self.labelnames else {(): lambda: 0.0}
+        self._family()  # checks the name, as prometheus_client does
         if registry is not None:
             registry.register(self)
 
-    def follow(self, read: Callable[[], float]) -> None:
-        self._read = read
+    def follow(self, read: Callable[[], float], *values: object) -> None:
+        """Read the series of ``values`` (one per label name) from ``read`` from now on."""
+        if len(values) != len(self.labelnames):
+            raise ValueError("Incorrect label count")
+        self._reads[tuple(str(value) for value in values)] = read
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def describe(self) -> list[Metric]:
-        return [GaugeMetricFamily(self.name, self.documentation)]
+        return [self._family()]
 
     def collect(self) -> list[Metric]:
-        return [GaugeMetricFamily(self.name, self.documentation, value=float(self._read()))]
+        """One sample per series, read now, from a copy of the functions' dict (one followed meanwhile on
+        the loop's thread cannot break the scrape)."""
+        family = self._family()
+        for values, read in self._reads.copy().items():
+            family.add_metric(list(values), float(read()))
+        return [family]
 
 
 def _bounds(buckets: Sequence[float | str]) -> list[float]:

@@ -56,7 +56,9 @@ class EngineMetrics:
         self.reservations = Counter(
             "atp_reservations_total", "Reservation decisions and resolutions by outcome", ["outcome"], registry=r
         )
-        self.mailbox_depth = Gauge("atp_shard_mailbox_depth", "Messages waiting per shard", ["shard"], registry=r)
+        # Read at each scrape: a shard held up (a write Redis does not answer, a pause, a maintenance turn)
+        # sets nothing while calls pile up in its mailbox, and the alert on it must see them.
+        self.mailbox_depth = Reading("atp_shard_mailbox_depth", "Messages waiting per shard", ["shard"], registry=r)
         self.batch_size = SizeHistogram(
             "atp_shard_batch_size", "Commands applied per group commit",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r,

@@ -60,7 +60,8 @@ class ShardActor(CommitPipeline):
         self._checkpoints = Checkpoints(shard, log_store, settings.snapshot_policy,
                                         seq if snapshot_seq is None else snapshot_seq, self.break_down)
         self._settling = asyncio.Lock()
-        self._depth = metrics.mailbox_depth.labels(str(shard))
+        mailbox, set_aside = self._mailbox, self._set_aside  # not self: a shard given up keeps no ledger alive
+        metrics.mailbox_depth.follow(lambda: len(mailbox) + len(set_aside), shard)  # true at any scrape
         self._lag_s = 0.0  # how long the message taken last had waited in the mailbox
         self._parked = False  # the actor waits for a message, with nothing set aside
         self._max_delay_s = settings.max_queue_delay_ms / 1000
@@ -293,7 +294,6 @@ class ShardActor(CommitPipeline):
             else:
                 if mailbox.empty():
                     self._lag_s = 0.0  # nothing waits: a backlog long gone must not shed the next burst
-                self._depth.set(len(mailbox))  # what waits now: a sender's turn (_turn_now) sets no gauge
                 self._parked = True  # senders may take this shard's next turn themselves (_turn_now)
                 try:
                     first = await mailbox.get()
@@ -314,7 +314,6 @@ class ShardActor(CommitPipeline):
                 await self._ready()
                 continue
             batch = take_batch(first, set_aside, mailbox, limit)
-            self._depth.set(len(mailbox) + len(set_aside))
             try:
                 self._apply(batch)
             except BaseException:  # the actor dies (see _ended): the batch in hand is answered too

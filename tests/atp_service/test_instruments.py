@@ -288,6 +288,29 @@ def test_a_reading_is_a_gauge_read_at_each_scrape() -> None:
     assert "atp_calls_now 0.0" in generate_latest(pair[1]).decode()
 
 
+def test_a_reading_with_labels_reads_each_series_at_each_scrape() -> None:
+    """Per label values, what prometheus_client's ``Gauge(...).labels(...).set_function`` serves: a
+    series once followed, its function's value at each scrape; following again replaces it."""
+    pair = registries()
+    old = prometheus_client.Gauge("atp_waiting", "Waiting", ["shard"], registry=pair[0])
+    new = instruments.Reading("atp_waiting", "Waiting", ["shard"], registry=pair[1])
+    assert_same(pair)
+    waiting = {"0": [2], "1": [0]}
+    for shard in ("0", "1"):
+        old.labels(shard).set_function(lambda shard=shard: waiting[shard][0])
+        new.follow(lambda shard=shard: waiting[shard][0], int(shard))  # as prometheus_client, str() of it
+    assert_same(pair)
+    waiting["0"][0], waiting["1"][0] = 0, 7
+    assert_same(pair)
+    again = [5]
+    old.labels("0").set_function(lambda: again[0])
+    new.follow(lambda: again[0], "0")
+    assert_same(pair)
+    assert 'atp_waiting{shard="0"} 5.0' in generate_latest(pair[1]).decode()
+    with pytest.raises(ValueError):
+        new.follow(lambda: 1.0)
+
+
 def test_a_reading_refuses_a_name_taken() -> None:
     registry = CollectorRegistry()
     instruments.Reading("atp_calls_now", "Calls now", registry=registry)
