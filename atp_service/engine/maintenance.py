@@ -15,7 +15,7 @@ from atp_service.engine.gauges import OversoldSweep
 from atp_service.engine.orphans import LeasedOrphans
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_for_good, keep
-from reservation import DomainError, Ledger, View
+from reservation import DomainError, Ledger, State, View
 from reservation import _operations as ops
 
 if TYPE_CHECKING:
@@ -34,11 +34,14 @@ waiting). Cost: one more pause and one more append per this many lines (a few hu
 an entry). At least ``max_lines``: a hold is never split, one over it goes alone."""
 EXPIRE_ORDERS_AT_ONCE = 64
 """Orders (holds spanning groups, expired by their sagas) this process expires at once; those due past
-it stay queued for the next passes. Each pass spawned a saga for every order due, up to
+it wait for the next passes (``Housekeeper._orders_due``). Each pass spawned a saga for every order due, up to
 ``EXPIRE_PER_TURN`` per shard per pass, none waited for: 8,000 orders due together ran 8,000 sagas at
 once, their steps filling every shard's mailbox, so a shopper's Reserve waited behind them (~0.75 s
 each on a test cluster) and past ``mailbox_size`` was shed (R8). Cost: a backlog drains at this many
-sagas' pace (each a few appends), ahead of no caller."""
+sagas' pace (each a few appends), ahead of no caller. The waiting orders are kept out of the expiry
+queue: put back there, each pass took them again first, and while at least ``EXPIRE_PER_TURN`` of them
+were due at a shard (their sagas stalled: a part's group not answering) no plain hold due after them
+was ever reached (R3)."""
 EVICT_PER_TURN = 10_000
 """Resolved reservations past their retention one housekeeping turn of a shard looks at, at most
 (~20 ms of the turn); the rest are forgotten at the next passes. After a restart that followed
@@ -72,6 +75,8 @@ class Housekeeper:
         self._background: set[asyncio.Task[Any]] = set()  # expiries across shards
         self._gauged_at = self._offset_at = 0.0
         self._orders_expiring = 0  # order sagas expiring now, at most EXPIRE_ORDERS_AT_ONCE
+        self._orders_due: dict[tuple[int, str], tuple[Ledger, int]] = {}
+        """Orders due, waiting for a saga (oldest first): (shard, id) -> (its ledger, its expiry)."""
         self._orphans = LeasedOrphans(engine)
         self._oversold: OversoldSweep | None = None  # a bounded slice of the arrays a pass (made at the first)
         self._offset_task: asyncio.Task[None] | None = None  # one measure at a time, apart from the expiries
@@ -102,6 +107,7 @@ class Housekeeper:
                 except DomainError as exc:  # mailbox full or Redis down: the next pass tries again
                     log.debug("shard %d: housekeeping deferred: %s", actor.shard, exc)
             actor.request_maintenance()
+        self._start_order_expiries()
         if engine.orders is not None:
             engine.orders.drive_unsettled()
             if engine.remote is not None:  # leased: orphaned parts are looked for here (one process: at start)
@@ -143,17 +149,14 @@ class Housekeeper:
         for rid in ledger.due(now, EXPIRE_PER_TURN):  # the rest at the next pass: no turn as long as an outage
             rec = ledger.reservations[rid]
             if rec.is_order:  # its parts hold the units: its saga expires it, through every part
-                if self._orders_expiring >= EXPIRE_ORDERS_AT_ONCE:
-                    ledger.requeue_expiry(rec.expires_at, rid)  # a later pass (a heap push: plain holds go on)
-                    continue
-                self._orders_expiring += 1
-                self._spawn(self._expire_order(ledger, rid, rec.expires_at))
+                self._orders_due[(ledger.shard, rid)] = (ledger, rec.expires_at)
                 continue
             shards = {place(line.sku) for line in rec.lines} | {ledger.shard}
             if len(shards) == 1:
                 ops.expire(ledger, rid, now)
             else:
                 across.setdefault(tuple(sorted(shards)), []).append((rid, rec.expires_at))
+        self._start_order_expiries()
         for shards_of, due in across.items():  # one coordinated change per set of shards, not one per hold
             for change in _bounded_by_lines(due, ledger):  # ...and per EXPIRE_LINES_PER_CHANGE lines
                 self._spawn(self._expire_across(list(shards_of), ledger, change))
@@ -184,6 +187,21 @@ class Housekeeper:
                 home.requeue_expiry(expires_at, rid)
             if not isinstance(exc, Exception):
                 raise
+
+    def _start_order_expiries(self) -> None:
+        """Sagas for the orders waiting (``_orders_due``), oldest first, up to ``EXPIRE_ORDERS_AT_ONCE``
+        running. One whose group is no longer served here (its next owner expires it) or that is no
+        longer the hold that fell due (resolved meanwhile) is dropped, as ``Ledger.due`` skips it."""
+        waiting, actors = self._orders_due, self._engine.actors
+        while waiting and self._orders_expiring < EXPIRE_ORDERS_AT_ONCE:
+            (shard, rid), (ledger, expires_at) = next(iter(waiting.items()))
+            del waiting[(shard, rid)]
+            rec = ledger.reservations.get(rid)
+            if actors[shard].ledger is not ledger or rec is None or rec.state != State.HELD \
+                    or rec.expires_at != expires_at:
+                continue
+            self._orders_expiring += 1
+            self._spawn(self._expire_order(ledger, rid, expires_at))
 
     async def _expire_order(self, home: Ledger, rid: str, expires_at: int) -> None:
         orders = self._engine.orders

@@ -9,6 +9,7 @@ import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from atp_service.engine import maintenance
 from atp_service.engine.maintenance import EXPIRE_ORDERS_AT_ONCE
 from tests.atp_service.app.test_cluster_mode import CLUSTER, _two_groups
 from tests.atp_service.edge.test_api import T0
@@ -53,3 +54,44 @@ async def test_orders_due_at_once_expire_through_a_bounded_number_of_sagas_at_a_
     assert [q.reserved for q in await client.availability([(a, "S1"), (b, "S1")])] == [0, 0]
     assert (await client.get_reservation(f"o{ORDERS - 1}")).state == pb.RESERVATION_STATE_EXPIRED
     assert (await client.reserve("late", [(a, "S1", 1)], ttl_seconds=60)).state == pb.RESERVATION_STATE_HELD
+
+
+async def test_plain_holds_expire_while_order_sagas_stall_behind_a_backlog_R3(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More orders due than a housekeeping turn takes (``EXPIRE_PER_TURN``), their sagas stalled (a
+    part's group not answering): the orders past ``EXPIRE_ORDERS_AT_ONCE`` went back to the expiry
+    queue, where each pass took them again first, so a plain hold at the same shard due after them
+    was never reached — its units reserved past its TTL for as long as the sagas stalled. Orders
+    waiting for a saga now wait beside the queue: the holds after them expire at the next passes."""
+    monkeypatch.setattr(maintenance, "EXPIRE_PER_TURN", 4)
+    monkeypatch.setattr(maintenance, "EXPIRE_ORDERS_AT_ONCE", 1)
+    clock = ManualClock(T0)
+    service, client, a, b = await _two_groups(start_service, clock, a=20, b=20, maintenance_interval_ms=3_600_000)
+    engine = service.engine
+    assert engine is not None and engine.orders is not None
+    home = a if engine.place(a) < engine.place(b) else b  # an order's home: the lowest group of its lines
+    for n in range(6):  # due first, more than a turn takes
+        await client.reserve(f"o{n}", [(a, "S1", 1), (b, "S1", 1)], ttl_seconds=60)
+    await client.reserve("plain", [(home, "S1", 1)], ttl_seconds=61)
+    gate = asyncio.Event()
+    expire = engine.orders.expire
+
+    async def stalled(order_id: str, shard: int) -> None:
+        await gate.wait()
+        await expire(order_id, shard)
+
+    monkeypatch.setattr(engine.orders, "expire", stalled)
+    clock.advance(62_000)
+    for _ in range(4):
+        await engine.run_maintenance()
+    try:
+        assert (await client.get_reservation("plain")).state == pb.RESERVATION_STATE_EXPIRED, \
+            "a plain hold due after a backlog of orders stayed held (R3)"
+    finally:
+        gate.set()
+    for _ in range(200):  # every order expires once its sagas may go on
+        await engine.run_maintenance()
+        if not any(q.reserved for q in await client.availability([(a, "S1"), (b, "S1")])):
+            break
+        await asyncio.sleep(0.01)
+    assert [q.reserved for q in await client.availability([(a, "S1"), (b, "S1")])] == [0, 0]
