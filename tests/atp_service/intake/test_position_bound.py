@@ -88,19 +88,36 @@ async def test_made_up_skus_past_the_bound_are_quarantined_and_counted_and_stay_
     assert (resent.outcome, resent.quarantine_reason) == (pb.FACT_OUTCOME_QUARANTINED, pb.QUARANTINE_REASON_CAPACITY)
 
 
+async def _load_new_at_the_bound(client: Any, redis_url: str, late_at: int) -> None:
+    """A block of ``BOUND`` new positions at a shard holding one, the last row stamped ``late_at``:
+    late when its turn comes, so it is quarantined (E6) and the others fill the bound exactly."""
+    skus = [f"NEW-{i}" for i in range(BOUND)]
+    as_of = np.array([T0] * (BOUND - 1) + [late_at], dtype="<i8")
+    answer = await client.load_counts(pb.LoadCountsRequest(
+        source="erp", skus=skus, locations=["L1"], sku_index=np.arange(BOUND, dtype="<u4").tobytes(),
+        location_index=bytes(4 * BOUND), on_hand=np.full(BOUND, 9, dtype="<i8").tobytes(), as_of=as_of.tobytes()))
+    assert (answer.applied, answer.quarantined) == (BOUND - 1, 1)
+    assert [(g.quarantine_reason, list(g.rows)) for g in answer.rejected] == [(pb.QUARANTINE_REASON_LATE, [BOUND - 1])]
+    entries: list[Any] = redis.Redis.from_url(redis_url).xrange("atp:quarantine") or []
+    assert [e[1][b"sku"] for e in entries] == [skus[-1].encode()]
+
+
 async def test_a_block_at_the_bound_with_a_late_row_naming_a_new_position_loads_as_record_events_would(
         start_service: ServiceFactory, redis_url: str) -> None:
     """The late row is quarantined (E6) before any position is made, one by one or in a block: it is
     no new position, so the rows that fill the bound exactly load and it reaches the quarantine stream."""
     service, client = await start_service(shards=1, limits=Limits(max_positions_per_shard=BOUND))
     await client.record_events([receipt("r0", "SKU0", "L1", 1)])  # stream time: T0 - 1000
-    skus = [f"NEW-{i}" for i in range(BOUND)]
-    as_of = np.array([T0] * (BOUND - 1) + [T0 - 30 * 3_600_000], dtype="<i8")  # the last: past the grace window
-    answer = await client.load_counts(pb.LoadCountsRequest(
-        source="erp", skus=skus, locations=["L1"], sku_index=np.arange(BOUND, dtype="<u4").tobytes(),
-        location_index=bytes(4 * BOUND), on_hand=np.full(BOUND, 9, dtype="<i8").tobytes(), as_of=as_of.tobytes()))
-    assert (answer.applied, answer.quarantined) == (BOUND - 1, 1)
-    assert [(g.quarantine_reason, list(g.rows)) for g in answer.rejected] == [(pb.QUARANTINE_REASON_LATE, [BOUND - 1])]
+    await _load_new_at_the_bound(client, redis_url, T0 - 30 * 3_600_000)  # past the grace window
     assert _positions(service) == BOUND
-    entries: list[Any] = redis.Redis.from_url(redis_url).xrange("atp:quarantine") or []
-    assert [e[1][b"sku"] for e in entries] == [skus[-1].encode()]
+
+
+async def test_a_row_late_only_once_an_earlier_row_of_the_block_moved_stream_time_leaves_room_for_the_block(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """As of before the block the last row is inside the grace window; the block's first row moves
+    stream time past it, so one by one it is quarantined late (E6) and makes no position: the rows
+    that make one fill the bound exactly, and the block loads rather than being refused whole."""
+    service, client = await start_service(shards=1, limits=Limits(max_positions_per_shard=BOUND))
+    await client.record_events([receipt("r0", "SKU0", "L1", 1, t=T0 - 40 * 3_600_000)])  # stream time
+    await _load_new_at_the_bound(client, redis_url, T0 - 30 * 3_600_000)  # late only after the first row
+    assert _positions(service) == BOUND
