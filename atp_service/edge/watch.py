@@ -10,6 +10,7 @@ silently skipped).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
@@ -141,7 +142,7 @@ class Watchers:
                 since = updates[shown - 1].version
                 yield out
             if shown < following:  # read again once the desk has confirmed or settled a write
-                await desk.confirmations.wait(confirmed, _BLOCK_MS / 1000)
+                await _until_settled(desk, channel, confirmed)
             elif following < len(updates):
                 yield Response(kind=Response.KIND_RESNAPSHOT_REQUIRED, version=since)
                 return
@@ -158,6 +159,20 @@ class Watchers:
                 u.event_time.FromMilliseconds(p.event_time)
             u.status = _STATUS[status(p.quantity)]
         return out
+
+
+async def _until_settled(desk: ChannelDesk, channel: str, confirmed: asyncio.Event) -> None:
+    """Until the desk confirms or settles a write (``confirmed``, C4), or a reload gives the channel another feed;
+    the channel checked every ``_BLOCK_MS`` meanwhile (removed: NotFound), the stream not read. Read again each
+    ``_BLOCK_MS`` while a settle waited on Redis (a replica away, ``redis_wait_replicas``), the same unconfirmed
+    entries, up to ``watch_batch`` of them decoded a read, held the event loop for more than a second a second
+    with ``max_watchers`` watches: every call of the service slowed or shed for as long as the replica was away."""
+    feed = desk.feeds[channel]
+    while not confirmed.is_set():
+        await desk.confirmations.wait(confirmed, _BLOCK_MS / 1000)
+        desk.channel(channel)
+        if desk.feeds[channel] is not feed:  # read from Redis by a reload that removed it and added it back
+            return
 
 
 def fitted(message: Response, max_bytes: int) -> list[Response]:
