@@ -73,6 +73,15 @@ class PublisherConfig:
     """Longest one request to the destination may take (the adapter's request timeout): a holder
     sends only while its lease covers that long. ``lease_s`` must be at least 3 times it."""
 
+    wait_replicas: int = 0
+    """Replicas of the stream's node that must hold what was read before it is delivered: the service's
+    ``redis_wait_replicas`` (set both alike). A write its replicas did not confirm is not published yet,
+    and a failover may lose it (C4); 0: what the primary holds is delivered (as the service counts it)."""
+
+    wait_timeout_ms: int = 500
+    """How long one confirmation waits for ``wait_replicas`` replicas before the read is held back
+    (read and confirmed again after ``redis_retry_s``)."""
+
     def __post_init__(self) -> None:
         if not self.channel:
             raise ValueError("channel: required")
@@ -80,6 +89,9 @@ class PublisherConfig:
         for name in ("read_count", "delivery_batch", "max_attempts", "redeliver_max_keys"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
+        if self.wait_replicas < 0 or self.wait_timeout_ms < 1:
+            raise ValueError(f"wait_replicas/wait_timeout_ms: at least 0 and 1, got {self.wait_replicas}, "
+                             f"{self.wait_timeout_ms}")
         if self.redis_retry_s <= 0:
             raise ValueError("redis_retry_s: must be positive")
         if not 0 < self.redeliver_interval_s < math.inf:  # NaN or inf: the timer never comes (C4)

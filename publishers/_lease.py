@@ -107,7 +107,7 @@ class Lease:
     async def take(self) -> bool:
         """True: this publisher holds the lease now (taken, or still its own and renewed)."""
         sent = self._clock()
-        if await self.client.set(self.key, self.token, nx=True, px=self._lease_ms()):
+        if await self.client.set(self.key, self.token, nx=True, px=self.lease_ms):
             self._valid_until, self.held = sent + self.lease_s, True
             return True
         return await self.renew()
@@ -115,7 +115,7 @@ class Lease:
     async def renew(self) -> bool:
         """Extend the lease while it is still this publisher's; False: it is not (the caller drops it)."""
         sent = self._clock()
-        if int(await self.client.eval(RENEW, 1, self.key, self.token, self._lease_ms())):
+        if int(await self.client.eval(RENEW, 1, self.key, self.token, self.lease_ms)):
             self._valid_until, self.held = sent + self.lease_s, True
             return True
         return False
@@ -143,7 +143,8 @@ class Lease:
         if not self.covers(self.send_timeout_s):
             raise LeaseLapsing(f"the lease {self.key} does not cover a request of up to {self.send_timeout_s:g} s")
 
-    def _lease_ms(self) -> int:
+    @property
+    def lease_ms(self) -> int:
         return max(1, round(self.lease_s * 1000))
 
     # -- records fenced by the token --------------------------------------------------

@@ -49,6 +49,11 @@ class PublisherMetrics:
             "lease (trimmed ones included: their keys resynced from the state hash)",
             ["channel", "group"], registry=r,
         )
+        self.not_replicated = Counter(
+            "atp_publisher_not_replicated_total",
+            "Reads held back, undelivered: fewer than wait_replicas replicas confirmed holding them in time (read and "
+            "confirmed again; a failover may lose such a write)", ["channel"], registry=r,
+        )
         self.delay = Histogram(
             "atp_publisher_delivery_delay_seconds", "Source time of the newest change behind an update -> delivered",
             ["channel"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r,
@@ -61,6 +66,7 @@ class PublisherMetrics:
         zeroed(self.dead_lettered, (channel,))
         zeroed(self.rate_limited, (channel,))
         zeroed(self.redeliver_overflows, (channel,))
+        zeroed(self.not_replicated, (channel,))
         zeroed(self.lease_lost, (channel, group))
         zeroed(self.claimed, (channel, group))
         self.lease_held.labels(channel, group).set(0)  # a standby until it takes the lease

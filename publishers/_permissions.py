@@ -50,6 +50,11 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
     # Named by all its keys: two scripts sharing one were named as one, and a denied lease key by another.
     asked += [(("EVAL", SCRIPT, len(keys), *keys), ", ".join(keys), f"the {name} script, under the lease")
               for name, keys in scripts]
+    # ``_replicas``: the renewal that what was read is confirmed behind, on a write lane (EVALSHA), then WAIT (C4)
+    asked += [(("EVALSHA", "0" * 40, 1, lease), lease, "the renewal confirmed by --wait-replicas"),
+              (("SCRIPT", "LOAD", SCRIPT), "", "the renewal's script, loaded where a node lacks it")]
+    if cfg.wait_replicas:
+        asked.append((("WAIT", 0, 0), "", "--wait-replicas (what was read held by the replicas)"))
     return [Need(args, key, use) for args, key, use in asked]
 
 

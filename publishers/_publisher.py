@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from atp_service.storage.channel_wire import from_fields, state_update
 from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.nodes import Nodes
 from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, stream_entries, stream_info
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, TokenBucket
@@ -40,6 +41,7 @@ from ._holding import Halted, Holding, unless_halted
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
 from ._redeliver import Redelivery
+from ._replicas import Replicas
 from ._startup import refuse_evicting_redis
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ class _Read:
 class Publisher:
     def __init__(self, config: PublisherConfig, client: Any, adapter: Adapter, metrics: PublisherMetrics,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 now_ms: Callable[[], int] | None = None) -> None:
+                 now_ms: Callable[[], int] | None = None, writer: Nodes | None = None) -> None:
         self.config = config
         self.client = client
         self.adapter = adapter
@@ -73,6 +75,7 @@ class Publisher:
         self._halt = asyncio.Event()
         """Set by a stop, or when the group's lease is lost: what is being delivered stops at once."""
         self._holding = Holding(config, client, metrics, self._halt.set)
+        self.replicas = Replicas(config, writer or Nodes(client), self._holding.lease, metrics)  # a cluster: pass one
         self._redelivery = self._new_redelivery()
         self._takeover = Takeover(config, client, metrics, self._holding.lease, self._resync, self._holding.lost)
 
@@ -228,6 +231,8 @@ class Publisher:
         delivered: dict[str, int] = {}
         size = self.config.delivery_batch
         try:
+            if todo:  # C4: only what the replicas hold (``NotReplicated``: nothing delivered, read again)
+                await self._unless_stopped(self.replicas.confirm())
             for start in range(0, len(todo), size):
                 chunk = todo[start:start + size]
                 done = {u.version for u in await self._deliver([u for _, u in chunk])}

@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 from atp_service.config_values import LOG_FORMATS, LOG_LEVELS
 from atp_service.logs import set_up_logging
 from atp_service.storage.acl import AclRefused
-from atp_service.storage.nodes import connect_any
+from atp_service.storage.nodes import Nodes, connect_any
 
 from ._adapters import Adapter, JsonlAdapter, WebhookAdapter
 from ._config import PublisherConfig
@@ -52,6 +52,12 @@ def _redis_flags(p: argparse.ArgumentParser) -> None:
                    help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER)")
     p.add_argument("--key-prefix", default=_env("ATP_KEY_PREFIX", "atp:"),
                    help="the service's key prefix (env ATP_KEY_PREFIX; default atp:)")
+    p.add_argument("--wait-replicas", type=int, default=_env("ATP_REDIS_WAIT_REPLICAS", "0"),
+                   help="replicas that must hold what is read before it is delivered: the service's "
+                        "ATP_REDIS_WAIT_REPLICAS, set alike (env ATP_REDIS_WAIT_REPLICAS; default 0)")
+    p.add_argument("--wait-timeout-ms", type=int, default=_env("ATP_REDIS_WAIT_TIMEOUT_MS", "500"),
+                   help="how long one such confirmation waits before the read is held back and read again "
+                        "(env ATP_REDIS_WAIT_TIMEOUT_MS; default 500)")
     p.add_argument("--redis-wait", type=float, default=300.0,
                    help="seconds to wait for Redis at start before exiting with status 3 (0: forever; default 300)")
     p.add_argument("--redis-backoff-max", type=float, default=5.0,
@@ -143,7 +149,8 @@ def make_config(args: argparse.Namespace) -> PublisherConfig:
         rate_limit_per_s=args.rate, burst=args.burst, delivery_batch=args.batch,
         max_attempts=args.max_attempts, backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
         redeliver_max_keys=args.redeliver_max_keys, redeliver_interval_s=args.redeliver_interval,
-        lease_s=args.lease, send_timeout_s=args.request_timeout,
+        lease_s=args.lease, send_timeout_s=args.request_timeout, wait_replicas=args.wait_replicas,
+        wait_timeout_ms=args.wait_timeout_ms,
     )
 
 
@@ -191,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metrics: PublisherMetrics,
                cluster: bool = False, wait: RedisWait | None = None) -> None:
     # Every key a publisher touches shares the channel feeds' hash tag: one slot on a cluster.
-    client = connect_any(redis_url, config.block_ms / 1000 + 5, cluster=cluster)
-    publisher = Publisher(config, client, adapter, metrics)
+    timeout_s = config.block_ms / 1000 + 5
+    client = connect_any(redis_url, timeout_s, cluster=cluster)
+    writer = Nodes(client, cluster=cluster, url=redis_url, timeout_s=timeout_s)  # WAIT on the stream's node (C4)
+    publisher = Publisher(config, client, adapter, metrics, writer=writer)
     stop = asyncio.Event()
 
     def on_signal() -> None:
@@ -217,7 +226,7 @@ async def _run(config: PublisherConfig, redis_url: str, adapter: Adapter, metric
             await publisher.run()
     finally:
         await adapter.close()
-        await client.aclose()
+        await writer.aclose()  # its lanes, and ``client``
 
 
 if __name__ == "__main__":

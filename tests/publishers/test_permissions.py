@@ -134,7 +134,7 @@ SENT_BY = {"pipeline": "MULTI", "execute": "EXEC", "hscan_iter": "HSCAN", "xgrou
            "xinfo_groups": "XINFO GROUPS", "xinfo_consumers": "XINFO CONSUMERS", "xinfo_stream": "XINFO STREAM"}
 """What a redis-py method sends, where its name does not say it (the rest: the name in capitals)."""
 HELPERS = {"make_group": {"XGROUP CREATE"}, "stream_info": {"XINFO STREAM"},
-           "refuse_evicting_redis": set(), "node_configs": set(),
+           "refuse_evicting_redis": set(), "node_configs": set(), "Nodes": {"EVALSHA", "SCRIPT LOAD"},
            **{name: set[str]() for name in ("Lease", "Holding", "Publisher", "Takeover", "Redelivery")}}
 """What a helper given the publisher's client sends (``CONFIG GET``: not asked, its refusal is a
 warning; the package's own classes: their calls are scanned here)."""
@@ -157,6 +157,8 @@ def test_each_direct_call_of_the_redis_client_is_asked() -> None:
             sent |= HELPERS[helper]
     assert {"XREADGROUP", "XINFO STREAM", "HSCAN", "EVAL", "SET"} <= sent, sent  # the scan finds the calls
     assert sent - NOT_ASKED <= asked, sorted(sent - NOT_ASKED - asked)
+    waiting = {need.command for need in publisher_needs(PublisherConfig(channel="web", wait_replicas=1))}
+    assert "WAIT" in waiting - asked, "WAIT (Nodes, after the renewal) asked only with --wait-replicas"
 
 
 def documented_acl() -> list[str]:
