@@ -119,7 +119,7 @@ def new_positions(ledger: Ledger, block: CountRows) -> int:
     if known.any():
         present[known], _, _, ident[known], head[known] = store.counts_at(rows[known], cols[known])
     return positions_made(ledger, block, BlockCells(
-        si.astype(np.int64) * len(block.locations) + li, present, ident != 0, head != 0,
+        si.astype(np.int64) * len(block.locations) + li, present, ident != 0, head,
         lambda: (ident != 0) & (ident == _identities(ledger, block))))
 
 

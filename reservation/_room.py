@@ -10,8 +10,8 @@ count needs none (its columns remember it). So a row can be late (E6), or find t
 row makes no position. Counted as of before the block, such rows would refuse whole a block whose rows
 one by one fit the bound. Rows that change nothing: one E8 knows (a resend, or a conflicting one), one late,
 one past a full memory, and a count that would take on_hand past ±``max_on_hand`` (only where kept
-deltas after it add to it: a count's own quantity is within ``max_quantity``, checked at the edge;
-such a count is stamped before stream time, so it matters only to the memory).
+deltas after it add to it: a count's own quantity is within ``max_quantity``, checked at the edge; those
+after stream time are a Fulfil's shipments, stamped by the service's clock).
 
 Where neither can happen — no row naming a new position stamped before the block's newest time (or
 stream time) minus grace, and E8's memory short of its bound by more than the rows that could add to it
@@ -51,8 +51,8 @@ class BlockCells(NamedTuple):
     """The position exists."""
     counted: BoolArray
     """It has a count (E8 remembers that count once a newer one supersedes it)."""
-    kept: BoolArray
-    """It keeps deltas (a newer count's on_hand is its quantity plus those after it, E2)."""
+    head: Int64Array
+    """Its chain of kept deltas (0: none; a newer count's on_hand is its quantity plus those after it, E2)."""
     resent: Callable[[], BoolArray]
     """Whether each row's identity is its position's latest count (E8 knows it from the columns)."""
 
@@ -71,7 +71,8 @@ def positions_made(ledger: Ledger, block: CountRows, cells: BlockCells) -> int:
         # exists), it is not late in any order, and the memory is never full before it.
         return len(np.unique(cells.position[missing]))
     stop = int(np.flatnonzero(missing)[-1]) + 1
-    return _walk_stream_time(ledger, block, cells, stop) if short else _walk(ledger, block, cells, stop)
+    made = _walk_stream_time(ledger, block, cells, stop) if short else None
+    return _walk(ledger, block, cells, stop) if made is None else made
 
 
 def _memory_stays_short(ledger: Ledger, cells: BlockCells) -> bool:
@@ -85,20 +86,26 @@ def _memory_stays_short(ledger: Ledger, cells: BlockCells) -> bool:
     return could_add < room or could_add - int(np.count_nonzero(cells.resent())) < room
 
 
-def _walk_stream_time(ledger: Ledger, block: CountRows, cells: BlockCells, stop: int) -> int:
+def _walk_stream_time(ledger: Ledger, block: CountRows, cells: BlockCells, stop: int) -> int | None:
     """``_walk`` where E8's memory cannot fill: only stream time decides. A row at a new position that
     is not late makes it (E8 knows it only once a row made it); one at a position that exists moves
-    stream time if later and unknown to E8 (a count that passes max_on_hand is stamped before it)."""
+    stream time if later and unknown to E8, unless taken back past ±max_on_hand: None then (``_walk``
+    decides). A count later than stream time can be: a Fulfil's shipment (R4) is a kept delta stamped
+    by the service's clock, past stream time, and those after the count add to it (E2)."""
     grace, stream_time = ledger.limits.fact_grace_ms, ledger.stream_time
     made: set[int] = set()
-    for i, p, t, new in zip(range(stop), cells.position[:stop].tolist(), block.at[:stop].tolist(),
-                            (~cells.present[:stop]).tolist(), strict=True):
+    bound, pool = ledger.limits.max_on_hand, ledger.histories.pool
+    for i, p, t, new, head, q in zip(range(stop), cells.position[:stop].tolist(), block.at[:stop].tolist(),
+                                     (~cells.present[:stop]).tolist(), cells.head[:stop].tolist(),
+                                     block.quantity[:stop].tolist(), strict=True):
         if t < stream_time - grace:
             continue  # E6: late
         if new:
             made.add(p)
         elif t <= stream_time or _known(ledger, block, i):
             continue
+        elif head and not -bound <= q + pool.sum_after(head, t) <= bound:  # on_hand after it (E2)
+            return None  # it may be taken back (whether on_hand moves outwards decides): walked exactly
         stream_time = max(stream_time, t)
     return len(made)
 
@@ -113,7 +120,7 @@ def _walk(ledger: Ledger, block: CountRows, cells: BlockCells, stop: int) -> int
     made: set[int] = set()
     folded: dict[int, Folded] = {}  # positions with kept deltas, as the rows walked so far left them
     for i, p, t, new, kept in zip(range(stop), cells.position[:stop].tolist(), block.at[:stop].tolist(),
-                                  (~cells.present[:stop]).tolist(), cells.kept[:stop].tolist(), strict=True):
+                                  (~cells.present[:stop]).tolist(), (cells.head[:stop] != 0).tolist(), strict=True):
         if (p, t) in applied or t < stream_time - grace or (not new and _known(ledger, block, i)):
             continue  # E8: a resend or a conflict; E6: late — neither changes anything
         if kept and _out_of_range(ledger, block, i, folded, p):

@@ -6,14 +6,17 @@ must not count toward the bound (never fewer counted than made: the bound would 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 
 import numpy as np
 import pytest
 
-from reservation import Fact, FactKind, FactOutcome, Ledger, Limits, ResourceExhausted, _bulk
+from reservation import DomainError, Fact, FactKind, FactOutcome, Ledger, Limits, ResourceExhausted, _bulk
+from reservation import _operations as ops
 from reservation._bulk import CountRows, count_event_id, new_positions
+from reservation._model import LineRequest, ReserveCommand
 
 T0 = 1_790_000_000_000
 HOUR = 3_600_000
@@ -105,6 +108,32 @@ def test_a_newer_count_taken_back_past_max_on_hand_fills_no_memory_an_older_one_
     assert len(ledger.store) == 1 + made and len(ledger.memory) == 1 + (1 - made)
 
 
+def test_a_count_later_than_stream_time_taken_back_past_max_on_hand_moves_no_stream_time() -> None:
+    """Fulfils shipped units at the service's clock (R4): kept deltas stamped past stream time, as no
+    fact moved it there. A count later than stream time but before them takes on_hand past
+    -max_on_hand, so it is quarantined and stream time stays; the new position's row after it is not
+    late and makes one. Counted as moving stream time, that row looked late: 0 counted, 1 made, and
+    every load of the block failed with an internal error."""
+    stream = T0 - 3 * HOUR
+    ledger = Ledger(0, Limits(fact_grace_ms=HOUR, max_quantity=60, max_on_hand=60, max_positions_per_shard=2))
+    ledger.record_fact(Fact(count_event_id(stream), "erp", FactKind.COUNT, "S0", "L1", 60, stream, ""))
+    for n in range(2):  # 60 shipped twice, after the receipt that brought them back
+        if n:
+            ledger.record_fact(Fact(f"r{n}", "wms", FactKind.RECEIPT, "S0", "L1", 60, stream + n, ""))
+        ops.reserve(ledger, ReserveCommand(f"o{n}", "", "", (LineRequest("S0", "L1", 60),), 60_000, False), T0 + n)
+        ops.confirm(ledger, f"o{n}", T0 + n)
+        ops.fulfill(ledger, f"o{n}", (), "", T0 + n, ledger.limits)
+    ledger.commit(T0 + 2)
+    assert ledger.stream_time == stream + 1
+    block = _block([(0, 0, 0, stream + 2 * HOUR), (1, 0, 7, stream + 30 * 60_000)])  # 0 - 120 < -60; a new one
+    made, expected = _made_one_by_one(ledger, block)
+    assert expected[0][1].startswith("out of range") and made == 1
+    assert new_positions(ledger, block) == 1
+    outcomes, reasons = ledger.load_counts(block)
+    assert [(int(o), reasons.get(i, "")) for i, o in enumerate(outcomes)] == [(int(o), r) for o, r in expected]
+    assert len(ledger.store) == 2 and ledger.stream_time == stream + 30 * 60_000  # the new row moved it
+
+
 def test_a_block_one_position_past_the_bound_is_still_refused_whole() -> None:
     """The late row of the first test made a position after all (nothing before it moved stream
     time): one more than the bound allows, so nothing of the block is applied."""
@@ -145,6 +174,15 @@ def _history(rng: random.Random, ledger: Ledger) -> None:
         at = T0 + rng.choice([0, HOUR, 2 * HOUR])
         ledger.record_fact(Fact(count_event_id(at), "erp", FactKind.SALE, rng.choice(SKUS[:6]),
                                 rng.choice(LOCATIONS), 1, ledger.stream_time, ""))
+    sku, location = rng.choice(SKUS[:6]), rng.choice(LOCATIONS)
+    for n in range(rng.choice([0, 2, 3, 4])):  # R4 by Fulfil: kept deltas stamped by the service's clock,
+        # past stream time (no fact moved it there): a newer count before them may pass -max_on_hand
+        ledger.record_fact(Fact(f"g{n}", "wms", FactKind.RECEIPT, sku, location, 60, ledger.stream_time, ""))
+        now = T0 + 3 * HOUR + n
+        with contextlib.suppress(DomainError):  # too little available: no shipment
+            ops.reserve(ledger, ReserveCommand(f"o{n}", "", "", (LineRequest(sku, location, 60),), 60_000, False), now)
+            ops.confirm(ledger, f"o{n}", now)
+            ops.fulfill(ledger, f"o{n}", (), "", now, ledger.limits)
     ledger.commit(T0)
 
 
@@ -153,7 +191,8 @@ def _random_block(rng: random.Random, ledger: Ledger) -> CountRows:
     resends of the latest counts (E8 knows them)."""
     rows: list[tuple[int, int, int, int]] = []
     for _ in range(rng.randrange(1, 12)):
-        at = T0 + rng.choice([0, HOUR, -HOUR, 2 * HOUR]) + (rng.randrange(-HOUR, HOUR) if rng.random() < 0.7 else 0)
+        jitter = rng.randrange(-HOUR, HOUR) if rng.random() < 0.7 else 0
+        at = T0 + rng.choice([0, HOUR, -HOUR, 2 * HOUR, 3 * HOUR]) + jitter  # 3 h: before the shipments
         rows.append((rng.randrange(len(SKUS)), rng.randrange(len(LOCATIONS)), rng.randrange(0, 60), at))
     for sku, location, _ in list(ledger.store.items())[:3]:
         count = ledger.store.latest_count(sku, location)
