@@ -128,7 +128,10 @@ class Housekeeper:
         engine.metrics.oversold_units.set(self._oversold.step())  # OVERSOLD_SLOTS_PER_PASS slots, not all
         if time.monotonic() - self._gauged_at >= 1.0:  # one per shard, no pass over the arrays
             self._gauged_at = time.monotonic()
-            for actor in engine.actors:  # grows with no hold due and nothing to forget: set here, not in a turn
+            # Each grows and shrinks with no hold due and nothing to forget: set here, not in an expiring turn;
+            # a vacant shard's (its group handed over) reads 0, not what this process last held of it.
+            for actor in engine.actors:
+                engine.metrics.live_reservations.labels(str(actor.shard)).set(actor.ledger.live_reservations)
                 engine.metrics.remembered_reservations.labels(str(actor.shard)).set(len(actor.ledger.reservations))
                 engine.metrics.positions.labels(str(actor.shard)).set(len(actor.positions()))
                 engine.metrics.dedupe_entries.labels(str(actor.shard)).set(len(actor.ledger.memory))
@@ -171,7 +174,6 @@ class Housekeeper:
         unsure_from = actor.in_flight_since() if actor.ledger is ledger else None
         for rid in ledger.evict(now, EVICT_PER_TURN, unsure_from):  # the rest at the next passes
             self._engine.routes.forget_evicted(ledger.shard, rid)
-        self._engine.metrics.live_reservations.labels(str(ledger.shard)).set(ledger.live_reservations)
 
     async def _expire_across(self, shards: list[int], home: Ledger, due: list[tuple[str, int]]) -> None:
         """Holds of ``home`` spanning ``shards``, due, expired in one coordinated change (at most
