@@ -92,11 +92,9 @@ class EngineMetrics:
         self.clock_offset = Gauge(
             "atp_clock_offset_seconds", "This process's service clock (R6) less Redis's TIME; two processes' "
             "difference is their skew: holds taken over between them expire early or late by it", registry=r)
-        self.orders_unsettled = Gauge(
-            "atp_orders_unsettled",
-            "Orders spanning shards on a Redis Cluster whose saga stopped half-way and waits to be driven on",
-            registry=r,
-        )
+        self.orders_unsettled = Reading(
+            "atp_orders_unsettled", "Orders spanning shards (a Redis Cluster, ownership = leases) whose saga stopped "
+            "half-way, waiting to be driven on or being driven on by housekeeping", registry=r)
         self.positions = Gauge(
             "atp_positions", "Positions (SKU x location) a shard holds; bounded by max_positions_per_shard",
             ["shard"], registry=r)

@@ -71,6 +71,8 @@ class Orders:
         housekeeper drives them on (``drive_unsettled``)."""
         self.orphans: dict[str, int] = {}  # held parts whose order has no record (-> group): given up
         self._drives: set[asyncio.Task[Any]] = set()  # housekeeping's sagas of those, running
+        self._driven: set[str] = set()  # their orders: half-way until the saga ends (a peer's step waits 5 s)
+        engine.metrics.orders_unsettled.follow(lambda: len(self.unsettled | self._driven))  # read at each scrape
         self._after = ""  # the last order housekeeping drove on: the next pass goes on after it
 
     def find_pending(self, ledgers: Iterable[Ledger]) -> None:
@@ -125,20 +127,19 @@ class Orders:
             home = self._engine.home_of(rid)
             self.unsettled.discard(rid)
             if home is not None:
+                self._driven.add(rid)  # unsettled again, before its saga ends, if it stopped half-way
                 self._drive(rid, functools.partial(self._settle, rid, home))
-        self._engine.metrics.orders_unsettled.set(len(self.unsettled))
 
     def _drive(self, order_id: str, saga: Callable[[], Awaitable[Any]]) -> None:
         self._drives.add(task := self._spawn(self._locked(order_id, saga)))
         task.add_done_callback(self._drives.discard)
+        task.add_done_callback(lambda _: self._driven.discard(order_id))
 
     def run_locked(self, order_id: str, saga: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         return self._locked(order_id, saga)  # for ``orphans.LeasedOrphans``: no saga of the order meanwhile
 
     def _count(self, outcome: str) -> None:
-        metrics = self._engine.metrics
-        metrics.order_sagas.labels(outcome).inc()
-        metrics.orders_unsettled.set(len(self.unsettled))
+        self._engine.metrics.order_sagas.labels(outcome).inc()
 
     def stop(self) -> None:
         for task in list(self._tasks):
