@@ -8,6 +8,7 @@ import asyncio
 import gc
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from atp_service.app.keyspace import StartupError
 from atp_service.app.service import AtpService
 from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
 from atp_service.config import ServiceConfig
+from atp_service.config_values import redacted
 from atp_service.early_signals import noted, release_stops, stops_held
 from atp_service.edge.transport import reexec_for
 from atp_service.logs import set_up_logging
@@ -89,7 +91,10 @@ def serve(config: ServiceConfig) -> int:
     redis_url = config.redis_url
     if redis_url is None:
         try:
-            embedded = EmbeddedRedis(config.data_dir / "redis", appendfsync=config.durability, unix_socket=True).start(
+            # A password of its own, made at each start: loopback TCP is open to every user of the host, who
+            # would otherwise write the logs and claims, token or not. Tools read it from redis.url (owner only).
+            embedded = EmbeddedRedis(config.data_dir / "redis", appendfsync=config.durability, unix_socket=True,
+                                     password=secrets.token_urlsafe(32)).start(
                 load_timeout_s=config.redis_load_timeout_s, abandon=early_stop.received)
         except StartAbandoned:
             log.info("stop signal while the embedded redis-server was starting: it was stopped",
@@ -100,7 +105,7 @@ def serve(config: ServiceConfig) -> int:
             return 2
         redis_url = embedded.local_url  # the unix socket: less CPU per round trip than loopback TCP
         log.info("embedded redis-server on %s (AOF appendfsync=%s, data in %s)",
-                 redis_url, config.durability, embedded.data_dir)
+                 redacted(redis_url), config.durability, embedded.data_dir)
     try:
         # Every command and fact allocates a few short-lived objects, and recovery builds millions of
         # long-lived ones: collect young objects less often than CPython's default (700, 10, 10).

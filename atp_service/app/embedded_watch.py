@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from atp_service.config_values import redacted
 from atp_service.instruments import Counter
 from atp_service.storage.embedded_redis import EmbeddedRedis, StartAbandoned
 from atp_service.tasks import cancel_and_wait
@@ -91,7 +92,7 @@ class EmbeddedRedisWatch:
         except Exception as exc:
             raise EmbeddedRedisFailed(f"the embedded redis-server could not be started again: {exc}") from exc
         self._counter.inc()
-        log.info("embedded redis-server restarted on %s", self._embedded.local_url,
+        log.info("embedded redis-server restarted on %s", redacted(self._embedded.local_url),
                  extra={"event": "redis_restarted"})
 
     async def _exited(self) -> None:

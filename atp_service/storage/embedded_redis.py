@@ -68,7 +68,10 @@ class EmbeddedRedis:
     """Starts redis-server with AOF on, data under ``data_dir``; ``stop()`` shuts it down cleanly.
     It listens on 127.0.0.1 (``url``) and, with ``unix_socket``, on a unix socket in ``data_dir``
     too (``unix_url``, owner only): a process on the same host spends less CPU per round trip over
-    it than over loopback TCP, whose sender also runs the receiver's TCP stack."""
+    it than over loopback TCP, whose sender also runs the receiver's TCP stack. With ``password``, it
+    answers only those who give it (loopback is open to every process of every user on the host):
+    the password is in ``url``, in ``redis.url`` and in a config file of the data directory, all
+    owner only, never on redis-server's command line."""
 
     def __init__(self, data_dir: Path, port: int = 0, appendfsync: str = "everysec",
                  password: str | None = None, extra_args: Sequence[str] = (), unix_socket: bool = False) -> None:
@@ -92,7 +95,7 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
@@ -150,15 +153,15 @@ class EmbeddedRedis:
             self._stop_leftover()
         # Own session: a Ctrl-C aimed at the service must not kill Redis before the service
         # has flushed its last snapshot; we stop it ourselves.
+        if self.password:  # in a file of the owner's, not on the command line every local user may read
+            _owner_only(self._auth_file, f"requirepass {_quoted(self.password)}\n")
         with self._spawning:
             if self._exiting:  # a hard exit is under way: a child forked now would outlive it
                 raise StartAbandoned("the process exits: the embedded redis-server is not started again")
             self.process = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, start_new_session=True)
             self._pidfile.write_text(str(self.process.pid))
-        # Other processes of this deployment (atp-publisher) find the embedded Redis here.
-        url_file = self.data_dir / "redis.url"
-        url_file.touch(mode=0o600)
-        url_file.write_text(self.url + "\n")
+        # Other processes of this deployment (atp-publisher) find the embedded Redis here, password and all.
+        _owner_only(self.data_dir / "redis.url", self.url + "\n")
         try:
             self._wait_until_ready(timeout_s, ping_timeout_s, load_timeout_s, abandon or (lambda: False))
         except BaseException:
@@ -175,6 +178,7 @@ class EmbeddedRedis:
     def _args(self) -> list[str]:
         args = [
             redis_server_binary(),
+            *([str(self._auth_file)] if self.password else []),  # a config file comes first
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir.resolve()),
@@ -185,8 +189,6 @@ class EmbeddedRedis:
             "--protected-mode", "yes",
             "--logfile", str(self._logfile),
         ]
-        if self.password:
-            args += ["--requirepass", self.password]
         if self.socket_path is not None:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         return args + self.extra_args
@@ -247,6 +249,10 @@ class EmbeddedRedis:
     @property
     def _logfile(self) -> Path:
         return (self.data_dir / "redis.log").resolve()
+
+    @property
+    def _auth_file(self) -> Path:
+        return (self.data_dir / "redis-auth.conf").resolve()
 
     @property
     def _pidfile(self) -> Path:
@@ -310,6 +316,20 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _owner_only(path: Path, text: str) -> None:
+    """``text`` written to ``path``, readable by this user alone, also where an older file was not."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)
+        file.write(text)
+
+
+def _quoted(value: str) -> str:
+    """``value`` as one argument of a redis.conf line (Redis reads C-style escapes inside quotes)."""
+    return '"' + "".join(c if c.isprintable() and c not in '"\\' else "".join(f"\\x{b:02x}" for b in c.encode())
+                         for c in value) + '"'
 
 
 class _LoadProgress:

@@ -14,14 +14,17 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
+import redis
 from google.protobuf import json_format
 from google.protobuf.message_factory import GetMessageClass
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import EmbeddedRedis, free_port
+from atp_service.edge.auth import new_token, token_hash
 from tests.conftest import spawned
 
 pytestmark = pytest.mark.slow
@@ -372,7 +375,7 @@ def test_the_embedded_redis_is_reached_over_its_unix_socket_and_keeps_what_was_a
         log = tmp_path / f"serve-{run}.log"
         proc = spawned(subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT))
         try:
-            assert f"embedded redis-server on unix://{socket_path}?db=0" in wait_until_ready(proc, log)
+            assert f"embedded redis-server on unix://***@{socket_path}?db=0" in wait_until_ready(proc, log)
             if run == 0:
                 reserved = ctl(target, "reserve", "unix-1", "sku-00001@dc-east:2", "--ttl", "600")
                 assert reserved.returncode == 0 and '"RESERVATION_STATE_HELD"' in reserved.stdout, reserved.stderr
@@ -455,3 +458,34 @@ def test_a_stop_signal_while_the_demo_estate_loads_lets_it_finish(tmp_path: Path
     finally:
         again.terminate()
         assert stop_or_explain(again, tmp_path / "again.log") == 0
+
+
+def test_the_embedded_redis_lets_in_only_those_holding_its_password(tmp_path: Path) -> None:
+    """A service with auth on refuses a caller without a token; its embedded redis-server listened
+    on 127.0.0.1 without a password beside it, so any process of any user on the host could write
+    the service's logs, its claims and its input streams there, token or not. Now it takes only a
+    password made at each start, kept in ``redis.url`` (owner only, for atp-publisher) and never logged."""
+    token, callers, port = new_token(), tmp_path / "callers.toml", free_port()
+    callers.write_text(f'[[callers]]\nname = "oms"\nroles = ["oms"]\ntoken_sha256 = "{token_hash(token)}"\n')
+    data, log = tmp_path / "data", tmp_path / "serve.log"
+    proc = spawned(subprocess.Popen(
+        [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(data), "--port", str(port),
+         "--metrics-port", "-1", "--no-demo", "--auth", "on", "--callers-file", str(callers), "--log-level", "INFO"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT))
+    try:
+        wait_until_ready(proc, log)
+        assert ctl(f"127.0.0.1:{port}", "reservation", "r1").returncode != 0  # no token: refused at gRPC
+        url_file = data / "redis" / "redis.url"
+        url = url_file.read_text().strip()
+        with redis.Redis(host="127.0.0.1", port=urlsplit(url).port, socket_timeout=5) as stranger, \
+                pytest.raises(redis.AuthenticationError):
+            stranger.set("atp:intruder", "1")  # written, before: no password asked
+        assert url_file.stat().st_mode & 0o077 == 0
+        password = urlsplit(url).password
+        assert password, url
+        with redis.Redis.from_url(url, socket_timeout=5) as told:  # atp-publisher's way in
+            assert told.ping()
+    finally:
+        proc.terminate()
+        assert stop_or_explain(proc, log) == 0
+    assert password not in log.read_text()

@@ -96,6 +96,25 @@ def test_a_password_goes_with_the_unix_socket_url(tmp_path: Path) -> None:
         embedded.stop()
 
 
+def test_a_password_is_kept_off_the_command_line_and_read_whole_whatever_it_holds(tmp_path: Path) -> None:
+    """On redis-server's command line a password is readable by every user of the host (``ps``); in
+    the owner-only config file it is not, and quotes, backslashes, spaces or a newline in it do not
+    end it early or add a setting of their own."""
+    password = 'pw-7f3a "b" \\c d\nport 1 #é'
+    embedded = EmbeddedRedis(tmp_path / "data", password=password)
+    try:
+        embedded.start()
+        assert not any("pw-7f3a" in arg for arg in embedded._args())  # what redis-server is started with
+        assert stat.S_IMODE((tmp_path / "data" / "redis-auth.conf").stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "data" / "redis.url").stat().st_mode) == 0o600
+        with redis.Redis(port=embedded.port, password=password) as client:
+            assert client.ping()
+        with redis.Redis(port=embedded.port) as anonymous, pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+    finally:
+        embedded.stop()
+
+
 def test_a_data_dir_too_deep_for_a_socket_path_uses_tcp_alone(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     embedded = EmbeddedRedis(deep, unix_socket=True)
