@@ -18,7 +18,7 @@ from atp_service.config_slices import (
     SnapshotPolicy,
     slice_of,
 )
-from atp_service.config_values import DURABILITY_MODES, TRANSPORTS, check_bounds, check_choices, check_redis
+from atp_service.config_values import DURABILITY_MODES, TRANSPORTS, check_bounds, check_choices, check_redis, check_tls
 from reservation import Limits
 
 __all__ = ["DURABILITY_MODES", "TRANSPORTS", "ChannelSettings", "EngineSettings", "IngestSettings", "ServiceConfig",
@@ -326,7 +326,7 @@ class ServiceConfig:
 
     peer_tls_ca: Path | None = None
     """CA (PEM) the other processes' certificates are checked with when calls go to them
-    (``ownership = leases`` with TLS; unset: ``tls_client_ca``, else ``tls_cert`` itself)."""
+    (``ownership = leases`` with TLS; unset: ``tls_client_ca``, else ``tls_cert`` itself). Needs ``tls_cert``."""
 
     peer_token_file: Path | None = None
     """File with the bearer token sent to the other processes for order steps (role ``peer``)."""
@@ -341,10 +341,7 @@ class ServiceConfig:
         check_choices(self)
         if not 0.0 <= self.tracing_sample_ratio <= 1.0:
             raise ValueError(f"tracing_sample_ratio: must be within [0, 1], got {self.tracing_sample_ratio}")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert/tls_key: give both or neither")
-        if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
+        check_tls(self)
         if not 1 <= self.shards <= 1024:  # atp_client.MAX_GROUPS: no client routes by a larger table
             raise ValueError(f"shards: must be within [1, 1024], got {self.shards}")
         if not 0 < self.redis_load_timeout_s <= 86_400:

@@ -141,6 +141,16 @@ def hash_tag(key: str) -> str:
     return key[start + 1:end] if start >= 0 and end > start + 1 else key
 
 
+def check_tls(cfg: Any) -> None:
+    """The TLS settings of a ``ServiceConfig``: none given that would go unused."""
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ValueError("tls_cert/tls_key: give both or neither")
+    if cfg.tls_client_ca is not None and cfg.tls_cert is None:
+        raise ValueError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
+    if cfg.peer_tls_ca is not None and cfg.tls_cert is None:  # else plaintext between them, no certificate checked
+        raise ValueError("peer_tls_ca: TLS between the processes needs tls_cert and tls_key (each serves TLS)")
+
+
 def check_redis(cfg: Any) -> None:
     """The Redis and ownership settings of a ``ServiceConfig``, checked together."""
     if cfg.redis_cluster and cfg.input_streams:

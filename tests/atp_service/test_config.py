@@ -214,3 +214,15 @@ def test_a_live_bound_raised_past_the_resolved_one_still_starts() -> None:
     """The two bounds count apart (live; resolved, refused included): raising the live one, as a large
     estate may, must not make a configuration that started before refuse to start."""
     assert Limits(max_live_reservations_per_shard=10_000_000).max_live_reservations_per_shard == 10_000_000
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"ATP_TLS_CERT": "server.pem"}, "tls_cert/tls_key: give both or neither"),
+    ({"ATP_TLS_CLIENT_CA": "ca.pem"}, "tls_client_ca: mutual TLS needs tls_cert and tls_key"),
+    # Plaintext between the processes, which the operator took for certificates checked against this CA.
+    ({"ATP_PEER_TLS_CA": "ca.pem", "ATP_OWNERSHIP": "leases", "ATP_DEMO": "false"},
+     "peer_tls_ca: TLS between the processes needs"),
+])
+def test_tls_settings_that_would_go_unused_stop_the_start(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match=f"^{named}"):
+        ServiceConfig.from_env(env)
