@@ -19,6 +19,7 @@ from atp_service.edge.availability import get_availability
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
 from atp_service.edge.explain import explain_availability
+from atp_service.edge.fits import ReserveRoom, too_large
 from atp_service.edge.forward import Forwarder, Relayed
 from atp_service.edge.load import load_counts
 from atp_service.edge.overload import LoopLagMonitor
@@ -74,6 +75,9 @@ def _observed(method: str) -> Callable[[Handler], Handler]:
                         result = await self.forwarder.answer(method, request, context, moved)
                 finally:
                     drain.leave()
+                size = result.ByteSize()  # gRPC would refuse to send it, with no reason (a change made: R7)
+                if size > self.max_message_bytes:
+                    raise too_large(method, size, self.max_message_bytes)
             except Relayed as relayed:
                 self.latency(method, relayed.code.name).observe(time.perf_counter() - started)
                 await relayed.abort(context)
@@ -109,7 +113,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         """What a call needing channels is told when there are none (the service's mode decides the cure)."""
         self._max_inflight = max_stream_inflight
         self._max_streams = max_reserve_streams
-        self._max_message_bytes = max_message_bytes  # gRPC's bound on every answer sent, a batch's too
+        self.max_message_bytes = max_message_bytes  # gRPC's bound on every answer sent, a batch's too
+        self._room = ReserveRoom(limits, max_message_bytes)
+        """Refuses a Reserve, or an item of a ReserveStream batch, whose answer could pass it: before it is decided."""
         self.reserve_streams = 0
         """ReserveStream calls open now: at most ``max_reserve_streams``."""
         self._watchers = watchers
@@ -176,7 +182,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     @_observed("Reserve")
     async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
         cmd = convert.reserve_cmd(request, self.limits)
-        rec, replayed = await self.engine.reserve(cmd)
+        engine = self.engine
+        self._room.check(request, engine.default_group_policy)  # its answer fits, else nothing is decided
+        rec, replayed = await engine.reserve(cmd)
         return convert.reserve_response(rec, replayed)
 
     @_observed("Confirm")
@@ -211,7 +219,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     @_observed("RecordEvents")
     async def RecordEvents(self, request: pb.RecordEventsRequest, context: Any) -> pb.RecordEventsResponse:
         return await record_events(request, context, self.engine, self.desk, self.forwarder, self.limits,
-                                   self.metrics, self._max_message_bytes)
+                                   self.metrics, self.max_message_bytes)
 
     @_observed("LoadCounts")
     async def LoadCounts(self, request: pb.LoadCountsRequest, context: Any) -> pb.LoadCountsResponse:
@@ -220,7 +228,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     @_observed("ExplainAvailability")
     async def ExplainAvailability(self, request: pb.ExplainAvailabilityRequest,
                                   context: Any) -> pb.ExplainAvailabilityResponse:
-        return explain_availability(request, self.engine, self.limits, self._max_message_bytes)
+        return explain_availability(request, self.engine, self.limits, self.max_message_bytes)
 
     @_observed("SetSafetyStock")
     async def SetSafetyStock(self, request: pb.SetSafetyStockRequest, context: Any) -> pb.SetSafetyStockResponse:
@@ -346,9 +354,12 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         started = time.perf_counter()
         outcomes: list[pb.ReserveOutcome | None] = []
         cmds = []
+        room, policy = self._room, self.engine.default_group_policy
         for req in batch.reservations:
             try:
-                cmds.append(convert.reserve_cmd(req, self.limits))
+                cmd = convert.reserve_cmd(req, self.limits)
+                room.check(req, policy)  # an item whose answer could not be sent even alone: refused, not decided
+                cmds.append(cmd)
                 outcomes.append(None)
             except DomainError as exc:
                 outcomes.append(_failed(req.reservation_id, exc))
@@ -372,7 +383,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         if moved:
             for n, outcome in (await owners.answer(batch, moved)).items():
                 answer.outcomes[n].CopyFrom(outcome)
-        check_answer_size(answer, len(batch.reservations), self._max_message_bytes)  # ends the stream
+        check_answer_size(answer, len(batch.reservations), self.max_message_bytes)  # ends the stream
         self.latency("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
         return answer
 

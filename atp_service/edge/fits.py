@@ -1,0 +1,109 @@
+"""Answers within ``max_message_bytes``, which binds what the service sends as well as what it reads.
+
+gRPC refuses to send a larger answer: RESOURCE_EXHAUSTED "Sent message larger than max", with no
+reason, an ERROR in the log, and the same at every retry — for a change, after it was made and
+durable, so that its caller took it for failed (R7) and made it again under new ids.
+
+- ``ReserveRoom``: a Reserve (or a ReserveStream item) whose answer could pass the limit is refused
+  before it is decided. Its answer is bounded by its lines and, for a line naming a location group,
+  by the locations it may take units from (one allocation each); the reservation's own answer
+  (Confirm, Release, Fulfill, GetReservation: a line per location) is bounded alike, so it fits too.
+- ``too_large``: any other unary answer found past the limit once made (``_observed``): a read is
+  refused naming the limit (nothing done); a change says it was made (R7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from reservation import DomainError, GroupPolicy, InvalidArgument, Limits, Reason, Unavailable
+
+LIMIT = "max_message_bytes"
+LINE_BYTES = 52
+"""A plain line's answer beyond its ids (its location twice: the line's and its allocation's):
+tags and lengths, four numbers (a negative ``available`` takes ten bytes), the allocation's own."""
+GROUP_LINE_BYTES = 37
+"""A group line's answer beyond its ids and its allocations."""
+ALLOCATION_BYTES = 14
+"""An allocation beyond its location: tags, lengths, its quantity."""
+STATE_BYTES = 36
+"""A ``LineState`` of the reservation beyond its ids: tags, lengths, four quantities."""
+ANSWER_BYTES = 40
+"""A ReserveResponse beyond twice its reservation id (once more in a stream's ``ReserveOutcome``)."""
+RECORD_BYTES = 60
+"""A ``Reservation`` beyond its ids: state, three times, the wrapping answer's tag and length."""
+READS = {"GetReservation": ("reservation_id",), "GetAvailability": ("keys",), "GetRouting": (),
+         "ExplainAvailability": ()}
+"""The unary methods that change nothing, and the field a smaller call would change."""
+NO_GROUPS: Mapping[str, tuple[str, ...]] = {}
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode())
+
+
+class ReserveRoom:
+    """Refuses a Reserve whose answer could pass ``max_message_bytes``, before it is decided."""
+
+    def __init__(self, limits: Limits, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._id_bytes = limits.max_id_length
+        self._policy: GroupPolicy | None = None
+        self._lines_at_most = 0
+        self._see(None)
+
+    def check(self, request: pb.ReserveRequest, policy: GroupPolicy | None) -> None:
+        """Refuse ``request`` (already validated) when its answer could pass the limit. The hot
+        path: one comparison, with the longest answer a line can have under the estate's groups."""
+        if policy is not self._policy:  # the estate (re)loaded: its widest group
+            self._see(policy)
+        if len(request.lines) > self._lines_at_most:
+            self._check_lines(request, NO_GROUPS if policy is None else policy.groups)
+
+    def _see(self, policy: GroupPolicy | None) -> None:
+        """How many lines of the longest ids, each naming the widest group, always fit."""
+        self._policy = policy
+        widest = max(map(len, policy.groups.values()), default=1) if policy is not None else 1
+        per_line = max(1, widest) * (3 * self._id_bytes + LINE_BYTES)
+        self._lines_at_most = (self.max_message_bytes - 3 * self._id_bytes - RECORD_BYTES) // per_line
+
+    def _check_lines(self, request: pb.ReserveRequest, groups: Mapping[str, tuple[str, ...]]) -> None:
+        """The bound of this request's answer, and of its reservation's, from its own lines; a
+        group line's from the locations it may split over (no more than its units)."""
+        rid = _bytes(request.reservation_id)
+        answer = 2 * rid + ANSWER_BYTES
+        record = rid + _bytes(request.order_ref) + _bytes(request.channel) + RECORD_BYTES
+        for line in request.lines:
+            sku = _bytes(line.sku)
+            members = groups.get(line.location)
+            if members is None:
+                location = _bytes(line.location)
+                answer += sku + 2 * location + LINE_BYTES
+                record += sku + location + STATE_BYTES
+            else:
+                split = min(len(members), line.quantity)
+                location = max(map(_bytes, members))
+                answer += sku + _bytes(line.location) + GROUP_LINE_BYTES + split * (location + ALLOCATION_BYTES)
+                record += split * (sku + location + STATE_BYTES)
+        size = max(answer, record)
+        if size > self.max_message_bytes:
+            raise InvalidArgument(
+                "lines", f"{len(request.lines)} lines could take {size} bytes to answer (a line naming a group: one "
+                f"entry per location it may take units from), past the limit {LIMIT}={self.max_message_bytes}: "
+                "nothing was decided; reserve fewer lines (or fewer units of a group) per reservation",
+                Reason.LIMIT_EXCEEDED, LIMIT)
+
+
+def too_large(method: str, size: int, max_message_bytes: int) -> DomainError:
+    """The refusal of a unary answer of ``size`` bytes that gRPC could not send: a read's (nothing
+    done; ask for less), or a change's, which was made and stays made (R7: not told as failed; its
+    retry answers the same, so the message says what would let it be read)."""
+    said = f"{method}: its answer ({size} bytes) exceeds {LIMIT}={max_message_bytes}"
+    if method in READS:
+        fields = READS[method]
+        return DomainError(f"{said}: nothing was done; ask for less in a call", Reason.LIMIT_EXCEEDED, fields,
+                           {"limit": LIMIT})
+    return Unavailable(f"{said} and cannot be sent, but the change was made (retried as it was, it changes "
+                       "nothing more and answers the same): raise max_message_bytes to read the answer",
+                       Reason.OUTCOME_UNKNOWN, metadata={"limit": LIMIT})
