@@ -51,6 +51,8 @@ class ReserveRoom:
         self._id_bytes = limits.max_id_length
         self._policy: GroupPolicy | None = None
         self._lines_at_most = 0
+        self._widths: dict[str, tuple[int, int]] = {}
+        """Per group: its locations, and the longest one's bytes (read once per estate, not per line)."""
         self._see(None)
 
     def check(self, request: pb.ReserveRequest, policy: GroupPolicy | None) -> None:
@@ -59,31 +61,33 @@ class ReserveRoom:
         if policy is not self._policy:  # the estate (re)loaded: its widest group
             self._see(policy)
         if len(request.lines) > self._lines_at_most:
-            self._check_lines(request, NO_GROUPS if policy is None else policy.groups)
+            self._check_lines(request)
 
     def _see(self, policy: GroupPolicy | None) -> None:
         """How many lines of the longest ids, each naming the widest group, always fit."""
         self._policy = policy
-        widest = max(map(len, policy.groups.values()), default=1) if policy is not None else 1
+        groups = NO_GROUPS if policy is None else policy.groups
+        self._widths = {name: (len(members), max(map(_bytes, members), default=0)) for name, members in groups.items()}
+        widest = max((n for n, _ in self._widths.values()), default=1)
         per_line = max(1, widest) * (3 * self._id_bytes + LINE_BYTES)
         self._lines_at_most = (self.max_message_bytes - 3 * self._id_bytes - RECORD_BYTES) // per_line
 
-    def _check_lines(self, request: pb.ReserveRequest, groups: Mapping[str, tuple[str, ...]]) -> None:
+    def _check_lines(self, request: pb.ReserveRequest) -> None:
         """The bound of this request's answer, and of its reservation's, from its own lines; a
         group line's from the locations it may split over (no more than its units)."""
         rid = _bytes(request.reservation_id)
         answer = 2 * rid + ANSWER_BYTES
         record = rid + _bytes(request.order_ref) + _bytes(request.channel) + RECORD_BYTES
+        widths = self._widths
         for line in request.lines:
             sku = _bytes(line.sku)
-            members = groups.get(line.location)
-            if members is None:
+            width = widths.get(line.location)
+            if width is None:
                 location = _bytes(line.location)
                 answer += sku + 2 * location + LINE_BYTES
                 record += sku + location + STATE_BYTES
             else:
-                split = min(len(members), line.quantity)
-                location = max(map(_bytes, members))
+                split, location = min(width[0], line.quantity), width[1]
                 answer += sku + _bytes(line.location) + GROUP_LINE_BYTES + split * (location + ALLOCATION_BYTES)
                 record += split * (sku + location + STATE_BYTES)
         size = max(answer, record)
