@@ -195,9 +195,14 @@ class Publisher:
             try:
                 update = from_fields(fields or {})
             except (KeyError, ValueError) as exc:
-                await self._dead_letter_raw(as_text(entry_id), fields or {}, f"undecodable entry: {exc!r}")
+                await self._redelivery.dead_letter_raw(as_text(entry_id), fields or {}, f"undecodable entry: {exc!r}")
                 continue
             out.updates.append(update)
+        if out.updates:  # C4: confirmed now, on the node that served the read (``_replicas``): later, a
+            try:  # failover could have moved the slot to a replica that never held what was read
+                await self._unless_stopped(self.replicas.confirm())
+            except Halted:  # a stop, or the lease lost: nothing of it delivered, its entries stay pending
+                return _Read([], [])
         return out
 
     # -- one batch -----------------------------------------------------------------
@@ -206,13 +211,14 @@ class Publisher:
         why = self._trimmed(f"{len(trimmed)} own pending entries")
         if trimmed and not await self._resync(lambda v: v in trimmed, why):
             return  # stopped half-way: the entries stay pending, found trimmed again at the next start
-        delivered = await self._deliver_newest(read.updates)
+        delivered = await self._deliver_newest(read.updates, confirmed=True)  # by ``_read``
         if delivered is not None:
             await self._settle(read.ids, delivered)  # fenced off: the lease is lost, the loop ends
 
-    async def _deliver_newest(self, updates: list[ChannelUpdate]) -> dict[str, int] | None:
+    async def _deliver_newest(self, updates: list[ChannelUpdate], confirmed: bool = False) -> dict[str, int] | None:
         """The newest version of each key not delivered yet, delivered: the versions delivered per
-        key, or None when a stop cut the delivery off (what was delivered is recorded then)."""
+        key, or None when a stop cut the delivery off (what was delivered is recorded then).
+        ``confirmed``: the replicas hold ``updates`` already (``_read``); else they are asked first."""
         newest: dict[str, ChannelUpdate] = {}
         for u in sorted(updates, key=lambda u: u.version):  # the last one per key wins
             key = f"{u.sku}\t{u.location}"
@@ -231,7 +237,7 @@ class Publisher:
         delivered: dict[str, int] = {}
         size = self.config.delivery_batch
         try:
-            if todo:  # C4: only what the replicas hold (``NotReplicated``: nothing delivered, read again)
+            if todo and not confirmed:  # C4: only what the replicas hold (``NotReplicated``: none delivered)
                 await self._unless_stopped(self.replicas.confirm())
             for start in range(0, len(todo), size):
                 chunk = todo[start:start + size]
@@ -391,10 +397,3 @@ class Publisher:
     async def _record(self, delivered: dict[str, int]) -> bool:
         """The versions delivered, without acknowledging their entries (a stop half-way)."""
         return await self._settle([], delivered) if delivered else True
-
-    async def _dead_letter_raw(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:
-        cfg = self.config
-        self.metrics.dead_lettered.labels(cfg.channel).inc()
-        body = {as_text(k): as_text(v) for k, v in fields.items()}
-        await self.client.xadd(cfg.dead_letter_stream, {**body, "reason": reason, "entry_id": entry_id},
-                               maxlen=cfg.dead_letter_maxlen, approximate=True)

@@ -102,6 +102,14 @@ class Redelivery:
         await self.remember(pipe, [u for u, _ in refused], retryable)
         await pipe.execute()
 
+    async def dead_letter_raw(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:
+        """A stream entry that cannot be read as an update, to the dead-letter stream with its reason."""
+        cfg = self.config
+        self.metrics.dead_lettered.labels(cfg.channel).inc()
+        body = {as_text(k): as_text(v) for k, v in fields.items()}
+        await self.client.xadd(cfg.dead_letter_stream, {**body, "reason": reason, "entry_id": entry_id},
+                               maxlen=cfg.dead_letter_maxlen, approximate=True)
+
     async def remember(self, pipe: Any, updates: list[ChannelUpdate], retryable: bool) -> None:
         """Add to ``pipe`` (the dead letters' MULTI) what makes these keys owed their newest value."""
         cfg = self.config

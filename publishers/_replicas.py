@@ -7,9 +7,13 @@ the key went back to its published value meanwhile (E11). A publisher that deliv
 the primary's stream held it left its destination showing a value never published (a restock undone
 by a sale: units sold that are not on hand), and skipped the version's next value as a duplicate.
 
-So before a publisher delivers anything it read (stream entries, the state hash's values of a
-resync or redelivery), it renews its lease on a write connection of the stream's node and sends
-``WAIT wait_replicas`` after it on that same connection. Redis replicates in order, so once that many
+So before a publisher delivers anything it read, it renews its lease on a write connection of the
+stream's node and sends ``WAIT wait_replicas`` after it on that same connection: stream entries
+right after the read that returned them (``_read``), the state hash's values of a resync or
+redelivery before each page is delivered. At once, not at their delivery: a resync of trimmed
+versions may come between a read and its delivery (minutes, at a slow destination), and a failover
+meanwhile, the slot map read again by another call, sent a late confirmation to the promoted
+replica — whose replicas hold the renewal, not entries it never received. Redis replicates in order, so once that many
 replicas hold the renewal they hold everything the node held when it ran, what was read included
 (``WAIT`` counts only the writes of its own connection, hence a write first: a read of pending
 entries writes nothing). Short of it the read is held back (``NotReplicated``, counted): nothing of it

@@ -9,6 +9,7 @@ selling 5 units that are not on hand."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -23,14 +24,16 @@ from redis.asyncio.cluster import RedisCluster
 from atp_client import AtpClient
 from atp_service import AtpService, ManualClock
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from publishers import PublisherMetrics, cli
+from atp_service.storage.nodes import Nodes, NotReplicated, connect_any
+from publishers import JsonlAdapter, Publisher, PublisherMetrics, cli
 from tests.atp_service.app.test_cluster_channel_failover import _port_of, _replica_of, _role
 from tests.atp_service.app.test_cluster_watch_failover import PICKUP, STATE, _durable
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.edge.test_api import T0
 from tests.conftest import test_config as make_config
 from tests.publishers.http_helpers import Answer, serve
-from tests.publishers.test_publisher import SECRET
+from tests.publishers.test_publisher import SECRET, publish, update
+from tests.publishers.test_publisher import config as publisher_config
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -145,3 +148,65 @@ async def stop(publishing: asyncio.Task[None], delivering: bool) -> None:
 
 def redis_node(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port)
+
+
+async def test_a_read_is_confirmed_where_it_was_read_not_after_a_failover_moved_the_slot_C4(
+        cluster: EmbeddedCluster, tmp_path: Path) -> None:
+    """What a publisher read must be confirmed on the node it read it from, right after the read. Confirmed
+    later — after a resync of trimmed versions delivered between the read and its delivery, minutes at a slow
+    destination — a failover meanwhile, the slot map read again by another call (the lease's renewal failing
+    on the old primary), sent the confirmation to the promoted replica: its replicas held the renewal, so a
+    restock the promoted replica never received was delivered."""
+    client = connect_any(cluster.url, 5.0, cluster=True)
+    writer = Nodes(client, cluster=True, url=cluster.url, timeout_s=5.0)
+    out = tmp_path / "feed.jsonl"
+    metrics = PublisherMetrics()
+    publisher = Publisher(publisher_config(wait_replicas=1, wait_timeout_ms=300), client, JsonlAdapter(out),
+                          metrics, writer=writer)
+    try:
+        await client.initialize()
+        avail_port = _port_of(client, "atp:{avail}:web")
+        primary = next(node for node in cluster.nodes if node.port == avail_port)
+        replica = _replica_of(cluster, primary)
+        assert replica.process is not None
+        await publish(client, [update("A", 0, 1)])
+        assert await publisher.hold()  # the lease, replicated: the promoted replica holds it too
+        await publisher.prepare()
+        await publisher.process(await publisher._read(">"))
+        assert [json.loads(line)["quantity"] for line in out.read_text().splitlines()] == [0]
+        os.kill(replica.process.pid, signal.SIGSTOP)  # the replica receives nothing more: the restock in doubt
+        try:
+            with redis_node(avail_port) as admin:
+                admin.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            await publish(client, [update("A", 5, 2)])
+            read = None
+            with contextlib.suppress(NotReplicated):  # held back at the read: nothing of it is delivered
+                read = await publisher._read(">")
+            primary.kill()  # kill -9: the restock never reached the replica
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        with redis_node(replica.port) as promoted:
+            promoted.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        await until(lambda: _role(replica.port) == "master", "the replica promoted", 30)
+        primary.start()  # back as a replica of the promoted one: a renewal there can be confirmed
+        await until(lambda: _linked(primary.port), "the old primary replicating the promoted one", 30)
+        await client.nodes_manager.initialize()  # the slot map read again by another call
+        assert _durable_versions(replica.port) == [1], "the restock lost with the old primary"
+        if read is not None:
+            with contextlib.suppress(NotReplicated):
+                await publisher.process(read)
+        shown = [json.loads(line)["quantity"] for line in out.read_text().splitlines()]
+        assert shown == [0], f"the lost restock delivered: {shown}"
+    finally:
+        await writer.aclose()
+
+
+def _linked(port: int) -> bool:
+    with redis_node(port) as node:
+        info = node.info("replication")
+    return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+
+def _durable_versions(port: int) -> list[int]:
+    with redis_node(port) as node:
+        return [int(entry_id.split(b"-")[0]) for entry_id, _ in node.xrange("atp:{avail}:web")]
