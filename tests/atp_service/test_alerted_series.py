@@ -59,6 +59,7 @@ def test_a_publishers_counters_start_at_0(tmp_path: Path) -> None:
         assert registry.get_sample_value("atp_publisher_deliveries_total", labels) == 0.0, outcome
     assert registry.get_sample_value("atp_publisher_dead_lettered_total", {"channel": "web"}) == 0.0
     assert registry.get_sample_value("atp_publisher_rate_limited_total", {"channel": "web"}) == 0.0
+    assert registry.get_sample_value("atp_publisher_not_replicated_total", {"channel": "web"}) == 0.0
 
 
 PROMTOOL_CASE = """

@@ -216,3 +216,24 @@ async def test_a_channel_fed_while_no_publisher_of_it_is_scraped_fires_an_alert(
 def _published(scraped: Scrape) -> float:
     return sum(value for name, value in scraped.items()
                if name.startswith("atp_channel_updates_published_total{") and 'channel="web"' in name)
+
+
+async def test_reads_the_replicas_never_confirm_fire_not_replicated(
+        client: aioredis.Redis, redis_url: str, tmp_path: Path, publishers: list[Running]) -> None:
+    """--wait-replicas above the replicas there are (or a replica away for good): every read is held back,
+    nothing reaches the destination — with no delivery, no retry and no dead letter, no delivery alert reads
+    anything, and the holder keeps its lease."""
+    end = Destination()
+    with serve(end.handle) as url:
+        only = Running(url + "/in", redis_url, tmp_path / "only.log", "--wait-replicas", "1",
+                       "--wait-timeout-ms", "50")
+        publishers.append(only)
+        await holding(only)
+        before = only.scrape()
+        await publish(client, 1, 3)
+        held_back = f'atp_publisher_not_replicated_total{{channel="web", instance="{only.target["instance"]}", ' \
+                    'job="atp-publisher"}'
+        await until(lambda: (only.scrape().get(held_back) or 0) >= 2, "reads held back, twice")
+        after = only.scrape()
+    assert end.versions() == [], "delivered what no replica confirmed"
+    assert firing(before, after, tmp_path, held=HELD) == {"ATPPublisherNotReplicated"}
