@@ -95,7 +95,9 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        # The user named (``default``, whose password ``requirepass`` sets): redis-cli 7.0 reads the empty user of
+        # ``redis://:PASSWORD@`` as a user named "" and is refused, and redis.url is what an operator gives it.
+        auth = f"default:{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property

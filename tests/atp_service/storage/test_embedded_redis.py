@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -111,6 +112,24 @@ def test_a_password_is_kept_off_the_command_line_and_read_whole_whatever_it_hold
             assert client.ping()
         with redis.Redis(port=embedded.port) as anonymous, pytest.raises(redis.AuthenticationError):
             anonymous.ping()
+    finally:
+        embedded.stop()
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
+def test_redis_cli_is_let_in_with_the_url_file(tmp_path: Path) -> None:
+    """The embedded Redis has a new port and password at each start: an operator reaches it with
+    ``redis-cli -u "$(cat var/redis/redis.url)"`` (README, OPERATIONS.md). redis-cli 7.0 took the empty
+    user of ``redis://:PASSWORD@`` for a user named "", was refused, and sent the command unauthenticated."""
+    embedded = EmbeddedRedis(tmp_path / "data", password="s3cret-pw_0")
+    try:
+        embedded.start()
+        url = (tmp_path / "data" / "redis.url").read_text().strip()
+        told = subprocess.run(["redis-cli", "--no-auth-warning", "-u", url, "XADD", "atp:in:pos", "*", "e", "1"],
+                              capture_output=True, text=True, timeout=10)
+        assert told.returncode == 0, told.stderr
+        with redis.Redis.from_url(url) as client:  # atp-publisher's and atpctl's way in, the same file
+            assert client.xlen("atp:in:pos") == 1, told.stdout + told.stderr
     finally:
         embedded.stop()
 
