@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("file", type=arg.readable)
     pub.add_argument("--stream", default="atp:in:pos", help="input stream (default atp:in:pos)")
     pub.add_argument("--redis-url", default=os.environ.get("ATP_REDIS_URL"),
-                     help="Redis the service reads (env ATP_REDIS_URL)")
+                     help="Redis the service reads (env ATP_REDIS_URL; default: var/redis/redis.url, make run's)")
     pub.add_argument("--redis-cluster", action="store_true",
                      default=os.environ.get("ATP_REDIS_CLUSTER", "").lower() in ("1", "true", "yes"),
                      help="--redis-url names a node of a Redis Cluster (env ATP_REDIS_CLUSTER)")
@@ -302,12 +302,18 @@ def _judged(counts: dict[str, int]) -> int:
     return EXIT_INVALID
 
 
+EMBEDDED_URL_FILE = Path("var/redis/redis.url")
+"""Where ``make run``'s embedded Redis writes its URL, with the port and password it takes at each start
+(``atp-publisher`` reads it too when given no ``--redis-url``)."""
+
+
 async def _publish(args: argparse.Namespace, path: Path, stream: str, redis_url: str | None) -> int:
     """The input-stream entry format (``_publish.entry_fields``), once every line of the file is
     one the intake would take: the intake tells a producer nothing of an entry it dead-letters.
     Redis refusing or lost part-way: what the stream took is counted, and the exit status is not 0."""
     if not redis_url:  # a bad command line, as argparse says it
-        print("atpctl: error: events publish needs --redis-url (or ATP_REDIS_URL)", file=sys.stderr)
+        print(f"atpctl: error: events publish needs --redis-url (or ATP_REDIS_URL, or {EMBEDDED_URL_FILE} where "
+              "make run's Redis is)", file=sys.stderr)
         return EXIT_USAGE
     try:
         import redis.asyncio as aioredis
@@ -362,7 +368,14 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "token":
         return _new_token(args.name, args.roles)
     if args.command == "events" and args.events_command == "publish":
-        return asyncio.run(_publish(args, args.file, args.stream, args.redis_url))
+        url = args.redis_url
+        if not url and EMBEDDED_URL_FILE.is_file():  # its password is nowhere else: not given on a command line
+            try:
+                url = EMBEDDED_URL_FILE.read_text().strip()
+            except OSError as exc:
+                print(f"atpctl: error: events publish: {EMBEDDED_URL_FILE}: {exc.strerror}", file=sys.stderr)
+                return EXIT_USAGE
+        return asyncio.run(_publish(args, args.file, args.stream, url))
     try:
         return asyncio.run(_run(args))
     except grpc.aio.AioRpcError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.conftest import ServiceFactory
 
 STREAM = "atp:in:pos"
@@ -163,6 +165,26 @@ def test_a_redis_that_does_not_answer_is_exit_6_with_nothing_counted_written(tmp
     done = publish("redis://127.0.0.1:1", path)
     assert done.returncode == 6 and "Traceback" not in done.stderr, done.stderr  # unavailable: retry later
     assert json.loads(done.stdout)["published"] == 0 and f"{path}:1: not published: " in done.stderr
+
+
+def test_without_a_url_it_writes_to_the_redis_of_make_run(tmp_path: Path) -> None:
+    """``make run``'s Redis takes a port and a password at each start, written to var/redis/redis.url
+    only: atp-publisher reads that file when given no URL; this refused to run without one, the
+    password then typed on a command line every user of the host reads (``ps``)."""
+    embedded = EmbeddedRedis(tmp_path / "var" / "redis", password="made-at-start").start()
+    try:
+        path = tmp_path / "facts.jsonl"
+        path.write_text(json.dumps(fact(0)) + "\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("ATP_REDIS_URL", "ATP_REDIS_CLUSTER")}
+        done = subprocess.run([sys.executable, "-m", "atp_client.ctl", "--json", "events", "publish", str(path),
+                               "--stream", STREAM], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and json.loads(done.stdout)["published"] == 1, done.stderr
+        assert stream_length(embedded.url) == 1
+        away = subprocess.run([sys.executable, "-m", "atp_client.ctl", "events", "publish", str(path)],
+                              cwd=tmp_path / "var", env=env, capture_output=True, text=True, timeout=60)
+        assert away.returncode == 2 and "var/redis/redis.url" in away.stderr, away.stderr  # no such file there
+    finally:
+        embedded.stop()
 
 
 class _LosesOneCancellation:
