@@ -65,6 +65,11 @@ $(PROTO_DEPS): $(STAMP)
 
 bootstrap: $(STAMP) redis deploy-tools
 
+# What running the service needs: the venv and redis-server. promtool and docker compose are for the
+# tests of deploy/ alone (`make test`): `make run` does not install them (Debian's prometheus package
+# also starts a Prometheus server on a host with systemd).
+SERVE_DEPS := $(STAMP) redis
+
 # Debian's redis-server when missing (root only; otherwise say what to install).
 redis:
 	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
@@ -104,7 +109,7 @@ deploy-tools:
 
 SEEDS ?= 1000
 PROCESSES ?= 1
-cluster: bootstrap
+cluster: $(SERVE_DEPS)
 	$(BIN)/python -m atp_service.storage.embedded_cluster --data-dir "$$(mktemp -d /tmp/atp-cluster.XXXXXX)" --serve \
 	  --processes $(PROCESSES)
 
@@ -126,7 +131,7 @@ api-docs: $(STAMP)
 settings-docs: $(STAMP)
 	$(BIN)/python -m atp_service.app.settings_doc docs/OPERATIONS.md
 
-run: bootstrap
+run: $(SERVE_DEPS)
 	$(BIN)/atp-service serve
 
 lint: $(STAMP) $(PROTO_DEPS)
@@ -140,21 +145,21 @@ lint: $(STAMP) $(PROTO_DEPS)
 test: bootstrap lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
-bench: bootstrap
+bench: $(SERVE_DEPS)
 	$(BIN)/python benchmarks/throughput.py
 
 SCENARIO ?= holiday_peak
 DURATION ?= 60
 USERS ?= 60
-bench-peak: bootstrap
+bench-peak: $(SERVE_DEPS)
 	$(BIN)/python benchmarks/peak_run.py --scenario $(SCENARIO) --duration $(DURATION) --users $(USERS)
 
-bench-compare: bootstrap
+bench-compare: $(SERVE_DEPS)
 	$(BIN)/python benchmarks/compare.py
 
 SECONDS ?= 60
 SEED ?= 1
-soak: bootstrap
+soak: $(SERVE_DEPS)
 	$(BIN)/python benchmarks/fault_soak.py --seconds $(SECONDS) --seed $(SEED)
 	$(BIN)/python benchmarks/fault_soak.py --seconds $(SECONDS) --seed $(SEED) --cluster
 	$(BIN)/python benchmarks/process_soak.py --seconds $(SECONDS) --seed $(SEED)
