@@ -5,9 +5,11 @@ reason, an ERROR in the log, and the same at every retry — for a change, after
 durable, so that its caller took it for failed (R7) and made it again under new ids.
 
 - ``ReserveRoom``: a Reserve (or a ReserveStream item) whose answer could pass the limit is refused
-  before it is decided. Its answer is bounded by its lines and, for a line naming a location group,
-  by the locations it may take units from (one allocation each); the reservation's own answer
-  (Confirm, Release, Fulfill, GetReservation: a line per location) is bounded alike, so it fits too.
+  before it is decided - unless its id was decided already (``Engine.remembers``): its retry answers the
+  record (R5), bounded when it was decided, whatever groups a reload has widened since. Its answer
+  is bounded by its lines and, for a line naming a location group, by the locations it may take
+  units from (one allocation each); the reservation's own answer (Confirm, Release, Fulfill,
+  GetReservation: a line per location) is bounded alike, so it fits too.
 - ``too_large``: any other unary answer found past the limit once made (``_observed``): a read is
   refused naming the limit (nothing done); a change says it was made (R7).
 """
@@ -15,9 +17,13 @@ durable, so that its caller took it for failed (R7) and made it again under new 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from reservation import DomainError, GroupPolicy, InvalidArgument, Limits, Reason, Unavailable
+from reservation import DomainError, GroupPolicy, InvalidArgument, Limits, Reason, ReserveCommand, Unavailable
+
+if TYPE_CHECKING:
+    from atp_service.engine.router import Engine
 
 LIMIT = "max_message_bytes"
 LINE_BYTES = 52
@@ -55,13 +61,19 @@ class ReserveRoom:
         """Per group: its locations, and the longest one's bytes (read once per estate, not per line)."""
         self._see(None)
 
-    def check(self, request: pb.ReserveRequest, policy: GroupPolicy | None) -> None:
-        """Refuse ``request`` (already validated) when its answer could pass the limit. The hot
-        path: one comparison, with the longest answer a line can have under the estate's groups."""
+    def check(self, request: pb.ReserveRequest, cmd: ReserveCommand, engine: Engine) -> None:
+        """Refuse ``request`` (already validated as ``cmd``) when its answer could pass the limit. The
+        hot path: one comparison, with the longest answer a line can have under the estate's groups."""
+        policy = engine.default_group_policy  # every channel's policy has the same groups
         if policy is not self._policy:  # the estate (re)loaded: its widest group
             self._see(policy)
         if len(request.lines) > self._lines_at_most:
-            self._check_lines(request)
+            refusal = self._refusal(request)
+            # Its id decided already: its retry answers the record (R5: replayed, or refused naming the
+            # field that differs), bounded when it was decided - a reload widening a group since refused
+            # the retry of a held reservation, "nothing was decided". Another process's: asked there.
+            if refusal is not None and not engine.remembers(cmd):
+                raise refusal
 
     def _see(self, policy: GroupPolicy | None) -> None:
         """How many lines of the longest ids, each naming the widest group, always fit."""
@@ -72,7 +84,7 @@ class ReserveRoom:
         per_line = max(1, widest) * (3 * self._id_bytes + LINE_BYTES)
         self._lines_at_most = (self.max_message_bytes - 3 * self._id_bytes - RECORD_BYTES) // per_line
 
-    def _check_lines(self, request: pb.ReserveRequest) -> None:
+    def _refusal(self, request: pb.ReserveRequest) -> InvalidArgument | None:
         """The bound of this request's answer, and of its reservation's, from its own lines; a
         group line's from the locations it may split over (no more than its units)."""
         rid = _bytes(request.reservation_id)
@@ -91,8 +103,9 @@ class ReserveRoom:
                 answer += sku + _bytes(line.location) + GROUP_LINE_BYTES + split * (location + ALLOCATION_BYTES)
                 record += split * (sku + location + STATE_BYTES)
         size = max(answer, record)
-        if size > self.max_message_bytes:
-            raise InvalidArgument(
+        if size <= self.max_message_bytes:
+            return None
+        return InvalidArgument(
                 "lines", f"{len(request.lines)} lines could take {size} bytes to answer (a line naming a group: one "
                 f"entry per location it may take units from), past the limit {LIMIT}={self.max_message_bytes}: "
                 "nothing was decided; reserve fewer lines (or fewer units of a group) per reservation",

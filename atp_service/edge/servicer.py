@@ -183,7 +183,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
     async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
         cmd = convert.reserve_cmd(request, self.limits)
         engine = self.engine
-        self._room.check(request, engine.default_group_policy)  # its answer fits, else nothing is decided
+        self._room.check(request, cmd, engine)  # its answer fits (or its retry replays), else nothing is decided
         rec, replayed = await engine.reserve(cmd)
         return convert.reserve_response(rec, replayed)
 
@@ -354,11 +354,11 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         started = time.perf_counter()
         outcomes: list[pb.ReserveOutcome | None] = []
         cmds = []
-        room, policy = self._room, self.engine.default_group_policy
+        room, engine = self._room, self.engine
         for req in batch.reservations:
             try:
                 cmd = convert.reserve_cmd(req, self.limits)
-                room.check(req, policy)  # an item whose answer could not be sent even alone: refused, not decided
+                room.check(req, cmd, engine)  # an item whose answer could not be sent even alone: refused, not decided
                 cmds.append(cmd)
                 outcomes.append(None)
             except DomainError as exc:

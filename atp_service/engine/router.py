@@ -360,6 +360,13 @@ class Engine(OwnedShards):
 
         return run
 
+    def remembers(self, cmd: ReserveCommand) -> bool:
+        """Whether ``cmd``'s Reserve is answered by a record decided already (its home holds its id:
+        R5), or is not decided here at all (its home another process's: ``Moved``, asked there). A
+        hint read between turns: a record forgotten meanwhile (past its retention) is decided anew."""
+        actor = self.actors[self.routes.placement(cmd)[1]]
+        return actor.vacant or actor.ledger.reservation(cmd.reservation_id) is not None
+
     def home_of(self, reservation_id: str) -> int | None:
         return self._home.get(reservation_id)
 

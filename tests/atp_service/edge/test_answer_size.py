@@ -132,3 +132,35 @@ async def test_get_availability_whose_answer_outgrows_the_limit_names_it(start_s
         grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", "max_message_bytes", ["keys"])
     half = await client.stub.GetAvailability(pb.GetAvailabilityRequest(keys=request.keys[:500]), timeout=10)
     assert [p.on_hand for p in half.positions] == [-1] * 500
+
+
+async def test_a_reserve_retried_after_its_group_widened_answers_what_was_decided(
+        start_service: ServiceFactory, tmp_path: Path) -> None:
+    """R5: the same id with the same content returns the original result. A Reserve decided while its
+    group had two stores (its answer two allocations) was retried after a reload widened the group to
+    600: the retry was refused LIMIT_EXCEEDED "nothing was decided", as if the units were not held -
+    they were, and the caller reserved again under new ids. A new id with those lines is refused."""
+    stores = [f"store-{n:03d}-{LONG}"[:120] for n in range(MEMBERS)]
+    estate = tmp_path / "estate.toml"
+    estate.write_text(group_estate(stores[:2]))
+    _, client = await start_service(clock=ManualClock(T0), max_message_bytes=SMALLEST, estate=estate)
+    await stock(client, [receipt(f"e{n}", "A", store, MEMBERS // 2) for n, store in enumerate(stores[:2])])
+    line = pb.Line(sku="A", location="all-stores", quantity=MEMBERS)
+    request = pb.ReserveRequest(reservation_id="r-group", channel="web", lines=[line])
+    made = await client.stub.Reserve(request, timeout=10)
+    assert made.state == pb.RESERVATION_STATE_HELD and len(made.lines[0].allocations) == 2
+    estate.write_text(group_estate(stores))
+    await client.stub.ReloadEstate(pb.ReloadEstateRequest(), timeout=10)
+
+    again = await client.stub.Reserve(request, timeout=10)  # its answer: the record's, two allocations
+    assert (again.state, again.replayed, list(again.lines)) == (pb.RESERVATION_STATE_HELD, True, list(made.lines))
+    stream = client.stub.ReserveStream()  # so is an item of a stream
+    await stream.write(pb.ReserveStreamRequest(reservations=[
+        request, pb.ReserveRequest(reservation_id="r-new", channel="web", lines=[line])]))
+    retried, new = (await stream.read()).outcomes
+    await stream.done_writing()
+    assert (retried.response.replayed, list(retried.response.lines)) == (True, list(made.lines))
+    assert new.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "max_message_bytes" in new.error.message
+    refusal = await refused(client.stub.Reserve(pb.ReserveRequest(reservation_id="r-other", channel="web",
+                                                                  lines=[line]), timeout=10))
+    assert (refusal.reason, fields_of(refusal)) == ("LIMIT_EXCEEDED", ["lines"])
