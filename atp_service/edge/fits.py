@@ -68,7 +68,7 @@ class ReserveRoom:
         if policy is not self._policy:  # the estate (re)loaded: its widest group
             self._see(policy)
         if len(request.lines) > self._lines_at_most:
-            refusal = self._refusal(request)
+            refusal = self._refusal(request, policy)
             # Its id decided already: its retry answers the record (R5: replayed, or refused naming the
             # field that differs), bounded when it was decided - a reload widening a group since refused
             # the retry of a held reservation, "nothing was decided". Another process's: asked there.
@@ -84,9 +84,11 @@ class ReserveRoom:
         per_line = max(1, widest) * (3 * self._id_bytes + LINE_BYTES)
         self._lines_at_most = (self.max_message_bytes - 3 * self._id_bytes - RECORD_BYTES) // per_line
 
-    def _refusal(self, request: pb.ReserveRequest) -> InvalidArgument | None:
-        """The bound of this request's answer, and of its reservation's, from its own lines; a
+    def bound(self, request: pb.ReserveRequest, policy: GroupPolicy | None) -> int:
+        """The bound (bytes) of this request's answer, and of its reservation's, from its own lines; a
         group line's from the locations it may split over (no more than its units)."""
+        if policy is not self._policy:
+            self._see(policy)
         rid = _bytes(request.reservation_id)
         answer = 2 * rid + ANSWER_BYTES
         record = rid + _bytes(request.order_ref) + _bytes(request.channel) + RECORD_BYTES
@@ -99,10 +101,14 @@ class ReserveRoom:
                 answer += sku + 2 * location + LINE_BYTES
                 record += sku + location + STATE_BYTES
             else:
-                split, location = min(width[0], line.quantity), width[1]
-                answer += sku + _bytes(line.location) + GROUP_LINE_BYTES + split * (location + ALLOCATION_BYTES)
-                record += split * (sku + location + STATE_BYTES)
-        size = max(answer, record)
+                split, location, group = min(width[0], line.quantity), width[1], _bytes(line.location)
+                answer += sku + group + GROUP_LINE_BYTES + split * (location + ALLOCATION_BYTES)
+                # A line not granted stays one line of the record, under the group's name.
+                record += max(split * (sku + location), sku + group) + split * STATE_BYTES
+        return max(answer, record)
+
+    def _refusal(self, request: pb.ReserveRequest, policy: GroupPolicy | None) -> InvalidArgument | None:
+        size = self.bound(request, policy)
         if size <= self.max_message_bytes:
             return None
         return InvalidArgument(
