@@ -321,11 +321,19 @@ class EmbeddedRedis:
 
 
 def _owner_only(path: Path, text: str) -> None:
-    """``text`` written to ``path``, readable by this user alone, also where an older file was not."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        os.fchmod(fd, 0o600)
-        file.write(text)
+    """``text`` written to ``path``, readable by this user alone, also where an older file was not.
+    Written beside it and renamed into place: a reader (atp-publisher starting) finds the last whole
+    file or the new one, never one emptied or cut short by a write under way or failed (a full disk)."""
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as file:
+            os.fchmod(fd, 0o600)  # a part left by a killed start may have had other bits
+            file.write(text)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def _quoted(value: str) -> str:

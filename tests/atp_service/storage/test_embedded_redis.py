@@ -341,3 +341,30 @@ def test_a_bind_failure_an_earlier_run_logged_does_not_make_another_failure_retr
         server.start()
     assert server.port == picked
     assert (data / "redis.log").read_text().count("Invalid AOF manifest") == 1
+
+
+CUT_SHORT = """\
+import resource, signal, sys
+from pathlib import Path
+from atp_service.storage.embedded_redis import _owner_only
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the bound fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (16, resource.RLIM_INFINITY))
+try:
+    _owner_only(Path(sys.argv[1]), "redis://:" + "n" * 43 + "@127.0.0.1:40001/0\\n")
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_a_rewrite_of_redis_url_that_fails_part_way_leaves_the_last_one_whole(tmp_path: Path) -> None:
+    """Each start (a restart in place too) writes ``redis.url`` again. Written in place, a write that
+    failed part way (a full disk) left it cut short, and a reader meanwhile found it empty or half
+    written: atp-publisher, starting then, read no URL, or a password cut short. Written beside it
+    and renamed into place, it is the last whole one or the new whole one, and nothing is left over."""
+    url = tmp_path / "redis.url"
+    url.write_text("redis://:old@127.0.0.1:40000/0\n")
+    done = subprocess.run([sys.executable, "-c", CUT_SHORT, str(url)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=True)
+    assert done.stdout.strip() == "27"  # EFBIG: the write failed part way
+    assert url.read_text() == "redis://:old@127.0.0.1:40000/0\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["redis.url"]
