@@ -53,9 +53,10 @@ log = logging.getLogger(__name__)
 
 LANE_CONNECTIONS = 8
 """Connections one lane keeps to its node at most. The writes in flight at once per node are few —
-the log's group commits (one at a time unless ``max_in_flight`` says otherwise), a snapshot, a
-fence, a claim or a lease renewal — so more than a handful means something is stuck; past this an
-exchange waits (at most the socket timeout) for one to come free rather than open yet another."""
+the log's group commits (one at a time on one Redis; on a cluster one per shard, mostly one per
+node: its shards are answered together), a snapshot, a fence, a claim or a lease renewal — so
+more than a handful means something is stuck; past this an exchange waits (at most the socket
+timeout) for one to come free rather than open yet another."""
 
 _pack_command = hiredis.pack_command
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from redis.exceptions import DataError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.append_resp import AppendPacker
@@ -36,6 +36,7 @@ from atp_service.storage.records import (
 )
 from atp_service.storage.resp import as_text
 from atp_service.storage.scripts import APPEND_SCRIPT, CLAIM_AT_SCRIPT, CLAIM_SCRIPT, EPOCH_SCRIPT, FENCE_SCRIPT
+from atp_service.storage.slots import CommitSlots
 from atp_service.storage.snapshot_parts import write_snapshot_in_parts
 from atp_service.storage.window import CommitWindow
 from atp_service.traces import span
@@ -43,9 +44,9 @@ from atp_service.traces import span
 __all__ = ["CommitWindow", "CrossGroupWrite", "Fenced", "LogStore", "SnapshotRecord", "SnapshotUnreadable", "connect",
            "encode_snapshot"]
 
-class LogStore(LogReads):
+class LogStore(CommitSlots, LogReads):
     """Appends shard entries in shared pipelines (one round trip per event-loop turn, or per commit
-    window when busy)."""
+    window when busy); on a Redis Cluster, a commit in flight per shard at most (``slots.py``)."""
 
     _APPEND, _FENCE, _CLAIM, _EPOCH, _CLAIM_AT = (
         Script(body) for body in (APPEND_SCRIPT, FENCE_SCRIPT, CLAIM_SCRIPT, EPOCH_SCRIPT, CLAIM_AT_SCRIPT))
@@ -63,8 +64,9 @@ class LogStore(LogReads):
         self._first_pending_at = 0.0
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None  # a commit waiting for company (CommitWindow)
-        self._in_flight = 0
+        self._in_flight = 0  # one Redis: group commits in flight (a cluster: per shard, ``_busy``)
         self._max_in_flight = max_in_flight
+        self._busy = set()
         self._window = window or CommitWindow(0.0, 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # ``_running_loop``
@@ -282,6 +284,8 @@ class LogStore(LogReads):
         ``loop``: the one it was scheduled on, running it now (not asked for again)."""
         self._scheduled = False
         self._timer = None
+        if self.nodes.cluster:
+            return self._flush_each(loop)  # a commit slot per shard: a hung primary holds its own alone
         pending = self._pending  # the same list throughout (changed in place): read once per flush
         for p in pending:
             if p.done.done():  # cancelled: never sent (a loop first: most flushes have none)
@@ -300,6 +304,7 @@ class LogStore(LogReads):
                 calls, units = self._calls(batch)
             except Exception as exc:  # an entry that cannot be packed: nothing was sent
                 self._unpackable(batch, exc)
+                self._sent(None)  # the commit is over: the log goes on with the next
                 continue
             if self._begin(calls, units):
                 continue  # written already; answered from the connection's protocol, no task
@@ -307,14 +312,6 @@ class LogStore(LogReads):
             task = loop.create_task(self._send(calls, units), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._sent)
-
-    def _unpackable(self, batch: list[Pending], exc: Exception) -> None:
-        """A batch whose script call could not be put together fails whole (as a write that did not
-        reach Redis; its shards log the failure), and the commit is over: the log goes on with the next."""
-        error = DataError(f"a log entry cannot be sent to Redis: {exc!r}")
-        for p in batch:
-            p.settle(error)
-        self._sent(None)
 
     def _sent(self, task: asyncio.Task[None] | None) -> None:
         """A group commit is over (its entries answered, or its task ended): the next may go."""

@@ -9,7 +9,8 @@ earlier write *of the connection it is sent on*, so it follows the scripts on th
 (sent through a pool it would answer for some other connection's writes). A call that a primary did
 not answer, or answered for a slot it no longer serves, has the slot map read again before the next
 call to that primary (one read for every call to it made meanwhile); calls to the others go on
-meanwhile (that read may meet a hung node first).
+meanwhile (that read may meet a hung node first). ``run_each`` hands each node's replies on as soon
+as that node has answered: the log's commits to the nodes that answer never wait for a hung one.
 
 A call's effect is acknowledged once its script returned and, with ``wait_replicas``, that many
 replicas confirmed it; fewer replicas in time makes the call's outcome ``NotReplicated``: it landed
@@ -21,21 +22,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.connection import HiredisRespSerializer
-from redis.exceptions import AskError, ClusterDownError, NoScriptError, ReadOnlyError, RedisError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.maint_notifications import MaintNotificationsConfig
 
+from atp_service.storage.clients import connect as connect
+from atp_service.storage.clients import connect_any as connect_any
 from atp_service.storage.lane import Lane, check_writable
 from atp_service.tasks import keep
 
@@ -43,6 +41,8 @@ TOPOLOGY_ERRORS = (AskError, ClusterDownError, TryAgainError, RedisConnectionErr
                    asyncio.TimeoutError)
 """A node answered for a slot it no longer has, or did not answer: the slot map is read again
 before the next call."""
+Answer = Callable[[list[int], list[Any]], None]
+"""Where ``Nodes.run_each`` hands one node's replies: the indices of its calls, their replies."""
 
 
 class Script:
@@ -103,6 +103,17 @@ class Nodes:
         socket timeout (a call that carries much data)."""
         if not self.cluster:
             return await self._run_on(self._lane(""), calls, extra_s)
+        out: list[Any] = [None] * len(calls)
+        await self.run_each(calls, partial(_into, out), extra_s)
+        return out
+
+    async def run_each(self, calls: list[Call], answer: Answer, extra_s: float = 0.0) -> None:
+        """``run``, each node's replies handed to ``answer`` (the indices of its calls, their replies) as
+        soon as that node has answered: a call to a node that answers never waits for one that hangs
+        (the log's group commits on a cluster). Returns once every node has answered, or raised."""
+        if not self.cluster:
+            answer(list(range(len(calls))), await self._run_on(self._lane(""), calls, extra_s))
+            return
         if not self._mapped:
             await self.reader.initialize()  # once: the slot map, on the first call
             self._mapped = True
@@ -116,32 +127,32 @@ class Nodes:
         later: list[int] = []
         for i, call in enumerate(calls):
             (later if stale and self.reader.get_node_from_key(call.keys[0]).name in stale else now).append(i)
-        out: list[Any] = [None] * len(calls)
-        await asyncio.gather(self._route(calls, now, out, extra_s), self._route_remapped(calls, later, out, extra_s))
-        return out
+        if later:
+            await _every(self._route(calls, now, answer, extra_s), self._route_remapped(calls, later, answer, extra_s))
+        else:  # nearly every run: no task of its own to make
+            await self._route(calls, now, answer, extra_s)
 
-    async def _route(self, calls: list[Call], at: list[int], out: list[Any], extra_s: float) -> None:
-        """The calls ``at``, pipelined per primary as the slot map says; each reply into ``out``."""
+    async def _route(self, calls: list[Call], at: list[int], answer: Answer, extra_s: float) -> None:
+        """The calls ``at``, pipelined per primary as the slot map says; each node's replies to ``answer``."""
         by_node: dict[str, list[int]] = defaultdict(list)
         for i in at:
             by_node[self.reader.get_node_from_key(calls[i].keys[0]).name].append(i)
-        replies = await asyncio.gather(*(self._run_on(self._lane(name), [calls[i] for i in node_at], extra_s, name)
-                                         for name, node_at in by_node.items()))
-        for node_at, node_replies in zip(by_node.values(), replies, strict=True):
-            for i, reply in zip(node_at, node_replies, strict=True):
-                out[i] = reply
+        runs = [self._answered_by(name, calls, node_at, answer, extra_s) for name, node_at in by_node.items()]
+        await (runs[0] if len(runs) == 1 else _every(*runs))
 
-    async def _route_remapped(self, calls: list[Call], at: list[int], out: list[Any], extra_s: float) -> None:
+    async def _answered_by(self, name: str, calls: list[Call], at: list[int], answer: Answer, extra_s: float) -> None:
+        answer(at, await self._run_on(self._lane(name), [calls[i] for i in at], extra_s, name))
+
+    async def _route_remapped(self, calls: list[Call], at: list[int], answer: Answer, extra_s: float) -> None:
         """``_route`` once the slot map is read again; a read that failed is each call's reply (none was sent)."""
         if not at:
             return
         try:
             await self._read_map()
         except Exception as exc:
-            for i in at:
-                out[i] = exc
+            answer(at, [exc] * len(at))
             return
-        await self._route(calls, at, out, extra_s)
+        await self._route(calls, at, answer, extra_s)
 
     async def _read_map(self) -> None:
         """The slot map read again, once for all the calls that wait meanwhile (a call made while it
@@ -297,6 +308,19 @@ class Nodes:
             self._lanes.pop(name).retire()
 
 
+def _into(out: list[Any], at: list[int], replies: list[Any]) -> None:
+    for i, reply in zip(at, replies, strict=True):
+        out[i] = reply
+
+
+async def _every(*runs: Awaitable[None]) -> None:
+    """Each of ``runs`` to its end, then the first exception one raised: none is left running on its own
+    (its node's replies would reach ``answer`` after the run that made them had ended)."""
+    for ended in await asyncio.gather(*runs, return_exceptions=True):
+        if isinstance(ended, BaseException):
+            raise ended
+
+
 def _any_unrun(replies: list[Any]) -> bool:
     """Whether a call found no script (NOSCRIPT). A loop, not ``any`` over a generator: this runs
     on every group commit's reply."""
@@ -310,49 +334,6 @@ def _evalsha(call: Call) -> tuple[Any, ...] | bytes:
     if call.packed is not None:
         return call.packed
     return ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-
-
-def connect(url: str, timeout_s: float) -> aioredis.Redis:
-    """A client that never retries on its own: a blind retry of an append could log it twice.
-    Its commands are packed by hiredis (see ``_HiredisPacking``). A connection whose command was
-    refused READONLY is closed (``retry_on_error``, with no retry): it reaches a replica — a
-    failover behind this address — and the next one is made to wherever the address leads now.
-    The asyncio ``Retry``: redis-py's asyncio client calls a synchronous one's ``call_with_retry``
-    with a coroutine function, which never fails inside it, so it never closes the connection."""
-    client = aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_error=[ReadOnlyError],
-        health_check_interval=0,
-        maint_notifications_config=_no_maint_notifications(),
-    )
-    pool = client.connection_pool
-    pool.connection_class = _hiredis_packing(pool.connection_class)
-    return client
-
-
-class _HiredisPacking:
-    """redis-py's asyncio connections pack commands in Python, argument by argument (its sync ones
-    use hiredis): a 1,000-id XACK or a group commit of many entries cost ~0.5 µs per argument.
-    hiredis (already the reply parser) packs them in C, about 4x faster."""
-
-    _serializer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        packed: list[bytes] = self._serializer.pack(*args)
-        return packed
-
-
-_packing_classes: dict[type, type] = {}
-
-
-def _hiredis_packing(base: type) -> type:
-    """``base`` (TCP, TLS or unix-socket connection, as the URL chose) with hiredis packing."""
-    if base not in _packing_classes:
-        _packing_classes[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
-    return _packing_classes[base]
 
 
 def node_url(url: str, host: str, port: int) -> str:
@@ -371,25 +352,3 @@ def open_nodes(url: str, timeout_s: float, *, cluster: bool = False, wait_replic
     check_writable(connect(url, timeout_s).connection_pool.connection_kwargs)  # parses only: no socket
     return Nodes(connect_any(url, timeout_s, cluster=cluster), cluster=cluster, url=url, timeout_s=timeout_s,
                  wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
-
-
-def connect_any(url: str, timeout_s: float, *, cluster: bool = False) -> Any:
-    """A client for single-key commands: of one Redis, or of a Redis Cluster (routed by key).
-    Neither retries on its own (``connect``): redis-py's cluster client sends a command that timed
-    out again, up to ten times by default, so an append whose first try only waited on a stalled
-    primary landed twice, and a call bounded by ``timeout_s`` took eleven times as long. After a
-    connection error it still learns the slots again before its next command; redirections
-    (MOVED/ASK) are followed as before."""
-    if not cluster:
-        return connect(url, timeout_s)
-    return aioredis.RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                          retry=Retry(NoBackoff(), 0),
-                                          maint_notifications_config=_no_maint_notifications())
-
-
-def _no_maint_notifications() -> MaintNotificationsConfig:
-    """Maintenance notifications off. While they are on (redis-py's default, ``auto``), its pool
-    hands out an idle connection without checking that the server still holds it open, so the first
-    command after a Redis restart fails on a dead socket; the service never retries blindly, so that
-    one failure would reach a caller or stall a reader."""
-    return MaintNotificationsConfig(enabled=False)

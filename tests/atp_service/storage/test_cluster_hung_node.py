@@ -13,6 +13,7 @@ nodes as the cluster has, at each read), made certain."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -29,9 +30,11 @@ from atp_service.storage.durability import STORAGE_ERRORS, landed_of
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import Nodes
+from tests.waiting import until
 
 SHARDS = 8
 TIMEOUT_S = 1.0
+PATIENT_TIMEOUT_S = 15.0
 
 
 @pytest.fixture
@@ -44,11 +47,24 @@ def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
 
 @pytest.fixture
 async def store(cluster: EmbeddedCluster) -> AsyncIterator[LogStore]:
+    async for log_store in _store_on(cluster, TIMEOUT_S):
+        yield log_store
+
+
+@pytest.fixture
+async def patient_store(cluster: EmbeddedCluster) -> AsyncIterator[LogStore]:
+    """A store whose socket timeout no write to a node that answers comes near: while the hung node
+    is stopped, a write to it can end only by that timeout, so one still waiting is one not answered."""
+    async for log_store in _store_on(cluster, PATIENT_TIMEOUT_S):
+        yield log_store
+
+
+async def _store_on(cluster: EmbeddedCluster, timeout_s: float) -> AsyncIterator[LogStore]:
     seed = cluster.primaries[0]
     reader = aioredis.RedisCluster(host="127.0.0.1", port=seed.port, dynamic_startup_nodes=False,
-                                   socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+                                   socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                    retry=Retry(NoBackoff(), 0))
-    log_store = LogStore(Nodes(reader, cluster=True, url=seed.url, timeout_s=TIMEOUT_S), "t:", pipeline_max=64)
+    log_store = LogStore(Nodes(reader, cluster=True, url=seed.url, timeout_s=timeout_s), "t:", pipeline_max=64)
     await log_store.claim(SHARDS)
     yield log_store
     await log_store.nodes.aclose()
@@ -94,3 +110,45 @@ async def test_a_read_meeting_a_hung_primary_holds_no_write_to_the_others(cluste
             await store.last_seq(behind)  # the cluster client's own read: it reads the slot map again
         await store.submit(elsewhere, 1, b"to a node that answers")
     await store.submit(behind, 1, b"the hung node's shard goes on")
+
+
+async def _settled(store: LogStore, shard: int, seq: int, data: bytes, write: asyncio.Future[None]) -> None:
+    """``write`` (entry ``seq`` of ``shard``) ended once the hung node runs again: durable, or in doubt and
+    settled (``_goes_on``); the shard writes on either way."""
+    try:
+        await write
+    except STORAGE_ERRORS:
+        await _goes_on(store, shard, seq, data)
+    else:
+        await store.submit(shard, seq + 1, b"the hung node's shard goes on")
+
+
+async def test_a_group_commit_over_a_hung_primary_answers_the_others_first(cluster: EmbeddedCluster,
+                                                                          patient_store: LogStore) -> None:
+    """Shards on a node that answers and one on the hung node, in one group commit: each is answered
+    as its own node answers, not once every node has (liveness: every shard answers)."""
+    store = patient_store
+    with _one_hung(cluster, store) as (behind, elsewhere):
+        stuck = store.submit(behind, 1, b"to the hung node")
+        await store.submit(elsewhere, 1, b"to a node that answers, in the same group commit")
+        assert not stuck.done(), "the write to the node that answers waited for the hung node"
+    await _settled(store, behind, 1, b"to the hung node", stuck)
+
+
+async def test_a_commit_in_flight_to_a_hung_primary_holds_no_later_commit_of_another(cluster: EmbeddedCluster,
+                                                                                   patient_store: LogStore) -> None:
+    """A commit to the hung node is in flight; entries of shards elsewhere submitted after it go in
+    commits of their own, answered while it waits. A later entry of the hung node's shard is not sent
+    meanwhile: two commits of one shard are never in flight at once (a later one landing first would
+    be refused, GAP)."""
+    store = patient_store
+    with _one_hung(cluster, store) as (behind, elsewhere):
+        stuck = store.submit(behind, 1, b"to the hung node")
+        await until(lambda: not store.unsent(stuck), "the hung node's commit sent")
+        after = store.submit(behind, 2, b"waits for the commit before it")
+        for seq in (1, 2):
+            await store.submit(elsewhere, seq, b"to a node that answers")
+            assert not stuck.done(), "a commit to a node that answers waited for the one to the hung node"
+            assert store.unsent(after), "a second commit of the hung node's shard went out"
+        after.cancel()  # kept out of the log (as its shard does once the first fails)
+    await _settled(store, behind, 1, b"to the hung node", stuck)

@@ -45,6 +45,21 @@ async def test_a_group_commit_over_every_shard_lands_on_the_primaries_that_own_t
     await store.submit(5, 3, b"other groups of the flush land")
 
 
+async def test_a_shard_s_entries_past_a_full_commit_wait_for_it_and_others_go_meanwhile(cluster_url: str) -> None:
+    """A commit holds ``pipeline_max`` entries: a shard's entries past it go in its next commit, never
+    beside it (two commits of one shard in flight could land out of order), and other shards' entries
+    go at once in a commit of their own."""
+    store = LogStore(open_nodes(cluster_url, 5.0, cluster=True), "t:", pipeline_max=2)
+    try:
+        await store.claim(SHARDS)
+        futures = [store.submit(0, seq, b"%d" % seq) for seq in (1, 2, 3)] + [store.submit(1, 1, b"other")]
+        await asyncio.gather(*futures)
+        assert [seq async for seq, _ in store.entries_after(0, 0)] == [1, 2, 3]
+        assert await store.last_seq(1) == 1
+    finally:
+        await store.nodes.aclose()
+
+
 async def test_entries_of_several_groups_cannot_be_made_to_land_all_or_none(store: LogStore) -> None:
     with pytest.raises(CrossGroupWrite, match="shards"):
         store.submit_group([(0, 1, b"a"), (1, 1, b"b")])
