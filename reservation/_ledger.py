@@ -12,7 +12,7 @@ import heapq
 from collections import deque
 from collections.abc import Generator, Iterator
 
-from ._bulk import CountRows, Outcomes, apply_counts, load_counts, no_room_reason
+from ._bulk import CONFLICT, CountRows, Outcomes, apply_counts, late_reason, load_counts, no_room_reason
 from ._dedupe import Digest, FactMemory, digest
 from ._events import (
     CountsLoaded,
@@ -91,19 +91,19 @@ class Ledger:
     def set_safety_stock(self, sku: str, location: str, quantity: int) -> None:
         self.emit(SafetyStockSet(sku, location, quantity))
 
-    def record_fact(self, fact: Fact) -> tuple[FactOutcome, str]:
-        """Dedupe (E8), lateness (E6), then fold (E1-E5). Returns outcome and reason."""
+    def record_fact(self, fact: Fact, stream_time: int = 0) -> tuple[FactOutcome, str]:
+        """Dedupe (E8), lateness (E6: against ``stream_time`` where later, LoadCounts' rows before it), then fold
+        (E1-E5). Returns outcome and reason."""
         key = digest(fact.source, fact.event_id, fact.sku, fact.location)
         seen = self.memory.payload(key, fact.source, fact.event_id, fact.sku, fact.location)
         if seen is not None:
             if seen == fact_payload(fact):
                 return FactOutcome.DUPLICATE, ""
-            reason = "conflict: event_id already applied with a different payload"
-            self.emit(FactQuarantined(fact, reason))
-            return FactOutcome.QUARANTINED, reason
-        horizon = self._horizon()
+            self.emit(FactQuarantined(fact, CONFLICT))
+            return FactOutcome.QUARANTINED, CONFLICT
+        horizon = max(self.stream_time, stream_time) - self.limits.fact_grace_ms
         if fact.event_time < horizon:
-            reason = f"late: event_time {fact.event_time} is before stream time minus grace ({horizon})"
+            reason = late_reason(fact.event_time, horizon)
             self.emit(FactQuarantined(fact, reason))
             return FactOutcome.QUARANTINED, reason
         new = not self.store.exists(fact.sku, fact.location)

@@ -15,10 +15,11 @@ after stream time are a Fulfil's shipments, stamped by the service's clock).
 
 Where neither can happen — no row naming a new position stamped before the block's newest time (or
 stream time) minus grace, and E8's memory short of its bound by more than the rows that could add to it
-— every new position named is made, and they are counted in numpy: a baseline or a resync. Otherwise the
-rows are walked in order up to the last naming a new position (where the memory cannot fill, a row of
-a position that exists is looked at only if later than stream time). ``load_counts`` then records
-them one by one anyway: ~60 µs a row, the walk ~1 µs (50,000 rows, one late: 30 ms against 2.8 s).
+— every new position named is made, and they are counted in numpy: a baseline or a resync. Where the
+memory cannot fill but a row may be late, stream time before each row is a running maximum in numpy
+(``late_in_order``): E8 is asked about the rows that could move it, at once, and ``max_on_hand`` only
+where they keep deltas. Only where the memory may fill, or a row could be taken back past
+±``max_on_hand``, are the rows walked in order up to the last naming a new position (``_walk``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from ._dedupe import digest
 from ._facts import COUNT_RANK, OrderKey, count_key
 from ._store import Int64Array
 
@@ -53,16 +53,20 @@ class BlockCells(NamedTuple):
     """It has a count (E8 remembers that count once a newer one supersedes it)."""
     head: Int64Array
     """Its chain of kept deltas (0: none; a newer count's on_hand is its quantity plus those after it, E2)."""
+    count_time: Int64Array
+    """Its latest count's event time (0: none)."""
+    count_qty: Int64Array
+    """Its latest count's quantity."""
     resent: Callable[[], BoolArray]
-    """Whether each row's identity is its position's latest count (E8 knows it from the columns)."""
+    """Whether each row's identity is its position's latest count (E8 knows it from the columns; worked
+    out once, on the first call)."""
 
 
 def positions_made(ledger: Ledger, block: CountRows, cells: BlockCells) -> int:
-    """The positions the block's rows make recorded one by one in its order (no bound on positions);
-    E8's memory is below its bound before the block (else none: see ``new_positions``)."""
+    """The positions the block's rows make recorded one by one in its order (no bound on positions)."""
     missing = ~cells.present
-    if not missing.any():
-        return 0
+    if not missing.any() or len(ledger.memory) >= ledger.limits.max_dedupe_entries_per_shard:
+        return 0  # every row E8 does not know is quarantined, and the memory only grows in a block
     newest = max(ledger.stream_time, int(block.at.max()))
     never_late = int(block.at[missing].min()) >= newest - ledger.limits.fact_grace_ms
     short = _memory_stays_short(ledger, cells)
@@ -70,9 +74,10 @@ def positions_made(ledger: Ledger, block: CountRows, cells: BlockCells) -> int:
         # Each new position's first row applies: E8 cannot know it (a position E8 knows a fact of
         # exists), it is not late in any order, and the memory is never full before it.
         return len(np.unique(cells.position[missing]))
-    stop = int(np.flatnonzero(missing)[-1]) + 1
-    made = _walk_stream_time(ledger, block, cells, stop) if short else None
-    return _walk(ledger, block, cells, stop) if made is None else made
+    late = late_in_order(ledger, block, cells) if short else None
+    if late is not None:
+        return len(np.unique(cells.position[missing & ~late]))
+    return _walk(ledger, block, cells, int(np.flatnonzero(missing)[-1]) + 1)
 
 
 def _memory_stays_short(ledger: Ledger, cells: BlockCells) -> bool:
@@ -86,28 +91,48 @@ def _memory_stays_short(ledger: Ledger, cells: BlockCells) -> bool:
     return could_add < room or could_add - int(np.count_nonzero(cells.resent())) < room
 
 
-def _walk_stream_time(ledger: Ledger, block: CountRows, cells: BlockCells, stop: int) -> int | None:
-    """``_walk`` where E8's memory cannot fill: only stream time decides. A row at a new position that
-    is not late makes it (E8 knows it only once a row made it); one at a position that exists moves
-    stream time if later and unknown to E8, unless taken back past ±max_on_hand: None then (``_walk``
-    decides). A count later than stream time can be: a Fulfil's shipment (R4) is a kept delta stamped
-    by the service's clock, past stream time, and those after the count add to it (E2)."""
-    grace, stream_time = ledger.limits.fact_grace_ms, ledger.stream_time
-    made: set[int] = set()
+def stream_times(start: int, moves: Int64Array) -> Int64Array:
+    """Per row, stream time as the rows before it left it (E6): ``start``, raised by each earlier row's
+    ``moves`` (its event time where it moves stream time if it applies; ``start`` or less where not)."""
+    before = np.full(len(moves), start, dtype=np.int64)
+    before[1:] = np.maximum(moves[:-1], start)
+    return np.maximum.accumulate(before)
+
+
+def late_in_order(ledger: Ledger, block: CountRows, cells: BlockCells) -> BoolArray | None:
+    """Per row, whether it is late (E6) recorded in the block's order, where E8's memory cannot fill;
+    None where a row could be taken back past ±max_on_hand (``_walk`` decides then).
+
+    A row moves stream time only if it applies, but counting the event time of a row that would apply
+    were it not late changes nothing: late, it is below stream time anyway. So a row counts unless E8
+    knew it before the block (a resend, a conflict) or it is taken back past ±max_on_hand — decided by
+    its position alone, never by the order. A row E8 knows only through an earlier row of the block
+    (the same position and time) follows a row that applied at that time: it counts, changing nothing.
+    A new position's rows always count; a row at a position that exists only where later than stream
+    time as the new positions' rows leave it (else it changes nothing either way): E8 is asked about
+    those rows only, together, and max_on_hand only where they keep deltas (R4: a Fulfil's shipments
+    are stamped by the service's clock, past stream time, and those after the count add to it, E2)."""
+    start, at = ledger.stream_time, block.at
+    moves = np.where(cells.present, start, at)
+    unsure = cells.present & (at > stream_times(start, moves))
+    unsure[unsure] = ~known_before(ledger, block, cells, unsure)[unsure]
     bound, pool = ledger.limits.max_on_hand, ledger.histories.pool
-    for i, p, t, new, head, q in zip(range(stop), cells.position[:stop].tolist(), block.at[:stop].tolist(),
-                                     (~cells.present[:stop]).tolist(), cells.head[:stop].tolist(),
-                                     block.quantity[:stop].tolist(), strict=True):
-        if t < stream_time - grace:
-            continue  # E6: late
-        if new:
-            made.add(p)
-        elif t <= stream_time or _known(ledger, block, i):
-            continue
-        elif head and not -bound <= q + pool.sum_after(head, t) <= bound:  # on_hand after it (E2)
+    kept = np.flatnonzero(unsure & (cells.head != 0))
+    for head, t, q in zip(cells.head[kept].tolist(), at[kept].tolist(), block.quantity[kept].tolist(), strict=True):
+        if not -bound <= q + pool.sum_after(head, t) <= bound:  # on_hand after it (E2)
             return None  # it may be taken back (whether on_hand moves outwards decides): walked exactly
-        stream_time = max(stream_time, t)
-    return len(made)
+    moves[unsure] = at[unsure]
+    return at < stream_times(start, moves) - ledger.limits.fact_grace_ms
+
+
+def known_before(ledger: Ledger, block: CountRows, cells: BlockCells, rows: BoolArray) -> BoolArray:
+    """Whether E8 knew each row of ``rows`` before the block (as ``record_fact`` asks it): its position's
+    latest count (from the columns), or an identity its memory holds, all looked up at once."""
+    known = rows & cells.resent()
+    ask = np.flatnonzero(rows & cells.present & ~known)  # E8 knows no fact of a position that does not exist
+    if len(ask) and len(ledger.memory):
+        known[ask] = ledger.memory.holds(block.digests(ask))
+    return known
 
 
 def _walk(ledger: Ledger, block: CountRows, cells: BlockCells, stop: int) -> int:
@@ -119,9 +144,11 @@ def _walk(ledger: Ledger, block: CountRows, cells: BlockCells, stop: int) -> int
     applied: set[tuple[int, int]] = set()  # (position, at): E8 knows these from the row that applied on
     made: set[int] = set()
     folded: dict[int, Folded] = {}  # positions with kept deltas, as the rows walked so far left them
+    whole = np.arange(len(block)) < stop
+    known = known_before(ledger, block, cells, whole).tolist()
     for i, p, t, new, kept in zip(range(stop), cells.position[:stop].tolist(), block.at[:stop].tolist(),
                                   (~cells.present[:stop]).tolist(), (cells.head[:stop] != 0).tolist(), strict=True):
-        if (p, t) in applied or t < stream_time - grace or (not new and _known(ledger, block, i)):
+        if (p, t) in applied or t < stream_time - grace or known[i]:
             continue  # E8: a resend or a conflict; E6: late — neither changes anything
         if kept and _out_of_range(ledger, block, i, folded, p):
             continue  # on_hand past ±max_on_hand: taken back (a count alone is within max_quantity)
@@ -136,13 +163,6 @@ def _walk(ledger: Ledger, block: CountRows, cells: BlockCells, stop: int) -> int
         if not room:
             break  # E8's memory is full: every row after this one is known to it or quarantined
     return len(made)
-
-
-def _known(ledger: Ledger, block: CountRows, i: int) -> bool:
-    """Whether E8 knew row ``i``'s identity before the block (as ``record_fact`` asks it)."""
-    fact = block.fact(i)
-    key = digest(fact.source, fact.event_id, fact.sku, fact.location)
-    return ledger.memory.payload(key, fact.source, fact.event_id, fact.sku, fact.location) is not None
 
 
 def _out_of_range(ledger: Ledger, block: CountRows, i: int, folded: dict[int, Folded], p: int) -> bool:

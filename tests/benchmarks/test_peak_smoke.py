@@ -201,6 +201,19 @@ async def test_snapshot_stall_runs_at_a_tiny_size() -> None:
     assert result["positions"] == 200 and len(result["snapshot_ms"]) == len(result["encode_ms"]) == 2
 
 
+async def test_load_turn_runs_at_a_tiny_size_and_reports_every_scenario() -> None:
+    code, out = await run(sys.executable, "benchmarks/load_turn.py", "--positions", "200", "--rows", "400",
+                          "--rounds", "1", limit_s=120)
+    assert code == 0, out[-3000:]
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["scenario"] for r in results] == ["none_late", "one_late", "late_1pct", "late_10pct", "spread",
+                                                "ascending", "repeat", "kept"]
+    by = {r["scenario"]: r for r in results}
+    assert by["none_late"]["applied"] == 400 and by["one_late"]["quarantined"] == 1
+    assert by["late_10pct"]["quarantined"] == 40 and by["repeat"]["absorbed"] == 4
+    assert all(sum(r[k] for k in ("applied", "duplicate", "absorbed", "quarantined")) == 400 for r in results)
+
+
 async def test_snapshot_write_runs_at_a_tiny_size() -> None:
     code, out = await run(sys.executable, "benchmarks/snapshot_write.py", "--mb", "2", "--part-mb", "0,0.25",
                           "--runs", "1", limit_s=120)

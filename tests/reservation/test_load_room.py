@@ -152,7 +152,7 @@ def test_a_shard_that_would_make_more_positions_than_it_counted_refuses_to_and_t
     """Never more positions than the bound was checked for: a count too low (a bug) would pass the
     bound in one event, so the load raises, and its turn takes back what it had applied."""
     ledger = Ledger(0, Limits(max_positions_per_shard=1))
-    monkeypatch.setattr(_bulk, "new_positions", lambda _ledger, _block: 0)
+    monkeypatch.setattr(_bulk, "new_positions", lambda _ledger, _block, _cells=None: 0)
     mark = ledger.mark()
     with pytest.raises(AssertionError, match="2 positions made, 0 counted"):
         ledger.load_counts(_block([(1, 0, 10, T0), (2, 0, 11, T0)]))
