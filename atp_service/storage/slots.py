@@ -26,6 +26,7 @@ import asyncio
 import contextvars
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -68,9 +69,10 @@ class CommitSlots:
                 self._unpackable(batch, exc)
                 self._freed(shards)
                 continue
-            task = loop.create_task(self._send_each(calls, units), context=contextvars.Context())
+            left = dict(enumerate(units))  # the units not answered yet, by call: the task's and ``_ended``'s
+            task = loop.create_task(self._send_each(calls, left), context=contextvars.Context())
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(partial(self._ended, left))
 
     def _taken(self) -> tuple[list[Pending], list[Pending]]:
         """The next batch, and what waits: entries of shards with no commit in flight, oldest first,
@@ -88,32 +90,41 @@ class CommitSlots:
                 batch.append(p)
         return batch, rest
 
-    async def _send_each(self, calls: list[Call], units: list[list[Pending]]) -> None:
+    async def _send_each(self, calls: list[Call], left: dict[int, list[Pending]]) -> None:
         """One batch's calls; each primary's entries answered, and their shards freed, as soon as it has
         answered. Whatever ends the run answers the entries not answered yet: none is left waiting,
         nor its shard's slot taken."""
-        started = time.perf_counter()
-        left = dict(enumerate(units))
-
-        def answer(at: list[int], replies: list[Any]) -> None:
-            self.metrics.append_seconds.observe(time.perf_counter() - started)
-            answered = [left.pop(i) for i in at]
-            for unit, reply in zip(answered, replies, strict=True):
-                try:
-                    self._answer(unit, reply)
-                except Exception as exc:  # a reply not of the call's shape: in doubt, never unanswered
-                    for p in unit:
-                        p.settle(exc)
-            self._freed(unit[0].shard for unit in answered)
-
+        answer = partial(self._answered, left, time.perf_counter())
         try:
-            with span(self.tracer, "atp.log.append", entries=sum(map(len, units))):  # no span unless tracing is on
+            with span(self.tracer, "atp.log.append", entries=sum(map(len, left.values()))):  # none unless tracing
                 await self.nodes.run_each(calls, answer)
         except Exception as exc:  # whatever it was, the entries are in doubt
             answer(list(left), [exc] * len(left))
         except BaseException:
-            answer(list(left), [RedisConnectionError("the write was abandoned: the service is stopping")] * len(left))
+            answer(list(left), [_abandoned()] * len(left))
             raise
+
+    def _answered(self, left: dict[int, list[Pending]], started: float | None, at: list[int],
+                  replies: list[Any]) -> None:
+        """The calls ``at`` of a batch ended with ``replies``: their entries answered, their shards freed."""
+        if started is not None:
+            self.metrics.append_seconds.observe(time.perf_counter() - started)
+        answered = [left.pop(i) for i in at]
+        for unit, reply in zip(answered, replies, strict=True):
+            try:
+                self._answer(unit, reply)
+            except Exception as exc:  # a reply not of the call's shape: in doubt, never unanswered
+                for p in unit:
+                    p.settle(exc)
+        self._freed(unit[0].shard for unit in answered)
+
+    def _ended(self, left: dict[int, list[Pending]], task: asyncio.Task[None]) -> None:
+        """A batch's task is over. Entries it left unanswered — a task cancelled before it ran (the loop
+        shutting down) sent nothing, nor answered anything — are answered now and their shards freed:
+        else each such shard's later entries waited for ever behind a commit that never was (liveness)."""
+        self._tasks.discard(task)
+        if left:
+            self._answered(left, None, list(left), [_abandoned()] * len(left))
 
     def _freed(self, shards: Iterable[int]) -> None:
         """The commits of ``shards`` are over: their entries waiting may go."""
@@ -140,3 +151,8 @@ class CommitSlots:
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         raise NotImplementedError
+
+
+def _abandoned() -> RedisConnectionError:
+    """What an entry of a batch abandoned while the service stops is answered: in doubt (R7)."""
+    return RedisConnectionError("the write was abandoned: the service is stopping")

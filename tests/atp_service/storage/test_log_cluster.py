@@ -4,6 +4,7 @@ pipelined per primary, claims and fences per group, and acknowledgement after ``
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -58,6 +59,27 @@ async def test_a_shard_s_entries_past_a_full_commit_wait_for_it_and_others_go_me
         assert await store.last_seq(1) == 1
     finally:
         await store.nodes.aclose()
+
+
+async def test_a_commit_abandoned_before_it_was_sent_answers_its_entries_and_frees_its_shard(store: LogStore) -> None:
+    """A group commit's task cancelled before it ran (the loop shutting down, say) sent nothing: its
+    entries are answered all the same (in doubt, R7), and their shard's commit slot is free again —
+    else every later entry of that shard waited for ever (liveness)."""
+    entry = store.submit(0, 1, b"never sent")
+    await asyncio.sleep(0)  # the flush runs next: it takes the entry into a commit, whose task has not run yet
+    (commit,) = store._tasks
+    assert not store.unsent(entry) and inspect.getcoroutinestate(commit.get_coro()) == inspect.CORO_CREATED
+    commit.cancel()
+    await asyncio.wait([commit])
+    assert entry.done(), "an entry of a commit cancelled before it ran was never answered"
+    with pytest.raises(RedisError):
+        entry.result()
+    assert await store.last_seq(0) == 0  # nothing was sent
+    later = store.submit(0, 1, b"the shard goes on")
+    await asyncio.sleep(0)
+    assert not store.unsent(later), "the shard's commit slot stayed taken: its later entries never go"
+    await later
+    assert [data async for _, data in store.entries_after(0, 0)] == [b"the shard goes on"]
 
 
 async def test_entries_of_several_groups_cannot_be_made_to_land_all_or_none(store: LogStore) -> None:
