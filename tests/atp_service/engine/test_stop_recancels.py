@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, cast
 
 from atp_service.engine.coordinator import Coordinator
 from atp_service.engine.maintenance import Housekeeper
 from atp_service.engine.orders import Orders
 from atp_service.engine.router import Engine
+from atp_service.metrics import EngineMetrics
 from atp_service.tasks import keep
 
 
@@ -32,7 +34,7 @@ async def _ends_after(stop: Callable[[], None], task: asyncio.Task[Any], started
 
 
 async def test_a_stop_ends_a_saga_that_loses_the_cancellation() -> None:
-    orders = Orders(cast(Engine, None))
+    orders = Orders(cast(Engine, SimpleNamespace(metrics=EngineMetrics())))  # only its gauge is read here
     started = asyncio.Event()
     saga = orders._spawn(_loses_one_cancellation(started))
     await _ends_after(orders.stop, saga, started)
