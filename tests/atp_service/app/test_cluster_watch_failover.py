@@ -18,12 +18,13 @@ import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
 
-from atp_client import AtpClient
+from atp_client import AtpClient, RetryPolicy
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
 from atp_service.storage.channel_wire import state_entry
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from tests.atp_service.app.test_cluster_channel_failover import _port_of, _replica_of, _role
+from atp_service.tasks import cancel_and_wait
+from tests.atp_service.app.test_cluster_channel_failover import _port_of, _replica_of, _role, _whole
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.edge.test_api import T0
 from tests.conftest import test_config as make_config
@@ -81,7 +82,9 @@ async def test_a_watch_resumed_after_a_failover_sees_what_replaced_a_write_the_r
                          redis_timeout_s=1.0, estate=write_estate(tmp_path, PICKUP))
     service = AtpService(config, cluster.url, clock=clock)
     await service.start()
-    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=5.0)
+    # A refusal (UNAVAILABLE: a Redis node refusing or not answering) is retried with the same ids,
+    # as the service's published retry policy says: a refusal decided nothing (R7).
+    client = AtpClient(f"127.0.0.1:{service.port}", timeout_s=5.0, retry=RetryPolicy())
     finder = RedisCluster.from_url(cluster.url)
     watching: asyncio.Task[None] | None = None
     try:
@@ -118,11 +121,12 @@ async def test_a_watch_resumed_after_a_failover_sees_what_replaced_a_write_the_r
             promoted.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
         await until(lambda: _role(replica.port) == "master", "the replica promoted", 30)
         primary.start()  # back as a replica of the promoted one: writes can be confirmed again
+        # Read on the promoted one once every node serves: back from its stop, it may refuse CLUSTERDOWN a while.
+        await until(lambda: _whole(cluster), "every node serving, every replica in sync", 30)
         await until(lambda: _durable(replica.port)[0] == dict.fromkeys(skus, 0) and not feed.in_flight,
                     "both stock-outs published on the promoted primary", 30)
         durable, top = _durable(replica.port)
-        watching.cancel()
-        await asyncio.wait([watching])
+        await cancel_and_wait(watching)  # until it has ended: one cancel can be lost on Python 3.11
         # The subscriber watches again from the last version it read, as told (docs/CHANNELS.md).
         call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="pickup",
                                                                          since_version=follower.version))
@@ -137,8 +141,7 @@ async def test_a_watch_resumed_after_a_failover_sees_what_replaced_a_write_the_r
         call.cancel()
         assert follower.seen == durable, "the subscriber's view is the channel's durable state"
     finally:
-        if watching is not None:
-            watching.cancel()
+        await cancel_and_wait(watching)
         await finder.aclose()
         await client.close()
         await service.stop(grace_s=0.1)
