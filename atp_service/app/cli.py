@@ -311,9 +311,12 @@ def _print_ready(config: ServiceConfig, service: AtpService) -> None:
         banner.append(f"  one of the processes of keyspace {config.key_prefix!r}: {len(service.membership.leases.held)}"
                       f" of {config.shards} groups here, {len(service.membership.members)} processes")
     if config.demo:
+        # An id of this start's own: a start after the last one's suggestions were followed (the
+        # reservation confirmed, fulfilled, expired) would suggest a confirm refused for its state.
+        rid = f"demo-{secrets.token_hex(3)}"
         banner += ["Try:", f"  {ctl_cmd} --target {target} availability sku-00001@dc-east sku-00001@store-001",
-                   f"  {ctl_cmd} --target {target} reserve demo-1 sku-00001@dc-east:2 --ttl 600",
-                   f"  {ctl_cmd} --target {target} confirm demo-1"]
+                   f"  {ctl_cmd} --target {target} reserve {rid} sku-00001@dc-east:2 --ttl 600",
+                   f"  {ctl_cmd} --target {target} confirm {rid}"]
     # One write: whoever waits for the "ready" line finds the whole banner with it.
     print("\n".join(banner), flush=True)
     log.info("ready: gRPC on %s, metrics %s", target, metrics, extra={  # the banner's line, for a log pipeline

@@ -48,7 +48,7 @@ def _serve_demo(redis_url: str, log: Path) -> tuple[subprocess.Popen[bytes], Ser
 @pytest.fixture
 def served(redis_url: str, tmp_path: Path) -> Iterator[Served]:
     """A demo service of this test's own, fresh: for a test that checks the estate as loaded or
-    the banner's reservation (``demo-1``, which the README's commands also make)."""
+    the reservations the banner's and the README's commands make."""
     log = tmp_path / "serve.log"
     proc, answer = _serve_demo(redis_url, log)
     spawned(proc)
@@ -151,6 +151,32 @@ def test_demo_estate_and_the_printed_examples_work(served: tuple[str, int, list[
         assert name in body, name
     assert 'atp_rpc_duration_seconds_count{code="OK",method="Reserve"} 1.0' in body
     assert "atp_oversold_units 0.0" in body
+
+
+def _banner_examples(lines: list[str]) -> list[list[str]]:
+    """The atpctl commands a demo service's banner suggests, as arguments after ``--target TARGET``."""
+    return [line.split()[3:] for line in lines if "--target" in line]
+
+
+def test_the_banner_s_suggestions_work_on_every_start(redis_url: str, tmp_path: Path) -> None:
+    """`make run` again: the banner's commands work on a second start too, after the first start's
+    suggestions were followed through to the README's next step (the reservation fulfilled). The
+    same id each start would be refused RESERVATION_FULFILLED there."""
+    for start in range(2):
+        log = tmp_path / f"serve-{start}.log"
+        proc, (target, _, lines) = _serve_demo(redis_url, log)
+        spawned(proc)
+        try:
+            examples = _banner_examples(lines)
+            assert len(examples) == 3
+            for args in examples:
+                done = ctl(target, *args)
+                assert done.returncode == 0, (start, args, done.stderr)
+            reservation_id = examples[-1][-1]  # `confirm ID`
+            assert ctl(target, "fulfil", reservation_id).returncode == 0  # the README's step after confirm
+        finally:
+            proc.terminate()
+        assert stop_or_explain(proc, log) == 0
 
 
 def test_atpctl_errors_name_the_status_and_reason_and_exit_by_class(shared_demo: tuple[Served, str]) -> None:
