@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from atp_service.storage.channel_wire import from_fields, state_update
 from atp_service.storage.durability import STORAGE_ERRORS
-from atp_service.storage.nodes import Nodes
+from atp_service.storage.nodes import Nodes, NotReplicated
 from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, stream_entries, stream_info
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, TokenBucket
@@ -150,8 +150,9 @@ class Publisher:
                 # The stream deleted (and written again without the group), or Redis restored from
                 # before the group: no read succeeds until the group is made again.
                 group_gone = group_lost(exc)
-                log.warning("%s: Redis unavailable (%s); retrying in %g s", self.config.channel, exc,
-                            self.config.redis_retry_s)
+                if not isinstance(exc, NotReplicated):  # Redis answered, its replicas did not: said by Replicas
+                    log.warning("%s: Redis unavailable (%s); retrying in %g s", self.config.channel, exc,
+                                self.config.redis_retry_s)
                 # What this consumer read but could not settle is still pending in its name:
                 # read those first again, or they would wait for the next restart.
                 own_pending = True

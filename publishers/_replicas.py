@@ -31,6 +31,8 @@ version, the same webhook-id), never an unconfirmed one.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from atp_service.storage.nodes import Call, Nodes, NotReplicated, Script
 
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 _RENEW = Script(RENEW)
 SENT = ("EVALSHA", "SCRIPT", "WAIT")
 """What ``writer`` sends (the renewal, its script loaded where a node lacks it, WAIT): asked at start."""
+HELD_BACK_LOG_S = 60.0
+"""A read held back is said at once, then at most once in this long while the replicas stay short
+(every read is held back, one each ``redis_retry_s``; ``atp_publisher_not_replicated_total`` counts each)."""
 
 
 class Replicas:
@@ -49,6 +54,10 @@ class Replicas:
         """``writer``: the write lanes to the stream's node (its waits set here from ``config``)."""
         self.config, self.writer, self.lease, self.metrics = config, writer, lease, metrics
         writer.wait_replicas, writer.wait_timeout_ms = config.wait_replicas, config.wait_timeout_ms
+        self.clock: Callable[[], float] = time.monotonic
+        self._said_at: float | None = None
+        """When a read held back was last said; None once a confirmation came (the next is said at once)."""
+        self._left_out = 0
 
     async def confirm(self) -> None:
         """Returns once ``wait_replicas`` replicas hold all that was read so far (at once without).
@@ -61,9 +70,24 @@ class Replicas:
             renewed = await self.writer.run_one(Call(_RENEW, [lease.key], [lease.token, lease.lease_ms]))
         except NotReplicated as exc:
             self.metrics.not_replicated.labels(cfg.channel).inc()
-            log.warning("%s: what was read is held back, undelivered: %s (wait_replicas=%d); reading again",
-                        cfg.channel, exc, cfg.wait_replicas,
-                        extra={"event": "publisher_not_replicated", "channel": cfg.channel})
+            self._held_back(exc)
             raise
+        self._said_at = None
         if not int(renewed):
             raise LeaseLapsing(f"the lease {lease.key} is another publisher's")
+
+    def _held_back(self, exc: NotReplicated) -> None:
+        """Said at once, then at most once a ``HELD_BACK_LOG_S``, with how many were left out between:
+        Redis answers (no "Redis unavailable"); its replicas do not confirm."""
+        cfg, now = self.config, self.clock()
+        if self._said_at is not None and now - self._said_at < HELD_BACK_LOG_S:
+            self._left_out += 1
+            return
+        fields: dict[str, object] = {"event": "publisher_not_replicated", "channel": cfg.channel}
+        if self._left_out:
+            fields["left_out"] = self._left_out
+        more = f"; {self._left_out} more reads held back since the last line" if self._left_out else ""
+        log.warning("%s: what was read is held back, undelivered: its replicas did not confirm it (%s; --wait-replicas"
+                    "=%d); read again every %g s%s", cfg.channel, exc, cfg.wait_replicas, cfg.redis_retry_s, more,
+                    extra=fields)
+        self._said_at, self._left_out = now, 0

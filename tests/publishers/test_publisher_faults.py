@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -284,3 +285,35 @@ async def test_a_jsonl_line_torn_by_an_earlier_process_never_swallows_the_next_u
     assert end == b"" and kept == [b'{"sku":"before"}', *([left] if left else [])]  # the torn one alone
     update_line = json.loads(last)
     assert (update_line["sku"], update_line["quantity"], update_line["version"]) == ("A", 0, 7)
+
+
+async def test_reads_the_replicas_do_not_confirm_are_said_once_a_minute_not_as_redis_unavailable(
+        client: aioredis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``--wait-replicas 1`` on a Redis without replicas: every read is held back and read again after
+    ``redis_retry_s``. Each try wrote two WARNING lines, the second "Redis unavailable" (Redis answered;
+    its replicas did not confirm): one line now, at once, then at most one a minute carrying how many
+    were left out."""
+    await publish(client, [update("a", 5, 1)])
+    now, tries = [0.0], [0]
+    publisher: Publisher
+
+    async def retry_wait(_seconds: float) -> None:  # each wait is one read held back; the clock the test's
+        tries[0] += 1
+        if tries[0] == 5:
+            now[0] += 61.0
+        if tries[0] == 8:
+            publisher.stop()
+        await asyncio.sleep(0)
+
+    publisher = Publisher(config(wait_replicas=1, wait_timeout_ms=10), client, JsonlAdapter(tmp_path / "out.jsonl"),
+                          PublisherMetrics(), sleep=retry_wait)
+    publisher.replicas.clock = lambda: now[0]
+    with caplog.at_level(logging.INFO, logger="publishers"):
+        await asyncio.wait_for(publisher.run(), 30)
+    assert tries[0] == 8
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r.getMessage() for r in said if "unavailable" in r.getMessage()]
+    assert [(getattr(r, "event", None), getattr(r, "left_out", 0)) for r in said] == [
+        ("publisher_not_replicated", 0), ("publisher_not_replicated", 4)]
+    assert "replicas" in said[0].getMessage() and "Redis unavailable" not in said[0].getMessage()
+    assert not (tmp_path / "out.jsonl").exists() or not (tmp_path / "out.jsonl").read_text()  # nothing delivered
