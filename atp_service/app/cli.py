@@ -26,6 +26,7 @@ from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_se
 from atp_service.config import ServiceConfig
 from atp_service.config_values import redacted
 from atp_service.early_signals import noted, release_stops, stops_held
+from atp_service.edge.fits import check_settings
 from atp_service.edge.transport import reexec_for
 from atp_service.logs import set_up_logging
 from atp_service.storage.embedded_redis import (
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config, sources = ServiceConfig.resolve(**given_settings(args))
+        check_settings(config.limits, config.max_message_bytes)  # the answers' bound is the edge's
     except ValueError as exc:
         for line in str(exc).splitlines():
             print(f"atp-service: {line}", file=sys.stderr)

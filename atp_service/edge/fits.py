@@ -10,6 +10,8 @@ durable, so that its caller took it for failed (R7) and made it again under new 
   is bounded by its lines and, for a line naming a location group, by the locations it may take
   units from (one allocation each); the reservation's own answer (Confirm, Release, Fulfill,
   GetReservation: a line per location) is bounded alike, so it fits too.
+- ``check_settings``: a ``max_id_length`` with which not even one line of the longest ids fits is
+  refused at start, naming both settings.
 - ``too_large``: any other unary answer found past the limit once made (``_observed``): a read is
   refused naming the limit (nothing done); a change says it was made (R7).
 """
@@ -60,6 +62,10 @@ class ReserveRoom:
         self._widths: dict[str, tuple[int, int]] = {}
         """Per group: its locations, and the longest one's bytes (read once per estate, not per line)."""
         self._see(None)
+        if self._lines_at_most < 1:
+            raise ValueError(f"max_id_length: {limits.max_id_length} bytes is longer than a Reserve of one line of ids "
+                             f"that long can be answered with (max_message_bytes={max_message_bytes}): at most "
+                             f"{largest_id_length(max_message_bytes)}, or raise max_message_bytes")
 
     def check(self, request: pb.ReserveRequest, cmd: ReserveCommand, engine: Engine) -> None:
         """Refuse ``request`` (already validated as ``cmd``) when its answer could pass the limit. The
@@ -116,6 +122,20 @@ class ReserveRoom:
                 f"entry per location it may take units from), past the limit {LIMIT}={self.max_message_bytes}: "
                 "nothing was decided; reserve fewer lines (or fewer units of a group) per reservation",
                 Reason.LIMIT_EXCEEDED, LIMIT)
+
+
+def largest_id_length(max_message_bytes: int) -> int:
+    """The longest ``max_id_length`` with which a Reserve of one line of the longest ids is answered
+    within ``max_message_bytes`` (``ReserveRoom``: at least one such line always fits)."""
+    return (max_message_bytes - RECORD_BYTES - LINE_BYTES) // 6
+
+
+def check_settings(limits: Limits, max_message_bytes: int) -> None:
+    """Refuse (``ValueError``, naming both settings) a ``max_id_length`` with which not even a Reserve of
+    one line of the longest ids could be answered: every such Reserve would be refused, and answers
+    the bound does not cover (GetReservation, explanations) pass gRPC's limit. Config cannot ask it
+    itself (the bound is the edge's): ``atp-service`` asks it with the settings, ``ReserveRoom`` when built."""
+    ReserveRoom(limits, max_message_bytes)
 
 
 def too_large(method: str, size: int, max_message_bytes: int) -> DomainError:

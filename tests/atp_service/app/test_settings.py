@@ -94,6 +94,16 @@ def test_a_value_out_of_range_stops_the_start(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err == "atp-service: max_message_bytes: must be within [65536, 2147483647], got 0\n"
 
 
+def test_ids_longer_than_a_message_can_answer_stop_the_start(capsys: pytest.CaptureFixture[str]) -> None:
+    """A Reserve of one line of ids of ``max_id_length`` could not be answered within
+    ``max_message_bytes``: refused at start naming both, not at every such Reserve (or never, the
+    answer past gRPC's limit: OUTCOME_UNKNOWN for a change made)."""
+    assert main(["config", "--max-id-length", "20000", "--max-message-bytes", "65536"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("atp-service: max_id_length: 20000") and "max_message_bytes=65536" in err, err
+    assert main(["config", "--max-id-length", "20000"]) == 0  # 4 MiB by default
+
+
 def test_config_prints_every_setting_with_its_value_and_source(capsys: pytest.CaptureFixture[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATP_SHARDS", "8")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
-from atp_service.edge.fits import ReserveRoom
+from atp_service.edge.fits import ReserveRoom, check_settings, largest_id_length
 from reservation import (
     Fact,
     FactKind,
@@ -113,8 +114,9 @@ def test_no_answer_of_a_reservation_is_larger_than_the_bound(
 
 
 def test_the_bound_holds_where_lengths_take_three_bytes() -> None:
-    """Ids of 20,000 bytes (``max_id_length`` has no ceiling): each string's length, and each line's,
-    takes three bytes where the constants count two; a line's other numbers take fewer than counted."""
+    """Ids of 20,000 bytes (``max_id_length`` may reach ~700,000 with 4 MiB messages): each string's
+    length, and each line's, takes three bytes where the constants count two; a line's other numbers
+    take fewer than counted."""
     limits = Limits(max_id_length=20_000, max_quantity=MAX_QUANTITY_CEILING, max_on_hand=MAX_ON_HAND_CEILING)
     long = [f"{n:02d}".ljust(20_000, "x") for n in range(12)]
     quantity = limits.max_quantity
@@ -144,3 +146,20 @@ def assert_bounded(limits: Limits, policy: GroupPolicy | None, request: pb.Reser
     for state in records(ledger, rec, limits):
         record = pb.GetReservationResponse(reservation=convert.reservation_pb(state))
         assert record.ByteSize() <= bound, (state.state, record.ByteSize(), bound)
+
+
+def test_the_longest_ids_the_settings_accept_fit_one_line_of_a_reserve() -> None:
+    """``max_id_length`` is bounded by ``max_message_bytes`` (``check_settings``): at the longest it
+    accepts, a Reserve of one line of the longest ids is answered within the limit (``ReserveRoom``
+    lets it through); one byte more could not be, and is refused naming both settings."""
+    smallest = 64 << 10  # the lowest max_message_bytes accepted
+    longest = largest_id_length(smallest)
+    check_settings(Limits(max_id_length=longest), smallest)
+    ids = [f"{n}".ljust(longest, "x") for n in range(5)]
+    request = pb.ReserveRequest(reservation_id=ids[0], order_ref=ids[1], channel=ids[2],
+                                lines=[pb.Line(sku=ids[3], location=ids[4], quantity=1)])
+    room = ReserveRoom(Limits(max_id_length=longest), smallest)
+    assert room.bound(request, None) <= smallest
+    assert room._refusal(request, None) is None
+    with pytest.raises(ValueError, match=r"^max_id_length: .*max_message_bytes=65536"):
+        check_settings(Limits(max_id_length=longest + 1), smallest)
