@@ -20,6 +20,7 @@ from atp_service.app.peering import check_peer_token
 from atp_service.app.tracing import Tracing
 from atp_service.config import ServiceConfig
 from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
+from atp_service.edge.fits import routing_refusal
 from atp_service.edge.handlers import add_service, refusal_lines
 from atp_service.edge.peers import peers_handler
 from atp_service.edge.servicer import AvailabilityServicer
@@ -83,6 +84,15 @@ def bind(server: grpc.aio.Server, cfg: ServiceConfig) -> int:
         raise StartupError(f"port: cannot listen for gRPC on {cfg.host}:{cfg.port} (in use?); "
                            "choose another with --port / ATP_PORT")
     return port
+
+
+def advertised(cfg: ServiceConfig, port: int) -> str:
+    """Where clients and peers reach this process (host:port); StartupError when GetRouting's answer,
+    every group at that address, could not be sent within ``max_message_bytes``."""
+    address = cfg.advertise_address or f"{cfg.host}:{port}"
+    if (refusal := routing_refusal(cfg.shards, address, cfg.max_message_bytes)) is not None:
+        raise StartupError(refusal)
+    return address
 
 
 def server_interceptors(cfg: ServiceConfig, tracing: Tracing | None,

@@ -24,6 +24,7 @@ from typing import Any
 
 from atp_service.app.balancing import FreeWatch, address_of, plan_balance, preference
 from atp_service.config import ServiceConfig
+from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
 from atp_service.engine.clock import Clock, GroupClock
 from atp_service.engine.recovery import Retrying, once, recover_shard
@@ -82,6 +83,7 @@ class Membership:
         self._renewed_at: dict[int, float] = {}  # group -> when its last renewal was sent
         self._vacating: dict[int, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._longest = self.address  # the longest member address GetRouting's bound was checked with
         engine.where = self.where
         store.on_group_lost.append(self._fenced)
 
@@ -169,6 +171,7 @@ class Membership:
             members = await self._store.nodes.run_one(
                 Call(MEMBERS_SCRIPT, [self._store.keys.members], [self._entry, ttl, retired]))
             self.members = [as_text(m) for m in members]
+            self._check_routing()
             if self._retired == retired:  # not registered anew again meanwhile
                 self._retired = ""
             self._metrics.members.set(len(self.members))
@@ -179,6 +182,19 @@ class Membership:
         for group in self.leases.renewed:
             self._renewed_at[group] = sent  # a group still being recovered takes it at install
             self._engine.actors[group].lease_until = sent + self._lease_s * SAFETY
+
+    def _check_routing(self) -> None:
+        """A member's address longer than any before: GetRouting's answer here, every group at it, checked
+        against ``max_message_bytes`` (this process's own address was, at its start). Past it, said at ERROR
+        once per such address: routing clients could no longer read this process's table."""
+        longest = max((address_of(m) for m in self.members), key=len, default=self.address)
+        if len(longest) <= len(self._longest):
+            return
+        self._longest = longest
+        cfg = self._config
+        if (refusal := routing_refusal(cfg.shards, self.address, cfg.max_message_bytes, longest)) is not None:
+            log.error("process %s joined: %s", longest, refusal, extra={
+                "event": "routing_too_large", "peer": longest, "shards": cfg.shards, "limit": cfg.max_message_bytes})
 
     def _fenced(self, group: int) -> None:
         """A write of ``group`` was refused: another process took it."""

@@ -18,7 +18,7 @@ from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
 
 from atp_service.app.estate_file import read_estate
-from atp_service.app.grpc_server import SERVICE_NAME, add_services, bind, new_server, server_interceptors
+from atp_service.app.grpc_server import SERVICE_NAME, add_services, advertised, bind, new_server, server_interceptors
 from atp_service.app.keyspace import StartupError, replaced_said, watch_eviction
 from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
@@ -149,7 +149,7 @@ class AtpService:
         add_services(self._server, self._servicer, self._health, self.metrics.edge,
                      (lambda: self.engine) if cfg.ownership == "leases" else None, cfg)
         self.port = bind(self._server, cfg)
-        self._servicer.advertise(cfg.advertise_address or f"{cfg.host}:{self.port}", cfg.shards)
+        self._servicer.advertise(advertised(cfg, self.port), cfg.shards)  # refused where GetRouting could not fit
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         # Never cancelled half-way (a stop in the start): grpcio breaks its serving task, a later stop may crash it.

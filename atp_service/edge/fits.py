@@ -12,6 +12,8 @@ durable, so that its caller took it for failed (R7) and made it again under new 
   GetReservation: a line per location) is bounded alike, so it fits too.
 - ``check_settings``: a ``max_id_length`` with which not even one line of the longest ids fits is
   refused at start, naming both settings.
+- ``routing_refusal``: GetRouting's answer, which has no pages, could pass the limit (every group at
+  the longest address): a start is refused, a process joining with such an address said loudly.
 - ``too_large``: any other unary answer found past the limit once made (``_observed``): a read is
   refused naming the limit (nothing done); a change says it was made (R7).
 """
@@ -22,6 +24,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service.edge.routing import Route, RoutingTable, routing_pb
 from reservation import DomainError, GroupPolicy, InvalidArgument, Limits, Reason, ReserveCommand, Unavailable
 
 if TYPE_CHECKING:
@@ -136,6 +139,25 @@ def check_settings(limits: Limits, max_message_bytes: int) -> None:
     the bound does not cover (GetReservation, explanations) pass gRPC's limit. Config cannot ask it
     itself (the bound is the edge's): ``atp-service`` asks it with the settings, ``ReserveRoom`` when built."""
     ReserveRoom(limits, max_message_bytes)
+
+
+EPOCH_MOST = 2**64 - 1
+"""The largest epoch a route can carry (a uint64: ten bytes)."""
+
+
+def routing_refusal(shards: int, address: str, max_message_bytes: int, longest: str = "") -> str | None:
+    """Why GetRouting's answer by the process at ``address`` could pass ``max_message_bytes`` - every
+    group owned at ``longest`` (another process's address; else its own) under the largest epoch -
+    or None. Its answer has no pages: past the limit it is refused (``too_large``), and a routing
+    client has no table to route by."""
+    widest = longest if len(longest) > len(address) else address
+    size = routing_pb(RoutingTable(shards, address, tuple(Route(g, widest, EPOCH_MOST)
+                                                          for g in range(shards)))).ByteSize()
+    if size <= max_message_bytes:
+        return None
+    return (f"{LIMIT}: GetRouting's answer, {shards} groups (shards) at {widest!r}, could take {size} bytes, past "
+            f"{LIMIT}={max_message_bytes}: routing clients could not read it; raise {LIMIT} to at least {size}, "
+            "or lower shards, or advertise a shorter address")
 
 
 def too_large(method: str, size: int, max_message_bytes: int) -> DomainError:

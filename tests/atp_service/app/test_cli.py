@@ -515,3 +515,17 @@ def test_the_embedded_redis_lets_in_only_those_holding_its_password(tmp_path: Pa
         proc.terminate()
         assert stop_or_explain(proc, log) == 0
     assert password not in log.read_text()
+
+
+def test_a_routing_table_past_max_message_bytes_stops_the_start(redis_url: str) -> None:
+    """1024 groups at a Kubernetes DNS address pass 64 KiB: GetRouting, which has no pages, was refused
+    naming the limit at every call, and routing clients had no table. The start is refused instead,
+    naming the limit and the groups (exit status 2, as for every setting that cannot work)."""
+    address = "atp-service-0.atp-service-headless.inventory-prod.svc.cluster.local:50051"
+    done = subprocess.run([sys.executable, "-m", "atp_service", "serve", "--no-demo", "--auth", "off", "--redis-url",
+                           redis_url, "--port", "0", "--metrics-port", "-1", "--shards", "1024", "--max-message-bytes",
+                           "65536", "--advertise-address", address], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 2, done.stderr[-3000:]
+    said = done.stderr.splitlines()[-1]
+    assert said.startswith("atp-service: max_message_bytes: GetRouting's answer, 1024 groups (shards)"), said
+    assert address in said and "max_message_bytes=65536" in said

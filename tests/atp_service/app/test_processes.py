@@ -7,11 +7,13 @@ processes is decided all or nothing by a saga whose steps go to the processes ow
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+import redis.asyncio
 
 from atp_client import AtpClient, RoutedClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -237,3 +239,28 @@ async def test_a_process_joining_a_keyspace_reports_its_recovery_time(start_proc
     was never measured: ``atp_recovery_seconds`` stayed 0 and ATPSlowRecovery could never fire."""
     service, _ = await start_process(port=free_port(), host="127.0.0.1")
     assert (service.metrics.registry.get_sample_value("atp_recovery_seconds") or 0) > 0
+
+
+async def test_a_process_joining_with_an_address_past_the_routing_bound_is_said_at_error(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A process whose ``max_message_bytes`` cannot carry GetRouting's answer once another joins with a
+    longer address (every group could be at it) says so at ERROR, naming it: its routing clients would be
+    refused the table. Each start checks its own address only (``test_cli``). The other process is its
+    member entry, as Redis holds one (``<address>|<token>``): nothing is sent to an address that long."""
+    longest = "p" * 1100 + ":1"  # 64 groups at it pass 64 KiB
+    async for start in services_on(redis_url, ownership="leases", lease_ms=3_000, balance_ms=200, shards=64,
+                                   input_streams=()):
+        with caplog.at_level(logging.INFO, logger="atp_service.app.membership"):
+            service, _ = await start(port=free_port(), host="127.0.0.1", max_message_bytes=64 << 10)
+            client = redis.asyncio.Redis.from_url(redis_url)
+            seconds, _ = await client.time()
+            await client.zadd(f"{service.config.key_prefix}members", {f"{longest}|joined": (seconds + 600) * 1000})
+            await client.aclose()
+
+            def said() -> list[logging.LogRecord]:
+                return [r for r in caplog.records if getattr(r, "event", None) == "routing_too_large"]
+
+            await until(said, "the process saying the joining one's address past its routing bound")
+        assert [(r.levelno, getattr(r, "peer", None), getattr(r, "limit", None)) for r in said()] == [
+            (logging.ERROR, longest, 64 << 10)]
+        assert "max_message_bytes=65536" in said()[0].getMessage() and "64 groups (shards)" in said()[0].getMessage()
