@@ -13,7 +13,7 @@ import msgspec
 from atp_service.edge.forward import Forwarder
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.edge.record import REFUSAL_LOG_S
-from atp_service.engine.parts import STEP_METHOD, Remote, serve_part
+from atp_service.engine.parts import STEP_METHOD, Remote, serve_part, step_said
 from atp_service.engine.router import Engine
 from atp_service.intake.owners import MAX_FAILING_OWNERS
 from reservation import Reason, Unavailable
@@ -23,6 +23,9 @@ SERVICE = STEP_METHOD.strip("/").partition("/")[0]
 STEP_TIMEOUT_S = 5.0
 """How long a step sent to a peer may take before its fate counts as unknown (the saga takes it
 again later: every step is idempotent)."""
+UNANSWERED_LOG_S = 60.0
+"""A peer not answering order steps is said at once, then at most once in this long: housekeeping
+sends each pending order's step again every pass while the order waits (``atp_orders_unsettled``)."""
 
 
 def peers_handler(engine: Any) -> grpc.GenericRpcHandler[Any, Any]:
@@ -46,6 +49,7 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
     """How this process's sagas send a step to the peer owning its group."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     told = OncePerKey(REFUSAL_LOG_S, MAX_FAILING_OWNERS)  # a line per peer, not one per retried step
+    unanswered = OncePerKey(UNANSWERED_LOG_S, MAX_FAILING_OWNERS)
 
     async def send(address: str, request: bytes) -> bytes:
         call = forwarder.channel(address).unary_unary(STEP_METHOD, None, None)
@@ -61,8 +65,21 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
                           "update between versions whose steps differ)? Orders spanning its groups stay "
                           "undecided, holding their units, until every process runs one version",
                           address, exc.details())
+            elif exc.code() != grpc.StatusCode.INVALID_ARGUMENT and unanswered.due(address):
+                _say_unanswered(address, request, exc)
             raise Unavailable(f"peer {address} did not answer an order step ({exc.code().name}: {exc.details()}); "
                               "the order goes on later", Reason.OUTCOME_UNKNOWN) from None
         return reply
 
     return send
+
+
+def _say_unanswered(address: str, request: bytes, exc: grpc.aio.AioRpcError) -> None:
+    """A step the peer did not answer (its deadline passed, the peer unreachable, an error there): the
+    order stays pending, holding its units, and housekeeping sends the step again every pass."""
+    fields = step_said(request)
+    log.warning("peer %s did not answer an order step (%s on group %d, %s): %s %s; the order stays pending "
+                "(atp_orders_unsettled) and its step is sent again; is that process paused, or cut off from this one?",
+                address, fields["step"], fields["group"], fields["reservation_id"], exc.code().name, exc.details(),
+                extra={"event": "peer_step_failed", "peer": address, "code": exc.code().name,
+                       "error": exc.details(), **fields})

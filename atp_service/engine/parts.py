@@ -18,6 +18,7 @@ from reservation import (
     Ledger,
     Moved,
     NotFound,
+    OrderStep,
     PendingOp,
     Reason,
     Reservation,
@@ -231,6 +232,22 @@ async def _to_others(engine: Engine, step: ResolveOrder | SettleOrder, settled: 
     if settled and not held and not covered >= set(range(len(engine.actors))):
         raise Unavailable(f"reservation_id: {step.order!r}: not every group answered for (its home did not "
                           "answer, or is changing hands); retry", Reason.OUTCOME_UNKNOWN)
+
+
+def step_said(request: bytes) -> dict[str, Any]:
+    """What a step request asks, as a log line's fields: ``step`` (its tag; a share with its kind), ``group``
+    (-1: wherever the order is held) and ``reservation_id`` (the part's, or the order's)."""
+    try:
+        asked = _requests.decode(request)
+    except msgspec.MsgspecError:  # never one this process encoded: a log line must not fail on it
+        return {"step": "unreadable", "group": -1, "reservation_id": ""}
+    step, tag = asked.step, type(asked.step).__struct_config__.tag
+    if isinstance(step, ReservePart | GiveUpPart):
+        rid = step.cmd.reservation_id
+    else:
+        rid = step.order if isinstance(step, ResolveOrder | SettleOrder) else step.part
+    kind = f"{tag} {OrderStep(step.share.kind).name}" if isinstance(step, ApplyShare) else tag
+    return {"step": kind, "group": asked.group, "reservation_id": rid}
 
 
 def refusal_of(reply: StepReply) -> DomainError:

@@ -5,6 +5,7 @@ the order's decision carried through first, as on one process (``engine.orders``
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app import membership
+from atp_service.edge import peers
 from atp_service.engine import parts, recovery
 from reservation import OrderStep, Unavailable
 from reservation import _orders as orders
@@ -140,3 +142,38 @@ async def test_a_shipment_meeting_its_order_s_home_group_while_it_changes_hands_
     await until(lambda: not home.engine.orders.unsettled, "the order settled")  # type: ignore[union-attr]
     (p,) = await other_client.availability([(b, "DC")])
     assert (p.on_hand, p.reserved, p.committed) == (4, 0, 0), "the shipped unit is neither held nor committed"
+
+
+async def test_a_peer_that_does_not_answer_an_order_step_is_said_naming_it_the_step_and_the_error(
+        start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The process owning a part of an order does not answer its step (paused, cut off): the order stays
+    pending and housekeeping sends the step again every pass (``atp_orders_unsettled``, ATPOrdersUnsettled),
+    and nothing at WARNING or above said which peer, which step, why. Now a WARNING does, at most once a
+    minute per peer."""
+    running = await processes(start_process, 2)
+    (_, home_client), (other, other_client), a, b = home_and_other(running)
+    await home_client.record_events([receipt("in-a", a, "DC", 5)])
+    await other_client.record_events([receipt("in-b", b, "DC", 5)])
+    answer, asked = asyncio.Event(), [0]
+    serve_part = peers.serve_part
+
+    async def not_answering(engine: Any, request: bytes) -> bytes:  # the peer's steps wait past their deadline
+        asked[0] += 1
+        await answer.wait()
+        return await serve_part(engine, request)
+
+    monkeypatch.setattr(peers, "serve_part", not_answering)
+    monkeypatch.setattr(peers, "STEP_TIMEOUT_S", 0.5)
+    try:
+        with caplog.at_level(logging.INFO, logger="atp_service.edge.peers"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            await until(lambda: asked[0] >= 3, "housekeeping sending the order's step again")  # said once
+    finally:
+        answer.set()
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "atp_service.edge.peers"]
+    assert [(getattr(r, "event", None), getattr(r, "peer", None), getattr(r, "step", None), getattr(r, "code", None))
+            for r in said] == [("peer_step_failed", f"127.0.0.1:{other.port}", "reserve", "DEADLINE_EXCEEDED")]
+    assert getattr(said[0], "reservation_id", None) == orders.part_id("o-1", group_of(b)), said[0].__dict__
+    assert getattr(said[0], "group", None) == group_of(b)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import grpc
+import msgspec
 import pytest
 
 from atp_service import free_port
+from atp_service.engine import parts
 from atp_service.engine.parts import STEP_METHOD
+from reservation import OrderStep, PendingOp
 from tests.conftest import ServiceFactory
 
 
@@ -75,3 +78,14 @@ def msgspec_garbage() -> bytes:
     import msgspec
 
     return msgspec.msgpack.encode([0, ["a kind of a newer build", []]])
+
+
+def test_a_step_is_said_by_its_kind_group_and_reservation() -> None:
+    """What the line about a peer not answering names (``peer_step_failed``), for each kind of step."""
+    share = parts.ApplyShare("o-1#2", PendingOp(OrderStep.CONFIRM))
+    said = [parts.step_said(msgspec.msgpack.encode(parts.StepRequest(group, step))) for group, step in (
+        (2, share), (3, parts.ReadPart("o-1#3")), (-1, parts.SettleOrder("o-1")), (-1, parts.ResolveOrder("o-2")))]
+    assert said == [{"step": "share CONFIRM", "group": 2, "reservation_id": "o-1#2"},
+                    {"step": "read", "group": 3, "reservation_id": "o-1#3"},
+                    {"step": "settle", "group": -1, "reservation_id": "o-1"},
+                    {"step": "resolve", "group": -1, "reservation_id": "o-2"}]
