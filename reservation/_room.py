@@ -17,9 +17,10 @@ Where neither can happen — no row naming a new position stamped before the blo
 stream time) minus grace, and E8's memory short of its bound by more than the rows that could add to it
 — every new position named is made, and they are counted in numpy: a baseline or a resync. Where the
 memory cannot fill but a row may be late, stream time before each row is a running maximum in numpy
-(``late_in_order``): E8 is asked about the rows that could move it, at once, and ``max_on_hand`` only
-where they keep deltas. Only where the memory may fill, or a row could be taken back past
-±``max_on_hand``, are the rows walked in order up to the last naming a new position (``_walk``).
+(``late_in_order``): E8 is asked, at once, only about the rows that would raise it (of an extract
+stamped alike, its first), and ``max_on_hand`` only where they keep deltas. Only where the memory may
+fill, or a row could be taken back past ±``max_on_hand``, are the rows walked in order up to the last
+naming a new position (``_walk``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from ._ledger import Ledger
 
 BoolArray = npt.NDArray[np.bool_]
+_ROUNDS = 4
+"""How many times ``late_in_order`` asks about the rows that would raise stream time before it asks
+about every row that could (E8 ruling out a row that raised it can let the next one raise it)."""
 Folded = tuple[OrderKey | None, int]
 """A position's latest count's E1 key and its on_hand, as the rows walked so far left them."""
 
@@ -108,21 +112,39 @@ def late_in_order(ledger: Ledger, block: CountRows, cells: BlockCells) -> BoolAr
     knew it before the block (a resend, a conflict) or it is taken back past ±max_on_hand — decided by
     its position alone, never by the order. A row E8 knows only through an earlier row of the block
     (the same position and time) follows a row that applied at that time: it counts, changing nothing.
-    A new position's rows always count; a row at a position that exists only where later than stream
-    time as the new positions' rows leave it (else it changes nothing either way): E8 is asked about
-    those rows only, together, and max_on_hand only where they keep deltas (R4: a Fulfil's shipments
-    are stamped by the service's clock, past stream time, and those after the count add to it, E2)."""
+    A new position's rows always count. A row at a position that exists matters only where it would
+    raise stream time as the rows before it leave it: one stamped at or before that changes nothing,
+    whether it counts or not. So E8 is asked (and max_on_hand, where kept deltas add to the count: R4,
+    a Fulfil's shipments are stamped by the service's clock, past stream time, E2) only about the rows
+    that would raise it were every row not yet ruled out to count — in an extract stamped alike, its
+    first row — and again where ruling some out lets others raise it, at most ``_ROUNDS`` times; then
+    about every row later than stream time as the rows known to count leave it."""
     start, at = ledger.stream_time, block.at
-    moves = np.where(cells.present, start, at)
-    unsure = cells.present & (at > stream_times(start, moves))
-    unsure[unsure] = ~known_before(ledger, block, cells, unsure)[unsure]
+    counts = ~cells.present  # rows known to count: a new position's, and those asked about that count
+    left = cells.present.copy()  # rows at a position that exists not asked about yet
+    for n in range(_ROUNDS + 1):
+        ask = left & (at > stream_times(start, np.where(counts | left if n < _ROUNDS else counts, at, start)))
+        if not ask.any():
+            break  # every row left is stamped at or before stream time as the rows before it leave it
+        left &= ~ask
+        counting = _counting(ledger, block, cells, ask)
+        if counting is None:
+            return None
+        counts |= counting
+    return at < stream_times(start, np.where(counts, at, start)) - ledger.limits.fact_grace_ms
+
+
+def _counting(ledger: Ledger, block: CountRows, cells: BlockCells, ask: BoolArray) -> BoolArray | None:
+    """Of the rows ``ask`` (at positions that exist), those that move stream time were they not late
+    (E8 did not know them before the block); None where one could be taken back past ±max_on_hand."""
+    counting = ask & ~known_before(ledger, block, cells, ask)
     bound, pool = ledger.limits.max_on_hand, ledger.histories.pool
-    kept = np.flatnonzero(unsure & (cells.head != 0))
-    for head, t, q in zip(cells.head[kept].tolist(), at[kept].tolist(), block.quantity[kept].tolist(), strict=True):
+    kept = np.flatnonzero(counting & (cells.head != 0))
+    for head, t, q in zip(cells.head[kept].tolist(), block.at[kept].tolist(), block.quantity[kept].tolist(),
+                          strict=True):
         if not -bound <= q + pool.sum_after(head, t) <= bound:  # on_hand after it (E2)
             return None  # it may be taken back (whether on_hand moves outwards decides): walked exactly
-    moves[unsure] = at[unsure]
-    return at < stream_times(start, moves) - ledger.limits.fact_grace_ms
+    return counting
 
 
 def known_before(ledger: Ledger, block: CountRows, cells: BlockCells, rows: BoolArray) -> BoolArray:
