@@ -12,7 +12,6 @@ positions keeping deltas — a Fulfil's shipments stamped past stream time among
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
 from typing import Any
@@ -21,13 +20,12 @@ import msgspec
 import numpy as np
 import pytest
 
-from reservation import DomainError, Fact, FactKind, Ledger, Limits, _bulk, _dedupe, decode_entry, encode_entry
-from reservation import _operations as ops
+from reservation import Fact, FactKind, Ledger, Limits, _bulk, _dedupe, decode_entry, encode_entry
 from reservation._bulk import CountRows, block_cells, count_event_id, new_positions
 from reservation._events import FactQuarantined
-from reservation._model import LineRequest, ReserveCommand
 from tests.reservation.test_bulk import _copy, _state
 from tests.reservation.test_ledger_model import check_bookkeeping
+from tests.reservation.test_load_room import ship_past_stream_time
 
 T0 = 1_790_000_000_000
 HOUR = 3_600_000
@@ -49,14 +47,7 @@ def _history(rng: random.Random, ledger: Ledger) -> None:
     for _ in range(rng.randrange(0, 3)):
         ledger.record_fact(Fact(count_event_id(T0 + rng.choice([0, HOUR])), "erp", FactKind.SALE, rng.choice(SKUS[:8]),
                                 rng.choice(LOCATIONS), 1, ledger.stream_time, ""))
-    sku, location = rng.choice(SKUS[:8]), rng.choice(LOCATIONS)
-    for n in range(rng.choice([0, 0, 2, 3])):
-        ledger.record_fact(Fact(f"g{n}", "wms", FactKind.RECEIPT, sku, location, 60, ledger.stream_time, ""))
-        now = T0 + 3 * HOUR + n
-        with contextlib.suppress(DomainError):  # too little available: no shipment
-            ops.reserve(ledger, ReserveCommand(f"o{n}", "", "", (LineRequest(sku, location, 60),), 60_000, False), now)
-            ops.confirm(ledger, f"o{n}", now)
-            ops.fulfill(ledger, f"o{n}", (), "", now, ledger.limits)
+    ship_past_stream_time(ledger, rng.choice(SKUS[:8]), rng.choice(LOCATIONS), rng.choice([0, 0, 2, 3]))
     ledger.commit(T0)
 
 

@@ -175,16 +175,20 @@ def _history(rng: random.Random, ledger: Ledger) -> None:
         at = T0 + rng.choice([0, HOUR, 2 * HOUR])
         ledger.record_fact(Fact(count_event_id(at), "erp", FactKind.SALE, rng.choice(SKUS[:6]),
                                 rng.choice(LOCATIONS), 1, ledger.stream_time, ""))
-    sku, location = rng.choice(SKUS[:6]), rng.choice(LOCATIONS)
-    for n in range(rng.choice([0, 2, 3, 4])):  # R4 by Fulfil: kept deltas stamped by the service's clock,
-        # past stream time (no fact moved it there): a newer count before them may pass -max_on_hand
+    ship_past_stream_time(ledger, rng.choice(SKUS[:6]), rng.choice(LOCATIONS), rng.choice([0, 2, 3, 4]))
+    ledger.commit(T0)
+
+
+def ship_past_stream_time(ledger: Ledger, sku: str, location: str, shipments: int) -> None:
+    """R4 by Fulfil: kept deltas stamped by the service's clock, past stream time (no fact moved it
+    there), 60 units each: a newer count before them may pass -max_on_hand."""
+    for n in range(shipments):
         ledger.record_fact(Fact(f"g{n}", "wms", FactKind.RECEIPT, sku, location, 60, ledger.stream_time, ""))
         now = T0 + 3 * HOUR + n
         with contextlib.suppress(DomainError):  # too little available: no shipment
             ops.reserve(ledger, ReserveCommand(f"o{n}", "", "", (LineRequest(sku, location, 60),), 60_000, False), now)
             ops.confirm(ledger, f"o{n}", now)
             ops.fulfill(ledger, f"o{n}", (), "", now, ledger.limits)
-    ledger.commit(T0)
 
 
 def _random_block(rng: random.Random, ledger: Ledger) -> CountRows:

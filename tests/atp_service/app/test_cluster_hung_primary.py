@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
-import grpc
 import pytest
 
 from atp_client import AtpClient
@@ -21,11 +19,11 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
 from atp_service.engine.router import Engine
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from tests.atp_service.app.test_cluster_failover_service import _retried
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import test_config as make_config
 from tests.waiting import until
 
-T = TypeVar("T")
 SHARDS = 8
 PATIENT_TIMEOUT_S = 15.0
 """The service's Redis timeout: no write to a node that answers comes near it, so while the hung node
@@ -47,18 +45,6 @@ def _a_sku_per_shard(engine: Engine) -> dict[int, str]:
         if len(skus) == SHARDS:
             return skus
     raise AssertionError("no SKU for some shard")
-
-
-async def _answered(call: Callable[[], Awaitable[T]]) -> T:
-    """``call()``, again while it is refused UNAVAILABLE (a shard settling its append in doubt), up to 30 s."""
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        try:
-            return await call()
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 async def _state(client: AtpClient, skus: list[str]) -> tuple[list[tuple[int, int]], list[int]]:
@@ -93,10 +79,10 @@ async def test_a_hung_primary_holds_no_reserve_of_a_shard_served_by_another(clus
         finally:
             os.kill(hung.process.pid, signal.SIGCONT)
         await asyncio.wait([stuck])  # held, or its outcome unknown: asked again by id it answers (R5)
-        again = await _answered(lambda: client.reserve("stuck", [(skus[0], "S1", 1)], ttl_seconds=3600))
+        again = await _retried(lambda: client.reserve("stuck", [(skus[0], "S1", 1)], ttl_seconds=3600))
         assert again.state == pb.RESERVATION_STATE_HELD
         for sku in skus.values():  # every shard answers a write again (liveness)
-            after = await _answered(lambda sku=sku: client.reserve(f"after-{sku}", [(sku, "S1", 1)],  # type: ignore[misc]
+            after = await _retried(lambda sku=sku: client.reserve(f"after-{sku}", [(sku, "S1", 1)],  # type: ignore[misc]
                                                                    ttl_seconds=3600))
             assert after.state == pb.RESERVATION_STATE_HELD and not after.replayed
         before = await _state(client, list(skus.values()))
