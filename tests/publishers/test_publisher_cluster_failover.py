@@ -27,7 +27,7 @@ from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.nodes import Nodes, NotReplicated, connect_any
 from atp_service.tasks import cancel_and_wait
 from publishers import JsonlAdapter, Publisher, PublisherMetrics, cli
-from tests.atp_service.app.test_cluster_channel_failover import _port_of, _replica_of, _role, _whole
+from tests.atp_service.app.test_cluster_channel_failover import _port_of, _replica_of, _take_over, _whole
 from tests.atp_service.app.test_cluster_watch_failover import PICKUP, STATE, _durable
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.edge.test_api import T0
@@ -119,9 +119,7 @@ async def test_a_publisher_never_delivers_a_write_the_replica_lacked_and_a_failo
                 primary.kill()  # kill -9: the restock never reached the replica
             finally:
                 os.kill(replica.process.pid, signal.SIGCONT)
-            with redis_node(replica.port) as promoted:
-                promoted.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
-            await until(lambda: _role(replica.port) == "master", "the replica promoted", 30)
+            await _take_over(replica.port)
             primary.start()  # back as a replica of the promoted one: writes can be confirmed again
             await until(lambda: not feed.in_flight and feed.version == restock - 1,
                         "the restock settled as lost, its version given back", 30)
@@ -192,9 +190,7 @@ async def test_a_read_is_confirmed_where_it_was_read_not_after_a_failover_moved_
             primary.kill()  # kill -9: the restock never reached the replica
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
-        with redis_node(replica.port) as promoted:
-            promoted.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
-        await until(lambda: _role(replica.port) == "master", "the replica promoted", 30)
+        await _take_over(replica.port)
         primary.start()  # back as a replica of the promoted one: a renewal there can be confirmed
         await until(lambda: _linked(primary.port), "the old primary replicating the promoted one", 30)
         await client.nodes_manager.initialize()  # the slot map read again by another call

@@ -84,6 +84,12 @@ def _whole(cluster: EmbeddedCluster) -> bool:
             return False
     return True
 
+async def _take_over(port: int) -> None:
+    """The replica at ``port`` takes over its primary's slots (the primary is gone) and says it is master."""
+    with redis.Redis(host="127.0.0.1", port=port) as promoted:
+        promoted.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+    await until(lambda: _role(port) == "master", "the replica promoted", 30)
+
 
 async def test_a_channel_write_the_promoted_replica_lacks_is_published_again_C4(
         cluster: EmbeddedCluster, tmp_path: Path) -> None:
@@ -116,9 +122,7 @@ async def test_a_channel_write_the_promoted_replica_lacks_is_published_again_C4(
             primary.kill()  # kill -9: the stock-out never reached the replica
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
-        with redis.Redis(host="127.0.0.1", port=replica.port) as promoted:
-            promoted.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
-        await until(lambda: _role(replica.port) == "master", "the replica promoted", 30)
+        await _take_over(replica.port)
         assert _quantity_on(replica.port, sku) != 0  # the write was lost with the old primary
         primary.start()  # back as a replica of the promoted one: writes can be confirmed again
         await until(lambda: _quantity_on(replica.port, sku) == 0,
