@@ -30,7 +30,7 @@ from atp_service.engine.clock import Clock
 from atp_service.engine.router import Engine
 from atp_service.metrics import ChannelMetrics
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
-from atp_service.storage.channel_store import ChannelStore, WriteRefused, write_failure_reason
+from atp_service.storage.channel_store import ChannelStore, WriteRefused, settle_noted, write_failure_reason
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait, finish_uncancelled
 from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, Reason
@@ -351,9 +351,9 @@ class ChannelDesk:
             await self.store.fence()
             return {name: await self.store.last_version(name) for name in names}
         # Each failed try counts as a failed write: a settle that cannot fence publishes nothing, for
-        # as long as it lasts, and the alert on the failures' rate must see it.
-        last = await retry_until_done(fence_and_read, STORAGE_ERRORS, DESK_RETRY,
-                                      lambda exc, _wait: self.metrics.write_failed(write_failure_reason(exc)))
+        # as long as it lasts, and the alert on the failures' rate must see it (and the log say why).
+        last = await retry_until_done(fence_and_read, STORAGE_ERRORS, DESK_RETRY, settle_noted(
+            names, lambda exc, _wait: self.metrics.write_failed(write_failure_reason(exc))))
         refused, now, landed_any = isinstance(error, WriteRefused), self.clock.now_ms(), False
         for name, feed, updates in taken:
             if not updates:

@@ -16,12 +16,14 @@ an older token, so nothing sent before the fence can land after it (C4).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError, ResponseError
 
+from atp_service.retry import noted_now_and_then
 from atp_service.storage.channel_wire import (
     LOCATION_ARG,
     SKU_ARG,
@@ -33,12 +35,16 @@ from atp_service.storage.channel_wire import (
     state_entry,
     xadd_arguments,
 )
-from atp_service.storage.durability import append_failure_reason
+from atp_service.storage.durability import SETTLE_LOG_EVERY_S, append_failure_reason
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script, open_nodes
 from atp_service.storage.resp import seq_of, stream_entries, stream_info
 from atp_service.storage.scripts import FENCE_LUA, FENCE_SCRIPT
 from reservation import ChannelUpdate, Key, Published
+
+log = logging.getLogger(__name__)
+OnError = Callable[[BaseException, float], None]
+"""What ``retry_until_done`` tells of a failed try: the error, the wait before the next."""
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -124,6 +130,18 @@ def write_failure_reason(error: BaseException) -> str:
     if isinstance(error, WriteRefused) and str(error).startswith("FENCED"):
         return "fenced"
     return append_failure_reason(error)
+
+
+def settle_noted(channels: list[str], each: OnError) -> OnError:
+    """The ``on_error`` of the desk's settle (``ChannelDesk._settle``): ``each`` told of every failed try,
+    and the log of the first, then at most every ``SETTLE_LOG_EVERY_S``: the desk publishes nothing while
+    it waits, and its retries say nothing else."""
+    def note(exc: BaseException, wait_s: float) -> None:
+        log.warning("channel publish in doubt not settled yet (%s): %s; trying again in %.2fs", ", ".join(channels),
+                    exc, wait_s, extra={"event": "channel_settle_waiting", "channels": channels, "error": str(exc),
+                                        "retry_s": round(wait_s, 2)})
+
+    return noted_now_and_then(note, SETTLE_LOG_EVERY_S, each)
 
 
 class ChannelStore:

@@ -17,7 +17,7 @@ from redis.exceptions import DataError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.config import SnapshotPolicy
-from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
+from atp_service.retry import Backoff, BackoffPolicy, noted_now_and_then, retry_until_done
 from atp_service.storage.log import Fenced, LogStore, encode_snapshot
 from atp_service.storage.nodes import NotReplicated
 from atp_service.storage.resp import out_of_memory
@@ -121,18 +121,12 @@ def _waiting_noted(shard: int) -> Callable[[BaseException, float], None]:
     it is done, and its own retries say nothing else: without this line a shard whose Redis slot is
     left half-migrated (every script there refused ``TRYAGAIN``) answers ``UNAVAILABLE`` for as
     long as that lasts with no word of why after the append's first failure."""
-    last_logged = float("-inf")
-
     def note(exc: BaseException, wait_s: float) -> None:
-        nonlocal last_logged
-        now = time.monotonic()
-        if now - last_logged >= SETTLE_LOG_EVERY_S:
-            last_logged = now
-            log.warning("shard %d: appends in doubt not settled yet: %s; trying again in %.2fs", shard, exc, wait_s,
-                        extra={"event": "settle_waiting", "shard": shard, "error": str(exc),
-                               "retry_s": round(wait_s, 2)})
+        log.warning("shard %d: appends in doubt not settled yet: %s; trying again in %.2fs", shard, exc, wait_s,
+                    extra={"event": "settle_waiting", "shard": shard, "error": str(exc),
+                           "retry_s": round(wait_s, 2)})
 
-    return note
+    return noted_now_and_then(note, SETTLE_LOG_EVERY_S)
 
 
 class Checkpoints:

@@ -84,6 +84,17 @@ def _whole(cluster: EmbeddedCluster) -> bool:
             return False
     return True
 
+def _views(cluster: EmbeddedCluster, service: AtpService, sku: str) -> str:
+    """Each node's role and published quantity of ``sku``, and the desk's feed of it."""
+    nodes = [f"{node.port}: {_role(node.port)} {_quantity_on(node.port, sku)}" for node in cluster.nodes
+             if node.process is not None and node.process.poll() is None]
+    desk = service.channels
+    feed = None if desk is None else desk.feeds["market"]
+    held = None if feed is None else (feed.version, feed.published_version, feed.pending,
+                                      [(k, v.quantity) for k, v in feed.published.items() if k[0] == sku])
+    return f"nodes {nodes}; desk feed (version, published, pending, {sku}) {held}"
+
+
 async def _take_over(port: int) -> None:
     """The replica at ``port`` takes over its primary's slots (the primary is gone) and says it is master."""
     with redis.Redis(host="127.0.0.1", port=port) as promoted:
@@ -125,8 +136,11 @@ async def test_a_channel_write_the_promoted_replica_lacks_is_published_again_C4(
         await _take_over(replica.port)
         assert _quantity_on(replica.port, sku) != 0  # the write was lost with the old primary
         primary.start()  # back as a replica of the promoted one: writes can be confirmed again
-        await until(lambda: _quantity_on(replica.port, sku) == 0,
-                    "the stock-out published again on the promoted primary", 30)
+        try:
+            await until(lambda: _quantity_on(replica.port, sku) == 0,
+                        "the stock-out published again on the promoted primary", 30)
+        except AssertionError as exc:  # what a failure needs to be understood: the nodes' and the desk's view
+            raise AssertionError(f"{exc}; {_views(cluster, service, sku)}") from None
     finally:
         await finder.aclose()
         await client.close()

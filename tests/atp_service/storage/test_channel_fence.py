@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -141,10 +142,11 @@ async def test_a_channel_write_landing_after_its_timeout_is_fenced_and_the_feed_
 
 
 async def test_a_write_landing_before_the_delayed_fence_counts_as_published_once(
-        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The settle's fence is held too (Redis unreachable for it): the settle retries it, and the
     write still on its way lands meanwhile — before any fence, so it is a landing, and the settle
     confirms it once the fence goes through. Fences landing late as well only cost a refused write."""
+    caplog.set_level(logging.WARNING, logger="atp_service.storage.channel_store")
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     async with _service_behind(proxy, tmp_path) as (desk, client):
         settled = _settles(desk, "landed")
@@ -155,6 +157,8 @@ async def test_a_write_landing_before_the_delayed_fence_counts_as_published_once
         await client.record_events([fact("s1", "SALE", "sku-a", "store-1", 5, T + 1)])  # pickup store-1 -> 0
         await until(lambda: sum(h.marker == FENCE_SHA for h in proxy.held) >= 2, "the settle's fence retried")
         assert [h.marker for h in proxy.held[:2]] == [WRITE_SHA, FENCE_SHA]
+        waiting = [r for r in caplog.records if getattr(r, "event", None) == "channel_settle_waiting"]
+        assert len(waiting) == 1 and getattr(waiting[0], "channels", None) == ["pickup"]  # then every 30 s
 
         reply = await proxy.land(proxy.held[0])  # the write arrives before any fence: it lands
         for held in list(proxy.held):
