@@ -91,6 +91,8 @@ class Nodes:
         self._reading: asyncio.Future[None] | None = None  # a read of the slot map under way, and the primaries
         self._reading_for: set[str] = set()  # whose calls wait for it (``_suspect`` when it began)
         self._tasks: set[asyncio.Task[None]] = set()  # runs begun without a task that needed one after all
+        self._known: set[tuple[str, int]] = set()
+        """Every node of the cluster seen (``_learn_nodes``): each read of the slot map asks them too."""
 
     @property
     def together(self) -> bool:
@@ -117,6 +119,7 @@ class Nodes:
         if not self._mapped:
             await self.reader.initialize()  # once: the slot map, on the first call
             self._mapped = True
+            await self._learn_nodes()
         # Only the calls to a node that failed or redirected one since the map was read wait for the
         # map to be read again: that read may ask a hung node first and wait out its timeout (or find
         # no other node to ask), and the nodes that answer must not wait with it.
@@ -161,7 +164,8 @@ class Nodes:
             if not self._suspect:
                 return
             self._reading_for, self._suspect = self._suspect, set()
-            self._reading = asyncio.ensure_future(self.reader.nodes_manager.initialize())
+            known = sorted(self._known)
+            self._reading = asyncio.ensure_future(self.reader.nodes_manager.initialize(known))
             self._reading.add_done_callback(self._map_read)  # before any waiter's: they resume on the new state
         await asyncio.shield(self._reading)  # a waiter cancelled ends no other's read
 
@@ -172,6 +176,26 @@ class Nodes:
             self._suspect |= suspect
         else:
             self._retire_former_primaries()
+            keep(self._tasks, self._learn_nodes())  # a node added since: the calls waiting go on meanwhile
+
+    async def _learn_nodes(self) -> None:
+        """Every node the cluster lists (``CLUSTER NODES``) kept in ``_known``, replicas included: the client
+        knows a cluster by the nodes its last read of the map named, and ``CLUSTER SLOTS`` names a replica
+        only once its primary has heard it holds data. On a cluster new when the map was read, a lone
+        primary's client knew that primary alone: failed and its replica promoted, no read of the map found
+        the new one, and every shard waited for the old primary to come back (liveness). Best effort: a
+        node that does not answer leaves ``_known`` as it was (the map's own nodes are asked anyway); the
+        latest list replaces it (a node removed from the cluster is not asked for ever after)."""
+        try:
+            listed: Any = await self.reader.cluster_nodes()
+        except Exception:  # best effort (see above)
+            return
+        known = set()
+        for address in listed:
+            host, _, port = str(address).rpartition(":")
+            if host and port.isdigit() and int(port):  # a node in handshake has no address yet
+                known.add((host, int(port)))
+        self._known = known or self._known
 
     async def run_one(self, call: Call, extra_s: float = 0.0) -> Any:
         """One call's reply; raises what it ended in."""
