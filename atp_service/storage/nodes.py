@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -35,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from atp_service.storage.clients import connect as connect
 from atp_service.storage.clients import connect_any as connect_any
 from atp_service.storage.lane import Lane, check_writable
-from atp_service.tasks import keep
+from atp_service.tasks import cancel_and_wait, keep
 
 TOPOLOGY_ERRORS = (AskError, ClusterDownError, TryAgainError, RedisConnectionError, RedisTimeoutError, OSError,
                    asyncio.TimeoutError)
@@ -93,6 +94,7 @@ class Nodes:
         self._tasks: set[asyncio.Task[None]] = set()  # runs begun without a task that needed one after all
         self._known: set[tuple[str, int]] = set()
         """Every node of the cluster seen (``_learn_nodes``): each read of the slot map asks them too."""
+        self._learning: asyncio.Future[None] | None = None  # ``_learn_nodes`` after a read of the map
 
     @property
     def together(self) -> bool:
@@ -164,8 +166,8 @@ class Nodes:
             if not self._suspect:
                 return
             self._reading_for, self._suspect = self._suspect, set()
-            known = sorted(self._known)
-            self._reading = asyncio.ensure_future(self.reader.nodes_manager.initialize(known))
+            self._ask_known_too()
+            self._reading = asyncio.ensure_future(self.reader.nodes_manager.initialize())
             self._reading.add_done_callback(self._map_read)  # before any waiter's: they resume on the new state
         await asyncio.shield(self._reading)  # a waiter cancelled ends no other's read
 
@@ -176,7 +178,19 @@ class Nodes:
             self._suspect |= suspect
         else:
             self._retire_former_primaries()
-            keep(self._tasks, self._learn_nodes())  # a node added since: the calls waiting go on meanwhile
+            if self._learning is None or self._learning.done():  # a node added since; the calls waiting go on
+                self._learning = asyncio.ensure_future(self._learn_nodes())
+
+    def _ask_known_too(self) -> None:
+        """The nodes of ``_known`` the client would not ask for the map made nodes it asks: kept among
+        them (and their connections closed) only while a read of the map names them, as redis-py does
+        with its own. Not ``initialize``'s extra nodes: it makes them anew at each read, and one it
+        asked keeps its connection open for ever after."""
+        manager = self.reader.nodes_manager
+        for host, port in self._known:
+            host, port = manager.remap_host_port(host, port)
+            if f"{host}:{port}" not in manager.startup_nodes:
+                manager.startup_nodes[f"{host}:{port}"] = ClusterNode(host, port, **manager.connection_kwargs)
 
     async def _learn_nodes(self) -> None:
         """Every node the cluster lists (``CLUSTER NODES``) kept in ``_known``, replicas included: the client
@@ -205,6 +219,7 @@ class Nodes:
         return reply
 
     async def aclose(self) -> None:
+        await cancel_and_wait(self._learning)  # it would open connections again on the closed client
         for lane in self._lanes.values():
             await lane.aclose()
         self._lanes.clear()
