@@ -7,9 +7,10 @@ answer must not wait for it — nor fail with it: a group commit to a node that 
 only after a read of the map that met the hung node first, and failed unsent when no other node
 answered that read in its place, leaving healthy shards in doubt for as long as the node hung.
 
-The cluster client here knows the cluster through the hung node alone (no dynamic startup nodes):
-what every read of the map meets when redis-py happens to ask the hung node first (one in as many
-nodes as the cluster has, at each read), made certain."""
+The cluster client here knows the cluster through the hung node alone (no dynamic startup nodes, and
+no node learned from ``CLUSTER NODES``, as for a user the ACL denies it): what every read of the map
+meets when redis-py happens to ask the hung node first (one in as many nodes as the cluster has, at
+each read), made certain."""
 
 from __future__ import annotations
 
@@ -59,12 +60,20 @@ async def patient_store(cluster: EmbeddedCluster) -> AsyncIterator[LogStore]:
         yield log_store
 
 
+class _LearningNothing(Nodes):
+    """A writer whose ``CLUSTER NODES`` is refused (best effort: it learns no node)."""
+
+    async def _learn_nodes(self) -> None:
+        return None
+
+
 async def _store_on(cluster: EmbeddedCluster, timeout_s: float) -> AsyncIterator[LogStore]:
     seed = cluster.primaries[0]
     reader = aioredis.RedisCluster(host="127.0.0.1", port=seed.port, dynamic_startup_nodes=False,
                                    socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                    retry=Retry(NoBackoff(), 0))
-    log_store = LogStore(Nodes(reader, cluster=True, url=seed.url, timeout_s=timeout_s), "t:", pipeline_max=64)
+    writer = _LearningNothing(reader, cluster=True, url=seed.url, timeout_s=timeout_s)
+    log_store = LogStore(writer, "t:", pipeline_max=64)
     await log_store.claim(SHARDS)
     yield log_store
     await log_store.nodes.aclose()
