@@ -161,6 +161,10 @@ class _Family(Collector, Generic[C, F]):
             child = self._children[key] = self._child()
         return child
 
+    def remove(self, *values: object) -> None:
+        """The child of ``values`` dropped, its series no longer exported (none: nothing to do)."""
+        self._children.pop(tuple(str(value) for value in values), None)
+
     def describe(self) -> list[Metric]:
         """The family without samples: what ``CollectorRegistry.register`` checks names with."""
         return [self._family()]

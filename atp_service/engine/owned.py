@@ -94,3 +94,6 @@ class OwnedShards:
             await actor.checkpoint(force=True)
         if self.actors[shard] is vacant:  # not taken again meanwhile: those routes would be the new actor's
             self.routes.drop(shard)
+            # Its snapshots are the next owner's to report: kept here, the gauge summed over the
+            # processes counted the shard twice, and a stale size for as long as this one ran.
+            self._log.metrics.snapshot_bytes.remove(shard)

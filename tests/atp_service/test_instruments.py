@@ -123,6 +123,19 @@ def test_labelled_metrics_their_children_in_order_and_label_values_as_strings() 
     assert_same(pair)
 
 
+def test_a_removed_child_is_exported_no_more_as_with_prometheus_client() -> None:
+    pair = registries()
+    gauges = both(pair, "Gauge", "atp_depth", "Depth", ["shard"])
+    for gauge in gauges:
+        for shard in (0, 1, 2):
+            gauge.labels(shard).set(shard + 1)
+        gauge.remove(1)  # prometheus_client takes the values as strings; ours, anything ``str`` gives them
+        gauge.labels(3).set(4)
+    gauges[1].remove(7)  # none such: nothing to do (prometheus_client raises KeyError)
+    assert_same(pair)
+    assert [s.labels["shard"] for m in gauges[1].collect() for s in m.samples] == ["0", "2", "3"]
+
+
 def test_created_series_follow_prometheus_clients_switch() -> None:
     pair = registries()
     for old, new in (both(pair, "Counter", "atp_c_total", "C", ["a"]), both(pair, "Histogram", "atp_h", "H")):

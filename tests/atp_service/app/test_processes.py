@@ -183,6 +183,19 @@ async def test_a_stopped_process_hands_its_groups_over_and_nothing_is_lost(start
         assert (position.on_hand, position.available) == (10, 7)
 
 
+async def test_a_process_reports_snapshot_sizes_of_the_groups_it_serves_only(start_process: ServiceFactory) -> None:
+    """A group handed over with a final snapshot: its size is the next owner's to report, not this one's."""
+    first, client = await start_process(port=free_port(), host="127.0.0.1")
+    await until(lambda: owned(first) == set(range(SHARDS)), "the first process owns every group", 60)
+    await client.record_events([receipt(f"in-{i}", f"s{i}", "DC", 10) for i in range(12)])  # in every group
+    running = [(first, client), await start_process(port=free_port(), host="127.0.0.1")]
+    await until(lambda: balanced(running), "the groups spread over the 2 processes", 60)
+    reported = {int(sample.labels["shard"]) for metric in first.metrics.storage.snapshot_bytes.collect()
+                for sample in metric.samples}
+    handed_over = set(range(SHARDS)) - owned(first)
+    assert handed_over and not reported & handed_over, (reported, handed_over)
+
+
 async def test_shipments_of_an_order_over_processes_fulfil_its_parts_and_resolve_it(
         start_process: ServiceFactory) -> None:
     running = await processes(start_process, 2)
