@@ -55,3 +55,11 @@ def test_each_settings_first_sentence_is_whole() -> None:
     cut = [s.env for s in settings_of(ServiceConfig)
            if first_sentence(s.doc).count("(") != first_sentence(s.doc).count(")")]
     assert cut == []
+
+
+def test_the_operations_guide_names_every_other_tools_variable(project_root: Path) -> None:
+    """The guide lists the variables the service does not refuse though they are no settings
+    (``OTHER_TOOLS``): an operator reading why the start took ``ATP_STORE_SKUS`` looks there."""
+    text = (project_root / "docs" / "OPERATIONS.md").read_text()
+    listed = text.split("**Mistakes stop the start.**", 1)[1].split("`OTHER_TOOLS`", 1)[0]
+    assert [name for name in OTHER_TOOLS if f"`{name}`" not in listed] == []
