@@ -10,6 +10,7 @@ from pathlib import Path
 from atp_service.app.settings_doc import END, MARK, first_sentence, rewrite
 from atp_service.config import ServiceConfig
 from atp_service.config_settings import OTHER_TOOLS, settings_of
+from atp_service.config_values import parse_value
 
 VARIABLE = re.compile(r"\bATP_[A-Z0-9_]*[A-Z0-9]\b")
 READ = (".py", ".md", ".toml", ".yml", ".yaml", ".sh", "Makefile", "Dockerfile")
@@ -19,6 +20,8 @@ WRONG_ON_PURPOSE = {  # files that name variables that are no settings, to show 
     "CHANGELOG.md", "tests/atp_service/test_config.py", "tests/atp_service/app/test_settings.py",
     "tests/atp_service/app/test_settings_doc.py"}
 PLACEHOLDERS = {"ATP_X", "ATP_SHARD"}  # the docs' "env ATP_X" and the typo they show being refused
+MOST_USED_HEADER = "| Variable | Default | Meaning |"
+CODE = re.compile(r"`([^`]*)`")
 
 
 def project_files(root: Path) -> Iterator[Path]:
@@ -63,3 +66,27 @@ def test_the_operations_guide_names_every_other_tools_variable(project_root: Pat
     text = (project_root / "docs" / "OPERATIONS.md").read_text()
     listed = text.split("**Mistakes stop the start.**", 1)[1].split("`OTHER_TOOLS`", 1)[0]
     assert [name for name in OTHER_TOOLS if f"`{name}`" not in listed] == []
+
+
+def test_the_most_used_settings_show_their_defaults(project_root: Path) -> None:
+    """The hand-written table of the most used settings (``| Variable | Default | Meaning |``) gives
+    each variable's default as a value (`` `512` ``, one per variable where a row has several); a
+    setting unset by default is described in words (``unset → embedded redis-server``)."""
+    lines = (project_root / "docs" / "OPERATIONS.md").read_text().splitlines()
+    start = lines.index(MOST_USED_HEADER) + 2
+    settings = {s.env: s for s in settings_of(ServiceConfig)}
+    wrong, rows = [], 0
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        names_cell, default_cell = line.split(" | ")[:2]
+        names, values = CODE.findall(names_cell), CODE.findall(default_cell)
+        rows += 1
+        for at, name in enumerate(names):
+            setting = settings[name]
+            if setting.default in (None, ""):
+                continue
+            said = values[at] if len(values) == len(names) else None
+            if said is None or parse_value(setting.name, setting.type_name, said) != setting.default:
+                wrong.append(f"{name}: documented {default_cell.strip()!r}, default {setting.default!r}")
+    assert rows > 30 and wrong == []
