@@ -13,7 +13,7 @@ import hashlib
 import secrets
 
 READ = frozenset({"GetReservation", "GetAvailability", "ExplainAvailability", "GetRouting"})
-"""The read-only RPCs every role may call."""
+"""The read-only RPCs: the roles that read (oms, channel, admin) may call them; ingest and peer may not."""
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     "oms": frozenset({"Reserve", "Confirm", "Release", "Fulfill", "ReserveStream"}) | READ,

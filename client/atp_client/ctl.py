@@ -48,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer in JSON (the default when stdout is not a terminal; a table otherwise)")
     p.add_argument("--target", default=os.environ.get("ATP_TARGET", "127.0.0.1:50051"),
                    help="host:port of the service (env ATP_TARGET)")
-    p.add_argument("--timeout", type=arg.seconds, default=10.0, help="deadline of each call in seconds")
+    p.add_argument("--timeout", type=arg.seconds, default=10.0, help="deadline of each call in seconds (default 10)")
     p.add_argument("--retries", type=int, default=4, choices=range(5), metavar="{0..4}",
                    help="retries of a refused call (UNAVAILABLE, RESOURCE_EXHAUSTED, gRPC's CANCELLED) by gRPC, "
-                        "with the service's retry policy, within --timeout; safe: calls carry their ids (0: none)")
+                        "with the service's retry policy, within --timeout; safe: calls carry their ids "
+                        "(0: none; default 4)")
     p.add_argument("--token", default=os.environ.get("ATP_TOKEN"), help="bearer token (env ATP_TOKEN)")
     p.add_argument("--tls-ca", type=arg.readable, help="CA certificate (PEM) to verify the service: use TLS")
     p.add_argument("--tls-cert", type=arg.readable, help="client certificate (PEM) for mutual TLS")
