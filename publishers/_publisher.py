@@ -11,7 +11,8 @@ the delivered versions, in one MULTI.
 
 Nothing trimmed is skipped: versions have no gaps, so entries this group never read, or read and
 left pending, that the stream's trimming (``stream_maxlen``) removed are known by their versions,
-and the newest value of each of their keys is delivered from the channel's state hash instead.
+and the newest value of each of their keys is delivered from the channel's state hash instead
+(``_state_resync``: its stock-outs first).
 
 Nothing dead-lettered is left behind either: each dead-lettered key is remembered and gets its
 newest value from the state hash once the destination answers again (``_redeliver``).
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from atp_service.storage.channel_wire import from_fields, state_update
+from atp_service.storage.channel_wire import from_fields
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.nodes import Nodes, NotReplicated
 from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, stream_entries, stream_info
@@ -43,6 +44,7 @@ from ._metrics import PublisherMetrics
 from ._redeliver import Redelivery
 from ._replicas import Replicas
 from ._startup import refuse_evicting_redis
+from ._state_resync import StateResync
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,6 +78,8 @@ class Publisher:
         """Set by a stop, or when the group's lease is lost: what is being delivered stops at once."""
         self._holding = Holding(config, client, metrics, self._halt.set)
         self.replicas = Replicas(config, writer or Nodes(client), self._holding.lease, metrics)  # a cluster: pass one
+        self._resync = StateResync(config, client, metrics, adapter.name, lambda key: self._delivered.get(key, 0),
+                                   self._deliver_and_record)
         self._redelivery = self._new_redelivery()
         self._takeover = Takeover(config, client, metrics, self._holding.lease, self._resync, self._holding.lost)
 
@@ -289,29 +293,6 @@ class Publisher:
         return await self._resync(lambda v: True, f"more keys than redeliver_max_keys={self.config.redeliver_max_keys} "
                                   "were owed their newest value after dead letters",
                                   keep_going=lambda: not self._redelivery.failed_in_pass)
-
-    async def _resync(self, wanted: Callable[[int], bool], why: str,
-                      keep_going: Callable[[], bool] = lambda: True) -> bool:
-        """Deliver each key's last published value (the channel's state hash) whose version is
-        ``wanted`` and not delivered yet, ``read_count`` at a time. False: stopped half-way, or
-        ``keep_going()`` False after a page."""
-        cfg, page = self.config, list[ChannelUpdate]()
-        log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", cfg.channel, why)
-        async for key, value in self.client.hscan_iter(cfg.state_key, count=cfg.read_count):
-            u = state_update(cfg.channel, key, value)
-            if wanted(u.version) and u.version > self._delivered.get(as_text(key), 0):
-                page.append(u)
-            if len(page) >= cfg.read_count:
-                if not await self._resync_page(page) or not keep_going():
-                    return False
-                page = []
-        return not page or (await self._resync_page(page) and keep_going())
-
-    async def _resync_page(self, page: list[ChannelUpdate]) -> bool:
-        """Counted as taken from the state hash, before it is sent: a resync stopped half-way (or while
-        the destination answered) still counts the pages it took."""
-        self.metrics.outcome(self.config.channel, self.adapter.name, "resynced", len(page))
-        return await self._deliver_and_record(page)
 
     def _trimmed(self, what: str) -> str:
         cfg = self.config

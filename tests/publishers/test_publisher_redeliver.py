@@ -155,16 +155,19 @@ async def test_past_redeliver_max_keys_the_whole_state_hash_is_resynced(
 
 
 class _AnswersWhenLetGo:
-    """As ``Receiver``, but a request it takes is answered only once ``answer`` is set (bounded)."""
+    """As ``Receiver``, but a request it takes, past the first ``at_once``, is answered only once
+    ``answer`` is set (bounded)."""
 
-    def __init__(self, receiver: Receiver) -> None:
-        self.receiver, self.answer = receiver, threading.Event()
+    def __init__(self, receiver: Receiver, at_once: int = 0) -> None:
+        self.receiver, self.answer, self.at_once = receiver, threading.Event(), at_once
         self.lock, self.accepted = receiver.lock, receiver.accepted
 
     def handle(self, body: bytes, headers: dict[str, str]) -> int:
         code = self.receiver.handle(body, headers)
         if code == 200:
-            self.answer.wait(10)
+            self.at_once -= 1
+            if self.at_once < 0:
+                self.answer.wait(10)
         return code
 
 
@@ -174,7 +177,7 @@ async def test_a_resync_stopped_after_the_destination_took_it_counts_what_it_sen
     destination answered (or half-way through a large state hash) counted none of what it had taken
     and sent. Now each page counts as it is taken from the state hash; the resync stays owed."""
     receiver = Receiver(always_fail=True)
-    holding = _AnswersWhenLetGo(receiver)
+    holding = _AnswersWhenLetGo(receiver, at_once=1)  # the stock-out "s0", sent first and alone
     url, metrics = receiver_factory(holding), PublisherMetrics()
     await desk_writes(store, [value(f"s{n}", n, n + 1) for n in range(5)])
     await run_until(publisher(client, url, metrics, redeliver_max_keys=2), await dead_lettered(client, 5))
@@ -182,8 +185,8 @@ async def test_a_resync_stopped_after_the_destination_took_it_counts_what_it_sen
     running = publisher(client, url, metrics, redeliver_max_keys=2)
     task = asyncio.create_task(running.run())
 
-    async def taken() -> bool:  # the destination took the page's first chunk (delivery_batch 3); its answer is held
-        return len(last_values(receiver)) == 3
+    async def taken() -> bool:  # then the first chunk (delivery_batch 3) of the other values; its answer is held
+        return len(last_values(receiver)) == 4
 
     try:
         await until(taken, "the page's first chunk taken")

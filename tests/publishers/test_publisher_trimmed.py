@@ -152,3 +152,22 @@ async def test_a_stop_while_catching_up_a_gap_found_after_a_read_leaves_it_owed(
     await deliver_until(store, out, "jsonl", {"a": (5, 1, "IN_STOCK"), "b": (5, 2, "IN_STOCK"),
                                               "c": (3, 3, "IN_STOCK"), "d": (3, 4, "IN_STOCK"),
                                               "e": (0, 5, "OUT_OF_STOCK"), "f": (2, 6, "LOW_STOCK")})
+
+
+async def test_a_resync_of_many_keys_delivers_their_stock_outs_first(store: ChannelStore, tmp_path: Path) -> None:
+    """A resync from the state hash went page by page (``read_count`` keys) in the hash's order, each
+    page's stock-outs first: a stock-out on a later page waited behind every earlier page's ordinary
+    values and their tokens (100,000 keys at 10/s: hours). C2: the stock-outs of the whole resync go first."""
+    # Pages of two keys (read_count): the stock-out "gone" is on the third, after four ordinary values.
+    await desk_writes(store, [value(f"s{n}", 5 + n, n + 1) for n in range(4)] + [value("gone", 0, 5)])
+    await desk_writes(store, [value("s4", 9, 6)])
+    await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # a new group finds 1..5 trimmed unread
+    out = tmp_path / "feed.jsonl"
+    publisher = Publisher(config(group="jsonl", read_count=2), store.client, JsonlAdapter(out), PublisherMetrics())
+
+    async def there() -> bool:
+        return len(delivered(out)) == 6
+
+    await run_until(publisher, there)
+    first = json.loads(out.read_text().splitlines()[0])
+    assert (first["sku"], first["quantity"]) == ("gone", 0), out.read_text()
