@@ -288,11 +288,11 @@ class Publisher:
             await self._redelivery.forget_every_key(mark)
         return True
 
-    async def _resync_every_key(self) -> bool:
-        """Every key's newest value not delivered yet: more keys were owed a redelivery than remembered."""
-        return await self._resync(lambda v: True, f"more keys than redeliver_max_keys={self.config.redeliver_max_keys} "
-                                  "were owed their newest value after dead letters",
-                                  keep_going=lambda: not self._redelivery.failed_in_pass)
+    async def _resync_every_key(self, cursor: int, stock_outs: bool) -> tuple[int, int] | None:
+        """One step of a resync of every key's newest value not delivered yet (more keys were owed a
+        redelivery than remembered): ``StateResync.step``, stopped once the destination failed again."""
+        return await self._resync.step(lambda v: True, stock_outs, cursor,
+                                       keep_going=lambda: not self._redelivery.failed_in_pass)
 
     def _trimmed(self, what: str) -> str:
         cfg = self.config

@@ -22,13 +22,15 @@ unpublished).
   delivered is never sent, so an older value never follows a newer one). A key is forgotten once its
   delivered version reaches the state hash's (or its value is gone). A pass stops when a delivery
   fails again after its retries; what it left stays owed, without a second dead letter (one per pass
-  would flood the dead-letter stream during an outage).
+  would flood the dead-letter stream during an outage). A resync of every key goes the same way: a
+  step (one HSCAN call of the state hash) at a time, its stock-outs first, the stream read between.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from atp_service.storage.channel_wire import state_update, to_fields
@@ -44,12 +46,24 @@ RETRY, REFUSED = "retry", "refused"
 
 Deliver = Callable[[list[ChannelUpdate]], Awaitable[bool]]
 """Deliver and record updates (the publisher's way); False: a stop cut it off."""
+ResyncStep = Callable[[int, bool], Awaitable[tuple[int, int] | None]]
+"""One step of a resync of every key of the state hash (``StateResync.step``): from a cursor, the
+stock-outs or the rest; the next cursor and how many were sent, None: stopped or failed again."""
+
+
+@dataclass(slots=True)
+class _EveryKey:
+    """A resync of every key under way: the mark it settles, where its HSCAN is, in which sweep."""
+
+    mark: Any
+    cursor: int = 0
+    stock_outs: bool = True
 
 
 class Redelivery:
     def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics, adapter: str,
                  now_ms: Callable[[], int], delivered_version: Callable[[str], int], deliver: Deliver,
-                 resync_all: Callable[[], Awaitable[bool]], lease: Lease) -> None:
+                 resync_all: ResyncStep, lease: Lease) -> None:
         self.config, self.client, self.metrics, self.adapter = config, client, metrics, adapter
         self._lease = lease
         """What this forgets it forgets under the group's lease: a publisher that lost it (paused past
@@ -69,6 +83,8 @@ class Redelivery:
         """Where the sweep over the remembered keys is (HSCAN's cursor), and in which of its two phases."""
         self._with_refused, self._reowed = True, False
         """This sweep passes refused keys too; a retryable dead letter came since it began."""
+        self._every_key: _EveryKey | None = None
+        """A resync of every key under way (more keys were owed than remembered), a step at a time."""
 
     def succeeded(self) -> None:
         self.answered = True
@@ -146,10 +162,11 @@ class Redelivery:
         self.passing, self.failed_in_pass = True, False
         done, finished = {"redelivered": 0}, False
         try:
-            if self._cursor == 0 and self._stock_outs_phase:  # a sweep begins
+            if self._cursor == 0 and self._stock_outs_phase and self._every_key is None:  # a sweep begins
                 self._with_refused, self._reowed = self._refused_due, False
-                if not await self._full_resync():
-                    return
+                self._every_key = await self._every_key_owed()
+            if self._every_key is not None and not await self._full_resync(self._every_key):
+                return
             finished = await self._step(done)
         finally:
             self.passing = False
@@ -163,16 +180,32 @@ class Redelivery:
                          extra={"event": "publisher_redelivered", "channel": cfg.channel,
                                 "keys": done["redelivered"], "complete": finished})
 
-    async def _full_resync(self) -> bool:
-        """Every key of the state hash not delivered at its version, when more were owed than
-        remembered. False: not finished (stopped, or the destination failed again)."""
+    async def _every_key_owed(self) -> _EveryKey | None:
+        """A resync of every key, when more keys were owed than remembered (the mark is set)."""
         cfg = self.config
         mark = await self.client.get(cfg.redeliver_all_key)
         if mark is None:
-            return True
-        if not await self._resync_all():
-            return False
-        return await self._lease.delete_if_same(cfg.redeliver_all_key, mark)  # unless raised since
+            return None
+        log.warning("%s: more keys than redeliver_max_keys=%d were owed their newest value after dead letters; "
+                    "delivering every key's newest value from the channel's state hash", cfg.channel,
+                    cfg.redeliver_max_keys)
+        return _EveryKey(mark)
+
+    async def _full_resync(self, every: _EveryKey) -> bool:
+        """Steps of the resync of every key (one HSCAN call each: the stock-outs, then the rest) until
+        one sent something, then the channel stream's turn (C2: run to its end, it held a stock-out
+        published meanwhile behind every key's value), or until it is over: True, its mark forgotten
+        unless raised since. False: not over (the channel stream's turn, a stop, a failure)."""
+        while step := await self._resync_all(every.cursor, every.stock_outs):
+            every.cursor, sent = step
+            if not every.cursor and not every.stock_outs:
+                self._every_key = None
+                return await self._lease.delete_if_same(self.config.redeliver_all_key, every.mark)
+            if not every.cursor:
+                every.stock_outs = False
+            if sent:
+                return False
+        return False  # stopped, or the destination failed again: this step again at the next pass
 
     async def _step(self, done: dict[str, int]) -> bool:
         """The next page of the sweep: the stock-outs among all owed keys first, then the rest (C2).

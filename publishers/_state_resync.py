@@ -39,26 +39,31 @@ class StateResync:
         log.warning("%s: %s; delivering their keys' newest values from the channel's state hash",
                     self.config.channel, why)
         for stock_outs in (True, False):
-            if not await self._sweep(wanted, stock_outs, keep_going):
+            cursor = 0
+            while step := await self.step(wanted, stock_outs, cursor, keep_going):
+                cursor = step[0]
+                if not cursor:
+                    break
+            if step is None:
                 return False
         return True
 
-    async def _sweep(self, wanted: Callable[[int], bool], stock_outs: bool, keep_going: Callable[[], bool]) -> bool:
-        """One sweep of the hash: its stock-outs, or its other values. A key that drops to 0 after
-        the first sweep has a new version, which the stream holds for the group to read (or a later
-        catch-up finds trimmed): the second sweep leaves it, and a 0 the first dead-lettered is not
-        sent twice."""
-        cfg, page = self.config, list[ChannelUpdate]()
-        async for key, value in self.client.hscan_iter(cfg.state_key, count=cfg.read_count):
-            u = state_update(cfg.channel, key, value)
-            if (u.quantity == 0) == stock_outs and wanted(u.version) and u.version > self._delivered_version(
-                    as_text(key)):
-                page.append(u)
-            if len(page) >= cfg.read_count:
-                if not await self._page(page) or not keep_going():
-                    return False
-                page = []
-        return not page or (await self._page(page) and keep_going())
+    async def step(self, wanted: Callable[[int], bool], stock_outs: bool, cursor: int,
+                   keep_going: Callable[[], bool] = lambda: True) -> tuple[int, int] | None:
+        """One HSCAN call from ``cursor`` (about ``read_count`` keys): its stock-outs, or its other
+        values, ``wanted`` and not delivered yet, delivered. The next cursor (0: the sweep is over)
+        and how many were sent; None: stopped, or ``keep_going()`` False after a page. A key that
+        drops to 0 after the stock-outs' sweep has a new version, which the stream holds for the
+        group to read (or a later catch-up finds trimmed): the second sweep leaves it, and a 0 the
+        first dead-lettered is not sent twice."""
+        cfg = self.config
+        after, found = await self.client.hscan(cfg.state_key, cursor, count=cfg.read_count)
+        page = [u for key, value in found.items() if (u := state_update(cfg.channel, key, value)).version
+                > self._delivered_version(as_text(key)) and (u.quantity == 0) == stock_outs and wanted(u.version)]
+        for start in range(0, len(page), cfg.read_count):
+            if not await self._page(page[start:start + cfg.read_count]) or not keep_going():
+                return None
+        return int(after), len(page)
 
     async def _page(self, page: list[ChannelUpdate]) -> bool:
         """Counted as taken from the state hash, before it is sent: a resync stopped half-way (or while

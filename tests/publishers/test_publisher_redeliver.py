@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.nodes import connect_any
 from publishers import JsonlAdapter, Publisher, PublisherMetrics, WebhookAdapter
+from reservation import ChannelUpdate
 from tests.publishers.test_publisher import (
     SECRET,
     Receiver,
@@ -285,3 +286,55 @@ async def test_redelivery_and_its_full_resync_run_on_a_redis_cluster(cluster_url
 
 async def _all_dead_lettered(client: Any, n: int) -> bool:
     return bool(await client.xlen("atp:{avail}:web:dlq:jsonl") >= n)
+
+
+class _PublishesOnFirstDelivery:
+    """A jsonl destination whose first delivery lets the desk publish a stock-out meanwhile."""
+
+    name = "jsonl"
+
+    def __init__(self, out: Path, store: ChannelStore, stock_out: ChannelUpdate) -> None:
+        self.jsonl, self.store, self.stock_out, self.published = JsonlAdapter(out), store, stock_out, False
+
+    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+        if not self.published:
+            self.published = True
+            await desk_writes(self.store, [self.stock_out])
+        await self.jsonl.deliver(channel, updates)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_stock_out_published_during_a_full_resync_does_not_wait_for_its_end(
+        store: ChannelStore, tmp_path: Path) -> None:
+    """Past redeliver_max_keys the whole state hash is resynced: it ran to its end before the stream
+    was read again, so a stock-out published meanwhile waited behind every key's value and their
+    tokens (100,000 keys at 10/s: hours). As the remembered keys' redelivery, it goes a step (one
+    HSCAN call) at a time with a read of the stream between steps (C2)."""
+    keys = 600  # past hash-max-listpack-entries (512): a table, whose HSCAN COUNT (read_count) bounds a step
+    await desk_writes(store, [value(f"s{n}", n + 1, n + 1) for n in range(keys)])
+    out = tmp_path / "later" / "feed.jsonl"  # missing folder: every delivery fails, retryable
+    down = Publisher(config(group="jsonl", max_attempts=1, redeliver_max_keys=1, delivery_batch=100), store.client,
+                     JsonlAdapter(out), PublisherMetrics())
+
+    async def dead() -> bool:
+        if await store.client.xlen(f"{STREAM}:dlq:jsonl") < keys:
+            return False  # (the group may not be made yet)
+        info: Any = await store.client.xpending(STREAM, "jsonl")
+        return int(info["pending"]) == 0
+
+    await run_until(down, dead)
+    assert await store.client.exists(f"{STREAM}:redeliver-all:jsonl")
+    out.parent.mkdir()
+    adapter = _PublishesOnFirstDelivery(out, store, value("z", 0, keys + 1))
+    up = Publisher(config(group="jsonl", read_count=50, redeliver_max_keys=1, block_ms=1), store.client, adapter,
+                   PublisherMetrics())
+
+    async def converged() -> bool:
+        return (out.exists() and len(out.read_text().splitlines()) == keys + 1
+                and not await store.client.exists(f"{STREAM}:redeliver-all:jsonl"))
+
+    await run_until(up, converged, timeout_s=30)
+    skus = [json.loads(line)["sku"] for line in out.read_text().splitlines()]
+    assert skus.index("z") < keys, f"the stock-out went out after the whole resync, at {skus.index('z')}"
