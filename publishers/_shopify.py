@@ -60,6 +60,7 @@ from ._shopify_state import (
     graphql_errors,
     row_errors,
     stale_rows,
+    user_errors_text,
 )
 
 log = logging.getLogger(__name__)
@@ -221,12 +222,13 @@ class ShopifyAdapter:
             raise DeliveryError("shopify: the same request is still in progress at Shopify")
         refused, whole = row_errors(errors, todo)
         if whole:  # all or nothing: maybe for one quantity (split), unless about the request itself
-            raise DeliveryError(f"shopify: userErrors {errors}", retryable=False,
+            named_first = whole + [e for e in errors if e not in whole]  # the reason: short, its cause first
+            raise DeliveryError(f"shopify: userErrors {user_errors_text(named_first)}", retryable=False,
                                 splittable=not about_the_request(whole))
         if refused:
             if rounds.dropped:
                 raise DeliveryError(f"shopify: more quantities refused after dropping those refused first: "
-                                    f"{[e for e in errors if e.get('code') != STALE][:3]}")
+                                    f"{user_errors_text([e for e in errors if e.get('code') != STALE])}")
             rounds.dropped = True
             for n, why in refused.items():
                 self._refuse(todo[n], why)
@@ -235,7 +237,7 @@ class ShopifyAdapter:
             return
         if rounds.rereads == self.settings.cas_rounds:
             raise DeliveryError(f"shopify: quantities still moving in the store after {rounds.rereads} re-reads: "
-                                f"{errors[:3]}")
+                                f"{user_errors_text(errors)}")
         rounds.rereads += 1
         if PREVIOUS_ATTEMPT_FAILED in codes:
             rounds.salt += 1  # Shopify wants a new key for a request whose earlier try failed

@@ -124,7 +124,7 @@ def row_errors(errors: list[dict[str, Any]], rows: list[Row]) -> tuple[dict[int,
         if index is None or not 0 <= index < len(rows) or str(code).startswith("IDEMPOTENCY_"):
             whole.append(error)
         else:
-            by_row.setdefault(index, []).append(f"{code}: {error.get('message')}")
+            by_row.setdefault(index, []).append(f"{code}: {str(error.get('message'))[:200]}")
     return {n: "; ".join(reasons) for n, reasons in by_row.items()}, whole
 
 
@@ -149,6 +149,22 @@ def graphql_errors(errors: Any) -> str:
         return str(errors)[:300]
     said = [_graphql_error(e) if isinstance(e, dict) else str(e)[:200] for e in errors[:3]]
     return "; ".join(said) + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
+
+
+def user_errors_text(errors: list[Any]) -> str:
+    """User errors, short: the first three (``CODE at field: message``, 200 characters of a message) and
+    how many more. The whole list (one per quantity of a batch of up to 250) was copied into the
+    reason of each of the batch's dead letters."""
+    said = [_user_error(e) for e in errors[:3]]
+    return "; ".join(said) + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
+
+
+def _user_error(error: Any) -> str:
+    if not isinstance(error, dict):
+        return str(error)[:200]
+    path = error.get("field")
+    where = f" at {'.'.join(str(p) for p in path)[:100]}" if isinstance(path, list) else ""
+    return f"{error.get('code')}{where}: {str(error.get('message'))[:200]}"
 
 
 def _graphql_error(error: dict[str, Any]) -> str:

@@ -298,3 +298,20 @@ async def test_an_answer_whose_data_is_not_an_object_fails_the_try(data: Any) ->
             assert told.value.retryable
         finally:
             await shopify.close()
+
+
+async def test_a_dead_letter_reason_stays_short_whatever_the_store_answers(client: aioredis.Redis) -> None:
+    """A set refused for its request (its reason) alongside an error per quantity: every update of the
+    batch was dead-lettered with all of the answer's user errors in its reason (the batch's size x the
+    answer's, up to --max-answer-bytes each, in one MULTI), where a webhook's keeps 200 characters."""
+    n = 100
+    store = Store({(item(f"s{k}"), loc("store-1")): 1 for k in range(n)})
+    per_row = [(["input", "quantities", str(k), "inventoryItemId"], "INVALID_INVENTORY_ITEM") for k in range(n)]
+    store.script = [user_errors((["input", "reason"], "INVALID_REASON"), *per_row)]
+    with serve(store.handle) as url:
+        metrics = await publish_once(client, url, [update(f"s{k}", 2, k + 1, previous=1) for k in range(n)])
+    dead = dead_letters(await client.xrange("atp:{avail}:web:dlq:shopify"))
+    assert counted(metrics)["dead_lettered"] == n and len(dead) == n
+    for letter in dead.values():
+        assert "INVALID_REASON" in letter["reason"]
+        assert len(letter["reason"]) <= 1000, f"{len(letter['reason'])} characters: {letter['reason'][:300]}..."
