@@ -12,7 +12,7 @@ the delivered versions, in one MULTI.
 Nothing trimmed is skipped: versions have no gaps, so entries this group never read, or read and
 left pending, that the stream's trimming (``stream_maxlen``) removed are known by their versions,
 and the newest value of each of their keys is delivered from the channel's state hash instead
-(``_state_resync``: its stock-outs first).
+(``_state_resync``: its stock-outs first, a step at a time with a read of the stream between steps).
 
 Nothing dead-lettered is left behind either: each dead-lettered key is remembered and gets its
 newest value from the state hash once the destination answers again (``_redeliver``).
@@ -44,10 +44,18 @@ from ._metrics import PublisherMetrics
 from ._redeliver import Redelivery
 from ._replicas import Replicas
 from ._startup import refuse_evicting_redis
-from ._state_resync import StateResync
+from ._state_resync import StateResync, Sweep
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Gap:
+    """Versions trimmed unread, caught up a step at a time; ``mark`` owes every key meanwhile (None: owed already)."""
+
+    sweep: Sweep
+    mark: int | None
 
 
 @dataclass(slots=True)
@@ -73,6 +81,7 @@ class Publisher:
         self._delivered: dict[str, int] = {}
         self._position = 0
         """Newest version this group has read (its last-delivered id): the next one is the one after."""
+        self._gap: _Gap | None = None
         self._stop = asyncio.Event()
         self._halt = asyncio.Event()
         """Set by a stop, or when the group's lease is lost: what is being delivered stops at once."""
@@ -117,6 +126,7 @@ class Publisher:
         consumer's name (a restart; a takeover, under any name), first, then new ones."""
         own_pending, group_gone, loaded = True, False, False
         self._redelivery = self._new_redelivery()  # a takeover finds what Redis remembers owed
+        self._gap = None  # one left under way is owed in Redis (its mark): the first redelivery pass
         while not self._halt.is_set():
             try:
                 if not loaded:  # what the previous holder delivered, read once this one holds the lease
@@ -139,11 +149,8 @@ class Publisher:
                 if not own_pending and not await self._catch_up_trimmed():
                     return  # stopped half-way: the rest is delivered at the next start
                 read = await self._read("0" if own_pending else ">")
-                if not own_pending and read.ids:
-                    # Trimmed between the check and this read: the group has moved past them, so a
-                    # resync of every key stays owed in Redis until this catch-up is done (a stop).
-                    if not await self._catch_up_to(seq_of(read.ids[0]), group_moved=True):
-                        return
+                if not own_pending and read.ids:  # trimmed between the check and this read: a gap too
+                    await self._note_gap(seq_of(read.ids[0]))
                     self._position = seq_of(read.ids[-1])
                 if own_pending and not read.ids:
                     own_pending = False
@@ -188,7 +195,8 @@ class Publisher:
     # -- reading -------------------------------------------------------------------
     async def _read(self, start: str) -> _Read:
         cfg = self.config
-        block = None if start == "0" else cfg.block_ms
+        busy = self._gap is not None or self._redelivery.due()  # a step between reads: no wait for new entries
+        block = None if start == "0" or busy else cfg.block_ms
         reply = await self.client.xreadgroup(cfg.group, cfg.consumer, {cfg.stream: start},
                                              count=cfg.read_count, block=block)
         out = _Read([], [])
@@ -261,38 +269,49 @@ class Publisher:
 
     # -- what trimming removed -------------------------------------------------------
     async def _catch_up_trimmed(self) -> bool:
-        """Before reading new entries: the keys whose newest values the stream's trimming removed
-        before this group read them, delivered from the state hash. False: a stop cut it off (the
-        group has not moved: the next start finds the same gap)."""
+        """Before reading new entries: a gap the stream's trimming left before this group's position
+        noted, and one step of the gap under way. False: a stop cut it off (the gap stays owed)."""
         info = await stream_info(self.client, self.config.stream)
-        if info is None:
-            return True  # the stream deleted: the read that follows makes the group again
-        first = info.get("first-entry")
-        oldest = seq_of(first[0]) if first else seq_of(info["last-generated-id"]) + 1
-        return await self._catch_up_to(oldest)
+        if info is not None:  # None: the stream deleted: the read that follows makes the group again
+            first = info.get("first-entry")
+            await self._note_gap(seq_of(first[0]) if first else seq_of(info["last-generated-id"]) + 1)
+        return await self._gap_step()
 
-    async def _catch_up_to(self, version: int, group_moved: bool = False) -> bool:
-        """Versions come without gaps: one beyond the next this group reads means those between
-        were trimmed unread. Their keys' newest values, if still among them, are delivered.
-        ``group_moved``: a read took the group past them, so nothing in the stream says they are
-        owed any more: a resync of every key is owed durably until they are delivered (C4)."""
-        after = self._position
+    async def _note_gap(self, version: int) -> None:
+        """Versions come without gaps: one beyond the next this group reads means those between were
+        trimmed unread. Their keys' newest values, if still among them, are delivered from the state
+        hash a step at a time, the stream read between steps (C2: all at once, they held a stock-out
+        read meanwhile behind every one of them). The group reads past them meanwhile, so a resync of
+        every key is owed durably until they are delivered (C4: a stop or crash half-way leaves them
+        to the next start). A gap found while one is caught up: the sweep starts again with both."""
+        after, gap = self._position, self._gap
         if version <= after + 1:
+            return
+        log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", self.config.channel,
+                    self._trimmed(f"versions {after + 1} to {version - 1}"))
+        if gap is None:
+            self._gap = _Gap(Sweep(lambda v: after < v < version), await self._redelivery.owe_every_key())
+        else:
+            wanted = gap.sweep.wanted
+            self._gap = _Gap(Sweep(lambda v: wanted(v) or after < v < version), gap.mark)
+        self._position = version - 1
+
+    async def _gap_step(self) -> bool:
+        """One step of the gap under way, if any; once it is over, its mark forgotten. False: stopped."""
+        gap = self._gap
+        if gap is None:
             return True
-        mark = await self._redelivery.owe_every_key() if group_moved else None
-        why = self._trimmed(f"versions {after + 1} to {version - 1}")
-        if not await self._resync(lambda v: after < v < version, why):
-            return False  # a stop or crash: the next start resyncs every key (the mark stays)
-        self._position = max(self._position, version - 1)
-        if mark is not None:
-            await self._redelivery.forget_every_key(mark)
+        if await self._resync.step(gap.sweep) is None:
+            return False
+        if gap.sweep.done:
+            self._gap = None
+            if gap.mark is not None:
+                await self._redelivery.forget_every_key(gap.mark)
         return True
 
-    async def _resync_every_key(self, cursor: int, stock_outs: bool) -> tuple[int, int] | None:
-        """One step of a resync of every key's newest value not delivered yet (more keys were owed a
-        redelivery than remembered): ``StateResync.step``, stopped once the destination failed again."""
-        return await self._resync.step(lambda v: True, stock_outs, cursor,
-                                       keep_going=lambda: not self._redelivery.failed_in_pass)
+    async def _resync_every_key(self, sweep: Sweep) -> int | None:
+        """A step of a resync of every key (more owed than remembered), stopped once the destination failed again."""
+        return await self._resync.step(sweep, keep_going=lambda: not self._redelivery.failed_in_pass)
 
     def _trimmed(self, what: str) -> str:
         cfg = self.config

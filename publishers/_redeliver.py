@@ -9,8 +9,8 @@ unpublished).
   down or slow) or ``refused`` (it said this payload will not be taken: a 4xx, or one update of a
   batch refused alone). Past ``redeliver_max_keys`` keys a counter ``<stream>:redeliver-all:<group>``
   is raised instead: the next pass resyncs every key of the state hash (bounded memory, nothing lost).
-  It is raised too while a gap the group read past (trimmed between the check and the read) is
-  caught up, so that a stop or crash half-way leaves its keys owed.
+  It is raised too while a gap of versions trimmed unread is caught up (the group reads past it
+  meanwhile), so that a stop or crash half-way leaves its keys owed.
 - **When**: a pass runs before the next read once a delivery succeeded after a retryable dead
   letter, at least every ``redeliver_interval_s`` while ``retry`` keys are owed (a quiet channel),
   and once at each start. ``refused`` keys are passed only until the first pass of a process
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from atp_service.storage.channel_wire import state_update, to_fields
@@ -40,24 +40,24 @@ from reservation import ChannelUpdate
 from ._config import PublisherConfig
 from ._lease import Lease
 from ._metrics import PublisherMetrics
+from ._state_resync import Sweep
 
 log = logging.getLogger(__name__)
 RETRY, REFUSED = "retry", "refused"
 
 Deliver = Callable[[list[ChannelUpdate]], Awaitable[bool]]
 """Deliver and record updates (the publisher's way); False: a stop cut it off."""
-ResyncStep = Callable[[int, bool], Awaitable[tuple[int, int] | None]]
-"""One step of a resync of every key of the state hash (``StateResync.step``): from a cursor, the
-stock-outs or the rest; the next cursor and how many were sent, None: stopped or failed again."""
+ResyncStep = Callable[[Sweep], Awaitable[int | None]]
+"""One step of a resync of the state hash (``StateResync.step``): how many were sent; None: stopped, or
+the destination failed again."""
 
 
 @dataclass(slots=True)
 class _EveryKey:
-    """A resync of every key under way: the mark it settles, where its HSCAN is, in which sweep."""
+    """A resync of every key under way: the mark it settles, and its sweep."""
 
     mark: Any
-    cursor: int = 0
-    stock_outs: bool = True
+    sweep: Sweep = field(default_factory=lambda: Sweep(lambda version: True))
 
 
 class Redelivery:
@@ -186,9 +186,9 @@ class Redelivery:
         mark = await self.client.get(cfg.redeliver_all_key)
         if mark is None:
             return None
-        log.warning("%s: more keys than redeliver_max_keys=%d were owed their newest value after dead letters; "
-                    "delivering every key's newest value from the channel's state hash", cfg.channel,
-                    cfg.redeliver_max_keys)
+        log.warning("%s: a resync of every key is owed (more keys than redeliver_max_keys=%d were owed their newest "
+                    "value after dead letters, or versions trimmed unread were left half caught up); delivering every "
+                    "key's newest value from the channel's state hash", cfg.channel, cfg.redeliver_max_keys)
         return _EveryKey(mark)
 
     async def _full_resync(self, every: _EveryKey) -> bool:
@@ -196,13 +196,10 @@ class Redelivery:
         one sent something, then the channel stream's turn (C2: run to its end, it held a stock-out
         published meanwhile behind every key's value), or until it is over: True, its mark forgotten
         unless raised since. False: not over (the channel stream's turn, a stop, a failure)."""
-        while step := await self._resync_all(every.cursor, every.stock_outs):
-            every.cursor, sent = step
-            if not every.cursor and not every.stock_outs:
+        while (sent := await self._resync_all(every.sweep)) is not None:
+            if every.sweep.done:
                 self._every_key = None
                 return await self._lease.delete_if_same(self.config.redeliver_all_key, every.mark)
-            if not every.cursor:
-                every.stock_outs = False
             if sent:
                 return False
         return False  # stopped, or the destination failed again: this step again at the next pass

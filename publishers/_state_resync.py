@@ -5,13 +5,16 @@ more dead letters than ``redeliver_max_keys``, get their values from it, ``read_
 The stock-outs of the whole hash go first, in a sweep of their own, then the other values (C2: a
 drop to 0 is published at once). Page by page in the hash's order, with only each page's
 stock-outs first, a 0 on a late page waited behind every earlier page's values and their tokens:
-a resync of 100,000 keys at 10 updates/s held it for hours.
+a resync of 100,000 keys at 10 updates/s held it for hours. ``Sweep`` keeps where a resync is, so
+that its caller can go a step (one HSCAN call) at a time and read the channel stream between steps:
+a stock-out published meanwhile does not wait for the whole resync either.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from atp_service.storage.channel_wire import state_update
@@ -26,6 +29,17 @@ Deliver = Callable[[list[ChannelUpdate]], Awaitable[bool]]
 """Deliver and record updates (the publisher's way); False: a stop cut it off."""
 
 
+@dataclass(slots=True)
+class Sweep:
+    """A resync under way, a step at a time: the versions it wants, where its HSCAN of the state hash
+    is, and which of its two sweeps it is in (the stock-outs, then the other values)."""
+
+    wanted: Callable[[int], bool]
+    cursor: int = 0
+    stock_outs: bool = True
+    done: bool = False
+
+
 class StateResync:
     def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics, adapter: str,
                  delivered_version: Callable[[str], int], deliver: Deliver) -> None:
@@ -35,35 +49,34 @@ class StateResync:
     async def __call__(self, wanted: Callable[[int], bool], why: str,
                        keep_going: Callable[[], bool] = lambda: True) -> bool:
         """Deliver each key's value whose version is ``wanted`` and not delivered yet, the stock-outs
-        first. False: stopped half-way, or ``keep_going()`` False after a page."""
+        first, to the end. False: stopped half-way, or ``keep_going()`` False after a page."""
         log.warning("%s: %s; delivering their keys' newest values from the channel's state hash",
                     self.config.channel, why)
-        for stock_outs in (True, False):
-            cursor = 0
-            while step := await self.step(wanted, stock_outs, cursor, keep_going):
-                cursor = step[0]
-                if not cursor:
-                    break
-            if step is None:
+        sweep = Sweep(wanted)
+        while not sweep.done:
+            if await self.step(sweep, keep_going) is None:
                 return False
         return True
 
-    async def step(self, wanted: Callable[[int], bool], stock_outs: bool, cursor: int,
-                   keep_going: Callable[[], bool] = lambda: True) -> tuple[int, int] | None:
-        """One HSCAN call from ``cursor`` (about ``read_count`` keys): its stock-outs, or its other
-        values, ``wanted`` and not delivered yet, delivered. The next cursor (0: the sweep is over)
-        and how many were sent; None: stopped, or ``keep_going()`` False after a page. A key that
-        drops to 0 after the stock-outs' sweep has a new version, which the stream holds for the
-        group to read (or a later catch-up finds trimmed): the second sweep leaves it, and a 0 the
-        first dead-lettered is not sent twice."""
+    async def step(self, sweep: Sweep, keep_going: Callable[[], bool] = lambda: True) -> int | None:
+        """One HSCAN call of ``sweep`` (about ``read_count`` keys): its stock-outs, or its other values,
+        wanted and not delivered yet, delivered; ``sweep`` moved on. How many were sent; None: stopped,
+        or ``keep_going()`` False after a page (the same step again next time). A key that drops to 0
+        after the stock-outs' sweep has a new version, which the stream holds for the group to read (or
+        a later catch-up finds trimmed): the second sweep leaves it, and a 0 the first dead-lettered is
+        not sent twice."""
         cfg = self.config
-        after, found = await self.client.hscan(cfg.state_key, cursor, count=cfg.read_count)
+        after, found = await self.client.hscan(cfg.state_key, sweep.cursor, count=cfg.read_count)
         page = [u for key, value in found.items() if (u := state_update(cfg.channel, key, value)).version
-                > self._delivered_version(as_text(key)) and (u.quantity == 0) == stock_outs and wanted(u.version)]
+                > self._delivered_version(as_text(key)) and (u.quantity == 0) == sweep.stock_outs
+                and sweep.wanted(u.version)]
         for start in range(0, len(page), cfg.read_count):
             if not await self._page(page[start:start + cfg.read_count]) or not keep_going():
                 return None
-        return int(after), len(page)
+        sweep.cursor = int(after)
+        if not sweep.cursor:
+            sweep.done, sweep.stock_outs = not sweep.stock_outs, False
+        return len(page)
 
     async def _page(self, page: list[ChannelUpdate]) -> bool:
         """Counted as taken from the state hash, before it is sent: a resync stopped half-way (or while

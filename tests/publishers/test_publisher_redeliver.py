@@ -17,7 +17,6 @@ import redis.asyncio as aioredis
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.nodes import connect_any
 from publishers import JsonlAdapter, Publisher, PublisherMetrics, WebhookAdapter
-from reservation import ChannelUpdate
 from tests.publishers.test_publisher import (
     SECRET,
     Receiver,
@@ -27,7 +26,7 @@ from tests.publishers.test_publisher import (
     receiver_factory,
     run_until,
 )
-from tests.publishers.test_publisher_trimmed import desk_writes, value
+from tests.publishers.test_publisher_trimmed import PublishesOnFirstDelivery, desk_writes, value
 from tests.waiting import until
 
 __all__ = ["client", "receiver_factory"]  # fixtures (the store is conftest's)
@@ -288,24 +287,6 @@ async def _all_dead_lettered(client: Any, n: int) -> bool:
     return bool(await client.xlen("atp:{avail}:web:dlq:jsonl") >= n)
 
 
-class _PublishesOnFirstDelivery:
-    """A jsonl destination whose first delivery lets the desk publish a stock-out meanwhile."""
-
-    name = "jsonl"
-
-    def __init__(self, out: Path, store: ChannelStore, stock_out: ChannelUpdate) -> None:
-        self.jsonl, self.store, self.stock_out, self.published = JsonlAdapter(out), store, stock_out, False
-
-    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
-        if not self.published:
-            self.published = True
-            await desk_writes(self.store, [self.stock_out])
-        await self.jsonl.deliver(channel, updates)
-
-    async def close(self) -> None:
-        pass
-
-
 async def test_a_stock_out_published_during_a_full_resync_does_not_wait_for_its_end(
         store: ChannelStore, tmp_path: Path) -> None:
     """Past redeliver_max_keys the whole state hash is resynced: it ran to its end before the stream
@@ -327,7 +308,7 @@ async def test_a_stock_out_published_during_a_full_resync_does_not_wait_for_its_
     await run_until(down, dead)
     assert await store.client.exists(f"{STREAM}:redeliver-all:jsonl")
     out.parent.mkdir()
-    adapter = _PublishesOnFirstDelivery(out, store, value("z", 0, keys + 1))
+    adapter = PublishesOnFirstDelivery(out, store, value("z", 0, keys + 1))
     up = Publisher(config(group="jsonl", read_count=50, redeliver_max_keys=1, block_ms=1), store.client, adapter,
                    PublisherMetrics())
 

@@ -171,3 +171,43 @@ async def test_a_resync_of_many_keys_delivers_their_stock_outs_first(store: Chan
     await run_until(publisher, there)
     first = json.loads(out.read_text().splitlines()[0])
     assert (first["sku"], first["quantity"]) == ("gone", 0), out.read_text()
+
+
+class PublishesOnFirstDelivery:
+    """A jsonl destination whose first delivery lets the desk publish ``stock_out`` meanwhile."""
+
+    name = "jsonl"
+
+    def __init__(self, out: Path, store: ChannelStore, stock_out: ChannelUpdate) -> None:
+        self.jsonl, self.store, self.stock_out, self.published = JsonlAdapter(out), store, stock_out, False
+
+    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+        if not self.published:
+            self.published = True
+            await desk_writes(self.store, [self.stock_out])
+        await self.jsonl.deliver(channel, updates)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_stock_out_published_while_a_gap_is_caught_up_does_not_wait_for_its_end(
+        store: ChannelStore, tmp_path: Path) -> None:
+    """Keys whose newest values were trimmed unread were all delivered from the state hash before the
+    stream was read again: a stock-out published meanwhile waited behind every one of them and their
+    tokens (a publisher 100,000 entries behind, at 10/s: hours). The gap is caught up a step (one
+    HSCAN call) at a time with a read of the stream between steps (C2), owed durably meanwhile (C4)."""
+    keys = 600  # past hash-max-listpack-entries (512): a table, whose HSCAN COUNT (read_count) bounds a step
+    await desk_writes(store, [value(f"s{n}", n + 1, n + 1) for n in range(keys)])
+    await desk_writes(store, [value("last", 1, keys + 1)])
+    await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # a new group finds 1..600 trimmed unread
+    out = tmp_path / "feed.jsonl"
+    adapter = PublishesOnFirstDelivery(out, store, value("z", 0, keys + 2))
+    publisher = Publisher(config(group="jsonl", read_count=50, block_ms=1), store.client, adapter, PublisherMetrics())
+
+    async def there() -> bool:
+        return len(delivered(out)) == keys + 2 and not await store.client.exists(f"{STREAM}:redeliver-all:jsonl")
+
+    await run_until(publisher, there, timeout_s=30)
+    skus = [json.loads(line)["sku"] for line in out.read_text().splitlines()]
+    assert skus.index("z") < keys, f"the stock-out went out after the whole gap, at {skus.index('z')}"
