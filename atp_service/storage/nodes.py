@@ -42,6 +42,11 @@ TOPOLOGY_ERRORS = (AskError, ClusterDownError, TryAgainError, RedisConnectionErr
                    asyncio.TimeoutError)
 """A node answered for a slot it no longer has, or did not answer: the slot map is read again
 before the next call."""
+_NOT_ASKED = frozenset({"fail", "fail?", "noaddr", "handshake"})
+"""``CLUSTER NODES`` flags of a node ``_learn_nodes`` leaves out: down, or not yet a member. A node that
+is down stays listed until an operator forgets it (for ever, if none does), and ``CLUSTER SLOTS`` leaves
+it out: asked, each read of the map connected to it in turn with the nodes that answer, and where its
+address leads nowhere any more each read that tried it first waited out the connect timeout."""
 Answer = Callable[[list[int], list[Any]], None]
 """Where ``Nodes.run_each`` hands one node's replies: the indices of its calls, their replies."""
 
@@ -199,15 +204,17 @@ class Nodes:
         primary's client knew that primary alone: failed and its replica promoted, no read of the map found
         the new one, and every shard waited for the old primary to come back (liveness). Best effort: a
         node that does not answer leaves ``_known`` as it was (the map's own nodes are asked anyway); the
-        latest list replaces it (a node removed from the cluster is not asked for ever after)."""
+        latest list replaces it (a node removed from the cluster is not asked for ever after). A node the
+        list flags failing is left out (see ``_NOT_ASKED``)."""
         try:
             listed: Any = await self.reader.cluster_nodes()
         except Exception:  # best effort (see above)
             return
         known = set()
-        for address in listed:
+        for address, node in listed.items():
             host, _, port = str(address).rpartition(":")
-            if host and port.isdigit() and int(port):  # a node in handshake has no address yet
+            flags = set(str(node.get("flags", "")).split(","))
+            if host and port.isdigit() and int(port) and not flags & _NOT_ASKED:  # no address: port 0
                 known.add((host, int(port)))
         self._known = known or self._known
 
