@@ -43,10 +43,8 @@ TOPOLOGY_ERRORS = (AskError, ClusterDownError, TryAgainError, RedisConnectionErr
 """A node answered for a slot it no longer has, or did not answer: the slot map is read again
 before the next call."""
 _NOT_ASKED = frozenset({"fail", "fail?", "noaddr", "handshake"})
-"""``CLUSTER NODES`` flags of a node ``_learn_nodes`` leaves out: down, or not yet a member. A node that
-is down stays listed until an operator forgets it (for ever, if none does), and ``CLUSTER SLOTS`` leaves
-it out: asked, each read of the map connected to it in turn with the nodes that answer, and where its
-address leads nowhere any more each read that tried it first waited out the connect timeout."""
+"""``CLUSTER NODES`` flags of a node ``_learn_nodes`` leaves out (down, or no member yet): one down stays listed
+until forgotten, and each read of the map that asked it first waited out the connect timeout (liveness)."""
 Answer = Callable[[list[int], list[Any]], None]
 """Where ``Nodes.run_each`` hands one node's replies: the indices of its calls, their replies."""
 
@@ -100,6 +98,7 @@ class Nodes:
         self._known: set[tuple[str, int]] = set()
         """Every node of the cluster seen (``_learn_nodes``): each read of the slot map asks them too."""
         self._learning: asyncio.Future[None] | None = None  # ``_learn_nodes`` after a read of the map
+        self._closed = False  # a read of the map under way at the close may end after it: nothing learned then
 
     @property
     def together(self) -> bool:
@@ -183,7 +182,7 @@ class Nodes:
             self._suspect |= suspect
         else:
             self._retire_former_primaries()
-            if self._learning is None or self._learning.done():  # a node added since; the calls waiting go on
+            if not self._closed and (self._learning is None or self._learning.done()):  # a node added since
                 self._learning = asyncio.ensure_future(self._learn_nodes())
 
     def _ask_known_too(self) -> None:
@@ -226,7 +225,8 @@ class Nodes:
         return reply
 
     async def aclose(self) -> None:
-        await cancel_and_wait(self._learning)  # it would open connections again on the closed client
+        self._closed = True  # nor learned after (``_map_read``): it would open connections on the closed client
+        await cancel_and_wait(self._learning)
         for lane in self._lanes.values():
             await lane.aclose()
         self._lanes.clear()
