@@ -70,6 +70,16 @@ def connect_any(url: str, timeout_s: float, *, cluster: bool = False) -> Any:
                                           maint_notifications_config=_no_maint_notifications())
 
 
+async def close_any(client: Any) -> None:
+    """``client`` closed (``connect_any``'s), every connection of a cluster client's nodes included:
+    redis-py's cluster client closes nothing while it waits to read the slot map again — after any
+    command a node did not answer (the writer's ``CLUSTER NODES`` too) — and left them all open."""
+    await client.aclose()
+    if isinstance(client, aioredis.RedisCluster):  # closing again is harmless: each connection's disconnect
+        await client.nodes_manager.aclose()
+        await client.nodes_manager.aclose("startup_nodes")
+
+
 def _no_maint_notifications() -> MaintNotificationsConfig:
     """Maintenance notifications off. While they are on (redis-py's default, ``auto``), its pool
     hands out an idle connection without checking that the server still holds it open, so the first

@@ -33,6 +33,7 @@ from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from atp_service.storage.clients import close_any
 from atp_service.storage.clients import connect as connect
 from atp_service.storage.clients import connect_any as connect_any
 from atp_service.storage.lane import Lane, check_writable
@@ -95,8 +96,7 @@ class Nodes:
         self._reading: asyncio.Future[None] | None = None  # a read of the slot map under way, and the primaries
         self._reading_for: set[str] = set()  # whose calls wait for it (``_suspect`` when it began)
         self._tasks: set[asyncio.Task[None]] = set()  # runs begun without a task that needed one after all
-        self._known: set[tuple[str, int]] = set()
-        """Every node of the cluster seen (``_learn_nodes``): each read of the slot map asks them too."""
+        self._known: set[tuple[str, int]] = set()  # every node seen (``_learn_nodes``): each read of the map asks them
         self._learning: asyncio.Future[None] | None = None  # ``_learn_nodes`` after a read of the map
         self._closed = False  # a read of the map under way at the close may end after it: nothing learned then
 
@@ -230,7 +230,7 @@ class Nodes:
         for lane in self._lanes.values():
             await lane.aclose()
         self._lanes.clear()
-        await self.reader.aclose()
+        await close_any(self.reader)
 
     def begin(self, calls: list[Call], done: Callable[[list[Any]], None]) -> bool:
         """``run(calls)`` begun now, without a task, where it can be: one Redis, no replicas to wait

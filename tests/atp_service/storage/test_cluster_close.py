@@ -1,4 +1,8 @@
-"""A Redis Cluster writer closed sends nothing more.
+"""A Redis Cluster writer closed leaves no connection open, and sends nothing more.
+
+redis-py's cluster client closes nothing while it waits to read the slot map again, as it does after
+any command of its own that a node did not answer: the writer's ``CLUSTER NODES`` on a node that had
+gone left every connection of the client open at the close.
 
 A read of the slot map under way at the close (the service stopping while a node hangs) goes on: the
 node it waited on cut off, it asks the next. Each read of the map that ends is followed by a
@@ -30,10 +34,16 @@ PATIENT_TIMEOUT_S = 15.0
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A cluster of its own (a slot of it unassigned for a while), whose
+    """A cluster of its own (a node of it is killed, a slot unassigned for a while), whose
     nodes never declare one failed within a test."""
     with EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=0, node_timeout_ms=600_000) as formed:
         yield formed
+
+
+def _clients(port: int) -> int:
+    """The connections the node at ``port`` holds open, this one's included."""
+    with redis.Redis(host="127.0.0.1", port=port) as client:
+        return int(client.info("clients")["connected_clients"])
 
 
 def _cluster_nodes_calls(port: int) -> int:
@@ -50,6 +60,24 @@ async def _key_on_each(nodes: Nodes) -> dict[int, str]:
     for key in keys.values():
         assert await nodes.run_one(Call(_ONE, [key], [])) == 1
     return keys
+
+
+async def test_a_writer_whose_client_met_a_node_gone_closes_every_connection(cluster: EmbeddedCluster) -> None:
+    gone, *others = cluster.primaries
+    opened_before = {node.port: _clients(node.port) for node in others}
+    nodes = open_nodes(others[0].url, PATIENT_TIMEOUT_S, cluster=True)
+    keys = await _key_on_each(nodes)
+    assert nodes.reader.get_default_node().port == gone.port  # the one asked CLUSTER NODES (made certain)
+    gone.kill()
+    for _ in range(2):  # refused: the map is read again (the node still listed), then learned from
+        with pytest.raises(STORAGE_ERRORS):
+            await nodes.run_one(Call(_ONE, [keys[gone.port]], []))
+    if nodes._learning is not None:
+        await asyncio.wait((nodes._learning,))
+    await nodes.aclose()
+    for node in others:
+        await until(lambda node=node: _clients(node.port) == opened_before[node.port],  # type: ignore[misc]
+                    f"every connection to {node.port} closed")
 
 
 async def test_a_read_of_the_map_ending_after_the_close_sends_nothing_more(cluster: EmbeddedCluster) -> None:
