@@ -10,9 +10,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app.keyspace import StartupError
@@ -22,6 +20,7 @@ from atp_service.config import ServiceConfig
 from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.handlers import add_service, refusal_lines
+from atp_service.edge.open_services import Health, Reflection
 from atp_service.edge.peers import peers_handler
 from atp_service.edge.servicer import AvailabilityServicer
 from atp_service.edge.stalls import OpenStreams, StallLimit
@@ -45,7 +44,7 @@ def new_server(cfg: ServiceConfig, interceptors: list[grpc.aio.ServerInterceptor
     ])
 
 
-def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health: HealthServicer,
+def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health: Health,
                  metrics: EdgeMetrics, engine: Callable[[], Engine | None] | None, cfg: ServiceConfig) -> None:
     """Through ``handlers.add_service``, not the generated ``add_..._to_server``: bytes that are not
     a valid request answer INVALID_ARGUMENT with a quiet log line, on the open services too.
@@ -65,7 +64,7 @@ def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health
     for method in api.methods:
         servicer.latency(method.name, "UNAVAILABLE")
     add_service(server, health, health_service, bad_requests, stalls, open_streams, lines)
-    add_service(server, ReflectionServicer(names),
+    add_service(server, Reflection(names, servicer.drain),
                 reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad_requests, stalls, open_streams,
                 lines)
     if engine is not None:

@@ -14,7 +14,6 @@ from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
 
 from atp_service.app.estate_file import read_estate
@@ -32,6 +31,7 @@ from atp_service.config import ServiceConfig
 from atp_service.config_values import LEASED_NO_CHANNELS
 from atp_service.edge import transport
 from atp_service.edge.door import DoorCalls, server_ids
+from atp_service.edge.open_services import Health
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.peers import step_sender
 from atp_service.edge.record import fact_sender
@@ -80,7 +80,7 @@ class AtpService:
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
-        self._health = HealthServicer()
+        self._health = Health()
         peer_root, peer_identity = peer_tls(config) if config.ownership == "leases" else (None, None)
         watchers = Watchers(config.max_watchers, config.watch_batch, self.metrics.engine.capacity_refusals,
                             config.max_watch_snapshot_keys, config.max_message_bytes)

@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from atp_client import typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -237,3 +239,25 @@ async def test_until_closed_closed_by_its_reader_closes_the_generator_it_reads_a
     assert await anext(outer) == 0
     await outer.aclose()
     assert ended == ["place given back"]
+
+
+async def test_a_stop_ends_the_open_services_streams_at_once(start_service: ServiceFactory) -> None:
+    """A ``Health/Watch`` (gRPC's client-side health checking keeps one open per channel) or a reflection
+    stream kept open held every stop for its whole grace period, then was cut off: the drain ended the
+    service's own streams only. Now a watch is told NOT_SERVING, then ends UNAVAILABLE SHUTTING_DOWN, and a
+    reflection stream ends so too, at once."""
+    service, client = await start_service()
+    health = health_pb2_grpc.HealthStub(client.channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(service=name)) for name in ("", "no.such.Service")]
+    assert [(await w.read()).status for w in watches] == [health_pb2.HealthCheckResponse.SERVING,
+                                                          health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]
+    reflection = reflection_pb2_grpc.ServerReflectionStub(client.channel).ServerReflectionInfo()
+    await reflection.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    assert (await reflection.read()).HasField("list_services_response")
+
+    await asyncio.wait_for(service.stop(grace_s=60), 15)  # well inside the grace: nothing to wait for
+    assert (await watches[0].read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    for call in (*watches, reflection):
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await call.read()
+        assert said(ended.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
