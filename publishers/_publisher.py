@@ -51,14 +51,6 @@ T = TypeVar("T")
 
 
 @dataclass(slots=True)
-class _Gap:
-    """Versions trimmed unread, caught up a step at a time; ``mark`` owes every key meanwhile (None: owed already)."""
-
-    sweep: Sweep
-    mark: int | None
-
-
-@dataclass(slots=True)
 class _Read:
     ids: list[str]
     updates: list[ChannelUpdate]
@@ -81,7 +73,8 @@ class Publisher:
         self._delivered: dict[str, int] = {}
         self._position = 0
         """Newest version this group has read (its last-delivered id): the next one is the one after."""
-        self._gap: _Gap | None = None
+        self._gap: Sweep | None = None
+        """Versions trimmed unread, caught up a step at a time; every key owed in Redis meanwhile."""
         self._stop = asyncio.Event()
         self._halt = asyncio.Event()
         """Set by a stop, or when the group's lease is lost: what is being delivered stops at once."""
@@ -126,7 +119,7 @@ class Publisher:
         consumer's name (a restart; a takeover, under any name), first, then new ones."""
         own_pending, group_gone, loaded = True, False, False
         self._redelivery = self._new_redelivery()  # a takeover finds what Redis remembers owed
-        self._gap = None  # one left under way is owed in Redis (its mark): the first redelivery pass
+        self._gap = None  # one left under way is owed in Redis (the mark): the first redelivery pass
         while not self._halt.is_set():
             try:
                 if not loaded:  # what the previous holder delivered, read once this one holds the lease
@@ -289,11 +282,9 @@ class Publisher:
             return
         log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", self.config.channel,
                     self._trimmed(f"versions {after + 1} to {version - 1}"))
-        if gap is None:
-            self._gap = _Gap(Sweep(lambda v: after < v < version), await self._redelivery.owe_every_key())
-        else:
-            wanted = gap.sweep.wanted
-            self._gap = _Gap(Sweep(lambda v: wanted(v) or after < v < version), gap.mark)
+        await self._redelivery.owe_every_key()  # each gap: the mark may have been settled by a pass since the last
+        wanted = gap.wanted if gap is not None else lambda v: False
+        self._gap = Sweep(lambda v: wanted(v) or after < v < version)
         self._position = version - 1
 
     async def _gap_step(self) -> bool:
@@ -301,12 +292,11 @@ class Publisher:
         gap = self._gap
         if gap is None:
             return True
-        if await self._resync.step(gap.sweep) is None:
+        if await self._resync.step(gap) is None:
             return False
-        if gap.sweep.done:
+        if gap.done:
             self._gap = None
-            if gap.mark is not None:
-                await self._redelivery.forget_every_key(gap.mark)
+            await self._redelivery.forget_every_key()
         return True
 
     async def _resync_every_key(self, sweep: Sweep) -> int | None:

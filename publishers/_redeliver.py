@@ -85,6 +85,9 @@ class Redelivery:
         """This sweep passes refused keys too; a retryable dead letter came since it began."""
         self._every_key: _EveryKey | None = None
         """A resync of every key under way (more keys were owed than remembered), a step at a time."""
+        self.gap_mark: int | None = None
+        """The mark of the gap of versions trimmed unread under way, when only that gap raised it (from
+        nothing, also for gaps found while it is caught up): the gap forgets it once it is caught up."""
 
     def succeeded(self) -> None:
         self.answered = True
@@ -142,16 +145,19 @@ class Redelivery:
                     extra={"event": "publisher_redeliver_overflow", "channel": cfg.channel,
                            "max_keys": cfg.redeliver_max_keys})
 
-    async def owe_every_key(self) -> int | None:
+    async def owe_every_key(self) -> None:
         """Make the next pass resync every key of the state hash, durably (a gap in the stream the
-        group read past is being caught up: a stop or crash half-way must leave it owed). The mark
-        to forget once the gap is caught up; None when a resync of every key was owed already."""
-        mark = int(await self.client.incr(self.config.redeliver_all_key))
-        return mark if mark == 1 else None
+        group reads past is being caught up: a stop or crash half-way must leave it owed). Raised for
+        each gap, also one found while another is caught up (a pass may have settled the mark since);
+        ``gap_mark`` the gap's own while only gaps caught up since it was nothing raised it."""
+        mark, held = int(await self.client.incr(self.config.redeliver_all_key)), self.gap_mark
+        self.gap_mark = mark if mark == 1 or (held is not None and mark == held + 1) else None
 
-    async def forget_every_key(self, mark: int) -> None:
-        """The gap ``owe_every_key`` marked is caught up: forget the mark unless it was raised since."""
-        await self._lease.delete_if_same(self.config.redeliver_all_key, mark)  # unless raised since
+    async def forget_every_key(self) -> None:
+        """The gap is caught up: its own mark (``gap_mark``) forgotten unless it was raised since."""
+        mark, self.gap_mark = self.gap_mark, None
+        if mark is not None:
+            await self._lease.delete_if_same(self.config.redeliver_all_key, mark)
 
     async def run_pass(self) -> None:
         """One step of the sweep over what is owed: one page of remembered keys (about

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from atp_service.storage.channel_store import ChannelStore
-from publishers import JsonlAdapter, Publisher, PublisherMetrics
+from publishers import DeliveryError, JsonlAdapter, Publisher, PublisherMetrics
 from reservation import ChannelUpdate, StockStatus
 from tests.publishers.test_publisher import config, run_until
 
@@ -211,3 +211,63 @@ async def test_a_stock_out_published_while_a_gap_is_caught_up_does_not_wait_for_
     await run_until(publisher, there, timeout_s=30)
     skus = [json.loads(line)["sku"] for line in out.read_text().splitlines()]
     assert skus.index("z") < keys, f"the stock-out went out after the whole gap, at {skus.index('z')}"
+
+
+class TicksThenTrims:
+    """A jsonl destination fed a tick ("t1") per read: each delivery of a tick lets the desk publish the
+    next. The first fails (``max_attempts=1``: two keys dead-lettered, past ``redeliver_max_keys``);
+    once the resync of every key that owes has ended while the gap is still caught up, the desk
+    publishes "g" and "h" instead, "g" trimmed unread; the delivery of "h" never answers."""
+
+    name = "jsonl"
+
+    def __init__(self, out: Path, store: ChannelStore, version: int) -> None:
+        self.jsonl, self.store, self.version, self.calls = JsonlAdapter(out), store, version, 0
+        self.publisher: Publisher | None = None
+        self.hung, self.trimmed = asyncio.Event(), 0
+
+    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+        skus = {u.sku for u in updates}
+        if "h" in skus:
+            self.hung.set()
+            await asyncio.Event().wait()
+        if "t1" in skus:
+            self.calls += 1
+            await self._publish()
+            if self.calls == 1:
+                raise DeliveryError("503 from the destination")
+        await self.jsonl.deliver(channel, updates)
+
+    async def _publish(self) -> None:
+        client, publisher = self.store.client, self.publisher
+        assert publisher is not None
+        if publisher._gap is None or await client.exists(f"{STREAM}:redeliver-all:jsonl"):
+            self.version += 1
+            await desk_writes(self.store, [value("t1", 1, self.version)])
+            return
+        self.trimmed, self.version = self.version + 1, self.version + 2
+        await desk_writes(self.store, [value("g", 3, self.trimmed), value("h", 3, self.version)])
+        await client.xtrim(STREAM, maxlen=1, approximate=False)  # "g" trimmed unread
+
+
+async def test_a_gap_found_once_a_pass_settled_the_mark_while_another_is_caught_up_is_owed(
+        store: ChannelStore, tmp_path: Path) -> None:
+    """A gap found while another was caught up joined its sweep under the first gap's mark: a pass's
+    resync of every key (dead letters past ``redeliver_max_keys``) that had deleted that mark meanwhile
+    left nothing owed in Redis while the group read past the second gap, and a stop then lost "g" (C4)."""
+    keys = 600  # past hash-max-listpack-entries (512): a table, whose HSCAN COUNT (read_count) bounds a step
+    await desk_writes(store, [value(f"s{n}", n + 1, n + 1) for n in range(keys)])
+    await desk_writes(store, [value("t1", 1, keys + 1), value("t2", 1, keys + 2)])
+    await store.client.xtrim(STREAM, maxlen=2, approximate=False)  # a new group finds 1..600 trimmed unread
+    out = tmp_path / "feed.jsonl"
+    adapter = TicksThenTrims(out, store, keys + 2)
+    settings = {"read_count": 50, "block_ms": 1, "max_attempts": 1, "redeliver_max_keys": 1}
+    adapter.publisher = publisher = Publisher(config(group="jsonl", **settings), store.client, adapter,
+                                              PublisherMetrics())
+    task = asyncio.create_task(publisher.run())
+    await asyncio.wait_for(adapter.hung.wait(), 30)  # the group has read past "g"
+    publisher.stop()
+    await asyncio.wait_for(task, 5)
+    assert await store.client.exists(f"{STREAM}:redeliver-all:jsonl"), "nothing owes \"g\" its value"
+    g = adapter.trimmed
+    await deliver_until(store, out, "jsonl", {**delivered(out), "g": (3, g, "IN_STOCK"), "h": (3, g + 1, "IN_STOCK")})
