@@ -87,7 +87,10 @@ class Redelivery:
         """A resync of every key under way (more keys were owed than remembered), a step at a time."""
         self.gap_mark: int | None = None
         """The mark of the gap of versions trimmed unread under way, when only that gap raised it (from
-        nothing, also for gaps found while it is caught up): the gap forgets it once it is caught up."""
+        nothing, also for gaps found while it is caught up): the gap forgets it once it is caught up, and
+        a pass that reads it leaves it alone. One owner per value: a mark deleted by one, then raised
+        from nothing again by dead letters past ``redeliver_max_keys``, has the same value, and the other
+        deleted it as its own: their stock-outs were never redelivered (C4)."""
 
     def succeeded(self) -> None:
         self.answered = True
@@ -190,7 +193,7 @@ class Redelivery:
         """A resync of every key, when more keys were owed than remembered (the mark is set)."""
         cfg = self.config
         mark = await self.client.get(cfg.redeliver_all_key)
-        if mark is None:
+        if mark is None or int(mark) == self.gap_mark:  # the gap under way settles its own mark
             return None
         log.warning("%s: a resync of every key is owed (more keys than redeliver_max_keys=%d were owed their newest "
                     "value after dead letters, or versions trimmed unread were left half caught up); delivering every "
@@ -204,7 +207,9 @@ class Redelivery:
         unless raised since. False: not over (the channel stream's turn, a stop, a failure)."""
         while (sent := await self._resync_all(every.sweep)) is not None:
             if every.sweep.done:
-                self._every_key = None
+                # Begun after the gap's mark was raised (else that is not its value), this resync delivered
+                # the gap's keys too: the gap forgets nothing (the value deleted may be raised again).
+                self._every_key, self.gap_mark = None, None
                 return await self._lease.delete_if_same(self.config.redeliver_all_key, every.mark)
             if sent:
                 return False

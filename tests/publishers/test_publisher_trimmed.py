@@ -213,6 +213,51 @@ async def test_a_stock_out_published_while_a_gap_is_caught_up_does_not_wait_for_
     assert skus.index("z") < keys, f"the stock-out went out after the whole gap, at {skus.index('z')}"
 
 
+class FailsOnce:
+    """A jsonl destination that fails (retryable) the first delivery with "z0" and the first with "x":
+    each is dead-lettered at once (``max_attempts=1``). The first delivery with "a" (the gap's second
+    sweep) lets the desk publish two stock-outs, "x" and "y", meanwhile."""
+
+    name = "jsonl"
+
+    def __init__(self, out: Path, store: ChannelStore) -> None:
+        self.jsonl, self.store, self.failed, self.published = JsonlAdapter(out), store, set[str](), False
+
+    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+        skus = {u.sku for u in updates}
+        if "a" in skus and not self.published:
+            self.published = True
+            await desk_writes(self.store, [value("x", 0, 5), value("y", 0, 6)])
+        for sku in ("z0", "x"):
+            if sku in skus and sku not in self.failed:
+                self.failed.add(sku)
+                raise DeliveryError("503 from the destination")
+        await self.jsonl.deliver(channel, updates)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_stock_outs_dead_lettered_past_max_keys_after_a_gap_caught_up_are_redelivered(
+        store: ChannelStore, tmp_path: Path) -> None:
+    """A gap's mark (a resync of every key owed while it is caught up) was read as owed by a pass of the
+    redelivery too, whose resync of every key then ran beside the gap's. The gap, done first, deleted
+    the mark; dead letters past ``redeliver_max_keys`` raised it again, from nothing, to the same value;
+    the pass's resync, in its sweep of the values other than stock-outs by then, deleted it as its own:
+    the stock-outs "x" and "y" dead-lettered were never redelivered (C4)."""
+    await desk_writes(store, [value("z0", 0, 1), value("a", 5, 2), value("b", 5, 3), value("last", 5, 4)])
+    await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # a new group finds 1..3 trimmed unread
+    out = tmp_path / "feed.jsonl"
+    settings = {"max_attempts": 1, "redeliver_max_keys": 1, "redeliver_interval_s": 0.001, "block_ms": 1}
+    publisher = Publisher(config(group="jsonl", **settings), store.client, FailsOnce(out, store), PublisherMetrics())
+
+    async def there() -> bool:
+        return delivered(out).keys() >= {"x", "y", "z0", "a", "b", "last"}
+
+    await run_until(publisher, there)
+    assert delivered(out)["x"] == (0, 5, "OUT_OF_STOCK") and delivered(out)["y"] == (0, 6, "OUT_OF_STOCK")
+
+
 class TicksThenTrims:
     """A jsonl destination fed a tick ("t1") per read: each delivery of a tick lets the desk publish the
     next. The first fails (``max_attempts=1``: two keys dead-lettered, past ``redeliver_max_keys``);
