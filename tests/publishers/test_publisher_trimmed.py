@@ -28,10 +28,13 @@ async def desk_writes(store: ChannelStore, updates: list[ChannelUpdate]) -> None
 
 
 def delivered(out: Path) -> dict[str, tuple[int, int, str]]:
-    """sku -> (quantity, version, status) of the last line per sku the destination received."""
+    """sku -> (quantity, version, status) of the last line per sku the destination received: whole lines
+    only (the adapter appends in a thread of its own, so a poll may read a line half written)."""
     last: dict[str, tuple[int, int, str]] = {}
     if out.exists():
-        for line in out.read_text().splitlines():
+        for line in out.read_text().splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
             u = json.loads(line)
             last[u["sku"]] = (u["quantity"], u["version"], u["status"])
     return last
