@@ -142,9 +142,6 @@ class Publisher:
                 if not own_pending and not await self._catch_up_trimmed():
                     return  # stopped half-way: the rest is delivered at the next start
                 read = await self._read("0" if own_pending else ">")
-                if not own_pending and read.ids:  # trimmed between the check and this read: a gap too
-                    await self._note_gap(seq_of(read.ids[0]))
-                    self._position = seq_of(read.ids[-1])
                 if own_pending and not read.ids:
                     own_pending = False
                     continue
@@ -192,8 +189,14 @@ class Publisher:
         block = None if start == "0" or busy else cfg.block_ms
         reply = await self.client.xreadgroup(cfg.group, cfg.consumer, {cfg.stream: start},
                                              count=cfg.read_count, block=block)
+        entries = list(stream_entries(reply))
+        if start == ">" and entries:
+            # Trimmed between the check and this read, which took the group past them: a gap too, owed
+            # before anything below can stop (a stop or a lost lease at the confirmation: C4).
+            await self._note_gap(seq_of(entries[0][1]))
+            self._position = seq_of(entries[-1][1])
         out = _Read([], [])
-        for _, entry_id, fields in stream_entries(reply):
+        for _, entry_id, fields in entries:
             out.ids.append(as_text(entry_id))
             if not fields:  # an own pending entry trimmed from the stream: its key is in the state hash
                 out.trimmed.add(seq_of(entry_id))

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.channel_wire import script_item, to_fields
 from publishers import DeliveryError, JsonlAdapter, Publisher, PublisherMetrics
 from reservation import ChannelUpdate, StockStatus
 from tests.publishers.test_publisher import config, run_until
+from tests.waiting import until
 
 STREAM = "atp:{avail}:web"
 
@@ -319,3 +321,36 @@ async def test_a_gap_found_once_a_pass_settled_the_mark_while_another_is_caught_
     assert await store.client.exists(f"{STREAM}:redeliver-all:jsonl"), "nothing owes \"g\" its value"
     g = adapter.trimmed
     await deliver_until(store, out, "jsonl", {**delivered(out), "g": (3, g, "IN_STOCK"), "h": (3, g + 1, "IN_STOCK")})
+
+
+async def blocked_reading(store: ChannelStore) -> bool:
+    """A connection blocked in XREADGROUP: the publisher waits for new entries."""
+    clients: Any = await store.client.client_list()
+    return any(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients)
+
+
+async def test_a_stop_during_a_read_that_found_a_gap_leaves_it_owed(store: ChannelStore, tmp_path: Path) -> None:
+    """A stop while the publisher waited for new entries, which came with the one before them trimmed
+    (the desk's writes trim the stream as they append): the read took the group past the gap, then the
+    stop cut it off before the gap was noted, and nothing owed "b", a stock-out, its value (C4)."""
+    await desk_writes(store, [value("a", 5, 1)])
+    out = tmp_path / "feed.jsonl"
+    publisher = Publisher(config(group="jsonl", block_ms=60_000), store.client, JsonlAdapter(out), PublisherMetrics())
+    task = asyncio.create_task(publisher.run())
+    await until(lambda: _delivered_and_reading(store, out), "a delivered, the next read waiting")
+    publisher.stop()  # the read under way goes on: it is not cut off
+    b, c = value("b", 0, 2), value("c", 3, 3)
+    async with store.client.pipeline(transaction=True) as pipe:  # one step, as one desk script trimming as it writes
+        for u in (b, c):
+            pipe.hset(store.state_key("web"), f"{u.sku}\t", script_item(u)[-1])
+            pipe.xadd(STREAM, dict(to_fields(u)), id=f"{u.version}-0")
+        pipe.xtrim(STREAM, maxlen=1, approximate=False)  # "b" trimmed before the read gets "c"
+        await pipe.execute()
+    await asyncio.wait_for(task, 5)
+    assert await store.client.exists(f"{STREAM}:redeliver-all:jsonl"), "nothing owes \"b\" its value"
+    await deliver_until(store, out, "jsonl", {"a": (5, 1, "IN_STOCK"), "b": (0, 2, "OUT_OF_STOCK"),
+                                              "c": (3, 3, "IN_STOCK")})
+
+
+async def _delivered_and_reading(store: ChannelStore, out: Path) -> bool:
+    return "a" in delivered(out) and await blocked_reading(store)
