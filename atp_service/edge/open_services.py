@@ -6,6 +6,8 @@ never ends by itself: gRPC's stop waited for it the whole grace period (``ATP_SH
 then cut it off — every stop of an instance some client health-checked took the whole grace. Here a
 watch is told the stop's ``NOT_SERVING`` (its last status), then ends UNAVAILABLE ``SHUTTING_DOWN``,
 as a ``WatchAvailability`` does; a reflection stream stops reading, answers what it read and ends so.
+A watch begun during the stop is refused so at once, without a status, as any new call then: one
+that ended after a status, gRPC's client-side health checking starts again at once, not after a backoff.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ HealthResponse = health_pb2.HealthCheckResponse
 
 class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # grpc_health has no types
     """Answers as grpc_health's asyncio servicer does (``set``, ``enter_graceful_shutdown``: every
-    status NOT_SERVING for good), except that each ``Watch`` ends once the stop's status is sent."""
+    status NOT_SERVING for good), except that each ``Watch`` ends once the stop's status is sent
+    (one begun during the stop: at once, without a status)."""
 
     def __init__(self) -> None:
         self._status: dict[str, int] = {"": HealthResponse.SERVING}
@@ -44,6 +47,12 @@ class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # grpc_heal
         return HealthResponse(status=status)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Context) -> None:
+        if self.stopping:
+            # Refused without a status, as any new call during a stop (drain.py): gRPC's client-side
+            # health checking starts a watch again at once when it ended after a status, after a
+            # backoff when it ended without one. Answered NOT_SERVING and ended, each channel's watch
+            # came straight back, hundreds of times a second, for as long as the stop lasted.
+            await abort(context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
         last = None
         while True:
             changed = self._changed  # taken before the status is read: a change after it wakes this watch

@@ -261,3 +261,29 @@ async def test_a_stop_ends_the_open_services_streams_at_once(start_service: Serv
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await call.read()
         assert said(ended.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+
+
+async def test_a_health_watch_begun_during_a_stop_is_refused_without_a_status(start_service: ServiceFactory) -> None:
+    """gRPC's client-side health checking starts a watch again at once when one ended after a status
+    (after a backoff, from 1 s, when it ended without one). A watch begun during a stop was answered
+    NOT_SERVING then ended, so every channel health-checking the instance came straight back, hundreds
+    of watches a second each (420 in half a second from one channel), for as long as the stop waited for
+    its calls in progress. Now it is refused UNAVAILABLE SHUTTING_DOWN without a status, as any new call
+    is then; a watch open before the stop still gets its NOT_SERVING (the test above)."""
+    service, client = await start_service()
+    drain = service._servicer.drain
+    drain.enter()  # a call in progress: the stop waits for it, and serves on meanwhile
+    stopping = asyncio.ensure_future(service.stop(grace_s=60))
+    try:
+        await until(lambda: drain.closing, "the stop begun")
+        health = health_pb2_grpc.HealthStub(client.channel)
+        for name in ("", "no.such.Service"):
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=name))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await watch.read()
+            assert said(refused.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+        checked = await health.Check(health_pb2.HealthCheckRequest())  # probes are told, as before
+        assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        drain.leave()
+        await asyncio.wait_for(stopping, 15)
