@@ -43,9 +43,9 @@ class Limits:
     """Input and memory bounds enforced by validation and the ledger."""
 
     max_id_length: int = 128
-    """Longest accepted sku, location, reservation_id, order_ref, channel, event_id or source (bytes), at
-    most about a sixth of ``max_message_bytes`` (a Reserve of one line of ids that long answered within it;
-    a start past it is refused naming both)."""
+    """Longest accepted sku, location, reservation_id, order_ref, channel, event_id, source or service name
+    a ``grpc.health.v1.Health/Watch`` names (bytes), at most about a sixth of ``max_message_bytes`` (a
+    Reserve of one line of ids that long answered within it; a start past it is refused naming both)."""
 
     max_quantity: int = 1_000_000
     """Largest quantity one line or one fact may carry (COUNT: absolute on-hand), and the largest

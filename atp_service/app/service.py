@@ -80,7 +80,7 @@ class AtpService:
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
-        self._health = Health()
+        self._health = Health(config.limits)
         peer_root, peer_identity = peer_tls(config) if config.ownership == "leases" else (None, None)
         watchers = Watchers(config.max_watchers, config.watch_batch, self.metrics.engine.capacity_refusals,
                             config.max_watch_snapshot_keys, config.max_message_bytes)

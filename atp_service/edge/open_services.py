@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort
-from reservation import Reason, Unavailable
+from reservation import InvalidArgument, Limits, Reason, Unavailable, check_id
 
 Context = grpc.aio.ServicerContext[Any, Any]
 HealthResponse = health_pb2.HealthCheckResponse
@@ -35,7 +35,10 @@ class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # grpc_heal
     status NOT_SERVING for good), except that each ``Watch`` ends once the stop's status is sent
     (one begun during the stop: at once, without a status)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits()
+        """``max_id_length`` bounds the service name a ``Watch`` keeps for its life (an open service: any
+        caller may open up to ``max_open_service_streams`` of them, each name up to ``max_message_bytes``)."""
         self._status: dict[str, int] = {"": HealthResponse.SERVING}
         self._changed = asyncio.Event()
         self.stopping = False
@@ -53,6 +56,10 @@ class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # grpc_heal
             # backoff when it ended without one. Answered NOT_SERVING and ended, each channel's watch
             # came straight back, hundreds of times a second, for as long as the stop lasted.
             await abort(context, Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN))
+        try:
+            check_id("service", request.service, self._limits, required=False)
+        except InvalidArgument as exc:
+            await abort(context, exc)
         last = None
         while True:
             changed = self._changed  # taken before the status is read: a change after it wakes this watch

@@ -293,3 +293,21 @@ async def test_health_watch_answers_without_a_token(start_service: ServiceFactor
     unknown = health.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"))
     assert (await unknown.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
     unknown.cancel()
+
+
+async def test_a_health_watch_of_a_name_past_max_id_length_is_refused_naming_the_field(
+        start_service: ServiceFactory, tokens: tuple[Path, dict[str, str]]) -> None:
+    """A watch keeps its request for as long as it is open, and any caller may open one (no token): up to
+    ``max_open_service_streams`` of them, each naming a service of up to ``max_message_bytes`` (4096 of
+    4 MiB: 16 GiB held). A name is bounded as ids are; a name within it is watched as before."""
+    callers, _ = tokens
+    _, anonymous = await start_service(auth="on", callers_file=callers)
+    health = health_pb2_grpc.HealthStub(anonymous.channel)
+    watched = health.Watch(health_pb2.HealthCheckRequest(service="x" * 129))  # max_id_length: 128 bytes
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await watched.read()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "service: longer than 128 bytes (limit max_id_length)" in str(refused.value.details())
+    within = health.Watch(health_pb2.HealthCheckRequest(service="x" * 128))
+    assert (await within.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+    within.cancel()
