@@ -67,20 +67,23 @@ def why_refused(error: InvalidArgument) -> Why:
     return Why(error.message, field, code if code in CODES else Reason.INVALID_FIELD.name)
 
 
-def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_entry_bytes: int) -> dict[Any, Any]:
-    """The dead-letter stream's entry: the original fields, then the annotations — last, so that an
-    entry carrying such fields (a dead letter replayed as it was) gets its own, not the earlier one's.
-    An entry past ``max_entry_bytes`` is not copied whole (the dead-letter stream would hold, and
-    Redis send again, what was refused for its size): ``_truncated`` says how many bytes it had."""
+def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_entry_bytes: int) -> list[Any]:
+    """The dead-letter stream's entry, flat [field, value, …] as XADD takes it: the original fields as the
+    entry had them — a field named twice keeps each of its values, so that the dead letter replayed as
+    it was is refused again, not read as one of them — then the annotations, last, in place of any the
+    entry carried (a dead letter replayed as it was gets its own, not the earlier one's). An entry past
+    ``max_entry_bytes`` is not copied whole (the dead-letter stream would hold, and Redis send again,
+    what was refused for its size): ``_truncated`` says how many bytes it had."""
     size = sum(map(len, flat))
+    kept = [part[:KEPT_BYTES] for part in flat[:2 * KEPT_FIELDS]] if size > max_entry_bytes else flat
+    fields: list[Any] = []
+    for name, value in zip(kept[0::2], kept[1::2], strict=True):
+        if name not in _ANNOTATION_NAMES:  # a replayed dead letter's own annotations: this one's replace them
+            fields += (name, value)
+    fields += (b"_reason", why.reason, b"_field", why.field, b"_code", why.code, b"_stream", stream, b"_id", entry_id)
     if size > max_entry_bytes:
-        kept = [part[:KEPT_BYTES] for part in flat[:2 * KEPT_FIELDS]]
-        fields: dict[Any, Any] = dict(zip(kept[0::2], kept[1::2], strict=True))
-        fields[b"_truncated"] = size
-    else:
-        fields = dict(zip(flat[0::2], flat[1::2], strict=True))
-        fields.pop(b"_truncated", None)  # a replayed dead letter's: this entry is whole
-    # Bytes, as the entry's own names are: a str key beside them would write the field twice.
-    fields.update({b"_reason": why.reason, b"_field": why.field, b"_code": why.code, b"_stream": stream,
-                   b"_id": entry_id})
+        fields += (b"_truncated", size)
     return fields
+
+
+_ANNOTATION_NAMES = frozenset(name.encode() for name in ANNOTATIONS)

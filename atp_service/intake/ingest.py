@@ -376,7 +376,9 @@ class StreamIngestor:
         async with self._client.pipeline(transaction=True) as pipe:
             for stream, entry_id, fields, why in dead:
                 record = dead_letter(fields, why, stream, entry_id, cfg.ingest_max_entry_bytes)
-                pipe.xadd(cfg.dead_letter_stream, record, maxlen=cfg.side_stream_maxlen, approximate=True)
+                # Flat, not redis-py's xadd of a dict: a field the entry named twice keeps both values.
+                pipe.execute_command("XADD", cfg.dead_letter_stream, "MAXLEN", "~", cfg.side_stream_maxlen, "*",
+                                     *record)
                 pipe.xack(stream, cfg.consumer_group, entry_id)
             await pipe.execute()
         for stream, _, _, why in dead:

@@ -89,6 +89,32 @@ async def test_an_entry_naming_a_field_twice_is_dead_lettered_not_read_as_one_of
     assert dead[b"event_id"] == b"twice"
 
 
+async def test_a_dead_letter_of_an_entry_naming_a_field_twice_keeps_both_values_and_replayed_is_refused_again(
+    start_service: ServiceFactory, redis_url: str
+) -> None:
+    """A dead letter holds the entry's original fields (OPERATIONS.md "Dead letters"), and one replayed
+    as it was is read as the entry it holds: a field named twice keeps both of its values there, so
+    the replayed entry is refused again, not applied with the value the service would not guess."""
+    _, client = await start_service()
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    r.xadd("atp:in:pos", F("g1", "RECEIPT", "A", "S1", 5, now - 1000).fields())
+    r.execute_command("XADD", "atp:in:pos", "*", "event_id", "twice", "source", "pos", "kind", "SALE", "sku", "A",
+                      "location", "S1", "quantity", "1", "event_time_ms", str(now), "quantity", "4")
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    raw = redis.Redis.from_url(redis_url)
+    raw.set_response_callback("XRANGE", lambda reply, **_: reply)  # a dict would keep one value a name
+    ((_, flat),) = raw.execute_command("XRANGE", "atp:dlq", "-", "+")
+    pairs = list(zip(flat[0::2], flat[1::2], strict=True))
+    assert [value for name, value in pairs if name == b"quantity"] == [b"1", b"4"]
+    r.execute_command("XADD", "atp:in:pos", "*", *flat)  # replayed as it was
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 5
+    codes = [fields[b"_code"] for _, fields in r.xrange("atp:dlq")]
+    assert codes == [b"FIELD_REPEATED", b"FIELD_REPEATED"]
+
+
 async def test_a_dead_letter_names_the_field_and_a_code_of_the_documented_vocabulary(
     start_service: ServiceFactory, redis_url: str
 ) -> None:
