@@ -62,6 +62,9 @@ class StreamIngestor:
                  read_count: int | None = None, send: FactSender | None = None) -> None:
         # The raw XREADGROUP reply: redis-py's per-entry dict building cost more than the decoding.
         client.set_response_callback("XREADGROUP", lambda response, **_: response)
+        # XAUTOCLAIM's too: redis-py's makes each entry a dict, which keeps one value of a field named
+        # twice, and such an entry claimed would be read as that value instead of refused (FIELD_REPEATED).
+        client.set_response_callback("XAUTOCLAIM", lambda response, **_: response)
         self._client = client
         self._desk = desk
         self._owners = OwnerSends(send) if send is not None else None
@@ -282,8 +285,7 @@ class StreamIngestor:
                                                   start_id=self._claim_from.get(stream, "0-0"),
                                                   count=self._read_count)  # the same batch bound as a read
             self._claim_from[stream] = as_text(reply[0])
-            out += [(stream, entry_id, [x for kv in fields.items() for x in kv] if fields else None)
-                    for entry_id, fields in reply[1]]
+            out += [(stream, entry_id, flat or None) for entry_id, flat in reply[1]]  # raw: [id, [f, v, …]]
             # Redis 7 lists apart the pending entries it found trimmed from the stream, idle or not,
             # and takes them out of the pending list: told as dead letters. Whether the consumer that
             # held one applied it is not known (a live one may yet; its fields are gone from Redis).

@@ -100,6 +100,25 @@ async def test_a_claimed_entry_deleted_before_it_was_applied_is_dead_lettered(
     assert (dead[b"_field"], dead[b"_code"]) == (b"", b"TRIMMED_WHILE_PENDING")
 
 
+async def test_a_claimed_entry_naming_a_field_twice_is_dead_lettered_not_read_as_its_last_value(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """An entry a dead consumer left pending is read as a new one is: naming a field twice, it is
+    refused naming it (which value the till meant is not known), not applied with the last value."""
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    r.xgroup_create("atp:in:pos", "atp", id="0", mkstream=True)
+    r.xadd("atp:in:pos", F("g1", "RECEIPT", "A", "S1", 5, now - 1000).fields())
+    r.execute_command("XADD", "atp:in:pos", "*", "event_id", "twice", "source", "pos", "kind", "SALE", "sku", "A",
+                      "location", "S1", "quantity", "1", "event_time_ms", str(now), "quantity", "4")
+    r.xreadgroup("atp", "dead-consumer", {"atp:in:pos": ">"}, count=10)
+    _, client = await start_service(claim_idle_ms=50)
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 5
+    ((_, dead),) = r.xrange("atp:dlq")
+    assert (dead[b"_field"], dead[b"_code"]) == (b"quantity", b"FIELD_REPEATED")
+
+
 async def test_its_own_pending_entry_found_trimmed_is_not_said_to_be_unapplied(
         start_service: ServiceFactory, redis_url: str) -> None:
     """The reader's own pending entry, trimmed before it re-reads it after a restart: a kill -9
