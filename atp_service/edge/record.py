@@ -25,7 +25,7 @@ from atp_service.edge.errors import rich_status
 from atp_service.edge.forward import Forwarder, told_first
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.engine.router import Engine
-from atp_service.intake.entries import FAR_FUTURE
+from atp_service.intake.entries import ENTRY_TIME_FIELD, FAR_FUTURE
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import MAX_FAILING_OWNERS, FactSender
 from atp_service.metrics import EdgeMetrics
@@ -172,10 +172,19 @@ def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits, max_byt
                 out += [refused] * len(request.events)
                 continue
             forwarder.counted("RecordEvents", "ok")
-            out += [convert.fact_result(result) for result in answer.results]
+            out += [_in_entry_terms(convert.fact_result(result)) for result in answer.results]
         return out
 
     return send
+
+
+def _in_entry_terms(result: Result | DomainError) -> Result | DomainError:
+    """An owner's refusal of a fact as the input streams name its field: the owner judged it as
+    ``RecordEvents`` (E7 by its clock: ``event_time``), and the dead letter names the entry's field
+    (``event_time_ms``), as the reader's own judgement of a fact of its own group does."""
+    if isinstance(result, InvalidArgument) and result.field == "event_time":
+        return InvalidArgument(ENTRY_TIME_FIELD, result.problem, result.reason, result.metadata.get("limit", ""))
+    return result
 
 
 REQUEST_MARGIN = 1024

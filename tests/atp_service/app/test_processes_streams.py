@@ -21,7 +21,7 @@ from atp_client import AtpClient, Retryable
 from atp_service import AtpService, free_port
 from atp_service.edge import record
 from atp_service.edge.auth import new_token, token_hash
-from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes
+from tests.atp_service.app.test_processes import SHARDS, Process, balanced, group_of, owned, processes, routed
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.conftest import ServiceFactory, services_on, spawned
 from tests.waiting import until
@@ -225,3 +225,25 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
     await wait_consumed(redis_url, list(STREAMS))
     for sku in away:
         assert await on_hand(reader, sku) == 3, sku
+
+
+async def test_a_fact_its_owner_refuses_as_in_the_future_is_dead_lettered_naming_the_entry_s_field(
+        redis_url: str) -> None:
+    """A dead letter names the field of the entry at fault (`event_time_ms`), whichever process owns the
+    fact's group: the owner judges E7 by RecordEvents, whose field is `event_time`, a name the input
+    streams' format does not have."""
+    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS):
+        reader = await start(port=free_port(), host="127.0.0.1", input_streams=STREAMS[:1])
+        other = await start(port=free_port(), host="127.0.0.1", input_streams=())
+        running = [reader, other]
+        await until(lambda spread=running: balanced(spread) and routed(spread), "the groups spread", 60)
+        sku = next(s for s in (f"ahead-{i}" for i in range(64)) if group_of(s) in owned(other[0]))
+        r = redis.Redis.from_url(redis_url)
+        r.xadd(STREAMS[0], F("far", "RECEIPT", sku, "DC", 1, int(time.time() * 1000) + 3_600_000).fields())
+        r.xadd(STREAMS[0], F("near", "RECEIPT", sku, "DC", 2, int(time.time() * 1000) - 1000).fields())
+        await wait_consumed(redis_url, [STREAMS[0]])
+        ((_, dead),) = r.xrange("atp:dlq")
+        assert dead[b"event_id"] == b"far"
+        assert (dead[b"_field"], dead[b"_code"]) == (b"event_time_ms", b"INVALID_FIELD")
+        assert dead[b"_reason"].startswith(b"event_time_ms: "), dead[b"_reason"]
+        assert await on_hand_at_owner(running, sku) == 2
