@@ -19,7 +19,7 @@ ENTRY = "entry"
 CODES: dict[str, str] = {
     Reason.INVALID_FIELD.name: "a field is missing, malformed or out of range (`_field` names it)",
     Reason.LIMIT_EXCEEDED.name: "a field's length, or the entry's bytes, pass a named limit of the service",
-    Reason.REQUEST_MALFORMED.name: "the entry's bytes are not UTF-8 (`_field` empty)",
+    Reason.REQUEST_MALFORMED.name: "the bytes of a field the service reads are not UTF-8 (`_field` empty)",
     "FIELD_REPEATED": "a field is named more than once in the entry: which value was meant is not known",
     "TRIMMED_WHILE_PENDING": "a pending entry was trimmed from the stream (no fields, `_field` empty): "
                              "not known to be applied",
@@ -28,6 +28,8 @@ CODES: dict[str, str] = {
 
 ANNOTATIONS = ("_reason", "_field", "_code", "_stream", "_id", "_truncated")
 """The fields a dead letter adds to the entry's own."""
+ANNOTATION_NAMES = frozenset(name.encode() for name in ANNOTATIONS)
+"""``ANNOTATIONS`` as an entry's field names (bytes)."""
 
 KEPT_FIELDS = 16
 """Fields a dead letter keeps of an entry past ``ingest_max_entry_bytes`` (the first ones)."""
@@ -78,12 +80,10 @@ def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_e
     kept = [part[:KEPT_BYTES] for part in flat[:2 * KEPT_FIELDS]] if size > max_entry_bytes else flat
     fields: list[Any] = []
     for name, value in zip(kept[0::2], kept[1::2], strict=True):
-        if name not in _ANNOTATION_NAMES:  # a replayed dead letter's own annotations: this one's replace them
+        if name not in ANNOTATION_NAMES:  # a replayed dead letter's own annotations: this one's replace them
             fields += (name, value)
     fields += (b"_reason", why.reason, b"_field", why.field, b"_code", why.code, b"_stream", stream, b"_id", entry_id)
     if size > max_entry_bytes:
         fields += (b"_truncated", size)
     return fields
 
-
-_ANNOTATION_NAMES = frozenset(name.encode() for name in ANNOTATIONS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from atp_service.intake.dead_letters import ANNOTATIONS, ENTRY, EntryRefused, Why
+from atp_service.intake.dead_letters import ANNOTATION_NAMES, ENTRY, EntryRefused, Why
 from reservation import Fact, FactKind, InvalidArgument, Limits, Reason
 from reservation import fact as make_fact
 
@@ -12,7 +12,7 @@ REQUIRED = ("event_id", "source", "kind", "sku", "location", "quantity", ENTRY_T
 _REQUIRED_BYTES = tuple(name.encode() for name in REQUIRED)
 _DOCUMENTED_ORDER = list(_REQUIRED_BYTES)
 _KINDS = {k.name: k.value for k in FactKind}
-_KNOWN = frozenset((*_REQUIRED_BYTES, b"reservation_id", *(name.encode() for name in ANNOTATIONS)))
+_KNOWN = frozenset((*_REQUIRED_BYTES, b"reservation_id", *ANNOTATION_NAMES))
 """Every field an entry may have, besides a producer's own: those of the format, and the annotations
 of a dead letter (one replayed as it was keeps them; they are not read)."""
 PRODUCER_PREFIX = b"x-"
@@ -79,9 +79,13 @@ FAR_FUTURE = 1 << 62
 
 
 def _check_utf8(flat: list[bytes]) -> None:
+    """Every field that is read, name and value, is UTF-8. A producer's own (``x-``) is never read, nor
+    a dead letter's annotations: their bytes (a binary trace id, a signature) are no fault of the entry."""
     try:
-        for part in flat:
-            part.decode()
+        for name, value in zip(flat[0::2], flat[1::2], strict=True):
+            if not name.startswith(PRODUCER_PREFIX) and name not in ANNOTATION_NAMES:
+                name.decode()
+                value.decode()
     except UnicodeDecodeError:
         raise EntryRefused(ENTRY, "field values must be UTF-8", Reason.REQUEST_MALFORMED.name) from None
 

@@ -69,6 +69,14 @@ def test_a_producers_own_fields_and_a_dead_letters_annotations_are_not_read() ->
     assert decode_fact(flat, NOW, LIMITS, MAX_BYTES).event_id == "e1"
 
 
+def test_a_producers_own_fields_are_not_read_whatever_their_bytes() -> None:
+    """Never read (OPERATIONS.md "Entry fields"): a producer's binary trace id or signature in an
+    ``x-`` field is not a fault of the entry, which a field the format reads is."""
+    flat = [*entry(), b"x-trace-id", bytes(range(0x80, 0x90)), b"x-\xff", b"1"]
+    assert decode_fact(flat, NOW, LIMITS, MAX_BYTES).event_id == "e1"
+    assert refusal([*entry()[:-1], b"\xff", b"x-a", b"b"]) == "entry: field values must be UTF-8"
+
+
 def test_an_entry_past_its_byte_bound_is_refused_before_anything_of_it_is_read() -> None:
     flat = [*entry(), b"x-note", b"n" * 20_000]
     size = sum(map(len, flat))
