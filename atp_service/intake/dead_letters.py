@@ -9,9 +9,13 @@ change of the format operators' tooling reads.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
+from atp_service.logs import EveryInterval
 from reservation import InvalidArgument, Reason
+
+log = logging.getLogger(__name__)
 
 ENTRY = "entry"
 """What a refusal of the entry as a whole names (its bytes, not one of its fields)."""
@@ -87,3 +91,30 @@ def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_e
         fields += (b"_truncated", size)
     return fields
 
+
+
+DEAD_LETTER_LOG_EVERY_S = 1.0
+"""The reader writes at most one ``ingest_dead_lettered`` line this often, the next saying in ``left_out``
+how many were left out: any producer can write malformed entries at will, and a line for each (a till
+fleet's every sale, after a typo in its integration) flooded the log and buried everything else. The
+dead-letter stream and ``atp_dead_lettered_total`` have every one."""
+
+
+class DeadLetterLines:
+    """The reader's ``ingest_dead_lettered`` lines, at most one per ``DEAD_LETTER_LOG_EVERY_S``."""
+
+    def __init__(self) -> None:
+        self._lines = EveryInterval(DEAD_LETTER_LOG_EVERY_S)
+
+    def tell(self, stream: str, entry_id: bytes, why: Why) -> None:
+        left_out = self._lines.due()
+        if left_out is None:
+            return
+        # The reason as a field, not in the message: the text format quotes it, so a producer's field
+        # name holding a line break (named in the reason as it was sent) cannot start a line of its own.
+        fields: dict[str, object] = {"event": "ingest_dead_lettered", "stream": stream,
+                                     "entry": entry_id.decode(errors="replace"), "field": why.field,
+                                     "code": why.code, "reason": why.reason}
+        if left_out:
+            fields["left_out"] = left_out
+        log.warning("dead-lettered an input entry", extra=fields)

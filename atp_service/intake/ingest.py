@@ -25,7 +25,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.backlog import BacklogGauge
-from atp_service.intake.dead_letters import TRIMMED, dead_letter, why_refused
+from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines, dead_letter, why_refused
 from atp_service.intake.entries import Ahead, Dead, Entry, Read, decode_judged, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
@@ -92,6 +92,7 @@ class StreamIngestor:
         self._claimed_at = 0.0
         self._claim_from: dict[str, str] = {}  # per stream, where the next XAUTOCLAIM scan goes on
         self._seen: dict[str, bytes] = {}  # per stream, the newest entry id read
+        self._dead_lines = DeadLetterLines()
 
     async def start(self) -> None:
         await self._create_groups()
@@ -383,9 +384,9 @@ class StreamIngestor:
                                      *record)
                 pipe.xack(stream, cfg.consumer_group, entry_id)
             await pipe.execute()
-        for stream, _, _, why in dead:
+        for stream, entry_id, _, why in dead:
             self._metrics.dead_lettered.labels(stream).inc()
-            log.warning("dead-lettered an entry of %s: %s", stream, why.reason)
+            self._dead_lines.tell(stream, entry_id, why)
 
     async def _ack(self, done: list[tuple[str, bytes]]) -> None:
         by_stream: dict[str, list[bytes]] = {}

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 
+import pytest
 import redis
 
 from atp_client import AtpClient, Refusal, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from atp_service.intake import dead_letters
 from tests.atp_service.fact_helpers import (
     F,
     on_hand_of,
@@ -113,6 +116,33 @@ async def test_a_dead_letter_of_an_entry_naming_a_field_twice_keeps_both_values_
     assert a.on_hand == 5
     codes = [fields[b"_code"] for _, fields in r.xrange("atp:dlq")]
     assert codes == [b"FIELD_REPEATED", b"FIELD_REPEATED"]
+
+
+async def test_a_flood_of_malformed_entries_logs_a_line_a_second_not_one_an_entry(
+    start_service: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any producer can write malformed entries at will (a typo in a till integration: every sale):
+    each is dead-lettered and counted, but the log says so at most once an interval (an hour here, so
+    that no timing decides the count), saying how many it left out, rather than a line for each."""
+    monkeypatch.setattr(dead_letters, "DEAD_LETTER_LOG_EVERY_S", 3600.0, raising=False)
+    service, _ = await start_service()
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    with r.pipeline(transaction=False) as pipe:
+        for n in range(30):  # the field name a line break and a forged line, as a producer may send it
+            pipe.xadd("atp:in:pos", {**F(f"bad{n}", "SALE", "A", "S1", 1, now).fields(),
+                                     "qty\n2026-12-02 10:00:00,000 ERROR forged": "1"})
+        pipe.execute()
+    with caplog.at_level(logging.WARNING):
+        await wait_consumed(redis_url, ["atp:in:pos"])
+    lines = [record for record in caplog.records if "dead-lettered" in record.getMessage()]
+    assert len(lines) == 1, [record.getMessage() for record in lines]
+    assert "\n" not in lines[0].getMessage()
+    assert (lines[0].event, lines[0].code, lines[0].field) == (  # type: ignore[attr-defined]
+        "ingest_dead_lettered", "INVALID_FIELD", "qty\n2026-12-02 10:00:00,000 ERROR forged")
+    assert r.xlen("atp:dlq") == 30
+    assert service.metrics.registry.get_sample_value("atp_dead_lettered_total", {"stream": "atp:in:pos"}) == 30
 
 
 async def test_a_dead_letter_names_the_field_and_a_code_of_the_documented_vocabulary(
