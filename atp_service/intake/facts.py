@@ -225,8 +225,10 @@ class FactDesk:
         await self.engine.gather_by_shard(by_shard, lambda idx: _applied([facts[i] for i in idx]), seen)
         out: list[Result | DomainError] = []
         for fact, applied, refusal in zip(facts, seen, refusals, strict=True):
-            if applied is True:
-                self.metrics.facts.labels(origin, _KIND_NAMES[fact.kind], "duplicate").inc()
+            if applied is not False:  # those refused are counted as such by the caller (invalid, dead-lettered)
+                # As ``_observe``: one sent on to its group's owner counts ``moved`` here, judged there.
+                outcome = "duplicate" if applied is True else _refusal_name(applied)
+                self.metrics.facts.labels(origin, _KIND_NAMES[fact.kind], outcome).inc()
             out.append((FactOutcome.DUPLICATE, "") if applied is True else refusal if applied is False else applied)
         return out
 

@@ -227,17 +227,23 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
         assert await on_hand(reader, sku) == 3, sku
 
 
+async def reader_and_owner(start: ServiceFactory) -> list[Process]:
+    """Two leased processes sharing the groups: the first reads the input stream, the second none."""
+    reader = await start(port=free_port(), host="127.0.0.1", input_streams=STREAMS[:1])
+    other = await start(port=free_port(), host="127.0.0.1", input_streams=())
+    running = [reader, other]
+    await until(lambda: balanced(running) and routed(running), "the groups spread over the 2 processes", 60)
+    return running
+
+
 async def test_a_fact_its_owner_refuses_as_in_the_future_is_dead_lettered_naming_the_entry_s_field(
         redis_url: str) -> None:
     """A dead letter names the field of the entry at fault (`event_time_ms`), whichever process owns the
     fact's group: the owner judges E7 by RecordEvents, whose field is `event_time`, a name the input
     streams' format does not have."""
     async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS):
-        reader = await start(port=free_port(), host="127.0.0.1", input_streams=STREAMS[:1])
-        other = await start(port=free_port(), host="127.0.0.1", input_streams=())
-        running = [reader, other]
-        await until(lambda spread=running: balanced(spread) and routed(spread), "the groups spread", 60)
-        sku = next(s for s in (f"ahead-{i}" for i in range(64)) if group_of(s) in owned(other[0]))
+        running = await reader_and_owner(start)
+        sku = next(s for s in (f"ahead-{i}" for i in range(64)) if group_of(s) in owned(running[1][0]))
         r = redis.Redis.from_url(redis_url)
         r.xadd(STREAMS[0], F("far", "RECEIPT", sku, "DC", 1, int(time.time() * 1000) + 3_600_000).fields())
         r.xadd(STREAMS[0], F("near", "RECEIPT", sku, "DC", 2, int(time.time() * 1000) - 1000).fields())
@@ -247,3 +253,19 @@ async def test_a_fact_its_owner_refuses_as_in_the_future_is_dead_lettered_naming
         assert (dead[b"_field"], dead[b"_code"]) == (b"event_time_ms", b"INVALID_FIELD")
         assert dead[b"_reason"].startswith(b"event_time_ms: "), dead[b"_reason"]
         assert await on_hand_at_owner(running, sku) == 2
+
+
+async def test_a_fact_read_as_in_the_future_and_sent_to_its_owner_is_counted_moved_where_it_was_read(
+        redis_url: str) -> None:
+    """OPERATIONS: a fact sent to its owner counts ``atp_facts_total{outcome="moved"}`` where it was read.
+    One this process's clock finds stamped past the allowed skew goes to its owner too, to be judged
+    there (E7 against E8): it was counted nowhere where it was read."""
+    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS):
+        running = await reader_and_owner(start)
+        sku = next(s for s in (f"ahead-{i}" for i in range(64)) if group_of(s) in owned(running[1][0]))
+        r = redis.Redis.from_url(redis_url)
+        r.xadd(STREAMS[0], F("far", "RECEIPT", sku, "DC", 1, int(time.time() * 1000) + 3_600_000).fields())
+        await wait_consumed(redis_url, [STREAMS[0]])
+        assert r.xlen("atp:dlq") == 1
+        assert counted([running[0][0]], "atp_facts_total", origin="stream", outcome="moved") == 1
+        assert counted([running[1][0]], "atp_facts_total", outcome="invalid") == 1
