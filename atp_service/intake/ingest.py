@@ -130,6 +130,7 @@ class StreamIngestor:
         log.warning("input stream %s was made anew: its ids no longer reach entry %s, the newest this reader "
                     "had seen; all of its entries are read", stream, as_text(seen),
                     extra={"event": "ingest_stream_made_anew", "stream": stream})
+        del self._seen[stream]  # the old stream's: the newest read is counted again in the stream made anew
         return b"0"
 
     @property

@@ -195,6 +195,35 @@ async def test_an_entry_refused_as_future_stamped_is_not_applied_when_the_group_
     assert a.on_hand == 1 and r.xlen("atp:dlq") == 1
 
 
+async def test_a_group_lost_again_after_its_stream_was_made_anew_reads_on_after_the_new_stream_s_entries(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """After a stream made anew (deleted, written again with lower ids) the reader still took the old
+    stream's newest id for the newest it had read there: the next loss of the group found the ids short
+    of it again and read the stream from its start, every entry judged again by a clock that had moved
+    on — a RECEIPT refused as stamped an hour ahead (E7) applied two hours later."""
+    hour = 3_600_000
+    clock = ManualClock(T)
+    r = redis.Redis.from_url(redis_url)
+    _, client = await start_service(clock=clock)
+    r.xadd("atp:in:pos", F("p1", "RECEIPT", "A", "S1", 4, T - 100).fields(), id=f"{T * 1000}-0")
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    r.delete("atp:in:pos")
+    r.xadd("atp:in:pos", F("bad-clock", "RECEIPT", "A", "S1", 5, T + hour).fields())
+    r.xadd("atp:in:pos", F("p2", "SALE", "A", "S1", 1, T - 50).fields())
+    for _ in range(400):  # a bound, not a timing
+        if r.xlen("atp:dlq") == 1 and (await client.availability([("A", "S1")]))[0].on_hand == 3:
+            break
+        await asyncio.sleep(0.05)
+    await wait_consumed(redis_url, ["atp:in:pos"], timeout_s=20)
+    assert r.xlen("atp:dlq") == 1
+    clock.advance(2 * hour)
+    r.xgroup_destroy("atp:in:pos", "atp")
+    r.xadd("atp:in:pos", F("p3", "SALE", "A", "S1", 1, T + 2 * hour - 100).fields())
+    await wait_consumed(redis_url, ["atp:in:pos"], timeout_s=20)
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 2 and r.xlen("atp:dlq") == 1
+
+
 ALERT_CASE = """
 rule_files: [{rules}]
 evaluation_interval: 1m
