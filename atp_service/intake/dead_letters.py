@@ -10,6 +10,7 @@ change of the format operators' tooling reads.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from atp_service.logs import EveryInterval
@@ -90,6 +91,24 @@ def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_e
     if size > max_entry_bytes:
         fields += (b"_truncated", size)
     return fields
+
+
+async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]], to: str, maxlen: int,
+                group: str, max_entry_bytes: int) -> None:
+    """Each entry's dead letter (``dead``: stream, entry id, fields, why) written to ``to``, trimmed to about
+    ``maxlen``, and only once Redis took them all the entries acknowledged: an XACK queued beside the XADDs
+    in one transaction ran even when its XADD failed (Redis runs every command of a MULTI; WRONGTYPE, the
+    key holding another type), and the entry was gone, acknowledged with no dead letter anywhere."""
+    async with client.pipeline(transaction=True) as pipe:
+        for stream, entry_id, fields, why in dead:
+            # Flat, not redis-py's xadd of a dict: a field the entry named twice keeps both values.
+            pipe.execute_command("XADD", to, "MAXLEN", "~", maxlen, "*",
+                                 *dead_letter(fields, why, stream, entry_id, max_entry_bytes))
+        await pipe.execute()  # raises the first refusal: no entry is acknowledged, each stays pending
+    async with client.pipeline(transaction=False) as pipe:
+        for stream, entry_id, _, _ in dead:
+            pipe.xack(stream, group, entry_id)
+        await pipe.execute()
 
 
 

@@ -25,7 +25,8 @@ from redis.exceptions import RedisClusterException, RedisError
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.backlog import BacklogGauge
-from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines, dead_letter, why_refused
+from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines, why_refused
+from atp_service.intake.dead_letters import write as write_dead_letters
 from atp_service.intake.entries import Ahead, Dead, Entry, Read, decode_judged, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
@@ -376,15 +377,14 @@ class StreamIngestor:
         return facts, read, dead, ahead
 
     async def _dead_letter(self, dead: list[Dead]) -> None:
+        """The entries' dead letters written, then the entries acknowledged (``dead_letters.write``): both,
+        even if a stop cancels the reader meanwhile (cut between them, its dead letter would be written again)."""
         cfg = self._config
-        async with self._client.pipeline(transaction=True) as pipe:
-            for stream, entry_id, fields, why in dead:
-                record = dead_letter(fields, why, stream, entry_id, cfg.ingest_max_entry_bytes)
-                # Flat, not redis-py's xadd of a dict: a field the entry named twice keeps both values.
-                pipe.execute_command("XADD", cfg.dead_letter_stream, "MAXLEN", "~", cfg.side_stream_maxlen, "*",
-                                     *record)
-                pipe.xack(stream, cfg.consumer_group, entry_id)
-            await pipe.execute()
+        told = asyncio.ensure_future(write_dead_letters(self._client, dead, cfg.dead_letter_stream,
+                                                        cfg.side_stream_maxlen, cfg.consumer_group,
+                                                        cfg.ingest_max_entry_bytes))
+        told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
+        await finish_uncancelled(told)
         for stream, entry_id, _, why in dead:
             self._metrics.dead_lettered.labels(stream).inc()
             self._dead_lines.tell(stream, entry_id, why)

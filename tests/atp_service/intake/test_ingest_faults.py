@@ -308,3 +308,23 @@ async def test_a_read_refused_on_every_try_is_retried_at_growing_waits(redis_url
         finally:
             await service.stop(grace_s=0)
             await admin.execute_command("ACL", "DELUSER", USER)
+
+
+async def test_an_entry_whose_dead_letter_could_not_be_written_stays_pending_not_acknowledged(
+        start_service: ServiceFactory, redis_url: str, caplog: Any) -> None:
+    """The dead-letter stream's key holding another type (WRONGTYPE): the XADD of a dead letter fails
+    inside its transaction, where Redis still runs the XACK queued beside it, so the entry was
+    acknowledged with no dead letter anywhere — gone for good, though the batch's warning said its
+    entries stay pending. It must stay pending, and go to the dead-letter stream once that is a stream."""
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(redis_url)
+    service, _ = await start_service()
+    r.set("atp:dlq", "not a stream")
+    entry_id = r.xadd("atp:in:pos", {**F("d1", "SALE", "A", "S1", 1, now).fields(), "quantity": "two"})
+    with caplog.at_level(logging.WARNING):
+        await until(lambda: any("batch failed" in rec.getMessage() for rec in caplog.records), "a batch failed")
+    r.delete("atp:dlq")
+    await wait_consumed(redis_url, ["atp:in:pos"], timeout_s=20)
+    dead = r.xrange("atp:dlq")
+    assert [(fields[b"_id"], fields[b"_code"]) for _, fields in dead] == [(entry_id, b"INVALID_FIELD")]
+    assert service.metrics.registry.get_sample_value("atp_dead_lettered_total", {"stream": "atp:in:pos"}) == 1
