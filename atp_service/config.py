@@ -273,8 +273,9 @@ class ServiceConfig:
     """Pending entries idle this long (a dead consumer's) are claimed with XAUTOCLAIM."""
 
     ingest_max_entry_bytes: int = 16_384
-    """Most bytes an input-stream entry may have, its fields' names and values together: a larger one
-    is dead-lettered (LIMIT_EXCEEDED) with its fields cut short, not copied whole into the dead-letter stream."""
+    """Most bytes an input-stream entry may have, its fields' names and values together, and most names and
+    values (empty ones count no bytes): a larger one is dead-lettered (LIMIT_EXCEEDED) with its fields cut
+    short, not copied whole into the dead-letter stream."""
 
     dead_letter_stream: str = "atp:dlq"
     """Where undecodable or invalid input entries go, with the reason and their original fields."""

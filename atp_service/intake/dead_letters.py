@@ -23,7 +23,8 @@ ENTRY = "entry"
 
 CODES: dict[str, str] = {
     Reason.INVALID_FIELD.name: "a field is missing, malformed or out of range (`_field` names it)",
-    Reason.LIMIT_EXCEEDED.name: "a field's length, or the entry's bytes, pass a named limit of the service",
+    Reason.LIMIT_EXCEEDED.name: "a field's length, or the entry's bytes or names and values, pass a named limit "
+                                "of the service",
     Reason.REQUEST_MALFORMED.name: "the bytes of a field the service reads are not UTF-8 (`_field` empty)",
     "FIELD_REPEATED": "a field is named more than once in the entry: which value was meant is not known",
     "TRIMMED_WHILE_PENDING": "a pending entry was trimmed from the stream (no fields, `_field` empty): "
@@ -79,16 +80,17 @@ def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_e
     entry had them — a field named twice keeps each of its values, so that the dead letter replayed as
     it was is refused again, not read as one of them — then the annotations, last, in place of any the
     entry carried (a dead letter replayed as it was gets its own, not the earlier one's). An entry past
-    ``max_entry_bytes`` is not copied whole (the dead-letter stream would hold, and Redis send again,
-    what was refused for its size): ``_truncated`` says how many bytes it had."""
+    ``max_entry_bytes``, in bytes or in names and values, is not copied whole (the dead-letter stream
+    would hold, and Redis send again, what was refused for its size): ``_truncated`` says how many bytes it had."""
     size = sum(map(len, flat))
-    kept = [part[:KEPT_BYTES] for part in flat[:2 * KEPT_FIELDS]] if size > max_entry_bytes else flat
+    cut = size > max_entry_bytes or len(flat) > max_entry_bytes  # as ``decode_fact`` bounds it
+    kept = [part[:KEPT_BYTES] for part in flat[:2 * KEPT_FIELDS]] if cut else flat
     fields: list[Any] = []
     for name, value in zip(kept[0::2], kept[1::2], strict=True):
         if name not in ANNOTATION_NAMES:  # a replayed dead letter's own annotations: this one's replace them
             fields += (name, value)
     fields += (b"_reason", why.reason, b"_field", why.field, b"_code", why.code, b"_stream", stream, b"_id", entry_id)
-    if size > max_entry_bytes:
+    if cut:
         fields += (b"_truncated", size)
     return fields
 

@@ -28,11 +28,15 @@ Ahead = tuple[Fact, Read, InvalidArgument]  # a fact stamped past the allowed sk
 def decode_fact(flat: list[bytes], now: int, limits: Limits, max_entry_bytes: int) -> Fact:
     """One input-stream entry (its flat field/value list) -> a validated fact, or InvalidArgument
     naming the field. Entries written in the documented field order skip the dict and the lookups.
-    An entry of more than ``max_entry_bytes`` is refused before anything of it is read."""
+    An entry of more than ``max_entry_bytes``, or of more names and values than that (empty ones count
+    no bytes), is refused before anything of it is read."""
     size = sum(map(len, flat))
     if size > max_entry_bytes:
         raise InvalidArgument(ENTRY, f"{size} bytes, more than {max_entry_bytes} (limit ingest_max_entry_bytes)",
                               Reason.LIMIT_EXCEEDED, "ingest_max_entry_bytes")
+    if len(flat) > max_entry_bytes:  # empty names and values count no bytes, yet Redis and the reader hold each
+        raise InvalidArgument(ENTRY, f"{len(flat) // 2} fields, more names and values than {max_entry_bytes} "
+                              "(limit ingest_max_entry_bytes)", Reason.LIMIT_EXCEEDED, "ingest_max_entry_bytes")
     if flat[0::2] == _DOCUMENTED_ORDER:
         raw, raw_reservation_id = flat[1::2], b""
     else:  # any other order, extra fields: the first problem in the documented order is named

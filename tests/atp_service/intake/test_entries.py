@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atp_service.intake.dead_letters import why_refused
+from atp_service.intake.dead_letters import KEPT_FIELDS, dead_letter, why_refused
 from atp_service.intake.entries import decode_fact
 from reservation import FactKind, InvalidArgument, Limits
 
@@ -84,6 +84,20 @@ def test_an_entry_past_its_byte_bound_is_refused_before_anything_of_it_is_read()
         decode_fact(flat, NOW, LIMITS, MAX_BYTES)
     assert refused.value.message == f"entry: {size} bytes, more than 16384 (limit ingest_max_entry_bytes)"
     assert why_refused(refused.value) == (refused.value.message, "", "LIMIT_EXCEEDED")
+
+
+def test_an_entry_of_more_names_and_values_than_its_bound_is_refused_and_its_dead_letter_cut_short() -> None:
+    """Empty names and values count no bytes: an entry of a million of them (one XADD: a producer's
+    serializer writing an empty pair for each empty slot) passed ``ingest_max_entry_bytes`` as 0 bytes,
+    was read through, and its dead letter copied every one of them into the dead-letter stream."""
+    flat = [*entry(), *[b""] * 2_000_000]
+    with pytest.raises(InvalidArgument) as refused:
+        decode_fact(flat, NOW, LIMITS, MAX_BYTES)
+    assert why_refused(refused.value).code == "LIMIT_EXCEEDED"
+    assert refused.value.message == ("entry: 1000007 fields, more names and values than 16384 "
+                                     "(limit ingest_max_entry_bytes)")
+    record = dead_letter(flat, why_refused(refused.value), "atp:in:pos", b"1-0", MAX_BYTES)
+    assert len(record) <= 2 * (KEPT_FIELDS + 6) and record[-2:] == [b"_truncated", sum(map(len, flat))]
 
 
 def test_ids_are_read_as_sent_without_unicode_normalization_E8() -> None:
