@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from atp_service.engine.router import Engine
 from atp_service.intake.quarantine import QuarantineStream
+from atp_service.logs import EveryInterval
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import exception_seen, keep
@@ -49,6 +50,12 @@ _OUTCOME_NAMES = {o: o.name.lower() for o in FactOutcome}
 LAG_SAMPLES = 100
 UNFULFILLED = "stock moved; reservation not fulfilled"
 """How the reason of a SHIPMENT that moved stock but fulfilled nothing of its reservation begins."""
+UNFULFILLED_LOG_EVERY_S = 1.0
+"""At most one ``shipment_not_fulfilled`` line this often, the next saying in ``left_out`` how many were
+left out: an ingest caller sends up to ``max_events_per_call`` facts a call, and any producer writes the
+input streams at will, each SHIPMENT naming a reservation that is not there (a WMS shipping before it
+confirms) a WARNING line of its own, which buried everything else. ``atp_shipments_unfulfilled_total``
+has every one."""
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -60,6 +67,8 @@ class FactDesk:
         self.metrics = metrics or IntakeMetrics()
         self._quarantine = QuarantineStream(quarantine_stream, stream_maxlen)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.unfulfilled_lines = EveryInterval(UNFULFILLED_LOG_EVERY_S)
+        """The ``shipment_not_fulfilled`` lines, at most one per ``UNFULFILLED_LOG_EVERY_S``."""
 
     async def record(self, facts: Sequence[Fact], origin: str) -> list[Result | DomainError]:
         """``_record`` in a task of the desk's own: a caller that gives up (deadline, disconnect)
@@ -242,10 +251,15 @@ class FactDesk:
             if type(result) is tuple and result[1].startswith(UNFULFILLED):
                 fact = facts[i]
                 self.metrics.shipments_unfulfilled.labels(origin).inc()
+                left_out = self.unfulfilled_lines.due()
+                if left_out is None:  # counted above; its line left out (said by the next one written)
+                    continue
+                fields: dict[str, object] = {"event": "shipment_not_fulfilled", "reservation_id": fact.reservation_id,
+                                             "event_id": fact.event_id, "source": fact.source, "origin": origin}
+                if left_out:
+                    fields["left_out"] = left_out
                 log.warning("shipment %s of %s (%s@%s) fulfilled nothing of reservation %r: %s", fact.event_id,
-                            fact.source, fact.sku, fact.location, fact.reservation_id, result[1],
-                            extra={"event": "shipment_not_fulfilled", "reservation_id": fact.reservation_id,
-                                   "event_id": fact.event_id, "source": fact.source, "origin": origin})
+                            fact.source, fact.sku, fact.location, fact.reservation_id, result[1], extra=fields)
 
     async def _shipment(self, fact: Fact) -> Result:
         """R4 through a fact: the units leave on_hand as any SHIPMENT, and the named reservation's

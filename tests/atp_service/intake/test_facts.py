@@ -13,6 +13,7 @@ from atp_client import AtpClient, Refusal, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from atp_service.intake import dead_letters
+from atp_service.intake import facts as facts_module
 from tests.atp_service.fact_helpers import (
     F,
     on_hand_of,
@@ -331,6 +332,39 @@ async def test_a_shipment_that_fulfils_nothing_of_its_reservation_is_counted_R4(
     assert registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "stream"}) == 2
     (a,) = await client.availability([("A", "S1")])
     assert (a.on_hand, a.reserved) == (5, 4)  # stock moved; the hold stands, as the reason said
+
+
+async def test_a_flood_of_shipments_that_fulfil_nothing_logs_a_line_an_interval_not_one_a_fact(
+        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ingest caller may send 10,000 facts a RecordEvents, each SHIPMENT naming a reservation that
+    does not exist (a WMS integration shipping before it confirms): every one is counted, but the log says
+    so at most once an interval (an hour here, so that no timing decides the count), saying how many it
+    left out, rather than a WARNING line for each, which buried everything else in the log."""
+    monkeypatch.setattr(facts_module, "UNFULFILLED_LOG_EVERY_S", 3600.0, raising=False)
+    service, client = await start_service(clock=ManualClock(T0))
+    await client.record_events([F("r", "RECEIPT", "A", "S1", 100, T0 - 5000).pb()])
+    shipments = []
+    for n in range(30):
+        fact = F(f"w{n}", "SHIPMENT", "A", "S1", 1, T0 - 10, "wms").pb()
+        fact.reservation_id = f"nope{n}"
+        shipments.append(fact)
+    with caplog.at_level(logging.WARNING):
+        await client.record_events(shipments[:29])
+        await client.record_events(shipments[29:])
+    lines = [record for record in caplog.records if getattr(record, "event", "") == "shipment_not_fulfilled"]
+    assert len(lines) == 1, [record.getMessage() for record in lines]
+    assert service.metrics.registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "grpc"}) == 30
+    (a,) = await client.availability([("A", "S1")])
+    assert a.on_hand == 70  # every shipment applied: only the lines about them are left out
+    assert service.desk is not None
+    service.desk.unfulfilled_lines.interval_s = 0  # the interval over: the next line says what it left out
+    late = F("w30", "SHIPMENT", "A", "S1", 1, T0 - 10, "wms").pb()
+    late.reservation_id = "nope30"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        await client.record_events([late])
+    (line,) = [record for record in caplog.records if getattr(record, "event", "") == "shipment_not_fulfilled"]
+    assert (line.reservation_id, line.left_out) == ("nope30", 29)  # type: ignore[attr-defined]
 
 
 async def test_a_shipment_of_more_than_its_line_committed_fulfils_every_committed_unit_R4(
