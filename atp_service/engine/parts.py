@@ -101,8 +101,9 @@ class StepRequest(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_f
 class StepReply(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True,
                 forbid_unknown_fields=True):
     """The part as it stands after the step, or the refusal (``reason`` > 0). ``serving``: where a
-    ``SettleOrder``'s order is not held, the groups the peer answered for (only it sets the field:
-    a peer of an earlier version is never asked one)."""
+    ``SettleOrder``'s or ``ResolveOrder``'s order is not held, the groups the peer answered for (only
+    they set the field: a peer of an earlier version answers a ``ResolveOrder`` with neither, so its
+    groups count as not answered for)."""
 
     part: Reservation | None = None
     reason: int = 0
@@ -151,8 +152,7 @@ async def serve_part(engine: Engine, request: bytes) -> bytes:
     """Another process's step, run on a shard of this one (``Moved`` where it is not this one's now)."""
     asked = _requests.decode(request)
     if isinstance(asked.step, ResolveOrder):
-        await _resolve_here(engine, asked.step.order)
-        return _encode(StepReply())
+        return _encode(await _resolve_here(engine, asked.step.order))
     if isinstance(asked.step, SettleOrder):
         return _encode(await _settle_here(engine, asked.step.order))
     try:
@@ -164,13 +164,20 @@ async def serve_part(engine: Engine, request: bytes) -> bytes:
     return _encode(StepReply(part))
 
 
-async def _resolve_here(engine: Engine, order_id: str) -> None:
+async def _resolve_here(engine: Engine, order_id: str) -> StepReply:
+    """The order resolved here if every part is (``Orders.resolve_if_done``), as ``_settle_here`` answers:
+    the record where held here, else the groups answered for, the refusal where it could not be resolved
+    now. Said as nothing, a refusal went unheard: no later read, change or expiry resolves an order (a
+    confirmed one never expires), its record left live at its home for good (R5)."""
     home = engine.home_of(order_id)
-    if home is not None and engine.orders is not None:
-        try:
-            await engine.orders.resolve_if_done(order_id, home)
-        except DomainError as exc:  # resolved by the order's next read or change instead
-            log.info("order %s: not resolved after a shipment elsewhere (%s)", order_id, exc.message)
+    if home is None or engine.orders is None:
+        return StepReply(serving=tuple(engine.serving()))
+    try:
+        await engine.orders.resolve_if_done(order_id, home)
+    except DomainError as exc:
+        return StepReply(None, int(exc.reason), exc.message, exc.metadata)
+    order = engine.actors[home].ledger.reservation(order_id)  # durable: the step above read or saved it
+    return StepReply(order) if order is not None and order.is_order else StepReply(serving=tuple(engine.serving()))
 
 
 async def _settle_here(engine: Engine, order_id: str) -> StepReply:
@@ -193,10 +200,13 @@ async def shipped_elsewhere(engine: Engine, order_id: str, ship: Callable[[], Aw
     has pending (a confirmation recorded, not yet applied by this part) carried through there first,
     as where the order is homed here (``Orders._shipment``) — else the part, still held, is not
     fulfilled, and the confirmation applied after commits units the shipment took from on_hand (Q3,
-    R4); its record resolved there after, once every part is."""
+    R4); its record resolved there after, once every part is (the shipment refused OUTCOME_UNKNOWN
+    where no process said so, as ``_to_others`` refuses a settle: taken again, it asks again)."""
     await _to_others(engine, SettleOrder(order_id), settled=True)
     result = await ship()
-    await _to_others(engine, ResolveOrder(order_id), settled=False)
+    # Until its home has heard (the fact is taken again: applied, it is a duplicate then), R5: a record
+    # of an order left unresolved is counted live at its home, and never forgotten, for good.
+    await _to_others(engine, ResolveOrder(order_id), settled=True)
     return result
 
 

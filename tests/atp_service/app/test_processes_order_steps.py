@@ -16,7 +16,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app import membership
 from atp_service.edge import peers
 from atp_service.engine import parts, recovery
-from reservation import OrderStep, Unavailable
+from reservation import OrderStep, Reason, Unavailable
 from reservation import _orders as orders
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes, shipment
 from tests.atp_service.edge.test_api import receipt
@@ -177,3 +177,50 @@ async def test_a_peer_that_does_not_answer_an_order_step_is_said_naming_it_the_s
             for r in said] == [("peer_step_failed", f"127.0.0.1:{other.port}", "reserve", "DEADLINE_EXCEEDED")]
     assert getattr(said[0], "reservation_id", None) == orders.part_id("o-1", group_of(b)), said[0].__dict__
     assert getattr(said[0], "group", None) == group_of(b)
+
+
+async def test_a_shipment_whose_order_s_home_did_not_hear_of_it_is_taken_again_until_the_order_is_resolved(
+        start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last part of a confirmed order fulfilled by a SHIPMENT fact at the part's process, the step
+    asking the order's home to resolve its record not answered (the home cut off for a moment, or its
+    group changing hands): the fact was answered APPLIED and the record stayed CONFIRMED at its home for
+    good — a confirmed order never expires, and no read or change resolves it — counted live there
+    (``max_live_reservations_per_shard``) and never forgotten (R5). Now the fact is refused
+    OUTCOME_UNKNOWN (it was applied) until the home has heard: taken again, it resolves the order."""
+    running = await processes(start_process, 2)
+    (home, home_client), (other, other_client), a, b = home_and_other(running)
+    await home_client.record_events([receipt("in-a", a, "DC", 5)])
+    await other_client.record_events([receipt("in-b", b, "DC", 5)])
+    assert (await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)).state == \
+        pb.RESERVATION_STATE_HELD
+    await home_client.confirm("o-1")
+    shipped = await home_client.record_events([shipment("out-a", a, 2, "o-1")])
+    assert [r.outcome for r in shipped] == [pb.FACT_OUTCOME_APPLIED], shipped
+    assert other.engine is not None and home.engine is not None
+    send, cut = other.engine.remote, [True]
+    assert send is not None
+
+    async def resolve_unanswered(address: str, request: bytes) -> bytes:  # as ``edge.peers.step_sender`` then
+        if cut[0] and isinstance(parts._requests.decode(request).step, parts.ResolveOrder):
+            raise Unavailable(f"peer {address} did not answer an order step (DEADLINE_EXCEEDED)",
+                              Reason.OUTCOME_UNKNOWN)
+        return await send(address, request)
+
+    monkeypatch.setattr(other.engine, "remote", resolve_unanswered)
+    refusals = 0
+    while True:  # a caller retrying the fact on UNAVAILABLE, as it is told to
+        try:
+            shipped = await other_client.record_events([shipment("out-b", b, 1, "o-1")])
+            break
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            refusals += 1
+            cut[0] = False
+    assert refusals == 1, "refused while its home had not heard of it"
+    assert shipped[0].outcome in (pb.FACT_OUTCOME_APPLIED, pb.FACT_OUTCOME_DUPLICATE), shipped
+    home_group = home.engine.home_of("o-1")
+    assert home_group is not None
+    record = home.engine.actors[home_group].ledger.reservation("o-1")
+    assert record is not None and record.state.name == "FULFILLED", (refusals, record)
+    (p,) = await other_client.availability([(b, "DC")])
+    assert (p.on_hand, p.reserved, p.committed) == (4, 0, 0), "shipped once"
