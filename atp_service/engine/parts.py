@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from atp_service.engine.router import Engine
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+Shipped = tuple[Any, str]
+"""A shipment's fact outcome and, where it fulfilled nothing, why (empty: fulfilled, or a duplicate)."""
 
 Remote = Callable[[str, bytes], Awaitable[bytes]]
 """Sends a step request to the process at an address and returns its reply (raises ``Unavailable``
@@ -195,18 +196,19 @@ async def _settle_here(engine: Engine, order_id: str) -> StepReply:
         return StepReply(None, int(exc.reason), exc.message, exc.metadata)
 
 
-async def shipped_elsewhere(engine: Engine, order_id: str, ship: Callable[[], Awaitable[T]]) -> T:
+async def shipped_elsewhere(engine: Engine, order_id: str, ship: Callable[[], Awaitable[Shipped]]) -> Shipped:
     """A shipment fulfilling ``ship`` a part here of an order homed at another process: what the order
     has pending (a confirmation recorded, not yet applied by this part) carried through there first,
     as where the order is homed here (``Orders._shipment``) — else the part, still held, is not
     fulfilled, and the confirmation applied after commits units the shipment took from on_hand (Q3,
-    R4); its record resolved there after, once every part is (the shipment refused OUTCOME_UNKNOWN
-    where no process said so, as ``_to_others`` refuses a settle: taken again, it asks again)."""
+    R4); its record resolved there after, once every part is."""
     await _to_others(engine, SettleOrder(order_id), settled=True)
     result = await ship()
-    # Until its home has heard (the fact is taken again: applied, it is a duplicate then), R5: a record
-    # of an order left unresolved is counted live at its home, and never forgotten, for good.
-    await _to_others(engine, ResolveOrder(order_id), settled=True)
+    # A part fulfilled (or the fact a duplicate: taken again after a refusal here): refused OUTCOME_UNKNOWN
+    # until the home has heard, as a settle is — a record of an order left unresolved is counted live at its
+    # home, and never forgotten, for good (R5). A shipment that fulfilled nothing resolves nothing, and its
+    # answer must reach the caller (``FactDesk._tell_unfulfilled``: a duplicate after a refusal, never).
+    await _to_others(engine, ResolveOrder(order_id), settled=not result[1])
     return result
 
 

@@ -224,3 +224,32 @@ async def test_a_shipment_whose_order_s_home_did_not_hear_of_it_is_taken_again_u
     assert record is not None and record.state.name == "FULFILLED", (refusals, record)
     (p,) = await other_client.availability([(b, "DC")])
     assert (p.on_hand, p.reserved, p.committed) == (4, 0, 0), "shipped once"
+
+
+async def test_a_shipment_that_fulfils_nothing_is_told_whether_or_not_the_order_s_home_answers(
+        start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SHIPMENT naming an order's part held but not confirmed moves stock and fulfils nothing: it is
+    answered with why and counted (``atp_shipments_unfulfilled_total``). Refused while the order's home
+    did not answer the resolve step, it came back a duplicate, and was never told (R4: units gone from
+    on_hand still counted reserved, and nothing said so). It resolves nothing: its home is asked, not waited for."""
+    running = await processes(start_process, 2)
+    (_, home_client), (other, other_client), a, b = home_and_other(running)
+    await home_client.record_events([receipt("in-a", a, "DC", 5)])
+    await other_client.record_events([receipt("in-b", b, "DC", 5)])
+    assert (await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)).state == \
+        pb.RESERVATION_STATE_HELD
+    assert other.engine is not None
+    send = other.engine.remote
+    assert send is not None
+
+    async def resolve_unanswered(address: str, request: bytes) -> bytes:  # as ``edge.peers.step_sender`` then
+        if isinstance(parts._requests.decode(request).step, parts.ResolveOrder):
+            raise Unavailable(f"peer {address} did not answer an order step (DEADLINE_EXCEEDED)",
+                              Reason.OUTCOME_UNKNOWN)
+        return await send(address, request)
+
+    monkeypatch.setattr(other.engine, "remote", resolve_unanswered)
+    (shipped,) = await other_client.record_events([shipment("out-b", b, 1, "o-1")])
+    assert shipped.outcome == pb.FACT_OUTCOME_APPLIED, shipped
+    told = other.metrics.registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "grpc"})
+    assert told == 1, told
