@@ -73,6 +73,12 @@ async def test_malformed_entry_is_dead_lettered_and_later_entries_still_apply(
     assert dead[0][1][b"event_id"] == b"bad1" and dead[0][1][b"_stream"] == b"atp:in:pos"
 
 
+def _add_naming_quantity_twice(r: redis.Redis, now: int) -> None:
+    """A till's SALE entry naming ``quantity`` twice (1, then 4): XADD keeps both."""
+    r.execute_command("XADD", "atp:in:pos", "*", "event_id", "twice", "source", "pos", "kind", "SALE", "sku", "A",
+                      "location", "S1", "quantity", "1", "event_time_ms", str(now), "quantity", "4")
+
+
 async def test_an_entry_naming_a_field_twice_is_dead_lettered_not_read_as_one_of_its_values(
     start_service: ServiceFactory, redis_url: str
 ) -> None:
@@ -82,8 +88,7 @@ async def test_an_entry_naming_a_field_twice_is_dead_lettered_not_read_as_one_of
     now = int(time.time() * 1000)
     r = redis.Redis.from_url(redis_url)
     r.xadd("atp:in:pos", F("g1", "RECEIPT", "A", "S1", 5, now - 1000).fields())
-    r.execute_command("XADD", "atp:in:pos", "*", "event_id", "twice", "source", "pos", "kind", "SALE", "sku", "A",
-                      "location", "S1", "quantity", "1", "event_time_ms", str(now), "quantity", "4")
+    _add_naming_quantity_twice(r, now)
     r.xadd("atp:in:pos", F("g2", "SALE", "A", "S1", 2, now - 500).fields())
     await wait_consumed(redis_url, ["atp:in:pos"])
     (a,) = await client.availability([("A", "S1")])
@@ -103,8 +108,7 @@ async def test_a_dead_letter_of_an_entry_naming_a_field_twice_keeps_both_values_
     now = int(time.time() * 1000)
     r = redis.Redis.from_url(redis_url)
     r.xadd("atp:in:pos", F("g1", "RECEIPT", "A", "S1", 5, now - 1000).fields())
-    r.execute_command("XADD", "atp:in:pos", "*", "event_id", "twice", "source", "pos", "kind", "SALE", "sku", "A",
-                      "location", "S1", "quantity", "1", "event_time_ms", str(now), "quantity", "4")
+    _add_naming_quantity_twice(r, now)
     await wait_consumed(redis_url, ["atp:in:pos"])
     raw = redis.Redis.from_url(redis_url)
     raw.set_response_callback("XRANGE", lambda reply, **_: reply)  # a dict would keep one value a name
