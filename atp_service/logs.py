@@ -91,3 +91,22 @@ class EveryInterval:
         self._written_at = now
         left_out, self.left_out = self.left_out, 0
         return left_out
+
+
+def noted_now_and_then(note: Callable[[BaseException, float], None], every_s: float,
+                       each: Callable[[BaseException, float], None] | None = None,
+                       clock: Callable[[], float] = time.monotonic) -> Callable[[BaseException, float], None]:
+    """An ``on_error`` for ``retry.retry_until_done`` that passes the first failure to ``note``, then at
+    most one every ``every_s`` (``EveryInterval``: a wait that lasts must be seen by the operator, and
+    not flood the log); every failure to ``each``."""
+    gate = EveryInterval(every_s, clock)
+
+    def on_error(exc: BaseException, wait_s: float) -> None:
+        if each is not None:
+            each(exc, wait_s)
+        if gate.due() is not None:
+            note(exc, wait_s)
+
+    return on_error
+
+

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -85,22 +84,3 @@ async def retry_until_done(
                 on_error(exc, delay)
             await asyncio.sleep(delay)
 
-
-def noted_now_and_then(note: Callable[[BaseException, float], None], every_s: float,
-                       each: Callable[[BaseException, float], None] | None = None,
-                       clock: Callable[[], float] = time.monotonic) -> Callable[[BaseException, float], None]:
-    """An ``on_error`` for ``retry_until_done`` that passes the first failure to ``note``, then at most
-    one every ``every_s`` (a wait that lasts must be seen by the operator, and not flood the log);
-    every failure to ``each``."""
-    last_noted = float("-inf")
-
-    def on_error(exc: BaseException, wait_s: float) -> None:
-        nonlocal last_noted
-        if each is not None:
-            each(exc, wait_s)
-        now = clock()
-        if now - last_noted >= every_s:
-            last_noted = now
-            note(exc, wait_s)
-
-    return on_error

@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError, ResponseError
 
-from atp_service.retry import noted_now_and_then
+from atp_service.logs import noted_now_and_then
 from atp_service.storage.channel_wire import (
     LOCATION_ARG,
     SKU_ARG,

@@ -17,7 +17,8 @@ from redis.exceptions import DataError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.config import SnapshotPolicy
-from atp_service.retry import Backoff, BackoffPolicy, noted_now_and_then, retry_until_done
+from atp_service.logs import noted_now_and_then
+from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.log import Fenced, LogStore, encode_snapshot
 from atp_service.storage.nodes import NotReplicated
 from atp_service.storage.resp import out_of_memory

@@ -19,7 +19,7 @@ import pytest
 
 from atp_service import free_port
 from atp_service.edge.auth import new_token, token_hash
-from atp_service.logs import EveryInterval, set_up_logging
+from atp_service.logs import EveryInterval, noted_now_and_then, set_up_logging
 from tests.atp_service.app.test_cli import stop_or_explain, wait_until_ready
 from tests.atp_service.refusals import told
 from tests.conftest import ServiceFactory, spawned
@@ -121,3 +121,16 @@ def test_every_interval_writes_one_line_per_interval_and_says_how_many_were_left
     now[0] += 0.1
     assert lines.due() == 501
     assert lines.due() is None and lines.left_out == 1
+
+
+def test_a_lasting_wait_is_noted_at_its_first_failure_then_at_most_once_a_period_each_failure_counted() -> None:
+    now = [100.0]
+    noted: list[str] = []
+    counted: list[str] = []
+    on_error = noted_now_and_then(lambda exc, _wait: noted.append(str(exc)), 30.0,
+                                  lambda exc, _wait: counted.append(str(exc)), clock=lambda: now[0])
+    for i, t in enumerate([100.0, 110.0, 129.9, 130.0, 131.0, 175.0]):
+        now[0] = t
+        on_error(ConnectionError(f"down {i}"), 0.5)
+    assert noted == ["down 0", "down 3", "down 5"]
+    assert counted == [f"down {i}" for i in range(6)]

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from atp_service.retry import Backoff, BackoffPolicy, noted_now_and_then, retry_until_done
+from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 
 
 def test_waits_grow_to_the_bound_and_reset() -> None:
@@ -62,15 +62,3 @@ async def test_cancelled_while_waiting_it_stops_at_once() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
 
-
-def test_a_lasting_wait_is_noted_at_its_first_failure_then_at_most_once_a_period_each_failure_counted() -> None:
-    now = [100.0]
-    noted: list[str] = []
-    counted: list[str] = []
-    on_error = noted_now_and_then(lambda exc, _wait: noted.append(str(exc)), 30.0,
-                                  lambda exc, _wait: counted.append(str(exc)), clock=lambda: now[0])
-    for i, t in enumerate([100.0, 110.0, 129.9, 130.0, 131.0, 175.0]):
-        now[0] = t
-        on_error(ConnectionError(f"down {i}"), 0.5)
-    assert noted == ["down 0", "down 3", "down 5"]
-    assert counted == [f"down {i}" for i in range(6)]
