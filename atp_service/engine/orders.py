@@ -38,7 +38,6 @@ from reservation import (
     FactOutcome,
     FailedPrecondition,
     Ledger,
-    LineRequest,
     NotFound,
     OrderStep,
     PendingOp,
@@ -49,7 +48,6 @@ from reservation import (
     State,
     Unavailable,
 )
-from reservation import _operations as ops
 from reservation import _orders as orders
 
 if TYPE_CHECKING:
@@ -128,7 +126,7 @@ class Orders:
             self.unsettled.discard(rid)
             if home is not None:
                 self._driven.add(rid)  # unsettled again, before its saga ends, if it stopped half-way
-                self._drive(rid, functools.partial(self._settle, rid, home))
+                self._drive(rid, functools.partial(self._settled, rid, home))
 
     def _drive(self, order_id: str, saga: Callable[[], Awaitable[Any]]) -> None:
         self._drives.add(task := self._spawn(self._locked(order_id, saga)))
@@ -190,13 +188,12 @@ class Orders:
             raise order
         if not order.is_order:
             return order, True  # R5: an ordinary reservation of that id (its content checked above)
-        if order.pending is not None and (order.pending.kind != OrderStep.RESERVE
-                                          or self._engine.now_at(home) >= order.expires_at):
-            # Decided, with a change left half-applied: carried through, never decided again; or
+        if order.pending is None or order.pending.kind != OrderStep.RESERVE or \
+                self._engine.now_at(home) >= order.expires_at:
+            # Decided (R5), with a change left half-applied carried through, never decided again; or
             # left undecided past its TTL: it expires (``_settle``), nothing reserved now.
-            order = await self._settle(cmd.reservation_id, home)
-        if order.pending is None:
-            return orders.view(order, await self._parts(order)), True  # R5
+            order, parts = await self._settled(cmd.reservation_id, home)
+            return orders.view(order, parts), True
         decided = await self._decide(order, home)
         return orders.view(decided, await self._parts(decided, missing_ok=True)), False
 
@@ -220,8 +217,7 @@ class Orders:
         return decided
 
     async def _change(self, order_id: str, home: int, step: PendingOp, quiet: bool = False) -> Reservation:
-        order = await self._settle(order_id, home)
-        parts = await self._parts(order)
+        order, parts = await self._settled(order_id, home)
         if step.kind == OrderStep.CONFIRM and order.state == State.HELD and order.pending is None:
             lost = await self._give_up_if_torn(order, home, parts)
             if lost:
@@ -240,8 +236,22 @@ class Orders:
         return orders.view(order, parts)
 
     async def _read(self, order_id: str, home: int) -> Reservation:
+        order, parts = await self._settled(order_id, home)
+        return orders.view(order, parts)
+
+    async def _settled(self, order_id: str, home: int) -> tuple[Reservation, dict[int, Reservation]]:
+        """The order with its pending change carried through (``_settle``), and its parts; its record
+        resolved where every part is, by SHIPMENT facts (R5): whichever path drives an order on resolves
+        it — a saga stopped after the last shipment and before that step left it CONFIRMED for good,
+        live and never forgotten, where housekeeping, a read or a change only settled it."""
         order = await self._settle(order_id, home)
-        return orders.view(order, await self._parts(order))
+        parts = await self._parts(order)
+        shown = orders.view(order, parts)
+        if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
+            resolved = orders.resolved(order, shown, self._engine.now_at(home))
+            await self._save(home, resolved, over=order)
+            order = resolved
+        return order, parts
 
     async def _settle(self, order_id: str, home: int) -> Reservation:
         """The order with whatever it had pending carried through (a reserve decided, a change
@@ -322,34 +332,19 @@ class Orders:
 
     async def _resolve_if_done(self, order_id: str, home: int) -> None:
         """Every part resolved by SHIPMENT facts: the order's own record is resolved as well, so it
-        stops counting as live and is forgotten after its retention like any other."""
-        order = await self._on(home, lambda ledger, _now: ledger.reservation(order_id))
-        if order is None or not order.is_order or order.pending is not None or \
-                order.state not in (State.HELD, State.CONFIRMED):
+        stops counting as live and is forgotten after its retention like any other — a change pending
+        carried through first (``_settled``): left pending, the record was answered as heard and
+        settled later, by housekeeping, still CONFIRMED."""
+        try:
+            await self._settled(order_id, home)
+        except NotFound:  # forgotten meanwhile, or not an order
             return
-        shown = orders.view(order, await self._parts(order))
-        if shown.state in (State.FULFILLED, State.RELEASED):
-            await self._save(home, orders.resolved(order, shown, self._engine.now_at(home)), over=order)
 
     async def _ship(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
-        shard = self._engine.place(fact.sku)
-        part = orders.part_id(order_id, shard)
-        line = (LineRequest(fact.sku, fact.location, fact.quantity),)
-
-        def work(ledger: Ledger, now: int) -> tuple[FactOutcome, str]:
-            outcome, reason = ledger.record_fact(fact)
-            if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
-                return outcome, reason
-            if ledger.reservation(part) is None:
-                return outcome, (f"stock moved; reservation not fulfilled: {fact.sku}@{fact.location} is not a "
-                                 f"line of reservation {order_id!r}")
-            try:  # the fact moved on_hand already: only committed moves here
-                ops.fulfill_committed(ledger, part, line, operation_id, now, self._engine.limits)
-            except DomainError as exc:
-                return outcome, f"stock moved; reservation not fulfilled: {exc.message}"
-            return outcome, ""
-
-        result: tuple[FactOutcome, str] = await self._on(shard, work)
+        shard, limits = self._engine.place(fact.sku), self._engine.limits
+        result: tuple[FactOutcome, str] = await self._on(
+            shard, lambda ledger, now: orders.ship(ledger, fact, orders.part_id(order_id, shard), operation_id, now,
+                                                   limits))
         return result
 
     # -- steps -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app import membership
 from atp_service.edge import peers
+from atp_service.engine import orders as engine_orders
 from atp_service.engine import parts, recovery
 from reservation import OrderStep, Reason, Unavailable
 from reservation import _orders as orders
@@ -46,15 +47,15 @@ def home_and_other(running: list[Process]) -> tuple[Process, Process, str, str]:
     raise AssertionError("no two SKUs in groups of different processes")
 
 
-def confirmation_not_reaching(monkeypatch: pytest.MonkeyPatch, part_id: str) -> list[bool]:
-    """While the returned flag is set, the step confirming ``part_id`` is refused as by a shard whose
-    log does not answer (nothing applied), wherever it runs."""
+def confirmation_not_reaching(monkeypatch: pytest.MonkeyPatch, part_id: str,
+                               kind: OrderStep = OrderStep.CONFIRM) -> list[bool]:
+    """While the returned flag is set, the step confirming ``part_id`` (applying its share of a change
+    of ``kind``) is refused as by a shard whose log does not answer (nothing applied), wherever it runs."""
     flag = [True]
     work_of = parts.work_of
 
     def refusing(engine: Any, step: parts.PartStep) -> Any:
-        if flag[0] and isinstance(step, parts.ApplyShare) and step.part == part_id and \
-                step.share.kind == OrderStep.CONFIRM:
+        if flag[0] and isinstance(step, parts.ApplyShare) and step.part == part_id and step.share.kind == kind:
             def refuse(_ledger: Any, _now: int) -> Any:
                 raise Unavailable("log storage unreachable, retry later")
             return refuse
@@ -253,3 +254,48 @@ async def test_a_shipment_that_fulfils_nothing_is_told_whether_or_not_the_order_
     assert shipped.outcome == pb.FACT_OUTCOME_APPLIED, shipped
     told = other.metrics.registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "grpc"})
     assert told == 1, told
+
+
+async def test_a_shipment_fulfilling_the_last_part_while_a_change_is_pending_at_home_resolves_the_order(
+        start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partial Fulfil of a confirmed order recorded at its home between a shipment's settle step and
+    its resolve step, its share not applied (the part's process did not answer it): the home answered
+    the resolve step with the record, not resolving an order with a change pending, and housekeeping
+    then carried the change through and only settled it — the record CONFIRMED for good though every
+    part was fulfilled, counted live and never forgotten (R5). The resolve step now carries the change
+    through first and resolves the order."""
+    running = await processes(start_process, 2)
+    (home, home_client), (_, other_client), a, b = home_and_other(running)
+    await home_client.record_events([receipt("in-a", a, "DC", 5)])
+    await other_client.record_events([receipt("in-b", b, "DC", 5)])
+    assert (await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 2)], ttl_seconds=600)).state == \
+        pb.RESERVATION_STATE_HELD
+    await home_client.confirm("o-1")
+    shipped = await home_client.record_events([shipment("out-a", a, 2, "o-1")])
+    assert [r.outcome for r in shipped] == [pb.FACT_OUTCOME_APPLIED], shipped
+    assert home.engine is not None and home.engine.orders is not None
+    monkeypatch.setattr(home.engine.orders, "drive_unsettled", lambda: None)  # not carried through by housekeeping
+    flag = confirmation_not_reaching(monkeypatch, orders.part_id("o-1", group_of(b)), OrderStep.FULFIL)
+    shipped_elsewhere = engine_orders.shipped_elsewhere
+
+    async def fulfilled_at_home_meanwhile(engine: Any, order_id: str, ship: Any) -> Any:
+        async def ship_after_a_change() -> Any:  # settled at its home already
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await home_client.fulfill("o-1", [(b, "DC", 1)], operation_id="op-1")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            flag[0] = False
+            return await ship()
+
+        return await shipped_elsewhere(engine, order_id, ship_after_a_change)
+
+    monkeypatch.setattr(engine_orders, "shipped_elsewhere", fulfilled_at_home_meanwhile)
+    shipped = await other_client.record_events([shipment("out-b", b, 2, "o-1")])
+    assert [(r.outcome, r.detail) for r in shipped] == [(pb.FACT_OUTCOME_APPLIED, "")], shipped
+    monkeypatch.undo()  # housekeeping again
+    await until(lambda: not home.engine.orders.unsettled, "the order settled")  # type: ignore[union-attr]
+    home_group = home.engine.home_of("o-1")
+    assert home_group is not None
+    record = home.engine.actors[home_group].ledger.reservation("o-1")
+    assert record is not None and record.state.name == "FULFILLED" and record.pending is None, record
+    (p,) = await other_client.availability([(b, "DC")])
+    assert (p.on_hand, p.reserved, p.committed) == (3, 0, 0), "shipped once, nothing left committed"

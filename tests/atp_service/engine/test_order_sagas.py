@@ -363,3 +363,37 @@ async def test_orphaned_parts_that_keep_failing_hold_back_no_pending_order_nor_e
         await rig.pump_until_done(list(sagas._tasks))
     assert engine.actors[0].ledger.reservation("p").pending is None, "the pending order never driven on"
     assert set(tried) == set(lost), f"orphans tried: {sorted(set(tried))}"
+
+
+async def test_an_order_whose_last_shipment_stopped_before_resolving_it_is_resolved_by_housekeeping(
+        rig: Rig) -> None:
+    """The last part of a confirmed order fulfilled by a SHIPMENT fact, the home's log not answering
+    before the order's record was resolved: the saga stopped (the order left to housekeeping, its
+    caller told UNAVAILABLE and gone), and housekeeping only carried through a change pending — none
+    — so the record stayed CONFIRMED for good: never expired, counted live, never forgotten (R5)."""
+    engine = rig.engine
+    sagas = engine.orders
+    assert sagas is not None
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.confirm("o1"))
+    _, reason = await rig.run(sagas.shipment(shipment(rig, "A", 3, "o1", "s1"), "o1", "fact:s1"))
+    assert reason == "", reason
+    flag = failing_on(rig, 0)  # the order's home
+    ship = sagas._ship
+
+    async def ship_then_fail(*args: Any) -> Any:
+        shipped = await ship(*args)
+        flag[0] = True  # the part fulfilled; the home's log stops answering before the order is resolved
+        return shipped
+
+    sagas._ship = ship_then_fail  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await rig.run(sagas.shipment(shipment(rig, "D", 3, "o1", "s0"), "o1", "fact:s0"))
+    sagas._ship = ship  # type: ignore[method-assign]
+    flag[0] = False
+    assert rig.part("o1", 0).state == State.FULFILLED and sagas.unsettled == {"o1"}
+    sagas.drive_unsettled()  # its caller gone: housekeeping drives the order on
+    await rig.pump_until_done(list(sagas._tasks))
+    home = engine.actors[0].ledger
+    assert home.reservation("o1").state == State.FULFILLED  # type: ignore[union-attr]
+    assert home.live_reservations == 0 and not sagas.unsettled
