@@ -204,8 +204,8 @@ class Orders:
         try:
             parts = await self._steps({g: ReservePart(cmd) for g, cmd in cmds.items()})
         except DomainError as exc:
-            if not isinstance(exc, Unavailable):  # refused by a rule: a part's id taken by other content
-                expired = await self._abandon(order, home)  # (Redis lost its order): nothing stays held
+            if not isinstance(exc, Unavailable):  # refused by a rule: a part's id taken by other content (Redis
+                expired = await self._abandon(order, home)  # lost its order), its group full: nothing stays held
                 await self._save(home, orders.settled(expired, self._engine.now_at(home)), over=expired)
             raise
         decided, release = orders.decide(order, parts, self._engine.now_at(home))

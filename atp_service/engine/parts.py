@@ -317,10 +317,14 @@ def log_lost(order_id: str, groups: list[int], what: str) -> None:
 
 def undecided(exc: BaseException) -> BaseException:
     """A step that did not happen, or may not have: the order stays pending, and its caller hears
-    that the outcome is not known yet. A refusal by a domain rule is passed on as it is; not a
-    shard shedding load or full (RESOURCE_EXHAUSTED says nothing was applied, but the order is
-    open and other parts may hold: a retry with the same id answers what was decided, R5)."""
-    if isinstance(exc, DomainError) and not isinstance(exc, Unavailable | ResourceExhausted):
+    that the outcome is not known yet. A refusal by a domain rule is passed on as it is, a part's
+    group past its bound on records (CAPACITY_REACHED) too: it refuses that part until records there
+    are resolved and forgotten, hours maybe, and the order is given up whole (R2: nothing stays held),
+    as a one-group Reserve there is refused. Not a shard shedding load (RESOURCE_EXHAUSTED says
+    nothing was applied, but the order is open and other parts may hold: a retry with the same id
+    answers what was decided, R5)."""
+    capacity = isinstance(exc, ResourceExhausted) and exc.reason == Reason.CAPACITY_REACHED
+    if isinstance(exc, DomainError) and (capacity or not isinstance(exc, Unavailable | ResourceExhausted)):
         return exc
     if not isinstance(exc, Exception):
         return exc  # cancelled: the saga's own task is being stopped

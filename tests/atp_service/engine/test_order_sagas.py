@@ -6,6 +6,7 @@ acknowledged is taken back (R2, R3, R5, R7)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -397,3 +398,26 @@ async def test_an_order_whose_last_shipment_stopped_before_resolving_it_is_resol
     home = engine.actors[0].ledger
     assert home.reservation("o1").state == State.FULFILLED  # type: ignore[union-attr]
     assert home.live_reservations == 0 and not sagas.unsettled
+
+
+async def test_an_order_whose_part_s_group_is_full_is_refused_capacity_reached_holding_nothing(rig: Rig) -> None:
+    """A part's group past ``max_live_reservations_per_shard`` refuses the part CAPACITY_REACHED, nothing
+    written there. The saga took it as a step in doubt: the order left pending, its caller told
+    UNAVAILABLE (outcome unknown), its part in the other group holding its units until the order's TTL
+    (up to ``max_ttl_seconds``) while housekeeping asked the full group again every pass — though a part
+    refused releases the others before the refusal is answered (R2), and a one-group Reserve there is
+    refused CAPACITY_REACHED. Now the order is given up whole and refused as that one would be."""
+    engine = rig.engine
+    assert engine.orders is not None
+    engine.limits = dataclasses.replace(engine.limits, max_live_reservations_per_shard=2)
+    for n in range(2):  # group 1 (SKU A) full
+        fill = reserve_command(reservation_id=f"fill{n}", order_ref="o", channel="web", ttl_seconds=60,
+                               lines=[("A", "DC", 1)], allow_partial=False, limits=Limits())
+        assert (await rig.run(engine.reserve(fill)))[0].state == State.HELD
+    with pytest.raises(ResourceExhausted) as refused:
+        await rig.run(engine.reserve(rig.cmd("o1")))
+    assert refused.value.reason == Reason.CAPACITY_REACHED, refused.value
+    assert refused.value.metadata == {"limit": "max_live_reservations_per_shard"}
+    assert rig.quantities() == [(0, 0), (2, 0)], "the part in group 0 still holds its units"
+    assert not engine.orders.unsettled, "left pending for housekeeping to ask the full group again"
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED  # nothing of it held
