@@ -49,6 +49,7 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
     """How this process's sagas send a step to the peer owning its group."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     told = OncePerKey(REFUSAL_LOG_S, MAX_FAILING_OWNERS)  # a line per peer, not one per retried step
+    denied = OncePerKey(REFUSAL_LOG_S, MAX_FAILING_OWNERS)  # a token refused: every step, every pass, until fixed
     unanswered = OncePerKey(UNANSWERED_LOG_S, MAX_FAILING_OWNERS)
 
     async def send(address: str, request: bytes) -> bytes:
@@ -58,8 +59,9 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
         except grpc.aio.AioRpcError as exc:
             forwarder.tell_tls_refusal(address, exc)
             if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                log.error("peer %s refused an order step: %s (set peer_token_file to the token of a caller "
-                          "with the peer role)", address, exc.details())
+                if denied.due(address):
+                    log.error("peer %s refused an order step: %s (set peer_token_file to the token of a caller "
+                              "with the peer role)", address, exc.details())
             elif exc.code() == grpc.StatusCode.INVALID_ARGUMENT and told.due(address):
                 log.error("peer %s could not read an order step (%s): processes of another version (a rolling "
                           "update between versions whose steps differ)? Orders spanning its groups stay "

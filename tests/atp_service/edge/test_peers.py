@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import msgspec
 import pytest
@@ -89,3 +91,34 @@ def test_a_step_is_said_by_its_kind_group_and_reservation() -> None:
                     {"step": "read", "group": 3, "reservation_id": "o-1#3"},
                     {"step": "settle", "group": -1, "reservation_id": "o-1"},
                     {"step": "resolve", "group": -1, "reservation_id": "o-2"}]
+
+
+async def test_a_peer_refusing_the_token_of_steps_is_logged_once_not_per_step(
+        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """A peer whose callers file no longer holds this process's peer token (rotated at one process,
+    reloaded there) refuses every order step UNAUTHENTICATED: each was said at ERROR, and housekeeping
+    sends each pending order's step again every pass — a line per step, many a second, for as long as
+    the tokens differ. Said once per peer in ``REFUSAL_LOG_S``, as a step it cannot read is."""
+    from atp_service.edge.auth import new_token, token_hash
+    from atp_service.edge.forward import Forwarder
+    from atp_service.edge.peers import step_sender
+    from atp_service.metrics import EdgeMetrics
+    from reservation import Reason, Unavailable
+
+    callers, own = tmp_path / "callers.toml", new_token()
+    callers.write_text(f'[[callers]]\nname = "peer"\nroles = ["peer"]\ntoken_sha256 = "{token_hash(own)}"\n')
+    (tmp_path / "peer.token").write_text(own)
+    service, _ = await start_service(ownership="leases", lease_ms=2000, port=free_port(), host="127.0.0.1",
+                                     input_streams=(), auth="on", callers_file=callers,
+                                     peer_token_file=tmp_path / "peer.token")
+    forwarder = Forwarder(EdgeMetrics())
+    send = step_sender(forwarder, new_token())  # a token the peer's callers file does not hold
+    try:
+        for _ in range(3):
+            with pytest.raises(Unavailable) as refused:
+                await send(service._servicer.address, msgspec_garbage())
+            assert refused.value.reason == Reason.OUTCOME_UNKNOWN
+    finally:
+        await forwarder.aclose()
+    told = [r for r in caplog.records if r.levelname == "ERROR" and service._servicer.address in r.getMessage()]
+    assert len(told) == 1 and "peer_token_file" in told[0].getMessage(), [r.getMessage() for r in caplog.records]
