@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from atp_service.intake.dead_letters import ANNOTATION_NAMES, ENTRY, EntryRefused, Why
+import asyncio
+
+from atp_service.intake.dead_letters import ANNOTATION_NAMES, ENTRY, TRIMMED, EntryRefused, Why, why_refused
 from reservation import Fact, FactKind, InvalidArgument, Limits, Reason
 from reservation import fact as make_fact
 
@@ -23,6 +25,35 @@ Entry = tuple[str, bytes, list[bytes] | None]  # stream, entry id, flat [field, 
 Read = tuple[str, bytes, list[bytes]]  # stream, entry id, its fields: an entry whose fact was decoded
 Dead = tuple[str, bytes, list[bytes], Why]  # stream, entry id, its fields, why it is dead-lettered
 Ahead = tuple[Fact, Read, InvalidArgument]  # a fact stamped past the allowed skew (E7), its entry, its refusal
+DECODE_SLICE = 500
+"""Entries decoded in one go: a read of thousands must not hold the event loop for tens of ms."""
+
+
+async def decode_all(entries: list[Entry], now: int, limits: Limits, max_bytes: int
+                     ) -> tuple[list[Fact], list[Read], list[Dead], list[Ahead]]:
+    """The entries' facts with the entry each came from, the entries to dead-letter, and those
+    whose facts are stamped past the allowed skew (E7), to be judged after their dedupe (E8)."""
+    dead: list[Dead] = []
+    ahead: list[Ahead] = []
+    facts: list[Fact] = []
+    read: list[Read] = []
+    for n, (stream, entry_id, fields) in enumerate(entries):
+        if n and n % DECODE_SLICE == 0:
+            await asyncio.sleep(0)  # let other tasks (a stock-out to publish) in between slices
+        if fields is None:  # a pending entry trimmed away: a kill -9 before its XACK may have applied it
+            dead.append((stream, entry_id, [], TRIMMED))
+            continue
+        try:
+            fact, refusal = decode_judged(fields, now, limits, max_bytes)
+        except InvalidArgument as exc:
+            dead.append((stream, entry_id, fields, why_refused(exc)))
+            continue
+        if refusal is not None:
+            ahead.append((fact, (stream, entry_id, fields), refusal))
+        else:
+            facts.append(fact)
+            read.append((stream, entry_id, fields))
+    return facts, read, dead, ahead
 
 
 def decode_fact(flat: list[bytes], now: int, limits: Limits, max_entry_bytes: int) -> Fact:

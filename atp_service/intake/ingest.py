@@ -27,15 +27,16 @@ from atp_service.engine.clock import Clock
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines, why_refused
 from atp_service.intake.dead_letters import write as write_dead_letters
-from atp_service.intake.entries import Ahead, Dead, Entry, Read, decode_judged, id_key
+from atp_service.intake.entries import Ahead, Dead, Entry, Read, decode_all, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
+from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import GroupReader, make_group_after
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text, group_lost, make_group, stream_info
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled
-from reservation import DomainError, Fact, InvalidArgument, Moved
+from reservation import DomainError, InvalidArgument, Moved
 
 log = logging.getLogger(__name__)
 INGEST_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
@@ -50,8 +51,6 @@ the next pass goes on from there, and new entries are read in between. A pass mu
 PENDING_SETTLE_S = 0.2
 """How long a pass over the pending entries waits for the batches in flight (their entries are in its
 list too); one still waiting for an owner then puts the pass off, and new entries are read meanwhile."""
-DECODE_SLICE = 500
-"""Entries decoded in one go: a read of thousands must not hold the event loop for tens of ms."""
 
 class StreamIngestor:
     """Reads the input streams on its own Redis connection pool, separate from the log's appends.
@@ -93,6 +92,7 @@ class StreamIngestor:
         self._claimed_at = 0.0
         self._claim_from: dict[str, str] = {}  # per stream, where the next XAUTOCLAIM scan goes on
         self._seen: dict[str, bytes] = {}  # per stream, the newest entry id read
+        self._unacked = Unacked()  # what a group made again must deliver again
         self._dead_lines = DeadLetterLines()
 
     async def start(self) -> None:
@@ -111,6 +111,9 @@ class StreamIngestor:
             made = await (make_group_after(self._client, stream, group, start) if start != b"0" else
                           make_group(self._client, stream, group, start))
             if made and again:
+                self._seen.pop(stream, None)  # what is after ``start`` comes again: a next loss starts no later
+                if start != b"0":
+                    self._seen[stream] = start
                 log.warning("input stream %s had no consumer group %s (the stream or its group was deleted): "
                             "made again, read after entry %s", stream, group, as_text(start),
                             extra={"event": "ingest_group_made_again", "stream": stream})
@@ -118,16 +121,19 @@ class StreamIngestor:
     async def _start_again(self, stream: str) -> bytes:
         """Where a group made again reads from: after the newest entry this reader has seen there —
         the older ones were applied, or refused (E7 judged by a clock that has moved since), and must
-        not be judged again (E8 aside). But a stream that is gone, or whose ids no longer reach that
-        entry, was made anew (deleted, then written again): all of its entries are new to the reader,
-        and a group after that id would never deliver them — one the producer wrote far ahead (an
-        explicit id in µs) froze the stream's facts for good, with nothing failing or pending."""
+        not be judged again (E8 aside) — or before the oldest it may hold unacknowledged, which the
+        group deleted took out of its pending list (``Unacked``: else never read again, no dead letter).
+        But a stream that is gone, or whose ids no longer reach that entry, was made anew (deleted,
+        then written again): all of its entries are new to the reader, and a group after that id would
+        never deliver them — one the producer wrote far ahead (an explicit id in µs) froze the stream's
+        facts for good, with nothing failing or pending."""
         seen = self._seen.get(stream)
         if seen is None:
             return b"0"
         info = await stream_info(self._client, stream)
         if info is not None and id_key(as_text(info["last-generated-id"]).encode()) >= id_key(seen):
-            return seen
+            start = self._unacked.start(stream, seen)
+            return b"0" if start == b"0-0" else start
         log.warning("input stream %s was made anew: its ids no longer reach entry %s, the newest this reader "
                     "had seen; all of its entries are read", stream, as_text(seen),
                     extra={"event": "ingest_stream_made_anew", "stream": stream})
@@ -210,6 +216,8 @@ class StreamIngestor:
             self._retry_at = time.monotonic() + PENDING_RETRY.first_s
             return
         left = self._pending_after is not None and self._pending_left
+        if self._pending_after is None:
+            self._unacked.pass_begun()
         after = self._pending_after or ["0"] * len(self._streams)
         self._retry_own_pending = False
         deadline = time.monotonic() + PENDING_PASS_S
@@ -220,11 +228,14 @@ class StreamIngestor:
             await self._handle(entries)
             last = {stream: entry_id for stream, entry_id, _ in entries}
             after = [as_text(last[s]) if s in last else a for s, a in zip(self._streams, after, strict=True)]
+            for stream, entry_id in last.items():
+                self._unacked.pass_at(stream, entry_id)
         else:  # cut short: new entries are read first, then the pass goes on where it stopped
             self._pending_after, self._pending_left = after, left or self._retry_own_pending
             self._retry_own_pending, self._retry_at = True, time.monotonic() + PENDING_RETRY.first_s
             return
         self._pending_after, self._pending_left = None, False
+        self._unacked.pass_read_through()
         self._retry_own_pending |= left
         if self._retry_own_pending:
             self._retry_at = time.monotonic() + self._retries.next_delay()
@@ -306,11 +317,24 @@ class StreamIngestor:
 
     async def _handle(self, entries: list[Entry]) -> int:
         """Apply the entries' facts; acknowledge each entry once its fact is durable (here or at its
-        group's owner) or dead-lettered. The others stay pending, to be read again. An entry holds
-        one fact: those applied here are acknowledged before the others' owners are waited for."""
+        group's owner) or dead-lettered. The others stay pending, to be read again — and are known to
+        ``Unacked`` meanwhile: a group deleted takes them out of the pending list."""
         if not entries:
             return 0
-        facts, read, dead, ahead = await self._decode(entries)
+        held = self._unacked.hold(entries)
+        try:
+            return await self._handle_held(entries)
+        except BaseException:
+            self._unacked.left((stream, entry_id) for stream, entry_id, _ in entries)  # each stays pending
+            raise
+        finally:
+            self._unacked.release(held)
+
+    async def _handle_held(self, entries: list[Entry]) -> int:
+        """``_handle``'s work. An entry holds one fact: those applied here are acknowledged before the
+        others' owners are waited for."""
+        now, cfg = self._clock.now_ms(), self._config
+        facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
         settled = await self._settle_ahead(ahead) if ahead else 0
         results = await self._desk.record(facts, origin="stream") if facts else []
         remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
@@ -342,39 +366,13 @@ class StreamIngestor:
                 dead.append((stream, entry_id, fields, why_refused(result)))
             elif isinstance(result, DomainError):
                 self._retry_own_pending = True  # stays pending; read again from our own list
+                self._unacked.left([(stream, entry_id)])
             else:
                 done.append((stream, entry_id))
         if dead:
             await self._dead_letter(dead)
         await self._ack(done)
         return len(done) + len(dead)
-
-    async def _decode(self, entries: list[Entry]) -> tuple[list[Fact], list[Read], list[Dead], list[Ahead]]:
-        """The entries' facts with the entry each came from, the entries to dead-letter, and those
-        whose facts are stamped past the allowed skew (E7), to be judged after their dedupe (E8)."""
-        now = self._clock.now_ms()
-        dead: list[Dead] = []
-        ahead: list[Ahead] = []
-        facts: list[Fact] = []
-        read: list[Read] = []
-        limits, max_bytes = self._config.limits, self._config.ingest_max_entry_bytes
-        for n, (stream, entry_id, fields) in enumerate(entries):
-            if n and n % DECODE_SLICE == 0:
-                await asyncio.sleep(0)  # let other tasks (a stock-out to publish) in between slices
-            if fields is None:  # a pending entry trimmed away: a kill -9 before its XACK may have applied it
-                dead.append((stream, entry_id, [], TRIMMED))
-                continue
-            try:
-                fact, refusal = decode_judged(fields, now, limits, max_bytes)
-            except InvalidArgument as exc:
-                dead.append((stream, entry_id, fields, why_refused(exc)))
-                continue
-            if refusal is not None:
-                ahead.append((fact, (stream, entry_id, fields), refusal))
-            else:
-                facts.append(fact)
-                read.append((stream, entry_id, fields))
-        return facts, read, dead, ahead
 
     async def _dead_letter(self, dead: list[Dead]) -> None:
         """The entries' dead letters written, then the entries acknowledged (``dead_letters.write``): both,

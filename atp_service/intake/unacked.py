@@ -1,0 +1,97 @@
+"""Where a consumer group made again must start so that no entry the reader had not acknowledged is lost.
+
+A consumer group deleted (XGROUP DESTROY by an operator, a Redis restored without it) takes its
+pending list with it: the entries delivered to the reader and not acknowledged yet — a batch being
+applied, a fact whose shard or owner did not answer, left to be read again from the reader's own
+pending list — are in no list any more. Made again after the newest entry read, the group never
+delivered them again, and nothing was dead-lettered: facts lost with nothing said, where every entry
+is to be applied, quarantined (E6) or dead-lettered with its reason. So the reader keeps, per stream,
+a bound below every entry it may hold unacknowledged, and the group is made again at the bound where
+it is older than the newest entry read: those entries are delivered again, the ones acknowledged
+meanwhile among them a duplicate of no effect (E8). Bounded: a few ids per stream, not one per entry
+pending. The bound only goes up when a pass over the reader's own pending list read it through: what
+it left pending then is all there is. Until the first such pass since the start, the list holds
+entries of the run before, known to no one here: the pass's position is a bound too (all are after it).
+
+Only this reader's entries: another process's, or a dead consumer's not claimed yet, are in no memory
+here; the group made again by another process (this reader seeing no NOGROUP) is not told apart either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from atp_service.intake.entries import id_key
+
+_SEQ_MAX = (1 << 64) - 1
+
+
+def before(entry_id: bytes) -> bytes:
+    """The id just before ``entry_id``: a group made at it delivers ``entry_id`` first."""
+    ms, seq = id_key(entry_id)
+    if seq:
+        return b"%d-%d" % (ms, seq - 1)
+    return b"%d-%d" % (ms - 1, _SEQ_MAX) if ms else b"0-0"
+
+
+class Unacked:
+    """Per stream, an id below every entry this reader may hold delivered and not acknowledged."""
+
+    def __init__(self) -> None:
+        self._left: dict[str, bytes] = {}  # entries left pending (to be read again from its own list)
+        self._left_in_pass: dict[str, bytes] | None = None  # those left since a pass from the start began
+        self._in_hand: dict[int, dict[str, bytes]] = {}  # batches being applied, each its lowest per stream
+        self._next = 0
+        self._first_pass: dict[str, bytes] | None = None  # where the first pass since the start is, while it is
+        self._read_through = False  # a pass read the list through since the start
+
+    def hold(self, entries: Iterable[tuple[str, bytes, object]]) -> int:
+        """A batch taken in hand; its token, for ``release``."""
+        lowest: dict[str, bytes] = {}
+        for stream, entry_id, _ in entries:
+            _lower(lowest, stream, before(entry_id))
+        self._next += 1
+        self._in_hand[self._next] = lowest
+        return self._next
+
+    def release(self, token: int) -> None:
+        """The batch settled: each of its entries acknowledged, or told to ``left``."""
+        self._in_hand.pop(token, None)
+
+    def left(self, entries: Iterable[tuple[str, bytes]]) -> None:
+        """Entries left pending: read again from the reader's own list (which a group deleted loses)."""
+        for stream, entry_id in entries:
+            _lower(self._left, stream, before(entry_id))
+            if self._left_in_pass is not None:
+                _lower(self._left_in_pass, stream, before(entry_id))
+
+    def pass_begun(self) -> None:
+        """A pass over the reader's own pending list from its start: every entry in it is read."""
+        self._left_in_pass = {}
+        if not self._read_through:
+            self._first_pass = {}
+
+    def pass_at(self, stream: str, after: bytes) -> None:
+        """A pass over the reader's own pending list goes on after ``after`` on ``stream``."""
+        if self._first_pass is not None:
+            self._first_pass[stream] = after
+
+    def pass_read_through(self) -> None:
+        """That pass read the list to its end: what it (and the batches meanwhile) left is all that is left."""
+        if self._left_in_pass is not None:
+            self._left, self._left_in_pass, self._first_pass = self._left_in_pass, None, None
+            self._read_through = True
+
+    def start(self, stream: str, seen: bytes) -> bytes:
+        """Where a group made again on ``stream`` starts: after ``seen`` (the newest entry read), or
+        before the oldest entry this reader may hold unacknowledged where that is older."""
+        bounds = [self._left.get(stream), *(low.get(stream) for low in self._in_hand.values())]
+        if self._first_pass is not None:  # the run before's pending entries, not all read yet
+            bounds.append(self._first_pass.get(stream, b"0-0"))
+        return min([seen, *(bound for bound in bounds if bound is not None)], key=id_key)
+
+
+def _lower(bounds: dict[str, bytes], stream: str, bound: bytes) -> None:
+    known = bounds.get(stream)
+    if known is None or id_key(bound) < id_key(known):
+        bounds[stream] = bound
