@@ -123,13 +123,15 @@ def _channel_needs(keys: Keyspace, channels: list[str]) -> list[Need]:
 
 def _input_needs(config: ServiceConfig) -> list[Need]:
     """The input streams: read through the consumer group, acknowledged, dead-lettered (``MULTI``),
-    the count of entries trimmed unread kept in a hash (``intake/unread.py``)."""
+    the count of entries trimmed unread kept in a hash (``intake/unread.py``), a dead consumer's
+    entries claimed with the dead letters of those trimmed (``intake/claims.py``)."""
     group, consumer, streams = config.consumer_group, config.consumer_name, config.input_streams
-    owed = f"{streams[0]}:trimmed-unread:{group}:{consumer}"
+    owed, dlq = f"{streams[0]}:trimmed-unread:{group}:{consumer}", config.dead_letter_stream
     use = "the input streams"
-    needs = [Need(("XADD", config.dead_letter_stream, "MAXLEN", "~", 1, "*", "f", "v"), config.dead_letter_stream,
-                  "dead letters"),
+    needs = [Need(("XADD", dlq, "MAXLEN", "~", 1, "*", "f", "v"), dlq, "dead letters"),
+             Need(("TYPE", dlq), dlq, "dead letters"),
              Need(("EVALSHA", SHA, len(streams) + 1, *streams, owed), owed, use)]
+    needs += [Need(("EVALSHA", SHA, 2, s, dlq), s, use) for s in streams]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"))]
     for s in streams:

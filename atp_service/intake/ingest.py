@@ -25,6 +25,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.backlog import BacklogGauge
+from atp_service.intake.claims import Claims
 from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines, why_refused
 from atp_service.intake.dead_letters import write as write_dead_letters
 from atp_service.intake.entries import Ahead, Dead, Entry, Read, decode_all, id_key
@@ -62,9 +63,6 @@ class StreamIngestor:
                  read_count: int | None = None, send: FactSender | None = None) -> None:
         # The raw XREADGROUP reply: redis-py's per-entry dict building cost more than the decoding.
         client.set_response_callback("XREADGROUP", lambda response, **_: response)
-        # XAUTOCLAIM's too: redis-py's makes each entry a dict, which keeps one value of a field named
-        # twice, and such an entry claimed would be read as that value instead of refused (FIELD_REPEATED).
-        client.set_response_callback("XAUTOCLAIM", lambda response, **_: response)
         self._client = client
         self._desk = desk
         self._owners = OwnerSends(send) if send is not None else None
@@ -91,6 +89,8 @@ class StreamIngestor:
         self._batches: set[asyncio.Task[int]] = set()
         self._claimed_at = 0.0
         self._claim_from: dict[str, str] = {}  # per stream, where the next XAUTOCLAIM scan goes on
+        self._claims = Claims(client, settings.consumer_group, settings.consumer_name, settings.dead_letter_stream,
+                              settings.side_stream_maxlen)
         self._seen: dict[str, bytes] = {}  # per stream, the newest entry id read
         self._unacked = Unacked()  # what a group made again must deliver again
         self._dead_lines = DeadLetterLines()
@@ -289,31 +289,29 @@ class StreamIngestor:
 
     async def _claim(self) -> list[Entry]:
         """Take over entries a dead consumer left pending for longer than claim_idle_ms."""
-        cfg = self._config
         out: list[Entry] = []
         for stream in self._streams:
-            # Each call scans a bounded part of the group's pending list: the next goes on from the
-            # cursor it returns (0-0: from the start again), so entries far down the list are reached.
-            reply = await self._client.xautoclaim(stream, cfg.consumer_group, cfg.consumer_name,
-                                                  min_idle_time=cfg.claim_idle_ms,
-                                                  start_id=self._claim_from.get(stream, "0-0"),
-                                                  count=self._read_count)  # the same batch bound as a read
-            self._claim_from[stream] = as_text(reply[0])
-            out += [(stream, entry_id, flat or None) for entry_id, flat in reply[1]]  # raw: [id, [f, v, …]]
-            # Redis 7 lists apart the pending entries it found trimmed from the stream, idle or not,
-            # and takes them out of the pending list: told as dead letters. Whether the consumer that
-            # held one applied it is not known (a live one may yet; its fields are gone from Redis).
-            # Those letters are their only trace: written at once (not after the next stream's claim)
-            # and whole, even if a stop cancels the reader meanwhile.
-            if trimmed := (reply[2] if len(reply) > 2 else []):
-                dead: list[Dead] = [(stream, entry_id, [], TRIMMED) for entry_id in trimmed]
-                told = asyncio.ensure_future(self._dead_letter(dead))
-                told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
-                await finish_uncancelled(told)
+            # Whole even if a stop cancels the reader meanwhile: the trimmed ones' dead letters counted.
+            claimed = asyncio.ensure_future(self._claim_stream(stream))
+            claimed.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
+            out += await finish_uncancelled(claimed)
         if out:
             self._metrics.ingest_claimed.inc(len(out))
             log.info("claimed %d stale pending entries", len(out))
         return out
+
+    async def _claim_stream(self, stream: str) -> list[Entry]:
+        """One stream's claim (``Claims``): the entries taken over; the trimmed ones' dead letters told."""
+        # Each call scans a bounded part of the group's pending list: the next goes on from the
+        # cursor it returns (0-0: from the start again), so entries far down the list are reached.
+        cursor, rows, trimmed = await self._claims.claim(stream, self._config.claim_idle_ms,
+                                                         self._claim_from.get(stream, "0-0"),
+                                                         self._read_count)  # the same batch bound as a read
+        self._claim_from[stream] = as_text(cursor)
+        # Dead-lettered by the claim itself (``Claims``): whether the consumer that held one applied
+        # it is not known (a live one may yet; its fields are gone from Redis).
+        self._told([(stream, entry_id, [], TRIMMED) for entry_id in trimmed])
+        return [(stream, entry_id, flat or None) for entry_id, flat in rows]  # raw: [id, [f, v, …]]
 
     async def _handle(self, entries: list[Entry]) -> int:
         """Apply the entries' facts; acknowledge each entry once its fact is durable (here or at its
@@ -383,6 +381,10 @@ class StreamIngestor:
                                                         cfg.ingest_max_entry_bytes))
         told.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
         await finish_uncancelled(told)
+        self._told(dead)
+
+    def _told(self, dead: list[Dead]) -> None:
+        """Dead letters written: counted and logged."""
         for stream, entry_id, _, why in dead:
             self._metrics.dead_lettered.labels(stream).inc()
             self._dead_lines.tell(stream, entry_id, why)

@@ -2,22 +2,23 @@
 
 XAUTOCLAIM (Redis 7) takes the pending entries it finds trimmed from the stream out of the pending
 list itself: their dead letters are the only trace left of them. A stop cancelling the reader at
-that write left no dead letter, nor any pending entry to find them again. Real Redis; the write held
-at an event around the reader's real one until the reader has been cancelled.
+that write left no dead letter, nor any pending entry to find them again. The claim's script writes
+them now (``Claims``): a stop cancelling the reader there must still have it run, and the dead letters
+counted. Real Redis; the claim held at an event around the reader's real one until the reader has
+been cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import redis
+from prometheus_client import CollectorRegistry
 
 from atp_service import ManualClock
 from atp_service.config import ServiceConfig
-from atp_service.intake.entries import Dead
 from atp_service.intake.facts import FactDesk
 from atp_service.intake.ingest import StreamIngestor
 from atp_service.metrics import IntakeMetrics
@@ -39,20 +40,23 @@ async def test_a_reader_stopped_while_telling_entries_claimed_trimmed_still_dead
     r.xreadgroup("atp", "dead-consumer", {STREAM: ">"}, count=10)
     r.xdel(STREAM, gone)  # pending at the dead consumer, trimmed from the stream
     settings = dataclasses.replace(ServiceConfig(input_streams=(STREAM,)).ingest_settings, claim_idle_ms=1)
-    desk = FactDesk(None, "atp:quarantine", 1000, metrics=IntakeMetrics())  # type: ignore[arg-type]  # no fact read
+    registry = CollectorRegistry()
+    metrics = IntakeMetrics(registry)
+    desk = FactDesk(None, "atp:quarantine", 1000, metrics=metrics)  # type: ignore[arg-type]  # no fact read
     ingestor = StreamIngestor(connect_any(redis_url, 2.0), desk, settings, ManualClock(T))
-    real, held, release = ingestor._dead_letter, asyncio.Event(), asyncio.Event()
+    real, held, release = ingestor._claims.claim, asyncio.Event(), asyncio.Event()
 
-    async def gated(dead: Sequence[Dead]) -> None:
+    async def gated(*args: Any) -> Any:
         held.set()
         await release.wait()
-        await real(list(dead))
+        return await real(*args)
 
-    ingestor._dead_letter = gated  # type: ignore[method-assign]
-    await stopped_at_the_gate(ingestor, held, release, "the trimmed entry's dead letter on its way")
+    ingestor._claims.claim = gated  # type: ignore[method-assign]
+    await stopped_at_the_gate(ingestor, held, release, "the claim on its way")
     dead = r.xrange("atp:dlq")
     assert [(fields[b"_id"], fields[b"_code"]) for _, fields in dead] == [(gone, b"TRIMMED_WHILE_PENDING")], dead
     assert r.xpending(STREAM, "atp")["pending"] == 0
+    assert registry.get_sample_value("atp_dead_lettered_total", {"stream": STREAM}) == 1  # though cancelled
 
 
 async def stopped_at_the_gate(ingestor: StreamIngestor, held: asyncio.Event, release: asyncio.Event, what: str) -> None:
