@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 
 from atp_client import epoch_ms
 from atp_client import timestamp as api_timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.edge.errors import rich_status
+from atp_service.edge.errors import STATUS, rich_status
 from reservation import (
     DomainError,
     Fact,
@@ -22,6 +24,7 @@ from reservation import (
     InvalidArgument,
     Limits,
     Quantities,
+    Reason,
     Reservation,
     ReserveCommand,
     Unavailable,
@@ -88,13 +91,31 @@ def fact_pb(fact: Fact) -> pb.Fact:
 
 def fact_result(answer: pb.FactResult) -> tuple[FactOutcome, str] | DomainError:
     """A fact's outcome as the process that applied it answered: (outcome, detail), or for an
-    ``INVALID`` one the refusal naming the field (``events[3].event_time`` read as ``event_time``)."""
+    ``INVALID`` one the refusal naming the field (``events[3].event_time`` read as ``event_time``),
+    with the reason and limit the answer's ``ErrorInfo`` carries: read as ``INVALID_FIELD`` whatever it
+    was, a fact refused past a limit was dead-lettered naming a malformed field instead."""
     if answer.outcome == pb.FACT_OUTCOME_INVALID:
         field, _, problem = answer.error.message.partition(": ")
-        return InvalidArgument(field.partition("].")[2] or field, problem)
+        reason, limit = _error_info(answer.error)
+        return InvalidArgument(field.partition("].")[2] or field, problem, reason, limit)
     if answer.outcome not in _OUTCOMES:
         return Unavailable(f"fact {answer.event_id!r}: no outcome in the answer ({answer.outcome})")
     return FactOutcome(answer.outcome), answer.detail
+
+
+def _error_info(error: status_pb2.Status) -> tuple[Reason, str]:
+    """The reason (one of a bad request's: the vocabulary of an ``INVALID`` fact) and the ``limit`` a
+    refusal's ``ErrorInfo`` names; ``INVALID_FIELD`` where it names none of those."""
+    for detail in error.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.reason in _BAD_REQUEST:
+            return Reason[info.reason], info.metadata.get("limit", "")
+    return Reason.INVALID_FIELD, ""
+
+
+_BAD_REQUEST = frozenset(reason.name for reason, (code, _) in STATUS.items()
+                         if code is grpc.StatusCode.INVALID_ARGUMENT)
+"""The reasons an invalid fact may carry (those answered ``INVALID_ARGUMENT``)."""
 
 
 def lines_of(lines: Sequence[pb.Line]) -> list[tuple[str, str, int]]:

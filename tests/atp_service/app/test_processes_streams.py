@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -21,6 +22,7 @@ from atp_client import AtpClient, Retryable
 from atp_service import AtpService, free_port
 from atp_service.edge import record
 from atp_service.edge.auth import new_token, token_hash
+from reservation import Limits
 from tests.atp_service.app.test_processes import SHARDS, Process, balanced, group_of, owned, processes, routed
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.conftest import ServiceFactory, services_on, spawned
@@ -227,10 +229,10 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
         assert await on_hand(reader, sku) == 3, sku
 
 
-async def reader_and_owner(start: ServiceFactory) -> list[Process]:
+async def reader_and_owner(start: ServiceFactory, **other_settings: Any) -> list[Process]:
     """Two leased processes sharing the groups: the first reads the input stream, the second none."""
     reader = await start(port=free_port(), host="127.0.0.1", input_streams=STREAMS[:1])
-    other = await start(port=free_port(), host="127.0.0.1", input_streams=())
+    other = await start(port=free_port(), host="127.0.0.1", input_streams=(), **other_settings)
     running = [reader, other]
     await until(lambda: balanced(running) and routed(running), "the groups spread over the 2 processes", 60)
     return running
@@ -269,3 +271,20 @@ async def test_a_fact_read_as_in_the_future_and_sent_to_its_owner_is_counted_mov
         assert r.xlen("atp:dlq") == 1
         assert counted([running[0][0]], "atp_facts_total", origin="stream", outcome="moved") == 1
         assert counted([running[1][0]], "atp_facts_total", outcome="invalid") == 1
+
+
+async def test_a_fact_its_owner_refuses_past_one_of_its_limits_is_dead_lettered_naming_that_reason(
+        redis_url: str) -> None:
+    """A dead letter's ``_code`` is the reason the owner gave: a fact of a group another process owns,
+    refused there past a limit (its ``max_id_length``, shorter than the reader's during a rolling
+    change of it), was dead-lettered ``INVALID_FIELD`` (the answer read back as a malformed field
+    whatever its reason), so a tool sorting dead letters by ``_code`` took it for a producer's typo."""
+    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS):
+        running = await reader_and_owner(start, limits=Limits(max_id_length=16))
+        sku = next(s for s in (f"long-{i}" for i in range(64)) if group_of(s) in owned(running[1][0]))
+        r = redis.Redis.from_url(redis_url)
+        r.xadd(STREAMS[0], F("an-event-id-past-16-bytes", "RECEIPT", sku, "DC", 1, int(time.time() * 1000)).fields())
+        await wait_consumed(redis_url, [STREAMS[0]])
+        ((_, dead),) = r.xrange("atp:dlq")
+        assert (dead[b"_field"], dead[b"_code"]) == (b"event_id", b"LIMIT_EXCEEDED"), dead
+        assert b"max_id_length" in dead[b"_reason"], dead[b"_reason"]
