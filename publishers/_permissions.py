@@ -30,6 +30,8 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
         (("XINFO", "CONSUMERS", stream, group), stream, "the takeover of a publisher's pending entries"),
         (("XINFO", "STREAM", stream), stream, "entries trimmed before the group read them (their keys resynced)"),
         (("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "STREAMS", stream, ">"), stream, "the channel feed"),
+        (("XREAD", "COUNT", 1, "BLOCK", 1, "STREAMS", stream, "0-0"), stream, "the wait for new entries"),
+        (("EXISTS", stream), stream, "the read of new entries (the group's position)"),
         (("XACK", stream, group, "0-1"), stream, "entries delivered (C3)"),
         (("XAUTOCLAIM", stream, group, consumer, 0, "0-0", "JUSTID"), stream, "the takeover of pending entries"),
         (("XPENDING", stream, group, "-", "+", 1, consumer), stream, "consumers removed after a takeover"),
@@ -44,7 +46,7 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
         (("HSCAN", owed, 0), owed, "keys owed"), (("HDEL", owed, "k"), owed, "keys owed, settled"),
         (("INCR", owe_all), owe_all, "a resync of every key owed"), (("GET", owe_all), owe_all, "a resync owed"),
         (("DEL", owe_all), owe_all, "a resync done")]
-    scripts = [("settle", (lease, delivered, stream)), ("forget", (lease, owed)),
+    scripts = [("read", (stream, owe_all)), ("settle", (lease, delivered, stream)), ("forget", (lease, owed)),
                ("delete if same", (lease, owe_all)), ("takeover", (lease, stream, owe_all)),
                ("consumers removed", (lease, stream)), ("renew and release", (lease,))]
     # Named by all its keys: two scripts sharing one were named as one, and a denied lease key by another.

@@ -41,6 +41,7 @@ from ._delivery import Adapter, DeliveryError
 from ._holding import Halted, Holding, unless_halted
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
+from ._reading import Reader
 from ._redeliver import Redelivery
 from ._replicas import Replicas
 from ._startup import refuse_evicting_redis
@@ -78,6 +79,7 @@ class Publisher:
         self._stop = asyncio.Event()
         self._halt = asyncio.Event()
         """Set by a stop, or when the group's lease is lost: what is being delivered stops at once."""
+        self._reader = Reader(config, client)
         self._holding = Holding(config, client, metrics, self._halt.set)
         self.replicas = Replicas(config, writer or Nodes(client), self._holding.lease, metrics)  # a cluster: pass one
         self._resync = StateResync(config, client, metrics, adapter.name, lambda key: self._delivered.get(key, 0),
@@ -186,17 +188,20 @@ class Publisher:
     async def _read(self, start: str) -> _Read:
         cfg = self.config
         busy = self._gap is not None or self._redelivery.due()  # a step between reads: no wait for new entries
-        block = None if start == "0" or busy else cfg.block_ms
-        reply = await self.client.xreadgroup(cfg.group, cfg.consumer, {cfg.stream: start},
-                                             count=cfg.read_count, block=block)
-        entries = list(stream_entries(reply))
-        if start == ">" and entries:
-            # Trimmed between the check and this read, which took the group past them: a gap too, owed
-            # before anything below can stop (a stop or a lost lease at the confirmation: C4).
-            await self._note_gap(seq_of(entries[0][1]))
-            self._position = seq_of(entries[-1][1])
+        if start == "0":
+            reply = await self.client.xreadgroup(cfg.group, cfg.consumer, {cfg.stream: start}, count=cfg.read_count)
+            entries = [(entry_id, fields) for _, entry_id, fields in stream_entries(reply)]
+        else:
+            new = await self._reader.read_new(None if busy else cfg.block_ms)
+            entries = list(new.entries)
+            if entries:
+                # Trimmed between the check and this read, which took the group past them: a gap too, owed
+                # in Redis by the read itself (``_reading``: a kill after it loses nothing, C4).
+                self._position = seq_of(new.after)  # another name's late read is no gap: taken over
+                await self._note_gap(seq_of(entries[0][0]), new.mark)
+                self._position = seq_of(entries[-1][0])
         out = _Read([], [])
-        for _, entry_id, fields in entries:
+        for entry_id, fields in entries:
             out.ids.append(as_text(entry_id))
             if not fields:  # an own pending entry trimmed from the stream: its key is in the state hash
                 out.trimmed.add(seq_of(entry_id))
@@ -273,19 +278,20 @@ class Publisher:
             await self._note_gap(seq_of(first[0]) if first else seq_of(info["last-generated-id"]) + 1)
         return await self._gap_step()
 
-    async def _note_gap(self, version: int) -> None:
+    async def _note_gap(self, version: int, mark: int = 0) -> None:
         """Versions come without gaps: one beyond the next this group reads means those between were
         trimmed unread. Their keys' newest values, if still among them, are delivered from the state
         hash a step at a time, the stream read between steps (C2: all at once, they held a stock-out
         read meanwhile behind every one of them). The group reads past them meanwhile, so a resync of
         every key is owed durably until they are delivered (C4: a stop or crash half-way leaves them
-        to the next start). A gap found while one is caught up: the sweep starts again with both."""
+        to the next start). A gap found while one is caught up: the sweep starts again with both.
+        ``mark``: the value the read that found it raised the mark to (0: raised here)."""
         after, gap = self._position, self._gap
         if version <= after + 1:
             return
         log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", self.config.channel,
                     self._trimmed(f"versions {after + 1} to {version - 1}"))
-        await self._redelivery.owe_every_key()  # each gap: the mark may have been settled by a pass since the last
+        await self._redelivery.owe_every_key(mark)  # each gap: the mark may have been settled by a pass since the last
         wanted = gap.wanted if gap is not None else lambda v: False
         self._gap = Sweep(lambda v: wanted(v) or after < v < version)
         self._position = version - 1

@@ -148,12 +148,13 @@ class Redelivery:
                     extra={"event": "publisher_redeliver_overflow", "channel": cfg.channel,
                            "max_keys": cfg.redeliver_max_keys})
 
-    async def owe_every_key(self) -> None:
+    async def owe_every_key(self, raised: int = 0) -> None:
         """Make the next pass resync every key of the state hash, durably (a gap in the stream the
         group reads past is being caught up: a stop or crash half-way must leave it owed). Raised for
         each gap, also one found while another is caught up (a pass may have settled the mark since);
-        ``gap_mark`` the gap's own while only gaps caught up since it was nothing raised it."""
-        mark, held = int(await self.client.incr(self.config.redeliver_all_key)), self.gap_mark
+        ``gap_mark`` the gap's own while only gaps caught up since it was nothing raised it. ``raised``:
+        the value the read that found the gap raised it to, in its own script (0: raised here)."""
+        mark, held = raised or int(await self.client.incr(self.config.redeliver_all_key)), self.gap_mark
         self.gap_mark = mark if mark == 1 or (held is not None and mark == held + 1) else None
 
     async def forget_every_key(self) -> None:

@@ -324,9 +324,9 @@ async def test_a_gap_found_once_a_pass_settled_the_mark_while_another_is_caught_
 
 
 async def blocked_reading(store: ChannelStore) -> bool:
-    """A connection blocked in XREADGROUP: the publisher waits for new entries."""
+    """A connection blocked in XREAD (``_reading``; XREADGROUP before): the publisher waits for new entries."""
     clients: Any = await store.client.client_list()
-    return any(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients)
+    return any(c["cmd"] in ("xread", "xreadgroup") and "b" in c["flags"] for c in clients)
 
 
 async def test_a_stop_during_a_read_that_found_a_gap_leaves_it_owed(store: ChannelStore, tmp_path: Path) -> None:
