@@ -1,7 +1,7 @@
 """What a publisher will ask of its Redis user, asked at start (``atp_service.storage.acl``: each
 command queued inside ``MULTI``, then discarded). A user denied one of them — ``XAUTOCLAIM`` inside
-the takeover script, ``HSET`` of the delivered versions inside the settle script, ``XADD`` of a dead
-letter — started, stood by, and failed the day it took the lease over from a publisher that died:
+the takeover script, ``HSET`` of the delivered versions inside the settle script, ``XADD`` inside the
+dead letters' script — started, stood by, and failed the day it took the lease over from a publisher that died:
 the channel's availability stopped reaching its destination when a standby was needed most.
 """
 
@@ -46,7 +46,8 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
         (("HSCAN", owed, 0), owed, "keys owed"), (("HDEL", owed, "k"), owed, "keys owed, settled"),
         (("INCR", owe_all), owe_all, "a resync of every key owed"), (("GET", owe_all), owe_all, "a resync owed"),
         (("DEL", owe_all), owe_all, "a resync done")]
-    scripts = [("read", (stream, owe_all)), ("settle", (lease, delivered, stream)), ("forget", (lease, owed)),
+    scripts = [("read", (stream, owe_all)), ("settle", (lease, delivered, stream)),
+               ("dead letters", (lease, cfg.dead_letter_stream, owed, owe_all)), ("forget", (lease, owed)),
                ("delete if same", (lease, owe_all)), ("takeover", (lease, stream, owe_all)),
                ("consumers removed", (lease, stream)), ("renew and release", (lease,))]
     # Named by all its keys: two scripts sharing one were named as one, and a denied lease key by another.
@@ -70,7 +71,7 @@ async def check_publisher_acl(cfg: PublisherConfig, redis_url: str, cluster: boo
     nodes = Nodes(connect_any(redis_url, timeout_s, cluster=cluster), cluster=cluster, url=redis_url,
                   timeout_s=timeout_s)
     try:
-        await check_acl(nodes, publisher_needs(cfg), "--redis-url", "the publisher", else_,
-                        transaction="the dead letters, written with the keys they leave owed (one transaction)")
+        # No MULTI/EXEC of its own: its dead letters are a script under the lease (``_redeliver``).
+        await check_acl(nodes, publisher_needs(cfg), "--redis-url", "the publisher", else_)
     finally:
         await nodes.aclose()

@@ -90,7 +90,7 @@ class Publisher:
     def _new_redelivery(self) -> Redelivery:
         return Redelivery(self.config, self.client, self.metrics, self.adapter.name, self._now_ms,
                           lambda key: self._delivered.get(key, 0), self._deliver_and_record,
-                          self._resync_every_key, self._holding.lease)
+                          self._resync_every_key, self._holding.lease, self._holding.lost)
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:

@@ -4,7 +4,7 @@ destination answers again (C4: the feed converges to what is durable; a stock-ou
 unpublished).
 
 - **What is remembered**: each dead-lettered update's key and version, in the hash
-  ``<stream>:redeliver:<group>`` (durable: a restart finds it), written in the dead letters' MULTI,
+  ``<stream>:redeliver:<group>`` (durable: a restart finds it), written in the dead letters' script,
   with its kind: ``retry`` (the last attempt failed with a retryable error: the destination was
   down or slow) or ``refused`` (it said this payload will not be taken: a 4xx, or one update of a
   batch refused alone). Past ``redeliver_max_keys`` keys a counter ``<stream>:redeliver-all:<group>``
@@ -52,6 +52,27 @@ ResyncStep = Callable[[Sweep], Awaitable[int | None]]
 the destination failed again."""
 
 
+DEAD_LETTER = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
+local i, owed = 5, tonumber(ARGV[4])
+for _ = 1, tonumber(ARGV[3]) do
+  local n = tonumber(ARGV[i])
+  redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+if owed == 0 then return 0 end
+if redis.call('hlen', KEYS[3]) + owed > tonumber(ARGV[i]) then
+  redis.call('incr', KEYS[4])
+  return 1
+end
+for j = i + 1, #ARGV, 1000 do redis.call('hset', KEYS[3], unpack(ARGV, j, math.min(j + 999, #ARGV))) end
+return 0
+"""
+"""Under the lease only: each dead letter (its number of names and values, then them) added to the
+dead-letter stream, then the keys they leave owed remembered (``redeliver_max_keys``, then keys and
+what is owed), or past that many a resync of every key owed (1). -1: fenced off, nothing written."""
+
+
 @dataclass(slots=True)
 class _EveryKey:
     """A resync of every key under way: the mark it settles, and its sweep."""
@@ -63,11 +84,11 @@ class _EveryKey:
 class Redelivery:
     def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics, adapter: str,
                  now_ms: Callable[[], int], delivered_version: Callable[[str], int], deliver: Deliver,
-                 resync_all: ResyncStep, lease: Lease) -> None:
+                 resync_all: ResyncStep, lease: Lease, lost: Callable[[str], None]) -> None:
         self.config, self.client, self.metrics, self.adapter = config, client, metrics, adapter
-        self._lease = lease
-        """What this forgets it forgets under the group's lease: a publisher that lost it (paused past
-        it) cannot delete keys the one delivering now owes a redelivery."""
+        self._lease, self._lost = lease, lost
+        """What this forgets, and its dead letters, under the group's lease: a publisher that lost it
+        (paused past it) cannot delete keys the one delivering now owes a redelivery (``lost``: told)."""
         self._now_ms, self._delivered_version = now_ms, delivered_version
         self._deliver, self._resync_all = deliver, resync_all
         self.answered = False
@@ -114,39 +135,46 @@ class Redelivery:
         if retryable and self.passing:
             self.failed_again(len(refused), refused[0][1])
             return
-        self.metrics.dead_lettered.labels(cfg.channel).inc(len(refused))
+        letters = [{**to_fields(u), "reason": reason, "attempts": str(attempts), "adapter": self.adapter}
+                   for u, reason in refused]
+        owed = {f"{u.sku}\t{u.location}": f"{u.version} {RETRY if retryable else REFUSED}" for u, _ in refused}
+        overflowed = await self._write(letters, owed)
+        if overflowed is None:
+            return
+        if retryable:
+            self.answered, self._owed, self._reowed = False, True, True
         log.warning("%s: %d updates dead-lettered after %d attempts: %s", cfg.channel, len(refused), attempts,
                     "; ".join(sorted({reason for _, reason in refused}))[:2000])
-        pipe = self.client.pipeline(transaction=True)
-        for u, reason in refused:
-            fields = {**to_fields(u), "reason": reason, "attempts": str(attempts), "adapter": self.adapter}
-            pipe.xadd(cfg.dead_letter_stream, fields, maxlen=cfg.dead_letter_maxlen, approximate=True)
-        await self.remember(pipe, [u for u, _ in refused], retryable)
-        await pipe.execute()
+        if overflowed:
+            self.metrics.redeliver_overflows.labels(cfg.channel).inc()
+            log.warning("%s: more than redeliver_max_keys=%d keys owed their newest value; the next pass resyncs "
+                        "every key of the state hash", cfg.channel, cfg.redeliver_max_keys,
+                        extra={"event": "publisher_redeliver_overflow", "channel": cfg.channel,
+                               "max_keys": cfg.redeliver_max_keys})
 
     async def dead_letter_raw(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:
         """A stream entry that cannot be read as an update, to the dead-letter stream with its reason."""
-        cfg = self.config
-        self.metrics.dead_lettered.labels(cfg.channel).inc()
         body = {as_text(k): as_text(v) for k, v in fields.items()}
-        await self.client.xadd(cfg.dead_letter_stream, {**body, "reason": reason, "entry_id": entry_id},
-                               maxlen=cfg.dead_letter_maxlen, approximate=True)
+        await self._write([{**body, "reason": reason, "entry_id": entry_id}], {})
 
-    async def remember(self, pipe: Any, updates: list[ChannelUpdate], retryable: bool) -> None:
-        """Add to ``pipe`` (the dead letters' MULTI) what makes these keys owed their newest value."""
-        cfg = self.config
-        if retryable:
-            self.answered, self._owed, self._reowed = False, True, True
-        owed = {f"{u.sku}\t{u.location}": f"{u.version} {RETRY if retryable else REFUSED}" for u in updates}
-        if await self.client.hlen(cfg.redeliver_key) + len(owed) <= cfg.redeliver_max_keys:
-            pipe.hset(cfg.redeliver_key, mapping=owed)
-            return
-        pipe.incr(cfg.redeliver_all_key)
-        self.metrics.redeliver_overflows.labels(cfg.channel).inc()
-        log.warning("%s: more than redeliver_max_keys=%d keys owed their newest value; the next pass resyncs "
-                    "every key of the state hash", cfg.channel, cfg.redeliver_max_keys,
-                    extra={"event": "publisher_redeliver_overflow", "channel": cfg.channel,
-                           "max_keys": cfg.redeliver_max_keys})
+    async def _write(self, letters: list[dict[str, str]], owed: dict[str, str]) -> bool | None:
+        """The dead letters and the keys they leave owed (``owed``: ``redeliver`` fields, or a resync of
+        every key past ``redeliver_max_keys``), under the lease: one script, as the publisher's other
+        records. A publisher that lost it (paused past it, its request hung meanwhile) wrote them in a
+        MULTI all the same: a second dead letter of an update the holder took over and delivered (or
+        dead-lettered too), and keys owed in the holder's bookkeeping. True: ``redeliver-all`` was
+        raised instead of ``owed``; None: fenced off (nothing written, the entries stay pending)."""
+        cfg, lease = self.config, self._lease
+        flat = [part for fields in letters for part in (2 * len(fields), *(x for kv in fields.items() for x in kv))]
+        remembered = [cfg.redeliver_max_keys, *(x for kv in owed.items() for x in kv)] if owed else []
+        said = int(await self.client.eval(DEAD_LETTER, 4, lease.key, cfg.dead_letter_stream, cfg.redeliver_key,
+                                          cfg.redeliver_all_key, lease.token, cfg.dead_letter_maxlen, len(letters),
+                                          len(owed), *flat, *remembered))
+        if said < 0:
+            self._lost("its dead letter was fenced off: another publisher holds the lease")
+            return None
+        self.metrics.dead_lettered.labels(cfg.channel).inc(len(letters))
+        return said == 1
 
     async def owe_every_key(self, raised: int = 0) -> None:
         """Make the next pass resync every key of the state hash, durably (a gap in the stream the
