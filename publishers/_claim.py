@@ -12,10 +12,13 @@ So on taking the lease a publisher moves every pending entry of the group to its
 lease holder delivers or records, and a paused old holder's late record is fenced by its token.
 
 Redis 7 drops from the pending list, and returns, the ids of entries trimmed from the stream while
-pending: the newest values of their keys are delivered from the channel's state hash instead
-(the publisher's resync of trimmed entries). Since nothing in the stream says they are owed any
-more, a resync of every key is owed durably (``redeliver-all``, raised in the claim's own script)
-until that is done: a stop or crash half-way leaves them to the next start.
+pending: the newest values of their keys are delivered from the channel's state hash instead, as
+those of a gap in the stream are (the publisher's ``_owe``: a step, one HSCAN call, at a time with a
+read of the stream between, C2). They were resynced call by call of the claim, each a sweep of the
+whole hash, before the takeover ended: a stock-out published meanwhile waited behind all of them.
+Since nothing in the stream says they are owed any more, a resync of every key is owed durably
+(``redeliver-all``, raised in the claim's own script) until that is done: a stop or crash half-way
+leaves them to the next start.
 
 The holder looks again once every lease (one XINFO CONSUMERS while nothing is pending elsewhere):
 reads are not fenced, so an old holder paused past its lease can read new entries into its own
@@ -49,8 +52,8 @@ if #trimmed > 0 and ARGV[6] == '0' then mark = redis.call('incr', KEYS[3]) end
 return {reply[1], #reply[2], trimmed, mark}
 """
 """Under the lease only: one XAUTOCLAIM call (ids only: the entries are read afterwards as this
-consumer's own); when it dropped trimmed entries and no mark is held yet, a resync of every key
-owed (the mark's new value returned; 0: none raised). ``false``: fenced off. (Redis 6.2 lists no
+consumer's own); when it dropped trimmed entries and this takeover raised no mark yet, a resync of
+every key owed (the mark's new value returned; 0: none raised). ``false``: fenced off. (Redis 6.2 lists no
 trimmed ids: it leaves them pending, and the read of own pending entries finds them trimmed.)"""
 DELETE_EMPTY_CONSUMERS = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
@@ -66,15 +69,16 @@ return n
 """Under the lease only: each named consumer removed if nothing is pending under it (checked in
 the same script: an entry read meanwhile is never dropped with its consumer)."""
 
-Resync = Callable[[Callable[[int], bool], str], Awaitable[bool]]
-"""The publisher's delivery of the state hash's values whose versions are wanted; False: stopped."""
+Owe = Callable[[Callable[[int], bool], str, int], Awaitable[None]]
+"""The publisher's catch-up of versions trimmed before they were delivered (which, what they are, and
+the value the claim raised the mark to for them), a step at a time after the takeover."""
 
 
 class Takeover:
     def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics, lease: Lease,
-                 resync: Resync, lost: Callable[[str], None]) -> None:
+                 owe: Owe, lost: Callable[[str], None]) -> None:
         self.config, self.client, self.metrics, self.lease = config, client, metrics, lease
-        self._resync, self._lost = resync, lost
+        self._owe, self._lost = owe, lost
         self._next_look = 0.0
 
     def due(self) -> bool:
@@ -84,7 +88,7 @@ class Takeover:
         return time.monotonic() >= self._next_look
 
     async def run(self) -> bool:
-        """Every entry pending in the group moved to this consumer (trimmed ones resynced), and the
+        """Every entry pending in the group moved to this consumer (trimmed ones owed their keys' values), and the
         consumers left empty removed. False: a stop, or the lease lost, cut it off."""
         cfg = self.config
         self._next_look = time.monotonic() + cfg.lease_s
@@ -101,7 +105,7 @@ class Takeover:
         if taken or deleted:
             self.metrics.claimed.labels(cfg.channel, cfg.group).inc(taken)
             log.info("%s: took over %d entries pending in group %s under other consumer names (%d pending entries "
-                     "were trimmed from the stream: their keys resynced from the state hash); %d empty consumers "
+                     "were trimmed from the stream: their keys owed a resync from the state hash); %d empty consumers "
                      "removed", cfg.channel, taken, cfg.group, counts["trimmed"], deleted,
                      extra={"event": "publisher_claimed", "channel": cfg.channel, "group": cfg.group,
                             "claimed": taken, "trimmed": counts["trimmed"], "consumers_removed": deleted})
@@ -112,35 +116,25 @@ class Takeover:
         return {as_text(c["name"]): int(c["pending"]) for c in await self.client.xinfo_consumers(cfg.stream, cfg.group)}
 
     async def _claim_all(self, counts: dict[str, int]) -> bool:
-        """XAUTOCLAIM until its cursor comes back to the start; trimmed ids resynced call by call."""
-        cfg, cursor, mark = self.config, "0-0", 0
+        """XAUTOCLAIM until its cursor comes back to the start; then the trimmed ids owed, all in one
+        catch-up (the mark raised for them settled once it is over)."""
+        cfg, cursor, mark, trimmed = self.config, "0-0", 0, set[int]()
         while True:
             reply = await self.client.eval(CLAIM, 3, self.lease.key, cfg.stream, cfg.redeliver_all_key,
                                            self.lease.token, cfg.group, cfg.consumer, cursor, cfg.read_count,
                                            "1" if mark else "0")
             if reply is None:
                 self._lost("its claim of the group's pending entries was fenced off: another publisher holds the lease")
-                return False
+                return False  # a mark raised stays: the next holder resyncs every key
             cursor, counts["claimed"] = as_text(reply[0]), counts["claimed"] + int(reply[1])
             mark = mark or int(reply[3])
-            trimmed = {seq_of(as_text(entry_id)) for entry_id in reply[2]}
-            counts["trimmed"] += len(trimmed)
-            if trimmed and not await self._resync_trimmed(trimmed):
-                return False  # the mark stays: the next holder resyncs every key
+            trimmed.update(seq_of(as_text(entry_id)) for entry_id in reply[2])
             if cursor == "0-0":
                 break
-        # Forgotten only if this takeover raised it from nothing (one raised before is another's to settle).
-        if mark == 1 and not await self.lease.delete_if_same(cfg.redeliver_all_key, mark):
-            self._lost("its record was fenced off: another publisher holds the lease")
-            return False
+        counts["trimmed"] = len(trimmed)
+        if trimmed:
+            await self._owe(lambda version: version in trimmed, f"{len(trimmed)} pending entries claimed", mark)
         return True
-
-    async def _resync_trimmed(self, versions: set[int]) -> bool:
-        """The keys whose newest values were among these trimmed pending entries, from the state hash."""
-        cfg = self.config
-        why = (f"{len(versions)} pending entries claimed trimmed from {cfg.stream} before group {cfg.group} "
-               "delivered them")
-        return await self._resync(lambda version: version in versions, why)
 
     async def _delete_empty(self, names: list[str]) -> int:
         """Consumers among ``names`` with nothing pending removed, ``read_count`` per script call.

@@ -1,10 +1,11 @@
 """What every adapter shares: the ``Adapter`` protocol, ``DeliveryError``, ``Refused``, the JSON form of
-an update, and ``in_halves``: a batch refused as a whole for what may be one of its updates, sent again
-in halves."""
+an update, the backoff between attempts, and ``in_halves``: a batch refused as a whole for what may be
+one of its updates, sent again in halves."""
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,6 +44,13 @@ class Adapter(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def backoff_s(base_s: float, max_s: float, attempt: int) -> float:
+    """Before attempt ``attempt + 1``: exponential backoff with full jitter, uniform in
+    [base*2^(n-1)/2, base*2^(n-1)], capped at ``max_s``."""
+    ceiling = min(max_s, base_s * (2 ** (attempt - 1)))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def update_json(u: ChannelUpdate) -> dict[str, Any]:

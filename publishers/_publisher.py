@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from reservation import ChannelUpdate, TokenBucket
 
 from ._claim import Takeover
 from ._config import PublisherConfig
-from ._delivery import Adapter, DeliveryError
+from ._delivery import Adapter, DeliveryError, backoff_s
 from ._holding import Halted, Holding, unless_halted
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
@@ -85,7 +84,7 @@ class Publisher:
         self._resync = StateResync(config, client, metrics, adapter.name, lambda key: self._delivered.get(key, 0),
                                    self._deliver_and_record)
         self._redelivery = self._new_redelivery()
-        self._takeover = Takeover(config, client, metrics, self._holding.lease, self._resync, self._holding.lost)
+        self._takeover = Takeover(config, client, metrics, self._holding.lease, self._owe, self._holding.lost)
 
     def _new_redelivery(self) -> Redelivery:
         return Redelivery(self.config, self.client, self.metrics, self.adapter.name, self._now_ms,
@@ -286,15 +285,21 @@ class Publisher:
         every key is owed durably until they are delivered (C4: a stop or crash half-way leaves them
         to the next start). A gap found while one is caught up: the sweep starts again with both.
         ``mark``: the value the read that found it raised the mark to (0: raised here)."""
-        after, gap = self._position, self._gap
+        after = self._position
         if version <= after + 1:
             return
-        log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", self.config.channel,
-                    self._trimmed(f"versions {after + 1} to {version - 1}"))
-        await self._redelivery.owe_every_key(mark)  # each gap: the mark may have been settled by a pass since the last
-        wanted = gap.wanted if gap is not None else lambda v: False
-        self._gap = Sweep(lambda v: wanted(v) or after < v < version)
+        await self._owe(lambda v: after < v < version, f"versions {after + 1} to {version - 1}", mark)
         self._position = version - 1
+
+    async def _owe(self, versions: Callable[[int], bool], what: str, mark: int = 0) -> None:
+        """``versions`` trimmed before this group delivered them (a gap; pending entries a takeover found
+        trimmed, ``_claim``) joined to the sweep under way. ``mark``: the value raised for them already."""
+        log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", self.config.channel,
+                    self._trimmed(what))
+        await self._redelivery.owe_every_key(mark)  # each gap: the mark may have been settled by a pass since the last
+        gap = self._gap
+        wanted = gap.wanted if gap is not None else lambda v: False
+        self._gap = Sweep(lambda v: wanted(v) or versions(v))
 
     async def _gap_step(self) -> bool:
         """One step of the gap under way, if any; once it is over, its mark forgotten. False: stopped."""
@@ -337,14 +342,14 @@ class Publisher:
                 if not exc.retryable:
                     break
                 if attempt < cfg.max_attempts:
-                    await self._unless_stopped(self._sleep(self.backoff_s(attempt)))
+                    await self._unless_stopped(self._sleep(backoff_s(cfg.backoff_base_s, cfg.backoff_max_s, attempt)))
                 continue
             self._redelivery.succeeded()
             refused = list(answer or ())
             gone = {r.update.version for r in refused}  # versions are unique within a channel
             delivered = [u for u in updates if u.version not in gone]
             self.metrics.outcome(channel, name, "delivered", len(delivered))
-            now = self._now_wall_ms()
+            now = time.time_ns() // 1_000_000
             for u in delivered:
                 self.metrics.delay.labels(channel).observe(max(0, now - u.event_time) / 1000)
             if refused:
@@ -361,12 +366,6 @@ class Publisher:
     async def _unless_stopped(self, work: Awaitable[T]) -> T:
         return await unless_halted(work, self._halt, self._holding.lost)
 
-    def backoff_s(self, attempt: int) -> float:
-        """Exponential backoff with full jitter: uniform in [base*2^(n-1)/2, base*2^(n-1)], capped."""
-        cfg = self.config
-        ceiling = min(cfg.backoff_max_s, cfg.backoff_base_s * (2 ** (attempt - 1)))
-        return random.uniform(ceiling / 2, ceiling)
-
     async def _take_tokens(self, n: int) -> None:
         bucket = self._bucket
         assert bucket is not None, "run() prepares the bucket"
@@ -376,10 +375,6 @@ class Publisher:
                 self.metrics.rate_limited.labels(self.config.channel).inc()
                 await self._sleep(bucket.ms_until_token() / 1000)
                 bucket.refill(self._now_ms())
-
-    @staticmethod
-    def _now_wall_ms() -> int:
-        return time.time_ns() // 1_000_000
 
     # -- settling ------------------------------------------------------------------
     async def _settle(self, ids: list[str], delivered: dict[str, int]) -> bool:

@@ -354,3 +354,28 @@ async def test_a_stop_during_a_read_that_found_a_gap_leaves_it_owed(store: Chann
 
 async def _delivered_and_reading(store: ChannelStore, out: Path) -> bool:
     return "a" in delivered(out) and await blocked_reading(store)
+
+
+async def test_a_stock_out_published_while_trimmed_pending_entries_taken_over_are_caught_up_does_not_wait(
+        store: ChannelStore, tmp_path: Path) -> None:
+    """Pending entries a takeover found trimmed (another consumer read them, then died) were resynced
+    from the state hash call by call of the claim, each a whole sweep of the hash, before the takeover
+    ended and the stream was read again: a stock-out published meanwhile waited behind every one of
+    them. They are caught up as a gap is: a step (one HSCAN call) at a time, the stream read between
+    (C2), a resync of every key owed meanwhile (C4)."""
+    keys = 600  # past hash-max-listpack-entries (512): a table, whose HSCAN COUNT (read_count) bounds a step
+    await desk_writes(store, [value(f"s{n}", n + 1, n + 1) for n in range(keys)])
+    await desk_writes(store, [value("last", 1, keys + 1)])
+    await store.client.xgroup_create(STREAM, "jsonl", id="0")
+    await store.client.xreadgroup("jsonl", "died", {STREAM: ">"}, count=keys + 1)  # read, never delivered
+    await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # 1..600 trimmed while pending
+    out = tmp_path / "feed.jsonl"
+    adapter = PublishesOnFirstDelivery(out, store, value("z", 0, keys + 2))
+    publisher = Publisher(config(group="jsonl", read_count=50, block_ms=1), store.client, adapter, PublisherMetrics())
+
+    async def there() -> bool:
+        return len(delivered(out)) == keys + 2 and not await store.client.exists(f"{STREAM}:redeliver-all:jsonl")
+
+    await run_until(publisher, there, timeout_s=30)
+    skus = [json.loads(line)["sku"] for line in out.read_text().splitlines()]
+    assert skus.index("z") < keys, f"the stock-out went out after every trimmed pending entry, at {skus.index('z')}"
