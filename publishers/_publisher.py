@@ -7,7 +7,7 @@ stock-outs first, then in stream order, within the rate limit, retried with expo
 dead-lettered after ``max_attempts`` (an update the adapter refuses alone, ``Refused``, is
 dead-lettered alone with its reason; the rest of its batch counts as delivered). Entries are
 acknowledged only once settled (delivered, superseded, skipped or dead-lettered), together with
-the delivered versions, in one MULTI.
+the delivered versions, in one script call that checks the delivery lease's token (``_lease``).
 
 Nothing trimmed is skipped: versions have no gaps, so entries this group never read, or read and
 left pending, that the stream's trimming (``stream_maxlen``) removed are known by their versions,
