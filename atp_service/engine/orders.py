@@ -248,6 +248,10 @@ class Orders:
         parts = await self._parts(order)
         shown = orders.view(order, parts)
         if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
+            # A held order's parts are resolved by no SHIPMENT fact: nothing outstanding there means Redis
+            # lost them; given up whole (EXPIRED, logged) as a Confirm does it, not recorded RELEASED (R3).
+            if order.state == State.HELD and await self._give_up_if_torn(order, home, parts):
+                return await self._settled(order_id, home)
             resolved = orders.resolved(order, shown, self._engine.now_at(home))
             await self._save(home, resolved, over=order)
             order = resolved

@@ -421,3 +421,20 @@ async def test_an_order_whose_part_s_group_is_full_is_refused_capacity_reached_h
     assert rig.quantities() == [(0, 0), (2, 0)], "the part in group 0 still holds its units"
     assert not engine.orders.unsettled, "left pending for housekeeping to ask the full group again"
     assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED  # nothing of it held
+
+
+async def test_an_order_whose_every_part_redis_lost_is_given_up_whole_not_resolved_released(rig: Rig) -> None:
+    """Redis lost every part of held order o1, its order kept: the parts show nothing outstanding, as
+    parts SHIPMENT facts resolved do. Whatever drove the order on (a read here) resolved its record
+    RELEASED, unlogged — a release no one asked for (R3), the Confirm then refused naming RELEASED —
+    where one part lost gives it up whole, EXPIRED, and says so (``order_part_lost``)."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await lose_part(rig, "o1", 0)
+    await lose_part(rig, "o1", 1)
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
+    with pytest.raises(DomainError) as refused:
+        await rig.run(engine.confirm("o1"))
+    assert refused.value.reason == Reason.RESERVATION_EXPIRED, refused.value
+    assert rig.part("o1", 0).state == rig.part("o1", 1).state == State.EXPIRED  # tombstones
+    assert rig.quantities() == [(0, 0), (0, 0)]
