@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 import msgspec
 
 from . import _operations as ops
-from ._errors import DomainError
+from ._errors import DomainError, Reason, ResourceExhausted
 from ._limits import Limits
 from ._model import (
     Fact,
@@ -48,6 +48,9 @@ from ._operations import View
 PART_MARK = "\x1f"
 """Between an order's id and a part's group: a control character, so no caller's id (printable
 only, see ``check_id``) can name a part."""
+CAPACITY_REFUSED = PART_MARK + "capacity"
+"""The ops key (no operation id holds a control character) of an order given up because a part's group
+was past its bound on records: the refusal's ``limit`` and message, replayed to a retry (``replayed``)."""
 PART_TTL_MS = 10**15
 """A part's TTL: it never expires by itself (its order's expiry releases it)."""
 
@@ -184,13 +187,27 @@ def lost_parts(order: Reservation, found: Mapping[int, Reservation], now: int, l
     return [group for group in order.parts if group in granted and group not in found]
 
 
-def abandoned(order: Reservation, now: int) -> Reservation:
-    """An order still undecided when its TTL passed (its parts that held units are released):
-    expired, nothing granted."""
+def abandoned(order: Reservation, now: int, refusal: DomainError | None = None) -> Reservation:
+    """An order still undecided when its TTL passed, or given up because a part was refused (``refusal``;
+    its parts that held units are released): expired, nothing granted. A part's group past its bound on
+    records (CAPACITY_REACHED) is recorded, so that a retry of the id answers that refusal (``replayed``)."""
     lines = tuple(LineRecord(line.sku, line.location, line.requested, 0, Outcome.NOT_ATTEMPTED, 0)
                   for line in order.lines)
+    recorded = dict(order.ops)
+    if isinstance(refusal, ResourceExhausted) and refusal.reason == Reason.CAPACITY_REACHED:
+        recorded[CAPACITY_REFUSED] = refusal.metadata.get("limit", "") + PART_MARK + refusal.message
     return msgspec.structs.replace(order, state=State.EXPIRED, lines=lines, expires_at=0, updated_at=now,
-                                   pending=PendingOp(OrderStep.EXPIRE))
+                                   pending=PendingOp(OrderStep.EXPIRE), ops=recorded)
+
+
+def replayed(order: Reservation, parts: Mapping[int, Reservation]) -> Reservation:
+    """A decided order as a retry of its Reserve answers it (R5): the refusal it was given up for,
+    where recorded (``abandoned``) — answered EXPIRED, a success, the caller whose first answer was lost
+    heard neither that it was refused nor why — else as its parts show it (``view``)."""
+    limit, mark, message = order.ops.get(CAPACITY_REFUSED, "").partition(PART_MARK)
+    if mark:
+        raise ResourceExhausted(message, Reason.CAPACITY_REACHED, metadata={"limit": limit} if limit else None)
+    return view(order, parts)
 
 
 def give_up_part(view_: View, cmd: ReserveCommand, now: int, limits: Limits) -> Reservation:

@@ -190,10 +190,10 @@ class Orders:
             return order, True  # R5: an ordinary reservation of that id (its content checked above)
         if order.pending is None or order.pending.kind != OrderStep.RESERVE or \
                 self._engine.now_at(home) >= order.expires_at:
-            # Decided (R5), with a change left half-applied carried through, never decided again; or
-            # left undecided past its TTL: it expires (``_settle``), nothing reserved now.
+            # Decided (R5: a refusal recorded replayed), a change left half-applied carried through, never
+            # decided again; or left undecided past its TTL: it expires (``_settle``), nothing reserved now.
             order, parts = await self._settled(cmd.reservation_id, home)
-            return orders.view(order, parts), True
+            return orders.replayed(order, parts), True
         decided = await self._decide(order, home)
         return orders.view(decided, await self._parts(decided, missing_ok=True)), False
 
@@ -205,7 +205,7 @@ class Orders:
             parts = await self._steps({g: ReservePart(cmd) for g, cmd in cmds.items()})
         except DomainError as exc:
             if not isinstance(exc, Unavailable):  # refused by a rule: a part's id taken by other content (Redis
-                expired = await self._abandon(order, home)  # lost its order), its group full: nothing stays held
+                expired = await self._abandon(order, home, exc)  # lost its order), its group full: nothing held
                 await self._save(home, orders.settled(expired, self._engine.now_at(home)), over=expired)
             raise
         decided, release = orders.decide(order, parts, self._engine.now_at(home))
@@ -280,9 +280,9 @@ class Orders:
         await self._save(home, settled, over=order)
         return settled
 
-    async def _abandon(self, order: Reservation, home: int) -> Reservation:
-        """An order undecided past its TTL: its parts that exist are released; it expires."""
-        expired = orders.abandoned(order, self._engine.now_at(home))
+    async def _abandon(self, order: Reservation, home: int, refusal: DomainError | None = None) -> Reservation:
+        """An order undecided past its TTL, or ``refusal`` by a part: its parts that exist are released; it expires."""
+        expired = orders.abandoned(order, self._engine.now_at(home), refusal)
         await self._save(home, expired, over=order)  # first: a home taken by another releases nothing
         await self._give_up_parts(order)
         return expired

@@ -438,3 +438,28 @@ async def test_an_order_whose_every_part_redis_lost_is_given_up_whole_not_resolv
     assert refused.value.reason == Reason.RESERVATION_EXPIRED, refused.value
     assert rig.part("o1", 0).state == rig.part("o1", 1).state == State.EXPIRED  # tombstones
     assert rig.quantities() == [(0, 0), (0, 0)]
+
+
+async def test_a_retry_of_an_order_refused_capacity_reached_replays_the_refusal(rig: Rig) -> None:
+    """An order refused CAPACITY_REACHED (a part's group full) is given up whole, its record kept at its
+    home: a retry of its id with the same content answered that record, EXPIRED, as a success — a
+    caller whose answer was lost heard neither the refusal nor why (R5: a refused id's retry answers the
+    same refusal; a new attempt needs a new id). Replayed, room freed or not; a new id is decided."""
+    engine = rig.engine
+    engine.limits = dataclasses.replace(engine.limits, max_live_reservations_per_shard=2)
+    for n in range(2):  # group 1 (SKU A) full
+        fill = reserve_command(reservation_id=f"fill{n}", order_ref="o", channel="web", ttl_seconds=60,
+                               lines=[("A", "DC", 1)], allow_partial=False, limits=Limits())
+        await rig.run(engine.reserve(fill))
+    with pytest.raises(ResourceExhausted) as first:
+        await rig.run(engine.reserve(rig.cmd("o1")))
+    for free_room in (False, True):
+        if free_room:
+            await rig.run(engine.release("fill0", (), ""))
+        with pytest.raises(ResourceExhausted) as again:
+            await rig.run(engine.reserve(rig.cmd("o1")))
+        assert (again.value.reason, again.value.metadata, again.value.message) == \
+            (first.value.reason, first.value.metadata, first.value.message)
+    assert rig.part("o1", 0).state == State.RELEASED and rig.part("o1", 1).state == State.EXPIRED  # a tombstone
+    assert rig.quantities() == [(0, 0), (1, 0)], "only fill1 holds"
+    assert (await rig.run(engine.reserve(rig.cmd("o2", (1, 1)))))[0].state == State.HELD
