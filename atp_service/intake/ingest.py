@@ -289,12 +289,12 @@ class StreamIngestor:
 
     async def _claim(self) -> list[Entry]:
         """Take over entries a dead consumer left pending for longer than claim_idle_ms."""
-        out: list[Entry] = []
-        for stream in self._streams:
-            # Whole even if a stop cancels the reader meanwhile: the trimmed ones' dead letters counted.
-            claimed = asyncio.ensure_future(self._claim_stream(stream))
-            claimed.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
-            out += await finish_uncancelled(claimed)
+        with self._unacked.taken() as out:  # a later stream's claim failing: those taken known to be pending
+            for stream in self._streams:
+                # Whole even if a stop cancels the reader meanwhile: the trimmed ones' dead letters counted.
+                claimed = asyncio.ensure_future(self._claim_stream(stream))
+                claimed.add_done_callback(exception_seen)  # a stop that gave up waiting: no "never retrieved" line
+                out += await finish_uncancelled(claimed)
         if out:
             self._metrics.ingest_claimed.inc(len(out))
             log.info("claimed %d stale pending entries", len(out))

@@ -19,9 +19,10 @@ here; the group made again by another process (this reader seeing no NOGROUP) is
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
-from atp_service.intake.entries import id_key
+from atp_service.intake.entries import Entry, id_key
 
 _SEQ_MAX = (1 << 64) - 1
 
@@ -53,6 +54,20 @@ class Unacked:
         self._next += 1
         self._in_hand[self._next] = lowest
         return self._next
+
+    @contextlib.contextmanager
+    def taken(self) -> Iterator[list[Entry]]:
+        """A list for entries taken into the reader's pending list as they come (a claim, stream by
+        stream): should the taking fail part-way, those in it are told to ``left``. Dropped with the
+        failure, they were pending and known nowhere here, and a group lost (XGROUP DESTROY of each
+        stream in turn, the next stream's claim refused NOGROUP) was made again past them: never read
+        again, no dead letter. Known, they are read again (E8: a duplicate if applied meanwhile)."""
+        got: list[Entry] = []
+        try:
+            yield got
+        except BaseException:
+            self.left((stream, entry_id) for stream, entry_id, _ in got)
+            raise
 
     def release(self, token: int) -> None:
         """The batch settled: each of its entries acknowledged, or told to ``left``."""
