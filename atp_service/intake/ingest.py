@@ -91,8 +91,8 @@ class StreamIngestor:
         self._claim_from: dict[str, str] = {}  # per stream, where the next XAUTOCLAIM scan goes on
         self._claims = Claims(client, settings.consumer_group, settings.consumer_name, settings.dead_letter_stream,
                               settings.side_stream_maxlen)
-        self._seen: dict[str, bytes] = {}  # per stream, the newest entry id read
-        self._unacked = Unacked()  # what a group made again must deliver again
+        self._unacked = Unacked()  # what a group made again must deliver again, and not judge again
+        self._seen = self._unacked.seen  # per stream, the newest entry id read
         self._dead_lines = DeadLetterLines()
 
     async def start(self) -> None:
@@ -138,6 +138,7 @@ class StreamIngestor:
                     "had seen; all of its entries are read", stream, as_text(seen),
                     extra={"event": "ingest_stream_made_anew", "stream": stream})
         del self._seen[stream]  # the old stream's: the newest read is counted again in the stream made anew
+        self._unacked.made_anew(stream)
         return b"0"
 
     @property
@@ -278,14 +279,8 @@ class StreamIngestor:
             name = as_text(stream)
             entries += [(name, entry_id, flat or None) for entry_id, flat in rows]
             if rows:
-                self._note_seen(name, rows[-1][0])
+                self._unacked.note_seen(name, rows[-1][0])
         return entries
-
-    def _note_seen(self, stream: str, entry_id: bytes) -> None:
-        """The newest entry id read from ``stream`` (where a group made again starts)."""
-        seen = self._seen.get(stream)
-        if seen is None or id_key(entry_id) > id_key(seen):
-            self._seen[stream] = entry_id
 
     async def _claim(self) -> list[Entry]:
         """Take over entries a dead consumer left pending for longer than claim_idle_ms."""
@@ -332,6 +327,8 @@ class StreamIngestor:
         """``_handle``'s work. An entry holds one fact: those applied here are acknowledged before the
         others' owners are waited for."""
         now, cfg = self._clock.now_ms(), self._config
+        entries, judged = self._unacked.judged(entries)  # refused (E7) before their group was made again: so still
+        await self._ack(judged)
         facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
         settled = await self._settle_ahead(ahead) if ahead else 0
         results = await self._desk.record(facts, origin="stream") if facts else []
@@ -359,9 +356,11 @@ class StreamIngestor:
         """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``);
         the others stay pending."""
         done: list[tuple[str, bytes]] = []
+        judged: list[tuple[str, bytes]] = []  # refused by a judgement (its clock, E7): not to be judged again
         for (stream, entry_id, fields), result in zip(read, results, strict=True):
             if isinstance(result, InvalidArgument):  # the owner's own check (its clock, E7)
                 dead.append((stream, entry_id, fields, why_refused(result)))
+                judged.append((stream, entry_id))
             elif isinstance(result, DomainError):
                 self._retry_own_pending = True  # stays pending; read again from our own list
                 self._unacked.left([(stream, entry_id)])
@@ -369,6 +368,7 @@ class StreamIngestor:
                 done.append((stream, entry_id))
         if dead:
             await self._dead_letter(dead)
+            self._unacked.refused(judged)  # once their dead letters are written (else each stays pending)
         await self._ack(done)
         return len(done) + len(dead)
 

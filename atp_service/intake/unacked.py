@@ -15,16 +15,27 @@ entries of the run before, known to no one here: the pass's position is a bound 
 
 Only this reader's entries: another process's, or a dead consumer's not claimed yet, are in no memory
 here; the group made again by another process (this reader seeing no NOGROUP) is not told apart either.
+
+Among the entries delivered again are those refused meanwhile by a judgement of the clock — stamped
+past the allowed skew (E7), here or by their group's owner — and dead-lettered: judged again by a
+clock that has moved on, one was applied, its dead letter saying it was refused. So the entries
+refused are kept while a group made again could deliver them again (some entry older than each held
+unacknowledged, or the group made again before it), and acknowledged as they come again, their dead
+letter standing. Bounded: none kept once nothing older is held, at most ``REFUSED_KEPT`` per stream.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections.abc import Iterable, Iterator
 
 from atp_service.intake.entries import Entry, id_key
 
 _SEQ_MAX = (1 << 64) - 1
+REFUSED_KEPT = 10_000
+"""Entries refused by the clock (E7) kept per stream while a group made again could deliver them again;
+past it the oldest is forgotten, and judged again if it comes again (a stamp now within the skew applied)."""
 
 
 def before(entry_id: bytes) -> bytes:
@@ -39,6 +50,8 @@ class Unacked:
     """Per stream, an id below every entry this reader may hold delivered and not acknowledged."""
 
     def __init__(self) -> None:
+        self.seen: dict[str, bytes] = {}  # per stream, the newest entry id read (a group made again: its start)
+        self._refused: dict[str, list[tuple[tuple[int, int], bytes]]] = {}  # per stream, by id: refused by the clock
         self._left: dict[str, bytes] = {}  # entries left pending (to be read again from its own list)
         self._left_in_pass: dict[str, bytes] | None = None  # those left since a pass from the start began
         self._in_hand: dict[int, dict[str, bytes]] = {}  # batches being applied, each its lowest per stream
@@ -72,6 +85,42 @@ class Unacked:
     def release(self, token: int) -> None:
         """The batch settled: each of its entries acknowledged, or told to ``left``."""
         self._in_hand.pop(token, None)
+        self._forget_refused()
+
+    def note_seen(self, stream: str, entry_id: bytes) -> None:
+        """``entry_id`` read from ``stream`` (``seen``: the newest)."""
+        seen = self.seen.get(stream)
+        if seen is None or id_key(entry_id) > id_key(seen):
+            self.seen[stream] = entry_id
+
+    def refused(self, entries: Iterable[tuple[str, bytes]]) -> None:
+        """Entries dead-lettered by a judgement of the clock (E7): not judged again if they come again."""
+        for stream, entry_id in entries:
+            kept = self._refused.setdefault(stream, [])
+            bisect.insort(kept, (id_key(entry_id), entry_id))
+            del kept[:-REFUSED_KEPT]
+
+    def judged(self, entries: list[Entry]) -> tuple[list[Entry], list[tuple[str, bytes]]]:
+        """``entries`` apart from those refused already (``refused``), which are acknowledged as they
+        are: their dead letters stand."""
+        if not self._refused:
+            return entries, []
+        judged = [(stream, entry_id) for stream, entry_id, _ in entries if _has(self._refused.get(stream), entry_id)]
+        gone = set(judged)
+        return [entry for entry in entries if (entry[0], entry[1]) not in gone], judged
+
+    def made_anew(self, stream: str) -> None:
+        """``stream`` deleted and written again: its ids name other entries now."""
+        self._refused.pop(stream, None)
+
+    def _forget_refused(self) -> None:
+        """Each entry refused that no group made again would deliver again: at or before its start."""
+        for stream, kept in list(self._refused.items()):
+            seen = self.seen.get(stream)
+            start = id_key(self.start(stream, seen)) if seen is not None else (-1, -1)
+            del kept[:bisect.bisect_right(kept, (start, b"\xff"))]
+            if not kept:
+                del self._refused[stream]
 
     def left(self, entries: Iterable[tuple[str, bytes]]) -> None:
         """Entries left pending: read again from the reader's own list (which a group deleted loses)."""
@@ -96,6 +145,7 @@ class Unacked:
         if self._left_in_pass is not None:
             self._left, self._left_in_pass, self._first_pass = self._left_in_pass, None, None
             self._read_through = True
+            self._forget_refused()
 
     def start(self, stream: str, seen: bytes) -> bytes:
         """Where a group made again on ``stream`` starts: after ``seen`` (the newest entry read), or
@@ -110,3 +160,10 @@ def _lower(bounds: dict[str, bytes], stream: str, bound: bytes) -> None:
     known = bounds.get(stream)
     if known is None or id_key(bound) < id_key(known):
         bounds[stream] = bound
+
+
+def _has(kept: list[tuple[tuple[int, int], bytes]] | None, entry_id: bytes) -> bool:
+    if not kept:
+        return False
+    at = bisect.bisect_left(kept, (id_key(entry_id), entry_id))
+    return at < len(kept) and kept[at][1] == entry_id
