@@ -191,12 +191,14 @@ class Publisher:
             reply = await self.client.xreadgroup(cfg.group, cfg.consumer, {cfg.stream: start}, count=cfg.read_count)
             entries = [(entry_id, fields) for _, entry_id, fields in stream_entries(reply)]
         else:
-            new = await self._reader.read_new(None if busy else cfg.block_ms)
+            new = await self._reader.read_new(None if busy else cfg.block_ms, self._position)
             entries = list(new.entries)
             if entries:
                 # Trimmed between the check and this read, which took the group past them: a gap too, owed
-                # in Redis by the read itself (``_reading``: a kill after it loses nothing, C4).
-                self._position = seq_of(new.after)  # another name's late read is no gap: taken over
+                # in Redis by the read itself (``_reading``: a kill after it loses nothing, C4). Measured, as
+                # there, from the lower of this position and the group's: another name's late read may have
+                # taken the group past a gap only that reader's mark owes, which no pass looks at again.
+                self._position = min(self._position, seq_of(new.after))
                 await self._note_gap(seq_of(entries[0][0]), new.mark)
                 self._position = seq_of(entries[-1][0])
         out = _Read([], [])

@@ -9,6 +9,14 @@ lost) between the two left the group past the gap and nothing owed: the next sta
 and a stock-out among them never reached the destination (C4). So the read, the check and the mark
 are one script call: Redis runs all of it or none of it.
 
+The gap is measured from the lower of the group's position and the reader's own (the last version
+it read, or owed as a gap): an old holder paused past its lease may have read under its own name
+since, taking the group past entries trimmed unread, and what it owed them in its own read (the mark)
+no holder whose first redelivery pass is over looks at again. Measured from the group's position
+alone, the holder found no gap and a stock-out among them waited for its next start (C4); from its
+own, it owes them itself (those the old holder read are delivered twice at most: taken over, and
+from the state hash, the second skipped by version).
+
 A script may not block: with nothing new and a wait wanted, ``XREAD`` (which moves nothing) waits
 for an entry past the group's position, then the script reads it.
 """
@@ -35,14 +43,16 @@ if redis.call('exists', KEYS[1]) == 1 then
 end
 local reply = redis.call('xreadgroup', 'group', ARGV[1], ARGV[2], 'count', ARGV[3], 'streams', KEYS[1], '>')
 local entries, mark = (reply and reply[1][2]) or {}, 0
-if #entries > 0 and tonumber(string.match(entries[1][1], '^%d+')) > tonumber(string.match(after, '^%d+')) + 1 then
+local from = math.min(tonumber(string.match(after, '^%d+')), tonumber(ARGV[4]))
+if #entries > 0 and tonumber(string.match(entries[1][1], '^%d+')) > from + 1 then
   mark = redis.call('incr', KEYS[2])
 end
 return {after, entries, mark}
 """
 """The group's position before the read (``last-delivered-id``), the new entries read (``XREADGROUP
 ... >``: NOGROUP where the stream or group is gone, as outside a script), and the mark's new value
-when the first is past the version after that position (0: no gap)."""
+when the first is past the version after the lower of that position and the reader's (``ARGV[4]``;
+0: no gap)."""
 
 
 @dataclass(slots=True)
@@ -59,20 +69,22 @@ class Reader:
     def __init__(self, config: PublisherConfig, client: Any) -> None:
         self.config, self.client = config, client
 
-    async def read_new(self, block_ms: int | None) -> New:
+    async def read_new(self, block_ms: int | None, position: int) -> New:
         """New entries (``read_count`` at most) read into this consumer, a gap before them owed with
-        them. ``block_ms``: with none new, wait this long for one (None: no wait)."""
-        new = await self._read()
+        them. ``block_ms``: with none new, wait this long for one (None: no wait). ``position``: the
+        last version this reader read or owes as a gap (the gap is measured from it where the group's
+        position is past it: another name's late read)."""
+        new = await self._read(position)
         if new.entries or block_ms is None:
             return new
         cfg = self.config
         if await self.client.xread({cfg.stream: new.after}, count=1, block=block_ms):
-            return await self._read()
+            return await self._read(position)
         return new
 
-    async def _read(self) -> New:
+    async def _read(self, position: int) -> New:
         cfg = self.config
         after, entries, mark = await self.client.eval(READ_NEW, 2, cfg.stream, cfg.redeliver_all_key,
-                                                      cfg.group, cfg.consumer, cfg.read_count)
+                                                      cfg.group, cfg.consumer, cfg.read_count, position)
         read = [(as_text(entry_id), dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in entries]
         return New(as_text(after), read, int(mark))

@@ -6,17 +6,19 @@ unpublished until its key changes again (C2, C4). Real Redis, a real local HTTP 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from atp_service.storage.channel_store import ChannelStore
-from atp_service.storage.channel_wire import to_fields
-from publishers import Publisher, PublisherMetrics, WebhookAdapter
+from atp_service.storage.channel_wire import script_item, to_fields
+from publishers import JsonlAdapter, Publisher, PublisherMetrics, WebhookAdapter
+from publishers._reading import READ_NEW
 from tests.publishers.http_helpers import serve
 from tests.publishers.test_publisher import SECRET
 from tests.publishers.test_publisher_lease import Destination, config, never_backwards
-from tests.publishers.test_publisher_trimmed import STREAM, desk_writes, value
+from tests.publishers.test_publisher_trimmed import STREAM, _delivered_and_reading, delivered, desk_writes, value
 from tests.waiting import until
 
 GROUP = "webhook"
@@ -174,3 +176,36 @@ async def test_an_entry_read_under_another_name_after_the_takeover_is_delivered_
         finally:
             holder.stop()
             await asyncio.wait_for(task, 10)
+
+
+async def test_a_late_read_under_another_name_past_a_gap_leaves_the_holder_owing_it(
+        store: ChannelStore, tmp_path: Path) -> None:
+    """An old holder's late read (paused past its lease) took the group past entries trimmed unread:
+    the holder's next read measured its gap from the group's position, which that read had moved past
+    them, found none, and nothing but the old holder's mark said they were owed, a mark a holder whose
+    first pass of the redelivery is over never looks at again: "b", a stock-out, was never delivered
+    while it held the lease (C4). The gap is measured from the lower of this publisher's own position
+    and the group's."""
+    out, cfg = tmp_path / "feed.jsonl", config(group="jsonl", consumer="b", block_ms=60_000)
+    await desk_writes(store, [value("a", 5, 1)])
+    holder = Publisher(cfg, store.client, JsonlAdapter(out), PublisherMetrics())
+    task = asyncio.create_task(holder.run())
+    try:
+        await until(lambda: _delivered_and_reading(store, out), "a delivered, the next read waiting")
+        b, c, d = value("b", 0, 2), value("c", 3, 3), value("d", 4, 4)
+        async with store.client.pipeline(transaction=True) as pipe:  # served before the holder's blocked read
+            for u in (b, c):
+                pipe.hset(store.state_key("web"), f"{u.sku}\t", script_item(u)[-1])
+                pipe.xadd(STREAM, dict(to_fields(u)), id=f"{u.version}-0")  # type: ignore[arg-type]
+            pipe.xtrim(STREAM, maxlen=1, approximate=False)  # "b" trimmed unread
+            pipe.eval(READ_NEW, 2, STREAM, cfg.redeliver_all_key, cfg.group, "old", 10, 1)  # the late read: "c"
+            pipe.hset(store.state_key("web"), "d\t", script_item(d)[-1])
+            pipe.xadd(STREAM, dict(to_fields(d)), id="4-0")  # type: ignore[arg-type]
+            await pipe.execute()
+        await until(lambda: "d" in delivered(out), "the entry after the late read delivered")
+        await until(lambda: "b" in delivered(out), "the stock-out trimmed before the late read delivered")
+        assert delivered(out)["b"] == (0, 2, "OUT_OF_STOCK")
+    finally:
+        holder.stop()
+        await desk_writes(store, [value("e", 1, 5)])  # ends the holder's wait for new entries
+        await asyncio.wait_for(task, 10)
