@@ -69,9 +69,10 @@ return n
 """Under the lease only: each named consumer removed if nothing is pending under it (checked in
 the same script: an entry read meanwhile is never dropped with its consumer)."""
 
-Owe = Callable[[Callable[[int], bool], str, int], Awaitable[None]]
-"""The publisher's catch-up of versions trimmed before they were delivered (which, what they are, and
-the value the claim raised the mark to for them), a step at a time after the takeover."""
+Owe = Callable[[list[tuple[int, int]], str, int], Awaitable[None]]
+"""The publisher's catch-up of versions trimmed before they were delivered (which, as ranges of first
+and last version, what they are, and the value the claim raised the mark to for them), a step at a
+time after the takeover."""
 
 
 class Takeover:
@@ -133,7 +134,7 @@ class Takeover:
                 break
         counts["trimmed"] = len(trimmed)
         if trimmed:
-            await self._owe(lambda version: version in trimmed, f"{len(trimmed)} pending entries claimed", mark)
+            await self._owe([(v, v) for v in sorted(trimmed)], f"{len(trimmed)} pending entries claimed", mark)
         return True
 
     async def _delete_empty(self, names: list[str]) -> int:

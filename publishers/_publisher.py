@@ -44,7 +44,7 @@ from ._reading import Reader
 from ._redeliver import Redelivery
 from ._replicas import Replicas
 from ._startup import refuse_evicting_redis
-from ._state_resync import StateResync, Sweep
+from ._state_resync import StateResync, Sweep, sweep_owing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -290,18 +290,17 @@ class Publisher:
         after = self._position
         if version <= after + 1:
             return
-        await self._owe(lambda v: after < v < version, f"versions {after + 1} to {version - 1}", mark)
+        await self._owe([(after + 1, version - 1)], f"versions {after + 1} to {version - 1}", mark)
         self._position = version - 1
 
-    async def _owe(self, versions: Callable[[int], bool], what: str, mark: int = 0) -> None:
-        """``versions`` trimmed before this group delivered them (a gap; pending entries a takeover found
-        trimmed, ``_claim``) joined to the sweep under way. ``mark``: the value raised for them already."""
+    async def _owe(self, versions: list[tuple[int, int]], what: str, mark: int = 0) -> None:
+        """``versions`` (first, last) trimmed before this group delivered them (a gap; pending entries a
+        takeover found trimmed, ``_claim``) joined, flat (``Owed``), to the sweep under way, which
+        starts again. ``mark``: the value raised for them already."""
         log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", self.config.channel,
                     self._trimmed(what))
         await self._redelivery.owe_every_key(mark)  # each gap: the mark may have been settled by a pass since the last
-        gap = self._gap
-        wanted = gap.wanted if gap is not None else lambda v: False
-        self._gap = Sweep(lambda v: wanted(v) or versions(v))
+        self._gap = sweep_owing(self._gap, versions)
 
     async def _gap_step(self) -> bool:
         """One step of the gap under way, if any; once it is over, its mark forgotten. False: stopped."""

@@ -13,7 +13,8 @@ a stock-out published meanwhile does not wait for the whole resync either.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from bisect import bisect_right
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,55 @@ class Sweep:
     cursor: int = 0
     stock_outs: bool = True
     done: bool = False
+
+
+MAX_RANGES = 1024
+"""Ranges of versions a catch-up of entries trimmed unread remembers apart, at most (``Owed``)."""
+
+
+class Owed:
+    """The versions a catch-up of entries trimmed unread wants (gaps; pending entries a takeover found
+    trimmed), kept flat as sorted ranges. Each gap found while another was caught up wrapped what was
+    wanted so far in one more predicate: a publisher behind the stream's trimming for hours, a gap at
+    each read, nested them past Python's recursion limit, and the ``RecursionError`` of the next key
+    looked at ended it. Past ``MAX_RANGES`` ranges those with the narrowest holes between them are
+    joined: memory stays bounded, and a version in a hole was read from the stream, so its key's value
+    is delivered already (skipped by version), or taken over, or owed as a dead letter is."""
+
+    def __init__(self) -> None:
+        self._ranges: list[tuple[int, int]] = []
+        self._firsts: list[int] = []
+
+    def add(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """``ranges`` (first, last version, both wanted) joined to those wanted, overlapping or adjacent ones merged."""
+        merged: list[tuple[int, int]] = []
+        for first, last in sorted([*self._ranges, *ranges]):
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+            else:
+                merged.append((first, last))
+        if len(merged) > MAX_RANGES:  # hole n lies between ranges n and n + 1: the narrowest ones joined
+            holes = sorted(range(len(merged) - 1), key=lambda n: merged[n + 1][0] - merged[n][1])
+            joined, kept = set(holes[:len(merged) - MAX_RANGES]), list[tuple[int, int]]()
+            for n, (first, last) in enumerate(merged):
+                if n - 1 in joined:
+                    kept[-1] = (kept[-1][0], last)
+                else:
+                    kept.append((first, last))
+            merged = kept
+        self._ranges, self._firsts = merged, [first for first, _ in merged]
+
+    def __call__(self, version: int) -> bool:
+        i = bisect_right(self._firsts, version) - 1
+        return i >= 0 and version <= self._ranges[i][1]
+
+
+def sweep_owing(gap: Sweep | None, ranges: Iterable[tuple[int, int]]) -> Sweep:
+    """A sweep wanting what ``gap`` (a catch-up under way, or None) wanted and ``ranges`` too, from the
+    start of the hash again (the keys of the versions added may lie before its cursor)."""
+    owed = gap.wanted if gap is not None and isinstance(gap.wanted, Owed) else Owed()
+    owed.add(ranges)
+    return Sweep(owed)
 
 
 class StateResync:

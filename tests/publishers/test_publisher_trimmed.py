@@ -12,6 +12,7 @@ from typing import Any
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.channel_wire import script_item, to_fields
 from publishers import DeliveryError, JsonlAdapter, Publisher, PublisherMetrics
+from publishers._state_resync import MAX_RANGES, Owed
 from reservation import ChannelUpdate, StockStatus
 from tests.publishers.test_publisher import config, run_until
 from tests.waiting import until
@@ -379,3 +380,52 @@ async def test_a_stock_out_published_while_trimmed_pending_entries_taken_over_ar
     await run_until(publisher, there, timeout_s=30)
     skus = [json.loads(line)["sku"] for line in out.read_text().splitlines()]
     assert skus.index("z") < keys, f"the stock-out went out after every trimmed pending entry, at {skus.index('z')}"
+
+
+class Churns:
+    """A destination each delivery of which, ``rounds`` times, lets the desk publish a stock-out and
+    another value and trim the stream past both: the publisher, behind the trimming, finds a gap at
+    each read while the one before is still caught up."""
+
+    name = "jsonl"
+
+    def __init__(self, out: Path, store: ChannelStore, version: int, rounds: int) -> None:
+        self.jsonl, self.store, self.version, self.rounds = JsonlAdapter(out), store, version, rounds
+
+    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+        if self.rounds > 0:
+            self.rounds, self.version = self.rounds - 1, self.version + 2
+            await desk_writes(self.store, [value("t", 0, self.version - 1), value("u", 1, self.version)])
+            await self.store.client.xtrim(STREAM, maxlen=1, approximate=False)  # "t" trimmed unread
+        await self.jsonl.deliver(channel, updates)
+
+
+async def test_a_publisher_finding_a_gap_at_every_read_for_long_keeps_delivering(
+        store: ChannelStore, tmp_path: Path) -> None:
+    """Each gap found while another was caught up wrapped the versions wanted so far in one more
+    predicate: a publisher behind the stream's trimming for hours (a gap at each read) nested them past
+    Python's recursion limit, and the RecursionError of the next key looked at ended the publisher."""
+    await desk_writes(store, [value(f"s{n}", n + 1, n + 1) for n in range(10)] + [value("t", 1, 11)])
+    await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # a new group finds 1..10 trimmed unread
+    out = tmp_path / "feed.jsonl"
+    adapter = Churns(out, store, 11, rounds=1500)
+    publisher = Publisher(config(group="jsonl", block_ms=1), store.client, adapter, PublisherMetrics())
+    last = 11 + 2 * adapter.rounds
+
+    async def there() -> bool:
+        return (adapter.rounds == 0 and delivered(out).get("u") == (1, last, "IN_STOCK")
+                and not await store.client.exists(f"{STREAM}:redeliver-all:jsonl"))
+
+    await run_until(publisher, there, timeout_s=60)
+    assert delivered(out)["t"] == (0, last - 1, "OUT_OF_STOCK")
+    assert all(delivered(out)[f"s{n}"] == (n + 1, n + 1, "IN_STOCK") for n in range(10))
+
+
+def test_versions_owed_stay_wanted_in_bounded_memory() -> None:
+    """Past ``MAX_RANGES`` the narrowest holes are joined: every version owed stays wanted, none outside them."""
+    owed = Owed()
+    owed.add([(v, v) for v in range(10, 10 + 4 * MAX_RANGES, 2)])  # single versions, as a takeover owes them
+    owed.add([(5, 6), (7, 7), (100_000, 100_009)])  # gaps; adjacent ones merged
+    assert len(owed._ranges) <= MAX_RANGES
+    assert all(owed(v) for v in [5, 6, 7, *range(10, 10 + 4 * MAX_RANGES, 2), *range(100_000, 100_010)])
+    assert not any(owed(v) for v in (4, 8, 9, 99_999, 100_010))
