@@ -142,8 +142,12 @@ lint: $(STAMP) $(PROTO_DEPS)
 	$(BIN)/python .ci/contracts.py
 	$(BIN)/python .ci/lock_check.py
 
+# The whole suite (no PYTEST_ARGS) must also have run every test it has, none skipped (.ci/test_count.py).
+TEST_REPORT := build/test-report.xml
 test: bootstrap lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
+	@mkdir -p build
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 --junitxml=$(TEST_REPORT) $(PYTEST_ARGS)
+	$(if $(strip $(PYTEST_ARGS)),,$(BIN)/python .ci/test_count.py $(TEST_REPORT))
 
 bench: $(SERVE_DEPS)
 	$(BIN)/python benchmarks/throughput.py
