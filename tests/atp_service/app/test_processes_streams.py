@@ -35,13 +35,16 @@ PEER, READER = new_token(), new_token()
 @pytest.fixture
 async def start_reader(redis_url: str, tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     """Leased processes reading the input streams, auth on: each sends other groups' facts to their
-    owners with a token of the peer role alone."""
+    owners with a token of the peer role alone. Leases of 5 s, turns of 200 ms: a 600 ms lease stops
+    being answered for 480 ms after its renewal, which a busy host's stall outlasts (a group moved
+    mid-test: calls refused GROUP_MOVED, facts sent on to another owner)."""
     callers = tmp_path / "callers.toml"
     callers.write_text(f'[[callers]]\nname = "peers"\nroles = ["peer"]\ntoken_sha256 = "{token_hash(PEER)}"\n'
                        f'[[callers]]\nname = "reader"\nroles = ["oms"]\ntoken_sha256 = "{token_hash(READER)}"\n')
     (tmp_path / "peer.token").write_text(PEER)
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS, input_streams=STREAMS,
-                                   auth="on", callers_file=callers, peer_token_file=tmp_path / "peer.token"):
+    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
+                                   input_streams=STREAMS, auth="on", callers_file=callers,
+                                   peer_token_file=tmp_path / "peer.token"):
         yield start
 
 
@@ -59,8 +62,8 @@ async def on_hand(service: AtpService, sku: str) -> int:
 
 
 async def on_hand_at_owner(running: list[Process], sku: str, timeout_s: float = 30.0) -> int:
-    """``on_hand`` asked of the group's owner — whoever that is when asked: with 600 ms leases a busy
-    host's stall may let one lapse, and the group is taken again (by the same process or another)."""
+    """``on_hand`` asked of the group's owner — whoever that is when asked: a group handed over (or
+    a lease lapsed past a stall longer than any expected) is owned anew by the time it answers."""
     deadline = time.monotonic() + timeout_s
     while True:
         owner = next((service for service, _ in running if group_of(sku) in owned(service)), None)
@@ -112,7 +115,7 @@ async def test_facts_sent_to_their_owner_are_split_to_fit_its_message_size(
         redis_url: str) -> None:
     """A read of many facts with long ids is more than an owner takes in one message
     (``max_message_bytes``): sent whole, it was refused on every retry, its entries pending for good."""
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600, shards=SHARDS,
+    async for start in services_on(redis_url, ownership="leases", lease_ms=5_000, balance_ms=200, shards=SHARDS,
                                    input_streams=STREAMS[:1], max_message_bytes=64 << 10, ingest_count=1000):
         running = await processes(start, 2)
         skus = [f"split-{i}" for i in range(40)]
