@@ -18,13 +18,17 @@ from tests.waiting import until
 
 T = 1_700_000_000_000
 AHEAD_MS = 10 * 60_000  # the first process's clock: past the allowed skew (5 min) ahead of the second's
+LEASED = {"ownership": "leases", "lease_ms": 5_000, "balance_ms": 200, "host": "127.0.0.1"}
+"""Leases of 5 s, turns of 200 ms: a 600 ms lease stops being answered 480 ms after its renewal, which
+a busy host's stall outlasts (a call refused GROUP_MOVED); a stopped process's groups, handed over or
+lapsed, are taken at the next turn."""
 
 
 async def test_a_fact_applied_by_a_clock_ahead_is_a_duplicate_when_claimed(
         redis_server: EmbeddedRedis, redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
-    leased = {"ownership": "leases", "lease_ms": 600, "claim_idle_ms": 100, "host": "127.0.0.1"}
+    leased = {**LEASED, "claim_idle_ms": 100}
     ahead = AtpService(make_config(redis_timeout_s=30, port=free_port(), **leased), await proxy.start(),
                        clock=ManualClock(T + AHEAD_MS))
     try:
@@ -59,8 +63,7 @@ async def test_a_fact_sent_to_its_owner_applied_by_a_clock_ahead_is_a_duplicate_
     for a group of its own (E8: the answer never depends on how groups are spread over processes): a
     fact applied already (by a process whose clock ran ahead) is a duplicate, not INVALID — which had
     the reader dead-letter an applied fact. A fact as far ahead and never applied is still INVALID (E7)."""
-    leased = {"ownership": "leases", "lease_ms": 600, "host": "127.0.0.1"}
-    ahead = AtpService(make_config(port=free_port(), **leased), redis_url, clock=ManualClock(T + AHEAD_MS))
+    ahead = AtpService(make_config(port=free_port(), **LEASED), redis_url, clock=ManualClock(T + AHEAD_MS))
     applied, never = F("e1", "RECEIPT", "A", "S1", 4, T + AHEAD_MS - 60_000), F("e2", "RECEIPT", "A", "S1", 3,
                                                                               T + AHEAD_MS - 60_000)
     try:
@@ -72,7 +75,7 @@ async def test_a_fact_sent_to_its_owner_applied_by_a_clock_ahead_is_a_duplicate_
             await client.close()
     finally:
         await ahead.stop(grace_s=0.1)
-    owner = AtpService(make_config(port=free_port(), **leased), redis_url, clock=ManualClock(T))
+    owner = AtpService(make_config(port=free_port(), **LEASED), redis_url, clock=ManualClock(T))
     try:
         await owner.start()
         client = AtpClient(f"127.0.0.1:{owner.port}")
