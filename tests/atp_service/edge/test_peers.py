@@ -19,7 +19,7 @@ async def test_a_step_that_is_not_one_of_this_version_is_refused_invalid_argumen
         start_service: ServiceFactory) -> None:
     """Bytes that do not decode as a step ended the call UNKNOWN with a traceback in the log, as a
     bug of the service would; they are the caller's fault (a peer of another version, or garbage)."""
-    _, client = await start_service(ownership="leases", lease_ms=2000, port=free_port(), host="127.0.0.1",
+    _, client = await start_service(ownership="leases", lease_ms=5_000, port=free_port(), host="127.0.0.1",
                                     input_streams=())  # the Peers service runs where processes share a keyspace
     step = client.channel.unary_unary(STEP_METHOD, None, None)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -37,7 +37,9 @@ async def test_a_step_a_newer_build_sent_with_a_field_more_is_refused_whole_not_
 
     from reservation import LineRequest, ReserveCommand
 
-    _, client = await start_service(ownership="leases", lease_ms=2000, port=free_port(), host="127.0.0.1",
+    # A 5 s lease: a 2 s one, renewed every 0.67 s and answered for 1.6 s after, lets a busy host's
+    # stall of ~1 s answer the read below GROUP_MOVED instead of NOT_FOUND.
+    _, client = await start_service(ownership="leases", lease_ms=5_000, port=free_port(), host="127.0.0.1",
                                     input_streams=())
     cmd = msgspec.to_builtins(ReserveCommand("r-newer", "o-1", "web", (LineRequest("A", "DC", 1),), 60_000, False))
     request = msgspec.msgpack.encode([0, ["reserve", [*cmd, "a field of a newer build"]]])
@@ -60,7 +62,7 @@ async def test_a_step_a_peer_cannot_read_is_logged_naming_the_peer(
     from atp_service.metrics import EdgeMetrics
     from reservation import Reason, Unavailable
 
-    service, _ = await start_service(ownership="leases", lease_ms=2000, port=free_port(), host="127.0.0.1",
+    service, _ = await start_service(ownership="leases", lease_ms=5_000, port=free_port(), host="127.0.0.1",
                                      input_streams=())
     forwarder = Forwarder(EdgeMetrics())
     send = step_sender(forwarder, None)
@@ -108,7 +110,7 @@ async def test_a_peer_refusing_the_token_of_steps_is_logged_once_not_per_step(
     callers, own = tmp_path / "callers.toml", new_token()
     callers.write_text(f'[[callers]]\nname = "peer"\nroles = ["peer"]\ntoken_sha256 = "{token_hash(own)}"\n')
     (tmp_path / "peer.token").write_text(own)
-    service, _ = await start_service(ownership="leases", lease_ms=2000, port=free_port(), host="127.0.0.1",
+    service, _ = await start_service(ownership="leases", lease_ms=5_000, port=free_port(), host="127.0.0.1",
                                      input_streams=(), auth="on", callers_file=callers,
                                      peer_token_file=tmp_path / "peer.token")
     forwarder = Forwarder(EdgeMetrics())
