@@ -36,6 +36,10 @@ async def killed(embedded: EmbeddedRedis) -> None:
     os.kill(embedded.process.pid, signal.SIGKILL)
 
 
+def _in_aof(embedded: EmbeddedRedis, data: bytes) -> bool:
+    return any(data in path.read_bytes() for path in embedded.data_dir.rglob("*.aof"))
+
+
 async def test_a_killed_redis_is_started_again_then_too_many_exits_end_the_watch(tmp_path: Path) -> None:
     embedded = EmbeddedRedis(tmp_path / "data", unix_socket=True).start()
     counter = Restarts()
@@ -43,8 +47,10 @@ async def test_a_killed_redis_is_started_again_then_too_many_exits_end_the_watch
     watching = asyncio.create_task(watch.run())
     try:
         client = redis.asyncio.Redis.from_url(embedded.local_url)
-        await client.set("kept", "1")  # appendfsync everysec: the AOF has it within a second
-        await asyncio.sleep(1.5)
+        await client.set("kept", "1")
+        # In the AOF's file, it outlives a kill -9 (the page cache is the OS's): waited for, not slept on
+        # (appendfsync everysec postpones the write while a slow disk's fsync runs, up to 2 s).
+        await until(lambda: _in_aof(embedded, b"kept"), "the write in the append-only file")
         first = embedded.process
         await killed(embedded)
         await until(lambda: embedded.process is not first and counter.value() == 1, "started again", 60)
