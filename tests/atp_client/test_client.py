@@ -207,15 +207,16 @@ async def test_a_source_slower_than_the_answer_bound_does_not_end_the_stream(sta
     """The bound is on an answer to a batch sent, not on the stream: a caller whose batches come
     slowly (each after longer than ``timeout_s``) keeps its stream."""
     service, _ = await start_service()
-    # Each batch is answered within the bound (1 s: a loaded machine answered past 0.3 s, ending the stream).
-    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=1.0) as client:
+    # Each batch is answered within the bound (2 s: a loaded machine answered past 0.3 s, ending the
+    # stream, and a stall of its event loop can outlast 1 s).
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=2.0) as client:
         await client.record_events([receipt("in", "A", "DC", 10)])
         first_answered = asyncio.Event()
 
         async def batches() -> AsyncIterator[Sequence[pb.ReserveRequest]]:
             yield [item("slow-1")]
             await asyncio.wait_for(first_answered.wait(), WAIT_S)
-            await asyncio.sleep(2.0)  # twice the answer bound with nothing in flight
+            await asyncio.sleep(4.0)  # twice the answer bound with nothing in flight
             yield [item("slow-2")]
 
         answers = []
