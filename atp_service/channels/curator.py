@@ -109,12 +109,17 @@ class Curator:
                 shown = curate(totals, channel.rules)[:, None]
                 changed = present.any(axis=1, keepdims=True) & (shown != before)
                 last.values[rows] = np.where(changed, shown, before)
-            stockout = changed & (shown == 0) & (before > 0)
+            # C2: a drop to 0 from what the channel shows. A key without a note here (-1: after a start or a reload, or
+            # an offer dropped as stale) is judged by the feed: taken for "never offered", its drop to 0 went out only
+            # after the round's last slice, behind every ordinary change the round curated.
+            stockout = changed & (shown == 0)
             feed, names = feeds[name], channel.sells_from if channel.per_location else ("",)
             for mask, out in ((stockout, urgent), (changed & ~stockout, rest)):
                 for i, j in zip(*(a.tolist() for a in np.nonzero(mask)), strict=True):
                     loc = names[j]
-                    out.append((feed, skus[i], loc, int(shown[i, j]), times[i].get(loc) or newest[i]))
+                    offer = (feed, skus[i], loc, int(shown[i, j]), times[i].get(loc) or newest[i])
+                    kept = out is rest or before[i, j] > 0 or bool(feed.last_sent((skus[i], loc)))  # else 0 for 0 (E11)
+                    (out if kept else rest).append(offer)
         return urgent, rest
 
     def _columns(self, channel: Channel, shard: int, store: PositionStore) -> npt.NDArray[np.intp]:

@@ -186,3 +186,27 @@ async def test_a_desk_stopped_while_its_rounds_stock_out_write_is_on_its_way_end
     await desk.stop()
     assert task.cancelled(), task.exception()
     assert not service.failed.is_set()
+
+
+async def test_c2_a_stock_out_of_a_sku_whose_last_offer_was_dropped_as_stale_is_written_between_slices(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """A SKU curated in a round and changed again before the round offered its number (a burst) has that
+    offer dropped and the curator's note of it forgotten (``Curator.drop_stale``). Its drop to 0 in the next
+    round was then compared with "never offered", not with the 50 the channel shows: taken for an ordinary
+    change, it was written only after the round's last slice was curated (C2: at once)."""
+    desk, client = await started(start_service, tmp_path, clock, redis_url)
+    release = asyncio.Event()
+    watched = WatchedRound(desk, release)
+    await client.record_events([fact("count-out-1", "COUNT", "sku-1", "dc-1", 0, T)])  # first slice: held write
+    await client.record_events([fact("sale-0", "SALE", "sku-0", "dc-1", 1, T)])  # second slice: 49, not yet offered
+    await until(lambda: len(desk._dirty) == 2, "sku-1 and sku-0 dirty")
+    watched.start()
+    await until(lambda: watched.held.is_set() and watched.curated() >= 2, "sku-0 curated, sku-1's 0 being written")
+    await client.record_events([fact("count-out-0", "COUNT", "sku-0", "dc-1", 0, T + 1)])  # sku-0 first: first slice
+    await client.record_events([fact(f"sale-{n}", "SALE", f"sku-{n}", "dc-1", 1, T) for n in range(2, SKUS)])
+    await until(lambda: list(desk._dirty)[:1] == ["sku-0"] and len(desk._dirty) == SKUS - 1, "the next round's SKUs")
+    release.set()
+    await until(lambda: watched.written_at(("sku-0", 0)) is not None, "sku-0's stock-out written")
+    await until(lambda: watched.curated() >= 2 + SKUS - 1, "the next round curated")
+    written_at = watched.written_at(("sku-0", 0))
+    assert written_at is not None and written_at < watched.last_curated_at(), watched.seen
