@@ -117,7 +117,7 @@ class Curator:
             for mask, out in ((stockout, urgent), (changed & ~stockout, rest)):
                 for i, j in zip(*(a.tolist() for a in np.nonzero(mask)), strict=True):
                     loc = names[j]
-                    offer = (feed, skus[i], loc, int(shown[i, j]), times[i].get(loc) or newest[i])
+                    offer = (feed, skus[i], loc, int(shown[i, j]), _source_time(times[i], newest[i], loc))
                     kept = out is rest or before[i, j] > 0 or bool(feed.last_sent((skus[i], loc)))  # else 0 for 0 (E11)
                     (out if kept else rest).append(offer)
         return urgent, rest
@@ -128,6 +128,15 @@ class Curator:
             cached = (store.location_count, store.columns(channel.sells_from))
             self._cols[(channel.name, shard)] = cached
         return cached[1]
+
+
+def _source_time(marks: dict[str, int], newest: int, location: str) -> int:
+    """C3: the newest source time behind a key's value: of a network key (""), the newest mark of its SKU; of a
+    location's, the newer of its own and the row's ("": a block of counts marks the SKU whole), else the SKU's newest.
+    A network key took the row's time even where a fact at one of its locations was newer."""
+    if not location:
+        return newest
+    return max(marks.get(location, 0), marks.get("", 0)) or newest
 
 
 def _take_off(available: npt.NDArray[np.int64], present: npt.NDArray[np.bool_], ahead: Ahead, skus: Sequence[str],

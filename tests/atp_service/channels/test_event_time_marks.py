@@ -1,0 +1,36 @@
+"""C3: a published value carries the time of the newest fact behind it, also when a round curates a SKU marked
+whole (a block of counts, ``LoadCounts``) and at a location (a fact) alike: real Redis, real gRPC server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from atp_service import ManualClock
+from reservation import CountRows
+from tests.atp_service.channel_helpers import fact, one_dc_market, wait_for_updates, write_estate
+from tests.atp_service.channels.test_stockout_between_slices import WatchedRound
+from tests.conftest import ServiceFactory
+from tests.waiting import until
+
+T = 1_700_000_000_000
+
+
+async def test_c3_a_network_value_after_a_block_of_counts_and_a_later_sale_carries_the_sales_time(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """A SKU a block of counts marked whole (the row's time: the count's) and a sale marked at its location, 5 s
+    later, both before the round: the network channel's value was stamped with the row's time, the count's, though
+    the newer sale is behind it too (its time was taken only where no row time was noted)."""
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path, one_dc_market(0, 1000.0)))
+    desk = service.channels
+    assert desk is not None and service.desk is not None
+    watched = WatchedRound(desk)  # the next round waits until both are marked
+    one = np.zeros(1, dtype=np.uint32)
+    await service.desk.load_counts(CountRows("erp", ["sku-b"], ["dc-1"], one, one, np.full(1, 20, dtype=np.int64),
+                                             np.full(1, T, dtype=np.int64)), "test")
+    await client.record_events([fact("sale-b", "SALE", "sku-b", "dc-1", 1, T + 5000)])
+    await until(lambda: desk._dirty.get("sku-b", {}).keys() == {"", "dc-1"}, "sku-b marked whole and at dc-1")
+    watched.start()
+    (update,) = await wait_for_updates(redis_url, "market", 1)
+    assert (update.sku, update.quantity, update.event_time) == ("sku-b", 19, T + 5000)
