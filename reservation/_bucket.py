@@ -29,3 +29,12 @@ class TokenBucket:
     def ms_until_token(self) -> int:
         missing = 1.0 - self.tokens
         return 0 if missing <= 0 else int(missing * 1000.0 / self.rate) + 1
+
+    def renewed(self, rate_per_s: float, burst: int, now_ms: int) -> TokenBucket:
+        """A bucket of another rate and burst (a reloaded channel) holding no more than this one holds now: what was
+        spent, a debt of stock-outs included, stays spent. A full one sent a burst past the rate limit at each reload
+        that changed anything of the channel's feed, and forgave the debt (C2: the average rate)."""
+        self.refill(now_ms)
+        bucket = TokenBucket(rate_per_s, burst, now_ms)
+        bucket.tokens = min(bucket.tokens, self.tokens)
+        return bucket

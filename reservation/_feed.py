@@ -161,10 +161,9 @@ class Feed:
         self._gen = 0
 
     def set_policy(self, policy: FeedPolicy, now_ms: int) -> None:
-        """A reloaded configuration: pending values, versions and what was published stay."""
+        """A reloaded configuration: pending values, versions, what was published and the tokens spent stay (C2)."""
         if policy != self.policy:
-            self.policy = policy
-            self.bucket = TokenBucket(policy.rate_per_s, policy.burst, now_ms)
+            self.policy, self.bucket = policy, self.bucket.renewed(policy.rate_per_s, policy.burst, now_ms)
 
     # -- what is known -----------------------------------------------------------
     def last_sent(self, key: Key) -> int | None:

@@ -250,3 +250,18 @@ def test_a_change_taken_back_leaves_no_wake_up_behind() -> None:
     assert feed.pending == 0
     assert feed.next_wakeup(T0 + 2) is None
     assert drain(feed, T0 + 5000) == []
+
+
+def test_c2_a_reloaded_policy_keeps_the_rate_limits_debt() -> None:
+    """A reload changing anything of a channel's feed policy (here only its ageing bound) gave it a full bucket: the
+    debt its stock-outs had run up (they never wait for a token) was forgiven, and as many changes as its burst went
+    out at once on top of them, past the channel's rate limit (C2's average rate)."""
+    policy = FeedPolicy(throttle_ms=0, rate_per_s=1.0, burst=2)
+    feed = published_feed(policy, {"a": 5, "b": 5, "c": 5, "d": 5})
+    for sku in ("a", "b", "c"):
+        feed.offer((sku, ""), 0, T0, T0, T0)
+    assert len(drain(feed, T0)) == 3  # stock-outs: 2 tokens, then 1 of debt
+    feed.set_policy(FeedPolicy(throttle_ms=0, rate_per_s=1.0, burst=2, max_wait_ms=10_000), T0)
+    feed.offer(("d", ""), 4, T0, T0, T0)
+    assert drain(feed, T0 + 1000) == []  # the debt repaid, no token yet
+    assert [u.sku for u in drain(feed, T0 + 2000)] == ["d"]
