@@ -23,7 +23,8 @@ class EntryListeners:
         self.undo_listeners: list[Listener] = []
         """Called with every entry taken back because its append failed (channels re-curate, C4)."""
         self.lost_listeners: list[Listener] = []
-        """Called with every entry in doubt found not to have landed when settling (it never will)."""
+        """Called with every entry in doubt found not to have landed when settling (it never will), and with
+        every entry whose append was refused before it could land (OOM, a slot not served: never in doubt)."""
         self.landed_late_listeners: list[Listener] = []
         """Called with every entry found in the log when settling, after it had been taken back."""
         self.settled_listeners: list[Callable[[int], None]] = []

@@ -133,12 +133,16 @@ class CommitPipeline(EntryListeners):
         for rec in reversed(self._inflight):
             self.ledger.revert(rec.undo)
             deliver([(reply, None, failure) for reply, _, _ in rec.answers])
-        if not replaced:
-            # Refused OOM: the script stopped at its first write, so that entry never landed, nor
-            # can it. Only a batch whose call is still on its way may land: settling fences the
-            # shard first, which a Redis at its maxmemory refuses too — a shard needlessly in doubt
-            # took no work until Redis had room again, and told callers the outcome was unknown.
-            self._doubt.extend((rec.seq, rec.entry, rec.data) for rec in self._inflight if not self._cannot_land(rec))
+        # Refused OOM: the script stopped at its first write, so that entry never landed, nor
+        # can it. Only a batch whose call is still on its way may land: settling fences the
+        # shard first, which a Redis at its maxmemory refuses too — a shard needlessly in doubt
+        # took no work until Redis had room again, and told callers the outcome was unknown.
+        certain: list[LogEntry] = []  # never in the log
+        for rec in () if replaced else self._inflight:
+            if self._cannot_land(rec):
+                certain.append(rec.entry)
+            else:
+                self._doubt.append((rec.seq, rec.entry, rec.data))
         for rec in self._inflight:
             rec.done.cancel()
         undone = [rec.entry for rec in self._inflight]
@@ -148,6 +152,10 @@ class CommitPipeline(EntryListeners):
             self.request_maintenance()  # an idle shard settles at once, not at the next message
         for entry in undone:
             self._tell(self.undo_listeners, entry)
+        # Lost as surely as an entry in doubt a settle found absent: a Reserve's caller that gave up while
+        # it was on its way left its route (the record was in memory then), and no settle comes to drop it.
+        for entry in certain:
+            self._tell(self.lost_listeners, entry)
 
     def _log_failure(self, reason: str, error: BaseException | None) -> None:
         """The ``append_failed`` line, at most one per ``APPEND_FAILURE_LOG_EVERY_S`` (each failure

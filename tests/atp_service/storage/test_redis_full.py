@@ -19,10 +19,11 @@ from atp_service import EmbeddedRedis
 from atp_service.engine import pipeline
 from atp_service.storage.durability import Checkpoints
 from atp_service.storage.log import LogStore, connect
-from reservation import Limits
+from reservation import Limits, reserve_command
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.refusals import refused
 from tests.conftest import ServiceFactory, services_on
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -115,6 +116,39 @@ async def test_a_reservation_across_shards_refused_for_memory_says_so(
     assert held.state == 1 and not held.replayed
     a, b = await client.availability([(first, "DC"), (second, "DC")])
     assert (a.available, b.available) == (3, 2)
+
+
+async def test_a_reserve_whose_caller_gave_up_before_redis_refused_it_for_memory_leaves_no_route(
+        full_able: tuple[ServiceFactory, redis.Redis]) -> None:
+    """A Reserve whose caller gave up while its append was on its way (its record in memory then, so its
+    route was kept), the append then refused OOM: certainly not in the log, it was never in doubt, so no
+    settle told the routes it was lost (``unhome``) — its route to no record stayed for the process's life
+    (in leased mode, forwarding GetReservation/Confirm to a group that holds nothing). Found by
+    ``python -m tests.sim --seed 14 --redis-full``."""
+    start, admin = full_able
+    service, client = await start(shards=1, redis_timeout_s=60)
+    engine = service.engine
+    assert engine is not None
+    actor = engine.actors[0]
+    await client.record_events([receipt("e1", "A", "DC", 5)])
+    cmd = reserve_command(reservation_id="r-gone", order_ref="o", channel="web", lines=[("A", "DC", 1)],
+                          ttl_seconds=600, allow_partial=False, limits=Limits())
+    admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the append waits, its record in memory
+    try:
+        caller = asyncio.ensure_future(engine.reserve(cmd))
+        await until(lambda: actor._inflight and actor.ledger.reservation("r-gone") is not None, "the append sent")
+        caller.cancel()  # the caller gives up: its record may yet be durable, so the route stays for now
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert engine.routes.homes.get("r-gone") == 0
+        admin.config_set("maxmemory", 1)
+        admin.execute_command("CLIENT", "UNPAUSE")  # the append reaches a full Redis: refused OOM
+        await until(lambda: not actor._inflight, "the append answered")
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.config_set("maxmemory", 0)
+    assert not actor.in_doubt and actor.ledger.reservation("r-gone") is None
+    assert "r-gone" not in engine.routes.homes, "a route to no record outlived a refusal for memory"
 
 
 async def test_a_redis_whose_policy_cannot_be_read_is_named_at_start(
