@@ -15,6 +15,7 @@ from tests.sim.cluster import ClusterWorld
 from tests.sim.commands import Commands
 from tests.sim.disrupt import Disruptor
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
+from tests.sim.full import RedisFull
 from tests.sim.ids import SimIdClaims
 from tests.sim.invariants import (
     ServiceErrors,
@@ -43,13 +44,14 @@ DEFAULT_STEPS = 60
 class Driver:
     def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
                  late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
-                 clock_skew: bool = False) -> None:
+                 clock_skew: bool = False, redis_full: bool = False) -> None:
         """``late_across_steps``: with several processes, also order steps served past a step's end.
         ``retry_other_content``: with several processes, retries may carry other content than their
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
         that the multi-process seeds found before it draw as they did).
         ``lose_tail``: Redis may come back from older data (``tailloss.py``). ``clock_skew``: with several
-        processes, each host's clock its own, within a bound, stepping back now and then (``skew.py``)."""
+        processes, each host's clock its own, within a bound, stepping back now and then (``skew.py``).
+        ``redis_full``: Redis at its maxmemory refuses writes OOM now and then (``full.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -62,6 +64,8 @@ class Driver:
                          seed if clock_skew else None)
         self.world.log.faults = self.rng
         self.world.log.ids = SimIdClaims(seed, self.tally)  # a leased engine claims its ids (R5)
+        self.full = RedisFull(seed, self.tally) if redis_full else None
+        self.world.log.full = self.world.log.ids.full = self.full
         if isinstance(self.world, ClusterWorld):
             self.world.network.across_steps = late_across_steps
         self.acked = Acknowledged()
@@ -100,11 +104,12 @@ class Driver:
         """The seed as the command line names it (with the flags that make it a multi-process seed)."""
         world = self.world
         if not isinstance(world, ClusterWorld):
-            return f"{self.seed}{' --lose-tail' if self.tail else ''}"
+            return f"{self.seed}{' --lose-tail' if self.tail else ''}{' --redis-full' if self.full else ''}"
         return (f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
                                                               else "")
                 + (" --retry-other-content" if self.retry_other_content else "")
-                + (" --lose-tail" if self.tail else "") + (" --clock-skew" if world.skew else ""))
+                + (" --lose-tail" if self.tail else "") + (" --clock-skew" if world.skew else "")
+                + (" --redis-full" if self.full else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -131,10 +136,14 @@ class Driver:
         disruptor = self.disrupt(cluster) if cluster else None
         faults = plan.describe() + (f", {disruptor.describe()}" if disruptor and disruptor.plan else "")
         self.trace.append(f"{step}: {faults}; calls: " + "; ".join(_describe(c) for c in calls))
+        if self.full is not None and (span := self.full.draw()):
+            self.trace.append(f"{step}: {span}")
         runner = StepRunner(world, rng)
         try:
             ended = await runner.run(calls, plan)
         finally:
+            if self.full is not None:
+                self.full.end_step()  # the quiesce after the calls: Redis has room
             events = runner.events + (disruptor.events if disruptor else [])
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))

@@ -103,6 +103,8 @@ class StepRunner:
                 log.pause()
             if rnd == pause_end:
                 log.resume()
+            if log.full is not None:
+                log.full.round(rnd)  # ``--redis-full``: Redis at its maxmemory in the rounds drawn
             for _ in range(TICKS):
                 self._fire(tick, calls, plan)
                 await asyncio.sleep(0)

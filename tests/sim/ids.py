@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atp_service.storage.ids import CLAIM_SCRIPT
 from atp_service.storage.nodes import Call
+from tests.sim.full import RedisFull, oom, refuses
 from tests.sim.tally import Tally
 
 OUTCOMES = ("ok",) * 17 + ("lost", "doubt", "late")
@@ -34,6 +35,7 @@ class SimIdClaims:
         self.held: dict[str, int] = {}
         """Each claimed id's key -> the group it holds."""
         self.late: list[Call] = []
+        self.full: RedisFull | None = None  # ``--redis-full``
 
     async def run(self, proc: Any, calls: list[Call]) -> list[Any]:
         """``Nodes.run`` of claim script calls, sent by ``proc`` (``leased.ProcessLog``)."""
@@ -41,7 +43,8 @@ class SimIdClaims:
         arriving = [call for call in self.late if self.faults.random() < LATE_ARRIVES_P]
         self.late = [call for call in self.late if call not in arriving]
         for call in arriving:
-            self._land(call)
+            if not self._refused(call):  # a full Redis refuses it on arrival: gone
+                self._land(call)
         replies: list[Any] = []
         for call in calls:
             assert call.script is CLAIM_SCRIPT, call.script
@@ -53,11 +56,18 @@ class SimIdClaims:
             elif outcome == "late":
                 self.late.append(call)
                 replies.append(RedisTimeoutError("sim: id claim timed out (still on its way)"))
+            elif self._refused(call):
+                replies.append(RedisTimeoutError("sim: id claim timed out (refused OOM)") if outcome == "doubt"
+                               else oom())
             else:
                 held = self._land(call)
                 replies.append(RedisTimeoutError("sim: id claim timed out (it ran)") if outcome == "doubt"
                                else str(held).encode())
         return replies
+
+    def _refused(self, call: Call) -> bool:
+        """A claim's write refused OOM (``full.py``): Redis at its maxmemory; a mere read is answered."""
+        return int(call.args[1]) != 0 and refuses(self.full)
 
     def _land(self, call: Call) -> int:
         """``CLAIM_SCRIPT``: set unless held (only looked at where its time to live is 0: -1 if none);

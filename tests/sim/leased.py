@@ -25,7 +25,8 @@ from redis.exceptions import ResponseError
 from atp_service.storage.log import CrossGroupWrite, LogStore, SnapshotRecord
 from atp_service.storage.nodes import Nodes
 from atp_service.storage.records import UNCLAIMED
-from tests.sim.simlog import SideStreams, SimLog, _Unit
+from tests.sim.sidestreams import SideStreams
+from tests.sim.simlog import SimLog, _Unit
 from tests.sim.snapparts import SimNodes
 
 

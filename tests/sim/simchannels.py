@@ -27,6 +27,7 @@ from atp_service.storage.channel_store import WriteRefused
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, Key, Published
+from tests.sim.full import oom, refuses
 from tests.sim.simlog import SimLog
 
 ESTATE = parse_estate({
@@ -104,6 +105,8 @@ class SimChannelStore:
             refusal = self._land(w) if outcome in ("ok", "doubt") else None
             if outcome != "ok":
                 w.done.set_exception(RedisError(f"sim: channel write {outcome}"))
+            elif refusal == "OOM":
+                w.done.set_exception(oom())  # a plain ResponseError, as ``ChannelStore.write`` raises it
             elif refusal is not None:
                 w.done.set_exception(WriteRefused(f"{refusal} sim"))
             else:
@@ -139,6 +142,8 @@ class SimChannelStore:
         for channel, updates in w.batches:
             if self._top(channel) >= updates[0].version:
                 return "TAKEN"
+        if refuses(self.log.full):
+            return "OOM"  # Redis at its maxmemory (``full.py``): nothing written
         for channel, updates in w.batches:
             self.on_landed(channel, updates)  # raises if a value was never durable (C4)
             self.streams[channel] += updates

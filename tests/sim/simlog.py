@@ -36,6 +36,8 @@ from atp_service.storage.keys import Keyspace
 from atp_service.storage.log import CrossGroupWrite, Fenced, SnapshotRecord
 from atp_service.storage.records import UNCLAIMED, claimed, number_of, opened_snapshot
 from atp_service.storage.snapshot_parts import write_snapshot_in_parts
+from tests.sim.full import RedisFull, oom, refuses
+from tests.sim.sidestreams import SideStreams
 from tests.sim.snapparts import ScriptCall, SimNodes, run_script
 from tests.sim.tally import Tally
 
@@ -81,56 +83,6 @@ class _Unit:
         return self.entries[0][0]
 
 
-class SideStreams:
-    """What FactDesk writes besides the log (the quarantine stream): a pipeline that records XADDs,
-    and the quarantine script's (``intake/quarantine.py``) entries, each fact's once by its marker."""
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, dict[str, Any]]] = []
-        self.markers: set[str] = set()
-
-    def pipeline(self, transaction: bool = False) -> _Pipeline:
-        return _Pipeline(self.entries, self.markers)
-
-    async def time(self) -> tuple[int, int]:
-        """Redis's TIME, for the clock offset gauge (not checked here): the epoch."""
-        return 0, 0
-
-
-class _Pipeline:
-    def __init__(self, sink: list[tuple[str, dict[str, Any]]], markers: set[str]) -> None:
-        self._sink, self._queued = sink, []  # type: ignore[var-annotated]
-        self._markers, self._marked, self._replies = markers, set[str](), list[list[int]]()
-
-    async def __aenter__(self) -> _Pipeline:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def xadd(self, stream: str, fields: dict[str, Any], **_: Any) -> None:
-        self._queued.append((stream, fields))
-
-    def eval(self, _script: str, numkeys: int, *rest: Any) -> None:
-        """The quarantine script: KEYS the stream and the set of what it holds; ARGV MAXLEN, then a fact's
-        digest and its entry's 18 field names and values, a fact after another."""
-        stream, values, reply = rest[0], rest[numkeys + 1:], []
-        for at in range(0, len(values), 19):
-            digest, flat = values[at], values[at + 1:at + 19]
-            new = digest not in self._markers and digest not in self._marked
-            if new:
-                self._queued.append((stream, dict(zip(flat[0::2], flat[1::2], strict=True))))
-                self._marked.add(digest)
-            reply.append(int(new))
-        self._replies.append(reply)
-
-    async def execute(self) -> list[list[int]]:
-        await asyncio.sleep(0)
-        self._sink += self._queued
-        self._markers |= self._marked
-        return self._replies
-
-
 class SimLog:
     def __init__(self, tally: Tally | None = None, together: bool = True) -> None:
         self.together = together
@@ -172,6 +124,7 @@ class SimLog:
         self.nodes = SimNodes(self)
         self.keys = Keyspace("sim:")
         self.ids: Any = None  # several processes: the reservation id claims (``ids.SimIdClaims``)
+        self.full: RedisFull | None = None  # ``--redis-full``: writes refused OOM (``full.py``)
 
     # -- what ShardActor and Engine call -----------------------------------------------
     def is_fenced(self, _shard: int) -> bool:
@@ -334,7 +287,7 @@ class SimLog:
             elif refusal == "FENCED":
                 unit.settle(self.refused_claim())  # Redis lost this instance's claim
             elif refusal is not None:
-                unit.settle(RedisError(f"sim: {refusal}"))
+                unit.settle(oom() if refusal == "OOM" else RedisError(f"sim: {refusal}"))
             else:
                 unit.settle(None)
 
@@ -411,6 +364,8 @@ class SimLog:
             refusal = self._refusal(shard, seq, token)
             if refusal is not None:
                 return refusal
+        if refuses(self.full):
+            return "OOM"  # at its maxmemory: the script's checks read, its first write is refused (``full.py``)
         for shard, seq, data, _ in unit.entries:
             self.logs[shard].append((seq, data))
             self.history[shard].append((seq, data))

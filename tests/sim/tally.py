@@ -49,6 +49,7 @@ class Tally:
     # hosts' clocks disagreeing (``--clock-skew``):
     clock_steps_back: int = 0  # a host's wall clock stepped back
     taken_ahead: int = 0  # groups taken whose log was stamped ahead of the taker's clock (a GroupClock gap)
+    oom_refused: int = 0  # writes a full Redis refused OOM (``--redis-full``: appends, channel writes, id claims)
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -74,6 +75,7 @@ class Tally:
                 f"{self.snapshot_refused} snapshot scripts refused), "
                 f"{self.channel_faults} channel writes failed ({self.channel_late_landed} landed late), "
                 f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)"
+                + (f"; {self.oom_refused} writes refused OOM" if self.oom_refused else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")
                 + (f" ({self.node_losses} losses of one node; {self.owner_check_stops} shards stopped by the "

@@ -1,0 +1,56 @@
+"""What FactDesk writes besides the log, as the simulated Redis takes it (``simlog.SimLog.client``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class SideStreams:
+    """What FactDesk writes besides the log (the quarantine stream): a pipeline that records XADDs,
+    and the quarantine script's (``intake/quarantine.py``) entries, each fact's once by its marker."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, dict[str, Any]]] = []
+        self.markers: set[str] = set()
+
+    def pipeline(self, transaction: bool = False) -> _Pipeline:
+        return _Pipeline(self.entries, self.markers)
+
+    async def time(self) -> tuple[int, int]:
+        """Redis's TIME, for the clock offset gauge (not checked here): the epoch."""
+        return 0, 0
+
+
+class _Pipeline:
+    def __init__(self, sink: list[tuple[str, dict[str, Any]]], markers: set[str]) -> None:
+        self._sink, self._queued = sink, []  # type: ignore[var-annotated]
+        self._markers, self._marked, self._replies = markers, set[str](), list[list[int]]()
+
+    async def __aenter__(self) -> _Pipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def xadd(self, stream: str, fields: dict[str, Any], **_: Any) -> None:
+        self._queued.append((stream, fields))
+
+    def eval(self, _script: str, numkeys: int, *rest: Any) -> None:
+        """The quarantine script: KEYS the stream and the set of what it holds; ARGV MAXLEN, then a fact's
+        digest and its entry's 18 field names and values, a fact after another."""
+        stream, values, reply = rest[0], rest[numkeys + 1:], []
+        for at in range(0, len(values), 19):
+            digest, flat = values[at], values[at + 1:at + 19]
+            new = digest not in self._markers and digest not in self._marked
+            if new:
+                self._queued.append((stream, dict(zip(flat[0::2], flat[1::2], strict=True))))
+                self._marked.add(digest)
+            reply.append(int(new))
+        self._replies.append(reply)
+
+    async def execute(self) -> list[list[int]]:
+        await asyncio.sleep(0)
+        self._sink += self._queued
+        self._markers |= self._marked
+        return self._replies
