@@ -29,3 +29,10 @@ async def test_a_reserve_given_up_then_refused_for_memory_leaves_no_route() -> N
     settle finding an entry absent told the routes to forget it: a route to no record, for good."""
     await Driver(14, redis_full=True).run(60)
 
+
+async def test_a_key_withdrawn_after_redis_lost_the_only_position_behind_it_is_no_c4_violation() -> None:
+    """``--seed 205 --lose-tail --redis-full``: Redis came back from the save of step 22; before noticing,
+    the instance published B@L1 = 8 from memory (a position Redis had lost, never durable in what it holds)
+    into the restored stream. Restarted, the desk shows such a key 0 (``_withdraw_uncurated``), as it must
+    (C4); the checker took that 0 for a value no durable position stood behind."""
+    await Driver(205, lose_tail=True, redis_full=True).run(26)

@@ -86,7 +86,7 @@ class World:
         self.with_channels = channels
         self.recoveries = 0
         self._outside: set[asyncio.Task[Any]] = set()
-        self.durable = DurableTracker(self.log, shards, self.config.limits, ESTATE)
+        self.durable = self._tracker()
         self.channels.on_landed = self.durable.published
         self.in_flight = MemoryAheadOfLog(self.log, shards, self.config.limits)
         self.tail: TailLoss | None = None  # ``--lose-tail``: Redis may come back from older data
@@ -187,9 +187,15 @@ class World:
             return
         self.tail.stale = False
         shards, limits = self.config.shards, self.config.limits
-        self.durable = DurableTracker(self.log, shards, limits, ESTATE)
+        self.durable = self._tracker()
         self.channels.on_landed = self.durable.published
         self.in_flight = MemoryAheadOfLog(self.log, shards, limits)
+
+    def _tracker(self) -> DurableTracker:
+        """What has been durable, from the log's history (C4's reference, R2)."""
+        tracker = DurableTracker(self.log, self.config.shards, self.config.limits, ESTATE)
+        tracker.shown = lambda channel, key: key in self.channels.state[channel]
+        return tracker
 
     def check_in_flight(self) -> None:
         if self.tail is None or not self.tail.stale:
