@@ -142,8 +142,8 @@ class Driver:
         try:
             ended = await runner.run(calls, plan)
         finally:
-            if self.full is not None:
-                self.full.end_step()  # the quiesce after the calls: Redis has room
+            if self.full is not None and (refused := self.full.end_step()):  # the quiesce after: Redis has room
+                self.trace.append(f"{step}: {refused}")
             events = runner.events + (disruptor.events if disruptor else [])
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))

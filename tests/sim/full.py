@@ -42,11 +42,12 @@ class RedisFull:
         self.full = False
         self.active = False
         """A step's calls are running: refusals happen only then."""
+        self.in_step = 0  # writes refused OOM in this step (for the trace)
 
     def draw(self) -> str:
         """At a step's start: whether (and when) Redis is full during it."""
         self.span = (self.rng.randint(0, 6), self.rng.randint(1, 12)) if self.rng.random() < FULL_P else None
-        self.active, self.full = True, False
+        self.active, self.full, self.in_step = True, False, 0
         return "" if self.span is None else f"Redis full rounds {self.span[0]}..{sum(self.span)}"
 
     def round(self, rnd: int) -> None:
@@ -54,10 +55,11 @@ class RedisFull:
         if self.span is not None:
             self.full = self.span[0] <= rnd < sum(self.span)
 
-    def end_step(self) -> None:
-        """The step's calls are over: Redis has room again (an operator gave it some)."""
+    def end_step(self) -> str:
+        """The step's calls are over: Redis has room again (an operator gave it some); what it refused (trace)."""
         self.active = self.full = False
         self.span = None
+        return f"{self.in_step} writes refused OOM" if self.in_step else ""
 
     def refuses(self) -> bool:
         """Whether a write reaching Redis now is refused OOM."""
@@ -65,6 +67,7 @@ class RedisFull:
             return False
         refused = self.full or self.rng.random() < NEAR_P
         self.tally.oom_refused += refused
+        self.in_step += refused
         return refused
 
 
