@@ -132,11 +132,14 @@ class Curator:
 
 def _source_time(marks: dict[str, int], newest: int, location: str) -> int:
     """C3: the newest source time behind a key's value: of a network key (""), the newest mark of its SKU; of a
-    location's, the newer of its own and the row's ("": a block of counts marks the SKU whole), else the SKU's newest.
-    A network key took the row's time even where a fact at one of its locations was newer."""
+    location's, its own mark, else the row's ("": a block of counts marks the SKU whole), else the SKU's newest.
+    A network key took the row's time even where a fact at one of its locations was newer. A location's own mark is
+    not raised to the row's: a block only makes new positions and is marked per SKU, not per position, so the row's
+    time is often a count at another location, newer than every fact behind this value (and its next value, stamped
+    with its own fact, went back in time); only a late fact at a position the block made is stamped older."""
     if not location:
         return newest
-    return max(marks.get(location, 0), marks.get("", 0)) or newest
+    return marks.get(location) or marks.get("") or newest
 
 
 def _take_off(available: npt.NDArray[np.int64], present: npt.NDArray[np.bool_], ahead: Ahead, skus: Sequence[str],

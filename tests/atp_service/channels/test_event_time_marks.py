@@ -34,3 +34,30 @@ async def test_c3_a_network_value_after_a_block_of_counts_and_a_later_sale_carri
     watched.start()
     (update,) = await wait_for_updates(redis_url, "market", 1)
     assert (update.sku, update.quantity, update.event_time) == ("sku-b", 19, T + 5000)
+
+
+TWO_STORES = ('[[locations]]\nids = ["store-1", "store-2"]\ntype = "store"\n\n[[channels]]\nname = "pickup"\n'
+              'sells_from = ["store-1", "store-2"]\nper_location = true\nthrottle_ms = 0\nrate_limit_per_s = 1000.0\n')
+
+
+async def test_c3_a_per_location_value_at_a_location_the_block_did_not_count_carries_its_own_facts_time(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """A block of counts making sku-b's position at store-1 (counted 10 s later) and a sale at store-2, in one round:
+    store-2's value was stamped with the block's time, newer than every fact behind it (store-1's count is not), and
+    its next value, stamped with its own next fact, went back in time."""
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path, TWO_STORES))
+    desk = service.channels
+    assert desk is not None and service.desk is not None
+    await client.record_events([fact("rcv-b", "RECEIPT", "sku-b", "store-2", 10, T)])
+    assert [(u.location, u.quantity, u.event_time) for u in await wait_for_updates(redis_url, "pickup", 1)] == [
+        ("store-2", 10, T)]
+    watched = WatchedRound(desk)  # the next round waits until both are marked
+    one = np.zeros(1, dtype=np.uint32)
+    await service.desk.load_counts(CountRows("erp", ["sku-b"], ["store-1"], one, one, np.full(1, 20, dtype=np.int64),
+                                             np.full(1, T + 10_000, dtype=np.int64)), "test")
+    await client.record_events([fact("sale-b", "SALE", "sku-b", "store-2", 1, T + 5000)])
+    await until(lambda: desk._dirty.get("sku-b", {}).keys() == {"", "store-2"}, "sku-b marked whole and at store-2")
+    watched.start()
+    updates = await wait_for_updates(redis_url, "pickup", 3)
+    assert {(u.location, u.quantity, u.event_time) for u in updates[1:]} == {
+        ("store-1", 20, T + 10_000), ("store-2", 9, T + 5000)}
