@@ -16,12 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from atp_service.channels.curator import Curator, Offer, skus_per_slice, zero_lines
 from atp_service.channels.estate import Channel, Estate
 from atp_service.channels.feeds import Confirmations, known_feeds, next_feeds, unsettled
-from atp_service.channels.marks import mark_skus, remark, velocity_at, velocity_rank
+from atp_service.channels.marks import loaded_times, mark_skus, remark, velocity_at, velocity_rank
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
 from atp_service.channels.urgent import UrgentWrites, due_now
 from atp_service.config import ChannelSettings
@@ -142,7 +140,7 @@ class ChannelDesk:
                 sku, loc = event.sku, event.location
             else:
                 if isinstance(event, CountsLoaded):
-                    self._mark_loaded(event, 0, now)
+                    self._mark_loaded(event, False, now)
                 continue
             self._dirty.setdefault(sku, {}).setdefault(loc, 0)
             self._dirty_at.setdefault(sku, now)
@@ -168,7 +166,7 @@ class ChannelDesk:
                 sku, loc, t = event.sku, event.location, ts
             else:
                 if isinstance(event, CountsLoaded):
-                    self._mark_loaded(event, int(np.frombuffer(event.at, dtype="<i8").max()), now)
+                    self._mark_loaded(event, True, now)
                 continue
             locs = dirty.get(sku)
             if locs is None:
@@ -192,9 +190,9 @@ class ChannelDesk:
         if dirty or stockouts:
             self._wake.set()
 
-    def _mark_loaded(self, event: CountsLoaded, t: int, now: int) -> None:
+    def _mark_loaded(self, event: CountsLoaded, durable: bool, now: int) -> None:
         """A baseline block: its SKUs are curated whole in the next round, stock-outs first (C2)."""
-        mark_skus(self._dirty, self._dirty_at, event.skus, t, now)
+        mark_skus(self._dirty, self._dirty_at, event.skus, loaded_times(event) if durable else 0, now)  # undone: 0
 
     async def _mark_everything(self) -> None:
         """Every SKU of every shard dirty, whole: one mark per SKU (``mark_skus``), not per position."""

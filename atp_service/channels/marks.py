@@ -6,20 +6,34 @@ rather than every position); ``dirty_at``: sku -> when it was first marked (the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import repeat
+
+import numpy as np
+
+from reservation._events import CountsLoaded
 
 Dirty = dict[str, dict[str, int]]
 
 
-def mark_skus(dirty: Dirty, dirty_at: dict[str, int], skus: Iterable[str], t: int, now: int) -> None:
-    """Every SKU of ``skus`` curated whole in the next round, one step per SKU, not per position."""
-    for sku in skus:
+def mark_skus(dirty: Dirty, dirty_at: dict[str, int], skus: Iterable[str], t: int | Sequence[int], now: int) -> None:
+    """Every SKU of ``skus`` curated whole in the next round, one step per SKU, not per position; ``t``: the source
+    time of all, or of each SKU."""
+    for sku, at in zip(skus, repeat(t) if isinstance(t, int) else t, strict=False):  # repeat: no end
         locs = dirty.get(sku)
         if locs is None:
             locs = dirty[sku] = {}
             dirty_at[sku] = now
-        if locs.get("", -1) < t:  # "": no one location, the row's source time (``curate_shard``);
-            locs[""] = t  # set even at 0 (an undone entry): the curator takes a time from every mark
+        if locs.get("", -1) < at:  # "": no one location, the row's source time (``curate_shard``);
+            locs[""] = at  # set even at 0 (an undone entry): the curator takes a time from every mark
+
+
+def loaded_times(event: CountsLoaded) -> list[int]:
+    """Per SKU of a block of counts, the time of its newest count (C3). The block's newest time over every SKU
+    stamped a SKU counted earlier with another SKU's count, a fact not behind its value at all."""
+    times = np.zeros(len(event.skus), dtype=np.int64)
+    np.maximum.at(times, np.frombuffer(event.sku_index, dtype="<u4"), np.frombuffer(event.at, dtype="<i8"))
+    return times.tolist()
 
 
 def remark(dirty: Dirty, dirty_at: dict[str, int], left: Dirty, left_at: dict[str, int]) -> None:

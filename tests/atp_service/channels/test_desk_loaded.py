@@ -14,10 +14,10 @@ from reservation._events import CountsLoaded
 
 def test_an_undone_load_marks_its_skus_with_a_time() -> None:
     desk = SimpleNamespace(_dirty={}, _dirty_at={})
-    event = CountsLoaded("erp", ["A", "B"], ["L1"], np.zeros(2, dtype="<u4").tobytes(),
+    event = CountsLoaded("erp", ["A", "B"], ["L1"], np.arange(2, dtype="<u4").tobytes(),
                          np.zeros(2, dtype="<u4").tobytes(), np.ones(2, dtype="<i8").tobytes(),
                          np.full(2, 5, dtype="<i8").tobytes(), np.zeros(1, dtype="<i8").tobytes())
-    ChannelDesk._mark_loaded(desk, event, 0, 1000)  # type: ignore[arg-type]
+    ChannelDesk._mark_loaded(desk, event, False, 1000)  # type: ignore[arg-type]
     assert desk._dirty == {"A": {"": 0}, "B": {"": 0}}
-    ChannelDesk._mark_loaded(desk, event, 7, 1000)  # type: ignore[arg-type]
-    assert desk._dirty == {"A": {"": 7}, "B": {"": 7}}
+    ChannelDesk._mark_loaded(desk, event, True, 1000)  # type: ignore[arg-type]
+    assert desk._dirty == {"A": {"": 5}, "B": {"": 5}}

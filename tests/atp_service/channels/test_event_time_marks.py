@@ -61,3 +61,18 @@ async def test_c3_a_per_location_value_at_a_location_the_block_did_not_count_car
     updates = await wait_for_updates(redis_url, "pickup", 3)
     assert {(u.location, u.quantity, u.event_time) for u in updates[1:]} == {
         ("store-1", 20, T + 10_000), ("store-2", 9, T + 5000)}
+
+
+async def test_c3_a_value_curated_from_a_block_of_counts_carries_its_own_skus_count_time(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """One block counting sku-a at T and sku-b 10 s later: sku-a's value was stamped with the block's newest time,
+    sku-b's count, a fact not behind sku-a's value at all."""
+    service, _client = await start_service(clock=clock, estate=write_estate(tmp_path, one_dc_market(0, 1000.0)))
+    assert service.desk is not None and service.channels is not None
+    place = service.channels.engine.place
+    sku_b = next(f"sku-{i}" for i in range(100) if place(f"sku-{i}") == place("sku-a"))  # one shard: one event
+    await service.desk.load_counts(CountRows(
+        "erp", ["sku-a", sku_b], ["dc-1"], np.arange(2, dtype=np.uint32), np.zeros(2, dtype=np.uint32),
+        np.full(2, 20, dtype=np.int64), np.array([T, T + 10_000], dtype=np.int64)), "test")
+    updates = await wait_for_updates(redis_url, "market", 2)
+    assert {(u.sku, u.event_time) for u in updates} == {("sku-a", T), (sku_b, T + 10_000)}
