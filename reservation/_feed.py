@@ -351,12 +351,13 @@ class Feed:
         return heap
 
     def _emit(self, key: Key, now_ms: int) -> ChannelUpdate:
-        pend = self._pending[key]
+        pend, pub = self._pending[key], self.published.get(key)
         self._forget(key)
         self.version += 1
-        update = ChannelUpdate(
-            self.channel, key[0], key[1], pend.quantity, self.last_sent(key),
-            self.policy.status(pend.quantity), self.version, pend.event_time, pend.durable_at, now_ms,
+        update = ChannelUpdate(  # C3: the facts behind the value published are behind this one (a late one's, E6)
+            self.channel, key[0], key[1], pend.quantity, self.last_sent(key), self.policy.status(pend.quantity),
+            self.version, pend.event_time if pub is None else max(pend.event_time, pub.event_time), pend.durable_at,
+            now_ms,
         )
         self._inflight[key] = update
         return update

@@ -265,3 +265,14 @@ def test_c2_a_reloaded_policy_keeps_the_rate_limits_debt() -> None:
     feed.offer(("d", ""), 4, T0, T0, T0)
     assert drain(feed, T0 + 1000) == []  # the debt repaid, no token yet
     assert [u.sku for u in drain(feed, T0 + 2000)] == ["d"]
+
+
+def test_c3_a_value_after_a_late_fact_keeps_the_newest_facts_time() -> None:
+    """A late fact (E6: within the grace window, stamped before a fact already behind the published value) changed
+    the value: it was stamped with the late fact's time, older than the newer fact still behind it, and the key's
+    event_time went back in time between two publications."""
+    feed = published_feed(FeedPolicy(throttle_ms=0), {"a": 5})
+    feed.offer(("a", ""), 4, T0, T0, T0)
+    assert [(u.quantity, u.event_time) for u in drain(feed, T0)] == [(4, T0)]
+    feed.offer(("a", ""), 3, T0 - 30_000, T0 + 10, T0 + 10)  # a sale stamped 30 s before the one published
+    assert [(u.quantity, u.event_time) for u in drain(feed, T0 + 10)] == [(3, T0)]
