@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grpc
 import msgspec
 import pytest
 
-from atp_service import free_port
+from atp_service import AtpService, free_port
+from atp_service.edge.forward import Forwarder
+from atp_service.edge.peers import step_sender
 from atp_service.engine import parts
 from atp_service.engine.parts import STEP_METHOD
-from reservation import OrderStep, PendingOp
+from atp_service.metrics import EdgeMetrics
+from reservation import OrderStep, PendingOp, Reason, Unavailable
 from tests.conftest import ServiceFactory
 
 
@@ -57,15 +61,18 @@ async def test_a_step_a_peer_cannot_read_is_logged_naming_the_peer(
         start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
     """During a rolling update a peer of another version refuses a step it cannot read: the order
     stays undecided (retried later), and the log says why, naming the peer — once, not per retry."""
-    from atp_service.edge.forward import Forwarder
-    from atp_service.edge.peers import step_sender
-    from atp_service.metrics import EdgeMetrics
-    from reservation import Reason, Unavailable
-
     service, _ = await start_service(ownership="leases", lease_ms=5_000, port=free_port(), host="127.0.0.1",
                                      input_streams=())
+    told = await errors_of_three_steps(service, None, caplog)
+    assert len(told) == 1 and "version" in told[0].getMessage(), [r.getMessage() for r in caplog.records]
+
+
+async def errors_of_three_steps(service: AtpService, token: str | None,
+                                 caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Three unreadable order steps sent to ``service`` with ``token``, each refused OUTCOME_UNKNOWN: the
+    ERROR lines naming its address."""
     forwarder = Forwarder(EdgeMetrics())
-    send = step_sender(forwarder, None)
+    send = step_sender(forwarder, token)
     try:
         for _ in range(3):
             with pytest.raises(Unavailable) as refused:
@@ -73,8 +80,7 @@ async def test_a_step_a_peer_cannot_read_is_logged_naming_the_peer(
             assert refused.value.reason == Reason.OUTCOME_UNKNOWN
     finally:
         await forwarder.aclose()
-    told = [r for r in caplog.records if r.levelname == "ERROR" and service._servicer.address in r.getMessage()]
-    assert len(told) == 1 and "version" in told[0].getMessage(), [r.getMessage() for r in caplog.records]
+    return [r for r in caplog.records if r.levelname == "ERROR" and service._servicer.address in r.getMessage()]
 
 
 def msgspec_garbage() -> bytes:
@@ -102,25 +108,11 @@ async def test_a_peer_refusing_the_token_of_steps_is_logged_once_not_per_step(
     sends each pending order's step again every pass — a line per step, many a second, for as long as
     the tokens differ. Said once per peer in ``REFUSAL_LOG_S``, as a step it cannot read is."""
     from atp_service.edge.auth import new_token, token_hash
-    from atp_service.edge.forward import Forwarder
-    from atp_service.edge.peers import step_sender
-    from atp_service.metrics import EdgeMetrics
-    from reservation import Reason, Unavailable
-
     callers, own = tmp_path / "callers.toml", new_token()
     callers.write_text(f'[[callers]]\nname = "peer"\nroles = ["peer"]\ntoken_sha256 = "{token_hash(own)}"\n')
     (tmp_path / "peer.token").write_text(own)
     service, _ = await start_service(ownership="leases", lease_ms=5_000, port=free_port(), host="127.0.0.1",
                                      input_streams=(), auth="on", callers_file=callers,
                                      peer_token_file=tmp_path / "peer.token")
-    forwarder = Forwarder(EdgeMetrics())
-    send = step_sender(forwarder, new_token())  # a token the peer's callers file does not hold
-    try:
-        for _ in range(3):
-            with pytest.raises(Unavailable) as refused:
-                await send(service._servicer.address, msgspec_garbage())
-            assert refused.value.reason == Reason.OUTCOME_UNKNOWN
-    finally:
-        await forwarder.aclose()
-    told = [r for r in caplog.records if r.levelname == "ERROR" and service._servicer.address in r.getMessage()]
+    told = await errors_of_three_steps(service, new_token(), caplog)  # a token its callers file does not hold
     assert len(told) == 1 and "peer_token_file" in told[0].getMessage(), [r.getMessage() for r in caplog.records]

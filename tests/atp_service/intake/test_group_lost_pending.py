@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from atp_service import AtpService
 from atp_service.intake.facts import Result
 from atp_service.intake.unacked import Unacked, before
 from reservation import DomainError, Fact, Unavailable
@@ -30,6 +31,16 @@ class Refusing:
         self._real = real
         self.calls = 0
         self.first_held, self.release, self.refuse = asyncio.Event(), asyncio.Event(), True
+
+    @classmethod
+    def installed(cls, service: AtpService, released: bool) -> Refusing:
+        """One in place of ``service``'s desk's ``record``; its first refusal ``released`` at once, or held."""
+        assert service.ingestor is not None
+        desk = cls(service.ingestor._desk.record)
+        service.ingestor._desk.record = desk  # type: ignore[method-assign]
+        if released:
+            desk.release.set()
+        return desk
 
     async def __call__(self, facts: Sequence[Fact], origin: str) -> list[Result | DomainError]:
         held = [n for n, fact in enumerate(facts) if fact.event_id == "held"] if self.refuse else []
@@ -56,10 +67,7 @@ async def test_an_entry_left_pending_when_its_group_was_deleted_is_read_again(
     now = int(time.time() * 1000)
     r = redis.Redis.from_url(redis_url)
     service, client = await start_service()
-    assert service.ingestor is not None
-    desk = Refusing(service.ingestor._desk.record)
-    service.ingestor._desk.record = desk  # type: ignore[method-assign]
-    desk.release.set()
+    desk = Refusing.installed(service, released=True)
     r.xadd(STREAM, F("held", "RECEIPT", "A", "S1", 4, now - 100).fields())
     await until(lambda: desk.calls >= 1 and r.xpending(STREAM, "atp")["pending"] == 1, "held refused, pending")
     r.xgroup_destroy(STREAM, "atp")
@@ -78,9 +86,7 @@ async def test_an_entry_in_hand_when_its_group_was_deleted_is_read_again(
     now = int(time.time() * 1000)
     r = redis.Redis.from_url(redis_url)
     service, client = await start_service()
-    assert service.ingestor is not None
-    desk = Refusing(service.ingestor._desk.record)
-    service.ingestor._desk.record = desk  # type: ignore[method-assign]
+    desk = Refusing.installed(service, released=False)
     r.xadd(STREAM, F("held", "RECEIPT", "A", "S1", 4, now - 100).fields())
     await until(desk.first_held.is_set, "held in hand")
     r.xgroup_destroy(STREAM, "atp")

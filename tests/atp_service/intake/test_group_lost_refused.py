@@ -35,10 +35,7 @@ async def test_a_fact_refused_in_the_future_is_not_applied_when_its_group_made_a
     now = clock.now_ms()
     r: Any = redis.Redis.from_url(redis_url)
     service, client = await start_service(clock=clock)
-    assert service.ingestor is not None
-    desk = Refusing(service.ingestor._desk.record)
-    service.ingestor._desk.record = desk  # type: ignore[method-assign]
-    desk.release.set()
+    desk = Refusing.installed(service, released=True)
     r.xadd(STREAM, F("held", "RECEIPT", "A", "S1", 4, now - 100).fields())
     await until(lambda: desk.calls >= 1 and r.xpending(STREAM, "atp")["pending"] == 1, "held refused, pending")
     r.xadd(STREAM, F("future", "RECEIPT", "A", "S1", 2, now + SKEW_MS + 1000).fields())
