@@ -197,26 +197,35 @@ class PublishesOnFirstDelivery:
         pass
 
 
+KEYS = 600
+"""Past hash-max-listpack-entries (512): a table, whose HSCAN COUNT (read_count) bounds a step."""
+
+
+async def where_the_stock_out_went(store: ChannelStore, tmp_path: Path) -> int:
+    """A publisher run until the ``KEYS`` values, "last" and the stock-out "z" (published by the desk at the
+    first delivery) are delivered, nothing owed: the place "z" went out in the order of deliveries."""
+    out = tmp_path / "feed.jsonl"
+    adapter = PublishesOnFirstDelivery(out, store, value("z", 0, KEYS + 2))
+    publisher = Publisher(config(group="jsonl", read_count=50, block_ms=1), store.client, adapter, PublisherMetrics())
+
+    async def there() -> bool:
+        return len(delivered(out)) == KEYS + 2 and not await store.client.exists(f"{STREAM}:redeliver-all:jsonl")
+
+    await run_until(publisher, there, timeout_s=30)
+    return [json.loads(line)["sku"] for line in out.read_text().splitlines()].index("z")
+
+
 async def test_a_stock_out_published_while_a_gap_is_caught_up_does_not_wait_for_its_end(
         store: ChannelStore, tmp_path: Path) -> None:
     """Keys whose newest values were trimmed unread were all delivered from the state hash before the
     stream was read again: a stock-out published meanwhile waited behind every one of them and their
     tokens (a publisher 100,000 entries behind, at 10/s: hours). The gap is caught up a step (one
     HSCAN call) at a time with a read of the stream between steps (C2), owed durably meanwhile (C4)."""
-    keys = 600  # past hash-max-listpack-entries (512): a table, whose HSCAN COUNT (read_count) bounds a step
-    await desk_writes(store, [value(f"s{n}", n + 1, n + 1) for n in range(keys)])
-    await desk_writes(store, [value("last", 1, keys + 1)])
+    await desk_writes(store, [value(f"s{n}", n + 1, n + 1) for n in range(KEYS)])
+    await desk_writes(store, [value("last", 1, KEYS + 1)])
     await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # a new group finds 1..600 trimmed unread
-    out = tmp_path / "feed.jsonl"
-    adapter = PublishesOnFirstDelivery(out, store, value("z", 0, keys + 2))
-    publisher = Publisher(config(group="jsonl", read_count=50, block_ms=1), store.client, adapter, PublisherMetrics())
-
-    async def there() -> bool:
-        return len(delivered(out)) == keys + 2 and not await store.client.exists(f"{STREAM}:redeliver-all:jsonl")
-
-    await run_until(publisher, there, timeout_s=30)
-    skus = [json.loads(line)["sku"] for line in out.read_text().splitlines()]
-    assert skus.index("z") < keys, f"the stock-out went out after the whole gap, at {skus.index('z')}"
+    at = await where_the_stock_out_went(store, tmp_path)
+    assert at < KEYS, f"the stock-out went out after the whole gap, at {at}"
 
 
 class FailsOnce:
@@ -364,22 +373,13 @@ async def test_a_stock_out_published_while_trimmed_pending_entries_taken_over_ar
     ended and the stream was read again: a stock-out published meanwhile waited behind every one of
     them. They are caught up as a gap is: a step (one HSCAN call) at a time, the stream read between
     (C2), a resync of every key owed meanwhile (C4)."""
-    keys = 600  # past hash-max-listpack-entries (512): a table, whose HSCAN COUNT (read_count) bounds a step
-    await desk_writes(store, [value(f"s{n}", n + 1, n + 1) for n in range(keys)])
-    await desk_writes(store, [value("last", 1, keys + 1)])
+    await desk_writes(store, [value(f"s{n}", n + 1, n + 1) for n in range(KEYS)])
+    await desk_writes(store, [value("last", 1, KEYS + 1)])
     await store.client.xgroup_create(STREAM, "jsonl", id="0")
-    await store.client.xreadgroup("jsonl", "died", {STREAM: ">"}, count=keys + 1)  # read, never delivered
-    await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # 1..600 trimmed while pending
-    out = tmp_path / "feed.jsonl"
-    adapter = PublishesOnFirstDelivery(out, store, value("z", 0, keys + 2))
-    publisher = Publisher(config(group="jsonl", read_count=50, block_ms=1), store.client, adapter, PublisherMetrics())
-
-    async def there() -> bool:
-        return len(delivered(out)) == keys + 2 and not await store.client.exists(f"{STREAM}:redeliver-all:jsonl")
-
-    await run_until(publisher, there, timeout_s=30)
-    skus = [json.loads(line)["sku"] for line in out.read_text().splitlines()]
-    assert skus.index("z") < keys, f"the stock-out went out after every trimmed pending entry, at {skus.index('z')}"
+    await store.client.xreadgroup("jsonl", "died", {STREAM: ">"}, count=KEYS + 1)  # read, never delivered
+    await store.client.xtrim(STREAM, maxlen=1, approximate=False)  # 1..KEYS trimmed while pending
+    at = await where_the_stock_out_went(store, tmp_path)
+    assert at < KEYS, f"the stock-out went out after every trimmed pending entry, at {at}"
 
 
 class Churns:
