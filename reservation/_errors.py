@@ -41,7 +41,7 @@ class Reason(IntEnum):
     RESERVATION_EXPIRED = 11
     """R3: the hold expired before the command; reserve again. Also a Confirm of an order spanning
     groups whose hold in a group Redis lost (restarted from older data): the order is given up whole
-    and the message names the groups."""
+    and the message names the groups (every part lost: given up already by whatever drove it on)."""
     RESERVATION_REJECTED = 12
     """R2: the reservation was refused when made; nothing of it can change."""
     RESERVATION_RELEASED = 13
