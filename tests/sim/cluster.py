@@ -29,8 +29,9 @@ from typing import Any
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.storage.durability import STORAGE_ERRORS
-from reservation import DomainError, Reservation, State
+from reservation import DomainError, Fact, Reservation, State
 from reservation import _orders as orders
+from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.checks import Violation
 from tests.sim.edge import Edge
 from tests.sim.leased import ProcessLog
@@ -50,9 +51,10 @@ CONVERGE_ROUNDS = 12
 
 class ClusterWorld(World):
     def __init__(self, processes: int, rng: random.Random, tally: Tally | None = None,
-                 part_bytes: int = 1 << 20, checks: random.Random | None = None, skew_seed: int | None = None) -> None:
+                 part_bytes: int = 1 << 20, checks: random.Random | None = None, skew_seed: int | None = None,
+                 grace_ms: int = MAX_DURATION_MS_CEILING) -> None:
         """``skew_seed``: ``--clock-skew`` (``skew.py``), each host's clock drawn from it; None: one clock."""
-        super().__init__(tally=tally, channels=False, cluster=True, part_bytes=part_bytes)
+        super().__init__(tally=tally, channels=False, cluster=True, part_bytes=part_bytes, grace_ms=grace_ms)
         self.rng = rng
         self.skew = SkewedHosts(skew_seed, self.clock) if skew_seed is not None else None
         self.checks = checks
@@ -89,6 +91,10 @@ class ClusterWorld(World):
     @property
     def fact_desk(self) -> Any:
         return self.edge
+
+    async def judged_record(self, facts: list[Fact]) -> list[Any]:
+        """RecordEvents at the process the call reached, E7 judged by each process's clock (``--fact-times``)."""
+        return await self.edge.record(facts, "sim", judged=True)
 
     def at(self, address: str) -> Process | None:
         return next((p for p in self.processes if p.address == address), None)

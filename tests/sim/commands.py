@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from reservation._bulk import count_event_id
 from tests.sim.checks import Acknowledged
 from tests.sim.faults import Call
 from tests.sim.world import World
+
+if TYPE_CHECKING:
+    from tests.sim.facttimes import FactTimes
 
 # A, C on shard 2, B on shard 1, J on shard 0 (of 3): two lines span shards two times in three.
 SKUS = ("A", "B", "J", "C")
@@ -48,6 +51,7 @@ class Commands:
         self.fact_batches: list[list[Fact]] = []  # every batch sent, in order (E1/E8 by shard count)
         self.abandoned: list[ReserveCommand] = []  # reserves whose caller gave up (R8)
         self.n = 0
+        self.times: FactTimes | None = None  # ``--fact-times``: facts stamped in the future or late
 
     def call(self) -> Call:
         kind = self.rng.choices(KINDS, WEIGHTS)[0]
@@ -134,11 +138,19 @@ class Commands:
     # -- facts ----------------------------------------------------------------------------------------
     def send_facts(self) -> Call:
         batch = [self.fact() for _ in range(self.rng.randint(1, 5))]
-        self.fact_batches.append(batch)
+        times = self.times
+        self.fact_batches.append(batch if times is None else times.replayed(batch))
         label = "facts " + str([(f.source, f.event_id, FactKind(f.kind).name, f.sku, f.location, f.quantity,
-                                 f.reservation_id) for f in batch])
-        return Call(label, lambda: self.world.fact_desk.record(batch, "sim"),
-                    lambda results: self.book_facts(batch, results))
+                                 f.reservation_id) + ((f.event_time - self.now(),) if times else ()) for f in batch])
+        if times is None:
+            return Call(label, lambda: self.world.fact_desk.record(batch, "sim"),
+                        lambda results: self.book_facts(batch, results))
+
+        def book(results: list[Any]) -> None:
+            times.book(batch, results, self.world.eng.place)
+            self.book_facts(batch, results)
+
+        return Call(label, lambda: self.world.judged_record(batch), book)
 
     def load_counts(self) -> Call:
         """An ERP block (LoadCounts): counts as of one time, with now and then a resend of an
@@ -195,6 +207,11 @@ class Commands:
                 event_id = other.event_id
         fact = Fact(event_id, self.rng.choice(SOURCES), kind, self.rng.choice(SKUS), self.rng.choice(LOCATIONS),
                     qty, event_time)
+        if self.times is not None and (odd := self.times.restamp(fact, self.now(), self.world.eng.place(fact.sku),
+                                                                 self.world.config.limits)) is not None:
+            fact = odd
+            if odd not in self.times.within:
+                return odd  # past the skew or late: never resent, tied nor contradicted (``facttimes.py``)
         self.facts.append(fact)
         return fact
 

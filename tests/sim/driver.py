@@ -10,10 +10,12 @@ import random
 
 from atp_service.engine.orphans import ORPHAN_AGE_MARGIN_MS
 from reservation import _orders as orders
+from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.checks import Acknowledged, Violation, check, orders_hold_what_they_decided
 from tests.sim.cluster import ClusterWorld
 from tests.sim.commands import Commands
 from tests.sim.disrupt import Disruptor
+from tests.sim.facttimes import GRACE_MS, FactTimes
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
 from tests.sim.full import RedisFull
 from tests.sim.ids import SimIdClaims
@@ -44,14 +46,16 @@ DEFAULT_STEPS = 60
 class Driver:
     def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
                  late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
-                 clock_skew: bool = False, redis_full: bool = False) -> None:
+                 clock_skew: bool = False, redis_full: bool = False, fact_times: bool = False) -> None:
         """``late_across_steps``: with several processes, also order steps served past a step's end.
         ``retry_other_content``: with several processes, retries may carry other content than their
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
         that the multi-process seeds found before it draw as they did).
         ``lose_tail``: Redis may come back from older data (``tailloss.py``). ``clock_skew``: with several
         processes, each host's clock its own, within a bound, stepping back now and then (``skew.py``).
-        ``redis_full``: Redis at its maxmemory refuses writes OOM now and then (``full.py``)."""
+        ``redis_full``: Redis at its maxmemory refuses writes OOM now and then (``full.py``).
+        ``fact_times``: facts stamped in the future, within the skew and past it (E7), or late past a grace
+        window of an hour (E6) (``facttimes.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -59,9 +63,11 @@ class Driver:
         # With several processes every seed does (no process holds every group).
         # The part size snapshots are written in (whole, or 2, 3 or 4 parts) goes with the seed too.
         part_bytes = PART_BYTES[seed // 2 % len(PART_BYTES)]
-        self.world = World(tally=self.tally, cluster=seed % 2 == 1, part_bytes=part_bytes) if processes == 1 else \
+        self.grace_ms = GRACE_MS if fact_times else MAX_DURATION_MS_CEILING
+        self.world = World(tally=self.tally, cluster=seed % 2 == 1, part_bytes=part_bytes, grace_ms=self.grace_ms) \
+            if processes == 1 else \
             ClusterWorld(processes, self.rng, self.tally, part_bytes, random.Random(f"owner check {seed}"),
-                         seed if clock_skew else None)
+                         seed if clock_skew else None, self.grace_ms)
         self.world.log.faults = self.rng
         self.world.log.ids = SimIdClaims(seed, self.tally)  # a leased engine claims its ids (R5)
         self.full = RedisFull(seed, self.tally) if redis_full else None
@@ -72,6 +78,8 @@ class Driver:
         self.retry_other_content = retry_other_content
         self.commands = Commands(seed, self.rng, self.world, self.acked,
                                  other_content=processes == 1 or retry_other_content)
+        self.times = FactTimes(seed, self.tally, late=not lose_tail) if fact_times else None
+        self.commands.times = self.times
         self.trace: list[str] = []
         self.tail = TailLoss(seed, self.acked) if lose_tail else None
         self.world.tail = self.tail
@@ -91,7 +99,7 @@ class Driver:
                 await orders_settle(self.world)
                 await self.stop()
                 self.errors.check()
-                await facts_answer_alike(self.commands.fact_batches)
+                await facts_answer_alike(self.commands.fact_batches, self.grace_ms)
                 self.errors.check()
         except Exception as exc:
             tail = "\n  ".join(self.trace[-TRACE_TAIL:])
@@ -104,12 +112,13 @@ class Driver:
         """The seed as the command line names it (with the flags that make it a multi-process seed)."""
         world = self.world
         if not isinstance(world, ClusterWorld):
-            return f"{self.seed}{' --lose-tail' if self.tail else ''}{' --redis-full' if self.full else ''}"
+            return (f"{self.seed}{' --lose-tail' if self.tail else ''}{' --redis-full' if self.full else ''}"
+                    f"{' --fact-times' if self.times else ''}")
         return (f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
                                                               else "")
                 + (" --retry-other-content" if self.retry_other_content else "")
                 + (" --lose-tail" if self.tail else "") + (" --clock-skew" if world.skew else "")
-                + (" --redis-full" if self.full else ""))
+                + (" --redis-full" if self.full else "") + (" --fact-times" if self.times else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -217,6 +226,8 @@ class Driver:
         snapshots_whole(world)  # first: a torn snapshot may not decode
         check(world, self.acked)
         self.stamps.check()
+        if self.times is not None:
+            self.times.check(world)  # E6/E7: nothing stamped past the skew or late applied
         recovered = await world.recovered()
         replay_equals_live(world, recovered)
         durable_state_consistent(recovered)

@@ -20,7 +20,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from atp_service.engine.orders import Orders
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
-from reservation import CountRows, DomainError, Fact, LineRequest, Moved, NotFound, Reservation, ReserveCommand
+from reservation import (
+    CountRows,
+    DomainError,
+    Fact,
+    InvalidArgument,
+    LineRequest,
+    Moved,
+    NotFound,
+    Reservation,
+    ReserveCommand,
+)
+from tests.sim.factjudge import judged_record
 from tests.sim.process import Process
 
 if TYPE_CHECKING:
@@ -85,24 +96,27 @@ class Edge:
         proc = self.pick()
         return await proc.call(lambda: proc.facts.load_counts(block, origin))
 
-    async def record(self, facts: list[Fact], origin: str) -> list[Any]:
-        """``edge.record.record_events``: facts of groups owned elsewhere go to their owners."""
+    async def record(self, facts: list[Fact], origin: str, judged: bool = False) -> list[Any]:
+        """``edge.record.record_events``: facts of groups owned elsewhere go to their owners. ``judged``: E7
+        judged by each process's clock as the edge does (``facttimes.judged_record``): a fact refused so is
+        answered INVALID, not a refusal of the call."""
         proc = self.pick()
-        out: list[Any] = await proc.call(lambda: proc.facts.record(facts, origin))
+        out: list[Any] = await proc.call(lambda: _facts_at(facts, origin, judged)(proc))
         moved: dict[str, list[int]] = {}
         for n, result in enumerate(out):
             if isinstance(result, Moved) and result.owner:
                 moved.setdefault(result.owner, []).append(n)
-            elif isinstance(result, DomainError):
+            elif isinstance(result, DomainError) and not (judged and isinstance(result, InvalidArgument)):
                 raise result
         if moved:
             self.world.log.tally.forwarded += 1
             owners = list(moved)
-            answers = await asyncio.gather(*(self._at(owner, _facts_at([facts[n] for n in moved[owner]], origin))
+            answers = await asyncio.gather(*(self._at(owner, _facts_at([facts[n] for n in moved[owner]], origin,
+                                                                       judged))
                                              for owner in owners))
             for owner, answer in zip(owners, answers, strict=True):
                 for n, result in zip(moved[owner], answer, strict=True):
-                    if isinstance(result, DomainError):
+                    if isinstance(result, DomainError) and not (judged and isinstance(result, InvalidArgument)):
                         raise result  # the owner refused the forwarded call whole
                     out[n] = result
         return out
@@ -143,9 +157,11 @@ class Edge:
         raise Moved(-1, "")
 
 
-def _facts_at(facts: list[Fact], origin: str) -> OnProcess[list[Any]]:
-    """The facts as a forwarded RecordEvents at the process owning their group."""
+def _facts_at(facts: list[Fact], origin: str, judged: bool = False) -> OnProcess[list[Any]]:
+    """The facts as a (forwarded) RecordEvents at a process; ``judged``: E7 by its clock."""
     async def run(proc: Process) -> list[Any]:
+        if judged:
+            return await judged_record(proc.facts, proc.engine.clock.now_ms(), proc.engine.limits, facts, origin)
         return await proc.facts.record(facts, origin)
 
     return run

@@ -33,9 +33,9 @@ from tests.sim.snapparts import SimNodes
 class _Reader:
     """What ``LogStore`` reads through its client: owner keys (``still_owner``), and the quarantine stream."""
 
-    def __init__(self, store: ProcessLog) -> None:
+    def __init__(self, store: ProcessLog, redis: SimLog) -> None:
         self._store = store
-        self._streams = SideStreams()
+        self._streams: SideStreams = redis.client  # one quarantine stream, as Redis holds it, whoever writes
         self._groups = {store.keys.owner(g): g for g in range(64)}
 
     async def time(self) -> tuple[int, int]:
@@ -54,7 +54,7 @@ class ProcessLog(LogStore):
     def __init__(self, redis: SimLog, name: str) -> None:
         super().__init__(Nodes(None, cluster=True), "sim:", pipeline_max=6)
         # Snapshots: ``LogStore.write_snapshot`` as it is, its script calls run by the shared log
-        self.nodes = SimNodes(redis, self, _Reader(self))  # type: ignore[assignment]
+        self.nodes = SimNodes(redis, self, _Reader(self, redis))  # type: ignore[assignment]
         self.client = self.nodes.reader
         self.leased = True
         self.redis, self.name = redis, name

@@ -50,6 +50,10 @@ class Tally:
     clock_steps_back: int = 0  # a host's wall clock stepped back
     taken_ahead: int = 0  # groups taken whose log was stamped ahead of the taker's clock (a GroupClock gap)
     oom_refused: int = 0  # writes a full Redis refused OOM (``--redis-full``: appends, channel writes, id claims)
+    # facts stamped in the future or late (``--fact-times``):
+    fact_within: int = 0  # within fact_future_skew_ms ahead of the clock (E7: applied)
+    fact_past: int = 0  # past it (E7: refused)
+    fact_late: int = 0  # before stream time minus grace (E6: quarantined)
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -76,6 +80,8 @@ class Tally:
                 f"{self.channel_faults} channel writes failed ({self.channel_late_landed} landed late), "
                 f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)"
                 + (f"; {self.oom_refused} writes refused OOM" if self.oom_refused else "")
+                + (f"; facts stamped {self.fact_within} within the skew / {self.fact_past} past it / "
+                   f"{self.fact_late} late" if self.fact_within + self.fact_past + self.fact_late else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")
                 + (f" ({self.node_losses} losses of one node; {self.owner_check_stops} shards stopped by the "

@@ -24,6 +24,7 @@ from atp_service.storage.durability import LogDiverged
 from reservation import Fact, Ledger, Limits, decode_entry
 from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.durable import DurableTracker, MemoryAheadOfLog
+from tests.sim.factjudge import judged_record
 from tests.sim.simchannels import ESTATE, DeskRunner, SimChannelStore
 from tests.sim.simlog import SimLog
 from tests.sim.tally import Tally
@@ -52,12 +53,13 @@ async def pong_within(actor: Any, log: Any) -> bool:
 """Rounds (each: a few event-loop turns, then Redis answers) within which an idle shard must answer."""
 
 
-def sim_config(shards: int = 3, part_bytes: int = 1 << 20) -> ServiceConfig:
+def sim_config(shards: int = 3, part_bytes: int = 1 << 20, grace_ms: int = MAX_DURATION_MS_CEILING) -> ServiceConfig:
     """Small enough that batches, pipelines, snapshots and cross-shard orders all happen often;
-    snapshots past ``part_bytes`` are written in parts (``snapparts.PART_BYTES``)."""
+    snapshots past ``part_bytes`` are written in parts (``snapparts.PART_BYTES``). ``grace_ms``: E6's
+    window (``--fact-times`` a smaller one, ``facttimes.GRACE_MS``; else no fact is ever late)."""
     # Nothing forgotten: every ack stays checkable. TTLs drawn are 1-30 s: parts of orders Redis lost are
     # looked for past the longest (``orphans.LeasedOrphans``), within a run's clock.
-    limits = Limits(retention_ms=MAX_DURATION_MS_CEILING, fact_grace_ms=MAX_DURATION_MS_CEILING, max_ttl_seconds=30,
+    limits = Limits(retention_ms=MAX_DURATION_MS_CEILING, fact_grace_ms=grace_ms, max_ttl_seconds=30,
                     default_ttl_seconds=30)
     # Nothing may depend on wall time, or a seed would not replay: no shedding by queue delay, and a
     # failed snapshot is retried at the next maintenance, not after a wall-clock backoff. A shard's stop
@@ -74,12 +76,12 @@ def sim_config(shards: int = 3, part_bytes: int = 1 << 20) -> ServiceConfig:
 
 class World:
     def __init__(self, shards: int = 3, tally: Tally | None = None, channels: bool = True,
-                 cluster: bool = False, part_bytes: int = 1 << 20) -> None:
+                 cluster: bool = False, part_bytes: int = 1 << 20, grace_ms: int = MAX_DURATION_MS_CEILING) -> None:
         self.log = SimLog(tally, together=not cluster)
         self.channels = SimChannelStore(self.log)
         self.clock = ManualClock(START_MS)
         self.log.now_ms = self.clock.now_ms  # claims draw epochs no lower than the time (as Redis's TIME)
-        self.config = sim_config(shards, part_bytes)
+        self.config = sim_config(shards, part_bytes, grace_ms)
         self.engine: Engine | None = None
         self.facts: FactDesk | None = None
         self.desk: DeskRunner | None = None
@@ -252,6 +254,10 @@ class World:
     def router_of(self, shard: int) -> Engine:
         """The engine routing the records of ``shard`` (its owner's)."""
         return self.eng
+
+    async def judged_record(self, facts: list[Fact]) -> list[Any]:
+        """RecordEvents with E7 judged by the service's clock, as its edge does (``--fact-times``)."""
+        return await judged_record(self.fact_desk, self.clock.now_ms(), self.config.limits, facts)
 
     async def maintenance_pass(self) -> None:
         await self.eng.run_maintenance()
