@@ -9,11 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from atp_service.storage.channel_store import ChannelStore
-from atp_service.storage.channel_wire import script_item, to_fields
 from atp_service.storage.nodes import Nodes
 from publishers import JsonlAdapter, Publisher, PublisherMetrics
 from tests.publishers.test_publisher import config
-from tests.publishers.test_publisher_trimmed import STREAM, blocked_reading, deliver_until, delivered, value
+from tests.publishers.test_publisher_trimmed import (
+    STREAM,
+    blocked_reading,
+    deliver_until,
+    delivered,
+    stock_out_trimmed_before_the_read,
+    value,
+)
 from tests.waiting import until
 
 
@@ -67,13 +73,7 @@ async def test_a_kill_once_a_read_took_the_group_past_a_gap_leaves_its_keys_owed
                           writer=Nodes(store.client))
     task = asyncio.create_task(publisher.run())
     await until(lambda: blocked_reading(store), "the publisher waiting for new entries")
-    b, c = value("b", 0, 2), value("c", 3, 3)
-    async with store.client.pipeline(transaction=True) as pipe:  # one step, as one desk script trimming as it writes
-        for u in (b, c):
-            pipe.hset(store.state_key("web"), f"{u.sku}\t", script_item(u)[-1])
-            pipe.xadd(STREAM, dict(to_fields(u)), id=f"{u.version}-0")
-        pipe.xtrim(STREAM, maxlen=1, approximate=False)  # "b" trimmed before the read gets "c"
-        await pipe.execute()
+    await stock_out_trimmed_before_the_read(store)
     await asyncio.wait([task], timeout=10)
     assert client.dead and task.done() and isinstance(task.exception(), Killed), "it did not read past the gap"
     await store.client.delete(config(group="jsonl").lease_key)  # a lease left by the dead process: lapsed

@@ -30,6 +30,18 @@ async def desk_writes(store: ChannelStore, updates: list[ChannelUpdate]) -> None
     await store.write([("web", 100_000, updates)])
 
 
+async def stock_out_trimmed_before_the_read(store: ChannelStore) -> None:
+    """The stock-out "b" (version 2) and "c" (3) published in one step, as one desk script trimming as it
+    writes: "b" trimmed before a read gets "c"."""
+    b, c = value("b", 0, 2), value("c", 3, 3)
+    async with store.client.pipeline(transaction=True) as pipe:  # one step, as one desk script trimming as it writes
+        for u in (b, c):
+            pipe.hset(store.state_key("web"), f"{u.sku}\t", script_item(u)[-1])
+            pipe.xadd(STREAM, dict(to_fields(u)), id=f"{u.version}-0")
+        pipe.xtrim(STREAM, maxlen=1, approximate=False)  # "b" trimmed before the read gets "c"
+        await pipe.execute()
+
+
 def delivered(out: Path) -> dict[str, tuple[int, int, str]]:
     """sku -> (quantity, version, status) of the last line per sku the destination received: whole lines
     only (the adapter appends in a thread of its own, so a poll may read a line half written)."""
@@ -349,13 +361,7 @@ async def test_a_stop_during_a_read_that_found_a_gap_leaves_it_owed(store: Chann
     task = asyncio.create_task(publisher.run())
     await until(lambda: _delivered_and_reading(store, out), "a delivered, the next read waiting")
     publisher.stop()  # the read under way goes on: it is not cut off
-    b, c = value("b", 0, 2), value("c", 3, 3)
-    async with store.client.pipeline(transaction=True) as pipe:  # one step, as one desk script trimming as it writes
-        for u in (b, c):
-            pipe.hset(store.state_key("web"), f"{u.sku}\t", script_item(u)[-1])
-            pipe.xadd(STREAM, dict(to_fields(u)), id=f"{u.version}-0")
-        pipe.xtrim(STREAM, maxlen=1, approximate=False)  # "b" trimmed before the read gets "c"
-        await pipe.execute()
+    await stock_out_trimmed_before_the_read(store)
     await asyncio.wait_for(task, 5)
     assert await store.client.exists(f"{STREAM}:redeliver-all:jsonl"), "nothing owes \"b\" its value"
     await deliver_until(store, out, "jsonl", {"a": (5, 1, "IN_STOCK"), "b": (0, 2, "OUT_OF_STOCK"),
