@@ -160,8 +160,10 @@ async def test_a_group_handed_over_while_two_processes_taking_none_hold_their_fl
         assert stuck.membership is not None
         stuck.membership._tasks[1].cancel()  # every balance of an earlier release's fails; it renews on
     (group,) = owned(stopper)
+    # Named before the stop: one of them takes the group once it has counted the two out, which a
+    # busy host's stall of the stop's last steps let happen first — then holding 3, not 2.
+    healthy = [s for s in services if s not in (x, y, stopper)]
     await stopper.stop(grace_s=0.1)
-    healthy = [s for s in services if len(owned(s)) == 2]
     await until(lambda: any(group in owned(s) for s in healthy), f"group {group} taken by a process at its share", 60)
     assert x.membership is not None and y.membership is not None
     outs = [s.membership.watch.out for s in healthy if s.membership is not None]
