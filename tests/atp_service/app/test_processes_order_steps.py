@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.app import membership
 from atp_service.edge import peers
@@ -47,6 +48,24 @@ def home_and_other(running: list[Process]) -> tuple[Process, Process, str, str]:
     raise AssertionError("no two SKUs in groups of different processes")
 
 
+async def stocked(running: list[Process]) -> tuple[Process, Process, str, str]:
+    """``home_and_other``, with 5 units received of each SKU at DC."""
+    (home, home_client), (other, other_client), a, b = home_and_other(running)
+    await home_client.record_events([receipt("in-a", a, "DC", 5)])
+    await other_client.record_events([receipt("in-b", b, "DC", 5)])
+    return (home, home_client), (other, other_client), a, b
+
+
+async def confirmed_and_shipped_at_home(home_client: AtpClient, a: str, b: str, b_units: int) -> None:
+    """Order o-1 of 2 ``a`` and ``b_units`` ``b`` held and confirmed, and its home's part fulfilled by a SHIPMENT
+    of 2 ``a`` (APPLIED): what is left is the other process's part."""
+    assert (await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", b_units)], ttl_seconds=600)).state == \
+        pb.RESERVATION_STATE_HELD
+    await home_client.confirm("o-1")
+    shipped = await home_client.record_events([shipment("out-a", a, 2, "o-1")])
+    assert [r.outcome for r in shipped] == [pb.FACT_OUTCOME_APPLIED], shipped
+
+
 def confirmation_not_reaching(monkeypatch: pytest.MonkeyPatch, part_id: str,
                                kind: OrderStep = OrderStep.CONFIRM) -> list[bool]:
     """While the returned flag is set, the step confirming ``part_id`` (applying its share of a change
@@ -71,9 +90,7 @@ async def confirmed_at_home_only(start_process: ServiceFactory, monkeypatch: pyt
     only: the step confirming the other's part refused, the caller told UNAVAILABLE, housekeeping kept
     from carrying it through (``monkeypatch.undo()`` lets it)."""
     running = await processes(start_process, 2)
-    (home, home_client), (other, other_client), a, b = home_and_other(running)
-    await home_client.record_events([receipt("in-a", a, "DC", 5)])
-    await other_client.record_events([receipt("in-b", b, "DC", 5)])
+    (home, home_client), (other, other_client), a, b = await stocked(running)
     held = await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)
     assert held.state == pb.RESERVATION_STATE_HELD
     assert home.engine is not None and home.engine.orders is not None
@@ -152,9 +169,7 @@ async def test_a_peer_that_does_not_answer_an_order_step_is_said_naming_it_the_s
     and nothing at WARNING or above said which peer, which step, why. Now a WARNING does, at most once a
     minute per peer."""
     running = await processes(start_process, 2)
-    (_, home_client), (other, other_client), a, b = home_and_other(running)
-    await home_client.record_events([receipt("in-a", a, "DC", 5)])
-    await other_client.record_events([receipt("in-b", b, "DC", 5)])
+    (_, home_client), (other, _), a, b = await stocked(running)
     answer, asked = asyncio.Event(), [0]
     serve_part = peers.serve_part
 
@@ -189,14 +204,8 @@ async def test_a_shipment_whose_order_s_home_did_not_hear_of_it_is_taken_again_u
     (``max_live_reservations_per_shard``) and never forgotten (R5). Now the fact is refused
     OUTCOME_UNKNOWN (it was applied) until the home has heard: taken again, it resolves the order."""
     running = await processes(start_process, 2)
-    (home, home_client), (other, other_client), a, b = home_and_other(running)
-    await home_client.record_events([receipt("in-a", a, "DC", 5)])
-    await other_client.record_events([receipt("in-b", b, "DC", 5)])
-    assert (await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)).state == \
-        pb.RESERVATION_STATE_HELD
-    await home_client.confirm("o-1")
-    shipped = await home_client.record_events([shipment("out-a", a, 2, "o-1")])
-    assert [r.outcome for r in shipped] == [pb.FACT_OUTCOME_APPLIED], shipped
+    (home, home_client), (other, other_client), a, b = await stocked(running)
+    await confirmed_and_shipped_at_home(home_client, a, b, b_units=1)
     assert other.engine is not None and home.engine is not None
     send, cut = other.engine.remote, [True]
     assert send is not None
@@ -234,9 +243,7 @@ async def test_a_shipment_that_fulfils_nothing_is_told_whether_or_not_the_order_
     did not answer the resolve step, it came back a duplicate, and was never told (R4: units gone from
     on_hand still counted reserved, and nothing said so). It resolves nothing: its home is asked, not waited for."""
     running = await processes(start_process, 2)
-    (_, home_client), (other, other_client), a, b = home_and_other(running)
-    await home_client.record_events([receipt("in-a", a, "DC", 5)])
-    await other_client.record_events([receipt("in-b", b, "DC", 5)])
+    (_, home_client), (other, other_client), a, b = await stocked(running)
     assert (await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)).state == \
         pb.RESERVATION_STATE_HELD
     assert other.engine is not None
@@ -265,14 +272,8 @@ async def test_a_shipment_fulfilling_the_last_part_while_a_change_is_pending_at_
     part was fulfilled, counted live and never forgotten (R5). The resolve step now carries the change
     through first and resolves the order."""
     running = await processes(start_process, 2)
-    (home, home_client), (_, other_client), a, b = home_and_other(running)
-    await home_client.record_events([receipt("in-a", a, "DC", 5)])
-    await other_client.record_events([receipt("in-b", b, "DC", 5)])
-    assert (await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 2)], ttl_seconds=600)).state == \
-        pb.RESERVATION_STATE_HELD
-    await home_client.confirm("o-1")
-    shipped = await home_client.record_events([shipment("out-a", a, 2, "o-1")])
-    assert [r.outcome for r in shipped] == [pb.FACT_OUTCOME_APPLIED], shipped
+    (home, home_client), (_, other_client), a, b = await stocked(running)
+    await confirmed_and_shipped_at_home(home_client, a, b, b_units=2)
     assert home.engine is not None and home.engine.orders is not None
     monkeypatch.setattr(home.engine.orders, "drive_unsettled", lambda: None)  # not carried through by housekeeping
     flag = confirmation_not_reaching(monkeypatch, orders.part_id("o-1", group_of(b)), OrderStep.FULFIL)
