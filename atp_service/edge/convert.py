@@ -11,9 +11,9 @@ import numpy.typing as npt
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 
-from atp_client import epoch_ms
+from atp_client import Refusal, epoch_ms
 from atp_client import timestamp as api_timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import STATUS, rich_status
@@ -106,10 +106,9 @@ def fact_result(answer: pb.FactResult) -> tuple[FactOutcome, str] | DomainError:
 def _error_info(error: status_pb2.Status) -> tuple[Reason, str]:
     """The reason (one of a bad request's: the vocabulary of an ``INVALID`` fact) and the ``limit`` a
     refusal's ``ErrorInfo`` names; ``INVALID_FIELD`` where it names none of those."""
-    for detail in error.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info) and info.reason in _BAD_REQUEST:
-            return Reason[info.reason], info.metadata.get("limit", "")
+    refusal = Refusal.from_status(error)
+    if refusal.reason in _BAD_REQUEST:
+        return Reason[refusal.reason], refusal.metadata.get("limit", "")
     return Reason.INVALID_FIELD, ""
 
 
