@@ -24,7 +24,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
-from atp_client import MOVED_KEY
+from atp_client import MOVED_KEY, Refusal
 from reservation import DomainError, FailedPrecondition, Moved, Reason
 
 DOMAIN = "atp.v1"
@@ -97,11 +97,7 @@ def carried_status(code: grpc.StatusCode, message: str, trailers: Iterable[tuple
 
 def carried_reason(code: grpc.StatusCode, message: str, trailers: Iterable[tuple[str, Any]]) -> str:
     """The reason (``ErrorInfo.reason``) a refusal from another process carries; "" for gRPC's own."""
-    for detail in carried_status(code, message, trailers).details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return ""
+    return Refusal.from_status(carried_status(code, message, trailers)).reason
 
 
 def rich_status(exc: DomainError, delay_ms: int | None = None) -> status_pb2.Status:

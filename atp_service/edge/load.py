@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from google.rpc import error_details_pb2
 
+from atp_client import Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
 from atp_service.edge.errors import DETAILS_KEY, DOMAIN, carried_status
@@ -137,10 +138,9 @@ def _loaded_before_refusal(refusal: Relayed | DomainError) -> tuple[int, int]:
     are told as refused or in doubt."""
     if not isinstance(refusal, Relayed):
         return 0, 0
-    for detail in carried_status(refusal.code, refusal.details, refusal.trailers).details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info) and "rows_loaded" in info.metadata:
-            return int(info.metadata["rows_loaded"]), int(info.metadata.get("rows_applied", "0"))
+    told = Refusal.from_status(carried_status(refusal.code, refusal.details, refusal.trailers)).metadata
+    if "rows_loaded" in told:
+        return int(told["rows_loaded"]), int(told.get("rows_applied", "0"))
     return 0, 0
 
 
