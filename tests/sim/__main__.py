@@ -1,5 +1,5 @@
 """``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P] [--clock-skew]
-[--redis-full] [--fact-times]``:
+[--redis-full] [--fact-times] [--shed]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def main() -> int:
     parser.add_argument("--fact-times", action="store_true",
                         help="facts stamped in the future (within the allowed skew and past it) and late past a "
                              "grace window of an hour (not with --lose-tail)")
+    parser.add_argument("--shed", action="store_true",
+                        help="shards shed load now and then (mailbox full, queue late; with --processes, a process "
+                             "at its door): each refusal must have changed nothing")
     args = parser.parse_args()
     if args.clock_skew and args.processes == 1:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
@@ -52,7 +55,7 @@ def main() -> int:
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
-                        args.clock_skew, args.redis_full, args.fact_times)
+                        args.clock_skew, args.redis_full, args.fact_times, args.shed)
         try:
             asyncio.run(driver.run(args.steps))
         except Violation as exc:

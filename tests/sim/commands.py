@@ -29,6 +29,7 @@ from tests.sim.world import World
 
 if TYPE_CHECKING:
     from tests.sim.facttimes import FactTimes
+    from tests.sim.shed import ShedCalls, Shedding
 
 # A, C on shard 2, B on shard 1, J on shard 0 (of 3): two lines span shards two times in three.
 SKUS = ("A", "B", "J", "C")
@@ -52,6 +53,8 @@ class Commands:
         self.abandoned: list[ReserveCommand] = []  # reserves whose caller gave up (R8)
         self.n = 0
         self.times: FactTimes | None = None  # ``--fact-times``: facts stamped in the future or late
+        self.shed: Shedding | None = None  # ``--shed``: ids whose Reserve was shed are sent again first
+        self.shed_calls: ShedCalls | None = None  # ... and each call's reservations kept as it is sent
 
     def call(self) -> Call:
         kind = self.rng.choices(KINDS, WEIGHTS)[0]
@@ -64,7 +67,10 @@ class Commands:
 
     # -- reservations ------------------------------------------------------------------------------
     def command(self) -> ReserveCommand:
-        if self.rids and self.rng.random() < 0.15:
+        if self.shed is not None and self.shed.retry:
+            rid = self.shed.retry.pop(0)  # R5: a Reserve refused for load, sent again with its id
+            self.shed.tally.shed_retries += 1
+        elif self.rids and self.rng.random() < 0.15:
             # a retry (same content replays it, other content is refused): mostly of a recent id, whose
             # first attempt may still be in flight or in doubt
             rid = self.rng.choice(self.rids[-4:] if self.rng.random() < 0.6 else self.rids)
@@ -81,8 +87,9 @@ class Commands:
     def reserve(self) -> Call:
         cmd = self.command()
         self.note_span(cmd)
-        return Call(f"reserve {cmd.reservation_id} {_lines(cmd)}", lambda: self.world.eng.reserve(cmd),
+        call = Call(f"reserve {cmd.reservation_id} {_lines(cmd)}", lambda: self.world.eng.reserve(cmd),
                     lambda r: self.book_reservation(r[0]), on_abandoned=lambda: self.abandoned.append(cmd))
+        return self.watched(call, [cmd.reservation_id])
 
     def reserve_many(self) -> Call:
         cmds = [self.command() for _ in range(self.rng.randint(2, 4))]
@@ -95,8 +102,14 @@ class Commands:
                     self.book_reservation(result[0])
 
         label = "reserve_many " + "; ".join(f"{c.reservation_id} {_lines(c)}" for c in cmds)
-        return Call(label, lambda: self.world.eng.reserve_many(cmds), book,
-                    on_abandoned=lambda: self.abandoned.extend(cmds))
+        return self.watched(Call(label, lambda: self.world.eng.reserve_many(cmds), book,
+                                 on_abandoned=lambda: self.abandoned.extend(cmds)), [c.reservation_id for c in cmds])
+
+    def watched(self, call: Call, rids: list[str]) -> Call:
+        """``--shed``: the call's reservations as it is sent, kept: refused for load, it must leave them so."""
+        if self.shed_calls is not None:
+            self.shed_calls.watch(call, rids)
+        return call
 
     def note_span(self, cmd: ReserveCommand) -> None:
         if len({self.world.eng.place(line.sku) for line in cmd.lines}) > 1:
@@ -106,7 +119,7 @@ class Commands:
 
     def confirm(self) -> Call:
         rid = self.rng.choice(self.rids)
-        return Call(f"confirm {rid}", lambda: self.world.eng.confirm(rid), self.book_reservation)
+        return self.watched(Call(f"confirm {rid}", lambda: self.world.eng.confirm(rid), self.book_reservation), [rid])
 
     def release(self) -> Call:
         return self.resolve("release")
@@ -123,7 +136,7 @@ class Commands:
             eng = self.world.eng
             return eng.release(rid, lines, op) if kind == "release" else eng.fulfill(rid, lines, op)
 
-        return Call(f"{kind} {rid}{' partly' if lines else ''}", start, self.book_reservation)
+        return self.watched(Call(f"{kind} {rid}{' partly' if lines else ''}", start, self.book_reservation), [rid])
 
     def record(self, rid: str) -> Reservation | None:
         return next((a.ledger.reservations[rid] for a in self.world.eng.actors if rid in a.ledger.reservations), None)
@@ -143,14 +156,20 @@ class Commands:
         label = "facts " + str([(f.source, f.event_id, FactKind(f.kind).name, f.sku, f.location, f.quantity,
                                  f.reservation_id) + ((f.event_time - self.now(),) if times else ()) for f in batch])
         if times is None:
-            return Call(label, lambda: self.world.fact_desk.record(batch, "sim"),
-                        lambda results: self.book_facts(batch, results))
+            return self.watched_facts(Call(label, lambda: self.world.fact_desk.record(batch, "sim"),
+                                           lambda results: self.book_facts(batch, results)), batch)
 
         def book(results: list[Any]) -> None:
             times.book(batch, results, self.world.eng.place)
             self.book_facts(batch, results)
 
-        return Call(label, lambda: self.world.judged_record(batch), book)
+        return self.watched_facts(Call(label, lambda: self.world.judged_record(batch), book), batch)
+
+    def watched_facts(self, call: Call, batch: list[Fact]) -> Call:
+        """``--shed``: a fact refused for load must not be applied by the call."""
+        if self.shed_calls is not None:
+            self.shed_calls.watch_facts(call, batch)
+        return call
 
     def load_counts(self) -> Call:
         """An ERP block (LoadCounts): counts as of one time, with now and then a resend of an
@@ -175,9 +194,10 @@ class Commands:
                           np.array([f.quantity for f in batch], dtype=np.int64),
                           np.array([f.event_time for f in batch], dtype=np.int64))
         label = "load " + str([(f.event_id, f.sku, f.location, f.quantity) for f in batch])
-        return Call(label, lambda: self.world.fact_desk.load_counts(block, "sim"),
-                    lambda answer: self.book_facts(batch, [(FactOutcome(o), answer[1].get(i, ""))
-                                                           for i, o in enumerate(answer[0].tolist())]))
+        def book(answer: Any) -> None:
+            self.book_facts(batch, [(FactOutcome(o), answer[1].get(i, "")) for i, o in enumerate(answer[0].tolist())])
+
+        return self.watched_facts(Call(label, lambda: self.world.fact_desk.load_counts(block, "sim"), book), batch)
 
     def fact(self) -> Fact:
         roll = self.rng.random()

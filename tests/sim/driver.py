@@ -30,6 +30,7 @@ from tests.sim.invariants import (
     snapshots_whole,
 )
 from tests.sim.shardcount import facts_answer_alike
+from tests.sim.shed import ShedCalls, Shedding
 from tests.sim.snapparts import PART_BYTES
 from tests.sim.stamps import StampChecker
 from tests.sim.tailloss import TailLoss
@@ -46,7 +47,8 @@ DEFAULT_STEPS = 60
 class Driver:
     def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
                  late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
-                 clock_skew: bool = False, redis_full: bool = False, fact_times: bool = False) -> None:
+                 clock_skew: bool = False, redis_full: bool = False, fact_times: bool = False,
+                 shed: bool = False) -> None:
         """``late_across_steps``: with several processes, also order steps served past a step's end.
         ``retry_other_content``: with several processes, retries may carry other content than their
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
@@ -55,7 +57,9 @@ class Driver:
         processes, each host's clock its own, within a bound, stepping back now and then (``skew.py``).
         ``redis_full``: Redis at its maxmemory refuses writes OOM now and then (``full.py``).
         ``fact_times``: facts stamped in the future, within the skew and past it (E7), or late past a grace
-        window of an hour (E6) (``facttimes.py``)."""
+        window of an hour (E6) (``facttimes.py``). ``shed``: shards (and, with several processes, a
+        process at its door) shed load now and then, the checker holding each refusal to "nothing done"
+        (``shed.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -78,6 +82,11 @@ class Driver:
         self.retry_other_content = retry_other_content
         self.commands = Commands(seed, self.rng, self.world, self.acked,
                                  other_content=processes == 1 or retry_other_content)
+        self.shed = Shedding(seed, self.tally) if shed else None
+        self.world.shed = self.commands.shed = self.shed
+        self.shed_calls = ShedCalls(self.shed, self.commands.record, self.world.config.shards,
+                                    self.world.clock.now_ms, self.world.logged_facts) if self.shed else None
+        self.commands.shed_calls = self.shed_calls
         self.times = FactTimes(seed, self.tally, late=not lose_tail) if fact_times else None
         self.commands.times = self.times
         self.trace: list[str] = []
@@ -113,12 +122,13 @@ class Driver:
         world = self.world
         if not isinstance(world, ClusterWorld):
             return (f"{self.seed}{' --lose-tail' if self.tail else ''}{' --redis-full' if self.full else ''}"
-                    f"{' --fact-times' if self.times else ''}")
+                    f"{' --fact-times' if self.times else ''}{' --shed' if self.shed else ''}")
         return (f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
                                                               else "")
                 + (" --retry-other-content" if self.retry_other_content else "")
                 + (" --lose-tail" if self.tail else "") + (" --clock-skew" if world.skew else "")
-                + (" --redis-full" if self.full else "") + (" --fact-times" if self.times else ""))
+                + (" --redis-full" if self.full else "") + (" --fact-times" if self.times else "")
+                + (" --shed" if self.shed else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -147,12 +157,16 @@ class Driver:
         self.trace.append(f"{step}: {faults}; calls: " + "; ".join(_describe(c) for c in calls))
         if self.full is not None and (span := self.full.draw()):
             self.trace.append(f"{step}: {span}")
+        if self.shed is not None and (shedding := self.shed.draw(world.config.shards, self.processes)):
+            self.trace.append(f"{step}: {shedding}")
         runner = StepRunner(world, rng)
         try:
             ended = await runner.run(calls, plan)
         finally:
             if self.full is not None and (refused := self.full.end_step()):  # the quiesce after: Redis has room
                 self.trace.append(f"{step}: {refused}")
+            if self.shed is not None and (shed := self.shed.end_step()):  # the quiesce after: nothing is shed
+                self.trace.append(f"{step}: {shed}")
             events = runner.events + (disruptor.events if disruptor else [])
             if events:
                 self.trace.append(f"{step}: faults: " + ", ".join(events))
@@ -171,6 +185,10 @@ class Driver:
             self.trace.append(f"{step}: {ended}, recovered")
         await world.converge_membership()
         await world.quiesce()
+        if self.shed_calls is not None and ended != "crash" and not lost_tail:
+            self.shed_calls.check(calls)  # a call refused for load changed nothing (a crash: memory ahead lost)
+        elif self.shed_calls is not None:
+            self.shed_calls.forget()
         await self.after_loss(step)
         await world.converge_channels()
 

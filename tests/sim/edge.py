@@ -17,6 +17,8 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from atp_service.edge.errors import status_of
+from atp_service.edge.forward import _DECISIONS, in_doubt
 from atp_service.engine.orders import Orders
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
@@ -33,6 +35,7 @@ from reservation import (
 )
 from tests.sim.factjudge import judged_record
 from tests.sim.process import Process
+from tests.sim.shed import door_refusal
 
 if TYPE_CHECKING:
     from tests.sim.cluster import ClusterWorld
@@ -67,7 +70,17 @@ class Edge:
 
     # -- the calls --------------------------------------------------------------------------------
     def pick(self) -> Process:
-        return self.rng.choice(self.world.processes)
+        proc = self.rng.choice(self.world.processes)
+        self._door(proc)
+        return proc
+
+    def _door(self, proc: Process) -> None:
+        """``--shed``: a process whose event loop runs late refuses a call at its door, nothing done
+        (``edge.servicer._observed``: before the call's handler runs, a forwarded call's too)."""
+        shed = self.world.shed
+        if shed is not None and shed.door_refuses(self.world.processes.index(proc)):
+            shed.count()
+            raise door_refusal(proc.address)
 
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
         return await self._unary(lambda e: e.reserve(cmd))
@@ -138,6 +151,7 @@ class Edge:
         target = self.world.at(address)
         if target is None:
             raise Moved(-1, "")  # the sim never names an address no process had
+        self._door(target)
         return await target.call(lambda: run(target))
 
     async def _locate(self, proc: Process, run: OnEngine[T]) -> T:
@@ -147,11 +161,17 @@ class Edge:
         owners = sorted({a for a in table if a} - {proc.address})
         answers = await asyncio.gather(*(self._at(a, lambda p: run(p.engine)) for a in owners),
                                        return_exceptions=True)
+        # As ``Forwarder._locate``: the holder's answer (or its refusal by decision) first, whatever the others
+        # said — a peer refusing at its door for load, or not answering, is not the holder.
         for answer in answers:
             if not isinstance(answer, BaseException):
                 return answer
-            if not (isinstance(answer, Moved) and answer.group < 0):
-                raise answer  # the holder's refusal, or a peer that did not answer
+        for answer in answers:
+            if isinstance(answer, DomainError) and status_of(answer) in _DECISIONS:
+                raise answer
+        refusals = [answer for answer in answers if not (isinstance(answer, Moved) and answer.group < 0)]
+        if refusals:
+            raise next((refusal for refusal in refusals if in_doubt(refusal)), refusals[0])
         if all(table) and table == [proc.engine.where(g)[0] for g in range(self.world.config.shards)]:
             raise NotFound("reservation_id: held by no process")
         raise Moved(-1, "")

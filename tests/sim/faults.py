@@ -105,6 +105,8 @@ class StepRunner:
                 log.resume()
             if log.full is not None:
                 log.full.round(rnd)  # ``--redis-full``: Redis at its maxmemory in the rounds drawn
+            if world.shed is not None:
+                world.shed.round(rnd, world)  # ``--shed``: shards (a process's door) shedding in the rounds drawn
             for _ in range(TICKS):
                 self._fire(tick, calls, plan)
                 await asyncio.sleep(0)

@@ -50,6 +50,11 @@ class Tally:
     clock_steps_back: int = 0  # a host's wall clock stepped back
     taken_ahead: int = 0  # groups taken whose log was stamped ahead of the taker's clock (a GroupClock gap)
     oom_refused: int = 0  # writes a full Redis refused OOM (``--redis-full``: appends, channel writes, id claims)
+    # load shed (``--shed``):
+    shed_spans: int = 0  # spans of a step's rounds in which shards (or a process's door) shed
+    shed_refused: int = 0  # messages a shard shed (its mailbox full, its queue late, a backlog)
+    shed_calls: int = 0  # calls (and ReserveStream items) answered RESOURCE_EXHAUSTED for load
+    shed_retries: int = 0  # ... Reserves of those sent again with the same id (R5)
     # facts stamped in the future or late (``--fact-times``):
     fact_within: int = 0  # within fact_future_skew_ms ahead of the clock (E7: applied)
     fact_past: int = 0  # past it (E7: refused)
@@ -80,6 +85,8 @@ class Tally:
                 f"{self.channel_faults} channel writes failed ({self.channel_late_landed} landed late), "
                 f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)"
                 + (f"; {self.oom_refused} writes refused OOM" if self.oom_refused else "")
+                + (f"; load shed in {self.shed_spans} spans: {self.shed_refused} messages shed, {self.shed_calls} "
+                   f"calls refused, {self.shed_retries} reserves sent again" if self.shed_spans else "")
                 + (f"; facts stamped {self.fact_within} within the skew / {self.fact_past} past it / "
                    f"{self.fact_late} late" if self.fact_within + self.fact_past + self.fact_late else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"

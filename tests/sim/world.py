@@ -30,6 +30,7 @@ from tests.sim.simlog import SimLog
 from tests.sim.tally import Tally
 
 if TYPE_CHECKING:
+    from tests.sim.shed import Shedding
     from tests.sim.tailloss import TailLoss
 
 START_MS = 1_700_000_000_000
@@ -92,6 +93,7 @@ class World:
         self.channels.on_landed = self.durable.published
         self.in_flight = MemoryAheadOfLog(self.log, shards, self.config.limits)
         self.tail: TailLoss | None = None  # ``--lose-tail``: Redis may come back from older data
+        self.shed: Shedding | None = None  # ``--shed``: shards, a process at its door, shedding load
         self.lost_orders: set[str] = set()
         """Several processes: orders whose record Redis lost while a part of theirs may live on in another
         group (``cluster.ClusterWorld.lose_tail``); leased, housekeeping looks for them once past the longest
