@@ -56,7 +56,8 @@ class Reason(IntEnum):
     ESTATE_UNUSABLE = 17
     """The estate file cannot be used (or channels were off at start): nothing changed."""
     SHARD_OVERLOADED = 18
-    """A shard's queue is full or too slow: shed at once, nothing applied; retry after the delay."""
+    """A shard's queue is full or too slow: shed at once, nothing of that shard's part applied (a RecordEvents
+    or LoadCounts spanning shards says what the others recorded); retry after the delay."""
     SERVICE_OVERLOADED = 19
     """The service's event loop runs late: shed at the door, nothing applied; retry after the delay."""
     CAPACITY_REACHED = 20

@@ -141,6 +141,19 @@ def trailers_of(exc: DomainError, remaining_s: float | None = None) -> tuple[tup
     return out
 
 
+def retold(refusal: DomainError, message: str, metadata: dict[str, str]) -> DomainError:
+    """A copy of this process's ``refusal`` told with ``message`` and more ``ErrorInfo`` metadata (its status
+    and reason kept): a call refused after some of its parts were made says which. A copy: a shard answers
+    every message waiting behind a doubt with one exception (``refuse_all``), so other calls may hold this
+    one and must not read this call's parts."""
+    told = type(refusal).__new__(type(refusal))  # not copy.copy: Moved and its kind take other arguments
+    told.__dict__.update(refusal.__dict__)
+    told.message = message
+    told.args = (message,)
+    told.metadata = {**refusal.metadata, **metadata}
+    return told
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: DomainError) -> NoReturn:
     """End the call with the refusal's status, message and details."""
     await context.abort(status_of(exc), exc.message, trailers_of(exc, context.time_remaining()))

@@ -32,7 +32,7 @@ from google.rpc import error_details_pb2
 from atp_client import Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
-from atp_service.edge.errors import DETAILS_KEY, DOMAIN, carried_status
+from atp_service.edge.errors import DETAILS_KEY, DOMAIN, carried_status, retold
 from atp_service.edge.forward import Forwarder, Relayed, told_first
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
@@ -102,14 +102,7 @@ def _told(refusal: DomainError | Relayed, out: pb.LoadCountsResponse, rows: int,
             f"and {rows - loaded} were refused or are in doubt: resending the whole block is safe (E8: the rows "
             "loaded count as duplicate)")
     if isinstance(refusal, DomainError):  # this process's own refusal
-        # A copy: a shard answers every message waiting behind a doubt with one exception (``refuse_all``),
-        # so other calls may hold this one and must not read this call's rows.
-        told = type(refusal).__new__(type(refusal))  # not copy.copy: Moved and its kind take other arguments
-        told.__dict__.update(refusal.__dict__)
-        told.message = refusal.message.replace(NOTHING_APPLIED, PART_NOT_APPLIED) + note
-        told.args = (told.message,)
-        told.metadata = {**refusal.metadata, **facts}
-        return told
+        return retold(refusal, refusal.message.replace(NOTHING_APPLIED, PART_NOT_APPLIED) + note, facts)
     return _relayed_with(refusal, note, facts)
 
 

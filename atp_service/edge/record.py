@@ -21,7 +21,7 @@ import grpc
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
-from atp_service.edge.errors import rich_status
+from atp_service.edge.errors import retold, rich_status
 from atp_service.edge.forward import Forwarder, told_first
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.engine.router import Engine
@@ -77,13 +77,29 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
             if reason:
                 answer.quarantine_reason, answer.detail = convert.quarantine_reason(reason), reason
     if refusals:  # some facts may be durable already (a retry of the call is safe, E8); one in doubt is told (R7)
-        raise told_first(refusals)
+        raise _told(told_first(refusals), out)
     if elsewhere is not None:
         for n, answer in (await forwarder.forward_facts(request, moved, context, elsewhere)).items():
             out[n] = answer
     response = pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
     _check_answer_fits(response, len(out), max_message_bytes)
     return response
+
+
+def _told(refusal: DomainError, out: Sequence[pb.FactResult | None]) -> DomainError:
+    """The refusal of a shard's facts, as the caller is told it: unchanged when no other fact of the call
+    was recorded; else saying, in words and in ``ErrorInfo`` metadata, what other shards recorded — a
+    refusal is no "nothing applied" for the call (the shed reasons' own words) once they did."""
+    recorded = [answer for answer in out if answer is not None and answer.outcome != pb.FACT_OUTCOME_INVALID]
+    if not recorded:
+        return refusal
+    applied = sum(answer.outcome == pb.FACT_OUTCOME_APPLIED for answer in recorded)
+    facts = {"facts_recorded": str(len(recorded)), "facts_applied": str(applied),
+             "facts_not_recorded": str(len(out) - len(recorded))}
+    note = (f"; {len(recorded)} of the call's {len(out)} facts were recorded by other shards ({applied} applied) "
+            f"and {len(out) - len(recorded)} were invalid, refused or are in doubt: sending the same facts again is "
+            "safe (E8: a fact recorded already is not applied twice)")
+    return retold(refusal, refusal.message + note, facts)
 
 
 def _facts_of(request: pb.RecordEventsRequest, now: int, limits: Limits, metrics: EdgeMetrics,

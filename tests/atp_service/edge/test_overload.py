@@ -312,3 +312,47 @@ async def test_a_late_loop_keeps_the_lag_timer_close_even_without_calls() -> Non
             await asyncio.sleep(0)
         assert monitor.lag_s > ON_TIME_S  # the gauge follows a loop busy without calls
         assert monitor.overloaded()
+
+
+async def test_facts_a_shard_sheds_refuse_the_call_saying_what_other_shards_recorded(
+        start_service: ServiceFactory) -> None:
+    """RecordEvents spans shards: one shard's shed refusal is told after the other's facts were recorded,
+    so it says so (ErrorInfo metadata), not "nothing applied"; the same call again applies the rest once (E8)."""
+    service, client = await start_service(shards=2, mailbox_size=1, maintenance_interval_ms=3_600_000)
+    engine = service.engine
+    assert engine is not None and engine.place("A") != engine.place("D"), "test needs SKUs on two shards"
+    actor = engine.actors[engine.place("D")]
+    resume = await actor.pause()  # busy elsewhere: what comes next queues
+    queued = asyncio.ensure_future(client.record_events([receipt("q", "D", "DC", 1)]))
+    await until(lambda: len(actor._mailbox) == 1, "a fact queued behind the pause, the mailbox full")
+    facts = [receipt("a1", "A", "DC", 5), receipt("d1", "D", "DC", 7)]
+    with pytest.raises(grpc.aio.AioRpcError) as shed:
+        await client.stub.RecordEvents(pb.RecordEventsRequest(events=facts))
+    refusal = typed(shed.value).refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SHARD_OVERLOADED"), refusal
+    assert {k: refusal.metadata.get(k) for k in ("facts_recorded", "facts_applied", "facts_not_recorded")} == \
+        {"facts_recorded": "1", "facts_applied": "1", "facts_not_recorded": "1"}, refusal.metadata
+    assert "1 of the call's 2 facts were recorded by other shards (1 applied)" in refusal.message
+    resume.set_result(None)
+    await queued
+    again = await client.record_events(facts)  # the same call: A's fact recorded once, D's now applied
+    assert [r.outcome for r in again] == [pb.FACT_OUTCOME_DUPLICATE, pb.FACT_OUTCOME_APPLIED]
+    a, d = await client.availability([("A", "DC"), ("D", "DC")])
+    assert (a.on_hand, d.on_hand) == (5, 8)
+
+
+async def test_facts_of_one_shard_shed_whole_are_told_as_a_plain_refusal(start_service: ServiceFactory) -> None:
+    """No other fact recorded: the refusal is the shard's own, without the call's counts."""
+    service, client = await start_service(shards=2, mailbox_size=1, maintenance_interval_ms=3_600_000)
+    engine = service.engine
+    assert engine is not None
+    actor = engine.actors[engine.place("D")]
+    resume = await actor.pause()
+    queued = asyncio.ensure_future(client.record_events([receipt("q", "D", "DC", 1)]))
+    await until(lambda: len(actor._mailbox) == 1, "a fact queued behind the pause, the mailbox full")
+    with pytest.raises(grpc.aio.AioRpcError) as shed:
+        await client.stub.RecordEvents(pb.RecordEventsRequest(events=[receipt("d1", "D", "DC", 7)]))
+    refusal = typed(shed.value).refusal
+    assert refusal.reason == "SHARD_OVERLOADED" and "facts_recorded" not in refusal.metadata, refusal
+    resume.set_result(None)
+    await queued
