@@ -154,6 +154,25 @@ def retold(refusal: DomainError, message: str, metadata: dict[str, str]) -> Doma
     return told
 
 
+def retold_trailers(code: grpc.StatusCode, details: str, trailers: Iterable[tuple[str, Any]], message: str,
+                    metadata: dict[str, str]) -> tuple[tuple[str, Any], ...]:
+    """The trailing metadata of a refusal relayed from another process (``code``, ``details``, ``trailers``)
+    told again with ``message`` and more ``ErrorInfo`` metadata (``retold``'s, for a refusal of another process)."""
+    status = carried_status(code, details, trailers)
+    status.message = message
+    infos = [detail for detail in status.details if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    if not infos:  # gRPC's own refusal (the owner not reached): no reason to give, the metadata still told
+        infos = [status.details.add()]
+        infos[0].Pack(error_details_pb2.ErrorInfo(domain=DOMAIN))
+    for detail in infos:
+        info = error_details_pb2.ErrorInfo()
+        detail.Unpack(info)
+        info.metadata.update(metadata)
+        detail.Pack(info)
+    kept = [(key, value) for key, value in trailers if key != DETAILS_KEY]
+    return (*kept, (DETAILS_KEY, status.SerializeToString()))
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: DomainError) -> NoReturn:
     """End the call with the refusal's status, message and details."""
     await context.abort(status_of(exc), exc.message, trailers_of(exc, context.time_remaining()))

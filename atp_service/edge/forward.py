@@ -233,16 +233,14 @@ class Forwarder:
         self._counted.labels(method, outcome).inc(n)
 
     async def forward_facts(self, request: pb.RecordEventsRequest, by_owner: dict[str, list[int]],
-                            context: grpc.aio.ServicerContext[Any, Any], moved: Moved) -> dict[int, pb.FactResult]:
+                            context: grpc.aio.ServicerContext[Any, Any], moved: Moved) -> dict[str, Any]:
         """The facts of ``request`` at these indexes, sent to their groups' owners (one call each, at once):
-        each fact's answer by its index. Any owner's refusal refuses the call, one in doubt first (E8: retry)."""
+        each owner's answer (``RecordEventsResponse``) or refusal (``ask_each``), by address."""
         if not self._forwards("RecordEvents", moved, tuple(context.invocation_metadata() or ())):
             self._counted.labels("RecordEvents", "redirected").inc()
             raise moved
         parts = {o: pb.RecordEventsRequest(events=[request.events[n] for n in at]) for o, at in by_owner.items()}
-        answers = await self.ask_owners("RecordEvents", parts, context)
-        return {n: result for owner, answer in answers.items()
-                for n, result in zip(by_owner[owner], answer.results, strict=True)}
+        return await self.ask_each("RecordEvents", parts, context)
 
     async def _locate(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
                       metadata: Sequence[tuple[str, Any]], here: Moved) -> Any:

@@ -27,12 +27,11 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
-from google.rpc import error_details_pb2
 
 from atp_client import Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
-from atp_service.edge.errors import DETAILS_KEY, DOMAIN, carried_status, retold
+from atp_service.edge.errors import carried_status, retold, retold_trailers
 from atp_service.edge.forward import Forwarder, Relayed, told_first
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
@@ -110,19 +109,8 @@ def _relayed_with(refusal: Relayed, note: str, facts: dict[str, str]) -> Relayed
     """An owner's refusal of its part, its message and ``ErrorInfo`` metadata saying ``note`` and ``facts``."""
     own = _NOTE.sub("", refusal.details)  # an owner's own note of its part: the block's is told instead
     message = own.replace(NOTHING_APPLIED, PART_NOT_APPLIED) + note
-    status = carried_status(refusal.code, refusal.details, refusal.trailers)
-    status.message = message
-    infos = [detail for detail in status.details if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
-    if not infos:  # gRPC's own refusal (the owner not reached): no reason to give, the facts still told
-        infos = [status.details.add()]
-        infos[0].Pack(error_details_pb2.ErrorInfo(domain=DOMAIN))
-    for detail in infos:
-        info = error_details_pb2.ErrorInfo()
-        detail.Unpack(info)
-        info.metadata.update(facts)
-        detail.Pack(info)
-    trailers = [(key, value) for key, value in refusal.trailers if key != DETAILS_KEY]
-    return Relayed(refusal.code, message, (*trailers, (DETAILS_KEY, status.SerializeToString())))
+    trailers = retold_trailers(refusal.code, refusal.details, refusal.trailers, message, facts)
+    return Relayed(refusal.code, message, trailers)
 
 
 def _loaded_before_refusal(refusal: Relayed | DomainError) -> tuple[int, int]:

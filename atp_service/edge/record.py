@@ -3,8 +3,8 @@
 With several processes on the keyspace, the facts of groups another process owns are sent on to
 it, one call per owner with just its facts (``Forwarder.forward_facts``). A fact refused by its
 shard refuses the whole call - one in doubt (``OUTCOME_UNKNOWN``) before any other, by a shard or an
-owner (R7) - and some facts may be durable already: a retry of the call is safe (E8: each fact is
-applied once, by its identity). A caller to be redirected (it routes by itself,
+owner (R7) - and some facts may be durable already, which the refusal then says (``_told``): a retry of
+the call is safe (E8: each fact is applied once, by its identity). A caller to be redirected (it routes by itself,
 or the call was forwarded already) is redirected before any fact is applied.
 
 Facts read from the input streams take the same way to their owners (``fact_sender``), carrying
@@ -14,15 +14,17 @@ the peer token, as the input streams' reader is no caller with a token of its ow
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any, cast
 
 import grpc
 
+from atp_client import Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
-from atp_service.edge.errors import retold, rich_status
-from atp_service.edge.forward import Forwarder, told_first
+from atp_service.edge.errors import carried_status, retold, retold_trailers, rich_status
+from atp_service.edge.forward import Forwarder, Relayed, told_first
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.engine.router import Engine
 from atp_service.intake.entries import ENTRY_TIME_FIELD, FAR_FUTURE
@@ -41,6 +43,8 @@ Ahead = tuple[int, Fact, InvalidArgument]
 REFUSAL_LOG_S = 60.0
 """An owner refusing the peer token is logged once in this long: its entries stay pending for ever
 until the token is fixed, and every pass over them would log it again."""
+_NOTE = re.compile(r"; \d+ of the call's \d+ facts were recorded .*$", re.S)
+"""A refusal's note of what else its call recorded (``_told``): an owner's of its part, told again for the call."""
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
@@ -79,27 +83,49 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
     if refusals:  # some facts may be durable already (a retry of the call is safe, E8); one in doubt is told (R7)
         raise _told(told_first(refusals), out)
     if elsewhere is not None:
-        for n, answer in (await forwarder.forward_facts(request, moved, context, elsewhere)).items():
-            out[n] = answer
+        refused: list[DomainError | Relayed] = []
+        for owner, answer in (await forwarder.forward_facts(request, moved, context, elsewhere)).items():
+            if isinstance(answer, (DomainError, Relayed)):
+                refused.append(answer)
+                continue
+            for n, result in zip(moved[owner], answer.results, strict=True):
+                out[n] = result
+        if refused:  # R7: a part in doubt is told first, whatever another owner answered
+            raise _told(told_first(refused), out)
     response = pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
     _check_answer_fits(response, len(out), max_message_bytes)
     return response
 
 
-def _told(refusal: DomainError, out: Sequence[pb.FactResult | None]) -> DomainError:
-    """The refusal of a shard's facts, as the caller is told it: unchanged when no other fact of the call
-    was recorded; else saying, in words and in ``ErrorInfo`` metadata, what other shards recorded — a
-    refusal is no "nothing applied" for the call (the shed reasons' own words) once they did."""
+def _told(refusal: DomainError | Relayed, out: Sequence[pb.FactResult | None]) -> DomainError | Relayed:
+    """The refusal of some of the call's facts (a shard's, or an owner's), as the caller is told it: unchanged
+    when no other fact was recorded; else saying, in words and in ``ErrorInfo`` metadata, what was — a refusal
+    is no "nothing applied" for the call (the shed reasons' own words) once other facts are durable. An
+    owner's refusal after its own shards recorded some counts those (it says so: ``facts_recorded``)."""
     recorded = [answer for answer in out if answer is not None and answer.outcome != pb.FACT_OUTCOME_INVALID]
-    if not recorded:
-        return refusal
     applied = sum(answer.outcome == pb.FACT_OUTCOME_APPLIED for answer in recorded)
-    facts = {"facts_recorded": str(len(recorded)), "facts_applied": str(applied),
-             "facts_not_recorded": str(len(out) - len(recorded))}
-    note = (f"; {len(recorded)} of the call's {len(out)} facts were recorded by other shards ({applied} applied) "
-            f"and {len(out) - len(recorded)} were invalid, refused or are in doubt: sending the same facts again is "
-            "safe (E8: a fact recorded already is not applied twice)")
-    return retold(refusal, refusal.message + note, facts)
+    own = refusal.details if isinstance(refusal, Relayed) else refusal.message
+    peers_recorded, peers_applied = _recorded_before(refusal)
+    total, applied = len(recorded) + peers_recorded, applied + peers_applied
+    if not total or isinstance(refusal, Moved):
+        return refusal
+    facts = {"facts_recorded": str(total), "facts_applied": str(applied), "facts_not_recorded": str(len(out) - total)}
+    message = _NOTE.sub("", own) + (
+        f"; {total} of the call's {len(out)} facts were recorded ({applied} applied) and {len(out) - total} were "
+        "invalid, refused or are in doubt: sending the same facts again is safe (E8: a fact recorded already is not "
+        "applied twice)")
+    if isinstance(refusal, Relayed):
+        return Relayed(refusal.code, message,
+                       retold_trailers(refusal.code, refusal.details, refusal.trailers, message, facts))
+    return retold(refusal, message, facts)
+
+
+def _recorded_before(refusal: DomainError | Relayed) -> tuple[int, int]:
+    """(facts recorded, applied) of its part an owner says its shards recorded before one refused the rest."""
+    if not isinstance(refusal, Relayed):
+        return 0, 0
+    told = Refusal.from_status(carried_status(refusal.code, refusal.details, refusal.trailers)).metadata
+    return int(told.get("facts_recorded", "0")), int(told.get("facts_applied", "0"))
 
 
 def _facts_of(request: pb.RecordEventsRequest, now: int, limits: Limits, metrics: EdgeMetrics,

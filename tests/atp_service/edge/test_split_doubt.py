@@ -148,6 +148,34 @@ async def test_a_located_change_its_holder_answered_in_doubt_is_told_so_whatever
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), refusal
 
 
+async def test_facts_split_by_owner_refused_by_one_say_what_the_others_recorded(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three facts: one of an owner that cannot be reached, one another owner applies, one applied here.
+    The unreachable owner's refusal ("failed to connect") is told, and with it what the others recorded
+    (its words alone read as nothing applied); the same call again applies the rest once (E8)."""
+    a, a_address, _, b_address = pair
+    assert a.desk is not None
+    gone_sku, there_sku, here_sku = skus_on_groups(a.config.shards, 3)
+    record = a.desk.record
+
+    async def split(facts: Any, origin: str) -> list[Any]:
+        here = iter(await record([f for f in facts if f.sku == here_sku], origin))
+        return [next(here) if f.sku == here_sku else
+                Moved(place(f.sku, a.config.shards), GONE if f.sku == gone_sku else b_address, epoch=1) for f in facts]
+
+    monkeypatch.setattr(a.desk, "record", split)
+    facts = [receipt(f"f{n}", sku, "L", 3 + n, a.clock.now_ms() - 1000) for n, sku in enumerate((gone_sku, there_sku,
+                                                                                                  here_sku))]
+    async with AtpClient(a_address, token=TOKEN, timeout_s=ANSWER_BOUND_S) as client, \
+            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
+        refusal = await refused(client.record_events(facts))
+        assert (await on_hand(at_b, there_sku, "L"), await on_hand(client, here_sku, "L")) == (4, 5)
+    assert refusal.code == grpc.StatusCode.UNAVAILABLE and refusal.reason != "OUTCOME_UNKNOWN", refusal
+    assert {k: refusal.metadata.get(k) for k in ("facts_recorded", "facts_applied", "facts_not_recorded")} == \
+        {"facts_recorded": "2", "facts_applied": "2", "facts_not_recorded": "1"}, refusal
+    assert "2 of the call's 3 facts were recorded (2 applied)" in refusal.message, refusal
+
+
 async def test_facts_of_shards_here_are_in_doubt_when_one_shard_was_whatever_another_answered(
         pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two facts of two shards of the process that took the call: the first shard shed its fact
