@@ -48,9 +48,17 @@ from ._operations import View
 PART_MARK = "\x1f"
 """Between an order's id and a part's group: a control character, so no caller's id (printable
 only, see ``check_id``) can name a part."""
+REFUSED = PART_MARK + "refused"
+"""The ops key (no operation id holds a control character) of an order given up because a part was refused
+by a rule — its group past its bound on records (CAPACITY_REACHED), its id taken by other content
+(RESERVATION_ID_REUSED) —: the refusal's reason, fields, metadata and message (JSON), replayed to a retry
+(``replayed``)."""
 CAPACITY_REFUSED = PART_MARK + "capacity"
-"""The ops key (no operation id holds a control character) of an order given up because a part's group
-was past its bound on records: the refusal's ``limit`` and message, replayed to a retry (``replayed``)."""
+"""The ops key an order refused CAPACITY_REACHED was recorded with before ``REFUSED`` (its ``limit`` and
+message): still read, never written."""
+_KINDS: dict[Reason, type[DomainError]] = {Reason.CAPACITY_REACHED: ResourceExhausted}
+"""The class a replayed refusal is raised as, by its reason (``DomainError`` for the others: the caller is
+told by the reason, ``edge.errors.STATUS``)."""
 PART_TTL_MS = 10**15
 """A part's TTL: it never expires by itself (its order's expiry releases it)."""
 
@@ -189,13 +197,14 @@ def lost_parts(order: Reservation, found: Mapping[int, Reservation], now: int, l
 
 def abandoned(order: Reservation, now: int, refusal: DomainError | None = None) -> Reservation:
     """An order still undecided when its TTL passed, or given up because a part was refused (``refusal``;
-    its parts that held units are released): expired, nothing granted. A part's group past its bound on
-    records (CAPACITY_REACHED) is recorded, so that a retry of the id answers that refusal (``replayed``)."""
+    its parts that held units are released): expired, nothing granted. The refusal is recorded, so that a
+    retry of the id answers it (``replayed``, R5)."""
     lines = tuple(LineRecord(line.sku, line.location, line.requested, 0, Outcome.NOT_ATTEMPTED, 0)
                   for line in order.lines)
     recorded = dict(order.ops)
-    if isinstance(refusal, ResourceExhausted) and refusal.reason == Reason.CAPACITY_REACHED:
-        recorded[CAPACITY_REFUSED] = refusal.metadata.get("limit", "") + PART_MARK + refusal.message
+    if refusal is not None:
+        recorded[REFUSED] = msgspec.json.encode(
+            (refusal.reason.name, refusal.fields, refusal.metadata, refusal.message)).decode()
     return msgspec.structs.replace(order, state=State.EXPIRED, lines=lines, expires_at=0, updated_at=now,
                                    pending=PendingOp(OrderStep.EXPIRE), ops=recorded)
 
@@ -204,10 +213,20 @@ def replayed(order: Reservation, parts: Mapping[int, Reservation]) -> Reservatio
     """A decided order as a retry of its Reserve answers it (R5): the refusal it was given up for,
     where recorded (``abandoned``) — answered EXPIRED, a success, the caller whose first answer was lost
     heard neither that it was refused nor why — else as its parts show it (``view``)."""
+    if kept := order.ops.get(REFUSED):
+        raise refused_again(kept)
     limit, mark, message = order.ops.get(CAPACITY_REFUSED, "").partition(PART_MARK)
     if mark:
         raise ResourceExhausted(message, Reason.CAPACITY_REACHED, metadata={"limit": limit} if limit else None)
     return view(order, parts)
+
+
+def refused_again(kept: str) -> DomainError:
+    """The refusal an order was given up for, as ``abandoned`` recorded it: the same reason, fields,
+    metadata and message."""
+    name, fields, metadata, message = msgspec.json.decode(kept, type=tuple[str, tuple[str, ...], dict[str, str], str])
+    reason = Reason[name]
+    return _KINDS.get(reason, DomainError)(message, reason, fields, metadata)
 
 
 def give_up_part(view_: View, cmd: ReserveCommand, now: int, limits: Limits) -> Reservation:

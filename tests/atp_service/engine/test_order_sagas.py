@@ -463,3 +463,29 @@ async def test_a_retry_of_an_order_refused_capacity_reached_replays_the_refusal(
     assert rig.part("o1", 0).state == State.RELEASED and rig.part("o1", 1).state == State.EXPIRED  # a tombstone
     assert rig.quantities() == [(0, 0), (1, 0)], "only fill1 holds"
     assert (await rig.run(engine.reserve(rig.cmd("o2", (1, 1)))))[0].state == State.HELD
+
+
+async def test_a_retry_of_an_order_refused_because_a_part_s_id_was_taken_replays_the_refusal(rig: Rig) -> None:
+    """Redis lost order o1's record, its parts kept; o1 sent again with other content finds a part's id
+    taken by other content (R5): the order is given up whole and refused RESERVATION_ID_REUSED. A retry of
+    that call answered the record kept, EXPIRED, as a success — the caller whose first answer was lost
+    heard neither the refusal nor why (R5: a refused id's retry answers the same refusal)."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    home = engine.home_of("o1")
+    assert home is not None
+
+    def lose_order(ledger: Any, now: int) -> None:
+        del ledger.reservations["o1"]
+
+    await rig.run(engine.actors[home].submit(lose_order))
+    with pytest.raises(DomainError) as first:
+        await rig.run(engine.reserve(rig.cmd("o1", (2, 2))))
+    assert first.value.reason == Reason.RESERVATION_ID_REUSED, first.value
+    for _ in range(2):
+        with pytest.raises(DomainError) as again:
+            await rig.run(engine.reserve(rig.cmd("o1", (2, 2))))
+        assert (again.value.reason, again.value.metadata, again.value.message, again.value.fields) == \
+            (first.value.reason, first.value.metadata, first.value.message, first.value.fields)
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
+    assert rig.quantities() == [(0, 0), (0, 0)], "nothing of either content holds"
