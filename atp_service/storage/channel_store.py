@@ -54,8 +54,10 @@ _encode = msgspec.msgpack.Encoder().encode
 # like the log (log.py): an instance replaced by a newer one publishes nothing more; and fenced
 # again by the token: a write sent before the desk's last ``fence`` is refused (STALE), so a write
 # in doubt cannot land after the desk settled it. Every check comes before the first change — each
-# stream's newest id too (TAKEN: a version already in the stream) — so a refused write changed
-# nothing, in any channel: a refusal is never part of a landing.
+# stream's newest id too (TAKEN: a version already in the stream), and every key's type (KEYTYPE: a
+# stream or state hash key holding another type, which would fail the script half-way, its streams
+# written and its hashes not) — so a refused write changed nothing, in any channel: a refusal is never
+# part of a landing.
 # Numbers travel as strings: Lua 5.1 would print large ones in exponent form. ``published_at`` is
 # Redis's clock when the entry was written: the moment the value became visible.
 _WRITE = FENCE_LUA + """
@@ -65,6 +67,12 @@ if fence > tonumber(ARGV[2]) then
 end
 local n = (#KEYS - 2) / 2
 local batches = {}
+for k = 3, #KEYS do
+  local kind, want = redis.call('TYPE', KEYS[k])['ok'], (k % 2 == 1) and 'stream' or 'hash'
+  if kind ~= want and kind ~= 'none' then
+    return redis.error_reply('KEYTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a ' .. want .. ': nothing written')
+  end
+end
 for c = 0, n - 1 do
   local stream = KEYS[2 * c + 3]
   local items = cmsgpack.unpack(ARGV[3 * c + 5])
@@ -114,13 +122,15 @@ _WRITE_SCRIPT = Script(_WRITE)
 _FENCE = FENCE_SCRIPT
 _FENCE_CALL = Script(_FENCE)
 
-_REFUSALS = ("FENCED", "STALE", "TAKEN")
+_REFUSALS = ("FENCED", "STALE", "TAKEN", "KEYTYPE")
 
 
 class WriteRefused(RedisError):
     """The write script refused the whole write before changing anything (FENCED: a newer instance
     owns the keyspace; STALE: the desk fenced since this write was sent; TAKEN: a version is already
-    in the stream). Certain, unlike a timeout: nothing of it landed and nothing of it ever will."""
+    in the stream; KEYTYPE: a channel's stream or state hash key holds another type, written by something
+    else than the service: the desk's writes are refused until it is removed). Certain, unlike a
+    timeout: nothing of it landed and nothing of it ever will."""
 
 
 def write_failure_reason(error: BaseException) -> str:

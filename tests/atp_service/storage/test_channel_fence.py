@@ -201,3 +201,31 @@ async def _assert_streams_hold_what_the_desk_believes(redis_url: str, desk: Chan
             assert {tuple(k.split("\t")): tuple(map(int, v.split()[:2])) for k, v in state.items()} == believed
     finally:
         await reader.aclose()
+
+
+@pytest.mark.parametrize("wrong", ["state", "stream"])
+async def test_a_key_of_another_type_refuses_every_channel_of_the_write_before_any_change(
+        redis_url: str, wrong: str) -> None:
+    """A channel's state hash (or stream) key holding another type failed the script half-way: the streams
+    written before it kept their entries while their state hashes (or the rest) did not — the hash the
+    publisher redelivers from behind its stream. Every key's type is checked before the first change."""
+    client = connect(redis_url, 5.0)
+    await client.set(Keyspace("t:").owner(CHANNELS), 1)
+    store = ChannelStore(client, "t:", epoch=lambda: 1)
+    try:
+        await store.write([("web", 1000, [_update("A", 5, 1)])])
+        squatter = store.state_key("pickup") if wrong == "state" else store.stream("pickup")
+        await client.set(squatter, "not the service's")
+        web_state = await client.hgetall(store.state_key("web"))
+        with pytest.raises(WriteRefused, match=r"^KEYTYPE .* holds a string, not a (hash|stream): nothing written"):
+            await store.write([("web", 1000, [_update("A", 4, 2)]), ("pickup", 1000, [_update("A", 4, 1)])])
+        assert [u.quantity for u in await store.read_after("web", 0, 10, None)] == [5]
+        assert await client.hgetall(store.state_key("web")) == web_state  # neither channel changed
+        other = store.stream("pickup") if wrong == "state" else store.state_key("pickup")
+        assert not await client.exists(other)
+        await client.delete(squatter)
+        await store.write([("web", 1000, [_update("A", 4, 2)]), ("pickup", 1000, [_update("A", 4, 1)])])
+        assert await store.last_version("web") == 2 and await store.last_version("pickup") == 1
+        assert set(await client.hkeys(store.state_key("pickup"))) == {b"A\tDC"}
+    finally:
+        await store.aclose()
