@@ -203,8 +203,9 @@ def abandoned(order: Reservation, now: int, refusal: DomainError | None = None) 
                   for line in order.lines)
     recorded = dict(order.ops)
     if refusal is not None:
+        metadata = {str(k): str(v) for k, v in refusal.metadata.items()}  # read back as strings (``refused_again``)
         recorded[REFUSED] = msgspec.json.encode(
-            (refusal.reason.name, refusal.fields, refusal.metadata, refusal.message)).decode()
+            (refusal.reason.name, [str(f) for f in refusal.fields], metadata, refusal.message)).decode()
     return msgspec.structs.replace(order, state=State.EXPIRED, lines=lines, expires_at=0, updated_at=now,
                                    pending=PendingOp(OrderStep.EXPIRE), ops=recorded)
 
