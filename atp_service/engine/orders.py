@@ -81,6 +81,7 @@ class Orders:
                                   if rec.is_order and rec.pending is not None)
         # Every group here: an order not found here is nowhere (leased: housekeeping asks every group, orphans.py).
         if self._engine.remote is None:
+            self.unsettled.update(orders.resolved_unrecorded(ledgers))  # all shipped, stopped before resolving it
             self.orphans.update(held_orphans(ledgers, lambda order_id: self._engine.home_of(order_id) is not None))
 
     # -- what the engine calls ---------------------------------------------------------

@@ -489,3 +489,37 @@ async def test_a_retry_of_an_order_refused_because_a_part_s_id_was_taken_replays
             (first.value.reason, first.value.metadata, first.value.message, first.value.fields)
     assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
     assert rig.quantities() == [(0, 0), (0, 0)], "nothing of either content holds"
+
+
+async def test_an_order_all_shipped_before_a_restart_that_stopped_its_resolve_is_found_and_resolved(rig: Rig) -> None:
+    """Every part of confirmed order o1 fulfilled by SHIPMENT facts, the service stopped before the order's
+    record was resolved: after the restart its record says CONFIRMED with nothing pending, so recovery
+    (``find_pending``, which found only orders with a change pending) left it CONFIRMED — live, never
+    forgotten — until a read or a change touched it. Recovery finds it, and housekeeping resolves it."""
+    engine = rig.engine
+    sagas = engine.orders
+    assert sagas is not None
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    await rig.run(engine.reserve(rig.cmd("o2")))
+    await rig.run(engine.confirm("o1"))
+    await rig.run(engine.confirm("o2"))
+    resolve = sagas._resolve_if_done
+
+    async def stopped(*_: Any) -> None:
+        """The service stopped between the last part's shipment and the order's resolve."""
+
+    sagas._resolve_if_done = stopped  # type: ignore[method-assign]
+    for sku, group in (("A", 1), ("D", 0)):
+        await rig.run(sagas.shipment(shipment(rig, sku, 3, "o1", f"s{group}"), "o1", f"fact:s{group}"))
+    await rig.run(sagas.shipment(shipment(rig, "A", 3, "o2", "t1"), "o2", "fact:t1"))  # o2: one part of two
+    sagas._resolve_if_done = resolve  # type: ignore[method-assign]
+    home = engine.actors[0].ledger
+    assert home.reservation("o1").state == State.CONFIRMED  # type: ignore[union-attr]
+    sagas.unsettled.clear()  # a restart: nothing in memory but the ledgers the logs rebuilt
+    sagas.find_pending(actor.ledger for actor in engine.actors)
+    assert sagas.unsettled == {"o1"}, "o2 still has a part to ship"
+    sagas.drive_unsettled()
+    await rig.pump_until_done(list(sagas._tasks))
+    assert home.reservation("o1").state == State.FULFILLED  # type: ignore[union-attr]
+    assert home.reservation("o2").state == State.CONFIRMED  # type: ignore[union-attr]
+    assert not sagas.unsettled
