@@ -19,12 +19,17 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.desk import ChannelDesk
 from atp_service.instruments import Counter
 from atp_service.metrics import EngineMetrics
-from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.durability import STORAGE_ERRORS, TIMEOUTS
 from reservation import ChannelUpdate, Key, Published, Reason, ResourceExhausted, StockStatus, Unavailable
 
 Response = pb.WatchAvailabilityResponse
 _STATUS = {s: cast(pb.StockStatus, pb.StockStatus.Value(f"STOCK_STATUS_{s.value}")) for s in StockStatus}
 _BLOCK_MS = 1000
+_READ_TRIES = 3
+"""Reads of the stream in a row that may time out before a watch ends UNAVAILABLE. A read changes nothing, so
+one timed out is asked again: a process stalled past the socket timeout (a long collection, a starved CPU)
+finds Redis's reply and the read's deadline due in the same pass of the event loop, and the deadline runs
+first — every quiet watch ended against a healthy Redis. A Redis truly away fails every try."""
 
 
 def update_pb(out: pb.ChannelUpdate, u: ChannelUpdate) -> None:
@@ -123,7 +128,7 @@ class Watchers:
             # one started now would, instead of waiting in silence for ever (checked every read:
             # ``_BLOCK_MS`` at most after the reload).
             desk.channel(channel)
-            updates = await desk.store.read_after(channel, since, self.batch, _BLOCK_MS)
+            updates = await _read_after(desk, channel, since, self.batch)
             confirmed = desk.confirmations.next()
             following = 0
             while following < len(updates) and updates[following].version == since + 1 + following:
@@ -159,6 +164,16 @@ class Watchers:
                 u.event_time.FromMilliseconds(p.event_time)
             u.status = _STATUS[status(p.quantity)]
         return out
+
+
+async def _read_after(desk: ChannelDesk, channel: str, since: int, batch: int) -> list[ChannelUpdate]:
+    for tries_left in range(_READ_TRIES - 1, -1, -1):
+        try:
+            return await desk.store.read_after(channel, since, batch, _BLOCK_MS)
+        except TIMEOUTS:
+            if not tries_left:
+                raise
+    raise AssertionError("_READ_TRIES is at least 1")
 
 
 async def _until_settled(desk: ChannelDesk, channel: str, confirmed: asyncio.Event) -> None:

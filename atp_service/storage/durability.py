@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 STORAGE_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 """Redis did not answer, or not for sure. ``RedisClusterException`` is no ``RedisError``: a cluster
 client raises it when no node answers its slot map query (every node down or cut off)."""
+TIMEOUTS = (RedisTimeoutError, TimeoutError)
+"""Redis did not answer in time (``asyncio.TimeoutError`` is ``TimeoutError``)."""
 SNAPSHOT_RETRY_FIRST_S = 1.0
 """Wait after a first failed snapshot (capped by ``ServiceConfig.snapshot_retry_max_s``)."""
 SETTLE_RETRY = BackoffPolicy(first_s=0.05, max_s=1.0)
@@ -48,7 +50,7 @@ def append_failure_reason(error: BaseException | None) -> str:
         reason = "fenced"
     elif isinstance(error, NotReplicated):  # landed on the primary; the replicas lag (not an ACL or a script)
         reason = "not_replicated"
-    elif isinstance(error, (RedisTimeoutError, TimeoutError)):
+    elif isinstance(error, TIMEOUTS):
         reason = "timeout"
     elif isinstance(error, (RedisConnectionError, OSError, RedisClusterException)):
         reason = "connection"

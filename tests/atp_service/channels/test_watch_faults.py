@@ -5,6 +5,7 @@ service's own Redis timeout."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import grpc
@@ -71,6 +72,26 @@ async def test_a_quiet_watch_outlives_a_short_redis_timeout(
     await asyncio.sleep(2.0)  # the scenario: quiet for four socket timeouts
     assert not call.done()
     await client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 40, T + 1)])  # a change: it is told
+    message = await asyncio.wait_for(call.read(), 10)
+    assert message.kind == pb.WatchAvailabilityResponse.KIND_CHANGES
+    call.cancel()
+
+
+async def test_a_quiet_watch_outlives_a_stall_of_its_process_past_the_redis_timeout(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """The process stalls (a long collection, a starved CPU) while the watch's read is blocked: when it runs
+    again, Redis's empty reply and the read's 0.5 s deadline are due in the same pass of the loop, and the
+    deadline runs first. The read changed nothing: it is asked again, and the watch goes on."""
+    _, client = await start_service(clock=clock, estate=write_estate(tmp_path), redis_timeout_s=0.5,
+                                    input_streams=())
+    await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)])
+    await wait_for_updates(redis_url, "market", 1)
+    call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market"))
+    await _blocked_reader(redis_url)
+    time.sleep(1.5)  # noqa: ASYNC251 -- the stall itself: the whole event loop held past the deadline
+    await asyncio.sleep(0.1)
+    assert not call.done()
+    await client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 40, T + 1)])
     message = await asyncio.wait_for(call.read(), 10)
     assert message.kind == pb.WatchAvailabilityResponse.KIND_CHANGES
     call.cancel()
