@@ -163,8 +163,7 @@ class Orders:
                 try:
                     result = await saga()
                 except BaseException as exc:
-                    if not isinstance(exc, DomainError) or isinstance(exc, Unavailable) or (
-                            isinstance(exc, ResourceExhausted) and exc.reason != Reason.CAPACITY_REACHED):
+                    if not isinstance(exc, DomainError) or isinstance(exc, Unavailable):  # shed: first step only
                         self.unsettled.add(order_id)  # it may have stopped half-way: housekeeping drives it on
                         self._count("stopped")
                     else:
@@ -182,8 +181,8 @@ class Orders:
     # -- the sagas ---------------------------------------------------------------------------
     async def _reserve(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
         groups = tuple(sorted({self._engine.place(line.sku) for line in cmd.lines}))
-
-        order = await self._on(home, lambda ledger, now: order_opened(ledger, cmd, groups, self._engine.limits, now))
+        order = await self._on(home, lambda ledger, now: order_opened(ledger, cmd, groups, self._engine.limits, now),
+                               refused_as_is=True)
         if isinstance(order, ResourceExhausted):  # nothing written: refused as a one-group Reserve is
             self._engine.count_capacity_refusal(order)
             raise order
@@ -241,10 +240,8 @@ class Orders:
         return orders.view(order, parts)
 
     async def _settled(self, order_id: str, home: int) -> tuple[Reservation, dict[int, Reservation]]:
-        """The order with its pending change carried through (``_settle``), and its parts; its record
-        resolved where every part is, by SHIPMENT facts (R5): whichever path drives an order on resolves
-        it — a saga stopped after the last shipment and before that step left it CONFIRMED for good,
-        live and never forgotten, where housekeeping, a read or a change only settled it."""
+        """The order with its pending change carried through (``_settle``), and its parts; its record resolved where
+        every part is, by SHIPMENT facts (R5), by whichever path drives it on (else CONFIRMED and live for good)."""
         order = await self._settle(order_id, home)
         parts = await self._parts(order)
         shown = orders.view(order, parts)
@@ -289,10 +286,9 @@ class Orders:
         return expired
 
     async def _give_up_if_torn(self, order: Reservation, home: int, parts: dict[int, Reservation]) -> list[int]:
-        """A held order whose part Redis lost (``lost_parts``) can no longer be confirmed whole: its hold
-        there is gone, and confirming the rest would record it CONFIRMED with those units committed
-        nowhere, to be sold again (R2, Q3). It is given up whole (``_abandon``: the parts that exist
-        released, a tombstone where missing); the groups lost (none: the order is whole)."""
+        """A held order whose part Redis lost (``lost_parts``) cannot be confirmed whole: confirmed, the rest would be
+        CONFIRMED with those units committed nowhere, sold again (R2, Q3). Given up whole (``_abandon``: parts that
+        exist released, a tombstone where missing); the groups lost (none: the order is whole)."""
         now = self._engine.now_at(home)
         lost = orders.lost_parts(order, parts, now, self._engine.limits, self._engine.place)
         if lost:
@@ -336,10 +332,8 @@ class Orders:
         await self._owned(order_id, lambda: self._resolve_if_done(order_id, home))
 
     async def _resolve_if_done(self, order_id: str, home: int) -> None:
-        """Every part resolved by SHIPMENT facts: the order's own record is resolved as well, so it
-        stops counting as live and is forgotten after its retention like any other — a change pending
-        carried through first (``_settled``): left pending, the record was answered as heard and
-        settled later, by housekeeping, still CONFIRMED."""
+        """Every part resolved by SHIPMENT facts: the order's own record is resolved as well (a change pending carried
+        through first, ``_settled``), so it stops counting as live and is forgotten after its retention."""
         try:
             await self._settled(order_id, home)
         except NotFound:  # forgotten meanwhile, or not an order
@@ -391,9 +385,15 @@ class Orders:
                 raise undecided(result)
         return dict(zip(groups, results, strict=True))
 
-    async def _on(self, shard: int, work: Callable[[Ledger, int], T]) -> T:
+    async def _on(self, shard: int, work: Callable[[Ledger, int], T], refused_as_is: bool = False) -> T:
+        """``work`` on ``shard``, durable. ``refused_as_is``: the shard's refusal before it ran (shedding, its log
+        unreachable) told as a one-group Reserve's is, not OUTCOME_UNKNOWN (the first step: nothing written)."""
         try:
-            result: T = await self._engine.actors[shard].submit(work)
+            answer = self._engine.actors[shard].submit(work)
+        except DomainError as exc:
+            raise exc if refused_as_is else undecided(exc) from None
+        try:
+            result: T = await answer
         except BaseException as exc:
             raise undecided(exc) from None
         return result

@@ -216,8 +216,9 @@ class ShedCalls:
     def _check_reservations(self, calls: list[Call]) -> None:
         named: dict[str, int] = {}
         for call in calls:
+            listed = Counter(rid for rid, _ in self.before.get(id(call), []))  # a reserve_many may name an id twice
             for rid in _named(call):
-                named[rid] = named.get(rid, 0) + 1
+                named[rid] = named.get(rid, 0) + max(1, listed[rid])
         busy = any(call.label == "maintenance" for call in calls)  # expiries, sagas driven on
         for call in calls:
             task, before = call.task, self.before.get(id(call), [])

@@ -262,6 +262,29 @@ def test_a_part_shedding_load_leaves_the_order_in_doubt_not_refused_R5() -> None
     assert engine_parts.undecided(rule) is rule  # a domain rule's refusal is the answer
 
 
+async def test_an_order_whose_first_step_is_shed_is_refused_as_overloaded_nothing_open(rig: Rig) -> None:
+    """Its home shard sheds the step that opens the order: nothing was written and nothing is open, so the
+    caller hears RESOURCE_EXHAUSTED (SHARD_OVERLOADED, retried with backoff) as a one-group Reserve would —
+    not OUTCOME_UNKNOWN, which sends an OMS to reconcile an order that does not exist."""
+    engine = rig.engine
+    shedding = [True]
+    for actor in engine.actors:
+        def shed_or_submit(work: Any, actor: Any = actor, submit: Any = actor.submit) -> Any:
+            if shedding[0]:
+                raise actor._shed("mailbox full (test)")
+            return submit(work)
+        actor.submit = shed_or_submit
+    with pytest.raises(ResourceExhausted) as refused:
+        await rig.run(engine.reserve(rig.cmd("o1")))
+    assert refused.value.reason == Reason.SHARD_OVERLOADED
+    assert rig.quantities() == [(0, 0), (0, 0)]
+    assert all(actor.ledger.reservations == {} for actor in engine.actors)
+    assert engine.orders is not None and not engine.orders.unsettled
+    shedding[0] = False
+    again, _ = await rig.run(engine.reserve(rig.cmd("o1")))  # the retry reserves it
+    assert again.state == State.HELD and rig.quantities() == [(3, 0), (3, 0)]
+
+
 async def lose_part(rig: Rig, rid: str, group: int) -> None:
     """``group``'s Redis Cluster node restarts from data older than the part of ``rid`` (the order's
     node keeps it): the part is gone, and so are the units it held."""
