@@ -42,6 +42,9 @@ KEPT_FIELDS = 16
 KEPT_BYTES = 256
 """Bytes a dead letter keeps of each name and value of an entry past ``ingest_max_entry_bytes``:
 with ``KEPT_FIELDS``, its copy is at most 8 KiB whatever the entry held."""
+COPIED_PARTS_MAX = 4_000
+"""Names and values a dead letter copies whole at most: an entry with more is kept as one past
+``ingest_max_entry_bytes`` is (its dead letter's XADD, inside a script, takes them on Lua's stack: 8,000)."""
 
 TRIMMED_WHILE_PENDING = "entry was trimmed from the stream while pending; not known to be applied"
 """The dead letter of a pending entry found trimmed: the consumer that held it may have applied it,
@@ -83,7 +86,7 @@ def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_e
     ``max_entry_bytes``, in bytes or in names and values, is not copied whole (the dead-letter stream
     would hold, and Redis send again, what was refused for its size): ``_truncated`` says how many bytes it had."""
     size = sum(map(len, flat))
-    cut = size > max_entry_bytes or len(flat) > max_entry_bytes  # as ``decode_fact`` bounds it
+    cut = size > max_entry_bytes or len(flat) > min(max_entry_bytes, COPIED_PARTS_MAX)  # as ``decode_fact`` does
     kept = [part[:KEPT_BYTES] for part in flat[:2 * KEPT_FIELDS]] if cut else flat
     fields: list[Any] = []
     for name, value in zip(kept[0::2], kept[1::2], strict=True):
@@ -98,20 +101,38 @@ def dead_letter(flat: list[bytes], why: Why, stream: str, entry_id: bytes, max_e
 async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]], to: str, maxlen: int,
                 group: str, max_entry_bytes: int) -> None:
     """Each entry's dead letter (``dead``: stream, entry id, fields, why) written to ``to``, trimmed to about
-    ``maxlen``, and only once Redis took them all the entries acknowledged: an XACK queued beside the XADDs
-    in one transaction ran even when its XADD failed (Redis runs every command of a MULTI; WRONGTYPE, the
-    key holding another type), and the entry was gone, acknowledged with no dead letter anywhere."""
-    async with client.pipeline(transaction=True) as pipe:
-        for stream, entry_id, fields, why in dead:
-            # Flat, not redis-py's xadd of a dict: a field the entry named twice keeps both values.
-            pipe.execute_command("XADD", to, "MAXLEN", "~", maxlen, "*",
-                                 *dead_letter(fields, why, stream, entry_id, max_entry_bytes))
-        await pipe.execute()  # raises the first refusal: no entry is acknowledged, each stays pending
-    async with client.pipeline(transaction=False) as pipe:
-        for stream, entry_id, _, _ in dead:
-            pipe.xack(stream, group, entry_id)
-        await pipe.execute()
+    ``maxlen``, and the entries acknowledged, in one script (``_WRITE``): Redis runs it whole or refuses it
+    before its first write. An XACK queued beside the XADDs in a transaction ran even when its XADD failed
+    (WRONGTYPE: every command of a MULTI runs), the entry acknowledged with no dead letter anywhere; sent
+    after them, it was lost with a reader killed between the two, and the entry, pending still, dead-lettered
+    again when read again."""
+    args: list[Any] = [maxlen, group]
+    for stream, entry_id, fields, why in dead:
+        letter = dead_letter(fields, why, stream, entry_id, max_entry_bytes)
+        args += [entry_id, len(letter), *letter]
+    await client.register_script(_WRITE)(keys=[to, *(stream for stream, _, _, _ in dead)], args=args)
 
+
+_WRITE = """
+-- KEYS: the dead-letter stream, then each dead letter's input stream. ARGV: MAXLEN, group, then per dead
+-- letter: its entry's id, the number of its fields' names and values, those names and values.
+local dlq = KEYS[1]
+local kind = redis.call('TYPE', dlq)['ok']
+if kind ~= 'none' and kind ~= 'stream' then  -- before any write: nothing dead-lettered, nothing acknowledged
+  return redis.error_reply('WRONGTYPE dead-letter stream ' .. dlq .. ' holds a ' .. kind)
+end
+local at, ids = 3, {}
+for i = 2, #KEYS do
+  local n = tonumber(ARGV[at + 1])
+  ids[i] = ARGV[at]
+  redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 2, at + 1 + n))
+  at = at + 2 + n
+end
+for i = 2, #KEYS do
+  redis.pcall('XACK', KEYS[i], ARGV[2], ids[i])  -- NOGROUP: the group is gone, the entry pending nowhere
+end
+return #KEYS - 1
+"""
 
 
 DEAD_LETTER_LOG_EVERY_S = 1.0
