@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from atp_service.channels.aside import SetAside
 from atp_service.channels.curator import Curator, Offer, skus_per_slice, zero_lines
 from atp_service.channels.estate import Channel, Estate
 from atp_service.channels.feeds import Confirmations, known_feeds, next_feeds, unsettled
@@ -57,6 +58,7 @@ class ChannelDesk:
         self._urgent = UrgentWrites(lambda only: self.publish_due(once=True, stockouts_only=only))  # between slices
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._wake = asyncio.Event()
+        self._aside = SetAside(store, clock)  # channels a key of another type keeps out of the writes
         self.confirmations = Confirmations()  # watches wait on it for what the stream holds above the published
         self._task: asyncio.Task[None] | None = None
         self._half_life_ms = settings.velocity_half_life_s * 1000
@@ -231,9 +233,7 @@ class ChannelDesk:
         await self.publish_due()
 
     async def _sleep_until_due(self) -> None:
-        now = self.clock.now_ms()
-        wakes = [w for w in (f.next_wakeup(now) for f in self.feeds.values()) if w is not None]
-        timeout = None if not wakes else max(0.0, (min(wakes) - now) / 1000)
+        timeout = self._aside.sleep_s(self.feeds, self.clock.now_ms())
         if timeout == 0:
             return
         with contextlib.suppress(asyncio.TimeoutError):
@@ -307,12 +307,14 @@ class ChannelDesk:
                           stockouts_only: bool = False) -> list[ChannelUpdate]:
         """Take what each feed may publish now, write it, confirm it (or give it back); a round's last call again
         while a feed filled its batch (``PUBLISH_WRITES_PER_ROUND``: one a round held a busy channel back, C2)."""
-        limit, out = self.settings.publish_batch_max, list[ChannelUpdate]()
+        limit, out, aside = self.settings.publish_batch_max, list[ChannelUpdate](), self._aside
+        await aside.recheck(self.feeds)
         writes = -(-sum(f.pending for f in self.feeds.values()) // limit)
         for _ in range(1 if urgent_only or once else min(PUBLISH_WRITES_PER_ROUND, max(1, writes))):
             now = self.clock.now_ms()
-            taken = [(name, feed, feed.take(now, min(limit, feed.stockouts_pending) if stockouts_only else limit,
-                                            urgent_only or stockouts_only)) for name, feed in self.feeds.items()]
+            taken = [(name, feed, [] if name in aside else feed.take(
+                now, min(limit, feed.stockouts_pending) if stockouts_only else limit, urgent_only or stockouts_only))
+                for name, feed in self.feeds.items()]
             if not any(updates for _, _, updates in taken):
                 break
             try:
@@ -343,7 +345,8 @@ class ChannelDesk:
         published only once it is in the stream. A refusal (``WriteRefused``) changed nothing."""
         self.metrics.write_failed(write_failure_reason(error))
         log.warning("channel publish failed (%s); settling", error)
-        names = [name for name, _, updates in taken if updates]
+        self._aside.note(error, [name for name, _, updates in taken if updates])
+        names = [name for name, _, updates in taken if updates and name not in self._aside]  # its key: unreadable
 
         async def fence_and_read() -> dict[str, int]:
             await self.store.fence()
@@ -356,7 +359,7 @@ class ChannelDesk:
         for name, feed, updates in taken:
             if not updates:
                 continue
-            top = last[name]
+            top = last.get(name, 0)  # set aside: refused, nothing landed
             landed = [] if refused else [u for u in updates if u.version <= top]  # one script call: all or none
             feed.confirm(landed)
             self._observe(name, landed, now)

@@ -17,6 +17,7 @@ an older token, so nothing sent before the fence can land after it (C4).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,7 +39,7 @@ from atp_service.storage.channel_wire import (
 from atp_service.storage.durability import SETTLE_LOG_EVERY_S, append_failure_reason
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.nodes import Call, Nodes, Script, open_nodes
-from atp_service.storage.resp import seq_of, stream_entries, stream_info
+from atp_service.storage.resp import as_text, seq_of, stream_entries, stream_info
 from atp_service.storage.scripts import FENCE_LUA, FENCE_SCRIPT
 from reservation import ChannelUpdate, Key, Published
 
@@ -133,6 +134,15 @@ class WriteRefused(RedisError):
     timeout: nothing of it landed and nothing of it ever will."""
 
 
+_KEYTYPE = re.compile(r"^KEYTYPE (.+) holds a \w+, not a (?:stream|hash): nothing written$", re.S)
+
+
+def wrong_type_key(error: BaseException) -> str | None:
+    """The key a KEYTYPE refusal names (None: not one)."""
+    found = _KEYTYPE.match(str(error)) if isinstance(error, WriteRefused) else None
+    return found[1] if found else None
+
+
 def write_failure_reason(error: BaseException) -> str:
     """Why a channel write (or the fence of its settle) failed, one of ``metrics.APPEND_FAILURE_REASONS``,
     as for the log's appends: the script's FENCED refusal is ``fenced`` (a newer instance owns the
@@ -224,6 +234,15 @@ class ChannelStore:
             if pub.version > newest:
                 newest = pub.version
         return published, max(newest, await self.last_version(channel))
+
+    async def wrong_type(self, channel: str) -> str | None:
+        """The first of ``channel``'s keys (its stream, its state hash) holding another type than the desk
+        writes there, as the write script would refuse it (KEYTYPE); None: both writable."""
+        for key, want in ((self.stream(channel), "stream"), (self.state_key(channel), "hash")):
+            kind = as_text(await self.client.type(key))
+            if kind not in (want, "none"):
+                return key
+        return None
 
     async def write(self, batches: Iterable[tuple[str, int, list[ChannelUpdate]]]) -> None:
         """Append updates of several channels and record them as published: one script call, so one
