@@ -4,8 +4,8 @@ only later — the snapshot script's ``XTRIM`` of a log, hours in; a channel fee
 stream's ``XACK`` — started, served, and then failed there, group by group. Here: every command the
 service sends, on the very keys it sends it to (every shard group's, the channel feeds', the input
 streams'), the commands of its Lua scripts on the keys they touch, and ``EVALSHA`` with each
-script's keys. A user that may not run ``MULTI`` is not asked (the input streams' dead letters need
-``MULTI`` anyway)."""
+script's keys. A user that may not run ``MULTI`` is not asked (a warning says so; the service sends no
+transaction of its own)."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def _channel_needs(keys: Keyspace, channels: list[str]) -> list[Need]:
 
 
 def _input_needs(config: ServiceConfig) -> list[Need]:
-    """The input streams: read through the consumer group, acknowledged, dead-lettered (``MULTI``),
+    """The input streams: read through the consumer group, acknowledged, dead-lettered (one script),
     the count of entries trimmed unread kept in a hash (``intake/unread.py``), a dead consumer's
     entries claimed with the dead letters of those trimmed (``intake/claims.py``)."""
     group, consumer, streams = config.consumer_group, config.consumer_name, config.input_streams
