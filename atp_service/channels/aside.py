@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
+from redis.exceptions import ResponseError
+
 from atp_service.engine.clock import Clock
 from atp_service.storage.channel_store import ChannelStore, wrong_type_key
 from reservation import Feed
@@ -42,10 +44,28 @@ class SetAside:
             return
         for channel in channels:
             if key in (self._store.stream(channel), self._store.state_key(channel)):
-                self._until[channel] = self._clock.now_ms() + RECHECK_MS
-                log.error("channel %s set aside: its key %s holds another type; its updates wait, the other "
-                          "channels publish", channel, key,
-                          extra={"event": "channel_set_aside", "channel": channel, "key": key})
+                self._put(channel, key)
+
+    async def last_versions(self, channels: Iterable[str]) -> dict[str, int]:
+        """Each channel's newest version in its stream, as a settle reads them after its fence; a channel whose
+        stream key holds another type now is set aside and left out (nothing of a write can be read there). Its
+        key overwritten while a write was in doubt (or the write's KEYTYPE refusal lost with its reply), the
+        read failed WRONGTYPE on every try: the settle waited for ever, and no channel published anything."""
+        out: dict[str, int] = {}
+        for channel in channels:
+            try:
+                out[channel] = await self._store.last_version(channel)
+            except ResponseError as exc:
+                if not str(exc).startswith("WRONGTYPE"):
+                    raise
+                self._put(channel, self._store.stream(channel))
+        return out
+
+    def _put(self, channel: str, key: str) -> None:
+        self._until[channel] = self._clock.now_ms() + RECHECK_MS
+        log.error("channel %s set aside: its key %s holds another type; its updates wait, the other "
+                  "channels publish", channel, key,
+                  extra={"event": "channel_set_aside", "channel": channel, "key": key})
 
     async def recheck(self, channels: Iterable[str]) -> None:
         """Each channel set aside whose time came is written again if its keys are writable now; one no

@@ -350,7 +350,7 @@ class ChannelDesk:
 
         async def fence_and_read() -> dict[str, int]:
             await self.store.fence()
-            return {name: await self.store.last_version(name) for name in names}
+            return await self._aside.last_versions(names)  # a stream key of another type: set aside, left out
         # Each failed try counts as a failed write: a settle that cannot fence publishes nothing, for
         # as long as it lasts, and the alert on the failures' rate must see it (and the log say why).
         last = await retry_until_done(fence_and_read, STORAGE_ERRORS, DESK_RETRY, settle_noted(
@@ -359,7 +359,7 @@ class ChannelDesk:
         for name, feed, updates in taken:
             if not updates:
                 continue
-            top = last.get(name, 0)  # set aside: refused, nothing landed
+            top = last.get(name, 0)  # set aside: refused, or its stream gone (given back: written again)
             landed = [] if refused else [u for u in updates if u.version <= top]  # one script call: all or none
             feed.confirm(landed)
             self._observe(name, landed, now)
