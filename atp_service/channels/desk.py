@@ -292,7 +292,8 @@ class ChannelDesk:
         """C2: stock-outs and changes past their throttle go out between a round's slices (``UrgentWrites``); none once
         the desk stops (a write it cancelled half-way left its updates taken: the round's ``finally`` only offers)."""
         if (task := asyncio.current_task()) is None or not task.cancelling():
-            self._urgent.between_slices(*due_now(self.feeds.values(), self.clock.now_ms()))
+            feeds = [feed for name, feed in self.feeds.items() if name not in self._aside]  # its due: never written
+            self._urgent.between_slices(*due_now(feeds, self.clock.now_ms()))
 
     def _offer(self, offers: Sequence[Offer]) -> None:
         now = self.clock.now_ms()

@@ -15,6 +15,7 @@ from atp_client import AtpClient
 from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.aside import RECHECK_MS
 from atp_service.storage.channel_store import _WRITE
+from atp_service.tasks import cancel_and_wait
 from tests.atp_service.channel_helpers import fact, stream_updates, wait_for_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import ServiceFactory
@@ -95,3 +96,30 @@ async def test_a_channel_whose_stream_key_turned_another_type_while_its_write_wa
             await client.close()
         await service.stop(grace_s=0.1)
         await proxy.close()
+
+
+async def test_a_channel_set_aside_starts_no_write_between_a_rounds_slices(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str, caplog: Any) -> None:
+    """Its updates are due for good and none is written: counted as due between slices, each started a write
+    taking nothing for it, spending the round's budget (``PUBLISH_WRITES_PER_ROUND``) on nothing, and the other
+    channels' changes due mid-round waited for the round's end."""
+    raw = aioredis.Redis.from_url(redis_url)
+    service, client = await start_service(clock=clock, estate=write_estate(tmp_path), input_streams=())
+    desk = service.channels
+    assert desk is not None
+    try:
+        await raw.set("atp:{avail}:market", "not the service's")
+        with caplog.at_level(logging.INFO):
+            await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)])
+            await wait_for_updates(redis_url, "web", 1)
+            await until(lambda: any(getattr(r, "event", "") == "channel_set_aside" for r in caplog.records),
+                        "market set aside")
+        assert desk.feeds["market"].pending and desk.feeds["market"].stockouts_pending == 0
+        await until(lambda: not desk.feeds["web"].pending, "web's update written")
+        assert desk.task is not None
+        await cancel_and_wait(desk.task)  # its loop still: the round below is the test's alone
+        desk._urgent.begin_round(4)
+        desk._due_between_slices()
+        assert desk._urgent._task is None  # nothing due but market's: no write started
+    finally:
+        await raw.aclose()
