@@ -91,22 +91,24 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
             for n, result in zip(moved[owner], answer.results, strict=True):
                 out[n] = result
         if refused:  # R7: a part in doubt is told first, whatever another owner answered
-            raise _told(told_first(refused), out)
+            raise _told(told_first(refused), out, refused)
     response = pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
     _check_answer_fits(response, len(out), max_message_bytes)
     return response
 
 
-def _told(refusal: DomainError | Relayed, out: Sequence[pb.FactResult | None]) -> DomainError | Relayed:
+def _told(refusal: DomainError | Relayed, out: Sequence[pb.FactResult | None],
+          refused: Sequence[DomainError | Relayed] = ()) -> DomainError | Relayed:
     """The refusal of some of the call's facts (a shard's, or an owner's), as the caller is told it: unchanged
     when no other fact was recorded; else saying, in words and in ``ErrorInfo`` metadata, what was — a refusal
     is no "nothing applied" for the call (the shed reasons' own words) once other facts are durable. An
-    owner's refusal after its own shards recorded some counts those (it says so: ``facts_recorded``)."""
+    owner's refusal after its own shards recorded some counts those (it says so: ``facts_recorded``), every
+    refusing owner's (``refused``), not only the one told: another's would read as nothing done."""
     recorded = [answer for answer in out if answer is not None and answer.outcome != pb.FACT_OUTCOME_INVALID]
     applied = sum(answer.outcome == pb.FACT_OUTCOME_APPLIED for answer in recorded)
     own = refusal.details if isinstance(refusal, Relayed) else refusal.message
-    peers_recorded, peers_applied = _recorded_before(refusal)
-    total, applied = len(recorded) + peers_recorded, applied + peers_applied
+    peers = [_recorded_before(one) for one in refused]
+    total, applied = len(recorded) + sum(n for n, _ in peers), applied + sum(n for _, n in peers)
     if not total or isinstance(refusal, Moved):
         return refusal
     facts = {"facts_recorded": str(total), "facts_applied": str(applied), "facts_not_recorded": str(len(out) - total)}

@@ -176,6 +176,41 @@ async def test_facts_split_by_owner_refused_by_one_say_what_the_others_recorded(
     assert "2 of the call's 3 facts were recorded (2 applied)" in refusal.message, refusal
 
 
+async def test_facts_refused_by_two_owners_count_what_each_recorded(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four facts: one of an owner that cannot be reached (told: the first refusal), two of an owner whose
+    shard sheds one after another of its shards applied the other (its refusal says it recorded one), one
+    applied here. The call's refusal counts the second owner's fact too, whichever owner's refusal is told:
+    said as one recorded of four, a caller read the other owner's part as nothing done."""
+    a, a_address, b, b_address = pair
+    assert a.desk is not None and b.desk is not None
+    gone_sku, there_sku, shed_sku, here_sku = skus_on_groups(a.config.shards, 4)
+    record_here, record_there = a.desk.record, b.desk.record
+
+    async def split(facts: Any, origin: str) -> list[Any]:
+        here = iter(await record_here([f for f in facts if f.sku == here_sku], origin))
+        return [next(here) if f.sku == here_sku else
+                Moved(place(f.sku, a.config.shards), GONE if f.sku == gone_sku else b_address, epoch=1) for f in facts]
+
+    async def shedding(facts: Any, origin: str) -> list[Any]:
+        there = iter(await record_there([f for f in facts if f.sku != shed_sku], origin))
+        return [ResourceExhausted("shard shed it", Reason.SHARD_OVERLOADED) if f.sku == shed_sku else next(there)
+                for f in facts]
+
+    monkeypatch.setattr(a.desk, "record", split)
+    monkeypatch.setattr(b.desk, "record", shedding)
+    facts = [receipt(f"f{n}", sku, "L", 3 + n, a.clock.now_ms() - 1000)
+             for n, sku in enumerate((gone_sku, there_sku, shed_sku, here_sku))]
+    async with AtpClient(a_address, token=TOKEN, timeout_s=ANSWER_BOUND_S) as client, \
+            AtpClient(b_address, token=TOKEN, timeout_s=5) as at_b:
+        refusal = await refused(client.record_events(facts))
+        assert (await on_hand(at_b, there_sku, "L"), await on_hand(client, here_sku, "L")) == (4, 6)
+    assert refusal.code == grpc.StatusCode.UNAVAILABLE and refusal.reason != "OUTCOME_UNKNOWN", refusal
+    assert {k: refusal.metadata.get(k) for k in ("facts_recorded", "facts_applied", "facts_not_recorded")} == \
+        {"facts_recorded": "2", "facts_applied": "2", "facts_not_recorded": "2"}, refusal
+    assert "2 of the call's 4 facts were recorded (2 applied)" in refusal.message, refusal
+
+
 async def test_facts_of_shards_here_are_in_doubt_when_one_shard_was_whatever_another_answered(
         pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two facts of two shards of the process that took the call: the first shard shed its fact
