@@ -5,7 +5,8 @@ it, one call per owner with just its facts (``Forwarder.forward_facts``). A fact
 shard refuses the whole call - one in doubt (``OUTCOME_UNKNOWN``) before any other, by a shard or an
 owner (R7) - and some facts may be durable already, which the refusal then says (``_told``): a retry of
 the call is safe (E8: each fact is applied once, by its identity). A caller to be redirected (it routes by itself,
-or the call was forwarded already) is redirected before any fact is applied.
+or the call was forwarded already) is redirected before any fact is applied — unless a group is handed
+over after that check and before its shard takes the fact: the ``GROUP_MOVED`` then says what was recorded.
 
 Facts read from the input streams take the same way to their owners (``fact_sender``), carrying
 the peer token, as the input streams' reader is no caller with a token of its own.
@@ -83,18 +84,29 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
     if refusals:  # some facts may be durable already (a retry of the call is safe, E8); one in doubt is told (R7)
         raise _told(told_first(refusals), out)
     if elsewhere is not None:
-        refused: list[DomainError | Relayed] = []
-        for owner, answer in (await forwarder.forward_facts(request, moved, context, elsewhere)).items():
-            if isinstance(answer, (DomainError, Relayed)):
-                refused.append(answer)
-                continue
-            for n, result in zip(moved[owner], answer.results, strict=True):
-                out[n] = result
-        if refused:  # R7: a part in doubt is told first, whatever another owner answered
-            raise _told(told_first(refused), out, refused)
+        await _forward(request, context, forwarder, moved, elsewhere, out)
     response = pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
     _check_answer_fits(response, len(out), max_message_bytes)
     return response
+
+
+async def _forward(request: pb.RecordEventsRequest, context: Any, forwarder: Forwarder, moved: dict[str, list[int]],
+                   elsewhere: Moved, out: list[pb.FactResult | None]) -> None:
+    """The facts of other owners' groups (``moved``: their indexes by owner) sent on, their answers put in
+    ``out``; any owner's refusal refuses the call, saying what the call recorded (``_told``)."""
+    refused: list[DomainError | Relayed] = []
+    try:
+        answers = await forwarder.forward_facts(request, moved, context, elsewhere)
+    except Moved as redirected:  # handed over since ``_redirect_first``: the facts recorded here are told
+        raise _told(redirected, out) from None
+    for owner, answer in answers.items():
+        if isinstance(answer, (DomainError, Relayed)):
+            refused.append(answer)
+            continue
+        for n, result in zip(moved[owner], answer.results, strict=True):
+            out[n] = result
+    if refused:  # R7: a part in doubt is told first, whatever another owner answered
+        raise _told(told_first(refused), out, refused)
 
 
 def _told(refusal: DomainError | Relayed, out: Sequence[pb.FactResult | None],
@@ -109,7 +121,7 @@ def _told(refusal: DomainError | Relayed, out: Sequence[pb.FactResult | None],
     own = refusal.details if isinstance(refusal, Relayed) else refusal.message
     peers = [_recorded_before(one) for one in refused]
     total, applied = len(recorded) + sum(n for n, _ in peers), applied + sum(n for _, n in peers)
-    if not total or isinstance(refusal, Moved):
+    if not total:  # a ``Moved`` too: "nothing applied by this try" holds only then
         return refusal
     facts = {"facts_recorded": str(total), "facts_applied": str(applied), "facts_not_recorded": str(len(out) - total)}
     message = _NOTE.sub("", own) + (

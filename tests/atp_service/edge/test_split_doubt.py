@@ -211,6 +211,39 @@ async def test_facts_refused_by_two_owners_count_what_each_recorded(
     assert "2 of the call's 4 facts were recorded (2 applied)" in refusal.message, refusal
 
 
+@pytest.mark.parametrize("owner", ["b", ""])
+async def test_facts_of_a_group_moved_while_others_were_recorded_are_told_moved_with_the_counts(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch, owner: str) -> None:
+    """Two facts of a caller that routes by itself: one recorded here, the other's group handed over (to the
+    second process, or to none yet) after the call was checked for redirects and before its shard took it.
+    ``GROUP_MOVED`` says "nothing was applied by this try": told bare, the caller read the first fact as not
+    recorded. It keeps its status, reason and ``atp-moved``, and says what was recorded."""
+    a, a_address, _, b_address = pair
+    assert a.desk is not None
+    here_sku, moved_sku = skus_on_groups(a.config.shards, 2)
+    record = a.desk.record
+    to = b_address if owner else ""
+
+    async def split(facts: Any, origin: str) -> list[Any]:
+        here = iter(await record([f for f in facts if f.sku == here_sku], origin))
+        return [next(here) if f.sku == here_sku else Moved(place(f.sku, a.config.shards), to, epoch=1) for f in facts]
+
+    monkeypatch.setattr(a.desk, "record", split)
+    facts = [receipt(f"f{n}", sku, "L", 3 + n, a.clock.now_ms() - 1000) for n, sku in enumerate((here_sku, moved_sku))]
+    async with AtpClient(a_address, token=TOKEN, timeout_s=ANSWER_BOUND_S) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.stub.RecordEvents(pb.RecordEventsRequest(events=facts),
+                                           metadata=(("atp-routing", "redirect"),))
+        assert await on_hand(client, here_sku, "L") == 3
+    refusal = typed(err.value).refusal
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "GROUP_MOVED"), refusal
+    assert refusal.metadata.get("owner") == to, refusal
+    assert {k: refusal.metadata.get(k) for k in ("facts_recorded", "facts_applied", "facts_not_recorded")} == \
+        {"facts_recorded": "1", "facts_applied": "1", "facts_not_recorded": "1"}, refusal
+    assert "1 of the call's 2 facts were recorded (1 applied)" in refusal.message, refusal
+    assert "atp-moved" in dict(err.value.trailing_metadata())  # type: ignore[arg-type]
+
+
 async def test_facts_of_shards_here_are_in_doubt_when_one_shard_was_whatever_another_answered(
         pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two facts of two shards of the process that took the call: the first shard shed its fact
