@@ -9,6 +9,7 @@ from ._bucket import TokenBucket
 from ._bulk import CountRows
 from ._curation import ChannelRules, curate, network_available, zero_through
 from ._errors import (
+    GIVEN_UP,
     AlreadyExists,
     DomainError,
     FailedPrecondition,
@@ -61,6 +62,7 @@ from ._validate import (
 )
 
 __all__ = [
+    "GIVEN_UP",
     "MADE",
     "OUTGOING_KINDS",
     "TERMINAL",

@@ -57,7 +57,9 @@ class Reason(IntEnum):
     """The estate file cannot be used (or channels were off at start): nothing changed."""
     SHARD_OVERLOADED = 18
     """A shard's queue is full or too slow: shed at once, nothing of that shard's part applied (a RecordEvents
-    or LoadCounts spanning shards says what the others recorded); retry after the delay."""
+    or LoadCounts spanning shards says what the others recorded; an order spanning groups refused so was not
+    opened, but one whose later step was shed is ``OUTCOME_UNKNOWN``: its other parts may hold); retry after
+    the delay."""
     SERVICE_OVERLOADED = 19
     """The service's event loop runs late: shed at the door, nothing applied; retry after the delay."""
     CAPACITY_REACHED = 20
@@ -66,7 +68,9 @@ class Reason(IntEnum):
     watches or reserve streams, open health watch and reflection streams (``max_open_service_streams``));
     it frees as reservations end or retention forgets them, or as watches and streams close. A stream
     already open ends so with ``limit`` ``stream_stall_s`` when its caller stopped reading: call again,
-    resuming a watch from the last version seen."""
+    resuming a watch from the last version seen. An order spanning groups given up for it says so (metadata
+    ``given_up`` = ``true``): a retry of its id answers the same for good (no retry delay, gRPC told not to
+    retry it): reserve again under a new id."""
     OUTCOME_UNKNOWN = 21
     """R7: the change is not known to be durable; retry with the same ids to learn what was decided."""
     STORAGE_UNREACHABLE = 22
@@ -100,6 +104,11 @@ _STATE_REASONS = {
     "FULFILLED": Reason.RESERVATION_FULFILLED,
     "HELD": Reason.RESERVATION_NOT_CONFIRMED,
 }
+
+
+GIVEN_UP = "given_up"
+"""``DomainError.metadata`` key ("true") of the refusal an order spanning groups was given up for: a retry of its
+id answers the same refusal for good (R5), so no retry of it can help — reserve again under a new id."""
 
 
 class DomainError(Exception):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from . import _operations as ops
-from ._errors import DomainError, Reason, ResourceExhausted
+from ._errors import GIVEN_UP, DomainError, Reason, ResourceExhausted
 from ._limits import Limits
 from ._model import (
     Fact,
@@ -201,13 +201,13 @@ def lost_parts(order: Reservation, found: Mapping[int, Reservation], now: int, l
 
 def abandoned(order: Reservation, now: int, refusal: DomainError | None = None) -> Reservation:
     """An order still undecided when its TTL passed, or given up because a part was refused (``refusal``;
-    its parts that held units are released): expired, nothing granted. The refusal is recorded, so that a
-    retry of the id answers it (``replayed``, R5)."""
+    its parts that held units are released): expired, nothing granted. The refusal is recorded, marked ``GIVEN_UP``
+    (no retry of the id can help), so that a retry of the id answers it (``replayed``, R5)."""
     lines = tuple(LineRecord(line.sku, line.location, line.requested, 0, Outcome.NOT_ATTEMPTED, 0)
                   for line in order.lines)
     recorded = dict(order.ops)
     if refusal is not None:
-        metadata = {str(k): str(v) for k, v in refusal.metadata.items()}  # read back as strings (``refused_again``)
+        metadata = {str(k): str(v) for k, v in refusal.metadata.items()} | {GIVEN_UP: "true"}  # read back as strings
         recorded[REFUSED] = msgspec.json.encode(
             (refusal.reason.name, [str(f) for f in refusal.fields], metadata, refusal.message)).decode()
     return msgspec.structs.replace(order, state=State.EXPIRED, lines=lines, expires_at=0, updated_at=now,
@@ -222,7 +222,8 @@ def replayed(order: Reservation, parts: Mapping[int, Reservation]) -> Reservatio
         raise refused_again(kept)
     limit, mark, message = order.ops.get(CAPACITY_REFUSED, "").partition(PART_MARK)
     if mark:
-        raise ResourceExhausted(message, Reason.CAPACITY_REACHED, metadata={"limit": limit} if limit else None)
+        raise ResourceExhausted(message, Reason.CAPACITY_REACHED, metadata=({"limit": limit} if limit else {}) | {
+            GIVEN_UP: "true"})
     return view(order, parts)
 
 

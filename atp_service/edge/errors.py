@@ -25,7 +25,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
 from atp_client import MOVED_KEY, Refusal
-from reservation import DomainError, FailedPrecondition, Moved, Reason
+from reservation import GIVEN_UP, DomainError, FailedPrecondition, Moved, Reason
 
 DOMAIN = "atp.v1"
 """``ErrorInfo.domain``: the API the reasons belong to."""
@@ -69,6 +69,9 @@ NOT_RETRIED_BY_GRPC = frozenset({Reason.OUTCOME_UNKNOWN})
 """Retryable, but by the caller: a change in doubt is learnt by retrying with the same ids, and an
 automatic retry's answer (the shard refusing while it settles) would hide that it was in doubt."""
 
+RETRIED_BY_GRPC = frozenset({S.UNAVAILABLE, S.RESOURCE_EXHAUSTED, S.CANCELLED})
+"""The statuses the published retry policy has gRPC retry by itself (``atp_client/service_config.json``)."""
+
 DETAILS_KEY = "grpc-status-details-bin"
 SERVING_KEY = "atp-serving"
 """With ``GROUP_MOVED`` for a reservation a process does not hold: the groups it answers for now."""
@@ -83,7 +86,9 @@ def retry_delay_ms(exc: DomainError) -> int | None:
     """How long to wait before retrying this refusal: the table's delay, jittered (0.5-1.5x) so
     that callers shed together do not all come back at once. None: do not retry it."""
     base = STATUS[exc.reason][1]
-    return None if base is None else max(1, round(base * (0.5 + random.random())))
+    if base is None or exc.metadata.get(GIVEN_UP):  # an order given up: its id answers the same for good (R5)
+        return None
+    return max(1, round(base * (0.5 + random.random())))
 
 
 def carried_status(code: grpc.StatusCode, message: str, trailers: Iterable[tuple[str, Any]]) -> status_pb2.Status:
@@ -131,7 +136,9 @@ def trailers_of(exc: DomainError, remaining_s: float | None = None) -> tuple[tup
     delay longer than the call has left (the caller would get a bare DEADLINE_EXCEEDED)."""
     delay_ms = retry_delay_ms(exc)
     out: tuple[tuple[str, Any], ...] = ((DETAILS_KEY, rich_status(exc, delay_ms).SerializeToString()),)
-    if delay_ms is not None:
+    if exc.metadata.get(GIVEN_UP) and STATUS[exc.reason][0] in RETRIED_BY_GRPC:
+        out += ((PUSHBACK_KEY, "-1"),)  # gRPC's own retry of it would be answered the same
+    elif delay_ms is not None:
         late = remaining_s is not None and delay_ms / 1000 >= remaining_s
         out += ((PUSHBACK_KEY, "-1" if late or exc.reason in NOT_RETRIED_BY_GRPC else str(delay_ms)),)
     if isinstance(exc, Moved):

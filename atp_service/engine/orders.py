@@ -207,6 +207,7 @@ class Orders:
             if not isinstance(exc, Unavailable):  # refused by a rule: a part's id taken by other content (Redis
                 expired = await self._abandon(order, home, exc)  # lost its order), its group full: nothing held
                 await self._save(home, orders.settled(expired, self._engine.now_at(home)), over=expired)
+                raise orders.refused_again(expired.ops[orders.REFUSED]) from None  # told as a retry is (R5)
             raise
         decided, release = orders.decide(order, parts, self._engine.now_at(home))
         if release:
@@ -256,8 +257,7 @@ class Orders:
         return order, parts
 
     async def _settle(self, order_id: str, home: int) -> Reservation:
-        """The order with whatever it had pending carried through (a reserve decided, a change
-        applied by every part)."""
+        """The order with whatever it had pending carried through (a reserve decided, a change applied)."""
         order = await self._on(home, lambda ledger, _now: ledger.reservation(order_id))
         if order is None or not order.is_order:
             raise NotFound(f"reservation_id: no reservation {order_id!r}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from atp_client import RetryPolicy
 from atp_client._client import SERVICE_CONFIG
 from atp_service.edge.api_doc import rewrite
+from atp_service.edge.errors import RETRIED_BY_GRPC
 
 
 def test_the_generated_parts_of_the_api_doc_are_current(project_root: Path) -> None:
@@ -22,4 +23,5 @@ def test_the_default_retry_policy_is_the_published_service_config() -> None:
     assert RetryPolicy().service_config() == published == SERVICE_CONFIG
     policy = published["methodConfig"][0]["retryPolicy"]
     assert set(policy["retryableStatusCodes"]) == {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED"}
+    assert {code.name for code in RETRIED_BY_GRPC} == set(policy["retryableStatusCodes"])
     assert policy["maxAttempts"] <= 5  # gRPC's cap: a larger value is silently lowered

@@ -10,6 +10,7 @@ from google.rpc import error_details_pb2, status_pb2
 from atp_client import Refusal
 from atp_service.edge.errors import DOMAIN, STATUS, rich_status, status_of, trailers_of
 from reservation import (
+    GIVEN_UP,
     AlreadyExists,
     DomainError,
     FailedPrecondition,
@@ -123,6 +124,20 @@ def test_shed_load_says_when_to_retry_in_the_details_and_to_grpc_itself() -> Non
         delays.add(refusal.retry_delay_s)
     assert len(delays) > 10  # callers shed together do not all come back at once
     assert "grpc-retry-pushback-ms" not in dict(trailers_of(NotFound("no reservation")))
+
+
+def test_the_refusal_an_order_was_given_up_for_says_no_retry_of_its_id_can_help() -> None:
+    """An order spanning groups refused CAPACITY_REACHED (a part's group full) is given up, and a retry of its
+    id answers the same refusal for good (R5): told "retry in a second" (RetryInfo, and gRPC's own retry told
+    so), a caller following it asked again for hours, until retention forgot the order."""
+    given_up = ResourceExhausted("shard 1: full", Reason.CAPACITY_REACHED,
+                                 metadata={"limit": "max_live_reservations_per_shard", GIVEN_UP: "true"})
+    trailers = dict(trailers_of(given_up, remaining_s=10))
+    assert trailers["grpc-retry-pushback-ms"] == "-1"
+    refusal = Refusal.from_trailers(grpc.StatusCode.RESOURCE_EXHAUSTED, "", trailers.items())
+    assert (refusal.reason, refusal.retry_delay_s, refusal.metadata[GIVEN_UP]) == ("CAPACITY_REACHED", None, "true")
+    full = ResourceExhausted("shard 1: full", Reason.CAPACITY_REACHED)  # a one-group Reserve: room may free
+    assert Refusal.from_trailers(grpc.StatusCode.RESOURCE_EXHAUSTED, "", trailers_of(full)).retry_delay_s
 
 
 def test_grpc_does_not_retry_an_outcome_in_doubt_nor_past_the_deadline() -> None:

@@ -14,6 +14,7 @@ import pytest
 from atp_service.engine import orders as orders_module
 from atp_service.engine import parts as engine_parts
 from reservation import (
+    GIVEN_UP,
     DomainError,
     Fact,
     FactKind,
@@ -440,7 +441,7 @@ async def test_an_order_whose_part_s_group_is_full_is_refused_capacity_reached_h
     with pytest.raises(ResourceExhausted) as refused:
         await rig.run(engine.reserve(rig.cmd("o1")))
     assert refused.value.reason == Reason.CAPACITY_REACHED, refused.value
-    assert refused.value.metadata == {"limit": "max_live_reservations_per_shard"}
+    assert refused.value.metadata == {"limit": "max_live_reservations_per_shard", GIVEN_UP: "true"}  # for good
     assert rig.quantities() == [(0, 0), (2, 0)], "the part in group 0 still holds its units"
     assert not engine.orders.unsettled, "left pending for housekeeping to ask the full group again"
     assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED  # nothing of it held
