@@ -371,8 +371,10 @@ async def test_an_exchange_of_no_commands_answers_at_once(redis_url: str) -> Non
 
 async def test_a_wait_for_replicas_has_its_own_timeout_on_top_of_the_exchanges(redis_url: str) -> None:
     """``WAIT`` may take its whole timeout on the server: the exchange's deadline leaves it that
-    long beyond the socket timeout, so a short wait ends ``NotReplicated``, not timed out."""
-    nodes = open_nodes(redis_url, 0.3, wait_replicas=1, wait_timeout_ms=600)
+    long beyond the socket timeout, so a short wait ends ``NotReplicated``, not timed out. The socket timeout
+    is the margin between WAIT's answer and that deadline: a process stalled past it finds both due in one
+    pass of the event loop and the deadline runs first (the write then in doubt, settled: R7)."""
+    nodes = open_nodes(redis_url, 1.5, wait_replicas=1, wait_timeout_ms=3000)
     try:
         (reply,) = await nodes.run([echo("landed")])
         assert isinstance(reply, NotReplicated), reply
