@@ -6,9 +6,9 @@ replica holds it, so a failover to that replica loses nothing acknowledged."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -21,6 +21,7 @@ from atp_service.storage.nodes import open_nodes
 SHARDS = 6
 ACKED_AFTER_FAILOVER = 20
 """Entries per shard acknowledged after the failover before the test stops writing."""
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ async def test_a_primary_killed_under_load_loses_nothing_acknowledged(cluster: E
     store = LogStore(nodes, "t:", pipeline_max=64)
     writer = Writer(store)
     try:
-        await store.claim(SHARDS)
+        await _answered(lambda: store.claim(SHARDS))
         victim = _primary_of(cluster, store, 0)
         for _ in range(5):
             await asyncio.gather(*(writer.append(s) for s in range(SHARDS)))
@@ -72,10 +73,28 @@ async def test_a_primary_killed_under_load_loses_nothing_acknowledged(cluster: E
         await restart
         assert writer.failures > 0, "the kill was felt"
         for shard in range(SHARDS):
-            seqs = [seq async for seq, _ in store.entries_after(shard, 0)]
+            seqs = await _answered(lambda shard=shard: _seqs(store, shard))  # type: ignore[misc]
             assert seqs == list(range(1, writer.acked[shard] + 1)), f"shard {shard}: acknowledged entries lost"
     finally:
         await nodes.aclose()
+
+
+async def _answered(call: Callable[[], Awaitable[T]], bound_s: float = 60.0) -> T:
+    """``call()`` — one that may be sent again: a claim (the service sends its own again until it is
+    answered), a read — until Redis answers it, within ``bound_s``. A process stalled past the 1 s Redis
+    timeout (a busy machine) finds the reply and the deadline due together, and the deadline may win."""
+    deadline = asyncio.get_running_loop().time() + bound_s
+    while True:
+        try:
+            return await call()
+        except STORAGE_ERRORS:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def _seqs(store: LogStore, shard: int) -> list[int]:
+    return [seq async for seq, _ in store.entries_after(shard, 0)]
 
 
 def _primary_of(cluster: EmbeddedCluster, store: LogStore, shard: int) -> EmbeddedRedis:
@@ -91,7 +110,9 @@ async def test_a_settle_waits_out_a_cluster_no_node_of_which_answers(tmp_path: P
     # appendfsync always: with everysec, Redis postpones its AOF write while a background fsync
     # runs late (a busy disk), so an acknowledged entry may not be written yet when kill -9 comes.
     with EmbeddedCluster(tmp_path / "one", primaries=1, replicas=0, appendfsync="always") as alone:
-        store = LogStore(open_nodes(alone.url, 0.5, cluster=True), "t:", pipeline_max=64)
+        # A generous Redis timeout: the node is killed, so each call is refused at once and the timeout plays no
+        # part; a short one (0.5 s) failed the setup's claim when the process stalled past it (a busy machine).
+        store = LogStore(open_nodes(alone.url, 5.0, cluster=True), "t:", pipeline_max=64)
         try:
             await store.claim(2)
             await store.submit(0, 1, b"one")
