@@ -22,6 +22,8 @@ from atp_client._errors import stream_not_accepted, stream_unanswered
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 Source = AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
+STALL_SLACK_S = 0.05
+"""How late a wait may return before the lateness counts as this process stalled, not the service silent."""
 ACCEPTED_KEY = "atp-accepted"
 """Initial metadata of a ``ReserveStream`` the service has accepted (its headers, sent at once). A
 refusal at the start comes without it: as a status alone, which grpcio may hand over after the
@@ -46,6 +48,7 @@ class Batches:
         self.failure: Exception | None = None
         self._sent: deque[float] = deque()  # monotonic send time of each batch not answered yet
         self._answered_at = float("-inf")  # monotonic time of the last answer: the service's last word
+        self._stalled_s = 0.0  # time since then this process did not run (``_until_read``): not the service silent
         self._more = asyncio.get_running_loop().create_future()  # resolved when a batch is sent
         self._call: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._opened_at = float("inf")
@@ -98,7 +101,7 @@ class Batches:
                 return
             if self._sent:
                 self._sent.popleft()
-            self._answered_at = time.monotonic()
+            self._answered_at, self._stalled_s = time.monotonic(), 0.0
             yield answer
 
     async def _until_read(self, read: asyncio.Future[Any], answer_timeout_s: float) -> None:
@@ -114,10 +117,17 @@ class Batches:
                     self._more = asyncio.get_running_loop().create_future()
                 await asyncio.wait({read, self._more}, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            left = max(self._sent[0], self._answered_at) + answer_timeout_s - time.monotonic()
+            asked = time.monotonic()
+            left = max(self._sent[0], self._answered_at) + answer_timeout_s + self._stalled_s - asked
             if left <= 0:
                 raise stream_unanswered(len(self._sent), answer_timeout_s)
             await asyncio.wait({read}, timeout=left)
+            # Back later than asked: this process did not run for a while (a collection, a starved CPU, the caller's
+            # own blocking work), and an answer that came then is not read yet — the timeout ran first. The wait is
+            # no silence of the service (when in it the stall began is not known): it ended streams the service
+            # answered all along, every batch in doubt.
+            now = time.monotonic()
+            self._stalled_s += now - asked if now - asked - left > STALL_SLACK_S else 0.0
 
 
 __all__ = ["ACCEPTED_KEY", "Batches", "Source", "accepted"]

@@ -250,6 +250,27 @@ async def test_a_stream_the_service_keeps_answering_is_not_ended_however_many_ba
     assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * batches
 
 
+async def test_a_stream_is_not_ended_by_a_stall_of_the_callers_own_process(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process stalls past the answer bound (a long collection, a starved CPU; here the in-process service
+    blocking the event loop) while a batch waits: when it runs again, the bound's timer ran before the answer
+    was read, and the stream ended DEADLINE_EXCEEDED, the batch in doubt, though the service was never silent.
+    Time this process did not run is no silence of the service."""
+    service, _ = await start_service()
+    assert service.engine is not None
+    decide = service.engine.reserve_many
+
+    async def after_a_stall(cmds: Any) -> Any:
+        time.sleep(1.5)  # noqa: ASYNC251 -- the stall itself: the whole process, client and service, held
+        return await decide(cmds)
+
+    monkeypatch.setattr(service.engine, "reserve_many", after_a_stall)
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=0.5) as client:
+        await client.record_events([receipt("in", "A", "DC", 2)])
+        answers = await _drain(client.reserve_stream([[item("stalled-1")], [item("stalled-2")]]))
+    assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * 2
+
+
 async def test_a_stream_refused_after_bare_headers_is_written_nothing_and_told_the_refusal() -> None:
     """grpcio may hand over a refusal's (empty) headers before its status: the first batch, written
     as soon as any headers came, raced the refusal again. Only headers carrying ``ACCEPTED_KEY`` open
