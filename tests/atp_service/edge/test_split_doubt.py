@@ -158,12 +158,8 @@ async def test_facts_split_by_owner_refused_by_one_say_what_the_others_recorded(
     gone_sku, there_sku, here_sku = skus_on_groups(a.config.shards, 3)
     record = a.desk.record
 
-    async def split(facts: Any, origin: str) -> list[Any]:
-        here = iter(await record([f for f in facts if f.sku == here_sku], origin))
-        return [next(here) if f.sku == here_sku else
-                Moved(place(f.sku, a.config.shards), GONE if f.sku == gone_sku else b_address, epoch=1) for f in facts]
-
-    monkeypatch.setattr(a.desk, "record", split)
+    monkeypatch.setattr(a.desk, "record", split_by_owner(record, here_sku, a.config.shards,
+                                                         lambda sku: GONE if sku == gone_sku else b_address))
     facts = [receipt(f"f{n}", sku, "L", 3 + n, a.clock.now_ms() - 1000) for n, sku in enumerate((gone_sku, there_sku,
                                                                                                   here_sku))]
     async with AtpClient(a_address, token=TOKEN, timeout_s=ANSWER_BOUND_S) as client, \
@@ -171,9 +167,7 @@ async def test_facts_split_by_owner_refused_by_one_say_what_the_others_recorded(
         refusal = await refused(client.record_events(facts))
         assert (await on_hand(at_b, there_sku, "L"), await on_hand(client, here_sku, "L")) == (4, 5)
     assert refusal.code == grpc.StatusCode.UNAVAILABLE and refusal.reason != "OUTCOME_UNKNOWN", refusal
-    assert {k: refusal.metadata.get(k) for k in ("facts_recorded", "facts_applied", "facts_not_recorded")} == \
-        {"facts_recorded": "2", "facts_applied": "2", "facts_not_recorded": "1"}, refusal
-    assert "2 of the call's 3 facts were recorded (2 applied)" in refusal.message, refusal
+    assert_told_recorded(refusal, 2, 2, 3)
 
 
 async def test_facts_refused_by_two_owners_count_what_each_recorded(
@@ -187,17 +181,13 @@ async def test_facts_refused_by_two_owners_count_what_each_recorded(
     gone_sku, there_sku, shed_sku, here_sku = skus_on_groups(a.config.shards, 4)
     record_here, record_there = a.desk.record, b.desk.record
 
-    async def split(facts: Any, origin: str) -> list[Any]:
-        here = iter(await record_here([f for f in facts if f.sku == here_sku], origin))
-        return [next(here) if f.sku == here_sku else
-                Moved(place(f.sku, a.config.shards), GONE if f.sku == gone_sku else b_address, epoch=1) for f in facts]
-
     async def shedding(facts: Any, origin: str) -> list[Any]:
         there = iter(await record_there([f for f in facts if f.sku != shed_sku], origin))
         return [ResourceExhausted("shard shed it", Reason.SHARD_OVERLOADED) if f.sku == shed_sku else next(there)
                 for f in facts]
 
-    monkeypatch.setattr(a.desk, "record", split)
+    monkeypatch.setattr(a.desk, "record", split_by_owner(record_here, here_sku, a.config.shards,
+                                                         lambda sku: GONE if sku == gone_sku else b_address))
     monkeypatch.setattr(b.desk, "record", shedding)
     facts = [receipt(f"f{n}", sku, "L", 3 + n, a.clock.now_ms() - 1000)
              for n, sku in enumerate((gone_sku, there_sku, shed_sku, here_sku))]
@@ -206,9 +196,7 @@ async def test_facts_refused_by_two_owners_count_what_each_recorded(
         refusal = await refused(client.record_events(facts))
         assert (await on_hand(at_b, there_sku, "L"), await on_hand(client, here_sku, "L")) == (4, 6)
     assert refusal.code == grpc.StatusCode.UNAVAILABLE and refusal.reason != "OUTCOME_UNKNOWN", refusal
-    assert {k: refusal.metadata.get(k) for k in ("facts_recorded", "facts_applied", "facts_not_recorded")} == \
-        {"facts_recorded": "2", "facts_applied": "2", "facts_not_recorded": "2"}, refusal
-    assert "2 of the call's 4 facts were recorded (2 applied)" in refusal.message, refusal
+    assert_told_recorded(refusal, 2, 2, 4)
 
 
 @pytest.mark.parametrize("owner", ["b", ""])
@@ -224,11 +212,7 @@ async def test_facts_of_a_group_moved_while_others_were_recorded_are_told_moved_
     record = a.desk.record
     to = b_address if owner else ""
 
-    async def split(facts: Any, origin: str) -> list[Any]:
-        here = iter(await record([f for f in facts if f.sku == here_sku], origin))
-        return [next(here) if f.sku == here_sku else Moved(place(f.sku, a.config.shards), to, epoch=1) for f in facts]
-
-    monkeypatch.setattr(a.desk, "record", split)
+    monkeypatch.setattr(a.desk, "record", split_by_owner(record, here_sku, a.config.shards, lambda _: to))
     facts = [receipt(f"f{n}", sku, "L", 3 + n, a.clock.now_ms() - 1000) for n, sku in enumerate((here_sku, moved_sku))]
     async with AtpClient(a_address, token=TOKEN, timeout_s=ANSWER_BOUND_S) as client:
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -238,9 +222,7 @@ async def test_facts_of_a_group_moved_while_others_were_recorded_are_told_moved_
     refusal = typed(err.value).refusal
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.UNAVAILABLE, "GROUP_MOVED"), refusal
     assert refusal.metadata.get("owner") == to, refusal
-    assert {k: refusal.metadata.get(k) for k in ("facts_recorded", "facts_applied", "facts_not_recorded")} == \
-        {"facts_recorded": "1", "facts_applied": "1", "facts_not_recorded": "1"}, refusal
-    assert "1 of the call's 2 facts were recorded (1 applied)" in refusal.message, refusal
+    assert_told_recorded(refusal, 1, 1, 2)
     assert "atp-moved" in dict(err.value.trailing_metadata())  # type: ignore[arg-type]
 
 
@@ -274,3 +256,22 @@ def test_the_refusal_told_is_one_in_doubt_else_the_first() -> None:
     assert told_first([definite, mine]) is definite
     assert told_first([definite, mine, lost]) is lost
     assert told_first([mine, owners]) is owners
+
+
+def split_by_owner(record: Any, here_sku: str, shards: int, owner_of: Any) -> Any:
+    """A ``FactDesk.record`` that records ``here_sku``'s facts here and answers every other fact ``Moved`` to
+    ``owner_of(sku)`` (as a group another process owns, or none: "")."""
+    async def split(facts: Any, origin: str) -> list[Any]:
+        here = iter(await record([f for f in facts if f.sku == here_sku], origin))
+        return [next(here) if f.sku == here_sku else Moved(place(f.sku, shards), owner_of(f.sku), epoch=1)
+                for f in facts]
+    return split
+
+
+def assert_told_recorded(refusal: Any, recorded: int, applied: int, facts: int) -> None:
+    """The refusal says, in ``ErrorInfo`` and in words, how many of the call's ``facts`` were recorded."""
+    assert {k: refusal.metadata.get(k) for k in ("facts_recorded", "facts_applied", "facts_not_recorded")} == \
+        {"facts_recorded": str(recorded), "facts_applied": str(applied), "facts_not_recorded": str(facts - recorded)}, \
+        refusal
+    assert f"{recorded} of the call's {facts} facts were recorded ({applied} applied)" in refusal.message, refusal
+
