@@ -68,7 +68,8 @@ def ended_as(service: Any, method: str, code: str) -> float | None:
 
 def stream_tasks() -> list[asyncio.Task[Any]]:
     """The servicer's own tasks still running (a stream's reader, its batches being decided)."""
-    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.startswith("AvailabilityServicer.")]
+    return [t for t in asyncio.all_tasks()  # an async generator's aclose (athrow) task has no qualified name
+            if getattr(t.get_coro(), "__qualname__", "").startswith("AvailabilityServicer.")]
 
 
 async def test_a_stream_cancelled_with_its_batches_queued_leaves_no_task_behind_R8(
