@@ -346,8 +346,9 @@ class ChannelDesk:
         published only once it is in the stream. A refusal (``WriteRefused``) changed nothing."""
         self.metrics.write_failed(write_failure_reason(error))
         log.warning("channel publish failed (%s); settling", error)
-        self._aside.note(error, [name for name, _, updates in taken if updates])
-        names = [name for name, _, updates in taken if updates and name not in self._aside]  # its key: unreadable
+        written = [name for name, _, updates in taken if updates]
+        self._aside.note(error, written)
+        names = [name for name in written if name not in self._aside]  # set aside: its key unreadable
 
         async def fence_and_read() -> dict[str, int]:
             await self.store.fence()
