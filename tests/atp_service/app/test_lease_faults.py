@@ -3,6 +3,7 @@ leases, a Redis that may evict leases, a give-back landing after the group was t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import open_nodes
+from atp_service.tasks import cancel_and_wait
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import ServiceFactory, services_on
 from tests.conftest import test_config as make_config
@@ -47,8 +49,8 @@ async def test_a_killed_process_stops_counting_as_a_member_when_its_leases_run_o
     await until(lambda: len(owned(survivor)) == len(owned(victim)) == 2, "the groups shared", 60)
     assert victim.membership is not None
     leases = [victim.membership.leases.key(g) for g in owned(victim)]
-    for task in victim.membership._tasks:  # kill -9, as Redis sees it: no renewal, no hand-over
-        task.cancel()
+    # kill -9, as Redis sees it: no renewal, no hand-over (each cancelled until it ended: one cancel can be lost)
+    await asyncio.gather(*(cancel_and_wait(task) for task in victim.membership._tasks))
     r = aredis.Redis.from_url(redis_url)
     try:
         holder = victim.membership.leases.holder
@@ -179,8 +181,8 @@ async def test_a_process_whose_lease_lapsed_unrenewed_does_not_redirect_callers_
     service, client = await start(port=free_port(), host="127.0.0.1", shards=1)
     assert service.membership is not None and service.engine is not None
     await until(lambda: owned(service) == {0}, "the group taken", 30)
-    for task in service.membership._tasks:  # renewals that no longer get through
-        task.cancel()
+    # renewals that no longer get through (each cancelled until it ended: one cancel can be lost)
+    await asyncio.gather(*(cancel_and_wait(task) for task in service.membership._tasks))
     service.engine.actors[0].lease_until = 0.0  # its last renewal older than a lease
     with pytest.raises(grpc.aio.AioRpcError) as moved:
         await client.stub.Reserve(pb.ReserveRequest(reservation_id="r", lines=[pb.Line(sku="A", location="DC",
