@@ -83,7 +83,7 @@ class EmbeddedCluster:
             for nodes in (self.primaries, self.replicas):
                 for i, node in enumerate(nodes):
                     nodes[i] = self._started(node)
-            self._form()
+            self._form(timeout_s)
             self._wait_until_ready(timeout_s)
         except BaseException:
             self.stop()
@@ -103,15 +103,16 @@ class EmbeddedCluster:
                 node = self._node(f"{node.data_dir.name}-{attempt}")
         raise AssertionError("unreachable")
 
-    def _form(self) -> None:
-        """Slots to the primaries, every node into one cluster, replicas behind their primaries."""
+    def _form(self, timeout_s: float) -> None:
+        """Slots to the primaries, every node into one cluster, replicas behind their primaries. The meeting
+        is waited for as long as the start's readiness: on a busy host it passed a fixed 10 s."""
         bounds = [SLOTS * i // len(self.primaries) for i in range(len(self.primaries) + 1)]
         for i, node in enumerate(self.primaries):
             self._cluster(node, "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
         for node in self.nodes[1:]:
             first = self.primaries[0].port
             self._cluster(node, "MEET", "127.0.0.1", first, self._bus_ports[first])
-        self._wait(lambda: all(self._known(node) == len(self.nodes) for node in self.nodes), 10.0, "meet")
+        self._wait(lambda: all(self._known(node) == len(self.nodes) for node in self.nodes), timeout_s, "meet")
         for k, replica in enumerate(self.replicas):
             primary = self.primaries[k // self._per_primary]
             self._cluster(replica, "REPLICATE", self._cluster(primary, "MYID").decode())
