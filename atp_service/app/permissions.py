@@ -138,8 +138,7 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
         needs += [Need(args, s, use) for args in (
             ("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "STREAMS", s, ">"),
             ("XREAD", "COUNT", 1, "STREAMS", s, "0"),
-            ("XACK", s, group, "0-1"), ("XPENDING", s, group, "-", "+", 1),
-            ("XAUTOCLAIM", s, group, consumer, 0, "0-0"),
+            ("XACK", s, group, "0-1"), ("XAUTOCLAIM", s, group, consumer, 0, "0-0"),
             ("XINFO", "GROUPS", s), ("XINFO", "STREAM", s), ("XGROUP", "CREATE", s, group, "$", "MKSTREAM"),
             ("XGROUP", "SETID", s, group, "0-0"), ("XRANGE", s, "-", "+", "COUNT", 1), ("EXISTS", s))]
     return needs
