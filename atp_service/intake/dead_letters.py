@@ -105,9 +105,7 @@ async def write(client: Any, dead: Sequence[tuple[str, bytes, list[bytes], Why]]
     before its first write. An XACK queued beside the XADDs in a transaction ran even when its XADD failed
     (WRONGTYPE: every command of a MULTI runs), the entry acknowledged with no dead letter anywhere; sent
     after them, it was lost with a reader killed between the two, and the entry, pending still, dead-lettered
-    again when read again. An entry no longer pending is left out: a call whose reply was lost (a timeout,
-    a reader cut off) may land after its reader read the entry again and wrote it — once, whichever lands
-    first (the XACK beside each dead letter is what the other finds)."""
+    again when read again."""
     args: list[Any] = [maxlen, group]
     for stream, entry_id, fields, why in dead:
         letter = dead_letter(fields, why, stream, entry_id, max_entry_bytes)
@@ -123,23 +121,17 @@ local kind = redis.call('TYPE', dlq)['ok']
 if kind ~= 'none' and kind ~= 'stream' then  -- before any write: nothing dead-lettered, nothing acknowledged
   return redis.error_reply('WRONGTYPE dead-letter stream ' .. dlq .. ' holds a ' .. kind)
 end
-local at, ids, written = 3, {}, 0
+local at, ids = 3, {}
 for i = 2, #KEYS do
   local n = tonumber(ARGV[at + 1])
   ids[i] = ARGV[at]
-  -- Acknowledged already: an earlier call for it, in doubt to its reader, landed (it wrote the dead letter).
-  -- An error (NOGROUP: the group is gone, the entry pending nowhere) cannot tell: it is written.
-  local pending = redis.pcall('XPENDING', KEYS[i], ARGV[2], ids[i], ids[i], 1)
-  if pending.err or #pending > 0 then
-    redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 2, at + 1 + n))
-    written = written + 1
-  end
+  redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 2, at + 1 + n))
   at = at + 2 + n
 end
 for i = 2, #KEYS do
   redis.pcall('XACK', KEYS[i], ARGV[2], ids[i])  -- NOGROUP: the group is gone, the entry pending nowhere
 end
-return written
+return #KEYS - 1
 """
 
 

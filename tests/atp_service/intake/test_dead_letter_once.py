@@ -7,11 +7,8 @@ from __future__ import annotations
 import time
 
 import redis
-import redis.asyncio as aredis
 
 from atp_service import AtpService, EmbeddedRedis
-from atp_service.intake.dead_letters import Why
-from atp_service.intake.dead_letters import write as write_dead_letters
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import ServiceFactory
@@ -66,24 +63,3 @@ async def test_an_entry_of_thousands_of_small_fields_is_dead_lettered_cut_short(
         assert service.metrics.registry.get_sample_value("atp_dead_lettered_total", {"stream": "atp:in:pos"}) == 1
     finally:
         r.close()
-
-
-async def test_a_dead_letter_write_landing_after_the_entry_was_written_again_adds_nothing(redis_url: str) -> None:
-    """A reader's dead-letter write in doubt (its reply lost): the entry, pending still, read again and
-    written again; the first write landing after had left a second dead letter for one entry. One whose
-    group is gone (the entry pending nowhere) is written all the same."""
-    r = aredis.Redis.from_url(redis_url)
-    try:
-        await r.xgroup_create("in", "g", id="0", mkstream=True)
-        entry_id = await r.xadd("in", {"quantity": "two"})
-        await r.xreadgroup("g", "c", {"in": ">"})
-        dead = [("in", entry_id, [b"quantity", b"two"], Why("quantity: not a number", "quantity", "INVALID_FIELD"))]
-        for _ in range(2):  # the write read again, then the one in doubt landing late: the same call
-            await write_dead_letters(r, dead, "dlq", 1_000, "g", 4_096)
-        assert [fields[b"_id"] for _, fields in await r.xrange("dlq")] == [entry_id]
-        assert (await r.xpending("in", "g"))["pending"] == 0
-        await r.xgroup_destroy("in", "g")
-        await write_dead_letters(r, dead, "dlq", 1_000, "g", 4_096)
-        assert [fields[b"_id"] for _, fields in await r.xrange("dlq")] == [entry_id, entry_id]
-    finally:
-        await r.aclose()
