@@ -6,13 +6,16 @@ moved by hand."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 
 from atp_service import ManualClock
 from atp_service.intake.unacked import Unacked
-from tests.atp_service.fact_helpers import F
+from reservation import DomainError, Fact
+from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.atp_service.intake.test_group_lost_pending import STREAM, Refusing, _group_made_again, _on_hand_is
 from tests.conftest import ServiceFactory
 from tests.waiting import until
@@ -49,6 +52,43 @@ async def test_a_fact_refused_in_the_future_is_not_applied_when_its_group_made_a
     assert r.xlen("atp:dlq") == 1
     desk.refuse = False
     await until(lambda: _on_hand_is(client, 5), "held read again and applied")
+
+
+async def test_a_fact_refused_in_the_future_as_its_group_was_made_again_before_it_is_dead_lettered(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """``future`` judged (E7) while its group was deleted and made again from the start (by another
+    process's reader: one transaction here): pending nowhere when its dead letter is written, and kept as
+    refused, so that the group made again has it acknowledged as refused already when it delivers it. Its
+    dead letter must be written all the same (a script writing only what is still pending wrote none: no
+    dead letter anywhere, nothing pending)."""
+    clock = ManualClock()
+    now = clock.now_ms()
+    r: Any = redis.Redis.from_url(redis_url)
+    service, client = await start_service(clock=clock, ingest_inflight=2)  # ``held``'s batch, ``future``'s
+    desk = Refusing.installed(service, released=False)  # in hand: ``future`` is kept refused meanwhile
+    assert service.ingestor is not None
+    real, judging, judge = service.ingestor._desk.applied_or_refused, asyncio.Event(), asyncio.Event()
+
+    async def judged_late(facts: Sequence[Fact], refusals: Sequence[DomainError], origin: str = "stream") -> Any:
+        judging.set()
+        await judge.wait()
+        return await real(facts, refusals, origin)
+
+    service.ingestor._desk.applied_or_refused = judged_late  # type: ignore[method-assign]
+    r.xadd(STREAM, F("held", "RECEIPT", "A", "S1", 4, now - 100).fields())
+    await until(desk.first_held.is_set, "held in hand")
+    future = r.xadd(STREAM, F("future", "RECEIPT", "A", "S1", 2, now + SKEW_MS + 1000).fields())
+    await until(judging.is_set, "future being judged")
+    with r.pipeline(transaction=True) as pipe:
+        pipe.xgroup_destroy(STREAM, "atp").xgroup_create(STREAM, "atp", id="0").execute()
+    judge.set()
+    await until(lambda: _settled_through(r, future), "both read again from the group made again, future settled")
+    desk.refuse = False
+    desk.release.set()
+    await until(lambda: _on_hand_is(client, 4), "held applied")
+    await wait_consumed(redis_url, [STREAM])
+    assert [fields[b"_id"] for _, fields in r.xrange("atp:dlq")] == [future], "refused, with no dead letter"
+    assert service.metrics.registry.get_sample_value("atp_dead_lettered_total", {"stream": STREAM}) == 1
 
 
 def test_an_entry_refused_is_remembered_only_while_a_group_made_again_could_deliver_it_again() -> None:
