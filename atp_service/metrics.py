@@ -322,6 +322,10 @@ class MembershipMetrics:
                                 "they left a group free, taking none", registry=r)
         self.taken = Counter("atp_groups_taken_total", "Shard groups taken by this process (after start, a "
                              "takeover or a hand-over)", registry=r)
+        self.renewal_failures = Counter(
+            "atp_lease_renewal_failures_total", "Renewals that left the membership or a lease unrenewed (Redis slow "
+            "or away); each tried again soon. Past 80% of a lease without one, the groups are not answered here",
+            registry=r)
         self.given = Counter("atp_groups_given_up_total", "Shard groups this process stopped owning, by why",
                              ["why"], registry=r)
         zeroed(self.given, ("handed_over",), ("lease",), ("fenced",), ("failed",))

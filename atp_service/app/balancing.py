@@ -301,4 +301,38 @@ class FreeWatch:
         held = {g for g, (a, _) in routes.items() if a == p}
         return owned[p] < least or bool(plan_balance(p, groups, members, held, routes, busy, out)[1])
 
-__all__ = ["LEFT_FREE_TURNS", "PASSED_OVER_MAX", "CountedOut", "FreeWatch", "address_of", "plan_balance", "preference"]
+RENEW_RETRY_FIRST_S = 0.1
+"""A renewal of the leases that left anything unrenewed (Redis slow or away) is tried again this soon."""
+RENEW_RETRY_MOST = 0.1
+"""Of a lease: the longest wait between renewals tried again after failures (the wait doubles each time)."""
+
+
+class RenewalPace:
+    """When a process renews its membership and leases next: a third of a lease after a renewal that
+    renewed everything; ``RENEW_RETRY_FIRST_S`` after one that did not, doubling while they fail, up to
+    ``RENEW_RETRY_MOST`` of a lease. Its groups stop answering ``membership.SAFETY`` into a lease after
+    the last renewal that was sent: renewals tried again only every third of a lease would leave them
+    unanswered for up to that long after Redis is back from a stall."""
+
+    def __init__(self, lease_s: float) -> None:
+        self.usual_s = lease_s / 3
+        self._most_s = max(RENEW_RETRY_FIRST_S, lease_s * RENEW_RETRY_MOST)
+        self._wait_s = self.usual_s
+        self._failing_since: float | None = None
+
+    def after(self, renewed: bool, now: float) -> float:
+        """The wait before the next renewal, after one that ``renewed`` everything or not."""
+        if renewed:
+            self._wait_s, self._failing_since = self.usual_s, None
+        elif self._failing_since is None:
+            self._wait_s, self._failing_since = RENEW_RETRY_FIRST_S, now
+        else:
+            self._wait_s = min(self._wait_s * 2, self._most_s)
+        return self._wait_s
+
+    def failing_s(self, now: float) -> float:
+        """How long renewals have failed, up to ``now`` (0: the last one renewed everything)."""
+        return 0.0 if self._failing_since is None else now - self._failing_since
+
+__all__ = ["LEFT_FREE_TURNS", "PASSED_OVER_MAX", "RENEW_RETRY_FIRST_S", "RENEW_RETRY_MOST", "CountedOut", "FreeWatch",
+           "RenewalPace", "address_of", "plan_balance", "preference"]

@@ -22,7 +22,7 @@ import secrets
 import time
 from typing import Any
 
-from atp_service.app.balancing import FreeWatch, address_of, plan_balance, preference
+from atp_service.app.balancing import FreeWatch, RenewalPace, address_of, plan_balance, preference
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 SAFETY = 0.8
 """Of a lease, counted from when its renewal was sent: past it the group is not answered for."""
-
 # KEYS: members; ARGV: entry, ttl ms (0: leave), an entry of this process's to remove ('': none).
 # Redis's own clock times the entries out, so the processes' clocks need not agree. Returns the live members.
 MEMBERS_SCRIPT = Script("""
@@ -111,11 +110,12 @@ class Membership:
         """Register, take a first share of the groups (recovered before this returns), then keep
         renewing and rebalancing in the background. ``retrying`` runs the first balance: the start's
         waits for Redis (a balance is safe to repeat: it takes what is still missing)."""
-        await self.renew()
+        if missing := await self.renew():
+            log.warning("starting: %s", missing)  # the balance's takings are retried by ``retrying``
         loop = asyncio.get_running_loop()
         # Renewing runs while the first share is recovered: the groups taken first must not run out
         # while the later ones are recovered, however long that takes (or Redis is waited for).
-        renewing = loop.create_task(self._forever(self.renew, self._lease_s / 3), name="leases-renew")
+        renewing = loop.create_task(self._keep_renewing(), name="leases-renew")
         try:
             await retrying(self.balance)
         except BaseException:
@@ -132,7 +132,8 @@ class Membership:
         await cancel_and_wait(balancing)
         self._leaving = True  # out of the members first: the others keep nothing free for it (plan_balance)
         with contextlib.suppress(*STORAGE_ERRORS, Fenced):  # else its next renewal removes it
-            await self.renew()
+            if missing := await self.renew():
+                log.warning("leaving: %s; the renewals go on until every group is handed over", missing)
         await asyncio.gather(*self._work, return_exceptions=True)  # hand-overs and give-ups under way end first
         await self.leases.given_back()  # and leases given back after a cancelled taking
         for group in sorted(self.leases.held):
@@ -145,6 +146,39 @@ class Membership:
             await self._store.nodes.run_one(Call(MEMBERS_SCRIPT, [self._store.keys.members],
                                                  [self._entry, 0, self._retired]))
 
+    async def _keep_renewing(self) -> None:
+        """Renews at ``RenewalPace``: every third of a lease, and soon after one that left anything
+        unrenewed. Said once when renewals start failing, once a lease while they go on, and when one
+        succeeds again."""
+        pace = RenewalPace(self._lease_s)
+        wait_s, said_at = pace.usual_s, 0.0
+        while True:
+            await asyncio.sleep(wait_s)
+            missing = await self._renewal()
+            now = time.monotonic()
+            failing_s = pace.failing_s(now)
+            wait_s = pace.after(not missing, now)
+            if not missing:
+                if failing_s:
+                    log.info("renewed again after %.1fs of failed renewals", failing_s,
+                             extra={"event": "renewals_recovered", "duration_ms": round(failing_s * 1000)})
+                continue
+            self._metrics.renewal_failures.inc()
+            if not failing_s or now - said_at >= self._lease_s:
+                said_at = now
+                log.warning("not renewed: %s (failing for %.1fs; tried again in %.2fs)", missing, failing_s, wait_s,
+                            extra={"event": "renewal_failed"})
+
+    async def _renewal(self) -> str:
+        """``renew``: what it left unrenewed, an error included."""
+        try:
+            return await self.renew()
+        except (*STORAGE_ERRORS, Fenced) as exc:
+            return repr(exc)
+        except Exception as exc:  # a bug must not stop renewing for good: said loudly, tried again
+            log.exception("renewal failed")
+            return repr(exc)
+
     async def _forever(self, step: Any, every_s: float) -> None:
         while True:
             await asyncio.sleep(every_s)
@@ -156,32 +190,52 @@ class Membership:
                 log.exception("%s failed (tried again in %.1fs)", step.__name__, every_s)
 
     # -- keeping ----------------------------------------------------------------------------
-    async def renew(self) -> None:
+    async def renew(self) -> str:
         """Stay a member, and extend every lease held; a group whose lease is gone is given up. A
         member counts for one lease, as its leases do: a process killed no longer holds back the
         others' shares (``plan_balance``) once its leases have run out. Stopping, it removes its entry
-        instead."""
+        instead. Returns what was left unrenewed (Redis slow or away): '' when nothing was."""
         async with self._renewing:
-            await self._renew()
+            return await self._renew()
 
-    async def _renew(self) -> None:
-        sent, retired = time.monotonic(), self._retired
-        ttl = 0 if self._leaving else self._config.lease_ms
-        try:  # the members' key is one slot: its node failing over must not let every lease lapse
-            members = await self._store.nodes.run_one(
-                Call(MEMBERS_SCRIPT, [self._store.keys.members], [self._entry, ttl, retired]))
-            self.members = [as_text(m) for m in members]
-            self._check_routing()
-            if self._retired == retired:  # not registered anew again meanwhile
-                self._retired = ""
-            self._metrics.members.set(len(self.members))
-        except STORAGE_ERRORS as exc:
-            log.warning("members not renewed (%r): the last list read stands", exc)
-        for group in await self.leases.renew():
+    async def _renew(self) -> str:
+        sent = time.monotonic()
+        # The members and the leases at once: a renewal while Redis stalls costs one timeout, not two,
+        # and the shards stop answering SAFETY into a lease after the last renewal sent.
+        members, lost = await asyncio.gather(self._renew_members(), self.leases.renew(), return_exceptions=True)
+        missing = [members] if isinstance(members, str) and members else []
+        if isinstance(members, BaseException):
+            raise members  # a bug: every error of Redis's is told as a string
+        if isinstance(lost, BaseException):
+            if not isinstance(lost, (*STORAGE_ERRORS, Fenced)):
+                raise lost
+            return "; ".join([*missing, f"leases: {lost!r}"])
+        for group in lost:
             self._give_up(group, "lease")
         for group in self.leases.renewed:
             self._renewed_at[group] = sent  # a group still being recovered takes it at install
             self._engine.actors[group].lease_until = sent + self._lease_s * SAFETY
+        if unrenewed := set(self.leases.held) - self.leases.renewed:  # or taken since: renewed again soon
+            missing.append(f"{len(unrenewed)} of {len(self.leases.held)} leases (groups {sorted(unrenewed)[:8]})")
+        return "; ".join(missing)
+
+    async def _renew_members(self) -> str:
+        """This process's entry in the members renewed (removed, leaving), and the members read; '' when
+        done, else why not (the last list read stands). The members' key is one slot: its node failing
+        over must not let every lease lapse."""
+        retired = self._retired
+        ttl = 0 if self._leaving else self._config.lease_ms
+        try:
+            members = await self._store.nodes.run_one(
+                Call(MEMBERS_SCRIPT, [self._store.keys.members], [self._entry, ttl, retired]))
+        except STORAGE_ERRORS as exc:
+            return f"members: {exc!r}"
+        self.members = [as_text(m) for m in members]
+        self._check_routing()
+        if self._retired == retired:  # not registered anew again meanwhile
+            self._retired = ""
+        self._metrics.members.set(len(self.members))
+        return ""
 
     def _check_routing(self) -> None:
         """A member's address longer than any before: GetRouting's answer here, every group at it, checked
