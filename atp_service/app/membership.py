@@ -111,11 +111,12 @@ class Membership:
         renewing and rebalancing in the background. ``retrying`` runs the first balance: the start's
         waits for Redis (a balance is safe to repeat: it takes what is still missing)."""
         if missing := await self.renew():
+            self._metrics.renewal_failures.inc()
             log.warning("starting: %s", missing)  # the balance's takings are retried by ``retrying``
         loop = asyncio.get_running_loop()
         # Renewing runs while the first share is recovered: the groups taken first must not run out
         # while the later ones are recovered, however long that takes (or Redis is waited for).
-        renewing = loop.create_task(self._keep_renewing(), name="leases-renew")
+        renewing = loop.create_task(self._keep_renewing(failed_first=bool(missing)), name="leases-renew")
         try:
             await retrying(self.balance)
         except BaseException:
@@ -146,12 +147,13 @@ class Membership:
             await self._store.nodes.run_one(Call(MEMBERS_SCRIPT, [self._store.keys.members],
                                                  [self._entry, 0, self._retired]))
 
-    async def _keep_renewing(self) -> None:
+    async def _keep_renewing(self, failed_first: bool) -> None:
         """Renews at ``RenewalPace``: every third of a lease, and soon after one that left anything
-        unrenewed. Said once when renewals start failing, once a lease while they go on, and when one
-        succeeds again."""
+        unrenewed (``failed_first``: the start's, already said). Said once when renewals start failing,
+        once a lease while they go on, and when one succeeds again."""
         pace = RenewalPace(self._lease_s)
-        wait_s, said_at = pace.usual_s, 0.0
+        said_at = time.monotonic()
+        wait_s = pace.after(not failed_first, said_at)
         while True:
             await asyncio.sleep(wait_s)
             missing = await self._renewal()
