@@ -27,7 +27,7 @@ from atp_service.engine.turn import apply_batch, refuse_all, take_batch
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import Checkpoints, LogDiverged, landed_of, log_foreign, log_short
 from atp_service.storage.log import LogStore
-from atp_service.tasks import cancel_and_wait, in_turns
+from atp_service.tasks import cancel_and_wait, cancel_for_good, in_turns
 from atp_service.traces import span
 from reservation import Ledger, PositionStore, Reason, ResourceExhausted, Unavailable
 from reservation._bulk import CountRows, new_positions, room_refusal
@@ -97,8 +97,8 @@ class ShardActor(CommitPipeline):
         found outside its own task). Reported like a task that ended (``_ended``)."""
         if self.failure is None and not self._stopping:
             self._report_failure(error)
-            if self._task is not None:
-                self._task.cancel()
+            if self._task is not None:  # again until it ends: one cancel() can be lost (Python 3.11)
+                cancel_for_good(self._task)
 
     def stop_if_log_short(self, durable: int, newest: int) -> None:
         """R7: stop this shard when Redis no longer holds an entry it made durable (restarted from older
