@@ -125,7 +125,8 @@ class Housekeeper:
             except DomainError as exc:
                 log.debug("expiry deferred: %s", exc)
         self._oversold = self._oversold or OversoldSweep(engine.actors)
-        engine.metrics.oversold_units.set(self._oversold.step())  # OVERSOLD_SLOTS_PER_PASS slots, not all
+        # OVERSOLD_SLOTS_PER_PASS slots, not all; a sweep once a second at most (OVERSOLD_SWEEP_EVERY_S)
+        engine.metrics.oversold_units.set(self._oversold.step(time.monotonic()))
         if time.monotonic() - self._gauged_at >= 1.0:  # one per shard, no pass over the arrays
             self._gauged_at = time.monotonic()
             # Each grows and shrinks with no hold due and nothing to forget: set here, not in an expiring turn;
