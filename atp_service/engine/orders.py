@@ -17,19 +17,19 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, next_to_drive, order_opened
+from atp_service.engine.confirmed import ConfirmedChecks
 from atp_service.engine.parts import (
     ApplyShare,
     GiveUpPart,
-    PartStep,
     ReadPart,
     ReservePart,
     command_of,
     held_orphans,
     log_lost,
     log_orphaned,
-    run_part,
+    on_shard,
+    run_parts,
     shipped_elsewhere,
-    undecided,
 )
 from atp_service.tasks import cancel_for_good, exception_seen, keep
 from reservation import (
@@ -72,6 +72,8 @@ class Orders:
         self._driven: set[str] = set()  # their orders: half-way until the saga ends (a peer's step waits 5 s)
         engine.metrics.orders_unsettled.follow(lambda: len(self.unsettled | self._driven))  # read at each scrape
         self._after = ""  # the last order housekeeping drove on: the next pass goes on after it
+        self.confirmed = ConfirmedChecks(self._check_confirmed, lambda order_id: order_id in self._locks)
+        """Leased: the confirmed orders of a group taken, checked once for parts all resolved."""
 
     def find_pending(self, ledgers: Iterable[Ledger]) -> None:
         """After a restart: orders whose saga stopped half-way are driven on, orphaned parts given up."""
@@ -83,6 +85,9 @@ class Orders:
         if self._engine.remote is None:
             self.unsettled.update(orders.resolved_unrecorded(ledgers))  # all shipped, stopped before resolving it
             self.orphans.update(held_orphans(ledgers, lambda order_id: self._engine.home_of(order_id) is not None))
+        else:  # its parts are at other groups: read there, a few orders at a time (``confirmed.py``)
+            for ledger in ledgers:
+                self.confirmed.taken(ledger)
 
     # -- what the engine calls ---------------------------------------------------------
     def reserve(self, cmd: ReserveCommand, home: int) -> asyncio.Task[tuple[Reservation, bool]]:
@@ -128,6 +133,8 @@ class Orders:
             if home is not None:
                 self._driven.add(rid)  # unsettled again, before its saga ends, if it stopped half-way
                 self._drive(rid, functools.partial(self._settled, rid, home))
+        if self._engine.remote is not None:
+            self.confirmed.run_pass(self._engine.actors)
 
     def _drive(self, order_id: str, saga: Callable[[], Awaitable[Any]]) -> None:
         self._drives.add(task := self._spawn(self._locked(order_id, saga)))
@@ -181,7 +188,8 @@ class Orders:
     # -- the sagas ---------------------------------------------------------------------------
     async def _reserve(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
         groups = tuple(sorted({self._engine.place(line.sku) for line in cmd.lines}))
-        order = await self._on(home, lambda ledger, now: order_opened(ledger, cmd, groups, self._engine.limits, now),
+        limits = self._engine.limits
+        order = await on_shard(self._engine, home, lambda ledger, now: order_opened(ledger, cmd, groups, limits, now),
                                refused_as_is=True)
         if isinstance(order, ResourceExhausted):  # nothing written: refused as a one-group Reserve is
             self._engine.count_capacity_refusal(order)
@@ -202,7 +210,7 @@ class Orders:
         refused, then record the order's decision; the order as recorded."""
         cmds = orders.split(command_of(order), self._engine.place)
         try:
-            parts = await self._steps({g: ReservePart(cmd) for g, cmd in cmds.items()})
+            parts = await run_parts(self._engine, {g: ReservePart(cmd) for g, cmd in cmds.items()})
         except DomainError as exc:
             if not isinstance(exc, Unavailable):  # refused by a rule: a part's id taken by other content (Redis
                 expired = await self._abandon(order, home, exc)  # lost its order), its group full: nothing held
@@ -258,7 +266,7 @@ class Orders:
 
     async def _settle(self, order_id: str, home: int) -> Reservation:
         """The order with whatever it had pending carried through (a reserve decided, a change applied)."""
-        order = await self._on(home, lambda ledger, _now: ledger.reservation(order_id))
+        order = await on_shard(self._engine, home, lambda ledger, _now: ledger.reservation(order_id))
         if order is None or not order.is_order:
             raise NotFound(f"reservation_id: no reservation {order_id!r}")
         pending = order.pending
@@ -300,18 +308,18 @@ class Orders:
     async def _give_up_orphan(self, part_id: str, group: int) -> None:
         """An orphaned part released, unless a retry of its Reserve opened the order again meanwhile."""
         order_id = orders.order_of(part_id)
-        part = await self._on(group, lambda ledger, _now: ledger.reservation(part_id))
+        part = await on_shard(self._engine, group, lambda ledger, _now: ledger.reservation(part_id))
         if order_id is None or self._engine.home_of(order_id) is not None or part is None or part.state != State.HELD:
             self.orphans.pop(part_id, None)
             return
         log_orphaned(part_id, group, "holds units: released")
-        await self._steps({group: GiveUpPart(command_of(part))})
+        await run_parts(self._engine, {group: GiveUpPart(command_of(part))})
         self.orphans.pop(part_id, None)
 
     async def _give_up_parts(self, order: Reservation) -> None:
         """Every part of an abandoned order released, or a tombstone in its place (``give_up_part``)."""
         cmds = orders.split(command_of(order), self._engine.place)
-        await self._steps({g: GiveUpPart(cmd) for g, cmd in cmds.items()})
+        await run_parts(self._engine, {g: GiveUpPart(cmd) for g, cmd in cmds.items()})
 
     async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         home = self._engine.home_of(order_id)
@@ -331,6 +339,9 @@ class Orders:
         """``_resolve_if_done`` under the order's lock (a shipment fulfilled a part at another process)."""
         await self._owned(order_id, lambda: self._resolve_if_done(order_id, home))
 
+    def _check_confirmed(self, order_id: str, home: int) -> asyncio.Task[None]:
+        return self._spawn(self._locked(order_id, lambda: self._resolve_if_done(order_id, home)))
+
     async def _resolve_if_done(self, order_id: str, home: int) -> None:
         """Every part resolved by SHIPMENT facts: the order's own record is resolved as well (a change pending carried
         through first, ``_settled``), so it stops counting as live and is forgotten after its retention."""
@@ -341,7 +352,7 @@ class Orders:
 
     async def _ship(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         shard, limits = self._engine.place(fact.sku), self._engine.limits
-        result: tuple[FactOutcome, str] = await self._on(
+        result: tuple[FactOutcome, str] = await on_shard(self._engine,
             shard, lambda ledger, now: orders.ship(ledger, fact, orders.part_id(order_id, shard), operation_id, now,
                                                    limits))
         return result
@@ -349,10 +360,11 @@ class Orders:
     # -- steps -------------------------------------------------------------------------------
     async def _apply(self, order: Reservation, shares: dict[int, PendingOp]) -> None:
         rid = order.reservation_id
-        await self._steps({g: ApplyShare(orders.part_id(rid, g), share) for g, share in shares.items()})
+        await run_parts(self._engine, {g: ApplyShare(orders.part_id(rid, g), share) for g, share in shares.items()})
 
     async def _parts(self, order: Reservation, missing_ok: bool = False) -> dict[int, Reservation]:
-        found = await self._steps({g: ReadPart(orders.part_id(order.reservation_id, g)) for g in order.parts})
+        rid = order.reservation_id
+        found = await run_parts(self._engine, {g: ReadPart(orders.part_id(rid, g)) for g in order.parts})
         missing = [g for g, p in found.items() if p is None]
         # A decided order's part is missing only once it was resolved and forgotten after its
         # retention (``Ledger.evict``), while its order lives on: ``view`` shows the order's own
@@ -373,28 +385,4 @@ class Orders:
                                   Reason.CONCURRENT_CHANGE)
             ledger.save(order)
 
-        await self._on(home, save)
-
-    async def _steps(self, steps: dict[int, PartStep]) -> dict[int, Any]:
-        """Every group's step at once (here, or at the process owning the group), each durable; the
-        first failure is raised once all have answered (a step is never left running unseen)."""
-        groups = list(steps)
-        results = await asyncio.gather(*(run_part(self._engine, g, steps[g]) for g in groups), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise undecided(result)
-        return dict(zip(groups, results, strict=True))
-
-    async def _on(self, shard: int, work: Callable[[Ledger, int], T], refused_as_is: bool = False) -> T:
-        """``work`` on ``shard``, durable. ``refused_as_is``: the shard's refusal before it ran (shedding, its log
-        unreachable) told as a one-group Reserve's is, not OUTCOME_UNKNOWN (the first step: nothing written)."""
-        try:
-            answer = self._engine.actors[shard].submit(work)
-        except DomainError as exc:
-            raise exc if refused_as_is else undecided(exc) from None
-        try:
-            result: T = await answer
-        except BaseException as exc:
-            raise undecided(exc) from None
-        return result
-
+        await on_shard(self._engine, home, save)

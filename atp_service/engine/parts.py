@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from atp_service.engine.router import Engine
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 Shipped = tuple[Any, str]
 """A shipment's fact outcome and, where it fulfilled nothing, why (empty: fulfilled, or a duplicate)."""
 
@@ -147,6 +148,32 @@ async def run_part(engine: Engine, group: int, step: PartStep) -> Any:
     if reply.reason:
         raise refusal_of(reply)
     return reply.part
+
+
+async def run_parts(engine: Engine, steps: dict[int, PartStep]) -> dict[int, Any]:
+    """Every group's step at once (``run_part``), each durable; the first failure is raised once all
+    have answered (a step is never left running unseen)."""
+    groups = list(steps)
+    results = await asyncio.gather(*(run_part(engine, g, steps[g]) for g in groups), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise undecided(result)
+    return dict(zip(groups, results, strict=True))
+
+
+async def on_shard(engine: Engine, shard: int, work: Callable[[Ledger, int], T], refused_as_is: bool = False) -> T:
+    """``work`` on ``shard`` of this process, durable. ``refused_as_is``: the shard's refusal before it ran
+    (shedding, its log unreachable) told as a one-group Reserve's is, not OUTCOME_UNKNOWN (a saga's first
+    step: nothing written)."""
+    try:
+        answer = engine.actors[shard].submit(work)
+    except DomainError as exc:
+        raise exc if refused_as_is else undecided(exc) from None
+    try:
+        result: T = await answer
+    except BaseException as exc:
+        raise undecided(exc) from None
+    return result
 
 
 async def serve_part(engine: Engine, request: bytes) -> bytes:
