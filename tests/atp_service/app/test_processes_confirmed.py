@@ -9,10 +9,9 @@ import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
-from atp_service.engine import parts
-from reservation import Reason, State, Unavailable
+from reservation import State
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes, shipment
-from tests.atp_service.app.test_processes_order_steps import start_process, stocked
+from tests.atp_service.app.test_processes_order_steps import resolves_unanswered, start_process, stocked
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
@@ -51,20 +50,11 @@ async def test_an_order_all_shipped_whose_home_never_heard_is_resolved_by_the_pr
         await home_client.confirm(order_id)
     shipped = await home_client.record_events([shipment("out-a", a, 2, "o-1")])
     assert [r.outcome for r in shipped] == [pb.FACT_OUTCOME_APPLIED], shipped
-    assert other.engine is not None and other.engine.remote is not None
-    send = other.engine.remote
-
-    async def resolve_unanswered(address: str, request: bytes) -> bytes:  # as ``edge.peers.step_sender`` then
-        if isinstance(parts._requests.decode(request).step, parts.ResolveOrder):
-            raise Unavailable(f"peer {address} did not answer an order step (DEADLINE_EXCEEDED)",
-                              Reason.OUTCOME_UNKNOWN)
-        return await send(address, request)
-
-    monkeypatch.setattr(other.engine, "remote", resolve_unanswered)
+    cut = resolves_unanswered(monkeypatch, other)
     with pytest.raises(grpc.aio.AioRpcError) as refused:  # its producer gives up on it
         await other_client.record_events([shipment("out-b", b, 1, "o-1")])
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    monkeypatch.setattr(other.engine, "remote", send)
+    cut[0] = False
     assert state_at_home(running, "o-1") == State.CONFIRMED, "its home did not hear of the last shipment"
 
     home_group = group_of(a)

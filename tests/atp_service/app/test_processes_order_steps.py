@@ -14,6 +14,7 @@ import pytest
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService
 from atp_service.app import membership
 from atp_service.edge import peers
 from atp_service.engine import orders as engine_orders
@@ -82,6 +83,22 @@ def confirmation_not_reaching(monkeypatch: pytest.MonkeyPatch, part_id: str,
 
     monkeypatch.setattr(parts, "work_of", refusing)
     return flag
+
+
+def resolves_unanswered(monkeypatch: pytest.MonkeyPatch, service: AtpService) -> list[bool]:
+    """While the returned flag is set, ``service``'s step asking another process to resolve an order
+    is not answered (the peer cut off, or its group changing hands), as ``edge.peers.step_sender`` says."""
+    assert service.engine is not None and service.engine.remote is not None
+    send, cut = service.engine.remote, [True]
+
+    async def resolve_unanswered(address: str, request: bytes) -> bytes:
+        if cut[0] and isinstance(parts._requests.decode(request).step, parts.ResolveOrder):
+            raise Unavailable(f"peer {address} did not answer an order step (DEADLINE_EXCEEDED)",
+                              Reason.OUTCOME_UNKNOWN)
+        return await send(address, request)
+
+    monkeypatch.setattr(service.engine, "remote", resolve_unanswered)
+    return cut
 
 
 async def confirmed_at_home_only(start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch
@@ -206,17 +223,8 @@ async def test_a_shipment_whose_order_s_home_did_not_hear_of_it_is_taken_again_u
     running = await processes(start_process, 2)
     (home, home_client), (other, other_client), a, b = await stocked(running)
     await confirmed_and_shipped_at_home(home_client, a, b, b_units=1)
-    assert other.engine is not None and home.engine is not None
-    send, cut = other.engine.remote, [True]
-    assert send is not None
-
-    async def resolve_unanswered(address: str, request: bytes) -> bytes:  # as ``edge.peers.step_sender`` then
-        if cut[0] and isinstance(parts._requests.decode(request).step, parts.ResolveOrder):
-            raise Unavailable(f"peer {address} did not answer an order step (DEADLINE_EXCEEDED)",
-                              Reason.OUTCOME_UNKNOWN)
-        return await send(address, request)
-
-    monkeypatch.setattr(other.engine, "remote", resolve_unanswered)
+    assert home.engine is not None
+    cut = resolves_unanswered(monkeypatch, other)
     refusals = 0
     while True:  # a caller retrying the fact on UNAVAILABLE, as it is told to
         try:
@@ -246,17 +254,7 @@ async def test_a_shipment_that_fulfils_nothing_is_told_whether_or_not_the_order_
     (_, home_client), (other, other_client), a, b = await stocked(running)
     assert (await home_client.reserve("o-1", [(a, "DC", 2), (b, "DC", 1)], ttl_seconds=600)).state == \
         pb.RESERVATION_STATE_HELD
-    assert other.engine is not None
-    send = other.engine.remote
-    assert send is not None
-
-    async def resolve_unanswered(address: str, request: bytes) -> bytes:  # as ``edge.peers.step_sender`` then
-        if isinstance(parts._requests.decode(request).step, parts.ResolveOrder):
-            raise Unavailable(f"peer {address} did not answer an order step (DEADLINE_EXCEEDED)",
-                              Reason.OUTCOME_UNKNOWN)
-        return await send(address, request)
-
-    monkeypatch.setattr(other.engine, "remote", resolve_unanswered)
+    resolves_unanswered(monkeypatch, other)
     (shipped,) = await other_client.record_events([shipment("out-b", b, 1, "o-1")])
     assert shipped.outcome == pb.FACT_OUTCOME_APPLIED, shipped
     told = other.metrics.registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "grpc"})
