@@ -14,6 +14,7 @@ leases lapse. Each check reads every part at its group (a peer's, for theirs), s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -28,7 +29,9 @@ a group of 100,000 confirmed orders taken over is checked in a few minutes, a lo
 a few dozen reads a second."""
 
 Check = Callable[[str, int], Any]
-"""Starts the check of an order (id, home group), returning its task."""
+"""Starts the check of an order (id, home group), returning its task: its result False where the order
+could not be told (a part's group did not answer) and has nothing pending, to be checked again — not
+half-way, so neither driven on as unsettled nor counted in ``atp_orders_unsettled`` or as a saga stopped."""
 
 
 class Served(Protocol):
@@ -76,8 +79,20 @@ class ConfirmedChecks:
                     task = self._check(rid, group)
                     self._running.add(task)
                     task.add_done_callback(self._running.discard)
+                    task.add_done_callback(functools.partial(self._ended, rid, ledger))
                 at += 1
             if at >= len(ids):
                 del self._sweeps[group]
             else:
                 self._sweeps[group] = (ledger, ids, at)
+
+    def _ended(self, rid: str, ledger: Ledger, task: Any) -> None:
+        """A check ended: one that could not tell is looked at again, after the rest of its group's records
+        (a group taken anew since is swept anew; one handed over is dropped at the next pass)."""
+        if task.cancelled() or task.exception() is not None or task.result() is not False:
+            return
+        sweep = self._sweeps.get(ledger.shard)
+        if sweep is None:
+            self._sweeps[ledger.shard] = (ledger, [rid], 0)
+        elif sweep[0] is ledger:
+            sweep[1].append(rid)

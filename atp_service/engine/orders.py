@@ -162,7 +162,7 @@ class Orders:
         task.add_done_callback(exception_seen)  # its caller may have gone
         return task
 
-    async def _locked(self, order_id: str, saga: Callable[[], Awaitable[T]]) -> T:
+    async def _locked(self, order_id: str, saga: Callable[[], Awaitable[T]], counted: bool = True) -> T:
         lock, users = self._locks.get(order_id, (asyncio.Lock(), 0))
         self._locks[order_id] = (lock, users + 1)
         try:
@@ -176,7 +176,8 @@ class Orders:
                     else:
                         self._count("refused")
                     raise
-                self._count("done")
+                if counted:
+                    self._count("done")
                 return result
         finally:
             lock, users = self._locks[order_id]
@@ -339,8 +340,19 @@ class Orders:
         """``_resolve_if_done`` under the order's lock (a shipment fulfilled a part at another process)."""
         await self._owned(order_id, lambda: self._resolve_if_done(order_id, home))
 
-    def _check_confirmed(self, order_id: str, home: int) -> asyncio.Task[None]:
-        return self._spawn(self._locked(order_id, lambda: self._resolve_if_done(order_id, home)))
+    def _check_confirmed(self, order_id: str, home: int) -> asyncio.Task[bool]:
+        return self._spawn(self._locked(order_id, lambda: self._check(order_id, home), counted=False))
+
+    async def _check(self, order_id: str, home: int) -> bool:
+        """``_resolve_if_done`` for ``confirmed.py``: False: a part not read, nothing pending (not half-way)."""
+        try:
+            await self._resolve_if_done(order_id, home)
+        except DomainError:
+            record = self._engine.actors[home].ledger.reservation(order_id)  # vacant: none
+            if record is not None and (record.pending is not None or record.state != State.CONFIRMED):
+                raise  # a change it had pending stopped half-way: driven on by housekeeping
+            return record is None
+        return True
 
     async def _resolve_if_done(self, order_id: str, home: int) -> None:
         """Every part resolved by SHIPMENT facts: the order's own record is resolved as well (a change pending carried

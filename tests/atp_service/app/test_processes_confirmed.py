@@ -4,12 +4,16 @@ process while its home never heard: the process taking the home's group over res
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
-from reservation import State
+from atp_service.engine import parts
+from reservation import State, Unavailable
+from reservation import _orders as orders
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes, shipment
 from tests.atp_service.app.test_processes_order_steps import resolves_unanswered, start_process, stocked
 from tests.conftest import ServiceFactory
@@ -72,3 +76,39 @@ async def test_an_order_all_shipped_whose_home_never_heard_is_resolved_by_the_pr
     for service, _ in running:
         assert service.metrics.registry.get_sample_value("atp_orders_unsettled") == 0
     assert len(set().union(*(owned(service) for service, _ in running))) == SHARDS
+
+
+async def test_a_check_whose_part_does_not_answer_is_tried_again_and_not_counted_as_an_order_half_way(
+        start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Confirmed order o-2, nothing pending, whose home group is taken over while its other part's group
+    cannot be read (its log not answering): the check cannot tell and is tried again later. The order is
+    not half-way: ``atp_orders_unsettled`` (the alert "Orders waiting half-way", orders holding units
+    whose saga stopped) stays 0, no saga counted ``stopped``; once the part answers, the check ends and
+    o-2 stays CONFIRMED."""
+    running = await processes(start_process, 2)
+    (home, home_client), (other, _), a, b = await stocked(running)
+    assert (await home_client.reserve("o-2", [(a, "DC", 1), (b, "DC", 1)], ttl_seconds=600)).state == \
+        pb.RESERVATION_STATE_HELD
+    await home_client.confirm("o-2")
+    part, refused, work_of = orders.part_id("o-2", group_of(b)), [0], parts.work_of
+
+    def read_refused(engine: Any, step: parts.PartStep) -> Any:
+        if refused[0] >= 0 and isinstance(step, parts.ReadPart) and step.part == part:
+            refused[0] += 1
+
+            def refuse(_ledger: Any, _now: int) -> Any:
+                raise Unavailable("log storage unreachable, retry later")
+            return refuse
+        return work_of(engine, step)
+
+    monkeypatch.setattr(parts, "work_of", read_refused)
+    stopped = other.metrics.registry.get_sample_value("atp_order_sagas_total", {"outcome": "stopped"}) or 0
+    await home.stop(grace_s=0.1)
+    await until(lambda: group_of(a) in owned(other), "the home's group taken over", 60)
+    await until(lambda: refused[0] >= 2, "o-2's check tried, and tried again", 60)
+    assert other.metrics.registry.get_sample_value("atp_orders_unsettled") == 0, "o-2 is not half-way"
+    assert (other.metrics.registry.get_sample_value("atp_order_sagas_total", {"outcome": "stopped"}) or 0) == stopped
+    refused[0] = -1  # the part answers again
+    await until(lambda: checks_done(other), "o-2's check ended", 60)
+    assert state_at_home([(other, _)], "o-2") == State.CONFIRMED
+    assert other.metrics.registry.get_sample_value("atp_orders_unsettled") == 0

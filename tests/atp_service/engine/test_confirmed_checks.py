@@ -80,3 +80,33 @@ async def test_an_order_whose_saga_runs_waits_and_a_group_handed_over_is_swept_n
     checks.run_pass([actor(group, vacant=True)])
     await asyncio.sleep(0)  # the checks' done callbacks
     assert checks.pending == 0 and started == ["o-1", "o-2"], "handed over: its new owner checks the rest"
+
+
+async def test_a_check_that_could_not_tell_is_looked_at_again_and_a_group_taken_anew_drops_it() -> None:
+    group = ledger(0, {"o-1": (True, State.CONFIRMED, None), "o-2": (True, State.CONFIRMED, None)})
+    started: list[str] = []
+    told = {"o-1": [False, True], "o-2": [True]}  # o-1: a part's group did not answer the first time
+
+    def check(order_id: str, _home: int) -> asyncio.Future[bool]:
+        started.append(order_id)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(told[order_id].pop(0))
+        return done
+
+    checks = ConfirmedChecks(check, lambda _order_id: False)
+    checks.taken(group)
+    checks.run_pass([actor(group)])
+    await asyncio.sleep(0)  # the checks' done callbacks
+    assert started == ["o-1", "o-2"] and checks.pending == 1, "o-1 to be checked again"
+    checks.run_pass([actor(group)])
+    await asyncio.sleep(0)
+    assert started == ["o-1", "o-2", "o-1"] and checks.pending == 0
+
+    told.update({"o-1": [False], "o-2": [True]})
+    checks.taken(group)
+    checks.run_pass([actor(group)])
+    anew = ledger(0, {})
+    checks.taken(anew)  # the group handed over and taken again before o-1's check ended
+    await asyncio.sleep(0)
+    checks.run_pass([actor(anew)])
+    assert checks.pending == 0, "swept anew: the new ledger's records only"
