@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import sys
@@ -70,7 +71,8 @@ class Fleet:
         for n in range(args.processes):
             port = free_port()
             cmd = serve_command(cluster_url, port, -1, "--host", "127.0.0.1", "--shards", str(args.shards),
-                                "--ownership", "leases", "--lease-ms", str(args.lease_ms))
+                                "--ownership", "leases", "--lease-ms", str(args.lease_ms),
+                                "--log-level", args.log_level)
             self.processes.append(ServiceProcess(cmd, env, work / f"service-{n}.log", port, ROOT))
 
     @property
@@ -130,14 +132,19 @@ class Anywhere:
 
     def __init__(self, addresses: list[str]) -> None:
         self.clients = [AtpClient(a, timeout_s=2) for a in addresses]
+        self.refusals: dict[str, list[str]] = {}
+        """Per SKU, what each process answered at the last try that found it nowhere."""
 
     async def position(self, sku: str) -> pb.Availability | None:
+        refused = []
         for client in self.clients:
             try:
                 (p,) = await client.availability([(sku, LOC)])
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
+                refused.append(f"{client.target}: {exc.code().name} {getattr(exc, 'reason', '')}".strip())
                 continue
             return p
+        self.refusals[sku] = refused
         return None
 
     async def close(self) -> None:
@@ -157,8 +164,9 @@ async def every_group_answers(addresses: list[str], within_s: float = 120.0) -> 
                     found[sku] = p
             if len(found) < len(SKUS):
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"groups of {sorted(set(SKUS) - set(found))[:3]}... answered nowhere "
-                                         f"in {within_s}s")
+                    missing = sorted(set(SKUS) - set(found))
+                    raise AssertionError(f"groups of {missing[:3]}... answered nowhere in {within_s}s; the last "
+                                         f"answers for {missing[0]}: {reader.refusals.get(missing[0])}")
                 await asyncio.sleep(0.05)
     finally:
         await reader.close()
@@ -279,14 +287,21 @@ def main() -> None:
     p.add_argument("--lease-ms", type=int, default=1000)
     p.add_argument("--callers", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--work", type=Path, help="keep the processes' logs here (default: a temporary directory)")
+    p.add_argument("--log-level", default="WARNING", help="the processes' (INFO: every group taken, handed over)")
+    p.add_argument("--work", type=Path, help="keep the processes' logs here (default: a temporary directory, kept "
+                   "only when the run fails)")
     args = p.parse_args()
-    if args.work is not None:
-        args.work.mkdir(parents=True, exist_ok=True)
-        figures = asyncio.run(run(args, args.work))
-    else:
-        with tempfile.TemporaryDirectory(prefix="atp-process-soak-") as tmp:
-            figures = asyncio.run(run(args, Path(tmp)))
+    work = args.work or Path(tempfile.mkdtemp(prefix="atp-process-soak-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        figures = asyncio.run(run(args, work))
+    except BaseException:  # a liveness check that gave up, a process that would not start: the logs say why
+        print(f"the processes' logs are kept in {work}", file=sys.stderr)
+        raise
+    if figures["violations"]:
+        print(f"the processes' logs are kept in {work}", file=sys.stderr)
+    elif args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
     for violation in figures.pop("_violations"):
         print(f"violation: {violation}", file=sys.stderr)
     print(json.dumps(figures))

@@ -204,22 +204,33 @@ class Membership:
         sent = time.monotonic()
         # The members and the leases at once: a renewal while Redis stalls costs one timeout, not two,
         # and the shards stop answering SAFETY into a lease after the last renewal sent.
-        members, lost = await asyncio.gather(self._renew_members(), self.leases.renew(), return_exceptions=True)
-        missing = [members] if isinstance(members, str) and members else []
-        if isinstance(members, BaseException):
-            raise members  # a bug: every error of Redis's is told as a string
-        if isinstance(lost, BaseException):
-            if not isinstance(lost, (*STORAGE_ERRORS, Fenced)):
-                raise lost
-            return "; ".join([*missing, f"leases: {lost!r}"])
-        for group in lost:
-            self._give_up(group, "lease")
+        parts = await asyncio.gather(self._renew_members(), self._renew_leases(sent), return_exceptions=True)
+        missing = []
+        for part in parts:
+            if isinstance(part, BaseException):
+                raise part  # a bug: every error of Redis's is told as a string
+            missing += [part] if part else []
+        return "; ".join(missing)
+
+    async def _renew_leases(self, sent: float) -> str:
+        """The leases held extended (their shards' deadlines counted from ``sent``), those found lost given
+        up as soon as the answer is in, not once the members' half of the renewal is too: meanwhile a lost
+        group still served here would look free to a balance, be taken again here — its install refused,
+        the shard still served — then given up, its new lease held and renewed here with nothing serving
+        it. '' when every lease was renewed, else what was not."""
+        try:
+            lost = await self.leases.renew()
+        except (*STORAGE_ERRORS, Fenced) as exc:
+            return f"leases: {exc!r}"
+        for group, epoch in lost.items():
+            if self.leases.drop(group, epoch):
+                self._give_up(group, "lease")
         for group in self.leases.renewed:
             self._renewed_at[group] = sent  # a group still being recovered takes it at install
             self._engine.actors[group].lease_until = sent + self._lease_s * SAFETY
         if unrenewed := set(self.leases.held) - self.leases.renewed:  # or taken since: renewed again soon
-            missing.append(f"{len(unrenewed)} of {len(self.leases.held)} leases (groups {sorted(unrenewed)[:8]})")
-        return "; ".join(missing)
+            return f"{len(unrenewed)} of {len(self.leases.held)} leases (groups {sorted(unrenewed)[:8]})"
+        return ""
 
     async def _renew_members(self) -> str:
         """This process's entry in the members renewed (removed, leaving), and the members read; '' when

@@ -116,19 +116,29 @@ class GroupLeases:
         number = int(await self.store.nodes.run_one(Call(self._EPOCH, [self.store.keys.claims], [top, wall_ms()])))
         return claimed(number, secrets.token_hex(8))
 
-    async def renew(self) -> set[int]:
-        """Extend every lease still held; the groups lost (expired and taken, or gone) are dropped
-        and returned. A process must stop serving a lost group before its lease would have run out."""
-        groups = sorted(self.held)
+    async def renew(self) -> dict[int, str]:
+        """Extend every lease still held; returns the groups found lost (expired and taken, or gone),
+        each with the epoch it was held at. They stay in ``held`` until the caller, once it stops
+        serving them, ``drop``s them: a group still served here must never look free to take again here
+        (a renewal is one half of ``Membership.renew``, whose other half may still be on its way).
+        A process must stop serving a lost group before its lease would have run out."""
+        held = dict(self.held)
+        groups = sorted(held)
         replies = await self.store.nodes.run([Call(self._RENEW, [self.key(g)], [self.holder, self.lease_ms])
                                               for g in groups])
-        lost = {g for g, reply in zip(groups, replies, strict=True) if not isinstance(reply, BaseException)
-                and int(reply) == 0 and g in self.held}  # not one released meanwhile
-        for group in lost:
-            del self.held[group]
+        lost = {g: held[g] for g, reply in zip(groups, replies, strict=True) if not isinstance(reply, BaseException)
+                and int(reply) == 0 and self.held.get(g) == held[g]}  # not released, nor taken anew, meanwhile
         self.renewed = {g for g, reply in zip(groups, replies, strict=True) if not isinstance(reply, BaseException)
-                        and int(reply) == 1 and g in self.held}
+                        and int(reply) == 1 and self.held.get(g) == held[g]}
         return lost
+
+    def drop(self, group: int, epoch: str) -> bool:
+        """Forget the lease of ``group`` a renewal found lost at ``epoch``; False where it is no longer
+        held at that epoch (given up, or taken anew, meanwhile)."""
+        if self.held.get(group) != epoch:
+            return False
+        del self.held[group]
+        return True
 
     async def given_back(self) -> None:
         """Until every give-back under way (a cancelled ``acquire``'s, a ``release`` whose caller

@@ -37,7 +37,7 @@ async def test_a_live_lease_keeps_another_process_off_the_group(stores: tuple[Lo
     a, b = GroupLeases(stores[0], "process-a", 60_000), GroupLeases(stores[1], "process-b", 60_000)
     assert await a.acquire(3)
     assert not await b.acquire(3)
-    assert await a.renew() == set()
+    assert await a.renew() == {}
     assert not await b.acquire(3)
     await stores[0].submit(3, 1, b"written by its owner")
 
@@ -53,7 +53,11 @@ async def test_an_owner_paused_past_its_lease_is_fenced_and_loses_nothing_it_ack
     assert number_of(b.held[5]) > number_of(a.held[5])
     with pytest.raises(Fenced):  # the paused owner wakes up and writes: refused whole
         await stores[0].submit(5, 2, b"written after the pause")
-    assert await a.renew() == {5}  # and it learns the group is gone
+    taken_at = a.held[5]
+    assert await a.renew() == {5: taken_at}  # and it learns the group is gone
+    assert a.held[5] == taken_at, "held until its holder has stopped serving it"
+    assert a.drop(5, taken_at) and 5 not in a.held
+    assert not a.drop(5, taken_at), "dropped once"
     assert not await a.acquire(5)  # nor can it take the group back while the new owner's lease lives
     await stores[1].submit(5, 2, b"the new owner goes on")
     assert [d async for _, d in stores[1].entries_after(5, 0)] == [b"acknowledged before the pause",

@@ -1,0 +1,97 @@
+"""A lease found lost by a renewal whose other half (the members' entry) is still on its way: the
+group is given up only once the renewal ends, and a balance meanwhile must not take it again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from atp_service import AtpService, free_port
+from atp_service.app.membership import Membership
+from tests.atp_service.edge.test_api import receipt
+from tests.conftest import ServiceFactory, services_on
+from tests.waiting import until
+
+SHARDS = 4
+
+
+@pytest.fixture
+async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
+    # Long leases and no balancing of its own: the renewals and balances below are the test's.
+    async for start in services_on(redis_url, ownership="leases", lease_ms=600_000, balance_ms=200_000,
+                                   shards=SHARDS, input_streams=()):
+        yield start
+
+
+def members_held_back(monkeypatch: pytest.MonkeyPatch, membership: Membership) -> tuple[asyncio.Event, asyncio.Event]:
+    """(leases renewed, members go on): the renewal of the members' entry waits for the second event
+    — its node failing over — while the leases' renewal ends and sets the first."""
+    leases_done, members_go = asyncio.Event(), asyncio.Event()
+    renew_members, renew_leases = membership._renew_members, membership.leases.renew
+
+    async def slow_members() -> str:
+        await members_go.wait()
+        return await renew_members()
+
+    async def leases_then_tell() -> Any:
+        try:
+            return await renew_leases()
+        finally:
+            leases_done.set()
+
+    monkeypatch.setattr(membership, "_renew_members", slow_members)
+    monkeypatch.setattr(membership.leases, "renew", leases_then_tell)
+    return leases_done, members_go
+
+
+async def test_a_group_whose_lease_a_renewal_found_lost_is_not_taken_again_before_it_is_given_up(
+        start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The members' key and a group's lease on different nodes: the lease lapsed while Redis did not
+    answer, and the renewal that found it lost waited on for the members' entry. The group had left
+    the leases held but was still served here; a balance meanwhile saw it free and took it again —
+    its install refused ("served already") — then the renewal gave the group up: held and renewed
+    by this process, served by none, every call to it refused GROUP_MOVED for good."""
+    service, client = await start(port=free_port(), host="127.0.0.1")
+    membership, engine = service.membership, service.engine
+    assert membership is not None and engine is not None
+    assert set(membership.leases.held) == set(range(SHARDS))
+    group = 1
+    sku = next(f"k{i}" for i in range(64) if engine.place(f"k{i}") == group)
+    await client.record_events([receipt("in-1", sku, "DC", 5)])
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        await r.delete(membership.leases.key(group))  # lapsed, as while Redis did not answer
+    finally:
+        await r.aclose()
+    leases_done, members_go = members_held_back(monkeypatch, membership)
+    renewal = asyncio.create_task(membership.renew())
+    await leases_done.wait()
+    refused: AssertionError | None = None
+    try:
+        await membership.balance()  # the group's lease is free in Redis: is it taken again here?
+    except AssertionError as exc:  # its install refused: still served here
+        refused = exc
+    finally:
+        members_go.set()
+    await renewal
+    monkeypatch.undo()
+
+    async def taken_anew() -> bool:  # once its old shard is vacated, a balance (each pass, here by hand) takes it
+        await membership.balance()
+        return group in membership.leases.held
+    await until(taken_anew, "the group given up, then taken again", 30)
+    assert served_as_held(service), "a group held here is served here"
+    (position,) = await client.availability([(sku, "DC")])
+    assert position.on_hand == 5
+    assert refused is None, f"taken again while still served here: {refused}"
+
+
+def served_as_held(service: AtpService) -> bool:
+    """Every group whose lease this process holds is served here, and only those."""
+    assert service.membership is not None and service.engine is not None
+    held = set(service.membership.leases.held)
+    return held == {g for g in range(SHARDS) if not service.engine.actors[g].vacant}
