@@ -95,3 +95,32 @@ def served_as_held(service: AtpService) -> bool:
     assert service.membership is not None and service.engine is not None
     held = set(service.membership.leases.held)
     return held == {g for g in range(SHARDS) if not service.engine.actors[g].vacant}
+
+
+async def test_a_group_served_here_but_no_longer_held_is_given_up_and_taken_anew(
+        start: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Should a group ever leave the leases held while still served here (the bug above), a balance
+    finding it free does not take it over its own shard: it says so, gives the group up and takes it
+    anew at a later pass — served, and held, once more."""
+    service, client = await start(port=free_port(), host="127.0.0.1")
+    membership, engine = service.membership, service.engine
+    assert membership is not None and engine is not None
+    group = 2
+    sku = next(f"k{i}" for i in range(64) if engine.place(f"k{i}") == group)
+    await client.record_events([receipt("in-1", sku, "DC", 3)])
+    del membership.leases.held[group]  # as the bug left it: served here, not held
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        await r.delete(membership.leases.key(group))
+    finally:
+        await r.aclose()
+
+    async def taken_anew() -> bool:
+        await membership.balance()
+        return group in membership.leases.held and not engine.actors[group].vacant
+    await until(taken_anew, "the group given up, then taken anew", 30)
+    assert "free to take, yet served here" in caplog.text
+    assert service.metrics.registry.get_sample_value("atp_groups_given_up_total", {"why": "unheld"}) == 1
+    assert served_as_held(service)
+    (position,) = await client.availability([(sku, "DC")])
+    assert position.on_hand == 3
