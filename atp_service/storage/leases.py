@@ -100,6 +100,9 @@ class GroupLeases:
             refused = _as_fenced(exc)
             if isinstance(refused, Fenced):
                 self.held.pop(group, None)  # outranked: a later try draws a new epoch
+            elif group not in self.held:  # its answer lost (a timeout): Redis may have granted it all the same,
+                giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group, epoch)))
+                giving.add_done_callback(exception_seen)  # given back (epoch-checked), not left to no one for a lease
             raise refused from None
         if fence < 0:
             return False
