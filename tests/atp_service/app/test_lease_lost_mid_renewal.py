@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aredis
 
 from atp_service import AtpService, free_port
+from atp_service.app import membership as membership_module
 from atp_service.app.membership import Membership
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
@@ -55,18 +56,10 @@ async def test_a_group_whose_lease_a_renewal_found_lost_is_not_taken_again_befor
     the leases held but was still served here; a balance meanwhile saw it free and took it again —
     its install refused ("served already") — then the renewal gave the group up: held and renewed
     by this process, served by none, every call to it refused GROUP_MOVED for good."""
-    service, client = await start(port=free_port(), host="127.0.0.1")
-    membership, engine = service.membership, service.engine
-    assert membership is not None and engine is not None
-    assert set(membership.leases.held) == set(range(SHARDS))
     group = 1
-    sku = next(f"k{i}" for i in range(64) if engine.place(f"k{i}") == group)
-    await client.record_events([receipt("in-1", sku, "DC", 5)])
-    r = aredis.Redis.from_url(redis_url)
-    try:
-        await r.delete(membership.leases.key(group))  # lapsed, as while Redis did not answer
-    finally:
-        await r.aclose()
+    service, client, membership, _, sku = await stocked_group(start, group, 5)
+    assert set(membership.leases.held) == set(range(SHARDS))
+    await lease_lapsed(redis_url, membership, group)
     leases_done, members_go = members_held_back(monkeypatch, membership)
     renewal = asyncio.create_task(membership.renew())
     await leases_done.wait()
@@ -79,15 +72,55 @@ async def test_a_group_whose_lease_a_renewal_found_lost_is_not_taken_again_befor
         members_go.set()
     await renewal
     monkeypatch.undo()
-
-    async def taken_anew() -> bool:  # once its old shard is vacated, a balance (each pass, here by hand) takes it
-        await membership.balance()
-        return group in membership.leases.held
-    await until(taken_anew, "the group given up, then taken again", 30)
+    await taken_anew(membership, group, "the group given up, then taken again")  # once its old shard is vacated
     assert served_as_held(service), "a group held here is served here"
     (position,) = await client.availability([(sku, "DC")])
     assert position.on_hand == 5
     assert refused is None, f"taken again while still served here: {refused}"
+
+
+async def stocked_group(start: ServiceFactory, group: int, units: int) -> tuple[AtpService, Any, Membership, Any, str]:
+    """One leased process holding every group: (it, its client, its membership, its engine, a SKU of
+    ``group`` with ``units`` received at DC)."""
+    service, client = await start(port=free_port(), host="127.0.0.1")
+    membership, engine = service.membership, service.engine
+    assert membership is not None and engine is not None
+    sku = next(f"k{i}" for i in range(64) if engine.place(f"k{i}") == group)
+    await client.record_events([receipt("in-1", sku, "DC", units)])
+    return service, client, membership, engine, sku
+
+
+def recovery_held_back(monkeypatch: pytest.MonkeyPatch, group: int) -> tuple[asyncio.Event, asyncio.Event]:
+    """(recovering, go on): the recovery of ``group`` by a taking (``Membership._take``) sets the first
+    and waits for the second, as a long log's replay would."""
+    recovering, go_on = asyncio.Event(), asyncio.Event()
+    recover = membership_module.recover_shard
+
+    async def held_back(store: Any, shard: int, limits: Any) -> Any:
+        if shard == group:
+            recovering.set()
+            await go_on.wait()
+        return await recover(store, shard, limits)
+
+    monkeypatch.setattr(membership_module, "recover_shard", held_back)
+    return recovering, go_on
+
+
+async def lease_lapsed(redis_url: str, membership: Membership, group: int) -> None:
+    """``group``'s lease gone from Redis, as after it ran out while Redis did not answer."""
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        await r.delete(membership.leases.key(group))
+    finally:
+        await r.aclose()
+
+
+async def taken_anew(membership: Membership, group: int, what: str) -> None:
+    """Balances (each pass, here by hand) until ``group`` is held here again."""
+    async def taken() -> bool:
+        await membership.balance()
+        return group in membership.leases.held
+    await until(taken, what, 30)
 
 
 def served_as_held(service: AtpService) -> bool:
@@ -102,23 +135,11 @@ async def test_a_group_served_here_but_no_longer_held_is_given_up_and_taken_anew
     """Should a group ever leave the leases held while still served here (the bug above), a balance
     finding it free does not take it over its own shard: it says so, gives the group up and takes it
     anew at a later pass — served, and held, once more."""
-    service, client = await start(port=free_port(), host="127.0.0.1")
-    membership, engine = service.membership, service.engine
-    assert membership is not None and engine is not None
     group = 2
-    sku = next(f"k{i}" for i in range(64) if engine.place(f"k{i}") == group)
-    await client.record_events([receipt("in-1", sku, "DC", 3)])
+    service, client, membership, _, sku = await stocked_group(start, group, 3)
     del membership.leases.held[group]  # as the bug left it: served here, not held
-    r = aredis.Redis.from_url(redis_url)
-    try:
-        await r.delete(membership.leases.key(group))
-    finally:
-        await r.aclose()
-
-    async def taken_anew() -> bool:
-        await membership.balance()
-        return group in membership.leases.held and not engine.actors[group].vacant
-    await until(taken_anew, "the group given up, then taken anew", 30)
+    await lease_lapsed(redis_url, membership, group)
+    await taken_anew(membership, group, "the group given up, then taken anew")
     assert "free to take, yet served here" in caplog.text
     assert service.metrics.registry.get_sample_value("atp_groups_given_up_total", {"why": "unheld"}) == 1
     assert served_as_held(service)

@@ -15,12 +15,12 @@ import pytest
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService
-from atp_service.app import membership
 from atp_service.edge import peers
 from atp_service.engine import orders as engine_orders
-from atp_service.engine import parts, recovery
+from atp_service.engine import parts
 from reservation import OrderStep, Reason, Unavailable
 from reservation import _orders as orders
+from tests.atp_service.app.test_lease_lost_mid_renewal import recovery_held_back
 from tests.atp_service.app.test_processes import SHARDS, Process, group_of, owned, processes, shipment
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
@@ -150,16 +150,7 @@ async def test_a_shipment_meeting_its_order_s_home_group_while_it_changes_hands_
     assert home.membership is not None and other.membership is not None
 
     group, address = group_of(a), f"127.0.0.1:{home.port}"
-    taking, recovered = asyncio.Event(), asyncio.Event()
-    recover = recovery.recover_shard  # as membership imported it
-
-    async def held_up(store: Any, g: int, limits: Any) -> Any:
-        if g == group:
-            taking.set()
-            await recovered.wait()
-        return await recover(store, g, limits)
-
-    monkeypatch.setattr(membership, "recover_shard", held_up)
+    taking, recovered = recovery_held_back(monkeypatch, group)
     await home.membership._hand_over(group)  # as balancing does
     await taking.wait()
     assert group in home.membership.leases.held, "taken again by the order's home process"
