@@ -101,8 +101,7 @@ class GroupLeases:
             if isinstance(refused, Fenced):
                 self.held.pop(group, None)  # outranked: a later try draws a new epoch
             elif group not in self.held:  # its answer lost (a timeout): Redis may have granted it all the same,
-                giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group, epoch)))
-                giving.add_done_callback(exception_seen)  # given back (epoch-checked), not left to no one for a lease
+                self._give_back(group, epoch)  # given back (epoch-checked), not left to no one for a lease
             raise refused from None
         if fence < 0:
             return False
@@ -167,9 +166,14 @@ class GroupLeases:
         the give-back, whose connection would be closed mid-exchange and its command dropped."""
         taken = self.held.pop(group, None)
         epoch = taken if epoch is None else epoch  # the taking given back (None: not known, any of this holder's)
-        giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group, epoch or UNCLAIMED)))
-        giving.add_done_callback(exception_seen)  # a caller gone: the lease runs out instead, quietly
-        await finish_uncancelled(giving)
+        await finish_uncancelled(self._give_back(group, epoch or UNCLAIMED))
+
+    def _give_back(self, group: int, epoch: str) -> asyncio.Task[Any]:
+        """The RELEASE of ``group``'s lease taken at ``epoch``, in a task of ``giving_back`` (a caller
+        gone, or Redis not answering: the lease runs out instead, quietly)."""
+        giving = keep(self.giving_back, self.store.nodes.run_one(self._release_call(group, epoch)))
+        giving.add_done_callback(exception_seen)
+        return giving
 
 
 def _as_fenced(exc: BaseException) -> BaseException:
