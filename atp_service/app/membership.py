@@ -68,8 +68,7 @@ class Membership:
         self._metrics, self._engine_metrics = metrics, engine_metrics
         self.address = config.advertised
         self.leases = GroupLeases(store, f"{self.address}|{secrets.token_hex(6)}", config.lease_ms)
-        self._lease_s = config.lease_ms / 1000
-        self._balance_s = (config.balance_ms or config.lease_ms / 3) / 1000
+        self._lease_s, self._balance_s = config.lease_ms / 1000, (config.balance_ms or config.lease_ms / 3) / 1000
         self.watch = FreeWatch(self.address, self._balance_s)
         self.routes: dict[int, tuple[str, int]] = {}
         """Every group's owner as last read: (address, epoch); absent: none."""
@@ -234,8 +233,7 @@ class Membership:
         """This process's entry in the members renewed (removed, leaving), and the members read; '' when
         done, else why not (the last list read stands). The members' key is one slot: its node failing
         over must not let every lease lapse."""
-        retired = self._retired
-        ttl = 0 if self._leaving else self._config.lease_ms
+        retired, ttl = self._retired, 0 if self._leaving else self._config.lease_ms
         try:
             members = await self._store.nodes.run_one(
                 Call(MEMBERS_SCRIPT, [self._store.keys.members], [self._entry, ttl, retired]))
@@ -339,6 +337,10 @@ class Membership:
         n = self._config.shards
         self.routes = {g: (address_of(as_text(values[g])), number_of(values[n + g])) for g in shards
                        if values[g] is not None}
+        for group in self.leases.give_back_strays(values[:n], values[n:], self._handing | self._vacating.keys()):
+            log.warning("group %d: its lease is this process's, yet no taking here holds it (a taking's answer lost, "
+                        "its grant late); given back", group, extra={"event": "stray_lease", "group": group})
+            self._metrics.given.labels("stray").inc()
 
     async def _take(self, group: int) -> None:
         if not self._engine.actors[group].vacant:  # a group served here stays held until given up: a bug
@@ -352,10 +354,9 @@ class Membership:
         try:
             ledger, seq, replayed = await recover_shard(self._store, group, self._config.limits)
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):  # a stop during the taking: nothing went wrong
-                log.info("group %d: taken, its recovery cancelled by a stop; given back", group)
-            else:
-                log.exception("group %d: taken but not recovered; given back", group)
+            stopped = isinstance(exc, asyncio.CancelledError)  # a stop during the taking: nothing went wrong
+            log.log(logging.INFO if stopped else logging.ERROR, "group %d: taken%s; given back", group,
+                    ", its recovery cancelled by a stop" if stopped else " but not recovered", exc_info=not stopped)
             self._store.drop(group)
             with contextlib.suppress(*STORAGE_ERRORS):  # never renewed again; unanswered, the lease runs out
                 await self.leases.release(group, epoch)  # what ended the recovery is what the caller hears
@@ -368,11 +369,10 @@ class Membership:
             log.warning("group %d: lost while it was recovered; not served here", group)
             return  # given up meanwhile (its lease gone, or a write refused): never installed
         self._engine.install(actor)
+        took_s, number = time.monotonic() - started, number_of(epoch)
         self._metrics.taken.inc()
-        self._metrics.take_seconds.observe(time.monotonic() - started)
+        self._metrics.take_seconds.observe(took_s)
         self._metrics.groups_owned.set(len(self.leases.held))
-        took_s = time.monotonic() - started
-        number = number_of(epoch)
         log.info("group %d: taken at epoch %d, %d log entries replayed in %.2fs", group, number, replayed, took_s,
                  extra={"event": "group_taken", "group": group, "epoch": number, "entries": replayed,
                         "duration_ms": round(took_s * 1000)})

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections.abc import Container, Sequence
 from typing import Any
 
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, Script
 from atp_service.storage.records import UNCLAIMED, claimed, number_of, wall_ms
+from atp_service.storage.resp import as_text
 from atp_service.storage.scripts import CLAIM_ORDER_LUA, EPOCH_SCRIPT
 from atp_service.tasks import exception_seen, finish_uncancelled, keep
 
@@ -141,6 +143,19 @@ class GroupLeases:
             return False
         del self.held[group]
         return True
+
+    def give_back_strays(self, holders: Sequence[Any], owners: Sequence[Any], busy: Container[int]) -> list[int]:
+        """Give back each lease Redis names this holder for (``holders``, ``owners``: every group's lease and
+        owner key as read) though no taking here holds it: an ACQUIRE whose answer was lost and whose grant
+        landed after the give-back that followed (that RELEASE overtook it on another connection) would keep
+        the group from everyone — this process included — until the lease ran out. ``busy``: groups being
+        handed over or given up here, their own RELEASE on its way. Epoch-checked: never a later taking's.
+        Only between takings (``Membership.balance``), never while one is under way."""
+        strays = [g for g, holder in enumerate(holders) if holder is not None and as_text(holder) == self.holder
+                  and g not in self.held and g not in busy]
+        for group in strays:
+            self._give_back(group, as_text(owners[group] or UNCLAIMED))
+        return strays
 
     async def given_back(self) -> None:
         """Until every give-back under way (a cancelled ``acquire``'s, a ``release`` whose caller

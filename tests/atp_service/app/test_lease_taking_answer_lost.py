@@ -87,3 +87,34 @@ async def test_a_lease_lost_while_its_group_is_recovered_leaves_it_neither_held_
     assert served_as_held(service)
     (position,) = await client.availability([(sku, "DC")])
     assert position.on_hand == 7
+
+
+async def test_a_taking_granted_after_its_give_back_is_given_back_by_the_next_balance(
+        start: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The taking's answer lost, its give-back sent, and the ACQUIRE landing only after that RELEASE
+    (which overtook it on another connection): Redis names this process's holder for the lease, no
+    taking here holds it. The next balance gives it back (epoch-checked) rather than leave the group
+    to no one — this process included — for a whole lease; a later one takes it."""
+    group = 2
+    service, client, membership, engine, sku = await stocked_group(start, group, 4)
+    await membership._hand_over(group)
+    leases = membership.leases
+    epoch = await leases._draw(group)
+    keys = [leases.key(group), leases.store.keys.owner(group), leases.store.keys.fence(group)]
+    granted = await leases.store.nodes.run_one(Call(GroupLeases._ACQUIRE, keys, [leases.holder, epoch,
+                                                                                leases.lease_ms]))
+    assert int(granted) >= 0 and group not in leases.held  # the late grant, as the lost ACQUIRE's
+    await membership.balance()
+    await leases.given_back()
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        assert await r.get(leases.key(group)) is None, "the stray lease is given back"
+        assert (await r.get(leases.store.keys.owner(group))).decode() == epoch  # the grant's epoch stands
+    finally:
+        await r.aclose()
+    assert "no taking here holds it" in caplog.text
+    assert service.metrics.registry.get_sample_value("atp_groups_given_up_total", {"why": "stray"}) == 1
+    await taken_anew(membership, group, "the group taken after its stray lease was given back")
+    assert served_as_held(service) and not engine.actors[group].vacant
+    (position,) = await client.availability([(sku, "DC")])
+    assert position.on_hand == 4
