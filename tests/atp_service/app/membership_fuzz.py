@@ -1,0 +1,315 @@
+"""Random turns of real ``Membership``s under faults of ownership's Redis calls.
+
+Several leased services run in one process on one real Redis, their own renewal and balance loops
+idle (leases and balance periods of minutes): the fuzzer runs their renewals and balances itself,
+concurrently and in a random order, while each Redis call of ownership meets a fault drawn from the
+seed (``ownership_faults``: slow, lost, landed with its answer lost, or landing late — after calls
+sent since), processes pause past their leases (the fuzzer lapses them, as Redis would) and run
+again, are cut off from Redis for good, stop gracefully or join, and receipts are recorded through
+any of them. Then the faults stop, every late call lands, paused processes run again, the leases of
+the gone lapse, and a few quiet rounds of renewals and balances must leave:
+
+- every group served by exactly one live process, which holds its lease (the key names its holder)
+  and whose taking the owner key names; no live process holding a group it does not serve;
+- every acknowledged receipt counted, and every receipt — sent again with its id — counted once (E8);
+- no error said by ownership (a self-heal such as "free to take, yet served here" is a bug found).
+
+    python -m tests.atp_service.app.membership_fuzz [--seeds 20] [--first 0] [--steps 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aredis
+
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.log import Fenced
+from tests.atp_service.app.ownership_faults import FaultyOwnership, LateCalls
+from tests.atp_service.edge.test_api import receipt
+from tests.conftest import test_config
+
+SHARDS = 6
+MAX_LIVE = 4
+QUIET_ROUNDS = 12
+ACTIONS = ("renew",) * 6 + ("balance",) * 6 + ("record",) * 3 + ("pause", "thaw", "lapse", "cut", "stop", "join")
+
+
+@dataclass
+class Proc:
+    name: str
+    service: AtpService
+    client: AtpClient
+    faults: FaultyOwnership
+    state: str = "up"  # up | paused | cut | stopped
+    balancing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one balance at a time, as its loop runs them
+
+    @property
+    def membership(self) -> Any:
+        assert self.service.membership is not None
+        return self.service.membership
+
+
+class Errors(logging.Handler):
+    """Every ERROR said by the service while the fuzzer runs: a finding."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("atp_service"):
+            self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+class Fuzz:
+    def __init__(self, seed: int, redis_url: str, steps: int) -> None:
+        self.rng = random.Random(seed)
+        self.redis_url, self.steps = redis_url, steps
+        self.late = LateCalls()
+        self.procs: list[Proc] = []
+        self.log: list[str] = []
+        self.findings: list[str] = []
+        self.work: set[asyncio.Task[None]] = set()
+        self.facts: dict[str, tuple[str, int]] = {}  # event id -> (sku, quantity)
+        self.acked: set[str] = set()
+        self.skus = [f"k{i}" for i in range(24)]
+
+    def say(self, line: str) -> None:
+        self.log.append(line)
+
+    # -- the processes --------------------------------------------------------------------------
+    async def join(self) -> Proc:
+        name = f"p{len(self.procs)}"
+        config = test_config(ownership="leases", lease_ms=600_000, balance_ms=200_000, shards=SHARDS,
+                             input_streams=(), port=free_port(), host="127.0.0.1")
+        service = AtpService(config, self.redis_url)
+        await service.start()  # its first balance untouched by faults: a start waits for Redis anyway
+        store = service._log
+        assert store is not None
+        faults = FaultyOwnership(store, self.rng, self.late, lambda line, n=name: self.say(f"{n}: {line}"))
+        proc = Proc(name, service, AtpClient(f"127.0.0.1:{service.port}"), faults)
+        self.procs.append(proc)
+        self.say(f"{name}: joined, holding {sorted(proc.membership.leases.held)}")
+        return proc
+
+    def live(self) -> list[Proc]:
+        return [p for p in self.procs if p.state in ("up", "paused")]
+
+    # -- the chaos ------------------------------------------------------------------------------
+    async def chaos(self) -> None:
+        for step in range(self.steps):
+            action = self.rng.choice(ACTIONS)
+            procs = [p for p in self.procs if p.state in ("up", "paused")]
+            if action == "join" and len(self.live()) < MAX_LIVE:
+                self.spawn(self.join(), "join")
+            elif procs:
+                self.act(step, action, self.rng.choice(procs))
+            if landed := self.late.land_some(self.rng):
+                self.say(f"{landed} late call(s) landed")
+            await asyncio.sleep(self.rng.random() * 0.01)
+
+    def act(self, step: int, action: str, proc: Proc) -> None:
+        self.say(f"step {step}: {action} {proc.name}")
+        membership = proc.membership
+        if action == "renew":
+            self.spawn(membership.renew(), f"{proc.name} renew")
+        elif action == "balance":
+            self.spawn(self.balance(proc), f"{proc.name} balance")
+        elif action == "record":
+            self.spawn(self.record(proc), f"{proc.name} record")
+        elif action == "pause" and proc.state == "up":
+            proc.state = "paused"
+            proc.faults.pause()
+        elif action == "thaw" and proc.state == "paused":
+            proc.state = "up"
+            proc.faults.thaw()
+        elif action == "lapse" and proc.state == "paused":
+            self.spawn(self.lapse(proc), f"{proc.name} leases lapse")
+        elif action == "cut" and len(self.live()) > 1:
+            proc.state = "cut"
+            proc.faults.cut()
+            self.spawn(self.lapse(proc), f"{proc.name} leases lapse")
+        elif action == "stop" and len(self.live()) > 1 and proc.state == "up":
+            proc.state = "stopped"
+            self.spawn(proc.service.stop(grace_s=0.1), f"{proc.name} stop")
+
+    async def balance(self, proc: Proc) -> None:
+        async with proc.balancing:
+            await proc.membership.balance()
+
+    async def record(self, proc: Proc) -> None:
+        eid = f"f{len(self.facts)}"
+        sku, units = self.rng.choice(self.skus), self.rng.randint(1, 9)
+        self.facts[eid] = (sku, units)
+        with contextlib.suppress(Exception):  # refused or in doubt: sent again at the end
+            (result,) = await proc.client.record_events([receipt(eid, sku, "DC", units)])
+            if result.outcome == pb.FACT_OUTCOME_APPLIED:
+                self.acked.add(eid)
+
+    async def lapse(self, proc: Proc) -> None:
+        """``proc``'s leases and member entry run out, as in Redis when it renews none for a lease."""
+        membership = proc.membership
+        r = aredis.Redis.from_url(self.redis_url)
+        try:
+            keys = [membership.leases.key(g) for g in range(SHARDS)]
+            holder = membership.leases.holder.encode()
+            for key, value in zip(keys, await r.mget(keys), strict=True):
+                if value == holder:
+                    await r.delete(key)
+            await r.zrem(proc.service._log.keys.members, membership._entry)  # type: ignore[union-attr]
+        finally:
+            await r.aclose()
+
+    def spawn(self, work: Any, what: str) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except (*STORAGE_ERRORS, Fenced):
+                pass  # tried again at the next turn, as the loops do
+            except Exception as exc:  # a finding, named
+                self.findings.append(f"{what} raised {exc!r}")
+
+        task = asyncio.ensure_future(run())
+        self.work.add(task)
+        task.add_done_callback(self.work.discard)
+
+    # -- the quiet -------------------------------------------------------------------------------
+    async def quiet(self) -> None:
+        for proc in self.procs:
+            proc.faults.faults = False
+            if proc.state == "paused":
+                proc.state = "up"
+                proc.faults.thaw()
+        await self.late.land_all()
+        _, pending = await asyncio.wait(self.work, timeout=60) if self.work else (set(), set())
+        if pending:
+            self.findings.append(f"{len(pending)} turns still running 60 s after the faults ended (wedged)")
+            return
+        for proc in self.procs:
+            if proc.state in ("cut", "stopped"):
+                await self.lapse(proc)
+        for _ in range(QUIET_ROUNDS):
+            for proc in self.live():
+                with contextlib.suppress(*STORAGE_ERRORS, Fenced):
+                    await proc.membership.renew()
+                    await self.balance(proc)
+            await asyncio.gather(*(t for p in self.live() for t in p.membership._work), return_exceptions=True)
+            if not await self.ownership_problems():
+                for proc in self.live():  # every route read again, after the last taking
+                    await self.balance(proc)
+                return
+        self.findings += await self.ownership_problems()
+
+    async def ownership_problems(self) -> list[str]:
+        problems = []
+        r = aredis.Redis.from_url(self.redis_url)
+        try:
+            for group in range(SHARDS):
+                serving = [p for p in self.live() if not p.service.engine.actors[group].vacant]  # type: ignore[union-attr]
+                if len(serving) != 1:
+                    problems.append(f"group {group} served by {[p.name for p in serving]}")
+                    continue
+                proc, = serving
+                leases = proc.membership.leases
+                lease, owner = await r.mget([leases.key(group), proc.service._log.keys.owner(group)])  # type: ignore[union-attr]
+                if group not in leases.held or lease != leases.holder.encode() or owner.decode() != leases.held[group]:
+                    problems.append(f"group {group} served by {proc.name}: held {group in leases.held}, lease "
+                                    f"{lease!r}, owner key {owner!r}")
+            for proc in self.live():
+                unserved = [g for g in proc.membership.leases.held if proc.service.engine.actors[g].vacant]  # type: ignore[union-attr]
+                if unserved:
+                    problems.append(f"{proc.name} holds {unserved} without serving them")
+        finally:
+            await r.aclose()
+        return problems
+
+    async def counted(self) -> None:
+        """Every acknowledged receipt counted; every receipt, sent again, counted once (E8)."""
+        client = self.live()[0].client
+        expected_acked = self._totals(self.acked)
+        found = await self._on_hand(client)
+        for sku, units in expected_acked.items():
+            if found.get(sku, 0) < units:
+                self.findings.append(f"{sku}: {found.get(sku, 0)} on hand, below the {units} acknowledged (lost)")
+        for eid, (sku, units) in sorted(self.facts.items()):
+            (result,) = await client.record_events([receipt(eid, sku, "DC", units)])
+            if result.outcome not in (pb.FACT_OUTCOME_APPLIED, pb.FACT_OUTCOME_DUPLICATE):
+                self.findings.append(f"{eid} sent again: {pb.FactOutcome.Name(result.outcome)}")
+        found, expected = await self._on_hand(client), self._totals(self.facts)
+        for sku in self.skus:
+            if found.get(sku, 0) != expected.get(sku, 0):
+                self.findings.append(f"{sku}: {found.get(sku, 0)} on hand, {expected.get(sku, 0)} received (E8)")
+
+    def _totals(self, eids: Any) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for eid in eids:
+            sku, units = self.facts[eid]
+            totals[sku] = totals.get(sku, 0) + units
+        return totals
+
+    async def _on_hand(self, client: AtpClient) -> dict[str, int]:
+        positions = await client.availability([(sku, "DC") for sku in self.skus])
+        return {p.sku: p.on_hand for p in positions}
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            await proc.client.close()
+            if proc.state != "stopped":
+                await asyncio.wait_for(proc.service.stop(grace_s=0.1), 30)
+
+
+async def run(seed: int, redis_url: str, steps: int = 60) -> tuple[list[str], list[str]]:
+    """One seed: (findings, its log)."""
+    errors = Errors()
+    logging.getLogger().addHandler(errors)
+    fuzz = Fuzz(seed, redis_url, steps)
+    try:
+        for _ in range(3):
+            await fuzz.join()
+        await fuzz.chaos()
+        await fuzz.quiet()
+        if not fuzz.findings:
+            await fuzz.counted()
+    finally:
+        logging.getLogger().removeHandler(errors)
+        await fuzz.stop()
+    return fuzz.findings + [f"said: {line}" for line in errors.lines], fuzz.log
+
+
+async def _main(seeds: int, first: int, steps: int) -> int:
+    bad = 0
+    server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="membership-fuzz-")), appendfsync="always").start()
+    try:
+        for seed in range(first, first + seeds):
+            client = aredis.Redis.from_url(server.url)
+            await client.flushall()
+            await client.aclose()
+            findings, log = await run(seed, server.url, steps)
+            print(f"seed {seed}: {findings or 'ok'}", flush=True)
+            if findings:
+                bad += 1
+                print("\n".join(log[-60:]))
+    finally:
+        server.stop()
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args()
+    raise SystemExit(asyncio.run(_main(args.seeds, args.first, args.steps)))

@@ -1,0 +1,153 @@
+"""Faults on the Redis calls of ownership, for ``membership_fuzz``: each script call of a lease or of
+the members' registry (``GroupLeases``'s ACQUIRE, RENEW, RELEASE and epoch draw; ``MEMBERS_SCRIPT``)
+and each read of the routes or of an owner key for a taking's epoch is given a fault drawn from the fuzzer's stream:
+
+- ``slow``: it waits a little before it is sent (other work runs meanwhile);
+- ``lost``: it never reaches Redis; its caller is told the connection failed;
+- ``answer_lost``: it runs in Redis, and its caller is told the connection failed;
+- ``late``: it reaches Redis only when the fuzzer lands it (``land_some``, ``land_all``), after
+  whatever was sent since — a RELEASE may overtake the ACQUIRE it gives back; its caller is told it
+  timed out at once.
+
+A paused process (``pause``) sends nothing until it is thawed; one cut off (``cut``) reaches nothing,
+for good. Every other call (a group commit, a recovery's reads, a snapshot) goes through untouched:
+their faults are other tests' (``tests/sim``, ``test_lease_faults.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from atp_service.app.membership import MEMBERS_SCRIPT
+from atp_service.storage.leases import GroupLeases
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import Call
+
+OWNERSHIP_SCRIPTS = {GroupLeases._ACQUIRE: "ACQUIRE", GroupLeases._RENEW: "RENEW", GroupLeases._RELEASE: "RELEASE",
+                     GroupLeases._EPOCH: "EPOCH", MEMBERS_SCRIPT: "MEMBERS"}
+CALL_FAULTS = ("ok",) * 7 + ("slow", "slow", "lost", "answer_lost", "late")
+READ_FAULTS = ("ok",) * 8 + ("slow", "lost")
+SLOW_S = 0.02
+
+
+class LateCalls:
+    """The calls on their way that the fuzzer lands when it chooses (shared by every process)."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[asyncio.Event, asyncio.Task[Any]]] = []
+
+    def add(self, send: Callable[[], Any]) -> None:
+        go = asyncio.Event()
+
+        async def later() -> Any:
+            await go.wait()
+            return await send()
+
+        task = asyncio.ensure_future(later())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its answer goes nowhere
+        self._waiting.append((go, task))
+
+    def land_some(self, rng: random.Random) -> int:
+        landing = [w for w in self._waiting if rng.random() < 0.3]
+        for go, _ in landing:
+            go.set()
+        self._waiting = [w for w in self._waiting if w not in landing]
+        return len(landing)
+
+    async def land_all(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for go, _ in waiting:
+            go.set()
+        await asyncio.gather(*(task for _, task in waiting), return_exceptions=True)
+
+
+class FaultyOwnership:
+    """``store``'s calls of ownership given faults while ``faults`` is on; ``pause``/``thaw``/``cut``."""
+
+    def __init__(self, store: LogStore, rng: random.Random, late: LateCalls, log: Callable[[str], None]) -> None:
+        self.rng, self.late, self.log = rng, late, log
+        self.faults = True
+        self.cut_off = False
+        self.running = asyncio.Event()
+        self.running.set()
+        nodes, client = store.nodes, store.client
+        self._run_one, self._run, self._mget, self._get = nodes.run_one, nodes.run, client.mget, client.get
+        nodes.run_one, nodes.run = self.run_one, self.run  # type: ignore[method-assign]
+        client.mget, client.get = self.mget, self.get
+
+    def pause(self) -> None:
+        self.running.clear()
+
+    def thaw(self) -> None:
+        self.running.set()
+
+    def cut(self) -> None:
+        self.cut_off = True
+        self.running.set()
+
+    async def _gate(self) -> None:
+        if not self.cut_off:
+            await self.running.wait()
+        if self.cut_off:
+            raise RedisConnectionError("fuzz: cut off from Redis")
+
+    def _draw(self, choices: tuple[str, ...]) -> str:
+        return self.rng.choice(choices) if self.faults else "ok"
+
+    async def run_one(self, call: Call, extra_s: float = 0.0) -> Any:
+        if call.script not in OWNERSHIP_SCRIPTS:
+            return await self._run_one(call, extra_s)
+        what = f"{OWNERSHIP_SCRIPTS[call.script]} {call.keys[0]}"
+        return await self._faulted(lambda: self._run_one(call, extra_s), what)
+
+    async def run(self, calls: list[Call], extra_s: float = 0.0) -> list[Any]:
+        if not any(call.script in OWNERSHIP_SCRIPTS for call in calls):
+            return await self._run(calls, extra_s)
+        try:
+            return list(await self._faulted(lambda: self._run(calls, extra_s), f"{len(calls)} RENEWs"))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            return [exc] * len(calls)  # as ``Nodes.run`` answers a node that did not
+
+    async def mget(self, names: list[str]) -> Any:
+        if not names[0].endswith(":lease"):  # not the routes' read (``Membership._read_routes``)
+            return await self._mget(names)
+        await self._gate()
+        await self._read_fault("routes read")
+        return await self._mget(names)
+
+    async def get(self, name: str) -> Any:
+        if not name.endswith(":owner"):  # not an epoch's draw (``GroupLeases._draw``): a recovery's read
+            return await self._get(name)
+        await self._gate()
+        await self._read_fault("owner key read")
+        return await self._get(name)
+
+    async def _read_fault(self, what: str) -> None:
+        fault = self._draw(READ_FAULTS)
+        if fault == "slow":
+            await asyncio.sleep(self.rng.random() * SLOW_S)
+        elif fault == "lost":
+            raise RedisConnectionError(f"fuzz: {what} lost")
+
+    async def _faulted(self, send: Callable[[], Any], what: str) -> Any:
+        await self._gate()
+        fault = self._draw(CALL_FAULTS)
+        if fault != "ok":
+            self.log(f"{fault} {what}")
+        if fault == "slow":
+            await asyncio.sleep(self.rng.random() * SLOW_S)
+        elif fault == "lost":
+            raise RedisConnectionError(f"fuzz: {what} lost before it reached Redis")
+        elif fault == "late":
+            self.late.add(send)
+            raise RedisTimeoutError(f"fuzz: {what} timed out (still on its way)")
+        reply = await send()
+        if fault == "answer_lost":
+            raise RedisConnectionError(f"fuzz: {what} ran, its answer lost")
+        return reply
