@@ -1,6 +1,7 @@
 """Real ``Membership``s in random turns under faults of ownership's Redis calls (``membership_fuzz``):
 after the faults stop and a few quiet rounds, every group is served by exactly one live process that
-holds its lease and owner key, every receipt is counted once, and ownership said no error. Wider:
+holds its lease and owner key, every receipt is counted once, every order across groups is held whole or
+not at all (none acknowledged lost, nothing oversold), and the service said no error. Wider:
 ``python -m tests.atp_service.app.membership_fuzz --seeds 200``."""
 
 from __future__ import annotations
@@ -41,6 +42,6 @@ async def test_the_fuzzer_plays_every_fault_and_turn_it_names(redis_url: str) ->
         assert not findings, findings
         seen |= {m[1] for line in log if (m := re.match(r"(?:step \d+|p\d+): (\w+)", line))}
         seen |= {"landed"} if any(line.endswith("late call(s) landed") for line in log) else set()
-    for event in ("renew", "balance", "record", "pause", "thaw", "lapse", "cut", "stop", "joined",
+    for event in ("renew", "balance", "record", "reserve", "pause", "thaw", "lapse", "cut", "stop", "joined",
                   "slow", "lost", "answer_lost", "late", "landed"):
         assert event in seen, event
