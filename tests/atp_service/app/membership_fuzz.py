@@ -72,7 +72,8 @@ class Errors(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith("atp_service"):
-            self.lines.append(f"{record.name}: {record.getMessage()}")
+            cause = f" ({record.exc_info[1]!r})" if record.exc_info and record.exc_info[1] is not None else ""
+            self.lines.append(f"{record.name}: {record.getMessage()}{cause}")
 
 
 class Fuzz:

@@ -9,14 +9,18 @@ and each read of the routes or of an owner key for a taking's epoch is given a f
   whatever was sent since — a RELEASE may overtake the ACQUIRE it gives back; its caller is told it
   timed out at once.
 
-A paused process (``pause``) sends nothing until it is thawed; one cut off (``cut``) reaches nothing,
-for good. Every other call (a group commit, a recovery's reads, a snapshot) goes through untouched:
+The log's writes (group commits, fences, snapshots, id claims) meet fewer faults: now and then one
+ends with its answer lost, or lands late, its caller told it timed out — in doubt (R7) until the shard
+has fenced it and read what landed. A paused process (``pause``: its Redis connections stalled) sends
+nothing of ownership until it is thawed, and its writes wait up to ``STALL_S`` each, then time out,
+landing later; one cut off (``cut``) reaches nothing, for good. A recovery's reads go through untouched:
 their faults are other tests' (``tests/sim``, ``test_lease_faults.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +37,12 @@ OWNERSHIP_SCRIPTS = {GroupLeases._ACQUIRE: "ACQUIRE", GroupLeases._RENEW: "RENEW
                      GroupLeases._EPOCH: "EPOCH", MEMBERS_SCRIPT: "MEMBERS"}
 CALL_FAULTS = ("ok",) * 7 + ("slow", "slow", "lost", "answer_lost", "late")
 READ_FAULTS = ("ok",) * 8 + ("slow", "lost")
+WRITE_FAULTS = ("ok",) * 10 + ("answer_lost", "late")
+WRITE_FAULT_P = 0.1
+"""The share of the log's writes sent by a task (``Nodes.run``, where the faults are drawn) rather than
+begun on the connection directly (``Nodes.begin``)."""
 SLOW_S = 0.02
+STALL_S = 0.2
 
 
 class LateCalls:
@@ -78,7 +87,8 @@ class FaultyOwnership:
         self.running.set()
         nodes, client = store.nodes, store.client
         self._run_one, self._run, self._mget, self._get = nodes.run_one, nodes.run, client.mget, client.get
-        nodes.run_one, nodes.run = self.run_one, self.run  # type: ignore[method-assign]
+        self._begin = nodes.begin
+        nodes.run_one, nodes.run, nodes.begin = self.run_one, self.run, self.begin  # type: ignore[method-assign]
         client.mget, client.get = self.mget, self.get
 
     def pause(self) -> None:
@@ -100,19 +110,48 @@ class FaultyOwnership:
     def _draw(self, choices: tuple[str, ...]) -> str:
         return self.rng.choice(choices) if self.faults else "ok"
 
+    def begin(self, calls: list[Call], done: Callable[[list[Any]], None]) -> bool:
+        if self.cut_off or (self.faults and (not self.running.is_set() or self.rng.random() < WRITE_FAULT_P)):
+            return False  # by ``run``, where its fault is drawn
+        return bool(self._begin(calls, done))
+
     async def run_one(self, call: Call, extra_s: float = 0.0) -> Any:
         if call.script not in OWNERSHIP_SCRIPTS:
-            return await self._run_one(call, extra_s)
+            (reply,) = await self._write([call], lambda: self._run_one(call, extra_s), single=True)
+            if isinstance(reply, BaseException):
+                raise reply
+            return reply
         what = f"{OWNERSHIP_SCRIPTS[call.script]} {call.keys[0]}"
         return await self._faulted(lambda: self._run_one(call, extra_s), what)
 
     async def run(self, calls: list[Call], extra_s: float = 0.0) -> list[Any]:
         if not any(call.script in OWNERSHIP_SCRIPTS for call in calls):
-            return await self._run(calls, extra_s)
+            return await self._write(calls, lambda: self._run(calls, extra_s))
         try:
             return list(await self._faulted(lambda: self._run(calls, extra_s), f"{len(calls)} RENEWs"))
         except (RedisConnectionError, RedisTimeoutError) as exc:
             return [exc] * len(calls)  # as ``Nodes.run`` answers a node that did not
+
+    async def _write(self, calls: list[Call], send: Callable[[], Any], single: bool = False) -> list[Any]:
+        """The log's write: its replies, or the error each call ended in (as ``Nodes.run`` answers)."""
+        if self.cut_off:
+            return [RedisConnectionError("fuzz: cut off from Redis")] * len(calls)
+        if not self.running.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.running.wait(), STALL_S)
+        fault = "late" if not self.running.is_set() else self._draw(WRITE_FAULTS)
+        if fault != "ok":
+            self.log(f"{fault} write of {len(calls)}")
+        if fault == "late":
+            self.late.add(send)
+            return [RedisTimeoutError("fuzz: write timed out (still on its way)")] * len(calls)
+        try:
+            replies = [await send()] if single else list(await send())
+        except Exception as exc:  # as ``Nodes.run``: what ended the exchange ended every call
+            replies = [exc] * len(calls)
+        if fault == "answer_lost":
+            return [RedisConnectionError("fuzz: write ran, its answer lost")] * len(calls)
+        return replies
 
     async def mget(self, names: list[str]) -> Any:
         if not names[0].endswith(":lease"):  # not the routes' read (``Membership._read_routes``)
