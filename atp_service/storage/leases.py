@@ -165,8 +165,16 @@ class GroupLeases:
             await asyncio.wait(self.giving_back)
 
     async def _give_back_if_granted(self, group: int, epoch: str, acquiring: asyncio.Future[Any]) -> None:
-        with contextlib.suppress(Exception):  # refused, or Redis unreachable: the lease runs out instead
-            if int(await acquiring) >= 0:
+        """A cancelled ``acquire``'s give-back: after a grant, and after an answer lost (a timeout), as
+        ``acquire`` gives back its own: Redis may have granted it all the same, and a stop (what cancels a
+        taking) leaves no balance to find it stray. Epoch-checked: a RELEASE of a taking not granted frees
+        nothing."""
+        with contextlib.suppress(Exception):  # Redis unreachable: the lease runs out instead
+            try:
+                granted = int(await acquiring) >= 0
+            except Exception as exc:
+                granted = not isinstance(_as_fenced(exc), Fenced)  # its answer lost: granted, may be
+            if granted:
                 await self.store.nodes.run_one(self._release_call(group, epoch))
 
     def _release_call(self, group: int, epoch: str) -> Call:

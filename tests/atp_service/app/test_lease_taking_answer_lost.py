@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.nodes import Call
+from atp_service.tasks import cancel_and_wait
 from tests.atp_service.app.test_lease_lost_mid_renewal import (
     lease_lapsed,
     recovery_held_back,
@@ -118,3 +119,43 @@ async def test_a_taking_granted_after_its_give_back_is_given_back_by_the_next_ba
     assert served_as_held(service) and not engine.actors[group].vacant
     (position,) = await client.availability([(sku, "DC")])
     assert position.on_hand == 4
+
+
+async def test_a_stop_during_a_taking_whose_answer_is_lost_leaves_no_lease_behind(
+        start: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop cancels the balance while its ACQUIRE is on its way; Redis grants it, and its answer is lost
+    (a timeout). No balance comes after a stop to find the lease stray: the cancelled taking's give-back
+    must send the RELEASE (epoch-checked) for a lost answer as for a grant, else the group is kept from
+    every other process — nobody serving it — for a whole lease after this one stopped."""
+    group = 0
+    service, _, membership, _, _ = await stocked_group(start, group, 3)
+    await membership._hand_over(group)
+    nodes = membership.leases.store.nodes
+    run_one = nodes.run_one
+    ran, answer = asyncio.Event(), asyncio.Event()
+
+    async def answer_lost_late(call: Call, extra_s: float = 0.0) -> Any:
+        reply = await run_one(call, extra_s)
+        if call.script is GroupLeases._ACQUIRE and not ran.is_set():
+            ran.set()  # granted in Redis; its answer on its way, then lost
+            await answer.wait()
+            raise RedisConnectionError("answer lost (the test's)")
+        return reply
+
+    monkeypatch.setattr(nodes, "run_one", answer_lost_late)
+    renewing, idle = membership._tasks
+    await cancel_and_wait(idle)
+    balancing = asyncio.create_task(membership.balance())
+    membership._tasks = [renewing, balancing]  # the balance loop's turn a stop cancels
+    await ran.wait()
+    stopping = asyncio.create_task(service.stop(grace_s=0.1))
+    await asyncio.wait([balancing])
+    assert balancing.cancelled(), "the stop cancelled the taking"
+    answer.set()
+    await stopping
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        assert await r.get(membership.leases.key(group)) is None, (
+            "the lease the cancelled taking was granted is given back, not left to run out after the stop")
+    finally:
+        await r.aclose()
