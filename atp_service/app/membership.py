@@ -127,7 +127,8 @@ class Membership:
         """Leave the members, then hand every group over (drained, snapshotted, lease given back). The
         leases not yet handed over are renewed meanwhile: a hand-over of many groups must not outlast
         them. Left first, it is live only by the groups it still holds: the others take what it hands
-        over up to their shares at once, keeping nothing free for it (``plan_balance``)."""
+        over up to their shares at once, keeping nothing free for it (``plan_balance``). Last, its stray leases
+        are given back (``GroupLeases.give_back_strays``): no balance comes after to find them."""
         renewing, balancing = self._tasks or (None, None)
         await cancel_and_wait(balancing)
         self._leaving = True  # out of the members first: the others keep nothing free for it (plan_balance)
@@ -141,6 +142,9 @@ class Membership:
                 await self._hand_over(group)
             except (*STORAGE_ERRORS, Fenced) as exc:
                 log.warning("group %d: not handed over (%r); its lease runs out instead", group, exc)
+        with contextlib.suppress(*STORAGE_ERRORS):  # no balance comes after: a stray lease given back now
+            await self._read_routes()
+            await self.leases.given_back()
         await cancel_and_wait(renewing)
         with contextlib.suppress(*STORAGE_ERRORS):  # else its entry times out
             await self._store.nodes.run_one(Call(MEMBERS_SCRIPT, [self._store.keys.members],
@@ -253,8 +257,7 @@ class Membership:
         longest = max((address_of(m) for m in self.members), key=len, default=self.address)
         if len(longest) <= len(self._longest):
             return
-        self._longest = longest
-        cfg = self._config
+        self._longest, cfg = longest, self._config
         if (refusal := routing_refusal(cfg.shards, self.address, cfg.max_message_bytes, longest)) is not None:
             log.error("process %s joined: %s", longest, refusal, extra={
                 "event": "routing_too_large", "peer": longest, "shards": cfg.shards, "limit": cfg.max_message_bytes})
@@ -329,13 +332,10 @@ class Membership:
         self._metrics.not_taking.set(len(self.watch.out))
 
     async def _read_routes(self) -> None:
-        keys = self._store.keys
-        shards = range(self._config.shards)
-        names = [self.leases.key(g) for g in shards] + [keys.owner(g) for g in shards]
-        client = self._store.client
+        n, keys, client = self._config.shards, self._store.keys, self._store.client
+        names = [self.leases.key(g) for g in range(n)] + [keys.owner(g) for g in range(n)]
         values: Any = await (client.mget(names) if self._store.nodes.together else client.mget_nonatomic(names))
-        n = self._config.shards
-        self.routes = {g: (address_of(as_text(values[g])), number_of(values[n + g])) for g in shards
+        self.routes = {g: (address_of(as_text(values[g])), number_of(values[n + g])) for g in range(n)
                        if values[g] is not None}
         for group in self.leases.give_back_strays(values[:n], values[n:], self._handing | self._vacating.keys()):
             log.warning("group %d: its lease is this process's, yet no taking here holds it (a taking's answer lost, "

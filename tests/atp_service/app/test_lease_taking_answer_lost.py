@@ -159,3 +159,25 @@ async def test_a_stop_during_a_taking_whose_answer_is_lost_leaves_no_lease_behin
             "the lease the cancelled taking was granted is given back, not left to run out after the stop")
     finally:
         await r.aclose()
+
+
+async def test_a_stray_lease_found_at_a_stop_is_given_back_by_it(
+        start: ServiceFactory, redis_url: str) -> None:
+    """A taking's grant landed after its give-back (a stray lease under this process's name), and the
+    process stops before its next balance: no balance will find it, so the stop itself gives it back
+    (epoch-checked), rather than keep the group from every other process for a whole lease."""
+    group = 2
+    service, _, membership, _, _ = await stocked_group(start, group, 4)
+    await membership._hand_over(group)
+    leases = membership.leases
+    epoch = await leases._draw(group)
+    keys = [leases.key(group), leases.store.keys.owner(group), leases.store.keys.fence(group)]
+    granted = await leases.store.nodes.run_one(Call(GroupLeases._ACQUIRE, keys, [leases.holder, epoch,
+                                                                                leases.lease_ms]))
+    assert int(granted) >= 0 and group not in leases.held  # the late grant, as the lost ACQUIRE's
+    await service.stop(grace_s=0.1)
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        assert await r.get(leases.key(group)) is None, "the stray lease is given back by the stop"
+    finally:
+        await r.aclose()
