@@ -56,6 +56,7 @@ class Proc:
     faults: FaultyOwnership
     state: str = "up"  # up | paused | cut | stopped
     balancing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one balance at a time, as its loop runs them
+    turns: set[asyncio.Task[Any]] = field(default_factory=set)  # its balances under way or waiting (a stop's cancel)
 
     @property
     def membership(self) -> Any:
@@ -151,11 +152,28 @@ class Fuzz:
             self.spawn(self.lapse(proc), f"{proc.name} leases lapse")
         elif action == "stop" and len(self.live()) > 1 and proc.state == "up":
             proc.state = "stopped"
-            self.spawn(proc.service.stop(grace_s=0.1), f"{proc.name} stop")
+            self.spawn(self.stop_one(proc), f"{proc.name} stop")
 
     async def balance(self, proc: Proc) -> None:
-        async with proc.balancing:
-            await proc.membership.balance()
+        turn = asyncio.current_task()
+        assert turn is not None
+        proc.turns.add(turn)
+        try:
+            async with proc.balancing:
+                await proc.membership.balance()
+        finally:
+            proc.turns.discard(turn)
+
+    async def stop_one(self, proc: Proc) -> None:
+        """A graceful stop, as ``Membership.stop`` runs one: the balance under way (here the fuzzer's, its
+        own loop idle) cancelled first — a taking cut short, its ACQUIRE perhaps granted — then the stop."""
+        turns = set(proc.turns)
+        for turn in turns:
+            turn.cancel()
+        if turns:
+            self.say(f"{proc.name}: its stop cancelled {len(turns)} balance(s)")
+            await asyncio.wait(turns)
+        await proc.service.stop(grace_s=0.1)
 
     async def lapse(self, proc: Proc) -> None:
         """``proc``'s leases and member entry run out, as in Redis when it renews none for a lease."""
