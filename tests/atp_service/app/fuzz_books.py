@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from typing import Any
 
 from atp_client import AtpClient
@@ -21,9 +22,9 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_service.edge.test_api import receipt
 
 HELD = pb.RESERVATION_STATE_HELD
-SETTLE_TRIES = 40
-"""Tries of an order in doubt (and of the reads) while a group's saga is still driven on: a bound for
-a broken run only."""
+SETTLE_S = 60.0
+"""How long a call is tried again while it is refused as retryable once the faults are over (a saga still
+driven on, a shard still settling a write that was in doubt): a bound for a broken run only."""
 
 
 class Books:
@@ -64,7 +65,12 @@ class Books:
         findings += [f"{sku}: {found[sku].on_hand} on hand, below the {units} acknowledged (lost)"
                      for sku, units in acked.items() if found[sku].on_hand < units]
         for eid, (sku, units) in sorted(self.facts.items()):
-            (result,) = await client.record_events([receipt(eid, sku, "DC", units)])
+            results = await _settled(lambda eid=eid, sku=sku, units=units: client.record_events(
+                [receipt(eid, sku, "DC", units)]))
+            if results is None:
+                findings.append(f"{eid} sent again: still refused as retryable after {SETTLE_S:.0f} s")
+                continue
+            (result,) = results
             if result.outcome not in (pb.FACT_OUTCOME_APPLIED, pb.FACT_OUTCOME_DUPLICATE):
                 findings.append(f"{eid} sent again: {pb.FactOutcome.Name(result.outcome)}")
         found, received = await self._positions(client), self._received(self.facts)
@@ -76,7 +82,7 @@ class Books:
         for rid, (a, b) in sorted(self.orders.items()):
             reply = await _settled(lambda rid=rid, a=a, b=b: client.reserve(rid, _lines(a, b), ttl_seconds=3600))
             if reply is None:
-                findings.append(f"order {rid}: still unsettled after {SETTLE_TRIES} tries")
+                findings.append(f"order {rid}: still refused as retryable after {SETTLE_S:.0f} s")
             elif reply.state == HELD:
                 held[rid] = (a, b)
             elif rid in self.acked_orders:
@@ -112,11 +118,10 @@ def _lines(a: str, b: str) -> list[tuple[str, str, int]]:
 
 
 async def _settled(call: Any) -> Any:
-    """``call()``'s answer, tried again while it is refused as retryable (a saga still driven on, a
-    shard settling what it had in doubt); None past ``SETTLE_TRIES``."""
-    for _ in range(SETTLE_TRIES):
-        try:
+    """``call()``'s answer, tried again while it is refused as retryable; None past ``SETTLE_S``."""
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Retryable):
             return await call()
-        except Retryable:
-            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
     return None

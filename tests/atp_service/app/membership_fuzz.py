@@ -255,7 +255,10 @@ class Fuzz:
         return problems
 
     async def stop(self) -> None:
+        """Every process stopped, once what is checked was: one cut off reaches Redis again first (else its
+        stop waits out each shard's drain and hand-over, bounded but long; other tests time that)."""
         for proc in self.procs:
+            proc.faults.faults, proc.faults.cut_off = False, False
             await proc.client.close()
             if proc.state != "stopped":
                 await asyncio.wait_for(proc.service.stop(grace_s=0.1), 30)
