@@ -26,6 +26,7 @@ import contextlib
 import logging
 import random
 import tempfile
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -231,6 +232,19 @@ class Fuzz:
             before = held
         self.findings += await self.ownership_problems() or [f"still taking and handing over: {before}"]
 
+    def describe(self) -> str:
+        """Each live process's view of every group, for a finding: held, served, its lease deadline here,
+        being handed over or given up, its route."""
+        now, views = time.monotonic(), []
+        for proc in self.live():
+            m, engine = proc.membership, proc.service.engine
+            assert engine is not None
+            views.append(f"{proc.name}@{m.address}: " + ", ".join(
+                f"g{g}[held={g in m.leases.held} served={not engine.actors[g].vacant} "
+                f"lease_in={engine.actors[g].lease_until - now:.0f}s handing={g in m._handing} "
+                f"vacating={g in m._vacating} route={m.routes.get(g)} where={m.where(g)}]" for g in range(SHARDS)))
+        return "; ".join(views)
+
     async def ownership_problems(self) -> list[str]:
         problems = []
         r = aredis.Redis.from_url(self.redis_url)
@@ -276,6 +290,8 @@ async def run(seed: int, redis_url: str, steps: int = 60) -> tuple[list[str], li
         await fuzz.quiet()
         if not fuzz.findings:
             fuzz.findings += await fuzz.books.check(fuzz.live()[0].client)
+            if fuzz.findings:
+                fuzz.findings.append(fuzz.describe())
     finally:
         logging.getLogger().removeHandler(errors)
         await fuzz.stop()

@@ -5,25 +5,15 @@ process sent. That is a group taken, not a log diverged: the group is given up a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from atp_service import free_port
-from tests.atp_service.app.test_lease_lost_mid_renewal import lease_lapsed
+from tests.atp_service.app.test_lease_lost_mid_renewal import lease_lapsed, start
 from tests.atp_service.edge.test_api import receipt
-from tests.conftest import ServiceFactory, services_on
+from tests.conftest import ServiceFactory
 from tests.waiting import until
 
-SHARDS = 4
-
-
-@pytest.fixture
-async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
-    # Long leases, balances by hand: a lease runs out only when the test says.
-    async for start in services_on(redis_url, ownership="leases", lease_ms=600_000, balance_ms=200_000,
-                                   shards=SHARDS, input_streams=()):
-        yield start
+__all__ = ["start"]  # the fixture, used here
 
 
 async def test_a_group_taken_while_its_old_owner_was_away_is_given_up_by_its_owner_check_not_failed(

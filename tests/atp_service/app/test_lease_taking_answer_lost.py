@@ -98,13 +98,8 @@ async def test_a_taking_granted_after_its_give_back_is_given_back_by_the_next_ba
     to no one — this process included — for a whole lease; a later one takes it."""
     group = 2
     service, client, membership, engine, sku = await stocked_group(start, group, 4)
-    await membership._hand_over(group)
     leases = membership.leases
-    epoch = await leases._draw(group)
-    keys = [leases.key(group), leases.store.keys.owner(group), leases.store.keys.fence(group)]
-    granted = await leases.store.nodes.run_one(Call(GroupLeases._ACQUIRE, keys, [leases.holder, epoch,
-                                                                                leases.lease_ms]))
-    assert int(granted) >= 0 and group not in leases.held  # the late grant, as the lost ACQUIRE's
+    epoch = await stray_lease(membership, group)
     await membership.balance()
     await leases.given_back()
     r = aredis.Redis.from_url(redis_url)
@@ -168,16 +163,24 @@ async def test_a_stray_lease_found_at_a_stop_is_given_back_by_it(
     (epoch-checked), rather than keep the group from every other process for a whole lease."""
     group = 2
     service, _, membership, _, _ = await stocked_group(start, group, 4)
-    await membership._hand_over(group)
     leases = membership.leases
-    epoch = await leases._draw(group)
-    keys = [leases.key(group), leases.store.keys.owner(group), leases.store.keys.fence(group)]
-    granted = await leases.store.nodes.run_one(Call(GroupLeases._ACQUIRE, keys, [leases.holder, epoch,
-                                                                                leases.lease_ms]))
-    assert int(granted) >= 0 and group not in leases.held  # the late grant, as the lost ACQUIRE's
+    await stray_lease(membership, group)
     await service.stop(grace_s=0.1)
     r = aredis.Redis.from_url(redis_url)
     try:
         assert await r.get(leases.key(group)) is None, "the stray lease is given back by the stop"
     finally:
         await r.aclose()
+
+
+async def stray_lease(membership: Any, group: int) -> str:
+    """``group`` handed over, then granted to this process again by an ACQUIRE no taking here waits for (the
+    late grant of a taking whose answer was lost): a stray lease. Its epoch."""
+    await membership._hand_over(group)
+    leases = membership.leases
+    epoch: str = await leases._draw(group)
+    keys = [leases.key(group), leases.store.keys.owner(group), leases.store.keys.fence(group)]
+    granted = await leases.store.nodes.run_one(Call(GroupLeases._ACQUIRE, keys, [leases.holder, epoch,
+                                                                                leases.lease_ms]))
+    assert int(granted) >= 0 and group not in leases.held
+    return epoch
