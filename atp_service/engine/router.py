@@ -28,6 +28,7 @@ from atp_service.engine.routes import Routes
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.ids import IdClaims
+from atp_service.storage.leases import taken_over
 from atp_service.storage.log import LogStore
 from reservation import (
     DomainError,
@@ -381,13 +382,13 @@ class Engine(OwnedShards):
         """Each shard stops if Redis lost entries it made durable (``ShardActor.stop_if_log_short``): every
         log's end read in one round trip, each shard's durable entry read before it. Leased, the groups
         served here only: one that stops is given up and recovered again (``Membership.failed``). A log
-        past every entry its shard sent is first asked whose it is: a group taken while this process was
-        away (paused past its lease) holds its new owner's entries — lost here (fenced), not diverged."""
+        past every entry its shard sent is first asked whose it is (leased): a group taken while this process
+        was away (paused past its lease) holds its new owner's entries — lost here (fenced), not diverged."""
         actors = [actor for actor in self.actors if not actor.vacant]
         durable = [actor.seq for actor in actors]
         newest = await self._log.last_seqs([actor.shard for actor in actors])
         for actor, seq, last in zip(actors, durable, newest, strict=True):
-            if last > actor.sent_top() and not await self._log.still_owner(actor.shard if self._log.leased else None):
+            if last > actor.sent_top() and self._log.leased and await taken_over(self._log, actor.shard):
                 continue  # taken by another: given up as any write refused FENCED is (``LogStore._refused``)
             actor.stop_if_log_short(seq, last)
 

@@ -199,8 +199,20 @@ class GroupLeases:
         return giving
 
 
+async def taken_over(store: LogStore, group: int) -> bool:
+    """Whether a later taking than this process's owns ``group`` now: its owner key names an epoch numbered
+    at or above this process's (the group is then lost here, as a write refused FENCED would find it:
+    ``LogStore.still_owner``). False while the group is this process's, and where the owner key went back
+    below its epoch — numbers only rise, so Redis lost data: its log is not to be trusted, never a taking."""
+    mine = store.epochs.get(group)
+    current = await store.client.get(store.keys.owner(group))
+    if mine is not None and current is not None and number_of(current) < number_of(mine):
+        return False
+    return not await store.still_owner(group)
+
+
 def _as_fenced(exc: BaseException) -> BaseException:
     return Fenced(str(exc)) if str(exc).startswith("FENCED") else exc
 
 
-__all__ = ["GroupLeases"]
+__all__ = ["GroupLeases", "taken_over"]

@@ -89,6 +89,7 @@ class Fuzz:
         self.work: set[asyncio.Task[None]] = set()
         self.books = Books(self.rng)
         self.calm = False
+        self.joined = 0
 
     def say(self, line: str) -> None:
         self.log.append(line)
@@ -98,7 +99,7 @@ class Fuzz:
 
     # -- the processes --------------------------------------------------------------------------
     async def join(self) -> Proc:
-        name = f"p{len(self.procs)}"
+        name, self.joined = f"p{self.joined}", self.joined + 1  # before any await: joins run concurrently
         config = test_config(ownership="leases", lease_ms=600_000, balance_ms=200_000, shards=SHARDS,
                              input_streams=(), port=free_port(), host="127.0.0.1")
         service = AtpService(config, self.redis_url)
