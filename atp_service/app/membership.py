@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from atp_service.app.balancing import FreeWatch, RenewalPace, address_of, plan_balance, preference
+from atp_service.app.handing import hand_over_all
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
@@ -137,11 +138,7 @@ class Membership:
                 log.warning("leaving: %s; the renewals go on until every group is handed over", missing)
         await asyncio.gather(*self._work, return_exceptions=True)  # hand-overs and give-ups under way end first
         await self.leases.given_back()  # and leases given back after a cancelled taking
-        for group in sorted(self.leases.held):
-            try:
-                await self._hand_over(group)
-            except (*STORAGE_ERRORS, Fenced) as exc:
-                log.warning("group %d: not handed over (%r); its lease runs out instead", group, exc)
+        await hand_over_all(sorted(self.leases.held), self._hand_over, log)
         with contextlib.suppress(*STORAGE_ERRORS):  # no balance comes after: a stray lease given back now
             await self._read_routes()
             await self.leases.given_back()
@@ -377,16 +374,16 @@ class Membership:
                  extra={"event": "group_taken", "group": group, "epoch": number, "entries": replayed,
                         "duration_ms": round(took_s * 1000)})
 
-    async def _hand_over(self, group: int) -> None:
+    async def _hand_over(self, group: int, snapshot: bool = True) -> None:
         """Give ``group`` up gracefully: its work drained, a final snapshot, the lease given back —
         in a task of its own, which the caller going away does not stop half-way."""
-        await asyncio.shield(self._own(self._hand_over_now(group)))
+        await asyncio.shield(self._own(self._hand_over_now(group, snapshot)))
 
-    async def _hand_over_now(self, group: int) -> None:
+    async def _hand_over_now(self, group: int, snapshot: bool) -> None:
         self._handing.add(group)
         try:
             try:
-                await self._engine.vacate(group, snapshot=True)
+                await self._engine.vacate(group, snapshot=snapshot)
             finally:  # given back even without its final snapshot: the next owner replays more, that is all
                 self._store.drop(group)
                 await self.leases.release(group)
