@@ -84,7 +84,10 @@ async def test_a_fact_whose_owner_answered_after_the_send_timed_out_is_applied_o
         await proxy.land(proxy.held[0])  # late: the owner's append lands
         await wait_consumed(redis_url, [STREAM])
         assert await on_hand(owner, fact.sku) == 7
-        assert counted(services, "atp_facts_total", outcome="applied") == 1
+        # Applied once, whichever way: the late append refused by the owner's fence and the fact sent again
+        # applied anew (counted applied), or landed first and found by the owner's settle (the fact sent
+        # again then a duplicate) — which, is the machine's timing.
+        assert logged_times(r, fact) == 1
 
 
 async def test_a_fact_sent_to_an_owner_that_lost_its_group_with_the_append_in_hand_is_applied_once_by_the_next(
@@ -108,5 +111,10 @@ async def test_a_fact_sent_to_an_owner_that_lost_its_group_with_the_append_in_ha
         for held in list(proxy.held):
             await proxy.land(held)
         assert await on_hand(reader, fact.sku) == 7
-        log: Any = r.xrange(f"atp:{{g{group_of(fact.sku)}}}:log")  # not trimmed: few entries, no snapshot
-        assert sum(value.count(b"slow-fact") for _, fields in log for value in fields.values()) == 1
+        assert logged_times(r, fact) == 1
+
+
+def logged_times(r: redis.Redis, fact: F) -> int:
+    """How many entries of the fact's group's log hold it (not trimmed: few entries, no snapshot)."""
+    log: Any = r.xrange(f"atp:{{g{group_of(fact.sku)}}}:log")
+    return sum(value.count(fact.event_id.encode()) for _, fields in log for value in fields.values())
