@@ -4,16 +4,20 @@ Several leased services run in one process on one real Redis, their own renewal 
 idle (leases and balance periods of minutes): the fuzzer runs their renewals and balances itself,
 concurrently and in a random order, while each Redis call of ownership meets a fault drawn from the
 seed (``ownership_faults``: slow, lost, landed with its answer lost, or landing late — after calls
-sent since), processes pause past their leases (the fuzzer lapses them, as Redis would) and run
-again, are cut off from Redis for good, stop gracefully or join, and receipts are recorded through
-any of them. Then the faults stop, every late call lands, paused processes run again, the leases of
-the gone lapse, and a few quiet rounds of renewals and balances must leave:
+sent since; the log's writes now and then in doubt too), processes pause past their leases (the
+fuzzer lapses them, as Redis would) and run again, are cut off from Redis for good, stop gracefully
+or join, and receipts and orders are sent through any of them. Then the faults stop, every late call
+lands, paused processes run again, the leases of the gone lapse, and quiet rounds of renewals and
+balances, until one changes nothing, must leave:
 
 - every group served by exactly one live process, which holds its lease (the key names its holder)
   and whose taking the owner key names; no live process holding a group it does not serve;
 - what was sent through them meanwhile as it must be (``fuzz_books``): receipts counted once (E8),
   orders across groups held whole or not at all, none acknowledged lost, nothing oversold;
-- no error said by ownership (a self-heal such as "free to take, yet served here" is a bug found).
+- no error said by the service (a self-heal such as "free to take, yet served here" is a bug found).
+
+Interleavings follow real I/O, so a failing seed may not replay exactly: a finding carries every live
+process's view of each group (``describe``) and the seed's last log lines.
 
     python -m tests.atp_service.app.membership_fuzz [--seeds 20] [--first 0] [--steps 60]
 """
