@@ -57,9 +57,31 @@ class JsonFormatter(_JsonFormatter):
         super().add_fields(log_data, record, message_dict)
 
 
+UNDELIVERED = "ExecuteBatchError raised in core by servicer method"
+"""How gRPC's asyncio server begins the line (at ERROR, with a traceback) for an answer it could not send."""
+
+
+class UndeliveredAnswers(logging.Filter):
+    """gRPC's ERROR for an answer that found its caller gone (its deadline passed, or it cancelled, before
+    the answer was sent), told at DEBUG and without its traceback. A caller's deadline is routine: the call
+    ended as its answer says, delivered or not (R8), and a retry with the same ids learns how (R5); a peak
+    day's timeouts written as tracebacks at ERROR would bury the errors that matter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not str(record.msg).startswith(UNDELIVERED):
+            return True
+        record.levelno, record.levelname, record.exc_info, record.exc_text = logging.DEBUG, "DEBUG", None, None
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+_UNDELIVERED = UndeliveredAnswers()
+
+
 def set_up_logging(level: str, log_format: str, stream: IO[str] | None = None) -> None:
     """Every logger's lines at ``level`` and above, in ``log_format`` (``text`` or ``json``), on
-    ``stream`` (standard error by default)."""
+    ``stream`` (standard error by default); gRPC's line for an answer its caller was gone for, at DEBUG
+    (``UndeliveredAnswers``)."""
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_UNDELIVERED)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

@@ -70,6 +70,26 @@ def test_text_lines_read_as_before_with_the_fields_after_the_message(logged: Any
     assert lines[-1] == "RuntimeError: boom"
 
 
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_grpc_s_error_for_an_answer_whose_caller_was_gone_is_told_at_debug_without_its_traceback(
+        logged: Any, level: str) -> None:
+    """gRPC's asyncio server logs an answer it could not send (its caller's deadline passed first) at ERROR,
+    with a traceback: at DEBUG here, one line; any other error of gRPC's stays as it was."""
+    buffer = logged(level, "text")
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    try:
+        raise RuntimeError("Failed \"execute_batch\"")
+    except RuntimeError:
+        grpc_log.exception("ExecuteBatchError raised in core by servicer method [%s]", "/atp.v1.Service/Reserve")
+        grpc_log.exception("Unexpected [%s] raised by servicer method [%s]", "KeyError", "/atp.v1.Service/Reserve")
+    lines = buffer.getvalue()
+    assert "ERROR grpc._cython.cygrpc: Unexpected [KeyError]" in lines and "Traceback" in lines
+    undelivered = [line for line in lines.splitlines() if "ExecuteBatchError raised in core" in line]
+    assert len(undelivered) == (0 if level == "INFO" else 1)
+    assert all(" DEBUG grpc._cython.cygrpc: ExecuteBatchError" in line for line in undelivered)
+    assert lines.count("Traceback") == 1
+
+
 def test_the_level_hides_what_is_less_severe(logged: Any) -> None:
     buffer = logged("WARNING", "json")
     log = logging.getLogger("atp_service.test")
