@@ -7,8 +7,6 @@ everything acknowledged: R7), their leases given back all at once (or left to ru
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import redis.asyncio as aioredis
 from atp_service import free_port
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.leases import GroupLeases
+from tests.atp_service.app.test_stop_redis_away import stopped_with_redis_paused
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import services_on
 
@@ -36,12 +35,7 @@ async def test_a_leased_stop_with_redis_not_answering_waits_out_one_hand_over_no
             leases = membership.leases
             most = _releases_at_once(leases, monkeypatch)
             failures = service.metrics.registry.get_sample_value("atp_snapshot_failures_total")
-            assert server.process is not None
-            os.kill(server.process.pid, signal.SIGSTOP)  # Redis takes connections, answers nothing
-            try:
-                await service.stop(grace_s=0.1)
-            finally:
-                os.kill(server.process.pid, signal.SIGCONT)
+            await stopped_with_redis_paused(server, service)
             assert service.metrics.registry.get_sample_value("atp_snapshot_failures_total") == failures + 1, (
                 "one final snapshot tried, the others' groups left to their logs")
             assert max(most) == SHARDS - 1, "the leases after the first hand-over's given back at once"

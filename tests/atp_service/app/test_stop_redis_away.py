@@ -31,12 +31,7 @@ async def test_a_stop_with_redis_not_answering_tries_one_final_snapshot_not_one_
             written = [actor for actor in service.engine.actors if actor.seq > 0]
             assert len(written) > 2, "the facts reach several shards, each with a snapshot to write"
             before = _snapshot_failures(service)
-            assert server.process is not None
-            os.kill(server.process.pid, signal.SIGSTOP)  # Redis takes connections, answers nothing
-            try:
-                await service.stop(grace_s=0.1)
-            finally:
-                os.kill(server.process.pid, signal.SIGCONT)
+            await stopped_with_redis_paused(server, service)
             assert _snapshot_failures(service) - before == 1, "one final snapshot tried, the others left to the log"
         async for start in services_on(server.url):  # nothing acknowledged lost: the logs replayed
             _, client = await start(shards=SHARDS)
@@ -83,3 +78,13 @@ def _one_sku_per_shard(service: AtpService, shards: int) -> list[str]:
         if len(found) == shards:
             return list(found.values())
     raise AssertionError("no SKU for some shard")
+
+
+async def stopped_with_redis_paused(server: EmbeddedRedis, service: AtpService) -> None:
+    """``service`` stopped while ``server`` takes connections and answers nothing (SIGSTOP), then resumed."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        await service.stop(grace_s=0.1)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
