@@ -329,9 +329,8 @@ class Membership:
         self._metrics.not_taking.set(len(self.watch.out))
 
     async def _read_routes(self) -> None:
-        n, keys, client = self._config.shards, self._store.keys, self._store.client
-        names = [self.leases.key(g) for g in range(n)] + [keys.owner(g) for g in range(n)]
-        values: Any = await (client.mget(names) if self._store.nodes.together else client.mget_nonatomic(names))
+        n, keys = self._config.shards, self._store.keys
+        values = await self._store.values_of([self.leases.key(g) for g in range(n)] + [keys.owner(g) for g in range(n)])
         self.routes = {g: (address_of(as_text(values[g])), number_of(values[n + g])) for g in range(n)
                        if values[g] is not None}
         for group in self.leases.give_back_strays(values[:n], values[n:], self._handing | self._vacating.keys()):

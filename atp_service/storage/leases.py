@@ -204,10 +204,9 @@ async def taken_over(store: LogStore, group: int) -> bool:
     at or above this process's (the group is then lost here, as a write refused FENCED would find it:
     ``LogStore.still_owner``). False while the group is this process's, and where the owner key went back
     below its epoch — numbers only rise, so Redis lost data: its log is not to be trusted, never a taking."""
-    mine, key = store.epochs.get(group), store.keys.owner(group)
-    # Read as ``still_owner`` reads owner keys (the simulation's store models that read, not a GET).
-    values: Any = await (store.client.mget([key]) if store.nodes.together else store.client.mget_nonatomic([key]))
-    current = as_text(values[0])
+    mine = store.epochs.get(group)
+    (value,) = await store.values_of([store.keys.owner(group)])  # as ``still_owner`` reads it
+    current = as_text(value)
     if current == mine or (mine is not None and current is not None and number_of(current) < number_of(mine)):
         return False  # this process's own (one read: the log diverged), or Redis went back
     return not await store.still_owner(group)

@@ -177,8 +177,7 @@ class LogStore(CommitSlots, LogReads):
         else:
             claims = dict(self.epochs)  # judged against the claims the read was made for
         keys = [self.keys.owner(g) for g in claims]
-        values: Any = await (self.client.mget(keys) if self.nodes.together else self.client.mget_nonatomic(keys))
-        for g, current in zip(claims, values, strict=True):
+        for g, current in zip(claims, await self.values_of(keys), strict=True):
             if as_text(current) != claims[g]:  # the whole epoch: a number drawn again is another claim's
                 self._refused(Fenced(f"FENCED epoch {claims[g]} of {self.keys.owner(g)} was replaced by "
                                      f"{as_text(current)}"), g, claims[g])

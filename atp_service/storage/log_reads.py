@@ -22,6 +22,13 @@ class LogReads:
 
     client: Any
     keys: Keyspace
+    nodes: Any
+
+    async def values_of(self, names: list[str]) -> list[Any]:
+        """The value of each key of ``names`` (None: absent): one MGET on one Redis, on a cluster one per slot."""
+        values: list[Any] = await (self.client.mget(names) if self.nodes.together
+                                   else self.client.mget_nonatomic(names))
+        return values
 
     async def last_seq(self, shard: int) -> int:
         """The newest entry ever written to ``shard``'s log, trimmed or not (0: the log does not exist)."""
