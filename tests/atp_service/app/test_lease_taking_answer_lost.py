@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from atp_service import AtpService
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.nodes import Call
 from atp_service.tasks import cancel_and_wait
@@ -52,17 +53,10 @@ async def test_a_taking_granted_by_redis_whose_answer_is_lost_does_not_keep_the_
     monkeypatch.undo()
     assert lost_once
     await membership.leases.given_back()  # any give-back under way ends first
-    r = aredis.Redis.from_url(redis_url)
-    try:
-        holder = await r.get(membership.leases.key(group))
-    finally:
-        await r.aclose()
+    holder = await key_value(redis_url, membership.leases.key(group))
     assert holder is None or holder.decode() != membership.leases.holder or group in membership.leases.held, (
         "the lease granted in Redis is this process's yet not held here: nobody serves the group until it runs out")
-    await taken_anew(membership, group, "the group taken again")
-    assert served_as_held(service)
-    (position,) = await client.availability([(sku, "DC")])
-    assert position.on_hand == 5
+    await served_again(service, client, group, sku, 5, "the group taken again")
 
 
 async def test_a_lease_lost_while_its_group_is_recovered_leaves_it_neither_held_nor_served_then_taken_anew(
@@ -84,10 +78,7 @@ async def test_a_lease_lost_while_its_group_is_recovered_leaves_it_neither_held_
     monkeypatch.undo()
     await asyncio.gather(*membership._work)
     assert served_as_held(service) and engine.actors[group].vacant
-    await taken_anew(membership, group, "the group taken anew")
-    assert served_as_held(service)
-    (position,) = await client.availability([(sku, "DC")])
-    assert position.on_hand == 7
+    await served_again(service, client, group, sku, 7, "the group taken anew")
 
 
 async def test_a_taking_granted_after_its_give_back_is_given_back_by_the_next_balance(
@@ -97,23 +88,16 @@ async def test_a_taking_granted_after_its_give_back_is_given_back_by_the_next_ba
     taking here holds it. The next balance gives it back (epoch-checked) rather than leave the group
     to no one — this process included — for a whole lease; a later one takes it."""
     group = 2
-    service, client, membership, engine, sku = await stocked_group(start, group, 4)
+    service, client, membership, _, sku = await stocked_group(start, group, 4)
     leases = membership.leases
     epoch = await stray_lease(membership, group)
     await membership.balance()
     await leases.given_back()
-    r = aredis.Redis.from_url(redis_url)
-    try:
-        assert await r.get(leases.key(group)) is None, "the stray lease is given back"
-        assert (await r.get(leases.store.keys.owner(group))).decode() == epoch  # the grant's epoch stands
-    finally:
-        await r.aclose()
+    assert await key_value(redis_url, leases.key(group)) is None, "the stray lease is given back"
+    assert await key_value(redis_url, leases.store.keys.owner(group)) == epoch.encode()  # the grant's epoch stands
     assert "no taking here holds it" in caplog.text
     assert service.metrics.registry.get_sample_value("atp_groups_given_up_total", {"why": "stray"}) == 1
-    await taken_anew(membership, group, "the group taken after its stray lease was given back")
-    assert served_as_held(service) and not engine.actors[group].vacant
-    (position,) = await client.availability([(sku, "DC")])
-    assert position.on_hand == 4
+    await served_again(service, client, group, sku, 4, "the group taken after its stray lease was given back")
 
 
 async def test_a_stop_during_a_taking_whose_answer_is_lost_leaves_no_lease_behind(
@@ -148,12 +132,8 @@ async def test_a_stop_during_a_taking_whose_answer_is_lost_leaves_no_lease_behin
     assert balancing.cancelled(), "the stop cancelled the taking"
     answer.set()
     await stopping
-    r = aredis.Redis.from_url(redis_url)
-    try:
-        assert await r.get(membership.leases.key(group)) is None, (
-            "the lease the cancelled taking was granted is given back, not left to run out after the stop")
-    finally:
-        await r.aclose()
+    assert await key_value(redis_url, membership.leases.key(group)) is None, (
+        "the lease the cancelled taking was granted is given back, not left to run out after the stop")
 
 
 async def test_a_stray_lease_found_at_a_stop_is_given_back_by_it(
@@ -166,11 +146,7 @@ async def test_a_stray_lease_found_at_a_stop_is_given_back_by_it(
     leases = membership.leases
     await stray_lease(membership, group)
     await service.stop(grace_s=0.1)
-    r = aredis.Redis.from_url(redis_url)
-    try:
-        assert await r.get(leases.key(group)) is None, "the stray lease is given back by the stop"
-    finally:
-        await r.aclose()
+    assert await key_value(redis_url, leases.key(group)) is None, "the stray lease is given back by the stop"
 
 
 async def stray_lease(membership: Any, group: int) -> str:
@@ -184,3 +160,23 @@ async def stray_lease(membership: Any, group: int) -> str:
                                                                                 leases.lease_ms]))
     assert int(granted) >= 0 and group not in leases.held
     return epoch
+
+
+async def served_again(service: AtpService, client: Any, group: int, sku: str, units: int, what: str) -> None:
+    """``group`` taken again by balances (``what`` if it is not), served here as held, and its stock (``units``
+    of ``sku`` at DC) read through it."""
+    assert service.membership is not None and service.engine is not None
+    await taken_anew(service.membership, group, what)
+    assert served_as_held(service) and not service.engine.actors[group].vacant
+    (position,) = await client.availability([(sku, "DC")])
+    assert position.on_hand == units
+
+
+async def key_value(redis_url: str, key: str) -> bytes | None:
+    """``key``'s value in Redis now."""
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        value: bytes | None = await r.get(key)
+        return value
+    finally:
+        await r.aclose()
