@@ -108,3 +108,11 @@ def keep(held: set[asyncio.Task[Any]], work: Coroutine[Any, Any, T]) -> asyncio.
     held.add(task)
     task.add_done_callback(held.discard)
     return task
+
+
+async def all_kept_ended(held: set[asyncio.Task[Any]]) -> None:
+    """Until every task of ``held`` (see ``keep``) has ended, those started meanwhile included: work
+    that one of them starts (a group given up while another is handed over) is not left running
+    past the caller. Their failures are theirs to report (an ``exception_seen`` callback)."""
+    while running := [task for task in held if not task.done()]:
+        await asyncio.gather(*running, return_exceptions=True)

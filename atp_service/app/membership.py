@@ -38,7 +38,7 @@ from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, Script
 from atp_service.storage.records import number_of
 from atp_service.storage.resp import as_text
-from atp_service.tasks import cancel_and_wait, exception_seen, keep
+from atp_service.tasks import all_kept_ended, cancel_and_wait, exception_seen, keep
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,10 @@ class Membership:
         with contextlib.suppress(*STORAGE_ERRORS, Fenced):  # else its next renewal removes it
             if missing := await self.renew():
                 log.warning("leaving: %s; the renewals go on until every group is handed over", missing)
-        await asyncio.gather(*self._work, return_exceptions=True)  # hand-overs and give-ups under way end first
+        await all_kept_ended(self._work)  # hand-overs and give-ups under way end first
         await self.leases.given_back()  # and leases given back after a cancelled taking
         await hand_over_all(sorted(self.leases.held), self._hand_over, log)
+        await all_kept_ended(self._work)  # a group given up meanwhile (its shard failed): its lease given back
         with contextlib.suppress(*STORAGE_ERRORS):  # no balance comes after: a stray lease given back now
             await self._read_routes()
             await self.leases.given_back()
