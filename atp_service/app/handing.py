@@ -1,4 +1,5 @@
-"""A stopping process's hand-overs of its groups (``Membership.stop``, ``ownership = leases``)."""
+"""Groups changing hands at a process (``ownership = leases``): a stop's hand-overs of its groups
+(``Membership.stop``), and what a taking whose recovery failed says."""
 
 from __future__ import annotations
 
@@ -31,4 +32,16 @@ async def hand_over_all(groups: list[int], hand_over: Callable[[int, bool], Awai
             return
 
 
-__all__ = ["hand_over_all"]
+def say_not_recovered(group: int, exc: BaseException, log: logging.Logger) -> None:
+    """A taking whose recovery ended in ``exc``: a stop's cancel is nothing gone wrong, Redis not answering is
+    a fault it meets again at a later balance, anything else (a log this version cannot read, a bug) an error."""
+    if isinstance(exc, asyncio.CancelledError):
+        log.info("group %d: taken, its recovery cancelled by a stop; given back", group)
+    elif isinstance(exc, STORAGE_ERRORS):
+        log.warning("group %d: taken but not recovered (Redis: %r); given back, to be taken at a later balance",
+                    group, exc, extra={"event": "group_not_recovered", "group": group})
+    else:
+        log.error("group %d: taken but not recovered; given back", group, exc_info=exc)
+
+
+__all__ = ["hand_over_all", "say_not_recovered"]

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from atp_service.app.balancing import FreeWatch, RenewalPace, address_of, plan_balance, preference
-from atp_service.app.handing import hand_over_all
+from atp_service.app.handing import hand_over_all, say_not_recovered
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
@@ -351,9 +351,7 @@ class Membership:
         try:
             ledger, seq, replayed = await recover_shard(self._store, group, self._config.limits)
         except BaseException as exc:
-            stopped = isinstance(exc, asyncio.CancelledError)  # a stop during the taking: nothing went wrong
-            log.log(logging.INFO if stopped else logging.ERROR, "group %d: taken%s; given back", group,
-                    ", its recovery cancelled by a stop" if stopped else " but not recovered", exc_info=not stopped)
+            say_not_recovered(group, exc, log)
             self._store.drop(group)
             with contextlib.suppress(*STORAGE_ERRORS):  # never renewed again; unanswered, the lease runs out
                 await self.leases.release(group, epoch)  # what ended the recovery is what the caller hears

@@ -146,7 +146,7 @@ class Fuzz:
             self.spawn(self.books.reserve(proc.client), f"{proc.name} reserve")
         elif action == "pause" and proc.state == "up":
             proc.state = "paused"
-            proc.faults.pause()
+            proc.faults.pause(at_taking=self.rng.random() < 0.5)
         elif action == "thaw" and proc.state == "paused":
             proc.state = "up"
             proc.faults.thaw()

@@ -13,8 +13,11 @@ The log's writes (group commits, fences, snapshots, id claims) meet fewer faults
 ends with its answer lost, or lands late, its caller told it timed out — in doubt (R7) until the shard
 has fenced it and read what landed. A paused process (``pause``: its Redis connections stalled) sends
 nothing of ownership until it is thawed, and its writes wait up to ``STALL_S`` each, then time out,
-landing later; one cut off (``cut``) reaches nothing, for good. A recovery's reads go through untouched:
-their faults are other tests' (``tests/sim``, ``test_lease_faults.py``).
+landing later; one cut off (``cut``) reaches nothing, for good. Its other reads — a recovery's, an owner
+check's — stall as well: each either reaches Redis only once the process runs again, or is read at once
+and its answer held until then (``stale``: what it says may have changed meanwhile); either times out
+after ``STALL_S``. Otherwise they go through untouched: their faults are other tests' (``tests/sim``,
+``test_lease_faults.py``).
 """
 
 from __future__ import annotations
@@ -83,18 +86,25 @@ class FaultyOwnership:
         self.rng, self.late, self.log = rng, late, log
         self.faults = True
         self.cut_off = False
+        self.pause_at_taking = False
         self.running = asyncio.Event()
         self.running.set()
         nodes, client = store.nodes, store.client
         self._run_one, self._run, self._mget, self._get = nodes.run_one, nodes.run, client.mget, client.get
-        self._begin = nodes.begin
+        self._begin, self._xrange = nodes.begin, client.xrange
         nodes.run_one, nodes.run, nodes.begin = self.run_one, self.run, self.begin  # type: ignore[method-assign]
-        client.mget, client.get = self.mget, self.get
+        client.mget, client.get, client.xrange = self.mget, self.get, self.xrange
 
-    def pause(self) -> None:
-        self.running.clear()
+    def pause(self, at_taking: bool = False) -> None:
+        """Stalled now, or (``at_taking``) as the next ACQUIRE granted here is answered: its recovery's reads
+        stall then, the group taken but not yet served."""
+        if at_taking:
+            self.pause_at_taking = True
+        else:
+            self.running.clear()
 
     def thaw(self) -> None:
+        self.pause_at_taking = False
         self.running.set()
 
     def cut(self) -> None:
@@ -155,17 +165,38 @@ class FaultyOwnership:
 
     async def mget(self, names: list[str]) -> Any:
         if not names[0].endswith(":lease"):  # not the routes' read (``Membership._read_routes``)
-            return await self._mget(names)
+            return await self._stalled(lambda: self._mget(names), "read of owner keys")
         await self._gate()
         await self._read_fault("routes read")
         return await self._mget(names)
 
     async def get(self, name: str) -> Any:
         if not name.endswith(":owner"):  # not an epoch's draw (``GroupLeases._draw``): a recovery's read
-            return await self._get(name)
+            return await self._stalled(lambda: self._get(name), "recovery's read")
         await self._gate()
         await self._read_fault("owner key read")
         return await self._get(name)
+
+    async def xrange(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._stalled(lambda: self._xrange(*args, **kwargs), "read of a log")
+
+    async def _stalled(self, read: Callable[[], Any], what: str) -> Any:
+        """A read outside ownership's calls: stalled while paused (see the module's text), else as it comes."""
+        if self.cut_off:
+            raise RedisConnectionError(f"fuzz: {what}: cut off from Redis")
+        if self.running.is_set():
+            return await read()
+        stale = self.rng.random() < 0.5
+        answer = asyncio.ensure_future(read()) if stale else None
+        try:
+            await asyncio.wait_for(self.running.wait(), STALL_S)
+        except TimeoutError:
+            if answer is not None:
+                answer.add_done_callback(lambda t: t.cancelled() or t.exception())  # it goes nowhere
+            self.log(f"{what} timed out, stalled")
+            raise RedisTimeoutError(f"fuzz: {what} timed out (stalled)") from None
+        self.log(f"{'stale ' if stale else ''}{what} after a stall")
+        return await (answer if answer is not None else read())
 
     async def _read_fault(self, what: str) -> None:
         fault = self._draw(READ_FAULTS)
@@ -187,6 +218,10 @@ class FaultyOwnership:
             self.late.add(send)
             raise RedisTimeoutError(f"fuzz: {what} timed out (still on its way)")
         reply = await send()
+        if self.pause_at_taking and what.startswith("ACQUIRE") and int(reply) >= 0:
+            self.pause_at_taking = False
+            self.running.clear()
+            self.log(f"paused as {what} was granted")
         if fault == "answer_lost":
             raise RedisConnectionError(f"fuzz: {what} ran, its answer lost")
         return reply
