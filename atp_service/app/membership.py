@@ -24,6 +24,7 @@ from typing import Any
 
 from atp_service.app.balancing import FreeWatch, RenewalPace, address_of, plan_balance, preference
 from atp_service.app.handing import hand_over_all, say_not_recovered
+from atp_service.app.lost_entries import say_if_lost
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
@@ -279,13 +280,16 @@ class Membership:
                     extra={"event": "group_lost", "group": group, "why": why})
         self._metrics.given.labels(why).inc()
         self._store.drop(group)
-        task = self._own(self._vacate(group, release, epoch))
+        task = self._own(self._vacate(group, release, epoch, why))
         self._vacating[group] = task
         task.add_done_callback(lambda _t: self._vacating.pop(group, None) if self._vacating.get(group) is _t else None)
         self._metrics.groups_owned.set(len(self.leases.held))
 
-    async def _vacate(self, group: int, release: bool, epoch: str | None) -> None:
+    async def _vacate(self, group: int, release: bool, epoch: str | None, why: str) -> None:
+        actor = self._engine.actors[group]
         await self._engine.vacate(group, snapshot=False)
+        if why in ("lease", "fenced") and isinstance(actor, ShardActor):  # did Redis keep what it acknowledged?
+            await say_if_lost(self._store, actor, why, self._engine_metrics)
         if release:
             with contextlib.suppress(*STORAGE_ERRORS):  # else its lease runs out
                 await self.leases.release(group, epoch)

@@ -33,6 +33,7 @@ class CommitPipeline(EntryListeners):
         super().__init__(shard)
         self.ledger = ledger
         self.seq = seq  # the last entry durable in this shard's log
+        self.durable_data: bytes | None = None  # entry ``seq`` as this shard made it durable (None: recovered)
         self._log = log_store
         self._metrics = metrics
         self._inflight: deque[InFlight] = deque()  # appended, not yet durable; oldest first
@@ -116,7 +117,7 @@ class CommitPipeline(EntryListeners):
                 self._fail_in_flight(error)
                 return
             inflight.popleft()
-            self.seq = head.seq
+            self.seq, self.durable_data = head.seq, head.data
             deliver(head.answers)
             self._tell(self.listeners, head.entry)
 

@@ -276,11 +276,11 @@ class ShardActor(CommitPipeline):
         if landed is not None:
             for _, entry, _ in doubt[len(landed):]:
                 self._tell(self.lost_listeners, entry)
-        for seq, entry in landed or ():  # None: replaced; this instance takes no more work and stops
+        for (seq, entry), (_, _, data) in zip(landed or (), doubt, strict=False):  # landed: doubt's first ones
             log.warning("shard %d: entry %d did land; applying it (its callers were told UNAVAILABLE)",
                         self.shard, seq)
             self.ledger.replay(entry)
-            self.seq = seq
+            self.seq, self.durable_data = seq, data  # as read back, byte for byte (``landed_of``)
             self._tell(self.landed_late_listeners, entry)
             self._tell(self.listeners, entry)
         self._tell_settled()

@@ -51,6 +51,11 @@ class LogReads:
                 newest.append(seq_of(info["last-generated-id"]))
         return newest
 
+    async def entry_at(self, shard: int, seq: int) -> bytes | None:
+        """Entry ``seq`` of ``shard``'s log (None: not there, never written or trimmed)."""
+        rows: Any = await self.client.xrange(self.keys.log(shard), min=f"{seq}-0", max=f"{seq}-0", count=1)
+        return bytes(rows[0][1][FIELD]) if rows else None
+
     async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
         start = f"({seq}-0" if seq else "-"
         while True:
