@@ -149,6 +149,10 @@ class ProcessLog(LogStore):
             if entry_seq > seq:
                 yield entry_seq, data
 
+    async def entry_at(self, shard: int, seq: int) -> bytes | None:
+        await self.round_trip()
+        return next((data for entry_seq, data in self.redis.logs[shard] if entry_seq == seq), None)
+
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
         await self.round_trip()
         snap, _ = self.redis.stored(shard)

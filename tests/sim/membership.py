@@ -7,8 +7,10 @@ its snapshot and log (``engine.recovery.recover_shard``), a ``ShardActor`` built
 ``GroupClock`` (the taker's clock plus how far the group's log was ahead of it) and installed. A
 graceful hand-over (``hand_over``): ``Engine.vacate`` with a final snapshot, then the lease given
 back. A group lost (``_give_up``: a write refused FENCED, or a renewal finding the lease gone): the
-log drops it and the engine vacates it without a snapshot. A shard that stops working (``failed``: its
-log found short of what it made durable) is given up alike, and its lease given back. ``balance`` takes
+log drops it and the engine vacates it without a snapshot, and its newest durable entry is read back
+(``lost_entries.say_if_lost``: an ERROR if Redis lost it, a finding unless Redis lost a tail). A shard
+that stops working (``failed``: its log found short of what it made durable) is given up alike, and its
+lease given back. ``balance`` takes
 free groups up to the process's share or hands one over above it, as the real one does, not counting
 the live processes its ``FreeWatch`` saw leave a group free (a paused one, here); the driver
 decides when each process renews and balances (``turn``) and when a dead or paused process's leases run out.
@@ -20,6 +22,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from atp_service.app.balancing import FreeWatch, address_of, plan_balance
+from atp_service.app.lost_entries import say_if_lost
 from atp_service.engine.clock import GroupClock
 from atp_service.engine.recovery import recover_shard
 from atp_service.engine.shard import ShardActor
@@ -185,13 +188,16 @@ class SimMembership:
             return  # given up already (``Membership._give_up``)
         self.world.log.tally.given_up += 1
         self.proc.log.drop(group)
-        task = self.proc.spawn(self._vacate(group, release))
+        task = self.proc.spawn(self._vacate(group, release, why))
         self._vacating[group] = task
         task.add_done_callback(self.proc._seen)  # the real one only marks its error seen: here it is a finding
         task.add_done_callback(lambda t: self._vacating.pop(group, None) if self._vacating.get(group) is t else None)
 
-    async def _vacate(self, group: int, release: str | None) -> None:
+    async def _vacate(self, group: int, release: str | None, why: str) -> None:
+        actor = self.proc.engine.actors[group]
         await self.proc.engine.vacate(group, snapshot=False)
+        if why in ("lease", "fenced") and isinstance(actor, ShardActor):  # did Redis keep what it acknowledged?
+            await say_if_lost(self.proc.log, actor, why, self.proc.engine.metrics)
         if release is None:
             return
         await self.proc.log.write_turn()  # RELEASE_SCRIPT: this holder's lease, the owner key this taking's
