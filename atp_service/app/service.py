@@ -204,7 +204,8 @@ class AtpService:
         if self.membership is None:
             return StreamIngestor(client, desk, cfg.ingest_settings, self.clock, reads)
         settings = replace(cfg.ingest_settings, consumer_name=f"{cfg.consumer_name}@{self.membership.address}")
-        send = fact_sender(self._servicer.forwarder, peer_token(cfg), cfg.limits, cfg.max_message_bytes)
+        send = fact_sender(self._servicer.forwarder, peer_token(cfg), cfg.limits, cfg.max_message_bytes,
+                           desk.engine.place)
         return StreamIngestor(client, desk, settings, self.clock, reads, send)
 
     def _load_estate(self) -> Estate:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import grpc
 
-from atp_client import Refusal
+from atp_client import MOVED_KEY, Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
 from atp_service.edge.errors import carried_status, retold, retold_trailers, rich_status
@@ -202,11 +202,12 @@ def _redirect_first(facts: Sequence[Fact], engine: Engine, forwarder: Forwarder,
         forwarder.owner_for(engine.local, shard, metadata)
 
 
-def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits, max_bytes: int) -> FactSender:
+def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits, max_bytes: int,
+                place: Callable[[str], int]) -> FactSender:
     """How the input streams' reader sends facts to the process owning their groups: ``RecordEvents``
     calls (with the peer token) of at most ``max_events_per_call`` facts and ``max_bytes`` (the
     owner's ``max_message_bytes``, which it shares); each fact's result there, or for each the refusal
-    of its call (the owner's, or none came back in time)."""
+    of its call (the owner's, or none came back in time). ``place``: a SKU's group."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     told = OncePerKey(REFUSAL_LOG_S, MAX_FAILING_OWNERS)  # bounded: owners come and go with deploys
 
@@ -218,20 +219,60 @@ def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits, max_byt
     async def send(owner: str, facts: Sequence[Fact]) -> list[Result | DomainError]:
         out: list[Result | DomainError] = []
         for request in requests_of(facts, limits.max_events_per_call, max_bytes):
-            try:
-                answer = await forwarder.send(owner, "RecordEvents", request, SEND_TIMEOUT_S, metadata)
-            except grpc.aio.AioRpcError as exc:
-                forwarder.counted("RecordEvents", "error")
-                log_refusal(owner, exc)
-                refused = Unavailable(f"process {owner} did not take {len(request.events)} facts ({exc.code().name}: "
-                                      f"{exc.details()}); read again later", Reason.OUTCOME_UNKNOWN)
-                out += [refused] * len(request.events)
-                continue
-            forwarder.counted("RecordEvents", "ok")
-            out += [_in_entry_terms(convert.fact_result(result)) for result in answer.results]
+            part = facts[len(out):len(out) + len(request.events)]
+            out += await _send_part(forwarder, owner, part, list(request.events), metadata, place, log_refusal)
         return out
 
     return send
+
+
+async def _send_part(forwarder: Forwarder, owner: str, facts: Sequence[Fact], events: list[pb.Fact],
+                     metadata: tuple[tuple[str, str], ...], place: Callable[[str], int],
+                     log_refusal: Callable[[str, grpc.aio.AioRpcError], None]) -> list[Result | DomainError]:
+    """One request's facts sent (``fact_sender``). A call the owner refuses ``GROUP_MOVED`` (a group of it
+    is not served there now: being handed over, or taken and not yet recovered) is sent again without that
+    group's facts, left ``Moved`` (pending): refused whole, it held back the facts of the owner's other
+    groups for as long as the hand-over lasted, the owner skipped meanwhile as failing (``OwnerSends``)."""
+    out: list[Result | DomainError] = [Unavailable("not sent")] * len(facts)
+    left = list(range(len(facts)))
+    while left:
+        request = pb.RecordEventsRequest(events=[events[i] for i in left])
+        try:
+            answer = await forwarder.send(owner, "RecordEvents", request, SEND_TIMEOUT_S, metadata)
+        except grpc.aio.AioRpcError as exc:
+            forwarder.counted("RecordEvents", "error")
+            moved = _moved_of(exc)
+            away = {i for i in left if place(facts[i].sku) == moved.group} if moved is not None else set()
+            if moved is not None and away:  # a smaller call each time: at most one per group
+                for i in away:
+                    out[i] = moved
+                left = [i for i in left if i not in away]
+                continue
+            log_refusal(owner, exc)
+            refused = Unavailable(f"process {owner} did not take {len(left)} facts ({exc.code().name}: "
+                                  f"{exc.details()}); read again later", Reason.OUTCOME_UNKNOWN)
+            for i in left:
+                out[i] = refused
+            return out
+        forwarder.counted("RecordEvents", "ok")
+        if len(answer.results) != len(left):
+            raise ValueError(f"{len(answer.results)} results for {len(left)} facts")
+        for i, result in zip(left, answer.results, strict=True):
+            out[i] = _in_entry_terms(convert.fact_result(result))
+        return out
+    return out
+
+
+def _moved_of(error: grpc.aio.AioRpcError) -> Moved | None:
+    """The group a ``GROUP_MOVED`` refusal names (``atp-moved``: "<group> <owner>") and its owner; None
+    for any other refusal, or one naming no group."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    trailers = dict(cast(Sequence[tuple[str, Any]], error.trailing_metadata() or ()))
+    group, _, owner = str(trailers.get(MOVED_KEY, "")).partition(" ")
+    if not group.lstrip("-").isdigit() or int(group) < 0:
+        return None
+    return Moved(int(group), owner)
 
 
 def _in_entry_terms(result: Result | DomainError) -> Result | DomainError:

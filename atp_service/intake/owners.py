@@ -6,6 +6,8 @@ batch holds facts for every owner. So an owner whose last send failed is skipped
 ``Moved``, their entries pending — until a growing wait has passed (``OWNER_RETRY``), and then one
 send alone tries it again while the other batches still skip it. Each owner's failure is its own:
 an error of one send (an answer of the wrong length included) leaves just that owner's facts pending.
+A fact the owner answers ``Moved`` (its group handed over, or not recovered there yet) is left pending
+alone: the owner answered, and is not skipped for it.
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ class OwnerSends:
             return None
         finally:
             self._probing.discard(owner)
-        if any(isinstance(result, Unavailable) for result in answer):
-            self._failed(owner)
+        if any(isinstance(result, Unavailable) and not isinstance(result, Moved) for result in answer):
+            self._failed(owner)  # a fact of a group not served there (``Moved``) says nothing of the owner
         else:
             self._failing.pop(owner, None)
             self._retry_at.pop(owner, None)
