@@ -159,7 +159,7 @@ class StreamIngestor:
         finally:
             with contextlib.suppress(Exception):  # it only measures: a failure of its own was told when it ended
                 await cancel_and_wait(self._gauge_task)
-            batches = list(self._batches)
+            batches = [*self._batches, *(self._owners.tries if self._owners is not None else ())]  # tries: no one waits
             for task in batches:
                 task.cancel()
             for task in batches:  # each cancelled until it ends: a batch's XACK can lose one (redis-py, 3.11)
@@ -198,7 +198,7 @@ class StreamIngestor:
             return False
         if time.monotonic() - self._claimed_at >= cfg.claim_idle_ms / 1000 / 2:
             self._claimed_at = time.monotonic()
-            await self._handle(await self._claim())
+            await self._handle(await self._claim(), wait=False)  # in the reading loop: no owner's try waited for
         while len(self._batches) >= cfg.ingest_inflight:
             await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
         entries = await self._read(None, block=self._block_ms())
@@ -226,7 +226,7 @@ class StreamIngestor:
             entries = await self._read(after, block=None)
             if not entries:
                 break
-            await self._handle(entries)
+            await self._handle(entries, wait=False)  # in the reading loop: no owner's try waited for
             last = {stream: entry_id for stream, entry_id, _ in entries}
             after = [as_text(last[s]) if s in last else a for s, a in zip(self._streams, after, strict=True)]
             for stream, entry_id in last.items():
@@ -308,7 +308,7 @@ class StreamIngestor:
         self._told([(stream, entry_id, [], TRIMMED) for entry_id in trimmed])
         return [(stream, entry_id, flat or None) for entry_id, flat in rows]  # raw: [id, [f, v, …]]
 
-    async def _handle(self, entries: list[Entry]) -> int:
+    async def _handle(self, entries: list[Entry], wait: bool = True) -> int:
         """Apply the entries' facts; acknowledge each entry once its fact is durable (here or at its
         group's owner) or dead-lettered. The others stay pending, to be read again — and are known to
         ``Unacked`` meanwhile: a group deleted takes them out of the pending list."""
@@ -316,21 +316,21 @@ class StreamIngestor:
             return 0
         held = self._unacked.hold(entries)
         try:
-            return await self._handle_held(entries)
+            return await self._handle_held(entries, wait)
         except BaseException:
             self._unacked.left((stream, entry_id) for stream, entry_id, _ in entries)  # each stays pending
             raise
         finally:
             self._unacked.release(held)
 
-    async def _handle_held(self, entries: list[Entry]) -> int:
+    async def _handle_held(self, entries: list[Entry], wait: bool) -> int:
         """``_handle``'s work. An entry holds one fact: those applied here are acknowledged before the
         others' owners are waited for."""
         now, cfg = self._clock.now_ms(), self._config
         entries, judged = self._unacked.judged(entries)  # refused (E7) before their group was made again: so still
         await self._ack(judged)
         facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
-        settled = await self._settle_ahead(ahead) if ahead else 0
+        settled = await self._settle_ahead(ahead, wait) if ahead else 0
         results = await self._desk.record(facts, origin="stream") if facts else []
         remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
         if self._owners is None or not remote:
@@ -338,10 +338,10 @@ class StreamIngestor:
         away = set(remote)
         here = [i for i in range(len(results)) if i not in away]
         count = settled + await self._settle([read[i] for i in here], [results[i] for i in here], dead)
-        await self._owners.to_owners(facts, results, remote)
+        await self._owners.to_owners(facts, results, remote, wait)
         return count + await self._settle([read[i] for i in remote], [results[i] for i in remote], [])
 
-    async def _settle_ahead(self, ahead: list[Ahead]) -> int:
+    async def _settle_ahead(self, ahead: list[Ahead], wait: bool) -> int:
         """Entries whose facts this process's clock finds in the future (E7): refused (dead-lettered)
         unless applied already — by a process whose clock ran ahead, which left the entry pending
         (E8: a duplicate, acknowledged). A group another process owns: its owner judges both."""
@@ -349,7 +349,7 @@ class StreamIngestor:
         results = await self._desk.applied_or_refused(facts, [refusal for _, _, refusal in ahead])
         remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
         if self._owners is not None and remote:
-            await self._owners.to_owners(facts, results, remote)
+            await self._owners.to_owners(facts, results, remote, wait)
         return await self._settle([entry for _, entry, _ in ahead], results, [])
 
     async def _settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from atp_service.intake.facts import Result
 from atp_service.retry import Backoff, BackoffPolicy
+from atp_service.tasks import exception_seen, keep
 from reservation import DomainError, Fact, Moved, Unavailable
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class OwnerSends:
         self._failing: dict[str, Backoff] = {}
         self._retry_at: dict[str, float] = {}
         self._probing: set[str] = set()
+        self._tries: set[asyncio.Task[list[Result | DomainError] | None]] = set()
 
     def due(self, owner: str) -> bool:
         """Whether facts for this owner are sent now: it answered last time, or its wait has passed
@@ -51,15 +53,26 @@ class OwnerSends:
             return True
         return owner not in self._probing and time.monotonic() >= self._retry_at[owner]
 
-    async def to_owners(self, facts: list[Fact], results: list[Result | DomainError], at: Sequence[int]) -> None:
+    async def to_owners(self, facts: list[Fact], results: list[Result | DomainError], at: Sequence[int],
+                        wait: bool = True) -> None:
         """The facts at ``at`` (each ``Moved`` to its owner) sent to their owners, all at once: each
-        result becomes the owner's. One whose owner is skipped, or whose send failed, keeps a refusal."""
+        result becomes the owner's. One whose owner is skipped, or whose send failed, keeps a refusal.
+        ``wait`` False (the caller is the reading loop itself: a pass over the reader's pending entries):
+        a failed owner tried again is not waited for — the try goes on alone, its facts left pending
+        (read again, and a duplicate then where the owner applied them, E8). Waited for, a paused
+        owner's try held up every read for its whole timeout, again at each try."""
         by_owner: dict[str, list[int]] = {}
         for i in at:
             result = results[i]
             if isinstance(result, Moved) and result.owner:
                 by_owner.setdefault(result.owner, []).append(i)
         owners = [owner for owner in by_owner if self.due(owner)]
+        self._probing.update(owner for owner in owners if owner in self._failing)  # one try at a time each
+        if not wait:
+            for owner in [owner for owner in owners if owner in self._probing]:
+                keep(self._tries, self._one(owner, [facts[i] for i in by_owner[owner]])).add_done_callback(
+                    exception_seen)
+            owners = [owner for owner in owners if owner not in self._probing]
         answers = await asyncio.gather(*(self._one(owner, [facts[i] for i in by_owner[owner]]) for owner in owners))
         for owner, answer in zip(owners, answers, strict=True):
             if answer is not None:
@@ -68,9 +81,6 @@ class OwnerSends:
 
     async def _one(self, owner: str, facts: list[Fact]) -> list[Result | DomainError] | None:
         """One owner's answer, or None (its facts stay as they are) if the send failed in any way."""
-        probe = owner in self._failing
-        if probe:
-            self._probing.add(owner)
         try:
             answer = await self._send(owner, facts)
             if len(answer) != len(facts):
@@ -87,6 +97,11 @@ class OwnerSends:
             self._failing.pop(owner, None)
             self._retry_at.pop(owner, None)
         return answer
+
+    @property
+    def tries(self) -> list[asyncio.Task[list[Result | DomainError] | None]]:
+        """The tries under way that no one waits for (``to_owners``): the reader's stop ends them."""
+        return list(self._tries)
 
     def _failed(self, owner: str) -> None:
         backoff = self._failing.pop(owner, None) or Backoff(OWNER_RETRY)
