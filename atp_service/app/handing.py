@@ -7,6 +7,18 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced
 
@@ -33,15 +45,24 @@ async def hand_over_all(groups: list[int], hand_over: Callable[[int, bool], Awai
 
 
 def say_not_recovered(group: int, exc: BaseException, log: logging.Logger) -> None:
-    """A taking whose recovery ended in ``exc``: a stop's cancel is nothing gone wrong, Redis not answering is
-    a fault it meets again at a later balance, anything else (a log this version cannot read, a bug) an error."""
+    """A taking whose recovery ended in ``exc``: a stop's cancel is nothing gone wrong, Redis not answering (or
+    between primaries) a fault a later balance gets past, anything else an error — a log this version cannot
+    read, Redis refusing the reads (an ACL changed while the service runs: every taking fails alike), a bug."""
     if isinstance(exc, asyncio.CancelledError):
         log.info("group %d: taken, its recovery cancelled by a stop; given back", group)
-    elif isinstance(exc, STORAGE_ERRORS):
+    elif _unanswered(exc):
         log.warning("group %d: taken but not recovered (Redis: %r); given back, to be taken at a later balance",
                     group, exc, extra={"event": "group_not_recovered", "group": group})
     else:
         log.error("group %d: taken but not recovered; given back", group, exc_info=exc)
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis did not answer, or not yet (loading, a failover, a slot moving): not a refusal."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return False  # a ConnectionError in redis-py, but a refusal no wait cures
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError,
+                            RedisClusterException, ClusterDownError, TryAgainError, ReadOnlyError, AskError))
 
 
 __all__ = ["hand_over_all", "say_not_recovered"]
