@@ -14,6 +14,7 @@ the peer token, as the input streams' reader is no caller with a token of its ow
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -24,13 +25,13 @@ import grpc
 from atp_client import MOVED_KEY, Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
-from atp_service.edge.errors import carried_status, retold, retold_trailers, rich_status
+from atp_service.edge.errors import carried_reason, carried_status, retold, retold_trailers, rich_status
 from atp_service.edge.forward import Forwarder, Relayed, told_first
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.engine.router import Engine
 from atp_service.intake.entries import ENTRY_TIME_FIELD, FAR_FUTURE
 from atp_service.intake.facts import FactDesk, Result
-from atp_service.intake.owners import MAX_FAILING_OWNERS, FactSender
+from atp_service.intake.owners import MAX_FAILING_OWNERS, FactSender, GroupRefused
 from atp_service.metrics import EdgeMetrics
 from reservation import DomainError, Fact, InvalidArgument, Limits, Moved, Reason, Unavailable
 from reservation import fact as make_fact
@@ -47,6 +48,12 @@ until the token is fixed, and every pass over them would log it again."""
 _NOTE = re.compile(r"; \d+ of the call's \d+ facts were recorded .*$", re.S)
 """A refusal's note of what else its call recorded (``_told``): an owner's of its part, told again for the call."""
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+SHARD_REASONS = frozenset({Reason.OUTCOME_UNKNOWN, Reason.STORAGE_UNREACHABLE, Reason.SHARD_OVERLOADED,
+                           Reason.SHARD_STOPPED})
+"""An owner's refusals of a forwarded ``RecordEvents`` for one shard's trouble (a write in doubt, a Redis
+Cluster primary down, a shard's queue full, a shard stopped): refused whole for it, the call is sent again
+one call per group (``_send_part``). Not those of the owner as a whole (overloaded, recovering, stopping,
+replaced) nor gRPC's own (a timeout, the owner unreachable), which are never retried group by group."""
 
 
 async def record_events(request: pb.RecordEventsRequest, context: Any, engine: Engine, desk: FactDesk,
@@ -228,11 +235,17 @@ def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits, max_byt
 
 async def _send_part(forwarder: Forwarder, owner: str, facts: Sequence[Fact], events: list[pb.Fact],
                      metadata: tuple[tuple[str, str], ...], place: Callable[[str], int],
-                     log_refusal: Callable[[str, grpc.aio.AioRpcError], None]) -> list[Result | DomainError]:
+                     log_refusal: Callable[[str, grpc.aio.AioRpcError], None],
+                     split: bool = True) -> list[Result | DomainError]:
     """One request's facts sent (``fact_sender``). A call the owner refuses ``GROUP_MOVED`` (a group of it
     is not served there now: being handed over, or taken and not yet recovered) is sent again without that
     group's facts, left ``Moved`` (pending): refused whole, it held back the facts of the owner's other
-    groups for as long as the hand-over lasted, the owner skipped meanwhile as failing (``OwnerSends``)."""
+    groups for as long as the hand-over lasted, the owner skipped meanwhile as failing (``OwnerSends``).
+    A call refused for one shard's trouble there (``SHARD_REASONS``) is sent again as one call per group of
+    it, all at once (``split``: once, those calls are not split again); a group whose call is refused so too
+    keeps ``GroupRefused`` (pending, that group alone skipped at the owner). Refused whole, every fact of
+    the owner's other groups waited as long as that one shard's trouble lasted. An owner that did not answer
+    (a timeout, unreachable) or refused as a whole is not tried again group by group: each would wait as long."""
     out: list[Result | DomainError] = [Unavailable("not sent")] * len(facts)
     left = list(range(len(facts)))
     while left:
@@ -248,6 +261,13 @@ async def _send_part(forwarder: Forwarder, owner: str, facts: Sequence[Fact], ev
                     out[i] = moved
                 left = [i for i in left if i not in away]
                 continue
+            reason = _shard_reason(exc)
+            if reason is not None:
+                answers = await _by_group(forwarder, owner, [facts[i] for i in left], [events[i] for i in left],
+                                          metadata, place, log_refusal, reason, exc, split)
+                for i, result in zip(left, answers, strict=True):
+                    out[i] = result
+                return out
             log_refusal(owner, exc)
             refused = Unavailable(f"process {owner} did not take {len(left)} facts ({exc.code().name}: "
                                   f"{exc.details()}); read again later", Reason.OUTCOME_UNKNOWN)
@@ -261,6 +281,41 @@ async def _send_part(forwarder: Forwarder, owner: str, facts: Sequence[Fact], ev
             out[i] = _in_entry_terms(convert.fact_result(result))
         return out
     return out
+
+
+async def _by_group(forwarder: Forwarder, owner: str, facts: Sequence[Fact], events: list[pb.Fact],
+                    metadata: tuple[tuple[str, str], ...], place: Callable[[str], int],
+                    log_refusal: Callable[[str, grpc.aio.AioRpcError], None], reason: Reason,
+                    exc: grpc.aio.AioRpcError, split: bool) -> list[Result | DomainError]:
+    """The facts of a call the owner refused for one shard's trouble (``reason``, ``exc``): sent again as
+    one call per group, all at once, when they span several and ``split``; else each ``GroupRefused``."""
+    groups: dict[int, list[int]] = {}
+    for i, fact in enumerate(facts):
+        groups.setdefault(place(fact.sku), []).append(i)
+    out: list[Result | DomainError] = [Unavailable("not sent")] * len(facts)
+    if split and len(groups) > 1:
+        parts = await asyncio.gather(*(
+            _send_part(forwarder, owner, [facts[i] for i in at], [events[i] for i in at], metadata, place,
+                       log_refusal, split=False) for at in groups.values()))
+        for at, part in zip(groups.values(), parts, strict=True):
+            for i, result in zip(at, part, strict=True):
+                out[i] = result
+        return out
+    for group, at in groups.items():
+        refusal = GroupRefused(group, f"process {owner} refused {len(at)} facts of group {group} ({reason.name}: "
+                                      f"{exc.details()}); read again later", reason)
+        for i in at:
+            out[i] = refusal
+    return out
+
+
+def _shard_reason(error: grpc.aio.AioRpcError) -> Reason | None:
+    """The reason of a refusal about one shard's trouble at the owner (``SHARD_REASONS``); None for any
+    other (the owner's as a whole, gRPC's own: a timeout, the owner unreachable)."""
+    trailers = cast(Sequence[tuple[str, Any]], error.trailing_metadata() or ())
+    name = carried_reason(error.code(), error.details() or "", trailers)
+    reason = Reason.__members__.get(name)
+    return reason if reason in SHARD_REASONS else None
 
 
 def _moved_of(error: grpc.aio.AioRpcError) -> Moved | None:

@@ -7,7 +7,10 @@ batch holds facts for every owner. So an owner whose last send failed is skipped
 send alone tries it again while the other batches still skip it. Each owner's failure is its own:
 an error of one send (an answer of the wrong length included) leaves just that owner's facts pending.
 A fact the owner answers ``Moved`` (its group handed over, or not recovered there yet) is left pending
-alone: the owner answered, and is not skipped for it.
+alone: the owner answered, and is not skipped for it. Nor for a group whose shard refused its facts there
+(``GroupRefused``: a write in doubt, its Redis Cluster primary down, its queue full): that group alone is
+skipped at that owner, as a failing owner is, and tried again by one send of its facts alone; the facts of
+the owner's other groups go on.
 """
 
 from __future__ import annotations
@@ -20,19 +23,31 @@ from collections.abc import Awaitable, Callable, Sequence
 from atp_service.intake.facts import Result
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.tasks import exception_seen, keep
-from reservation import DomainError, Fact, Moved, Unavailable
+from reservation import DomainError, Fact, Moved, Reason, Unavailable
 
 log = logging.getLogger(__name__)
 FactSender = Callable[[str, Sequence[Fact]], Awaitable[list[Result | DomainError]]]
 """Sends facts to the service process at an address (the owner of their groups), which applies
 them: each fact's result there, in order, or the refusal that left it undecided."""
 OWNER_RETRY = BackoffPolicy(first_s=0.2, max_s=5.0)
-"""Waits during which an owner whose last send failed is skipped (its facts stay pending)."""
+"""Waits during which an owner whose last send failed (or a group its shard refused there) is skipped
+(its facts stay pending)."""
 MAX_FAILING_OWNERS = 64
-"""Owners whose failure (and wait) one reader remembers; past it the one that failed least recently
-is forgotten, and tried at once the next time facts go to it. A process that left the keyspace
-failing (a rolling restart, a pod given a new address) is sent nothing again, so it never answers
-again either: one entry each, kept for good, grew with every deploy of a service that runs for weeks."""
+"""Owners (and groups at an owner) whose failure (and wait) one reader remembers; past it the one that
+failed least recently is forgotten, and tried at once the next time facts go to it. A process that left
+the keyspace failing (a rolling restart, a pod given a new address) is sent nothing again, so it never
+answers again either: one entry each, kept for good, grew with every deploy of a service that runs for weeks."""
+Key = tuple[str, int | None]
+"""What is skipped while it fails: an owner (None), or one group at that owner."""
+
+
+class GroupRefused(Unavailable):
+    """An owner's refusal of one group's facts for that group's trouble alone there (its shard's write in
+    doubt, its Redis Cluster primary down, its queue full): the owner answered, the facts stay pending."""
+
+    def __init__(self, group: int, message: str, reason: Reason) -> None:
+        super().__init__(message, reason, metadata={"group": str(group)})
+        self.group = group
 
 
 class OwnerSends:
@@ -41,61 +56,76 @@ class OwnerSends:
     def __init__(self, send: FactSender, max_failing: int = MAX_FAILING_OWNERS) -> None:
         self._send = send
         self._max_failing = max_failing
-        self._failing: dict[str, Backoff] = {}
-        self._retry_at: dict[str, float] = {}
-        self._probing: set[str] = set()
+        self._failing: dict[Key, Backoff] = {}
+        self._retry_at: dict[Key, float] = {}
+        self._probing: set[Key] = set()
         self._tries: set[asyncio.Task[list[Result | DomainError] | None]] = set()
 
-    def due(self, owner: str) -> bool:
-        """Whether facts for this owner are sent now: it answered last time, or its wait has passed
-        and no other send is trying it already."""
-        if owner not in self._failing:
-            return True
-        return owner not in self._probing and time.monotonic() >= self._retry_at[owner]
+    def due(self, owner: str, group: int | None = None) -> bool:
+        """Whether facts for this owner (of this group, if given) are sent now: it answered last time, or
+        its wait has passed and no other send is trying it already."""
+        key = self._key(owner, group)
+        return key not in self._failing or (key not in self._probing and time.monotonic() >= self._retry_at[key])
+
+    def _key(self, owner: str, group: int | None) -> Key:
+        """What a send of the group's facts is skipped for: the group at the owner while its shard refused
+        them there (the owner answering); else the owner — while it fails, its try takes every group's."""
+        key = (owner, group)
+        return key if key in self._failing and (owner, None) not in self._failing else (owner, None)
 
     async def to_owners(self, facts: list[Fact], results: list[Result | DomainError], at: Sequence[int],
                         wait: bool = True) -> None:
         """The facts at ``at`` (each ``Moved`` to its owner) sent to their owners, all at once: each
-        result becomes the owner's. One whose owner is skipped, or whose send failed, keeps a refusal.
+        result becomes the owner's. One whose owner (or group there) is skipped, or whose send failed,
+        keeps a refusal. The facts of a group refused at its owner go in a send of their own.
         ``wait`` False (the caller is the reading loop itself: a pass over the reader's pending entries):
-        a failed owner tried again is not waited for — the try goes on alone, its facts left pending
-        (read again, and a duplicate then where the owner applied them, E8). Waited for, a paused
+        a failed owner (or group) tried again is not waited for — the try goes on alone, its facts left
+        pending (read again, and a duplicate then where the owner applied them, E8). Waited for, a paused
         owner's try held up every read for its whole timeout, again at each try."""
-        by_owner: dict[str, list[int]] = {}
+        sends: dict[Key, list[int]] = {}
+        groups: dict[Key, set[int]] = {}
         for i in at:
             result = results[i]
             if isinstance(result, Moved) and result.owner:
-                by_owner.setdefault(result.owner, []).append(i)
-        owners = [owner for owner in by_owner if self.due(owner)]
-        self._probing.update(owner for owner in owners if owner in self._failing)  # one try at a time each
+                key = self._key(result.owner, result.group)
+                sends.setdefault(key, []).append(i)
+                groups.setdefault(key, set()).add(result.group)
+        keys = [key for key in sends if self.due(*key)]
+        self._probing.update(key for key in keys if key in self._failing)  # one try at a time each
         if not wait:
-            for owner in [owner for owner in owners if owner in self._probing]:
-                keep(self._tries, self._one(owner, [facts[i] for i in by_owner[owner]])).add_done_callback(
+            for key in [key for key in keys if key in self._probing]:
+                keep(self._tries, self._one(key, [facts[i] for i in sends[key]], groups[key])).add_done_callback(
                     exception_seen)
-            owners = [owner for owner in owners if owner not in self._probing]
-        answers = await asyncio.gather(*(self._one(owner, [facts[i] for i in by_owner[owner]]) for owner in owners))
-        for owner, answer in zip(owners, answers, strict=True):
+            keys = [key for key in keys if key not in self._probing]
+        answers = await asyncio.gather(*(self._one(key, [facts[i] for i in sends[key]], groups[key]) for key in keys))
+        for key, answer in zip(keys, answers, strict=True):
             if answer is not None:
-                for i, result in zip(by_owner[owner], answer, strict=True):
+                for i, result in zip(sends[key], answer, strict=True):
                     results[i] = result
 
-    async def _one(self, owner: str, facts: list[Fact]) -> list[Result | DomainError] | None:
-        """One owner's answer, or None (its facts stay as they are) if the send failed in any way."""
+    async def _one(self, key: Key, facts: list[Fact], groups: set[int]) -> list[Result | DomainError] | None:
+        """One send's answer, or None (its facts stay as they are) if the send failed in any way. ``groups``:
+        the groups of its facts (as the reader routed them)."""
+        owner = key[0]
         try:
             answer = await self._send(owner, facts)
             if len(answer) != len(facts):
                 raise ValueError(f"{len(answer)} results for {len(facts)} facts")
         except Exception as exc:  # any error of one owner's send is that owner's alone
             log.warning("input streams: sending %d facts to %s failed (%r); they stay pending", len(facts), owner, exc)
-            self._failed(owner)
+            self._failed((owner, None))
             return None
         finally:
-            self._probing.discard(owner)
-        if any(isinstance(result, Unavailable) and not isinstance(result, Moved) for result in answer):
-            self._failed(owner)  # a fact of a group not served there (``Moved``) says nothing of the owner
-        else:
-            self._failing.pop(owner, None)
-            self._retry_at.pop(owner, None)
+            self._probing.discard(key)
+        if any(isinstance(result, Unavailable) and not isinstance(result, (Moved, GroupRefused)) for result in answer):
+            self._failed((owner, None))  # a fact of a group not served there (``Moved``) says nothing of the owner
+            return answer
+        refused = {result.group for result in answer if isinstance(result, GroupRefused)}
+        self._answered((owner, None))  # nor one its shard refused: the owner answered
+        for group in groups - refused:
+            self._answered((owner, group))
+        for group in refused:
+            self._failed((owner, group))
         return answer
 
     @property
@@ -103,10 +133,14 @@ class OwnerSends:
         """The tries under way that no one waits for (``to_owners``): the reader's stop ends them."""
         return list(self._tries)
 
-    def _failed(self, owner: str) -> None:
-        backoff = self._failing.pop(owner, None) or Backoff(OWNER_RETRY)
-        self._failing[owner] = backoff  # the most recent failure last: the first forgotten failed longest ago
-        self._retry_at[owner] = time.monotonic() + backoff.next_delay()
+    def _answered(self, key: Key) -> None:
+        self._failing.pop(key, None)
+        self._retry_at.pop(key, None)
+
+    def _failed(self, key: Key) -> None:
+        backoff = self._failing.pop(key, None) or Backoff(OWNER_RETRY)
+        self._failing[key] = backoff  # the most recent failure last: the first forgotten failed longest ago
+        self._retry_at[key] = time.monotonic() + backoff.next_delay()
         while len(self._failing) > self._max_failing:
             gone = next(iter(self._failing))
             del self._failing[gone], self._retry_at[gone]

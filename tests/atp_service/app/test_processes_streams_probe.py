@@ -47,7 +47,7 @@ async def test_a_try_of_a_paused_owner_by_the_pending_pass_holds_up_no_reading(
         # From now on a send to it waits far longer than the bound below: the one that tries it again
         # must not hold up the reading. No new entry names it, so that one is the pending pass's.
         monkeypatch.setattr(record, "SEND_TIMEOUT_S", 60.0)
-        await until(lambda: elsewhere in sends._probing, "the paused owner tried again")
+        await until(lambda: (elsewhere, None) in sends._probing, "the paused owner tried again")
         r.xadd(STREAMS[1], F("here", "RECEIPT", here, "DC", 3, int(time.time() * 1000) - 1000).fields())
         await until(lambda: stream_state(r, STREAMS[1]) == (0, 0), "the fact of the reader's own group acknowledged",
                     15)

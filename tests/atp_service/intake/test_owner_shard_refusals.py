@@ -1,0 +1,145 @@
+"""The input streams' reader sending facts of several groups to their owner (``fact_sender``), against a
+real service: a call the owner refuses for one shard's trouble is sent again one call per group, once,
+so only that group's facts stay pending (``GroupRefused``); an owner that does not answer is not tried
+group by group. And the reader's sends (``OwnerSends``): a group refused at its owner is skipped there
+alone, the owner is not; tried again by one send of its facts alone once its wait has passed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from atp_service import AtpService, free_port
+from atp_service.edge.forward import Forwarder
+from atp_service.edge.record import fact_sender
+from atp_service.intake import owners
+from atp_service.intake.facts import Result
+from atp_service.intake.owners import FactSender, GroupRefused, OwnerSends
+from atp_service.metrics import EdgeMetrics
+from reservation import DomainError, Fact, FactKind, FactOutcome, Limits, Moved, Reason, ResourceExhausted, Unavailable
+from tests.conftest import ServiceFactory
+
+APPLIED: Result = (FactOutcome.APPLIED, "")
+
+
+def receipts(skus: Sequence[str], now: int) -> list[Fact]:
+    return [Fact(f"e-{sku}", "pos", FactKind.RECEIPT, sku, "DC", 1, now - 1000) for sku in skus]
+
+
+def sender(service: AtpService) -> tuple[FactSender, CollectorRegistry]:
+    """How the reader sends facts (its own ``Forwarder``, counting its calls in a registry of its own)."""
+    registry = CollectorRegistry()
+    assert service.engine is not None
+    forwarder = Forwarder(EdgeMetrics(registry))
+    return fact_sender(forwarder, None, Limits(), 4 << 20, service.engine.place), registry
+
+
+def calls(registry: CollectorRegistry, outcome: str) -> float:
+    counted = registry.get_sample_value("atp_forwarded_calls_total", {"method": "RecordEvents", "outcome": outcome})
+    return counted or 0.0
+
+
+async def test_a_call_refused_for_one_shard_is_sent_again_group_by_group(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    service, _ = await start_service(shards=4)
+    assert service.engine is not None
+    place = service.engine.place
+    skus = {g: [s for s in (f"s-{i}" for i in range(256)) if place(s) == g][:2] for g in range(3)}
+    actor = service.engine.actors[1]
+
+    def shed(_work: Any) -> Any:
+        raise ResourceExhausted("shard 1: mailbox full")
+
+    monkeypatch.setattr(actor, "submit", shed)
+    send, metrics = sender(service)
+    facts = receipts([skus[0][0], skus[1][0], skus[2][0], skus[1][1], skus[0][1]], service.clock.now_ms())
+    answer = await send(f"127.0.0.1:{service.port}", facts)
+    # applied by the call refused whole (its shards' parts are applied before it is refused): duplicates (E8)
+    assert [answer[i] for i in (0, 2, 4)] == [(FactOutcome.DUPLICATE, "")] * 3, answer
+    for i in (1, 3):
+        refusal = answer[i]
+        assert isinstance(refusal, GroupRefused) and refusal.group == 1 and \
+            refusal.reason is Reason.SHARD_OVERLOADED, refusal
+    # the whole call refused, then one call per group (once): groups 0 and 2 answered, group 1 refused again
+    assert (calls(metrics, "error"), calls(metrics, "ok")) == (2, 2)
+
+
+async def test_an_owner_that_does_not_answer_is_not_tried_group_by_group(start_service: ServiceFactory) -> None:
+    service, _ = await start_service(shards=4)
+    assert service.engine is not None
+    place = service.engine.place
+    skus = [next(s for s in (f"s-{i}" for i in range(256)) if place(s) == g) for g in range(4)]
+    send, metrics = sender(service)
+    answer = await send(f"127.0.0.1:{free_port()}", receipts(skus, service.clock.now_ms()))  # nothing listens
+    assert all(type(result) is Unavailable and result.reason is Reason.OUTCOME_UNKNOWN for result in answer), answer
+    assert calls(metrics, "error") == 1, "one call, not one per group"
+
+
+def moved(owner: str, *groups: int) -> tuple[list[Fact], list[Result | DomainError]]:
+    facts = [Fact(f"e{n}", "pos", 1, f"sku-{n}", "DC", 1, 0) for n in range(len(groups))]
+    return facts, [Moved(group, owner) for group in groups]
+
+
+async def test_a_group_refused_at_its_owner_is_skipped_alone_and_tried_again_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(owners, "OWNER_RETRY", owners.BackoffPolicy(first_s=0.01, max_s=0.01))
+    sent: list[list[str]] = []
+    troubled = [True]
+
+    async def send(owner: str, facts: Sequence[Fact]) -> list[Result | DomainError]:
+        sent.append([fact.sku for fact in facts])
+        return [GroupRefused(1, "in doubt", Reason.OUTCOME_UNKNOWN) if fact.sku == "sku-1" and troubled[0]
+                else APPLIED for fact in facts]
+
+    sends = OwnerSends(send)
+    facts, results = moved("o", 0, 1)
+    await sends.to_owners(facts, results, [0, 1])
+    assert results[0] == APPLIED and isinstance(results[1], GroupRefused)
+    assert sends.due("o") and sends.due("o", 0) and not sends.due("o", 1), "the group alone waits"
+    sent.clear()
+    facts, results = moved("o", 0, 1, 2)
+    await sends.to_owners(facts, results, [0, 1, 2])
+    assert sent == [["sku-0", "sku-2"]], "the group's facts skipped during its wait, the others sent"
+    assert isinstance(results[1], Moved)
+    await asyncio.sleep(0.02)
+    sent.clear()
+    troubled[0] = False
+    facts, results = moved("o", 0, 1)
+    await sends.to_owners(facts, results, [0, 1], wait=False)  # the pending pass: the group's try not waited for
+    await asyncio.gather(*sends.tries)
+    assert sorted(sent) == [["sku-0"], ["sku-1"]], "tried again by a send of its facts alone"
+    assert sends.due("o", 1) and not sends._failing
+
+
+async def test_a_failing_owner_s_try_takes_the_facts_of_its_refused_group_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner fails while one of its groups waits: its one try carries that group's facts too (a try
+    of the group alone waits for the owner: a reader holding only that group's facts would try neither)."""
+    monkeypatch.setattr(owners, "OWNER_RETRY", owners.BackoffPolicy(first_s=0.01, max_s=0.01))
+    answers: list[str] = ["group", "down", "ok"]
+    sent: list[list[str]] = []
+
+    async def send(owner: str, facts: Sequence[Fact]) -> list[Result | DomainError]:
+        sent.append([fact.sku for fact in facts])
+        what = answers.pop(0)
+        if what == "down":
+            raise ConnectionError("paused")
+        return [GroupRefused(1, "in doubt", Reason.OUTCOME_UNKNOWN) if what == "group" else APPLIED for _ in facts]
+
+    sends = OwnerSends(send)
+    facts, results = moved("o", 1)
+    await sends.to_owners(facts, results, [0])
+    assert sends.due("o") and not sends.due("o", 1)
+    facts, results = moved("o", 0)
+    await sends.to_owners(facts, results, [0])  # the owner fails
+    assert not sends.due("o") and not sends.due("o", 1)
+    await asyncio.sleep(0.02)
+    facts, results = moved("o", 1)
+    assert sends.due("o", 1), "the owner's try is due, and takes the group's facts"
+    await sends.to_owners(facts, results, [0])
+    assert sent[-1] == ["sku-0"] and results == [APPLIED]
+    assert sends.due("o") and sends.due("o", 1) and not sends._failing
