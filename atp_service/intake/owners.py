@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from atp_service.intake.facts import Result
 from atp_service.retry import Backoff, BackoffPolicy
-from atp_service.tasks import exception_seen, keep
+from atp_service.tasks import exception_seen
 from reservation import DomainError, Fact, Moved, Reason, Unavailable
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ the keyspace failing (a rolling restart, a pod given a new address) is sent noth
 answers again either: one entry each, kept for good, grew with every deploy of a service that runs for weeks."""
 Key = tuple[str, int | None]
 """What is skipped while it fails: an owner (None), or one group at that owner."""
+Answer = list[Result | DomainError] | None
+"""A send's answer: each fact's result there, or None where the send failed (its facts stay as they are)."""
 
 
 class GroupRefused(Unavailable):
@@ -59,7 +61,7 @@ class OwnerSends:
         self._failing: dict[Key, Backoff] = {}
         self._retry_at: dict[Key, float] = {}
         self._probing: set[Key] = set()
-        self._tries: set[asyncio.Task[list[Result | DomainError] | None]] = set()
+        self._tries: set[asyncio.Task[Answer]] = set()
 
     def due(self, owner: str, group: int | None = None) -> bool:
         """Whether facts for this owner (of this group, if given) are sent now: it answered last time, or
@@ -91,19 +93,30 @@ class OwnerSends:
                 sends.setdefault(key, []).append(i)
                 groups.setdefault(key, set()).add(result.group)
         keys = [key for key in sends if self.due(*key)]
-        self._probing.update(key for key in keys if key in self._failing)  # one try at a time each
+        tries = {key for key in keys if key in self._failing}  # one try at a time each
+        self._probing.update(tries)
+        started = {key: self._start(key, [facts[i] for i in sends[key]], groups[key], key in tries) for key in keys}
         if not wait:
-            for key in [key for key in keys if key in self._probing]:
-                keep(self._tries, self._one(key, [facts[i] for i in sends[key]], groups[key])).add_done_callback(
-                    exception_seen)
-            keys = [key for key in keys if key not in self._probing]
-        answers = await asyncio.gather(*(self._one(key, [facts[i] for i in sends[key]], groups[key]) for key in keys))
-        for key, answer in zip(keys, answers, strict=True):
+            for key in tries:  # their answers go nowhere: the facts stay pending, read again
+                task = started.pop(key)
+                self._tries.add(task)
+                task.add_done_callback(self._tries.discard)
+                task.add_done_callback(exception_seen)
+        answers = await asyncio.gather(*started.values())
+        for key, answer in zip(started, answers, strict=True):
             if answer is not None:
                 for i, result in zip(sends[key], answer, strict=True):
                     results[i] = result
 
-    async def _one(self, key: Key, facts: list[Fact], groups: set[int]) -> list[Result | DomainError] | None:
+    def _start(self, key: Key, facts: list[Fact], groups: set[int], trying: bool) -> asyncio.Task[Answer]:
+        """The send in a task; a try (``trying``) marked under way until the task ends however it ends —
+        cancelled before it began included: a mark left behind would skip that owner (or group) for good."""
+        task = asyncio.ensure_future(self._one(key, facts, groups))
+        if trying:
+            task.add_done_callback(lambda _task: self._probing.discard(key))
+        return task
+
+    async def _one(self, key: Key, facts: list[Fact], groups: set[int]) -> Answer:
         """One send's answer, or None (its facts stay as they are) if the send failed in any way. ``groups``:
         the groups of its facts (as the reader routed them)."""
         owner = key[0]
@@ -115,8 +128,6 @@ class OwnerSends:
             log.warning("input streams: sending %d facts to %s failed (%r); they stay pending", len(facts), owner, exc)
             self._failed((owner, None))
             return None
-        finally:
-            self._probing.discard(key)
         if any(isinstance(result, Unavailable) and not isinstance(result, (Moved, GroupRefused)) for result in answer):
             self._failed((owner, None))  # a fact of a group not served there (``Moved``) says nothing of the owner
             return answer
@@ -129,7 +140,7 @@ class OwnerSends:
         return answer
 
     @property
-    def tries(self) -> list[asyncio.Task[list[Result | DomainError] | None]]:
+    def tries(self) -> list[asyncio.Task[Answer]]:
         """The tries under way that no one waits for (``to_owners``): the reader's stop ends them."""
         return list(self._tries)
 

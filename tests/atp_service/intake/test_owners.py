@@ -96,3 +96,34 @@ def test_a_refusal_is_told_once_per_interval_per_owner_with_the_owners_remembere
         assert len(told) <= 8
     assert not told.due("10.0.0.499:50051"), "the most recent are remembered"
     assert told.due("a"), "the least recently told was forgotten: told at once"
+
+
+async def test_a_try_cancelled_before_it_began_leaves_its_owner_due_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one try of a failing owner is marked under way while it runs: a batch cancelled with that try
+    not yet begun left the mark behind (cleared only by the try's own end), and the owner was skipped for
+    good — its facts never sent again."""
+    monkeypatch.setattr(owners, "OWNER_RETRY", owners.BackoffPolicy(first_s=0.01, max_s=0.01))
+    sent: list[str] = []
+
+    async def send(owner: str, facts: Sequence[Fact]) -> list[Result | DomainError]:
+        sent.append(owner)
+        if len(sent) == 1:
+            raise ConnectionError("paused")
+        return [APPLIED] * len(facts)
+
+    sends = OwnerSends(send)
+    facts, results = facts_for("o")
+    await sends.to_owners(facts, results, [0])  # the owner fails: skipped for its wait
+    await asyncio.sleep(0.02)
+    assert sends.due("o")
+    facts, results = facts_for("o")
+    batch = asyncio.ensure_future(sends.to_owners(facts, results, [0]))
+    await asyncio.sleep(0)  # the batch has started its try (in a task not yet begun)...
+    batch.cancel()  # ...and is cancelled, as at the reader's stop
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    assert sent == ["o"], "the try never began"
+    assert sends.due("o"), "the owner is tried again"
+    facts, results = facts_for("o")
+    await sends.to_owners(facts, results, [0])
+    assert results == [APPLIED] and sent == ["o", "o"]
