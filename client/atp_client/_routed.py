@@ -81,6 +81,7 @@ class RoutedClient:
         """A table whose owner did not answer a call in time, and that owner: asked again first."""
         self._refreshing = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def __aenter__(self) -> RoutedClient:
         return self
@@ -89,6 +90,9 @@ class RoutedClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close every channel; the calls on them end (gRPC raises ``asyncio.CancelledError`` in them),
+        and a call that would open another (a hop, the routing table) raises ``grpc.aio.UsageError``."""
+        self._closed = True
         clients = self._clients.values()
         self._clients.clear()
         await asyncio.gather(*(c.close() for c in clients), *self._closing)
@@ -273,6 +277,8 @@ class RoutedClient:
     def _client(self, address: str) -> AtpClient:
         client = self._clients.get(address)
         if client is None:
+            if self._closed:  # a channel opened now would be closed by nobody
+                raise grpc.aio.UsageError("RoutedClient is closed.")
             client = self._connect(address)
             dropped = self._clients.put(address, client)
             if dropped is not None:
