@@ -148,7 +148,13 @@ class RoutedClient:
             req = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku=keys[i][0], location=keys[i][1]) for i in idx])
             return list((await self._send("GetAvailability", req, group, deadline)).positions)
 
-        answers = await asyncio.gather(*(read(group, idx) for group, idx in by_group.items()))
+        reads = [asyncio.ensure_future(read(group, idx)) for group, idx in by_group.items()]
+        try:
+            answers = await asyncio.gather(*reads)
+        finally:  # one refused: the others are not left running after the caller has its answer
+            for task in reads:
+                task.cancel()
+            await asyncio.gather(*reads, return_exceptions=True)
         out: list[pb.Availability] = [pb.Availability()] * len(keys)
         for idx, positions in zip(by_group.values(), answers, strict=True):
             for i, position in zip(idx, positions, strict=True):
