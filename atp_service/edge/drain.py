@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from atp_service.tasks import cancel_and_wait, cancel_for_good, exception_seen
+from atp_service.tasks import cancel_and_wait, cancel_for_good, exception_seen, keep
 from reservation import Reason, Unavailable
 
 T = TypeVar("T")
@@ -96,5 +97,21 @@ class Drain:
                 step.add_done_callback(exception_seen)
             if step is not None and not step.done():  # the reader cancelled (its caller gone): the read given up
                 cancel_for_good(step)  # one lost cancellation would leave it reading Redis for nobody
+                if inspect.isasyncgen(iterator):
+                    # A lost cancellation may instead end the read with an item (redis-py's XREAD answered in the
+                    # turn it was cancelled, Python 3.11): the generator is then left at its next ``yield``,
+                    # its ``finally`` (a ``max_watchers`` place) never run. Closed once the read has ended.
+                    step.add_done_callback(functools.partial(_close_later, iterator))
             elif inspect.isasyncgen(iterator):  # suspended at its yield: its ``finally`` (a place given back) now,
                 await iterator.aclose()  # not whenever the garbage collector finds it
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_later(gen: AsyncGenerator[Any, Any], _read: asyncio.Future[Any]) -> None:
+    """Close ``gen`` in a task of its own (a done callback cannot await); ended already: nothing to do."""
+    async def close() -> None:
+        await gen.aclose()
+
+    keep(_closing, close())

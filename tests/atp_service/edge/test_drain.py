@@ -124,6 +124,41 @@ async def test_a_read_given_up_by_a_gone_caller_ends_even_when_it_loses_the_canc
     assert gave_up.is_set(), "the read went on for nobody after its caller was gone"
 
 
+async def _answers_though_cancelled(read_started: asyncio.Event, places: list[int]) -> AsyncIterator[int]:
+    """A watch (its ``finally`` gives its ``max_watchers`` place back) whose read loses the cancellation and
+    ends with an item all the same: redis-py's XREAD answered in the loop turn it was cancelled (Python 3.11)."""
+    places.append(1)
+    try:
+        yield 1
+        read_started.set()
+        with contextlib.suppress(asyncio.CancelledError):  # lost, as the library loses it
+            await asyncio.sleep(3600)
+        yield 2  # the read's answer: the generator waits here for a reader that is gone
+        yield 3
+    finally:
+        places.pop()
+
+
+async def test_a_read_given_up_that_answers_all_the_same_has_its_generator_closed() -> None:
+    """Defect: the read given up by a gone caller was cancelled, but a cancellation lost by redis-py ended it
+    with an update instead; the watch's generator was left at its ``yield``, nobody to close it, and its place
+    among ``max_watchers`` stayed counted (watchers refused RESOURCE_EXHAUSTED with none open)."""
+    drain = Drain()
+    read_started, places = asyncio.Event(), list[int]()
+    inner = _answers_though_cancelled(read_started, places)  # held here: only an explicit close can end it
+
+    async def consume() -> None:
+        async for _ in drain.until_closed(inner):
+            pass
+
+    consumer = asyncio.ensure_future(consume())
+    await read_started.wait()
+    consumer.cancel()  # the watcher hung up
+    await asyncio.wait([consumer], timeout=30)
+    assert consumer.cancelled()
+    await until(lambda: not places, "the generator closed: its place given back", 30)
+
+
 class _EndsWhenTold:
     """A request stream (a plain async iterator, as the servicer's ``_Checked``) whose one read ends
     the stream when ``end`` is set."""
