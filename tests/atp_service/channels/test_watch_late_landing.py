@@ -1,0 +1,106 @@
+"""A watch following a channel while the desk's writes fail in doubt and land late (C3, C4), against the real
+service, Redis and a proxy that holds a write and delivers it late (``HoldingProxy``): the write's answer lost,
+then (1) it never lands, (2) it lands after the settle's fence, (3) it lands before the fence. The watch is sent
+exactly the stream's content after its snapshot, in version order without a gap, no value the desk did not
+confirm published, and ends where the desk's published values are."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, EmbeddedRedis, ManualClock
+from atp_service.storage.channel_store import _FENCE, _WRITE
+from tests.atp_service.channel_helpers import fact, one_dc_market, stream_updates, write_estate
+from tests.atp_service.redis_proxy import HoldingProxy
+from tests.conftest import test_config as make_config
+from tests.waiting import until
+
+T = 1_700_000_000_000
+WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
+FENCE_SHA = hashlib.sha1(_FENCE.encode()).hexdigest().encode()
+Kind = pb.WatchAvailabilityResponse
+
+
+async def test_a_watch_sends_only_what_landed_and_was_confirmed_in_order_C4(
+        redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path) -> None:
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    service = AtpService(make_config(estate=write_estate(tmp_path, one_dc_market(0, 1000.0)), redis_timeout_s=10.0,
+                                     input_streams=()), await proxy.start(), clock=ManualClock(T))
+    client: AtpClient | None = None
+    try:
+        await service.start()
+        desk = service.channels
+        assert desk is not None
+        feed = desk.feeds["market"]
+        client = AtpClient(f"127.0.0.1:{service.port}")
+        await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 100, T)])
+        await until(lambda: feed.published_version == 1 and not feed.in_flight, "the baseline published")
+        call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
+        while (await call.read()).kind != Kind.KIND_SNAPSHOT_END:
+            pass
+        sent: list[tuple[int, str, int, int]] = []  # (version, sku, quantity, published_version when read)
+
+        async def follow() -> None:
+            while True:
+                message = await call.read()
+                assert message.kind == Kind.KIND_CHANGES, message
+                sent.extend((u.version, u.sku, u.quantity, feed.published_version) for u in message.updates)
+
+        follower = asyncio.ensure_future(follow())
+        sale = iter(range(1, 100))
+
+        async def write_held(*markers: bytes) -> None:
+            proxy.hold(*markers)
+            n = next(sale)
+            await client.record_events([fact(f"s{n}", "SALE", "sku-a", "dc-1", 1, T + n)])  # type: ignore[union-attr]
+            await until(lambda: any(h.marker == WRITE_SHA for h in proxy.held), "the desk's write held")
+
+        # (1) never lands: settled not landed, its versions written again
+        await write_held(WRITE_SHA)
+        proxy.cut(proxy.held[0])
+        proxy.hold()
+        proxy.drop()
+        await until(lambda: feed.published_version == 2 and not feed.in_flight, "(1) written again")
+        # (2) lands after the settle's fence: refused, nothing more in the stream
+        await write_held(WRITE_SHA)
+        late = proxy.held[0]
+        proxy.cut(late)
+        proxy.hold()
+        await until(lambda: feed.published_version == 3 and not feed.in_flight, "(2) settled and written again")
+        reply = await proxy.land(late)
+        assert reply.startswith(b"-"), reply  # fenced: it changed nothing
+        # (3) lands before the fence: in the stream above what the desk published until the settle confirms it
+        await write_held(WRITE_SHA, FENCE_SHA)
+        write = proxy.held[0]
+        proxy.cut(write)
+        await until(lambda: any(h.marker == FENCE_SHA for h in proxy.held), "(3) the settle's fence held")
+        await proxy.land(write)  # its answer goes nowhere: the client cut it
+        assert (await stream_updates(redis_url, "market"))[-1].version == 4
+        assert feed.published_version == 3 and feed.in_flight  # in the stream, not confirmed
+        # The watch read it, and holds it until the desk settles the write (C4): nothing sent of it meanwhile.
+        await until(lambda: len(desk.confirmations.next()._waiters or ()) == 1, "(3) the watch holding it back")
+        assert all(v <= 3 for v, *_ in sent)
+        proxy.hold()
+        await proxy.land(next(h for h in proxy.held if h.marker == FENCE_SHA))
+        await until(lambda: feed.published_version == 4 and not feed.in_flight, "(3) settled: landed")
+        n = next(sale)  # and an ordinary write after it all
+        await client.record_events([fact(f"s{n}", "SALE", "sku-a", "dc-1", 1, T + n)])
+        await until(lambda: feed.published_version == 5 and not feed.in_flight, "a write after it all")
+
+        stream = await stream_updates(redis_url, "market")
+        await until(lambda: len(sent) >= len(stream) - 1, "the watch told every change", 20)
+        follower.cancel()
+        call.cancel()
+        assert [(v, sku, q) for v, sku, q, _ in sent] == [(u.version, u.sku, u.quantity) for u in stream[1:]]
+        assert all(v <= published for v, _, _, published in sent)  # nothing sent before the desk confirmed it
+        assert [u.quantity for u in stream] == [100, 99, 98, 97, 96]  # each sale once: none lost, none twice
+        assert feed.published[("sku-a", "")].quantity == 96
+    finally:
+        if client is not None:
+            await client.close()
+        await service.stop(grace_s=0.1)
+        await proxy.close()
