@@ -8,17 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 
 from atp_service import free_port
 from tests.atp_service.app.test_lease_lost_acknowledged import (
     GROUP,
     SHARDS,
-    failures,
-    given_up,
-    given_up_here,
-    said_lost,
+    lost_quietly,
 )
 from tests.atp_service.app.test_lease_lost_mid_renewal import lease_lapsed
 from tests.atp_service.edge.test_api import receipt
@@ -60,13 +56,6 @@ async def test_routine_takeover_stays_quiet(start: ServiceFactory, redis_url: st
     if case == "new_snapshot":  # the log trimmed past the old owner's newest entry
         await new.engine.actors[GROUP].checkpoint(force=True)  # type: ignore[union-attr]
         assert new._log is not None and await new._log.entry_at(GROUP, old_seq) is None, "trimmed"
-    if order == "renewal":
-        await old.membership.renew()
-    else:
-        with pytest.raises(grpc.aio.AioRpcError):
-            await old_client.reserve("r2", [(skus[0], "DC", 1)], ttl_seconds=600)
-    await given_up_here(old)
-    assert given_up(old, "lease") + given_up(old, "fenced") == 1
-    assert not said_lost(caplog) and failures(old) == 0
+    await lost_quietly(old, old_client, skus[0], order, caplog)
     (position,) = await new_client.availability([(skus[0], "DC")])
     assert position.on_hand == 10

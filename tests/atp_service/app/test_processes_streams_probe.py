@@ -7,14 +7,16 @@ and again at every try (every 5 s at most): the facts of every other group wait 
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from atp_service import free_port
+from atp_service import AtpService, free_port
 from atp_service.edge import record
+from atp_service.intake.owners import OwnerSends
 from tests.atp_service.app.test_processes import SHARDS, group_of, owned
 from tests.atp_service.app.test_processes_streams import STREAMS, on_hand, spawn_owner, start_leased, stream_state
 from tests.atp_service.fact_helpers import F, wait_consumed
@@ -24,18 +26,25 @@ from tests.waiting import until
 __all__ = ["start_leased"]  # the fixture, used here
 
 
-async def test_a_try_of_a_paused_owner_by_the_pending_pass_holds_up_no_reading(
-        start_leased: ServiceFactory, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def reader_and_owner(start_leased: ServiceFactory, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                           ) -> tuple[AtpService, OwnerSends, subprocess.Popen[bytes], str]:
+    """A leased reader and another process (its own, to be paused with SIGSTOP) owning half the groups, a send
+    to it failing after 1 s: (the reader, its sends to owners, the other process, that one's address)."""
     monkeypatch.setattr(record, "SEND_TIMEOUT_S", 1.0)  # the first send fails soon: the owner then skipped
     reader, _ = await start_leased(port=free_port(), host="127.0.0.1")
     membership, ingestor = reader.membership, reader.ingestor
     assert membership is not None and ingestor is not None and ingestor._owners is not None
-    sends = ingestor._owners
     port = free_port()
     owner = spawn_owner(redis_url, port, tmp_path / "owner.log", lease_ms=60_000)
     elsewhere = f"127.0.0.1:{port}"
     await until(lambda: sum(membership.where(g)[0] == elsewhere for g in range(SHARDS)) == SHARDS // 2
                 and len(owned(reader)) == SHARDS // 2, "the groups shared with the other process", 60)
+    return reader, ingestor._owners, owner, elsewhere
+
+
+async def test_a_try_of_a_paused_owner_by_the_pending_pass_holds_up_no_reading(
+        start_leased: ServiceFactory, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reader, sends, owner, elsewhere = await reader_and_owner(start_leased, redis_url, tmp_path, monkeypatch)
     skus = [f"probe-{i}" for i in range(64)]
     here = next(s for s in skus if group_of(s) in owned(reader))
     away = next(s for s in skus if group_of(s) not in owned(reader))

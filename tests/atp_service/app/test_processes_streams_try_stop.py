@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from atp_service import free_port
 from atp_service.edge import record
-from tests.atp_service.app.test_processes import SHARDS, group_of, owned
-from tests.atp_service.app.test_processes_streams import STREAMS, spawn_owner, start_leased
+from tests.atp_service.app.test_processes import group_of, owned
+from tests.atp_service.app.test_processes_streams import STREAMS, start_leased
+from tests.atp_service.app.test_processes_streams_probe import reader_and_owner
 from tests.atp_service.fact_helpers import F
 from tests.conftest import ServiceFactory
 from tests.waiting import until
@@ -24,16 +24,7 @@ __all__ = ["start_leased"]  # the fixture, used here
 
 async def test_a_stop_ends_a_try_of_a_paused_owner_under_way(
         start_leased: ServiceFactory, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(record, "SEND_TIMEOUT_S", 1.0)  # the first send fails soon: the owner then skipped
-    reader, _ = await start_leased(port=free_port(), host="127.0.0.1")
-    membership, ingestor = reader.membership, reader.ingestor
-    assert membership is not None and ingestor is not None and ingestor._owners is not None
-    sends = ingestor._owners
-    port = free_port()
-    owner = spawn_owner(redis_url, port, tmp_path / "owner.log", lease_ms=60_000)
-    elsewhere = f"127.0.0.1:{port}"
-    await until(lambda: sum(membership.where(g)[0] == elsewhere for g in range(SHARDS)) == SHARDS // 2
-                and len(owned(reader)) == SHARDS // 2, "the groups shared with the other process", 60)
+    reader, sends, owner, elsewhere = await reader_and_owner(start_leased, redis_url, tmp_path, monkeypatch)
     away = next(s for s in (f"try-{i}" for i in range(64)) if group_of(s) not in owned(reader))
     r = redis.Redis.from_url(redis_url)
     owner.send_signal(signal.SIGSTOP)
