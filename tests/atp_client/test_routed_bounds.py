@@ -24,11 +24,9 @@ from tests.conftest import ServiceFactory, services_on
 from tests.waiting import until
 
 
-async def test_a_client_closed_while_a_call_waits_for_the_routing_table_leaves_no_channel_open(
-        start_service: ServiceFactory) -> None:
-    """One call asks a paused seed for the routing table; a second waits for that asking. The client is
-    closed: the first call ends with its channel, and the second, taking the table's asking over, must
-    not open a new channel to the seed that nothing closes any more (nor go on to reserve)."""
+async def paused_seed(start_service: ServiceFactory) -> tuple[Paused, str]:
+    """A service, stocked, whose routing table names one address for every group: a proxy in front of it
+    that can be paused (``Paused``). (The proxy, its address.)"""
     service, at_service = await start_service()
     seed = Paused(advertised(service))
     seed_address = await seed.start()
@@ -36,6 +34,15 @@ async def test_a_client_closed_while_a_call_waits_for_the_routing_table_leaves_n
     service._servicer.routing = lambda: RoutingTable(shards, seed_address, tuple(
         Route(g, seed_address, 1) for g in range(shards)))
     await stock(at_service, service.clock.now_ms())
+    return seed, seed_address
+
+
+async def test_a_client_closed_while_a_call_waits_for_the_routing_table_leaves_no_channel_open(
+        start_service: ServiceFactory) -> None:
+    """One call asks a paused seed for the routing table; a second waits for that asking. The client is
+    closed: the first call ends with its channel, and the second, taking the table's asking over, must
+    not open a new channel to the seed that nothing closes any more (nor go on to reserve)."""
+    seed, seed_address = await paused_seed(start_service)
     routed = RoutedClient(seed_address, timeout_s=30.0)
     seed.running.clear()
     first = asyncio.ensure_future(routed.reserve("r1", [("A", "L", 1)]))
@@ -142,13 +149,7 @@ async def test_calls_cancelled_while_asking_or_waiting_for_the_routing_table_lea
         start_service: ServiceFactory) -> None:
     """The caller cancels a call asking a paused seed for the table, and another waiting for that asking:
     no asking and no wait for the lock goes on, and the next call asks for the table itself."""
-    service, at_service = await start_service()
-    seed = Paused(advertised(service))
-    seed_address = await seed.start()
-    shards = service.config.shards
-    service._servicer.routing = lambda: RoutingTable(shards, seed_address, tuple(
-        Route(g, seed_address, 1) for g in range(shards)))
-    await stock(at_service, service.clock.now_ms())
+    seed, seed_address = await paused_seed(start_service)
     async with RoutedClient(seed_address, timeout_s=30.0) as routed:
         seed.running.clear()
         asking = asyncio.ensure_future(routed.reserve("r1", [("A", "L", 1)]))
