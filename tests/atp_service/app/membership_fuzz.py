@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import logging
 import random
 import tempfile
@@ -49,6 +50,7 @@ from tests.conftest import test_config
 SHARDS = 6
 MAX_LIVE = 4
 QUIET_ROUNDS = 12
+STOP_BOUND_S = 30.0
 ACTIONS = (("renew",) * 6 + ("balance",) * 6 + ("record",) * 3 + ("reserve",) * 3
            + ("pause", "thaw", "lapse", "cut", "stop", "join"))
 
@@ -275,12 +277,30 @@ class Fuzz:
 
     async def stop(self) -> None:
         """Every process stopped, once what is checked was: one cut off reaches Redis again first (else its
-        stop waits out each shard's drain and hand-over, bounded but long; other tests time that)."""
+        stop waits out each shard's drain and hand-over, bounded but long; other tests time that). A stop
+        that does not end in ``STOP_BOUND_S`` is a finding (a wedge), with where every task then waited."""
         for proc in self.procs:
             proc.faults.faults, proc.faults.cut_off = False, False
             await proc.client.close()
             if proc.state != "stopped":
-                await asyncio.wait_for(proc.service.stop(grace_s=0.1), 30)
+                stopping = asyncio.ensure_future(proc.service.stop(grace_s=0.1))
+                done, _ = await asyncio.wait((stopping,), timeout=STOP_BOUND_S)
+                if not done:
+                    finding = (f"{proc.name}'s stop still running after {STOP_BOUND_S:.0f} s "
+                               f"({proc.faults.describe()}); tasks:\n{_stacks()}")
+                    print(finding, flush=True)  # before the wait: a wedge for good hangs the run there
+                    self.findings.append(finding)
+                    await stopping
+
+
+def _stacks() -> str:
+    """Where every task of the loop waits now (innermost frames)."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        print(f"-- {task!r}", file=out)
+        with contextlib.suppress(Exception):  # a task of gRPC's Cython coroutines has no frames to print
+            task.print_stack(limit=8, file=out)
+    return out.getvalue()
 
 
 async def run(seed: int, redis_url: str, steps: int = 60) -> tuple[list[str], list[str]]:

@@ -111,6 +111,13 @@ class FaultyOwnership:
         self.cut_off = True
         self.running.set()
 
+    def describe(self) -> str:
+        """Its state, for a finding."""
+        cut = ", cut off" if self.cut_off else ""
+        armed = ", to pause at its next taking" if self.pause_at_taking else ""
+        running = "running" if self.running.is_set() else "paused"
+        return f"faults {'on' if self.faults else 'off'}, {running}{cut}{armed}"
+
     async def _gate(self) -> None:
         if not self.cut_off:
             await self.running.wait()
