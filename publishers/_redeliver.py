@@ -61,7 +61,9 @@ for _ = 1, tonumber(ARGV[3]) do
   i = i + n + 1
 end
 if owed == 0 then return 0 end
-if redis.call('hlen', KEYS[3]) + owed > tonumber(ARGV[i]) then
+local new = 0
+for j = i + 1, #ARGV, 2 do new = new + (1 - redis.call('hexists', KEYS[3], ARGV[j])) end
+if new > 0 and redis.call('hlen', KEYS[3]) + new > tonumber(ARGV[i]) then
   redis.call('incr', KEYS[4])
   return 1
 end
@@ -70,7 +72,8 @@ return 0
 """
 """Under the lease only: each dead letter (its number of names and values, then them) added to the
 dead-letter stream, then the keys they leave owed remembered (``redeliver_max_keys``, then keys and
-what is owed), or past that many a resync of every key owed (1). -1: fenced off, nothing written."""
+what is owed), or past that many a resync of every key owed (1). Only keys not remembered yet count
+toward the bound: a newer value of a key already owed replaces its field. -1: fenced off, nothing written."""
 
 
 @dataclass(slots=True)
