@@ -43,6 +43,7 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
         (("HMGET", state, "k"), state, "the newest value of keys owed a redelivery (C4)"),
         (("XADD", cfg.dead_letter_stream, "MAXLEN", "~", 1, "*", "f", "v"), cfg.dead_letter_stream, "dead letters"),
         (("HLEN", owed), owed, "keys owed their newest value (C4)"), (("HSET", owed, "k", "v"), owed, "keys owed"),
+        (("HEXISTS", owed, "k"), owed, "keys owed already (the bound counts new ones only)"),
         (("HSCAN", owed, 0), owed, "keys owed"), (("HDEL", owed, "k"), owed, "keys owed, settled"),
         (("INCR", owe_all), owe_all, "a resync of every key owed"), (("GET", owe_all), owe_all, "a resync owed"),
         (("DEL", owe_all), owe_all, "a resync done")]
