@@ -7,20 +7,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import (
-    AskError,
-    AuthenticationError,
-    AuthorizationError,
-    ClusterDownError,
-    ReadOnlyError,
-    RedisClusterException,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyError, RedisClusterException
 
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced
+from atp_service.storage.nodes import TOPOLOGY_ERRORS
 
 
 async def hand_over_all(groups: list[int], hand_over: Callable[[int, bool], Awaitable[None]],
@@ -61,8 +52,7 @@ def _unanswered(exc: BaseException) -> bool:
     """Whether ``exc`` says Redis did not answer, or not yet (loading, a failover, a slot moving): not a refusal."""
     if isinstance(exc, (AuthenticationError, AuthorizationError)):
         return False  # a ConnectionError in redis-py, but a refusal no wait cures
-    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError,
-                            RedisClusterException, ClusterDownError, TryAgainError, ReadOnlyError, AskError))
+    return isinstance(exc, (*TOPOLOGY_ERRORS, ReadOnlyError, RedisClusterException))
 
 
 __all__ = ["hand_over_all", "say_not_recovered"]
