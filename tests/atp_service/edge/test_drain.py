@@ -110,15 +110,7 @@ async def test_a_read_given_up_by_a_gone_caller_ends_even_when_it_loses_the_canc
     drain = Drain()
     read_started, gave_up = asyncio.Event(), asyncio.Event()
 
-    async def consume() -> None:
-        async for _ in drain.until_closed(_loses_one_cancellation(read_started, gave_up)):
-            pass
-
-    consumer = asyncio.ensure_future(consume())
-    await read_started.wait()
-    consumer.cancel()  # the watcher hung up
-    await asyncio.wait([consumer], timeout=30)
-    assert consumer.cancelled()
+    await _hung_up(drain, _loses_one_cancellation(read_started, gave_up), read_started)
     with contextlib.suppress(TimeoutError):  # the test's own bound: without the fix, an hour
         await asyncio.wait_for(gave_up.wait(), 30)
     assert gave_up.is_set(), "the read went on for nobody after its caller was gone"
@@ -147,15 +139,7 @@ async def test_a_read_given_up_that_answers_all_the_same_has_its_generator_close
     read_started, places = asyncio.Event(), list[int]()
     inner = _answers_though_cancelled(read_started, places)  # held here: only an explicit close can end it
 
-    async def consume() -> None:
-        async for _ in drain.until_closed(inner):
-            pass
-
-    consumer = asyncio.ensure_future(consume())
-    await read_started.wait()
-    consumer.cancel()  # the watcher hung up
-    await asyncio.wait([consumer], timeout=30)
-    assert consumer.cancelled()
+    await _hung_up(drain, inner, read_started)
     await until(lambda: not places, "the generator closed: its place given back", 30)
 
 
@@ -322,3 +306,17 @@ async def test_a_health_watch_begun_during_a_stop_is_refused_without_a_status(st
     finally:
         drain.leave()
         await asyncio.wait_for(stopping, 15)
+
+
+async def _hung_up(drain: Drain, inner: Any, read_started: asyncio.Event) -> None:
+    """A watcher reading ``inner`` through ``drain.until_closed`` hangs up once its read has begun: its
+    reading ends cancelled."""
+    async def consume() -> None:
+        async for _ in drain.until_closed(inner):
+            pass
+
+    consumer = asyncio.ensure_future(consume())
+    await read_started.wait()
+    consumer.cancel()  # the watcher hung up
+    await asyncio.wait([consumer], timeout=30)
+    assert consumer.cancelled()
