@@ -32,6 +32,17 @@ NOT_DURABLE = ("outcome unknown: the change is not known to be durable (log stor
                "the same ids, which answers what was decided")
 
 
+def _not_together(shards: list[int]) -> DomainError:
+    """The refusal, nothing decided, of a change across ``shards`` where Redis cannot land it all or none
+    (a cluster, leased groups): only a plain reservation the single writer decided across shards, before
+    its keyspace moved to leases, comes here (since then such orders are sagas). Refused here, not after
+    sealing: the group commit's refusal then (``CrossGroupWrite``) was taken for a bug half-way and
+    stopped every shard of it, their groups given up and taken again at every housekeeping pass."""
+    return DomainError(f"a reservation across shards {shards} made before the keyspace moved to ownership=leases "
+                       "cannot be changed by leased processes (docs/OPERATIONS.md); nothing was applied",
+                       Reason.INTERNAL)
+
+
 class Coordinator:
     def __init__(self, actors: Sequence[ShardActor], log_store: LogStore, clock: Clock,
                  place: Callable[[str], int], metrics: EngineMetrics) -> None:
@@ -41,6 +52,8 @@ class Coordinator:
     async def run(self, shards: list[int], home: int, work: ViewWork) -> Any:
         """``work`` over ``shards`` (ascending), the record's home being ``home``. Cancelled at any
         await, it leaves no shard paused (``ShardActor.pause``) and changes nothing it has not sealed."""
+        if len(shards) > 1 and not getattr(self._log, "together", True):  # a stand-in log may not say
+            raise _not_together(shards)
         resumes: list[asyncio.Future[None]] = []
         try:
             for shard in shards:

@@ -1,0 +1,51 @@
+"""A keyspace moved from the single writer to leases (docs/OPERATIONS.md) while it holds a plain
+reservation spanning shards: decided by the single writer's coordinator, it is no order (no saga, no
+parts), and leased processes cannot land one change across groups. On a real service and Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from atp_client import AtpError
+from atp_service import ManualClock, free_port
+from tests.atp_service.edge.test_api import T0, receipt
+from tests.atp_service.engine.test_expiry_races import _two_shards
+from tests.conftest import ServiceFactory
+from tests.waiting import until
+
+
+async def test_a_plain_hold_spanning_shards_left_by_the_single_writer_stops_no_shard_under_leases_R8(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """Its Confirm, and each housekeeping pass once its TTL passed, ran the coordinator, whose group commit
+    leased processes refuse (``CrossGroupWrite``) after the parts were sealed: taken for a bug half-way, it
+    stopped every shard of the hold (``atp_shard_failures_total``, ERROR), their groups given up and taken
+    again — at every pass, for good: the groups never served for long. Refused before anything is
+    decided, nothing changed, every shard goes on answering."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000)
+    a, b = _two_shards(service)
+    await client.record_events([receipt("s-a", a, "S1", 5), receipt("s-b", b, "S1", 5)])
+    await client.reserve("r1", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
+    await service.stop(grace_s=0.1)
+    redis.Redis.from_url(redis_url).hset("atp:meta", "ownership", "leases")
+    service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000,
+                                          ownership="leases", lease_ms=5_000, balance_ms=200, input_streams=(),
+                                          port=free_port())
+    engine = service.engine
+    assert engine is not None
+    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
+
+    def failures() -> float:
+        return service.metrics.registry.get_sample_value("atp_shard_failures_total") or 0.0
+
+    with pytest.raises(AtpError):
+        await client.confirm("r1")
+    assert failures() == 0, "a Confirm stopped the shards"
+    clock.advance(60_000)
+    for _ in range(3):
+        await engine.run_maintenance()
+    assert failures() == 0, "an expiry pass stopped the shards"
+    assert all(not actor.vacant and actor.failure is None for actor in engine.actors)
+    await client.reserve("r2", [(a, "S1", 1)], ttl_seconds=60)  # the groups answer
+    await client.reserve("r3", [(b, "S1", 1)], ttl_seconds=60)
