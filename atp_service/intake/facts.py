@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -201,19 +201,7 @@ class FactDesk:
     async def _record(self, facts: Sequence[Fact], origin: str) -> list[Result | DomainError]:
         """Apply facts; one result per fact, or the error that kept it from being durable."""
         out: list[Result | DomainError] = [Unavailable("not decided")] * len(facts)
-        by_shard: dict[int, list[int]] = {}
-        shipments: list[int] = []
-        for i, fact in enumerate(facts):
-            if fact.kind == FactKind.SHIPMENT and fact.reservation_id:
-                shipments.append(i)
-            else:
-                by_shard.setdefault(self.engine.place(fact.sku), []).append(i)
-        await self.engine.gather_by_shard(by_shard, lambda idx: _apply_all([facts[i] for i in idx]), out)
-        for i in shipments:
-            try:
-                out[i] = await self._shipment(facts[i])
-            except DomainError as exc:
-                out[i] = exc
+        shipments = await self._apply_in_order(facts, out)
         late = [i for i, r in enumerate(out) if type(r) is tuple and r[0] == FactOutcome.QUARANTINED]
         again: set[int] = set()
         if late:
@@ -222,6 +210,36 @@ class FactDesk:
         self._observe(facts, out, origin, again)
         self._tell_unfulfilled(facts, out, shipments, origin)
         return out
+
+    async def _apply_in_order(self, facts: Sequence[Fact], out: list[Result | DomainError]) -> list[int]:
+        """The facts decided in the call's order at each shard, as one by one (E8: of two sharing an identity the
+        first is applied; E6: each sees the stream time the facts before it left): a SHIPMENT naming a reservation
+        goes on its own, once the facts of its shard before it are applied. Returns the shipments' indexes."""
+        def apply(runs: dict[int, list[int]]) -> Awaitable[None]:
+            return self.engine.gather_by_shard({shard: run for shard, run in runs.items() if run},
+                                               lambda idx: _apply_all([facts[i] for i in idx]), out)
+
+        since: dict[int, list[int]] = {}  # per shard, its facts since its last shipment (or the call's start)
+        first: dict[int, list[int]] = {}  # per shard with shipments, its facts before the first
+        steps: list[tuple[int, int, list[int]]] = []  # per shipment: its index, shard, its shard's facts before it
+        for i, fact in enumerate(facts):
+            shard = self.engine.place(fact.sku)
+            if fact.kind == FactKind.SHIPMENT and fact.reservation_id:
+                run = since.pop(shard, [])
+                if shard not in first:
+                    first[shard], run = run, []
+                steps.append((i, shard, run))
+            else:
+                since.setdefault(shard, []).append(i)
+        await apply(first | {shard: run for shard, run in since.items() if shard not in first})
+        for i, shard, run in steps:
+            await apply({shard: run})
+            try:
+                out[i] = await self._shipment(facts[i])
+            except DomainError as exc:
+                out[i] = exc
+        await apply({shard: run for shard, run in since.items() if shard in first})
+        return [i for i, _, _ in steps]
 
     async def applied_or_refused(self, facts: Sequence[Fact], refusals: Sequence[DomainError],
                                  origin: str = "stream") -> list[Result | DomainError]:
