@@ -178,6 +178,10 @@ def fact(
     return Fact(event_id, source, fact_kind, sku, location, quantity, event_time, reservation_id)
 
 
+AHEAD = "ahead of the service clock"
+"""How a row's refusal as stamped in the future (E7) says it: ``edge/load.py`` asks whether it was loaded."""
+
+
 def count_rows(source: str, skus: Sequence[str], locations: Sequence[str], columns: Sequence[bytes], now: int,
                limits: Limits) -> tuple[CountRows, dict[int, InvalidArgument]]:
     """A LoadCounts block as rows to load, and why each other row is refused (by row number; the
@@ -243,7 +247,7 @@ def _row_problems(skus: Sequence[str], locations: Sequence[str], si: npt.NDArray
     out_of_range = InvalidArgument("on_hand", f"a count must be within [0, {limits.max_quantity}] (limit max_quantity)")
     problems.append(((qty < 0) | (qty > limits.max_quantity), lambda i: out_of_range))
     unset = InvalidArgument("as_of", "must be set, after 1970-01-01")
-    ahead = InvalidArgument("as_of", f"more than {limits.fact_future_skew_ms} ms ahead of the service clock (E7)")
+    ahead = InvalidArgument("as_of", f"more than {limits.fact_future_skew_ms} ms {AHEAD} (E7)")
     problems.append(((at <= 0) | (at > now + limits.fact_future_skew_ms), lambda i: unset if at[i] <= 0 else ahead))
     return problems
 

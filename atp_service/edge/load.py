@@ -35,8 +35,9 @@ from atp_service.edge.errors import carried_status, retold, retold_trailers
 from atp_service.edge.forward import Forwarder, Relayed, told_first
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
-from reservation import CountRows, DomainError, Limits, count_rows
-from reservation._bulk import Outcomes
+from reservation import CountRows, DomainError, Fact, FactKind, FactOutcome, InvalidArgument, Limits, count_rows
+from reservation._bulk import Outcomes, count_event_id
+from reservation._validate import AHEAD
 
 Rows = npt.NDArray[np.intp]
 NOTHING_APPLIED = "; nothing applied"
@@ -63,7 +64,9 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
             _local(desk, mine), forwarder.ask_each("LoadCounts", parts, context))
     else:
         (outcomes, reasons, refused), answers = await _local(desk, mine), {}
+    loaded_before = await _loaded_ahead(request, errors, desk)
     out = convert.load_counts_response(good[here], outcomes, reasons, errors)
+    out.duplicate += loaded_before
     peers_loaded = [0, 0]  # rows loaded, rows applied, by parts of other owners that refused the rest
     refusals: list[DomainError | Relayed] = [] if refused is None else [refused]
     for owner, answer in answers.items():
@@ -75,6 +78,24 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
     if refusals:  # R7: a part in doubt is told, not another part's refusal (this process's own first otherwise)
         raise _told(told_first(refusals), out, len(block), *peers_loaded)
     return out
+
+
+async def _loaded_ahead(request: pb.LoadCountsRequest, errors: dict[int, InvalidArgument], desk: FactDesk) -> int:
+    """Rows refused only as stamped ahead of this process's clock (E7) that their shard here loaded already
+    (a process whose clock ran ahead): duplicates (E8), as RecordEvents answers their COUNT facts; taken out
+    of ``errors``, their number returned. Those of groups other processes own stay refused."""
+    ahead = [i for i, exc in errors.items() if exc.field == "as_of" and AHEAD in exc.problem]
+    if not ahead:
+        return 0
+    si, li = (np.frombuffer(c, dtype="<u4") for c in (request.sku_index, request.location_index))
+    qty, at = (np.frombuffer(c, dtype="<i8") for c in (request.on_hand, request.as_of))
+    facts = [Fact(count_event_id(int(at[i])), request.source, FactKind.COUNT, request.skus[int(si[i])],
+                  request.locations[int(li[i])], int(qty[i]), int(at[i]), "") for i in ahead]
+    judged = await desk.applied_or_refused(facts, [errors[i] for i in ahead], "load")
+    duplicates = [i for i, result in zip(ahead, judged, strict=True) if result == (FactOutcome.DUPLICATE, "")]
+    for i in duplicates:
+        del errors[i]
+    return len(duplicates)
 
 
 async def _local(desk: FactDesk, rows: CountRows) -> tuple[Outcomes, dict[int, str], DomainError | None]:
