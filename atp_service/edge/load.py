@@ -35,7 +35,17 @@ from atp_service.edge.errors import carried_status, retold, retold_trailers
 from atp_service.edge.forward import Forwarder, Relayed, told_first
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
-from reservation import CountRows, DomainError, Fact, FactKind, FactOutcome, InvalidArgument, Limits, count_rows
+from reservation import (
+    CountRows,
+    DomainError,
+    Fact,
+    FactKind,
+    FactOutcome,
+    InvalidArgument,
+    Limits,
+    Moved,
+    count_rows,
+)
 from reservation._bulk import Outcomes, count_event_id
 from reservation._validate import AHEAD
 
@@ -55,7 +65,9 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
     loaded = np.ones(len(block) + len(errors), dtype=np.bool_)
     loaded[list(errors)] = False
     good = np.flatnonzero(loaded)  # the request row of each row of ``block``
-    here, elsewhere = _split(block, engine, forwarder, tuple(context.invocation_metadata() or ()))
+    metadata = tuple(context.invocation_metadata() or ())
+    block, good = _ahead_elsewhere(request, block, good, errors, engine, forwarder, metadata)
+    here, elsewhere = _split(block, engine, forwarder, metadata)
     parts = {owner: _part(block, rows) for owner, rows in elsewhere.items()}
     mine = _rows(block, here)
     if parts:  # the owners load theirs while this process loads its own, once its own part fits
@@ -64,7 +76,7 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
             _local(desk, mine), forwarder.ask_each("LoadCounts", parts, context))
     else:
         (outcomes, reasons, refused), answers = await _local(desk, mine), {}
-    loaded_before = await _loaded_ahead(request, errors, desk)
+    loaded_before = await _loaded_ahead(request, errors, desk, engine)
     out = convert.load_counts_response(good[here], outcomes, reasons, errors)
     out.duplicate += loaded_before
     peers_loaded = [0, 0]  # rows loaded, rows applied, by parts of other owners that refused the rest
@@ -80,14 +92,53 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
     return out
 
 
-async def _loaded_ahead(request: pb.LoadCountsRequest, errors: dict[int, InvalidArgument], desk: FactDesk) -> int:
+def _is_ahead(exc: InvalidArgument) -> bool:
+    """A row refused only as stamped ahead of this process's clock (E7)."""
+    return exc.field == "as_of" and AHEAD in exc.problem
+
+
+def _ahead_elsewhere(request: pb.LoadCountsRequest, block: CountRows, good: Rows, errors: dict[int, InvalidArgument],
+                     engine: Engine, forwarder: Forwarder, metadata: tuple[tuple[str, Any], ...],
+                     ) -> tuple[CountRows, Rows]:
+    """``block`` and ``good`` with the rows stamped ahead of this process's clock whose groups other processes own
+    added (taken out of ``errors``): sent on with their owner's part, judged there by its clock (loaded already:
+    duplicates, E8), as RecordEvents sends their COUNT facts. Left refused where the caller is to be redirected."""
+    ahead = [i for i, exc in errors.items() if _is_ahead(exc)]
+    if not ahead:
+        return block, good
+    si = np.frombuffer(request.sku_index, dtype="<u4")
+    moving: list[int] = []
+    for i in ahead:
+        try:
+            if forwarder.owner_for(engine.local, engine.place(request.skus[int(si[i])]), metadata):
+                moving.append(i)
+        except Moved:
+            continue  # a caller routing by itself (or a forwarded call): refused here, as before
+    if not moving:
+        return block, good
+    for i in moving:
+        del errors[i]
+    rows = np.array(sorted(moving), dtype=np.intp)
+    li = np.frombuffer(request.location_index, dtype="<u4")
+    qty, at = (np.frombuffer(c, dtype="<i8") for c in (request.on_hand, request.as_of))
+    extended = CountRows(block.source, block.skus, block.locations,
+                         np.concatenate([block.sku_index, si[rows].astype(np.uint32)]),
+                         np.concatenate([block.location_index, li[rows].astype(np.uint32)]),
+                         np.concatenate([block.quantity, qty[rows].astype(np.int64)]),
+                         np.concatenate([block.at, at[rows].astype(np.int64)]))
+    return extended, np.concatenate([good, rows])
+
+
+async def _loaded_ahead(request: pb.LoadCountsRequest, errors: dict[int, InvalidArgument], desk: FactDesk,
+                        engine: Engine) -> int:
     """Rows refused only as stamped ahead of this process's clock (E7) that their shard here loaded already
     (a process whose clock ran ahead): duplicates (E8), as RecordEvents answers their COUNT facts; taken out
-    of ``errors``, their number returned. Those of groups other processes own stay refused."""
-    ahead = [i for i, exc in errors.items() if exc.field == "as_of" and AHEAD in exc.problem]
+    of ``errors``, their number returned. Only rows of groups served here are asked: those of other processes'
+    groups were sent on (``_ahead_elsewhere``), or stay refused (a caller to redirect) - never counted here."""
+    si, li = (np.frombuffer(c, dtype="<u4") for c in (request.sku_index, request.location_index))
+    ahead = [i for i, exc in errors.items() if _is_ahead(exc) and _served(engine, request.skus[int(si[i])])]
     if not ahead:
         return 0
-    si, li = (np.frombuffer(c, dtype="<u4") for c in (request.sku_index, request.location_index))
     qty, at = (np.frombuffer(c, dtype="<i8") for c in (request.on_hand, request.as_of))
     facts = [Fact(count_event_id(int(at[i])), request.source, FactKind.COUNT, request.skus[int(si[i])],
                   request.locations[int(li[i])], int(qty[i]), int(at[i]), "") for i in ahead]
@@ -96,6 +147,14 @@ async def _loaded_ahead(request: pb.LoadCountsRequest, errors: dict[int, Invalid
     for i in duplicates:
         del errors[i]
     return len(duplicates)
+
+
+def _served(engine: Engine, sku: str) -> bool:
+    try:
+        engine.local(engine.place(sku))
+    except Moved:
+        return False
+    return True
 
 
 async def _local(desk: FactDesk, rows: CountRows) -> tuple[Outcomes, dict[int, str], DomainError | None]:
