@@ -49,10 +49,15 @@ class Coordinator:
         self._actors, self._log, self._clock, self._place = actors, log_store, clock, place
         self._metrics = metrics
 
+    @property
+    def together(self) -> bool:
+        """Whether a change across shards can be run at all (the log lands it all or none)."""
+        return bool(getattr(self._log, "together", True))  # a stand-in log may not say
+
     async def run(self, shards: list[int], home: int, work: ViewWork) -> Any:
         """``work`` over ``shards`` (ascending), the record's home being ``home``. Cancelled at any
         await, it leaves no shard paused (``ShardActor.pause``) and changes nothing it has not sealed."""
-        if len(shards) > 1 and not getattr(self._log, "together", True):  # a stand-in log may not say
+        if len(shards) > 1 and not self.together:
             raise _not_together(shards)
         resumes: list[asyncio.Future[None]] = []
         try:

@@ -163,6 +163,11 @@ class Housekeeper:
             shards = {place(line.sku) for line in rec.lines} | {ledger.shard}
             if len(shards) == 1:
                 ops.expire(ledger, rid, now)
+            elif not self._coordinator.together:  # left by the single writer: never expired here (docs/OPERATIONS.md)
+                # Not queued again: refused at each pass, such holds took their shard's EXPIRE_PER_TURN, earliest
+                # first, and no hold due after them expired there. Logged once per process (its log read again).
+                log.warning("hold %s spans shards %s: made before the keyspace moved to ownership=leases, it cannot "
+                            "expire here; its units stay held", rid, sorted(shards))
             else:
                 across.setdefault(tuple(sorted(shards)), []).append((rid, rec.expires_at))
         self._start_order_expiries()

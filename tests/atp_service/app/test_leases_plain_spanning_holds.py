@@ -9,6 +9,7 @@ import redis
 
 from atp_client import AtpError
 from atp_service import ManualClock, free_port
+from atp_service.engine import maintenance
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.engine.test_expiry_races import _two_shards
 from tests.conftest import ServiceFactory
@@ -49,3 +50,35 @@ async def test_a_plain_hold_spanning_shards_left_by_the_single_writer_stops_no_s
     assert all(not actor.vacant and actor.failure is None for actor in engine.actors)
     await client.reserve("r2", [(a, "S1", 1)], ttl_seconds=60)  # the groups answer
     await client.reserve("r3", [(b, "S1", 1)], ttl_seconds=60)
+
+
+async def test_plain_spanning_holds_left_by_the_single_writer_keep_no_other_hold_of_their_shard_from_expiring_R3(
+        start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard's housekeeping turn takes at most ``EXPIRE_PER_TURN`` due holds, earliest first. Such a hold,
+    refused at every pass (it cannot expire under leases), was queued again at its own expiry time: the first
+    ``EXPIRE_PER_TURN`` of them took every turn of their shard, and no hold due after them ever expired there
+    (its units held for good). Here the bound is 1: one such hold was enough."""
+    monkeypatch.setattr(maintenance, "EXPIRE_PER_TURN", 1)
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000)
+    a, b = _two_shards(service)
+    await client.record_events([receipt("s-a", a, "S1", 5), receipt("s-b", b, "S1", 5)])
+    await client.reserve("r1", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
+    engine = service.engine
+    assert engine is not None
+    home = engine.home_of("r1")
+    sku = a if engine.place(a) == home else b
+    await service.stop(grace_s=0.1)
+    redis.Redis.from_url(redis_url).hset("atp:meta", "ownership", "leases")
+    service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000,
+                                          ownership="leases", lease_ms=5_000, balance_ms=200, input_streams=(),
+                                          port=free_port())
+    engine = service.engine
+    assert engine is not None
+    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
+    await client.reserve("r2", [(sku, "S1", 1)], ttl_seconds=61)  # due after r1, on r1's home shard
+    clock.advance(120_000)
+    for _ in range(3):
+        await engine.run_maintenance()
+    (position,) = await client.availability([(sku, "S1")])
+    assert position.reserved == (2 if sku == a else 3), position  # r1's units only: r2 expired
