@@ -61,6 +61,7 @@ def _group_needs(keys: Keyspace, g: int, at: str, leased: bool) -> list[Need]:
         (("XRANGE", log_, "-", "+", "COUNT", 1), "log"), (("XREVRANGE", log_, "+", "-", "COUNT", 1), "log"),
         (("XINFO", "STREAM", log_), "log"), (("EXISTS", log_), "log"),
         (("GET", snap), "snap"), (("SET", snap, "s"), "snap"), (("PERSIST", snap), "snap"),
+        (("STRLEN", snap), "snap"), (("GETRANGE", snap, 0, 1), "snap"),
         (("RENAME", parts, snap), "snap-parts"), (("STRLEN", parts), "snap-parts"),
         (("SET", parts, "p", "PX", 1), "snap-parts"), (("APPEND", parts, "p"), "snap-parts"),
         (("PEXPIRE", parts, 1), "snap-parts"),

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+from redis.exceptions import RedisError
 
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.records import SnapshotRecord, SnapshotUnreadable, checksummed, opened_snapshot
@@ -16,6 +17,17 @@ FIELD = b"e"
 
 _snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
 
+SNAPSHOT_READ_BYTES = 1 << 20
+"""A snapshot past this size is read back a part of this size at a time: 50 ms of reply at the 20 MB/s a
+snapshot's write is allowed (``ServiceConfig.snapshot_write_mb_per_s``), well within any socket timeout."""
+_SEEN_AGAIN_BYTES = 64
+"""The snapshot's first bytes, read again after its parts: its header (the checksum of all of it) and its seq."""
+
+
+class SnapshotChanged(RedisError):
+    """A snapshot read in parts changed meanwhile (Redis came back from older data): read it again. A
+    storage error, not an unreadable snapshot: its parts joined would fail the checksum, refusing the start."""
+
 
 class LogReads:
     """Reads through ``client`` (on a cluster it routes each by its key) of the keys ``keys`` names."""
@@ -23,6 +35,11 @@ class LogReads:
     client: Any
     keys: Keyspace
     nodes: Any
+    snapshot_read_bytes: int = SNAPSHOT_READ_BYTES
+    """A snapshot is read in parts of this size (0: whole, in one ``GET``). Each reply is held to the socket
+    timeout: a shard's snapshot of 136 MB read whole took longer wherever Redis's replies came slower than
+    68 MB/s (2 s), at every try — a start waiting for Redis for ever, a group taken over given back at every
+    taking, while the write of that snapshot was allowed its size at 20 MB/s."""
 
     async def values_of(self, names: list[str]) -> list[Any]:
         """The value of each key of ``names`` (None: absent): one MGET on one Redis, on a cluster one per slot."""
@@ -69,10 +86,10 @@ class LogReads:
             start = "(" + rows[-1][0].decode()
 
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
-        raw: Any = await self.client.get(self.keys.snap(shard))
+        key = self.keys.snap(shard)
+        raw = await self._snapshot_bytes(key)
         if not raw:
             return None
-        key = self.keys.snap(shard)
         body = await checksummed(opened_snapshot, raw, shard, key)  # the other groups' shards go on meanwhile
         try:
             return _snap_decoder.decode(body)
@@ -82,3 +99,23 @@ class LogReads:
             raise SnapshotUnreadable(f"shard {shard}: the snapshot at {key} is not in this "
                                      f"version's layout ({exc}); start the version that wrote it, or restore "
                                      "Redis from a backup this version wrote") from None
+
+    async def _snapshot_bytes(self, key: str) -> Any:
+        """The value of ``key`` (None: absent), past ``snapshot_read_bytes`` read a part at a time (``GETRANGE``),
+        as it was written (``snapshot_parts``): each call within the socket timeout. Nothing writes a snapshot
+        while its shard is recovered; Redis back from older data meanwhile raises ``SnapshotChanged``."""
+        part = self.snapshot_read_bytes
+        size = int(await self.client.strlen(key)) if part > 0 else 0
+        if size <= part:
+            return await self.client.get(key)
+        raw = bytearray(size)
+        for at in range(0, size, part):
+            end = min(at + part, size)
+            got: bytes = await self.client.getrange(key, at, end - 1)
+            if len(got) != end - at:
+                raise SnapshotChanged(f"{key} changed while it was read: {len(got)} bytes at {at}, not {end - at}")
+            raw[at:end] = got
+        seen = min(size, _SEEN_AGAIN_BYTES)
+        if int(await self.client.strlen(key)) != size or await self.client.getrange(key, 0, seen - 1) != raw[:seen]:
+            raise SnapshotChanged(f"{key} changed while it was read")
+        return raw
