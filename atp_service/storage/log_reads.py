@@ -17,9 +17,9 @@ FIELD = b"e"
 
 _snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
 
-SNAPSHOT_READ_BYTES = 1 << 20
-"""A snapshot past this size is read back a part of this size at a time: 50 ms of reply at the 20 MB/s a
-snapshot's write is allowed (``ServiceConfig.snapshot_write_mb_per_s``), well within any socket timeout."""
+REPLY_BYTES = 1 << 20
+"""About the most a read of recovery asks of Redis in one reply (a snapshot's part, the log's entries): 50 ms
+of reply at the 20 MB/s a snapshot's write is allowed (``ServiceConfig.snapshot_write_mb_per_s``)."""
 _SEEN_AGAIN_BYTES = 64
 """The snapshot's first bytes, read again after its parts: its header (the checksum of all of it) and its seq."""
 
@@ -35,11 +35,12 @@ class LogReads:
     client: Any
     keys: Keyspace
     nodes: Any
-    snapshot_read_bytes: int = SNAPSHOT_READ_BYTES
-    """A snapshot is read in parts of this size (0: whole, in one ``GET``). Each reply is held to the socket
-    timeout: a shard's snapshot of 136 MB read whole took longer wherever Redis's replies came slower than
-    68 MB/s (2 s), at every try — a start waiting for Redis for ever, a group taken over given back at every
-    taking, while the write of that snapshot was allowed its size at 20 MB/s."""
+    reply_bytes: int = REPLY_BYTES
+    """A snapshot is read in parts of this size (0: whole, in one ``GET``), the log in replies of about as
+    many bytes. Each reply is held to the socket timeout: a shard's snapshot of 136 MB read whole, or 2,000
+    entries of a bulk load, took longer wherever Redis's replies came slower than 68 MB/s (2 s), at every
+    try — a start waiting for Redis for ever, a group taken over given back at every taking — while the
+    write of that snapshot was allowed its size at 20 MB/s."""
 
     async def values_of(self, names: list[str]) -> list[Any]:
         """The value of each key of ``names`` (None: absent): one MGET on one Redis, on a cluster one per slot."""
@@ -74,16 +75,21 @@ class LogReads:
         return bytes(rows[0][1][FIELD]) if rows else None
 
     async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
-        start = f"({seq}-0" if seq else "-"
+        """Entries after ``seq``, in order, up to ``chunk`` a reply — fewer where they are large: a reply holds
+        about ``reply_bytes`` (at least one entry), its count learnt from the entries read so far, from one up."""
+        start, count, key = f"({seq}-0" if seq else "-", 1, self.keys.log(shard)
         while True:
-            rows: Any = await self.client.xrange(
-                self.keys.log(shard), min=start, count=chunk
-            )
+            rows: Any = await self.client.xrange(key, min=start, count=count)
+            size = 0
             for entry_id, fields in rows:
-                yield seq_of(entry_id), fields[FIELD]
-            if len(rows) < chunk:
+                data = fields[FIELD]
+                size += len(data)
+                yield seq_of(entry_id), data
+            if len(rows) < count:
                 return
             start = "(" + rows[-1][0].decode()
+            fits = count * self.reply_bytes // max(size, 1) if self.reply_bytes > 0 else chunk
+            count = max(1, min(chunk, 2 * count, fits))
 
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
         key = self.keys.snap(shard)
@@ -101,10 +107,10 @@ class LogReads:
                                      "Redis from a backup this version wrote") from None
 
     async def _snapshot_bytes(self, key: str) -> Any:
-        """The value of ``key`` (None: absent), past ``snapshot_read_bytes`` read a part at a time (``GETRANGE``),
+        """The value of ``key`` (None: absent), past ``reply_bytes`` read a part at a time (``GETRANGE``),
         as it was written (``snapshot_parts``): each call within the socket timeout. Nothing writes a snapshot
         while its shard is recovered; Redis back from older data meanwhile raises ``SnapshotChanged``."""
-        part = self.snapshot_read_bytes
+        part = self.reply_bytes
         size = int(await self.client.strlen(key)) if part > 0 else 0
         if size <= part:
             return await self.client.get(key)

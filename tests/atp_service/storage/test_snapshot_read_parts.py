@@ -1,4 +1,5 @@
-"""A snapshot is read back in parts as it is written in parts: each call within the socket timeout.
+"""Recovery's reads come back in replies of bounded size, each within the socket timeout: a snapshot in
+parts, as it is written in parts, and the log in replies of about as many bytes.
 
 The write of a large snapshot is allowed time for its size (``snapshot_write_mb_per_s``) and goes in
 parts (``snapshot_part_bytes``); its read at recovery was one ``GET``, held to ``redis_timeout_s``
@@ -24,6 +25,7 @@ from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
 
 PART = 16 << 10
+LOG_REPLY = 2 << 10
 TIMEOUT_S = 0.5
 SKUS = [f"sku-{i:05d}" for i in range(3000)]
 
@@ -73,7 +75,7 @@ class ThrottlingProxy:
 
 async def test_a_snapshot_larger_than_the_socket_timeout_can_carry_is_read_in_parts_and_recovered(
         start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(LogReads, "snapshot_read_bytes", PART)  # 1 MiB: the snapshot here, scaled down, in parts
+    monkeypatch.setattr(LogReads, "reply_bytes", PART)  # 1 MiB: the snapshot here, scaled down, in parts
     r = redis.Redis.from_url(redis_url)
     service, client = await start_service(shards=1, snapshot_part_bytes=PART)
     for at in range(0, len(SKUS), 500):
@@ -110,7 +112,7 @@ async def test_a_snapshot_that_changes_between_its_parts_is_read_again_not_joine
     """Redis back from older data between two parts of the read (nothing else writes a snapshot while its
     shard is recovered): the parts of two snapshots joined would fail the checksum, a refused start (exit 2)
     for a Redis that came back. The read raises a storage error instead, tried again like Redis away."""
-    monkeypatch.setattr(LogReads, "snapshot_read_bytes", PART)
+    monkeypatch.setattr(LogReads, "reply_bytes", PART)
     await store.submit(0, 1, b"e")
     newer = os.urandom(5 * PART)
     await store.write_snapshot(0, 1, newer, part_bytes=PART)
@@ -131,3 +133,35 @@ async def test_a_snapshot_that_changes_between_its_parts_is_read_again_not_joine
         await store.load_snapshot(0)
     assert calls > 1
     assert await store._snapshot_bytes(key) == older  # read again: what Redis holds now, whole
+
+
+async def test_a_log_tail_larger_than_the_socket_timeout_can_carry_is_read_in_bounded_replies(
+        start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for the log after the snapshot: read 2,000 entries a reply, whatever their size. Entries
+    of a bulk load (a ``LoadCounts`` call of 50,000 rows: an entry per shard of ~100 KB) left since the last
+    snapshot (up to ``snapshot_interval_s``, 5 min) made one reply of every one of them, and the start after
+    a crash waited for Redis for ever. Replies now hold about ``reply_bytes`` (whole entries) each."""
+    monkeypatch.setattr(LogReads, "reply_bytes", LOG_REPLY)
+    r = redis.Redis.from_url(redis_url)
+    _, client = await start_service(shards=1, snapshot_every_entries=100_000, snapshot_interval_s=3600)
+    for at in range(0, len(SKUS), 50):  # 60 entries of 50 facts each (~2.3 KB)
+        await client.record_events([receipt(f"r-{sku}", sku, "DC", 7) for sku in SKUS[at:at + 50]])
+    # Left running (a kill -9): the next start fences it, and replays the whole log.
+    assert not r.exists("atp:{g0}:snap") and r.xlen("atp:{g0}:log") == len(SKUS) // 50
+    sizes = [len(fields[b"e"]) for _, fields in r.xrange("atp:{g0}:log")]
+    rate = sum(sizes) / (4 * TIMEOUT_S)  # the log whole: 4 x the timeout; a reply: a quarter at most
+    assert 2 * max(LOG_REPLY, *sizes) / rate < TIMEOUT_S / 4
+    proxy = ThrottlingProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), rate)
+    url = await proxy.start()
+    try:
+        async for start in services_on(url, redis_timeout_s=TIMEOUT_S):
+            starting = asyncio.ensure_future(start(shards=1))
+            done, _ = await asyncio.wait([starting], timeout=30)  # a hang guard: it starts in seconds
+            if not done:
+                starting.cancel()
+                raise AssertionError("the start never read the log: each read timed out")
+            _, again = starting.result()
+            answers = await again.availability([(sku, "DC") for sku in SKUS[::50]])
+            assert [a.on_hand for a in answers] == [7] * len(answers)
+    finally:
+        await proxy.close()
