@@ -82,6 +82,7 @@ class RoutedClient:
         self._refreshing = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._close: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RoutedClient:
         return self
@@ -91,11 +92,19 @@ class RoutedClient:
 
     async def close(self) -> None:
         """Close every channel; the calls on them end (gRPC raises ``asyncio.CancelledError`` in them),
-        and a call that would open another (a hop, the routing table) raises ``grpc.aio.UsageError``."""
+        and a call that would open another (a hop, the routing table) raises ``grpc.aio.UsageError``.
+        A channel dropped from the pool still lets its calls finish within ``CLOSE_GRACE_S``.
+
+        Closes once, in a task of its own that every caller waits for: a caller cancelled (a timeout
+        around it) leaves the close running — cancelling a dropped channel's close half-way left it
+        "closing" in gRPC, never destroyed, and raised ``CancelledError`` into the other callers."""
         self._closed = True
-        clients = self._clients.values()
-        self._clients.clear()
-        await asyncio.gather(*(c.close() for c in clients), *self._closing)
+        if self._close is None:
+            clients = self._clients.values()
+            self._clients.clear()
+            self._close = asyncio.ensure_future(_closed(clients, self._closing))
+            self._close.add_done_callback(_heard)
+        await asyncio.shield(self._close)
 
     @property
     def routes(self) -> Routes | None:
@@ -292,6 +301,17 @@ class RoutedClient:
                 self._closing.add(closing)
                 closing.add_done_callback(self._closing.discard)
         return client
+
+
+async def _closed(clients: list[AtpClient], closing: set[asyncio.Task[None]]) -> None:
+    """``clients`` closed, and the channels dropped before (``closing``) closed in their grace."""
+    await asyncio.gather(*(c.close() for c in clients), *closing)
+
+
+def _heard(task: asyncio.Task[None]) -> None:
+    """A close's failure retrieved even when every caller was cancelled meanwhile (no "never retrieved")."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _unanswered(error: AtpError) -> bool:
