@@ -35,6 +35,23 @@ def _two_shards(service: AtpService) -> tuple[str, str]:
     return first, second
 
 
+async def _started(start_service: ServiceFactory, shards: int,
+                   **extra: Any) -> tuple[ManualClock, AtpService, Any, Any]:
+    """A service on a manual clock whose housekeeping runs only when a test says: clock, service, client, engine."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock, shards=shards, maintenance_interval_ms=3_600_000, **extra)
+    assert service.engine is not None
+    return clock, service, client, service.engine
+
+
+async def _spanning_hold(service: AtpService, client: Any) -> tuple[str, str]:
+    """5 units of two SKUs on two shards, and hold r1 of 2 and 3 of them (TTL 60 s): the SKUs."""
+    a, b = _two_shards(service)
+    await client.record_events([receipt("s-a", a, "S1", 5), receipt("s-b", b, "S1", 5)])
+    await client.reserve("r1", [(a, "S1", 2), (b, "S1", 3)], order_ref="o", channel="web", ttl_seconds=60)
+    return a, b
+
+
 @pytest.fixture
 def frozen(redis_server: EmbeddedRedis) -> Iterator[Any]:
     """``freeze(on)``: the session's redis-server stopped (SIGSTOP) or let go on (SIGCONT); let go at the end."""
@@ -69,15 +86,9 @@ async def test_a_composite_hold_whose_confirm_did_not_land_while_its_ttl_passed_
     a housekeeping pass runs (its expiry turn finds the hold CONFIRMED in memory). The Confirm does not
     land: the hold is HELD again on its home shard, and it expires, giving back its units on both shards."""
     r = redis.Redis.from_url(redis_url)
-    clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, shards=2, redis_timeout_s=0.5,
-                                          maintenance_interval_ms=3_600_000)
-    engine = service.engine
-    assert engine is not None
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5), receipt("s-b", b, "S1", 5)])
-    await client.reserve("r1", [(a, "S1", 2), (b, "S1", 3)], order_ref="o", channel="web", ttl_seconds=60)
-    home = engine.actors[engine.home_of("r1")]  # type: ignore[index]
+    clock, service, client, engine = await _started(start_service, 2, redis_timeout_s=0.5)
+    a, b = await _spanning_hold(service, client)
+    home = engine.actors[engine.home_of("r1")]
     r.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
     try:
         confirm = asyncio.ensure_future(client.confirm("r1"))
@@ -105,11 +116,7 @@ async def test_an_expiry_in_flight_when_redis_freezes_and_a_confirm_arrives_reso
     """Redis frozen (SIGSTOP) with a hold's expiry in flight; a Confirm arrives meanwhile, decided on the
     expired hold. The expiry's append times out (it may land when Redis goes on): whatever landed, the hold
     is resolved once — EXPIRED, never CONFIRMED — its units given back once, and memory equals the log."""
-    clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, shards=1, redis_timeout_s=0.3,
-                                          maintenance_interval_ms=3_600_000)
-    engine = service.engine
-    assert engine is not None
+    clock, service, client, engine = await _started(start_service, 1, redis_timeout_s=0.3)
     await client.record_events([receipt("stock", "A", "S1", 5)])
     await client.reserve("r1", [("A", "S1", 2)], order_ref="o", channel="web", ttl_seconds=60)
     actor = engine.actors[0]
@@ -138,14 +145,8 @@ async def test_a_composite_expiry_in_flight_when_redis_freezes_lands_or_not_on_e
     """A hold spanning two shards expires by a coordinated change; Redis freezes with it in flight and a
     Confirm of the hold arrives. Both shards settle to the same outcome (their parts land together or not at
     all), the hold is resolved once (EXPIRED), its units given back once on each shard."""
-    clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, shards=2, redis_timeout_s=0.3,
-                                          maintenance_interval_ms=3_600_000)
-    engine = service.engine
-    assert engine is not None
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5), receipt("s-b", b, "S1", 5)])
-    await client.reserve("r1", [(a, "S1", 2), (b, "S1", 3)], order_ref="o", channel="web", ttl_seconds=60)
+    clock, service, client, engine = await _started(start_service, 2, redis_timeout_s=0.3)
+    a, b = await _spanning_hold(service, client)
     clock.advance(60_000)
     frozen(True)
     try:
@@ -160,7 +161,7 @@ async def test_a_composite_expiry_in_flight_when_redis_freezes_lands_or_not_on_e
     for actor in engine.actors:
         await settled(engine, actor)
     await _expired_everywhere(service, client, [(a, "S1"), (b, "S1")], 5)
-    home = engine.actors[engine.home_of("r1")]  # type: ignore[index]
+    home = engine.actors[engine.home_of("r1")]
     assert home.ledger.reservations["r1"].state == State.EXPIRED
     with pytest.raises(Conflict):
         await client.confirm("r1")
@@ -172,11 +173,7 @@ async def test_a_release_retried_after_a_freeze_whose_first_try_landed_answers_i
     """A partial Release in flight when Redis freezes (its answer lost: OUTCOME_UNKNOWN), the TTL passing
     meanwhile; retried after: answered as applied (or applied now), and the rest of the hold expires. Units are
     given back once whatever landed: nothing released twice."""
-    clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, shards=1, redis_timeout_s=0.3,
-                                          maintenance_interval_ms=3_600_000)
-    engine = service.engine
-    assert engine is not None
+    clock, service, client, engine = await _started(start_service, 1, redis_timeout_s=0.3)
     await client.record_events([receipt("stock", "A", "S1", 5)])
     await client.reserve("r1", [("A", "S1", 3)], order_ref="o", channel="web", ttl_seconds=60)
     actor = engine.actors[0]
