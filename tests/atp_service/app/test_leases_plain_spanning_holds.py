@@ -4,16 +4,34 @@ parts), and leased processes cannot land one change across groups. On a real ser
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 
 from atp_client import AtpError
-from atp_service import ManualClock, free_port
+from atp_service import AtpService, ManualClock, free_port
 from atp_service.engine import maintenance
-from tests.atp_service.edge.test_api import T0, receipt
-from tests.atp_service.engine.test_expiry_races import _two_shards
+from tests.atp_service.engine.test_expiry_races import _spanning_hold, _started
 from tests.conftest import ServiceFactory
 from tests.waiting import until
+
+
+async def _moved_to_leases(start_service: ServiceFactory, redis_url: str
+                           ) -> tuple[ManualClock, AtpService, Any, Any, tuple[str, str]]:
+    """Hold r1 across two shards made by the single writer, then the keyspace moved to leases and a leased
+    process serving both groups: clock, service, client, engine, and the hold's two SKUs."""
+    clock, service, client, _ = await _started(start_service, 2)
+    skus = await _spanning_hold(service, client)
+    await service.stop(grace_s=0.1)
+    redis.Redis.from_url(redis_url).hset("atp:meta", "ownership", "leases")
+    service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000,
+                                          ownership="leases", lease_ms=5_000, balance_ms=200, input_streams=(),
+                                          port=free_port())
+    engine = service.engine
+    assert engine is not None
+    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
+    return clock, service, client, engine, skus
 
 
 async def test_a_plain_hold_spanning_shards_left_by_the_single_writer_stops_no_shard_under_leases_R8(
@@ -23,19 +41,7 @@ async def test_a_plain_hold_spanning_shards_left_by_the_single_writer_stops_no_s
     stopped every shard of the hold (``atp_shard_failures_total``, ERROR), their groups given up and taken
     again — at every pass, for good: the groups never served for long. Refused before anything is
     decided, nothing changed, every shard goes on answering."""
-    clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000)
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5), receipt("s-b", b, "S1", 5)])
-    await client.reserve("r1", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
-    await service.stop(grace_s=0.1)
-    redis.Redis.from_url(redis_url).hset("atp:meta", "ownership", "leases")
-    service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000,
-                                          ownership="leases", lease_ms=5_000, balance_ms=200, input_streams=(),
-                                          port=free_port())
-    engine = service.engine
-    assert engine is not None
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
+    clock, service, client, engine, (a, b) = await _moved_to_leases(start_service, redis_url)
 
     def failures() -> float:
         return service.metrics.registry.get_sample_value("atp_shard_failures_total") or 0.0
@@ -59,23 +65,8 @@ async def test_plain_spanning_holds_left_by_the_single_writer_keep_no_other_hold
     ``EXPIRE_PER_TURN`` of them took every turn of their shard, and no hold due after them ever expired there
     (its units held for good). Here the bound is 1: one such hold was enough."""
     monkeypatch.setattr(maintenance, "EXPIRE_PER_TURN", 1)
-    clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000)
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5), receipt("s-b", b, "S1", 5)])
-    await client.reserve("r1", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
-    engine = service.engine
-    assert engine is not None
-    home = engine.home_of("r1")
-    sku = a if engine.place(a) == home else b
-    await service.stop(grace_s=0.1)
-    redis.Redis.from_url(redis_url).hset("atp:meta", "ownership", "leases")
-    service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000,
-                                          ownership="leases", lease_ms=5_000, balance_ms=200, input_streams=(),
-                                          port=free_port())
-    engine = service.engine
-    assert engine is not None
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
+    clock, _, client, engine, (a, b) = await _moved_to_leases(start_service, redis_url)
+    sku = a if engine.place(a) == engine.home_of("r1") else b
     await client.reserve("r2", [(sku, "S1", 1)], ttl_seconds=61)  # due after r1, on r1's home shard
     clock.advance(120_000)
     for _ in range(3):
