@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -73,6 +75,24 @@ class ThrottlingProxy:
         writer.close()
 
 
+@contextlib.asynccontextmanager
+async def _started_through_proxy(redis_url: str, rate: float, what: str) -> AsyncIterator[Any]:
+    """A client of a service started on one shard through a proxy passing Redis's replies at ``rate`` bytes a
+    second; a start that does not end in 30 s (it takes seconds) fails: each read of its ``what`` timed out."""
+    proxy = ThrottlingProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), rate)
+    url = await proxy.start()
+    try:
+        async for start in services_on(url, redis_timeout_s=TIMEOUT_S):
+            starting = asyncio.ensure_future(start(shards=1))
+            done, _ = await asyncio.wait([starting], timeout=30)  # a hang guard, not a timing target
+            if not done:
+                starting.cancel()
+                raise AssertionError(f"the start never read the {what}: each read timed out")
+            yield starting.result()[1]
+    finally:
+        await proxy.close()
+
+
 async def test_a_snapshot_larger_than_the_socket_timeout_can_carry_is_read_in_parts_and_recovered(
         start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LogReads, "reply_bytes", PART)  # 1 MiB: the snapshot here, scaled down, in parts
@@ -88,21 +108,10 @@ async def test_a_snapshot_larger_than_the_socket_timeout_can_carry_is_read_in_pa
     # Whole, the snapshot takes 4 x the timeout to come back; a part of it, a quarter or less.
     rate = size / (4 * TIMEOUT_S)
     assert PART / rate < TIMEOUT_S / 4
-    proxy = ThrottlingProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), rate)
-    url = await proxy.start()
-    try:
-        async for start in services_on(url, redis_timeout_s=TIMEOUT_S):
-            starting = asyncio.ensure_future(start(shards=1))
-            done, _ = await asyncio.wait([starting], timeout=30)  # a hang guard: it starts in seconds
-            if not done:
-                starting.cancel()
-                raise AssertionError("the start never read the snapshot: each read timed out")
-            _, again = starting.result()
-            (a,) = await again.availability([(SKUS[0], "DC")])
-            assert (a.on_hand, a.reserved) == (7, 2)
-            assert (await again.get_reservation("held")).reservation_id == "held"
-    finally:
-        await proxy.close()
+    async with _started_through_proxy(redis_url, rate, "snapshot") as again:
+        (a,) = await again.availability([(SKUS[0], "DC")])
+        assert (a.on_hand, a.reserved) == (7, 2)
+        assert (await again.get_reservation("held")).reservation_id == "held"
 
 
 
@@ -151,17 +160,6 @@ async def test_a_log_tail_larger_than_the_socket_timeout_can_carry_is_read_in_bo
     sizes = [len(fields[b"e"]) for _, fields in r.xrange("atp:{g0}:log")]
     rate = sum(sizes) / (4 * TIMEOUT_S)  # the log whole: 4 x the timeout; a reply: a quarter at most
     assert 2 * max(LOG_REPLY, *sizes) / rate < TIMEOUT_S / 4
-    proxy = ThrottlingProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), rate)
-    url = await proxy.start()
-    try:
-        async for start in services_on(url, redis_timeout_s=TIMEOUT_S):
-            starting = asyncio.ensure_future(start(shards=1))
-            done, _ = await asyncio.wait([starting], timeout=30)  # a hang guard: it starts in seconds
-            if not done:
-                starting.cancel()
-                raise AssertionError("the start never read the log: each read timed out")
-            _, again = starting.result()
-            answers = await again.availability([(sku, "DC") for sku in SKUS[::50]])
-            assert [a.on_hand for a in answers] == [7] * len(answers)
-    finally:
-        await proxy.close()
+    async with _started_through_proxy(redis_url, rate, "log") as again:
+        answers = await again.availability([(sku, "DC") for sku in SKUS[::50]])
+        assert [a.on_hand for a in answers] == [7] * len(answers)
