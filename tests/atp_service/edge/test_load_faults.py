@@ -4,7 +4,6 @@ restarted service holds what was answered (R7, R8, E8, E10)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.storage.embedded_redis import EmbeddedRedis
+from tests.atp_service.edge.test_deadline_faults import _answered
 from tests.conftest import services_on
 
 SKUS = [f"sku-{n}" for n in range(16)]  # spread over every shard
@@ -33,17 +33,6 @@ def _block(now_ms: int) -> tuple[pb.LoadCountsRequest, dict[tuple[str, str], int
         as_of=np.array([r[2] for r in rows], dtype="<i8").tobytes())
     expected = {(sku, "S1"): 10 + n for n, sku in enumerate(SKUS)} | {("sku-0", "S1"): 7}
     return request, expected
-
-
-async def _answered(call: Any, request: Any) -> Any:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            return await call(request, timeout=20)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 async def _on_hand(client: Any) -> dict[tuple[str, str], int]:

@@ -6,6 +6,9 @@ refused (E7)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import redis
 
 from atp_client import AtpClient
@@ -22,6 +25,18 @@ LEASED = {"ownership": "leases", "lease_ms": 5_000, "balance_ms": 200, "host": "
 """Leases of 5 s, turns of 200 ms: a 600 ms lease stops being answered 480 ms after its renewal, which
 a busy host's stall outlasts (a call refused GROUP_MOVED); a stopped process's groups, handed over or
 lapsed, are taken at the next turn."""
+
+
+@contextlib.asynccontextmanager
+async def leased_client(redis_url: str, now_ms: int) -> AsyncIterator[AtpClient]:
+    """A client of a leased service whose clock reads ``now_ms``, started and stopped around the block."""
+    service = AtpService(make_config(port=free_port(), **LEASED), redis_url, clock=ManualClock(now_ms))
+    try:
+        await service.start()
+        async with AtpClient(f"127.0.0.1:{service.port}") as client:
+            yield client
+    finally:
+        await service.stop(grace_s=0.1)
 
 
 async def test_a_fact_applied_by_a_clock_ahead_is_a_duplicate_when_claimed(
@@ -63,28 +78,12 @@ async def test_a_fact_sent_to_its_owner_applied_by_a_clock_ahead_is_a_duplicate_
     for a group of its own (E8: the answer never depends on how groups are spread over processes): a
     fact applied already (by a process whose clock ran ahead) is a duplicate, not INVALID — which had
     the reader dead-letter an applied fact. A fact as far ahead and never applied is still INVALID (E7)."""
-    ahead = AtpService(make_config(port=free_port(), **LEASED), redis_url, clock=ManualClock(T + AHEAD_MS))
     applied, never = F("e1", "RECEIPT", "A", "S1", 4, T + AHEAD_MS - 60_000), F("e2", "RECEIPT", "A", "S1", 3,
                                                                               T + AHEAD_MS - 60_000)
-    try:
-        await ahead.start()
-        client = AtpClient(f"127.0.0.1:{ahead.port}")
-        try:
-            assert [r.outcome for r in await client.record_events([applied.pb()])] == [pb.FACT_OUTCOME_APPLIED]
-        finally:
-            await client.close()
-    finally:
-        await ahead.stop(grace_s=0.1)
-    owner = AtpService(make_config(port=free_port(), **LEASED), redis_url, clock=ManualClock(T))
-    try:
-        await owner.start()
-        client = AtpClient(f"127.0.0.1:{owner.port}")
-        try:
-            results = await client.record_events([applied.pb(), never.pb()])
-            (a,) = await client.availability([("A", "S1")])
-        finally:
-            await client.close()
-        assert [r.outcome for r in results] == [pb.FACT_OUTCOME_DUPLICATE, pb.FACT_OUTCOME_INVALID], results
-        assert a.on_hand == 4
-    finally:
-        await owner.stop(grace_s=0.1)
+    async with leased_client(redis_url, T + AHEAD_MS) as client:
+        assert [r.outcome for r in await client.record_events([applied.pb()])] == [pb.FACT_OUTCOME_APPLIED]
+    async with leased_client(redis_url, T) as client:
+        results = await client.record_events([applied.pb(), never.pb()])
+        (a,) = await client.availability([("A", "S1")])
+    assert [r.outcome for r in results] == [pb.FACT_OUTCOME_DUPLICATE, pb.FACT_OUTCOME_INVALID], results
+    assert a.on_hand == 4

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from atp_client import AtpClient, timestamp
+from atp_client import timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, ManualClock, free_port
-from tests.atp_service.intake.test_future_applied import AHEAD_MS, LEASED, T
-from tests.conftest import test_config as make_config
+from tests.atp_service.intake.test_future_applied import AHEAD_MS, T, leased_client
 
 AS_OF = T + AHEAD_MS - 60_000
 
@@ -24,30 +22,14 @@ def _block(sku: str = "A") -> pb.LoadCountsRequest:
 
 
 async def test_a_block_loaded_by_a_clock_ahead_is_a_duplicate_at_the_owner_as_its_count_fact_is(redis_url: str) -> None:
-    ahead = AtpService(make_config(port=free_port(), **LEASED), redis_url, clock=ManualClock(T + AHEAD_MS))
-    try:
-        await ahead.start()
-        client = AtpClient(f"127.0.0.1:{ahead.port}")
-        try:
-            assert (await client.load_counts(_block())).applied == 1
-        finally:
-            await client.close()
-    finally:
-        await ahead.stop(grace_s=0.1)
-    owner = AtpService(make_config(port=free_port(), **LEASED), redis_url, clock=ManualClock(T))
-    try:
-        await owner.start()
-        client = AtpClient(f"127.0.0.1:{owner.port}")
-        try:
-            fact = pb.Fact(event_id=f"count@{AS_OF}", source="erp", kind=pb.FACT_KIND_COUNT, sku="A", location="S1",
-                           quantity=4, event_time=timestamp(AS_OF))
-            (as_fact,) = await client.record_events([fact])
-            again = await client.load_counts(_block())
-            never = await client.load_counts(_block("B"))  # as far ahead, never loaded: still refused (E7)
-        finally:
-            await client.close()
-        assert as_fact.outcome == pb.FACT_OUTCOME_DUPLICATE
-        assert (again.duplicate, again.invalid) == (1, 0), again
-        assert never.invalid == 1 and never.rejected[0].error.message.startswith("as_of"), never
-    finally:
-        await owner.stop(grace_s=0.1)
+    async with leased_client(redis_url, T + AHEAD_MS) as client:
+        assert (await client.load_counts(_block())).applied == 1
+    async with leased_client(redis_url, T) as client:
+        fact = pb.Fact(event_id=f"count@{AS_OF}", source="erp", kind=pb.FACT_KIND_COUNT, sku="A", location="S1",
+                       quantity=4, event_time=timestamp(AS_OF))
+        (as_fact,) = await client.record_events([fact])
+        again = await client.load_counts(_block())
+        never = await client.load_counts(_block("B"))  # as far ahead, never loaded: still refused (E7)
+    assert as_fact.outcome == pb.FACT_OUTCOME_DUPLICATE
+    assert (again.duplicate, again.invalid) == (1, 0), again
+    assert never.invalid == 1 and never.rejected[0].error.message.startswith("as_of"), never
