@@ -158,7 +158,7 @@ class Feed:
         self._aged: list[tuple[int, int, Key]] = []  # (due_at, gen, key): the same changes, oldest first
         self._inflight: dict[Key, ChannelUpdate] = {}
         self._next_allowed: dict[Key, int] = {}
-        self._gen = 0
+        self._gen = self.held_until = 0  # held_until: when a key read back from Redis may change (C2)
 
     def set_policy(self, policy: FeedPolicy, now_ms: int) -> None:
         """A reloaded configuration: pending values, versions, what was published and the tokens spent stay (C2)."""
@@ -219,7 +219,7 @@ class Feed:
         elif stockout:
             self._stockouts[key] = None
         else:
-            due = max(now_ms, self._next_allowed.get(key, 0))
+            due = max(now_ms, self._next_allowed.get(key, self.held_until))
             self.throttled += due > now_ms
             self._due = self._push(self._due, (due, pend.gen, key), 1)
 

@@ -43,7 +43,8 @@ def next_feeds(channels: dict[str, Channel], known: dict[str, Feed], stored: dic
             feeds[name] = old
         else:
             published, version = stored[name]
-            feeds[name] = Feed(name, channel.policy, now_ms, published, version)
+            feeds[name] = feed = Feed(name, channel.policy, now_ms, published, version)
+            feed.held_until = now_ms + channel.policy.throttle_ms  # C2: its keys' last intervals were another's
     return feeds, {name: feed for name, feed in known.items() if name not in feeds and feed.in_flight}
 
 
