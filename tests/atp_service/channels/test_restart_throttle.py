@@ -37,3 +37,30 @@ async def test_c2_a_change_right_after_a_restart_waits_for_the_throttle_interval
     clock.advance(60_000)
     desk.poke()
     assert [u.quantity for u in await wait_for_updates(redis_url, "market", 2)] == [10, 9]
+
+
+async def test_c2_the_rate_limit_spent_just_before_a_restart_is_not_given_again_after_it(
+        start_service: ServiceFactory, tmp_path: Path, redis_url: str) -> None:
+    """The token bucket lived in memory only too: a feed read back from Redis started full, so a restart just
+    after a burst let another burst through within the same second (C2: within the channel's rate limit). The
+    bucket a feed had is not known after a start: a feed that has published starts with none spent to give."""
+    clock = ManualClock(T)
+    estate = write_estate(tmp_path, one_dc_market(throttle_ms=0, rate_limit_per_s=1.0, burst=2))
+    service, client = await start_service(clock=clock, estate=estate)
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 10, T) for n in range(2)])
+    await wait_for_updates(redis_url, "market", 2)  # the baselines: the burst spent
+    await client.close()
+    await service.stop(grace_s=0.1)
+
+    again, client2 = await start_service(clock=clock, estate=estate)  # at once: not a token refilled
+    desk = again.channels
+    assert desk is not None
+    await client2.record_events([fact(f"s{n}", "SALE", f"sku-{n}", "dc-1", 1, T + 1) for n in range(2)])
+    feed = desk.feeds["market"]
+    sold = [(f"sku-{n}", "") for n in range(2)]
+    await until(lambda: not desk._dirty and (feed.pending == 2 or all(feed.published[k].quantity == 9 for k in sold)),
+                "the sales curated and offered")
+    assert len(await stream_updates(redis_url, "market")) == 2 and feed.pending == 2  # no token to send them with
+    clock.advance(1_000)
+    desk.poke()
+    assert [u.quantity for u in await wait_for_updates(redis_url, "market", 3)][2] == 9
