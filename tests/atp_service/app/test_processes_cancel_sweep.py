@@ -1,0 +1,112 @@
+"""R8 across processes: a change of an order whose parts two processes own (a saga, engine/orders.py),
+its caller's deadline passing while one process's append of the order is held back (a slow Redis at
+that process only: ``HoldingProxy``). The change lands whole or not at all, a retry is answered as
+a first call, every group answers, both processes stop, and a restart recovers the same state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import EmbeddedRedis, free_port
+from atp_service.edge import peers
+from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, routed
+from tests.atp_service.app.test_processes_streams import counted
+from tests.atp_service.edge.test_api import receipt
+from tests.atp_service.edge.test_deadline_faults import _answered
+from tests.atp_service.redis_proxy import HoldingProxy
+from tests.conftest import STOP_LIMIT_S, services_on
+from tests.waiting import until
+
+ORDER = "zq-order"  # its bytes mark the held process's appends of the order
+LEASED = {"ownership": "leases", "balance_ms": 200, "shards": SHARDS, "lease_ms": 5_000, "input_streams": (),
+          "redis_timeout_s": 0.5}
+SKUS = [f"k{i}" for i in range(64)]
+CHANGES: dict[str, tuple[bool, Callable[[list[str]], tuple[str, Any]]]] = {
+    "confirm": (False, lambda skus: ("Confirm", pb.ConfirmRequest(reservation_id=ORDER))),
+    "release": (False, lambda skus: ("Release", pb.ReleaseRequest(reservation_id=ORDER))),
+    "release-lines": (False, lambda skus: ("Release", pb.ReleaseRequest(
+        reservation_id=ORDER, operation_id="op-1", lines=[pb.Line(sku=s, location="DC", quantity=1) for s in skus]))),
+    "fulfill": (True, lambda skus: ("Fulfill", pb.FulfillRequest(reservation_id=ORDER))),
+    "fulfill-lines": (True, lambda skus: ("Fulfill", pb.FulfillRequest(
+        reservation_id=ORDER, operation_id="op-1", lines=[pb.Line(sku=s, location="DC", quantity=1) for s in skus]))),
+}
+
+
+@pytest.fixture
+async def proxy(redis_server: EmbeddedRedis) -> AsyncIterator[HoldingProxy]:
+    held = HoldingProxy("127.0.0.1", redis_server.port)
+    await held.start()
+    try:
+        yield held
+    finally:
+        held.hold()
+        await held.close()
+
+
+async def _state(client: AtpClient, skus: list[str]) -> tuple[pb.Reservation, list[pb.Availability]]:
+    record = await _answered(client.stub.GetReservation, pb.GetReservationRequest(reservation_id=ORDER))
+    positions = await _answered(client.stub.GetAvailability, pb.GetAvailabilityRequest(
+        keys=[pb.PositionKey(sku=sku, location="DC") for sku in skus]))
+    return record.reservation, list(positions.positions)
+
+
+@pytest.mark.parametrize(("name", "late", "step_cut"), [  # each kind of call, landed late or dropped, step cut or not
+    ("confirm", True, True), ("release", False, True), ("release-lines", False, False), ("fulfill-lines", True, False)])
+async def test_r8_an_order_change_whose_caller_leaves_while_a_part_s_process_is_slow_lands_whole(
+        proxy: HoldingProxy, redis_url: str, name: str, late: bool, step_cut: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    confirmed, change = CHANGES[name]
+    if step_cut:  # a step sent to the slow process outlasts its deadline: the peer's handler is cancelled
+        monkeypatch.setattr(peers, "STEP_TIMEOUT_S", 0.1)
+    proxied = f"redis://127.0.0.1:{proxy._server.sockets[0].getsockname()[1]}/0"  # type: ignore[union-attr]
+    async for start_plain in services_on(redis_url, **LEASED):
+        async for start_slow in services_on(proxied, **LEASED):
+            running = [await start_plain(port=free_port(), host="127.0.0.1"),
+                       await start_slow(port=free_port(), host="127.0.0.1")]
+            await until(lambda: balanced(running) and routed(running), "the groups spread", 60)  # noqa: B023
+            (plain, client), (slow, _) = running
+            skus = [next(s for s in SKUS if group_of(s) in owned(plain)),
+                    next(s for s in SKUS if group_of(s) in owned(slow))]
+            everything = sorted({next(s for s in SKUS if group_of(s) == g) for g in range(SHARDS)} | set(skus))
+            await client.record_events([receipt(f"stock-{s}", s, "DC", 10) for s in everything])
+            await client.reserve(ORDER, [(s, "DC", 2) for s in skus])
+            if confirmed:
+                await client.confirm(ORDER)
+            method_name, request = change(skus)
+            method = getattr(client.stub, method_name)
+            before = await _state(client, skus)
+            proxy.hold(ORDER.encode())
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await method(request, timeout=0.3)
+            assert ended.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+            await until(lambda: proxy.held, "the slow process's append of the order held", 10)
+            await until(lambda: counted([slow], "atp_log_append_failures_total") >= 1,  # noqa: B023
+                        "the held append in doubt", 10)
+            proxy.hold()
+            if late:  # refused by the fence the slow process raised to settle it (R7)
+                for held in list(proxy.held):
+                    await proxy.land(held)
+            else:  # never reaches Redis
+                proxy.drop()
+            landed = await _state(client, skus)
+            first = await _answered(method, request)
+            again = await _answered(method, request)
+            assert again.reservation == first.reservation
+            done = await _state(client, skus)
+            assert done != before and first.reservation == done[0]
+            assert landed in (before, done)  # whole or nothing
+            for n, sku in enumerate(everything):  # every group answers a change
+                await _answered(client.stub.Reserve, pb.ReserveRequest(
+                    reservation_id=f"after-{n}", lines=[pb.Line(sku=sku, location="DC", quantity=1)]))
+            after = await _state(client, everything)
+            for service, _ in reversed(running):
+                await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
+            _, restarted = await start_plain(port=free_port(), host="127.0.0.1")
+            assert await _state(restarted, everything) == after
