@@ -1,23 +1,21 @@
 """Orders whose lines span groups that no one script can change at once (R2 across groups).
 
-An order is split into *parts*, one per group: each part is an ordinary reservation of that
-group's lines, decided by that group alone (all-or-nothing within it), except that a part never
-expires by itself. The order's own record lives on its home group: it holds no units, only the
-decisions — what was asked, the groups of its parts, its state and TTL, and the change it has
-decided and not yet seen every part apply (``pending``). Every function here is pure: it says what
-to do; the engine does it, durably, step by step, and does it again after a crash (every step is
-idempotent: a part's id and a change's operation id make a repeat a replay).
+An order is split into *parts*, one per group: each part is an ordinary reservation of that group's lines,
+decided by that group alone (all-or-nothing within it), except that a part never expires by itself. The order's
+own record lives on its home group: it holds no units, only the decisions — what was asked, the groups of its
+parts, its state and TTL, what its changes released, and the change it has decided and not yet seen every part
+apply (``pending``). Every function here is pure: it says what to do; the engine does it, durably, step by step,
+and does it again after a crash (every step is idempotent: a part's id and a change's operation id make a repeat
+a replay).
 
-- Reserve: the order is recorded first (``open_order``, pending RESERVE), then each part is
-  reserved; ``decide`` turns the parts' outcomes into the order's: held when every part holds
-  (or, with ``allow_partial``, when any does), else the parts that hold are released first and the
-  order is rejected. A competing order may meanwhile be refused because of a part's hold that is
-  then released — never the reverse.
-- Confirm, release, fulfil and expiry: ``plan`` decides the change on the order as the parts show
-  it (``view``), with the single-group rules (``_operations``), and names each part's share; the
-  order is saved with the change pending, the parts apply their shares (``apply_share``), and the
-  order is saved settled. An order past its TTL expires this way too; one whose confirmation is
-  pending is never expired (the confirmation is finished instead).
+- Reserve: the order is recorded first (``open_order``, pending RESERVE), then each part is reserved; ``decide``
+  turns the parts' outcomes into the order's: held when every part holds (or, with ``allow_partial``, when any
+  does), else the parts that hold are released first and the order is rejected. A competing order may meanwhile
+  be refused because of a part's hold that is then released — never the reverse.
+- Confirm, release, fulfil and expiry: ``plan`` decides the change on the order as the parts show it (``view``),
+  with the single-group rules (``_operations``), and names each part's share; the order is saved with the change
+  pending, the parts apply their shares (``apply_share``), and the order is saved settled. An order past its TTL
+  expires this way too; one whose confirmation is pending is never expired (the confirmation is finished instead).
 """
 
 from __future__ import annotations
@@ -122,10 +120,10 @@ def decide(order: Reservation, parts: Mapping[int, Reservation], now: int) -> tu
 
 
 def view(order: Reservation, parts: Mapping[int, Reservation]) -> Reservation:
-    """The order as its callers see it: its decisions, with the parts' lines (what is held,
-    committed, fulfilled and released at each position now). A rejected order keeps its own; a part
-    resolved and forgotten after its retention (missing from ``parts``) shows the order's own
-    record of its lines, nothing outstanding."""
+    """The order as its callers see it: its decisions, with the parts' lines (what is held, committed, fulfilled
+    and released at each position now). A rejected order keeps its own; a part resolved and forgotten after its
+    retention (missing from ``parts``) shows the order's record of its lines: nothing outstanding, and while the
+    order lives what it granted and did not release as shipped (only SHIPMENT facts resolve a part alone; R5)."""
     if order.state == State.REJECTED or (order.pending is not None and order.pending.kind == OrderStep.RESERVE):
         return order
     merged = msgspec.structs.replace(order, lines=_merged(order, parts))
@@ -346,8 +344,10 @@ def _by_line(order: Reservation, parts: Mapping[int, Reservation]) -> list[tuple
         for record in part.lines if part is not None else ():
             records.setdefault((record.sku, record.group or record.location), []).append(record)
     own: dict[tuple[str, str], list[LineRecord]] = {}  # a part resolved and forgotten: the order's record of it
+    live = order.state in (State.HELD, State.CONFIRMED)  # its part forgotten: shipped (``view``)
     for record in order.lines:
-        own.setdefault((record.sku, record.group or record.location), []).append(record)
+        shipped = msgspec.structs.replace(record, fulfilled=max(0, record.granted - record.released)) if live else None
+        own.setdefault((record.sku, record.group or record.location), []).append(shipped or record)
     return [(line, records.get(key) or own.get(key, []))
             for line in ops.requested_lines(order) for key in [(line.sku, line.location)]]
 
@@ -358,9 +358,9 @@ def _merged(order: Reservation, parts: Mapping[int, Reservation]) -> tuple[LineR
 
 
 def _unheld(lines: tuple[LineRecord, ...]) -> tuple[LineRecord, ...]:
-    """Lines as the order's record keeps them: the decisions, no units (its parts hold those, and
-    ``view`` shows them), so no position is counted twice."""
-    return tuple(msgspec.structs.replace(line, held=0, committed=0, fulfilled=0, released=0) for line in lines)
+    """Lines as the order's record keeps them: the decisions and what its steps released (``_by_line``), no units
+    its parts hold (``view`` shows those), so no position is counted twice."""
+    return tuple(msgspec.structs.replace(line, held=0, committed=0, fulfilled=0) for line in lines)
 
 
 def _refused(line: LineRequest, records: list[LineRecord]) -> list[LineRecord]:
