@@ -48,19 +48,17 @@ if TYPE_CHECKING:
     from ._ledger import Ledger
 
 PART_MARK = "\x1f"
-"""Between an order's id and a part's group: a control character, so no caller's id (printable
-only, see ``check_id``) can name a part."""
+"""Between an order's id and a part's group: a control character, so no caller's id (printable only, ``check_id``)
+can name a part."""
 REFUSED = PART_MARK + "refused"
-"""The ops key (no operation id holds a control character) of an order given up because a part was refused
-by a rule — its group past its bound on records (CAPACITY_REACHED), its id taken by other content
-(RESERVATION_ID_REUSED) —: the refusal's reason, fields, metadata and message (JSON), replayed to a retry
-(``replayed``)."""
+"""The ops key (no operation id holds a control character) of an order given up because a part was refused by a
+rule — its group past its bound on records (CAPACITY_REACHED), its id taken by other content (RESERVATION_ID_REUSED)
+—: the refusal's reason, fields, metadata and message (JSON), replayed to a retry (``replayed``)."""
 CAPACITY_REFUSED = PART_MARK + "capacity"
-"""The ops key an order refused CAPACITY_REACHED was recorded with before ``REFUSED`` (its ``limit`` and
-message): still read, never written."""
+"""The ops key an order refused CAPACITY_REACHED was recorded with before ``REFUSED`` (its ``limit`` and message):
+still read, never written."""
 _KINDS: dict[Reason, type[DomainError]] = {Reason.CAPACITY_REACHED: ResourceExhausted}
-"""The class a replayed refusal is raised as, by its reason (``DomainError`` for the others: the caller is
-told by the reason, ``edge.errors.STATUS``)."""
+"""The class a replayed refusal is raised as (``DomainError`` else: told by its reason, ``edge.errors.STATUS``)."""
 PART_TTL_MS = 10**15
 """A part's TTL: it never expires by itself (its order's expiry releases it)."""
 
@@ -120,10 +118,10 @@ def decide(order: Reservation, parts: Mapping[int, Reservation], now: int) -> tu
 
 
 def view(order: Reservation, parts: Mapping[int, Reservation]) -> Reservation:
-    """The order as its callers see it: its decisions, with the parts' lines (what is held, committed, fulfilled
-    and released at each position now). A rejected order keeps its own; a part resolved and forgotten after its
-    retention (missing from ``parts``) shows the order's record of its lines: nothing outstanding, and while the
-    order lives what it granted and did not release as shipped (only SHIPMENT facts resolve a part alone; R5)."""
+    """The order as its callers see it: its decisions, with the parts' lines (what is held, committed, fulfilled and
+    released at each position now). A rejected order keeps its own; a part resolved and forgotten after its retention
+    (missing from ``parts``) shows the order's record of its lines: nothing outstanding, and while the order is
+    confirmed what it granted and did not release as shipped (only SHIPMENT facts resolve a part alone; R5)."""
     if order.state == State.REJECTED or (order.pending is not None and order.pending.kind == OrderStep.RESERVE):
         return order
     merged = msgspec.structs.replace(order, lines=_merged(order, parts))
@@ -170,9 +168,11 @@ def plan(current: Reservation, step: PendingOp, now: int, limits: Limits, place:
     return recorded, shares(current, applied, place), error
 
 
-def settled(order: Reservation, now: int) -> Reservation:
-    """The order once every part has applied its pending change."""
-    return msgspec.structs.replace(order, pending=None, updated_at=now)
+def settled(order: Reservation, now: int, parts: Mapping[int, Reservation] | None = None) -> Reservation:
+    """The order once every part has applied its pending change; with ``parts`` (read after), what they released
+    recorded as they did it (a SHIPMENT fact may have overtaken a share: ``_partial_share``)."""
+    lines = order.lines if parts is None else _unheld(_merged(order, parts))
+    return msgspec.structs.replace(order, pending=None, updated_at=now, lines=lines)
 
 
 def resolved(order: Reservation, shown: Reservation, now: int) -> Reservation:
@@ -344,7 +344,7 @@ def _by_line(order: Reservation, parts: Mapping[int, Reservation]) -> list[tuple
         for record in part.lines if part is not None else ():
             records.setdefault((record.sku, record.group or record.location), []).append(record)
     own: dict[tuple[str, str], list[LineRecord]] = {}  # a part resolved and forgotten: the order's record of it
-    live = order.state in (State.HELD, State.CONFIRMED)  # its part forgotten: shipped (``view``)
+    live = order.state == State.CONFIRMED  # its part forgotten: shipped (``view``); a held one's never committed
     for record in order.lines:
         shipped = msgspec.structs.replace(record, fulfilled=max(0, record.granted - record.released)) if live else None
         own.setdefault((record.sku, record.group or record.location), []).append(shipped or record)

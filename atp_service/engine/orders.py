@@ -238,9 +238,8 @@ class Orders:
         if done is not None:
             await self._save(home, done, over=order)  # decided: from here on it is carried through
             await self._apply(done, shares)
-            order = orders.settled(done, self._engine.now_at(home))
+            order = orders.settled(done, self._engine.now_at(home), parts := await self._parts(done))  # as done
             await self._save(home, order, over=done)
-            parts = await self._parts(order)
         if error is not None and not quiet:
             raise error
         return orders.view(order, parts)
@@ -270,7 +269,7 @@ class Orders:
         order = await on_shard(self._engine, home, lambda ledger, _now: ledger.reservation(order_id))
         if order is None or not order.is_order:
             raise NotFound(f"reservation_id: no reservation {order_id!r}")
-        pending = order.pending
+        pending, parts = order.pending, None
         if pending is None:
             return order
         if pending.kind == OrderStep.RESERVE:
@@ -283,7 +282,8 @@ class Orders:
             return await self._settle(order_id, home)  # given up whole: expired
         else:
             await self._apply(order, orders.shares(order, pending, self._engine.place))
-        settled = orders.settled(order, self._engine.now_at(home))
+            parts = await self._parts(order)  # recorded as the parts did it (``_change``)
+        settled = orders.settled(order, self._engine.now_at(home), parts)
         await self._save(home, settled, over=order)
         return settled
 

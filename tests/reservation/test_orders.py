@@ -293,3 +293,38 @@ def test_a_whole_fulfil_of_an_order_a_release_settled_is_refused_and_its_own_ret
     again = orders.plan(orders.view(shipped, other.parts(shipped)), PendingOp(OrderStep.FULFIL), NOW + 1,
                         LIMITS, place)
     assert again == (None, {}, None)  # a retry (R5): answered, nothing planned
+
+
+def test_a_held_order_missing_a_part_shows_nothing_of_it_shipped_and_a_release_answers_released_R3_R5() -> None:
+    """A held order's parts are never committed (its Confirm records it CONFIRMED first), so no SHIPMENT fact can
+    have fulfilled one: a part missing from a held order (Redis lost it, ``lost_parts``) shipped nothing. Shown as
+    shipped, a Release of the order answered and recorded FULFILLED (R5: RELEASED, nothing shipped)."""
+    estate = Estate()
+    order = reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2)))
+    parts = {0: estate.parts(order)[0]}  # group 1's part gone
+    shown = orders.view(order, parts)
+    assert shown.state == State.HELD
+    assert [(line.sku, line.fulfilled) for line in shown.lines] == [("A", 0), ("B", 0)]
+    done, _, error = orders.plan(shown, PendingOp(OrderStep.RELEASE), NOW, LIMITS, place)
+    assert error is None and done is not None and done.state == State.RELEASED
+
+
+def test_a_partial_release_a_shipment_overtook_is_not_taken_for_released_once_the_part_is_forgotten_R5() -> None:
+    """A SHIPMENT fact at another process fulfils a part between the order's plan of a partial Release of that
+    part's line and its share (``_partial_share`` moves what is left: nothing). The order must not keep the release
+    it planned as what happened: once the part, resolved FULFILLED, is forgotten, its units shipped (R5)."""
+    estate = Estate()
+    order = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
+                    PendingOp(OrderStep.CONFIRM))
+    step = PendingOp(OrderStep.RELEASE, (LineRequest("B", "S1", 2),), "r1")
+    done, shares, error = orders.plan(orders.view(order, estate.parts(order)), step, NOW, LIMITS, place)
+    assert error is None and done is not None
+    fulfill_committed(estate.ledgers[1], orders.part_id("o", 1), (LineRequest("B", "S1", 2),), "fact:B", NOW, LIMITS)
+    estate.apply(done, shares)
+    parts = estate.parts(order)
+    assert parts[1].state == State.FULFILLED
+    settled = orders.settled(done, NOW, parts)
+    shown = orders.view(settled, {0: parts[0]})  # group 1's part forgotten after its retention
+    assert [(line.sku, line.fulfilled) for line in shown.lines] == [("A", 0), ("B", 2)]
+    released, _, error = orders.plan(shown, PendingOp(OrderStep.RELEASE), NOW, LIMITS, place)
+    assert error is None and released is not None and released.state == State.FULFILLED
