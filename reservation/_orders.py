@@ -201,8 +201,8 @@ def abandoned(order: Reservation, now: int, refusal: DomainError | None = None) 
     """An order still undecided when its TTL passed, or given up because a part was refused (``refusal``;
     its parts that held units are released): expired, nothing granted. The refusal is recorded, marked ``GIVEN_UP``
     (no retry of the id can help), so that a retry of the id answers it (``replayed``, R5)."""
-    lines = tuple(LineRecord(line.sku, line.location, line.requested, 0, Outcome.NOT_ATTEMPTED, 0)
-                  for line in order.lines)
+    lines = tuple(LineRecord(line.sku, line.location, line.requested, 0, Outcome.NOT_ATTEMPTED, 0, group=line.group)
+                  for line in order.lines)  # a group line's records keep their group: a retry names it (R5)
     recorded = dict(order.ops)
     if refusal is not None:
         metadata = {str(k): str(v) for k, v in refusal.metadata.items()} | {GIVEN_UP: "true"}  # read back as strings

@@ -13,6 +13,7 @@ from reservation import (
     FailedPrecondition,
     InvalidArgument,
     Ledger,
+    LineRecord,
     LineRequest,
     OrderStep,
     Outcome,
@@ -328,3 +329,18 @@ def test_a_partial_release_a_shipment_overtook_is_not_taken_for_released_once_th
     assert [(line.sku, line.fulfilled) for line in shown.lines] == [("A", 0), ("B", 2)]
     released, _, error = orders.plan(shown, PendingOp(OrderStep.RELEASE), NOW, LIMITS, place)
     assert error is None and released is not None and released.state == State.FULFILLED
+
+
+def test_an_order_given_up_keeps_its_group_lines_so_an_exact_retry_replays_it_R5() -> None:
+    """A decided order given up (a part refused or lost) was recorded with its lines rebuilt at their member
+    locations, their location group dropped: an exact retry of its Reserve naming the group was then refused
+    RESERVATION_ID_REUSED (lines) instead of answered with the recorded outcome (R5)."""
+    asked = ReserveCommand("o", "ref", "web", (LineRequest("A", "G", 5), LineRequest("B", "S1", 1)), 60_000, False)
+    decided = Reservation("o", "ref", "web", 60_000, False, State.HELD, (
+        LineRecord("A", "L1", 3, 3, Outcome.GRANTED, 3, held=3, group="G"),
+        LineRecord("A", "L2", 2, 2, Outcome.GRANTED, 2, held=2, group="G"),
+        LineRecord("B", "S1", 1, 1, Outcome.GRANTED, 1, held=1)), NOW, NOW + 60_000, NOW, parts=(0, 1))
+    orders.same_order(decided, asked)  # the decided order: the same request
+    given_up = orders.abandoned(decided, NOW + 1)
+    assert given_up.state == State.EXPIRED and all(line.granted == 0 for line in given_up.lines)
+    orders.same_order(given_up, asked)  # refused RESERVATION_ID_REUSED before
