@@ -6,6 +6,7 @@ the order is resolved (R5: a release of a partly shipped reservation leaves it F
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -31,12 +32,9 @@ def _shipment(event_id: str, sku: str, quantity: int, order: str) -> pb.Fact:
                    quantity=quantity, event_time=receipt("x", sku, "S1", 1).event_time, reservation_id=order)
 
 
-async def test_a_release_after_a_shipped_part_was_forgotten_still_answers_the_order_fulfilled_R5(
-        start_service: ServiceFactory) -> None:
-    """Order o over two groups, confirmed; group b's part shipped whole by a SHIPMENT fact (resolved
-    FULFILLED), then forgotten after the retention while the order, confirmed, lives on. A whole
-    Release of the rest was answered RELEASED, the shipped units shown nowhere: the order's own record
-    keeps no fulfilled units (its parts hold them), and the part that did was gone."""
+async def _confirmed_order(start_service: ServiceFactory) -> tuple[ManualClock, Any, Any, str, str]:
+    """Order o of 3 A and 2 B (another group), held whole and confirmed, on a manual clock with a short
+    retention and no housekeeping of its own: clock, engine, client and the two SKUs."""
     clock = ManualClock(T0)
     service, client = await start_service(clock=clock, limits=Limits(retention_ms=RETENTION_MS),
                                           maintenance_interval_ms=3_600_000)
@@ -48,6 +46,16 @@ async def test_a_release_after_a_shipped_part_was_forgotten_still_answers_the_or
     assert (await client.reserve("o", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)).state == \
         pb.RESERVATION_STATE_HELD
     await client.confirm("o")
+    return clock, engine, client, a, b
+
+
+async def test_a_release_after_a_shipped_part_was_forgotten_still_answers_the_order_fulfilled_R5(
+        start_service: ServiceFactory) -> None:
+    """Order o over two groups, confirmed; group b's part shipped whole by a SHIPMENT fact (resolved
+    FULFILLED), then forgotten after the retention while the order, confirmed, lives on. A whole
+    Release of the rest was answered RELEASED, the shipped units shown nowhere: the order's own record
+    keeps no fulfilled units (its parts hold them), and the part that did was gone."""
+    clock, engine, client, a, b = await _confirmed_order(start_service)
     (shipped,) = await client.record_events([_shipment("ship-b", b, 2, "o")])
     assert shipped.outcome == pb.FACT_OUTCOME_APPLIED and not shipped.HasField("error"), shipped
     part_b = engine.actors[engine.place(b)].ledger
@@ -68,16 +76,7 @@ async def test_a_release_after_a_part_released_by_the_order_was_forgotten_answer
         start_service: ServiceFactory) -> None:
     """The other way a part of a living order ends: the order's own partial Release of every line of it. The order
     records what its steps released, so that part, forgotten, is not taken for shipped: nothing was, RELEASED."""
-    clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, limits=Limits(retention_ms=RETENTION_MS),
-                                          maintenance_interval_ms=3_600_000)
-    engine = service.engine
-    assert engine is not None and engine.orders is not None
-    a = "A"
-    b = next(f"B{i}" for i in range(100) if engine.place(f"B{i}") != engine.place(a))
-    await client.record_events([receipt("s1", a, "S1", 10), receipt("s2", b, "S1", 10)])
-    await client.reserve("o", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=600)
-    await client.confirm("o")
+    clock, engine, client, a, b = await _confirmed_order(start_service)
     await client.release("o", [(b, "S1", 2)], operation_id="op-b")
     part_b = engine.actors[engine.place(b)].ledger
     assert part_b.reservation(orders.part_id("o", engine.place(b))).state.name == "RELEASED"
