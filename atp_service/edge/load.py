@@ -66,7 +66,7 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
     loaded[list(errors)] = False
     good = np.flatnonzero(loaded)  # the request row of each row of ``block``
     metadata = tuple(context.invocation_metadata() or ())
-    block, good = _ahead_elsewhere(request, block, good, errors, engine, forwarder, metadata)
+    block, good, ahead_here = _ahead_elsewhere(request, block, good, errors, engine, forwarder, metadata)
     here, elsewhere = _split(block, engine, forwarder, metadata)
     parts = {owner: _part(block, rows) for owner, rows in elsewhere.items()}
     mine = _rows(block, here)
@@ -76,7 +76,7 @@ async def load_counts(request: pb.LoadCountsRequest, context: grpc.aio.ServicerC
             _local(desk, mine), forwarder.ask_each("LoadCounts", parts, context))
     else:
         (outcomes, reasons, refused), answers = await _local(desk, mine), {}
-    loaded_before = await _loaded_ahead(request, errors, desk, engine)
+    loaded_before = await _loaded_ahead(request, errors, desk, ahead_here)
     out = convert.load_counts_response(good[here], outcomes, reasons, errors)
     out.duplicate += loaded_before
     peers_loaded = [0, 0]  # rows loaded, rows applied, by parts of other owners that refused the rest
@@ -99,23 +99,25 @@ def _is_ahead(exc: InvalidArgument) -> bool:
 
 def _ahead_elsewhere(request: pb.LoadCountsRequest, block: CountRows, good: Rows, errors: dict[int, InvalidArgument],
                      engine: Engine, forwarder: Forwarder, metadata: tuple[tuple[str, Any], ...],
-                     ) -> tuple[CountRows, Rows]:
+                     ) -> tuple[CountRows, Rows, list[int]]:
     """``block`` and ``good`` with the rows stamped ahead of this process's clock whose groups other processes own
     added (taken out of ``errors``): sent on with their owner's part, judged there by its clock (loaded already:
-    duplicates, E8), as RecordEvents sends their COUNT facts. Left refused where the caller is to be redirected."""
+    duplicates, E8), as RecordEvents sends their COUNT facts. Left refused where the caller is to be redirected.
+    Also the ahead rows of groups served here (``_loaded_ahead`` asks their shards)."""
     ahead = [i for i, exc in errors.items() if _is_ahead(exc)]
     if not ahead:
-        return block, good
+        return block, good, []
     si = np.frombuffer(request.sku_index, dtype="<u4")
     moving: list[int] = []
+    here: list[int] = []
     for i in ahead:
         try:
-            if forwarder.owner_for(engine.local, engine.place(request.skus[int(si[i])]), metadata):
-                moving.append(i)
+            owner = forwarder.owner_for(engine.local, engine.place(request.skus[int(si[i])]), metadata)
         except Moved:
             continue  # a caller routing by itself (or a forwarded call): refused here, as before
+        (moving if owner else here).append(i)
     if not moving:
-        return block, good
+        return block, good, here
     for i in moving:
         del errors[i]
     rows = np.array(sorted(moving), dtype=np.intp)
@@ -126,19 +128,18 @@ def _ahead_elsewhere(request: pb.LoadCountsRequest, block: CountRows, good: Rows
                          np.concatenate([block.location_index, li[rows].astype(np.uint32)]),
                          np.concatenate([block.quantity, qty[rows].astype(np.int64)]),
                          np.concatenate([block.at, at[rows].astype(np.int64)]))
-    return extended, np.concatenate([good, rows])
+    return extended, np.concatenate([good, rows]), here
 
 
 async def _loaded_ahead(request: pb.LoadCountsRequest, errors: dict[int, InvalidArgument], desk: FactDesk,
-                        engine: Engine) -> int:
-    """Rows refused only as stamped ahead of this process's clock (E7) that their shard here loaded already
-    (a process whose clock ran ahead): duplicates (E8), as RecordEvents answers their COUNT facts; taken out
-    of ``errors``, their number returned. Only rows of groups served here are asked: those of other processes'
-    groups were sent on (``_ahead_elsewhere``), or stay refused (a caller to redirect) - never counted here."""
-    si, li = (np.frombuffer(c, dtype="<u4") for c in (request.sku_index, request.location_index))
-    ahead = [i for i, exc in errors.items() if _is_ahead(exc) and _served(engine, request.skus[int(si[i])])]
+                        ahead: list[int]) -> int:
+    """Of ``ahead``, rows refused only as stamped ahead of this process's clock (E7) of groups served here, those
+    their shard loaded already (a process whose clock ran ahead): duplicates (E8), as RecordEvents answers their
+    COUNT facts; taken out of ``errors``, their number returned. Those of other processes' groups were sent on
+    (``_ahead_elsewhere``), or stay refused (a caller to redirect) - never counted here."""
     if not ahead:
         return 0
+    si, li = (np.frombuffer(c, dtype="<u4") for c in (request.sku_index, request.location_index))
     qty, at = (np.frombuffer(c, dtype="<i8") for c in (request.on_hand, request.as_of))
     facts = [Fact(count_event_id(int(at[i])), request.source, FactKind.COUNT, request.skus[int(si[i])],
                   request.locations[int(li[i])], int(qty[i]), int(at[i]), "") for i in ahead]
@@ -147,14 +148,6 @@ async def _loaded_ahead(request: pb.LoadCountsRequest, errors: dict[int, Invalid
     for i in duplicates:
         del errors[i]
     return len(duplicates)
-
-
-def _served(engine: Engine, sku: str) -> bool:
-    try:
-        engine.local(engine.place(sku))
-    except Moved:
-        return False
-    return True
 
 
 async def _local(desk: FactDesk, rows: CountRows) -> tuple[Outcomes, dict[int, str], DomainError | None]:
