@@ -52,7 +52,7 @@ class Coordinator:
     @property
     def together(self) -> bool:
         """Whether a change across shards can be run at all (the log lands it all or none)."""
-        return bool(getattr(self._log, "together", True))  # a stand-in log may not say
+        return self._log.together
 
     async def run(self, shards: list[int], home: int, work: ViewWork) -> Any:
         """``work`` over ``shards`` (ascending), the record's home being ``home``. Cancelled at any
