@@ -107,15 +107,22 @@ class LogReads:
                                      "Redis from a backup this version wrote") from None
 
     async def _snapshot_bytes(self, key: str) -> Any:
-        """The value of ``key`` (None: absent), past ``reply_bytes`` read a part at a time (``GETRANGE``),
-        as it was written (``snapshot_parts``): each call within the socket timeout. Nothing writes a snapshot
-        while its shard is recovered; Redis back from older data meanwhile raises ``SnapshotChanged``."""
+        """The value of ``key`` (empty: absent), read a part of ``reply_bytes`` at a time (``GETRANGE``), as it
+        was written (``snapshot_parts``): each call within the socket timeout; one smaller than a part is read in
+        its first call, as one ``GET`` did. Nothing writes a snapshot while its shard is recovered; Redis back
+        from older data meanwhile raises ``SnapshotChanged``."""
         part = self.reply_bytes
-        size = int(await self.client.strlen(key)) if part > 0 else 0
-        if size <= part:
+        if part <= 0:
             return await self.client.get(key)
+        first: bytes = await self.client.getrange(key, 0, part - 1)
+        if len(first) < part:
+            return first
+        size = int(await self.client.strlen(key))
+        if size < part:
+            raise SnapshotChanged(f"{key} changed while it was read: {size} bytes after a part of {part}")
         raw = bytearray(size)
-        for at in range(0, size, part):
+        raw[:part] = first
+        for at in range(part, size, part):
             end = min(at + part, size)
             got: bytes = await self.client.getrange(key, at, end - 1)
             if len(got) != end - at:
