@@ -46,8 +46,8 @@ class EmbeddedCluster:
         self._bus_ports: dict[int, int] = {}  # node port -> its cluster bus port
         self._appendfsync = appendfsync
         self._node_timeout_ms = node_timeout_ms
-        # ``repl-diskless-sync-delay``: a primary waits this long (Redis's default 5 s) for more replicas
-        # before a full sync; None keeps Redis's. Tests give 0: a replica of their own, no one to wait for.
+        # ``repl-diskless-sync-delay``: a primary waits this long for more replicas before a full sync;
+        # None keeps EmbeddedRedis's 0 (Redis's own default is 5 s): each primary has its replicas only.
         self._sync_delay = () if sync_delay_s is None else ("--repl-diskless-sync-delay", str(sync_delay_s))
         self.primaries = [self._node(f"p{i}") for i in range(primaries)]
         self.replicas = [self._node(f"p{i}r{j}") for i in range(primaries) for j in range(replicas)]

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 LOAD_PROGRESS_EVERY_S = 5.0
 """How often a start waiting for a long load of the append-only file says how far it is."""
 
+_TERM_AGAIN_S = 0.2
+"""How often a stop asks again a redis-server that refused its SIGTERM (writing its first AOF)."""
+
 
 class RedisNotInstalled(RuntimeError):
     pass
@@ -190,6 +193,9 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--logfile", str(self._logfile),
+            # A replica of its own syncs at once: Redis's default makes a primary wait 5 s for more
+            # replicas before every full sync (``extra_args`` may say otherwise).
+            "--repl-diskless-sync-delay", "0",
         ]
         if self.socket_path is not None:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
@@ -301,12 +307,19 @@ class EmbeddedRedis:
             self._unlock()
 
     def _stop_process(self, timeout_s: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # redis-server flushes the AOF on SIGTERM
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + timeout_s
+        while self.process is not None and self.process.poll() is None:
+            # redis-server flushes the AOF on SIGTERM, but refuses it while it writes its first AOF
+            # ("Writing initial AOF, can't exit": a replica just synced): asked again until it exits.
+            self.process.terminate()
+            left = deadline - time.monotonic()
+            if left <= 0:
                 self.kill()
+                return
+            try:
+                self.process.wait(min(left, _TERM_AGAIN_S))
+            except subprocess.TimeoutExpired:
+                continue
 
     def _unlock(self) -> None:
         if self._lock_file is not None:
