@@ -33,6 +33,7 @@ def explain_availability(request: pb.ExplainAvailabilityRequest, engine: Engine,
     out = pb.ExplainAvailabilityResponse(
         availability=convert.availability_pb(sku, location, ex.quantities), holds_truncated=ex.holds_truncated,
         stream_time=convert.timestamp(ex.stream_time), retained_since=convert.timestamp(ex.retained_since),
+        possibly_stale=ex.possibly_stale,
     )
     if ex.count is not None:
         out.has_count = True

@@ -14,11 +14,15 @@ from reservation import _orders as orders
 class Explanation:
     """How a position's numbers came to be (E2, Q1-Q5), read from memory."""
 
-    __slots__ = ("count", "deltas", "holds", "holds_truncated", "quantities", "retained_since", "stream_time")
+    __slots__ = ("count", "deltas", "holds", "holds_truncated", "possibly_stale", "quantities", "retained_since",
+                 "stream_time")
 
     def __init__(self, engine: Engine, sku: str, location: str, max_holds: int) -> None:
         ledger = engine.local(engine.place(sku)).ledger
         self.quantities = ledger.quantities(sku, location)
+        # The same flag as GetAvailability's, for the same reason: the numbers leave out the shard's
+        # appends in doubt until it has settled them (R7), and an analyst must not read them as current.
+        self.possibly_stale = engine.storage_unsure((sku,))
         history = ledger.history(sku, location)
         self.count: tuple[str, int, int] | None = None
         self.deltas: list[tuple[str, int, int]] = []

@@ -142,6 +142,9 @@ async def test_redis_down_answers_unavailable_and_state_does_not_drift(
         read = await client.stub.GetAvailability(pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A",
                                                                                                 location="DC")]))
         assert read.possibly_stale  # served from memory, and says so
+        explained = await client.stub.ExplainAvailability(pb.ExplainAvailabilityRequest(sku="A", location="DC"))
+        assert explained.possibly_stale, "Explain showed the numbers of a shard in doubt as current"
+        assert explained.availability.reserved == 2
         own.start()  # same port, same AOF: Redis comes back
         for _ in range(600):  # the service's reconnection and recovery: 30 s, a bound, not a timing
             try:
@@ -158,6 +161,8 @@ async def test_redis_down_answers_unavailable_and_state_does_not_drift(
         read = await client.stub.GetAvailability(pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A",
                                                                                                 location="DC")]))
         assert not read.possibly_stale
+        explained = await client.stub.ExplainAvailability(pb.ExplainAvailabilityRequest(sku="A", location="DC"))
+        assert not explained.possibly_stale  # settled: the same read as GetAvailability's
         await client.close()
         await service.stop(grace_s=0.1)
     finally:
