@@ -17,7 +17,10 @@ and committed beyond on hand) and ``hold_mismatches`` (positions whose units hel
 the units acknowledged held; a call that timed out may have been applied, and is counted as an
 error) must be 0. One JSON line per step: processes, mode, kind, ops/s
 (reservations held per second), p50/p99 ms (per call, or per batch message), errors, the service
-processes' CPU seconds per 1,000 reservations (``/proc/<pid>/stat``), and the check. Exits 1 if
+processes' CPU seconds per 1,000 reservations (``/proc/<pid>/stat``), the cores each service process,
+load generator and Redis node kept busy over the window (``service_cores``, ``load_cores``,
+``redis_cores``, busiest first: one near 1.0 is what limited the step), the calls forwarded meanwhile
+(``forwarded_calls``: none in a routed step while the clients route right), and the check. Exits 1 if
 any check fails.
 
     python benchmarks/scale.py [--max-processes N] [--load-processes K] [--seconds 10]
@@ -35,12 +38,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 from redis.cluster import RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -64,14 +69,15 @@ class Services:
     def __init__(self, url: str, n: int, args: argparse.Namespace, tmp: Path) -> None:
         self.ports = [free_port() for _ in range(n)]
         self.addresses = tuple(f"127.0.0.1:{port}" for port in self.ports)
+        self.metrics_ports = [free_port() for _ in range(n)]
         self.logs = [tmp / f"service-{n}-{i}.log" for i in range(n)]
         env = {**os.environ, "ATP_REDIS_CLUSTER": "true", "ATP_INPUT_STREAMS": ""}
         extra = ("--host", "127.0.0.1", "--shards", str(args.shards), "--ownership", "leases",
                  *(("--lease-ms", str(args.lease_ms)) if args.lease_ms else ()),
                  *(("--balance-ms", str(args.balance_ms)) if args.balance_ms else ()))
-        self.procs = [subprocess.Popen(serve_command(url, port, -1, *extra), env=env, stdout=log.open("wb"),
+        self.procs = [subprocess.Popen(serve_command(url, port, mport, *extra), env=env, stdout=log.open("wb"),
                                        stderr=subprocess.STDOUT, start_new_session=True)
-                      for port, log in zip(self.ports, self.logs, strict=True)]
+                      for port, mport, log in zip(self.ports, self.metrics_ports, self.logs, strict=True)]
 
     async def ready(self, shards: int) -> None:
         """Every process's routing table the same and balanced: every group owned, each process
@@ -101,11 +107,19 @@ class Services:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of every service process so far (``/proc/<pid>/stat``)."""
-        total = 0
-        for proc in self.procs:
-            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
-        return total / TICKS
+        return sum(cpu_s(proc.pid) for proc in self.procs)
+
+    def forwarded(self) -> int:
+        """Calls the processes forwarded to another (or redirected) so far: a routed step forwards none
+        while every client's routing table is right."""
+        total = 0.0
+        for port in self.metrics_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+                text = reply.read().decode()
+            total += sum(sample.value for family in text_string_to_metric_families(text)
+                         if family.name == "atp_forwarded_calls" for sample in family.samples
+                         if sample.name == "atp_forwarded_calls_total")
+        return int(total)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -113,6 +127,32 @@ class Services:
                 proc.terminate()
         for proc in self.procs:
             proc.wait(60)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime: fields 14 and 15 of stat(5)
+
+
+class Cores:
+    """The cores each of some processes kept busy over a window: which part of a step saturated — a
+    service process, a load generator or a Redis node near 1.0 is that step's limit."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._start = {pid: cpu_s(pid) for pids in groups.values() for pid in pids}
+        self._t0 = time.monotonic()
+
+    def used(self) -> dict[str, Any]:
+        """Per group, each process's cores over the window so far, busiest first."""
+        span = max(1e-9, time.monotonic() - self._t0)
+        return {f"{name}_cores": sorted((round((cpu_s(pid) - self._start[pid]) / span, 2) for pid in pids),
+                                        reverse=True)
+                for name, pids in self.groups.items()}
 
 
 class _clients:
@@ -172,8 +212,9 @@ async def _patiently(client: RoutedClient, keys: list[tuple[str, str]]) -> list[
 
 
 async def load(services: Services, kind: str, mode: str, args: argparse.Namespace, k: int
-               ) -> tuple[list[Tally], float]:
-    """``k`` load generators; the services' CPU seconds over the window measured (from the barrier)."""
+               ) -> tuple[list[Tally], float, dict[str, Any]]:
+    """``k`` load generators; the services' CPU seconds over the window measured (from the barrier), and
+    the cores each service process, load generator and Redis node (``args.redis_pids``) used meanwhile."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(k + 1), ctx.Queue()
     specs = [LoadSpec(w, kind, mode, services.addresses, args.skus, args.locations, args.seconds, args.in_flight,
@@ -187,9 +228,12 @@ async def load(services: Services, kind: str, mode: str, args: argparse.Namespac
             await asyncio.to_thread(barrier.wait, 120)
         except threading.BrokenBarrierError:  # a generator failed (it says why) or none came in time
             raise RuntimeError(await asyncio.to_thread(results.get, True, 30)) from None
-        before = services.cpu_s()
+        before, forwarded = services.cpu_s(), await asyncio.to_thread(services.forwarded)
+        cores = Cores({"service": [p.pid for p in services.procs], "load": [p.pid for p in procs if p.pid],
+                       "redis": args.redis_pids})
         await asyncio.sleep(args.seconds)
-        cpu = services.cpu_s() - before
+        cpu, used = services.cpu_s() - before, cores.used()
+        used["forwarded_calls"] = await asyncio.to_thread(services.forwarded) - forwarded
         tallies = [await asyncio.to_thread(results.get, True, args.seconds + 120) for _ in procs]
     finally:
         for proc in procs:
@@ -197,7 +241,7 @@ async def load(services: Services, kind: str, mode: str, args: argparse.Namespac
     failed = [t for t in tallies if isinstance(t, str)]
     if failed:
         raise RuntimeError("; ".join(failed))
-    return tallies, cpu
+    return tallies, cpu, used
 
 
 def row(n: int, kind: str, mode: str, tallies: list[Tally], cpu: float, k: int) -> dict[str, Any]:
@@ -221,9 +265,9 @@ async def step(url: str, n: int, kind: str, mode: str, args: argparse.Namespace,
         await services.ready(args.shards)
         await seed(services.addresses[0], args)
         k = args.load_processes or n
-        tallies, cpu = await load(services, kind, mode, args, k)
+        tallies, cpu, used = await load(services, kind, mode, args, k)
         acked = sum((t.acked for t in tallies), Counter[tuple[str, str]]())
-        return {**row(n, kind, mode, tallies, cpu, k), **await check(services.addresses, args, acked)}
+        return {**row(n, kind, mode, tallies, cpu, k), **used, **await check(services.addresses, args, acked)}
     finally:
         services.stop()
 
@@ -278,9 +322,12 @@ def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="atp-scale-") as tmp:
         if args.cluster_url:
+            args.redis_pids = []  # another machine's, or not ours to read
             clean = asyncio.run(measure(args.cluster_url, args, Path(tmp)))
         else:
             with EmbeddedCluster(Path(tmp) / "cluster", primaries=3, replicas=1) as cluster:
+                args.redis_pids = [node.process.pid for node in cluster.primaries + cluster.replicas
+                                   if node.process is not None]
                 clean = asyncio.run(measure(cluster.url, args, Path(tmp)))
     sys.exit(0 if clean else 1)
 
