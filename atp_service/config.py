@@ -272,6 +272,10 @@ class ServiceConfig:
     claim_idle_ms: int = 60_000
     """Pending entries idle this long (a dead consumer's) are claimed with XAUTOCLAIM."""
 
+    ingest_max_deliveries: int = 20
+    """Deliveries after which an input entry whose fact is refused for a reason that does not pass with time
+    (docs/OPERATIONS.md "Input streams") is dead-lettered (REFUSED_REPEATEDLY), not read again for ever (0: never)."""
+
     ingest_max_entry_bytes: int = 16_384
     """Most bytes an input-stream entry may have, its fields' names and values together, and most names and
     values (empty ones count no bytes): a larger one is dead-lettered (LIMIT_EXCEEDED) with its fields cut
@@ -287,8 +291,7 @@ class ServiceConfig:
     """Approximate length the dead-letter and quarantine streams are trimmed to."""
 
     estate: Path | None = None
-    """Estate and channel TOML (locations, groups, channels). Unset: the demo estate in demo mode,
-    otherwise no channels."""
+    """Estate and channel TOML (locations, groups, channels). Unset: the demo estate in demo mode, else no channels."""
 
     publish_batch_max: int = 1000
     """Most channel updates one feed writes in one script call (a round writes again while one is full)."""

@@ -180,6 +180,11 @@ class IntakeMetrics:
         self.dead_lettered = Counter(
             "atp_dead_lettered_total", "Input-stream entries moved to the dead-letter stream", ["stream"], registry=r
         )
+        self.ingest_given_up = Counter(
+            "atp_ingest_given_up_total", "Input-stream entries dead-lettered as their facts were refused for a reason "
+            "that does not pass with time (the reason) at ingest_max_deliveries deliveries", ["stream", "reason"],
+            registry=r,
+        )
         self.ingest_pending = Gauge(
             "atp_ingest_pending", "Entries delivered to the consumer group but not yet acknowledged", ["stream"],
             registry=r,

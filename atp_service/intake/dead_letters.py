@@ -29,6 +29,8 @@ CODES: dict[str, str] = {
     "FIELD_REPEATED": "a field is named more than once in the entry: which value was meant is not known",
     "TRIMMED_WHILE_PENDING": "a pending entry was trimmed from the stream (no fields, `_field` empty): "
                              "not known to be applied",
+    "REFUSED_REPEATEDLY": "its fact was refused for a reason that does not pass with time (`_reason` names it) "
+                          "and it was delivered `ingest_max_deliveries` times: not applied",
 }
 """Every ``_code`` a dead letter may carry, with its meaning (the table in docs/OPERATIONS.md)."""
 
@@ -58,6 +60,10 @@ class Why(NamedTuple):
     field: str
     code: str
 
+
+REFUSED_REPEATEDLY = "REFUSED_REPEATEDLY"
+"""The ``_code`` of an entry whose fact was refused, at every delivery up to the bound, for a reason that
+does not pass with time (``refusals.RefusalBound``)."""
 
 TRIMMED = Why(TRIMMED_WHILE_PENDING, "", "TRIMMED_WHILE_PENDING")
 

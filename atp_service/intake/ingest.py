@@ -26,18 +26,19 @@ from atp_service.config import IngestSettings
 from atp_service.engine.clock import Clock
 from atp_service.intake.backlog import BacklogGauge
 from atp_service.intake.claims import Claims
-from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines, why_refused
+from atp_service.intake.dead_letters import TRIMMED, DeadLetterLines
 from atp_service.intake.dead_letters import write as write_dead_letters
 from atp_service.intake.entries import Ahead, Dead, Entry, Read, decode_all, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
+from atp_service.intake.refusals import RefusalBound, sort_results
 from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import GroupReader, make_group_after
 from atp_service.metrics import zeroed
 from atp_service.retry import Backoff, BackoffPolicy
 from atp_service.storage.resp import as_text, group_lost, make_group, stream_info
 from atp_service.tasks import cancel_and_wait, exception_seen, finish_uncancelled
-from reservation import DomainError, InvalidArgument, Moved
+from reservation import DomainError, Moved
 
 log = logging.getLogger(__name__)
 INGEST_RETRY = BackoffPolicy(first_s=0.05, max_s=2.0)
@@ -94,6 +95,8 @@ class StreamIngestor:
         self._unacked = Unacked()  # what a group made again must deliver again, and not judge again
         self._seen = self._unacked.seen  # per stream, the newest entry id read
         self._dead_lines = DeadLetterLines()
+        self._bound = RefusalBound(client, settings.consumer_group, settings.consumer_name,
+                                   settings.ingest_max_deliveries, metrics.ingest_given_up)
 
     async def start(self) -> None:
         await self._create_groups()
@@ -355,22 +358,18 @@ class StreamIngestor:
     async def _settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:
         """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``);
         the others stay pending."""
-        done: list[tuple[str, bytes]] = []
-        judged: list[tuple[str, bytes]] = []  # refused by a judgement (its clock, E7): not to be judged again
-        for (stream, entry_id, fields), result in zip(read, results, strict=True):
-            if isinstance(result, InvalidArgument):  # the owner's own check (its clock, E7)
-                dead.append((stream, entry_id, fields, why_refused(result)))
-                judged.append((stream, entry_id))
-            elif isinstance(result, DomainError):
-                self._retry_own_pending = True  # stays pending; read again from our own list
-                self._unacked.left([(stream, entry_id)])
-            else:
-                done.append((stream, entry_id))
-        if dead:
-            await self._dead_letter(dead)
-            self._unacked.refused(judged)  # once their dead letters are written (else each stays pending)
+        done, judged, left, refused = sort_results(read, results, dead)
+        if left:
+            self._retry_own_pending = True  # they stay pending; read again from our own list
+            self._unacked.left(left)
+        given_up = await self._bound.past(refused) if refused else []  # read for ever otherwise, never applied
+        if dead or given_up:
+            await self._dead_letter(dead + given_up)
+            self._bound.told(given_up, refused)
+            # Once their dead letters are written (else each stays pending): a group made again delivers them again.
+            self._unacked.refused(judged + [(stream, entry_id) for stream, entry_id, _, _ in given_up])
         await self._ack(done)
-        return len(done) + len(dead)
+        return len(done) + len(dead) + len(given_up)
 
     async def _dead_letter(self, dead: list[Dead]) -> None:
         """The entries' dead letters written, then the entries acknowledged (``dead_letters.write``): both,

@@ -13,21 +13,22 @@ from atp_client import AtpError
 from atp_service import AtpService, ManualClock, free_port
 from atp_service.engine import maintenance
 from tests.atp_service.engine.test_expiry_races import _spanning_hold, _started
+from tests.atp_service.fact_helpers import wait_consumed
 from tests.conftest import ServiceFactory
 from tests.waiting import until
 
 
-async def _moved_to_leases(start_service: ServiceFactory, redis_url: str
+async def _moved_to_leases(start_service: ServiceFactory, redis_url: str, **extra: Any
                            ) -> tuple[ManualClock, AtpService, Any, Any, tuple[str, str]]:
     """Hold r1 across two shards made by the single writer, then the keyspace moved to leases and a leased
-    process serving both groups: clock, service, client, engine, and the hold's two SKUs."""
+    process serving both groups (``extra``: its settings): clock, service, client, engine, the hold's two SKUs."""
     clock, service, client, _ = await _started(start_service, 2)
     skus = await _spanning_hold(service, client)
     await service.stop(grace_s=0.1)
     redis.Redis.from_url(redis_url).hset("atp:meta", "ownership", "leases")
     service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000,
-                                          ownership="leases", lease_ms=5_000, balance_ms=200, input_streams=(),
-                                          port=free_port())
+                                          ownership="leases", lease_ms=5_000, balance_ms=200,
+                                          port=free_port(), **{"input_streams": (), **extra})
     engine = service.engine
     assert engine is not None
     await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
@@ -73,3 +74,28 @@ async def test_plain_spanning_holds_left_by_the_single_writer_keep_no_other_hold
         await engine.run_maintenance()
     (position,) = await client.availability([(sku, "S1")])
     assert position.reserved == (2 if sku == a else 3), position  # r1's units only: r2 expired
+
+
+async def test_a_shipment_of_a_plain_hold_spanning_shards_under_leases_is_dead_lettered_once_past_the_bound(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A SHIPMENT naming r1 at its home shard is refused whole (``INTERNAL``: fulfilling it would change both
+    shards). Its entry was left pending and read again every second for ever — never applied, nothing
+    dead-lettered, counted only as ``unavailable`` facts. Refused so at delivery ``ingest_max_deliveries``,
+    it is dead-lettered with the refusal (``REFUSED_REPEATEDLY``) and acknowledged, once; the fact after it
+    in the stream is applied meanwhile."""
+    clock, service, client, engine, (a, b) = await _moved_to_leases(start_service, redis_url, ingest_max_deliveries=3,
+                                                                   input_streams=("atp:in:wms",))
+    sku = a if engine.place(a) == engine.home_of("r1") else b
+    r = redis.Redis.from_url(redis_url)
+    fact = {"source": "wms", "sku": sku, "location": "S1", "quantity": 1, "event_time_ms": clock.now_ms()}
+    entry = r.xadd("atp:in:wms", {"event_id": "ship-1", "kind": "SHIPMENT", **fact, "reservation_id": "r1"})
+    r.xadd("atp:in:wms", {"event_id": "rcpt-1", "kind": "RECEIPT", **fact})
+    await wait_consumed(redis_url, ["atp:in:wms"], timeout_s=20)
+    (letter,) = [fields for _, fields in r.xrange("atp:dlq")]
+    assert (letter[b"_id"], letter[b"_code"], letter[b"event_id"]) == (entry, b"REFUSED_REPEATEDLY", b"ship-1")
+    assert letter[b"_reason"].startswith(b"refused INTERNAL"), letter[b"_reason"]
+    registry = service.metrics.registry
+    assert registry.get_sample_value("atp_ingest_given_up_total", {"stream": "atp:in:wms", "reason": "INTERNAL"}) == 1
+    assert registry.get_sample_value("atp_dead_lettered_total", {"stream": "atp:in:wms"}) == 1
+    (position,) = await client.availability([(sku, "S1")])
+    assert position.on_hand == 6  # 5 received by the single writer, the RECEIPT after it; the SHIPMENT not applied

@@ -336,3 +336,27 @@ async def test_an_entry_whose_dead_letter_could_not_be_written_stays_pending_not
     dead = r.xrange("atp:dlq")
     assert [(fields[b"_id"], fields[b"_code"]) for _, fields in dead] == [(entry_id, b"INVALID_FIELD")]
     assert service.metrics.registry.get_sample_value("atp_dead_lettered_total", {"stream": "atp:in:pos"}) == 1
+
+
+async def test_an_entry_refused_as_unavailable_past_the_delivery_bound_is_never_dead_lettered_and_applies_after(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A fact refused for a reason that passes with time (here the quarantine stream cannot be written:
+    ``STORAGE_UNREACHABLE``) stays pending however often it is delivered — ``ingest_max_deliveries`` bounds
+    only the other refusals — and is decided once the cause is gone: quarantined once, no dead letter."""
+    r = redis.Redis.from_url(redis_url)
+    service, _ = await start_service(ingest_max_deliveries=2)
+    r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 4, T).fields())
+    await wait_consumed(redis_url, ["atp:in:pos"])
+    r.set("atp:quarantine", "not a stream")  # every quarantine write refused (WRONGTYPE)
+    entry = r.xadd("atp:in:pos", F("e1", "RECEIPT", "A", "S1", 5, T).fields())  # e1 again, another payload (E8)
+
+    def delivered() -> int:
+        pending = r.xpending_range("atp:in:pos", "atp", entry, entry, 1)
+        return int(pending[0]["times_delivered"]) if pending else 0
+
+    await until(lambda: delivered() >= 5, "the entry delivered past the bound")
+    r.delete("atp:quarantine")
+    await wait_consumed(redis_url, ["atp:in:pos"], timeout_s=20)
+    assert not r.exists("atp:dlq")
+    assert [fields[b"event_id"] for _, fields in r.xrange("atp:quarantine")] == [b"e1"]
+    assert service.metrics.registry.get_sample_value("atp_dead_lettered_total", {"stream": "atp:in:pos"}) == 0
