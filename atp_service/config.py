@@ -160,6 +160,9 @@ class ServiceConfig:
     one command at a time: a large snapshot stored in one call holds every shard's appends behind
     it for as long as it takes (``benchmarks/snapshot_write.py``; figures in benchmarks/RESULTS.md)."""
 
+    snapshot_piece_bytes: int = 128 << 20
+    """A larger snapshot is stored in several Redis keys of at most this size: Redis refuses a string past 512 MB."""
+
     maintenance_interval_ms: int = 100
     """How often expiry, retention eviction and snapshot checks run."""
 

@@ -19,6 +19,7 @@ class SnapshotPolicy:
     snapshot_retry_max_s: float
     snapshot_write_mb_per_s: float
     snapshot_part_bytes: int
+    snapshot_piece_bytes: int = 128 << 20
 
 
 @dataclass(frozen=True, slots=True)

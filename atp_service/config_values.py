@@ -96,6 +96,7 @@ RANGES = {
     "commit_delay_ms": (0, 100),
     "redis_restarts": (0, 100),
     "snapshot_part_bytes": (4 << 10, 256 << 20),  # Redis takes bulk strings up to 512 MB
+    "snapshot_piece_bytes": (4 << 10, 256 << 20),  # a stored key too
     "malloc_mmap_threshold": (0, 32 << 20),  # glibc's largest (HEAP_MAX_SIZE / 2)
     "max_message_bytes": (64 << 10, (1 << 31) - 1),  # gRPC's own limit is an int32
 }

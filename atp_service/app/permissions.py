@@ -21,7 +21,9 @@ ELSE = "it would start and fail when each is first sent (a snapshot, a channel f
 GROUP_USES = {
     "owner": "the group's claim, checked by every write", "fence": "the group's fence (R7: a write in doubt settled)",
     "log": "the group's log: appends, recovery, the trim behind each snapshot",
-    "snap": "the group's snapshot", "snap-parts": "a large snapshot written in parts",
+    "snap": "the group's snapshot", "snap:<piece>": "a snapshot past snapshot_piece_bytes, in several keys",
+    "snap-pieces": "a snapshot past snapshot_piece_bytes, in several keys",
+    "snap-parts": "a large snapshot written in parts", "snap-parts:<piece>": "a large snapshot written in parts",
     "snap-parts-try": "a large snapshot written in parts", "lease": "the group's lease (ownership = leases)",
     "*": "the scripts that append, fence, claim and snapshot the group"}
 
@@ -52,8 +54,9 @@ def _quarantine_needs(stream: str) -> list[Need]:
 def _group_needs(keys: Keyspace, g: int, at: str, leased: bool) -> list[Need]:
     """A shard group's: its appends, fences, claims, snapshots (whole and in parts), recovery reads."""
     owner, fence, log_, snap = keys.owner(g), keys.fence(g), keys.log(g), keys.snap(g)
-    parts, try_ = keys.snap_parts(g), keys.snap_parts_try(g)
-    scripted = [owner, log_, fence, snap, parts, try_]
+    parts, try_, pieces = keys.snap_parts(g), keys.snap_parts_try(g), keys.snap_pieces(g)
+    piece, staged = keys.snap(g, 1), keys.snap_parts(g, 1)  # the keys past the first: asked as their second
+    scripted = [owner, log_, fence, snap, parts, try_, pieces, piece, staged]
     asked: list[tuple[tuple[str | int, ...], str]] = [
         (("GET", owner), "owner"), (("SET", owner, "e"), "owner"), (("MGET", owner), "owner"),
         (("GET", fence), "fence"), (("SET", fence, 1), "fence"),
@@ -62,9 +65,15 @@ def _group_needs(keys: Keyspace, g: int, at: str, leased: bool) -> list[Need]:
         (("XINFO", "STREAM", log_), "log"), (("EXISTS", log_), "log"),
         (("GET", snap), "snap"), (("SET", snap, "s"), "snap"), (("PERSIST", snap), "snap"),
         (("STRLEN", snap), "snap"), (("GETRANGE", snap, 0, 1), "snap"),
+        (("GET", pieces), "snap-pieces"), (("SET", pieces, 2), "snap-pieces"), (("DEL", pieces), "snap-pieces"),
+        (("GETRANGE", piece, 0, 1), "snap:<piece>"), (("STRLEN", piece), "snap:<piece>"),
+        (("GET", piece), "snap:<piece>"), (("PERSIST", piece), "snap:<piece>"), (("DEL", piece), "snap:<piece>"),
         (("RENAME", parts, snap), "snap-parts"), (("STRLEN", parts), "snap-parts"),
         (("SET", parts, "p", "PX", 1), "snap-parts"), (("APPEND", parts, "p"), "snap-parts"),
         (("PEXPIRE", parts, 1), "snap-parts"),
+        (("RENAME", staged, piece), "snap-parts:<piece>"), (("STRLEN", staged), "snap-parts:<piece>"),
+        (("SET", staged, "p", "PX", 1), "snap-parts:<piece>"), (("APPEND", staged, "p"), "snap-parts:<piece>"),
+        (("PEXPIRE", staged, 1), "snap-parts:<piece>"), (("SET", staged, "p"), "snap-parts:<piece>"),
         (("GET", try_), "snap-parts-try"), (("SET", try_, "t", "PX", 1), "snap-parts-try"),
         (("PEXPIRE", try_, 1), "snap-parts-try"), (("DEL", try_), "snap-parts-try")]
     if leased:

@@ -195,7 +195,7 @@ class Checkpoints:
             policy = self._policy
             size = await self._store.write_snapshot(self._shard, seq, data,
                                                     len(data) / (policy.snapshot_write_mb_per_s * 1e6),
-                                                    policy.snapshot_part_bytes)
+                                                    policy.snapshot_part_bytes, policy.snapshot_piece_bytes)
         except STORAGE_ERRORS as exc:
             self._failed(exc)
             if str(exc).startswith("GAP") and self._on_diverged is not None:

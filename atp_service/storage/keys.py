@@ -2,7 +2,8 @@
 
 Every key a script touches together shares one hash tag, so each script call touches one Redis
 Cluster slot (a cluster refuses a script across slots with CROSSSLOT). A shard is a *group* of the
-keyspace: its log, snapshot, fence and owner key are ``<prefix>{g<shard>}:log|snap|fence|owner``.
+keyspace: its log, snapshot, fence and owner key are ``<prefix>{g<shard>}:log|snap|fence|owner`` (a large
+snapshot also ``snap:<n>`` and ``snap-pieces``).
 The channel feeds are one more group, ``<prefix>{avail}:…``: the desk writes every channel in one
 script call. On a single Redis the layout is the same (a single Redis is a cluster of one).
 """
@@ -41,16 +42,22 @@ class Keyspace:
         """The shard's log: a stream with service-chosen ids ``<seq>-0``."""
         return self.tag(shard) + "log"
 
-    def snap(self, shard: int) -> str:
-        """The shard's latest snapshot; the log is trimmed up to it."""
-        return self.tag(shard) + "snap"
+    def snap(self, shard: int, piece: int = 0) -> str:
+        """The shard's latest snapshot (its first key, ``piece`` 0; the others ``snap:<piece>``, as many as
+        ``snap_pieces`` says); the log is trimmed up to it."""
+        return self.tag(shard) + ("snap" if piece == 0 else f"snap:{piece}")
 
-    def snap_parts(self, shard: int) -> str:
-        """A snapshot being written in parts (``snapshot_parts.py``), moved to ``snap`` when whole."""
-        return self.tag(shard) + "snap-parts"
+    def snap_pieces(self, shard: int) -> str:
+        """How many keys the shard's snapshot is in (absent: one, ``snap``): a snapshot past
+        ``snapshot_piece_bytes`` is spread over several, each below Redis's largest string."""
+        return self.tag(shard) + "snap-pieces"
+
+    def snap_parts(self, shard: int, piece: int = 0) -> str:
+        """A snapshot being written in parts (``snapshot_parts.py``): its ``piece``, moved to ``snap`` when whole."""
+        return self.tag(shard) + ("snap-parts" if piece == 0 else f"snap-parts:{piece}")
 
     def snap_parts_try(self, shard: int) -> str:
-        """The id of the try whose parts ``snap_parts`` holds: a part of another try is refused."""
+        """The try whose parts ``snap_parts`` holds, and its piece being written: a part of another is refused."""
         return self.tag(shard) + "snap-parts-try"
 
     def fence(self, group: int) -> str:

@@ -37,7 +37,7 @@ from atp_service.storage.records import (
 from atp_service.storage.resp import as_text
 from atp_service.storage.scripts import APPEND_SCRIPT, CLAIM_AT_SCRIPT, CLAIM_SCRIPT, EPOCH_SCRIPT, FENCE_SCRIPT
 from atp_service.storage.slots import CommitSlots
-from atp_service.storage.snapshot_parts import write_snapshot_in_parts
+from atp_service.storage.snapshot_parts import PIECE_BYTES, write_snapshot_in_parts
 from atp_service.storage.window import CommitWindow
 from atp_service.traces import span
 
@@ -265,15 +265,16 @@ class LogStore(CommitSlots, LogReads):
             loop.call_soon(self._flush, loop)
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
-                             part_bytes: int = 0) -> int:
+                             part_bytes: int = 0, piece_bytes: int = PIECE_BYTES) -> int:
         """Store a snapshot (``encode_snapshot``) and trim the log behind it, atomically; past
-        ``part_bytes`` (0: never) in parts (``snapshot_parts``). Returns its size in bytes.
+        ``part_bytes`` (0: while it fits one key) in parts, past ``piece_bytes`` in several keys
+        (``snapshot_parts``). Returns its size in bytes.
         ``Checkpoints`` encodes it in the shard's turn, then writes it while the shard goes on,
         allowing it ``extra_s`` beyond the socket timeout for its size."""
         epoch = self.epochs.get(shard, UNCLAIMED)
         try:
             await write_snapshot_in_parts(self.nodes, self.keys, shard, seq, data,
-                                          (epoch, self._tokens.get(shard, 0)), part_bytes, extra_s)
+                                          (epoch, self._tokens.get(shard, 0)), part_bytes, extra_s, piece_bytes)
         except RedisError as exc:
             raise self._refused(exc, shard, epoch) from None
         return len(data)

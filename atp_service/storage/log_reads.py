@@ -93,7 +93,7 @@ class LogReads:
 
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
         key = self.keys.snap(shard)
-        raw = await self._snapshot_bytes(key)
+        raw = await self._snapshot_bytes(shard)
         if not raw:
             return None
         body = await checksummed(opened_snapshot, raw, shard, key)  # the other groups' shards go on meanwhile
@@ -106,15 +106,39 @@ class LogReads:
                                      f"version's layout ({exc}); start the version that wrote it, or restore "
                                      "Redis from a backup this version wrote") from None
 
-    async def _snapshot_bytes(self, key: str) -> Any:
-        """The value of ``key`` (empty: absent), read a part of ``reply_bytes`` at a time (``GETRANGE``), as it
-        was written (``snapshot_parts``): each call within the socket timeout; one smaller than a part is read in
-        its first call, as one ``GET`` did. Nothing writes a snapshot while its shard is recovered; Redis back
-        from older data meanwhile raises ``SnapshotChanged``."""
+    async def _snapshot_bytes(self, shard: int) -> Any:
+        """The shard's snapshot (empty: none): its keys one after another (``snap``, then ``snap:1``… as many as
+        ``snap-pieces`` says; absent, ``snap`` alone, as an earlier version stored every snapshot), each read a
+        part of ``reply_bytes`` at a time (``GETRANGE``), as it was written (``snapshot_parts``): each call within
+        the socket timeout; one smaller than a part is read in its first call, with the count of its keys.
+        Nothing writes a snapshot while its shard is recovered; Redis back from older data meanwhile raises
+        ``SnapshotChanged``."""
+        key, count_key, part = self.keys.snap(shard), self.keys.snap_pieces(shard), self.reply_bytes
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.getrange(key, 0, part - 1) if part > 0 else pipe.get(key)
+            pipe.get(count_key)
+            first, count = await pipe.execute()
+        if count is None:
+            return await self._key_bytes(key, first)
+        raw = bytearray()
+        for piece in range(int(count)):
+            key = self.keys.snap(shard, piece)
+            got = await self._key_bytes(key, first if piece == 0 else None)
+            if not got:
+                raise SnapshotChanged(f"{key} changed while it was read: gone, one of {int(count)} keys")
+            raw += got
+        if await self.client.get(count_key) != count:
+            raise SnapshotChanged(f"{count_key} changed while the snapshot was read")
+        return raw
+
+    async def _key_bytes(self, key: str, first: bytes | None) -> Any:
+        """The value of ``key`` (empty: absent), read a part of ``reply_bytes`` at a time; ``first``: its first
+        part, read already (None: not yet)."""
         part = self.reply_bytes
         if part <= 0:
-            return await self.client.get(key)
-        first: bytes = await self.client.getrange(key, 0, part - 1)
+            return first if first is not None else await self.client.get(key)
+        if first is None:
+            first = await self.client.getrange(key, 0, part - 1)
         if len(first) < part:
             return first
         size = int(await self.client.strlen(key))

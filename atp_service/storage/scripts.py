@@ -144,15 +144,6 @@ if last < tonumber(ARGV[3]) then
 end
 """
 
-# KEYS: owner, snapshot, log, fence; ARGV: epoch, snapshot data, the snapshot's seq, fence token.
-# The log keeps the snapshot's own entry (MINID seq, not seq + 1): the append script checks each
-# entry against the newest one, so the stream must never be left empty.
-SNAPSHOT_SCRIPT = ALLOW_OOM + FENCE_LUA + STALE_LUA + LOG_REACHES_LUA + """
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0')
-return 'OK'
-"""
-
 # A new epoch's number is never below the time now, in ms (Redis's clock, and the claimant's: ARGV[2]),
 # as well as above every number Redis holds. Redis back from older data (an older AOF or RDB, a lagging
 # replica promoted) has lost the latest claims: "above every number it holds" alone would draw a lost

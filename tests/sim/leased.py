@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from atp_service.storage.log import CrossGroupWrite, LogStore, SnapshotRecord
 from atp_service.storage.nodes import Nodes
 from atp_service.storage.records import UNCLAIMED
+from atp_service.storage.snapshot_parts import PIECE_BYTES
 from tests.sim.sidestreams import SideStreams
 from tests.sim.simlog import SimLog, _Unit
 from tests.sim.snapparts import SimNodes
@@ -159,6 +160,6 @@ class ProcessLog(LogStore):
         return snap
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
-                             part_bytes: int = 0) -> int:
+                             part_bytes: int = 0, piece_bytes: int = PIECE_BYTES) -> int:
         self.nodes.wrote(shard, seq, data)  # then ``LogStore``'s own
-        return await super().write_snapshot(shard, seq, data, extra_s, part_bytes)
+        return await super().write_snapshot(shard, seq, data, extra_s, part_bytes, piece_bytes)

@@ -35,7 +35,7 @@ from atp_service.metrics import StorageMetrics
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.log import CrossGroupWrite, Fenced, SnapshotRecord
 from atp_service.storage.records import UNCLAIMED, claimed, number_of, opened_snapshot
-from atp_service.storage.snapshot_parts import write_snapshot_in_parts
+from atp_service.storage.snapshot_parts import PIECE_BYTES, write_snapshot_in_parts
 from tests.sim.full import RedisFull, oom, refuses
 from tests.sim.sidestreams import SideStreams
 from tests.sim.snapparts import ScriptCall, SimNodes, run_script
@@ -221,13 +221,13 @@ class SimLog:
         return _decode(raw) if raw else None
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
-                             part_bytes: int = 0) -> int:
+                             part_bytes: int = 0, piece_bytes: int = PIECE_BYTES) -> int:
         """Store the snapshot and trim the log behind it, as ``LogStore.write_snapshot`` does: the
         service's own code, its script calls answered by the simulated Redis (``snapparts.py``)."""
         self.nodes.wrote(shard, seq, data)
         try:
             await write_snapshot_in_parts(self.nodes, self.keys, shard, seq, data, (self.epoch, self.tokens[shard]),
-                                          part_bytes, extra_s)
+                                          part_bytes, extra_s, piece_bytes)
         except RedisError as exc:
             if str(exc).startswith("FENCED"):
                 raise self.refused_claim() from None

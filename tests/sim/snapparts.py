@@ -9,7 +9,9 @@ Redis runs each call check for check as its Lua script does (``scripts.py``, ``s
 refusing with the same error reply: the owner key must hold the call's epoch (FENCED), the shard's
 fence must not be above its token (STALE), the last part and a whole snapshot need the log's newest
 id at or past the snapshot's seq (GAP), and a part after the first must find the staging key exactly
-as long as its offset (PARTS_LOST). Then SET / APPEND / RENAME (+ PERSIST) / XTRIM MINID seq.
+as long as its offset (PARTS_LOST). Then SET / APPEND / RENAME (+ PERSIST) / XTRIM MINID seq. A snapshot
+is one key here: the sim's (~100-130 KB) are far below ``snapshot_piece_bytes``, past which the service
+spreads one over several (``test_snapshot_parts.py`` covers those on a real Redis).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def _run(redis: SimLog, unit: ScriptCall) -> str | None:
     if redis.fences[shard] > token:
         return f"STALE shard fenced at {redis.fences[shard]}"
     data: bytes = call.args[1]
+    assert call.script is WHOLE_SCRIPT or int(call.args[6]) == 0, "a snapshot past one piece: not modelled"
     if call.script is PART_SCRIPT:
         return _part(redis, shard, data, int(call.args[4]), str(call.args[5]))
     seq = int(call.args[2])
@@ -99,6 +102,7 @@ def _run(redis: SimLog, unit: ScriptCall) -> str | None:
 
 
 def _part(redis: SimLog, shard: int, data: bytes, offset: int, try_id: str) -> str | None:
+    """A part of the snapshot's one piece (``PIECE_BYTES``: never more here)."""
     if offset == 0:
         redis.staging[shard] = (try_id, data)  # SET: whatever an earlier try left is replaced, its id too
         return None

@@ -14,8 +14,9 @@ SHARD = 7
 
 def _written() -> set[str]:
     keys = Keyspace("<prefix>")
-    per_group = [keys.log, keys.snap, keys.snap_parts, keys.snap_parts_try, keys.fence, keys.owner,
-                 lambda g: keys.tag(g) + "lease"]
+    per_group = [keys.log, keys.snap, keys.snap_parts, keys.snap_parts_try, keys.snap_pieces, keys.fence, keys.owner,
+                 lambda g: keys.tag(g) + "lease", lambda g: keys.snap(g, 1)[:-1] + "<n>",
+                 lambda g: keys.snap_parts(g, 1)[:-1] + "<n>"]
     return {key(SHARD).replace(f"{{g{SHARD}}}", "{g<shard>}") for key in per_group} | {
         keys.claims, keys.claimants, keys.members, keys.meta,
         keys.owner(CHANNELS), keys.fence(CHANNELS),  # the channel feeds' group

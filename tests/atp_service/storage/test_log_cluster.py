@@ -122,7 +122,9 @@ async def test_a_fence_refuses_the_late_write_and_a_settle_reads_what_landed(sto
 async def test_a_snapshot_trims_its_group_and_recovery_reads_it_back(store: LogStore) -> None:
     for seq in range(1, 4):
         await store.submit(7, seq, b"x")
-    await store.write_snapshot(7, 2, encode_snapshot(2, Ledger(7, Limits()).snapshot()))
+    # In parts of 16 bytes, spread over keys of 32: every key of the group in its slot, moved in one script.
+    await store.write_snapshot(7, 2, encode_snapshot(2, Ledger(7, Limits()).snapshot()), part_bytes=16, piece_bytes=32)
+    assert int(await store.client.get(store.keys.snap_pieces(7))) > 2
     snap = await store.load_snapshot(7)
     assert snap is not None and snap.seq == 2
     assert [seq async for seq, _ in store.entries_after(7, snap.seq)] == [3]  # what recovery replays

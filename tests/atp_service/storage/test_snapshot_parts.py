@@ -1,6 +1,8 @@
 """A snapshot written in parts (``snapshot_parts.py``): stored whole and persistent, the log trimmed
 behind it; a part of a fenced try, or a part after the staging key was lost, changes nothing; a
-service whose shard's snapshot takes several parts recovers the same state after a restart."""
+service whose shard's snapshot takes several parts recovers the same state after a restart. Past
+``snapshot_piece_bytes`` it is spread over several keys, none larger, replaced together; a snapshot an
+earlier version stored in one key past that size is read, then replaced by one in several."""
 
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ async def test_a_part_of_a_fenced_try_is_refused_and_the_stored_snapshot_stands(
     stale = (store.epochs[0], store._tokens[0])
     await store.fence(0)  # what Checkpoints does before it tries again after a failed write
     late = Call(PART_SCRIPT, [store.keys.owner(0), PARTS, store.keys.snap_parts_try(0), store.keys.fence(0)],
-                [stale[0], b"x" * PART, STAGING_TTL_MS, stale[1], 0, "late"])
+                [stale[0], b"x" * PART, STAGING_TTL_MS, stale[1], 0, "late", 0])
     with pytest.raises(RedisError, match="STALE"):
         await store.nodes.run_one(late)
     assert not await store.client.exists(PARTS)
@@ -93,6 +95,56 @@ async def test_parts_whose_staging_key_was_lost_fail_the_write_and_the_stored_sn
     assert await store.client.get(SNAP) == sealed_snapshot(fresh)
 
 
+def _pieces(r: redis.Redis, prefix: str = "atp:") -> list[int]:
+    """The size of each key shard 0's snapshot is in, as Redis holds it."""
+    count = int(r.get(f"{prefix}{{g0}}:snap-pieces") or 1)
+    return [r.strlen(f"{prefix}{{g0}}:snap" + (f":{piece}" if piece else "")) for piece in range(count)]
+
+
+async def test_a_snapshot_past_the_piece_size_is_spread_over_keys_and_replaced_whole(
+        store: LogStore, redis_url: str) -> None:
+    """Redis refuses a string past 512 MB: a larger snapshot is in several keys, each at most a piece,
+    read back joined; the next snapshot, in more keys, fewer or one, leaves none of the old ones."""
+    await _log_of(store, range(1, 6))
+    r = redis.Redis.from_url(redis_url)
+    sizes = {}
+    for seq, (size, pieces) in enumerate([(5 * PART, 3), (3 * PART, 2), (7 * PART, 4), (PART // 2, 1)], start=1):
+        data = os.urandom(size)
+        await store.write_snapshot(0, seq, data, part_bytes=PART // 2, piece_bytes=2 * PART)
+        sizes[seq] = _pieces(r, "t:")
+        assert len(sizes[seq]) == pieces and max(sizes[seq]) <= 2 * PART
+        assert await store._snapshot_bytes(0) == sealed_snapshot(data)
+        assert await store.client.ttl(SNAP) == -1 and await store.client.ttl(store.keys.snap(0, pieces - 1)) == -1
+    assert not r.keys("t:{g0}:snap:*") and not r.keys("t:{g0}:snap-*"), "a key of an older snapshot was left"
+    assert [i for i, _ in await store.client.xrange(LOG)] == [b"4-0", b"5-0"]
+
+
+async def test_a_try_cut_half_way_through_its_pieces_leaves_the_old_snapshot_whole(
+        store: LogStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    await _log_of(store, range(1, 3))
+    old = os.urandom(5 * PART)
+    await store.write_snapshot(0, 1, old, part_bytes=PART, piece_bytes=2 * PART)
+    run_one, calls = store.nodes.run_one, 0
+
+    async def lost_in_the_second_piece(call: Call, extra_s: float = 0.0) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RedisError("Connection lost")  # the try's fourth part: its second piece half written
+        return await run_one(call, extra_s)
+
+    monkeypatch.setattr(store.nodes, "run_one", lost_in_the_second_piece)
+    with pytest.raises(RedisError, match="Connection lost"):
+        await store.write_snapshot(0, 2, os.urandom(7 * PART), part_bytes=PART, piece_bytes=2 * PART)
+    assert await store._snapshot_bytes(0) == sealed_snapshot(old)
+    assert [i for i, _ in await store.client.xrange(LOG)] == [b"1-0", b"2-0"]  # not trimmed
+    monkeypatch.undo()
+    await store.fence(0)
+    fresh = os.urandom(7 * PART)
+    await store.write_snapshot(0, 2, fresh, part_bytes=PART, piece_bytes=2 * PART)
+    assert await store._snapshot_bytes(0) == sealed_snapshot(fresh)
+
+
 async def _available(client: AtpClient, skus: list[str]) -> list[int]:
     return [a.available for at in range(0, len(skus), 1000)
             for a in await client.availability([(sku, "DC") for sku in skus[at:at + 1000]])]
@@ -107,13 +159,18 @@ async def test_a_service_recovers_the_same_state_from_a_snapshot_stored_in_parts
         await client.record_events([receipt(f"r-{sku}", sku, "DC", 7) for sku in skus[at:at + 500]])
     await client.reserve("held", [(skus[0], "DC", 2), (skus[-1], "DC", 3)], ttl_seconds=3600)
     before = await _available(client, skus)
-    await service.stop(grace_s=0.1)  # drained, then the final snapshot: several parts at 64 KiB
-    snap = r.get("atp:{g0}:snap")
-    assert snap is not None and len(snap) > 2 * PART and r.xlen("atp:{g0}:log") == 1
-    _, again = await start_service(shards=1, snapshot_part_bytes=PART)
-    assert await _available(again, skus) == before
+    await service.stop(grace_s=0.1)  # drained, then the final snapshot: several parts at 64 KiB, in one key
+    assert len(_pieces(r)) == 1 and _pieces(r)[0] > 3 * PART and r.xlen("atp:{g0}:log") == 1
+    # Past the piece size: as an earlier version stored any snapshot, read whole, then replaced by keys of one piece.
+    again, client = await start_service(shards=1, snapshot_part_bytes=PART, snapshot_piece_bytes=2 * PART)
+    assert await _available(client, skus) == before
+    await client.record_events([receipt("r-after", "sku-after", "DC", 1)])  # a snapshot is due at the stop
+    await again.stop(grace_s=0.1)
+    assert len(_pieces(r)) > 1 and max(_pieces(r)) <= 2 * PART
+    _, client = await start_service(shards=1, snapshot_part_bytes=PART, snapshot_piece_bytes=2 * PART)
+    assert await _available(client, skus) == before
     assert before[0] == 5 and before[-1] == 4 and before[1] == 7
-    assert (await again.get_reservation("held")).reservation_id == "held"
+    assert (await client.get_reservation("held")).reservation_id == "held"
 
 
 async def test_parts_of_an_earlier_try_that_redis_came_back_with_are_never_joined_to_this_one(
