@@ -93,8 +93,7 @@ class ServiceConfig:
     """Messages a shard may have waiting; beyond it callers get RESOURCE_EXHAUSTED."""
 
     max_loop_lag_ms: int = 250
-    """Shed load at the door: while the event loop runs this late, new calls get RESOURCE_EXHAUSTED
-    before any work (0 turns it off)."""
+    """Shed load at the door: while the event loop runs this late, new calls get RESOURCE_EXHAUSTED (0: off)."""
 
     max_pending_calls: int = 512
     """Calls that gRPC itself may hold for the service before it takes them up: the queue ahead of
@@ -225,8 +224,7 @@ class ServiceConfig:
     ``OTEL_EXPORTER_OTLP_TRACES_*`` variables."""
 
     tracing_sample_ratio: float = 0.01
-    """Share of traces sampled (by trace id, 0 to 1); a caller's sampled ``traceparent`` is followed
-    whatever the ratio."""
+    """Share of traces sampled (by trace id, 0 to 1); a caller's sampled ``traceparent`` is followed whatever it is."""
 
     tracing_export_timeout_s: float = 5.0
     """Seconds one export of spans may take; a stop waits one export for those queued, then drops them."""
@@ -256,8 +254,7 @@ class ServiceConfig:
     """Consumer name (leased: ``<it>@<advertised address>``); keep it stable: a restart re-reads its pending entries."""
 
     ingest_count: int = 1000
-    """Most entries read per stream per XREADGROUP without channel feeds: large reads for ingest
-    throughput (benchmarks/ingest.py)."""
+    """Most entries read per stream per XREADGROUP without channel feeds: large reads for throughput (ingest.py)."""
 
     ingest_count_publishing: int = 150
     """Most entries read per stream per XREADGROUP when channel feeds are configured. Ingest then
