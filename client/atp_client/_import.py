@@ -23,7 +23,7 @@ from google.protobuf import json_format
 
 from atp_client._client import AtpClient
 from atp_client._errors import OUTCOME_UNKNOWN, AtpError, Retryable, retry_refused
-from atp_client._output import BadInput
+from atp_client._output import BadInput, in_doubt_after
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 T = TypeVar("T")
@@ -148,11 +148,24 @@ class Imported:
         return {**self.counts, "refused": self.refused, "in_doubt": self.in_doubt, "not_sent": not_sent}
 
 
+def recorded_some(error: AtpError) -> bool:
+    """Whether a refused ``RecordEvents`` says other shards or owners recorded facts of its call first
+    (``ErrorInfo`` metadata ``facts_recorded``; absent: it recorded nothing)."""
+    try:
+        return int(error.refusal.metadata.get("facts_recorded", "0")) > 0
+    except ValueError:
+        return True  # unreadable: it may have
+
+
 async def send_all(client: AtpClient, numbered: Iterable[tuple[int, pb.Fact]], total: int, batch: int,
-                   tell: Callable[[pb.FactResult], None]) -> Imported:
+                   tell: Callable[[pb.FactResult], None], patience_s: float = PATIENCE_S) -> Imported:
     """Every fact, a call at a time, ``tell`` given each result; a refusal or an interruption
     (Ctrl-C cancels the run) ends it with what was answered until then. Each call waits for a
-    connection first: a service that cannot be reached leaves that call not sent, not in doubt."""
+    connection first: a service that cannot be reached leaves that call not sent, not in doubt.
+    A call refused for good is in doubt where any of its tries may have recorded facts — answered
+    ``OUTCOME_UNKNOWN`` or without an answer of the service (``in_doubt_after``; with gRPC's retries
+    on, any retryable refusal, which may hide a try lost mid-way), or saying facts of it were
+    recorded (``facts_recorded``) — and refused, none of its facts applied, otherwise."""
     done = Imported(total)
     for lines, facts in chunks(numbered, batch):
         try:
@@ -161,11 +174,21 @@ async def send_all(client: AtpClient, numbered: Iterable[tuple[int, pb.Fact]], t
             done.stopped_lines, done.unsent = (lines[0], lines[-1]), len(facts)
             done.error = exc if isinstance(exc, Retryable) else None
             return done
+        recorded = False
+
+        async def record(facts: list[pb.Fact] = facts) -> list[pb.FactResult]:
+            nonlocal recorded
+            try:
+                return await client.record_events(facts)
+            except AtpError as exc:
+                recorded = recorded or recorded_some(exc)
+                raise
+
         try:
-            results = await record_patiently(client, facts)
+            results = await patiently(record, patience_s)
         except grpc.aio.AioRpcError as exc:  # refused for good: in doubt only if it may have been made (R7)
             done.stopped_lines, done.error = (lines[0], lines[-1]), exc
-            if isinstance(exc, Retryable):
+            if recorded or in_doubt_after(exc, retried=client.retry is not None):
                 done.in_doubt = len(facts)
             else:
                 done.refused = len(facts)

@@ -280,7 +280,7 @@ def _stopped(path: Path, done: Imported) -> int:
     assert done.stopped_lines is not None
     first, last = done.stopped_lines
     status, line = refusal(done.error) if done.error else (EXIT_INTERRUPTED, "atpctl: interrupted")
-    fate = ("sent without an answer (applied or not)" if done.in_doubt
+    fate = ("in doubt (applied or not)" if done.in_doubt
             else "not applied (not sent)" if done.unsent else "not applied")
     print(f"{line}\natpctl: {path}:{first}-{last}: {fate}; {done.answered} facts before them answered, "
           f"{done.summary()['not_sent'] - done.unsent} after them not sent. Import the file again: the service applies "

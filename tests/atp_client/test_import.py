@@ -13,16 +13,19 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from atp_client import AtpClient, new_token, token_hash, typed
+from atp_client import AtpClient, RetryPolicy, new_token, token_hash, typed
 from atp_client._import import FRAMING_BYTES, chunks, send_all
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import EmbeddedRedis
 from atp_service.edge import record as record_module
 from atp_service.edge.auth import Callers
 from reservation import Limits
 from tests.atp_client.test_ctl import receipt
-from tests.conftest import ServiceFactory
+from tests.atp_service.edge.test_api import receipt as fact
+from tests.conftest import ServiceFactory, services_on
 
 
 def import_file(port: int, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -104,3 +107,29 @@ async def test_a_call_in_doubt_whose_retry_is_refused_access_is_in_doubt_not_ref
         revoked = False
         (position,) = await client.availability([("IMP", "DC")])
     assert position.on_hand == 7  # the first try applied it
+
+
+async def test_a_call_refused_with_nothing_recorded_is_refused_not_in_doubt(tmp_path: Path) -> None:
+    """A call the service refused saying none of it was recorded (Redis full: ``STORAGE_UNREACHABLE``,
+    "nothing was applied") was counted ``in_doubt`` and its lines said "sent without an answer (applied
+    or not)": every retryable refusal was. Without gRPC's retries (``--retries 0``) it is ``refused``,
+    not applied; with them it stays in doubt, as the last try's refusal may hide an earlier try lost
+    mid-way (``in_doubt_after``)."""
+    now = int(time.time() * 1000)
+    facts = [fact(f"full-{n}", "IMP", "DC", 1, now - 1000) for n in range(2)]
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        admin = redis.Redis.from_url(server.url)
+        async for start in services_on(server.url):
+            service, _ = await start(shards=1)
+            admin.config_set("maxmemory", 1)  # full: every write that may grow it is refused OOM
+            try:
+                for retry, expected in ((None, {"refused": 2, "in_doubt": 0, "not_sent": 0}),
+                                        (RetryPolicy(attempts=2), {"refused": 0, "in_doubt": 2, "not_sent": 0})):
+                    async with AtpClient(f"127.0.0.1:{service.port}", retry=retry) as client:
+                        done = await send_all(client, enumerate(facts, start=1), len(facts), len(facts),
+                                              lambda _r: None, patience_s=0)
+                    assert done.summary() == expected, (retry, done.summary())
+                    assert done.error is not None and typed(done.error).reason == "STORAGE_UNREACHABLE", done.error
+            finally:
+                admin.config_set("maxmemory", 0)
+        admin.close()
