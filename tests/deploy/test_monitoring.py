@@ -4,12 +4,17 @@ metrics the service and its publishers export, each alert leading to a runbook s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from atp_service.metrics import Metrics
+from publishers import JsonlAdapter, Publisher, PublisherConfig
 from publishers._metrics import PublisherMetrics
+from tests.atp_service.test_metrics_docs import declared_labels
 from tests.conftest import ServiceFactory
 
 from .monitoring_helpers import (
@@ -87,6 +92,55 @@ async def test_the_rules_read_only_metrics_the_service_and_its_publishers_export
     unknown = {(rule.get("alert") or rule.get("record"), name) for group in groups for rule in group["rules"]
                for name in metric_names(rule["expr"]) if name not in exported}
     assert not unknown, f"rules read metrics nothing exports: {sorted(unknown)}"
+
+
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+SERIES_LABELS = {"job", "instance", "le"}  # Prometheus' own, and a histogram bucket's
+SERIES_SUFFIXES = ("_bucket", "_count", "_sum", "_total")
+
+
+def test_the_rules_and_the_dashboard_select_and_group_by_labels_their_metrics_have(tmp_path: Path) -> None:
+    """A label misspelt in a matcher or a grouping (``outcome="retry"``, ``by (chanel)``) selects or
+    groups nothing and the alert never fires, silently: promtool checks only the syntax, and the rules
+    read only the metric names otherwise. Each label a rule or panel names must be one its metrics
+    declare, and a value it matches exactly one they export where their series start at 0."""
+    service, publisher = Metrics(), PublisherMetrics()
+    Publisher(PublisherConfig(channel="web"), None, JsonlAdapter(tmp_path / "out.jsonl"), publisher)  # type: ignore[arg-type]
+    declared = declared_labels(service) | declared_labels(publisher)
+    values: dict[tuple[str, str], set[str]] = {}
+    for registry in (service.registry, publisher.registry):
+        for family in registry.collect():
+            for sample in family.samples:
+                for label, value in sample.labels.items():
+                    values.setdefault((family.name, label), set()).add(value)
+
+    def family(name: str) -> str | None:
+        for suffix in ("", *SERIES_SUFFIXES):
+            if name.endswith(suffix) and (base := name.removesuffix(suffix)) in declared:
+                return base
+        return None
+
+    expressions = [(rule.get("alert") or rule.get("record"), rule["expr"])
+                   for group in yaml_load(RULES)["groups"] for rule in group["rules"]]
+    expressions += [(panel["title"], target["expr"]) for panel in dashboard_panels(json.loads(DASHBOARD.read_text()))
+                    for target in panel.get("targets", [])]
+    problems = []
+    for who, expr in expressions:
+        read = {base for name in metric_names(expr) if (base := family(name)) is not None}
+        known = SERIES_LABELS | {label for base in read for label in declared[base]}
+        for name, selector in re.findall(r"([a-zA-Z_:][\w:]*)\{([^}]*)\}", expr):
+            base = family(name)
+            for label, op, value in MATCHER.findall(selector):
+                if base is None or label in SERIES_LABELS:
+                    continue
+                if label not in declared[base]:
+                    problems.append(f"{who}: {name} has no label {label!r} ({declared[base]})")
+                elif op == "=" and (base, label) in values and value not in values[(base, label)]:
+                    problems.append(f"{who}: {name}{{{label}={value!r}}} is none of {sorted(values[(base, label)])}")
+        for clause in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr):
+            problems += [f"{who}: groups by {label!r}, a label of none of {sorted(read)}"
+                         for label in (part.strip() for part in clause.split(",")) if label and label not in known]
+    assert not problems, "labels that select or group nothing:\n" + "\n".join(problems)
 
 
 def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
