@@ -151,6 +151,9 @@ class EmbeddedRedis:
     def _start(self, timeout_s: float, ping_timeout_s: float, load_timeout_s: float,
                abandon: Callable[[], bool] | None) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Its AOF holds every reservation and fact, written under the caller's umask (often 022): the
+        # directory is its owner's alone, as a packaged Redis's is.
+        self.data_dir.chmod(0o700)
         self._log_from = self._logfile.stat().st_size if self._logfile.exists() else 0  # see port_was_taken
         again = self._lock_file is not None  # started before (a restart): the lock and the pid are ours
         self._lock()

@@ -368,3 +368,13 @@ def test_a_rewrite_of_redis_url_that_fails_part_way_leaves_the_last_one_whole(tm
     assert done.stdout.strip() == "27"  # EFBIG: the write failed part way
     assert url.read_text() == "redis://:old@127.0.0.1:40000/0\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["redis.url"]
+
+
+def test_the_data_directory_is_its_owners_alone_whatever_the_umask(tmp_path: Path) -> None:
+    """The AOF holds every reservation and fact: under a umask of 022 it was readable by every user of
+    the host (mode 644 in a 755 directory)."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    with EmbeddedRedis(data):
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
