@@ -96,15 +96,13 @@ class ServiceConfig:
     """Shed load at the door: while the event loop runs this late, new calls get RESOURCE_EXHAUSTED (0: off)."""
 
     max_pending_calls: int = 512
-    """Calls that gRPC itself may hold for the service before it takes them up: the queue ahead of
-    everything else, which fills when the service runs at capacity. Past half of it new calls are
-    refused more and more often, past all of it always — at once, by gRPC core, which answers them
-    CANCELLED or RESOURCE_EXHAUSTED (see ``http2_transport``). Keep it above the concurrency of
-    normal bursts (refusals start past half: 200 clients calling at once must all get in) and
-    below what callers' deadlines allow: at ~2,000 calls/s, 512 waiting is about 0.25 s of work.
-    Roughly: capacity (calls/s) x the shortest client deadline (s) / 2. At half a CPU (~460-690
-    calls/s) 512 is 0.75-1.1 s and some 1 s deadlines ran out; 256 kept them all
-    (benchmarks/overload.py --service-cpus 0.5 --max-pending-calls N)."""
+    """Calls that gRPC itself may hold for the service before it takes them up: the queue ahead of everything else,
+    which fills when the service runs at capacity. Past half of it new calls are refused more and more often, past all
+    of it always — at once, by gRPC core, which answers them CANCELLED or RESOURCE_EXHAUSTED (see ``http2_transport``).
+    Keep it above the concurrency of normal bursts (refusals start past half: 200 clients calling at once must all get
+    in) and below what callers' deadlines allow: at ~2,000 calls/s, 512 waiting is about 0.25 s of work. Roughly:
+    capacity (calls/s) x the shortest client deadline (s) / 2. At half a CPU (~460-690 calls/s) 512 is 0.75-1.1 s and
+    some 1 s deadlines ran out; 256 kept them all (benchmarks/overload.py --service-cpus 0.5 --max-pending-calls N)."""
 
     http2_transport: str = "classic"
     """gRPC core's HTTP/2 server transport, which decides what a call refused at the door (past
@@ -127,11 +125,10 @@ class ServiceConfig:
     """Most shard log entries sent to Redis in one pipelined round trip."""
 
     commit_delay_ms: float = 2.0
-    """While the log is busy (see ``commit_delay_min_rate``) a group commit waits up to this long
-    for more entries before it goes to Redis: fewer, fuller Redis calls and about half the CPU per
-    unary call at peak, for at most this much added latency. It goes as soon as the entries the
-    measured rate brings in this long (at least 2) are waiting: at 1,000 entries/s, with the second.
-    0 sends every group commit at once."""
+    """While the log is busy (see ``commit_delay_min_rate``) a group commit waits up to this long for more entries
+    before it goes to Redis: fewer, fuller Redis calls and about half the CPU per unary call at peak, for at most this
+    much added latency. It goes as soon as the entries the measured rate brings in this long (at least 2) are waiting:
+    at 1,000 entries/s, with the second. 0 sends every group commit at once."""
 
     commit_delay_min_rate: int = 1000
     """Log entries per second (all shards) from which the log counts as busy. Below it a commit
@@ -206,6 +203,11 @@ class ServiceConfig:
 
     shutdown_grace_s: float = 5.0
     """How long in-flight RPCs may finish on shutdown before they are cancelled."""
+
+    shutdown_stall_s: float = 2.0
+    """On shutdown, how long a call may wait on one write that does not complete (its caller not reading) before it
+    counts as stalled: once every other call has ended, the stalled ones are cut (UNAVAILABLE) instead of holding the
+    stop for ``shutdown_grace_s``. A call the service is still working on is never stalled. 0: none is waited for."""
 
     event_loop: str = "uvloop"
     """``uvloop`` or ``asyncio``: the event loop the server runs on."""
@@ -351,8 +353,6 @@ class ServiceConfig:
         if not 0 < self.redis_load_timeout_s <= 86_400:
             raise ValueError(f"redis_load_timeout_s: must be within (0, 86400], got {self.redis_load_timeout_s}")
         check_redis(self)
-        if self.commit_delay_min_rate < 0:
-            raise ValueError(f"commit_delay_min_rate: must be >= 0, got {self.commit_delay_min_rate}")
         check_bounds(self)
 
     @property

@@ -90,7 +90,7 @@ POSITIVE = ("mailbox_size", "batch_max", "pipeline_max", "snapshot_every_entries
 """Settings that bound a queue, a batch or a stream, or pace a loop: at 0 there would be no bound
 (``asyncio.Queue(0)``), a side stream trimmed away as written, or a loop that never waits."""
 NON_NEGATIVE = ("claim_idle_ms", "max_loop_lag_ms", "max_queue_delay_ms", "ingest_block_ms", "shutdown_grace_s",
-                "stream_stall_s", "ingest_max_deliveries")
+                "stream_stall_s", "ingest_max_deliveries", "shutdown_stall_s", "commit_delay_min_rate")
 """Settings where 0 means something (off, at once, no wait), and nothing below it does."""
 RANGES = {
     "commit_delay_ms": (0, 100),

@@ -300,6 +300,10 @@ class EdgeMetrics:
             "atp_streams_stalled_total", "Server streams ended because a reply waited stream_stall_s to be "
             "written (their caller stopped reading), by method", ["method"], registry=r,
         )
+        self.streams_cut_at_stop = Counter(
+            "atp_streams_cut_at_stop_total", "Calls a graceful stop cut once every other call had ended: no write of "
+            "theirs completed for shutdown_stall_s (their caller stopped reading), by method", ["method"], registry=r,
+        )
         self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke its lag timer "
                               "(every 20 ms while calls arrive or it runs late, every 250 ms when idle)", registry=r)
         self.calls_in_progress = Reading(

@@ -18,6 +18,7 @@ from atp_service.app.peering import check_peer_token
 from atp_service.app.tracing import Tracing
 from atp_service.config import ServiceConfig
 from atp_service.edge.auth import AuthInterceptor, CallersError, load_callers
+from atp_service.edge.calls import CallBook
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.handlers import add_service, refusal_lines
 from atp_service.edge.open_services import Health, Reflection
@@ -44,31 +45,32 @@ def new_server(cfg: ServiceConfig, interceptors: list[grpc.aio.ServerInterceptor
     ])
 
 
-def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health: Health,
-                 metrics: EdgeMetrics, engine: Callable[[], Engine | None] | None, cfg: ServiceConfig) -> None:
+def add_services(server: grpc.aio.Server, servicer: AvailabilityServicer, health: Health, metrics: EdgeMetrics,
+                 engine: Callable[[], Engine | None] | None, cfg: ServiceConfig, calls: CallBook) -> None:
     """Through ``handlers.add_service``, not the generated ``add_..._to_server``: bytes that are not
     a valid request answer INVALID_ARGUMENT with a quiet log line, on the open services too.
     ``engine`` (leased groups): the peers' internal service asks it for the order steps. Every
     stream, the open services' too, ends when its caller stops reading (``cfg.stream_stall_s``); the
-    open services' streams (no token needed) are ``cfg.max_open_service_streams`` at most, together."""
+    open services' streams (no token needed) are ``cfg.max_open_service_streams`` at most, together. Every
+    call is booked in ``calls`` (a graceful stop waits for what can finish, then cuts the stalled calls)."""
     bad_requests, stalls = metrics.bad_requests, StallLimit(cfg.stream_stall_s, metrics.streams_stalled)
     open_streams = OpenStreams(cfg.max_open_service_streams, metrics.capacity_refusals)
     lines = refusal_lines()  # this service's bad_request lines, under one limit for its three services
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
     names = (SERVICE_NAME, health_service.full_name, reflection.SERVICE_NAME)
     api = pb.DESCRIPTOR.services_by_name["AvailabilityService"]
-    add_service(server, servicer, api, bad_requests, stalls, lines=lines)
+    add_service(server, servicer, api, bad_requests, stalls, lines=lines, calls=calls)
     # atp_rpc_duration_seconds at 0 from the start for the code ATPCallsUnavailable reads, per method
     # (not every code): a Redis outage's first UNAVAILABLE answers would only create the series, and
     # rate() sees nothing of a series' first value.
     for method in api.methods:
         servicer.latency(method.name, "UNAVAILABLE")
-    add_service(server, health, health_service, bad_requests, stalls, open_streams, lines)
+    add_service(server, health, health_service, bad_requests, stalls, open_streams, lines, calls)
     add_service(server, Reflection(names, servicer.drain),
                 reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad_requests, stalls, open_streams,
-                lines)
+                lines, calls)
     if engine is not None:
-        server.add_generic_rpc_handlers((peers_handler(engine),))
+        server.add_generic_rpc_handlers((peers_handler(engine, calls),))
 
 
 def bind(server: grpc.aio.Server, cfg: ServiceConfig) -> int:

@@ -30,6 +30,7 @@ from atp_service.channels.estate import Estate, EstateUnusable, group_policies
 from atp_service.config import ServiceConfig
 from atp_service.config_values import LEASED_NO_CHANNELS
 from atp_service.edge import transport
+from atp_service.edge.calls import CallBook, stop_calls
 from atp_service.edge.door import DoorCalls, server_ids
 from atp_service.edge.open_services import Health
 from atp_service.edge.overload import LoopLagMonitor
@@ -81,6 +82,7 @@ class AtpService:
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health = Health(config.limits)
+        self._calls = CallBook(config.shutdown_stall_s, self.metrics.edge.streams_cut_at_stop)
         peer_root, peer_identity = peer_tls(config) if config.ownership == "leases" else (None, None)
         watchers = Watchers(config.max_watchers, config.watch_batch, self.metrics.engine.capacity_refusals,
                             config.max_watch_snapshot_keys, config.max_message_bytes)
@@ -147,7 +149,7 @@ class AtpService:
         self._server = new_server(cfg, server_interceptors(cfg, self.tracing, self.metrics.edge))
         self.door.watch(server_ids() - before)  # this server's channelz counters (atp_grpc_server_calls_*)
         add_services(self._server, self._servicer, self._health, self.metrics.edge,
-                     (lambda: self.engine) if cfg.ownership == "leases" else None, cfg)
+                     (lambda: self.engine) if cfg.ownership == "leases" else None, cfg, self._calls)
         self.port = bind(self._server, cfg)
         self._servicer.advertise(advertised(cfg, self.port), cfg.shards)  # refused where GetRouting could not fit
         for name in ("", SERVICE_NAME):
@@ -374,12 +376,8 @@ class AtpService:
             with contextlib.suppress(Exception):  # how the start ended is for its caller to hear
                 await cancel_and_wait(self._starting)
         await self._health.enter_graceful_shutdown()
-        began = time.monotonic()
-        drain = self._servicer.drain
-        if not await drain.close(grace):
-            log.warning("shutdown: %d calls still in progress after the %.1fs grace period; gRPC cancels them",
-                        drain.active, grace)
-        await self._stop_server(max(0.0, grace - (time.monotonic() - began)))
+        await stop_calls(self._servicer.drain, self._calls, grace)
+        await self._stop_server(0.0)  # every call that could finish has: the rest is stalled, or ran past the grace
         if self.ingestor is not None:  # before the peer channels close: it sends facts over them
             await self._watched.stopped(self.ingestor.stop())
         await self._servicer.aclose()

@@ -48,11 +48,15 @@ class Drain:
         if self.closing and not self.active:
             self._idle.set()
 
+    def shut(self) -> None:
+        """Refuse new calls and end streams (``close`` waits for the calls in progress too)."""
+        self.closing = True
+        self._closed.set()
+
     async def close(self, timeout_s: float) -> bool:
         """Refuse new calls, end streams, and wait up to ``timeout_s`` for the calls in progress.
         True when none is left."""
-        self.closing = True
-        self._closed.set()
+        self.shut()
         if not self.active:
             return True
         with contextlib.suppress(TimeoutError):

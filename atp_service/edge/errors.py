@@ -25,6 +25,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
 from atp_client import MOVED_KEY, Refusal
+from atp_service.edge.calls import current
 from reservation import GIVEN_UP, DomainError, FailedPrecondition, Moved, Reason
 
 DOMAIN = "atp.v1"
@@ -181,6 +182,8 @@ def retold_trailers(code: grpc.StatusCode, details: str, trailers: Iterable[tupl
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: DomainError) -> NoReturn:
-    """End the call with the refusal's status, message and details."""
+    """End the call with the refusal's status, message and details: what is left of it is gRPC's write of them."""
+    if (call := current()) is not None:
+        call.write_begun()
     await context.abort(status_of(exc), exc.message, trailers_of(exc, context.time_remaining()))
     raise AssertionError("unreachable: grpc.aio's abort raises")

@@ -22,6 +22,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
+from atp_service.edge.calls import Call, CallBook
 from atp_service.edge.errors import abort
 from atp_service.edge.ratelog import RateLimitedLog
 from atp_service.edge.stalls import OpenStreams, StallLimit
@@ -50,7 +51,7 @@ class MalformedRequest(Exception):
 
 def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, bad_requests: Counter,
                 stalls: StallLimit, open_streams: OpenStreams | None = None,
-                lines: RateLimitedLog | None = None) -> None:
+                lines: RateLimitedLog | None = None, calls: CallBook | None = None) -> None:
     """Register ``servicer``'s methods of ``service``, as the generated ``add_..._to_server`` does.
 
     A method the servicer leaves to the generated base class (a sync placeholder, like the aio
@@ -60,14 +61,15 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
     per service, shared by the services it registers; none: this registration's own). Every reply
     of a server stream is written under ``stalls`` (``stream_stall_s``): a caller that stops reading
     does not keep its stream for ever; with ``open_streams``, the service's server streams are
-    bounded in number (the open services')."""
-    handlers, lines = {}, lines or refusal_lines()
+    bounded in number (the open services'). Every call is booked in ``calls`` while it runs (a graceful
+    stop waits for those that can finish, and cuts the stalled ones: ``calls.py``)."""
+    handlers, lines, calls = {}, lines or refusal_lines(), calls or CallBook(0.0)
     for method in service.methods:
         behaviour = getattr(servicer, method.name)
         if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
             if open_streams is not None and method.server_streaming:
                 behaviour = open_streams.bounded(behaviour)
-            handlers[method.name] = _handler(method, behaviour, bad_requests, stalls, lines)
+            handlers[method.name] = _handler(method, behaviour, bad_requests, stalls, lines, calls)
         elif not behaviour.__module__.endswith("_pb2_grpc"):  # our own mistake: say so at start-up
             raise TypeError(f"{service.full_name}/{method.name}: the servicer's method must be async")
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
@@ -81,10 +83,10 @@ def refusal_lines() -> RateLimitedLog:
 
 
 def _handler(method: MethodDescriptor, behaviour: Behaviour, bad_requests: Counter,
-             stalls: StallLimit, lines: RateLimitedLog) -> grpc.RpcMethodHandler[Any, Any]:
+             stalls: StallLimit, lines: RateLimitedLog, calls: CallBook) -> grpc.RpcMethodHandler[Any, Any]:
     parse = _deserializer(method)
     serialize = GetMessageClass(method.output_type).SerializeToString
-    refuse = _Refusal(method.name, bad_requests.labels(method.name), lines)
+    refuse = _Refusal(method.name, bad_requests.labels(method.name), lines, calls)
     if method.client_streaming and method.server_streaming:
         return grpc.stream_stream_rpc_method_handler(_stream_stream(refuse, behaviour, stalls), parse, serialize)
     if method.client_streaming:
@@ -112,10 +114,17 @@ def _deserializer(method: MethodDescriptor) -> Callable[[bytes], Any]:
 class _Refusal:
     """How one method refuses bad bytes: counted, logged (rate-limited), INVALID_ARGUMENT."""
 
-    __slots__ = ("_count", "_lines", "method")
+    __slots__ = ("_calls", "_count", "_lines", "method")
 
-    def __init__(self, method: str, counter: Any, lines: RateLimitedLog) -> None:
-        self.method, self._count, self._lines = method, counter, lines
+    def __init__(self, method: str, counter: Any, lines: RateLimitedLog, calls: CallBook) -> None:
+        self.method, self._count, self._lines, self._calls = method, counter, lines, calls
+
+    async def booked(self, context: Context) -> Call:
+        """The call booked (``calls.py``); one begun once a stop has cut the stalled calls: refused at once."""
+        try:
+            return self._calls.enter(self.method)
+        except DomainError as exc:
+            await abort(context, exc)
 
     async def __call__(self, bad: Malformed, context: Context) -> NoReturn:
         self._count.inc()
@@ -126,9 +135,13 @@ class _Refusal:
 
 def _unary_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
     async def handle(request: Any, context: Context) -> Any:
+        call = await refuse.booked(context)
         if type(request) is Malformed:
             await refuse(request, context)
-        return await behaviour(request, context)
+        try:
+            return await behaviour(request, context)
+        finally:
+            call.write_begun()  # its answer or its status: gRPC writes it once this returns
 
     return handle
 
@@ -143,25 +156,30 @@ def _unary_stream(refuse: _Refusal, behaviour: Behaviour, stalls: StallLimit) ->
         return _unary_unary(refuse, write_itself)
 
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+        call = await refuse.booked(context)
         if type(request) is Malformed:
             await refuse(request, context)
         replies = behaviour(request, context)
         try:
             async for reply in replies:
-                with stalls.writing(refuse.method, context):
+                with stalls.writing(refuse.method, context), call.writing():
                     yield reply
         finally:
             await replies.aclose()  # at once: its finally (drain bookkeeping) must not wait for the GC
+            call.write_begun()  # its status: gRPC writes it once this ends
 
     return handle
 
 
 def _stream_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
     async def handle(requests: AsyncIterator[Any], context: Context) -> Any:
+        call = await refuse.booked(context)
         try:
             return await behaviour(_Checked(requests), context)
         except MalformedRequest as exc:
             await refuse(exc.bad, context)
+        finally:
+            call.write_begun()
 
     return handle
 
@@ -169,15 +187,17 @@ def _stream_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
 def _stream_stream(refuse: _Refusal, behaviour: Behaviour, stalls: StallLimit) -> Behaviour:
     async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         # The servicer answers the messages read before the bad one, then the stream ends with it.
+        call = await refuse.booked(context)
         replies = behaviour(_Checked(requests), context)
         try:
             async for reply in replies:
-                with stalls.writing(refuse.method, context):
+                with stalls.writing(refuse.method, context), call.writing():
                     yield reply
         except MalformedRequest as exc:
             await refuse(exc.bad, context)
         finally:
             await replies.aclose()
+            call.write_begun()
 
     return handle
 

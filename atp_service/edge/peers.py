@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import msgspec
 
+from atp_service.edge.calls import CallBook
 from atp_service.edge.forward import Forwarder
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.edge.record import REFUSAL_LOG_S
@@ -28,10 +29,21 @@ UNANSWERED_LOG_S = 60.0
 sends each pending order's step again every pass while the order waits (``atp_orders_unsettled``)."""
 
 
-def peers_handler(engine: Any) -> grpc.GenericRpcHandler[Any, Any]:
-    """The ``Peers`` service of this process: ``engine()`` is the engine once recovered (None before)."""
+def peers_handler(engine: Any, calls: CallBook) -> grpc.GenericRpcHandler[Any, Any]:
+    """The ``Peers`` service of this process: ``engine()`` is the engine once recovered (None before). Its
+    steps are booked in ``calls``: a stop cutting stalled calls waits for a step to its end (R8)."""
 
     async def step(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        try:
+            call = calls.enter("Step")
+        except Unavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+        try:
+            return await _step(request, context)
+        finally:
+            call.write_begun()
+
+    async def _step(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         running: Engine | None = engine()
         if running is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "service is recovering its state")

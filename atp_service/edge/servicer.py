@@ -16,6 +16,7 @@ from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import EstateUnusable
 from atp_service.edge import convert
 from atp_service.edge.availability import get_availability
+from atp_service.edge.calls import current as current_call
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
 from atp_service.edge.explain import explain_availability
@@ -314,6 +315,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 self._check_batch_size(batch)  # before reading on: nothing after it is decided
                 task = asyncio.ensure_future(self._reserve_batch(batch, owners))
                 task.add_done_callback(exception_seen)  # a caller gone early leaves no "never retrieved"
+                if (call := current_call()) is not None:  # a stop cuts this stream only once it is decided (R8)
+                    call.hold(task)
                 deciding.add(task)
                 task.add_done_callback(deciding.discard)
                 await inflight.put(task)

@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from atp_service.edge.calls import current
 from atp_service.edge.errors import abort
 from atp_service.edge.ratelog import RateLimitedLog
 from atp_service.instruments import Counter
@@ -109,11 +110,17 @@ class _LimitedContext:
         self._limit, self._method, self._context = limit, method, context
 
     async def write(self, reply: Any) -> None:
-        with self._limit.writing(self._method, self._context):
+        with self._limit.writing(self._method, self._context), _writing():
             await self._context.write(reply)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+
+def _writing() -> AbstractContextManager[None]:
+    """The booked call (``calls.py``) waiting on this write meanwhile."""
+    call = current()
+    return nullcontext() if call is None else call.writing()
 
 
 class _Timer:

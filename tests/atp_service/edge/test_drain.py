@@ -290,8 +290,15 @@ async def test_a_health_watch_begun_during_a_stop_is_refused_without_a_status(st
     its calls in progress. Now it is refused UNAVAILABLE SHUTTING_DOWN without a status, as any new call
     is then; a watch open before the stop still gets its NOT_SERVING (the test above)."""
     service, client = await start_service()
-    drain = service._servicer.drain
-    drain.enter()  # a call in progress: the stop waits for it, and serves on meanwhile
+    drain, booked, release = service._servicer.drain, asyncio.Event(), asyncio.Event()
+
+    async def in_progress() -> None:  # a call in progress: the stop waits for it, and serves on meanwhile
+        service._calls.enter("InProgress")
+        booked.set()
+        await release.wait()
+
+    held = asyncio.ensure_future(in_progress())
+    await booked.wait()
     stopping = asyncio.ensure_future(service.stop(grace_s=60))
     try:
         await until(lambda: drain.closing, "the stop begun")
@@ -304,7 +311,8 @@ async def test_a_health_watch_begun_during_a_stop_is_refused_without_a_status(st
         checked = await health.Check(health_pb2.HealthCheckRequest())  # probes are told, as before
         assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
-        drain.leave()
+        release.set()
+        await held
         await asyncio.wait_for(stopping, 15)
 
 
