@@ -127,8 +127,15 @@ class LogReads:
             if not got:
                 raise SnapshotChanged(f"{key} changed while it was read: gone, one of {int(count)} keys")
             raw += got
-        if await self.client.get(count_key) != count:
-            raise SnapshotChanged(f"{count_key} changed while the snapshot was read")
+        # Its count and its first bytes (the header: the checksum of all its keys) as they were: Redis back from
+        # older data in as many keys meanwhile would otherwise join keys of two snapshots, failing the checksum.
+        seen = min(len(raw), _SEEN_AGAIN_BYTES)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(count_key)
+            pipe.getrange(self.keys.snap(shard), 0, max(seen, 1) - 1)
+            count_now, head = await pipe.execute()
+        if count_now != count or head[:seen] != raw[:seen]:
+            raise SnapshotChanged(f"{count_key} or {self.keys.snap(shard)} changed while the snapshot was read")
         return raw
 
     async def _key_bytes(self, key: str, first: bytes | None) -> Any:
