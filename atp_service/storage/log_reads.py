@@ -125,18 +125,26 @@ class LogReads:
             key = self.keys.snap(shard, piece)
             got = await self._key_bytes(key, first if piece == 0 else None)
             if not got:
-                raise SnapshotChanged(f"{key} changed while it was read: gone, one of {int(count)} keys")
+                await self._check_unchanged(shard, count, raw)
+                # Not a change under the read but a key gone for good (deleted by hand, evicted): read again, it
+                # would be missing at every try and the recovery never end.
+                raise SnapshotUnreadable(f"shard {shard}: {key}, one of the {int(count)} keys {count_key} says the "
+                                         "snapshot is in, is missing; restore Redis from a backup")
             raw += got
-        # Its count and its first bytes (the header: the checksum of all its keys) as they were: Redis back from
-        # older data in as many keys meanwhile would otherwise join keys of two snapshots, failing the checksum.
-        seen = min(len(raw), _SEEN_AGAIN_BYTES)
+        await self._check_unchanged(shard, count, raw)
+        return raw
+
+    async def _check_unchanged(self, shard: int, count: bytes, raw: bytearray) -> None:
+        """Its count and its first bytes (the header: the checksum of all its keys) as they were when the read
+        began (``SnapshotChanged`` otherwise): Redis back from older data in as many keys meanwhile would otherwise
+        join keys of two snapshots, failing the checksum."""
+        count_key, seen = self.keys.snap_pieces(shard), min(len(raw), _SEEN_AGAIN_BYTES)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.get(count_key)
             pipe.getrange(self.keys.snap(shard), 0, max(seen, 1) - 1)
             count_now, head = await pipe.execute()
         if count_now != count or head[:seen] != raw[:seen]:
             raise SnapshotChanged(f"{count_key} or {self.keys.snap(shard)} changed while the snapshot was read")
-        return raw
 
     async def _key_bytes(self, key: str, first: bytes | None) -> Any:
         """The value of ``key`` (empty: absent), read a part of ``reply_bytes`` at a time; ``first``: its first

@@ -22,7 +22,7 @@ import redis
 
 from atp_service.storage.log import LogStore
 from atp_service.storage.log_reads import LogReads, SnapshotChanged
-from atp_service.storage.records import sealed_snapshot
+from atp_service.storage.records import SnapshotUnreadable, sealed_snapshot
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
 
@@ -189,3 +189,15 @@ async def test_a_snapshot_in_several_keys_that_changes_between_its_keys_is_read_
     with pytest.raises(SnapshotChanged):
         await store.load_snapshot(0)
     assert await store._snapshot_bytes(0) == older  # read again: what Redis holds now, whole
+
+
+async def test_a_snapshot_key_missing_for_good_is_unreadable_not_read_again_for_ever(
+        store: LogStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One of the keys ``snap-pieces`` names deleted (by hand, evicted): taken for a change under the read
+    (SnapshotChanged, read again), it was missing at every try and the shard's recovery never ended."""
+    monkeypatch.setattr(LogReads, "reply_bytes", PART)
+    await store.submit(0, 1, b"e")
+    await store.write_snapshot(0, 1, os.urandom(5 * PART), part_bytes=PART, piece_bytes=2 * PART)
+    await store.client.delete(store.keys.snap(0, 1))
+    with pytest.raises(SnapshotUnreadable, match=r"snap:1.*is missing"):
+        await store.load_snapshot(0)
