@@ -13,10 +13,42 @@ import asyncio
 import contextlib
 
 from atp_service.channels.estate import Channel
-from reservation import Feed, Key, Published
+from reservation import Feed, FeedPolicy, Key, Published
 
 Stored = tuple[dict[Key, Published], int]
 """What ``ChannelStore.load`` read of a channel: its published values, its newest version."""
+
+VERSIONS_PER_MS = 1000
+"""A run's first version is at least its start's clock time in ms times this: its time in microseconds
+(below 2^53, exact in a JSON number and in Redis's Lua, until the year 2255)."""
+
+
+def run_first_version(newest: int, now_ms: int) -> int:
+    """The first version a feed read from Redis hands out (C3): above ``newest`` (what Redis holds) and above
+    every version handed out before this start, also those Redis lost since (a restart from an older AOF or
+    RDB, a failover to a replica behind its primary): its clock floor passes them while the clock does not go
+    back and no run handed out more than ``VERSIONS_PER_MS`` versions a ms on average since its own start."""
+    return max(newest + 1, now_ms * VERSIONS_PER_MS)
+
+
+class RunFeed(Feed):
+    """A channel's feed in this run of the service: its versions begin at ``first``, after ``resumed_from``,
+    the newest Redis held at the start (one run's versions have no gaps; between runs they jump)."""
+
+    def __init__(self, channel: str, policy: FeedPolicy, now_ms: int, published: dict[Key, Published],
+                 newest: int) -> None:
+        self.first = run_first_version(newest, now_ms)
+        super().__init__(channel, policy, now_ms, published, self.first - 1)
+        self.resumed_from = self.published_version = newest  # a snapshot before the run's first write
+
+
+def version_after(feed: Feed, version: int) -> int:
+    """The version that follows ``version`` in ``feed``'s channel: the next one, or the run's first after the
+    newest it resumed from. A subscriber between the two saw versions Redis lost, whose values this run may
+    never correct: it must re-snapshot."""
+    if isinstance(feed, RunFeed) and version == feed.resumed_from:
+        return feed.first
+    return version + 1
 
 
 def known_feeds(current: dict[str, Feed], retired: dict[str, Feed]) -> dict[str, Feed]:
@@ -43,7 +75,7 @@ def next_feeds(channels: dict[str, Channel], known: dict[str, Feed], stored: dic
             feeds[name] = old
         else:
             published, version = stored[name]
-            feeds[name] = feed = Feed(name, channel.policy, now_ms, published, version)
+            feeds[name] = feed = RunFeed(name, channel.policy, now_ms, published, version)
             feed.held_until = now_ms + channel.policy.throttle_ms  # C2: its keys' last intervals were another's
             if published:  # C2: what the bucket had left is not known either; full, a restart gave a burst again
                 feed.bucket.tokens = 0.0

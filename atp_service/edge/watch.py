@@ -17,10 +17,11 @@ from typing import cast
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.desk import ChannelDesk
+from atp_service.channels.feeds import version_after
 from atp_service.instruments import Counter
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import STORAGE_ERRORS, TIMEOUTS
-from reservation import ChannelUpdate, Key, Published, Reason, ResourceExhausted, StockStatus, Unavailable
+from reservation import ChannelUpdate, Feed, Key, Published, Reason, ResourceExhausted, StockStatus, Unavailable
 
 Response = pb.WatchAvailabilityResponse
 _STATUS = {s: cast(pb.StockStatus, pb.StockStatus.Value(f"STOCK_STATUS_{s.value}")) for s in StockStatus}
@@ -120,9 +121,10 @@ class Watchers:
 
     async def _changes(self, desk: ChannelDesk, channel: str, since: int) -> AsyncIterator[Response]:
         """The stream's updates after ``since``, while versions follow on one from the next (C3), and only
-        those the desk has confirmed (C4). A channel's versions have no gaps (``Feed.give_back`` reuses those
-        that did not land), so a version past the next one means updates this watch can never be sent:
-        trimmed, or lost by a Redis behind the desk, which then went on above them. The watch ends
+        those the desk has confirmed (C4). A run's versions have no gaps (``Feed.give_back`` reuses those
+        that did not land), and a start's jump is crossed only from the newest Redis held then (``version_after``),
+        so a version past the next one means updates this watch can never be sent: trimmed, or lost by a Redis
+        behind the desk, which then went on above them (or a start above them). The watch ends
         RESNAPSHOT_REQUIRED there, never skipping them in silence (a stock-out among them would stay unknown)."""
         while True:
             # A channel a reload removed is written no more: its watch ends NotFound, naming it, as
@@ -131,14 +133,13 @@ class Watchers:
             desk.channel(channel)
             updates = await _read_after(desk, channel, since, self.batch)
             confirmed = desk.confirmations.next()
-            following = 0
-            while following < len(updates) and updates[following].version == since + 1 + following:
-                following += 1
             # C4: an entry above what the desk published is a write not settled yet: on a primary whose
             # replicas lack it (redis_wait_replicas), lost with it in a failover, and its versions then
             # written again with other values. Sent, a watch resumed after them skipped those (a stock-out).
             desk.channel(channel)  # a reload may have removed it during the read: NotFound, not a KeyError
-            shown, published = following, desk.feeds[channel].published_version
+            feed = desk.feeds[channel]
+            following = _following(feed, since, updates)
+            shown, published = following, feed.published_version
             while shown and updates[shown - 1].version > published:
                 shown -= 1
             if shown:
@@ -165,6 +166,16 @@ class Watchers:
                 u.event_time.FromMilliseconds(p.event_time)
             u.status = _STATUS[status(p.quantity)]
         return out
+
+
+def _following(feed: Feed, since: int, updates: list[ChannelUpdate]) -> int:
+    """How many of ``updates`` follow on from ``since`` without a gap (C3): one version after the other, and across
+    a start only from the newest Redis held then (``version_after``)."""
+    following, last = 0, since
+    while following < len(updates) and updates[following].version == version_after(feed, last):
+        last = updates[following].version
+        following += 1
+    return following
 
 
 async def _read_after(desk: ChannelDesk, channel: str, since: int, batch: int) -> list[ChannelUpdate]:

@@ -21,6 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from atp_client import AtpClient, RetryPolicy
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
+from atp_service.channels.feeds import VERSIONS_PER_MS
 from atp_service.storage.channel_wire import state_entry
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.tasks import cancel_and_wait
@@ -95,7 +96,8 @@ async def test_a_watch_resumed_after_a_failover_sees_what_replaced_a_write_the_r
         skus = [f"S{i}" for i in range(200)  # their shards' logs on other primaries: their writes stay confirmed
                 if _port_of(finder, f"atp:{{g{place(f'S{i}')}}}:log") != avail_port][:2]
         await client.record_events([fact(f"c-{sku}", "COUNT", sku, "store-1", 40, T0) for sku in skus])
-        await until(lambda: feed.published_version >= 2 and not feed.in_flight, "both counts published", 30)
+        second = T0 * VERSIONS_PER_MS + 1  # the start's first version is its clock's floor (C3)
+        await until(lambda: feed.published_version >= second and not feed.in_flight, "both counts published", 30)
         start = feed.published_version
         follower = Follower(start)
         watching = asyncio.ensure_future(follower.follow(

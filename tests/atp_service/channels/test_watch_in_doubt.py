@@ -13,6 +13,7 @@ import redis
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ManualClock
+from atp_service.channels.feeds import VERSIONS_PER_MS
 from tests.atp_service.channel_helpers import fact, one_dc_market, write_estate
 from tests.atp_service.storage.test_replicated_writes import _until_in_sync, primary_and_replica
 from tests.conftest import test_config as make_config
@@ -20,6 +21,8 @@ from tests.waiting import until
 
 __all__ = ["primary_and_replica"]  # the fixture, used by name
 T = 1_700_000_000_000
+V0 = T * VERSIONS_PER_MS - 1
+"""The version before the first this start hands out (C3: a start's versions begin at its clock's floor)."""
 THROTTLE_MS = 60_000
 FENCES_FAILED = 8
 """Tries of the settle's fence that fail before the replica comes back (its backoff: about 5 s)."""
@@ -47,7 +50,7 @@ async def test_a_watch_waiting_on_a_write_in_doubt_reads_the_stream_again_only_o
         assert service.channels is not None
         desk, feed = service.channels, service.channels.feeds["market"]
         await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)])
-        await until(lambda: feed.published_version == 1 and not feed.in_flight, "the baseline published", 30)
+        await until(lambda: feed.published_version == V0 + 1 and not feed.in_flight, "the baseline published", 30)
         await client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 10, T + 1)])  # durable: the replica is up
         await until(lambda: feed.pending, "the change waiting for its throttle interval", 30)
         call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market"))
@@ -60,13 +63,13 @@ async def test_a_watch_waiting_on_a_write_in_doubt_reads_the_stream_again_only_o
         reads = _reads(primary.port)
         await until(lambda: sum(s.value for m in failures.collect() for s in m.samples if s.name.endswith("_total"))
                     >= before + FENCES_FAILED, "the settle's fence failing while the replica is away", 60)
-        assert feed.in_flight and feed.published_version == 1, "nothing confirmed meanwhile"
+        assert feed.in_flight and feed.published_version == V0 + 1, "nothing confirmed meanwhile"
         # At most the read that found the entry: nothing the desk confirmed or settled since.
         assert _reads(primary.port) - reads <= 1
         replica.start()
         _until_in_sync(replica)
         message = await asyncio.wait_for(call.read(), 30)  # settled: landed, published, and sent
-        assert message.kind == pb.WatchAvailabilityResponse.KIND_CHANGES and message.version == 2
+        assert message.kind == pb.WatchAvailabilityResponse.KIND_CHANGES and message.version == V0 + 2
         assert [(u.sku, u.quantity) for u in message.updates] == [("sku-a", 30)]
         call.cancel()
     finally:

@@ -14,6 +14,7 @@ import pytest
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ManualClock
+from atp_service.channels.feeds import VERSIONS_PER_MS
 from tests.atp_service.channel_helpers import fact, one_dc_market, write_estate
 from tests.atp_service.storage.test_replicated_writes import _until_in_sync, primary_and_replica
 from tests.conftest import test_config as make_config
@@ -21,6 +22,8 @@ from tests.waiting import until
 
 __all__ = ["primary_and_replica"]  # the fixture, used by name
 T = 1_700_000_000_000
+V0 = T * VERSIONS_PER_MS - 1
+"""The version before the first this start hands out (C3: a start's versions begin at its clock's floor)."""
 THROTTLE_MS = 60_000
 LIMIT = 3
 ROUNDS = 10
@@ -40,7 +43,7 @@ async def test_watches_cancelled_while_waiting_on_a_write_in_doubt_give_their_pl
         desk, feed = service.channels, service.channels.feeds["market"]
         watchers = service._servicer._watchers
         await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)])
-        await until(lambda: feed.published_version == 1 and not feed.in_flight, "the baseline published", 30)
+        await until(lambda: feed.published_version == V0 + 1 and not feed.in_flight, "the baseline published", 30)
         await client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 10, T + 1)])
         await until(lambda: feed.pending, "the change waiting for its throttle interval", 30)
         replica.stop()
@@ -52,20 +55,20 @@ async def test_watches_cancelled_while_waiting_on_a_write_in_doubt_give_their_pl
             return len(desk.confirmations.next()._waiters or ())  # watches waiting for the desk to settle
 
         for n in range(ROUNDS):
-            calls = [client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=1))
+            calls = [client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=V0 + 1))
                      for _ in range(LIMIT)]
             await until(lambda: waiting() == LIMIT and watchers.open == LIMIT, f"round {n}: every watch waiting", 30)
-            assert feed.in_flight and feed.published_version == 1
+            assert feed.in_flight and feed.published_version == V0 + 1
             for call in calls:
                 call.cancel()
             await until(lambda: watchers.open == 0 and waiting() == 0, f"round {n}: every place given back", 20)
         replica.start()
         _until_in_sync(replica)
-        calls = [client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=1))
+        calls = [client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=V0 + 1))
                  for _ in range(LIMIT)]
         for call in calls:  # the limit, exactly; each told the change once it is settled
             message = await asyncio.wait_for(call.read(), 30)
-            assert message.kind == pb.WatchAvailabilityResponse.KIND_CHANGES and message.version == 2
+            assert message.kind == pb.WatchAvailabilityResponse.KIND_CHANGES and message.version == V0 + 2
         refused = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market"))
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await refused.read()

@@ -13,6 +13,7 @@ from pathlib import Path
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, EmbeddedRedis, ManualClock
+from atp_service.channels.feeds import VERSIONS_PER_MS
 from atp_service.storage.channel_store import _FENCE, _WRITE
 from tests.atp_service.channel_helpers import fact, one_dc_market, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy
@@ -20,6 +21,8 @@ from tests.conftest import test_config as make_config
 from tests.waiting import until
 
 T = 1_700_000_000_000
+V0 = T * VERSIONS_PER_MS - 1
+"""The version before the first this start hands out (C3: a start's versions begin at its clock's floor)."""
 WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
 FENCE_SHA = hashlib.sha1(_FENCE.encode()).hexdigest().encode()
 Kind = pb.WatchAvailabilityResponse
@@ -38,7 +41,7 @@ async def test_a_watch_sends_only_what_landed_and_was_confirmed_in_order_C4(
         feed = desk.feeds["market"]
         client = AtpClient(f"127.0.0.1:{service.port}")
         await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 100, T)])
-        await until(lambda: feed.published_version == 1 and not feed.in_flight, "the baseline published")
+        await until(lambda: feed.published_version == V0 + 1 and not feed.in_flight, "the baseline published")
         call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
         while (await call.read()).kind != Kind.KIND_SNAPSHOT_END:
             pass
@@ -64,13 +67,13 @@ async def test_a_watch_sends_only_what_landed_and_was_confirmed_in_order_C4(
         proxy.cut(proxy.held[0])
         proxy.hold()
         proxy.drop()
-        await until(lambda: feed.published_version == 2 and not feed.in_flight, "(1) written again")
+        await until(lambda: feed.published_version == V0 + 2 and not feed.in_flight, "(1) written again")
         # (2) lands after the settle's fence: refused, nothing more in the stream
         await write_held(WRITE_SHA)
         late = proxy.held[0]
         proxy.cut(late)
         proxy.hold()
-        await until(lambda: feed.published_version == 3 and not feed.in_flight, "(2) settled and written again")
+        await until(lambda: feed.published_version == V0 + 3 and not feed.in_flight, "(2) settled and written again")
         reply = await proxy.land(late)
         assert reply.startswith(b"-"), reply  # fenced: it changed nothing
         # (3) lands before the fence: in the stream above what the desk published until the settle confirms it
@@ -79,17 +82,17 @@ async def test_a_watch_sends_only_what_landed_and_was_confirmed_in_order_C4(
         proxy.cut(write)
         await until(lambda: any(h.marker == FENCE_SHA for h in proxy.held), "(3) the settle's fence held")
         await proxy.land(write)  # its answer goes nowhere: the client cut it
-        assert (await stream_updates(redis_url, "market"))[-1].version == 4
-        assert feed.published_version == 3 and feed.in_flight  # in the stream, not confirmed
+        assert (await stream_updates(redis_url, "market"))[-1].version == V0 + 4
+        assert feed.published_version == V0 + 3 and feed.in_flight  # in the stream, not confirmed
         # The watch read it, and holds it until the desk settles the write (C4): nothing sent of it meanwhile.
         await until(lambda: len(desk.confirmations.next()._waiters or ()) == 1, "(3) the watch holding it back")
-        assert all(v <= 3 for v, *_ in sent)
+        assert all(v <= V0 + 3 for v, *_ in sent)
         proxy.hold()
         await proxy.land(next(h for h in proxy.held if h.marker == FENCE_SHA))
-        await until(lambda: feed.published_version == 4 and not feed.in_flight, "(3) settled: landed")
+        await until(lambda: feed.published_version == V0 + 4 and not feed.in_flight, "(3) settled: landed")
         n = next(sale)  # and an ordinary write after it all
         await client.record_events([fact(f"s{n}", "SALE", "sku-a", "dc-1", 1, T + n)])
-        await until(lambda: feed.published_version == 5 and not feed.in_flight, "a write after it all")
+        await until(lambda: feed.published_version == V0 + 5 and not feed.in_flight, "a write after it all")
 
         stream = await stream_updates(redis_url, "market")
         await until(lambda: len(sent) >= len(stream) - 1, "the watch told every change", 20)

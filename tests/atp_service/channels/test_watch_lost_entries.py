@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
 from tests.conftest import ServiceFactory
 
@@ -76,3 +77,40 @@ async def test_a_snapshot_taken_while_the_stream_lost_its_newest_entries_is_foll
     call.cancel()
     assert message.kind == Kind.KIND_CHANGES, message
     assert [(u.sku, u.quantity, u.version) for u in message.updates] == [("sku-9", 0, updates[-1].version + 1)]
+
+
+async def test_versions_a_restart_on_older_data_hands_out_are_new_and_a_subscriber_past_them_resnapshots_C3(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """Defect: Redis back from older data (a restart from an older AOF or RDB, a failover to a lagging replica)
+    and the service restarted on it, the desk's versions went on above the newest Redis held — versions it had
+    handed out before, now with other values. A subscriber that had seen one of the lost ones resumed, was fed
+    the new ones as if they followed on, and kept the lost stock-out (or any lost value) for good. Now each
+    start's versions begin above any handed out before (the clock's floor): the subscriber is told to
+    re-snapshot, one at exactly the newest Redis held goes on across the jump, and the new versions are above
+    every old one (C3)."""
+    estate = write_estate(tmp_path)
+    service, client = await start_service(clock=clock, estate=estate)
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(10)])
+    kept = (await wait_for_updates(redis_url, "market", 10))[-1].version
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        image = await saved(direct)
+        await client.record_events([fact(f"s{n}", "SALE", f"sku-{n}", "dc-1", 5 + n, T + 1) for n in (3, 4)])
+        lost = (await wait_for_updates(redis_url, "market", 12))[-2:]
+        await service.stop(grace_s=0.1)
+        await restored(direct, image)  # the two stock-outs are gone, the facts behind them too
+    finally:
+        await direct.aclose()
+    clock.advance(1000)  # the restart takes a second
+    _service, client = await start_service(clock=clock, estate=estate)
+    await client.record_events([fact(f"t{n}", "SALE", f"sku-{n}", "dc-1", 5 + n, T + 2) for n in (5, 6)])
+    new = (await wait_for_updates(redis_url, "market", 12))[-2:]
+    past = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=lost[0].version))
+    at_kept = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=kept))
+    message, across = await _first_message(past), await _first_message(at_kept)
+    past.cancel()
+    at_kept.cancel()
+    assert message.kind == Kind.KIND_RESNAPSHOT_REQUIRED, message
+    assert across.kind == Kind.KIND_CHANGES, across
+    assert [(u.sku, u.quantity, u.version) for u in across.updates] == [(u.sku, 0, u.version) for u in new]
+    assert min(u.version for u in new) > max(u.version for u in lost)  # never a version handed out before
