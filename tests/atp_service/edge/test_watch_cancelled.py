@@ -16,6 +16,7 @@ import pytest
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from atp_service.channels.feeds import VERSIONS_PER_MS
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.conftest import ServiceFactory
 from tests.waiting import until
@@ -28,7 +29,8 @@ Kind = pb.WatchAvailabilityResponse
 
 
 async def _open(client: AtpClient, way: str) -> Any:
-    request = pb.WatchAvailabilityRequest(channel="pickup", snapshot=way != "since", since_version=1)
+    since = T * VERSIONS_PER_MS  # the start's first version (C3: its clock's floor), in the stream
+    request = pb.WatchAvailabilityRequest(channel="pickup", snapshot=way != "since", since_version=since)
     call = client.stub.WatchAvailability(request, timeout=3.0 if way == "deadline" else None)
     if way == "snapshot":
         assert (await call.read()).kind == Kind.KIND_SNAPSHOT
