@@ -9,8 +9,9 @@ dead-lettered alone with its reason; the rest of its batch counts as delivered).
 acknowledged only once settled (delivered, superseded, skipped or dead-lettered), together with
 the delivered versions, in one script call that checks the delivery lease's token (``_lease``).
 
-Nothing trimmed is skipped: versions have no gaps, so entries this group never read, or read and
-left pending, that the stream's trimming (``stream_maxlen``) removed are known by their versions,
+Nothing trimmed is skipped: versions have no gaps within a run of the service, and a run's first entry
+names the version it follows (the service's start jumps its versions, C3), so entries this group never
+read, or read and left pending, that the stream's trimming (``stream_maxlen``) removed are known by their versions,
 and the newest value of each of their keys is delivered from the channel's state hash instead
 (``_state_resync``: its stock-outs first, a step at a time with a read of the stream between steps).
 
@@ -40,7 +41,7 @@ from ._delivery import Adapter, DeliveryError, backoff_s
 from ._holding import Halted, Holding, unless_halted
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
-from ._reading import Reader
+from ._reading import Reader, gap_before, link_of
 from ._redeliver import Redelivery
 from ._replicas import Replicas
 from ._startup import refuse_evicting_redis
@@ -198,8 +199,9 @@ class Publisher:
                 # in Redis by the read itself (``_reading``: a kill after it loses nothing, C4). Measured, as
                 # there, from the lower of this position and the group's: another name's late read may have
                 # taken the group past a gap only that reader's mark owes, which no pass looks at again.
-                self._position = min(self._position, seq_of(new.after))
-                await self._note_gap(seq_of(entries[0][0]), new.mark)
+                mine = self._position
+                self._position = min(mine, seq_of(new.after))
+                await self._note_gap(seq_of(entries[0][0]), link_of(entries[0][1]), new.mark, mine)
                 self._position = seq_of(entries[-1][0])
         out = _Read([], [])
         for entry_id, fields in entries:
@@ -276,29 +278,31 @@ class Publisher:
         info = await stream_info(self.client, self.config.stream)
         if info is not None:  # None: the stream deleted: the read that follows makes the group again
             first = info.get("first-entry")
-            await self._note_gap(seq_of(first[0]) if first else seq_of(info["last-generated-id"]) + 1)
+            if first:
+                await self._note_gap(seq_of(first[0]), link_of(first[1] or {}))
+            else:
+                await self._note_gap(seq_of(info["last-generated-id"]) + 1)
         return await self._gap_step()
 
-    async def _note_gap(self, version: int, mark: int = 0) -> None:
-        """Versions come without gaps: one beyond the next this group reads means those between were
-        trimmed unread. Their keys' newest values, if still among them, are delivered from the state
-        hash a step at a time, the stream read between steps (C2: all at once, they held a stock-out
-        read meanwhile behind every one of them). The group reads past them meanwhile, so a resync of
-        every key is owed durably until they are delivered (C4: a stop or crash half-way leaves them
-        to the next start). A gap found while one is caught up: the sweep starts again with both.
-        ``mark``: the value the read that found it raised the mark to (0: raised here)."""
-        after = self._position
-        if version <= after + 1:
-            return
-        await self._owe([(after + 1, version - 1)], f"versions {after + 1} to {version - 1}", mark)
-        self._position = version - 1
+    async def _note_gap(self, version: int, follows: int | None = None, mark: int = 0, mine: int | None = None) -> None:
+        """The versions this group missed before ``version`` (``gap_before``: trimmed unread, or lost by Redis)
+        owed: their keys' newest values, if still among them, delivered from the state hash a step at a time,
+        the stream read between steps (C2: all at once, they held a stock-out read meanwhile behind every one of
+        them). The group reads past them meanwhile, so a resync of every key is owed durably until they are
+        delivered (C4: a stop or crash half-way leaves them to the next start). A gap found while one is caught
+        up: the sweep starts again with both. ``mark``: the value the read that found it raised the mark to."""
+        gap = gap_before(version, follows, self._position, mine)
+        if gap is not None:
+            what = f"versions {gap.owed[0]} to {gap.owed[1]}"
+            await self._owe([gap.owed], what, mark, gap.lost_said(self.config.stream, self.config.group, version))
+            self._position = gap.position
 
-    async def _owe(self, versions: list[tuple[int, int]], what: str, mark: int = 0) -> None:
+    async def _owe(self, versions: list[tuple[int, int]], what: str, mark: int = 0, why: str = "") -> None:
         """``versions`` (first, last) trimmed before this group delivered them (a gap; pending entries a
-        takeover found trimmed, ``_claim``) joined, flat (``Owed``), to the sweep under way, which
-        starts again. ``mark``: the value raised for them already."""
+        takeover found trimmed, ``_claim``; ``why``: or lost by Redis) joined, flat (``Owed``), to the sweep
+        under way, which starts again. ``mark``: the value raised for them already."""
         log.warning("%s: %s; delivering their keys' newest values from the channel's state hash", self.config.channel,
-                    self._trimmed(what))
+                    why or self._trimmed(what))
         await self._redelivery.owe_every_key(mark)  # each gap: the mark may have been settled by a pass since the last
         self._gap = sweep_owing(self._gap, versions)
 

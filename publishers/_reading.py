@@ -1,8 +1,11 @@
 """New entries of the channel stream read into the group, and a gap before them owed, in one step.
 
-Versions come without gaps: a read of new entries whose first is more than one past the group's
-position means those between were trimmed unread (between the look at the stream's first entry and
-the read, or while the read waited). ``XREADGROUP`` moves the group past them in Redis as it
+Versions come without gaps within a run of the service: a read of new entries whose first is more
+than one past the group's position means those between were trimmed unread (between the look at the
+stream's first entry and the read, or while the read waited). Between runs they jump, and a run's first
+entry names the version it follows (``follows``: the newest Redis held at the start): from exactly that
+version the jump is no gap; from another, the versions between were trimmed unread, or (the reader past
+it) lost by Redis. ``XREADGROUP`` moves the group past them in Redis as it
 answers, so nothing but the mark of a resync of every key (``redeliver-all``) says they are owed.
 Raised by a second call after the reply, a publisher killed (``kill -9``, an OOM kill, its node
 lost) between the two left the group past the gap and nothing owed: the next start found no gap,
@@ -26,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from atp_service.storage.channel_wire import follows_of
 from atp_service.storage.resp import as_text
 
 from ._config import PublisherConfig
@@ -43,16 +47,25 @@ if redis.call('exists', KEYS[1]) == 1 then
 end
 local reply = redis.call('xreadgroup', 'group', ARGV[1], ARGV[2], 'count', ARGV[3], 'streams', KEYS[1], '>')
 local entries, mark = (reply and reply[1][2]) or {}, 0
-local from = math.min(tonumber(string.match(after, '^%d+')), tonumber(ARGV[4]))
-if #entries > 0 and tonumber(string.match(entries[1][1], '^%d+')) > from + 1 then
-  mark = redis.call('incr', KEYS[2])
+local own = tonumber(ARGV[4])
+local from = math.min(tonumber(string.match(after, '^%d+')), own)
+if #entries > 0 then
+  local fields, follows = entries[1][2], nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 'follows' then follows = tonumber(fields[i + 1]) end
+  end
+  local gap
+  if follows then gap = follows ~= from or own > from
+  else gap = tonumber(string.match(entries[1][1], '^%d+')) > from + 1 end
+  if gap then mark = redis.call('incr', KEYS[2]) end
 end
 return {after, entries, mark}
 """
 """The group's position before the read (``last-delivered-id``), the new entries read (``XREADGROUP
 ... >``: NOGROUP where the stream or group is gone, as outside a script), and the mark's new value
-when the first is past the version after the lower of that position and the reader's (``ARGV[4]``;
-0: no gap)."""
+when the first does not follow on from the lower of that position and the reader's (``ARGV[4]``; 0: no
+gap): it is past the version after it, or it is a start's first entry (``follows``) linked to another
+version, or to one below the reader's own (which read versions Redis has since lost)."""
 
 
 @dataclass(slots=True)
@@ -63,6 +76,51 @@ class New:
     """(entry id, fields) of each entry read, in stream order."""
     mark: int
     """The value the read raised the mark of a resync of every key to (a gap before the entries); 0: none."""
+
+
+@dataclass(slots=True)
+class Gap:
+    owed: tuple[int, int]
+    """The versions (first, last) whose keys' newest values are owed from the state hash."""
+    position: int
+    """The reader's position once they are owed: the entry that found the gap follows on from it."""
+    lost: tuple[int, int] | None = None
+    """Versions (first, last) the reader read that Redis has since lost; None: only trimmed unread."""
+
+    def lost_said(self, stream: str, group: str, version: int) -> str:
+        """The log's words for a real loss ("": none)."""
+        if self.lost is None:
+            return ""
+        return (f"versions {self.lost[0]} to {self.lost[1]} that group {group} read are no longer in {stream}: Redis "
+                "lost them (restored from older data, or a failover to a replica behind its primary) and the service "
+                f"started again above them at {version}")
+
+
+def gap_before(version: int, follows: int | None, after: int, mine: int | None = None) -> Gap | None:
+    """What a reader at ``after`` (the lower of the group's position and its own, ``mine``) missed before the entry of
+    ``version``, the first it reads (``follows``: the version it says it follows, a run's first entry). Within a
+    run versions come without gaps: one past the next means those between were trimmed unread. A run's first
+    entry follows exactly the newest version Redis held at the start, across the jump: no gap from there; from
+    below it the versions up to it were trimmed unread; a reader past it (``own``) read versions Redis has since
+    lost (restored from older data, a failover to a replica behind its primary), whose values the new run may
+    never correct: a real loss, owed and told as a gap is. None: nothing missed."""
+    own = after if mine is None else max(mine, after)
+    if follows is None:
+        return Gap((after + 1, version - 1), version - 1) if version > after + 1 else None
+    if version <= after or follows == after == own:  # read already; or the start's jump, from exactly here
+        return None
+    if follows < own:
+        return Gap((after + 1, version - 1), follows, lost=(follows + 1, own))
+    return Gap((after + 1, follows), follows)
+
+
+def link_of(fields: Any) -> int | None:
+    """The version an entry says it follows (None: none, or not a version: a foreign entry, read as one
+    without it, as ``READ_NEW`` does)."""
+    try:
+        return follows_of(fields)
+    except ValueError:
+        return None
 
 
 class Reader:

@@ -61,7 +61,6 @@ class Published(msgspec.Struct, array_like=True, gc=False):
 
 class ChannelUpdate(msgspec.Struct, gc=False):
     """One published value (C3) with its status and the value it replaces."""
-
     channel: str
     sku: str
     location: str
@@ -74,6 +73,7 @@ class ChannelUpdate(msgspec.Struct, gc=False):
     durable_at: int
     """When the change behind it was durable (the oldest one coalesced; a stock-out's own)."""
     published_at: int = 0
+    follows: int | None = None  # a run's first value: the version it follows, across the start's jump (C3)
 
     @property
     def key(self) -> Key:

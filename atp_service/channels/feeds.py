@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 
 from atp_service.channels.estate import Channel
-from reservation import Feed, FeedPolicy, Key, Published
+from reservation import ChannelUpdate, Feed, FeedPolicy, Key, Published
 
 Stored = tuple[dict[Key, Published], int]
 """What ``ChannelStore.load`` read of a channel: its published values, its newest version."""
@@ -33,7 +33,9 @@ def run_first_version(newest: int, now_ms: int) -> int:
 
 class RunFeed(Feed):
     """A channel's feed in this run of the service: its versions begin at ``first``, after ``resumed_from``,
-    the newest Redis held at the start (one run's versions have no gaps; between runs they jump)."""
+    the newest Redis held at the start (one run's versions have no gaps; between runs they jump). The update of
+    version ``first`` says so in the stream (``ChannelUpdate.follows``, the entry's ``follows`` field): a
+    reader at exactly ``resumed_from`` goes on across the jump, any other is told it missed versions."""
 
     def __init__(self, channel: str, policy: FeedPolicy, now_ms: int, published: dict[Key, Published],
                  newest: int) -> None:
@@ -41,14 +43,12 @@ class RunFeed(Feed):
         super().__init__(channel, policy, now_ms, published, self.first - 1)
         self.resumed_from = self.published_version = newest  # a snapshot before the run's first write
 
-
-def version_after(feed: Feed, version: int) -> int:
-    """The version that follows ``version`` in ``feed``'s channel: the next one, or the run's first after the
-    newest it resumed from. A subscriber between the two saw versions Redis lost, whose values this run may
-    never correct: it must re-snapshot."""
-    if isinstance(feed, RunFeed) and version == feed.resumed_from:
-        return feed.first
-    return version + 1
+    def take(self, now_ms: int, limit: int, urgent_only: bool = False) -> list[ChannelUpdate]:
+        updates = super().take(now_ms, limit, urgent_only)
+        for u in updates:  # the run's first: taken again after a write that did not land (``give_back``)
+            if u.version == self.first:
+                u.follows = self.resumed_from
+        return updates
 
 
 def known_feeds(current: dict[str, Feed], retired: dict[str, Feed]) -> dict[str, Feed]:

@@ -17,11 +17,11 @@ from typing import cast
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.desk import ChannelDesk
-from atp_service.channels.feeds import version_after
 from atp_service.instruments import Counter
 from atp_service.metrics import EngineMetrics
+from atp_service.storage.channel_wire import follows_on
 from atp_service.storage.durability import STORAGE_ERRORS, TIMEOUTS
-from reservation import ChannelUpdate, Feed, Key, Published, Reason, ResourceExhausted, StockStatus, Unavailable
+from reservation import ChannelUpdate, Key, Published, Reason, ResourceExhausted, StockStatus, Unavailable
 
 Response = pb.WatchAvailabilityResponse
 _STATUS = {s: cast(pb.StockStatus, pb.StockStatus.Value(f"STOCK_STATUS_{s.value}")) for s in StockStatus}
@@ -122,9 +122,10 @@ class Watchers:
     async def _changes(self, desk: ChannelDesk, channel: str, since: int) -> AsyncIterator[Response]:
         """The stream's updates after ``since``, while versions follow on one from the next (C3), and only
         those the desk has confirmed (C4). A run's versions have no gaps (``Feed.give_back`` reuses those
-        that did not land), and a start's jump is crossed only from the newest Redis held then (``version_after``),
-        so a version past the next one means updates this watch can never be sent: trimmed, or lost by a Redis
-        behind the desk, which then went on above them (or a start above them). The watch ends
+        that did not land), and a start's jump is crossed only from the version its first entry says it follows,
+        the newest Redis held then (``follows_on``), so any other version means updates this watch can never be
+        sent: trimmed, or lost by a Redis behind the desk, which then went on above them (or a start above
+        them). The watch ends
         RESNAPSHOT_REQUIRED there, never skipping them in silence (a stock-out among them would stay unknown)."""
         while True:
             # A channel a reload removed is written no more: its watch ends NotFound, naming it, as
@@ -137,9 +138,8 @@ class Watchers:
             # replicas lack it (redis_wait_replicas), lost with it in a failover, and its versions then
             # written again with other values. Sent, a watch resumed after them skipped those (a stock-out).
             desk.channel(channel)  # a reload may have removed it during the read: NotFound, not a KeyError
-            feed = desk.feeds[channel]
-            following = _following(feed, since, updates)
-            shown, published = following, feed.published_version
+            following = _following(since, updates)
+            shown, published = following, desk.feeds[channel].published_version
             while shown and updates[shown - 1].version > published:
                 shown -= 1
             if shown:
@@ -168,11 +168,11 @@ class Watchers:
         return out
 
 
-def _following(feed: Feed, since: int, updates: list[ChannelUpdate]) -> int:
+def _following(since: int, updates: list[ChannelUpdate]) -> int:
     """How many of ``updates`` follow on from ``since`` without a gap (C3): one version after the other, and across
-    a start only from the newest Redis held then (``version_after``)."""
+    a start only from the version the start's first entry says it follows (``follows_on``)."""
     following, last = 0, since
-    while following < len(updates) and updates[following].version == version_after(feed, last):
+    while following < len(updates) and follows_on(updates[following].version, updates[following].follows, last):
         last = updates[following].version
         following += 1
     return following

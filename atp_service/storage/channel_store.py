@@ -26,11 +26,14 @@ from redis.exceptions import RedisError, ResponseError
 
 from atp_service.logs import noted_now_and_then
 from atp_service.storage.channel_wire import (
+    FOLLOWS_ARG,
     LOCATION_ARG,
     SKU_ARG,
     STATE_ARG,
     STATE_SEP,
     VERSION_ARG,
+    follows_of,
+    follows_on,
     from_fields,
     script_item,
     state_entry,
@@ -90,7 +93,11 @@ for c = 0, n - 1 do
   local maxlen, channel = ARGV[3 * c + 3], ARGV[3 * c + 4]
   local fields = {}
   for i, u in ipairs(batches[c + 1]) do
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[$VERSION] .. '-0', $XADD_FIELDS)
+    if u[$FOLLOWS] == '' then
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[$VERSION] .. '-0', $XADD_FIELDS)
+    else  -- a run's first entry: the version it follows (channel_wire.FOLLOWS)
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[$VERSION] .. '-0', $XADD_LINKED)
+    end
     fields[#fields + 1] = u[$SKU] .. '$SEP' .. u[$LOCATION]
     fields[#fields + 1] = u[$STATE]
     if #fields >= 1000 then
@@ -108,7 +115,8 @@ return n
 
 def _with_layout(script: str) -> str:
     """The writer script with the entry layout of ``channel_wire`` filled in (not written out here)."""
-    for name, value in (("$XADD_FIELDS", xadd_arguments("u")), ("$VERSION", str(VERSION_ARG)),
+    for name, value in (("$XADD_FIELDS", xadd_arguments("u")), ("$XADD_LINKED", xadd_arguments("u", follows=True)),
+                        ("$FOLLOWS", str(FOLLOWS_ARG)), ("$VERSION", str(VERSION_ARG)),
                         ("$SKU", str(SKU_ARG)), ("$LOCATION", str(LOCATION_ARG)), ("$STATE", str(STATE_ARG)),
                         ("$SEP", STATE_SEP)):
         script = script.replace(name, value)
@@ -277,7 +285,8 @@ class ChannelStore:
 
     async def missed_after(self, channel: str, version: int) -> bool:
         """True when the stream cannot be read on exactly after ``version``: trimming removed an
-        update above it (versions have no gaps, so the oldest entry left is beyond ``version + 1``),
+        update above it (the oldest entry left is above ``version`` and not the one after it: within a
+        run ``version + 1``, across a start the run's first entry linked to ``version``, ``follows_on``),
         or the stream never reached it — a resume point seen on a Redis that lost its newest entries
         (a failover), or another keyspace's: read on from it, a watch would wait in silence until
         versions pass it, then skip every update up to it."""
@@ -288,7 +297,8 @@ class ChannelStore:
         first = None if info is None else info.get("first-entry")
         if not first:
             return newest > version
-        return seq_of(first[0]) > version + 1
+        oldest = seq_of(first[0])
+        return oldest > version and not follows_on(oldest, follows_of(first[1] or {}), version)
 
     async def read_after(self, channel: str, version: int, count: int,
                          block_ms: int | None) -> list[ChannelUpdate]:

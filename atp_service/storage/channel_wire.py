@@ -3,7 +3,11 @@ service's readers, the publishers and their dead letters all follow.
 
 An entry is flat string fields, readable by any Redis client in any language. ``published_at`` is
 Redis's clock when the entry was written (the moment the value became visible), so the writer
-script sets it; every other field comes from the ``ChannelUpdate``.
+script sets it; every other field comes from the ``ChannelUpdate``. ``FOLLOWS`` is on the first entry a
+run of the service writes to a channel alone (entries written before it was kept have none): the version
+that entry follows, the newest Redis held at the start, where a run's versions jump (C3); every other entry
+follows the version before its own. A reader that does not know it reads the entry as before, and the jump
+as a gap (safe: it looks for what it missed and finds nothing).
 """
 
 from __future__ import annotations
@@ -17,23 +21,31 @@ from reservation import ChannelUpdate, Key, Published, StockStatus
 FIELDS = ("channel", "sku", "location", "quantity", "previous", "status", "version", "event_time", "durable_at",
           "published_at")
 """The fields of one entry, in order."""
+FOLLOWS = "follows"
+"""The field, after ``FIELDS``, of a run's first entry in a channel's stream: the version it follows."""
 _SET_BY_SCRIPT = {"channel": "channel", "published_at": "now"}  # Lua variables of the writer script
 _CARRIED = tuple(name for name in FIELDS if name not in _SET_BY_SCRIPT)
-"""The fields an update carries into the writer script, in this order (then its state-hash value)."""
+"""The fields an update carries into the writer script, in this order (then the version it follows, and its
+state-hash value)."""
 SKU_ARG, LOCATION_ARG, VERSION_ARG = (_CARRIED.index(name) + 1 for name in ("sku", "location", "version"))
 """Where the sku, the location and the version are in the script's item for an update (Lua counts from 1)."""
-STATE_ARG = len(_CARRIED) + 1
-"""Where the state-hash value is in the script's item for an update."""
+FOLLOWS_ARG = len(_CARRIED) + 1
+"""Where the version an update follows is in the script's item for it ("": the one before its own)."""
+STATE_ARG = len(_CARRIED) + 2
+"""Where the state-hash value is in the script's item for an update (its last)."""
 
 
 def to_fields(u: ChannelUpdate) -> dict[str, str]:
-    """The entry's fields for ``u`` (its ``published_at`` as the update knows it)."""
-    return {
+    """The entry's fields for ``u`` (its ``published_at`` as the update knows it; ``FOLLOWS`` where it is set)."""
+    fields = {
         "channel": u.channel, "sku": u.sku, "location": u.location, "quantity": str(u.quantity),
         "previous": "" if u.previous is None else str(u.previous), "status": u.status.value,
         "version": str(u.version), "event_time": str(u.event_time), "durable_at": str(u.durable_at),
         "published_at": str(u.published_at),
     }
+    if u.follows is not None:
+        fields[FOLLOWS] = str(u.follows)
+    return fields
 
 
 def from_fields(fields: Mapping[Any, Any]) -> ChannelUpdate:
@@ -44,14 +56,29 @@ def from_fields(fields: Mapping[Any, Any]) -> ChannelUpdate:
     return ChannelUpdate(
         f["channel"], f["sku"], f["location"], int(f["quantity"]), None if previous == "" else int(previous),
         StockStatus(f["status"]), int(f["version"]), int(f["event_time"]), int(f["durable_at"]),
-        int(f["published_at"]),
+        int(f["published_at"]), follows_of(f),
     )
 
 
+def follows_of(fields: Mapping[Any, Any]) -> int | None:
+    """The version an entry says it follows (``FOLLOWS``, keys and values as bytes or str); None: it has none
+    and follows the version before its own. Raises ValueError for a value that is not a version."""
+    value = fields.get(FOLLOWS, fields.get(FOLLOWS.encode()))
+    return None if value is None else int(as_text(value))
+
+
+def follows_on(version: int, follows: int | None, position: int) -> bool:
+    """An entry of ``version`` (that says it ``follows``, or None) is the one after ``position`` (C3): the
+    version after it within a run, or a run's first entry linked to exactly that position."""
+    return version == position + 1 if follows is None else follows == position
+
+
 def script_item(u: ChannelUpdate) -> tuple[str, ...]:
-    """``u`` as the writer script takes it: the carried fields in order, then the state-hash value."""
+    """``u`` as the writer script takes it: the carried fields in order, the version it follows ("": none), then
+    the state-hash value."""
     fields = to_fields(u)
-    return (*(fields[name] for name in _CARRIED), f"{u.quantity} {u.version} {u.event_time} {u.status.value}")
+    return (*(fields[name] for name in _CARRIED), fields.get(FOLLOWS, ""),
+            f"{u.quantity} {u.version} {u.event_time} {u.status.value}")
 
 
 STATE_SEP = "\t"
@@ -82,8 +109,9 @@ def state_update(channel: str, field: Any, value: Any) -> ChannelUpdate:
                          published.event_time, 0, 0)
 
 
-def xadd_arguments(item: str) -> str:
-    """The Lua of an XADD's field-value pairs for one update ``item`` (a table built by ``script_item``)."""
+def xadd_arguments(item: str, follows: bool = False) -> str:
+    """The Lua of an XADD's field-value pairs for one update ``item`` (a table built by ``script_item``);
+    ``follows``: with ``FOLLOWS`` last."""
     pairs, n = [], 0
     for name in FIELDS:
         if name in _SET_BY_SCRIPT:
@@ -91,4 +119,6 @@ def xadd_arguments(item: str) -> str:
         else:
             n += 1
             pairs.append(f"'{name}', {item}[{n}]")
+    if follows:
+        pairs.append(f"'{FOLLOWS}', {item}[{FOLLOWS_ARG}]")
     return ", ".join(pairs)

@@ -114,3 +114,30 @@ async def test_versions_a_restart_on_older_data_hands_out_are_new_and_a_subscrib
     assert across.kind == Kind.KIND_CHANGES, across
     assert [(u.sku, u.quantity, u.version) for u in across.updates] == [(u.sku, 0, u.version) for u in new]
     assert min(u.version for u in new) > max(u.version for u in lost)  # never a version handed out before
+
+
+async def test_a_watch_behind_two_starts_goes_on_across_both_jumps_C3(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """Defect: a start's jump was crossed through a link only the run that made it held in memory: after a second
+    restart, a subscriber behind the first jump was told RESNAPSHOT_REQUIRED though nothing was lost. Each start's
+    first entry now says in the stream which version it follows, for every later run to read."""
+    estate = write_estate(tmp_path)
+    service, client = await start_service(clock=clock, estate=estate)
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
+    seen = (await wait_for_updates(redis_url, "market", 3))[-1].version
+    for n in (1, 2):
+        await service.stop(grace_s=0.1)
+        clock.advance(1000)  # each restart takes a second
+        service, client = await start_service(clock=clock, estate=estate)
+        await client.record_events([fact(f"s{n}", "SALE", f"sku-{n}", "dc-1", 5 + n, T + n)])  # a stock-out
+        await wait_for_updates(redis_url, "market", 3 + n)
+    new = (await wait_for_updates(redis_url, "market", 5))[3:]
+    assert [u.follows for u in new] == [seen, new[0].version]  # each start's first entry, linked
+    call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=seen))
+    got: list[tuple[str, int, int]] = []
+    while len(got) < len(new):
+        message = await _first_message(call)
+        assert message.kind == Kind.KIND_CHANGES, message
+        got += [(u.sku, u.quantity, u.version) for u in message.updates]
+    call.cancel()
+    assert got == [(u.sku, 0, u.version) for u in new]

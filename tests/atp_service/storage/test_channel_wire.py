@@ -9,7 +9,10 @@ import re
 from atp_service.storage.channel_store import _WRITE
 from atp_service.storage.channel_wire import (
     FIELDS,
+    FOLLOWS,
+    FOLLOWS_ARG,
     STATE_ARG,
+    follows_on,
     from_fields,
     script_item,
     state_entry,
@@ -38,6 +41,19 @@ def test_the_writer_script_sets_every_field_once_from_the_declaration() -> None:
     by_position = {int(n): name for name, n in re.findall(r"'(\w+)', u\[(\d+)\]", xadd.group(0))}
     assert {name: item[n - 1] for n, name in by_position.items()} == {
         k: v for k, v in to_fields(U).items() if k in by_position.values()}
+
+
+def test_a_runs_first_entry_names_the_version_it_follows_and_the_others_follow_the_one_before() -> None:
+    first = ChannelUpdate("web", "sku-1", "dc-1", 7, None, StockStatus.LOW_STOCK, 5_000, 1_000, 1_001, 1_002, 42)
+    fields = to_fields(first)
+    assert tuple(fields) == (*FIELDS, FOLLOWS) and fields[FOLLOWS] == "42"
+    assert from_fields(fields) == first and from_fields(to_fields(U)).follows is None  # an entry written before
+    assert script_item(first)[FOLLOWS_ARG - 1] == "42" and script_item(U)[FOLLOWS_ARG - 1] == ""
+    linked = re.findall(r"redis\.call\('XADD'.*\)", _WRITE)[1]  # the writer's XADD of a run's first entry
+    assert re.findall(r"'(\w+)', (?:u\[\d+\]|channel|now)", linked) == [*FIELDS, FOLLOWS]
+    assert f"'{FOLLOWS}', u[{FOLLOWS_ARG}]" in linked
+    assert follows_on(5_000, 42, 42) and not follows_on(5_000, 42, 4_999) and not follows_on(5_000, 42, 41)
+    assert follows_on(43, None, 42) and not follows_on(44, None, 42)
 
 
 def test_the_state_hash_value_the_script_stores_reads_back() -> None:
