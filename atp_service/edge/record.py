@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import grpc
@@ -27,6 +26,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
 from atp_service.edge.errors import carried_reason, carried_status, retold, retold_trailers, rich_status
 from atp_service.edge.forward import Forwarder, Relayed, told_first
+from atp_service.edge.isolate import NOTE, Budget, isolated, lasting_refusal
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.engine.router import Engine
 from atp_service.intake.entries import ENTRY_TIME_FIELD, FAR_FUTURE
@@ -45,8 +45,6 @@ Ahead = tuple[int, Fact, InvalidArgument]
 REFUSAL_LOG_S = 60.0
 """An owner refusing the peer token is logged once in this long: its entries stay pending for ever
 until the token is fixed, and every pass over them would log it again."""
-_NOTE = re.compile(r"; \d+ of the call's \d+ facts were recorded .*$", re.S)
-"""A refusal's note of what else its call recorded (``_told``): an owner's of its part, told again for the call."""
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 SHARD_REASONS = frozenset({Reason.OUTCOME_UNKNOWN, Reason.STORAGE_UNREACHABLE, Reason.SHARD_OVERLOADED,
                            Reason.SHARD_STOPPED})
@@ -131,7 +129,7 @@ def _told(refusal: DomainError | Relayed, out: Sequence[pb.FactResult | None],
     if not total:  # a ``Moved`` too: "nothing applied by this try" holds only then
         return refusal
     facts = {"facts_recorded": str(total), "facts_applied": str(applied), "facts_not_recorded": str(len(out) - total)}
-    message = _NOTE.sub("", own) + (
+    message = NOTE.sub("", own) + (
         f"; {total} of the call's {len(out)} facts were recorded ({applied} applied) and {len(out) - total} were "
         "invalid, refused or are in doubt: sending the same facts again is safe (E8: a fact recorded already is not "
         "applied twice)")
@@ -227,7 +225,8 @@ def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits, max_byt
         out: list[Result | DomainError] = []
         for request in requests_of(facts, limits.max_events_per_call, max_bytes):
             part = facts[len(out):len(out) + len(request.events)]
-            out += await _send_part(forwarder, owner, part, list(request.events), metadata, place, log_refusal)
+            out += await _send_part(forwarder, owner, part, list(request.events), metadata, place, log_refusal,
+                                    Budget())
         return out
 
     return send
@@ -235,7 +234,7 @@ def fact_sender(forwarder: Forwarder, token: str | None, limits: Limits, max_byt
 
 async def _send_part(forwarder: Forwarder, owner: str, facts: Sequence[Fact], events: list[pb.Fact],
                      metadata: tuple[tuple[str, str], ...], place: Callable[[str], int],
-                     log_refusal: Callable[[str, grpc.aio.AioRpcError], None],
+                     log_refusal: Callable[[str, grpc.aio.AioRpcError], None], budget: Budget,
                      split: bool = True) -> list[Result | DomainError]:
     """One request's facts sent (``fact_sender``). A call the owner refuses ``GROUP_MOVED`` (a group of it
     is not served there now: being handed over, or taken and not yet recovered) is sent again without that
@@ -245,7 +244,9 @@ async def _send_part(forwarder: Forwarder, owner: str, facts: Sequence[Fact], ev
     it, all at once (``split``: once, those calls are not split again); a group whose call is refused so too
     keeps ``GroupRefused`` (pending, that group alone skipped at the owner). Refused whole, every fact of
     the owner's other groups waited as long as that one shard's trouble lasted. An owner that did not answer
-    (a timeout, unreachable) or refused as a whole is not tried again group by group: each would wait as long."""
+    (a timeout, unreachable) or refused as a whole is not tried again group by group: each would wait as long.
+    A call refused for a reason of one fact of it (``isolate.lasting_refusal``) is split until each fact has its
+    own answer (``isolate.isolated``, ``budget``): else every fact sent with the culprit stayed pending with it."""
     out: list[Result | DomainError] = [Unavailable("not sent")] * len(facts)
     left = list(range(len(facts)))
     while left:
@@ -261,14 +262,14 @@ async def _send_part(forwarder: Forwarder, owner: str, facts: Sequence[Fact], ev
                     out[i] = moved
                 left = [i for i in left if i not in away]
                 continue
-            reason = _shard_reason(exc)
-            if reason is not None:
-                answers = await _by_group(forwarder, owner, [facts[i] for i in left], [events[i] for i in left],
-                                          metadata, place, log_refusal, reason, exc, split)
+            answers = await _sent_again(forwarder, owner, [facts[i] for i in left], [events[i] for i in left],
+                                        metadata, place, log_refusal, budget, exc, split)
+            if answers is not None:
                 for i, result in zip(left, answers, strict=True):
                     out[i] = result
                 return out
             log_refusal(owner, exc)
+            budget.end()  # a split sends it no other part
             refused = Unavailable(f"process {owner} did not take {len(left)} facts ({exc.code().name}: "
                                   f"{exc.details()}); read again later", Reason.OUTCOME_UNKNOWN)
             for i in left:
@@ -285,7 +286,7 @@ async def _send_part(forwarder: Forwarder, owner: str, facts: Sequence[Fact], ev
 
 async def _by_group(forwarder: Forwarder, owner: str, facts: Sequence[Fact], events: list[pb.Fact],
                     metadata: tuple[tuple[str, str], ...], place: Callable[[str], int],
-                    log_refusal: Callable[[str, grpc.aio.AioRpcError], None], reason: Reason,
+                    log_refusal: Callable[[str, grpc.aio.AioRpcError], None], budget: Budget, reason: Reason,
                     exc: grpc.aio.AioRpcError, split: bool) -> list[Result | DomainError]:
     """The facts of a call the owner refused for one shard's trouble (``reason``, ``exc``): sent again as
     one call per group, all at once, when they span several and ``split``; else each ``GroupRefused``."""
@@ -296,7 +297,7 @@ async def _by_group(forwarder: Forwarder, owner: str, facts: Sequence[Fact], eve
     if split and len(groups) > 1:
         parts = await asyncio.gather(*(
             _send_part(forwarder, owner, [facts[i] for i in at], [events[i] for i in at], metadata, place,
-                       log_refusal, split=False) for at in groups.values()))
+                       log_refusal, budget, split=False) for at in groups.values()))
         for at, part in zip(groups.values(), parts, strict=True):
             for i, result in zip(at, part, strict=True):
                 out[i] = result
@@ -307,6 +308,28 @@ async def _by_group(forwarder: Forwarder, owner: str, facts: Sequence[Fact], eve
         for i in at:
             out[i] = refusal
     return out
+
+
+async def _sent_again(forwarder: Forwarder, owner: str, facts: Sequence[Fact], events: list[pb.Fact],
+                      metadata: tuple[tuple[str, str], ...], place: Callable[[str], int],
+                      log_refusal: Callable[[str, grpc.aio.AioRpcError], None], budget: Budget,
+                      exc: grpc.aio.AioRpcError, split: bool) -> list[Result | DomainError] | None:
+    """The facts of a call the owner refused whole (``exc``), answered by sending them again: one call per
+    group for one shard's trouble (``_by_group``); in halves until the culprit is alone for a reason of one
+    fact of it (``isolate.isolated``). None for any other refusal: not sent again."""
+    reason = _shard_reason(exc)
+    if reason is not None:
+        return await _by_group(forwarder, owner, facts, events, metadata, place, log_refusal, budget, reason, exc,
+                               split)
+    lasting = lasting_refusal(owner, exc)
+    if lasting is None:
+        return None
+
+    def again(at: list[int]) -> Awaitable[list[Result | DomainError]]:
+        return _send_part(forwarder, owner, [facts[i] for i in at], [events[i] for i in at], metadata, place,
+                          log_refusal, budget, split)
+
+    return await isolated(lasting, len(facts), again, budget)
 
 
 def _shard_reason(error: grpc.aio.AioRpcError) -> Reason | None:

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import redis
 
-from atp_client import AtpError
+from atp_client import AtpClient, AtpError
 from atp_service import AtpService, ManualClock, free_port
+from atp_service.app.balancing import preference
 from atp_service.engine import maintenance
+from tests.atp_service.app.test_processes import owned
 from tests.atp_service.engine.test_expiry_races import _spanning_hold, _started
 from tests.atp_service.fact_helpers import wait_consumed
 from tests.conftest import ServiceFactory
@@ -99,3 +101,52 @@ async def test_a_shipment_of_a_plain_hold_spanning_shards_under_leases_is_dead_l
     assert registry.get_sample_value("atp_dead_lettered_total", {"stream": "atp:in:wms"}) == 1
     (position,) = await client.availability([(sku, "S1")])
     assert position.on_hand == 6  # 5 received by the single writer, the RECEIPT after it; the SHIPMENT not applied
+
+
+async def test_a_shipment_its_owner_refuses_held_back_no_other_fact_sent_with_it_and_is_dead_lettered(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """The SHIPMENT read by a process that does not own r1's home group goes there in one ``RecordEvents``
+    with the facts read with it. The owner refused that call whole (``INTERNAL``), which the reader took for
+    the owner failing (``OUTCOME_UNKNOWN``, transient): every fact of it left pending and sent together
+    again, refused again, for ever — the RECEIPTs' entries never acknowledged, the SHIPMENT never
+    dead-lettered. Split until the culprit is alone, each fact answered for itself."""
+    clock, service, client, _ = await _started(start_service, 2)
+    a, b = await _spanning_hold(service, client)
+    assert service.engine is not None
+    home = service.engine.home_of("r1")
+    assert home is not None
+    shipped = a if service.engine.place(a) == home else b
+    await service.stop(grace_s=0.1)
+    r = redis.Redis.from_url(redis_url)
+    r.hset("atp:meta", "ownership", "leases")
+    port = next(p for p in iter(free_port, 0) if preference(f"127.0.0.1:{p}", home) > preference(f"127.0.0.1:{p}",
+                                                                                                 1 - home))
+    leased = {"clock": clock, "shards": 2, "maintenance_interval_ms": 3_600_000, "ownership": "leases",
+              "lease_ms": 5_000, "balance_ms": 200, "host": "127.0.0.1"}
+    owner, _ = await start_service(port=port, input_streams=(), **leased)  # alone: both groups
+    reader, _ = await start_service(port=free_port(), input_streams=("atp:in:wms",), ingest_max_deliveries=3, **leased)
+    addresses = {home: f"127.0.0.1:{owner.port}", 1 - home: f"127.0.0.1:{reader.port}"}
+
+    def settled() -> bool:
+        return [owned(owner), owned(reader)] == [{home}, {1 - home}] and all(
+            s.membership is not None and {g: s.membership.where(g)[0] for g in (0, 1)} == addresses
+            for s in (owner, reader))
+
+    await until(settled,
+                "the owner keeps r1's home group (its preference), the reader takes the other")
+    assert owner.engine is not None
+    skus = [s for s in (f"in-{i}" for i in range(64)) if owner.engine.place(s) == home][:2]
+    fact = {"source": "wms", "location": "S1", "quantity": 1, "event_time_ms": clock.now_ms()}
+    with r.pipeline(transaction=True) as pipe:  # one read: one batch, one call to the owner
+        pipe.xadd("atp:in:wms", {"event_id": "rcpt-0", "kind": "RECEIPT", "sku": skus[0], **fact, "quantity": 4})
+        pipe.xadd("atp:in:wms", {"event_id": "ship-1", "kind": "SHIPMENT", "sku": shipped, **fact,
+                                 "reservation_id": "r1"})
+        pipe.xadd("atp:in:wms", {"event_id": "rcpt-1", "kind": "RECEIPT", "sku": skus[1], **fact, "quantity": 7})
+        culprit = pipe.execute()[1]
+    await wait_consumed(redis_url, ["atp:in:wms"], timeout_s=20)
+    (letter,) = [fields for _, fields in r.xrange("atp:dlq")]
+    assert (letter[b"_id"], letter[b"_code"], letter[b"event_id"]) == (culprit, b"REFUSED_REPEATEDLY", b"ship-1")
+    assert letter[b"_reason"].startswith(b"refused INTERNAL"), letter[b"_reason"]
+    async with AtpClient(f"127.0.0.1:{owner.port}", timeout_s=5) as at_owner:
+        positions = await at_owner.availability([(skus[0], "S1"), (skus[1], "S1"), (shipped, "S1")])
+    assert [p.on_hand for p in positions] == [4, 7, 5], positions  # the SHIPMENT not applied

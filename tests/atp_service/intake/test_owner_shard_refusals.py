@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from atp_service import AtpService, free_port
+from atp_service.edge import isolate
 from atp_service.edge.forward import Forwarder
 from atp_service.edge.record import fact_sender
 from atp_service.intake import owners
@@ -143,3 +144,43 @@ async def test_a_failing_owner_s_try_takes_the_facts_of_its_refused_group_too(
     await sends.to_owners(facts, results, [0])
     assert sent[-1] == ["sku-0"] and results == [APPLIED]
     assert sends.due("o") and sends.due("o", 1) and not sends._failing
+
+
+async def test_a_call_refused_for_one_fact_of_it_is_split_until_that_fact_alone_carries_the_refusal(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fact its shard refuses for a lasting reason (here ``INTERNAL``, as a SHIPMENT naming a plain hold
+    spanning shards under leases is) refuses the owner's whole call: every fact of it was answered
+    ``OUTCOME_UNKNOWN`` (transient), left pending with the culprit for ever and the culprit never
+    dead-lettered. Halved in order until it is alone: the others answered (duplicates where the refused
+    call applied them, E8), the culprit refused with the owner's reason — within ``MAX_SPLIT_CALLS``."""
+    service, _ = await start_service(shards=4)
+    assert service.engine is not None and service.desk is not None
+    facts = receipts([f"s-{i}" for i in range(8)], service.clock.now_ms())
+    culprits = {facts[5].event_id}
+    record = service.desk._record
+
+    async def refusing(batch: Sequence[Fact], origin: str) -> list[Result | DomainError]:
+        out = await record([fact for fact in batch if fact.event_id not in culprits], origin)
+        for n, fact in enumerate(batch):
+            if fact.event_id in culprits:
+                out.insert(n, DomainError("a change this owner cannot make; nothing was applied", Reason.INTERNAL))
+        return out
+
+    monkeypatch.setattr(service.desk, "_record", refusing)
+    send, metrics = sender(service)
+    owner = f"127.0.0.1:{service.port}"
+    answer = await send(owner, facts)
+    assert [type(result) for result in answer] == [tuple] * 5 + [DomainError] + [tuple] * 2, answer
+    refusal = answer[5]
+    assert isinstance(refusal, DomainError) and refusal.reason is Reason.INTERNAL and "facts_recorded" not in \
+        refusal.metadata and "nothing was applied" in refusal.message, refusal
+    assert {result[0] for result in answer if isinstance(result, tuple)} == {FactOutcome.DUPLICATE}
+    # 8 refused, then halves: 0-3 answered, 4-7 refused; 4-5 refused, 6-7 answered; 4 answered, 5 refused
+    assert (calls(metrics, "error"), calls(metrics, "ok")) == (4, 3)
+
+    monkeypatch.setattr(isolate, "MAX_SPLIT_CALLS", 2)  # the bound: what it leaves unsent stays pending
+    culprits.update(fact.event_id for fact in facts)
+    answer = await send(owner, facts)
+    assert [result.reason for result in answer if isinstance(result, DomainError)] == [Reason.OUTCOME_UNKNOWN] * 8
+    # the whole call, its first half and that half's first: the budget spent, nothing more sent
+    assert (calls(metrics, "error"), calls(metrics, "ok")) == (4 + 3, 3)
