@@ -40,6 +40,7 @@ from tests.sim.network import Network
 from tests.sim.process import Process, task_factory
 from tests.sim.simlog import outranks
 from tests.sim.skew import SkewedHosts
+from tests.sim.snapparts import PieceSizes
 from tests.sim.tally import Tally
 from tests.sim.world import World, pong_within
 
@@ -52,9 +53,11 @@ CONVERGE_ROUNDS = 12
 class ClusterWorld(World):
     def __init__(self, processes: int, rng: random.Random, tally: Tally | None = None,
                  part_bytes: int = 1 << 20, checks: random.Random | None = None, skew_seed: int | None = None,
-                 grace_ms: int = MAX_DURATION_MS_CEILING) -> None:
-        """``skew_seed``: ``--clock-skew`` (``skew.py``), each host's clock drawn from it; None: one clock."""
-        super().__init__(tally=tally, channels=False, cluster=True, part_bytes=part_bytes, grace_ms=grace_ms)
+                 grace_ms: int = MAX_DURATION_MS_CEILING, pieces: PieceSizes | None = None) -> None:
+        """``skew_seed``: ``--clock-skew`` (``skew.py``), each host's clock drawn from it; None: one clock.
+        ``pieces``: each process's ``snapshot_piece_bytes`` (``World.instance_config``)."""
+        super().__init__(tally=tally, channels=False, cluster=True, part_bytes=part_bytes, grace_ms=grace_ms,
+                         pieces=pieces)
         self.rng = rng
         self.skew = SkewedHosts(skew_seed, self.clock) if skew_seed is not None else None
         self.checks = checks
@@ -75,10 +78,11 @@ class ClusterWorld(World):
         log.check_faults = self.checks
         # As ``AtpService``: each process its own clock (``skew.py``: its host's); without skew the world's.
         clock = self.clock if self.skew is None else self.skew.clock_for(address)
-        engine = Engine([], log, clock, self.config.engine_settings)
+        config = self.instance_config()
+        engine = Engine([], log, clock, config.engine_settings)
         assert engine.ids is not None
         engine.ids.claims.retry = None  # a claim not answered is sent again at the next turn: nothing sleeps here
-        proc = Process(address, self.incarnations, log, engine)
+        proc = Process(address, self.incarnations, log, engine, config.shard_settings)
         proc.membership = SimMembership(proc, self)
         engine.remote = self.network.sender(proc)
         return proc

@@ -9,6 +9,7 @@ import asyncio
 import random
 
 from atp_service.engine.orphans import ORPHAN_AGE_MARGIN_MS
+from atp_service.storage.snapshot_parts import PIECE_BYTES
 from reservation import _orders as orders
 from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.checks import Acknowledged, Violation, check, orders_hold_what_they_decided
@@ -31,7 +32,7 @@ from tests.sim.invariants import (
 )
 from tests.sim.shardcount import facts_answer_alike
 from tests.sim.shed import ShedCalls, Shedding
-from tests.sim.snapparts import PART_BYTES
+from tests.sim.snapparts import PART_BYTES, READ_BYTES, PieceSizes
 from tests.sim.stamps import StampChecker
 from tests.sim.tailloss import TailLoss
 from tests.sim.tally import Tally
@@ -48,7 +49,7 @@ class Driver:
     def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
                  late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
                  clock_skew: bool = False, redis_full: bool = False, fact_times: bool = False,
-                 shed: bool = False) -> None:
+                 shed: bool = False, one_key: bool = False) -> None:
         """``late_across_steps``: with several processes, also order steps served past a step's end.
         ``retry_other_content``: with several processes, retries may carry other content than their
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
@@ -59,19 +60,25 @@ class Driver:
         ``fact_times``: facts stamped in the future, within the skew and past it (E7), or late past a grace
         window of an hour (E6) (``facttimes.py``). ``shed``: shards (and, with several processes, a
         process at its door) shed load now and then, the checker holding each refusal to "nothing done"
-        (``shed.py``)."""
+        (``shed.py``). ``one_key``: snapshots stored in one key whatever the seed (``snapparts.PIECE_BYTES``),
+        so that a seed found before snapshots of several keys were simulated keeps the path it was found on."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
         # Odd seeds run on a Redis Cluster: orders spanning shards go through sagas (engine/orders.py).
         # With several processes every seed does (no process holds every group).
-        # The part size snapshots are written in (whole, or 2, 3 or 4 parts) goes with the seed too.
+        # The part size snapshots are written in (whole, or 2, 3 or 4 parts) goes with the seed too, and so do
+        # the keys they are stored in (one, or 2 to 5, each instance started its own) and the parts recovery
+        # reads a key in.
         part_bytes = PART_BYTES[seed // 2 % len(PART_BYTES)]
+        pieces = None if one_key else PieceSizes(seed)
         self.grace_ms = GRACE_MS if fact_times else MAX_DURATION_MS_CEILING
-        self.world = World(tally=self.tally, cluster=seed % 2 == 1, part_bytes=part_bytes, grace_ms=self.grace_ms) \
+        self.world = World(tally=self.tally, cluster=seed % 2 == 1, part_bytes=part_bytes, grace_ms=self.grace_ms,
+                           pieces=pieces) \
             if processes == 1 else \
             ClusterWorld(processes, self.rng, self.tally, part_bytes, random.Random(f"owner check {seed}"),
-                         seed if clock_skew else None, self.grace_ms)
+                         seed if clock_skew else None, self.grace_ms, pieces)
+        self.world.log.reads.reply_bytes = READ_BYTES[seed // 40 % len(READ_BYTES)]
         self.world.log.faults = self.rng
         self.world.log.ids = SimIdClaims(seed, self.tally)  # a leased engine claims its ids (R5)
         self.full = RedisFull(seed, self.tally) if redis_full else None
@@ -119,6 +126,10 @@ class Driver:
 
     def seed_flags(self) -> str:
         """The seed as the command line names it (with the flags that make it a multi-process seed)."""
+        one_key = " --one-key" if self.world.pieces is None and PieceSizes(self.seed).bytes != PIECE_BYTES else ""
+        return self._flags() + one_key
+
+    def _flags(self) -> str:
         world = self.world
         if not isinstance(world, ClusterWorld):
             return (f"{self.seed}{' --lose-tail' if self.tail else ''}{' --redis-full' if self.full else ''}"
@@ -280,8 +291,9 @@ def _describe(call: Call) -> str:
     return f"{call.label}{timing}"
 
 
-async def run_seed(seed: int, steps: int = 60, tally: Tally | None = None, processes: int = 1) -> World:
-    driver = Driver(seed, tally, processes)
+async def run_seed(seed: int, steps: int = 60, tally: Tally | None = None, processes: int = 1,
+                   one_key: bool = False) -> World:
+    driver = Driver(seed, tally, processes, one_key=one_key)
     await driver.run(steps)
     return driver.world
 

@@ -156,8 +156,7 @@ class ProcessLog(LogStore):
 
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
         await self.round_trip()
-        snap, _ = self.redis.stored(shard)
-        return snap
+        return await self.redis.reads.load_snapshot(shard)
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
                              part_bytes: int = 0, piece_bytes: int = PIECE_BYTES) -> int:

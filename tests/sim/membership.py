@@ -135,7 +135,8 @@ class SimMembership:
             raise
         world.log.tally.taken_ahead += ledger.clock > self.proc.engine.clock.now_ms()
         clock = GroupClock(self.proc.engine.clock, ledger.clock)  # R6: as ``Membership._take`` (never below
-        actor = ShardActor(group, ledger, log, clock, world.config.shard_settings, seq)  # its previous owner's)
+        settings = self.proc.shard_settings or world.config.shard_settings
+        actor = ShardActor(group, ledger, log, clock, settings, seq)  # its previous owner's)
         self.proc.engine.install(actor)
         actor.start()  # the engine's housekeeping timer is not run: the driver runs maintenance
         world.log.tally.takeovers += 1

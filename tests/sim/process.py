@@ -39,8 +39,11 @@ def task_factory(loop: asyncio.AbstractEventLoop, coro: Generator[Any, None, Any
 
 
 class Process:
-    def __init__(self, address: str, incarnation: int, log: ProcessLog, engine: Engine) -> None:
+    def __init__(self, address: str, incarnation: int, log: ProcessLog, engine: Engine,
+                 shard_settings: Any = None) -> None:
         self.address = address
+        self.shard_settings = shard_settings
+        """The settings of the shards it takes (its configuration's: each process its own)."""
         self.holder = f"{address}|{incarnation}"  # as a lease names it: a restarted process is another holder
         self.log, self.engine = log, engine
         self.facts = FactDesk(engine, "quarantine", 1000)

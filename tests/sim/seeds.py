@@ -31,3 +31,4 @@ async def check_chunk(first: int) -> None:
     assert tally.late_landed and tally.late_refused and tally.pauses and tally.doubt and tally.lost, tally
     assert tally.channel_faults and tally.channel_late_landed and tally.cross_shard > len(seeds), tally
     assert tally.snapshot_parts > len(seeds) and tally.staging_lost and tally.snapshot_refused, tally
+    assert tally.snapshot_pieces and tally.pieces_refused, tally  # snapshots in several keys, their count changing

@@ -38,6 +38,7 @@ from atp_service.storage.records import UNCLAIMED, claimed, number_of, opened_sn
 from atp_service.storage.snapshot_parts import PIECE_BYTES, write_snapshot_in_parts
 from tests.sim.full import RedisFull, oom, refuses
 from tests.sim.sidestreams import SideStreams
+from tests.sim.snapkeys import Held, SnapshotReads, stored_bytes
 from tests.sim.snapparts import ScriptCall, SimNodes, run_script
 from tests.sim.tally import Tally
 
@@ -88,8 +89,7 @@ class SimLog:
         self.together = together
         """False: a Redis Cluster, where entries of several shards cannot land all or none."""
         self.logs: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
-        self.snaps: dict[int, bytes] = {}
-        self.staging: dict[int, tuple[str, bytes]] = {}  # a snapshot being written in parts: its try, its bytes
+        self.snapkeys: Held = {}  # the snapshots' keys, stored and staged (``snapkeys.py``)
         self.snapshots_sent: set[tuple[int, int, bytes]] = set()  # (shard, seq, digest) the service wrote
         self.torn: list[str] = []  # snapshots stored that the service never wrote whole
         self.history: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
@@ -123,6 +123,7 @@ class SimLog:
         self.faults: random.Random | None = None  # with it, snapshot writes fail too
         self.nodes = SimNodes(self)
         self.keys = Keyspace("sim:")
+        self.reads = SnapshotReads(self)  # recovery's read of a snapshot: the service's own
         self.ids: Any = None  # several processes: the reservation id claims (``ids.SimIdClaims``)
         self.full: RedisFull | None = None  # ``--redis-full``: writes refused OOM (``full.py``)
 
@@ -213,12 +214,11 @@ class SimLog:
 
     def stored(self, shard: int) -> tuple[SnapshotRecord | None, list[tuple[int, bytes]]]:
         """What Redis holds for a shard: its snapshot and its log."""
-        raw = self.snaps.get(shard)
+        raw = stored_bytes(self.snapkeys, self.keys, shard)
         return (_decode(raw) if raw else None), list(self.logs[shard])
 
     async def load_snapshot(self, shard: int) -> SnapshotRecord | None:
-        raw = self.snaps.get(shard)
-        return _decode(raw) if raw else None
+        return await self.reads.load_snapshot(shard)
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
                              part_bytes: int = 0, piece_bytes: int = PIECE_BYTES) -> int:
@@ -341,7 +341,7 @@ class SimLog:
         log = self.logs[shard]
         if log:
             return log[-1][0]
-        snap = self.snaps.get(shard)
+        snap = stored_bytes(self.snapkeys, self.keys, shard)
         return _decode(snap).seq if snap else 0
 
     def _refusal(self, shard: int, seq: int, token: int) -> str | None:

@@ -2,31 +2,34 @@
 (``atp_service/storage/snapshot_parts.py``) runs as it is, over ``SimNodes``, and each script call it
 makes reaches the simulated Redis (``SimLog``) with an outcome drawn like an append's: landed; lost;
 landed though the caller is told it failed (in doubt); or still on its way (late: it arrives at a
-moment the driver picks, possibly after the next try's fence). Before a part, the staging key may be
-lost (it carries a time to live: evicted under a volatile-* policy, or expired in a long stall).
+moment the driver picks, possibly after the next try's fence). Before a part, staging keys may be
+lost (they carry a time to live: evicted under a volatile-* policy, or expired in a long stall).
 
-Redis runs each call check for check as its Lua script does (``scripts.py``, ``snapshot_parts.py``),
-refusing with the same error reply: the owner key must hold the call's epoch (FENCED), the shard's
-fence must not be above its token (STALE), the last part and a whole snapshot need the log's newest
-id at or past the snapshot's seq (GAP), and a part after the first must find the staging key exactly
-as long as its offset (PARTS_LOST). Then SET / APPEND / RENAME (+ PERSIST) / XTRIM MINID seq. A snapshot
-is one key here: the sim's (~100-130 KB) are far below ``snapshot_piece_bytes``, past which the service
-spreads one over several (``test_snapshot_parts.py`` covers those on a real Redis).
+Redis runs each call check for check as its Lua script does (``snapkeys.py``), on the keys the call names:
+the owner key must hold the call's epoch (FENCED), the shard's fence must not be above its token (STALE),
+the last part and a whole snapshot need the log's newest id at or past the snapshot's seq (GAP) and name
+as many stored pieces as ``snap-pieces`` holds (PIECES), a part after a piece's first must find the try's
+id and its piece in the try key and its staging key exactly as long as its offset (PARTS_LOST), and the last
+part every piece before its own staged whole (PARTS_LOST). Some seeds' service spreads a snapshot over
+several keys (``PIECE_BYTES``), so that every fault here meets snapshots of several pieces too.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import random
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from atp_service.storage.log_reads import REPLY_BYTES
 from atp_service.storage.nodes import Call
 from atp_service.storage.records import sealed_snapshot
-from atp_service.storage.snapshot_parts import LAST_PART_SCRIPT, PART_SCRIPT, WHOLE_SCRIPT
+from atp_service.storage.snapshot_parts import PIECE_BYTES as SERVICE_PIECE_BYTES
+from atp_service.storage.snapshot_parts import WHOLE_SCRIPT
+from tests.sim.snapkeys import lose_staging, run_lua, shard_of
 
 if TYPE_CHECKING:
     from tests.sim.simlog import SimLog
@@ -38,17 +41,35 @@ STAGING_LOST_P = 0.05
 PART_BYTES = (1 << 20, 64 << 10, 45_000, 30_000)
 """The part sizes a simulation's service is configured with (by seed): the sim's snapshots are of
 ~100-130 KB, so one part, two, three or four."""
+PIECE_BYTES = (SERVICE_PIECE_BYTES, 64 << 10, 48_000, 33_000, 25_000)
+"""The most one key of a stored snapshot holds (``snapshot_piece_bytes``), by seed: the default (one key), or
+about two, three, four or five keys (a part never crosses a piece: it ends where its piece does)."""
+RESIZE_P = 0.3
+"""Where a seed's pieces are small: at each start of an instance (a restart; with several processes, each
+process started), the chance its ``snapshot_piece_bytes`` is another of ``PIECE_BYTES`` (an operator changed
+it, a rolling change of the setting): Redis then holds a snapshot in another count of keys than the started
+instance writes (refused PIECES, sent again), and a snapshot goes to fewer keys too (the old ones deleted).
+A snapshot only grows otherwise (nothing is forgotten in a seed)."""
+READ_BYTES = (REPLY_BYTES, 16_000)
+"""The parts recovery reads a stored key in (``LogReads.reply_bytes``), by seed: one, or several a key."""
 EARLIER_FIRST_P = 0.3
 """The chance that a snapshot script call finds the shard's earlier ones still on their way arriving
 just before it (another connection, a delaying proxy): a part of a try that failed lands between
 the parts of the next, unless the fence raised before that try refuses it."""
-_GROUP = re.compile(r"\{g(\d+)\}")
 
 
-def shard_of(key: str) -> int:
-    match = _GROUP.search(key)
-    assert match is not None, key
-    return int(match[1])
+class PieceSizes:
+    """The ``snapshot_piece_bytes`` of each instance a seed starts, drawn from a stream of its own (the seed's
+    other draws stay as they were); a seed of the default one keeps it."""
+
+    def __init__(self, seed: int) -> None:
+        self.bytes = PIECE_BYTES[seed // 8 % len(PIECE_BYTES)]
+        self._rng = random.Random(f"pieces {seed}") if self.bytes != SERVICE_PIECE_BYTES else None
+
+    def next_instance(self) -> int:
+        if self._rng is not None and self._rng.random() < RESIZE_P:
+            self.bytes = self._rng.choice(PIECE_BYTES)
+        return self.bytes
 
 
 class ScriptCall:
@@ -64,59 +85,11 @@ class ScriptCall:
 def run_script(redis: SimLog, unit: ScriptCall) -> str | None:
     """Run the call as Redis runs its script: None when it did what it does, else its error reply
     (nothing changed)."""
-    refusal = _run(redis, unit)
+    refusal = run_lua(redis, unit)
     if refusal is not None:
         redis.tally.snapshot_refused += 1
+        redis.tally.pieces_refused += refusal.startswith("PIECES")
     return refusal
-
-
-def _run(redis: SimLog, unit: ScriptCall) -> str | None:
-    """Arguments as the service sends them: epoch, data, seq (a part: the TTL), token, offset."""
-    call, shard = unit.call, unit.shard
-    owner = redis.owners[shard] if unit.proc is not None else redis.redis_epoch
-    epoch, token = str(call.args[0]), int(call.args[3])
-    if owner != epoch:  # FENCE_LUA: GET of a missing key is false in Lua
-        return f"FENCED epoch {epoch} was replaced by {owner or 'false'}"
-    if redis.fences[shard] > token:
-        return f"STALE shard fenced at {redis.fences[shard]}"
-    data: bytes = call.args[1]
-    assert call.script is WHOLE_SCRIPT or int(call.args[6]) == 0, "a snapshot past one piece: not modelled"
-    if call.script is PART_SCRIPT:
-        return _part(redis, shard, data, int(call.args[4]), str(call.args[5]))
-    seq = int(call.args[2])
-    if redis.newest_id(shard) < seq:  # LOG_REACHES_LUA
-        return f"GAP snapshot of entry {seq} but the log ends at {redis.newest_id(shard)}"
-    if call.script is LAST_PART_SCRIPT:
-        refusal = _offset_refusal(redis, shard, int(call.args[4]), str(call.args[5]))
-        if refusal is not None:
-            return refusal
-        data = redis.staging.pop(shard)[1] + data  # APPEND, RENAME to the snapshot, PERSIST (the try id DELeted)
-    else:
-        assert call.script is WHOLE_SCRIPT, call.script
-    if (shard, seq, hashlib.sha1(data).digest()) not in redis.snapshots_sent:
-        redis.torn.append(f"shard {shard}: a snapshot of entry {seq} stored ({len(data)} bytes) is none the "
-                          "service wrote (a mixture of parts, or parts of another try)")
-    redis.snaps[shard] = data
-    redis.logs[shard] = [(s, d) for s, d in redis.logs[shard] if s >= seq]  # XTRIM MINID: keeps its own
-    return None
-
-
-def _part(redis: SimLog, shard: int, data: bytes, offset: int, try_id: str) -> str | None:
-    """A part of the snapshot's one piece (``PIECE_BYTES``: never more here)."""
-    if offset == 0:
-        redis.staging[shard] = (try_id, data)  # SET: whatever an earlier try left is replaced, its id too
-        return None
-    refusal = _offset_refusal(redis, shard, offset, try_id)
-    if refusal is None:
-        redis.staging[shard] = (try_id, redis.staging[shard][1] + data)
-    return refusal
-
-
-def _offset_refusal(redis: SimLog, shard: int, offset: int, try_id: str) -> str | None:
-    held_by, held = redis.staging.get(shard, (None, b""))
-    if held_by != try_id:
-        return f"PARTS_LOST staging holds the parts of another try ({held_by}), not of {try_id}"
-    return None if len(held) == offset else f"PARTS_LOST staging holds {len(held)} bytes, not {offset}"
 
 
 def arrive_earlier(redis: SimLog, shard: int) -> None:
@@ -152,7 +125,7 @@ class SimNodes:
         if faults is not None and faults.random() < EARLIER_FIRST_P:
             arrive_earlier(redis, unit.shard)
         if faults is not None and not whole and faults.random() < STAGING_LOST_P:
-            redis.tally.staging_lost += redis.staging.pop(unit.shard, None) is not None
+            redis.tally.staging_lost += lose_staging(redis, unit.shard, faults)
         outcome = "ok" if faults is None else faults.choice(WHOLE_OUTCOMES if whole else PART_OUTCOMES)
         redis.tally.count_outcome(outcome)
         redis.tally.snapshot_parts += not whole

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from atp_service.storage.durability import LogDiverged
+from tests.sim.snapkeys import Held, restore_shards
 
 if TYPE_CHECKING:
     from tests.sim.checks import Acknowledged
@@ -67,8 +68,7 @@ class RedisImage:
     told succeeded by then."""
 
     logs: dict[int, list[tuple[int, bytes]]]
-    snaps: dict[int, bytes]
-    staging: dict[int, tuple[str, bytes]]
+    snapkeys: Held  # the snapshots' keys, stored and staged
     fences: dict[int, int]
     redis_epoch: str
     owners: dict[int, str]
@@ -81,7 +81,7 @@ class RedisImage:
     @classmethod
     def capture(cls, log: SimLog, acked: Acknowledged, channels: SimChannelStore,
                 leases: dict[int, str]) -> RedisImage:
-        return cls(copy.deepcopy(dict(log.logs)), dict(log.snaps), dict(log.staging), dict(log.fences),
+        return cls(copy.deepcopy(dict(log.logs)), dict(log.snapkeys), dict(log.fences),
                    log.redis_epoch, dict(log.owners), log.claims,
                    {shard: len(entries) for shard, entries in log.history.items()}, copy.deepcopy(acked),
                    copy.deepcopy((channels.streams, channels.state, channels.redis_fence)), dict(leases))
@@ -97,7 +97,7 @@ class RedisImage:
         channels.state.update(state)
         log.logs.clear()
         log.logs.update(copy.deepcopy(self.logs))
-        log.snaps, log.staging = dict(self.snaps), dict(self.staging)
+        log.snapkeys = dict(self.snapkeys)
         log.fences.clear()
         log.fences.update(self.fences)
         log.owners.clear()
@@ -112,11 +112,10 @@ class RedisImage:
         other node keeps what it holds (the claims key and the channels' too)."""
         for shard in groups:
             log.logs[shard] = copy.deepcopy(self.logs.get(shard, []))
-            _restore_key(log.snaps, self.snaps, shard)
-            _restore_key(log.staging, self.staging, shard)
             _restore_key(leases, self.leases, shard)
             log.fences[shard], log.owners[shard] = self.fences.get(shard, 0), self.owners.get(shard, "")
             log.history[shard] = log.history[shard][:self.history.get(shard, 0)]
+        restore_shards(log.snapkeys, self.snapkeys, groups)
         self.cut_back(acked)
 
     def cut_back(self, acked: Acknowledged) -> None:

@@ -22,6 +22,8 @@ class Tally:
     snapshot_parts: int = 0  # script calls of snapshots written in parts
     staging_lost: int = 0  # staging keys of snapshots in parts lost between two parts
     snapshot_refused: int = 0  # snapshot script calls refused on arrival (fence, epoch, offset, log's end)
+    snapshot_pieces: int = 0  # snapshots put in place in several keys (``snapshot_piece_bytes``)
+    pieces_refused: int = 0  # snapshot script calls refused PIECES (named for another count of stored keys)
     channel_faults: int = 0  # channel writes lost, in doubt or late
     channel_late_landed: int = 0
     cross_shard: int = 0  # commands spanning shards (reserves, SHIPMENTs naming a reservation)
@@ -81,7 +83,8 @@ class Tally:
                 f"{self.stops} graceful stops, "
                 f"appends {self.lost} lost / {self.doubt} in doubt / {self.late} late, "
                 f"{self.snapshot_parts} snapshot parts ({self.staging_lost} staging keys lost, "
-                f"{self.snapshot_refused} snapshot scripts refused), "
+                f"{self.snapshot_refused} snapshot scripts refused; {self.snapshot_pieces} stored in several keys, "
+                f"{self.pieces_refused} calls refused PIECES), "
                 f"{self.channel_faults} channel writes failed ({self.channel_late_landed} landed late), "
                 f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)"
                 + (f"; {self.oom_refused} writes refused OOM" if self.oom_refused else "")

@@ -9,6 +9,7 @@ comes back from older data (``--lose-tail``), with one process and with three, a
 (``--processes 3``). A failure names the seed, the last steps and the command that replays it. A seed's run
 depends on every random draw of the simulation: a change to the simulation moves the seeds below (find new ones
 as they were found: revert the fix in a scratch copy of the tree, run ``python -m tests.sim --seeds 250`` there).
+Those found before snapshots of several keys were simulated run with one key (``one_key``), as they were found.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ REGRESSIONS = {
 
 @pytest.mark.parametrize("seed", sorted(REGRESSIONS))
 async def test_a_seed_that_found_a_defect_holds(seed: int) -> None:
-    await run_seed(seed)
+    await run_seed(seed, one_key=True)
 
 
 @pytest.mark.parametrize(("processes", "first"), MULTI_CHUNKS)
@@ -89,7 +90,7 @@ MULTI_REGRESSIONS = {
 
 @pytest.mark.parametrize(("seed", "processes"), sorted(MULTI_REGRESSIONS))
 async def test_a_multi_process_seed_that_found_a_defect_holds(seed: int, processes: int) -> None:
-    await run_seed(seed, processes=processes)
+    await run_seed(seed, processes=processes, one_key=True)
 
 
 async def test_a_late_order_step_never_holds_units_of_an_abandoned_order() -> None:
@@ -97,7 +98,7 @@ async def test_a_late_order_step_never_holds_units_of_an_abandoned_order() -> No
     served late, after the clock passed the order's TTL and housekeeping abandoned the order. Without
     the parts' tombstones (``_orders.give_up_part``) the late step made a part that held its units
     for good (parts never expire by themselves)."""
-    await Driver(592, processes=2, late_across_steps=True).run(20)
+    await Driver(592, processes=2, late_across_steps=True, one_key=True).run(20)
 
 
 async def test_a_reservation_id_names_one_record_across_processes() -> None:
@@ -107,7 +108,8 @@ async def test_a_reservation_id_names_one_record_across_processes() -> None:
     units no record of r23 accounted for (Q2/Q3) after step 6; now such Reserves are refused, naming
     ``lines`` (R5)."""
     tally = Tally()
-    await Driver(12, tally, processes=3, retry_other_content=True).run(60)  # the claims' trips move the run
+    # the claims' trips move the run
+    await Driver(12, tally, processes=3, retry_other_content=True, one_key=True).run(60)
     assert tally.id_claims_refused, tally
 
 
@@ -163,7 +165,7 @@ def test_a_seed_takes_the_same_path_however_slow_the_machine(seed: int) -> None:
     redis_timeout_s by the event loop's clock: on a slow enough machine it did mid-seed, and the seed went
     another way than it goes at the usual pace (a strict xfail seed passed). No wall-clock bound of the
     service's fires in a seed any more (``world.sim_config``): however long a turn takes, the same path."""
-    at_pace, slow = Driver(seed, processes=2), Driver(seed, processes=2)
+    at_pace, slow = Driver(seed, processes=2, one_key=True), Driver(seed, processes=2, one_key=True)
     asyncio.run(at_pace.run(10))
     with asyncio.Runner(loop_factory=_SlowTurns) as runner:
         runner.run(slow.run(10))
@@ -210,7 +212,7 @@ async def test_a_channel_never_keeps_a_value_of_a_position_redis_lost() -> None:
     instance notices, its desk publishes J@L1 = 7 into the restored stream. Restarted, the desk curated
     only the positions memory holds — J@L1 is none — so the channel showed 7 units that do not exist, for
     good. The desk now shows 0 at its start for every key no recovered position stands behind."""
-    await Driver(19, lose_tail=True).run(10)
+    await Driver(19, lose_tail=True, one_key=True).run(10)
 
 
 async def test_a_settle_after_redis_came_back_from_older_data_fences_what_was_sent_before_it() -> None:
@@ -244,7 +246,7 @@ async def test_an_order_whose_part_id_is_taken_by_a_lost_orders_part_is_refused_
     with other lines then found a part's id taken by other content. The part refused it
     (RESERVATION_ID_REUSED) and the order stayed pending for good, its other part holding units. The
     order is now abandoned (every part given up) and the refusal passed on."""
-    await Driver(303, lose_tail=True).run(60)
+    await Driver(303, lose_tail=True, one_key=True).run(60)
 
 
 async def test_a_stock_out_offered_during_a_round_is_not_overtaken_by_the_rounds_older_value() -> None:
@@ -253,7 +255,7 @@ async def test_a_stock_out_offered_during_a_round_is_not_overtaken_by_the_rounds
     took B@L2 to 0, offered at once as a stock-out. The round then offered its older 2 over it, and the
     channel showed units that were gone (C2, C4). A SKU marked again since it was curated is now left to
     the next round."""
-    await Driver(27017).run(60)
+    await Driver(27017, one_key=True).run(60)
 
 
 async def test_a_group_taken_while_redis_restarts_from_older_data_is_recovered_from_what_it_holds() -> None:
@@ -307,7 +309,7 @@ async def test_a_part_a_late_step_makes_for_an_order_redis_lost_is_given_up_at_t
     waited 20 passes for a release that could not come and failed naming nothing ("orders still pending:
     []"). The late requests are now served before the look, a lost part made later is aged too, and a
     failure names the parts still holding; the product releases this one."""
-    await Driver(82157, processes=3, lose_tail=True, clock_skew=True, late_across_steps=True).run(60)
+    await Driver(82157, processes=3, lose_tail=True, clock_skew=True, late_across_steps=True, one_key=True).run(60)
 
 
 async def test_a_taking_redis_lost_and_drawn_again_is_noticed_by_the_serving_processs_owner_check() -> None:

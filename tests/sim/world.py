@@ -9,6 +9,7 @@ process and recovers it; ``checks.py`` and ``invariants.py`` say whether the res
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,8 @@ from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
 from atp_service.intake.facts import FactDesk
 from atp_service.storage.durability import LogDiverged
+from atp_service.storage.records import SnapshotRecord
+from atp_service.storage.snapshot_parts import PIECE_BYTES
 from reservation import Fact, Ledger, Limits, decode_entry
 from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.durable import DurableTracker, MemoryAheadOfLog
@@ -31,6 +34,7 @@ from tests.sim.tally import Tally
 
 if TYPE_CHECKING:
     from tests.sim.shed import Shedding
+    from tests.sim.snapparts import PieceSizes
     from tests.sim.tailloss import TailLoss
 
 START_MS = 1_700_000_000_000
@@ -54,10 +58,12 @@ async def pong_within(actor: Any, log: Any) -> bool:
 """Rounds (each: a few event-loop turns, then Redis answers) within which an idle shard must answer."""
 
 
-def sim_config(shards: int = 3, part_bytes: int = 1 << 20, grace_ms: int = MAX_DURATION_MS_CEILING) -> ServiceConfig:
+def sim_config(shards: int = 3, part_bytes: int = 1 << 20, grace_ms: int = MAX_DURATION_MS_CEILING,
+               piece_bytes: int = PIECE_BYTES) -> ServiceConfig:
     """Small enough that batches, pipelines, snapshots and cross-shard orders all happen often;
-    snapshots past ``part_bytes`` are written in parts (``snapparts.PART_BYTES``). ``grace_ms``: E6's
-    window (``--fact-times`` a smaller one, ``facttimes.GRACE_MS``; else no fact is ever late)."""
+    snapshots past ``part_bytes`` are written in parts (``snapparts.PART_BYTES``), past ``piece_bytes`` in
+    several keys (``snapparts.PIECE_BYTES``). ``grace_ms``: E6's window (``--fact-times`` a smaller one,
+    ``facttimes.GRACE_MS``; else no fact is ever late)."""
     # Nothing forgotten: every ack stays checkable. TTLs drawn are 1-30 s: parts of orders Redis lost are
     # looked for past the longest (``orphans.LeasedOrphans``), within a run's clock.
     limits = Limits(retention_ms=MAX_DURATION_MS_CEILING, fact_grace_ms=grace_ms, max_ttl_seconds=30,
@@ -71,18 +77,22 @@ def sim_config(shards: int = 3, part_bytes: int = 1 << 20, grace_ms: int = MAX_D
     config = ServiceConfig(port=0, metrics_port=-1, shards=shards, demo=False, auth="off", batch_max=6,
                            pipeline_depth=3, mailbox_size=256, snapshot_every_entries=7, limits=limits,
                            max_queue_delay_ms=10**9, snapshot_retry_max_s=1e-6, snapshot_part_bytes=part_bytes,
+                           snapshot_piece_bytes=piece_bytes,
                            redis_timeout_s=WALL_TIME_NEVER_S, snapshot_interval_s=WALL_TIME_NEVER_S)
     return config
 
 
 class World:
     def __init__(self, shards: int = 3, tally: Tally | None = None, channels: bool = True,
-                 cluster: bool = False, part_bytes: int = 1 << 20, grace_ms: int = MAX_DURATION_MS_CEILING) -> None:
+                 cluster: bool = False, part_bytes: int = 1 << 20, grace_ms: int = MAX_DURATION_MS_CEILING,
+                 pieces: PieceSizes | None = None) -> None:
         self.log = SimLog(tally, together=not cluster)
         self.channels = SimChannelStore(self.log)
         self.clock = ManualClock(START_MS)
         self.log.now_ms = self.clock.now_ms  # claims draw epochs no lower than the time (as Redis's TIME)
-        self.config = sim_config(shards, part_bytes, grace_ms)
+        self.pieces = pieces
+        """Each instance's ``snapshot_piece_bytes`` (None: ``PIECE_BYTES``, the default: one key)."""
+        self.config = sim_config(shards, part_bytes, grace_ms, PIECE_BYTES if pieces is None else pieces.bytes)
         self.engine: Engine | None = None
         self.facts: FactDesk | None = None
         self.desk: DeskRunner | None = None
@@ -117,29 +127,35 @@ class World:
         return self.facts
 
     async def recovered(self) -> list[tuple[Ledger, int]]:
-        """Start-up exactly as the service does it: snapshot, then the log after it, per shard."""
-        return self.replayed(range(self.config.shards))
+        """Start-up exactly as the service does it: snapshot (read by its own code, ``LogReads``: one key or
+        several), then the log after it, per shard."""
+        out = []
+        for shard in range(self.config.shards):
+            snap = await self.log.reads.load_snapshot(shard)  # answered at once: no draws
+            out.append(self._replay(shard, snap, list(self.log.logs[shard])))
+        return out
 
     def replayed(self, shards: Iterable[int]) -> list[tuple[Ledger, int]]:
         """``shards`` recovered from what Redis holds now: snapshot, then the log after it."""
-        out = []
-        for shard in shards:
-            snap, entries = self.log.stored(shard)  # read at once: the checks draw no random numbers
-            limits = self.config.limits
-            ledger = Ledger.restore(shard, limits, snap.ledger) if snap else Ledger(shard, limits)
-            seq = snap.seq if snap else 0
-            for entry_seq, data in entries:
-                if entry_seq > seq:
-                    ledger.replay(decode_entry(data))
-                    seq = entry_seq
-            out.append((ledger, seq))
-        return out
+        # read at once: the checks draw no random numbers
+        return [self._replay(shard, *self.log.stored(shard)) for shard in shards]
+
+    def _replay(self, shard: int, snap: SnapshotRecord | None, entries: list[tuple[int, bytes]]) -> tuple[Ledger, int]:
+        limits = self.config.limits
+        ledger = Ledger.restore(shard, limits, snap.ledger) if snap else Ledger(shard, limits)
+        seq = snap.seq if snap else 0
+        for entry_seq, data in entries:
+            if entry_seq > seq:
+                ledger.replay(decode_entry(data))
+                seq = entry_seq
+        return ledger, seq
 
     async def boot(self) -> None:
         if self.tail is not None:
             self.tail.lost_since_start = False  # a new instance: what it recovers is what Redis holds
         if not self._outside:  # the tasks running before this service started are not its own
             self._outside = set(asyncio.all_tasks())
+        self.config = self.instance_config()
         # Before recovery reads the log: a dead instance's late writes are refused.
         await self.log.claim(self.config.shards)
         self.channels.epoch = self.log.epoch
@@ -157,6 +173,12 @@ class World:
             desk = ChannelDesk(self.engine, ESTATE, self.channels, self.clock, self.config.channel_settings)  # type: ignore[arg-type]
             self.desk = DeskRunner(desk)
             await self.desk.start()
+
+    def instance_config(self) -> ServiceConfig:
+        """The configuration an instance starts with: its own ``snapshot_piece_bytes`` (``pieces``)."""
+        if self.pieces is None:
+            return self.config
+        return dataclasses.replace(self.config, snapshot_piece_bytes=self.pieces.next_instance())
 
     async def crash_and_recover(self, rng: random.Random) -> None:
         """kill -9: every task of the process gone wherever it was (shards, callers, coordinators, the
