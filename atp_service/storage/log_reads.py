@@ -120,30 +120,32 @@ class LogReads:
             first, count = await pipe.execute()
         if count is None:
             return await self._key_bytes(key, first)
-        raw = bytearray()
+        raw, head = bytearray(), b""
         for piece in range(int(count)):
             key = self.keys.snap(shard, piece)
             got = await self._key_bytes(key, first if piece == 0 else None)
+            if piece == 0:  # its first bytes, of its first key (which may be shorter than they are)
+                head = bytes(got[:_SEEN_AGAIN_BYTES])
             if not got:
-                await self._check_unchanged(shard, count, raw)
+                await self._check_unchanged(shard, count, head)
                 # Not a change under the read but a key gone for good (deleted by hand, evicted): read again, it
                 # would be missing at every try and the recovery never end.
                 raise SnapshotUnreadable(f"shard {shard}: {key}, one of the {int(count)} keys {count_key} says the "
                                          "snapshot is in, is missing; restore Redis from a backup")
             raw += got
-        await self._check_unchanged(shard, count, raw)
+        await self._check_unchanged(shard, count, head)
         return raw
 
-    async def _check_unchanged(self, shard: int, count: bytes, raw: bytearray) -> None:
-        """Its count and its first bytes (the header: the checksum of all its keys) as they were when the read
-        began (``SnapshotChanged`` otherwise): Redis back from older data in as many keys meanwhile would otherwise
-        join keys of two snapshots, failing the checksum."""
-        count_key, seen = self.keys.snap_pieces(shard), min(len(raw), _SEEN_AGAIN_BYTES)
+    async def _check_unchanged(self, shard: int, count: bytes, head: bytes) -> None:
+        """Its count and ``head``, the first bytes of its first key (the header: the checksum of all its keys), as
+        they were when the read began (``SnapshotChanged`` otherwise): Redis back from older data in as many keys
+        meanwhile would otherwise join keys of two snapshots, failing the checksum."""
+        count_key = self.keys.snap_pieces(shard)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.get(count_key)
-            pipe.getrange(self.keys.snap(shard), 0, max(seen, 1) - 1)
-            count_now, head = await pipe.execute()
-        if count_now != count or head[:seen] != raw[:seen]:
+            pipe.getrange(self.keys.snap(shard), 0, max(len(head), 1) - 1)
+            count_now, now = await pipe.execute()
+        if count_now != count or now[:len(head)] != head:
             raise SnapshotChanged(f"{count_key} or {self.keys.snap(shard)} changed while the snapshot was read")
 
     async def _key_bytes(self, key: str, first: bytes | None) -> Any:
