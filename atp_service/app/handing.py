@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyError, RedisClusterException
 
+from atp_service.edge.ratelog import OncePerKey
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced
 from atp_service.storage.nodes import TOPOLOGY_ERRORS
@@ -35,17 +37,41 @@ async def hand_over_all(groups: list[int], hand_over: Callable[[int, bool], Awai
             return
 
 
-def say_not_recovered(group: int, exc: BaseException, log: logging.Logger) -> None:
-    """A taking whose recovery ended in ``exc``: a stop's cancel is nothing gone wrong, Redis not answering (or
+NOT_RECOVERED_LOG_S = 60.0
+"""How often a group whose takings all fail alike is said, at most (each failed taking is counted in between)."""
+
+NOT_RECOVERED_GROUPS_KEPT = 4096
+"""Groups whose last line's time is remembered, at most (the least recently said forgotten first)."""
+
+
+class NotRecovered:
+    """What a taking whose recovery failed says: a stop's cancel is nothing gone wrong, Redis not answering (or
     between primaries) a fault a later balance gets past, anything else an error — a log this version cannot
-    read, Redis refusing the reads (an ACL changed while the service runs: every taking fails alike), a bug."""
-    if isinstance(exc, asyncio.CancelledError):
-        log.info("group %d: taken, its recovery cancelled by a stop; given back", group)
-    elif _unanswered(exc):
-        log.warning("group %d: taken but not recovered (Redis: %r); given back, to be taken at a later balance",
-                    group, exc, extra={"event": "group_not_recovered", "group": group})
-    else:
-        log.error("group %d: taken but not recovered; given back", group, exc_info=exc)
+    read, Redis refusing the reads (an ACL changed while the service runs: every taking fails alike), a bug.
+    Every process takes such a group again at each balance pass (a third of a lease): said each time, one
+    damaged snapshot filled every process's log with an ERROR and its traceback every few seconds. Said once
+    per group per ``interval_s``, the line counting the takings left unsaid since (``left_out``)."""
+
+    def __init__(self, log: logging.Logger, interval_s: float = NOT_RECOVERED_LOG_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._log, self._due = log, OncePerKey(interval_s, NOT_RECOVERED_GROUPS_KEPT, clock)
+        self._unsaid: dict[int, int] = {}
+
+    def say(self, group: int, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            self._log.info("group %d: taken, its recovery cancelled by a stop; given back", group)
+            return
+        if not self._due.due(str(group)):
+            self._unsaid[group] = self._unsaid.get(group, 0) + 1
+            return
+        left_out = self._unsaid.pop(group, 0)
+        if _unanswered(exc):
+            self._log.warning("group %d: taken but not recovered (Redis: %r); given back, to be taken at a later "
+                              "balance (%d more such takings since the last line)", group, exc, left_out,
+                              extra={"event": "group_not_recovered", "group": group, "left_out": left_out})
+        else:
+            self._log.error("group %d: taken but not recovered; given back (%d more such takings since the last "
+                            "line)", group, left_out, exc_info=exc, extra={"group": group, "left_out": left_out})
 
 
 def _unanswered(exc: BaseException) -> bool:
@@ -55,4 +81,4 @@ def _unanswered(exc: BaseException) -> bool:
     return isinstance(exc, (*TOPOLOGY_ERRORS, ReadOnlyError, RedisClusterException))
 
 
-__all__ = ["hand_over_all", "say_not_recovered"]
+__all__ = ["NOT_RECOVERED_LOG_S", "NotRecovered", "hand_over_all"]

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from atp_service.app.balancing import FreeWatch, RenewalPace, address_of, plan_balance, preference
-from atp_service.app.handing import hand_over_all, say_not_recovered
+from atp_service.app.handing import NotRecovered, hand_over_all
 from atp_service.app.lost_entries import say_if_lost
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
@@ -67,7 +67,7 @@ class Membership:
     def __init__(self, engine: Engine, store: LogStore, config: ServiceConfig, clock: Clock,
                  metrics: MembershipMetrics, engine_metrics: EngineMetrics) -> None:
         self._engine, self._store, self._config, self._clock = engine, store, config, clock
-        self._metrics, self._engine_metrics = metrics, engine_metrics
+        self._metrics, self._engine_metrics, self._not_recovered = metrics, engine_metrics, NotRecovered(log)
         self.address = config.advertised
         self.leases = GroupLeases(store, f"{self.address}|{secrets.token_hex(6)}", config.lease_ms)
         self._lease_s, self._balance_s = config.lease_ms / 1000, (config.balance_ms or config.lease_ms / 3) / 1000
@@ -355,7 +355,7 @@ class Membership:
         try:
             ledger, seq, replayed = await recover_shard(self._store, group, self._config.limits)
         except BaseException as exc:
-            say_not_recovered(group, exc, log)
+            self._not_recovered.say(group, exc)
             self._store.drop(group)
             with contextlib.suppress(*STORAGE_ERRORS):  # never renewed again; unanswered, the lease runs out
                 await self.leases.release(group, epoch)  # what ended the recovery is what the caller hears
