@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+import pytest
+
+from atp_service import EmbeddedRedis
 from tests.waiting import until
 
 
@@ -134,3 +137,16 @@ class HoldingProxy:
                 if not writer.is_closing():
                     writer.write(data)
         writer.close()
+
+
+@pytest.fixture
+async def proxy(redis_server: EmbeddedRedis, redis_url: str) -> AsyncIterator[HoldingProxy]:
+    """A ``HoldingProxy`` in front of the session's Redis (a clean keyspace: ``redis_url``), listening; after the
+    test it holds nothing more and closes. Used by name: a test module imports it."""
+    held = HoldingProxy("127.0.0.1", redis_server.port)
+    await held.start()
+    try:
+        yield held
+    finally:
+        held.hold()
+        await held.close()

@@ -69,6 +69,21 @@ async def _acknowledged(direct: aioredis.Redis) -> None:
     await until(none_pending, "every entry read acknowledged", 20)
 
 
+@contextlib.asynccontextmanager
+async def publishing(redis_url: str, out: Path) -> AsyncIterator[aioredis.Redis]:
+    """A publisher of ``market`` (group ``jsonl``) to ``out`` running meanwhile; yields a Redis client of the test's."""
+    publisher = Publisher(config(channel="market", group="jsonl"), aioredis.Redis.from_url(redis_url),
+                          JsonlAdapter(out), PublisherMetrics())
+    task = asyncio.create_task(publisher.run())
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        yield direct
+    finally:
+        publisher.stop()
+        await asyncio.wait_for(task, 10)
+        await direct.aclose()
+
+
 async def test_a_plain_restart_of_the_service_is_no_gap_no_warning_and_no_sweep_of_the_state_hash_C3(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -81,11 +96,7 @@ async def test_a_plain_restart_of_the_service_is_no_gap_no_warning_and_no_sweep_
     service, client = await start_service(clock=clock, estate=estate)
     await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
     before = await wait_for_updates(redis_url, "market", 3)
-    publisher = Publisher(config(channel="market", group="jsonl"), aioredis.Redis.from_url(redis_url),
-                          JsonlAdapter(out), PublisherMetrics())
-    task = asyncio.create_task(publisher.run())
-    direct = aioredis.Redis.from_url(redis_url)
-    try:
+    async with publishing(redis_url, out) as direct:
         await _delivered(out, before[-1].sku, before[-1].version)
         await service.stop(grace_s=0.1)
         clock.advance(1000)  # the deploy takes a second
@@ -96,10 +107,6 @@ async def test_a_plain_restart_of_the_service_is_no_gap_no_warning_and_no_sweep_
             await _delivered(out, "sku-1", new.version)
             await _acknowledged(direct)
             commands = await so_far()
-    finally:
-        publisher.stop()
-        await asyncio.wait_for(task, 10)
-        await direct.aclose()
     assert new.follows == before[-1].version and new.version > before[-1].version + 1  # the start's jump, linked
     assert delivered(out)["sku-1"] == (0, new.version, "OUT_OF_STOCK")
     assert warnings(caplog) == []
@@ -118,11 +125,7 @@ async def test_a_publisher_that_read_versions_redis_then_lost_still_owes_them_an
     await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
     last = (await wait_for_updates(redis_url, "market", 3))[-1]
     kept = last.version
-    publisher = Publisher(config(channel="market", group="jsonl"), aioredis.Redis.from_url(redis_url),
-                          JsonlAdapter(out), PublisherMetrics())
-    task = asyncio.create_task(publisher.run())
-    direct = aioredis.Redis.from_url(redis_url)
-    try:
+    async with publishing(redis_url, out) as direct:
         await _delivered(out, last.sku, kept)
         await _acknowledged(direct)
         image = await saved(direct)
@@ -141,10 +144,6 @@ async def test_a_publisher_that_read_versions_redis_then_lost_still_owes_them_an
             await until(lambda: warnings(caplog), "the loss warned", 20)
             await _acknowledged(direct)
             commands = await so_far()
-    finally:
-        publisher.stop()
-        await asyncio.wait_for(task, 10)
-        await direct.aclose()
     assert new.follows == kept
     assert [w for w in warnings(caplog) if f"versions {kept + 1} to {lost} that group jsonl read" in w
             and "Redis lost them" in w], warnings(caplog)

@@ -6,7 +6,7 @@ a first call, every group answers, both processes stop, and a restart recovers t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -14,15 +14,17 @@ import pytest
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import EmbeddedRedis, free_port
+from atp_service import free_port
 from atp_service.edge import peers
 from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, routed
 from tests.atp_service.app.test_processes_streams import counted
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_deadline_faults import _answered
-from tests.atp_service.redis_proxy import HoldingProxy
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import STOP_LIMIT_S, services_on
 from tests.waiting import until
+
+__all__ = ["proxy"]  # the fixture, used by name
 
 ORDER = "zq-order"  # its bytes mark the held process's appends of the order
 LEASED = {"ownership": "leases", "balance_ms": 200, "shards": SHARDS, "lease_ms": 5_000, "input_streams": (),
@@ -38,16 +40,6 @@ CHANGES: dict[str, tuple[bool, Callable[[list[str]], tuple[str, Any]]]] = {
         reservation_id=ORDER, operation_id="op-1", lines=[pb.Line(sku=s, location="DC", quantity=1) for s in skus]))),
 }
 
-
-@pytest.fixture
-async def proxy(redis_server: EmbeddedRedis) -> AsyncIterator[HoldingProxy]:
-    held = HoldingProxy("127.0.0.1", redis_server.port)
-    await held.start()
-    try:
-        yield held
-    finally:
-        held.hold()
-        await held.close()
 
 
 async def _state(client: AtpClient, skus: list[str]) -> tuple[pb.Reservation, list[pb.Availability]]:

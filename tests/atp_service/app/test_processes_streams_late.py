@@ -13,29 +13,21 @@ from typing import Any
 import pytest
 import redis
 
-from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service import AtpService, free_port
 from atp_service.edge import record
 from atp_service.storage.leases import GroupLeases
 from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, routed
 from tests.atp_service.app.test_processes_streams import counted, on_hand
 from tests.atp_service.fact_helpers import F, wait_consumed
-from tests.atp_service.redis_proxy import HoldingProxy
+from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import services_on
 from tests.waiting import until
+
+__all__ = ["proxy"]  # the fixture, used by name
 
 STREAM = "atp:in:pos"
 LEASED = {"ownership": "leases", "balance_ms": 200, "shards": SHARDS}
 
-
-@pytest.fixture
-async def proxy(redis_server: EmbeddedRedis, redis_url: str) -> AsyncIterator[HoldingProxy]:
-    held = HoldingProxy("127.0.0.1", redis_server.port)
-    await held.start()
-    try:
-        yield held
-    finally:
-        held.hold()
-        await held.close()
 
 
 @contextlib.asynccontextmanager
