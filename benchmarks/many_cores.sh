@@ -5,7 +5,9 @@
 #
 #   benchmarks/many_cores.sh unary [SECONDS]    unary_cost.py (500, 1,000, 2,000/s, half the ceiling, a
 #                                               py-spy split at 1,000/s) and throughput.py: about 4 minutes
-#   benchmarks/many_cores.sh scale [SECONDS]    scale.py over 1, 2, 4, 8 processes (PROCESSES to change)
+#   benchmarks/many_cores.sh scale [SECONDS]    scale.py over 1, 2, 4, 8 processes (PROCESSES to change, STEPS
+#                                               to run fewer kinds, e.g. unary-routed,stream-routed); groups
+#                                               spread every 0.3 s so that a 16-process step starts in seconds
 #
 # PY names the interpreter (default: the project's .venv, else python3); redis-server on PATH.
 set -u
@@ -25,7 +27,8 @@ unary)
   timeout 220 $PY benchmarks/throughput.py --rounds 3 --seconds "$((S / 2 + 1))" --scaling 16,64,128,256 2>&1 \
     | tee "$OUT/throughput.txt" ;;
 scale)
-  timeout 900 $PY benchmarks/scale.py --processes "${PROCESSES:-1,2,4,8}" --seconds "$S" 2>&1 | tee "$OUT/scale.txt" ;;
+  timeout 900 $PY benchmarks/scale.py --processes "${PROCESSES:-1,2,4,8}" --seconds "$S" --balance-ms 300 \
+    --steps "${STEPS:-unary-routed,unary-forwarded,stream-routed,stream-forwarded}" 2>&1 | tee "$OUT/scale.txt" ;;
 *)
   echo "usage: $0 unary|scale [SECONDS]" >&2; exit 2 ;;
 esac

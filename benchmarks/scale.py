@@ -23,7 +23,8 @@ load generator and Redis node kept busy over the window (``service_cores``, ``lo
 (``forwarded_calls``: none in a routed step while the clients route right), and the check. Exits 1 if
 any check fails.
 
-    python benchmarks/scale.py [--max-processes N] [--load-processes K] [--seconds 10]
+    python benchmarks/scale.py [--max-processes N | --processes 1,2] [--steps unary-routed,stream-routed]
+                               [--load-processes K] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ STOCK = 1_000_000
 """Units per position: no step comes near it."""
 
 TICKS = os.sysconf("SC_CLK_TCK")
+
+STEPS = ("unary-routed", "unary-forwarded", "stream-routed", "stream-forwarded")
+"""Each process count's steps, ``kind-mode``, in this order unless ``--steps`` names others."""
 
 
 class Services:
@@ -258,6 +262,7 @@ def row(n: int, kind: str, mode: str, tallies: list[Tally], cpu: float, k: int) 
 
 async def step(url: str, n: int, kind: str, mode: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """One measured row, on fresh processes and a flushed keyspace."""
+    began = time.monotonic()
     with RedisCluster.from_url(url) as cluster:
         cluster.flushall(target_nodes=RedisCluster.PRIMARIES)
     services = Services(url, n, args, tmp)
@@ -265,9 +270,11 @@ async def step(url: str, n: int, kind: str, mode: str, args: argparse.Namespace,
         await services.ready(args.shards)
         await seed(services.addresses[0], args)
         k = args.load_processes or n
+        setup_s = round(time.monotonic() - began, 1)
         tallies, cpu, used = await load(services, kind, mode, args, k)
         acked = sum((t.acked for t in tallies), Counter[tuple[str, str]]())
-        return {**row(n, kind, mode, tallies, cpu, k), **used, **await check(services.addresses, args, acked)}
+        return {**row(n, kind, mode, tallies, cpu, k), **used, **await check(services.addresses, args, acked),
+                "setup_s": setup_s, "step_s": round(time.monotonic() - began, 1)}
     finally:
         services.stop()
 
@@ -276,7 +283,7 @@ async def measure(url: str, args: argparse.Namespace, tmp: Path) -> bool:
     """Every step, one JSON line each; False if any check failed."""
     clean = True
     for n in args.processes:
-        for kind, mode in (("unary", "routed"), ("unary", "forwarded"), ("stream", "routed"), ("stream", "forwarded")):
+        for kind, mode in (step.split("-") for step in args.steps):
             out = await step(url, n, kind, mode, args, tmp)
             clean = clean and out["oversold"] == 0 and out["hold_mismatches"] == 0
             print(json.dumps(out), flush=True)
@@ -299,6 +306,8 @@ def parse_args() -> argparse.Namespace:
                         help="the steps' process counts instead, e.g. 2 or 1,3")
     parser.add_argument("--load-processes", type=int, default=0, help="load generators (default: as many as "
                         "service processes in the step)")
+    parser.add_argument("--steps", type=lambda s: s.split(","), default=list(STEPS),
+                        help=f"the kind-mode steps run for each process count, in order (default {','.join(STEPS)})")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per step")
     parser.add_argument("--warmup", type=float, default=WARMUP_S, help="unmeasured seconds of calls per load "
                         f"generator before each step's window (default {WARMUP_S})")
@@ -313,6 +322,8 @@ def parse_args() -> argparse.Namespace:
                         "handing over at most a group (default: the service's, a third of the lease)")
     parser.add_argument("--cluster-url", default="", help="a Redis Cluster to use (flushed!) instead of starting one")
     args = parser.parse_args()
+    if unknown := set(args.steps) - set(STEPS):
+        parser.error(f"--steps: unknown {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
     args.processes = args.processes or doubling(args.max_processes)
     args.shards = args.shards or max(16, 4 * max(args.processes))
     return args
