@@ -19,7 +19,8 @@ error) must be 0. One JSON line per step: processes, mode, kind, ops/s
 (reservations held per second), p50/p99 ms (per call, or per batch message), errors, the service
 processes' CPU seconds per 1,000 reservations (``/proc/<pid>/stat``), the cores each service process,
 load generator and Redis node kept busy over the window (``service_cores``, ``load_cores``,
-``redis_cores``, busiest first: one near 1.0 is what limited the step), the calls forwarded meanwhile
+``redis_cores``, busiest first: one near 1.0 is what limited the step) and the whole host (``host_cores``:
+what no process is charged for shows as the difference), the calls forwarded meanwhile
 (``forwarded_calls``: none in a routed step while the clients route right), and the check. Exits 1 if
 any check fails.
 
@@ -70,11 +71,11 @@ STEPS = ("unary-routed", "unary-forwarded", "stream-routed", "stream-forwarded")
 class Services:
     """``n`` leased ``atp-service serve`` processes on the cluster, each logging to ``tmp``."""
 
-    def __init__(self, url: str, n: int, args: argparse.Namespace, tmp: Path) -> None:
+    def __init__(self, url: str, n: int, args: argparse.Namespace, tmp: Path, name: str) -> None:
         self.ports = [free_port() for _ in range(n)]
         self.addresses = tuple(f"127.0.0.1:{port}" for port in self.ports)
         self.metrics_ports = [free_port() for _ in range(n)]
-        self.logs = [tmp / f"service-{n}-{i}.log" for i in range(n)]
+        self.logs = [tmp / f"service-{n}-{name}-{i}.log" for i in range(n)]
         env = {**os.environ, "ATP_REDIS_CLUSTER": "true", "ATP_INPUT_STREAMS": ""}
         extra = ("--host", "127.0.0.1", "--shards", str(args.shards), "--ownership", "leases",
                  *(("--lease-ms", str(args.lease_ms)) if args.lease_ms else ()),
@@ -149,14 +150,23 @@ class Cores:
     def __init__(self, groups: dict[str, list[int]]) -> None:
         self.groups = groups
         self._start = {pid: cpu_s(pid) for pids in groups.values() for pid in pids}
+        self._host = host_busy_s()
         self._t0 = time.monotonic()
 
     def used(self) -> dict[str, Any]:
         """Per group, each process's cores over the window so far, busiest first."""
         span = max(1e-9, time.monotonic() - self._t0)
-        return {f"{name}_cores": sorted((round((cpu_s(pid) - self._start[pid]) / span, 2) for pid in pids),
-                                        reverse=True)
-                for name, pids in self.groups.items()}
+        used: dict[str, Any] = {
+            f"{name}_cores": sorted((round((cpu_s(pid) - self._start[pid]) / span, 2) for pid in pids), reverse=True)
+            for name, pids in self.groups.items()}
+        return {**used, "host_cores": round((host_busy_s() - self._host) / span, 2)}
+
+
+def host_busy_s() -> float:
+    """CPU seconds the whole host spent busy so far (``/proc/stat``: every field but idle and iowait),
+    which counts work no process above is charged for (the kernel's network stack, other processes)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / TICKS
 
 
 class _clients:
@@ -265,7 +275,7 @@ async def step(url: str, n: int, kind: str, mode: str, args: argparse.Namespace,
     began = time.monotonic()
     with RedisCluster.from_url(url) as cluster:
         cluster.flushall(target_nodes=RedisCluster.PRIMARIES)
-    services = Services(url, n, args, tmp)
+    services = Services(url, n, args, Path(args.logs) if args.logs else tmp, f"{kind}-{mode}")
     try:
         await services.ready(args.shards)
         await seed(services.addresses[0], args)
@@ -320,6 +330,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lease-ms", type=int, default=0, help="the processes' lease (default: the service's)")
     parser.add_argument("--balance-ms", type=int, default=0, help="the processes' balancing period, each pass "
                         "handing over at most a group (default: the service's, a third of the lease)")
+    parser.add_argument("--logs", default="", help="a directory to keep the service processes' logs in "
+                        "(service-N-KIND-MODE-I.log; default: a temporary one, removed at the end)")
     parser.add_argument("--cluster-url", default="", help="a Redis Cluster to use (flushed!) instead of starting one")
     args = parser.parse_args()
     if unknown := set(args.steps) - set(STEPS):
