@@ -78,6 +78,7 @@ class Services:
         self.logs = [tmp / f"service-{n}-{name}-{i}.log" for i in range(n)]
         env = {**os.environ, "ATP_REDIS_CLUSTER": "true", "ATP_INPUT_STREAMS": ""}
         extra = ("--host", "127.0.0.1", "--shards", str(args.shards), "--ownership", "leases",
+                 "--log-level", args.log_level,
                  *(("--lease-ms", str(args.lease_ms)) if args.lease_ms else ()),
                  *(("--balance-ms", str(args.balance_ms)) if args.balance_ms else ()))
         self.procs = [subprocess.Popen(serve_command(url, port, mport, *extra), env=env, stdout=log.open("wb"),
@@ -332,6 +333,8 @@ def parse_args() -> argparse.Namespace:
                         "handing over at most a group (default: the service's, a third of the lease)")
     parser.add_argument("--logs", default="", help="a directory to keep the service processes' logs in "
                         "(service-N-KIND-MODE-I.log; default: a temporary one, removed at the end)")
+    parser.add_argument("--log-level", default="WARNING", help="the service processes' (e.g. INFO with --logs: "
+                        "every group taken and handed over)")
     parser.add_argument("--cluster-url", default="", help="a Redis Cluster to use (flushed!) instead of starting one")
     args = parser.parse_args()
     if unknown := set(args.steps) - set(STEPS):

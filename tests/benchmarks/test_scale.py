@@ -29,5 +29,5 @@ async def test_scale_runs_two_processes_and_finds_nothing_oversold(cluster_url: 
         assert r["oversold"] == 0 and r["hold_mismatches"] == 0 and r["checked_positions"] == 400, r
         # What limited the step: each service process's and load generator's cores (no Redis of its own here).
         assert len(r["service_cores"]) == 2 and len(r["load_cores"]) == 2 and r["redis_cores"] == [], r
-        assert max(r["service_cores"]) > 0 and r["forwarded_calls"] >= 0, r
+        assert max(r["service_cores"]) > 0 and r["forwarded_calls"] >= 0 and r["host_cores"] > 0, r
     assert next(r for r in rows if r["mode"] == "forwarded" and r["kind"] == "unary")["forwarded_calls"] > 0, rows
