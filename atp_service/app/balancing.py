@@ -309,10 +309,18 @@ RENEW_RETRY_MOST = 0.1
 
 class RenewalPace:
     """When a process renews its membership and leases next: a third of a lease after a renewal that
-    renewed everything; ``RENEW_RETRY_FIRST_S`` after one that did not, doubling while they fail, up to
-    ``RENEW_RETRY_MOST`` of a lease. Its groups stop answering ``membership.SAFETY`` into a lease after
-    the last renewal that was sent: renewals tried again only every third of a lease would leave them
-    unanswered for up to that long after Redis is back from a stall."""
+    renewed everything was sent; ``RENEW_RETRY_FIRST_S`` after one that did not ended, doubling while
+    they fail, up to ``RENEW_RETRY_MOST`` of a lease. Its groups stop answering ``membership.SAFETY``
+    into a lease after the last renewal that was sent: renewals tried again only every third of a lease
+    would leave them unanswered for up to that long after Redis is back from a stall.
+
+    A renewal that renewed everything is followed a third of a lease after it was *sent*, not after it
+    was answered (at once where its answer took longer): each group's deadline counts from the send, so
+    a wait counted from the answer spent its answer time twice — the deadline ran on from the send
+    while it was answered, then again while the next one was. Answers slowed by a lagging event loop
+    (seconds under load) lapsed deadlines whose leases Redis still held: two renewals answered in
+    1.2 s each after a third of a 5 s lease left 4 s - (1.2 + 1.7 + 1.2) s, and the groups were
+    refused ``GROUP_MOVED`` though no group moved."""
 
     def __init__(self, lease_s: float) -> None:
         self.usual_s = lease_s / 3
@@ -320,11 +328,13 @@ class RenewalPace:
         self._wait_s = self.usual_s
         self._failing_since: float | None = None
 
-    def after(self, renewed: bool, now: float) -> float:
-        """The wait before the next renewal, after one that ``renewed`` everything or not."""
+    def after(self, renewed: bool, now: float, sent: float | None = None) -> float:
+        """The wait before the next renewal, after one that ``renewed`` everything or not; ``sent``: when
+        that one was sent (a renewed one's wait counts from it, none: from ``now``)."""
         if renewed:
             self._wait_s, self._failing_since = self.usual_s, None
-        elif self._failing_since is None:
+            return max(0.0, self.usual_s - (now - sent)) if sent is not None else self.usual_s
+        if self._failing_since is None:
             self._wait_s, self._failing_since = RENEW_RETRY_FIRST_S, now
         else:
             self._wait_s = min(self._wait_s * 2, self._most_s)

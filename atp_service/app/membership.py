@@ -150,18 +150,19 @@ class Membership:
                                                  [self._entry, 0, self._retired]))
 
     async def _keep_renewing(self, failed_first: bool) -> None:
-        """Renews at ``RenewalPace``: every third of a lease, and soon after one that left anything
-        unrenewed (``failed_first``: the start's, already said). Said once when renewals start failing,
-        once a lease while they go on, and when one succeeds again."""
+        """Renews at ``RenewalPace``: a third of a lease after each renewal was sent, and soon after one
+        that left anything unrenewed (``failed_first``: the start's, already said). Said once when
+        renewals start failing, once a lease while they go on, and when one succeeds again."""
         pace = RenewalPace(self._lease_s)
         said_at = time.monotonic()
         wait_s = pace.after(not failed_first, said_at)
         while True:
             await asyncio.sleep(wait_s)
+            sent = time.monotonic()  # no later than the renewal's own send: its deadlines count from that
             missing = await self._renewal()
             now = time.monotonic()
             failing_s = pace.failing_s(now)
-            wait_s = pace.after(not missing, now)
+            wait_s = pace.after(not missing, now, sent)
             if not missing:
                 if failing_s:
                     log.info("renewed again after %.1fs of failed renewals", failing_s,

@@ -146,3 +146,36 @@ async def test_a_renewal_cancelled_in_flight_leaves_no_task_behind(
         loop.set_exception_handler(None)
         proxy.hold()
         proxy.drop()
+
+
+async def test_renewals_answered_slowly_keep_every_deadline_ahead(
+        proxied: tuple[HoldingProxy, ServiceFactory]) -> None:
+    """Every renewal answered ``SLOW_S`` after Redis ran it (an event loop lagging under load): the next is
+    sent a third of a lease after this one was sent, not after it was answered, so no group's deadline
+    lapses while Redis holds every lease. Paced from the answer, each answer's time counted twice: 0.9 s +
+    1 s + 0.9 s past a deadline 2.4 s after the send, and the groups were refused ``GROUP_MOVED`` for 0.4 s
+    a renewal though no group moved."""
+    _, start = proxied
+    service, _ = await start(port=free_port(), host="127.0.0.1")
+    membership = _membership(service)
+    await until(lambda: len(membership.leases.held) == 4, "every group taken", 30)
+    slow_s = 0.9  # under the 2.4 s a deadline runs past its send, less the 1 s between renewals
+    assert slow_s < LEASE_MS / 1000 * SAFETY - LEASE_MS / 3000
+    renew = membership.leases.renew
+
+    async def answered_late() -> dict[int, str]:
+        lost = await renew()
+        await asyncio.sleep(slow_s)
+        return lost
+
+    membership.leases.renew = answered_late  # type: ignore[method-assign]
+    lapsed: list[float] = []
+    watched_until = time.monotonic() + 5 * LEASE_MS / 1000 / 3  # five renewals' worth
+    while (now := time.monotonic()) < watched_until:
+        behind = now - min(_deadlines(service).values())
+        if behind > 0:
+            lapsed.append(behind)
+        await asyncio.sleep(0.01)
+    membership.leases.renew = renew  # type: ignore[method-assign]
+    assert len(membership.leases.held) == 4, "a lease was lost"
+    assert not lapsed, f"a deadline lapsed while Redis held its lease (by up to {max(lapsed):.2f}s)"

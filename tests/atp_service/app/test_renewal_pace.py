@@ -37,3 +37,12 @@ def test_the_longest_wait_after_a_failure_leaves_most_of_the_answering_part_of_a
     assert longest <= max(RENEW_RETRY_FIRST_S, lease_s * RENEW_RETRY_MOST)
     assert longest < pace.usual_s or lease_s * SAFETY <= 0.3
     assert RENEW_RETRY_FIRST_S < 0.3 * SAFETY  # the shortest lease allowed: its first retry still in time
+
+
+def test_a_renewal_that_renewed_everything_is_followed_a_third_of_a_lease_after_it_was_sent() -> None:
+    """Counted from the send, as the groups' deadlines are: an answer that took long shortens the wait, one
+    that took a third of a lease or more is followed at once."""
+    pace = RenewalPace(6.0)
+    assert pace.after(True, now=10.5, sent=10.0) == pytest.approx(1.5)
+    assert pace.after(True, now=12.5, sent=10.0) == 0.0
+    assert pace.after(False, now=13.0, sent=12.9) == pytest.approx(RENEW_RETRY_FIRST_S)  # a failure: from its end
