@@ -12,6 +12,11 @@ instead: each wake-up of an idle process costs CPU (at every 20 ms, about 1 % of
 VM, for nothing). A late wake-up (work without calls: streams, ingest) or a call brings it back to
 ``INTERVAL_S``; the first call after a quiet spell brings the next wake-up forward, unless it is
 already overdue (its lateness is then measured, not thrown away).
+
+Streams already open are not refused: each reads its next batch only once the loop is not overloaded
+(``until_calm``), so their callers' later batches wait in gRPC's flow control instead of piling work
+onto the late thread — whose renewals of leased groups, health answers and every other call wait
+behind it.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ class LoopLagMonitor:
     """Measures the event loop's lag with a timer and says when new calls are to be refused."""
 
     def __init__(self, max_lag_ms: int, metrics: EdgeMetrics | None = None) -> None:
-        self._gauge = (metrics or EdgeMetrics()).loop_lag
+        metrics = metrics or EdgeMetrics()
+        self._gauge, self._paused = metrics.loop_lag, metrics.stream_reads_paused
         self.limit_s = max_lag_ms / 1000
         self.lag_s = 0.0
         self._until = 0.0
@@ -50,6 +56,9 @@ class LoopLagMonitor:
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = 0.0
         self._interval = INTERVAL_S
+        self._calm = asyncio.Event()
+        """Set but while overloaded (cleared as a cool-down begins, set at the first wake-up past its end)."""
+        self._calm.set()
 
     def start(self) -> None:
         if self.limit_s > 0 and self._timer is None:
@@ -60,6 +69,7 @@ class LoopLagMonitor:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._calm.set()  # no wake-up will end a cool-down now: no stream waits for one
 
     def overloaded(self) -> bool:
         """Whether a new call is to be refused now. Asked on every call: time.monotonic, not the
@@ -71,12 +81,25 @@ class LoopLagMonitor:
         self._last_call = now
         return now < self._until
 
+    async def until_calm(self) -> None:
+        """Returns once new calls would not be refused: an open stream's next batch is read only then,
+        so that under overload its caller's later batches wait in gRPC's flow control rather than as
+        work on this thread, which the shedding at the door does not bound. Batches taken go on being
+        decided meanwhile, and nothing waited for here depends on another process: the lag drains."""
+        if self.overloaded():
+            started = time.monotonic()
+            await self._calm.wait()
+            self._paused.inc(time.monotonic() - started)
+
     def note(self, lag_s: float, now: float) -> None:
         self.lag_s = lag_s
         self._gauge.set(lag_s)
         self._late = self._late + 1 if lag_s > self.limit_s else 0
         if self._late >= STREAK:
             self._until = now + COOLDOWN_S
+            self._calm.clear()
+        elif now >= self._until:
+            self._calm.set()
 
     def _bring_forward(self) -> None:
         """The first call after a quiet spell: the next wake-up at ``INTERVAL_S`` from now, unless

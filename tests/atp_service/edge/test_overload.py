@@ -356,3 +356,56 @@ async def test_facts_of_one_shard_shed_whole_are_told_as_a_plain_refusal(start_s
     assert refusal.reason == "SHARD_OVERLOADED" and "facts_recorded" not in refusal.metadata, refusal
     resume.set_result(None)
     await queued
+
+
+def _one(rid: str) -> pb.ReserveStreamRequest:
+    return pb.ReserveStreamRequest(reservations=[pb.ReserveRequest(
+        reservation_id=rid, lines=[pb.Line(sku="A", location="DC", quantity=1)])])
+
+
+async def test_an_open_stream_reads_its_next_batch_only_once_the_loop_keeps_time(
+        start_service: ServiceFactory) -> None:
+    """Overload refuses new calls at the door, and an open ReserveStream stops reading: its later
+    batches wait in gRPC's flow control, not as work on the late thread; read and decided once the
+    loop keeps time again, with the wait counted."""
+    service, client = await start_service(shards=1)
+    await client.record_events([receipt("seed", "A", "DC", 10)])
+    monitor, ledger = service._monitor, service.engine.actors[0].ledger  # type: ignore[union-attr]
+    call = client.stub.ReserveStream()
+    await call.write(_one("s1"))
+    assert (await call.read()).outcomes[0].response.state == pb.RESERVATION_STATE_HELD
+    monitor._until = time.monotonic() + 3600  # overloaded, as late wake-ups in a row make it
+    monitor._calm.clear()
+    await call.write(_one("s2"))  # the reader was waiting on the stream: taken, then no more
+    assert (await call.read()).outcomes[0].response.state == pb.RESERVATION_STATE_HELD
+    await call.write(_one("s3"))
+    await asyncio.sleep(0.5)  # were it read, it would be decided by now (its shard idle)
+    assert ledger.reservation("s3") is None and ledger.quantities("A", "DC").reserved == 2
+    monitor._until = 0.0  # the loop keeps time again: its next wake-up ends the cool-down
+    assert (await call.read()).outcomes[0].response.state == pb.RESERVATION_STATE_HELD
+    await call.done_writing()
+    assert ledger.quantities("A", "DC").reserved == 3
+    (paused,) = [s.value for s in service.metrics.edge.stream_reads_paused.collect()[0].samples
+                 if s.name.endswith("_total")]
+    assert paused >= 0.5, paused
+
+
+async def test_a_stream_waiting_for_the_loop_goes_on_after_the_cool_down_or_at_the_monitors_stop() -> None:
+    monitor = LoopLagMonitor(100)
+    monitor.start()
+    try:
+        for _ in range(STREAK):  # late wake-ups in a row: a cool-down begins
+            monitor.note(1.0, time.monotonic())
+        waiting = asyncio.ensure_future(monitor.until_calm())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        await asyncio.wait_for(waiting, 30)  # a wake-up on time past the cool-down lets it go (a bound, not a timing)
+        assert not monitor.overloaded()
+        for _ in range(STREAK):
+            monitor.note(1.0, time.monotonic() + 3600)  # a cool-down no wake-up will end while this test runs
+        stopped = asyncio.ensure_future(monitor.until_calm())
+        await asyncio.sleep(0)
+        assert not stopped.done()
+    finally:
+        await monitor.stop()
+    await asyncio.wait_for(stopped, 30)
