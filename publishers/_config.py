@@ -129,6 +129,11 @@ class PublisherConfig:
         return Keyspace(self.key_prefix).channel_state(self.channel)
 
     @property
+    def restamp_key(self) -> str:
+        """The service's hash of keys to publish again at new versions: delivered at versions Redis lost (C3, C4)."""
+        return Keyspace(self.key_prefix).channel_restamp(self.channel)
+
+    @property
     def redeliver_key(self) -> str:
         """Hash of the keys owed their newest value: ``sku<TAB>location`` -> ``<version> retry|refused``
         of the dead-lettered version (what the destination never took)."""

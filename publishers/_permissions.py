@@ -46,7 +46,9 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
         (("HEXISTS", owed, "k"), owed, "keys owed already (the bound counts new ones only)"),
         (("HSCAN", owed, 0), owed, "keys owed"), (("HDEL", owed, "k"), owed, "keys owed, settled"),
         (("INCR", owe_all), owe_all, "a resync of every key owed"), (("GET", owe_all), owe_all, "a resync owed"),
-        (("DEL", owe_all), owe_all, "a resync done")]
+        (("DEL", owe_all), owe_all, "a resync done"),
+        (("HGET", cfg.restamp_key, "k"), cfg.restamp_key, "keys delivered at versions Redis lost (C3, C4)"),
+        (("HSET", cfg.restamp_key, "k", 1), cfg.restamp_key, "keys delivered at versions Redis lost (C3, C4)")]
     scripts = [("read", (stream, owe_all)), ("settle", (lease, delivered, stream)),
                ("dead letters", (lease, cfg.dead_letter_stream, owed, owe_all)), ("forget", (lease, owed)),
                ("delete if same", (lease, owe_all)), ("takeover", (lease, stream, owe_all)),

@@ -15,8 +15,8 @@ read, or read and left pending, that the stream's trimming (``stream_maxlen``) r
 and the newest value of each of their keys is delivered from the channel's state hash instead
 (``_state_resync``: its stock-outs first, a step at a time with a read of the stream between steps).
 
-Nothing dead-lettered is left behind either: each dead-lettered key is remembered and gets its
-newest value from the state hash once the destination answers again (``_redeliver``).
+Nothing dead-lettered is left behind either: each dead-lettered key is remembered and gets its newest value from the
+state hash once the destination answers again (``_redeliver``); nor delivered from versions Redis lost (``_restamp``).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from ._metrics import PublisherMetrics
 from ._reading import Reader, gap_before, link_of
 from ._redeliver import Redelivery
 from ._replicas import Replicas
+from ._restamp import name_lost
 from ._startup import refuse_evicting_redis
 from ._state_resync import StateResync, Sweep, sweep_owing
 
@@ -94,9 +95,8 @@ class Publisher:
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
-        """Until ``stop``: standby until this publisher holds its group's lease (one delivering
-        publisher per channel and destination), then deliver while it holds it; standby again if
-        it loses it."""
+        """Until ``stop``: standby until this publisher holds its group's lease (one delivering publisher per channel
+        and destination), then deliver while it holds it; standby again if it loses it."""
         while not self._stop.is_set():
             if not await self._holding.wait_to_hold(self._stop):
                 return
@@ -112,8 +112,8 @@ class Publisher:
                 await self._holding.release()
 
     async def hold(self) -> bool:
-        """Take the group's lease if it is free (or this publisher's): for a caller that drives
-        ``process`` itself instead of ``run``. Nothing is sent or recorded without it."""
+        """Take the group's lease if it is free (or this publisher's): for a caller that drives ``process`` itself
+        instead of ``run``. Nothing is sent or recorded without it."""
         return await self._holding.lease.take()
 
     async def _deliver_while_held(self) -> None:
@@ -166,8 +166,8 @@ class Publisher:
         self._halt.set()
 
     async def _make_group(self, again: bool = False) -> None:
-        """The consumer group, made where it is missing, from the stream's start: versions already
-        delivered are skipped (the delivered hash). ``again``: it went missing while this ran."""
+        """The consumer group, made where it is missing, from the stream's start: versions already delivered are
+        skipped (the delivered hash). ``again``: it went missing while this ran."""
         cfg = self.config
         if await make_group(self.client, cfg.stream, cfg.group) and again:
             log.warning("%s: the stream %s had no consumer group %s (deleted, or Redis restored from before "
@@ -195,10 +195,10 @@ class Publisher:
             new = await self._reader.read_new(None if busy else cfg.block_ms, self._position)
             entries = list(new.entries)
             if entries:
-                # Trimmed between the check and this read, which took the group past them: a gap too, owed
-                # in Redis by the read itself (``_reading``: a kill after it loses nothing, C4). Measured, as
-                # there, from the lower of this position and the group's: another name's late read may have
-                # taken the group past a gap only that reader's mark owes, which no pass looks at again.
+                # Trimmed between the check and this read, which took the group past them: a gap too, owed in Redis by
+                # the read itself (``_reading``: a kill after it loses nothing, C4). Measured, as there, from the lower
+                # of this position and the group's: another name's late read may have taken the group past a gap only
+                # that reader's mark owes, which no pass looks at again.
                 mine = self._position
                 self._position = min(mine, seq_of(new.after))
                 await self._note_gap(seq_of(entries[0][0]), link_of(entries[0][1]), new.mark, mine)
@@ -215,8 +215,9 @@ class Publisher:
                 await self._redelivery.dead_letter_raw(as_text(entry_id), fields or {}, f"undecodable entry: {exc!r}")
                 continue
             out.updates.append(update)
-        if out.updates:  # C4: confirmed now, on the node that served the read (``_replicas``): later, a
-            try:  # failover could have moved the slot to a replica that never held what was read
+        await name_lost(cfg, self.client, self._delivered, out.updates)  # C3, C4: delivered at versions Redis lost
+        if out.updates:  # C4: confirmed now, on the node that served the read (``_replicas``): later, a failover
+            try:  # could have moved the slot to a replica that never held what was read
                 await self._unless_stopped(self.replicas.confirm())
             except Halted:  # a stop, or the lease lost: nothing of it delivered, its entries stay pending
                 return _Read([], [])
@@ -333,8 +334,8 @@ class Publisher:
         return await self._record(delivered)
 
     async def _deliver(self, updates: list[ChannelUpdate]) -> list[ChannelUpdate]:
-        """Deliver one chunk with retries. Returns the updates delivered: the rest were dead-lettered
-        (the whole chunk after its last attempt, or those the adapter refused one by one)."""
+        """Deliver one chunk with retries: the updates delivered (the rest were dead-lettered: the whole chunk after
+        its last attempt, or those the adapter refused one by one)."""
         cfg, channel, name = self.config, self.config.channel, self.adapter.name
         await self._unless_stopped(self._take_tokens(len(updates)))
         reason, retryable = "", True

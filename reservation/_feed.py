@@ -3,23 +3,20 @@
 Pure logic with the time passed in (milliseconds): the service offers every curated value it
 computes; ``take`` says what to publish now. Order of precedence in ``take``:
 
-1. stock-outs (a drop to 0) — at once, inside any throttle interval (C2); they take tokens from
-   the rate limit but never wait for one (the bucket may go into debt, which delays later
-   ordinary changes, so the average rate still holds);
-2. first values of keys never published before (a baseline) — at once, outside the rate limit:
-   a subscriber needs the whole picture before changes mean anything;
-3. ordinary changes whose throttle interval has passed, within the token bucket: first those that
-   have waited past it longer than ``max_wait_ms`` (oldest first: a slow seller is not starved by
-   fast sellers' changes on a channel behind its rate limit), then low-stock changes, then by
-   recent sales velocity of the SKU (highest first).
+1. stock-outs (a drop to 0) — at once, inside any throttle interval (C2); they take tokens from the rate limit
+   but never wait for one (the bucket may go into debt, which delays later ordinary changes: the average holds);
+2. first values of keys never published before (a baseline) — at once, outside the rate limit: a subscriber
+   needs the whole picture before changes mean anything;
+3. ordinary changes whose throttle interval has passed, within the token bucket: first those that have waited past
+   it longer than ``max_wait_ms`` (oldest first: a slow seller is not starved by fast sellers' changes on a channel
+   behind its rate limit), then low-stock changes, then by recent sales velocity of the SKU (highest first).
 
 A key has at most one pending value (the newest wins) and at most one value in flight. The
-queues of ordinary changes (throttle interval; rate limit, held twice: by precedence and by age,
-so the oldest is at a head, not found by a scan) are heaps whose superseded entries are skipped
-when they reach the head; they are also swept out whenever they outnumber the live ones
-(``HEAP_SLACK``), so a heap holds at most about twice the pending values.
-Versions come from one counter per channel with no gaps, so they only increase per key (C3) and
-a reader can tell a missed update from a version it did not see.
+queues of ordinary changes (throttle interval; rate limit, held twice: by precedence and by age, so the oldest
+is at a head, not found by a scan) are heaps whose superseded entries are skipped when they reach the head; they are
+also swept out whenever they outnumber the live ones (``HEAP_SLACK``), so a heap holds at most about twice the
+pending values. Versions come from one counter per channel with no gaps, so they only increase per key (C3) and a
+reader can tell a missed update from a version it did not see.
 """
 
 from __future__ import annotations
@@ -37,10 +34,9 @@ from ._bucket import TokenBucket
 Key = tuple[str, str]
 """(sku, location); the location is "" for a network offer (one number per SKU)."""
 HEAP_SLACK = 1024
-"""Superseded entries a queue may hold beyond its live ones before it is swept. Behind a key that
-waits at the head (the rate limit), a value offered and then withdrawn (E11: back to what was
-published) or turned into a stock-out left its entry until it reached the head: one per change,
-for as long as the channel was behind - all day on a busy, rate-limited channel."""
+"""Superseded entries a queue may hold beyond its live ones before it is swept. Behind a key that waits at the head
+(the rate limit), a value offered and then withdrawn (E11: back to what was published) or turned into a stock-out left
+its entry until it reached the head: one per change, for as long as the channel was behind - all day on a busy one."""
 _E = TypeVar("_E", tuple[int, int, Key], tuple[int, float, int, int, Key])
 """An entry of the due heap (due_at, gen, key) or of the ready heap (class, -velocity, due_at, gen, key)."""
 
@@ -185,6 +181,10 @@ class Feed:
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
+
+    def waiting(self, key: Key) -> bool:
+        """A value of ``key`` is pending or being written: it goes out at a new version (or E11 withdraws it)."""
+        return key in self._pending or key in self._inflight
 
     # -- offers --------------------------------------------------------------
     def offer(self, key: Key, quantity: int, event_time: int, durable_at: int, now_ms: int,

@@ -121,8 +121,9 @@ def _channel_needs(keys: Keyspace, channels: list[str]) -> list[Need]:
     needs = [Need(("GET", owner), owner, use), Need(("SET", owner, "e"), owner, use),
              Need(("GET", fence), fence, use), Need(("SET", fence, 1), fence, use)]
     for channel in channels:
-        stream, state = keys.channel_stream(channel), keys.channel_state(channel)
+        stream, state, again = keys.channel_stream(channel), keys.channel_state(channel), keys.channel_restamp(channel)
         needs += [Need(args, key, use) for args, key in (
+            (("HSCAN", again, 0), again), (("HGET", again, "f"), again), (("HDEL", again, "f"), again),  # restamp.py
             (("XADD", stream, "MAXLEN", "~", 1, "1-0", "f", "v"), stream),
             (("XREVRANGE", stream, "+", "-", "COUNT", 1), stream),
             (("XREAD", "COUNT", 1, "STREAMS", stream, "0"), stream),

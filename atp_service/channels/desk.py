@@ -4,7 +4,7 @@ Shard actors report every log entry once it is durable (``on_durable``). The des
 changed, and one task re-curates them — a SKU across all the locations a channel sells from is one numpy gather and
 one vectorised ``curate`` — and offers the results to each channel's ``Feed``, which decides what goes out when.
 What goes out is written to the channel stream and its state hash by one Lua script call; only then is it published
-(and watchable). The desk is the only writer, so versions stay in order with the stream ids.
+(and watchable). The desk is the only writer, so versions stay in order with the stream ids (``restamp.py``: C3, C4).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from atp_service.channels.estate import Channel, Estate
 from atp_service.channels.feeds import Confirmations, known_feeds, next_feeds, unsettled
 from atp_service.channels.marks import loaded_times, mark_skus, remark, velocity_at, velocity_rank
 from atp_service.channels.passes import in_slices, withdraw_dropped, withdraw_unheld
+from atp_service.channels.restamp import restamp_task
 from atp_service.channels.urgent import UrgentWrites, due_now
 from atp_service.config import ChannelSettings
 from atp_service.config_slices import CELLS_PER_OFFER, PUBLISH_WRITES_PER_ROUND
@@ -61,6 +62,7 @@ class ChannelDesk:
         self._aside = SetAside(store, clock)  # channels a key of another type keeps out of the writes
         self.confirmations = Confirmations()  # watches wait on it for what the stream holds above the published
         self._task: asyncio.Task[None] | None = None
+        self._restamps: asyncio.Task[None] | None = None  # keys a publisher delivered at versions Redis lost (C3, C4)
         self._half_life_ms = settings.velocity_half_life_s * 1000
 
     # -- lifecycle -------------------------------------------------------------------
@@ -74,10 +76,10 @@ class ChannelDesk:
         await self._mark_everything()
         await self._withdraw_uncurated()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
+        self._restamps = restamp_task(self.store, lambda: self.feeds, self.clock.now_ms, self.poke)
 
     @property
-    def task(self) -> asyncio.Task[None] | None:
-        """The desk's loop (watched by the service: it ends only when stopped, or by a bug)."""
+    def task(self) -> asyncio.Task[None] | None:  # the desk's loop (watched: it ends only when stopped, or by a bug)
         return self._task
 
     async def stop(self) -> None:
@@ -86,6 +88,7 @@ class ChannelDesk:
                 actor.listeners.remove(self.on_durable)
             with contextlib.suppress(ValueError):
                 actor.undo_listeners.remove(self.on_undone)
+        await cancel_and_wait(self._restamps)
         await cancel_and_wait(self._task)
         await self._urgent.stop()
 
@@ -102,10 +105,9 @@ class ChannelDesk:
         return {name: len(feed.published) for name, feed in self.feeds.items()}
 
     async def _reload_passes(self) -> None:
-        """A per-location channel that no longer sells from a location is shown 0 there at once (C1),
-        a channel turned network at every location, and a network channel at every SKU it no longer sells from
-        any location of (``unheld``): its last number, or one waiting or being written, which no curation would
-        ever correct."""
+        """A per-location channel that no longer sells from a location is shown 0 there at once (C1), a channel turned
+        network at every location, and a network channel at every SKU it no longer sells from any location of
+        (``unheld``): its last number, or one waiting or being written, which no curation would ever correct."""
         await self._withdraw_uncurated()
         await self._mark_everything()
         self._wake.set()  # here, not in ``reload``: its caller may be gone, the passes' work is not
@@ -127,8 +129,7 @@ class ChannelDesk:
         stored = {name: await self.store.load(name) for name in estate.channels if name not in known}
         self.feeds, self._retired = next_feeds(estate.channels, known, stored, self.clock.now_ms())
 
-    def poke(self) -> None:
-        """Look at the feeds now (tests with a manual clock call it after moving time)."""
+    def poke(self) -> None:  # look at the feeds now (tests with a manual clock call it after moving time)
         self._wake.set()
 
     # -- intake: runs inside a shard actor's completion callback; keep it short ------------
@@ -183,8 +184,7 @@ class ChannelDesk:
                 for feed, line, sells_from in zero_lines:  # C2: a per-location stock-out is offered at once
                     if available <= line and loc in sells_from:
                         feed.offer((sku, loc), 0, t, now, now)  # E11: no-op unless it showed more
-                        # Past the curator: it must not take a later value equal to what it offered
-                        # before this 0 for "no change" (a SALE to 0, then a RETURN, in one round).
+                        # Past the curator: a later value equal to its offer before this 0 is a change now
                         self._curator.forget(feed.channel, shard, store, sku)
                         stockouts = True
         for sku, units in demand.items():

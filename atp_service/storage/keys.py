@@ -76,6 +76,11 @@ class Keyspace:
         """The last published value of every (SKU, location) of the channel."""
         return f"{self.tag(CHANNELS)}{channel}:state"
 
+    def channel_restamp(self, channel: str) -> str:
+        """Keys a publisher delivered at versions Redis then lost: ``sku<TAB>location`` -> the newest such version.
+        The desk publishes each again at a version of its run (``channels/restamp.py``, C3, C4)."""
+        return f"{self.tag(CHANNELS)}{channel}:restamp"
+
     def reservation_id(self, reservation_id: str) -> str:
         """The claim of a reservation id (``ownership = leases``, ``ids.py``): its home group. Tagged by the
         id, so the claims spread over a cluster's slots (an id with a brace still has one slot, its own)."""

@@ -66,7 +66,7 @@ async def test_each_key_denied_is_named_with_what_it_is_for(redis_url: str, admi
     them named, and the script whose keys include one."""
     cfg = PublisherConfig(channel="web")
     url = as_user(admin, redis_url, "+@all", f"~{cfg.stream}", f"~{cfg.lease_key}", f"~{cfg.delivered_key}",
-                  f"~{cfg.state_key}", f"~{cfg.redeliver_all_key}")
+                  f"~{cfg.state_key}", f"~{cfg.redeliver_all_key}", f"~{cfg.restamp_key}")
     with pytest.raises(AclRefused) as refused:
         await check_publisher_acl(cfg, url, cluster=False)
     said = str(refused.value)

@@ -1,0 +1,97 @@
+"""Keys published again at a new version, on a publisher's word that it delivered them at versions Redis lost.
+
+Redis restored from older data (or failed over to a replica behind its primary), and the service started again on
+it: the values a publisher delivered from the lost versions stay at its destination, which keeps the highest version
+per key (C3) — a key the lost entries made (the restored state hash holds none of it), and one whose restored value
+is older than the one delivered. The state hash cannot say which keys those are; the publisher can (it finds the loss
+at the run's first entry, ``follows``, and knows what it delivered above it), and names each in the channel's
+``restamp`` hash (``sku<TAB>location`` -> the newest lost version it delivered; ``publishers/_restamp.py``).
+
+The desk looks at it every ``POLL_S``: each key named is offered again as a baseline (at once, outside the rate limit,
+``previous`` unknown) with its curated value of what is durable — the value it publishes now (``published``, or one
+pending, which goes out anyway), 0 for a key it holds nothing of — at a version of this run, above every lost one
+(C3: each start's versions begin above every version handed out before). C4: the destination converges to the
+durable value. A key is forgotten from the hash only once the channel published it above the version named (the
+write confirmed): a stop or a failed write in between leaves it named for the next look, the next run's included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.channel_wire import STATE_SEP
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.keys import Keyspace
+from atp_service.storage.resp import as_text
+from reservation import Feed, Key
+
+log = logging.getLogger(__name__)
+POLL_S = 1.0
+"""How often the desk looks for keys to publish again (one HSCAN per channel, of a hash empty but after a loss)."""
+
+_FORGET = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 0
+"""
+"""Each field forgotten only if it still names the version read: a publisher may have named a newer one since."""
+
+
+def restamp(feed: Feed, key: Key, now_ms: int) -> bool:
+    """``key`` offered again as a baseline (its published value, 0 if none): published at a new version even if equal
+    to what the channel shows (not E11: the destination may show a value of a lost version). False: a value of it is
+    pending or being written already (a new version, unless withdrawn: looked at again next time)."""
+    if feed.waiting(key):
+        return False
+    pub = feed.published.pop(key, None)
+    feed.offer(key, 0 if pub is None else pub.quantity, now_ms if pub is None else pub.event_time, now_ms, now_ms)
+    return True
+
+
+def restamp_task(store: ChannelStore, feeds: Callable[[], Mapping[str, Feed]], now_ms: Callable[[], int],
+                 poke: Callable[[], None]) -> asyncio.Task[None]:
+    """The desk's look for keys to publish again, every ``POLL_S`` until cancelled (the desk's stop)."""
+    looks = Restamps(store.client, store.keys, feeds, now_ms, poke)
+    return asyncio.get_running_loop().create_task(looks.run(), name="channel-restamps")
+
+
+class Restamps:
+    def __init__(self, client: Any, keys: Keyspace, feeds: Callable[[], Mapping[str, Feed]],
+                 now_ms: Callable[[], int], poke: Callable[[], None]) -> None:
+        self.client, self.keys, self._feeds, self._now_ms, self._poke = client, keys, feeds, now_ms, poke
+
+    async def run(self) -> None:
+        """Until cancelled: a look every ``POLL_S``; Redis away: the next look tries again."""
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                await self.look()
+            except STORAGE_ERRORS as exc:
+                log.debug("keys to publish again not read (%s); next look in %g s", exc, POLL_S)
+
+    async def look(self) -> int:
+        """Each key named for a channel offered again, or forgotten once published above the lost version named (C3,
+        C4). How many were offered."""
+        offered = 0
+        for name, feed in list(self._feeds().items()):
+            hash_key, done = self.keys.channel_restamp(name), list[Any]()
+            async for field, value in self.client.hscan_iter(hash_key, count=1000):
+                sku, _, location = as_text(field).partition(STATE_SEP)
+                key, lost = (sku, location), int(value)
+                pub = feed.published.get(key)
+                if pub is not None and pub.version > lost:
+                    done += [field, value]
+                elif restamp(feed, key, self._now_ms()):
+                    offered += 1
+            if done:
+                await self.client.eval(_FORGET, 1, hash_key, *done)
+        if offered:
+            log.warning("publishing %d keys again at new versions: a publisher delivered them at versions Redis has "
+                        "since lost", offered)
+            self._poke()
+        return offered
