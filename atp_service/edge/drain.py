@@ -36,6 +36,11 @@ class Drain:
         self._closed = asyncio.Event()
         self._idle = asyncio.Event()
 
+    @property
+    def shut_event(self) -> asyncio.Event:
+        """Set once ``shut``: a wait of a stream's that a stop must not outlast ends with it."""
+        return self._closed
+
     def enter(self) -> None:
         """A call begins (raises Unavailable once closing); pair with ``leave``."""
         if self.closing:

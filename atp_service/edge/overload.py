@@ -81,14 +81,22 @@ class LoopLagMonitor:
         self._last_call = now
         return now < self._until
 
-    async def until_calm(self) -> None:
+    async def until_calm(self, unless: asyncio.Event | None = None) -> None:
         """Returns once new calls would not be refused: an open stream's next batch is read only then,
         so that under overload its caller's later batches wait in gRPC's flow control rather than as
         work on this thread, which the shedding at the door does not bound. Batches taken go on being
-        decided meanwhile, and nothing waited for here depends on another process: the lag drains."""
-        if self.overloaded():
-            started = time.monotonic()
-            await self._calm.wait()
+        decided meanwhile, and nothing waited for here depends on another process: the lag drains.
+        ``unless``: set, it returns at once (a stop's drain: the stream ends once its batches taken are
+        answered, not cut at the end of the grace). The wait is counted however it ends (cancelled too)."""
+        if not self.overloaded():
+            return
+        started = time.monotonic()
+        waits = [asyncio.ensure_future(event.wait()) for event in (self._calm, unless) if event is not None]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
             self._paused.inc(time.monotonic() - started)
 
     def note(self, lag_s: float, now: float) -> None:

@@ -320,8 +320,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 deciding.add(task)
                 task.add_done_callback(deciding.discard)
                 await inflight.put(task)
-                if self.monitor is not None:  # the loop late: the next batch waits in flow control
-                    await self.monitor.until_calm()
+                if self.monitor is not None:  # the loop late: the next batch waits in flow control (a stop: not)
+                    await self.monitor.until_calm(self.drain.shut_event)
         except asyncio.CancelledError:
             # The stream has ended (its caller gone): nobody reads the queue any more, so waiting for
             # room for the end mark in a full one would keep this task for ever (R8). The batches

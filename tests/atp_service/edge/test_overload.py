@@ -14,6 +14,7 @@ import pytest
 from atp_client import AtpClient, Retryable, RetryPolicy, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.overload import IDLE_INTERVAL_S, INTERVAL_S, ON_TIME_S, RECENT_S, STREAK, LoopLagMonitor
+from atp_service.metrics import EdgeMetrics
 from benchmarks.overload import rss_mb
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
@@ -409,3 +410,41 @@ async def test_a_stream_waiting_for_the_loop_goes_on_after_the_cool_down_or_at_t
     finally:
         await monitor.stop()
     await asyncio.wait_for(stopped, 30)
+
+
+async def test_a_stop_while_overloaded_ends_a_stream_waiting_for_the_loop_at_once(
+        start_service: ServiceFactory) -> None:
+    """A graceful stop ends an open ReserveStream once its batches taken are answered, UNAVAILABLE
+    SHUTTING_DOWN, overloaded or not: its reader waiting for the loop to keep time goes on to find the
+    drain closed. Waiting on, it held the stop for its whole grace and was then cut by gRPC, ending
+    neither promptly nor SHUTTING_DOWN (a retrying client is not told the process is going)."""
+    service, client = await start_service(shards=1)
+    await client.record_events([receipt("seed", "A", "DC", 10)])
+    call = client.stub.ReserveStream()
+    await call.write(_one("s1"))
+    assert (await call.read()).outcomes[0].response.state == pb.RESERVATION_STATE_HELD
+    for _ in range(STREAK):  # a cool-down no wake-up ends while this test runs: overloaded throughout the stop
+        service._monitor.note(1.0, time.monotonic() + 3600)
+    await call.write(_one("s2"))  # taken, answered, then the reader waits for the loop
+    assert (await call.read()).outcomes[0].response.state == pb.RESERVATION_STATE_HELD
+    stopping = asyncio.ensure_future(service.stop(grace_s=60))
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await asyncio.wait_for(call.read(), 15)  # well inside the grace
+    assert said(ended.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    await asyncio.wait_for(stopping, 15)
+
+
+async def test_a_wait_for_the_loop_is_counted_when_its_stream_ends_first() -> None:
+    """``atp_stream_reads_paused_seconds_total`` counts a stream's wait however it ends: a caller gone (the
+    reader cancelled) while the loop is still late counted nothing, nor did a wait still under way."""
+    metrics = EdgeMetrics()
+    monitor = LoopLagMonitor(100, metrics)
+    for _ in range(STREAK):
+        monitor.note(1.0, time.monotonic() + 3600)
+    waiting = asyncio.ensure_future(monitor.until_calm())
+    await asyncio.sleep(0.2)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    (paused,) = [s.value for s in metrics.stream_reads_paused.collect()[0].samples if s.name.endswith("_total")]
+    assert paused >= 0.2, paused
