@@ -23,23 +23,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from atp_service.storage.channel_store import ChannelStore
-from atp_service.storage.channel_wire import STATE_SEP
 from atp_service.storage.durability import STORAGE_ERRORS
-from atp_service.storage.keys import Keyspace
-from atp_service.storage.resp import as_text
 from reservation import Feed, Key
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
 """How often the desk looks for keys to publish again (one HSCAN per channel, of a hash empty but after a loss)."""
-
-_FORGET = """
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
-end
-return 0
-"""
-"""Each field forgotten only if it still names the version read: a publisher may have named a newer one since."""
 
 
 def restamp(feed: Feed, key: Key, now_ms: int) -> bool:
@@ -54,16 +43,19 @@ def restamp(feed: Feed, key: Key, now_ms: int) -> bool:
 
 
 def restamp_task(store: ChannelStore, feeds: Callable[[], Mapping[str, Feed]], now_ms: Callable[[], int],
-                 poke: Callable[[], None]) -> asyncio.Task[None]:
-    """The desk's look for keys to publish again, every ``POLL_S`` until cancelled (the desk's stop)."""
-    looks = Restamps(store.client, store.keys, feeds, now_ms, poke)
+                 poke: Callable[[], None]) -> asyncio.Task[None] | None:
+    """The desk's look for keys to publish again, every ``POLL_S`` until cancelled (the desk's stop); None where
+    no publisher can name any (``store.publishers_name_keys``: the simulation's store, which models none)."""
+    if not store.publishers_name_keys:
+        return None
+    looks = Restamps(store, feeds, now_ms, poke)
     return asyncio.get_running_loop().create_task(looks.run(), name="channel-restamps")
 
 
 class Restamps:
-    def __init__(self, client: Any, keys: Keyspace, feeds: Callable[[], Mapping[str, Feed]],
+    def __init__(self, store: ChannelStore, feeds: Callable[[], Mapping[str, Feed]],
                  now_ms: Callable[[], int], poke: Callable[[], None]) -> None:
-        self.client, self.keys, self._feeds, self._now_ms, self._poke = client, keys, feeds, now_ms, poke
+        self.store, self._feeds, self._now_ms, self._poke = store, feeds, now_ms, poke
 
     async def run(self) -> None:
         """Until cancelled: a look every ``POLL_S``; Redis away: the next look tries again."""
@@ -79,17 +71,15 @@ class Restamps:
         C4). How many were offered."""
         offered = 0
         for name, feed in list(self._feeds().items()):
-            hash_key, done = self.keys.channel_restamp(name), list[Any]()
-            async for field, value in self.client.hscan_iter(hash_key, count=1000):
-                sku, _, location = as_text(field).partition(STATE_SEP)
-                key, lost = (sku, location), int(value)
+            done: list[Any] = []
+            for key, lost, field, value in await self.store.restamps(name):
                 pub = feed.published.get(key)
                 if pub is not None and pub.version > lost:
                     done += [field, value]
                 elif restamp(feed, key, self._now_ms()):
                     offered += 1
             if done:
-                await self.client.eval(_FORGET, 1, hash_key, *done)
+                await self.store.forget_restamps(name, done)
         if offered:
             log.warning("publishing %d keys again at new versions: a publisher delivered them at versions Redis has "
                         "since lost", offered)

@@ -172,7 +172,18 @@ def settle_noted(channels: list[str], each: OnError) -> OnError:
     return noted_now_and_then(note, SETTLE_LOG_EVERY_S, each)
 
 
+_FORGET_RESTAMPS = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 0
+"""
+
+
 class ChannelStore:
+    publishers_name_keys = True
+    """Publishers may name keys in a channel's ``restamp`` hash (``restamps``), which the desk then looks at."""
+
     def __init__(self, client: Any, prefix: str, epoch: Callable[[], str], block_limit_ms: int | None = None,
                  writer: Nodes | None = None) -> None:
         """``block_limit_ms``: the longest a read waits for updates (``read_after``), under the client's
@@ -242,6 +253,20 @@ class ChannelStore:
             if pub.version > newest:
                 newest = pub.version
         return published, max(newest, await self.last_version(channel))
+
+    async def restamps(self, channel: str) -> list[tuple[Key, int, Any, Any]]:
+        """The keys publishers named in the channel's ``restamp`` hash (delivered at versions Redis lost):
+        each key, the newest lost version named, and the raw field and value (to forget it by)."""
+        named = []
+        async for field, value in self.client.hscan_iter(self.keys.channel_restamp(channel), count=1000):
+            sku, _, location = as_text(field).partition(STATE_SEP)
+            named.append(((sku, location), int(value), field, value))
+        return named
+
+    async def forget_restamps(self, channel: str, done: list[Any]) -> None:
+        """Fields of the ``restamp`` hash forgotten (``done``: field, value, …), each only if it still names
+        the version read: a publisher may have named a newer one since."""
+        await self.client.eval(_FORGET_RESTAMPS, 1, self.keys.channel_restamp(channel), *done)
 
     async def wrong_type(self, channel: str) -> str | None:
         """The first of ``channel``'s keys (its stream, its state hash) holding another type than the desk

@@ -79,6 +79,8 @@ class SimChannelStore:
         self.pending.append(_Write(sent, self.token, self.epoch, done))
         await done
 
+    publishers_name_keys = False  # no publisher here: the desk starts no look for keys they name
+
     async def fence(self) -> None:
         await self.log.round_trip()
         await self.log.writable()
