@@ -44,7 +44,7 @@ from ._metrics import PublisherMetrics
 from ._reading import Reader, gap_before, link_of
 from ._redeliver import Redelivery
 from ._replicas import Replicas
-from ._restamp import name_lost
+from ._restamp import name_lost, still_known
 from ._startup import refuse_evicting_redis
 from ._state_resync import StateResync, Sweep, sweep_owing
 
@@ -179,7 +179,7 @@ class Publisher:
         await refuse_evicting_redis(self.client)
         await self._make_group()
         raw = await self.client.hgetall(cfg.delivered_key)
-        self._delivered = {as_text(k): int(v) for k, v in raw.items()}
+        self._delivered = still_known({as_text(k): int(v) for k, v in raw.items()}, self._delivered)
         groups = await self.client.xinfo_groups(cfg.stream)
         self._position = next((seq_of(g["last-delivered-id"]) for g in groups if as_text(g["name"]) == cfg.group), 0)
         self._bucket = TokenBucket(cfg.rate_limit_per_s, cfg.burst, self._now_ms())

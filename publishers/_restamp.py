@@ -37,6 +37,18 @@ return 0
 CHUNK = 1000
 
 
+def still_known(recorded: dict[str, int], known: Mapping[str, int]) -> dict[str, int]:
+    """The versions delivered per key as the group's record in Redis has them (``recorded``), raised to those this
+    process knows it delivered (``known``): a lease taken again (a restore older than the lease took it away) must
+    not forget a version Redis lost, or its key is neither named here (C4) nor its restored entries below it
+    skipped (C3: delivered at a version below one delivered). Versions only rise: the record is the highest of every
+    holder's, lower than this process's only where Redis lost it."""
+    for key, version in known.items():
+        if version > recorded.get(key, 0):
+            recorded[key] = version
+    return recorded
+
+
 def lost_delivered(delivered: Mapping[str, int], updates: Iterable[ChannelUpdate]) -> dict[str, int]:
     """Keys (``sku<TAB>location``) delivered at a version a run's first entry among ``updates`` says Redis lost:
     above the version it follows and below its own."""
