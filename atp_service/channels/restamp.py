@@ -22,6 +22,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from redis.exceptions import ResponseError
+
+from atp_service.logs import EveryInterval
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.durability import STORAGE_ERRORS
 from reservation import Feed, Key
@@ -56,6 +59,7 @@ class Restamps:
     def __init__(self, store: ChannelStore, feeds: Callable[[], Mapping[str, Feed]],
                  now_ms: Callable[[], int], poke: Callable[[], None]) -> None:
         self.store, self._feeds, self._now_ms, self._poke = store, feeds, now_ms, poke
+        self._unreadable = EveryInterval(60.0)
 
     async def run(self) -> None:
         """Until cancelled: a look every ``POLL_S``; Redis away: the next look tries again."""
@@ -71,17 +75,26 @@ class Restamps:
         C4). How many were offered."""
         offered = 0
         for name, feed in list(self._feeds().items()):
-            done: list[Any] = []
-            for key, lost, field, value in await self.store.restamps(name):
-                pub = feed.published.get(key)
-                if pub is not None and pub.version > lost:
-                    done += [field, value]
-                elif restamp(feed, key, self._now_ms()):
-                    offered += 1
-            if done:
-                await self.store.forget_restamps(name, done)
+            try:
+                offered += await self._look_at(name, feed)
+            except ResponseError as exc:  # this channel's hash unreadable (another type): the others looked at still
+                if (left_out := self._unreadable.due()) is not None:
+                    log.warning("%s: keys a publisher named to publish again not read (%s; %d such left out); the "
+                                "other channels' are", name, exc, left_out)
         if offered:
             log.warning("publishing %d keys again at new versions: a publisher delivered them at versions Redis has "
                         "since lost", offered)
             self._poke()
+        return offered
+
+    async def _look_at(self, name: str, feed: Feed) -> int:
+        offered, done = 0, list[Any]()
+        for key, lost, field, value in await self.store.restamps(name):
+            pub = feed.published.get(key)
+            if pub is not None and pub.version > lost:
+                done += [field, value]
+            elif restamp(feed, key, self._now_ms()):
+                offered += 1
+        if done:
+            await self.store.forget_restamps(name, done)
         return offered

@@ -16,6 +16,7 @@ an older token, so nothing sent before the fence can land after it (C4).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -260,7 +261,8 @@ class ChannelStore:
         named = []
         async for field, value in self.client.hscan_iter(self.keys.channel_restamp(channel), count=1000):
             sku, _, location = as_text(field).partition(STATE_SEP)
-            named.append(((sku, location), int(value), field, value))
+            with contextlib.suppress(ValueError):  # a value naming no version (no publisher's): no key named
+                named.append(((sku, location), int(value), field, value))
         return named
 
     async def forget_restamps(self, channel: str, done: list[Any]) -> None:
