@@ -70,9 +70,10 @@ async def _acknowledged(direct: aioredis.Redis) -> None:
 
 
 @contextlib.asynccontextmanager
-async def publishing(redis_url: str, out: Path) -> AsyncIterator[aioredis.Redis]:
-    """A publisher of ``market`` (group ``jsonl``) to ``out`` running meanwhile; yields a Redis client of the test's."""
-    publisher = Publisher(config(channel="market", group="jsonl"), aioredis.Redis.from_url(redis_url),
+async def publishing(redis_url: str, out: Path, **settings: Any) -> AsyncIterator[aioredis.Redis]:
+    """A publisher of ``market`` (group ``jsonl``) to ``out`` running meanwhile (``settings``: its config's others);
+    yields a Redis client of the test's."""
+    publisher = Publisher(config(channel="market", group="jsonl", **settings), aioredis.Redis.from_url(redis_url),
                           JsonlAdapter(out), PublisherMetrics())
     task = asyncio.create_task(publisher.run())
     direct = aioredis.Redis.from_url(redis_url)

@@ -6,7 +6,6 @@ entries below them (C3: it delivers a key at a version below one it delivered)."
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -17,12 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_service import ManualClock
-from publishers import JsonlAdapter, Publisher, PublisherMetrics
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
 from tests.conftest import ServiceFactory
-from tests.publishers.test_publisher import config
 from tests.publishers.test_publisher_across_starts import _acknowledged, _delivered
+from tests.publishers.test_publisher_across_starts import publishing as publishing_to
 from tests.publishers.test_publisher_redis_lost import shown
 from tests.waiting import until
 
@@ -48,16 +46,8 @@ def lower_after_higher(out: Path) -> list[tuple[str, int, int]]:
 @contextlib.asynccontextmanager
 async def publishing(redis_url: str, out: Path) -> AsyncIterator[aioredis.Redis]:
     """A publisher of ``market`` (group ``jsonl``) with a short lease (renewed every 0.3 s)."""
-    cfg = config(channel="market", group="jsonl", lease_s=0.9, send_timeout_s=0.3)
-    publisher = Publisher(cfg, aioredis.Redis.from_url(redis_url), JsonlAdapter(out), PublisherMetrics())
-    task = asyncio.create_task(publisher.run())
-    direct = aioredis.Redis.from_url(redis_url)
-    try:
+    async with publishing_to(redis_url, out, lease_s=0.9, send_timeout_s=0.3) as direct:
         yield direct
-    finally:
-        publisher.stop()
-        await asyncio.wait_for(task, 10)
-        await direct.aclose()
 
 
 async def test_what_was_delivered_at_lost_versions_survives_the_lease_the_restore_took_away_C3_C4(
