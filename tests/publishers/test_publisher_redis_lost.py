@@ -12,8 +12,9 @@ import logging
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
-from atp_service import ManualClock
+from atp_service import AtpService, ManualClock
 from publishers._restamp import lost_delivered
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
@@ -37,6 +38,21 @@ def shown(out: Path) -> dict[str, tuple[int, int]]:
     return kept
 
 
+
+async def lost_delivered_then_stopped(service: AtpService, clock: ManualClock, redis_url: str, out: Path,
+                                      direct: aioredis.Redis) -> list[ChannelUpdate]:
+    """The entries Redis is to lose (sku-3 = 7 made, sku-0 = 6 changed) published, delivered and acknowledged;
+    then the service stopped. The channel's updates so far."""
+    clock.advance(1000)  # sku-0's throttle interval
+    assert service.channels is not None
+    service.channels.poke()
+    lost = await wait_for_updates(redis_url, "market", 5)
+    await _delivered(out, lost[-1].sku, lost[-1].version)
+    await _acknowledged(direct)
+    assert {s: shown(out)[s][0] for s in ("sku-0", "sku-3")} == {"sku-0": 6, "sku-3": 7}
+    await service.stop(grace_s=0.1)
+    return lost
+
 async def test_values_delivered_from_versions_redis_lost_are_published_again_at_new_versions_C3_C4(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -56,14 +72,7 @@ async def test_values_delivered_from_versions_redis_lost_are_published_again_at_
         image = await saved(direct)
         await client.record_events([fact("c3", "COUNT", "sku-3", "dc-1", 9, T + 1),  # a key the lost entries make
                                     fact("r0", "RECEIPT", "sku-0", "dc-1", 3, T + 1)])  # and one they change
-        clock.advance(1000)  # sku-0's throttle interval
-        assert service.channels is not None
-        service.channels.poke()
-        lost = await wait_for_updates(redis_url, "market", 5)
-        await _delivered(out, lost[-1].sku, lost[-1].version)
-        await _acknowledged(direct)
-        assert {s: shown(out)[s][0] for s in ("sku-0", "sku-3")} == {"sku-0": 6, "sku-3": 7}
-        await service.stop(grace_s=0.1)
+        lost = await lost_delivered_then_stopped(service, clock, redis_url, out, direct)
         await restored(direct, image, at_once=True)
         service, client = await start_service(clock=clock, estate=estate)
         await client.record_events([fact("t1", "SALE", "sku-1", "dc-1", 6, T + 2)])  # the new run's first entry

@@ -19,9 +19,9 @@ from atp_service import ManualClock
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
 from tests.conftest import ServiceFactory
-from tests.publishers.test_publisher_across_starts import _acknowledged, _delivered
+from tests.publishers.test_publisher_across_starts import _delivered
 from tests.publishers.test_publisher_across_starts import publishing as publishing_to
-from tests.publishers.test_publisher_redis_lost import shown
+from tests.publishers.test_publisher_redis_lost import lost_delivered_then_stopped, shown
 from tests.waiting import until
 
 T = 1_700_000_000_000
@@ -70,14 +70,7 @@ async def test_what_was_delivered_at_lost_versions_survives_the_lease_the_restor
         await _delivered(out, first[-1].sku, first[-1].version)
         await client.record_events([fact("c3", "COUNT", "sku-3", "dc-1", 9, T + 1),  # a key the lost entries make
                                     fact("r0", "RECEIPT", "sku-0", "dc-1", 3, T + 1)])  # and one they change
-        clock.advance(1000)
-        assert service.channels is not None
-        service.channels.poke()
-        lost = await wait_for_updates(redis_url, "market", 5)
-        await _delivered(out, lost[-1].sku, lost[-1].version)
-        await _acknowledged(direct)
-        assert {s: shown(out)[s][0] for s in ("sku-0", "sku-3")} == {"sku-0": 6, "sku-3": 7}
-        await service.stop(grace_s=0.1)
+        lost = await lost_delivered_then_stopped(service, clock, redis_url, out, direct)
         await restored(direct, image, at_once=True)
         await until(lambda: lease_lost(caplog), "the lease the restore took away found lost", 10)
         service, client = await start_service(clock=clock, estate=estate)
