@@ -35,6 +35,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -346,6 +347,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    # A SIGTERM (``timeout``, a sitting's time running out) unwinds like Ctrl-C: the steps' ``finally`` stop their
+    # service processes (sessions of their own, which the signal does not reach) and the embedded cluster.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="atp-scale-") as tmp:
         if args.cluster_url:
             args.redis_pids = []  # another machine's, or not ours to read
