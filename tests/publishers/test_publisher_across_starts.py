@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from atp_service import ManualClock
+from atp_client import AtpClient
+from atp_service import AtpService, ManualClock
 from publishers import JsonlAdapter, Publisher, PublisherMetrics
+from reservation import ChannelUpdate
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
 from tests.conftest import ServiceFactory
@@ -69,6 +71,16 @@ async def _acknowledged(direct: aioredis.Redis) -> None:
     await until(none_pending, "every entry read acknowledged", 20)
 
 
+
+async def three_counted(start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str
+                        ) -> tuple[Path, Path, AtpService, AtpClient, list[ChannelUpdate]]:
+    """The service started on the ``market`` estate, sku-0..2 counted (5, 6, 7) and published: the estate, the
+    publisher's output file, the service, its client and the channel's updates."""
+    estate, out = write_estate(tmp_path), tmp_path / "feed.jsonl"
+    service, client = await start_service(clock=clock, estate=estate)
+    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
+    return estate, out, service, client, await wait_for_updates(redis_url, "market", 3)
+
 @contextlib.asynccontextmanager
 async def publishing(redis_url: str, out: Path, **settings: Any) -> AsyncIterator[aioredis.Redis]:
     """A publisher of ``market`` (group ``jsonl``) to ``out`` running meanwhile (``settings``: its config's others);
@@ -93,10 +105,7 @@ async def test_a_plain_restart_of_the_service_is_no_gap_no_warning_and_no_sweep_
     whole state hash (millions of keys), though nothing was lost. The start's first entry now says it follows
     the newest version Redis held: from exactly there, no gap."""
     caplog.set_level(logging.WARNING, logger="publishers")
-    estate, out = write_estate(tmp_path), tmp_path / "feed.jsonl"
-    service, client = await start_service(clock=clock, estate=estate)
-    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
-    before = await wait_for_updates(redis_url, "market", 3)
+    estate, out, service, client, before = await three_counted(start_service, tmp_path, clock, redis_url)
     async with publishing(redis_url, out) as direct:
         await _delivered(out, before[-1].sku, before[-1].version)
         await service.stop(grace_s=0.1)
@@ -121,10 +130,8 @@ async def test_a_publisher_that_read_versions_redis_then_lost_still_owes_them_an
     started again on it: the start's first entry follows the newest version Redis held, below what this publisher
     read. That is a real loss, not an ordinary restart: warned, and swept for as a gap is."""
     caplog.set_level(logging.WARNING, logger="publishers")
-    estate, out = write_estate(tmp_path), tmp_path / "feed.jsonl"
-    service, client = await start_service(clock=clock, estate=estate)
-    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
-    last = (await wait_for_updates(redis_url, "market", 3))[-1]
+    estate, out, service, client, counted = await three_counted(start_service, tmp_path, clock, redis_url)
+    last = counted[-1]
     kept = last.version
     async with publishing(redis_url, out) as direct:
         await _delivered(out, last.sku, kept)

@@ -18,9 +18,9 @@ from atp_service import AtpService, ManualClock
 from publishers._restamp import lost_delivered
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
-from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import fact, wait_for_updates
 from tests.conftest import ServiceFactory
-from tests.publishers.test_publisher_across_starts import _acknowledged, _delivered, publishing, warnings
+from tests.publishers.test_publisher_across_starts import _acknowledged, _delivered, publishing, three_counted, warnings
 from tests.waiting import until
 
 T = 1_700_000_000_000
@@ -61,10 +61,7 @@ async def test_values_delivered_from_versions_redis_lost_are_published_again_at_
     changed (sku-0: its restored 3 is below the 6 delivered, so never delivered, or dropped by the destination): the
     destination kept both lost values until their keys changed again, perhaps never."""
     caplog.set_level(logging.WARNING, logger="publishers")
-    estate, out = write_estate(tmp_path), tmp_path / "feed.jsonl"
-    service, client = await start_service(clock=clock, estate=estate)
-    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
-    first = await wait_for_updates(redis_url, "market", 3)
+    estate, out, service, client, first = await three_counted(start_service, tmp_path, clock, redis_url)
     kept = first[-1].version
     async with publishing(redis_url, out) as direct:
         await _delivered(out, first[-1].sku, kept)
@@ -91,10 +88,7 @@ async def test_the_loss_is_found_also_where_the_groups_restored_position_is_belo
     entry follows. An image taken while the group was behind (a replica's RDB mid-read) put it below: the publisher
     read the older entries again (they follow on from its restored position), took its own position down to the
     group's, and then crossed the link without a word: sku-3's lost 7 stayed shown for good."""
-    estate, out = write_estate(tmp_path), tmp_path / "feed.jsonl"
-    service, client = await start_service(clock=clock, estate=estate)
-    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
-    first = await wait_for_updates(redis_url, "market", 3)
+    estate, out, service, client, first = await three_counted(start_service, tmp_path, clock, redis_url)
     async with publishing(redis_url, out) as direct:
         await _delivered(out, first[-1].sku, first[-1].version)
         await _acknowledged(direct)

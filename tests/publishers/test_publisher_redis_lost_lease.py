@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 
 from atp_service import ManualClock
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
-from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import fact, wait_for_updates
 from tests.conftest import ServiceFactory
-from tests.publishers.test_publisher_across_starts import _delivered
+from tests.publishers.test_publisher_across_starts import _delivered, three_counted
 from tests.publishers.test_publisher_across_starts import publishing as publishing_to
 from tests.publishers.test_publisher_redis_lost import lost_delivered_then_stopped, shown
 from tests.waiting import until
@@ -58,10 +58,7 @@ async def test_what_was_delivered_at_lost_versions_survives_the_lease_the_restor
     lost version it had delivered (C3), and at the new run's first entry it named nothing (C4: sku-0 kept its lost
     6 and sku-3, which the service holds nothing of, its lost 7)."""
     caplog.set_level(logging.WARNING, logger="publishers")
-    estate, out = write_estate(tmp_path), tmp_path / "feed.jsonl"
-    service, client = await start_service(clock=clock, estate=estate)
-    await client.record_events([fact(f"c{n}", "COUNT", f"sku-{n}", "dc-1", 5 + n, T) for n in range(3)])
-    await wait_for_updates(redis_url, "market", 3)
+    estate, out, service, client, _ = await three_counted(start_service, tmp_path, clock, redis_url)
     direct = aioredis.Redis.from_url(redis_url)
     image = await saved(direct)  # a backup taken before the publisher ran: no lease, no group in it
     await direct.aclose()
