@@ -109,13 +109,21 @@ class EmbeddedCluster:
         bounds = [SLOTS * i // len(self.primaries) for i in range(len(self.primaries) + 1)]
         for i, node in enumerate(self.primaries):
             self._cluster(node, "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
-        for node in self.nodes[1:]:
-            first = self.primaries[0].port
-            self._cluster(node, "MEET", "127.0.0.1", first, self._bus_ports[first])
-        self._wait(lambda: all(self._known(node) == len(self.nodes) for node in self.nodes), timeout_s, "meet")
+        self._meet_first()
+        self._wait(lambda: all(self._known(node) == len(self.nodes) for node in self.nodes), timeout_s, "meet",
+                   again=self._meet_first)
         for k, replica in enumerate(self.replicas):
             primary = self.primaries[k // self._per_primary]
             self._cluster(replica, "REPLICATE", self._cluster(primary, "MYID").decode())
+
+    def _meet_first(self) -> None:
+        """Every node that does not yet know all the others meets the first again. A meeting is a handshake
+        that a node drops after ``cluster-node-timeout`` unanswered (a busy host): once dropped, nothing
+        in Redis tries it again. MEET of a node already known does nothing."""
+        first = self.primaries[0].port
+        for node in self.nodes[1:]:
+            if self._known(node) < len(self.nodes):
+                self._cluster(node, "MEET", "127.0.0.1", first, self._bus_ports[first])
 
     def _wait_until_ready(self, timeout_s: float) -> None:
         def ready(node: EmbeddedRedis) -> bool:
@@ -142,11 +150,18 @@ class EmbeddedCluster:
         return sum(1 for seen in nodes if seen["connected"] and "fail" not in seen["flags"])
 
     @staticmethod
-    def _wait(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+    def _wait(done: Callable[[], bool], timeout_s: float, what: str,
+              again: Callable[[], None] | None = None, again_every_s: float = 1.0) -> None:
+        """Until ``done``, or RedisDidNotStart after ``timeout_s``; ``again`` (if any) every ``again_every_s``."""
         deadline = time.monotonic() + timeout_s
+        next_again = time.monotonic() + again_every_s
         while not done():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise RedisDidNotStart(f"Redis Cluster: not {what} within {timeout_s}s")
+            if again is not None and now >= next_again:
+                again()
+                next_again = now + again_every_s
             time.sleep(0.05)
 
     @staticmethod

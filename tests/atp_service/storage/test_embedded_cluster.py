@@ -11,7 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from redis.cluster import RedisCluster
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.storage.embedded_cluster import EmbeddedCluster
-from atp_service.storage.embedded_redis import RedisDidNotStart
+from atp_service.storage.embedded_redis import EmbeddedRedis, RedisDidNotStart
 from tests.atp_service.edge.test_api import receipt
 
 TWO_KEYS = "return redis.call('SET', KEYS[1], ARGV[1]) and redis.call('SET', KEYS[2], ARGV[1])"
@@ -192,3 +193,48 @@ def test_a_data_dir_whose_cluster_was_formed_on_fresh_ports_is_refused_again(tmp
             assert cluster.primaries[0].data_dir.name != "p0"
     with pytest.raises(RedisDidNotStart, match="a cluster was formed in"):
         EmbeddedCluster(tmp_path / "c", primaries=1).start()
+
+
+def _handshakes(node: EmbeddedRedis) -> int:
+    with redis.Redis(port=node.port) as client:
+        return sum(1 for seen in client.cluster("NODES").values() if "handshake" in seen["flags"])
+
+
+def _until(done: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"not {what} within {timeout_s}s"
+        time.sleep(0.02)
+
+
+class FirstStalledAtTheMeeting(EmbeddedCluster):
+    """The first node stopped (SIGSTOP: a busy host) while the others meet it, until the meeting node
+    has dropped its handshake (unanswered for ``cluster-node-timeout``)."""
+
+    stalled = False
+
+    def _meet_first(self) -> None:
+        if self.stalled:
+            return super()._meet_first()
+        self.stalled = True
+        first = self.primaries[0].process
+        assert first is not None
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            super()._meet_first()
+            meeting = self.primaries[1]
+            _until(lambda: _handshakes(meeting) == 1, "the handshake begun")
+            _until(lambda: _handshakes(meeting) == 0, "the handshake dropped")
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+
+
+def test_a_meeting_dropped_while_the_first_node_was_stalled_is_made_again(tmp_path: Path) -> None:
+    """A node drops a meeting its peer did not answer within ``cluster-node-timeout`` and never tries it
+    again: on a busy host the cluster then never formed ("not meet within 30.0s"). A node that does
+    not know every other one yet meets the first again."""
+    with FirstStalledAtTheMeeting(tmp_path / "c", primaries=2, node_timeout_ms=500) as cluster:
+        assert cluster.stalled
+        with RedisCluster.from_url(cluster.url) as client:
+            client.set("k", "v")
+            assert client.get("k") == b"v"
