@@ -83,7 +83,15 @@ class OwnerStream:
             answer.add_done_callback(exception_seen)
             self._waiting.append(answer)
             try:
-                await self._call.write(part)
+                # Bounded too: a part larger than the owner's flow-control window waits for the owner to
+                # read, and an owner paused (its loop stalled, SIGSTOP) would hold it, and every part
+                # behind it, for as long as the inbound stream lasts.
+                async with asyncio.timeout_at(deadline):
+                    await self._call.write(part)
+            except TimeoutError:  # perhaps half written: as for an owner that stops answering
+                self._break(_unknown(self.address, f"did not take the part within {PEER_CALL_MAX_S:.0f}s"))
+                assert self.failure is not None  # set by _break, if not before
+                raise self.failure from None
             except BaseException as exc:  # perhaps half written: no later response could be matched to its part
                 self._break(_unknown(self.address, f"could not be written to ({type(exc).__name__})"))
                 task = asyncio.current_task()

@@ -37,9 +37,9 @@ class SlowOwner:
         yield pb.ReserveStreamResponse()  # pragma: no cover - the caller gives up first
 
 
-async def serving(owner: SlowOwner) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
+async def serving(owner: SlowOwner, *options: tuple[str, int]) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
     """A real gRPC server answering ``ReserveStream`` as ``owner`` does, and a channel to it."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, {
         "ReserveStream": grpc.stream_stream_rpc_method_handler(
             owner.reserve_stream, pb.ReserveStreamRequest.FromString, pb.ReserveStreamResponse.SerializeToString)}),))
@@ -105,6 +105,60 @@ async def test_a_stream_closed_while_its_owner_has_not_accepted_it_ends_every_pa
         ended = await asyncio.gather(*asked, stream.reader, return_exceptions=True)
         assert all(isinstance(e, Unavailable) for e in ended[:2]), ended  # not "the owner refused": it was us
         assert ended[2] is None and not owner.read.is_set()
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+PART_BYTES = 50_000_000
+"""Far past any flow-control window gRPC opens to a stream its peer does not read."""
+
+
+class DeafOwner(SlowOwner):
+    """A peer that accepts the stream at once and then reads nothing (its loop stalled, SIGSTOP)."""
+
+    async def reserve_stream(self, requests: AsyncIterator[pb.ReserveStreamRequest],
+                             context: grpc.aio.ServicerContext[pb.ReserveStreamRequest, pb.ReserveStreamResponse],
+                             ) -> AsyncIterator[pb.ReserveStreamResponse]:
+        await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
+        self.opened.set()
+        await asyncio.Event().wait()  # never reads: the outbound stream's flow-control window stays spent
+        yield pb.ReserveStreamResponse()  # pragma: no cover - the caller gives up first
+
+
+async def test_a_part_the_owner_does_not_take_is_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part larger than the owner's flow-control window waits, being written, for the owner to read
+    it: an owner that stalled held the part, the batch and every part behind it for as long as the
+    inbound stream lasted (the bound was kept only once the part was written). It is answered in doubt
+    once ``PEER_CALL_MAX_S`` has passed since it was asked (perhaps half written)."""
+    monkeypatch.setattr(streams, "PEER_CALL_MAX_S", BOUND_S)
+    loop = asyncio.get_running_loop()
+    skipped = 0.0
+    real_time = loop.time
+    monkeypatch.setattr(loop, "time", lambda: real_time() + skipped)
+    owner = DeafOwner()
+    server, channel = await serving(owner, ("grpc.max_receive_message_length", PART_BYTES * 2))
+    try:
+        stream = outbound(channel)
+        big = pb.ReserveStreamRequest(reservations=[pb.ReserveRequest(reservation_id="r" * PART_BYTES)])
+        asked = asyncio.ensure_future(stream.ask(big))
+        await owner.opened.wait()
+        for _ in range(3000):  # until the part is being written (its answer awaited in order); 30 s at most
+            if stream._waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert stream._waiting, "the part was not written once the owner accepted the stream"
+        skipped += 1.1 * BOUND_S
+        done, _ = await asyncio.wait({asked}, timeout=30)  # a fail-safe: it ends within a few turns of the loop
+        assert asked in done, "the part was still being written past PEER_CALL_MAX_S"
+        with pytest.raises(Unavailable) as in_doubt:
+            await asked
+        assert in_doubt.value.reason == Reason.OUTCOME_UNKNOWN
+        assert "did not take the part" in str(in_doubt.value)
+        later = await asyncio.gather(stream.ask(pb.ReserveStreamRequest()), return_exceptions=True)
+        assert isinstance(later[0], Unavailable), later  # the stream is broken: the next part is told at once
+        stream.close()
+        await asyncio.gather(stream.reader, return_exceptions=True)
     finally:
         await channel.close()
         await server.stop(0)
