@@ -16,13 +16,17 @@ already overdue (its lateness is then measured, not thrown away).
 Streams already open are not refused: each reads its next batch only once the loop is not overloaded
 (``until_calm``), so their callers' later batches wait in gRPC's flow control instead of piling work
 onto the late thread — whose renewals of leased groups, health answers and every other call wait
-behind it.
+behind it. Once the cool-down ends, the paused streams go on in the order they paused,
+``RESUMED_PER_WAKE`` at each wake-up of the timer: let go all at once, up to ``max_reserve_streams``
+batches landed on the thread together and overloaded it again at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 
 from atp_service.metrics import EdgeMetrics
 
@@ -38,6 +42,8 @@ follows a loop busy with streams or ingest)."""
 COOLDOWN_S = 0.25
 STREAK = 3
 """Late wake-ups in a row before shedding: one long pause (a collection, a big batch) is not overload."""
+RESUMED_PER_WAKE = 16
+"""Paused streams let go at each wake-up on time past a cool-down (every ``INTERVAL_S``): 800 a second."""
 
 
 class LoopLagMonitor:
@@ -56,9 +62,9 @@ class LoopLagMonitor:
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = 0.0
         self._interval = INTERVAL_S
-        self._calm = asyncio.Event()
-        """Set but while overloaded (cleared as a cool-down begins, set at the first wake-up past its end)."""
-        self._calm.set()
+        self._paused_streams: deque[asyncio.Future[None]] = deque()
+        """Streams waiting for the loop, oldest first: let go ``RESUMED_PER_WAKE`` at each wake-up past a
+        cool-down, all of them at the monitor's stop."""
 
     def start(self) -> None:
         if self.limit_s > 0 and self._timer is None:
@@ -69,7 +75,7 @@ class LoopLagMonitor:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._calm.set()  # no wake-up will end a cool-down now: no stream waits for one
+        self._resume(len(self._paused_streams))  # no wake-up will end a cool-down now: no stream waits for one
 
     def overloaded(self) -> bool:
         """Whether a new call is to be refused now. Asked on every call: time.monotonic, not the
@@ -87,17 +93,36 @@ class LoopLagMonitor:
         work on this thread, which the shedding at the door does not bound. Batches taken go on being
         decided meanwhile, and nothing waited for here depends on another process: the lag drains.
         ``unless``: set, it returns at once (a stop's drain: the stream ends once its batches taken are
-        answered, not cut at the end of the grace). The wait is counted however it ends (cancelled too)."""
-        if not self.overloaded():
+        answered, not cut at the end of the grace). Streams paused before it go first: it waits behind
+        them even once the loop is calm. The wait is counted however it ends (cancelled too)."""
+        if not self.overloaded() and not self._paused_streams:
             return
         started = time.monotonic()
-        waits = [asyncio.ensure_future(event.wait()) for event in (self._calm, unless) if event is not None]
+        resumed = asyncio.get_running_loop().create_future()
+        self._paused_streams.append(resumed)
+        waits: list[asyncio.Future[object]] = [resumed]
+        if unless is not None:
+            waits.append(asyncio.ensure_future(unless.wait()))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for wait in waits:
                 wait.cancel()
+            if resumed.cancelled():  # not let go: out of the line
+                self._forget(resumed)
             self._paused.inc(time.monotonic() - started)
+
+    def _resume(self, count: int) -> None:
+        """The ``count`` streams paused longest go on (those whose wait already ended are passed over)."""
+        while count > 0 and self._paused_streams:
+            resumed = self._paused_streams.popleft()
+            if not resumed.done():
+                resumed.set_result(None)
+                count -= 1
+
+    def _forget(self, resumed: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):  # let go already
+            self._paused_streams.remove(resumed)
 
     def note(self, lag_s: float, now: float) -> None:
         self.lag_s = lag_s
@@ -105,9 +130,8 @@ class LoopLagMonitor:
         self._late = self._late + 1 if lag_s > self.limit_s else 0
         if self._late >= STREAK:
             self._until = now + COOLDOWN_S
-            self._calm.clear()
         elif now >= self._until:
-            self._calm.set()
+            self._resume(RESUMED_PER_WAKE)
 
     def _bring_forward(self) -> None:
         """The first call after a quiet spell: the next wake-up at ``INTERVAL_S`` from now, unless

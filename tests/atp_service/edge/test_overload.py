@@ -13,7 +13,15 @@ import pytest
 
 from atp_client import AtpClient, Retryable, RetryPolicy, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.edge.overload import IDLE_INTERVAL_S, INTERVAL_S, ON_TIME_S, RECENT_S, STREAK, LoopLagMonitor
+from atp_service.edge.overload import (
+    IDLE_INTERVAL_S,
+    INTERVAL_S,
+    ON_TIME_S,
+    RECENT_S,
+    RESUMED_PER_WAKE,
+    STREAK,
+    LoopLagMonitor,
+)
 from atp_service.metrics import EdgeMetrics
 from benchmarks.overload import rss_mb
 from tests.atp_service.app.test_cli import serve, stop_or_explain
@@ -376,7 +384,6 @@ async def test_an_open_stream_reads_its_next_batch_only_once_the_loop_keeps_time
     await call.write(_one("s1"))
     assert (await call.read()).outcomes[0].response.state == pb.RESERVATION_STATE_HELD
     monitor._until = time.monotonic() + 3600  # overloaded, as late wake-ups in a row make it
-    monitor._calm.clear()
     await call.write(_one("s2"))  # the reader was waiting on the stream: taken, then no more
     assert (await call.read()).outcomes[0].response.state == pb.RESERVATION_STATE_HELD
     await call.write(_one("s3"))
@@ -448,3 +455,39 @@ async def test_a_wait_for_the_loop_is_counted_when_its_stream_ends_first() -> No
         await waiting
     (paused,) = [s.value for s in metrics.stream_reads_paused.collect()[0].samples if s.name.endswith("_total")]
     assert paused >= 0.2, paused
+
+
+async def _turns() -> None:
+    """Enough turns of the loop for a stream let go to return (steps of tasks, no waiting on time)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_streams_paused_for_the_loop_go_on_a_few_at_each_wake_up_oldest_first() -> None:
+    """Let go all together at the end of a cool-down, every paused stream read its next batch at once:
+    up to ``max_reserve_streams`` batches landed on the thread together and overloaded it again. They go
+    on ``RESUMED_PER_WAKE`` at each wake-up on time, in the order they paused; a stream that comes once
+    the loop is calm waits behind those paused before it."""
+    monitor = LoopLagMonitor(100)
+    for _ in range(STREAK):
+        monitor.note(1.0, time.monotonic())
+    paused = [asyncio.ensure_future(monitor.until_calm()) for _ in range(2 * RESUMED_PER_WAKE + 3)]
+    await _turns()
+    gone = paused.pop(1)  # its caller gone while it waits: it takes no one's turn
+    gone.cancel()
+    await _turns()
+    assert not any(p.done() for p in paused)
+    monitor.note(0.0, time.monotonic() + 3600)  # a wake-up on time, past the cool-down
+    await _turns()
+    assert [p.done() for p in paused] == [True] * RESUMED_PER_WAKE + [False] * (RESUMED_PER_WAKE + 2)
+    monitor._until = 0.0  # calm: a stream coming now would not wait, but others still do: it waits behind them
+    late = asyncio.ensure_future(monitor.until_calm())
+    await _turns()
+    assert not late.done()
+    monitor.note(0.0, time.monotonic() + 3600)
+    await _turns()
+    assert [p.done() for p in paused] == [True] * (2 * RESUMED_PER_WAKE) + [False] * 2 and not late.done()
+    monitor.note(0.0, time.monotonic() + 3600)
+    await asyncio.wait_for(asyncio.gather(*paused, late), 30)
+    assert not monitor._paused_streams
+    await asyncio.wait_for(monitor.until_calm(), 30)  # none waiting and calm: at once
