@@ -49,6 +49,17 @@ async def serving(owner: SlowOwner, *options: tuple[str, int]) -> tuple[grpc.aio
     return server, channel
 
 
+class LoopClock:
+    """The running loop's clock, moved on by hand (``skipped``), and ``PEER_CALL_MAX_S`` at ``BOUND_S``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(streams, "PEER_CALL_MAX_S", BOUND_S)
+        loop = asyncio.get_running_loop()
+        real_time = loop.time
+        self.skipped = 0.0
+        monkeypatch.setattr(loop, "time", lambda: real_time() + self.skipped)
+
+
 def outbound(channel: grpc.aio.Channel) -> streams.OwnerStream:
     """An outbound stream to the owner ``channel`` reaches, as ``Forwarder.open_stream`` opens one."""
     return streams.OwnerStream(channel.stream_stream(  # type: ignore[arg-type]
@@ -62,11 +73,7 @@ async def test_a_part_waits_for_the_owner_at_most_the_peer_bound_its_acceptance_
     for its headers and the wait for the answer were each bounded by ``PEER_CALL_MAX_S``, so a part
     (and the inbound stream's batch, and its place) was held up to twice the bound that every
     forwarded call keeps. The part is answered in doubt once the bound has passed since it was asked."""
-    monkeypatch.setattr(streams, "PEER_CALL_MAX_S", BOUND_S)
-    loop = asyncio.get_running_loop()
-    skipped = 0.0
-    real_time = loop.time
-    monkeypatch.setattr(loop, "time", lambda: real_time() + skipped)
+    clock = LoopClock(monkeypatch)
     owner = SlowOwner()
     server, channel = await serving(owner)
     try:
@@ -74,10 +81,10 @@ async def test_a_part_waits_for_the_owner_at_most_the_peer_bound_its_acceptance_
         asked = asyncio.ensure_future(stream.ask(pb.ReserveStreamRequest(reservations=[
             pb.ReserveRequest(reservation_id="r1", lines=[pb.Line(sku="A", location="S1", quantity=1)])])))
         await owner.opened.wait()
-        skipped += 0.9 * BOUND_S  # the owner takes most of the bound to accept the stream
+        clock.skipped += 0.9 * BOUND_S  # the owner takes most of the bound to accept the stream
         owner.accept.set()
         await owner.read.wait()  # the part was written (only once the owner had accepted)
-        skipped += 0.2 * BOUND_S  # the bound has passed since the part was asked, not since it was written
+        clock.skipped += 0.2 * BOUND_S  # the bound has passed since the part was asked, not since it was written
         done, _ = await asyncio.wait({asked}, timeout=30)  # a fail-safe: it ends within a few turns of the loop
         assert asked in done, "the part was still waiting past PEER_CALL_MAX_S"
         with pytest.raises(Unavailable) as in_doubt:
@@ -131,11 +138,7 @@ async def test_a_part_the_owner_does_not_take_is_bounded_too(monkeypatch: pytest
     it: an owner that stalled held the part, the batch and every part behind it for as long as the
     inbound stream lasted (the bound was kept only once the part was written). It is answered in doubt
     once ``PEER_CALL_MAX_S`` has passed since it was asked (perhaps half written)."""
-    monkeypatch.setattr(streams, "PEER_CALL_MAX_S", BOUND_S)
-    loop = asyncio.get_running_loop()
-    skipped = 0.0
-    real_time = loop.time
-    monkeypatch.setattr(loop, "time", lambda: real_time() + skipped)
+    clock = LoopClock(monkeypatch)
     owner = DeafOwner()
     server, channel = await serving(owner, ("grpc.max_receive_message_length", PART_BYTES * 2))
     try:
@@ -148,7 +151,7 @@ async def test_a_part_the_owner_does_not_take_is_bounded_too(monkeypatch: pytest
                 break
             await asyncio.sleep(0.01)
         assert stream._waiting, "the part was not written once the owner accepted the stream"
-        skipped += 1.1 * BOUND_S
+        clock.skipped += 1.1 * BOUND_S
         done, _ = await asyncio.wait({asked}, timeout=30)  # a fail-safe: it ends within a few turns of the loop
         assert asked in done, "the part was still being written past PEER_CALL_MAX_S"
         with pytest.raises(Unavailable) as in_doubt:
