@@ -22,14 +22,8 @@ from ._errors import (
 )
 from ._events import Event, LogEntry, decode_entry, encode_entry
 from ._facts import PositionHistory
-from ._feed import (
-    ChannelUpdate,
-    Feed,
-    FeedPolicy,
-    Key,
-    Published,
-    StockStatus,
-)
+from ._feed import ChannelUpdate, Feed, Key, Published
+from ._feed_policy import FeedPolicy, StockStatus
 from ._ledger import Ledger, LedgerSnapshot
 from ._limits import Limits
 from ._model import (

@@ -21,15 +21,14 @@ reader can tell a missed update from a version it did not see.
 
 from __future__ import annotations
 
-import enum
 import heapq
-from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TypeVar
 
 import msgspec
 
 from ._bucket import TokenBucket
+from ._feed_policy import FeedPolicy, StockStatus
 
 Key = tuple[str, str]
 """(sku, location); the location is "" for a network offer (one number per SKU)."""
@@ -39,12 +38,6 @@ HEAP_SLACK = 1024
 its entry until it reached the head: one per change, for as long as the channel was behind - all day on a busy one."""
 _E = TypeVar("_E", tuple[int, int, Key], tuple[int, float, int, int, Key])
 """An entry of the due heap (due_at, gen, key) or of the ready heap (class, -velocity, due_at, gen, key)."""
-
-
-class StockStatus(enum.Enum):
-    IN_STOCK = "IN_STOCK"
-    LOW_STOCK = "LOW_STOCK"
-    OUT_OF_STOCK = "OUT_OF_STOCK"
 
 
 class Published(msgspec.Struct, array_like=True, gc=False):
@@ -74,43 +67,6 @@ class ChannelUpdate(msgspec.Struct, gc=False):
     @property
     def key(self) -> Key:
         return (self.sku, self.location)
-
-
-@dataclass(frozen=True, slots=True)
-class FeedPolicy:
-    """How one channel's feed is paced."""
-
-    throttle_ms: int = 1000
-    """At most one publish per key per interval, except a drop to 0 (C2)."""
-
-    rate_per_s: float = 100.0
-    """Average updates per second the channel accepts (token bucket refill rate)."""
-
-    burst: int = 0
-    """Bucket size: updates that may go out back to back (0: one second's worth)."""
-
-    low_stock_level: int = 5
-    """A shown quantity at or below this (and above 0) has status LOW_STOCK."""
-
-    max_wait_ms: int = 30_000
-    """A change that has waited this long past its throttle interval goes before the low-stock and
-    velocity order (oldest first), still within the rate limit: the bound on how long a slow
-    seller's change waits behind fast sellers' while the channel is behind (C2)."""
-
-    def __post_init__(self) -> None:
-        if self.throttle_ms < 0:
-            raise ValueError("throttle_ms: must not be negative")
-        if self.rate_per_s <= 0:
-            raise ValueError("rate_per_s: must be positive")
-        if self.burst < 0 or self.low_stock_level < 0:
-            raise ValueError("burst and low_stock_level: must not be negative")
-        if self.max_wait_ms < 0:
-            raise ValueError("max_wait_ms: must not be negative")
-
-    def status(self, quantity: int) -> StockStatus:
-        if quantity <= 0:
-            return StockStatus.OUT_OF_STOCK
-        return StockStatus.LOW_STOCK if quantity <= self.low_stock_level else StockStatus.IN_STOCK
 
 
 class _Pending:
