@@ -109,6 +109,8 @@ class Feed:
         self._ready: list[tuple[int, float, int, int, Key]] = []  # (class, -velocity, due_at, gen, key)
         self._aged: list[tuple[int, int, Key]] = []  # (due_at, gen, key): the same changes, oldest first
         self._inflight: dict[Key, ChannelUpdate] = {}
+        self._again: dict[Key, None] = {}
+        """Keys offered again (``offer_again``) until that value is confirmed: judged as never sent, yet published."""
         self._next_allowed: dict[Key, int] = {}
         self._gen = self.held_until = 0  # held_until: when a key read back from Redis may change (C2)
 
@@ -122,7 +124,7 @@ class Feed:
         sent = self._inflight.get(key)
         if sent is not None:
             return sent.quantity
-        pub = self.published.get(key)
+        pub = None if key in self._again else self.published.get(key)
         return None if pub is None else pub.quantity
 
     @property
@@ -178,6 +180,14 @@ class Feed:
             due = max(now_ms, self._next_allowed.get(key, self.held_until))
             self.throttled += due > now_ms
             self._due = self._push(self._due, (due, pend.gen, key), 1)
+
+    def offer_again(self, key: Key, quantity: int, event_time: int, durable_at: int, now_ms: int) -> None:
+        """``key`` offered as a baseline (at once, ``previous`` unknown) though it was published: the destination may
+        show a value the channel does not know of (one Redis lost), so it is sent at a new version even if equal (not
+        E11). Its published value stays what a snapshot shows until the new one is confirmed (C4: durable only)."""
+        assert not self.waiting(key), "a value of it pending or being written goes out at a new version already"
+        self._again[key] = None
+        self.offer(key, quantity, event_time, durable_at, now_ms)
 
     def withdraw(self, key: Key, now_ms: int) -> None:
         """``key`` is no longer the channel's (a location it stopped selling from): shown 0 once it
@@ -326,6 +336,7 @@ class Feed:
             key = u.key
             del self._inflight[key]
             self.published[key] = Published(u.quantity, u.version, u.event_time)
+            self._again.pop(key, None)
             self.published_version = max(self.published_version, u.version)
             self._next_allowed[key] = u.published_at + throttle
             pend = self._pending.get(key)

@@ -36,12 +36,14 @@ POLL_S = 1.0
 
 def restamp(feed: Feed, key: Key, now_ms: int) -> bool:
     """``key`` offered again as a baseline (its published value, 0 if none): published at a new version even if equal
-    to what the channel shows (not E11: the destination may show a value of a lost version). False: a value of it is
-    pending or being written already (a new version, unless withdrawn: looked at again next time)."""
+    to what the channel shows (not E11: the destination may show a value of a lost version). Its published value stays
+    in the feed's ``published`` meanwhile (``Feed.offer_again``): a snapshot taken before the write is confirmed shows
+    it, not no value at all (C4: only what is durable). False: a value of it is pending or being written already (a
+    new version, unless withdrawn: looked at again next time)."""
     if feed.waiting(key):
         return False
-    pub = feed.published.pop(key, None)
-    feed.offer(key, 0 if pub is None else pub.quantity, now_ms if pub is None else pub.event_time, now_ms, now_ms)
+    pub = feed.published.get(key)
+    feed.offer_again(key, 0 if pub is None else pub.quantity, now_ms if pub is None else pub.event_time, now_ms, now_ms)
     return True
 
 
