@@ -54,6 +54,16 @@ class PublisherMetrics:
             "Reads held back, undelivered: fewer than wait_replicas replicas confirmed holding them in time (read and "
             "confirmed again; a failover may lose such a write)", ["channel"], registry=r,
         )
+        self.restamp_refused = Counter(
+            "atp_publisher_restamp_refused_total",
+            "Tries to name keys delivered at versions Redis lost that the channel's restamp key refused (it holds "
+            "another type than a hash): the names are kept and tried again, delivery goes on", ["channel"], registry=r,
+        )
+        self.restamp_owed = Gauge(
+            "atp_publisher_restamp_owed_keys",
+            "Keys this process delivered at versions Redis lost that are not named to the service yet (the restamp key "
+            "refused them): their destinations show the lost values until named", ["channel"], registry=r,
+        )
         self.delay = Histogram(
             "atp_publisher_delivery_delay_seconds", "Source time of the newest change behind an update -> delivered",
             ["channel"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r,
@@ -67,6 +77,8 @@ class PublisherMetrics:
         zeroed(self.rate_limited, (channel,))
         zeroed(self.redeliver_overflows, (channel,))
         zeroed(self.not_replicated, (channel,))
+        zeroed(self.restamp_refused, (channel,))
+        self.restamp_owed.labels(channel).set(0)
         zeroed(self.lease_lost, (channel, group))
         zeroed(self.claimed, (channel, group))
         self.lease_held.labels(channel, group).set(0)  # a standby until it takes the lease

@@ -47,6 +47,7 @@ def publisher_needs(cfg: PublisherConfig) -> list[Need]:
         (("HSCAN", owed, 0), owed, "keys owed"), (("HDEL", owed, "k"), owed, "keys owed, settled"),
         (("INCR", owe_all), owe_all, "a resync of every key owed"), (("GET", owe_all), owe_all, "a resync owed"),
         (("DEL", owe_all), owe_all, "a resync done"),
+        (("TYPE", cfg.restamp_key), cfg.restamp_key, "keys delivered at versions Redis lost: a hash (C3, C4)"),
         (("HGET", cfg.restamp_key, "k"), cfg.restamp_key, "keys delivered at versions Redis lost (C3, C4)"),
         (("HSET", cfg.restamp_key, "k", 1), cfg.restamp_key, "keys delivered at versions Redis lost (C3, C4)")]
     scripts = [("read", (stream, owe_all)), ("settle", (lease, delivered, stream)),

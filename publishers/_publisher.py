@@ -44,7 +44,7 @@ from ._metrics import PublisherMetrics
 from ._reading import Reader, gap_before, link_of
 from ._redeliver import Redelivery
 from ._replicas import Replicas
-from ._restamp import name_lost, still_known
+from ._restamp import LostNames, still_known
 from ._startup import refuse_evicting_redis
 from ._state_resync import StateResync, Sweep, sweep_owing
 
@@ -64,8 +64,7 @@ class Publisher:
     def __init__(self, config: PublisherConfig, client: Any, adapter: Adapter, metrics: PublisherMetrics,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  now_ms: Callable[[], int] | None = None, writer: Nodes | None = None) -> None:
-        self.config = config
-        self.client = client
+        self.config, self.client = config, client
         self.adapter = adapter
         self.metrics = metrics
         metrics.watch(config.channel, adapter.name, config.group)
@@ -81,6 +80,7 @@ class Publisher:
         self._halt = asyncio.Event()
         """Set by a stop, or when the group's lease is lost: what is being delivered stops at once."""
         self._reader = Reader(config, client)
+        self._lost_names = LostNames(config, client, metrics)  # C4: refused by a restamp key of another type, kept
         self._holding = Holding(config, client, metrics, self._halt.set)
         self.replicas = Replicas(config, writer or Nodes(client), self._holding.lease, metrics)  # a cluster: pass one
         self._resync = StateResync(config, client, metrics, adapter.name, lambda key: self._delivered.get(key, 0),
@@ -215,7 +215,7 @@ class Publisher:
                 await self._redelivery.dead_letter_raw(as_text(entry_id), fields or {}, f"undecodable entry: {exc!r}")
                 continue
             out.updates.append(update)
-        await name_lost(cfg, self.client, self._delivered, out.updates)  # C3, C4: delivered at versions Redis lost
+        await self._lost_names.name(self._delivered, out.updates)  # C3, C4: delivered at versions Redis lost
         if out.updates:  # C4: confirmed now, on the node that served the read (``_replicas``): later, a failover
             try:  # could have moved the slot to a replica that never held what was read
                 await self._unless_stopped(self.replicas.confirm())

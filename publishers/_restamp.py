@@ -13,28 +13,41 @@ value of what is durable (0 for a key it holds nothing of): read from the stream
 Found from what this publisher delivered (in memory), at any entry that carries ``follows`` (the first read after
 the loss, or one in the middle of a read: the group's restored position below the link), not from the positions: a
 group restored below the link reads the older entries first, and its position alone no longer tells the loss.
+
+The naming is an aid to C4 after a loss, never a step of delivery: a ``restamp`` key of another type than a hash (an
+operator's mistake, a restore of other data) refuses the names, and delivery goes on (``LostNames``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from atp_service.logs import EveryInterval
+from atp_service.storage.resp import as_text
 from reservation import ChannelUpdate
 
 from ._config import PublisherConfig
+from ._metrics import PublisherMetrics
 
 log = logging.getLogger(__name__)
 NAME_LOST = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then return kind end
 for i = 1, #ARGV, 2 do
   local held = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
   if tonumber(ARGV[i + 1]) > held then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 return 0
 """
-"""Each key named with the newest lost version delivered (several groups of one channel name the same hash)."""
+"""Each key named with the newest lost version delivered (several groups of one channel name the same hash). A key of
+another type is left as it is and its type answered (0: named): its WRONGTYPE error read as Redis away, and the read
+that found the loss was retried for good, delivering nothing more to the destination."""
 CHUNK = 1000
+REFUSED_LOG_S = 60.0
+"""At most one warning this often while the ``restamp`` key refuses the names (each refusal is counted)."""
 
 
 def still_known(recorded: dict[str, int], known: Mapping[str, int]) -> dict[str, int]:
@@ -59,16 +72,54 @@ def lost_delivered(delivered: Mapping[str, int], updates: Iterable[ChannelUpdate
     return owed
 
 
-async def name_lost(config: PublisherConfig, client: Any, delivered: Mapping[str, int],
-                    updates: Iterable[ChannelUpdate]) -> None:
-    """The keys ``lost_delivered`` finds named in the service's ``restamp`` hash (none: nothing written)."""
-    owed = lost_delivered(delivered, updates)
-    if not owed:
-        return
-    log.warning("%s: %d keys were delivered at versions Redis has since lost (up to %d); the service is asked to "
-                "publish their durable values again at new versions (%s)", config.channel, len(owed),
-                max(owed.values()), config.restamp_key)
-    items = sorted(owed.items())
-    for start in range(0, len(items), CHUNK):
-        await client.eval(NAME_LOST, 1, config.restamp_key,
-                          *[x for key, version in items[start:start + CHUNK] for x in (key, version)])
+class LostNames:
+    """The keys ``lost_delivered`` finds, named in the service's ``restamp`` hash, and kept until they are. Kept in
+    this process's memory (at most one entry per key it delivered, as the delivered versions are) while the key refuses
+    them (another type than a hash): tried again at the first read ``redis_retry_s`` after a refusal, written as soon as
+    the key is removed or made a hash (no restart, no new loss needed), each refusal counted and warned at most once a
+    minute naming the key and its type. A stop before then forgets them, as it forgets what it delivered."""
+
+    def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config, self.client, self.metrics, self._clock = config, client, metrics, clock
+        self.owed: dict[str, int] = {}
+        self._retry_at = float("-inf")
+        self._refusals = EveryInterval(REFUSED_LOG_S, clock)
+
+    async def name(self, delivered: Mapping[str, int], updates: Iterable[ChannelUpdate]) -> None:
+        """The keys delivered at versions ``updates`` say Redis lost, and those kept from a refusal, named (C4). A
+        Redis error is raised (the read is tried again, and these with it); a refusal is not: delivery goes on."""
+        cfg = self.config
+        if found := lost_delivered(delivered, updates):
+            log.warning("%s: %d keys were delivered at versions Redis has since lost (up to %d); the service is asked "
+                        "to publish their durable values again at new versions (%s)", cfg.channel, len(found),
+                        max(found.values()), cfg.restamp_key)
+            self.owed = still_known(self.owed, found)
+        if self.owed and self._clock() >= self._retry_at:
+            refused_by = await self._write(sorted(self.owed.items()))
+            if refused_by is None:
+                self.owed = {}
+            else:
+                self._refused(refused_by)
+        self.metrics.restamp_owed.labels(cfg.channel).set(len(self.owed))
+
+    async def _write(self, items: list[tuple[str, int]]) -> str | None:
+        """None: every key named; else the type the ``restamp`` key holds instead of a hash."""
+        for start in range(0, len(items), CHUNK):
+            answer = await self.client.eval(NAME_LOST, 1, self.config.restamp_key,
+                                            *[x for key, version in items[start:start + CHUNK] for x in (key, version)])
+            if answer != 0:
+                return as_text(answer)
+        return None
+
+    def _refused(self, kind: str) -> None:
+        cfg = self.config
+        self._retry_at = self._clock() + cfg.redis_retry_s
+        self.metrics.restamp_refused.labels(cfg.channel).inc()
+        if (left_out := self._refusals.due()) is not None:
+            log.warning("%s: %d keys delivered at versions Redis has since lost are not named to the service: %s holds "
+                        "a %s, not a hash; kept in this process's memory and named once it is removed (a restart "
+                        "forgets them, and their destinations keep the lost values); delivery goes on", cfg.channel,
+                        len(self.owed), cfg.restamp_key, kind,
+                        extra={"event": "publisher_restamp_refused", "channel": cfg.channel, "key": cfg.restamp_key,
+                               "type": kind, "keys": len(self.owed), "left_out": left_out})
