@@ -20,7 +20,9 @@ import redis.asyncio as aioredis
 
 from atp_service import free_port
 from atp_service.storage.channel_wire import to_fields
+from publishers import PublisherConfig
 from reservation import ChannelUpdate, StockStatus
+from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.conftest import ServiceFactory, spawned
 from tests.publishers.http_helpers import serve
@@ -30,8 +32,9 @@ from tests.waiting import until
 
 from .scraped_alerts import Scrape, firing, scrape
 
-HELD = frozenset({"atp_publisher_lease_held"})
-"""Who holds the lease is a state: after a change it stays (counted on, 1 -> 0 would go negative)."""
+HELD = frozenset({"atp_publisher_lease_held", "atp_publisher_restamp_owed_keys"})
+"""Gauges of a state (who holds the lease, the keys owed a naming): after a change they stay (counted on, 1 -> 0
+would go negative, 3 owed would grow by 3 a minute)."""
 SERVICE_UP = {'up{instance="atp:9464", job="atp-service"}': 1.0}
 
 
@@ -86,13 +89,14 @@ def publishers() -> Iterator[list[Running]]:
         running.stop()
 
 
-async def publish(client: aioredis.Redis, first: int, n: int) -> None:
-    """``n`` changes from version ``first`` on, stamped now (the delay histogram reads their time)."""
+async def publish(client: aioredis.Redis, first: int, n: int, follows: int | None = None) -> None:
+    """``n`` changes from version ``first`` on, stamped now (the delay histogram reads their time). ``follows``: the
+    first is a run's first, following that version (the service's start after Redis lost the versions between)."""
     now_ms = int(time.time() * 1000)
     for version in range(first, first + n):
         update = ChannelUpdate("web", f"s{version % 5}", "", version % 7, None,
                                StockStatus.OUT_OF_STOCK if version % 7 == 0 else StockStatus.IN_STOCK,
-                               version, now_ms, now_ms, now_ms)
+                               version, now_ms, now_ms, now_ms, follows if version == first else None)
         await client.xadd("atp:{avail}:web", to_fields(update), id=f"{version}-0")  # type: ignore[arg-type]
 
 
@@ -239,3 +243,42 @@ async def test_reads_the_replicas_never_confirm_fire_not_replicated(
         after = only.scrape()
     assert end.versions() == [], "delivered what no replica confirmed"
     assert firing(before, after, tmp_path, held=HELD) == {"ATPPublisherNotReplicated"}
+
+
+async def test_a_restamp_key_of_another_type_after_redis_lost_data_fires_restamp_refused_until_deleted(
+        client: aioredis.Redis, redis_url: str, tmp_path: Path, publishers: list[Running]) -> None:
+    """Redis restored from data older than what the holder delivered (s4, s0, s1 at versions 4 to 6), the service's
+    next run on it (its first entry follows version 3), and the channel's restamp key a string: delivery goes on, the
+    three keys are owed a naming (C4) and the destination keeps their lost values. Deleted, the key takes the names
+    (no restart) and the alert clears."""
+    restamp_key = PublisherConfig(channel="web").restamp_key
+    end = Destination()
+    with serve(end.handle) as url:
+        only = Running(url + "/in", redis_url, tmp_path / "only.log")
+        publishers.append(only)
+        await holding(only)
+        await publish(client, 1, 3)
+        await until(lambda: recorded(client, "s3", 3), "delivered, recorded and acknowledged")
+        image = await saved(client)
+        await publish(client, 4, 3)  # s4, s0, s1: delivered, then lost
+        await until(lambda: recorded(client, "s1", 6), "the versions to lose delivered and recorded")
+        before = only.scrape()
+        await restored(client, image, at_once=True)
+        await client.set(restamp_key, "not a hash")  # the operator's mistake
+        await publish(client, 10, 1, follows=3)  # the service's next run: its first entry
+        await until(end.got(("s0", 10)), "delivered past the refusal")
+        await until(lambda: owed(only) == 3.0, "the keys delivered at lost versions owed a naming")
+        after = only.scrape()
+        assert firing(before, after, tmp_path, held=HELD) == {"ATPPublisherRestampRefused"}
+
+        await client.delete(restamp_key)  # the runbook's fix
+        await until(lambda: owed(only) == 0.0, "the names written once the key is deleted")
+        fixed = only.scrape()
+    assert await client.hgetall(restamp_key) == {b"s4\t": b"4", b"s0\t": b"5", b"s1\t": b"6"}
+    assert firing(before, fixed, tmp_path, held=HELD) == set()
+
+
+def owed(running: Running) -> float | None:
+    """Its ``atp_publisher_restamp_owed_keys``; None: not exported (yet)."""
+    return running.scrape().get('atp_publisher_restamp_owed_keys{channel="web", '
+                                f'instance="{running.target["instance"]}", job="atp-publisher"}}')
