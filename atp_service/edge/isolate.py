@@ -1,16 +1,15 @@
 """Facts read from the input streams whose owner refused their ``RecordEvents`` call whole for a reason of one
 fact of it: the call split until each fact has an answer of its own (``isolated``).
 
-An owner answers a call whose facts its shards decided one by one, but a fact its shard refused refuses the
-whole call (``record.record_events``): a SHIPMENT naming a plain reservation spanning shards that the single
-writer left under ``ownership = leases`` (``INTERNAL``, refused at every delivery), or any other lasting
-refusal. The reader took that for the owner failing (``OUTCOME_UNKNOWN``, transient): every fact of the call
-stayed pending, was read again, batched with the culprit again and refused again, for ever — the culprit never
-dead-lettered (``refusals.RefusalBound`` counts only lasting refusals), the others never acknowledged. Such a
-refusal says no fact of the call is in doubt (``told_first`` tells an ``OUTCOME_UNKNOWN`` before any other), so
-sending them again is safe: a fact its shard recorded already is answered a duplicate (E8). The call is split
-in halves, in order (two halves may share a shard: its facts stay in the stream's order), each sent on its own
-and split again while refused so: a fact alone in its call keeps its refusal, with the owner's reason.
+An owner answers a call whose facts its shards decided one by one, but a fact its shard refused refuses the whole
+call (``record.record_events``): a fact a bug refuses (``INTERNAL``, refused at every delivery), or any other
+lasting refusal. The reader took that for the owner failing (``OUTCOME_UNKNOWN``, transient): every fact of the
+call stayed pending, was read again, batched with the culprit again and refused again, for ever — the culprit
+never dead-lettered (``refusals.RefusalBound`` counts only lasting refusals), the others never acknowledged. Such
+a refusal says no fact of the call is in doubt (``told_first`` tells an ``OUTCOME_UNKNOWN`` before any other), so
+sending them again is safe: a fact its shard recorded already is answered a duplicate (E8). The call is split in
+halves, in order (two halves may share a shard: its facts stay in the stream's order), each sent on its own and
+split again while refused so: a fact alone in its call keeps its refusal, with the owner's reason.
 """
 
 from __future__ import annotations

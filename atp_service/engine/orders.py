@@ -25,12 +25,14 @@ from atp_service.engine.parts import (
     ReservePart,
     command_of,
     held_orphans,
+    lasting,
     log_lost,
     log_orphaned,
     on_shard,
     run_parts,
     shipped_elsewhere,
 )
+from atp_service.engine.shipments import fulfilling, refused_for_good, unfulfilled
 from atp_service.tasks import cancel_for_good, exception_seen, keep
 from reservation import (
     DomainError,
@@ -106,9 +108,9 @@ class Orders:
 
     async def shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
         """A SHIPMENT fact naming the order: the stock moves and the part holding that position is
-        fulfilled with it, in one step on the fact's shard (R4, idempotent by ``operation_id``) —
-        after a change the order has pending is carried through, and before the order is resolved
-        once every part is."""
+        fulfilled with it, in one step on the fact's shard (R4, idempotent by ``operation_id``) — after
+        a change the order has pending is carried through (refused for good: the stock moves alone,
+        Q1), and before the order is resolved once every part is."""
         return await self._owned(order_id, lambda: self._shipment(fact, order_id, operation_id))
 
     def has_part(self, shard: int, order_id: str) -> bool:
@@ -323,15 +325,20 @@ class Orders:
         await run_parts(self._engine, {g: GiveUpPart(cmd) for g, cmd in cmds.items()})
 
     async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
-        home = self._engine.home_of(order_id)
+        home, shard = self._engine.home_of(order_id), self._engine.place(fact.sku)
+        ship = fulfilling(fact, orders.part_id(order_id, shard), operation_id, self._engine.limits)
         if home is None and self._engine.remote is not None:  # homed at another process: settled there first
-            return await shipped_elsewhere(self._engine, order_id, lambda: self._ship(fact, order_id, operation_id))
+            return await shipped_elsewhere(self._engine, fact, lambda: on_shard(self._engine, shard, ship))
         if home is not None:  # a change left pending (a confirmation) is carried through first
             try:
                 await self._settle(order_id, home)
             except NotFound:
                 home = None  # forgotten meanwhile: the stock moves all the same
-        result = await self._ship(fact, order_id, operation_id)
+            except DomainError as exc:  # refused for good (the order given up deciding it): the units left all
+                if not lasting(exc):  # the same (Q1, R4); a refusal that passes is taken again later, nothing applied
+                    raise
+                ship, home = unfulfilled(fact, refused_for_good(order_id, exc)), None
+        result: tuple[FactOutcome, str] = await on_shard(self._engine, shard, ship)
         if home is not None:
             await self._resolve_if_done(order_id, home)
         return result
@@ -361,13 +368,6 @@ class Orders:
             await self._settled(order_id, home)
         except NotFound:  # forgotten meanwhile, or not an order
             return
-
-    async def _ship(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
-        shard, limits = self._engine.place(fact.sku), self._engine.limits
-        result: tuple[FactOutcome, str] = await on_shard(self._engine,
-            shard, lambda ledger, now: orders.ship(ledger, fact, orders.part_id(order_id, shard), operation_id, now,
-                                                   limits))
-        return result
 
     # -- steps -------------------------------------------------------------------------------
     async def _apply(self, order: Reservation, shares: dict[int, PendingOp]) -> None:

@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from atp_service.engine.messages import Work
+from atp_service.engine.shipments import refused_for_good, unfulfilled
 from reservation import (
+    GIVEN_UP,
     DomainError,
+    Fact,
     Ledger,
     Moved,
     NotFound,
@@ -223,13 +226,20 @@ async def _settle_here(engine: Engine, order_id: str) -> StepReply:
         return StepReply(None, int(exc.reason), exc.message, exc.metadata)
 
 
-async def shipped_elsewhere(engine: Engine, order_id: str, ship: Callable[[], Awaitable[Shipped]]) -> Shipped:
+async def shipped_elsewhere(engine: Engine, fact: Fact, ship: Callable[[], Awaitable[Shipped]]) -> Shipped:
     """A shipment fulfilling ``ship`` a part here of an order homed at another process: what the order
     has pending (a confirmation recorded, not yet applied by this part) carried through there first,
     as where the order is homed here (``Orders._shipment``) — else the part, still held, is not
     fulfilled, and the confirmation applied after commits units the shipment took from on_hand (Q3,
-    R4); its record resolved there after, once every part is."""
-    await _to_others(engine, SettleOrder(order_id), settled=True)
+    R4); its record resolved there after, once every part is. The home refusing that step for good
+    (``lasting``) does not refuse the fact: the units left, so the stock moves alone (``unfulfilled``)."""
+    order_id = fact.reservation_id
+    try:
+        await _to_others(engine, SettleOrder(order_id), settled=True)
+    except DomainError as exc:
+        if not lasting(exc):
+            raise  # taken again later, when the home has carried the change through
+        return await on_shard(engine, engine.place(fact.sku), unfulfilled(fact, refused_for_good(order_id, exc)))
     result = await ship()
     # A part fulfilled (or the fact a duplicate: taken again after a refusal here): refused OUTCOME_UNKNOWN
     # until the home has heard, as a settle is — a record of an order left unresolved is counted live at its
@@ -237,6 +247,12 @@ async def shipped_elsewhere(engine: Engine, order_id: str, ship: Callable[[], Aw
     # answer must reach the caller (``FactDesk._tell_unfulfilled``: a duplicate after a refusal, never).
     await _to_others(engine, ResolveOrder(order_id), settled=not result[1])
     return result
+
+
+def lasting(error: DomainError) -> bool:
+    """Whether ``error`` refuses for good: its reason is not one that passes with time (``PASSING``), or an order
+    was given up for it (``GIVEN_UP``: a retry of the order answers the same)."""
+    return error.reason not in PASSING or error.metadata.get(GIVEN_UP) == "true"
 
 
 async def tell_home(engine: Engine, order_id: str) -> None:
@@ -301,6 +317,10 @@ _EXHAUSTED = frozenset({Reason.SHARD_OVERLOADED, Reason.SERVICE_OVERLOADED, Reas
 _RETRYABLE = frozenset({Reason.OUTCOME_UNKNOWN, Reason.STORAGE_UNREACHABLE, Reason.CONCURRENT_CHANGE,
                         Reason.RECOVERING, Reason.SHUTTING_DOWN, Reason.SHARD_STOPPED, Reason.INSTANCE_REPLACED,
                         Reason.GROUP_MOVED})
+PASSING = _EXHAUSTED | _RETRYABLE
+"""The refusals that pass with time, whatever was asked: the service's own availability (a shard recovering or
+stopped, a group between owners, Redis not answering, a write in doubt), overload, capacity. The input streams
+keep an entry refused so pending for as long as they last (``intake.refusals.TRANSIENT``)."""
 
 
 def orphan_parts(ledgers: Iterable[Ledger], has_order: Callable[[str], bool]) -> tuple[dict[str, int], dict[str, int]]:

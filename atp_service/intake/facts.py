@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from atp_service.engine.parts import lasting
 from atp_service.engine.router import Engine
+from atp_service.engine.shipments import UNFULFILLED, refused_for_good, unfulfilled
 from atp_service.intake.quarantine import QuarantineStream
 from atp_service.logs import EveryInterval
 from atp_service.metrics import IntakeMetrics
@@ -48,8 +50,6 @@ Result = tuple[FactOutcome, str]
 _KIND_NAMES = {k.value: k.name for k in FactKind}
 _OUTCOME_NAMES = {o: o.name.lower() for o in FactOutcome}
 LAG_SAMPLES = 100
-UNFULFILLED = "stock moved; reservation not fulfilled"
-"""How the reason of a SHIPMENT that moved stock but fulfilled nothing of its reservation begins."""
 UNFULFILLED_LOG_EVERY_S = 1.0
 """At most one ``shipment_not_fulfilled`` line this often, the next saying in ``left_out`` how many were
 left out: an ingest caller sends up to ``max_events_per_call`` facts a call, and any producer writes the
@@ -294,7 +294,8 @@ class FactDesk:
             if engine.is_order(home, fact.reservation_id):
                 return await engine.orders.shipment(fact, fact.reservation_id, f"fact:{fact_key(fact)}")
             if home != sku_shard:  # an ordinary reservation has every line on its own shard: not this one
-                moved: Result = await engine.run({sku_shard}, sku_shard, lambda view, _now: _not_its_line(view, fact))
+                why = f"{fact.sku}@{fact.location} is not a line of reservation {fact.reservation_id!r}"
+                moved: Result = await engine.run({sku_shard}, sku_shard, unfulfilled(fact, why))
                 return moved
 
         def work(view: View, now: int) -> Result:
@@ -314,8 +315,14 @@ class FactDesk:
 
         if home is None:
             result: Result = await engine.run({sku_shard}, sku_shard, work)
-        else:  # every shard of the reservation's lines too: fulfilling may first expire it (R3)
+            return result
+        try:  # every shard of the reservation's lines too: fulfilling may first expire it (R3)
             result = await engine.run_on_record(fact.reservation_id, work, also=(sku_shard,))
+        except DomainError as exc:  # refused for good before anything was decided (INTERNAL: a plain reservation
+            if not lasting(exc):  # across shards under leases): the units left all the same (Q1, R4)
+                raise
+            why = refused_for_good(fact.reservation_id, exc)
+            result = await engine.run({sku_shard}, sku_shard, unfulfilled(fact, why))
         return result
 
     async def _quarantine_stream(self, facts: Sequence[Fact], results: list[Result | DomainError],
@@ -377,16 +384,6 @@ def _applied(batch: list[Fact]) -> Callable[[Ledger, int], list[bool]]:
 
 def _apply_all(batch: list[Fact]) -> Callable[[Ledger, int], list[Result]]:
     return lambda ledger, _now: [ledger.record_fact(fact) for fact in batch]
-
-
-def _not_its_line(view: View, fact: Fact) -> Result:
-    """A SHIPMENT naming a reservation with no line at its position: the stock moves, nothing is
-    fulfilled (as ``fulfill_committed`` would refuse it)."""
-    outcome, reason = view.record_fact(fact)
-    if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
-        return outcome, reason
-    return outcome, (f"{UNFULFILLED}: {fact.sku}@{fact.location} is not a line of "
-                     f"reservation {fact.reservation_id!r}")
 
 
 def told_first(refused: DomainError | None, other: DomainError) -> DomainError:

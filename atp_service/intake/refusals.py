@@ -3,9 +3,8 @@
 An entry whose fact cannot be applied yet stays pending and is read again (``StreamIngestor``). That is
 right while the refusal is one of ``TRANSIENT`` — the service's own availability: a shard recovering or
 stopped, a group between owners, Redis not answering, a write in doubt, a queue full — which passes
-however long it lasts, and such an entry is never dead-lettered. Any other refusal (``INTERNAL``: a plain
-reservation spanning shards left by the single writer under ``ownership = leases``, or a bug) comes back
-at every delivery: read again every second for ever, its fact never applied and nothing told. So an
+however long it lasts, and such an entry is never dead-lettered. Any other refusal (``INTERNAL``: a bug)
+comes back at every delivery: read again every second for ever, its fact never applied and nothing told. So an
 entry refused so is dead-lettered (``REFUSED_REPEATEDLY``, the refusal's reason and message in
 ``_reason``) and acknowledged once Redis has delivered it ``ingest_max_deliveries`` times (its pending
 entry's delivery count, which survives restarts) and this reader saw it refused so before (a refusal of
@@ -19,21 +18,20 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from atp_service.engine.parts import PASSING, lasting
 from atp_service.instruments import Counter
 from atp_service.intake.dead_letters import REFUSED_REPEATEDLY, Why, why_refused
 from atp_service.intake.entries import Dead, Read
 from atp_service.intake.facts import Result
-from reservation import GIVEN_UP, DomainError, InvalidArgument, Reason
+from reservation import DomainError, InvalidArgument
 
-TRANSIENT = frozenset({
-    Reason.OUTCOME_UNKNOWN, Reason.STORAGE_UNREACHABLE, Reason.CONCURRENT_CHANGE, Reason.RECOVERING,
-    Reason.SHUTTING_DOWN, Reason.SHARD_STOPPED, Reason.INSTANCE_REPLACED, Reason.GROUP_MOVED,
-    Reason.SHARD_OVERLOADED, Reason.SERVICE_OVERLOADED, Reason.CAPACITY_REACHED,
-})
-"""The refusals of a fact that pass with time, whatever the fact: its entry stays pending and is read again
-for as long as they last, never dead-lettered. Closed (docs/OPERATIONS.md "Input streams"): any other reason
-refuses the fact itself, at every delivery. ``CAPACITY_REACHED`` frees as reservations end — except an
-order given up for it (``given_up``), which answers the same for good."""
+TRANSIENT = PASSING
+"""The refusals of a fact that pass with time, whatever the fact (``engine.parts.PASSING``: ``OUTCOME_UNKNOWN``,
+``STORAGE_UNREACHABLE``, ``CONCURRENT_CHANGE``, ``RECOVERING``, ``SHUTTING_DOWN``, ``SHARD_STOPPED``,
+``INSTANCE_REPLACED``, ``GROUP_MOVED``, ``SHARD_OVERLOADED``, ``SERVICE_OVERLOADED``, ``CAPACITY_REACHED``): its
+entry stays pending and is read again for as long as they last, never dead-lettered. Closed (docs/OPERATIONS.md
+"Input streams"): any other reason refuses the fact itself, at every delivery. ``CAPACITY_REACHED`` frees as
+reservations end — except an order given up for it (``given_up``), which answers the same for good."""
 
 SEEN_KEPT = 10_000
 """Entries this reader remembers having seen refused for a reason not transient; past it the one seen
@@ -42,7 +40,7 @@ longest ago is forgotten (its next refusal counts as a first: one delivery more 
 
 def transient(error: DomainError) -> bool:
     """Whether ``error`` passes with time (``TRANSIENT``): the entry is read again, never dead-lettered."""
-    return error.reason in TRANSIENT and error.metadata.get(GIVEN_UP) != "true"
+    return not lasting(error)
 
 
 def sort_results(read: Sequence[Read], results: Sequence[Result | DomainError], dead: list[Dead]

@@ -233,7 +233,7 @@ def test_a_resolved_order_whose_parts_were_forgotten_shows_its_own_record() -> N
 
 
 def test_a_whole_fulfil_with_an_operation_id_is_carried_through_a_part_at_its_op_limit_R3() -> None:
-    """SHIPMENT facts count their operations on the part alone (``Orders._ship``): a part can reach
+    """SHIPMENT facts count their operations on the part alone (``Orders._shipment``): a part can reach
     max_ops_per_reservation while its order is far below it. A whole Fulfil sent with an
     operation_id is accepted by the order (its own count checked), recorded pending, and its share
     must not be refused by the part's count: a refusal leaves the order pending for good, every later

@@ -10,10 +10,13 @@ import pytest
 import redis
 
 from atp_client import AtpClient, AtpError
+from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock, free_port
 from atp_service.app.balancing import preference
 from atp_service.engine import maintenance
+from atp_service.intake.facts import UNFULFILLED
 from tests.atp_service.app.test_processes import owned
+from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.engine.test_expiry_races import _spanning_hold, _started
 from tests.atp_service.fact_helpers import wait_consumed
 from tests.conftest import ServiceFactory
@@ -78,38 +81,43 @@ async def test_plain_spanning_holds_left_by_the_single_writer_keep_no_other_hold
     assert position.reserved == (2 if sku == a else 3), position  # r1's units only: r2 expired
 
 
-async def test_a_shipment_of_a_plain_hold_spanning_shards_under_leases_is_dead_lettered_once_past_the_bound(
+async def test_a_shipment_of_a_plain_hold_spanning_shards_under_leases_moves_the_stock_fulfilling_nothing_R4(
         start_service: ServiceFactory, redis_url: str) -> None:
-    """A SHIPMENT naming r1 at its home shard is refused whole (``INTERNAL``: fulfilling it would change both
-    shards). Its entry was left pending and read again every second for ever — never applied, nothing
-    dead-lettered, counted only as ``unavailable`` facts. Refused so at delivery ``ingest_max_deliveries``,
-    it is dead-lettered with the refusal (``REFUSED_REPEATEDLY``) and acknowledged, once; the fact after it
-    in the stream is applied meanwhile."""
+    """A SHIPMENT naming r1 at its home shard cannot fulfil it (``INTERNAL``: that would change both shards,
+    which leased processes cannot land in one write). The fact was refused whole: by an input stream, read
+    again up to ``ingest_max_deliveries`` and dead-lettered; by ``RecordEvents``, the call refused — the units
+    gone from the building still counted in on_hand (Q1), offered and sold again until an operator replayed
+    the fact without its ``reservation_id``. The stock moves all the same, r1 fulfilled by nothing and said
+    why (R4: ``shipment_not_fulfilled``, ``atp_shipments_unfulfilled_total``), its units still held."""
     clock, service, client, engine, (a, b) = await _moved_to_leases(start_service, redis_url, ingest_max_deliveries=3,
                                                                    input_streams=("atp:in:wms",))
     sku = a if engine.place(a) == engine.home_of("r1") else b
+    held = 2 if sku == a else 3
     r = redis.Redis.from_url(redis_url)
     fact = {"source": "wms", "sku": sku, "location": "S1", "quantity": 1, "event_time_ms": clock.now_ms()}
-    entry = r.xadd("atp:in:wms", {"event_id": "ship-1", "kind": "SHIPMENT", **fact, "reservation_id": "r1"})
+    r.xadd("atp:in:wms", {"event_id": "ship-1", "kind": "SHIPMENT", **fact, "reservation_id": "r1"})
     r.xadd("atp:in:wms", {"event_id": "rcpt-1", "kind": "RECEIPT", **fact})
     await wait_consumed(redis_url, ["atp:in:wms"], timeout_s=20)
-    (letter,) = [fields for _, fields in r.xrange("atp:dlq")]
-    assert (letter[b"_id"], letter[b"_code"], letter[b"event_id"]) == (entry, b"REFUSED_REPEATEDLY", b"ship-1")
-    assert letter[b"_reason"].startswith(b"refused INTERNAL"), letter[b"_reason"]
+    assert r.xrange("atp:dlq") == [], "a shipment dead-lettered: its units never left on_hand"
+    shipped = receipt("ship-2", sku, "S1", 1, clock.now_ms(), kind=pb.FACT_KIND_SHIPMENT)
+    shipped.reservation_id = "r1"
+    (answer,) = await client.record_events([shipped])  # the gRPC answer per fact
+    assert answer.outcome == pb.FACT_OUTCOME_APPLIED, answer
+    assert answer.detail.startswith(UNFULFILLED) and "INTERNAL" in answer.detail, answer.detail
     registry = service.metrics.registry
-    assert registry.get_sample_value("atp_ingest_given_up_total", {"stream": "atp:in:wms", "reason": "INTERNAL"}) == 1
-    assert registry.get_sample_value("atp_dead_lettered_total", {"stream": "atp:in:wms"}) == 1
+    assert [registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": origin})
+            for origin in ("stream", "grpc")] == [1, 1]
     (position,) = await client.availability([(sku, "S1")])
-    assert position.on_hand == 6  # 5 received by the single writer, the RECEIPT after it; the SHIPMENT not applied
+    # 5 received by the single writer and the RECEIPT after them, both SHIPMENTs gone; r1 held as it was
+    assert (position.on_hand, position.reserved) == (4, held), position
 
 
-async def test_a_shipment_its_owner_refuses_held_back_no_other_fact_sent_with_it_and_is_dead_lettered(
+async def test_a_shipment_read_by_another_process_than_its_owner_is_applied_there_with_the_facts_read_with_it(
         start_service: ServiceFactory, redis_url: str) -> None:
     """The SHIPMENT read by a process that does not own r1's home group goes there in one ``RecordEvents``
-    with the facts read with it. The owner refused that call whole (``INTERNAL``), which the reader took for
-    the owner failing (``OUTCOME_UNKNOWN``, transient): every fact of it left pending and sent together
-    again, refused again, for ever — the RECEIPTs' entries never acknowledged, the SHIPMENT never
-    dead-lettered. Split until the culprit is alone, each fact answered for itself."""
+    with the facts read with it. The owner refused it (``INTERNAL``), the call split until the SHIPMENT was
+    alone and then dead-lettered, its units never taken from on_hand (Q1). Applied at the owner with the
+    others: the stock moves, r1 fulfilled by nothing (R4), nothing dead-lettered."""
     clock, service, client, _ = await _started(start_service, 2)
     a, b = await _spanning_hold(service, client)
     assert service.engine is not None
@@ -142,11 +150,10 @@ async def test_a_shipment_its_owner_refuses_held_back_no_other_fact_sent_with_it
         pipe.xadd("atp:in:wms", {"event_id": "ship-1", "kind": "SHIPMENT", "sku": shipped, **fact,
                                  "reservation_id": "r1"})
         pipe.xadd("atp:in:wms", {"event_id": "rcpt-1", "kind": "RECEIPT", "sku": skus[1], **fact, "quantity": 7})
-        culprit = pipe.execute()[1]
+        pipe.execute()
     await wait_consumed(redis_url, ["atp:in:wms"], timeout_s=20)
-    (letter,) = [fields for _, fields in r.xrange("atp:dlq")]
-    assert (letter[b"_id"], letter[b"_code"], letter[b"event_id"]) == (culprit, b"REFUSED_REPEATEDLY", b"ship-1")
-    assert letter[b"_reason"].startswith(b"refused INTERNAL"), letter[b"_reason"]
+    assert r.xrange("atp:dlq") == [], "a shipment dead-lettered: its units never left on_hand"
     async with AtpClient(f"127.0.0.1:{owner.port}", timeout_s=5) as at_owner:
         positions = await at_owner.availability([(skus[0], "S1"), (skus[1], "S1"), (shipped, "S1")])
-    assert [p.on_hand for p in positions] == [4, 7, 5], positions  # the SHIPMENT not applied
+    assert [p.on_hand for p in positions] == [4, 7, 4], positions  # the SHIPMENT applied
+    assert owner.metrics.registry.get_sample_value("atp_shipments_unfulfilled_total", {"origin": "grpc"}) == 1

@@ -404,17 +404,16 @@ async def test_an_order_whose_last_shipment_stopped_before_resolving_it_is_resol
     _, reason = await rig.run(sagas.shipment(shipment(rig, "A", 3, "o1", "s1"), "o1", "fact:s1"))
     assert reason == "", reason
     flag = failing_on(rig, 0)  # the order's home
-    ship = sagas._ship
+    resolve = sagas._resolve_if_done
 
-    async def ship_then_fail(*args: Any) -> Any:
-        shipped = await ship(*args)
+    async def fail_then_resolve(*args: Any) -> Any:
         flag[0] = True  # the part fulfilled; the home's log stops answering before the order is resolved
-        return shipped
+        return await resolve(*args)
 
-    sagas._ship = ship_then_fail  # type: ignore[method-assign]
+    sagas._resolve_if_done = fail_then_resolve  # type: ignore[method-assign]
     with pytest.raises(Unavailable):
         await rig.run(sagas.shipment(shipment(rig, "D", 3, "o1", "s0"), "o1", "fact:s0"))
-    sagas._ship = ship  # type: ignore[method-assign]
+    sagas._resolve_if_done = resolve  # type: ignore[method-assign]
     flag[0] = False
     assert rig.part("o1", 0).state == State.FULFILLED and sagas.unsettled == {"o1"}
     sagas.drive_unsettled()  # its caller gone: housekeeping drives the order on

@@ -1,0 +1,40 @@
+"""A SHIPMENT fact naming a reservation that cannot take it: the units left the building all the same (Q1, R4)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from reservation import DomainError, Fact, FactOutcome, Limits, View
+from reservation import _orders as orders
+
+UNFULFILLED = "stock moved; reservation not fulfilled"
+"""How the reason of a SHIPMENT that moved stock but fulfilled nothing of its reservation begins."""
+
+
+Shipping = Callable[[View, int], tuple[Any, str]]
+"""A SHIPMENT's work on its shard: its outcome, and why it fulfilled nothing (empty: fulfilled, or a duplicate)."""
+
+
+def fulfilling(fact: Fact, part: str, operation_id: str, limits: Limits) -> Shipping:
+    """The SHIPMENT applied on its shard, fulfilling its line of ``part`` with it (R4, ``_orders.ship``)."""
+    return lambda view, now: orders.ship(view, fact, part, operation_id, now, limits)
+
+
+def unfulfilled(fact: Fact, why: str) -> Shipping:
+    """The SHIPMENT applied on its own shard fulfilling nothing, ``why`` told: the stock moves as any SHIPMENT's
+    (Q1, R4; once, by the fact's identity, E8), and the fact is answered, counted and logged as not fulfilled
+    (``FactDesk._tell_unfulfilled``: ``shipment_not_fulfilled``)."""
+    def work(view: View, _now: int) -> tuple[Any, str]:
+        outcome, reason = view.record_fact(fact)
+        if outcome not in (FactOutcome.APPLIED, FactOutcome.ABSORBED):
+            return outcome, reason
+        return outcome, f"{UNFULFILLED}: {why}"
+
+    return work
+
+
+def refused_for_good(reservation_id: str, refusal: DomainError) -> str:
+    """Why a SHIPMENT fulfilled nothing of a reservation that refused for good (``parts.lasting``) a step before its
+    fulfilment: a refused fact left the units in on_hand, offered again, until an operator replayed it."""
+    return f"reservation {reservation_id!r} cannot take it ({refusal.reason.name}: {refusal.message})"
