@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from atp_service.intake.refusals import transient
 from reservation import (
     CountRows,
     DomainError,
     Fact,
     FactKind,
     FactOutcome,
+    InvalidArgument,
     LineRequest,
     Reservation,
     ReserveCommand,
@@ -23,7 +25,7 @@ from reservation import (
     reserve_command,
 )
 from reservation._bulk import count_event_id
-from tests.sim.checks import Acknowledged
+from tests.sim.checks import Acknowledged, Violation
 from tests.sim.faults import Call
 from tests.sim.world import World
 
@@ -265,8 +267,15 @@ class Commands:
         self.acked.reservations[rec.reservation_id] = State(rec.state)
 
     def book_facts(self, batch: list[Fact], results: list[Any]) -> None:
+        """Each fact answered as recorded booked; one refused for good is a violation (Q1, R4): a fact says what
+        happened in the building — a SHIPMENT's units left whatever its reservation can take — and an input
+        stream dead-letters it, on_hand never moved. Only bad input (E7: stamped in the future) is refused so."""
         for fact, result in zip(batch, results, strict=True):
             if isinstance(result, DomainError):
+                if not transient(result) and not isinstance(result, InvalidArgument):
+                    named = f" naming {fact.reservation_id!r}" if fact.reservation_id else ""
+                    raise Violation(f"Q1/R4: {FactKind(fact.kind).name} {fact.source}/{fact.event_id}{named} refused "
+                                    f"for good ({result.reason.name}: {result.message}): on_hand never moves for it")
                 continue
             if result[0] in (FactOutcome.APPLIED, FactOutcome.ABSORBED, FactOutcome.DUPLICATE):
                 self.acked.facts.add((fact.source, fact.event_id))
