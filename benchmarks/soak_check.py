@@ -23,6 +23,7 @@ from atp_client import timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.estate import Estate
 from atp_service.storage.channel_store import ChannelStore
+from atp_service.storage.channel_wire import values_of
 from atp_service.storage.log import LogStore
 from benchmarks.soak_load import DCS, Book, Layout
 from reservation import ZERO, Key, Ledger, Limits, Quantities, Reservation, curate, decode_entry
@@ -291,7 +292,7 @@ async def _stream_last(store: ChannelStore, channel: str, chunk: int = 10_000) -
     last: dict[Key, int] = {}
     version = 0
     while updates := await store.read_after(channel, version, chunk, None):
-        for u in updates:
+        for u in values_of(updates):  # a start's marker is no key's value
             last[u.key] = u.quantity
         version = updates[-1].version
     return last

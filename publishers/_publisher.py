@@ -1,11 +1,11 @@
 """``atp-publisher``: a channel stream, read through a consumer group, delivered to an adapter.
 
-Per batch read: entries are decoded (a foreign entry is dead-lettered with the reason), keys
-coalesced to their newest version, versions already delivered skipped (idempotence by version:
-an older version is never delivered after a newer one, also after a crash), the rest delivered
-stock-outs first, then in stream order, within the rate limit, retried with exponential backoff and jitter, and
-dead-lettered after ``max_attempts`` (an update the adapter refuses alone, ``Refused``, is
-dead-lettered alone with its reason; the rest of its batch counts as delivered). Entries are
+Per batch read: entries are decoded (a foreign entry is dead-lettered with the reason; a start's marker, which carries
+no update, is followed on and named from, ``_restamp``, never delivered), keys coalesced to their newest version,
+versions already delivered skipped (idempotence by version: an older version is never delivered after a newer one,
+also after a crash), the rest delivered stock-outs first, then in stream order, within the rate limit, retried with
+exponential backoff and jitter, and dead-lettered after ``max_attempts`` (an update the adapter refuses alone,
+``Refused``, is dead-lettered alone with its reason; the rest of its batch counts as delivered). Entries are
 acknowledged only once settled (delivered, superseded, skipped or dead-lettered), together with
 the delivered versions, in one script call that checks the delivery lease's token (``_lease``).
 
@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from atp_service.storage.channel_wire import from_fields
+from atp_service.storage.channel_wire import from_fields, values_of
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.nodes import Nodes, NotReplicated
 from atp_service.storage.resp import as_text, group_lost, make_group, seq_of, stream_entries, stream_info
@@ -229,7 +229,7 @@ class Publisher:
         why = self._trimmed(f"{len(trimmed)} own pending entries")
         if trimmed and not await self._resync(lambda v: v in trimmed, why):
             return  # stopped half-way: the entries stay pending, found trimmed again at the next start
-        delivered = await self._deliver_newest(read.updates, confirmed=True)  # by ``_read``
+        delivered = await self._deliver_newest(values_of(read.updates), confirmed=True)  # by ``_read``; no marker
         if delivered is not None:
             await self._settle(read.ids, delivered)  # fenced off: the lease is lost, the loop ends
 

@@ -31,6 +31,7 @@ from atp_service.engine.router import Engine
 from atp_service.metrics import ChannelMetrics
 from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore, WriteRefused, settle_noted, write_failure_reason
+from atp_service.storage.channel_wire import values_of
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait, finish_uncancelled
 from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, Reason
@@ -329,7 +330,7 @@ class ChannelDesk:
                 self._observe(name, updates, done)
                 self.metrics.feed_published(name, feed.coalesced, feed.throttled, feed.overdue)
                 feed.coalesced = feed.throttled = feed.overdue = 0
-                out += updates
+                out += values_of(updates)  # a start's marker carries no update (``RunFeed``)
             self.confirmations.note()
             self._retired = unsettled(self._retired)  # a removed channel's feed, its write landed
             if all(len(updates) < limit for _, _, updates in taken):
@@ -373,13 +374,12 @@ class ChannelDesk:
         self.confirmations.note()
 
     def _observe(self, channel: str, updates: list[ChannelUpdate], done: int) -> None:
-        children = self._children
-        for u in updates:
+        for u in values_of(updates):  # a start's marker is no value published
             kind = "baseline" if u.previous is None else "stockout" if u.quantity == 0 else "change"
-            pair = children.get((channel, kind))
+            pair = self._children.get((channel, kind))
             if pair is None:
-                pair = children[(channel, kind)] = (self.metrics.published.labels(channel, kind),
-                                                    self.metrics.delay.labels(channel, kind))
+                pair = self._children[(channel, kind)] = (self.metrics.published.labels(channel, kind),
+                                                          self.metrics.delay.labels(channel, kind))
             pair[0].inc()
             if u.event_time:
                 pair[1].observe(max(0, done - u.event_time) / 1000)

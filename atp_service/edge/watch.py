@@ -19,7 +19,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.channels.desk import ChannelDesk
 from atp_service.instruments import Counter
 from atp_service.metrics import EngineMetrics
-from atp_service.storage.channel_wire import follows_on
+from atp_service.storage.channel_wire import follows_on, values_of
 from atp_service.storage.durability import STORAGE_ERRORS, TIMEOUTS
 from reservation import ChannelUpdate, Key, Published, Reason, ResourceExhausted, StockStatus, Unavailable
 
@@ -143,11 +143,12 @@ class Watchers:
             while shown and updates[shown - 1].version > published:
                 shown -= 1
             if shown:
-                out = Response(kind=Response.KIND_CHANGES, version=updates[shown - 1].version)
-                for u in updates[:shown]:
-                    update_pb(out.updates.add(), u)
                 since = updates[shown - 1].version
-                yield out
+                out = Response(kind=Response.KIND_CHANGES, version=since)
+                for u in values_of(updates[:shown]):  # a start's marker is followed on (C3), and sends nothing
+                    update_pb(out.updates.add(), u)
+                if out.updates:
+                    yield out
             if shown < following:  # read again once the desk has confirmed or settled a write
                 await _until_settled(desk, channel, confirmed)
             elif following < len(updates):

@@ -29,6 +29,7 @@ from atp_service.logs import noted_now_and_then
 from atp_service.storage.channel_wire import (
     FOLLOWS_ARG,
     LOCATION_ARG,
+    MARKER_ARG,
     SKU_ARG,
     STATE_ARG,
     STATE_SEP,
@@ -39,6 +40,7 @@ from atp_service.storage.channel_wire import (
     script_item,
     state_entry,
     xadd_arguments,
+    xadd_marker_arguments,
 )
 from atp_service.storage.durability import SETTLE_LOG_EVERY_S, append_failure_reason
 from atp_service.storage.keys import CHANNELS, Keyspace
@@ -96,11 +98,15 @@ for c = 0, n - 1 do
   for i, u in ipairs(batches[c + 1]) do
     if u[$FOLLOWS] == '' then
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[$VERSION] .. '-0', $XADD_FIELDS)
-    else  -- a run's first entry: the version it follows (channel_wire.FOLLOWS)
+    elseif u[$MARKER] == '' then  -- a run's first entry: the version it follows (channel_wire.FOLLOWS)
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[$VERSION] .. '-0', $XADD_LINKED)
+    else  -- a start's marker: no update, so nothing in the state hash (channel_wire.MARKER)
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, u[$VERSION] .. '-0', $XADD_MARKER)
     end
-    fields[#fields + 1] = u[$SKU] .. '$SEP' .. u[$LOCATION]
-    fields[#fields + 1] = u[$STATE]
+    if u[$MARKER] == '' then
+      fields[#fields + 1] = u[$SKU] .. '$SEP' .. u[$LOCATION]
+      fields[#fields + 1] = u[$STATE]
+    end
     if #fields >= 1000 then
       redis.call('HSET', state, unpack(fields))
       fields = {}
@@ -117,6 +123,7 @@ return n
 def _with_layout(script: str) -> str:
     """The writer script with the entry layout of ``channel_wire`` filled in (not written out here)."""
     for name, value in (("$XADD_FIELDS", xadd_arguments("u")), ("$XADD_LINKED", xadd_arguments("u", follows=True)),
+                        ("$XADD_MARKER", xadd_marker_arguments("u")), ("$MARKER", str(MARKER_ARG)),
                         ("$FOLLOWS", str(FOLLOWS_ARG)), ("$VERSION", str(VERSION_ARG)),
                         ("$SKU", str(SKU_ARG)), ("$LOCATION", str(LOCATION_ARG)), ("$STATE", str(STATE_ARG)),
                         ("$SEP", STATE_SEP)):

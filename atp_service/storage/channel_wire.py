@@ -8,11 +8,17 @@ run of the service writes to a channel alone (entries written before it was kept
 that entry follows, the newest Redis held at the start, where a run's versions jump (C3); every other entry
 follows the version before its own. A reader that does not know it reads the entry as before, and the jump
 as a gap (safe: it looks for what it missed and finds nothing).
+
+An entry with ``MARKER`` carries no update, only its version, the version it follows and ``published_at``: each
+start writes one (``START``) as a run's first entry of every channel, so that a quiet channel, which publishes
+nothing for hours, still says where the run's versions jump (publishers name what they delivered above the
+version it follows, at versions Redis lost: C4). It touches no key and no state hash; readers skip it once they
+have followed it on (``values_of``). A reader that does not know it finds no ``sku``: an undecodable entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from atp_service.storage.resp import as_text
@@ -23,20 +29,45 @@ FIELDS = ("channel", "sku", "location", "quantity", "previous", "status", "versi
 """The fields of one entry, in order."""
 FOLLOWS = "follows"
 """The field, after ``FIELDS``, of a run's first entry in a channel's stream: the version it follows."""
+MARKER, START = "marker", "start"
+"""The field of an entry that carries no update, and its one value: a start's marker (``StartMarker``)."""
+MARKER_FIELDS = ("channel", MARKER, "version", FOLLOWS, "published_at")
+"""The fields of a marker, in order."""
 _SET_BY_SCRIPT = {"channel": "channel", "published_at": "now"}  # Lua variables of the writer script
 _CARRIED = tuple(name for name in FIELDS if name not in _SET_BY_SCRIPT)
-"""The fields an update carries into the writer script, in this order (then the version it follows, and its
-state-hash value)."""
+"""The fields an update carries into the writer script, in this order (then the version it follows, whether it is a
+marker, and its state-hash value)."""
 SKU_ARG, LOCATION_ARG, VERSION_ARG = (_CARRIED.index(name) + 1 for name in ("sku", "location", "version"))
 """Where the sku, the location and the version are in the script's item for an update (Lua counts from 1)."""
 FOLLOWS_ARG = len(_CARRIED) + 1
 """Where the version an update follows is in the script's item for it ("": the one before its own)."""
-STATE_ARG = len(_CARRIED) + 2
-"""Where the state-hash value is in the script's item for an update (its last)."""
+MARKER_ARG = len(_CARRIED) + 2
+"""Where the script's item says it is a marker (``MARKER``'s value; "": an update)."""
+STATE_ARG = len(_CARRIED) + 3
+"""Where the state-hash value is in the script's item for an update (its last; "" for a marker)."""
+
+
+class StartMarker(ChannelUpdate):
+    """A run's first entry of a channel when it carries no update: its version (the run's first), the version it
+    follows (the newest Redis held at the start: C3) and when it was written. No key: ``sku`` and ``location`` are
+    empty, and nothing reads it as a value (``values_of``)."""
+
+
+def start_marker(channel: str, version: int, follows: int, now_ms: int) -> StartMarker:
+    """The marker a run writes first to ``channel``: ``version`` follows ``follows`` across the start's jump."""
+    return StartMarker(channel, "", "", 0, None, StockStatus.OUT_OF_STOCK, version, 0, 0, now_ms, follows)
+
+
+def values_of(entries: Iterable[ChannelUpdate]) -> list[ChannelUpdate]:
+    """The updates among ``entries``: the values published, markers left out (they carry none)."""
+    return [u for u in entries if not isinstance(u, StartMarker)]
 
 
 def to_fields(u: ChannelUpdate) -> dict[str, str]:
     """The entry's fields for ``u`` (its ``published_at`` as the update knows it; ``FOLLOWS`` where it is set)."""
+    if isinstance(u, StartMarker):
+        return {"channel": u.channel, MARKER: START, "version": str(u.version), FOLLOWS: str(u.follows),
+                "published_at": str(u.published_at)}
     fields = {
         "channel": u.channel, "sku": u.sku, "location": u.location, "quantity": str(u.quantity),
         "previous": "" if u.previous is None else str(u.previous), "status": u.status.value,
@@ -49,9 +80,13 @@ def to_fields(u: ChannelUpdate) -> dict[str, str]:
 
 
 def from_fields(fields: Mapping[Any, Any]) -> ChannelUpdate:
-    """The update an entry holds (keys and values as bytes or str). Raises KeyError or ValueError
-    for an entry of another format."""
+    """The update an entry holds (keys and values as bytes or str), or a ``StartMarker`` (it carries none).
+    Raises KeyError or ValueError for an entry of another format, a marker of a kind not known here included."""
     f = {as_text(k): as_text(v) for k, v in fields.items()}
+    if MARKER in f:
+        if f[MARKER] != START:
+            raise ValueError(f"an entry marked {f[MARKER]!r}, a kind of marker this reader does not know")
+        return start_marker(f["channel"], int(f["version"]), int(f[FOLLOWS]), int(f["published_at"]))
     previous = f["previous"]
     return ChannelUpdate(
         f["channel"], f["sku"], f["location"], int(f["quantity"]), None if previous == "" else int(previous),
@@ -74,10 +109,13 @@ def follows_on(version: int, follows: int | None, position: int) -> bool:
 
 
 def script_item(u: ChannelUpdate) -> tuple[str, ...]:
-    """``u`` as the writer script takes it: the carried fields in order, the version it follows ("": none), then
-    the state-hash value."""
+    """``u`` as the writer script takes it: the carried fields in order, the version it follows ("": none),
+    ``MARKER``'s value ("": an update), then the state-hash value. A marker's: its version, the version it follows
+    and ``START``, the rest ""."""
+    if isinstance(u, StartMarker):
+        return (*("" if name != "version" else str(u.version) for name in _CARRIED), str(u.follows), START, "")
     fields = to_fields(u)
-    return (*(fields[name] for name in _CARRIED), fields.get(FOLLOWS, ""),
+    return (*(fields[name] for name in _CARRIED), fields.get(FOLLOWS, ""), "",
             f"{u.quantity} {u.version} {u.event_time} {u.status.value}")
 
 
@@ -122,3 +160,10 @@ def xadd_arguments(item: str, follows: bool = False) -> str:
     if follows:
         pairs.append(f"'{FOLLOWS}', {item}[{FOLLOWS_ARG}]")
     return ", ".join(pairs)
+
+
+def xadd_marker_arguments(item: str) -> str:
+    """The Lua of a marker's XADD field-value pairs (``MARKER_FIELDS``), its item ``item`` built by ``script_item``."""
+    lua = {"channel": "channel", MARKER: f"{item}[{MARKER_ARG}]", "version": f"{item}[{VERSION_ARG}]",
+           FOLLOWS: f"{item}[{FOLLOWS_ARG}]", "published_at": "now"}
+    return ", ".join(f"'{name}', {lua[name]}" for name in MARKER_FIELDS)

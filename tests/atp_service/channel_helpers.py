@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from atp_client import timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service.storage.channel_wire import from_fields
+from atp_service.storage.channel_wire import from_fields, values_of
 from reservation import ChannelUpdate
 
 ESTATE = """
@@ -73,7 +73,8 @@ def fact(event_id: str, kind: str, sku: str, location: str, quantity: int, t: in
                    location=location, quantity=quantity, event_time=timestamp(t))
 
 
-async def stream_updates(redis_url: str, channel: str) -> list[ChannelUpdate]:
+async def stream_entries(redis_url: str, channel: str) -> list[ChannelUpdate]:
+    """Every entry of the channel's stream: its updates and each start's marker (``StartMarker``)."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         entries = await client.xrange(f"atp:{{avail}}:{channel}")
@@ -82,8 +83,13 @@ async def stream_updates(redis_url: str, channel: str) -> list[ChannelUpdate]:
     return [from_fields(fields) for _, fields in entries]
 
 
+async def stream_updates(redis_url: str, channel: str) -> list[ChannelUpdate]:
+    """The updates of the channel's stream, the starts' markers left out (they carry none)."""
+    return values_of(await stream_entries(redis_url, channel))
+
+
 async def wait_for_updates(redis_url: str, channel: str, count: int, timeout_s: float = 10.0) -> list[ChannelUpdate]:
-    """The channel stream once it holds at least ``count`` entries (fails after ``timeout_s``)."""
+    """The channel stream's updates once it holds at least ``count`` (fails after ``timeout_s``)."""
     deadline = time.monotonic() + timeout_s
     while True:
         updates = await stream_updates(redis_url, channel)

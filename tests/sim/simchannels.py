@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import parse_estate
 from atp_service.storage.channel_store import WriteRefused
+from atp_service.storage.channel_wire import values_of
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, Key, Published
@@ -147,9 +148,9 @@ class SimChannelStore:
         if refuses(self.log.full):
             return "OOM"  # Redis at its maxmemory (``full.py``): nothing written
         for channel, updates in w.batches:
-            self.on_landed(channel, updates)  # raises if a value was never durable (C4)
-            self.streams[channel] += updates
-            for u in updates:
+            self.on_landed(channel, values_of(updates))  # raises if a value was never durable (C4)
+            self.streams[channel] += updates  # a start's marker too: it takes its version (C3)
+            for u in values_of(updates):  # not a marker: it is no key's value, in no state hash
                 self.state[channel][u.key] = Published(u.quantity, u.version, u.event_time)
         return None
 
