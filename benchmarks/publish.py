@@ -141,8 +141,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             async with AtpClient(f"127.0.0.1:{port}") as client:
                 await client.wait_ready(timeout_s=300)
             r = aioredis.Redis.from_url(server.url)
-            await wait_len(r, "atp:{avail}:pickup", len(stock), 600)
-            await wait_len(r, "atp:{avail}:web", len(SKUS), 60)
+            await wait_len(r, "atp:{avail}:pickup", len(stock) + 1, 600)  # each baseline, after the start's marker
+            await wait_len(r, "atp:{avail}:web", len(SKUS) + 1, 60)
             await asyncio.sleep(args.throttle_ms / 1000 + 1)
             curation_s0, curated0 = metric(metrics_port, "atp_channel_curation_seconds_sum"), metric(
                 metrics_port, "atp_channel_curated_skus_total")

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from atp_service.channels.estate import Channel
+from atp_service.storage.channel_wire import StartMarker, start_marker, values_of
 from reservation import ChannelUpdate, Feed, FeedPolicy, Key, Published
 
+log = logging.getLogger(__name__)
 Stored = tuple[dict[Key, Published], int]
 """What ``ChannelStore.load`` read of a channel: its published values, its newest version."""
 
@@ -33,22 +36,65 @@ def run_first_version(newest: int, now_ms: int) -> int:
 
 class RunFeed(Feed):
     """A channel's feed in this run of the service: its versions begin at ``first``, after ``resumed_from``,
-    the newest Redis held at the start (one run's versions have no gaps; between runs they jump). The update of
-    version ``first`` says so in the stream (``ChannelUpdate.follows``, the entry's ``follows`` field): a
-    reader at exactly ``resumed_from`` goes on across the jump, any other is told it missed versions."""
+    the newest Redis held at the start (one run's versions have no gaps; between runs they jump). Version ``first``
+    is the run's start marker (``StartMarker``: no update, ``follows`` = ``resumed_from``), its first entry in the
+    stream, written by the first write whatever else is due: a reader at exactly ``resumed_from`` goes on across
+    the jump, any other is told it missed versions, and a publisher names the keys it delivered at versions above
+    ``resumed_from`` that Redis lost (C4) — at the start, also on a channel none of whose keys change after a
+    restore. Its updates' versions follow on from ``first + 1``."""
 
     def __init__(self, channel: str, policy: FeedPolicy, now_ms: int, published: dict[Key, Published],
                  newest: int) -> None:
         self.first = run_first_version(newest, now_ms)
         super().__init__(channel, policy, now_ms, published, self.first - 1)
         self.resumed_from = self.published_version = newest  # a snapshot before the run's first write
+        self.marking = True
+        """The start marker is yet to be written (taken with the next write; given back, taken again)."""
+        self._marker: StartMarker | None = None
+        """The marker being written."""
 
     def take(self, now_ms: int, limit: int, urgent_only: bool = False) -> list[ChannelUpdate]:
+        marker = self._take_marker(now_ms)
         updates = super().take(now_ms, limit, urgent_only)
-        for u in updates:  # the run's first: taken again after a write that did not land (``give_back``)
-            if u.version == self.first:
-                u.follows = self.resumed_from
-        return updates
+        return updates if marker is None else [marker, *updates]
+
+    def _take_marker(self, now_ms: int) -> StartMarker | None:
+        """The start marker at version ``first``, unless written or being written. A settle that found the stream
+        past ``first - 1`` (versions this desk did not write) left no version for it: none then, and a reader at
+        ``resumed_from`` takes the jump for versions it missed (C3: it looks for them, never skips them)."""
+        if not self.marking or self._marker is not None:
+            return None
+        if self.version != self.first - 1:
+            self.marking = False
+            return None
+        self.version = self.first
+        self._marker = start_marker(self.channel, self.first, self.resumed_from, now_ms)
+        return self._marker
+
+    def confirm(self, updates: list[ChannelUpdate]) -> None:
+        super().confirm(values_of(updates))
+        marker = self._marker
+        if marker is not None and any(u is marker for u in updates):
+            self.marking, self._marker = False, None
+            self.published_version = max(self.published_version, marker.version)
+            log.info("%s: this run's versions begin at %d, after %d (the newest Redis held at the start)",
+                     self.channel, marker.version, marker.follows, extra={
+                         "event": "channel_run_marked", "channel": self.channel, "version": marker.version,
+                         "follows": marker.follows})
+
+    def give_back(self, updates: list[ChannelUpdate], now_ms: int) -> None:
+        super().give_back(values_of(updates), now_ms)
+        marker = self._marker
+        if marker is not None and any(u is marker for u in updates):
+            self._marker = None  # taken again at its version: contiguous, as the updates' (C3)
+            self.version = marker.version - 1
+
+    @property
+    def in_flight(self) -> int:  # a marker being written is a write on its way (``unsettled``)
+        return super().in_flight + (self._marker is not None)
+
+    def next_wakeup(self, now_ms: int) -> int | None:  # the marker goes at once, even with no value waiting
+        return now_ms if self.marking and self._marker is None else super().next_wakeup(now_ms)
 
 
 def known_feeds(current: dict[str, Feed], retired: dict[str, Feed]) -> dict[str, Feed]:

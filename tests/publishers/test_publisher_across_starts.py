@@ -17,10 +17,11 @@ import redis.asyncio as aioredis
 
 from atp_client import AtpClient
 from atp_service import AtpService, ManualClock
+from atp_service.storage.channel_wire import StartMarker
 from publishers import JsonlAdapter, Publisher, PublisherMetrics
 from reservation import ChannelUpdate
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
-from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import fact, stream_entries, wait_for_updates, write_estate
 from tests.conftest import ServiceFactory
 from tests.publishers.test_publisher import config
 from tests.publishers.test_publisher_trimmed import delivered
@@ -72,6 +73,11 @@ async def _acknowledged(direct: aioredis.Redis) -> None:
 
 
 
+async def newest_start(redis_url: str) -> StartMarker:
+    """The marker the service's newest start wrote to ``market``: its first entry, no update."""
+    return [e for e in await stream_entries(redis_url, "market") if isinstance(e, StartMarker)][-1]
+
+
 async def three_counted(start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str
                         ) -> tuple[Path, Path, AtpService, AtpClient, list[ChannelUpdate]]:
     """The service started on the ``market`` estate, sku-0..2 counted (5, 6, 7) and published: the estate, the
@@ -117,7 +123,9 @@ async def test_a_plain_restart_of_the_service_is_no_gap_no_warning_and_no_sweep_
             await _delivered(out, "sku-1", new.version)
             await _acknowledged(direct)
             commands = await so_far()
-    assert new.follows == before[-1].version and new.version > before[-1].version + 1  # the start's jump, linked
+    marker = await newest_start(redis_url)
+    assert marker.follows == before[-1].version and new.version == marker.version + 1  # the start's jump, linked
+    assert marker.version > before[-1].version + 1
     assert delivered(out)["sku-1"] == (0, new.version, "OUT_OF_STOCK")
     assert warnings(caplog) == []
     assert sweeps(commands) == []
@@ -152,7 +160,7 @@ async def test_a_publisher_that_read_versions_redis_then_lost_still_owes_them_an
             await until(lambda: warnings(caplog), "the loss warned", 20)
             await _acknowledged(direct)
             commands = await so_far()
-    assert new.follows == kept
+    assert (await newest_start(redis_url)).follows == kept
     assert [w for w in warnings(caplog) if f"versions {kept + 1} to {lost} that group jsonl read" in w
             and "Redis lost them" in w], warnings(caplog)
     assert any(c[0].lower() == "hscan" for c in sweeps(commands))

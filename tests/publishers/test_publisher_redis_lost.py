@@ -82,6 +82,39 @@ async def test_values_delivered_from_versions_redis_lost_are_published_again_at_
     assert shown(out)["sku-2"] == (5, untouched.version), "a key the loss did not touch is not published again"
 
 
+async def test_a_channel_none_of_whose_keys_change_after_the_restore_converges_all_the_same_C4(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Defect: only the new run's first update carried ``follows``, so only it made the publisher name what it had
+    delivered at lost versions. A channel none of whose keys changed after the restore wrote nothing: sku-0 kept its
+    lost 6 and sku-3, which the service holds nothing of, its lost 7 at the destination, and the loss went unsaid,
+    until some key of the channel changed (a quiet channel: perhaps never). Each start now writes a marker first to
+    every channel: no update, but it follows the newest version Redis held, and the publisher names from it."""
+    caplog.set_level(logging.WARNING, logger="publishers")
+    estate, out, service, client, first = await three_counted(start_service, tmp_path, clock, redis_url)
+    async with publishing(redis_url, out) as direct:
+        await _delivered(out, first[-1].sku, first[-1].version)
+        await _acknowledged(direct)
+        image = await saved(direct)
+        await client.record_events([fact("c3", "COUNT", "sku-3", "dc-1", 9, T + 1),  # a key the lost entries make
+                                    fact("r0", "RECEIPT", "sku-0", "dc-1", 3, T + 1)])  # and one they change
+        lost = await lost_delivered_then_stopped(service, clock, redis_url, out, direct)
+        await restored(direct, image, at_once=True)
+        await start_service(clock=clock, estate=estate)  # and nothing changes any key of the channel from here
+        await until(lambda: {s: shown(out).get(s, (0, 0))[0] for s in ("sku-0", "sku-3")}
+                    == {"sku-0": 3, "sku-3": 0}, "the durable values shown", 30)
+        await _acknowledged(direct)  # the marker too: read, not delivered
+        dead = await direct.xlen("atp:{avail}:market:dlq:jsonl")
+    assert [w for w in warnings(caplog) if "delivered at versions Redis has since lost" in w], warnings(caplog)
+    top = max(u.version for u in lost)
+    assert all(shown(out)[s][1] > top for s in ("sku-0", "sku-3")), "published again above every lost version"
+    untouched = {u.sku: (u.quantity, u.version) for u in first if u.sku in ("sku-1", "sku-2")}
+    assert {s: shown(out)[s] for s in untouched} == untouched, "a key the loss did not touch is not published again"
+    assert dead == 0, "the marker dead-lettered"
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(u["sku"] for u in lines), "the marker delivered as an update"
+
+
 async def test_the_loss_is_found_also_where_the_groups_restored_position_is_below_the_link_C3(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
     """Defect: the loss was found only where the group's restored position was exactly the version the run's first

@@ -22,7 +22,7 @@ from redis.cluster import RedisCluster
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import AtpService, ManualClock
-from atp_service.storage.channel_wire import from_fields
+from atp_service.storage.channel_wire import StartMarker, from_fields, values_of
 from reservation import Limits
 from tests.atp_service.app.test_cli import iso
 from tests.atp_service.channel_helpers import fact, write_estate
@@ -197,10 +197,11 @@ async def test_channel_feeds_on_the_cluster_publish_durable_availability(
     r = RedisCluster.from_url(cluster_url)
     try:
         for _ in range(400):
-            pickup = [from_fields(fields) for _, fields in r.xrange("atp:{avail}:pickup")]
-            if pickup:
+            entries = [from_fields(fields) for _, fields in r.xrange("atp:{avail}:pickup")]
+            if pickup := values_of(entries):
                 break
             await asyncio.sleep(0.025)
+        assert isinstance(entries[0], StartMarker), "the start's marker first, on the channels' slot too"
         assert [(u.sku, u.location, u.quantity) for u in pickup] == [("sku-a", "store-1", 2)]
         assert r.hlen("atp:{avail}:pickup:state") == 1
     finally:

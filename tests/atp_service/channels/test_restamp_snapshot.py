@@ -22,8 +22,9 @@ from tests.conftest import test_config as make_config
 from tests.waiting import until
 
 T = 1_700_000_000_000
-V0 = T * VERSIONS_PER_MS - 1
-"""The version before the first this start hands out (C3: a start's versions begin at its clock's floor)."""
+V0 = T * VERSIONS_PER_MS
+"""The start marker's version, before the first update this start hands out (C3: a start's versions begin at its
+clock's floor)."""
 WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
 RESTAMP = "atp:{avail}:market:restamp"
 Kind = pb.WatchAvailabilityResponse

@@ -22,7 +22,7 @@ from tests.waiting import until
 
 __all__ = ["primary_and_replica"]  # the fixture, used by name
 T = 1_700_000_000_000
-V0 = T * VERSIONS_PER_MS - 1
+V0 = T * VERSIONS_PER_MS  # the start marker's, the run's first version: its updates follow on from it
 """The version before the first this start hands out (C3: a start's versions begin at its clock's floor)."""
 THROTTLE_MS = 60_000
 LIMIT = 3

@@ -21,7 +21,7 @@ from tests.conftest import test_config as make_config
 from tests.waiting import until
 
 T = 1_700_000_000_000
-V0 = T * VERSIONS_PER_MS - 1
+V0 = T * VERSIONS_PER_MS  # the start marker's, the run's first version: its updates follow on from it
 """The version before the first this start hands out (C3: a start's versions begin at its clock's floor)."""
 WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest().encode()  # the desk's write on the wire (EVALSHA)
 FENCE_SHA = hashlib.sha1(_FENCE.encode()).hexdigest().encode()

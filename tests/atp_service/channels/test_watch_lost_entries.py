@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from atp_service.storage.channel_wire import StartMarker
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
-from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
+from tests.atp_service.channel_helpers import fact, stream_entries, wait_for_updates, write_estate
 from tests.conftest import ServiceFactory
 
 T = 1_700_000_000_000
@@ -132,7 +133,9 @@ async def test_a_watch_behind_two_starts_goes_on_across_both_jumps_C3(
         await client.record_events([fact(f"s{n}", "SALE", f"sku-{n}", "dc-1", 5 + n, T + n)])  # a stock-out
         await wait_for_updates(redis_url, "market", 3 + n)
     new = (await wait_for_updates(redis_url, "market", 5))[3:]
-    assert [u.follows for u in new] == [seen, new[0].version]  # each start's first entry, linked
+    markers = [e for e in await stream_entries(redis_url, "market") if isinstance(e, StartMarker)]
+    assert [m.follows for m in markers[1:]] == [seen, new[0].version]  # each start's first entry, linked
+    assert [m.version + 1 for m in markers[1:]] == [u.version for u in new]  # its updates follow on from it
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", since_version=seen))
     got: list[tuple[str, int, int]] = []
     while len(got) < len(new):

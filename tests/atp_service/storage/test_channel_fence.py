@@ -22,11 +22,12 @@ from atp_service import AtpService, EmbeddedRedis, ManualClock
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.feeds import RunFeed
 from atp_service.storage.channel_store import _FENCE, _WRITE, ChannelStore, WriteRefused
+from atp_service.storage.channel_wire import values_of
 from atp_service.storage.keys import CHANNELS, Keyspace
 from atp_service.storage.log import connect
 from atp_service.storage.resp import seq_of
 from reservation import ChannelUpdate, StockStatus
-from tests.atp_service.channel_helpers import fact, latest, stream_updates, write_estate
+from tests.atp_service.channel_helpers import fact, latest, stream_entries, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import test_config as make_config
 from tests.waiting import until
@@ -194,10 +195,10 @@ async def _assert_streams_hold_what_the_desk_believes(redis_url: str, desk: Chan
     reader = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         for name, feed in desk.feeds.items():
-            updates = await stream_updates(redis_url, name)
+            entries = await stream_entries(redis_url, name)  # the start's marker too: it takes a version
             believed = {key: (p.quantity, p.version) for key, p in feed.published.items()}
-            assert latest(updates) == believed, name
-            newest = max((u.version for u in updates), default=0)
+            assert latest(values_of(entries)) == believed, name
+            newest = max((u.version for u in entries), default=0)
             assert newest == feed.published_version, name
             # None reused; a channel not written yet is at the start's first version less one (C3: its clock floor).
             assert feed.version == max(newest, feed.first - 1 if isinstance(feed, RunFeed) else 0), name
