@@ -251,6 +251,12 @@ class ChannelMetrics:
             "(landed, not_landed; refused: the write script refused it, nothing landed)", ["outcome"], registry=r,
         )
         zeroed(self.settles, ("landed",), ("not_landed",), ("refused",))
+        self.published_again = Counter(
+            "atp_channel_keys_published_again_total", "Keys offered again at a new version on a publisher's word that "
+            "it delivered them at versions Redis has since lost (C4)", ["channel"], registry=r)
+        self.restamps_unread = Counter(
+            "atp_channel_restamps_unread_total", "Looks at a channel's restamp hash Redis refused (another type than a "
+            "hash): the keys publishers name there are not published again", ["channel"], registry=r)
         self.curated_skus = Counter(
             "atp_channel_curated_skus_total", "SKUs re-curated (all channels) after a durable change", registry=r
         )

@@ -77,7 +77,7 @@ class ChannelDesk:
         await self._mark_everything()
         await self._withdraw_uncurated()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
-        self._restamps = restamp_task(self.store, lambda: self.feeds, self.clock.now_ms, self.poke)
+        self._restamps = restamp_task(self.store, lambda: self.feeds, self.clock.now_ms, self.poke, self.metrics)
 
     @property
     def task(self) -> asyncio.Task[None] | None:  # the desk's loop (watched: it ends only when stopped, or by a bug)

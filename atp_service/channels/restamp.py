@@ -25,6 +25,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from atp_service.logs import EveryInterval
+from atp_service.metrics import ChannelMetrics
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.durability import STORAGE_ERRORS
 from reservation import Feed, Key
@@ -48,19 +49,20 @@ def restamp(feed: Feed, key: Key, now_ms: int) -> bool:
 
 
 def restamp_task(store: ChannelStore, feeds: Callable[[], Mapping[str, Feed]], now_ms: Callable[[], int],
-                 poke: Callable[[], None]) -> asyncio.Task[None] | None:
+                 poke: Callable[[], None], metrics: ChannelMetrics) -> asyncio.Task[None] | None:
     """The desk's look for keys to publish again, every ``POLL_S`` until cancelled (the desk's stop); None where
     no publisher can name any (``store.publishers_name_keys``: the simulation's store, which models none)."""
     if not store.publishers_name_keys:
         return None
-    looks = Restamps(store, feeds, now_ms, poke)
+    looks = Restamps(store, feeds, now_ms, poke, metrics)
     return asyncio.get_running_loop().create_task(looks.run(), name="channel-restamps")
 
 
 class Restamps:
     def __init__(self, store: ChannelStore, feeds: Callable[[], Mapping[str, Feed]],
-                 now_ms: Callable[[], int], poke: Callable[[], None]) -> None:
+                 now_ms: Callable[[], int], poke: Callable[[], None], metrics: ChannelMetrics | None = None) -> None:
         self.store, self._feeds, self._now_ms, self._poke = store, feeds, now_ms, poke
+        self._metrics = metrics or ChannelMetrics()
         self._unreadable = EveryInterval(60.0)
 
     async def run(self) -> None:
@@ -78,16 +80,27 @@ class Restamps:
         offered = 0
         for name, feed in list(self._feeds().items()):
             try:
-                offered += await self._look_at(name, feed)
+                again = await self._look_at(name, feed)
             except ResponseError as exc:  # this channel's hash unreadable (another type): the others looked at still
-                if (left_out := self._unreadable.due()) is not None:
-                    log.warning("%s: keys a publisher named to publish again not read (%s; %d such left out); the "
-                                "other channels' are", name, exc, left_out)
+                self._unread(name, exc)
+                continue
+            if again:
+                self._metrics.published_again.labels(name).inc(again)
+                log.warning("%s: publishing %d keys again at new versions: a publisher delivered them at versions "
+                            "Redis has since lost", name, again,
+                            extra={"event": "channel_keys_published_again", "channel": name, "keys": again})
+            offered += again
         if offered:
-            log.warning("publishing %d keys again at new versions: a publisher delivered them at versions Redis has "
-                        "since lost", offered)
             self._poke()
         return offered
+
+    def _unread(self, name: str, exc: ResponseError) -> None:
+        self._metrics.restamps_unread.labels(name).inc()
+        if (left_out := self._unreadable.due()) is not None:
+            log.warning("%s: keys a publisher named to publish again not read (%s; %d such left out); the other "
+                        "channels' are", name, exc, left_out, extra={
+                            "event": "channel_restamps_unread", "channel": name, "error": str(exc),
+                            "left_out": left_out})
 
     async def _look_at(self, name: str, feed: Feed) -> int:
         offered, done = 0, list[Any]()

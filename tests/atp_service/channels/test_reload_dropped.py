@@ -26,14 +26,18 @@ T = 1_700_000_000_000
 async def behind_a_proxy(redis_server: EmbeddedRedis, path: Path, clock: ManualClock
                          ) -> AsyncIterator[tuple[AtpService, ChannelDesk, AtpClient, HoldingProxy]]:
     """A service with channels (``path``'s estate) whose Redis is reached through a ``HoldingProxy``,
-    with a Redis timeout long enough for a held write to land in time."""
+    with a Redis timeout long enough for a held write to land in time, its start markers written."""
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     service = AtpService(make_config(estate=path, redis_timeout_s=30), await proxy.start(), clock=clock)
     try:
         await service.start()
-        assert service.channels is not None
+        desk = service.channels
+        assert desk is not None
+        # The start's markers written first: a test holding "the desk's next write" means a write of its own.
+        await until(lambda: not any(f.marking for f in desk.feeds.values()) and _all_idle(desk),
+                    "the start markers written")
         async with AtpClient(f"127.0.0.1:{service.port}") as client:
-            yield service, service.channels, client, proxy
+            yield service, desk, client, proxy
     finally:
         await service.stop(grace_s=0.1)
         await proxy.close()

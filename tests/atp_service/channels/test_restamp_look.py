@@ -5,9 +5,12 @@ channel's named keys at the lost values their destinations show (C4)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 
 from tests.atp_service.channel_helpers import stream_updates, write_estate
 from tests.conftest import ServiceFactory
@@ -19,17 +22,29 @@ async def _published_again(redis_url: str) -> bool:
 
 
 async def test_a_restamp_key_of_another_type_does_not_stop_the_look_at_other_channels_C4(
-        start_service: ServiceFactory, tmp_path: Path, redis_url: str) -> None:
+        start_service: ServiceFactory, tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """Defect: ``market``'s restamp key held a string (WRONGTYPE): each look failed there, logged at DEBUG only,
-    before it reached ``pickup``, whose named key was never published again."""
-    await start_service(estate=write_estate(tmp_path))
+    before it reached ``pickup``, whose named key was never published again. Each channel's refusals and keys
+    published again are counted and logged by channel."""
+    service, _ = await start_service(estate=write_estate(tmp_path))
     direct = aioredis.Redis.from_url(redis_url)
     try:
         await direct.set("atp:{avail}:market:restamp", "not a hash")
         await direct.hset("atp:{avail}:pickup:restamp", "sku-9\tstore-1", "5")
-        await until(lambda: _published_again(redis_url), "pickup's named key published again (0)", 6)
+        with caplog.at_level(logging.WARNING, logger="atp_service.channels.restamp"):
+            await until(lambda: _published_again(redis_url), "pickup's named key published again (0)", 6)
     finally:
         await direct.aclose()
+    metrics = service.metrics.channels
+    assert _counted(metrics.published_again, "pickup") == 1 and _counted(metrics.published_again, "market") == 0
+    assert _counted(metrics.restamps_unread, "market") >= 1 and _counted(metrics.restamps_unread, "pickup") == 0
+    events = {(r.event, r.channel) for r in caplog.records if hasattr(r, "event")}  # type: ignore[attr-defined]
+    assert {("channel_restamps_unread", "market"), ("channel_keys_published_again", "pickup")} <= events, events
+
+
+def _counted(counter: Counter, channel: str) -> float:
+    return sum(s.value for m in counter.collect() for s in m.samples
+               if s.name.endswith("_total") and s.labels.get("channel") == channel)
 
 
 async def test_a_field_naming_no_version_does_not_end_the_look_C4(
