@@ -94,6 +94,8 @@ class Lease:
         self._clock = clock
         self._valid_until = 0.0
         self.held = False
+        self._unrecorded: dict[str, int] = {}
+        """Versions delivered whose record is not known written (``settle``): at most one per key."""
 
     @property
     def renew_every_s(self) -> float:
@@ -151,10 +153,18 @@ class Lease:
     async def settle(self, delivered_key: str, stream: str, group: str, delivered: dict[str, int],
                      ids: list[str]) -> bool:
         """Raise the delivered versions and acknowledge ``ids``, under the lease. False: fenced off
-        (another publisher holds it): nothing written."""
-        pairs = [part for key, version in delivered.items() for part in (key, str(version))]
+        (another publisher holds it): nothing written. The versions of a record not known written (its answer lost, or
+        fenced off) go with the next one: a read tried again skips what was delivered (C3), and acknowledged only,
+        the record in Redis stayed below what the destination holds (a next start delivered it again)."""
+        owed = self._unrecorded
+        for key, version in delivered.items():
+            owed[key] = max(version, owed.get(key, 0))
+        pairs = [part for key, version in owed.items() for part in (key, str(version))]
         keys = (self.key, delivered_key, stream)
-        return int(await self.client.eval(SETTLE, 3, *keys, self.token, group, len(delivered), *pairs, *ids)) == 1
+        if int(await self.client.eval(SETTLE, 3, *keys, self.token, group, len(owed), *pairs, *ids)) != 1:
+            return False
+        self._unrecorded = {}
+        return True
 
     async def forget(self, hash_key: str, fields: list[str]) -> bool:
         """HDEL ``fields`` under the lease (keys owed a redelivery, settled). False: fenced off."""

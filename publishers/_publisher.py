@@ -384,15 +384,15 @@ class Publisher:
 
     # -- settling ------------------------------------------------------------------
     async def _settle(self, ids: list[str], delivered: dict[str, int]) -> bool:
-        """The versions delivered raised (never lowered) and ``ids`` acknowledged, under the lease
-        (one script: a publisher that lost it, paused past it, cannot overwrite the newer record of
-        the one delivering now, C3). False: fenced off, nothing written; delivery stops."""
+        """The versions delivered raised (never lowered) and ``ids`` acknowledged under the lease: one script (C3).
+        False: fenced off, nothing written; delivery stops. Known delivered here first, whatever the record's fate (its
+        answer lost with a Redis going down, which may lose what was read, not what was sent: named after it, C4)."""
         cfg = self.config
+        for key, version in delivered.items():
+            self._delivered[key] = max(version, self._delivered.get(key, 0))
         if not await self._holding.lease.settle(cfg.delivered_key, cfg.stream, cfg.group, delivered, ids):
             self._holding.lost("its record was fenced off: another publisher holds the lease")
             return False
-        for key, version in delivered.items():
-            self._delivered[key] = max(version, self._delivered.get(key, 0))
         return True
 
     async def _record(self, delivered: dict[str, int]) -> bool:
