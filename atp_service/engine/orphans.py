@@ -1,12 +1,17 @@
-"""Held parts of orders that no longer exist, with leases (``Engine.remote``: several processes share
-the groups): found and given up by housekeeping, a bounded step at a time.
+"""Held parts of orders that no longer exist, or whose order holds nothing any more, with leases
+(``Engine.remote``: several processes share the groups): found and given up by housekeeping, a bounded
+step at a time.
 
 An order's record is durable at its home before any of its parts is reserved, and it is forgotten
 only once resolved with nothing pending (its parts resolved first). So a held part whose order has
 no record at any group was left by Redis losing acknowledged entries of the order's group (restarted
 from older data) — or torn from its order by one node's loss; releasing it is right either way.
-Parts never expire by themselves (``_orders.PART_TTL_MS``): left alone, its units stay held for good
-(R2: no hold outlives its order's decision or TTL).
+Likewise an order settled in a final state (rejected, expired, released, fulfilled: nothing pending)
+recorded its decision only after every part had given up its units; a part still held under it is one
+whose change Redis lost while the order's record kept the decision — one node's loss, or Redis back
+from older data between the part's release and the order's record, the saga going on from what the
+part's process still held in memory. Parts never expire by themselves (``_orders.PART_TTL_MS``): left
+alone, either part's units stay held for good (R2: no hold outlives its order's decision or TTL).
 
 One process knows only its own groups' records (``Engine.home_of``), and a part does not say where
 its order lives (its home need not be a group of its lines), so every group is asked. Only a part
@@ -23,7 +28,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.parts import GiveUpPart, ReadPart, command_of, log_orphaned, run_part, tell_home, work_of
-from reservation import Ledger, Reservation, State
+from reservation import TERMINAL, Ledger, Reservation, State
 from reservation import _orders as orders
 
 if TYPE_CHECKING:
@@ -47,8 +52,22 @@ processes differing (the order's TTL counted at its home, the part's age here)."
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
+def holds_nothing(record: Reservation | None) -> bool:
+    """Whether ``record`` is an order whose parts hold nothing (R2, R3): settled, no change pending, in a
+    final state — it gave up or moved every unit of its parts before it recorded that."""
+    return record is not None and record.is_order and record.pending is None and record.state in TERMINAL
+
+
+def log_outlived(part_id: str, shard: int, order: Reservation) -> None:
+    """Says a held part released under an order that holds nothing (``holds_nothing``)."""
+    log.error("part %r held units under its order, %s with nothing pending (Redis lost acknowledged entries of the "
+              "part's group that its order's group kept): released", part_id, State(order.state).name,
+              extra={"event": "order_part_outlived", "reservation_id": order.reservation_id, "shard": shard})
+
+
 class LeasedOrphans:
-    """Finds held parts whose order is nowhere (``run_pass``, from housekeeping) and gives them up."""
+    """Finds held parts whose order is nowhere, or holds nothing (``run_pass``, from housekeeping), and
+    gives them up."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -91,7 +110,8 @@ class LeasedOrphans:
                 order_id = orders.order_of(rid)
                 if part is None or order_id is None or part.state != State.HELD or part.created_at > oldest:
                     continue  # a confirmed part is a paid order's committed units (Q3): kept until shipped
-                if engine.home_of(order_id) is None:  # its order's record is not here: asked everywhere
+                home = engine.home_of(order_id)  # None: its order's record is not here, asked everywhere
+                if home is None or holds_nothing(actors[home].ledger.reservation(order_id)):
                     self.suspects.setdefault(rid, (actor.shard, part.updated_at))
             self._sweeps[actor.shard] = (ledger, ids, at + len(looked))
             # The next pass goes on where this one stopped: this group's sweep, or the next group.
@@ -106,37 +126,53 @@ class LeasedOrphans:
     async def _check(self, part_id: str, group: int, seen: int) -> None:
         order_id = orders.order_of(part_id)
         assert order_id is not None
+        ended: Reservation | None = None  # the order's record, where it holds nothing
+        released = False
         try:
-            exists = await self._anywhere(order_id)
-            if exists is None:  # a group did not answer for sure: asked again at a later pass
+            found = await self._records(order_id)
+            if found is None:  # a group did not answer for sure: asked again at a later pass
                 self.suspects[part_id] = self.suspects.pop(part_id)  # behind the others
                 return
-            released = not exists and await self._give_up(order_id, part_id, group, seen)
+            # No record anywhere: an orphan. Records that all hold nothing: the part outlived its order's
+            # decision. Any other record: a live order, whose own change or expiry gives the part up.
+            if found and all(holds_nothing(record) for record in found):
+                ended = found[0]
+            if not found or ended is not None:
+                released = await self._give_up(order_id, part_id, group, seen, ended is not None)
         except Exception as exc:  # the group moved, a log did not answer: a later sweep finds it again
             log.info("orphaned part %r: not given up now (%r)", part_id, exc)
-            released = False
         self.suspects.pop(part_id, None)
-        if released and await self._anywhere(order_id) is not False:
-            await self._settle_reopened(order_id)
+        if released and ended is not None:
+            log_outlived(part_id, group, ended)
+        elif released:
+            log_orphaned(part_id, group, "holds units: released")
+            if await self._anywhere(order_id) is not False:
+                await self._settle_reopened(order_id)
 
     async def _anywhere(self, order_id: str) -> bool | None:
-        """Whether any group holds ``order_id``'s record; None: not known (a group did not answer).
-        A group's "none" comes only from its owner's shard, recovered and not in doubt (a vacant or
-        recovering one is refused as moved or unavailable): it is what Redis holds."""
+        """Whether any group holds ``order_id``'s record; None: not known (a group did not answer)."""
+        found = await self._records(order_id)
+        return None if found is None else bool(found)
+
+    async def _records(self, order_id: str) -> list[Reservation] | None:
+        """The records of ``order_id`` every group holds (none: nowhere); None: not known (a group did not
+        answer). A group's "none" comes only from its owner's shard, recovered and not in doubt (a vacant
+        or recovering one is refused as moved or unavailable): it is what Redis holds."""
         engine = self._engine
         answers = await asyncio.gather(*(run_part(engine, g, ReadPart(order_id)) for g in range(len(engine.actors))),
                                        return_exceptions=True)
-        if any(isinstance(answer, Reservation) for answer in answers):
-            return True
         for answer in answers:
             if isinstance(answer, BaseException) and not isinstance(answer, Exception):
                 raise answer  # cancelled
-        return None if any(isinstance(answer, BaseException) for answer in answers) else False
+        if any(isinstance(answer, BaseException) for answer in answers):
+            return None
+        return [answer for answer in answers if isinstance(answer, Reservation)]
 
-    async def _give_up(self, order_id: str, part_id: str, group: int, seen: int) -> bool:
+    async def _give_up(self, order_id: str, part_id: str, group: int, seen: int, ended: bool) -> bool:
         """The part released, under its order's lock here (no saga of the order runs here meanwhile),
         in one turn of its group that finds it as it was seen (held, not changed since: ``seen`` is its
-        ``updated_at``, as records change in place); whether it was."""
+        ``updated_at``, as records change in place); whether it was. ``ended``: its order's records hold
+        nothing (``holds_nothing``), else there is none."""
         engine = self._engine
         assert engine.orders is not None
 
@@ -148,14 +184,13 @@ class LeasedOrphans:
             return True
 
         async def locked() -> bool:
-            if engine.home_of(order_id) is not None:  # a retry opened it here meanwhile
+            home = engine.home_of(order_id)  # here: a retry opened it meanwhile, or it still holds nothing
+            if home is not None and not (ended and holds_nothing(engine.actors[home].ledger.reservation(order_id))):
                 return False
             done: bool = await engine.actors[group].submit(release)
             return done
 
-        released = await engine.orders.run_locked(order_id, locked)
-        if released:
-            log_orphaned(part_id, group, "holds units: released")
+        released: bool = await engine.orders.run_locked(order_id, locked)
         return released
 
     async def _settle_reopened(self, order_id: str) -> None:
