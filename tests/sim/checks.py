@@ -49,7 +49,8 @@ def check(world: World, acked: Acknowledged) -> None:
     acknowledged_survive(world, records, acked)
     facts_fold_as_the_reference(world, ledgers)
     orders_hold_what_they_decided(records, getattr(world.eng.orders, "orphans", ()), world.lost_orders,
-                                  world.torn_orders, world.eng.place, world.torn_confirmed)
+                                  world.torn_orders, world.eng.place, world.torn_confirmed,
+                                  outlived=world.outlived_orders)
 
 
 def one_state_each(records: dict) -> None:  # type: ignore[type-arg]
@@ -113,7 +114,8 @@ def shown(rec: Reservation, records: dict[str, Reservation]) -> Reservation:
 def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Collection[str] = (),
                                   lost_orders: Collection[str] = (), torn_orders: Collection[str] = (),
                                   place: Callable[[str], int] = lambda _sku: -1,
-                                  torn_confirmed: Collection[str] = (), lost_looked_for: int | None = None) -> None:
+                                  torn_confirmed: Collection[str] = (), lost_looked_for: int | None = None,
+                                  outlived: Collection[str] = ()) -> None:
     """R2/R3 for orders spanning groups: no part holds units its settled order does not (a refused,
     expired or released order's parts hold nothing), and a part of an order that does not exist (Redis
     lost the order's record) holds nothing either, unless the service found it and is giving it up
@@ -129,7 +131,11 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
     (``torn_confirmed``: no Confirm was left to refuse; recreating such a part is a known gap). Such an
     order may also be ahead of a part whose node lost
     the part's change (released or expired, the part still HELD): a known gap, not checked here — the
-    part keeps its units held (Q2/Q3 still checked), nothing is oversold."""
+    part keeps its units held (Q2/Q3 still checked), nothing is oversold.
+    ``outlived``: orders a part of which Redis, back whole from older data, lost a change its process still
+    held in memory, so that a saga going on from that memory may have recorded a decision that holds nothing
+    while the part holds units again: such a held part is exempt until ``lost_looked_for`` (as ``lost_orders``':
+    housekeeping releases it once past the longest TTL, ``orphans.LeasedOrphans``); a confirmed one never is."""
     for rid, rec in records.items():
         order_id = orders.order_of(rid)
         # A confirmed part of a lost order is kept, its units a paid order's, committed until a SHIPMENT
@@ -153,7 +159,9 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
             if rid in torn_orders:
                 continue  # the order ahead of its part (the part's node lost its change): a known gap
             outstanding = sum(line.outstanding for line in part.lines)
-            if state in TERMINAL and outstanding:
+            waits = rid in outlived and part.state == State.HELD and (lost_looked_for is None
+                                                                       or part.created_at > lost_looked_for)
+            if state in TERMINAL and outstanding and not waits:
                 raise Violation(f"R2/R3: order {rid} is {state.name} but its part in group {group} holds {outstanding}")
             allowed = PART_STATES.get(state, set()) | ({State.REJECTED} if rec.allow_partial else set())
             if state not in TERMINAL and State(part.state) not in allowed:

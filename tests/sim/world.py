@@ -109,6 +109,11 @@ class World:
         group (``cluster.ClusterWorld.lose_tail``); leased, housekeeping looks for them once past the longest
         TTL (``orphans.LeasedOrphans``): the run's end checks they hold nothing (``driver.orders_settle``)."""
         self.torn_orders: set[str] = set()
+        self.outlived_orders: set[str] = set()
+        """Several processes: orders a part of which Redis, back whole from older data, lost a change of that
+        its process still held in memory (``cluster.ClusterWorld.lose_tail``): a saga going on from that memory
+        may record a decision the part no longer shows — held under an order that holds nothing, until
+        housekeeping finds it past the longest TTL (``orphans.LeasedOrphans``): the run's end checks it did."""
         self.torn_confirmed: set[str] = set()
         """Torn orders already confirmed (or with a change in flight) when their node lost records."""
         """Several processes: orders one node's restore tore (``checks.orders_hold_what_they_decided``)."""
