@@ -129,9 +129,10 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
     never CONFIRMED without a part that was granted units (``place``: a SKU's group), which would leave
     them committed nowhere, to be sold again — unless it was confirmed before the loss
     (``torn_confirmed``: no Confirm was left to refuse; recreating such a part is a known gap). Such an
-    order may also be ahead of a part whose node lost
-    the part's change (released or expired, the part still HELD): a known gap, not checked here — the
-    part keeps its units held (Q2/Q3 still checked), nothing is oversold.
+    order may also be ahead of a part whose node lost the part's change: a part still HELD under an order
+    settled in a final state waits for housekeeping as ``outlived``'s do; any other such disagreement (a
+    part CONFIRMED, or under a live order) is a known gap, not checked here — the part keeps its units
+    (Q2/Q3 still checked), nothing is oversold.
     ``outlived``: orders a part of which Redis, back whole from older data, lost a change its process still
     held in memory, so that a saga going on from that memory may have recorded a decision that holds nothing
     while the part holds units again: such a held part is exempt until ``lost_looked_for`` (as ``lost_orders``':
@@ -156,11 +157,12 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
                             line.granted for line in rec.lines if place(line.sku) == group))):
                     raise Violation(f"R2: order {rid} is {state.name} without its part in group {group}")
                 continue
-            if rid in torn_orders:
+            held_under_final = state in TERMINAL and part.state == State.HELD  # given up by housekeeping
+            if rid in torn_orders and not held_under_final:
                 continue  # the order ahead of its part (the part's node lost its change): a known gap
             outstanding = sum(line.outstanding for line in part.lines)
-            waits = rid in outlived and part.state == State.HELD and (lost_looked_for is None
-                                                                       or part.created_at > lost_looked_for)
+            waits = held_under_final and (rid in outlived or rid in torn_orders) and (
+                lost_looked_for is None or part.created_at > lost_looked_for)
             if state in TERMINAL and outstanding and not waits:
                 raise Violation(f"R2/R3: order {rid} is {state.name} but its part in group {group} holds {outstanding}")
             allowed = PART_STATES.get(state, set()) | ({State.REJECTED} if rec.allow_partial else set())

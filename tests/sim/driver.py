@@ -359,14 +359,15 @@ def _lost_parts_due(world: ClusterWorld, looked_for: int | None) -> int | None:
 
 def _lost_parts(world: World) -> list[tuple[str, int, int]]:
     """(id, group, created at) of each part that holds units of one of ``lost_orders`` (not opened again
-    since), or of one of ``outlived_orders`` settled in a final state (a confirmed one is kept: its units
-    are a paid order's, committed until shipped)."""
+    since), or of one of ``outlived_orders`` or ``torn_orders`` settled in a final state (a confirmed one is
+    kept: its units are a paid order's, committed until shipped)."""
     records = {rid: rec for a in world.eng.actors for rid, rec in a.ledger.reservations.items()}
     return [(rid, actor.shard, rec.created_at) for actor in world.eng.actors
             for rid, rec in actor.ledger.reservations.items()
             if (order_id := orders.order_of(rid)) is not None and any(line.held for line in rec.lines)
             and ((order_id in world.lost_orders and order_id not in records)
-                 or (order_id in world.outlived_orders and _holds_nothing(records.get(order_id))))]
+                 or ((order_id in world.outlived_orders or order_id in world.torn_orders)
+                     and _holds_nothing(records.get(order_id))))]
 
 
 def _holds_nothing(order: Reservation | None) -> bool:
