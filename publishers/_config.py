@@ -69,6 +69,12 @@ class PublisherConfig:
     """Duration of the group's delivery lease (one delivering publisher per channel and group): a
     standby takes over at most this long after a holder died (at once after a holder's stop)."""
 
+    standby_look_s: float = 1.0
+    """While standing by after delivering in this run (another publisher holds the lease, or this one lost it), how
+    often it looks at the channel stream for a start of the service after Redis lost entries, to name the keys it
+    delivered at the lost versions (``_standby``; it looks at once on losing the lease), and tries again names a
+    refusal left owed."""
+
     send_timeout_s: float = 10.0
     """Longest one request to the destination may take (the adapter's request timeout): a holder
     sends only while its lease covers that long. ``lease_s`` must be at least 3 times it."""
@@ -94,8 +100,9 @@ class PublisherConfig:
                              f"{self.wait_timeout_ms}")
         if self.redis_retry_s <= 0:
             raise ValueError("redis_retry_s: must be positive")
-        if not 0 < self.redeliver_interval_s < math.inf:  # NaN or inf: the timer never comes (C4)
-            raise ValueError(f"redeliver_interval_s: must be positive and finite, got {self.redeliver_interval_s}")
+        for name in ("redeliver_interval_s", "standby_look_s"):
+            if not 0 < getattr(self, name) < math.inf:  # NaN or inf: the timer never comes (C4)
+                raise ValueError(f"{name}: must be positive and finite, got {getattr(self, name)}")
         self._check_lease()
         if not MIN_RATE_PER_S <= self.rate_limit_per_s < math.inf:  # NaN too: no pace would be kept at all
             raise ValueError(f"rate_limit_per_s: must be finite and at least {MIN_RATE_PER_S:g} (one update in "

@@ -16,8 +16,8 @@ and the newest value of each of their keys is delivered from the channel's state
 (``_state_resync``: its stock-outs first, a step at a time with a read of the stream between steps).
 
 Nothing dead-lettered is left behind either: each dead-lettered key is remembered and gets its newest value from the
-state hash once the destination answers again (``_redeliver``); nor delivered from versions Redis lost (``_restamp``).
-"""
+state hash once the destination answers again (``_redeliver``); nor delivered from versions Redis lost (``_restamp``,
+named by the holder at the entries it reads, and by a standby from what it delivered before, ``_standby``)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ from ._reading import Reader, gap_before, link_of
 from ._redeliver import Redelivery
 from ._replicas import Replicas
 from ._restamp import LostNames, still_known
+from ._standby import StandbyLooks
 from ._startup import refuse_evicting_redis
 from ._state_resync import StateResync, Sweep, sweep_owing
 
@@ -64,9 +65,7 @@ class Publisher:
     def __init__(self, config: PublisherConfig, client: Any, adapter: Adapter, metrics: PublisherMetrics,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  now_ms: Callable[[], int] | None = None, writer: Nodes | None = None) -> None:
-        self.config, self.client = config, client
-        self.adapter = adapter
-        self.metrics = metrics
+        self.config, self.client, self.adapter, self.metrics = config, client, adapter, metrics
         metrics.watch(config.channel, adapter.name, config.group)
         self._sleep = sleep
         self._now_ms = now_ms or (lambda: int(asyncio.get_running_loop().time() * 1000))
@@ -81,6 +80,7 @@ class Publisher:
         """Set by a stop, or when the group's lease is lost: what is being delivered stops at once."""
         self._reader = Reader(config, client)
         self._lost_names = LostNames(config, client, metrics)  # C4: refused by a restamp key of another type, kept
+        self._standby = StandbyLooks(config, client, self._lost_names, lambda: self._delivered, self._stop)
         self._holding = Holding(config, client, metrics, self._halt.set)
         self.replicas = Replicas(config, writer or Nodes(client), self._holding.lease, metrics)  # a cluster: pass one
         self._resync = StateResync(config, client, metrics, adapter.name, lambda key: self._delivered.get(key, 0),
@@ -96,9 +96,9 @@ class Publisher:
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
         """Until ``stop``: standby until this publisher holds its group's lease (one delivering publisher per channel
-        and destination), then deliver while it holds it; standby again if it loses it."""
+        and destination), then deliver while it holds it; standby again if it loses it (naming, ``_standby``)."""
         while not self._stop.is_set():
-            if not await self._holding.wait_to_hold(self._stop):
+            if not await self._standby.while_waiting(self._holding.wait_to_hold(self._stop), self._position):
                 return
             if not self._stop.is_set():
                 self._halt.clear()

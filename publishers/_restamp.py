@@ -12,7 +12,8 @@ value of what is durable (0 for a key it holds nothing of): read from the stream
 
 Found from what this publisher delivered (in memory), at any entry that carries ``follows`` (the first read after
 the loss, or one in the middle of a read: the group's restored position below the link), not from the positions: a
-group restored below the link reads the older entries first, and its position alone no longer tells the loss.
+group restored below the link reads the older entries first, and its position alone no longer tells the loss. Found
+so also by a publisher standing by, which reads no entry through the group (``_standby``): naming needs no lease.
 
 The naming is an aid to C4 after a loss, never a step of delivery: a ``restamp`` key of another type than a hash (an
 operator's mistake, a restore of other data) refuses the names, and delivery goes on (``LostNames``).
@@ -65,19 +66,25 @@ def still_known(recorded: dict[str, int], known: Mapping[str, int]) -> dict[str,
 def lost_delivered(delivered: Mapping[str, int], updates: Iterable[ChannelUpdate]) -> dict[str, int]:
     """Keys (``sku<TAB>location``) delivered at a version a run's first entry among ``updates`` says Redis lost:
     above the version it follows and below its own."""
+    return lost_between(delivered, [(u.version, u.follows) for u in updates if u.follows is not None])
+
+
+def lost_between(delivered: Mapping[str, int], links: Iterable[tuple[int, int]]) -> dict[str, int]:
+    """Keys delivered at a version one of ``links`` (a run's first entry: its version, the version it follows) says
+    Redis lost: above the version it follows and below its own."""
     owed: dict[str, int] = {}
-    for u in updates:
-        if u.follows is not None:
-            owed.update((key, v) for key, v in delivered.items() if u.follows < v < u.version)
+    for version, follows in links:
+        owed.update((key, v) for key, v in delivered.items() if follows < v < version)
     return owed
 
 
 class LostNames:
     """The keys ``lost_delivered`` finds, named in the service's ``restamp`` hash, and kept until they are. Kept in
     this process's memory (at most one entry per key it delivered, as the delivered versions are) while the key refuses
-    them (another type than a hash): tried again at the first read ``redis_retry_s`` after a refusal, written as soon as
-    the key is removed or made a hash (no restart, no new loss needed), each refusal counted and warned at most once a
-    minute naming the key and its type. A stop before then forgets them, as it forgets what it delivered."""
+    them (another type than a hash): tried again at the first read ``redis_retry_s`` after a refusal (standing by: at
+    the next look, ``_standby``), written as soon as the key is removed or made a hash (no restart, no new loss needed),
+    each refusal counted and warned at most once a minute naming the key and its type. A stop before then forgets them,
+    as it forgets what it delivered."""
 
     def __init__(self, config: PublisherConfig, client: Any, metrics: PublisherMetrics,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -89,8 +96,13 @@ class LostNames:
     async def name(self, delivered: Mapping[str, int], updates: Iterable[ChannelUpdate]) -> None:
         """The keys delivered at versions ``updates`` say Redis lost, and those kept from a refusal, named (C4). A
         Redis error is raised (the read is tried again, and these with it); a refusal is not: delivery goes on."""
+        await self.owe(lost_delivered(delivered, updates))
+
+    async def owe(self, found: Mapping[str, int]) -> None:
+        """Keys found delivered at versions Redis lost (``found``: key -> the newest such version, logged), and those
+        kept from a refusal, named (C4): as ``name``."""
         cfg = self.config
-        if found := lost_delivered(delivered, updates):
+        if found:
             log.warning("%s: %d keys were delivered at versions Redis has since lost (up to %d); the service is asked "
                         "to publish their durable values again at new versions (%s)", cfg.channel, len(found),
                         max(found.values()), cfg.restamp_key)

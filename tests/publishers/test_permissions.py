@@ -133,6 +133,15 @@ async def test_a_user_denied_the_stream_s_info_is_refused(redis_url: str, admin:
     assert f"XINFO STREAM on {cfg.stream}:" in str(refused.value), refused.value
 
 
+async def test_a_user_denied_the_range_read_of_a_standby_s_look_is_refused(redis_url: str, admin: redis.Redis) -> None:
+    """``XRANGE`` is sent only by a publisher standing by that delivered before (its look for a start of the service
+    after Redis lost data, ``_standby``): a user denied it failed each look, naming nothing of what it delivered."""
+    cfg = PublisherConfig(channel="web")
+    with pytest.raises(AclRefused) as refused:
+        await check_publisher_acl(cfg, as_user(admin, redis_url, "~*", "+@all", "-xrange"), cluster=False)
+    assert f"XRANGE on {cfg.stream}: a standby's look" in str(refused.value), refused.value
+
+
 SENT_BY = {"pipeline": "MULTI", "execute": "EXEC", "hscan_iter": "HSCAN", "xgroup_create": "XGROUP CREATE",
            "xinfo_groups": "XINFO GROUPS", "xinfo_consumers": "XINFO CONSUMERS", "xinfo_stream": "XINFO STREAM"}
 """What a redis-py method sends, where its name does not say it (the rest: the name in capitals)."""
