@@ -88,11 +88,12 @@ async def three_counted(start_service: ServiceFactory, tmp_path: Path, clock: Ma
     return estate, out, service, client, await wait_for_updates(redis_url, "market", 3)
 
 @contextlib.asynccontextmanager
-async def publishing(redis_url: str, out: Path, **settings: Any) -> AsyncIterator[aioredis.Redis]:
+async def publishing(redis_url: str, out: Path, metrics: PublisherMetrics | None = None,
+                     **settings: Any) -> AsyncIterator[aioredis.Redis]:
     """A publisher of ``market`` (group ``jsonl``) to ``out`` running meanwhile (``settings``: its config's others);
     yields a Redis client of the test's."""
     publisher = Publisher(config(channel="market", group="jsonl", **settings), aioredis.Redis.from_url(redis_url),
-                          JsonlAdapter(out), PublisherMetrics())
+                          JsonlAdapter(out), metrics or PublisherMetrics())
     task = asyncio.create_task(publisher.run())
     direct = aioredis.Redis.from_url(redis_url)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from atp_client import AtpClient
 from atp_service import AtpService, ManualClock
 from publishers._restamp import lost_delivered
 from reservation import ChannelUpdate, StockStatus
@@ -53,6 +54,20 @@ async def lost_delivered_then_stopped(service: AtpService, clock: ManualClock, r
     await service.stop(grace_s=0.1)
     return lost
 
+
+async def lost_after_delivering(service: AtpService, client: AtpClient, clock: ManualClock, redis_url: str, out: Path,
+                                direct: aioredis.Redis, first: list[ChannelUpdate]) -> list[ChannelUpdate]:
+    """``first`` delivered and acknowledged, Redis's image taken; then entries made (sku-3) and changed (sku-0),
+    delivered, the service stopped, and Redis restored from the image: those entries lost. The updates so far."""
+    await _delivered(out, first[-1].sku, first[-1].version)
+    await _acknowledged(direct)
+    image = await saved(direct)
+    await client.record_events([fact("c3", "COUNT", "sku-3", "dc-1", 9, T + 1),  # a key the lost entries make
+                                fact("r0", "RECEIPT", "sku-0", "dc-1", 3, T + 1)])  # and one they change
+    lost = await lost_delivered_then_stopped(service, clock, redis_url, out, direct)
+    await restored(direct, image, at_once=True)
+    return lost
+
 async def test_values_delivered_from_versions_redis_lost_are_published_again_at_new_versions_C3_C4(
         start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -62,15 +77,8 @@ async def test_values_delivered_from_versions_redis_lost_are_published_again_at_
     destination kept both lost values until their keys changed again, perhaps never."""
     caplog.set_level(logging.WARNING, logger="publishers")
     estate, out, service, client, first = await three_counted(start_service, tmp_path, clock, redis_url)
-    kept = first[-1].version
     async with publishing(redis_url, out) as direct:
-        await _delivered(out, first[-1].sku, kept)
-        await _acknowledged(direct)
-        image = await saved(direct)
-        await client.record_events([fact("c3", "COUNT", "sku-3", "dc-1", 9, T + 1),  # a key the lost entries make
-                                    fact("r0", "RECEIPT", "sku-0", "dc-1", 3, T + 1)])  # and one they change
-        lost = await lost_delivered_then_stopped(service, clock, redis_url, out, direct)
-        await restored(direct, image, at_once=True)
+        lost = await lost_after_delivering(service, client, clock, redis_url, out, direct, first)
         service, client = await start_service(clock=clock, estate=estate)
         await client.record_events([fact("t1", "SALE", "sku-1", "dc-1", 6, T + 2)])  # the new run's first entry
         await until(lambda: warnings(caplog), "the loss warned", 20)
@@ -93,13 +101,7 @@ async def test_a_channel_none_of_whose_keys_change_after_the_restore_converges_a
     caplog.set_level(logging.WARNING, logger="publishers")
     estate, out, service, client, first = await three_counted(start_service, tmp_path, clock, redis_url)
     async with publishing(redis_url, out) as direct:
-        await _delivered(out, first[-1].sku, first[-1].version)
-        await _acknowledged(direct)
-        image = await saved(direct)
-        await client.record_events([fact("c3", "COUNT", "sku-3", "dc-1", 9, T + 1),  # a key the lost entries make
-                                    fact("r0", "RECEIPT", "sku-0", "dc-1", 3, T + 1)])  # and one they change
-        lost = await lost_delivered_then_stopped(service, clock, redis_url, out, direct)
-        await restored(direct, image, at_once=True)
+        lost = await lost_after_delivering(service, client, clock, redis_url, out, direct, first)
         await start_service(clock=clock, estate=estate)  # and nothing changes any key of the channel from here
         await until(lambda: {s: shown(out).get(s, (0, 0))[0] for s in ("sku-0", "sku-3")}
                     == {"sku-0": 3, "sku-3": 0}, "the durable values shown", 30)

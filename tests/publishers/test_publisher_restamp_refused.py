@@ -5,43 +5,26 @@ key and its type, and counted. Real service, real redis-server, the real publish
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from atp_service import ManualClock
-from publishers import JsonlAdapter, Publisher, PublisherMetrics
-from tests.atp_service.app.test_redis_lost_tail import restored, saved
+from publishers import PublisherMetrics
 from tests.atp_service.channel_helpers import fact
 from tests.conftest import ServiceFactory
-from tests.publishers.test_publisher import config
-from tests.publishers.test_publisher_across_starts import _acknowledged, _delivered, three_counted, warnings
-from tests.publishers.test_publisher_redis_lost import lost_delivered_then_stopped, shown
+from tests.publishers.test_publisher_across_starts import (
+    _acknowledged,
+    publishing,
+    three_counted,
+    warnings,
+)
+from tests.publishers.test_publisher_redis_lost import lost_after_delivering, shown
 from tests.waiting import until
 
 T = 1_700_000_000_000
 RESTAMP = "atp:{avail}:market:restamp"
-
-
-@contextlib.asynccontextmanager
-async def publishing(redis_url: str, out: Path, metrics: PublisherMetrics) -> AsyncIterator[aioredis.Redis]:
-    """A publisher of ``market`` (group ``jsonl``) to ``out`` with ``metrics``, running meanwhile; yields a Redis
-    client of the test's."""
-    publisher = Publisher(config(channel="market", group="jsonl", redis_retry_s=0.2),
-                          aioredis.Redis.from_url(redis_url), JsonlAdapter(out), metrics)
-    task = asyncio.create_task(publisher.run())
-    direct = aioredis.Redis.from_url(redis_url)
-    try:
-        yield direct
-    finally:
-        publisher.stop()
-        await asyncio.wait_for(task, 10)
-        await direct.aclose()
 
 
 def _sample(metrics: PublisherMetrics, name: str) -> float:
@@ -58,14 +41,8 @@ async def test_a_restamp_key_of_another_type_does_not_stop_delivery_and_the_name
     caplog.set_level(logging.WARNING, logger="publishers")
     metrics = PublisherMetrics()
     estate, out, service, client, first = await three_counted(start_service, tmp_path, clock, redis_url)
-    async with publishing(redis_url, out, metrics) as direct:
-        await _delivered(out, first[-1].sku, first[-1].version)
-        await _acknowledged(direct)
-        image = await saved(direct)
-        await client.record_events([fact("c3", "COUNT", "sku-3", "dc-1", 9, T + 1),  # a key the lost entries make
-                                    fact("r0", "RECEIPT", "sku-0", "dc-1", 3, T + 1)])  # and one they change
-        await lost_delivered_then_stopped(service, clock, redis_url, out, direct)
-        await restored(direct, image, at_once=True)
+    async with publishing(redis_url, out, metrics, redis_retry_s=0.2) as direct:
+        await lost_after_delivering(service, client, clock, redis_url, out, direct, first)
         await direct.set(RESTAMP, "not a hash")  # the operator's mistake
         service, client = await start_service(clock=clock, estate=estate)
         await client.record_events([fact("t1", "SALE", "sku-1", "dc-1", 6, T + 2)])  # the new run's first entry

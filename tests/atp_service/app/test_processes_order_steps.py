@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -67,15 +67,14 @@ async def confirmed_and_shipped_at_home(home_client: AtpClient, a: str, b: str, 
     assert [r.outcome for r in shipped] == [pb.FACT_OUTCOME_APPLIED], shipped
 
 
-def confirmation_not_reaching(monkeypatch: pytest.MonkeyPatch, part_id: str,
-                               kind: OrderStep = OrderStep.CONFIRM) -> list[bool]:
-    """While the returned flag is set, the step confirming ``part_id`` (applying its share of a change
-    of ``kind``) is refused as by a shard whose log does not answer (nothing applied), wherever it runs."""
+def steps_not_reaching(monkeypatch: pytest.MonkeyPatch, matches: Callable[[parts.PartStep], bool]) -> list[bool]:
+    """While the returned flag is set, each part step that ``matches`` is refused as by a shard whose log does not
+    answer (nothing applied), wherever it runs."""
     flag = [True]
     work_of = parts.work_of
 
     def refusing(engine: Any, step: parts.PartStep) -> Any:
-        if flag[0] and isinstance(step, parts.ApplyShare) and step.part == part_id and step.share.kind == kind:
+        if flag[0] and matches(step):
             def refuse(_ledger: Any, _now: int) -> Any:
                 raise Unavailable("log storage unreachable, retry later")
             return refuse
@@ -83,6 +82,14 @@ def confirmation_not_reaching(monkeypatch: pytest.MonkeyPatch, part_id: str,
 
     monkeypatch.setattr(parts, "work_of", refusing)
     return flag
+
+
+def confirmation_not_reaching(monkeypatch: pytest.MonkeyPatch, part_id: str,
+                               kind: OrderStep = OrderStep.CONFIRM) -> list[bool]:
+    """While the returned flag is set, the step confirming ``part_id`` (applying its share of a change
+    of ``kind``) is refused as by a shard whose log does not answer (nothing applied), wherever it runs."""
+    return steps_not_reaching(monkeypatch, lambda step: isinstance(step, parts.ApplyShare) and step.part == part_id
+                              and step.share.kind == kind)
 
 
 def resolves_unanswered(monkeypatch: pytest.MonkeyPatch, service: AtpService) -> list[bool]:

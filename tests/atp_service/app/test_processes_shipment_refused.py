@@ -5,7 +5,6 @@ left the building all the same — the stock moves, the order fulfilled by nothi
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
@@ -13,10 +12,10 @@ import pytest
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.engine import parts
 from atp_service.intake.facts import UNFULFILLED
-from reservation import Limits, State, Unavailable
+from reservation import Limits, State
 from reservation import _orders as orders
 from tests.atp_service.app.test_processes import SHARDS, group_of, processes, shipment
-from tests.atp_service.app.test_processes_order_steps import stocked
+from tests.atp_service.app.test_processes_order_steps import steps_not_reaching, stocked
 from tests.conftest import ServiceFactory, services_on
 
 LIVE_PER_SHARD = 3
@@ -34,18 +33,8 @@ async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
 def reserve_not_reaching(monkeypatch: pytest.MonkeyPatch, part_id: str) -> list[bool]:
     """While the returned flag is set, the step reserving ``part_id`` is refused as by a shard whose log does
     not answer (nothing applied), wherever it runs: the order's saga stops with the order undecided."""
-    flag = [True]
-    work_of = parts.work_of
-
-    def refusing(engine: Any, step: parts.PartStep) -> Any:
-        if flag[0] and isinstance(step, parts.ReservePart) and step.cmd.reservation_id == part_id:
-            def refuse(_ledger: Any, _now: int) -> Any:
-                raise Unavailable("log storage unreachable, retry later")
-            return refuse
-        return work_of(engine, step)
-
-    monkeypatch.setattr(parts, "work_of", refusing)
-    return flag
+    return steps_not_reaching(monkeypatch, lambda step: isinstance(step, parts.ReservePart)
+                              and step.cmd.reservation_id == part_id)
 
 
 @pytest.mark.parametrize("shipped_at", ["home", "part"])
