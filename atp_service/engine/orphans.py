@@ -11,7 +11,9 @@ recorded its decision only after every part had given up its units; a part still
 whose change Redis lost while the order's record kept the decision — one node's loss, or Redis back
 from older data between the part's release and the order's record, the saga going on from what the
 part's process still held in memory. Parts never expire by themselves (``_orders.PART_TTL_MS``): left
-alone, either part's units stay held for good (R2: no hold outlives its order's decision or TTL).
+alone, either part's units stay held for good (R2: no hold outlives its order's decision or TTL). Not a
+part whose units its FULFILLED order fulfilled (``gives_up``): Redis lost their move out of on_hand with
+the part's fulfilment, and released they would be offered again though they left.
 
 One process knows only its own groups' records (``Engine.home_of``), and a part does not say where
 its order lives (its home need not be a group of its lines), so every group is asked. Only a part
@@ -56,6 +58,22 @@ def holds_nothing(record: Reservation | None) -> bool:
     """Whether ``record`` is an order whose parts hold nothing (R2, R3): settled, no change pending, in a
     final state — it gave up or moved every unit of its parts before it recorded that."""
     return record is not None and record.is_order and record.pending is None and record.state in TERMINAL
+
+
+def gives_up(record: Reservation | None, part: Reservation) -> bool:
+    """Whether ``record`` (``holds_nothing``) decided that the units of its held ``part`` be given back: it
+    was rejected, expired or released, or FULFILLED releasing every unit it was granted at the part's SKUs
+    (a SKU's lines are all in one group). Units of a FULFILLED order not released were fulfilled: they left
+    ``on_hand`` with the part's fulfilment (R4), and Redis lost that with the on_hand move — released now,
+    they would be offered again though they left the building (Q5: oversold). Such a part is kept held
+    (a known gap: its units counted as held rather than gone, what is offered right)."""
+    if not holds_nothing(record):
+        return False
+    assert record is not None
+    if record.state != State.FULFILLED:
+        return True
+    skus = {line.sku for line in part.lines}
+    return all(line.granted <= line.released for line in record.lines if line.sku in skus)
 
 
 def log_outlived(part_id: str, shard: int, order: Reservation) -> None:
@@ -111,7 +129,7 @@ class LeasedOrphans:
                 if part is None or order_id is None or part.state != State.HELD or part.created_at > oldest:
                     continue  # a confirmed part is a paid order's committed units (Q3): kept until shipped
                 home = engine.home_of(order_id)  # None: its order's record is not here, asked everywhere
-                if home is None or holds_nothing(actors[home].ledger.reservation(order_id)):
+                if home is None or gives_up(actors[home].ledger.reservation(order_id), part):
                     self.suspects.setdefault(rid, (actor.shard, part.updated_at))
             self._sweeps[actor.shard] = (ledger, ids, at + len(looked))
             # The next pass goes on where this one stopped: this group's sweep, or the next group.
@@ -126,7 +144,7 @@ class LeasedOrphans:
     async def _check(self, part_id: str, group: int, seen: int) -> None:
         order_id = orders.order_of(part_id)
         assert order_id is not None
-        ended: Reservation | None = None  # the order's record, where it holds nothing
+        ended: list[Reservation] = []  # the order's records, where they all hold nothing
         released = False
         try:
             found = await self._records(order_id)
@@ -136,14 +154,14 @@ class LeasedOrphans:
             # No record anywhere: an orphan. Records that all hold nothing: the part outlived its order's
             # decision. Any other record: a live order, whose own change or expiry gives the part up.
             if found and all(holds_nothing(record) for record in found):
-                ended = found[0]
-            if not found or ended is not None:
-                released = await self._give_up(order_id, part_id, group, seen, ended is not None)
+                ended = found
+            if not found or ended:
+                released = await self._give_up(order_id, part_id, group, seen, ended)
         except Exception as exc:  # the group moved, a log did not answer: a later sweep finds it again
             log.info("orphaned part %r: not given up now (%r)", part_id, exc)
         self.suspects.pop(part_id, None)
-        if released and ended is not None:
-            log_outlived(part_id, group, ended)
+        if released and ended:
+            log_outlived(part_id, group, ended[0])
         elif released:
             log_orphaned(part_id, group, "holds units: released")
             if await self._anywhere(order_id) is not False:
@@ -168,25 +186,32 @@ class LeasedOrphans:
             return None
         return [answer for answer in answers if isinstance(answer, Reservation)]
 
-    async def _give_up(self, order_id: str, part_id: str, group: int, seen: int, ended: bool) -> bool:
+    async def _give_up(self, order_id: str, part_id: str, group: int, seen: int, ended: list[Reservation]) -> bool:
         """The part released, under its order's lock here (no saga of the order runs here meanwhile),
         in one turn of its group that finds it as it was seen (held, not changed since: ``seen`` is its
-        ``updated_at``, as records change in place); whether it was. ``ended``: its order's records hold
-        nothing (``holds_nothing``), else there is none."""
+        ``updated_at``, as records change in place); whether it was. ``ended``: its order's records, that
+        all hold nothing (``holds_nothing``): released only where each gave its units up (``gives_up``);
+        none: there is none."""
         engine = self._engine
         assert engine.orders is not None
+        records = list(ended)
 
         def release(ledger: Ledger, now: int) -> bool:
             part = ledger.reservation(part_id)
             if part is None or part.state != State.HELD or part.updated_at != seen:
                 return False  # changed meanwhile: not an untouched orphan (found again if it still is one)
+            if not all(gives_up(record, part) for record in records):
+                return False  # a FULFILLED order's units there left on_hand: kept held (``gives_up``)
             work_of(engine, GiveUpPart(command_of(part)))(ledger, now)
             return True
 
         async def locked() -> bool:
             home = engine.home_of(order_id)  # here: a retry opened it meanwhile, or it still holds nothing
-            if home is not None and not (ended and holds_nothing(engine.actors[home].ledger.reservation(order_id))):
-                return False
+            if home is not None:
+                here = engine.actors[home].ledger.reservation(order_id)
+                if not ended or here is None or not holds_nothing(here):
+                    return False
+                records.append(here)
             done: bool = await engine.actors[group].submit(release)
             return done
 

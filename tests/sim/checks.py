@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
+from atp_service.engine.orphans import gives_up
 from reservation import TERMINAL, Event, Fact, FactKind, Reservation, State, decode_entry
 from reservation import _orders as orders
 from reservation._bulk import loaded_facts
@@ -130,13 +131,15 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
     them committed nowhere, to be sold again — unless it was confirmed before the loss
     (``torn_confirmed``: no Confirm was left to refuse; recreating such a part is a known gap). Such an
     order may also be ahead of a part whose node lost the part's change: a part still HELD under an order
-    settled in a final state waits for housekeeping as ``outlived``'s do; any other such disagreement (a
-    part CONFIRMED, or under a live order) is a known gap, not checked here — the part keeps its units
-    (Q2/Q3 still checked), nothing is oversold.
+    settled in a final state that gave its units up (``orphans.gives_up``) waits for housekeeping as
+    ``outlived``'s do; any other such disagreement (a part CONFIRMED, under a live order, or HELD with units
+    its FULFILLED order fulfilled: Redis lost their move out of on_hand with the part's fulfilment) is a
+    known gap, not checked here — the part keeps its units (Q2/Q3 still checked), nothing is oversold.
     ``outlived``: orders a part of which Redis, back whole from older data, lost a change its process still
     held in memory, so that a saga going on from that memory may have recorded a decision that holds nothing
     while the part holds units again: such a held part is exempt until ``lost_looked_for`` (as ``lost_orders``':
-    housekeeping releases it once past the longest TTL, ``orphans.LeasedOrphans``); a confirmed one never is."""
+    housekeeping releases it once past the longest TTL, ``orphans.LeasedOrphans``); a confirmed one never is,
+    and one whose units its FULFILLED order fulfilled is the known gap above (kept held, not checked)."""
     for rid, rec in records.items():
         order_id = orders.order_of(rid)
         # A confirmed part of a lost order is kept, its units a paid order's, committed until a SHIPMENT
@@ -160,6 +163,9 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
             held_under_final = state in TERMINAL and part.state == State.HELD  # given up by housekeeping
             if rid in torn_orders and not held_under_final:
                 continue  # the order ahead of its part (the part's node lost its change): a known gap
+            if held_under_final and (rid in torn_orders or rid in outlived) and rec.state == State.FULFILLED \
+                    and not gives_up(rec, part):
+                continue  # its units fulfilled, their move out of on_hand lost with the part's: kept (a known gap)
             outstanding = sum(line.outstanding for line in part.lines)
             waits = held_under_final and (rid in outlived or rid in torn_orders) and (
                 lost_looked_for is None or part.created_at > lost_looked_for)

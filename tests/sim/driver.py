@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import random
 
-from atp_service.engine.orphans import ORPHAN_AGE_MARGIN_MS
+from atp_service.engine.orphans import ORPHAN_AGE_MARGIN_MS, gives_up
 from atp_service.storage.snapshot_parts import PIECE_BYTES
-from reservation import TERMINAL, Reservation, State
 from reservation import _orders as orders
 from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.checks import Acknowledged, Violation, check, orders_hold_what_they_decided
@@ -359,20 +358,16 @@ def _lost_parts_due(world: ClusterWorld, looked_for: int | None) -> int | None:
 
 def _lost_parts(world: World) -> list[tuple[str, int, int]]:
     """(id, group, created at) of each part that holds units of one of ``lost_orders`` (not opened again
-    since), or of one of ``outlived_orders`` or ``torn_orders`` settled in a final state (a confirmed one is
-    kept: its units are a paid order's, committed until shipped)."""
+    since), or of one of ``outlived_orders`` or ``torn_orders`` settled in a final state that gave its units
+    up (``orphans.gives_up``; a confirmed one is kept: its units are a paid order's, committed until shipped;
+    a held one whose units its FULFILLED order fulfilled too: they left on_hand, Redis lost that with it)."""
     records = {rid: rec for a in world.eng.actors for rid, rec in a.ledger.reservations.items()}
     return [(rid, actor.shard, rec.created_at) for actor in world.eng.actors
             for rid, rec in actor.ledger.reservations.items()
             if (order_id := orders.order_of(rid)) is not None and any(line.held for line in rec.lines)
             and ((order_id in world.lost_orders and order_id not in records)
                  or ((order_id in world.outlived_orders or order_id in world.torn_orders)
-                     and _holds_nothing(records.get(order_id))))]
-
-
-def _holds_nothing(order: Reservation | None) -> bool:
-    """An order settled in a final state: its parts hold nothing (R2, R3)."""
-    return order is not None and order.is_order and order.pending is None and State(order.state) in TERMINAL
+                     and gives_up(records.get(order_id), rec)))]
 
 
 def _lost_parts_held(world: World, created_by: int | None) -> list[str]:

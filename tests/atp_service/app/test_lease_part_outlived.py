@@ -6,6 +6,7 @@ that holds nothing. On a real service and a real redis-server, the part's group 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -110,3 +111,86 @@ async def test_a_held_part_whose_release_redis_lost_under_a_released_order_is_gi
 
 async def _holds(client: AtpClient, sku: str, units: int) -> bool:
     return await _reserved(client, sku) == units
+
+
+@pytest.mark.parametrize("home_elsewhere", [False, True], ids=["home-here", "home-elsewhere"])
+async def test_a_held_part_whose_fulfilment_redis_lost_under_a_fulfilled_order_is_not_released_Q5(
+        start_service: ServiceFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch, home_elsewhere: bool) -> None:
+    """Defect: housekeeping released a held part under any order settled in a final state, FULFILLED too.
+    The order here is FULFILLED (its Fulfil moved the part's 3 units out of on_hand, R4), and Redis lost
+    the part's confirmation and fulfilment: the part HELD again and on_hand 5 again — available 2, as the
+    units that left say. Releasing the part gave back units the order's Fulfil had moved: available 5,
+    3 units that left the building offered again (Q5, R2: nothing is ever oversold). A part whose units
+    its order fulfilled is not released (kept held: a known gap, the availability right). ``home_elsewhere``:
+    the sweep sees the order's home as another process's (its records read from every group, the part's
+    turn judging them), as where the part's group and the order's are served by different processes."""
+    engine, client, b, _ = await _fulfilled_part_lost(start_service, redis_url, release_part_first=False)
+    assert await _available(client, b) == 2  # on_hand 5 again, 3 of it held: what is left in the building
+    if home_elsewhere:
+        home_of = engine.home_of
+        monkeypatch.setattr(engine, "home_of", lambda rid: None if rid == "o" else home_of(rid))
+    sweep = engine._housekeeper._orphans  # whether housekeeping is done asking
+    for _ in range(20):  # a pass sweeps every record of these groups: the part looked at in the first
+        await engine.run_maintenance()
+        await asyncio.sleep(0.05)
+    await until(lambda: not sweep.suspects and not sweep._asking, "housekeeping done asking", 20)
+    monkeypatch.undo()
+    assert await _available(client, b) == 2, "units the order's Fulfil moved out of on_hand offered again"
+    assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_FULFILLED
+
+
+async def test_a_held_part_whose_release_redis_lost_under_a_fulfilled_order_is_given_up_R2(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """A FULFILLED order that released the part's units (its other part's fulfilled): Redis lost the part's
+    release, the part HELD again — given up by housekeeping as under a RELEASED order, what it held offered."""
+    engine, client, b, _ = await _fulfilled_part_lost(start_service, redis_url, release_part_first=True)
+    assert await _available(client, b) == 2  # nothing shipped at b: 5 on hand, the part holding 3 again
+
+    async def released() -> bool:
+        await engine.run_maintenance()
+        return await _holds(client, b, 0)
+
+    await until(released, "the part held under a fulfilled order that released it given up", 20, every_s=0.05)
+    assert await _available(client, b) == 5
+    assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_FULFILLED
+
+
+async def _fulfilled_part_lost(start_service: ServiceFactory, redis_url: str, release_part_first: bool
+                               ) -> tuple[Any, AtpClient, str, int]:
+    """Order "o" (2 of SKU a, 3 of SKU b: a part in each group, its home a's) confirmed and fulfilled —
+    ``release_part_first``: b's line released before — then b's group back from when the part was only
+    held; the clock past the age housekeeping looks at. (engine, client, b, the part's group)."""
+    clock = ManualClock(T0)
+    service, client = await start_service(clock=clock, port=free_port(), **LEASED)
+    engine = service.engine
+    assert engine is not None
+    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
+    a, b = _two_shards(service)
+    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
+    held = await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
+    assert held.state == pb.RESERVATION_STATE_HELD
+    part_group = engine.place(b)
+    assert engine.home_of("o") == engine.place(a) != part_group, "an order spanning groups: its part in b's"
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        image = await _group_saved(direct, part_group)
+        assert (await client.confirm("o")).state == pb.RESERVATION_STATE_CONFIRMED
+        if release_part_first:
+            await client.release("o", [(b, "S1", 3)], operation_id="op-b")
+        assert (await client.fulfill("o")).state == pb.RESERVATION_STATE_FULFILLED
+        assert await _available(client, b) == (5 if release_part_first else 2)
+        await _group_restored(direct, part_group, image)  # the part's changes are gone, the order's kept
+    finally:
+        await direct.aclose()
+    await until(lambda: _holds(client, b, 3), "the part's group serving what Redis holds (the part held)", 40)
+    assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_FULFILLED
+    clock.advance((MAX_TTL_S + 1) * 1000 + ORPHAN_AGE_MARGIN_MS)  # the part older than any order's TTL
+    return engine, client, b, part_group
+
+
+async def _available(client: AtpClient, sku: str) -> int | None:
+    try:
+        (position,) = await client.availability([(sku, "S1")])
+    except grpc.aio.AioRpcError:
+        return None
+    return position.available
