@@ -139,9 +139,12 @@ async def test_a_stop_with_streams_sending_answers_or_refuses_each_batch_and_los
     await asyncio.wait_for(service.stop(grace_s=5), 30)
     await asyncio.wait_for(asyncio.gather(*streams), 30)
     assert len(ends) == STREAMS, ends
-    for end in ends:  # grpc.aio's own INTERNAL where a write of the caller's was waiting (grpc/grpc#36066)
+    for end in ends:  # grpc.aio's own INTERNAL where a write of the caller's was waiting (grpc/grpc#36066), or
+        # core's UNAVAILABLE "Stream removed" where its sendmsg met the connection the server closed: the
+        # transport's word on the same race, no status of the service's (the orders are checked below)
         assert isinstance(end, Retryable), end
-        assert end.reason == "SHUTTING_DOWN" or end.details() == CORE_LOST_CALL, end
+        removed = end.code() == grpc.StatusCode.UNAVAILABLE and (end.details() or "").startswith("Stream removed")
+        assert end.reason == "SHUTTING_DOWN" or end.details() == CORE_LOST_CALL or removed, end
     _restarted, client2 = await start_service()
     assert await _found(client2, answered) == answered  # every order answered is there, whole
     held = await _found(client2, written)
