@@ -19,6 +19,7 @@ decides when each process renews and balances (``turn``) and when a dead or paus
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING
 
 from atp_service.app.balancing import FreeWatch, address_of, plan_balance
@@ -86,6 +87,15 @@ class SimMembership:
                 pass  # tried again at the next turn, as ``Membership._forever`` does
 
     async def renew(self) -> None:
+        """``Membership.renew``: a lease found another's (or gone) gives its group up; each one renewed
+        extends its shard's deadline from when the renewal was sent (``Membership._renew_leases``). Here a
+        deadline is past once the driver said the lease ran out by this process's own clock
+        (``ClusterWorld.expire``, ``ShardActor.lease_until``): a renewal sent after that, which finds the
+        lease still this process's (Redis, back from older data, gave it back), has the group answered
+        again; one sent before it (the process paused with it in flight) leaves it past."""
+        await self.proc.log.awake()  # sent once the process runs
+        engine = self.proc.engine
+        lapsed = {g: engine.actors[g] for g in self.held if engine.actors[g].lease_until == -math.inf}
         await self.proc.log.round_trip()
         self.proc.member = True
         self.members = self.world.members()
@@ -93,6 +103,9 @@ class SimMembership:
         for group in sorted(g for g in self.held if leases.get(g) != self.proc.holder):
             del self.held[group]
             self._give_up(group, "lease")
+        for group, actor in lapsed.items():
+            if group in self.held and engine.actors[group] is actor:
+                actor.lease_until = math.inf
 
     async def balance(self) -> None:
         await self.proc.log.round_trip()

@@ -287,6 +287,16 @@ async def test_a_confirmed_part_of_an_order_redis_lost_is_kept_for_its_shipment(
     await Driver(70007, processes=3, lose_tail=True).run(60)
 
 
+async def test_a_lease_redis_gave_back_to_a_paused_process_is_served_once_renewed() -> None:
+    """``--seed 57 --processes 3 --lose-tail``: in step 55 p1 is paused past its lease on group 1, its own clock
+    noticing (``ShardActor.lease_until`` past: GROUP_MOVED to every call), and p2 takes the group; Redis then
+    comes back from the save of step 54, the lease and owner key p1's again, p1 runs again and its renewal finds
+    the lease its own. The service's renewal extends the shard's deadline (``Membership._renew_leases``): the
+    simulated one kept the group without it, so its owner refused every call for good and the liveness check
+    failed after step 55. A renewal sent after the deadline passed now extends it, as the service's does."""
+    await Driver(57, processes=3, lose_tail=True).run(56)
+
+
 CLOCK_SKEW_SEEDS = int(os.environ.get("ATP_SIM_CLOCK_SKEW_SEEDS", "10"))
 """Seeds whose processes' hosts' clocks disagree (``--clock-skew``): about 5 s of CPU."""
 
