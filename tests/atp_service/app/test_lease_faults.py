@@ -194,3 +194,24 @@ async def test_a_process_whose_lease_lapsed_unrenewed_does_not_redirect_callers_
                                           metadata=(("atp-routing", "redirect"),), timeout=5)
     assert dict(read.value.trailing_metadata() or ())["atp-moved"] == "0 ", "a read redirected to itself"
     assert service.membership.table().routes[0].address == "", "GetRouting names it the owner"
+
+
+async def test_a_group_unanswered_past_its_lease_is_answered_again_once_a_renewal_lands(
+        start: ServiceFactory) -> None:
+    """Past its deadline by its own clock (a pause, renewals failing), a process refuses the group's calls;
+    a renewal that then lands and finds the lease still its own (nobody took it meanwhile, or Redis came
+    back from older data naming it again) extends the deadline, and the group is answered again
+    (``Membership._renew_leases``) — the behaviour the simulation's ``SimMembership.renew`` models. A lease
+    of a minute: Redis's own copy cannot run out however slow the host."""
+    service, client = await start(port=free_port(), host="127.0.0.1", shards=1, lease_ms=60_000)
+    assert service.membership is not None and service.engine is not None
+    await until(lambda: owned(service) == {0}, "the group taken", 30)
+    await asyncio.gather(*(cancel_and_wait(task) for task in service.membership._tasks))
+    service.engine.actors[0].lease_until = 0.0  # its last renewal older than a lease, by its own clock
+    request = pb.GetAvailabilityRequest(keys=[pb.PositionKey(sku="A", location="DC")])
+    with pytest.raises(grpc.aio.AioRpcError) as moved:
+        await client.stub.GetAvailability(request, metadata=(("atp-routing", "redirect"),), timeout=5)
+    assert dict(moved.value.trailing_metadata() or ())["atp-moved"] == "0 "
+    assert await service.membership.renew() == ""
+    assert owned(service) == {0}
+    await client.stub.GetAvailability(request, metadata=(("atp-routing", "redirect"),), timeout=5)
