@@ -341,9 +341,11 @@ class ClusterWorld(World):
         await asyncio.gather(*(proc.spawn(proc.engine.run_maintenance()) for proc in self.running()))
         self.check_background()
 
-    async def answers(self, shard: int) -> bool:
-        """Liveness: the group's owner answers a trivial command within LIVENESS_ROUNDS rounds."""
+    async def answers(self, shard: int) -> str | None:
+        """Liveness: the group's owner answers a trivial command within LIVENESS_ROUNDS rounds (None), else
+        what it did instead (``pong_within``)."""
         try:
             return await pong_within(self.owner_actor(shard), self.log)
-        except DomainError:  # refused at once: no owner serves it
-            return False
+        except DomainError as exc:  # refused at once: no owner serves it, or the owner does not answer for it
+            owner = self.owner(shard)
+            return f"refused a trivial command at once at {owner.address if owner else 'no owner'}: {exc!r}"

@@ -44,17 +44,20 @@ WALL_TIME_NEVER_S = 1e9
 LIVENESS_ROUNDS = 8
 
 
-async def pong_within(actor: Any, log: Any) -> bool:
-    """Whether ``actor`` answers a trivial command within LIVENESS_ROUNDS rounds of the simulated
-    log (pumped between rounds: an answer may wait for its entry to be durable)."""
+async def pong_within(actor: Any, log: Any) -> str | None:
+    """None when ``actor`` answers a trivial command within LIVENESS_ROUNDS rounds of the simulated
+    log (pumped between rounds: an answer may wait for its entry to be durable); else what it did
+    instead, for the finding: a refusal, or no answer."""
     fut: Any = actor.submit(lambda _ledger, _now: "pong")
     for _ in range(LIVENESS_ROUNDS):
         for _ in range(4):
             await asyncio.sleep(0)
         if fut.done():
-            return fut.exception() is None and fut.result() == "pong"
+            if fut.exception() is not None:
+                return f"refused a trivial command: {fut.exception()!r}"
+            return None if fut.result() == "pong" else f"answered a trivial command {fut.result()!r}"
         log.pump("ok")
-    return False
+    return f"did not answer a trivial command within {LIVENESS_ROUNDS} rounds"
 """Rounds (each: a few event-loop turns, then Redis answers) within which an idle shard must answer."""
 
 
@@ -342,8 +345,9 @@ class World:
             self.desk.kick()
         raise AssertionError("channel desk never converged (liveness)")
 
-    async def answers(self, shard: int) -> bool:
-        """Liveness: a trivial command to this shard is answered within LIVENESS_ROUNDS rounds."""
+    async def answers(self, shard: int) -> str | None:
+        """Liveness: a trivial command to this shard is answered within LIVENESS_ROUNDS rounds (None), else
+        what it did instead (``pong_within``)."""
         return await pong_within(self.eng.actors[shard], self.log)
 
     def logged_facts(self) -> list[Fact]:
