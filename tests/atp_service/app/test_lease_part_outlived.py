@@ -64,15 +64,10 @@ async def _reserved(client: AtpClient, sku: str) -> int | None:
     return position.reserved
 
 
-async def test_a_held_part_whose_release_redis_lost_under_a_released_order_is_given_up_R2(
-        start_service: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Defect: housekeeping gave up a held part only where no group held its order's record (an orphan).
-    The order here is RELEASED, nothing pending, and its part in the other group — whose release Redis
-    lost — held its units again: never released by anything (parts never expire by themselves), 3 units
-    of the SKU withheld from availability for good (R2: no hold outlives its order's decision or TTL).
-    Housekeeping now gives up a held part older than the longest TTL whose order's record holds nothing
-    (``orphans.LeasedOrphans``, log event ``order_part_outlived``)."""
-    clock = ManualClock(T0)
+async def _order_over_two_groups(start_service: ServiceFactory, clock: ManualClock
+                                 ) -> tuple[Any, AtpClient, Any, str, str, int]:
+    """A leased service on ``clock`` holding order "o": 2 of SKU a (its home's group) and 3 of SKU b (a part in
+    the other group). (service, client, engine, a, b, the part's group)."""
     service, client = await start_service(clock=clock, port=free_port(), **LEASED)
     engine = service.engine
     assert engine is not None
@@ -83,6 +78,19 @@ async def test_a_held_part_whose_release_redis_lost_under_a_released_order_is_gi
     assert held.state == pb.RESERVATION_STATE_HELD
     part_group = engine.place(b)
     assert engine.home_of("o") == engine.place(a) != part_group, "an order spanning groups: its part in b's"
+    return service, client, engine, a, b, part_group
+
+
+async def test_a_held_part_whose_release_redis_lost_under_a_released_order_is_given_up_R2(
+        start_service: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect: housekeeping gave up a held part only where no group held its order's record (an orphan).
+    The order here is RELEASED, nothing pending, and its part in the other group — whose release Redis
+    lost — held its units again: never released by anything (parts never expire by themselves), 3 units
+    of the SKU withheld from availability for good (R2: no hold outlives its order's decision or TTL).
+    Housekeeping now gives up a held part older than the longest TTL whose order's record holds nothing
+    (``orphans.LeasedOrphans``, log event ``order_part_outlived``)."""
+    clock = ManualClock(T0)
+    _service, client, engine, a, b, part_group = await _order_over_two_groups(start_service, clock)
     direct = aioredis.Redis.from_url(redis_url)
     try:
         image = await _group_saved(direct, part_group)
@@ -161,16 +169,7 @@ async def _fulfilled_part_lost(start_service: ServiceFactory, redis_url: str, re
     ``release_part_first``: b's line released before — then b's group back from when the part was only
     held; the clock past the age housekeeping looks at. (engine, client, b, the part's group)."""
     clock = ManualClock(T0)
-    service, client = await start_service(clock=clock, port=free_port(), **LEASED)
-    engine = service.engine
-    assert engine is not None
-    await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
-    a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5, T0), receipt("s-b", b, "S1", 5, T0)])
-    held = await client.reserve("o", [(a, "S1", 2), (b, "S1", 3)], ttl_seconds=60)
-    assert held.state == pb.RESERVATION_STATE_HELD
-    part_group = engine.place(b)
-    assert engine.home_of("o") == engine.place(a) != part_group, "an order spanning groups: its part in b's"
+    _service, client, engine, _a, b, part_group = await _order_over_two_groups(start_service, clock)
     direct = aioredis.Redis.from_url(redis_url)
     try:
         image = await _group_saved(direct, part_group)
