@@ -73,8 +73,8 @@ class RunFeed(Feed):
 
     def confirm(self, updates: list[ChannelUpdate]) -> None:
         super().confirm(values_of(updates))
-        marker = self._marker
-        if marker is not None and any(u is marker for u in updates):
+        marker = self._marker_in(updates)
+        if marker is not None:
             self.marking, self._marker = False, None
             self.published_version = max(self.published_version, marker.version)
             log.info("%s: this run's versions begin at %d, after %d (the newest Redis held at the start)",
@@ -84,10 +84,15 @@ class RunFeed(Feed):
 
     def give_back(self, updates: list[ChannelUpdate], now_ms: int) -> None:
         super().give_back(values_of(updates), now_ms)
-        marker = self._marker
-        if marker is not None and any(u is marker for u in updates):
+        marker = self._marker_in(updates)
+        if marker is not None:
             self._marker = None  # taken again at its version: contiguous, as the updates' (C3)
             self.version = marker.version - 1
+
+    def _marker_in(self, updates: list[ChannelUpdate]) -> StartMarker | None:
+        """The marker being written, where ``updates`` (a write confirmed or given back) carried it."""
+        marker = self._marker
+        return marker if marker is not None and any(u is marker for u in updates) else None
 
     @property
     def in_flight(self) -> int:  # a marker being written is a write on its way (``unsettled``)
