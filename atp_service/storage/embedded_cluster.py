@@ -34,6 +34,26 @@ NODE_TIMEOUT_MS = 2000
 """``cluster-node-timeout``: how long a node may not answer before its replica takes over."""
 
 
+@dataclass(frozen=True, slots=True)
+class SeenNode:
+    """One row of ``CLUSTER NODES``: a node as another node sees it."""
+
+    node_id: str
+    port: int
+    flags: frozenset[str]
+    """``myself``, ``master``, ``slave``, ``fail?`` (suspected), ``fail`` (agreed), ``handshake``, ``noaddr``."""
+    master_id: str
+    """The primary's id for a replica; ``-`` otherwise."""
+    link: str
+    """``connected`` or ``disconnected``: the seeing node's link to it at that instant."""
+
+    @classmethod
+    def parse(cls, line: str) -> SeenNode:
+        node_id, address, flags, master_id, _ping, _pong, _epoch, link = line.split(" ")[:8]
+        port = address.split("@")[0].rpartition(":")[2]
+        return cls(node_id, int(port) if port.isdigit() else 0, frozenset(flags.split(",")), master_id, link)
+
+
 class EmbeddedCluster:
     """``primaries`` nodes owning the slots, each with ``replicas`` replicas, data under ``data_dir``."""
 
@@ -111,7 +131,7 @@ class EmbeddedCluster:
             self._cluster(node, "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
         self._meet_first()
         self._wait(lambda: all(self._known(node) == len(self.nodes) for node in self.nodes), timeout_s, "meet",
-                   again=self._meet_first)
+                   again=self._meet_first, views=self._views)
         for k, replica in enumerate(self.replicas):
             primary = self.primaries[k // self._per_primary]
             self._cluster(replica, "REPLICATE", self._cluster(primary, "MYID").decode())
@@ -136,29 +156,51 @@ class EmbeddedCluster:
             return bool(replication.get("role") == "slave" and replication.get("master_link_status") == "up")
 
         self._wait(lambda: all(ready(node) for node in self.nodes) and all(following(r) for r in self.replicas),
-                   timeout_s, "cluster_state:ok with every replica in sync")
+                   timeout_s, "cluster_state:ok with every replica in sync", views=self._views)
 
     def _replicas_seen(self, node: EmbeddedRedis) -> int:
         """Replicas this node's view holds as replicas of a primary: the roles reach every node by
         gossip, after the replicas are in sync (a client asking a node too early saw none)."""
-        nodes = self._cluster(node, "NODES").values()
-        return sum(1 for seen in nodes if "slave" in seen["flags"] and seen["master_id"] not in ("", "-"))
+        return sum(1 for seen in self._view(node) if "slave" in seen.flags and seen.master_id != "-")
 
     def _known(self, node: EmbeddedRedis) -> int:
-        """Nodes this node knows and is connected to (itself included)."""
-        nodes = self._cluster(node, "NODES").values()
-        return sum(1 for seen in nodes if seen["connected"] and "fail" not in seen["flags"])
+        """Nodes in this node's table (itself included), a meeting still in handshake not counted. A
+        node it suspects (``fail?``: no answer within half the node timeout) or whose link it is
+        making again is still known: on a busy host some link is always being made again somewhere,
+        and a cluster asked to have them all up at one instant never formed. Only a node the
+        cluster agreed has failed (``fail``) is not counted."""
+        return sum(1 for seen in self._view(node) if not seen.flags & {"handshake", "noaddr", "fail"})
+
+    def _view(self, node: EmbeddedRedis) -> list[SeenNode]:
+        """``CLUSTER NODES`` of ``node``, a row per node id (redis-py's parse keys by address, where a
+        handshake with a known node's address hid the known node)."""
+        with self._client(node) as client:
+            raw = client.execute_command("CLUSTER", "NODES")
+        return [SeenNode.parse(line) for line in raw.decode().splitlines() if line.strip()]
+
+    def _views(self) -> str:
+        """Every node's view, one line each: what a start that did not form reports."""
+        lines = []
+        for node in self.nodes:
+            try:
+                seen = ", ".join(f"{s.port}[{','.join(sorted(s.flags))}|{s.link}]" for s in self._view(node))
+            except (redis.RedisError, OSError) as exc:
+                seen = f"no answer ({exc})"
+            lines.append(f"{node.data_dir.name} :{node.port} sees {seen}")
+        return "; ".join(lines)
 
     @staticmethod
-    def _wait(done: Callable[[], bool], timeout_s: float, what: str,
-              again: Callable[[], None] | None = None, again_every_s: float = 1.0) -> None:
-        """Until ``done``, or RedisDidNotStart after ``timeout_s``; ``again`` (if any) every ``again_every_s``."""
+    def _wait(done: Callable[[], bool], timeout_s: float, what: str, again: Callable[[], None] | None = None,
+              again_every_s: float = 1.0, views: Callable[[], str] | None = None) -> None:
+        """Until ``done``, or RedisDidNotStart after ``timeout_s`` (with ``views()``, if given: what each
+        node saw); ``again`` (if any) every ``again_every_s``."""
         deadline = time.monotonic() + timeout_s
         next_again = time.monotonic() + again_every_s
         while not done():
             now = time.monotonic()
             if now > deadline:
-                raise RedisDidNotStart(f"Redis Cluster: not {what} within {timeout_s}s")
+                seen = f": {views()}" if views is not None else ""
+                raise RedisDidNotStart(f"Redis Cluster: not {what} within {timeout_s}s{seen}")
             if again is not None and now >= next_again:
                 again()
                 next_again = now + again_every_s
