@@ -1,7 +1,7 @@
 """The service's CPU per unary Reserve beside Python gRPC's own, at the same offered rates, in one run.
 
     python benchmarks/unary_cost.py [--rates 500,1000,2000,half] [--seconds 8] [--slices 4]
-                                    [--redis unix|tcp] [--profile-rate 1000] [--native-rate 1000]
+                                    [--redis unix|tcp] [--profile-rate 1000 [--profile-out FILE]] [--native-rate 1000]
                                     [--settle-limit 30]
 
 Starts the no-op server (``noop_server.py``: same gRPC stack and messages, no work) and
@@ -22,7 +22,8 @@ gRPC's Cython layer, uvloop, the kernel...).
 
 With ``--profile-rate`` (py-spy must be installed and allowed to attach), one more open loop at
 that rate is sampled by ``py-spy record --nonblocking`` and the service's CPU per call is broken
-down by where its Python stack was (``PARTS``, the innermost frame that belongs to one of them).
+down by where its Python stack was (``PARTS``, the innermost frame that belongs to one of them);
+``--profile-out`` keeps the samples.
 """
 
 from __future__ import annotations
@@ -121,10 +122,9 @@ async def _pair(servers: dict[str, tuple[str, int]], w: Workload, rate: float, s
     return found
 
 
-async def _profiled(target: str, pid: int, w: Workload, rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
+async def _profiled(target: str, pid: int, w: Workload, rate: float, seconds: float, out: Path) -> dict[str, Any]:
     await settle()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    out = tmp / "profile.txt"
     proc = await asyncio.create_subprocess_exec(
         spy, "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", str(out), "-d", str(int(seconds) + 1),
         "-p", str(pid), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
@@ -204,7 +204,8 @@ async def _run(args: argparse.Namespace, tmp: Path) -> None:
             if args.native_rate:
                 print(json.dumps(await _native(servers, w, args.native_rate, args.seconds, tmp)), flush=True)
             if args.profile_rate:
-                print(json.dumps(await _profiled(target, service.pid, w, args.profile_rate, args.seconds, tmp)))
+                out = Path(args.profile_out) if args.profile_out else tmp / "profile.txt"
+                print(json.dumps(await _profiled(target, service.pid, w, args.profile_rate, args.seconds, out)))
         finally:
             for proc in (noop, service):
                 proc.terminate()
@@ -218,6 +219,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=4,
                         help="open loops per server and rate, taking turns with the other server's")
     parser.add_argument("--profile-rate", type=float, default=0.0, help="also profile the service at this rate")
+    parser.add_argument("--profile-out", default="",
+                        help="keep --profile-rate's samples here (py-spy's raw format: a stack and its count a line)")
     parser.add_argument("--redis", choices=("unix", "tcp"), default="unix",
                         help="how the service reaches Redis: its unix socket (as `atp-service serve` reaches the "
                              "Redis it starts itself) or loopback TCP")
