@@ -93,6 +93,11 @@ def breakdown(raw: str) -> dict[str, float]:
     return {part: counts[part] / total for part, _ in (*PARTS, ("other", ()))}
 
 
+def _shares(profile: Path) -> dict[str, float]:
+    """``breakdown`` of py-spy's samples in ``profile``; none where py-spy wrote nothing."""
+    return breakdown(profile.read_text()) if profile.exists() else {}
+
+
 async def _pair(servers: dict[str, tuple[str, int]], w: Workload, rate: float, seconds: float,
                 slices: int) -> dict[str, Any]:
     """The same open loop against the no-op server and the service, ``seconds`` each, cut into
@@ -132,7 +137,7 @@ async def _profiled(target: str, pid: int, w: Workload, rate: float, seconds: fl
     _, _, _ = await open_loop_unary(target, w.picker(9), f"uc-prof-{round(rate)}", rate, seconds)
     per_call = (cpu_seconds(pid) - cpu_before) / (rate * seconds) * 1e6
     await asyncio.wait_for(proc.wait(), 60)
-    shares = breakdown(out.read_text()) if out.exists() else {}
+    shares = _shares(out)
     return {"profile_rate": round(rate), "service_cpu_us": round(per_call),
             "parts_us": {part: round(share * per_call) for part, share in shares.items() if share >= 0.005}}
 
