@@ -64,6 +64,12 @@ class PublisherMetrics:
             "Keys this process delivered at versions Redis lost that are not named to the service yet (the restamp key "
             "refused them): their destinations show the lost values until named", ["channel"], registry=r,
         )
+        self.restamp_compared = Counter(
+            "atp_publisher_restamp_compared_keys_total",
+            "Keys whose version this process delivered it compared with the channel's state hash, to name those "
+            "delivered at versions Redis lost, where entries were trimmed before it read them (a start's marker may "
+            "have been among them)", ["channel"], registry=r,
+        )
         self.delay = Histogram(
             "atp_publisher_delivery_delay_seconds", "Source time of the newest change behind an update -> delivered",
             ["channel"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r,
@@ -78,6 +84,7 @@ class PublisherMetrics:
         zeroed(self.redeliver_overflows, (channel,))
         zeroed(self.not_replicated, (channel,))
         zeroed(self.restamp_refused, (channel,))
+        zeroed(self.restamp_compared, (channel,))
         self.restamp_owed.labels(channel).set(0)
         zeroed(self.lease_lost, (channel, group))
         zeroed(self.claimed, (channel, group))

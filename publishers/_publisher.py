@@ -17,7 +17,8 @@ and the newest value of each of their keys is delivered from the channel's state
 
 Nothing dead-lettered is left behind either: each dead-lettered key is remembered and gets its newest value from the
 state hash once the destination answers again (``_redeliver``); nor delivered from versions Redis lost (``_restamp``,
-named by the holder at the entries it reads, and by a standby from what it delivered before, ``_standby``)."""
+named by the holder at the entries it reads, and by a standby from what it delivered before, ``_standby``; where entries
+were trimmed before it read or looked at them, from the state hash, ``_compare``)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from atp_service.storage.channel_wire import from_fields, values_of
@@ -36,12 +36,13 @@ from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, TokenBucket
 
 from ._claim import Takeover
+from ._compare import Comparison
 from ._config import PublisherConfig
 from ._delivery import Adapter, DeliveryError, backoff_s
 from ._holding import Halted, Holding, unless_halted
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
-from ._reading import Reader, gap_before, link_of
+from ._reading import Read, Reader, gap_before, link_of
 from ._redeliver import Redelivery
 from ._replicas import Replicas
 from ._restamp import LostNames, still_known
@@ -51,14 +52,6 @@ from ._state_resync import StateResync, Sweep, sweep_owing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class _Read:
-    ids: list[str]
-    updates: list[ChannelUpdate]
-    trimmed: set[int] = field(default_factory=set)
-    """Versions of own pending entries the stream no longer holds (trimmed while pending)."""
 
 
 class Publisher:
@@ -80,7 +73,8 @@ class Publisher:
         """Set by a stop, or when the group's lease is lost: what is being delivered stops at once."""
         self._reader = Reader(config, client)
         self._lost_names = LostNames(config, client, metrics)  # C4: refused by a restamp key of another type, kept
-        self._standby = StandbyLooks(config, client, self._lost_names, lambda: self._delivered, self._stop)
+        self._comparison = Comparison(config, client, self._lost_names, metrics, lambda: self._delivered)  # C4
+        self._standby = StandbyLooks(config, client, self._lost_names, self._comparison, self._stop)
         self._holding = Holding(config, client, metrics, self._halt.set)
         self.replicas = Replicas(config, writer or Nodes(client), self._holding.lease, metrics)  # a cluster: pass one
         self._resync = StateResync(config, client, metrics, adapter.name, lambda key: self._delivered.get(key, 0),
@@ -185,9 +179,10 @@ class Publisher:
         self._bucket = TokenBucket(cfg.rate_limit_per_s, cfg.burst, self._now_ms())
 
     # -- reading -------------------------------------------------------------------
-    async def _read(self, start: str) -> _Read:
+    async def _read(self, start: str) -> Read:
         cfg = self.config
-        busy = self._gap is not None or self._redelivery.due()  # a step between reads: no wait for new entries
+        # A step between reads (a gap's, a redelivery's, a comparison's): no wait for new entries.
+        busy = self._gap is not None or self._redelivery.due() or self._comparison.under_way
         if start == "0":
             reply = await self.client.xreadgroup(cfg.group, cfg.consumer, {cfg.stream: start}, count=cfg.read_count)
             entries = [(entry_id, fields) for _, entry_id, fields in stream_entries(reply)]
@@ -203,7 +198,7 @@ class Publisher:
                 self._position = min(mine, seq_of(new.after))
                 await self._note_gap(seq_of(entries[0][0]), link_of(entries[0][1]), new.mark, mine)
                 self._position = seq_of(entries[-1][0])
-        out = _Read([], [])
+        out = Read([], [])
         for entry_id, fields in entries:
             out.ids.append(as_text(entry_id))
             if not fields:  # an own pending entry trimmed from the stream: its key is in the state hash
@@ -220,13 +215,15 @@ class Publisher:
             try:  # could have moved the slot to a replica that never held what was read
                 await self._unless_stopped(self.replicas.confirm())
             except Halted:  # a stop, or the lease lost: nothing of it delivered, its entries stay pending
-                return _Read([], [])
+                return Read([], [])
         return out
 
     # -- one batch -----------------------------------------------------------------
-    async def process(self, read: _Read) -> None:
+    async def process(self, read: Read) -> None:
         trimmed = read.trimmed
         why = self._trimmed(f"{len(trimmed)} own pending entries")
+        if trimmed:  # a start's marker among them can name nothing now (C4): the state hash instead, ``_compare``
+            self._comparison.start("holder", why)
         if trimmed and not await self._resync(lambda v: v in trimmed, why):
             return  # stopped half-way: the entries stay pending, found trimmed again at the next start
         delivered = await self._deliver_newest(values_of(read.updates), confirmed=True)  # by ``_read``; no marker
@@ -283,6 +280,7 @@ class Publisher:
                 await self._note_gap(seq_of(first[0]), link_of(first[1] or {}))
             else:
                 await self._note_gap(seq_of(info["last-generated-id"]) + 1)
+        await self._comparison.step()  # C4: a step of one under way (``_owe``), as of the gap's
         return await self._gap_step()
 
     async def _note_gap(self, version: int, follows: int | None = None, mark: int = 0, mine: int | None = None) -> None:
@@ -306,6 +304,7 @@ class Publisher:
                     why or self._trimmed(what))
         await self._redelivery.owe_every_key(mark)  # each gap: the mark may have been settled by a pass since the last
         self._gap = sweep_owing(self._gap, versions)
+        self._comparison.start("holder", why or self._trimmed(what))  # a start's marker among them names nothing
 
     async def _gap_step(self) -> bool:
         """One step of the gap under way, if any; once it is over, its mark forgotten. False: stopped."""

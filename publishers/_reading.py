@@ -26,11 +26,12 @@ for an entry past the group's position, then the script reads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from atp_service.storage.channel_wire import follows_of
 from atp_service.storage.resp import as_text
+from reservation import ChannelUpdate
 
 from ._config import PublisherConfig
 
@@ -76,6 +77,16 @@ class New:
     """(entry id, fields) of each entry read, in stream order."""
     mark: int
     """The value the read raised the mark of a resync of every key to (a gap before the entries); 0: none."""
+
+
+@dataclass(slots=True)
+class Read:
+    """A batch read, decoded (the publisher's)."""
+
+    ids: list[str]
+    updates: list[ChannelUpdate]
+    trimmed: set[int] = field(default_factory=set)
+    """Versions of own pending entries the stream no longer holds (trimmed while pending)."""
 
 
 @dataclass(slots=True)

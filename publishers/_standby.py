@@ -25,8 +25,9 @@ nothing to name and sends nothing) looks, while it stands by, once on losing the
 - Where the first entry it pages does not follow on from where it last looked (the stream's trimming removed entries
   before it looked, and a start's marker may have been among them) it cannot know ``follows``; it compares instead the
   versions it delivered with the channel's state hash, which the desk writes with every entry and never lowers: a key
-  held there below the version delivered, or not at all, was delivered at a version Redis lost (``SWEEP_KEYS`` keys a
-  look, ``HMGET`` of ``CHUNK``). It covers every loss until the comparison, so the look goes on from the stream's end.
+  held there below the version delivered, or not at all, was delivered at a version Redis lost (``_compare``: the
+  holder's too, and one comparison of the process, a step at each look). It covers every loss until the comparison,
+  so the look goes on from the stream's end.
 
 A standby never delivers and never records (C3). What it cannot name: what a stopped (or restarted) process delivered
 (its memory went with it).
@@ -37,17 +38,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
-from atp_service.storage.channel_wire import state_entry
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.resp import seq_of, stream_info
 from atp_service.tasks import cancel_and_wait
 
+from ._compare import Comparison
 from ._config import PublisherConfig
 from ._reading import link_of
-from ._restamp import CHUNK, LostNames, lost_between
+from ._restamp import LostNames, lost_between
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,24 +56,22 @@ PAGE = 1000
 """Entries of one ``XRANGE`` of a look across a start."""
 PAGES = 10
 """Pages read at most in one look: a standby far behind reads on at its next looks."""
-SWEEP_KEYS = 10 * CHUNK
-"""Keys compared with the state hash at most in one look."""
 
 
 class StandbyLooks:
-    """The looks of one publisher process while it stands by. ``delivered``: its versions delivered per key now."""
+    """The looks of one publisher process while it stands by. ``compare``: the process's comparison of its versions
+    delivered per key now (``compare.delivered``) with the state hash (the holder's too)."""
 
-    def __init__(self, config: PublisherConfig, client: Any, names: LostNames,
-                 delivered: Callable[[], Mapping[str, int]], stop: asyncio.Event) -> None:
-        self.config, self.client, self._names, self._delivered, self._stop = config, client, names, delivered, stop
+    def __init__(self, config: PublisherConfig, client: Any, names: LostNames, compare: Comparison,
+                 stop: asyncio.Event) -> None:
+        self.config, self.client, self._names, self._comparison, self._stop = config, client, names, compare, stop
+        self._delivered = compare.delivered
         self._cursor = 0
         """Entries up to this version looked at (or read as the holder, or known to follow on without a start)."""
         self._until = 0
         """Entries up to this version are to be paged (a start among them); at or below the cursor: none."""
         self._seen: tuple[int, int] | None = None
         """The stream's last id and entries added at the last look; None: none since standing by."""
-        self._sweep: list[str] = []
-        self._swept = 0
 
     async def run(self) -> None:
         """A look now, then every ``standby_look_s`` until a stop (or cancelled: the lease taken)."""
@@ -94,7 +93,7 @@ class StandbyLooks:
         if info is not None:
             self._note(seq_of(info["last-generated-id"]), info.get("entries-added"))
             await self._page(delivered)
-        await self._compare(delivered)
+        await self._comparison.step()
 
     def _note(self, last: int, added: int | None) -> None:
         """Entries up to ``last`` to page where a start came since the last look (the id grew by more than the count,
@@ -127,37 +126,19 @@ class StandbyLooks:
                 position = version
             await self._names.owe(lost_between(delivered, links))
             if trimmed:
-                self._compare_from(position, delivered)
+                self._compare_from(position)
                 return
             self._cursor = position
 
-    def _compare_from(self, position: int, delivered: Mapping[str, int]) -> None:
+    def _compare_from(self, position: int) -> None:
         """Entries after ``position`` trimmed before this standby looked: the versions delivered compared with the
-        state hash, from now (a comparison under way starts again: a loss since may be behind what it compared)."""
+        state hash, from now (a comparison under way goes over every key again: a loss since may be behind what it
+        compared)."""
         cfg = self.config
-        log.info("%s: entries of %s after version %d were trimmed before this standby looked at them for a start of "
-                 "the service; comparing the versions it delivered of %d keys with the channel's state hash instead",
-                 cfg.channel, cfg.stream, self._cursor, len(delivered))
-        self._sweep, self._swept = list(delivered), 0
+        self._comparison.start("standby", f"entries of {cfg.stream} after version {self._cursor} were trimmed before "
+                               "this standby looked at them")
         self._cursor = max(position, self._seen[0] if self._seen else 0)
         self._until = 0
-
-    async def _compare(self, delivered: Mapping[str, int]) -> None:
-        """``SWEEP_KEYS`` keys of a comparison under way: each held in the state hash below the version delivered (or
-        not at all) named."""
-        cfg, found = self.config, {}
-        end = min(self._swept + SWEEP_KEYS, len(self._sweep))
-        for start in range(self._swept, end, CHUNK):
-            keys = self._sweep[start:min(start + CHUNK, end)]
-            values = await self.client.hmget(cfg.state_key, keys)
-            for key, value in zip(keys, values, strict=True):
-                if (version := delivered.get(key, 0)) and (value is None or held_below(key, value, version)):
-                    found[key] = version
-        if found:
-            await self._names.owe(found)  # kept by it from here, also where Redis fails to take them now
-        self._swept = end
-        if self._swept >= len(self._sweep):
-            self._sweep, self._swept = [], 0
 
     async def while_waiting(self, waiting: Awaitable[T], position: int) -> T:
         """``waiting`` (for the lease) awaited, looking meanwhile: entries after ``position`` (the newest version
@@ -169,10 +150,3 @@ class StandbyLooks:
         finally:
             await cancel_and_wait(looks)
 
-
-def held_below(key: str, value: Any, version: int) -> bool:
-    """The state hash's ``value`` of ``key`` is at a version below ``version`` (one of another format: not known)."""
-    try:
-        return state_entry(key, value)[1].version < version
-    except ValueError:
-        return False
