@@ -66,9 +66,9 @@ class PublisherMetrics:
         )
         self.restamp_compared = Counter(
             "atp_publisher_restamp_compared_keys_total",
-            "Keys whose version this process delivered it compared with the channel's state hash, to name those "
-            "delivered at versions Redis lost, where entries were trimmed before it read them (a start's marker may "
-            "have been among them)", ["channel"], registry=r,
+            "Keys this process delivered whose versions it compared with the channel's state hash, to name those "
+            "delivered at versions Redis lost, where entries were trimmed before it read or looked at them (a start's "
+            "marker may have been among them)", ["channel"], registry=r,
         )
         self.delay = Histogram(
             "atp_publisher_delivery_delay_seconds", "Source time of the newest change behind an update -> delivered",
