@@ -18,6 +18,8 @@ from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.channel_wire import script_item, start_marker, to_fields
 from atp_service.storage.resp import seq_of, stream_info
 from publishers import Publisher, PublisherMetrics, WebhookAdapter
+from publishers._compare import SWEEP_KEYS, Comparison
+from publishers._restamp import LostNames
 from reservation import ChannelUpdate
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.publishers.http_helpers import serve
@@ -128,3 +130,28 @@ async def test_a_holder_finding_entries_trimmed_unread_without_a_loss_names_noth
         await until(lambda: sent(receiver).get("n9") == (1 + 299 % 7, 303), "the holder delivers on")
         assert not await store.client.exists(RESTAMP)
         assert not [r for r in caplog.records if "delivered at versions Redis has since lost" in r.getMessage()]
+
+
+async def test_a_comparison_started_again_while_under_way_goes_on_over_every_key_a_step_at_a_time(
+        store: ChannelStore) -> None:
+    """``SWEEP_KEYS`` keys a step; started again (a later gap) it goes on from where it is over every key once more,
+    so that a holder finding a gap at each read still compares them all, and no key twice between two starts."""
+    n = 2 * SWEEP_KEYS + 500
+    delivered = {f"k{i}\t": 10 for i in range(n)}
+    lost = {f"k{i}\t" for i in (0, SWEEP_KEYS - 1, SWEEP_KEYS, n - 1)}  # at each edge of a step
+    held = {key: script_item(value(key[:-1], 1, 5 if key in lost else 10))[-1] for key in delivered}
+    await store.client.hset(store.state_key("web"), mapping=held)  # type: ignore[arg-type]
+    metrics = PublisherMetrics()
+    cfg = config()
+    comparison = Comparison(cfg, store.client, LostNames(cfg, store.client, metrics), metrics, lambda: delivered)
+    comparison.start("holder", "a gap")
+    await comparison.step()
+    assert await store.client.hgetall(RESTAMP) == {b"k0\t": b"10", f"k{SWEEP_KEYS - 1}\t".encode(): b"10"}
+    await store.client.delete(RESTAMP)
+    comparison.start("holder", "another gap")  # from key SWEEP_KEYS on, over all n once more
+    steps = 0
+    while comparison.under_way:
+        await comparison.step()
+        steps += 1
+    assert steps == 3 and compared(metrics) == SWEEP_KEYS + n
+    assert await store.client.hgetall(RESTAMP) == {key.encode(): b"10" for key in lost}
