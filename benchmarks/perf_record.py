@@ -45,11 +45,15 @@ async def _command(perf: asyncio.subprocess.Process, ctl: int, ack: int, command
     done, _ = await asyncio.wait(waiting, timeout=ACK_LIMIT_S, return_when=asyncio.FIRST_COMPLETED)
     for future in waiting:
         future.cancel()
-    if acked not in done or acked.result() != b"ack\n":
-        if perf.returncode is None:
-            perf.kill()
-        code = await perf.wait()
-        raise PerfFailed(f"perf record failed (exit {code})")
+    # perf writes its answer from a fixed-size buffer: "ack\n" and a NUL after it (perf 6.1).
+    answer = acked.result() if acked in done else None
+    if answer is not None and answer.rstrip(b"\0") == b"ack\n":
+        return
+    if perf.returncode is None:  # running, and no answer, or another: a protocol this code does not know
+        perf.kill()
+        await perf.wait()
+        raise PerfFailed(f"perf record did not acknowledge {command!r} within {ACK_LIMIT_S}s (answered {answer!r})")
+    raise PerfFailed(f"perf record failed (exit {await perf.wait()})")
 
 
 @contextlib.asynccontextmanager
