@@ -47,7 +47,7 @@ async def _command(perf: asyncio.subprocess.Process, ctl: int, ack: int, command
         future.cancel()
     # perf writes its answer from a fixed-size buffer: "ack\n" and a NUL after it (perf 6.1).
     answer = acked.result() if acked in done else None
-    if answer is not None and answer.rstrip(b"\0") == b"ack\n":
+    if isinstance(answer, bytes) and answer.rstrip(b"\0") == b"ack\n":
         return
     if perf.returncode is None:  # running, and no answer, or another: a protocol this code does not know
         perf.kill()
