@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -409,15 +410,20 @@ async def test_a_peer_back_at_its_address_is_reached_again_at_once_whatever_its_
     peer grew with the outage, 1 s up to its default 120 s, and a peer back in the middle of a wait
     was not tried until the wait ended. Orders over both processes stayed undecided, holding their
     units, and callers of this process were refused a healthy owner's groups. The backoff is bounded
-    (``PEER_RECONNECT_MAX_MS``): the peer is reached within about that once it listens."""
-    address = f"127.0.0.1:{free_port()}"
+    (``PEER_RECONNECT_MAX_MS``): the peer is reached within about that once it listens.
+
+    The address is held through the outage (``_held_port``): a port merely found free and left unbound
+    for half a minute may meanwhile be taken by any process on the host (its outgoing connections
+    included), and the peer could not come back there."""
     forwarder = Forwarder(EdgeMetrics())
     try:
-        outage_ends = asyncio.get_running_loop().time() + OUTAGE_S  # the default backoff reaches ~17 s
-        while asyncio.get_running_loop().time() < outage_ends:
-            assert not await _answers(forwarder, address)  # nothing listens there
-            await asyncio.sleep(0.5)
-        await start_service(port=int(address.rpartition(":")[2]))
+        with _held_port() as port:
+            address = f"127.0.0.1:{port}"
+            outage_ends = asyncio.get_running_loop().time() + OUTAGE_S  # the default backoff reaches ~17 s
+            while asyncio.get_running_loop().time() < outage_ends:
+                assert not await _answers(forwarder, address)  # nothing listens there
+                await asyncio.sleep(0.5)
+            await start_service(port=port)  # bound and listening while the port is still held
         deadline = asyncio.get_running_loop().time() + 5 * PEER_RECONNECT_MAX_MS / 1000
         while not await _answers(forwarder, address):
             assert asyncio.get_running_loop().time() < deadline, "the peer back at its address is not reached"
@@ -427,6 +433,20 @@ async def test_a_peer_back_at_its_address_is_reached_again_at_once_whatever_its_
 
 
 OUTAGE_S = 30.0
+
+
+@contextlib.contextmanager
+def _held_port() -> Iterator[int]:
+    """A loopback port bound here, never listening (a connection there is refused, as where nothing runs),
+    with SO_REUSEADDR: while it is held, no process is handed it as a free port (``free_port``'s bind to
+    port 0) and no outgoing connection takes it as its own end (``connect`` never picks a port bound with
+    ``bind``), yet a server that sets SO_REUSEADDR too, as gRPC's does, binds it and listens: the port is
+    never free between the outage and the peer's start (Linux socket(7): such a socket may bind "except
+    when there is an active listening socket bound to the address")."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
 
 
 @pytest.mark.parametrize("via", ["forward", "step"])
