@@ -108,7 +108,12 @@ class FaultyOwnership:
         self.running.set()
 
     def cut(self) -> None:
+        """Cut off for good, and no longer paused: a pause armed for its next taking (``pause``) is
+        disarmed too — else an ACQUIRE already past the gate, granted after the cut, paused a process cut
+        off, which nothing thaws (only a paused one is thawed), and its stop waited at the gate for ever
+        once it was let reach Redis again (``Fuzz.stop``)."""
         self.cut_off = True
+        self.pause_at_taking = False
         self.running.set()
 
     def describe(self) -> str:

@@ -6,12 +6,19 @@ not at all (none acknowledged lost, nothing oversold), and the service said no e
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis
 
+from atp_service.storage.leases import GroupLeases
+from atp_service.storage.nodes import Call
 from tests.atp_service.app.membership_fuzz import run
+from tests.atp_service.app.ownership_faults import FaultyOwnership, LateCalls
 
 SEEDS, CHUNK, STEPS = 24, 8, 80
 
@@ -45,3 +52,30 @@ async def test_the_fuzzer_plays_every_fault_and_turn_it_names(redis_url: str) ->
     for event in ("renew", "balance", "record", "reserve", "pause", "thaw", "lapse", "cut", "stop", "joined",
                   "slow", "lost", "answer_lost", "late", "landed"):
         assert event in seen, event
+
+
+async def test_a_process_cut_off_as_its_taking_is_granted_is_not_left_paused() -> None:
+    """A pause armed for a process's next taking, then the process cut off while an ACQUIRE of its was
+    already past the gate: the grant, landing after the cut, paused it. Nothing thaws a process cut off,
+    so once the fuzzer let it reach Redis again for its stop, the stop's renewal waited at the gate for
+    ever: the fuzzer's run hung (now and then on a busy host, where an ACQUIRE's round trip outlasts the few
+    steps to a cut)."""
+    answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def run_one(call: Call, extra_s: float = 0.0) -> Any:
+        return await answer
+
+    async def unused(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("not called here")
+
+    store: Any = SimpleNamespace(nodes=SimpleNamespace(run_one=run_one, run=unused, begin=unused),
+                                 client=SimpleNamespace(mget=unused, get=unused, xrange=unused))
+    faults = FaultyOwnership(store, random.Random(0), LateCalls(), lambda _line: None)
+    faults.faults = False  # every call as it comes: only the pause and the cut are played
+    faults.pause(at_taking=True)
+    acquire = asyncio.ensure_future(faults.run_one(Call(GroupLeases._ACQUIRE, ["atp:{g0}:lease"], [])))
+    await asyncio.sleep(0)  # past the gate, its answer awaited
+    faults.cut()
+    answer.set_result(1)  # granted, after the cut
+    assert await acquire == 1
+    assert faults.running.is_set(), faults.describe()
