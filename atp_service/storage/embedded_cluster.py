@@ -1,10 +1,11 @@
 """A private Redis Cluster of ``redis-server`` children on loopback: for the tests that need a real
 cluster, and for ``make cluster``.
 
-Each node is an ``EmbeddedRedis`` with cluster mode on. The primaries split the 16,384 hash slots in
-even ranges (``CLUSTER ADDSLOTSRANGE``), every node meets the first (``CLUSTER MEET``), and each
-replica follows its primary (``CLUSTER REPLICATE``); the cluster is ready when every node reports
-``cluster_state:ok`` and knows every other node.
+Each node is an ``EmbeddedRedis`` with cluster mode on. Each is given a config epoch of its own
+(``CLUSTER SET-CONFIG-EPOCH``, as ``redis-cli --cluster create`` does), the primaries split the 16,384
+hash slots in even ranges (``CLUSTER ADDSLOTSRANGE``), every node meets the first (``CLUSTER MEET``),
+and each replica follows its primary (``CLUSTER REPLICATE``); the cluster is ready when every node
+reports ``cluster_state:ok``, knows every other node and has heard of the highest epoch.
 
     python -m atp_service.storage.embedded_cluster --data-dir DIR [--primaries 3 --replicas 1]
         [--serve [--processes N]]
@@ -125,7 +126,16 @@ class EmbeddedCluster:
 
     def _form(self, timeout_s: float) -> None:
         """Slots to the primaries, every node into one cluster, replicas behind their primaries. The meeting
-        is waited for as long as the start's readiness: on a busy host it passed a fixed 10 s."""
+        is waited for as long as the start's readiness: on a busy host it passed a fixed 10 s.
+
+        Every node first gets a config epoch no other has (1, 2, ...). Met at epoch 0 each, the nodes told
+        their collisions apart only while both were primaries, and a replica made one before its collision
+        with its own primary was settled kept that primary's epoch: ``CLUSTER FAILOVER TAKEOVER`` does not
+        raise an epoch that is already the highest, so the replica claimed the slots at its primary's very
+        epoch, and the collision's settling could hand them back (the primary staying one, the replica
+        following it again) — a takeover that a busy host undid now and then."""
+        for epoch, node in enumerate(self.nodes, start=1):
+            self._cluster(node, "SET-CONFIG-EPOCH", epoch)
         bounds = [SLOTS * i // len(self.primaries) for i in range(len(self.primaries) + 1)]
         for i, node in enumerate(self.primaries):
             self._cluster(node, "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
@@ -146,9 +156,13 @@ class EmbeddedCluster:
                 self._cluster(node, "MEET", "127.0.0.1", first, self._bus_ports[first])
 
     def _wait_until_ready(self, timeout_s: float) -> None:
+        """Every node ``cluster_state:ok``, knowing every other node and every replica, its current epoch the
+        highest given (``_form``: a takeover then raises the replica's epoch above every other), and every
+        replica in sync."""
         def ready(node: EmbeddedRedis) -> bool:
-            return (bool(self._cluster(node, "INFO")["cluster_state"] == "ok") and self._known(node) == len(self.nodes)
-                    and self._replicas_seen(node) == len(self.replicas))
+            info = self._cluster(node, "INFO")
+            return (info["cluster_state"] == "ok" and int(info["cluster_current_epoch"]) == len(self.nodes)
+                    and self._known(node) == len(self.nodes) and self._replicas_seen(node) == len(self.replicas))
 
         def following(node: EmbeddedRedis) -> bool:
             with self._client(node) as client:
@@ -156,7 +170,7 @@ class EmbeddedCluster:
             return bool(replication.get("role") == "slave" and replication.get("master_link_status") == "up")
 
         self._wait(lambda: all(ready(node) for node in self.nodes) and all(following(r) for r in self.replicas),
-                   timeout_s, "cluster_state:ok with every replica in sync", views=self._views)
+                   timeout_s, "cluster_state:ok at the highest epoch with every replica in sync", views=self._views)
 
     def _replicas_seen(self, node: EmbeddedRedis) -> int:
         """Replicas this node's view holds as replicas of a primary: the roles reach every node by
