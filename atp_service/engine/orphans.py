@@ -15,6 +15,12 @@ alone, either part's units stay held for good (R2: no hold outlives its order's 
 part whose units its FULFILLED order fulfilled (``gives_up``): Redis lost their move out of on_hand with
 the part's fulfilment, and released they would be offered again though they left.
 
+A confirmed part likewise keeps committed units (Q3) its order's record released — RELEASED, or FULFILLED
+having released some by line (R3) — where Redis lost the part's release: committed never expire, so they
+would never be offered again. Those units, and only those, are given back (``given_back``); what the
+order fulfilled stays committed, and a confirmed part under an order EXPIRED or REJECTED (its record lost
+the confirmation) is kept whole, as an orphaned confirmed part is: a paid order's, until shipped.
+
 One process knows only its own groups' records (``Engine.home_of``), and a part does not say where
 its order lives (its home need not be a group of its lines), so every group is asked. Only a part
 older than the longest TTL (plus ``ORPHAN_AGE_MARGIN_MS``) is a suspect: past it, its order's own
@@ -25,12 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.parts import GiveUpPart, ReadPart, command_of, log_orphaned, run_part, tell_home, work_of
-from reservation import TERMINAL, Ledger, Reservation, State
+from reservation import TERMINAL, Ledger, LineRequest, Reservation, State
+from reservation import _operations as ops
 from reservation import _orders as orders
 
 if TYPE_CHECKING:
@@ -50,8 +57,16 @@ ORPHAN_CHECKS_PER_PASS = 16
 ORPHAN_AGE_MARGIN_MS = 60_000
 """How far past ``max_ttl_seconds`` a part must be before it is a suspect: covers the clocks of the
 processes differing (the order's TTL counted at its home, the part's age here)."""
+CONFIRMED_ASKED_EVERY_MS = 600_000
+"""How often, at most, a group's sweep asks about its confirmed parts whose order lives at another process
+(every group read for each, as for a suspect): the first sweep of a group taken (recovered: where Redis lost
+a part's release) and then one every ten minutes of its clock. Confirmed parts are not rare (orders waiting
+to ship), nor do their orders' records say anything here: asked at every sweep, those of a busy group kept
+the asking at its bound, thousands of peer reads a second, for a repair Redis losing entries calls for."""
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+Given = tuple[str, str]
+"""What a part held and what became of it, as said (``log_outlived``)."""
 
 
 def holds_nothing(record: Reservation | None) -> bool:
@@ -76,21 +91,61 @@ def gives_up(record: Reservation | None, part: Reservation) -> bool:
     return all(line.granted <= line.released for line in record.lines if line.sku in skus)
 
 
-def log_outlived(part_id: str, shard: int, order: Reservation) -> None:
-    """Says a held part released under an order that holds nothing (``holds_nothing``)."""
-    log.error("part %r held units under its order, %s with nothing pending (Redis lost acknowledged entries of the "
-              "part's group that its order's group kept): released", part_id, State(order.state).name,
+def given_back(records: Sequence[Reservation], part: Reservation) -> tuple[LineRequest, ...]:
+    """The committed units of a CONFIRMED ``part`` (Q3) that its order, settled in each of ``records``
+    (``holds_nothing``), released and the part has not: Redis lost the part's release while the order's group
+    kept the order's record of it. Per position, what every record released there past what the part has
+    released, at most what the part has committed (none: nothing to give back). An order's record counts
+    what its parts released as it read them after its change (``_orders.settled``), SHIPMENT facts racing it
+    included. Only an order RELEASED or FULFILLED released confirmed units (R3: CONFIRMED -> RELEASED, also
+    by line, or FULFILLED). Units it did not release were fulfilled: Redis lost their move out of on_hand
+    (R4) with the part's fulfilment, so they stay committed — released they would be offered again though
+    they left the building (Q5: oversold). A HELD order expires and a refused one was never confirmed: an
+    order EXPIRED or REJECTED over a confirmed part is one whose record lost the confirmation (Redis lost its
+    group's entries), the part the one trace of a paid order — kept, as an orphaned confirmed part is, until
+    a SHIPMENT naming the order fulfils it."""
+    if part.state != State.CONFIRMED or not records or not all(
+            holds_nothing(record) and record.state in (State.RELEASED, State.FULFILLED) for record in records):
+        return ()
+    committed = ops.per_position(part.lines, lambda line: line.committed)
+    had = ops.per_position(part.lines, lambda line: line.released)
+    released = [ops.per_position(record.lines, lambda line: line.released) for record in records]
+    back = []
+    for (sku, location), units in committed.items():
+        lost = min(each.get((sku, location), 0) for each in released) - had[(sku, location)]
+        if min(units, lost) > 0:
+            back.append(LineRequest(sku, location, min(units, lost)))
+    return tuple(back)
+
+
+def _suspect(part: Reservation, order: Reservation | None, elsewhere: bool) -> bool:
+    """Whether ``part`` (old enough) is to be asked about: ``order``, its record here (None: not here), gave its
+    units up (``gives_up``, ``given_back``) — or, not here, every group is asked (a confirmed part only where
+    ``elsewhere``: a sweep that asks about those, ``CONFIRMED_ASKED_EVERY_MS``)."""
+    if part.state == State.HELD:
+        return order is None or gives_up(order, part)
+    if part.state != State.CONFIRMED or not any(line.committed for line in part.lines):
+        return False
+    return elsewhere if order is None else bool(given_back([order], part))
+
+
+def log_outlived(part_id: str, shard: int, order: Reservation, given: Given) -> None:
+    """Says a part's units given up under an order that holds nothing (``holds_nothing``): ``given``."""
+    log.error("part %r %s under its order, %s with nothing pending (Redis lost acknowledged entries of the "
+              "part's group that its order's group kept): %s", part_id, given[0], State(order.state).name, given[1],
               extra={"event": "order_part_outlived", "reservation_id": order.reservation_id, "shard": shard})
 
 
 class LeasedOrphans:
-    """Finds held parts whose order is nowhere, or holds nothing (``run_pass``, from housekeeping), and
-    gives them up."""
+    """Finds held parts whose order is nowhere, or holds nothing, and confirmed parts whose order released
+    their units (``run_pass``, from housekeeping), and gives those units up."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._sweeps: dict[int, tuple[Ledger, list[str], int]] = {}
-        """Group -> (the ledger being swept, its ids when the sweep began, how far it got)."""
+        self._sweeps: dict[int, tuple[Ledger, list[str], int, bool]] = {}
+        """Group -> (the ledger being swept, its ids when the sweep began, how far it got, whether it asks about
+        confirmed parts whose order is not here)."""
+        self._confirmed_asked: dict[int, int] = {}  # group -> when its last sweep asking about those began
         self.suspects: dict[str, tuple[int, int]] = {}
         """Part id -> (its group, its ``updated_at`` when found): asked about at the next passes."""
         self._asking = False
@@ -116,9 +171,13 @@ class LeasedOrphans:
             if budget <= 0:
                 return
             ledger, oldest = actor.ledger, actor.clock.now_ms() - age  # the clock its parts were stamped by (R6)
-            swept, ids, at = self._sweeps.get(actor.shard, (None, [], 0))
+            swept, ids, at, elsewhere = self._sweeps.get(actor.shard, (None, [], 0, False))
             if swept is not ledger or at >= len(ids):  # a new sweep (or the group recovered anew)
                 ids, at = list(ledger.reservations), 0  # the ids only: the ledger may change between passes
+                now, asked = actor.clock.now_ms(), self._confirmed_asked.get(actor.shard)
+                elsewhere = swept is not ledger or asked is None or now - asked >= CONFIRMED_ASKED_EVERY_MS
+                if elsewhere:
+                    self._confirmed_asked[actor.shard] = now
             looked = ids[at:at + budget]
             budget -= len(looked) or 1  # an empty group costs a little too: the budget always runs out
             for rid in looked:
@@ -126,12 +185,12 @@ class LeasedOrphans:
                     break
                 part = ledger.reservations.get(rid)
                 order_id = orders.order_of(rid)
-                if part is None or order_id is None or part.state != State.HELD or part.created_at > oldest:
-                    continue  # a confirmed part is a paid order's committed units (Q3): kept until shipped
+                if part is None or order_id is None or part.created_at > oldest:
+                    continue
                 home = engine.home_of(order_id)  # None: its order's record is not here, asked everywhere
-                if home is None or gives_up(actors[home].ledger.reservation(order_id), part):
+                if _suspect(part, None if home is None else actors[home].ledger.reservation(order_id), elsewhere):
                     self.suspects.setdefault(rid, (actor.shard, part.updated_at))
-            self._sweeps[actor.shard] = (ledger, ids, at + len(looked))
+            self._sweeps[actor.shard] = (ledger, ids, at + len(looked), elsewhere)
             # The next pass goes on where this one stopped: this group's sweep, or the next group.
             self._next_group = actor.shard if at + len(looked) < len(ids) else (actor.shard + 1) % len(actors)
 
@@ -145,7 +204,7 @@ class LeasedOrphans:
         order_id = orders.order_of(part_id)
         assert order_id is not None
         ended: list[Reservation] = []  # the order's records, where they all hold nothing
-        released = False
+        released: Given | None = None  # what was given up
         try:
             found = await self._records(order_id)
             if found is None:  # a group did not answer for sure: asked again at a later pass
@@ -161,7 +220,7 @@ class LeasedOrphans:
             log.info("orphaned part %r: not given up now (%r)", part_id, exc)
         self.suspects.pop(part_id, None)
         if released and ended:
-            log_outlived(part_id, group, ended[0])
+            log_outlived(part_id, group, ended[0], released)
         elif released:
             log_orphaned(part_id, group, "holds units: released")
             if await self._anywhere(order_id) is not False:
@@ -186,36 +245,48 @@ class LeasedOrphans:
             return None
         return [answer for answer in answers if isinstance(answer, Reservation)]
 
-    async def _give_up(self, order_id: str, part_id: str, group: int, seen: int, ended: list[Reservation]) -> bool:
-        """The part released, under its order's lock here (no saga of the order runs here meanwhile),
-        in one turn of its group that finds it as it was seen (held, not changed since: ``seen`` is its
-        ``updated_at``, as records change in place); whether it was. ``ended``: its order's records, that
-        all hold nothing (``holds_nothing``): released only where each gave its units up (``gives_up``);
-        none: there is none."""
+    async def _give_up(self, order_id: str, part_id: str, group: int, seen: int, ended: list[Reservation]
+                       ) -> Given | None:
+        """The part's units given up, under its order's lock here (no saga of the order runs here meanwhile),
+        in one turn of its group that finds it as it was seen (not changed since: ``seen`` is its
+        ``updated_at``, as records change in place); what was given up (None: nothing). ``ended``: its
+        order's records, that all hold nothing (``holds_nothing``): a held part released only where each gave
+        its units up (``gives_up``), a confirmed one's committed units only those each released
+        (``given_back``); none: there is none (a held part released, a confirmed one kept: Q3)."""
         engine = self._engine
         assert engine.orders is not None
         records = list(ended)
 
-        def release(ledger: Ledger, now: int) -> bool:
+        def release(ledger: Ledger, now: int) -> Given | None:
             part = ledger.reservation(part_id)
-            if part is None or part.state != State.HELD or part.updated_at != seen:
-                return False  # changed meanwhile: not an untouched orphan (found again if it still is one)
-            if not all(gives_up(record, part) for record in records):
-                return False  # a FULFILLED order's units there left on_hand: kept held (``gives_up``)
+            if part is None or part.updated_at != seen:
+                return None  # changed meanwhile: not an untouched orphan (found again if it still is one)
+            if part.state == State.CONFIRMED:
+                back = given_back(records, part)  # R3, Q3: only what the order released; Q5: not what it fulfilled
+                if not back:
+                    return None
+                # No operation id: the release neither counts against the part's operations nor is kept among
+                # them (a later look finds the units released by it, and gives none back again).
+                ops.release(ledger, part_id, back, "", now, engine.limits)
+                units, committed = sum(line.quantity for line in back), sum(line.committed for line in part.lines)
+                return (f"had {units} committed units its order released", "released" if committed == units else
+                        f"released ({committed - units} kept committed: units its order fulfilled)")
+            if part.state != State.HELD or not all(gives_up(record, part) for record in records):
+                return None  # a FULFILLED order's units there left on_hand: kept held (``gives_up``)
             work_of(engine, GiveUpPart(command_of(part)))(ledger, now)
-            return True
+            return f"held {sum(line.held for line in part.lines)} units", "released"
 
-        async def locked() -> bool:
+        async def locked() -> Given | None:
             home = engine.home_of(order_id)  # here: a retry opened it meanwhile, or it still holds nothing
             if home is not None:
                 here = engine.actors[home].ledger.reservation(order_id)
                 if not ended or here is None or not holds_nothing(here):
-                    return False
+                    return None
                 records.append(here)
-            done: bool = await engine.actors[group].submit(release)
+            done: Given | None = await engine.actors[group].submit(release)
             return done
 
-        released: bool = await engine.orders.run_locked(order_id, locked)
+        released: Given | None = await engine.orders.run_locked(order_id, locked)
         return released
 
     async def _settle_reopened(self, order_id: str) -> None:

@@ -193,3 +193,110 @@ async def _available(client: AtpClient, sku: str) -> int | None:
     except grpc.aio.AioRpcError:
         return None
     return position.available
+
+
+async def _committed(client: AtpClient, sku: str) -> int | None:
+    try:
+        (position,) = await client.availability([(sku, "S1")])
+    except grpc.aio.AioRpcError:
+        return None
+    return position.committed
+
+
+async def _confirmed_part_lost(start_service: ServiceFactory, redis_url: str, released_at_b: int, fulfil: bool
+                               ) -> tuple[Any, AtpClient, str]:
+    """Order "o" (2 of SKU a, 3 of SKU b: a part in each group, its home a's) confirmed, then ``released_at_b``
+    units of b released (3 and not ``fulfil``: the whole order released) and, ``fulfil``, the rest fulfilled;
+    then b's group back from when the part was confirmed (its 3 units committed again, on_hand 5 again), the
+    order's kept; the clock past the age housekeeping looks at. (engine, client, b)."""
+    clock = ManualClock(T0)
+    _service, client, engine, _a, b, part_group = await _order_over_two_groups(start_service, clock)
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        assert (await client.confirm("o")).state == pb.RESERVATION_STATE_CONFIRMED
+        image = await _group_saved(direct, part_group)
+        if released_at_b == 3 and not fulfil:
+            assert (await client.release("o")).state == pb.RESERVATION_STATE_RELEASED
+        elif released_at_b:
+            await client.release("o", [(b, "S1", released_at_b)], operation_id="op-b")
+        if fulfil:
+            assert (await client.fulfill("o")).state == pb.RESERVATION_STATE_FULFILLED
+        assert await _committed(client, b) == 0
+        await _group_restored(direct, part_group, image)  # the part's changes are gone, the order's kept
+    finally:
+        await direct.aclose()
+
+    async def committed_again() -> bool:
+        return await _committed(client, b) == 3
+
+    await until(committed_again, "the part's group serving what Redis holds (the part confirmed)", 40)
+    assert await _available(client, b) == 2  # on_hand 5 again, 3 of it committed
+    clock.advance((MAX_TTL_S + 1) * 1000 + ORPHAN_AGE_MARGIN_MS)  # the part older than any order's TTL
+    return engine, client, b
+
+
+@pytest.mark.parametrize("home_elsewhere", [False, True], ids=["home-here", "home-elsewhere"])
+async def test_a_confirmed_part_whose_release_redis_lost_under_a_released_order_gives_its_units_back_R3(
+        start_service: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, home_elsewhere: bool) -> None:
+    """Defect: housekeeping looked at held parts only ("a confirmed part is a paid order's committed units:
+    kept until shipped"). The order here was confirmed, then released (R3: CONFIRMED -> RELEASED), and Redis
+    lost its part's release: the part CONFIRMED again, its 3 units committed (Q3) under an order RELEASED with
+    nothing pending. Committed units never expire and nothing would ever end the part: 3 units never offered
+    again. Housekeeping now gives back what the order released (``orphans.given_back``, log event
+    ``order_part_outlived``). ``home_elsewhere``: the sweep sees the order's home as another process's."""
+    engine, client, b = await _confirmed_part_lost(start_service, redis_url, released_at_b=3, fulfil=False)
+    caplog.set_level(logging.ERROR, logger="atp_service")
+    if home_elsewhere:
+        home_of = engine.home_of
+        monkeypatch.setattr(engine, "home_of", lambda rid: None if rid == "o" else home_of(rid))
+
+    async def given_back() -> bool:
+        await engine.run_maintenance()
+        return await _committed(client, b) == 0
+
+    await until(given_back, "the committed units of the released order's part given back by housekeeping", 20,
+                every_s=0.05)
+    monkeypatch.undo()
+    assert await _available(client, b) == 5
+    assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_RELEASED
+    said = [r for r in caplog.records if getattr(r, "event", None) == "order_part_outlived"]
+    assert said and "3 committed units" in said[0].getMessage(), [r.getMessage() for r in caplog.records]
+
+
+async def test_a_confirmed_part_under_a_fulfilled_order_gives_back_only_what_it_released_Q5(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """The order released 1 of b's 3 units by line, then was fulfilled (2 of b shipped, on_hand 3, nothing
+    committed: available 3); Redis lost the part's release and fulfilment, and with the fulfilment its move out
+    of on_hand: 3 committed, on_hand 5, available 2. The released unit is given back (available 3, what is in
+    the building and not promised); the 2 fulfilled stay committed — released, they would be offered again
+    though they left (Q5: oversold)."""
+    engine, client, b = await _confirmed_part_lost(start_service, redis_url, released_at_b=1, fulfil=True)
+
+    async def given_back() -> bool:
+        await engine.run_maintenance()
+        return await _committed(client, b) == 2
+
+    await until(given_back, "the unit the fulfilled order released given back by housekeeping", 20, every_s=0.05)
+    for _ in range(10):  # more passes give back nothing more
+        await engine.run_maintenance()
+        await asyncio.sleep(0.05)
+    sweep = engine._housekeeper._orphans
+    await until(lambda: not sweep.suspects and not sweep._asking, "housekeeping done asking", 20)
+    assert await _committed(client, b) == 2
+    assert await _available(client, b) == 3
+    assert (await client.get_reservation("o")).state == pb.RESERVATION_STATE_FULFILLED
+
+
+async def test_a_confirmed_part_whose_fulfilment_redis_lost_under_a_fulfilled_order_stays_committed_Q5(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """The order fulfilled whole (b's 3 units shipped): Redis lost the part's fulfilment and its move out of
+    on_hand, the part CONFIRMED again with 3 committed, available 2 — what is left. Nothing is given back."""
+    engine, client, b = await _confirmed_part_lost(start_service, redis_url, released_at_b=0, fulfil=True)
+    sweep = engine._housekeeper._orphans
+    for _ in range(20):
+        await engine.run_maintenance()
+        await asyncio.sleep(0.05)
+    await until(lambda: not sweep.suspects and not sweep._asking, "housekeeping done asking", 20)
+    assert await _committed(client, b) == 3
+    assert await _available(client, b) == 2, "units the order's Fulfil moved out of on_hand offered again"
