@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from atp_service.engine.orphans import gives_up
+from atp_service.engine.orphans import given_back, gives_up
 from reservation import TERMINAL, Event, Fact, FactKind, Reservation, State, decode_entry
 from reservation import _orders as orders
 from reservation._bulk import loaded_facts
@@ -132,14 +132,17 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
     (``torn_confirmed``: no Confirm was left to refuse; recreating such a part is a known gap). Such an
     order may also be ahead of a part whose node lost the part's change: a part still HELD under an order
     settled in a final state that gave its units up (``orphans.gives_up``) waits for housekeeping as
-    ``outlived``'s do; any other such disagreement (a part CONFIRMED, under a live order, or HELD with units
+    ``outlived``'s do, and so does a part CONFIRMED keeping committed units its order, settled RELEASED or
+    FULFILLED, released (``orphans.given_back``: housekeeping gives those back); any other such disagreement
+    (a part CONFIRMED under an order that released none of its units, under a live order, or HELD with units
     its FULFILLED order fulfilled: Redis lost their move out of on_hand with the part's fulfilment) is a
     known gap, not checked here — the part keeps its units (Q2/Q3 still checked), nothing is oversold.
     ``outlived``: orders a part of which Redis, back whole from older data, lost a change its process still
     held in memory, so that a saga going on from that memory may have recorded a decision that holds nothing
     while the part holds units again: such a held part is exempt until ``lost_looked_for`` (as ``lost_orders``':
-    housekeeping releases it once past the longest TTL, ``orphans.LeasedOrphans``); a confirmed one never is,
-    and one whose units its FULFILLED order fulfilled is the known gap above (kept held, not checked)."""
+    housekeeping releases it once past the longest TTL, ``orphans.LeasedOrphans``); a confirmed one only for
+    the committed units its order released (``orphans.given_back``), and a held one whose units its FULFILLED
+    order fulfilled is the known gap above (kept held, not checked)."""
     for rid, rec in records.items():
         order_id = orders.order_of(rid)
         # A confirmed part of a lost order is kept, its units a paid order's, committed until a SHIPMENT
@@ -161,6 +164,15 @@ def orders_hold_what_they_decided(records: dict[str, Reservation], orphans: Coll
                     raise Violation(f"R2: order {rid} is {state.name} without its part in group {group}")
                 continue
             held_under_final = state in TERMINAL and part.state == State.HELD  # given up by housekeeping
+            # A confirmed part keeping committed units its settled order released (Redis lost the part's release):
+            # given back by housekeeping once past the longest TTL (``orphans.given_back``, R3, Q3), not before.
+            back = sum(line.quantity for line in given_back([rec], part)) if rid in torn_orders or rid in outlived \
+                else 0
+            if back and lost_looked_for is not None and part.created_at <= lost_looked_for:
+                raise Violation(f"R3/Q3: order {rid} is {state.name} but its confirmed part in group {group} keeps "
+                                f"{back} committed units the order released")
+            if back:
+                continue  # waits for housekeeping (what the order fulfilled is checked by Q3 as any committed unit)
             if rid in torn_orders and not held_under_final:
                 continue  # the order ahead of its part (the part's node lost its change): a known gap
             if held_under_final and (rid in torn_orders or rid in outlived) and rec.state == State.FULFILLED \

@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import random
 
-from atp_service.engine.orphans import ORPHAN_AGE_MARGIN_MS, gives_up
+from atp_service.engine.orphans import CONFIRMED_ASKED_EVERY_MS, ORPHAN_AGE_MARGIN_MS, given_back, gives_up
 from atp_service.storage.snapshot_parts import PIECE_BYTES
+from reservation import State
 from reservation import _orders as orders
 from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.checks import Acknowledged, Violation, check, orders_hold_what_they_decided
@@ -347,10 +348,14 @@ def _lost_parts_due(world: ClusterWorld, looked_for: int | None) -> int | None:
     units: the clock moves past the age at which housekeeping looks for them (``orphans.LeasedOrphans``);
     the time such a part was created at or before must hold nothing once housekeeping ran (``looked_for``
     as it was: no such part)."""
-    if not any(looked_for is None or created > looked_for for _, _, created in _lost_parts(world)):
+    due = [(rid, group) for rid, group, created in _lost_parts(world) if looked_for is None or created > looked_for]
+    if not due:
         return looked_for
     age = world.config.limits.max_ttl_seconds * 1000 + ORPHAN_AGE_MARGIN_MS
-    world.clock.advance(age)
+    # A confirmed part whose order lives at another process is asked about at a group's sweep once every
+    # CONFIRMED_ASKED_EVERY_MS: the clock moves past that too.
+    confirmed = any(world.eng.actors[group].ledger.reservations[rid].state == State.CONFIRMED for rid, group in due)
+    world.clock.advance(max(age, CONFIRMED_ASKED_EVERY_MS) if confirmed else age)
     # Parts are stamped by their groups' clocks (``--clock-skew``: none reads below the world's plus the
     # lowest host offset), and the scan ages them by those clocks.
     return world.clock.now_ms() + (world.skew.lowest_offset() if world.skew else 0) - age
@@ -359,15 +364,21 @@ def _lost_parts_due(world: ClusterWorld, looked_for: int | None) -> int | None:
 def _lost_parts(world: World) -> list[tuple[str, int, int]]:
     """(id, group, created at) of each part that holds units of one of ``lost_orders`` (not opened again
     since), or of one of ``outlived_orders`` or ``torn_orders`` settled in a final state that gave its units
-    up (``orphans.gives_up``; a confirmed one is kept: its units are a paid order's, committed until shipped;
-    a held one whose units its FULFILLED order fulfilled too: they left on_hand, Redis lost that with it)."""
+    up (``orphans.gives_up``; a held one whose units its FULFILLED order fulfilled is kept: they left on_hand,
+    Redis lost that with it), or that keeps committed units such an order released (``orphans.given_back``;
+    a confirmed part of a lost order is kept: its units are a paid order's, committed until shipped)."""
     records = {rid: rec for a in world.eng.actors for rid, rec in a.ledger.reservations.items()}
     return [(rid, actor.shard, rec.created_at) for actor in world.eng.actors
             for rid, rec in actor.ledger.reservations.items()
-            if (order_id := orders.order_of(rid)) is not None and any(line.held for line in rec.lines)
-            and ((order_id in world.lost_orders and order_id not in records)
-                 or ((order_id in world.outlived_orders or order_id in world.torn_orders)
-                     and gives_up(records.get(order_id), rec)))]
+            if (order_id := orders.order_of(rid)) is not None and (
+                (any(line.held for line in rec.lines)
+                 and ((order_id in world.lost_orders and order_id not in records)
+                      or (_torn(world, order_id) and gives_up(records.get(order_id), rec))))
+                or (_torn(world, order_id) and order_id in records and given_back([records[order_id]], rec)))]
+
+
+def _torn(world: World, order_id: str) -> bool:
+    return order_id in world.outlived_orders or order_id in world.torn_orders
 
 
 def _lost_parts_held(world: World, created_by: int | None) -> list[str]:
