@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_service import free_port
-from atp_service.storage.channel_wire import to_fields
+from atp_service.storage.channel_wire import script_item, to_fields
 from publishers import PublisherConfig
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
@@ -98,6 +98,9 @@ async def publish(client: aioredis.Redis, first: int, n: int, follows: int | Non
                                StockStatus.OUT_OF_STOCK if version % 7 == 0 else StockStatus.IN_STOCK,
                                version, now_ms, now_ms, now_ms, follows if version == first else None)
         await client.xadd("atp:{avail}:web", to_fields(update), id=f"{version}-0")  # type: ignore[arg-type]
+        # And its value in the channel's state hash, as the desk writes it with every entry: a holder that finds
+        # entries trimmed unread compares what it delivered with it (a key absent there was delivered at a lost version).
+        await client.hset(PublisherConfig(channel="web").state_key, f"{update.sku}\t", script_item(update)[-1])
 
 
 async def recorded(client: aioredis.Redis, sku: str, version: int) -> bool:
