@@ -99,7 +99,7 @@ async def publish(client: aioredis.Redis, first: int, n: int, follows: int | Non
                                version, now_ms, now_ms, now_ms, follows if version == first else None)
         await client.xadd("atp:{avail}:web", to_fields(update), id=f"{version}-0")  # type: ignore[arg-type]
         # And its value in the channel's state hash, as the desk writes it with every entry: a holder that finds
-        # entries trimmed unread compares what it delivered with it (a key absent there was delivered at a lost version).
+        # entries trimmed unread compares what it delivered with it (a key absent there: delivered at a lost version).
         await client.hset(PublisherConfig(channel="web").state_key, f"{update.sku}\t", script_item(update)[-1])
 
 
