@@ -19,10 +19,12 @@ compares every key, and never more than once per gap.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from atp_service.storage.channel_wire import state_entry
+from atp_service.storage.durability import STORAGE_ERRORS
 
 from ._config import PublisherConfig
 from ._metrics import PublisherMetrics
@@ -31,6 +33,8 @@ from ._restamp import CHUNK, LostNames
 log = logging.getLogger(__name__)
 SWEEP_KEYS = 10 * CHUNK
 """Keys compared with the state hash at most in one step."""
+WARN_EVERY_S = 60.0
+"""A step that keeps failing is warned of at most this often."""
 
 
 class Comparison:
@@ -44,6 +48,8 @@ class Comparison:
         """Index in ``_keys`` of the next key to compare."""
         self._left = 0
         """Keys left to compare (0: no comparison under way)."""
+        self._warn_after = 0.0
+        """When (monotonic) a failed step may be warned of again."""
 
     @property
     def under_way(self) -> bool:
@@ -65,7 +71,20 @@ class Comparison:
 
     async def step(self) -> None:
         """``SWEEP_KEYS`` keys of a comparison under way: each held in the state hash below the version delivered (or
-        not at all) named. A Redis error is raised, and the step is done again next time."""
+        not at all) named. The naming never holds delivery up (it is an aid to convergence, C4): a Redis error (Redis
+        away, the state hash of another type, a restamp value the naming script refuses) is warned of, at most once a
+        minute, and the step done again at the next read or look."""
+        try:
+            await self._step()
+        except STORAGE_ERRORS as exc:
+            now = time.monotonic()
+            if now >= self._warn_after:
+                self._warn_after = now + WARN_EVERY_S
+                log.warning("%s: comparing the versions delivered with the channel's state hash failed (%s): tried "
+                            "again at the next read; delivery goes on", self.config.channel, exc,
+                            extra={"event": "publisher_restamp_compare_failed", "channel": self.config.channel})
+
+    async def _step(self) -> None:
         if not self._left:
             return
         cfg, delivered, keys = self.config, self.delivered(), self._keys
