@@ -55,13 +55,17 @@ async def _group_restored(direct: aioredis.Redis, group: int, image: Image) -> N
         await pipe.execute()
 
 
-async def _reserved(client: AtpClient, sku: str) -> int | None:
-    """``sku``'s reserved units at S1 as served now (None: its group between owners)."""
+async def _at_s1(client: AtpClient, sku: str, quantity: str) -> int | None:
+    """``sku``'s ``quantity`` (reserved, committed, available) at S1 as served now (None: its group between owners)."""
     try:
         (position,) = await client.availability([(sku, "S1")])
     except grpc.aio.AioRpcError:
         return None
-    return position.reserved
+    return int(getattr(position, quantity))
+
+
+async def _reserved(client: AtpClient, sku: str) -> int | None:
+    return await _at_s1(client, sku, "reserved")
 
 
 async def _order_over_two_groups(start_service: ServiceFactory, clock: ManualClock
@@ -188,19 +192,11 @@ async def _fulfilled_part_lost(start_service: ServiceFactory, redis_url: str, re
 
 
 async def _available(client: AtpClient, sku: str) -> int | None:
-    try:
-        (position,) = await client.availability([(sku, "S1")])
-    except grpc.aio.AioRpcError:
-        return None
-    return position.available
+    return await _at_s1(client, sku, "available")
 
 
 async def _committed(client: AtpClient, sku: str) -> int | None:
-    try:
-        (position,) = await client.availability([(sku, "S1")])
-    except grpc.aio.AioRpcError:
-        return None
-    return position.committed
+    return await _at_s1(client, sku, "committed")
 
 
 async def _confirmed_part_lost(start_service: ServiceFactory, redis_url: str, released_at_b: int, fulfil: bool
