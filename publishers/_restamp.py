@@ -38,14 +38,16 @@ NAME_LOST = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'hash' and kind ~= 'none' then return kind end
 for i = 1, #ARGV, 2 do
-  local held = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  local held = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0
   if tonumber(ARGV[i + 1]) > held then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 return 0
 """
 """Each key named with the newest lost version delivered (several groups of one channel name the same hash). A key of
 another type is left as it is and its type answered (0: named): its WRONGTYPE error read as Redis away, and the read
-that found the loss was retried for good, delivering nothing more to the destination."""
+that found the loss was retried for good, delivering nothing more to the destination. A value naming no version (an
+operator's edit; the service skips it, ``ChannelStore.restamps``) is named over: its ``tonumber`` nil failed the
+script, with the same stall."""
 CHUNK = 1000
 REFUSED_LOG_S = 60.0
 """At most one warning this often while the ``restamp`` key refuses the names (each refusal is counted)."""

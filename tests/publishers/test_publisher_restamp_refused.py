@@ -58,3 +58,21 @@ async def test_a_restamp_key_of_another_type_does_not_stop_delivery_and_the_name
         await until(lambda: {s: shown(out).get(s, (0, 0))[0] for s in ("sku-0", "sku-3")} == {"sku-0": 3, "sku-3": 0},
                     "the durable values shown", 20)
         assert _sample(metrics, "atp_publisher_restamp_owed_keys") == 0
+
+
+async def test_a_restamp_value_naming_no_version_is_named_over_and_delivery_goes_on_C4(
+        start_service: ServiceFactory, tmp_path: Path, clock: ManualClock, redis_url: str) -> None:
+    """Defect: a field of the ``restamp`` hash holding no number (an operator's edit, a restore of other data) made the
+    naming script fail (``tonumber`` of it nil); the publisher took the error for Redis away and read its entries again,
+    failing at the same step for good: nothing more delivered, stock-outs included. Such a value names nothing the
+    service can read (``ChannelStore.restamps`` skips it), so the publisher's name replaces it."""
+    estate, out, service, client, first = await three_counted(start_service, tmp_path, clock, redis_url)
+    async with publishing(redis_url, out, redis_retry_s=0.2) as direct:
+        await lost_after_delivering(service, client, clock, redis_url, out, direct, first)
+        await direct.hset(RESTAMP, "sku-3\t", "not a version")
+        service, client = await start_service(clock=clock, estate=estate)
+        await client.record_events([fact("t1", "SALE", "sku-1", "dc-1", 6, T + 2)])  # the new run's first entry
+
+        await until(lambda: shown(out).get("sku-1", (0, 0))[0] == 0, "sku-1's stock-out delivered", 20)
+        await until(lambda: {s: shown(out).get(s, (0, 0))[0] for s in ("sku-0", "sku-3")} == {"sku-0": 3, "sku-3": 0},
+                    "the durable values shown, sku-3's name written over the value naming no version", 20)
