@@ -62,10 +62,11 @@ class Comparison:
         if not keys:  # nothing delivered (a new group, a process that never held the lease): nothing to name
             return
         cfg = self.config
-        log.info("%s: %s, and a start's marker may have been among them; comparing the versions this %s delivered of "
-                 "%d keys with the channel's state hash instead", cfg.channel, why, role, len(keys),
-                 extra={"event": "publisher_restamp_compare", "channel": cfg.channel, "role": role,
-                        "keys": len(keys)})
+        # Started again while under way (a holder behind the trimming: a gap at each read): said once, not per read.
+        log.log(logging.DEBUG if self.under_way else logging.INFO,
+                "%s: %s, and a start's marker may have been among them; comparing the versions this %s delivered of "
+                "%d keys with the channel's state hash instead", cfg.channel, why, role, len(keys),
+                extra={"event": "publisher_restamp_compare", "channel": cfg.channel, "role": role, "keys": len(keys)})
         self._next = self._next % len(keys) if self._keys else 0
         self._keys, self._left = keys, len(keys)
 

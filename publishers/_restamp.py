@@ -50,7 +50,8 @@ operator's edit; the service skips it, ``ChannelStore.restamps``) is named over:
 script, with the same stall."""
 CHUNK = 1000
 REFUSED_LOG_S = 60.0
-"""At most one warning this often while the ``restamp`` key refuses the names (each refusal is counted)."""
+"""At most one warning this often while the ``restamp`` key refuses the names (each refusal is counted), and one
+of keys found delivered at lost versions."""
 
 
 def still_known(recorded: dict[str, int], known: Mapping[str, int]) -> dict[str, int]:
@@ -94,6 +95,7 @@ class LostNames:
         self.owed: dict[str, int] = {}
         self._retry_at = float("-inf")
         self._refusals = EveryInterval(REFUSED_LOG_S, clock)
+        self._found = EveryInterval(REFUSED_LOG_S, clock)
 
     async def name(self, delivered: Mapping[str, int], updates: Iterable[ChannelUpdate]) -> None:
         """The keys delivered at versions ``updates`` say Redis lost, and those kept from a refusal, named (C4). A
@@ -105,9 +107,10 @@ class LostNames:
         kept from a refusal, named (C4): as ``name``."""
         cfg = self.config
         if found:
-            log.warning("%s: %d keys were delivered at versions Redis has since lost (up to %d); the service is asked "
-                        "to publish their durable values again at new versions (%s)", cfg.channel, len(found),
-                        max(found.values()), cfg.restamp_key)
+            if (left_out := self._found.due()) is not None:  # a comparison repeated at each gap finds them again
+                log.warning("%s: %d keys were delivered at versions Redis has since lost (up to %d); the service is "
+                            "asked to publish their durable values again at new versions (%s; %d such lines left "
+                            "out)", cfg.channel, len(found), max(found.values()), cfg.restamp_key, left_out)
             self.owed = still_known(self.owed, found)
         if self.owed and self._clock() >= self._retry_at:
             refused_by = await self._write(sorted(self.owed.items()))
