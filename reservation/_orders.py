@@ -15,7 +15,8 @@ a replay).
 - Confirm, release, fulfil and expiry: ``plan`` decides the change on the order as the parts show it (``view``),
   with the single-group rules (``_operations``), and names each part's share; the order is saved with the change
   pending, the parts apply their shares (``apply_share``), and the order is saved settled. An order past its TTL
-  expires this way too; one whose confirmation is pending is never expired (the confirmation is finished instead).
+  expires this way too; one whose confirmation is pending is never expired (the confirmation is finished instead),
+  nor one a part of which was confirmed (its home lost the confirmation: ``_order_losses``).
 """
 
 from __future__ import annotations
@@ -182,21 +183,6 @@ def resolved(order: Reservation, shown: Reservation, now: int) -> Reservation:
                                    updated_at=now)
 
 
-def lost_parts(order: Reservation, found: Mapping[int, Reservation], now: int, limits: Limits,
-               place: Place) -> list[int]:
-    """The groups whose part of the decided ``order`` Redis lost (a Redis Cluster node restarted from
-    older data while the order's own node kept it): the order granted units there and the part is not
-    in ``found``, though it cannot have been forgotten — a resolved part is forgotten only after the
-    retention window (``Ledger.evict``), and the order is younger than half of it (the other half: a
-    margin for the groups' clocks). An older order's missing part is taken as forgotten."""
-    if order.pending is not None and order.pending.kind == OrderStep.RESERVE:
-        return []  # undecided: a part missing was never reserved
-    if now - order.created_at >= limits.retention_ms // 2:
-        return []
-    granted = {place(line.sku) for line in order.lines if line.granted}
-    return [group for group in order.parts if group in granted and group not in found]
-
-
 def abandoned(order: Reservation, now: int, refusal: DomainError | None = None) -> Reservation:
     """An order still undecided when its TTL passed, or given up because a part was refused (``refusal``;
     its parts that held units are released): expired, nothing granted. The refusal is recorded, marked ``GIVEN_UP``
@@ -291,7 +277,9 @@ def apply_share(view_: View, reservation_id: str, share: Share, now: int, limits
     if share.kind == OrderStep.CONFIRM:
         return ops.confirm(view_, reservation_id, now) if part.state == State.HELD else part
     if share.kind in (OrderStep.RELEASE, OrderStep.EXPIRE) and whole:
-        busy = part.state in (State.HELD, State.CONFIRMED)
+        # R3: only HELD -> EXPIRED; Q3: committed units never expire. A part confirmed under an order expiring
+        # (its record taken back to HELD by Redis losing its home's entries, R7: ``_order_losses``) is kept.
+        busy = part.state in ((State.HELD,) if share.kind == OrderStep.EXPIRE else (State.HELD, State.CONFIRMED))
         return ops.release(view_, reservation_id, (), "", now, limits) if busy else part
     if share.kind in (OrderStep.RELEASE, OrderStep.FULFIL) and not whole:
         return _partial_share(view_, part, share, now, limits)

@@ -15,10 +15,10 @@ leases lapse. Each check reads every part at its group (a peer's, for theirs), s
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from reservation import Ledger, State
+from reservation import DomainError, Ledger, Reservation, State
 
 CONFIRMED_SCAN_PER_PASS = 2_000
 """Records one housekeeping pass looks at, at most, over the groups taken: a fraction of a ms. A
@@ -96,3 +96,16 @@ class ConfirmedChecks:
             self._sweeps[ledger.shard] = (ledger, [rid], 0)
         elif sweep[0] is ledger:
             sweep[1].append(rid)
+
+
+async def checked(resolve: Callable[[], Awaitable[None]], record: Callable[[], Reservation | None]) -> bool:
+    """A check (``Check``): ``resolve`` (``Orders._resolve_if_done``) run; False where it could not tell (a part not
+    read) and the order's ``record`` at its home (None: the home vacant now) has nothing pending (not half-way)."""
+    try:
+        await resolve()
+    except DomainError:
+        order = record()
+        if order is not None and (order.pending is not None or order.state != State.CONFIRMED):
+            raise  # a change it had pending stopped half-way: driven on by housekeeping
+        return order is None
+    return True

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, next_to_drive, order_opened
-from atp_service.engine.confirmed import ConfirmedChecks
+from atp_service.engine.confirmed import ConfirmedChecks, checked
+from atp_service.engine.losses import log_confirmed_again, torn
 from atp_service.engine.parts import (
     ApplyShare,
     GiveUpPart,
@@ -26,7 +27,6 @@ from atp_service.engine.parts import (
     command_of,
     held_orphans,
     lasting,
-    log_lost,
     log_orphaned,
     on_shard,
     run_parts,
@@ -50,6 +50,7 @@ from reservation import (
     State,
     Unavailable,
 )
+from reservation import _order_losses as losses
 from reservation import _orders as orders
 
 if TYPE_CHECKING:
@@ -255,6 +256,10 @@ class Orders:
         every part is, by SHIPMENT facts (R5), by whichever path drives it on (else CONFIRMED and live for good)."""
         order = await self._settle(order_id, home)
         parts = await self._parts(order)
+        if losses.confirmed_by_parts(order, parts):  # R3, Q3: its home lost its confirmation (R7): never expired
+            log_confirmed_again(order_id, home)
+            await self._save(home, losses.confirmed_again(order, self._engine.now_at(home)), over=order)
+            return await self._settled(order_id, home)  # carried through to every part (``_settle``)
         shown = orders.view(order, parts)
         if order.state in (State.HELD, State.CONFIRMED) and shown.state in (State.FULFILLED, State.RELEASED):
             # A held order's parts are resolved by no SHIPMENT fact: nothing outstanding there means Redis
@@ -299,11 +304,10 @@ class Orders:
     async def _give_up_if_torn(self, order: Reservation, home: int, parts: dict[int, Reservation]) -> list[int]:
         """A held order whose part Redis lost (``lost_parts``) cannot be confirmed whole: confirmed, the rest would be
         CONFIRMED with those units committed nowhere, sold again (R2, Q3). Given up whole (``_abandon``: parts that
-        exist released, a tombstone where missing); the groups lost (none: the order is whole)."""
-        now = self._engine.now_at(home)
-        lost = orders.lost_parts(order, parts, now, self._engine.limits, self._engine.place)
+        exist released, a tombstone where missing); the groups lost (none: the order is whole, or its confirmation was
+        restored from a confirmed part, ``_order_losses.restored``: carried through, its committed units kept, Q3)."""
+        lost = torn(order, parts, self._engine.now_at(home), self._engine.limits, self._engine.place)  # said
         if lost:
-            log_lost(order.reservation_id, lost, "its hold there is gone: the order is given up whole")
             expired = await self._abandon(order, home)
             await self._save(home, orders.settled(expired, self._engine.now_at(home)), over=expired)
         return lost
@@ -348,18 +352,9 @@ class Orders:
         await self._owned(order_id, lambda: self._resolve_if_done(order_id, home))
 
     def _check_confirmed(self, order_id: str, home: int) -> asyncio.Task[bool]:
-        return self._spawn(self._locked(order_id, lambda: self._check(order_id, home), counted=False))
-
-    async def _check(self, order_id: str, home: int) -> bool:
-        """``_resolve_if_done`` for ``confirmed.py``: False: a part not read, nothing pending (not half-way)."""
-        try:
-            await self._resolve_if_done(order_id, home)
-        except DomainError:
-            record = self._engine.actors[home].ledger.reservation(order_id)  # vacant: none
-            if record is not None and (record.pending is not None or record.state != State.CONFIRMED):
-                raise  # a change it had pending stopped half-way: driven on by housekeeping
-            return record is None
-        return True
+        check = functools.partial(checked, functools.partial(self._resolve_if_done, order_id, home),
+                                  lambda: self._engine.actors[home].ledger.reservation(order_id))
+        return self._spawn(self._locked(order_id, check, counted=False))
 
     async def _resolve_if_done(self, order_id: str, home: int) -> None:
         """Every part resolved by SHIPMENT facts: the order's own record is resolved as well (a change pending carried

@@ -355,13 +355,6 @@ def log_orphaned(part_id: str, shard: int, what: str) -> None:
               extra={"event": "order_part_orphaned", "reservation_id": orders.order_of(part_id), "shard": shard})
 
 
-def log_lost(order_id: str, groups: list[int], what: str) -> None:
-    """Says the parts of a live order that Redis lost (``_orders.lost_parts``), and what becomes of it."""
-    log.error("order %r is missing its parts in shard groups %s (Redis lost acknowledged entries there: restarted "
-              "from older data); %s", order_id, groups, what,
-              extra={"event": "order_part_lost", "reservation_id": order_id, "shard": groups[0]})
-
-
 def undecided(exc: BaseException) -> BaseException:
     """A step that did not happen, or may not have: the order stays pending, and its caller hears
     that the outcome is not known yet. A refusal by a domain rule is passed on as it is, a part's

@@ -1,0 +1,53 @@
+"""Orders spanning groups after Redis lost acknowledged entries of some of their groups (a Redis Cluster node, or
+the group's keys, back from older data) while the others kept theirs: what the saga (``orders.Orders``) does about
+it, as the parts that remain tell it (``reservation._order_losses``), and what it says.
+
+- A held order missing a part that held units (or one whose Confirm stopped half-way): its hold there is gone, so
+  the order is given up whole (EXPIRED, ``order_part_lost``), never confirmed with those units committed nowhere
+  (R2, Q3).
+- An order recorded HELD at its home with a part confirmed is one whose confirmation its home recorded (R3) and
+  Redis lost there: its confirmation is recorded again and carried through (``order_confirmation_restored``),
+  never expired — nor given up for a part Redis lost (``order_part_lost`` says so): its committed units stay
+  committed (Q3). Expired or given up, they were offered again while its caller, told CONFIRMED, ships them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from reservation import Limits, Reservation
+from reservation import _order_losses as losses
+
+log = logging.getLogger(__name__)
+
+GIVEN_UP = "its hold there is gone: the order is given up whole"
+KEPT = ("its confirmation, lost at its home, was restored from a part confirmed (R3): carried through, never given "
+        "up; the units the lost parts held are committed nowhere (a known gap)")
+
+
+def torn(order: Reservation, parts: Mapping[int, Reservation], now: int, limits: Limits,
+         place: Callable[[str], int]) -> list[int]:
+    """The groups whose part of ``order`` Redis lost (``lost_parts``), said, where the order is to be given up whole
+    for them; none where it is whole, or where its confirmation was restored from its parts (``restored``)."""
+    lost = losses.lost_parts(order, parts, now, limits, place)
+    if not lost:
+        return []
+    kept = losses.restored(order)  # a confirmed order's (R3): its committed units stay committed (Q3)
+    log_lost(order.reservation_id, lost, KEPT if kept else GIVEN_UP)
+    return [] if kept else lost
+
+
+def log_lost(order_id: str, groups: list[int], what: str) -> None:
+    """Says the parts of a live order that Redis lost (``_order_losses.lost_parts``), and what becomes of it."""
+    log.error("order %r is missing its parts in shard groups %s (Redis lost acknowledged entries there: restarted "
+              "from older data); %s", order_id, groups, what,
+              extra={"event": "order_part_lost", "reservation_id": order_id, "shard": groups[0]})
+
+
+def log_confirmed_again(order_id: str, home: int) -> None:
+    """Says an order recorded HELD whose part was confirmed (``_order_losses.confirmed_by_parts``): confirmed again."""
+    log.error("order %r is recorded HELD at its home though a part of it is confirmed (Redis lost acknowledged "
+              "entries of the order's group: restarted from older data); its confirmation is recorded again and "
+              "carried through to every part, never expired", order_id,
+              extra={"event": "order_confirmation_restored", "reservation_id": order_id, "shard": home})
