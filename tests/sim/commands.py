@@ -53,6 +53,7 @@ class Commands:
         self.facts: list[Fact] = []
         self.fact_batches: list[list[Fact]] = []  # every batch sent, in order (E1/E8 by shard count)
         self.abandoned: list[ReserveCommand] = []  # reserves whose caller gave up (R8)
+        self.released: set[str] = set()  # the reservations a Release was sent for (R3: only it frees committed units)
         self.n = 0
         self.times: FactTimes | None = None  # ``--fact-times``: facts stamped in the future or late
         self.shed: Shedding | None = None  # ``--shed``: ids whose Reserve was shed are sent again first
@@ -133,6 +134,8 @@ class Commands:
         rid = self.rng.choice(self.rids)
         lines = self.partial_lines(rid)
         op = f"op-{self.next()}" if lines else ""
+        if kind == "release":
+            self.released.add(rid)
 
         def start() -> Any:
             eng = self.world.eng

@@ -101,7 +101,7 @@ class Driver:
         self.tail = TailLoss(seed, self.acked) if lose_tail else None
         self.world.tail = self.tail
         self.errors = ServiceErrors()
-        self.stamps = StampChecker(self.world.log)  # R6/R3 by each group's stamps, whatever the clocks
+        self.stamps = StampChecker(self.world.log, self.commands.released)  # R6/R3 by each group's stamps; Q3
         if isinstance(self.world, ClusterWorld) and self.world.skew is not None:
             self.trace.append(f"hosts' wall clocks off the world's: {self.world.skew.describe()}")
 

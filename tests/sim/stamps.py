@@ -3,16 +3,25 @@ processes' clocks say (``skew.py``): every entry a group ever logged (``SimLog.h
 Redis when it lost a tail) is stamped no lower than the one before it in that group (R6: never below a
 timestamp already logged), and no hold is expired by an entry stamped before its expiry (R3: a TTL
 counts from the group's own stamps). In the world's time a hold may expire up to the skew early or late
-across a takeover (docs/SEMANTICS.md R6): that is the documented limit, not checked here.
+across a takeover (docs/SEMANTICS.md R6): that is the documented limit, not checked here. And the committed
+units of a confirmed reservation, or of an order's confirmed part, are released only by a Release a client
+sent for it (R3: only HELD -> EXPIRED; Q3: committed units never expire) — or, a part's, by its order given
+up whole (``_orders.abandoned``: a part Redis lost found as its Confirm, stopped half-way, was carried
+through; its caller told nothing yet). Never by an expiry, whatever Redis lost: an order whose home's record
+went back to HELD while a part stayed CONFIRMED is confirmed again (``reservation/_order_losses.py``). A
+part's release is judged once its order's record is settled (a record given up that Redis lost is decided
+again), and not where no group holds the record.
 
 Incremental: each group's entries are decoded once; a history cut back (a tail lost) is read again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from reservation import Outcome, Reservation, State, decode_entry
+from reservation import _orders as orders
 from reservation._events import ReservationSaved
 from tests.sim.checks import Violation
 from tests.sim.simlog import SimLog
@@ -23,11 +32,14 @@ class _GroupStamps:
     seen: list[tuple[int, bytes]] = field(default_factory=list)  # the history entries read so far
     newest: int = 0  # the newest stamp among them
     holds: dict[str, Reservation] = field(default_factory=dict)  # each reservation's last saved version
+    freed: dict[str, str] = field(default_factory=dict)  # part id -> its committed units released, as said
 
 
 class StampChecker:
-    def __init__(self, log: SimLog) -> None:
+    def __init__(self, log: SimLog, released: Collection[str] = ()) -> None:
+        """``released``: the reservations (orders: by the order's id) a client sent a Release for, ever."""
         self._log = log
+        self._released = released
         self._groups: dict[int, _GroupStamps] = {}
 
     def check(self) -> None:
@@ -37,11 +49,25 @@ class StampChecker:
                     a is not b for a, b in zip(entries, group.seen, strict=False)):
                 group = self._groups[shard] = _GroupStamps()  # new, or cut back: read again
             for seq, data in entries[len(group.seen):]:
-                _read(shard, seq, data, group)
+                _read(shard, seq, data, group, self._released)
                 group.seen.append((seq, data))
+        self._check_freed()
+
+    def _check_freed(self) -> None:
+        """R3/Q3: each part whose committed units were released with no Release of its order sent belongs to an
+        order given up whole (``_given_up``), its record settled; none where it is pending or held nowhere."""
+        records = {rid: rec for group in self._groups.values() for rid, rec in group.holds.items() if rec.is_order}
+        for group in self._groups.values():
+            for part_id, said in group.freed.items():
+                order_id = orders.order_of(part_id)
+                order = records.get(order_id or "")
+                if order_id in self._released or order is None or order.pending is not None or _given_up(order):
+                    continue
+                raise Violation(f"R3/Q3: {part_id!r} {said}, its order {State(order.state).name}: neither released "
+                                f"by a Release of it nor given up whole")
 
 
-def _read(shard: int, seq: int, data: bytes, group: _GroupStamps) -> None:
+def _read(shard: int, seq: int, data: bytes, group: _GroupStamps, released: Collection[str]) -> None:
     entry = decode_entry(data)
     if entry.ts < group.newest:
         raise Violation(f"R6: group {shard}'s entry {seq} is stamped {entry.ts}, below {group.newest} "
@@ -55,7 +81,19 @@ def _read(shard: int, seq: int, data: bytes, group: _GroupStamps) -> None:
                 and 0 < entry.ts < before.expires_at and not _given_up(rec)):
             raise Violation(f"R3: {rec.reservation_id} expired by group {shard}'s entry {seq} stamped {entry.ts}, "
                             f"{before.expires_at - entry.ts} ms before its expiry {before.expires_at}")
+        part_of = orders.order_of(rec.reservation_id)  # an order's own record holds no units: its parts do
+        freed = _freed(before, rec) if before is not None and before.state == State.CONFIRMED else 0
+        if freed > 0 and not rec.is_order and (part_of or rec.reservation_id) not in released:
+            said = f"released {freed} committed units by group {shard}'s entry {seq}"
+            if part_of is None:
+                raise Violation(f"R3/Q3: {rec.reservation_id!r} {said} though no Release of it was sent")
+            group.freed[rec.reservation_id] = said  # judged by its order's record (``_check_freed``)
         group.holds[rec.reservation_id] = rec
+
+
+def _freed(before: Reservation, after: Reservation) -> int:
+    """The units ``after`` released that ``before`` had not."""
+    return sum(line.released for line in after.lines) - sum(line.released for line in before.lines)
 
 
 def _given_up(rec: Reservation) -> bool:

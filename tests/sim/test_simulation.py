@@ -20,7 +20,8 @@ import os
 import msgspec
 import pytest
 
-from reservation import LogEntry, Reservation, State, encode_entry
+from reservation import LineRecord, LogEntry, Outcome, Reservation, State, encode_entry
+from reservation import _orders as orders
 from reservation._events import ReservationSaved
 from tests.sim.checks import Violation
 from tests.sim.driver import Driver, run_seed
@@ -357,3 +358,33 @@ def test_a_stamp_below_one_its_group_logged_is_a_violation() -> None:
     log.history[0][1:] = [(2, encode_entry(LogEntry(ts=999, events=[])))]
     with pytest.raises(Violation, match="R6: group 0's entry 2 is stamped 999, below 1000"):
         stamps.check()
+
+
+def test_committed_units_released_without_a_release_are_a_violation() -> None:
+    """The checker itself (``stamps.py``) can fail: a confirmed part's committed units released where no Release of
+    its order was sent, under an order expired by its TTL (R3, Q3). A Release of the order sent, or the order given
+    up whole (``_orders.abandoned``), passes; a plain reservation's, with no Release of it sent, fails at once."""
+    log, released = SimLog(), set[str]()
+    line = LineRecord("A", "L1", 2, 2, Outcome.GRANTED, 2, committed=2)
+    part = Reservation("o\x1f1", "ref", "web", 10**15, False, State.CONFIRMED, (line,), 1_000, 0, 1_000)
+    unheld = msgspec.structs.replace(line, committed=0)  # an order's record holds no units (its parts do)
+    expired = Reservation("o", "ref", "web", 60_000, False, State.EXPIRED, (unheld,), 1_000, 0, 61_000, parts=(0, 1))
+    log.history[0] = [(1, encode_entry(LogEntry(ts=1_000, events=[ReservationSaved(part)])))]
+    stamps = StampChecker(log, released)
+    stamps.check()
+    freed = msgspec.structs.replace(line, committed=0, released=2)
+    gone = msgspec.structs.replace(part, state=State.RELEASED, lines=(freed,), updated_at=61_000)
+    log.history[0].append((2, encode_entry(LogEntry(ts=61_000, events=[ReservationSaved(gone)]))))
+    log.history[1] = [(1, encode_entry(LogEntry(ts=61_000, events=[ReservationSaved(expired)])))]
+    with pytest.raises(Violation, match=r"R3/Q3: 'o\\x1f1' released 2 committed units .* its order EXPIRED"):
+        stamps.check()
+    StampChecker(log, {"o"}).check()  # a Release of the order was sent
+    given_up = orders.settled(orders.abandoned(msgspec.structs.replace(expired, state=State.CONFIRMED), 61_000), 61_000)
+    log.history[1] = [(1, encode_entry(LogEntry(ts=61_000, events=[ReservationSaved(given_up)])))]
+    StampChecker(log, released).check()
+    plain = msgspec.structs.replace(part, reservation_id="r")
+    log.history[2] = [(1, encode_entry(LogEntry(ts=1_000, events=[ReservationSaved(plain)]))),
+                      (2, encode_entry(LogEntry(ts=2_000, events=[ReservationSaved(
+                          msgspec.structs.replace(gone, reservation_id="r"))])))]
+    with pytest.raises(Violation, match=r"R3/Q3: 'r' released 2 committed units .* no Release of it was sent"):
+        StampChecker(log, released).check()
