@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from .cluster_agreement import AGREE_TIMEOUT_S, restart, wait_agreed
 from .embedded_redis import PORT_TRIES, EmbeddedRedis, RedisDidNotStart, free_port
 
 SLOTS = 16384
@@ -239,19 +240,29 @@ class EmbeddedCluster:
         with self._client(node) as client:
             return str(client.info("replication").get("role"))
 
-    def fail_over(self, node: EmbeddedRedis, timeout_s: float = 60.0) -> None:
-        """kill -9 of ``node``, then — once its replica serves its slots — ``node`` started again:
-        it rejoins as a replica of the one that took over, in sync before this returns."""
-        node.kill()
-        self._wait(lambda: len(self.serving_primaries()) == len(self.primaries), timeout_s,
-                   "every slot served again after a primary was killed")
-        node.start()
-        self._wait(lambda: self._role(node) == "slave" and self._in_sync(node), timeout_s,
-                   "the killed primary back as a replica in sync")
+    def take_over(self, replica: EmbeddedRedis, timeout_s: float = AGREE_TIMEOUT_S) -> None:
+        """``replica`` takes its primary's slots at once (``CLUSTER FAILOVER TAKEOVER``: no election, its primary
+        may be gone), and every running node agrees that it serves them, at one current epoch
+        (``cluster_agreement``): a takeover that changes the topology again before that may collide epochs."""
+        self._cluster(replica, "FAILOVER", "TAKEOVER")
+        wait_agreed(self.nodes, f"agreed that :{replica.port} took over",
+                    lambda seen: any(port == replica.port for *_, port in seen.owners), timeout_s)
 
-    def _in_sync(self, node: EmbeddedRedis) -> bool:
-        with self._client(node) as client:
-            return bool(client.info("replication").get("master_link_status") == "up")
+    def fail_over(self, node: EmbeddedRedis, timeout_s: float = AGREE_TIMEOUT_S) -> None:
+        """kill -9 of ``node``, then — once every running node agrees that another (its replica) serves its
+        slots — ``node`` started again and agreed with (``rejoin``)."""
+        node.kill()
+        wait_agreed(self.nodes, f"agreed that every slot of the killed :{node.port} is served by another",
+                    lambda seen: all(port != node.port for *_, port in seen.owners), timeout_s)
+        self.rejoin(node, timeout_s)
+
+    def rejoin(self, node: EmbeddedRedis, timeout_s: float = AGREE_TIMEOUT_S) -> None:
+        """``node``, killed, started again at its old ports (tried again while another process holds one) and
+        agreed with by every running node, every replica in sync. It comes back as a replica of the one that
+        took over its slots — or, that one stalled past the node timeout meanwhile (a busy host), as their
+        primary again: either way the cluster serves every slot."""
+        restart(node, self._bus_ports[node.port], timeout_s)
+        wait_agreed(self.nodes, f"agreed with :{node.port} back", timeout_s=timeout_s)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -27,7 +27,7 @@ from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.nodes import Nodes, NotReplicated, connect_any
 from atp_service.tasks import cancel_and_wait
 from publishers import JsonlAdapter, Publisher, PublisherMetrics, cli
-from tests.atp_service.app.test_cluster_channel_failover import _port_of, _replica_of, _take_over, _whole
+from tests.atp_service.app.test_cluster_channel_failover import _port_of, _replica_of
 from tests.atp_service.app.test_cluster_watch_failover import PICKUP, STATE, _durable
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.edge.test_api import T0
@@ -119,13 +119,13 @@ async def test_a_publisher_never_delivers_a_write_the_replica_lacked_and_a_failo
                 primary.kill()  # kill -9: the restock never reached the replica
             finally:
                 os.kill(replica.process.pid, signal.SIGCONT)
-            await _take_over(replica.port)
-            primary.start()  # back as a replica of the promoted one: writes can be confirmed again
+            await asyncio.to_thread(cluster.take_over, replica)  # every running node agreeing, serving
+            # Back as a replica of the promoted one (writes can be confirmed again), every node agreeing: B's count
+            # goes to its group's log on another primary, which refuses it CLUSTERDOWN until it has seen the
+            # promoted replica reachable.
+            await asyncio.to_thread(cluster.rejoin, primary)
             await until(lambda: not feed.in_flight and feed.version == restock - 1,
                         "the restock settled as lost, its version given back", 30)
-            # B's count goes to its group's log on another primary: one that has not yet seen the
-            # promoted replica reachable refuses it CLUSTERDOWN.
-            await until(lambda: _whole(cluster), "every node serving, every replica in sync", 30)
             await client.record_events([fact("b-count", "COUNT", b, "store-1", 7, T0 + 3)])
             await until(lambda: market.showing(b) == 7, "B's count delivered, under the version given back", 30)
             durable, top = _durable(replica.port)
@@ -190,8 +190,8 @@ async def test_a_read_is_confirmed_where_it_was_read_not_after_a_failover_moved_
             primary.kill()  # kill -9: the restock never reached the replica
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
-        await _take_over(replica.port)
-        primary.start()  # back as a replica of the promoted one: a renewal there can be confirmed
+        await asyncio.to_thread(cluster.take_over, replica)  # every running node agreeing, serving
+        await asyncio.to_thread(cluster.rejoin, primary)  # a replica of the promoted one: a renewal confirmed there
         await until(lambda: _linked(primary.port), "the old primary replicating the promoted one", 30)
         await client.nodes_manager.initialize()  # the slot map read again by another call
         assert _durable_versions(replica.port) == [1], "the restock lost with the old primary"

@@ -5,6 +5,7 @@ on the new primary (C4), as the log loses nothing acknowledged ("Redis durabilit
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Iterator
@@ -69,21 +70,6 @@ def _role(port: int) -> str:
         return str(node.info("replication").get("role"))
 
 
-def _whole(cluster: EmbeddedCluster) -> bool:
-    """Every node serving (``cluster_state:ok``) and every replica's link to its primary up. A promoted
-    replica's own ``role`` says nothing of the others' views: a node that had marked the stopped
-    replica failing sees its slots held by a failing node once it is promoted, and refuses every
-    command ``CLUSTERDOWN`` — the groups' logs on it too — until it clears the flag (up to twice the
-    node timeout); the promoted one, back from its stop, may count itself cut off for as long."""
-    for node in cluster.nodes:
-        with redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2.0) as admin:
-            if admin.cluster("INFO")["cluster_state"] != "ok":
-                return False
-            link = admin.info("replication")
-        if link.get("role") == "slave" and link.get("master_link_status") != "up":
-            return False
-    return True
-
 def _views(cluster: EmbeddedCluster, service: AtpService, sku: str) -> str:
     """Each node's role and published quantity of ``sku``, and the desk's feed of it."""
     nodes = [f"{node.port}: {_role(node.port)} {_quantity_on(node.port, sku)}" for node in cluster.nodes
@@ -113,13 +99,6 @@ def _slot_primary(cluster: EmbeddedCluster) -> int | None:
 def _published_on_primary(cluster: EmbeddedCluster, sku: str) -> int | None:
     port = _slot_primary(cluster)
     return None if port is None else _quantity_on(port, sku)
-
-
-async def _take_over(port: int) -> None:
-    """The replica at ``port`` takes over its primary's slots (the primary is gone) and says it is master."""
-    with redis.Redis(host="127.0.0.1", port=port) as promoted:
-        promoted.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
-    await until(lambda: _role(port) == "master", "the replica promoted", 30)
 
 
 async def test_a_channel_write_the_promoted_replica_lacks_is_published_again_C4(
@@ -153,9 +132,9 @@ async def test_a_channel_write_the_promoted_replica_lacks_is_published_again_C4(
             primary.kill()  # kill -9: the stock-out never reached the replica
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
-        await _take_over(replica.port)
+        await asyncio.to_thread(cluster.take_over, replica)  # every running node agreeing, serving
         assert _quantity_on(replica.port, sku) != 0  # the write was lost with the old primary
-        primary.start()  # back as a replica of the promoted one: writes can be confirmed again
+        await asyncio.to_thread(cluster.rejoin, primary)  # a replica of the promoted one: writes confirmed again
         try:
             await until(lambda: _published_on_primary(cluster, sku) == 0,
                         "the stock-out published again on the primary serving the feeds", 30)

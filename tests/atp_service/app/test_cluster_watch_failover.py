@@ -25,7 +25,7 @@ from atp_service.channels.feeds import VERSIONS_PER_MS
 from atp_service.storage.channel_wire import state_entry
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.tasks import cancel_and_wait
-from tests.atp_service.app.test_cluster_channel_failover import _port_of, _replica_of, _take_over, _whole
+from tests.atp_service.app.test_cluster_channel_failover import _port_of, _replica_of
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.atp_service.edge.test_api import T0
 from tests.conftest import test_config as make_config
@@ -119,10 +119,10 @@ async def test_a_watch_resumed_after_a_failover_sees_what_replaced_a_write_the_r
             primary.kill()  # kill -9: the first stock-out never reached the replica
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
-        await _take_over(replica.port)
-        primary.start()  # back as a replica of the promoted one: writes can be confirmed again
-        # Read on the promoted one once every node serves: back from its stop, it may refuse CLUSTERDOWN a while.
-        await until(lambda: _whole(cluster), "every node serving, every replica in sync", 30)
+        await asyncio.to_thread(cluster.take_over, replica)  # every running node agreeing, serving
+        # Back as a replica of the promoted one (writes can be confirmed again), every node agreeing: read on the
+        # promoted one once every node serves, as back from its stop it may refuse CLUSTERDOWN a while.
+        await asyncio.to_thread(cluster.rejoin, primary)
         await until(lambda: _durable(replica.port)[0] == dict.fromkeys(skus, 0) and not feed.in_flight,
                     "both stock-outs published on the promoted primary", 30)
         durable, top = _durable(replica.port)
