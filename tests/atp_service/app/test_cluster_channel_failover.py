@@ -20,6 +20,7 @@ from atp_service import AtpService, ManualClock
 from atp_service.storage.channel_wire import state_entry
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.embedded_redis import EmbeddedRedis
+from reservation import Feed
 from tests.atp_service.channel_helpers import fact, one_dc_market, write_estate
 from tests.atp_service.edge.test_api import T0
 from tests.conftest import test_config as make_config
@@ -68,6 +69,11 @@ def _port_of(finder: RedisCluster, key: str) -> int:
 def _role(port: int) -> str:
     with redis.Redis(host="127.0.0.1", port=port) as node:
         return str(node.info("replication").get("role"))
+
+
+def _shown(feed: Feed, sku: str) -> int | None:
+    """The quantity of ``sku`` the desk believes published: its write confirmed (None: none yet)."""
+    return next((published.quantity for key, published in feed.published.items() if key[0] == sku), None)
 
 
 def _views(cluster: EmbeddedCluster, service: AtpService, sku: str) -> str:
@@ -119,8 +125,16 @@ async def test_a_channel_write_the_promoted_replica_lacks_is_published_again_C4(
         replica = _replica_of(cluster, primary)
         sku = next(f"S{i}" for i in range(200)  # its shard's log on another primary: its writes stay confirmed
                    if _port_of(finder, f"atp:{{g{place(f'S{i}')}}}:log") != avail_port)
+        assert service.channels is not None
+        feed = service.channels.feeds["market"]
         await client.record_events([fact("c1", "COUNT", sku, "dc-1", 40, T0)])
-        await until(lambda: (_quantity_on(avail_port, sku) or 0) > 0, "the first count published", 30)
+        # Published: its write confirmed by the replica, not only seen on the primary. Seen there before the
+        # replica acknowledged it (a busy host), the stop below left it in doubt: the desk settles it first,
+        # and its fence waits for a replica too — the stock-out was never written before the failover.
+        await until(lambda: _shown(feed, sku) is not None and not feed.in_flight,
+                    "the first count published, its write confirmed by the replica", 30)
+        counted = _shown(feed, sku)
+        assert counted and _quantity_on(avail_port, sku) == counted
         assert replica.process is not None
         os.kill(replica.process.pid, signal.SIGSTOP)  # the replica receives nothing more for now: stopped,
         try:  # and cut off (its link's socket would still hand it what was sent meanwhile once it runs on)
@@ -133,7 +147,7 @@ async def test_a_channel_write_the_promoted_replica_lacks_is_published_again_C4(
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
         await asyncio.to_thread(cluster.take_over, replica)  # every running node agreeing, serving
-        assert _quantity_on(replica.port, sku) != 0  # the write was lost with the old primary
+        assert _quantity_on(replica.port, sku) == counted  # the stock-out was lost with the old primary
         await asyncio.to_thread(cluster.rejoin, primary)  # a replica of the promoted one: writes confirmed again
         try:
             await until(lambda: _published_on_primary(cluster, sku) == 0,
