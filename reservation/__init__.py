@@ -43,7 +43,7 @@ from ._model import (
     ReserveCommand,
     State,
 )
-from ._operations import View, confirm, expire, fulfill, release, reserve
+from ._operations import ReserveView, View, confirm, expire, fulfill, release, reserve
 from ._store import MADE, PositionStore
 from ._validate import (
     check_id,
@@ -94,6 +94,7 @@ __all__ = [
     "Reason",
     "Reservation",
     "ReserveCommand",
+    "ReserveView",
     "ResourceExhausted",
     "State",
     "StockStatus",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from ._model import Quantities
 from ._names import Names
 from ._segments import Int32Array, Int64Array, IntpArray, Segments, int32_of
 
@@ -154,3 +155,25 @@ class Blocks:
         safety = self._seg.narrow[N_SAFETY].take(slots)
         available: Int64Array = wide[ON_HAND] - wide[RESERVED] - wide[COMMITTED] - safety
         return available
+
+    def totals(self) -> Quantities:
+        """Sum of every field over all positions (used by invariant checks): a slot that holds no
+        position is zero in every column."""
+        seg = self._seg
+        on_hand, reserved, committed = seg.wide[:W_COUNT_TIME, : seg.tail].sum(axis=1).tolist()
+        return Quantities(on_hand, reserved, committed, int(seg.narrow[N_SAFETY, : seg.tail].sum(dtype=np.int64)))
+
+    @property
+    def slots(self) -> int:
+        """Column slots in use (positions and the empty slots between them): what a pass over the
+        arrays covers."""
+        return self._seg.tail
+
+    def oversold_units(self, start: int = 0, stop: int | None = None) -> int:
+        """Q5: units promised (reserved + committed) beyond on hand, summed over the positions of slots
+        ``start`` to ``stop`` (all by default), one numpy pass; an empty slot is zero in every column.
+        Safety stock is left out: protecting more than is there is not selling what is not there."""
+        tail = self._seg.tail
+        wide = self._seg.wide[:, start: tail if stop is None else min(stop, tail)]
+        uncovered = wide[ON_HAND] - wide[RESERVED] - wide[COMMITTED]
+        return int(-uncovered[uncovered < 0].sum())

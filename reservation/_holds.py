@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from ._keys import pair_key
+from ._keys import _SEP, pair_key
 from ._model import Reservation
 
 
@@ -33,7 +33,7 @@ class HoldsIndex:
             rid = after.reservation_id
             for ln in after.lines:
                 if ln.held or ln.committed:  # outstanding (neither is ever negative)
-                    key = pair_key(ln.sku, ln.location)
+                    key = f"{ln.sku}{_SEP}{ln.location}"  # ``pair_key``, without its call (every Reserve)
                     holders = self._at.get(key)
                     if holders is None:
                         holders = self._at[key] = _Holders({})

@@ -34,7 +34,7 @@ from ._limits import Limits
 from ._model import OUTGOING_KINDS, TERMINAL, Fact, FactKind, FactOutcome, Quantities, Reservation, State
 from ._position_events import apply_safety_stock, apply_shipped
 from ._restore import restoring, run_through
-from ._snapshot import LedgerSnapshot
+from ._snapshot import LedgerSnapshot, snapshot_of
 from ._store import ON_HAND, PositionStore
 from ._undo import Undo, run_undo
 
@@ -75,18 +75,26 @@ class Ledger:
     def quantities(self, sku: str, location: str) -> Quantities:
         return self.store.get(sku, location)
 
+    def available(self, sku: str, location: str) -> int:
+        """Q5 of a position (0 where there is none), without building its ``Quantities``."""
+        return self.store.available(sku, location, 0)
+
     def reservation(self, reservation_id: str) -> Reservation | None:
         return self.reservations.get(reservation_id)
 
     # -- changes (the View used by operations) -------------------------------
+    # Every Reserve's ``move_hold`` and ``save``: ``emit`` without its dispatch (``_apply``'s own ``_apply_*``).
     def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
-        self.emit(HoldMoved(sku, location, d_reserved, d_committed))
+        event = HoldMoved(sku, location, d_reserved, d_committed)
+        self._undo.append(self._apply_hold(event))  # applied first: one that raises leaves nothing behind
+        self._events.append(event)
 
     def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None:
         self.emit(Shipped(sku, location, quantity, at, ref))
 
     def save(self, reservation: Reservation) -> None:
-        self.emit(ReservationSaved(reservation))
+        self._undo.append(self._apply_reservation(reservation))
+        self._events.append(ReservationSaved(reservation))
 
     def set_safety_stock(self, sku: str, location: str, quantity: int) -> None:
         self.emit(SafetyStockSet(sku, location, quantity))
@@ -227,15 +235,7 @@ class Ledger:
 
     # -- snapshots -------------------------------------------------------------
     def snapshot(self) -> LedgerSnapshot:
-        assert not self._events, "snapshot inside an open batch"
-        return LedgerSnapshot(
-            store=self.store.snapshot(),
-            reservations=list(self.reservations.values()),
-            deltas=self.histories.pool.snapshot(),
-            seen=self.memory.snapshot(),
-            stream_time=self.stream_time,
-            clock=self.clock,
-        )
+        return snapshot_of(self)
 
     @classmethod
     def restore(cls, shard: int, limits: Limits, snap: LedgerSnapshot) -> Ledger:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import msgspec
 
 from ._dedupe import MemorySnapshot
 from ._deltas import PoolSnapshot
 from ._model import Reservation
 from ._store import StoreSnapshot
+
+if TYPE_CHECKING:
+    from ._ledger import Ledger
 
 
 class LedgerSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -20,3 +25,16 @@ class LedgerSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True
     seen: MemorySnapshot  # E8
     stream_time: int
     clock: int
+
+
+def snapshot_of(ledger: Ledger) -> LedgerSnapshot:
+    """``Ledger.snapshot``: between batches, none open."""
+    assert not ledger.pending, "snapshot inside an open batch"
+    return LedgerSnapshot(
+        store=ledger.store.snapshot(),
+        reservations=list(ledger.reservations.values()),
+        deltas=ledger.histories.pool.snapshot(),
+        seen=ledger.memory.snapshot(),
+        stream_time=ledger.stream_time,
+        clock=ledger.clock,
+    )

@@ -15,6 +15,7 @@ is bounded below 2**31. Sums (on_hand, reserved, committed) and times are int64.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import overload
 
 import msgspec
 import numpy as np
@@ -101,10 +102,24 @@ class PositionStore(Blocks):
         wv = self._seg.wv
         return Quantities(wv[ON_HAND, slot], wv[RESERVED, slot], wv[COMMITTED, slot], self._seg.nv[N_SAFETY, slot])
 
-    def available(self, sku: str, location: str) -> int | None:
-        """Q5 ``available`` of one position without building its Quantities (None: no such position)."""
-        slot = self._find(sku, location)
-        return None if slot < 0 else self._available(slot)
+    @overload
+    def available(self, sku: str, location: str) -> int | None: ...
+    @overload
+    def available(self, sku: str, location: str, absent: int) -> int: ...
+
+    def available(self, sku: str, location: str, absent: int | None = None) -> int | None:
+        """Q5 ``available`` of one position without building its Quantities (``absent``: no such
+        position). ``_find`` and ``_available`` written out: every Reserve asks it."""
+        row = self._sku_row.get(sku)
+        col = self._loc_col.get(location)
+        if row is None or col is None:
+            return absent
+        seg = self._seg
+        slot = seg.find(row, col)
+        if slot < 0:
+            return absent
+        wv = seg.wv
+        return wv[ON_HAND, slot] - wv[RESERVED, slot] - wv[COMMITTED, slot] - seg.nv[N_SAFETY, slot]
 
     def exists(self, sku: str, location: str) -> bool:
         return self._find(sku, location) >= 0
@@ -142,7 +157,9 @@ class PositionStore(Blocks):
     def move(self, sku: str, location: str, d_reserved: int, d_committed: int) -> bool:
         """Q2/Q3 change of one position in one lookup (the reservation hot path); whether the
         position existed before (False: this move created it), which its undo needs to know."""
-        slot = self._find(sku, location)
+        row = self._sku_row.get(sku)  # ``_find``, written out
+        col = self._loc_col.get(location)
+        slot = -1 if row is None or col is None else self._seg.find(row, col)
         existed = slot >= 0
         if not existed:
             slot = self._cell(sku, location)
@@ -294,28 +311,6 @@ class PositionStore(Blocks):
         for sku in self._skus:
             for location, q in self.sku_locations(sku):
                 yield sku, location, q
-
-    def totals(self) -> Quantities:
-        """Sum of every field over all positions (used by invariant checks): a slot that holds no
-        position is zero in every column."""
-        seg = self._seg
-        on_hand, reserved, committed = seg.wide[:W_COUNT_TIME, : seg.tail].sum(axis=1).tolist()
-        return Quantities(on_hand, reserved, committed, int(seg.narrow[N_SAFETY, : seg.tail].sum(dtype=np.int64)))
-
-    @property
-    def slots(self) -> int:
-        """Column slots in use (positions and the empty slots between them): what a pass over the
-        arrays covers."""
-        return self._seg.tail
-
-    def oversold_units(self, start: int = 0, stop: int | None = None) -> int:
-        """Q5: units promised (reserved + committed) beyond on hand, summed over the positions of slots
-        ``start`` to ``stop`` (all by default), one numpy pass; an empty slot is zero in every column.
-        Safety stock is left out: protecting more than is there is not selling what is not there."""
-        tail = self._seg.tail
-        wide = self._seg.wide[:, start: tail if stop is None else min(stop, tail)]
-        uncovered = wide[ON_HAND] - wide[RESERVED] - wide[COMMITTED]
-        return int(-uncovered[uncovered < 0].sum())
 
     def snapshot(self) -> StoreSnapshot:
         seg = self._seg

@@ -19,6 +19,9 @@ class CompositeView:
     def quantities(self, sku: str, location: str) -> Quantities:
         return self._for(sku).quantities(sku, location)
 
+    def available(self, sku: str, location: str) -> int:
+        return self._for(sku).available(sku, location)
+
     def reservation(self, reservation_id: str) -> Reservation | None:
         return self._home.reservation(reservation_id)
 

@@ -23,11 +23,11 @@ from atp_service.metrics import EngineMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.resp import out_of_memory
-from reservation import DomainError, Reason, Unavailable, View
+from reservation import DomainError, Reason, ReserveView, Unavailable
 
 log = logging.getLogger(__name__)
 
-ViewWork = Callable[[View, int], Any]
+ViewWork = Callable[[ReserveView, int], Any]
 NOT_DURABLE = ("outcome unknown: the change is not known to be durable (log storage unreachable); retry with "
                "the same ids, which answers what was decided")
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.shard import ShardActor
 from atp_service.engine.vacant import Vacant, Where
+from atp_service.storage.leases import taken_over
 from reservation import Moved
 
 if TYPE_CHECKING:
@@ -97,3 +98,17 @@ class OwnedShards:
             # Its snapshots are the next owner's to report: kept here, the gauge summed over the
             # processes counted the shard twice, and a stale size for as long as this one ran.
             self._log.metrics.snapshot_bytes.remove(shard)
+
+    async def check_logs_reach(self) -> None:
+        """Each shard stops if Redis lost entries it made durable (``ShardActor.stop_if_log_short``): every
+        log's end read in one round trip, each shard's durable entry read before it. Leased, the groups
+        served here only: one that stops is given up and recovered again (``Membership.failed``). A log
+        past every entry its shard sent is first asked whose it is (leased): a group taken while this process
+        was away (paused past its lease) holds its new owner's entries — lost here (fenced), not diverged."""
+        actors = [actor for actor in self.actors if not actor.vacant]
+        durable = [actor.seq for actor in actors]
+        newest = await self._log.last_seqs([actor.shard for actor in actors])
+        for actor, seq, last in zip(actors, durable, newest, strict=True):
+            if last > actor.sent_top() and self._log.leased and await taken_over(self._log, actor.shard):
+                continue  # taken by another: given up as any write refused FENCED is (``LogStore._refused``)
+            actor.stop_if_log_short(seq, last)

@@ -8,10 +8,10 @@ all-or-nothing (R2), whatever happens to its caller (R8).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from atp_service.config import EngineSettings
@@ -28,7 +28,6 @@ from atp_service.engine.routes import Routes
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.ids import IdClaims
-from atp_service.storage.leases import taken_over
 from atp_service.storage.log import LogStore
 from reservation import (
     DomainError,
@@ -43,9 +42,9 @@ from reservation import (
     Reason,
     Reservation,
     ReserveCommand,
+    ReserveView,
     ResourceExhausted,
     Unavailable,
-    View,
 )
 from reservation import _operations as ops
 from reservation._bulk import room_refusal
@@ -95,6 +94,7 @@ class Engine(OwnedShards):
         # Location groups a Reserve line may name, with each channel's strategy (set from the estate).
         self.group_policies: dict[str, GroupPolicy] = {}
         self.default_group_policy: GroupPolicy | None = None
+        self._tallies: dict[int, Callable[[], None]] = {}  # ``_tally``
 
     @property
     def log_client(self) -> Any:
@@ -139,16 +139,12 @@ class Engine(OwnedShards):
             if self._log.leased:  # its saga runs where its home is owned
                 self._all_local(cmd.reservation_id, (home,) if self.remote else (home, *sorted(shards)))
             return await self._reserve_order(cmd, home)
-        actor = self.actors[home]
-        ledger = actor.ledger
-
-        def work(view: View, now: int) -> tuple[Reservation, bool]:
-            return self._reserve_checked(ledger, view, cmd, now)
-
         try:
-            # One shard (most Reserves): its actor's future awaited directly, without run's frame.
-            result: tuple[Reservation, bool] = await (actor.submit(work) if len(shards) == 1
-                                                      else self.run(shards, home, work))
+            if len(shards) == 1:  # most Reserves: its actor's future awaited directly, without run's frame
+                result: tuple[Reservation, bool] = await self.actors[home].submit(partial(self._reserve_alone, cmd))
+            else:
+                ledger = self.actors[home].ledger
+                result = await self.run(shards, home, lambda view, now: self._reserve_checked(ledger, view, cmd, now))
         except BaseException:
             self.routes.unroute(cmd.reservation_id)
             raise
@@ -189,7 +185,7 @@ class Engine(OwnedShards):
                 groups.setdefault(home, []).append(i)
             else:
                 spanning.append(i)  # routed by reserve()
-        across = [([i], asyncio.ensure_future(one_as_list(functools.partial(Engine.reserve, self, cmds[i]))))
+        across = [([i], asyncio.ensure_future(one_as_list(partial(Engine.reserve, self, cmds[i]))))
                   for i in spanning]
 
         def decided(idx: list[int], results: list[Any] | None) -> None:
@@ -232,17 +228,34 @@ class Engine(OwnedShards):
         """A part of an order spanning groups, on its group's shard (``Orders``)."""
         return self._reserve_checked(ledger, ledger, cmd, now)[0]
 
-    def _reserve_checked(self, home: Ledger, view: View, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
+    def _reserve_checked(self, home: Ledger, view: ReserveView, cmd: ReserveCommand, now: int
+                         ) -> tuple[Reservation, bool]:
         full = record_refusal(home, self.limits)
         if full is not None and view.reservation(cmd.reservation_id) is None:  # a replay is answered (R5)
             self.count_capacity_refusal(full)
             raise full
         return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
+    def _reserve_alone(self, cmd: ReserveCommand, ledger: Ledger, now: int) -> tuple[Reservation, bool]:
+        """``_reserve_checked`` of a Reserve on one shard (its ledger both home and view), with the
+        bounds' usual answer (None, a record fits) asked first without ``record_refusal``'s frame."""
+        limits, live = self.limits, ledger.live_reservations
+        if live >= limits.max_live_reservations_per_shard or \
+                len(ledger.reservations) - live >= limits.max_resolved_reservations_per_shard:
+            return self._reserve_checked(ledger, ledger, cmd, now)
+        return ops.reserve(ledger, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
+
+    def _tally(self, rec: Reservation, replayed: bool) -> Callable[[], None]:
+        """The ``inc`` of ``atp_reservations_total``'s child of a unary Reserve's outcome, kept by state
+        (0: replayed): ``count_reservations`` of one decision without its tally."""
+        inc = self._tallies[0 if replayed else rec.state] = self.metrics.reservations_of(
+            "replayed" if replayed else STATE_NAMES[rec.state]).inc
+        return inc
+
     def _count(self, result: tuple[Reservation, bool]) -> None:
         """``count_reservations`` of one decision (every unary Reserve), without its tally."""
         rec, replayed = result
-        self.metrics.reservations_of("replayed" if replayed else STATE_NAMES[rec.state]).inc()
+        (self._tallies.get(0 if replayed else rec.state) or self._tally(rec, replayed))()
 
     def _count_many(self, results: list[tuple[Reservation, bool] | DomainError]) -> None:
         count_reservations(self.metrics, results)
@@ -348,7 +361,7 @@ class Engine(OwnedShards):
         """Work on a record is decided only where every shard of its lines is held: a record read
         at routing time may not exist yet (its Reserve still in flight) and then span more shards."""
 
-        def run(view: View, now: int) -> Any:
+        def run(view: ReserveView, now: int) -> Any:
             rec = view.reservation(reservation_id)
             if rec is not None and rec.is_order:  # opened by its saga since it was routed: never changed here
                 raise Unavailable(f"reservation_id: {reservation_id!r} is being decided; retry",
@@ -377,20 +390,6 @@ class Engine(OwnedShards):
         if len(shards) == 1:
             return self.actors[home].submit(work)
         return self._coordinator.run(sorted(shards), home, work)
-
-    async def check_logs_reach(self) -> None:
-        """Each shard stops if Redis lost entries it made durable (``ShardActor.stop_if_log_short``): every
-        log's end read in one round trip, each shard's durable entry read before it. Leased, the groups
-        served here only: one that stops is given up and recovered again (``Membership.failed``). A log
-        past every entry its shard sent is first asked whose it is (leased): a group taken while this process
-        was away (paused past its lease) holds its new owner's entries — lost here (fenced), not diverged."""
-        actors = [actor for actor in self.actors if not actor.vacant]
-        durable = [actor.seq for actor in actors]
-        newest = await self._log.last_seqs([actor.shard for actor in actors])
-        for actor, seq, last in zip(actors, durable, newest, strict=True):
-            if last > actor.sent_top() and self._log.leased and await taken_over(self._log, actor.shard):
-                continue  # taken by another: given up as any write refused FENCED is (``LogStore._refused``)
-            actor.stop_if_log_short(seq, last)
 
     # -- time ---------------------------------------------------------------------------
     async def run_maintenance(self) -> None:

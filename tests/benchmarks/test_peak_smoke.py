@@ -226,7 +226,7 @@ async def test_snapshot_write_runs_at_a_tiny_size() -> None:
 
 
 async def test_bytecodes_counts_the_calls_by_file_and_by_function() -> None:
-    for by, expected in (("file", "reservation/_operations.py"), ("function", "reservation/_operations.py:reserve")):
+    for by, expected in (("file", "reservation/_reserve.py"), ("function", "reservation/_reserve.py:reserve")):
         code, out = await run(sys.executable, "benchmarks/bytecodes.py", "--calls", "20", "--by", by, "--top", "200",
                               limit_s=120)
         assert code == 0, out[-3000:]
