@@ -75,7 +75,7 @@ class AppendPacker:
         same bytes as packing ``("EVALSHA", sha, 3n, *keys, *(epoch, seq, data, token, group) per
         entry)``."""
         if len(unit) == 1 and not unit[0].group:
-            return self._pack_solo(unit[0])
+            return self.pack_one(unit[0])
         keys: list[str] = []
         keys_resp: list[bytes] = []
         args: list[bytes] = []
@@ -88,11 +88,19 @@ class AppendPacker:
             args.append(parts.token_resp + bulk(p.group) if p.group else parts.tail)
         return keys, b"".join([self._head(len(unit)), *keys_resp, *args])
 
-    def _pack_solo(self, p: Pending) -> tuple[list[str], bytes]:
-        """``pack`` of one entry alone, not in a group: the shard's ``solo`` start, then the seq
-        and the data, then the token and group."""
-        parts = self._of(p)
-        return list(parts.keys), parts.solo + _seq_and_data(parts, p) + parts.tail
+    def pack_one(self, p: Pending) -> tuple[list[str], bytes]:
+        """``pack`` of one entry alone: the shard's ``solo`` start, then the seq and the data, then
+        the token and group, in one format (``_of`` and ``_seq_and_data`` written out where the
+        shard's parts carry the entry's epoch and token, as nearly always)."""
+        if p.group:
+            return self.pack([p])
+        parts = self._parts.get(p.shard)
+        if parts is None or parts.epoch != p.epoch or parts.token != p.token:
+            parts = self._of(p)
+        seq, data = p.seq, p.data
+        width = parts.width if parts.least <= seq < parts.wider else parts.measure(seq)
+        return list(parts.keys), b"%b$%d\r\n%d\r\n$%d\r\n%b\r\n%b" % (parts.solo, width, seq, len(data), data,
+                                                                       parts.tail)
 
     def _of(self, p: Pending) -> _ShardParts:
         """The parts of ``p``'s shard, carrying ``p``'s epoch and token."""

@@ -117,17 +117,24 @@ class Lane:
         reply is then needed only where there is something to see. False: nothing was sent; use
         ``exchange``. At 1,000 calls/s most group commits find the lane idle, and each step of a
         task's await chain is one more turn of the event loop (a system call) per commit."""
-        if not commands or self._busy >= self.connections or self._turns or not self._idle or self._idle[-1].closed:
+        idle = self._idle
+        if not commands or self._busy >= self.connections or self._turns or not idle or idle[-1].closed:
             return False
-        try:
-            packed = pack(commands)
-        except DataError:
-            return False  # ``exchange`` fails it, alone
-        wire = self._idle.pop()
+        if len(commands) == 1 and type(commands[0]) is bytes:  # ``pack``'s own first case, without its frame
+            packed = commands[0]
+        else:
+            try:
+                packed = pack(commands)
+            except DataError:
+                return False  # ``exchange`` fails it, alone
+        wire = idle.pop()
         self._busy += 1
 
         def finished(result: Any) -> None:
-            self._release()
+            if self._turns:  # ``_release``: a turn handed to the oldest exchange waiting (nearly never)
+                self._release()
+            else:
+                self._busy -= 1
             if wire.refused or type(result) is not list:  # an error reply, or the exchange ended
                 self._after_fault(wire, result, done if fault is None else fault)
                 return

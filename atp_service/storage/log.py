@@ -38,13 +38,14 @@ from atp_service.storage.resp import as_text
 from atp_service.storage.scripts import APPEND_SCRIPT, CLAIM_AT_SCRIPT, CLAIM_SCRIPT, EPOCH_SCRIPT, FENCE_SCRIPT
 from atp_service.storage.slots import CommitSlots
 from atp_service.storage.snapshot_parts import PIECE_BYTES, write_snapshot_in_parts
+from atp_service.storage.solo import SoloCommit
 from atp_service.storage.window import CommitWindow
 from atp_service.traces import span
 
 __all__ = ["CommitWindow", "CrossGroupWrite", "Fenced", "LogStore", "SnapshotRecord", "SnapshotUnreadable", "connect",
            "encode_snapshot"]
 
-class LogStore(CommitSlots, LogReads):
+class LogStore(SoloCommit, CommitSlots, LogReads):
     """Appends shard entries in shared pipelines (one round trip per event-loop turn, or per commit
     window when busy); on a Redis Cluster, a commit in flight per shard at most (``slots.py``)."""
 
@@ -202,17 +203,6 @@ class LogStore(CommitSlots, LogReads):
                 callback()
         return exc if isinstance(exc, Fenced) else Fenced(str(exc))
 
-    def submit(self, shard: int, seq: int, data: bytes, then: Callable[[], None] | None = None) -> asyncio.Future[None]:
-        """Queue one entry for the next group commit; the future fails with RedisError/OSError when
-        the entry is not certainly durable, and ``then`` is called as soon as it is settled (not when
-        cancelled). Entries go out in submission order; cancelling the future before it is sent keeps
-        the entry out of the log."""
-        loop, fut = self._arrival()
-        self._pending.append(Pending(shard, seq, data, self.epochs.get(shard, UNCLAIMED), self._tokens.get(shard, 0),
-                                     0, fut, then))
-        self._kick(loop)
-        return fut
-
     def submit_group(self, entries: Sequence[tuple[int, int, bytes]]) -> asyncio.Future[None]:
         """Queue entries of several shards (shard, seq, data) that land all or none (a cross-shard
         change, R2); one future for all of them. ``CrossGroupWrite`` where Redis cannot make them
@@ -258,11 +248,13 @@ class LogStore(CommitSlots, LogReads):
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = True
-        wait = self._window.wait_s(self._first_pending_at, loop.time())
-        if wait > 0 and not self._window.full(len(self._pending)):  # else its company is already here
-            self._timer = loop.call_later(wait, self._flush, loop)
-        else:
-            loop.call_soon(self._flush, loop)
+        window = self._window
+        if window.busy:  # else ``wait_s`` is 0: sent in the next turn
+            wait = window.wait_s(self._first_pending_at, loop.time())
+            if wait > 0 and not window.full(len(self._pending)):  # else its company is already here
+                self._timer = loop.call_later(wait, self._flush, loop)
+                return
+        loop.call_soon(self._flush, loop)
 
     async def write_snapshot(self, shard: int, seq: int, data: bytes, extra_s: float = 0.0,
                              part_bytes: int = 0, piece_bytes: int = PIECE_BYTES) -> int:
@@ -287,6 +279,9 @@ class LogStore(CommitSlots, LogReads):
         if self.nodes.cluster:
             return self._flush_each(loop)  # a commit slot per shard: a hung primary holds its own alone
         pending = self._pending  # the same list throughout (changed in place): read once per flush
+        if len(pending) == 1 and self._in_flight < self._max_in_flight and not self.leased and self.tracer is None \
+                and not pending[0].done.done():
+            return self._flush_one(loop, pending.pop())  # the common case (``solo.py``)
         for p in pending:
             if p.done.done():  # cancelled: never sent (a loop first: most flushes have none)
                 pending = self._pending = [p for p in pending if not p.done.done()]

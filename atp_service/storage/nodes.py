@@ -239,8 +239,8 @@ class Nodes:
         (nearly every commit's) go from the lane to ``done`` directly; ``_begun_fault`` sees the rest."""
         if self.cluster or self.wait_replicas or not calls:
             return False
-        lane = self._lane("")
-        commands = [call.packed if call.packed is not None else _evalsha(call) for call in calls]  # the log's: packed
+        lane = self._lanes.get("") or self._lane("")
+        commands = [_evalsha(calls[0])] if len(calls) == 1 else [_evalsha(call) for call in calls]  # 1: no listcomp
         return lane.begin(commands, done, partial(self._begun_fault, lane, calls, done))
 
     def _begun_fault(self, lane: Lane, calls: list[Call], done: Callable[[list[Any]], None], result: Any) -> None:

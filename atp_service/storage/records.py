@@ -162,9 +162,21 @@ class Pending(msgspec.Struct, eq=False):
     then: Callable[[], None] | None = None
 
     def settle(self, error: BaseException | None) -> None:
-        """Answer this entry (``resolve``), then call ``then`` at once (``notify``)."""
-        if self.resolve(error):
-            self.notify()
+        """Answer this entry (``resolve``), then call ``then`` at once (``notify``): both written out,
+        a one-entry commit's answer (``solo.py``)."""
+        done = self.done
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(None)
+        then = self.then
+        if then is not None:
+            try:
+                then()
+            except Exception:  # as the loop does with a callback's: the other entries are still answered
+                log.exception("a log entry's completion failed")
 
     def resolve(self, error: BaseException | None) -> bool:
         """Answer this entry, unless cancelled or a group's future failed by an earlier member

@@ -92,8 +92,10 @@ class Wire(asyncio.Protocol):
             raise RedisConnectionError("the write connection was closed")
         self._done = done
         self._replies, self._expected, self.refused = [], count, False
-        if timeout_s is not None:
-            self.deadline_in(timeout_s)
+        if timeout_s is not None:  # ``deadline_in``, written out for a watchdog that wakes first (nearly always)
+            self._deadline = deadline = self.loop.time() + timeout_s
+            if self._watchdog is None or self._watchdog_at > deadline:
+                self.deadline_in(timeout_s)
 
     def deadline_in(self, timeout_s: float) -> None:
         """The running exchange times out ``timeout_s`` from now (unless over by then)."""
@@ -133,6 +135,9 @@ class Wire(asyncio.Protocol):
         try:
             while len(replies) < self._expected:
                 reply = reader.gets()
+                if type(reply) is list:  # a script's reply (every log append's): no error, no push (a subclass)
+                    replies.append(reply)
+                    continue
                 if reply is _NOT_ENOUGH:
                     return
                 if isinstance(reply, Exception):

@@ -1,0 +1,133 @@
+"""An entry's way into the log, and the group commit of one entry on one Redis: the log's common
+case at moderate rates (``LogStore`` builds on it).
+
+Below ~1,000 entries/s nearly every group commit carries one entry, sent in the loop turn after its
+shard sealed it (``submit``). The general path (``LogStore._flush``) cuts a batch, splits it into
+units, packs each unit and answers each from its call's reply through lists of lists: for one entry
+each of those steps is a frame, a list or a test paid for nothing (the commit was a fifth of the
+interpreter's work for a unary Reserve). Here the entry is packed, sent and answered directly — by
+the same packer, through the same ``Nodes.begin`` (or the same task where a commit cannot begin: no
+idle connection, replicas to wait for), and answered as ``LogStore._answer`` answers a unit of one:
+a script's refusal, a Redis error or a fence (``_refused``) ends it as it would there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from atp_service.metrics import StorageMetrics
+from atp_service.storage.append_resp import AppendPacker
+from atp_service.storage.nodes import Call, Nodes, Script
+from atp_service.storage.records import UNCLAIMED, Pending
+from atp_service.storage.window import CommitWindow
+
+
+class SoloCommit:
+    """``LogStore``'s entries submitted (``submit``), and its group commit of one entry (``_flush_one``)
+    and that commit's answer (``_replied_one``)."""
+
+    nodes: Nodes
+    metrics: StorageMetrics
+    epochs: dict[int, str]
+    _tokens: dict[int, int]
+    _window: CommitWindow
+    _loop: asyncio.AbstractEventLoop | None
+    _timer: asyncio.TimerHandle | None
+    _max_in_flight: int
+    _APPEND: Script
+    _packer: AppendPacker
+    _pending: list[Pending]
+    _first_pending_at: float
+    _in_flight: int
+    _scheduled: bool
+    _tasks: set[asyncio.Task[None]]
+
+    def submit(self, shard: int, seq: int, data: bytes, then: Callable[[], None] | None = None) -> asyncio.Future[None]:
+        """Queue one entry for the next group commit; the future fails with RedisError/OSError when
+        the entry is not certainly durable, and ``then`` is called as soon as it is settled (not when
+        cancelled). Entries go out in submission order; cancelling the future before it is sent keeps
+        the entry out of the log. ``_arrival``, ``_running_loop`` and ``_kick`` written out: every entry's."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._running_loop()
+        now = loop.time()
+        self._window.arrived(now)
+        pending = self._pending
+        if not pending:
+            self._first_pending_at = now
+        fut = loop.create_future()
+        pending.append(Pending(shard, seq, data, self.epochs.get(shard, UNCLAIMED), self._tokens.get(shard, 0), 0, fut,
+                               then))
+        if not self._scheduled and self._in_flight < self._max_in_flight:
+            self._schedule(loop)
+        else:
+            self._kick(loop)
+        return fut
+
+    def _flush_one(self, loop: asyncio.AbstractEventLoop, p: Pending) -> None:
+        """Send ``p``, taken from ``_pending`` where it waited alone, as a group commit of its own
+        (``_flush`` checked the rest: one Redis, not leased, not tracing, a commit may go, not cancelled)."""
+        self._first_pending_at = loop.time()  # what comes next waits from now on
+        self._in_flight += 1
+        self.metrics.pipeline_size.observe(1)
+        try:
+            keys, packed = self._packer.pack_one(p)
+        except Exception as exc:  # an entry that cannot be packed: nothing was sent
+            self._unpackable([p], exc)
+            self._sent(None)  # the commit is over: the log goes on with the next
+            return
+        calls = [Call(self._APPEND, keys, [], packed)]
+        try:
+            begun = self.nodes.begin(calls, partial(self._replied_one, p, time.perf_counter()))
+        except Exception:  # nothing was sent: the task answers the entry with whatever it meets
+            begun = False
+        if not begun:  # as ``_flush``: a task sends it (no idle connection, replicas to wait for)
+            task = loop.create_task(self._send(calls, [[p]]), context=contextvars.Context())
+            self._tasks.add(task)
+            task.add_done_callback(self._sent)
+
+    def _replied_one(self, p: Pending, started: float, replies: list[Any]) -> None:
+        """``_replied`` of a begun commit of ``p`` alone: its future settled from the one call's reply
+        (``_answer``'s unit of one), then the commit is over (``_sent``)."""
+        try:
+            self.metrics.append_seconds.observe(time.perf_counter() - started)
+            (reply,) = replies  # ValueError where the counts differ, as zip(strict=True)
+            error: BaseException | None
+            if isinstance(reply, BaseException):
+                error = self._refused(reply, p.shard, p.epoch)
+            else:
+                (result,) = reply
+                error = RedisError(result[1:].decode(errors="replace")) if result[:1] == b"!" else None
+            p.settle(error)
+        finally:
+            self._in_flight -= 1  # ``_sent``, written out
+            if self._pending and not self._scheduled:
+                self._schedule(self._running_loop())
+
+    # -- of ``LogStore`` (``_unpackable``: of ``CommitSlots``, declared only: a stub here would come first) ----
+    _unpackable: Callable[[list[Pending], Exception], None]
+
+    def _refused(self, exc: BaseException, group: int | None = None, epoch: str | None = None) -> BaseException:
+        raise NotImplementedError
+
+    async def _send(self, calls: list[Call], units: list[list[Pending]]) -> None:
+        raise NotImplementedError
+
+    def _sent(self, task: asyncio.Task[None] | None) -> None:
+        raise NotImplementedError
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        raise NotImplementedError
+
+    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
+        raise NotImplementedError
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        raise NotImplementedError
