@@ -53,6 +53,7 @@ from ._validate import (
     line_requests,
     partial_lines,
     reserve_command,
+    reserve_one_line,
 )
 
 __all__ = [
@@ -118,5 +119,6 @@ __all__ = [
     "release",
     "reserve",
     "reserve_command",
+    "reserve_one_line",
     "zero_through",
 ]

@@ -29,6 +29,7 @@ from reservation import (
     ReserveCommand,
     Unavailable,
     reserve_command,
+    reserve_one_line,
 )
 from reservation._limits import CAPACITY_QUARANTINE
 
@@ -127,6 +128,13 @@ def lines_of(lines: Sequence[pb.Line]) -> list[tuple[str, str, int]]:
 
 
 def reserve_cmd(req: pb.ReserveRequest, limits: Limits) -> ReserveCommand:
+    lines = req.lines
+    if len(lines) == 1:  # most Reserves: no list of lines, a TTL in whole seconds read without HasField
+        line, ttl = lines[0], req.ttl
+        seconds = ttl.seconds  # positive: set (an unset TTL reads 0)
+        return reserve_one_line(req.reservation_id, req.order_ref, req.channel, line.sku, line.location, line.quantity,
+                                seconds if seconds > 0 and not ttl.nanos else ttl_seconds(req), req.allow_partial,
+                                limits)
     return reserve_command(
         reservation_id=req.reservation_id,
         order_ref=req.order_ref,
@@ -139,6 +147,20 @@ def reserve_cmd(req: pb.ReserveRequest, limits: Limits) -> ReserveCommand:
 
 
 def reserve_response(rec: Reservation, replayed: bool) -> pb.ReserveResponse:
+    lines = rec.lines
+    if len(lines) == 1 and not lines[0].group:  # one line at one location (most Reserves): no merging to do
+        line = lines[0]
+        granted = line.granted
+        out = pb.ReserveResponse(reservation_id=rec.reservation_id, replayed=replayed,
+                                 state=pb.RESERVATION_STATE_HELD if granted else pb.RESERVATION_STATE_REJECTED)
+        # outcome: an int of pb.LineOutcome's values as it is (typing.cast: a call)
+        answer = out.lines.add(sku=line.sku, location=line.location, requested=line.requested, granted=granted,
+                               outcome=line.outcome, available=line.available)
+        if granted:  # as ``fill_reserve_response``: its allocation, and when it expires
+            answer.allocations.add(location=line.location, quantity=granted)
+            expire_ms, stamp = rec.created_at + rec.ttl_ms, out.expire_time
+            stamp.seconds, stamp.nanos = expire_ms // 1000, expire_ms % 1000 * 1_000_000
+        return out
     out = pb.ReserveResponse()
     fill_reserve_response(out, rec, replayed)
     return out
