@@ -270,6 +270,11 @@ class SizeHistogram(Histogram):
         super().__init__(name, documentation, (), registry, buckets)
         self._general: _Observe = self.observe
         self.sizes = [0] * (int(self._bounds[-2]) + 1)  # per size, 0 to the largest finite bound
+        """``sizes[n] += 1`` is ``observe(n)`` for an int ``n`` up to the largest finite bound (at least 1):
+        a caller that knows its size is 1 (a commit of one entry, a turn of one message) counts it so,
+        without a call."""
+        if len(self.sizes) < 2:
+            raise ValueError("a size histogram's largest finite bound is at least 1")
         self.observe = self._count_size
 
     def _count_size(self, amount: float) -> None:

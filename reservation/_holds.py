@@ -36,8 +36,9 @@ class HoldsIndex:
                     key = f"{ln.sku}{_SEP}{ln.location}"  # ``pair_key``, without its call (every Reserve)
                     holders = self._at.get(key)
                     if holders is None:
-                        holders = self._at[key] = _Holders({})
-                    holders.ids[rid] = None
+                        self._at[key] = _Holders({rid: None})
+                    else:
+                        holders.ids[rid] = None
             return
         was = {pair_key(ln.sku, ln.location) for ln in before.lines if ln.outstanding} if before else set()
         now = {pair_key(ln.sku, ln.location) for ln in after.lines if ln.outstanding} if after else set()

@@ -37,16 +37,14 @@ from ._restore import restoring, run_through
 from ._snapshot import LedgerSnapshot, snapshot_of
 from ._store import ON_HAND, PositionStore
 from ._undo import Undo, run_undo
+from ._upkeep import Upkeep
 
 _LIVE = (State.HELD, State.CONFIRMED)
 _COUNT = int(FactKind.COUNT)
-COMPACT_PER_PASS = 4096
-"""Kept deltas one maintenance pass looks at for E9 compaction: ~10 ms of a shard's turn at most
-(``compact_ms`` of benchmarks/snapshot_stall.py)."""
 __all__ = ["Ledger", "LedgerSnapshot", "fact_key", "pair_key", "split_key"]
 
 
-class Ledger:
+class Ledger(Upkeep):
     """State of one shard: positions, fact histories, reservations, fact dedupe."""
 
     def __init__(self, shard: int, limits: Limits) -> None:
@@ -83,16 +81,21 @@ class Ledger:
         return self.reservations.get(reservation_id)
 
     # -- changes (the View used by operations) -------------------------------
-    # Every Reserve's ``move_hold`` and ``save``: ``emit`` without its dispatch (``_apply``'s own ``_apply_*``).
     def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
-        event = HoldMoved(sku, location, d_reserved, d_committed)
-        self._undo.append(self._apply_hold(event))  # applied first: one that raises leaves nothing behind
-        self._events.append(event)
+        """``emit(HoldMoved(...))`` without its dispatch, ``_apply_hold`` written out with the move's own
+        values (every Reserve's): applied first, so a move that raises leaves no event and no undo."""
+        store = self.store
+        if store.move(sku, location, d_reserved, d_committed):
+            self._undo.append((store.move, sku, location, -d_reserved, -d_committed))
+        else:  # it created the position
+            self._undo.append((store.forget, sku, location))
+        self._events.append(HoldMoved(sku, location, d_reserved, d_committed))
 
     def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None:
         self.emit(Shipped(sku, location, quantity, at, ref))
 
     def save(self, reservation: Reservation) -> None:
+        """``emit(ReservationSaved(reservation))`` without its dispatch (every Reserve's)."""
         self._undo.append(self._apply_reservation(reservation))
         self._events.append(ReservationSaved(reservation))
 
@@ -160,7 +163,8 @@ class Ledger:
         """Close the open batch but keep its undo steps: its append is in flight (pipelining). Also
         returns its moves of ``available`` per position: readers of durable state subtract them until then (C4)."""
         entry, undo, moved = LogEntry(ts, self._events), self._undo, self.store.journal or []
-        self.clock = max(self.clock, ts)
+        if ts > self.clock:  # ``max``, without its call: every batch's
+            self.clock = ts
         self._events, self._undo = [], []
         self.store.journal = []
         return entry, undo, moved
@@ -267,17 +271,12 @@ class Ledger:
             return apply_safety_stock(self.store, event), FactOutcome.APPLIED
         return None, FactOutcome.QUARANTINED  # FactQuarantined changes no state
 
-    def _apply_hold(self, event: HoldMoved) -> Undo:
+    def _apply_hold(self, event: HoldMoved) -> Undo:  # as ``move_hold`` (live) applies one
         sku, loc = event.sku, event.location
         store = self.store
         if not store.move(sku, loc, event.d_reserved, event.d_committed):  # it created the position
             return store.forget, sku, loc  # ``run_undo``'s tuple form: cheaper to build than a partial
         return store.move, sku, loc, -event.d_reserved, -event.d_committed
-
-    def housekeeping_wanted(self) -> bool:
-        """Remembered facts to forget (E8), kept deltas to compact (E9), stale expiry entries to drop."""
-        return self.has_old_facts() or self.histories.sweep_due(self._horizon()) or \
-            expiry_stale(len(self._expiry), self.live_reservations)
 
     def sweep_expiry(self) -> int:
         """``expiry_sweep`` in one go."""
@@ -290,11 +289,6 @@ class Ledger:
         if not expiry_stale(len(self._expiry), self.live_reservations):
             return 0
         return (yield from sweeping(self, slice_size))
-
-    def compact_some(self, limit: int = COMPACT_PER_PASS) -> int:
-        """E9 for about ``limit`` kept deltas (``Histories.sweep``); between batches, none in flight."""
-        assert not self._events, "compaction inside an open batch"
-        return self.histories.sweep(self._horizon(), limit, self._pass_every())
 
     def _apply_reservation(self, rec: Reservation) -> Undo:
         rid = rec.reservation_id
@@ -380,21 +374,3 @@ class Ledger:
         self.memory.drop(key)
         if superseded is not None:
             self.memory.drop(superseded)
-
-    def has_old_facts(self) -> bool:
-        """Whether ``forget_old_facts`` would drop anything now."""
-        return self.memory.has_old(self._horizon())
-
-    def forget_old_facts(self) -> int:
-        """E8 within bounded memory (``FactMemory.forget_old``). Only between batches: a batch that is
-        undone must find what it knew."""
-        assert not self._events, "forgetting inside an open batch"
-        return self.memory.forget_old(self._horizon(), self._pass_every())
-
-    def _horizon(self) -> int:
-        """E6/E9: stream time minus grace; facts stamped before it are late, history before it may go."""
-        return self.stream_time - self.limits.fact_grace_ms
-
-    def _pass_every(self) -> int:
-        """How far the horizon moves between two forgetting or compaction passes: a sixteenth of grace."""
-        return max(1, self.limits.fact_grace_ms // 16)

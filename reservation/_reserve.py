@@ -50,8 +50,29 @@ def reserve(view: ReserveView, cmd: ReserveCommand, now: int,
         same_content(existing, cmd)
         return existing, True  # R5: replay the original decision, refusals included
     lines = cmd.lines
-    if len(lines) == 1 and (groups is None or lines[0].location not in groups.groups):
-        return _reserve_plain_line(view, cmd, lines[0], now), False
+    if len(lines) != 1 or (groups is not None and lines[0].location in groups.groups):
+        return _reserve_planned(view, cmd, now, groups), False
+    # One line naming a location, not a group (most Reserves): ``_reserve_planned``'s decision and record
+    # without its plans. With one line, all-or-nothing and ``allow_partial`` agree: granted whole where it
+    # fits (R2), else INSUFFICIENT (never NOT_ATTEMPTED).
+    line = lines[0]
+    sku, location, quantity = line.sku, line.location, line.quantity
+    a = view.available(sku, location)
+    if quantity <= a:
+        record = LineRecord(sku, location, quantity, quantity, Outcome.GRANTED, a, quantity)
+        view.move_hold(sku, location, quantity, 0)
+        state, expires_at = State.HELD, now + cmd.ttl_ms
+    else:
+        record = LineRecord(sku, location, quantity, 0, Outcome.INSUFFICIENT, a)
+        state, expires_at = State.REJECTED, 0
+    rec = Reservation(cmd.reservation_id, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, state, (record,),
+                      now, expires_at, now, ttl_default=cmd.ttl_default)
+    view.save(rec)
+    return rec, False
+
+
+def _reserve_planned(view: ReserveView, cmd: ReserveCommand, now: int, groups: GroupPolicy | None) -> Reservation:
+    """``reserve`` of a new id in general: each line planned (``_plan``), then granted or not."""
     plans, every_fits = _plan(view, cmd, groups)
     grant_fitting = every_fits or cmd.allow_partial  # R2: every line or none, unless each alone
     held = False
@@ -78,25 +99,6 @@ def reserve(view: ReserveView, cmd: ReserveCommand, now: int,
         updated_at=now,
         ttl_default=cmd.ttl_default,
     )
-    view.save(rec)
-    return rec, False
-
-
-def _reserve_plain_line(view: ReserveView, cmd: ReserveCommand, line: LineRequest, now: int) -> Reservation:
-    """``reserve`` of one line naming a location, not a group (most Reserves): the same decision and
-    record as the general path, without its plans. With one line, all-or-nothing and ``allow_partial``
-    agree: granted whole where it fits (R2), else INSUFFICIENT (never NOT_ATTEMPTED)."""
-    sku, location, quantity = line.sku, line.location, line.quantity
-    a = view.available(sku, location)
-    if quantity <= a:
-        record = LineRecord(sku, location, quantity, quantity, Outcome.GRANTED, a, quantity)
-        view.move_hold(sku, location, quantity, 0)
-        state, expires_at = State.HELD, now + cmd.ttl_ms
-    else:
-        record = LineRecord(sku, location, quantity, 0, Outcome.INSUFFICIENT, a)
-        state, expires_at = State.REJECTED, 0
-    rec = Reservation(cmd.reservation_id, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, state, (record,),
-                      now, expires_at, now, ttl_default=cmd.ttl_default)
     view.save(rec)
     return rec
 

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.shard import ShardActor
 from atp_service.engine.vacant import Vacant, Where
 from atp_service.storage.leases import taken_over
-from reservation import Moved
+from reservation import Moved, Quantities
 
 if TYPE_CHECKING:
     from atp_service.config import EngineSettings
@@ -31,6 +31,7 @@ class OwnedShards:
     orders: Any
     _log: LogStore
     _settings: EngineSettings
+    place: Callable[[str], int]
 
     def __init__(self, actors: Sequence[ShardActor], shards: int) -> None:
         """``actors``: every shard's; none (leased groups): every shard vacant until its group is taken."""
@@ -98,6 +99,21 @@ class OwnedShards:
             # Its snapshots are the next owner's to report: kept here, the gauge summed over the
             # processes counted the shard twice, and a stale size for as long as this one ran.
             self._log.metrics.snapshot_bytes.remove(shard)
+
+    def storage_unsure(self, skus: Iterable[str]) -> bool:
+        """A shard of these SKUs has appends whose fate it does not know yet (its log unreachable)."""
+        return any(self.actors[self.place(sku)].in_doubt for sku in skus)
+
+    def availability(self, keys: Iterable[tuple[str, str]]) -> list[Quantities]:
+        """Reads straight from memory: may include a batch whose append is in flight (ms), and leaves
+        out appends in doubt until their shard has settled them (``storage_unsure``)."""
+        local, place = self.local, self.place
+        return [local(place(sku)).ledger.quantities(sku, loc) for sku, loc in keys]
+
+    def is_order(self, home: int, reservation_id: str) -> bool:
+        """Whether the record at ``home`` is an order spanning groups (``Orders``)."""
+        rec = self.actors[home].ledger.reservation(reservation_id)
+        return rec is not None and rec.is_order
 
     async def check_logs_reach(self) -> None:
         """Each shard stops if Redis lost entries it made durable (``ShardActor.stop_if_log_short``): every

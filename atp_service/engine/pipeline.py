@@ -86,15 +86,13 @@ class CommitPipeline(EntryListeners):
         """Send the open batch to the log and go on; its callers are answered once it is durable
         and every entry before it is (R7). Answers of a batch with nothing to log wait behind
         the newest entry in flight: a replayed decision must not be acknowledged before it is durable."""
-        ledger = self.ledger
-        if not ledger.pending:
-            ledger.commit(now)  # nothing to log; drop its undo steps
+        entry, undo, moved = self.ledger.seal(now)  # (without ``pending``'s frame first: every turn's)
+        if not entry.events:  # nothing to log: its undo steps dropped, as ``Ledger.commit`` drops them
             if self._inflight:
                 self._inflight[-1].answers.extend(answers)
             else:
                 deliver(answers)
             return
-        entry, undo, moved = ledger.seal(now)
         seq = self.seq + 1 + len(self._inflight)
         data = encode_entry(entry)
         # Settled, the log calls _on_append_done at once: a done callback would cost the reply a loop turn.
@@ -109,17 +107,19 @@ class CommitPipeline(EntryListeners):
             done = head.done
             if not done.done():
                 return
-            if done.cancelled():
+            try:
+                done.result()  # one call for an append that landed (most): ``cancelled``, then ``exception``
+            except asyncio.CancelledError:
                 self._fail_in_flight(None)
                 return
-            error = done.exception()
-            if error is not None:
+            except BaseException as error:  # the append failed, whatever with: as ``exception()`` gave it
                 self._fail_in_flight(error)
                 return
             inflight.popleft()
             self.seq, self.durable_data = head.seq, head.data
             deliver(head.answers)
-            self._tell(self.listeners, head.entry)
+            if self.listeners:  # none without channels: no ``_tell`` frame for nobody
+                self._tell(self.listeners, head.entry)
 
     def _fail_in_flight(self, error: BaseException | None) -> None:
         """An append failed: revert every batch in flight (newest first), answer UNAVAILABLE,

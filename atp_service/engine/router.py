@@ -26,6 +26,7 @@ from atp_service.engine.owned import OwnedShards
 from atp_service.engine.parts import Remote
 from atp_service.engine.routes import Routes
 from atp_service.engine.shard import ShardActor
+from atp_service.instruments import CounterChild
 from atp_service.metrics import EngineMetrics
 from atp_service.storage.ids import IdClaims
 from atp_service.storage.log import LogStore
@@ -94,7 +95,7 @@ class Engine(OwnedShards):
         # Location groups a Reserve line may name, with each channel's strategy (set from the estate).
         self.group_policies: dict[str, GroupPolicy] = {}
         self.default_group_policy: GroupPolicy | None = None
-        self._tallies: dict[int, Callable[[], None]] = {}  # ``_tally``
+        self._tallies: dict[int, CounterChild] = {}  # ``_tally``
 
     @property
     def log_client(self) -> Any:
@@ -134,22 +135,37 @@ class Engine(OwnedShards):
 
     # -- reservation commands ---------------------------------------------------------
     async def reserve(self, cmd: ReserveCommand) -> tuple[Reservation, bool]:
-        shards, home = self.routes.route(cmd)
-        if self.orders is not None and len(shards) > 1:
+        rid, lines = cmd.reservation_id, cmd.lines
+        if len(lines) == 1:  # ``Routes.route`` of one line (every unary Reserve), written out: its shard
+            # (``place``), its home noted before the shard decides (a retry must meet it there), one attempt more
+            shard = zlib.crc32(lines[0].sku.encode()) % self._n
+            home = self._home.setdefault(rid, shard)
+            self._routing[rid] = self._routing.get(rid, 0) + 1
+            shards = None if home == shard else {shard, home}  # None: on ``home`` alone (no set to make)
+        else:
+            shards, home = self.routes.route(cmd)
+            shards = shards if len(shards) > 1 else None
+        if shards is not None and self.orders is not None:
             if self._log.leased:  # its saga runs where its home is owned
                 self._all_local(cmd.reservation_id, (home,) if self.remote else (home, *sorted(shards)))
             return await self._reserve_order(cmd, home)
         try:
-            if len(shards) == 1:  # most Reserves: its actor's future awaited directly, without run's frame
+            if shards is None:  # most Reserves: its actor's future awaited directly, without run's frame
                 result: tuple[Reservation, bool] = await self.actors[home].submit(partial(self._reserve_alone, cmd))
             else:
                 ledger = self.actors[home].ledger
                 result = await self.run(shards, home, lambda view, now: self._reserve_checked(ledger, view, cmd, now))
         except BaseException:
-            self.routes.unroute(cmd.reservation_id)
+            self.routes.unroute(rid)
             raise
-        self.routes.done(cmd.reservation_id)
-        self._count(result)
+        # ``Routes.done`` and ``_count``, written out (every unary Reserve): one attempt fewer, the
+        # route kept; the outcome counted on its counter's child, found once per outcome (``_tally``).
+        attempts = self._routing
+        left = attempts.pop(rid) - 1
+        if left:
+            attempts[rid] = left
+        rec, replayed = result
+        (self._tallies.get(0 if replayed else rec.state) or self._tally(rec, replayed)).value += 1  # ``inc()``
         return result
 
     def _all_local(self, rid: str, shards: Iterable[int]) -> None:
@@ -245,17 +261,18 @@ class Engine(OwnedShards):
             return self._reserve_checked(ledger, ledger, cmd, now)
         return ops.reserve(ledger, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
-    def _tally(self, rec: Reservation, replayed: bool) -> Callable[[], None]:
-        """The ``inc`` of ``atp_reservations_total``'s child of a unary Reserve's outcome, kept by state
-        (0: replayed): ``count_reservations`` of one decision without its tally."""
-        inc = self._tallies[0 if replayed else rec.state] = self.metrics.reservations_of(
-            "replayed" if replayed else STATE_NAMES[rec.state]).inc
-        return inc
+    def _tally(self, rec: Reservation, replayed: bool) -> CounterChild:
+        """``atp_reservations_total``'s child of a unary Reserve's outcome, kept by state (0: replayed):
+        ``count_reservations`` of one decision without its tally. Counted ``value += 1``: ``inc()``
+        without its frame (a count of one is never negative, ``inc``'s one check)."""
+        counter = self._tallies[0 if replayed else rec.state] = self.metrics.reservations_of(
+            "replayed" if replayed else STATE_NAMES[rec.state])
+        return counter
 
     def _count(self, result: tuple[Reservation, bool]) -> None:
-        """``count_reservations`` of one decision (every unary Reserve), without its tally."""
+        """``count_reservations`` of one decision (an order's Reserve), without its tally (``_tally``)."""
         rec, replayed = result
-        (self._tallies.get(0 if replayed else rec.state) or self._tally(rec, replayed))()
+        (self._tallies.get(0 if replayed else rec.state) or self._tally(rec, replayed)).value += 1
 
     def _count_many(self, results: list[tuple[Reservation, bool] | DomainError]) -> None:
         count_reservations(self.metrics, results)
@@ -290,16 +307,6 @@ class Engine(OwnedShards):
             raise NotFound(f"reservation_id: no reservation {reservation_id!r}")
         return rec
 
-    def storage_unsure(self, skus: Iterable[str]) -> bool:
-        """A shard of these SKUs has appends whose fate it does not know yet (its log unreachable)."""
-        return any(self.actors[self.place(sku)].in_doubt for sku in skus)
-
-    def availability(self, keys: Iterable[tuple[str, str]]) -> list[Quantities]:
-        """Reads straight from memory: may include a batch whose append is in flight (ms), and leaves
-        out appends in doubt until their shard has settled them (``storage_unsure``)."""
-        local, place = self.local, self.place
-        return [local(place(sku)).ledger.quantities(sku, loc) for sku, loc in keys]
-
     async def set_safety_stock(self, sku: str, location: str, quantity: int) -> Quantities:
         """Q4, durable like every other change."""
         shard = self.place(sku)
@@ -324,11 +331,6 @@ class Engine(OwnedShards):
             self.metrics.capacity_refusals.labels(error.metadata.get("limit", "")).inc(n)
 
     # -- routing ----------------------------------------------------------------------
-    def is_order(self, home: int, reservation_id: str) -> bool:
-        """Whether the record at ``home`` is an order spanning groups (``Orders``)."""
-        rec = self.actors[home].ledger.reservation(reservation_id)
-        return rec is not None and rec.is_order
-
     async def _resolve(self, reservation_id: str, outcome: str, work: ViewWork, step: PendingOp) -> Reservation:
         home = self._home.get(reservation_id)
         result: Reservation

@@ -59,18 +59,12 @@ class Routes:
     def route(self, cmd: ReserveCommand) -> tuple[set[int], int]:
         """``placement``, with the home noted before the shard decides (a concurrent retry must meet
         the first attempt there); ``unroute`` forgets it again once no attempt is left and no
-        record was made, and ``unhome`` when the record is taken back."""
+        record was made, and ``unhome`` when the record is taken back. (``Engine.reserve`` routes a
+        Reserve of one line itself, alike.)"""
+        shards, home = self.placement(cmd)
         rid = cmd.reservation_id
-        lines = cmd.lines
-        if len(lines) == 1:  # ``placement``'s common case and ``note``, without their frames (every Reserve)
-            shard = self._place(lines[0].sku)
-            home = self.homes.setdefault(rid, shard)  # the known home, else its line's shard, noted
-            shards = {shard} if home == shard else {shard, home}
-        else:
-            shards, home = self.placement(cmd)
-            self.homes.setdefault(rid, home)
-        attempts = self.attempts
-        attempts[rid] = attempts.get(rid, 0) + 1
+        self.homes.setdefault(rid, home)  # note(), without its frame: every Reserve of several lines
+        self.attempts[rid] = self.attempts.get(rid, 0) + 1
         return shards, home
 
     def note(self, rid: str, home: int) -> None:

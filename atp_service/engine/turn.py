@@ -72,10 +72,14 @@ def apply_batch(ledger: Ledger, batch: list[Envelope], now: int, metrics: Engine
         except DomainError as exc:
             answers.append((env.reply, None, exc))
         except Exception as exc:
-            ledger.rollback_to(mark)
-            log.exception("shard %d: a command failed unexpectedly; nothing of it was applied", ledger.shard)
-            metrics.internal_errors.inc()
-            answers.append((env.reply, None, DomainError(f"internal error ({type(exc).__name__}); "
-                                                         "nothing was applied")))
+            answers.append((env.reply, None, taken_back(ledger, mark, exc, metrics)))
     metrics.batch_size.observe(len(answers))
     return answers
+
+
+def taken_back(ledger: Ledger, mark: tuple[int, int], exc: Exception, metrics: EngineMetrics) -> DomainError:
+    """A command that failed unexpectedly (a bug): its half-made change taken back, the answer its caller gets."""
+    ledger.rollback_to(mark)
+    log.exception("shard %d: a command failed unexpectedly; nothing of it was applied", ledger.shard)
+    metrics.internal_errors.inc()
+    return DomainError(f"internal error ({type(exc).__name__}); nothing was applied")

@@ -1,0 +1,54 @@
+"""A ledger's upkeep between batches (``Ledger`` builds on it): remembered facts forgotten once past
+the grace window (E8), kept deltas compacted (E9), and whether a maintenance turn has anything to do."""
+
+from __future__ import annotations
+
+from ._dedupe import FactMemory
+from ._events import Event
+from ._expiry import expiry_stale
+from ._facts import Histories
+from ._limits import Limits
+
+COMPACT_PER_PASS = 4096
+"""Kept deltas one maintenance pass looks at for E9 compaction: ~10 ms of a shard's turn at most
+(``compact_ms`` of benchmarks/snapshot_stall.py)."""
+
+
+class Upkeep:
+    """What a ``Ledger``'s maintenance turns ask of it (mixed in: they need its state, nothing else)."""
+
+    limits: Limits
+    stream_time: int
+    live_reservations: int
+    memory: FactMemory
+    histories: Histories
+    _expiry: list[tuple[int, str]]
+    _events: list[Event]
+
+    def housekeeping_wanted(self) -> bool:
+        """Remembered facts to forget (E8), kept deltas to compact (E9), stale expiry entries to drop."""
+        return self.has_old_facts() or self.histories.sweep_due(self._horizon()) or \
+            expiry_stale(len(self._expiry), self.live_reservations)
+
+    def compact_some(self, limit: int = COMPACT_PER_PASS) -> int:
+        """E9 for about ``limit`` kept deltas (``Histories.sweep``); between batches, none in flight."""
+        assert not self._events, "compaction inside an open batch"
+        return self.histories.sweep(self._horizon(), limit, self._pass_every())
+
+    def has_old_facts(self) -> bool:
+        """Whether ``forget_old_facts`` would drop anything now."""
+        return self.memory.has_old(self._horizon())
+
+    def forget_old_facts(self) -> int:
+        """E8 within bounded memory (``FactMemory.forget_old``). Only between batches: a batch that is
+        undone must find what it knew."""
+        assert not self._events, "forgetting inside an open batch"
+        return self.memory.forget_old(self._horizon(), self._pass_every())
+
+    def _horizon(self) -> int:
+        """E6/E9: stream time minus grace; facts stamped before it are late, history before it may go."""
+        return self.stream_time - self.limits.fact_grace_ms
+
+    def _pass_every(self) -> int:
+        """How far the horizon moves between two forgetting or compaction passes: a sixteenth of grace."""
+        return max(1, self.limits.fact_grace_ms // 16)
