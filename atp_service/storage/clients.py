@@ -4,6 +4,7 @@ commands packed by hiredis (``nodes.py`` makes its write lanes' connections with
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -86,3 +87,11 @@ def _no_maint_notifications() -> MaintNotificationsConfig:
     command after a Redis restart fails on a dead socket; the service never retries blindly, so that
     one failure would reach a caller or stall a reader."""
     return MaintNotificationsConfig(enabled=False)
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """``url`` (credentials, TLS, options) pointed at another node."""
+    parts = urlsplit(url)
+    auth = parts.netloc.rpartition("@")[0]
+    netloc = f"{auth}@{host}:{port}" if auth else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -117,16 +117,20 @@ class Lane:
         reply is then needed only where there is something to see. False: nothing was sent; use
         ``exchange``. At 1,000 calls/s most group commits find the lane idle, and each step of a
         task's await chain is one more turn of the event loop (a system call) per commit."""
-        idle = self._idle
-        if not commands or self._busy >= self.connections or self._turns or not idle or idle[-1].closed:
+        if not commands:
             return False
-        if len(commands) == 1 and type(commands[0]) is bytes:  # ``pack``'s own first case, without its frame
-            packed = commands[0]
-        else:
-            try:
-                packed = pack(commands)
-            except DataError:
-                return False  # ``exchange`` fails it, alone
+        try:
+            packed = pack(commands)
+        except DataError:
+            return False  # ``exchange`` fails it, alone
+        return self.begin_packed(packed, len(commands), done, fault)
+
+    def begin_packed(self, packed: bytes, count: int, done: Done, fault: Done | None = None) -> bool:
+        """``begin`` of ``count`` commands already in RESP, ``packed`` (the log's group commit:
+        ``append_resp``)."""
+        idle = self._idle
+        if self._busy >= self.connections or self._turns or not idle or idle[-1].closed:
+            return False
         wire = idle.pop()
         self._busy += 1
 
@@ -147,7 +151,7 @@ class Lane:
             except Exception:
                 log.exception("a write's reply could not be handed on")
 
-        wire.expect(len(commands), finished, self.timeout_s)
+        wire.expect(count, finished, self.timeout_s)
         try:
             wire.transport.write(packed)
         except Exception as exc:  # whether any of it left is unknown: in doubt, as after a timeout

@@ -25,7 +25,6 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from redis.asyncio.cluster import ClusterNode
@@ -33,7 +32,7 @@ from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atp_service.storage.clients import close_any
+from atp_service.storage.clients import close_any, node_url
 from atp_service.storage.clients import connect as connect
 from atp_service.storage.clients import connect_any as connect_any
 from atp_service.storage.lane import Lane, check_writable
@@ -240,8 +239,11 @@ class Nodes:
         if self.cluster or self.wait_replicas or not calls:
             return False
         lane = self._lanes.get("") or self._lane("")
-        commands = [_evalsha(calls[0])] if len(calls) == 1 else [_evalsha(call) for call in calls]  # 1: no listcomp
-        return lane.begin(commands, done, partial(self._begun_fault, lane, calls, done))
+        fault = partial(self._begun_fault, lane, calls, done)
+        packed = calls[0].packed if len(calls) == 1 else None
+        if packed is not None:  # the log's group commit, in RESP already (``append_resp``): no list, no pack
+            return lane.begin_packed(packed, 1, done, fault)
+        return lane.begin([_evalsha(call) for call in calls], done, fault)
 
     def _begun_fault(self, lane: Lane, calls: list[Call], done: Callable[[list[Any]], None], result: Any) -> None:
         """A begun run that ended (``result`` an exception) or met an error reply: a call that found
@@ -380,14 +382,6 @@ def _evalsha(call: Call) -> tuple[Any, ...] | bytes:
     if call.packed is not None:
         return call.packed
     return ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-
-
-def node_url(url: str, host: str, port: int) -> str:
-    """``url`` (credentials, TLS, options) pointed at another node."""
-    parts = urlsplit(url)
-    auth = parts.netloc.rpartition("@")[0]
-    netloc = f"{auth}@{host}:{port}" if auth else f"{host}:{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def open_nodes(url: str, timeout_s: float, *, cluster: bool = False, wait_replicas: int = 0,

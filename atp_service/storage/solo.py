@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -27,6 +28,8 @@ from atp_service.storage.append_resp import AppendPacker
 from atp_service.storage.nodes import Call, Nodes, Script
 from atp_service.storage.records import UNCLAIMED, Pending
 from atp_service.storage.window import CommitWindow
+
+log = logging.getLogger(__name__)
 
 
 class SoloCommit:
@@ -65,18 +68,20 @@ class SoloCommit:
         fut = loop.create_future()
         pending.append(Pending(shard, seq, data, self.epochs.get(shard, UNCLAIMED), self._tokens.get(shard, 0), 0, fut,
                                then))
-        if not self._scheduled and self._in_flight < self._max_in_flight:
-            self._schedule(loop)
-        else:
-            self._kick(loop)
+        if self._scheduled or self._in_flight >= self._max_in_flight:
+            self._kick(loop)  # a commit to join, or one in flight to wait for
+        elif self._window.busy:
+            self._schedule(loop)  # it may wait for company
+        else:  # ``_schedule`` of a quiet log, written out: sent in the next turn
+            self._scheduled = True
+            loop.call_soon(self._flush, loop)
         return fut
 
     def _flush_one(self, loop: asyncio.AbstractEventLoop, p: Pending) -> None:
         """Send ``p``, taken from ``_pending`` where it waited alone, as a group commit of its own
         (``_flush`` checked the rest: one Redis, not leased, not tracing, a commit may go, not cancelled)."""
-        self._first_pending_at = loop.time()  # what comes next waits from now on
-        self._in_flight += 1
-        self.metrics.pipeline_size.observe(1)
+        self._in_flight += 1  # (``_first_pending_at``: none waits now; the next entry's ``submit`` sets it)
+        self.metrics.pipeline_size.sizes[1] += 1  # ``observe(1)`` without its frame (``SizeHistogram.sizes``)
         try:
             keys, packed = self._packer.pack_one(p)
         except Exception as exc:  # an entry that cannot be packed: nothing was sent
@@ -99,20 +104,29 @@ class SoloCommit:
         try:
             self.metrics.append_seconds.observe(time.perf_counter() - started)
             (reply,) = replies  # ValueError where the counts differ, as zip(strict=True)
-            error: BaseException | None
             if isinstance(reply, BaseException):
-                error = self._refused(reply, p.shard, p.epoch)
-            else:
-                (result,) = reply
-                error = RedisError(result[1:].decode(errors="replace")) if result[:1] == b"!" else None
-            p.settle(error)
+                p.settle(self._refused(reply, p.shard, p.epoch))
+                return
+            (result,) = reply
+            if result[:1] == b"!":  # the script refused it
+                p.settle(RedisError(result[1:].decode(errors="replace")))
+                return
+            done = p.done  # landed: ``Pending.settle(None)``, written out
+            if not done.done():
+                done.set_result(None)
+                if p.then is not None:
+                    try:
+                        p.then()
+                    except Exception:  # as the loop does with a callback's
+                        log.exception("a log entry's completion failed")
         finally:
             self._in_flight -= 1  # ``_sent``, written out
             if self._pending and not self._scheduled:
                 self._schedule(self._running_loop())
 
-    # -- of ``LogStore`` (``_unpackable``: of ``CommitSlots``, declared only: a stub here would come first) ----
+    # -- of ``LogStore`` (``_unpackable`` is ``CommitSlots``': declared only, a stub here would come first) ---
     _unpackable: Callable[[list[Pending], Exception], None]
+    _flush: Callable[[asyncio.AbstractEventLoop], None]
 
     def _refused(self, exc: BaseException, group: int | None = None, epoch: str | None = None) -> BaseException:
         raise NotImplementedError
