@@ -59,7 +59,7 @@ from benchmarks.throughput import ROOT, serve_command, service_ready, start
 POSITIONS = 10_000
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # (part, substrings of a frame's "function (file)" text); the innermost matching frame decides.
-    ("reply", ("reserve_response", "reservation_pb", "line_results")),
+    ("reply", ("reserve_answer", "reserve_response", "reservation_pb", "line_results")),
     ("conversion", ("atp_service/edge/convert.py", "reservation/_validate")),
     ("log encode", ("encode_entry", "msgspec", "_encode")),
     ("redis client", ("redis/", "atp_service/storage/")),

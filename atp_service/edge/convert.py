@@ -146,7 +146,9 @@ def reserve_cmd(req: pb.ReserveRequest, limits: Limits) -> ReserveCommand:
     )
 
 
-def reserve_response(rec: Reservation, replayed: bool) -> pb.ReserveResponse:
+def reserve_answer(decided: tuple[Reservation, bool]) -> pb.ReserveResponse:
+    """A unary Reserve's reply to its decision (record, replayed): ``reserve_response`` of the pair."""
+    rec, replayed = decided
     lines = rec.lines
     if len(lines) == 1 and not lines[0].group:  # one line at one location (most Reserves): no merging to do
         line = lines[0]
@@ -161,6 +163,10 @@ def reserve_response(rec: Reservation, replayed: bool) -> pb.ReserveResponse:
             expire_ms, stamp = rec.created_at + rec.ttl_ms, out.expire_time
             stamp.seconds, stamp.nanos = expire_ms // 1000, expire_ms % 1000 * 1_000_000
         return out
+    return reserve_response(rec, replayed)
+
+
+def reserve_response(rec: Reservation, replayed: bool) -> pb.ReserveResponse:
     out = pb.ReserveResponse()
     fill_reserve_response(out, rec, replayed)
     return out

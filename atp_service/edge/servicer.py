@@ -20,9 +20,10 @@ from atp_service.edge.calls import current as current_call
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
 from atp_service.edge.explain import explain_availability
-from atp_service.edge.fits import ReserveRoom, too_large
-from atp_service.edge.forward import Forwarder, Relayed
+from atp_service.edge.fits import ReserveRoom
+from atp_service.edge.forward import Forwarder
 from atp_service.edge.load import load_counts
+from atp_service.edge.observed import observed as _observed
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.record import record_events
 from atp_service.edge.routing import RoutingTable, routing_pb, single_process
@@ -32,7 +33,6 @@ from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
 from atp_service.metrics import EdgeMetrics
 from atp_service.tasks import exception_seen
-from atp_service.traces import tag_current
 from reservation import (
     DomainError,
     InvalidArgument,
@@ -50,49 +50,6 @@ from reservation import (
 T = TypeVar("T")
 Batches = asyncio.Queue[asyncio.Task[pb.ReserveStreamResponse] | None]
 """A ReserveStream's batches being decided, in the order they are answered; None: no more."""
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-
-
-def _observed(method: str) -> Callable[[Handler], Handler]:
-    """Latency by method and code, DomainError -> gRPC status; a call of another process's group: ``Forwarder``."""
-    ok = (method, "OK")  # the key of the answered calls' histogram child, made once
-    def wrap(fn: Handler) -> Handler:
-        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            drain = self.drain
-            try:
-                drain.enter()
-                try:
-                    monitor = self.monitor
-                    if monitor is not None and monitor.overloaded():
-                        self.metrics.shed.inc()
-                        raise ResourceExhausted(
-                            f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit "
-                            f"max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with backoff",
-                            Reason.SERVICE_OVERLOADED)
-                    try:
-                        result = await fn(self, request, context)
-                    except Moved as moved:  # another process's group: forwarded there, or redirected
-                        result = await self.forwarder.answer(method, request, context, moved)
-                finally:
-                    drain.leave()
-                size = result.ByteSize()  # gRPC would refuse to send it, with no reason (a change made: R7)
-                if size > self.max_message_bytes:
-                    raise too_large(method, size, self.max_message_bytes)
-            except Relayed as relayed:
-                self.latency(method, relayed.code.name).observe(time.perf_counter() - started)
-                await relayed.abort(context)
-            except DomainError as exc:
-                self.latency(method, status_of(exc).name).observe(time.perf_counter() - started)
-                tag_current(self.tracer, reason=exc.reason.name)
-                await abort(context, exc)
-            (self._latency.get(ok) or self.latency(*ok)).observe(time.perf_counter() - started)  # no frame once made
-            return result
-
-        handler.__name__ = fn.__name__
-        return handler
-
-    return wrap
 
 
 class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
@@ -180,13 +137,13 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
             raise Unavailable("service is recovering its state; retry shortly", Reason.RECOVERING)
         return self._desk
 
-    @_observed("Reserve")
-    async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
+    @_observed("Reserve", convert.reserve_answer)
+    def Reserve(self, request: pb.ReserveRequest, context: Any) -> Awaitable[tuple[Reservation, bool]]:
+        """Not a coroutine: ``_observed`` awaits the engine's decision itself, answered by ``reserve_answer``."""
         cmd = convert.reserve_cmd(request, self.limits)
-        engine = self.engine
+        engine = self._engine or self.engine  # the property's frame only while recovering (it refuses)
         self._room.check(request, cmd, engine)  # its answer fits (or its retry replays), else nothing is decided
-        rec, replayed = await engine.reserve(cmd)
-        return convert.reserve_response(rec, replayed)
+        return engine.reserve(cmd)
 
     @_observed("Confirm")
     async def Confirm(self, request: pb.ConfirmRequest, context: Any) -> pb.ConfirmResponse:

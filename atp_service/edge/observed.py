@@ -1,0 +1,67 @@
+"""The wrapper of every unary method of the servicer (``servicer.py``): its latency by method and
+code, a refusal (``DomainError``) answered as its gRPC status, a call of another process's group
+forwarded there (``Forwarder``), the drain and the loop-lag shedding at the door."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from atp_service.edge.errors import abort, status_of
+from atp_service.edge.fits import too_large
+from atp_service.edge.forward import Relayed
+from atp_service.traces import tag_current
+from reservation import DomainError, Moved, Reason, ResourceExhausted
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def observed(method: str, answer: Callable[[Any], Any] | None = None) -> Callable[[Handler], Handler]:
+    """Latency by method and code, DomainError -> gRPC status; a call of another process's group: ``Forwarder``.
+    With ``answer``, the method returns what to await instead of being a coroutine itself, and ``answer``
+    makes the reply of what that gave (Reserve's: one coroutine fewer to make, enter and leave per call)."""
+    ok = (method, "OK")  # the key of the answered calls' histogram child, made once
+    def wrap(fn: Handler) -> Handler:
+        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            drain = self.drain
+            try:
+                if drain.closing:  # ``enter``'s refusal: its frame only while the service stops
+                    drain.enter()
+                drain.active += 1
+                try:
+                    monitor = self.monitor
+                    if monitor is not None and monitor.overloaded():
+                        self.metrics.shed.inc()
+                        raise ResourceExhausted(
+                            f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit "
+                            f"max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with backoff",
+                            Reason.SERVICE_OVERLOADED)
+                    try:
+                        result = await fn(self, request, context)
+                        if answer is not None:
+                            result = answer(result)
+                    except Moved as moved:  # another process's group: forwarded there, or redirected
+                        result = await self.forwarder.answer(method, request, context, moved)
+                finally:
+                    drain.leave()
+                size = result.ByteSize()  # gRPC would refuse to send it, with no reason (a change made: R7)
+                if size > self.max_message_bytes:
+                    raise too_large(method, size, self.max_message_bytes)
+            except Relayed as relayed:
+                self.latency(method, relayed.code.name).observe(time.perf_counter() - started)
+                await relayed.abort(context)
+            except DomainError as exc:
+                self.latency(method, status_of(exc).name).observe(time.perf_counter() - started)
+                tag_current(self.tracer, reason=exc.reason.name)
+                await abort(context, exc)
+            (self._latency.get(ok) or self.latency(*ok)).observe(time.perf_counter() - started)  # no frame once made
+            return result
+
+        handler.__name__ = fn.__name__
+        return handler
+
+    return wrap
