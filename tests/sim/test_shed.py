@@ -31,3 +31,14 @@ async def test_a_located_call_is_answered_by_the_holder_whatever_a_peer_refused_
     door for load. The holder's answer is the caller's, as the service answers it: the refusal, told
     instead, said nothing was done of a release that was."""
     await Driver(42, processes=3, shed=True).run(10)
+
+
+async def test_a_shard_that_found_its_log_short_as_the_process_was_killed_was_that_instances_finding() -> None:
+    """``--seed 1001 --lose-tail --shed``: Redis came back from a save of step 49 at step 54's start, losing
+    shard 2's entries 47..50 (acknowledged); the shard's next append was refused GAP, its settle read the log
+    ending at 46 and the shard stopped (``LogDiverged``: R7, as documented), its task ending in the very turn
+    the process was killed. With every task ended, the kill had none to cancel and awaited nothing: the
+    dead instance's failure report (a done callback) ran only once the restart had begun, and its ERROR was
+    judged as the new instance's, which had lost nothing since its start. The dead instance's due callbacks
+    now run before the restart, as they do whenever a task was left to cancel."""
+    await Driver(1001, lose_tail=True, shed=True).run(55)

@@ -190,12 +190,20 @@ class World:
 
     async def crash_and_recover(self, rng: random.Random) -> None:
         """kill -9: every task of the process gone wherever it was (shards, callers, coordinators, the
-        desk); what was sent lands now, later or never; then a restart."""
+        desk); what was sent lands now, later or never; then a restart.
+
+        What the dead instance had already due runs before the restart — a shard's failure report
+        (``ShardActor._ended``, a done callback: one turn after its task ended) — as it does while its
+        tasks end: the error it logs is judged as that instance's (``TailLoss.allows``:
+        ``lost_since_start``), never as the new one's. (With no task left to cancel the gather below
+        awaits nothing, and a shard that found its log short in the crash's very turn was reported
+        only once the new instance had started, as though it had not lived through the loss.)"""
         me = asyncio.current_task()
         doomed = [t for t in asyncio.all_tasks() if t is not me and t not in self._outside]
         for task in doomed:
             task.cancel()
         await asyncio.gather(*doomed, return_exceptions=True)
+        await asyncio.sleep(0)  # the callbacks already due: the dead instance's, before the restart
         self.log.crash(rng)
         self.channels.crash(rng)
         self.engine = None
