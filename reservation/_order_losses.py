@@ -11,6 +11,15 @@ the parts that remain say of the order, pure. The engine acts on it (``atp_servi
   lost (``restored``): its confirmed parts' units are a confirmed order's, committed until released or shipped
   (Q3). Expired, they were offered again while its caller ships them (oversold). An expiry never releases a
   confirmed part (``_orders.apply_share``: R3, only HELD -> EXPIRED).
+- A part confirmed under an order recorded undecided, its Reserve pending (``decided_by_parts``): the home's group
+  came back from before the order's decision, which its confirmation followed. Decided as a Reserve decides
+  (``_orders.decide``) it would be refused — a confirmed part is not one that holds — and its held parts released,
+  or, past its TTL, given up whole, its confirmed parts released too: the paid order's committed units offered again
+  while its caller ships them. It is decided again from its parts instead (``decide``, ``decided_again``): CONFIRMED,
+  its lines as its parts decided them, its confirmation recorded again (``RESTORED``) and carried through.
+- A part of other content than its order asks (``own_part``): the order's record Redis lost at its home, its id
+  reserved again with other content (R5: refused, the order given up). The part is that first order's: a confirmed
+  one proves nothing of this order (``decided_by_parts``), and is not given up with it (``give_up_part``, Q3).
 """
 
 from __future__ import annotations
@@ -19,8 +28,12 @@ from collections.abc import Mapping
 
 import msgspec
 
+from . import _operations as ops
+from . import _orders as orders
+from ._errors import DomainError
 from ._limits import Limits
-from ._model import OrderStep, PendingOp, Reservation, State
+from ._model import OrderStep, PendingOp, Reservation, ReserveCommand, State
+from ._operations import View
 from ._orders import PART_MARK, Place
 
 RESTORED = PendingOp(OrderStep.CONFIRM, (), PART_MARK + "restored")
@@ -66,3 +79,55 @@ def restored(order: Reservation) -> bool:
     whatever part Redis lost (``lost_parts``), never given up — its caller was most likely told CONFIRMED and its
     confirmed parts' units are committed (Q3). The units a lost part held are committed nowhere (a known gap)."""
     return order.pending == RESTORED
+
+
+def decided_by_parts(order: Reservation, parts: Mapping[int, Reservation], place: Place) -> bool:
+    """Whether ``order`` is undecided (its Reserve pending) though a part was confirmed (``was_confirmed``): a part is
+    confirmed only once its order was decided HELD and its home recorded the confirmation (R3), so Redis lost both at
+    its home (R7: the home's group back from before the decision, the part's kept its own). Not where a part holds
+    other content than the order asks of its group (``_orders.same_part``): that id's order whose record Redis lost,
+    opened again with other content — a retry refused (R5), its confirmed part proving nothing of this one."""
+    if order.pending is None or order.pending.kind != OrderStep.RESERVE or not any(map(was_confirmed, parts.values())):
+        return False
+    asked = orders.split(orders.command_of(order), place)
+    return all(group in asked and own_part(part, asked[group]) for group, part in parts.items())
+
+
+def own_part(part: Reservation, cmd: ReserveCommand) -> bool:
+    """Whether ``part`` is what ``cmd`` (its order's share, ``_orders.split``) reserves: not a part of another order
+    of that id — one whose record Redis lost, the id opened again with other content (R5)."""
+    try:
+        ops.same_content(part, cmd)
+    except DomainError:
+        return False
+    return True
+
+
+def give_up_part(view_: View, cmd: ReserveCommand, now: int, limits: Limits) -> Reservation:
+    """``_orders.give_up_part`` — but a part confirmed of other content (not ``own_part``) is kept: another order's of
+    that id, whose record Redis lost, its caller told CONFIRMED — its committed units stay committed until a SHIPMENT
+    naming the order fulfils them, as an orphaned confirmed part's do (Q3). Not this order's to give up (R5)."""
+    part = view_.reservation(cmd.reservation_id)
+    if part is not None and part.state == State.CONFIRMED and not own_part(part, cmd):
+        return part
+    return orders.give_up_part(view_, cmd, now, limits)
+
+
+def decided_again(order: Reservation, parts: Mapping[int, Reservation], now: int) -> Reservation:
+    """``order`` (``decided_by_parts``) decided again from ``parts``: CONFIRMED, never expiring, its lines as the
+    parts decided them (what it granted, committed at each part; a part Redis lost too, missing from ``parts``: not
+    attempted, its units committed nowhere), its confirmation recorded pending (``RESTORED``): carried through to
+    every part as ``confirmed_again``'s is (its held parts confirmed), never expired nor given up (R3, Q3). A retry
+    of its Reserve then answers the order as it stands, CONFIRMED, as it would have before the loss (R5)."""
+    lines = orders.settled(order, now, parts).lines
+    return msgspec.structs.replace(order, state=State.CONFIRMED, lines=lines, expires_at=0, updated_at=now,
+                                   pending=RESTORED)
+
+
+def decide(order: Reservation, parts: Mapping[int, Reservation], now: int,
+           place: Place) -> tuple[Reservation | None, list[int]]:
+    """``_orders.decide`` of the undecided ``order`` — but where a part was confirmed (``decided_by_parts``), its
+    decision again from its parts (``decided_again``): never refused, its held parts never released (R3, Q3)."""
+    if decided_by_parts(order, parts, place):
+        return decided_again(order, parts, now), []
+    return orders.decide(order, parts, now)

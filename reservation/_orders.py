@@ -11,7 +11,8 @@ a replay).
 - Reserve: the order is recorded first (``open_order``, pending RESERVE), then each part is reserved; ``decide``
   turns the parts' outcomes into the order's: held when every part holds (or, with ``allow_partial``, when any
   does), else the parts that hold are released first and the order is rejected. A competing order may meanwhile
-  be refused because of a part's hold that is then released — never the reverse.
+  be refused because of a part's hold that is then released — never the reverse. (One a part of which was
+  confirmed was decided before its home lost that: decided again, confirmed, ``_order_losses.decide``.)
 - Confirm, release, fulfil and expiry: ``plan`` decides the change on the order as the parts show it (``view``),
   with the single-group rules (``_operations``), and names each part's share; the order is saved with the change
   pending, the parts apply their shares (``apply_share``), and the order is saved settled. An order past its TTL
@@ -98,6 +99,12 @@ def open_order(cmd: ReserveCommand, groups: tuple[int, ...], now: int) -> Reserv
 def same_order(order: Reservation, cmd: ReserveCommand) -> None:
     """R5: a retry of the order with other content is refused, naming the field."""
     ops.same_content(order, cmd)
+
+
+def command_of(order: Reservation) -> ReserveCommand:
+    """The Reserve an order was opened with (its requested lines are kept until it is decided), or a part's."""
+    return ReserveCommand(order.reservation_id, order.order_ref, order.channel, ops.requested_lines(order),
+                          order.ttl_ms, order.allow_partial, order.ttl_default)
 
 
 def decide(order: Reservation, parts: Mapping[int, Reservation], now: int) -> tuple[Reservation | None, list[int]]:

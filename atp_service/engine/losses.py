@@ -9,6 +9,10 @@ it, as the parts that remain tell it (``reservation._order_losses``), and what i
   Redis lost there: its confirmation is recorded again and carried through (``order_confirmation_restored``),
   never expired — nor given up for a part Redis lost (``order_part_lost`` says so): its committed units stay
   committed (Q3). Expired or given up, they were offered again while its caller, told CONFIRMED, ships them.
+- An order recorded undecided (its Reserve pending) with a part confirmed is one whose decision and confirmation its
+  home recorded (R3) and Redis lost there: it is decided again from its parts, CONFIRMED, and carried through
+  (``order_decision_restored``) — never refused (its held parts released), nor given up undecided past its TTL (its
+  confirmed parts released too).
 """
 
 from __future__ import annotations
@@ -51,3 +55,16 @@ def log_confirmed_again(order_id: str, home: int) -> None:
               "entries of the order's group: restarted from older data); its confirmation is recorded again and "
               "carried through to every part, never expired", order_id,
               extra={"event": "order_confirmation_restored", "reservation_id": order_id, "shard": home})
+
+
+def log_decided_again(decided: Reservation, home: int) -> None:
+    """Says an order recorded undecided whose part was confirmed (``_order_losses.decided_by_parts``), where
+    ``decided`` is its decision made again from its parts (``restored``); nothing else."""
+    if not losses.restored(decided):
+        return
+    order_id = decided.reservation_id
+    log.error("order %r is recorded undecided at its home (its Reserve pending) though a part of it is confirmed "
+              "(Redis lost acknowledged entries of the order's group: restarted from before its decision); it is "
+              "decided again from its parts, CONFIRMED, and its confirmation carried through to every part: never "
+              "refused, expired nor given up (a part Redis lost there too is reserved again where its units fit)",
+              order_id, extra={"event": "order_decision_restored", "reservation_id": order_id, "shard": home})

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, next_to_drive, order_opened
 from atp_service.engine.confirmed import ConfirmedChecks, checked
-from atp_service.engine.losses import log_confirmed_again, torn
+from atp_service.engine.losses import log_confirmed_again, log_decided_again, torn
 from atp_service.engine.parts import (
     ApplyShare,
     GiveUpPart,
@@ -206,28 +206,32 @@ class Orders:
             # decided again; or left undecided past its TTL: it expires (``_settle``), nothing reserved now.
             order, parts = await self._settled(cmd.reservation_id, home)
             return orders.replayed(order, parts), True
-        decided = await self._decide(order, home)
-        return orders.view(decided, await self._parts(decided, missing_ok=True)), False
+        decided = await self._decide(order, home)  # CONFIRMED: decided before, its home lost it (R5: as it stands)
+        return orders.view(decided, await self._parts(decided, missing_ok=True)), decided.state == State.CONFIRMED
 
     async def _decide(self, order: Reservation, home: int) -> Reservation:
-        """Reserve every part (a replay where it exists), release the held ones if any part is
-        refused, then record the order's decision; the order as recorded."""
-        cmds = orders.split(command_of(order), self._engine.place)
+        """Reserve every part (a replay where it exists), release the held ones if any part is refused, then record
+        the order's decision; the order as recorded. A part confirmed proves it decided and confirmed before its home
+        lost that (R7): decided again CONFIRMED, carried through, never refused nor given up (R3, Q3)."""
+        cmds, now = orders.split(command_of(order), place := self._engine.place), self._engine.now_at
         try:
             parts = await run_parts(self._engine, {g: ReservePart(cmd) for g, cmd in cmds.items()})
         except DomainError as exc:
-            if not isinstance(exc, Unavailable):  # refused by a rule: a part's id taken by other content (Redis
-                expired = await self._abandon(order, home, exc)  # lost its order), its group full: nothing held
-                await self._save(home, orders.settled(expired, self._engine.now_at(home)), over=expired)
+            if isinstance(exc, Unavailable):
+                raise
+            parts = await self._parts(order, missing_ok=True)  # refused by a rule (a part's id taken by other
+            if not losses.decided_by_parts(order, parts, place):  # content, its group full): given up, unless
+                expired = await self._abandon(order, home, exc)  # a part of it confirmed
+                await self._save(home, orders.settled(expired, now(home)), over=expired)
                 raise orders.refused_again(expired.ops[orders.REFUSED]) from None  # told as a retry is (R5)
-            raise
-        decided, release = orders.decide(order, parts, self._engine.now_at(home))
-        if release:
-            await self._apply(order, dict.fromkeys(release, PendingOp(OrderStep.RELEASE)))
-            decided, _ = orders.decide(order, await self._parts(order), self._engine.now_at(home))
+        decided, release = losses.decide(order, parts, now(home), place)
+        if release:  # an expiry's share: only a part still HELD (one confirmed meanwhile kept, Q3)
+            await self._apply(order, dict.fromkeys(release, PendingOp(OrderStep.EXPIRE)))
+            decided, _ = losses.decide(order, await self._parts(order), now(home), place)
         assert decided is not None
+        log_decided_again(decided, home)  # where it was decided again (``_order_losses.decided_again``)
         await self._save(home, decided, over=order)
-        return decided
+        return decided if decided.pending is None else await self._settle(order.reservation_id, home)
 
     async def _change(self, order_id: str, home: int, step: PendingOp, quiet: bool = False) -> Reservation:
         order, parts = await self._settled(order_id, home)
@@ -279,8 +283,9 @@ class Orders:
         pending, parts = order.pending, None
         if pending is None:
             return order
-        if pending.kind == OrderStep.RESERVE:
-            if self._engine.now_at(home) < order.expires_at:
+        if pending.kind == OrderStep.RESERVE:  # past its TTL, given up undecided — unless a part of it was confirmed
+            if self._engine.now_at(home) < order.expires_at or losses.decided_by_parts(order, await self._parts(
+                    order, missing_ok=True), self._engine.place):  # R3, Q3: decided, confirmed, lost at its home
                 return await self._decide(order, home)
             order = await self._abandon(order, home)  # never decided within its TTL: nothing stays held
         elif pending.kind == OrderStep.EXPIRE and not any(line.granted for line in order.lines):

@@ -30,7 +30,7 @@ from reservation import (
     State,
     Unavailable,
 )
-from reservation import _operations as ops
+from reservation import _order_losses as losses
 from reservation import _orders as orders
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def work_of(engine: Engine, step: PartStep) -> Work:
     if isinstance(step, ApplyShare):
         return lambda ledger, now: orders.apply_share(ledger, step.part, step.share, now, limits)
     if isinstance(step, GiveUpPart):
-        return lambda ledger, now: orders.give_up_part(ledger, step.cmd, now, limits)
+        return lambda ledger, now: losses.give_up_part(ledger, step.cmd, now, limits)  # another order's kept
     assert isinstance(step, ReadPart), step
     return lambda ledger, _now: _read(ledger, step.part)
 
@@ -373,7 +373,5 @@ def undecided(exc: BaseException) -> BaseException:
     return Unavailable(UNDECIDED, Reason.OUTCOME_UNKNOWN)
 
 
-def command_of(order: Reservation) -> ReserveCommand:
-    """The Reserve an order was opened with (its requested lines are kept until it is decided)."""
-    return ReserveCommand(order.reservation_id, order.order_ref, order.channel, ops.requested_lines(order),
-                          order.ttl_ms, order.allow_partial, order.ttl_default)
+command_of = orders.command_of
+"""The Reserve an order was opened with (its requested lines are kept until it is decided), or a part's."""

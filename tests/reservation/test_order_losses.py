@@ -1,11 +1,14 @@
 """Orders spanning groups after Redis lost acknowledged entries of some of their groups (``_order_losses``), no
 I/O: a part that was confirmed is a confirmed order's — never released by an expiry (R3: only HELD -> EXPIRED;
 Q3: committed units never expire) — and an order whose home lost its confirmation is confirmed again, never
-expired."""
+expired; one whose home lost its decision as well (its Reserve pending again) is decided again from its parts,
+CONFIRMED, never refused nor given up."""
 
 from __future__ import annotations
 
-from reservation import OrderStep, PendingOp, Reservation, State
+import msgspec
+
+from reservation import OrderStep, Outcome, PendingOp, Reservation, State, reserve
 from reservation import _order_losses as losses
 from reservation import _orders as orders
 from tests.reservation.helpers import LIMITS, cmd
@@ -92,3 +95,107 @@ def test_a_restored_confirmation_is_told_from_a_confirm_and_kept_whatever_part_r
     confirming, _, _ = orders.plan(orders.view(held, parts), PendingOp(OrderStep.CONFIRM), NOW, LIMITS, place)
     assert confirming is not None and confirming.pending == PendingOp(OrderStep.CONFIRM)
     assert not losses.restored(confirming) and not losses.restored(held)
+
+
+def _home_back_before_its_decision(estate: Estate, home_part: bool = True) -> Reservation:
+    """Order "o" reserved, decided HELD and confirmed at both parts — as Redis holds it after the home's group came
+    back from before the decision: the record undecided (its Reserve pending), its part in group 0 held
+    (``home_part``: False, never reserved — group 0 back from before that too), group 1's part CONFIRMED. The record
+    Redis holds."""
+    opened = orders.open_order(ASKED, (0, 1), NOW)
+    if home_part:
+        reserved_order(estate, ASKED)
+    else:
+        reserve(estate.ledgers[1], orders.split(ASKED, place)[1], NOW)
+    estate.apply(opened, {1: PendingOp(OrderStep.CONFIRM)})  # group 0's share, decision and confirmation: lost
+    assert (estate.held("A"), estate.committed("B")) == (3 if home_part else 0, 2)
+    return opened
+
+
+def test_an_order_whose_home_went_back_before_its_decision_is_decided_again_confirmed_R3_Q3() -> None:
+    """Defect (found by review): an order decided and confirmed, whose home's group Redis took back to before the
+    decision (its Reserve pending again), was decided as a Reserve decides it: group 1's CONFIRMED part is not one
+    that holds, so the held part was released and the order REJECTED (``_orders.decide``) — or, past its TTL, given
+    up whole, its confirmed part released: the paid order's committed units offered again. A confirmed part proves
+    the order was decided and confirmed (R3): it is decided again from its parts, CONFIRMED (``_order_losses.
+    decide``), its confirmation carried through (its held part confirmed), never refused nor expired (Q3)."""
+    estate = Estate()
+    opened = _home_back_before_its_decision(estate)
+    parts = estate.reserve_parts(ASKED)  # the Reserve's steps again: replays of the parts where they are
+    assert parts[1].state == State.CONFIRMED
+    assert orders.decide(opened, parts, NOW) == (None, [0])  # as a Reserve decides: group 0 released, refused
+    assert losses.decided_by_parts(opened, parts, place)
+    decided, release = losses.decide(opened, parts, opened.expires_at + 1, place)  # its TTL passed or not
+    assert decided is not None and not release
+    assert (decided.state, decided.expires_at, decided.pending) == (State.CONFIRMED, 0, losses.RESTORED)
+    assert [(line.sku, line.outcome, line.granted) for line in decided.lines] == [
+        ("A", Outcome.GRANTED, 3), ("B", Outcome.GRANTED, 2)]
+    assert losses.restored(decided) and decided.pending is not None
+    estate.apply(decided, orders.shares(decided, decided.pending, place))
+    settled = orders.settled(decided, NOW, estate.parts(decided))
+    assert orders.view(settled, estate.parts(settled)).state == State.CONFIRMED
+    assert (estate.held("A"), estate.committed("A"), estate.committed("B")) == (0, 3, 2)
+    assert orders.plan(orders.view(settled, estate.parts(settled)), PendingOp(OrderStep.EXPIRE), NOW + 10**9,
+                       LIMITS, place) == (None, {}, None)
+
+
+def test_an_order_whose_home_went_back_before_its_part_there_has_that_part_reserved_again_R3_Q3() -> None:
+    """Group 0 back from before its part was reserved: the Reserve's step reserves it anew (the units were committed
+    for the paid order), and the order is decided again CONFIRMED and carried through — both parts committed. Where
+    the lost part is not read (missing), its lines are not attempted: committed nowhere (Redis lost them)."""
+    estate = Estate()
+    opened = _home_back_before_its_decision(estate, home_part=False)
+    found = {1: estate.ledgers[1].reservation(orders.part_id("o", 1))}
+    assert all(part is not None for part in found.values())
+    only = losses.decide(opened, found, NOW, place)[0]  # type: ignore[arg-type]
+    assert only is not None and [(line.sku, line.outcome) for line in only.lines] == [
+        ("A", Outcome.NOT_ATTEMPTED), ("B", Outcome.GRANTED)]
+    decided, _ = losses.decide(opened, estate.reserve_parts(ASKED), NOW, place)
+    assert decided is not None and decided.pending is not None and decided.state == State.CONFIRMED
+    estate.apply(decided, orders.shares(decided, decided.pending, place))
+    assert (estate.held("A"), estate.committed("A"), estate.committed("B")) == (0, 3, 2)
+    short = Estate(a=1)  # sold meanwhile: the lost part is refused, the order stays confirmed (A committed nowhere)
+    opened = _home_back_before_its_decision(short, home_part=False)
+    decided, _ = losses.decide(opened, short.reserve_parts(ASKED), NOW, place)
+    assert decided is not None and decided.state == State.CONFIRMED
+    assert [(line.sku, line.outcome) for line in decided.lines] == [("A", Outcome.INSUFFICIENT), ("B", Outcome.GRANTED)]
+    assert (short.held("A"), short.committed("A"), short.committed("B")) == (0, 0, 2)
+
+
+def test_an_undecided_order_whose_parts_only_hold_is_decided_as_a_reserve_decides_R2() -> None:
+    """No part confirmed: the order is undecided as it looks (the normal case) — held where every part holds, refused
+    with its held parts released where one part was refused; and a decided order is never decided again."""
+    estate = Estate()
+    opened = orders.open_order(ASKED, (0, 1), NOW)
+    parts = estate.reserve_parts(ASKED)
+    assert not losses.decided_by_parts(opened, parts, place)
+    assert losses.decide(opened, parts, NOW, place) == orders.decide(opened, parts, NOW)
+    assert losses.decide(opened, parts, NOW, place)[0].state == State.HELD  # type: ignore[union-attr]
+    short = Estate(b=1)
+    refused = short.reserve_parts(ASKED)
+    assert losses.decide(opened, refused, NOW, place) == (None, [0])
+    held = reserved_order(Estate(), ASKED)
+    confirmed = {g: msgspec.structs.replace(p, state=State.CONFIRMED) for g, p in parts.items()}
+    assert not losses.decided_by_parts(held, confirmed, place)  # decided: ``confirmed_by_parts``' case, not this one
+
+
+def test_a_confirmed_part_of_other_content_proves_nothing_of_an_order_and_is_kept_when_it_is_given_up_R5_Q3() -> None:
+    """Redis lost a confirmed order's record at its home (its part there too), and its id was reserved again with
+    other content: group 1's CONFIRMED part is the first order's, not what this one asks of group 1. It does not
+    make this one decided (``decided_by_parts``: decided again, the other content were answered a replay, R5), and
+    giving this one up (refused, its part's id taken by other content) keeps it: the first order's committed units
+    (Q3). A part of other content that only holds is released, as before (nothing else ever would)."""
+    estate = Estate()
+    first = _home_back_before_its_decision(estate, home_part=False)
+    other = cmd("o", ("A", "S1", 3), ("B", "S1", 1))
+    reopened = orders.open_order(other, (0, 1), NOW)
+    part = estate.ledgers[1].reservation(orders.part_id("o", 1))
+    assert part is not None and part.state == State.CONFIRMED
+    assert losses.decided_by_parts(first, {1: part}, place)
+    assert not losses.decided_by_parts(reopened, {1: part}, place)
+    share = orders.split(other, place)[1]
+    kept = losses.give_up_part(estate.ledgers[1], share, NOW, LIMITS)
+    assert kept.state == State.CONFIRMED and estate.committed("B") == 2
+    held = Estate()
+    reserve(held.ledgers[1], orders.split(ASKED, place)[1], NOW)
+    assert losses.give_up_part(held.ledgers[1], share, NOW, LIMITS).state == State.RELEASED and held.held("B") == 0

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from atp_service.engine.losses import KEPT
-from reservation import State
+from reservation import DomainError, Reason, State
 from reservation import _orders as orders
 from tests.atp_service.engine.helpers import running
 from tests.atp_service.engine.test_order_sagas import Rig
@@ -79,3 +79,67 @@ async def test_an_order_whose_home_lost_its_confirmation_and_a_part_is_not_given
     events = [getattr(r, "event", None) for r in caplog.records]
     assert "order_confirmation_restored" in events and "order_part_lost" in events, events
     assert any(KEPT in r.getMessage() for r in caplog.records)
+
+
+async def home_lost_its_decision(rig: Rig, rid: str) -> None:
+    """Order ``rid`` confirmed; then group 0's node back from before the order was decided: its record undecided
+    (its Reserve pending, its TTL running), its part there held, group 1's part CONFIRMED."""
+    await home_lost_its_confirmation(rig, rid)
+    home = rig.engine.actors[0].ledger
+    held = home.reservation(rid)
+    opened = orders.open_order(rig.cmd(rid), held.parts, held.created_at)
+    assert [line.requested for line in opened.lines] == [line.requested for line in held.lines]
+    await rig.run(rig.engine.actors[0].submit(lambda ledger, _now: ledger.save(opened)))
+    assert home.reservation(rid).pending is not None and rig.quantities() == [(3, 0), (0, 3)]
+
+
+async def test_an_order_whose_home_lost_its_decision_is_decided_again_by_its_expiry_R3_Q3(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect (found by review): past its TTL the order, undecided as its record says, was given up whole and every
+    part released — group 1's CONFIRMED one too, its 3 committed units offered again while the caller, told
+    CONFIRMED, ships them. A confirmed part proves the order was decided and confirmed: decided again, CONFIRMED."""
+    caplog.set_level(logging.ERROR, logger="atp_service")
+    await home_lost_its_decision(rig, "o1")
+    rig.clock.advance(61_000)  # past the TTL of the record the home holds
+    await rig.run(rig.engine.run_maintenance())  # its expiry comes due, it is driven on: sagas in the background
+    home = rig.engine.actors[0].ledger
+    for _ in range(50):
+        await rig.pump_until_done([])
+        await asyncio.sleep(0)
+        if (record := home.reservation("o1")) is not None and record.pending is None:
+            break
+    assert rig.quantities() == [(0, 3), (0, 3)], "a confirmed part's committed units released"
+    assert home.reservation("o1").state == State.CONFIRMED  # type: ignore[union-attr]
+    assert (await rig.run(rig.engine.get_reservation("o1"))).state == State.CONFIRMED
+    assert "order_decision_restored" in [getattr(r, "event", None) for r in caplog.records]
+
+
+async def test_a_reserve_retry_of_an_order_whose_home_lost_its_decision_never_rejects_it_R3_R5(rig: Rig) -> None:
+    """Defect (found by review): the retry decided the order as a Reserve does — group 1's part CONFIRMED is not
+    one that holds — released group 0's held part and recorded it REJECTED, answered so. It is answered its first
+    decision (HELD, a replay: R5), the order CONFIRMED, every part committed."""
+    await home_lost_its_decision(rig, "o1")
+    rec, replayed = await rig.run(rig.engine.reserve(rig.cmd("o1")))
+    assert (rec.state, replayed) == (State.CONFIRMED, True)
+    assert [line.granted for line in rec.lines] == [3, 3]
+    assert rig.quantities() == [(0, 3), (0, 3)]
+
+
+async def test_a_reserve_reusing_the_id_of_a_confirmed_order_whose_record_was_lost_is_refused_its_parts_kept_R5_Q3(
+        rig: Rig) -> None:
+    """Redis lost confirmed order o1's record at its home, its parts kept; o1 sent again with other content finds its
+    parts' ids taken by other content. Defect (found by review): a part confirmed was taken as proof that this order
+    was decided, and it was decided again CONFIRMED and answered a replay, the other content recorded over the first
+    order's parts (R5: the same id with other content is refused). It is refused RESERVATION_ID_REUSED, as one whose
+    parts only hold is — and the confirmed parts, the first order's (its caller told CONFIRMED), are kept, not given
+    up with the refused one: their committed units offered again while they are shipped (Q3)."""
+    engine = rig.engine
+    await rig.run(engine.reserve(rig.cmd("o1")))
+    assert (await rig.run(engine.confirm("o1"))).state == State.CONFIRMED
+    await rig.run(engine.actors[0].submit(lambda ledger, _now: ledger.reservations.pop("o1")))
+    with pytest.raises(DomainError) as refused:
+        await rig.run(engine.reserve(rig.cmd("o1", (2, 2))))
+    assert refused.value.reason == Reason.RESERVATION_ID_REUSED, refused.value
+    assert rig.quantities() == [(0, 3), (0, 3)], "the first order's committed units released"
+    assert rig.part("o1", 0).state == rig.part("o1", 1).state == State.CONFIRMED
+    assert (await rig.run(engine.get_reservation("o1"))).state == State.EXPIRED
