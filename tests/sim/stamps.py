@@ -8,7 +8,10 @@ units of a confirmed reservation, or of an order's confirmed part, are released 
 sent for it (R3: only HELD -> EXPIRED; Q3: committed units never expire) — or, a part's, by its order given
 up whole (``_orders.abandoned``: a part Redis lost found as its Confirm, stopped half-way, was carried
 through; its caller told nothing yet). Never by an expiry, whatever Redis lost: an order whose home's record
-went back to HELD while a part stayed CONFIRMED is confirmed again (``reservation/_order_losses.py``). A
+went back to HELD while a part stayed CONFIRMED is confirmed again (``reservation/_order_losses.py``), and one
+whose record went back to undecided (its Reserve pending) is decided again, CONFIRMED: an order given up whole
+over its Reserve pending (past its TTL, or a part refused by a rule) never had a part confirmed, so it releases
+no committed units, and no order is decided REJECTED, or given up so, while a part of it stays confirmed. A
 part's release is judged once its order's record is settled (a record given up that Redis lost is decided
 again), and not where no group holds the record.
 
@@ -20,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from reservation import Outcome, Reservation, State, decode_entry
+from reservation import OrderStep, Outcome, Reservation, State, decode_entry
+from reservation import _operations as ops
 from reservation import _orders as orders
 from reservation._events import ReservationSaved
 from tests.sim.checks import Violation
@@ -33,6 +37,8 @@ class _GroupStamps:
     newest: int = 0  # the newest stamp among them
     holds: dict[str, Reservation] = field(default_factory=dict)  # each reservation's last saved version
     freed: dict[str, str] = field(default_factory=dict)  # part id -> its committed units released, as said
+    undecided: dict[str, str] = field(default_factory=dict)  # order id -> how its record was decided over its
+    # Reserve pending: refused, or given up (``_orders.abandoned``) — never over a part confirmed (R3)
 
 
 class StampChecker:
@@ -55,16 +61,45 @@ class StampChecker:
 
     def _check_freed(self) -> None:
         """R3/Q3: each part whose committed units were released with no Release of its order sent belongs to an
-        order given up whole (``_given_up``), its record settled; none where it is pending or held nowhere."""
+        order given up whole (``_given_up``) once decided — not over its Reserve pending (``undecided``) —, its record
+        settled; none where it is pending or held nowhere. And no part stays confirmed under an order decided over
+        its Reserve pending (``_check_undecided``)."""
         records = {rid: rec for group in self._groups.values() for rid, rec in group.holds.items() if rec.is_order}
+        undecided = {rid: how for group in self._groups.values() for rid, how in group.undecided.items()}
         for group in self._groups.values():
             for part_id, said in group.freed.items():
-                order_id = orders.order_of(part_id)
-                order = records.get(order_id or "")
-                if order_id in self._released or order is None or order.pending is not None or _given_up(order):
+                order_id = orders.order_of(part_id) or ""
+                order = records.get(order_id)
+                if order_id in self._released or order is None or order.pending is not None or (
+                        _given_up(order) and order_id not in undecided):
                     continue
-                raise Violation(f"R3/Q3: {part_id!r} {said}, its order {State(order.state).name}: neither released "
-                                f"by a Release of it nor given up whole")
+                how = f" ({undecided[order_id]} over its Reserve pending)" if order_id in undecided else ""
+                raise Violation(f"R3/Q3: {part_id!r} {said}, its order {State(order.state).name}{how}: neither "
+                                f"released by a Release of it nor given up whole once decided")
+            _check_undecided(group, records, undecided)
+
+
+def _check_undecided(group: _GroupStamps, records: dict[str, Reservation], undecided: dict[str, str]) -> None:
+    """R3/Q3: a part confirmed (CONFIRMED, or FULFILLED by shipments) proves its order was decided and confirmed: an
+    order whose record, settled, was decided over its Reserve pending — refused, or given up undecided — while such
+    a part of it (``_own``) stands lost its decision at its home and was decided again as if undecided
+    (``_order_losses``)."""
+    for part_id, part in group.holds.items():
+        order_id = orders.order_of(part_id) or ""
+        order = records.get(order_id)
+        if (order_id in undecided and order is not None and order.pending is None
+                and part.state in (State.CONFIRMED, State.FULFILLED) and _own(part, order)):
+            raise Violation(f"R3/Q3: {part_id!r} is {State(part.state).name} under its order "
+                            f"{State(order.state).name}, {undecided[order_id]} over its Reserve pending")
+
+
+def _own(part: Reservation, order: Reservation) -> bool:
+    """Whether ``part`` holds what ``order`` asks of its group (a SKU's lines all go to one group): not a part of
+    another order of that id — one whose record Redis lost, the id opened again with other content, refused (R5),
+    its confirmed part kept (``_order_losses.give_up_part``)."""
+    mine = ops.requested_lines(part)
+    skus = {line.sku for line in mine}
+    return mine == tuple(line for line in ops.requested_lines(order) if line.sku in skus)
 
 
 def _read(shard: int, seq: int, data: bytes, group: _GroupStamps, released: Collection[str]) -> None:
@@ -81,6 +116,8 @@ def _read(shard: int, seq: int, data: bytes, group: _GroupStamps, released: Coll
                 and 0 < entry.ts < before.expires_at and not _given_up(rec)):
             raise Violation(f"R3: {rec.reservation_id} expired by group {shard}'s entry {seq} stamped {entry.ts}, "
                             f"{before.expires_at - entry.ts} ms before its expiry {before.expires_at}")
+        if rec.is_order and before is not None:
+            _decided(rec, before, group)
         part_of = orders.order_of(rec.reservation_id)  # an order's own record holds no units: its parts do
         freed = _freed(before, rec) if before is not None and before.state == State.CONFIRMED else 0
         if freed > 0 and not rec.is_order and (part_of or rec.reservation_id) not in released:
@@ -89,6 +126,20 @@ def _read(shard: int, seq: int, data: bytes, group: _GroupStamps, released: Coll
                 raise Violation(f"R3/Q3: {rec.reservation_id!r} {said} though no Release of it was sent")
             group.freed[rec.reservation_id] = said  # judged by its order's record (``_check_freed``)
         group.holds[rec.reservation_id] = rec
+
+
+def _decided(rec: Reservation, before: Reservation, group: _GroupStamps) -> None:
+    """Notes in ``group.undecided`` how an order's record ``rec`` decided it over ``before``, its Reserve pending:
+    refused, or given up (``_given_up``); another decision (held, or decided again confirmed) clears it."""
+    if before.pending is None or before.pending.kind != OrderStep.RESERVE:
+        return
+    if rec.pending is not None and rec.pending.kind == OrderStep.RESERVE:
+        return  # still undecided
+    how = {State.REJECTED: "refused", State.EXPIRED: "given up" if _given_up(rec) else None}.get(State(rec.state))
+    if how is None:
+        group.undecided.pop(rec.reservation_id, None)
+    else:
+        group.undecided[rec.reservation_id] = how
 
 
 def _freed(before: Reservation, after: Reservation) -> int:
