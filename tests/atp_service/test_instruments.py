@@ -329,3 +329,30 @@ def test_a_reading_refuses_a_name_taken() -> None:
     instruments.Reading("atp_calls_now", "Calls now", registry=registry)
     with pytest.raises(ValueError):
         instruments.Reading("atp_calls_now", "Again", registry=registry)
+
+
+def test_the_hot_paths_counts_of_one_export_what_observe_and_inc_would() -> None:
+    """The unary Reserve's shortcuts — ``sizes[1] += 1`` for a turn of one message and a commit of one entry
+    (``ShardActor._turn_now``, ``LogStore._flush_one``), ``value += 1`` on ``atp_reservations_total``'s child
+    (``Engine.reserve``) — export exactly what ``observe(1)`` and ``inc()`` would, mixed with other updates,
+    on the service's own histograms' buckets."""
+    own = metrics.EngineMetrics(), metrics.StorageMetrics()
+    for new in (own[0].batch_size, own[1].pipeline_size):
+        pair = registries()
+        bounds = [b for b in new._bounds if b != math.inf]
+        old = prometheus_client.Histogram("atp_sizes", "Sizes", buckets=bounds, registry=pair[0])
+        lean = SizeHistogram("atp_sizes", "Sizes", buckets=bounds, registry=pair[1])
+        for value in (1, 3, 1, 1, 200, 0):
+            old.observe(1)
+            lean.sizes[1] += 1
+            old.observe(value)
+            lean.observe(value)
+        assert_same(pair)
+    pair = registries()
+    old_counter, new_counter = both(pair, "Counter", "atp_things_total", "Things", ["outcome"])
+    for outcome in ("held", "rejected", "held", "replayed"):
+        old_counter.labels(outcome).inc()
+        new_counter.labels(outcome).value += 1
+    old_counter.labels("held").inc(2)
+    new_counter.labels("held").inc(2)
+    assert_same(pair)
