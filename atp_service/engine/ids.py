@@ -8,7 +8,9 @@ twin, on the home's actor). A Reserve whose home is another group is refused ``R
 naming ``lines`` — its lines are not the record's, or the home would be the same — and holds nothing.
 Redis not answering the claim: refused UNAVAILABLE (STORAGE_UNREACHABLE), nothing decided (R7): a
 retry claims again, and the claim, made or not, answers it alike. A Reserve whose home this process
-does not serve makes no claim: it is refused ``Moved`` as before, and its home's owner claims.
+does not serve makes no claim: it is refused ``Moved`` as before, and its home's owner claims. What
+is known here changes with the groups served: a Reserve is decided in the same turn as its check (a
+stream's batch checked again after its waits, ``claimed``; its orders spanning groups at their start).
 
 How long a claim lives. Made, it outlives the record's memory window when nothing changes the record's
 life: its TTL, then ``retention_ms`` after it is resolved, plus ``CLAIM_MARGIN_MS`` (an expiry found by
@@ -92,9 +94,16 @@ class IdGuard:
         before, mine = self._turn, asyncio.get_running_loop().create_future()
         self._turn = mine
         try:
-            refused = await self.check_many(cmds)
+            claimed: dict[int, int] = {}
+            refused = await self.check_many(cmds, claimed)
             if before is not None:
                 await asyncio.shield(before)  # the batch before handed on (or gone): never cancelled from here
+            # A group handed over or taken while this waited: an id known here at the check (nothing
+            # claimed, its record decided) may be known no longer, homed now by its lines where no claim
+            # vouched for it — decided there, a second record of the id (R5). Claimed now, till none is.
+            while again := [i for i, cmd in enumerate(cmds)
+                            if i not in refused and self.home_to_claim(cmd) not in (None, claimed.get(i))]:
+                refused.update(await self.check_many(cmds, claimed, again))
         finally:
             _pass_turn(before, mine)
         for i, refusal in refused.items():
@@ -143,13 +152,17 @@ class IdGuard:
             if refusal is not None:
                 raise refusal
 
-    async def check_many(self, cmds: Sequence[ReserveCommand]) -> dict[int, DomainError]:
-        """``check`` of each of ``cmds``, the claims in one round trip: the refusal of each refused (by index)."""
+    async def check_many(self, cmds: Sequence[ReserveCommand], claimed: dict[int, int] | None = None,
+                         only: Sequence[int] | None = None) -> dict[int, DomainError]:
+        """``check`` of each of ``cmds`` (of those at the indices ``only``), the claims in one round trip:
+        the refusal of each refused (by index); ``claimed``: the home each claim was asked for noted."""
         asked: dict[int, tuple[int, asyncio.Future[int], DomainError | None]] = {}
-        for i, cmd in enumerate(cmds):
-            home = self.home_to_claim(cmd)
+        for i in range(len(cmds)) if only is None else only:
+            home = self.home_to_claim(cmds[i])
             if home is not None:
-                asked[i] = home, *self._ask(cmd, home)
+                asked[i] = home, *self._ask(cmds[i], home)
+                if claimed is not None:
+                    claimed[i] = home
         answers = await asyncio.gather(*(_answer(claim) for _, claim, _ in asked.values()), return_exceptions=True)
         refused: dict[int, DomainError] = {}
         for (i, (home, _, full)), held in zip(asked.items(), answers, strict=True):

@@ -189,7 +189,8 @@ class Engine(OwnedShards):
         return result
 
     async def reserve_many(self, cmds: Sequence[ReserveCommand]) -> list[tuple[Reservation, bool] | DomainError]:
-        """Independent reservations (the high-volume path): one actor message per shard, not per order."""
+        """Independent reservations (the high-volume path): one actor message per shard, not per order. One
+        spanning shards: ``reserve``'s task, leased its id checked again (a hand-over meanwhile drops routes, R5)."""
         out: list[tuple[Reservation, bool] | DomainError] = [_UNDECIDED] * len(cmds)
         items = enumerate(cmds) if self.ids is None else await self.ids.claimed(cmds, out)  # leased: claimed first
         groups: dict[int, list[int]] = {}
@@ -201,8 +202,7 @@ class Engine(OwnedShards):
                 groups.setdefault(home, []).append(i)
             else:
                 spanning.append(i)  # routed by reserve()
-        across = [([i], asyncio.ensure_future(one_as_list(partial(Engine.reserve, self, cmds[i]))))
-                  for i in spanning]
+        across = [([i], asyncio.ensure_future(one_as_list(partial(self.reserve, cmds[i])))) for i in spanning]
 
         def decided(idx: list[int], results: list[Any] | None) -> None:
             """When the shard has answered (``results``), or will never decide them (None)."""
