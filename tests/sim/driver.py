@@ -29,6 +29,7 @@ from tests.sim.invariants import (
     every_record_routed,
     every_shard_answers,
     no_route_without_record,
+    one_record_per_id,
     snapshots_whole,
 )
 from tests.sim.shardcount import facts_answer_alike
@@ -262,6 +263,7 @@ class Driver:
         replay_equals_live(world, recovered)
         durable_state_consistent(recovered)
         every_record_routed(world)
+        one_record_per_id(world)
         no_route_without_record(world)
         abandoned_reserves_whole(world, self.commands.abandoned)
         self.commands.abandoned.clear()

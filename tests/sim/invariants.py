@@ -71,6 +71,18 @@ def every_record_routed(world: World) -> None:
                                 f"{router.home_of(rid)} (confirm/release would answer NOT_FOUND)")
 
 
+def one_record_per_id(world: World) -> None:
+    """R5 across groups: no two shards hold a record of one reservation id (an order's parts have ids of
+    their own). ``every_record_routed`` sees a second record only where one process routes both: a
+    retry with other lines decided without its id's claim (``engine/ids.py``) made one in a group
+    another process served, its route that process's alone."""
+    seen: dict[str, int] = {}
+    for actor in world.eng.actors:
+        for rid in actor.ledger.reservations:
+            if orders.order_of(rid) is None and seen.setdefault(rid, actor.shard) != actor.shard:
+                raise Violation(f"R5: {rid} has a record on shard {seen[rid]} and another on shard {actor.shard}")
+
+
 def no_route_without_record(world: World) -> None:
     """At rest (nothing in flight, nothing in doubt), every route of every live process leads to a record: a
     route with no record and no Reserve attempt holds memory for the process's life, and in leased mode one

@@ -114,6 +114,13 @@ async def test_a_reservation_id_names_one_record_across_processes() -> None:
     assert tally.id_claims_refused, tally
 
 
+async def test_a_retry_with_other_lines_whose_id_s_group_is_handed_over_meanwhile_makes_no_second_record() -> None:
+    """``--seed 40049 --processes 2 --late-across-steps --retry-other-content --clock-skew``: r44's retry with other
+    lines in a ReserveStream batch, known at the batch's check (nothing claimed), its group handed over before the
+    batch decided: granted in the group its lines name, a second record of r44 (R5) after step 14."""
+    await Driver(40049, processes=2, late_across_steps=True, retry_other_content=True, clock_skew=True).run(15)
+
+
 OTHER_CONTENT_SEEDS = 8
 
 
