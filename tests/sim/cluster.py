@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 from collections.abc import Iterable
@@ -28,7 +29,7 @@ from typing import Any
 
 from atp_service.engine.router import Engine
 from atp_service.engine.shard import ShardActor
-from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.durability import STORAGE_ERRORS, LogDiverged
 from reservation import DomainError, Fact, Reservation, State
 from reservation import _orders as orders
 from reservation._limits import MAX_DURATION_MS_CEILING
@@ -37,7 +38,7 @@ from tests.sim.edge import Edge
 from tests.sim.leased import ProcessLog
 from tests.sim.membership import Leases, SimMembership
 from tests.sim.network import Network
-from tests.sim.process import Process, task_factory
+from tests.sim.process import CURRENT, Process, task_factory
 from tests.sim.simlog import outranks
 from tests.sim.skew import SkewedHosts
 from tests.sim.snapparts import PieceSizes
@@ -66,6 +67,8 @@ class ClusterWorld(World):
         self.network = Network(self, rng)
         self.edge = Edge(self, rng)
         self.incarnations = 0
+        self.every: list[Process] = []
+        """Every process instance of the run, those gone and replaced too (``witnessed_loss``)."""
         self.processes = [self._new(i) for i in range(processes)]
         self._nobody: dict[int, ShardActor] = {}
         self.step_faults: Any = None
@@ -85,6 +88,7 @@ class ClusterWorld(World):
         proc = Process(address, self.incarnations, log, engine, config.shard_settings)
         proc.membership = SimMembership(proc, self)
         engine.remote = self.network.sender(proc)
+        self.every.append(proc)
         return proc
 
     # -- what the driver, commands and checks read -------------------------------------------
@@ -242,6 +246,19 @@ class ClusterWorld(World):
         """The records of orders spanning groups, and of their parts, that ``groups`` hold in Redis now."""
         return {rid: rec for ledger, _ in self.replayed(groups) for rid, rec in ledger.reservations.items()
                 if rec.is_order or orders.order_of(rid) is not None}
+
+    def witnessed_loss(self, record: logging.LogRecord) -> bool:
+        """Several processes: a shard's ``LogDiverged`` is expected only from a taking of its group that lived
+        through a loss of the group's keys (``SimMembership.witnessed``): a process started, or a group taken,
+        after the loss recovered the log as Redis held it then. The shard is the one whose failure it is (a
+        process gone since included), else the logging task's process says it (a stop's drain: any loss since
+        that process started). Leased, no instance claim is ever lost (``claim_lost``: one process only)."""
+        cause = record.exc_info[1] if record.exc_info else None
+        if not isinstance(cause, LogDiverged):
+            return False
+        failed = next(((p, a.shard) for p in self.every for a in p.engine.actors if a.failure is cause), None)
+        proc, group = failed or (CURRENT.get(), None)
+        return proc is not None and proc.members.witnessed(group)
 
     def unrenewed_leases_run_out(self) -> None:
         """A lease naming a running process for a group it does not hold — restored by Redis, or kept by a

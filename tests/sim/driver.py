@@ -101,6 +101,8 @@ class Driver:
         self.trace: list[str] = []
         self.tail = TailLoss(seed, self.acked) if lose_tail else None
         self.world.tail = self.tail
+        if self.tail is not None:
+            self.tail.witnessed = self.world.witnessed_loss  # one process: its instance; several: each taking
         self.errors = ServiceErrors()
         self.stamps = StampChecker(self.world.log, self.commands.released)  # R6/R3 by each group's stamps; Q3
         if isinstance(self.world, ClusterWorld) and self.world.skew is not None:

@@ -62,6 +62,9 @@ class SimMembership:
         self._turns = asyncio.Lock()  # one balance at a time, as the real loop runs them
         self.watch = FreeWatch(proc.address, 1.0)  # its time: this process's balance turns
         self._balances = 0
+        self.born = world.tail.mark() if world.tail is not None else 0
+        self.taken_at: dict[int, int] = {}
+        """Per group, ``TailLoss.mark`` when its last taking began (``witnessed``)."""
         proc.engine.where = self.where
         proc.log.on_group_lost.append(self._fenced)
         proc.engine.on_install.append(lambda actor: actor.on_failure.append(self.failed))  # as the service wires it
@@ -125,6 +128,7 @@ class SimMembership:
     # -- taking, handing over, losing ----------------------------------------------------------
     async def take(self, group: int) -> None:
         log, redis, world = self.proc.log, self.world.log, self.world
+        mark = world.tail.mark() if world.tail is not None else 0  # a loss while recovering is this taking's
         await log.round_trip()
         # GroupLeases._draw: the claimant's clock is this process's host's (``--clock-skew``)
         epoch = self.held.get(group) or redis.draw_epoch(redis.owners[group], self.proc.engine.clock.now_ms())
@@ -151,6 +155,7 @@ class SimMembership:
         settings = self.proc.shard_settings or world.config.shard_settings
         actor = ShardActor(group, ledger, log, clock, settings, seq)  # its previous owner's)
         self.proc.engine.install(actor)
+        self.taken_at[group] = mark
         actor.start()  # the engine's housekeeping timer is not run: the driver runs maintenance
         world.log.tally.takeovers += 1
 
@@ -188,6 +193,20 @@ class SimMembership:
     def _fenced(self, group: int) -> None:
         self.held.pop(group, None)
         self._give_up(group, "fenced")
+
+    def witnessed(self, group: int | None) -> bool:
+        """R7: whether a shard of this process may have found ``group``'s log short of what it made durable
+        (``LogDiverged``, documented as Redis having lost acknowledged entries): only if Redis took the
+        group's keys back (every node's restore or its node's) after its taking began. A shard knows durable
+        only what it recovered or appended since; a taking begun after the loss recovered the log as Redis
+        holds it then — a pause across the loss is no new taking, and a group handed over is the taker's
+        own taking. ``group`` None (a stop's drain, its shard not said): any loss since this process started."""
+        tail = self.world.tail
+        if tail is None:
+            return False
+        if group is None or group not in self.taken_at:
+            return tail.lost_since(self.born, None)
+        return tail.lost_since(self.taken_at[group], group)
 
     def failed(self, actor: ShardActor) -> None:
         """``Membership.failed``: a shard that stopped working is given up, its lease given back after the

@@ -27,6 +27,13 @@ restarts. Each running process's owner check also runs at ticks drawn here (``dr
 every owner_check_s whatever the step is doing; once the step is over every group is served from what
 Redis holds (``Driver.after_loss``).
 
+A shard's ``LogDiverged`` is expected (``allows``) only from an instance that lived through a loss of what it
+made durable (``witnessed``): one process, a loss since it started (``World.boot``); several, a loss of the
+group's keys (every node's restore or its node's) since the taking of the group began, in the process that
+took it (``SimMembership.witnessed``) — paused across the loss or not, dead since or not. A process started,
+or a group taken, after the loss recovered the log as Redis held it then: its shard finding it short is a
+defect (a shard that believed durable what never was), not the loss.
+
 The fault draws from its own random stream, and only with the flag: seeds without it replay as before.
 """
 
@@ -35,6 +42,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -151,9 +159,18 @@ class TailLoss:
         self.ever_lost = False
         """Redis came back from older data at some point of this run: a part may outlive its order."""
         self.lost_since_start = False
-        """Redis came back from older data since this instance started: a shard may find its log short
-        (``LogDiverged``). Its fences went back too, below the tokens the instance carries: a settle's
-        fence still goes above them (``FENCE_SCRIPT``), so nothing it gave up on lands later."""
+        """One process: Redis came back from older data since this instance started: a shard may find its
+        log short (``LogDiverged``). Its fences went back too, below the tokens the instance carries: a
+        settle's fence still goes above them (``FENCE_SCRIPT``), so nothing it gave up on lands later."""
+        self.losses = 0
+        """How many times Redis came back from older data so far (``mark``, ``lost_since``)."""
+        self.whole_lost = 0
+        self.node_lost: dict[int, int] = {}
+        """The number (``losses``) of the last restore of every node, and of the last restore of one node
+        per group it took back."""
+        self.witnessed: Callable[[logging.LogRecord], bool] = lambda _record: self.lost_since_start
+        """Whether the instance that logged a ``LogDiverged`` (or found its claim lost) lived through a loss
+        of what it made durable (``World.witnessed_loss``; several processes: each taking's, ``ClusterWorld``)."""
 
     def draw(self, log: SimLog, channels: SimChannelStore, leases: dict[int, str] | None = None) -> str:
         """At a step's start: save Redis's state now, or draw the tick it comes back from the saved one."""
@@ -209,7 +226,24 @@ class TailLoss:
                 write.done.set_exception(broken)
         self.image, self.restore_at = None, None
         self.restored_in_step = self.stale = self.lost_since_start = self.ever_lost = True
+        self.losses += 1
+        if self.groups is None:
+            self.whole_lost = self.losses
+        else:
+            self.node_lost.update(dict.fromkeys(self.groups, self.losses))
         world.log.tally.tail_losses += 1
+
+    def mark(self) -> int:
+        """Now, for ``lost_since``."""
+        return self.losses
+
+    def lost_since(self, mark: int, group: int | None) -> bool:
+        """Whether Redis came back from older data after ``mark`` (``mark()`` then) taking ``group``'s keys
+        back — its node's restore or every node's (None: any group's). A restore of other nodes leaves the
+        group's log, snapshot, fence and owner key as they were: its shard cannot find them short."""
+        if group is None:
+            return self.losses > mark
+        return max(self.whole_lost, self.node_lost.get(group, 0)) > mark
 
     def allows(self, record: logging.LogRecord) -> bool:
         """An ERROR the service logs, expected once Redis lost what it had acknowledged: a shard that
@@ -222,7 +256,7 @@ class TailLoss:
                                               "order_confirmation_restored", "order_decision_restored",
                                               "acknowledged_lost"):
             return self.ever_lost  # found later
-        if not self.lost_since_start:
-            return False
         cause = record.exc_info[1] if record.exc_info else None
-        return isinstance(cause, LogDiverged) or getattr(record, "why", None) == "claim_lost"
+        if isinstance(cause, LogDiverged) or getattr(record, "why", None) == "claim_lost":
+            return self.witnessed(record)  # the instance that logged it lived through a loss (R7)
+        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -242,6 +243,11 @@ class World:
     def check_in_flight(self) -> None:
         if self.tail is None or not self.tail.stale:
             self.in_flight.check(self.eng.actors)
+
+    def witnessed_loss(self, _record: logging.LogRecord) -> bool:
+        """One process: whether the instance that logged a shard's ``LogDiverged`` (or its claim lost) lived
+        through a loss (``TailLoss.allows``): Redis came back from older data since it started (``boot``)."""
+        return self.tail is not None and self.tail.lost_since_start
 
     def _shard_failed(self, actor: ShardActor) -> None:
         """``AtpService._on_shard_failed``: a shard that found its log short stops the instance. Any other

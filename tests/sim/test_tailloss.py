@@ -1,0 +1,67 @@
+"""``--lose-tail`` (``tailloss.py``): which instance may log a shard's ``LogDiverged`` (its log found short of what
+it made durable: R7, documented as Redis having lost acknowledged entries, OPERATIONS.md ``shard_failed``).
+
+With several processes the allowance was one flag for the whole run, reset only by the one-process ``World.boot``:
+once a tail was lost, a ``LogDiverged`` from any process passed — one started, or a group taken, after the loss
+included, whose shard recovered the log as Redis held it then and can only find it short by a defect (a shard
+believing durable what never was). It is now each taking's: a loss of its group's keys after the taking began."""
+
+from __future__ import annotations
+
+import logging
+
+from atp_service.storage.durability import LogDiverged, log_short
+from tests.sim.cluster import ClusterWorld
+from tests.sim.driver import Driver
+from tests.sim.process import Process
+from tests.sim.tailloss import RedisImage
+
+
+def diverged(proc: Process, group: int) -> logging.LogRecord:
+    """The ERROR ``ShardActor._report_failure`` logs, its failure the shard's of ``group`` at ``proc``."""
+    actor = proc.engine.actors[group]
+    actor.failure = log_short(group, 3, 5)
+    return logging.LogRecord("atp_service.engine.shard", logging.ERROR, __file__, 0, "shard %d stopped working",
+                             (group,), (LogDiverged, actor.failure, None))
+
+
+def lose(world: ClusterWorld, groups: set[int] | None) -> None:
+    """Redis comes back from what it holds now (every node, or the node of ``groups``)."""
+    tail = world.tail
+    assert tail is not None
+    tail.image = RedisImage.capture(world.log, tail.acked, world.channels, world.lease_keys())
+    tail.groups = groups
+    world.lose_tail()
+
+
+def held(proc: Process) -> list[int]:
+    return sorted(g for g in proc.members.held if not proc.engine.actors[g].vacant)
+
+
+async def test_a_log_found_short_is_expected_only_from_a_taking_that_lived_through_its_groups_loss() -> None:
+    driver = Driver(3, processes=2, lose_tail=True)
+    world, tail = driver.world, driver.tail
+    assert isinstance(world, ClusterWorld) and tail is not None
+    await world.boot()
+    try:
+        first, second = world.processes
+        mine, other = held(first)[0], held(second)[0]
+        assert not tail.allows(diverged(first, mine))  # nothing lost yet
+        lose(world, {other})  # one node, another group's: this group's log is as it was
+        assert not tail.allows(diverged(first, mine))
+        world.pause(first)  # paused across the loss: the same taking, its shard's memory from before it
+        lose(world, {mine})
+        assert tail.allows(diverged(first, mine))
+        first.log.thaw()
+        # A process started after the loss takes the group: it recovers the log as Redis holds it now.
+        world.kill(first)
+        world.leases.expire(first.holder, mine)
+        world.processes[0] = late = world._new(0)
+        await late.spawn(late.members.take(mine))
+        assert held(late) == [mine]
+        assert not tail.allows(diverged(late, mine))  # the run lost a tail, this taking did not
+        assert tail.allows(diverged(first, mine))  # the dead instance's finding stays its own
+        lose(world, None)  # every node
+        assert tail.allows(diverged(late, mine))
+    finally:
+        await world.stop()
