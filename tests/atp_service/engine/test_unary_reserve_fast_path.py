@@ -30,6 +30,7 @@ from reservation import DomainError, Reservation, ReserveCommand
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.atp_service.refusals import said
+from tests.atp_service.storage.test_in_doubt import reserve_once_settled
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as service_config
 from tests.waiting import until
@@ -233,7 +234,8 @@ async def test_a_caller_gone_while_its_one_line_reserve_is_sent_alone_changes_no
             await _caller_gone(client, proxy, "unanswered", "A", 4)
             proxy.hold()
             proxy.cut(proxy.held[0])  # its answer lost: in doubt
-            answer = await _settled_on(client, "unanswered", "A", 4)  # told UNAVAILABLE until the doubt settles
+            # told UNAVAILABLE until the doubt settles
+            answer = await reserve_once_settled(client, "unanswered", (("A", "S1", 4),))
             assert not answer.replayed and answer.state == pb.RESERVATION_STATE_HELD  # not landed: decided now
             late = await proxy.land(proxy.held[0])
             assert b"STALE" in late  # the settle fenced it first (R7)
@@ -257,19 +259,3 @@ async def test_a_caller_gone_while_its_one_line_reserve_is_sent_alone_changes_no
     finally:
         await client.close()
         await again_service.stop(grace_s=0.1)
-
-
-async def _settled_on(client: AtpClient, rid: str, sku: str, qty: int) -> pb.ReserveResponse:
-    answers: list[pb.ReserveResponse] = []
-
-    async def taken() -> bool:
-        try:
-            answers.append(await client.reserve(rid, [(sku, "S1", qty)], ttl_seconds=600))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            return False
-        return True
-
-    await until(taken, f"{rid} decided once the shard settled")
-    return answers[0]

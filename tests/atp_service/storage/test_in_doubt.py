@@ -40,7 +40,8 @@ async def _service(url: str) -> AsyncIterator[tuple[AtpService, AtpClient]]:
         await service.stop(grace_s=0.1)
 
 
-async def _reserve_once_settled(client: AtpClient, rid: str) -> pb.ReserveResponse:
+async def reserve_once_settled(client: AtpClient, rid: str,
+                               lines: tuple[tuple[str, str, int], ...] = (("A", "DC", 2),)) -> pb.ReserveResponse:
     """A shard in doubt refuses new work until its settle is done: a maintenance pass (a timer) and
     a read of Redis away. Tried again with a pause and within a bound: tried at once, for ever, the
     refused calls kept a core busy beside the settle they waited for, and a settle that never came
@@ -49,7 +50,7 @@ async def _reserve_once_settled(client: AtpClient, rid: str) -> pb.ReserveRespon
 
     async def taken() -> bool:
         try:
-            answer.append(await client.reserve(rid, [("A", "DC", 2)], ttl_seconds=600))
+            answer.append(await client.reserve(rid, list(lines), ttl_seconds=600))
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
@@ -72,7 +73,7 @@ async def test_an_append_landing_after_its_settle_is_refused_and_a_restart_finds
                 await client.reserve("r-told-unavailable", [("A", "DC", 3)], ttl_seconds=600)
             assert said(told.value) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN")
             proxy.hold()
-            acknowledged = await _reserve_once_settled(client, "r-acknowledged")
+            acknowledged = await reserve_once_settled(client, "r-acknowledged")
             assert acknowledged.state == pb.RESERVATION_STATE_HELD
             late = await proxy.land(proxy.held[0])  # the first append reaches Redis now, after the settle
             assert late.startswith(b"*1\r\n") and b"STALE" in late  # refused: the shard was fenced
