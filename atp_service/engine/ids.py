@@ -57,12 +57,23 @@ REFRESH_PER_PASS = 1000
 extended, one round trip): a sweep of a million records takes a thousand passes, never one long turn
 or one huge pipeline. Counted over the records looked at, not the claims sent: a group of millions
 of parts (whose orders are homed elsewhere) was looked through in one turn, seconds of a stall."""
+CLAIM_PASSES = 4
+"""Rounds of claims one batch makes at most (``claimed``): its first, then one per time groups moved
+under it while it waited. Each item is claimed for good once (a second claim names the first home),
+so only groups moving again and again, or Redis losing claims, goes on; past this the items still
+moving are refused UNAVAILABLE (``GROUP_MOVED``), nothing decided: a retry claims again."""
 
 
 def other_lines(reservation_id: str, held: int) -> AlreadyExists:
     """R5: the id's record has other lines (its home, the claim's group, is not this Reserve's)."""
     return AlreadyExists("lines", f"reservation {reservation_id!r} exists with different lines (its record is in "
                                   f"group {held})")
+
+
+def still_moving(reservation_id: str) -> Unavailable:
+    """A Reserve whose home moved under it ``CLAIM_PASSES`` times while its batch was claimed."""
+    return Unavailable(f"reservation_id: the group of {reservation_id!r} kept moving while it was claimed; "
+                       "nothing was decided, retry", Reason.GROUP_MOVED)
 
 
 class IdGuard:
@@ -101,8 +112,14 @@ class IdGuard:
             # A group handed over or taken while this waited: an id known here at the check (nothing
             # claimed, its record decided) may be known no longer, homed now by its lines where no claim
             # vouched for it — decided there, a second record of the id (R5). Claimed now, till none is.
-            while again := [i for i, cmd in enumerate(cmds)
-                            if i not in refused and self.home_to_claim(cmd) not in (None, claimed.get(i))]:
+            for passes in range(1, CLAIM_PASSES + 1):
+                again = [i for i, cmd in enumerate(cmds)
+                         if i not in refused and self.home_to_claim(cmd) not in (None, claimed.get(i))]
+                if not again:
+                    break
+                if passes == CLAIM_PASSES:
+                    refused.update((i, still_moving(cmds[i].reservation_id)) for i in again)
+                    break
                 refused.update(await self.check_many(cmds, claimed, again))
         finally:
             _pass_turn(before, mine)

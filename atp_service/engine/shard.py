@@ -144,7 +144,8 @@ class ShardActor(CommitPipeline):
         except TimeoutError:
             pass  # what is still in doubt is settled by the next start's recovery (it reads the log)
         except LogDiverged:
-            log.exception("shard %d: stopping with a log it cannot trust", self.shard)
+            log.exception("shard %d: stopping with a log it cannot trust", self.shard,
+                          extra={"event": "shard_stop_diverged", "shard": self.shard})
         if self._task is not None and not self._task.done():  # a failed task was reported already
             await cancel_and_wait(self._task)
         self._refuse_waiting(refusal or Unavailable("service is shutting down", Reason.SHUTTING_DOWN))

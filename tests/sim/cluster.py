@@ -251,13 +251,13 @@ class ClusterWorld(World):
         """Several processes: a shard's ``LogDiverged`` is expected only from a taking of its group that lived
         through a loss of the group's keys (``SimMembership.witnessed``): a process started, or a group taken,
         after the loss recovered the log as Redis held it then. The shard is the one whose failure it is (a
-        process gone since included), else the logging task's process says it (a stop's drain: any loss since
-        that process started). Leased, no instance claim is ever lost (``claim_lost``: one process only)."""
+        process gone since included), else the one the line names (a stop's drain, ``shard_stop_diverged``)
+        in the logging task's process. Leased, no instance claim is ever lost (``claim_lost``: one process only)."""
         cause = record.exc_info[1] if record.exc_info else None
         if not isinstance(cause, LogDiverged):
             return False
         failed = next(((p, a.shard) for p in self.every for a in p.engine.actors if a.failure is cause), None)
-        proc, group = failed or (CURRENT.get(), None)
+        proc, group = failed or (CURRENT.get(), getattr(record, "shard", None))
         return proc is not None and proc.members.witnessed(group)
 
     def unrenewed_leases_run_out(self) -> None:

@@ -200,7 +200,7 @@ class SimMembership:
         group's keys back (every node's restore or its node's) after its taking began. A shard knows durable
         only what it recovered or appended since; a taking begun after the loss recovered the log as Redis
         holds it then — a pause across the loss is no new taking, and a group handed over is the taker's
-        own taking. ``group`` None (a stop's drain, its shard not said): any loss since this process started."""
+        own taking. ``group`` None, or one no longer taken here: any loss since this process started."""
         tail = self.world.tail
         if tail is None:
             return False

@@ -17,7 +17,7 @@ from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.ids import IdClaims
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import open_nodes
-from reservation import Limits, LineRequest, ReserveCommand, State
+from reservation import Limits, LineRequest, Reason, ReserveCommand, State, Unavailable
 from reservation._orders import PART_MARK
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.waiting import until
@@ -99,4 +99,36 @@ async def test_batches_are_handed_on_in_the_order_they_came_whatever_their_claim
         assert handed == ["new", "known"]
     finally:
         await proxy.close()
+        await nodes.aclose()
+
+
+async def test_a_batch_whose_group_keeps_moving_is_claimed_a_bounded_number_of_times(redis_url: str) -> None:
+    """Each look at the id finds it homed in another group (groups handed over again and again while its
+    claims wait) and Redis answers each claim as asked (as where it lost the one before): the batch
+    claimed again without end. Now it claims ``CLAIM_PASSES`` rounds and refuses the item UNAVAILABLE
+    (``GROUP_MOVED``), nothing decided; an item that settled in the meantime goes on."""
+    homes = iter(range(1_000))
+    engine = _engine({})
+    empty = SimpleNamespace(reservations={}, live_reservations=0)
+    engine.actors = [SimpleNamespace(shard=g, vacant=False, ledger=empty) for g in range(1_000)]
+    engine.routes = SimpleNamespace(homes={}, placement=lambda cmd: ({0}, next(homes) if cmd.reservation_id == "m"
+                                                                     else 7))
+    nodes = open_nodes(redis_url, 5.0)
+    guard = IdGuard(engine, IdClaims(nodes.run, KEYS))
+    lost = aredis.Redis.from_url(redis_url)
+    claim = guard.claims.claim
+
+    async def after_loss(rid: str, home: int, ttl_ms: int) -> int:
+        await lost.delete(KEYS.reservation_id(rid))  # the claim before lost: this one made afresh
+        return await claim(rid, home, ttl_ms)
+
+    guard.claims.claim = after_loss  # type: ignore[method-assign]
+    try:
+        out: list[Any] = [None, None]
+        items = await guard.claimed([_reserve("m"), _reserve("s")], out)
+        assert [i for i, _ in items] == [1], out
+        assert isinstance(out[0], Unavailable) and out[0].reason == Reason.GROUP_MOVED, out[0]
+        assert next(homes) <= 2 * ids.CLAIM_PASSES, "claimed more rounds than the bound"
+    finally:
+        await lost.aclose()
         await nodes.aclose()
