@@ -62,7 +62,8 @@ class Call:
         """What is left of the call is gRPC's write of what it was handed (an answer, a status)."""
         if self.writing_since is None:
             self.writing_since = time.monotonic()
-            self._book.moved()
+            if self._book.settling:  # ``moved``, written out: every call's, and nothing waits but a stop
+                self._book.moved()
 
     def hold(self, task: asyncio.Future[Any]) -> None:
         """``task`` is this call's work (R8: it runs to its end): the call is not stalled, nor ended, before it is."""
@@ -78,9 +79,11 @@ class Call:
         self.held -= 1
         if self._handler is not None and self._handler.done():
             self.writing_since = None  # its write ended with its task, written or cut
+        book = self._book
         if not self.held:
-            self._book.left(self)
-        self._book.moved()
+            book._calls.discard(self)  # ``left``, written out
+        if book.settling:  # ``moved``, written out
+            book.moved()
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class CallBook:
         self.closed = False
         """Set once ``settle`` has returned: a call begun from then on is refused before it does anything."""
         self._moved = asyncio.Event()
+        self.settling = False
+        """A stop's ``settle`` waits for calls to move (end, or begin a write): only then is each move told."""
 
     def enter(self, method: str) -> Call:
         """Book the call whose handler runs in this task (``Unavailable`` once closed); ``current()`` is it."""
@@ -124,6 +129,7 @@ class CallBook:
     async def settle(self, timeout_s: float) -> Settled:
         """Wait until every call has ended or stalled, at most ``timeout_s``; then close the book."""
         deadline = time.monotonic() + timeout_s
+        self.settling = True  # set before the first tally: a move after it is told, none is missed
         while True:
             self._moved.clear()
             now = time.monotonic()

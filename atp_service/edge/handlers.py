@@ -126,6 +126,12 @@ class _Refusal:
         except DomainError as exc:
             await abort(context, exc)
 
+    def book_now(self) -> Call | None:
+        """``booked`` without its coroutine (every unary call's): None where the book refuses it, for
+        ``booked`` to answer."""
+        calls = self._calls
+        return None if calls.closed else calls.enter(self.method)
+
     async def __call__(self, bad: Malformed, context: Context) -> NoReturn:
         self._count.inc()
         self._lines.log("request refused", event="bad_request", rpc=self.method, peer=context.peer(),
@@ -135,7 +141,7 @@ class _Refusal:
 
 def _unary_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
     async def handle(request: Any, context: Context) -> Any:
-        call = await refuse.booked(context)
+        call = refuse.book_now() or await refuse.booked(context)
         if type(request) is Malformed:
             await refuse(request, context)
         try:
