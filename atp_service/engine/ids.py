@@ -40,7 +40,7 @@ from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.ids import IdClaims
 from atp_service.storage.resp import out_of_memory
 from atp_service.tasks import cancel_for_good, keep
-from reservation import AlreadyExists, DomainError, Reason, Reservation, ReserveCommand, State, Unavailable
+from reservation import AlreadyExists, DomainError, Moved, Reason, Reservation, ReserveCommand, State, Unavailable
 from reservation._orders import order_of
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ CLAIM_PASSES = 4
 """Rounds of claims one batch makes at most (``claimed``): its first, then one per time groups moved
 under it while it waited. Each item is claimed for good once (a second claim names the first home),
 so only groups moving again and again, or Redis losing claims, goes on; past this the items still
-moving are refused UNAVAILABLE (``GROUP_MOVED``), nothing decided: a retry claims again."""
+moving are refused ``GROUP_MOVED`` (``still_moving``), nothing decided: a retry claims again."""
 
 
 def other_lines(reservation_id: str, held: int) -> AlreadyExists:
@@ -70,10 +70,10 @@ def other_lines(reservation_id: str, held: int) -> AlreadyExists:
                                   f"group {held})")
 
 
-def still_moving(reservation_id: str) -> Unavailable:
-    """A Reserve whose home moved under it ``CLAIM_PASSES`` times while its batch was claimed."""
-    return Unavailable(f"reservation_id: the group of {reservation_id!r} kept moving while it was claimed; "
-                       "nothing was decided, retry", Reason.GROUP_MOVED)
+def still_moving(home: int) -> Moved:
+    """A Reserve whose home moved under it ``CLAIM_PASSES`` times while its batch was claimed: refused
+    as a group being taken over is (``GROUP_MOVED`` naming ``home``, no owner yet), the caller retries."""
+    return Moved(home, "")
 
 
 class IdGuard:
@@ -113,14 +113,14 @@ class IdGuard:
             # claimed, its record decided) may be known no longer, homed now by its lines where no claim
             # vouched for it — decided there, a second record of the id (R5). Claimed now, till none is.
             for passes in range(1, CLAIM_PASSES + 1):
-                again = [i for i, cmd in enumerate(cmds)
-                         if i not in refused and self.home_to_claim(cmd) not in (None, claimed.get(i))]
+                again = {i: home for i, cmd in enumerate(cmds)
+                         if i not in refused and (home := self.home_to_claim(cmd)) not in (None, claimed.get(i))}
                 if not again:
                     break
                 if passes == CLAIM_PASSES:
-                    refused.update((i, still_moving(cmds[i].reservation_id)) for i in again)
+                    refused.update((i, still_moving(home)) for i, home in again.items())
                     break
-                refused.update(await self.check_many(cmds, claimed, again))
+                refused.update(await self.check_many(cmds, claimed, list(again)))
         finally:
             _pass_turn(before, mine)
         for i, refusal in refused.items():

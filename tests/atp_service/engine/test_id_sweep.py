@@ -17,7 +17,7 @@ from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.ids import IdClaims
 from atp_service.storage.keys import Keyspace
 from atp_service.storage.nodes import open_nodes
-from reservation import Limits, LineRequest, Reason, ReserveCommand, State, Unavailable
+from reservation import Limits, LineRequest, Moved, Reason, ReserveCommand, State
 from reservation._orders import PART_MARK
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.waiting import until
@@ -105,8 +105,9 @@ async def test_batches_are_handed_on_in_the_order_they_came_whatever_their_claim
 async def test_a_batch_whose_group_keeps_moving_is_claimed_a_bounded_number_of_times(redis_url: str) -> None:
     """Each look at the id finds it homed in another group (groups handed over again and again while its
     claims wait) and Redis answers each claim as asked (as where it lost the one before): the batch
-    claimed again without end. Now it claims ``CLAIM_PASSES`` rounds and refuses the item UNAVAILABLE
-    (``GROUP_MOVED``), nothing decided; an item that settled in the meantime goes on."""
+    claimed again without end. Now it claims ``CLAIM_PASSES`` rounds and refuses the item ``GROUP_MOVED``
+    naming its last home with no owner yet (the caller retries), nothing decided; an item that settled
+    in the meantime goes on."""
     homes = iter(range(1_000))
     engine = _engine({})
     empty = SimpleNamespace(reservations={}, live_reservations=0)
@@ -127,7 +128,7 @@ async def test_a_batch_whose_group_keeps_moving_is_claimed_a_bounded_number_of_t
         out: list[Any] = [None, None]
         items = await guard.claimed([_reserve("m"), _reserve("s")], out)
         assert [i for i, _ in items] == [1], out
-        assert isinstance(out[0], Unavailable) and out[0].reason == Reason.GROUP_MOVED, out[0]
+        assert isinstance(out[0], Moved) and out[0].reason == Reason.GROUP_MOVED and out[0].owner == "", out[0]
         assert next(homes) <= 2 * ids.CLAIM_PASSES, "claimed more rounds than the bound"
     finally:
         await lost.aclose()
