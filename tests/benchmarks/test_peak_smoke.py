@@ -240,6 +240,20 @@ async def test_bytecodes_counts_the_calls_by_file_and_by_function() -> None:
         assert sum(result["top"].values()) <= result["bytecodes_per_call"] + result["timer_bytecodes_per_call"] + 1
 
 
+async def test_bytecodes_through_grpc_counts_the_service_s_handler_beside_the_no_op_s() -> None:
+    code, out = await run(sys.executable, "benchmarks/bytecodes_grpc.py", "--calls", "20", "--top", "400",
+                          limit_s=120)
+    assert code == 0, out[-3000:]
+    (result,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert result["calls"] == 20 and result["noop"] > 0, result
+    top = result["top"]
+    # The method handler runs only through gRPC (bytecodes.py never counts it), once a call: the
+    # service's; the no-op's servicer runs on the other side of the difference.
+    assert top["atp_service/edge/handlers.py:handle"] > 0, top
+    assert top["benchmarks/noop_server.py:_answer"] < 0, top
+    assert not any(name.startswith(("grpc/", "google/protobuf/")) for name in top), "the calling side was counted"
+
+
 @pytest.mark.timeout(330)  # under valgrind the service starts ~50x slower
 async def test_instructions_counts_a_few_calls_or_says_valgrind_is_missing() -> None:
     code, out = await run(sys.executable, "benchmarks/instructions.py", "--calls", "20", limit_s=300)
