@@ -3,6 +3,7 @@ LoadCounts, curation and E9 sweep side): numpy in and out, no object per positio
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -22,6 +23,23 @@ DENSE_CELLS = 1 << 20
 """Largest SKUs x locations ``available_block`` builds whole before picking a channel's columns."""
 Cell = tuple[int, int]
 """A position as (SKU row, location column): fixed while the shard lives (its slot is not)."""
+
+
+class StoreSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """The used slots of each column, one contiguous view per field: no copy (a shard's snapshot is
+    taken in its turn), and no free room carried."""
+
+    skus: list[str]
+    locations: list[str]
+    tail: int  # ``Segments``: slots in use or left behind, and how many of them are left behind
+    garbage: int
+    wide: list[memoryview]  # int64 per slot, one per field: ON_HAND, RESERVED, COMMITTED, count time
+    narrow: list[memoryview]  # int32 per slot: SAFETY, count quantity, source, event_id, deltas head
+    col: memoryview  # int32 per slot: its location's column
+    starts: memoryview  # int64 per SKU row: where its run starts
+    lengths: memoryview  # int32 per SKU row: positions in the run
+    caps: memoryview  # int32 per SKU row: slots the run owns
+    names: list[str | None]
 
 
 class Blocks:

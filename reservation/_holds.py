@@ -28,17 +28,22 @@ class HoldsIndex:
     def __init__(self) -> None:
         self._at: dict[str, _Holders] = {}
 
+    def add(self, sku: str, location: str, rid: str) -> None:
+        """``update(None, rec)`` of a new record ``rid`` with units outstanding at one position only
+        (every Reserve of one line)."""
+        key = f"{sku}{_SEP}{location}"  # ``pair_key``, without its call
+        holders = self._at.get(key)
+        if holders is None:
+            self._at[key] = _Holders({rid: None})
+        else:
+            holders.ids[rid] = None
+
     def update(self, before: Reservation | None, after: Reservation | None) -> None:
-        if before is None and after is not None:  # a new record (every Reserve): nothing to take away
+        if before is None and after is not None:  # a new record: nothing to take away
             rid = after.reservation_id
             for ln in after.lines:
                 if ln.held or ln.committed:  # outstanding (neither is ever negative)
-                    key = f"{ln.sku}{_SEP}{ln.location}"  # ``pair_key``, without its call (every Reserve)
-                    holders = self._at.get(key)
-                    if holders is None:
-                        self._at[key] = _Holders({rid: None})
-                    else:
-                        holders.ids[rid] = None
+                    self.add(ln.sku, ln.location, rid)
             return
         was = {pair_key(ln.sku, ln.location) for ln in before.lines if ln.outstanding} if before else set()
         now = {pair_key(ln.sku, ln.location) for ln in after.lines if ln.outstanding} if after else set()

@@ -33,6 +33,7 @@ from ._keys import fact_key, fact_payload, pair_key, split_key
 from ._limits import Limits
 from ._model import OUTGOING_KINDS, TERMINAL, Fact, FactKind, FactOutcome, Quantities, Reservation, State
 from ._position_events import apply_safety_stock, apply_shipped
+from ._reserve_writes import ReserveWrites
 from ._restore import restoring, run_through
 from ._snapshot import LedgerSnapshot, snapshot_of
 from ._store import ON_HAND, PositionStore
@@ -44,7 +45,7 @@ _COUNT = int(FactKind.COUNT)
 __all__ = ["Ledger", "LedgerSnapshot", "fact_key", "pair_key", "split_key"]
 
 
-class Ledger(Upkeep):
+class Ledger(ReserveWrites, Upkeep):
     """State of one shard: positions, fact histories, reservations, fact dedupe."""
 
     def __init__(self, shard: int, limits: Limits) -> None:
@@ -81,16 +82,6 @@ class Ledger(Upkeep):
         return self.reservations.get(reservation_id)
 
     # -- changes (the View used by operations) -------------------------------
-    def move_hold(self, sku: str, location: str, d_reserved: int, d_committed: int) -> None:
-        """``emit(HoldMoved(...))`` without its dispatch, ``_apply_hold`` written out with the move's own
-        values (every Reserve's): applied first, so a move that raises leaves no event and no undo."""
-        store = self.store
-        if store.move(sku, location, d_reserved, d_committed):
-            self._undo.append((store.move, sku, location, -d_reserved, -d_committed))
-        else:  # it created the position
-            self._undo.append((store.forget, sku, location))
-        self._events.append(HoldMoved(sku, location, d_reserved, d_committed))
-
     def ship(self, sku: str, location: str, quantity: int, at: int, ref: str) -> None:
         self.emit(Shipped(sku, location, quantity, at, ref))
 
@@ -171,6 +162,7 @@ class Ledger(Upkeep):
 
     def revert(self, undo: list[Undo]) -> None:
         """Take back a sealed batch. Sealed batches must be reverted newest first, between batches."""
+        self._unquiet()
         for step in reversed(undo):
             run_undo(step)
         self.store.journal = []  # the steps' own moves cancel a batch that is gone: not the next one's
@@ -187,12 +179,14 @@ class Ledger(Upkeep):
     def rollback_to(self, mark: tuple[int, int]) -> None:
         """Undo what the open batch gained since ``mark``: one command that failed half-way."""
         events, undo = mark
+        self._unquiet()
         while len(self._undo) > undo:
             run_undo(self._undo.pop())
         del self._events[events:]
 
     def replay(self, entry: LogEntry) -> None:
         """Apply a durable entry (recovery, or one found in the log when settling; between batches)."""
+        self._unquiet()
         journal, self.store.journal = self.store.journal, None
         for event in entry.events:
             self._apply(event)
@@ -202,6 +196,7 @@ class Ledger(Upkeep):
     # -- time ----------------------------------------------------------------
     def due(self, now: int, limit: int = 2**62) -> list[str]:
         """Held reservations whose TTL has passed (R3), in expiry order; at most ``limit`` of them."""
+        self._unquiet()
         out: dict[str, None] = {}  # an entry may have a twin (``held_again``): a hold is taken once
         while self._expiry and self._expiry[0][0] <= now and len(out) < limit:
             expires_at, rid = heapq.heappop(self._expiry)
@@ -213,13 +208,17 @@ class Ledger(Upkeep):
         return list(out)
 
     def requeue_expiry(self, expires_at: int, reservation_id: str) -> None:
+        self._unquiet()
         heapq.heappush(self._expiry, (expires_at, reservation_id))
 
     def housekeeping_due(self, now: int) -> bool:
-        """A hold to expire, or a resolved reservation past its retention to forget."""
-        expiring = bool(self._expiry) and self._expiry[0][0] <= now
-        forgetting = bool(self._resolved) and self._resolved[0][0] < now - self.limits.retention_ms
-        return expiring or forgetting
+        """A hold to expire, or a resolved reservation past its retention to forget (every shard, every
+        housekeeping pass: each queue's head looked at once)."""
+        expiry = self._expiry
+        if expiry and expiry[0][0] <= now:
+            return True
+        resolved = self._resolved
+        return bool(resolved) and resolved[0][0] < now - self.limits.retention_ms
 
     def evict(self, now: int, limit: int = 2**62, unsure_from: int | None = None) -> list[str]:
         """Forget resolved reservations past retention (bounded R5 memory), ``limit`` at most (the rest next call).
@@ -288,7 +287,10 @@ class Ledger(Upkeep):
         assert not self._events, "sweeping expiry inside an open batch"
         if not expiry_stale(len(self._expiry), self.live_reservations):
             return 0
-        return (yield from sweeping(self, slice_size))
+        try:
+            return (yield from sweeping(self, slice_size))
+        finally:  # asked meanwhile, the heap was set aside (``sweeping``)
+            self._unquiet()
 
     def _apply_reservation(self, rec: Reservation) -> Undo:
         rid = rec.reservation_id

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from ._allocate import GroupPolicy, allocate
 from ._errors import AlreadyExists
+from ._ledger import Ledger
 from ._model import (
     Fact,
     FactOutcome,
@@ -45,17 +46,37 @@ def reserve(view: ReserveView, cmd: ReserveCommand, now: int,
             groups: GroupPolicy | None = None) -> tuple[Reservation, bool]:
     """R2: grant all lines or none (or each alone with allow_partial). Returns (record, replayed).
     A line naming a group in ``groups`` is split over member locations by the group strategy."""
+    lines = cmd.lines
+    if len(lines) != 1 or (groups is not None and lines[0].location in groups.groups):
+        return _reserve_lines(view, cmd, now, groups)
+    if type(view) is not Ledger:
+        return _reserve_line(view, cmd, now)
+    existing = view.reservations.get(cmd.reservation_id)  # ``reservation``, written out
+    if existing is None:  # on one shard (most Reserves): ``_reserve_line`` as its ledger writes it out
+        return view.reserve_line(cmd, lines[0], now), False
+    same_content(existing, cmd)
+    return existing, True  # R5: replay the original decision, refusals included
+
+
+def _reserve_lines(view: ReserveView, cmd: ReserveCommand, now: int,
+                   groups: GroupPolicy | None) -> tuple[Reservation, bool]:
+    """``reserve`` in general: a retry answered by its record (R5), a new id planned (``_reserve_planned``)."""
     existing = view.reservation(cmd.reservation_id)
     if existing is not None:
         same_content(existing, cmd)
         return existing, True  # R5: replay the original decision, refusals included
-    lines = cmd.lines
-    if len(lines) != 1 or (groups is not None and lines[0].location in groups.groups):
-        return _reserve_planned(view, cmd, now, groups), False
-    # One line naming a location, not a group (most Reserves): ``_reserve_planned``'s decision and record
-    # without its plans. With one line, all-or-nothing and ``allow_partial`` agree: granted whole where it
-    # fits (R2), else INSUFFICIENT (never NOT_ATTEMPTED).
-    line = lines[0]
+    return _reserve_planned(view, cmd, now, groups), False
+
+
+def _reserve_line(view: ReserveView, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
+    """``reserve`` of one line naming a location, not a group, over any view: ``_reserve_planned``'s
+    decision and record without its plans. With one line, all-or-nothing and ``allow_partial`` agree:
+    granted whole where it fits (R2), else INSUFFICIENT (never NOT_ATTEMPTED)."""
+    existing = view.reservation(cmd.reservation_id)
+    if existing is not None:
+        same_content(existing, cmd)
+        return existing, True  # R5
+    line = cmd.lines[0]
     sku, location, quantity = line.sku, line.location, line.quantity
     a = view.available(sku, location)
     if quantity <= a:

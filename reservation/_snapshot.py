@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from ._columns import StoreSnapshot
 from ._dedupe import MemorySnapshot
 from ._deltas import PoolSnapshot
 from ._model import Reservation
-from ._store import StoreSnapshot
 
 if TYPE_CHECKING:
     from ._ledger import Ledger

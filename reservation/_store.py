@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import overload
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -34,6 +33,7 @@ from ._columns import (
     W_COUNT_TIME,
     Blocks,
     Cell,
+    StoreSnapshot,
 )
 from ._model import ZERO, Quantities
 from ._names import NONE, Names
@@ -55,23 +55,6 @@ MADE = _Made(0)
 """The journal's entry (sku, location, MADE) for a position made: a move of 0 that also says the position
 was not there before its batch, compared by identity (``delta is MADE``). A reader of durable state takes
 a position a batch in flight made as absent, not even 0 (C4)."""
-
-
-class StoreSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
-    """The used slots of each column, one contiguous view per field: no copy (a shard's snapshot is
-    taken in its turn), and no free room carried."""
-
-    skus: list[str]
-    locations: list[str]
-    tail: int  # ``Segments``: slots in use or left behind, and how many of them are left behind
-    garbage: int
-    wide: list[memoryview]  # int64 per slot, one per field: ON_HAND, RESERVED, COMMITTED, count time
-    narrow: list[memoryview]  # int32 per slot: SAFETY, count quantity, source, event_id, deltas head
-    col: memoryview  # int32 per slot: its location's column
-    starts: memoryview  # int64 per SKU row: where its run starts
-    lengths: memoryview  # int32 per SKU row: positions in the run
-    caps: memoryview  # int32 per SKU row: slots the run owns
-    names: list[str | None]
 
 
 class PositionStore(Blocks):
@@ -171,6 +154,27 @@ class PositionStore(Blocks):
         if self.journal is not None:
             self.journal.append((sku, location, -d_reserved - d_committed))
         return existed
+
+    def hold(self, sku: str, location: str, quantity: int) -> int | None:
+        """Q5 ``available`` of a position (None: no such position), and ``quantity`` more reserved (Q2)
+        there where it fits, ``quantity <= available``: never oversold (R2). ``available`` and ``move``
+        in one lookup, written out (every Reserve of one line); a hold that does not fit changes nothing."""
+        row = self._sku_row.get(sku)
+        col = self._loc_col.get(location)
+        if row is None or col is None:
+            return None
+        seg = self._seg
+        slot = seg.find(row, col)
+        if slot < 0:
+            return None
+        wv = seg.wv
+        reserved = wv[RESERVED, slot]
+        available = wv[ON_HAND, slot] - reserved - wv[COMMITTED, slot] - seg.nv[N_SAFETY, slot]
+        if quantity <= available:
+            wv[RESERVED, slot] = reserved + quantity
+            if self.journal is not None:
+                self.journal.append((sku, location, -quantity))
+        return available
 
     def set(self, sku: str, location: str, field: int, value: int) -> None:
         if field == SAFETY:

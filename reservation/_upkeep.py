@@ -24,15 +24,34 @@ class Upkeep:
     histories: Histories
     _expiry: list[tuple[int, str]]
     _events: list[Event]
+    _quiet_since: list[Event] | None = None
+    """The open batch in which ``housekeeping_wanted`` last found nothing to do, while what it reads has
+    not changed since: a batch sealed or committed opens another (``Ledger.seal``), and every other
+    change to it forgets this (``_unquiet``)."""
 
     def housekeeping_wanted(self) -> bool:
-        """Remembered facts to forget (E8), kept deltas to compact (E9), stale expiry entries to drop."""
-        return self.has_old_facts() or self.histories.sweep_due(self._horizon()) or \
-            expiry_stale(len(self._expiry), self.live_reservations)
+        """Remembered facts to forget (E8), kept deltas to compact (E9), stale expiry entries to drop.
+        None of them depends on the time, only on the ledger's state: asked again (every shard, every
+        housekeeping pass) with no change since it found nothing, it answers at once."""
+        events = self._events
+        if self._quiet_since is events and not events:  # no event since, nor other change
+            return False
+        horizon = self.stream_time - self.limits.fact_grace_ms  # ``_horizon``, written out
+        if self.memory.has_old(horizon) or self.histories.sweep_due(horizon) or \
+                expiry_stale(len(self._expiry), self.live_reservations):
+            return True
+        if not events:  # between batches
+            self._quiet_since = events
+        return False
+
+    def _unquiet(self) -> None:
+        """What ``housekeeping_wanted`` reads may have changed outside a batch: ask it in full next time."""
+        self._quiet_since = None
 
     def compact_some(self, limit: int = COMPACT_PER_PASS) -> int:
         """E9 for about ``limit`` kept deltas (``Histories.sweep``); between batches, none in flight."""
         assert not self._events, "compaction inside an open batch"
+        self._unquiet()
         return self.histories.sweep(self._horizon(), limit, self._pass_every())
 
     def has_old_facts(self) -> bool:
@@ -43,6 +62,7 @@ class Upkeep:
         """E8 within bounded memory (``FactMemory.forget_old``). Only between batches: a batch that is
         undone must find what it knew."""
         assert not self._events, "forgetting inside an open batch"
+        self._unquiet()
         return self.memory.forget_old(self._horizon(), self._pass_every())
 
     def _horizon(self) -> int:

@@ -124,13 +124,16 @@ def reserve_command(
 def reserve_one_line(reservation_id: str, order_ref: str, channel: str, sku: str, location: str, quantity: int,
                      ttl_seconds: int, allow_partial: bool, limits: Limits) -> ReserveCommand:
     """``reserve_command`` of a Reserve of one line (most of them), its values as the request has them:
-    every check in one go where all pass for sure (``_plain_ids``' test, written out), else
-    ``reserve_command``, which names the first field at fault."""
+    every check in one go where all pass for sure, else ``reserve_command``, which names the first
+    field at fault."""
     ttl = ttl_seconds or limits.default_ttl_seconds
-    if reservation_id and sku and location and 0 < quantity <= limits.max_quantity and \
-            limits.min_ttl_seconds <= ttl <= limits.max_ttl_seconds:
-        ids = (reservation_id, order_ref, channel, sku, location)
-        if max(map(len, ids)) <= limits.max_id_length // 4 and "".join(ids).isprintable():
+    # Comparisons one by one, not chained: a chain costs the interpreter a swap and a copy each.
+    if reservation_id and sku and location and quantity > 0 and quantity <= limits.max_quantity and \
+            ttl >= limits.min_ttl_seconds and ttl <= limits.max_ttl_seconds:
+        ids = "".join((reservation_id, order_ref, channel, sku, location))
+        # ``check_id`` of each, at once: printable (so no lone surrogate: it encodes), and each within
+        # max_id_length bytes, as all of them together are.
+        if ids.isprintable() and len(ids.encode()) <= limits.max_id_length:
             return ReserveCommand(reservation_id, order_ref, channel, (LineRequest(sku, location, quantity),),
                                   ttl * 1000, allow_partial, not ttl_seconds)
     return reserve_command(reservation_id=reservation_id, order_ref=order_ref, channel=channel,

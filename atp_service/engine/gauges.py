@@ -55,21 +55,25 @@ class OversoldSweep:
             if self._began is not None and now - self._began < self._every_s:
                 return sum(self._summed)
             self._began = now
-        budget = self._slots_per_pass
-        for _ in range(len(self._shards)):
+        # The sweep's place in locals, written back once (every second, over every shard in one step).
+        budget, shards, count = self._slots_per_pass, self._shards, len(self._shards)
+        shard, store, at, partial = self._shard, self._store, self._at, self._partial
+        for _ in range(count):
             if budget <= 0:
                 break
-            store = self._shards[self._shard].positions()
-            if store is not self._store:  # a new sweep of this shard (or its store was replaced: anew)
-                self._store, self._at, self._partial = store, 0, 0
-            stop = min(store.slots, self._at + budget)
-            self._partial += store.oversold_units(self._at, stop)
-            budget -= max(1, stop - self._at)  # an empty shard costs a little too: the budget always runs out
-            self._at = stop
-            if stop < store.slots:  # the rest of this shard at the next step
+            positions = shards[shard].positions()
+            if positions is not store:  # a new sweep of this shard (or its store was replaced: anew)
+                store, at, partial = positions, 0, 0
+            slots = store.slots
+            stop = at + budget if at + budget < slots else slots
+            partial += store.oversold_units(at, stop)
+            budget -= stop - at or 1  # an empty shard costs a little too: the budget always runs out
+            at = stop
+            if stop < slots:  # the rest of this shard at the next step
                 break
-            self._summed[self._shard] = self._partial
-            self._shard, self._store = (self._shard + 1) % len(self._shards), None
-            if self._shard == 0:  # the sweep ended: the next begins no sooner than ``every_s`` after this one
+            self._summed[shard] = partial
+            shard, store = (shard + 1) % count, None
+            if shard == 0:  # the sweep ended: the next begins no sooner than ``every_s`` after this one
                 break
+        self._shard, self._store, self._at, self._partial = shard, store, at, partial
         return sum(self._summed)

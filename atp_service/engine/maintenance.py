@@ -10,10 +10,12 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from atp_service.engine.clock import Clock
 from atp_service.engine.clock_offset import CLOCK_OFFSET_EVERY_S, clock_offset_s
 from atp_service.engine.coordinator import Coordinator
 from atp_service.engine.gauges import OversoldSweep
 from atp_service.engine.orphans import LeasedOrphans
+from atp_service.instruments import GaugeChild
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_for_good, keep
 from reservation import DomainError, Ledger, State, View
@@ -85,6 +87,7 @@ class Housekeeper:
         self._orphans = LeasedOrphans(engine)
         self._oversold: OversoldSweep | None = None  # a bounded slice of the arrays a pass (made at the first)
         self._offset_task: asyncio.Task[None] | None = None  # one measure at a time, apart from the expiries
+        self._shard_gauges: dict[int, tuple[GaugeChild, GaugeChild, GaugeChild, GaugeChild]] = {}
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.get_running_loop().create_task(self._forever(), name="housekeeping")
@@ -105,8 +108,16 @@ class Housekeeper:
         """Expire due holds, forget old resolved ones, ask every shard to snapshot when due."""
         engine = self._engine
         waits = []
+        clock: Clock | None = None  # the clock ``now`` was read from
+        now = 0
         for actor in engine.actors:
-            if actor.ledger.housekeeping_due(actor.clock.now_ms()):  # its own clock: what its turn will see
+            # Its own clock: what its turn will see. Shards sharing one (all but the groups taken over)
+            # read it once, unless a turn ran since (``submit`` may take it at once).
+            if actor.clock is not clock:
+                clock = actor.clock
+                now = clock.now_ms()
+            if actor.ledger.housekeeping_due(now):
+                clock = None
                 try:
                     waits.append(actor.submit(self._expire_work))
                 except DomainError as exc:  # mailbox full or Redis down: the next pass tries again
@@ -132,14 +143,25 @@ class Housekeeper:
             # Each grows and shrinks with no hold due and nothing to forget: set here, not in an expiring turn;
             # a vacant shard's (its group handed over) reads 0, not what this process last held of it.
             for actor in engine.actors:
-                engine.metrics.live_reservations.labels(str(actor.shard)).set(actor.ledger.live_reservations)
-                engine.metrics.remembered_reservations.labels(str(actor.shard)).set(len(actor.ledger.reservations))
-                engine.metrics.positions.labels(str(actor.shard)).set(len(actor.positions()))
-                engine.metrics.dedupe_entries.labels(str(actor.shard)).set(len(actor.ledger.memory))
+                gauges = self._shard_gauges.get(actor.shard) or self._gauges_of(actor.shard)
+                live, remembered, positions, dedupe = gauges
+                ledger = actor.ledger
+                live.set(ledger.live_reservations)
+                remembered.set(len(ledger.reservations))
+                positions.set(len(actor.positions()))
+                dedupe.set(len(ledger.memory))
         measuring = self._offset_task is not None and not self._offset_task.done()
         if time.monotonic() - self._offset_at >= CLOCK_OFFSET_EVERY_S and not measuring:
             self._offset_at = time.monotonic()  # a round trip to Redis: no pass waits for it
             self._offset_task = asyncio.get_running_loop().create_task(self._measure_clock_offset())
+
+    def _gauges_of(self, shard: int) -> tuple[GaugeChild, GaugeChild, GaugeChild, GaugeChild]:
+        """A shard's series of the gauges set once a second, found once (``labels`` of each, each second)."""
+        metrics, label = self._engine.metrics, str(shard)
+        gauges = self._shard_gauges[shard] = (
+            metrics.live_reservations.labels(label), metrics.remembered_reservations.labels(label),
+            metrics.positions.labels(label), metrics.dedupe_entries.labels(label))
+        return gauges
 
     async def _measure_clock_offset(self) -> None:
         engine = self._engine

@@ -239,10 +239,11 @@ class ShardActor(CommitPipeline):
         return resume
 
     def request_maintenance(self) -> None:
-        # Only with something to do: a message that finds nothing still wakes the actor (16 shards, 10
-        # passes/s: a third of an idle process's CPU). One at most waits: a shard stuck settling must
-        # not fill its mailbox with them.
-        if not self._stopping and not self._maintain_queued and not self._mailbox.full() and self._wants_maintenance():
+        # Only with something to do: a message finding nothing still wakes the actor (16 shards, 10 passes/s: a third
+        # of an idle process's CPU). One at most waits: a shard stuck settling must not fill its mailbox with them.
+        if not self._stopping and not self._maintain_queued and (  # ``_wants_maintenance``, written out
+                self._doubt or self.ledger.housekeeping_wanted() or self._checkpoints.due(self.seq)) \
+                and not self._mailbox.full():
             self._maintain_queued = True
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._mailbox.put_nowait(Envelope(Maintain(), fut))
@@ -376,8 +377,7 @@ class ShardActor(CommitPipeline):
         await in_turns(self.ledger.expiry_sweep(EXPIRY_SWEEP_SLICE))  # stopped part-way: the rest is kept
 
     def _wants_maintenance(self) -> bool:
-        """Something for a maintenance turn, whose drain holds this shard's new work behind its appends in
-        flight: every shard is asked each pass, and a stall of each one each pass would be for nothing."""
+        """Something for a maintenance turn, whose drain holds this shard's new work behind its appends in flight."""
         return bool(self._doubt) or self.ledger.housekeeping_wanted() or self._checkpoints.due(self.seq)
 
     async def checkpoint(self, force: bool = False) -> None:

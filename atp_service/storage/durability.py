@@ -151,14 +151,16 @@ class Checkpoints:
         """The last write failed for Redis not answering (no connection, a timeout), not a refusal."""
 
     def due(self, seq: int, force: bool = False) -> bool:
-        if self._writing is not None and not self._writing.done():
-            return False  # one at a time; a stop waits for it first (``settled``)
         entries = seq - self._seq
-        due = entries >= self._policy.snapshot_every_entries or (
-            entries and time.monotonic() - self._at >= self._policy.snapshot_interval_s
-        )
-        if not (due or (force and entries)):
+        if not entries:  # nothing logged since the last snapshot (an idle shard, every pass): never due
             return False
+        policy = self._policy
+        if not force and entries < policy.snapshot_every_entries and \
+                time.monotonic() - self._at < policy.snapshot_interval_s:
+            return False
+        writing = self._writing
+        if writing is not None and not writing.done():
+            return False  # one at a time; a stop waits for it first (``settled``)
         if force:
             return True
         # Another shard's snapshot on its way to Redis: this one waits for a later maintenance pass.

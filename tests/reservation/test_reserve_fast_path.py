@@ -1,8 +1,9 @@
-"""Differential: a Reserve of one line decided by ``reserve``'s fast path (no plans; the ledger's
-``move_hold`` and ``save`` without ``emit``'s dispatch) answers and changes state exactly as the
-general path does (``_reserve_planned`` over a view that reads ``quantities().available`` and makes
-every change through ``Ledger.emit``): the same record or refusal, the same positions, records,
-holds, expiry heap and open events, the same log entry, the same state after a rollback (R7's undo),
+"""Differential: a Reserve of one line decided by ``reserve``'s fast paths (no plans: on a ledger its
+``reserve_line``, one lookup of the position and the record saved without ``emit``'s dispatch; on
+another view ``_reserve_line``) answers and changes state exactly as the general path does
+(``_reserve_planned`` over a view that reads ``quantities().available`` and makes every change through
+``Ledger.emit``): the same record or refusal, the same positions, records, holds, expiry heap and open
+events, the same log entry, the same state after a rollback or a sealed batch reverted (R7's undo),
 and a replay of the entries gives the live state (E10). Generated sequences over safety stock,
 negative ``available`` (late sales, counts), positions not yet seeded, ``allow_partial``, groups,
 retries with the same or other content (R5), TTL and expiry."""
@@ -104,20 +105,25 @@ action = st.one_of(
     st.tuples(st.just("confirm"), rid),
     st.tuples(st.just("release"), rid),
     st.tuples(st.just("tick"), st.integers(0, 70_000)),
-    st.tuples(st.just("end"), st.sampled_from(["commit", "commit", "rollback"])),
+    st.tuples(st.just("end"), st.sampled_from(["commit", "commit", "rollback", "revert"])),
 )
 
 
-def step(ledger: Ledger, fast: bool, act: tuple, now: int, n: int, groups: GroupPolicy | None) -> object:  # type: ignore[type-arg]
+PATHS = ("ledger", "view", "general")
+"""``reserve`` over the ledger itself (its ``reserve_line``), ``reserve`` over another view (``_reserve_line``),
+and the general path, which the others must agree with."""
+
+
+def step(ledger: Ledger, path: str, act: tuple, now: int, n: int, groups: GroupPolicy | None) -> object:  # type: ignore[type-arg]
     kind = act[0]
-    view = ledger if fast else _General(ledger)
+    view = ledger if path == "ledger" else _General(ledger)
     if kind == "reserve":
         _, r, (sku, loc), qty, partial, ttl, order_ref, channel = act
         ttl_ms = (ttl or 60) * 1000
         command = ReserveCommand(r, order_ref, channel, (LineRequest(sku, loc, qty),), ttl_ms, partial, not ttl)
-        if fast:
-            return outcome(lambda: reserve(ledger, command, now, groups))
-        return outcome(lambda: general_reserve(ledger, command, now, groups))
+        if path == "general":
+            return outcome(lambda: general_reserve(ledger, command, now, groups))
+        return outcome(lambda: reserve(view, command, now, groups))
     if kind == "fact":
         _, fkind, (sku, loc), qty, back = act
         if fkind != FactKind.ADJUST:
@@ -138,6 +144,10 @@ def step(ledger: Ledger, fast: bool, act: tuple, now: int, n: int, groups: Group
     if act[1] == "rollback":
         ledger.rollback()
         return None
+    if act[1] == "revert":  # sealed, its append failed (R7): taken back whole
+        _, undo, _ = ledger.seal(now)
+        ledger.revert(undo)
+        return None
     return ledger.commit(now)
 
 
@@ -147,29 +157,31 @@ def step(ledger: Ledger, fast: bool, act: tuple, now: int, n: int, groups: Group
 def test_one_line_reserves_answer_and_change_state_as_the_general_path_R1_R2_R5(
         steps: list, grouped: bool, seed: list) -> None:  # type: ignore[type-arg]
     groups = GroupPolicy(GROUPS) if grouped else None
-    ledgers = {True: Ledger(0, LIMITS), False: Ledger(0, LIMITS)}
-    entries: dict[bool, list[LogEntry]] = {True: [], False: []}
-    for fast, ledger in ledgers.items():
+    ledgers = {path: Ledger(0, LIMITS) for path in PATHS}
+    entries: dict[str, list[LogEntry]] = {path: [] for path in PATHS}
+    for path, ledger in ledgers.items():
         for i, (sku, loc, qty) in enumerate(seed):
             if qty:
                 ledger.record_fact(Fact(f"seed{i}", "wms", FactKind.RECEIPT, sku, loc, qty, 1_000))
-        entries[fast].append(ledger.commit(1_000))
+        entries[path].append(ledger.commit(1_000))
     now = 10_000
     for n, act in enumerate(steps):
         if act[0] == "tick":
             now += act[1]
-        answers = {fast: step(ledger, fast, act, now, n, groups) for fast, ledger in ledgers.items()}
-        if isinstance(answers[True], LogEntry):
-            for fast in ledgers:
-                entries[fast].append(answers[fast])  # type: ignore[arg-type]
-            answers = {fast: encode_entry(entry) for fast, entry in answers.items()}  # type: ignore[arg-type]
-        assert answers[True] == answers[False], (n, act)
-        assert state(ledgers[True]) == state(ledgers[False]), (n, act)
-    for fast, ledger in ledgers.items():
-        entries[fast].append(ledger.commit(now))
-    assert [encode_entry(e) for e in entries[True]] == [encode_entry(e) for e in entries[False]]
+        answers = {path: step(ledger, path, act, now, n, groups) for path, ledger in ledgers.items()}
+        if isinstance(answers["general"], LogEntry):
+            for path in ledgers:
+                entries[path].append(answers[path])  # type: ignore[arg-type]
+            answers = {path: encode_entry(entry) for path, entry in answers.items()}  # type: ignore[arg-type]
+        for path in ("ledger", "view"):
+            assert answers[path] == answers["general"], (path, n, act)
+            assert state(ledgers[path]) == state(ledgers["general"]), (path, n, act)
+    for path, ledger in ledgers.items():
+        entries[path].append(ledger.commit(now))
+    for path in ("ledger", "view"):
+        assert [encode_entry(e) for e in entries[path]] == [encode_entry(e) for e in entries["general"]], path
     replayed = Ledger(0, LIMITS)  # E10: the fast path's entries replayed give its live state
-    for entry in entries[True]:
+    for entry in entries["ledger"]:
         replayed.replay(entry)
-    live, again = state(ledgers[True]), state(replayed)
+    live, again = state(ledgers["ledger"]), state(replayed)
     assert [again[i] for i in (0, 1, 2, 4)] == [live[i] for i in (0, 1, 2, 4)]  # the expiry heap is lazy
