@@ -97,6 +97,7 @@ class HistogramChild:
         self.created = time.time()
 
     def observe(self, amount: float) -> None:
+        # Written out on the unary path (``edge/observed.py``, an amount never NaN): keep the two alike.
         self.sum += amount
         if amount == amount:  # not NaN, which prometheus_client adds to the sum only (bisect would say 0)
             self.counts[bisect_left(self.bounds, amount)] += 1

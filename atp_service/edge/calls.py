@@ -22,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
+from asyncio import get_running_loop
 from collections import Counter as Tally
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
@@ -35,19 +38,27 @@ from reservation import Reason, Unavailable
 
 log = logging.getLogger(__name__)
 _current: ContextVar[Call | None] = ContextVar("atp_call", default=None)
+Work = asyncio.Future[Any]
+"""A call's handler's task, or work it started elsewhere (``hold``)."""
+
+_task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
+if sys.version_info >= (3, 12):
+    _task_of = asyncio.current_task  # C from 3.12
+else:  # ``asyncio.current_task`` is Python in 3.11 (a frame per call): the dict it reads, read as it does
+    _task_of = getattr(asyncio.tasks, "_current_tasks").get  # noqa: B009  # private: no stub names it
 
 
 class Call:
     """One call in the book. ``with call.writing():`` around a write handed to gRPC (a stream's ``yield``)."""
 
-    __slots__ = ("_book", "_handler", "held", "method", "writing_since")
+    __slots__ = ("_book", "_handler", "method", "writing_since")
 
     def __init__(self, book: CallBook, method: str, handler: asyncio.Task[Any] | None) -> None:
-        self._book, self.method, self._handler = book, method, handler
+        self._book = book
+        self.method = method
+        self._handler = handler
         self.writing_since: float | None = None
         """When the write gRPC is doing for it began (monotonic); None: the service is working on it."""
-        self.held = 0
-        """Tasks of its own still running: its handler's, and the work it started elsewhere (``hold``)."""
 
     def writing(self) -> Call:
         return self
@@ -62,28 +73,18 @@ class Call:
         """What is left of the call is gRPC's write of what it was handed (an answer, a status)."""
         if self.writing_since is None:
             self.writing_since = time.monotonic()
-            if self._book.settling:  # ``moved``, written out: every call's, and nothing waits but a stop
+            if self._book.settling:  # nothing waits for a move but a stop's ``settle``
                 self._book.moved()
 
-    def hold(self, task: asyncio.Future[Any]) -> None:
+    def hold(self, task: Work) -> None:
         """``task`` is this call's work (R8: it runs to its end): the call is not stalled, nor ended, before it is."""
-        self.held += 1
-        task.add_done_callback(self._ended)
+        self._book.book(task, self)
 
-    def stalled_since(self) -> float | None:
-        """When its write began, if that write is all that is left of it (the handler waiting on gRPC alone)."""
-        handler_running = self._handler is not None and not self._handler.done()
-        return self.writing_since if handler_running and self.held == 1 else None
-
-    def _ended(self, _task: asyncio.Future[Any]) -> None:
-        self.held -= 1
-        if self._handler is not None and self._handler.done():
-            self.writing_since = None  # its write ended with its task, written or cut
-        book = self._book
-        if not self.held:
-            book._calls.discard(self)  # ``left``, written out
-        if book.settling:  # ``moved``, written out
-            book.moved()
+    def stalled_since(self, running: int) -> float | None:
+        """When its write began, if that write is all that is left of it (the handler waiting on gRPC alone):
+        ``running``, how many of its tasks (its handler's, those it holds) have not ended."""
+        handler = self._handler
+        return self.writing_since if running == 1 and handler is not None and not handler.done() else None
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,19 @@ class Settled:
 
 class CallBook:
     """The calls in progress (``enter``), stalled after ``stall_s`` waiting on one write; ``cut``:
-    ``atp_streams_cut_at_stop_total{method}``, the stalled calls a stop had gRPC cut."""
+    ``atp_streams_cut_at_stop_total{method}``, the stalled calls a stop had gRPC cut.
+
+    A call is in the book while any of its tasks runs: ``_tasks`` holds each task (its handler's, the
+    work it holds) until the task's end takes it out — ``dict.pop`` as the task's done callback, a C
+    call with no frame of its own on every call's path. Only a stop's ``settle`` waits for those ends:
+    it asks to be told of them (``_ended``) from the moment it begins, not every call all the time."""
 
     def __init__(self, stall_s: float, cut: Counter | None = None) -> None:
         self.stall_s = stall_s
         self._cut = cut
-        self._calls: set[Call] = set()
+        self._tasks: dict[Work, Call] = {}
+        self._left: Callable[[Work], object] = self._tasks.pop
+        """A task's done callback: the task out of the book."""
         self.closed = False
         """Set once ``settle`` has returned: a call begun from then on is refused before it does anything."""
         self._moved = asyncio.Event()
@@ -112,24 +120,39 @@ class CallBook:
         """Book the call whose handler runs in this task (``Unavailable`` once closed); ``current()`` is it."""
         if self.closed:
             raise Unavailable(SHUTTING_DOWN, Reason.SHUTTING_DOWN)
-        task = asyncio.current_task()
+        task = _task_of(get_running_loop())  # ``asyncio.current_task()``, written out (see ``_task_of``)
         call = Call(self, method, task)
-        self._calls.add(call)
         _current.set(call)
-        if task is not None:
-            call.hold(task)
+        if task is not None:  # ``book``, written out: every call's
+            tasks = self._tasks
+            if task not in tasks:
+                task.add_done_callback(self._left)
+                if self.settling:
+                    task.add_done_callback(self._ended)
+            tasks[task] = call
         return call
 
-    def left(self, call: Call) -> None:
-        self._calls.discard(call)
+    def book(self, task: Work, call: Call) -> None:
+        """``call`` is in the book until ``task`` has ended (and its other tasks have)."""
+        tasks = self._tasks
+        if task not in tasks:  # once per task: a second call in one task takes the first one's place
+            task.add_done_callback(self._left)
+            if self.settling:
+                task.add_done_callback(self._ended)
+        tasks[task] = call
 
     def moved(self) -> None:
+        self._moved.set()
+
+    def _ended(self, _task: Work) -> None:
         self._moved.set()
 
     async def settle(self, timeout_s: float) -> Settled:
         """Wait until every call has ended or stalled, at most ``timeout_s``; then close the book."""
         deadline = time.monotonic() + timeout_s
         self.settling = True  # set before the first tally: a move after it is told, none is missed
+        for task in self._tasks:  # the tasks booked before: their ends told too (after their ``_left``)
+            task.add_done_callback(self._ended)
         while True:
             self._moved.clear()
             now = time.monotonic()
@@ -151,9 +174,13 @@ class CallBook:
 
     def _tally(self, now: float) -> tuple[Tally[str], Tally[str], float]:
         """Calls being worked on, calls stalled (by method), and when the next one waiting on a write stalls."""
+        running = Tally[Call]()  # per call, its tasks not ended (an ended one's ``_left`` may be still to run)
+        for task, call in self._tasks.items():
+            if not task.done():
+                running[call] += 1
         working, stalled, due = Tally[str](), Tally[str](), float("inf")
-        for call in self._calls:
-            since = call.stalled_since()
+        for call, tasks in running.items():
+            since = call.stalled_since(tasks)
             if since is not None and now - since >= self.stall_s:
                 stalled[call.method] += 1
                 continue

@@ -150,11 +150,10 @@ def reserve_answer(decided: tuple[Reservation, bool]) -> pb.ReserveResponse:
     """A unary Reserve's reply to its decision (record, replayed): ``reserve_response`` of the pair."""
     rec, replayed = decided
     lines = rec.lines
-    if len(lines) == 1 and not lines[0].group:  # one line at one location (most Reserves): no merging to do
-        line = lines[0]
+    if len(lines) == 1 and not (line := lines[0]).group:  # one line at one location (most Reserves): no merging
         granted = line.granted
-        out = pb.ReserveResponse(reservation_id=rec.reservation_id, replayed=replayed,
-                                 state=pb.RESERVATION_STATE_HELD if granted else pb.RESERVATION_STATE_REJECTED)
+        out = _ReserveResponse(reservation_id=rec.reservation_id, replayed=replayed,
+                               state=_HELD if granted else _REJECTED)
         # outcome: an int of pb.LineOutcome's values as it is (typing.cast: a call)
         answer = out.lines.add(sku=line.sku, location=line.location, requested=line.requested, granted=granted,
                                outcome=line.outcome, available=line.available)
@@ -164,6 +163,10 @@ def reserve_answer(decided: tuple[Reservation, bool]) -> pb.ReserveResponse:
             stamp.seconds, stamp.nanos = expire_ms // 1000, expire_ms % 1000 * 1_000_000
         return out
     return reserve_response(rec, replayed)
+
+
+_ReserveResponse, _HELD, _REJECTED = pb.ReserveResponse, pb.RESERVATION_STATE_HELD, pb.RESERVATION_STATE_REJECTED
+"""``reserve_answer``'s (every unary Reserve's): a global each, not a global and an attribute."""
 
 
 def reserve_response(rec: Reservation, replayed: bool) -> pb.ReserveResponse:

@@ -50,7 +50,12 @@ class Drain:
     def leave(self) -> None:
         self.active -= 1
         assert self.active >= 0, "leave without enter"
-        if self.closing and not self.active:
+        if self.closing:
+            self.left()
+
+    def left(self) -> None:
+        """A call has left (``active`` lowered already) while closing: the last one ends ``close``'s wait."""
+        if not self.active:
             self._idle.set()
 
     def shut(self) -> None:

@@ -60,12 +60,15 @@ class ReserveRoom:
     def __init__(self, limits: Limits, max_message_bytes: int) -> None:
         self.max_message_bytes = max_message_bytes
         self._id_bytes = limits.max_id_length
-        self._policy: GroupPolicy | None = None
-        self._lines_at_most = 0
+        self.policy: GroupPolicy | None = None
+        """The estate's group policy ``lines_at_most`` was found for (``engine.default_group_policy``)."""
+        self.lines_at_most = 0
+        """A request of at most this many lines always fits: ``check`` has nothing to refuse (a unary
+        Reserve asks that itself, without ``check``'s frame, while ``policy`` is the engine's)."""
         self._widths: dict[str, tuple[int, int]] = {}
         """Per group: its locations, and the longest one's bytes (read once per estate, not per line)."""
         self._see(None)
-        if self._lines_at_most < 1:
+        if self.lines_at_most < 1:
             raise ValueError(f"max_id_length: {limits.max_id_length} bytes is longer than a Reserve of one line of ids "
                              f"that long can be answered with (max_message_bytes={max_message_bytes}): at most "
                              f"{largest_id_length(max_message_bytes)}, or raise max_message_bytes")
@@ -74,9 +77,9 @@ class ReserveRoom:
         """Refuse ``request`` (already validated as ``cmd``) when its answer could pass the limit. The
         hot path: one comparison, with the longest answer a line can have under the estate's groups."""
         policy = engine.default_group_policy  # every channel's policy has the same groups
-        if policy is not self._policy:  # the estate (re)loaded: its widest group
+        if policy is not self.policy:  # the estate (re)loaded: its widest group
             self._see(policy)
-        if len(request.lines) > self._lines_at_most:
+        if len(request.lines) > self.lines_at_most:
             refusal = self._refusal(request, policy)
             # Its id decided already: its retry answers the record (R5: replayed, or refused naming the
             # field that differs), bounded when it was decided - a reload widening a group since refused
@@ -86,17 +89,17 @@ class ReserveRoom:
 
     def _see(self, policy: GroupPolicy | None) -> None:
         """How many lines of the longest ids, each naming the widest group, always fit."""
-        self._policy = policy
+        self.policy = policy
         groups = NO_GROUPS if policy is None else policy.groups
         self._widths = {name: (len(members), max(map(_bytes, members), default=0)) for name, members in groups.items()}
         widest = max((n for n, _ in self._widths.values()), default=1)
         per_line = max(1, widest) * (3 * self._id_bytes + LINE_BYTES)
-        self._lines_at_most = (self.max_message_bytes - 3 * self._id_bytes - RECORD_BYTES) // per_line
+        self.lines_at_most = (self.max_message_bytes - 3 * self._id_bytes - RECORD_BYTES) // per_line
 
     def bound(self, request: pb.ReserveRequest, policy: GroupPolicy | None) -> int:
         """The bound (bytes) of this request's answer, and of its reservation's, from its own lines; a
         group line's from the locations it may split over (no more than its units)."""
-        if policy is not self._policy:
+        if policy is not self.policy:
             self._see(policy)
         rid = _bytes(request.reservation_id)
         answer = 2 * rid + ANSWER_BYTES

@@ -15,6 +15,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, NoReturn
 
 import grpc
@@ -114,23 +115,17 @@ def _deserializer(method: MethodDescriptor) -> Callable[[bytes], Any]:
 class _Refusal:
     """How one method refuses bad bytes: counted, logged (rate-limited), INVALID_ARGUMENT."""
 
-    __slots__ = ("_calls", "_count", "_lines", "method")
+    __slots__ = ("_count", "_lines", "calls", "method")
 
     def __init__(self, method: str, counter: Any, lines: RateLimitedLog, calls: CallBook) -> None:
-        self.method, self._count, self._lines, self._calls = method, counter, lines, calls
+        self.method, self._count, self._lines, self.calls = method, counter, lines, calls
 
     async def booked(self, context: Context) -> Call:
         """The call booked (``calls.py``); one begun once a stop has cut the stalled calls: refused at once."""
         try:
-            return self._calls.enter(self.method)
+            return self.calls.enter(self.method)
         except DomainError as exc:
             await abort(context, exc)
-
-    def book_now(self) -> Call | None:
-        """``booked`` without its coroutine (every unary call's): None where the book refuses it, for
-        ``booked`` to answer."""
-        calls = self._calls
-        return None if calls.closed else calls.enter(self.method)
 
     async def __call__(self, bad: Malformed, context: Context) -> NoReturn:
         self._count.inc()
@@ -140,14 +135,22 @@ class _Refusal:
 
 
 def _unary_unary(refuse: _Refusal, behaviour: Behaviour) -> Behaviour:
+    book, method = refuse.calls, refuse.method
+
     async def handle(request: Any, context: Context) -> Any:
-        call = refuse.book_now() or await refuse.booked(context)
+        # Booked at once while the book is open (every call: no coroutine of ``booked``'s); refused through it.
+        call = await refuse.booked(context) if book.closed else book.enter(method)
         if type(request) is Malformed:
             await refuse(request, context)
         try:
             return await behaviour(request, context)
         finally:
-            call.write_begun()  # its answer or its status: gRPC writes it once this returns
+            # Its answer or its status: gRPC writes it once this returns. ``call.write_begun()``, written
+            # out (every call's; a refusal's ``abort`` has begun its status's write already).
+            if call.writing_since is None:
+                call.writing_since = monotonic()
+                if book.settling:
+                    book.moved()
 
     return handle
 

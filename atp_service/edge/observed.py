@@ -4,8 +4,9 @@ forwarded there (``Forwarder``), the drain and the loop-lag shedding at the door
 
 from __future__ import annotations
 
-import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import grpc
@@ -26,7 +27,7 @@ def observed(method: str, answer: Callable[[Any], Any] | None = None) -> Callabl
     ok = (method, "OK")  # the key of the answered calls' histogram child, made once
     def wrap(fn: Handler) -> Handler:
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
+            started = perf_counter()
             drain = self.drain
             try:
                 if drain.closing:  # ``enter``'s refusal: its frame only while the service stops
@@ -36,10 +37,9 @@ def observed(method: str, answer: Callable[[Any], Any] | None = None) -> Callabl
                     monitor = self.monitor
                     if monitor is not None and monitor.overloaded():
                         self.metrics.shed.inc()
-                        raise ResourceExhausted(
-                            f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late (limit "
-                            f"max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with backoff",
-                            Reason.SERVICE_OVERLOADED)
+                        raise ResourceExhausted(f"service overloaded: event loop {monitor.lag_s * 1000:.0f} ms late "
+                                                f"(limit max_loop_lag_ms={monitor.limit_s * 1000:.0f}), retry with "
+                                                "backoff", Reason.SERVICE_OVERLOADED)
                     try:
                         result = await fn(self, request, context)
                         if answer is not None:
@@ -47,18 +47,22 @@ def observed(method: str, answer: Callable[[Any], Any] | None = None) -> Callabl
                     except Moved as moved:  # another process's group: forwarded there, or redirected
                         result = await self.forwarder.answer(method, request, context, moved)
                 finally:
-                    drain.leave()
+                    drain.active -= 1  # ``drain.leave()``, written out (every call's): a stop's wait told below
+                    if drain.closing:
+                        drain.left()
                 size = result.ByteSize()  # gRPC would refuse to send it, with no reason (a change made: R7)
                 if size > self.max_message_bytes:
                     raise too_large(method, size, self.max_message_bytes)
             except Relayed as relayed:
-                self.latency(method, relayed.code.name).observe(time.perf_counter() - started)
+                self.latency(method, relayed.code.name).observe(perf_counter() - started)
                 await relayed.abort(context)
             except DomainError as exc:
-                self.latency(method, status_of(exc).name).observe(time.perf_counter() - started)
+                self.latency(method, status_of(exc).name).observe(perf_counter() - started)
                 tag_current(self.tracer, reason=exc.reason.name)
                 await abort(context, exc)
-            (self._latency.get(ok) or self.latency(*ok)).observe(time.perf_counter() - started)  # no frame once made
+            latency, took = self._latency.get(ok) or self.latency(*ok), perf_counter() - started  # no frame once made
+            latency.sum += took  # ``latency.observe(took)``, written out (every call's): ``took`` is never NaN
+            latency.counts[bisect_left(latency.bounds, took)] += 1
             return result
 
         handler.__name__ = fn.__name__

@@ -142,7 +142,9 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         """Not a coroutine: ``_observed`` awaits the engine's decision itself, answered by ``reserve_answer``."""
         cmd = convert.reserve_cmd(request, self.limits)
         engine = self._engine or self.engine  # the property's frame only while recovering (it refuses)
-        self._room.check(request, cmd, engine)  # its answer fits (or its retry replays), else nothing is decided
+        room = self._room  # its answer fits (or its retry replays), else nothing is decided:
+        if engine.default_group_policy is not room.policy or len(request.lines) > room.lines_at_most:
+            room.check(request, cmd, engine)  # its frame only where a line more could not fit (or a reload)
         return engine.reserve(cmd)
 
     @_observed("Confirm")
