@@ -53,7 +53,12 @@ class MalformedRequest(Exception):
 def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, bad_requests: Counter,
                 stalls: StallLimit, open_streams: OpenStreams | None = None,
                 lines: RateLimitedLog | None = None, calls: CallBook | None = None) -> None:
-    """Register ``servicer``'s methods of ``service``, as the generated ``add_..._to_server`` does.
+    """Register ``servicer``'s methods of ``service``, as the generated ``add_..._to_server`` does, but as
+    a generic handler only (no ``add_registered_method_handlers``): grpc.aio's server (grpcio 1.85) waits
+    for its next call with ``asyncio.wait`` over one pending request per registered method, and one for
+    the rest, at every call of any method: pure-Python work per call growing with the methods registered
+    (about 65 bytecodes each: over 1,000 per unary call with this service's 17), where finding a generic
+    handler's method is a dict lookup (grpc/grpc PR 43461 describes that accept loop's cost).
 
     A method the servicer leaves to the generated base class (a sync placeholder, like the aio
     health servicer's ``List``) is not registered: gRPC answers it UNIMPLEMENTED without the ERROR
@@ -74,7 +79,6 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
         elif not behaviour.__module__.endswith("_pb2_grpc"):  # our own mistake: say so at start-up
             raise TypeError(f"{service.full_name}/{method.name}: the servicer's method must be async")
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
 
 def refusal_lines() -> RateLimitedLog:
