@@ -46,36 +46,22 @@ def reserve(view: ReserveView, cmd: ReserveCommand, now: int,
             groups: GroupPolicy | None = None) -> tuple[Reservation, bool]:
     """R2: grant all lines or none (or each alone with allow_partial). Returns (record, replayed).
     A line naming a group in ``groups`` is split over member locations by the group strategy."""
-    lines = cmd.lines
-    if len(lines) != 1 or (groups is not None and lines[0].location in groups.groups):
-        return _reserve_lines(view, cmd, now, groups)
-    if type(view) is not Ledger:
-        return _reserve_line(view, cmd, now)
-    existing = view.reservations.get(cmd.reservation_id)  # ``reservation``, written out
-    if existing is None:  # on one shard (most Reserves): ``_reserve_line`` as its ledger writes it out
-        return view.reserve_line(cmd, lines[0], now), False
-    same_content(existing, cmd)
-    return existing, True  # R5: replay the original decision, refusals included
-
-
-def _reserve_lines(view: ReserveView, cmd: ReserveCommand, now: int,
-                   groups: GroupPolicy | None) -> tuple[Reservation, bool]:
-    """``reserve`` in general: a retry answered by its record (R5), a new id planned (``_reserve_planned``)."""
     existing = view.reservation(cmd.reservation_id)
     if existing is not None:
         same_content(existing, cmd)
         return existing, True  # R5: replay the original decision, refusals included
-    return _reserve_planned(view, cmd, now, groups), False
+    lines = cmd.lines
+    if len(lines) != 1 or (groups is not None and lines[0].location in groups.groups):
+        return _reserve_planned(view, cmd, now, groups), False
+    if type(view) is Ledger:  # on one shard (most Reserves): ``_reserve_line`` as its ledger writes it out
+        return view.reserve_line(cmd, lines[0], now), False
+    return _reserve_line(view, cmd, now), False
 
 
-def _reserve_line(view: ReserveView, cmd: ReserveCommand, now: int) -> tuple[Reservation, bool]:
-    """``reserve`` of one line naming a location, not a group, over any view: ``_reserve_planned``'s
-    decision and record without its plans. With one line, all-or-nothing and ``allow_partial`` agree:
-    granted whole where it fits (R2), else INSUFFICIENT (never NOT_ATTEMPTED)."""
-    existing = view.reservation(cmd.reservation_id)
-    if existing is not None:
-        same_content(existing, cmd)
-        return existing, True  # R5
+def _reserve_line(view: ReserveView, cmd: ReserveCommand, now: int) -> Reservation:
+    """``reserve`` of a new id of one line naming a location, not a group, over any view:
+    ``_reserve_planned``'s decision and record without its plans. With one line, all-or-nothing and
+    ``allow_partial`` agree: granted whole where it fits (R2), else INSUFFICIENT (never NOT_ATTEMPTED)."""
     line = cmd.lines[0]
     sku, location, quantity = line.sku, line.location, line.quantity
     a = view.available(sku, location)
@@ -89,7 +75,7 @@ def _reserve_line(view: ReserveView, cmd: ReserveCommand, now: int) -> tuple[Res
     rec = Reservation(cmd.reservation_id, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, state, (record,),
                       now, expires_at, now, ttl_default=cmd.ttl_default)
     view.save(rec)
-    return rec, False
+    return rec
 
 
 def _reserve_planned(view: ReserveView, cmd: ReserveCommand, now: int, groups: GroupPolicy | None) -> Reservation:
