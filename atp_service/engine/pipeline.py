@@ -100,7 +100,8 @@ class CommitPipeline(EntryListeners):
         self._inflight.append(InFlight(seq, entry, data, undo, moved, answers, done))
 
     def _on_append_done(self, _: object = None) -> None:
-        """Settle finished appends oldest first: deliver, or take back everything from a failure on."""
+        """Settle finished appends oldest first: deliver, or take back everything from a failure on.
+        ``deliver`` written out: every entry's."""
         inflight = self._inflight  # each future asked once per entry: this runs for every entry
         while inflight:
             head = inflight[0]
@@ -117,7 +118,12 @@ class CommitPipeline(EntryListeners):
                 return
             inflight.popleft()
             self.seq, self.durable_data = head.seq, head.data
-            deliver(head.answers)
+            for reply, result, refusal in head.answers:  # durable: answered now, in order (R7)
+                if not reply.done():  # (a caller that gave up: nothing to answer)
+                    if refusal is None:
+                        reply.set_result(result)
+                    else:
+                        reply.set_exception(refusal)
             if self.listeners:  # none without channels: no ``_tell`` frame for nobody
                 self._tell(self.listeners, head.entry)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from atp_service.storage.records import Pending
 
-__all__ = ["AppendPacker", "bulk"]
+__all__ = ["AppendPacker", "ShardParts", "bulk"]
 
 _GROUP_NONE = b"$1\r\n0\r\n"
 """The group argument of an entry that is not part of a cross-shard group (nearly all of them)."""
@@ -27,22 +27,22 @@ def bulk(value: bytes | str | int) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(raw), raw)
 
 
-class _ShardParts:
+class ShardParts:
     """What a shard's entries share: its keys, and the RESP of its epoch and fence token as last
     seen; ``solo`` is the whole start of a one-entry call, up to the seq (nearly every call at
-    moderate rates). The seq's width in digits is kept too, for the span of seqs that have it (a
-    shard's seqs count up)."""
+    moderate rates)."""
 
-    __slots__ = ("epoch", "epoch_resp", "keys", "keys_resp", "least", "solo", "tail", "token", "token_resp",
-                 "wider", "width")
+    __slots__ = ("epoch", "epoch_resp", "key_list", "keys", "keys_resp", "solo", "tail", "token", "token_resp")
 
     def __init__(self, keys: tuple[str, str, str]) -> None:
         self.keys = keys
+        self.key_list = list(keys)
+        """The keys of a one-entry call (``pack_one``), one list for all of them: a call's keys are
+        only read (to route it, on a cluster)."""
         self.keys_resp = b"".join([bulk(key) for key in keys])
         self.epoch: str | None = None  # none yet: the first entry carries its own (``carry``)
         self.token: int | None = None
         self.epoch_resp = self.token_resp = self.tail = self.solo = b""
-        self.width, self.least, self.wider = 1, 0, 0  # no seq seen yet: the first one sets them
 
     def carry(self, head: bytes, epoch: str, token: int) -> None:
         """Entries from now on carry ``epoch`` and ``token`` (an entry's own, when they changed)."""
@@ -51,23 +51,18 @@ class _ShardParts:
         self.solo = head + self.keys_resp + self.epoch_resp
         self.tail = self.token_resp + _GROUP_NONE
 
-    def measure(self, seq: int) -> int:
-        """The width of ``seq`` in digits, kept for the seqs that share it."""
-        self.width = len(b"%d" % seq)
-        self.least, self.wider = (10 ** (self.width - 1) if self.width > 1 else 0), 10 ** self.width
-        return self.width
-
 
 class AppendPacker:
     """Packs one append call (``pack``) for the script whose digest is ``sha``; ``keys_of`` names a
     shard's keys (owner, log, fence), asked once per shard."""
 
-    __slots__ = ("_keys_of", "_parts", "_sha", "_solo_head")
+    __slots__ = ("_keys_of", "_sha", "_solo_head", "parts")
 
     def __init__(self, sha: str, keys_of: Callable[[int], tuple[str, str, str]]) -> None:
         self._sha = sha.encode()
         self._keys_of = keys_of
-        self._parts: dict[int, _ShardParts] = {}
+        self.parts: dict[int, ShardParts] = {}
+        """Per shard, its parts (``pack_one`` reads them; ``_of`` makes and changes them)."""
         self._solo_head = self._head(1)
 
     def pack(self, unit: Sequence[Pending]) -> tuple[list[str], bytes]:
@@ -84,29 +79,30 @@ class AppendPacker:
             keys += parts.keys
             keys_resp.append(parts.keys_resp)
             args.append(parts.epoch_resp)
-            args.append(_seq_and_data(parts, p))
+            args.append(_seq_and_data(p))
             args.append(parts.token_resp + bulk(p.group) if p.group else parts.tail)
         return keys, b"".join([self._head(len(unit)), *keys_resp, *args])
 
     def pack_one(self, p: Pending) -> tuple[list[str], bytes]:
         """``pack`` of one entry alone: the shard's ``solo`` start, then the seq and the data, then
         the token and group, in one format (``_of`` and ``_seq_and_data`` written out where the
-        shard's parts carry the entry's epoch and token, as nearly always)."""
-        if p.group:
-            return self.pack([p])
-        parts = self._parts.get(p.shard)
-        if parts is None or parts.epoch != p.epoch or parts.token != p.token:
+        shard's parts carry the entry's epoch and token, as nearly always; ``SoloCommit._flush``
+        writes it out in turn: keep the two alike). The keys are the shard's ``key_list``: read
+        them, never change them."""
+        parts = self.parts.get(p.shard)
+        if parts is None or parts.epoch != p.epoch or parts.token != p.token or p.group:
+            if p.group:
+                return self.pack([p])
             parts = self._of(p)
-        seq, data = p.seq, p.data
-        width = parts.width if parts.least <= seq < parts.wider else parts.measure(seq)
-        return list(parts.keys), b"%b$%d\r\n%d\r\n$%d\r\n%b\r\n%b" % (parts.solo, width, seq, len(data), data,
-                                                                       parts.tail)
+        seq, data = b"%d" % p.seq, p.data
+        return parts.key_list, b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (parts.solo, len(seq), seq, len(data), data,
+                                                                   parts.tail)
 
-    def _of(self, p: Pending) -> _ShardParts:
+    def _of(self, p: Pending) -> ShardParts:
         """The parts of ``p``'s shard, carrying ``p``'s epoch and token."""
-        parts = self._parts.get(p.shard)
+        parts = self.parts.get(p.shard)
         if parts is None:
-            parts = self._parts[p.shard] = _ShardParts(self._keys_of(p.shard))
+            parts = self.parts[p.shard] = ShardParts(self._keys_of(p.shard))
         if parts.epoch != p.epoch or parts.token != p.token:
             parts.carry(self._solo_head, p.epoch, p.token)
         return parts
@@ -118,8 +114,7 @@ class AppendPacker:
             3 + 8 * entries, len(self._sha), self._sha, len(numkeys), numkeys)
 
 
-def _seq_and_data(parts: _ShardParts, p: Pending) -> bytes:
-    """The seq and data arguments of ``p`` (its shard's ``parts``)."""
-    seq = p.seq
-    width = parts.width if parts.least <= seq < parts.wider else parts.measure(seq)
-    return b"$%d\r\n%d\r\n$%d\r\n%b\r\n" % (width, seq, len(p.data), p.data)
+def _seq_and_data(p: Pending) -> bytes:
+    """The seq and data arguments of ``p``."""
+    seq = b"%d" % p.seq
+    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(seq), seq, len(p.data), p.data)

@@ -38,6 +38,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import hiredis
@@ -133,30 +134,29 @@ class Lane:
             return False
         wire = idle.pop()
         self._busy += 1
-
-        def finished(result: Any) -> None:
-            if self._turns:  # ``_release``: a turn handed to the oldest exchange waiting (nearly never)
-                self._release()
-            else:
-                self._busy -= 1
-            if wire.refused or type(result) is not list:  # an error reply, or the exchange ended
-                self._after_fault(wire, result, done if fault is None else fault)
-                return
-            if self._closed:  # the lane closed meanwhile: its connection is never used again
-                self._drop(wire.conn)
-            else:
-                self._idle.append(wire)  # every reply read, none refused: in step with its server
-            try:  # ``_hand``, written out: this runs on every group commit
-                done(result)
-            except Exception:
-                log.exception("a write's reply could not be handed on")
-
-        wire.expect(count, finished, self.timeout_s)
-        try:
-            wire.transport.write(packed)
-        except Exception as exc:  # whether any of it left is unknown: in doubt, as after a timeout
-            wire.end(RedisConnectionError(f"writing to {self._host} failed: {exc!r}"))
+        # Positional arguments only: a partial without keywords is called by vectorcall.
+        wire.send(packed, count, partial(self._finished, wire, done, fault), self.timeout_s)
         return True
+
+    def _finished(self, wire: Wire, done: Done, fault: Done | None, result: Any) -> None:
+        """The end of an exchange begun on ``wire`` (``begin_packed``): its turn given back and its
+        connection idle again (or dropped), then ``result`` handed to ``done``, or to ``fault`` where
+        the exchange ended or met an error reply."""
+        if self._turns:  # ``_release``: a turn handed to the oldest exchange waiting (nearly never)
+            self._release()
+        else:
+            self._busy -= 1
+        if wire.refused:  # an error reply, or the exchange ended (``result`` what ended it)
+            self._after_fault(wire, result, done if fault is None else fault)
+            return
+        if self._closed:  # the lane closed meanwhile: its connection is never used again
+            self._drop(wire.conn)
+        else:
+            self._idle.append(wire)  # every reply read, none refused: in step with its server
+        try:  # ``_hand``, written out: this runs on every group commit
+            done(result)
+        except Exception:
+            log.exception("a write's reply could not be handed on")
 
     def _after_fault(self, wire: Wire, result: Any, hand_to: Done) -> None:
         """A begun exchange that ended (``result`` an exception) or met an error reply: its

@@ -73,6 +73,9 @@ class LogStore(SoloCommit, CommitSlots, LogReads):
         self._loop: asyncio.AbstractEventLoop | None = None  # ``_running_loop``
         self._groups = 0
         self._packer = AppendPacker(self._APPEND.sha, self._keys_of)
+        # What a one-entry commit updates in place (``solo.py``), each read once here.
+        self._shard_parts, self._sizes = self._packer.parts, self.metrics.pipeline_size.sizes
+        self._append_seconds = self.metrics.append_seconds._children[()]  # the family's one series: no labels
         self.snapshots_in_flight = 0
         """Snapshot writes under way (``Checkpoints`` counts them). Shards snapshot one at a time unless
         stopping: those whose snapshots fall due together (same interval, same start) must not hand
@@ -271,17 +274,12 @@ class LogStore(SoloCommit, CommitSlots, LogReads):
             raise self._refused(exc, shard, epoch) from None
         return len(data)
 
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Group commit: while a pipeline is in flight, new entries wait and go together in the next.
-        ``loop``: the one it was scheduled on, running it now (not asked for again)."""
-        self._scheduled = False
-        self._timer = None
+    def _flush_batches(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Group commit, the general way (``SoloCommit._flush`` sends an entry waiting alone): while a
+        pipeline is in flight, new entries wait and go together in the next."""
         if self.nodes.cluster:
             return self._flush_each(loop)  # a commit slot per shard: a hung primary holds its own alone
         pending = self._pending  # the same list throughout (changed in place): read once per flush
-        if len(pending) == 1 and self._in_flight < self._max_in_flight and not self.leased and self.tracer is None \
-                and not pending[0].done.done():
-            return self._flush_one(loop, pending.pop())  # the common case (``solo.py``)
         for p in pending:
             if p.done.done():  # cancelled: never sent (a loop first: most flushes have none)
                 pending = self._pending = [p for p in pending if not p.done.done()]

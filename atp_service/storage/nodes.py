@@ -236,14 +236,16 @@ class Nodes:
         for, a write connection idle (``Lane.begin``). ``done`` gets what ``run`` would return, once,
         from the event loop. False: nothing was sent; use ``run``. Replies with no error among them
         (nearly every commit's) go from the lane to ``done`` directly; ``_begun_fault`` sees the rest."""
-        if self.cluster or self.wait_replicas or not calls:
+        if self.cluster or self.wait_replicas:
             return False
         lane = self._lanes.get("") or self._lane("")
-        fault = partial(self._begun_fault, lane, calls, done)
-        packed = calls[0].packed if len(calls) == 1 else None
-        if packed is not None:  # the log's group commit, in RESP already (``append_resp``): no list, no pack
-            return lane.begin_packed(packed, 1, done, fault)
-        return lane.begin([_evalsha(call) for call in calls], done, fault)
+        if len(calls) == 1:
+            packed = calls[0].packed
+            if packed is not None:  # the log's group commit, in RESP already (``append_resp``): no list, no pack
+                return lane.begin_packed(packed, 1, done, partial(self._begun_fault, lane, calls, done))
+        elif not calls:
+            return False
+        return lane.begin([_evalsha(call) for call in calls], done, partial(self._begun_fault, lane, calls, done))
 
     def _begun_fault(self, lane: Lane, calls: list[Call], done: Callable[[list[Any]], None], result: Any) -> None:
         """A begun run that ended (``result`` an exception) or met an error reply: a call that found

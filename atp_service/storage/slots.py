@@ -53,7 +53,7 @@ class CommitSlots:
     """The shards with a commit in flight (a cluster): their next entries wait in ``_pending``."""
 
     def _flush_each(self, loop: asyncio.AbstractEventLoop) -> None:
-        """``LogStore._flush`` on a cluster: the entries of every shard with no commit in flight go
+        """``LogStore._flush_batches`` on a cluster: the entries of every shard with no commit in flight go
         now, ``pipeline_max`` a batch (a group whole); those of the others wait, in order."""
         while True:
             batch, self._pending = self._taken()

@@ -2,13 +2,14 @@
 case at moderate rates (``LogStore`` builds on it).
 
 Below ~1,000 entries/s nearly every group commit carries one entry, sent in the loop turn after its
-shard sealed it (``submit``). The general path (``LogStore._flush``) cuts a batch, splits it into
-units, packs each unit and answers each from its call's reply through lists of lists: for one entry
-each of those steps is a frame, a list or a test paid for nothing (the commit was a fifth of the
-interpreter's work for a unary Reserve). Here the entry is packed, sent and answered directly — by
-the same packer, through the same ``Nodes.begin`` (or the same task where a commit cannot begin: no
-idle connection, replicas to wait for), and answered as ``LogStore._answer`` answers a unit of one:
-a script's refusal, a Redis error or a fence (``_refused``) ends it as it would there.
+shard sealed it (``submit``, ``_flush``). The general path (``LogStore._flush_batches``) cuts a
+batch, splits it into units, packs each unit and answers each from its call's reply through lists
+of lists: for one entry each of those steps is a frame, a list or a test paid for nothing (the
+commit was a fifth of the interpreter's work for a unary Reserve). Here the entry is packed, sent
+and answered directly — by the same packer, through the same ``Nodes.begin`` (or the same task
+where a commit cannot begin: no idle connection, replicas to wait for), and answered as
+``LogStore._answer`` answers a unit of one: a script's refusal, a Redis error or a fence
+(``_refused``) ends it as it would there.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import time
+from bisect import bisect_left
 from collections.abc import Callable
 from functools import partial
+from time import perf_counter
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from atp_service.instruments import HistogramChild
 from atp_service.metrics import StorageMetrics
-from atp_service.storage.append_resp import AppendPacker
+from atp_service.storage.append_resp import AppendPacker, ShardParts
 from atp_service.storage.nodes import Call, Nodes, Script
 from atp_service.storage.records import UNCLAIMED, Pending
 from atp_service.storage.window import CommitWindow
@@ -33,8 +36,8 @@ log = logging.getLogger(__name__)
 
 
 class SoloCommit:
-    """``LogStore``'s entries submitted (``submit``), and its group commit of one entry (``_flush_one``)
-    and that commit's answer (``_replied_one``)."""
+    """``LogStore``'s entries submitted (``submit``), its group commits (``_flush``: of one entry here,
+    of more by ``LogStore._flush_batches``) and a one-entry commit's answer (``_replied_one``)."""
 
     nodes: Nodes
     metrics: StorageMetrics
@@ -46,22 +49,34 @@ class SoloCommit:
     _max_in_flight: int
     _APPEND: Script
     _packer: AppendPacker
+    _shard_parts: dict[int, ShardParts]
+    """``_packer.parts``."""
     _pending: list[Pending]
     _first_pending_at: float
     _in_flight: int
     _scheduled: bool
     _tasks: set[asyncio.Task[None]]
+    _sizes: list[int]
+    """``metrics.pipeline_size.sizes``: a commit of ``n`` entries counted as ``_sizes[n] += 1``."""
+    _append_seconds: HistogramChild
+    """``metrics.append_seconds``' one series (the family has no labels)."""
+    leased: bool
+    tracer: Any
 
     def submit(self, shard: int, seq: int, data: bytes, then: Callable[[], None] | None = None) -> asyncio.Future[None]:
         """Queue one entry for the next group commit; the future fails with RedisError/OSError when
         the entry is not certainly durable, and ``then`` is called as soon as it is settled (not when
         cancelled). Entries go out in submission order; cancelling the future before it is sent keeps
-        the entry out of the log. ``_arrival``, ``_running_loop`` and ``_kick`` written out: every entry's."""
+        the entry out of the log. ``_arrival``, ``_running_loop``, ``CommitWindow.arrived`` and ``_kick``
+        written out: every entry's."""
         loop = self._loop
         if loop is None or not loop.is_running():
             loop = self._running_loop()
         now = loop.time()
-        self._window.arrived(now)
+        window = self._window
+        window.arrivals += 1
+        if now >= window.measure_at:
+            window.measure(now)
         pending = self._pending
         if not pending:
             self._first_pending_at = now
@@ -70,53 +85,75 @@ class SoloCommit:
                                then))
         if self._scheduled or self._in_flight >= self._max_in_flight:
             self._kick(loop)  # a commit to join, or one in flight to wait for
-        elif self._window.busy:
+        elif window.busy:
             self._schedule(loop)  # it may wait for company
         else:  # ``_schedule`` of a quiet log, written out: sent in the next turn
             self._scheduled = True
             loop.call_soon(self._flush, loop)
         return fut
 
-    def _flush_one(self, loop: asyncio.AbstractEventLoop, p: Pending) -> None:
-        """Send ``p``, taken from ``_pending`` where it waited alone, as a group commit of its own
-        (``_flush`` checked the rest: one Redis, not leased, not tracing, a commit may go, not cancelled)."""
-        self._in_flight += 1  # (``_first_pending_at``: none waits now; the next entry's ``submit`` sets it)
-        self.metrics.pipeline_size.sizes[1] += 1  # ``observe(1)`` without its frame (``SizeHistogram.sizes``)
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Group commit (``loop``: the one it was scheduled on, running it now): an entry waiting alone
+        on one Redis goes as a commit of its own, sent here (the common case); anything else goes the
+        general way (``LogStore._flush_batches``): several entries waiting, the commits in flight
+        already as many as may be, a Redis Cluster, a leased log (a group lost refuses its own
+        entries), a span to trace."""
+        self._scheduled = False
+        self._timer = None
+        pending = self._pending  # the same list throughout (changed in place)
+        if len(pending) != 1 or self._in_flight >= self._max_in_flight or self.leased or self.tracer is not None \
+                or self.nodes.cluster:
+            return self._flush_batches(loop)
+        p = pending.pop()  # (``_first_pending_at``: none waits now; the next entry's ``submit`` sets it)
+        if p.done.done():
+            return  # cancelled before it was sent: it never is (``_flush_batches`` drops it so)
+        self._in_flight += 1
+        self._sizes[1] += 1  # ``pipeline_size.observe(1)`` without its frame (``SizeHistogram.sizes``)
+        parts = self._shard_parts.get(p.shard)
         try:
-            keys, packed = self._packer.pack_one(p)
+            if parts is None or parts.epoch != p.epoch or parts.token != p.token or p.group:
+                keys, packed = self._packer.pack_one(p)  # its parts made, or changed, first
+            else:  # ``AppendPacker.pack_one``, written out where the parts kept are the entry's (nearly always)
+                seq, data = b"%d" % p.seq, p.data
+                keys, packed = parts.key_list, b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+                    parts.solo, len(seq), seq, len(data), data, parts.tail)
         except Exception as exc:  # an entry that cannot be packed: nothing was sent
             self._unpackable([p], exc)
             self._sent(None)  # the commit is over: the log goes on with the next
             return
         calls = [Call(self._APPEND, keys, [], packed)]
         try:
-            begun = self.nodes.begin(calls, partial(self._replied_one, p, time.perf_counter()))
+            begun = self.nodes.begin(calls, partial(self._replied_one, p, perf_counter()))
         except Exception:  # nothing was sent: the task answers the entry with whatever it meets
             begun = False
-        if not begun:  # as ``_flush``: a task sends it (no idle connection, replicas to wait for)
+        if not begun:  # as ``_flush_batches``: a task sends it (no idle connection, replicas to wait for)
             task = loop.create_task(self._send(calls, [[p]]), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._sent)
 
     def _replied_one(self, p: Pending, started: float, replies: list[Any]) -> None:
         """``_replied`` of a begun commit of ``p`` alone: its future settled from the one call's reply
-        (``_answer``'s unit of one), then the commit is over (``_sent``)."""
+        (``_answer``'s unit of one), then the commit is over (``_sent``). ``append_seconds.observe``
+        written out (the round trip is never NaN)."""
         try:
-            self.metrics.append_seconds.observe(time.perf_counter() - started)
+            took, seconds = perf_counter() - started, self._append_seconds
+            seconds.sum += took
+            seconds.counts[bisect_left(seconds.bounds, took)] += 1
             (reply,) = replies  # ValueError where the counts differ, as zip(strict=True)
             if isinstance(reply, BaseException):
                 p.settle(self._refused(reply, p.shard, p.epoch))
                 return
             (result,) = reply
-            if result[:1] == b"!":  # the script refused it
+            if result.startswith(b"!"):  # the script refused it: not landed (R7)
                 p.settle(RedisError(result[1:].decode(errors="replace")))
                 return
             done = p.done  # landed: ``Pending.settle(None)``, written out
             if not done.done():
                 done.set_result(None)
-                if p.then is not None:
+                then = p.then
+                if then is not None:
                     try:
-                        p.then()
+                        then()
                     except Exception:  # as the loop does with a callback's
                         log.exception("a log entry's completion failed")
         finally:
@@ -126,7 +163,7 @@ class SoloCommit:
 
     # -- of ``LogStore`` (``_unpackable`` is ``CommitSlots``': declared only, a stub here would come first) ---
     _unpackable: Callable[[list[Pending], Exception], None]
-    _flush: Callable[[asyncio.AbstractEventLoop], None]
+    _flush_batches: Callable[[asyncio.AbstractEventLoop], None]
 
     def _refused(self, exc: BaseException, group: int | None = None, epoch: str | None = None) -> BaseException:
         raise NotImplementedError

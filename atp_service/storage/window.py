@@ -19,7 +19,7 @@ class CommitWindow:
 
     _BUCKET_S = 0.1
 
-    __slots__ = ("_bucket_n", "_bucket_start", "busy", "delay_s", "enough", "min_rate")
+    __slots__ = ("_bucket_start", "arrivals", "busy", "delay_s", "enough", "measure_at", "min_rate")
 
     def __init__(self, delay_s: float, min_rate: int) -> None:
         self.delay_s = delay_s
@@ -28,16 +28,25 @@ class CommitWindow:
         self.enough = 2
         """Entries after which a waiting commit goes at once (while busy)."""
         self._bucket_start = 0.0
-        self._bucket_n = 0
+        self.arrivals = 0
+        """Entries arrived in the bucket under way."""
+        self.measure_at = self._BUCKET_S
+        """When the bucket under way is over: the first arrival from then on measures the rate."""
 
     def arrived(self, now: float) -> None:
-        self._bucket_n += 1
+        """An entry arrived at ``now`` (``LogStore.submit`` writes this out: every entry's)."""
+        self.arrivals += 1
+        if now >= self.measure_at:
+            self.measure(now)
+
+    def measure(self, now: float) -> None:
+        """The rate of the bucket that ``now`` ends (its arrivals counted), and a new bucket begun."""
         elapsed = now - self._bucket_start
-        if elapsed >= self._BUCKET_S:
-            rate = self._bucket_n / elapsed
+        if elapsed >= self._BUCKET_S:  # (``measure_at`` may round a hair below it: measured at the next)
+            rate = self.arrivals / elapsed
             self.busy = self.delay_s > 0 and rate >= self.min_rate
             self.enough = max(2, round(rate * self.delay_s))
-            self._bucket_start, self._bucket_n = now, 0
+            self._bucket_start, self.arrivals, self.measure_at = now, 0, now + self._BUCKET_S
 
     def full(self, pending: int) -> bool:
         """Whether ``pending`` entries are all the company a wait would be for: send now."""

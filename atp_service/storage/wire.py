@@ -4,6 +4,7 @@ a time, each under a deadline."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -59,11 +60,12 @@ class Wire(asyncio.Protocol):
         self._expected = 0
         self.refused = False
         """The running (or last) exchange's replies include an error reply (a script's refusal,
-        NOSCRIPT, READONLY...): noted while reading, so that whoever gets the replies need not look
-        through them for one on every exchange (nearly none has any)."""
+        NOSCRIPT, READONLY...), or it ended without them (``end``): noted as it happens, so that
+        whoever gets what it ended with need not look at it on every exchange (nearly none has
+        anything to see)."""
         self._deadline = 0.0  # loop time by which the running exchange must be over (while ``_done``)
         self._watchdog: asyncio.TimerHandle | None = None
-        self._watchdog_at = 0.0  # when the watchdog wakes
+        self._watchdog_at = math.inf  # when the watchdog wakes (none armed: never)
 
     @classmethod
     def take_over(cls, conn: AbstractConnection, host: str = "") -> Wire:
@@ -85,34 +87,49 @@ class Wire(asyncio.Protocol):
         return wire
 
     def expect(self, count: int, done: Done, timeout_s: float | None = None) -> None:
-        """The next ``count`` replies go to ``done``, once (or what ends the connection first: with
-        ``timeout_s``, a ``TimeoutError`` that many seconds from now); called before the commands
-        are written."""
+        """The next ``count`` replies (one at least) go to ``done``, once (or what ends the
+        connection first: with ``timeout_s``, a ``TimeoutError`` that many seconds from now); called
+        before the commands are written."""
         if self.closed:
             raise RedisConnectionError("the write connection was closed")
         self._done = done
         self._replies, self._expected, self.refused = [], count, False
         if timeout_s is not None:  # ``deadline_in``, written out for a watchdog that wakes first (nearly always)
             self._deadline = deadline = self.loop.time() + timeout_s
-            if self._watchdog is None or self._watchdog_at > deadline:
+            if self._watchdog_at > deadline:  # none armed (``inf``), or one that wakes too late
                 self.deadline_in(timeout_s)
+
+    def send(self, packed: bytes, count: int, done: Done, timeout_s: float | None) -> None:
+        """``expect``, then ``packed`` (``count`` commands in RESP) written: an exchange begun by the
+        lane (``Lane.begin_packed``) on this connection, which it took open from its idle ones.
+        ``expect`` written out (every group commit's)."""
+        self._done = done
+        self._replies, self._expected, self.refused = [], count, False
+        if timeout_s is not None:
+            self._deadline = deadline = self.loop.time() + timeout_s
+            if self._watchdog_at > deadline:  # none armed (``inf``), or one that wakes too late
+                self.deadline_in(timeout_s)
+        try:
+            self.transport.write(packed)
+        except Exception as exc:  # whether any of it left is unknown: in doubt, as after a timeout
+            self.end(RedisConnectionError(f"writing to {self.host} failed: {exc!r}"))
 
     def deadline_in(self, timeout_s: float) -> None:
         """The running exchange times out ``timeout_s`` from now (unless over by then)."""
         self._deadline = deadline = self.loop.time() + timeout_s
-        if self._watchdog is not None and self._watchdog_at <= deadline:
-            return  # it wakes first, and sleeps on until this deadline
+        if self._watchdog_at <= deadline:
+            return  # one is armed, and wakes first: it sleeps on until this deadline
         if self._watchdog is not None:
             self._watchdog.cancel()  # an exchange with a shorter deadline than the last one's
         self._watch_until(deadline)
 
     def _watch_until(self, when: float) -> None:
-        self._watchdog_at = when
         self._watchdog = self.loop.call_at(when, self._check_deadline)
+        self._watchdog_at = when
 
     def _check_deadline(self) -> None:
         """The watchdog's wake-up: the exchange running now times out if its deadline has passed."""
-        self._watchdog = None
+        self._watchdog, self._watchdog_at = None, math.inf
         if self._done is None or self.closed:
             return  # nothing running: the next exchange arms it again
         now = self.loop.time()
@@ -127,32 +144,34 @@ class Wire(asyncio.Protocol):
         self.end(RedisTimeoutError(f"Timeout reading from {self.host}"))
 
     def data_received(self, data: bytes) -> None:
-        if self._done is None or self.closed:  # no exchange waits: out of step with the server
+        done = self._done
+        if done is None or self.closed:  # no exchange waits: out of step with the server
             self.end(RedisConnectionError("a reply came that no exchange was waiting for"))
             return
         reader, replies = self._reader, self._replies
         reader.feed(data)
         try:
-            while len(replies) < self._expected:
+            while True:  # an exchange waits for one reply at least (``expect``), and none is whole yet
                 reply = reader.gets()
-                if type(reply) is list:  # a script's reply (every log append's): no error, no push (a subclass)
-                    replies.append(reply)
-                    continue
-                if reply is _NOT_ENOUGH:
-                    return
-                if isinstance(reply, Exception):
-                    if not isinstance(reply, ResponseError):
-                        raise reply  # LOADING, max clients...: redis-py raises these, not returns them
-                    self.refused = True
-                if not isinstance(reply, _PUSH):
-                    replies.append(reply)
+                if type(reply) is not list:  # a script's reply (every log append's) is: no error, no push
+                    if reply is _NOT_ENOUGH:
+                        return
+                    if isinstance(reply, Exception):
+                        if not isinstance(reply, ResponseError):
+                            raise reply  # LOADING, max clients...: redis-py raises these, not returns them
+                        self.refused = True
+                    if isinstance(reply, _PUSH):  # (a subclass of list: never a script's reply)
+                        continue
+                replies.append(reply)
+                if len(replies) >= self._expected:
+                    break
         except Exception as exc:  # a broken reply (InvalidResponse), or one redis-py raises
             self.end(exc)
             return
         if reader.has_data():  # more than was asked for: the replies may not be the commands'
             self.end(RedisConnectionError("a reply came that no exchange was waiting for"))
             return
-        done, self._done = self._done, None
+        self._done = None
         done(replies)
 
     def eof_received(self) -> bool:
@@ -166,10 +185,10 @@ class Wire(asyncio.Protocol):
 
     def end(self, exc: Exception) -> None:
         """End the waiting exchange, if any, with ``exc`` and close the connection."""
-        self.closed = True
+        self.closed = self.refused = True
         if self._watchdog is not None:
             self._watchdog.cancel()
-            self._watchdog = None
+            self._watchdog, self._watchdog_at = None, math.inf
         done, self._done = self._done, None
         self.transport.close()
         if done is not None:

@@ -333,7 +333,7 @@ def test_a_reading_refuses_a_name_taken() -> None:
 
 def test_the_hot_paths_counts_of_one_export_what_observe_and_inc_would() -> None:
     """The unary Reserve's shortcuts — ``sizes[1] += 1`` for a turn of one message and a commit of one entry
-    (``ShardActor._turn_now``, ``LogStore._flush_one``), ``value += 1`` on ``atp_reservations_total``'s child
+    (``ShardActor._turn_now``, ``LogStore._flush``), ``value += 1`` on ``atp_reservations_total``'s child
     (``Engine.reserve``) — export exactly what ``observe(1)`` and ``inc()`` would, mixed with other updates,
     on the service's own histograms' buckets."""
     own = metrics.EngineMetrics(), metrics.StorageMetrics()

@@ -1,10 +1,10 @@
 """Differential over the real service and a real ``redis-server``: one script of one-line Reserves (and
 the facts, safety stock, confirms and releases around them), with Redis faults between the calls,
 answered the same by the unary fast path — the Reserve routed inline (``Engine.reserve``), its turn
-taken without an envelope (``ShardActor._turn_now``), its entry sent alone (``LogStore._flush_one``,
+taken without an envelope (``ShardActor._turn_now``), its entry sent alone (``LogStore._flush``,
 ``Lane.begin_packed``) — as by the general path: each Reserve routed by ``Routes`` in a batch of one
 (``Engine.reserve_many``), each turn through ``apply_batch``, each commit cut, packed and answered as
-a batch's and sent by a task (``LogStore._flush``, a tracer set). Every answer byte for byte (or the
+a batch's and sent by a task (``LogStore._flush_batches``, a tracer set). Every answer byte for byte (or the
 same status and reason), the same positions and records, the same counts of decisions, and after a
 restart the same state again (R7). Faults: the script flushed (NOSCRIPT), the write connections
 killed, Redis out of memory, an append whose answer is lost (its connection reset: in doubt) landing
@@ -42,7 +42,7 @@ OUTCOMES = ("held", "rejected", "replayed")
 
 def _general(service: AtpService) -> None:
     """The general path everywhere the fast one takes a shortcut."""
-    service._log.tracer = NoOpTracer()  # type: ignore[attr-defined]  # turns via apply_batch, commits via _flush
+    service._log.tracer = NoOpTracer()  # type: ignore[attr-defined]  # turns via apply_batch, commits via _flush_batches
     engine = service.engine
 
     async def reserve(cmd: ReserveCommand) -> tuple[Reservation, bool]:
@@ -208,7 +208,7 @@ async def _caller_gone(client: AtpClient, proxy: HoldingProxy, rid: str, sku: st
 
 async def test_a_caller_gone_while_its_one_line_reserve_is_sent_alone_changes_nothing_about_it_R7_R8(
         redis_server: EmbeddedRedis, redis_url: str) -> None:
-    """The entry of a unary Reserve sent alone (``_flush_one``) while its caller goes away: landed (its
+    """The entry of a unary Reserve sent alone (``_flush``) while its caller goes away: landed (its
     reply late, after the caller left) the Reserve was applied whole and its retry replays it; never
     answered (its connection reset) it is in doubt, fenced and read, not landed, and its retry decides it
     anew — once. Either way the shard goes on answering, nothing is left in flight or pending, and what

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -12,10 +13,12 @@ import msgspec
 import pytest
 from redis.exceptions import DataError, RedisError
 
+from atp_service.storage.append_resp import AppendPacker
 from atp_service.storage.channel_store import ChannelStore
 from atp_service.storage.keys import CHANNELS
 from atp_service.storage.log import CommitWindow, Fenced, LogStore, SnapshotUnreadable, connect, encode_snapshot
 from atp_service.storage.nodes import Call
+from atp_service.storage.records import Pending
 from atp_service.storage.resp import seq_of
 from reservation import ChannelUpdate, Ledger, Limits, StockStatus
 
@@ -99,9 +102,7 @@ class _Promising(CommitWindow):
     def __init__(self, company: int) -> None:
         super().__init__(delay_s=60.0, min_rate=0)
         self.busy, self.enough = True, company
-
-    def arrived(self, now: float) -> None:
-        pass
+        self.measure_at = math.inf  # never measured (``LogStore.submit`` counts arrivals itself)
 
 
 async def test_busy_entries_of_many_turns_share_one_redis_call(redis_url: str) -> None:
@@ -332,6 +333,36 @@ async def test_an_entry_that_cannot_be_packed_fails_alone_and_the_log_goes_on(st
     assert store._in_flight == 0
     await asyncio.wait_for(store.submit(0, 1, b"good"), 5)
     assert [seq_of(i) for i, _ in await store.client.xrange(store.keys.log(0))] == [1]
+
+
+async def test_an_entry_sent_alone_is_packed_as_the_packer_packs_it(store: LogStore) -> None:
+    """A commit of one entry packs its call itself (``SoloCommit._flush``: ``pack_one`` written out):
+    the bytes of ``AppendPacker.pack`` whatever the shard's kept parts were (none yet, its fence
+    raised, its seqs a digit longer), each entry landing; one whose data cannot be packed there fails
+    alone (nothing sent) and the log goes on."""
+    sent: list[bytes | None] = []
+    begin = store.nodes.begin
+
+    def noted(calls: list[Call], done: Any) -> bool:  # the real ``begin``, its calls noted
+        sent.extend(call.packed for call in calls)
+        return begin(calls, done)
+
+    store.nodes.begin = noted  # type: ignore[method-assign]
+    packer = AppendPacker(store._APPEND.sha, store._keys_of)  # a packer of its own: parts of its own
+    expected = []
+    for shard, seq in [(0, 1), (1, 1), *((0, s) for s in range(2, 12)), (1, 2)]:
+        if (shard, seq) == (0, 6):
+            await store.fence(0)  # a raised fence: shard 0's kept parts carry another token from here
+        pending = Pending(shard, seq, b"entry %d" % seq, store.epochs[shard], store._tokens[shard], 0,
+                          asyncio.get_running_loop().create_future())
+        expected.append(packer.pack([pending])[1])
+        await asyncio.wait_for(store.submit(shard, seq, pending.data), 5)  # alone: answered before the next
+    assert sent == expected
+    assert [seq_of(i) for i, _ in await store.client.xrange(store.keys.log(0))] == list(range(1, 12))
+    with pytest.raises(DataError, match="cannot be sent"):
+        await asyncio.wait_for(store.submit(1, 3, "not bytes"), 5)  # type: ignore[arg-type]
+    await asyncio.wait_for(store.submit(1, 3, b"good"), 5)
+    assert [seq_of(i) for i, _ in await store.client.xrange(store.keys.log(1))] == [1, 2, 3]
 
 
 async def test_a_claim_that_lands_again_late_answers_as_it_did_instead_of_claiming_above_it(store: LogStore) -> None:
