@@ -18,6 +18,7 @@ from ._reserve import ReserveView as ReserveView
 from ._reserve import View as View
 from ._reserve import requested_lines as requested_lines
 from ._reserve import reserve as reserve
+from ._reserve import reserve_otherwise as reserve_otherwise
 from ._reserve import same_content as same_content
 
 

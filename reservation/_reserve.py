@@ -46,6 +46,17 @@ def reserve(view: ReserveView, cmd: ReserveCommand, now: int,
             groups: GroupPolicy | None = None) -> tuple[Reservation, bool]:
     """R2: grant all lines or none (or each alone with allow_partial). Returns (record, replayed).
     A line naming a group in ``groups`` is split over member locations by the group strategy."""
+    if type(view) is Ledger:  # on one shard (most Reserves): one line of a new id, as its ledger writes it out
+        rec = view.reserve_new(cmd, now, groups)
+        if rec is not None:
+            return rec, False
+    return reserve_otherwise(view, cmd, now, groups)
+
+
+def reserve_otherwise(view: ReserveView, cmd: ReserveCommand, now: int,
+                      groups: GroupPolicy | None) -> tuple[Reservation, bool]:
+    """``reserve`` of all but what ``Ledger.reserve_new`` decides: a retry (R5), several lines, a
+    group line, a Reserve over another view."""
     existing = view.reservation(cmd.reservation_id)
     if existing is not None:
         same_content(existing, cmd)
@@ -53,8 +64,6 @@ def reserve(view: ReserveView, cmd: ReserveCommand, now: int,
     lines = cmd.lines
     if len(lines) != 1 or (groups is not None and lines[0].location in groups.groups):
         return _reserve_planned(view, cmd, now, groups), False
-    if type(view) is Ledger:  # on one shard (most Reserves): ``_reserve_line`` as its ledger writes it out
-        return view.reserve_line(cmd, lines[0], now), False
     return _reserve_line(view, cmd, now), False
 
 

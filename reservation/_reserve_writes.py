@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections import deque
 from heapq import heappush
 
+from ._allocate import GroupPolicy
 from ._events import Event, HoldMoved, ReservationSaved
 from ._holds import HoldsIndex
-from ._model import LineRecord, LineRequest, Outcome, Reservation, ReserveCommand, State
+from ._model import LineRecord, Outcome, Reservation, ReserveCommand, State
 from ._store import PositionStore
 from ._undo import Undo
 
@@ -42,31 +43,53 @@ class ReserveWrites:
             self._undo.append((store.forget, sku, location))
         self._events.append(HoldMoved(sku, location, d_reserved, d_committed))
 
-    def reserve_line(self, cmd: ReserveCommand, line: LineRequest, now: int) -> Reservation:
-        """``_reserve._reserve_line`` of an id this ledger holds no record of, ``line`` its one line (a
-        location, not a group): granted whole where it fits, else INSUFFICIENT (R2). The position's
-        ``available`` and ``move_hold`` in one lookup (``PositionStore.hold``); the record saved as
-        ``save`` would (``_apply_reservation`` with no old record to compare), undone by ``_unsave_new``."""
+    def reserve_new(self, cmd: ReserveCommand, now: int, groups: GroupPolicy | None) -> Reservation | None:
+        """``_reserve._reserve_line`` of a Reserve of one line naming a location (not a group of
+        ``groups``) with an id this ledger holds no record of (most Reserves): granted whole where it
+        fits, else INSUFFICIENT (R2). None, nothing changed: not such a Reserve (``_reserve.reserve``
+        decides it). The position's ``available`` and its hold in one lookup (``PositionStore.hold``);
+        the record saved as ``save`` would (``_apply_reservation`` with no old record to compare)."""
+        lines = cmd.lines
+        if len(lines) != 1:
+            return None
+        line = lines[0]
         sku, location, quantity = line.sku, line.location, line.quantity
-        store = self.store
-        a = store.hold(sku, location, quantity)  # held only where it fits: never oversold
-        if a is None:  # no such position: 0 available, where only a hold of nothing fits (and makes it)
-            a = 0
-            if quantity <= 0:
-                self.move_hold(sku, location, quantity, 0)
-        elif quantity <= a:  # ``move_hold``'s undo and event, of the move ``hold`` made
-            self._undo.append((store.move, sku, location, -quantity, 0))
-            self._events.append(HoldMoved(sku, location, quantity, 0))
         rid = cmd.reservation_id
-        if quantity <= a:
+        if rid in self.reservations or (groups is not None and location in groups.groups):
+            return None  # R5: a retry is answered by its record, never decided again
+        a = self.store.hold(sku, location, quantity)  # held only where it fits: never oversold
+        if a is None or quantity > a:  # not held: refused, or no such position
+            return self._reserve_unheld(cmd, sku, location, quantity, 0 if a is None else a, now)
+        expires_at = now + cmd.ttl_ms
+        rec = Reservation(rid, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, _HELD,
+                          (LineRecord(sku, location, quantity, quantity, _GRANTED, a, quantity),), now,
+                          expires_at, now, ttl_default=cmd.ttl_default)
+        self.reservations[rid] = rec
+        self.live_reservations += 1
+        heappush(self._expiry, (expires_at, rid))  # R3: it expires when its TTL has passed
+        if quantity:  # units outstanding there (``HoldsIndex.update``)
+            self._holds_at.add(sku, location, rid)
+        # The hold's undo and the record's in one step, logged once both are made (nothing between the
+        # hold and here can raise: constructors of plain records, a heap of (int, str), dict stores).
+        self._undo.append((self._unreserve_new, rec, quantity))
+        self._events.extend((HoldMoved(sku, location, quantity, 0), ReservationSaved(rec)))
+        return rec
+
+    def _reserve_unheld(self, cmd: ReserveCommand, sku: str, location: str, quantity: int, a: int,
+                        now: int) -> Reservation:
+        """``reserve_new`` where ``PositionStore.hold`` held nothing (``a``: the position's ``available``,
+        0 where there is none): INSUFFICIENT, or a hold of nothing, which makes the position."""
+        rid = cmd.reservation_id
+        if quantity <= a:  # no such position: 0 available, where only a hold of nothing fits (and makes it)
+            self.move_hold(sku, location, quantity, 0)
             expires_at = now + cmd.ttl_ms
             rec = Reservation(rid, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, _HELD,
                               (LineRecord(sku, location, quantity, quantity, _GRANTED, a, quantity),), now,
                               expires_at, now, ttl_default=cmd.ttl_default)
             self.reservations[rid] = rec
             self.live_reservations += 1
-            heappush(self._expiry, (expires_at, rid))  # R3: it expires when its TTL has passed
-            if quantity:  # units outstanding there (``HoldsIndex.update``)
+            heappush(self._expiry, (expires_at, rid))
+            if quantity:
                 self._holds_at.add(sku, location, rid)
             self._undo.append((self._unsave_new, rec, True))
         else:
@@ -78,6 +101,13 @@ class ReserveWrites:
             self._undo.append((self._unsave_new, rec, False))
         self._events.append(ReservationSaved(rec))
         return rec
+
+    def _unreserve_new(self, rec: Reservation, quantity: int) -> None:
+        """Undo of ``reserve_new``'s hold: the record unsaved, then its ``quantity`` units given back
+        (undo steps run newest first: the record was saved after the hold was made)."""
+        self._unsave_new(rec, True)
+        line = rec.lines[0]
+        self.store.move(line.sku, line.location, -quantity, 0)
 
     def _unsave_new(self, rec: Reservation, live: bool) -> None:
         """Undo of a new record's save: the id is unknown again. Its expiry entry stays (``due`` skips

@@ -215,7 +215,7 @@ class Engine(OwnedShards):
 
         await self.gather_by_shard(groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out, across,
                                    decided)
-        self._count_many([out[i] for idx in groups.values() for i in idx])  # reserve() counted the rest
+        count_reservations(self.metrics, [out[i] for idx in groups.values() for i in idx])  # reserve(): the rest
         return out
 
     async def gather_by_shard(
@@ -259,7 +259,9 @@ class Engine(OwnedShards):
         if live >= limits.max_live_reservations_per_shard or \
                 len(ledger.reservations) - live >= limits.max_resolved_reservations_per_shard:
             return self._reserve_checked(ledger, ledger, cmd, now)
-        return ops.reserve(ledger, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
+        groups = self.group_policies.get(cmd.channel, self.default_group_policy)
+        rec = ledger.reserve_new(cmd, now, groups)  # ``ops.reserve`` on a ledger, without its frame
+        return (rec, False) if rec is not None else ops.reserve_otherwise(ledger, cmd, now, groups)
 
     def _tally(self, rec: Reservation, replayed: bool) -> CounterChild:
         """``atp_reservations_total``'s child of a unary Reserve's outcome, kept by state (0: replayed):
@@ -273,9 +275,6 @@ class Engine(OwnedShards):
         """``count_reservations`` of one decision (an order's Reserve), without its tally (``_tally``)."""
         rec, replayed = result
         (self._tallies.get(0 if replayed else rec.state) or self._tally(rec, replayed)).value += 1
-
-    def _count_many(self, results: list[tuple[Reservation, bool] | DomainError]) -> None:
-        count_reservations(self.metrics, results)
 
     async def confirm(self, reservation_id: str) -> Reservation:
         return await self._resolve(reservation_id, "confirmed", lambda v, now: ops.confirm(v, reservation_id, now),

@@ -1,5 +1,5 @@
 """Differential: a Reserve of one line decided by ``reserve``'s fast paths (no plans: on a ledger its
-``reserve_line``, one lookup of the position and the record saved without ``emit``'s dispatch; on
+``reserve_new``, one lookup of the position and the record saved without ``emit``'s dispatch; on
 another view ``_reserve_line``) answers and changes state exactly as the general path does
 (``_reserve_planned`` over a view that reads ``quantities().available`` and makes every change through
 ``Ledger.emit``): the same record or refusal, the same positions, records, holds, expiry heap and open
@@ -110,7 +110,7 @@ action = st.one_of(
 
 
 PATHS = ("ledger", "view", "general")
-"""``reserve`` over the ledger itself (its ``reserve_line``), ``reserve`` over another view (``_reserve_line``),
+"""``reserve`` over the ledger itself (its ``reserve_new``), ``reserve`` over another view (``_reserve_line``),
 and the general path, which the others must agree with."""
 
 

@@ -1,4 +1,4 @@
-"""One shard through many positions (runs move, columns pack), every position-changing event,
+"""One shard through many positions (runs move, columns pack), every position-changing event and Reserves,
 batches reverted newest first, rollback_to, E9 sweeps, snapshots; the store's layout invariants and
 names' use counts after every step, every revert restoring the state before, and live == replay (E10)."""
 
@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from reservation import MADE, Fact, FactKind, Ledger, LedgerSnapshot, Limits
+from reservation import MADE, Fact, FactKind, Ledger, LedgerSnapshot, Limits, LineRequest, ReserveCommand, reserve
 from reservation._bulk import CountRows
 from reservation._store import PositionStore
 
@@ -54,7 +54,7 @@ def state(ledger: Ledger) -> tuple:
     return (sorted(store.items()),
             sorted((s, loc, store.latest_count(s, loc)) for s, loc, _ in store.items()),
             sorted((s, loc, ledger.history(s, loc)) for s, loc, _ in store.items()),
-            ledger.stream_time)
+            ledger.stream_time, sorted(ledger.reservations), ledger.live_reservations)
 
 
 class Run:
@@ -82,9 +82,13 @@ class Run:
             s, loc = self.pos()
             led.record_fact(Fact(f"e{self.n}", rng.choice(["pos", "wms"]), rng.choice(KINDS), s, loc,
                                  rng.randint(1, 9), self.newest - rng.randint(0, self.grace)))
-        elif roll < 0.6:
+        elif roll < 0.53:
             s, loc = self.pos()
             led.move_hold(s, loc, rng.randint(-2, 5), rng.randint(-1, 3))
+        elif roll < 0.6:  # a Reserve of one line (``Ledger.reserve_new``): held, or refused and remembered
+            s, loc = self.pos()
+            reserve(led, ReserveCommand(f"r{self.n}", "", "", (LineRequest(s, loc, rng.randint(1, 4)),), 60_000, False),
+                    self.newest)
         elif roll < 0.67:
             s, loc = self.pos()
             led.ship(s, loc, rng.randint(1, 3), self.newest - rng.randint(0, self.grace), f"sh{self.n}")
