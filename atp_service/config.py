@@ -130,9 +130,9 @@ class ServiceConfig:
     much added latency. It goes as soon as the entries the measured rate brings in this long (at least 2) are waiting:
     at 1,000 entries/s, with the second. 0 sends every group commit at once."""
 
-    commit_delay_min_rate: int = 1000
-    """Log entries per second (all shards) from which the log counts as busy. Below it a commit
-    goes out at once: a wait would find no company and only add latency."""
+    commit_delay_min_rate: int = 500
+    """Log entries per second (all shards) from which the log counts as busy. Below it a commit goes out at
+    once: a wait would mostly find no company. The default is 1 / the default ``commit_delay_ms``."""
 
     snapshot_every_entries: int = 20_000
     """A shard snapshots after this many log entries (and the log is trimmed behind it)."""
