@@ -46,9 +46,10 @@ class ReserveWrites:
     def reserve_new(self, cmd: ReserveCommand, now: int, groups: GroupPolicy | None) -> Reservation | None:
         """``_reserve._reserve_line`` of a Reserve of one line naming a location (not a group of
         ``groups``) with an id this ledger holds no record of (most Reserves): granted whole where it
-        fits, else INSUFFICIENT (R2). None, nothing changed: not such a Reserve (``_reserve.reserve``
-        decides it). The position's ``available`` and its hold in one lookup (``PositionStore.hold``);
-        the record saved as ``save`` would (``_apply_reservation`` with no old record to compare)."""
+        fits, else INSUFFICIENT (R2). None, nothing changed: not such a Reserve, or its position does
+        not exist yet (``_reserve.reserve_otherwise`` decides it). The position's ``available`` and
+        its hold in one lookup (``PositionStore.hold``); the record saved as ``save`` would
+        (``_apply_reservation`` with no old record to compare)."""
         lines = cmd.lines
         if len(lines) != 1:
             return None
@@ -58,8 +59,10 @@ class ReserveWrites:
         if rid in self.reservations or (groups is not None and location in groups.groups):
             return None  # R5: a retry is answered by its record, never decided again
         a = self.store.hold(sku, location, quantity)  # held only where it fits: never oversold
-        if a is None or quantity > a:  # not held: refused, or no such position
-            return self._reserve_unheld(cmd, sku, location, quantity, 0 if a is None else a, now)
+        if a is None:  # no such position (nothing changed): the general way decides it (``_reserve_line``)
+            return None
+        if quantity > a:  # not held: INSUFFICIENT
+            return self._refuse_new(cmd, sku, location, quantity, a, now)
         expires_at = now + cmd.ttl_ms
         rec = Reservation(rid, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, _HELD,
                           (LineRecord(sku, location, quantity, quantity, _GRANTED, a, quantity),), now,
@@ -75,30 +78,17 @@ class ReserveWrites:
         self._events.extend((HoldMoved(sku, location, quantity, 0), ReservationSaved(rec)))
         return rec
 
-    def _reserve_unheld(self, cmd: ReserveCommand, sku: str, location: str, quantity: int, a: int,
-                        now: int) -> Reservation:
-        """``reserve_new`` where ``PositionStore.hold`` held nothing (``a``: the position's ``available``,
-        0 where there is none): INSUFFICIENT, or a hold of nothing, which makes the position."""
+    def _refuse_new(self, cmd: ReserveCommand, sku: str, location: str, quantity: int, a: int,
+                    now: int) -> Reservation:
+        """``reserve_new`` where ``quantity`` does not fit ``a``, the position's ``available``, and
+        nothing was held: INSUFFICIENT (R2), remembered for its retention (R5)."""
         rid = cmd.reservation_id
-        if quantity <= a:  # no such position: 0 available, where only a hold of nothing fits (and makes it)
-            self.move_hold(sku, location, quantity, 0)
-            expires_at = now + cmd.ttl_ms
-            rec = Reservation(rid, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, _HELD,
-                              (LineRecord(sku, location, quantity, quantity, _GRANTED, a, quantity),), now,
-                              expires_at, now, ttl_default=cmd.ttl_default)
-            self.reservations[rid] = rec
-            self.live_reservations += 1
-            heappush(self._expiry, (expires_at, rid))
-            if quantity:
-                self._holds_at.add(sku, location, rid)
-            self._undo.append((self._unsave_new, rec, True))
-        else:
-            rec = Reservation(rid, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, _REJECTED,
-                              (LineRecord(sku, location, quantity, 0, _INSUFFICIENT, a),), now, 0, now,
-                              ttl_default=cmd.ttl_default)
-            self.reservations[rid] = rec
-            self._resolved.append((now, rid))  # a refusal is remembered for its retention (R5)
-            self._undo.append((self._unsave_new, rec, False))
+        rec = Reservation(rid, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, _REJECTED,
+                          (LineRecord(sku, location, quantity, 0, _INSUFFICIENT, a),), now, 0, now,
+                          ttl_default=cmd.ttl_default)
+        self.reservations[rid] = rec
+        self._resolved.append((now, rid))
+        self._undo.append((self._unsave_new, rec, False))
         self._events.append(ReservationSaved(rec))
         return rec
 
