@@ -221,8 +221,11 @@ class EmbeddedRedis:
                     # INFO answers while the AOF loads (PING says LOADING): its progress, or done.
                     persistence = client.info("persistence")
                     if persistence.get("loading", 0) == 0 and client.ping():
-                        return
-                    progress.seen(persistence)
+                        if self._answers_itself(client):
+                            return
+                        progress.foreign = True  # until this one exits (its bind failed) or the deadline
+                    else:
+                        progress.seen(persistence)
                 # A busy machine can accept the connection and answer late: in redis-py 8 that
                 # TimeoutError is no ConnectionError, and is no reason to give up before the deadline.
                 except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
@@ -232,9 +235,20 @@ class EmbeddedRedis:
         finally:
             client.close()
 
+    def _answers_itself(self, client: redis.Redis) -> bool:
+        """Whether the server answering on this port is the one started here. A port is only free when
+        it is picked: another process's redis-server may take it first, and answer there until this one
+        fails to bind and exits (``port_was_taken``); taken for this one, its keys and its cluster
+        state would be another's."""
+        assert self.process is not None
+        return int(client.info("server").get("process_id", -1)) == self.process.pid
+
     def _check_deadlines(self, waited_s: float, progress: _LoadProgress, timeout_s: float,
                          load_timeout_s: float) -> None:
         if not progress.loading and waited_s > timeout_s:
+            if progress.foreign:
+                raise RedisDidNotStart(f"127.0.0.1:{self.port} is answered by another redis-server than the one "
+                                       f"started here (its port is taken); see {self._logfile}")
             raise RedisDidNotStart(f"redis-server on 127.0.0.1:{self.port} did not answer PING within "
                                    f"{timeout_s}s; see {self._logfile}")
         if progress.loading and waited_s > load_timeout_s:
@@ -359,12 +373,13 @@ def _quoted(value: str) -> str:
 
 
 class _LoadProgress:
-    """What a start waiting for redis-server knows of its loading, and when it last said so."""
+    """What a start waiting for redis-server knows of its loading, and when it last said so; and
+    whether another redis-server answered on its port (``foreign``)."""
 
-    __slots__ = ("_said_at", "loading", "percent")
+    __slots__ = ("_said_at", "foreign", "loading", "percent")
 
     def __init__(self, began: float) -> None:
-        self.loading = False
+        self.loading = self.foreign = False
         self.percent = "no progress reported"
         self._said_at = began - LOAD_PROGRESS_EVERY_S  # the first sight of a load is said at once
 

@@ -378,3 +378,29 @@ def test_the_data_directory_is_its_owners_alone_whatever_the_umask(tmp_path: Pat
     data.chmod(0o755)
     with EmbeddedRedis(data):
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
+
+
+def test_another_redis_answering_on_the_port_is_not_taken_for_the_one_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A picked port may be taken by another process's redis-server before this one binds it (two
+    test workers, each starting a cluster): until this one exits, the other answers there. Its PONG
+    is not this start's readiness — its keys and cluster state are another's. Here this start's
+    redis-server never binds nor exits (a stand-in that sleeps), so only the check of whose process
+    answers tells them apart: the start fails at its bound, naming the taken port."""
+    other = EmbeddedRedis(tmp_path / "other").start()
+    try:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        sleeper = bin_dir / "redis-server"
+        sleeper.write_text("#!/bin/sh\nexec sleep 60\n")
+        sleeper.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        mine = EmbeddedRedis(tmp_path / "mine", port=other.port)
+        try:
+            with pytest.raises(RedisDidNotStart, match=f"127.0.0.1:{other.port} is answered by another redis-server"):
+                mine.start(timeout_s=1.0, ping_timeout_s=0.2)
+            assert redis.Redis(port=other.port).ping()  # the other one was left alone
+        finally:
+            mine.stop()
+    finally:
+        other.stop()
