@@ -32,6 +32,7 @@ from atp_service.storage.records import (
     claimed,
     encode_snapshot,
     number_of,
+    unreadable_reply,
     wall_ms,
 )
 from atp_service.storage.resp import as_text
@@ -361,6 +362,10 @@ class LogStore(SoloCommit, CommitSlots, LogReads):
             self.metrics.append_seconds.observe(time.perf_counter() - started)
             for unit, reply in zip(units, replies, strict=True):
                 self._answer(unit, reply)
+        except Exception as exc:  # a reply no append returns: whether they landed is unknown (R7), never a wedge
+            error = unreadable_reply(exc)
+            for p in [p for unit in units for p in unit if p.resolve(error)]:
+                p.notify()
         finally:
             if begun:
                 self._sent(None)

@@ -198,3 +198,9 @@ class Pending(msgspec.Struct, eq=False):
                 self.then()
             except Exception:  # as the loop does with a callback's: the other entries are still answered
                 log.exception("a log entry's completion failed")
+
+
+def unreadable_reply(exc: Exception) -> RedisError:
+    """The failure of an entry whose append's reply could not be read (a shape no append returns):
+    whether it landed is unknown, so a plain ``RedisError``: in doubt, settled by fence and read (R7)."""
+    return RedisError(f"the reply to a log append could not be read: {exc!r}")

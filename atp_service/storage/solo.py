@@ -29,7 +29,7 @@ from atp_service.instruments import HistogramChild
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.append_resp import AppendPacker, ShardParts
 from atp_service.storage.nodes import Call, Nodes, Script
-from atp_service.storage.records import UNCLAIMED, Pending
+from atp_service.storage.records import UNCLAIMED, Pending, unreadable_reply
 from atp_service.storage.window import CommitWindow
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,8 @@ class SoloCommit:
                         then()
                     except Exception:  # as the loop does with a callback's
                         log.exception("a log entry's completion failed")
+        except Exception as exc:  # a reply no append returns: whether it landed is unknown (R7), never a wedge
+            p.settle(unreadable_reply(exc))
         finally:
             self._in_flight -= 1  # ``_sent``, written out
             if self._pending and not self._scheduled:

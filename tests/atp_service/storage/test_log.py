@@ -405,3 +405,30 @@ async def test_a_claim_rises_above_the_last_even_when_the_clock_went_back(store:
     newer = LogStore(store.client, "t:", pipeline_max=64)
     assert await newer.claim(4) == ahead + 1
     assert not await store.still_owner()
+
+
+@pytest.mark.parametrize("entries", [1, 2], ids=["sent alone", "sent together"])
+async def test_an_append_whose_reply_cannot_be_read_is_in_doubt_and_the_log_goes_on(store: LogStore,
+                                                                                  entries: int) -> None:
+    """The appends land in Redis, but what reaches the log as their reply has a shape no append
+    returns (here: a reply short of one per call). Whether they landed is then unknown: each entry
+    fails with a plain RedisError — in doubt, for its shard to settle by fence and read (R7) — never
+    as landed, never left unsettled (a shard waiting on it forever); the commit slot is given back
+    and the next entry lands."""
+    begin = store.nodes.begin
+    garbled = [True]
+
+    def garbling(calls: list[Call], done: Any) -> bool:  # the real ``begin``; the first commit's reply garbled
+        if garbled:
+            garbled.pop()
+            return begin(calls, lambda replies: done([]))
+        return begin(calls, done)
+
+    store.nodes.begin = garbling  # type: ignore[method-assign]
+    futures = [store.submit(0, seq, b"entry %d" % seq) for seq in range(1, entries + 1)]
+    for fut in futures:
+        with pytest.raises(RedisError, match="the reply to a log append could not be read"):
+            await asyncio.wait_for(fut, 10)
+    assert store._in_flight == 0
+    await asyncio.wait_for(store.submit(0, entries + 1, b"next"), 10)  # the log goes on
+    assert [seq_of(i) for i, _ in await store.client.xrange(store.keys.log(0))] == list(range(1, entries + 2))
