@@ -58,11 +58,14 @@ class ReserveWrites:
         rid = cmd.reservation_id
         if rid in self.reservations or (groups is not None and location in groups.groups):
             return None  # R5: a retry is answered by its record, never decided again
-        a = self.store.hold(sku, location, quantity)  # held only where it fits: never oversold
+        store = self.store
+        a = store.hold(sku, location, quantity)  # held only where it fits: never oversold
         if a is None:  # no such position (nothing changed): the general way decides it (``_reserve_line``)
             return None
         if quantity > a:  # not held: INSUFFICIENT
             return self._refuse_new(cmd, sku, location, quantity, a, now)
+        undo = self._undo
+        undo.append((store.move, sku, location, -quantity, 0))  # the hold's undo, as soon as it is made (R7)
         expires_at = now + cmd.ttl_ms
         rec = Reservation(rid, cmd.order_ref, cmd.channel, cmd.ttl_ms, cmd.allow_partial, _HELD,
                           (LineRecord(sku, location, quantity, quantity, _GRANTED, a, quantity),), now,
@@ -72,9 +75,7 @@ class ReserveWrites:
         heappush(self._expiry, (expires_at, rid))  # R3: it expires when its TTL has passed
         if quantity:  # units outstanding there (``HoldsIndex.update``)
             self._holds_at.add(sku, location, rid)
-        # The hold's undo and the record's in one step, logged once both are made (nothing between the
-        # hold and here can raise: constructors of plain records, a heap of (int, str), dict stores).
-        self._undo.append((self._unreserve_new, rec, quantity))
+        undo.append((self._unsave_new, rec, True))  # undone first (newest first): the record, then the hold
         self._events.extend((HoldMoved(sku, location, quantity, 0), ReservationSaved(rec)))
         return rec
 
@@ -91,13 +92,6 @@ class ReserveWrites:
         self._undo.append((self._unsave_new, rec, False))
         self._events.append(ReservationSaved(rec))
         return rec
-
-    def _unreserve_new(self, rec: Reservation, quantity: int) -> None:
-        """Undo of ``reserve_new``'s hold: the record unsaved, then its ``quantity`` units given back
-        (undo steps run newest first: the record was saved after the hold was made)."""
-        self._unsave_new(rec, True)
-        line = rec.lines[0]
-        self.store.move(line.sku, line.location, -quantity, 0)
 
     def _unsave_new(self, rec: Reservation, live: bool) -> None:
         """Undo of a new record's save: the id is unknown again. Its expiry entry stays (``due`` skips

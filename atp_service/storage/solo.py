@@ -1,15 +1,15 @@
 """An entry's way into the log, and the group commit of one entry on one Redis: the log's common
 case at moderate rates (``LogStore`` builds on it).
 
-Below ~1,000 entries/s nearly every group commit carries one entry, sent in the loop turn after its
-shard sealed it (``submit``, ``_flush``). The general path (``LogStore._flush_batches``) cuts a
-batch, splits it into units, packs each unit and answers each from its call's reply through lists
-of lists: for one entry each of those steps is a frame, a list or a test paid for nothing (the
-commit was a fifth of the interpreter's work for a unary Reserve). Here the entry is packed, sent
-and answered directly — by the same packer, through the same ``Nodes.begin`` (or the same task
-where a commit cannot begin: no idle connection, replicas to wait for), and answered as
-``LogStore._answer`` answers a unit of one: a script's refusal, a Redis error or a fence
-(``_refused``) ends it as it would there.
+While the log is not busy (below ``commit_delay_min_rate``, 500 entries/s by default) nearly every
+group commit carries one entry, sent in the loop turn after its shard sealed it (``submit``,
+``_flush``). The general path (``LogStore._flush_batches``) cuts a batch, splits it into units,
+packs each unit and answers each from its call's reply through lists of lists: for one entry each of
+those steps is a frame, a list or a test paid for nothing (the commit was a fifth of the
+interpreter's work for a unary Reserve). Here the entry is packed, sent and answered directly — by
+the same packer, through the same ``Nodes.begin`` (or the same task where a commit cannot begin: no
+idle connection, replicas to wait for), and answered as ``LogStore._answer`` answers a unit of one:
+a script's refusal, a Redis error or a fence (``_refused``) ends it as it would there.
 """
 
 from __future__ import annotations
