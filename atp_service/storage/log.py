@@ -377,14 +377,17 @@ class LogStore(SoloCommit, CommitSlots, LogReads):
         if isinstance(reply, BaseException):
             error = self._refused(reply, unit[0].shard, unit[0].epoch)
             answered = [p for p in unit if p.resolve(error)]
-        elif len(unit) == 1:  # one entry (most commits below ~1,000 entries/s): no list, no comprehension
+        elif len(unit) == 1:  # one entry (most commits while the log is not busy): no list, no comprehension
             (p,), (result,) = unit, reply  # ValueError where the counts differ, as zip(strict=True)
             if p.resolve(RedisError(result[1:].decode(errors="replace")) if result[:1] == b"!" else None):
                 p.notify()
             return
-        else:
-            answered = [p for p, result in zip(unit, reply, strict=True)
-                        if p.resolve(RedisError(result[1:].decode(errors="replace")) if result[:1] == b"!" else None)]
+        else:  # every outcome read before any entry is settled: a reply that cannot be read settles none (R7)
+            outcomes = [RedisError(result[1:].decode(errors="replace")) if result[:1] == b"!" else None
+                        for result in reply]
+            if len(outcomes) != len(unit):  # (``zip(strict=True)`` raises only once every entry is settled)
+                raise ValueError(f"{len(outcomes)} results for {len(unit)} entries")
+            answered = [p for p, outcome in zip(unit, outcomes, strict=True) if p.resolve(outcome)]
         for p in answered:
             p.notify()
 

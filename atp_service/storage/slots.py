@@ -34,7 +34,7 @@ from redis.exceptions import DataError
 
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.nodes import Call, Nodes
-from atp_service.storage.records import Pending
+from atp_service.storage.records import Pending, unreadable_reply
 from atp_service.traces import span
 
 
@@ -113,9 +113,10 @@ class CommitSlots:
         for unit, reply in zip(answered, replies, strict=True):
             try:
                 self._answer(unit, reply)
-            except Exception as exc:  # a reply not of the call's shape: in doubt, never unanswered
+            except Exception as exc:  # a reply not of the call's shape: in doubt (R7), never unanswered
+                error = unreadable_reply(exc)
                 for p in unit:
-                    p.settle(exc)
+                    p.settle(error)
         self._freed(unit[0].shard for unit in answered)
 
     def _ended(self, left: dict[int, list[Pending]], task: asyncio.Task[None]) -> None:

@@ -432,3 +432,34 @@ async def test_an_append_whose_reply_cannot_be_read_is_in_doubt_and_the_log_goes
     assert store._in_flight == 0
     await asyncio.wait_for(store.submit(0, entries + 1, b"next"), 10)  # the log goes on
     assert [seq_of(i) for i, _ in await store.client.xrange(store.keys.log(0))] == list(range(1, entries + 2))
+
+
+@pytest.mark.parametrize("garble", ["one result too many", "a result that is no bytes"])
+async def test_every_entry_of_a_commit_whose_reply_cannot_be_read_is_in_doubt_and_told(store: LogStore,
+                                                                                      garble: str) -> None:
+    """A commit of two entries (shards 0 and 1) whose reply cannot be read: every outcome is read
+    before any entry is settled, so none is taken as landed on a reply that says nothing certain (R7),
+    and each entry's ``then`` (its shard's ``_on_append_done``) runs once: a shard whose entry was
+    settled but never told would wait on it, its callers too, until its next append ended."""
+    begin = store.nodes.begin
+    garbled = [True]
+
+    def garbling(calls: list[Call], done: Any) -> bool:  # the real ``begin``; the first commit's reply garbled
+        if not garbled:
+            return begin(calls, done)
+        garbled.pop()
+
+        def garble_reply(replies: list[Any]) -> None:
+            (results,) = replies
+            done([[*results, b""]] if garble == "one result too many" else [[results[0], 7]])
+
+        return begin(calls, garble_reply)
+
+    store.nodes.begin = garbling  # type: ignore[method-assign]
+    told: list[int] = []
+    futures = [store.submit(shard, 1, b"entry", partial(told.append, shard)) for shard in (0, 1)]
+    for fut in futures:
+        with pytest.raises(RedisError, match="the reply to a log append could not be read"):
+            await asyncio.wait_for(fut, 10)
+    assert sorted(told) == [0, 1]
+    assert store._in_flight == 0
