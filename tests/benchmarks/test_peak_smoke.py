@@ -226,7 +226,8 @@ async def test_snapshot_write_runs_at_a_tiny_size() -> None:
 
 
 async def test_bytecodes_counts_the_calls_by_file_and_by_function() -> None:
-    for by, expected in (("file", "reservation/_reserve.py"), ("function", "reservation/_reserve.py:reserve")):
+    for by, expected in (("file", "reservation/_reserve_writes.py"),
+                         ("function", "reservation/_reserve_writes.py:reserve_new")):
         code, out = await run(sys.executable, "benchmarks/bytecodes.py", "--calls", "20", "--by", by, "--top", "200",
                               limit_s=120)
         assert code == 0, out[-3000:]
