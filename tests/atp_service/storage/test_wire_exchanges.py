@@ -70,21 +70,22 @@ async def test_push_then_reply_and_a_partial_reply_then_the_rest() -> None:
     assert got == [[[b"1-0"], [b"2-0"]]] and not wire.refused and not wire.closed
 
 
-async def test_two_replies_in_one_read_for_one_expected_end_the_connection() -> None:
+@pytest.mark.parametrize(("expected", "read", "ended_by"), [
+    (1, b"*1\r\n$3\r\n1-0\r\n+OK\r\n", RedisConnectionError),
+    (1, b"*1\r\n$3\r\n1-0\r\n" + PUSH, RedisConnectionError),
+    (3, b"+OK\r\n-LOADING Redis is loading\r\n+OK\r\n", BusyLoadingError),
+], ids=["two replies for one expected", "a push after the last reply", "an error redis-py raises mid-batch"])
+async def test_a_read_that_does_not_fit_the_exchange_ends_it_in_doubt_and_the_connection(
+        expected: int, read: bytes, ended_by: type[Exception]) -> None:
+    """Replies the exchange did not ask for (the connection may be out of step with its server), or
+    an error redis-py raises rather than returns: the exchange ends with an exception (in doubt, R7)
+    and the connection is never used again."""
     wire = _wire()
     got: list[Any] = []
-    wire.send(b"X", 1, got.append, 5.0)
-    wire.data_received(b"*1\r\n$3\r\n1-0\r\n+OK\r\n")
-    assert len(got) == 1 and isinstance(got[0], RedisConnectionError)
+    wire.send(b"X", expected, got.append, 5.0)
+    wire.data_received(read)
+    assert len(got) == 1 and isinstance(got[0], ended_by)
     assert wire.closed and wire.refused
-
-
-async def test_a_push_after_the_last_reply_in_one_read_ends_the_connection() -> None:
-    wire = _wire()
-    got: list[Any] = []
-    wire.send(b"X", 1, got.append, 5.0)
-    wire.data_received(b"*1\r\n$3\r\n1-0\r\n" + PUSH)
-    assert isinstance(got[0], RedisConnectionError) and wire.refused
 
 
 async def test_an_error_reply_mid_batch_is_a_reply_and_marks_refused() -> None:
@@ -100,15 +101,6 @@ async def test_an_error_reply_mid_batch_is_a_reply_and_marks_refused() -> None:
     assert not wire.refused
     wire.data_received(b"+OK\r\n")
     assert got == [[b"OK"]] and not wire.refused
-
-
-async def test_a_raised_error_reply_mid_batch_ends_the_exchange_in_doubt() -> None:
-    wire = _wire()
-    got: list[Any] = []
-    wire.send(b"X", 3, got.append, 5.0)
-    wire.data_received(b"+OK\r\n-LOADING Redis is loading\r\n+OK\r\n")
-    assert len(got) == 1 and isinstance(got[0], BusyLoadingError)
-    assert wire.closed and wire.refused
 
 
 async def test_bytes_with_no_exchange_end_the_connection() -> None:
