@@ -14,7 +14,6 @@ is bounded below 2**31. Sums (on_hand, reserved, committed) and times are int64.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import overload
 
@@ -165,12 +164,8 @@ class PositionStore(Blocks):
         if row is None or col is None:
             return None
         seg = self._seg
-        # ``Segments.find`` written out, without its one-position cache (for facts, which look again)
-        start = seg._sv[row]
-        end = start + seg._lv[row]
-        cv = seg._cv
-        slot = bisect_left(cv, col, start, end)
-        if slot == end or cv[slot] != col:
+        slot = seg.find(row, col)
+        if slot < 0:
             return None
         wv = seg.wv
         reserved = wv[RESERVED, slot]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from atp_service.storage.records import Pending
 
-__all__ = ["AppendPacker", "ShardParts", "bulk"]
+__all__ = ["AppendPacker", "bulk"]
 
 _GROUP_NONE = b"$1\r\n0\r\n"
 """The group argument of an entry that is not part of a cross-shard group (nearly all of them)."""
@@ -27,7 +27,7 @@ def bulk(value: bytes | str | int) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(raw), raw)
 
 
-class ShardParts:
+class _ShardParts:
     """What a shard's entries share: its keys, and the RESP of its epoch and fence token as last
     seen; ``solo`` is the whole start of a one-entry call, up to the seq (nearly every call at
     moderate rates)."""
@@ -56,13 +56,12 @@ class AppendPacker:
     """Packs one append call (``pack``) for the script whose digest is ``sha``; ``keys_of`` names a
     shard's keys (owner, log, fence), asked once per shard."""
 
-    __slots__ = ("_keys_of", "_sha", "_solo_head", "parts")
+    __slots__ = ("_keys_of", "_parts", "_sha", "_solo_head")
 
     def __init__(self, sha: str, keys_of: Callable[[int], tuple[str, str, str]]) -> None:
         self._sha = sha.encode()
         self._keys_of = keys_of
-        self.parts: dict[int, ShardParts] = {}
-        """Per shard, its parts (``pack_one`` reads them; ``_of`` makes and changes them)."""
+        self._parts: dict[int, _ShardParts] = {}
         self._solo_head = self._head(1)
 
     def pack(self, unit: Sequence[Pending]) -> tuple[list[str], bytes]:
@@ -86,10 +85,9 @@ class AppendPacker:
     def pack_one(self, p: Pending) -> tuple[list[str], bytes]:
         """``pack`` of one entry alone: the shard's ``solo`` start, then the seq and the data, then
         the token and group, in one format (``_of`` and ``_seq_and_data`` written out where the
-        shard's parts carry the entry's epoch and token, as nearly always; ``SoloCommit._flush``
-        writes it out in turn: keep the two alike). The keys are the shard's ``key_list``: read
-        them, never change them."""
-        parts = self.parts.get(p.shard)
+        shard's parts carry the entry's epoch and token, as nearly always). The keys are the shard's
+        ``key_list``: read them, never change them."""
+        parts = self._parts.get(p.shard)
         if parts is None or parts.epoch != p.epoch or parts.token != p.token or p.group:
             if p.group:
                 return self.pack([p])
@@ -98,11 +96,11 @@ class AppendPacker:
         return parts.key_list, b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (parts.solo, len(seq), seq, len(data), data,
                                                                    parts.tail)
 
-    def _of(self, p: Pending) -> ShardParts:
+    def _of(self, p: Pending) -> _ShardParts:
         """The parts of ``p``'s shard, carrying ``p``'s epoch and token."""
-        parts = self.parts.get(p.shard)
+        parts = self._parts.get(p.shard)
         if parts is None:
-            parts = self.parts[p.shard] = ShardParts(self._keys_of(p.shard))
+            parts = self._parts[p.shard] = _ShardParts(self._keys_of(p.shard))
         if parts.epoch != p.epoch or parts.token != p.token:
             parts.carry(self._solo_head, p.epoch, p.token)
         return parts

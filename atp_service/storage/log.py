@@ -75,7 +75,7 @@ class LogStore(SoloCommit, CommitSlots, LogReads):
         self._groups = 0
         self._packer = AppendPacker(self._APPEND.sha, self._keys_of)
         # What a one-entry commit updates in place (``solo.py``), each read once here.
-        self._shard_parts, self._sizes = self._packer.parts, self.metrics.pipeline_size.sizes
+        self._sizes = self.metrics.pipeline_size.sizes
         self._append_seconds = self.metrics.append_seconds._children[()]  # the family's one series: no labels
         self.snapshots_in_flight = 0
         """Snapshot writes under way (``Checkpoints`` counts them). Shards snapshot one at a time unless
@@ -364,8 +364,8 @@ class LogStore(SoloCommit, CommitSlots, LogReads):
                 self._answer(unit, reply)
         except Exception as exc:  # a reply no append returns: whether they landed is unknown (R7), never a wedge
             error = unreadable_reply(exc)
-            for p in [p for unit in units for p in unit if p.resolve(error)]:
-                p.notify()
+            for unit in units:  # (those answered already are not again)
+                self._answer(unit, error)
         finally:
             if begun:
                 self._sent(None)

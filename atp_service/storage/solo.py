@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from atp_service.instruments import HistogramChild
 from atp_service.metrics import StorageMetrics
-from atp_service.storage.append_resp import AppendPacker, ShardParts
+from atp_service.storage.append_resp import AppendPacker
 from atp_service.storage.nodes import Call, Nodes, Script
 from atp_service.storage.records import UNCLAIMED, Pending, unreadable_reply
 from atp_service.storage.window import CommitWindow
@@ -49,8 +49,6 @@ class SoloCommit:
     _max_in_flight: int
     _APPEND: Script
     _packer: AppendPacker
-    _shard_parts: dict[int, ShardParts]
-    """``_packer.parts``."""
     _pending: list[Pending]
     _first_pending_at: float
     _in_flight: int
@@ -109,14 +107,8 @@ class SoloCommit:
             return  # cancelled before it was sent: it never is (``_flush_batches`` drops it so)
         self._in_flight += 1
         self._sizes[1] += 1  # ``pipeline_size.observe(1)`` without its frame (``SizeHistogram.sizes``)
-        parts = self._shard_parts.get(p.shard)
         try:
-            if parts is None or parts.epoch != p.epoch or parts.token != p.token or p.group:
-                keys, packed = self._packer.pack_one(p)  # its parts made, or changed, first
-            else:  # ``AppendPacker.pack_one``, written out where the parts kept are the entry's (nearly always)
-                seq, data = b"%d" % p.seq, p.data
-                keys, packed = parts.key_list, b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
-                    parts.solo, len(seq), seq, len(data), data, parts.tail)
+            keys, packed = self._packer.pack_one(p)
         except Exception as exc:  # an entry that cannot be packed: nothing was sent
             self._unpackable([p], exc)
             self._sent(None)  # the commit is over: the log goes on with the next

@@ -336,7 +336,7 @@ async def test_an_entry_that_cannot_be_packed_fails_alone_and_the_log_goes_on(st
 
 
 async def test_an_entry_sent_alone_is_packed_as_the_packer_packs_it(store: LogStore) -> None:
-    """A commit of one entry packs its call itself (``SoloCommit._flush``: ``pack_one`` written out):
+    """A commit of one entry packs its call alone (``SoloCommit._flush``: ``AppendPacker.pack_one``):
     the bytes of ``AppendPacker.pack`` whatever the shard's kept parts were (none yet, its fence
     raised, its seqs a digit longer), each entry landing; one whose data cannot be packed there fails
     alone (nothing sent) and the log goes on."""
