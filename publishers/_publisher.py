@@ -246,16 +246,17 @@ class Publisher:
                 self.metrics.outcome(self.config.channel, self.adapter.name, "duplicate")
             else:
                 todo.append((key, u))
-        # Stock-outs first (C2: a channel must stop selling what is gone before anything else), then
-        # version order: each key has one update here, so no key's older value can follow its newer.
+        # Stock-outs first (C2: a channel must stop selling what is gone before anything else), in requests of their
+        # own: sharing one with ordinary changes, a 0 waited for a token of each (9 s at the defaults). Then version
+        # order: each key has one update here, so no key's older value can follow its newer.
         todo.sort(key=lambda item: (item[1].quantity != 0, item[1].version))
+        outs, size = sum(u.quantity == 0 for _, u in todo), self.config.delivery_batch
         delivered: dict[str, int] = {}
-        size = self.config.delivery_batch
         try:
             if todo and not confirmed:  # C4: only what the replicas hold (``NotReplicated``: none delivered)
                 await self._unless_stopped(self.replicas.confirm())
-            for start in range(0, len(todo), size):
-                chunk = todo[start:start + size]
+            parts = (todo[:outs], todo[outs:])
+            for chunk in (part[at:at + size] for part in parts for at in range(0, len(part), size)):
                 done = {u.version for u in await self._deliver([u for _, u in chunk])}
                 delivered.update((key, u.version) for key, u in chunk if u.version in done)
         except Halted:

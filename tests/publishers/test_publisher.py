@@ -170,7 +170,7 @@ async def test_webhook_dead_lettered_after_max_attempts(client: aioredis.Redis, 
 
     await run_until(publisher, settled)
     await publisher.adapter.close()
-    assert receiver.attempts == 3
+    assert receiver.attempts == 6  # the stock-out's request and the change's (C2: not one), 3 tries each
     dead = await client.xrange("atp:{avail}:web:dlq:webhook")
     fields = [{k.decode(): v.decode() for k, v in f.items()} for _, f in dead]  # the stock-out "b" first
     assert [(f["sku"], f["version"], f["attempts"]) for f in fields] == [("b", "2", "3"), ("a", "1", "3")]
@@ -273,3 +273,46 @@ async def test_a_stock_out_behind_a_backlog_goes_out_in_the_first_request(client
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[0]["sku"] == "gone", [u["sku"] for u in lines[:10]]
     assert [u["version"] for u in lines[1:]] == list(range(1, 30))  # the rest in version order
+
+
+class _Timed:
+    """An adapter that notes the (fake) time each batch went out, and what it held."""
+
+    name = "timed"
+
+    def __init__(self, clock: dict[str, int]) -> None:
+        self.clock = clock
+        self.sent: list[tuple[int, list[ChannelUpdate]]] = []
+
+    async def deliver(self, channel: str, updates: list[ChannelUpdate]) -> None:
+        self.sent.append((self.clock["ms"], list(updates)))
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_stock_out_waits_for_no_token_of_the_changes_read_with_it(client: aioredis.Redis) -> None:
+    """With the defaults (``--batch`` 100, ``--rate`` 10 with a burst of 10) a stock-out shared its request
+    with the ordinary changes read with it, and the request went out only once the rate limit had a token
+    for each of them: 9 s with the channel still selling what was gone (C2). Stock-outs go in requests of
+    their own, first: only their own tokens are waited for."""
+    await publish(client, [update(f"sku-{n}", n + 1, n + 1) for n in range(29)] + [update("gone", 0, 30)])
+    clock = {"ms": 0}
+
+    async def fake_sleep(seconds: float) -> None:
+        clock["ms"] += int(seconds * 1000) + 1
+        await asyncio.sleep(0)
+
+    adapter = _Timed(clock)
+    publisher = Publisher(config(rate_limit_per_s=10, burst=10, delivery_batch=100), client, adapter,
+                          PublisherMetrics(), sleep=fake_sleep, now_ms=lambda: clock["ms"])
+
+    async def settled() -> bool:
+        return sum(len(updates) for _, updates in adapter.sent) == 30
+
+    await run_until(publisher, settled)
+    at, first = adapter.sent[0]
+    assert [u.sku for u in first][:1] == ["gone"]
+    assert at == 0, f"the stock-out waited {at} ms for the tokens of {len(first) - 1} ordinary changes"
+    assert [u.version for _, updates in adapter.sent for u in updates] == [30, *range(1, 30)]  # the rest in order
+    assert clock["ms"] >= (30 - 10) / 10 * 1000  # the rate limit still holds for all of them
