@@ -247,16 +247,16 @@ class Publisher:
             else:
                 todo.append((key, u))
         # Stock-outs first (C2: a channel must stop selling what is gone before anything else), in requests of their
-        # own: sharing one with ordinary changes, a 0 waited for a token of each (9 s at the defaults). Then version
-        # order: each key has one update here, so no key's older value can follow its newer.
+        # own of at most a full bucket (a request waits for a token per update: 9 s for 100 at the defaults). Then
+        # version order: each key has one update here, so no key's older value can follow its newer.
         todo.sort(key=lambda item: (item[1].quantity != 0, item[1].version))
         outs, size = sum(u.quantity == 0 for _, u in todo), self.config.delivery_batch
+        cuts = ((todo[:outs], min(size, self._bucket.burst if self._bucket else size)), (todo[outs:], size))
         delivered: dict[str, int] = {}
         try:
             if todo and not confirmed:  # C4: only what the replicas hold (``NotReplicated``: none delivered)
                 await self._unless_stopped(self.replicas.confirm())
-            parts = (todo[:outs], todo[outs:])
-            for chunk in (part[at:at + size] for part in parts for at in range(0, len(part), size)):
+            for chunk in (part[at:at + n] for part, n in cuts for at in range(0, len(part), n)):
                 done = {u.version for u in await self._deliver([u for _, u in chunk])}
                 delivered.update((key, u.version) for key, u in chunk if u.version in done)
         except Halted:

@@ -316,3 +316,28 @@ async def test_a_stock_out_waits_for_no_token_of_the_changes_read_with_it(client
     assert at == 0, f"the stock-out waited {at} ms for the tokens of {len(first) - 1} ordinary changes"
     assert [u.version for _, updates in adapter.sent for u in updates] == [30, *range(1, 30)]  # the rest in order
     assert clock["ms"] >= (30 - 10) / 10 * 1000  # the rate limit still holds for all of them
+
+
+async def test_many_stock_outs_go_a_full_bucket_at_a_time(client: aioredis.Redis) -> None:
+    """A read of 30 stock-outs (a store closing) went in one request that waited for a token of each:
+    3 s at 10/s with the channel selling all 30 meanwhile. Stock-out requests carry at most a full
+    bucket: the first 10 go at once, the others as their tokens come (C2), the rate limit kept."""
+    await publish(client, [update(f"gone-{n}", 0, n + 1) for n in range(30)])
+    clock = {"ms": 0}
+
+    async def fake_sleep(seconds: float) -> None:
+        clock["ms"] += int(seconds * 1000) + 1
+        await asyncio.sleep(0)
+
+    adapter = _Timed(clock)
+    publisher = Publisher(config(rate_limit_per_s=10, burst=10, delivery_batch=100), client, adapter,
+                          PublisherMetrics(), sleep=fake_sleep, now_ms=lambda: clock["ms"])
+
+    async def settled() -> bool:
+        return sum(len(updates) for _, updates in adapter.sent) == 30
+
+    await run_until(publisher, settled)
+    assert [len(u) for _, u in adapter.sent] == [10, 10, 10]
+    assert adapter.sent[0][0] == 0, f"the first stock-outs waited {adapter.sent[0][0]} ms"
+    assert [u.version for _, updates in adapter.sent for u in updates] == list(range(1, 31))
+    assert adapter.sent[-1][0] >= (30 - 10) / 10 * 1000  # the rate limit still holds
