@@ -92,14 +92,19 @@ def fulfill(view: View, reservation_id: str, lines: tuple[LineRequest, ...], ope
     return new
 
 
-def fulfill_committed(view: View, reservation_id: str, lines: tuple[LineRequest, ...], operation_id: str, now: int,
+def fulfill_committed(view: View, reservation_id: str, lines: tuple[LineRequest, ...], now: int,
                       limits: Limits) -> Reservation:
     """R4 by a SHIPMENT fact naming the reservation: only `committed` moves here. A fact shipping
     more units than its line has committed fulfils every committed unit (they all left with it; the
     fact moved `on_hand` by its whole quantity, as any SHIPMENT): refusing it left them committed
-    for good (Q3), counted twice against availability beside the units already gone."""
-    lines = _within_committed(view.reservation(reservation_id), lines, operation_id)
-    return fulfill(view, reservation_id, lines, operation_id, now, limits, ship=False)
+    for good (Q3), counted twice against availability beside the units already gone.
+
+    No operation is recorded: the caller applied the fact in the same step, and its identity makes a
+    resend a duplicate that fulfils nothing (E8). Recorded, each fact was one of the partial operations
+    ``max_ops_per_reservation`` bounds, and the fact past it (a line shipped in many parcels, a line of a
+    long order shipped under one id) moved the stock and fulfilled nothing, its units committed for good."""
+    lines = _within_committed(view.reservation(reservation_id), lines)
+    return fulfill(view, reservation_id, lines, "", now, limits, ship=False)
 
 
 def per_position(lines: Iterable[LineRecord], amount: Callable[[LineRecord], int]) -> dict[tuple[str, str], int]:
@@ -112,12 +117,10 @@ def per_position(lines: Iterable[LineRecord], amount: Callable[[LineRecord], int
     return sums
 
 
-def _within_committed(rec: Reservation | None, lines: tuple[LineRequest, ...],
-                      operation_id: str) -> tuple[LineRequest, ...]:
+def _within_committed(rec: Reservation | None, lines: tuple[LineRequest, ...]) -> tuple[LineRequest, ...]:
     """``lines`` capped at what each has committed, for a CONFIRMED reservation. A line with nothing
-    committed is left as asked (``fulfill`` refuses it, naming why), and so is a retried operation
-    (R5: compared with what was recorded)."""
-    if rec is None or rec.state != State.CONFIRMED or operation_id in rec.ops:
+    committed is left as asked (``fulfill`` refuses it, naming why)."""
+    if rec is None or rec.state != State.CONFIRMED:
         return lines
     committed = per_position(rec.lines, lambda line: line.committed)
     capped = []

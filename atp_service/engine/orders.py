@@ -107,12 +107,12 @@ class Orders:
     async def expire(self, order_id: str, home: int) -> None:
         await self._owned(order_id, lambda: self._change(order_id, home, PendingOp(OrderStep.EXPIRE), quiet=True))
 
-    async def shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
+    async def shipment(self, fact: Fact, order_id: str) -> tuple[FactOutcome, str]:
         """A SHIPMENT fact naming the order: the stock moves and the part holding that position is
-        fulfilled with it, in one step on the fact's shard (R4, idempotent by ``operation_id``) — after
+        fulfilled with it, in one step on the fact's shard (R4, idempotent by the fact's identity, E8) — after
         a change the order has pending is carried through (refused for good: the stock moves alone,
         Q1), and before the order is resolved once every part is."""
-        return await self._owned(order_id, lambda: self._shipment(fact, order_id, operation_id))
+        return await self._owned(order_id, lambda: self._shipment(fact, order_id))
 
     def has_part(self, shard: int, order_id: str) -> bool:
         """Whether ``shard`` holds a part of ``order_id`` (a routing hint, read between batches)."""
@@ -333,9 +333,9 @@ class Orders:
         cmds = orders.split(command_of(order), self._engine.place)
         await run_parts(self._engine, {g: GiveUpPart(cmd) for g, cmd in cmds.items()})
 
-    async def _shipment(self, fact: Fact, order_id: str, operation_id: str) -> tuple[FactOutcome, str]:
+    async def _shipment(self, fact: Fact, order_id: str) -> tuple[FactOutcome, str]:
         home, shard = self._engine.home_of(order_id), self._engine.place(fact.sku)
-        ship = fulfilling(fact, orders.part_id(order_id, shard), operation_id, self._engine.limits)
+        ship = fulfilling(fact, orders.part_id(order_id, shard), self._engine.limits)
         if home is None and self._engine.remote is not None:  # homed at another process: settled there first
             return await shipped_elsewhere(self._engine, fact, lambda: on_shard(self._engine, shard, ship))
         if home is not None:  # a change left pending (a confirmation) is carried through first

@@ -16,9 +16,9 @@ Shipping = Callable[[View, int], tuple[Any, str]]
 """A SHIPMENT's work on its shard: its outcome, and why it fulfilled nothing (empty: fulfilled, or a duplicate)."""
 
 
-def fulfilling(fact: Fact, part: str, operation_id: str, limits: Limits) -> Shipping:
+def fulfilling(fact: Fact, part: str, limits: Limits) -> Shipping:
     """The SHIPMENT applied on its shard, fulfilling its line of ``part`` with it (R4, ``_orders.ship``)."""
-    return lambda view, now: orders.ship(view, fact, part, operation_id, now, limits)
+    return lambda view, now: orders.ship(view, fact, part, now, limits)
 
 
 def unfulfilled(fact: Fact, why: str) -> Shipping:

@@ -43,7 +43,6 @@ from reservation import _operations as ops
 from reservation._bulk import Outcomes
 from reservation._dedupe import digest
 from reservation._keys import fact_payload
-from reservation._ledger import fact_key
 from reservation._limits import CAPACITY_QUARANTINE, DEDUPE_LIMIT, POSITIONS_LIMIT
 
 Result = tuple[FactOutcome, str]
@@ -289,10 +288,10 @@ class FactDesk:
         if home is None and engine.orders is not None and engine.remote is not None and \
                 engine.orders.has_part(sku_shard, fact.reservation_id):
             # A part of an order homed at another process: fulfilled here, its order resolved there.
-            return await engine.orders.shipment(fact, fact.reservation_id, f"fact:{fact_key(fact)}")
+            return await engine.orders.shipment(fact, fact.reservation_id)
         if engine.orders is not None and home is not None:  # on a cluster: one group per step
             if engine.is_order(home, fact.reservation_id):
-                return await engine.orders.shipment(fact, fact.reservation_id, f"fact:{fact_key(fact)}")
+                return await engine.orders.shipment(fact, fact.reservation_id)
             if home != sku_shard:  # an ordinary reservation has every line on its own shard: not this one
                 why = f"{fact.sku}@{fact.location} is not a line of reservation {fact.reservation_id!r}"
                 moved: Result = await engine.run({sku_shard}, sku_shard, unfulfilled(fact, why))
@@ -305,10 +304,9 @@ class FactDesk:
                 return outcome, reason or (note if outcome == FactOutcome.APPLIED else reason)
             line = (LineRequest(fact.sku, fact.location, fact.quantity),)
             try:
-                # The fact's identity (E8, per position) names the operation: the lines of one
-                # shipment sharing an id each fulfil their own position (R5 retries stay harmless).
-                ops.fulfill_committed(view, fact.reservation_id, line, f"fact:{fact_key(fact)}", now,
-                                      engine.limits)
+                # Once: a resend is a duplicate (E8, per position: the lines of one shipment sharing an
+                # id each fulfil their own), so no operation counts against max_ops_per_reservation.
+                ops.fulfill_committed(view, fact.reservation_id, line, now, engine.limits)
             except DomainError as exc:
                 return outcome, f"{UNFULFILLED}: {exc.message}"
             return outcome, ""

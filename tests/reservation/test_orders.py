@@ -10,6 +10,9 @@ import pytest
 
 from reservation import (
     AlreadyExists,
+    Fact,
+    FactKind,
+    FactOutcome,
     FailedPrecondition,
     InvalidArgument,
     Ledger,
@@ -24,7 +27,7 @@ from reservation import (
     reserve,
 )
 from reservation import _orders as orders
-from reservation._operations import fulfill_committed
+from reservation._operations import fulfill, fulfill_committed
 from tests.reservation.helpers import LIMITS, cmd, ledger_with
 
 NOW = 10_000
@@ -233,18 +236,19 @@ def test_a_resolved_order_whose_parts_were_forgotten_shows_its_own_record() -> N
 
 
 def test_a_whole_fulfil_with_an_operation_id_is_carried_through_a_part_at_its_op_limit_R3() -> None:
-    """SHIPMENT facts count their operations on the part alone (``Orders._shipment``): a part can reach
-    max_ops_per_reservation while its order is far below it. A whole Fulfil sent with an
-    operation_id is accepted by the order (its own count checked), recorded pending, and its share
-    must not be refused by the part's count: a refusal leaves the order pending for good, every later
-    change, read and expiry refused the same way, the part's units committed for good."""
+    """A part's record may hold operations of its own (recorded on the part alone, as earlier logs have
+    SHIPMENT facts'): a part can reach max_ops_per_reservation while its order is far below it. A
+    whole Fulfil sent with an operation_id is accepted by the order (its own count checked), recorded
+    pending, and its share must not be refused by the part's count: a refusal leaves the order pending
+    for good, every later change, read and expiry refused the same way, the part's units committed for
+    good."""
     limits = dataclasses.replace(LIMITS, max_ops_per_reservation=2)
     estate = Estate()
     order = changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3), ("B", "S1", 2))),
                     PendingOp(OrderStep.CONFIRM))
-    for n in (1, 2):  # two SHIPMENT facts on part A, as the engine applies them (the part's limit)
-        fulfill_committed(estate.ledgers[0], orders.part_id("o", 0), (LineRequest("A", "S1", 1),),
-                          f"fact:{n}", NOW, limits)
+    for n in (1, 2):  # two operations recorded on part A alone (the part's limit)
+        fulfill(estate.ledgers[0], orders.part_id("o", 0), (LineRequest("A", "S1", 1),), f"fact:{n}", NOW, limits,
+                ship=False)
     step = PendingOp(OrderStep.FULFIL, (), "w1")  # the rest, whole, with an operation id
     done, shares, error = orders.plan(orders.view(order, estate.parts(order)), step, NOW, limits, place)
     assert error is None and done is not None and done.pending == step
@@ -320,7 +324,7 @@ def test_a_partial_release_a_shipment_overtook_is_not_taken_for_released_once_th
     step = PendingOp(OrderStep.RELEASE, (LineRequest("B", "S1", 2),), "r1")
     done, shares, error = orders.plan(orders.view(order, estate.parts(order)), step, NOW, LIMITS, place)
     assert error is None and done is not None
-    fulfill_committed(estate.ledgers[1], orders.part_id("o", 1), (LineRequest("B", "S1", 2),), "fact:B", NOW, LIMITS)
+    fulfill_committed(estate.ledgers[1], orders.part_id("o", 1), (LineRequest("B", "S1", 2),), NOW, LIMITS)
     estate.apply(done, shares)
     parts = estate.parts(order)
     assert parts[1].state == State.FULFILLED
@@ -344,3 +348,19 @@ def test_an_order_given_up_keeps_its_group_lines_so_an_exact_retry_replays_it_R5
     given_up = orders.abandoned(decided, NOW + 1)
     assert given_up.state == State.EXPIRED and all(line.granted == 0 for line in given_up.lines)
     orders.same_order(given_up, asked)  # refused RESERVATION_ID_REUSED before
+
+
+def test_a_part_shipped_by_more_facts_than_max_ops_per_reservation_is_fulfilled_by_each_R4_E8() -> None:
+    """Each SHIPMENT fact naming the order fulfils its units of the part once (a resend is a duplicate,
+    E8), however many there are: none counts as a partial operation of the part, whose bound refused the
+    fact past it — its units moved out of on_hand and stayed committed for good (Q3)."""
+    limits = dataclasses.replace(LIMITS, max_ops_per_reservation=2)
+    estate = Estate()
+    changed(estate, reserved_order(estate, cmd("o", ("A", "S1", 3))), PendingOp(OrderStep.CONFIRM))
+    part, ledger = orders.part_id("o", 0), estate.ledgers[0]
+    for n in range(3):
+        fact = Fact(f"parcel-{n}", "wms", FactKind.SHIPMENT, "A", "S1", 1, NOW, "o")
+        assert orders.ship(ledger, fact, part, NOW, limits) == (FactOutcome.APPLIED, "")
+    assert orders.ship(ledger, fact, part, NOW, limits) == (FactOutcome.DUPLICATE, "")
+    assert ledger.reservation(part).state == State.FULFILLED  # type: ignore[union-attr]
+    assert (ledger.quantities("A", "S1").on_hand, estate.committed("A")) == (7, 0)

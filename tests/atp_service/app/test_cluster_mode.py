@@ -268,8 +268,8 @@ async def test_an_order_expired_while_a_group_is_away_past_the_retention_still_r
 
 async def test_a_partial_release_past_a_part_s_shipment_operations_never_wedges_the_order_R3(
         start_service: ServiceFactory) -> None:
-    """A SHIPMENT fact naming the order records its operation on the part alone, so a part counts
-    more partial operations than its order. A partial Release the order's record accepts is a
+    """A SHIPMENT fact naming the order fulfils some of it between its partial operations (a part's
+    record may count more of them than its order's). A partial Release the order's record accepts is a
     decision its parts carry through (R3): the part refused it at max_ops_per_reservation, the order
     stayed pending for good, and every later change, read and expiry of it failed — its units
     committed for good."""

@@ -157,8 +157,7 @@ async def test_an_order_fulfilled_by_shipments_is_resolved_at_its_home(rig: Rig)
     await rig.run(engine.reserve(rig.cmd("o1")))
     await rig.run(engine.confirm("o1"))
     for n, sku in enumerate(SKUS):
-        _, reason = await rig.run(engine.orders.shipment(shipment(rig, sku, 3, "o1", f"s{n}"), "o1",
-                                                               f"fact:s{n}"))
+        _, reason = await rig.run(engine.orders.shipment(shipment(rig, sku, 3, "o1", f"s{n}"), "o1"))
         assert reason == "", reason
     got = await rig.run(engine.get_reservation("o1"))
     assert got.state == State.FULFILLED
@@ -212,7 +211,7 @@ async def test_a_shipment_meets_a_confirmation_still_pending_carried_through_fir
         await rig.run(engine.confirm("o1"))
     engine.orders._save = save  # type: ignore[method-assign]
     flag[0] = False
-    _, reason = await rig.run(engine.orders.shipment(shipment(rig, "A", 3, "o1", "s1"), "o1", "fact:s1"))
+    _, reason = await rig.run(engine.orders.shipment(shipment(rig, "A", 3, "o1", "s1"), "o1"))
     assert reason == "", reason
     assert rig.quantities() == [(0, 3), (0, 0)]
 
@@ -401,7 +400,7 @@ async def test_an_order_whose_last_shipment_stopped_before_resolving_it_is_resol
     assert sagas is not None
     await rig.run(engine.reserve(rig.cmd("o1")))
     await rig.run(engine.confirm("o1"))
-    _, reason = await rig.run(sagas.shipment(shipment(rig, "A", 3, "o1", "s1"), "o1", "fact:s1"))
+    _, reason = await rig.run(sagas.shipment(shipment(rig, "A", 3, "o1", "s1"), "o1"))
     assert reason == "", reason
     flag = failing_on(rig, 0)  # the order's home
     resolve = sagas._resolve_if_done
@@ -412,7 +411,7 @@ async def test_an_order_whose_last_shipment_stopped_before_resolving_it_is_resol
 
     sagas._resolve_if_done = fail_then_resolve  # type: ignore[method-assign]
     with pytest.raises(Unavailable):
-        await rig.run(sagas.shipment(shipment(rig, "D", 3, "o1", "s0"), "o1", "fact:s0"))
+        await rig.run(sagas.shipment(shipment(rig, "D", 3, "o1", "s0"), "o1"))
     sagas._resolve_if_done = resolve  # type: ignore[method-assign]
     flag[0] = False
     assert rig.part("o1", 0).state == State.FULFILLED and sagas.unsettled == {"o1"}
@@ -533,8 +532,8 @@ async def test_an_order_all_shipped_before_a_restart_that_stopped_its_resolve_is
 
     sagas._resolve_if_done = stopped  # type: ignore[method-assign]
     for sku, group in (("A", 1), ("D", 0)):
-        await rig.run(sagas.shipment(shipment(rig, sku, 3, "o1", f"s{group}"), "o1", f"fact:s{group}"))
-    await rig.run(sagas.shipment(shipment(rig, "A", 3, "o2", "t1"), "o2", "fact:t1"))  # o2: one part of two
+        await rig.run(sagas.shipment(shipment(rig, sku, 3, "o1", f"s{group}"), "o1"))
+    await rig.run(sagas.shipment(shipment(rig, "A", 3, "o2", "t1"), "o2"))  # o2: one part of two
     sagas._resolve_if_done = resolve  # type: ignore[method-assign]
     home = engine.actors[0].ledger
     assert home.reservation("o1").state == State.CONFIRMED  # type: ignore[union-attr]
