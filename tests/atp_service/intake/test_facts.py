@@ -134,12 +134,13 @@ async def test_a_flood_of_malformed_entries_logs_a_line_a_second_not_one_an_entr
     service, _ = await start_service()
     now = int(time.time() * 1000)
     r = redis.Redis.from_url(redis_url)
-    with r.pipeline(transaction=False) as pipe:
-        for n in range(30):  # the field name a line break and a forged line, as a producer may send it
-            pipe.xadd("atp:in:pos", {**F(f"bad{n}", "SALE", "A", "S1", 1, now).fields(),
-                                     "qty\n2026-12-02 10:00:00,000 ERROR forged": "1"})
-        pipe.execute()
+    # Captured before the first entry is written: the reader may dead-letter (and log) it at once.
     with caplog.at_level(logging.WARNING):
+        with r.pipeline(transaction=False) as pipe:
+            for n in range(30):  # the field name a line break and a forged line, as a producer may send it
+                pipe.xadd("atp:in:pos", {**F(f"bad{n}", "SALE", "A", "S1", 1, now).fields(),
+                                         "qty\n2026-12-02 10:00:00,000 ERROR forged": "1"})
+            pipe.execute()
         await wait_consumed(redis_url, ["atp:in:pos"])
     lines = [record for record in caplog.records if "dead-lettered" in record.getMessage()]
     assert len(lines) == 1, [record.getMessage() for record in lines]
