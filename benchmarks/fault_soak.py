@@ -8,8 +8,8 @@ It starts redis-server (AOF, appendfsync always), ``tcp_delay.py`` in front of i
 ``atp-service serve`` talking to Redis through the proxy with a short Redis timeout (0.5 s). For
 --seconds the callers of ``soak_load.py`` send single- and multi-shard Reserves, Confirms,
 Releases, Fulfils, SHIPMENTs naming reservations, receipts and sales, and ReserveStreams, with
-deadlines from 1 ms to 2 s, while ``soak_faults.py`` injects Redis write pauses, proxy delays and
-kill -9 + restart at random (seeded). Then, every fault off:
+deadlines from 1 ms to 2 s, while ``soak_faults.py`` injects Redis write pauses, proxy delays, connections
+to Redis reset (often mid-reply) and kill -9 + restart at random (seeded). Then, every fault off:
 
   the live service, as the faults left it: every shard answers a read and a write; its memory
     equals the durable state (a replay of snapshots and logs, E10); the channel feeds converge to
@@ -339,8 +339,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snapshot-every", type=int, default=300,
                    help="log entries per shard between snapshots (small: snapshots and trims happen under the faults)")
     p.add_argument("--faults", type=lambda s: tuple(k for k in s.split(",") if k), default=None,
-                   help="kinds to inject, comma-separated: pause,delay,kill,primary (empty: none; default: "
-                        "pause,delay,kill; on a cluster kill,primary)")
+                   help="kinds to inject, comma-separated: pause,delay,kill,cut,primary (empty: none; default: "
+                        "pause,delay,kill,cut; on a cluster kill,primary)")
     p.add_argument("--cluster", action="store_true",
                    help="run on a Redis Cluster (3 primaries, a replica each) with ATP_REDIS_CLUSTER")
     p.add_argument("--wait-replicas", type=int, default=1,
@@ -357,7 +357,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="keep Redis data and logs here (default: a temporary directory)")
     args = p.parse_args(argv)
     if args.faults is None:
-        args.faults = ("kill", "primary") if args.cluster else ("pause", "delay", "kill")
+        args.faults = ("kill", "primary") if args.cluster else ("pause", "delay", "kill", "cut")
     elif args.cluster and set(args.faults) - {"kill", "primary"}:
         p.error("--faults: on a cluster kill and primary (pauses and delays go through the proxy of a single Redis)")
     elif not args.cluster and "primary" in args.faults:

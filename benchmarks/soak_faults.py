@@ -5,7 +5,9 @@ Faults come one after another, with a calm gap before each, drawn from a seeded 
   service's writes wait in Redis past its timeout, then land;
 - ``delay``: the proxy in front of Redis holds bytes 0.3-2 s for 1-4 s, toward Redis (writes time out
   at the service and land later), back from it (they land, the reply is late) or both;
-- ``kill``: kill -9 of the service, a restart, and a wait until health says SERVING.
+- ``kill``: kill -9 of the service, a restart, and a wait until health says SERVING;
+- ``cut``: the proxy resets every connection to Redis, most with a reply cut short (R7's lost
+  connection: a write Redis read before the reset still runs, its answer never comes), 1-4 times.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ READY_S = 90.0
 """Longest wait for a (re)started service to say SERVING."""
 START_TRIES = 5
 """Starts in a row that may fail (exit before SERVING) before the soak gives up."""
-KINDS = ("pause", "delay", "kill", "primary")
-WEIGHTS = (4, 4, 2, 2)
+KINDS = ("pause", "delay", "kill", "primary", "cut")
+WEIGHTS = (4, 4, 2, 2, 3)
 
 
 class ServiceDown(RuntimeError):
@@ -161,6 +163,12 @@ class Faults:
     async def kill(self) -> None:
         await self.service.kill_and_restart()
 
+    async def cut(self) -> None:
+        assert self.proxy is not None, "cuts go through the proxy of a single Redis"
+        for _ in range(self.rng.randint(1, 4)):
+            await self.proxy.cut()
+            await asyncio.sleep(self.rng.uniform(0.05, 0.5))
+
     async def primary(self) -> None:
         """kill -9 of a Redis Cluster primary under the load; back (as a replica) once its replica
         took over. Only with ``--cluster``."""
@@ -177,4 +185,4 @@ class Faults:
 
     def figures(self) -> dict[str, int]:
         return {"pauses": self.counts["pause"], "delays": self.counts["delay"], "kills": self.counts["kill"],
-                "redis_primaries_killed": self.counts["primary"]}
+                "redis_primaries_killed": self.counts["primary"], "cuts": self.counts["cut"]}

@@ -7,6 +7,10 @@ It prints ``listening <port>``, then takes commands on stdin, one per line, and 
 
     delay <seconds> <up|down|both>   bytes read from now on wait this long before they are passed on
     clear                            bytes read from now on pass at once (held ones keep their turn)
+    cut                              every open connection is reset: the next chunk back to the client
+                                     passes only its first half (a reply cut short), then both sides
+                                     are aborted; one that carries nothing back within CUT_WAIT_S is
+                                     aborted then. A command Redis read before the reset still runs
 
 ``up`` is client -> upstream: a command reaches the server after the client's timeout gave up on
 it, so it lands late. ``down`` is upstream -> client: the command landed, its reply comes late.
@@ -22,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 CHUNK = 64 * 1024
@@ -30,6 +35,8 @@ HELD_CHUNKS = 256
 WRITE_TIMEOUT_S = 30.0
 """A peer that takes no bytes for this long is gone: the connection is dropped."""
 CONNECT_TIMEOUT_S = 5.0
+CUT_WAIT_S = 0.2
+"""How long a ``cut`` waits for a reply to cut short before it resets an idle connection."""
 DIRECTIONS = ("up", "down", "both")
 SCRIPT = Path(__file__).resolve()
 
@@ -40,6 +47,10 @@ class DelayProxy:
         self.delay_s = {"up": 0.0, "down": 0.0}
         self.connections = 0
         self._handlers: set[asyncio.Task[None]] = set()
+        self._open: dict[asyncio.StreamWriter, asyncio.StreamWriter] = {}
+        """Each open connection: its client side -> its upstream side."""
+        self._cutting: set[asyncio.StreamWriter] = set()
+        """Client sides whose next chunk back passes half, then the connection is reset (``cut``)."""
 
     def set_delay(self, seconds: float, direction: str) -> None:
         if direction not in DIRECTIONS or seconds < 0:
@@ -50,6 +61,24 @@ class DelayProxy:
 
     def clear(self) -> None:
         self.delay_s = {"up": 0.0, "down": 0.0}
+
+    def cut(self) -> None:
+        """Reset every open connection (see the module's ``cut``): a lost connection, often mid-reply."""
+        cutting = set(self._open)
+        self._cutting |= cutting
+        asyncio.get_running_loop().call_later(CUT_WAIT_S, self._abort_all, cutting)
+
+    def _abort_all(self, writers: set[asyncio.StreamWriter]) -> None:
+        for writer in writers:
+            self._abort(writer)
+
+    def _abort(self, writer: asyncio.StreamWriter) -> None:
+        """Reset both sides of the connection of client side ``writer`` (an RST, not a FIN: buffers dropped)."""
+        self._cutting.discard(writer)
+        upstream = self._open.pop(writer, None)
+        for side in (writer, upstream):
+            if side is not None:
+                side.transport.abort()
 
     async def close(self) -> None:
         for task in list(self._handlers):
@@ -71,6 +100,7 @@ class DelayProxy:
         except (OSError, TimeoutError):
             writer.close()
             return
+        self._open[writer] = up_writer
         try:
             await asyncio.gather(self._pipe(reader, up_writer, "up"), self._pipe(up_reader, writer, "down"))
         except asyncio.CancelledError:
@@ -78,6 +108,8 @@ class DelayProxy:
             # error (it asks the task for its exception): end quietly instead.
             pass
         finally:
+            self._open.pop(writer, None)
+            self._cutting.discard(writer)
             for w in (writer, up_writer):
                 w.close()
 
@@ -86,7 +118,7 @@ class DelayProxy:
         in force, never before the chunk ahead of it; the end is passed on last."""
         loop = asyncio.get_running_loop()
         held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(HELD_CHUNKS)
-        sender = asyncio.ensure_future(self._send(held, writer))
+        sender = asyncio.ensure_future(self._send(held, writer, self._cut_of(writer) if side == "down" else None))
         release = 0.0
         try:
             while chunk := await reader.read(CHUNK):
@@ -98,8 +130,21 @@ class DelayProxy:
             await held.put((max(release, loop.time()), b""))
             await sender
 
+    def _cut_of(self, writer: asyncio.StreamWriter) -> Callable[[bytes], bool]:
+        """For the way back to client side ``writer``: whether a chunk is to be cut short (then it is: its
+        first half written, the connection reset)."""
+        def cut_short(chunk: bytes) -> bool:
+            if writer not in self._cutting:
+                return False
+            with contextlib.suppress(OSError):
+                writer.write(chunk[:len(chunk) // 2])
+            self._abort(writer)
+            return True
+        return cut_short
+
     @staticmethod
-    async def _send(held: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter) -> None:
+    async def _send(held: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter,
+                    cut_short: Callable[[bytes], bool] | None = None) -> None:
         loop, broken = asyncio.get_running_loop(), False
         while True:
             release, chunk = await held.get()
@@ -112,6 +157,9 @@ class DelayProxy:
                 return
             if broken:
                 continue  # keep taking chunks so the reading side never blocks on a dead peer
+            if cut_short is not None and cut_short(chunk):
+                broken = True
+                continue
             try:
                 writer.write(chunk)
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
@@ -130,6 +178,8 @@ async def _commands(proxy: DelayProxy) -> None:
                 proxy.set_delay(float(words[1]), words[2])
             elif words == ["clear"]:
                 proxy.clear()
+            elif words == ["cut"]:
+                proxy.cut()
             else:
                 raise ValueError(f"unknown command {line.strip()!r}")
             print("ok", *words, flush=True)
@@ -172,6 +222,9 @@ class DelayProxyProcess:
 
     async def clear(self) -> None:
         await self._command("clear")
+
+    async def cut(self) -> None:
+        await self._command("cut")
 
     async def _command(self, line: str, timeout_s: float = 10.0) -> None:
         async with self._lock:

@@ -1,5 +1,5 @@
 """``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P] [--clock-skew]
-[--redis-full] [--fact-times] [--shed] [--one-key]``:
+[--redis-full] [--fact-times] [--shed] [--one-key] [--settle-faults]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def main() -> int:
     parser.add_argument("--shed", action="store_true",
                         help="shards shed load now and then (mailbox full, queue late; with --processes, a process "
                              "at its door): each refusal must have changed nothing")
+    parser.add_argument("--settle-faults", action="store_true",
+                        help="a settle's fence lost, in doubt or landing late, and its reads of the log timing out")
     parser.add_argument("--one-key", action="store_true",
                         help="snapshots stored in one key whatever the seed (as seeds found before several were)")
     args = parser.parse_args()
@@ -57,7 +59,8 @@ def main() -> int:
     started, recoveries, tally = time.perf_counter(), 0, Tally()
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
-                        args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key)
+                        args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
+                        settle_faults=args.settle_faults)
         try:
             asyncio.run(driver.run(args.steps))
         except Violation as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from contextlib import nullcontext
 
 from atp_service.engine.orphans import CONFIRMED_ASKED_EVERY_MS, ORPHAN_AGE_MARGIN_MS, given_back, gives_up
 from atp_service.storage.snapshot_parts import PIECE_BYTES
@@ -32,6 +33,7 @@ from tests.sim.invariants import (
     one_record_per_id,
     snapshots_whole,
 )
+from tests.sim.settlefaults import SettleFaults, no_waits
 from tests.sim.shardcount import facts_answer_alike
 from tests.sim.shed import ShedCalls, Shedding
 from tests.sim.snapparts import PART_BYTES, READ_BYTES, PieceSizes
@@ -51,7 +53,7 @@ class Driver:
     def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
                  late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
                  clock_skew: bool = False, redis_full: bool = False, fact_times: bool = False,
-                 shed: bool = False, one_key: bool = False) -> None:
+                 shed: bool = False, one_key: bool = False, settle_faults: bool = False) -> None:
         """``late_across_steps``: with several processes, also order steps served past a step's end.
         ``retry_other_content``: with several processes, retries may carry other content than their
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
@@ -63,7 +65,8 @@ class Driver:
         window of an hour (E6) (``facttimes.py``). ``shed``: shards (and, with several processes, a
         process at its door) shed load now and then, the checker holding each refusal to "nothing done"
         (``shed.py``). ``one_key``: snapshots stored in one key whatever the seed (``snapparts.PIECE_BYTES``),
-        so that a seed found before snapshots of several keys were simulated keeps the path it was found on."""
+        so that a seed found before snapshots of several keys were simulated keeps the path it was found on.
+        ``settle_faults``: a settle's fence lost, in doubt or late, and its reads timing out (``settlefaults.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -85,6 +88,8 @@ class Driver:
         self.world.log.ids = SimIdClaims(seed, self.tally)  # a leased engine claims its ids (R5)
         self.full = RedisFull(seed, self.tally) if redis_full else None
         self.world.log.full = self.world.log.ids.full = self.full
+        self.settle = SettleFaults(seed, self.tally) if settle_faults else None
+        self.world.log.settle = self.settle
         if isinstance(self.world, ClusterWorld):
             self.world.network.across_steps = late_across_steps
         self.acked = Acknowledged()
@@ -111,7 +116,8 @@ class Driver:
     async def run(self, steps: int) -> None:
         step = -1
         try:
-            with ServiceErrors(self.tail.allows if self.tail else None) as self.errors:
+            with ServiceErrors(self.tail.allows if self.tail else None) as self.errors, \
+                    no_waits() if self.settle is not None else nullcontext():
                 await self.world.boot()
                 for step in range(steps):
                     await self.step(step)
@@ -137,13 +143,14 @@ class Driver:
         world = self.world
         if not isinstance(world, ClusterWorld):
             return (f"{self.seed}{' --lose-tail' if self.tail else ''}{' --redis-full' if self.full else ''}"
-                    f"{' --fact-times' if self.times else ''}{' --shed' if self.shed else ''}")
+                    f"{' --fact-times' if self.times else ''}{' --shed' if self.shed else ''}"
+                    f"{' --settle-faults' if self.settle else ''}")
         return (f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
                                                               else "")
                 + (" --retry-other-content" if self.retry_other_content else "")
                 + (" --lose-tail" if self.tail else "") + (" --clock-skew" if world.skew else "")
                 + (" --redis-full" if self.full else "") + (" --fact-times" if self.times else "")
-                + (" --shed" if self.shed else ""))
+                + (" --shed" if self.shed else "") + (" --settle-faults" if self.settle else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -175,9 +182,13 @@ class Driver:
         if self.shed is not None and (shedding := self.shed.draw(world.config.shards, self.processes)):
             self.trace.append(f"{step}: {shedding}")
         runner = StepRunner(world, rng)
+        if self.settle is not None:
+            self.settle.active = True
         try:
             ended = await runner.run(calls, plan)
         finally:
+            if self.settle is not None:
+                self.settle.active = False  # the quiesce after: Redis answers
             if self.full is not None and (refused := self.full.end_step()):  # the quiesce after: Redis has room
                 self.trace.append(f"{step}: {refused}")
             if self.shed is not None and (shed := self.shed.end_step()):  # the quiesce after: nothing is shed

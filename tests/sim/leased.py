@@ -26,6 +26,7 @@ from atp_service.storage.log import CrossGroupWrite, LogStore, SnapshotRecord
 from atp_service.storage.nodes import Nodes
 from atp_service.storage.records import UNCLAIMED
 from atp_service.storage.snapshot_parts import PIECE_BYTES
+from tests.sim.settlefaults import LateFence, timed_out
 from tests.sim.sidestreams import SideStreams
 from tests.sim.simlog import SimLog, _Unit
 from tests.sim.snapparts import SimNodes
@@ -129,13 +130,23 @@ class ProcessLog(LogStore):
         redis = self.redis
         if redis.faults is not None and redis.faults.random() < 0.3:
             redis.arrive_late()  # scripts on their way got there just before the fence did
+        outcome = redis.settle.fence() if redis.settle is not None else "ok"
+        if outcome == "lost":
+            raise timed_out(outcome)
+        if outcome == "late":
+            redis.late.append(LateFence(shard, self._tokens.get(shard, 0), epoch, self))
+            raise timed_out(outcome)
         if redis.owners[shard] != epoch:
             raise self.refused(shard)
         redis.fences[shard] = max(redis.fences[shard], self._tokens.get(shard, 0)) + 1  # FENCE_SCRIPT
+        if outcome == "doubt":
+            raise timed_out(outcome)  # raised in Redis; the answer, and so the new token, lost
         self._tokens[shard] = redis.fences[shard]
 
     async def last_seq(self, shard: int) -> int:
         await self.round_trip()
+        if self.redis.settle is not None:
+            self.redis.settle.read("the log's end")
         return self.redis._last(shard)
 
     async def last_seqs(self, shards: list[int]) -> list[int]:
@@ -146,6 +157,8 @@ class ProcessLog(LogStore):
 
     async def entries_after(self, shard: int, seq: int, chunk: int = 2000) -> AsyncIterator[tuple[int, bytes]]:
         await self.round_trip()
+        if self.redis.settle is not None:
+            self.redis.settle.read("the log's entries")
         for entry_seq, data in list(self.redis.logs[shard]):
             if entry_seq > seq:
                 yield entry_seq, data

@@ -29,6 +29,7 @@ from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_and_wait
 from reservation import ChannelUpdate, Key, Published
 from tests.sim.full import oom, refuses
+from tests.sim.settlefaults import timed_out
 from tests.sim.simlog import SimLog
 
 ESTATE = parse_estate({
@@ -87,11 +88,19 @@ class SimChannelStore:
         await self.log.writable()
         if self.log.faults is not None and self.log.faults.random() < 0.3:
             self.arrive_late()  # a write on its way got there just before the fence did
+        settle = self.log.settle  # ``--settle-faults``: lost or in doubt (``settlefaults.py``)
+        outcome = "ok" if settle is None else settle.fence(late=False)
+        if outcome == "lost":
+            raise timed_out(outcome)
         self.redis_fence = max(self.redis_fence, self.token or 0) + 1  # FENCE_SCRIPT: above the token too
+        if outcome == "doubt":
+            raise timed_out(outcome)  # raised in Redis; the answer, and so the new token, lost
         self.token = self.redis_fence
 
     async def last_version(self, channel: str) -> int:
         await self.log.round_trip()
+        if self.log.settle is not None:
+            self.log.settle.read(f"the newest version of {channel}")
         return self._top(channel)
 
     # -- what the driver calls -------------------------------------------------------------

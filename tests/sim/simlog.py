@@ -37,6 +37,7 @@ from atp_service.storage.log import CrossGroupWrite, Fenced, SnapshotRecord
 from atp_service.storage.records import UNCLAIMED, claimed, number_of, opened_snapshot
 from atp_service.storage.snapshot_parts import PIECE_BYTES, write_snapshot_in_parts
 from tests.sim.full import RedisFull, oom, refuses
+from tests.sim.settlefaults import LateFence, SettleFaults, timed_out
 from tests.sim.sidestreams import SideStreams
 from tests.sim.snapkeys import Held, SnapshotReads, stored_bytes
 from tests.sim.snapparts import ScriptCall, SimNodes, run_script
@@ -94,7 +95,7 @@ class SimLog:
         self.torn: list[str] = []  # snapshots stored that the service never wrote whole
         self.history: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         self.pending: list[_Unit] = []
-        self.late: list[_Unit | ScriptCall] = []  # sent, the caller told it failed, not yet arrived
+        self.late: list[_Unit | ScriptCall | LateFence] = []  # sent, the caller told it failed, not yet arrived
         self.fences: dict[int, int] = defaultdict(int)  # Redis's fence per shard
         self.tokens: dict[int, int] = defaultdict(int)  # what this instance's writes carry
         self.redis_epoch = UNCLAIMED  # the epoch in every group's owner key (one script claims them all)
@@ -126,6 +127,7 @@ class SimLog:
         self.reads = SnapshotReads(self)  # recovery's read of a snapshot: the service's own
         self.ids: Any = None  # several processes: the reservation id claims (``ids.SimIdClaims``)
         self.full: RedisFull | None = None  # ``--redis-full``: writes refused OOM (``full.py``)
+        self.settle: SettleFaults | None = None  # ``--settle-faults``: a settle's calls fail (``settlefaults.py``)
 
     # -- what ShardActor and Engine call -----------------------------------------------
     def is_fenced(self, _shard: int) -> bool:
@@ -177,13 +179,23 @@ class SimLog:
         await self.writable()
         if self.faults is not None and self.faults.random() < 0.3:
             self.arrive_late()  # scripts on their way got there just before the fence did
+        outcome = self.settle.fence() if self.settle is not None else "ok"
+        if outcome == "lost":
+            raise timed_out(outcome)
+        if outcome == "late":
+            self.late.append(LateFence(shard, self.tokens[shard], self.epoch))
+            raise timed_out(outcome)
         if self.redis_epoch != self.epoch:
             raise self.refused_claim()  # FENCE_SCRIPT checks the owner key first
         # FENCE_SCRIPT: above the token too (Redis come back from older data holds a fence below it).
         self.fences[shard] = max(self.fences[shard], self.tokens[shard]) + 1
+        if outcome == "doubt":
+            raise timed_out(outcome)  # raised in Redis; the answer, and so the new token, lost
         self.tokens[shard] = self.fences[shard]
 
     async def last_seq(self, shard: int) -> int:
+        if self.settle is not None:
+            self.settle.read("the log's end")
         return self._last(shard)
 
     async def last_seqs(self, shards: list[int]) -> list[int]:
@@ -192,6 +204,8 @@ class SimLog:
     async def still_owner(self, _group: int | None = None) -> bool:
         """``LogStore.still_owner``: whether the owner keys still hold this instance's claim."""
         await self.round_trip()
+        if self.settle is not None:
+            self.settle.read("the owner keys")
         if not self.fenced and self.redis_epoch != self.epoch:
             self.refused_claim()
         return not self.fenced
@@ -208,6 +222,8 @@ class SimLog:
 
     async def entries_after(self, shard: int, seq: int) -> AsyncIterator[tuple[int, bytes]]:
         await self.round_trip()
+        if self.settle is not None:
+            self.settle.read("the log's entries")
         for entry_seq, data in list(self.logs[shard]):
             if entry_seq > seq:
                 yield entry_seq, data
@@ -305,7 +321,7 @@ class SimLog:
     def crash(self, rng: random.Random) -> None:
         """The process dies. What it had sent (late scripts, then appends not yet answered) each
         reaches Redis now, later (after the restart: refused, its epoch replaced) or never."""
-        sent: list[_Unit | ScriptCall] = self.late + [u for u in self.pending if not u.done.done()]
+        sent: list[_Unit | ScriptCall | LateFence] = self.late + [u for u in self.pending if not u.done.done()]
         self.pending, self.late = [], []
         self._scatter(sent, rng)
         self.resume()  # a restart does not wait for Redis's pause: the pause ends with the crash
@@ -317,7 +333,7 @@ class SimLog:
         self.pending = [u for u in self.pending if u.proc is not proc]
         self._scatter(sent, rng)
 
-    def _scatter(self, sent: Sequence[_Unit | ScriptCall], rng: random.Random) -> None:
+    def _scatter(self, sent: Sequence[_Unit | ScriptCall | LateFence], rng: random.Random) -> None:
         """What a dead process had sent: each reaches Redis now, later (``late``) or never."""
         for unit in sent:
             fate = rng.random()
@@ -354,10 +370,12 @@ class SimLog:
             return "GAP"
         return None
 
-    def land(self, unit: _Unit | ScriptCall) -> str | None:
+    def land(self, unit: _Unit | ScriptCall | LateFence) -> str | None:
         """Land a unit all or none, as the append (or snapshot) script would; the refusal, if any."""
         if isinstance(unit, ScriptCall):
             return run_script(self, unit)
+        if isinstance(unit, LateFence):
+            return self.land_fence(unit)
         if unit.epoch != (self.redis_epoch if unit.proc is None else self.owners[unit.shard]):
             return "FENCED"  # a replaced instance's; several processes: its group's owner key (one per group)
         for shard, seq, _, token in unit.entries:
@@ -369,4 +387,13 @@ class SimLog:
         for shard, seq, data, _ in unit.entries:
             self.logs[shard].append((seq, data))
             self.history[shard].append((seq, data))
+        return None
+
+    def land_fence(self, fence: LateFence) -> str | None:
+        """A fence script arriving late (``--settle-faults``): ``FENCE_SCRIPT`` with the token it carried, so
+        above every fence raised since; refused FENCED when its owner key has a newer claim."""
+        if fence.epoch != (self.redis_epoch if fence.proc is None else self.owners[fence.shard]):
+            return "FENCED"
+        self.fences[fence.shard] = max(self.fences[fence.shard], fence.token) + 1
+        self.tally.late_fences += 1
         return None

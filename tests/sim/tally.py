@@ -61,6 +61,10 @@ class Tally:
     fact_within: int = 0  # within fact_future_skew_ms ahead of the clock (E7: applied)
     fact_past: int = 0  # past it (E7: refused)
     fact_late: int = 0  # before stream time minus grace (E6: quarantined)
+    # a settle's own calls failing (``--settle-faults``):
+    fence_faults: int = 0  # fences lost, in doubt or late
+    late_fences: int = 0  # ... of those late, that landed past the token their shard went on with
+    settle_reads_failed: int = 0  # reads of a settle (the log's end, its entries) timed out
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -92,6 +96,9 @@ class Tally:
                    f"calls refused, {self.shed_retries} reserves sent again" if self.shed_spans else "")
                 + (f"; facts stamped {self.fact_within} within the skew / {self.fact_past} past it / "
                    f"{self.fact_late} late" if self.fact_within + self.fact_past + self.fact_late else "")
+                + (f"; settles: {self.fence_faults} fences failed ({self.late_fences} landed late), "
+                   f"{self.settle_reads_failed} reads timed out"
+                   if self.fence_faults + self.settle_reads_failed else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")
                 + (f" ({self.node_losses} losses of one node; {self.owner_check_stops} shards stopped by the "
