@@ -1,7 +1,7 @@
 """Smoke runs of benchmarks/fault_soak.py and its delaying proxy (issue 15).
 
 The soak runs for a few seconds with every kind of fault at least once (a Redis write pause, a
-proxy delay, kill -9 and restart) and must find every invariant it checks holding. No timing
+proxy delay, connections to Redis reset, kill -9 and restart) and must find every invariant it checks holding. No timing
 assertions: its figures are what ``make soak`` reports.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from atp_service.storage.log import connect
@@ -41,7 +42,7 @@ async def test_soak_with_every_fault_kind_keeps_every_invariant(tmp_path: Path) 
     figures = lines[0]
     found = [ln for ln in err.decode().splitlines() if ln.startswith(("violation:", "note:"))]
     violations = "\n".join([*found[:40], f"(service log: {tmp_path / 'soak' / 'service.log'})"])
-    assert all(figures["faults"][kind] >= 1 for kind in ("pauses", "delays", "kills")), figures
+    assert all(figures["faults"][kind] >= 1 for kind in ("pauses", "delays", "kills", "cuts")), figures
     assert figures["acknowledged_reservations_checked"] > 0 and figures["acknowledged_facts_checked"] > 0, figures
     assert {kind: figures[kind] for kind in CLEAN} == dict.fromkeys(CLEAN, 0), violations
     assert figures["ok"] and proc.returncode == 0, violations
@@ -67,6 +68,29 @@ async def test_delaying_proxy_lands_a_timed_out_write_later(redis_url: str, tmp_
         with pytest.raises(RedisTimeout):
             await through.set("k", "landed")
         assert await until(lambda: direct.get("k"), b"landed")
+        await proxy.clear()
+        assert await through.set("k", "again") and await direct.get("k") == b"again"
+    finally:
+        await through.aclose()
+        await direct.aclose()
+        await proxy.stop()
+
+
+async def test_a_cut_connection_answers_a_write_redis_ran_by_a_lost_connection(redis_url: str, tmp_path: Path) -> None:
+    """``cut``: the write reached Redis and ran; its reply, held back, never comes — the connection is reset
+    (R7's lost connection: in doubt). The next call opens a new connection."""
+    direct = aioredis.Redis.from_url(redis_url)
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = DelayProxyProcess(f"127.0.0.1:{port}", tmp_path / "proxy.log")
+    through = connect(f"redis://127.0.0.1:{await proxy.start()}/0", 60.0)  # no retries: as the service's
+    try:
+        assert await through.set("k", "before")
+        await proxy.delay(60.0, "down")  # the reply waits in the proxy; the cut comes first
+        writing = asyncio.ensure_future(through.set("k", "landed"))
+        assert await until(lambda: direct.get("k"), b"landed")  # Redis ran it
+        await proxy.cut()
+        with pytest.raises(RedisConnectionError):
+            await writing
         await proxy.clear()
         assert await through.set("k", "again") and await direct.get("k") == b"again"
     finally:

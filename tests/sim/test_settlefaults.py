@@ -25,3 +25,13 @@ async def test_a_settle_whose_fence_or_reads_fail_tries_again_and_every_invarian
         await Driver(seed, tally, processes=3, settle_faults=True).run(60)
     assert tally.fence_faults > SETTLE_FAULT_SEEDS and tally.late_fences and tally.settle_reads_failed, tally
     assert durability.SETTLE_RETRY.first_s > 0, "the service's waits are given back after the run"
+
+
+async def test_a_seed_with_settle_faults_replays_exactly() -> None:
+    """The settle's tries again are turns of the event loop, not waits on the wall clock (``no_waits``): a seed
+    takes one path, its faults drawn alike."""
+    first, second = (Driver(54321, Tally(), processes=3, settle_faults=True) for _ in range(2))
+    await first.run(30)
+    await second.run(30)
+    assert first.tally.fence_faults and first.trace == second.trace and first.tally == second.tally
+    assert first.world.log.history == second.world.log.history
