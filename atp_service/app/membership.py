@@ -25,6 +25,7 @@ from typing import Any
 from atp_service.app.balancing import FreeWatch, RenewalPace, address_of, plan_balance, preference
 from atp_service.app.handing import NotRecovered, hand_over_all
 from atp_service.app.lost_entries import say_if_lost
+from atp_service.app.shared_address import refuse_if_shared
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
@@ -89,10 +90,9 @@ class Membership:
 
     # -- routing ------------------------------------------------------------------------
     def where(self, group: int) -> tuple[str, int]:
-        """Who serves ``group`` as far as this process knows: ("", 0) while none does (or this one
-        is handing it over, or no longer answers for it: its lease unrenewed past ``SAFETY``, where
-        naming itself would send its callers straight back, for as long as the renewals fail); the
-        owner last read where that is another process."""
+        """Who serves ``group`` as far as this process knows: ("", 0) while none does (or this one is handing it
+        over, or no longer answers for it: its lease unrenewed past ``SAFETY``, where naming itself would send its
+        callers straight back, for as long as the renewals fail); the owner last read where that is another."""
         if group in self._handing or group in self._vacating:
             return "", 0
         actor = self._engine.actors[group]
@@ -108,17 +108,18 @@ class Membership:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, retrying: Retrying = once) -> None:
-        """Register, take a first share of the groups (recovered before this returns), then keep
-        renewing and rebalancing in the background. ``retrying`` runs the first balance: the start's
-        waits for Redis (a balance is safe to repeat: it takes what is still missing)."""
+        """Register, refuse an address another live process advertises (``shared_address``), take a first share
+        of the groups (recovered before this returns), then keep renewing and rebalancing in the background.
+        ``retrying`` runs the first balance: the start's waits for Redis (a balance may be repeated)."""
         if missing := await self.renew():
             self._metrics.renewal_failures.inc()
             log.warning("starting: %s", missing)  # the balance's takings are retried by ``retrying``
         loop = asyncio.get_running_loop()
-        # Renewing runs while the first share is recovered: the groups taken first must not run out
-        # while the later ones are recovered, however long that takes (or Redis is waited for).
+        # Renewing runs while the first share is recovered (the groups taken first must not run out while the
+        # later ones are), and while another entry at this address is waited out (its process must see ours).
         renewing = loop.create_task(self._keep_renewing(failed_first=bool(missing)), name="leases-renew")
         try:
+            await refuse_if_shared(self._store, self.address, self.leases.holder, self._config.lease_ms)
             await retrying(self.balance)
         except BaseException:
             await cancel_and_wait(renewing)
@@ -378,8 +379,7 @@ class Membership:
                         "duration_ms": round(took_s * 1000)})
 
     async def _hand_over(self, group: int, snapshot: bool = True) -> None:
-        """Give ``group`` up gracefully: its work drained, a final snapshot, the lease given back —
-        in a task of its own, which the caller going away does not stop half-way."""
+        """Give ``group`` up gracefully (drained, final snapshot, lease given back) in a task its caller cannot stop."""
         await asyncio.shield(self._own(self._hand_over_now(group, snapshot)))
 
     async def _hand_over_now(self, group: int, snapshot: bool) -> None:

@@ -1,0 +1,69 @@
+"""A leased process's advertised address is its own (``ownership = leases``): the address is how every
+other process, and every routing client, names and reaches it.
+
+Two live processes advertising one address (each replica of a deployment given the same
+``advertise_address``: a load-balanced service name, a copied setting) each counted the other as
+itself: a process's routes treat a group held at its own address as one it no longer serves, and
+the shares count one process where two run. So both took groups, and the groups of the one the
+address does not reach answered nobody, for good — calls for them forwarded to the address met the
+other process, which refused them ``GROUP_MOVED`` naming no owner, and ``GetRouting`` sent routing
+clients there too — with nothing said anywhere. A start finding another live process at its address
+refuses instead (``StartupError``: exit status 2), before it takes any group.
+
+Live is proven by Redis, not by time: a process's entry in the members (``membership.MEMBERS_SCRIPT``)
+is renewed every third of a lease, its score (its expiry, by Redis's clock) rising each time. An entry
+at this address that rises, or that appears, is a live process's. One that is left as it is belongs
+to a process that stopped renewing — killed, or paused, and restarted here — and Redis drops it once
+its score passes (this start's own renewals remove expired entries), so a restart at the same address
+waits at most a lease for its predecessor's entry to go, and goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from atp_service.app.balancing import address_of
+from atp_service.app.keyspace import StartupError
+from atp_service.storage.durability import STORAGE_ERRORS
+from atp_service.storage.log import LogStore
+from atp_service.storage.resp import as_text
+
+log = logging.getLogger(__name__)
+
+LOOKS_PER_LEASE = 6
+"""How often the members are read while an entry at this address is waited out: twice per renewal
+of a live process, so its first renewal is seen within half a renewal period."""
+
+
+def others_at(members: list[tuple[Any, float]], address: str, holder: str) -> dict[str, float]:
+    """The member entries (with their scores) at ``address`` that are not this process's (``holder``, or
+    ``holder.<hex>`` once registered anew)."""
+    return {entry: score for entry, score in ((as_text(m), s) for m, s in members)
+            if address_of(entry) == address and entry != holder and not entry.startswith(holder + ".")}
+
+
+async def refuse_if_shared(store: LogStore, address: str, holder: str, lease_ms: int) -> None:
+    """Returns once no other live process advertises ``address``; raises ``StartupError`` where one does.
+    Waits while an entry of another process there is neither renewed nor gone: at most a lease, the time
+    Redis keeps the entry of a process that stopped renewing. Redis not answering: tried again."""
+    seen: dict[str, float] | None = None
+    while True:
+        try:
+            now = others_at(await store.client.zrange(store.keys.members, 0, -1, withscores=True), address, holder)
+        except STORAGE_ERRORS as exc:
+            log.debug("members not read (%r): tried again", exc)
+        else:
+            if seen is not None and (live := [e for e, score in now.items() if e not in seen or score > seen[e]]):
+                raise StartupError(
+                    f"advertise_address: another live process advertises {address} (member {live[0]!r}): each "
+                    "process of a keyspace needs an address of its own, where the others and routing clients reach "
+                    "it alone; sharing one, the groups of the process the address does not reach answer nobody")
+            if not now:
+                return
+            seen = now
+        await asyncio.sleep(lease_ms / 1000 / LOOKS_PER_LEASE)
+
+
+__all__ = ["others_at", "refuse_if_shared"]

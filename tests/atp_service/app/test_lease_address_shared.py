@@ -1,0 +1,58 @@
+"""A process advertising the address of another live process of its keyspace (``ownership = leases``)
+refuses to start (``app/shared_address.py``): both counted the other as themselves, both took groups,
+and the groups of the one the address does not reach answered nobody, for good, nothing said. A
+restart at the address of a process that stopped renewing (killed) waits its entry out and serves."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from atp_service import AtpService, free_port
+from atp_service.app.keyspace import StartupError
+from tests.atp_service.app.test_processes import SHARDS, owned, start_process
+from tests.conftest import ServiceFactory
+
+__all__ = ["start_process"]  # the fixture, used here by name
+
+SHARED = "advertise_address: another live process advertises"
+
+
+async def test_a_process_advertising_the_address_of_a_live_one_refuses_to_start(start_process: ServiceFactory) -> None:
+    first, _ = await start_process(port=free_port(), host="127.0.0.1")
+    assert owned(first) == set(range(SHARDS))
+    second = start_process(port=free_port(), host="127.0.0.1", advertise_address=f"127.0.0.1:{first.port}")
+    with pytest.raises(StartupError, match=SHARED):
+        await second
+    assert owned(first) == set(range(SHARDS))  # every group still answered at the address
+
+
+async def test_two_processes_starting_at_once_at_one_address_do_not_both_serve(start_process: ServiceFactory) -> None:
+    port = free_port()
+    shared = {"host": "127.0.0.1", "advertise_address": f"127.0.0.1:{port}"}
+    ends = await asyncio.gather(start_process(port=port, host="127.0.0.1"),
+                                start_process(port=free_port(), **shared), return_exceptions=True)
+    refused = [end for end in ends if isinstance(end, StartupError)]
+    assert refused and all(SHARED in str(end) for end in refused), ends  # one, or both: said, not served silently
+    served: list[AtpService] = [end[0] for end in ends if isinstance(end, tuple)]
+    for service in served:  # one alone served: every group taken at its address
+        assert owned(service) == set(range(SHARDS))
+
+
+async def test_a_restart_at_the_address_of_a_killed_process_waits_its_entry_out(start_process: ServiceFactory,
+                                                                                   redis_url: str) -> None:
+    """A killed process's member entry stays until Redis times it out (a lease): not renewed, it is no live
+    process, and the restart at its address serves once it is gone."""
+    port = free_port()
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        seconds, micros = await admin.time()
+        dead = f"127.0.0.1:{port}|0123456789ab"  # as the killed process registered, its last renewal just now
+        await admin.zadd("atp:members", {dead: seconds * 1000 + micros // 1000 + 1000})
+        service, _ = await start_process(port=port, host="127.0.0.1", lease_ms=1000)
+        assert owned(service) == set(range(SHARDS))
+        assert dead.encode() not in await admin.zrange("atp:members", 0, -1)
+    finally:
+        await admin.aclose()
