@@ -27,7 +27,7 @@ from atp_service.edge.observed import observed as _observed
 from atp_service.edge.overload import LoopLagMonitor
 from atp_service.edge.record import record_events
 from atp_service.edge.routing import RoutingTable, routing_pb, single_process
-from atp_service.edge.streams import OwnerStreams, check_answer_size, when_settled
+from atp_service.edge.streams import OwnerStreams, SentInTurn, check_answer_size, when_settled
 from atp_service.edge.watch import Watchers
 from atp_service.engine.router import Engine
 from atp_service.intake.facts import FactDesk
@@ -327,7 +327,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 outcomes.append(None)
             except DomainError as exc:
                 outcomes.append(_failed(req.reservation_id, exc))
-        decided = iter(zip(cmds, await self.engine.reserve_many(cmds), strict=True))
+        sent = SentInTurn([n for n, outcome in enumerate(outcomes) if outcome is None], batch, owners)
+        decided = iter(zip(cmds, await self.engine.reserve_many(cmds, sent.now), strict=True))
         answer = pb.ReserveStreamResponse()
         add = answer.outcomes.add
         moved: dict[int, Moved] = {}
@@ -337,16 +338,16 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                 continue
             cmd, result = next(decided)
             if isinstance(result, Moved):  # another process's group: its owner's outcome, filled in below
-                moved[n] = result
+                if n not in sent.items:  # refused so after the batch's turn (an order's): sent on now
+                    moved[n] = result
                 add()
             elif isinstance(result, DomainError):
                 add(reservation_id=cmd.reservation_id, error=rich_status(result))
             else:
                 outcome = add(reservation_id=cmd.reservation_id)
                 convert.fill_reserve_response(outcome.response, *result)
-        if moved:
-            for n, outcome in (await owners.answer(batch, moved)).items():
-                answer.outcomes[n].CopyFrom(outcome)
+        for n, outcome in (await sent.answers(moved)).items():
+            answer.outcomes[n].CopyFrom(outcome)
         check_answer_size(answer, len(batch.reservations), self.max_message_bytes)  # ends the stream
         self.latency("ReserveStream.batch", "OK").observe(time.perf_counter() - started)
         return answer

@@ -245,6 +245,36 @@ class OwnerStreams:
             await asyncio.wait(list(self._readers))
 
 
+class SentInTurn:
+    """A ``ReserveStream`` batch's items owned by other processes, sent to their owners in the batch's turn
+    (``now``: its ids claimed, its shards asked), before any later batch's — not once this process's own shards
+    have answered it: a later batch with nothing to wait for here had its item there decided first, taking units
+    an earlier batch's item was then refused for, where one process decides them in the order they came.
+    ``at``: each command's place in the batch."""
+
+    def __init__(self, at: list[int], batch: pb.ReserveStreamRequest, owners: OwnerStreams) -> None:
+        self._at, self._batch, self._owners = at, batch, owners
+        self.items: set[int] = set()
+        self._asked: list[asyncio.Future[dict[int, pb.ReserveOutcome]]] = []
+
+    def now(self, out: list[Any]) -> None:
+        moved = {self._at[i]: result for i, result in enumerate(out) if isinstance(result, Moved)}
+        if moved:
+            self.items.update(moved)
+            asking = asyncio.ensure_future(self._owners.answer(self._batch, moved))  # its asks made in this order
+            asking.add_done_callback(exception_seen)  # the batch may end first (its shards refused it whole)
+            self._asked.append(asking)
+
+    async def answers(self, late: dict[int, Moved]) -> dict[int, pb.ReserveOutcome]:
+        """The owners' outcomes of the items sent on: in the batch's turn, and ``late`` (sent now)."""
+        if late:
+            self._asked.append(asyncio.ensure_future(self._owners.answer(self._batch, late)))
+        found: dict[int, pb.ReserveOutcome] = {}
+        for outcomes in await asyncio.gather(*self._asked):
+            found.update(outcomes)
+        return found
+
+
 def when_settled(batches: set[asyncio.Task[Any]], then: Callable[[], None]) -> None:
     """Call ``then`` once every task of ``batches`` has ended (now, when none is running). An ended
     stream's batches go on being decided (R8: applied whole, a retry replays them), each holding its

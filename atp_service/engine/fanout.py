@@ -18,13 +18,14 @@ async def gather_by_shard(
     actors: Sequence[ShardActor], groups: dict[int, list[int]],
     work_for: Callable[[list[int]], Callable[[Ledger, int], list[Any]]],
     out: list[Any], more: Sequence[tuple[list[int], Awaitable[list[Any]]]] = (),
-    settled: Callable[[list[int], list[Any] | None], None] | None = None,
+    settled: Callable[[list[int], list[Any] | None], None] | None = None, asked: Callable[[], None] | None = None,
 ) -> None:
     """One actor message per shard for the items ``groups`` assigns it; each item's result, or the
     error that kept its shard from deciding it, lands at the item's index in ``out``. ``settled``
     is called with a shard's items and its results (None: not decided) once that shard has
     answered — whether or not this coroutine is still there to hear it (R8: a cancelled caller
-    abandons only the waiting)."""
+    abandons only the waiting). ``asked`` is called once every shard was asked, before any answer
+    is waited for: the items a shard refused at once (``Moved``) are in ``out`` by then."""
     waits: list[tuple[list[int], Awaitable[list[Any]]]] = list(more)
     for shard, idx in groups.items():
         try:
@@ -40,6 +41,8 @@ async def gather_by_shard(
             reply.add_done_callback(lambda fut, idx=idx: settled(  # type: ignore[misc]
                 idx, None if fut.cancelled() or fut.exception() is not None else fut.result()))
         waits.append((idx, reply))
+    if asked is not None:
+        asked()
     for idx, fut in waits:
         try:
             results = await fut

@@ -188,9 +188,10 @@ class Engine(OwnedShards):
         self._count(result)
         return result
 
-    async def reserve_many(self, cmds: Sequence[ReserveCommand]) -> list[tuple[Reservation, bool] | DomainError]:
-        """Independent reservations (the high-volume path): one actor message per shard, not per order. One
-        spanning shards: ``reserve``'s task, leased its id checked again (a hand-over meanwhile drops routes, R5)."""
+    async def reserve_many(self, cmds: Sequence[ReserveCommand], asked: Callable[[list[Any]], None] | None = None
+                           ) -> list[tuple[Reservation, bool] | DomainError]:
+        """Independent reservations: one actor message per shard; one spanning shards: ``reserve``'s task, leased its
+        id checked again (a hand-over drops routes, R5). ``asked(out)``: in the batch's turn, its shards asked."""
         out: list[tuple[Reservation, bool] | DomainError] = [_UNDECIDED] * len(cmds)
         items = enumerate(cmds) if self.ids is None else await self.ids.claimed(cmds, out)  # leased: claimed first
         groups: dict[int, list[int]] = {}
@@ -213,8 +214,8 @@ class Engine(OwnedShards):
                 else:
                     self.routes.unroute(rid)
 
-        await self.gather_by_shard(groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out, across,
-                                   decided)
+        await gather_by_shard(self.actors, groups, lambda idx: self._reserve_group([cmds[i] for i in idx]), out,
+                              across, decided, None if asked is None else lambda: asked(out))
         count_reservations(self.metrics, [out[i] for idx in groups.values() for i in idx])  # reserve(): the rest
         return out
 

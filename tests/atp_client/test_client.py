@@ -237,10 +237,10 @@ async def test_a_stream_the_service_keeps_answering_is_not_ended_however_many_ba
     assert service.engine is not None
     decide, one_at_a_time = service.engine.reserve_many, asyncio.Lock()
 
-    async def slowly(cmds: Any) -> Any:  # a busy service: each batch takes a while, one at a time
+    async def slowly(cmds: Any, *rest: Any) -> Any:  # a busy service: each batch takes a while, one at a time
         async with one_at_a_time:
             await asyncio.sleep(0.02)
-            return await decide(cmds)
+            return await decide(cmds, *rest)
 
     monkeypatch.setattr(service.engine, "reserve_many", slowly)
     batches = 100  # 2 s of deciding, in all sent at once (a few KiB): twice the answer bound
@@ -260,9 +260,9 @@ async def test_a_stream_is_not_ended_by_a_stall_of_the_callers_own_process(
     assert service.engine is not None
     decide = service.engine.reserve_many
 
-    async def after_a_stall(cmds: Any) -> Any:
+    async def after_a_stall(cmds: Any, *rest: Any) -> Any:
         time.sleep(1.5)  # noqa: ASYNC251 -- the stall itself: the whole process, client and service, held
-        return await decide(cmds)
+        return await decide(cmds, *rest)
 
     monkeypatch.setattr(service.engine, "reserve_many", after_a_stall)
     async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=0.5) as client:
