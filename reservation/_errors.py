@@ -52,7 +52,8 @@ class Reason(IntEnum):
     """R4: a HELD reservation is confirmed before it is fulfilled."""
     OPERATION_LIMIT_REACHED = 16
     """The reservation has had as many partial releases and fulfilments as one may (metadata
-    ``limit``: ``max_ops_per_reservation``); a whole release or fulfilment still works."""
+    ``limit``: ``max_ops_per_reservation``; ``SHIPMENT`` facts naming it are not counted); a whole
+    release or fulfilment still works, with an ``operation_id`` or without."""
     ESTATE_UNUSABLE = 17
     """The estate file cannot be used (or channels were off at start): nothing changed."""
     SHARD_OVERLOADED = 18

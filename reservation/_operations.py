@@ -215,7 +215,10 @@ def _with_op(rec: Reservation, operation_id: str, done: State, lines: tuple[Line
              limits: Limits) -> Reservation:
     new = rec.clone()
     if operation_id:
-        if len(new.ops) >= limits.max_ops_per_reservation:
+        # Only a partial operation counts against the bound: a whole one (no ``lines``) settles the
+        # reservation, so its id adds one entry at most. Held against it, a whole release or
+        # fulfilment sent with an id was refused past the bound, the very step the refusal names.
+        if lines and len(new.ops) >= limits.max_ops_per_reservation:
             raise DomainError(
                 f"operation_id: reservation already has {len(new.ops)} partial operations "
                 f"(limit max_ops_per_reservation={limits.max_ops_per_reservation}); release or fulfil the rest whole",
