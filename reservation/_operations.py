@@ -135,6 +135,12 @@ def expire(view: View, reservation_id: str, now: int) -> Reservation | None:
     rec = view.reservation(reservation_id)
     if rec is None or rec.state != State.HELD or rec.expires_at > now:
         return None
+    return expire_held(view, rec, now)
+
+
+def expire_held(view: View, rec: Reservation, now: int) -> Reservation:
+    """R3: HELD ``rec`` -> EXPIRED, its held units given back (none counted released), its own TTL not
+    asked: ``expire``'s change, and a part's whose order expired (a part never expires by itself)."""
     new = rec.clone()
     for line in new.lines:
         if line.held:

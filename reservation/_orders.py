@@ -62,7 +62,7 @@ still read, never written."""
 _KINDS: dict[Reason, type[DomainError]] = {Reason.CAPACITY_REACHED: ResourceExhausted}
 """The class a replayed refusal is raised as (``DomainError`` else: told by its reason, ``edge.errors.STATUS``)."""
 PART_TTL_MS = 10**15
-"""A part's TTL: it never expires by itself (its order's expiry releases it)."""
+"""A part's TTL: it never expires by itself (its order's expiry expires it)."""
 
 Place = Callable[[str], int]
 
@@ -285,7 +285,11 @@ def apply_share(view_: View, reservation_id: str, share: Share, now: int, limits
     if share.kind in (OrderStep.RELEASE, OrderStep.EXPIRE) and whole:
         # R3: only HELD -> EXPIRED; Q3: committed units never expire. A part confirmed under an order expiring
         # (its record taken back to HELD by Redis losing its home's entries, R7: ``_order_losses``) is kept.
-        busy = part.state in ((State.HELD,) if share.kind == OrderStep.EXPIRE else (State.HELD, State.CONFIRMED))
+        if share.kind == OrderStep.EXPIRE:
+            # Expired, not released: its units go back, none counted released (R3), as the order shows them
+            # like a one-group reservation's (released, an expired order's lines showed them so on a cluster).
+            return ops.expire_held(view_, part, now) if part.state == State.HELD else part
+        busy = part.state in (State.HELD, State.CONFIRMED)
         return ops.release(view_, reservation_id, (), "", now, limits) if busy else part
     if share.kind in (OrderStep.RELEASE, OrderStep.FULFIL) and not whole:
         return _partial_share(view_, part, share, now, limits)

@@ -112,8 +112,10 @@ def _read(shard: int, seq: int, data: bytes, group: _GroupStamps, released: Coll
         if not isinstance(event, ReservationSaved):
             continue
         rec, before = event.reservation, group.holds.get(event.reservation.reservation_id)
+        # A part never expires by itself: it expires with its order, whose own record this rule judges.
         if (before is not None and before.state == State.HELD and rec.state == State.EXPIRED
-                and 0 < entry.ts < before.expires_at and not _given_up(rec)):
+                and 0 < entry.ts < before.expires_at and not _given_up(rec)
+                and orders.order_of(rec.reservation_id) is None):
             raise Violation(f"R3: {rec.reservation_id} expired by group {shard}'s entry {seq} stamped {entry.ts}, "
                             f"{before.expires_at - entry.ts} ms before its expiry {before.expires_at}")
         if rec.is_order and before is not None:
