@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import heapq
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from ._bulk import CONFLICT, CountRows, Outcomes, apply_counts, late_reason, load_counts, no_room_reason
 from ._dedupe import Digest, FactMemory, digest
@@ -205,6 +205,28 @@ class Ledger(ReserveWrites, Upkeep):
                 out[rid] = None
                 # Rolled back, the hold must still expire later: one entry, not one per twin popped (R3).
                 self._undo.append(functools.partial(self.requeue_expiry, expires_at, rid))
+        return list(out)
+
+    def expiry_due(self, now: int) -> bool:
+        """Whether the expiry queue's head is due (it may be stale: ``due_alone`` drops it)."""
+        expiry = self._expiry
+        return bool(expiry) and expiry[0][0] <= now
+
+    def due_alone(self, now: int, alone: Callable[[Reservation], bool], limit: int) -> list[str]:
+        """``due``, from the queue's head while each due hold is one ``alone`` says this ledger expires by
+        itself: the first that is not (a hold spanning shards, an order) and those after it are left to
+        housekeeping. A Reserve's turn expires these before it is decided (R2, R3)."""
+        self._unquiet()
+        expiry, out = self._expiry, dict[str, None]()
+        while expiry and expiry[0][0] <= now and len(out) < limit:
+            expires_at, rid = expiry[0]
+            rec = self.reservations.get(rid)
+            if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at and rid not in out:
+                if not alone(rec):
+                    break
+                out[rid] = None
+                self._undo.append(functools.partial(self.requeue_expiry, expires_at, rid))  # as ``due``
+            heapq.heappop(expiry)
         return list(out)
 
     def requeue_expiry(self, expires_at: int, reservation_id: str) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.clock import Clock
@@ -18,7 +18,7 @@ from atp_service.engine.orphans import LeasedOrphans
 from atp_service.instruments import GaugeChild
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_for_good, keep
-from reservation import DomainError, Ledger, State, View
+from reservation import DomainError, Ledger, Reservation, State, View
 from reservation import _operations as ops
 
 if TYPE_CHECKING:
@@ -67,6 +67,20 @@ def _bounded_by_lines(due: list[tuple[str, int]], ledger: Ledger) -> list[list[t
         changes[-1].append((rid, expires_at))
         lines += count
     return changes
+
+
+def expire_alone(ledger: Ledger, now: int, place: Callable[[str], int]) -> None:
+    """Inside a Reserve's turn on ``ledger``, before it is decided: the holds there whose TTL has passed
+    and that this shard expires by itself (not spanning shards, not an order) expire in the Reserve's
+    entry. A hold past its TTL holds nothing when a Reserve is decided (R2, R3): left to the next pass,
+    its units refused a Reserve that a Confirm of it at the same moment answered EXPIRED."""
+    shard = ledger.shard
+
+    def alone(rec: Reservation) -> bool:
+        return not rec.is_order and all(place(line.sku) == shard for line in rec.lines)
+
+    for rid in ledger.due_alone(now, alone, EXPIRE_PER_TURN):
+        ops.expire(ledger, rid, now)
 
 
 class Housekeeper:

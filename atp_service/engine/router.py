@@ -1,8 +1,7 @@
 """The engine: routes commands to shard actors and coordinates the few that span shards.
 
-A SKU lives on one shard (stable hash), so a single-SKU reservation is one actor
-message. A reservation whose lines span shards is decided by the ``Coordinator``:
-all-or-nothing (R2), whatever happens to its caller (R8).
+A SKU lives on one shard (stable hash), so a single-SKU reservation is one actor message. A reservation
+whose lines span shards is decided by the ``Coordinator``: all-or-nothing (R2), whatever happens to its caller (R8).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from atp_service.engine.clock import Clock
 from atp_service.engine.coordinator import Coordinator, ViewWork
 from atp_service.engine.fanout import STATE_NAMES, count_reservations, gather_by_shard, one_as_list
 from atp_service.engine.ids import IdGuard
-from atp_service.engine.maintenance import Housekeeper
+from atp_service.engine.maintenance import Housekeeper, expire_alone
 from atp_service.engine.orders import Orders
 from atp_service.engine.owned import OwnedShards
 from atp_service.engine.parts import Remote
@@ -178,8 +177,7 @@ class Engine(OwnedShards):
             raise
 
     async def _reserve_order(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
-        """An order spanning groups (``Orders``): its saga runs to its end whatever the caller does,
-        so its route is settled when the saga is, not when the caller stops waiting."""
+        """An order spanning groups (``Orders``): its saga, and its route with it, ends whatever the caller does."""
         saga = self.orders.reserve(cmd, home)  # type: ignore[union-attr]
         rid = cmd.reservation_id
         saga.add_done_callback(lambda task: self.routes.done(rid) if not task.cancelled() and task.exception() is None
@@ -247,6 +245,8 @@ class Engine(OwnedShards):
 
     def _reserve_checked(self, home: Ledger, view: ReserveView, cmd: ReserveCommand, now: int
                          ) -> tuple[Reservation, bool]:
+        if view is home and home.expiry_due(now):  # as ``_reserve_alone`` (across shards: at the next pass)
+            expire_alone(home, now, self.place)
         full = record_refusal(home, self.limits)
         if full is not None and view.reservation(cmd.reservation_id) is None:  # a replay is answered (R5)
             self.count_capacity_refusal(full)
@@ -260,6 +260,8 @@ class Engine(OwnedShards):
         if live >= limits.max_live_reservations_per_shard or \
                 len(ledger.reservations) - live >= limits.max_resolved_reservations_per_shard:
             return self._reserve_checked(ledger, ledger, cmd, now)
+        if ledger.expiry_due(now):  # R2, R3: a hold past its TTL holds nothing when this is decided
+            expire_alone(ledger, now, self.place)
         groups = self.group_policies.get(cmd.channel, self.default_group_policy)
         rec = ledger.reserve_new(cmd, now, groups)  # ``ops.reserve`` on a ledger, without its frame
         return (rec, False) if rec is not None else ops.reserve_otherwise(ledger, cmd, now, groups)
@@ -377,9 +379,8 @@ class Engine(OwnedShards):
         return run
 
     def remembers(self, cmd: ReserveCommand) -> bool:
-        """Whether ``cmd``'s Reserve is answered by a record decided already (its home holds its id:
-        R5), or is not decided here at all (its home another process's: ``Moved``, asked there). A
-        hint read between turns: a record forgotten meanwhile (past its retention) is decided anew."""
+        """Whether ``cmd``'s Reserve is answered by a record decided already (its home holds its id: R5),
+        or not here (its home another process's: ``Moved``). A hint: one forgotten meanwhile is decided anew."""
         actor = self.actors[self.routes.placement(cmd)[1]]
         return actor.vacant or actor.ledger.reservation(cmd.reservation_id) is not None
 
@@ -387,8 +388,7 @@ class Engine(OwnedShards):
         return self._home.get(reservation_id)
 
     def run(self, shards: set[int], home: int, work: ViewWork) -> Awaitable[Any]:
-        """Run ``work`` on one shard's actor, or across several through the coordinator; to await
-        at once. Not a coroutine itself: a unary Reserve awaits the shard's answer directly."""
+        """``work`` on one shard's actor, or across several by the coordinator: not a coroutine (awaited at once)."""
         if len(shards) == 1:
             return self.actors[home].submit(work)
         return self._coordinator.run(sorted(shards), home, work)

@@ -1,0 +1,34 @@
+"""``Ledger.due_alone``: the holds a Reserve's turn expires before it is decided (R2, R3) — due ones
+from the head of the expiry queue, up to the first this ledger cannot expire by itself."""
+
+from __future__ import annotations
+
+from reservation import State, expire, reserve
+from tests.reservation.helpers import cmd, ledger_with
+
+NOW = 10_000
+
+
+def test_due_holds_from_the_head_up_to_the_first_not_alone() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("first", ("A", "S1", 1), ttl=10), NOW)
+    reserve(ledger, cmd("spanning", ("A", "S1", 1), ttl=20), NOW)
+    reserve(ledger, cmd("after", ("A", "S1", 1), ttl=30), NOW)
+    reserve(ledger, cmd("later", ("A", "S1", 1), ttl=60), NOW)
+    at = NOW + 30_000
+    assert ledger.expiry_due(at) and not ledger.expiry_due(NOW + 9_999)
+    assert ledger.due_alone(at, lambda rec: rec.reservation_id != "spanning", 100) == ["first"]
+    for rid in ledger.due_alone(at, lambda rec: True, 100):  # what the pass expires, "spanning" on
+        expire(ledger, rid, at)
+    assert [ledger.reservation(rid).state for rid in ("spanning", "after", "later")] == [  # type: ignore[union-attr]
+        State.EXPIRED, State.EXPIRED, State.HELD]
+
+
+def test_a_batch_taken_back_queues_its_holds_again() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    reserve(ledger, cmd("r1", ("A", "S1", 1), ttl=10), NOW)
+    ledger.commit(NOW)
+    assert ledger.due_alone(NOW + 10_000, lambda rec: True, 100) == ["r1"]
+    ledger.rollback()
+    assert ledger.expiry_due(NOW + 10_000)
+    assert ledger.due_alone(NOW + 10_000, lambda rec: True, 100) == ["r1"]
