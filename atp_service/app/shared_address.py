@@ -16,6 +16,11 @@ at this address that rises, or that appears, is a live process's. One that is le
 to a process that stopped renewing — killed, or paused, and restarted here — and Redis drops it once
 its score passes (this start's own renewals remove expired entries), so a restart at the same address
 waits at most a lease for its predecessor's entry to go, and goes on.
+
+A read counts only once this process's own entry is in the members. Each start registers before it
+reads, so of two processes starting at once at one address the one that reads later finds the other.
+A start whose registration did not land (Redis away a moment: its renewals register it soon) found the
+address free as well as the other did: both served.
 """
 
 from __future__ import annotations
@@ -41,7 +46,11 @@ def others_at(members: list[tuple[Any, float]], address: str, holder: str) -> di
     """The member entries (with their scores) at ``address`` that are not this process's (``holder``, or
     ``holder.<hex>`` once registered anew)."""
     return {entry: score for entry, score in ((as_text(m), s) for m, s in members)
-            if address_of(entry) == address and entry != holder and not entry.startswith(holder + ".")}
+            if address_of(entry) == address and not _own(entry, holder)}
+
+
+def _own(entry: str, holder: str) -> bool:
+    return entry == holder or entry.startswith(holder + ".")
 
 
 async def refuse_if_shared(store: LogStore, address: str, holder: str, lease_ms: int) -> None:
@@ -51,16 +60,19 @@ async def refuse_if_shared(store: LogStore, address: str, holder: str, lease_ms:
     seen: dict[str, float] | None = None
     while True:
         try:
-            now = others_at(await store.client.zrange(store.keys.members, 0, -1, withscores=True), address, holder)
+            members = await store.client.zrange(store.keys.members, 0, -1, withscores=True)
         except STORAGE_ERRORS as exc:
             log.debug("members not read (%r): tried again", exc)
         else:
+            now = others_at(members, address, holder)
             if seen is not None and (live := [e for e, score in now.items() if e not in seen or score > seen[e]]):
                 raise StartupError(
                     f"advertise_address: another live process advertises {address} (member {live[0]!r}): each "
                     "process of a keyspace needs an address of its own, where the others and routing clients reach "
                     "it alone; sharing one, the groups of the process the address does not reach answer nobody")
-            if not now:
+            # Free only by a read made once this process is registered: one starting at once, unregistered
+            # too, may have read before either entry was there (an entry rising or appearing still counts).
+            if not now and any(_own(as_text(m), holder) for m, _ in members):
                 return
             seen = now
         await asyncio.sleep(lease_ms / 1000 / LOOKS_PER_LEASE)

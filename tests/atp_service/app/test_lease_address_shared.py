@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from atp_service import AtpService, free_port
 from atp_service.app.keyspace import StartupError
+from atp_service.app.membership import Membership
 from tests.atp_service.app.test_processes import SHARDS, owned, start_process
 from tests.conftest import ServiceFactory
 
@@ -56,3 +57,29 @@ async def test_a_restart_at_the_address_of_a_killed_process_waits_its_entry_out(
         assert dead.encode() not in await admin.zrange("atp:members", 0, -1)
     finally:
         await admin.aclose()
+
+
+async def test_two_processes_at_one_address_whose_first_registration_failed_do_not_both_serve(
+        start_process: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start's first renewal may not land (Redis away a moment: it goes on, renewing again soon). Its
+    read of the members before its own entry is there proves nothing: two processes starting at once at
+    one address, each unregistered, each found the address free and both served — the groups of the one
+    the address does not reach answering nobody, for good. Only a read made once its own entry is in the
+    members counts: of two such reads, the later one finds the other process."""
+    renew_members = Membership._renew_members
+    failed: set[int] = set()
+
+    async def first_one_lost(self: Membership) -> str:
+        if id(self) not in failed:  # this process's first registration: not landed
+            failed.add(id(self))
+            return "members: ConnectionError('Redis away a moment')"
+        return await renew_members(self)
+
+    monkeypatch.setattr(Membership, "_renew_members", first_one_lost)
+    port = free_port()
+    shared = {"host": "127.0.0.1", "advertise_address": f"127.0.0.1:{port}"}
+    ends = await asyncio.gather(start_process(port=port, host="127.0.0.1"),
+                                start_process(port=free_port(), **shared), return_exceptions=True)
+    assert len(failed) == 2, "each start's first registration was lost"
+    refused = [end for end in ends if isinstance(end, StartupError)]
+    assert refused and all(SHARED in str(end) for end in refused), ends  # one, or both: said, not served silently
