@@ -58,6 +58,7 @@ async def refuse_if_shared(store: LogStore, address: str, holder: str, lease_ms:
     Waits while an entry of another process there is neither renewed nor gone: at most a lease, the time
     Redis keeps the entry of a process that stopped renewing. Redis not answering: tried again."""
     seen: dict[str, float] | None = None
+    said: set[str] = set()
     while True:
         try:
             members = await store.client.zrange(store.keys.members, 0, -1, withscores=True)
@@ -74,8 +75,18 @@ async def refuse_if_shared(store: LogStore, address: str, holder: str, lease_ms:
             # too, may have read before either entry was there (an entry rising or appearing still counts).
             if not now and any(_own(as_text(m), holder) for m, _ in members):
                 return
+            if now.keys() - said:  # the start waits, up to a lease or so: said, not left to look hung
+                said |= now.keys()
+                _say_waiting(address, sorted(now), lease_ms)
             seen = now
         await asyncio.sleep(lease_ms / 1000 / LOOKS_PER_LEASE)
+
+
+def _say_waiting(address: str, entries: list[str], lease_ms: int) -> None:
+    log.info("advertise_address %s is another member's too (%s): waited out before any group is taken — renewed, "
+             "it is a live process's and the start refuses; left as it is (a killed process's), Redis drops it "
+             "within a lease (%d ms)", address, ", ".join(entries), lease_ms,
+             extra={"event": "address_waiting", "entries": entries})
 
 
 __all__ = ["others_at", "refuse_if_shared"]

@@ -6,6 +6,7 @@ restart at the address of a process that stopped renewing (killed) waits its ent
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,8 +14,12 @@ import redis.asyncio as aioredis
 from atp_service import AtpService, free_port
 from atp_service.app.keyspace import StartupError
 from atp_service.app.membership import Membership
+from atp_service.app.shared_address import refuse_if_shared
+from atp_service.storage.log import LogStore
+from atp_service.storage.nodes import open_nodes
 from tests.atp_service.app.test_processes import SHARDS, owned, start_process
 from tests.conftest import ServiceFactory
+from tests.waiting import until
 
 __all__ = ["start_process"]  # the fixture, used here by name
 
@@ -83,3 +88,29 @@ async def test_two_processes_at_one_address_whose_first_registration_failed_do_n
     assert len(failed) == 2, "each start's first registration was lost"
     refused = [end for end in ends if isinstance(end, StartupError)]
     assert refused and all(SHARED in str(end) for end in refused), ends  # one, or both: said, not served silently
+
+
+async def test_a_start_waiting_out_another_entry_at_its_address_says_so(redis_url: str,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The wait for an entry of another process at this address to be renewed or gone takes up to a lease
+    or more (a killed process's), before any group is taken: said once, naming the entry
+    (``address_waiting``), not left to look like a start that hung."""
+    caplog.set_level(logging.INFO, logger="atp_service.app.shared_address")
+    store = LogStore(open_nodes(redis_url, 30.0), "wait:", pipeline_max=64)
+    admin = aioredis.Redis.from_url(redis_url)
+    address, holder, other = "127.0.0.1:1", "127.0.0.1:1|aaaaaaaaaaaa", "127.0.0.1:1|bbbbbbbbbbbb"
+    try:
+        seconds, _ = await admin.time()
+        far = (seconds + 3600) * 1000  # left as it is: neither renewed nor gone until this test removes it
+        await admin.zadd("wait:members", {holder: far, other: far})
+        waiting = asyncio.ensure_future(refuse_if_shared(store, address, holder, 300))
+        await until(lambda: any(getattr(r, "event", None) == "address_waiting" for r in caplog.records),
+                    "the wait said", 10)
+        assert not waiting.done()
+        await admin.zrem("wait:members", other)  # its process's entry gone: the address is this one's alone
+        await waiting
+        said = [r for r in caplog.records if getattr(r, "event", None) == "address_waiting"]
+        assert [r.entries for r in said] == [[other]]  # type: ignore[attr-defined]
+    finally:
+        await admin.aclose()
+        await store.nodes.aclose()
