@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from reservation import Fact, FactOutcome, Ledger, Quantities, Reservation
 
@@ -12,6 +12,11 @@ class CompositeView:
 
     def __init__(self, ledgers: dict[int, Ledger], home: int, place: Callable[[str], int]) -> None:
         self._ledgers, self._home, self._place = ledgers, ledgers[home], place
+
+    @property
+    def ledgers(self) -> Iterable[Ledger]:
+        """The paused shards' ledgers, ascending (a Reserve's turn expires their due holds first: R2, R3)."""
+        return self._ledgers.values()
 
     def _for(self, sku: str) -> Ledger:
         return self._ledgers[self._place(sku)]  # KeyError = a shard that was not paused: a bug

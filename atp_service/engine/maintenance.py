@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from atp_service.engine.clock import Clock
 from atp_service.engine.clock_offset import CLOCK_OFFSET_EVERY_S, clock_offset_s
+from atp_service.engine.composite import CompositeView
 from atp_service.engine.coordinator import Coordinator
 from atp_service.engine.gauges import OversoldSweep
 from atp_service.engine.orphans import LeasedOrphans
 from atp_service.instruments import GaugeChild
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.tasks import cancel_for_good, keep
-from reservation import DomainError, Ledger, Reservation, State, View
+from reservation import DomainError, Ledger, Reservation, ReserveView, State, View
 from reservation import _operations as ops
 
 if TYPE_CHECKING:
@@ -81,6 +82,15 @@ def expire_alone(ledger: Ledger, now: int, place: Callable[[str], int]) -> None:
 
     for rid in ledger.due_alone(now, alone, EXPIRE_PER_TURN):
         ops.expire(ledger, rid, now)
+
+
+def expire_spanned(view: ReserveView, now: int, place: Callable[[str], int]) -> None:
+    """``expire_alone`` on every shard a Reserve spanning shards has paused (``view``: the coordinator's), before
+    it is decided: left to the next pass, a hold past its TTL on any of them refused it (R2, R3) while a
+    Confirm of the hold answered EXPIRED, a refusal its id then replays for good (R5)."""
+    for ledger in view.ledgers if isinstance(view, CompositeView) else ():  # the coordinator's only (R8: no raise)
+        if ledger.expiry_due(now):
+            expire_alone(ledger, now, place)
 
 
 class Housekeeper:

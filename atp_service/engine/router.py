@@ -19,7 +19,7 @@ from atp_service.engine.clock import Clock
 from atp_service.engine.coordinator import Coordinator, ViewWork
 from atp_service.engine.fanout import STATE_NAMES, count_reservations, gather_by_shard, one_as_list
 from atp_service.engine.ids import IdGuard
-from atp_service.engine.maintenance import Housekeeper, expire_alone
+from atp_service.engine.maintenance import Housekeeper, expire_alone, expire_spanned
 from atp_service.engine.orders import Orders
 from atp_service.engine.owned import OwnedShards
 from atp_service.engine.parts import Remote
@@ -245,7 +245,9 @@ class Engine(OwnedShards):
 
     def _reserve_checked(self, home: Ledger, view: ReserveView, cmd: ReserveCommand, now: int
                          ) -> tuple[Reservation, bool]:
-        if view is home and home.expiry_due(now):  # as ``_reserve_alone`` (across shards: at the next pass)
+        if view is not home:  # across shards, in the coordinator's turn: on each shard it paused
+            expire_spanned(view, now, self.place)
+        elif home.expiry_due(now):  # R2, R3: as ``_reserve_alone``
             expire_alone(home, now, self.place)
         full = record_refusal(home, self.limits)
         if full is not None and view.reservation(cmd.reservation_id) is None:  # a replay is answered (R5)
@@ -254,8 +256,7 @@ class Engine(OwnedShards):
         return ops.reserve(view, cmd, now, self.group_policies.get(cmd.channel, self.default_group_policy))
 
     def _reserve_alone(self, cmd: ReserveCommand, ledger: Ledger, now: int) -> tuple[Reservation, bool]:
-        """``_reserve_checked`` of a Reserve on one shard (its ledger both home and view), with the
-        bounds' usual answer (None, a record fits) asked first without ``record_refusal``'s frame."""
+        """``_reserve_checked`` on one shard (its ledger home and view), bounds asked without ``record_refusal``."""
         limits, live = self.limits, ledger.live_reservations
         if live >= limits.max_live_reservations_per_shard or \
                 len(ledger.reservations) - live >= limits.max_resolved_reservations_per_shard:
@@ -294,8 +295,7 @@ class Engine(OwnedShards):
             v, reservation_id, lines, operation_id, now, self.limits), step)
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
-        """The record as durable (R7): read by its shard, and answered only once every batch that
-        shard has in flight is durable — never a state that an append failing now would take back."""
+        """The record as durable (R7): answered once every batch its shard has in flight is (none taken back)."""
         home = self._home.get(reservation_id)
         rec: Reservation | None = None
         if home is None and self._log.leased:
