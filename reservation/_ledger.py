@@ -209,16 +209,15 @@ class Ledger(ReserveWrites, Upkeep):
 
     def expiry_due(self, now: int) -> bool:
         """Whether the expiry queue's head is due (it may be stale: ``due_alone`` drops it)."""
-        expiry = self._expiry
-        return bool(expiry) and expiry[0][0] <= now
+        return bool(self._expiry) and self._expiry[0][0] <= now
 
     def due_alone(self, now: int, alone: Callable[[Reservation], bool], limit: int) -> list[str]:
-        """``due``, from the queue's head while each due hold is one ``alone`` says this ledger expires by
-        itself: the first that is not (a hold spanning shards, an order) and those after it are left to
-        housekeeping. A Reserve's turn expires these before it is decided (R2, R3)."""
+        """``due`` from the queue's head while ``alone`` (this ledger expires it by itself; not: those after it wait
+        for housekeeping), for a Reserve's turn to expire first (R2, R3): at most ``limit`` an open batch (R8)."""
         self._unquiet()
-        expiry, out = self._expiry, dict[str, None]()
-        while expiry and expiry[0][0] <= now and len(out) < limit:
+        batch, taken = self._alone_taken
+        expiry, out, room = self._expiry, dict[str, None](), limit - (taken if batch is self._events else 0)
+        while expiry and expiry[0][0] <= now and len(out) < room:
             expires_at, rid = expiry[0]
             rec = self.reservations.get(rid)
             if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at and rid not in out:
@@ -227,6 +226,7 @@ class Ledger(ReserveWrites, Upkeep):
                 out[rid] = None
                 self._undo.append(functools.partial(self.requeue_expiry, expires_at, rid))  # as ``due``
             heapq.heappop(expiry)
+        self._alone_taken = (self._events, limit - room + len(out))
         return list(out)
 
     def requeue_expiry(self, expires_at: int, reservation_id: str) -> None:
@@ -234,8 +234,7 @@ class Ledger(ReserveWrites, Upkeep):
         heapq.heappush(self._expiry, (expires_at, reservation_id))
 
     def housekeeping_due(self, now: int) -> bool:
-        """A hold to expire, or a resolved reservation past its retention to forget (every shard, every
-        housekeeping pass: each queue's head looked at once)."""
+        """A hold to expire, or a resolved reservation past retention to forget (each queue's head looked at)."""
         expiry = self._expiry
         if expiry and expiry[0][0] <= now:
             return True

@@ -29,6 +29,12 @@ class Upkeep:
     not changed since: a batch sealed or committed opens another (``Ledger.seal``), and every other
     change to it forgets this (``_unquiet``)."""
 
+    _alone_taken: tuple[list[Event], int] = ([], 0)
+    """The open batch (its events' list: a batch sealed or committed opens another) and how many holds its
+    Reserves' turns have taken to expire (``Ledger.due_alone``). Bounded per Reserve, a ReserveStream batch
+    of 1,000 (one turn) expired up to 1,000 times ``EXPIRE_PER_TURN`` holds in one go: minutes in which no
+    shard, call or lease renewal ran (R8), one log entry of hundreds of MB."""
+
     def housekeeping_wanted(self) -> bool:
         """Remembered facts to forget (E8), kept deltas to compact (E9), stale expiry entries to drop.
         None of them depends on the time, only on the ledger's state: asked again (every shard, every

@@ -32,3 +32,15 @@ def test_a_batch_taken_back_queues_its_holds_again() -> None:
     ledger.rollback()
     assert ledger.expiry_due(NOW + 10_000)
     assert ledger.due_alone(NOW + 10_000, lambda rec: True, 100) == ["r1"]
+
+
+def test_the_limit_bounds_an_open_batch_all_its_reserves_together_R8() -> None:
+    ledger = ledger_with({("A", "S1"): 10})
+    for i in range(6):
+        reserve(ledger, cmd(f"r{i}", ("A", "S1", 1), ttl=10), NOW)
+    ledger.commit(NOW)
+    at = NOW + 10_000
+    assert ledger.due_alone(at, lambda rec: True, 2) == ["r0", "r1"]
+    assert ledger.due_alone(at, lambda rec: True, 2) == []  # the same batch: its bound spent
+    ledger.commit(at)
+    assert ledger.due_alone(at, lambda rec: True, 2) == ["r2", "r3"]  # a batch of its own
