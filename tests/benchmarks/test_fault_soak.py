@@ -8,10 +8,11 @@ assertions: its figures are what ``make soak`` reports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,7 @@ async def test_soak_with_every_fault_kind_keeps_every_invariant(tmp_path: Path) 
 async def test_delaying_proxy_lands_a_timed_out_write_later(redis_url: str, tmp_path: Path) -> None:
     """Toward Redis: the client gives up, the write still lands after the delay. Back from Redis:
     the write lands at once, the reply is what is late."""
-    direct = aioredis.Redis.from_url(redis_url)
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = DelayProxyProcess(f"127.0.0.1:{port}", tmp_path / "proxy.log")
-    through = connect(f"redis://127.0.0.1:{await proxy.start()}/0", 0.3)  # no retries: as the service's
-    try:
+    async with _proxied(redis_url, tmp_path, 0.3) as (direct, proxy, through):
         assert await through.set("k", "before")
         await proxy.delay(2.0, "up")
         with pytest.raises(RedisTimeout):
@@ -70,20 +67,12 @@ async def test_delaying_proxy_lands_a_timed_out_write_later(redis_url: str, tmp_
         assert await until(lambda: direct.get("k"), b"landed")
         await proxy.clear()
         assert await through.set("k", "again") and await direct.get("k") == b"again"
-    finally:
-        await through.aclose()
-        await direct.aclose()
-        await proxy.stop()
 
 
 async def test_a_cut_connection_answers_a_write_redis_ran_by_a_lost_connection(redis_url: str, tmp_path: Path) -> None:
     """``cut``: the write reached Redis and ran; its reply, held back, never comes — the connection is reset
     (R7's lost connection: in doubt). The next call opens a new connection."""
-    direct = aioredis.Redis.from_url(redis_url)
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = DelayProxyProcess(f"127.0.0.1:{port}", tmp_path / "proxy.log")
-    through = connect(f"redis://127.0.0.1:{await proxy.start()}/0", 60.0)  # no retries: as the service's
-    try:
+    async with _proxied(redis_url, tmp_path, 60.0) as (direct, proxy, through):
         assert await through.set("k", "before")
         await proxy.delay(60.0, "down")  # the reply waits in the proxy; the cut comes first
         writing = asyncio.ensure_future(through.set("k", "landed"))
@@ -93,6 +82,19 @@ async def test_a_cut_connection_answers_a_write_redis_ran_by_a_lost_connection(r
             await writing
         await proxy.clear()
         assert await through.set("k", "again") and await direct.get("k") == b"again"
+
+
+@contextlib.asynccontextmanager
+async def _proxied(redis_url: str, tmp_path: Path, timeout_s: float
+                   ) -> AsyncIterator[tuple[aioredis.Redis, DelayProxyProcess, aioredis.Redis]]:
+    """A client straight to Redis, the delaying proxy in front of it, and a client through the proxy
+    connected as the service's are (``timeout_s``, no retries)."""
+    direct = aioredis.Redis.from_url(redis_url)
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = DelayProxyProcess(f"127.0.0.1:{port}", tmp_path / "proxy.log")
+    through = connect(f"redis://127.0.0.1:{await proxy.start()}/0", timeout_s)
+    try:
+        yield direct, proxy, through
     finally:
         await through.aclose()
         await direct.aclose()

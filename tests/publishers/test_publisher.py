@@ -291,12 +291,9 @@ class _Timed:
         return None
 
 
-async def test_a_stock_out_waits_for_no_token_of_the_changes_read_with_it(client: aioredis.Redis) -> None:
-    """With the defaults (``--batch`` 100, ``--rate`` 10 with a burst of 10) a stock-out shared its request
-    with the ordinary changes read with it, and the request went out only once the rate limit had a token
-    for each of them: 9 s with the channel still selling what was gone (C2). Stock-outs go in requests of
-    their own, first: only their own tokens are waited for."""
-    await publish(client, [update(f"sku-{n}", n + 1, n + 1) for n in range(29)] + [update("gone", 0, 30)])
+async def _delivered_at_defaults(client: aioredis.Redis, count: int) -> tuple[_Timed, dict[str, int]]:
+    """What was published delivered at ``--rate`` 10 with a burst of 10 and ``--batch`` 100 (a fake clock
+    the publisher's waits move on): the adapter that noted each request, and the clock at the end."""
     clock = {"ms": 0}
 
     async def fake_sleep(seconds: float) -> None:
@@ -308,9 +305,19 @@ async def test_a_stock_out_waits_for_no_token_of_the_changes_read_with_it(client
                           PublisherMetrics(), sleep=fake_sleep, now_ms=lambda: clock["ms"])
 
     async def settled() -> bool:
-        return sum(len(updates) for _, updates in adapter.sent) == 30
+        return sum(len(updates) for _, updates in adapter.sent) == count
 
     await run_until(publisher, settled)
+    return adapter, clock
+
+
+async def test_a_stock_out_waits_for_no_token_of_the_changes_read_with_it(client: aioredis.Redis) -> None:
+    """With the defaults (``--batch`` 100, ``--rate`` 10 with a burst of 10) a stock-out shared its request
+    with the ordinary changes read with it, and the request went out only once the rate limit had a token
+    for each of them: 9 s with the channel still selling what was gone (C2). Stock-outs go in requests of
+    their own, first: only their own tokens are waited for."""
+    await publish(client, [update(f"sku-{n}", n + 1, n + 1) for n in range(29)] + [update("gone", 0, 30)])
+    adapter, clock = await _delivered_at_defaults(client, 30)
     at, first = adapter.sent[0]
     assert [u.sku for u in first][:1] == ["gone"]
     assert at == 0, f"the stock-out waited {at} ms for the tokens of {len(first) - 1} ordinary changes"
@@ -323,20 +330,7 @@ async def test_many_stock_outs_go_a_full_bucket_at_a_time(client: aioredis.Redis
     3 s at 10/s with the channel selling all 30 meanwhile. Stock-out requests carry at most a full
     bucket: the first 10 go at once, the others as their tokens come (C2), the rate limit kept."""
     await publish(client, [update(f"gone-{n}", 0, n + 1) for n in range(30)])
-    clock = {"ms": 0}
-
-    async def fake_sleep(seconds: float) -> None:
-        clock["ms"] += int(seconds * 1000) + 1
-        await asyncio.sleep(0)
-
-    adapter = _Timed(clock)
-    publisher = Publisher(config(rate_limit_per_s=10, burst=10, delivery_batch=100), client, adapter,
-                          PublisherMetrics(), sleep=fake_sleep, now_ms=lambda: clock["ms"])
-
-    async def settled() -> bool:
-        return sum(len(updates) for _, updates in adapter.sent) == 30
-
-    await run_until(publisher, settled)
+    adapter, _ = await _delivered_at_defaults(client, 30)
     assert [len(u) for _, u in adapter.sent] == [10, 10, 10]
     assert adapter.sent[0][0] == 0, f"the first stock-outs waited {adapter.sent[0][0]} ms"
     assert [u.version for _, updates in adapter.sent for u in updates] == list(range(1, 31))
