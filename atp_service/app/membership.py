@@ -25,7 +25,7 @@ from typing import Any
 from atp_service.app.balancing import FreeWatch, RenewalPace, address_of, plan_balance, preference
 from atp_service.app.handing import NotRecovered, hand_over_all
 from atp_service.app.lost_entries import say_if_lost
-from atp_service.app.shared_address import refuse_if_shared
+from atp_service.app.shared_address import SharedAddressWatch, refuse_if_shared
 from atp_service.config import ServiceConfig
 from atp_service.edge.fits import routing_refusal
 from atp_service.edge.routing import Route, RoutingTable
@@ -76,6 +76,7 @@ class Membership:
         self.routes: dict[int, tuple[str, int]] = {}
         """Every group's owner as last read: (address, epoch); absent: none."""
         self.members: list[str] = []
+        self._address_watch = SharedAddressWatch(self.address, self.leases.holder)  # armed once the start found it free
         self._entry, self._retired = self.leases.holder, ""  # its member entry; one it left (registered anew)
         self._leaving = False  # stopping: its entry removed at each renewal, not renewed
         self._renewing = asyncio.Lock()  # one renewal at a time: a stop's removal lands after any under way
@@ -120,6 +121,7 @@ class Membership:
         renewing = loop.create_task(self._keep_renewing(failed_first=bool(missing)), name="leases-renew")
         try:
             await refuse_if_shared(self._store, self.address, self.leases.holder, self._config.lease_ms)
+            self._address_watch.armed = True
             await retrying(self.balance)
         except BaseException:
             await cancel_and_wait(renewing)
@@ -127,11 +129,10 @@ class Membership:
         self._tasks = [renewing, loop.create_task(self._forever(self.balance, self._balance_s), name="leases-balance")]
 
     async def stop(self) -> None:
-        """Leave the members, then hand every group over (drained, snapshotted, lease given back). The
-        leases not yet handed over are renewed meanwhile: a hand-over of many groups must not outlast
-        them. Left first, it is live only by the groups it still holds: the others take what it hands
-        over up to their shares at once, keeping nothing free for it (``plan_balance``). Last, its stray leases
-        are given back (``GroupLeases.give_back_strays``): no balance comes after to find them."""
+        """Leave the members, then hand every group over (drained, snapshotted, lease given back), the leases not
+        handed over yet renewed meanwhile. Left first, it is live only by the groups it still holds: the others
+        take what it hands over up to their shares at once (``plan_balance``). Last, its stray leases are given
+        back (``GroupLeases.give_back_strays``): no balance comes after to find them."""
         renewing, balancing = self._tasks or (None, None)
         await cancel_and_wait(balancing)
         self._leaving = True  # out of the members first: the others keep nothing free for it (plan_balance)
@@ -235,9 +236,8 @@ class Membership:
         return ""
 
     async def _renew_members(self) -> str:
-        """This process's entry in the members renewed (removed, leaving), and the members read; '' when
-        done, else why not (the last list read stands). The members' key is one slot: its node failing
-        over must not let every lease lapse."""
+        """This process's entry in the members renewed (removed, leaving), and the members read; '' when done,
+        else why not (the last list read stands): its node failing over must not let every lease lapse."""
         retired, ttl = self._retired, 0 if self._leaving else self._config.lease_ms
         try:
             members = await self._store.nodes.run_one(
@@ -246,15 +246,15 @@ class Membership:
             return f"members: {exc!r}"
         self.members = [as_text(m) for m in members]
         self._check_routing()
+        self._address_watch.check(self.members)
         if self._retired == retired:  # not registered anew again meanwhile
             self._retired = ""
         self._metrics.members.set(len(self.members))
         return ""
 
     def _check_routing(self) -> None:
-        """A member's address longer than any before: GetRouting's answer here, every group at it, checked
-        against ``max_message_bytes`` (this process's own address was, at its start). Past it, said at ERROR
-        once per such address: routing clients could no longer read this process's table."""
+        """A member's address longer than any before: GetRouting's answer here, every group at it, checked against
+        ``max_message_bytes``; past it, said at ERROR once per address (routing clients could not read it)."""
         longest = max((address_of(m) for m in self.members), key=len, default=self.address)
         if len(longest) <= len(self._longest):
             return

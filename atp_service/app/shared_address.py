@@ -82,6 +82,33 @@ async def refuse_if_shared(store: LogStore, address: str, holder: str, lease_ms:
         await asyncio.sleep(lease_ms / 1000 / LOOKS_PER_LEASE)
 
 
+class SharedAddressWatch:
+    """After the start, on every renewal's read of the members: another process's entry at this
+    process's address, said at ERROR once per entry (``address_shared``). The start refused a live one,
+    but a process whose renewals lapsed for a whole lease (Redis out of its reach) looked gone, and one
+    started at its address meanwhile serves beside it once it renews again: the split the start refuses,
+    now said where an operator sees it. A process starting there now is refused by its own start."""
+
+    __slots__ = ("_address", "_holder", "_said", "armed")
+
+    def __init__(self, address: str, holder: str) -> None:
+        self._address, self._holder, self._said = address, holder, set[str]()
+        self.armed = False
+        """Set once the start found the address this process's alone (before: ``refuse_if_shared`` waits)."""
+
+    def check(self, members: list[str]) -> None:
+        if not self.armed:
+            return
+        others = {m for m in members if address_of(m) == self._address and not _own(m, self._holder)}
+        if new := sorted(others - self._said):
+            self._said |= others
+            log.error("advertise_address %s is another member's too (%s): a process starting there is refused, but "
+                      "one serving there (its renewals lapsed past a lease, then resumed) splits the groups with "
+                      "this one, those of the process the address does not reach answering nobody; give each "
+                      "process an address of its own", self._address, ", ".join(new),
+                      extra={"event": "address_shared", "entries": new})
+
+
 def _say_waiting(address: str, entries: list[str], lease_ms: int) -> None:
     log.info("advertise_address %s is another member's too (%s): waited out before any group is taken — renewed, "
              "it is a live process's and the start refuses; left as it is (a killed process's), Redis drops it "
@@ -89,4 +116,4 @@ def _say_waiting(address: str, entries: list[str], lease_ms: int) -> None:
              extra={"event": "address_waiting", "entries": entries})
 
 
-__all__ = ["others_at", "refuse_if_shared"]
+__all__ = ["SharedAddressWatch", "others_at", "refuse_if_shared"]

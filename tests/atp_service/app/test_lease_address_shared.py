@@ -114,3 +114,34 @@ async def test_a_start_waiting_out_another_entry_at_its_address_says_so(redis_ur
     finally:
         await admin.aclose()
         await store.nodes.aclose()
+
+
+async def test_another_entry_at_its_address_after_the_start_is_said_at_error_once(
+        start_process: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A process whose renewals lapsed past a lease looked gone, and one started at its address meanwhile
+    serves beside it once it renews again: the start cannot refuse that, so each renewal's read of the
+    members says another entry at this address, at ERROR, once per entry (``address_shared``)."""
+    caplog.set_level(logging.INFO, logger="atp_service.app.shared_address")
+    port = free_port()
+    service, _ = await start_process(port=port, host="127.0.0.1", lease_ms=1000)
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "address_shared"]  # its own: nothing
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        seconds, _ = await admin.time()
+        other = f"127.0.0.1:{port}|bbbbbbbbbbbb"
+        await admin.zadd("atp:members", {other: (seconds + 3600) * 1000})
+
+        def said() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if getattr(r, "event", None) == "address_shared"]
+
+        await until(lambda: bool(said()), "the entry at its address said")
+        membership = service.membership
+        assert membership is not None
+        for _ in range(2):  # two renewals more (each reads the members anew): said no more
+            renewals = membership.members
+            await until(lambda: membership.members is not renewals, "a renewal")  # noqa: B023 (awaited here)
+        assert [(r.levelno, r.entries) for r in said()] == [(logging.ERROR, [other])]  # type: ignore[attr-defined]
+        assert owned(service) == set(range(SHARDS))  # said, nothing else changed
+    finally:
+        await admin.zrem("atp:members", f"127.0.0.1:{port}|bbbbbbbbbbbb")
+        await admin.aclose()
