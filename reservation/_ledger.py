@@ -196,16 +196,7 @@ class Ledger(ReserveWrites, Upkeep):
     # -- time ----------------------------------------------------------------
     def due(self, now: int, limit: int = 2**62) -> list[str]:
         """Held reservations whose TTL has passed (R3), in expiry order; at most ``limit`` of them."""
-        self._unquiet()
-        out: dict[str, None] = {}  # an entry may have a twin (``held_again``): a hold is taken once
-        while self._expiry and self._expiry[0][0] <= now and len(out) < limit:
-            expires_at, rid = heapq.heappop(self._expiry)
-            rec = self.reservations.get(rid)
-            if rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
-                out[rid] = None
-                # Rolled back, the hold must still expire later: one entry, not one per twin popped (R3).
-                self._undo.append(functools.partial(self.requeue_expiry, expires_at, rid))
-        return list(out)
+        return self._take_due(now, limit, None)
 
     def expiry_due(self, now: int) -> bool:
         """Whether the expiry queue's head is due (it may be stale: ``due_alone`` drops it)."""
@@ -214,19 +205,27 @@ class Ledger(ReserveWrites, Upkeep):
     def due_alone(self, now: int, alone: Callable[[Reservation], bool], limit: int) -> list[str]:
         """``due`` from the queue's head while ``alone`` (this ledger expires it by itself; not: those after it wait
         for housekeeping), for a Reserve's turn to expire first (R2, R3): at most ``limit`` an open batch (R8)."""
-        self._unquiet()
         batch, taken = self._alone_taken
-        expiry, out, room = self._expiry, dict[str, None](), limit - (taken if batch is self._events else 0)
-        while expiry and expiry[0][0] <= now and len(out) < room:
+        room = limit - (taken if batch is self._events else 0)
+        out = self._take_due(now, room, alone)
+        self._alone_taken = (self._events, limit - room + len(out))
+        return out
+
+    def _take_due(self, now: int, limit: int, alone: Callable[[Reservation], bool] | None) -> list[str]:
+        """The due holds from the expiry queue's head, stale entries dropped, at most ``limit``; with
+        ``alone``, up to the first it refuses (left queued)."""
+        self._unquiet()
+        expiry, out = self._expiry, dict[str, None]()  # an entry may have a twin (``held_again``): taken once
+        while expiry and expiry[0][0] <= now and len(out) < limit:
             expires_at, rid = expiry[0]
             rec = self.reservations.get(rid)
-            if rec is not None and rec.state == State.HELD and rec.expires_at == expires_at and rid not in out:
-                if not alone(rec):
+            if rid not in out and rec is not None and rec.state == State.HELD and rec.expires_at == expires_at:
+                if alone is not None and not alone(rec):
                     break
                 out[rid] = None
-                self._undo.append(functools.partial(self.requeue_expiry, expires_at, rid))  # as ``due``
+                # Rolled back, the hold must still expire later: one entry, not one per twin popped (R3).
+                self._undo.append(functools.partial(self.requeue_expiry, expires_at, rid))
             heapq.heappop(expiry)
-        self._alone_taken = (self._events, limit - room + len(out))
         return list(out)
 
     def requeue_expiry(self, expires_at: int, reservation_id: str) -> None:

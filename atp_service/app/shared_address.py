@@ -46,7 +46,12 @@ def others_at(members: list[tuple[Any, float]], address: str, holder: str) -> di
     """The member entries (with their scores) at ``address`` that are not this process's (``holder``, or
     ``holder.<hex>`` once registered anew)."""
     return {entry: score for entry, score in ((as_text(m), s) for m, s in members)
-            if address_of(entry) == address and not _own(entry, holder)}
+            if _another_at(entry, address, holder)}
+
+
+def _another_at(entry: str, address: str, holder: str) -> bool:
+    """Whether member ``entry`` is another process's at ``address``."""
+    return address_of(entry) == address and not _own(entry, holder)
 
 
 def _own(entry: str, holder: str) -> bool:
@@ -99,7 +104,7 @@ class SharedAddressWatch:
     def check(self, members: list[str]) -> None:
         if not self.armed:
             return
-        others = {m for m in members if address_of(m) == self._address and not _own(m, self._holder)}
+        others = {m for m in members if _another_at(m, self._address, self._holder)}
         if new := sorted(others - self._said):
             self._said |= others
             log.error("advertise_address %s is another member's too (%s): a process starting there is refused, but "
