@@ -17,6 +17,7 @@ from atp_client import AtpClient, Retryable, typed
 from atp_client._errors import CORE_LOST_CALL
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
+from tests.atp_service.app.test_redis_stalls import _outcome_said
 from tests.atp_service.edge.test_abandoned_streams import writes_paused
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_servicer import stream_tasks
@@ -112,7 +113,8 @@ async def test_a_stop_with_streams_sending_answers_or_refuses_each_batch_and_los
     """A graceful stop while several ReserveStreams (the client's ``reserve_stream``) keep sending orders
     over every shard: the stop ends, each stream ends ``Retryable`` UNAVAILABLE SHUTTING_DOWN after the
     answers to the batches it took, every order answered is held whole after a restart on the same
-    Redis, and no order is held in part."""
+    Redis, and no order is held in part. The streams load the host to its limit: a commit Redis answers
+    past ``redis_timeout_s`` is told in doubt (R7; seen on a fresh clone), never as anything else."""
     service, client = await start_service(max_stream_inflight=2)
     await client.record_events([receipt(f"seed-{s}", s, loc, 100_000) for s, loc in PLACES])
     written: list[str] = []
@@ -129,7 +131,9 @@ async def test_a_stop_with_streams_sending_answers_or_refuses_each_batch_and_los
         try:
             async for answer in client.reserve_stream(batches(n)):
                 for o in answer.outcomes:
-                    assert not o.HasField("error"), o
+                    if o.HasField("error"):  # its commit past redis_timeout_s on a loaded host: in doubt, said so (R7)
+                        assert _outcome_said(o.error) == (grpc.StatusCode.UNAVAILABLE, "OUTCOME_UNKNOWN"), o
+                        continue  # held whole or not at all: checked with the others written, below
                     answered.append(o.reservation_id)
         except Retryable as exc:
             ends.append(exc)
