@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reservation import ChannelUpdate
+from reservation import ChannelUpdate, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,17 @@ def backoff_s(base_s: float, max_s: float, attempt: int) -> float:
     [base*2^(n-1)/2, base*2^(n-1)], capped at ``max_s``."""
     ceiling = min(max_s, base_s * (2 ** (attempt - 1)))
     return random.uniform(ceiling / 2, ceiling)
+
+
+async def take_tokens(bucket: TokenBucket, n: int, now_ms: Callable[[], int], sleep: Callable[[float], Awaitable[None]],
+                      waited: Callable[[], None]) -> None:
+    """``n`` tokens of the rate limit (``--rate``, ``--burst``), each waited for; ``waited`` told each wait."""
+    for _ in range(n):
+        bucket.refill(now_ms())
+        while not bucket.try_take():
+            waited()
+            await sleep(bucket.ms_until_token() / 1000)
+            bucket.refill(now_ms())
 
 
 def update_json(u: ChannelUpdate) -> dict[str, Any]:

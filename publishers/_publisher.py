@@ -38,7 +38,7 @@ from reservation import ChannelUpdate, TokenBucket
 from ._claim import Takeover
 from ._compare import Comparison
 from ._config import PublisherConfig
-from ._delivery import Adapter, DeliveryError, backoff_s
+from ._delivery import Adapter, DeliveryError, backoff_s, take_tokens
 from ._holding import Halted, Holding, unless_halted
 from ._lease import SEND_GUARD
 from ._metrics import PublisherMetrics
@@ -253,12 +253,17 @@ class Publisher:
         outs, size = sum(u.quantity == 0 for _, u in todo), self.config.delivery_batch
         cuts = ((todo[:outs], min(size, self._bucket.burst if self._bucket else size)), (todo[outs:], size))
         delivered: dict[str, int] = {}
+        tries = self.config.max_attempts
         try:
             if todo and not confirmed:  # C4: only what the replicas hold (``NotReplicated``: none delivered)
                 await self._unless_stopped(self.replicas.confirm())
             for chunk in (part[at:at + n] for part, n in cuts for at in range(0, len(part), n)):
-                done = {u.version for u in await self._deliver([u for _, u in chunk])}
+                sent, answered = await self._deliver([u for _, u in chunk], tries)
+                done = {u.version for u in sent}
                 delivered.update((key, u.version) for key, u in chunk if u.version in done)
+                # Once a request failed every try (the destination down) the others get one each until one is answered,
+                # not max_attempts with backoff each (C2: stock-outs read later waited ~40 min); then owed, as any (C4).
+                tries = self.config.max_attempts if answered else 1
         except Halted:
             # Stopped half-way (a destination down, its waits and retries under way): what was
             # delivered is recorded, nothing is acknowledged. The next start reads this consumer's
@@ -328,18 +333,18 @@ class Publisher:
         return f"{what} trimmed from {cfg.stream} before group {cfg.group} delivered them"
 
     async def _deliver_and_record(self, updates: list[ChannelUpdate]) -> bool:
-        delivered = await self._deliver_newest(updates)
-        if delivered is None:
-            return False
-        return await self._record(delivered)
+        return (delivered := await self._deliver_newest(updates)) is not None and await self._record(delivered)
 
-    async def _deliver(self, updates: list[ChannelUpdate]) -> list[ChannelUpdate]:
-        """Deliver one chunk with retries: the updates delivered (the rest were dead-lettered: the whole chunk after
-        its last attempt, or those the adapter refused one by one)."""
+    async def _deliver(self, updates: list[ChannelUpdate], tries: int) -> tuple[list[ChannelUpdate], bool]:
+        """Deliver one chunk, tried at most ``tries`` times: the updates delivered (the rest were dead-lettered: the
+        whole chunk after its last try, or those the adapter refused one by one), and whether the destination answered
+        (False: every try failed, retryable)."""
         cfg, channel, name = self.config, self.config.channel, self.adapter.name
-        await self._unless_stopped(self._take_tokens(len(updates)))
+        assert self._bucket is not None, "run() prepares the bucket"
+        await self._unless_stopped(take_tokens(self._bucket, len(updates), self._now_ms, self._sleep,
+                                               self.metrics.rate_limited.labels(channel).inc))
         reason, retryable = "", True
-        for attempt in range(1, cfg.max_attempts + 1):
+        for attempt in range(1, tries + 1):
             try:
                 answer = await self._unless_stopped(self._send(updates))
             except DeliveryError as exc:
@@ -347,7 +352,7 @@ class Publisher:
                 self.metrics.outcome(channel, name, "retried" if exc.retryable else "failed", len(updates))
                 if not exc.retryable:
                     break
-                if attempt < cfg.max_attempts:
+                if attempt < tries:
                     await self._unless_stopped(self._sleep(backoff_s(cfg.backoff_base_s, cfg.backoff_max_s, attempt)))
                 continue
             self._redelivery.succeeded()
@@ -361,9 +366,9 @@ class Publisher:
             if refused:
                 self.metrics.outcome(channel, name, "failed", len(refused))
                 await self._redelivery.dead_letter([(r.update, r.reason) for r in refused], attempt, retryable=False)
-            return delivered
+            return delivered, True
         await self._redelivery.dead_letter([(u, reason) for u in updates], attempt, retryable)
-        return []
+        return [], not retryable
 
     async def _send(self, updates: list[ChannelUpdate]) -> Any:
         self._holding.lease.check_send()  # any adapter; an HTTP one checks each of its requests again
@@ -371,16 +376,6 @@ class Publisher:
 
     async def _unless_stopped(self, work: Awaitable[T]) -> T:
         return await unless_halted(work, self._halt, self._holding.lost)
-
-    async def _take_tokens(self, n: int) -> None:
-        bucket = self._bucket
-        assert bucket is not None, "run() prepares the bucket"
-        for _ in range(n):
-            bucket.refill(self._now_ms())
-            while not bucket.try_take():
-                self.metrics.rate_limited.labels(self.config.channel).inc()
-                await self._sleep(bucket.ms_until_token() / 1000)
-                bucket.refill(self._now_ms())
 
     # -- settling ------------------------------------------------------------------
     async def _settle(self, ids: list[str], delivered: dict[str, int]) -> bool:
