@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class TokenBucket:
-    """Tokens refill at ``rate`` per second up to ``burst``; ``force`` may take them into debt."""
+    """Tokens refill at ``rate`` per second up to ``burst``; ``force`` may take them into debt (``most_owed``)."""
 
     __slots__ = ("_at", "burst", "rate", "tokens")
 
@@ -23,8 +23,14 @@ class TokenBucket:
             return True
         return False
 
-    def force(self) -> None:
-        self.tokens -= 1.0
+    def force(self, most_owed: float) -> None:
+        """A token taken without waiting for it (a stock-out, C2): into debt, of at most ``most_owed`` tokens."""
+        self.tokens = max(self.tokens - 1.0, -most_owed)
+
+    def most_owed(self, wait_ms: int) -> float:
+        """C2's bound on the debt ``force`` runs up: ``wait_ms`` worth of tokens, at least a burst. Unbounded, 10,000
+        stock-outs at once (a store closing) held every other change of a channel at 10/s for 1,000 s."""
+        return max(float(self.burst), self.rate * wait_ms / 1000.0)
 
     def ms_until_token(self) -> int:
         missing = 1.0 - self.tokens

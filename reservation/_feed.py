@@ -4,7 +4,8 @@ Pure logic with the time passed in (milliseconds): the service offers every cura
 computes; ``take`` says what to publish now. Order of precedence in ``take``:
 
 1. stock-outs (a drop to 0) — at once, inside any throttle interval (C2); they take tokens from the rate limit
-   but never wait for one (the bucket may go into debt, which delays later ordinary changes: the average holds);
+   but never wait for one (the bucket may go into debt, which delays later ordinary changes: the average holds),
+   a debt of at most ``max_wait_ms`` worth of tokens (a burst, if more: ``TokenBucket.most_owed``);
 2. first values of keys never published before (a baseline) — at once, outside the rate limit: a subscriber
    needs the whole picture before changes mean anything;
 3. ordinary changes whose throttle interval has passed, within the token bucket: first those that have waited past
@@ -221,8 +222,9 @@ class Feed:
         # The first ``limit`` keys only, not a copy of every key queued: a new per-location channel
         # queues millions of baselines, and a copy per take held the event loop ~80 ms each, for
         # thousands of takes (``_emit`` removes each key, so the keys are taken first).
+        owed = self.bucket.most_owed(self.policy.max_wait_ms)  # C2: behind stock-outs no longer than behind sellers
         for key in list(islice(self._stockouts, limit)):
-            self.bucket.force()
+            self.bucket.force(owed)
             out.append(self._emit(key, now_ms))
         for key in list(islice(self._baseline, limit - len(out))):
             out.append(self._emit(key, now_ms))

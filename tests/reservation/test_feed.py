@@ -276,3 +276,31 @@ def test_c3_a_value_after_a_late_fact_keeps_the_newest_facts_time() -> None:
     assert [(u.quantity, u.event_time) for u in drain(feed, T0)] == [(4, T0)]
     feed.offer(("a", ""), 3, T0 - 30_000, T0 + 10, T0 + 10)  # a sale stamped 30 s before the one published
     assert [(u.quantity, u.event_time) for u in drain(feed, T0 + 10)] == [(3, T0)]
+
+
+def test_c2_stock_outs_run_up_at_most_max_wait_ms_of_debt() -> None:
+    """Stock-outs take a token each and never wait (C2); their debt had no bound, so 10,000 of them at once (a store
+    closing, a location a reload took from a per-location channel) held every ordinary change of the channel for
+    1,000 s at 10 updates/s, a drop from 50 to 3 among them: the old number shown meanwhile. The debt is at most
+    ``max_wait_ms`` worth of tokens (a burst, if more): a change waits behind stock-outs no longer than behind
+    faster sellers, and within that bound the rate limit still pays the stock-outs back."""
+    policy = FeedPolicy(throttle_ms=0, rate_per_s=10.0, burst=10, max_wait_ms=30_000)
+    feed = published_feed(policy, {**{f"sku-{i}": 5 for i in range(10_000)}, "slow": 50})
+    for i in range(10_000):
+        feed.offer((f"sku-{i}", ""), 0, T0, T0, T0)
+    assert len(drain(feed, T0)) == 10_000  # at once, whatever the rate limit
+    feed.offer(("slow", ""), 3, T0, T0, T0)
+    assert drain(feed, T0 + 30_000) == []  # the 10 tokens of the burst and 300 of debt (30 s) paid back first
+    assert [(u.sku, u.quantity) for u in drain(feed, T0 + 30_100)] == [("slow", 3)]
+
+
+def test_c2_the_debt_bound_is_at_least_a_burst() -> None:
+    """``max_wait_ms`` 0 (always oldest first) bounds the debt by the burst, not by nothing: stock-outs still pay."""
+    feed = published_feed(FeedPolicy(throttle_ms=0, rate_per_s=1.0, burst=2, max_wait_ms=0),
+                          {"a": 5, "b": 5, "c": 5, "d": 5, "e": 5, "f": 5})
+    for sku in ("a", "b", "c", "d", "e"):
+        feed.offer((sku, ""), 0, T0, T0, T0)
+    assert len(drain(feed, T0)) == 5  # 2 tokens, then 3 of debt, of which 2 are kept
+    feed.offer(("f", ""), 4, T0, T0, T0)
+    assert drain(feed, T0 + 2_999) == []
+    assert [u.sku for u in drain(feed, T0 + 3_000)] == ["f"]
