@@ -241,7 +241,8 @@ def _load_in_order(ledger: Ledger, block: CountRows, plan: _Plan, outcomes: Outc
             reasons[i] = reason
         elif outcome != FactOutcome.DUPLICATE:  # applied or absorbed: stream time is its stamp from the next row on
             moved[i] = fact.event_time
-    horizon = np.maximum(floor, stream_times(start, moved)) - ledger.limits.fact_grace_ms
+    horizon = np.maximum(np.maximum(floor, stream_times(start, moved)) - ledger.limits.fact_grace_ms,
+                         ledger.forgotten_before)  # ``late_horizon``
     late = plan.moves & (at < horizon)
     outcomes[plan.duplicate] = _DUPLICATE
     rows = np.flatnonzero(plan.conflict | late)

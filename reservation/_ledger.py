@@ -103,7 +103,7 @@ class Ledger(ReserveWrites, Upkeep):
                 return FactOutcome.DUPLICATE, ""
             self.emit(FactQuarantined(fact, CONFLICT))
             return FactOutcome.QUARANTINED, CONFLICT
-        horizon = max(self.stream_time, stream_time) - self.limits.fact_grace_ms
+        horizon = self.late_horizon(max(self.stream_time, stream_time))  # E6, never before what E8 forgot
         if fact.event_time < horizon:
             reason = late_reason(fact.event_time, horizon)
             self.emit(FactQuarantined(fact, reason))

@@ -45,7 +45,7 @@ def restoring(ledger: Ledger, snap: LedgerSnapshot, slice_size: int = RESTORE_SL
     # Forgotten in the order they were resolved, as the live ledger would (the snapshot holds them
     # in the order they were made): a restored instance must not keep one longer (R5's window).
     ledger._resolved = deque(sorted(ledger._resolved))
-    ledger.stream_time, ledger.clock = snap.stream_time, snap.clock
+    ledger.stream_time, ledger.clock, ledger.forgotten_before = snap.stream_time, snap.clock, snap.forgotten_before
     return ledger
 
 

@@ -72,7 +72,7 @@ def positions_made(ledger: Ledger, block: CountRows, cells: BlockCells) -> int:
     if not missing.any() or len(ledger.memory) >= ledger.limits.max_dedupe_entries_per_shard:
         return 0  # every row E8 does not know is quarantined, and the memory only grows in a block
     newest = max(ledger.stream_time, int(block.at.max()))
-    never_late = int(block.at[missing].min()) >= newest - ledger.limits.fact_grace_ms
+    never_late = int(block.at[missing].min()) >= ledger.late_horizon(newest)
     short = _memory_stays_short(ledger, cells)
     if never_late and short:
         # Each new position's first row applies: E8 cannot know it (a position E8 knows a fact of
@@ -131,7 +131,8 @@ def late_in_order(ledger: Ledger, block: CountRows, cells: BlockCells) -> BoolAr
         if counting is None:
             return None
         counts |= counting
-    return at < stream_times(start, np.where(counts, at, start)) - ledger.limits.fact_grace_ms
+    return at < np.maximum(stream_times(start, np.where(counts, at, start)) - ledger.limits.fact_grace_ms,
+                           ledger.forgotten_before)  # ``late_horizon``
 
 
 def _counting(ledger: Ledger, block: CountRows, cells: BlockCells, ask: BoolArray) -> BoolArray | None:
@@ -160,7 +161,7 @@ def known_before(ledger: Ledger, block: CountRows, cells: BlockCells, rows: Bool
 def _walk(ledger: Ledger, block: CountRows, cells: BlockCells, stop: int) -> int:
     """The rows before ``stop`` in order, each decided as ``record_fact`` decides it."""
     limits = ledger.limits
-    grace, room = limits.fact_grace_ms, limits.max_dedupe_entries_per_shard - len(ledger.memory)
+    room = limits.max_dedupe_entries_per_shard - len(ledger.memory)
     stream_time = ledger.stream_time
     counted = set(cells.position[cells.counted].tolist())
     applied: set[tuple[int, int]] = set()  # (position, at): E8 knows these from the row that applied on
@@ -170,7 +171,7 @@ def _walk(ledger: Ledger, block: CountRows, cells: BlockCells, stop: int) -> int
     known = known_before(ledger, block, cells, whole).tolist()
     for i, p, t, new, kept in zip(range(stop), cells.position[:stop].tolist(), block.at[:stop].tolist(),
                                   (~cells.present[:stop]).tolist(), (cells.head[:stop] != 0).tolist(), strict=True):
-        if (p, t) in applied or t < stream_time - grace or known[i]:
+        if (p, t) in applied or t < ledger.late_horizon(stream_time) or known[i]:
             continue  # E8: a resend or a conflict; E6: late — neither changes anything
         if kept and _out_of_range(ledger, block, i, folded, p):
             continue  # on_hand past ±max_on_hand: taken back (a count alone is within max_quantity)

@@ -10,6 +10,7 @@ from ._columns import StoreSnapshot
 from ._dedupe import MemorySnapshot
 from ._deltas import PoolSnapshot
 from ._model import Reservation
+from ._upkeep import NOTHING_FORGOTTEN
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -25,6 +26,8 @@ class LedgerSnapshot(msgspec.Struct, array_like=True, forbid_unknown_fields=True
     seen: MemorySnapshot  # E8
     stream_time: int
     clock: int
+    forgotten_before: int = NOTHING_FORGOTTEN
+    """E8, E9: ``Upkeep.forgotten_before`` (none in a snapshot written before it was kept)."""
 
 
 def snapshot_of(ledger: Ledger) -> LedgerSnapshot:
@@ -37,4 +40,5 @@ def snapshot_of(ledger: Ledger) -> LedgerSnapshot:
         seen=ledger.memory.snapshot(),
         stream_time=ledger.stream_time,
         clock=ledger.clock,
+        forgotten_before=ledger.forgotten_before,
     )

@@ -9,6 +9,8 @@ from ._expiry import expiry_stale
 from ._facts import Histories
 from ._limits import Limits
 
+NOTHING_FORGOTTEN = -(1 << 63)
+"""``Upkeep.forgotten_before`` of a ledger that has forgotten nothing (an int64, as a snapshot holds it)."""
 COMPACT_PER_PASS = 4096
 """Kept deltas one maintenance pass looks at for E9 compaction: ~10 ms of a shard's turn at most
 (``compact_ms`` of benchmarks/snapshot_stall.py)."""
@@ -29,6 +31,12 @@ class Upkeep:
     not changed since: a batch sealed or committed opens another (``Ledger.seal``), and every other
     change to it forgets this (``_unquiet``)."""
 
+    forgotten_before: int = NOTHING_FORGOTTEN
+    """E8, E9: the newest horizon at which this ledger forgot remembered facts or freed kept deltas (its
+    snapshot's, restored). Facts stamped before it are late whatever the grace (``late_horizon``): one
+    started again with a longer ``fact_grace_ms`` had forgotten some inside its window, and a resend of
+    one applied it twice (E8); a count ordered before a delta freed took on_hand without it (E2)."""
+
     _alone_taken: tuple[list[Event], int] = ([], 0)
     """The open batch (its events' list: a batch sealed or committed opens another) and how many holds its
     Reserves' turns have taken to expire (``Ledger.due_alone``). Bounded per Reserve, a ReserveStream batch
@@ -42,7 +50,7 @@ class Upkeep:
         events = self._events
         if self._quiet_since is events and not events:  # no event since, nor other change
             return False
-        horizon = self.stream_time - self.limits.fact_grace_ms  # ``_horizon``, written out
+        horizon = max(self.stream_time - self.limits.fact_grace_ms, self.forgotten_before)  # ``_horizon``
         if self.memory.has_old(horizon) or self.histories.sweep_due(horizon) or \
                 expiry_stale(len(self._expiry), self.live_reservations):
             return True
@@ -58,7 +66,8 @@ class Upkeep:
         """E9 for about ``limit`` kept deltas (``Histories.sweep``); between batches, none in flight."""
         assert not self._events, "compaction inside an open batch"
         self._unquiet()
-        return self.histories.sweep(self._horizon(), limit, self._pass_every())
+        self.forgotten_before = horizon = self._horizon()
+        return self.histories.sweep(horizon, limit, self._pass_every())
 
     def has_old_facts(self) -> bool:
         """Whether ``forget_old_facts`` would drop anything now."""
@@ -69,11 +78,17 @@ class Upkeep:
         undone must find what it knew."""
         assert not self._events, "forgetting inside an open batch"
         self._unquiet()
-        return self.memory.forget_old(self._horizon(), self._pass_every())
+        self.forgotten_before = horizon = self._horizon()
+        return self.memory.forget_old(horizon, self._pass_every())
+
+    def late_horizon(self, stream_time: int) -> int:
+        """E6: facts stamped before this are late at ``stream_time`` — stream time minus grace, and never
+        before what this ledger forgot (``forgotten_before``, E8, E9)."""
+        return max(stream_time - self.limits.fact_grace_ms, self.forgotten_before)
 
     def _horizon(self) -> int:
-        """E6/E9: stream time minus grace; facts stamped before it are late, history before it may go."""
-        return self.stream_time - self.limits.fact_grace_ms
+        """E6/E9: ``late_horizon`` now; facts stamped before it are late, history before it may go."""
+        return self.late_horizon(self.stream_time)
 
     def _pass_every(self) -> int:
         """How far the horizon moves between two forgetting or compaction passes: a sixteenth of grace."""

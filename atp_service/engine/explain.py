@@ -33,7 +33,7 @@ class Explanation:
                 self.count = (history.count_key[3], history.count_key[0], base)
             self.deltas = [(source, at, qty) for at, source, qty in history.deltas]
         self.stream_time = ledger.stream_time
-        self.retained_since = max(0, ledger.stream_time - engine.limits.fact_grace_ms)
+        self.retained_since = max(0, ledger.late_horizon(ledger.stream_time))  # E9: never before what it freed
         self.holds: list[tuple[Any, int, int]] = []
         self.holds_truncated = False
         # Holds live on their reservation's home shard, which a multi-SKU order may place elsewhere:
