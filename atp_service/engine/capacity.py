@@ -1,16 +1,20 @@
 """Bounds on what the engine keeps and runs: a shard's bounds on the reservations it remembers
 (``max_live_reservations_per_shard``, ``max_resolved_reservations_per_shard``), asked before a Reserve
 with a new id leaves a record there — a one-group Reserve's record, and an order's record at its home
-(``Orders``) with its part there — and the orders housekeeping drives on at once."""
+(``Orders``) with its part there —, the orders housekeeping drives on at once, and the sagas callers
+wait for (``Waits``: none kept for a caller gone before it began)."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+from typing import Any, TypeVar
 
 from reservation import Ledger, Limits, Reason, Reservation, ReserveCommand, ResourceExhausted
 from reservation import _operations as ops
 from reservation import _orders as orders
 
+T = TypeVar("T")
 DRIVE_ORDERS_AT_ONCE = 64
 """Sagas of orders left pending (a group's log unreachable, a restart) and of orphaned parts that
 housekeeping runs at once; the rest wait for the next passes. Each pass spawned a saga for every
@@ -63,3 +67,31 @@ def next_to_drive(pending: set[str], after: str, room: int) -> tuple[str, list[s
     start = bisect.bisect_right(ids, after)
     picked = (ids[start:] + ids[:start])[:room]
     return picked[-1], picked
+
+
+class Waits:
+    """The sagas callers wait for (``Orders``), told apart until each has begun (holds its order's lock)."""
+
+    def __init__(self) -> None:
+        self._waiting: set[asyncio.Task[Any]] = set()  # not begun: waiting for another saga of their order
+
+    def add(self, task: asyncio.Task[T]) -> asyncio.Task[T]:
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+        return task
+
+    def begun(self) -> None:
+        """Said by a saga's own task once it holds its order's lock: from here on it is not its caller's to stop."""
+        self._waiting.discard(asyncio.current_task())
+
+    async def wait(self, task: asyncio.Task[T]) -> T:
+        """``task``'s result. The caller's cancellation abandons the wait, not a saga begun (R8: applied whole); one
+        not begun is dropped with it (R8: nothing of it was applied). Kept, every call that came and went while a
+        saga of its order waited on a group not answering (a peer past its step's deadline, for minutes) queued one
+        more saga without bound, each run in turn once the group answered, for nobody."""
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task in self._waiting:
+                task.cancel()
+            raise

@@ -2,10 +2,10 @@
 saga of single-group steps (``reservation._orders``), all or nothing in outcome (R2). Every step is an ordinary
 actor message on one shard, durable before the next starts, and every step is idempotent, so a saga can be run
 again from wherever it stopped: the order's record at its home says what it has decided (``pending``). One
-task per order runs its saga at a time (a lock per order), owned by this object, not by the caller (R8): a
-caller that goes away abandons only its wait. A saga that cannot finish now (a group's log unreachable) leaves
-the order pending; the caller hears ``UNAVAILABLE`` (``OUTCOME_UNKNOWN``), and the order is driven on by its
-retry or by housekeeping, which also drives every order found pending after a restart.
+task per order runs its saga at a time (a lock per order), owned by this object, not by the caller (R8): a caller
+that goes away abandons only its wait (and its saga if not begun: ``capacity.Waits``). A saga that cannot finish
+now (a group's log unreachable) leaves the order pending; the caller hears ``UNAVAILABLE`` (``OUTCOME_UNKNOWN``),
+and the order is driven on by its retry or by housekeeping, as is every order found pending after a restart.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, next_to_drive, order_opened
+from atp_service.engine.capacity import DRIVE_ORDERS_AT_ONCE, Waits, next_to_drive, order_opened
 from atp_service.engine.confirmed import ConfirmedChecks, checked
 from atp_service.engine.losses import log_confirmed_again, log_decided_again, torn
 from atp_service.engine.parts import (
@@ -67,6 +67,7 @@ class Orders:
         self._engine = engine
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # order id -> (its lock, tasks using it)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.waits = Waits()  # the sagas callers wait for: dropped with a caller gone before they began (R8)
         self.unsettled: set[str] = set()
         """Orders left pending (a saga that could not finish, or found so after a restart): the
         housekeeper drives them on (``drive_unsettled``)."""
@@ -95,8 +96,8 @@ class Orders:
     # -- what the engine calls ---------------------------------------------------------
     def reserve(self, cmd: ReserveCommand, home: int) -> asyncio.Task[tuple[Reservation, bool]]:
         """The order's Reserve saga, started: its task (the engine keeps the order's route until
-        the task is done, whoever waits for it)."""
-        return self._spawn(self._locked(cmd.reservation_id, lambda: self._reserve(cmd, home)))
+        the task is done, whoever waits for it: ``waits.wait``)."""
+        return self.waits.add(self._spawn(self._locked(cmd.reservation_id, lambda: self._reserve(cmd, home))))
 
     async def change(self, order_id: str, home: int, step: PendingOp) -> Reservation:
         return await self._owned(order_id, lambda: self._change(order_id, home, step))
@@ -156,9 +157,7 @@ class Orders:
 
     # -- one task per order at a time ------------------------------------------------------
     async def _owned(self, order_id: str, saga: Callable[[], Awaitable[T]]) -> T:
-        task = self._spawn(self._locked(order_id, saga))
-        result: T = await asyncio.shield(task)  # the caller's cancellation abandons the wait, not the saga
-        return result
+        return await self.waits.wait(self.waits.add(self._spawn(self._locked(order_id, saga))))
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = keep(self._tasks, coro)
@@ -170,6 +169,7 @@ class Orders:
         self._locks[order_id] = (lock, users + 1)
         try:
             async with lock:
+                self.waits.begun()
                 try:
                     result = await saga()
                 except BaseException as exc:

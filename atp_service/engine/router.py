@@ -177,12 +177,12 @@ class Engine(OwnedShards):
             raise
 
     async def _reserve_order(self, cmd: ReserveCommand, home: int) -> tuple[Reservation, bool]:
-        """An order spanning groups (``Orders``): its saga, and its route with it, ends whatever the caller does."""
+        """An order spanning groups (``Orders``): its saga once begun, and its route, ends whatever the caller does."""
         saga = self.orders.reserve(cmd, home)  # type: ignore[union-attr]
         rid = cmd.reservation_id
         saga.add_done_callback(lambda task: self.routes.done(rid) if not task.cancelled() and task.exception() is None
                                else self.routes.unroute(rid))
-        result: tuple[Reservation, bool] = await asyncio.shield(saga)
+        result: tuple[Reservation, bool] = await self.orders.waits.wait(saga)  # type: ignore[union-attr]
         self._count(result)
         return result
 
