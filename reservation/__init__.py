@@ -48,6 +48,7 @@ from ._store import MADE, PositionStore
 from ._validate import (
     check_id,
     check_safety_stock,
+    count_block,
     count_rows,
     fact,
     line_requests,
@@ -106,6 +107,7 @@ __all__ = [
     "check_id",
     "check_safety_stock",
     "confirm",
+    "count_block",
     "count_rows",
     "curate",
     "decode_entry",

@@ -208,22 +208,8 @@ def count_rows(source: str, skus: Sequence[str], locations: Sequence[str], colum
     field is the column, and the problem names no value of the row, so rows refused alike can be
     answered together). ``columns``: sku_index, location_index, on_hand, as_of as packed
     little-endian bytes. A fault of the whole block (its source, its size, columns of unequal
-    length) refuses the call."""
-    check_id("source", source, limits)
-    sizes = (4, 4, 8, 8)
-    names = ("sku_index", "location_index", "on_hand", "as_of")
-    for name, data, size in zip(names, columns, sizes, strict=True):
-        if len(data) % size:
-            raise InvalidArgument(name, f"{len(data)} bytes is not a whole number of {size}-byte values")
-    n = len(columns[3]) // 8
-    if n > limits.max_rows_per_load:
-        raise _too_many_rows(names, n, limits)
-    for name, data, size in zip(names, columns, sizes, strict=True):
-        if len(data) // size != n:
-            raise InvalidArgument(name, f"{len(data) // size} values for {n} rows (as_of has one per row)")
-    for name, dictionary in (("skus", skus), ("locations", locations)):
-        if len(dictionary) > n or len(set(dictionary)) != len(dictionary):
-            raise InvalidArgument(name, "each must appear once, and no more of them than rows")
+    length) refuses the call (``count_block``)."""
+    n = count_block(source, skus, locations, columns, limits)
     si, li = (np.frombuffer(c, dtype="<u4").astype(np.uint32) for c in columns[:2])
     qty, at = (np.frombuffer(c, dtype="<i8").astype(np.int64) for c in columns[2:])
     problems = _row_problems(skus, locations, si, li, qty, at, now, limits)
@@ -236,6 +222,31 @@ def count_rows(source: str, skus: Sequence[str], locations: Sequence[str], colum
             errors[i] = problem(i)
     good = ~bad
     return CountRows(source, skus, locations, si[good], li[good], qty[good], at[good]), errors
+
+
+def count_block(source: str, skus: Sequence[str], locations: Sequence[str], columns: Sequence[bytes],
+                limits: Limits) -> int:
+    """The number of rows of a LoadCounts block (``count_rows``' columns), or the refusal of the whole block: its
+    source, its size, columns of unequal length, a dictionary naming one twice. Needs no clock: a block at fault
+    is told so before anything the service's state decides (reasons in precedence order)."""
+    check_id("source", source, limits)
+    sizes = (4, 4, 8, 8)
+    for name, data, size in zip(_COLUMNS, columns, sizes, strict=True):
+        if len(data) % size:
+            raise InvalidArgument(name, f"{len(data)} bytes is not a whole number of {size}-byte values")
+    n = len(columns[3]) // 8
+    if n > limits.max_rows_per_load:
+        raise _too_many_rows(_COLUMNS, n, limits)
+    for name, data, size in zip(_COLUMNS, columns, sizes, strict=True):
+        if len(data) // size != n:
+            raise InvalidArgument(name, f"{len(data) // size} values for {n} rows (as_of has one per row)")
+    for name, dictionary in (("skus", skus), ("locations", locations)):
+        if len(dictionary) > n or len(set(dictionary)) != len(dictionary):
+            raise InvalidArgument(name, "each must appear once, and no more of them than rows")
+    return n
+
+
+_COLUMNS = ("sku_index", "location_index", "on_hand", "as_of")
 
 
 def _too_many_rows(columns: tuple[str, ...], n: int, limits: Limits) -> InvalidArgument:

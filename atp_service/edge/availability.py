@@ -38,9 +38,11 @@ def keys_of(request: pb.GetAvailabilityRequest, limits: Limits) -> list[tuple[st
     return keys
 
 
-async def get_availability(request: pb.GetAvailabilityRequest, context: grpc.aio.ServicerContext[Any, Any],
-                           engine: Engine, forwarder: Forwarder, limits: Limits) -> pb.GetAvailabilityResponse:
-    keys = keys_of(request, limits)
+async def get_availability(request: pb.GetAvailabilityRequest, keys: list[tuple[str, str]],
+                           context: grpc.aio.ServicerContext[Any, Any], engine: Engine,
+                           forwarder: Forwarder) -> pb.GetAvailabilityResponse:
+    """The positions of ``keys`` (``keys_of(request)``: checked before the engine was asked for, so a request at
+    fault is told so, not RECOVERING)."""
     here, elsewhere = _split(keys, engine, forwarder, tuple(context.invocation_metadata() or ()))
     local = [keys[n] for n in here]
     positions: list[pb.Availability | None] = [None] * len(keys)

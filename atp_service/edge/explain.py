@@ -19,16 +19,15 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge import convert
 from atp_service.engine.explain import Explanation
 from atp_service.engine.router import Engine
-from reservation import Limits, check_id
+from reservation import Limits
 
 FLAGS_BYTES = 4
 """What ``holds_truncated`` and ``deltas_truncated`` cost when set (a tag and a byte each): kept free."""
 
 
-def explain_availability(request: pb.ExplainAvailabilityRequest, engine: Engine, limits: Limits,
+def explain_availability(sku: str, location: str, engine: Engine, limits: Limits,
                          max_message_bytes: int) -> pb.ExplainAvailabilityResponse:
-    sku = check_id("sku", request.sku, limits)
-    location = check_id("location", request.location, limits)
+    """The explanation of the position (``sku`` and ``location`` checked, ``check_id``)."""
     ex = Explanation(engine, sku, location, limits.max_explain_holds)
     out = pb.ExplainAvailabilityResponse(
         availability=convert.availability_pb(sku, location, ex.quantities), holds_truncated=ex.holds_truncated,

@@ -57,10 +57,7 @@ replaced) nor gRPC's own (a timeout, the owner unreachable), which are never ret
 async def record_events(request: pb.RecordEventsRequest, context: Any, engine: Engine, desk: FactDesk,
                         forwarder: Forwarder, limits: Limits, metrics: EdgeMetrics,
                         max_message_bytes: int = 4 << 20) -> pb.RecordEventsResponse:
-    limit = limits.max_events_per_call
-    if len(request.events) > limit:
-        raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}",
-                              Reason.LIMIT_EXCEEDED, "max_events_per_call")
+    """The call's facts recorded (``check_events(request)`` passed), each answered in order."""
     out: list[pb.FactResult | None] = [None] * len(request.events)
     valid, at, ahead = _facts_of(request, engine.clock.now_ms(), limits, metrics, out)
     _redirect_first(valid + [fact for _, fact, _ in ahead], engine, forwarder,
@@ -93,6 +90,15 @@ async def record_events(request: pb.RecordEventsRequest, context: Any, engine: E
     response = pb.RecordEventsResponse(results=cast(list[pb.FactResult], out))
     _check_answer_fits(response, len(out), max_message_bytes)
     return response
+
+
+def check_events(request: pb.RecordEventsRequest, limits: Limits) -> None:
+    """Refuse a call of more facts than ``max_events_per_call``: before the engine is asked for, so it is told
+    so, not RECOVERING (reasons in precedence order). Each fact's own fault is its answer, not the call's."""
+    limit = limits.max_events_per_call
+    if len(request.events) > limit:
+        raise InvalidArgument("events", f"{len(request.events)} facts exceed the limit max_events_per_call={limit}",
+                              Reason.LIMIT_EXCEEDED, "max_events_per_call")
 
 
 async def _forward(request: pb.RecordEventsRequest, context: Any, forwarder: Forwarder, moved: dict[str, list[int]],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 
@@ -15,7 +15,7 @@ from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 from atp_service.channels.desk import ChannelDesk
 from atp_service.channels.estate import EstateUnusable
 from atp_service.edge import convert
-from atp_service.edge.availability import get_availability
+from atp_service.edge.availability import get_availability, keys_of
 from atp_service.edge.calls import current as current_call
 from atp_service.edge.drain import SHUTTING_DOWN, Drain
 from atp_service.edge.errors import abort, rich_status, status_of
@@ -25,7 +25,7 @@ from atp_service.edge.forward import Forwarder
 from atp_service.edge.load import load_counts
 from atp_service.edge.observed import observed as _observed
 from atp_service.edge.overload import LoopLagMonitor
-from atp_service.edge.record import record_events
+from atp_service.edge.record import check_events, record_events
 from atp_service.edge.routing import RoutingTable, routing_pb, single_process
 from atp_service.edge.streams import OwnerStreams, SentInTurn, check_answer_size, when_settled
 from atp_service.edge.watch import Watchers
@@ -44,6 +44,7 @@ from reservation import (
     Unavailable,
     check_id,
     check_safety_stock,
+    count_block,
     partial_lines,
 )
 
@@ -154,18 +155,21 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
     @_observed("Release")
     async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
-        return pb.ReleaseResponse(reservation=await self._line_operation(request, self.engine.release))
+        return pb.ReleaseResponse(reservation=await self._line_operation(request, "release"))
 
     @_observed("Fulfill")
     async def Fulfill(self, request: pb.FulfillRequest, context: Any) -> pb.FulfillResponse:
-        return pb.FulfillResponse(reservation=await self._line_operation(request, self.engine.fulfill))
+        return pb.FulfillResponse(reservation=await self._line_operation(request, "fulfill"))
 
     async def _line_operation(self, request: pb.ReleaseRequest | pb.FulfillRequest,
-                              operation: Callable[..., Awaitable[Reservation]]) -> pb.Reservation:
-        """Release and Fulfil: everything, or per line with an operation id (R3, R4, R5)."""
+                              operation: Literal["release", "fulfill"]) -> pb.Reservation:
+        """Release and Fulfil (``operation``: the engine's method): everything, or per line with an operation id
+        (R3, R4, R5). The request is checked before the engine is asked for: its fault is told, not RECOVERING
+        (reasons in precedence order)."""
         rid = check_id("reservation_id", request.reservation_id, self.limits)
         lines = partial_lines(convert.lines_of(request.lines), request.operation_id, self.limits)
-        return convert.reservation_pb(await operation(rid, lines, request.operation_id))
+        act: Callable[..., Awaitable[Reservation]] = getattr(self.engine, operation)
+        return convert.reservation_pb(await act(rid, lines, request.operation_id))
 
     @_observed("GetReservation")
     async def GetReservation(self, request: pb.GetReservationRequest, context: Any) -> pb.GetReservationResponse:
@@ -174,21 +178,28 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
 
     @_observed("GetAvailability")
     async def GetAvailability(self, request: pb.GetAvailabilityRequest, context: Any) -> pb.GetAvailabilityResponse:
-        return await get_availability(request, context, self.engine, self.forwarder, self.limits)
+        keys = keys_of(request, self.limits)  # before the engine: its fault told, not RECOVERING (precedence)
+        return await get_availability(request, keys, context, self.engine, self.forwarder)
 
     @_observed("RecordEvents")
     async def RecordEvents(self, request: pb.RecordEventsRequest, context: Any) -> pb.RecordEventsResponse:
+        check_events(request, self.limits)  # before the engine: its fault told, not RECOVERING (precedence)
         return await record_events(request, context, self.engine, self.desk, self.forwarder, self.limits,
                                    self.metrics, self.max_message_bytes)
 
     @_observed("LoadCounts")
     async def LoadCounts(self, request: pb.LoadCountsRequest, context: Any) -> pb.LoadCountsResponse:
+        if self._engine is None:  # recovering: a block at fault is told so, not RECOVERING (reasons in precedence)
+            count_block(request.source, request.skus, request.locations,
+                        (request.sku_index, request.location_index, request.on_hand, request.as_of), self.limits)
         return await load_counts(request, context, self.engine, self.desk, self.forwarder, self.limits)
 
     @_observed("ExplainAvailability")
     async def ExplainAvailability(self, request: pb.ExplainAvailabilityRequest,
                                   context: Any) -> pb.ExplainAvailabilityResponse:
-        return explain_availability(request, self.engine, self.limits, self.max_message_bytes)
+        sku = check_id("sku", request.sku, self.limits)  # before the engine: its fault told, not RECOVERING
+        location = check_id("location", request.location, self.limits)
+        return explain_availability(sku, location, self.engine, self.limits, self.max_message_bytes)
 
     @_observed("SetSafetyStock")
     async def SetSafetyStock(self, request: pb.SetSafetyStockRequest, context: Any) -> pb.SetSafetyStockResponse:

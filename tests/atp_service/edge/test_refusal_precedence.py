@@ -1,0 +1,69 @@
+"""Reasons are numbered in precedence order (docs/API.md, ``reservation/_errors.py``): where several apply to
+one request, the lowest is told — the request itself before the service's own availability. A call whose
+request is at fault is told so while the service recovers its state, by every method, not ``RECOVERING``:
+retried on that word (by gRPC's own retry policy too) it was refused again, and told its fault only once
+the start had finished."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from atp_client import AtpClient
+from atp_client.pb.atp.v1 import atp_pb2 as pb
+from atp_service import AtpService, free_port
+from reservation import Limits
+from tests.atp_service.app.test_healthcheck import starting_until_logged
+from tests.atp_service.refusals import refused
+from tests.conftest import test_config as make_config
+
+Ask = Callable[[AtpClient], Any]
+LINE = pb.Line(sku="A", location="S1", quantity=1)
+# name -> (the call with its fault, the field named, the reason)
+FAULTS: dict[str, tuple[Ask, str, str]] = {
+    "release": (lambda c: c.stub.Release(pb.ReleaseRequest(reservation_id="")), "reservation_id", "INVALID_FIELD"),
+    "fulfill-lines": (lambda c: c.stub.Fulfill(pb.FulfillRequest(
+        reservation_id="r", lines=[pb.Line(sku="A", location="S1", quantity=0)], operation_id="op")),
+        "lines[0].quantity", "INVALID_FIELD"),
+    "availability": (lambda c: c.stub.GetAvailability(pb.GetAvailabilityRequest()), "keys", "INVALID_FIELD"),
+    "availability-keys": (lambda c: c.stub.GetAvailability(pb.GetAvailabilityRequest(
+        keys=[pb.PositionKey(sku="A", location="S1")] * 3)), "keys", "LIMIT_EXCEEDED"),
+    "record-events": (lambda c: c.stub.RecordEvents(pb.RecordEventsRequest(events=[pb.Fact()] * 3)), "events",
+                      "LIMIT_EXCEEDED"),
+    "load-counts": (lambda c: c.stub.LoadCounts(pb.LoadCountsRequest(source="")), "source", "INVALID_FIELD"),
+    "load-counts-rows": (lambda c: c.stub.LoadCounts(pb.LoadCountsRequest(
+        source="erp", as_of=bytes(8 * 3), on_hand=bytes(8 * 3), sku_index=bytes(4 * 3), location_index=bytes(4 * 3))),
+        "as_of", "LIMIT_EXCEEDED"),
+    "explain": (lambda c: c.stub.ExplainAvailability(pb.ExplainAvailabilityRequest(location="S1")), "sku",
+                "INVALID_FIELD"),
+    # Those that were told so already: the same order.
+    "reserve": (lambda c: c.stub.Reserve(pb.ReserveRequest(reservation_id="", lines=[LINE])), "reservation_id",
+                "INVALID_FIELD"),
+    "confirm": (lambda c: c.stub.Confirm(pb.ConfirmRequest()), "reservation_id", "INVALID_FIELD"),
+    "safety-stock": (lambda c: c.stub.SetSafetyStock(pb.SetSafetyStockRequest(sku="A", location="S1", quantity=-1)),
+                     "quantity", "INVALID_FIELD"),
+}
+LIMITS = Limits(max_availability_keys=2, max_events_per_call=2, max_rows_per_load=2)
+
+
+async def test_a_request_at_fault_is_told_its_fault_while_the_service_recovers_not_recovering() -> None:
+    service = AtpService(make_config(limits=LIMITS), f"redis://127.0.0.1:{free_port()}/0")  # no Redis there
+    try:
+        async with starting_until_logged(service, "waiting for Redis") as starting:
+            assert not starting.done()
+            async with AtpClient(f"127.0.0.1:{service.port}") as client:
+                said = await refused(client.stub.GetReservation(pb.GetReservationRequest(reservation_id="r")))
+                assert (said.code, said.reason) == (grpc.StatusCode.UNAVAILABLE, "RECOVERING")  # recovering indeed
+                told = {name: await refused(ask(client)) for name, (ask, _, _) in FAULTS.items()}
+        wrong = {name: told[name].reason for name, (_, _, reason) in FAULTS.items() if told[name].reason != reason}
+        assert not wrong, wrong
+        for name, (_, field, reason) in FAULTS.items():
+            refusal = told[name]
+            assert (refusal.code, refusal.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason), (name, refusal)
+            assert field in [v.field for v in refusal.field_violations], (name, refusal)
+    finally:
+        await asyncio.wait_for(service.stop(grace_s=0), timeout=30)
+
