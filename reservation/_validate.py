@@ -18,6 +18,10 @@ from ._model import Fact, FactKind, LineRequest, ReserveCommand
 _FACT_KINDS = {k.value: k for k in FactKind}
 
 
+NOT_PRINTABLE = "must be printable (no control, format, separator or unassigned character; ASCII space is fine)"
+"""Why an id with a character ``str.isprintable`` refuses is refused: names what is refused, not only controls."""
+
+
 def check_id(field: str, value: str, limits: Limits, *, required: bool = True) -> str:
     if not value:
         if required:
@@ -27,7 +31,7 @@ def check_id(field: str, value: str, limits: Limits, *, required: bool = True) -
         raise InvalidArgument(field, f"longer than {limits.max_id_length} bytes (limit max_id_length)",
                               Reason.LIMIT_EXCEEDED, "max_id_length")
     if not value.isprintable():
-        raise InvalidArgument(field, "must not contain control characters")
+        raise InvalidArgument(field, NOT_PRINTABLE)
     return value
 
 
@@ -115,8 +119,8 @@ def reserve_command(
     ttl = ttl_seconds or limits.default_ttl_seconds
     if not limits.min_ttl_seconds <= ttl <= limits.max_ttl_seconds:
         raise InvalidArgument(
-            "ttl", f"{ttl_seconds}s is outside [{limits.min_ttl_seconds}s, {limits.max_ttl_seconds}s]"
-        )
+            "ttl", f"{ttl_seconds}s is outside [{limits.min_ttl_seconds}s, {limits.max_ttl_seconds}s] "
+                   "(limits min_ttl_seconds, max_ttl_seconds)")
     checked = checked or line_requests(lines, limits)
     return ReserveCommand(reservation_id, order_ref, channel, checked, ttl * 1000, allow_partial, not ttl_seconds)
 

@@ -22,6 +22,9 @@ from atp_client._output import BadInput
 from atp_client._time import epoch_ms
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
+_NOT_PRINTABLE = "must be printable (no control, format, separator or unassigned character; ASCII space is fine)"
+"""The service's own refusal of such an id (``str.isprintable``), said before the entry is written."""
+
 _IDS = ("event_id", "source", "sku", "location")
 _SIGNED = {pb.FACT_KIND_ADJUST: "a non-zero delta", pb.FACT_KIND_COUNT: "at least 0"}
 """The quantity each kind takes besides the default, a positive number of units."""
@@ -44,7 +47,7 @@ def entry_fields(fact: pb.Fact) -> Fields:
         if not value:
             raise LineRefused(name, "must not be empty")
         if not value.isprintable():
-            raise LineRefused(name, "must not contain control characters")
+            raise LineRefused(name, _NOT_PRINTABLE)
     if fact.kind == pb.FACT_KIND_UNSPECIFIED or fact.kind not in pb.FactKind.values():
         raise LineRefused("kind", f"must be one of {', '.join(pb.FactKind.keys()[1:])}, got {fact.kind}")
     _check_quantity(fact)
@@ -61,7 +64,7 @@ def entry_fields(fact: pb.Fact) -> Fields:
             raise LineRefused("reservation_id", f"only SHIPMENT facts may name a reservation, not "
                                                 f"{pb.FactKind.Name(fact.kind)}")
         if not fact.reservation_id.isprintable():
-            raise LineRefused("reservation_id", "must not contain control characters")
+            raise LineRefused("reservation_id", _NOT_PRINTABLE)
         fields["reservation_id"] = fact.reservation_id
     return fields
 

@@ -9,6 +9,7 @@ import pytest
 from atp_service.channels.estate import MIN_RATE_PER_S, EstateError, load_estate, parse_estate
 from reservation import Limits
 from reservation._bucket import TokenBucket
+from reservation._validate import NOT_PRINTABLE
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -84,7 +85,7 @@ def test_a_file_that_is_not_utf8_is_refused_naming_the_file_s_fault(tmp_path: Pa
     (["owner"], "channels[0].name: 'owner' is reserved (a key of the channel feeds has that name)"),
     (["fence"], "channels[0].name: 'fence' is reserved (a key of the channel feeds has that name)"),
     (["web", "web:state"], "channels: 'web' and 'web:state' would share a Redis key"),
-    (["web\nshop"], "channels[0].name: must not contain control characters"),
+    (["web\nshop"], f"channels[0].name: {NOT_PRINTABLE}"),
     (["w" * 300], "channels[0].name: longer than 128 bytes (limit max_id_length)"),
 ])
 def test_a_channel_name_that_would_be_another_key_of_the_feeds_is_refused_C1(names: list[str], message: str) -> None:
