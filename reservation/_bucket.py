@@ -25,7 +25,8 @@ class TokenBucket:
 
     def force(self, most_owed: float) -> None:
         """A token taken without waiting for it (a stock-out, C2): into debt, of at most ``most_owed`` tokens."""
-        self.tokens = max(self.tokens - 1.0, -most_owed)
+        # Never raised: a debt past a cap lowered since (a reload) stays until time pays it.
+        self.tokens = min(self.tokens, max(self.tokens - 1.0, -most_owed))
 
     def most_owed(self, wait_ms: int) -> float:
         """C2's bound on the debt ``force`` runs up: ``wait_ms`` worth of tokens, at least a burst. Unbounded, 10,000

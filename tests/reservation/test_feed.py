@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from reservation import ChannelUpdate, Feed, FeedPolicy, Published, StockStatus
+from reservation import ChannelUpdate, Feed, FeedPolicy, Published, StockStatus, TokenBucket
 
 T0 = 1_700_000_000_000
 
@@ -304,3 +304,14 @@ def test_c2_the_debt_bound_is_at_least_a_burst() -> None:
     feed.offer(("f", ""), 4, T0, T0, T0)
     assert drain(feed, T0 + 2_999) == []
     assert [u.sku for u in drain(feed, T0 + 3_000)] == ["f"]
+
+
+def test_c2_a_stock_out_never_pays_back_debt_past_a_lowered_cap() -> None:
+    """A debt run up under a larger cap (a rate or ``max_wait_ms`` lowered by a reload) stays until time pays it:
+    a stock-out taken meanwhile adds to it at most, never raises the tokens to the new cap."""
+    bucket = TokenBucket(10.0, 1, T0)
+    for _ in range(51):
+        bucket.force(bucket.most_owed(5_000))
+    assert bucket.tokens == -50.0
+    bucket.force(bucket.most_owed(1_000))  # the cap now 10 tokens
+    assert bucket.tokens == -50.0
