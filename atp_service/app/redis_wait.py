@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
 
 from atp_service.app.keyspace import StartupError
 from atp_service.config_values import redacted
@@ -21,9 +21,12 @@ log = logging.getLogger("atp_service.app.service")
 T = TypeVar("T")
 REDIS_AT_START = BackoffPolicy(first_s=0.1, max_s=5.0)
 """Waits between tries to reach Redis at start (health stays NOT_SERVING meanwhile)."""
-PASSING_REFUSALS = (ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError)
+PASSING_REFUSALS = (AskError, ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError)
 """Refusals Redis gives for a while and then stops giving (a failover, memory freed): waited out
-at start like no answer; any other refusal fails the start (``StartupError``)."""
+at start like no answer; any other refusal fails the start (``StartupError``). ``AskError`` (and
+``MovedError``, one of them): a write script of the start sent where the slot map read earlier says
+its slot is, during a reshard or after a failover; the writer never follows a redirection (a write
+is never sent twice), it reads the map again before its next call there (``Nodes``)."""
 PASSING_CODES = frozenset({"NOREPLICAS", "BUSY"})
 """Refusals of the same kind redis-py raises as a plain ``ResponseError``, known by their code: writes
 refused while fewer replicas than ``min-replicas-to-write`` are connected (one restarting,

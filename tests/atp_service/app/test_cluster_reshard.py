@@ -17,8 +17,11 @@ import redis
 from atp_client import AtpClient
 from atp_service import AtpService
 from atp_service.storage.embedded_cluster import EmbeddedCluster
+from atp_service.storage.keys import Keyspace
+from tests.atp_service.app.test_healthcheck import starting_until_logged
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
+from tests.conftest import test_config as make_config
 
 CLUSTER = {"redis_cluster": True, "input_streams": ()}
 
@@ -183,3 +186,30 @@ async def test_a_write_answered_ask_once_its_group_s_keys_moved_is_not_applied_a
     _, again = await start_service(redis_timeout_s=1.0)  # recovered from the target's log: held once
     (position,) = await again.availability([("A", "S1")])
     assert (position.on_hand, position.reserved) == (10, 1)
+
+
+async def test_a_start_whose_write_a_migrating_slot_answers_ask_waits_for_the_move(
+        cluster_url: str, redis_cluster: EmbeddedCluster, moves: list[SlotMove]) -> None:
+    """A reshard under way while the service starts (``redis-cli --cluster rebalance`` moves slot after
+    slot): the start's writes go to the primary its slot map names and are answered ASK there (the slot
+    migrating, the key on the target: the claim's epoch key, absent until then), or MOVED (the slot
+    moved since the map was read), as they are answered TRYAGAIN mid-move. Each passes once the move is
+    done, without anyone touching the service: the start waits it out (health NOT_SERVING) as it waits
+    out TRYAGAIN, and is not refused as for its data (a StartupError, exit status 2: never restarted)."""
+    claims = Keyspace(make_config().key_prefix).claims
+    with redis.RedisCluster.from_url(cluster_url) as admin:
+        slot, source = admin.keyslot(claims), int(admin.get_node_from_key(claims).port)
+    target = next(node.port for node in redis_cluster.primaries if node.port != source)
+    move = SlotMove(redis_cluster, slot, source, target)
+    moves.append(move)
+    move.begin()
+    service = AtpService(make_config(redis_timeout_s=1.0, **CLUSTER), cluster_url)
+    try:
+        async with starting_until_logged(service, "waiting for Redis") as starting:
+            assert not starting.done(), starting.exception()  # waiting, not refused
+            moves.remove(move)
+            move.finish()
+            await asyncio.wait_for(starting, 30)
+        assert service.engine is not None
+    finally:
+        await service.stop(grace_s=0.1)
