@@ -171,16 +171,17 @@ class LogStore(SoloCommit, CommitSlots, LogReads):
         self._tokens[shard] = max(self._tokens.get(shard, 0), raised)
 
     async def still_owner(self, group: int | None = None) -> bool:
-        """False (and fenced from now on) once a newer instance has claimed a group of this one.
+        """False (and fenced from now on) once a newer instance has claimed a group of this one;
+        with ``group``, judged by that group's owner key alone (a settle: what the group's log holds is
+        this instance's while it owns the group, R7), which on a cluster is read on that group's primary
+        alone: one that does not answer holds no other primary's shards (liveness).
         Leased groups: whether this process still owns ``group`` (another's loss is not this one's)."""
         if self.fenced:
             return False
-        if self.leased:
-            if group is None:
-                return False
-            claims: dict[int, str | None] = {group: self.epochs.get(group)}  # its own claim alone
-        else:
-            claims = dict(self.epochs)  # judged against the claims the read was made for
+        if self.leased and group is None:
+            return False
+        # Judged against the claims the read was made for.
+        claims: dict[int, str | None] = dict(self.epochs) if group is None else {group: self.epochs.get(group)}
         keys = [self.keys.owner(g) for g in claims]
         for g, current in zip(claims, await self.values_of(keys), strict=True):
             if as_text(current) != claims[g]:  # the whole epoch: a number drawn again is another claim's

@@ -161,3 +161,24 @@ async def test_a_commit_in_flight_to_a_hung_primary_holds_no_later_commit_of_ano
             assert store.unsent(after), "a second commit of the hung node's shard went out"
         after.cancel()  # kept out of the log (as its shard does once the first fails)
     await _settled(store, behind, 1, b"to the hung node", stuck)
+
+
+SETTLE_BOUND_S = 10.0
+"""A bound for a broken run only: a settle that reads nothing of the hung node needs three round trips."""
+
+
+async def test_a_settle_of_a_shard_elsewhere_reads_nothing_of_the_hung_primary(cluster: EmbeddedCluster,
+                                                                              store: LogStore) -> None:
+    """A shard on a node that answers, its append in doubt (its reply taken for lost): its settle fences
+    the shard, reads its log and asks whether its group is still this instance's — its group's owner key,
+    on its own node. It asked for every group's, on every primary, so it waited for the hung one, and
+    the shard took no work (every call UNAVAILABLE) for as long as another primary did not answer
+    (liveness: a hung primary holds only its own shards; R7 needs only the shard's own group)."""
+    with _one_hung(cluster, store) as (_, elsewhere):
+        await store.submit(elsewhere, 1, b"landed, its answer taken for lost")
+        settle = asyncio.ensure_future(landed_of(store, elsewhere, 0, [(1, Any, b"landed, its answer taken for lost")]))
+        done, _ = await asyncio.wait({settle}, timeout=SETTLE_BOUND_S)
+        if not done:
+            settle.cancel()
+        assert done, "the settle of a shard on a node that answers waited for the hung node"
+        assert settle.result() == [(1, Any)]
