@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import io
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -44,6 +44,20 @@ async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
         await asyncio.wait((task,), timeout=RECANCEL_S)
     with contextlib.suppress(asyncio.CancelledError):
         task.result()  # a task that failed on its own still says so
+
+
+async def each_to_its_end(*stops: Callable[[], Awaitable[Any]]) -> None:
+    """Each of ``stops`` called and awaited in turn, those after one that failed too: a stop ends everything it
+    started, a part whose task failed (said when it ended) included. The first failure is raised once the last
+    has ended; the caller's own cancellation at once."""
+    failure: Exception | None = None
+    for stop in stops:
+        try:
+            await stop()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def cancel_for_good(task: asyncio.Future[Any]) -> None:

@@ -186,6 +186,7 @@ class AtpService:
             self.metrics.channels.export_channels(self.estate.channels)
             await self._while_redis_is_away(self.channels.start)  # a failed read changes nothing: tried again
             self._watched.watch("channel-desk", self.channels.task)
+            self._watched.watch("channel-restamps", self.channels.restamps_task)  # C4: keys Redis lost, published again
         if cfg.input_streams:
             self.ingestor = self._ingestor(self.desk)
             await self._while_redis_is_away(self.ingestor.start)  # creating a group that exists is a no-op

@@ -1,11 +1,12 @@
 """The service's own background tasks, watched: none of them ends unseen.
 
-The channel desk, the input-stream reader, housekeeping and the owner check each loop until the stop
-cancels them, waiting out Redis's errors on their own. Anything else they raise is a bug, and it
-ended the task silently: no channel published again (stock-outs included), no input fact was read
-again, or no hold expired again (R3), while health said SERVING, and the stop then raised the bug
-before the final snapshots. Such a task is now said at once, and the service stops to be restarted
-(exit status 4), which rebuilds every part from Redis, as for a shard that stopped working.
+The channel desk (and its look for keys publishers name), the input-stream reader, housekeeping and the owner
+check each loop until the stop cancels them, waiting out Redis's errors on their own. Anything else they raise
+is a bug, and it ended the task silently: no channel published again (stock-outs included; or never again the
+keys a publisher delivered at versions Redis lost, C4), no input fact was read again, or no hold expired again
+(R3), while health said SERVING, and the stop then raised the bug before the final snapshots. Such a task is
+now said at once, and the service stops to be restarted (exit status 4), which rebuilds every part from Redis,
+as for a shard that stopped working.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from atp_service.retry import Backoff, BackoffPolicy, retry_until_done
 from atp_service.storage.channel_store import ChannelStore, WriteRefused, settle_noted, write_failure_reason
 from atp_service.storage.channel_wire import values_of
 from atp_service.storage.durability import STORAGE_ERRORS
-from atp_service.tasks import cancel_and_wait, finish_uncancelled
+from atp_service.tasks import cancel_and_wait, each_to_its_end, finish_uncancelled
 from reservation import ChannelUpdate, FactKind, Feed, Key, LogEntry, NotFound, Published, Reason
 from reservation._events import CountsLoaded, FactApplied, HoldMoved, SafetyStockSet, Shipped
 
@@ -63,7 +63,7 @@ class ChannelDesk:
         self._aside = SetAside(store, clock)  # channels a key of another type keeps out of the writes
         self.confirmations = Confirmations()  # watches wait on it for what the stream holds above the published
         self._task: asyncio.Task[None] | None = None
-        self._restamps: asyncio.Task[None] | None = None  # keys a publisher delivered at versions Redis lost (C3, C4)
+        self.restamps_task: asyncio.Task[None] | None = None  # keys a publisher delivered at versions Redis lost, C4
         self._half_life_ms = settings.velocity_half_life_s * 1000
 
     # -- lifecycle -------------------------------------------------------------------
@@ -77,7 +77,7 @@ class ChannelDesk:
         await self._mark_everything()
         await self._withdraw_uncurated()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="channel-desk")
-        self._restamps = restamp_task(self.store, lambda: self.feeds, self.clock.now_ms, self.poke, self.metrics)
+        self.restamps_task = restamp_task(self.store, lambda: self.feeds, self.clock.now_ms, self.poke, self.metrics)
 
     @property
     def task(self) -> asyncio.Task[None] | None:  # the desk's loop (watched: it ends only when stopped, or by a bug)
@@ -89,9 +89,9 @@ class ChannelDesk:
                 actor.listeners.remove(self.on_durable)
             with contextlib.suppress(ValueError):
                 actor.undo_listeners.remove(self.on_undone)
-        await cancel_and_wait(self._restamps)
-        await cancel_and_wait(self._task)
-        await self._urgent.stop()
+        # Each stopped, those after a failed one too: a failure is raised last (said by the service's watch already).
+        await each_to_its_end(lambda: cancel_and_wait(self.restamps_task), lambda: cancel_and_wait(self._task),
+                              self._urgent.stop)
 
     async def reload(self, estate: Estate, swapped: Callable[[], None] = lambda: None) -> dict[str, int]:
         """Swap in a new estate: re-curate, publish only what changed. ``swapped`` is called with the swap, no await
