@@ -267,8 +267,9 @@ class ChannelStore:
         each key, the newest lost version named, and the raw field and value (to forget it by)."""
         named = []
         async for field, value in self.client.hscan_iter(self.keys.channel_restamp(channel), count=1000):
-            sku, _, location = as_text(field).partition(STATE_SEP)
-            with contextlib.suppress(ValueError):  # a value naming no version (no publisher's): no key named
+            # A value naming no version, or a field not UTF-8 (UnicodeDecodeError): no publisher's, no key named.
+            with contextlib.suppress(ValueError):
+                sku, _, location = as_text(field).partition(STATE_SEP)
                 named.append(((sku, location), int(value), field, value))
         return named
 

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
+from atp_service.channels import restamp
 from tests.atp_service.channel_helpers import stream_updates, write_estate
 from tests.conftest import ServiceFactory
 from tests.waiting import until
@@ -60,3 +61,22 @@ async def test_a_field_naming_no_version_does_not_end_the_look_C4(
         await until(lambda: _published_again(redis_url), "pickup's named key published again (0)", 6)
     finally:
         await direct.aclose()
+
+
+async def test_a_field_not_utf8_does_not_end_the_look_C4(
+        start_service: ServiceFactory, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect: a field of ``market``'s restamp hash that is not UTF-8 (no publisher's: a hand-made or damaged key)
+    raised UnicodeDecodeError out of the look, as a value naming no version once did: its task ended, and no
+    channel's named key was published again (or, its task watched, the service stopped at every start)."""
+    monkeypatch.setattr(restamp, "POLL_S", 0.05)
+    service, _ = await start_service(estate=write_estate(tmp_path))
+    desk = service.channels
+    assert desk is not None
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        await direct.hset("atp:{avail}:market:restamp", b"sku-\xff\tdc-1", "5")
+        await direct.hset("atp:{avail}:pickup:restamp", "sku-9\tstore-1", "5")
+        await until(lambda: _published_again(redis_url), "pickup's named key published again (0)", 6)
+    finally:
+        await direct.aclose()
+    assert desk.restamps_task is not None and not desk.restamps_task.done() and not service.failed.is_set()
