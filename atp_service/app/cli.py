@@ -231,6 +231,8 @@ async def _serve_until_stopped(config: ServiceConfig, service: AtpService, reque
         raise
     except Exception as exc:  # a failure of the start no stop signal explains (not a refusal: StartupError)
         return await _failed_start(config, service, request, f"the start failed: {exc!r}")
+    if service.failed.is_set() or service.replaced.is_set():  # told to stop meanwhile: health NOT_SERVING, never ready
+        return await _shut_down(config, service, request)
     if config.demo and service.is_fresh() and (stopped := await _demo(config, service, request)) is not None:
         return stopped
     if request.event.is_set():  # a stop signal while the demo estate loaded: never announced as ready

@@ -5,12 +5,15 @@ whose shard stopped working is fit to serve."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_service import AtpService
+from atp_service.app import cli
 from atp_service.intake.ingest import StreamIngestor
 from tests.conftest import test_config as config_for_tests
 
@@ -64,3 +67,36 @@ async def test_a_shard_that_fails_while_the_start_waits_leaves_health_not_servin
     finally:
         go_on.set()
         await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
+
+
+async def test_a_service_told_to_stop_during_its_start_is_never_announced_ready(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Defect: a shard that stopped working while the start waited on a later step (or a newer instance's claim
+    found then: a rolling deploy's two starts) left health NOT_SERVING, and ``atp-service serve`` then printed the
+    ready banner and logged ``ready`` all the same — what a deploy waits for — before it stopped (exit status 4, or
+    3). It stops without announcing anything."""
+    reached, go_on = asyncio.Event(), asyncio.Event()
+    original = StreamIngestor.start
+
+    async def held_start(self: StreamIngestor) -> None:
+        reached.set()
+        await go_on.wait()
+        await original(self)
+
+    monkeypatch.setattr(StreamIngestor, "start", held_start)
+    service = AtpService(config_for_tests(), redis_url)
+    serving = asyncio.ensure_future(cli._serve_until_stopped(service.config, service, cli._StopRequest(None),
+                                                             lambda: False))
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(reached.wait(), START_LIMIT_S)
+        assert service.engine is not None
+        service.engine.actors[0].break_down(RuntimeError("a bug in shard 0's turn"))
+        go_on.set()
+        assert await asyncio.wait_for(serving, START_LIMIT_S) == cli.EXIT_SHARD_FAILED
+    finally:
+        go_on.set()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+            loop.remove_signal_handler(sig)  # the test process's own again
+        await asyncio.wait_for(service.stop(grace_s=0.1), START_LIMIT_S)
+    assert "ready" not in capsys.readouterr().out
