@@ -281,6 +281,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         """A stream's batches, each being decided as it is read (in ``deciding`` until it is), queued to be
         answered in order (``max_stream_inflight`` at most), then the end mark (None). True: cut short by a stop."""
         try:
+            if self.monitor is not None:  # a new stream too (the door sheds unary calls alone): its first batch waits
+                await self.monitor.until_calm(self.drain.shut_event)
             async for batch in self.drain.until_closed(requests):
                 self._check_batch_size(batch)  # before reading on: nothing after it is decided
                 task = asyncio.ensure_future(self._reserve_batch(batch, owners))

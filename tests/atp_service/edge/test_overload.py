@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from atp_client import AtpClient, Retryable, RetryPolicy, typed
+from atp_client import ACCEPTED_KEY, AtpClient, Retryable, RetryPolicy, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.overload import (
     IDLE_INTERVAL_S,
@@ -491,3 +491,25 @@ async def test_streams_paused_for_the_loop_go_on_a_few_at_each_wake_up_oldest_fi
     await asyncio.wait_for(asyncio.gather(*paused, late), 30)
     assert not monitor._paused_streams
     await asyncio.wait_for(monitor.until_calm(), 30)  # none waiting and calm: at once
+
+
+async def test_a_stream_opened_while_the_loop_is_late_reads_its_first_batch_only_once_it_keeps_time(
+        start_service: ServiceFactory) -> None:
+    """Defect: the door sheds new unary calls, and an open ReserveStream pauses its reads while the loop is late, but
+    a ReserveStream opened then read and decided its first batch at once (a ReserveStream is no unary call, the door
+    never saw it): streams reopened by their callers under overload each landed a batch on the late thread, ahead of
+    every other call and a leased process's renewals. Its first batch now waits in gRPC's flow control, as a later
+    one does, and is decided once the loop keeps time."""
+    service, client = await start_service(shards=1)
+    await client.record_events([receipt("seed", "A", "DC", 10)])
+    monitor, ledger = service._monitor, service.engine.actors[0].ledger  # type: ignore[union-attr]
+    for _ in range(STREAK):  # a cool-down no wake-up ends while the test holds it
+        monitor.note(1.0, time.monotonic() + 3600)
+    call = client.stub.ReserveStream()
+    assert (ACCEPTED_KEY, "1") in tuple(await call.initial_metadata())  # taken: its place, its headers
+    await call.write(_one("s1"))
+    await until(lambda: monitor._paused_streams, "the stream waiting for the loop")
+    assert ledger.reservation("s1") is None  # not decided: not read
+    monitor._until = 0.0  # the loop keeps time again: its next wake-up lets the stream go on
+    assert (await asyncio.wait_for(call.read(), 30)).outcomes[0].response.state == pb.RESERVATION_STATE_HELD
+    await call.done_writing()
