@@ -313,8 +313,9 @@ class EdgeMetrics:
         self.loop_lag = Gauge("atp_event_loop_lag_seconds", "How late the event loop woke its lag timer "
                               "(every 20 ms while calls arrive or it runs late, every 250 ms when idle)", registry=r)
         self.stream_reads_paused = Counter(
-            "atp_stream_reads_paused_seconds_total", "Seconds open ReserveStream calls waited, before reading their "
-            "next batch, for the event loop to be on time again (overload: left in gRPC flow control)", registry=r)
+            "atp_stream_reads_paused_seconds_total", "Seconds ReserveStream calls waited, before reading their "
+            "next (or first) batch, and new WatchAvailability calls before their snapshot, for the event loop to be "
+            "on time again (overload: left in gRPC flow control)", registry=r)
         self.calls_in_progress = Reading(
             "atp_calls_in_progress", "Calls the service is handling now (an open stream counts once)", registry=r)
         self.forwarded = Counter(

@@ -13,10 +13,10 @@ VM, for nothing). A late wake-up (work without calls: streams, ingest) or a call
 ``INTERVAL_S``; the first call after a quiet spell brings the next wake-up forward, unless it is
 already overdue (its lateness is then measured, not thrown away).
 
-Streams are not refused: each reads its next batch (one opened meanwhile, its first) only once the loop is
-not overloaded (``until_calm``), so their callers' later batches wait in gRPC's flow control instead of piling work
-onto the late thread — whose renewals of leased groups, health answers and every other call wait
-behind it. Once the cool-down ends, the paused streams go on in the order they paused,
+Streams are not refused: each reads its next batch (one opened meanwhile, its first; a watch, its snapshot)
+only once the loop is not overloaded (``until_calm``), so their callers' later batches wait in gRPC's flow
+control instead of piling work onto the late thread — whose renewals of leased groups, health answers and
+every other call wait behind it. Once the cool-down ends, the paused streams go on in the order they paused,
 ``RESUMED_PER_WAKE`` at each wake-up of the timer: let go all at once, up to ``max_reserve_streams``
 batches landed on the thread together and overloaded it again at once.
 """

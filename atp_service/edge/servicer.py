@@ -214,6 +214,8 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
         started = time.perf_counter()
         try:
             check_id("channel", request.channel, self.limits)
+            if self.monitor is not None:  # the door sheds unary calls alone: a snapshot's copy waits for a calm loop
+                await self.monitor.until_calm(self.drain.shut_event)
             async with self.drain.streaming(self._watchers.watch(self.channels, request)) as messages:
                 async for message in messages:
                     yield message

@@ -25,6 +25,7 @@ from atp_service.edge.overload import (
 from atp_service.metrics import EdgeMetrics
 from benchmarks.overload import rss_mb
 from tests.atp_service.app.test_cli import serve, stop_or_explain
+from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
@@ -513,3 +514,22 @@ async def test_a_stream_opened_while_the_loop_is_late_reads_its_first_batch_only
     monitor._until = 0.0  # the loop keeps time again: its next wake-up lets the stream go on
     assert (await asyncio.wait_for(call.read(), 30)).outcomes[0].response.state == pb.RESERVATION_STATE_HELD
     await call.done_writing()
+
+
+async def test_a_watch_opened_while_the_loop_is_late_copies_its_snapshot_only_once_it_keeps_time(
+        start_service: ServiceFactory, tmp_path: Path, redis_url: str) -> None:
+    """As a new ReserveStream's first batch: a WatchAvailability is no unary call the door sheds, and its snapshot
+    (a copy of every key of the channel: millions for a per-location one) was taken at once on the late thread.
+    It now waits for the loop to keep time, then answers its snapshot whole."""
+    service, client = await start_service(shards=1, estate=write_estate(tmp_path))
+    await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, 1_700_000_000_000)])
+    await wait_for_updates(redis_url, "market", 1)  # the snapshot holds the key
+    monitor = service._monitor
+    for _ in range(STREAK):  # a cool-down no wake-up ends while the test holds it
+        monitor.note(1.0, time.monotonic() + 3600)
+    call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market", snapshot=True))
+    await until(lambda: monitor._paused_streams, "the watch waiting for the loop")
+    monitor._until = 0.0  # the loop keeps time again: its next wake-up lets the watch go on
+    first = await asyncio.wait_for(call.read(), 30)
+    assert first.kind == pb.WatchAvailabilityResponse.KIND_SNAPSHOT and [u.sku for u in first.updates] == ["sku-a"]
+    call.cancel()
