@@ -18,7 +18,7 @@ from ._dedupe import FactMemory
 from ._deltas import DeltaPool
 from ._events import ReservationSaved
 from ._facts import Histories
-from ._snapshot import LedgerSnapshot
+from ._snapshot import LedgerSnapshot, check_layout
 from ._store import PositionStore
 
 if TYPE_CHECKING:
@@ -31,7 +31,9 @@ RESTORE_SLICE = 20_000
 
 def restoring(ledger: Ledger, snap: LedgerSnapshot, slice_size: int = RESTORE_SLICE) -> Generator[None, None, Ledger]:
     """``ledger`` (new, empty) made the state of ``snap``, ``slice_size`` reservations at a time;
-    yields between slices and returns the ledger."""
+    yields between slices and returns the ledger. A snapshot whose columns this build does not lay out
+    so is refused first, whole (``check_layout``: ``SnapshotInconsistent``)."""
+    check_layout(snap)
     pool = DeltaPool.restore(snap.deltas)
     ledger.store = PositionStore.restore(snap.store, pool.sources)
     ledger.histories = Histories(ledger.store, pool)

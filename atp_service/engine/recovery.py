@@ -14,10 +14,11 @@ from atp_service.config import EngineSettings
 from atp_service.engine.clock import Clock
 from atp_service.engine.shard import ShardActor
 from atp_service.metrics import EngineMetrics
-from atp_service.storage.log import LogStore
+from atp_service.storage.log import LogStore, SnapshotUnreadable
 from atp_service.tasks import in_turns
 from reservation import Ledger, Limits, decode_entry
 from reservation._restore import RESTORE_SLICE, restoring
+from reservation._snapshot import SnapshotInconsistent
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -114,7 +115,12 @@ async def _replayed(store: LogStore, shard: int, limits: Limits, restore_slice: 
     snap = await store.load_snapshot(shard)
     ledger = Ledger(shard, limits)
     if snap:
-        await in_turns(restoring(ledger, snap.ledger, restore_slice))
+        try:
+            await in_turns(restoring(ledger, snap.ledger, restore_slice))
+        except SnapshotInconsistent as exc:  # another build's columns: refused whole, never restored in part (E10)
+            raise SnapshotUnreadable(f"shard {shard}: the snapshot at {store.keys.snap(shard)} is not in this "
+                                     f"version's layout ({exc}); start the version that wrote it, or restore "
+                                     "Redis from a backup this version wrote") from None
     seq = snap.seq if snap else 0
     replayed = since_turn = 0
     async for entry_seq, data in store.entries_after(shard, seq):

@@ -88,6 +88,37 @@ async def test_a_snapshot_an_older_build_wrote_without_a_later_field_is_read(sta
     assert replay.replayed  # the same request as the one the older build recorded (R5)
 
 
+@pytest.mark.parametrize("columns", ["a wide column more", "a narrow column fewer", "fewer names"])
+async def test_a_snapshot_with_other_columns_is_refused_at_start_not_restored_in_part(
+        start_service: ServiceFactory, redis_url: str, columns: str) -> None:
+    """The columns are lists and byte strings, which decoding takes at any count and length: a
+    snapshot of a build with a column more (its checksum whole) crashed the restore half-way with
+    numpy's IndexError (a traceback, exit status 1, for ever); one with a column fewer, or a
+    shorter table of the names its columns point into, was served as zeros and names lost (E10).
+    Each is now a refused start naming the snapshot (StartupError: exit status 2)."""
+    from atp_service.app.keyspace import StartupError
+    from atp_service.storage.records import sealed_snapshot
+
+    service, client = await start_service(shards=1)
+    await client.record_events([receipt("e1", "A", "DC", 5)])
+    await client.reserve("r1", [("A", "DC", 2)])
+    await client.close()
+    await service.stop(grace_s=0.1)  # its final snapshot holds them
+    r = redis.Redis.from_url(redis_url)
+    record = _stored(r)
+    store = record[1][0]  # skus, locations, tail, garbage, wide, narrow, col, starts, lengths, caps, names
+    if columns == "a wide column more":
+        store[4].append(bytes(len(store[4][0])))
+    elif columns == "a narrow column fewer":
+        store[5].pop()
+    else:
+        store[10] = store[10][:1]
+    r.set("atp:{g0}:snap", sealed_snapshot(msgspec.msgpack.encode(record)))
+    with pytest.raises(StartupError, match=r"shard 0: the snapshot at atp:\{g0\}:snap is not in this version's "
+                                           r"layout .*start the version that wrote it"):
+        await start_service(shards=1)
+
+
 def _newer_entry(entry: list[Any], change: str) -> list[Any]:
     """``entry`` (a log entry: [ts, events]) as a newer build might write it."""
     ts, events = entry
