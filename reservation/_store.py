@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from typing import overload
 
 import numpy as np
-import numpy.typing as npt
 
 from ._columns import (
     COMMITTED,
@@ -326,8 +325,8 @@ class PositionStore(Blocks):
             caps=raw(caps), names=self.names.snapshot())
 
     @classmethod
-    def restore(cls, snap: StoreSnapshot, *name_users: npt.NDArray[np.int32]) -> PositionStore:
-        """The store as snapshotted; ``name_users``: other columns holding indices into its names."""
+    def restore(cls, snap: StoreSnapshot, names: Names) -> PositionStore:
+        """The store as snapshotted; ``names``: its table of names, restored (``Names.restoring``)."""
         store = cls()
         store._skus, store._locations = list(snap.skus), list(snap.locations)
         store._sku_row = {s: i for i, s in enumerate(snap.skus)}
@@ -337,7 +336,7 @@ class PositionStore(Blocks):
         store._seg = Segments.restore(
             snap.tail, snap.garbage, [np.frombuffer(f, dtype=np.int64) for f in snap.wide],
             [np.frombuffer(f, dtype=np.int32) for f in snap.narrow], np.frombuffer(snap.col, dtype=np.int32), runs)
-        store.names = Names.restore(snap.names, *store.name_users(), *name_users)
+        store.names = names
         return store
 
     # -- private -----------------------------------------------------------------------------------
