@@ -306,7 +306,7 @@ class LogStore(SoloCommit, CommitSlots, LogReads):
             # A task: a Redis Cluster, replicas to wait for, no idle connection, or a span to trace.
             task = loop.create_task(self._send(calls, units), context=contextvars.Context())
             self._tasks.add(task)
-            task.add_done_callback(self._sent)
+            task.add_done_callback(partial(self._commit_ended, units))
 
     def _sent(self, task: asyncio.Task[None] | None) -> None:
         """A group commit is over (its entries answered, or its task ended): the next may go."""

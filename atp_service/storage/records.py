@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar, TypeVarTuple
 
 import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from reservation import LedgerSnapshot
@@ -198,6 +199,11 @@ class Pending(msgspec.Struct, eq=False):
                 self.then()
             except Exception:  # as the loop does with a callback's: the other entries are still answered
                 log.exception("a log entry's completion failed")
+
+
+def abandoned_write() -> RedisConnectionError:
+    """What an entry of a commit abandoned (its task cancelled: the service stopping) is answered: in doubt (R7)."""
+    return RedisConnectionError("the write was abandoned: the service is stopping")
 
 
 def unreadable_reply(exc: Exception) -> RedisError:

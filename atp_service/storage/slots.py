@@ -29,12 +29,11 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.nodes import Call, Nodes
-from atp_service.storage.records import Pending, unreadable_reply
+from atp_service.storage.records import Pending, abandoned_write, unreadable_reply
 from atp_service.traces import span
 
 
@@ -101,7 +100,7 @@ class CommitSlots:
         except Exception as exc:  # whatever it was, the entries are in doubt
             answer(list(left), [exc] * len(left))
         except BaseException:
-            answer(list(left), [_abandoned()] * len(left))
+            answer(list(left), [abandoned_write()] * len(left))
             raise
 
     def _answered(self, left: dict[int, list[Pending]], started: float | None, at: list[int],
@@ -125,7 +124,7 @@ class CommitSlots:
         else each such shard's later entries waited for ever behind a commit that never was (liveness)."""
         self._tasks.discard(task)
         if left:
-            self._answered(left, None, list(left), [_abandoned()] * len(left))
+            self._answered(left, None, list(left), [abandoned_write()] * len(left))
 
     def _freed(self, shards: Iterable[int]) -> None:
         """The commits of ``shards`` are over: their entries waiting may go."""
@@ -152,8 +151,3 @@ class CommitSlots:
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         raise NotImplementedError
-
-
-def _abandoned() -> RedisConnectionError:
-    """What an entry of a batch abandoned while the service stops is answered: in doubt (R7)."""
-    return RedisConnectionError("the write was abandoned: the service is stopping")

@@ -29,7 +29,7 @@ from atp_service.instruments import HistogramChild
 from atp_service.metrics import StorageMetrics
 from atp_service.storage.append_resp import AppendPacker
 from atp_service.storage.nodes import Call, Nodes, Script
-from atp_service.storage.records import UNCLAIMED, Pending, unreadable_reply
+from atp_service.storage.records import UNCLAIMED, Pending, abandoned_write, unreadable_reply
 from atp_service.storage.window import CommitWindow
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,18 @@ class SoloCommit:
         if not begun:  # as ``_flush_batches``: a task sends it (no idle connection, replicas to wait for)
             task = loop.create_task(self._send(calls, [[p]]), context=contextvars.Context())
             self._tasks.add(task)
-            task.add_done_callback(self._sent)
+            task.add_done_callback(partial(self._commit_ended, [[p]]))
+
+    def _commit_ended(self, units: list[list[Pending]], task: asyncio.Task[None]) -> None:
+        """A group commit's task is over (``_sent``). Cancelled — before it ran (the loop shutting down: it sent
+        nothing, answered nothing) or at an await of its round trip — its entries not answered yet are answered
+        in doubt (R7): else their shards waited for ever behind a commit that never ended (liveness)."""
+        if task.cancelled():
+            error = abandoned_write()
+            for unit in units:
+                for p in unit:
+                    p.settle(error)  # (one answered already is not again)
+        self._sent(task)
 
     def _replied_one(self, p: Pending, started: float, replies: list[Any]) -> None:
         """``_replied`` of a begun commit of ``p`` alone: its future settled from the one call's reply
