@@ -35,6 +35,12 @@ MAX_ATTEMPTS = 5
 """gRPC's own cap on ``maxAttempts``."""
 RETRY_BUFFER_BYTES = 8 * 1024 * 1024
 """Requests up to this size are kept for a retry (the service takes messages up to 4 MiB)."""
+RECEIVE_KEY = "grpc.max_receive_message_length"
+MAX_ANSWER_BYTES = (1 << 31) - 1
+"""The largest answer this client reads: the most a service can be set to send (its ``max_message_bytes``,
+at most gRPC's int32 bound), each answer bounded there by the service. gRPC's own default, 4 MiB, refused
+in this client every answer of a service whose limit was raised past it — a change made, told
+RESOURCE_EXHAUSTED with no reason ("Received message larger than max"), and its retry the same for ever."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,8 @@ class AtpClient:
         self.target = target
         self.timeout_s = timeout_s
         self.retry = retry
-        options = [*options, *(retry.channel_options() if retry else ())]
+        receive = () if any(key == RECEIVE_KEY for key, _ in options) else ((RECEIVE_KEY, MAX_ANSWER_BYTES),)
+        options = [*receive, *options, *(retry.channel_options() if retry else ())]
         interceptors = _metadata_interceptors([("authorization", f"Bearer {token}")]) if token else None
         if credentials is not None:
             self.channel = grpc.aio.secure_channel(target, credentials, options=list(options),
