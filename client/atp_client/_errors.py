@@ -103,7 +103,9 @@ class AtpError(grpc.aio.AioRpcError):
 
 
 class InvalidRequest(AtpError):
-    """INVALID_ARGUMENT: the request is wrong (``field_violations`` says where); do not retry it."""
+    """INVALID_ARGUMENT: the request is wrong (``field_violations`` says where); do not retry it. Also
+    gRPC's own refusal of a request larger than the service's ``max_message_bytes`` (``code()``
+    RESOURCE_EXHAUSTED, no reason: ``UNREAD_TOO_LARGE``): never read, nothing applied; send smaller ones."""
 
 
 class NotFound(AtpError):
@@ -226,10 +228,19 @@ def stream_not_accepted(timeout_s: float) -> Retryable:
     return _raised_here(grpc.StatusCode.UNAVAILABLE, message, NOT_CONNECTED, "atp.client", {"limit": "timeout_s"})
 
 
+UNREAD_TOO_LARGE = "SERVER: Received message larger than max"
+"""The details of gRPC's own RESOURCE_EXHAUSTED (no ``ErrorInfo``) for a request larger than the service
+takes (``max_message_bytes``): refused before the service read it, and the same at every retry (docs/API.md:
+"no retry can help: send smaller ones"). Not "CLIENT: Received …": an answer this client would not read, to
+a call the service may have made (in doubt)."""
+
+
 def typed(error: grpc.aio.AioRpcError) -> AtpError:
     """The typed exception for a failed call (``AtpError`` for codes without a class of their own)."""
     if isinstance(error, AtpError):
         return error
     if error.code() == grpc.StatusCode.INTERNAL and error.details() == CORE_LOST_CALL:
         return Retryable(error)
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and UNREAD_TOO_LARGE in (error.details() or ""):
+        return InvalidRequest(error)  # typed Retryable, it was retried with the same bytes for ever
     return _CLASSES.get(error.code(), AtpError)(error)

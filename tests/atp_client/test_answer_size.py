@@ -1,8 +1,14 @@
-"""``AtpClient`` reads every answer a service may be set to send: against a real service on a real
-Redis whose ``max_message_bytes`` is raised past gRPC's own default receive limit (4 MiB)."""
+"""Messages past a size limit, against a real service on a real Redis: ``AtpClient`` reads every answer a
+service may be set to send (its ``max_message_bytes`` raised past gRPC's own default receive limit, 4 MiB),
+and a request larger than the service takes is raised as the invalid request it is, never as retryable."""
 
 from __future__ import annotations
 
+import grpc
+import pytest
+
+from atp_client import AtpError, InvalidRequest
+from atp_client._output import EXIT_INVALID, in_doubt_after, refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from reservation import Limits
@@ -29,3 +35,21 @@ async def test_a_change_answered_past_grpcs_default_receive_limit_is_read_not_re
     assert {result.outcome for result in results[1:]} == {pb.FACT_OUTCOME_INVALID}
     (position,) = await client.availability([("A", "S1")])
     assert position.on_hand == 5
+
+
+async def test_a_request_larger_than_the_service_takes_is_invalid_not_retryable(start_service: ServiceFactory) -> None:
+    """docs/API.md: a message larger than ``max_message_bytes`` is refused by gRPC itself (RESOURCE_EXHAUSTED,
+    no reason), "which no retry can help: send smaller ones". The client raised it ``Retryable`` — retry with
+    the same ids, which its README asks of a caller, for ever — and atpctl exited 6 ("retry later, same
+    ids") saying, its retries on, that the change may have been made: the service never read it."""
+    _, client = await start_service(clock=ManualClock(T0), max_message_bytes=64 << 10)
+    facts = [receipt(f"e-{n:04d}-{'x' * 100}", "A", "S1", 1) for n in range(1000)]
+    assert pb.RecordEventsRequest(events=facts).ByteSize() > 64 << 10
+    with pytest.raises(AtpError) as refused:
+        await client.record_events(facts)
+    assert isinstance(refused.value, InvalidRequest), repr(refused.value)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own status, as it came
+    assert refusal(refused.value)[0] == EXIT_INVALID
+    assert not in_doubt_after(refused.value, retried=True)
+    (position,) = await client.availability([("A", "S1")])
+    assert position.on_hand == 0  # nothing of it was applied
