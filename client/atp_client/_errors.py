@@ -114,7 +114,9 @@ class NotFound(AtpError):
 
 class Conflict(AtpError):
     """ALREADY_EXISTS (an id reused with other content) or FAILED_PRECONDITION (the reservation's
-    state does not allow it: ``refusal.state``)."""
+    state does not allow it: ``refusal.state``). Also an order spanning groups given up (``code()``
+    RESOURCE_EXHAUSTED, reason ``CAPACITY_REACHED``, metadata ``given_up``: ``GIVEN_UP``): a retry of
+    its id answers the same for good; reserve again under a new id."""
 
 
 class Retryable(AtpError):
@@ -243,4 +245,12 @@ def typed(error: grpc.aio.AioRpcError) -> AtpError:
         return Retryable(error)
     if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and UNREAD_TOO_LARGE in (error.details() or ""):
         return InvalidRequest(error)  # typed Retryable, it was retried with the same bytes for ever
-    return _CLASSES.get(error.code(), AtpError)(error)
+    typed_error = _CLASSES.get(error.code(), AtpError)(error)
+    if isinstance(typed_error, Retryable) and typed_error.refusal.metadata.get(GIVEN_UP) == "true":
+        return Conflict(error)  # R5: its id answers the same for good; typed Retryable, it was asked again for hours
+    return typed_error
+
+
+GIVEN_UP = "given_up"
+"""``ErrorInfo`` metadata (``"true"``) of the refusal an order spanning groups was given up for (docs/API.md,
+``CAPACITY_REACHED``): a decision on its id, which no retry of it can change (R5)."""

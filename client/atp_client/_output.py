@@ -14,7 +14,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from atp_client._client import RETRYABLE
-from atp_client._errors import NOT_CONNECTED, OUTCOME_UNKNOWN, InvalidRequest, typed
+from atp_client._errors import NOT_CONNECTED, OUTCOME_UNKNOWN, Conflict, InvalidRequest, typed
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -67,7 +67,8 @@ def refusal(error: grpc.aio.AioRpcError) -> tuple[int, str]:
     """(exit status, one line for stderr) of a refused call."""
     refused = typed(error)  # its str: CODE REASON: message
     fields = "".join(f"\n  {v.field}: {v.description}" for v in refused.field_violations[1:])
-    status = EXIT_INVALID if isinstance(refused, InvalidRequest) else _EXITS.get(error.code(), EXIT_FAILED)
+    status = (EXIT_INVALID if isinstance(refused, InvalidRequest) else EXIT_CONFLICT if isinstance(refused, Conflict)
+              else _EXITS.get(error.code(), EXIT_FAILED))
     return status, f"atpctl: {refused}{fields}"
 
 
@@ -85,7 +86,8 @@ def in_doubt_after(error: grpc.aio.AioRpcError, retried: bool = False) -> bool:
     answer, which hides an earlier try lost mid-way (the process killed, its connection reset): in
     doubt too, whatever its reason says of that last try."""
     refused = typed(error)
-    if refused.reason == NOT_CONNECTED or isinstance(refused, InvalidRequest):  # nothing was sent, or read
+    if refused.reason == NOT_CONNECTED or isinstance(refused, InvalidRequest | Conflict):
+        return False  # nothing was sent, or read; or the id's decision (a retry of it answers the same)
         return False
     if retried and error.code() in RETRYABLE:
         return True
