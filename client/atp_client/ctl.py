@@ -205,7 +205,7 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
     refused for good ends the load with that refusal's status, after the summary and report of
     what was answered until then."""
     try:
-        from atp_client._stock import HeaderError, LoadStopped, load, parse_time, progress_stream, write_report
+        from atp_client._stock import HeaderError, LoadStopped, load, parse_time, progress_stream
     except ImportError as exc:  # numpy is an extra: the API client does not need it
         raise SystemExit(f"atpctl stock load: {exc.name} is missing: pip install 'atp-client[bulk]'") from None
     try:
@@ -217,7 +217,8 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
     report.unlink(missing_ok=True)  # an earlier run's report must not pass for this one's
     stopped: int | None = None
     try:
-        summary = await load(client, args.file, args.source, as_of, args.batch, args.inflight, progress_stream())
+        summary = await load(client, args.file, args.source, as_of, args.batch, args.inflight, progress_stream(),
+                             report)
     except HeaderError as exc:
         raise BadInput(f"{args.file}: {exc}") from None
     except LoadStopped as cut:
@@ -226,7 +227,6 @@ async def _stock_load(args: argparse.Namespace, client: AtpClient) -> int:
         print(f"{line}\natpctl: the load stopped: {summary.not_answered} rows were not answered (loaded or not); "
               "run the same load again: a re-load applies nothing twice (E8)", file=sys.stderr)
     if summary.rejected:
-        write_report(report, summary.rejected)
         print(f"atpctl: {len(summary.rejected)} rows not applied, see {report}", file=sys.stderr)
     _dump(args, summary.as_dict())
     if stopped is not None:
