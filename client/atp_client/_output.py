@@ -88,7 +88,6 @@ def in_doubt_after(error: grpc.aio.AioRpcError, retried: bool = False) -> bool:
     refused = typed(error)
     if refused.reason == NOT_CONNECTED or isinstance(refused, InvalidRequest | Conflict):
         return False  # nothing was sent, or read; or the id's decision (a retry of it answers the same)
-        return False
     if retried and error.code() in RETRYABLE:
         return True
     if refused.reason:  # the service's own answer: it says
