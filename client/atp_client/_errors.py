@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 DETAILS_KEY = "grpc-status-details-bin"
@@ -69,7 +70,10 @@ class Refusal:
     def from_trailers(cls, code: grpc.StatusCode, message: str, trailers: Any) -> Refusal:
         for key, value in trailers or ():
             if key == DETAILS_KEY:
-                return cls.from_status(status_pb2.Status.FromString(value))
+                try:
+                    return cls.from_status(status_pb2.Status.FromString(value))
+                except (DecodeError, TypeError):  # not a Status (a proxy's, another server's): the code and message
+                    break
         return cls(code, message)
 
 

@@ -60,3 +60,12 @@ def test_an_order_given_up_is_a_decision_on_its_id_not_retryable() -> None:
     full = typed(refused_so(ResourceExhausted("shard 1: full", Reason.CAPACITY_REACHED, metadata={
         "limit": "max_live_reservations_per_shard"})))  # a one-group Reserve: room frees as reservations end
     assert isinstance(full, Retryable) and full.retry_delay_s is not None
+
+
+def test_a_status_trailer_that_is_not_a_status_is_typed_by_its_code_not_raised() -> None:
+    """A proxy or another server in the path may send ``grpc-status-details-bin`` bytes that are no
+    ``google.rpc.Status``: the error is still typed (by its code, with gRPC's message), never a DecodeError."""
+    error = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(),
+                                 Metadata(("grpc-status-details-bin", b"\xff\xff no status")), "upstream reset", None)
+    refused = typed(error)
+    assert isinstance(refused, Retryable) and refused.reason == "" and refused.details() == "upstream reset"
