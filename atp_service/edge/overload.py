@@ -2,10 +2,10 @@
 
 On one Python thread the queue that grows under overload is the event loop's, ahead of any shard
 mailbox. A timer asks to wake every ``INTERVAL_S`` and measures how late it was woken (loop lag).
-Late past ``max_loop_lag_ms`` several times in a row, the service is overloaded for a cool-down (a
-single long pause is not overload), and the servicer answers new calls with RESOURCE_EXHAUSTED
-before doing any work — a refusal costs a fraction of a decision, so the backlog drains instead of
-growing until deadlines expire.
+Late past ``max_loop_lag_ms`` several times in a row, the service is overloaded until a wake-up comes
+on time, and for a cool-down after the last late one (a single long pause is not overload); the
+servicer answers new calls with RESOURCE_EXHAUSTED before doing any work — a refusal costs a
+fraction of a decision, so the backlog drains instead of growing until deadlines expire.
 
 With no call for ``RECENT_S`` and the loop on time, the timer wakes every ``IDLE_INTERVAL_S``
 instead: each wake-up of an idle process costs CPU (at every 20 ms, about 1 % of a core on a 2-core
@@ -85,7 +85,10 @@ class LoopLagMonitor:
         if self._interval == IDLE_INTERVAL_S:
             self._bring_forward()
         self._last_call = now
-        return now < self._until
+        # Still late at the last wake-up: overloaded whatever time has passed since. The cool-down alone,
+        # counted from that wake-up, ran out inside a turn longer than it, so a loop late by more than
+        # COOLDOWN_S a turn (the deeper the overload, the longer) let in every call after its first 0.25 s.
+        return now < self._until or self._late >= STREAK
 
     async def until_calm(self, unless: asyncio.Event | None = None) -> None:
         """Returns once new calls would not be refused: an open stream's next batch is read only then,

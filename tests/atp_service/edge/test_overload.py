@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ import pytest
 from atp_client import ACCEPTED_KEY, AtpClient, Retryable, RetryPolicy, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.overload import (
+    COOLDOWN_S,
     IDLE_INTERVAL_S,
     INTERVAL_S,
     ON_TIME_S,
@@ -129,13 +131,31 @@ async def test_a_lagging_event_loop_refuses_new_calls_at_the_door(start_service:
     time.sleep(0.5)  # noqa: ASYNC251 - one long pause (a collection, a big batch): not overload
     await asyncio.sleep(0.05)
     assert (await client.reserve("ok", [("A", "DC", 1)])).state == pb.RESERVATION_STATE_HELD
-    for _ in range(4):  # sustained: the loop keeps running late, wake-up after wake-up
-        time.sleep(0.25)  # noqa: ASYNC251 - on purpose
-        await asyncio.sleep(0.005)
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.reserve("shed", [("A", "DC", 1)])
-    said = typed(err.value).refusal
-    assert (said.code, said.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVICE_OVERLOADED")
+    # Sustained: the loop keeps running late, wake-up after wake-up, for as long as the calls below take to
+    # reach the door. Four fixed blocks 5 ms apart let a loaded host serve the call: the process left off
+    # the CPU through a gap, a wake-up came on time and broke the streak, or the 0.25 s cool-down of the
+    # last late one ran out before the call came in. A block at every turn of the loop leaves each wake-up
+    # past the limit; each call is still either refused or served, so a call is sent until one is refused.
+    held: list[str] = []
+    late = asyncio.ensure_future(_late_at_every_turn())
+
+    async def refused() -> bool:
+        try:
+            answer = await client.reserve(f"lagging-{len(held)}", [("A", "DC", 1)])
+        except grpc.aio.AioRpcError as exc:
+            said = typed(exc).refusal
+            assert (said.code, said.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVICE_OVERLOADED"), said
+            return True
+        assert answer.state == pb.RESERVATION_STATE_HELD
+        held.append(answer.reservation_id)
+        return False
+
+    try:
+        await until(refused, "a call refused at the door while the loop lags", 60)  # a bound, not a timing
+    finally:
+        late.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await late
     for _ in range(600):  # the cool-down passes once the loop keeps time again (30 s: a bound, not a timing)
         await asyncio.sleep(0.05)
         try:
@@ -147,7 +167,15 @@ async def test_a_lagging_event_loop_refuses_new_calls_at_the_door(start_service:
         raise AssertionError("still refused SERVICE_OVERLOADED 30 s after the loop kept time again")
     assert resp.state == pb.RESERVATION_STATE_HELD
     (a,) = await client.availability([("A", "DC")])
-    assert a.reserved == 2  # the refused call changed nothing
+    assert a.reserved == 2 + len(held)  # the refused call changed nothing
+
+
+async def _late_at_every_turn() -> None:
+    """The event loop held 0.25 s at every one of its turns (until cancelled): every wake-up of the lag
+    timer is late past 0.15 s, however the host schedules the process between turns."""
+    while True:
+        time.sleep(0.25)  # noqa: ASYNC251 - the loop blocked, on purpose
+        await asyncio.sleep(0)
 
 
 async def test_calls_past_the_bounded_queue_ahead_of_the_service_are_refused_at_once_and_never_applied(
@@ -311,6 +339,23 @@ async def test_a_call_after_a_quiet_spell_keeps_an_overdue_wake_up_and_its_laten
         for _ in range(3):
             await asyncio.sleep(0)
         assert monitor.lag_s >= 0.05 and monitor._interval == INTERVAL_S
+
+
+def test_a_loop_still_late_at_its_last_wake_up_stays_overloaded_past_the_cool_down() -> None:
+    """The cool-down counted from the last late wake-up alone: a turn of the loop longer than COOLDOWN_S (the
+    deeper the overload, the longer) outlasted it, and every call that turn took in past its first 0.25 s was
+    let in. Overloaded until a wake-up comes on time; then the cool-down's end lets calls in again."""
+    monitor = LoopLagMonitor(100)
+    long_ago = time.monotonic() - 10 * COOLDOWN_S  # the late wake-ups: the turn since has outlasted the cool-down
+    for _ in range(STREAK):
+        monitor.note(1.0, long_ago)
+    assert monitor.overloaded()
+    monitor.note(0.0, time.monotonic())  # a wake-up on time, past the cool-down
+    assert not monitor.overloaded()
+    for _ in range(STREAK):
+        monitor.note(1.0, time.monotonic() + 3600)  # a cool-down no wake-up ends while this test runs
+    monitor.note(0.0, time.monotonic())  # on time, within the cool-down of the late ones: still refused
+    assert monitor.overloaded()
 
 
 async def test_a_late_loop_keeps_the_lag_timer_close_even_without_calls() -> None:
