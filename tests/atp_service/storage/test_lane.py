@@ -32,6 +32,7 @@ from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.lane import LANE_CONNECTIONS, Lane, pack
 from atp_service.storage.nodes import Call, Nodes, NotReplicated, Script, connect, open_nodes
 from atp_service.storage.wire import Wire
+from tests.waiting import until
 
 ECHO = Script("redis.call('INCR', KEYS[1]) return ARGV[1]")
 """Counts its runs in its key, answers its own argument: a reply read for the wrong call shows."""
@@ -90,16 +91,20 @@ async def test_a_write_after_client_kill_of_the_lanes_connections_succeeds(redis
 async def test_a_timed_out_exchange_leaves_its_late_reply_unread(own_redis: EmbeddedRedis) -> None:
     """Redis paused past the timeout: the write fails as a timeout (in doubt), and once Redis runs
     again the next write gets its own reply, never the late one of the write that timed out."""
-    nodes = Nodes(connect(own_redis.url, 0.5))
+    # 0.5 s for the write Redis is paused under only: the writes and the read around it have a bound, not a
+    # pace (at 0.5 s each, a loaded host's Redis answering one late failed the test as a timeout).
+    nodes = Nodes(connect(own_redis.url, 30.0))
     assert own_redis.process is not None
     pid = own_redis.process.pid
     try:
         assert await nodes.run([echo("warm")]) == [b"warm"]
+        lane_of(nodes).timeout_s = 0.5
         os.kill(pid, signal.SIGSTOP)
         try:
             (late,) = await nodes.run([echo("late")])
         finally:
             os.kill(pid, signal.SIGCONT)
+        lane_of(nodes).timeout_s = 30.0
         assert isinstance(late, RedisTimeoutError)
         assert await nodes.run([echo("mine")]) == [b"mine"]
         assert int(await nodes.reader.get("n")) == 3  # the late write did land: in doubt, not lost
@@ -107,15 +112,23 @@ async def test_a_timed_out_exchange_leaves_its_late_reply_unread(own_redis: Embe
         await nodes.aclose()
 
 
-async def test_a_caller_cancelled_mid_exchange_leaves_the_next_write_correct(redis_url: str) -> None:
-    nodes = Nodes(connect(redis_url, 5.0))
+async def test_a_caller_cancelled_mid_exchange_leaves_the_next_write_correct(own_redis: EmbeddedRedis) -> None:
+    """Redis paused with the write sent: its reply comes after the cancellation, whatever the host's pace (a
+    300 ms script and a 0.1 s sleep let a process stalled for 0.2 s read the reply before it cancelled)."""
+    nodes = Nodes(connect(own_redis.url, 5.0))
+    assert own_redis.process is not None
+    pid = own_redis.process.pid
     try:
         assert await nodes.run([echo("warm")]) == [b"warm"]
-        stuck = asyncio.create_task(nodes.run([Call(SLOW_ECHO, ["n"], ["late", 300_000])]))
-        await asyncio.sleep(0.1)  # sent, its reply not there yet
-        stuck.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await stuck
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stuck = asyncio.create_task(nodes.run([echo("late")]))
+            await until(lambda: lane_of(nodes)._busy == 1, "the write sent on the warm connection")
+            stuck.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stuck
+        finally:
+            os.kill(pid, signal.SIGCONT)
         assert await nodes.run([echo("mine")]) == [b"mine"]
         assert await nodes.run([echo("again"), echo("too")]) == [b"again", b"too"]
     finally:
@@ -437,7 +450,6 @@ async def test_writes_follow_an_address_that_moved_to_the_promoted_replica(tmp_p
     of the client it was made from (the reads that settle a write must see where it goes) — so the
     next connection reaches the new primary."""
     from tests.atp_service.redis_proxy import HoldingProxy
-    from tests.waiting import until
 
     primary = EmbeddedRedis(tmp_path / "p", extra_args=["--repl-diskless-sync-delay", "0"]).start()
     replica = EmbeddedRedis(tmp_path / "r", extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()

@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.lane import Lane
 from atp_service.storage.nodes import Call, Nodes, Script, connect
-from tests.atp_service.storage.test_lane import SLOW_ECHO, echo, lane_of
+from tests.atp_service.storage.test_lane import echo, lane_of
 
 
 class Handed:
@@ -91,18 +91,21 @@ async def test_a_lane_with_every_turn_taken_does_not_begin(redis_url: str) -> No
 
 async def test_a_begun_write_that_times_out_is_in_doubt_and_its_late_reply_is_never_read(
         own_redis: EmbeddedRedis) -> None:
-    nodes = Nodes(connect(own_redis.url, 0.5))
+    # 0.5 s for the write Redis is paused under only: the writes and the read around it have a bound, not a pace.
+    nodes = Nodes(connect(own_redis.url, 30.0))
     assert own_redis.process is not None
     pid = own_redis.process.pid
     try:
         await warm(nodes)
         got = Handed()
+        lane_of(nodes).timeout_s = 0.5
         os.kill(pid, signal.SIGSTOP)
         try:
             assert nodes.begin([echo("late")], got)
             (late,) = await got.once()
         finally:
             os.kill(pid, signal.SIGCONT)
+        lane_of(nodes).timeout_s = 30.0
         assert isinstance(late, RedisTimeoutError)
         assert lane_of(nodes)._busy == 0
         assert await nodes.run([echo("mine")]) == [b"mine"]  # its own reply, on a fresh connection
@@ -111,15 +114,26 @@ async def test_a_begun_write_that_times_out_is_in_doubt_and_its_late_reply_is_ne
         await nodes.aclose()
 
 
-async def test_a_begun_write_is_answered_when_the_lane_closes_under_it(warmed: Nodes) -> None:
-    nodes = warmed
-    got = Handed()
-    assert nodes.begin([Call(SLOW_ECHO, ["n"], ["slow", 300_000])], got)
-    await asyncio.sleep(0.05)
-    await lane_of(nodes).aclose()
-    (ended,) = await got.once()
-    assert isinstance(ended, RedisConnectionError)
-    assert lane_of(nodes)._busy == 0
+async def test_a_begun_write_is_answered_when_the_lane_closes_under_it(own_redis: EmbeddedRedis) -> None:
+    """Redis paused: the write's reply cannot come before the close, whatever the host's pace (a 300 ms
+    script and a 0.05 s sleep let a process stalled 0.25 s be handed the reply instead)."""
+    nodes = Nodes(connect(own_redis.url, 5.0))
+    assert own_redis.process is not None
+    pid = own_redis.process.pid
+    try:
+        await warm(nodes)
+        got = Handed()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert nodes.begin([echo("slow")], got)  # written before it returns
+            await lane_of(nodes).aclose()
+            (ended,) = await got.once()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert isinstance(ended, RedisConnectionError)
+        assert lane_of(nodes)._busy == 0
+    finally:
+        await nodes.aclose()
 
 
 async def test_a_begun_write_whose_script_is_gone_loads_it_and_sends_those_calls_again(warmed: Nodes) -> None:
