@@ -60,7 +60,7 @@ async def test_a_reader_stuck_behind_its_batches_fires_an_alert_as_facts_pile_up
     try:
         for n in range(3):  # ingest_inflight batches, each read alone, each waiting for the paused owner
             r.xadd(STREAMS[0], F(f"away-{n}", "RECEIPT", away[n], "DC", 1, now).fields())
-            await until(lambda: stream_state(r, STREAMS[0]) == (n + 1, 0), "the batch read", 10)  # noqa: B023
+            await until(lambda: stream_state(r, STREAMS[0]) == (n + 1, 0), "the batch read", 30)  # noqa: B023
         before = scrape(reader.metrics_port)
         with r.pipeline(transaction=False) as pipe:
             for n in range(UNREAD):

@@ -105,7 +105,7 @@ async def test_a_start_waiting_out_another_entry_at_its_address_says_so(redis_ur
         await admin.zadd("wait:members", {holder: far, other: far})
         waiting = asyncio.ensure_future(refuse_if_shared(store, address, holder, 300))
         await until(lambda: any(getattr(r, "event", None) == "address_waiting" for r in caplog.records),
-                    "the wait said", 10)
+                    "the wait said", 30)
         assert not waiting.done()
         await admin.zrem("wait:members", other)  # its process's entry gone: the address is this one's alone
         await waiting

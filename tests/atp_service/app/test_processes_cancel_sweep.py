@@ -78,9 +78,9 @@ async def test_r8_an_order_change_whose_caller_leaves_while_a_part_s_process_is_
             with pytest.raises(grpc.aio.AioRpcError) as ended:
                 await method(request, timeout=0.3)
             assert ended.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
-            await until(lambda: proxy.held, "the slow process's append of the order held", 10)
+            await until(lambda: proxy.held, "the slow process's append of the order held", 30)
             await until(lambda: counted([slow], "atp_log_append_failures_total") >= 1,  # noqa: B023
-                        "the held append in doubt", 10)
+                        "the held append in doubt", 30)
             proxy.hold()
             if late:  # refused by the fence the slow process raised to settle it (R7)
                 for held in list(proxy.held):

@@ -221,7 +221,7 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
                 r.xadd(STREAMS[n % 2], F(f"w{wave}-{sku}", "RECEIPT", sku, "DC", 1, now).fields())
             pending = len(away) * (wave + 1)
             await until(lambda: sum(stream_state(r, s)[0] for s in STREAMS) == pending  # noqa: B023
-                        and not any(stream_state(r, s)[1] for s in STREAMS), "the reader's facts acknowledged", 10)
+                        and not any(stream_state(r, s)[1] for s in STREAMS), "the reader's facts acknowledged", 30)
             for sku in here:
                 assert await on_hand(reader, sku) == wave + 1, sku
             await asyncio.sleep(2)

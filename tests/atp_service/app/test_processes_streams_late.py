@@ -63,15 +63,15 @@ async def test_a_fact_whose_owner_answered_after_the_send_timed_out_is_applied_o
         proxy.hold(fact.event_id.encode())  # the owner's append of the fact (its event id is in the entry)
         r = redis.Redis.from_url(redis_url)
         r.xadd(STREAM, fact.fields())
-        await until(lambda: proxy.held, "the owner's append held", 10)
+        await until(lambda: proxy.held, "the owner's append held", 30)
         services = [reader, owner]
         await until(lambda: counted(services, "atp_forwarded_calls_total", method="RecordEvents",
-                                    outcome="error") >= 1, "the reader's send timed out", 10)
+                                    outcome="error") >= 1, "the reader's send timed out", 30)
         (pending,) = r.xpending_range(STREAM, "atp", "-", "+", 10)
         assert pending["consumer"].decode() == f"atp-1@127.0.0.1:{reader.port}"
         if in_doubt:
             await until(lambda: counted(services, "atp_log_append_failures_total") >= 1,
-                        "the owner's append in doubt", 10)
+                        "the owner's append in doubt", 30)
         proxy.hold()
         await proxy.land(proxy.held[0])  # late: the owner's append lands
         await wait_consumed(redis_url, [STREAM])
@@ -93,7 +93,7 @@ async def test_a_fact_sent_to_an_owner_that_lost_its_group_with_the_append_in_ha
         proxy.hold(fact.event_id.encode(), GroupLeases._RENEW.sha.encode())
         r = redis.Redis.from_url(redis_url)
         r.xadd(STREAM, fact.fields())
-        await until(lambda: any(h.marker == b"slow-fact" for h in proxy.held), "the owner's append held", 10)
+        await until(lambda: any(h.marker == b"slow-fact" for h in proxy.held), "the owner's append held", 30)
         await until(lambda: group_of(fact.sku) in owned(reader), "the reader took the group", 30)
         await wait_consumed(redis_url, [STREAM])
         assert await on_hand(reader, fact.sku) == 7

@@ -25,7 +25,7 @@ from tests.waiting import until
 async def _failed_loudly(service: AtpService, client_channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture,
                          task: str) -> None:
     """The service was told to stop, says NOT_SERVING and logged why, naming ``task``."""
-    await until(lambda: service.failed.is_set(), f"the service told to stop after {task} failed", timeout_s=10)
+    await until(lambda: service.failed.is_set(), f"the service told to stop after {task} failed", timeout_s=30)
     await until(lambda: not_serving(status(client_channel)), "health NOT_SERVING")  # set by a task of its own
     said = [r for r in caplog.records if getattr(r, "event", None) == "stopping"]
     assert [(r.why, r.task) for r in said] == [("task_failed", task)]  # type: ignore[attr-defined]
