@@ -30,7 +30,9 @@ RENEW = GroupLeases._RENEW.sha.encode()
 
 
 @pytest.fixture
-async def proxied(redis_server: EmbeddedRedis) -> AsyncIterator[tuple[HoldingProxy, ServiceFactory]]:
+async def proxied(redis_server: EmbeddedRedis, redis_url: str) -> AsyncIterator[tuple[HoldingProxy, ServiceFactory]]:
+    """Services started through a proxy of the session's Redis, on a clean keyspace (``redis_url``): not one
+    where the test before left its leases, its member entries and its groups' logs to be waited out."""
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     url = await proxy.start()
     try:
