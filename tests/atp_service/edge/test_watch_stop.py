@@ -7,6 +7,7 @@ its grace period (600 s here: the stop's end is what is asserted, the test's own
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,14 @@ async def test_a_stop_with_many_watches_and_a_stalled_reader_ends_within_its_gra
         pb.WatchAvailabilityRequest(channel="pickup", snapshot=True))
     assert (await stalled.read()).kind == Kind.KIND_SNAPSHOT
     await until(lambda: watchers.open == QUIET + READ + 1, "every watch open")
-    # Time for the server to fill the caller's window and block in its write (the scenario made likely; what
-    # is asserted below holds either way: blocked there, or in the write of its SHUTTING_DOWN status after it).
-    await asyncio.sleep(1.0)
+    # The server has filled the caller's window and its write is blocked: pending for ``shutdown_stall_s``, as
+    # the stop's own tally counts a stall. A fixed second did not always see it there on a loaded host: the
+    # window still open when the stop began, the watch's SHUTTING_DOWN status went through, nothing was cut
+    # (seen: atp_streams_cut_at_stop_total 0).
+    book = service._calls
+    await until(lambda: any(call.method == "WatchAvailability" and call.writing_since is not None
+                            and time.monotonic() - call.writing_since >= STALL_S for call in book._tasks.values()),
+                "the stalled reader's write blocked for shutdown_stall_s", 60)
     assert watchers.held_keys == SKUS * 3  # its snapshot not sent whole
     await asyncio.wait_for(service.stop(grace_s=GRACE_S), 60)  # ended: not the grace's 600 s
     assert service.metrics.edge.streams_cut_at_stop.labels("WatchAvailability").value == 1  # the stalled one alone
