@@ -26,7 +26,9 @@ PASSING_REFUSALS = (AskError, ClusterDownError, OutOfMemoryError, ReadOnlyError,
 at start like no answer; any other refusal fails the start (``StartupError``). ``AskError`` (and
 ``MovedError``, one of them): a write script of the start sent where the slot map read earlier says
 its slot is, during a reshard or after a failover; the writer never follows a redirection (a write
-is never sent twice), it reads the map again before its next call there (``Nodes``)."""
+is never sent twice), it reads the map again before its next call there (``Nodes``). Waited out
+on a cluster alone (``redis_cluster``): to a client of one Redis, a redirection says its URL names a
+node of a Redis Cluster, which no wait cures (``not_a_cluster_client``)."""
 PASSING_CODES = frozenset({"NOREPLICAS", "BUSY"})
 """Refusals of the same kind redis-py raises as a plain ``ResponseError``, known by their code: writes
 refused while fewer replicas than ``min-replicas-to-write`` are connected (one restarting,
@@ -34,12 +36,13 @@ resyncing), and a script running past ``busy-reply-threshold``. Each ends withou
 so it must not stop the start as refused for its data (exit status 2: never restarted)."""
 
 
-async def while_redis_is_away(redis_url: str, attempt: Callable[[], Awaitable[T]]) -> T:
+async def while_redis_is_away(redis_url: str, attempt: Callable[[], Awaitable[T]], *, cluster: bool = False) -> T:
     """``attempt()`` again (it must be safe to repeat) until Redis answers it: a blip during the
     start delays it instead of failing it. Not waited out: a refusal waiting does not cure (a key of
     another type, a command the ACL denies) fails the start naming it (``StartupError``, exit 2);
     a claim refused by a newer one (``Fenced``) is not Redis being away, and is raised as it is.
-    ``NotReplicated`` (``redis_wait_replicas``) is waited out: the replicas may come back (R7)."""
+    ``NotReplicated`` (``redis_wait_replicas``) is waited out: the replicas may come back (R7). ``cluster``:
+    the start's Redis is a Redis Cluster (``redis_cluster``), whose redirections pass (a reshard, a failover)."""
     backoff = Backoff(REDIS_AT_START)
     while True:
         try:
@@ -47,6 +50,8 @@ async def while_redis_is_away(redis_url: str, attempt: Callable[[], Awaitable[T]
         except Fenced:
             raise
         except ResponseError as exc:
+            if isinstance(exc, AskError) and not cluster:
+                raise StartupError(not_a_cluster_client(redis_url, exc)) from None
             if not _passing(exc):
                 raise StartupError(f"redis_url: Redis at {redacted(redis_url)} refused a start-up command: "
                                    f"{exc}") from None
@@ -55,6 +60,13 @@ async def while_redis_is_away(redis_url: str, attempt: Callable[[], Awaitable[T]
             error = exc
         log.warning("waiting for Redis at %s: %s", redacted(redis_url), error, extra={"event": "redis_waiting"})
         await backoff.wait()
+
+
+def not_a_cluster_client(redis_url: str, redirection: AskError) -> str:
+    """Why a start redirected (ASK or MOVED) by a Redis it takes for one Redis is refused: waited out, it waited for
+    ever saying it waited for Redis (health NOT_SERVING, never a status a supervisor acts on)."""
+    return (f"redis_url: Redis at {redacted(redis_url)} redirected a start-up command ({type(redirection).__name__} "
+            f"{redirection}): it is a node of a Redis Cluster; start with --redis-cluster (ATP_REDIS_CLUSTER=true)")
 
 
 def _passing(refusal: ResponseError) -> bool:

@@ -336,7 +336,7 @@ class AtpService:
 
     async def _while_redis_is_away(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """``attempt()`` until Redis answers it, health NOT_SERVING meanwhile (``redis_wait``)."""
-        return await while_redis_is_away(self.redis_url, attempt)
+        return await while_redis_is_away(self.redis_url, attempt, cluster=self.config.redis_cluster)
 
     async def _stop_server(self, grace_s: float) -> None:
         """Stop gRPC once, whoever asks (an unwinding start, ``stop()``) and however often they are

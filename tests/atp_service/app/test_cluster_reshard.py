@@ -16,6 +16,7 @@ import redis
 
 from atp_client import AtpClient
 from atp_service import AtpService
+from atp_service.app.keyspace import StartupError
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.keys import Keyspace
 from tests.atp_service.app.test_healthcheck import starting_until_logged
@@ -213,3 +214,26 @@ async def test_a_start_whose_write_a_migrating_slot_answers_ask_waits_for_the_mo
         assert service.engine is not None
     finally:
         await service.stop(grace_s=0.1)
+
+
+async def test_a_start_on_a_cluster_node_without_redis_cluster_is_refused_not_waited_for_ever(cluster_url: str) -> None:
+    """A redirection (MOVED, ASK) to a client of one Redis says its URL names a node of a cluster (``redis_cluster``
+    off): no wait cures it. Waited out as a reshard's is on a cluster, the start waited for ever saying it waited for
+    Redis, health NOT_SERVING and no exit status a supervisor could act on."""
+    port = int(cluster_url.rsplit(":", 1)[1].split("/")[0])
+    with redis.Redis(host="127.0.0.1", port=port) as node:  # a prefix whose keyspace checks this node redirects
+        prefix = next(p for p in (f"p{n}:" for n in range(1000)) if _redirected(node, Keyspace(p).meta))
+    service = AtpService(make_config(key_prefix=prefix, input_streams=()), cluster_url)
+    try:
+        with pytest.raises(StartupError, match="--redis-cluster"):
+            await asyncio.wait_for(service.start(), 10)
+    finally:
+        await service.stop(grace_s=0)
+
+
+def _redirected(node: redis.Redis, key: str) -> bool:
+    try:
+        node.exists(key)
+    except redis.exceptions.MovedError:
+        return True
+    return False
