@@ -15,7 +15,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from atp_client._errors import not_connected, typed
+from atp_client._errors import not_connected, stream_cut_unread, typed
 from atp_client._stream import Batches, Source
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
@@ -261,8 +261,8 @@ class AtpClient:
         try:
             async for result in source.answers(call, self.timeout_s):
                 yield result
-        except grpc.aio.AioRpcError as exc:
-            raise typed(exc) from source.failure
+        except grpc.aio.AioRpcError as exc:  # a batch gRPC refused too large leaves those sent before it in doubt
+            raise stream_cut_unread(exc, source.unanswered) from source.failure
         finally:
             # grpc.aio goes on taking batches from the caller and sending them in a task of its
             # own until the call ends: a caller that stops reading (break, aclose, an error) would

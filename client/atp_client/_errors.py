@@ -241,6 +241,22 @@ takes (``max_message_bytes``): refused before the service read it, and the same 
 a call the service may have made (in doubt)."""
 
 
+def stream_cut_unread(error: grpc.aio.AioRpcError, unanswered: int) -> AtpError:
+    """A ``ReserveStream`` ended by gRPC's own refusal of a batch larger than the service takes (``UNREAD_TOO_LARGE``)
+    with ``unanswered`` batches sent and not answered: that batch was never read, but the others sent before it were
+    read, decided, and their answers never sent (the call was over). ``InvalidRequest`` where it is the only one;
+    else ``Retryable`` in doubt (``UNAVAILABLE``, ``OUTCOME_UNKNOWN``, metadata ``unanswered``), as ``in_doubt``: a
+    retry of the batches with the same ids answers what was decided (R5, R7), the one too large refused again."""
+    refused = typed(error)
+    if not isinstance(refused, InvalidRequest) or UNREAD_TOO_LARGE not in (error.details() or "") or unanswered <= 1:
+        return refused
+    message = (f"ReserveStream: a batch larger than the service takes was refused unread ({error.details()}); the "
+               f"{unanswered - 1} other batch(es) sent and not answered may have been made: retry them with the same "
+               "reservation ids, and that batch in smaller ones")
+    return _raised_here(grpc.StatusCode.UNAVAILABLE, message, OUTCOME_UNKNOWN, "atp.v1",
+                        {"limit": "max_message_bytes", "unanswered": str(unanswered - 1)})
+
+
 def typed(error: grpc.aio.AioRpcError) -> AtpError:
     """The typed exception for a failed call (``AtpError`` for codes without a class of their own)."""
     if isinstance(error, AtpError):

@@ -78,6 +78,11 @@ class Batches:
         except Exception as exc:  # the caller's own error: raised to it once the answers are in
             self.failure = exc
 
+    @property
+    def unanswered(self) -> int:
+        """Batches sent and not answered yet."""
+        return len(self._sent)
+
     def _sending(self, batch: Sequence[pb.ReserveRequest]) -> pb.ReserveStreamRequest:
         self._sent.append(time.monotonic())
         if not self._more.done():

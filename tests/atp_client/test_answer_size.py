@@ -4,10 +4,15 @@ and a request larger than the service takes is raised as the invalid request it 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import grpc
 import pytest
+import redis
 
-from atp_client import AtpError, InvalidRequest
+from atp_client import AtpError, InvalidRequest, Retryable
+from atp_client._errors import OUTCOME_UNKNOWN
 from atp_client._output import EXIT_INVALID, in_doubt_after, refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
@@ -53,3 +58,40 @@ async def test_a_request_larger_than_the_service_takes_is_invalid_not_retryable(
     assert not in_doubt_after(refused.value, retried=True)
     (position,) = await client.availability([("A", "S1")])
     assert position.on_hand == 0  # nothing of it was applied
+
+
+async def test_a_stream_cut_by_a_batch_too_large_leaves_the_batches_sent_before_it_in_doubt(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """gRPC refuses a ``ReserveStream`` batch larger than ``max_message_bytes`` by ending the call: the batches sent
+    before it were read and decided, their answers never sent. The client raised the end ``InvalidRequest`` ("never
+    read, nothing applied"; atpctl exit 3, not in doubt) while a reservation of an earlier batch was HELD."""
+    _, client = await start_service(clock=ManualClock(T0), max_message_bytes=64 << 10)
+    await client.record_events([receipt("in", "A", "S1", 5)])
+    line = [pb.Line(sku="A", location="S1", quantity=1)]
+    big = [pb.ReserveRequest(reservation_id=f"big-{n:04d}-{'x' * 100}", lines=line) for n in range(1000)]
+    assert pb.ReserveStreamRequest(reservations=big).ByteSize() > 64 << 10
+
+    async def batches() -> AsyncIterator[list[pb.ReserveRequest]]:
+        yield [pb.ReserveRequest(reservation_id="sent-first", lines=line)]
+        await asyncio.sleep(0.2)  # read and decided by now: its append waits for Redis (paused)
+        yield big
+
+    with redis.Redis.from_url(redis_url) as paused:
+        paused.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")  # no answer to the first batch before the cut
+        try:
+            with pytest.raises(AtpError) as ended:
+                async for _ in client.reserve_stream(batches()):
+                    pytest.fail("the first batch was answered: Redis was not paused")
+        finally:
+            paused.execute_command("CLIENT", "UNPAUSE")
+    assert isinstance(ended.value, Retryable), repr(ended.value)
+    assert ended.value.reason == OUTCOME_UNKNOWN and ended.value.refusal.metadata["unanswered"] == "1"
+    assert in_doubt_after(ended.value) and refusal(ended.value)[0] != EXIT_INVALID
+    assert (await client.get_reservation("sent-first")).state == pb.RESERVATION_STATE_HELD  # it was made
+
+    async def alone() -> AsyncIterator[list[pb.ReserveRequest]]:
+        yield big
+
+    with pytest.raises(InvalidRequest):  # the batch too large alone unanswered: never read, as a unary call's
+        async for _ in client.reserve_stream(alone()):
+            pass
