@@ -1,5 +1,6 @@
 """``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P] [--clock-skew]
-[--redis-full] [--fact-times] [--shed] [--one-key] [--settle-faults]``:
+[--redis-full] [--fact-times] [--shed] [--one-key] [--settle-faults] [--groups]
+[--forward-streams]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -44,9 +45,17 @@ def main() -> int:
                              "at its door): each refusal must have changed nothing")
     parser.add_argument("--settle-faults", action="store_true",
                         help="a settle's fence lost, in doubt or landing late, and its reads of the log timing out")
+    parser.add_argument("--forward-streams", action="store_true",
+                        help="with --processes: ReserveStream items of other processes' groups sent to their owners "
+                             "in the batch's turn, as the edge does")
+    parser.add_argument("--groups", action="store_true",
+                        help="Reserve lines naming location groups (channels of each strategy), and safety-stock "
+                             "defaults for new positions, as the estate configures them")
     parser.add_argument("--one-key", action="store_true",
                         help="snapshots stored in one key whatever the seed (as seeds found before several were)")
     args = parser.parse_args()
+    if args.forward_streams and args.processes == 1:
+        parser.error("--forward-streams needs --processes 2 or 3 (one process owns every group)")
     if args.clock_skew and args.processes == 1:
         parser.error("--clock-skew needs --processes 2 or 3 (one process has one clock)")
     # The faults make the service log a warning per failed append: only its errors show (each one also
@@ -60,7 +69,8 @@ def main() -> int:
     for done, seed in enumerate(seeds):
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
-                        settle_faults=args.settle_faults)
+                        settle_faults=args.settle_faults, groups=args.groups,
+                        forward_streams=args.forward_streams)
         try:
             asyncio.run(driver.run(args.steps))
         except Violation as exc:

@@ -35,6 +35,7 @@ from reservation import _orders as orders
 from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.checks import Violation
 from tests.sim.edge import Edge
+from tests.sim.groups import configure
 from tests.sim.leased import ProcessLog
 from tests.sim.membership import Leases, SimMembership
 from tests.sim.network import Network
@@ -54,12 +55,15 @@ CONVERGE_ROUNDS = 12
 class ClusterWorld(World):
     def __init__(self, processes: int, rng: random.Random, tally: Tally | None = None,
                  part_bytes: int = 1 << 20, checks: random.Random | None = None, skew_seed: int | None = None,
-                 grace_ms: int = MAX_DURATION_MS_CEILING, pieces: PieceSizes | None = None) -> None:
+                 grace_ms: int = MAX_DURATION_MS_CEILING, pieces: PieceSizes | None = None,
+                 groups: bool = False, forward_streams: bool = False) -> None:
         """``skew_seed``: ``--clock-skew`` (``skew.py``), each host's clock drawn from it; None: one clock.
         ``pieces``: each process's ``snapshot_piece_bytes`` (``World.instance_config``)."""
         super().__init__(tally=tally, channels=False, cluster=True, part_bytes=part_bytes, grace_ms=grace_ms,
-                         pieces=pieces)
+                         pieces=pieces, groups=groups)
         self.rng = rng
+        self.forward_streams = forward_streams
+        """``--forward-streams``: ReserveStream items of groups other processes own sent there (``streams.py``)."""
         self.skew = SkewedHosts(skew_seed, self.clock) if skew_seed is not None else None
         self.checks = checks
         """The stream the owner checks' round trips draw from (theirs: the other draws stay as they were)."""
@@ -83,6 +87,8 @@ class ClusterWorld(World):
         clock = self.clock if self.skew is None else self.skew.clock_for(address)
         config = self.instance_config()
         engine = Engine([], log, clock, config.engine_settings)
+        if self.groups:
+            configure(engine)  # every process from the one estate
         assert engine.ids is not None
         engine.ids.claims.retry = None  # a claim not answered is sent again at the next turn: nothing sleeps here
         proc = Process(address, self.incarnations, log, engine, config.shard_settings)

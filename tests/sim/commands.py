@@ -1,6 +1,7 @@
 """The seeded client calls of a step: reserves (one shard, across shards, and many at once as the
-ReserveStream sends them), confirm/release/fulfil, facts (out of time order, duplicates, conflicts,
-till receipts sharing an id, ties, SHIPMENTs naming a reservation), safety stock and maintenance."""
+ReserveStream sends them; with ``--groups`` lines naming location groups too), confirm/release/fulfil,
+facts (out of time order, duplicates, conflicts, till receipts sharing an id, ties, SHIPMENTs naming a
+reservation), safety stock and maintenance."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from reservation import (
 from reservation._bulk import count_event_id
 from tests.sim.checks import Acknowledged, Violation
 from tests.sim.faults import Call
+from tests.sim.groups import channel, location_or_group
 from tests.sim.world import World
 
 if TYPE_CHECKING:
@@ -82,8 +84,14 @@ class Commands:
             self.rids.append(rid)
         same = self.rng.random() < 0.7 or not self.other_content
         rng = random.Random(zlib.crc32(rid.encode()) ^ self.seed) if same else self.rng
-        lines = [(rng.choice(SKUS), rng.choice(LOCATIONS), rng.randint(1, 3)) for _ in range(rng.randint(1, 3))]
-        return reserve_command(reservation_id=rid, order_ref="o", channel="web", lines=lines,
+        if self.world.groups:  # ``--groups``: lines naming a location group too, over channels of each strategy
+            lines = [(rng.choice(SKUS), location_or_group(rng, LOCATIONS), rng.randint(1, 3))
+                     for _ in range(rng.randint(1, 3))]
+            sold_by = channel(rng)
+        else:
+            lines = [(rng.choice(SKUS), rng.choice(LOCATIONS), rng.randint(1, 3)) for _ in range(rng.randint(1, 3))]
+            sold_by = "web"
+        return reserve_command(reservation_id=rid, order_ref="o", channel=sold_by, lines=lines,
                                ttl_seconds=rng.randint(1, 30), allow_partial=rng.random() < 0.2,
                                limits=self.world.config.limits)
 
@@ -268,6 +276,13 @@ class Commands:
     # -- booking what the client was told -----------------------------------------------------------
     def book_reservation(self, rec: Reservation) -> None:
         self.acked.reservations[rec.reservation_id] = State(rec.state)
+        if self.world.groups and rec.state == State.HELD:  # as first answered (a replay answers the same)
+            given: dict[tuple[str, str], int] = {}
+            for line in rec.lines:
+                if line.group and line.granted:
+                    given[(line.sku, line.group)] = given.get((line.sku, line.group), 0) + 1
+            self.world.log.tally.group_lines += len(given)
+            self.world.log.tally.group_splits += sum(n > 1 for n in given.values())
 
     def book_facts(self, batch: list[Fact], results: list[Any]) -> None:
         """Each fact answered as recorded booked; one refused for good is a violation (Q1, R4): a fact says what

@@ -5,18 +5,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from contextlib import nullcontext
 
-from atp_service.engine.orphans import CONFIRMED_ASKED_EVERY_MS, ORPHAN_AGE_MARGIN_MS, given_back, gives_up
 from atp_service.storage.snapshot_parts import PIECE_BYTES
-from reservation import State
-from reservation import _orders as orders
 from reservation._limits import MAX_DURATION_MS_CEILING
-from tests.sim.checks import Acknowledged, Violation, check, orders_hold_what_they_decided
+from tests.sim.checks import Acknowledged, Violation, check
 from tests.sim.cluster import ClusterWorld
 from tests.sim.commands import Commands
+from tests.sim.defaults import defaults_applied
 from tests.sim.disrupt import Disruptor
 from tests.sim.facttimes import GRACE_MS, FactTimes
 from tests.sim.faults import Call, StepRunner, collect, draw_plan
@@ -33,6 +30,8 @@ from tests.sim.invariants import (
     one_record_per_id,
     snapshots_whole,
 )
+from tests.sim.replay import replay_equals_live
+from tests.sim.settled import orders_settle
 from tests.sim.settlefaults import SettleFaults, no_waits
 from tests.sim.shardcount import facts_answer_alike
 from tests.sim.shed import ShedCalls, Shedding
@@ -53,7 +52,8 @@ class Driver:
     def __init__(self, seed: int, tally: Tally | None = None, processes: int = 1,
                  late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
                  clock_skew: bool = False, redis_full: bool = False, fact_times: bool = False,
-                 shed: bool = False, one_key: bool = False, settle_faults: bool = False) -> None:
+                 shed: bool = False, one_key: bool = False, settle_faults: bool = False, groups: bool = False,
+                 forward_streams: bool = False) -> None:
         """``late_across_steps``: with several processes, also order steps served past a step's end.
         ``retry_other_content``: with several processes, retries may carry other content than their
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
@@ -66,7 +66,10 @@ class Driver:
         process at its door) shed load now and then, the checker holding each refusal to "nothing done"
         (``shed.py``). ``one_key``: snapshots stored in one key whatever the seed (``snapparts.PIECE_BYTES``),
         so that a seed found before snapshots of several keys were simulated keeps the path it was found on.
-        ``settle_faults``: a settle's fence lost, in doubt or late, and its reads timing out (``settlefaults.py``)."""
+        ``settle_faults``: a settle's fence lost, in doubt or late, and its reads timing out (``settlefaults.py``).
+        ``groups``: Reserve lines naming location groups, channels of each strategy, and safety-stock defaults
+        for new positions (``groups.py``). ``forward_streams``: with several processes, ReserveStream items of other
+        processes' groups sent to their owners in the batch's turn (``streams.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -79,10 +82,10 @@ class Driver:
         pieces = None if one_key else PieceSizes(seed)
         self.grace_ms = GRACE_MS if fact_times else MAX_DURATION_MS_CEILING
         self.world = World(tally=self.tally, cluster=seed % 2 == 1, part_bytes=part_bytes, grace_ms=self.grace_ms,
-                           pieces=pieces) \
+                           pieces=pieces, groups=groups) \
             if processes == 1 else \
             ClusterWorld(processes, self.rng, self.tally, part_bytes, random.Random(f"owner check {seed}"),
-                         seed if clock_skew else None, self.grace_ms, pieces)
+                         seed if clock_skew else None, self.grace_ms, pieces, groups, forward_streams)
         self.world.log.reads.reply_bytes = READ_BYTES[seed // 40 % len(READ_BYTES)]
         self.world.log.faults = self.rng
         self.world.log.ids = SimIdClaims(seed, self.tally)  # a leased engine claims its ids (R5)
@@ -137,7 +140,7 @@ class Driver:
     def seed_flags(self) -> str:
         """The seed as the command line names it (with the flags that make it a multi-process seed)."""
         one_key = " --one-key" if self.world.pieces is None and PieceSizes(self.seed).bytes != PIECE_BYTES else ""
-        return self._flags() + one_key
+        return self._flags() + one_key + (" --groups" if self.world.groups else "")
 
     def _flags(self) -> str:
         world = self.world
@@ -150,7 +153,8 @@ class Driver:
                 + (" --retry-other-content" if self.retry_other_content else "")
                 + (" --lose-tail" if self.tail else "") + (" --clock-skew" if world.skew else "")
                 + (" --redis-full" if self.full else "") + (" --fact-times" if self.times else "")
-                + (" --shed" if self.shed else "") + (" --settle-faults" if self.settle else ""))
+                + (" --shed" if self.shed else "") + (" --settle-faults" if self.settle else "")
+                + (" --forward-streams" if world.forward_streams else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -272,6 +276,8 @@ class Driver:
         self.stamps.check()
         if self.times is not None:
             self.times.check(world)  # E6/E7: nothing stamped past the skew or late applied
+        if world.groups:
+            defaults_applied(world)  # Q4: each new position's default safety stock, in the log
         recovered = await world.recovered()
         replay_equals_live(world, recovered)
         durable_state_consistent(recovered)
@@ -288,18 +294,6 @@ class Driver:
         await self.world.stop()
 
 
-def replay_equals_live(world: World, recovered: list) -> None:  # type: ignore[type-arg]
-    """E10/R7: with nothing in flight, memory equals a fresh start from the log."""
-    for actor, (ledger, seq) in zip(world.eng.actors, recovered, strict=True):
-        live, fresh = actor.ledger, ledger
-        if seq != actor.seq:
-            raise Violation(f"E10: shard {actor.shard} memory at entry {actor.seq}, log at {seq}")
-        if sorted(live.store.items()) != sorted(fresh.store.items()):
-            raise Violation(f"E10: shard {actor.shard} positions differ from a replay of the log")
-        if live.reservations != fresh.reservations:
-            raise Violation(f"E10: shard {actor.shard} reservations differ from a replay of the log")
-
-
 def _describe(call: Call) -> str:
     timing = f"@{call.at}" if call.at else ""
     if call.give_up is not None:
@@ -312,99 +306,3 @@ async def run_seed(seed: int, steps: int = 60, tally: Tally | None = None, proce
     driver = Driver(seed, tally, processes, one_key=one_key)
     await driver.run(steps)
     return driver.world
-
-
-ORDER_ROUNDS = 20
-"""Housekeeping passes, Redis answering every write, within which every order's saga must finish."""
-
-
-async def orders_settle(world: World) -> None:
-    """Liveness of sagas: with Redis answering, housekeeping carries every order that stopped
-    half-way (a crash, a caller gone, a write in doubt) through to a settled state, and gives up every
-    held part of an order Redis lost (``orphans.LeasedOrphans``)."""
-    if world.eng.orders is None:
-        return
-    looked_for = None
-    if isinstance(world, ClusterWorld):
-        world.network.faulty = False  # "with Redis answering": and the processes reaching each other
-        world.network.arrive()
-        # The late step requests are served first: a late ReservePart of a lost order makes a part that
-        # holds units, to be aged past the scan's threshold with the others (not missed by the look below).
-        await world.quiesce()
-        looked_for = _lost_parts_due(world, None)
-    pending: list[str] = []
-    for _ in range(ORDER_ROUNDS):
-        passing = asyncio.ensure_future(world.maintenance_pass())  # its writes land as quiesce pumps Redis
-        await world.quiesce()
-        await passing
-        if isinstance(world, ClusterWorld) and world.tail is not None:
-            # A group given up in the pass (a write refused FENCED: Redis lost the taking) is taken again
-            # before its orders are read: a group nobody serves reads as empty.
-            await world.converge_membership()
-        pending = [rid for a in world.eng.actors for rid, rec in a.ledger.reservations.items()
-                   if rec.is_order and rec.pending is not None]
-        if pending:
-            continue
-        if not _lost_parts_held(world, None):
-            check_orders_settled(world, looked_for)
-            return
-        if isinstance(world, ClusterWorld):
-            # A lost part still holding made after the clock was moved (a saga step served in a pass, a
-            # group served again showing one) is aged past the threshold too.
-            looked_for = _lost_parts_due(world, looked_for)
-    check_orders_settled(world, looked_for)  # a lost order's part made by then still holding: named
-    raise Violation(f"liveness: after {ORDER_ROUNDS} housekeeping passes, orders still pending: {pending[:5]}; "
-                    f"parts of orders Redis lost still holding units: {_lost_parts_held(world, None)[:5]} "
-                    f"(housekeeping looked for those made at or before {looked_for})")
-
-
-def _lost_parts_due(world: ClusterWorld, looked_for: int | None) -> int | None:
-    """Parts of orders whose record Redis lost, made after ``looked_for`` (None: ever) and still holding
-    units: the clock moves past the age at which housekeeping looks for them (``orphans.LeasedOrphans``);
-    the time such a part was created at or before must hold nothing once housekeeping ran (``looked_for``
-    as it was: no such part)."""
-    due = [(rid, group) for rid, group, created in _lost_parts(world) if looked_for is None or created > looked_for]
-    if not due:
-        return looked_for
-    age = world.config.limits.max_ttl_seconds * 1000 + ORPHAN_AGE_MARGIN_MS
-    # A confirmed part whose order lives at another process is asked about at a group's sweep once every
-    # CONFIRMED_ASKED_EVERY_MS: the clock moves past that too.
-    confirmed = any(world.eng.actors[group].ledger.reservations[rid].state == State.CONFIRMED for rid, group in due)
-    world.clock.advance(max(age, CONFIRMED_ASKED_EVERY_MS) if confirmed else age)
-    # Parts are stamped by their groups' clocks (``--clock-skew``: none reads below the world's plus the
-    # lowest host offset), and the scan ages them by those clocks.
-    return world.clock.now_ms() + (world.skew.lowest_offset() if world.skew else 0) - age
-
-
-def _lost_parts(world: World) -> list[tuple[str, int, int]]:
-    """(id, group, created at) of each part that holds units of one of ``lost_orders`` (not opened again
-    since), or of one of ``outlived_orders`` or ``torn_orders`` settled in a final state that gave its units
-    up (``orphans.gives_up``; a held one whose units its FULFILLED order fulfilled is kept: they left on_hand,
-    Redis lost that with it), or that keeps committed units such an order released (``orphans.given_back``;
-    a confirmed part of a lost order is kept: its units are a paid order's, committed until shipped)."""
-    records = {rid: rec for a in world.eng.actors for rid, rec in a.ledger.reservations.items()}
-    return [(rid, actor.shard, rec.created_at) for actor in world.eng.actors
-            for rid, rec in actor.ledger.reservations.items()
-            if (order_id := orders.order_of(rid)) is not None and (
-                (any(line.held for line in rec.lines)
-                 and ((order_id in world.lost_orders and order_id not in records)
-                      or (_torn(world, order_id) and gives_up(records.get(order_id), rec))))
-                or (_torn(world, order_id) and order_id in records and given_back([records[order_id]], rec)))]
-
-
-def _torn(world: World, order_id: str) -> bool:
-    return order_id in world.outlived_orders or order_id in world.torn_orders
-
-
-def _lost_parts_held(world: World, created_by: int | None) -> list[str]:
-    """The parts ``_lost_parts`` finds created at or before ``created_by`` (None: ever), as a failure names them."""
-    return [f"{rid} in group {group} created at {created}" for rid, group, created in _lost_parts(world)
-            if created_by is None or created <= created_by]
-
-
-def check_orders_settled(world: World, lost_looked_for: int | None = None) -> None:
-    ledgers = [actor.ledger for actor in world.eng.actors]
-    records = {rid: rec for ledger in ledgers for rid, rec in ledger.reservations.items()}
-    orders_hold_what_they_decided(records, lost_orders=world.lost_orders, torn_orders=world.torn_orders,
-                                  place=world.eng.place, torn_confirmed=world.torn_confirmed,
-                                  lost_looked_for=lost_looked_for, outlived=world.outlived_orders)

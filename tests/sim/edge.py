@@ -4,7 +4,8 @@ which does with a call for another process's group what the service's edge does 
 is never forwarded again: the owner's ``Moved`` is the caller's answer). ``Moved`` for a reservation
 not held here (group -1) on Confirm/Release/Fulfil: every other owner is asked; NOT_FOUND only when
 none holds it and every group has an owner. Facts: each one whose group is elsewhere is forwarded to
-its owner. ReserveStream and LoadCounts are not forwarded (a ``Moved`` per item, or for the call).
+its owner. ReserveStream items are sent to their owners with ``--forward-streams`` (``streams.py``), else
+answered ``Moved`` each; LoadCounts is not forwarded (a ``Moved`` for the call).
 
 It also stands in for the engine where the commands and checks read one (``actors``: each group's
 actor at its current owner).
@@ -36,6 +37,7 @@ from reservation import (
 from tests.sim.factjudge import judged_record
 from tests.sim.process import Process
 from tests.sim.shed import door_refusal
+from tests.sim.streams import StreamBatch
 
 if TYPE_CHECKING:
     from tests.sim.cluster import ClusterWorld
@@ -87,6 +89,8 @@ class Edge:
 
     async def reserve_many(self, cmds: Sequence[ReserveCommand]) -> list[Any]:
         proc = self.pick()
+        if self.world.forward_streams:  # items of other processes' groups decided by their owners
+            return await proc.call(lambda: StreamBatch(self, proc, cmds).decide())
         return await proc.call(lambda: proc.engine.reserve_many(cmds))
 
     async def confirm(self, rid: str) -> Reservation:

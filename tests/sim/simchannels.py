@@ -33,14 +33,19 @@ from tests.sim.settlefaults import timed_out
 from tests.sim.simlog import SimLog
 
 ESTATE = parse_estate({
-    "locations": [{"ids": ["L1", "L2"], "type": "store"}, {"id": "L3", "type": "dc"}],
+    "locations": [{"ids": ["L1", "L2"], "type": "store"}, {"id": "L3", "type": "dc", "safety_stock": 2}],
+    # What Reserves name with ``--groups`` alone (``groups.py``): lines naming a group, split by the channel's
+    # strategy (the estate's default, priority, for a channel not configured), and Q4's defaults for new
+    # positions (a unit at every store's, two at L3's). Neither changes what the desk publishes.
+    "groups": {"stores": {"type": "store"}, "near": ["L2", "L3"], "all": ["L3", "L1", "L2"]},
+    "safety_stock": {"store": 1},
     "channels": [
         # per location, like store pickup: a stock-out line (C2: published at once) above 0
         {"name": "pickup", "sells_from": ["L1", "L2"], "per_location": True, "buffer_units": 1,
          "low_stock_threshold": 1, "throttle_ms": 0, "rate_limit_per_s": 1000.0, "burst": 1000},
         # one number per SKU over every location, throttled: pending values coalesce (C2)
         {"name": "web", "sells_from": ["L3", "L1", "L2"], "buffer_percent": 10.0, "allocation": 25,
-         "throttle_ms": 2000, "rate_limit_per_s": 1000.0, "burst": 1000},
+         "strategy": "most_available", "throttle_ms": 2000, "rate_limit_per_s": 1000.0, "burst": 1000},
     ],
 })
 Batch = tuple[str, list[ChannelUpdate]]

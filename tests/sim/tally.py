@@ -28,6 +28,9 @@ class Tally:
     channel_late_landed: int = 0
     cross_shard: int = 0  # commands spanning shards (reserves, SHIPMENTs naming a reservation)
     sagas: int = 0  # of those reserves, on a cluster (odd seeds): orders decided by sagas
+    stream_parts: int = 0  # ``--forward-streams``: ReserveStream items sent to their owners, a part per owner
+    group_lines: int = 0  # ``--groups``: Reserve lines naming a location group, answered granted
+    group_splits: int = 0  # ... of them, granted from two members or more
     tail_losses: int = 0  # Redis restarted from older data (``--lose-tail``)
     tail_restarts: int = 0  # ... and the service stopped to be restarted (several processes: a group given up)
     node_losses: int = 0  # ... of one Redis Cluster node only (several processes)
@@ -91,6 +94,8 @@ class Tally:
                 f"{self.pieces_refused} calls refused PIECES), "
                 f"{self.channel_faults} channel writes failed ({self.channel_late_landed} landed late), "
                 f"{self.cross_shard} cross-shard commands ({self.sagas} reserves as sagas on a cluster)"
+                + (f"; {self.group_lines} group lines granted ({self.group_splits} over several members)"
+                   if self.group_lines else "")
                 + (f"; {self.oom_refused} writes refused OOM" if self.oom_refused else "")
                 + (f"; load shed in {self.shed_spans} spans: {self.shed_refused} messages shed, {self.shed_calls} "
                    f"calls refused, {self.shed_retries} reserves sent again" if self.shed_spans else "")
@@ -110,7 +115,8 @@ class Tally:
                 f"up, {self.fenced_writes} writes refused FENCED, {self.kills} kills, {self.process_pauses} pauses, "
                 f"order steps {self.remote_steps} remote / "
                 f"{self.remote_lost} lost / {self.remote_late} late / {self.remote_moved} moved, "
-                f"{self.forwarded} calls forwarded, {self.located} located, id claims {self.id_claims} "
+                f"{self.forwarded} calls forwarded ({self.stream_parts} stream parts), {self.located} located, "
+                f"id claims {self.id_claims} "
                 f"({self.id_claim_faults} failed, {self.id_claims_refused} found another home)"
                 + (f"; clocks: {self.clock_steps_back} steps back, {self.taken_ahead} groups taken from a clock ahead"
                    if self.clock_steps_back or self.taken_ahead else ""))

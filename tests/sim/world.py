@@ -29,6 +29,7 @@ from reservation import Fact, Ledger, Limits, decode_entry
 from reservation._limits import MAX_DURATION_MS_CEILING
 from tests.sim.durable import DurableTracker, MemoryAheadOfLog
 from tests.sim.factjudge import judged_record
+from tests.sim.groups import configure
 from tests.sim.simchannels import ESTATE, DeskRunner, SimChannelStore
 from tests.sim.simlog import SimLog
 from tests.sim.tally import Tally
@@ -89,7 +90,7 @@ def sim_config(shards: int = 3, part_bytes: int = 1 << 20, grace_ms: int = MAX_D
 class World:
     def __init__(self, shards: int = 3, tally: Tally | None = None, channels: bool = True,
                  cluster: bool = False, part_bytes: int = 1 << 20, grace_ms: int = MAX_DURATION_MS_CEILING,
-                 pieces: PieceSizes | None = None) -> None:
+                 pieces: PieceSizes | None = None, groups: bool = False) -> None:
         self.log = SimLog(tally, together=not cluster)
         self.channels = SimChannelStore(self.log)
         self.clock = ManualClock(START_MS)
@@ -111,7 +112,7 @@ class World:
         self.lost_orders: set[str] = set()
         """Several processes: orders whose record Redis lost while a part of theirs may live on in another
         group (``cluster.ClusterWorld.lose_tail``); leased, housekeeping looks for them once past the longest
-        TTL (``orphans.LeasedOrphans``): the run's end checks they hold nothing (``driver.orders_settle``)."""
+        TTL (``orphans.LeasedOrphans``): the run's end checks they hold nothing (``settled.orders_settle``)."""
         self.torn_orders: set[str] = set()
         self.outlived_orders: set[str] = set()
         """Several processes: orders a part of which Redis, back whole from older data, lost a change of that
@@ -121,6 +122,8 @@ class World:
         self.torn_confirmed: set[str] = set()
         """Torn orders already confirmed (or with a change in flight) when their node lost records."""
         """Several processes: orders one node's restore tore (``checks.orders_hold_what_they_decided``)."""
+        self.groups = groups
+        """``--groups``: the estate's location groups and safety-stock defaults configured (``groups.py``)."""
         self.must_restart = False
         """The service decided to stop to be restarted (``AtpService._must_restart``: exit status 4)."""
         self.log.on_fenced.append(self._claim_refused)
@@ -175,6 +178,8 @@ class World:
             actors[-1].on_failure.append(self._shard_failed)
         self.clock.advance_floor(max(a.ledger.clock for a in actors))
         self.engine = Engine(actors, self.log, self.clock, self.config.engine_settings)  # type: ignore[arg-type]
+        if self.groups:
+            configure(self.engine)  # as the service, from the estate, before any call
         for actor in self.engine.actors:
             actor.start()  # no maintenance timer: the driver runs maintenance as a call
         self.facts = FactDesk(self.engine, "quarantine", 1000)
