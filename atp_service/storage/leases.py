@@ -20,14 +20,16 @@ from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import Call, Script
 from atp_service.storage.records import UNCLAIMED, claimed, number_of, wall_ms
 from atp_service.storage.resp import as_text
-from atp_service.storage.scripts import CLAIM_ORDER_LUA, EPOCH_SCRIPT
+from atp_service.storage.scripts import ALLOW_OOM, CLAIM_ORDER_LUA, EPOCH_SCRIPT
 from atp_service.tasks import exception_seen, finish_uncancelled, keep
 
 # KEYS: lease, owner, fence; ARGV: holder, epoch (``<number>:<nonce>``, the taking's own), lease ms.
 # -1: another holder's lease is live. A taking the owner key outranks was replaced (FENCED,
 # ``scripts.CLAIM_ORDER_LUA``); else the lease is (re)taken, the owner key set to the epoch, and the
-# group's fence returned (the token its writes carry).
-ACQUIRE_SCRIPT = CLAIM_ORDER_LUA + """
+# group's fence returned (the token its writes carry). It runs on a Redis at its maxmemory (``ALLOW_OOM``:
+# a lease and an owner key a group, bounded as the fence is): refused there, a group handed over or whose
+# owner died answered nobody, and its log — what filled Redis — was never snapshotted and trimmed.
+ACQUIRE_SCRIPT = ALLOW_OOM + CLAIM_ORDER_LUA + """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return -1 end
 local owner = redis.call('GET', KEYS[2])

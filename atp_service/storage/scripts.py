@@ -95,7 +95,8 @@ end
 return out
 """
 
-# The snapshot's writes and the fence, and they alone, run on a Redis at its maxmemory (``noeviction``).
+# The snapshot's writes and the fence, and they alone (with a leased group's taking: ``EPOCH_SCRIPT``,
+# ``leases.ACQUIRE_SCRIPT``), run on a Redis at its maxmemory (``noeviction``).
 # Refused ``OOM`` at their first write, as a script without flags is: the snapshot never trimmed, so a
 # log-filled Redis stayed full, and a write in doubt was never settled (the fence is its first step),
 # so its shard stayed in doubt — every write refused until an operator gave Redis room. Bounded: the
@@ -233,8 +234,10 @@ return out
 # (the highest owner key's number the claimant read), and not below the time now (``DRAW_LUA``;
 # ARGV[2]: the claimant's clock, ms). Redis losing the latest may repeat a number: the claim's
 # identity, beside it in the owner key, keeps the epochs apart (``CLAIM_ORDER_LUA``).
-# A leased group's taking draws its number here too (``leases.GroupLeases``).
-EPOCH_SCRIPT = DRAW_LUA + """
+# A leased group's taking draws its number here too (``leases.GroupLeases``), on a full Redis as well
+# (``ALLOW_OOM``: one number overwritten): a group handed over there must be taken, its owner's snapshot
+# being what trims the log that filled Redis.
+EPOCH_SCRIPT = ALLOW_OOM + DRAW_LUA + """
 local epoch = drawn(math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1])))
 redis.call('SET', KEYS[1], epoch)
 return epoch
