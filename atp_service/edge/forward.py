@@ -42,9 +42,10 @@ FORWARDED_METHODS = frozenset({"RecordEvents", "Reserve", "Confirm", "Release", 
 CHANGES = frozenset({"RecordEvents", "LoadCounts", "Reserve", "Confirm", "Release", "Fulfill", "SetSafetyStock"})
 """The calls forwarded that change state: one lost with its owner may have been made (R7)."""
 _LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                   grpc.StatusCode.DEADLINE_EXCEEDED})
+                   grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 """gRPC's own ends of a forwarded call in the owner's hands; DEADLINE_EXCEEDED: ``PEER_CALL_MAX_S`` ran out
-(or the caller's deadline, whom nothing is answered then)."""
+(or the caller's deadline, whom nothing is answered then); CANCELLED: by the owner (its stop past its grace) or
+its channel closed (``MAX_PEERS``, the stop) — never by this caller going away, which ends the forwarding itself."""
 _NOT_SENT = "failed to connect to all addresses"
 """gRPC's own words for a call it never sent: no connection to the owner was made."""
 MAX_PEERS = 64
