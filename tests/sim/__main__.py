@@ -1,6 +1,6 @@
 """``python -m tests.sim [--seeds N [--first F] | --seed S [--trace]] [--steps K] [--processes P] [--clock-skew]
 [--redis-full] [--fact-times] [--shed] [--one-key] [--settle-faults] [--groups]
-[--forward-streams]``:
+[--forward-streams] [--short-grace]``:
 run the deterministic simulation; the summary line counts the faults injected."""
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def main() -> int:
     parser.add_argument("--groups", action="store_true",
                         help="Reserve lines naming location groups (channels of each strategy), and safety-stock "
                              "defaults for new positions, as the estate configures them")
+    parser.add_argument("--short-grace", action="store_true",
+                        help="a grace window of 30 s and a seal threshold of 8: shards forget remembered facts, "
+                             "seal them and free kept deltas (E8, E9) under every fault; old facts resent")
     parser.add_argument("--one-key", action="store_true",
                         help="snapshots stored in one key whatever the seed (as seeds found before several were)")
     args = parser.parse_args()
@@ -70,7 +73,7 @@ def main() -> int:
         driver = Driver(seed, tally, args.processes, args.late_across_steps, args.retry_other_content, args.lose_tail,
                         args.clock_skew, args.redis_full, args.fact_times, args.shed, args.one_key,
                         settle_faults=args.settle_faults, groups=args.groups,
-                        forward_streams=args.forward_streams)
+                        forward_streams=args.forward_streams, short_grace=args.short_grace)
         try:
             asyncio.run(driver.run(args.steps))
         except Violation as exc:

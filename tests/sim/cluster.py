@@ -56,11 +56,11 @@ class ClusterWorld(World):
     def __init__(self, processes: int, rng: random.Random, tally: Tally | None = None,
                  part_bytes: int = 1 << 20, checks: random.Random | None = None, skew_seed: int | None = None,
                  grace_ms: int = MAX_DURATION_MS_CEILING, pieces: PieceSizes | None = None,
-                 groups: bool = False, forward_streams: bool = False) -> None:
+                 groups: bool = False, forward_streams: bool = False, skew_ms: int | None = None) -> None:
         """``skew_seed``: ``--clock-skew`` (``skew.py``), each host's clock drawn from it; None: one clock.
         ``pieces``: each process's ``snapshot_piece_bytes`` (``World.instance_config``)."""
         super().__init__(tally=tally, channels=False, cluster=True, part_bytes=part_bytes, grace_ms=grace_ms,
-                         pieces=pieces, groups=groups)
+                         pieces=pieces, groups=groups, skew_ms=skew_ms)
         self.rng = rng
         self.forward_streams = forward_streams
         """``--forward-streams``: ReserveStream items of groups other processes own sent there (``streams.py``)."""

@@ -29,6 +29,7 @@ from reservation._bulk import count_event_id
 from tests.sim.checks import Acknowledged, Violation
 from tests.sim.faults import Call
 from tests.sim.groups import channel, location_or_group
+from tests.sim.shortgrace import Stamps
 from tests.sim.world import World
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class Commands:
         self.times: FactTimes | None = None  # ``--fact-times``: facts stamped in the future or late
         self.shed: Shedding | None = None  # ``--shed``: ids whose Reserve was shed are sent again first
         self.shed_calls: ShedCalls | None = None  # ... and each call's reservations kept as it is sent
+        self.stamps = Stamps()  # ``--short-grace``: first sends stamped closer to the clock (``shortgrace.py``)
 
     def call(self) -> Call:
         kind = self.rng.choices(KINDS, WEIGHTS)[0]
@@ -173,7 +175,8 @@ class Commands:
                                            lambda results: self.book_facts(batch, results)), batch)
 
         def book(results: list[Any]) -> None:
-            times.book(batch, results, self.world.eng.place)
+            times.book(batch, results, self.world.eng.place, self.now(), self.world.config.limits.fact_future_skew_ms,
+                       self.stamps.grace_ms or self.world.config.limits.fact_grace_ms)
             self.book_facts(batch, results)
 
         return self.watched_facts(Call(label, lambda: self.world.judged_record(batch), book), batch)
@@ -187,7 +190,7 @@ class Commands:
     def load_counts(self) -> Call:
         """An ERP block (LoadCounts): counts as of one time, with now and then a resend of an
         earlier count (E8), another quantity for it (a conflict) or a position named twice."""
-        as_of = self.now() - self.rng.randint(0, 120_000)
+        as_of = self.stamps.before(self.now(), self.rng.randint(0, 120_000))
         batch: list[Fact] = []
         for _ in range(self.rng.randint(1, 6)):
             counts = [f for f in self.facts if f.kind == FactKind.COUNT and f.source == "erp"]
@@ -232,11 +235,12 @@ class Commands:
             qty = self.rng.randint(-3, 3) or 1
         else:
             qty = self.rng.randint(0 if kind == FactKind.COUNT else 1, 12)
-        event_id, event_time = f"f{self.next()}", self.now() - self.rng.randint(0, 120_000)  # out of order
-        if self.facts and self.rng.random() < 0.2:
-            other = self.rng.choice(self.facts)  # E1 ties; and E8: a till receipt's lines share an id
-            event_time = other.event_time
-            if self.rng.random() < 0.5:
+        event_id, event_time = f"f{self.next()}", self.stamps.before(self.now(), self.rng.randint(0, 120_000))
+        if self.facts and self.rng.random() < 0.2:  # out of order, above; E1 ties, and E8: a till receipt's lines
+            other = self.rng.choice(self.facts)  # share an id (an earlier identity only at its own time)
+            tie = self.stamps.may_tie(self.now(), other.event_time)
+            event_time = other.event_time if tie else event_time
+            if self.rng.random() < 0.5 and tie:
                 event_id = other.event_id
         fact = Fact(event_id, self.rng.choice(SOURCES), kind, self.rng.choice(SKUS), self.rng.choice(LOCATIONS),
                     qty, event_time)
@@ -297,6 +301,7 @@ class Commands:
                 continue
             if result[0] in (FactOutcome.APPLIED, FactOutcome.ABSORBED, FactOutcome.DUPLICATE):
                 self.acked.facts.add((fact.source, fact.event_id))
+            self.stamps.book_resend(fact, result, self.acked.facts, self.world.log.tally, self.now())
 
     def now(self) -> int:
         return self.world.clock.now_ms()

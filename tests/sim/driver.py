@@ -35,6 +35,8 @@ from tests.sim.settled import orders_settle
 from tests.sim.settlefaults import SettleFaults, no_waits
 from tests.sim.shardcount import facts_answer_alike
 from tests.sim.shed import ShedCalls, Shedding
+from tests.sim.shortgrace import GRACE_MS as SHORT_GRACE_MS
+from tests.sim.shortgrace import SKEW_MS, SPREAD_MS, Graces, Stamps, engaged
 from tests.sim.snapparts import PART_BYTES, READ_BYTES, PieceSizes
 from tests.sim.stamps import StampChecker
 from tests.sim.tailloss import TailLoss
@@ -53,7 +55,7 @@ class Driver:
                  late_across_steps: bool = False, retry_other_content: bool = False, lose_tail: bool = False,
                  clock_skew: bool = False, redis_full: bool = False, fact_times: bool = False,
                  shed: bool = False, one_key: bool = False, settle_faults: bool = False, groups: bool = False,
-                 forward_streams: bool = False) -> None:
+                 forward_streams: bool = False, short_grace: bool = False) -> None:
         """``late_across_steps``: with several processes, also order steps served past a step's end.
         ``retry_other_content``: with several processes, retries may carry other content than their
         id's first Reserve, at any process (R5 across processes: ``engine/ids.py``; off by default so
@@ -69,7 +71,9 @@ class Driver:
         ``settle_faults``: a settle's fence lost, in doubt or late, and its reads timing out (``settlefaults.py``).
         ``groups``: Reserve lines naming location groups, channels of each strategy, and safety-stock defaults
         for new positions (``groups.py``). ``forward_streams``: with several processes, ReserveStream items of other
-        processes' groups sent to their owners in the batch's turn (``streams.py``)."""
+        processes' groups sent to their owners in the batch's turn (``streams.py``). ``short_grace``: a grace
+        window of seconds, so that shards forget remembered facts, seal them and free kept deltas (E8, E9),
+        and first sends stamped within it (``shortgrace.py``)."""
         self.seed, self.processes = seed, processes
         self.rng = random.Random(seed)
         self.tally = tally or Tally()
@@ -80,12 +84,14 @@ class Driver:
         # reads a key in.
         part_bytes = PART_BYTES[seed // 2 % len(PART_BYTES)]
         pieces = None if one_key else PieceSizes(seed)
-        self.grace_ms = GRACE_MS if fact_times else MAX_DURATION_MS_CEILING
+        self.short_grace = short_grace
+        self.grace_ms = SHORT_GRACE_MS if short_grace else GRACE_MS if fact_times else MAX_DURATION_MS_CEILING
+        skew_ms = SKEW_MS if short_grace else None
         self.world = World(tally=self.tally, cluster=seed % 2 == 1, part_bytes=part_bytes, grace_ms=self.grace_ms,
-                           pieces=pieces, groups=groups) \
+                           pieces=pieces, groups=groups, skew_ms=skew_ms) \
             if processes == 1 else \
             ClusterWorld(processes, self.rng, self.tally, part_bytes, random.Random(f"owner check {seed}"),
-                         seed if clock_skew else None, self.grace_ms, pieces, groups, forward_streams)
+                         seed if clock_skew else None, self.grace_ms, pieces, groups, forward_streams, skew_ms)
         self.world.log.reads.reply_bytes = READ_BYTES[seed // 40 % len(READ_BYTES)]
         self.world.log.faults = self.rng
         self.world.log.ids = SimIdClaims(seed, self.tally)  # a leased engine claims its ids (R5)
@@ -106,6 +112,10 @@ class Driver:
         self.commands.shed_calls = self.shed_calls
         self.times = FactTimes(seed, self.tally, late=not lose_tail) if fact_times else None
         self.commands.times = self.times
+        self.graces = Graces(seed, self.tally) if short_grace and processes == 1 else None
+        self.world.graces = self.graces
+        if short_grace:
+            self.commands.stamps = Stamps(SPREAD_MS, self.grace_ms)
         self.trace: list[str] = []
         self.tail = TailLoss(seed, self.acked) if lose_tail else None
         self.world.tail = self.tail
@@ -120,7 +130,8 @@ class Driver:
         step = -1
         try:
             with ServiceErrors(self.tail.allows if self.tail else None) as self.errors, \
-                    no_waits() if self.settle is not None else nullcontext():
+                    no_waits() if self.settle is not None else nullcontext(), \
+                    engaged(self.tally) if self.short_grace else nullcontext():
                 await self.world.boot()
                 for step in range(steps):
                     await self.step(step)
@@ -147,14 +158,15 @@ class Driver:
         if not isinstance(world, ClusterWorld):
             return (f"{self.seed}{' --lose-tail' if self.tail else ''}{' --redis-full' if self.full else ''}"
                     f"{' --fact-times' if self.times else ''}{' --shed' if self.shed else ''}"
-                    f"{' --settle-faults' if self.settle else ''}")
+                    f"{' --settle-faults' if self.settle else ''}{' --short-grace' if self.short_grace else ''}")
         return (f"{self.seed} --processes {self.processes}" + (" --late-across-steps" if world.network.across_steps
                                                               else "")
                 + (" --retry-other-content" if self.retry_other_content else "")
                 + (" --lose-tail" if self.tail else "") + (" --clock-skew" if world.skew else "")
                 + (" --redis-full" if self.full else "") + (" --fact-times" if self.times else "")
                 + (" --shed" if self.shed else "") + (" --settle-faults" if self.settle else "")
-                + (" --forward-streams" if world.forward_streams else ""))
+                + (" --forward-streams" if world.forward_streams else "")
+                + (" --short-grace" if self.short_grace else ""))
 
     async def step(self, step: int) -> None:
         world, rng = self.world, self.rng
@@ -212,6 +224,8 @@ class Driver:
             collect(calls, book=not lost_tail)  # a graceful stop answered what it could before it cancelled the rest
         if ended is not None:
             await world.crash_and_recover(rng)  # the callers that never heard back: nothing booked
+            if self.graces is not None:
+                self.graces.started(actor.ledger for actor in world.eng.actors)
             self.trace.append(f"{step}: {ended}, recovered")
         await world.converge_membership()
         await world.quiesce()
@@ -302,7 +316,7 @@ def _describe(call: Call) -> str:
 
 
 async def run_seed(seed: int, steps: int = 60, tally: Tally | None = None, processes: int = 1,
-                   one_key: bool = False) -> World:
-    driver = Driver(seed, tally, processes, one_key=one_key)
+                   one_key: bool = False, short_grace: bool = False) -> World:
+    driver = Driver(seed, tally, processes, one_key=one_key, short_grace=short_grace)
     await driver.run(steps)
     return driver.world

@@ -12,7 +12,8 @@ call reached (``fact`` refuses what is ahead; those go to ``FactDesk.applied_or_
 A plain fact is now and then stamped anew from a random stream of its own (seeds without the flag
 replay as before), with a fresh identity, margins keeping its class whatever clock judges it (``--clock-skew``):
 - within the skew: up to ``fact_future_skew_ms - MARGIN_MS`` ahead: never refused nor late, applied once (it
-  joins ``Commands.facts``, resent, tied and contradicted as any other: a conflict sent first quarantines it);
+  joins ``Commands.facts``, resent, tied and contradicted as any other: a conflict sent first quarantines it;
+  resent past the grace window, ``--short-grace``, it may be late: ``book``);
 - past it: at least ``MARGIN_MS`` beyond: refused (InvalidArgument), never in the log (never resent);
 - late: ``MARGIN_MS`` and more before the newest event time of a fact its shard answered APPLIED (durable,
   R7: its shard's stream time is no lower, in the run and in the one-or-three-shard replay, which replays
@@ -81,8 +82,14 @@ class FactTimes:
         """The batch as the one-or-three-shard replay sends it: without the facts refused by the clock."""
         return [f for f in batch if self.kinds.get((f.source, f.event_id)) != "past"]
 
-    def book(self, batch: Sequence[Fact], results: Sequence[Any], shard_of: Any) -> None:
-        """What each fact of a batch was told: E6/E7 by its class; nothing dropped silently."""
+    def book(self, batch: Sequence[Fact], results: Sequence[Any], shard_of: Any, now: int, skew_ms: int,
+             grace_ms: int) -> None:
+        """What each fact of a batch was told: E6/E7 by its class; nothing dropped silently. A fact within the
+        skew is never late while stamped no earlier than ``now`` (the clock as the call is answered) plus the
+        skew minus ``grace_ms``, the shortest grace of the run (what an instance forgot under it stays late
+        after, ``forgotten_before``): stream time is never further ahead of the clock than the skew. Resent
+        later (``--short-grace``: a grace of seconds) it may be: forgotten by its shard, or never applied (E6)."""
+        fresh = now + skew_ms - grace_ms
         for fact, result in zip(batch, results, strict=True):
             kind = self.kinds.get((fact.source, fact.event_id))
             told = _told(result)
@@ -95,7 +102,8 @@ class FactTimes:
                                        (not isinstance(result, InvalidArgument) or "ahead" in result.message)):
                 raise Violation(f"E7: {fact}, stamped past fact_future_skew_ms, was answered {told}")
             # within the skew: never refused nor late (a conflicting twin that came first may quarantine it)
-            if fact in self.within and (isinstance(result, InvalidArgument) or _late(result)):
+            if fact in self.within and (isinstance(result, InvalidArgument) or
+                                        (_late(result) and fact.event_time >= fresh)):
                 raise Violation(f"E7: {fact}, stamped within fact_future_skew_ms, was answered {told}")
             if kind == "late" and not (_late(result) or (isinstance(result, DomainError)
                                                          and not isinstance(result, InvalidArgument))):

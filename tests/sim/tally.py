@@ -68,6 +68,16 @@ class Tally:
     fence_faults: int = 0  # fences lost, in doubt or late
     late_fences: int = 0  # ... of those late, that landed past the token their shard went on with
     settle_reads_failed: int = 0  # reads of a settle (the log's end, its entries) timed out
+    # a grace window of seconds (``--short-grace``, ``shortgrace.py``):
+    forgets: int = 0  # maintenance passes that forgot remembered identities (E8)
+    forgotten: int = 0  # ... identities forgotten
+    seals: int = 0  # open maps sealed into the columns
+    sealed: int = 0  # ... identities sealed
+    freed: int = 0  # kept deltas freed (E9)
+    old_known: int = 0  # resends stamped before the clock minus grace answered DUPLICATE (remembered still)
+    old_late: int = 0  # resends of applied facts answered late (forgotten, E6)
+    graces_grown: int = 0  # instances started with a longer grace than the one before (one process)
+    forgotten_inside: int = 0  # ... shards started having forgotten inside the window (``forgotten_before``)
 
     def count_outcome(self, outcome: str) -> None:
         if outcome in ("lost", "doubt", "late"):
@@ -104,6 +114,10 @@ class Tally:
                 + (f"; settles: {self.fence_faults} fences failed ({self.late_fences} landed late), "
                    f"{self.settle_reads_failed} reads timed out"
                    if self.fence_faults + self.settle_reads_failed else "")
+                + (f"; forgetting: {self.forgets} passes forgot {self.forgotten} identities, {self.seals} seals of "
+                   f"{self.sealed}, {self.freed} kept deltas freed; old resends {self.old_known} known / "
+                   f"{self.old_late} late; {self.graces_grown} graces grown, {self.forgotten_inside} shards started "
+                   f"with what they forgot inside the window" if self.forgets + self.seals + self.freed else "")
                 + (f"; Redis lost a tail {self.tail_losses} times, {self.tail_restarts} restarts"
                    if self.tail_losses else "")
                 + (f" ({self.node_losses} losses of one node; {self.owner_check_stops} shards stopped by the "

@@ -36,6 +36,7 @@ from tests.sim.tally import Tally
 
 if TYPE_CHECKING:
     from tests.sim.shed import Shedding
+    from tests.sim.shortgrace import Graces
     from tests.sim.snapparts import PieceSizes
     from tests.sim.tailloss import TailLoss
 
@@ -64,15 +65,17 @@ async def pong_within(actor: Any, log: Any) -> str | None:
 
 
 def sim_config(shards: int = 3, part_bytes: int = 1 << 20, grace_ms: int = MAX_DURATION_MS_CEILING,
-               piece_bytes: int = PIECE_BYTES) -> ServiceConfig:
+               piece_bytes: int = PIECE_BYTES, skew_ms: int | None = None) -> ServiceConfig:
     """Small enough that batches, pipelines, snapshots and cross-shard orders all happen often;
     snapshots past ``part_bytes`` are written in parts (``snapparts.PART_BYTES``), past ``piece_bytes`` in
     several keys (``snapparts.PIECE_BYTES``). ``grace_ms``: E6's window (``--fact-times`` a smaller one,
-    ``facttimes.GRACE_MS``; else no fact is ever late)."""
+    ``facttimes.GRACE_MS``; ``--short-grace`` seconds, ``shortgrace.GRACE_MS``; else no fact is ever late),
+    ``skew_ms``: E7's (None: the service's default)."""
     # Nothing forgotten: every ack stays checkable. TTLs drawn are 1-30 s: parts of orders Redis lost are
     # looked for past the longest (``orphans.LeasedOrphans``), within a run's clock.
     limits = Limits(retention_ms=MAX_DURATION_MS_CEILING, fact_grace_ms=grace_ms, max_ttl_seconds=30,
-                    default_ttl_seconds=30)
+                    default_ttl_seconds=30,
+                    fact_future_skew_ms=Limits().fact_future_skew_ms if skew_ms is None else skew_ms)
     # Nothing may depend on wall time, or a seed would not replay: no shedding by queue delay, and a
     # failed snapshot is retried at the next maintenance, not after a wall-clock backoff. A shard's stop
     # waits for its appends as long as the driver takes to answer them (``ShardActor.stop`` gives up on its
@@ -90,14 +93,15 @@ def sim_config(shards: int = 3, part_bytes: int = 1 << 20, grace_ms: int = MAX_D
 class World:
     def __init__(self, shards: int = 3, tally: Tally | None = None, channels: bool = True,
                  cluster: bool = False, part_bytes: int = 1 << 20, grace_ms: int = MAX_DURATION_MS_CEILING,
-                 pieces: PieceSizes | None = None, groups: bool = False) -> None:
+                 pieces: PieceSizes | None = None, groups: bool = False, skew_ms: int | None = None) -> None:
         self.log = SimLog(tally, together=not cluster)
         self.channels = SimChannelStore(self.log)
         self.clock = ManualClock(START_MS)
         self.log.now_ms = self.clock.now_ms  # claims draw epochs no lower than the time (as Redis's TIME)
         self.pieces = pieces
         """Each instance's ``snapshot_piece_bytes`` (None: ``PIECE_BYTES``, the default: one key)."""
-        self.config = sim_config(shards, part_bytes, grace_ms, PIECE_BYTES if pieces is None else pieces.bytes)
+        self.graces: Graces | None = None  # each instance's grace window (None: the one it was made with)
+        self.config = sim_config(shards, part_bytes, grace_ms, PIECE_BYTES if pieces is None else pieces.bytes, skew_ms)
         self.engine: Engine | None = None
         self.facts: FactDesk | None = None
         self.desk: DeskRunner | None = None
@@ -189,10 +193,12 @@ class World:
             await self.desk.start()
 
     def instance_config(self) -> ServiceConfig:
-        """The configuration an instance starts with: its own ``snapshot_piece_bytes`` (``pieces``)."""
+        """The configuration an instance starts with: its own ``snapshot_piece_bytes`` (``pieces``), and
+        ``fact_grace_ms`` (``graces``, one process with ``--short-grace``)."""
+        config = self.config if self.graces is None else self.graces.next_instance(self.config)
         if self.pieces is None:
-            return self.config
-        return dataclasses.replace(self.config, snapshot_piece_bytes=self.pieces.next_instance())
+            return config
+        return dataclasses.replace(config, snapshot_piece_bytes=self.pieces.next_instance())
 
     async def crash_and_recover(self, rng: random.Random) -> None:
         """kill -9: every task of the process gone wherever it was (shards, callers, coordinators, the
