@@ -15,7 +15,7 @@ from reservation import Limits
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
-from tests.waiting import until
+from tests.waiting import answered, until
 
 from .scraped_alerts import firing, scrape
 
@@ -62,8 +62,8 @@ async def test_redis_gone_fires_the_append_failure_alerts(tmp_path: Path) -> Non
     with EmbeddedRedis(tmp_path / "redis") as server:
         async for start in services_on(server.url, redis_timeout_s=0.5):
             service, client = await start(metrics_port=0)
-            await client.record_events([receipt("stock", "A", "S1", 1000)])
-            await client.reserve("ok-0", [("A", "S1", 1)])
+            await answered(lambda: client.record_events([receipt("stock", "A", "S1", 1000)]))  # noqa: B023
+            await answered(lambda: client.reserve("ok-0", [("A", "S1", 1)]))  # noqa: B023
             before = scrape(service.metrics_port)
             server.kill()
             unavailable = 0

@@ -31,7 +31,7 @@ from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.fact_helpers import F
 from tests.conftest import ServiceFactory, services_on
 from tests.conftest import test_config as make_config
-from tests.waiting import until
+from tests.waiting import answered, until
 
 CLUSTER = {"redis_cluster": True, "input_streams": ()}
 
@@ -243,8 +243,8 @@ async def test_an_order_expired_while_a_group_is_away_past_the_retention_still_r
     skus = [f"K{i}" for i in range(50)]
     a, b = next((x, y) for x in skus for y in skus if engine.place(x) < engine.place(y)
                 and primary[engine.place(x)] != primary[engine.place(y)])  # the home, and a group elsewhere
-    await client.record_events([receipt("s1", a, "S1", 10), receipt("s2", b, "S1", 10)])
-    await client.reserve("o", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=60)
+    await answered(lambda: client.record_events([receipt("s1", a, "S1", 10), receipt("s2", b, "S1", 10)]))
+    await answered(lambda: client.reserve("o", [(a, "S1", 3), (b, "S1", 2)], ttl_seconds=60))
     orders, away = engine.orders, redis.Redis(port=primary[engine.place(b)])
 
     def sagas_ended() -> bool:  # housekeeping's expiry tasks, and the sagas they run

@@ -37,6 +37,7 @@ from tests.atp_service.refusals import said
 from tests.atp_service.storage.test_embedded_redis import SLOW_LOAD, populated
 from tests.conftest import spawned
 from tests.conftest import test_config as make_config
+from tests.waiting import answered
 
 
 async def waiting_for_redis(service: AtpService) -> asyncio.Task[None]:
@@ -228,7 +229,8 @@ async def test_redis_lost_while_the_desks_start_delays_the_start_instead_of_fail
         await asyncio.wait_for(starting, 30)
         assert (await health(service.port))[0] == 0 and service.channels is not None and service.ingestor is not None
         async with AtpClient(f"127.0.0.1:{service.port}") as client:
-            await client.record_events([fact("c1", "COUNT", "sku-a", "store-1", 5, 1_700_000_000_000)])
+            await answered(lambda: client.record_events([fact("c1", "COUNT", "sku-a", "store-1", 5,
+                                                              1_700_000_000_000)]))
             (a,) = await client.availability([("sku-a", "store-1")])
         assert a.on_hand == 5
 

@@ -12,7 +12,7 @@ from atp_service import AtpService
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import services_on
-from tests.waiting import until
+from tests.waiting import answered, until
 
 SHARDS = 8
 
@@ -26,7 +26,8 @@ async def test_a_stop_with_redis_not_answering_tries_one_final_snapshot_not_one_
     with EmbeddedRedis(tmp_path / "redis") as server:
         async for start in services_on(server.url, redis_timeout_s=0.5):
             service, client = await start(shards=SHARDS)
-            await client.record_events([receipt(f"stock-{n}", f"SKU-{n}", "DC", 5) for n in range(64)])
+            await answered(lambda: client.record_events([receipt(f"stock-{n}", f"SKU-{n}", "DC", 5)  # noqa: B023
+                                                         for n in range(64)]))
             assert service.engine is not None
             written = [actor for actor in service.engine.actors if actor.seq > 0]
             assert len(written) > 2, "the facts reach several shards, each with a snapshot to write"

@@ -19,7 +19,7 @@ from tests.atp_service.redis_proxy import HoldingProxy
 from tests.atp_service.refusals import said
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
-from tests.waiting import until
+from tests.waiting import answered, until
 
 T = 1_700_000_000_000
 KEY = ("sku-a", "store-1")
@@ -43,7 +43,8 @@ async def test_a_receipt_whose_append_is_in_flight_and_then_undone_is_never_publ
         desk = service.channels
         assert desk is not None
         client = AtpClient(f"127.0.0.1:{service.port}")
-        await client.record_events([fact("c1", "COUNT", *KEY, 5, T), fact("s1", "SALE", *KEY, 5, T + 1)])
+        stock_out = [fact("c1", "COUNT", *KEY, 5, T), fact("s1", "SALE", *KEY, 5, T + 1)]
+        await answered(lambda: client.record_events(stock_out))  # type: ignore[union-attr]
         await until(lambda: _idle(desk) and desk.feeds["pickup"].published[KEY].quantity == 0, "a stock-out shown")
 
         proxy.hold(b"big-receipt")  # this append reaches Redis only if the test lets it
@@ -90,7 +91,7 @@ async def test_a_settle_that_cannot_fence_keeps_counting_write_failures(redis_ur
         await r.delete(fence)
         await r.hset(fence, "not", "a counter")  # every fence and publish refused WRONGTYPE
         async with AtpClient(f"127.0.0.1:{service.port}") as client:
-            await client.record_events([fact("c1", "COUNT", *KEY, 5, T)])
+            await answered(lambda: client.record_events([fact("c1", "COUNT", *KEY, 5, T)]))
 
             def failures() -> float:
                 # WRONGTYPE: refused by Redis, as its reason says

@@ -17,6 +17,7 @@ from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
 from tests.atp_service.channel_helpers import fact, wait_for_updates, write_estate
 from tests.conftest import ServiceFactory
+from tests.waiting import answered
 
 T = 1_700_000_000_000
 
@@ -65,13 +66,14 @@ async def test_a_quiet_watch_outlives_a_short_redis_timeout(
     channel quiet for a second ended, against a healthy Redis."""
     _, client = await start_service(clock=clock, estate=write_estate(tmp_path), redis_timeout_s=0.5,
                                     input_streams=())  # the watcher's the only XREAD blocked
-    await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)])
+    await answered(lambda: client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)]))
     await wait_for_updates(redis_url, "market", 1)
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market"))
     await _blocked_reader(redis_url)
     await asyncio.sleep(2.0)  # the scenario: quiet for four socket timeouts
     assert not call.done()
-    await client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 40, T + 1)])  # a change: it is told
+    # a change: it is told
+    await answered(lambda: client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 40, T + 1)]))
     message = await asyncio.wait_for(call.read(), 10)
     assert message.kind == pb.WatchAvailabilityResponse.KIND_CHANGES
     call.cancel()
@@ -84,14 +86,14 @@ async def test_a_quiet_watch_outlives_a_stall_of_its_process_past_the_redis_time
     deadline runs first. The read changed nothing: it is asked again, and the watch goes on."""
     _, client = await start_service(clock=clock, estate=write_estate(tmp_path), redis_timeout_s=0.5,
                                     input_streams=())
-    await client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)])
+    await answered(lambda: client.record_events([fact("c1", "COUNT", "sku-a", "dc-1", 40, T)]))
     await wait_for_updates(redis_url, "market", 1)
     call = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="market"))
     await _blocked_reader(redis_url)
     time.sleep(1.5)  # noqa: ASYNC251 -- the stall itself: the whole event loop held past the deadline
     await asyncio.sleep(0.1)
     assert not call.done()
-    await client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 40, T + 1)])
+    await answered(lambda: client.record_events([fact("s1", "SALE", "sku-a", "dc-1", 40, T + 1)]))
     message = await asyncio.wait_for(call.read(), 10)
     assert message.kind == pb.WatchAvailabilityResponse.KIND_CHANGES
     call.cancel()

@@ -27,7 +27,7 @@ from tests.atp_service.channel_helpers import one_dc_market, write_estate
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_deadline_faults import _an_append_failed, _answered
 from tests.conftest import STOP_LIMIT_S, services_on
-from tests.waiting import until
+from tests.waiting import answered, until
 
 SKUS = [f"sku-{n}" for n in range(16)]  # spread over every shard
 LEASED = {"ownership": "leases", "lease_ms": 5_000, "balance_ms": 200, "host": "127.0.0.1", "input_streams": ()}
@@ -120,18 +120,20 @@ async def test_r8_a_change_whose_deadline_passes_while_redis_is_held_lands_whole
         async for start in services_on(server.url, redis_timeout_s=0.5):
             service, client = await start(**(LEASED | {"port": free_port()} if leased else {}))
             skus = _two_shards(service.engine.place) if spanning else SKUS[:1]
-            await client.record_events([receipt(f"stock-{sku}", sku, "S1", 10) for sku in SKUS])
-            await client.reserve("r", [(sku, "S1", 2) for sku in skus])
+            await answered(lambda: client.record_events([receipt(f"stock-{sku}", sku, "S1", 10)  # noqa: B023
+                                                         for sku in SKUS]))
+            await answered(lambda: client.reserve("r", [(sku, "S1", 2) for sku in skus]))  # noqa: B023
             if confirmed:
-                await client.confirm("r")
+                await answered(lambda: client.confirm("r"))  # noqa: B023
             method, request = call_of(skus)(client)
             before = await _state(client)
+            failed = _an_append_failed(service)
             with Hold(server, how):
                 with pytest.raises(grpc.aio.AioRpcError) as ended:
                     await method(request, timeout=0.2)
                 assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 if outlast:  # else Redis answers the append once it is back
-                    await until(_an_append_failed(service), "the held append timed out", 20)
+                    await until(failed, "the held append timed out", 20)
             landed = await _state(client)
             first = await _answered(method, request)  # the retry: answered as a first call would be (R5)
             assert _answer_of(await _answered(method, request)) == _answer_of(first)
@@ -177,7 +179,7 @@ async def test_r8_a_reload_whose_deadline_passes_while_redis_is_stopped_changes_
             assert service.estate is old or set(service.estate.channels) == {"market", "outlet"}
             answer = await _answered(client.stub.ReloadEstate, pb.ReloadEstateRequest())
             assert sorted(c.name for c in answer.channels) == ["market", "outlet"]
-            await client.record_events([receipt("count-1", "sku-new", "dc-1", 10)])
+            await answered(lambda: client.record_events([receipt("count-1", "sku-new", "dc-1", 10)]))  # noqa: B023
             [position] = await client.availability([("sku-new", "dc-1")])
             assert (position.safety_stock, position.available) == (4, 6)
             await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)

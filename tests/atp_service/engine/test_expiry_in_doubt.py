@@ -14,7 +14,7 @@ from reservation import State
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.storage.test_redis_full import full_able
 from tests.conftest import ServiceFactory
-from tests.waiting import until
+from tests.waiting import answered, until
 
 __all__ = ["full_able"]  # the fixture, shared with test_redis_full
 
@@ -35,8 +35,8 @@ async def test_a_hold_whose_confirm_did_not_land_while_its_ttl_passed_still_expi
                                           maintenance_interval_ms=3_600_000)
     engine = service.engine
     assert engine is not None
-    await client.record_events([receipt("stock", "A", "S1", 5)])
-    await client.reserve("r1", [("A", "S1", 2)], order_ref="o", channel="web", ttl_seconds=60)
+    await answered(lambda: client.record_events([receipt("stock", "A", "S1", 5)]))
+    await answered(lambda: client.reserve("r1", [("A", "S1", 2)], order_ref="o", channel="web", ttl_seconds=60))
     actor = engine.actors[engine.place("A")]
     r.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the Confirm's append waits, then times out
     try:

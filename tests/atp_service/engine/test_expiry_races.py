@@ -19,7 +19,7 @@ from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.engine.test_cancellation import _memory_equals_log
 from tests.atp_service.engine.test_expiry_in_doubt import settled
 from tests.conftest import ServiceFactory
-from tests.waiting import until
+from tests.waiting import answered, until
 
 
 def _two_shards(service: AtpService) -> tuple[str, str]:
@@ -47,8 +47,9 @@ async def _started(start_service: ServiceFactory, shards: int,
 async def _spanning_hold(service: AtpService, client: Any) -> tuple[str, str]:
     """5 units of two SKUs on two shards, and hold r1 of 2 and 3 of them (TTL 60 s): the SKUs."""
     a, b = _two_shards(service)
-    await client.record_events([receipt("s-a", a, "S1", 5), receipt("s-b", b, "S1", 5)])
-    await client.reserve("r1", [(a, "S1", 2), (b, "S1", 3)], order_ref="o", channel="web", ttl_seconds=60)
+    await answered(lambda: client.record_events([receipt("s-a", a, "S1", 5), receipt("s-b", b, "S1", 5)]))
+    await answered(lambda: client.reserve("r1", [(a, "S1", 2), (b, "S1", 3)], order_ref="o", channel="web",
+                                          ttl_seconds=60))
     return a, b
 
 
@@ -117,8 +118,8 @@ async def test_an_expiry_in_flight_when_redis_freezes_and_a_confirm_arrives_reso
     expired hold. The expiry's append times out (it may land when Redis goes on): whatever landed, the hold
     is resolved once — EXPIRED, never CONFIRMED — its units given back once, and memory equals the log."""
     clock, service, client, engine = await _started(start_service, 1, redis_timeout_s=0.3)
-    await client.record_events([receipt("stock", "A", "S1", 5)])
-    await client.reserve("r1", [("A", "S1", 2)], order_ref="o", channel="web", ttl_seconds=60)
+    await answered(lambda: client.record_events([receipt("stock", "A", "S1", 5)]))
+    await answered(lambda: client.reserve("r1", [("A", "S1", 2)], order_ref="o", channel="web", ttl_seconds=60))
     actor = engine.actors[0]
     clock.advance(60_000)
     frozen(True)
@@ -174,8 +175,8 @@ async def test_a_release_retried_after_a_freeze_whose_first_try_landed_answers_i
     meanwhile; retried after: answered as applied (or applied now), and the rest of the hold expires. Units are
     given back once whatever landed: nothing released twice."""
     clock, service, client, engine = await _started(start_service, 1, redis_timeout_s=0.3)
-    await client.record_events([receipt("stock", "A", "S1", 5)])
-    await client.reserve("r1", [("A", "S1", 3)], order_ref="o", channel="web", ttl_seconds=60)
+    await answered(lambda: client.record_events([receipt("stock", "A", "S1", 5)]))
+    await answered(lambda: client.reserve("r1", [("A", "S1", 3)], order_ref="o", channel="web", ttl_seconds=60))
     actor = engine.actors[0]
     frozen(True)
     try:
@@ -188,7 +189,7 @@ async def test_a_release_retried_after_a_freeze_whose_first_try_landed_answers_i
         frozen(False)
     await settled(engine, actor)
     try:
-        rec = await client.release("r1", [("A", "S1", 1)], operation_id="op1")
+        rec = await answered(lambda: client.release("r1", [("A", "S1", 1)], operation_id="op1"))
         assert rec.state in (State.EXPIRED, State.HELD)
     except Conflict:  # the first try did not land: the hold had expired by the retry
         assert actor.ledger.reservations["r1"].ops == {}

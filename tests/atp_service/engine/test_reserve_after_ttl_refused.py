@@ -20,7 +20,7 @@ from tests.atp_service.engine.test_expiry_in_doubt import settled
 from tests.atp_service.refusals import told
 from tests.atp_service.storage.test_redis_full import full_able
 from tests.conftest import ServiceFactory
-from tests.waiting import until
+from tests.waiting import answered, until
 
 __all__ = ["full_able"]  # the fixture, shared with test_redis_full
 
@@ -63,8 +63,8 @@ async def test_a_reserve_in_doubt_that_did_not_land_takes_back_the_expiries_of_i
     engine = service.engine
     assert engine is not None
     actor = engine.actors[0]
-    await client.record_events([receipt("s1", "A", "S1", 10)])
-    await client.reserve("r1", [("A", "S1", 10)], ttl_seconds=30)
+    await answered(lambda: client.record_events([receipt("s1", "A", "S1", 10)]))
+    await answered(lambda: client.reserve("r1", [("A", "S1", 10)], ttl_seconds=30))
     clock.advance(30_000)
     r.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
     try:
@@ -79,6 +79,6 @@ async def test_a_reserve_in_doubt_that_did_not_land_takes_back_the_expiries_of_i
     assert ledger.reservations["r1"].state == State.HELD and "r2" not in ledger.reservations
     assert ledger.expiry_due(clock.now_ms())
     await _memory_equals_log(service, redis_url)
-    r3 = await client.reserve("r3", [("A", "S1", 10)])
+    r3 = await answered(lambda: client.reserve("r3", [("A", "S1", 10)]))  # Redis back: a doubt is retried (R5)
     assert r3.lines[0].granted == 10, r3
     await _memory_equals_log(service, redis_url)

@@ -13,7 +13,7 @@ from atp_client import Retryable
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.engine.test_expiry_in_doubt import settled
 from tests.conftest import ServiceFactory
-from tests.waiting import until
+from tests.waiting import answered, until
 
 
 async def test_reserves_refused_while_their_shard_is_in_doubt_leave_no_route_once_it_settles(
@@ -28,8 +28,8 @@ async def test_reserves_refused_while_their_shard_is_in_doubt_leave_no_route_onc
     service, client = await start_service(shards=1, redis_timeout_s=0.5, maintenance_interval_ms=3_600_000)
     engine = service.engine
     assert engine is not None
-    await client.record_events([receipt("stock", "A", "S1", 50)])
-    await client.reserve("kept", [("A", "S1", 1)], ttl_seconds=600)
+    await answered(lambda: client.record_events([receipt("stock", "A", "S1", 50)]))
+    await answered(lambda: client.reserve("kept", [("A", "S1", 1)], ttl_seconds=600))
     actor = engine.actors[0]
     r.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the next append waits, then times out
     try:

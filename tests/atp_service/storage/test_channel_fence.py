@@ -30,7 +30,7 @@ from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.channel_helpers import fact, latest, stream_entries, stream_updates, write_estate
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import test_config as make_config
-from tests.waiting import until
+from tests.waiting import answered, until
 
 T = 1_700_000_000_000
 
@@ -104,8 +104,8 @@ async def _service_behind(proxy: HoldingProxy, tmp_path: Path) -> AsyncIterator[
         client = AtpClient(f"127.0.0.1:{service.port}")
         desk = service.channels
         assert desk is not None
-        await client.record_events([fact("c1", "COUNT", "sku-a", "store-1", 5, T),
-                                    fact("c2", "COUNT", "sku-a", "store-2", 5, T)])
+        counts = [fact("c1", "COUNT", "sku-a", "store-1", 5, T), fact("c2", "COUNT", "sku-a", "store-2", 5, T)]
+        await answered(lambda: client.record_events(counts))  # type: ignore[union-attr]
         await until(lambda: _idle(desk) and len(desk.feeds["pickup"].published) == 2, "baselines published")
         yield desk, client
     finally:
@@ -126,9 +126,11 @@ async def test_a_channel_write_landing_after_its_timeout_is_fenced_and_the_feed_
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     async with _service_behind(proxy, tmp_path) as (desk, client):
         proxy.hold(WRITE_SHA)  # the desk's writes, nothing else
-        await client.record_events([fact("s1", "SALE", "sku-a", "store-1", 5, T + 1)])  # pickup store-1 -> 0
+        # pickup store-1 -> 0
+        await answered(lambda: client.record_events([fact("s1", "SALE", "sku-a", "store-1", 5, T + 1)]))
         await until(lambda: len(proxy.held) >= 2, "two writes held (the first timed out and was settled)")
-        await client.record_events([fact("s2", "SALE", "sku-a", "store-2", 5, T + 2)])  # pickup store-2 -> 0
+        # pickup store-2 -> 0
+        await answered(lambda: client.record_events([fact("s2", "SALE", "sku-a", "store-2", 5, T + 2)]))
         await until(lambda: any(b"store-2" in h.data for h in proxy.held), "a write with store-2 held")
 
         reply = await proxy.land(proxy.held[0])  # the first write (store-1 -> 0 only) arrives, late
@@ -156,7 +158,8 @@ async def test_a_write_landing_before_the_delayed_fence_counts_as_published_once
         await direct.script_load(_FENCE)  # so a late fence is a real one, not NOSCRIPT
         await direct.aclose()
         proxy.hold(WRITE_SHA, FENCE_SHA)
-        await client.record_events([fact("s1", "SALE", "sku-a", "store-1", 5, T + 1)])  # pickup store-1 -> 0
+        # pickup store-1 -> 0
+        await answered(lambda: client.record_events([fact("s1", "SALE", "sku-a", "store-1", 5, T + 1)]))
         await until(lambda: sum(h.marker == FENCE_SHA for h in proxy.held) >= 2, "the settle's fence retried")
         assert [h.marker for h in proxy.held[:2]] == [WRITE_SHA, FENCE_SHA]
         waiting = [r for r in caplog.records if getattr(r, "event", None) == "channel_settle_waiting"]
@@ -172,7 +175,8 @@ async def test_a_write_landing_before_the_delayed_fence_counts_as_published_once
         assert _settles(desk, "landed") == settled + 1
         await _assert_streams_hold_what_the_desk_believes(redis_url, desk)
 
-        await client.record_events([fact("s2", "SALE", "sku-a", "store-2", 5, T + 2)])  # after the late fences
+        # after the late fences
+        await answered(lambda: client.record_events([fact("s2", "SALE", "sku-a", "store-2", 5, T + 2)]))
         await until(lambda: _idle(desk) and desk.feeds["pickup"].published[("sku-a", "store-2")].quantity == 0,
                     "the desk idle with the second stock-out published")
         await _assert_streams_hold_what_the_desk_believes(redis_url, desk)

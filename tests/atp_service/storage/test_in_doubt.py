@@ -23,7 +23,7 @@ from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.atp_service.refusals import said
 from tests.conftest import test_config as service_config
-from tests.waiting import until
+from tests.waiting import answered, until
 
 APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest().encode()  # a group commit on the wire
 
@@ -43,22 +43,10 @@ async def _service(url: str) -> AsyncIterator[tuple[AtpService, AtpClient]]:
 async def reserve_once_settled(client: AtpClient, rid: str,
                                lines: tuple[tuple[str, str, int], ...] = (("A", "DC", 2),)) -> pb.ReserveResponse:
     """A shard in doubt refuses new work until its settle is done: a maintenance pass (a timer) and
-    a read of Redis away. Tried again with a pause and within a bound: tried at once, for ever, the
-    refused calls kept a core busy beside the settle they waited for, and a settle that never came
-    hung the test instead of failing it by name."""
-    answer: list[pb.ReserveResponse] = []
-
-    async def taken() -> bool:
-        try:
-            answer.append(await client.reserve(rid, list(lines), ttl_seconds=600))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            return False
-        return True
-
-    await until(taken, f"{rid} taken once the shard settled")
-    return answer[0]
+    a read of Redis away. Tried again with a pause and within a bound (``answered``): tried at once, for
+    ever, the refused calls kept a core busy beside the settle they waited for, and a settle that never
+    came hung the test instead of failing it by name."""
+    return await answered(lambda: client.reserve(rid, list(lines), ttl_seconds=600))
 
 
 async def test_an_append_landing_after_its_settle_is_refused_and_a_restart_finds_what_was_acknowledged(
@@ -67,7 +55,7 @@ async def test_an_append_landing_after_its_settle_is_refused_and_a_restart_finds
     url = await proxy.start()
     try:
         async with _service(url) as (service, client):
-            await client.record_events([receipt("stock", "A", "DC", 10)])
+            await answered(lambda: client.record_events([receipt("stock", "A", "DC", 10)]))
             proxy.hold(APPEND_SHA)
             with pytest.raises(grpc.aio.AioRpcError) as told:
                 await client.reserve("r-told-unavailable", [("A", "DC", 3)], ttl_seconds=600)

@@ -10,7 +10,7 @@ import redis
 
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
-from tests.waiting import until
+from tests.waiting import answered, until
 
 SNAP, LOG = "atp:{g0}:snap", "atp:{g0}:log"
 
@@ -51,7 +51,7 @@ async def test_a_snapshot_write_is_allowed_time_for_its_size_beyond_the_socket_t
     allowed seconds more, and it is stored."""
     r = redis.Redis.from_url(redis_url)
     service, client = await start_service(shards=1, redis_timeout_s=0.5, snapshot_write_mb_per_s=0.0002)
-    await client.record_events([receipt(f"e{i}", "A", "DC", 1) for i in range(2)])
+    await answered(lambda: client.record_events([receipt(f"e{i}", "A", "DC", 1) for i in range(2)]))
     assert not r.exists(SNAP)
     r.execute_command("CLIENT", "PAUSE", 1000, "WRITE")  # the fault: Redis slow for twice the timeout
     await service.stop(grace_s=0.1)  # its final snapshot waits out the pause
