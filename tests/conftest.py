@@ -22,6 +22,7 @@ from atp_service.engine.clock import Clock
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.tasks import task_stacks
 from reservation import Limits
+from tests.ports import release_ports
 
 # gRPC's asyncio layer shuts its global completion queue down when the last server or channel is
 # collected, joining its poller thread; a server collected while still running (its test failed
@@ -73,6 +74,13 @@ def no_service_left_running() -> Iterator[None]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def ports_given_back() -> Iterator[None]:
+    """The ports this test held for its servers (``held_port``) are let go once they are stopped."""
+    yield
+    release_ports()
 
 
 REAPERS: list[subprocess.Popen[bytes]] = []

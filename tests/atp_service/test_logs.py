@@ -17,12 +17,12 @@ from typing import Any
 import grpc
 import pytest
 
-from atp_service import free_port
 from atp_service.edge.auth import new_token, token_hash
 from atp_service.logs import EveryInterval, noted_now_and_then, set_up_logging
 from tests.atp_service.app.test_cli import stop_or_explain, wait_until_ready
 from tests.atp_service.refusals import told
 from tests.conftest import ServiceFactory, spawned
+from tests.ports import held_port
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_the_service_writes_json_at_the_level_its_variables_set(redis_url: str, 
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("ATP_")},
            "ATP_LOG_FORMAT": "json", "ATP_LOG_LEVEL": "WARNING", "ATP_REDIS_URL": redis_url}
     proc = spawned(subprocess.Popen(
-        [sys.executable, "-m", "atp_service", "serve", "--port", str(free_port()), "--metrics-port", "-1",
+        [sys.executable, "-m", "atp_service", "serve", "--port", str(held_port()), "--metrics-port", "-1",
          "--no-demo", "--auth", "off", "--shards", "2"],
         stdout=out.open("wb"), stderr=log.open("wb"), env=env))
     wait_until_ready(proc, out)  # the banner, on standard output; the log is standard error

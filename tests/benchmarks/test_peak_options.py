@@ -24,11 +24,11 @@ import pytest
 from atp_client import new_token, token_hash
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
-from atp_service import free_port
 from atp_service.app.certs import make_certs
 from atp_service.app.service import DEMO_ESTATE
 from benchmarks.peak.connection import connection_of
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ROLES = '["oms", "ingest", "channel"]'  # what the simulation calls: orders and streams, facts, watches
@@ -117,7 +117,7 @@ async def test_a_worker_started_without_options_gets_them_all_from_the_master(
         start_service: ServiceFactory, certs: Path, token: tuple[Path, str], tmp_path: Path) -> None:
     callers, secret = token
     target = await secured(start_service, certs, callers)
-    port = free_port()
+    port = held_port()
     worker = await start_locust("--worker", "--master-host", "127.0.0.1", "--master-port", str(port))
     try:
         code, out, rows = await locust(target, certs, tmp_path / "run", "--master", "--master-bind-port", str(port),
@@ -191,7 +191,7 @@ async def _until(url: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, 
 
 async def test_the_web_ui_chooses_the_scenario_and_its_options(start_service: ServiceFactory) -> None:
     service, _ = await start_service(estate=DEMO_ESTATE)
-    port = free_port()
+    port = held_port()
     web = f"http://127.0.0.1:{port}"
     proc = await start_locust("--web-host", "127.0.0.1", "--web-port", str(port), "--host",
                               f"127.0.0.1:{service.port}")

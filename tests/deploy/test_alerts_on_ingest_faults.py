@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from atp_service import free_port
 from atp_service.edge import record
 from tests.atp_service.app.test_processes import SHARDS, group_of, owned
 from tests.atp_service.app.test_processes_streams import STREAMS, spawn_owner, start_leased, stream_state
 from tests.atp_service.fact_helpers import F
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 from tests.waiting import until
 
 from .scraped_alerts import Scrape, firing, scrape
@@ -45,10 +45,10 @@ async def test_a_reader_stuck_behind_its_batches_fires_an_alert_as_facts_pile_up
     on_hand, availability stale while the tills sell on (oversell) — and no alert fired. The pending
     gauge was set by the stuck reader itself (frozen), and nothing exported the group's unread lag."""
     monkeypatch.setattr(record, "SEND_TIMEOUT_S", 600.0)  # an owner whose sends never come back
-    reader, _ = await start_leased(port=free_port(), host="127.0.0.1", metrics_port=0)
+    reader, _ = await start_leased(port=held_port(), host="127.0.0.1", metrics_port=0)
     membership = reader.membership
     assert membership is not None
-    owner = spawn_owner(redis_url, port := free_port(), tmp_path / "owner.log", lease_ms=60_000)
+    owner = spawn_owner(redis_url, port := held_port(), tmp_path / "owner.log", lease_ms=60_000)
     await until(lambda: sum(membership.where(g)[0] == f"127.0.0.1:{port}" for g in range(SHARDS)) == SHARDS // 2
                 and len(owned(reader)) == SHARDS // 2, "the groups shared with the other process", 60)
     skus = [f"stuck-{i}" for i in range(64)]

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from atp_service import free_port
 from atp_service.storage.channel_wire import script_item, to_fields
 from publishers import PublisherConfig
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.conftest import ServiceFactory, spawned
+from tests.ports import held_port
 from tests.publishers.http_helpers import serve
 from tests.publishers.test_publisher import SECRET
 from tests.publishers.test_publisher_lease import DELIVERED, KEY, Destination
@@ -44,7 +44,7 @@ class Running:
     covering a 0.3 s request 0.37 s after its renewal, counted lost; a request past 0.3 s, retried)."""
 
     def __init__(self, url: str, redis_url: str, log: Path, *more: str) -> None:
-        self.port = free_port()
+        self.port = held_port()
         self.target = {"job": "atp-publisher", "instance": f"publisher-{self.port}:9465"}
         flags = ["--channel", "web", "--adapter", "webhook", "--url", url, "--redis-url", redis_url,
                  "--group", "webhook", "--lease", "5", "--request-timeout", "1", "--rate", "10000",

@@ -19,7 +19,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from atp_service.storage.channel_wire import to_fields
 from publishers import (
     JsonlAdapter,
@@ -34,6 +34,7 @@ from publishers.cli import build_parser, main
 from reservation import ChannelUpdate, StockStatus
 from tests.atp_service.channel_helpers import fact, write_estate
 from tests.conftest import ServiceFactory, spawned
+from tests.ports import held_port
 from tests.publishers.http_helpers import Clock
 
 DEADLINE_S = 30.0
@@ -85,7 +86,7 @@ async def test_a_publisher_follows_a_non_default_key_prefix(start_service: Servi
 
 
 def test_a_publisher_started_before_redis_waits_for_it_then_delivers(tmp_path: Path) -> None:
-    port, metrics = free_port(), free_port()
+    port, metrics = held_port(), held_port()
     server = EmbeddedRedis(tmp_path / "redis", port=port, password="pw-not-in-logs")
     proc = publisher(tmp_path, "--redis-url", server.url, "--redis-wait", "0", "--redis-backoff-max", "0.2",
                      "--metrics-port", str(metrics), env={"ATP_METRICS_HOST": "127.0.0.2"})
@@ -109,7 +110,7 @@ def test_a_publisher_started_before_redis_waits_for_it_then_delivers(tmp_path: P
 
 
 async def test_the_wait_for_redis_is_bounded() -> None:
-    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{held_port()}/0")  # nothing listens there
     clock = Clock()
     with pytest.raises(RedisUnavailable, match="did not answer within 1 s"):
         await wait_for_redis(client.ping, RedisWait(total_s=1.0, first_s=0.1, max_s=0.4), "here", clock.sleep,
@@ -120,7 +121,7 @@ async def test_the_wait_for_redis_is_bounded() -> None:
 
 
 def test_a_publisher_gives_up_after_redis_wait_and_a_stop_signal_ends_the_wait(tmp_path: Path) -> None:
-    closed = f"redis://127.0.0.1:{free_port()}/0"
+    closed = f"redis://127.0.0.1:{held_port()}/0"
     gives_up = subprocess.run([sys.executable, "-m", "publishers.cli", "--channel", "web", "--adapter", "jsonl",
                                "--file", str(tmp_path / "x"), "--redis-url", closed, "--redis-wait", "0.3",
                                "--metrics-port", "-1"], capture_output=True, text=True, timeout=DEADLINE_S)
@@ -189,7 +190,7 @@ async def _settled(client: aioredis.Redis) -> bool:
 
 
 def test_the_log_format_and_level_are_the_services(tmp_path: Path) -> None:
-    closed = f"redis://127.0.0.1:{free_port()}/0"
+    closed = f"redis://127.0.0.1:{held_port()}/0"
     run = subprocess.run([sys.executable, "-m", "publishers.cli", "--channel", "web", "--adapter", "jsonl",
                           "--file", str(tmp_path / "x"), "--redis-url", closed, "--redis-wait", "0.3",
                           "--metrics-port", "-1"], capture_output=True, text=True, timeout=DEADLINE_S,

@@ -40,12 +40,13 @@ from typing import Any
 import redis.asyncio as aredis
 
 from atp_client import AtpClient
-from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service import AtpService, EmbeddedRedis
 from atp_service.storage.durability import STORAGE_ERRORS
 from atp_service.storage.log import Fenced
 from tests.atp_service.app.fuzz_books import Books
 from tests.atp_service.app.ownership_faults import FaultyOwnership, LateCalls
 from tests.conftest import test_config
+from tests.ports import held_port
 
 SHARDS = 6
 MAX_LIVE = 4
@@ -107,7 +108,7 @@ class Fuzz:
     async def join(self) -> Proc:
         name, self.joined = f"p{self.joined}", self.joined + 1  # before any await: joins run concurrently
         config = test_config(ownership="leases", lease_ms=600_000, balance_ms=200_000, shards=SHARDS,
-                             input_streams=(), port=free_port(), host="127.0.0.1")
+                             input_streams=(), port=held_port(), host="127.0.0.1")
         service = AtpService(config, self.redis_url)
         await service.start()  # its first balance untouched by faults: a start waits for Redis anyway
         store = service._log

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 
 from atp_client import AtpClient
-from atp_service import free_port
+from tests.ports import held_port
 
 T = TypeVar("T")
 SHARDS = 6
@@ -31,7 +31,7 @@ class Process:
     """One ``atp-service serve`` process of the keyspace."""
 
     def __init__(self, cluster_url: str, log: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or held_port()
         self.address = f"127.0.0.1:{self.port}"
         self._cluster_url, self._log = cluster_url, log
         self.proc = self._spawn()

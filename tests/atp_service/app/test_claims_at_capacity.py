@@ -13,12 +13,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import free_port
 from reservation import Limits
 from tests.atp_service.app.test_processes import owned
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.refusals import refused
 from tests.conftest import ServiceFactory, services_on
+from tests.ports import held_port
 from tests.waiting import until
 
 
@@ -33,7 +33,7 @@ async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
 async def test_new_ids_at_a_full_shard_are_refused_capacity_reached_without_a_claim(
         start_process: ServiceFactory, redis_url: str, stream: bool) -> None:
     limits = Limits(max_live_reservations_per_shard=3)
-    service, client = await start_process(port=free_port(), host="127.0.0.1", limits=limits)
+    service, client = await start_process(port=held_port(), host="127.0.0.1", limits=limits)
     await client.record_events([receipt("s1", "A", "S1", 100)])
     for n in range(3):
         await client.reserve(f"fill-{n}", [("A", "S1", 1)], ttl_seconds=600)
@@ -64,7 +64,7 @@ async def test_an_id_of_another_process_s_record_reused_at_a_full_shard_is_refus
     naming ``lines``, as in one process (where its record's home decides) — not CAPACITY_REACHED,
     which says nothing of the id's record and is retried to no end; and it leaves no claim of its own."""
     limits = Limits(max_live_reservations_per_shard=1)
-    running = [await start_process(port=free_port(), host="127.0.0.1", limits=limits) for _ in range(2)]
+    running = [await start_process(port=held_port(), host="127.0.0.1", limits=limits) for _ in range(2)]
     await until(lambda: all(len(owned(service)) == 1 for service, _ in running), "a group each", 60)
     here = "k0"
     there = next(sku for sku in (f"k{i}" for i in range(64)) if zlib.crc32(sku.encode()) % 2 != zlib.crc32(b"k0") % 2)
@@ -95,7 +95,7 @@ async def test_a_new_order_spanning_groups_one_short_of_the_bound_leaves_no_clai
     """An order's saga needs two records at its home (the order's and its part there): one short of the
     bound it is refused CAPACITY_REACHED, and its id must not be claimed either."""
     limits = Limits(max_live_reservations_per_shard=2)
-    _, client = await start_process(port=free_port(), host="127.0.0.1", limits=limits)
+    _, client = await start_process(port=held_port(), host="127.0.0.1", limits=limits)
     low, high = sorted(("k0", next(f"k{i}" for i in range(64) if zlib.crc32(f"k{i}".encode()) % 2
                                    != zlib.crc32(b"k0") % 2)), key=lambda sku: zlib.crc32(sku.encode()) % 2)
     await client.record_events([receipt("s1", low, "DC", 10), receipt("s2", high, "DC", 10)])

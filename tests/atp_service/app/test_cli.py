@@ -23,9 +23,10 @@ from google.protobuf import json_format
 from google.protobuf.message_factory import GetMessageClass
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from atp_service.edge.auth import new_token, token_hash
 from tests.conftest import spawned
+from tests.ports import held_port
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ Served = tuple[str, int, list[str]]
 
 def _serve_demo(redis_url: str, log: Path) -> tuple[subprocess.Popen[bytes], Served]:
     """`atp-service serve` with the demo estate, as `make run` starts it (but on free ports)."""
-    port, metrics = free_port(), free_port()
+    port, metrics = held_port(), held_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
          "--metrics-port", str(metrics)],
@@ -114,7 +115,7 @@ def serve(redis_url: str, log: Path, *flags: str,
           env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str, str]:
     """`atp-service serve` in a subprocess (``env``: settings added to this process's environment);
     returns it, its target and its start-up log once ready."""
-    port = free_port()
+    port = held_port()
     proc = spawned(subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--redis-url", redis_url, "--port", str(port),
          "--metrics-port", "-1", "--no-demo", "--auth", "off", "--log-level", "INFO", *flags],
@@ -189,7 +190,7 @@ def test_atpctl_errors_name_the_status_and_reason_and_exit_by_class(shared_demo:
     done = ctl(target, "reserve", "y", "sku-00001@dc-east:2")
     assert done.returncode == 5 and "ALREADY_EXISTS RESERVATION_ID_REUSED" in done.stderr
     # Refusals are retried by gRPC (4 by default), decisions never; a service that is not there stays UNAVAILABLE.
-    nobody = f"127.0.0.1:{free_port()}"
+    nobody = f"127.0.0.1:{held_port()}"
     done = ctl(nobody, "--retries", "2", "--timeout", "5", "availability", "sku-00001@dc-east")
     assert done.returncode == 6 and "UNAVAILABLE" in done.stderr
     done = ctl(target, "--retries", "0", "confirm", "no-such-reservation")
@@ -257,7 +258,7 @@ def test_publish_explain_and_safety_stock(shared_demo: tuple[Served, str], tmp_p
 
 
 def test_start_up_errors_name_the_setting(redis_url: str, tmp_path: Path) -> None:
-    metrics_port = free_port()  # a service holding the ports, and its keyspace written (no demo estate: not needed)
+    metrics_port = held_port()  # a service holding the ports, and its keyspace written (no demo estate: not needed)
     running, target, _ = serve(redis_url, tmp_path / "serve.log", "--metrics-port", str(metrics_port))
     port = target.rsplit(":", 1)[1]
 
@@ -393,7 +394,7 @@ def test_the_readme_and_api_examples_run_literally(served: tuple[str, int, list[
 def test_the_embedded_redis_is_reached_over_its_unix_socket_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
     """`make run`'s set-up (no --redis-url): the service talks to its own redis-server over the unix
     socket in its data directory; what it acknowledged there is recovered after a restart."""
-    port = free_port()
+    port = held_port()
     argv = [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(tmp_path / "data"), "--port", str(port),
             "--metrics-port", "-1", "--log-level", "INFO"]
     target, socket_path = f"127.0.0.1:{port}", (tmp_path / "data" / "redis" / "redis.sock").resolve()
@@ -419,7 +420,7 @@ def test_an_embedded_redis_that_dies_is_started_again_and_one_that_keeps_dying_s
     again on the same socket and the service answers as before, with what it acknowledged; past
     ``redis_restarts`` exits the service stops with exit status 5 instead of answering UNAVAILABLE
     for ever, and leaves no Redis behind."""
-    port, data = free_port(), tmp_path / "data"
+    port, data = held_port(), tmp_path / "data"
     log = tmp_path / "serve.log"
     proc = spawned(subprocess.Popen(
         [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(data), "--port", str(port),
@@ -452,7 +453,7 @@ def test_an_embedded_redis_lost_while_the_demo_estate_loads_stops_the_service_wi
     traceback once the demo's load gives up."""
     data, log = tmp_path / "data", tmp_path / "serve.log"
     proc = spawned(subprocess.Popen(
-        [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(data), "--port", str(free_port()),
+        [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(data), "--port", str(held_port()),
          "--metrics-port", "-1", "--auth", "off", "--log-level", "INFO", "--redis-restarts", "0"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT))
     wait_for_line(proc, log, "loading the demo estate")  # 100,000 facts: seconds
@@ -465,7 +466,7 @@ def test_an_embedded_redis_lost_while_the_demo_estate_loads_stops_the_service_wi
 
 def test_a_stop_signal_while_the_demo_estate_loads_lets_it_finish(tmp_path: Path) -> None:
     """Half a demo estate would stay half: the next start finds a logged keyspace and loads none."""
-    port, data, log = free_port(), tmp_path / "data", tmp_path / "serve.log"
+    port, data, log = held_port(), tmp_path / "data", tmp_path / "serve.log"
     argv = [sys.executable, "-m", "atp_service", "serve", "--data-dir", str(data), "--port", str(port),
             "--metrics-port", "-1", "--auth", "off", "--log-level", "INFO"]
     proc = spawned(subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT))
@@ -491,7 +492,7 @@ def test_the_embedded_redis_lets_in_only_those_holding_its_password(tmp_path: Pa
     on 127.0.0.1 without a password beside it, so any process of any user on the host could write
     the service's logs, its claims and its input streams there, token or not. Now it takes only a
     password made at each start, kept in ``redis.url`` (owner only, for atp-publisher) and never logged."""
-    token, callers, port = new_token(), tmp_path / "callers.toml", free_port()
+    token, callers, port = new_token(), tmp_path / "callers.toml", held_port()
     callers.write_text(f'[[callers]]\nname = "oms"\nroles = ["oms"]\ntoken_sha256 = "{token_hash(token)}"\n')
     data, log = tmp_path / "data", tmp_path / "serve.log"
     proc = spawned(subprocess.Popen(

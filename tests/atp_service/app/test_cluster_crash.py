@@ -21,8 +21,8 @@ import pytest
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import free_port
 from tests.atp_service.edge.test_api import receipt
+from tests.ports import held_port
 from tests.waiting import until
 
 SKUS = [f"K{i}" for i in range(12)]
@@ -63,7 +63,7 @@ async def load(target: str, worker: int, acked: dict[str, pb.ReservationState], 
 
 
 async def test_kill_minus_nine_mid_saga_leaves_every_order_whole_or_absent(cluster_url: str, tmp_path: Path) -> None:
-    port = free_port()
+    port = held_port()
     target = f"127.0.0.1:{port}"
     proc = spawn(cluster_url, port, tmp_path / "service.log")
     acked: dict[str, pb.ReservationState] = {}

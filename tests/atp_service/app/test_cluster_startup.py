@@ -8,11 +8,12 @@ import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.app.keyspace import StartupError, version_refusal
 from atp_service.storage.embedded_cluster import EmbeddedCluster
 from atp_service.storage.redis_config import node_versions
 from tests.conftest import test_config as make_config
+from tests.ports import held_port
 from tests.waiting import until
 
 
@@ -37,7 +38,7 @@ async def test_a_cluster_node_that_may_evict_keys_is_refused_at_start_naming_it(
     for node in redis_cluster.nodes:
         with redis.Redis(host="127.0.0.1", port=node.port) as r:
             r.config_set("maxmemory-policy", "allkeys-lru")
-        service = AtpService(make_config(redis_cluster=True, input_streams=(), port=free_port(),
+        service = AtpService(make_config(redis_cluster=True, input_streams=(), port=held_port(),
                                          host="127.0.0.1"), cluster_url)
         try:
             with pytest.raises(StartupError, match=rf"127\.0\.0\.1:{node.port}.* maxmemory-policy is allkeys-lru"):

@@ -19,8 +19,8 @@ import pytest
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import free_port
 from tests.atp_service.edge.test_api import receipt
+from tests.ports import held_port
 from tests.waiting import until
 
 SKUS = [f"K{i}" for i in range(12)]
@@ -50,7 +50,7 @@ async def load(client: AtpClient, worker: int, acked: dict[str, list[tuple[str, 
 
 
 async def test_kill_minus_nine_loses_no_acknowledged_reservation(redis_url: str, tmp_path: Path) -> None:
-    port = free_port()
+    port = held_port()
     proc = spawn(redis_url, port, tmp_path / "service.log")
     client = AtpClient(f"127.0.0.1:{port}", timeout_s=5)
     try:

@@ -16,8 +16,9 @@ import pytest
 
 from atp_client import AtpClient, timestamp, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from tests.atp_service.app.test_crash import spawn
+from tests.ports import held_port
 
 pytestmark = pytest.mark.slow
 SKUS = [f"F{i}" for i in range(8)]
@@ -88,7 +89,7 @@ async def test_twenty_service_kills_and_five_redis_kills_lose_nothing_acknowledg
         tmp_path_factory: pytest.TempPathFactory) -> None:
     tmp = tmp_path_factory.mktemp("faults")
     redis_server = EmbeddedRedis(tmp / "redis", appendfsync="always").start()
-    book, rng, port, log = Ledger(), random.Random(4), free_port(), tmp / "service.log"
+    book, rng, port, log = Ledger(), random.Random(4), held_port(), tmp / "service.log"
     try:
         for round_no in range(SERVICE_KILLS):
             proc = spawn(redis_server.url, port, log)

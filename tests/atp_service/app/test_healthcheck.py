@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.app.certs import make_certs
 from atp_service.app.healthcheck import ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_SERVER_NAME
 from atp_service.config import ServiceConfig
@@ -22,6 +22,7 @@ from atp_service.config_settings import OTHER_TOOLS
 from atp_service.edge.auth import new_token, token_hash
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
+from tests.ports import held_port
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ async def starting_until_logged(service: AtpService, text: str, limit_s: float =
 
 
 async def test_not_serving_while_waiting_for_redis_exits_1() -> None:
-    service = AtpService(make_config(), f"redis://127.0.0.1:{free_port()}/0")
+    service = AtpService(make_config(), f"redis://127.0.0.1:{held_port()}/0")
     async with starting_until_logged(service, "waiting for Redis") as starting:
         try:  # the gRPC server is up (health NOT_SERVING) before the first try
             status, out = await health(service.port)
@@ -138,17 +139,17 @@ def test_the_service_accepts_the_health_checks_variables_in_its_environment() ->
 
 
 async def test_nothing_listening_or_a_broken_setting_exits_1(tmp_path: Path, certs: tuple[Path, Path]) -> None:
-    status, out = await health(free_port())
+    status, out = await health(held_port())
     assert status == 1 and "no answer from 127.0.0.1:" in out
     status, out = await health(0)
     assert (status, out.strip()) == (1, "atp-service health: port: ATP_PORT=0 picks a port at start; "
                                         "give the address with --target")
-    status, out = await health(free_port(), ATP_TLS_CERT=tmp_path / "missing.pem", ATP_TLS_KEY=tmp_path / "k")
+    status, out = await health(held_port(), ATP_TLS_CERT=tmp_path / "missing.pem", ATP_TLS_KEY=tmp_path / "k")
     assert status == 1 and "tls_cert: cannot read" in out
-    status, out = await health(free_port(), ATP_SHARDS="0")
+    status, out = await health(held_port(), ATP_SHARDS="0")
     assert status == 1 and "shards" in out
     ours, _ = certs
-    status, out = await health(free_port(), **tls(ours), ATP_TLS_CLIENT_CA=ours / "ca.pem",
+    status, out = await health(held_port(), **tls(ours), ATP_TLS_CLIENT_CA=ours / "ca.pem",
                                ATP_HEALTH_TLS_CERT=ours / "client.pem")
     assert (status, out.strip()) == (1, "atp-service health: ATP_HEALTH_TLS_CERT/ATP_HEALTH_TLS_KEY: give both "
                                         "or neither")

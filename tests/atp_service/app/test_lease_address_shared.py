@@ -11,7 +11,7 @@ import logging
 import pytest
 import redis.asyncio as aioredis
 
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.app.keyspace import StartupError
 from atp_service.app.membership import Membership
 from atp_service.app.shared_address import refuse_if_shared
@@ -19,6 +19,7 @@ from atp_service.storage.log import LogStore
 from atp_service.storage.nodes import open_nodes
 from tests.atp_service.app.test_processes import SHARDS, owned, start_process
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 from tests.waiting import until
 
 __all__ = ["start_process"]  # the fixture, used here by name
@@ -27,19 +28,19 @@ SHARED = "advertise_address: another live process advertises"
 
 
 async def test_a_process_advertising_the_address_of_a_live_one_refuses_to_start(start_process: ServiceFactory) -> None:
-    first, _ = await start_process(port=free_port(), host="127.0.0.1")
+    first, _ = await start_process(port=held_port(), host="127.0.0.1")
     assert owned(first) == set(range(SHARDS))
-    second = start_process(port=free_port(), host="127.0.0.1", advertise_address=f"127.0.0.1:{first.port}")
+    second = start_process(port=held_port(), host="127.0.0.1", advertise_address=f"127.0.0.1:{first.port}")
     with pytest.raises(StartupError, match=SHARED):
         await second
     assert owned(first) == set(range(SHARDS))  # every group still answered at the address
 
 
 async def test_two_processes_starting_at_once_at_one_address_do_not_both_serve(start_process: ServiceFactory) -> None:
-    port = free_port()
+    port = held_port()
     shared = {"host": "127.0.0.1", "advertise_address": f"127.0.0.1:{port}"}
     ends = await asyncio.gather(start_process(port=port, host="127.0.0.1"),
-                                start_process(port=free_port(), **shared), return_exceptions=True)
+                                start_process(port=held_port(), **shared), return_exceptions=True)
     refused = [end for end in ends if isinstance(end, StartupError)]
     assert refused and all(SHARED in str(end) for end in refused), ends  # one, or both: said, not served silently
     served: list[AtpService] = [end[0] for end in ends if isinstance(end, tuple)]
@@ -51,7 +52,7 @@ async def test_a_restart_at_the_address_of_a_killed_process_waits_its_entry_out(
                                                                                    redis_url: str) -> None:
     """A killed process's member entry stays until Redis times it out (a lease): not renewed, it is no live
     process, and the restart at its address serves once it is gone."""
-    port = free_port()
+    port = held_port()
     admin = aioredis.Redis.from_url(redis_url)
     try:
         seconds, micros = await admin.time()
@@ -81,10 +82,10 @@ async def test_two_processes_at_one_address_whose_first_registration_failed_do_n
         return await renew_members(self)
 
     monkeypatch.setattr(Membership, "_renew_members", first_one_lost)
-    port = free_port()
+    port = held_port()
     shared = {"host": "127.0.0.1", "advertise_address": f"127.0.0.1:{port}"}
     ends = await asyncio.gather(start_process(port=port, host="127.0.0.1"),
-                                start_process(port=free_port(), **shared), return_exceptions=True)
+                                start_process(port=held_port(), **shared), return_exceptions=True)
     assert len(failed) == 2, "each start's first registration was lost"
     refused = [end for end in ends if isinstance(end, StartupError)]
     assert refused and all(SHARED in str(end) for end in refused), ends  # one, or both: said, not served silently
@@ -122,7 +123,7 @@ async def test_another_entry_at_its_address_after_the_start_is_said_at_error_onc
     serves beside it once it renews again: the start cannot refuse that, so each renewal's read of the
     members says another entry at this address, at ERROR, once per entry (``address_shared``)."""
     caplog.set_level(logging.INFO, logger="atp_service.app.shared_address")
-    port = free_port()
+    port = held_port()
     service, _ = await start_process(port=port, host="127.0.0.1", lease_ms=1000)
     assert not [r for r in caplog.records if getattr(r, "event", None) == "address_shared"]  # its own: nothing
     admin = aioredis.Redis.from_url(redis_url)

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aredis
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service import AtpService, EmbeddedRedis
 from atp_service.app import membership as membership_module
 from atp_service.app.keyspace import StartupError
 from atp_service.app.membership import plan_balance
@@ -24,6 +24,7 @@ from atp_service.tasks import cancel_and_wait
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import ServiceFactory, services_on
 from tests.conftest import test_config as make_config
+from tests.ports import held_port
 from tests.waiting import until
 
 LEASED = {"ownership": "leases", "lease_ms": 2000, "shards": 4, "input_streams": ()}
@@ -44,8 +45,8 @@ async def test_a_killed_process_stops_counting_as_a_member_when_its_leases_run_o
         start: ServiceFactory, redis_url: str) -> None:
     """Registered for two leases, a killed process still counted as a member a lease after its leases
     ran out: the others, at their share, left its groups to no one meanwhile."""
-    survivor, _ = await start(port=free_port(), host="127.0.0.1")
-    victim, _ = await start(port=free_port(), host="127.0.0.1")
+    survivor, _ = await start(port=held_port(), host="127.0.0.1")
+    victim, _ = await start(port=held_port(), host="127.0.0.1")
     await until(lambda: len(owned(survivor)) == len(owned(victim)) == 2, "the groups shared", 60)
     assert victim.membership is not None
     leases = [victim.membership.leases.key(g) for g in owned(victim)]
@@ -112,7 +113,7 @@ async def test_leased_groups_refuse_a_redis_that_may_evict_keys_with_a_time_to_l
     exactly those, and another process takes a group its owner still answers for."""
     r = aredis.Redis.from_url(redis_url)
     await r.config_set("maxmemory-policy", "volatile-lru")
-    service = AtpService(make_config(**LEASED, port=free_port(), host="127.0.0.1"), redis_url)
+    service = AtpService(make_config(**LEASED, port=held_port(), host="127.0.0.1"), redis_url)
     try:
         with pytest.raises(StartupError, match=r"maxmemory-policy is volatile-lru: with ownership = leases"):
             await service.start()
@@ -162,7 +163,7 @@ async def test_leases_taken_by_a_slow_first_share_are_renewed_while_it_is_recove
 
     monkeypatch.setattr(GroupLeases, "renew", renewing)
     monkeypatch.setattr(membership_module, "recover_shard", slow_recovery)
-    service, _ = await start(lease_ms=lease_ms, shards=3, port=free_port(), host="127.0.0.1")
+    service, _ = await start(lease_ms=lease_ms, shards=3, port=held_port(), host="127.0.0.1")
     assert service.membership is not None
     assert sorted(recovered) == [0, 1, 2] and owned(service) == {0, 1, 2}
     r = aredis.Redis.from_url(redis_url)
@@ -178,7 +179,7 @@ async def test_a_process_whose_lease_lapsed_unrenewed_does_not_redirect_callers_
     """Renewals failing, a process stops answering for its groups once its lease may have run out,
     but it still named itself their owner: a caller following the redirect came straight back, as
     many times as its deadline allowed. It now says no one serves the group (retry later)."""
-    service, client = await start(port=free_port(), host="127.0.0.1", shards=1)
+    service, client = await start(port=held_port(), host="127.0.0.1", shards=1)
     assert service.membership is not None and service.engine is not None
     await until(lambda: owned(service) == {0}, "the group taken", 30)
     # renewals that no longer get through (each cancelled until it ended: one cancel can be lost)
@@ -203,7 +204,7 @@ async def test_a_group_unanswered_past_its_lease_is_answered_again_once_a_renewa
     back from older data naming it again) extends the deadline, and the group is answered again
     (``Membership._renew_leases``) — the behaviour the simulation's ``SimMembership.renew`` models. A lease
     of a minute: Redis's own copy cannot run out however slow the host."""
-    service, client = await start(port=free_port(), host="127.0.0.1", shards=1, lease_ms=60_000)
+    service, client = await start(port=held_port(), host="127.0.0.1", shards=1, lease_ms=60_000)
     assert service.membership is not None and service.engine is not None
     await until(lambda: owned(service) == {0}, "the group taken", 30)
     await asyncio.gather(*(cancel_and_wait(task) for task in service.membership._tasks))

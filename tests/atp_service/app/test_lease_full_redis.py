@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from atp_service import EmbeddedRedis, free_port
+from atp_service import EmbeddedRedis
 from atp_service.storage.leases import GroupLeases
 from atp_service.storage.log import Fenced, LogStore
 from atp_service.storage.nodes import open_nodes
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import services_on
+from tests.ports import held_port
 
 SHARDS = 2
 
@@ -48,9 +49,9 @@ async def test_groups_handed_over_on_a_full_redis_are_served_by_the_process_that
         try:
             async for start in services_on(server.url, ownership="leases", lease_ms=60_000, shards=SHARDS,
                                            input_streams=()):
-                leaving, client = await start(port=free_port(), host="127.0.0.1")
+                leaving, client = await start(port=held_port(), host="127.0.0.1")
                 await client.record_events([receipt("r1", "A", "DC", 7)])
-                staying, other = await start(port=free_port(), host="127.0.0.1")
+                staying, other = await start(port=held_port(), host="127.0.0.1")
                 assert staying.membership is not None and not staying.membership.leases.held  # all the other's
                 await admin.config_set("maxmemory", 1)
                 await leaving.stop(grace_s=0.1)  # hands every group over (final snapshots go through)

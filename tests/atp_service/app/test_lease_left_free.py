@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.app.balancing import address_of
 from atp_service.tasks import cancel_and_wait
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
+from tests.ports import held_port
 from tests.waiting import until
 
 SHARDS = 6
@@ -38,7 +39,7 @@ async def test_a_group_given_up_by_a_process_that_takes_none_is_taken_by_one_at_
     """Three processes at their share (2 of 6 groups each); one stops balancing but stays registered,
     then gives a group up (a shard that stopped working): the two others, each at its share, left the
     group to nobody, and its SKUs answered no caller for as long as that process lived."""
-    running = [await start(port=free_port(), host="127.0.0.1") for _ in range(3)]
+    running = [await start(port=held_port(), host="127.0.0.1") for _ in range(3)]
     services = [s for s, _ in running]
     await until(lambda: sorted(len(owned(s)) for s in services) == [2, 2, 2], "the groups spread, 2 each", 60)
     stuck, client = running[2]
@@ -75,7 +76,7 @@ async def start_manual(redis_url: str, request: pytest.FixtureRequest) -> AsyncI
 async def driven(start: ServiceFactory, processes: int, spread: list[int]) -> list[AtpService]:
     """``processes`` started; once their groups spread as ``spread`` (sorted counts), their own
     balancing loops stopped: the turns from here on are the test's, one after another."""
-    services = [(await start(port=free_port(), host="127.0.0.1"))[0] for _ in range(processes)]
+    services = [(await start(port=held_port(), host="127.0.0.1"))[0] for _ in range(processes)]
     await until(lambda: sorted(len(owned(s)) for s in services) == spread, "the groups spread", 60)
     for service in services:
         assert service.membership is not None
@@ -155,7 +156,7 @@ async def test_a_group_handed_over_while_two_processes_taking_none_hold_their_fl
     registered (an earlier release's in a rolling upgrade), the third stops gracefully. The two left
     at their share (2 of 7 over four) and the two at the floor left its group to nobody for as long
     as those two lived: only a process below the floor was counted out."""
-    running = [await start_7(port=free_port(), host="127.0.0.1") for _ in range(5)]
+    running = [await start_7(port=held_port(), host="127.0.0.1") for _ in range(5)]
     services = [s for s, _ in running]
     await until(lambda: sorted(len(owned(s)) for s in services) == [1, 1, 1, 2, 2], "the groups spread", 60)
     x, y, stopper = [s for s in services if len(owned(s)) == 1]

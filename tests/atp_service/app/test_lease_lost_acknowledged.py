@@ -17,11 +17,12 @@ import redis.asyncio as aredis
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from tests.atp_service.app.test_lease_lost_mid_renewal import lease_lapsed
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
+from tests.ports import held_port
 from tests.waiting import until
 
 SHARDS, GROUP = 4, 2
@@ -49,7 +50,7 @@ class Lost:
 async def lost_then_taken(start: ServiceFactory, redis_url: str, by_itself: bool = False) -> Lost:
     """``by_itself``: no other process; the old owner takes the group again itself."""
     s = Lost()
-    s.old, s.old_client = await start(port=free_port(), host="127.0.0.1")
+    s.old, s.old_client = await start(port=held_port(), host="127.0.0.1")
     assert s.old.membership is not None and s.old.engine is not None
     assert set(s.old.membership.leases.held) == set(range(SHARDS))
     s.sku = next(f"k{i}" for i in range(64) if s.old.engine.place(f"k{i}") == GROUP)
@@ -66,7 +67,7 @@ async def lost_then_taken(start: ServiceFactory, redis_url: str, by_itself: bool
     if by_itself:
         s.new, s.new_client = s.old, s.old_client
         return s
-    s.new, s.new_client = await start(port=free_port(), host="127.0.0.1")
+    s.new, s.new_client = await start(port=held_port(), host="127.0.0.1")
     assert s.new.membership is not None
     await s.new.membership.balance()
     assert GROUP in s.new.membership.leases.held
@@ -219,13 +220,13 @@ async def test_a_routine_takeover_with_nothing_lost_stays_quiet(
         start: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture, order: str) -> None:
     """The control: the old owner paused past its lease (Redis lost nothing), the group taken and written by
     another. Its log holds the old owner's newest entry as made: a takeover, at WARNING only."""
-    old, old_client = await start(port=free_port(), host="127.0.0.1")
+    old, old_client = await start(port=held_port(), host="127.0.0.1")
     assert old.membership is not None and old.engine is not None
     skus = [f"k{i}" for i in range(64) if old.engine.place(f"k{i}") == GROUP]
     await old_client.record_events([receipt("in-1", skus[0], "DC", 10)])
     await old_client.reserve("r1", [(skus[0], "DC", 4)], ttl_seconds=600)
     await lease_lapsed(redis_url, old.membership, GROUP)
-    new, new_client = await start(port=free_port(), host="127.0.0.1")
+    new, new_client = await start(port=held_port(), host="127.0.0.1")
     assert new.membership is not None
     await new.membership.balance()
     assert GROUP in new.membership.leases.held

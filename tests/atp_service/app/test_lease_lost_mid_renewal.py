@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.app import membership as membership_module
 from atp_service.app.membership import Membership
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
+from tests.ports import held_port
 from tests.waiting import until
 
 SHARDS = 4
@@ -82,7 +83,7 @@ async def test_a_group_whose_lease_a_renewal_found_lost_is_not_taken_again_befor
 async def stocked_group(start: ServiceFactory, group: int, units: int) -> tuple[AtpService, Any, Membership, Any, str]:
     """One leased process holding every group: (it, its client, its membership, its engine, a SKU of
     ``group`` with ``units`` received at DC)."""
-    service, client = await start(port=free_port(), host="127.0.0.1")
+    service, client = await start(port=held_port(), host="127.0.0.1")
     membership, engine = service.membership, service.engine
     assert membership is not None and engine is not None
     sku = next(f"k{i}" for i in range(64) if engine.place(f"k{i}") == group)

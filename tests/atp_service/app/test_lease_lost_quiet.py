@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from atp_service import free_port
 from tests.atp_service.app.test_lease_lost_acknowledged import (
     GROUP,
     SHARDS,
@@ -19,6 +18,7 @@ from tests.atp_service.app.test_lease_lost_acknowledged import (
 from tests.atp_service.app.test_lease_lost_mid_renewal import lease_lapsed
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
+from tests.ports import held_port
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ async def start(redis_url: str) -> AsyncIterator[ServiceFactory]:
 @pytest.mark.parametrize("case", ["new_snapshot", "cross_group", "recovered_only"])
 async def test_routine_takeover_stays_quiet(start: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture,
                                             case: str, order: str) -> None:
-    old, old_client = await start(port=free_port(), host="127.0.0.1")
+    old, old_client = await start(port=held_port(), host="127.0.0.1")
     assert old.membership is not None and old.engine is not None
     skus = [f"k{i}" for i in range(256) if old.engine.place(f"k{i}") == GROUP]
     other = next(f"o{i}" for i in range(256) if old.engine.place(f"o{i}") not in (GROUP,))
@@ -41,13 +41,13 @@ async def test_routine_takeover_stays_quiet(start: ServiceFactory, redis_url: st
         await old_client.reserve("r1", [(skus[0], "DC", 4), (other, "DC", 1)], ttl_seconds=600)
     if case == "recovered_only":  # a second process, whose groups were recovered, nothing made there since
         await old.stop()
-        old, old_client = await start(port=free_port(), host="127.0.0.1")
+        old, old_client = await start(port=held_port(), host="127.0.0.1")
         assert old.membership is not None and old.engine is not None
         assert GROUP in old.membership.leases.held
         assert old.engine.actors[GROUP].durable_data is None  # type: ignore[union-attr]
     old_seq = old.engine.actors[GROUP].seq
     await lease_lapsed(redis_url, old.membership, GROUP)
-    new, new_client = await start(port=free_port(), host="127.0.0.1")
+    new, new_client = await start(port=held_port(), host="127.0.0.1")
     assert new.membership is not None and new.engine is not None
     await new.membership.balance()
     assert GROUP in new.membership.leases.held

@@ -15,10 +15,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_client import AtpClient
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from tests.atp_service.app.test_redis_lost_tail import restored, saved, services_and_primaries
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 from tests.waiting import until
 
 LEASE_MS = 9000
@@ -60,7 +61,7 @@ async def test_an_idle_leased_group_is_recovered_again_when_redis_lost_entries_i
     owner check's cadence: the group finds its log short, is given up (``failed``) and taken again,
     recovered from what Redis holds."""
     start, primaries = setup
-    service, client = await start(port=free_port(), host="127.0.0.1")
+    service, client = await start(port=held_port(), host="127.0.0.1")
     await client.record_events([receipt("e1", "SKU", "DC", 10)])
     images = [await saved(primary) for primary in primaries]
     await client.reserve("r1", [("SKU", "DC", 4)], ttl_seconds=600)

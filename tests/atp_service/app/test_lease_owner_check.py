@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aredis
 
-from atp_service import free_port
 from tests.atp_service.app.test_lease_lost_mid_renewal import lease_lapsed, start
 from tests.atp_service.app.test_redis_lost_tail import restored, saved
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 from tests.waiting import until
 
 __all__ = ["start"]  # the fixture, used here
@@ -21,8 +21,8 @@ __all__ = ["start"]  # the fixture, used here
 
 async def test_a_group_taken_while_its_old_owner_was_away_is_given_up_by_its_owner_check_not_failed(
         start: ServiceFactory, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    old, _ = await start(port=free_port(), host="127.0.0.1")
-    new, new_client = await start(port=free_port(), host="127.0.0.1")
+    old, _ = await start(port=held_port(), host="127.0.0.1")
+    new, new_client = await start(port=held_port(), host="127.0.0.1")
     assert old.membership is not None and new.membership is not None and old.engine is not None
     group = 2
     assert group in old.membership.leases.held
@@ -45,8 +45,8 @@ async def test_an_owner_key_gone_back_below_this_process_s_taking_stops_the_shar
     """Redis back from data older than this process's taking: the owner key names the previous owner's
     older epoch, which writes past every entry this process had acknowledged. Not a taking (owner keys
     only rise): the acknowledged entries are lost, and the shard stops as diverged, at ERROR."""
-    b, b_client = await start(port=free_port(), host="127.0.0.1")
-    a, a_client = await start(port=free_port(), host="127.0.0.1")
+    b, b_client = await start(port=held_port(), host="127.0.0.1")
+    a, a_client = await start(port=held_port(), host="127.0.0.1")
     assert a.membership is not None and b.membership is not None and a.engine is not None and b.engine is not None
     group = 2
     assert group in b.membership.leases.held

@@ -16,12 +16,13 @@ import redis.asyncio as aioredis
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import ManualClock, free_port
+from atp_service import ManualClock
 from atp_service.engine.orphans import ORPHAN_AGE_MARGIN_MS
 from reservation import Limits
 from tests.atp_service.edge.test_api import T0, receipt
 from tests.atp_service.engine.test_expiry_races import _two_shards
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 from tests.waiting import until
 
 MAX_TTL_S = 120
@@ -72,7 +73,7 @@ async def _order_over_two_groups(start_service: ServiceFactory, clock: ManualClo
                                  ) -> tuple[Any, AtpClient, Any, str, str, int]:
     """A leased service on ``clock`` holding order "o": 2 of SKU a (its home's group) and 3 of SKU b (a part in
     the other group). (service, client, engine, a, b, the part's group)."""
-    service, client = await start_service(clock=clock, port=free_port(), **LEASED)
+    service, client = await start_service(clock=clock, port=held_port(), **LEASED)
     engine = service.engine
     assert engine is not None
     await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")

@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service import AtpService, EmbeddedRedis
 from atp_service.app.balancing import RENEW_RETRY_FIRST_S
 from atp_service.app.membership import SAFETY, Membership
 from atp_service.storage.leases import RENEW_SCRIPT, GroupLeases
 from atp_service.tasks import cancel_and_wait
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import ServiceFactory, services_on
+from tests.ports import held_port
 from tests.waiting import until
 
 LEASE_MS = 3000
@@ -60,7 +61,7 @@ async def test_a_renewal_answered_late_counts_the_deadline_from_when_it_was_sent
     """The groups' deadline is ``SAFETY`` of a lease after the renewal was sent, not after it was answered:
     Redis extends the lease from when the renewal runs there, which may be any time in between."""
     proxy, start = proxied
-    service, _ = await start(port=free_port(), host="127.0.0.1")
+    service, _ = await start(port=held_port(), host="127.0.0.1")
     membership = _membership(service)
     await until(lambda: len(membership.leases.held) == 4, "every group taken", 30)
     r = aredis.Redis.from_url(redis_url)
@@ -87,7 +88,7 @@ async def test_a_renewal_that_failed_extends_no_deadline_and_is_tried_again(
         proxied: tuple[HoldingProxy, ServiceFactory]) -> None:
     """Renewals of the leases answered by a reset connection: each tried again, none moving a deadline."""
     proxy, start = proxied
-    service, _ = await start(port=free_port(), host="127.0.0.1")
+    service, _ = await start(port=held_port(), host="127.0.0.1")
     membership = _membership(service)
     await until(lambda: len(membership.leases.held) == 4, "every group taken", 30)
     failures = membership._metrics.renewal_failures
@@ -107,7 +108,7 @@ async def test_renewals_failing_at_once_do_not_spin(proxied: tuple[HoldingProxy,
     tried again no sooner than ``RENEW_RETRY_FIRST_S`` later: a bound on the count, not a timing (each try
     follows a sleep at least that long)."""
     proxy, start = proxied
-    service, _ = await start(port=free_port(), host="127.0.0.1")
+    service, _ = await start(port=held_port(), host="127.0.0.1")
     membership = _membership(service)
     await until(lambda: len(membership.leases.held) == 4, "every group taken", 30)
     failures = membership._metrics.renewal_failures
@@ -126,7 +127,7 @@ async def test_a_renewal_cancelled_in_flight_leaves_no_task_behind(
     """The renewing task stopped while its gathered renewal waits for Redis: both parts end with it, the lock
     is free, and no exception is left unretrieved."""
     proxy, start = proxied
-    service, _ = await start(port=free_port(), host="127.0.0.1")
+    service, _ = await start(port=held_port(), host="127.0.0.1")
     membership = _membership(service)
     await until(lambda: len(membership.leases.held) == 4, "every group taken", 30)
     unretrieved: list[dict[str, Any]] = []
@@ -159,7 +160,7 @@ async def test_renewals_answered_slowly_keep_every_deadline_ahead(
     1 s + 0.9 s past a deadline 2.4 s after the send, and the groups were refused ``GROUP_MOVED`` for 0.4 s
     a renewal though no group moved."""
     _, start = proxied
-    service, _ = await start(port=free_port(), host="127.0.0.1")
+    service, _ = await start(port=held_port(), host="127.0.0.1")
     membership = _membership(service)
     await until(lambda: len(membership.leases.held) == 4, "every group taken", 30)
     slow_s = 0.9  # under the 2.4 s a deadline runs past its send, less the 1 s between renewals

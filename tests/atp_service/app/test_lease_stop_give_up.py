@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import atp_service.app.membership as membership_module
-from atp_service import free_port
 from tests.atp_service.app.test_lease_taking_answer_lost import key_value
 from tests.conftest import services_on
+from tests.ports import held_port
 
 SHARDS = 4
 SLOW_S = 2.0
@@ -23,7 +23,7 @@ async def test_a_group_given_up_during_a_stop_is_given_back_before_the_stop_retu
         redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     async for start in services_on(redis_url, ownership="leases", lease_ms=60_000, shards=SHARDS,
                                    input_streams=()):
-        service, _ = await start(port=free_port(), host="127.0.0.1")
+        service, _ = await start(port=held_port(), host="127.0.0.1")
         membership, engine = service.membership, service.engine
         assert membership is not None and engine is not None and len(membership.leases.held) == SHARDS
         failing = SHARDS - 1

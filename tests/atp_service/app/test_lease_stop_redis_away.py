@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from atp_service import free_port
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from atp_service.storage.leases import GroupLeases
 from tests.atp_service.app.test_stop_redis_away import stopped_with_redis_paused
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import services_on
+from tests.ports import held_port
 
 SHARDS = 8
 
@@ -28,7 +28,7 @@ async def test_a_leased_stop_with_redis_not_answering_waits_out_one_hand_over_no
     with EmbeddedRedis(tmp_path / "redis") as server:
         async for start in services_on(server.url, redis_timeout_s=1.0, ownership="leases", lease_ms=60_000,
                                        shards=SHARDS, input_streams=()):
-            service, client = await start(port=free_port(), host="127.0.0.1")
+            service, client = await start(port=held_port(), host="127.0.0.1")
             membership = service.membership
             assert membership is not None and len(membership.leases.held) == SHARDS
             await client.record_events([receipt(f"stock-{n}", f"SKU-{n}", "DC", 5) for n in range(64)])
@@ -45,7 +45,7 @@ async def test_a_leased_stop_with_redis_not_answering_waits_out_one_hand_over_no
             finally:
                 await r.aclose()
         async for start in services_on(server.url, ownership="leases", shards=SHARDS, input_streams=()):
-            _, client = await start(port=free_port(), host="127.0.0.1")  # nothing acknowledged lost
+            _, client = await start(port=held_port(), host="127.0.0.1")  # nothing acknowledged lost
             answers = await client.availability([(f"SKU-{n}", "DC") for n in range(64)])
             assert [a.on_hand for a in answers] == [5] * 64
 

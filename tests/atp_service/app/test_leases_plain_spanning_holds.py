@@ -11,7 +11,7 @@ import redis
 
 from atp_client import AtpClient, AtpError
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, ManualClock, free_port
+from atp_service import AtpService, ManualClock
 from atp_service.app.balancing import preference
 from atp_service.engine import maintenance
 from atp_service.intake.facts import UNFULFILLED
@@ -20,6 +20,7 @@ from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.engine.test_expiry_races import _spanning_hold, _started
 from tests.atp_service.fact_helpers import wait_consumed
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 from tests.waiting import until
 
 
@@ -33,7 +34,7 @@ async def _moved_to_leases(start_service: ServiceFactory, redis_url: str, **extr
     redis.Redis.from_url(redis_url).hset("atp:meta", "ownership", "leases")
     service, client = await start_service(clock=clock, shards=2, maintenance_interval_ms=3_600_000,
                                           ownership="leases", lease_ms=5_000, balance_ms=200,
-                                          port=free_port(), **{"input_streams": (), **extra})
+                                          port=held_port(), **{"input_streams": (), **extra})
     engine = service.engine
     assert engine is not None
     await until(lambda: all(not actor.vacant for actor in engine.actors), "both groups taken")
@@ -127,12 +128,12 @@ async def test_a_shipment_read_by_another_process_than_its_owner_is_applied_ther
     await service.stop(grace_s=0.1)
     r = redis.Redis.from_url(redis_url)
     r.hset("atp:meta", "ownership", "leases")
-    port = next(p for p in iter(free_port, 0) if preference(f"127.0.0.1:{p}", home) > preference(f"127.0.0.1:{p}",
+    port = next(p for p in iter(held_port, 0) if preference(f"127.0.0.1:{p}", home) > preference(f"127.0.0.1:{p}",
                                                                                                  1 - home))
     leased = {"clock": clock, "shards": 2, "maintenance_interval_ms": 3_600_000, "ownership": "leases",
               "lease_ms": 5_000, "balance_ms": 200, "host": "127.0.0.1"}
     owner, _ = await start_service(port=port, input_streams=(), **leased)  # alone: both groups
-    reader, _ = await start_service(port=free_port(), input_streams=("atp:in:wms",), ingest_max_deliveries=3, **leased)
+    reader, _ = await start_service(port=held_port(), input_streams=("atp:in:wms",), ingest_max_deliveries=3, **leased)
     addresses = {home: f"127.0.0.1:{owner.port}", 1 - home: f"127.0.0.1:{reader.port}"}
 
     def settled() -> bool:

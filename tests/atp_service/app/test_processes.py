@@ -17,10 +17,11 @@ import redis.asyncio
 
 from atp_client import AtpClient, RoutedClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.app.keyspace import ConfigMismatch
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
+from tests.ports import held_port
 from tests.waiting import until
 
 SHARDS = 4
@@ -39,7 +40,7 @@ async def start_process(redis_url: str) -> AsyncIterator[ServiceFactory]:
 
 
 async def processes(start: ServiceFactory, n: int) -> list[Process]:
-    running = [await start(port=free_port(), host="127.0.0.1") for _ in range(n)]
+    running = [await start(port=held_port(), host="127.0.0.1") for _ in range(n)]
     await until(lambda: balanced(running) and routed(running), f"the groups spread over the {n} processes", 60)
     return running
 
@@ -185,10 +186,10 @@ async def test_a_stopped_process_hands_its_groups_over_and_nothing_is_lost(start
 
 async def test_a_process_reports_snapshot_sizes_of_the_groups_it_serves_only(start_process: ServiceFactory) -> None:
     """A group handed over with a final snapshot: its size is the next owner's to report, not this one's."""
-    first, client = await start_process(port=free_port(), host="127.0.0.1")
+    first, client = await start_process(port=held_port(), host="127.0.0.1")
     await until(lambda: owned(first) == set(range(SHARDS)), "the first process owns every group", 60)
     await client.record_events([receipt(f"in-{i}", f"s{i}", "DC", 10) for i in range(12)])  # in every group
-    running = [(first, client), await start_process(port=free_port(), host="127.0.0.1")]
+    running = [(first, client), await start_process(port=held_port(), host="127.0.0.1")]
     await until(lambda: balanced(running), "the groups spread over the 2 processes", 60)
     reported = {int(sample.labels["shard"]) for metric in first.metrics.storage.snapshot_bytes.collect()
                 for sample in metric.samples}
@@ -250,7 +251,7 @@ async def test_a_shard_that_stops_working_is_recovered_from_its_log_and_the_proc
 async def test_a_process_joining_a_keyspace_reports_its_recovery_time(start_process: ServiceFactory) -> None:
     """With ``ownership = leases`` the start's recovery (its first share of groups taken and recovered)
     was never measured: ``atp_recovery_seconds`` stayed 0 and ATPSlowRecovery could never fire."""
-    service, _ = await start_process(port=free_port(), host="127.0.0.1")
+    service, _ = await start_process(port=held_port(), host="127.0.0.1")
     assert (service.metrics.registry.get_sample_value("atp_recovery_seconds") or 0) > 0
 
 
@@ -264,7 +265,7 @@ async def test_a_process_joining_with_an_address_past_the_routing_bound_is_said_
     async for start in services_on(redis_url, ownership="leases", lease_ms=3_000, balance_ms=200, shards=64,
                                    input_streams=()):
         with caplog.at_level(logging.INFO, logger="atp_service.app.membership"):
-            service, _ = await start(port=free_port(), host="127.0.0.1", max_message_bytes=64 << 10)
+            service, _ = await start(port=held_port(), host="127.0.0.1", max_message_bytes=64 << 10)
             client = redis.asyncio.Redis.from_url(redis_url)
             seconds, _ = await client.time()
             await client.zadd(f"{service.config.key_prefix}members", {f"{longest}|joined": (seconds + 600) * 1000})

@@ -14,7 +14,6 @@ import pytest
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import free_port
 from atp_service.edge import peers
 from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, routed
 from tests.atp_service.app.test_processes_streams import counted
@@ -22,6 +21,7 @@ from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_deadline_faults import _answered
 from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import STOP_LIMIT_S, services_on
+from tests.ports import held_port
 from tests.waiting import answered, until
 
 __all__ = ["proxy"]  # the fixture, used by name
@@ -60,8 +60,8 @@ async def test_r8_an_order_change_whose_caller_leaves_while_a_part_s_process_is_
     proxied = f"redis://127.0.0.1:{proxy._server.sockets[0].getsockname()[1]}/0"  # type: ignore[union-attr]
     async for start_plain in services_on(redis_url, **LEASED):
         async for start_slow in services_on(proxied, **LEASED):
-            running = [await start_plain(port=free_port(), host="127.0.0.1"),
-                       await start_slow(port=free_port(), host="127.0.0.1")]
+            running = [await start_plain(port=held_port(), host="127.0.0.1"),
+                       await start_slow(port=held_port(), host="127.0.0.1")]
             await until(lambda: balanced(running) and routed(running), "the groups spread", 60)  # noqa: B023
             (plain, client), (slow, _) = running
             skus = [next(s for s in SKUS if group_of(s) in owned(plain)),
@@ -102,5 +102,5 @@ async def test_r8_an_order_change_whose_caller_leaves_while_a_part_s_process_is_
             after = await _state(client, everything)
             for service, _ in reversed(running):
                 await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
-            _, restarted = await start_plain(port=free_port(), host="127.0.0.1")
+            _, restarted = await start_plain(port=held_port(), host="127.0.0.1")
             assert await _state(restarted, everything) == after

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import ManualClock, free_port
+from atp_service import ManualClock
 from reservation import Limits
 from tests.atp_service.app.test_processes import SHARDS, balanced, owned, owner_of, routed
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
+from tests.ports import held_port
 from tests.waiting import until
 
 HOUR_MS = 3_600_000
@@ -37,8 +38,8 @@ async def test_taking_a_group_from_a_process_whose_clock_ran_ahead_expires_no_ho
     had granted with a TTL under an hour expired at once — a shopper's units gone from the basket
     minutes early, the stock offered again. The groups B already served keep counting on B's clock."""
     ahead = ManualClock(time.time_ns() // 1_000_000 + HOUR_MS)
-    a = await start_process(clock=ahead, port=free_port(), host="127.0.0.1")
-    b = await start_process(port=free_port(), host="127.0.0.1")
+    a = await start_process(clock=ahead, port=held_port(), host="127.0.0.1")
+    b = await start_process(port=held_port(), host="127.0.0.1")
     running = [a, b]
     await until(lambda: balanced(running) and routed(running), "the groups spread over the two processes", 60)
     skus = [f"k{i}" for i in range(64)]

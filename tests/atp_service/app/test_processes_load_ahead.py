@@ -9,9 +9,10 @@ import numpy as np
 
 from atp_client import timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, ManualClock, free_port
+from atp_service import AtpService, ManualClock
 from tests.atp_service.app.test_processes import group_of, owned, processes, start_process
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 
 T = 1_700_000_000_000
 AHEAD_MS = 10 * 60_000  # past the allowed skew (5 min)
@@ -37,7 +38,7 @@ async def test_a_row_loaded_by_a_clock_ahead_is_a_duplicate_from_a_process_not_o
     """Defect: the process taking the call asked its own shards only; the row's group another process's, it
     was refused INVALID "as_of ahead" (and counted ``moved``, sent nowhere), where RecordEvents at the same
     process sends the same COUNT fact to the owner, which answers DUPLICATE."""
-    ahead, client = await start_process(clock=ManualClock(T + AHEAD_MS), port=free_port(), host="127.0.0.1")
+    ahead, client = await start_process(clock=ManualClock(T + AHEAD_MS), port=held_port(), host="127.0.0.1")
     skus = [f"k{i}" for i in range(8)]
     assert (await client.load_counts(_block(skus))).applied == len(skus)
     await ahead.stop(grace_s=0.1)

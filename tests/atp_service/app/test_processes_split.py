@@ -14,7 +14,7 @@ import pytest
 
 from atp_client import Refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from tests.atp_service.app.test_processes import (
     Process,
     balanced,
@@ -26,6 +26,7 @@ from tests.atp_service.app.test_processes import (
 )
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 from tests.waiting import until
 
 __all__ = ["start_process"]  # the fixture, used here by name
@@ -205,7 +206,7 @@ async def test_items_whose_owner_refuses_the_stream_at_its_start_are_told_its_re
     a stop under way, in a rolling restart) decided nothing of it. Its items were answered
     ``OUTCOME_UNKNOWN`` all the same, in doubt, the outbound stream's first part written before the
     owner had accepted it; they are told the owner's refusal now."""
-    running = [await start_process(port=free_port(), host="127.0.0.1", max_reserve_streams=1) for _ in range(2)]
+    running = [await start_process(port=held_port(), host="127.0.0.1", max_reserve_streams=1) for _ in range(2)]
     await until(lambda: balanced(running) and routed(running), "the groups spread over the 2 processes", 60)
     a, b = skus_in_other_groups(running)
     here, there = (a, b) if owner_of(running, a) is running[0] else (b, a)

@@ -19,13 +19,14 @@ import pytest
 import redis
 
 from atp_client import AtpClient, Retryable
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.edge import record
 from atp_service.edge.auth import new_token, token_hash
 from reservation import Limits
 from tests.atp_service.app.test_processes import SHARDS, Process, balanced, group_of, owned, processes, routed
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.conftest import ServiceFactory, services_on, spawned
+from tests.ports import held_port
 from tests.waiting import until
 
 STREAMS = ("atp:in:pos", "atp:in:wms")
@@ -155,10 +156,10 @@ def spawn_owner(redis_url: str, port: int, log: Path, lease_ms: int = 600) -> su
 
 async def test_a_fact_whose_owner_died_stays_pending_until_its_group_is_taken_then_is_applied(
         start_leased: ServiceFactory, redis_url: str, tmp_path: Path) -> None:
-    reader, _ = await start_leased(port=free_port(), host="127.0.0.1")
+    reader, _ = await start_leased(port=held_port(), host="127.0.0.1")
     membership = reader.membership
     assert membership is not None
-    port = free_port()
+    port = held_port()
     owner = spawn_owner(redis_url, port, tmp_path / "owner.log")
     elsewhere = f"127.0.0.1:{port}"
     await until(lambda: sum(membership.where(g)[0] == elsewhere for g in range(SHARDS)) == SHARDS // 2
@@ -201,10 +202,10 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
     send to the paused owner could time out (60 s here: waiting behind it, no wave would be seen
     within its 10 s); the paused owner's stay pending, and are applied once it goes on."""
     monkeypatch.setattr(record, "SEND_TIMEOUT_S", 60.0)
-    reader, _ = await start_leased(port=free_port(), host="127.0.0.1")
+    reader, _ = await start_leased(port=held_port(), host="127.0.0.1")
     membership = reader.membership
     assert membership is not None
-    port = free_port()
+    port = held_port()
     owner = spawn_owner(redis_url, port, tmp_path / "owner.log", lease_ms=60_000)
     elsewhere = f"127.0.0.1:{port}"
     await until(lambda: sum(membership.where(g)[0] == elsewhere for g in range(SHARDS)) == SHARDS // 2
@@ -234,8 +235,8 @@ async def test_an_owner_that_does_not_answer_stalls_no_reading(
 
 async def reader_and_owner(start: ServiceFactory, **other_settings: Any) -> list[Process]:
     """Two leased processes sharing the groups: the first reads the input stream, the second none."""
-    reader = await start(port=free_port(), host="127.0.0.1", input_streams=STREAMS[:1])
-    other = await start(port=free_port(), host="127.0.0.1", input_streams=(), **other_settings)
+    reader = await start(port=held_port(), host="127.0.0.1", input_streams=STREAMS[:1])
+    other = await start(port=held_port(), host="127.0.0.1", input_streams=(), **other_settings)
     running = [reader, other]
     await until(lambda: balanced(running) and routed(running), "the groups spread over the 2 processes", 60)
     return running

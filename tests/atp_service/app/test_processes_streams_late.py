@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.edge import record
 from atp_service.storage.leases import GroupLeases
 from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, owned, routed
@@ -21,6 +21,7 @@ from tests.atp_service.app.test_processes_streams import counted, on_hand
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.atp_service.redis_proxy import HoldingProxy, proxy
 from tests.conftest import services_on
+from tests.ports import held_port
 from tests.waiting import until
 
 __all__ = ["proxy"]  # the fixture, used by name
@@ -39,8 +40,8 @@ async def reader_and_owner(redis_url: str, proxy: HoldingProxy, lease_ms: int,
     async for start_reader in services_on(redis_url, **LEASED, lease_ms=lease_ms, input_streams=(STREAM,)):
         async for start_owner in services_on(proxied, **LEASED, lease_ms=lease_ms, input_streams=(),
                                              **owner_settings):
-            running = [await start_reader(port=free_port(), host="127.0.0.1"),
-                       await start_owner(port=free_port(), host="127.0.0.1")]
+            running = [await start_reader(port=held_port(), host="127.0.0.1"),
+                       await start_owner(port=held_port(), host="127.0.0.1")]
             await until(lambda: balanced(running) and routed(running),  # noqa: B023 (awaited here)
                         "the groups spread over 2 processes", 60)
             yield running[0][0], running[1][0]

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.edge import record
 from atp_service.intake.owners import OwnerSends
 from tests.atp_service.app.test_processes import SHARDS, group_of, owned
 from tests.atp_service.app.test_processes_streams import STREAMS, on_hand, spawn_owner, start_leased, stream_state
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 from tests.waiting import until
 
 __all__ = ["start_leased"]  # the fixture, used here
@@ -31,10 +32,10 @@ async def reader_and_owner(start_leased: ServiceFactory, redis_url: str, tmp_pat
     """A leased reader and another process (its own, to be paused with SIGSTOP) owning half the groups, a send
     to it failing after 1 s: (the reader, its sends to owners, the other process, that one's address)."""
     monkeypatch.setattr(record, "SEND_TIMEOUT_S", 1.0)  # the first send fails soon: the owner then skipped
-    reader, _ = await start_leased(port=free_port(), host="127.0.0.1")
+    reader, _ = await start_leased(port=held_port(), host="127.0.0.1")
     membership, ingestor = reader.membership, reader.ingestor
     assert membership is not None and ingestor is not None and ingestor._owners is not None
-    port = free_port()
+    port = held_port()
     owner = spawn_owner(redis_url, port, tmp_path / "owner.log", lease_ms=60_000)
     elsewhere = f"127.0.0.1:{port}"
     await until(lambda: sum(membership.where(g)[0] == elsewhere for g in range(SHARDS)) == SHARDS // 2

@@ -24,9 +24,10 @@ from google.rpc import error_details_pb2
 
 from atp_client import AtpClient, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service import AtpService, EmbeddedRedis
 from tests.atp_service.channel_helpers import fact, latest, one_dc_market, stream_updates, write_estate
 from tests.conftest import test_config as make_config
+from tests.ports import held_port
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -266,7 +267,7 @@ async def test_redis_stalls_on_the_busiest_day_leave_every_answer_true_and_every
     channels = ownership == "keyspace"  # no channel feeds with leases yet
     with EmbeddedRedis(tmp_path / "redis", appendfsync="always") as server:
         estate = write_estate(tmp_path, one_dc_market(throttle_ms=200, rate_limit_per_s=1000.0)) if channels else None
-        port = free_port()
+        port = held_port()
         config = make_config(estate=estate, redis_timeout_s=redis_timeout_s, ownership=ownership, port=port,
                              advertise_address=f"127.0.0.1:{port}")
         service = AtpService(config, server.url)

@@ -37,6 +37,7 @@ from tests.atp_service.refusals import said
 from tests.atp_service.storage.test_embedded_redis import SLOW_LOAD, populated
 from tests.conftest import spawned
 from tests.conftest import test_config as make_config
+from tests.ports import held_port
 from tests.waiting import answered
 
 
@@ -56,7 +57,7 @@ def port_is_free(port: int) -> bool:
 
 
 async def test_stop_while_starting_ends_the_start_and_frees_the_port() -> None:
-    service = AtpService(make_config(), f"redis://127.0.0.1:{free_port()}/0")
+    service = AtpService(make_config(), f"redis://127.0.0.1:{held_port()}/0")
     starting = await waiting_for_redis(service)
     assert not port_is_free(service.port)
     await asyncio.wait_for(service.stop(grace_s=0), timeout=30)  # else it would wait for Redis for ever
@@ -83,7 +84,7 @@ class StopsWatched:
 
 async def test_a_cancelled_start_and_two_stops_stop_grpc_once() -> None:
     """The start's own clean-up stops the server too; overlapping stops crash grpcio's core."""
-    service = AtpService(make_config(), f"redis://127.0.0.1:{free_port()}/0")
+    service = AtpService(make_config(), f"redis://127.0.0.1:{held_port()}/0")
     starting = await waiting_for_redis(service)
     assert service._server is not None
     watched = StopsWatched(service._server.stop)
@@ -98,7 +99,7 @@ async def test_a_cancelled_start_and_two_stops_stop_grpc_once() -> None:
 def test_sigterm_while_waiting_for_redis_exits_0(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     proc = spawned(subprocess.Popen(
-        [sys.executable, "-m", "atp_service", "serve", "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
+        [sys.executable, "-m", "atp_service", "serve", "--redis-url", f"redis://127.0.0.1:{held_port()}/0",
          "--port", "0", "--metrics-port", "-1", "--no-demo", "--auth", "off"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT))
     wait_for_line(proc, log, "waiting for Redis")
@@ -138,7 +139,7 @@ def test_sigterm_while_the_embedded_redis_loads_stops_both_and_exits_0(tmp_path:
 async def test_a_stop_signal_before_serve_took_the_signals_over_starts_nothing() -> None:
     port, loop = free_port(), asyncio.get_running_loop()
     try:
-        assert await cli._serve(make_config(port=port), f"redis://127.0.0.1:{free_port()}/0",
+        assert await cli._serve(make_config(port=port), f"redis://127.0.0.1:{held_port()}/0",
                                 stopped_early=lambda: True) == 0
         assert port_is_free(port)
     finally:
@@ -154,7 +155,7 @@ async def test_a_stop_at_any_early_turn_of_a_start_ends_it_cleanly() -> None:
     loop.set_exception_handler(lambda _, context: errors.append(context))
     try:
         for turns in range(12):
-            service = AtpService(make_config(), f"redis://127.0.0.1:{free_port()}/0")
+            service = AtpService(make_config(), f"redis://127.0.0.1:{held_port()}/0")
             starting = asyncio.create_task(service.start())
             for _ in range(turns):
                 await asyncio.sleep(0)
@@ -179,7 +180,7 @@ async def test_a_stop_while_a_lease_is_being_granted_gives_it_back(redis_url: st
     try:
         await proxy.delay(0.5, "down")  # every reply half a second late: each command has landed by then
         config = make_config(ownership="leases", lease_ms=60_000, input_streams=(), redis_timeout_s=10.0,
-                             port=free_port())
+                             port=held_port())
         service = AtpService(config, f"redis://127.0.0.1:{proxy.port}/0")
         starting = asyncio.create_task(service.start())
         deadline = time.monotonic() + 60
@@ -323,7 +324,7 @@ async def test_redis_lost_while_taking_the_first_groups_delays_a_leased_start_in
     of the groups; Redis not answering there is waited out as at every other step of the start,
     health NOT_SERVING. It failed the start (exit status 1)."""
     async with waiting_at_the_proxy(redis_server, tmp_path, marker, ownership="leases", estate=None,
-                                    port=free_port()) as (service, starting, proxy):
+                                    port=held_port()) as (service, starting, proxy):
         assert not starting.done() and (await health(service.port))[0] == 1  # NOT_SERVING
         proxy.hold()
         proxy.drop()

@@ -10,10 +10,10 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import free_port
 from tests.atp_service.app.test_processes import SHARDS, group_of, owned
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory, services_on
+from tests.ports import held_port
 from tests.waiting import until
 
 
@@ -56,7 +56,7 @@ async def test_a_group_handed_over_is_counted_by_its_new_owner_alone(redis_url: 
 
 
 async def _hand_over_held_groups(start: ServiceFactory) -> None:
-    first, client = await start(port=free_port(), host="127.0.0.1")
+    first, client = await start(port=held_port(), host="127.0.0.1")
     await until(lambda: owned(first) == set(range(SHARDS)), "the first process owns every group", 60)
     skus = {group_of(sku): sku for sku in (f"k{i}" for i in range(64))}
     for group in range(SHARDS):
@@ -65,7 +65,7 @@ async def _hand_over_held_groups(start: ServiceFactory) -> None:
         await client.reserve(f"short-{group}", [(skus[group], "DC", 1)], ttl_seconds=1)
     await until(lambda: all(scraped(first.metrics_port, "atp_live_reservations", str(group)) == 1
                             for group in range(SHARDS)), "each short hold expired, the long one counted")
-    second, _ = await start(port=free_port(), host="127.0.0.1")
+    second, _ = await start(port=held_port(), host="127.0.0.1")
     await until(lambda: owned(second) and owned(first) | owned(second) == set(range(SHARDS))
                 and not owned(first) & owned(second), "groups handed over to the second process", 60)
     moved = owned(second)

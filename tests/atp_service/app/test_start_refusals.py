@@ -11,13 +11,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from atp_client import AtpClient
-from atp_service import AtpService, EmbeddedRedis, free_port
+from atp_service import AtpService, EmbeddedRedis
 from atp_service.app.keyspace import StartupError
 from atp_service.config import ServiceConfig
 from tests.atp_service.app.test_healthcheck import health, starting_until_logged
 from tests.atp_service.channel_helpers import write_estate
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import test_config as make_config
+from tests.ports import held_port
 from tests.waiting import until
 
 
@@ -70,4 +71,4 @@ async def test_a_leased_start_is_refused_on_a_keyspace_whose_channel_feeds_would
 
 
 def _leased() -> ServiceConfig:
-    return make_config(ownership="leases", lease_ms=5_000, input_streams=(), port=free_port())
+    return make_config(ownership="leases", lease_ms=5_000, input_streams=(), port=held_port())

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from atp_client import AtpClient
-from atp_service import free_port
 from atp_service.app.cli import EXIT_STOP_OVERRAN
 from atp_service.config import ServiceConfig
 from atp_service.edge import transport
@@ -20,6 +19,7 @@ from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.atp_service.app.test_cli import stop_or_explain, wait_for_line, wait_until_ready
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import spawned
+from tests.ports import held_port
 
 # ``serve`` as ``python -m atp_service serve`` runs it, the final snapshots' bound (60 s) taken to 0
 # so the test need not wait a minute: the stop's bound is then its 1 s least. The gRPC transport's
@@ -32,7 +32,7 @@ def test_a_stop_that_overran_its_bound_exits_6(tmp_path: Path) -> None:
     """``shutdown_overran`` was logged and the process exited 0, as after a clean stop: systemd and
     Kubernetes could not tell a stop that abandoned its final snapshots (and cancelled calls) from
     one that finished them."""
-    port, log = free_port(), tmp_path / "serve.log"
+    port, log = held_port(), tmp_path / "serve.log"
     env = {**os.environ, transport.ENV: transport.experiments_for(ServiceConfig().http2_transport,
                                                                   os.environ.get(transport.ENV))}
     with EmbeddedRedis(tmp_path / "redis") as server:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from atp_service import free_port
 from tests.atp_service.app.test_cli import stop_or_explain, wait_until_ready
 from tests.conftest import spawned
+from tests.ports import held_port
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ runpy.run_module("atp_service", run_name="__main__", alter_sys=True)
 
 def _gated_serve(redis_url: str, log: Path, signum: int, *flags: str, gate: str = "SIGNAL_AT_IMPORT",
                  ) -> subprocess.Popen[bytes]:
-    args = ["serve", "--redis-url", redis_url, "--port", str(free_port()), "--metrics-port", "-1", "--no-demo",
+    args = ["serve", "--redis-url", redis_url, "--port", str(held_port()), "--metrics-port", "-1", "--no-demo",
             "--auth", "off", "--log-level", "INFO", "--shards", "2", *flags]
     env = {**os.environ, gate: str(int(signum))}
     env.pop("GRPC_EXPERIMENTS", None)  # the classic transport in effect: ``--http2-transport promise`` re-executes

@@ -21,12 +21,12 @@ import redis
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import free_port
 from atp_service.storage.embedded_redis import EmbeddedRedis
 from tests.atp_service.channel_helpers import one_dc_market, write_estate
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_deadline_faults import _an_append_failed, _answered
 from tests.conftest import STOP_LIMIT_S, services_on
+from tests.ports import held_port
 from tests.waiting import answered, until
 
 SKUS = [f"sku-{n}" for n in range(16)]  # spread over every shard
@@ -118,7 +118,7 @@ async def test_r8_a_change_whose_deadline_passes_while_redis_is_held_lands_whole
     outside = set(asyncio.all_tasks())
     with EmbeddedRedis(tmp_path / "redis") as server:
         async for start in services_on(server.url, redis_timeout_s=0.5):
-            service, client = await start(**(LEASED | {"port": free_port()} if leased else {}))
+            service, client = await start(**(LEASED | {"port": held_port()} if leased else {}))
             skus = _two_shards(service.engine.place) if spanning else SKUS[:1]
             await answered(lambda: client.record_events([receipt(f"stock-{sku}", sku, "S1", 10)  # noqa: B023
                                                          for sku in SKUS]))
@@ -152,7 +152,7 @@ async def test_r8_a_change_whose_deadline_passes_while_redis_is_held_lands_whole
             await until(lambda: not [t for t in asyncio.all_tasks() if t not in outside and not t.done()
                                      and t is not asyncio.current_task()], "no task of the service left", 20)
             assert not redis.Redis.from_url(server.url).keys("*snap*")
-            _restarted, client2 = await start(**(LEASED | {"port": free_port()} if leased else {}))
+            _restarted, client2 = await start(**(LEASED | {"port": held_port()} if leased else {}))
             assert await _state(client2) == after
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from atp_client import AtpClient, RetryPolicy, RoutedClient, parse_moved, place, tls_credentials, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.app.certs import make_certs
 from atp_service.edge import forward
 from atp_service.edge.auth import new_token, token_hash
@@ -33,6 +33,7 @@ from tests.atp_service.app.test_processes import SHARDS, balanced, group_of, own
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_routing import advertised, stock
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 from tests.waiting import until
 
 Pair = tuple[AtpService, str, AtpService, str]
@@ -191,10 +192,10 @@ async def test_no_peer_channel_is_opened_once_the_forwarder_is_closed() -> None:
     closed: it opened a new channel that nothing closed any more. It is refused SHUTTING_DOWN
     instead (the saga goes on after the restart, as after any step it could not send)."""
     forwarder = Forwarder(EdgeMetrics())
-    forwarder.channel(f"127.0.0.1:{free_port()}")
+    forwarder.channel(f"127.0.0.1:{held_port()}")
     await forwarder.aclose()
     with pytest.raises(Unavailable) as refused:
-        await step_sender(forwarder, None)(f"127.0.0.1:{free_port()}", b"")
+        await step_sender(forwarder, None)(f"127.0.0.1:{held_port()}", b"")
     assert refused.value.reason == Reason.SHUTTING_DOWN
     assert forwarder.peers == []
 
@@ -215,9 +216,9 @@ async def test_a_reservation_held_elsewhere_is_answered_once_its_holder_answers_
     applied at once — and again on each retry, for as long as that peer stayed silent."""
     held: list[asyncio.StreamWriter] = []
     silent = await asyncio.start_server(lambda _r, w: held.append(w), "127.0.0.1", 0)  # accepts, never answers
-    a = await start_process(port=free_port(), host="127.0.0.1")
-    b = await start_process(port=free_port(), host="127.0.0.1")
-    c = await start_process(port=free_port(), host="127.0.0.1",
+    a = await start_process(port=held_port(), host="127.0.0.1")
+    b = await start_process(port=held_port(), host="127.0.0.1")
+    c = await start_process(port=held_port(), host="127.0.0.1",
                             advertise_address=f"127.0.0.1:{silent.sockets[0].getsockname()[1]}")
     running = [a, b, c]
     await until(lambda: balanced(running) and routed(running), "the groups spread, every process knowing where", 60)

@@ -9,7 +9,7 @@ import grpc
 import msgspec
 import pytest
 
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.edge.forward import Forwarder
 from atp_service.edge.peers import step_sender
 from atp_service.engine import parts
@@ -17,13 +17,14 @@ from atp_service.engine.parts import STEP_METHOD
 from atp_service.metrics import EdgeMetrics
 from reservation import OrderStep, PendingOp, Reason, Unavailable
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 
 
 async def test_a_step_that_is_not_one_of_this_version_is_refused_invalid_argument(
         start_service: ServiceFactory) -> None:
     """Bytes that do not decode as a step ended the call UNKNOWN with a traceback in the log, as a
     bug of the service would; they are the caller's fault (a peer of another version, or garbage)."""
-    _, client = await start_service(ownership="leases", lease_ms=5_000, port=free_port(), host="127.0.0.1",
+    _, client = await start_service(ownership="leases", lease_ms=5_000, port=held_port(), host="127.0.0.1",
                                     input_streams=())  # the Peers service runs where processes share a keyspace
     step = client.channel.unary_unary(STEP_METHOD, None, None)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -43,7 +44,7 @@ async def test_a_step_a_newer_build_sent_with_a_field_more_is_refused_whole_not_
 
     # A 5 s lease: a 2 s one, renewed every 0.67 s and answered for 1.6 s after, lets a busy host's
     # stall of ~1 s answer the read below GROUP_MOVED instead of NOT_FOUND.
-    _, client = await start_service(ownership="leases", lease_ms=5_000, port=free_port(), host="127.0.0.1",
+    _, client = await start_service(ownership="leases", lease_ms=5_000, port=held_port(), host="127.0.0.1",
                                     input_streams=())
     cmd = msgspec.to_builtins(ReserveCommand("r-newer", "o-1", "web", (LineRequest("A", "DC", 1),), 60_000, False))
     request = msgspec.msgpack.encode([0, ["reserve", [*cmd, "a field of a newer build"]]])
@@ -61,7 +62,7 @@ async def test_a_step_a_peer_cannot_read_is_logged_naming_the_peer(
         start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
     """During a rolling update a peer of another version refuses a step it cannot read: the order
     stays undecided (retried later), and the log says why, naming the peer — once, not per retry."""
-    service, _ = await start_service(ownership="leases", lease_ms=5_000, port=free_port(), host="127.0.0.1",
+    service, _ = await start_service(ownership="leases", lease_ms=5_000, port=held_port(), host="127.0.0.1",
                                      input_streams=())
     told = await errors_of_three_steps(service, None, caplog)
     assert len(told) == 1 and "version" in told[0].getMessage(), [r.getMessage() for r in caplog.records]
@@ -111,7 +112,7 @@ async def test_a_peer_refusing_the_token_of_steps_is_logged_once_not_per_step(
     callers, own = tmp_path / "callers.toml", new_token()
     callers.write_text(f'[[callers]]\nname = "peer"\nroles = ["peer"]\ntoken_sha256 = "{token_hash(own)}"\n')
     (tmp_path / "peer.token").write_text(own)
-    service, _ = await start_service(ownership="leases", lease_ms=5_000, port=free_port(), host="127.0.0.1",
+    service, _ = await start_service(ownership="leases", lease_ms=5_000, port=held_port(), host="127.0.0.1",
                                      input_streams=(), auth="on", callers_file=callers,
                                      peer_token_file=tmp_path / "peer.token")
     told = await errors_of_three_steps(service, new_token(), caplog)  # a token its callers file does not hold

@@ -11,9 +11,9 @@ import pytest
 
 from atp_client import timestamp, typed
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import free_port
 from tests.atp_service.channel_helpers import ESTATE, write_estate
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 
 
 async def refusal(call: object) -> tuple[grpc.StatusCode, str, str]:
@@ -78,7 +78,7 @@ async def test_a_conflicting_resolution_names_the_current_state(start_service: S
 async def test_a_leased_process_says_channels_are_not_served_with_leases(start_service: ServiceFactory) -> None:
     """Several processes on one keyspace serve no channel feeds yet, and refuse to start with an
     estate: a caller is not told to start one with --estate, which that start would refuse."""
-    _, client = await start_service(ownership="leases", port=free_port(), input_streams=())
+    _, client = await start_service(ownership="leases", port=held_port(), input_streams=())
     watch = client.stub.WatchAvailability(pb.WatchAvailabilityRequest(channel="web"))
     assert await refusal(watch.read()) == (
         grpc.StatusCode.FAILED_PRECONDITION, "ESTATE_UNUSABLE",

@@ -14,11 +14,12 @@ import grpc
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from reservation import Limits
 from tests.atp_service.app.test_healthcheck import starting_until_logged
 from tests.atp_service.refusals import refused
 from tests.conftest import test_config as make_config
+from tests.ports import held_port
 
 Ask = Callable[[AtpClient], Any]
 LINE = pb.Line(sku="A", location="S1", quantity=1)
@@ -50,7 +51,7 @@ LIMITS = Limits(max_availability_keys=2, max_events_per_call=2, max_rows_per_loa
 
 
 async def test_a_request_at_fault_is_told_its_fault_while_the_service_recovers_not_recovering() -> None:
-    service = AtpService(make_config(limits=LIMITS), f"redis://127.0.0.1:{free_port()}/0")  # no Redis there
+    service = AtpService(make_config(limits=LIMITS), f"redis://127.0.0.1:{held_port()}/0")  # no Redis there
     try:
         async with starting_until_logged(service, "waiting for Redis") as starting:
             assert not starting.done()

@@ -13,10 +13,11 @@ import pytest
 
 from atp_client import AtpClient, RoutedClient, home_group, place, timestamp
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.edge.auth import new_token, token_hash
 from tests.atp_service.refusals import told
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 
 T0 = 1_700_000_000_000
 SKUS = ("A", "B", "C", "D")
@@ -89,7 +90,7 @@ async def test_routed_client_asks_another_seed_when_one_does_not_answer(start_se
     service, client = await start_service()
     address = advertised(service)
     await stock(client, service.clock.now_ms())
-    nobody = f"127.0.0.1:{free_port()}"
+    nobody = f"127.0.0.1:{held_port()}"
     async with RoutedClient([nobody, address], timeout_s=5) as routed:
         assert (await routed.reserve("r1", [("C", "L", 3)])).state == pb.RESERVATION_STATE_HELD
         assert routed.routes is not None and routed.routes.address == address

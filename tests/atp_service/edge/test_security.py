@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from atp_client import AtpClient, AtpError, timestamp
 from atp_client._client import tls_credentials
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.app.certs import make_certs
 from atp_service.app.keyspace import StartupError
 from atp_service.edge.auth import new_token, token_hash
@@ -24,6 +24,7 @@ from atp_service.storage.embedded_redis import redis_server_binary
 from tests.atp_service.refusals import told
 from tests.conftest import ServiceFactory
 from tests.conftest import test_config as make_config
+from tests.ports import held_port
 
 ROLES = ("oms", "ingest", "channel", "admin")
 CALL_BOUND_S = 20.0
@@ -224,7 +225,7 @@ async def test_redis_password_in_the_url_works_and_is_never_logged(tmp_path_fact
 def tls_redis(certs: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
     """Debian's redis-server speaking TLS only; yields a ``rediss://`` URL that trusts our CA."""
     ours, _ = certs
-    port = free_port()
+    port = held_port()
     server = subprocess.Popen([redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
                                "--tls-cert-file", str(ours / "server.pem"), "--tls-key-file", str(ours / "server.key"),
                                "--tls-ca-cert-file", str(ours / "ca.pem"), "--tls-auth-clients", "no",
@@ -267,7 +268,7 @@ async def test_a_peer_token_the_processes_would_refuse_stops_the_start(redis_url
     callers = tmp_path / "callers.toml"
     callers.write_text(f'[[callers]]\nname = "orders"\nroles = ["oms"]\ntoken_sha256 = "{token_hash(oms)}"\n')
     (tmp_path / "peer.token").write_bytes(peer_file)
-    config = make_config(auth="on", callers_file=callers, ownership="leases", port=free_port(),
+    config = make_config(auth="on", callers_file=callers, ownership="leases", port=held_port(),
                          peer_token_file=tmp_path / "peer.token")
     config = make_config(**{**vars(config), "advertise_address": f"127.0.0.1:{config.port}"})
     service = AtpService(config, redis_url)

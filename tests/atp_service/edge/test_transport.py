@@ -14,11 +14,12 @@ import redis
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, ServiceConfig, free_port
+from atp_service import AtpService, ServiceConfig
 from atp_service.edge.transport import EXPERIMENT, active, experiments_for, refusal_status
 from tests.atp_service.app.test_cli import serve, stop_or_explain
 from tests.atp_service.edge.test_api import receipt
 from tests.atp_service.edge.test_overload import _Flood
+from tests.ports import held_port
 from tests.waiting import until
 
 
@@ -126,7 +127,7 @@ def test_with_the_promise_transport_too_a_graceful_stop_answers_calls_in_flight_
     """Left to gRPC, the promise transport fails calls in flight at once with INTERNAL on SIGTERM
     (it did before the service drained itself first, atp_service/edge/drain.py): now they are answered
     before gRPC stops. Retrying the same ids against the restarted service replays each: once."""
-    log, metrics_port = tmp_path / "serve.log", free_port()
+    log, metrics_port = tmp_path / "serve.log", held_port()
     proc, target, _ = serve(redis_url, log, "--http2-transport", "promise", "--metrics-port", str(metrics_port),
                             env={"ATP_REDIS_TIMEOUT_S": "10"})  # longer than the pause
 

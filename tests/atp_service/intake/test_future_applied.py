@@ -13,10 +13,11 @@ import redis
 
 from atp_client import AtpClient
 from atp_client.pb.atp.v1 import atp_pb2 as pb
-from atp_service import AtpService, EmbeddedRedis, ManualClock, free_port
+from atp_service import AtpService, EmbeddedRedis, ManualClock
 from tests.atp_service.fact_helpers import F, wait_consumed
 from tests.atp_service.redis_proxy import HoldingProxy
 from tests.conftest import test_config as make_config
+from tests.ports import held_port
 from tests.waiting import until
 
 T = 1_700_000_000_000
@@ -30,7 +31,7 @@ lapsed, are taken at the next turn."""
 @contextlib.asynccontextmanager
 async def leased_client(redis_url: str, now_ms: int) -> AsyncIterator[AtpClient]:
     """A client of a leased service whose clock reads ``now_ms``, started and stopped around the block."""
-    service = AtpService(make_config(port=free_port(), **LEASED), redis_url, clock=ManualClock(now_ms))
+    service = AtpService(make_config(port=held_port(), **LEASED), redis_url, clock=ManualClock(now_ms))
     try:
         await service.start()
         async with AtpClient(f"127.0.0.1:{service.port}") as client:
@@ -44,7 +45,7 @@ async def test_a_fact_applied_by_a_clock_ahead_is_a_duplicate_when_claimed(
     r = redis.Redis.from_url(redis_url)
     proxy = HoldingProxy("127.0.0.1", redis_server.port)
     leased = {**LEASED, "claim_idle_ms": 100}
-    ahead = AtpService(make_config(redis_timeout_s=30, port=free_port(), **leased), await proxy.start(),
+    ahead = AtpService(make_config(redis_timeout_s=30, port=held_port(), **leased), await proxy.start(),
                        clock=ManualClock(T + AHEAD_MS))
     try:
         await ahead.start()
@@ -55,7 +56,7 @@ async def test_a_fact_applied_by_a_clock_ahead_is_a_duplicate_when_claimed(
         await ahead.stop(grace_s=0.1)
         proxy.hold()
         await proxy.close()
-    right = AtpService(make_config(port=free_port(), **leased), redis_url, clock=ManualClock(T))
+    right = AtpService(make_config(port=held_port(), **leased), redis_url, clock=ManualClock(T))
     try:
         await right.start()
         r.xadd("atp:in:pos", F("e2", "RECEIPT", "A", "S1", 3, T + AHEAD_MS - 60_000).fields())  # never applied

@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from atp_client import AtpClient
-from atp_service import free_port
 from tests.atp_service.app.test_crash import spawn
 from tests.atp_service.fact_helpers import F, on_hand_of, send_stream, wait_consumed
+from tests.ports import held_port
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ async def test_kill_minus_nine_mid_batch_applies_each_entry_once(redis_url: str,
     positions = [(f"K{i}", f"L{i % 3}") for i in range(40)]
     facts = [F(f"e{n}", "RECEIPT", *positions[n % 40], 1, now - 60_000 + n % 1000) for n in range(30_000)]
     await send_stream(redis_url, "atp:in:pos", facts)
-    port = free_port()
+    port = held_port()
     proc = spawn(redis_url, port, tmp_path / "service.log")
     r = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 30

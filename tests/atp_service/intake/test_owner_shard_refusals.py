@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from atp_service import AtpService, free_port
+from atp_service import AtpService
 from atp_service.edge import isolate
 from atp_service.edge.forward import Forwarder
 from atp_service.edge.record import fact_sender
@@ -23,6 +23,7 @@ from atp_service.intake.owners import FactSender, GroupRefused, OwnerSends
 from atp_service.metrics import EdgeMetrics
 from reservation import DomainError, Fact, FactKind, FactOutcome, Limits, Moved, Reason, ResourceExhausted, Unavailable
 from tests.conftest import ServiceFactory
+from tests.ports import held_port
 
 APPLIED: Result = (FactOutcome.APPLIED, "")
 
@@ -75,7 +76,7 @@ async def test_an_owner_that_does_not_answer_is_not_tried_group_by_group(start_s
     place = service.engine.place
     skus = [next(s for s in (f"s-{i}" for i in range(256)) if place(s) == g) for g in range(4)]
     send, metrics = sender(service)
-    answer = await send(f"127.0.0.1:{free_port()}", receipts(skus, service.clock.now_ms()))  # nothing listens
+    answer = await send(f"127.0.0.1:{held_port()}", receipts(skus, service.clock.now_ms()))  # nothing listens
     assert all(type(result) is Unavailable and result.reason is Reason.OUTCOME_UNKNOWN for result in answer), answer
     assert calls(metrics, "error") == 1, "one call, not one per group"
 
