@@ -29,6 +29,18 @@ def _stored(r: redis.Redis) -> list[Any]:
     return record
 
 
+async def _snapshot_of_r1(start_service: ServiceFactory, redis_url: str,
+                          **reserve: Any) -> tuple[redis.Redis, list[Any]]:
+    """A service's final snapshot of one shard holding ``r1`` (2 of 5 units at A@DC), as ``_stored`` reads it."""
+    service, client = await start_service(shards=1)
+    await client.record_events([receipt("e1", "A", "DC", 5)])
+    await client.reserve("r1", [("A", "DC", 2)], **reserve)
+    await client.close()
+    await service.stop(grace_s=0.1)  # its final snapshot holds r1
+    r = redis.Redis.from_url(redis_url)
+    return r, _stored(r)
+
+
 def _grown(record: list[Any], where: str) -> None:
     """``record`` (a snapshot) with one trailing element more at ``where``."""
     ledger = record[1]
@@ -52,13 +64,7 @@ async def test_a_snapshot_a_newer_build_wrote_is_refused_at_start_not_served_sho
     reservation's new field lost, then written back without it by the next snapshot)."""
     from atp_service.app.keyspace import StartupError
 
-    service, client = await start_service(shards=1)
-    await client.record_events([receipt("e1", "A", "DC", 5)])
-    await client.reserve("r1", [("A", "DC", 2)])
-    await client.close()
-    await service.stop(grace_s=0.1)  # its final snapshot holds r1
-    r = redis.Redis.from_url(redis_url)
-    record = _stored(r)
+    r, record = await _snapshot_of_r1(start_service, redis_url)
     assert record[1][1][0][0] == "r1"
     _grown(record, where)
     r.set("atp:{g0}:snap", msgspec.msgpack.encode(record))
@@ -71,13 +77,7 @@ async def test_a_snapshot_an_older_build_wrote_without_a_later_field_is_read(sta
                                                                              redis_url: str) -> None:
     """The refusal is of elements past the end only: a build before a field with a default was added
     (here a reservation's last, ``ttl_default``) wrote records without it, and this build reads them."""
-    service, client = await start_service(shards=1)
-    await client.record_events([receipt("e1", "A", "DC", 5)])
-    await client.reserve("r1", [("A", "DC", 2)], ttl_seconds=60)
-    await client.close()
-    await service.stop(grace_s=0.1)
-    r = redis.Redis.from_url(redis_url)
-    record = _stored(r)
+    r, record = await _snapshot_of_r1(start_service, redis_url, ttl_seconds=60)
     assert record[1][1][0][-1] is False  # ttl_default (the ttl was given), the reservation's last field
     record[1][1][0].pop()
     r.set("atp:{g0}:snap", msgspec.msgpack.encode(record))
@@ -99,13 +99,7 @@ async def test_a_snapshot_with_other_columns_is_refused_at_start_not_restored_in
     from atp_service.app.keyspace import StartupError
     from atp_service.storage.records import sealed_snapshot
 
-    service, client = await start_service(shards=1)
-    await client.record_events([receipt("e1", "A", "DC", 5)])
-    await client.reserve("r1", [("A", "DC", 2)])
-    await client.close()
-    await service.stop(grace_s=0.1)  # its final snapshot holds them
-    r = redis.Redis.from_url(redis_url)
-    record = _stored(r)
+    r, record = await _snapshot_of_r1(start_service, redis_url)
     store = record[1][0]  # skus, locations, tail, garbage, wide, narrow, col, starts, lengths, caps, names
     if columns == "a wide column more":
         store[4].append(bytes(len(store[4][0])))
