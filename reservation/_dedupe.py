@@ -151,16 +151,6 @@ class FactMemory:
                               raw(times), raw(rests))
 
     @classmethod
-    def restore(cls, store: PositionStore, snap: MemorySnapshot) -> FactMemory:
-        steps = cls.restoring(store, snap, len(snap.open_times) or 1)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                memory: FactMemory = done.value
-                return memory
-
-    @classmethod
     def restoring(cls, store: PositionStore, snap: MemorySnapshot,
                   slice_size: int) -> Generator[None, None, FactMemory]:
         """``restore``, the open map ``slice_size`` identities at a time, yielding between slices: it holds up

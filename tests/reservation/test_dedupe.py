@@ -13,6 +13,7 @@ from reservation import Fact, FactKind, FactOutcome, Ledger, LedgerSnapshot, Lim
 from reservation._dedupe import FactMemory, MemorySnapshot, digest
 from reservation._keys import pack_payload
 from reservation._limits import MAX_QUANTITY_CEILING
+from reservation._restore import RESTORE_SLICE, run_through
 from reservation._store import PositionStore
 
 T = 1_800_000_000_000
@@ -93,7 +94,7 @@ def _memory_of(times: list[int]) -> tuple[FactMemory, list[tuple[bytes, int]]]:
 
 def _round_trip(memory: FactMemory) -> FactMemory:
     snap = msgspec.msgpack.decode(msgspec.msgpack.encode(memory.snapshot()), type=MemorySnapshot)
-    return FactMemory.restore(memory.store, snap)
+    return run_through(FactMemory.restoring(memory.store, snap, RESTORE_SLICE))
 
 
 def test_forgetting_drops_exactly_the_identities_stamped_before_the_horizon_E8(
