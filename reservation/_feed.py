@@ -112,6 +112,8 @@ class Feed:
         self._inflight: dict[Key, ChannelUpdate] = {}
         self._again: dict[Key, None] = {}
         """Keys offered again (``offer_again``) until that value is confirmed: judged as never sent, yet published."""
+        self._withdrawn: dict[Key, None] = {}
+        """Keys whose pending value is a withdrawal's 0 (``withdraw``), not a curated one."""
         self._next_allowed: dict[Key, int] = {}
         self._gen = self.held_until = 0  # held_until: when a key read back from Redis may change (C2)
 
@@ -151,6 +153,7 @@ class Feed:
         """The newest curated value of a key; equal to what was last sent: nothing to publish (E11). ``velocity``:
         the SKU's demand, higher first, comparable across offers made at different times (``marks.velocity_rank``)."""
         assert quantity >= 0, "C1: a channel is never offered a negative number"
+        self._withdrawn.pop(key, None)  # a curated value now, whatever was withdrawn before
         last = self.last_sent(key)
         old = self._pending.get(key)
         if last == quantity:
@@ -199,6 +202,8 @@ class Feed:
             return
         event_time = max(known.event_time for known in (pend, sent, pub) if known is not None)
         self.offer(key, 0, event_time, now_ms, now_ms)
+        if key in self._pending:
+            self._withdrawn[key] = None
 
     def known_keys(self) -> list[Key]:
         """Every key published, being written or waiting, once each: a copy of ``published``'s keys
@@ -210,6 +215,7 @@ class Feed:
         self._pending.pop(key, None)
         self._stockouts.pop(key, None)
         self._baseline.pop(key, None)
+        self._withdrawn.pop(key, None)
 
     # -- taking what to publish --------------------------------------------------
     def take(self, now_ms: int, limit: int, urgent_only: bool = False) -> list[ChannelUpdate]:
@@ -347,12 +353,16 @@ class Feed:
 
     def give_back(self, updates: list[ChannelUpdate], now_ms: int) -> None:
         """The write did not land: each value, or one offered meanwhile, offered again against what is shown (E11: no
-        5 over 5 after a 0 lost), and their versions used again: contiguous (a gap means a missed entry, C3)."""
+        5 over 5 after a 0 lost), and their versions used again: contiguous (a gap means a missed entry, C3). A key
+        withdrawn meanwhile that was never shown is dropped (C1: ``withdraw``'s 0 is no new position's baseline)."""
         self.version = min((u.version for u in updates), default=self.version + 1) - 1
         for u in updates:
             del self._inflight[u.key]
             pend = self._pending.get(u.key)  # judged against ``u``, the value being written: judged anew
+            withdrawn = u.key in self._withdrawn
             self._forget(u.key)
+            if withdrawn and u.key not in self.published:
+                continue  # C1: withdrawn while its first value was lost on its way: never shown, so dropped, no 0
             v = u if pend is None else pend
             self.offer(u.key, v.quantity, v.event_time, v.durable_at, now_ms, 0.0 if pend is None else pend.velocity)
 

@@ -315,3 +315,35 @@ def test_c2_a_stock_out_never_pays_back_debt_past_a_lowered_cap() -> None:
     assert bucket.tokens == -50.0
     bucket.force(bucket.most_owed(1_000))  # the cap now 10 tokens
     assert bucket.tokens == -50.0
+
+
+def test_c1_a_first_value_withdrawn_while_its_write_failed_is_dropped_not_shown_0() -> None:
+    """A reload withdrew a key (its location no longer the channel's) while its first value was being
+    written; the write failed: nothing was ever shown there, so nothing is (C1), not a baseline 0."""
+    feed = published_feed(FeedPolicy(throttle_ms=1000), {})
+    feed.offer(("a", "store-1"), 4, T0, T0, T0)
+    lost = feed.take(T0, 10)  # the baseline 4 is being written
+    feed.withdraw(("a", "store-1"), T0 + 1)
+    feed.give_back(lost, T0 + 2)
+    assert drain(feed, T0 + 3) == []
+    assert feed.pending == 0 and ("a", "store-1") not in feed.known_keys()
+
+
+def test_c1_a_new_position_s_0_offered_while_its_first_value_failed_is_still_published() -> None:
+    """Only a withdrawal's 0 is dropped: a curated 0 of a position the channel sells from is its baseline."""
+    feed = published_feed(FeedPolicy(throttle_ms=1000), {})
+    feed.offer(("a", "store-1"), 4, T0, T0, T0)
+    lost = feed.take(T0, 10)
+    feed.withdraw(("a", "store-1"), T0 + 1)
+    feed.offer(("a", "store-1"), 0, T0 + 1, T0 + 1, T0 + 1)  # sold from again (a reload back), curated 0
+    feed.give_back(lost, T0 + 2)
+    assert [(u.sku, u.quantity, u.previous) for u in drain(feed, T0 + 3)] == [("a", 0, None)]
+
+
+def test_c1_a_withdrawn_key_shown_before_is_still_shown_0_after_a_failed_write() -> None:
+    feed = published_feed(FeedPolicy(throttle_ms=0), {"a": 5})
+    feed.offer(("a", ""), 4, T0, T0, T0)
+    lost = feed.take(T0, 10)
+    feed.withdraw(("a", ""), T0 + 1)
+    feed.give_back(lost, T0 + 2)
+    assert [(u.sku, u.quantity, u.previous) for u in drain(feed, T0 + 3)] == [("a", 0, 5)]
