@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -25,13 +26,12 @@ from atp_client._routing import REDIRECT, ROUTING_KEY, Lru, Routes, moved_of
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 MAX_CLIENTS = 32
-"""Service processes a ``RoutedClient`` keeps a channel to; past it the least recently used is closed."""
+"""Service processes a ``RoutedClient`` keeps a channel to; past it the least recently used with no call
+in flight is closed (one with calls in flight, dropped when every one has, closes once its last call ends)."""
 MAX_REMEMBERED = 100_000
 """Reservation ids whose home group a ``RoutedClient`` remembers (those it reserved, or was answered)."""
 MAX_HOPS = 3
 """Redirects (and processes not answering) one call follows before its refusal is raised."""
-CLOSE_GRACE_S = 5.0
-"""A channel dropped from the pool lets the calls on it finish this long."""
 _REDIRECT = ((ROUTING_KEY, REDIRECT),)
 CHANGES = frozenset({"Reserve", "Confirm", "Release", "Fulfill"})
 """The calls that change a reservation: one lost with a process that had it may have been made."""
@@ -75,6 +75,10 @@ class RoutedClient:
         self._tries_once = (retry is None or retry.attempts == 1) and not _service_config_in(options)
         """Whether gRPC's "failed to connect" proves a call unsent (``_NOT_SENT``)."""
         self._clients: Lru[str, AtpClient] = Lru(max_clients)
+        self._in_flight: dict[AtpClient, int] = {}
+        """Calls in flight on each channel: one with calls is not closed under them."""
+        self._draining: set[AtpClient] = set()
+        """Channels dropped from the pool with calls in flight: each closed once its last call ends."""
         self._homes: Lru[str, int] = Lru(max_remembered)
         self._routes: Routes | None = None
         self._suspect: tuple[Routes, str] | None = None
@@ -91,17 +95,18 @@ class RoutedClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close every channel; the calls on them end (gRPC raises ``asyncio.CancelledError`` in them),
-        and a call that would open another (a hop, the routing table) raises ``grpc.aio.UsageError``.
-        A channel dropped from the pool still lets its calls finish within ``CLOSE_GRACE_S``.
+        """Close every channel, those dropped from the pool with calls in flight too; the calls on them end
+        (gRPC raises ``asyncio.CancelledError`` in them), and a call that would open another (a hop, the
+        routing table) raises ``grpc.aio.UsageError``.
 
         Closes once, in a task of its own that every caller waits for: a caller cancelled (a timeout
         around it) leaves the close running — cancelling a dropped channel's close half-way left it
         "closing" in gRPC, never destroyed, and raised ``CancelledError`` into the other callers."""
         self._closed = True
         if self._close is None:
-            clients = self._clients.values()
+            clients = [*self._clients.values(), *self._draining]
             self._clients.clear()
+            self._draining.clear()
             self._close = asyncio.ensure_future(_closed(clients, self._closing))
             self._close.add_done_callback(_heard)
         await asyncio.shield(self._close)
@@ -204,10 +209,8 @@ class RoutedClient:
         target = routes.owner(group)
         for hop in range(MAX_HOPS + 1):
             address = target or routes.address
-            client = self._client(address)
             try:
-                return await client._call(getattr(client.stub, rpc), req, _REDIRECT if target else (),
-                                          _left(deadline))
+                return await self._call_at(address, rpc, req, _REDIRECT if target else (), _left(deadline))
             except Retryable as exc:
                 if target and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     self._suspect = (routes, address)
@@ -280,14 +283,37 @@ class RoutedClient:
             await asyncio.gather(*asked, return_exceptions=True)  # none left running, none unretrieved
 
     async def _routing_of(self, address: str, timeout_s: float) -> Routes:
-        client = self._client(address)
         try:
-            return Routes.of(await client._call(client.stub.GetRouting, pb.GetRoutingRequest(), timeout_s=timeout_s))
+            return Routes.of(await self._call_at(address, "GetRouting", pb.GetRoutingRequest(), (), timeout_s))
         except AtpError as exc:
             if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
         # A service without GetRouting: every call goes to it, and it answers them all.
         return Routes(0, address, (), routable=False)
+
+    async def _call_at(self, address: str, rpc: str, req: Any, metadata: Sequence[tuple[str, str]],
+                       timeout_s: float) -> Any:
+        """``rpc`` at the process at ``address``, on its channel, which is not closed under the call."""
+        with self._using(address) as client:
+            return await client._call(getattr(client.stub, rpc), req, metadata, timeout_s)
+
+    @contextmanager
+    def _using(self, address: str) -> Iterator[AtpClient]:
+        """The channel to ``address``, counted in use until the block ends: a channel dropped from the
+        pool meanwhile is closed only then. Closed at once (a grace of 5 s), it cancelled the calls on
+        it: a Reserve in the owner's hands raised ``asyncio.CancelledError``, made there all the same
+        (R7: in doubt, never told so) — for no fault of the service, past ``max_clients`` processes."""
+        client = self._client(address)
+        self._in_flight[client] = self._in_flight.get(client, 0) + 1
+        try:
+            yield client
+        finally:
+            left = self._in_flight.pop(client) - 1
+            if left:
+                self._in_flight[client] = left
+            elif client in self._draining:
+                self._draining.discard(client)
+                self._close_later(client)
 
     def _client(self, address: str) -> AtpClient:
         client = self._clients.get(address)
@@ -295,16 +321,22 @@ class RoutedClient:
             if self._closed:  # a channel opened now would be closed by nobody
                 raise grpc.aio.UsageError("RoutedClient is closed.")
             client = self._connect(address)
-            dropped = self._clients.put(address, client)
-            if dropped is not None:
-                closing = asyncio.ensure_future(dropped[1].channel.close(CLOSE_GRACE_S))
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
+            dropped = self._clients.put(address, client, busy=self._in_flight.__contains__)
+            if dropped is not None and dropped[1] in self._in_flight:
+                self._draining.add(dropped[1])
+            elif dropped is not None:
+                self._close_later(dropped[1])
         return client
+
+    def _close_later(self, client: AtpClient) -> None:
+        """``client``'s channel closed in a task of its own, which ``close()`` waits for."""
+        closing = asyncio.ensure_future(client.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
 
 async def _closed(clients: list[AtpClient], closing: set[asyncio.Task[None]]) -> None:
-    """``clients`` closed, and the channels dropped before (``closing``) closed in their grace."""
+    """``clients`` closed, and the channels dropped before (``closing``) closed."""
     await asyncio.gather(*(c.close() for c in clients), *closing)
 
 

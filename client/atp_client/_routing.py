@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -83,11 +83,18 @@ class Lru(Generic[K, V]):
             self._entries.move_to_end(key)
         return value
 
-    def put(self, key: K, value: V) -> tuple[K, V] | None:
-        """Keep ``key``; returns the entry dropped to make room (None if none was)."""
+    def put(self, key: K, value: V, busy: Callable[[V], bool] | None = None) -> tuple[K, V] | None:
+        """Keep ``key``; returns the entry dropped to make room (None if none was): the least recently
+        used one that is not ``busy`` — the least recently used of all when every other one is."""
         self._entries[key] = value
         self._entries.move_to_end(key)
-        return self._entries.popitem(last=False) if len(self._entries) > self.limit else None
+        if len(self._entries) <= self.limit:
+            return None
+        if busy is not None:
+            for old in self._entries:
+                if old != key and not busy(self._entries[old]):
+                    return old, self._entries.pop(old)
+        return self._entries.popitem(last=False)
 
     def pop(self, key: K) -> V | None:
         return self._entries.pop(key, None)

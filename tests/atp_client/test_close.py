@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from atp_client import AtpClient, RoutedClient, _routed, place
+from atp_client import AtpClient, RoutedClient, place
 from atp_service.edge.routing import Route, RoutingTable
 from tests.atp_client import test_routed
 from tests.atp_service.edge.test_routing import advertised, stock
@@ -18,13 +16,12 @@ silent = test_routed.silent  # the fixture: processes that accept connections an
 
 
 async def test_a_routed_close_beside_a_cancelled_one_returns_and_closes_a_dropped_channel(
-        start_service: ServiceFactory, silent: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A channel dropped from the pool (``max_clients``) closes in a task of its own, letting its calls finish
-    within ``CLOSE_GRACE_S``. ``close()`` gathered those tasks in its caller: a caller cancelled (a timeout around
-    the close) cancelled them too, which raised ``CancelledError`` into every other caller of ``close()`` — not
-    cancelled themselves — and left the channel half closed (gRPC's "closing", never destroyed): its call ran
-    on to its deadline, its connection open for as long as the process lived."""
-    monkeypatch.setattr(_routed, "CLOSE_GRACE_S", 1.0)  # what close() waits for the dropped channel's call
+        start_service: ServiceFactory, silent: list[str]) -> None:
+    """A channel dropped from the pool (``max_clients``) closes in a task of its own (once its calls end, a
+    channel with calls in flight). ``close()`` gathered those tasks in its caller: a caller cancelled (a timeout
+    around the close) cancelled them too, which raised ``CancelledError`` into every other caller of ``close()``
+    — not cancelled themselves — and left the channel half closed (gRPC's "closing", never destroyed): its call
+    ran on to its deadline, its connection open for as long as the process lived."""
     service, client = await start_service()
     address = advertised(service)
     await stock(client, service.clock.now_ms())
@@ -37,7 +34,7 @@ async def test_a_routed_close_beside_a_cancelled_one_returns_and_closes_a_droppe
     await until(lambda: routed._clients.get(owner) is not None, "the reserve sent to the silent owner")
     # To the process that answers, dropping the silent owner's channel (one kept) as the call is sent.
     asked = asyncio.ensure_future(routed.get_reservation("nobody"))
-    await until(lambda: routed._closing, "the silent owner's channel dropped")
+    await until(lambda: routed._draining, "the silent owner's channel dropped, its call in flight")
     first, second = asyncio.ensure_future(routed.close()), asyncio.ensure_future(routed.close())
     await asyncio.sleep(0)  # both closes begun (asyncio runs ready tasks in order)
     first.cancel()

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from atp_client import Retryable, RoutedClient, place
+from atp_client import Retryable, RoutedClient, _routed, place
 from atp_client._routed import MAX_HOPS
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.routing import Route, RoutingTable
@@ -88,6 +88,44 @@ async def test_redirects_back_and_forth_are_followed_a_bounded_number_of_times(
     assert refused.value.reason == "GROUP_MOVED", refused.value
     assert asked.count("reserve") == MAX_HOPS + 1, asked
     assert asked.count("table") <= MAX_HOPS * len(addresses), asked
+
+
+async def test_a_call_in_flight_on_a_channel_dropped_from_the_pool_is_answered_then_the_channel_closed(
+        start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``RoutedClient`` keeps channels to ``max_clients`` processes (32); a call to one more dropped one and
+    closed it, calls in flight on it or not: a Reserve in the hands of the owner there was cancelled once the
+    close's grace (5 s) ran out — the caller raised ``asyncio.CancelledError``, not even a refusal, while the
+    owner made the reservation (R7: in doubt, never told so). The call is answered; the channel it used is
+    closed once it has been, and the pool holds ``max_clients`` channels."""
+    monkeypatch.setattr(_routed, "CLOSE_GRACE_S", 0.0, raising=False)  # whatever grace a drop gave: none is needed
+    service, client = await start_service()
+    address = advertised(service)
+    await stock(client, service.clock.now_ms())
+    shards = service.config.shards
+    group = place("A", shards)
+    assert place("B", shards) != group
+    owners = [Relay(address), Relay(address)]  # two processes: the owner of A's group, the owner of the others
+    at_a, at_others = [await owner.start() for owner in owners]
+    service._servicer.routing = lambda: RoutingTable(shards, address, tuple(
+        Route(g, at_a if g == group else at_others, 1) for g in range(shards)))
+    assert service.engine is not None
+    in_hand = InHand(service.engine.reserve)
+    monkeypatch.setattr(service.engine, "reserve", in_hand)
+    async with RoutedClient(address, timeout_s=30.0, max_clients=1) as routed:
+        await routed.refresh()
+        call = asyncio.ensure_future(routed.reserve("r1", [("A", "L", 1)]))
+        await asyncio.wait_for(in_hand.entered.wait(), 10)
+        in_use = routed._clients.get(at_a)
+        assert in_use is not None
+        (position,) = await routed.availability([("B", "L")])  # at the other process: a's channel dropped
+        assert position.on_hand == 10 and routed._clients.values() != [in_use]
+        in_hand.go.set()
+        (held,) = await asyncio.gather(call, return_exceptions=True)
+        assert isinstance(held, pb.ReserveResponse), f"the call on the dropped channel ended {held!r}"
+        assert held.state == pb.RESERVATION_STATE_HELD
+        await asyncio.gather(*routed._closing)
+        assert in_use.channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN, "the dropped channel left open"
+        assert len(routed._clients) == 1
 
 
 @pytest.fixture

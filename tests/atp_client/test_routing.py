@@ -63,6 +63,16 @@ def test_the_lru_keeps_the_most_recently_used_up_to_its_limit() -> None:
         Lru(0)
 
 
+def test_the_lru_drops_the_least_recently_used_entry_not_busy_and_the_oldest_when_all_are() -> None:
+    lru: Lru[str, int] = Lru(2)
+    lru.put("a", 1)
+    lru.put("b", 2)
+    assert lru.put("c", 3, busy=lambda value: value == 1) == ("b", 2)  # a, older, is busy
+    assert lru.values() == [1, 3]
+    assert lru.put("d", 4, busy=lambda _: True) == ("a", 1)  # every other one busy: the oldest
+    assert lru.values() == [3, 4]
+
+
 def test_routes_of_a_get_routing_answer() -> None:
     answer = pb.GetRoutingResponse(shards=4, placement="crc32-mod", address="p1:1", groups=[
         pb.GroupRoute(group=0, address="p1:1", epoch=3), pb.GroupRoute(group=2, address="p2:1", epoch=1),
