@@ -15,7 +15,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from atp_client._errors import not_connected, stream_cut_unread, typed
+from atp_client._errors import not_connected, request_too_large, stream_cut_unread, typed
 from atp_client._stream import Batches, Source
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
@@ -35,6 +35,11 @@ MAX_ATTEMPTS = 5
 """gRPC's own cap on ``maxAttempts``."""
 RETRY_BUFFER_BYTES = 8 * 1024 * 1024
 """Requests up to this size are kept for a retry (the service takes messages up to 4 MiB)."""
+MAX_REQUEST_BYTES = 4 << 20
+"""The largest request ``AtpClient`` sends, by default: the service's own default ``max_message_bytes``
+(``ATP_MAX_MESSAGE_BYTES``). gRPC's retry policy re-sends a request the service refused as too large
+(``RESOURCE_EXHAUSTED``, retried for the service's shed load) up to ``maxAttempts`` times: refused here,
+it is never sent."""
 RECEIVE_KEY = "grpc.max_receive_message_length"
 MAX_ANSWER_BYTES = (1 << 31) - 1
 """The largest answer this client reads: the most a service can be set to send (its ``max_message_bytes``,
@@ -163,15 +168,20 @@ class AtpClient:
 
     ``token``: sent as ``authorization: Bearer …`` on every call (services with auth on);
     ``credentials``: TLS (``tls_credentials``), else plaintext; ``retry``: gRPC retries refusals
-    (``RetryPolicy()`` is the service's published policy), else a refusal is raised at once.
+    (``RetryPolicy()`` is the service's published policy), else a refusal is raised at once;
+    ``max_request_bytes``: a unary request larger is refused ``InvalidRequest`` before it is sent — set it
+    to the service's ``max_message_bytes`` where that is not the default (None: no bound here).
     Refusals raise a typed ``AtpError`` carrying the reason and field violations."""
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = (),
                  token: str | None = None, credentials: grpc.ChannelCredentials | None = None,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, max_request_bytes: int | None = MAX_REQUEST_BYTES) -> None:
+        if max_request_bytes is not None and max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes: must be at least 1 (None: no bound), got {max_request_bytes}")
         self.target = target
         self.timeout_s = timeout_s
         self.retry = retry
+        self.max_request_bytes = max_request_bytes
         receive = () if any(key == RECEIVE_KEY for key, _ in options) else ((RECEIVE_KEY, MAX_ANSWER_BYTES),)
         options = [*receive, *options, *(retry.channel_options() if retry else ())]
         interceptors = _metadata_interceptors([("authorization", f"Bearer {token}")]) if token else None
@@ -236,7 +246,9 @@ class AtpClient:
                     timeout_s: float | None = None) -> Any:
         """One unary call within ``timeout_s`` (gRPC's retries included; the client's own unless
         given), with ``metadata`` besides the token. A refusal raises a typed ``AtpError`` (a
-        ``grpc.aio.AioRpcError``) carrying its reason."""
+        ``grpc.aio.AioRpcError``) carrying its reason; a request past ``max_request_bytes`` is not sent."""
+        if self.max_request_bytes is not None and (size := req.ByteSize()) > self.max_request_bytes:
+            raise request_too_large(type(req).__name__, size, self.max_request_bytes)
         try:
             return await method(req, timeout=self.timeout_s if timeout_s is None else timeout_s,
                                 metadata=metadata or None)

@@ -162,12 +162,29 @@ def _raised_here(code: grpc.StatusCode, message: str, reason: str = "", domain: 
                  metadata: dict[str, str] | None = None) -> Retryable:
     """A refusal this client raises itself, as a call's would read: the status, and an ``ErrorInfo``
     with ``reason`` (none where gRPC's own refusal of that kind carries none)."""
+    return Retryable(_status_error(code, message, reason, domain, metadata))
+
+
+def _status_error(code: grpc.StatusCode, message: str, reason: str, domain: str,
+                  metadata: dict[str, str] | None) -> grpc.aio.AioRpcError:
     trailers = grpc.aio.Metadata()
     if reason:
         status = status_pb2.Status(code=code.value[0], message=message)
         status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata or {}))
         trailers = grpc.aio.Metadata((DETAILS_KEY, status.SerializeToString()))
-    return Retryable(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, message, ""))
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, message, "")
+
+
+def request_too_large(request: str, size: int, limit: int) -> InvalidRequest:
+    """A request of ``size`` bytes, past ``limit`` (``max_request_bytes``), refused by this client before it
+    is sent: ``InvalidRequest`` (``INVALID_ARGUMENT``, ``LIMIT_EXCEEDED``, metadata ``limit``), nothing sent.
+    Sent, the service refuses it unread — and gRPC's retry policy (``RESOURCE_EXHAUSTED`` is retried) sent
+    it again, all of it, up to ``maxAttempts`` times, which the caller cannot stop."""
+    message = (f"{request}: the request is {size} bytes, past max_request_bytes={limit} (the service's "
+               "max_message_bytes, ATP_MAX_MESSAGE_BYTES: 4 MiB unless set otherwise); not sent: send smaller ones, "
+               "or set max_request_bytes to the service's limit")
+    return InvalidRequest(_status_error(grpc.StatusCode.INVALID_ARGUMENT, message, "LIMIT_EXCEEDED", "atp.client",
+                                        {"limit": "max_request_bytes", "size": str(size)}))
 
 
 def in_doubt(lost: grpc.aio.AioRpcError, then: grpc.aio.AioRpcError) -> Retryable:

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from atp_client._client import AtpClient, LineLike, RetryPolicy, _lines, reserve_request
+from atp_client._client import MAX_REQUEST_BYTES, AtpClient, LineLike, RetryPolicy, _lines, reserve_request
 from atp_client._errors import AtpError, Conflict, NotFound, Retryable, deadline_exceeded, in_doubt
 from atp_client._routing import REDIRECT, ROUTING_KEY, Lru, Routes, moved_of
 from atp_client.pb.atp.v1 import atp_pb2 as pb
@@ -50,7 +50,7 @@ class RoutedClient:
     """Calls routed to the owner of their shard group, over the service processes sharing a keyspace.
 
     ``seeds``: one or more process addresses to ask for the routing table; the other arguments are
-    ``AtpClient``'s, for the channel to each process. A ``Reserve`` goes to the owner of the
+    ``AtpClient``'s, for the channel to each process (``max_request_bytes`` too). A ``Reserve`` goes to the owner of the
     reservation's home group (the lowest group of its lines); a call naming only a reservation id,
     to the owner of the home group of a reservation this client reserved or was answered about
     (the last ``max_remembered``), else to any process, which forwards it. ``availability`` asks
@@ -65,13 +65,14 @@ class RoutedClient:
     def __init__(self, seeds: str | Sequence[str], *, timeout_s: float = 10.0,
                  options: Sequence[tuple[str, Any]] = (), token: str | None = None,
                  credentials: grpc.ChannelCredentials | None = None, retry: RetryPolicy | None = None,
-                 max_clients: int = MAX_CLIENTS, max_remembered: int = MAX_REMEMBERED) -> None:
+                 max_clients: int = MAX_CLIENTS, max_remembered: int = MAX_REMEMBERED,
+                 max_request_bytes: int | None = MAX_REQUEST_BYTES) -> None:
         self.seeds = (seeds,) if isinstance(seeds, str) else tuple(seeds)
         if not self.seeds:
             raise ValueError("seeds: at least one service address is required")
         self.timeout_s = timeout_s
         self._connect = partial(AtpClient, timeout_s=timeout_s, options=options, token=token,
-                                credentials=credentials, retry=retry)
+                                credentials=credentials, retry=retry, max_request_bytes=max_request_bytes)
         self._tries_once = (retry is None or retry.attempts == 1) and not _service_config_in(options)
         """Whether gRPC's "failed to connect" proves a call unsent (``_NOT_SENT``)."""
         self._clients: Lru[str, AtpClient] = Lru(max_clients)

@@ -11,13 +11,15 @@ import grpc
 import pytest
 import redis
 
-from atp_client import AtpError, InvalidRequest, Retryable
+from atp_client import AtpClient, AtpError, InvalidRequest, Retryable, RetryPolicy, RoutedClient
 from atp_client._errors import OUTCOME_UNKNOWN
 from atp_client._output import EXIT_INVALID, in_doubt_after, refusal
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service import ManualClock
+from atp_service.config import ServiceConfig
 from reservation import Limits
 from tests.atp_service.edge.test_api import T0, receipt
+from tests.atp_service.edge.test_forward import Relay
 from tests.conftest import ServiceFactory
 
 GRPC_DEFAULT_RECEIVE = 4 << 20
@@ -95,3 +97,45 @@ async def test_a_stream_cut_by_a_batch_too_large_leaves_the_batches_sent_before_
     with pytest.raises(InvalidRequest):  # the batch too large alone unanswered: never read, as a unary call's
         async for _ in client.reserve_stream(alone()):
             pass
+
+
+class Counted(Relay):
+    """A relay that counts the bytes it passes, both ways (the answers here are a few hundred bytes)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.passed = 0
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:  # type: ignore[override]
+        try:
+            while data := await source.read(65536):
+                self.passed += len(data)
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, OSError):
+            pass
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["AtpClient", "RoutedClient"])
+async def test_a_request_larger_than_the_service_takes_is_refused_before_it_is_sent_not_sent_five_times(
+        start_service: ServiceFactory, routed: bool) -> None:
+    """A request larger than the service's ``max_message_bytes`` (4 MiB by default) is refused by gRPC on the
+    service's side, RESOURCE_EXHAUSTED — which the service's published retry policy retries (for shed load):
+    gRPC sent it again, every byte of it, until its ``maxAttempts`` (5) were spent, the caller unable to stop
+    it, then raised ``InvalidRequest``. It is refused before it is sent, naming the limit."""
+    service, _ = await start_service(clock=ManualClock(T0))
+    relay = Counted(f"127.0.0.1:{service.port}")
+    address = await relay.start()
+    service._servicer.advertise(address, service.config.shards)  # the routing table names the relay
+    reservation_id = "r-" + "x" * (4 << 20)  # one field past the limit: built at once
+    size = pb.ReserveRequest(reservation_id=reservation_id).ByteSize()
+    assert size > service.config.max_message_bytes == ServiceConfig().max_message_bytes
+    client = RoutedClient(address, retry=RetryPolicy()) if routed else AtpClient(address, retry=RetryPolicy())
+    async with client:
+        with pytest.raises(AtpError) as refused:
+            await client.reserve(reservation_id, [("A", "S1", 1)])
+    await relay.cut()
+    assert relay.passed < size, f"{relay.passed} bytes sent for a request of {size}: {relay.passed / size:.1f} times"
+    assert isinstance(refused.value, InvalidRequest), repr(refused.value)
+    assert refused.value.refusal.metadata["limit"] == "max_request_bytes", refused.value
+    assert refusal(refused.value)[0] == EXIT_INVALID and not in_doubt_after(refused.value, retried=True)
