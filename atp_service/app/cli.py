@@ -23,6 +23,7 @@ from atp_service.app.embedded_watch import EmbeddedRedisWatch, Watching
 from atp_service.app.keyspace import StartupError
 from atp_service.app.service import AtpService
 from atp_service.app.settings import OUTPUT_FORMATS, add_setting_flags, given_settings, print_config
+from atp_service.app.stop_steps import StopFailed
 from atp_service.config import ServiceConfig
 from atp_service.config_values import redacted
 from atp_service.early_signals import noted, release_stops, stops_held
@@ -352,10 +353,12 @@ async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopR
     _exit_on_a_second_signal(request)
     # At least a second: a bound of 0 would cancel the stop before its first step (gRPC left serving).
     bound_s = max(1.0, config.shutdown_grace_s + (0.0 if request.redis_gone else SHUTDOWN_SNAPSHOT_S))
-    overran = False
+    overran = failed_steps = False
     try:
         # Everything acknowledged is already durable: the final snapshot only shortens the next start.
         await asyncio.wait_for(service.stop(), timeout=bound_s)
+    except StopFailed:  # each step's failure said (``stop_step_failed``); every other step ran
+        failed_steps = True
     except TimeoutError:
         if request.redis_gone:  # expected: the exit status is the lost Redis's (5)
             log.warning("stop cut short after %.1fs: Redis is gone, so nothing in doubt can be settled and no "
@@ -369,7 +372,7 @@ async def _shut_down(config: ServiceConfig, service: AtpService, request: _StopR
     # Why the service stopped (a newer claim, a failed shard) says more than how its stop went.
     if service.replaced.is_set() or service.failed.is_set():
         return EXIT_REPLACED if service.replaced.is_set() else EXIT_SHARD_FAILED
-    return EXIT_STOP_OVERRAN if overran else 0
+    return EXIT_STOP_OVERRAN if overran else 1 if failed_steps else 0
 
 
 async def _reload(service: AtpService) -> None:

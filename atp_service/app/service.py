@@ -23,6 +23,7 @@ from atp_service.app.membership import Membership
 from atp_service.app.peering import peer_tls, peer_token
 from atp_service.app.permissions import check_redis, first_reads
 from atp_service.app.redis_wait import while_redis_is_away
+from atp_service.app.stop_steps import Step, every_step
 from atp_service.app.tracing import Tracing
 from atp_service.app.watched import Watched
 from atp_service.channels.desk import ChannelDesk
@@ -372,28 +373,28 @@ class AtpService:
             raise
 
     async def _stop(self, grace_s: float | None) -> None:
+        """Every step, whatever an earlier one raised (``every_step``): the final snapshots above all."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         if self._starting is not None and not self._starting.done():
             with contextlib.suppress(Exception):  # how the start ended is for its caller to hear
                 await cancel_and_wait(self._starting)
-        await self._health.enter_graceful_shutdown()
-        await stop_calls(self._servicer.drain, self._calls, grace)
-        await self._stop_server(0.0)  # every call that could finish has: the rest is stalled, or ran past the grace
-        if self.ingestor is not None:  # before the peer channels close: it sends facts over them
-            await self._watched.stopped(self.ingestor.stop())
-        await self._servicer.aclose()
-        await self._monitor.stop()
-        await self._watched.stopped(cancel_and_wait(self._owner_task))
-        if self.desk is not None:
-            await self.desk.stop(self.config.redis_timeout_s * 2)
-        if self.channels is not None:
-            await self._watched.stopped(self.channels.stop())
-            await self.channels.store.aclose()
-        if self.membership is not None:
-            await self.membership.stop()  # every group handed over: drained, snapshotted, released
-        if self.engine is not None:
-            await self.engine.stop(snapshot=True)
-        if self._log is not None:
-            await self._log.nodes.aclose()
-        if self.tracing is not None:  # sends the spans still queued (bounded by the exporter's timeout)
-            await asyncio.to_thread(self.tracing.shutdown)
+        steps: list[Step] = [("health", self._health.enter_graceful_shutdown),
+                             ("calls", lambda: stop_calls(self._servicer.drain, self._calls, grace)),
+                             ("grpc", lambda: self._stop_server(0.0))]  # the calls left: stalled, or past the grace
+        if (ingestor := self.ingestor) is not None:  # before the peer channels close: it sends facts over them
+            steps.append(("ingest", lambda: self._watched.stopped(ingestor.stop())))
+        steps += [("servicer", self._servicer.aclose), ("loop-lag", self._monitor.stop),
+                  ("owner-check", lambda: self._watched.stopped(cancel_and_wait(self._owner_task)))]
+        if (desk := self.desk) is not None:
+            steps.append(("fact-desk", lambda: desk.stop(self.config.redis_timeout_s * 2)))
+        if (channels := self.channels) is not None:
+            steps += [("channel-desk", lambda: self._watched.stopped(channels.stop())),
+                      ("channel-store", channels.store.aclose)]
+        if self.membership is not None:  # every group handed over: drained, snapshotted, released
+            steps.append(("membership", self.membership.stop))
+        if (engine := self.engine) is not None:
+            steps.append(("shards", lambda: engine.stop(snapshot=True)))
+        steps += [] if self._log is None else [("log", self._log.nodes.aclose)]
+        if (tracing := self.tracing) is not None:  # sends the spans still queued (bounded by the exporter's timeout)
+            steps.append(("tracing", lambda: asyncio.to_thread(tracing.shutdown)))
+        await every_step(steps)

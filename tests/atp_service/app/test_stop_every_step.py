@@ -1,0 +1,79 @@
+"""A stop runs every one of its steps whatever an earlier one raised: a bug in one part's stop (the
+servicer's close, the channel desk's, a lease hand-over) must not leave every shard unstopped and
+unsnapshotted and Redis's connections open. Each failure is said (``stop_step_failed``, with its
+traceback) and the stop raises once its last step has run (``atp-service serve``: exit status 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import pytest
+
+from atp_client import AtpClient
+from atp_service import AtpService
+from atp_service.app import cli
+from atp_service.app.stop_steps import StopFailed
+from tests.atp_service.channel_helpers import write_estate
+from tests.atp_service.edge.test_api import receipt
+from tests.conftest import STOP_LIMIT_S
+from tests.conftest import test_config as make_config
+
+
+async def test_a_step_of_the_stop_that_raises_leaves_the_later_steps_run(
+        redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect: ``_stop`` ran its steps one after another, so an exception from an early one (here the
+    servicer's close, then the channel desk's) skipped every step after it: no shard was stopped nor
+    snapshotted, the desk's and the log's Redis connections were left open."""
+    service = AtpService(make_config(estate=write_estate(tmp_path)), redis_url)
+    await service.start()
+    client = AtpClient(f"127.0.0.1:{service.port}")
+    try:
+        await client.record_events([receipt("stock", "A", "dc-1", 5)])  # a shard with a final snapshot to write
+    finally:
+        await client.close()
+    assert service.engine is not None and service.channels is not None and service._log is not None
+
+    async def bug() -> None:
+        raise RuntimeError("a bug in the servicer's close")
+
+    async def another() -> None:
+        raise ValueError("a bug in the desk's stop")
+
+    service._servicer.aclose = bug  # type: ignore[method-assign]
+    service.channels.stop = another  # type: ignore[method-assign]
+    caplog.set_level(logging.ERROR, logger="atp_service")
+    with pytest.raises(StopFailed) as failed:
+        await asyncio.wait_for(service.stop(grace_s=0.1), STOP_LIMIT_S)
+    assert [type(e) for e in failed.value.exceptions] == [RuntimeError, ValueError]
+    assert all(actor._stopping for actor in service.engine.actors)
+    assert max(actor._checkpoints._seq for actor in service.engine.actors) == 1  # the final snapshot written
+    said = [r for r in caplog.records if getattr(r, "event", None) == "stop_step_failed"]
+    assert [(r.step, r.exc_info is not None) for r in said] == [  # type: ignore[attr-defined]
+        ("servicer", True), ("channel-desk", True)]
+
+
+@pytest.mark.parametrize("failed", [False, True])
+async def test_a_stop_a_step_of_which_raised_exits_1_unless_a_reason_to_stop_has_its_own(
+        redis_url: str, failed: bool) -> None:
+    """``atp-service serve``: exit status 1 (not 0, a clean stop; not a traceback), or the status of why the
+    service stopped (a failed shard: 4), which says more than how its stop went."""
+    service = AtpService(make_config(), redis_url)
+    await service.start()
+
+    async def bug() -> None:
+        raise RuntimeError("a bug in the servicer's close")
+
+    service._servicer.aclose = bug  # type: ignore[method-assign]
+    if failed:
+        service.failed.set()
+    loop = asyncio.get_running_loop()
+    try:
+        status = await asyncio.wait_for(cli._shut_down(service.config, service, cli._StopRequest(None)), STOP_LIMIT_S)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)  # the test process's own again
+    assert status == (cli.EXIT_SHARD_FAILED if failed else 1)
+    assert service.engine is not None and all(actor._stopping for actor in service.engine.actors)
