@@ -133,7 +133,8 @@ def _channel_needs(keys: Keyspace, channels: list[str]) -> list[Need]:
 
 
 def _input_needs(config: ServiceConfig) -> list[Need]:
-    """The input streams: read through the consumer group, acknowledged, dead-lettered (one script),
+    """The input streams: read through the consumer group, acknowledged, dead-lettered (one script), or
+    quarantined (one script, ``intake/quarantine.py``),
     the count of entries trimmed unread kept in a hash (``intake/unread.py``), a dead consumer's
     entries claimed with the dead letters of those trimmed (``intake/claims.py``)."""
     group, consumer, streams = config.consumer_group, config.consumer_name, config.input_streams
@@ -143,6 +144,8 @@ def _input_needs(config: ServiceConfig) -> list[Need]:
              Need(("TYPE", dlq), dlq, "dead letters"),
              Need(("EVALSHA", SHA, len(streams) + 1, *streams, owed), owed, use)]
     needs += [Need(("EVALSHA", SHA, 2, s, dlq), s, use) for s in streams]
+    quarantine = config.quarantine_stream  # a quarantined fact's entry acknowledged in its script (E8)
+    needs += [Need(("EVAL", "return", 3, quarantine, written_key(quarantine), s), s, use) for s in streams]
     needs += [Need((cmd, owed, *rest), owed, use) for cmd, *rest in (
         ("HINCRBY", "s", 1), ("HSETNX", "s", 1), ("HGETALL",), ("HDEL", "s"))]
     for s in streams:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from atp_service.engine.parts import lasting
 from atp_service.engine.router import Engine
 from atp_service.engine.shipments import UNFULFILLED, refused_for_good, unfulfilled
-from atp_service.intake.quarantine import QuarantineStream
+from atp_service.intake.quarantine import Acks, QuarantineStream
 from atp_service.logs import EveryInterval
 from atp_service.metrics import IntakeMetrics
 from atp_service.storage.durability import STORAGE_ERRORS
@@ -64,16 +64,17 @@ class FactDesk:
                  metrics: IntakeMetrics | None = None) -> None:
         self.engine = engine
         self.metrics = metrics or IntakeMetrics()
-        self._quarantine = QuarantineStream(quarantine_stream, stream_maxlen)
+        self.quarantine = QuarantineStream(quarantine_stream, stream_maxlen)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.unfulfilled_lines = EveryInterval(UNFULFILLED_LOG_EVERY_S)
         """The ``shipment_not_fulfilled`` lines, at most one per ``UNFULFILLED_LOG_EVERY_S``."""
 
-    async def record(self, facts: Sequence[Fact], origin: str) -> list[Result | DomainError]:
+    async def record(self, facts: Sequence[Fact], origin: str, acks: Acks | None = None) -> list[Result | DomainError]:
         """``_record`` in a task of the desk's own: a caller that gives up (deadline, disconnect)
         abandons the wait, not the work — facts its shards applied are still written to the
-        quarantine stream and counted (E6, R8)."""
-        return await self._owned(self._record(facts, origin))
+        quarantine stream and counted (E6, R8). ``acks``: the facts' input entries, those of the facts
+        quarantined acknowledged with their quarantine entries (``QuarantineStream``: their decision stands)."""
+        return await self._owned(self._record(facts, origin, acks))
 
     async def load_counts(self, block: CountRows, origin: str) -> tuple[Outcomes, dict[int, str]]:
         """``LoadCounts``: the block's rows by shard, one actor message each (``Ledger.load_counts``);
@@ -192,12 +193,16 @@ class FactDesk:
             reasons.update((int(rows[j]), reason) for j, reason in part_reasons.items())
         return outcomes, reasons, refused
 
+    async def wrote_owed(self) -> bool:
+        """``QuarantineStream.write_owed``, before their input entries are read again (E8); False: no answer."""
+        return not self.quarantine.owed or await self.quarantine.write_owed(self.engine.log_client, self.metrics)
+
     async def stop(self, bound_s: float) -> None:
         """Wait (at most ``bound_s``) for the work of callers that gave up; the shards still run."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=bound_s)
 
-    async def _record(self, facts: Sequence[Fact], origin: str) -> list[Result | DomainError]:
+    async def _record(self, facts: Sequence[Fact], origin: str, acks: Acks | None) -> list[Result | DomainError]:
         """Apply facts; one result per fact, or the error that kept it from being durable."""
         out: list[Result | DomainError] = [Unavailable("not decided")] * len(facts)
         shipments = await self._apply_in_order(facts, out)
@@ -205,7 +210,7 @@ class FactDesk:
         again: set[int] = set()
         if late:
             self._count_no_room(str(out[i][1]) for i in late)  # type: ignore[index]
-            again = await self._quarantine_stream(facts, out, late)
+            again = await self._quarantine_stream(facts, out, late, acks)
         self._observe(facts, out, origin, again)
         self._tell_unfulfilled(facts, out, shipments, origin)
         return out
@@ -324,12 +329,14 @@ class FactDesk:
         return result
 
     async def _quarantine_stream(self, facts: Sequence[Fact], results: list[Result | DomainError],
-                                 late: list[int]) -> set[int]:
-        """The facts at ``late`` written to the quarantine stream; returns those of them written there
-        before (decided again: their input entry read again, a caller's retry), each written once."""
+                                 late: list[int], acks: Acks | None = None) -> set[int]:
+        """The facts at ``late`` written to the quarantine stream (their input entries, ``acks``, acknowledged
+        with them); returns those of them written there before (decided again: a caller's retry), each once."""
+        entries = None if acks is None else Acks(acks.group, [acks.entries[i] for i in late])
         try:
-            written = await self._quarantine.write(self.engine.log_client,
-                                                   [(facts[i], results[i][1]) for i in late])  # type: ignore[index]
+            written = await self.quarantine.write(self.engine.log_client,
+                                                   [(facts[i], results[i][1]) for i in late],  # type: ignore[index]
+                                                   entries)
         except STORAGE_ERRORS as exc:  # a cluster no node of which answers included
             # The facts are durable in the shard logs as quarantined; the operator's copy is not.
             # Refuse the acknowledgement so the caller (or the stream) delivers them again.

@@ -31,6 +31,7 @@ from atp_service.intake.dead_letters import write as write_dead_letters
 from atp_service.intake.entries import Ahead, Dead, Entry, Read, decode_all, id_key
 from atp_service.intake.facts import FactDesk, Result
 from atp_service.intake.owners import FactSender, OwnerSends
+from atp_service.intake.quarantine import Acks
 from atp_service.intake.refusals import RefusalBound, sort_results
 from atp_service.intake.unacked import Unacked
 from atp_service.intake.unread import GroupReader, make_group_after
@@ -223,7 +224,7 @@ class StreamIngestor:
         if self._pending_after is None:
             self._unacked.pass_begun()
         after = self._pending_after or ["0"] * len(self._streams)
-        self._retry_own_pending = False
+        self._retry_own_pending = not await self._desk.wrote_owed()  # owed quarantine writes first (E8); failed: again
         deadline = time.monotonic() + PENDING_PASS_S
         while time.monotonic() < deadline:
             entries = await self._read(after, block=None)
@@ -327,14 +328,15 @@ class StreamIngestor:
             self._unacked.release(held)
 
     async def _handle_held(self, entries: list[Entry], wait: bool) -> int:
-        """``_handle``'s work. An entry holds one fact: those applied here are acknowledged before the
-        others' owners are waited for."""
+        """``_handle``'s work. An entry holds one fact: those applied here are acknowledged before the others' owners
+        are waited for; one quarantined here with its quarantine entry, never decided again, as one owed is (E8)."""
         now, cfg = self._clock.now_ms(), self._config
-        entries, judged = self._unacked.judged(entries)  # refused (E7) before their group was made again: so still
+        entries, judged = self._unacked.judged(self._desk.quarantine.not_owed(entries))  # judged: E7, before
         await self._ack(judged)
         facts, read, dead, ahead = await decode_all(entries, now, cfg.limits, cfg.ingest_max_entry_bytes)
         settled = await self._settle_ahead(ahead, wait) if ahead else 0
-        results = await self._desk.record(facts, origin="stream") if facts else []
+        acks = Acks(cfg.consumer_group, [r[:2] for r in read])
+        results = await self._desk.record(facts, "stream", acks=acks) if facts else []
         remote = [i for i, result in enumerate(results) if isinstance(result, Moved) and result.owner]
         if self._owners is None or not remote:
             return settled + await self._settle(read, results, dead)
@@ -356,8 +358,7 @@ class StreamIngestor:
         return await self._settle([entry for _, entry, _ in ahead], results, [])
 
     async def _settle(self, read: list[Read], results: list[Result | DomainError], dead: list[Dead]) -> int:
-        """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``);
-        the others stay pending."""
+        """Acknowledge the entries whose facts are durable, dead-letter the refused ones (and ``dead``); others wait."""
         done, judged, left, refused = sort_results(read, results, dead)
         if left:
             self._retry_own_pending = True  # they stay pending; read again from our own list

@@ -1,13 +1,18 @@
 """The quarantine stream (E6, E8): a quarantined fact is written to it once, however often it is decided.
 
-A fact's outcome is durable in its shard log before its quarantine entry is written, and the input
-entry it came from is acknowledged only after both: a crash (or an acknowledgement lost) in between
-has the entry read again and its fact decided again — quarantined again, for it is still late, still
-in conflict. Operators reconcile the quarantine entries against their own systems, one entry a fact:
-so each write is keyed by the fact, its identity and payload (E8), and a script adds the entry only
-where the set beside the stream (``written_key``: the digests of the facts written, scored by
-their entries' times) does not hold it. The set is trimmed to the stream's own length: it says what
-the stream holds, never more — a flood of late facts costs Redis no more than the stream does.
+A fact's outcome is durable in its shard log before its quarantine entry is written. An input entry's fact
+is written there and the entry acknowledged in one script: once the stream holds the fact, its entry is
+never read again, so what the stream says stands (E8: decided once). Acknowledged after, a crash (or the
+write's answer or the acknowledgement lost) in between had the entry read again and its fact decided
+again: quarantined again if it was late or in conflict, but applied if it had been quarantined for want of
+room (a shard's bound, ``max_on_hand``) and room had come back (the bound raised and the service
+restarted, as the runbook says) — while the stream, what operators reconcile against, showed it not
+applied, and their resend of it from there was a duplicate. Operators reconcile the quarantine entries
+against their own systems, one entry a fact: so each write is keyed by the fact, its identity and payload
+(E8), and a script adds the entry only where the set beside the stream (``written_key``: the digests of the
+facts written, scored by their entries' times) does not hold it. The set is trimmed to the stream's own
+length: it says what the stream holds, never more — a flood of late facts costs Redis no more than the
+stream does.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
+from atp_service.metrics import IntakeMetrics
+from atp_service.storage.durability import STORAGE_ERRORS
 from reservation import Fact, FactKind
 from reservation._keys import fact_key, fact_payload
 
+E = TypeVar("E", bound=tuple[Any, ...])
 CHUNK = 100
 """Facts one script call writes (its arguments stay far below Lua's stack; a large LoadCounts
 quarantining thousands of rows is that many calls pipelined)."""
@@ -28,22 +36,28 @@ DOUBT_LIMIT = 10_000
 when a retry finds it written (a process restarted, or another claiming the entry, counts it duplicate)."""
 _KIND_NAMES = {k.value: k.name for k in FactKind}
 _FIELDS = 9
-_PER_FACT = 1 + 2 * _FIELDS  # its digest, then its entry's field names and values
+_PER_FACT = 3 + 2 * _FIELDS  # its digest, its entry's stream (KEYS index, 0: none) and id, its fields' names and values
 
-# KEYS: the stream, the set of written facts' digests; ARGV: MAXLEN, then _PER_FACT values a fact.
-# Returns, a fact, 1: written now, 0: written before. The entry and its digest go in the same script
-# (atomic); the set is trimmed to MAXLEN, oldest first, as the stream is (about MAXLEN entries).
+# KEYS: the stream, the set of written facts' digests, then the input streams of the entries acknowledged;
+# ARGV: MAXLEN, the consumer group, then _PER_FACT values a fact. Returns, a fact, 1: written now, 0: written
+# before. The entry, its digest and its input entry's XACK go in the same script (atomic, each fact's after its
+# own write: a write refused leaves its entry pending); the set is trimmed to MAXLEN, oldest first, as the
+# stream is (about MAXLEN entries).
 _ONCE = f"""
 local written = {{}}
-local n = (#ARGV - 1) / {_PER_FACT}
+local n = (#ARGV - 2) / {_PER_FACT}
 for f = 0, n - 1 do
-  local at = 2 + f * {_PER_FACT}
+  local at = 3 + f * {_PER_FACT}
   if redis.call('ZSCORE', KEYS[2], ARGV[at]) then
     written[f + 1] = 0
   else
-    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 1, at + {2 * _FIELDS}))
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, at + 3, at + {2 + 2 * _FIELDS}))
     redis.call('ZADD', KEYS[2], string.match(id, '^%d+'), ARGV[at])
     written[f + 1] = 1
+  end
+  local input = tonumber(ARGV[at + 1])
+  if input > 0 then
+    redis.pcall('XACK', KEYS[input], ARGV[2], ARGV[at + 2])  -- NOGROUP: the group is gone, pending nowhere
   end
 end
 local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
@@ -52,6 +66,14 @@ if extra > 0 then
 end
 return written
 """
+
+
+class Acks(NamedTuple):
+    """The input entries the facts written came from (one a fact, aligned), acknowledged in the same script."""
+
+    group: str
+    entries: Sequence[tuple[str, bytes]]
+    """(input stream, entry id) a fact."""
 
 
 class QuarantineStream:
@@ -64,34 +86,73 @@ class QuarantineStream:
         """The digests of the facts the stream holds (at most about ``maxlen``)."""
         self._doubt: OrderedDict[str, None] = OrderedDict()
         """Digests of facts whose write's answer was lost here, oldest first: written or not, counted by none."""
+        self.owed: OrderedDict[tuple[str, bytes], tuple[Fact, str, str]] = OrderedDict()
+        """Input entries whose fact's write (with their acknowledgement) failed here, oldest first: (fact, reason,
+        consumer group) by (stream, entry id), written again before they are read again (``write_owed``)."""
 
     @staticmethod
     def digest(fact: Fact) -> str:
         """What names ``fact`` (its identity and payload) in the set of facts written."""
         return hashlib.blake2b(f"{fact_key(fact)}\x1f{fact_payload(fact)}".encode(), digest_size=16).hexdigest()
 
-    async def write(self, client: Any, facts: Sequence[tuple[Fact, str]]) -> list[bool]:
+    async def write(self, client: Any, facts: Sequence[tuple[Fact, str]], acks: Acks | None = None) -> list[bool]:
         """Each (fact, reason) written to the stream unless the stream holds it already; per fact, True:
         written now — or by a write of this process whose answer was lost, counted by none (E6: a metric
-        counts each quarantined fact). Raises what Redis raised (then any of them may have been written:
-        a retry writes the rest)."""
+        counts each quarantined fact). ``acks``: each fact's input entry acknowledged with it. Raises what
+        Redis raised (then any of them may have been written, their entries acknowledged: a retry writes the
+        rest)."""
         digests = [self.digest(fact) for fact, _ in facts]
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for start in range(0, len(facts), CHUNK):
-                    values = [v for (fact, reason), d in zip(facts[start:start + CHUNK], digests[start:start + CHUNK],
-                                                               strict=True) for v in (d, *_flat(fields(fact, reason)))]
-                    pipe.eval(_ONCE, 2, self.stream, self.written_key, self._maxlen, *values)
+                    keys, values = self._call(facts[start:start + CHUNK], digests[start:start + CHUNK],
+                                              acks.entries[start:start + CHUNK] if acks else None)
+                    pipe.eval(_ONCE, len(keys), *keys, self._maxlen, acks.group if acks else "", *values)
                 replies = await pipe.execute()
         except BaseException:  # a timeout, a reset, a cancel: each may have been written, uncounted
             self._doubt.update(dict.fromkeys(digests))
-            while len(self._doubt) > DOUBT_LIMIT:
-                self._doubt.popitem(last=False)
+            if acks:
+                self.owed.update((entry, (*pair, acks.group)) for pair, entry in zip(facts, acks.entries, strict=True))
+            for kept in (self._doubt, self.owed):
+                while len(kept) > DOUBT_LIMIT:
+                    kept.popitem(last=False)
             raise
+        for entry in acks.entries if acks and self.owed else ():
+            self.owed.pop(entry, None)
         flags = [bool(flag) for reply in replies for flag in reply]
         if self._doubt:
             flags = [self._doubt.pop(d, True) is None or flag for d, flag in zip(digests, flags, strict=True)]
         return flags
+
+    def not_owed(self, entries: list[E]) -> list[E]:
+        """``entries`` but those (stream, entry id, ...) whose fact's write failed here: ``write_owed`` settles them."""
+        return [entry for entry in entries if (entry[0], entry[1]) not in self.owed] if self.owed else entries
+
+    async def write_owed(self, client: Any, metrics: IntakeMetrics) -> bool:
+        """The facts of the input entries whose write failed here (``owed``) written again, with their entries'
+        acknowledgements, and counted (``atp_facts_total``, E6): their shards decided them quarantined, and read
+        again first, their entries would be decided again — applied, had room come back — while the stream may
+        hold them already (E8: decided once). False: Redis did not answer (they stay owed)."""
+        for group in {group for _, _, group in self.owed.values()}:
+            owed = [(entry, (fact, reason)) for entry, (fact, reason, g) in self.owed.items() if g == group]
+            try:
+                flags = await self.write(client, [pair for _, pair in owed], Acks(group, [e for e, _ in owed]))
+            except STORAGE_ERRORS:
+                return False
+            for (_, (fact, _)), now in zip(owed, flags, strict=True):
+                metrics.facts.labels("stream", _KIND_NAMES[fact.kind], "quarantined" if now else "duplicate").inc()
+        return True
+
+    def _call(self, facts: Sequence[tuple[Fact, str]], digests: Sequence[str],
+              entries: Sequence[tuple[str, bytes]] | None) -> tuple[list[str], list[Any]]:
+        """One script call's keys, and its facts' values (ARGV after MAXLEN and the group)."""
+        inputs = list(dict.fromkeys(stream for stream, _ in entries or ()))  # KEYS[3...]
+        index = {stream: 3 + k for k, stream in enumerate(inputs)}
+        values: list[Any] = []
+        for n, ((fact, reason), d) in enumerate(zip(facts, digests, strict=True)):
+            stream, entry_id = entries[n] if entries else ("", b"")
+            values += [d, index.get(stream, 0), entry_id, *_flat(fields(fact, reason))]
+        return [self.stream, self.written_key, *inputs], values
 
 
 def written_key(stream: str) -> str:

@@ -14,6 +14,7 @@ import redis
 
 from atp_service import AtpService
 from atp_service.intake.facts import Result
+from atp_service.intake.quarantine import Acks
 from atp_service.intake.unacked import Unacked, before
 from reservation import DomainError, Fact, Unavailable
 from tests.atp_service.fact_helpers import F
@@ -42,7 +43,9 @@ class Refusing:
             desk.release.set()
         return desk
 
-    async def __call__(self, facts: Sequence[Fact], origin: str) -> list[Result | DomainError]:
+    async def __call__(self, facts: Sequence[Fact], origin: str,
+                       acks: Acks | None = None) -> list[Result | DomainError]:
+        """``acks`` not passed on: the entries of the facts quarantined acknowledged by the reader, after."""
         held = [n for n, fact in enumerate(facts) if fact.event_id == "held"] if self.refuse else []
         if held:
             self.calls += 1

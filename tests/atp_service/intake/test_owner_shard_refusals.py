@@ -20,6 +20,7 @@ from atp_service.edge.record import fact_sender
 from atp_service.intake import owners
 from atp_service.intake.facts import Result
 from atp_service.intake.owners import FactSender, GroupRefused, OwnerSends
+from atp_service.intake.quarantine import Acks
 from atp_service.metrics import EdgeMetrics
 from reservation import DomainError, Fact, FactKind, FactOutcome, Limits, Moved, Reason, ResourceExhausted, Unavailable
 from tests.conftest import ServiceFactory
@@ -160,8 +161,8 @@ async def test_a_call_refused_for_one_fact_of_it_is_split_until_that_fact_alone_
     culprits = {facts[5].event_id}
     record = service.desk._record
 
-    async def refusing(batch: Sequence[Fact], origin: str) -> list[Result | DomainError]:
-        out = await record([fact for fact in batch if fact.event_id not in culprits], origin)
+    async def refusing(batch: Sequence[Fact], origin: str, acks: Acks | None = None) -> list[Result | DomainError]:
+        out = await record([fact for fact in batch if fact.event_id not in culprits], origin, None)
         for n, fact in enumerate(batch):
             if fact.event_id in culprits:
                 out.insert(n, DomainError("a change this owner cannot make; nothing was applied", Reason.INTERNAL))

@@ -59,9 +59,10 @@ async def test_a_conflict_read_again_after_its_ack_was_lost_is_quarantined_once(
 
 async def test_a_quarantine_write_whose_answer_was_lost_counts_the_fact_quarantined_once(
         redis_server: EmbeddedRedis, redis_url: str) -> None:
-    """The quarantine script ran but its answer was lost (a reset connection, a timeout): the entry
-    stays pending, is read again, and the script now finds the fact written. It was written by this
-    decision, never counted: it counts quarantined once (E6: a metric counts it), not duplicate."""
+    """The quarantine script ran but its answer was lost (a reset connection, a timeout): the entry was
+    acknowledged by it, and the write is made again before the reader reads its pending entries again; the
+    script now finds the fact written. It was written by this decision, never counted: it counts quarantined
+    once (E6: a metric counts it), not duplicate."""
     r = redis.Redis.from_url(redis_url)
     async with through_proxy(redis_server, redis_url) as (service, proxy):
         proxy.hold(b"ZREMRANGEBYRANK", reset=True)  # the quarantine script: sent, its answer lost
@@ -71,6 +72,8 @@ async def test_a_quarantine_write_whose_answer_was_lost_counts_the_fact_quaranti
         proxy.hold()
         proxy.drop()  # the retries meanwhile never arrive
         await wait_consumed(redis_url, ["atp:in:pos"])
+        assert service.desk is not None
+        await until(lambda: not service.desk.quarantine.owed, "the write whose answer was lost made again")
         assert r.xlen("atp:quarantine") == 1
         assert quarantined(service) == 1
 

@@ -1,0 +1,65 @@
+"""A fact quarantined from an input-stream entry is written to the quarantine stream and its entry
+acknowledged in one script: once the stream holds the fact, the entry is never read again, so the
+decision the stream shows stands (E8: decided once). A fact quarantined for want of room (a shard's
+bound, or ``max_on_hand``) is not quarantined again when decided again: room may have come back."""
+
+from __future__ import annotations
+
+import redis
+
+from atp_client import AtpClient
+from atp_service import AtpService, EmbeddedRedis
+from reservation import Limits
+from tests.atp_service.fact_helpers import F, wait_consumed
+from tests.atp_service.redis_proxy import HoldingProxy
+from tests.conftest import test_config as make_config
+from tests.waiting import until
+
+T = 1_700_000_000_000
+STREAM = "atp:in:pos"
+
+
+async def _on_hand(service: AtpService) -> int:
+    client = AtpClient(f"127.0.0.1:{service.port}")
+    try:
+        (position,) = await client.availability([("A", "S1")])
+        return int(position.on_hand)
+    finally:
+        await client.close()
+
+
+async def test_a_fact_quarantined_for_want_of_room_whose_write_s_answer_was_lost_is_not_applied_later(
+        redis_server: EmbeddedRedis, redis_url: str) -> None:
+    """Defect: the quarantine write ran but its answer was lost, so the entry stayed pending; read again by
+    a start with room (the bound raised, as the runbook says), its fact was applied, while the quarantine
+    stream, what operators reconcile against, still showed it quarantined — not applied — and their resend
+    of it from there was then a duplicate. Its entry is now acknowledged by the write itself: the quarantine
+    stream's word stands, and the resend is the one applied."""
+    r = redis.Redis.from_url(redis_url)
+    proxy = HoldingProxy("127.0.0.1", redis_server.port)
+    tight = make_config(shards=1, redis_timeout_s=0.5, limits=Limits(max_dedupe_entries_per_shard=1))
+    service = AtpService(tight, await proxy.start())
+    try:
+        await service.start()
+        r.xadd(STREAM, F("e1", "RECEIPT", "A", "S1", 4, T).fields())  # remembered: the shard is at its bound
+        await wait_consumed(redis_url, [STREAM])
+        proxy.hold(b"ZREMRANGEBYRANK", reset=True)  # the quarantine script: sent, its answer lost
+        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # a new fact past the bound
+        await until(lambda: proxy.held, "the quarantine write sent, its answer lost")
+        await proxy.land(proxy.held[0])  # it ran: the fact is in the quarantine stream
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    finally:
+        await service.stop()  # the retries meanwhile held, then dropped
+        await proxy.close()
+    roomy = make_config(shards=1, limits=Limits(max_dedupe_entries_per_shard=10))
+    service = AtpService(roomy, redis_url)
+    try:
+        await service.start()
+        await wait_consumed(redis_url, [STREAM])
+        assert await _on_hand(service) == 4  # e2 as the quarantine stream says: not applied
+        r.xadd(STREAM, F("e2", "RECEIPT", "A", "S1", 5, T + 1).fields())  # the operator's resend, with room now
+        await wait_consumed(redis_url, [STREAM])
+        assert await _on_hand(service) == 9
+        assert [f[b"event_id"] for _, f in r.xrange("atp:quarantine")] == [b"e2"]
+    finally:
+        await service.stop()
