@@ -25,10 +25,11 @@ FLAGS_BYTES = 4
 """What ``holds_truncated`` and ``deltas_truncated`` cost when set (a tag and a byte each): kept free."""
 
 
-def explain_availability(sku: str, location: str, engine: Engine, limits: Limits,
-                         max_message_bytes: int) -> pb.ExplainAvailabilityResponse:
+async def explain_availability(sku: str, location: str, engine: Engine, limits: Limits,
+                               max_message_bytes: int) -> pb.ExplainAvailabilityResponse:
     """The explanation of the position (``sku`` and ``location`` checked, ``check_id``)."""
     ex = Explanation(engine, sku, location, limits.max_explain_holds)
+    await ex.with_orders_elsewhere(engine)  # leased: the expiry of an order held at another process
     out = pb.ExplainAvailabilityResponse(
         availability=convert.availability_pb(sku, location, ex.quantities), holds_truncated=ex.holds_truncated,
         stream_time=convert.timestamp(ex.stream_time), retained_since=convert.timestamp(ex.retained_since),

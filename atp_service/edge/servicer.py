@@ -199,7 +199,7 @@ class AvailabilityServicer(pb_grpc.AvailabilityServiceServicer):
                                   context: Any) -> pb.ExplainAvailabilityResponse:
         sku = check_id("sku", request.sku, self.limits)  # before the engine: its fault told, not RECOVERING
         location = check_id("location", request.location, self.limits)
-        return explain_availability(sku, location, self.engine, self.limits, self.max_message_bytes)
+        return await explain_availability(sku, location, self.engine, self.limits, self.max_message_bytes)
 
     @_observed("SetSafetyStock")
     async def SetSafetyStock(self, request: pb.SetSafetyStockRequest, context: Any) -> pb.SetSafetyStockResponse:
