@@ -169,8 +169,8 @@ class AtpClient:
     ``token``: sent as ``authorization: Bearer …`` on every call (services with auth on);
     ``credentials``: TLS (``tls_credentials``), else plaintext; ``retry``: gRPC retries refusals
     (``RetryPolicy()`` is the service's published policy), else a refusal is raised at once;
-    ``max_request_bytes``: a unary request larger is refused ``InvalidRequest`` before it is sent — set it
-    to the service's ``max_message_bytes`` where that is not the default (None: no bound here).
+    ``max_request_bytes``: a request (or ``reserve_stream`` batch) larger is refused ``InvalidRequest`` before it
+    is sent — set it to the service's ``max_message_bytes`` where that is not the default (None: no bound here).
     Refusals raise a typed ``AtpError`` carrying the reason and field violations."""
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = (),
@@ -258,7 +258,9 @@ class AtpClient:
     async def reserve_stream(self, batches: Source) -> AsyncGenerator[pb.ReserveStreamResponse, None]:
         """Send batches of independent reservations; yields one result message per batch, in order.
         Closing the generator (``aclose``) ends the stream: no batch is sent after it. Should
-        ``batches`` raise, the batches sent before it are answered first, then its error is raised.
+        ``batches`` raise, the batches sent before it are answered first, then its error is raised; so
+        is a batch larger than ``max_request_bytes``: not sent, ``InvalidRequest`` (``LIMIT_EXCEEDED``)
+        once the batches before it are answered, and no batch after it taken from ``batches``.
         No answer for ``timeout_s`` while batches wait for theirs (counted from the last answer: a
         batch queued behind many is not cut short while the service answers the ones ahead) ends the
         stream ``Retryable`` (DEADLINE_EXCEEDED, reason ``OUTCOME_UNKNOWN``, metadata ``limit``
@@ -267,7 +269,7 @@ class AtpClient:
         this generator for the service's ``stream_stall_s`` (30 s) end the stream there:
         ``Retryable`` (UNAVAILABLE, ``OUTCOME_UNKNOWN``, metadata ``limit``), its unanswered batches
         in doubt and settled the same way."""
-        source = Batches(batches)
+        source = Batches(batches, self.max_request_bytes)
         call = self.stub.ReserveStream(source.requests())
         source.opened(call)
         try:

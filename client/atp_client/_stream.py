@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from atp_client._errors import stream_not_accepted, stream_unanswered
+from atp_client._errors import request_too_large, stream_not_accepted, stream_unanswered
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 Source = AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
@@ -41,11 +41,16 @@ class Batches:
     grpc.aio cancels the call when its request iterator raises, which loses the answers to the
     batches already sent (reservations the service may hold) and tells the caller
     ``CancelledError``. Here a failing source only ends the requests (a half-close: the service
-    answers everything it was sent) and keeps its error in ``failure``."""
+    answers everything it was sent) and keeps its error in ``failure``. So does a batch larger than
+    ``max_request_bytes``: refused unsent (``InvalidRequest``, ``LIMIT_EXCEEDED``), no batch after it
+    taken from the source. Sent, gRPC on the service's side ended the whole stream, every batch sent
+    before it and not answered yet left in doubt."""
 
-    def __init__(self, batches: Source) -> None:
+    def __init__(self, batches: Source, max_request_bytes: int | None = None) -> None:
         self.batches = batches
+        self.max_request_bytes = max_request_bytes
         self.failure: Exception | None = None
+        self._taken = 0  # batches taken from the source
         self._sent: deque[float] = deque()  # monotonic send time of each batch not answered yet
         self._answered_at = float("-inf")  # monotonic time of the last answer: the service's last word
         self._stalled_s = 0.0  # time since then this process did not run (``_until_read``): not the service silent
@@ -71,10 +76,14 @@ class Batches:
         try:
             if isinstance(self.batches, AsyncIterable):
                 async for batch in self.batches:
-                    yield self._sending(batch)
+                    if (request := self._sending(batch)) is None:
+                        return
+                    yield request
             else:
                 for batch in self.batches:
-                    yield self._sending(batch)
+                    if (request := self._sending(batch)) is None:
+                        return
+                    yield request
         except Exception as exc:  # the caller's own error: raised to it once the answers are in
             self.failure = exc
 
@@ -83,11 +92,17 @@ class Batches:
         """Batches sent and not answered yet."""
         return len(self._sent)
 
-    def _sending(self, batch: Sequence[pb.ReserveRequest]) -> pb.ReserveStreamRequest:
+    def _sending(self, batch: Sequence[pb.ReserveRequest]) -> pb.ReserveStreamRequest | None:
+        """``batch`` as the request to send, noted sent; None (``failure`` set): too large, not sent."""
+        request = pb.ReserveStreamRequest(reservations=batch)
+        self._taken += 1
+        if self.max_request_bytes is not None and (size := request.ByteSize()) > self.max_request_bytes:
+            self.failure = request_too_large(f"ReserveStream batch {self._taken}", size, self.max_request_bytes)
+            return None
         self._sent.append(time.monotonic())
         if not self._more.done():
             self._more.set_result(None)
-        return pb.ReserveStreamRequest(reservations=batch)
+        return request
 
     async def answers(self, call: Any, answer_timeout_s: float) -> AsyncIterator[pb.ReserveStreamResponse]:
         """The call's answers, one per batch in order; no answer for ``answer_timeout_s`` while a batch

@@ -139,3 +139,43 @@ async def test_a_request_larger_than_the_service_takes_is_refused_before_it_is_s
     assert isinstance(refused.value, InvalidRequest), repr(refused.value)
     assert refused.value.refusal.metadata["limit"] == "max_request_bytes", refused.value
     assert refusal(refused.value)[0] == EXIT_INVALID and not in_doubt_after(refused.value, retried=True)
+
+
+async def test_a_stream_batch_larger_than_max_request_bytes_is_refused_unsent_and_the_batches_before_answered(
+        start_service: ServiceFactory) -> None:
+    """``max_request_bytes`` bounded unary requests only: a ``ReserveStream`` batch past it was sent, and gRPC on the
+    service's side ended the whole stream (RESOURCE_EXHAUSTED) — every batch sent before it and not yet answered left
+    in doubt, the caller told ``OUTCOME_UNKNOWN`` or, with none, an error that named no limit. It is refused before it
+    is sent (``InvalidRequest`` ``LIMIT_EXCEEDED``), once the batches sent before it are answered; no batch after it is
+    taken from the source."""
+    service, client = await start_service(clock=ManualClock(T0), max_message_bytes=64 << 10)
+    await client.record_events([receipt("in", "A", "S1", 5)])
+    relay = Counted(f"127.0.0.1:{service.port}")
+    address = await relay.start()
+    line = [pb.Line(sku="A", location="S1", quantity=1)]
+    big = [pb.ReserveRequest(reservation_id=f"big-{n:04d}-{'x' * 100}", lines=line) for n in range(1000)]
+    size = pb.ReserveStreamRequest(reservations=big).ByteSize()
+    assert size > 64 << 10
+    taken: list[str] = []
+
+    async def batches() -> AsyncIterator[list[pb.ReserveRequest]]:
+        for name, batch in (("first", [pb.ReserveRequest(reservation_id="sent-first", lines=line)]), ("big", big),
+                            ("after", [pb.ReserveRequest(reservation_id="after", lines=line)])):
+            taken.append(name)
+            yield batch
+
+    answers: list[pb.ReserveStreamResponse] = []
+    async with AtpClient(address, max_request_bytes=64 << 10) as limited:
+        with pytest.raises(AtpError) as refused:
+            async for answer in limited.reserve_stream(batches()):
+                answers.append(answer)
+    await relay.cut()
+    assert isinstance(refused.value, InvalidRequest), repr(refused.value)
+    assert refused.value.reason == "LIMIT_EXCEEDED", refused.value
+    assert refused.value.refusal.metadata == {"limit": "max_request_bytes", "size": str(size)}, refused.value
+    assert refusal(refused.value)[0] == EXIT_INVALID and not in_doubt_after(refused.value, retried=True)
+    assert relay.passed < size, f"{relay.passed} bytes sent past a batch of {size}"
+    assert [[o.response.state for o in a.outcomes] for a in answers] == [[pb.RESERVATION_STATE_HELD]]
+    assert taken == ["first", "big"]  # the batch after it was never taken, so never in doubt
+    (position,) = await client.availability([("A", "S1")])
+    assert position.reserved == 1
