@@ -261,8 +261,9 @@ class AtpClient:
         ``batches`` raise, the batches sent before it are answered first, then its error is raised; so
         is a batch larger than ``max_request_bytes``: not sent, ``InvalidRequest`` (``LIMIT_EXCEEDED``)
         once the batches before it are answered, and no batch after it taken from ``batches``.
-        No answer for ``timeout_s`` while batches wait for theirs (counted from the last answer: a
-        batch queued behind many is not cut short while the service answers the ones ahead) ends the
+        No answer for ``timeout_s`` while batches wait for theirs (counted from the caller's asking for
+        the next answer — not the time it spends on the last one — or from the oldest batch's send if
+        later: a batch queued behind many is not cut short while the service answers the ones ahead) ends the
         stream ``Retryable`` (DEADLINE_EXCEEDED, reason ``OUTCOME_UNKNOWN``, metadata ``limit``
         ``timeout_s``): every batch not answered is in doubt, settled by a retry with the same ids
         (R5); the stream itself may last as long as the batches keep coming. Results not taken from

@@ -52,7 +52,7 @@ class Batches:
         self.failure: Exception | None = None
         self._taken = 0  # batches taken from the source
         self._sent: deque[float] = deque()  # monotonic send time of each batch not answered yet
-        self._answered_at = float("-inf")  # monotonic time of the last answer: the service's last word
+        self._reading_since = float("-inf")  # monotonic time the caller asked for the next answer
         self._stalled_s = 0.0  # time since then this process did not run (``_until_read``): not the service silent
         self._more = asyncio.get_running_loop().create_future()  # resolved when a batch is sent
         self._call: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -106,11 +106,16 @@ class Batches:
 
     async def answers(self, call: Any, answer_timeout_s: float) -> AsyncIterator[pb.ReserveStreamResponse]:
         """The call's answers, one per batch in order; no answer for ``answer_timeout_s`` while a batch
-        waits for one (counted from the last answer, or from the oldest batch's send if later) ends
+        waits for one (counted from the caller's asking for it — the time the caller spends on the last
+        answer is not the service's silence — or from the oldest batch's send if later) ends
         the call DEADLINE_EXCEEDED, reason ``OUTCOME_UNKNOWN`` (the outcome of every batch not answered
         is in doubt: the caller retries them with the same ids, R5, R7). A stream not accepted within
         ``answer_timeout_s`` of its opening ends UNAVAILABLE, ``NOT_CONNECTED``: no batch was sent."""
         while True:
+            # Not from the last answer: a caller away past the bound (its own awaits on that answer) had the stream
+            # ended at once, the answer the service had long sent unread, every batch in doubt. The service bounds
+            # a caller that stops reading itself (stream_stall_s).
+            self._reading_since, self._stalled_s = time.monotonic(), 0.0
             read = asyncio.ensure_future(call.read())
             try:
                 await self._until_read(read, answer_timeout_s)
@@ -121,7 +126,6 @@ class Batches:
                 return
             if self._sent:
                 self._sent.popleft()
-            self._answered_at, self._stalled_s = time.monotonic(), 0.0
             yield answer
 
     async def _until_read(self, read: asyncio.Future[Any], answer_timeout_s: float) -> None:
@@ -138,7 +142,7 @@ class Batches:
                 await asyncio.wait({read, self._more}, return_when=asyncio.FIRST_COMPLETED)
                 continue
             asked = time.monotonic()
-            left = max(self._sent[0], self._answered_at) + answer_timeout_s + self._stalled_s - asked
+            left = max(self._sent[0], self._reading_since) + answer_timeout_s + self._stalled_s - asked
             if left <= 0:
                 raise stream_unanswered(len(self._sent), answer_timeout_s)
             await asyncio.wait({read}, timeout=left)

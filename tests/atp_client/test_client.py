@@ -250,6 +250,24 @@ async def test_a_stream_the_service_keeps_answering_is_not_ended_however_many_ba
     assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * batches
 
 
+async def test_a_caller_slow_to_take_each_answer_does_not_end_its_stream_in_doubt(
+        start_service: ServiceFactory) -> None:
+    """The caller takes its time with an answer (its own awaits: writing it down, its next order) past ``timeout_s``,
+    batches in flight: the bound counted that time as the service's silence, and on the caller's next read ended the
+    stream at once, DEADLINE_EXCEEDED ``OUTCOME_UNKNOWN`` "no answer for 1s", without reading the answer the service
+    had long sent — every batch left in doubt, the caller told the service was silent. Time the caller is away from
+    the stream is not the service's silence (the service bounds that itself: ``stream_stall_s``)."""
+    service, _ = await start_service()
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=1.0) as client:
+        await client.record_events([receipt("in", "A", "DC", 2)])
+        answers = []
+        async for answer in client.reserve_stream([[item("away-1")], [item("away-2")]]):
+            answers.append(answer)
+            if len(answers) == 1:
+                await asyncio.sleep(1.5)  # the caller's own work on the answer, past timeout_s
+    assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * 2
+
+
 async def test_a_stream_is_not_ended_by_a_stall_of_the_callers_own_process(
         start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """The process stalls past the answer bound (a long collection, a starved CPU; here the in-process service
