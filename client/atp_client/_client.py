@@ -16,7 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_client._errors import not_connected, request_too_large, stream_cut_unread, typed
-from atp_client._stream import Batches, Source
+from atp_client._stream import MAX_STREAM_INFLIGHT, Batches, Source
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 
@@ -170,18 +170,23 @@ class AtpClient:
     ``credentials``: TLS (``tls_credentials``), else plaintext; ``retry``: gRPC retries refusals
     (``RetryPolicy()`` is the service's published policy), else a refusal is raised at once;
     ``max_request_bytes``: a request (or ``reserve_stream`` batch) larger is refused ``InvalidRequest`` before it
-    is sent — set it to the service's ``max_message_bytes`` where that is not the default (None: no bound here).
+    is sent — set it to the service's ``max_message_bytes`` where that is not the default (None: no bound here);
+    ``max_stream_inflight``: ``reserve_stream`` batches sent and not answered, at most.
     Refusals raise a typed ``AtpError`` carrying the reason and field violations."""
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = (),
                  token: str | None = None, credentials: grpc.ChannelCredentials | None = None,
-                 retry: RetryPolicy | None = None, max_request_bytes: int | None = MAX_REQUEST_BYTES) -> None:
+                 retry: RetryPolicy | None = None, max_request_bytes: int | None = MAX_REQUEST_BYTES,
+                 max_stream_inflight: int = MAX_STREAM_INFLIGHT) -> None:
         if max_request_bytes is not None and max_request_bytes < 1:
             raise ValueError(f"max_request_bytes: must be at least 1 (None: no bound), got {max_request_bytes}")
+        if max_stream_inflight < 1:
+            raise ValueError(f"max_stream_inflight: must be at least 1, got {max_stream_inflight}")
         self.target = target
         self.timeout_s = timeout_s
         self.retry = retry
         self.max_request_bytes = max_request_bytes
+        self.max_stream_inflight = max_stream_inflight
         receive = () if any(key == RECEIVE_KEY for key, _ in options) else ((RECEIVE_KEY, MAX_ANSWER_BYTES),)
         options = [*receive, *options, *(retry.channel_options() if retry else ())]
         interceptors = _metadata_interceptors([("authorization", f"Bearer {token}")]) if token else None
@@ -270,7 +275,7 @@ class AtpClient:
         this generator for the service's ``stream_stall_s`` (30 s) end the stream there:
         ``Retryable`` (UNAVAILABLE, ``OUTCOME_UNKNOWN``, metadata ``limit``), its unanswered batches
         in doubt and settled the same way."""
-        source = Batches(batches, self.max_request_bytes)
+        source = Batches(batches, self.max_request_bytes, self.max_stream_inflight)
         call = self.stub.ReserveStream(source.requests())
         source.opened(call)
         try:

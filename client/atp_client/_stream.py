@@ -3,9 +3,9 @@
 A stream has no deadline of its own: it lasts as long as its caller has batches. What is bounded is
 the service's silence while batches wait for their answers — a service that stops answering
 (paused, wedged, a network that drops packets) must not keep the caller waiting for ever with its
-batches in doubt. Not each batch's own wait: grpc.aio sends batches as fast as HTTP/2 takes them,
-thousands ahead of the service, which decides them in turn; a batch far down that queue waits
-longer than any one answer takes, from a service answering all along.
+batches in doubt. Not each batch's own wait: batches are sent ahead of the service (up to
+``max_stream_inflight``), which decides them in turn; a batch far down that queue waits longer than
+any one answer takes, from a service answering all along.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -21,7 +21,11 @@ import grpc
 from atp_client._errors import request_too_large, stream_not_accepted, stream_unanswered
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
-Source = AsyncIterator[Sequence[pb.ReserveRequest]] | Iterable[Sequence[pb.ReserveRequest]]
+Batch = Sequence[pb.ReserveRequest]
+Source = AsyncIterator[Batch] | Iterable[Batch]
+MAX_STREAM_INFLIGHT = 64
+"""The most batches sent and not answered, by default (``AtpClient(max_stream_inflight=…)``): the next is taken
+from the caller's source only once an answer frees a place (the service decides ``max_stream_inflight``, 8, at once)."""
 STALL_SLACK_S = 0.05
 """How late a wait may return before the lateness counts as this process stalled, not the service silent."""
 ACCEPTED_KEY = "atp-accepted"
@@ -36,6 +40,13 @@ async def accepted(call: Any) -> bool:
     return any(key == ACCEPTED_KEY for key, _ in await call.initial_metadata() or ())
 
 
+class _End:
+    """What ``Batches._next`` returns past the source's last batch."""
+
+
+END = _End()
+
+
 class Batches:
     """The caller's batches as ``ReserveStream`` requests, and when each still unanswered was sent.
     grpc.aio cancels the call when its request iterator raises, which loses the answers to the
@@ -44,17 +55,25 @@ class Batches:
     answers everything it was sent) and keeps its error in ``failure``. So does a batch larger than
     ``max_request_bytes``: refused unsent (``InvalidRequest``, ``LIMIT_EXCEEDED``), no batch after it
     taken from the source. Sent, gRPC on the service's side ended the whole stream, every batch sent
-    before it and not answered yet left in doubt."""
+    before it and not answered yet left in doubt.
 
-    def __init__(self, batches: Source, max_request_bytes: int | None = None) -> None:
+    At most ``max_inflight`` batches are sent and not answered: the next is taken from the source
+    only once an answer frees a place. The service reads ``max_stream_inflight`` batches ahead, but
+    gRPC takes whatever is written, buffered unread, so a service deciding nothing (Redis paused,
+    a shard wedged) drained the source — thousands of batches a second, every one in doubt at the end."""
+
+    def __init__(self, batches: Source, max_request_bytes: int | None = None,
+                 max_inflight: int = MAX_STREAM_INFLIGHT) -> None:
         self.batches = batches
         self.max_request_bytes = max_request_bytes
+        self.max_inflight = max_inflight
         self.failure: Exception | None = None
         self._taken = 0  # batches taken from the source
         self._sent: deque[float] = deque()  # monotonic send time of each batch not answered yet
         self._reading_since = float("-inf")  # monotonic time the caller asked for the next answer
         self._stalled_s = 0.0  # time since then this process did not run (``_until_read``): not the service silent
         self._more = asyncio.get_running_loop().create_future()  # resolved when a batch is sent
+        self._freed = asyncio.get_running_loop().create_future()  # resolved when a batch is answered
         self._call: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._opened_at = float("inf")
         self._accepted = asyncio.get_running_loop().create_future()  # the service's headers came, or the end
@@ -74,18 +93,23 @@ class Batches:
         if not taken:
             return
         try:
-            if isinstance(self.batches, AsyncIterable):
-                async for batch in self.batches:
-                    if (request := self._sending(batch)) is None:
-                        return
-                    yield request
-            else:
-                for batch in self.batches:
-                    if (request := self._sending(batch)) is None:
-                        return
-                    yield request
+            source = aiter(self.batches) if isinstance(self.batches, AsyncIterable) else iter(self.batches)
+            while not isinstance(batch := await self._next(source), _End):
+                if (request := self._sending(batch)) is None:
+                    return
+                yield request
         except Exception as exc:  # the caller's own error: raised to it once the answers are in
             self.failure = exc
+
+    async def _next(self, source: AsyncIterator[Batch] | Iterator[Batch]) -> Batch | _End:
+        """The source's next batch once fewer than ``max_inflight`` wait for their answers; ``END`` past its last."""
+        while len(self._sent) >= self.max_inflight:
+            if self._freed.done():
+                self._freed = asyncio.get_running_loop().create_future()
+            await self._freed
+        if isinstance(source, AsyncIterator):
+            return await anext(source, END)
+        return next(source, END)
 
     @property
     def unanswered(self) -> int:
@@ -126,6 +150,8 @@ class Batches:
                 return
             if self._sent:
                 self._sent.popleft()
+            if not self._freed.done():
+                self._freed.set_result(None)
             yield answer
 
     async def _until_read(self, read: asyncio.Future[Any], answer_timeout_s: float) -> None:
@@ -154,4 +180,4 @@ class Batches:
             self._stalled_s += now - asked if now - asked - left > STALL_SLACK_S else 0.0
 
 
-__all__ = ["ACCEPTED_KEY", "Batches", "Source", "accepted"]
+__all__ = ["ACCEPTED_KEY", "MAX_STREAM_INFLIGHT", "Batches", "Source", "accepted"]

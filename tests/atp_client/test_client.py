@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from atp_client import ACCEPTED_KEY, AtpClient, AtpError, Retryable
+from atp_client._client import MAX_STREAM_INFLIGHT
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from tests.atp_client.test_routed import Paused
 from tests.atp_service.edge.test_api import receipt
@@ -248,6 +249,36 @@ async def test_a_stream_the_service_keeps_answering_is_not_ended_however_many_ba
         await client.record_events([receipt("in", "A", "DC", batches)])
         answers = await _drain(client.reserve_stream([[item(f"busy-{n}")] for n in range(batches)]))
     assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * batches
+
+
+async def test_a_stream_takes_no_more_batches_than_its_bound_while_the_service_answers_none(
+        start_service: ServiceFactory, redis_url: str) -> None:
+    """The service decides nothing (Redis paused: it reads ``max_stream_inflight`` batches, then waits); gRPC still
+    took every batch the client wrote, buffered unread: the client took batches from the caller's source as fast as
+    it could write them — thousands in half a second, its orders drained off its queue — and ended the stream with
+    every one of them in doubt, to be re-sent. The client has ``max_stream_inflight`` batches sent and not
+    answered at most: the next is taken from the source only once an answer frees a place."""
+    service, client = await start_service()
+    await client.record_events([receipt("in", "A", "DC", 10)])
+    taken = 0
+
+    def endless() -> Iterator[list[pb.ReserveRequest]]:
+        nonlocal taken
+        while True:
+            taken += 1
+            yield [item(f"queued-{taken}")]
+
+    async with AtpClient(f"127.0.0.1:{service.port}", timeout_s=0.5) as hurried:
+        with redis.Redis.from_url(redis_url) as paused:
+            paused.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")  # nothing is decided: no answer comes
+            try:
+                with pytest.raises(Retryable) as unanswered:
+                    await asyncio.wait_for(_drain(hurried.reserve_stream(endless())), WAIT_S)
+            finally:
+                paused.execute_command("CLIENT", "UNPAUSE")
+    assert unanswered.value.reason == "OUTCOME_UNKNOWN", unanswered.value
+    assert taken <= MAX_STREAM_INFLIGHT, f"{taken} batches taken from the source, none answered"
+    assert unanswered.value.refusal.metadata["unanswered"] == str(taken)
 
 
 async def test_a_caller_slow_to_take_each_answer_does_not_end_its_stream_in_doubt(
