@@ -16,7 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atp_client._errors import not_connected, request_too_large, stream_cut_unread, typed
-from atp_client._stream import MAX_STREAM_INFLIGHT, Batches, Source
+from atp_client._stream import MAX_BATCH_RESERVATIONS, MAX_STREAM_INFLIGHT, Batches, Source
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_client.pb.atp.v1 import atp_pb2_grpc as pb_grpc
 
@@ -171,22 +171,28 @@ class AtpClient:
     (``RetryPolicy()`` is the service's published policy), else a refusal is raised at once;
     ``max_request_bytes``: a request (or ``reserve_stream`` batch) larger is refused ``InvalidRequest`` before it
     is sent — set it to the service's ``max_message_bytes`` where that is not the default (None: no bound here);
-    ``max_stream_inflight``: ``reserve_stream`` batches sent and not answered, at most.
+    ``max_stream_inflight``: ``reserve_stream`` batches sent and not answered, at most; ``max_batch_reservations``:
+    a ``reserve_stream`` batch of more is refused ``InvalidRequest`` before it is sent (the service's, None: no bound).
     Refusals raise a typed ``AtpError`` carrying the reason and field violations."""
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, options: Sequence[tuple[str, Any]] = (),
                  token: str | None = None, credentials: grpc.ChannelCredentials | None = None,
                  retry: RetryPolicy | None = None, max_request_bytes: int | None = MAX_REQUEST_BYTES,
-                 max_stream_inflight: int = MAX_STREAM_INFLIGHT) -> None:
+                 max_stream_inflight: int = MAX_STREAM_INFLIGHT,
+                 max_batch_reservations: int | None = MAX_BATCH_RESERVATIONS) -> None:
         if max_request_bytes is not None and max_request_bytes < 1:
             raise ValueError(f"max_request_bytes: must be at least 1 (None: no bound), got {max_request_bytes}")
         if max_stream_inflight < 1:
             raise ValueError(f"max_stream_inflight: must be at least 1, got {max_stream_inflight}")
+        if max_batch_reservations is not None and max_batch_reservations < 1:
+            raise ValueError("max_batch_reservations: must be at least 1 (None: no bound), "
+                             f"got {max_batch_reservations}")
         self.target = target
         self.timeout_s = timeout_s
         self.retry = retry
         self.max_request_bytes = max_request_bytes
         self.max_stream_inflight = max_stream_inflight
+        self.max_batch_reservations = max_batch_reservations
         receive = () if any(key == RECEIVE_KEY for key, _ in options) else ((RECEIVE_KEY, MAX_ANSWER_BYTES),)
         options = [*receive, *options, *(retry.channel_options() if retry else ())]
         interceptors = _metadata_interceptors([("authorization", f"Bearer {token}")]) if token else None
@@ -264,7 +270,8 @@ class AtpClient:
         """Send batches of independent reservations; yields one result message per batch, in order.
         Closing the generator (``aclose``) ends the stream: no batch is sent after it. Should
         ``batches`` raise, the batches sent before it are answered first, then its error is raised; so
-        is a batch larger than ``max_request_bytes``: not sent, ``InvalidRequest`` (``LIMIT_EXCEEDED``)
+        is a batch larger than ``max_request_bytes``, or of more than ``max_batch_reservations``: not sent,
+        ``InvalidRequest`` (``LIMIT_EXCEEDED``)
         once the batches before it are answered, and no batch after it taken from ``batches``.
         No answer for ``timeout_s`` while batches wait for theirs (counted from the caller's asking for
         the next answer — not the time it spends on the last one — or from the oldest batch's send if
@@ -275,7 +282,7 @@ class AtpClient:
         this generator for the service's ``stream_stall_s`` (30 s) end the stream there:
         ``Retryable`` (UNAVAILABLE, ``OUTCOME_UNKNOWN``, metadata ``limit``), its unanswered batches
         in doubt and settled the same way."""
-        source = Batches(batches, self.max_request_bytes, self.max_stream_inflight)
+        source = Batches(batches, self.max_request_bytes, self.max_stream_inflight, self.max_batch_reservations)
         call = self.stub.ReserveStream(source.requests())
         source.opened(call)
         try:

@@ -187,6 +187,18 @@ def request_too_large(request: str, size: int, limit: int) -> InvalidRequest:
                                         {"limit": "max_request_bytes", "size": str(size)}))
 
 
+def batch_too_large(batch: int, reservations: int, limit: int) -> InvalidRequest:
+    """The ``batch``-th batch of a ``ReserveStream``, of more ``reservations`` than ``limit``
+    (``max_batch_reservations``), refused by this client before it is sent: ``InvalidRequest`` (``LIMIT_EXCEEDED``,
+    metadata ``limit``). Sent, the service ends the stream so — which grpcio's asyncio client, writing the batches
+    after it, mostly told ``INTERNAL`` "Internal error from Core" (``Retryable``: sent again, refused again)."""
+    message = (f"ReserveStream batch {batch}: {reservations} reservations exceed max_batch_reservations={limit} (the "
+               "service's, 1,000 unless set otherwise); not sent: send smaller batches, or set max_batch_reservations "
+               "to the service's limit")
+    return InvalidRequest(_status_error(grpc.StatusCode.INVALID_ARGUMENT, message, "LIMIT_EXCEEDED", "atp.client",
+                                        {"limit": "max_batch_reservations", "reservations": str(reservations)}))
+
+
 def in_doubt(lost: grpc.aio.AioRpcError, then: grpc.aio.AioRpcError) -> Retryable:
     """A change whose call was lost in the hands of a process (``lost``: gone, or its connection
     reset, mid-call), then refused by the next process asked (``then``: not owned there, the

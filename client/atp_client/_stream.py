@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from atp_client._errors import request_too_large, stream_not_accepted, stream_unanswered
+from atp_client._errors import batch_too_large, request_too_large, stream_not_accepted, stream_unanswered
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 
 Batch = Sequence[pb.ReserveRequest]
@@ -26,6 +26,9 @@ Source = AsyncIterator[Batch] | Iterable[Batch]
 MAX_STREAM_INFLIGHT = 64
 """The most batches sent and not answered, by default (``AtpClient(max_stream_inflight=…)``): the next is taken
 from the caller's source only once an answer frees a place (the service decides ``max_stream_inflight``, 8, at once)."""
+MAX_BATCH_RESERVATIONS = 1000
+"""The most reservations in one batch, by default (``AtpClient(max_batch_reservations=…)``): the service's own
+default ``max_batch_reservations``."""
 STALL_SLACK_S = 0.05
 """How late a wait may return before the lateness counts as this process stalled, not the service silent."""
 ACCEPTED_KEY = "atp-accepted"
@@ -55,7 +58,8 @@ class Batches:
     answers everything it was sent) and keeps its error in ``failure``. So does a batch larger than
     ``max_request_bytes``: refused unsent (``InvalidRequest``, ``LIMIT_EXCEEDED``), no batch after it
     taken from the source. Sent, gRPC on the service's side ended the whole stream, every batch sent
-    before it and not answered yet left in doubt.
+    before it and not answered yet left in doubt. And a batch of more than ``max_batch_reservations``: sent,
+    the service ends the stream ``InvalidRequest``, which grpcio mostly tells ``INTERNAL`` (``Retryable``).
 
     At most ``max_inflight`` batches are sent and not answered: the next is taken from the source
     only once an answer frees a place. The service reads ``max_stream_inflight`` batches ahead, but
@@ -63,9 +67,10 @@ class Batches:
     a shard wedged) drained the source — thousands of batches a second, every one in doubt at the end."""
 
     def __init__(self, batches: Source, max_request_bytes: int | None = None,
-                 max_inflight: int = MAX_STREAM_INFLIGHT) -> None:
+                 max_inflight: int = MAX_STREAM_INFLIGHT, max_batch: int | None = MAX_BATCH_RESERVATIONS) -> None:
         self.batches = batches
         self.max_request_bytes = max_request_bytes
+        self.max_batch = max_batch
         self.max_inflight = max_inflight
         self.failure: Exception | None = None
         self._taken = 0  # batches taken from the source
@@ -120,6 +125,9 @@ class Batches:
         """``batch`` as the request to send, noted sent; None (``failure`` set): too large, not sent."""
         request = pb.ReserveStreamRequest(reservations=batch)
         self._taken += 1
+        if self.max_batch is not None and len(request.reservations) > self.max_batch:
+            self.failure = batch_too_large(self._taken, len(request.reservations), self.max_batch)
+            return None
         if self.max_request_bytes is not None and (size := request.ByteSize()) > self.max_request_bytes:
             self.failure = request_too_large(f"ReserveStream batch {self._taken}", size, self.max_request_bytes)
             return None
@@ -180,4 +188,4 @@ class Batches:
             self._stalled_s += now - asked if now - asked - left > STALL_SLACK_S else 0.0
 
 
-__all__ = ["ACCEPTED_KEY", "MAX_STREAM_INFLIGHT", "Batches", "Source", "accepted"]
+__all__ = ["ACCEPTED_KEY", "MAX_BATCH_RESERVATIONS", "MAX_STREAM_INFLIGHT", "Batches", "Source", "accepted"]

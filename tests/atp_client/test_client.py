@@ -14,9 +14,10 @@ import grpc
 import pytest
 import redis
 
-from atp_client import ACCEPTED_KEY, AtpClient, AtpError, Retryable
+from atp_client import ACCEPTED_KEY, AtpClient, AtpError, InvalidRequest, Retryable
 from atp_client._client import MAX_STREAM_INFLIGHT
 from atp_client.pb.atp.v1 import atp_pb2 as pb
+from tests.atp_client.test_answer_size import Counted
 from tests.atp_client.test_routed import Paused
 from tests.atp_service.edge.test_api import receipt
 from tests.conftest import ServiceFactory
@@ -249,6 +250,41 @@ async def test_a_stream_the_service_keeps_answering_is_not_ended_however_many_ba
         await client.record_events([receipt("in", "A", "DC", batches)])
         answers = await _drain(client.reserve_stream([[item(f"busy-{n}")] for n in range(batches)]))
     assert [a.outcomes[0].response.state for a in answers] == [pb.RESERVATION_STATE_HELD] * batches
+
+
+async def test_a_stream_batch_past_max_batch_reservations_is_refused_unsent_not_told_retryable(
+        start_service: ServiceFactory) -> None:
+    """The service ends a stream at a batch of more than ``max_batch_reservations`` (1,000) items, ``InvalidRequest``
+    ``LIMIT_EXCEEDED``, once the batches before it are answered. grpcio's asyncio client, writing the batches after it,
+    mostly told the caller ``INTERNAL`` "Internal error from Core" in its place (grpc/grpc#36066): ``Retryable``, "retry
+    with the same ids" — the same batch, refused the same, for ever. It is refused before it is sent, as a batch
+    past ``max_request_bytes`` is, and no batch after it is taken from the source."""
+    service, client = await start_service()
+    await client.record_events([receipt("in", "A", "DC", 10)])
+    relay = Counted(f"127.0.0.1:{service.port}")
+    address = await relay.start()
+    big = [item(f"big-{n:04d}") for n in range(1001)]
+    size = pb.ReserveStreamRequest(reservations=big).ByteSize()
+    taken: list[str] = []
+
+    def batches() -> Iterator[list[pb.ReserveRequest]]:
+        for name, batch in (("first", [item("first")]), ("big", big), *((f"after-{n}", [item(f"after-{n}")])
+                                                                         for n in range(200))):
+            taken.append(name)
+            yield batch
+
+    answers: list[pb.ReserveStreamResponse] = []
+    async with AtpClient(address) as relayed:
+        with pytest.raises(AtpError) as refused:
+            async for answer in relayed.reserve_stream(batches()):
+                answers.append(answer)
+    await relay.cut()
+    assert isinstance(refused.value, InvalidRequest), repr(refused.value)
+    said = refused.value.refusal
+    assert (said.reason, said.metadata["limit"]) == ("LIMIT_EXCEEDED", "max_batch_reservations"), said
+    assert relay.passed < size, f"{relay.passed} bytes sent past a batch of {size}"
+    assert [[o.response.state for o in a.outcomes] for a in answers] == [[pb.RESERVATION_STATE_HELD]]
+    assert taken == ["first", "big"]
 
 
 async def test_a_stream_takes_no_more_batches_than_its_bound_while_the_service_answers_none(
