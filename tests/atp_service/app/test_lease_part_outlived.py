@@ -28,11 +28,12 @@ from tests.waiting import until
 MAX_TTL_S = 120
 """The longest TTL: a part older than it (and the margin) is looked at by housekeeping. Well below
 ``retention_ms`` (24 h): the order's record is not forgotten meanwhile (its part would be an orphan)."""
-LEASED: dict[str, Any] = {"ownership": "leases", "lease_ms": 9000, "shards": 2, "input_streams": (),
-                          "owner_check_s": 0.05, "maintenance_interval_ms": 3_600_000,
+LEASED: dict[str, Any] = {"ownership": "leases", "lease_ms": 9000, "balance_ms": 200, "shards": 2,
+                          "input_streams": (), "owner_check_s": 0.05, "maintenance_interval_ms": 3_600_000,
                           "limits": Limits(max_ttl_seconds=MAX_TTL_S, default_ttl_seconds=60)}
 """One leased process serving both groups: its owner check finds a group's log short; housekeeping runs
-when the test says."""
+when the test says. A balance every 200 ms, not a third of the lease (3 s): the group its owner check gave up
+is taken again at the next balance, which each test waited for (3 s of its 4)."""
 
 Image = dict[bytes, tuple[bytes, int]]
 
