@@ -29,6 +29,10 @@ from tests.waiting import until
 
 LEASE_MS = 3000
 """Long enough that a process stopped for a moment keeps its groups, short enough to take over soon."""
+BALANCE_MS = 250
+"""A balance four times a second, not a third of the lease (1 s): the fleet's groups spread, and a killed or
+paused process's groups are taken once its leases lapse, within a quarter of a second instead of a second or
+more a step (each test waited out several); the leases, and so what a pause or a kill costs, are the same."""
 STOCK = 10
 SKUS = [f"H{i}" for i in range(24)]
 pytestmark = pytest.mark.slow
@@ -40,7 +44,8 @@ class LeasedProcess(Process):
     def _spawn(self) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "atp_service", "serve", "--redis-url", self._cluster_url, "--host", "127.0.0.1",
                "--port", str(self.port), "--metrics-port", "-1", "--no-demo", "--auth", "off",
-               "--shards", str(SHARDS), "--ownership", "leases", "--lease-ms", str(LEASE_MS)]
+               "--shards", str(SHARDS), "--ownership", "leases", "--lease-ms", str(LEASE_MS),
+               "--balance-ms", str(BALANCE_MS)]
         env = {**os.environ, "ATP_INPUT_STREAMS": "", "ATP_MAINTENANCE_INTERVAL_MS": "50"}
         return subprocess.Popen(cmd, stdout=self._log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
                                 env=env)
