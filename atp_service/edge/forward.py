@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
@@ -25,10 +25,11 @@ from google.protobuf.message_factory import GetMessageClass
 from atp_client import FORWARDED_KEY, MOVED_KEY, REDIRECT, ROUTING_KEY
 from atp_client.pb.atp.v1 import atp_pb2 as pb
 from atp_service.edge.errors import DETAILS_KEY, SERVING_KEY, carried_reason
+from atp_service.edge.peer_pool import MAX_PEERS, PEER_CLOSE_GRACE_S, PeerChannels
 from atp_service.edge.ratelog import OncePerKey
 from atp_service.edge.routing import RoutingTable
 from atp_service.metrics import EdgeMetrics
-from atp_service.tasks import exception_seen, keep
+from atp_service.tasks import exception_seen
 from reservation import DomainError, Moved, NotFound, Reason, Unavailable
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,9 @@ _LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.S
                    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 """gRPC's own ends of a forwarded call in the owner's hands; DEADLINE_EXCEEDED: ``PEER_CALL_MAX_S`` ran out
 (or the caller's deadline, whom nothing is answered then); CANCELLED: by the owner (its stop past its grace) or
-its channel closed (``MAX_PEERS``, the stop) — never by this caller going away, which ends the forwarding itself."""
+its channel closed (the stop) — never by this caller going away, which ends the forwarding itself."""
 _NOT_SENT = "failed to connect to all addresses"
 """gRPC's own words for a call it never sent: no connection to the owner was made."""
-MAX_PEERS = 64
-"""Channels kept open to peer processes; past it the least recently used one is closed."""
-PEER_CLOSE_GRACE_S = 5.0
-"""A channel dropped from the pool (or at stop) lets the calls on it finish this long."""
 TLS_REFUSAL_LOG_S = 60.0
 """How often a peer whose TLS handshake fails is logged (``peer_tls_refused``), at most."""
 _TLS_WORDS = ("tls", "ssl", "handshake", "certificate")
@@ -132,11 +129,8 @@ class Forwarder:
         self._credentials = None if tls_root is None else grpc.ssl_channel_credentials(
             root_certificates=tls_root, private_key=tls_identity[0] if tls_identity else None,
             certificate_chain=tls_identity[1] if tls_identity else None)
-        self._max_peers = max_peers
         self._tls_told = OncePerKey(TLS_REFUSAL_LOG_S, max_peers)
-        self._peers: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
-        self._closed = False
-        self._closing: set[asyncio.Task[None]] = set()
+        self._channels = PeerChannels(self._connect, max_peers)
         self.streams: set[asyncio.Task[None]] = set()
         """The reader of each outbound ``ReserveStream`` open now (``edge.streams``): empty once
         every inbound stream that opened one has ended."""
@@ -169,12 +163,13 @@ class Forwarder:
                    metadata: Sequence[tuple[str, Any]]) -> Any:
         """``method`` called at the peer ``address`` (answered ``within_s``, None: no deadline),
         carrying ``metadata``'s token and ``atp-forwarded``."""
-        call = self.channel(address).unary_unary(f"/{SERVICE.full_name}/{method}", _serialized, _ANSWERS[method])
-        try:
-            return await call(request, timeout=within_s, metadata=self._passed(metadata))
-        except grpc.aio.AioRpcError as exc:
-            self.tell_tls_refusal(address, exc)
-            raise
+        with self.using(address) as channel:  # not closed under the call (``edge.peer_pool``)
+            call = channel.unary_unary(f"/{SERVICE.full_name}/{method}", _serialized, _ANSWERS[method])
+            try:
+                return await call(request, timeout=within_s, metadata=self._passed(metadata))
+            except grpc.aio.AioRpcError as exc:
+                self.tell_tls_refusal(address, exc)
+                raise
 
     def tell_tls_refusal(self, address: str, error: grpc.aio.AioRpcError) -> None:
         """Log (``peer_tls_refused``, once a while per peer) a call to ``address`` never sent because
@@ -195,11 +190,17 @@ class Forwarder:
     def open_stream(self, address: str, context: grpc.aio.ServicerContext[Any, Any]) -> StreamCall:
         """A ``ReserveStream`` to the owner at ``address`` on behalf of the inbound call ``context``
         (its token, its remaining deadline), written and read by the caller (``edge.streams``)."""
-        call = self.channel(address).stream_stream(f"/{SERVICE.full_name}/ReserveStream", _serialized,
-                                                   pb.ReserveStreamResponse.FromString)
-        metadata = tuple(context.invocation_metadata() or ())
-        return cast(StreamCall, call(None, timeout=context.time_remaining(), metadata=self._passed(metadata)))
-        # a stream lasts as long as its caller's; each answer on it is bounded (streams.OwnerStream.ask)
+        channel, ended = self._channels.taken(address)  # in use until the stream ends: not closed under it
+        try:
+            call = channel.stream_stream(f"/{SERVICE.full_name}/ReserveStream", _serialized,
+                                         pb.ReserveStreamResponse.FromString)
+            metadata = tuple(context.invocation_metadata() or ())
+            stream = cast(StreamCall, call(None, timeout=context.time_remaining(), metadata=self._passed(metadata)))
+        except BaseException:
+            ended()
+            raise
+        stream.add_done_callback(lambda _call: ended())
+        return stream  # it lasts as long as its caller's; each answer on it is bounded (streams.OwnerStream.ask)
 
     async def ask_owners(self, method: str, requests: dict[str, Any],
                          context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
@@ -263,13 +264,13 @@ class Forwarder:
         if holder is not None:  # the holder's answer first, whatever the others said
             self._counted.labels(method, "located").inc()
             return holder
-        refusals: list[Relayed | Unavailable] = []
+        refusals: list[Relayed | DomainError] = []
         for address, answer in zip(sorted(owners), [cast(BaseException, ask.exception()) for ask in asks], strict=True):
-            if not isinstance(answer, grpc.aio.AioRpcError):  # each refused: none holds it
+            if not isinstance(answer, grpc.aio.AioRpcError | DomainError):  # each refused: none holds it
                 raise answer
-            serving = _serving(answer)
-            if serving is None:  # the holder's refusal (or a peer that did not answer)
-                refusals.append(refusal_of(method, address, answer))
+            serving = None if isinstance(answer, DomainError) else _serving(answer)
+            if serving is None:  # the holder's refusal, a peer that did not answer, or one not asked (no channel)
+                refusals.append(answer if isinstance(answer, DomainError) else refusal_of(method, address, answer))
             covered |= serving or set()
         if refusals:  # one in doubt (R7: its holder's, lost in hand) whatever others said, not the first by address
             raise told_first(refusals)
@@ -300,37 +301,35 @@ class Forwarder:
             return moved.owner
         return ""
 
-    def channel(self, address: str) -> grpc.aio.Channel:
-        """The pooled channel to the peer process at ``address``; refused once ``aclose`` began (a
-        saga still running during a stop would open a channel nothing closes)."""
-        if self._closed:
-            raise Unavailable("this process is stopping: nothing more goes to other processes", Reason.SHUTTING_DOWN)
-        channel = self._peers.get(address)
-        if channel is None:
-            channel = self._peers[address] = (
-                grpc.aio.secure_channel(address, self._credentials, options=_OPTIONS) if self._credentials
-                else grpc.aio.insecure_channel(address, options=_OPTIONS))
-            if len(self._peers) > self._max_peers:
-                keep(self._closing, self._peers.popitem(last=False)[1].close(PEER_CLOSE_GRACE_S))
-        self._peers.move_to_end(address)
-        return channel
+    def using(self, address: str) -> AbstractContextManager[grpc.aio.Channel]:
+        """The pooled channel to the peer process at ``address``, for a call made in the block: not closed
+        until the block ends (``edge.peer_pool``). Raises ``Unavailable``, nothing sent, once ``aclose`` began
+        (a saga still running during a stop would open a channel nothing closes) or past ``MAX_PEER_CHANNELS``."""
+        return self._channels.using(address)
+
+    def _connect(self, address: str) -> grpc.aio.Channel:
+        if self._credentials:
+            return grpc.aio.secure_channel(address, self._credentials, options=_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=_OPTIONS)
 
     @property
     def peers(self) -> list[str]:
-        """The addresses a channel is open to, least recently used first."""
-        return list(self._peers)
+        """The addresses a pooled channel is open to, least recently used first."""
+        return self._channels.peers
+
+    @property
+    def open_channels(self) -> int:
+        """Channels open to peers: the pool's, and those that left it with calls in flight."""
+        return self._channels.open
 
     async def aclose(self, grace_s: float = PEER_CLOSE_GRACE_S) -> None:
         """Close every peer channel (the service's stop, once gRPC has stopped: no call is being
         forwarded any more, so nothing waits out the grace)."""
-        self._closed = True
-        channels = list(self._peers.values())
-        self._peers.clear()
         readers = list(self.streams)  # none left once gRPC has stopped and its streams have ended
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-        await asyncio.gather(*(channel.close(grace_s) for channel in channels), *self._closing)
+        await self._channels.aclose(grace_s)
 
 
 def refusal_of(method: str, owner: str, error: grpc.aio.AioRpcError) -> Relayed | Unavailable:

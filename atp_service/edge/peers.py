@@ -65,9 +65,10 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
     unanswered = OncePerKey(UNANSWERED_LOG_S, MAX_FAILING_OWNERS)
 
     async def send(address: str, request: bytes) -> bytes:
-        call = forwarder.channel(address).unary_unary(STEP_METHOD, None, None)
         try:
-            reply: bytes = await call(request, timeout=STEP_TIMEOUT_S, metadata=metadata)
+            with forwarder.using(address) as channel:  # not closed under the step (``edge.peer_pool``)
+                reply: bytes = await channel.unary_unary(STEP_METHOD, None, None)(request, timeout=STEP_TIMEOUT_S,
+                                                                                 metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             forwarder.tell_tls_refusal(address, exc)
             if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
@@ -83,6 +84,11 @@ def step_sender(forwarder: Forwarder, token: str | None) -> Remote:
                 _say_unanswered(address, request, exc)
             raise Unavailable(f"peer {address} did not answer an order step ({exc.code().name}: {exc.details()}); "
                               "the order goes on later", Reason.OUTCOME_UNKNOWN) from None
+        except Unavailable as exc:  # no channel for it now (MAX_PEER_CHANNELS): as a peer not reached, not a
+            if exc.reason is not Reason.SERVICE_OVERLOADED:  # shed that another process would read as its own
+                raise
+            raise Unavailable(f"peer {address}: an order step not sent ({exc.message}); the order goes on later",
+                              Reason.OUTCOME_UNKNOWN) from None
         return reply
 
     return send

@@ -181,30 +181,36 @@ class OwnerStreams:
         or the refusal naming the owner where the caller is redirected."""
         parts: dict[OwnerStream, list[int]] = {}
         out: dict[int, pb.ReserveOutcome] = {}
+        redirected = False
         for n, refusal in moved.items():
             stream = self._stream(refusal)
-            if stream is None:
-                out[n] = _refused(batch.reservations[n].reservation_id, refusal)
+            if isinstance(stream, DomainError):
+                out[n] = _refused(batch.reservations[n].reservation_id, stream)
+                redirected |= isinstance(stream, Moved)
             else:
                 parts.setdefault(stream, []).append(n)
-        if out and not self._closed:
+        if redirected and not self._closed:
             self._forwarder.counted(METHOD, "redirected")
         asked = await asyncio.gather(*(self._ask(stream, batch, idx) for stream, idx in parts.items()))
         for found in asked:
             out.update(found)
         return out
 
-    def _stream(self, moved: Moved) -> OwnerStream | None:
-        """The open stream to ``moved``'s owner (opened now if need be); None: redirect the item."""
+    def _stream(self, moved: Moved) -> OwnerStream | DomainError:
+        """The open stream to ``moved``'s owner (opened now if need be); else the item's refusal: ``moved`` (the
+        caller redirected), or why no stream could be opened (``Forwarder.using``: nothing sent)."""
         if self._closed or not self._forwarder.forwards(moved, self._metadata):
-            return None
+            return moved
         stream = self._open.get(moved.owner)
         if stream is not None and stream.failure is None:
             return stream
         if stream is None and len(self._open) >= self._limit:
-            return None
-        stream = self._open[moved.owner] = OwnerStream(self._forwarder.open_stream(moved.owner, self._context),
-                                                       moved.owner)
+            return moved
+        try:
+            call = self._forwarder.open_stream(moved.owner, self._context)
+        except DomainError as exc:  # no channel to the owner now (the stop, MAX_PEER_CHANNELS): nothing sent
+            return exc
+        stream = self._open[moved.owner] = OwnerStream(call, moved.owner)
         for readers in (self._readers, self._forwarder.streams):
             readers.add(stream.reader)
             stream.reader.add_done_callback(readers.discard)

@@ -181,7 +181,8 @@ async def test_peers_are_reached_over_mutual_tls(start_service: ServiceFactory, 
 async def test_the_peer_channels_are_bounded() -> None:
     forwarder = Forwarder(EdgeMetrics(), max_peers=2)
     for port in (1, 2, 1, 3):  # channels connect on first use: none of these is ever called
-        forwarder.channel(f"127.0.0.1:{port}")
+        with forwarder.using(f"127.0.0.1:{port}"):
+            pass
     assert forwarder.peers == ["127.0.0.1:1", "127.0.0.1:3"]  # 2, the least recently used, closed
     await forwarder.aclose()
     assert forwarder.peers == []
@@ -192,7 +193,8 @@ async def test_no_peer_channel_is_opened_once_the_forwarder_is_closed() -> None:
     closed: it opened a new channel that nothing closed any more. It is refused SHUTTING_DOWN
     instead (the saga goes on after the restart, as after any step it could not send)."""
     forwarder = Forwarder(EdgeMetrics())
-    forwarder.channel(f"127.0.0.1:{held_port()}")
+    with forwarder.using(f"127.0.0.1:{held_port()}"):
+        pass
     await forwarder.aclose()
     with pytest.raises(Unavailable) as refused:
         await step_sender(forwarder, None)(f"127.0.0.1:{held_port()}", b"")
